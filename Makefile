@@ -1,0 +1,43 @@
+# kl-retrievers: set-up, demo, checks and tests. Everything installs into .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+EXTRAS := dev,eval,train,langchain,llama-index
+
+.PHONY: install demo test test-fast check lint typecheck bench-encode clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: a CPU build lies on disk here; an unpinned torch pulls a CUDA build.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job: index the bundled corpus with the default model and answer queries.
+demo: install
+	$(BIN)/kl-retrievers demo
+
+lint: install
+	$(BIN)/ruff check kl_retrievers tests benchmarks scripts
+	$(BIN)/ruff format --check kl_retrievers tests benchmarks scripts
+
+typecheck: install
+	$(BIN)/mypy
+
+check: lint typecheck
+
+test: check
+	$(BIN)/python -m pytest
+
+## Unit tests only (tiny random encoders, no real model).
+test-fast: install
+	$(BIN)/python -m pytest -m "not integration"
+
+bench-encode: install
+	$(BIN)/python benchmarks/encode.py --quick
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,643 @@
+"""The Gaussian encoder: one transformer that maps a text to a diagonal Gaussian.
+
+Design (Zamani and Bendersky, SIGIR 2023, section 4.1): the input is
+``[CLS] [VAR] text [SEP]`` with a new special token ``[VAR]``; the mean is a linear map
+of the pooled representation (``[CLS]``, or the mean of the token states for backbones
+trained that way), and the variance is ``max(softplus_beta(W_S h_[VAR]), floor)``.
+Queries and documents share the encoder.
+
+Example:
+    >>> from kl_retrievers import GaussianEncoder
+    >>> enc = GaussianEncoder.from_backbone("sentence-transformers/all-MiniLM-L6-v2", dim=128)  # doctest: +SKIP
+    >>> g = enc.encode_documents(["a first passage", "a second one"])  # doctest: +SKIP
+    >>> g.mean.shape, g.var.shape  # doctest: +SKIP
+    ((2, 128), (2, 128))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from kl_retrievers._io import atomic_dir, check_version, library_version
+from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians
+from kl_retrievers.hub import cached_sha256, file_matches_sha256, resolve_model_path
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GaussianEncoder", "GaussianEncoderConfig", "NotAnEncoderError"]
+
+FORMAT_VERSION = 1
+VAR_TOKEN = "[VAR]"
+CONFIG_NAME = "config.json"
+FULL_WEIGHTS = "model.safetensors"
+DELTA_WEIGHTS = "delta.safetensors"
+_VAR_ROW = "var_token_embedding"
+_POOLINGS = ("cls", "mean")
+
+
+class NotAnEncoderError(ValueError):
+    """A folder that is not a saved :class:`GaussianEncoder`."""
+
+
+@dataclass
+class GaussianEncoderConfig:
+    """Everything that defines a :class:`GaussianEncoder` apart from its weights.
+
+    Attributes:
+        dim: Output dimension ``k`` of the mean and the variance.
+        beta: Sharpness of the softplus that makes variances positive.
+        pooling: ``"cls"`` (the paper) or ``"mean"`` (masked mean of token states).
+        var_token: Insert the ``[VAR]`` token and read the variance from its state; when
+            ``False`` the variance head reads the pooled representation.
+        var_floor: Smallest variance the head can output (keeps logs finite).
+        normalize_pooled: L2-normalise the pooled representation before the mean head.
+        max_length: Token budget for documents (texts beyond it are truncated).
+        query_max_length: Token budget for queries.
+        backbone: Hub id or path of the backbone the encoder was started from.
+        backbone_sha256: SHA-256 of that backbone's weights, when known.
+    """
+
+    dim: int
+    beta: float = 1.0
+    pooling: Literal["cls", "mean"] = "cls"
+    var_token: bool = True
+    var_floor: float = 1e-6
+    normalize_pooled: bool = False
+    max_length: int = 256
+    query_max_length: int = 64
+    backbone: str = ""
+    backbone_sha256: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dim, int) or self.dim < 1:
+            raise ValueError(f"dim must be a positive int; got {self.dim!r}")
+        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"beta must be a finite number > 0; got {self.beta!r}")
+        if self.pooling not in _POOLINGS:
+            raise ValueError(f"pooling must be one of {_POOLINGS}; got {self.pooling!r}")
+        if not (self.var_floor > 0 and math.isfinite(self.var_floor)):
+            raise ValueError(f"var_floor must be a finite number > 0; got {self.var_floor!r}")
+        for name in ("max_length", "query_max_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 3:
+                raise ValueError(f"{name} must be an int >= 3; got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GaussianEncoderConfig:
+        """Build from :meth:`to_dict` output; unknown keys are kept in ``extra``."""
+        known = {f.name for f in fields(cls)}
+        extra = {k: v for k, v in data.items() if k not in known}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        if extra:
+            kwargs["extra"] = {**kwargs.get("extra", {}), **extra}
+        return cls(**kwargs)
+
+
+def _inverse_softplus(value: float, beta: float) -> float:
+    return math.log(math.expm1(beta * value)) / beta
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report and weight-loading bar (an unused pooler is expected)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load_backbone(path: str | os.PathLike[str]) -> Any:
+    from transformers import AutoModel
+
+    with _quiet_transformers():
+        try:
+            return AutoModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False)
+        except TypeError:  # models without a pooling layer reject the argument
+            return AutoModel.from_pretrained(path, local_files_only=True)
+
+
+def _backbone_from_config(config_dict: dict[str, Any]) -> Any:
+    from transformers import AutoConfig, AutoModel
+
+    config_dict = dict(config_dict)
+    model_type = config_dict.pop("model_type")
+    config = AutoConfig.for_model(model_type, **config_dict)
+    try:
+        return AutoModel.from_config(config, add_pooling_layer=False)
+    except TypeError:
+        return AutoModel.from_config(config)
+
+
+def _check_texts(texts: str | Sequence[str] | None) -> list[str]:
+    if isinstance(texts, str):
+        return [texts]
+    if texts is None:
+        raise TypeError("texts must be a str or a sequence of str; got None")
+    if not isinstance(texts, Iterable):
+        raise TypeError(f"texts must be a str or a sequence of str; got {type(texts).__name__}")
+    out = list(texts)
+    for i, text in enumerate(out):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__}; every text must be a str")
+    return out
+
+
+def _pick_device(device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"device must be cpu, cuda or mps; got {device!r}") from None
+        if dev.type not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"device must be cpu, cuda or mps; got {device!r}")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class GaussianEncoder(nn.Module):
+    """A transformer backbone with a mean head and a softplus-beta variance head.
+
+    Build one with :meth:`from_backbone` (a new encoder from a plain Hugging Face
+    encoder) or :meth:`from_pretrained` (a saved one); :func:`kl_retrievers.load_default_model`
+    gives the package default.
+
+    Args:
+        backbone: A Hugging Face encoder (``AutoModel``) whose output has ``last_hidden_state``.
+        tokenizer: Its tokenizer; ``[VAR]`` is added when ``config.var_token`` is set.
+        config: The encoder's :class:`GaussianEncoderConfig`.
+        name_or_path: Where the encoder came from (for configs and logs).
+
+    Example:
+        >>> enc = GaussianEncoder.from_backbone("sentence-transformers/all-MiniLM-L6-v2", dim=64)  # doctest: +SKIP
+        >>> q = enc.encode_queries("what is a gaussian?")  # doctest: +SKIP
+        >>> q.mean.shape  # doctest: +SKIP
+        (1, 64)
+    """
+
+    backbone: Any  # a transformers PreTrainedModel
+
+    def __init__(self, backbone: Any, tokenizer: Any, config: GaussianEncoderConfig, name_or_path: str = ""):
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.config = config
+        self.name_or_path = name_or_path or config.backbone
+        hidden = int(backbone.config.hidden_size)
+        self.mean_head = nn.Linear(hidden, config.dim)
+        self.var_head = nn.Linear(hidden, config.dim)
+        self.var_token_id: int | None = None
+        if config.var_token:
+            self._ensure_var_token()
+
+    # ------------------------------------------------------------------ construction
+    def _ensure_var_token(self) -> None:
+        tok = self.tokenizer
+        if VAR_TOKEN not in tok.get_vocab():
+            tok.add_special_tokens({"additional_special_tokens": [VAR_TOKEN]})
+        self.var_token_id = int(tok.convert_tokens_to_ids(VAR_TOKEN))
+        emb = self.backbone.get_input_embeddings()
+        if emb.num_embeddings <= self.var_token_id:
+            cls_id = tok.cls_token_id if tok.cls_token_id is not None else 0
+            self.backbone.resize_token_embeddings(len(tok), mean_resizing=False)
+            with torch.no_grad():
+                weights = self.backbone.get_input_embeddings().weight
+                weights[self.var_token_id] = weights[cls_id]
+
+    @classmethod
+    def from_backbone(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        dim: int | None = None,
+        beta: float = 1.0,
+        pooling: Literal["cls", "mean"] = "cls",
+        var_token: bool = True,
+        var_floor: float = 1e-6,
+        normalize_pooled: bool = False,
+        init_variance: float = 1.0,
+        identity_mean: bool | None = None,
+        max_length: int = 256,
+        query_max_length: int = 64,
+        seed: int | None = 0,
+    ) -> GaussianEncoder:
+        """Start a new Gaussian encoder from a plain encoder backbone.
+
+        Args:
+            name_or_path: Hub id or local folder of a Hugging Face encoder
+                (``sentence-transformers/all-MiniLM-L6-v2`` also resolves offline).
+            dim: Output dimension ``k`` (default: the backbone's hidden size).
+            beta: Softplus sharpness of the variance head.
+            pooling: ``"cls"`` or ``"mean"``.
+            var_token: Add ``[VAR]`` and read the variance from it.
+            var_floor: Smallest variance.
+            normalize_pooled: L2-normalise the pooled vector before the mean head.
+            init_variance: The variance head starts as this constant (zero weights).
+            identity_mean: Start the mean head as the identity (default: when ``dim``
+                equals the hidden size); otherwise it is initialised at random.
+            max_length: Document token budget.
+            query_max_length: Query token budget.
+            seed: Seed for the random head initialisation (``None``: do not seed).
+
+        Returns:
+            A new encoder in evaluation mode.
+        """
+        from transformers import AutoTokenizer
+
+        path = resolve_model_path(name_or_path)
+        backbone = _load_backbone(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        hidden = int(backbone.config.hidden_size)
+        weights = path / FULL_WEIGHTS
+        config = GaussianEncoderConfig(
+            dim=dim or hidden,
+            beta=beta,
+            pooling=pooling,
+            var_token=var_token,
+            var_floor=var_floor,
+            normalize_pooled=normalize_pooled,
+            max_length=max_length,
+            query_max_length=query_max_length,
+            backbone=os.fspath(name_or_path),
+            backbone_sha256=cached_sha256(weights) if weights.is_file() else None,
+        )
+        if seed is not None:
+            torch.manual_seed(seed)
+        enc = cls(backbone, tokenizer, config, name_or_path=os.fspath(name_or_path))
+        enc.reset_heads(init_variance=init_variance, identity_mean=identity_mean)
+        return enc.eval()
+
+    def reset_heads(self, *, init_variance: float = 1.0, identity_mean: bool | None = None) -> None:
+        """Initialise the heads: constant variance ``init_variance``; identity or random mean."""
+        if not init_variance > self.config.var_floor:
+            raise ValueError(f"init_variance must be > var_floor ({self.config.var_floor}); got {init_variance!r}")
+        hidden = self.mean_head.in_features
+        if identity_mean is None:
+            identity_mean = self.config.dim == hidden
+        with torch.no_grad():
+            if identity_mean:
+                if self.config.dim != hidden:
+                    raise ValueError(f"identity_mean needs dim == hidden size ({hidden}); got dim={self.config.dim}")
+                self.mean_head.weight.copy_(torch.eye(hidden))
+                self.mean_head.bias.zero_()
+            else:
+                nn.init.xavier_uniform_(self.mean_head.weight)
+                self.mean_head.bias.zero_()
+            self.var_head.weight.zero_()
+            self.var_head.bias.fill_(_inverse_softplus(init_variance, self.config.beta))
+
+    # ------------------------------------------------------------------ forward
+    @property
+    def device(self) -> torch.device:
+        """The device of the parameters."""
+        return next(self.parameters()).device
+
+    def tokenize(self, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+        """Tokenize and insert ``[VAR]`` right after the first token (``[CLS]``)."""
+        budget = max_length - 1 if self.var_token_id is not None else max_length
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=budget, return_tensors="pt")
+        batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        if self.var_token_id is not None:
+            n = batch["input_ids"].shape[0]
+            for key, value in batch.items():
+                fill = self.var_token_id if key == "input_ids" else (1 if key == "attention_mask" else 0)
+                col = torch.full((n, 1), fill, dtype=value.dtype)
+                batch[key] = torch.cat([value[:, :1], col, value[:, 1:]], dim=1)
+        return batch
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance, each of shape ``(batch, dim)``."""
+        kwargs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        hidden = self.backbone(**kwargs).last_hidden_state
+        if self.config.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = attention_mask.to(hidden.dtype)
+            if self.var_token_id is not None:
+                mask = mask * (input_ids != self.var_token_id).to(hidden.dtype)
+            mask = mask.unsqueeze(-1)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+        var_in = hidden[:, 1] if self.var_token_id is not None else pooled
+        if self.config.normalize_pooled:
+            pooled = F.normalize(pooled, p=2, dim=-1)
+        mean = self.mean_head(pooled)
+        var = F.softplus(self.var_head(var_in), beta=self.config.beta).clamp_min(self.config.var_floor)
+        return mean, var
+
+    # ------------------------------------------------------------------ encoding
+    def _encode(
+        self,
+        texts: str | Sequence[str],
+        *,
+        max_length: int,
+        batch_size: int,
+        show_progress_bar: bool | None,
+        convert_to: str,
+        device: str | torch.device | None,
+        desc: str,
+    ) -> Gaussians:
+        items = _check_texts(texts)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
+        if not isinstance(max_length, int) or max_length < 3:
+            raise ValueError(f"max_length must be an int >= 3; got {max_length!r}")
+        if convert_to not in ("numpy", "torch"):
+            raise ValueError(f"convert_to must be 'numpy' or 'torch'; got {convert_to!r}")
+        if device is not None:
+            target = _pick_device(device)
+            if target != self.device:
+                self.to(target)
+        dim = self.config.dim
+        if not items:
+            empty = torch.zeros((0, dim))
+            g = Gaussians(empty, empty.clone(), validate=False)
+            return g if convert_to == "torch" else g.numpy()
+        order = np.argsort([-len(t) for t in items], kind="stable")
+        if show_progress_bar is None:
+            show_progress_bar = len(items) > batch_size and sys.stderr.isatty()
+        from tqdm.auto import tqdm
+
+        means, vars_ = [], []
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                for start in tqdm(
+                    range(0, len(items), batch_size), desc=desc, disable=not show_progress_bar, unit="batch"
+                ):
+                    chunk = [items[i] for i in order[start : start + batch_size]]
+                    batch = {k: v.to(self.device) for k, v in self.tokenize(chunk, max_length).items()}
+                    mean, var = self(**batch)
+                    means.append(mean.float().cpu())
+                    vars_.append(var.float().cpu())
+        finally:
+            self.train(was_training)
+        inverse = torch.from_numpy(np.argsort(order))
+        g = Gaussians(torch.cat(means)[inverse], torch.cat(vars_)[inverse], validate=False)
+        return g if convert_to == "torch" else g.numpy()
+
+    def encode_queries(
+        self,
+        texts: str | Sequence[str],
+        *,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        show_progress_bar: bool | None = None,
+        convert_to: Literal["numpy", "torch"] = "numpy",
+        device: str | torch.device | None = None,
+    ) -> Gaussians:
+        """Encode queries into Gaussians (one row per text, input order kept).
+
+        Args:
+            texts: A string or a sequence of strings (empty strings are allowed).
+            batch_size: Texts per forward pass (texts are sorted by length first).
+            max_length: Token budget (default ``config.query_max_length``); longer texts are truncated.
+            show_progress_bar: Show a tqdm bar (default: when stderr is a terminal and there are several batches).
+            convert_to: ``"numpy"`` or ``"torch"``.
+            device: ``"cpu"``, ``"cuda"`` or ``"mps"``; moves the encoder there.
+
+        Returns:
+            :class:`~kl_retrievers.gaussian.Gaussians` of float32, shape ``(len(texts), dim)``.
+
+        Example:
+            >>> q = encoder.encode_queries(["what is -KL?"])  # doctest: +SKIP
+        """
+        return self._encode(
+            texts,
+            max_length=max_length or self.config.query_max_length,
+            batch_size=batch_size,
+            show_progress_bar=show_progress_bar,
+            convert_to=convert_to,
+            device=device,
+            desc="Encoding queries",
+        )
+
+    def encode_documents(
+        self,
+        texts: str | Sequence[str],
+        *,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        show_progress_bar: bool | None = None,
+        convert_to: Literal["numpy", "torch"] = "numpy",
+        device: str | torch.device | None = None,
+    ) -> Gaussians:
+        """Encode documents into Gaussians; arguments as :meth:`encode_queries`.
+
+        ``max_length`` defaults to ``config.max_length``.
+
+        Example:
+            >>> d = encoder.encode_documents(["a passage", "another passage"])  # doctest: +SKIP
+        """
+        return self._encode(
+            texts,
+            max_length=max_length or self.config.max_length,
+            batch_size=batch_size,
+            show_progress_bar=show_progress_bar,
+            convert_to=convert_to,
+            device=device,
+            desc="Encoding documents",
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def _head_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    def save_pretrained(self, path: str | os.PathLike[str], *, include_backbone: bool = True) -> Path:
+        """Save to a folder: ``config.json``, safetensors weights and the tokenizer.
+
+        Args:
+            path: Target folder; replaced atomically (an interrupted save keeps the old copy).
+            include_backbone: Save every weight (``model.safetensors``). When ``False``, save
+                only what differs from the backbone named in the config (``delta.safetensors``:
+                the heads, the ``[VAR]`` embedding row and any changed backbone tensor), a few MB
+                that load on top of that backbone.
+
+        Returns:
+            The folder written.
+
+        Example:
+            >>> encoder.save_pretrained("my-encoder")  # doctest: +SKIP
+        """
+        target = Path(path)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        meta: dict[str, Any] = {
+            "library": "kl_retrievers",
+            "library_version": library_version(),
+            "format_version": FORMAT_VERSION,
+            "score": {"name": SCORE_NAME, "direction": SCORE_DIRECTION},
+            "encoder": self.config.to_dict(),
+            "backbone_config": self.backbone.config.to_dict(),
+            "var_token_id": self.var_token_id,
+            "weights": FULL_WEIGHTS if include_backbone else DELTA_WEIGHTS,
+        }
+        if not include_backbone:
+            state = self._delta_state(state)
+        with atomic_dir(target) as tmp:
+            save_file(state, os.fspath(tmp / meta["weights"]), metadata={"format": "pt"})
+            self.tokenizer.save_pretrained(os.fspath(tmp))
+            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        return target
+
+    def _delta_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not self.config.backbone:
+            raise ValueError("include_backbone=False needs config.backbone (the base backbone to load on top of)")
+        base_path = resolve_model_path(self.config.backbone)
+        base = _load_backbone(base_path).state_dict()
+        delta = self._head_state()
+        delta = {k: v.detach().cpu().contiguous() for k, v in delta.items()}
+        emb_param = self.backbone.get_input_embeddings().weight
+        emb_key = next("backbone." + n for n, p in self.backbone.named_parameters() if p is emb_param)
+        for key, value in state.items():
+            if not key.startswith("backbone."):
+                continue
+            base_key = key[len("backbone.") :]
+            if key == emb_key:
+                delta.update(self._embedding_delta(key, value, base[base_key]))
+                continue
+            if base_key not in base or not torch.equal(value, base[base_key]):
+                delta[key] = value
+        return delta
+
+    def _embedding_delta(self, key: str, value: torch.Tensor, base: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Only the ``[VAR]`` row when every other row equals the backbone's; else the whole matrix."""
+        var_id = self.var_token_id
+        rows = base.shape[0]
+        expected_rows = max(rows, var_id + 1) if var_id is not None else rows
+        if value.shape[0] != expected_rows:
+            return {key: value}
+        expected = value.clone()
+        expected[:rows] = base
+        if var_id is not None:
+            expected[var_id] = value[var_id]
+        if not torch.equal(value, expected):
+            return {key: value}
+        return {_VAR_ROW: value[var_id : var_id + 1].clone()} if var_id is not None else {}
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike[str], *, device: str | torch.device | None = None
+    ) -> GaussianEncoder:
+        """Load an encoder saved with :meth:`save_pretrained` (a local folder or a hub id).
+
+        Raises:
+            NotAnEncoderError: The folder is not a saved Gaussian encoder.
+
+        Example:
+            >>> enc = GaussianEncoder.from_pretrained("my-encoder")  # doctest: +SKIP
+        """
+        from transformers import AutoTokenizer
+
+        path = resolve_model_path(name_or_path)
+        cfg_file = path / CONFIG_NAME
+        try:
+            meta = json.loads(cfg_file.read_text())
+        except FileNotFoundError:
+            raise NotAnEncoderError(f"{path} is not a saved GaussianEncoder: {CONFIG_NAME} is missing") from None
+        except json.JSONDecodeError as exc:
+            raise NotAnEncoderError(f"{cfg_file} is not valid JSON: {exc}") from None
+        if not isinstance(meta, dict) or meta.get("library") != "kl_retrievers" or "encoder" not in meta:
+            raise NotAnEncoderError(
+                f"{path} is not a saved GaussianEncoder (its {CONFIG_NAME} was not written by kl_retrievers); "
+                "to start from a plain encoder use GaussianEncoder.from_backbone"
+            )
+        check_version(meta, what=f"encoder at {path}", format_version=FORMAT_VERSION)
+        config = GaussianEncoderConfig.from_dict(meta["encoder"])
+        weights_name = meta.get("weights", FULL_WEIGHTS)
+        weights_file = path / weights_name
+        if not weights_file.is_file():
+            raise NotAnEncoderError(f"{path} is missing its weights file {weights_name}")
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        state = load_file(os.fspath(weights_file))
+        if weights_name == FULL_WEIGHTS:
+            backbone = _backbone_from_config(meta["backbone_config"])
+            enc = cls(backbone, tokenizer, config, name_or_path=os.fspath(name_or_path))
+            missing, unexpected = enc.load_state_dict(state, strict=False)
+            if unexpected or [m for m in missing if not m.endswith("position_ids")]:
+                raise NotAnEncoderError(
+                    f"{weights_file} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+                )
+        else:
+            enc = cls._from_delta(path, tokenizer, config, state, name_or_path)
+        if meta.get("var_token_id") != enc.var_token_id:
+            raise NotAnEncoderError(
+                f"{path}: the tokenizer maps {VAR_TOKEN} to {enc.var_token_id}, config says {meta.get('var_token_id')}"
+            )
+        if device is not None:
+            enc.to(_pick_device(device))
+        return enc.eval()
+
+    @classmethod
+    def _from_delta(
+        cls,
+        path: Path,
+        tokenizer: Any,
+        config: GaussianEncoderConfig,
+        state: dict[str, torch.Tensor],
+        name_or_path: str | os.PathLike[str],
+    ) -> GaussianEncoder:
+        base_path = resolve_model_path(config.backbone)
+        if config.backbone_sha256:
+            weights = base_path / FULL_WEIGHTS
+            if weights.is_file() and not file_matches_sha256(weights, config.backbone_sha256):
+                raise NotAnEncoderError(
+                    f"{path} was saved on top of backbone {config.backbone!r} with SHA-256 {config.backbone_sha256}, "
+                    f"but {weights} differs; load the exact backbone it was trained from"
+                )
+        backbone = _load_backbone(base_path)
+        enc = cls(backbone, tokenizer, config, name_or_path=os.fspath(name_or_path))
+        var_row = state.pop(_VAR_ROW, None)
+        own = enc.state_dict()
+        unknown = [k for k in state if k not in own]
+        if unknown:
+            raise NotAnEncoderError(f"{path}/{DELTA_WEIGHTS} has tensors this encoder lacks: {unknown[:5]}")
+        with torch.no_grad():
+            for key, value in state.items():
+                own[key].copy_(value)
+            if var_row is not None and enc.var_token_id is not None:
+                enc.backbone.get_input_embeddings().weight[enc.var_token_id] = var_row[0]
+        return enc
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"GaussianEncoder(name_or_path={self.name_or_path!r}, dim={c.dim}, beta={c.beta}, pooling={c.pooling!r}, "
+            f"var_token={c.var_token}, backbone={c.backbone!r})"
+        )

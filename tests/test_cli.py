@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_tiny_encoder
+
+from kl_retrievers._io import load_gaussians, save_gaussians
+from kl_retrievers.cli import build_parser, main, read_texts
+
+
+def test_help_everywhere(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert {"demo", "encode"} <= set(commands)
+    for name in [None, *commands]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--help"] if name is None else [name, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: kl-retrievers" in capsys.readouterr().out
+
+
+def test_console_script_is_installed() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "kl_retrievers.cli", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.startswith("kl-retrievers ")
+
+
+def test_read_texts_formats(tmp_path: Path) -> None:
+    beir = tmp_path / "corpus.jsonl"
+    beir.write_text(json.dumps({"_id": "d1", "title": "T", "text": "body"}) + "\n\n")
+    assert read_texts(beir) == (["d1"], ["T body"])
+    plain = tmp_path / "texts.txt"
+    plain.write_text("one\n\ntwo\n")
+    assert read_texts(plain) == (["0", "1"], ["one", "two"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{oops\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl, line 2"):
+        read_texts(bad)
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"body": "x"}) + "\n")
+    with pytest.raises(ValueError, match="--field"):
+        read_texts(other)
+    assert read_texts(other, "body") == (["0"], ["x"])
+
+
+@pytest.mark.parametrize("out_name", ["out.safetensors", "out_npy"])
+def test_encode_command_writes_what_the_encoder_computes(tmp_path: Path, out_name: str) -> None:
+    enc = make_tiny_encoder()
+    model_dir = enc.save_pretrained(tmp_path / "model")
+    corpus = tmp_path / "corpus.jsonl"
+    rows = [{"_id": f"d{i}", "title": "", "text": t} for i, t in enumerate(["hello world", "the cat sat", "sea"])]
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / out_name
+    code = main(["encode", "--input", str(corpus), "--out", str(out), "--model", str(model_dir), "--no-progress"])
+    assert code == 0
+    g, ids = load_gaussians(out)
+    assert ids == ["d0", "d1", "d2"]
+    expected = enc.encode_documents(["hello world", "the cat sat", "sea"])
+    np.testing.assert_allclose(g.mean, expected.mean, atol=1e-6)
+    np.testing.assert_allclose(g.var, expected.var, rtol=1e-6)
+    if out.suffix != ".safetensors":
+        meta = json.loads((out / "config.json").read_text())
+        assert meta["score"]["direction"] == "higher_is_better" and meta["metadata"]["kind"] == "document"
+        assert not list(out.glob("*.pkl"))
+
+
+def test_encode_errors_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["encode", "--input", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "x")])
+    assert code == 1
+    assert "input file not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="nothing to encode"):
+        main(["encode", "--out", str(tmp_path / "x")])
+
+
+def test_saved_gaussians_reject_wrong_ids_and_missing_files(tmp_path: Path) -> None:
+    from conftest import random_gaussians
+
+    with pytest.raises(ValueError, match="one id per row"):
+        save_gaussians(tmp_path / "g", random_gaussians(2, 3), ids=["only-one"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="mean.npy is missing"):
+        load_gaussians(tmp_path / "empty")
+
+
+@pytest.mark.integration
+def test_demo_prints_scores_and_uncertainty(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "-k", "2", "why does bread rise"]) == 0
+    out = capsys.readouterr().out
+    assert "query: 'why does bread rise'" in out and "uncertainty" in out
+    first = next(line for line in out.splitlines() if line.strip().startswith("1."))
+    assert "-KL=" in first and "[cook-1]" in first
