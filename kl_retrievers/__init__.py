@@ -26,7 +26,8 @@ from kl_retrievers.gaussian import (
     neg_kl_matrix,
 )
 from kl_retrievers.hub import ModelNotFoundError, resolve_model_path
-from kl_retrievers.pretrained import bundled_models, load_default_model
+from kl_retrievers.index import DeleteReport, KLStore, SearchResult, StoredDocument, StoreFormatError
+from kl_retrievers.pretrained import bundled_models, load_default_model, load_model
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -35,17 +36,23 @@ __version__ = library_version()
 __all__ = [
     "SCORE_DIRECTION",
     "SCORE_NAME",
+    "DeleteReport",
     "GaussianEncoder",
     "GaussianEncoderConfig",
     "Gaussians",
+    "KLStore",
     "ModelNotFoundError",
     "NotAnEncoderError",
+    "SearchResult",
+    "StoreFormatError",
+    "StoredDocument",
     "__version__",
     "bundled_models",
     "kl_document_vectors",
     "kl_query_constant",
     "kl_query_vectors",
     "load_default_model",
+    "load_model",
     "neg_kl",
     "neg_kl_matrix",
     "resolve_model_path",

@@ -1,7 +1,7 @@
 """The ``kl-retrievers`` command line.
 
-Subcommands: ``demo`` (the main job), ``encode``; the KL store adds ``index`` and
-``search``, evaluation adds ``evaluate``. Every subcommand has ``--help``.
+Subcommands: ``demo`` (the main job), ``encode``, ``index``, ``search`` and ``evaluate``.
+Every subcommand has ``--help``.
 
 Example:
     >>> main(["--version"])  # doctest: +SKIP
@@ -68,14 +68,9 @@ def read_texts(path: Path, field: str = "auto") -> tuple[list[str], list[str]]:
 
 
 def _load_encoder(model: str | None, device: str | None = None) -> Any:
-    from kl_retrievers import GaussianEncoder, load_default_model
-    from kl_retrievers.pretrained import bundled_models
+    from kl_retrievers.pretrained import load_model
 
-    if model is None:
-        return load_default_model(device=device)
-    if model in bundled_models():
-        return load_default_model(model, device=device)
-    return GaussianEncoder.from_pretrained(model, device=device)
+    return load_model(model, device=device)
 
 
 # ---------------------------------------------------------------- encode
@@ -137,7 +132,7 @@ def _add_demo(sub: Any) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     import time
 
-    from kl_retrievers.gaussian import neg_kl_matrix
+    from kl_retrievers.index import KLStore
 
     if args.k < 1:
         raise SystemExit(f"-k must be >= 1; got {args.k}")
@@ -146,25 +141,144 @@ def _run_demo(args: argparse.Namespace) -> int:
     queries = list(args.queries) or [r["text"] for r in _read_jsonl(DATA_DIR / "demo_queries.jsonl")]
     encoder = _load_encoder(args.model)
     print(f"model: {encoder!r}")
-    texts = [f"{r['title']} {r['text']}" for r in corpus]
-    docs = encoder.encode_documents(texts, show_progress_bar=False)
+    store = KLStore(encoder)
+    store.add(
+        [f"{r['title']} {r['text']}" for r in corpus],
+        ids=[r["_id"] for r in corpus],
+        metadatas=[{"title": r["title"]} for r in corpus],
+    )
+    print(
+        f"indexed {len(store)} documents in a flat KL store (k={store.dim}); score = -KL(query || document), "
+        "higher is better\n"
+    )
     q = encoder.encode_queries(queries, show_progress_bar=False)
-    print(f"indexed {len(corpus)} documents (k={docs.dim}); score = -KL(query || document), higher is better\n")
-    scores = neg_kl_matrix(q.astype("float64"), docs.astype("float64"))
     uncertainty = q.uncertainty()
-    for i, query in enumerate(queries):
+    for i, (query, hits) in enumerate(zip(queries, store.search_batch(q, k=args.k), strict=True)):
         print(f"query: {query!r}  (uncertainty: mean log-variance {uncertainty[i]:+.3f})")
-        top = scores[i].argsort()[::-1][: args.k]
-        for rank, j in enumerate(top, 1):
-            row = corpus[j]
-            print(f"  {rank}. -KL={scores[i, j]:9.4f}  [{row['_id']}] {row['title']}: {row['text'][:70]}")
+        for rank, hit in enumerate(hits, 1):
+            print(f"  {rank}. -KL={hit.score:9.4f}  [{hit.id}] {(hit.text or '')[:80]}")
         print()
     print(f"done in {time.perf_counter() - start:.1f}s")
     return 0
 
 
 # ---------------------------------------------------------------- main
-_REGISTRARS: list[Callable[[Any], None]] = [_add_demo, _add_encode]
+# ---------------------------------------------------------------- index / search
+def _read_corpus(path: Path, field: str) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """ids, texts and metadata from a BEIR corpus.jsonl, any JSONL with a text field, or a folder of .txt/.md."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md") and p.is_file())
+        if not files:
+            raise ValueError(f"{path} holds no .txt or .md files")
+        ids = [str(p.relative_to(path)) for p in files]
+        return ids, [p.read_text(encoding="utf-8") for p in files], [{"source": i} for i in ids]
+    ids, texts = read_texts(path, field)
+    metadatas: list[dict[str, Any]] = [{} for _ in ids]
+    if path.suffix == ".jsonl":
+        for meta, row in zip(metadatas, _read_jsonl(path), strict=True):
+            meta.update({k: v for k, v in row.items() if k not in ("_id", "id", "text") and _json_scalar(v)})
+    return ids, texts, metadatas
+
+
+def _json_scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool)) or value is None
+
+
+def _add_index(sub: Any) -> None:
+    p = sub.add_parser(
+        "index",
+        help="encode a corpus and save a KL store",
+        description="Encode a corpus into Gaussians and save a KL store (FAISS over the exact -KL rewrite).",
+    )
+    p.add_argument(
+        "corpus", type=Path, help="BEIR corpus.jsonl, a JSONL file with a text field, or a folder of .txt/.md"
+    )
+    p.add_argument("--out", "-o", type=Path, required=True, help="store folder to write (replaced atomically)")
+    p.add_argument("--index-type", choices=("flat", "hnsw", "ivf"), default="flat", help="default: flat (exact)")
+    p.add_argument("--compression", choices=("sq8", "pq"), default=None, help="hnsw/ivf vector compression")
+    p.add_argument("--model", "-m", help="bundled model name, saved GaussianEncoder folder or hub id")
+    p.add_argument("--field", default="auto", help="JSONL text field (default: title + text)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default=None, help="cpu, cuda or mps")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_run_index)
+
+
+def _run_index(args: argparse.Namespace) -> int:
+    from kl_retrievers.index import KLStore
+
+    ids, texts, metadatas = _read_corpus(args.corpus, args.field)
+    encoder = _load_encoder(args.model, args.device)
+    store = KLStore(
+        encoder,
+        index_type=args.index_type,
+        compression=args.compression,
+        batch_size=args.batch_size,
+        show_progress_bar=not args.no_progress,
+    )
+    store.add(texts, ids=ids, metadatas=metadatas)
+    store.save(args.out)
+    print(f"indexed {len(store)} documents ({args.index_type}, k={store.dim}) into {args.out}")
+    return 0
+
+
+def _add_search(sub: Any) -> None:
+    p = sub.add_parser(
+        "search",
+        help="search a saved KL store",
+        description="Search a KL store saved by `kl-retrievers index`; scores are -KL (higher is better).",
+    )
+    p.add_argument("store", type=Path, help="store folder")
+    p.add_argument("query", nargs="+", help="one or more queries")
+    p.add_argument("-k", type=int, default=10, help="results per query (default 10)")
+    p.add_argument("--filter", default=None, help='metadata filter as JSON, e.g. \'{"year": {"$gte": 2020}}\'')
+    p.add_argument("--model", "-m", help="encoder for the queries (default: the one the store was built with)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per query on stdout")
+    p.set_defaults(func=_run_search)
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    from kl_retrievers.index import KLStore
+
+    config_file = args.store / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{args.store} is not a KL store: config.json is missing")
+    saved = (json.loads(config_file.read_text()).get("encoder") or {}).get("name_or_path")
+    model = args.model or saved
+    if not model:
+        raise ValueError(f"{args.store} does not record its encoder; pass --model")
+    filt = json.loads(args.filter) if args.filter else None
+    encoder = _load_encoder(model)
+    store = KLStore.load(args.store, encoder=encoder)
+    q = encoder.encode_queries(args.query, show_progress_bar=False)
+    for i, (query, hits) in enumerate(zip(args.query, store.search_batch(q, k=args.k, filter=filt), strict=True)):
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "query": query,
+                        "uncertainty": float(q.uncertainty()[i]),
+                        "score": "neg_kl",
+                        "results": [
+                            {"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata} for h in hits
+                        ],
+                    }
+                )
+            )
+            continue
+        print(f"query: {query!r}  (uncertainty {float(q.uncertainty()[i]):+.3f})")
+        for rank, h in enumerate(hits, 1):
+            print(f"  {rank:>3}. -KL={h.score:10.4f}  [{h.id}] {(h.text or '')[:80]}")
+    return 0
+
+
+def _add_evaluate(sub: Any) -> None:
+    from kl_retrievers.evaluation import add_evaluate_command
+
+    add_evaluate_command(sub)
+
+
+_REGISTRARS: list[Callable[[Any], None]] = [_add_demo, _add_encode, _add_index, _add_search, _add_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -95,3 +95,49 @@ def test_demo_prints_scores_and_uncertainty(capsys: pytest.CaptureFixture[str]) 
     assert "query: 'why does bread rise'" in out and "uncertainty" in out
     first = next(line for line in out.splitlines() if line.strip().startswith("1."))
     assert "-KL=" in first and "[cook-1]" in first
+
+
+def test_index_and_search_commands_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    enc = make_tiny_encoder()
+    model_dir = enc.save_pretrained(tmp_path / "model")
+    corpus = tmp_path / "corpus.jsonl"
+    rows = [
+        {"_id": "a", "title": "", "text": "the cat sat on the mat", "year": 2020},
+        {"_id": "b", "title": "", "text": "hello world", "year": 2021},
+        {"_id": "c", "title": "", "text": "green tea and black tea", "year": 2022},
+    ]
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    store_dir = tmp_path / "store"
+    assert main(["index", str(corpus), "--out", str(store_dir), "--model", str(model_dir), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["search", str(store_dir), "hello world", "-k", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["score"] == "neg_kl" and len(result["results"]) == 3
+    scores = [r["score"] for r in result["results"]]
+    assert scores == sorted(scores, reverse=True)
+    # the scores are the exact -KL of the saved encoder's Gaussians
+    from kl_retrievers import neg_kl
+
+    q = enc.encode_queries(["hello world"]).astype(np.float64)
+    d = enc.encode_documents([r["text"] for r in rows]).astype(np.float64)
+    expected = dict(zip("abc", neg_kl(q, d), strict=True))
+    for hit in result["results"]:
+        assert hit["score"] == pytest.approx(expected[hit["id"]], rel=1e-5)
+    assert main(["search", str(store_dir), "hello", "--json", "--filter", '{"year": {"$gte": 2021}}']) == 0
+    hits = json.loads(capsys.readouterr().out)["results"]
+    assert {h["id"] for h in hits} == {"b", "c"}
+
+
+def test_index_a_folder_of_text_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model_dir = make_tiny_encoder().save_pretrained(tmp_path / "model")
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "one.txt").write_text("hello world")
+    (docs / "sub" / "two.md").write_text("# the cat\nsat on the mat")
+    (docs / "skip.bin").write_bytes(b"\x00")
+    out = tmp_path / "store"
+    assert main(["index", str(docs), "--out", str(out), "--model", str(model_dir), "--no-progress"]) == 0
+    assert main(["search", str(out), "cat", "-k", "5"]) == 0
+    text = capsys.readouterr().out
+    assert "[one.txt]" in text and "[sub/two.md]" in text and "skip.bin" not in text
+    assert main(["search", str(tmp_path / "nothing"), "cat"]) == 1

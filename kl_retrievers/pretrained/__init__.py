@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MODEL", "bundled_models", "bundled_model_path", "load_default_model"]
+__all__ = ["DEFAULT_MODEL", "bundled_models", "bundled_model_path", "load_default_model", "load_model"]
 
 _HERE = Path(__file__).resolve().parent
 
@@ -71,3 +71,21 @@ def load_default_model(name: str = DEFAULT_MODEL, *, device: str | None = None) 
     encoder = GaussianEncoder.from_pretrained(bundled_model_path(name), device=device)
     encoder.name_or_path = f"kl_retrievers:{name}"
     return encoder
+
+
+def load_model(name_or_path: str | None = None, *, device: str | None = None) -> GaussianEncoder:
+    """Load a Gaussian encoder by bundled name (also as ``kl_retrievers:NAME``), local folder or hub id.
+
+    ``None`` gives the default model.
+
+    Example:
+        >>> load_model("minilm-unit-variance").config.dim  # doctest: +SKIP
+        384
+    """
+    from kl_retrievers.encoder import GaussianEncoder
+
+    if name_or_path is not None and name_or_path.startswith("kl_retrievers:"):
+        name_or_path = name_or_path.split(":", 1)[1]  # the name_or_path a bundled model reports
+    if name_or_path is None or name_or_path in bundled_models():
+        return load_default_model(name_or_path or DEFAULT_MODEL, device=device)
+    return GaussianEncoder.from_pretrained(name_or_path, device=device)

@@ -1,0 +1,255 @@
+"""Approximate -KL search benchmark for ``KLStore``: recall@10, queries/s, build time, bytes/doc.
+
+Synthetic Gaussians (k=384 by default): document means are drawn around 1,000 cluster
+centres (centre ~ N(0, 1), offset ~ N(0, 0.5)), log-variances ~ N(0, 0.5); queries are
+perturbed copies of random documents (mean noise N(0, 0.5), fresh log-variances).  Exact
+ground truth is the flat store (itself checked against float64 ``neg_kl_matrix`` on a
+sample).  Also compares the flat KL search (2k+1 dims) with a plain k-dim ``IndexFlatIP``
+over the same documents (time and memory ratios).
+
+Usage:
+    python benchmarks/ann.py --quick                  # 100k docs, < 5 min on 2 cores
+    python benchmarks/ann.py --sizes 100000 1000000   # full run
+    python benchmarks/ann.py --quick --scifact-gaussians enc.npz  # + real encodings
+        (npz with arrays doc_mean, doc_var, query_mean, query_var)
+
+The last line printed is always
+``recall_at_10=<hnsw recall> speedup=<hnsw qps / flat qps> flat_time_ratio=<KL flat / dot flat time>``
+for the largest synthetic size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kl_retrievers.gaussian import Gaussians, neg_kl_matrix
+from kl_retrievers.index import KLStore
+
+logger = logging.getLogger("benchmarks.ann")
+
+
+def synthetic(n_docs: int, n_queries: int, dim: int, seed: int = 0) -> tuple[Gaussians, Gaussians]:
+    """Clustered synthetic document and query Gaussians (float32).
+
+    Example:
+        >>> d, q = synthetic(100, 5, 8)
+        >>> len(d), len(q)
+        (100, 5)
+    """
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(1000, dim)).astype(np.float32)
+    mean = np.empty((n_docs, dim), np.float32)
+    var = np.empty((n_docs, dim), np.float32)
+    for s in range(0, n_docs, 100_000):
+        e = min(n_docs, s + 100_000)
+        mean[s:e] = centres[rng.integers(0, 1000, e - s)] + rng.normal(0, 0.5, (e - s, dim)).astype(np.float32)
+        var[s:e] = np.exp(rng.normal(0, 0.5, (e - s, dim))).astype(np.float32)
+    src = rng.integers(0, n_docs, n_queries)
+    q_mean = mean[src] + rng.normal(0, 0.5, (n_queries, dim)).astype(np.float32)
+    q_var = np.exp(rng.normal(0, 0.5, (n_queries, dim))).astype(np.float32)
+    return Gaussians(mean, var, validate=False), Gaussians(q_mean, q_var, validate=False)
+
+
+def timed_search(store: KLStore, queries: Gaussians, k: int = 10, repeats: int = 1) -> tuple[list[list[str]], float]:
+    """Ids per query and the best wall time over ``repeats`` batched searches."""
+    best = float("inf")
+    res: list[Any] = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        res = store.search_batch(queries, k=k)
+        best = min(best, time.perf_counter() - t)
+    return [[r.id for r in rr] for rr in res], best
+
+
+def recall(found: list[list[str]], truth: list[list[str]], k: int = 10) -> float:
+    return float(np.mean([len(set(f[:k]) & set(t[:k])) / k for f, t in zip(found, truth, strict=True)]))
+
+
+def index_bytes(index: Any) -> int:
+    return int(faiss.serialize_index(index).nbytes)
+
+
+def run_size(
+    n_docs: int, n_queries: int, dim: int, args: argparse.Namespace, docs: Gaussians | None = None, queries: Any = None
+) -> dict[str, Any]:
+    label = "synthetic" if docs is None else "scifact"
+    if docs is None:
+        docs, queries = synthetic(n_docs, n_queries, dim, seed=args.seed)
+    n_docs, dim = len(docs), docs.dim
+    ids = [str(i) for i in range(n_docs)]
+    gauss_bytes = 2 * 4 * dim  # mean + var, float32
+    rows: list[dict[str, Any]] = []
+    row: dict[str, Any]
+    print(f"\n== {label}: {n_docs} docs, {len(queries)} queries, k={dim} ==", flush=True)
+
+    # exact flat KL store
+    t = time.perf_counter()
+    flat = KLStore(index_type="flat")
+    flat.add(gaussians=docs, ids=ids)
+    build = time.perf_counter() - t
+    truth, t_flat = timed_search(flat, queries, repeats=2)
+    sample = Gaussians(np.asarray(queries.mean[:5], np.float64), np.asarray(queries.var[:5], np.float64))
+    ref = neg_kl_matrix(sample, docs.astype(np.float64))
+    ref_top = [[str(j) for j in np.argsort(-row)[:10]] for row in ref]
+    assert recall(truth[:5], ref_top) == 1.0, "flat store disagrees with float64 neg_kl_matrix"
+    flat_qps = len(queries) / t_flat
+    rows.append(
+        {
+            "index": "flat (exact)",
+            "build_s": build,
+            "qps": flat_qps,
+            "recall": 1.0,
+            "bytes_per_doc": index_bytes(flat._index) / n_docs + gauss_bytes,
+        }
+    )
+
+    # plain dot-product flat index over the means (what a vector retriever would pay)
+    dot = faiss.IndexFlatIP(dim)
+    dot.add(np.ascontiguousarray(docs.mean, dtype=np.float32))
+    qm = np.ascontiguousarray(queries.mean, dtype=np.float32)
+    t_dot = min(_time(lambda: dot.search(qm, 10)) for _ in range(2))
+    klraw = flat._index
+    qv = np.ascontiguousarray(
+        np.concatenate([np.ones((len(queries), 1)), queries.var + queries.mean**2, queries.mean], 1), dtype=np.float32
+    )
+    t_klraw = min(_time(lambda: klraw.search(qv, 10)) for _ in range(2))
+    store_ratio = t_flat / t_dot
+    raw_ratio = t_klraw / t_dot
+    mem_ratio = index_bytes(klraw) / index_bytes(dot)
+    print(
+        f"flat KL store {t_flat:.3f}s, raw 769-d IndexFlatIP {t_klraw:.3f}s, 384-d dot IndexFlatIP {t_dot:.3f}s "
+        f"-> time ratio store/dot {store_ratio:.2f}, raw/dot {raw_ratio:.2f}; index memory ratio {mem_ratio:.3f}",
+        flush=True,
+    )
+
+    configs: list[tuple[str, dict[str, Any]]] = [
+        (
+            f"hnsw M={args.hnsw_m} efC={args.ef_construction} efS={args.ef_search} pool={args.pool}",
+            dict(
+                index_type="hnsw",
+                hnsw_m=args.hnsw_m,
+                ef_construction=args.ef_construction,
+                ef_search=args.ef_search,
+                rescore_pool=args.pool,
+            ),
+        ),
+        (
+            f"ivf nlist={args.nlist} nprobe={args.nprobe} pool={args.pool}",
+            dict(index_type="ivf", nlist=args.nlist, nprobe=args.nprobe, rescore_pool=args.pool),
+        ),
+        (
+            f"ivf+sq8 nlist={args.nlist} nprobe={args.nprobe} pool={args.pool}",
+            dict(index_type="ivf", nlist=args.nlist, nprobe=args.nprobe, compression="sq8", rescore_pool=args.pool),
+        ),
+    ]
+    hnsw_result: dict[str, float] = {}
+    for name, kw in configs:
+        t = time.perf_counter()
+        store = KLStore(**kw)
+        store.add(gaussians=docs, ids=ids)
+        build = time.perf_counter() - t
+        found, t_s = timed_search(store, queries, repeats=2)
+        r = recall(found, truth)
+        qps = len(queries) / t_s
+        row = {
+            "index": name,
+            "build_s": build,
+            "qps": qps,
+            "recall": r,
+            "bytes_per_doc": index_bytes(store._index) / n_docs + gauss_bytes,
+        }
+        rows.append(row)
+        print(f"{name}: build {build:.1f}s recall@10 {r:.4f} qps {qps:.0f} speedup {qps / flat_qps:.2f}x", flush=True)
+        if kw["index_type"] == "hnsw":
+            hnsw_result = {"recall": r, "speedup": qps / flat_qps}
+            for ef in args.sweep_ef:
+                store.ef_search = ef
+                found, t_s = timed_search(store, queries, repeats=1)
+                rows.append(
+                    {
+                        "index": f"  hnsw efS={ef} (same graph)",
+                        "build_s": float("nan"),
+                        "qps": len(queries) / t_s,
+                        "recall": recall(found, truth),
+                        "bytes_per_doc": row["bytes_per_doc"],
+                    }
+                )
+                print(f"  efSearch={ef}: recall {rows[-1]['recall']:.4f} qps {rows[-1]['qps']:.0f}", flush=True)
+        del store
+
+    print("\n| data | docs | index | build s | recall@10 | queries/s | speedup vs flat | bytes/doc |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {label} k={dim} | {n_docs} | {row['index']} | {row['build_s']:.1f} | {row['recall']:.4f} | "
+            f"{row['qps']:.0f} | {row['qps'] / flat_qps:.2f} | {row['bytes_per_doc']:.0f} |"
+        )
+    return {
+        "recall": hnsw_result.get("recall", float("nan")),
+        "speedup": hnsw_result.get("speedup", float("nan")),
+        "flat_time_ratio": store_ratio,
+        "raw_ratio": raw_ratio,
+        "mem_ratio": mem_ratio,
+    }
+
+
+def _time(fn: Any) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="100k synthetic documents only")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--hnsw-m", type=int, default=16)
+    parser.add_argument("--ef-construction", type=int, default=40)
+    parser.add_argument("--ef-search", type=int, default=256)
+    parser.add_argument("--sweep-ef", type=int, nargs="*", default=[64, 128, 512])
+    parser.add_argument("--pool", type=int, default=100)
+    parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default 256 with --quick, else 1024)")
+    parser.add_argument("--nprobe", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--scifact-gaussians",
+        type=Path,
+        default=None,
+        help="npz with doc_mean, doc_var, query_mean, query_var (optional real encodings)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    faiss.omp_set_num_threads(max(1, faiss.omp_get_max_threads()))
+    sizes = [100_000] if args.quick else args.sizes
+    if args.nlist is None:
+        args.nlist = 256 if args.quick else 1024
+    print(f"faiss {faiss.__version__}, threads {faiss.omp_get_max_threads()}, sizes {sizes}", flush=True)
+    if args.scifact_gaussians is not None:
+        with np.load(args.scifact_gaussians, allow_pickle=False) as z:
+            docs = Gaussians(z["doc_mean"].astype(np.float32), z["doc_var"].astype(np.float32))
+            queries = Gaussians(z["query_mean"].astype(np.float32), z["query_var"].astype(np.float32))
+        sci_args = argparse.Namespace(**{**vars(args), "nlist": max(16, min(args.nlist, len(docs) // 39))})
+        run_size(len(docs), len(queries), docs.dim, sci_args, docs=docs, queries=queries)
+    last: dict[str, Any] = {}
+    for n in sizes:
+        last = run_size(n, args.queries, args.dim, args)
+    print(
+        f"recall_at_10={last['recall']:.4f} speedup={last['speedup']:.2f} flat_time_ratio={last['flat_time_ratio']:.2f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

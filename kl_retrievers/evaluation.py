@@ -1,0 +1,1107 @@
+"""Evaluating retrievers: metrics, paired significance tests, exact -KL retrieval and caching.
+
+A *run* maps each query id to ``{document id: score}`` (higher is better); *qrels* map
+each query id to ``{document id: relevance grade}``.  Metrics are computed with
+``ir_measures`` and reported under these names:
+
+======================  =======================
+reported name           ir_measures measure
+======================  =======================
+``ndcg@10``             ``nDCG@10``
+``mrr@10``              ``RR@10``
+``recall@100``          ``R@100``
+``map@100``             ``AP@100``
+======================  =======================
+
+Every query in the qrels counts (a query missing from the run scores 0, like
+``trec_eval -c``); grades >= 1 count as relevant for the binary measures.
+
+Example:
+    >>> from kl_retrievers.evaluation import evaluate_run
+    >>> qrels = {"q1": {"d1": 1}, "q2": {"d3": 1}}
+    >>> run = {"q1": {"d1": 2.0, "d2": 1.0}, "q2": {"d2": 2.0, "d3": 1.0}}
+    >>> agg, per_query = evaluate_run(qrels, run)
+    >>> agg["mrr@10"], per_query["q2"]["mrr@10"]
+    (0.75, 0.5)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from kl_retrievers.datasets import BeirDataset, DatasetError, load_beir
+from kl_retrievers.gaussian import Gaussians, kl_document_vectors, kl_query_vectors, neg_kl
+
+__all__ = [
+    "Run",
+    "Qrels",
+    "METRICS",
+    "DEFAULT_METRICS",
+    "evaluate_run",
+    "PairedTestResult",
+    "paired_test",
+    "top_k",
+    "retrieve_exact",
+    "EncodingCache",
+    "default_cache_dir",
+    "model_fingerprint",
+    "encode_dataset",
+    "EvaluationResult",
+    "evaluate_model",
+    "save_per_query",
+    "load_per_query",
+    "write_trec_run",
+    "add_evaluate_command",
+    "run_evaluate",
+]
+
+logger = logging.getLogger(__name__)
+
+Run = dict[str, dict[str, float]]
+Qrels = dict[str, dict[str, int]]
+
+#: Reported metric name -> ir_measures measure string.
+METRICS: dict[str, str] = {
+    "ndcg@10": "nDCG@10",
+    "mrr@10": "RR@10",
+    "recall@100": "R@100",
+    "map@100": "AP@100",
+}
+DEFAULT_METRICS: tuple[str, ...] = tuple(METRICS)
+
+CACHE_ENV = "KL_RETRIEVERS_CACHE"
+_CACHE_FORMAT = 1
+
+
+# --------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------
+
+
+def _measure(name: str) -> Any:
+    import ir_measures
+
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; choose from {sorted(METRICS)}")
+    return ir_measures.parse_measure(METRICS[name])
+
+
+def evaluate_run(
+    qrels: Mapping[str, Mapping[str, int]],
+    run: Mapping[str, Mapping[str, float]],
+    metrics: Sequence[str] = DEFAULT_METRICS,
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Score a run against qrels.
+
+    Args:
+        qrels: Query id -> {document id: grade}.
+        run: Query id -> {document id: score}; higher is better.
+        metrics: Reported metric names (keys of :data:`METRICS`).
+
+    Returns:
+        ``(aggregate, per_query)``: the mean of each metric over every query in ``qrels``,
+        and query id -> {metric: value} for every query in ``qrels`` (0 when the query is
+        missing from the run). Run queries without judgements are ignored.
+
+    Example:
+        >>> agg, _ = evaluate_run({"q": {"a": 1}}, {"q": {"b": 2.0, "a": 1.0}}, ["ndcg@10"])
+        >>> round(agg["ndcg@10"], 4)
+        0.6309
+    """
+    import ir_measures
+
+    if not qrels:
+        raise ValueError("qrels are empty: nothing to evaluate")
+    measures = {name: _measure(name) for name in metrics}
+    by_measure = {str(m): name for name, m in measures.items()}
+    q = {str(qid): {str(d): int(r) for d, r in docs.items()} for qid, docs in qrels.items()}
+    r = {str(qid): {str(d): float(s) for d, s in docs.items()} for qid, docs in run.items() if str(qid) in q}
+    extra = len(run) - len(r)
+    if extra:
+        logger.warning("%d run queries have no judgements and are ignored", extra)
+    missing = len(q) - sum(1 for qid in q if r.get(qid))
+    if missing:
+        logger.warning("%d judged queries have no results in the run; they score 0", missing)
+    per_query: dict[str, dict[str, float]] = {qid: {name: 0.0 for name in metrics} for qid in q}
+    if r:
+        for m in ir_measures.iter_calc(list(measures.values()), q, r):
+            per_query[m.query_id][by_measure[str(m.measure)]] = float(m.value)
+    aggregate = {name: float(np.mean([per_query[qid][name] for qid in q])) for name in metrics}
+    return aggregate, per_query
+
+
+# --------------------------------------------------------------------------------------
+# Paired significance test
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairedTestResult:
+    """Outcome of a two-sided paired t-test between two systems on the same queries.
+
+    Attributes:
+        metric: The metric compared.
+        n: Number of queries both systems were scored on.
+        mean_a: Mean of system A.
+        mean_b: Mean of system B.
+        mean_diff: ``mean_a - mean_b``.
+        t_statistic: The t statistic (``inf``/``-inf`` when every difference is the same non-zero value).
+        p_value: Two-sided p-value.
+        method: ``"paired t-test (scipy)"`` or ``"paired t-test (builtin)"``.
+    """
+
+    metric: str
+    n: int
+    mean_a: float
+    mean_b: float
+    mean_diff: float
+    t_statistic: float
+    p_value: float
+    method: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (infinite t written as a string)."""
+        t = self.t_statistic
+        return {
+            "metric": self.metric,
+            "n": self.n,
+            "mean_a": self.mean_a,
+            "mean_b": self.mean_b,
+            "mean_diff": self.mean_diff,
+            "t_statistic": t if math.isfinite(t) else str(t),
+            "p_value": self.p_value,
+            "method": self.method,
+        }
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction for the regularised incomplete beta function (modified Lentz)."""
+    tiny, eps = 1e-300, 3e-16
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 10_000):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < eps:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta ``I_x(a, b)``."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_two_sided_p(t: float, df: int) -> float:
+    """Two-sided p-value of Student's t with ``df`` degrees of freedom (no scipy needed).
+
+    Example:
+        >>> round(t_two_sided_p(2.0, 10), 4)
+        0.0734
+    """
+    if math.isnan(t):
+        return float("nan")
+    if math.isinf(t):
+        return 0.0
+    return min(1.0, max(0.0, _betainc(df / 2.0, 0.5, df / (df + t * t))))
+
+
+def paired_test(
+    per_query_a: Mapping[str, Mapping[str, float]],
+    per_query_b: Mapping[str, Mapping[str, float]],
+    metric: str = "ndcg@10",
+    *,
+    use_scipy: bool = True,
+) -> PairedTestResult:
+    """Two-sided paired t-test of ``metric`` over the queries both systems were scored on.
+
+    Args:
+        per_query_a: Query id -> {metric: value} for system A (as from :func:`evaluate_run`).
+        per_query_b: The same for system B.
+        metric: Which metric to compare.
+        use_scipy: Use ``scipy.stats.ttest_rel`` when installed (else a builtin t distribution).
+
+    Returns:
+        The means, their difference (A - B), the t statistic and the p-value.
+
+    Raises:
+        ValueError: If fewer than two queries are shared.
+
+    Example:
+        >>> a = {"q1": {"ndcg@10": 0.5}, "q2": {"ndcg@10": 0.7}, "q3": {"ndcg@10": 0.9}}
+        >>> b = {"q1": {"ndcg@10": 0.4}, "q2": {"ndcg@10": 0.5}, "q3": {"ndcg@10": 0.9}}
+        >>> res = paired_test(a, b)
+        >>> round(res.mean_diff, 3), res.n
+        (0.1, 3)
+    """
+    shared = [q for q in per_query_a if q in per_query_b and metric in per_query_a[q] and metric in per_query_b[q]]
+    if len(shared) < 2:
+        raise ValueError(f"a paired test needs at least 2 shared queries with {metric!r}; got {len(shared)}")
+    only = (len(per_query_a) - len(shared), len(per_query_b) - len(shared))
+    if any(only):
+        logger.warning("paired test on %d shared queries (%d only in A, %d only in B)", len(shared), *only)
+    a = np.array([float(per_query_a[q][metric]) for q in shared], dtype=np.float64)
+    b = np.array([float(per_query_b[q][metric]) for q in shared], dtype=np.float64)
+    diff = a - b
+    n = len(diff)
+    mean_diff = float(diff.mean())
+    sd = float(diff.std(ddof=1))
+    method = "paired t-test (builtin)"
+    if sd == 0.0 or sd < 1e-12 * max(1.0, abs(mean_diff)):
+        t, p = (0.0, 1.0) if mean_diff == 0.0 else (math.copysign(math.inf, mean_diff), 0.0)
+    else:
+        t = mean_diff / (sd / math.sqrt(n))
+        p = float("nan")
+        if use_scipy:
+            try:
+                from scipy import stats
+
+                res = stats.ttest_rel(a, b)
+                t, p = float(res.statistic), float(res.pvalue)
+                method = "paired t-test (scipy)"
+            except ImportError:
+                pass
+        if math.isnan(p):
+            p = t_two_sided_p(t, n - 1)
+    return PairedTestResult(metric, n, float(a.mean()), float(b.mean()), mean_diff, float(t), float(p), method)
+
+
+# --------------------------------------------------------------------------------------
+# Exact retrieval
+# --------------------------------------------------------------------------------------
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top ``k`` of a score matrix, best first (argpartition, then a sort of ``k``).
+
+    Args:
+        scores: Shape ``(n_queries, n_docs)``; higher is better.
+        k: How many to keep (clipped to ``n_docs``).
+
+    Returns:
+        ``(indices, values)``, each of shape ``(n_queries, min(k, n_docs))``.
+
+    Example:
+        >>> idx, val = top_k(np.array([[0.1, 0.9, 0.5]]), 2)
+        >>> idx.tolist(), val.tolist()
+        ([[1, 2]], [[0.9, 0.5]])
+    """
+    n = scores.shape[1]
+    k = min(k, n)
+    if k <= 0:
+        return np.zeros((scores.shape[0], 0), dtype=np.int64), np.zeros((scores.shape[0], 0), dtype=scores.dtype)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (scores.shape[0], 1))
+    vals = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1), np.take_along_axis(vals, order, axis=1)
+
+
+def run_from_top_k(query_ids: Sequence[str], doc_ids: Sequence[str], idx: np.ndarray, vals: np.ndarray) -> Run:
+    """Build a :data:`Run` from top-k indices and scores.
+
+    Example:
+        >>> run_from_top_k(["q"], ["a", "b"], np.array([[1, 0]]), np.array([[2.0, 1.0]]))
+        {'q': {'b': 2.0, 'a': 1.0}}
+    """
+    return {
+        qid: {doc_ids[int(j)]: float(s) for j, s in zip(idx[i], vals[i], strict=True)}
+        for i, qid in enumerate(query_ids)
+    }
+
+
+def _as_float64_numpy(g: Gaussians) -> Gaussians:
+    g = g.numpy()
+    return g.astype(np.float64) if g.mean.dtype != np.float64 else g
+
+
+def retrieve_exact(
+    queries: Gaussians,
+    documents: Gaussians,
+    query_ids: Sequence[str],
+    doc_ids: Sequence[str],
+    k: int = 100,
+    *,
+    means_only: bool = False,
+    pool_margin: int = 16,
+    max_block_elements: int = 1 << 25,
+    show_progress: bool = False,
+) -> Run:
+    """Exact top-``k`` retrieval by ``-KL(Q || D)`` (or by ``-||mu_q - mu_d||^2``).
+
+    Candidates come from a float32 matmul of the inner-product rewrite
+    (:func:`kl_query_vectors` . :func:`kl_document_vectors` + :func:`kl_query_constant`); the
+    best ``k + pool_margin`` per query are then re-scored term by term in float64, so the
+    reported scores are the true ``-KL`` and float32 rounding cannot reorder the top ``k``.
+
+    Args:
+        queries: ``n_q`` query Gaussians (numpy or torch).
+        documents: ``n_d`` document Gaussians.
+        query_ids: Ids of the queries, in order.
+        doc_ids: Ids of the documents, in order.
+        k: Depth of the run per query.
+        means_only: Ablation: ignore variances and score by negative squared L2 distance of the means.
+        pool_margin: Extra float32 candidates re-scored exactly per query.
+        max_block_elements: Bound on the size of one float32 score block (queries x docs).
+        show_progress: Show a progress bar over query blocks.
+
+    Returns:
+        Query id -> {document id: score}, the ``min(k, n_d)`` best documents per query.
+
+    Example:
+        >>> q = Gaussians(np.zeros((1, 2)), np.ones((1, 2)))
+        >>> d = Gaussians(np.array([[3.0, 0.0], [1.0, 0.0]]), np.ones((2, 2)))
+        >>> retrieve_exact(q, d, ["q"], ["far", "near"], k=2)
+        {'q': {'near': -0.5, 'far': -4.5}}
+    """
+    if len(queries) != len(query_ids) or len(documents) != len(doc_ids):
+        raise ValueError(
+            f"ids do not match the Gaussians: {len(queries)} queries vs {len(query_ids)} ids, "
+            f"{len(documents)} documents vs {len(doc_ids)} ids"
+        )
+    if queries.dim != documents.dim:
+        raise ValueError(f"queries have dimension {queries.dim} but documents {documents.dim}")
+    q64, d64 = _as_float64_numpy(queries), _as_float64_numpy(documents)
+    nd = len(d64)
+    if means_only:
+        qv = (2.0 * q64.mean).astype(np.float32)
+        dv = d64.mean.astype(np.float32)
+        d_bias = -(d64.mean**2).sum(axis=1).astype(np.float32)
+    else:
+        qv = np.asarray(kl_query_vectors(q64), dtype=np.float32)
+        dv = np.asarray(kl_document_vectors(d64), dtype=np.float32)
+        # c(q) is constant per query, so candidates need no constant; the exact re-score includes it.
+        d_bias = np.zeros(nd, dtype=np.float32)
+    dvt = np.ascontiguousarray(dv.T)
+    pool = min(nd, k + max(0, pool_margin))
+    block = max(1, max_block_elements // max(1, nd))
+    run: Run = {}
+    starts = range(0, len(q64), block)
+    for start in tqdm(starts, desc="exact retrieval", unit="block", disable=not show_progress):
+        stop = min(start + block, len(q64))
+        scores = qv[start:stop] @ dvt
+        scores += d_bias[None, :]
+        cand, _ = top_k(scores, pool)
+        exact = np.empty(cand.shape, dtype=np.float64)
+        for i in range(stop - start):
+            qi = start + i
+            docs_i = d64[cand[i]]
+            if means_only:
+                exact[i] = -((docs_i.mean - q64.mean[qi][None, :]) ** 2).sum(axis=1)
+            else:
+                exact[i] = np.asarray(neg_kl(q64[qi : qi + 1], docs_i))
+        idx_local, vals = top_k(exact, k)
+        idx = np.take_along_axis(cand, idx_local, axis=1)
+        run.update(run_from_top_k(query_ids[start:stop], doc_ids, idx, vals))
+    return run
+
+
+# --------------------------------------------------------------------------------------
+# Encoding cache
+# --------------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """``$KL_RETRIEVERS_CACHE`` if set, else ``~/.cache/kl_retrievers/encodings``.
+
+    Example:
+        >>> default_cache_dir().name  # doctest: +SKIP
+        'encodings'
+    """
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "kl_retrievers" / "encodings"
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+
+
+class EncodingCache:
+    """Arrays on disk (``.npy``, never pickled) keyed by a JSON-able identity dict.
+
+    Each entry is a folder ``<kind>-<sha256 of the key>`` holding one ``.npy`` per array
+    and ``meta.json`` (the full key, the row ids and the array shapes). An entry that
+    fails to load or does not match its key is deleted and reported as a miss.
+
+    Args:
+        cache_dir: Root folder; defaults to :func:`default_cache_dir`.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     cache = EncodingCache(tmp)
+        ...     key = {"model": "m", "max_length": 8}
+        ...     miss = cache.load("documents", key, ["a", "b"])
+        ...     cache.save("documents", key, ["a", "b"], {"emb": np.ones((2, 3), dtype=np.float32)})
+        ...     hit = cache.load("documents", key, ["a", "b"])
+        >>> miss is None, hit["emb"].shape
+        (True, (2, 3))
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        self.hits = 0
+        self.misses = 0
+
+    def entry_dir(self, kind: str, key: Mapping[str, Any]) -> Path:
+        """Folder of the entry for ``(kind, key)``."""
+        digest = hashlib.sha256(_canonical({"kind": kind, "key": key, "format": _CACHE_FORMAT}).encode()).hexdigest()
+        return self.root / f"{kind}-{digest[:32]}"
+
+    def load(self, kind: str, key: Mapping[str, Any], ids: Sequence[str]) -> dict[str, np.ndarray] | None:
+        """The cached arrays for ``(kind, key)`` whose rows are ``ids``, or ``None`` on a miss."""
+        folder = self.entry_dir(kind, key)
+        if not folder.is_dir():
+            self.misses += 1
+            return None
+        try:
+            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+            if meta.get("format") != _CACHE_FORMAT or _canonical(meta.get("key")) != _canonical(key):
+                raise ValueError("key mismatch")
+            if meta.get("ids") != list(ids):
+                raise ValueError("row ids differ")
+            arrays: dict[str, np.ndarray] = {}
+            for name, shape in meta["arrays"].items():
+                arr = np.load(folder / f"{name}.npy", allow_pickle=False)
+                if list(arr.shape) != list(shape) or arr.shape[0] != len(ids):
+                    raise ValueError(f"array {name!r} has shape {arr.shape}, expected {shape}")
+                if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                    raise ValueError(f"array {name!r} holds non-finite values")
+                arrays[name] = arr
+        except Exception as exc:  # any damage means recompute
+            logger.warning("encoding cache entry %s is unusable (%s); recomputing", folder, exc)
+            shutil.rmtree(folder, ignore_errors=True)
+            self.misses += 1
+            return None
+        self.hits += 1
+        logger.info("encoding cache hit: %s", folder)
+        return arrays
+
+    def save(self, kind: str, key: Mapping[str, Any], ids: Sequence[str], arrays: Mapping[str, np.ndarray]) -> None:
+        """Store ``arrays`` (first axis = ``ids``) for ``(kind, key)``; failures only warn."""
+        folder = self.entry_dir(kind, key)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+            for name, arr in arrays.items():
+                np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr), allow_pickle=False)
+            meta = {
+                "format": _CACHE_FORMAT,
+                "kind": kind,
+                "key": json.loads(_canonical(key)),
+                "ids": list(ids),
+                "arrays": {name: list(arr.shape) for name, arr in arrays.items()},
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+            (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+            if folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)
+            logger.info("encoding cache saved: %s", folder)
+        except OSError as exc:
+            logger.warning("could not write encoding cache %s: %s", folder, exc)
+            if "tmp" in locals():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------
+# Encoding a dataset with a Gaussian encoder
+# --------------------------------------------------------------------------------------
+
+
+class GaussianEncoderLike(Protocol):
+    """What :func:`encode_dataset` needs from an encoder (duck-typed).
+
+    ``encode_queries(texts, batch_size=..., show_progress_bar=...)`` and ``encode_documents``
+    return :class:`Gaussians` (a ``max_length`` keyword is used when accepted); ``name_or_path``
+    and ``config.to_dict()`` identify the model.
+    """
+
+    name_or_path: Any
+    config: Any
+
+    @property
+    def encode_queries(self) -> Callable[..., Gaussians]:
+        """Encode queries."""
+        ...
+
+    @property
+    def encode_documents(self) -> Callable[..., Gaussians]:
+        """Encode documents."""
+        ...
+
+
+def _state_dict_of(encoder: Any) -> Mapping[str, Any] | None:
+    for obj in (encoder, getattr(encoder, "model", None)):
+        fn = getattr(obj, "state_dict", None)
+        if callable(fn):
+            try:
+                sd = fn()
+            except Exception:  # a fingerprint must never fail
+                continue
+            if isinstance(sd, Mapping):
+                return sd
+    return None
+
+
+def model_fingerprint(encoder: Any) -> str:
+    """A short hash identifying an encoder: class, ``name_or_path``, config and weights.
+
+    When the encoder (or its ``.model``) has a torch ``state_dict``, every tensor's bytes
+    are hashed too, so a fine-tuned model never reuses the encodings of its checkpoint.
+
+    Example:
+        >>> class E:
+        ...     name_or_path = "toy"
+        >>> len(model_fingerprint(E()))
+        16
+    """
+    h = hashlib.sha256()
+    config = getattr(encoder, "config", None)
+    config_dict: Any = None
+    if config is not None:
+        to_dict = getattr(config, "to_dict", None)
+        config_dict = to_dict() if callable(to_dict) else config
+    ident = {
+        "class": f"{type(encoder).__module__}.{type(encoder).__qualname__}",
+        "name_or_path": str(getattr(encoder, "name_or_path", None)),
+        "config": config_dict,
+    }
+    h.update(_canonical(ident).encode())
+    sd = _state_dict_of(encoder)
+    if sd is not None:
+        import torch
+
+        for name in sorted(sd):
+            value = sd[name]
+            h.update(name.encode())
+            if isinstance(value, torch.Tensor):
+                t = value.detach().cpu().contiguous()
+                h.update(str(t.dtype).encode())
+                h.update(str(tuple(t.shape)).encode())
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            else:
+                h.update(repr(value).encode())
+    return h.hexdigest()[:16]
+
+
+def _call_encode(fn: Any, texts: list[str], batch_size: int, max_length: int | None, show_progress: bool) -> Gaussians:
+    kwargs: dict[str, Any] = {"batch_size": batch_size, "show_progress_bar": show_progress}
+    if max_length is not None:
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            params = {}  # type: ignore[assignment]
+        if "max_length" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            kwargs["max_length"] = max_length
+        else:
+            logger.warning("%s takes no max_length argument; using the encoder's own setting", fn)
+    out = fn(texts, **kwargs)
+    if not isinstance(out, Gaussians):
+        raise TypeError(f"encoder returned {type(out).__name__}, expected Gaussians")
+    return out
+
+
+def _encode_sorted(
+    fn: Any, texts: list[str], batch_size: int, max_length: int | None, show_progress: bool
+) -> Gaussians:
+    """Encode longest first (less padding per batch), then restore the input order."""
+    if not texts:
+        raise ValueError("nothing to encode")
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    g = _call_encode(fn, [texts[i] for i in order], batch_size, max_length, show_progress).numpy()
+    if len(g) != len(texts):
+        raise ValueError(f"encoder returned {len(g)} Gaussians for {len(texts)} texts")
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return Gaussians(g.mean[inverse], g.var[inverse], validate=False)
+
+
+def encode_dataset(
+    encoder: GaussianEncoderLike,
+    dataset: BeirDataset,
+    *,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    query_max_length: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    use_cache: bool = True,
+    show_progress: bool = True,
+) -> tuple[Gaussians, Gaussians]:
+    """Encode a dataset's queries and corpus, reusing encodings cached on disk.
+
+    Documents are cached by (model fingerprint, corpus file path/size/mtime and the doc
+    ids, max_length); queries by (model fingerprint, queries file, split and query ids,
+    max_length).
+
+    Args:
+        encoder: An object with ``encode_queries``/``encode_documents`` returning :class:`Gaussians`.
+        dataset: The loaded split.
+        batch_size: Encoding batch size.
+        max_length: Document token limit passed to the encoder when it accepts one (``None``: the
+            encoder's default); part of the document cache key.
+        query_max_length: The same for queries.
+        cache_dir: Cache root (default :func:`default_cache_dir`).
+        use_cache: Read and write the cache.
+        show_progress: Show the encoder's progress bars.
+
+    Returns:
+        ``(queries, documents)`` as numpy :class:`Gaussians`, in ``dataset.query_ids`` and
+        ``dataset.doc_ids`` order.
+
+    Example:
+        >>> q, d = encode_dataset(encoder, load_beir("../shared/datasets/scifact"))  # doctest: +SKIP
+    """
+    cache = EncodingCache(cache_dir) if use_cache else None
+    fp = model_fingerprint(encoder)
+    results: list[Gaussians] = []
+    for kind, ids, texts_fn, fn, ident, limit in (
+        (
+            "queries",
+            dataset.query_ids,
+            dataset.query_texts,
+            encoder.encode_queries,
+            dataset.queries_identity,
+            query_max_length,
+        ),
+        (
+            "documents",
+            dataset.doc_ids,
+            dataset.document_texts,
+            encoder.encode_documents,
+            dataset.corpus_identity,
+            max_length,
+        ),
+    ):
+        key = {"model": fp, "data": ident(), "max_length": limit}
+        cached = cache.load(f"gauss-{kind}", key, ids) if cache is not None else None
+        if cached is not None:
+            results.append(Gaussians(cached["mean"], cached["var"]))
+            continue
+        logger.info("encoding %d %s", len(ids), kind)
+        t0 = time.perf_counter()
+        g = _encode_sorted(fn, texts_fn(), batch_size, limit, show_progress)
+        logger.info("encoded %d %s in %.1f s", len(ids), kind, time.perf_counter() - t0)
+        if cache is not None:
+            cache.save(f"gauss-{kind}", key, ids, {"mean": np.asarray(g.mean), "var": np.asarray(g.var)})
+        results.append(g)
+    return results[0], results[1]
+
+
+# --------------------------------------------------------------------------------------
+# Whole evaluations
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvaluationResult:
+    """A model evaluated on one split.
+
+    Attributes:
+        dataset: Dataset folder.
+        split: Qrels split.
+        model: Human-readable model label.
+        aggregate: Metric name -> mean over queries.
+        per_query: Query id -> {metric: value}.
+        run: The retrieved run (query id -> {doc id: score}).
+        info: Extra facts (timings, options).
+    """
+
+    dataset: str
+    split: str
+    model: str
+    aggregate: dict[str, float]
+    per_query: dict[str, dict[str, float]]
+    run: Run = field(repr=False)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """The flat JSON summary printed by ``kl-retrievers evaluate --json``."""
+        out: dict[str, Any] = {"dataset": self.dataset, "split": self.split, "model": self.model}
+        out.update({name: round(v, 6) for name, v in self.aggregate.items()})
+        out["queries"] = len(self.per_query)
+        out.update(self.info)
+        return out
+
+
+def model_label(encoder: Any) -> str:
+    """A readable name for an encoder (its ``name_or_path``, else its class)."""
+    name = getattr(encoder, "name_or_path", None)
+    return str(name) if name else type(encoder).__name__
+
+
+def evaluate_model(
+    encoder: GaussianEncoderLike,
+    dataset: BeirDataset,
+    *,
+    k: int = 100,
+    means_only: bool = False,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    query_max_length: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    use_cache: bool = True,
+    show_progress: bool = True,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+) -> EvaluationResult:
+    """Encode, retrieve exactly by -KL (or means only) and score a Gaussian encoder.
+
+    Args:
+        encoder: Duck-typed Gaussian encoder (see :class:`GaussianEncoderLike`).
+        dataset: The loaded split.
+        k: Retrieval depth.
+        means_only: Ablation: rank by ``-||mu_q - mu_d||^2`` ignoring variances.
+        batch_size: Encoding batch size.
+        max_length: Document token limit for the encoder (if it accepts one; ``None``: its default).
+        query_max_length: Query token limit (likewise).
+        cache_dir: Encoding cache root.
+        use_cache: Read/write the encoding cache.
+        show_progress: Progress bars on stderr.
+        metrics: Metric names to report.
+
+    Returns:
+        The aggregate and per-query metrics and the run.
+
+    Example:
+        >>> result = evaluate_model(encoder, load_beir("../shared/datasets/scifact"))  # doctest: +SKIP
+        >>> result.aggregate["ndcg@10"]  # doctest: +SKIP
+    """
+    t0 = time.perf_counter()
+    q, d = encode_dataset(
+        encoder,
+        dataset,
+        batch_size=batch_size,
+        max_length=max_length,
+        query_max_length=query_max_length,
+        cache_dir=cache_dir,
+        use_cache=use_cache,
+        show_progress=show_progress,
+    )
+    t1 = time.perf_counter()
+    run = retrieve_exact(
+        q, d, dataset.query_ids, dataset.doc_ids, k, means_only=means_only, show_progress=show_progress
+    )
+    t2 = time.perf_counter()
+    aggregate, per_query = evaluate_run(dataset.qrels, run, metrics)
+    label = model_label(encoder) + (" [means only]" if means_only else "")
+    info = {
+        "score": "neg_sq_l2_means" if means_only else "neg_kl",
+        "encode_s": round(t1 - t0, 2),
+        "retrieve_s": round(t2 - t1, 2),
+    }
+    return EvaluationResult(str(dataset.path), dataset.split, label, aggregate, per_query, run, info)
+
+
+# --------------------------------------------------------------------------------------
+# Saving and loading per-query results and runs
+# --------------------------------------------------------------------------------------
+
+
+def save_per_query(
+    path: str | os.PathLike[str],
+    per_query: Mapping[str, Mapping[str, float]],
+    *,
+    meta: Mapping[str, Any] | None = None,
+) -> None:
+    """Write per-query metrics as JSON (default) or TSV (``.tsv`` suffix).
+
+    JSON: ``{"meta": {...}, "per_query": {qid: {metric: value}}}``. TSV: a header
+    ``query_id<TAB>metric...`` then one row per query.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     save_per_query(Path(tmp) / "pq.tsv", {"q1": {"ndcg@10": 0.5}})
+        ...     lines = (Path(tmp) / "pq.tsv").read_text().splitlines()
+        >>> lines
+        ['query_id\\tndcg@10', 'q1\\t0.5']
+    """
+    p = Path(path)
+    if p.parent and not p.parent.exists():
+        p.parent.mkdir(parents=True, exist_ok=True)
+    if p.suffix.lower() == ".tsv":
+        names: list[str] = []
+        for values in per_query.values():
+            names.extend(n for n in values if n not in names)
+        lines = ["\t".join(["query_id", *names])]
+        for qid, values in per_query.items():
+            lines.append("\t".join([qid, *(repr(float(values[n])) if n in values else "" for n in names)]))
+        p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    else:
+        doc = {"meta": dict(meta or {}), "per_query": {q: dict(v) for q, v in per_query.items()}}
+        p.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+
+
+def load_per_query(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Read a file written by :func:`save_per_query` (JSON or TSV, detected from the content).
+
+    Returns:
+        ``(per_query, meta)``; ``meta`` is empty for TSV files.
+
+    Raises:
+        ValueError: If the file is not a per-query results file (message names file and line).
+
+    Example:
+        >>> load_per_query("runs/bm25.scifact.json")  # doctest: +SKIP
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"{p}: cannot read per-query file ({exc})") from None
+    if text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{p}, line {exc.lineno}: malformed JSON ({exc.msg})") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("per_query"), dict):
+            raise ValueError(f'{p}: expected a JSON object with a "per_query" mapping')
+        per_query = {str(q): {str(m): float(v) for m, v in vals.items()} for q, vals in doc["per_query"].items()}
+        return per_query, dict(doc.get("meta") or {})
+    lines = [ln for ln in text.splitlines()]
+    if not lines or not lines[0].startswith("query_id"):
+        raise ValueError(f"{p}, line 1: expected a TSV header starting with 'query_id'")
+    names = lines[0].split("\t")[1:]
+    out: dict[str, dict[str, float]] = {}
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if len(cols) != len(names) + 1:
+            raise ValueError(f"{p}, line {lineno}: expected {len(names) + 1} columns, got {len(cols)}")
+        try:
+            out[cols[0]] = {n: float(v) for n, v in zip(names, cols[1:], strict=True) if v != ""}
+        except ValueError:
+            raise ValueError(f"{p}, line {lineno}: a value is not a number") from None
+    return out, {}
+
+
+def write_trec_run(path: str | os.PathLike[str], run: Mapping[str, Mapping[str, float]], tag: str = "kl") -> None:
+    """Write a run in TREC format (``qid Q0 docid rank score tag``), best first.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     write_trec_run(Path(tmp) / "run.trec", {"q": {"a": 1.0, "b": 2.0}}, tag="t")
+        ...     first = (Path(tmp) / "run.trec").read_text().splitlines()[0]
+        >>> first
+        'q Q0 b 1 2.0 t'
+    """
+    tag = tag.replace(" ", "_") or "run"
+    with Path(path).open("w", encoding="utf-8") as fh:
+        for qid, docs in run.items():
+            ranked = sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))
+            for rank, (doc, score) in enumerate(ranked, start=1):
+                fh.write(f"{qid} Q0 {doc} {rank} {score!r} {tag}\n")
+
+
+# --------------------------------------------------------------------------------------
+# Command line: kl-retrievers evaluate
+# --------------------------------------------------------------------------------------
+
+_EVALUATE_HELP = "Evaluate a Gaussian model (exact -KL) or a baseline on a BEIR folder."
+
+
+def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``evaluate`` on an ``argparse`` subparsers object.
+
+    Args:
+        subparsers: The result of ``parser.add_subparsers()``.
+
+    Returns:
+        The new sub-parser (its default ``func`` is :func:`run_evaluate`).
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="kl-retrievers")
+        >>> _ = add_evaluate_command(parser.add_subparsers(dest="command"))
+        >>> parser.parse_args(["evaluate", "data", "--baseline", "bm25"]).baseline
+        'bm25'
+    """
+    p = subparsers.add_parser("evaluate", help=_EVALUATE_HELP, description=_EVALUATE_HELP)
+    p.add_argument("dataset_dir", metavar="DATASET_DIR", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
+    p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--model",
+        metavar="M",
+        help="Gaussian encoder: bundled model name, local folder or hub id (default: the package default model)",
+    )
+    which.add_argument("--baseline", choices=["bm25", "minilm", "bge-small"], help="evaluate a baseline instead")
+    p.add_argument("--means-only", action="store_true", help="ablation: rank by -||mu_q - mu_d||^2, ignore variances")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.add_argument("--per-query", metavar="FILE", help="save per-query metrics (.json, or .tsv by suffix)")
+    p.add_argument("--compare", metavar="RUN_FILE", help="per-query file of another system: paired t-test against it")
+    p.add_argument("--save-run", metavar="FILE", help="also write the retrieved run in TREC format")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="encoding batch size (default: 32)")
+    p.add_argument(
+        "--max-length", type=int, default=None, metavar="N", help="document token limit (default: the model's own)"
+    )
+    p.add_argument(
+        "--query-max-length", type=int, default=None, metavar="N", help="query token limit (default: the model's own)"
+    )
+    p.add_argument("--depth", type=int, default=100, metavar="K", help="documents retrieved per query (default: 100)")
+    p.add_argument("--cache-dir", default=None, help=f"encoding cache (default: ${CACHE_ENV} or ~/.cache/...)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the encoding cache")
+    p.add_argument(
+        "--unknown-docs",
+        choices=["error", "drop"],
+        default="error",
+        help="qrels naming documents outside the corpus: fail (default) or drop them",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    p.set_defaults(func=run_evaluate)
+    return p
+
+
+def _setup_logging(quiet: bool) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(
+            level=logging.WARNING if quiet else logging.INFO,
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+
+
+def _print_table(summary: Mapping[str, Any], metrics: Iterable[str], compare: Mapping[str, Any] | None) -> None:
+    print(f"dataset: {summary['dataset']}  split: {summary['split']}  queries: {summary['queries']}")
+    print(f"model:   {summary['model']}")
+    for name in metrics:
+        print(f"  {name:<11} {summary[name]:.4f}")
+    if compare:
+        print(f"compared with {compare['file']} ({compare.get('model') or 'unnamed'}):")
+        for name, res in compare["tests"].items():
+            print(
+                f"  {name:<11} {res['mean_a']:.4f} vs {res['mean_b']:.4f}  diff {res['mean_diff']:+.4f}  "
+                f"p = {res['p_value']:.4g}  (n = {res['n']})"
+            )
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Run ``kl-retrievers evaluate`` from parsed arguments.
+
+    Returns:
+        0 on success, 2 on bad input (missing or malformed dataset or comparison file).
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> _ = add_evaluate_command(parser.add_subparsers())
+        >>> args = parser.parse_args(["evaluate", "../shared/datasets/scifact", "--baseline", "bm25", "--json"])
+        >>> run_evaluate(args)  # doctest: +SKIP
+        0
+    """
+    _setup_logging(args.quiet)
+    show = not args.quiet
+    try:
+        dataset = load_beir(args.dataset_dir, args.split, unknown_docs=args.unknown_docs)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    other: tuple[dict[str, dict[str, float]], dict[str, Any]] | None = None
+    if args.compare:
+        try:
+            other = load_per_query(args.compare)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    cache_dir = args.cache_dir
+    use_cache = not args.no_cache
+    if args.baseline:
+        if args.means_only:
+            print("error: --means-only applies to Gaussian models, not baselines", file=sys.stderr)
+            return 2
+        from kl_retrievers.baselines import run_baseline
+
+        t0 = time.perf_counter()
+        run, label = run_baseline(
+            args.baseline,
+            dataset,
+            k=args.depth,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            cache_dir=cache_dir,
+            use_cache=use_cache,
+            show_progress=show,
+        )
+        aggregate, per_query = evaluate_run(dataset.qrels, run)
+        info = {"seconds": round(time.perf_counter() - t0, 2)}
+        result = EvaluationResult(str(dataset.path), dataset.split, label, aggregate, per_query, run, info)
+    else:
+        from kl_retrievers.pretrained import load_model
+
+        encoder = load_model(args.model)
+        result = evaluate_model(
+            encoder,
+            dataset,
+            k=args.depth,
+            means_only=args.means_only,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            query_max_length=args.query_max_length,
+            cache_dir=cache_dir,
+            use_cache=use_cache,
+            show_progress=show,
+        )
+    summary = result.summary()
+    if args.per_query:
+        save_per_query(args.per_query, result.per_query, meta={k: v for k, v in summary.items()})
+        logger.info("per-query results written to %s", args.per_query)
+    if args.save_run:
+        write_trec_run(args.save_run, result.run, tag=result.model)
+        logger.info("run written to %s", args.save_run)
+    compare: dict[str, Any] | None = None
+    if other is not None:
+        other_pq, other_meta = other
+        tests: dict[str, Any] = {}
+        for name in DEFAULT_METRICS:
+            try:
+                tests[name] = paired_test(result.per_query, other_pq, name).to_dict()
+            except ValueError as exc:
+                logger.warning("no paired test for %s: %s", name, exc)
+        compare = {"file": str(args.compare), "model": other_meta.get("model"), "tests": tests}
+        summary["compare"] = compare
+    if args.json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        _print_table(summary, DEFAULT_METRICS, compare)
+    sys.stdout.flush()
+    return 0

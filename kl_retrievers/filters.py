@@ -1,0 +1,153 @@
+"""Metadata filters for :class:`kl_retrievers.index.KLStore`.
+
+A filter is either a callable ``metadata -> bool`` or a dict in the MongoDB-like syntax
+used by langchain-community's FAISS store:
+
+* equality: ``{"lang": "en"}`` (a list value means "one of": ``{"lang": ["en", "de"]}``);
+* field operators: ``{"year": {"$gte": 2020, "$lt": 2024}}`` with ``$eq``, ``$ne``, ``$in``,
+  ``$nin``, ``$gt``, ``$gte``, ``$lt``, ``$lte`` and ``$not`` (``{"year": {"$not": {"$gt": 3}}}``);
+* logic: ``{"$and": [f1, f2]}``, ``{"$or": [f1, f2]}``, ``{"$not": f}``.
+
+Several keys in one dict are combined with AND.  A missing field never satisfies ``$eq``,
+``$in`` or a comparison, and always satisfies ``$ne`` and ``$nin``.  Comparing values of
+incompatible types (``"a" < 1``) is simply false.  An unknown operator raises
+``ValueError`` naming the allowed ones, when the filter is compiled (before any search).
+
+Example:
+    >>> match = compile_filter({"$or": [{"lang": "en"}, {"year": {"$gte": 2020}}]})
+    >>> match({"lang": "de", "year": 2021}), match({"lang": "de", "year": 2019})
+    (True, False)
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from collections.abc import Callable, Mapping
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FIELD_OPERATORS", "LOGICAL_OPERATORS", "ALLOWED_OPERATORS", "MetadataFilter", "compile_filter"]
+
+#: A filter as accepted by ``KLStore.search``.
+MetadataFilter = Mapping[str, Any] | Callable[[Mapping[str, Any]], bool]
+Predicate = Callable[[Mapping[str, Any]], bool]
+
+_MISSING = object()
+
+_COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
+    "$gt": operator.gt,
+    "$gte": operator.ge,
+    "$lt": operator.lt,
+    "$lte": operator.le,
+}
+FIELD_OPERATORS = ("$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte", "$not")
+LOGICAL_OPERATORS = ("$and", "$or", "$not")
+ALLOWED_OPERATORS = tuple(sorted(set(FIELD_OPERATORS) | set(LOGICAL_OPERATORS)))
+
+
+def _unknown(op: str) -> ValueError:
+    return ValueError(f"unknown filter operator {op!r}; allowed operators are: {', '.join(ALLOWED_OPERATORS)}")
+
+
+def _as_list(op: str, value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return list(value)
+    raise ValueError(f"filter operator {op!r} needs a list of values; got {type(value).__name__}")
+
+
+def _compare(fn: Callable[[Any, Any], Any], value: Any, ref: Any) -> bool:
+    if value is _MISSING or value is None:
+        return False
+    try:
+        return bool(fn(value, ref))
+    except TypeError:
+        return False
+
+
+def _field_op(op: str, ref: Any) -> Callable[[Any], bool]:
+    """A predicate on one field value (``_MISSING`` when the field is absent)."""
+    if op == "$eq":
+        return lambda v: v is not _MISSING and v == ref
+    if op == "$ne":
+        return lambda v: v is _MISSING or v != ref
+    if op == "$in":
+        values = _as_list(op, ref)
+        return lambda v: v is not _MISSING and any(v == x for x in values)
+    if op == "$nin":
+        values = _as_list(op, ref)
+        return lambda v: v is _MISSING or all(v != x for x in values)
+    if op in _COMPARISONS:
+        fn = _COMPARISONS[op]
+        return lambda v: _compare(fn, v, ref)
+    if op == "$not":
+        inner = _field_condition(ref)
+        return lambda v: not inner(v)
+    raise _unknown(op)
+
+
+def _field_condition(cond: Any) -> Callable[[Any], bool]:
+    """Compile the right-hand side of ``{"field": cond}``."""
+    if isinstance(cond, Mapping) and cond and all(isinstance(key, str) and key.startswith("$") for key in cond):
+        parts = [_field_op(op, ref) for op, ref in cond.items()]
+        return lambda v: all(p(v) for p in parts)
+    if isinstance(cond, Mapping) and any(isinstance(key, str) and key.startswith("$") for key in cond):
+        bad = [key for key in cond if not (isinstance(key, str) and key.startswith("$"))]
+        raise ValueError(f"a field condition cannot mix operators and plain keys; got plain keys {bad}")
+    if isinstance(cond, (list, tuple)):
+        return _field_op("$in", list(cond))
+    return _field_op("$eq", cond)
+
+
+def _compile(spec: Any) -> Predicate:
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"a filter must be a dict or a callable; got {type(spec).__name__}")
+    parts: list[Predicate] = []
+    for key, value in spec.items():
+        if not isinstance(key, str):
+            raise ValueError(f"filter keys must be strings; got {key!r}")
+        if key.startswith("$"):
+            if key in ("$and", "$or"):
+                subs = [_compile(s) for s in _as_list(key, value)]
+                if key == "$and":
+                    parts.append(lambda m, subs=subs: all(s(m) for s in subs))  # type: ignore[misc]
+                else:
+                    parts.append(lambda m, subs=subs: any(s(m) for s in subs))  # type: ignore[misc]
+            elif key == "$not":
+                sub = _compile(value)
+                parts.append(lambda m, sub=sub: not sub(m))  # type: ignore[misc]
+            else:
+                raise _unknown(key)
+        else:
+            cond = _field_condition(value)
+            parts.append(lambda m, key=key, cond=cond: cond(m.get(key, _MISSING)))  # type: ignore[misc]
+    return lambda m: all(p(m) for p in parts)
+
+
+def compile_filter(spec: MetadataFilter | None) -> Predicate | None:
+    """Turn a filter into a predicate ``metadata -> bool`` (``None`` stays ``None``).
+
+    Args:
+        spec: A dict in the syntax above, a callable, or ``None``.
+
+    Returns:
+        A predicate, or ``None`` when there is no filter.
+
+    Raises:
+        ValueError: For an unknown operator or a malformed filter.
+
+    Example:
+        >>> compile_filter({"n": {"$in": [1, 2]}})({"n": 2})
+        True
+    """
+    if spec is None:
+        return None
+    if callable(spec) and not isinstance(spec, Mapping):
+        fn = spec
+
+        def _call(m: Mapping[str, Any]) -> bool:
+            return bool(fn(m))
+
+        return _call
+    return _compile(spec)
