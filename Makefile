@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 EXTRAS := dev,eval,train,langchain,llama-index
 
-.PHONY: install demo test test-fast check lint typecheck bench-encode clean
+.PHONY: install demo test test-fast check lint typecheck docs bench-encode clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ typecheck: install
 	$(BIN)/mypy
 
 check: lint typecheck
+
+## The documentation site (mkdocs-material + mkdocstrings), warnings are errors.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
 test: check
 	$(BIN)/python -m pytest

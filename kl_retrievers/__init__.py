@@ -3,7 +3,7 @@
 Every query and document is a diagonal Gaussian; the score is ``-KL(Q || D)`` (higher is
 better), served exactly by any inner-product engine through a ``2k + 1``-dimensional rewrite.
 
-Example:
+Examples:
     >>> import kl_retrievers
     >>> kl_retrievers.SCORE_NAME, kl_retrievers.SCORE_DIRECTION
     ('neg_kl', 'higher_is_better')

@@ -73,7 +73,7 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
 
     If the body raises, the temporary folder is removed and ``target`` is untouched.
 
-    Example:
+    Examples:
         >>> import tempfile, pathlib
         >>> out = pathlib.Path(tempfile.mkdtemp()) / "saved"
         >>> with atomic_dir(out) as tmp:
@@ -125,7 +125,7 @@ def save_gaussians(
         ids: Optional row ids, one per Gaussian.
         metadata: Optional JSON-ready facts (e.g. the model name).
 
-    Example:
+    Examples:
         >>> import numpy as np, tempfile, pathlib
         >>> from kl_retrievers import Gaussians
         >>> out = pathlib.Path(tempfile.mkdtemp()) / "g"

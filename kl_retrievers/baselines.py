@@ -11,7 +11,7 @@
 Dense encodings are cached on disk like the Gaussian ones (see
 :class:`~kl_retrievers.evaluation.EncodingCache`).
 
-Example:
+Examples:
     >>> from kl_retrievers.baselines import run_baseline
     >>> from kl_retrievers.datasets import load_beir
     >>> run, label = run_baseline("bm25", load_beir("../shared/datasets/scifact"))  # doctest: +SKIP
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from kl_retrievers.datasets import BeirDataset
 from kl_retrievers.evaluation import EncodingCache, Run, run_from_top_k, top_k
@@ -91,7 +91,7 @@ def bm25_run(
     Returns:
         Query id -> {doc id: BM25 score} for documents with a positive score (at most ``k``).
 
-    Example:
+    Examples:
         >>> run = bm25_run(load_beir("../shared/datasets/scifact"))  # doctest: +SKIP
     """
     import bm25s
@@ -178,7 +178,7 @@ class MiniLMEncoder:
         max_length: Token limit for documents (queries use the same).
         device: Torch device.
 
-    Example:
+    Examples:
         >>> enc = MiniLMEncoder()  # doctest: +SKIP
         >>> enc.encode_queries(["what is a cell?"]).shape  # doctest: +SKIP
         (1, 384)
@@ -267,7 +267,7 @@ class BgeSmallOnnxEncoder:
         max_length: Token limit (default 512, the model's maximum).
         num_threads: onnxruntime intra-op threads (default: onnxruntime's choice).
 
-    Example:
+    Examples:
         >>> enc = BgeSmallOnnxEncoder()  # doctest: +SKIP
         >>> enc.encode_documents(["a passage"]).shape  # doctest: +SKIP
         (1, 384)
@@ -332,7 +332,7 @@ class BgeSmallOnnxEncoder:
 def make_dense_encoder(name: str, max_length: int | None = None) -> DenseEncoder:
     """Build the dense baseline ``"minilm"`` or ``"bge-small"``.
 
-    Example:
+    Examples:
         >>> make_dense_encoder("minilm").label  # doctest: +SKIP
         'all-MiniLM-L6-v2 (cosine)'
     """
@@ -367,7 +367,7 @@ def dense_run(
     Returns:
         Query id -> {doc id: cosine similarity}.
 
-    Example:
+    Examples:
         >>> run = dense_run(MiniLMEncoder(), load_beir("../shared/datasets/scifact"))  # doctest: +SKIP
     """
     cache = EncodingCache(cache_dir) if use_cache else None
@@ -425,7 +425,7 @@ def run_baseline(
     Returns:
         The run and a label for reports (e.g. ``"bge-small-en-v1.5 (int8)"``).
 
-    Example:
+    Examples:
         >>> run, label = run_baseline("bm25", load_beir("../shared/datasets/scifact"))  # doctest: +SKIP
         >>> label  # doctest: +SKIP
         'BM25 (bm25s, k1=0.9, b=0.4)'

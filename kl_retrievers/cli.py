@@ -3,7 +3,7 @@
 Subcommands: ``demo`` (the main job), ``encode``, ``index``, ``search`` and ``evaluate``.
 Every subcommand has ``--help``.
 
-Example:
+Examples:
     >>> main(["--version"])  # doctest: +SKIP
 """
 

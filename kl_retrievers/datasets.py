@@ -7,7 +7,7 @@ with the input - a missing file, a malformed line, a judgement naming an unknown
 query or document - raises :class:`DatasetError` naming the file and, where it
 applies, the line number.
 
-Example:
+Examples:
     >>> from kl_retrievers.datasets import load_beir  # doctest: +SKIP
     >>> data = load_beir("../shared/datasets/scifact", split="test")  # doctest: +SKIP
     >>> len(data.corpus), len(data.queries)  # doctest: +SKIP
@@ -46,7 +46,7 @@ class DatasetError(ValueError):
 
     The message names the file and, where it applies, the 1-based line number.
 
-    Example:
+    Examples:
         >>> str(DatasetError("bad", path="qrels/test.tsv", line=3))
         'qrels/test.tsv, line 3: bad'
     """
@@ -69,7 +69,7 @@ def document_text(doc: dict[str, str]) -> str:
     Returns:
         The title and text joined by one space, or the text alone when there is no title.
 
-    Example:
+    Examples:
         >>> document_text({"title": " A title ", "text": "Body. "})
         'A title Body.'
         >>> document_text({"title": "", "text": "Body."})
@@ -83,7 +83,7 @@ def document_text(doc: dict[str, str]) -> str:
 def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Identity of a file for caches: resolved path, size in bytes and mtime in ns.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     _ = (Path(tmp) / "f.txt").write_text("abc")
@@ -107,7 +107,7 @@ class BeirDataset:
         queries: Query id -> text, restricted to the queries judged in ``split``.
         qrels: Query id -> {document id: relevance grade}.
 
-    Example:
+    Examples:
         >>> ds = BeirDataset(Path("."), "test", {"d1": {"title": "T", "text": "x"}}, {"q1": "x?"}, {"q1": {"d1": 1}})
         >>> ds.doc_ids, ds.document_texts()
         (['d1'], ['T x'])
@@ -158,7 +158,7 @@ class BeirDataset:
 
         Queries left with no judged document are dropped.
 
-        Example:
+        Examples:
             >>> ds = BeirDataset(Path("."), "test", {"a": {"text": "x"}, "b": {"text": "y"}},
             ...                  {"q": "x"}, {"q": {"a": 1}})
             >>> small = ds.subset(["q"], ["a"])
@@ -344,7 +344,7 @@ def available_splits(path: str | os.PathLike[str]) -> list[str]:
     Raises:
         DatasetError: If the folder or its ``qrels`` directory does not exist.
 
-    Example:
+    Examples:
         >>> available_splits("../shared/datasets/scifact")  # doctest: +SKIP
         ['test', 'train']
     """
@@ -371,7 +371,7 @@ def load_beir(path: str | os.PathLike[str], split: str = "test", *, unknown_docs
         DatasetError: On a missing file, a malformed line, duplicate ids, or qrels naming an
             unknown query (or document, unless ``unknown_docs="drop"``).
 
-    Example:
+    Examples:
         >>> data = load_beir("../shared/datasets/scifact", "test")  # doctest: +SKIP
         >>> data  # doctest: +SKIP
         BeirDataset(path='../shared/datasets/scifact', split='test', docs=5183, queries=300, judgements=339)

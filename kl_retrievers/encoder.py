@@ -6,7 +6,7 @@ of the pooled representation (``[CLS]``, or the mean of the token states for bac
 trained that way), and the variance is ``max(softplus_beta(W_S h_[VAR]), floor)``.
 Queries and documents share the encoder.
 
-Example:
+Examples:
     >>> from kl_retrievers import GaussianEncoder
     >>> enc = GaussianEncoder.from_backbone("sentence-transformers/all-MiniLM-L6-v2", dim=128)  # doctest: +SKIP
     >>> g = enc.encode_documents(["a first passage", "a second one"])  # doctest: +SKIP
@@ -198,7 +198,7 @@ class GaussianEncoder(nn.Module):
         config: The encoder's :class:`GaussianEncoderConfig`.
         name_or_path: Where the encoder came from (for configs and logs).
 
-    Example:
+    Examples:
         >>> enc = GaussianEncoder.from_backbone("sentence-transformers/all-MiniLM-L6-v2", dim=64)  # doctest: +SKIP
         >>> q = enc.encode_queries("what is a gaussian?")  # doctest: +SKIP
         >>> q.mean.shape  # doctest: +SKIP
@@ -392,7 +392,7 @@ class GaussianEncoder(nn.Module):
         order = np.argsort([-len(t) for t in items], kind="stable")
         if show_progress_bar is None:
             show_progress_bar = len(items) > batch_size and sys.stderr.isatty()
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         means, vars_ = [], []
         was_training = self.training
@@ -436,7 +436,7 @@ class GaussianEncoder(nn.Module):
         Returns:
             :class:`~kl_retrievers.gaussian.Gaussians` of float32, shape ``(len(texts), dim)``.
 
-        Example:
+        Examples:
             >>> q = encoder.encode_queries(["what is -KL?"])  # doctest: +SKIP
         """
         return self._encode(
@@ -463,7 +463,7 @@ class GaussianEncoder(nn.Module):
 
         ``max_length`` defaults to ``config.max_length``.
 
-        Example:
+        Examples:
             >>> d = encoder.encode_documents(["a passage", "another passage"])  # doctest: +SKIP
         """
         return self._encode(
@@ -493,7 +493,7 @@ class GaussianEncoder(nn.Module):
         Returns:
             The folder written.
 
-        Example:
+        Examples:
             >>> encoder.save_pretrained("my-encoder")  # doctest: +SKIP
         """
         target = Path(path)
@@ -560,7 +560,7 @@ class GaussianEncoder(nn.Module):
         Raises:
             NotAnEncoderError: The folder is not a saved Gaussian encoder.
 
-        Example:
+        Examples:
             >>> enc = GaussianEncoder.from_pretrained("my-encoder")  # doctest: +SKIP
         """
         from transformers import AutoTokenizer

@@ -16,7 +16,7 @@ reported name           ir_measures measure
 Every query in the qrels counts (a query missing from the run scores 0, like
 ``trec_eval -c``); grades >= 1 count as relevant for the binary measures.
 
-Example:
+Examples:
     >>> from kl_retrievers.evaluation import evaluate_run
     >>> qrels = {"q1": {"d1": 1}, "q2": {"d3": 1}}
     >>> run = {"q1": {"d1": 2.0, "d2": 1.0}, "q2": {"d2": 2.0, "d3": 1.0}}
@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from kl_retrievers.datasets import BeirDataset, DatasetError, load_beir
 from kl_retrievers.gaussian import Gaussians, kl_document_vectors, kl_query_vectors, neg_kl
@@ -120,7 +120,7 @@ def evaluate_run(
         and query id -> {metric: value} for every query in ``qrels`` (0 when the query is
         missing from the run). Run queries without judgements are ignored.
 
-    Example:
+    Examples:
         >>> agg, _ = evaluate_run({"q": {"a": 1}}, {"q": {"b": 2.0, "a": 1.0}}, ["ndcg@10"])
         >>> round(agg["ndcg@10"], 4)
         0.6309
@@ -233,7 +233,7 @@ def _betainc(a: float, b: float, x: float) -> float:
 def t_two_sided_p(t: float, df: int) -> float:
     """Two-sided p-value of Student's t with ``df`` degrees of freedom (no scipy needed).
 
-    Example:
+    Examples:
         >>> round(t_two_sided_p(2.0, 10), 4)
         0.0734
     """
@@ -265,7 +265,7 @@ def paired_test(
     Raises:
         ValueError: If fewer than two queries are shared.
 
-    Example:
+    Examples:
         >>> a = {"q1": {"ndcg@10": 0.5}, "q2": {"ndcg@10": 0.7}, "q3": {"ndcg@10": 0.9}}
         >>> b = {"q1": {"ndcg@10": 0.4}, "q2": {"ndcg@10": 0.5}, "q3": {"ndcg@10": 0.9}}
         >>> res = paired_test(a, b)
@@ -319,7 +319,7 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``(indices, values)``, each of shape ``(n_queries, min(k, n_docs))``.
 
-    Example:
+    Examples:
         >>> idx, val = top_k(np.array([[0.1, 0.9, 0.5]]), 2)
         >>> idx.tolist(), val.tolist()
         ([[1, 2]], [[0.9, 0.5]])
@@ -337,7 +337,7 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def run_from_top_k(query_ids: Sequence[str], doc_ids: Sequence[str], idx: np.ndarray, vals: np.ndarray) -> Run:
     """Build a :data:`Run` from top-k indices and scores.
 
-    Example:
+    Examples:
         >>> run_from_top_k(["q"], ["a", "b"], np.array([[1, 0]]), np.array([[2.0, 1.0]]))
         {'q': {'b': 2.0, 'a': 1.0}}
     """
@@ -385,7 +385,7 @@ def retrieve_exact(
     Returns:
         Query id -> {document id: score}, the ``min(k, n_d)`` best documents per query.
 
-    Example:
+    Examples:
         >>> q = Gaussians(np.zeros((1, 2)), np.ones((1, 2)))
         >>> d = Gaussians(np.array([[3.0, 0.0], [1.0, 0.0]]), np.ones((2, 2)))
         >>> retrieve_exact(q, d, ["q"], ["far", "near"], k=2)
@@ -441,7 +441,7 @@ def retrieve_exact(
 def default_cache_dir() -> Path:
     """``$KL_RETRIEVERS_CACHE`` if set, else ``~/.cache/kl_retrievers/encodings``.
 
-    Example:
+    Examples:
         >>> default_cache_dir().name  # doctest: +SKIP
         'encodings'
     """
@@ -465,7 +465,7 @@ class EncodingCache:
     Args:
         cache_dir: Root folder; defaults to :func:`default_cache_dir`.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     cache = EncodingCache(tmp)
@@ -589,7 +589,7 @@ def model_fingerprint(encoder: Any) -> str:
     When the encoder (or its ``.model``) has a torch ``state_dict``, every tensor's bytes
     are hashed too, so a fine-tuned model never reuses the encodings of its checkpoint.
 
-    Example:
+    Examples:
         >>> class E:
         ...     name_or_path = "toy"
         >>> len(model_fingerprint(E()))
@@ -688,7 +688,7 @@ def encode_dataset(
         ``(queries, documents)`` as numpy :class:`Gaussians`, in ``dataset.query_ids`` and
         ``dataset.doc_ids`` order.
 
-    Example:
+    Examples:
         >>> q, d = encode_dataset(encoder, load_beir("../shared/datasets/scifact"))  # doctest: +SKIP
     """
     cache = EncodingCache(cache_dir) if use_cache else None
@@ -801,7 +801,7 @@ def evaluate_model(
     Returns:
         The aggregate and per-query metrics and the run.
 
-    Example:
+    Examples:
         >>> result = evaluate_model(encoder, load_beir("../shared/datasets/scifact"))  # doctest: +SKIP
         >>> result.aggregate["ndcg@10"]  # doctest: +SKIP
     """
@@ -847,7 +847,7 @@ def save_per_query(
     JSON: ``{"meta": {...}, "per_query": {qid: {metric: value}}}``. TSV: a header
     ``query_id<TAB>metric...`` then one row per query.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     save_per_query(Path(tmp) / "pq.tsv", {"q1": {"ndcg@10": 0.5}})
@@ -880,7 +880,7 @@ def load_per_query(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, fl
     Raises:
         ValueError: If the file is not a per-query results file (message names file and line).
 
-    Example:
+    Examples:
         >>> load_per_query("runs/bm25.scifact.json")  # doctest: +SKIP
     """
     p = Path(path)
@@ -918,7 +918,7 @@ def load_per_query(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, fl
 def write_trec_run(path: str | os.PathLike[str], run: Mapping[str, Mapping[str, float]], tag: str = "kl") -> None:
     """Write a run in TREC format (``qid Q0 docid rank score tag``), best first.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     write_trec_run(Path(tmp) / "run.trec", {"q": {"a": 1.0, "b": 2.0}}, tag="t")
@@ -950,7 +950,7 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
     Returns:
         The new sub-parser (its default ``func`` is :func:`run_evaluate`).
 
-    Example:
+    Examples:
         >>> parser = argparse.ArgumentParser(prog="kl-retrievers")
         >>> _ = add_evaluate_command(parser.add_subparsers(dest="command"))
         >>> parser.parse_args(["evaluate", "data", "--baseline", "bm25"]).baseline
@@ -1022,7 +1022,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     Returns:
         0 on success, 2 on bad input (missing or malformed dataset or comparison file).
 
-    Example:
+    Examples:
         >>> parser = argparse.ArgumentParser()
         >>> _ = add_evaluate_command(parser.add_subparsers())
         >>> args = parser.parse_args(["evaluate", "../shared/datasets/scifact", "--baseline", "bm25", "--json"])

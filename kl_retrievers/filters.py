@@ -13,7 +13,7 @@ Several keys in one dict are combined with AND.  A missing field never satisfies
 incompatible types (``"a" < 1``) is simply false.  An unknown operator raises
 ``ValueError`` naming the allowed ones, when the filter is compiled (before any search).
 
-Example:
+Examples:
     >>> match = compile_filter({"$or": [{"lang": "en"}, {"year": {"$gte": 2020}}]})
     >>> match({"lang": "de", "year": 2021}), match({"lang": "de", "year": 2019})
     (True, False)
@@ -137,7 +137,7 @@ def compile_filter(spec: MetadataFilter | None) -> Predicate | None:
     Raises:
         ValueError: For an unknown operator or a malformed filter.
 
-    Example:
+    Examples:
         >>> compile_filter({"n": {"$in": [1, 2]}})({"n": 2})
         True
     """

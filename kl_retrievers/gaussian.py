@@ -18,7 +18,7 @@ Expanding the square gives an exact inner-product form (``2k + 1`` dimensions)::
 reports the true -KL.  Every function here accepts numpy arrays or torch tensors
 (float32 or float64) and returns the same kind.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> from kl_retrievers import Gaussians, neg_kl_matrix
     >>> q = Gaussians(np.zeros((1, 2)), np.ones((1, 2)))
@@ -79,7 +79,7 @@ class Gaussians:
 
     Both arrays are numpy arrays or both torch tensors, of one float dtype.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> g = Gaussians(np.zeros((3, 4)), np.full((3, 4), 0.5))
         >>> len(g), g.dim
@@ -203,7 +203,7 @@ def neg_kl(queries: Gaussians, documents: Gaussians) -> Array:
     Returns:
         Shape ``(max(n_q, n_d),)``; higher is better, 0 for identical Gaussians.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> q = Gaussians(np.zeros(2), np.ones(2))
         >>> d = Gaussians(np.array([[0.0, 0.0], [2.0, 0.0]]), np.ones((2, 2)))
@@ -234,7 +234,7 @@ def neg_kl_matrix(queries: Gaussians, documents: Gaussians) -> Array:
     Returns:
         Score matrix of shape ``(n_q, n_d)``; higher is better.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> q = Gaussians(np.zeros((2, 3)), np.ones((2, 3)))
         >>> neg_kl_matrix(q, q).shape
@@ -266,7 +266,7 @@ def _cat(parts: list[Array]) -> Array:
 def kl_query_vectors(queries: Gaussians) -> Array:
     """Query side ``q~ = [1, var_q + mu_q^2, mu_q]`` of the rewrite, shape ``(n, 2k + 1)``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> kl_query_vectors(Gaussians(np.array([[2.0]]), np.array([[0.5]])))
         array([[1. , 4.5, 2. ]])
@@ -282,7 +282,7 @@ def kl_document_vectors(documents: Gaussians) -> Array:
     ``d~ = [-1/2 * sum(log var_d + mu_d^2 / var_d), -1 / (2 var_d), mu_d / var_d]``, so that
     ``<q~, d~> + c(q) = -KL(Q || D)`` exactly.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> kl_document_vectors(Gaussians(np.array([[2.0]]), np.array([[1.0]])))
         array([[-2. , -0.5,  2. ]])
@@ -297,7 +297,7 @@ def kl_document_vectors(documents: Gaussians) -> Array:
 def kl_query_constant(queries: Gaussians) -> Array:
     """The query-only term ``c(q) = 1/2 * sum(log var_q + 1)``, shape ``(n,)``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> kl_query_constant(Gaussians(np.zeros((1, 4)), np.ones((1, 4))))
         array([2.])

@@ -9,7 +9,7 @@ Resolution order for ``name_or_path``:
 
 When nothing is found the error names the package to install.
 
-Example:
+Examples:
     >>> from kl_retrievers.hub import resolve_model_path
     >>> path = resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")  # doctest: +SKIP
 """
@@ -80,7 +80,7 @@ _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*"]
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """SHA-256 hex digest of a file, read in 1 MiB chunks.
 
-    Example:
+    Examples:
         >>> import tempfile, pathlib
         >>> p = pathlib.Path(tempfile.mkdtemp()) / "x"
         >>> _ = p.write_bytes(b"")
@@ -153,7 +153,7 @@ def resolve_model_path(name_or_path: str | os.PathLike[str], *, use_hub: bool = 
     Raises:
         ModelNotFoundError: Nothing provides the model; the message says what to install.
 
-    Example:
+    Examples:
         >>> resolve_model_path("/no/such/model", use_hub=False)  # doctest: +IGNORE_EXCEPTION_DETAIL
         Traceback (most recent call last):
         kl_retrievers.hub.ModelNotFoundError: ...

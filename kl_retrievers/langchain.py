@@ -1,0 +1,966 @@
+"""LangChain integration: embeddings, a vector store and a retriever ranked by ``-KL(Q || D)``.
+
+Three pieces, all needing the ``[langchain]`` extra (``pip install "kl-retrievers[langchain]"``):
+
+* :class:`KLEmbeddings` - LangChain ``Embeddings`` whose ``embed_query`` returns ``q~`` and whose
+  ``embed_documents`` returns ``d~`` of the exact inner-product rewrite
+  ``-KL(Q || D) = <q~, d~> + c(q)``.  The pair works in **any vector store that ranks by the raw
+  inner product** (e.g. langchain-community ``FAISS`` with ``DistanceStrategy.MAX_INNER_PRODUCT``).
+  **Cosine, L2 or normalising stores break the equivalence** and return wrong rankings; a warning
+  is raised where that can be detected (see :func:`check_inner_product_store`).
+* :class:`KLVectorStore` - a LangChain ``VectorStore`` over :class:`~kl_retrievers.index.KLStore`
+  that reports the true ``-KL`` (higher is better) and stores the Gaussians themselves.
+* :class:`KLRetriever` - a ``BaseRetriever`` whose documents carry their ``-KL`` score and the
+  query's uncertainty (mean log-variance) in their metadata.
+
+Example:
+    >>> from kl_retrievers.langchain import KLVectorStore
+    >>> store = KLVectorStore.from_texts(["a cat sat", "tea and bread"])  # doctest: +SKIP
+    >>> store.similarity_search_with_score("cat", k=1)  # doctest: +SKIP
+    [(Document(id='...', metadata={}, page_content='a cat sat'), -0.63...)]
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import os
+import threading
+import uuid
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:
+    from langchain_core.callbacks import CallbackManagerForRetrieverRun
+    from langchain_core.documents import Document
+    from langchain_core.embeddings import Embeddings
+    from langchain_core.retrievers import BaseRetriever
+    from langchain_core.vectorstores import VectorStore
+    from pydantic import ConfigDict, field_validator
+except ImportError as exc:  # pragma: no cover - exercised with langchain-core absent
+    raise ImportError(
+        'kl_retrievers.langchain needs langchain-core; install it with: pip install "kl-retrievers[langchain]"'
+    ) from exc
+
+from kl_retrievers._io import library_version
+from kl_retrievers.filters import MetadataFilter
+from kl_retrievers.gaussian import (
+    SCORE_NAME,
+    Gaussians,
+    kl_document_vectors,
+    kl_query_constant,
+    kl_query_vectors,
+    neg_kl_matrix,
+)
+from kl_retrievers.index import KLStore, StoreFormatError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "EmbeddingsGaussianEncoder",
+    "KLEmbeddings",
+    "KLRetriever",
+    "KLVectorStore",
+    "LangChainFormatError",
+    "RELEVANCE_FUNCTIONS",
+    "check_inner_product_store",
+    "relevance_exp_per_dim",
+    "relevance_inverse",
+]
+
+_FORMAT_NAME = "kl-retrievers/langchain-klvectorstore"
+_FORMAT_VERSION = 1
+_MANIFEST = "langchain.json"
+_STORE_DIR = "klstore"
+
+
+class LangChainFormatError(StoreFormatError):
+    """A folder given to :meth:`KLVectorStore.load_local` was not written by a compatible ``save_local``."""
+
+
+# --------------------------------------------------------------------------- helpers
+def _check_texts(texts: Any, what: str = "texts") -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError(f"{what} must be a sequence of str, not a single str; wrap it in a list")
+    if texts is None or not isinstance(texts, Iterable):
+        raise TypeError(f"{what} must be a sequence of str; got {type(texts).__name__}")
+    out = list(texts)
+    for i, text in enumerate(out):
+        if not isinstance(text, str):
+            raise TypeError(f"{what}[{i}] is {type(text).__name__}; every text must be a str")
+    return out
+
+
+def _check_query(query: Any) -> str:
+    if not isinstance(query, str):
+        raise TypeError(f"the query must be a str; got {type(query).__name__}")
+    return query
+
+
+def _check_k(k: Any, name: str = "k") -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"{name} must be an integer >= 1; got {k!r}")
+    return int(k)
+
+
+def _load_default_encoder() -> Any:
+    from kl_retrievers.pretrained import load_default_model
+
+    logger.info("loading the default kl-retrievers model")
+    return load_default_model()
+
+
+def _unwrap_encoder(encoder: Any) -> Any:
+    """A Gaussian encoder from an encoder, a :class:`KLEmbeddings` or any LangChain ``Embeddings``."""
+    if isinstance(encoder, KLEmbeddings):
+        return encoder.encoder
+    if isinstance(encoder, Embeddings):
+        return EmbeddingsGaussianEncoder(encoder)
+    if encoder is not None and not (hasattr(encoder, "encode_queries") and hasattr(encoder, "encode_documents")):
+        raise TypeError(
+            "encoder must be a Gaussian encoder (encode_queries / encode_documents), a KLEmbeddings "
+            f"or a LangChain Embeddings; got {type(encoder).__name__}"
+        )
+    return encoder
+
+
+# --------------------------------------------------------------------------- relevance
+def relevance_inverse(score: float, dim: int | None = None) -> float:
+    """Relevance ``1 / (1 + KL)`` in ``(0, 1]`` from a ``-KL`` score (the default).
+
+    Monotone, parameter-free, ``1`` only for identical Gaussians and ``1/2`` at ``KL = 1``.
+
+    Example:
+        >>> relevance_inverse(0.0), relevance_inverse(-1.0)
+        (1.0, 0.5)
+    """
+    kl = max(0.0, -float(score))
+    return 1.0 / (1.0 + kl)
+
+
+def relevance_exp_per_dim(score: float, dim: int | None = None) -> float:
+    """Relevance ``exp(-KL / k)`` in ``(0, 1]``: the KL per dimension, so models of different ``k`` compare.
+
+    Example:
+        >>> round(relevance_exp_per_dim(-8.0, dim=8), 4)
+        0.3679
+    """
+    kl = max(0.0, -float(score))
+    return math.exp(-kl / max(1, dim or 1))
+
+
+#: Named relevance functions for :class:`KLVectorStore` (``relevance=``).
+RELEVANCE_FUNCTIONS: dict[str, Callable[[float, int | None], float]] = {
+    "inverse": relevance_inverse,
+    "exp_per_dim": relevance_exp_per_dim,
+}
+
+
+# --------------------------------------------------------------------------- store checks
+_BAD_WORDS = ("cos", "euclid", "l2", "jaccard", "hamming", "manhattan", "l1")
+_GOOD_WORDS = ("inner", "dot", "ip")
+
+
+def _strategy_verdict(value: Any) -> bool | None:
+    """``True`` for an inner-product strategy, ``False`` for cosine / L2 / others, ``None`` if unknown."""
+    if value is None:
+        return None
+    text = str(getattr(value, "value", value)).lower()
+    if any(w in text for w in ("inner", "dot")) or text in _GOOD_WORDS:
+        return True
+    if any(w in text for w in _BAD_WORDS):
+        return False
+    return None
+
+
+def check_inner_product_store(vectorstore: Any, *, warn: bool = True) -> bool | None:
+    """Check that a third-party vector store ranks by the raw inner product, as :class:`KLEmbeddings` needs.
+
+    Looks at the usual attributes (``distance_strategy``, ``_distance_strategy``, ``distance_metric``,
+    ``metric``, ``_normalize_L2``) and at ``InMemoryVectorStore`` (always cosine).
+
+    Args:
+        vectorstore: Any LangChain vector store.
+        warn: Emit a ``UserWarning`` when the store is known to be incompatible.
+
+    Returns:
+        ``True`` (inner product), ``False`` (cosine, L2, normalised, ...) or ``None`` (cannot tell).
+
+    Example:
+        >>> class Store:
+        ...     distance_strategy = "COSINE"
+        >>> check_inner_product_store(Store(), warn=False)
+        False
+    """
+    verdict: bool | None = None
+    reason = ""
+    if type(vectorstore).__name__ == "InMemoryVectorStore":
+        verdict, reason = False, "InMemoryVectorStore ranks by cosine similarity"
+    for attr in ("distance_strategy", "_distance_strategy", "distance_metric", "metric", "similarity"):
+        value = getattr(vectorstore, attr, None)
+        if value is not None and not callable(value):
+            v = _strategy_verdict(value)
+            if v is not None:
+                verdict, reason = v, f"{attr}={getattr(value, 'value', value)!r}"
+                break
+    if getattr(vectorstore, "_normalize_L2", False) is True:
+        verdict, reason = False, "normalize_L2=True rescales the vectors"
+    if verdict is False and warn:
+        _warn_incompatible(type(vectorstore).__name__, reason)
+    return verdict
+
+
+def _warn_incompatible(store_name: str, reason: str) -> None:
+    warnings.warn(
+        f"KLEmbeddings used with {store_name} ({reason}): the -KL rewrite is exact only for a raw "
+        "inner product; cosine, L2 or normalised stores return wrong rankings. Use an inner-product "
+        "store (e.g. FAISS(distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT)) or KLVectorStore.",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
+def _detect_caller_store() -> None:
+    """Warn when the calling vector store (found on the stack) is known to break the rewrite."""
+    frame = inspect.currentframe()
+    try:
+        f = frame.f_back.f_back if frame and frame.f_back else None
+        for _ in range(6):
+            if f is None:
+                return
+            loc = f.f_locals
+            owner = loc.get("self")
+            if isinstance(owner, VectorStore):
+                if isinstance(owner, KLVectorStore):
+                    return
+                check_inner_product_store(owner, warn=True)
+                return
+            kwargs = loc.get("kwargs")
+            cls = loc.get("cls")
+            if isinstance(cls, type) and issubclass(cls, VectorStore) and isinstance(kwargs, dict):
+                if kwargs.get("normalize_L2") is True:
+                    _warn_incompatible(cls.__name__, "normalize_L2=True rescales the vectors")
+                    return
+                strategy = kwargs.get("distance_strategy")
+                if strategy is None and cls.__name__ == "FAISS":
+                    strategy = "EUCLIDEAN_DISTANCE (the FAISS default)"
+                if _strategy_verdict(strategy) is False:
+                    _warn_incompatible(cls.__name__, f"distance_strategy={getattr(strategy, 'value', strategy)!r}")
+                return
+            f = f.f_back
+    except Exception:  # pragma: no cover - a best-effort check must never break embedding
+        logger.debug("vector store compatibility check failed", exc_info=True)
+    finally:
+        del frame
+
+
+# --------------------------------------------------------------------------- encoders
+class EmbeddingsGaussianEncoder:
+    """Wrap any LangChain ``Embeddings`` as a Gaussian encoder with a constant (unit) variance.
+
+    ``-KL`` between two such point-like Gaussians is ``-||q - d||^2 / (2 var)``: plain L2 search,
+    with no uncertainty.  This lets :class:`KLVectorStore` accept any embedding model (and the
+    fakes that LangChain's test suites use); it is *not* how the Gaussian models are meant to run.
+
+    Args:
+        embeddings: A LangChain ``Embeddings``.
+        variance: The constant variance of every dimension (> 0).
+
+    Example:
+        >>> from langchain_core.embeddings import DeterministicFakeEmbedding
+        >>> enc = EmbeddingsGaussianEncoder(DeterministicFakeEmbedding(size=4))
+        >>> enc.encode_queries(["hi"]).var.tolist()
+        [[1.0, 1.0, 1.0, 1.0]]
+    """
+
+    def __init__(self, embeddings: Embeddings, variance: float = 1.0) -> None:
+        if not isinstance(embeddings, Embeddings):
+            raise TypeError(f"embeddings must be a LangChain Embeddings; got {type(embeddings).__name__}")
+        if not (variance > 0 and math.isfinite(variance)):
+            raise ValueError(f"variance must be a finite number > 0; got {variance!r}")
+        self.embeddings = embeddings
+        self.variance = float(variance)
+        self.name_or_path = f"langchain:{type(embeddings).__name__}"
+        self.config = None
+
+    def _gaussians(self, vectors: list[list[float]]) -> Gaussians:
+        mean = np.asarray(vectors, dtype=np.float32)
+        if mean.ndim != 2:
+            mean = mean.reshape(len(vectors), -1)
+        return Gaussians(mean, np.full_like(mean, self.variance))
+
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 32, show_progress_bar: bool = False) -> Gaussians:
+        """Embed each query with ``embed_query``."""
+        items = _check_texts(texts)
+        return self._gaussians([self.embeddings.embed_query(t) for t in items])
+
+    def encode_documents(
+        self, texts: Sequence[str], batch_size: int = 32, show_progress_bar: bool = False
+    ) -> Gaussians:
+        """Embed documents with ``embed_documents``."""
+        items = _check_texts(texts)
+        if not items:
+            return Gaussians(np.zeros((0, 1), np.float32), np.ones((0, 1), np.float32), validate=False)
+        return self._gaussians(self.embeddings.embed_documents(items))
+
+
+class KLEmbeddings(Embeddings):
+    """LangChain ``Embeddings`` producing the two sides of the exact ``-KL`` inner-product rewrite.
+
+    ``embed_query(q)`` returns ``q~ = [1, var_q + mu_q^2, mu_q]`` and ``embed_documents`` returns
+    ``d~`` (``2k + 1`` floats each), so that ``<q~, d~> = -KL(Q || D) - c(q)``: an **inner-product**
+    store ranks exactly by ``-KL`` (its scores differ from ``-KL`` by the query-only constant
+    :meth:`query_constant`).
+
+    Warning:
+        Only stores that rank by the **raw inner product** are compatible (FAISS with
+        ``DistanceStrategy.MAX_INNER_PRODUCT``, ``DOT_PRODUCT`` stores, ...).  **Cosine or L2 stores,
+        and any store that normalises vectors, break the equivalence** and return wrong rankings.
+        A ``UserWarning`` is emitted when such a store is detected on the call stack; check a
+        store explicitly with :func:`check_inner_product_store`.
+
+    Args:
+        encoder: A Gaussian encoder (default: :func:`~kl_retrievers.load_default_model`, loaded
+            lazily on first use).
+        batch_size: Encoder batch size.
+        show_progress_bar: Show the encoder's progress bar for documents.
+
+    Example:
+        >>> emb = KLEmbeddings()  # doctest: +SKIP
+        >>> len(emb.embed_query("what is KL?")) == 2 * emb.dim + 1  # doctest: +SKIP
+        True
+    """
+
+    def __init__(self, encoder: Any | None = None, *, batch_size: int = 32, show_progress_bar: bool = False) -> None:
+        self.batch_size = _check_k(batch_size, "batch_size")
+        self.show_progress_bar = bool(show_progress_bar)
+        self._encoder = _unwrap_encoder(encoder) if encoder is not None else None
+        self._lock = threading.Lock()
+
+    @property
+    def encoder(self) -> Any:
+        """The Gaussian encoder (the default model is loaded here on first use)."""
+        if self._encoder is None:
+            with self._lock:
+                if self._encoder is None:
+                    self._encoder = _load_default_encoder()
+        return self._encoder
+
+    @property
+    def dim(self) -> int | None:
+        """The Gaussian dimension ``k`` when the encoder exposes it (vectors have ``2k + 1`` floats)."""
+        cfg = getattr(self.encoder, "config", None)
+        return getattr(cfg, "dim", None)
+
+    def __repr__(self) -> str:
+        name = getattr(self._encoder, "name_or_path", None) if self._encoder is not None else "<default, not loaded>"
+        return f"KLEmbeddings(encoder={name!r}, batch_size={self.batch_size})"
+
+    # -- Gaussians
+    def encode_queries(self, texts: Sequence[str]) -> Gaussians:
+        """Query Gaussians (numpy) for ``texts``."""
+        items = _check_texts(texts)
+        return self.encoder.encode_queries(items, batch_size=self.batch_size, show_progress_bar=False).numpy()
+
+    def encode_documents(self, texts: Sequence[str]) -> Gaussians:
+        """Document Gaussians (numpy) for ``texts``."""
+        items = _check_texts(texts)
+        return self.encoder.encode_documents(
+            items, batch_size=self.batch_size, show_progress_bar=self.show_progress_bar
+        ).numpy()
+
+    # -- LangChain API
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Document vectors ``d~`` (``2k + 1`` floats each) for an inner-product store.
+
+        Raises:
+            TypeError: A text is not a str.
+        """
+        items = _check_texts(texts)
+        _detect_caller_store()
+        if not items:
+            return []
+        g = self.encode_documents(items).astype(np.float64)
+        return np.asarray(kl_document_vectors(g), dtype=np.float64).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        """Query vector ``q~`` (``2k + 1`` floats), computed in float64 so :meth:`decode_query` is exact.
+
+        Raises:
+            TypeError: ``text`` is not a str.
+        """
+        _check_query(text)
+        _detect_caller_store()
+        g = self.encode_queries([text]).astype(np.float64)
+        return np.asarray(kl_query_vectors(g), dtype=np.float64)[0].tolist()
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Async :meth:`embed_documents` (runs in a worker thread)."""
+        from langchain_core.runnables.config import run_in_executor
+
+        return await run_in_executor(None, self.embed_documents, texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        """Async :meth:`embed_query` (runs in a worker thread)."""
+        from langchain_core.runnables.config import run_in_executor
+
+        return await run_in_executor(None, self.embed_query, text)
+
+    def query_constant(self, text: str) -> float:
+        """``c(q)``: add it to an inner-product store's score to get the true ``-KL``."""
+        _check_query(text)
+        return float(kl_query_constant(self.encode_queries([text]).astype(np.float64))[0])
+
+    @staticmethod
+    def decode_query(vector: Sequence[float]) -> Gaussians:
+        """The query Gaussian behind a ``q~`` vector from :meth:`embed_query`.
+
+        Raises:
+            ValueError: The vector has an even length or does not start with ``1`` (a ``d~``
+                document vector, or an embedding from another model).
+
+        Example:
+            >>> g = KLEmbeddings.decode_query([1.0, 4.5, 2.0])
+            >>> g.mean.tolist(), g.var.tolist()
+            ([[2.0]], [[0.5]])
+        """
+        v = np.asarray(vector, dtype=np.float64).reshape(-1)
+        if v.size < 3 or v.size % 2 != 1:
+            raise ValueError(f"a q~ vector has 2k + 1 values; got {v.size}")
+        if not abs(v[0] - 1.0) < 1e-6:
+            raise ValueError(
+                f"not a q~ query vector (its first value is {v[0]:g}, not 1): pass a vector from "
+                "KLEmbeddings.embed_query, not a document vector or another model's embedding"
+            )
+        k = (v.size - 1) // 2
+        mean = v[1 + k :]
+        var = v[1 : 1 + k] - mean**2
+        floor = 1e-12 * np.maximum(1.0, v[1 : 1 + k])
+        if (var < -1e-6 * np.maximum(1.0, v[1 : 1 + k])).any():
+            raise ValueError("not a q~ query vector: var_q + mu_q^2 is smaller than mu_q^2")
+        return Gaussians(mean[None, :], np.maximum(var, floor)[None, :])
+
+
+# --------------------------------------------------------------------------- vector store
+class KLVectorStore(VectorStore):
+    """A LangChain vector store ranked by exact ``-KL(Q || D)`` (higher is better) over :class:`KLStore`.
+
+    Scores from ``similarity_search_with_score`` are the true ``-KL`` (``<= 0``, ``0`` for identical
+    Gaussians).  Relevance scores (``similarity_search_with_relevance_scores`` and
+    ``search_type="similarity_score_threshold"``) map ``-KL`` in ``(-inf, 0]`` to ``(0, 1]`` with
+    ``relevance="inverse"`` (``1 / (1 + KL)``, default), ``"exp_per_dim"`` (``exp(-KL / k)``) or a
+    callable ``f(neg_kl, dim) -> float``.
+
+    Args:
+        embedding: A :class:`KLEmbeddings`, a Gaussian encoder, or any LangChain ``Embeddings``
+            (wrapped by :class:`EmbeddingsGaussianEncoder`: unit variance, i.e. L2 search);
+            default: the package's default model, loaded on first use.
+        store: An existing :class:`KLStore` to wrap (its encoder is replaced by ``embedding``'s
+            when one is given).
+        relevance: Relevance function (see above).
+        batch_size: Encoder batch size.
+        **store_kwargs: Passed to :class:`KLStore` when ``store`` is not given (e.g. ``index_type``).
+
+    Example:
+        >>> store = KLVectorStore.from_texts(["the cat sat", "tea"], KLEmbeddings())  # doctest: +SKIP
+        >>> store.as_retriever(search_kwargs={"k": 1}).invoke("cat")  # doctest: +SKIP
+        [Document(id='...', metadata={}, page_content='the cat sat')]
+    """
+
+    def __init__(
+        self,
+        embedding: Any | None = None,
+        *,
+        store: KLStore | None = None,
+        relevance: str | Callable[[float, int | None], float] = "inverse",
+        batch_size: int = 32,
+        **store_kwargs: Any,
+    ) -> None:
+        if isinstance(relevance, str):
+            if relevance not in RELEVANCE_FUNCTIONS:
+                raise ValueError(f"relevance must be one of {sorted(RELEVANCE_FUNCTIONS)} or a callable")
+        elif not callable(relevance):
+            raise TypeError(f"relevance must be a name or a callable; got {type(relevance).__name__}")
+        self.relevance = relevance
+        self.batch_size = _check_k(batch_size, "batch_size")
+        if store is not None and store_kwargs:
+            raise ValueError(f"pass either store or KLStore options, not both; got {sorted(store_kwargs)}")
+        if store is not None and not isinstance(store, KLStore):
+            raise TypeError(f"store must be a KLStore; got {type(store).__name__}")
+        self._encoder: Any = _unwrap_encoder(embedding) if embedding is not None else None
+        if store is None:
+            store = KLStore(encoder=self._encoder, batch_size=self.batch_size, **store_kwargs)
+        elif self._encoder is not None:
+            store.encoder = self._encoder
+        else:
+            self._encoder = store.encoder
+        self.store = store
+        self._lock = threading.Lock()
+
+    # -- encoder / embeddings
+    def _get_encoder(self) -> Any:
+        if self._encoder is None:
+            with self._lock:
+                if self._encoder is None:
+                    self._encoder = _load_default_encoder()
+                    self.store.encoder = self._encoder
+        return self._encoder
+
+    @property
+    def embeddings(self) -> KLEmbeddings:
+        """A :class:`KLEmbeddings` over this store's encoder (``q~`` / ``d~`` of the rewrite)."""
+        return KLEmbeddings(self._get_encoder(), batch_size=self.batch_size)
+
+    @property
+    def dim(self) -> int | None:
+        """Gaussian dimension ``k`` of the stored documents (``None`` while empty)."""
+        return self.store.dim
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __repr__(self) -> str:
+        return f"KLVectorStore({self.store!r}, relevance={self.relevance!r})"
+
+    def _encode_query(self, query: str) -> Gaussians:
+        _check_query(query)
+        enc = self._get_encoder()
+        return enc.encode_queries([query], batch_size=self.batch_size, show_progress_bar=False).numpy()
+
+    # -- writing
+    def add_texts(
+        self,
+        texts: Iterable[str],
+        metadatas: list[dict[str, Any]] | None = None,
+        *,
+        ids: list[str | None] | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        """Encode and add texts; an existing id is replaced (upsert).
+
+        Args:
+            texts: Texts to add.
+            metadatas: One JSON-serialisable dict per text.
+            ids: One id per text (``None`` entries get a fresh uuid4 hex).
+
+        Returns:
+            The ids, in input order.
+
+        Raises:
+            TypeError: A text is not a str.
+            ValueError: ``metadatas`` or ``ids`` do not match ``texts`` in length, or repeated ids.
+        """
+        items = _check_texts(texts)
+        n = len(items)
+        if metadatas is not None and len(metadatas) != n:
+            raise ValueError(f"got {len(metadatas)} metadatas for {n} texts; pass one per text")
+        if ids is not None:
+            if isinstance(ids, str):
+                raise TypeError("ids must be a list of str, not a single str")
+            ids = list(ids)
+            if len(ids) != n:
+                raise ValueError(f"got {len(ids)} ids for {n} texts; pass one per text")
+        if n == 0:
+            return []
+        id_values = [str(i) if i is not None else uuid.uuid4().hex for i in ids] if ids else None
+        self._get_encoder()
+        return self.store.add(items, ids=id_values, metadatas=metadatas)
+
+    def upsert(self, documents: Sequence[Document], ids: list[str | None] | None = None) -> dict[str, list[str]]:
+        """Insert or replace documents by id (``Document.id``, or ``ids``).
+
+        Returns:
+            ``{"succeeded": [...ids], "failed": []}`` (the shape of LangChain's ``UpsertResponse``).
+        """
+        docs = list(documents)
+        if ids is None:
+            ids = [d.id for d in docs]
+        done = self.add_texts([d.page_content for d in docs], [dict(d.metadata) for d in docs], ids=ids)
+        return {"succeeded": done, "failed": []}
+
+    async def aupsert(self, documents: Sequence[Document], ids: list[str | None] | None = None) -> dict[str, list[str]]:
+        """Async :meth:`upsert`."""
+        from langchain_core.runnables.config import run_in_executor
+
+        return await run_in_executor(None, self.upsert, documents, ids)
+
+    def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
+        """Delete documents by id (``None`` deletes everything); unknown ids are ignored.
+
+        Returns:
+            ``True`` when every given id existed, ``False`` when some were missing.
+        """
+        if ids is None:
+            ids = self.store.ids
+        if isinstance(ids, str):
+            raise TypeError("ids must be a list of str, not a single str")
+        report = self.store.delete([str(i) for i in ids])
+        return not report.missing
+
+    def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        """Stored documents for ``ids`` (unknown ids skipped), with ``Document.id`` set."""
+        return [
+            Document(id=d.id, page_content=d.text or "", metadata=dict(d.metadata))
+            for d in self.store.get_by_ids([str(i) for i in ids])
+        ]
+
+    # -- searching
+    def _results(self, query: Gaussians, k: int, filter: MetadataFilter | None) -> list[tuple[Document, float]]:
+        k = _check_k(k)
+        if len(self.store) == 0:
+            return []
+        hits = self.store.search(query, k=k, filter=filter)
+        return [(Document(id=h.id, page_content=h.text or "", metadata=dict(h.metadata)), float(h.score)) for h in hits]
+
+    def similarity_search_with_score(  # type: ignore[override]
+        self, query: str, k: int = 4, filter: MetadataFilter | None = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        """Top-``k`` documents with their exact ``-KL(Q || D)`` (higher is better, ``<= 0``).
+
+        Args:
+            query: Query text.
+            k: Number of documents (>= 1).
+            filter: Metadata filter: a dict with the operators of langchain-community's FAISS
+                (``$eq $ne $in $nin $gt $gte $lt $lte $not $and $or``) or a callable on the metadata.
+            **kwargs: Ignored (``fetch_k`` is accepted for FAISS compatibility).
+        """
+        k = _check_k(k)
+        return self._results(self._encode_query(query), k, filter)
+
+    def similarity_search(
+        self, query: str, k: int = 4, filter: MetadataFilter | None = None, **kwargs: Any
+    ) -> list[Document]:
+        """Top-``k`` documents by ``-KL``; see :meth:`similarity_search_with_score`."""
+        return [doc for doc, _ in self.similarity_search_with_score(query, k, filter=filter, **kwargs)]
+
+    def _vector_to_gaussian(self, embedding: Any) -> Gaussians:
+        if isinstance(embedding, Gaussians):
+            g = embedding.numpy()
+            if len(g) != 1:
+                raise ValueError(f"search by Gaussian takes exactly one query Gaussian; got {len(g)}")
+            return g
+        g = KLEmbeddings.decode_query(embedding)
+        if self.store.dim is not None and g.dim != self.store.dim:
+            raise ValueError(
+                f"the q~ vector has {2 * g.dim + 1} values; this store needs {2 * self.store.dim + 1} (2k + 1)"
+            )
+        return g
+
+    def similarity_search_with_score_by_vector(
+        self, embedding: Sequence[float] | Gaussians, k: int = 4, filter: MetadataFilter | None = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        """Like :meth:`similarity_search_with_score` for a query given as a vector.
+
+        Args:
+            embedding: Either the ``q~`` vector of the rewrite (what ``self.embeddings.embed_query``
+                returns: ``2k + 1`` floats starting with ``1``; the query Gaussian is decoded from
+                it exactly) or one query :class:`~kl_retrievers.gaussian.Gaussians`.
+            k: Number of documents.
+            filter: Metadata filter (dict or callable).
+            **kwargs: Ignored.
+
+        Raises:
+            ValueError: Not a ``q~`` vector (e.g. a document vector ``d~``), or the wrong size.
+        """
+        k = _check_k(k)
+        return self._results(self._vector_to_gaussian(embedding), k, filter)
+
+    def similarity_search_by_vector(
+        self, embedding: Sequence[float] | Gaussians, k: int = 4, filter: MetadataFilter | None = None, **kwargs: Any
+    ) -> list[Document]:  # type: ignore[override]
+        """Documents for a ``q~`` vector or a query Gaussian; see :meth:`similarity_search_with_score_by_vector`."""
+        return [doc for doc, _ in self.similarity_search_with_score_by_vector(embedding, k, filter=filter)]
+
+    def _relevance_fn(self) -> Callable[[float, int | None], float]:
+        return RELEVANCE_FUNCTIONS[self.relevance] if isinstance(self.relevance, str) else self.relevance
+
+    def _select_relevance_score_fn(self) -> Callable[[float], float]:
+        fn, dim = self._relevance_fn(), self.store.dim
+        return lambda score: float(fn(score, dim))
+
+    def max_marginal_relevance_search(
+        self,
+        query: str,
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        filter: MetadataFilter | None = None,
+        **kwargs: Any,
+    ) -> list[Document]:
+        """Maximal marginal relevance with ``-KL`` on both sides.
+
+        ``fetch_k`` candidates are fetched by ``-KL(Q || D)``; then documents are picked greedily by
+        ``lambda_mult * rel(Q, D) - (1 - lambda_mult) * max_S rel(D, S)``, where ``rel`` is this
+        store's relevance function (in ``(0, 1]``) applied to ``-KL(Q || D)`` for the query and to
+        the symmetrised ``-(KL(D || S) + KL(S || D)) / 2`` between documents (the stored
+        Gaussians, so variances count, not only the means).
+
+        Args:
+            query: Query text.
+            k: Documents to return.
+            fetch_k: Candidates to choose from (``>= k``).
+            lambda_mult: ``1`` = pure relevance, ``0`` = maximal diversity.
+            filter: Metadata filter (dict or callable).
+            **kwargs: Ignored.
+        """
+        return self._mmr(self._encode_query(query), k, fetch_k, lambda_mult, filter)
+
+    def max_marginal_relevance_search_by_vector(
+        self,
+        embedding: Sequence[float] | Gaussians,
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        filter: MetadataFilter | None = None,
+        **kwargs: Any,
+    ) -> list[Document]:  # type: ignore[override]
+        """:meth:`max_marginal_relevance_search` for a ``q~`` vector or a query Gaussian."""
+        return self._mmr(self._vector_to_gaussian(embedding), k, fetch_k, lambda_mult, filter)
+
+    def _mmr(
+        self, query: Gaussians, k: int, fetch_k: int, lambda_mult: float, filter: MetadataFilter | None
+    ) -> list[Document]:
+        k = _check_k(k)
+        fetch_k = max(k, _check_k(fetch_k, "fetch_k"))
+        if not 0.0 <= float(lambda_mult) <= 1.0:
+            raise ValueError(f"lambda_mult must be in [0, 1]; got {lambda_mult!r}")
+        cands = self._results(query, fetch_k, filter)
+        if not cands:
+            return []
+        fn, dim = self._relevance_fn(), self.store.dim
+        rel_q = np.array([fn(s, dim) for _, s in cands])
+        g = self.store.get_gaussians([str(d.id) for d, _ in cands]).astype(np.float64)
+        m = np.asarray(neg_kl_matrix(g, g))
+        sym = 0.5 * (m + m.T)
+        rel_d = np.vectorize(lambda s: fn(float(s), dim))(sym)
+        chosen = [int(np.argmax(rel_q))]
+        while len(chosen) < min(k, len(cands)):
+            redundancy = rel_d[:, chosen].max(axis=1)
+            value = lambda_mult * rel_q - (1.0 - lambda_mult) * redundancy
+            value[chosen] = -np.inf
+            chosen.append(int(np.argmax(value)))
+        return [cands[i][0] for i in chosen]
+
+    # -- constructors
+    @classmethod
+    def from_texts(
+        cls,
+        texts: list[str],
+        embedding: Any | None = None,
+        metadatas: list[dict[str, Any]] | None = None,
+        *,
+        ids: list[str | None] | None = None,
+        **kwargs: Any,
+    ) -> KLVectorStore:
+        """Build a store and add ``texts``.
+
+        Args:
+            texts: Texts to add.
+            embedding: A :class:`KLEmbeddings`, a Gaussian encoder or a LangChain ``Embeddings``
+                (default: the package's default model).
+            metadatas: One dict per text.
+            ids: One id per text.
+            **kwargs: Passed to :class:`KLVectorStore` (``relevance``, ``batch_size``, ``index_type``...).
+        """
+        store = cls(embedding, **kwargs)
+        store.add_texts(texts, metadatas, ids=ids)
+        return store
+
+    @classmethod
+    def from_documents(  # type: ignore[override]
+        cls, documents: list[Document], embedding: Any | None = None, **kwargs: Any
+    ) -> KLVectorStore:
+        """Build a store from documents (their ``id`` fields are kept)."""
+        docs = list(documents)
+        ids = kwargs.pop("ids", None)
+        if ids is None and any(d.id for d in docs):
+            ids = [d.id for d in docs]
+        return cls.from_texts(
+            [d.page_content for d in docs], embedding, [dict(d.metadata) for d in docs], ids=ids, **kwargs
+        )
+
+    # -- persistence
+    def save_local(self, folder_path: str | os.PathLike[str]) -> Path:
+        """Save to a folder (JSON, ``.npy`` and a FAISS index; no pickle anywhere).
+
+        The folder holds ``langchain.json`` (format, library version, relevance, encoder name)
+        and ``klstore/`` (:meth:`KLStore.save`).  A callable relevance function is not saved;
+        pass it again to :meth:`load_local`.
+
+        Returns:
+            The folder path.
+        """
+        folder = Path(folder_path)
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{folder} exists and is not a folder")
+        if folder.is_dir() and any(folder.iterdir()) and not (folder / _MANIFEST).is_file():
+            raise ValueError(f"{folder} is not empty and was not written by KLVectorStore.save_local; refusing")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.store.save(folder / _STORE_DIR)
+        enc = self.store.encoder
+        manifest = {
+            "format": _FORMAT_NAME,
+            "format_version": _FORMAT_VERSION,
+            "library_version": library_version(),
+            "score_name": SCORE_NAME,
+            "relevance": self.relevance if isinstance(self.relevance, str) else None,
+            "batch_size": self.batch_size,
+            "encoder": None if enc is None else str(getattr(enc, "name_or_path", "")),
+        }
+        tmp = folder / (_MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, folder / _MANIFEST)
+        logger.info("saved KLVectorStore (%d documents) to %s", len(self.store), folder)
+        return folder
+
+    @classmethod
+    def load_local(
+        cls,
+        folder_path: str | os.PathLike[str],
+        embeddings: Any | None = None,
+        *,
+        relevance: str | Callable[[float, int | None], float] | None = None,
+        mmap: bool = False,
+    ) -> KLVectorStore:
+        """Load a folder written by :meth:`save_local` (never unpickles anything).
+
+        Args:
+            folder_path: The folder.
+            embeddings: A :class:`KLEmbeddings`, Gaussian encoder or LangChain ``Embeddings``;
+                default: the saved encoder name through :func:`~kl_retrievers.load_model`.
+            relevance: Override the saved relevance function (needed for a callable).
+            mmap: Memory-map the stored arrays (see :meth:`KLStore.load`).
+
+        Raises:
+            FileNotFoundError: No such folder.
+            LangChainFormatError: (a ``ValueError``) the folder was written by another store
+                (e.g. langchain-community FAISS), by a raw :meth:`KLStore.save`, or by an
+                unsupported format version.
+        """
+        folder = Path(folder_path)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no KLVectorStore folder at {folder}")
+        man_path = folder / _MANIFEST
+        if not man_path.is_file():
+            found = sorted(p.name for p in folder.iterdir())
+            hint = ""
+            if any(n.endswith(".pkl") for n in found) or "index.faiss" in found:
+                hint = " It looks like a langchain-community FAISS folder; load it with FAISS.load_local."
+            elif "config.json" in found and "documents.jsonl" in found:
+                hint = " It looks like a KLStore folder; use KLVectorStore(store=KLStore.load(path), ...)."
+            raise LangChainFormatError(
+                f"{folder} was not written by KLVectorStore.save_local (no {_MANIFEST}; found {found[:8]}).{hint}"
+            )
+        try:
+            manifest = json.loads(man_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise LangChainFormatError(f"{man_path} is not valid JSON: {exc}") from exc
+        if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT_NAME:
+            raise LangChainFormatError(f"{man_path} is not a KLVectorStore manifest (format {_FORMAT_NAME!r})")
+        if manifest.get("format_version") != _FORMAT_VERSION:
+            raise LangChainFormatError(
+                f"{folder} has KLVectorStore format_version {manifest.get('format_version')!r} "
+                f"(written by kl-retrievers {manifest.get('library_version')!r}); this version "
+                f"({library_version()}) reads format_version {_FORMAT_VERSION}"
+            )
+        encoder = _unwrap_encoder(embeddings) if embeddings is not None else None
+        if encoder is None and manifest.get("encoder"):
+            from kl_retrievers.pretrained import load_model
+
+            try:
+                encoder = load_model(manifest["encoder"])
+            except Exception as exc:
+                raise ValueError(
+                    f"cannot load the saved encoder {manifest['encoder']!r} ({exc}); pass embeddings= to load_local"
+                ) from exc
+        store = KLStore.load(folder / _STORE_DIR, encoder=encoder, mmap=mmap)
+        rel = relevance if relevance is not None else (manifest.get("relevance") or "inverse")
+        return cls(encoder, store=store, relevance=rel, batch_size=int(manifest.get("batch_size") or 32))
+
+
+# --------------------------------------------------------------------------- retriever
+class KLRetriever(BaseRetriever):
+    """A LangChain retriever ranked by ``-KL(Q || D)``; each document's metadata carries its score.
+
+    Every returned ``Document`` has ``metadata[score_key]`` (default ``"neg_kl"``: the exact
+    ``-KL``, higher is better) and ``metadata[uncertainty_key]`` (default ``"query_uncertainty"``:
+    the query's mean log-variance; higher means a vaguer query).
+
+    Attributes:
+        vectorstore: The :class:`KLVectorStore` searched.
+        k: Documents per query (>= 1); ``invoke(q, k=...)`` overrides it per call.
+        filter: Default metadata filter (dict or callable); ``invoke(q, filter=...)`` overrides it.
+
+    Example:
+        >>> retriever = KLRetriever.from_texts(["the cat sat", "tea"], k=1)  # doctest: +SKIP
+        >>> retriever.invoke("cat")[0].metadata["neg_kl"] <= 0  # doctest: +SKIP
+        True
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    vectorstore: KLVectorStore
+    k: int = 4
+    filter: Any = None
+    score_key: str = SCORE_NAME
+    uncertainty_key: str = "query_uncertainty"
+
+    @field_validator("k")
+    @classmethod
+    def _valid_k(cls, value: int) -> int:
+        return _check_k(value)
+
+    @classmethod
+    def from_store(cls, store: KLVectorStore | KLStore, **kwargs: Any) -> KLRetriever:
+        """Wrap a :class:`KLVectorStore` (or a :class:`KLStore`, with ``embedding=`` optional)."""
+        if isinstance(store, KLStore):
+            store = KLVectorStore(kwargs.pop("embedding", None), store=store)
+        return cls(vectorstore=store, **kwargs)
+
+    @classmethod
+    def from_texts(
+        cls,
+        texts: list[str],
+        embedding: Any | None = None,
+        metadatas: list[dict[str, Any]] | None = None,
+        *,
+        ids: list[str | None] | None = None,
+        k: int = 4,
+        **kwargs: Any,
+    ) -> KLRetriever:
+        """Index ``texts`` in a new :class:`KLVectorStore` (``kwargs`` go to it) and wrap it."""
+        return cls(vectorstore=KLVectorStore.from_texts(texts, embedding, metadatas, ids=ids, **kwargs), k=k)
+
+    @classmethod
+    def from_documents(
+        cls, documents: list[Document], embedding: Any | None = None, *, k: int = 4, **kwargs: Any
+    ) -> KLRetriever:
+        """Index ``documents`` in a new :class:`KLVectorStore` and wrap it."""
+        return cls(vectorstore=KLVectorStore.from_documents(documents, embedding, **kwargs), k=k)
+
+    def _get_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun,
+        k: int | None = None,
+        filter: MetadataFilter | None = None,
+    ) -> list[Document]:
+        kk = _check_k(self.k if k is None else k)
+        g = self.vectorstore._encode_query(query)
+        uncertainty = float(np.asarray(g.uncertainty())[0])
+        hits = self.vectorstore._results(g, kk, self.filter if filter is None else filter)
+        return [
+            Document(
+                id=doc.id,
+                page_content=doc.page_content,
+                metadata={**doc.metadata, self.score_key: score, self.uncertainty_key: uncertainty},
+            )
+            for doc, score in hits
+        ]
