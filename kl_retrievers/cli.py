@@ -1,6 +1,6 @@
 """The ``kl-retrievers`` command line.
 
-Subcommands: ``demo`` (the main job), ``encode``, ``index``, ``search`` and ``evaluate``.
+Subcommands: ``demo`` (the main job), ``encode``, ``index``, ``search``, ``evaluate`` and ``train``.
 Every subcommand has ``--help``.
 
 Examples:
@@ -278,7 +278,13 @@ def _add_evaluate(sub: Any) -> None:
     add_evaluate_command(sub)
 
 
-_REGISTRARS: list[Callable[[Any], None]] = [_add_demo, _add_encode, _add_index, _add_search, _add_evaluate]
+def _add_train(sub: Any) -> None:
+    from kl_retrievers.training.cli import add_train_command
+
+    add_train_command(sub)
+
+
+_REGISTRARS: list[Callable[[Any], None]] = [_add_demo, _add_encode, _add_index, _add_search, _add_evaluate, _add_train]
 
 
 def build_parser() -> argparse.ArgumentParser:

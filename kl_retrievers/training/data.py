@@ -1,0 +1,339 @@
+"""Training data: BEIR train splits, JSONL rows with hard negatives, and negative mining.
+
+A :class:`TrainingSet` holds unique query texts, unique document texts, and one
+:class:`TrainExample` per query (indices of its positives and negatives, optional teacher
+scores). Two readers fill it:
+
+* :func:`from_beir`: a BEIR folder's split (``qrels/<split>.tsv``): every judged document with
+  grade > 0 is a positive; the whole corpus is the document pool (for full-corpus softmax and mining).
+* :func:`read_jsonl`: one JSON object per line::
+
+      {"query": str,
+       "positives": [str, ...],            # alias "pos"
+       "negatives": [str, ...],            # alias "neg" (optional)
+       "teacher_scores": {"positives": [float], "negatives": [float]}}   # optional;
+                                           # aliases "pos_scores" / "neg_scores" (FlagEmbedding)
+
+  Other fields (FlagEmbedding's ``prompt``, ``type``) are ignored. The pool is every text seen.
+
+Negatives can be mined with BM25 (:func:`mine_bm25_negatives`, bm25s) or with a model's exact
+scores (:func:`mine_negatives_from_scores`).
+
+Examples:
+    >>> ts = TrainingSet.from_rows([{"query": "q", "positives": ["a"], "negatives": ["b"]}])
+    >>> ts.examples[0].positives, ts.docs
+    ([0], ['a', 'b'])
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "TrainExample",
+    "TrainingSet",
+    "from_beir",
+    "load_training_data",
+    "mine_bm25_negatives",
+    "mine_negatives_from_scores",
+    "read_jsonl",
+]
+
+
+@dataclass
+class TrainExample:
+    """One training query.
+
+    Attributes:
+        query: Index into :attr:`TrainingSet.queries`.
+        positives: Indices into :attr:`TrainingSet.docs` of relevant documents.
+        negatives: Indices of (hard) negatives.
+        teacher_positives: Teacher scores aligned with ``positives`` (or ``None``).
+        teacher_negatives: Teacher scores aligned with ``negatives`` (or ``None``).
+    """
+
+    query: int
+    positives: list[int]
+    negatives: list[int] = field(default_factory=list)
+    teacher_positives: list[float] | None = None
+    teacher_negatives: list[float] | None = None
+
+    @property
+    def has_teacher(self) -> bool:
+        """Whether every positive and negative has a teacher score."""
+        return (
+            self.teacher_positives is not None
+            and self.teacher_negatives is not None
+            and len(self.teacher_positives) == len(self.positives)
+            and len(self.teacher_negatives) == len(self.negatives)
+        )
+
+
+class TrainingSet:
+    """Queries, a document pool and the examples that link them.
+
+    Args:
+        queries: Unique query texts.
+        docs: Unique document texts (the pool).
+        examples: One :class:`TrainExample` per training query.
+        sources: Where the data came from (for the model card).
+    """
+
+    def __init__(
+        self, queries: list[str], docs: list[str], examples: list[TrainExample], sources: list[str] | None = None
+    ) -> None:
+        self.queries = queries
+        self.docs = docs
+        self.examples = examples
+        self.sources = sources or []
+
+    def __repr__(self) -> str:
+        return f"TrainingSet(queries={len(self.queries)}, docs={len(self.docs)}, examples={len(self.examples)})"
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Mapping[str, Any]], source: str = "rows") -> TrainingSet:
+        """Build from rows in the JSONL schema (see the module docstring).
+
+        Examples:
+            >>> TrainingSet.from_rows([{"query": "q", "pos": ["a"], "neg": ["b"], "pos_scores": [2.0],
+            ...                         "neg_scores": [1.0]}]).examples[0].teacher_negatives
+            [1.0]
+        """
+        builder = _Builder()
+        for number, row in enumerate(rows, 1):
+            where = f"{source}, row {number}"
+            query = row.get("query")
+            if not isinstance(query, str):
+                raise ValueError(f"{where}: 'query' must be a string (fields: {sorted(row)})")
+            pos = _text_list(row, ("positives", "pos"), where, required=True)
+            neg = _text_list(row, ("negatives", "neg"), where, required=False)
+            tpos: Any = None
+            tneg: Any = None
+            if isinstance(row.get("teacher_scores"), Mapping):
+                tpos = row["teacher_scores"].get("positives")
+                tneg = row["teacher_scores"].get("negatives")
+            elif "pos_scores" in row or "neg_scores" in row:
+                tpos, tneg = row.get("pos_scores"), row.get("neg_scores")
+            if tpos is not None or tneg is not None:
+                tpos = _score_list(tpos, len(pos), f"{where}: teacher scores of positives")
+                tneg = _score_list(tneg if tneg is not None else [], len(neg), f"{where}: teacher scores of negatives")
+            if not pos:
+                logger.warning("%s: no positives; skipped", where)
+                continue
+            builder.add(query, pos, neg, tpos, tneg)
+        return builder.build([source])
+
+    def merge(self, other: TrainingSet) -> TrainingSet:
+        """Both sets in one (texts deduplicated)."""
+        builder = _Builder()
+        for ts in (self, other):
+            for ex in ts.examples:
+                builder.add(
+                    ts.queries[ex.query],
+                    [ts.docs[i] for i in ex.positives],
+                    [ts.docs[i] for i in ex.negatives],
+                    ex.teacher_positives,
+                    ex.teacher_negatives,
+                )
+            for doc in ts.docs:
+                builder.doc(doc)
+        return builder.build(self.sources + other.sources)
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.queries: dict[str, int] = {}
+        self.docs: dict[str, int] = {}
+        self.examples: list[TrainExample] = []
+
+    def doc(self, text: str) -> int:
+        return self.docs.setdefault(text, len(self.docs))
+
+    def add(
+        self,
+        query: str,
+        pos: Sequence[str],
+        neg: Sequence[str],
+        tpos: Sequence[float] | None,
+        tneg: Sequence[float] | None,
+    ) -> None:
+        qi = self.queries.setdefault(query, len(self.queries))
+        self.examples.append(
+            TrainExample(
+                qi,
+                [self.doc(t) for t in pos],
+                [self.doc(t) for t in neg],
+                None if tpos is None else [float(x) for x in tpos],
+                None if tneg is None else [float(x) for x in tneg],
+            )
+        )
+
+    def build(self, sources: list[str]) -> TrainingSet:
+        return TrainingSet(list(self.queries), list(self.docs), self.examples, sources)
+
+
+def _text_list(row: Mapping[str, Any], names: tuple[str, ...], where: str, *, required: bool) -> list[str]:
+    for name in names:
+        if name in row:
+            value = row[name]
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{where}: {name!r} must be a list of strings")
+            return list(value)
+    if required:
+        raise ValueError(f"{where}: missing {' or '.join(repr(n) for n in names)} (fields: {sorted(row)})")
+    return []
+
+
+def _score_list(value: Any, n: int, where: str) -> list[float]:
+    if not isinstance(value, list) or len(value) != n or not all(isinstance(v, (int, float)) for v in value):
+        raise ValueError(f"{where}: expected a list of {n} numbers, got {value!r}"[:300])
+    return [float(v) for v in value]
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> TrainingSet:
+    """Read a JSONL training file (schema in the module docstring).
+
+    Examples:
+        >>> ts = read_jsonl("../shared/datasets/train-toy-msmarco-nq-hardneg/flagembedding_nq.jsonl")  # doctest: +SKIP
+    """
+    p = Path(path)
+    rows = []
+    with p.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{p}, line {number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{p}, line {number}: expected a JSON object")
+            rows.append(row)
+    return TrainingSet.from_rows(rows, source=str(p))
+
+
+def from_beir(
+    path: str | os.PathLike[str], split: str = "train", *, query_ids: Iterable[str] | None = None
+) -> TrainingSet:
+    """A BEIR split as training data: query -> its judged documents with grade > 0.
+
+    Args:
+        path: BEIR folder.
+        split: The qrels split to train on.
+        query_ids: Optional subset of query ids (e.g. a split by article).
+
+    Examples:
+        >>> ts = from_beir("../shared/datasets/scifact", "train")  # doctest: +SKIP
+    """
+    from kl_retrievers.datasets import load_beir
+
+    ds = load_beir(path, split)
+    builder = _Builder()
+    for doc in ds.document_texts():
+        builder.doc(doc)
+    doc_text = dict(zip(ds.doc_ids, ds.document_texts(), strict=True))
+    wanted = set(query_ids) if query_ids is not None else None
+    for qid, judged in ds.qrels.items():
+        if wanted is not None and qid not in wanted:
+            continue
+        pos = [doc_text[d] for d, grade in judged.items() if grade > 0]
+        if pos:
+            builder.add(ds.queries[qid], pos, [], None, None)
+    return builder.build([f"{path}:{split}"])
+
+
+def load_training_data(paths: Sequence[str | os.PathLike[str]], split: str = "train") -> TrainingSet:
+    """Load and merge several sources: BEIR folders (``split``) and ``.jsonl`` files.
+
+    Examples:
+        >>> ts = load_training_data(["../shared/datasets/scifact"])  # doctest: +SKIP
+    """
+    if not paths:
+        raise ValueError("no training data given")
+    result: TrainingSet | None = None
+    for path in paths:
+        p = Path(path)
+        if p.is_dir():
+            ts = from_beir(p, split)
+        elif p.is_file():
+            ts = read_jsonl(p)
+        else:
+            raise FileNotFoundError(f"training data not found: {p} (give a BEIR folder or a .jsonl file)")
+        logger.info("loaded %s from %s", ts, p)
+        result = ts if result is None else result.merge(ts)
+    assert result is not None
+    return result
+
+
+def mine_negatives_from_scores(
+    ts: TrainingSet,
+    score_fn: Callable[[list[int]], np.ndarray],
+    k: int = 30,
+    *,
+    batch_size: int = 256,
+    replace: bool = True,
+    desc: str = "Mining negatives",
+) -> None:
+    """Set each example's negatives to the top-``k`` non-positive documents by ``score_fn``.
+
+    Args:
+        ts: Training set, changed in place (teacher scores of the negatives are dropped).
+        score_fn: Query indices -> ``(len, n_docs)`` scores (higher is better), e.g. exact -KL.
+        k: Negatives per query.
+        batch_size: Queries per ``score_fn`` call.
+        replace: Replace existing negatives (``False``: append new ones).
+        desc: Progress bar label.
+    """
+    examples = ts.examples
+    for start in tqdm(range(0, len(examples), batch_size), desc=desc, unit="batch", leave=False):
+        chunk = examples[start : start + batch_size]
+        scores = np.asarray(score_fn([ex.query for ex in chunk]), dtype=np.float64)
+        depth = min(scores.shape[1], k + max(len(ex.positives) for ex in chunk))
+        top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
+        for row, ex in enumerate(chunk):
+            cand = top[row][np.argsort(-scores[row, top[row]], kind="stable")]
+            pos = set(ex.positives)
+            old = [] if replace else ex.negatives
+            new = [int(d) for d in cand if int(d) not in pos and int(d) not in old][:k]
+            ex.negatives = old + new
+            ex.teacher_negatives = None  # new negatives have no teacher score yet
+
+
+def mine_bm25_negatives(ts: TrainingSet, k: int = 30, *, replace: bool = True) -> None:
+    """Mine hard negatives with BM25 (bm25s, k1 0.9, b 0.4, English stop-words) over the pool.
+
+    Examples:
+        >>> mine_bm25_negatives(ts, k=20)  # doctest: +SKIP
+    """
+    import logging as _logging
+
+    import bm25s
+
+    _logging.getLogger("bm25s").setLevel(_logging.WARNING)
+    tokens = bm25s.tokenize(ts.docs, stopwords="en", show_progress=False)
+    retriever = bm25s.BM25(k1=0.9, b=0.4, method="lucene")
+    retriever.index(tokens, show_progress=False)
+    depth = min(len(ts.docs), k + max((len(ex.positives) for ex in ts.examples), default=1))
+    q_tokens = bm25s.tokenize([ts.queries[ex.query] for ex in ts.examples], stopwords="en", show_progress=False)
+    idx, scores = retriever.retrieve(q_tokens, k=depth, show_progress=False, n_threads=0)
+    for row, ex in enumerate(ts.examples):
+        pos = set(ex.positives)
+        old = [] if replace else ex.negatives
+        new = [int(d) for d, s in zip(idx[row], scores[row], strict=True) if s > 0 and int(d) not in pos]
+        ex.negatives = old + [d for d in new if d not in old][:k]
+        if replace:
+            ex.teacher_negatives = None
+    logger.info("mined BM25 negatives for %d queries (k=%d)", len(ts.examples), k)

@@ -1,0 +1,199 @@
+"""Scores and training losses for Gaussian (and vector twin) retrievers.
+
+Every loss takes student scores computed by :func:`score_matrix` or :func:`score_candidates`,
+whose ``similarity`` argument is the only thing that differs between a Gaussian model and its
+twins:
+
+* ``"neg_kl"``: ``-KL(Q || D)`` of the diagonal Gaussians (uses means and variances);
+* ``"dot"``: ``<mu_q, mu_d>`` (variances unused);
+* ``"cosine"``: ``cos(mu_q, mu_d)`` (variances unused).
+
+Losses (all averaged over queries):
+
+* :func:`contrastive_loss`: cross-entropy over in-batch / hard / full-corpus candidates with a temperature;
+* :func:`margin_mse_loss`: MarginMSE, ``(s_pos - s_neg) - (t_pos - t_neg)`` squared;
+* :func:`listwise_kl_loss`: ``KL(softmax(t / T_t) || softmax(s / T))`` over each query's candidates;
+* :func:`lambdarank_loss`: the paper's pairwise loss weighted like LambdaRank,
+  ``sum_{t_i > t_j} |1/rank_i - 1/rank_j| * log(1 + exp(s_j - s_i))``.
+
+Examples:
+    >>> import torch
+    >>> s = torch.tensor([[2.0, 0.0]])
+    >>> round(float(contrastive_loss(s, torch.tensor([0]), temperature=1.0)), 4)
+    0.1269
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "LOSSES",
+    "SIMILARITIES",
+    "Similarity",
+    "contrastive_loss",
+    "lambdarank_loss",
+    "listwise_kl_loss",
+    "margin_mse_loss",
+    "score_candidates",
+    "score_matrix",
+]
+
+Similarity = Literal["neg_kl", "dot", "cosine"]
+SIMILARITIES: tuple[str, ...] = ("neg_kl", "dot", "cosine")
+LOSSES: tuple[str, ...] = ("contrastive", "margin_mse", "listwise", "lambdarank")
+
+
+def _check_similarity(similarity: str) -> None:
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}; got {similarity!r}")
+
+
+def score_matrix(
+    q_mean: torch.Tensor, q_var: torch.Tensor, d_mean: torch.Tensor, d_var: torch.Tensor, similarity: str = "neg_kl"
+) -> torch.Tensor:
+    """Scores of every query against every document, shape ``(n_q, n_d)``; higher is better.
+
+    ``neg_kl`` is computed through the inner-product expansion (no ``n_q x n_d x k`` tensor):
+    ``-KL = -1/2 sum_i [log vd - log vq - 1 + vq/vd + (mq - md)^2 / vd]``.
+
+    Args:
+        q_mean: ``(n_q, k)`` query means.
+        q_var: ``(n_q, k)`` query variances (ignored unless ``neg_kl``).
+        d_mean: ``(n_d, k)`` document means.
+        d_var: ``(n_d, k)`` document variances (ignored unless ``neg_kl``).
+        similarity: ``"neg_kl"``, ``"dot"`` or ``"cosine"``.
+
+    Examples:
+        >>> m = torch.zeros(1, 2); v = torch.ones(1, 2)
+        >>> score_matrix(m, v, m + 1.0, v, "neg_kl")
+        tensor([[-1.]])
+    """
+    _check_similarity(similarity)
+    if similarity == "dot":
+        return q_mean @ d_mean.T
+    if similarity == "cosine":
+        return F.normalize(q_mean, dim=-1) @ F.normalize(d_mean, dim=-1).T
+    inv = 1.0 / d_var
+    doc_term = (torch.log(d_var) + d_mean.pow(2) * inv).sum(-1)  # (n_d,)
+    query_term = (torch.log(q_var) + 1.0).sum(-1)  # (n_q,)
+    cross = (q_var + q_mean.pow(2)) @ inv.T - 2.0 * q_mean @ (d_mean * inv).T
+    return -0.5 * (doc_term[None, :] - query_term[:, None] + cross)
+
+
+def score_candidates(
+    q_mean: torch.Tensor, q_var: torch.Tensor, d_mean: torch.Tensor, d_var: torch.Tensor, similarity: str = "neg_kl"
+) -> torch.Tensor:
+    """Scores of each query against its own candidates: ``(n, k)`` queries, ``(n, m, k)`` documents -> ``(n, m)``.
+
+    Examples:
+        >>> q = torch.zeros(1, 2); d = torch.zeros(1, 3, 2)
+        >>> score_candidates(q, q + 1, d, d + 1, "dot").shape
+        torch.Size([1, 3])
+    """
+    _check_similarity(similarity)
+    qm, qv = q_mean[:, None, :], q_var[:, None, :]
+    if similarity == "dot":
+        return (qm * d_mean).sum(-1)
+    if similarity == "cosine":
+        return F.cosine_similarity(qm, d_mean, dim=-1)
+    kl = 0.5 * (torch.log(d_var) - torch.log(qv) - 1.0 + qv / d_var + (qm - d_mean).pow(2) / d_var).sum(-1)
+    return -kl
+
+
+def contrastive_loss(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 0.05,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Softmax cross-entropy of each query's positive among its candidates.
+
+    Args:
+        scores: ``(n_q, n_candidates)`` student scores (in-batch + hard negatives, or the full corpus).
+        targets: ``(n_q,)`` column of each query's positive.
+        temperature: Scores are divided by it before the softmax.
+        mask: Optional bool ``(n_q, n_candidates)``; ``True`` removes a candidate (e.g. another
+            positive of the same query that is not the target).
+
+    Examples:
+        >>> round(float(contrastive_loss(torch.tensor([[1.0, 1.0]]), torch.tensor([0]), temperature=1.0)), 4)
+        0.6931
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0; got {temperature!r}")
+    logits = scores / temperature
+    if mask is not None:
+        keep_target = F.one_hot(targets, logits.shape[1]).bool()
+        logits = logits.masked_fill(mask & ~keep_target, float("-inf"))
+    return F.cross_entropy(logits, targets)
+
+
+def margin_mse_loss(scores: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """MarginMSE: column 0 is the positive, the other columns negatives.
+
+    ``mean_{q, j>0} ((s_q0 - s_qj) - (t_q0 - t_qj))^2``
+
+    Examples:
+        >>> s = torch.tensor([[1.0, 0.0]]); t = torch.tensor([[3.0, 0.0]])
+        >>> float(margin_mse_loss(s, t))
+        4.0
+    """
+    if scores.shape != teacher.shape or scores.shape[1] < 2:
+        raise ValueError(f"scores and teacher must share a shape (n, m >= 2); got {scores.shape}, {teacher.shape}")
+    student_margin = scores[:, :1] - scores[:, 1:]
+    teacher_margin = teacher[:, :1] - teacher[:, 1:]
+    return F.mse_loss(student_margin, teacher_margin.to(student_margin.dtype))
+
+
+def listwise_kl_loss(
+    scores: torch.Tensor, teacher: torch.Tensor, *, temperature: float = 1.0, teacher_temperature: float = 1.0
+) -> torch.Tensor:
+    """``KL(p_teacher || p_student)`` of the softmax distributions over each query's candidates.
+
+    Examples:
+        >>> round(float(listwise_kl_loss(torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 0.0]]))), 4)
+        0.1109
+    """
+    if scores.shape != teacher.shape:
+        raise ValueError(f"scores and teacher must share a shape; got {scores.shape}, {teacher.shape}")
+    log_p_student = F.log_softmax(scores / temperature, dim=-1)
+    log_p_teacher = F.log_softmax(teacher.to(scores.dtype) / teacher_temperature, dim=-1)
+    return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+
+
+def lambdarank_loss(scores: torch.Tensor, teacher: torch.Tensor, *, rank_by: str = "student") -> torch.Tensor:
+    """The paper's LambdaRank-weighted pairwise loss (METHOD.md, training).
+
+    For each query and each pair ``(i, j)`` with ``t_i > t_j``:
+    ``|1/rank_i - 1/rank_j| * log(1 + exp(s_j - s_i))``, summed over pairs and averaged over
+    queries. ``rank`` is the 1-based position in the current *student* ranking of the candidates
+    (as in LambdaRank, where the weight is the metric change of swapping the pair; here
+    reciprocal rank), detached from the graph; ``rank_by="teacher"`` uses the teacher's ranking.
+
+    Examples:
+        >>> s = torch.tensor([[0.0, 0.0]]); t = torch.tensor([[1.0, 0.0]])
+        >>> round(float(lambdarank_loss(s, t)), 4)  # ranks 1, 2 -> weight 0.5; 0.5 * log 2
+        0.3466
+    """
+    if scores.shape != teacher.shape:
+        raise ValueError(f"scores and teacher must share a shape; got {scores.shape}, {teacher.shape}")
+    if rank_by not in ("student", "teacher"):
+        raise ValueError(f"rank_by must be 'student' or 'teacher'; got {rank_by!r}")
+    basis = (scores if rank_by == "student" else teacher).detach()
+    order = torch.argsort(basis, dim=-1, descending=True, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(1, basis.shape[1] + 1, device=basis.device).expand_as(order))
+    inv_rank = 1.0 / ranks.to(scores.dtype)
+    weight = (inv_rank[:, :, None] - inv_rank[:, None, :]).abs()
+    t = teacher.to(scores.dtype)
+    better = (t[:, :, None] > t[:, None, :]).to(scores.dtype)  # pair (i, j): teacher prefers i
+    pair_loss = F.softplus(scores[:, None, :] - scores[:, :, None])  # log(1 + exp(s_j - s_i))
+    return (weight * better * pair_loss).sum(dim=(1, 2)).mean()

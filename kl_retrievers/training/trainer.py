@@ -1,0 +1,646 @@
+"""Training loops: the full encoder (optionally frozen / partly frozen / LoRA) and the cached-features fast path.
+
+Both loops share :func:`_optimise`: AdamW, a linear warm-up then linear decay schedule,
+gradient accumulation, bf16 autocast on a GPU, a wall-clock budget (stop cleanly and save),
+a checkpoint every N steps, ``resume`` from the last checkpoint, and a clear error on a
+NaN/inf loss.
+
+Determinism and checkpoints (no pickle anywhere): the data sampled at step ``s`` comes from
+``numpy.random.default_rng([seed, s, micro])`` and torch's RNG (dropout) is re-seeded from
+``(seed, s, micro)`` before every micro-batch, so no RNG state needs saving. A checkpoint
+folder holds ``trainable.safetensors`` (every trainable parameter), ``optimizer.safetensors``
+(AdamW's per-parameter tensors) and ``state.json`` (step, optimizer param groups, scheduler
+state, losses). Resuming restores them, so a resumed run continues at the same step and ends
+with the same weights as an uninterrupted one.
+
+Examples:
+    >>> cfg = TrainConfig(steps=100, batch_size=16, similarity="neg_kl", loss="contrastive")
+    >>> cfg.warmup_steps_resolved()
+    10
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from kl_retrievers.encoder import GaussianEncoder
+from kl_retrievers.gaussian import Gaussians
+from kl_retrievers.training.data import TrainExample, TrainingSet
+from kl_retrievers.training.features import Features, compute_features, heads_forward
+from kl_retrievers.training.losses import (
+    LOSSES,
+    SIMILARITIES,
+    contrastive_loss,
+    lambdarank_loss,
+    listwise_kl_loss,
+    margin_mse_loss,
+    score_candidates,
+    score_matrix,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDivergedError",
+    "apply_freezing",
+    "encode_from_features",
+    "merge_lora",
+    "train_encoder",
+    "train_heads_cached",
+]
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped (the last checkpoint is intact)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run apart from the data and the starting model.
+
+    Attributes:
+        similarity: ``"neg_kl"`` (Gaussian), ``"dot"`` or ``"cosine"`` (vector twins).
+        loss: ``"contrastive"``, ``"margin_mse"``, ``"listwise"`` or ``"lambdarank"``.
+        steps: Optimiser steps.
+        batch_size: Queries per micro-batch.
+        grad_accum: Micro-batches per optimiser step.
+        negatives: Hard negatives sampled per query (random pool documents when a query has none).
+        lr: Peak learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_steps: Linear warm-up steps (``None``: 10% of ``steps``); then linear decay to 0.
+        temperature: Softmax temperature of the contrastive and listwise losses.
+        teacher_temperature: Temperature applied to teacher scores in the listwise loss.
+        in_batch: Contrastive loss also uses the other queries' documents as negatives.
+        full_corpus: Fast path only: contrastive softmax over the whole document pool.
+        corpus_sample: Fast path with ``full_corpus``: when > 0, the softmax runs over this many
+            random pool documents (re-drawn each step) plus the batch's own candidates instead of
+            the whole pool (large-batch sampled softmax; cheaper on a CPU).
+        max_grad_norm: Clip the gradient norm (``None``: no clipping).
+        seed: Seed of the data order, dropout and head initialisation.
+        time_budget_s: Stop (and save) after this many seconds of this invocation (``None``: no limit).
+        checkpoint_every: Save a checkpoint every N steps (0: only at the end / on the budget).
+        bf16: Autocast to bfloat16 on a GPU (``None``: when CUDA is available).
+        device: ``"cpu"``/``"cuda"`` (``None``: CUDA when available).
+        show_progress: A tqdm bar with the loss.
+    """
+
+    similarity: str = "neg_kl"
+    loss: str = "contrastive"
+    steps: int = 1000
+    batch_size: int = 32
+    grad_accum: int = 1
+    negatives: int = 7
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_steps: int | None = None
+    temperature: float = 0.05
+    teacher_temperature: float = 1.0
+    in_batch: bool = True
+    full_corpus: bool = True
+    corpus_sample: int = 0
+    max_grad_norm: float | None = None
+    seed: int = 0
+    time_budget_s: float | None = None
+    checkpoint_every: int = 0
+    bf16: bool | None = None
+    device: str | None = None
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}; got {self.similarity!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}; got {self.loss!r}")
+        for name in ("steps", "batch_size", "grad_accum"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)!r}")
+        if self.negatives < 0:
+            raise ValueError(f"negatives must be >= 0; got {self.negatives!r}")
+        if self.loss != "contrastive" and self.negatives < 1:
+            raise ValueError(f"loss {self.loss!r} needs negatives >= 1")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0; got {self.temperature!r}")
+
+    def warmup_steps_resolved(self) -> int:
+        """Warm-up length actually used."""
+        return int(self.warmup_steps) if self.warmup_steps is not None else max(0, self.steps // 10)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary."""
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What a run did.
+
+    Attributes:
+        steps_done: Optimiser steps completed (including those before a resume).
+        stopped: ``"finished"`` or ``"time_budget"``.
+        losses: Loss of each step run in this invocation.
+        seconds: Wall-clock seconds of this invocation.
+        resumed_from: Step the run resumed from (``None`` when it started fresh).
+    """
+
+    steps_done: int
+    stopped: str
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    resumed_from: int | None = None
+
+    @property
+    def final_loss(self) -> float:
+        """Mean loss of the last (up to) 20 steps."""
+        tail = self.losses[-20:]
+        return float(np.mean(tail)) if tail else float("nan")
+
+
+# ---------------------------------------------------------------------------------- sampling
+@dataclass
+class _Batch:
+    queries: np.ndarray  # (B,) query indices
+    cands: np.ndarray  # (B, 1 + n) doc indices; column 0 is the positive
+    teacher: np.ndarray | None  # (B, 1 + n) teacher scores
+    positives: list[set[int]]  # every positive of each query (for masking)
+
+
+def _sample(ts: TrainingSet, cfg: TrainConfig, step: int, micro: int, need_teacher: bool) -> _Batch:
+    rng = np.random.default_rng([cfg.seed, step, micro])
+    n_ex = len(ts.examples)
+    picks = rng.choice(n_ex, size=min(cfg.batch_size, n_ex), replace=False)
+    n_docs = len(ts.docs)
+    queries, cands, teacher, positives = [], [], [], []
+    for i in picks:
+        ex: TrainExample = ts.examples[int(i)]
+        pi = int(rng.integers(len(ex.positives)))
+        row = [ex.positives[pi]]
+        trow = [ex.teacher_positives[pi]] if need_teacher and ex.teacher_positives is not None else []
+        if cfg.negatives:
+            if ex.negatives:
+                replace = len(ex.negatives) < cfg.negatives
+                sel = rng.choice(len(ex.negatives), size=cfg.negatives, replace=replace)
+                row += [ex.negatives[int(j)] for j in sel]
+                if need_teacher and ex.teacher_negatives is not None:
+                    trow += [ex.teacher_negatives[int(j)] for j in sel]
+            else:
+                pos = set(ex.positives)
+                while len(row) < 1 + cfg.negatives:
+                    d = int(rng.integers(n_docs))
+                    if d not in pos or len(pos) >= n_docs:
+                        row.append(d)
+        queries.append(ex.query)
+        cands.append(row)
+        teacher.append(trow)
+        positives.append(set(ex.positives))
+    t = np.asarray(teacher, dtype=np.float32) if need_teacher else None
+    return _Batch(np.asarray(queries), np.asarray(cands, dtype=np.int64), t, positives)
+
+
+def _check_teacher(ts: TrainingSet, cfg: TrainConfig) -> bool:
+    if cfg.loss == "contrastive":
+        return False
+    missing = sum(1 for ex in ts.examples if not ex.has_teacher or not ex.negatives)
+    if missing:
+        raise ValueError(
+            f"loss {cfg.loss!r} needs teacher scores for every positive and negative; {missing} of "
+            f"{len(ts.examples)} queries lack them (use data with teacher_scores, or --teacher with hard negatives)"
+        )
+    return True
+
+
+def _loss_from_scores(
+    cfg: TrainConfig,
+    batch: _Batch,
+    cand_scores: torch.Tensor | None,
+    matrix: torch.Tensor | None,
+    matrix_docs: np.ndarray | None,
+) -> torch.Tensor:
+    """The configured loss. ``cand_scores``: (B, 1+n); ``matrix``: (B, len(matrix_docs))."""
+    if cfg.loss == "contrastive":
+        assert matrix is not None and matrix_docs is not None
+        col = {int(d): j for j, d in enumerate(matrix_docs.tolist())}
+        targets = torch.tensor([col[int(d)] for d in batch.cands[:, 0]], device=matrix.device)
+        mask = torch.zeros(matrix.shape, dtype=torch.bool)
+        for r, pos in enumerate(batch.positives):
+            for d in pos:
+                if d in col:
+                    mask[r, col[d]] = True
+        return contrastive_loss(matrix, targets, temperature=cfg.temperature, mask=mask.to(matrix.device))
+    assert cand_scores is not None and batch.teacher is not None
+    teacher = torch.from_numpy(batch.teacher).to(cand_scores.device)
+    if cfg.loss == "margin_mse":
+        return margin_mse_loss(cand_scores, teacher)
+    if cfg.loss == "listwise":
+        return listwise_kl_loss(
+            cand_scores, teacher, temperature=cfg.temperature, teacher_temperature=cfg.teacher_temperature
+        )
+    return lambdarank_loss(cand_scores, teacher)
+
+
+# ---------------------------------------------------------------------------------- optimisation
+def _device(cfg: TrainConfig) -> torch.device:
+    if cfg.device:
+        return torch.device(cfg.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _autocast(device: torch.device, cfg: TrainConfig) -> AbstractContextManager[Any]:
+    use = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
+    if use and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
+    def fn(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return fn
+
+
+def _trainable(module: nn.Module) -> dict[str, nn.Parameter]:
+    return {n: p for n, p in module.named_parameters() if p.requires_grad}
+
+
+def _save_checkpoint(
+    folder: Path, module: nn.Module, opt: torch.optim.Optimizer, sched: Any, step: int, losses: list[float]
+) -> None:
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    params = _trainable(module)
+    save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, os.fspath(tmp / "trainable.safetensors"))
+    state = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in state["state"].items():
+        for key, value in st.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    save_file(tensors, os.fspath(tmp / "optimizer.safetensors"))
+    sched_state = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
+    meta = {
+        "step": step,
+        "param_names": list(params),
+        "param_groups": state["param_groups"],
+        "optimizer_scalars": scalars,
+        "scheduler": sched_state,
+        "losses": losses,
+    }
+    (tmp / "state.json").write_text(json.dumps(meta, indent=1) + "\n")
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    logger.info("checkpoint at step %d -> %s", step, folder)
+
+
+def _load_checkpoint(
+    folder: Path, module: nn.Module, opt: torch.optim.Optimizer, sched: Any
+) -> tuple[int, list[float]]:
+    meta = json.loads((folder / "state.json").read_text())
+    params = _trainable(module)
+    if list(params) != meta["param_names"]:
+        raise ValueError(f"checkpoint {folder} was written for other trainable parameters; cannot resume")
+    weights = load_file(os.fspath(folder / "trainable.safetensors"))
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(weights[n].to(p.device))
+    tensors = load_file(os.fspath(folder / "optimizer.safetensors"))
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    for idx, sc in meta["optimizer_scalars"].items():
+        state.setdefault(int(idx), {}).update(sc)
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    sched.load_state_dict({**meta["scheduler"], "lr_lambdas": [None] * len(opt.param_groups)})
+    return int(meta["step"]), list(meta["losses"])
+
+
+def _optimise(
+    module: nn.Module,
+    cfg: TrainConfig,
+    micro_loss: Callable[[int, int], torch.Tensor],
+    *,
+    checkpoint_dir: Path | None,
+    resume: bool,
+    desc: str,
+) -> TrainResult:
+    params = list(_trainable(module).values())
+    if not params:
+        raise ValueError("nothing to train: every parameter is frozen")
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _linear_schedule(cfg.warmup_steps_resolved(), cfg.steps))
+    start = 0
+    history: list[float] = []
+    resumed_from = None
+    if resume:
+        if checkpoint_dir is not None and (checkpoint_dir / "state.json").is_file():
+            start, history = _load_checkpoint(checkpoint_dir, module, opt, sched)
+            resumed_from = start
+            logger.info("resumed from %s at step %d", checkpoint_dir, start)
+        else:
+            logger.warning("--resume: no checkpoint at %s; starting from step 0", checkpoint_dir)
+    t0 = time.monotonic()
+    losses: list[float] = []
+    stopped = "finished"
+    step = start
+    ema: float | None = None
+    bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not cfg.show_progress, unit="step")
+    try:
+        for step in range(start, cfg.steps):
+            opt.zero_grad(set_to_none=True)
+            total = 0.0
+            for micro in range(cfg.grad_accum):
+                torch.manual_seed((cfg.seed * 1_000_003 + step * 1_009 + micro) % (2**63))
+                loss = micro_loss(step, micro)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise TrainingDivergedError(
+                        f"the loss is {value} at step {step} (micro-batch {micro}); training stopped. "
+                        "Lower --lr, raise --temperature, or check the data; the last checkpoint is unchanged."
+                    )
+                (loss / cfg.grad_accum).backward()
+                total += value / cfg.grad_accum
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            losses.append(total)
+            history.append(total)
+            ema = total if ema is None else 0.95 * ema + 0.05 * total
+            bar.update(1)
+            bar.set_postfix(loss=f"{ema:.4f}")
+            done = step + 1
+            if checkpoint_dir is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
+                _save_checkpoint(checkpoint_dir, module, opt, sched, done, history)
+            if cfg.time_budget_s is not None and time.monotonic() - t0 > cfg.time_budget_s and done < cfg.steps:
+                stopped = "time_budget"
+                logger.warning("time budget %.0f s reached after step %d; stopping and saving", cfg.time_budget_s, done)
+                if checkpoint_dir is not None:
+                    _save_checkpoint(checkpoint_dir, module, opt, sched, done, history)
+                break
+    finally:
+        bar.close()
+    done = (step + 1) if losses else start
+    return TrainResult(done, stopped, losses, time.monotonic() - t0, resumed_from)
+
+
+# ---------------------------------------------------------------------------------- full encoder
+def apply_freezing(
+    encoder: GaussianEncoder, *, freeze_backbone: bool = False, freeze_layers: int = 0, lora_r: int = 0
+) -> None:
+    """Choose what trains: everything, the heads only, all but the lower N layers, or a LoRA adapter.
+
+    ``freeze_layers=N`` freezes the embeddings (including the ``[VAR]`` row) and transformer
+    layers ``0..N-1``. ``lora_r=R`` wraps the backbone with a peft LoRA adapter of rank ``R``
+    (alpha ``2R``, peft's default target modules for the architecture); the heads train fully.
+    Merge it with :func:`merge_lora` before saving.
+
+    Examples:
+        >>> apply_freezing(encoder, freeze_layers=4)  # doctest: +SKIP
+    """
+    if sum(bool(x) for x in (freeze_backbone, freeze_layers, lora_r)) > 1:
+        raise ValueError("choose one of freeze_backbone, freeze_layers and lora_r")
+    for p in encoder.parameters():
+        p.requires_grad_(True)
+    if freeze_backbone:
+        for p in encoder.backbone.parameters():
+            p.requires_grad_(False)
+    elif freeze_layers:
+        pattern = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
+        found = False
+        for name, p in encoder.backbone.named_parameters():
+            m = pattern.search(name)
+            if m is not None:
+                found = True
+                if int(m.group(1)) < freeze_layers:
+                    p.requires_grad_(False)
+            elif "embed" in name:
+                p.requires_grad_(False)
+        if not found:
+            raise ValueError("freeze_layers: could not find numbered layers in the backbone")
+    elif lora_r:
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, bias="none")
+        try:
+            encoder.backbone = get_peft_model(encoder.backbone, config)
+        except ValueError:  # architecture without a peft default: adapt every linear layer
+            config = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, target_modules="all-linear")
+            encoder.backbone = get_peft_model(encoder.backbone, config)
+
+
+def merge_lora(encoder: GaussianEncoder) -> None:
+    """Fold a LoRA adapter into the backbone weights (so a delta save holds changed tensors only)."""
+    if hasattr(encoder.backbone, "merge_and_unload"):
+        encoder.backbone = encoder.backbone.merge_and_unload()
+        for p in encoder.parameters():
+            p.requires_grad_(True)
+
+
+def train_encoder(
+    encoder: GaussianEncoder,
+    ts: TrainingSet,
+    cfg: TrainConfig,
+    *,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train the whole encoder (respecting what :func:`apply_freezing` froze) on texts.
+
+    Each micro-batch encodes ``batch_size`` queries and their candidates (one positive and
+    ``negatives`` hard negatives) through the backbone. The contrastive loss scores every
+    query against every candidate in the batch (in-batch negatives) unless ``in_batch`` is off.
+
+    Args:
+        encoder: The model, changed in place (left in evaluation mode).
+        ts: Training data.
+        cfg: Recipe.
+        checkpoint_dir: Where checkpoints go (``None``: none).
+        resume: Continue from the checkpoint in ``checkpoint_dir``.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Examples:
+        >>> result = train_encoder(encoder, ts, TrainConfig(steps=10, batch_size=4))  # doctest: +SKIP
+    """
+    need_teacher = _check_teacher(ts, cfg)
+    device = _device(cfg)
+    encoder.to(device)
+    encoder.train()
+    qlen, dlen = encoder.config.query_max_length, encoder.config.max_length
+
+    def encode(texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = {k: v.to(device) for k, v in encoder.tokenize(texts, max_length).items()}
+        mean, var = encoder(**batch)
+        return mean.float(), var.float()
+
+    def micro_loss(step: int, micro: int) -> torch.Tensor:
+        batch = _sample(ts, cfg, step, micro, need_teacher)
+        with _autocast(device, cfg):
+            qm, qv = encode([ts.queries[i] for i in batch.queries], qlen)
+            uniq, inverse = np.unique(batch.cands, return_inverse=True)
+            dm, dv = encode([ts.docs[i] for i in uniq], dlen)
+        if cfg.loss == "contrastive" and cfg.in_batch:
+            return _loss_from_scores(cfg, batch, None, score_matrix(qm, qv, dm, dv, cfg.similarity), uniq)
+        inv = torch.from_numpy(inverse.reshape(batch.cands.shape)).to(device)
+        cand = score_candidates(qm, qv, dm[inv], dv[inv], cfg.similarity)
+        if cfg.loss == "contrastive":  # own candidates only: column 0 is the positive
+            targets = torch.zeros(len(batch.queries), dtype=torch.long, device=device)
+            return contrastive_loss(cand, targets, temperature=cfg.temperature)
+        return _loss_from_scores(cfg, batch, cand, None, None)
+
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    try:
+        return _optimise(encoder, cfg, micro_loss, checkpoint_dir=ckpt, resume=resume, desc="Training")
+    finally:
+        encoder.eval()
+
+
+# ---------------------------------------------------------------------------------- fast path
+def encode_from_features(encoder: GaussianEncoder, feats: Features, batch_size: int = 4096) -> Gaussians:
+    """Gaussians (numpy float32) from cached backbone features through the encoder's heads.
+
+    Examples:
+        >>> g = encode_from_features(encoder, compute_features(encoder, texts, max_length=256))  # doctest: +SKIP
+    """
+    means, vars_ = [], []
+    dev = encoder.mean_head.weight.device
+    with torch.inference_mode():
+        for start in range(0, len(feats), batch_size):
+            p = torch.from_numpy(feats.pooled[start : start + batch_size]).to(dev)
+            v = torch.from_numpy(feats.var_state[start : start + batch_size]).to(dev)
+            m, s = heads_forward(encoder, p, v)
+            means.append(m.float().cpu().numpy())
+            vars_.append(s.float().cpu().numpy())
+    k = encoder.config.dim
+    mean = np.concatenate(means) if means else np.zeros((0, k), np.float32)
+    var = np.concatenate(vars_) if vars_ else np.zeros((0, k), np.float32)
+    return Gaussians(mean, var, validate=False)
+
+
+class _Heads(nn.Module):
+    """The two heads of an encoder as one module (so checkpoints name only head tensors)."""
+
+    def __init__(self, encoder: GaussianEncoder) -> None:
+        super().__init__()
+        self.mean_head = encoder.mean_head
+        self.var_head = encoder.var_head
+
+
+def train_heads_cached(
+    encoder: GaussianEncoder,
+    ts: TrainingSet,
+    cfg: TrainConfig,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    query_features: Features | None = None,
+    doc_features: Features | None = None,
+) -> TrainResult:
+    """The fast path: frozen backbone, features computed once (cached), only the heads train.
+
+    With ``cfg.full_corpus`` the contrastive softmax runs over every document of the pool
+    (other positives of the query masked out); otherwise over in-batch + hard negatives.
+
+    Args:
+        encoder: Its heads are trained in place; the backbone is never run after the features exist.
+        ts: Training data.
+        cfg: Recipe (``lr`` around 1e-3 suits the heads).
+        cache_dir: Feature cache (see :func:`compute_features`).
+        checkpoint_dir: Checkpoint folder.
+        resume: Continue from its checkpoint.
+        query_features: Precomputed features of ``ts.queries`` (skips :func:`compute_features`).
+        doc_features: Precomputed features of ``ts.docs``.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Examples:
+        >>> result = train_heads_cached(encoder, ts, TrainConfig(steps=500, lr=1e-3))  # doctest: +SKIP
+    """
+    need_teacher = _check_teacher(ts, cfg)
+    device = _device(cfg)
+    if query_features is None:
+        query_features = compute_features(
+            encoder, ts.queries, max_length=encoder.config.query_max_length, cache_dir=cache_dir, desc="Query features"
+        )
+    if doc_features is None:
+        doc_features = compute_features(
+            encoder, ts.docs, max_length=encoder.config.max_length, cache_dir=cache_dir, desc="Document features"
+        )
+    qp, qs = query_features.torch(device)
+    dp, ds = doc_features.torch(device)
+    heads = _Heads(encoder).to(device)
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    for p in heads.parameters():
+        p.requires_grad_(True)
+    all_docs = np.arange(len(ts.docs))
+
+    def micro_loss(step: int, micro: int) -> torch.Tensor:
+        batch = _sample(ts, cfg, step, micro, need_teacher)
+        qidx = torch.from_numpy(batch.queries).to(device)
+        with _autocast(device, cfg):
+            qm, qv = heads_forward(encoder, qp[qidx], qs[qidx])
+            if cfg.loss == "contrastive" and cfg.full_corpus:
+                if 0 < cfg.corpus_sample < len(all_docs):
+                    rng = np.random.default_rng([cfg.seed, step, micro, 1])
+                    drawn = rng.choice(len(all_docs), size=cfg.corpus_sample, replace=False)
+                    pool = np.unique(np.concatenate([drawn, batch.cands.reshape(-1)]))
+                    u = torch.from_numpy(pool).to(device)
+                    dm, dv = heads_forward(encoder, dp[u], ds[u])
+                else:
+                    pool = all_docs
+                    dm, dv = heads_forward(encoder, dp, ds)
+                matrix = score_matrix(qm.float(), qv.float(), dm.float(), dv.float(), cfg.similarity)
+                return _loss_from_scores(cfg, batch, None, matrix, pool)
+            uniq, inverse = np.unique(batch.cands, return_inverse=True)
+            u = torch.from_numpy(uniq).to(device)
+            dm, dv = heads_forward(encoder, dp[u], ds[u])
+        qm, qv, dm, dv = qm.float(), qv.float(), dm.float(), dv.float()
+        if cfg.loss == "contrastive" and cfg.in_batch:
+            return _loss_from_scores(cfg, batch, None, score_matrix(qm, qv, dm, dv, cfg.similarity), uniq)
+        inv = torch.from_numpy(inverse.reshape(batch.cands.shape)).to(device)
+        cand = score_candidates(qm, qv, dm[inv], dv[inv], cfg.similarity)
+        if cfg.loss == "contrastive":
+            targets = torch.zeros(len(batch.queries), dtype=torch.long, device=device)
+            return contrastive_loss(cand, targets, temperature=cfg.temperature)
+        return _loss_from_scores(cfg, batch, cand, None, None)
+
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    try:
+        return _optimise(heads, cfg, micro_loss, checkpoint_dir=ckpt, resume=resume, desc="Training heads")
+    finally:
+        for p in encoder.parameters():
+            p.requires_grad_(True)
+        encoder.eval()
