@@ -45,3 +45,8 @@ bench-encode: install
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+## langchain-tests standard suites (VectorStore, Retrievers, Embeddings) for kl_retrievers.langchain.
+.PHONY: test-standard
+test-standard: install
+	$(BIN)/python -m pytest tests/standard -q

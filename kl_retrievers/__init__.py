@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from kl_retrievers._io import library_version
+from kl_retrievers._io import library_version, load_gaussians, save_gaussians
 from kl_retrievers.encoder import GaussianEncoder, GaussianEncoderConfig, NotAnEncoderError
 from kl_retrievers.gaussian import (
     SCORE_DIRECTION,
@@ -52,8 +52,10 @@ __all__ = [
     "kl_query_constant",
     "kl_query_vectors",
     "load_default_model",
+    "load_gaussians",
     "load_model",
     "neg_kl",
     "neg_kl_matrix",
     "resolve_model_path",
+    "save_gaussians",
 ]

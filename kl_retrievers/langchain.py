@@ -13,7 +13,7 @@ Three pieces, all needing the ``[langchain]`` extra (``pip install "kl-retriever
 * :class:`KLRetriever` - a ``BaseRetriever`` whose documents carry their ``-KL`` score and the
   query's uncertainty (mean log-variance) in their metadata.
 
-Example:
+Examples:
     >>> from kl_retrievers.langchain import KLVectorStore
     >>> store = KLVectorStore.from_texts(["a cat sat", "tea and bread"])  # doctest: +SKIP
     >>> store.similarity_search_with_score("cat", k=1)  # doctest: +SKIP
@@ -136,7 +136,7 @@ def relevance_inverse(score: float, dim: int | None = None) -> float:
 
     Monotone, parameter-free, ``1`` only for identical Gaussians and ``1/2`` at ``KL = 1``.
 
-    Example:
+    Examples:
         >>> relevance_inverse(0.0), relevance_inverse(-1.0)
         (1.0, 0.5)
     """
@@ -147,7 +147,7 @@ def relevance_inverse(score: float, dim: int | None = None) -> float:
 def relevance_exp_per_dim(score: float, dim: int | None = None) -> float:
     """Relevance ``exp(-KL / k)`` in ``(0, 1]``: the KL per dimension, so models of different ``k`` compare.
 
-    Example:
+    Examples:
         >>> round(relevance_exp_per_dim(-8.0, dim=8), 4)
         0.3679
     """
@@ -192,7 +192,7 @@ def check_inner_product_store(vectorstore: Any, *, warn: bool = True) -> bool | 
     Returns:
         ``True`` (inner product), ``False`` (cosine, L2, normalised, ...) or ``None`` (cannot tell).
 
-    Example:
+    Examples:
         >>> class Store:
         ...     distance_strategy = "COSINE"
         >>> check_inner_product_store(Store(), warn=False)
@@ -272,7 +272,7 @@ class EmbeddingsGaussianEncoder:
         embeddings: A LangChain ``Embeddings``.
         variance: The constant variance of every dimension (> 0).
 
-    Example:
+    Examples:
         >>> from langchain_core.embeddings import DeterministicFakeEmbedding
         >>> enc = EmbeddingsGaussianEncoder(DeterministicFakeEmbedding(size=4))
         >>> enc.encode_queries(["hi"]).var.tolist()
@@ -331,7 +331,7 @@ class KLEmbeddings(Embeddings):
         batch_size: Encoder batch size.
         show_progress_bar: Show the encoder's progress bar for documents.
 
-    Example:
+    Examples:
         >>> emb = KLEmbeddings()  # doctest: +SKIP
         >>> len(emb.embed_query("what is KL?")) == 2 * emb.dim + 1  # doctest: +SKIP
         True
@@ -425,7 +425,7 @@ class KLEmbeddings(Embeddings):
             ValueError: The vector has an even length or does not start with ``1`` (a ``d~``
                 document vector, or an embedding from another model).
 
-        Example:
+        Examples:
             >>> g = KLEmbeddings.decode_query([1.0, 4.5, 2.0])
             >>> g.mean.tolist(), g.var.tolist()
             ([[2.0]], [[0.5]])
@@ -467,7 +467,7 @@ class KLVectorStore(VectorStore):
         batch_size: Encoder batch size.
         **store_kwargs: Passed to :class:`KLStore` when ``store`` is not given (e.g. ``index_type``).
 
-    Example:
+    Examples:
         >>> store = KLVectorStore.from_texts(["the cat sat", "tea"], KLEmbeddings())  # doctest: +SKIP
         >>> store.as_retriever(search_kwargs={"k": 1}).invoke("cat")  # doctest: +SKIP
         [Document(id='...', metadata={}, page_content='the cat sat')]
@@ -539,7 +539,7 @@ class KLVectorStore(VectorStore):
         texts: Iterable[str],
         metadatas: list[dict[str, Any]] | None = None,
         *,
-        ids: list[str | None] | None = None,
+        ids: list[str] | None = None,
         **kwargs: Any,
     ) -> list[str]:
         """Encode and add texts; an existing id is replaced (upsert).
@@ -572,7 +572,7 @@ class KLVectorStore(VectorStore):
         self._get_encoder()
         return self.store.add(items, ids=id_values, metadatas=metadatas)
 
-    def upsert(self, documents: Sequence[Document], ids: list[str | None] | None = None) -> dict[str, list[str]]:
+    def upsert(self, documents: Sequence[Document], ids: list[str] | None = None) -> dict[str, list[str]]:
         """Insert or replace documents by id (``Document.id``, or ``ids``).
 
         Returns:
@@ -580,11 +580,11 @@ class KLVectorStore(VectorStore):
         """
         docs = list(documents)
         if ids is None:
-            ids = [d.id for d in docs]
+            ids = [d.id or uuid.uuid4().hex for d in docs]
         done = self.add_texts([d.page_content for d in docs], [dict(d.metadata) for d in docs], ids=ids)
         return {"succeeded": done, "failed": []}
 
-    async def aupsert(self, documents: Sequence[Document], ids: list[str | None] | None = None) -> dict[str, list[str]]:
+    async def aupsert(self, documents: Sequence[Document], ids: list[str] | None = None) -> dict[str, list[str]]:
         """Async :meth:`upsert`."""
         from langchain_core.runnables.config import run_in_executor
 
@@ -749,13 +749,13 @@ class KLVectorStore(VectorStore):
 
     # -- constructors
     @classmethod
-    def from_texts(
+    def from_texts(  # type: ignore[override]
         cls,
         texts: list[str],
         embedding: Any | None = None,
         metadatas: list[dict[str, Any]] | None = None,
         *,
-        ids: list[str | None] | None = None,
+        ids: list[str] | None = None,
         **kwargs: Any,
     ) -> KLVectorStore:
         """Build a store and add ``texts``.
@@ -850,10 +850,10 @@ class KLVectorStore(VectorStore):
         if not man_path.is_file():
             found = sorted(p.name for p in folder.iterdir())
             hint = ""
-            if any(n.endswith(".pkl") for n in found) or "index.faiss" in found:
+            if "config.json" in found and "documents.jsonl" in found:
+                hint = " It looks like a KLStore folder; use KLVectorStore(embedding, store=KLStore.load(path))."
+            elif any(n.endswith(".pkl") for n in found) or "index.faiss" in found:
                 hint = " It looks like a langchain-community FAISS folder; load it with FAISS.load_local."
-            elif "config.json" in found and "documents.jsonl" in found:
-                hint = " It looks like a KLStore folder; use KLVectorStore(store=KLStore.load(path), ...)."
             raise LangChainFormatError(
                 f"{folder} was not written by KLVectorStore.save_local (no {_MANIFEST}; found {found[:8]}).{hint}"
             )
@@ -897,7 +897,7 @@ class KLRetriever(BaseRetriever):
         k: Documents per query (>= 1); ``invoke(q, k=...)`` overrides it per call.
         filter: Default metadata filter (dict or callable); ``invoke(q, filter=...)`` overrides it.
 
-    Example:
+    Examples:
         >>> retriever = KLRetriever.from_texts(["the cat sat", "tea"], k=1)  # doctest: +SKIP
         >>> retriever.invoke("cat")[0].metadata["neg_kl"] <= 0  # doctest: +SKIP
         True
@@ -930,7 +930,7 @@ class KLRetriever(BaseRetriever):
         embedding: Any | None = None,
         metadatas: list[dict[str, Any]] | None = None,
         *,
-        ids: list[str | None] | None = None,
+        ids: list[str] | None = None,
         k: int = 4,
         **kwargs: Any,
     ) -> KLRetriever:

@@ -21,10 +21,12 @@ EXPECTED = {
     "kl_query_constant",
     "kl_query_vectors",
     "load_default_model",
+    "load_gaussians",
     "load_model",
     "neg_kl",
     "neg_kl_matrix",
     "resolve_model_path",
+    "save_gaussians",
 }
 
 
