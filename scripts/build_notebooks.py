@@ -81,59 +81,83 @@ NOTEBOOKS["01_quick_start.ipynb"] = [
 ]
 
 NOTEBOOKS["04_train_your_own.ipynb"] = [
-    ("md", "# 04 · Train your own\n\nA few-minute fine-tune on a slice of SciFact train, with before/after metrics "
-     "on a slice of SciFact test, for the Gaussian model **and** its dot-product twin (same recipe, data, steps "
-     "and seed; only the score differs). This is the cached-features fast path: the MiniLM backbone is frozen and "
-     "only the mean and variance heads train, so it runs on two CPU cores. Slices this small give noisy numbers: "
-     "the point is the workflow, not the verdict (see the results page for that)."),
-    ("code", "import json, random, subprocess, sys, tempfile\nfrom pathlib import Path\n\n"
-     "from kl_retrievers import load_default_model, load_model\n"
-     "from kl_retrievers.datasets import load_beir\nfrom kl_retrievers.evaluation import evaluate_model\n\n"
-     "SCIFACT = Path('../../shared/datasets/scifact')\n"
-     "if not SCIFACT.exists():  # run from the repository root instead of notebooks/\n"
-     "    SCIFACT = Path('../shared/datasets/scifact')\n"
-     "work = Path(tempfile.mkdtemp())\nprint(work)"),
+    (
+        "md",
+        "# 04 · Train your own\n\nA few-minute fine-tune on a slice of SciFact train, with before/after metrics "
+        "on a slice of SciFact test, for the Gaussian model **and** its dot-product twin (same recipe, data, steps "
+        "and seed; only the score differs). This is the cached-features fast path: the MiniLM backbone is frozen and "
+        "only the mean and variance heads train, so it runs on two CPU cores. Slices this small give noisy numbers: "
+        "the point is the workflow, not the verdict (see the results page for that).",
+    ),
+    (
+        "code",
+        "import json, random, subprocess, sys, tempfile\nfrom pathlib import Path\n\n"
+        "from kl_retrievers import load_default_model, load_model\n"
+        "from kl_retrievers.datasets import load_beir\nfrom kl_retrievers.evaluation import evaluate_model\n\n"
+        "SCIFACT = Path('../../shared/datasets/scifact')\n"
+        "if not SCIFACT.exists():  # run from the repository root instead of notebooks/\n"
+        "    SCIFACT = Path('../shared/datasets/scifact')\n"
+        "work = Path(tempfile.mkdtemp())\nprint(work)",
+    ),
     ("md", "## A small BEIR folder: 120 train queries, 60 test queries, their relevant documents and 250 others"),
-    ("code", "train, test = load_beir(SCIFACT, 'train'), load_beir(SCIFACT, 'test')\n"
-     "rng = random.Random(0)\ntrain_q = sorted(train.qrels)[:120]\ntest_q = sorted(test.qrels)[:60]\n"
-     "docs = {d for q in train_q for d in train.qrels[q]} | {d for q in test_q for d in test.qrels[q]}\n"
-     "docs |= set(rng.sample(train.doc_ids, 250))\n"
-     "(work / 'qrels').mkdir()\n"
-     "with open(work / 'corpus.jsonl', 'w') as f:\n"
-     "    for d in sorted(docs):\n        f.write(json.dumps({'_id': d, **train.corpus[d]}) + '\\n')\n"
-     "with open(work / 'queries.jsonl', 'w') as f:\n"
-     "    for q in train_q:\n        f.write(json.dumps({'_id': q, 'text': train.queries[q]}) + '\\n')\n"
-     "    for q in test_q:\n        f.write(json.dumps({'_id': q, 'text': test.queries[q]}) + '\\n')\n"
-     "for split, ds, qs in [('train', train, train_q), ('test', test, test_q)]:\n"
-     "    with open(work / 'qrels' / f'{split}.tsv', 'w') as f:\n"
-     "        f.write('query-id\\tcorpus-id\\tscore\\n')\n"
-     "        for q in qs:\n            for d, g in ds.qrels[q].items():\n"
-     "                f.write(f'{q}\\t{d}\\t{g}\\n')\n"
-     "small_test = load_beir(work, 'test')\nprint(len(docs), 'documents,', len(small_test.qrels), 'test queries')"),
+    (
+        "code",
+        "train, test = load_beir(SCIFACT, 'train'), load_beir(SCIFACT, 'test')\n"
+        "rng = random.Random(0)\ntrain_q = sorted(train.qrels)[:120]\ntest_q = sorted(test.qrels)[:60]\n"
+        "docs = {d for q in train_q for d in train.qrels[q]} | {d for q in test_q for d in test.qrels[q]}\n"
+        "docs |= set(rng.sample(train.doc_ids, 250))\n"
+        "(work / 'qrels').mkdir()\n"
+        "with open(work / 'corpus.jsonl', 'w') as f:\n"
+        "    for d in sorted(docs):\n        f.write(json.dumps({'_id': d, **train.corpus[d]}) + '\\n')\n"
+        "with open(work / 'queries.jsonl', 'w') as f:\n"
+        "    for q in train_q:\n        f.write(json.dumps({'_id': q, 'text': train.queries[q]}) + '\\n')\n"
+        "    for q in test_q:\n        f.write(json.dumps({'_id': q, 'text': test.queries[q]}) + '\\n')\n"
+        "for split, ds, qs in [('train', train, train_q), ('test', test, test_q)]:\n"
+        "    with open(work / 'qrels' / f'{split}.tsv', 'w') as f:\n"
+        "        f.write('query-id\\tcorpus-id\\tscore\\n')\n"
+        "        for q in qs:\n            for d, g in ds.qrels[q].items():\n"
+        "                f.write(f'{q}\\t{d}\\t{g}\\n')\n"
+        "small_test = load_beir(work, 'test')\nprint(len(docs), 'documents,', len(small_test.qrels), 'test queries')",
+    ),
     ("md", "## Before: the default model (MiniLM, unit variances)"),
-    ("code", "def ndcg(model):\n"
-     "    r = evaluate_model(model, small_test, max_length=128, cache_dir=work / 'cache', show_progress=False)\n"
-     "    return round(r.aggregate['ndcg@10'], 4), round(r.aggregate['recall@100'], 4)\n\n"
-     "before = ndcg(load_default_model())\nprint('before: nDCG@10, Recall@100 =', before)"),
-    ("md", "## Train: the Gaussian model and its dot-product twin\n\nThe same command twice; only "
-     "`--similarity` changes. The command is recorded in each model's `config.json` and model card."),
-    ("code", "def train(similarity):\n"
-     "    out = work / f'model-{similarity}'\n"
-     "    cmd = [sys.executable, '-m', 'kl_retrievers.cli', 'train', '--data', str(work), '--out', str(out),\n"
-     "           '--heads-only-cached', '--no-var-token', '--similarity', similarity, '--steps', '150',\n"
-     "           '--batch-size', '32', '--lr', '1e-3', '--temperature', '0.05', '--max-length', '128',\n"
-     "           '--seed', '0', '--cache-dir', str(work / 'cache'), '--quiet']\n"
-     "    subprocess.run(cmd, check=True)\n    return out\n\n"
-     "gauss_dir, dot_dir = train('neg_kl'), train('dot')\nprint(sorted(p.name for p in gauss_dir.iterdir()))"),
+    (
+        "code",
+        "def ndcg(model):\n"
+        "    r = evaluate_model(model, small_test, max_length=128, cache_dir=work / 'cache', show_progress=False)\n"
+        "    return round(r.aggregate['ndcg@10'], 4), round(r.aggregate['recall@100'], 4)\n\n"
+        "before = ndcg(load_default_model())\nprint('before: nDCG@10, Recall@100 =', before)",
+    ),
+    (
+        "md",
+        "## Train: the Gaussian model and its dot-product twin\n\nThe same command twice; only "
+        "`--similarity` changes. The command is recorded in each model's `config.json` and model card.",
+    ),
+    (
+        "code",
+        "def train(similarity):\n"
+        "    out = work / f'model-{similarity}'\n"
+        "    cmd = [sys.executable, '-m', 'kl_retrievers.cli', 'train', '--data', str(work), '--out', str(out),\n"
+        "           '--heads-only-cached', '--no-var-token', '--similarity', similarity, '--steps', '150',\n"
+        "           '--batch-size', '32', '--lr', '1e-3', '--temperature', '0.05', '--max-length', '128',\n"
+        "           '--seed', '0', '--cache-dir', str(work / 'cache'), '--quiet']\n"
+        "    subprocess.run(cmd, check=True)\n    return out\n\n"
+        "gauss_dir, dot_dir = train('neg_kl'), train('dot')\nprint(sorted(p.name for p in gauss_dir.iterdir()))",
+    ),
     ("md", "## After"),
-    ("code", "gauss = load_model(str(gauss_dir))\n"
-     "print('Gaussian (-KL):  ', ndcg(gauss))\n"
-     "print('dot twin:        ', ndcg(load_model(str(dot_dir))))\nprint('before (default):', before)\n"
-     "g = gauss.encode_queries([small_test.queries[q] for q in sorted(small_test.qrels)[:5]])\n"
-     "print('trained query uncertainty (mean log-variance):', g.uncertainty().round(3))"),
-    ("md", "The twin is scored by the dot product of the means, so evaluate it as its own model (`means_only` in "
-     "`kl-retrievers evaluate` ranks by mean distance instead). The full comparison, with seeds and "
-     "significance tests, is on the results page."),
+    (
+        "code",
+        "gauss = load_model(str(gauss_dir))\n"
+        "print('Gaussian (-KL):  ', ndcg(gauss))\n"
+        "print('dot twin:        ', ndcg(load_model(str(dot_dir))))\nprint('before (default):', before)\n"
+        "g = gauss.encode_queries([small_test.queries[q] for q in sorted(small_test.qrels)[:5]])\n"
+        "print('trained query uncertainty (mean log-variance):', g.uncertainty().round(3))",
+    ),
+    (
+        "md",
+        "The twin is scored by the dot product of the means, so evaluate it as its own model (`means_only` in "
+        "`kl-retrievers evaluate` ranks by mean distance instead). The full comparison, with seeds and "
+        "significance tests, is on the results page.",
+    ),
 ]
 
 
