@@ -35,11 +35,18 @@ def test_there_are_blocks_to_check() -> None:
     assert len(PYTHON) >= 3 and len(SHELL) >= 3
 
 
+PAGES_WITH_PYTHON = sorted({page for page, _, _ in PYTHON})
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize(("page", "line", "code"), PYTHON, ids=[f"{p}:{n}" for p, n, _ in PYTHON])
-def test_python_block_runs(page: str, line: int, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("page", PAGES_WITH_PYTHON)
+def test_python_blocks_run(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page's python blocks run in order in one namespace, like a reader following the page."""
     monkeypatch.chdir(tmp_path)  # anything a block saves lands under tmp_path
-    exec(compile(code, f"{page}:{line}", "exec"), {"__name__": "__docs__"})
+    namespace: dict[str, object] = {"__name__": "__docs__"}
+    for block_page, line, code in PYTHON:
+        if block_page == page:
+            exec(compile(code, f"{page}:{line}", "exec"), namespace)
 
 
 @pytest.mark.parametrize(("page", "line", "code"), SHELL, ids=[f"{p}:{n}" for p, n, _ in SHELL])
