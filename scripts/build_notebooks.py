@@ -161,57 +161,148 @@ NOTEBOOKS["04_train_your_own.ipynb"] = [
 ]
 
 NOTEBOOKS["02_langchain_rag.ipynb"] = [
-    ("md", "# 02 · LangChain RAG\n\nA retrieval-augmented chain (retriever, prompt, chat model) where swapping a "
-     "dot-product FAISS retriever for the -KL retriever is a one-line change. The chat model is LangChain's "
-     "`FakeListChatModel`, so the notebook needs no API key; what matters is which documents reach the prompt."),
-    ("code", "from langchain_community.vectorstores import FAISS\n"
-     "from langchain_community.vectorstores.utils import DistanceStrategy\n"
-     "from langchain_core.language_models import FakeListChatModel\n"
-     "from langchain_core.output_parsers import StrOutputParser\n"
-     "from langchain_core.prompts import ChatPromptTemplate\n"
-     "from langchain_core.runnables import RunnablePassthrough\n"
-     "\n"
-     "from kl_retrievers import load_default_model\n"
-     "from kl_retrievers.langchain import KLEmbeddings, KLRetriever, KLVectorStore\n\n"
-     "texts = [\n"
-     "    'Honey bees communicate the direction of food with a waggle dance.',\n"
-     "    'Yeast releases carbon dioxide, which makes bread rise.',\n"
-     "    'Railway signals keep trains apart by dividing the line into blocks.',\n"
-     "    'Astronomers find exoplanets by the dip in a star\\'s brightness.',\n"
-     "    'Coral reefs bleach when warm water makes corals expel their algae.',\n]\n"
-     "embeddings = KLEmbeddings(load_default_model())"),
+    (
+        "md",
+        "# 02 · LangChain RAG\n\nA retrieval-augmented chain (retriever, prompt, chat model) where swapping a "
+        "dot-product FAISS retriever for the -KL retriever is a one-line change. The chat model is LangChain's "
+        "`FakeListChatModel`, so the notebook needs no API key; what matters is which documents reach the prompt.",
+    ),
+    (
+        "code",
+        "from langchain_community.vectorstores import FAISS\n"
+        "from langchain_community.vectorstores.utils import DistanceStrategy\n"
+        "from langchain_core.language_models import FakeListChatModel\n"
+        "from langchain_core.output_parsers import StrOutputParser\n"
+        "from langchain_core.prompts import ChatPromptTemplate\n"
+        "from langchain_core.runnables import RunnablePassthrough\n"
+        "\n"
+        "from kl_retrievers import load_default_model\n"
+        "from kl_retrievers.langchain import KLEmbeddings, KLRetriever, KLVectorStore\n\n"
+        "texts = [\n"
+        "    'Honey bees communicate the direction of food with a waggle dance.',\n"
+        "    'Yeast releases carbon dioxide, which makes bread rise.',\n"
+        "    'Railway signals keep trains apart by dividing the line into blocks.',\n"
+        "    'Astronomers find exoplanets by the dip in a star\\'s brightness.',\n"
+        "    'Coral reefs bleach when warm water makes corals expel their algae.',\n]\n"
+        "embeddings = KLEmbeddings(load_default_model())",
+    ),
     ("md", "## The chain, written once"),
-    ("code", "def format_docs(docs):\n    return '\\n'.join(f'- {d.page_content}' for d in docs)\n\n"
-     "prompt = ChatPromptTemplate.from_template('Answer from the context.\\n{context}\\n\\nQuestion: {question}')\n\n"
-     "def make_chain(retriever):\n"
-     "    llm = FakeListChatModel(responses=['(a fake answer)'])\n"
-     "    return {'context': retriever | format_docs, 'question': RunnablePassthrough()} | prompt | llm | StrOutputParser()"),
-    ("md", "## Before: a dot-product FAISS retriever\n\nHere FAISS ranks by inner product over the *means* only "
-     "(a vector retriever)."),
-    ("code", "from langchain_core.embeddings import Embeddings\n\n"
-     "class MeanEmbeddings(Embeddings):  # the Gaussian means as plain vectors\n"
-     "    def embed_documents(self, t):\n        return embeddings.encode_documents(t).mean.tolist()\n"
-     "    def embed_query(self, t):\n        return embeddings.encode_queries([t]).mean[0].tolist()\n\n"
-     "retriever = FAISS.from_texts(texts, MeanEmbeddings(), distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT)"
-     ".as_retriever(search_kwargs={'k': 2})\n"
-     "question = 'how do insects share where flowers are?'\n"
-     "print([d.page_content[:40] for d in retriever.invoke(question)])\nprint(make_chain(retriever).invoke(question))"),
+    (
+        "code",
+        "def format_docs(docs):\n    return '\\n'.join(f'- {d.page_content}' for d in docs)\n\n"
+        "prompt = ChatPromptTemplate.from_template('Answer from the context.\\n{context}\\n\\nQuestion: {question}')\n\n"
+        "def make_chain(retriever):\n"
+        "    llm = FakeListChatModel(responses=['(a fake answer)'])\n"
+        "    return {'context': retriever | format_docs, 'question': RunnablePassthrough()} | prompt | llm | StrOutputParser()",
+    ),
+    (
+        "md",
+        "## Before: a dot-product FAISS retriever\n\nHere FAISS ranks by inner product over the *means* only "
+        "(a vector retriever).",
+    ),
+    (
+        "code",
+        "from langchain_core.embeddings import Embeddings\n\n"
+        "class MeanEmbeddings(Embeddings):  # the Gaussian means as plain vectors\n"
+        "    def embed_documents(self, t):\n        return embeddings.encode_documents(t).mean.tolist()\n"
+        "    def embed_query(self, t):\n        return embeddings.encode_queries([t]).mean[0].tolist()\n\n"
+        "retriever = FAISS.from_texts(texts, MeanEmbeddings(), distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT)"
+        ".as_retriever(search_kwargs={'k': 2})\n"
+        "question = 'how do insects share where flowers are?'\n"
+        "print([d.page_content[:40] for d in retriever.invoke(question)])\nprint(make_chain(retriever).invoke(question))",
+    ),
     ("md", "## After: the one changed line"),
-    ("code", "retriever = KLVectorStore.from_texts(texts, embeddings).as_retriever(search_kwargs={'k': 2})\n"
-     "print([d.page_content[:40] for d in retriever.invoke(question)])\nprint(make_chain(retriever).invoke(question))"),
-    ("md", "## What the KL retriever adds\n\n`KLRetriever` puts each document's -KL (higher is better) and the "
-     "query's uncertainty into the metadata. With the default model (unit variances) the uncertainty is 0 and the "
-     "ranking equals cosine ranking; a trained Gaussian model makes both informative."),
-    ("code", "kl = KLRetriever.from_texts(texts, embeddings, k=3)\n"
-     "for d in kl.invoke(question):\n"
-     "    print(round(d.metadata['neg_kl'], 4), round(d.metadata['query_uncertainty'], 4), d.page_content[:50])"),
-    ("md", "## The embeddings in LangChain's own FAISS store\n\n`KLEmbeddings` returns the vectors of the exact "
-     "inner-product rewrite, so FAISS with `MAX_INNER_PRODUCT` gives the same ranking as `KLVectorStore` (a cosine "
-     "or L2 store would not)."),
-    ("code", "faiss_kl = FAISS.from_texts(texts, embeddings, distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT)\n"
-     "a = [d.page_content for d, _ in faiss_kl.similarity_search_with_score(question, k=5)]\n"
-     "b = [d.page_content for d, _ in KLVectorStore.from_texts(texts, embeddings).similarity_search_with_score(question, k=5)]\n"
-     "print(a == b)\nassert a == b"),
+    (
+        "code",
+        "retriever = KLVectorStore.from_texts(texts, embeddings).as_retriever(search_kwargs={'k': 2})\n"
+        "print([d.page_content[:40] for d in retriever.invoke(question)])\nprint(make_chain(retriever).invoke(question))",
+    ),
+    (
+        "md",
+        "## What the KL retriever adds\n\n`KLRetriever` puts each document's -KL (higher is better) and the "
+        "query's uncertainty into the metadata. With the default model (unit variances) the uncertainty is 0 and the "
+        "ranking equals cosine ranking; a trained Gaussian model makes both informative.",
+    ),
+    (
+        "code",
+        "kl = KLRetriever.from_texts(texts, embeddings, k=3)\n"
+        "for d in kl.invoke(question):\n"
+        "    print(round(d.metadata['neg_kl'], 4), round(d.metadata['query_uncertainty'], 4), d.page_content[:50])",
+    ),
+    (
+        "md",
+        "## The embeddings in LangChain's own FAISS store\n\n`KLEmbeddings` returns the vectors of the exact "
+        "inner-product rewrite, so FAISS with `MAX_INNER_PRODUCT` gives the same ranking as `KLVectorStore` (a cosine "
+        "or L2 store would not).",
+    ),
+    (
+        "code",
+        "faiss_kl = FAISS.from_texts(texts, embeddings, distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT)\n"
+        "a = [d.page_content for d, _ in faiss_kl.similarity_search_with_score(question, k=5)]\n"
+        "b = [d.page_content for d, _ in KLVectorStore.from_texts(texts, embeddings).similarity_search_with_score(question, k=5)]\n"
+        "print(a == b)\nassert a == b",
+    ),
+]
+
+NOTEBOOKS["03_llama_index.ipynb"] = [
+    (
+        "md",
+        "# 03 · LlamaIndex\n\nA `VectorStoreIndex` over `KLVectorStore` with a query engine (`MockLLM`, so no "
+        "API key), metadata filters, and a persist / reload round trip. Node scores are -KL (higher is better).",
+    ),
+    (
+        "code",
+        "import tempfile\nfrom pathlib import Path\n\n"
+        "from llama_index.core import Document, StorageContext, VectorStoreIndex, load_index_from_storage\n"
+        "from llama_index.core.llms import MockLLM\n"
+        "from llama_index.core.vector_stores import FilterOperator, MetadataFilter, MetadataFilters\n\n"
+        "from kl_retrievers.llama_index import KLEmbedding, KLRetriever, KLVectorStore\n\n"
+        "embed = KLEmbedding()  # the package's default model\n"
+        "docs = [Document(text=t, metadata={'topic': topic}) for t, topic in [\n"
+        "    ('Honey bees communicate the direction of food with a waggle dance.', 'nature'),\n"
+        "    ('Yeast releases carbon dioxide, which makes bread rise.', 'food'),\n"
+        "    ('Sourdough starters keep wild yeast alive with flour and water.', 'food'),\n"
+        "    ('Railway signals keep trains apart by dividing the line into blocks.', 'transport'),\n]]\n"
+        "storage = StorageContext.from_defaults(vector_store=KLVectorStore())\n"
+        "index = VectorStoreIndex.from_documents(docs, storage_context=storage, embed_model=embed)",
+    ),
+    ("md", "## Retrieve and query"),
+    (
+        "code",
+        "for hit in index.as_retriever(similarity_top_k=2).retrieve('why does dough rise?'):\n"
+        "    print(f'{hit.score:8.4f}  {hit.node.get_content()[:60]}')\n\n"
+        "response = index.as_query_engine(llm=MockLLM(), similarity_top_k=2).query('why does dough rise?')\n"
+        "print([round(n.score, 4) for n in response.source_nodes])",
+    ),
+    ("md", "## Filters are applied before ranking"),
+    (
+        "code",
+        "filters = MetadataFilters(filters=[MetadataFilter(key='topic', value='food', operator=FilterOperator.NE)])\n"
+        "for hit in index.as_retriever(similarity_top_k=2, filters=filters).retrieve('why does dough rise?'):\n"
+        "    print(f'{hit.score:8.4f}  {hit.node.metadata}  {hit.node.get_content()[:40]}')",
+    ),
+    ("md", "## Persist and reload (no pickle)"),
+    (
+        "code",
+        "folder = Path(tempfile.mkdtemp()) / 'index'\nindex.storage_context.persist(persist_dir=str(folder))\n"
+        "print(sorted(p.name for p in folder.iterdir()))\n"
+        "again = load_index_from_storage(\n"
+        "    StorageContext.from_defaults(persist_dir=str(folder), vector_store=KLVectorStore.from_persist_dir(str(folder))),\n"
+        "    embed_model=embed)\n"
+        "a = [n.node_id for n in index.as_retriever(similarity_top_k=3).retrieve('trains')]\n"
+        "b = [n.node_id for n in again.as_retriever(similarity_top_k=3).retrieve('trains')]\nassert a == b\nprint(a == b)",
+    ),
+    (
+        "md",
+        "## KLRetriever directly\n\n`KLRetriever.from_defaults` also takes nodes, documents or a vector store, "
+        "and adds the query's uncertainty (mean log-variance) to each node's metadata.",
+    ),
+    (
+        "code",
+        "retriever = KLRetriever.from_defaults(documents=docs, encoder=embed.encoder, similarity_top_k=2)\n"
+        "for hit in retriever.retrieve('insects and flowers'):\n"
+        "    print(round(hit.score, 4), hit.node.metadata.get('kl_query_uncertainty'), hit.node.get_content()[:40])",
+    ),
 ]
 
 
