@@ -196,6 +196,7 @@ def run_size(
             f"| {label} k={dim} | {n_docs} | {row['index']} | {row['build_s']:.1f} | {row['recall']:.4f} | "
             f"{row['qps']:.0f} | {row['qps'] / flat_qps:.2f} | {row['bytes_per_doc']:.0f} |"
         )
+    _plot(rows, label, n_docs, dim, flat_qps)
     return {
         "recall": hnsw_result.get("recall", float("nan")),
         "speedup": hnsw_result.get("speedup", float("nan")),
@@ -203,6 +204,40 @@ def run_size(
         "raw_ratio": raw_ratio,
         "mem_ratio": mem_ratio,
     }
+
+
+def _plot(rows: list[dict[str, Any]], label: str, n_docs: int, dim: int, flat_qps: float) -> None:
+    """Recall@10 against queries/s, one point per index setting: docs/ann_<label>_<n>.png."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - matplotlib is a dev dependency
+        print("matplotlib not installed: no plot")
+        return
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for row in rows:
+        name = row["index"].strip()
+        ax.scatter(row["qps"], row["recall"], s=30)
+        ax.annotate(
+            name.split(" pool")[0][:28],
+            (row["qps"], row["recall"]),
+            fontsize=7,
+            xytext=(4, 2),
+            textcoords="offset points",
+        )
+    ax.axhline(0.95, color="grey", lw=0.8, ls="--")
+    ax.axvline(20 * flat_qps, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("queries/s (log scale; dotted: 20x exact flat)")
+    ax.set_ylabel("recall@10 against exact -KL")
+    ax.set_title(f"KLStore, {label} Gaussians, {n_docs:,} docs, k={dim}")
+    fig.tight_layout()
+    out = Path(__file__).resolve().parents[1] / "docs" / f"ann_{label}_{n_docs}.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    print(f"wrote {out}")
 
 
 def _kind(kw: dict[str, Any]) -> str:

@@ -58,6 +58,33 @@ def check_version(meta: dict[str, Any], *, what: str, format_version: int) -> No
         )
 
 
+def read_jsonl_objects(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read a JSONL file of objects, skipping blank lines; errors name the file and line.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.jsonl"
+        >>> _ = p.write_text('{"a": 1}\\n\\n{"a": 2}\\n')
+        >>> read_jsonl_objects(p)
+        [{'a': 1}, {'a': 2}]
+    """
+    import json
+
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
+
+
 def _normalise_permissions(folder: Path) -> None:
     """Give written files the usual umask-based mode (some writers create them 0600)."""
     umask = os.umask(0)

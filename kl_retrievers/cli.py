@@ -17,25 +17,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from kl_retrievers._io import read_jsonl_objects
+
 logger = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
 
 
 def _row_text(row: dict[str, Any], field: str, where: str) -> str:
@@ -58,7 +44,7 @@ def read_texts(path: Path, field: str = "auto") -> tuple[list[str], list[str]]:
     if not path.is_file():
         raise FileNotFoundError(f"input file not found: {path}")
     if path.suffix == ".jsonl":
-        rows = _read_jsonl(path)
+        rows = read_jsonl_objects(path)
         ids = [str(r.get("_id", r.get("id", i))) for i, r in enumerate(rows)]
         texts = [_row_text(r, field, f"{path}, row {i + 1}") for i, r in enumerate(rows)]
         return ids, texts
@@ -137,8 +123,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise SystemExit(f"-k must be >= 1; got {args.k}")
     start = time.perf_counter()
-    corpus = _read_jsonl(DATA_DIR / "demo_corpus.jsonl")
-    queries = list(args.queries) or [r["text"] for r in _read_jsonl(DATA_DIR / "demo_queries.jsonl")]
+    corpus = read_jsonl_objects(DATA_DIR / "demo_corpus.jsonl")
+    queries = list(args.queries) or [r["text"] for r in read_jsonl_objects(DATA_DIR / "demo_queries.jsonl")]
     encoder = _load_encoder(args.model)
     print(f"model: {encoder!r}")
     store = KLStore(encoder)
@@ -175,7 +161,7 @@ def _read_corpus(path: Path, field: str) -> tuple[list[str], list[str], list[dic
     ids, texts = read_texts(path, field)
     metadatas: list[dict[str, Any]] = [{} for _ in ids]
     if path.suffix == ".jsonl":
-        for meta, row in zip(metadatas, _read_jsonl(path), strict=True):
+        for meta, row in zip(metadatas, read_jsonl_objects(path), strict=True):
             meta.update({k: v for k, v in row.items() if k not in ("_id", "id", "text") and _json_scalar(v)})
     return ids, texts, metadatas
 

@@ -27,7 +27,6 @@ Examples:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
+
+from kl_retrievers._io import read_jsonl_objects
 
 logger = logging.getLogger(__name__)
 
@@ -210,18 +211,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> TrainingSet:
         >>> ts = read_jsonl("../shared/datasets/train-toy-msmarco-nq-hardneg/flagembedding_nq.jsonl")  # doctest: +SKIP
     """
     p = Path(path)
-    rows = []
-    with p.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{p}, line {number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{p}, line {number}: expected a JSON object")
-            rows.append(row)
+    rows = read_jsonl_objects(p)
     return TrainingSet.from_rows(rows, source=str(p))
 
 

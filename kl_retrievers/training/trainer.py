@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from kl_retrievers.encoder import GaussianEncoder
 from kl_retrievers.gaussian import Gaussians
