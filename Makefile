@@ -21,8 +21,8 @@ demo: install
 	$(BIN)/kl-retrievers demo
 
 lint: install
-	$(BIN)/ruff check kl_retrievers tests benchmarks scripts
-	$(BIN)/ruff format --check kl_retrievers tests benchmarks scripts
+	$(BIN)/ruff check kl_retrievers tests benchmarks scripts conftest.py
+	$(BIN)/ruff format --check kl_retrievers tests benchmarks scripts conftest.py
 
 typecheck: install
 	$(BIN)/mypy
