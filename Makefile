@@ -33,7 +33,7 @@ check: lint typecheck
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
-test: check
+test: check docs
 	$(BIN)/python -m pytest
 
 ## Unit tests only (tiny random encoders, no real model).
