@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_tiny_encoder
 
+from conftest import make_tiny_encoder
 from kl_retrievers._io import load_gaussians, save_gaussians
 from kl_retrievers.cli import build_parser, main, read_texts
 

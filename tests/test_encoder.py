@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_encoder
 
 import kl_retrievers.encoder as encoder_module
+from conftest import make_tiny_encoder
 from kl_retrievers import GaussianEncoder, GaussianEncoderConfig, NotAnEncoderError
 from kl_retrievers.encoder import VAR_TOKEN
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import random_gaussians
 from torch.distributions import Independent, Normal, kl_divergence
 
+from conftest import random_gaussians
 from kl_retrievers import (
     Gaussians,
     kl_document_vectors,

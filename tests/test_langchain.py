@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import make_tiny_encoder
 from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.language_models import FakeListChatModel
@@ -21,6 +20,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
 
+from conftest import make_tiny_encoder
 from kl_retrievers import Gaussians, KLStore, kl_query_constant, neg_kl_matrix
 from kl_retrievers.langchain import (
     EmbeddingsGaussianEncoder,

@@ -20,7 +20,6 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
-from conftest import make_tiny_encoder, random_gaussians
 from llama_index.core import Document, Settings, StorageContext, VectorStoreIndex, load_index_from_storage
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.ingestion import IngestionPipeline
@@ -36,6 +35,7 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQueryMode,
 )
 
+from conftest import make_tiny_encoder, random_gaussians
 from kl_retrievers import GaussianEncoder, Gaussians, kl_document_vectors, kl_query_vectors, neg_kl_matrix
 from kl_retrievers.llama_index import (
     QUERY_UNCERTAINTY_KEY,

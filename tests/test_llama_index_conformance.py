@@ -20,10 +20,10 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
-from conftest import random_gaussians
 from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
 from llama_index.core.vector_stores.types import MetadataFilter, MetadataFilters, VectorStoreQuery
 
+from conftest import random_gaussians
 from kl_retrievers import Gaussians, KLStore, kl_document_vectors, kl_query_vectors, neg_kl_matrix
 from kl_retrievers.llama_index import KLVectorStore
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DATASETS, make_tiny_encoder
 
+from conftest import DATASETS, make_tiny_encoder
 from kl_retrievers import GaussianEncoder, Gaussians, neg_kl_matrix
 from kl_retrievers.training import (
     TrainConfig,

@@ -14,7 +14,6 @@ import functools
 from typing import Any
 from unittest import mock
 
-import conftest
 import pytest
 from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
@@ -26,6 +25,7 @@ from langchain_tests.integration_tests import (
 )
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 
+import conftest
 from kl_retrievers.langchain import KLEmbeddings, KLRetriever, KLVectorStore
 
 # The async standard tests are plain ``async def`` methods: mark every test here for pytest-asyncio
