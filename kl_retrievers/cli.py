@@ -41,16 +41,22 @@ def read_texts(path: Path, field: str = "auto") -> tuple[list[str], list[str]]:
 
     A text file gives one text per non-empty line, with ids ``"0"``, ``"1"``, ...
     """
+    ids, texts, _ = _read_records(path, field)
+    return ids, texts
+
+
+def _read_records(path: Path, field: str) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """ids, texts and the JSONL rows (empty dicts for a text file), reading the file once."""
     if not path.is_file():
         raise FileNotFoundError(f"input file not found: {path}")
     if path.suffix == ".jsonl":
         rows = read_jsonl_objects(path)
         ids = [str(r.get("_id", r.get("id", i))) for i, r in enumerate(rows)]
         texts = [_row_text(r, field, f"{path}, row {i + 1}") for i, r in enumerate(rows)]
-        return ids, texts
+        return ids, texts, rows
     lines = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines()]
     texts = [line for line in lines if line.strip()]
-    return [str(i) for i in range(len(texts))], texts
+    return [str(i) for i in range(len(texts))], texts, [{} for _ in texts]
 
 
 def _load_encoder(model: str | None, device: str | None = None) -> Any:
@@ -148,7 +154,6 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- main
 # ---------------------------------------------------------------- index / search
 def _read_corpus(path: Path, field: str) -> tuple[list[str], list[str], list[dict[str, Any]]]:
     """ids, texts and metadata from a BEIR corpus.jsonl, any JSONL with a text field, or a folder of .txt/.md."""
@@ -158,11 +163,8 @@ def _read_corpus(path: Path, field: str) -> tuple[list[str], list[str], list[dic
             raise ValueError(f"{path} holds no .txt or .md files")
         ids = [str(p.relative_to(path)) for p in files]
         return ids, [p.read_text(encoding="utf-8") for p in files], [{"source": i} for i in ids]
-    ids, texts = read_texts(path, field)
-    metadatas: list[dict[str, Any]] = [{} for _ in ids]
-    if path.suffix == ".jsonl":
-        for meta, row in zip(metadatas, read_jsonl_objects(path), strict=True):
-            meta.update({k: v for k, v in row.items() if k not in ("_id", "id", "text") and _json_scalar(v)})
+    ids, texts, rows = _read_records(path, field)
+    metadatas = [{k: v for k, v in row.items() if k not in ("_id", "id", "text") and _json_scalar(v)} for row in rows]
     return ids, texts, metadatas
 
 
@@ -258,6 +260,7 @@ def _run_search(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- evaluate / train / main
 def _add_evaluate(sub: Any) -> None:
     from kl_retrievers.evaluation import add_evaluate_command
 
