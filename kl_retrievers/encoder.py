@@ -342,6 +342,19 @@ class GaussianEncoder(nn.Module):
         token_type_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance, each of shape ``(batch, dim)``."""
+        pooled, var_state = self.backbone_features(input_ids, attention_mask, token_type_ids)
+        return self.heads(pooled, var_state)
+
+    def backbone_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the heads read: the pooled state (before normalisation) and the variance-head input.
+
+        The variance-head input is the ``[VAR]`` state, or the pooled state without ``[VAR]``.
+        """
         kwargs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
@@ -354,11 +367,15 @@ class GaussianEncoder(nn.Module):
                 mask = mask * (input_ids != self.var_token_id).to(hidden.dtype)
             mask = mask.unsqueeze(-1)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-        var_in = hidden[:, 1] if self.var_token_id is not None else pooled
+        var_state = hidden[:, 1] if self.var_token_id is not None else pooled
+        return pooled, var_state
+
+    def heads(self, pooled: torch.Tensor, var_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance from :meth:`backbone_features` output."""
         if self.config.normalize_pooled:
             pooled = F.normalize(pooled, p=2, dim=-1)
         mean = self.mean_head(pooled)
-        var = F.softplus(self.var_head(var_in), beta=self.config.beta).clamp_min(self.config.var_floor)
+        var = F.softplus(self.var_head(var_state), beta=self.config.beta).clamp_min(self.config.var_floor)
         return mean, var
 
     # ------------------------------------------------------------------ encoding

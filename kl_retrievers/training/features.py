@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from kl_retrievers.encoder import GaussianEncoder
@@ -169,17 +168,7 @@ class FeatureCache:
 @torch.inference_mode()
 def _backbone_features(encoder: GaussianEncoder, texts: Sequence[str], max_length: int) -> Features:
     batch = {k: v.to(encoder.device) for k, v in encoder.tokenize(texts, max_length).items()}
-    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-    hidden = encoder.backbone(**batch).last_hidden_state
-    if encoder.config.pooling == "cls":
-        pooled = hidden[:, 0]
-    else:
-        mask = attention_mask.to(hidden.dtype)
-        if encoder.var_token_id is not None:
-            mask = mask * (input_ids != encoder.var_token_id).to(hidden.dtype)
-        mask = mask.unsqueeze(-1)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-    var_in = hidden[:, 1] if encoder.var_token_id is not None else pooled
+    pooled, var_in = encoder.backbone_features(**batch)
     return Features(pooled.float().cpu().numpy(), var_in.float().cpu().numpy())
 
 
@@ -270,9 +259,4 @@ def heads_forward(
     Examples:
         >>> mean, var = heads_forward(encoder, pooled, var_state)  # doctest: +SKIP
     """
-    cfg = encoder.config
-    if cfg.normalize_pooled:
-        pooled = F.normalize(pooled, p=2, dim=-1)
-    mean = encoder.mean_head(pooled)
-    var = F.softplus(encoder.var_head(var_state), beta=cfg.beta).clamp_min(cfg.var_floor)
-    return mean, var
+    return encoder.heads(pooled, var_state)
