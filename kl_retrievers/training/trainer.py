@@ -257,6 +257,26 @@ def _loss_from_scores(
 
 
 # ---------------------------------------------------------------------------------- optimisation
+def _batch_loss(
+    cfg: TrainConfig,
+    batch: _Batch,
+    gaussians: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    uniq: np.ndarray,
+    inverse: np.ndarray,
+    device: torch.device,
+) -> torch.Tensor:
+    """The loss of one micro-batch from query and unique-candidate Gaussians (both training loops)."""
+    qm, qv, dm, dv = gaussians
+    if cfg.loss == "contrastive" and cfg.in_batch:
+        return _loss_from_scores(cfg, batch, None, score_matrix(qm, qv, dm, dv, cfg.similarity), uniq)
+    inv = torch.from_numpy(inverse.reshape(batch.cands.shape)).to(device)
+    cand = score_candidates(qm, qv, dm[inv], dv[inv], cfg.similarity)
+    if cfg.loss == "contrastive":  # own candidates only: column 0 is the positive
+        targets = torch.zeros(len(batch.queries), dtype=torch.long, device=device)
+        return contrastive_loss(cand, targets, temperature=cfg.temperature)
+    return _loss_from_scores(cfg, batch, cand, None, None)
+
+
 def _device(cfg: TrainConfig) -> torch.device:
     if cfg.device:
         return torch.device(cfg.device)
@@ -509,14 +529,7 @@ def train_encoder(
             qm, qv = encode([ts.queries[i] for i in batch.queries], qlen)
             uniq, inverse = np.unique(batch.cands, return_inverse=True)
             dm, dv = encode([ts.docs[i] for i in uniq], dlen)
-        if cfg.loss == "contrastive" and cfg.in_batch:
-            return _loss_from_scores(cfg, batch, None, score_matrix(qm, qv, dm, dv, cfg.similarity), uniq)
-        inv = torch.from_numpy(inverse.reshape(batch.cands.shape)).to(device)
-        cand = score_candidates(qm, qv, dm[inv], dv[inv], cfg.similarity)
-        if cfg.loss == "contrastive":  # own candidates only: column 0 is the positive
-            targets = torch.zeros(len(batch.queries), dtype=torch.long, device=device)
-            return contrastive_loss(cand, targets, temperature=cfg.temperature)
-        return _loss_from_scores(cfg, batch, cand, None, None)
+        return _batch_loss(cfg, batch, (qm, qv, dm, dv), uniq, inverse, device)
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     try:
@@ -628,14 +641,7 @@ def train_heads_cached(
             u = torch.from_numpy(uniq).to(device)
             dm, dv = heads_forward(encoder, dp[u], ds[u])
         qm, qv, dm, dv = qm.float(), qv.float(), dm.float(), dv.float()
-        if cfg.loss == "contrastive" and cfg.in_batch:
-            return _loss_from_scores(cfg, batch, None, score_matrix(qm, qv, dm, dv, cfg.similarity), uniq)
-        inv = torch.from_numpy(inverse.reshape(batch.cands.shape)).to(device)
-        cand = score_candidates(qm, qv, dm[inv], dv[inv], cfg.similarity)
-        if cfg.loss == "contrastive":
-            targets = torch.zeros(len(batch.queries), dtype=torch.long, device=device)
-            return contrastive_loss(cand, targets, temperature=cfg.temperature)
-        return _loss_from_scores(cfg, batch, cand, None, None)
+        return _batch_loss(cfg, batch, (qm, qv, dm, dv), uniq, inverse, device)
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     try:
