@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS := dev,eval,train,langchain,llama-index
+EXTRAS := dev,eval,train,langchain,llama-index,milvus,ray
 
 .PHONY: install demo test test-fast check lint typecheck docs bench-encode clean
 

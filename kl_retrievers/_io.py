@@ -85,6 +85,19 @@ def read_jsonl_objects(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return rows
 
 
+def row_text(row: dict[str, Any], field: str, where: str) -> str:
+    """A JSONL row's text: ``field``, or ``"auto"`` for title + text (errors name ``where``)."""
+    if field == "auto":
+        if "text" not in row:
+            raise ValueError(f"{where}: no 'text' field (fields: {sorted(row)}); choose one with --field")
+        title = str(row.get("title") or "").strip()
+        text = str(row["text"]).strip()
+        return f"{title} {text}".strip() if title else text
+    if field not in row:
+        raise ValueError(f"{where}: no {field!r} field (fields: {sorted(row)})")
+    return str(row[field])
+
+
 def _normalise_permissions(folder: Path) -> None:
     """Give written files the usual umask-based mode (some writers create them 0600)."""
     umask = os.umask(0)

@@ -18,22 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from kl_retrievers._io import read_jsonl_objects
+from kl_retrievers._io import row_text as _row_text
 
 logger = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-
-
-def _row_text(row: dict[str, Any], field: str, where: str) -> str:
-    if field == "auto":
-        if "text" not in row:
-            raise ValueError(f"{where}: no 'text' field (fields: {sorted(row)}); choose one with --field")
-        title = str(row.get("title") or "").strip()
-        text = str(row["text"]).strip()
-        return f"{title} {text}".strip() if title else text
-    if field not in row:
-        raise ValueError(f"{where}: no {field!r} field (fields: {sorted(row)})")
-    return str(row[field])
 
 
 def read_texts(path: Path, field: str = "auto") -> tuple[list[str], list[str]]:
@@ -84,6 +73,16 @@ def _add_encode(sub: Any) -> None:
     p.add_argument("--max-length", type=int, default=None, help="token budget (default: the model's)")
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    g = p.add_argument_group(
+        "streaming and scale-out",
+        "With --shard-size (or --backend ray) the --input file is streamed in shards of N records into the --out "
+        "folder (manifest.json + shard-NNNNN/ with .npy files and checksums); rerunning resumes, redoing only "
+        "missing or corrupt shards.",
+    )
+    g.add_argument("--shard-size", type=int, default=None, help="records per shard (streaming mode; default 10000)")
+    g.add_argument("--backend", choices=("local", "ray"), default="local", help="run shards here or as a Ray Data job")
+    g.add_argument("--num-workers", type=int, default=None, help="Ray actors (default: one per CPU, or GPU)")
+    g.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
     p.set_defaults(func=_run_encode)
 
 
@@ -92,6 +91,8 @@ def _run_encode(args: argparse.Namespace) -> int:
 
     if args.input is not None and args.texts:
         raise SystemExit("give texts or --input, not both")
+    if args.shard_size is not None or args.backend == "ray":
+        return _run_encode_sharded(args)
     if args.input is not None:
         ids, texts = read_texts(args.input, args.field)
     elif args.texts:
@@ -104,6 +105,36 @@ def _run_encode(args: argparse.Namespace) -> int:
     g = encode(texts, batch_size=args.batch_size, max_length=args.max_length, show_progress_bar=not args.no_progress)
     out = save_gaussians(args.out, g, ids=ids, metadata={"model": encoder.name_or_path, "kind": args.kind})
     print(f"wrote {len(g)} Gaussians of dimension {g.dim} to {out}")
+    return 0
+
+
+def _run_encode_sharded(args: argparse.Namespace) -> int:
+    from kl_retrievers.sharded import encode_corpus
+
+    if args.input is None:
+        raise SystemExit("streaming mode (--shard-size / --backend ray) needs --input FILE")
+    if args.shard_size is not None and args.shard_size <= 0:
+        raise SystemExit(f"--shard-size must be >= 1; got {args.shard_size}")
+    report = encode_corpus(
+        args.input,
+        args.out,
+        model=args.model,
+        kind=args.kind,
+        field=args.field,
+        shard_size=args.shard_size or 10000,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        device=args.device,
+        backend=args.backend,
+        num_workers=args.num_workers,
+        ray_address=args.ray_address,
+        show_progress_bar=not args.no_progress,
+    )
+    print(
+        f"wrote {report.rows} Gaussians in {report.shards} shards to {report.out} "
+        f"({len(report.encoded)} encoded, {len(report.reused)} reused, backend {report.backend}, "
+        f"{report.seconds:.1f} s)"
+    )
     return 0
 
 

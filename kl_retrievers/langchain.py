@@ -448,6 +448,9 @@ class KLEmbeddings(Embeddings):
 
 
 # --------------------------------------------------------------------------- vector store
+_STORE_METHODS = ("add", "delete", "get_by_ids", "get_gaussians", "search")
+
+
 class KLVectorStore(VectorStore):
     """A LangChain vector store ranked by exact ``-KL(Q || D)`` (higher is better) over :class:`KLStore`.
 
@@ -461,8 +464,8 @@ class KLVectorStore(VectorStore):
         embedding: A :class:`KLEmbeddings`, a Gaussian encoder, or any LangChain ``Embeddings``
             (wrapped by :class:`EmbeddingsGaussianEncoder`: unit variance, i.e. L2 search);
             default: the package's default model, loaded on first use.
-        store: An existing :class:`KLStore` to wrap (its encoder is replaced by ``embedding``'s
-            when one is given).
+        store: An existing :class:`KLStore` or :class:`~kl_retrievers.milvus.MilvusKLStore` to
+            wrap (its encoder is replaced by ``embedding``'s when one is given).
         relevance: Relevance function (see above).
         batch_size: Encoder batch size.
         **store_kwargs: Passed to :class:`KLStore` when ``store`` is not given (e.g. ``index_type``).
@@ -477,7 +480,7 @@ class KLVectorStore(VectorStore):
         self,
         embedding: Any | None = None,
         *,
-        store: KLStore | None = None,
+        store: Any | None = None,
         relevance: str | Callable[[float, int | None], float] = "inverse",
         batch_size: int = 32,
         **store_kwargs: Any,
@@ -492,7 +495,12 @@ class KLVectorStore(VectorStore):
         if store is not None and store_kwargs:
             raise ValueError(f"pass either store or KLStore options, not both; got {sorted(store_kwargs)}")
         if store is not None and not isinstance(store, KLStore):
-            raise TypeError(f"store must be a KLStore; got {type(store).__name__}")
+            missing = [m for m in _STORE_METHODS if not callable(getattr(store, m, None))]
+            if missing:
+                raise TypeError(
+                    f"store must be a KLStore or a MilvusKLStore (an object with {', '.join(_STORE_METHODS)}); "
+                    f"got {type(store).__name__}, which lacks {', '.join(missing)}"
+                )
         self._encoder: Any = _unwrap_encoder(embedding) if embedding is not None else None
         if store is None:
             store = KLStore(encoder=self._encoder, batch_size=self.batch_size, **store_kwargs)
@@ -799,6 +807,11 @@ class KLVectorStore(VectorStore):
         folder = Path(folder_path)
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"{folder} exists and is not a folder")
+        if not callable(getattr(self.store, "save", None)):
+            raise NotImplementedError(
+                f"{type(self.store).__name__} keeps its documents in its own server (e.g. Milvus); there is nothing "
+                "to save locally. Reconnect later with the same uri and collection_name instead."
+            )
         if folder.is_dir() and any(folder.iterdir()) and not (folder / _MANIFEST).is_file():
             raise ValueError(f"{folder} is not empty and was not written by KLVectorStore.save_local; refusing")
         folder.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,456 @@
+"""Encode a corpus of any size into shards: streaming, resumable, optionally on Ray.
+
+:func:`encode_corpus` reads a ``.jsonl`` corpus (BEIR ``corpus.jsonl`` or any text field) or
+a text file (one text per non-empty line) without loading it: one pass over the file plans
+shards of ``shard_size`` records by byte range, then each shard is read, encoded and written
+on its own, so memory is bounded by one shard per worker.  The output folder holds:
+
+* ``manifest.json``: the input file's SHA-256 and size, the model, ``kind``, ``max_length``,
+  ``field``, ``shard_size``, the shard count and the library version (with the score's name
+  and direction);
+* ``shard-00000/`` ...: ``mean.npy``, ``var.npy`` (float32, no pickle), ``ids.json`` and
+  ``shard.json`` (its byte range, row count and the SHA-256 of each file), each shard
+  written atomically.
+
+Rerunning the same command resumes: shards that exist and pass their checksums are kept, and
+only missing or corrupt ones are encoded again.  A folder made from another input or with
+other settings is refused with the differing keys named (nothing is overwritten).
+
+``backend="ray"`` runs the missing shards as a Ray Data job: ``map_batches`` over the shard
+list with one encoder actor per CPU (or per GPU with ``device="cuda"``).  Every shard is
+encoded by the same function in both backends, so the output equals the single-process one.
+
+Examples:
+    >>> import tempfile, pathlib
+    >>> from kl_retrievers.sharded import plan_shards
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "c.txt"
+    >>> _ = p.write_text("one\\ntwo\\n\\nthree\\n")
+    >>> [(s.index, s.first_row, s.rows) for s in plan_shards(p, shard_size=2)[0]]
+    [(0, 0, 2), (1, 2, 1)]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kl_retrievers._io import atomic_dir, library_version, row_text
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ShardSpec",
+    "EncodeReport",
+    "plan_shards",
+    "encode_corpus",
+    "iter_encoded",
+    "load_encoded",
+    "BACKENDS",
+]
+
+BACKENDS = ("local", "ray")
+_MANIFEST = "manifest.json"
+_SHARD_META = "shard.json"
+_FORMAT_NAME = "kl-retrievers/encoded-shards"
+_FORMAT_VERSION = 1
+_HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """One shard: records ``first_row .. first_row + rows - 1`` in bytes ``[start, end)`` of the input."""
+
+    index: int
+    start: int
+    end: int
+    first_row: int
+    rows: int
+
+    @property
+    def name(self) -> str:
+        """Folder name, e.g. ``shard-00003``."""
+        return f"shard-{self.index:05d}"
+
+
+@dataclass
+class EncodeReport:
+    """What :func:`encode_corpus` did."""
+
+    out: Path
+    shards: int
+    rows: int
+    encoded: list[int] = field(default_factory=list)
+    reused: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    backend: str = "local"
+
+
+def _is_jsonl(path: Path) -> bool:
+    return path.suffix == ".jsonl"
+
+
+def plan_shards(path: str | os.PathLike[str], shard_size: int = 10000) -> tuple[list[ShardSpec], dict[str, Any]]:
+    """Scan ``path`` once and cut it into shards of ``shard_size`` records.
+
+    A record is a non-blank line (a JSON object in a ``.jsonl`` file, a text otherwise).
+
+    Returns:
+        The shard list and the input's identity (``{"sha256", "size", "records"}``).
+    """
+    if isinstance(shard_size, bool) or int(shard_size) <= 0:
+        raise ValueError(f"shard_size must be a positive integer; got {shard_size!r}")
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"input file not found: {source}")
+    digest = hashlib.sha256()
+    shards: list[ShardSpec] = []
+    offset = 0
+    start = 0
+    rows = 0
+    first = 0
+    with open(source, "rb") as fh:
+        for line in fh:
+            digest.update(line)
+            if line.strip():
+                if rows == 0:
+                    start = offset
+                rows += 1
+                if rows == shard_size:
+                    shards.append(ShardSpec(len(shards), start, offset + len(line), first, rows))
+                    first += rows
+                    rows = 0
+            offset += len(line)
+    if rows:
+        shards.append(ShardSpec(len(shards), start, offset, first, rows))
+    return shards, {"sha256": digest.hexdigest(), "size": offset, "records": first + rows}
+
+
+def read_shard(path: str | os.PathLike[str], spec: ShardSpec, field: str = "auto") -> tuple[list[str], list[str]]:
+    """The ``(ids, texts)`` of one shard, reading only its byte range.
+
+    Ids follow ``kl-retrievers encode``: a JSONL row's ``_id`` (or ``id``, else its record
+    number); for a text file, the record number.
+    """
+    source = Path(path)
+    with open(source, "rb") as fh:
+        fh.seek(spec.start)
+        raw = fh.read(spec.end - spec.start)
+    ids: list[str] = []
+    texts: list[str] = []
+    lines = [line for line in raw.decode("utf-8").splitlines() if line.strip()]
+    if len(lines) != spec.rows:
+        raise ValueError(f"{source}: shard {spec.index} should hold {spec.rows} records, found {len(lines)}")
+    for offset, line in enumerate(lines):
+        row_no = spec.first_row + offset
+        if _is_jsonl(source):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{source}, record {row_no + 1}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{source}, record {row_no + 1}: expected a JSON object, got {type(row).__name__}")
+            ids.append(str(row.get("_id", row.get("id", row_no))))
+            texts.append(row_text(row, field, f"{source}, record {row_no + 1}"))
+        else:
+            ids.append(str(row_no))
+            texts.append(line.rstrip("\r\n"))
+    return ids, texts
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _shard_ok(out: Path, spec: ShardSpec) -> bool:
+    folder = out / spec.name
+    try:
+        meta = json.loads((folder / _SHARD_META).read_text())
+        if meta.get("spec") != asdict(spec):
+            return False
+        return all(_sha256(folder / name) == digest for name, digest in meta["sha256"].items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def encode_shard(
+    encoder: Any,
+    path: str | os.PathLike[str],
+    spec: ShardSpec,
+    out: str | os.PathLike[str],
+    *,
+    kind: str = "document",
+    field: str = "auto",
+    batch_size: int = 32,
+    max_length: int | None = None,
+) -> int:
+    """Read, encode and atomically write one shard; returns its row count."""
+    ids, texts = read_shard(path, spec, field)
+    encode = encoder.encode_documents if kind == "document" else encoder.encode_queries
+    g = encode(texts, batch_size=batch_size, max_length=max_length, show_progress_bar=False).numpy()
+    target = Path(out) / spec.name
+    with atomic_dir(target) as tmp:
+        np.save(tmp / "mean.npy", np.ascontiguousarray(g.mean, dtype=np.float32), allow_pickle=False)
+        np.save(tmp / "var.npy", np.ascontiguousarray(g.var, dtype=np.float32), allow_pickle=False)
+        (tmp / "ids.json").write_text(json.dumps(ids))
+        digests = {name: _sha256(tmp / name) for name in ("mean.npy", "var.npy", "ids.json")}
+        (tmp / _SHARD_META).write_text(json.dumps({"spec": asdict(spec), "sha256": digests}, indent=2) + "\n")
+    return len(ids)
+
+
+def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{_MANIFEST}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, out / _MANIFEST)
+
+
+_IDENTITY_KEYS = ("input", "model", "kind", "field", "max_length", "shard_size", "shards")
+
+
+class _RayShardWorker:
+    """A Ray Data actor: loads the encoder once, then encodes the shards it is given."""
+
+    def __init__(self, model: str | None, device: str | None, job: dict[str, Any]) -> None:
+        from kl_retrievers.pretrained import load_model
+
+        self.encoder = load_model(model, device=device)
+        self.job = job
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        done = []
+        for i in range(len(batch["index"])):
+            spec = ShardSpec(**{k: int(batch[k][i]) for k in ("index", "start", "end", "first_row", "rows")})
+            encode_shard(self.encoder, spec=spec, **self.job)
+            done.append(spec.index)
+        return {"index": np.asarray(done, dtype=np.int64)}
+
+
+def _run_ray(
+    todo: list[ShardSpec],
+    *,
+    model: str | None,
+    device: str | None,
+    job: dict[str, Any],
+    num_workers: int | None,
+    ray_address: str | None,
+) -> None:
+    try:
+        import ray
+    except ImportError as exc:
+        raise ImportError("backend='ray' needs Ray Data: pip install 'kl-retrievers[ray]'") from exc
+    if not ray.is_initialized():
+        init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+        if ray_address:
+            init["address"] = ray_address
+        elif num_workers:
+            init["num_cpus"] = int(num_workers)
+        ray.init(**init)
+    gpu = bool(device and device.startswith("cuda"))
+    resources = ray.cluster_resources()
+    available = int(resources.get("GPU" if gpu else "CPU", 1)) or 1
+    workers = max(1, min(int(num_workers or available), available, len(todo)))
+    items = ray.data.from_items([asdict(s) for s in todo], override_num_blocks=len(todo))
+    ds = items.map_batches(
+        _RayShardWorker,
+        fn_constructor_kwargs={"model": model, "device": device, "job": job},
+        batch_size=1,
+        batch_format="numpy",
+        concurrency=workers,
+        num_cpus=0 if gpu else 1,
+        num_gpus=1 if gpu else 0,
+    )
+    finished = sorted(int(row["index"]) for row in ds.take_all())
+    expected = [s.index for s in todo]
+    if finished != expected:
+        raise RuntimeError(f"the Ray job encoded shards {finished}, expected {expected}")
+
+
+def encode_corpus(
+    input: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    model: str | None = None,
+    encoder: Any | None = None,
+    kind: str = "document",
+    field: str = "auto",
+    shard_size: int = 10000,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    device: str | None = None,
+    backend: str = "local",
+    num_workers: int | None = None,
+    ray_address: str | None = None,
+    show_progress_bar: bool = True,
+) -> EncodeReport:
+    """Encode ``input`` into a folder of shards, resuming whatever is already there.
+
+    Args:
+        input: A ``.jsonl`` corpus or a text file (one text per non-empty line).
+        out: The output folder.
+        model: A bundled model name, saved encoder folder or hub id (``None``: the default).
+            Ray workers load it themselves.
+        encoder: An already loaded encoder for ``backend="local"`` (overrides ``model``).
+        kind: ``"document"`` or ``"query"``.
+        field: JSONL text field (``"auto"``: title + text).
+        shard_size: Records per shard.
+        batch_size: Encoder batch size.
+        max_length: Token budget (``None``: the model's).
+        device: ``cpu``, ``cuda`` or ``mps`` (``None``: the best available).
+        backend: ``"local"`` (this process) or ``"ray"`` (a Ray Data job).
+        num_workers: Ray actors (default: one per CPU, or per GPU with ``device="cuda"``).
+        ray_address: An existing Ray cluster (``None``: a local one is started).
+        show_progress_bar: A bar over shards (local backend).
+
+    Returns:
+        An :class:`EncodeReport` with the shards encoded now and those reused.
+
+    Raises:
+        ValueError: Bad options, or ``out`` holds shards of another input or other settings.
+
+    Examples:
+        >>> report = encode_corpus("corpus.jsonl", "encoded/")  # doctest: +SKIP
+        >>> g, ids = load_encoded("encoded/")  # doctest: +SKIP
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+    if kind not in ("document", "query"):
+        raise ValueError(f"kind must be 'document' or 'query'; got {kind!r}")
+    if isinstance(batch_size, bool) or int(batch_size) <= 0:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    if backend == "ray" and encoder is not None:
+        raise ValueError("backend='ray' loads the model in each worker: pass model=NAME_OR_PATH, not encoder")
+    started = time.perf_counter()
+    source = Path(input)
+    target = Path(out)
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"{target} exists and is not a folder")
+    specs, identity = plan_shards(source, shard_size)
+    if encoder is None and backend == "local":
+        from kl_retrievers.pretrained import load_model
+
+        encoder = load_model(model, device=device)
+    model_name = getattr(encoder, "name_or_path", None) if encoder is not None else model
+    manifest = {
+        "format": _FORMAT_NAME,
+        "format_version": _FORMAT_VERSION,
+        "library_version": library_version(),
+        "input": {"name": source.name, **identity},
+        "model": model_name,
+        "kind": kind,
+        "field": field,
+        "max_length": max_length,
+        "shard_size": int(shard_size),
+        "shards": len(specs),
+    }
+    from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME
+
+    manifest["score"] = {"name": SCORE_NAME, "direction": SCORE_DIRECTION}
+    existing = target / _MANIFEST
+    if existing.is_file():
+        old = json.loads(existing.read_text())
+        differ = [key for key in _IDENTITY_KEYS if old.get(key) != manifest.get(key)]
+        if differ:
+            raise ValueError(
+                f"{target} holds shards made with other settings ({', '.join(differ)} differ); "
+                "use another --out folder or delete it (nothing was overwritten)"
+            )
+    elif target.is_dir() and any(target.iterdir()):
+        raise ValueError(f"{target} is not empty and has no {_MANIFEST}; use an empty or new folder")
+    _write_manifest(target, manifest)
+    todo = [s for s in specs if not _shard_ok(target, s)]
+    reused = [s.index for s in specs if s not in todo]
+    if reused:
+        logger.info("reusing %d valid shards; encoding %d", len(reused), len(todo))
+    job = {
+        "path": str(source),
+        "out": str(target),
+        "kind": kind,
+        "field": field,
+        "batch_size": int(batch_size),
+        "max_length": max_length,
+    }
+    if todo and backend == "ray":
+        _run_ray(todo, model=model, device=device, job=job, num_workers=num_workers, ray_address=ray_address)
+    elif todo:
+        it: Any = todo
+        if show_progress_bar:
+            from tqdm.auto import tqdm
+
+            it = tqdm(todo, desc="Encoding shards", unit="shard")
+        for spec in it:
+            encode_shard(encoder, spec=spec, **job)  # type: ignore[arg-type]
+    bad = [s.index for s in specs if s in todo and not _shard_ok(target, s)]
+    if bad:
+        raise RuntimeError(f"shards {bad} failed their checksum after encoding")
+    return EncodeReport(
+        out=target,
+        shards=len(specs),
+        rows=int(identity["records"]),
+        encoded=[s.index for s in todo],
+        reused=reused,
+        seconds=time.perf_counter() - started,
+        backend=backend,
+    )
+
+
+def _manifest(folder: Path) -> dict[str, Any]:
+    path = folder / _MANIFEST
+    if not path.is_file():
+        raise ValueError(f"{folder} is not an encoded-shards folder: {_MANIFEST} is missing")
+    manifest: dict[str, Any] = json.loads(path.read_text())
+    if manifest.get("format") != _FORMAT_NAME:
+        raise ValueError(f"{path}: unexpected format {manifest.get('format')!r}")
+    return manifest
+
+
+def iter_encoded(out: str | os.PathLike[str]) -> Iterator[tuple[list[str], Any]]:
+    """Yield ``(ids, Gaussians)`` shard by shard (bounded memory), checking every checksum.
+
+    Raises:
+        ValueError: A shard is missing or corrupt (rerun the encode command to redo it).
+    """
+    from kl_retrievers.gaussian import Gaussians
+
+    folder = Path(out)
+    manifest = _manifest(folder)
+    for index in range(int(manifest["shards"])):
+        shard = folder / f"shard-{index:05d}"
+        try:
+            meta = json.loads((shard / _SHARD_META).read_text())
+            spec = ShardSpec(**meta["spec"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ValueError(f"{shard} is missing or incomplete; rerun the encode command to finish it") from None
+        if not _shard_ok(folder, spec):
+            raise ValueError(f"{shard} is corrupt (checksum mismatch); rerun the encode command to redo it")
+        ids = json.loads((shard / "ids.json").read_text())
+        mean = np.load(shard / "mean.npy", allow_pickle=False)
+        var = np.load(shard / "var.npy", allow_pickle=False)
+        yield ids, Gaussians(mean, var)
+
+
+def load_encoded(out: str | os.PathLike[str]) -> tuple[Any, list[str]]:
+    """All shards concatenated: ``(Gaussians, ids)``.
+
+    Examples:
+        >>> g, ids = load_encoded("encoded/")  # doctest: +SKIP
+    """
+    from kl_retrievers.gaussian import Gaussians
+
+    parts = list(iter_encoded(out))
+    ids = [i for part_ids, _ in parts for i in part_ids]
+    if not parts:
+        return Gaussians(np.zeros((0, 1), np.float32), np.ones((0, 1), np.float32)), ids
+    return Gaussians.concat([g for _, g in parts]), ids
