@@ -854,7 +854,7 @@ class KLStore:
             if exact:
                 labels = self._exact_candidates(qg, cand, mask)
             else:
-                labels = self._approx_candidates(qg, cand, mask, n_allowed)
+                labels = self._approx_candidates(qg, cand, mask, n_allowed, keep=kk + max(16, 2 * kk))
                 short = np.flatnonzero((labels >= 0).sum(axis=1) < kk)
                 if short.size:
                     logger.debug("%d query(ies) got fewer than k candidates; searching exactly", short.size)
@@ -872,7 +872,15 @@ class KLStore:
             scores_out.append(s[ok])
         return rows_out, scores_out
 
-    def _approx_candidates(self, qg: Gaussians, cand: int, mask: np.ndarray | None, n_allowed: int) -> np.ndarray:
+    def _approx_candidates(
+        self, qg: Gaussians, cand: int, mask: np.ndarray | None, n_allowed: int, keep: int | None = None
+    ) -> np.ndarray:
+        """Candidate rows from the approximate index.
+
+        Without compression the index's L2 distance on the reduced vectors is an exact monotone
+        function of ``<q~, d~>`` up to float32 rounding, so only the best ``keep`` of the pool go on
+        to the (costlier) float64 re-scoring.
+        """
         qr = self._query_reduced(qg)
         widen = 1.0 if mask is None else min(8.0, len(self._ids) / max(1, n_allowed))
         sel = None if mask is None else self._selector(mask)
@@ -884,7 +892,11 @@ class KLStore:
             params = _faiss.SearchParametersIVF(nprobe=nprobe, max_codes=0)
         if sel is not None:
             params.sel = sel
-        _, labels = self._index.search(qr, cand, params=params)  # type: ignore[union-attr]
+        dist, labels = self._index.search(qr, cand, params=params)  # type: ignore[union-attr]
+        if keep is not None and self.compression is None and labels.shape[1] > keep:
+            dist = np.where(labels < 0, np.inf, dist)
+            best = np.argpartition(dist, keep - 1, axis=1)[:, :keep]
+            labels = np.take_along_axis(labels, best, axis=1)
         return labels
 
     def _exact_candidates(self, qg: Gaussians, cand: int, mask: np.ndarray | None) -> np.ndarray:
