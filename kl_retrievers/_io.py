@@ -68,21 +68,26 @@ def read_jsonl_objects(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         >>> read_jsonl_objects(p)
         [{'a': 1}, {'a': 2}]
     """
+    with open(path, encoding="utf-8") as fh:
+        return [parse_json_object(line, f"{path}, line {number}") for number, line in enumerate(fh, 1) if line.strip()]
+
+
+def parse_json_object(line: str, where: str) -> dict[str, Any]:
+    """One JSONL line as a dict; errors name ``where`` (file and line or record).
+
+    Examples:
+        >>> parse_json_object('{"a": 1}', "x.jsonl, line 1")
+        {'a': 1}
+    """
     import json
 
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    return row
 
 
 def row_text(row: dict[str, Any], field: str, where: str) -> str:

@@ -59,6 +59,7 @@ from kl_retrievers.gaussian import (
     kl_query_vectors,
 )
 from kl_retrievers.index import DeleteReport, SearchResult, StoredDocument
+from kl_retrievers.index import _check_k as _check_positive_k
 
 logger = logging.getLogger(__name__)
 
@@ -208,11 +209,10 @@ def to_milvus_expr(filter: MetadataFilter, field: str = "metadata") -> str:
 
 # ------------------------------------------------------------------ store
 def _check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or int(k) <= 0:
-        raise ValueError(f"k must be a positive integer; got {k!r}")
-    if int(k) > MAX_TOPK:
+    k = _check_positive_k(k)
+    if k > MAX_TOPK:
         raise ValueError(f"k must be at most {MAX_TOPK} with Milvus; got {k}")
-    return int(k)
+    return k
 
 
 def _numpy_gaussians(g: Gaussians, what: str) -> Gaussians:

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from kl_retrievers._io import atomic_dir, library_version, row_text
+from kl_retrievers._io import atomic_dir, library_version, parse_json_object, row_text
 
 logger = logging.getLogger(__name__)
 
@@ -152,12 +152,7 @@ def read_shard(path: str | os.PathLike[str], spec: ShardSpec, field: str = "auto
     for offset, line in enumerate(lines):
         row_no = spec.first_row + offset
         if _is_jsonl(source):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{source}, record {row_no + 1}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{source}, record {row_no + 1}: expected a JSON object, got {type(row).__name__}")
+            row = parse_json_object(line, f"{source}, record {row_no + 1}")
             ids.append(str(row.get("_id", row.get("id", row_no))))
             texts.append(row_text(row, field, f"{source}, record {row_no + 1}"))
         else:
