@@ -41,9 +41,24 @@ def make_encoder(beta: float, var_token: bool, max_length: int, seed: int) -> Ga
     )  # fmt: skip
 
 
-def evaluate(enc: GaussianEncoder, name: str, split: str, similarity: str, cache: Path) -> dict[str, float]:
-    """nDCG@10 and Recall@100 on a BEIR split from cached features."""
+def holdout_split(fraction: float, seed: int = 0) -> tuple[list[str], list[str]]:
+    """SciFact TRAIN query ids split into (fit, held-out dev) by a seeded permutation."""
+    ids = sorted(load_beir(DATASETS / "scifact", "train").qrels)
+    perm = np.random.default_rng(seed).permutation(len(ids))
+    n_dev = round(fraction * len(ids))
+    dev = sorted(ids[i] for i in perm[:n_dev])
+    return sorted(set(ids) - set(dev)), dev
+
+
+def evaluate(
+    enc: GaussianEncoder, name: str, split: str, similarity: str, cache: Path, only: list[str] | None = None
+) -> dict[str, float]:
+    """nDCG@10 and Recall@100 on a BEIR split from cached features (``only``: these query ids)."""
     ds = load_beir(DATASETS / name, split, unknown_docs="drop")
+    if only is not None:
+        keep = set(only)
+        ds.qrels = {q: r for q, r in ds.qrels.items() if q in keep}
+        ds.queries = {q: t for q, t in ds.queries.items() if q in keep}
     qf = compute_features(enc, ds.query_texts(), max_length=enc.config.query_max_length, cache_dir=cache,
                           show_progress=False)  # fmt: skip
     df = compute_features(enc, ds.document_texts(), max_length=enc.config.max_length, cache_dir=cache,
@@ -93,11 +108,23 @@ def main() -> None:
     p.add_argument("--eval", nargs="+", default=["scifact:test"])
     p.add_argument("--save", default=None, help="save the (last) trained model here")
     p.add_argument("--log", default="runs/train_heads.jsonl")
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=0.0,
+        help="in-domain dev mode: train on SciFact TRAIN minus this fraction of its queries (seeded) and "
+        "evaluate only on the held-out ones (never on test)",
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(2)
     cache = default_feature_cache_dir()
-    if args.group == "in-domain":
+    dev_ids: list[str] | None = None
+    if args.group == "in-domain" and args.holdout:
+        fit_ids, dev_ids = holdout_split(args.holdout)
+        ts = from_beir(DATASETS / "scifact", "train", query_ids=fit_ids)
+        args.eval = ["scifact:train-holdout"]
+    elif args.group == "in-domain":
         ts = from_beir(DATASETS / "scifact", "train")
     else:
         squad = load_beir(DATASETS / "squad-v1.1-dev-retrieval", "test")
@@ -121,7 +148,12 @@ def main() -> None:
                             "max_length": args.max_length, "train_s": round(time.perf_counter() - t0, 1),
                             "final_loss": round(res.final_loss, 4),
                         }  # fmt: skip
+                        if args.holdout:
+                            row["holdout"] = args.holdout
                         for spec in args.eval:
+                            if spec == "scifact:train-holdout":
+                                row[spec] = evaluate(enc, "scifact", "train", sim, cache, only=dev_ids)
+                                continue
                             name, split = spec.split(":")
                             row[spec] = evaluate(enc, name, split, sim, cache)
                         print(json.dumps(row), flush=True)

@@ -33,8 +33,9 @@ NOTEBOOKS["01_quick_start.ipynb"] = [
     ),
     (
         "md",
-        "The default model is all-MiniLM-L6-v2 with **unit variances** (its model card says so): "
-        "-KL equals cosine minus one. A trained Gaussian model gives text-dependent variances.",
+        "The default model, `minilm-gauss-lora`, is all-MiniLM-L6-v2 fine-tuned as a Gaussian encoder (a merged "
+        "LoRA adapter plus mean and variance heads; its model card gives the data, recipe and results). Its "
+        "variances depend on the text but stay close to 1, so -KL ranks much like the distance of the means.",
     ),
     (
         "code",
@@ -92,7 +93,7 @@ NOTEBOOKS["04_train_your_own.ipynb"] = [
     (
         "code",
         "import json, random, subprocess, sys, tempfile\nfrom pathlib import Path\n\n"
-        "from kl_retrievers import load_default_model, load_model\n"
+        "from kl_retrievers import load_model\n"
         "from kl_retrievers.datasets import load_beir\nfrom kl_retrievers.evaluation import evaluate_model\n\n"
         "SCIFACT = Path('../../shared/datasets/scifact')\n"
         "if not SCIFACT.exists():  # run from the repository root instead of notebooks/\n"
@@ -119,13 +120,13 @@ NOTEBOOKS["04_train_your_own.ipynb"] = [
         "                f.write(f'{q}\\t{d}\\t{g}\\n')\n"
         "small_test = load_beir(work, 'test')\nprint(len(docs), 'documents,', len(small_test.qrels), 'test queries')",
     ),
-    ("md", "## Before: the default model (MiniLM, unit variances)"),
+    ("md", "## Before: untrained MiniLM as a Gaussian (unit variances, `minilm-unit-variance`)"),
     (
         "code",
         "def ndcg(model):\n"
         "    r = evaluate_model(model, small_test, max_length=128, cache_dir=work / 'cache', show_progress=False)\n"
         "    return round(r.aggregate['ndcg@10'], 4), round(r.aggregate['recall@100'], 4)\n\n"
-        "before = ndcg(load_default_model())\nprint('before: nDCG@10, Recall@100 =', before)",
+        "before = ndcg(load_model('minilm-unit-variance'))\nprint('before: nDCG@10, Recall@100 =', before)",
     ),
     (
         "md",
@@ -148,7 +149,7 @@ NOTEBOOKS["04_train_your_own.ipynb"] = [
         "code",
         "gauss = load_model(str(gauss_dir))\n"
         "print('Gaussian (-KL):  ', ndcg(gauss))\n"
-        "print('dot twin:        ', ndcg(load_model(str(dot_dir))))\nprint('before (default):', before)\n"
+        "print('dot twin:        ', ndcg(load_model(str(dot_dir))))\nprint('before (untrained):', before)\n"
         "g = gauss.encode_queries([small_test.queries[q] for q in sorted(small_test.qrels)[:5]])\n"
         "print('trained query uncertainty (mean log-variance):', g.uncertainty().round(3))",
     ),
@@ -220,8 +221,8 @@ NOTEBOOKS["02_langchain_rag.ipynb"] = [
     (
         "md",
         "## What the KL retriever adds\n\n`KLRetriever` puts each document's -KL (higher is better) and the "
-        "query's uncertainty into the metadata. With the default model (unit variances) the uncertainty is 0 and the "
-        "ranking equals cosine ranking; a trained Gaussian model makes both informative.",
+        "query's uncertainty into the metadata (the mean log-variance of the query Gaussian; with the default "
+        "model it stays near 0, because its variances stay close to 1).",
     ),
     (
         "code",

@@ -25,11 +25,13 @@ def scifact_slice(path: Path, n: int = 24) -> list[str]:
     return texts
 
 
-def test_default_model_encodes_scifact_like_minilm_cosine(minilm_default: GaussianEncoder, scifact_dir: Path) -> None:
+def test_placeholder_model_encodes_scifact_like_minilm_cosine(scifact_dir: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
+    from kl_retrievers import load_model
     from kl_retrievers.hub import resolve_model_path
 
+    minilm_default = load_model("minilm-unit-variance", device="cpu")
     docs = scifact_slice(scifact_dir)
     queries = ["0-dimensional biomaterials show inductive properties.", "ALDH1 expression is associated with outcome"]
     d = minilm_default.encode_documents(docs)
@@ -46,6 +48,57 @@ def test_default_model_encodes_scifact_like_minilm_cosine(minilm_default: Gaussi
     np.testing.assert_allclose(scores, cos - 1.0, atol=1e-4)
     np.testing.assert_array_equal(np.argsort(-scores, axis=1)[:, :10], np.argsort(-cos, axis=1)[:, :10])
     assert np.allclose(q.uncertainty(), 0.0, atol=1e-6)
+
+
+def scifact_test_slice(
+    path: Path, n_queries: int = 40, n_docs: int = 400
+) -> tuple[list[str], list[str], list[set[int]]]:
+    """The first ``n_queries`` SciFact test queries, their judged documents plus distractors."""
+    from kl_retrievers.datasets import load_beir
+
+    ds = load_beir(path, "test")
+    qids = sorted(ds.qrels)[:n_queries]
+    wanted = [d for q in qids for d in ds.qrels[q]]
+    doc_ids = list(dict.fromkeys(wanted + [d for d in ds.doc_ids if d not in set(wanted)]))[:n_docs]
+    pos = {d: i for i, d in enumerate(doc_ids)}
+    rel = [{pos[d] for d, g in ds.qrels[q].items() if g > 0 and d in pos} for q in qids]
+    return [ds.queries[q] for q in qids], ds.document_texts(doc_ids), rel
+
+
+def test_default_model_is_the_trained_lora_gaussian_and_retrieves_on_scifact(
+    minilm_default: GaussianEncoder, scifact_dir: Path
+) -> None:
+    from kl_retrievers import load_model
+    from kl_retrievers.pretrained import DEFAULT_MODEL, bundled_model_path
+
+    assert DEFAULT_MODEL == "minilm-gauss-lora" and minilm_default.name_or_path == "kl_retrievers:minilm-gauss-lora"
+    training = minilm_default.config.extra["training"]
+    assert training["recipe"]["similarity"] == "neg_kl" and training["recipe"]["lora_r"] == 16
+    assert not any(name in " ".join(training["data"]) for name in ("scifact", "cranfield", "trec"))
+    # the delta holds the heads and only the LoRA-changed attention matrices, not the whole backbone
+    from safetensors import safe_open
+
+    with safe_open(str(bundled_model_path(DEFAULT_MODEL) / "delta.safetensors"), "pt") as fh:
+        keys = list(fh.keys())
+    backbone_keys = [k for k in keys if k.startswith("backbone.")]
+    assert backbone_keys and all(k.endswith(("query.weight", "value.weight")) for k in backbone_keys)
+    assert len(backbone_keys) == 12  # 6 layers x (query, value)
+
+    queries, docs, rel = scifact_test_slice(scifact_dir)
+    q, d = minilm_default.encode_queries(queries), minilm_default.encode_documents(docs)
+    assert np.isfinite(q.var).all() and (d.var > 0).all() and not np.allclose(d.var, 1.0, atol=1e-4)
+
+    def mrr(model_q: object, model_d: object) -> float:
+        scores = neg_kl_matrix(model_q.astype(np.float64), model_d.astype(np.float64))  # type: ignore[attr-defined]
+        ranks = np.argsort(-scores, axis=1)
+        return float(np.mean([next((1 / (i + 1) for i, j in enumerate(r[:10]) if j in g), 0.0)
+                              for r, g in zip(ranks, rel, strict=True)]))  # fmt: skip
+
+    placeholder = load_model("minilm-unit-variance", device="cpu")
+    trained = mrr(q, d)
+    base = mrr(placeholder.encode_queries(queries), placeholder.encode_documents(docs))
+    # a broken delta (e.g. a wrong LoRA merge) ranks at random (MRR@10 ~ 0.01 here)
+    assert trained > 0.5 and abs(trained - base) < 0.1, (trained, base)
 
 
 def test_new_encoder_from_minilm_with_var_token_round_trips_as_small_delta(tmp_path: Path, scifact_dir: Path) -> None:

@@ -1,0 +1,375 @@
+"""LoRA fine-tuning of all-MiniLM-L6-v2 as a Gaussian encoder and as its dot-product twin, on a GPU.
+
+The GPU machine lent to some sessions has no network, no faiss, no copy of the datasets and a
+64 MiB transfer limit, so the work is split in three steps:
+
+1. ``prepare`` (here, CPU): pack into ``.gpu/`` (git-ignored) what the GPU needs: the backbone
+   with its weights in float16 (the float32 file is 91 MB; the GPU upcasts to float32 and
+   trains in bf16 autocast), the training sets with BM25 hard negatives mined here (bm25s), and
+   the evaluation texts.
+2. ``run`` (on the GPU machine): for every job, start from the backbone (mean pooling,
+   normalised pooled vector, identity mean head, unit variance, no ``[VAR]`` token, so the
+   untrained model ranks exactly like MiniLM cosine), wrap it in a LoRA adapter (rank 16, the
+   query/value matrices) and train adapter + heads with
+   :func:`kl_retrievers.training.train_encoder` (contrastive, in-batch + 7 BM25 negatives per
+   query, temperature 0.05). ``--similarity`` is the ONLY difference between the Gaussian and
+   its twin. Then encode every evaluation split on the GPU and keep the exact top-100 (float64
+   ``-KL`` through the inner-product rewrite, or the dot product / cosine of the means).
+   Writes ``$OUT/jobs.jsonl``, ``$OUT/runs.npz`` and ``$OUT/adapters.safetensors``.
+3. ``collect`` (here): nDCG@10 / Recall@100 / MRR@10 / MAP@100 with ir-measures for every job and
+   split, appended to ``runs/gpu_lora.jsonl``; ``--export JOB DIR`` merges that job's adapter
+   into the exact float32 backbone and saves a bundled-model folder (delta only).
+
+Protocols (never mixed): ``zs-*`` jobs train on SQuAD train articles + NFCorpus train and are
+chosen on SciFact TRAIN queries and held-out SQuAD articles (zero-shot dev); ``id-*`` jobs train
+on SciFact train and are tested on SciFact test (in-domain).
+
+Examples:
+    python benchmarks/gpu_lora.py prepare
+    python benchmarks/gpu_lora.py run --out /tmp/gpu_out --smoke      # a CPU dry run
+    python benchmarks/gpu_lora.py collect --from DIR_WITH_RUN_OUTPUTS
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import logging
+import os
+import platform
+import sys
+import time
+import traceback
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger("gpu_lora")
+ROOT = Path(__file__).resolve().parents[1]
+PACK = ROOT / ".gpu"
+DATASETS = ROOT.parent / "shared" / "datasets"
+BASE = "sentence-transformers/all-MiniLM-L6-v2"
+SQUAD = "squad-v1.1-dev-retrieval"
+NFC = "nfcorpus-preprocessed"
+TREC = "trec-dl21-passage-pooled"
+LORA_R = 16
+
+#: Evaluation splits: key -> (dataset, split, protocol).
+ZS_EVALS = {
+    "scifact:train": ("scifact", "train", "zero-shot dev"),
+    "squad-dev": (SQUAD, "test", "zero-shot dev (held-out SQuAD articles)"),
+    "scifact:test": ("scifact", "test", "zero-shot"),
+    f"{TREC}:test": (TREC, "test", "zero-shot"),
+    "cranfield:test": ("cranfield", "test", "zero-shot"),
+    f"{NFC}:test": (NFC, "test", "in-domain (NFCorpus train used)"),
+}
+ID_EVALS = {"scifact:test": ("scifact", "test", "in-domain (SciFact train)")}
+
+
+def job_list(smoke: bool) -> list[dict[str, Any]]:
+    """Every job of one ``run``, in order (zero-shot first: they decide the default model)."""
+    zs = dict(data="zs", steps=240, batch_size=64, lr=2e-4, budget_s=100.0, evals=list(ZS_EVALS))
+    idd = dict(data="id", steps=60, batch_size=64, lr=2e-4, beta=1.0, budget_s=30.0, evals=list(ID_EVALS))
+    jobs: list[dict[str, Any]] = [
+        dict(zs, name="zs-untrained", similarity="cosine", beta=1.0, steps=0),
+        dict(zs, name="zs-negkl-b1", similarity="neg_kl", beta=1.0, seed=0),
+        dict(zs, name="zs-negkl-b5", similarity="neg_kl", beta=5.0, seed=0),
+        dict(zs, name="zs-dot", similarity="dot", beta=1.0, seed=0),
+    ]
+    for seed in (0, 1, 2):
+        for sim in ("neg_kl", "dot"):
+            jobs.append(dict(idd, name=f"id-{sim.replace('_', '')}-s{seed}", similarity=sim, seed=seed))
+    for j in jobs:
+        j.setdefault("seed", 0)
+        if smoke:
+            j.update(steps=min(j["steps"], 2), batch_size=4, budget_s=30.0)
+    return jobs
+
+
+# ---------------------------------------------------------------------------------- prepare
+def _training_pack(ts: Any) -> dict[str, Any]:
+    return {
+        "queries": ts.queries,
+        "docs": ts.docs,
+        "examples": [[ex.query, ex.positives, ex.negatives] for ex in ts.examples],
+        "sources": ts.sources,
+    }
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    """Pack the backbone (float16), training sets (BM25 negatives) and evaluation texts."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from kl_retrievers.datasets import load_beir
+    from kl_retrievers.hub import resolve_model_path
+    from kl_retrievers.training import from_beir, mine_bm25_negatives
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from train_zero_shot import squad_split
+
+    PACK.mkdir(exist_ok=True)
+    src = Path(resolve_model_path(BASE))
+    dst = PACK / "backbone"
+    dst.mkdir(exist_ok=True)
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"]:
+        (dst / f).write_bytes((src / f).read_bytes())
+    weights = load_file(str(src / "model.safetensors"))
+    save_file({k: v.to(torch.float16).contiguous() for k, v in weights.items()}, str(dst / "model.safetensors"))
+
+    train_q, dev_q = squad_split(args.squad_train, args.squad_dev)
+    zs = from_beir(DATASETS / SQUAD, "test", query_ids=train_q).merge(from_beir(DATASETS / NFC, "train"))
+    mine_bm25_negatives(zs, k=30)
+    idd = from_beir(DATASETS / "scifact", "train")
+    mine_bm25_negatives(idd, k=30)
+    corpora: dict[str, Any] = {}
+    evals: dict[str, Any] = {}
+    for key, (name, split, _) in {**ZS_EVALS, **ID_EVALS}.items():
+        ds = load_beir(DATASETS / name, split, unknown_docs="drop")
+        qids = list(ds.query_ids)
+        if key == "squad-dev":
+            keep = set(dev_q)
+            qids = [q for q in qids if q in keep]
+        corpora.setdefault(name, {"ids": list(ds.doc_ids), "texts": ds.document_texts()})
+        evals[key] = {"corpus": name, "qids": qids, "queries": [ds.queries[q] for q in qids]}
+    pack = {"train": {"zs": _training_pack(zs), "id": _training_pack(idd)}, "corpora": corpora, "evals": evals,
+            "squad_train": args.squad_train, "squad_dev": args.squad_dev}  # fmt: skip
+    with gzip.open(PACK / "data.json.gz", "wt", encoding="utf-8") as fh:
+        json.dump(pack, fh)
+    size = sum(p.stat().st_size for p in PACK.rglob("*") if p.is_file())
+    logger.warning("packed %s: %.1f MB (zs %s, id %s)", PACK, size / 1e6, zs, idd)
+
+
+# ---------------------------------------------------------------------------------- run
+def _import_library() -> None:
+    """Import kl_retrievers where faiss is missing (the GPU image): training never touches it."""
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        sys.modules["faiss"] = types.ModuleType("faiss")
+    sys.path.insert(0, str(ROOT))
+
+
+def _top100(scores: Any, k: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    k = min(k, scores.shape[1])
+    vals, idx = torch.topk(scores, k, dim=1)
+    return idx.cpu().numpy().astype(np.int32), vals.float().cpu().numpy()
+
+
+def _retrieve(
+    enc: Any, sim: str, queries: list[str], docs: list[str], device: str, stats: dict[str, Any] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    from kl_retrievers.gaussian import Gaussians, kl_document_vectors, kl_query_constant, kl_query_vectors
+
+    q = enc.encode_queries(queries, batch_size=256, convert_to="torch", device=device, show_progress_bar=False)
+    d = enc.encode_documents(docs, batch_size=256, convert_to="torch", device=device, show_progress_bar=False)
+    qg = Gaussians(q.mean.double().to(device), q.var.double().to(device), validate=False)
+    dg = Gaussians(d.mean.double().to(device), d.var.double().to(device), validate=False)
+    if stats is not None:  # spread of the document variances (per coordinate)
+        qs = torch.tensor([0.01, 0.5, 0.99], dtype=torch.float64, device=device)
+        sample = dg.var.flatten()[:: max(1, dg.var.numel() // 1_000_000)]
+        stats["doc_var_p1_p50_p99"] = [round(float(x), 4) for x in torch.quantile(sample, qs)]
+    if sim == "neg_kl":
+        scores = kl_query_vectors(qg) @ kl_document_vectors(dg).T + kl_query_constant(qg)[:, None]
+    elif sim == "means_only":  # the ablation: -KL with every variance set to 1
+        qm, dm = qg.mean, dg.mean
+        scores = qm @ dm.T - 0.5 * (dm**2).sum(1)[None, :] - 0.5 * (qm**2).sum(1)[:, None]
+    else:
+        qm, dm = qg.mean, dg.mean
+        if sim == "cosine":
+            qm = qm / qm.norm(dim=1, keepdim=True)
+            dm = dm / dm.norm(dim=1, keepdim=True)
+        scores = qm @ dm.T
+    return _top100(scores)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    """Train and evaluate every job; write results under ``--out`` as each job finishes."""
+    _import_library()
+    import torch
+    from safetensors.torch import save_file
+
+    from kl_retrievers import GaussianEncoder
+    from kl_retrievers.training import TrainConfig, TrainExample, TrainingSet
+    from kl_retrievers.training.trainer import apply_freezing, train_encoder
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    hw = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu"
+    with gzip.open(PACK / "data.json.gz", "rt", encoding="utf-8") as fh:
+        pack = json.load(fh)
+    sets = {}
+    for name, p in pack["train"].items():
+        exs = [TrainExample(q, pos, neg) for q, pos, neg in p["examples"]]
+        sets[name] = TrainingSet(p["queries"], p["docs"], exs, p["sources"])
+    runs: dict[str, np.ndarray] = {}
+    adapters: dict[str, torch.Tensor] = {}
+    t_all = time.monotonic()
+    for job in job_list(args.smoke):
+        if args.only and not any(job["name"].startswith(o) for o in args.only):
+            continue
+        t0 = time.monotonic()
+        row: dict[str, Any] = {k: v for k, v in job.items() if k != "evals"}
+        row |= {"hardware": hw, "torch": torch.__version__, "lora_r": LORA_R, "bf16_autocast": device == "cuda"}
+        try:
+            enc = GaussianEncoder.from_backbone(
+                PACK / "backbone", pooling="mean", normalize_pooled=True, var_token=False, beta=job["beta"],
+                max_length=256, query_max_length=64, seed=job["seed"],
+            ).float()  # fmt: skip
+            if job["steps"] > 0:
+                apply_freezing(enc, lora_r=LORA_R)
+                cfg = TrainConfig(
+                    similarity=job["similarity"], loss="contrastive", steps=job["steps"],
+                    batch_size=job["batch_size"], negatives=7, lr=job["lr"], temperature=0.05, seed=job["seed"],
+                    time_budget_s=job["budget_s"], show_progress=False, device=device,
+                )  # fmt: skip
+                res = train_encoder(enc, sets[job["data"]], cfg)
+                row |= {"steps_done": res.steps_done, "stopped": res.stopped, "train_s": round(res.seconds, 1),
+                        "final_loss": round(res.final_loss, 4), "first_loss": round(res.losses[0], 4)}  # fmt: skip
+                for n, p in enc.named_parameters():
+                    if p.requires_grad and job["data"] == "zs":  # only zero-shot models can be shipped
+                        adapters[f"{job['name']}/{n}"] = p.detach().float().cpu().contiguous()
+            for key in job["evals"]:
+                ev = pack["evals"][key]
+                docs = pack["corpora"][ev["corpus"]]["texts"]
+                queries = ev["queries"][:8] if args.smoke else ev["queries"]
+                docs = docs[:64] if args.smoke else docs
+                stats: dict[str, Any] = {}
+                idx, val = _retrieve(enc, job["similarity"], queries, docs, device, stats)
+                runs[f"{job['name']}|{key}|idx"] = idx
+                runs[f"{job['name']}|{key}|score"] = val
+                if (job["similarity"] == "neg_kl" and job["data"] == "zs") or job["name"] == "id-negkl-s0":
+                    row[f"{key}:doc_var_p1_p50_p99"] = stats["doc_var_p1_p50_p99"]
+                    idx, val = _retrieve(enc, "means_only", queries, docs, device)
+                    runs[f"{job['name']}-means-only|{key}|idx"] = idx
+                    runs[f"{job['name']}-means-only|{key}|score"] = val
+            row["seconds"] = round(time.monotonic() - t0, 1)
+        except Exception as exc:  # keep going: one broken job must not lose the others
+            row["error"] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+        print(json.dumps(row), flush=True)
+        with open(out / "jobs.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        np.savez_compressed(out / "runs.npz", **runs)
+        if adapters:
+            save_file(adapters, str(out / "adapters.safetensors"))
+        del enc
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    print(f"all jobs: {time.monotonic() - t_all:.1f} s", flush=True)
+
+
+# ---------------------------------------------------------------------------------- collect
+def _job_encoder(job: dict[str, Any], adapters: dict[str, Any]) -> Any:
+    """Rebuild a job's encoder on the exact float32 backbone and merge its LoRA adapter."""
+    from kl_retrievers import GaussianEncoder
+    from kl_retrievers.training.trainer import apply_freezing, merge_lora
+
+    enc = GaussianEncoder.from_backbone(
+        BASE, pooling="mean", normalize_pooled=True, var_token=False, beta=job["beta"],
+        max_length=256, query_max_length=64, seed=job["seed"],
+    )  # fmt: skip
+    apply_freezing(enc, lora_r=LORA_R)
+    prefix = f"{job['name']}/"
+    state = {k[len(prefix) :]: v for k, v in adapters.items() if k.startswith(prefix)}
+    names = {n for n, p in enc.named_parameters() if p.requires_grad}
+    if set(state) != names:
+        raise ValueError(f"{job['name']}: adapter tensors do not match the model ({len(state)} vs {len(names)})")
+    missing = enc.load_state_dict(state, strict=False)
+    if missing.unexpected_keys:
+        raise ValueError(f"unexpected keys: {missing.unexpected_keys[:3]}")
+    merge_lora(enc)
+    return enc
+
+
+def cmd_collect(args: argparse.Namespace) -> None:
+    """Score the GPU runs with ir-measures; optionally export one job as a model folder."""
+    from kl_retrievers.datasets import load_beir
+    from kl_retrievers.evaluation import evaluate_run, save_per_query
+
+    src = Path(args.source)
+    with gzip.open(PACK / "data.json.gz", "rt", encoding="utf-8") as fh:
+        pack = json.load(fh)
+    jobs = [json.loads(line) for line in (src / "jobs.jsonl").read_text().splitlines() if line.strip()]
+    runs = np.load(src / "runs.npz")
+    log = Path(args.log)
+    per_dir = Path(args.per_query_dir)
+    per_dir.mkdir(parents=True, exist_ok=True)
+    qrels_cache: dict[str, Any] = {}
+    for job in jobs:
+        if "error" in job:
+            logger.warning("%s failed on the GPU: %s", job["name"], job["error"])
+            continue
+        for system in (job["name"], f"{job['name']}-means-only"):
+            for key, (name, split, protocol) in (ZS_EVALS if job["data"] == "zs" else ID_EVALS).items():
+                if f"{system}|{key}|idx" not in runs.files:
+                    continue
+                ev = pack["evals"][key]
+                if key not in qrels_cache:
+                    qrels_cache[key] = load_beir(DATASETS / name, split, unknown_docs="drop").qrels
+                dids = pack["corpora"][ev["corpus"]]["ids"]
+                idx, val = runs[f"{system}|{key}|idx"], runs[f"{system}|{key}|score"]
+                qids = ev["qids"][: len(idx)]  # a --smoke run keeps only the first queries
+                qrels = {q: r for q, r in qrels_cache[key].items() if q in set(qids)}
+                run = {q: {dids[j]: float(s) for j, s in zip(idx[i], val[i], strict=True)} for i, q in enumerate(qids)}
+                agg, per = evaluate_run(qrels, run, ["ndcg@10", "recall@100", "mrr@10", "map@100"])
+                save_per_query(per_dir / f"{system}.{key.replace(':', '.')}.json", per,
+                               meta={"system": system, "data": name, "split": split})  # fmt: skip
+                row = dict(job) | {"system": system, "means_only": system != job["name"], "eval": key,
+                                   "protocol": protocol, "queries": len(qrels),
+                                   **{m: round(float(v), 4) for m, v in agg.items()},
+                                   "command": "python benchmarks/gpu_lora.py run (on the GPU) + collect"}  # fmt: skip
+                with open(log, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                print(f"{system:28s} {key:34s} nDCG@10 {agg['ndcg@10']:.4f}  R@100 {agg['recall@100']:.4f}")
+    if args.export:
+        from safetensors.torch import load_file
+
+        name, out = args.export
+        job = next(j for j in jobs if j["name"] == name)
+        enc = _job_encoder(job, load_file(str(src / "adapters.safetensors")))
+        enc.config.extra["training"] = {
+            "data": [f"{SQUAD}:test, all {len(pack['train']['zs']['examples']) - 2563:,} queries of the train articles "
+                     "(every 10th article held out)", f"{NFC}:train (2,563 queries)"]
+            if job["data"] == "zs" else ["scifact:train"],
+            "recipe": {k: job[k] for k in ("similarity", "beta", "steps_done", "batch_size", "lr", "seed")}
+            | {"loss": "contrastive", "temperature": 0.05, "negatives": "7 BM25 (bm25s) + in-batch",
+               "lora_r": LORA_R, "lora_alpha": 2 * LORA_R, "lora_targets": "query, value (merged)",
+               "bf16_autocast": job.get("bf16_autocast")},
+            "hardware": job["hardware"], "torch": job["torch"], "final_loss": job.get("final_loss"),
+            "command": "python benchmarks/gpu_lora.py prepare && (GPU) python benchmarks/gpu_lora.py run "
+            f"--out OUT --only {name} && python benchmarks/gpu_lora.py collect --from OUT --export {name} DIR",
+        }  # fmt: skip
+        enc.save_pretrained(out, include_backbone=False)
+        logger.warning("exported %s to %s", name, out)
+
+
+def main() -> None:
+    """Parse arguments and run one step."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["prepare", "run", "collect"])
+    p.add_argument("--squad-train", type=int, default=100_000, help="SQuAD train-article queries (all by default)")
+    p.add_argument("--squad-dev", type=int, default=300)
+    p.add_argument("--out", default=os.environ.get("OUT", "gpu_out"), help="run: output folder")
+    p.add_argument("--smoke", action="store_true", help="run: 2 steps per job on a slice (a dry run)")
+    p.add_argument("--only", nargs="*", help="run: only jobs whose name starts with one of these")
+    p.add_argument("--from", dest="source", default="gpu_out", help="collect: the run's output folder")
+    p.add_argument("--log", default="runs/gpu_lora.jsonl")
+    p.add_argument("--per-query-dir", default="runs/gpu_lora")
+    p.add_argument("--export", nargs=2, metavar=("JOB", "DIR"))
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    {"prepare": cmd_prepare, "run": cmd_run, "collect": cmd_collect}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
