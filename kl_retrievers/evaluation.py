@@ -584,10 +584,12 @@ def _state_dict_of(encoder: Any) -> Mapping[str, Any] | None:
 
 
 def model_fingerprint(encoder: Any) -> str:
-    """A short hash identifying an encoder: class, ``name_or_path``, config and weights.
+    """A short hash identifying an encoder: class, config and weights (or ``name_or_path``).
 
     When the encoder (or its ``.model``) has a torch ``state_dict``, every tensor's bytes
-    are hashed too, so a fine-tuned model never reuses the encodings of its checkpoint.
+    are hashed, so a fine-tuned model never reuses the encodings of its checkpoint, while the
+    same weights loaded by bundled name or by folder path share one cache entry. Without a
+    ``state_dict`` the ``name_or_path`` stands in for the weights.
 
     Examples:
         >>> class E:
@@ -601,13 +603,14 @@ def model_fingerprint(encoder: Any) -> str:
     if config is not None:
         to_dict = getattr(config, "to_dict", None)
         config_dict = to_dict() if callable(to_dict) else config
+    sd = _state_dict_of(encoder)
     ident = {
         "class": f"{type(encoder).__module__}.{type(encoder).__qualname__}",
-        "name_or_path": str(getattr(encoder, "name_or_path", None)),
         "config": config_dict,
     }
+    if sd is None:
+        ident["name_or_path"] = str(getattr(encoder, "name_or_path", None))
     h.update(_canonical(ident).encode())
-    sd = _state_dict_of(encoder)
     if sd is not None:
         import torch
 

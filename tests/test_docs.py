@@ -48,6 +48,11 @@ REWRITES: list[tuple[str, str, str]] = [
         f"--model {bundled_model_path('minilm-gauss-zs').as_posix()}",
         "placeholder: a saved model folder",
     ),
+    (
+        r"--model kl_retrievers/pretrained/",
+        f"--model {bundled_model_path('minilm-gauss-lora').parent.as_posix()}/",
+        "a bundled model folder given relative to the repository root",
+    ),
     (r"^kl-retrievers train .*", r"\g<0> --steps 20", "1000 default steps -> 20 (the last --steps wins)"),
 ]
 #: The sandbox: a fresh folder per test beside ``shared/datasets/``, whose datasets keep their names and

@@ -283,6 +283,25 @@ def test_model_fingerprint_sees_weights() -> None:
     assert model_fingerprint(a) != fp
 
 
+def test_model_fingerprint_ignores_the_name_of_identical_weights() -> None:
+    class TorchEncoder(FakeEncoder):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name_or_path = name
+            torch.manual_seed(0)
+            self.model = torch.nn.Linear(3, 2)
+
+    # the same weights loaded by bundled name and by folder path share one cache entry
+    assert model_fingerprint(TorchEncoder("kl_retrievers:m")) == model_fingerprint(TorchEncoder("/some/folder/m"))
+
+    class Named:
+        def __init__(self, name: str) -> None:
+            self.name_or_path = name
+
+    # without weights to hash, the name is what identifies the model
+    assert model_fingerprint(Named("a")) != model_fingerprint(Named("b"))
+
+
 def test_encoding_cache_rejects_mismatch(tmp_path: Path) -> None:
     cache = EncodingCache(tmp_path)
     cache.save("x", {"k": 1}, ["a", "b"], {"emb": np.ones((2, 2), dtype=np.float32)})
