@@ -319,7 +319,8 @@ def cmd_collect(args: argparse.Namespace) -> None:
                 dids = pack["corpora"][ev["corpus"]]["ids"]
                 idx, val = runs[f"{system}|{key}|idx"], runs[f"{system}|{key}|score"]
                 qids = ev["qids"][: len(idx)]  # a --smoke run keeps only the first queries
-                qrels = {q: r for q, r in qrels_cache[key].items() if q in set(qids)}
+                wanted = set(qids)
+                qrels = {q: r for q, r in qrels_cache[key].items() if q in wanted}
                 run = {q: {dids[j]: float(s) for j, s in zip(idx[i], val[i], strict=True)} for i, q in enumerate(qids)}
                 agg, per = evaluate_run(qrels, run, ["ndcg@10", "recall@100", "mrr@10", "map@100"])
                 save_per_query(per_dir / f"{system}.{key.replace(':', '.')}.json", per,
