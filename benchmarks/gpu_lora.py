@@ -17,8 +17,9 @@ The GPU machine lent to some sessions has no network, no faiss, no copy of the d
    ``-KL`` through the inner-product rewrite, or the dot product / cosine of the means).
    Writes ``$OUT/jobs.jsonl``, ``$OUT/runs.npz`` and ``$OUT/adapters.safetensors``.
 3. ``collect`` (here): nDCG@10 / Recall@100 / MRR@10 / MAP@100 with ir-measures for every job and
-   split, appended to ``runs/gpu_lora.jsonl``; ``--export JOB DIR`` merges that job's adapter
-   into the exact float32 backbone and saves a bundled-model folder (delta only).
+   split, appended to ``runs/gpu_lora.jsonl``; ``--export JOB DIR`` puts that job's adapter on
+   the exact float32 backbone and saves a bundled-model folder (delta only: the heads and the
+   adapter's rank-16 factors).
 
 Protocols (never mixed): ``zs-*`` jobs train on SQuAD train articles + NFCorpus train and are
 chosen on SciFact TRAIN queries and held-out SQuAD articles (zero-shot dev); ``id-*`` jobs train
@@ -270,9 +271,13 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------- collect
 def _job_encoder(job: dict[str, Any], adapters: dict[str, Any]) -> Any:
-    """Rebuild a job's encoder on the exact float32 backbone and merge its LoRA adapter."""
+    """Rebuild a job's encoder on the exact float32 backbone with its trained LoRA adapter and heads.
+
+    The adapter stays unmerged: a delta save stores it as rank-16 factors (about 1.8 MB instead of
+    the 8.3 MB of the 12 merged matrices), and loading merges it with peft's own arithmetic.
+    """
     from kl_retrievers import GaussianEncoder
-    from kl_retrievers.training.trainer import apply_freezing, merge_lora
+    from kl_retrievers.training.trainer import apply_freezing
 
     enc = GaussianEncoder.from_backbone(
         BASE, pooling="mean", normalize_pooled=True, var_token=False, beta=job["beta"],
@@ -287,7 +292,6 @@ def _job_encoder(job: dict[str, Any], adapters: dict[str, Any]) -> Any:
     missing = enc.load_state_dict(state, strict=False)
     if missing.unexpected_keys:
         raise ValueError(f"unexpected keys: {missing.unexpected_keys[:3]}")
-    merge_lora(enc)
     return enc
 
 
@@ -344,7 +348,7 @@ def cmd_collect(args: argparse.Namespace) -> None:
             if job["data"] == "zs" else ["scifact:train"],
             "recipe": {k: job[k] for k in ("similarity", "beta", "steps_done", "batch_size", "lr", "seed")}
             | {"loss": "contrastive", "temperature": 0.05, "negatives": "7 BM25 (bm25s) + in-batch",
-               "lora_r": LORA_R, "lora_alpha": 2 * LORA_R, "lora_targets": "query, value (merged)",
+               "lora_r": LORA_R, "lora_alpha": 2 * LORA_R, "lora_targets": "query, value (stored as factors)",
                "bf16_autocast": job.get("bf16_autocast")},
             "hardware": job["hardware"], "torch": job["torch"], "final_loss": job.get("final_loss"),
             "command": "python benchmarks/gpu_lora.py prepare && (GPU) python benchmarks/gpu_lora.py run "

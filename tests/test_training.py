@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import DATASETS, make_tiny_encoder
-from kl_retrievers import GaussianEncoder, Gaussians, neg_kl_matrix
+from kl_retrievers import GaussianEncoder, Gaussians, NotAnEncoderError, neg_kl_matrix
 from kl_retrievers.training import (
     TrainConfig,
     TrainingDivergedError,
@@ -262,6 +262,57 @@ def test_lora_trains_and_merges_into_plain_weights(tmp_path: Path) -> None:
     torch.testing.assert_close(again(**batch), enc(**batch))
 
 
+def _lora_trained_on_a_saved_backbone(tmp_path: Path) -> GaussianEncoder:
+    tiny = make_tiny_encoder()
+    base = tmp_path / "base"  # the "pinned backbone": a plain Hugging Face folder
+    tiny.backbone.save_pretrained(base)
+    tiny.tokenizer.save_pretrained(base)
+    enc = GaussianEncoder.from_backbone(base, dim=8, max_length=64, query_max_length=32)
+    apply_freezing(enc, lora_r=2)
+    train_encoder(enc, _toy_set(), TrainConfig(steps=3, batch_size=2, lr=1e-2, show_progress=False))
+    return enc
+
+
+def test_lora_delta_save_stores_factors_and_loads_exactly_the_merged_weights(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    enc = _lora_trained_on_a_saved_backbone(tmp_path)
+    delta_dir = enc.save_pretrained(tmp_path / "delta", include_backbone=False)
+    full_dir = enc.save_pretrained(tmp_path / "full")  # a full save of a wrapped encoder holds merged weights
+    delta = load_file(str(delta_dir / "delta.safetensors"))
+    backbone = sorted(k for k in delta if k.startswith("backbone."))
+    assert backbone and all(k.endswith((".weight.lora_A", ".weight.lora_B", ".weight.lora_scaling")) for k in backbone)
+    assert all(("query" in k or "value" in k) for k in backbone)
+    a = delta["backbone.encoder.layer.0.attention.self.query.weight.lora_A"]
+    assert a.shape[0] == 2 and float(delta["backbone.encoder.layer.0.attention.self.query.weight.lora_scaling"]) == 2.0
+    from_delta = GaussianEncoder.from_pretrained(delta_dir).state_dict()
+    from_full = GaussianEncoder.from_pretrained(full_dir).state_dict()
+    merge_lora(enc)  # peft's own merge: the reference
+    merged = enc.state_dict()
+    assert set(from_delta) == set(merged) == set(from_full)
+    for key, value in merged.items():
+        assert torch.equal(from_delta[key], value), key
+        assert torch.equal(from_full[key], value), key
+    assert not torch.equal(
+        merged["backbone.encoder.layer.0.attention.self.query.weight"],
+        GaussianEncoder.from_backbone(tmp_path / "base", dim=8).state_dict()[
+            "backbone.encoder.layer.0.attention.self.query.weight"
+        ],
+    )
+
+
+def test_lora_delta_with_a_missing_factor_is_refused(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    enc = _lora_trained_on_a_saved_backbone(tmp_path)
+    out = enc.save_pretrained(tmp_path / "delta", include_backbone=False)
+    delta = load_file(str(out / "delta.safetensors"))
+    del delta["backbone.encoder.layer.1.attention.self.value.weight.lora_B"]
+    save_file(delta, str(out / "delta.safetensors"))
+    with pytest.raises(NotAnEncoderError, match=r"layer\.1\.attention\.self\.value\.weight needs 2-D"):
+        GaussianEncoder.from_pretrained(out)
+
+
 # ------------------------------------------------------------------ fast path
 @pytest.mark.parametrize(
     ("pooling", "var_token", "normalize"), [("cls", True, False), ("mean", True, True), ("mean", False, True)]
@@ -367,6 +418,30 @@ def test_cli_train_heads_only_writes_model_card_and_command(tmp_path: Path) -> N
     assert loaded.config.dim == 8
     # a diverging run exits 1 with a message, never a traceback
     assert main([*argv[:-2], "--lr", "1e30", "--max-length", "32", "--out", str(tmp_path / "bad")]) in (0, 1)
+
+
+def test_cli_train_lora_saves_the_adapter_as_factors(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from kl_retrievers.training.cli import main
+
+    enc = make_tiny_encoder(pooling="mean")
+    base = tmp_path / "tiny-base"
+    enc.backbone.save_pretrained(base)
+    enc.tokenizer.save_pretrained(base)
+    out = tmp_path / "model"
+    argv = ["train", "--data", str(_tiny_beir(tmp_path / "beir")), "--out", str(out), "--base", str(base),
+            "--lora-r", "2", "--steps", "3", "--batch-size", "2", "--lr", "1e-2", "--dim", "8",
+            "--cache-dir", str(tmp_path / "cache"), "--quiet", "--max-length", "32"]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads((out / "config.json").read_text())["encoder"]["extra"]["training"]["recipe"]["mode"] == "lora"
+    delta = load_file(str(out / "delta.safetensors"))
+    factored = [k for k in delta if k.endswith(".lora_A")]
+    assert factored and not [k for k in delta if k.startswith("backbone.") and k.endswith(".weight")]
+    loaded = GaussianEncoder.from_pretrained(out)
+    plain = GaussianEncoder.from_backbone(base, dim=8)
+    key = factored[0][: -len(".lora_A")]
+    assert not torch.equal(loaded.state_dict()[key], plain.state_dict()[key])  # the adapter was applied
 
 
 # ------------------------------------------------------------------ real data, real backbone

@@ -183,7 +183,6 @@ def run_train(args: argparse.Namespace) -> int:
         TrainingDivergedError,
         apply_freezing,
         encode_from_features,
-        merge_lora,
         train_encoder,
         train_heads_cached,
     )
@@ -274,7 +273,6 @@ def run_train(args: argparse.Namespace) -> int:
                 encoder, freeze_backbone=args.freeze_backbone, freeze_layers=args.freeze_layers, lora_r=args.lora_r
             )
             result = train_encoder(encoder, ts, cfg, checkpoint_dir=ckpt, resume=args.resume)
-            merge_lora(encoder)
     except TrainingDivergedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -441,7 +441,8 @@ def apply_freezing(
     ``freeze_layers=N`` freezes the embeddings (including the ``[VAR]`` row) and transformer
     layers ``0..N-1``. ``lora_r=R`` wraps the backbone with a peft LoRA adapter of rank ``R``
     (alpha ``2R``, peft's default target modules for the architecture); the heads train fully.
-    Merge it with :func:`merge_lora` before saving.
+    :meth:`~kl_retrievers.GaussianEncoder.save_pretrained` stores the adapter as its low-rank
+    factors in a delta save (merged in a full save); :func:`merge_lora` folds it in for use.
 
     Examples:
         >>> apply_freezing(encoder, freeze_layers=4)  # doctest: +SKIP
@@ -478,7 +479,7 @@ def apply_freezing(
 
 
 def merge_lora(encoder: GaussianEncoder) -> None:
-    """Fold a LoRA adapter into the backbone weights (so a delta save holds changed tensors only)."""
+    """Fold a LoRA adapter into the backbone weights (plain weights, no peft wrapper at inference)."""
     if hasattr(encoder.backbone, "merge_and_unload"):
         encoder.backbone = encoder.backbone.merge_and_unload()
         for p in encoder.parameters():
