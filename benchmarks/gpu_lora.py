@@ -83,6 +83,15 @@ def job_list(smoke: bool) -> list[dict[str, Any]]:
     for seed in (0, 1, 2):
         for sim in ("neg_kl", "dot"):
             jobs.append(dict(idd, name=f"id-{sim.replace('_', '')}-s{seed}", similarity=sim, seed=seed))
+    # In-domain with 4x the steps (240, like the zero-shot jobs), three seeds.
+    for seed in (0, 1, 2):
+        for sim in ("neg_kl", "dot"):
+            jobs.append(dict(idd, name=f"id240-{sim.replace('_', '')}-s{seed}", similarity=sim, seed=seed,
+                             steps=240, budget_s=90.0))  # fmt: skip
+    # More seeds of the zero-shot pair (seed 0 is zs-negkl-b1 / zs-dot above): does the gap hold?
+    for seed in (1, 2):
+        jobs.append(dict(zs, name=f"zs-s{seed}-negkl-b1", similarity="neg_kl", beta=1.0, seed=seed))
+        jobs.append(dict(zs, name=f"zs-s{seed}-dot", similarity="dot", beta=1.0, seed=seed))
     for j in jobs:
         j.setdefault("seed", 0)
         if smoke:

@@ -8,9 +8,12 @@ store keeps every document's Gaussian (float32), its text and metadata, and a FA
   re-scored with the exact ``-KL`` in float64, so rankings match a brute-force float64
   evaluation and reported scores are the true ``-KL`` (query constant ``c(q)`` included).
 * ``"hnsw"`` / ``"ivf"`` (approximate, optional ``"sq8"`` or ``"pq"`` compression): built on
-  the MIPS -> L2 reduction of METHOD.md.  Every document vector gets one more coordinate
-  ``sqrt(M^2 - ||d~||^2)`` (``M = norm_headroom * max ||d~||``, the headroom leaves room
-  for later documents), a query gets ``0`` there and is scaled to norm ``M``; the index is
+  the MIPS -> L2 reduction of METHOD.md, applied to centred vectors ``d~ - c`` (``c``: the mean
+  ``d~`` of a sample at build time; ``<q~, c>`` is a query-only constant, so no ranking
+  changes, but the large shared offset of ``d~`` no longer dominates the index's geometry:
+  IVF recall on clustered data rises sharply).  Every centred document vector gets one more
+  coordinate ``sqrt(M^2 - ||d~ - c||^2)`` (``M = norm_headroom * max ||d~ - c||``, the headroom
+  leaves room for later documents), a query gets ``0`` there and is scaled to norm ``M``; the index is
   searched by L2 and a candidate pool is re-scored with the exact ``-KL``.  A later document
   whose norm exceeds ``M`` triggers a rebuild (logged, counted in ``rebuild_count``).
   Deletions are tombstones (HNSW has no ``remove_ids``), excluded at search time with an
@@ -81,6 +84,7 @@ _MEAN = "mean.npy"
 _VAR = "var.npy"
 _DOCS = "documents.jsonl"
 _INDEX = "index.faiss"
+_CENTRE = "centre.npy"
 # Elements (queries x candidates x dims) re-scored per block, and rows per block when building.
 _RESCORE_BLOCK = 1 << 22
 _BUILD_BLOCK = 32768
@@ -335,6 +339,7 @@ class KLStore:
         self._index: Any = None
         self._index_viewed = False  # memory-mapped FAISS data that must not be mutated
         self._norm_bound: float | None = None
+        self._centre: np.ndarray | None = None  # subtracted from d~ before the L2 reduction
         self._reset_rows(0)
         if dim is not None:
             self._init_dim(int(dim))
@@ -418,8 +423,13 @@ class KLStore:
         g = Gaussians(self._mean[rows].astype(np.float64), self._var[rows].astype(np.float64), validate=False)
         return np.asarray(kl_document_vectors(g))
 
+    def _centred(self, dvec: np.ndarray) -> np.ndarray:
+        """``d~ - c`` (``c``: the mean ``d~`` of a sample at build time; ``<q~, c>`` is a query constant)."""
+        return dvec if self._centre is None else dvec - self._centre
+
     def _reduced(self, dvec: np.ndarray) -> np.ndarray:
         assert self._norm_bound is not None
+        dvec = self._centred(dvec)
         out = np.zeros((dvec.shape[0], self._reduced_dim), dtype=np.float32)
         out[:, : dvec.shape[1]] = dvec
         sq = np.maximum(self._norm_bound**2 - np.einsum("ij,ij->i", dvec, dvec), 0.0)
@@ -463,17 +473,25 @@ class KLStore:
         if self._alive.size and not self._alive.all():
             self._compact_rows()
         n = len(self._ids)
+        index = self._new_approx_index()
+        rng = np.random.default_rng(self.seed)
+        if index.is_trained:  # the sample only sets the centre
+            n_train = min(n, 16384)
+        else:
+            n_train = min(n, max(65536, 64 * self.nlist) if self.index_type == "ivf" else 65536)
+        sample = self._doc_vectors(np.sort(rng.choice(n, size=n_train, replace=False)))
+        # Centring changes no ranking (<q~, d~ - c> = <q~, d~> - <q~, c>) but removes the large
+        # shared offset of d~ (its first coordinate is a sum over all k dimensions), which would
+        # otherwise dominate ||d~||, the extra coordinate and hence the index's geometry.
+        self._centre = sample.mean(axis=0)
         max_norm = 0.0
         for s in range(0, n, _BUILD_BLOCK):
-            dvec = self._doc_vectors(slice(s, s + _BUILD_BLOCK))
+            dvec = self._centred(self._doc_vectors(slice(s, s + _BUILD_BLOCK)))
             max_norm = max(max_norm, float(np.sqrt(np.einsum("ij,ij->i", dvec, dvec).max())))
-        self._norm_bound = self.norm_headroom * max_norm
-        index = self._new_approx_index()
+        self._norm_bound = self.norm_headroom * max(max_norm, 1e-12)
         if not index.is_trained:
-            rng = np.random.default_rng(self.seed)
-            n_train = min(n, max(65536, 64 * self.nlist) if self.index_type == "ivf" else 65536)
-            rows = np.sort(rng.choice(n, size=n_train, replace=False))
-            index.train(self._reduced(self._doc_vectors(rows)))
+            index.train(self._reduced(sample))
+        del sample
         for s in range(0, n, _BUILD_BLOCK):
             index.add(self._reduced(self._doc_vectors(slice(s, s + _BUILD_BLOCK))))
         self._index = index
@@ -597,7 +615,8 @@ class KLStore:
         blocks = []
         for s in range(start, n, _BUILD_BLOCK):
             dvec = self._doc_vectors(slice(s, min(n, s + _BUILD_BLOCK)))
-            top = float(np.sqrt(np.einsum("ij,ij->i", dvec, dvec).max()))
+            centred = self._centred(dvec)
+            top = float(np.sqrt(np.einsum("ij,ij->i", centred, centred).max()))
             if top > self._norm_bound:
                 logger.warning(
                     "a new document's norm %.4g exceeds the index bound M=%.4g; rebuilding the %s index",
@@ -972,6 +991,7 @@ class KLStore:
             "index_params": self._index_params(),
             "index_built": self._index is not None,
             "norm_bound": self._norm_bound,
+            "index_centred": self.index_type != "flat" and self._index is not None and self._centre is not None,
             "encoder": encoder_info,
         }
 
@@ -1007,7 +1027,9 @@ class KLStore:
                 _write_jsonl(tmp / _DOCS, self._ids, self._texts, self._metas)
                 if self._index is not None:
                     _write_index(tmp / _INDEX, self._index)
-                for name in (_MEAN, _VAR, _DOCS, _INDEX):
+                    if self.index_type != "flat" and self._centre is not None:
+                        _write_npy(tmp / _CENTRE, self._centre)
+                for name in (_MEAN, _VAR, _DOCS, _INDEX, _CENTRE):
                     p = tmp / name
                     if p.exists():
                         _fsync(p)
@@ -1144,6 +1166,19 @@ class KLStore:
                 )
             if index_type != "flat" and store._norm_bound is None:
                 raise StoreFormatError("approximate index without norm_bound in the config")
+            if index_type != "flat" and config.get("index_centred"):
+                if _CENTRE not in files:
+                    raise StoreFormatError(f"config says the index is centred but lists no {_CENTRE}")
+                try:
+                    centre = np.load(folder / _CENTRE, allow_pickle=False)
+                except ValueError as exc:
+                    raise StoreFormatError(f"cannot read {_CENTRE}: {exc}") from exc
+                want = (2 * int(dim) + 1,)
+                if centre.shape != want or centre.dtype != np.float64:
+                    raise StoreFormatError(
+                        f"{_CENTRE} has shape {centre.shape} and dtype {centre.dtype}; expected {want} float64"
+                    )
+                store._centre = centre
         elif index_type == "flat":
             raise StoreFormatError("flat store without an index file")
         logger.info("loaded %d documents from %s", count, folder)
