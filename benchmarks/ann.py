@@ -202,19 +202,24 @@ def run_size(
         print(f"{name}: build {build:.1f}s recall@10 {r:.4f} qps {qps:.0f} speedup {qps / flat_qps:.2f}x", flush=True)
         if kw["index_type"] == "hnsw":
             hnsw_result = {"recall": r, "speedup": qps / flat_qps}
-            for ef in args.sweep_ef:
-                store.ef_search = ef
-                found, t_s = timed_search(store, queries, repeats=1)
-                rows.append(
-                    {
-                        "index": f"  hnsw efS={ef} (same graph)",
-                        "build_s": float("nan"),
-                        "qps": len(queries) / t_s,
-                        "recall": recall(found, truth),
-                        "bytes_per_doc": row["bytes_per_doc"],
-                    }
-                )
-                print(f"  efSearch={ef}: recall {rows[-1]['recall']:.4f} qps {rows[-1]['qps']:.0f}", flush=True)
+            sweep = [("ef_search", ef, f"  hnsw efS={ef} (same graph)") for ef in args.sweep_ef]
+        elif "compression" not in kw:
+            sweep = [("nprobe", nprobe, f"  ivf nprobe={nprobe} (same lists)") for nprobe in args.sweep_nprobe]
+        else:
+            sweep = []
+        for attr, value, label_ in sweep:  # the same index, searched with another setting
+            setattr(store, attr, value)
+            found, t_s = timed_search(store, queries, repeats=1)
+            rows.append(
+                {
+                    "index": label_,
+                    "build_s": float("nan"),
+                    "qps": len(queries) / t_s,
+                    "recall": recall(found, truth),
+                    "bytes_per_doc": row["bytes_per_doc"],
+                }
+            )
+            print(f"  {attr}={value}: recall {rows[-1]['recall']:.4f} qps {rows[-1]['qps']:.0f}", flush=True)
         del store
 
     print("\n| data | docs | index | build s | recall@10 | queries/s | speedup vs flat | bytes/doc |")
@@ -291,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", type=int, default=100)
     parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default 256 with --quick, else 1024)")
     parser.add_argument("--nprobe", type=int, default=32)
+    parser.add_argument("--sweep-nprobe", type=int, nargs="*", default=[8, 16], help="more nprobe on the same IVF")
     parser.add_argument(
         "--types", nargs="+", default=["hnsw", "ivf", "ivf+sq8"], help="approximate index types to build (default: all)"
     )

@@ -127,6 +127,61 @@ def test_late_document_with_larger_norm_triggers_rebuild() -> None:
     assert store.search(near[4], k=1)[0].id == "n4"
 
 
+def offset_clusters(n: int, nq: int, k: int, n_clusters: int, seed: int = 0) -> tuple[Gaussians, Gaussians]:
+    """Documents around many cluster centres, queries near documents (like benchmarks/ann.py)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_clusters, k))
+    mean = centres[rng.integers(0, n_clusters, n)] + rng.normal(0, 0.5, (n, k))
+    var = np.exp(rng.normal(0, 0.5, (n, k)))
+    src = rng.integers(0, n, nq)
+    q_mean, q_var = mean[src] + rng.normal(0, 0.5, (nq, k)), np.exp(rng.normal(0, 0.5, (nq, k)))
+    return Gaussians(mean.astype(np.float32), var.astype(np.float32)), Gaussians(
+        q_mean.astype(np.float32), q_var.astype(np.float32)
+    )
+
+
+def test_centred_reduction_preserves_the_exact_ranking() -> None:
+    docs, queries = offset_clusters(1500, 5, 64, 30)
+    store = make_store("hnsw", {"hnsw_m": 8}, docs)
+    assert store._centre is not None and abs(store._centre[0]) > 10  # the large shared offset of d~
+    x = store._reduced(store._doc_vectors(slice(None))).astype(np.float64)
+    y = store._query_reduced(queries).astype(np.float64)
+    l2 = (y**2).sum(1)[:, None] + (x**2).sum(1)[None, :] - 2 * y @ x.T
+    ref = brute_force(queries, docs)
+    for i in range(len(queries)):  # the index's L2 order is the exact -KL order
+        assert list(np.argsort(l2[i])[:20]) == list(np.argsort(-ref[i])[:20])
+
+
+def test_centring_raises_ivf_recall(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs, queries = offset_clusters(4000, 40, 384, 200)
+    ref = brute_force(queries, docs)
+
+    def recall() -> float:
+        found = make_store("ivf", {"nlist": 32, "nprobe": 8}, docs, rescore_pool=100).search_batch(queries, k=10)
+        return float(np.mean([len({int(r.id) for r in f} & set(np.argsort(-ref[i])[:10])) / 10
+                              for i, f in enumerate(found)]))  # fmt: skip
+
+    centred = recall()
+    monkeypatch.setattr(KLStore, "_centred", lambda self, dvec: dvec)  # the plain reduction
+    plain = recall()
+    assert centred >= plain + 0.1, (centred, plain)
+
+
+def test_centre_survives_save_and_load(tmp_path: Path) -> None:
+    docs, queries = offset_clusters(1500, 5, 32, 30)
+    store = make_store("ivf", {"nlist": 16, "nprobe": 16}, docs)
+    folder = store.save(tmp_path / "s")
+    assert (folder / "centre.npy").is_file() and json.loads((folder / "config.json").read_text())["index_centred"]
+    loaded = KLStore.load(folder)
+    assert loaded._centre is not None and np.array_equal(loaded._centre, store._centre)
+    # a document added after loading is reduced with the same centre, so the index finds it
+    loaded.add(gaussians=queries[2:3], ids=["late"])
+    assert loaded.rebuild_count == 0 and loaded.search(queries[2], k=1)[0].id == "late"
+    (folder / "centre.npy").unlink()
+    with pytest.raises(StoreFormatError, match="centre.npy"):
+        KLStore.load(folder)
+
+
 def test_approximate_small_store_is_exact_until_built() -> None:
     docs = gaussians(50, 8, seed=10)
     store = make_store("ivf", {"nlist": 64}, docs)
