@@ -181,11 +181,20 @@ def run_size(
         ),
     ]
     configs = [(name, kw) for name, kw in configs if _kind(kw) in args.types]
+    if args.compare_centring:  # the same IVF on the plain reduction (no shift of the first coordinate)
+        configs.append(
+            (
+                f"ivf, plain reduction (no shift) nlist={args.nlist} nprobe={args.nprobe} pool={args.pool}",
+                dict(index_type="ivf", nlist=args.nlist, nprobe=args.nprobe, rescore_pool=args.pool, plain=True),
+            )
+        )
     flat = dot = klraw = None  # type: ignore[assignment]  # free memory before the approximate stores (1M docs)
     hnsw_result: dict[str, float] = {}
     for name, kw in configs:
         t = time.perf_counter()
-        store = KLStore(**kw)
+        store = KLStore(**{k: v for k, v in kw.items() if k != "plain"})
+        if kw.get("plain"):
+            store._shifted = lambda dvec: dvec  # type: ignore[method-assign]  # this store only
         store.add(gaussians=docs, ids=ids)
         build = time.perf_counter() - t
         found, t_s = timed_search(store, queries, repeats=2)
@@ -229,7 +238,7 @@ def run_size(
             f"| {label} k={dim} | {n_docs} | {row['index']} | {row['build_s']:.1f} | {row['recall']:.4f} | "
             f"{row['qps']:.0f} | {row['qps'] / flat_qps:.2f} | {row['bytes_per_doc']:.0f} |"
         )
-    _plot(rows, label, n_docs, dim, flat_qps)
+    _plot(rows, label + ("_centring" if args.compare_centring else ""), n_docs, dim, flat_qps)
     return {
         "recall": hnsw_result.get("recall", float("nan")),
         "speedup": hnsw_result.get("speedup", float("nan")),
@@ -296,6 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", type=int, default=100)
     parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default 256 with --quick, else 1024)")
     parser.add_argument("--nprobe", type=int, default=32)
+    parser.add_argument(
+        "--compare-centring",
+        action="store_true",
+        help="also build the IVF on the plain reduction (first coordinate not shifted)",
+    )
     parser.add_argument("--sweep-nprobe", type=int, nargs="*", default=[8, 16], help="more nprobe on the same IVF")
     parser.add_argument(
         "--types", nargs="+", default=["hnsw", "ivf", "ivf+sq8"], help="approximate index types to build (default: all)"

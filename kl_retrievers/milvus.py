@@ -58,7 +58,15 @@ from kl_retrievers.gaussian import (
     kl_document_vectors,
     kl_query_vectors,
 )
-from kl_retrievers.index import DeleteReport, SearchResult, StoredDocument
+from kl_retrievers.index import (
+    DeleteReport,
+    SearchResult,
+    StoredDocument,
+    _check_store_args,
+    _new_documents,
+    _one_query,
+    _query_gaussians,
+)
 from kl_retrievers.index import _check_k as _check_positive_k
 
 logger = logging.getLogger(__name__)
@@ -215,15 +223,6 @@ def _check_k(k: Any) -> int:
     return k
 
 
-def _numpy_gaussians(g: Gaussians, what: str) -> Gaussians:
-    if not isinstance(g, Gaussians):
-        raise TypeError(f"{what} must be a Gaussians batch; got {type(g).__name__}")
-    g = g.numpy()
-    if np.asarray(g.mean).ndim != 2:
-        raise ValueError(f"{what} must be a 2-d batch (n, k); got shape {np.asarray(g.mean).shape}")
-    return g
-
-
 def _neg_kl_from_vectors(qg: Gaussians, dvec: np.ndarray) -> np.ndarray:
     """Exact float64 ``-KL`` of one query against documents given by their ``d~`` rows."""
     k = qg.dim
@@ -308,32 +307,27 @@ class MilvusKLStore:
         show_progress_bar: bool = False,
         client: Any | None = None,
     ) -> None:
-        if index_type not in INDEX_TYPES:
-            raise ValueError(f"index_type must be one of {INDEX_TYPES}; got {index_type!r}")
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}; got {metric!r}")
-        if compression not in COMPRESSIONS:
-            raise ValueError(f"compression must be one of {COMPRESSIONS}; got {compression!r}")
-        if compression is not None and index_type == "flat":
-            raise ValueError("compression applies to 'hnsw' and 'ivf' only; the flat index is exact")
-        if dim is not None and (isinstance(dim, bool) or int(dim) <= 0):
-            raise ValueError(f"dim must be a positive integer; got {dim!r}")
-        for name, value in (
-            ("hnsw_m", hnsw_m),
-            ("ef_construction", ef_construction),
-            ("ef_search", ef_search),
-            ("nlist", nlist),
-            ("nprobe", nprobe),
-            ("rescore_pool", rescore_pool),
-            ("rescore_factor", rescore_factor),
-            ("max_text_length", max_text_length),
-            ("batch_size", batch_size),
-            ("insert_batch", insert_batch),
-        ):
-            if isinstance(value, bool) or int(value) <= 0:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
-        if not norm_headroom >= 1.0:
-            raise ValueError(f"norm_headroom must be >= 1; got {norm_headroom!r}")
+        _check_store_args(
+            index_type,
+            compression,
+            dim,
+            norm_headroom,
+            [
+                ("hnsw_m", hnsw_m),
+                ("ef_construction", ef_construction),
+                ("ef_search", ef_search),
+                ("nlist", nlist),
+                ("nprobe", nprobe),
+                ("rescore_pool", rescore_pool),
+                ("rescore_factor", rescore_factor),
+                ("max_text_length", max_text_length),
+                ("batch_size", batch_size),
+                ("insert_batch", insert_batch),
+            ],
+            compressions=COMPRESSIONS,
+        )
         if not timeout > 0:
             raise ValueError(f"timeout must be positive (seconds); got {timeout!r}")
         if request_timeout is not None and not request_timeout > 0:
@@ -542,38 +536,14 @@ class MilvusKLStore:
             ValueError: Mismatched lengths, wrong dimension, non-finite values, duplicate ids
                 within the call, a text longer than ``max_text_length``, or texts without an encoder.
         """
-        import uuid
-
-        if texts is not None and isinstance(texts, str):
-            raise ValueError("texts must be a sequence of strings, not a single string")
-        if gaussians is None:
-            if texts is None:
-                raise ValueError("add needs texts (with an encoder) or gaussians")
-            if self.encoder is None:
-                raise ValueError("adding texts without gaussians needs an encoder")
-            if not list(texts):
-                return []
-            gaussians = self.encoder.encode_documents(
-                list(texts), batch_size=self.batch_size, show_progress_bar=self.show_progress_bar
-            )
-        g = _numpy_gaussians(gaussians, "gaussians")
+        new = _new_documents(self, texts, gaussians, ids, metadatas)
+        if new is None:
+            return []
+        g, text_list, id_list, metas = new.gaussians, new.texts, new.ids, new.metadatas
         n = len(g)
-        text_list: list[str | None] = list(texts) if texts is not None else [None] * n
-        if len(text_list) != n:
-            raise ValueError(f"got {len(text_list)} texts for {n} gaussians")
-        id_list = [str(i) for i in ids] if ids is not None else [uuid.uuid4().hex for _ in range(n)]
-        if len(id_list) != n:
-            raise ValueError(f"got {len(id_list)} ids for {n} documents")
-        if len(set(id_list)) != n:
-            raise ValueError("ids must be unique within one add call")
-        metas = [dict(m or {}) for m in metadatas] if metadatas is not None else [{} for _ in range(n)]
-        if len(metas) != n:
-            raise ValueError(f"got {len(metas)} metadatas for {n} documents")
         for doc_id, text in zip(id_list, text_list, strict=True):
             if text is not None and len(text.encode("utf-8")) > self.max_text_length:
                 raise ValueError(f"text of document {doc_id!r} is longer than max_text_length={self.max_text_length}")
-        if n == 0:
-            return []
         with self._lock:
             if self._dim is None:
                 if self._client.has_collection(self.collection_name, timeout=self.timeout):
@@ -706,21 +676,7 @@ class MilvusKLStore:
         return [r["id"] for page in self._iter_all(["id"]) for r in page]
 
     def _query_gaussians(self, queries: str | Sequence[str] | Gaussians) -> Gaussians:
-        if isinstance(queries, Gaussians):
-            g = _numpy_gaussians(queries, "query gaussians")
-        else:
-            texts = [queries] if isinstance(queries, str) else list(queries)
-            if not all(isinstance(t, str) for t in texts):
-                raise TypeError("queries must be strings or a Gaussians batch")
-            if self.encoder is None:
-                raise ValueError("searching by text needs an encoder; pass query Gaussians instead")
-            g = _numpy_gaussians(
-                self.encoder.encode_queries(texts, batch_size=self.batch_size, show_progress_bar=False),
-                "query gaussians",
-            )
-        if self._dim is not None and g.dim != self._dim:
-            raise ValueError(f"query gaussians have dimension {g.dim}; this store has dimension {self._dim}")
-        return g.astype(np.float64)
+        return _query_gaussians(queries, encoder=self.encoder, batch_size=self.batch_size, dim=self._dim)
 
     def _query_vectors(self, qg: Gaussians) -> np.ndarray:
         qv = np.asarray(kl_query_vectors(qg), dtype=np.float64)
@@ -738,11 +694,7 @@ class MilvusKLStore:
             ValueError: ``k <= 0`` (or above 16384), wrong dimension, non-finite query, an
                 unknown filter operator or a callable filter.
         """
-        if isinstance(query, Gaussians) and len(query) != 1:
-            raise ValueError(f"search takes one query; got {len(query)} (use search_batch)")
-        if not isinstance(query, (str, Gaussians)):
-            raise TypeError(f"query must be a string or Gaussians; got {type(query).__name__}")
-        return self.search_batch(query if isinstance(query, Gaussians) else [query], k=k, filter=filter)[0]
+        return self.search_batch(_one_query(query), k=k, filter=filter)[0]
 
     def search_batch(
         self, queries: Sequence[str] | Gaussians, k: int = 10, filter: MetadataFilter | None = None

@@ -140,10 +140,10 @@ def offset_clusters(n: int, nq: int, k: int, n_clusters: int, seed: int = 0) -> 
     )
 
 
-def test_centred_reduction_preserves_the_exact_ranking() -> None:
+def test_shifted_reduction_preserves_the_exact_ranking() -> None:
     docs, queries = offset_clusters(1500, 5, 64, 30)
     store = make_store("hnsw", {"hnsw_m": 8}, docs)
-    assert store._centre is not None and abs(store._centre[0]) > 10  # the large shared offset of d~
+    assert abs(store._offset) > 10  # the large shared offset of the first coordinate of d~
     x = store._reduced(store._doc_vectors(slice(None))).astype(np.float64)
     y = store._query_reduced(queries).astype(np.float64)
     l2 = (y**2).sum(1)[:, None] + (x**2).sum(1)[None, :] - 2 * y @ x.T
@@ -152,7 +152,7 @@ def test_centred_reduction_preserves_the_exact_ranking() -> None:
         assert list(np.argsort(l2[i])[:20]) == list(np.argsort(-ref[i])[:20])
 
 
-def test_centring_raises_ivf_recall(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shifting_the_first_coordinate_raises_ivf_recall(monkeypatch: pytest.MonkeyPatch) -> None:
     docs, queries = offset_clusters(4000, 40, 384, 200)
     ref = brute_force(queries, docs)
 
@@ -161,24 +161,27 @@ def test_centring_raises_ivf_recall(monkeypatch: pytest.MonkeyPatch) -> None:
         return float(np.mean([len({int(r.id) for r in f} & set(np.argsort(-ref[i])[:10])) / 10
                               for i, f in enumerate(found)]))  # fmt: skip
 
-    centred = recall()
-    monkeypatch.setattr(KLStore, "_centred", lambda self, dvec: dvec)  # the plain reduction
+    shifted = recall()
+    monkeypatch.setattr(KLStore, "_shifted", lambda self, dvec: dvec)  # the plain reduction
     plain = recall()
-    assert centred >= plain + 0.1, (centred, plain)
+    assert shifted >= plain + 0.1, (shifted, plain)
 
 
-def test_centre_survives_save_and_load(tmp_path: Path) -> None:
+def test_offset_survives_save_and_load(tmp_path: Path) -> None:
     docs, queries = offset_clusters(1500, 5, 32, 30)
     store = make_store("ivf", {"nlist": 16, "nprobe": 16}, docs)
     folder = store.save(tmp_path / "s")
-    assert (folder / "centre.npy").is_file() and json.loads((folder / "config.json").read_text())["index_centred"]
+    cfg_path = folder / "config.json"
+    assert json.loads(cfg_path.read_text())["index_offset"] == store._offset != 0
     loaded = KLStore.load(folder)
-    assert loaded._centre is not None and np.array_equal(loaded._centre, store._centre)
-    # a document added after loading is reduced with the same centre, so the index finds it
+    assert loaded._offset == store._offset
+    # a document added after loading is reduced with the same offset, so the index finds it
     loaded.add(gaussians=queries[2:3], ids=["late"])
     assert loaded.rebuild_count == 0 and loaded.search(queries[2], k=1)[0].id == "late"
-    (folder / "centre.npy").unlink()
-    with pytest.raises(StoreFormatError, match="centre.npy"):
+    cfg = json.loads(cfg_path.read_text())
+    cfg["index_offset"] = "NaN"
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(StoreFormatError, match="index_offset"):
         KLStore.load(folder)
 
 
