@@ -208,6 +208,7 @@ def run_size(
             "bytes_per_doc": index_bytes(store._index) / n_docs + gauss_bytes,
         }
         rows.append(row)
+        first = len(rows) - 1
         print(f"{name}: build {build:.1f}s recall@10 {r:.4f} qps {qps:.0f} speedup {qps / flat_qps:.2f}x", flush=True)
         if kw["index_type"] == "hnsw":
             hnsw_result = {"recall": r, "speedup": qps / flat_qps}
@@ -229,6 +230,8 @@ def run_size(
                 }
             )
             print(f"  {attr}={value}: recall {rows[-1]['recall']:.4f} qps {rows[-1]['qps']:.0f}", flush=True)
+        if kw["index_type"] == "ivf":
+            _ivf_scan_report(store, queries, [kw["nprobe"], *args.sweep_nprobe], n_docs, flat_qps, rows[first:])
         del store
 
     print("\n| data | docs | index | build s | recall@10 | queries/s | speedup vs flat | bytes/doc |")
@@ -280,6 +283,40 @@ def _plot(rows: list[dict[str, Any]], label: str, n_docs: int, dim: int, flat_qp
     fig.savefig(out, dpi=110)
     plt.close(fig)
     print(f"wrote {out}")
+
+
+def _ivf_scan_report(
+    store: KLStore,
+    queries: Gaussians,
+    nprobes: list[int],
+    n_docs: int,
+    flat_qps: float,
+    rows: list[dict[str, Any]],
+) -> None:
+    """How uneven the IVF lists are, and how many documents a query scans at each nprobe.
+
+    Scanned documents x queries/s is the scan rate; ``n_docs x`` the flat queries/s is the flat
+    search's rate. Their ratio says how few documents IVF may scan to beat flat by a factor.
+    """
+    ivf = faiss.extract_index_ivf(store._index)
+    sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)])
+    qr = store._query_reduced(queries.astype(np.float64))
+    print(
+        f"  lists: {ivf.nlist}, mean size {sizes.mean():.0f}, imbalance factor {ivf.invlists.imbalance_factor():.2f}; "
+        f"flat scans {n_docs * flat_qps / 1e6:.1f} M documents/s",
+        flush=True,
+    )
+    # rows: this index's own rows (its first row was searched with the store's nprobe, then the sweep)
+    qps_by_nprobe = {int(row["index"].split("nprobe=")[1].split()[0]): row["qps"] for row in rows}
+    for nprobe in sorted(set(nprobes)):
+        _, lists = ivf.quantizer.search(qr, nprobe)
+        scanned = float(sizes[lists].sum(axis=1).mean())
+        rate = scanned * qps_by_nprobe.get(nprobe, float("nan")) / 1e6
+        print(
+            f"  nprobe={nprobe}: {scanned:.0f} documents scanned per query "
+            f"({scanned / (nprobe * sizes.mean()):.2f}x {nprobe} average lists), {rate:.1f} M documents/s",
+            flush=True,
+        )
 
 
 def _kind(kw: dict[str, Any]) -> str:

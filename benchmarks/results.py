@@ -536,7 +536,7 @@ def gpu_summary(rows: dict[tuple[str, str], dict[str, Any]], cpu: dict[str, dict
         "- The variances barely move (document variances between about 0.98 and 1.02 on SciFact, 1st to 99th "
         "percentile): the means-only column is within a few thousandths of the full -KL, so these rows say "
         "little for or against Gaussian representations.",
-        "- The exported default (LoRA merged into the exact float32 backbone) re-evaluated on the CPU with "
+        "- The exported default (the LoRA adapter on the exact float32 backbone) re-evaluated on the CPU with "
         "`kl-retrievers evaluate` differs from the GPU evaluation by at most "
         + (f"{max(cpu_gap):.4f}" if cpu_gap else "(not measured yet)")
         + " nDCG@10 (the GPU trained and evaluated on the float16-rounded backbone).",

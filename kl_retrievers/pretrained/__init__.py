@@ -55,8 +55,9 @@ def load_default_model(name: str = DEFAULT_MODEL, *, device: str | None = None) 
     """Load the package's default Gaussian encoder (no arguments needed).
 
     The default is ``minilm-gauss-lora``: all-MiniLM-L6-v2 fine-tuned as a Gaussian encoder (a
-    rank-16 LoRA adapter on the attention query/value matrices, merged, plus the mean and
-    variance heads) on SQuAD and NFCorpus train; nothing from SciFact, Cranfield or TREC DL. Its
+    rank-16 LoRA adapter on the attention query/value matrices, stored as its low-rank factors
+    and merged on load, plus the mean and variance heads) on SQuAD and NFCorpus train; nothing
+    from SciFact, Cranfield or TREC DL. Its
     model card, ``kl_retrievers/pretrained/minilm-gauss-lora/README.md``, gives the recipe, the
     hardware and its test results, including where it loses to plain MiniLM. The untrained
     ``minilm-unit-variance`` (MiniLM cosine as a unit-variance Gaussian) stays bundled.
