@@ -17,7 +17,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -662,59 +662,69 @@ def holdout_section() -> list[str]:
     return out
 
 
+class SeedComparison(NamedTuple):
+    """Gaussian against its dot twin over the seeds both were run with."""
+
+    best: float  # the best Gaussian seed's nDCG@10
+    text: str  # "Gaussian minus dot twin per seed: ... (mean ...)"
+    verdict: str  # "beats" (on every seed) or "does **not** beat"
+
+
+def per_seed(by: dict[tuple[str, int], float]) -> SeedComparison | None:
+    """Compare ``by[(similarity, seed)]`` nDCG@10 of ``neg_kl`` and ``dot`` seed by seed (``None``: no pair)."""
+    seeds = sorted({sd for (sim, sd) in by if sim == "neg_kl" and ("dot", sd) in by})
+    if not seeds:
+        return None
+    diffs = [by[("neg_kl", sd)] - by[("dot", sd)] for sd in seeds]
+    return SeedComparison(
+        best=max(by[("neg_kl", sd)] for sd in seeds),
+        text=f"Gaussian minus dot twin per seed: {', '.join(f'{d:+.4f}' for d in diffs)} (mean {np.mean(diffs):+.4f})",
+        verdict="beats" if all(d > 0 for d in diffs) else "does **not** beat",
+    )
+
+
 def seed_summary(fname: str, label: str) -> str:
     """Gaussian minus dot twin, seed by seed, for a head-only log."""
     rows = [r for r in read_jsonl(RUNS / fname) if r.get("group") == "in-domain"]
-    by = {(r["similarity"], r["seed"]): r["scifact:test"]["ndcg@10"] for r in rows}
-    seeds = sorted({sd for (sim, sd) in by if sim == "neg_kl" and ("dot", sd) in by})
-    if not seeds:
+    got = per_seed({(r["similarity"], r["seed"]): r["scifact:test"]["ndcg@10"] for r in rows})
+    if got is None:
         return f"The {label} run is not in runs/{fname}."
-    diffs = [by[("neg_kl", sd)] - by[("dot", sd)] for sd in seeds]
-    best = max(by[("neg_kl", sd)] for sd in seeds)
+    best, text, verdict = got
     return (
-        f"{label}, Gaussian minus dot twin per seed: {', '.join(f'{d:+.4f}' for d in diffs)} (mean "
-        f"{np.mean(diffs):+.4f}); the Gaussian {'beats' if all(d > 0 for d in diffs) else 'does **not** beat'} "
-        f"its twin on every seed; its best seed ({best:.4f}) is {'above' if best > 0.812 else 'below'} the "
-        "issue's floor of 0.812."
+        f"{label}, {text}; the Gaussian {verdict} its twin on every seed; its best seed ({best:.4f}) is "
+        f"{'above' if best > 0.812 else 'below'} the issue's floor of 0.812."
     )
 
 
 def lora_seed_summary(fname: str) -> str:
     """Gaussian minus dot twin, seed by seed, for the in-domain LoRA runs on the GPU."""
     rows = [r for r in read_jsonl(RUNS / fname) if r["data"] == "id" and not r["means_only"]]
-    by = {(r["similarity"], r["seed"]): r["ndcg@10"] for r in rows}
-    seeds = sorted({sd for (sim, sd) in by if sim == "neg_kl" and ("dot", sd) in by})
-    if not seeds:
+    got = per_seed({(r["similarity"], r["seed"]): r["ndcg@10"] for r in rows})
+    if got is None:
         return f"The in-domain LoRA runs are not in runs/{fname}."
+    best, text, verdict = got
     steps = rows[0]["steps_done"]
-    diffs = [by[("neg_kl", sd)] - by[("dot", sd)] for sd in seeds]
-    best = max(by[("neg_kl", sd)] for sd in seeds)
-    text = (
-        f"LoRA on the H200 ({steps} steps), Gaussian minus dot twin per seed: "
-        f"{', '.join(f'{d:+.4f}' for d in diffs)} (mean {np.mean(diffs):+.4f}); the Gaussian "
-        f"{'beats' if all(d > 0 for d in diffs) else 'does **not** beat'} its twin on every seed, and its best seed "
+    out = (
+        f"LoRA on the H200 ({steps} steps), {text}; the Gaussian {verdict} its twin on every seed, and its best seed "
         f"({best:.4f}) is {'above' if best > 0.812 else 'below'} the issue's head-only floor of 0.812."
     )
     if steps < 100:
-        text += (
+        out += (
             " With in-batch + BM25 negatives only (no full-corpus softmax) and 60 steps both stay near 0.70, far "
             "below the head-only full-corpus runs."
         )
-    return text
+    return out
 
 
 def three_seed_summary() -> str:
     """Gaussian against its twins over the 3-seed in-domain run, seed by seed (computed from the log)."""
     rows = read_jsonl(RUNS / "train_heads_3seeds.jsonl")
-    by = {(r["similarity"], r["seed"]): r["scifact:test"]["ndcg@10"] for r in rows}
-    seeds = sorted({s for (sim, s) in by if sim == "neg_kl" and ("dot", s) in by})
-    if not seeds:
+    got = per_seed({(r["similarity"], r["seed"]): r["scifact:test"]["ndcg@10"] for r in rows})
+    if got is None:
         return "The 3-seed run is missing; no 3-seed comparison exists. The issue's floor is 0.812."
-    diffs = [by[("neg_kl", s)] - by[("dot", s)] for s in seeds]
-    holds = all(d > 0 for d in diffs)
+    _, text, verdict = got
     return (
-        f"3 seeds, Gaussian minus dot twin per seed: {', '.join(f'{d:+.4f}' for d in diffs)} "
-        f"(mean {np.mean(diffs):+.4f}): the Gaussian {'beats' if holds else 'does **not** beat'} its twin on every "
+        f"3 seeds, {text}: the Gaussian {verdict} its twin on every "
         "seed; the cosine twin is above both on every seed. No in-domain Gaussian row reaches the issue's "
         "head-only floor of 0.812 (the floor used a full-corpus softmax; these runs sample 2,048 corpus documents)."
     )
