@@ -745,8 +745,7 @@ def _pop_lora_factors(
     keys = {k[: -len(sfx)] for k in state for sfx in (_LORA_A, _LORA_B, _LORA_SCALING) if k.endswith(sfx)}
     out: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
     for key in sorted(keys):
-        parts = [state.pop(key + sfx, None) for sfx in (_LORA_A, _LORA_B, _LORA_SCALING)]
-        a, b, scaling = parts
+        a, b, scaling = (state.pop(key + sfx, None) for sfx in (_LORA_A, _LORA_B, _LORA_SCALING))
         if a is None or b is None or scaling is None or a.ndim != 2 or b.ndim != 2 or scaling.numel() != 1:
             raise NotAnEncoderError(
                 f"{where}: {key} needs 2-D {_LORA_A} and {_LORA_B} factors and a one-element {_LORA_SCALING}"

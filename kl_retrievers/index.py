@@ -1057,7 +1057,7 @@ class KLStore:
             "index_params": self._index_params(),
             "index_built": self._index is not None,
             "norm_bound": self._norm_bound,
-            "index_offset": self._offset if self.index_type != "flat" and self._index is not None else 0.0,
+            "index_offset": self._offset,  # 0 unless an approximate index was built
             "encoder": encoder_info,
         }
 
