@@ -180,6 +180,23 @@ def run_size(
             dict(index_type="ivf", nlist=args.nlist, nprobe=args.nprobe, compression="sq8", rescore_pool=args.pool),
         ),
     ]
+    configs += [
+        (
+            f"ivf+pq{pq_m}x4fs{'+' + args.refine if args.refine else ''} nlist={args.nlist} "
+            f"nprobe={args.nprobe} pool={args.pool}",
+            dict(
+                index_type="ivf",
+                nlist=args.nlist,
+                nprobe=args.nprobe,
+                compression="pq",
+                pq_m=pq_m,
+                pq_nbits=4,
+                refine=args.refine,
+                rescore_pool=args.pool,
+            ),
+        )
+        for pq_m in args.pq_m
+    ]
     configs = [(name, kw) for name, kw in configs if _kind(kw) in args.types]
     if args.compare_centring:  # the same IVF on the plain reduction (no shift of the first coordinate)
         configs.append(
@@ -213,11 +230,17 @@ def run_size(
         if kw["index_type"] == "hnsw":
             hnsw_result = {"recall": r, "speedup": qps / flat_qps}
             sweep = [("ef_search", ef, f"  hnsw efS={ef} (same graph)") for ef in args.sweep_ef]
-        elif "compression" not in kw:
-            sweep = [("nprobe", nprobe, f"  ivf nprobe={nprobe} (same lists)") for nprobe in args.sweep_nprobe]
+        elif kw.get("compression") in (None, "pq"):
+            sweep = [("nprobe", nprobe, f"  {_kind(kw)} nprobe={nprobe} (same lists)") for nprobe in args.sweep_nprobe]
+            if kw.get("compression") == "pq":
+                sweep += [
+                    ("rescore_pool", pool, f"  {_kind(kw)} pool={pool} nprobe={kw['nprobe']} (same lists)")
+                    for pool in args.sweep_pool
+                ]
         else:
             sweep = []
         for attr, value, label_ in sweep:  # the same index, searched with another setting
+            store.nprobe, store.rescore_pool = kw.get("nprobe", 0), kw["rescore_pool"]
             setattr(store, attr, value)
             found, t_s = timed_search(store, queries, repeats=1)
             rows.append(
@@ -230,7 +253,7 @@ def run_size(
                 }
             )
             print(f"  {attr}={value}: recall {rows[-1]['recall']:.4f} qps {rows[-1]['qps']:.0f}", flush=True)
-        if kw["index_type"] == "ivf":
+        if kw["index_type"] == "ivf" and kw.get("compression") != "sq8":
             _ivf_scan_report(store, queries, [kw["nprobe"], *args.sweep_nprobe], n_docs, flat_qps, rows[first:])
         del store
 
@@ -307,7 +330,10 @@ def _ivf_scan_report(
         flush=True,
     )
     # rows: this index's own rows (its first row was searched with the store's nprobe, then the sweep)
-    qps_by_nprobe = {int(row["index"].split("nprobe=")[1].split()[0]): row["qps"] for row in rows}
+    # (the first row of each nprobe: rows that sweep the pool come last)
+    qps_by_nprobe: dict[int, float] = {}
+    for row in rows:
+        qps_by_nprobe.setdefault(int(row["index"].split("nprobe=")[1].split()[0]), row["qps"])
     for nprobe in sorted(set(nprobes)):
         _, lists = ivf.quantizer.search(qr, nprobe)
         scanned = float(sizes[lists].sum(axis=1).mean())
@@ -349,7 +375,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--sweep-nprobe", type=int, nargs="*", default=[8, 16], help="more nprobe on the same IVF")
     parser.add_argument(
-        "--types", nargs="+", default=["hnsw", "ivf", "ivf+sq8"], help="approximate index types to build (default: all)"
+        "--types",
+        nargs="+",
+        default=["hnsw", "ivf", "ivf+sq8", "ivf+pq"],
+        choices=["hnsw", "ivf", "ivf+sq8", "ivf+pq"],
+        help="approximate index types to build (default: all)",
+    )
+    parser.add_argument(
+        "--pq-m",
+        type=int,
+        nargs="+",
+        default=[96],
+        help="sub-quantizers of the ivf+pq index (4-bit fast scan), one index each",
+    )
+    parser.add_argument(
+        "--refine", choices=["sq8", "fp16"], default=None, help="the ivf+pq index re-ranks its pool on these codes"
+    )
+    parser.add_argument(
+        "--sweep-pool", type=int, nargs="*", default=[], help="more re-scoring pools on the ivf+pq index"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -215,6 +215,14 @@ def _add_index(sub: Any) -> None:
     p.add_argument("--out", "-o", type=Path, required=True, help="store folder to write (replaced atomically)")
     p.add_argument("--index-type", choices=("flat", "hnsw", "ivf"), default="flat", help="default: flat (exact)")
     p.add_argument("--compression", choices=("sq8", "pq"), default=None, help="hnsw/ivf vector compression")
+    p.add_argument("--nlist", type=int, default=1024, help="ivf: number of lists (default 1024)")
+    p.add_argument("--nprobe", type=int, default=32, help="ivf: lists probed per query (default 32)")
+    p.add_argument("--pq-m", type=int, default=64, help="pq: sub-quantizers (default 64)")
+    p.add_argument("--pq-nbits", type=int, choices=(4, 8), default=8, help="pq: bits per code; 4 = SIMD fast scan")
+    p.add_argument(
+        "--refine", choices=("sq8", "fp16"), default=None, help="compressed indexes: re-rank the pool on these codes"
+    )
+    p.add_argument("--pool", type=int, default=100, help="approximate indexes: candidates re-scored (default 100)")
     p.add_argument("--model", "-m", help="bundled model name, saved GaussianEncoder folder or hub id")
     p.add_argument("--field", default="auto", help="JSONL text field (default: title + text)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -232,6 +240,12 @@ def _run_index(args: argparse.Namespace) -> int:
         encoder,
         index_type=args.index_type,
         compression=args.compression,
+        nlist=args.nlist,
+        nprobe=args.nprobe,
+        pq_m=args.pq_m,
+        pq_nbits=args.pq_nbits,
+        refine=args.refine,
+        rescore_pool=args.pool,
         batch_size=args.batch_size,
         show_progress_bar=not args.no_progress,
     )

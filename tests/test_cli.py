@@ -141,3 +141,22 @@ def test_index_a_folder_of_text_files(tmp_path: Path, capsys: pytest.CaptureFixt
     text = capsys.readouterr().out
     assert "[one.txt]" in text and "[sub/two.md]" in text and "skip.bin" not in text
     assert main(["search", str(tmp_path / "nothing"), "cat"]) == 1
+
+
+def test_index_command_passes_the_approximate_index_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model_dir = make_tiny_encoder().save_pretrained(tmp_path / "model")
+    corpus = tmp_path / "texts.txt"
+    corpus.write_text("".join(f"document number {i} about topic {i % 7}\n" for i in range(300)))
+    out = tmp_path / "store"
+    args = ["index", str(corpus), "--out", str(out), "--model", str(model_dir), "--no-progress", "--index-type", "ivf"]
+    args += ["--compression", "pq", "--pq-m", "4", "--pq-nbits", "4", "--nlist", "4", "--nprobe", "2"]
+    assert main([*args, "--refine", "sq8", "--pool", "50"]) == 0
+    params = json.loads((out / "config.json").read_text())["index_params"]
+    assert (params["nlist"], params["nprobe"], params["pq_m"], params["pq_nbits"]) == (4, 2, 4, 4)
+    assert (params["refine"], params["rescore_pool"], params["compression"]) == ("sq8", 50, "pq")
+    capsys.readouterr()
+    assert main(["search", str(out), "document number 17 about topic 3", "-k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["results"]
+    assert len(hits) == 3 and hits[0]["score"] >= hits[-1]["score"]
+    with pytest.raises(SystemExit):
+        main([*args, "--refine", "pq"])

@@ -103,6 +103,22 @@ def test_approximate_recall(index_type: str, kw: dict[str, Any]) -> None:
         np.testing.assert_allclose([r.score for r in f], ref[i, [int(r.id) for r in f]], rtol=1e-10, atol=1e-10)
 
 
+def test_float32_prescoring_keeps_the_exact_top_k() -> None:
+    docs, queries = gaussians(3000, 48, seed=21), gaussians(30, 48, seed=22)
+    store = make_store("flat", {}, docs)
+    labels = np.random.default_rng(23).permuted(np.tile(np.arange(3000), (30, 1)), axis=1)[:, :800]
+    labels[:, -5:] = -1  # padding stays out
+    mask = np.ones(3000, dtype=bool)
+    mask[::7] = False  # so do disallowed rows
+    kept = store._prescore(queries, labels, mask, keep=26)
+    assert kept.shape == (30, 26) and (kept >= 0).all() and mask[kept].all()
+    full = store._rescore(queries, labels, mask)
+    for i in range(30):
+        best = set(labels[i, np.argsort(-full[i])[:10]])
+        assert best <= set(kept[i])  # the exact top 10 of the pool survives the float32 pass
+    np.testing.assert_array_equal(store._prescore(queries, labels[:, :20], mask, keep=26), labels[:, :20])
+
+
 def test_pq_pads_dimension() -> None:
     docs = gaussians(1500, 16, seed=7)
     store = make_store(
@@ -165,6 +181,69 @@ def test_shifting_the_first_coordinate_raises_ivf_recall(monkeypatch: pytest.Mon
     monkeypatch.setattr(KLStore, "_shifted", lambda self, dvec: dvec)  # the plain reduction
     plain = recall()
     assert shifted >= plain + 0.1, (shifted, plain)
+
+
+@pytest.mark.parametrize("nbits", [4, 8])
+def test_ivf_pq_scans_codes_by_inner_product(monkeypatch: pytest.MonkeyPatch, nbits: int) -> None:
+    docs, queries = offset_clusters(4000 if nbits == 4 else 2500, 40, 384, 100)
+    ref = brute_force(queries, docs)
+    kw = {"nlist": 16, "nprobe": 8, "compression": "pq", "pq_m": 77 if nbits == 4 else 35, "pq_nbits": nbits}
+
+    def recall() -> float:
+        store = make_store("ivf", kw, docs, rescore_pool=50)
+        found = store.search_batch(queries, k=10)
+        return float(np.mean([len({int(r.id) for r in f} & set(np.argsort(-ref[i])[:10])) / 10
+                              for i, f in enumerate(found)]))  # fmt: skip
+
+    store = make_store("ivf", kw, docs)
+    assert store._index.metric_type == faiss.METRIC_INNER_PRODUCT
+    assert store._index.quantizer.metric_type == faiss.METRIC_L2
+    assert type(store._index).__name__ == ("IndexIVFPQFastScan" if nbits == 4 else "IndexIVFPQ")
+    scanned_by_ip = recall()
+    assert scanned_by_ip >= 0.85, scanned_by_ip
+    if nbits == 4:  # L2 fast-scan tables spend their 8 bits on the constant 2 M^2
+        monkeypatch.setattr(
+            KLStore,
+            "_new_ivf_pq",
+            lambda self, d: faiss.index_factory(d, f"IVF{self.nlist},PQ{self.pq_m}x4fs", faiss.METRIC_L2),
+        )
+        assert scanned_by_ip >= (plain := recall()) + 0.3, (scanned_by_ip, plain)
+
+
+@pytest.mark.parametrize("refine", ["sq8", "fp16"])
+def test_refine_reranks_a_large_pool_in_faiss(tmp_path: Path, refine: str) -> None:
+    docs, queries = offset_clusters(4000, 40, 64, 100)
+    ref = brute_force(queries, docs)
+    kw = {"nlist": 16, "nprobe": 8, "compression": "pq", "pq_m": 26, "pq_nbits": 4, "refine": refine}
+    store = make_store("ivf", kw, docs, rescore_pool=400)
+    assert type(store._index).__name__ == "IndexRefine"
+    assert type(faiss.downcast_index(store._index.base_index)).__name__ == "IndexIVFPQFastScan"
+    seen: list[int] = []
+    rescore = store._rescore
+    store._rescore = lambda qg, labels, mask: seen.append(labels.shape[1]) or rescore(qg, labels, mask)  # type: ignore[method-assign]
+    found = store.search_batch(queries, k=10)
+    assert seen == [30]  # the pool of 400 left FAISS re-ranked down to k + 20
+    recall = np.mean([len({int(r.id) for r in f} & set(np.argsort(-ref[i])[:10])) / 10 for i, f in enumerate(found)])
+    assert recall >= 0.9, recall
+    for i, f in enumerate(found):  # scores are still the exact -KL
+        np.testing.assert_allclose([r.score for r in f], ref[i, [int(r.id) for r in f]], rtol=1e-10, atol=1e-10)
+    filtered = store.search_batch(queries, k=10, filter={"i": {"$lt": 2000}})
+    assert all(len(f) == 10 and all(int(r.id) < 2000 for r in f) for f in filtered)
+    loaded = KLStore.load(store.save(tmp_path / "s"))
+    assert loaded.refine == refine and type(loaded._index).__name__ == "IndexRefine"
+    assert [[r.id for r in f] for f in loaded.search_batch(queries, k=10)] == [[r.id for r in f] for f in found]
+    loaded.delete([str(i) for i in range(0, 4000, 2)])
+    loaded.compact()
+    assert loaded._index.ntotal == 2000 and all(int(r.id) % 2 for r in loaded.search(queries[0], k=10))
+    hnsw = make_store("hnsw", {"hnsw_m": 8, "compression": "sq8", "refine": refine}, docs[:1500])
+    assert type(hnsw._index).__name__ == "IndexRefine" and hnsw.search(docs[7], k=1)[0].id == "7"
+
+
+def test_refine_needs_a_compressed_index() -> None:
+    with pytest.raises(ValueError, match="refine must be one of"):
+        KLStore(index_type="ivf", compression="pq", refine="pq")
+    with pytest.raises(ValueError, match="applies to a compressed index"):
+        KLStore(index_type="ivf", refine="sq8")
 
 
 def test_offset_survives_save_and_load(tmp_path: Path) -> None:
