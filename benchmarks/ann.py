@@ -240,7 +240,7 @@ def run_size(
         else:
             sweep = []
         for attr, value, label_ in sweep:  # the same index, searched with another setting
-            store.nprobe, store.rescore_pool = kw.get("nprobe", 0), kw["rescore_pool"]
+            store.nprobe, store.rescore_pool = kw.get("nprobe", store.nprobe), kw["rescore_pool"]  # one change per row
             setattr(store, attr, value)
             found, t_s = timed_search(store, queries, repeats=1)
             rows.append(
@@ -329,8 +329,8 @@ def _ivf_scan_report(
         f"flat scans {n_docs * flat_qps / 1e6:.1f} M documents/s",
         flush=True,
     )
-    # rows: this index's own rows (its first row was searched with the store's nprobe, then the sweep)
-    # (the first row of each nprobe: rows that sweep the pool come last)
+    # rows: this index's own rows (the store's nprobe, then the nprobe sweep, then the pool sweep);
+    # each nprobe keeps its first row's queries/s
     qps_by_nprobe: dict[int, float] = {}
     for row in rows:
         qps_by_nprobe.setdefault(int(row["index"].split("nprobe=")[1].split()[0]), row["qps"])

@@ -1025,11 +1025,12 @@ class KLStore:
                 _, labels = self._index.search(qv, cand, params=params)  # type: ignore[union-attr]
         else:
             cand = min(n_allowed, max(kk * self.rescore_factor, self.rescore_pool))
+            keep = kk + max(16, 2 * kk)  # candidates that reach the float64 re-scoring
             exact = self._index is None or n_allowed <= cand or (filtered and n_allowed <= self.exact_threshold)
             if exact:
                 labels = self._exact_candidates(qg, cand, mask)
             else:
-                labels = self._approx_candidates(qg, cand, mask, n_allowed, keep=kk + max(16, 2 * kk))
+                labels = self._approx_candidates(qg, cand, mask, n_allowed, keep=keep)
                 short = np.flatnonzero((labels >= 0).sum(axis=1) < kk)
                 if short.size:
                     logger.debug("%d query(ies) got fewer than k candidates; searching exactly", short.size)
@@ -1037,7 +1038,7 @@ class KLStore:
                     labels = np.concatenate([labels, np.full((labels.shape[0], max(0, cand - labels.shape[1])), -1)], 1)
                     labels[short, : labels_short.shape[1]] = labels_short
                     labels[short, labels_short.shape[1] :] = -1
-            labels = self._prescore(qg, labels, mask, keep=kk + max(16, 2 * kk))
+            labels = self._prescore(qg, labels, mask, keep=keep)
         scores = self._rescore(qg, labels, mask)
         order = np.argsort(-scores, axis=1, kind="stable")[:, :kk]
         rows_out, scores_out = [], []
@@ -1115,22 +1116,32 @@ class KLStore:
 
         def block(s: int, e: int) -> None:
             lab = labels[s:e]
-            safe = np.where(lab < 0, 0, lab)
-            buf = self._mean[safe]  # a float32 copy: (q_var + (q_mu - d_mu)^2) / d_var, in place
-            np.subtract(qm[s:e, None, :], buf, out=buf)
-            np.square(buf, out=buf)
-            buf += qvar[s:e, None, :]
-            buf /= self._var[safe]
-            score = -(self._sumlogvar[safe].astype(np.float32) + buf.sum(axis=2))
-            bad = lab < 0
-            if mask is not None:
-                bad |= ~mask[safe]
+            safe, t, bad = self._pool_terms(qm[s:e], qvar[s:e], lab, mask, np.float32)
+            score = -(self._sumlogvar[safe].astype(np.float32) + t)
             score[bad] = -np.inf
             best = np.argpartition(-score, keep - 1, axis=1)[:, :keep]
             out[s:e] = np.take_along_axis(lab, best, axis=1)
 
         _query_blocks(nq, c * int(qg.dim), block)
         return out
+
+    def _pool_terms(
+        self, qm: np.ndarray, qvar: np.ndarray, lab: np.ndarray, mask: np.ndarray | None, dtype: type[np.floating]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For candidate rows ``lab`` (``-1``: padding) of some queries: the rows to read (padding
+        read as row 0), ``sum_i (q_var + (q_mu - d_mu)^2) / d_var`` in ``dtype``, and the rows to drop
+        (padding, or not allowed by ``mask``)."""
+        safe = np.where(lab < 0, 0, lab)
+        # in place on one buffer (fancy indexing already copied the rows)
+        buf = self._mean[safe].astype(dtype, copy=False)
+        np.subtract(qm[:, None, :], buf, out=buf)
+        np.square(buf, out=buf)
+        buf += qvar[:, None, :]
+        buf /= self._var[safe]
+        bad = lab < 0
+        if mask is not None:
+            bad |= ~mask[safe]
+        return safe, buf.sum(axis=2), bad
 
     def _rescore(self, qg: Gaussians, labels: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         """Exact float64 ``-KL`` for candidate rows (``-inf`` for padding / disallowed)."""
@@ -1143,19 +1154,8 @@ class KLStore:
         sumlog_q = np.log(qvar).sum(axis=1)
 
         def block(s: int, e: int) -> None:
-            lab = labels[s:e]
-            safe = np.where(lab < 0, 0, lab)
-            # in place on one float64 buffer: (q_var + (q_mu - d_mu)^2) / d_var, summed over dims
-            buf = self._mean[safe].astype(np.float64)
-            np.subtract(qm[s:e, None, :], buf, out=buf)
-            np.square(buf, out=buf)
-            buf += qvar[s:e, None, :]
-            buf /= self._var[safe]
-            t = buf.sum(axis=2)
+            safe, t, bad = self._pool_terms(qm[s:e], qvar[s:e], labels[s:e], mask, np.float64)
             score = -0.5 * (self._sumlogvar[safe] - sumlog_q[s:e, None] - k + t)
-            bad = lab < 0
-            if mask is not None:
-                bad |= ~mask[safe]
             score[bad] = -np.inf
             out[s:e] = score
 
