@@ -112,6 +112,48 @@ IN_DOMAIN_COMMANDS = COMMANDS[-2:]
 COMMANDS.append(f"{PY} benchmarks/train_features.py --datasets scifact --var-token off --max-length 256")
 COMMANDS.append(FLOOR_COMMAND)
 
+#: The floor design at 400 steps (shared by the in-domain dev grid and the tuned test runs).
+TUNED_RECIPE = "--steps 400 --batch-size 64 --corpus-sample 0 --lr 1e-3 --var-token off --max-length 256"
+#: In-domain dev grid: three seeded 80/20 splits of the SciFact TRAIN queries, scored on the held-out 20%.
+DEV_GRID = [
+    "--similarities dot --temperatures 0.02 0.05",
+    "--similarities neg_kl --temperatures 0.02 0.03 --var-lr 0",
+    "--similarities neg_kl --temperatures 0.02 0.03 --var-lr 1e-4",
+    "--similarities neg_kl --temperatures 0.03 --var-lr 3e-4",
+    "--similarities neg_kl --temperatures 0.03",
+    # added after the first five lines put both choices at the grid's lowest temperature
+    "--similarities dot --temperatures 0.01",
+    "--similarities neg_kl --temperatures 0.01 --var-lr 1e-4",
+]
+DEV_COMMANDS = [
+    f"{PY} benchmarks/train_heads_experiments.py in-domain --holdout 0.2 --holdout-seed {split} --seeds 0 "
+    f"{TUNED_RECIPE} --log runs/train_heads_dev.jsonl {grid}"
+    for split in (0, 1, 2)
+    for grid in DEV_GRID
+]
+#: What the dev grid chose (best mean held-out nDCG@10 per similarity; ``dev_grid_section`` checks it).
+TUNED: dict[str, dict[str, Any]] = {
+    "neg_kl": {"temperature": 0.02, "var_lr": 1e-4},
+    "dot": {"temperature": 0.02, "var_lr": None},
+}
+
+
+def _tuned_flags(sim: str, temperature: float, var_lr: float | None) -> str:
+    flags = f"--similarities {sim} --temperatures {temperature:g}"
+    return flags + (f" --var-lr {var_lr:g}" if var_lr is not None else "")
+
+
+#: The tuned configurations on SciFact test, 3 seeds; the dot twin also at the Gaussian's temperature.
+TUNED_RUNS = [(sim, cfg["temperature"], cfg["var_lr"]) for sim, cfg in TUNED.items()]
+if TUNED["dot"]["temperature"] != TUNED["neg_kl"]["temperature"]:
+    TUNED_RUNS.append(("dot", TUNED["neg_kl"]["temperature"], None))
+TUNED_COMMANDS = [
+    f"{PY} benchmarks/train_heads_experiments.py in-domain --seeds 0 1 2 {TUNED_RECIPE} "
+    f"--log runs/train_heads_tuned.jsonl --per-query-dir runs/train_heads_tuned {_tuned_flags(sim, t, v)}"  # type: ignore[arg-type]
+    for sim, t, v in TUNED_RUNS
+]
+COMMANDS += [*DEV_COMMANDS, *TUNED_COMMANDS]
+
 NAMES = {
     "scifact": "SciFact",
     "trec-dl21-passage-pooled": "TREC DL21 (pooled)",
@@ -597,6 +639,24 @@ def in_domain_section() -> list[str]:
                     f"± {np.std(nd, ddof=1):.4f} | {np.mean([r['recall@100'] for r in hit]):.4f} "
                     f"| `gpu_lora.py run` ({hit[0]['name'].split('-')[0]}-* jobs, runs/{fname}) |"
                 )
+    tuned = read_jsonl(RUNS / "train_heads_tuned.jsonl")
+    for (sim, t, v), cmd in zip(TUNED_RUNS, TUNED_COMMANDS, strict=True):
+        hit = [r for r in tuned if _dev_key(r) == (sim, t, v)]
+        extra = f", variance-head lr {v:g}" if v is not None else ""
+        label = f"{sim}, tuned on dev: floor design, T {t:g}{extra}"
+        keys = [("scifact:test", label)]
+        if sim == "neg_kl":
+            keys.append(("scifact:test:means_only", f"{label}, **means only** (variances set to 1)"))
+        for key, lab in keys:
+            if not hit:
+                out.append(f"| {lab} | - | - | not in runs/train_heads_tuned.jsonl | - | `{cmd}` |")
+                continue
+            nd = [r[key]["ndcg@10"] for r in hit]
+            sd = f" ± {np.std(nd, ddof=1):.4f}" if len(nd) > 1 else ""
+            out.append(
+                f"| {lab} | {','.join(str(r['seed']) for r in hit)} | {hit[0]['steps']} | {np.mean(nd):.4f}{sd} "
+                f"| {np.mean([r[key]['recall@100'] for r in hit]):.4f} | `{cmd}` |"
+            )
     out += [
         "| issue's head-only floor, dot (full-corpus softmax, T 0.05, one seed) | - | ? | 0.796 | - | (issue) |",
         "| issue's head-only floor, Gaussian | - | ? | 0.812 | - | (issue) |",
@@ -609,6 +669,10 @@ def in_domain_section() -> list[str]:
         lora_seed_summary("gpu_lora_2.jsonl"),
         "",
         lora_seed_summary("gpu_lora_4.jsonl"),
+        "",
+        *tuned_summary(),
+        "",
+        *dev_grid_section(),
         "",
         *holdout_section(),
     ]
@@ -654,11 +718,83 @@ def holdout_section() -> list[str]:
             f"check the best Gaussian configuration {'beats' if g > d else 'trails'} the best dot-twin "
             "configuration"
             + (
-                ", so neither a shorter budget, a lower lr nor beta 5 turns the test result around."
+                " at T 0.05 and the plain lr: neither a shorter budget, a lower lr nor beta 5 turns it around. "
+                "The dev grid above (temperature, variance-head lr) is what did."
                 if g <= d
                 else "; its configuration is the one to run on test (not run yet)."
             ),
         ]
+    return out
+
+
+def _dev_key(r: dict[str, Any]) -> tuple[str, float, float | None]:
+    return (r["similarity"], float(r["temperature"]), r.get("var_lr"))
+
+
+def dev_grid() -> dict[tuple[str, float, float | None], dict[int, dict[str, Any]]]:
+    """The in-domain dev grid: configuration -> holdout split -> row."""
+    grid: dict[tuple[str, float, float | None], dict[int, dict[str, Any]]] = {}
+    for r in read_jsonl(RUNS / "train_heads_dev.jsonl"):
+        grid.setdefault(_dev_key(r), {})[int(r["holdout_seed"])] = r
+    return grid
+
+
+def dev_choice() -> dict[str, tuple[float, float | None]]:
+    """Per similarity, the (temperature, var_lr) with the best mean held-out nDCG@10 over all three splits."""
+    best: dict[str, tuple[float, tuple[float, float | None]]] = {}
+    for (sim, t, v), by_split in dev_grid().items():
+        if sorted(by_split) != [0, 1, 2]:
+            continue
+        m = float(np.mean([r["scifact:train-holdout"]["ndcg@10"] for r in by_split.values()]))
+        if sim not in best or m > best[sim][0]:
+            best[sim] = (m, (t, v))
+    return {sim: cfg for sim, (_, cfg) in best.items()}
+
+
+def dev_grid_section() -> list[str]:
+    """The in-domain dev grid (three 80/20 splits of SciFact TRAIN; test never looked at)."""
+    grid = dev_grid()
+    if not grid:
+        return ["The in-domain dev grid (`runs/train_heads_dev.jsonl`) has not been run."]
+    out = [
+        "### In-domain dev grid: temperature and the variance head's learning rate",
+        "",
+        "Floor design (256 tokens, no `[VAR]`, full-corpus softmax, lr 1e-3, batch 64), 400 steps, trained on 80% "
+        "of the SciFact TRAIN queries and scored on the held-out 20% (162 queries), for three seeded splits. "
+        "SciFact test was not looked at for any choice here. `variance-head lr` is `TrainConfig.var_lr` "
+        "(`--var-lr`): 0 keeps every variance at its initial 1, `= lr` is the plain recipe. Means-only: the "
+        "same Gaussian scored with every variance set to 1. Commands: for SPLIT in 0, 1, 2 and each GRID line,",
+        f"`{DEV_COMMANDS[0].split(' --holdout-seed ')[0]} --holdout-seed SPLIT --seeds 0 {TUNED_RECIPE} "
+        "--log runs/train_heads_dev.jsonl GRID`:",
+        "",
+        "```",
+        *DEV_GRID,
+        "```",
+        "",
+        "| similarity | T | variance-head lr | split 0 | split 1 | split 2 | mean nDCG@10 | means-only mean |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (sim, t, v), by_split in sorted(grid.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 1.0)):
+        cells = [by_split[i]["scifact:train-holdout"]["ndcg@10"] if i in by_split else None for i in (0, 1, 2)]
+        got = [c for c in cells if c is not None]
+        mo = [r["scifact:train-holdout:means_only"]["ndcg@10"] for r in by_split.values()
+              if "scifact:train-holdout:means_only" in r]  # fmt: skip
+        lr = "-" if sim != "neg_kl" else ("= lr" if v is None else f"{v:g}")
+        out.append(
+            f"| {sim} | {t:g} | {lr} | "
+            + " | ".join(fmt(c) for c in cells)
+            + f" | {np.mean(got):.4f} | {f'{np.mean(mo):.4f}' if mo else '-'} |"
+        )
+    chosen = dev_choice()
+    out.append("")
+    for sim in ("neg_kl", "dot"):
+        if sim not in chosen:
+            continue
+        t, v = chosen[sim]
+        want = (TUNED[sim]["temperature"], TUNED[sim]["var_lr"])
+        note = "" if (t, v) == want else " **(not the configuration the tuned test runs used)**"
+        extra = f", variance-head lr {v:g}" if sim == "neg_kl" and v is not None else ""
+        out.append(f"- Chosen for {sim}: T {t:g}{extra}{note}.")
     return out
 
 
@@ -716,6 +852,73 @@ def lora_seed_summary(fname: str) -> str:
     return out
 
 
+def tuned_ptests(seeds: list[int], dot_temperature: float) -> str:
+    """Paired t-tests (per query, SciFact test nDCG@10) of the tuned Gaussian against a dot twin."""
+    from train_heads_experiments import per_query_stem
+
+    from kl_retrievers.evaluation import load_per_query, paired_test
+
+    g_t, g_v = TUNED["neg_kl"]["temperature"], TUNED["neg_kl"]["var_lr"]
+    folder = RUNS / "train_heads_tuned"
+    pairs = []
+    for sd in seeds:
+        a = folder / f"{per_query_stem('neg_kl', g_t, g_v, sd)}.scifact.test.json"
+        b = folder / f"{per_query_stem('dot', dot_temperature, None, sd)}.scifact.test.json"
+        if not (a.is_file() and b.is_file()):
+            return "Per-query results are missing: no paired test."
+        pairs.append((load_per_query(a)[0], load_per_query(b)[0]))
+    each = [paired_test(a, b, "ndcg@10") for a, b in pairs]
+    mean_a = {q: {"ndcg@10": float(np.mean([a[q]["ndcg@10"] for a, _ in pairs]))} for q in pairs[0][0]}
+    mean_b = {q: {"ndcg@10": float(np.mean([b[q]["ndcg@10"] for _, b in pairs]))} for q in pairs[0][1]}
+    pooled = paired_test(mean_a, mean_b, "ndcg@10")
+    return (
+        "Paired t-tests per query: p = " + ", ".join(f"{r.p_value:.2g}" for r in each) + " seed by seed; on the "
+        f"per-query mean over the seeds {pooled.mean_diff:+.4f} (p = {pooled.p_value:.2g}, n = {pooled.n})."
+    )
+
+
+def tuned_summary() -> list[str]:
+    """The dev-tuned head-only runs on test: Gaussian against both dot twins, seed by seed, and the floor."""
+    rows = read_jsonl(RUNS / "train_heads_tuned.jsonl")
+    g = {r["seed"]: r for r in rows if _dev_key(r) == ("neg_kl", *TUNED["neg_kl"].values())}
+    if not g:
+        return ["The dev-tuned test runs (`runs/train_heads_tuned.jsonl`) have not been run."]
+    out = [
+        "### Head-only, tuned on the dev grid below (the in-domain result)",
+        "",
+        "The floor design with the temperature and the variance head's learning rate chosen on held-out SciFact "
+        "TRAIN queries (next section), 400 steps, on SciFact test:",
+        "",
+    ]
+    nd = [r["scifact:test"]["ndcg@10"] for r in g.values()]
+    mo = [r["scifact:test:means_only"]["ndcg@10"] for r in g.values()]
+    twins = [("its dev-tuned dot twin", TUNED["dot"]["temperature"])]
+    if TUNED["dot"]["temperature"] != TUNED["neg_kl"]["temperature"]:
+        twins.append(("the dot twin at the Gaussian's temperature", TUNED["neg_kl"]["temperature"]))
+    for label, t in twins:
+        by = {("neg_kl", sd): r["scifact:test"]["ndcg@10"] for sd, r in g.items()}
+        by |= {("dot", r["seed"]): r["scifact:test"]["ndcg@10"] for r in rows if _dev_key(r) == ("dot", t, None)}
+        got = per_seed(by)
+        if got is not None:
+            out.append(f"- Tuned on dev, against {label} (T {t:g}): {got.text}; the Gaussian {got.verdict} it on "
+                       f"every seed. {tuned_ptests(sorted(g), t)}")  # fmt: skip
+    above = sum(x > 0.812 for x in nd)
+    out += [
+        f"- Tuned Gaussian against the issue's head-only floor of 0.812: mean {np.mean(nd):.4f}, {above} of "
+        f"{len(nd)} seeds above it.",
+        f"- Means only (variances set to 1) on the same models: mean {np.mean(mo):.4f} "
+        f"({np.mean(nd) - np.mean(mo):+.4f} for the learned variances).",
+        "",
+        "What this does and does not show: the margins over the twin are small (the smallest seed is within a "
+        "thousandth; see the paired tests), and the learned variances add "
+        "almost nothing over the same means scored with unit variances. The lead over the dot twin comes from "
+        "the -KL score's mean term, -||mu_q - mu_d||^2 / 2 (a Euclidean score that penalises long document "
+        "means). It needs a slow (or fixed) variance head: at the plain lr the Gaussian trails its twin on the dev "
+        "grid. The lead holds on every seed, but no paired test calls it significant.",
+    ]
+    return out
+
+
 def three_seed_summary() -> str:
     """Gaussian against its twins over the 3-seed in-domain run, seed by seed (computed from the log)."""
     rows = read_jsonl(RUNS / "train_heads_3seeds.jsonl")
@@ -725,7 +928,7 @@ def three_seed_summary() -> str:
     _, text, verdict = got
     return (
         f"3 seeds, {text}: the Gaussian {verdict} its twin on every "
-        "seed; the cosine twin is above both on every seed. No in-domain Gaussian row reaches the issue's "
+        "seed; the cosine twin is above both on every seed. Neither of these two runs reaches the issue's "
         "head-only floor of 0.812 (the floor used a full-corpus softmax; these runs sample 2,048 corpus documents)."
     )
 

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from kl_retrievers import GaussianEncoder
+from kl_retrievers import GaussianEncoder, Gaussians
 from kl_retrievers.datasets import load_beir
-from kl_retrievers.evaluation import evaluate_run, retrieve_exact
+from kl_retrievers.evaluation import evaluate_run, retrieve_exact, save_per_query
 from kl_retrievers.training import TrainConfig, TrainingSet, compute_features, encode_from_features, from_beir
 from kl_retrievers.training.features import default_feature_cache_dir
 from kl_retrievers.training.trainer import train_heads_cached
@@ -51,9 +51,18 @@ def holdout_split(fraction: float, seed: int = 0) -> tuple[list[str], list[str]]
 
 
 def evaluate(
-    enc: GaussianEncoder, name: str, split: str, similarity: str, cache: Path, only: list[str] | None = None
+    enc: GaussianEncoder,
+    name: str,
+    split: str,
+    similarity: str,
+    cache: Path,
+    only: list[str] | None = None,
+    per_query_path: Path | None = None,
 ) -> dict[str, float]:
-    """nDCG@10 and Recall@100 on a BEIR split from cached features (``only``: these query ids)."""
+    """nDCG@10 and Recall@100 on a BEIR split from cached features (``only``: these query ids).
+
+    With ``per_query_path`` the per-query metrics are also written there (for paired tests).
+    """
     ds = load_beir(DATASETS / name, split, unknown_docs="drop")
     if only is not None:
         keep = set(only)
@@ -64,6 +73,9 @@ def evaluate(
     df = compute_features(enc, ds.document_texts(), max_length=enc.config.max_length, cache_dir=cache,
                           desc=f"{name} docs")  # fmt: skip
     q, d = encode_from_features(enc, qf), encode_from_features(enc, df)
+    if similarity == "means_only":  # the ablation: -KL with every variance set to 1
+        q, d = Gaussians(q.mean, np.ones_like(q.var)), Gaussians(d.mean, np.ones_like(d.var))
+        similarity = "neg_kl"
     if similarity == "neg_kl":
         run = retrieve_exact(q, d, ds.query_ids, ds.doc_ids, k=100)
     else:
@@ -74,8 +86,16 @@ def evaluate(
         scores = qm @ dm.T
         top = np.argsort(-scores, axis=1)[:, :100]
         run = {qid: {ds.doc_ids[j]: float(scores[i, j]) for j in top[i]} for i, qid in enumerate(ds.query_ids)}
-    agg, _ = evaluate_run(ds.qrels, run, ["ndcg@10", "recall@100"])
+    agg, per_q = evaluate_run(ds.qrels, run, ["ndcg@10", "recall@100"])
+    if per_query_path is not None:
+        save_per_query(per_query_path, per_q, meta={"dataset": name, "split": split, "similarity": similarity})
     return {k: round(float(v), 4) for k, v in agg.items()}
+
+
+def per_query_stem(similarity: str, temperature: float, var_lr: float | None, seed: int) -> str:
+    """File stem of one run's per-query metrics, e.g. ``neg_kl-T0.02-v0.0001-s0``."""
+    v = "" if var_lr is None else f"-v{var_lr:g}"
+    return f"{similarity}-T{temperature:g}{v}-s{seed}"
 
 
 def train_one(ts: TrainingSet, similarity: str, seed: int, args: argparse.Namespace, beta: float, var_token: bool,
@@ -85,7 +105,7 @@ def train_one(ts: TrainingSet, similarity: str, seed: int, args: argparse.Namesp
     cfg = TrainConfig(
         similarity=similarity, loss="contrastive", steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         temperature=temperature, full_corpus=True, corpus_sample=args.corpus_sample, seed=seed,
-        show_progress=False,
+        var_lr=args.var_lr, show_progress=False,
     )  # fmt: skip
     result = train_heads_cached(enc, ts, cfg, cache_dir=cache)
     return enc, result
@@ -103,6 +123,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--var-lr", type=float, default=None, help="variance-head lr (default: --lr; 0: fixed)")
     p.add_argument("--corpus-sample", type=int, default=0, help="sampled softmax size (0: full corpus)")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--eval", nargs="+", default=["scifact:test"])
@@ -115,13 +136,15 @@ def main() -> None:
         help="in-domain dev mode: train on SciFact TRAIN minus this fraction of its queries (seeded) and "
         "evaluate only on the held-out ones (never on test)",
     )
+    p.add_argument("--per-query-dir", default=None, help="also write per-query metrics of the test evals here")
+    p.add_argument("--holdout-seed", type=int, default=0, help="seed of the --holdout split of the train queries")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(2)
     cache = default_feature_cache_dir()
     dev_ids: list[str] | None = None
     if args.group == "in-domain" and args.holdout:
-        fit_ids, dev_ids = holdout_split(args.holdout)
+        fit_ids, dev_ids = holdout_split(args.holdout, args.holdout_seed)
         ts = from_beir(DATASETS / "scifact", "train", query_ids=fit_ids)
         args.eval = ["scifact:train-holdout"]
     elif args.group == "in-domain":
@@ -150,12 +173,28 @@ def main() -> None:
                         }  # fmt: skip
                         if args.holdout:
                             row["holdout"] = args.holdout
+                            row["holdout_seed"] = args.holdout_seed
+                        if args.var_lr is not None:
+                            row["var_lr"] = args.var_lr
                         for spec in args.eval:
                             if spec == "scifact:train-holdout":
                                 row[spec] = evaluate(enc, "scifact", "train", sim, cache, only=dev_ids)
+                                if sim == "neg_kl":
+                                    row[f"{spec}:means_only"] = evaluate(
+                                        enc, "scifact", "train", "means_only", cache, only=dev_ids
+                                    )
                                 continue
                             name, split = spec.split(":")
-                            row[spec] = evaluate(enc, name, split, sim, cache)
+                            stem = per_query_stem(sim, temp, args.var_lr, seed)
+                            pq = (
+                                Path(args.per_query_dir) / f"{stem}.{name}.{split}.json" if args.per_query_dir else None
+                            )
+                            row[spec] = evaluate(enc, name, split, sim, cache, per_query_path=pq)
+                            if sim == "neg_kl":
+                                pq = pq.with_name(f"{stem}-means-only.{name}.{split}.json") if pq else None
+                                row[f"{spec}:means_only"] = evaluate(
+                                    enc, name, split, "means_only", cache, per_query_path=pq
+                                )
                         print(json.dumps(row), flush=True)
                         with log.open("a") as fh:
                             fh.write(json.dumps(row) + "\n")

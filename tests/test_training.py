@@ -370,6 +370,31 @@ def test_heads_cached_resume_matches(tmp_path: Path) -> None:
     torch.testing.assert_close(a.var_head.bias, b2.var_head.bias, rtol=0, atol=1e-6)
 
 
+def test_var_lr_gives_the_variance_head_its_own_learning_rate(tmp_path: Path) -> None:
+    ts = _toy_set()
+    kw = {"steps": 8, "batch_size": 2, "lr": 1e-2, "show_progress": False}
+    moved = {}
+    for var_lr in (None, 1e-4, 0.0):
+        enc = make_tiny_encoder()
+        var0, mean0 = enc.var_head.weight.detach().clone(), enc.mean_head.weight.detach().clone()
+        train_heads_cached(enc, ts, TrainConfig(**kw, var_lr=var_lr), cache_dir=tmp_path / "c")  # type: ignore[arg-type]
+        moved[var_lr] = float((enc.var_head.weight - var0).abs().max())
+        assert not torch.equal(enc.mean_head.weight, mean0)  # the means train at lr in every case
+    assert moved[0.0] == 0.0 and 0.0 < moved[1e-4] < moved[None] / 10
+    # the two optimiser groups survive a checkpoint: an interrupted run resumes to the same heads
+    a = make_tiny_encoder()
+    train_heads_cached(a, ts, TrainConfig(**kw, var_lr=1e-3), cache_dir=tmp_path / "c")  # type: ignore[arg-type]
+    ck = {"cache_dir": tmp_path / "c", "checkpoint_dir": tmp_path / "k"}
+    train_heads_cached(make_tiny_encoder(), ts, TrainConfig(**kw, var_lr=1e-3, time_budget_s=0.0), **ck)  # type: ignore[arg-type]
+    b = make_tiny_encoder()
+    train_heads_cached(b, ts, TrainConfig(**kw, var_lr=1e-3), **ck, resume=True)  # type: ignore[arg-type]
+    torch.testing.assert_close(a.var_head.weight, b.var_head.weight, rtol=0, atol=1e-6)
+    torch.testing.assert_close(a.mean_head.weight, b.mean_head.weight, rtol=0, atol=1e-6)
+    for bad in (-1e-3, float("nan")):
+        with pytest.raises(ValueError, match="var_lr"):
+            TrainConfig(var_lr=bad)
+
+
 # ------------------------------------------------------------------ teacher and CLI
 def test_int8_teacher_scores_and_cache(tmp_path: Path) -> None:
     from kl_retrievers.training.teacher import CrossEncoderTeacher, add_teacher_scores
@@ -405,12 +430,14 @@ def test_cli_train_heads_only_writes_model_card_and_command(tmp_path: Path) -> N
     out = tmp_path / "model"
     argv = ["train", "--data", str(data), "--data", str(beir), "--out", str(out), "--base", str(base),
             "--heads-only-cached", "--steps", "20", "--batch-size", "4", "--dim", "8", "--hard-negatives", "bm25",
-            "--cache-dir", str(tmp_path / "cache"), "--seed", "3", "--quiet", "--max-length", "32"]  # fmt: skip
+            "--cache-dir", str(tmp_path / "cache"), "--seed", "3", "--var-lr", "1e-4", "--quiet",
+            "--max-length", "32"]  # fmt: skip
     assert main(argv) == 0
     cfg = json.loads((out / "config.json").read_text())
     training = cfg["encoder"]["extra"]["training"]
     assert training["command"].startswith("kl-retrievers train --data")
     assert training["recipe"]["seed"] == 3 and training["steps_done"] == 20
+    assert training["recipe"]["var_lr"] == 1e-4
     card = (out / "README.md").read_text()
     assert "kl-retrievers train" in card and "hardware" in card
     assert (out / "delta.safetensors").is_file()

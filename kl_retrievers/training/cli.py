@@ -76,6 +76,9 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--grad-accum", type=int, default=1)
     t.add_argument("--negatives", type=int, default=7, help="hard negatives sampled per query and step")
     t.add_argument("--lr", type=float, default=None, help="peak lr (default 1e-3 heads-only, else 2e-5)")
+    t.add_argument(
+        "--var-lr", type=float, default=None, help="peak lr of the variance head (default: --lr; 0 keeps it fixed)"
+    )
     t.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 10%% of --steps)")
     t.add_argument("--temperature", type=float, default=0.05)
     t.add_argument("--no-in-batch", action="store_true", help="contrastive: own candidates only")
@@ -219,6 +222,7 @@ def run_train(args: argparse.Namespace) -> int:
             grad_accum=args.grad_accum,
             negatives=args.negatives,
             lr=args.lr if args.lr is not None else (1e-3 if heads_only else 2e-5),
+            var_lr=args.var_lr,
             warmup_steps=args.warmup,
             temperature=args.temperature,
             in_batch=not args.no_in_batch,

@@ -85,6 +85,9 @@ class TrainConfig:
         grad_accum: Micro-batches per optimiser step.
         negatives: Hard negatives sampled per query (random pool documents when a query has none).
         lr: Peak learning rate.
+        var_lr: Peak learning rate of the variance head (``None``: ``lr``). A lower value (or 0,
+            which keeps the initial variances) stops the variance head from memorising the
+            training documents before the means have converged.
         weight_decay: AdamW weight decay.
         warmup_steps: Linear warm-up steps (``None``: 10% of ``steps``); then linear decay to 0.
         temperature: Softmax temperature of the contrastive and listwise losses.
@@ -110,6 +113,7 @@ class TrainConfig:
     grad_accum: int = 1
     negatives: int = 7
     lr: float = 2e-5
+    var_lr: float | None = None
     weight_decay: float = 0.01
     warmup_steps: int | None = None
     temperature: float = 0.05
@@ -139,6 +143,8 @@ class TrainConfig:
             raise ValueError(f"loss {self.loss!r} needs negatives >= 1")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0; got {self.temperature!r}")
+        if self.var_lr is not None and not (math.isfinite(self.var_lr) and self.var_lr >= 0):
+            raise ValueError(f"var_lr must be None or a finite number >= 0; got {self.var_lr!r}")
 
     def warmup_steps_resolved(self) -> int:
         """Warm-up length actually used."""
@@ -363,6 +369,15 @@ def _load_checkpoint(
     return int(meta["step"]), list(meta["losses"])
 
 
+def _param_groups(named: dict[str, nn.Parameter], cfg: TrainConfig) -> list[dict[str, Any]]:
+    """One AdamW group, or two when ``cfg.var_lr`` gives the variance head its own learning rate."""
+    if cfg.var_lr is None:
+        return [{"params": list(named.values())}]
+    var = [p for n, p in named.items() if n.startswith("var_head.") or ".var_head." in n]
+    rest = [p for n, p in named.items() if not (n.startswith("var_head.") or ".var_head." in n)]
+    return [g for g in ({"params": rest}, {"params": var, "lr": cfg.var_lr}) if g["params"]]
+
+
 def _optimise(
     module: nn.Module,
     cfg: TrainConfig,
@@ -372,10 +387,11 @@ def _optimise(
     resume: bool,
     desc: str,
 ) -> TrainResult:
-    params = list(_trainable(module).values())
+    named = _trainable(module)
+    params = list(named.values())
     if not params:
         raise ValueError("nothing to train: every parameter is frozen")
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(_param_groups(named, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _linear_schedule(cfg.warmup_steps_resolved(), cfg.steps))
     start = 0
     history: list[float] = []
