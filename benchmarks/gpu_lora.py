@@ -367,9 +367,8 @@ def cmd_collect(args: argparse.Namespace) -> None:
             "data": [f"{SQUAD}:test, all {len(pack['train']['zs']['examples']) - 2563:,} queries of the train articles "
                      "(every 10th article held out)", f"{NFC}:train (2,563 queries)"]
             if job["data"] == "zs" else ["scifact:train"],
-            "recipe": {k: job.get(k, d) for k, d in (("similarity", None), ("beta", None), ("steps_done", None),
-                                                     ("batch_size", None), ("lr", None), ("var_lr", None),
-                                                     ("seed", None), ("temperature", 0.05))}
+            "recipe": {k: job[k] for k in ("similarity", "beta", "steps_done", "batch_size", "lr", "seed")}
+            | {"var_lr": job.get("var_lr"), "temperature": job.get("temperature", 0.05)}  # older runs: neither
             | {"loss": "contrastive", "negatives": "7 BM25 (bm25s) + in-batch",
                "lora_r": LORA_R, "lora_alpha": 2 * LORA_R, "lora_targets": "query, value (stored as factors)",
                "bf16_autocast": job.get("bf16_autocast")},

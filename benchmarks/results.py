@@ -149,7 +149,7 @@ if TUNED["dot"]["temperature"] != TUNED["neg_kl"]["temperature"]:
     TUNED_RUNS.append(("dot", TUNED["neg_kl"]["temperature"], None))
 TUNED_COMMANDS = [
     f"{PY} benchmarks/train_heads_experiments.py in-domain --seeds 0 1 2 {TUNED_RECIPE} "
-    f"--log runs/train_heads_tuned.jsonl --per-query-dir runs/train_heads_tuned {_tuned_flags(sim, t, v)}"  # type: ignore[arg-type]
+    f"--log runs/train_heads_tuned.jsonl --per-query-dir runs/train_heads_tuned {_tuned_flags(sim, t, v)}"
     for sim, t, v in TUNED_RUNS
 ]
 COMMANDS += [*DEV_COMMANDS, *TUNED_COMMANDS]
@@ -588,6 +588,16 @@ def gpu_summary(rows: dict[tuple[str, str], dict[str, Any]], cpu: dict[str, dict
     ]
 
 
+def head_row(label: str, hit: list[dict[str, Any]], key: str, cmd: str) -> str:
+    """One in-domain table row from head-only runs: seeds, steps, mean (± sd) nDCG@10, mean Recall@100, command."""
+    nd = [r[key]["ndcg@10"] for r in hit]
+    sd = f" ± {np.std(nd, ddof=1):.4f}" if len(nd) > 1 else ""
+    return (
+        f"| {label} | {','.join(str(r['seed']) for r in hit)} | {hit[0]['steps']} | {np.mean(nd):.4f}{sd} "
+        f"| {np.mean([r[key]['recall@100'] for r in hit]):.4f} | `{cmd}` |"
+    )
+
+
 def in_domain_section() -> list[str]:
     """SciFact train -> SciFact test (in-domain protocol), kept apart from the zero-shot numbers."""
     out = [
@@ -610,23 +620,13 @@ def in_domain_section() -> list[str]:
             if not hit:
                 out.append(f"| {sim} | - | - | not in runs/{fname} | - | `{cmd}` |")
                 continue
-            nd = [r["scifact:test"]["ndcg@10"] for r in hit]
-            rc = [r["scifact:test"]["recall@100"] for r in hit]
-            seeds = ",".join(str(r["seed"]) for r in hit)
-            sd = f" ± {np.std(nd, ddof=1):.4f}" if len(nd) > 1 else ""
-            out.append(f"| {sim} | {seeds} | {hit[0]['steps']} | {np.mean(nd):.4f}{sd} | {np.mean(rc):.4f} | `{cmd}` |")
+            out.append(head_row(sim, hit, "scifact:test", cmd))
     floor = [r for r in read_jsonl(RUNS / "train_heads_floor.jsonl") if r.get("group") == "in-domain"]
     for sim in ("neg_kl", "dot", "cosine"):
         hit = [r for r in floor if r["similarity"] == sim]
         if hit:
-            nd = [r["scifact:test"]["ndcg@10"] for r in hit]
-            rc = [r["scifact:test"]["recall@100"] for r in hit]
-            sd = f" ± {np.std(nd, ddof=1):.4f}" if len(nd) > 1 else ""
-            out.append(
-                f"| {sim}, floor design: 256 tokens, no `[VAR]`, full-corpus softmax, lr 1e-3 "
-                f"| {','.join(str(r['seed']) for r in hit)} | {hit[0]['steps']} | {np.mean(nd):.4f}{sd} "
-                f"| {np.mean(rc):.4f} | `{FLOOR_COMMAND}` |"
-            )
+            label = f"{sim}, floor design: 256 tokens, no `[VAR]`, full-corpus softmax, lr 1e-3"
+            out.append(head_row(label, hit, "scifact:test", FLOOR_COMMAND))
     for fname in ("gpu_lora_2.jsonl", "gpu_lora_4.jsonl"):
         gpu = [r for r in read_jsonl(RUNS / fname) if r["data"] == "id"]
         for system, label in (("neg_kl", "Gaussian"), ("dot", "dot twin")):
@@ -651,12 +651,7 @@ def in_domain_section() -> list[str]:
             if not hit:
                 out.append(f"| {lab} | - | - | not in runs/train_heads_tuned.jsonl | - | `{cmd}` |")
                 continue
-            nd = [r[key]["ndcg@10"] for r in hit]
-            sd = f" ± {np.std(nd, ddof=1):.4f}" if len(nd) > 1 else ""
-            out.append(
-                f"| {lab} | {','.join(str(r['seed']) for r in hit)} | {hit[0]['steps']} | {np.mean(nd):.4f}{sd} "
-                f"| {np.mean([r[key]['recall@100'] for r in hit]):.4f} | `{cmd}` |"
-            )
+            out.append(head_row(lab, hit, key, cmd))
     out += [
         "| issue's head-only floor, dot (full-corpus softmax, T 0.05, one seed) | - | ? | 0.796 | - | (issue) |",
         "| issue's head-only floor, Gaussian | - | ? | 0.812 | - | (issue) |",
@@ -880,7 +875,8 @@ def tuned_ptests(seeds: list[int], dot_temperature: float) -> str:
 def tuned_summary() -> list[str]:
     """The dev-tuned head-only runs on test: Gaussian against both dot twins, seed by seed, and the floor."""
     rows = read_jsonl(RUNS / "train_heads_tuned.jsonl")
-    g = {r["seed"]: r for r in rows if _dev_key(r) == ("neg_kl", *TUNED["neg_kl"].values())}
+    g_t, g_v = TUNED["neg_kl"]["temperature"], TUNED["neg_kl"]["var_lr"]
+    g = {r["seed"]: r for r in rows if _dev_key(r) == ("neg_kl", g_t, g_v)}
     if not g:
         return ["The dev-tuned test runs (`runs/train_heads_tuned.jsonl`) have not been run."]
     out = [
@@ -892,10 +888,12 @@ def tuned_summary() -> list[str]:
     ]
     nd = [r["scifact:test"]["ndcg@10"] for r in g.values()]
     mo = [r["scifact:test:means_only"]["ndcg@10"] for r in g.values()]
-    twins = [("its dev-tuned dot twin", TUNED["dot"]["temperature"])]
-    if TUNED["dot"]["temperature"] != TUNED["neg_kl"]["temperature"]:
-        twins.append(("the dot twin at the Gaussian's temperature", TUNED["neg_kl"]["temperature"]))
-    for label, t in twins:
+    for t in (t for sim, t, _ in TUNED_RUNS if sim == "dot"):
+        label = (
+            "its dev-tuned dot twin"
+            if t == TUNED["dot"]["temperature"]
+            else "the dot twin at the Gaussian's temperature"
+        )
         by = {("neg_kl", sd): r["scifact:test"]["ndcg@10"] for sd, r in g.items()}
         by |= {("dot", r["seed"]): r["scifact:test"]["ndcg@10"] for r in rows if _dev_key(r) == ("dot", t, None)}
         got = per_seed(by)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from kl_retrievers import GaussianEncoder, Gaussians
-from kl_retrievers.datasets import load_beir
+from kl_retrievers.datasets import BeirDataset, load_beir
 from kl_retrievers.evaluation import evaluate_run, retrieve_exact, save_per_query
 from kl_retrievers.training import TrainConfig, TrainingSet, compute_features, encode_from_features, from_beir
 from kl_retrievers.training.features import default_feature_cache_dir
@@ -50,19 +50,10 @@ def holdout_split(fraction: float, seed: int = 0) -> tuple[list[str], list[str]]
     return sorted(set(ids) - set(dev)), dev
 
 
-def evaluate(
-    enc: GaussianEncoder,
-    name: str,
-    split: str,
-    similarity: str,
-    cache: Path,
-    only: list[str] | None = None,
-    per_query_path: Path | None = None,
-) -> dict[str, float]:
-    """nDCG@10 and Recall@100 on a BEIR split from cached features (``only``: these query ids).
-
-    With ``per_query_path`` the per-query metrics are also written there (for paired tests).
-    """
+def load_eval(
+    enc: GaussianEncoder, name: str, split: str, cache: Path, only: list[str] | None = None
+) -> tuple[BeirDataset, Gaussians, Gaussians]:
+    """A BEIR split (``only``: these query ids) and its query / document Gaussians from cached features."""
     ds = load_beir(DATASETS / name, split, unknown_docs="drop")
     if only is not None:
         keep = set(only)
@@ -72,10 +63,13 @@ def evaluate(
                           show_progress=False)  # fmt: skip
     df = compute_features(enc, ds.document_texts(), max_length=enc.config.max_length, cache_dir=cache,
                           desc=f"{name} docs")  # fmt: skip
-    q, d = encode_from_features(enc, qf), encode_from_features(enc, df)
-    if similarity == "means_only":  # the ablation: -KL with every variance set to 1
-        q, d = Gaussians(q.mean, np.ones_like(q.var)), Gaussians(d.mean, np.ones_like(d.var))
-        similarity = "neg_kl"
+    return ds, encode_from_features(enc, qf), encode_from_features(enc, df)
+
+
+def score(
+    ds: BeirDataset, q: Gaussians, d: Gaussians, similarity: str, per_query_path: Path | None = None
+) -> dict[str, float]:
+    """nDCG@10 and Recall@100 of exact retrieval; with ``per_query_path`` the per-query metrics are written too."""
     if similarity == "neg_kl":
         run = retrieve_exact(q, d, ds.query_ids, ds.doc_ids, k=100)
     else:
@@ -88,8 +82,14 @@ def evaluate(
         run = {qid: {ds.doc_ids[j]: float(scores[i, j]) for j in top[i]} for i, qid in enumerate(ds.query_ids)}
     agg, per_q = evaluate_run(ds.qrels, run, ["ndcg@10", "recall@100"])
     if per_query_path is not None:
-        save_per_query(per_query_path, per_q, meta={"dataset": name, "split": split, "similarity": similarity})
+        meta = {"dataset": ds.path.name, "split": ds.split, "similarity": similarity}
+        save_per_query(per_query_path, per_q, meta=meta)
     return {k: round(float(v), 4) for k, v in agg.items()}
+
+
+def unit_variances(g: Gaussians) -> Gaussians:
+    """The means-only ablation: the same means with every variance set to 1."""
+    return Gaussians(g.mean, np.ones_like(g.var))
 
 
 def per_query_stem(similarity: str, temperature: float, var_lr: float | None, seed: int) -> str:
@@ -177,23 +177,17 @@ def main() -> None:
                         if args.var_lr is not None:
                             row["var_lr"] = args.var_lr
                         for spec in args.eval:
-                            if spec == "scifact:train-holdout":
-                                row[spec] = evaluate(enc, "scifact", "train", sim, cache, only=dev_ids)
-                                if sim == "neg_kl":
-                                    row[f"{spec}:means_only"] = evaluate(
-                                        enc, "scifact", "train", "means_only", cache, only=dev_ids
-                                    )
-                                continue
-                            name, split = spec.split(":")
+                            name, split = ("scifact", "train") if spec == "scifact:train-holdout" else spec.split(":")
+                            only = dev_ids if spec == "scifact:train-holdout" else None
+                            ds, q, d = load_eval(enc, name, split, cache, only=only)
                             stem = per_query_stem(sim, temp, args.var_lr, seed)
-                            pq = (
-                                Path(args.per_query_dir) / f"{stem}.{name}.{split}.json" if args.per_query_dir else None
-                            )
-                            row[spec] = evaluate(enc, name, split, sim, cache, per_query_path=pq)
+                            folder = Path(args.per_query_dir) if args.per_query_dir and only is None else None
+                            pq = folder / f"{stem}.{name}.{split}.json" if folder else None
+                            row[spec] = score(ds, q, d, sim, per_query_path=pq)
                             if sim == "neg_kl":
-                                pq = pq.with_name(f"{stem}-means-only.{name}.{split}.json") if pq else None
-                                row[f"{spec}:means_only"] = evaluate(
-                                    enc, name, split, "means_only", cache, per_query_path=pq
+                                pq = folder / f"{stem}-means-only.{name}.{split}.json" if folder else None
+                                row[f"{spec}:means_only"] = score(
+                                    ds, unit_variances(q), unit_variances(d), "neg_kl", per_query_path=pq
                                 )
                         print(json.dumps(row), flush=True)
                         with log.open("a") as fh:

@@ -373,8 +373,10 @@ def _param_groups(named: dict[str, nn.Parameter], cfg: TrainConfig) -> list[dict
     """One AdamW group, or two when ``cfg.var_lr`` gives the variance head its own learning rate."""
     if cfg.var_lr is None:
         return [{"params": list(named.values())}]
-    var = [p for n, p in named.items() if n.startswith("var_head.") or ".var_head." in n]
-    rest = [p for n, p in named.items() if not (n.startswith("var_head.") or ".var_head." in n)]
+    var: list[nn.Parameter] = []
+    rest: list[nn.Parameter] = []
+    for name, p in named.items():
+        (var if name.startswith("var_head.") or ".var_head." in name else rest).append(p)
     return [g for g in ({"params": rest}, {"params": var, "lr": cfg.var_lr}) if g["params"]]
 
 
