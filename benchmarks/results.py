@@ -931,6 +931,272 @@ def three_seed_summary() -> str:
     )
 
 
+# ------------------------------------------------------------- zero-shot distillation (head-only, CPU)
+#: Flags shared by the distillation dev sweep and its final runs (frozen MiniLM, 256 tokens, no [VAR]).
+DISTILL_RECIPE = (
+    "--var-token off --max-length 256 --train-data squad --hard-negatives model --negatives 7 --steps 300 "
+    "--batch-size 64"
+)
+#: The distillation dev sweeps, one ``dev`` invocation each.
+DISTILL_GRIDS = [
+    "--losses listwise --lrs 1e-3 2e-4 --temperatures 0.02 0.05 --similarities neg_kl dot --betas 1 "
+    "--var-lrs none 2e-5 --untrained",
+    "--losses listwise --lrs 1e-4 5e-5 --temperatures 0.02 0.05 --similarities neg_kl dot --betas 1 --var-lrs none",
+    "--losses listwise --teacher-temperature 3 --lrs 2e-4 --temperatures 0.02 0.05 --similarities neg_kl dot "
+    "--betas 1 --var-lrs none",
+    "--losses contrastive --lrs 2e-4 --temperatures 0.05 --similarities neg_kl dot --betas 1 --var-lrs none",
+    "--losses margin_mse --lrs 1e-3 2e-4 --temperatures 0.05 --similarities neg_kl dot --betas 1 --var-lrs none",
+]
+DISTILL_DEV_COMMANDS = [
+    f"{PY} benchmarks/train_zero_shot.py features --var-token off --max-length 256",
+    *(
+        f"{PY} benchmarks/train_zero_shot.py dev {DISTILL_RECIPE} --log runs/zs256_dev.jsonl {grid}"
+        for grid in DISTILL_GRIDS
+    ),
+]
+#: The configuration each similarity chose on the zero-shot dev data (checked against the log by
+#: :func:`distill_choice`): loss, temperature, lr, var_lr.
+DISTILL_CHOSEN: dict[str, dict[str, Any]] = {
+    "neg_kl": {"loss": "listwise", "temperature": 0.05, "teacher_temperature": 1.0, "lr": 2e-4, "var_lr": 2e-5},
+    "dot": {"loss": "listwise", "temperature": 0.05, "teacher_temperature": 1.0, "lr": 5e-5, "var_lr": None},
+}
+
+
+def _distill_flags(sim: str, cfg: dict[str, Any]) -> str:
+    flags = f"--similarities {sim} --loss {cfg['loss']} --temperature {cfg['temperature']:g} --lr {cfg['lr']:g}"
+    if cfg["loss"] == "listwise" and cfg["teacher_temperature"] != 1.0:
+        flags += f" --teacher-temperature {cfg['teacher_temperature']:g}"
+    return flags + (f" --var-lr {cfg['var_lr']:g}" if cfg.get("var_lr") is not None else "")
+
+
+DISTILL_FINAL_COMMANDS = [
+    f"{PY} benchmarks/train_zero_shot.py final {DISTILL_RECIPE} {_distill_flags(sim, cfg)} "
+    "--log runs/zs256_final.jsonl --per-query-dir runs/zs256_final"
+    for sim, cfg in DISTILL_CHOSEN.items()
+]
+COMMANDS += [*DISTILL_DEV_COMMANDS, *DISTILL_FINAL_COMMANDS]
+
+
+def distill_dev_rows() -> list[dict[str, Any]]:
+    """Rows of the distillation dev sweep (the untrained row first)."""
+    rows = read_jsonl(RUNS / "zs256_dev.jsonl")
+    return sorted(rows, key=lambda r: r["similarity"] != "untrained")
+
+
+def _distill_cfg(r: dict[str, Any]) -> dict[str, Any]:
+    return {k: r.get(k) for k in ("loss", "temperature", "teacher_temperature", "lr", "var_lr")}
+
+
+def distill_choice(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per similarity, the trained configuration with the best SciFact TRAIN nDCG@10 (SQuAD dev breaks ties)."""
+    best: dict[str, tuple[tuple[float, float], dict[str, Any]]] = {}
+    for r in rows:
+        if r["similarity"] == "untrained":
+            continue
+        key = (r["scifact:train"]["ndcg@10"], r["squad-dev:test"]["ndcg@10"])
+        if r["similarity"] not in best or key > best[r["similarity"]][0]:
+            cfg = _distill_cfg(r)
+            best[r["similarity"]] = (key, cfg)
+    return {sim: cfg for sim, (_, cfg) in best.items()}
+
+
+def distill_per_query(system: str, data: str, split: str) -> dict[str, dict[str, float]] | None:
+    """Per-query metrics of a distillation final run (None when missing)."""
+    from kl_retrievers.evaluation import load_per_query
+
+    p = RUNS / "zs256_final" / f"{system}.{data}.{split}.json"
+    return load_per_query(p)[0] if p.is_file() else None
+
+
+def distill_ptest(a: str, b: str, data: str) -> str:
+    """``diff (p)`` of nDCG@10, system a minus b, on a test split of the distillation runs."""
+    from kl_retrievers.evaluation import paired_test
+
+    pa, pb = distill_per_query(a, data, "test"), distill_per_query(b, data, "test")
+    if pa is None or pb is None:
+        return "not measured"
+    r = paired_test(pa, pb, "ndcg@10")
+    return f"{r.mean_diff:+.4f} (p = {r.p_value:.2g})"
+
+
+def distill_section(bm25: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """Zero-shot head-only distillation from the cross-encoder: every dev row, the test rows, the targets."""
+    rows = distill_dev_rows()
+    if not rows:
+        return ["The zero-shot distillation sweep (`runs/zs256_dev.jsonl`) has not been run."]
+    out = [
+        "## Zero-shot protocol: head-only distillation from the cross-encoder teacher (CPU)",
+        "",
+        "Model design: the shipped default's (all-MiniLM-L6-v2, mean pooling, normalised pooled vector, "
+        "identity-initialised mean head, variance head reading the pooled state, **no `[VAR]` token**, documents "
+        "256 tokens, queries 64), so the untrained row is exactly MiniLM cosine. The backbone is **frozen**: only "
+        "the two heads train, on cached backbone features (no GPU was lent, so LoRA was out of reach). Data: the "
+        "2,000 SQuAD train-article queries of the earlier head-only rows (seed 0), each with 7 hard negatives "
+        "mined by the untrained model (MiniLM cosine) over the 2,067 SQuAD paragraphs; the int8 "
+        "ms-marco-MiniLM-L-12-v2 cross-encoder scored every positive and negative once (16,000 pairs, cached). "
+        "The listwise loss is the KL divergence from the teacher's softmax (teacher temperature `teacher T`) to "
+        "the student's softmax over the 8 candidates at temperature T (the teacher ranks the positive first for "
+        "89% of the queries); MarginMSE matches the student's positive-minus-negative margins to the teacher's. "
+        "The contrastive rows, for comparison, use no teacher: a softmax over the whole "
+        "SQuAD paragraph pool. 300 steps of batch 64, AdamW with 10% warm-up and linear decay, seed 0. Nothing "
+        "from SciFact, Cranfield, TREC DL or NFCorpus is trained on, so NFCorpus is zero-shot here. Commands:",
+        "",
+        "```",
+        *DISTILL_DEV_COMMANDS,
+        *DISTILL_FINAL_COMMANDS,
+        "```",
+        "",
+        "### Dev: every configuration tried (choice by SciFact TRAIN nDCG@10; test splits not looked at)",
+        "",
+        "| similarity | loss | T | teacher T | lr | variance-head lr | SciFact TRAIN nDCG@10 (means only) "
+        "| SQuAD dev nDCG@10 | final loss |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    chosen = distill_choice(rows)
+    for r in rows:
+        sim = r["similarity"]
+        if sim == "untrained":
+            out.append(
+                f"| untrained (= MiniLM cosine) | - | - | - | - | - | {fmt(r['scifact:train']['ndcg@10'])} "
+                f"| {fmt(r['squad-dev:test']['ndcg@10'])} | - |"
+            )
+            continue
+        cfg = _distill_cfg(r)
+        mark = " (chosen)" if chosen.get(sim) == cfg else ""
+        mo = r.get("scifact:train:means_only")
+        means_only = f" ({fmt(mo['ndcg@10'])})" if mo else ""
+        var_lr = "= lr" if r.get("var_lr") is None else f"{r['var_lr']:g}"
+        temp = "-" if r["loss"] == "margin_mse" else f"{r['temperature']:g}"
+        t_temp = f"{r['teacher_temperature']:g}" if r["loss"] == "listwise" else "-"
+        out.append(
+            f"| {'Gaussian (-KL)' if sim == 'neg_kl' else sim}{mark} | {r['loss']} | {temp} | {t_temp} | {r['lr']:g} "
+            f"| {var_lr if sim == 'neg_kl' else '-'} | {fmt(r['scifact:train']['ndcg@10'])}"
+            f"{means_only} | {fmt(r['squad-dev:test']['ndcg@10'])} "
+            f"| {r['final_loss']:.4f} |"
+        )
+    untrained = next((r for r in rows if r["similarity"] == "untrained"), None)
+    if untrained is not None:
+        gap = {
+            sim: max(r["scifact:train"]["ndcg@10"] for r in rows if r["similarity"] == sim)
+            - untrained["scifact:train"]["ndcg@10"]
+            for sim in ("neg_kl", "dot")
+        }
+        worst = untrained["scifact:train"]["ndcg@10"] - min(
+            r["scifact:train"]["ndcg@10"] for r in rows if r["similarity"] != "untrained" and r["lr"] == 1e-3
+        )
+        squad_below = sum(
+            r["squad-dev:test"]["ndcg@10"] < untrained["squad-dev:test"]["ndcg@10"]
+            for r in rows
+            if r["similarity"] != "untrained"
+        )
+        out += [
+            "",
+            f"What the sweep shows: the best Gaussian is {gap['neg_kl']:+.4f} and the best twin {gap['dot']:+.4f} "
+            f"from the untrained model on SciFact TRAIN; at lr 1e-3 the rows fall up to {worst:.4f} below it. "
+            f"On held-out SQuAD, the training data's own dev set, {squad_below} of "
+            f"{len(rows) - 1} trained rows are below the untrained model. With the backbone frozen, training "
+            "can only learn a linear map of MiniLM's embedding, and the teacher's ranking of SQuAD "
+            "candidates does not improve MiniLM through such a map. MarginMSE is destructive here: the "
+            "teacher's positive-negative margins are about 10 logits, far beyond the at most 2 that scores of "
+            "unit-length embeddings span, so the heads inflate the scale and lose the ranking.",
+        ]
+    if chosen != DISTILL_CHOSEN:
+        out += ["", f"**The dev choice {chosen} differs from `DISTILL_CHOSEN` {DISTILL_CHOSEN}: rerun the finals.**"]
+    out += ["", *distill_test_section(bm25)]
+    return out
+
+
+def distill_test_section(bm25: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """Test rows of the distilled pair (chosen on dev) next to MiniLM, BM25 and the shipped LoRA default."""
+    rows = {(r["system"], r["data"]): r for r in read_jsonl(RUNS / "zs256_final.jsonl") if r["split"] == "test"}
+    if not rows:
+        return ["The distilled pair has not been evaluated on the test splits (`runs/zs256_final.jsonl`)."]
+    lora = gpu_rows()
+
+    def nd(system: str, data: str) -> float | None:
+        r = rows.get((system, data))
+        return r["ndcg@10"] if r else None
+
+    def cell(system: str, data: str) -> str:
+        r = rows.get((system, data))
+        return f"{r['ndcg@10']:.4f} ({r['recall@100']:.4f})" if r else "not measured"
+
+    out = [
+        "### Test (nDCG@10; Recall@100 in brackets)",
+        "",
+        "| data | BM25 | MiniLM cosine (untrained) | shipped default (LoRA, GPU) | dot twin | **Gaussian** | "
+        "Gaussian, means only | Gaussian - twin (paired t) | Gaussian - MiniLM (paired t) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    datas = [n for n in NAMES if ("neg_kl", n) in rows]
+    for n in datas:
+        b = bm25.get((n, "test"))
+        shipped = lora.get(("zs-negkl-b1", f"{n}:test"))
+        out.append(
+            f"| {NAMES[n]} ({rows[('neg_kl', n)]['protocol']}) | {fmt(b['ndcg@10']) if b else '-'} "
+            f"| {cell('minilm-cosine', n)} | {fmt(shipped['ndcg@10']) if shipped else '-'} | {cell('dot', n)} "
+            f"| **{cell('neg_kl', n)}** | {fmt(nd('neg_kl-means-only', n))} "
+            f"| {distill_ptest('neg_kl', 'dot', n)} | {distill_ptest('neg_kl', 'minilm-cosine', n)} |"
+        )
+    zs = [n for n in ZERO_SHOT if n in datas]
+    means = {s: float(np.mean([nd(s, n) or 0.0 for n in zs])) for s in ("neg_kl", "dot", "minilm-cosine")}
+    below = [NAMES[n] for n in datas if (nd("neg_kl", n) or 0.0) <= (nd("minilm-cosine", n) or 0.0)]
+    sf = nd("neg_kl", "scifact")
+    out += [
+        "",
+        f"Against the targets (zero-shot mean over {', '.join(NAMES[n] for n in zs)}):",
+        "",
+        f"- Mean nDCG@10: Gaussian {means['neg_kl']:.4f}, dot twin {means['dot']:.4f}, MiniLM "
+        f"{means['minilm-cosine']:.4f}. The Gaussian "
+        f"{'beats' if means['neg_kl'] > means['dot'] else '**does not beat**'} its twin on the mean "
+        f"({means['neg_kl'] - means['dot']:+.4f}).",
+        "- Beats MiniLM on every collection: "
+        + ("**yes**." if not below else f"**no**: not above MiniLM on {', '.join(below)}."),
+        f"- SciFact test nDCG@10 >= 0.70: **{'reached' if sf is not None and sf >= 0.70 else 'not reached'}** "
+        f"({fmt(sf)}).",
+        "",
+        *distill_seeds_section(rows),
+    ]
+    return out
+
+
+def distill_seeds_section(seed0: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """The distilled pair over training seeds 0 (the rows above), 1 and 2: test nDCG@10 and the zero-shot mean."""
+    by_seed: dict[int, dict[tuple[str, str], float]] = {0: {k: r["ndcg@10"] for k, r in seed0.items()}}
+    for r in read_jsonl(RUNS / "zs256_seeds.jsonl"):
+        if r["split"] == "test":
+            by_seed.setdefault(int(r["seed"]), {})[(r["system"], r["data"])] = r["ndcg@10"]
+    datas = list(NAMES)
+    seeds = [sd for sd, m in sorted(by_seed.items()) if all((s, n) in m for s in ("neg_kl", "dot") for n in datas)]
+    if len(seeds) < 2:
+        return ["The extra training seeds of the distilled pair (`runs/zs256_seeds.jsonl`) have not been run."]
+    out = [
+        "Seeds 1 and 2 (data order) of the same pair, each with its dev-chosen configuration: "
+        f"`{DISTILL_FINAL_COMMANDS[0].split(' --log ')[0]} --seed SEED ...` (and the dot twin's line), logged "
+        "to `runs/zs256_seeds.jsonl`. Test nDCG@10, Gaussian / dot twin / MiniLM:",
+        "",
+        "| seed | " + " | ".join(NAMES[n] for n in datas) + " | zero-shot mean | Gaussian - twin (mean) |",
+        "|---" * (len(datas) + 3) + "|",
+    ]
+    diffs = []
+    for sd in seeds:
+        m = by_seed[sd]
+        mini = by_seed[0]
+        cells = [f"{m[('neg_kl', n)]:.4f} / {m[('dot', n)]:.4f} / {mini[('minilm-cosine', n)]:.4f}" for n in datas]
+        gm = float(np.mean([m[("neg_kl", n)] for n in ZERO_SHOT]))
+        tm = float(np.mean([m[("dot", n)] for n in ZERO_SHOT]))
+        diffs.append(gm - tm)
+        out.append(f"| {sd} | " + " | ".join(cells) + f" | {gm:.4f} / {tm:.4f} | {gm - tm:+.4f} |")
+    below = sum(by_seed[sd][("neg_kl", n)] <= by_seed[0][("minilm-cosine", n)] for sd in seeds for n in datas)
+    out += [
+        "",
+        f"Gaussian minus twin on the zero-shot mean: {', '.join(f'{d:+.4f}' for d in diffs)} (mean "
+        f"{np.mean(diffs):+.4f}); the Gaussian is at or below MiniLM in {below} of {len(seeds) * len(datas)} "
+        "(seed, collection) cells.",
+    ]
+    return out
+
+
 def render() -> str:
     """docs/results.md as a string."""
     dev = read_jsonl(RUNS / "zs_dev.jsonl")
@@ -952,6 +1218,8 @@ def render() -> str:
         "train, nothing from SciFact, Cranfield or TREC DL) and **in-domain** (SciFact train -> SciFact test).",
         "",
         *gpu_section(bm25),
+        "",
+        *distill_section(bm25),
         "",
         "## Zero-shot protocol: head-only candidates on the CPU (`minilm-gauss-zs`, previous sessions)",
         "",

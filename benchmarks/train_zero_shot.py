@@ -7,9 +7,9 @@ untrained model ranks exactly like MiniLM cosine on the same features.
 Sub-commands (all append JSON lines under ``runs/``):
 
 * ``features``: compute (and cache) the backbone features of every text the other steps use.
-* ``dev``: sweep beta / temperature / lr for the Gaussian (``neg_kl``) and its twins with the
-  identical recipe; evaluate on SciFact TRAIN queries (zero-shot dev) and held-out SQuAD
-  articles. Rows go to ``runs/zs_dev.jsonl``.
+* ``dev``: sweep loss / beta / temperature / lr / variance-head lr for the Gaussian (``neg_kl``)
+  and its twins with the identical recipe; evaluate on SciFact TRAIN queries (zero-shot dev) and
+  held-out SQuAD articles. Rows go to ``runs/zs_dev.jsonl``.
 * ``final``: train the chosen configuration (Gaussian + twins, same seed/steps), evaluate on the
   test splits (plus the untrained MiniLM cosine and the Gaussian's means-only ablation), write
   per-query results to ``runs/zs_final/`` and rows to ``runs/zs_final.jsonl``; ``--save`` stores
@@ -19,6 +19,11 @@ Examples:
     python benchmarks/train_zero_shot.py features --max-length 256
     python benchmarks/train_zero_shot.py dev --betas 1 5 10 --temperatures 0.05 0.02 --lrs 1e-4 3e-4
     python benchmarks/train_zero_shot.py final --beta 5 --temperature 0.05 --lr 3e-4 --save DIR
+
+Distillation (``--losses listwise margin_mse``) mines ``--negatives`` hard negatives per query
+(``--hard-negatives model``: the untrained encoder, i.e. MiniLM cosine; or ``bm25``) and scores
+every positive and negative once with the int8 ms-marco-MiniLM-L-12-v2 cross-encoder teacher
+(cached under the feature cache's ``../teacher``, as ``kl-retrievers train --teacher`` does).
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ from kl_retrievers import GaussianEncoder
 from kl_retrievers.datasets import BeirDataset, load_beir
 from kl_retrievers.evaluation import evaluate_run, retrieve_exact, save_per_query
 from kl_retrievers.training import TrainConfig, TrainingSet, compute_features, encode_from_features, from_beir
+from kl_retrievers.training.data import mine_bm25_negatives, mine_negatives_from_scores
 from kl_retrievers.training.features import FeatureCache, backbone_fingerprint, default_feature_cache_dir, text_key
+from kl_retrievers.training.losses import LOSSES
 from kl_retrievers.training.trainer import train_heads_cached
 
 logger = logging.getLogger(__name__)
@@ -95,11 +102,37 @@ def load_eval(name: str, split: str, args: argparse.Namespace) -> BeirDataset:
     return load_beir(DATASETS / name, split, unknown_docs="drop")
 
 
-def training_set(args: argparse.Namespace) -> TrainingSet:
-    """SQuAD train-article queries (subsample), plus NFCorpus train with ``--train-data squad+nfcorpus``."""
+def training_set(args: argparse.Namespace, cache: Path) -> TrainingSet:
+    """SQuAD train-article queries (subsample), plus NFCorpus train with ``--train-data squad+nfcorpus``.
+
+    With ``--hard-negatives`` each query gets ``--negatives`` mined negatives; a distillation loss
+    in ``--losses`` / ``--loss`` adds the cross-encoder teacher's score of every candidate.
+    """
     train_q, _ = squad_split(args.squad_train, args.squad_dev)
     ts = from_beir(DATASETS / SQUAD, "test", query_ids=train_q)
-    return ts.merge(from_beir(DATASETS / NFC, "train")) if args.train_data == "squad+nfcorpus" else ts
+    if args.train_data == "squad+nfcorpus":
+        ts = ts.merge(from_beir(DATASETS / NFC, "train"))
+    if args.hard_negatives == "bm25":
+        mine_bm25_negatives(ts, k=args.negatives)
+    elif args.hard_negatives == "model":
+        enc = make_encoder(1.0, args.max_length)
+        qf = compute_features(enc, ts.queries, max_length=64, cache_dir=cache, show_progress=False)
+        df = compute_features(enc, ts.docs, max_length=args.max_length, cache_dir=cache, show_progress=False)
+        q, d = encode_from_features(enc, qf), encode_from_features(enc, df)
+        qm, dm = q.mean.astype(np.float32), d.mean.astype(np.float32)
+        mine_negatives_from_scores(ts, lambda rows: qm[rows] @ dm.T, k=args.negatives)
+    if any(loss != "contrastive" for loss in losses(args)):
+        from kl_retrievers.training.teacher import CrossEncoderTeacher, add_teacher_scores
+
+        t0 = time.perf_counter()
+        n = add_teacher_scores(ts, CrossEncoderTeacher(cache_dir=cache.parent / "teacher"))
+        logger.warning("teacher scores: %d pairs in %.0f s", n, time.perf_counter() - t0)
+    return ts
+
+
+def losses(args: argparse.Namespace) -> list[str]:
+    """The losses this invocation trains with (``dev``: ``--losses``; ``final``: ``--loss``)."""
+    return list(args.losses) if args.command == "dev" else [args.loss]
 
 
 def ids_in_order(ds: BeirDataset) -> list[str]:
@@ -156,12 +189,15 @@ def variance_stats(enc: GaussianEncoder, ds: BeirDataset, cache: Path) -> dict[s
 
 
 def train(ts: TrainingSet, sim: str, beta: float, temp: float, lr: float, args: argparse.Namespace,
-          cache: Path) -> tuple[GaussianEncoder, float, float]:  # fmt: skip
+          cache: Path, *, loss: str = "contrastive", var_lr: float | None = None,
+          ) -> tuple[GaussianEncoder, float, float]:  # fmt: skip
     """Train the heads of a fresh encoder; returns (encoder, final loss, seconds)."""
     enc = make_encoder(beta, args.max_length, args.seed)
     cfg = TrainConfig(
-        similarity=sim, loss="contrastive", steps=args.steps, batch_size=args.batch_size, lr=lr,
-        temperature=temp, full_corpus=True, corpus_sample=args.corpus_sample, seed=args.seed, show_progress=False,
+        similarity=sim, loss=loss, steps=args.steps, batch_size=args.batch_size, lr=lr,
+        var_lr=var_lr if sim == "neg_kl" else None, negatives=args.negatives,
+        temperature=temp, teacher_temperature=args.teacher_temperature, full_corpus=True,
+        corpus_sample=args.corpus_sample, seed=args.seed, show_progress=False,
     )  # fmt: skip
     t0 = time.perf_counter()
     res = train_heads_cached(enc, ts, cfg, cache_dir=cache)
@@ -178,7 +214,8 @@ def append(path: Path, row: dict[str, Any]) -> None:
 
 def recipe(args: argparse.Namespace) -> dict[str, Any]:
     """Settings shared by every row of one invocation (with the exact command)."""
-    keys = ["train_data", "var_token", "steps", "batch_size", "seed", "max_length", "corpus_sample", "squad_train"]
+    keys = ["train_data", "var_token", "steps", "batch_size", "seed", "max_length", "corpus_sample", "squad_train",
+            "hard_negatives", "negatives", "teacher_temperature"]  # fmt: skip
     return {k: getattr(args, k) for k in keys} | {"command": "python " + " ".join(sys.argv)}
 
 
@@ -212,7 +249,7 @@ def cmd_features(args: argparse.Namespace, cache: Path) -> None:
 
 def cmd_dev(args: argparse.Namespace, cache: Path) -> None:
     """The sweep on zero-shot dev data."""
-    ts = training_set(args)
+    ts = training_set(args, cache)
     evals = [(n, s, load_eval(n, s, args)) for n, s in DEV]
     log = Path(args.log or "runs/zs_dev.jsonl")
     base = recipe(args)
@@ -223,34 +260,36 @@ def cmd_dev(args: argparse.Namespace, cache: Path) -> None:
         for n, s, ds in evals:
             row[f"{n}:{s}"] = score(ds, run_for(enc, ds, "cosine", cache))[0]
         append(log, row)
-    for lr in args.lrs:
-        for temp in args.temperatures:
-            for sim in args.similarities:
-                for beta in args.betas if sim == "neg_kl" else [None]:
-                    enc, loss, secs = train(ts, sim, beta or 1.0, temp, lr, args, cache)
-                    row = base | {"similarity": sim, "beta": beta, "temperature": temp, "lr": lr,
-                                  "final_loss": round(loss, 4), "train_s": round(secs, 1)}  # fmt: skip
-                    for n, s, ds in evals:
-                        row[f"{n}:{s}"] = score(ds, run_for(enc, ds, sim, cache))[0]
-                        if sim == "neg_kl":
-                            row[f"{n}:{s}:means_only"] = score(ds, run_for(enc, ds, sim, cache, means_only=True))[0]
-                    if sim == "neg_kl":
-                        row["variances_scifact"] = variance_stats(enc, evals[0][2], cache)
-                    append(log, row)
+    grid = [(lf, lr, temp, sim, beta, vlr) for lf in args.losses for lr in args.lrs for temp in args.temperatures
+            for sim in args.similarities for beta in (args.betas if sim == "neg_kl" else [None])
+            for vlr in (args.var_lrs if sim == "neg_kl" else [None])]  # fmt: skip
+    for lf, lr, temp, sim, beta, vlr in grid:
+        enc, loss, secs = train(ts, sim, beta or 1.0, temp, lr, args, cache, loss=lf, var_lr=vlr)
+        row = base | {"similarity": sim, "beta": beta, "temperature": temp, "lr": lr, "loss": lf,
+                      "var_lr": vlr, "final_loss": round(loss, 4), "train_s": round(secs, 1)}  # fmt: skip
+        for n, s, ds in evals:
+            row[f"{n}:{s}"] = score(ds, run_for(enc, ds, sim, cache))[0]
+            if sim == "neg_kl":
+                row[f"{n}:{s}:means_only"] = score(ds, run_for(enc, ds, sim, cache, means_only=True))[0]
+        if sim == "neg_kl":
+            row["variances_scifact"] = variance_stats(enc, evals[0][2], cache)
+        append(log, row)
 
 
 def cmd_final(args: argparse.Namespace, cache: Path) -> None:
     """Train the chosen configuration and evaluate it on the test splits."""
-    ts = training_set(args)
+    ts = training_set(args, cache)
     out = Path(args.per_query_dir)
     out.mkdir(parents=True, exist_ok=True)
     log = Path(args.log or "runs/zs_final.jsonl")
-    common = recipe(args) | {"beta": args.beta, "temperature": args.temperature, "lr": args.lr}
+    common = recipe(args) | {"beta": args.beta, "temperature": args.temperature, "lr": args.lr, "loss": args.loss,
+                             "var_lr": args.var_lr}  # fmt: skip
     systems: list[tuple[str, GaussianEncoder, str, bool, float | None]] = [
         ("minilm-cosine", make_encoder(1.0, args.max_length), "cosine", False, None)
     ]
     for sim in args.similarities:
-        enc, loss, secs = train(ts, sim, args.beta if sim == "neg_kl" else 1.0, args.temperature, args.lr, args, cache)
+        enc, loss, secs = train(ts, sim, args.beta if sim == "neg_kl" else 1.0, args.temperature, args.lr, args, cache,
+                                loss=args.loss, var_lr=args.var_lr)  # fmt: skip
         systems.append((sim, enc, sim, False, loss))
         if sim == "neg_kl":
             systems.append(("neg_kl-means-only", enc, sim, True, loss))
@@ -258,7 +297,7 @@ def cmd_final(args: argparse.Namespace, cache: Path) -> None:
                 enc.config.extra["training"] = {
                     "data": [f"{SQUAD}:test (train articles, {args.squad_train} queries)"]
                     + ([f"{NFC}:train"] if args.train_data == "squad+nfcorpus" else []),
-                    "recipe": common | {"similarity": "neg_kl", "loss": "contrastive", "full_corpus": True},
+                    "recipe": common | {"similarity": "neg_kl", "full_corpus": args.loss == "contrastive"},
                     "final_loss": round(loss, 4), "seconds": round(secs, 1),
                 }  # fmt: skip
                 enc.save_pretrained(args.save, include_backbone=False)
@@ -280,6 +319,11 @@ def cmd_final(args: argparse.Namespace, cache: Path) -> None:
                                   "queries": len(ds.qrels), "final_loss": loss, **agg})  # fmt: skip
 
 
+def opt_float(text: str) -> float | None:
+    """``argparse`` type: a float, or ``none`` for None."""
+    return None if text.lower() == "none" else float(text)
+
+
 def main() -> None:
     """Parse arguments and run one sub-command."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -294,6 +338,14 @@ def main() -> None:
     p.add_argument("--betas", type=float, nargs="+", default=[1.0, 5.0, 10.0])
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.05])
     p.add_argument("--lrs", type=float, nargs="*", default=[1e-4])
+    p.add_argument("--var-lrs", type=opt_float, nargs="+", default=[None],
+                   help="dev: variance-head lrs of the Gaussian ('none': --lrs)")  # fmt: skip
+    p.add_argument("--losses", nargs="+", default=["contrastive"], choices=LOSSES, help="dev: losses swept")
+    p.add_argument("--loss", default="contrastive", choices=LOSSES, help="final: the loss")
+    p.add_argument("--var-lr", type=float, default=None, help="final: the variance head's lr (None: --lr)")
+    p.add_argument("--hard-negatives", choices=["none", "bm25", "model"], default="none")
+    p.add_argument("--negatives", type=int, default=7, help="hard negatives mined and sampled per query")
+    p.add_argument("--teacher-temperature", type=float, default=1.0, help="listwise loss: teacher temperature")
     p.add_argument("--untrained", action="store_true", help="dev: also log the untrained model (MiniLM cosine)")
     p.add_argument("--beta", type=float, default=1.0)
     p.add_argument("--temperature", type=float, default=0.05)
