@@ -25,12 +25,17 @@ The GPU machine lent to some sessions has no network, no faiss, no copy of the d
 
 Protocols (never mixed): ``zs-*`` jobs train on SQuAD train articles + NFCorpus train and are
 chosen on SciFact TRAIN queries and held-out SQuAD articles (zero-shot dev); ``id-*`` jobs train
-on SciFact train and are tested on SciFact test (in-domain).
+on SciFact train and are tested on SciFact test (in-domain). ``zsd-*`` jobs distil the int8
+cross-encoder teacher into the LoRA model (listwise loss over 1 positive + 7 negatives) on the
+2,000 SQuAD train-article queries of ``benchmarks/train_zero_shot.py``, with the negatives mined
+by MiniLM and the teacher scores computed by ``prepare`` here (cached; about 30 minutes on two
+cores the first time); NFCorpus is zero-shot for them.
 
 Examples:
     python benchmarks/gpu_lora.py prepare
     python benchmarks/gpu_lora.py run --out /tmp/gpu_out --smoke      # a CPU dry run
     python benchmarks/gpu_lora.py run --out $OUT --only zsv           # on the GPU: the next zero-shot run
+    python benchmarks/gpu_lora.py run --out $OUT --only zsd           # on the GPU: LoRA distillation
     python benchmarks/gpu_lora.py collect --from DIR_WITH_RUN_OUTPUTS
 """
 
@@ -101,7 +106,15 @@ def job_list(smoke: bool) -> list[dict[str, Any]]:
         jobs.append(dict(zs, name=f"zsv-s{seed}-negkl", similarity="neg_kl", beta=1.0, seed=seed, temperature=0.02,
                          var_lr=zs["lr"] / 10))  # fmt: skip
         jobs.append(dict(zs, name=f"zsv-s{seed}-dot", similarity="dot", beta=1.0, seed=seed, temperature=0.02))
+    # Distillation from the cross-encoder (the CPU head-only sweep's chosen loss and T; docs/results.md): can the
+    # teacher's ranking improve MiniLM once the backbone adapts? Three seeds of the pair.
+    zsd = dict(zs, data="zsd", loss="listwise", temperature=0.05)
+    for seed in (0, 1, 2):
+        jobs.append(dict(zsd, name=f"zsd-s{seed}-negkl", similarity="neg_kl", beta=1.0, seed=seed,
+                         var_lr=zs["lr"] / 10))  # fmt: skip
+        jobs.append(dict(zsd, name=f"zsd-s{seed}-dot", similarity="dot", beta=1.0, seed=seed))
     for j in jobs:
+        j.setdefault("loss", "contrastive")
         j.setdefault("seed", 0)
         j.setdefault("temperature", 0.05)
         j.setdefault("var_lr", None)
@@ -112,12 +125,29 @@ def job_list(smoke: bool) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------------- prepare
 def _training_pack(ts: Any) -> dict[str, Any]:
+    """A training set as JSON: each example is [query, positives, negatives(, teacher scores of both)]."""
+    teacher = all(ex.has_teacher for ex in ts.examples)
     return {
         "queries": ts.queries,
         "docs": ts.docs,
-        "examples": [[ex.query, ex.positives, ex.negatives] for ex in ts.examples],
+        "examples": [
+            [ex.query, ex.positives, ex.negatives] + ([ex.teacher_positives, ex.teacher_negatives] if teacher else [])
+            for ex in ts.examples
+        ],
         "sources": ts.sources,
     }
+
+
+def _distillation_set(squad_dev: int) -> Any:
+    """The CPU distillation sweep's training set: 2,000 SQuAD queries, 7 MiniLM negatives, teacher scores."""
+    import train_zero_shot as zs
+
+    from kl_retrievers.training.features import default_feature_cache_dir
+
+    zs.VAR_TOKEN = False
+    opts = argparse.Namespace(command="final", loss="listwise", train_data="squad", squad_train=2000,
+                              squad_dev=squad_dev, hard_negatives="model", negatives=7, max_length=256)  # fmt: skip
+    return zs.training_set(opts, default_feature_cache_dir())
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -146,6 +176,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     mine_bm25_negatives(zs, k=30)
     idd = from_beir(DATASETS / "scifact", "train")
     mine_bm25_negatives(idd, k=30)
+    zsd = _distillation_set(args.squad_dev)
     corpora: dict[str, Any] = {}
     evals: dict[str, Any] = {}
     for key, (name, split, _) in {**ZS_EVALS, **ID_EVALS}.items():
@@ -156,7 +187,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
             qids = [q for q in qids if q in keep]
         corpora.setdefault(name, {"ids": list(ds.doc_ids), "texts": ds.document_texts()})
         evals[key] = {"corpus": name, "qids": qids, "queries": [ds.queries[q] for q in qids]}
-    pack = {"train": {"zs": _training_pack(zs), "id": _training_pack(idd)}, "corpora": corpora, "evals": evals,
+    train = {"zs": _training_pack(zs), "id": _training_pack(idd), "zsd": _training_pack(zsd)}
+    pack = {"train": train, "corpora": corpora, "evals": evals,
             "squad_train": args.squad_train, "squad_dev": args.squad_dev}  # fmt: skip
     with gzip.open(PACK / "data.json.gz", "wt", encoding="utf-8") as fh:
         json.dump(pack, fh)
@@ -230,7 +262,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         pack = json.load(fh)
     sets = {}
     for name, p in pack["train"].items():
-        exs = [TrainExample(q, pos, neg) for q, pos, neg in p["examples"]]
+        exs = [TrainExample(*ex) for ex in p["examples"]]
         sets[name] = TrainingSet(p["queries"], p["docs"], exs, p["sources"])
     runs: dict[str, np.ndarray] = {}
     adapters: dict[str, torch.Tensor] = {}
@@ -249,7 +281,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             if job["steps"] > 0:
                 apply_freezing(enc, lora_r=LORA_R)
                 cfg = TrainConfig(
-                    similarity=job["similarity"], loss="contrastive", steps=job["steps"],
+                    similarity=job["similarity"], loss=job["loss"], steps=job["steps"],
                     batch_size=job["batch_size"], negatives=7, lr=job["lr"], var_lr=job["var_lr"],
                     temperature=job["temperature"], seed=job["seed"],
                     time_budget_s=job["budget_s"], show_progress=False, device=device,
@@ -258,7 +290,7 @@ def cmd_run(args: argparse.Namespace) -> None:
                 row |= {"steps_done": res.steps_done, "stopped": res.stopped, "train_s": round(res.seconds, 1),
                         "final_loss": round(res.final_loss, 4), "first_loss": round(res.losses[0], 4)}  # fmt: skip
                 for n, p in enc.named_parameters():
-                    if p.requires_grad and job["data"] == "zs":  # only zero-shot models can be shipped
+                    if p.requires_grad and job["data"] != "id":  # only zero-shot models can be shipped
                         adapters[f"{job['name']}/{n}"] = p.detach().float().cpu().contiguous()
             for key in job["evals"]:
                 ev = pack["evals"][key]
@@ -269,7 +301,7 @@ def cmd_run(args: argparse.Namespace) -> None:
                 idx, val = _retrieve(enc, job["similarity"], queries, docs, device, stats)
                 runs[f"{job['name']}|{key}|idx"] = idx
                 runs[f"{job['name']}|{key}|score"] = val
-                if (job["similarity"] == "neg_kl" and job["data"] == "zs") or job["name"] == "id-negkl-s0":
+                if (job["similarity"] == "neg_kl" and job["data"] != "id") or job["name"] == "id-negkl-s0":
                     row[f"{key}:doc_var_p1_p50_p99"] = stats["doc_var_p1_p50_p99"]
                     idx, val = _retrieve(enc, "means_only", queries, docs, device)
                     runs[f"{job['name']}-means-only|{key}|idx"] = idx
@@ -335,7 +367,9 @@ def cmd_collect(args: argparse.Namespace) -> None:
             logger.warning("%s failed on the GPU: %s", job["name"], job["error"])
             continue
         for system in (job["name"], f"{job['name']}-means-only"):
-            for key, (name, split, protocol) in (ZS_EVALS if job["data"] == "zs" else ID_EVALS).items():
+            for key, (name, split, protocol) in (ID_EVALS if job["data"] == "id" else ZS_EVALS).items():
+                if job["data"] == "zsd" and name == NFC:
+                    protocol = "zero-shot"
                 if f"{system}|{key}|idx" not in runs.files:
                     continue
                 ev = pack["evals"][key]
@@ -364,12 +398,16 @@ def cmd_collect(args: argparse.Namespace) -> None:
         job = next(j for j in jobs if j["name"] == name)
         enc = _job_encoder(job, load_file(str(src / "adapters.safetensors")))
         enc.config.extra["training"] = {
-            "data": [f"{SQUAD}:test, all {len(pack['train']['zs']['examples']) - 2563:,} queries of the train articles "
-                     "(every 10th article held out)", f"{NFC}:train (2,563 queries)"]
-            if job["data"] == "zs" else ["scifact:train"],
+            "data": {
+                "zs": [f"{SQUAD}:test, all {len(pack['train']['zs']['examples']) - 2563:,} queries of the train "
+                       "articles (every 10th article held out)", f"{NFC}:train (2,563 queries)"],
+                "zsd": [f"{SQUAD}:test, 2,000 queries of the train articles (seed 0; every 10th article held out), "
+                        "teacher scores from the int8 ms-marco-MiniLM-L-12-v2 cross-encoder"],
+            }.get(job["data"], ["scifact:train"]),
             "recipe": {k: job[k] for k in ("similarity", "beta", "steps_done", "batch_size", "lr", "seed")}
             | {"var_lr": job.get("var_lr"), "temperature": job.get("temperature", 0.05)}  # older runs: neither
-            | {"loss": "contrastive", "negatives": "7 BM25 (bm25s) + in-batch",
+            | {"loss": job.get("loss", "contrastive"),
+               "negatives": "7 mined by MiniLM" if job["data"] == "zsd" else "7 BM25 (bm25s) + in-batch",
                "lora_r": LORA_R, "lora_alpha": 2 * LORA_R, "lora_targets": "query, value (stored as factors)",
                "bf16_autocast": job.get("bf16_autocast")},
             "hardware": job["hardware"], "torch": job["torch"], "final_loss": job.get("final_loss"),
