@@ -199,19 +199,19 @@ def load_final() -> list[dict[str, Any]]:
     return rows + read_jsonl(RUNS / "zs_final_b5.jsonl")
 
 
-def per_query(system: str, data: str, split: str) -> dict[str, dict[str, float]] | None:
-    """Per-query metrics saved under runs/zs_final/ (None when missing)."""
+def per_query(system: str, data: str, split: str, folder: str = "zs_final") -> dict[str, dict[str, float]] | None:
+    """Per-query metrics saved under runs/FOLDER/ (None when missing)."""
     from kl_retrievers.evaluation import load_per_query
 
-    p = RUNS / "zs_final" / f"{system}.{data}.{split}.json"
+    p = RUNS / folder / f"{system}.{data}.{split}.json"
     return load_per_query(p)[0] if p.is_file() else None
 
 
-def ptest(a: str, b: str, data: str, split: str, metric: str = "ndcg@10") -> str:
-    """Paired t-test cell ``diff (p)`` of system a minus system b."""
+def ptest(a: str, b: str, data: str, split: str, metric: str = "ndcg@10", folder: str = "zs_final") -> str:
+    """Paired t-test cell ``diff (p)`` of system a minus system b (per-query files under runs/FOLDER/)."""
     from kl_retrievers.evaluation import paired_test
 
-    pa, pb = per_query(a, data, split), per_query(b, data, split)
+    pa, pb = per_query(a, data, split, folder), per_query(b, data, split, folder)
     if pa is None or pb is None:
         return "not measured"
     r = paired_test(pa, pb, metric)
@@ -1000,25 +1000,6 @@ def distill_choice(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {sim: cfg for sim, (_, cfg) in best.items()}
 
 
-def distill_per_query(system: str, data: str, split: str) -> dict[str, dict[str, float]] | None:
-    """Per-query metrics of a distillation final run (None when missing)."""
-    from kl_retrievers.evaluation import load_per_query
-
-    p = RUNS / "zs256_final" / f"{system}.{data}.{split}.json"
-    return load_per_query(p)[0] if p.is_file() else None
-
-
-def distill_ptest(a: str, b: str, data: str) -> str:
-    """``diff (p)`` of nDCG@10, system a minus b, on a test split of the distillation runs."""
-    from kl_retrievers.evaluation import paired_test
-
-    pa, pb = distill_per_query(a, data, "test"), distill_per_query(b, data, "test")
-    if pa is None or pb is None:
-        return "not measured"
-    r = paired_test(pa, pb, "ndcg@10")
-    return f"{r.mean_diff:+.4f} (p = {r.p_value:.2g})"
-
-
 def distill_section(bm25: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     """Zero-shot head-only distillation from the cross-encoder: every dev row, the test rows, the targets."""
     rows = distill_dev_rows()
@@ -1112,6 +1093,7 @@ def distill_test_section(bm25: dict[tuple[str, str], dict[str, Any]]) -> list[st
     if not rows:
         return ["The distilled pair has not been evaluated on the test splits (`runs/zs256_final.jsonl`)."]
     lora = gpu_rows()
+    folder = "zs256_final"
 
     def nd(system: str, data: str) -> float | None:
         r = rows.get((system, data))
@@ -1136,7 +1118,8 @@ def distill_test_section(bm25: dict[tuple[str, str], dict[str, Any]]) -> list[st
             f"| {NAMES[n]} ({rows[('neg_kl', n)]['protocol']}) | {fmt(b['ndcg@10']) if b else '-'} "
             f"| {cell('minilm-cosine', n)} | {fmt(shipped['ndcg@10']) if shipped else '-'} | {cell('dot', n)} "
             f"| **{cell('neg_kl', n)}** | {fmt(nd('neg_kl-means-only', n))} "
-            f"| {distill_ptest('neg_kl', 'dot', n)} | {distill_ptest('neg_kl', 'minilm-cosine', n)} |"
+            f"| {ptest('neg_kl', 'dot', n, 'test', folder=folder)} "
+            f"| {ptest('neg_kl', 'minilm-cosine', n, 'test', folder=folder)} |"
         )
     zs = [n for n in ZERO_SHOT if n in datas]
     means = {s: float(np.mean([nd(s, n) or 0.0 for n in zs])) for s in ("neg_kl", "dot", "minilm-cosine")}
