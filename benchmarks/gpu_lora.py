@@ -367,8 +367,9 @@ def cmd_collect(args: argparse.Namespace) -> None:
             logger.warning("%s failed on the GPU: %s", job["name"], job["error"])
             continue
         for system in (job["name"], f"{job['name']}-means-only"):
+            nfc_trained = any(NFC in src for src in pack["train"][job["data"]]["sources"])
             for key, (name, split, protocol) in (ID_EVALS if job["data"] == "id" else ZS_EVALS).items():
-                if job["data"] == "zsd" and name == NFC:
+                if name == NFC and not nfc_trained:  # e.g. the zsd-* jobs, trained on SQuAD only
                     protocol = "zero-shot"
                 if f"{system}|{key}|idx" not in runs.files:
                     continue
