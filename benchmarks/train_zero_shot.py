@@ -126,7 +126,9 @@ def training_set(args: argparse.Namespace, cache: Path) -> TrainingSet:
 
         t0 = time.perf_counter()
         n = add_teacher_scores(ts, CrossEncoderTeacher(cache_dir=cache.parent / "teacher"))
-        logger.warning("teacher scores: %d pairs in %.0f s", n, time.perf_counter() - t0)
+        first = np.mean([min(ex.teacher_positives or [0.0]) > max(ex.teacher_negatives or [0.0]) for ex in ts.examples])
+        logger.warning("teacher scores: %d pairs in %.0f s; every positive above every negative for %.1f%% of "
+                       "the queries", n, time.perf_counter() - t0, 100 * first)  # fmt: skip
     return ts
 
 
