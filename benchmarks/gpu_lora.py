@@ -348,6 +348,28 @@ def _job_encoder(job: dict[str, Any], adapters: dict[str, Any]) -> Any:
     return enc
 
 
+def training_info(job: dict[str, Any], pack: dict[str, Any]) -> dict[str, Any]:
+    """The ``training`` block of an exported job's config: data, recipe, hardware and command."""
+    name = job["name"]
+    return {
+        "data": {
+            "zs": [f"{SQUAD}:test, all {len(pack['train']['zs']['examples']) - 2563:,} queries of the train "
+                   "articles (every 10th article held out)", f"{NFC}:train (2,563 queries)"],
+            "zsd": [f"{SQUAD}:test, 2,000 queries of the train articles (seed 0; every 10th article held out), "
+                    "teacher scores from the int8 ms-marco-MiniLM-L-12-v2 cross-encoder"],
+        }.get(job["data"], ["scifact:train"]),
+        "recipe": {k: job[k] for k in ("similarity", "beta", "steps_done", "batch_size", "lr", "seed")}
+        | {"var_lr": job.get("var_lr"), "temperature": job.get("temperature", 0.05)}  # older runs: neither
+        | {"loss": job.get("loss", "contrastive"),
+           "negatives": "7 mined by MiniLM" if job["data"] == "zsd" else "7 BM25 (bm25s) + in-batch",
+           "lora_r": LORA_R, "lora_alpha": 2 * LORA_R, "lora_targets": "query, value (stored as factors)",
+           "bf16_autocast": job.get("bf16_autocast")},
+        "hardware": job["hardware"], "torch": job["torch"], "final_loss": job.get("final_loss"),
+        "command": "python benchmarks/gpu_lora.py prepare && (GPU) python benchmarks/gpu_lora.py run "
+        f"--out OUT --only {name} && python benchmarks/gpu_lora.py collect --from OUT --export {name} DIR",
+    }  # fmt: skip
+
+
 def cmd_collect(args: argparse.Namespace) -> None:
     """Score the GPU runs with ir-measures; optionally export one job as a model folder."""
     from kl_retrievers.datasets import load_beir
@@ -398,23 +420,7 @@ def cmd_collect(args: argparse.Namespace) -> None:
         name, out = args.export
         job = next(j for j in jobs if j["name"] == name)
         enc = _job_encoder(job, load_file(str(src / "adapters.safetensors")))
-        enc.config.extra["training"] = {
-            "data": {
-                "zs": [f"{SQUAD}:test, all {len(pack['train']['zs']['examples']) - 2563:,} queries of the train "
-                       "articles (every 10th article held out)", f"{NFC}:train (2,563 queries)"],
-                "zsd": [f"{SQUAD}:test, 2,000 queries of the train articles (seed 0; every 10th article held out), "
-                        "teacher scores from the int8 ms-marco-MiniLM-L-12-v2 cross-encoder"],
-            }.get(job["data"], ["scifact:train"]),
-            "recipe": {k: job[k] for k in ("similarity", "beta", "steps_done", "batch_size", "lr", "seed")}
-            | {"var_lr": job.get("var_lr"), "temperature": job.get("temperature", 0.05)}  # older runs: neither
-            | {"loss": job.get("loss", "contrastive"),
-               "negatives": "7 mined by MiniLM" if job["data"] == "zsd" else "7 BM25 (bm25s) + in-batch",
-               "lora_r": LORA_R, "lora_alpha": 2 * LORA_R, "lora_targets": "query, value (stored as factors)",
-               "bf16_autocast": job.get("bf16_autocast")},
-            "hardware": job["hardware"], "torch": job["torch"], "final_loss": job.get("final_loss"),
-            "command": "python benchmarks/gpu_lora.py prepare && (GPU) python benchmarks/gpu_lora.py run "
-            f"--out OUT --only {name} && python benchmarks/gpu_lora.py collect --from OUT --export {name} DIR",
-        }  # fmt: skip
+        enc.config.extra["training"] = training_info(job, pack)
         enc.save_pretrained(out, include_backbone=False)
         logger.warning("exported %s to %s", name, out)
 

@@ -111,6 +111,36 @@ GPU_MORE_COMMANDS = [
     f"{PY} benchmarks/gpu_lora.py collect --from runs/gpu5 --log runs/gpu_lora_5.jsonl --per-query-dir runs/gpu_lora_5",
     f"{PY} benchmarks/gpu_lora.py collect --from runs/gpu6 --log runs/gpu_lora_6.jsonl --per-query-dir runs/gpu_lora_6",
 ]
+#: WiSE-FT on the CPU (``benchmarks/wise_ft.py``): a LoRA job's update scaled by alpha towards MiniLM. Dev tries
+#: (job, alpha) on SciFact TRAIN; the chosen pair's Gaussian and its dot twin (same alpha) then go to test.
+WISE_JOBS = {"zs-negkl-b1": ("gpu2", "zs-dot"), "zsd-s0-negkl": ("gpu5", "zsd-s0-dot")}
+WISE_DEV = [("zs-negkl-b1", 0.5), ("zsd-s0-negkl", 0.5), ("zsd-s0-negkl", 0.25), ("zsd-s0-negkl", 0.75)]
+WISE_CHOSEN = ("zsd-s0-negkl", 0.25)
+WISE_TESTS = ("scifact", "trec-dl21-passage-pooled", "cranfield", "nfcorpus-preprocessed")
+
+
+def _wise_eval(model: str, data: str, split: str) -> str:
+    return (
+        f"kl-retrievers evaluate ../shared/datasets/{data} --split {split} --model runs/wise/{model} --json "
+        f"--unknown-docs drop --quiet --per-query runs/wise_pq/{model}.{data}.{split}.json >> runs/wise.jsonl"
+    )
+
+
+WISE_COMMANDS = [
+    *[
+        f"{PY} benchmarks/wise_ft.py export --from runs/{WISE_JOBS[j][0]} --job {j} --alphas {a:g} --out-dir runs/wise"
+        for j, a in WISE_DEV
+    ],
+    *[_wise_eval(f"{j}-a{a:g}", "scifact", "train") for j, a in WISE_DEV],
+    "# the chosen (job, alpha) and its dot twin at the same alpha, on test",
+    f"{PY} benchmarks/wise_ft.py export --from runs/{WISE_JOBS[WISE_CHOSEN[0]][0]} "
+    f"--job {WISE_JOBS[WISE_CHOSEN[0]][1]} --alphas {WISE_CHOSEN[1]:g} --out-dir runs/wise",
+    *[
+        _wise_eval(f"{j}-a{WISE_CHOSEN[1]:g}", n, "test")
+        for j in (WISE_CHOSEN[0], WISE_JOBS[WISE_CHOSEN[0]][1])
+        for n in WISE_TESTS
+    ],
+]
 #: In-domain head-only run in the issue's floor design (256 tokens, no [VAR], full-corpus softmax).
 FLOOR_COMMAND = (
     f"{PY} benchmarks/train_heads_experiments.py in-domain --seeds 0 1 2 --similarities neg_kl dot "
@@ -434,8 +464,8 @@ def gpu_ptest(a: str, b: str, key: str, metric: str = "ndcg@10") -> str:
     return file_ptest(path(a), path(b), metric)
 
 
-def file_ptest(a: Path | list[Path], b: Path | list[Path], metric: str = "ndcg@10") -> str:
-    """Paired t-test cell ``diff (p = ...)`` of the per-query file(s) a minus b.
+def file_ptest_result(a: Path | list[Path], b: Path | list[Path], metric: str = "ndcg@10") -> Any:
+    """Paired t-test of the per-query file(s) a minus b (``None`` when a file is missing).
 
     Given lists (one file per training seed), each query's metric is first averaged over the files.
     """
@@ -447,9 +477,14 @@ def file_ptest(a: Path | list[Path], b: Path | list[Path], metric: str = "ndcg@1
 
     fa, fb = [a] if isinstance(a, Path) else a, [b] if isinstance(b, Path) else b
     if not all(f.is_file() for f in fa + fb):
-        return "not measured"
-    r = paired_test(mean(fa), mean(fb), metric)
-    return f"{r.mean_diff:+.4f} (p = {r.p_value:.2g})"
+        return None
+    return paired_test(mean(fa), mean(fb), metric)
+
+
+def file_ptest(a: Path | list[Path], b: Path | list[Path], metric: str = "ndcg@10") -> str:
+    """Paired t-test cell ``diff (p = ...)`` of the per-query file(s) a minus b (see :func:`file_ptest_result`)."""
+    r = file_ptest_result(a, b, metric)
+    return "not measured" if r is None else f"{r.mean_diff:+.4f} (p = {r.p_value:.2g})"
 
 
 def gpu_section(bm25: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
@@ -680,6 +715,160 @@ def gpu_more_section() -> list[str]:
     ]
     return out
 
+    return out
+
+
+def wise_section() -> list[str]:
+    """WiSE-FT on the CPU: a LoRA job's update scaled towards MiniLM; dev choice, test rows and the targets."""
+    rows = {(Path(r["model"]).name, Path(r["dataset"]).name, r["split"]): r for r in read_jsonl(RUNS / "wise.jsonl")}
+    if not rows:
+        return ["The weight-space interpolation runs (`runs/wise.jsonl`) have not been run."]
+    gpu = gpu_rows() | {(r["system"], r["eval"]): r for r in read_jsonl(RUNS / "gpu_lora_5.jsonl")}
+    mini = {
+        (r["data"], r["split"]): r for r in read_jsonl(RUNS / "zs256_final.jsonl") if r["system"] == "minilm-cosine"
+    }
+
+    def wpq(model: str, data: str, split: str) -> Path:
+        return RUNS / "wise_pq" / f"{model}.{data}.{split}.json"
+
+    def mpq(data: str, split: str) -> Path:
+        return RUNS / "zs256_final" / f"minilm-cosine.{data}.{split}.json"
+
+    def gpq(system: str, key: str) -> Path:
+        run = {"zs-negkl-b1": "gpu_lora_2", "zs-dot": "gpu_lora_2"}.get(system, "gpu_lora_5")
+        return RUNS / run / f"{system}.{key.replace(':', '.')}.json"
+
+    out = [
+        "## Zero-shot protocol: weight-space interpolation towards MiniLM (WiSE-FT, CPU)",
+        "",
+        "Wortsman et al. (2022) found that interpolating a fine-tuned model's weights with those of the model it "
+        "started from keeps much of the fine-tuning gain and the starting model's robustness elsewhere. "
+        "`benchmarks/wise_ft.py` does this for the LoRA jobs above, with no further training: the LoRA update "
+        "B @ A becomes alpha * B @ A and every head parameter p becomes p0 + alpha * (p - p0), p0 its seeded "
+        "initial value (identity mean head, unit variance). alpha = 0 is exactly MiniLM cosine, alpha = 1 the "
+        "trained job. (job, alpha) is chosen on SciFact TRAIN; the dot twin gets the chosen alpha, so it keeps "
+        "the identical recipe. Every row of this section is evaluated on the 2-core CPU with `kl-retrievers "
+        "evaluate` on the exact float32 backbone (the alpha = 1 rows are the GPU evaluations above). Commands:",
+        "",
+        "```",
+        *WISE_COMMANDS,
+        "```",
+        "",
+        "### Dev (SciFact TRAIN, 809 queries)",
+        "",
+        "| model | SciFact TRAIN nDCG@10 | minus MiniLM (paired t) | minus the shipped default (paired t) |",
+        "|---|---|---|---|",
+    ]
+    shipped_pq = gpq("zs-negkl-b1", "scifact:train")
+    m = mini.get(("scifact", "train"))
+    out.append(f"| MiniLM cosine (alpha = 0) | {fmt(m['ndcg@10'] if m else None)} | - | "
+               f"{file_ptest(mpq('scifact', 'train'), shipped_pq)} |")  # fmt: skip
+    for job in WISE_JOBS:
+        r = gpu.get((job, "scifact:train"))
+        out.append(
+            f"| `{job}`, alpha = 1 (GPU eval) | {fmt(r['ndcg@10'] if r else None)} "
+            f"| {file_ptest(gpq(job, 'scifact:train'), mpq('scifact', 'train'))} "
+            f"| {'-' if job == 'zs-negkl-b1' else file_ptest(gpq(job, 'scifact:train'), shipped_pq)} |"
+        )
+    dev = {}
+    for job, alpha in WISE_DEV:
+        name = f"{job}-a{alpha:g}"
+        r = rows.get((name, "scifact", "train"))
+        if r is None:
+            continue
+        dev[(job, alpha)] = r["ndcg@10"]
+        out.append(
+            f"| `{job}`, alpha = {alpha:g} | {r['ndcg@10']:.4f} "
+            f"| {file_ptest(wpq(name, 'scifact', 'train'), mpq('scifact', 'train'))} "
+            f"| {file_ptest(wpq(name, 'scifact', 'train'), shipped_pq)} |"
+        )
+    chosen = max(dev, key=lambda k: dev[k]) if dev else None
+    job, alpha = WISE_CHOSEN
+    twin = f"{WISE_JOBS[job][1]}-a{alpha:g}"
+    gauss = f"{job}-a{alpha:g}"
+    r = rows.get((twin, "scifact", "train"))
+    if r is not None:
+        out.append(
+            f"| its dot twin `{WISE_JOBS[job][1]}`, alpha = {alpha:g} (not a candidate) | {r['ndcg@10']:.4f} "
+            f"| {file_ptest(wpq(twin, 'scifact', 'train'), mpq('scifact', 'train'))} "
+            f"| {file_ptest(wpq(twin, 'scifact', 'train'), shipped_pq)} |"
+        )
+    t = file_ptest_result(wpq(gauss, "scifact", "train"), shipped_pq)
+    out += [
+        "",
+        f"Chosen: `{job}` at alpha = {alpha:g}, the best SciFact TRAIN row. The default changes only on a dev gain "
+        "over it that a paired test supports (p < 0.05), the rule of the distillation section above"
+        + (
+            f": here {t.mean_diff:+.4f} at p = {t.p_value:.2g}, so "
+            + ("this model replaces `minilm-gauss-lora`." if t.mean_diff > 0 and t.p_value < 0.05 else
+               "`minilm-gauss-lora` stays the default.")
+            if t is not None
+            else "."
+        ),
+    ]  # fmt: skip
+    if chosen != WISE_CHOSEN:
+        out += ["", f"**The dev choice {chosen} differs from `WISE_CHOSEN` {WISE_CHOSEN}: rerun the test rows.**"]
+    if not any(rows.get((gauss, n, "test")) for n in WISE_TESTS):
+        return [*out, "", "The chosen pair has not been evaluated on the test splits yet."]
+
+    def nd(model: str, n: str) -> float | None:
+        r = rows.get((model, n, "test"))
+        return r["ndcg@10"] if r else None
+
+    def cell(model: str, n: str) -> str:
+        r = rows.get((model, n, "test"))
+        return f"{r['ndcg@10']:.4f} ({r['recall@100']:.4f})" if r else "not measured"
+
+    out += [
+        "",
+        "### Test (nDCG@10; Recall@100 in brackets)",
+        "",
+        f"| data | MiniLM cosine | shipped default | `{job}` (alpha = 1, GPU eval) | dot twin, alpha = {alpha:g} "
+        f"| **Gaussian, alpha = {alpha:g}** | Gaussian - twin (paired t) | Gaussian - MiniLM (paired t) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for n in WISE_TESTS:
+        mr = mini.get((n, "test"))
+        key = f"{n}:test"
+        proto = "zero-shot" if n != "nfcorpus-preprocessed" or job.startswith("zsd") else "in-domain"
+        out.append(
+            f"| {NAMES[n]} ({proto}) | {fmt(mr['ndcg@10'] if mr else None)} "
+            f"| {fmt(gpu.get(('zs-negkl-b1', key), {}).get('ndcg@10'))} "
+            f"| {fmt(gpu.get((job, key), {}).get('ndcg@10'))} "
+            f"| {cell(twin, n)} | **{cell(gauss, n)}** "
+            f"| {file_ptest(wpq(gauss, n, 'test'), wpq(twin, n, 'test'))} "
+            f"| {file_ptest(wpq(gauss, n, 'test'), mpq(n, 'test'))} |"
+        )
+    done = [n for n in ZERO_SHOT if nd(gauss, n) is not None and nd(twin, n) is not None]
+    if len(done) < len(ZERO_SHOT):
+        return [*out, "", "Some test rows are missing; no target is assessed."]
+    means = {
+        "Gaussian": float(np.mean([nd(gauss, n) or 0.0 for n in ZERO_SHOT])),
+        "twin": float(np.mean([nd(twin, n) or 0.0 for n in ZERO_SHOT])),
+        "MiniLM": float(np.mean([mini[(n, "test")]["ndcg@10"] for n in ZERO_SHOT])),
+    }
+    below = [NAMES[n] for n in WISE_TESTS if (nd(gauss, n) or 0.0) <= mini[(n, "test")]["ndcg@10"]]
+    vs_mini = [t for n in WISE_TESTS if (t := file_ptest_result(wpq(gauss, n, "test"), mpq(n, "test"))) is not None]
+    sf = nd(gauss, "scifact")
+    out += [
+        "",
+        "Against the targets (zero-shot mean over SciFact, TREC DL21 and Cranfield):",
+        "",
+        f"- Mean nDCG@10: Gaussian {means['Gaussian']:.4f}, dot twin {means['twin']:.4f}, MiniLM "
+        f"{means['MiniLM']:.4f}. The Gaussian {'beats' if means['Gaussian'] > means['twin'] else '**does not beat**'} "
+        f"its twin on the mean ({means['Gaussian'] - means['twin']:+.4f}).",
+        "- Beats MiniLM on every collection: "
+        + ("**yes**." if not below else f"**no**: at or below MiniLM on {', '.join(below)}."),
+        f"- SciFact test nDCG@10 >= 0.70: **{'reached' if sf is not None and sf >= 0.70 else 'not reached'}** "
+        f"({fmt(sf)}).",
+        "",
+        f"For comparison only (the default was decided on dev, above): the shipped default's zero-shot mean is "
+        f"{float(np.mean([gpu[('zs-negkl-b1', f'{n}:test')]['ndcg@10'] for n in ZERO_SHOT])):.4f} and the "
+        f"distilled job's before interpolation (alpha = 1) "
+        f"{float(np.mean([gpu[(job, f'{n}:test')]['ndcg@10'] for n in ZERO_SHOT])):.4f}. At alpha = {alpha:g} the "
+        f"Gaussian is within {max(abs(t.mean_diff) for t in vs_mini):.4f} nDCG@10 of MiniLM on every collection "
+        f"(smallest paired-test p = {min(t.p_value for t in vs_mini):.2g}).",
+    ]
     return out
 
 
@@ -1429,6 +1618,8 @@ def render() -> str:
         *distill_section(bm25),
         "",
         *gpu_more_section(),
+        "",
+        *wise_section(),
         "",
         "## Zero-shot protocol: head-only candidates on the CPU (`minilm-gauss-zs`, previous sessions)",
         "",

@@ -53,6 +53,11 @@ REWRITES: list[tuple[str, str, str]] = [
         f"--model {bundled_model_path('minilm-gauss-lora').parent.as_posix()}/",
         "a bundled model folder given relative to the repository root",
     ),
+    (
+        r"--model runs/wise/\S+",
+        f"--model {bundled_model_path('minilm-gauss-lora').as_posix()}",
+        "a folder that `python benchmarks/wise_ft.py export` writes (benchmark lines are checked, not run)",
+    ),
     (r"^kl-retrievers train .*", r"\g<0> --steps 20", "1000 default steps -> 20 (the last --steps wins)"),
 ]
 #: The sandbox: a fresh folder per test beside ``shared/datasets/``, whose datasets keep their names and

@@ -1,0 +1,112 @@
+"""Weight-space interpolation (WiSE-FT) between MiniLM and a LoRA-trained model, on the CPU.
+
+Wortsman et al. (2022), "Robust fine-tuning of zero-shot models": interpolating the weights of a
+fine-tuned model with those of the model it started from often keeps the fine-tuning gain and the
+starting model's robustness on other distributions. Here the starting model is the untrained
+design (all-MiniLM-L6-v2, identity mean head, unit variance: exactly MiniLM cosine) and the
+fine-tuned one is a LoRA job of ``benchmarks/gpu_lora.py``. With ``alpha`` in [0, 1]:
+
+* the LoRA update ``B @ A`` becomes ``alpha * B @ A`` (``B`` scaled, since ``B`` starts at zero,
+  the start is ``alpha = 0`` whatever ``A`` was initialised to);
+* every head parameter becomes ``p0 + alpha * (p - p0)``, ``p0`` the seeded initial value.
+
+``alpha = 1`` is the trained model, ``alpha = 0`` the untrained one. The same ``alpha`` is applied
+to a Gaussian job and to its dot twin, so the twin keeps the identical recipe.
+
+Each ``JOB-aALPHA`` folder is a delta model (heads + the LoRA factors) that ``kl-retrievers
+evaluate --model`` loads on the exact float32 backbone. ``docs/results.md`` lists every command
+behind its WiSE-FT section.
+
+Examples:
+    python benchmarks/wise_ft.py export --from runs/gpu5 --job zsd-s0-negkl --alphas 0.25 0.5 --out-dir runs/wise
+    kl-retrievers evaluate ../shared/datasets/scifact --split train --model runs/wise/zsd-s0-negkl-a0.25 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+logger = logging.getLogger("wise_ft")
+
+
+def interpolate(job: dict[str, Any], adapters: dict[str, Any], alpha: float) -> Any:
+    """The job's encoder with its trained update scaled by ``alpha`` (see the module docstring)."""
+    import torch
+    from gpu_lora import BASE, LORA_R, _job_encoder
+
+    from kl_retrievers import GaussianEncoder
+    from kl_retrievers.training.trainer import apply_freezing
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
+    trained = _job_encoder(job, adapters)
+    init = GaussianEncoder.from_backbone(
+        BASE, pooling="mean", normalize_pooled=True, var_token=False, beta=job["beta"],
+        max_length=256, query_max_length=64, seed=job["seed"],
+    )  # fmt: skip
+    apply_freezing(init, lora_r=LORA_R)
+    p0 = {n: p.detach().clone() for n, p in init.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for n, p in trained.named_parameters():
+            if not p.requires_grad:
+                continue
+            if "lora_B" in n:
+                p.mul_(alpha)
+            elif "lora_A" not in n:
+                p.copy_(p0[n] + alpha * (p - p0[n]))
+    return trained
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    """Save one delta model folder per alpha: ``OUT_DIR/JOB-aALPHA``."""
+    from gpu_lora import PACK, training_info
+    from safetensors.torch import load_file
+
+    src = Path(args.source)
+    with gzip.open(PACK / "data.json.gz", "rt", encoding="utf-8") as fh:
+        pack = json.load(fh)
+    jobs = {j["name"]: j for j in (json.loads(x) for x in (src / "jobs.jsonl").read_text().splitlines() if x.strip())}
+    adapters = load_file(str(src / "adapters.safetensors"))
+    for name in args.job:
+        job = jobs[name]
+        for alpha in args.alphas:
+            enc = interpolate(job, adapters, alpha)
+            command = (
+                f"python benchmarks/wise_ft.py export --from {src} --job {name} --alphas {alpha:g} "
+                f"--out-dir {args.out_dir}" + (f" --name {args.name}" if args.name else "")
+            )
+            info = training_info(job, pack)
+            info["wise_ft"] = {"job": name, "alpha": alpha, "from": str(src), "command": command}
+            info["command"] = f"{info['command']} && {command}"
+            enc.config.extra["training"] = info
+            out = Path(args.out_dir) / (args.name or f"{name}-a{alpha:g}")
+            enc.save_pretrained(out, include_backbone=False)
+            print(f"wrote {out}", flush=True)
+
+
+def main() -> None:
+    """Command-line entry point."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["export"])
+    p.add_argument("--from", dest="source", required=True, help="a gpu_lora.py run's output folder")
+    p.add_argument("--job", nargs="+", required=True, help="job names in that run")
+    p.add_argument("--alphas", nargs="+", type=float, required=True, help="interpolation weights in [0, 1]")
+    p.add_argument("--out-dir", default="runs/wise")
+    p.add_argument("--name", help="folder name under --out-dir (one job and one alpha only; default JOB-aALPHA)")
+    args = p.parse_args()
+    if args.name and len(args.job) * len(args.alphas) != 1:
+        p.error(f"--name needs exactly one job and one alpha; got {len(args.job)} jobs and {len(args.alphas)} alphas")
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    cmd_export(args)
+
+
+if __name__ == "__main__":
+    main()
