@@ -132,9 +132,10 @@ WISE_COMMANDS = [
         for j, a in WISE_DEV
     ],
     *[_wise_eval(f"{j}-a{a:g}", "scifact", "train") for j, a in WISE_DEV],
-    "# the chosen (job, alpha) and its dot twin at the same alpha, on test",
+    "# the chosen (job, alpha) and its dot twin at the same alpha (its dev row is not a candidate), then test",
     f"{PY} benchmarks/wise_ft.py export --from runs/{WISE_JOBS[WISE_CHOSEN[0]][0]} "
     f"--job {WISE_JOBS[WISE_CHOSEN[0]][1]} --alphas {WISE_CHOSEN[1]:g} --out-dir runs/wise",
+    _wise_eval(f"{WISE_JOBS[WISE_CHOSEN[0]][1]}-a{WISE_CHOSEN[1]:g}", "scifact", "train"),
     *[
         _wise_eval(f"{j}-a{WISE_CHOSEN[1]:g}", n, "test")
         for j in (WISE_CHOSEN[0], WISE_JOBS[WISE_CHOSEN[0]][1])
