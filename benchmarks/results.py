@@ -258,6 +258,11 @@ def ptest(a: str, b: str, data: str, split: str, metric: str = "ndcg@10", folder
     return f"{r.mean_diff:+.4f} (p = {r.p_value:.3g}, n = {r.n})"
 
 
+def nd_recall_cell(row: dict[str, Any] | None) -> str:
+    """``nDCG@10 (Recall@100)`` of a logged row, or ``not measured``."""
+    return f"{row['ndcg@10']:.4f} ({row['recall@100']:.4f})" if row else "not measured"
+
+
 def fmt(x: float | None) -> str:
     """Four decimals or a dash."""
     return "-" if x is None else f"{x:.4f}"
@@ -453,14 +458,23 @@ def gpu_rows() -> dict[tuple[str, str], dict[str, Any]]:
     return rows
 
 
+def gpu_pq(system: str, key: str) -> Path:
+    """Per-query file of a GPU system: run 1 for the untrained row, runs 3 to 6 by job prefix, else run 2."""
+    if system == "zs-untrained":
+        run = "gpu_lora_1"
+    else:
+        prefixes = {"zs-s": "gpu_lora_3", "id240": "gpu_lora_4", "zsd": "gpu_lora_5", "zsv": "gpu_lora_6"}
+        run = next((r for prefix, r in prefixes.items() if system.startswith(prefix)), "gpu_lora_2")
+    return RUNS / run / f"{system}.{key.replace(':', '.')}.json"
+
+
 def gpu_ptest(a: str, b: str, key: str, metric: str = "ndcg@10") -> str:
-    """Paired t-test of two GPU systems (per-query files of run 2, or of the CPU re-evaluation)."""
+    """Paired t-test of two GPU systems (see :func:`gpu_pq`), or of ``"cpu"``, the CPU re-evaluation."""
 
     def path(system: str) -> Path:
         if system == "cpu":
             return RUNS / "lora_cpu" / f"gauss-lora.{key.replace(':', '.')}.json"
-        run = "gpu_lora_1" if system == "zs-untrained" else "gpu_lora_2"
-        return RUNS / run / f"{system}.{key.replace(':', '.')}.json"
+        return gpu_pq(system, key)
 
     return file_ptest(path(a), path(b), metric)
 
@@ -565,9 +579,13 @@ def gpu_section(bm25: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     return out
 
 
-def gpu_more_section() -> list[str]:
+def gpu_more_rows() -> dict[tuple[str, str], dict[str, Any]]:
+    """(system, eval) -> row of GPU runs 5 and 6 (the ``zsd-*`` and ``zsv-*`` jobs)."""
+    return {(r["system"], r["eval"]): r for f in ("gpu_lora_5.jsonl", "gpu_lora_6.jsonl") for r in read_jsonl(RUNS / f)}
+
+
+def gpu_more_section(more: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     """Runs 5 and 6: LoRA distillation from the cross-encoder (3 seeds), T 0.02 with a slow variance head (seed 0)."""
-    more = {(r["system"], r["eval"]): r for f in ("gpu_lora_5.jsonl", "gpu_lora_6.jsonl") for r in read_jsonl(RUNS / f)}
     if not more:
         return ["The further LoRA runs (`runs/gpu_lora_5.jsonl`, `runs/gpu_lora_6.jsonl`) have not been run."]
     rows = gpu_rows() | more
@@ -576,11 +594,6 @@ def gpu_more_section() -> list[str]:
         for sd in (0, 1, 2)
         if all((f"zsd-s{sd}-{s}", k) in rows for s in ("negkl", "dot") for k in GPU_KEYS.values())
     ]
-
-    def pq(system: str, key: str) -> Path:
-        run = {"zs-untrained": "gpu_lora_1", "zs-negkl-b1": "gpu_lora_2", "zs-dot": "gpu_lora_2"}.get(system)
-        run = run or ("gpu_lora_6" if system.startswith("zsv") else "gpu_lora_5")
-        return RUNS / run / f"{system}.{key.replace(':', '.')}.json"
 
     def nd(system: str, key: str) -> float | None:
         r = rows.get((system, key))
@@ -627,7 +640,7 @@ def gpu_more_section() -> list[str]:
         vs = (
             "-"
             if system == "zs-negkl-b1"
-            else file_ptest(pq(system, "scifact:train"), pq("zs-negkl-b1", "scifact:train"))
+            else file_ptest(gpu_pq(system, "scifact:train"), gpu_pq("zs-negkl-b1", "scifact:train"))
         )
         out.append(f"| {label} | {fmt(nd(system, 'scifact:train'))} | {vs} | {fmt(nd(system, 'squad-dev'))} |")
     new_gauss = [
@@ -663,14 +676,14 @@ def gpu_more_section() -> list[str]:
     for n, key in GPU_KEYS.items():
         diffs = [(nd(f"zsd-s{sd}-negkl", key) or 0.0) - (nd(f"zsd-s{sd}-dot", key) or 0.0) for sd in seeds]
         proto = rows.get(("zsd-s0-negkl", key), {}).get("protocol", "")
-        gauss = [pq(f"zsd-s{sd}-negkl", key) for sd in seeds]
+        gauss = [gpu_pq(f"zsd-s{sd}-negkl", key) for sd in seeds]
         out.append(
             f"| {NAMES[n]} ({proto}) | {fmt(nd('zs-untrained', key))} | {fmt(nd('zs-negkl-b1', key))} "
             f"| {ms('dot', key)} | **{ms('negkl', key)}** | {ms('negkl-means-only', key)} "
             f"| {', '.join(f'{d:+.4f}' for d in diffs)} "
-            f"| {file_ptest(pq('zsd-s0-negkl', key), pq('zsd-s0-dot', key))} "
-            f"| {file_ptest(gauss, [pq(f'zsd-s{sd}-dot', key) for sd in seeds])} "
-            f"| {file_ptest(gauss, pq('zs-untrained', key))} "
+            f"| {file_ptest(gpu_pq('zsd-s0-negkl', key), gpu_pq('zsd-s0-dot', key))} "
+            f"| {file_ptest(gauss, [gpu_pq(f'zsd-s{sd}-dot', key) for sd in seeds])} "
+            f"| {file_ptest(gauss, gpu_pq('zs-untrained', key))} "
             f"| {fmt(nd('zsv-s0-dot', key))} | {fmt(nd('zsv-s0-negkl', key))} |"
         )
     zs_keys = [GPU_KEYS[n] for n in ZERO_SHOT]
@@ -719,12 +732,12 @@ def gpu_more_section() -> list[str]:
     return out
 
 
-def wise_section() -> list[str]:
+def wise_section(more: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     """WiSE-FT on the CPU: a LoRA job's update scaled towards MiniLM; dev choice, test rows and the targets."""
     rows = {(Path(r["model"]).name, Path(r["dataset"]).name, r["split"]): r for r in read_jsonl(RUNS / "wise.jsonl")}
     if not rows:
         return ["The weight-space interpolation runs (`runs/wise.jsonl`) have not been run."]
-    gpu = gpu_rows() | {(r["system"], r["eval"]): r for r in read_jsonl(RUNS / "gpu_lora_5.jsonl")}
+    gpu = gpu_rows() | more
     mini = {
         (r["data"], r["split"]): r for r in read_jsonl(RUNS / "zs256_final.jsonl") if r["system"] == "minilm-cosine"
     }
@@ -734,10 +747,6 @@ def wise_section() -> list[str]:
 
     def mpq(data: str, split: str) -> Path:
         return RUNS / "zs256_final" / f"minilm-cosine.{data}.{split}.json"
-
-    def gpq(system: str, key: str) -> Path:
-        run = {"zs-negkl-b1": "gpu_lora_2", "zs-dot": "gpu_lora_2"}.get(system, "gpu_lora_5")
-        return RUNS / run / f"{system}.{key.replace(':', '.')}.json"
 
     out = [
         "## Zero-shot protocol: weight-space interpolation towards MiniLM (WiSE-FT, CPU)",
@@ -760,7 +769,7 @@ def wise_section() -> list[str]:
         "| model | SciFact TRAIN nDCG@10 | minus MiniLM (paired t) | minus the shipped default (paired t) |",
         "|---|---|---|---|",
     ]
-    shipped_pq = gpq("zs-negkl-b1", "scifact:train")
+    shipped_pq = gpu_pq("zs-negkl-b1", "scifact:train")
     m = mini.get(("scifact", "train"))
     out.append(f"| MiniLM cosine (alpha = 0) | {fmt(m['ndcg@10'] if m else None)} | - | "
                f"{file_ptest(mpq('scifact', 'train'), shipped_pq)} |")  # fmt: skip
@@ -768,8 +777,8 @@ def wise_section() -> list[str]:
         r = gpu.get((job, "scifact:train"))
         out.append(
             f"| `{job}`, alpha = 1 (GPU eval) | {fmt(r['ndcg@10'] if r else None)} "
-            f"| {file_ptest(gpq(job, 'scifact:train'), mpq('scifact', 'train'))} "
-            f"| {'-' if job == 'zs-negkl-b1' else file_ptest(gpq(job, 'scifact:train'), shipped_pq)} |"
+            f"| {file_ptest(gpu_pq(job, 'scifact:train'), mpq('scifact', 'train'))} "
+            f"| {'-' if job == 'zs-negkl-b1' else file_ptest(gpu_pq(job, 'scifact:train'), shipped_pq)} |"
         )
     dev = {}
     for job, alpha in WISE_DEV:
@@ -817,8 +826,7 @@ def wise_section() -> list[str]:
         return r["ndcg@10"] if r else None
 
     def cell(model: str, n: str) -> str:
-        r = rows.get((model, n, "test"))
-        return f"{r['ndcg@10']:.4f} ({r['recall@100']:.4f})" if r else "not measured"
+        return nd_recall_cell(rows.get((model, n, "test")))
 
     out += [
         "",
@@ -1515,8 +1523,7 @@ def distill_test_section(
         return r["ndcg@10"] if r else None
 
     def cell(system: str, data: str) -> str:
-        r = rows.get((system, data))
-        return f"{r['ndcg@10']:.4f} ({r['recall@100']:.4f})" if r else "not measured"
+        return nd_recall_cell(rows.get((system, data)))
 
     out = [
         "### Test (nDCG@10; Recall@100 in brackets)",
@@ -1598,6 +1605,7 @@ def render() -> str:
     """docs/results.md as a string."""
     dev = read_jsonl(RUNS / "zs_dev.jsonl")
     final = load_final()
+    more = gpu_more_rows()
     bm25: dict[tuple[str, str], dict[str, Any]] = {}
     for r in read_jsonl(RUNS / "bm25.jsonl"):
         bm25[(Path(r["dataset"]).name, r["split"])] = r
@@ -1618,9 +1626,9 @@ def render() -> str:
         "",
         *distill_section(bm25),
         "",
-        *gpu_more_section(),
+        *gpu_more_section(more),
         "",
-        *wise_section(),
+        *wise_section(more),
         "",
         "## Zero-shot protocol: head-only candidates on the CPU (`minilm-gauss-zs`, previous sessions)",
         "",
