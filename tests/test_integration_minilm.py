@@ -65,18 +65,19 @@ def scifact_test_slice(
     return [ds.queries[q] for q in qids], ds.document_texts(doc_ids), rel
 
 
-def test_default_model_is_the_trained_lora_gaussian_and_retrieves_on_scifact(
+def test_default_model_is_the_distilled_soup_and_retrieves_on_scifact(
     minilm_default: GaussianEncoder, scifact_dir: Path
 ) -> None:
     from kl_retrievers import load_model
     from kl_retrievers.pretrained import DEFAULT_MODEL, bundled_model_path
 
-    assert DEFAULT_MODEL == "minilm-gauss-lora" and minilm_default.name_or_path == "kl_retrievers:minilm-gauss-lora"
+    assert DEFAULT_MODEL == "minilm-gauss-soup" and minilm_default.name_or_path == "kl_retrievers:minilm-gauss-soup"
     training = minilm_default.config.extra["training"]
-    assert training["recipe"]["similarity"] == "neg_kl" and training["recipe"]["lora_r"] == 16
-    assert not any(name in " ".join(training["data"]) for name in ("scifact", "cranfield", "trec"))
-    # the delta holds the heads and the rank-16 LoRA factors of the attention query/value matrices,
-    # never a full backbone matrix
+    assert training["recipe"]["similarity"] == "neg_kl" and training["recipe"]["lora_r"] == 48
+    assert training["wise_ft"]["alpha"] == 0.5 and len(training["wise_ft"]["soup"]) == 3
+    assert not any(name in " ".join(training["data"]) for name in ("scifact", "cranfield", "trec", "nfcorpus"))
+    # the delta holds the heads and the stacked LoRA factors (3 x rank 16) of the attention query/value
+    # matrices, never a full backbone matrix
     from safetensors.torch import load_file
 
     delta_file = bundled_model_path(DEFAULT_MODEL) / "delta.safetensors"
@@ -86,8 +87,8 @@ def test_default_model_is_the_trained_lora_gaussian_and_retrieves_on_scifact(
     assert len(adapted) == 12 and all(k.endswith(("query.weight", "value.weight")) for k in adapted)  # 6 layers x 2
     assert set(backbone_keys) == {f"{k}.{part}" for k in adapted for part in ("lora_A", "lora_B", "lora_scaling")}
     for key in adapted:
-        assert delta[f"{key}.lora_A"].shape == (16, 384) and delta[f"{key}.lora_B"].shape == (384, 16)
-    assert delta_file.stat().st_size < 2_500_000
+        assert delta[f"{key}.lora_A"].shape == (48, 384) and delta[f"{key}.lora_B"].shape == (384, 48)
+    assert delta_file.stat().st_size < 3_200_000
 
     queries, docs, rel = scifact_test_slice(scifact_dir)
     q, d = minilm_default.encode_queries(queries), minilm_default.encode_documents(docs)

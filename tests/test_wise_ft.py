@@ -76,3 +76,51 @@ def test_interpolation_runs_from_minilm_to_the_trained_job() -> None:
 
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]; got 1.5"):
         interpolate(job, adapters, 1.5)
+
+
+def test_soup_is_the_mean_of_its_members_and_saves_as_a_delta(tmp_path: Path) -> None:
+    from gpu_lora import BASE, LORA_R, _job_encoder
+    from wise_ft import soup
+
+    from kl_retrievers import GaussianEncoder
+    from kl_retrievers.training import merge_lora
+    from kl_retrievers.training.trainer import apply_freezing
+
+    start = GaussianEncoder.from_backbone(
+        BASE, pooling="mean", normalize_pooled=True, var_token=False, beta=1.0,
+        max_length=256, query_max_length=64, seed=0,
+    )  # fmt: skip
+    apply_freezing(start, lora_r=LORA_R)
+    trainable = {n: p.detach().clone() for n, p in start.named_parameters() if p.requires_grad}
+    adapters = {}
+    for i in range(2):  # two stand-in jobs, each moved by its own seeded noise
+        gen = torch.Generator().manual_seed(i + 1)
+        adapters |= {f"job{i}/{n}": p + 0.05 * torch.randn(p.shape, generator=gen) for n, p in trainable.items()}
+    members = [_job_encoder({"name": f"job{i}", "beta": 1.0, "seed": 0}, adapters) for i in range(2)]
+    mixed = soup(members)
+    rank = {p.shape[0] for n, p in mixed.named_parameters() if "lora_A" in n}
+    assert rank == {2 * LORA_R}  # the factors are stacked, not averaged
+    with pytest.raises(ValueError, match="the same trainable tensors"):
+        soup([members[0], mixed])  # rank 16 and rank 32 do not mix
+
+    mixed.save_pretrained(tmp_path / "soup", include_backbone=False)
+    loaded = GaussianEncoder.from_pretrained(tmp_path / "soup")
+    want = mixed.eval().encode_documents(TEXTS)
+    got = loaded.eval().encode_documents(TEXTS)
+    np.testing.assert_allclose(got.mean, want.mean, atol=1e-5)
+    np.testing.assert_allclose(got.var, want.var, atol=1e-6)
+
+    # every merged weight (backbone and heads) is the mean of the members' merged weights
+    for enc in (*members, mixed):
+        merge_lora(enc)
+    states = [dict(e.state_dict()) for e in members]
+    merged = dict(mixed.state_dict())
+    assert set(merged) == set(states[0])
+    moved = 0
+    for key, value in merged.items():
+        torch.testing.assert_close(value, (states[0][key] + states[1][key]) / 2, atol=1e-6, rtol=1e-5)
+        moved += not torch.equal(states[0][key], states[1][key])
+    assert moved >= 12  # the LoRA-adapted matrices and the heads differ between the members
+
+    with pytest.raises(ValueError, match="soup needs at least one encoder"):
+        soup([])
