@@ -485,6 +485,11 @@ GPU_KEYS = {
 ZERO_SHOT = ("scifact", "trec-dl21-passage-pooled", "cranfield")
 
 
+def bm25_rows() -> dict[tuple[str, str], dict[str, Any]]:
+    """(dataset, split) -> row of the BM25 baseline log (``runs/bm25.jsonl``)."""
+    return {(Path(r["dataset"]).name, r["split"]): r for r in read_jsonl(RUNS / "bm25.jsonl")}
+
+
 def gpu_rows() -> dict[tuple[str, str], dict[str, Any]]:
     """(system, eval) -> row: run 2 (fixed steps) and the untrained MiniLM row of run 1."""
     rows = {(r["system"], r["eval"]): r for r in read_jsonl(RUNS / "gpu_lora_2.jsonl")}
@@ -788,6 +793,28 @@ def mpq(data: str, split: str) -> Path:
     return RUNS / "zs256_final" / f"minilm-cosine.{data}.{split}.json"
 
 
+def target_lines(
+    means: dict[str, float], below: list[str], sf: float | None, gauss: str = "Gaussian", twin: str = "dot twin"
+) -> list[str]:
+    """The issue's three zero-shot targets as bullets: ``means`` has "Gaussian", "twin" and "MiniLM"."""
+    beats = "beats" if means["Gaussian"] > means["twin"] else "**does not beat**"
+    return [
+        f"- Mean nDCG@10: {gauss} {means['Gaussian']:.4f}, {twin} {means['twin']:.4f}, MiniLM {means['MiniLM']:.4f}. "
+        f"The Gaussian {beats} its twin on the mean ({means['Gaussian'] - means['twin']:+.4f}).",
+        "- Beats MiniLM on every collection: "
+        + ("**yes**." if not below else f"**no**: at or below MiniLM on {', '.join(below)}."),
+        f"- SciFact test nDCG@10 >= 0.70: **{'reached' if sf is not None and sf >= 0.70 else 'not reached'}** "
+        f"({fmt(sf)}).",
+    ]
+
+
+#: Header of the dev tables whose rows :func:`wise_dev_row` writes.
+WISE_DEV_HEAD = [
+    "| model | SciFact TRAIN nDCG@10 | minus MiniLM (paired t) | minus the previous default (paired t) |",
+    "|---|---|---|---|",
+]
+
+
 def wise_dev_row(label: str, row: dict[str, Any] | None, model: str) -> str:
     """A SciFact TRAIN row of a ``runs/wise`` model: nDCG@10, minus MiniLM and minus the previous default."""
     pq = wpq(model, "scifact", "train")
@@ -823,8 +850,7 @@ def wise_section(more: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
         "",
         "### Dev (SciFact TRAIN, 809 queries)",
         "",
-        "| model | SciFact TRAIN nDCG@10 | minus MiniLM (paired t) | minus the previous default (paired t) |",
-        "|---|---|---|---|",
+        *WISE_DEV_HEAD,
     ]
     shipped_pq = gpu_pq("zs-negkl-b1", "scifact:train")
     m = mini.get(("scifact", "train"))
@@ -912,13 +938,7 @@ def wise_section(more: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
         "",
         "Against the targets (zero-shot mean over SciFact, TREC DL21 and Cranfield):",
         "",
-        f"- Mean nDCG@10: Gaussian {means['Gaussian']:.4f}, dot twin {means['twin']:.4f}, MiniLM "
-        f"{means['MiniLM']:.4f}. The Gaussian {'beats' if means['Gaussian'] > means['twin'] else '**does not beat**'} "
-        f"its twin on the mean ({means['Gaussian'] - means['twin']:+.4f}).",
-        "- Beats MiniLM on every collection: "
-        + ("**yes**." if not below else f"**no**: at or below MiniLM on {', '.join(below)}."),
-        f"- SciFact test nDCG@10 >= 0.70: **{'reached' if sf is not None and sf >= 0.70 else 'not reached'}** "
-        f"({fmt(sf)}).",
+        *target_lines(means, below, sf),
         "",
         f"For comparison only (the default was decided on dev, above): the previous default's zero-shot mean is "
         f"{float(np.mean([gpu[('zs-negkl-b1', f'{n}:test')]['ndcg@10'] for n in ZERO_SHOT])):.4f} and the "
@@ -930,7 +950,7 @@ def wise_section(more: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     return out
 
 
-def soup_section(more: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+def soup_section(more: dict[tuple[str, str], dict[str, Any]], bm25: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     """Uniform soups of the three distilled seeds, each WiSE-FT'd first: dev choice, test rows, targets."""
     rows = cpu_eval_rows("soup.jsonl")
     if not rows:
@@ -960,8 +980,7 @@ def soup_section(more: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
         "",
         "### Dev (SciFact TRAIN, 809 queries)",
         "",
-        "| model | SciFact TRAIN nDCG@10 | minus MiniLM (paired t) | minus the previous default (paired t) |",
-        "|---|---|---|---|",
+        *WISE_DEV_HEAD,
     ]
     m = mini.get(("scifact", "train"))
     out.append(f"| MiniLM cosine | {fmt(m['ndcg@10'] if m else None)} | - | "
@@ -1015,13 +1034,12 @@ def soup_section(more: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
         "| Gaussian - twin (paired t) | Gaussian - MiniLM (paired t) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    bm25 = {Path(r["dataset"]).name: r for r in read_jsonl(RUNS / "bm25.jsonl") if r["split"] == "test"}
     bge = {Path(r["dataset"]).name: r for r in read_jsonl(RUNS / "bge.jsonl") if r["split"] == "test"}
     means_only = {Path(r["dataset"]).name: r for r in read_jsonl(RUNS / "soup_means.jsonl")}
     for n in WISE_TESTS:
         mr = mini.get((n, "test"))
         out.append(
-            f"| {NAMES[n]} (zero-shot) | {nd_recall_cell(bm25.get(n))} | {nd_recall_cell(bge.get(n))} "
+            f"| {NAMES[n]} (zero-shot) | {nd_recall_cell(bm25.get((n, 'test')))} | {nd_recall_cell(bge.get(n))} "
             f"| {nd_recall_cell(mr)} "
             f"| {fmt(gpu.get(('zs-negkl-b1', f'{n}:test'), {}).get('ndcg@10'))} "
             f"| {fmt(wise.get((prev, n, 'test'), {}).get('ndcg@10'))} "
@@ -1042,12 +1060,7 @@ def soup_section(more: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
         "Against the targets (zero-shot mean over SciFact, TREC DL21 and Cranfield; NFCorpus is zero-shot for "
         "these SQuAD-only models but stays out of the mean, as in every other section):",
         "",
-        f"- Mean nDCG@10: Gaussian soup {means['Gaussian']:.4f}, dot twin's soup {means['twin']:.4f}, MiniLM "
-        f"{means['MiniLM']:.4f}. The Gaussian {'beats' if means['Gaussian'] > means['twin'] else '**does not beat**'} "
-        f"its twin on the mean ({means['Gaussian'] - means['twin']:+.4f}).",
-        "- Beats MiniLM on every collection: "
-        + ("**yes**." if not below else f"**no**: at or below MiniLM on {', '.join(below)}."),
-        f"- SciFact test nDCG@10 >= 0.70: **{'reached' if sf >= 0.70 else 'not reached'}** ({sf:.4f}).",
+        *target_lines(means, below, sf, gauss="Gaussian soup", twin="dot twin's soup"),
     ]
     gap = [abs(means_only[n]["ndcg@10"] - nd(gauss, n)) for n in WISE_TESTS if n in means_only]
     if gap:
@@ -1785,9 +1798,7 @@ def render() -> str:
     dev = read_jsonl(RUNS / "zs_dev.jsonl")
     final = load_final()
     more = gpu_more_rows()
-    bm25: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in read_jsonl(RUNS / "bm25.jsonl"):
-        bm25[(Path(r["dataset"]).name, r["split"])] = r
+    bm25 = bm25_rows()
     lines = [
         "# Results",
         "",
@@ -1803,7 +1814,7 @@ def render() -> str:
         "Cranfield or TREC DL) and **in-domain** (SciFact train -> SciFact test). The package default is "
         "`minilm-gauss-soup`, the first section below.",
         "",
-        *soup_section(more),
+        *soup_section(more, bm25),
         "",
         *gpu_section(bm25),
         "",
@@ -1849,7 +1860,7 @@ def model_card() -> str:
     rec = training.get("recipe", {})
     final = load_final()
     by = {(r["system"], r["data"], r["split"]): r for r in final}
-    bm25 = {(Path(r["dataset"]).name, r["split"]): r for r in read_jsonl(RUNS / "bm25.jsonl")}
+    bm25 = bm25_rows()
     size = sum(f.stat().st_size for f in MODEL_DIR.iterdir() if f.is_file())
     rows = []
     for n, label in NAMES.items():
@@ -1926,7 +1937,7 @@ def lora_model_card() -> str:
     cfg = json.loads((LORA_DIR / "config.json").read_text())
     training = cfg["encoder"].get("extra", {}).get("training", {})
     rec = training.get("recipe", {})
-    bm25 = {(Path(r["dataset"]).name, r["split"]): r for r in read_jsonl(RUNS / "bm25.jsonl")}
+    bm25 = bm25_rows()
     size = sum(f.stat().st_size for f in LORA_DIR.iterdir() if f.is_file())
     section = gpu_section(bm25)
     start = section.index("### Test (nDCG@10; Recall@100 in brackets)")
@@ -2013,7 +2024,7 @@ def soup_model_card() -> str:
     rec = training.get("recipe", {})
     wise = training.get("wise_ft", {})
     size = sum(f.stat().st_size for f in SOUP_DIR.iterdir() if f.is_file())
-    section = soup_section(gpu_more_rows())
+    section = soup_section(gpu_more_rows(), bm25_rows())
     dev = section.index("### Dev (SciFact TRAIN, 809 queries)")
     var = variance_range(SOUP_DIR)
     return "\n".join(

@@ -119,44 +119,42 @@ def cmd_export(args: argparse.Namespace) -> None:
         pack = json.load(fh)
     jobs = {j["name"]: j for j in (json.loads(x) for x in (src / "jobs.jsonl").read_text().splitlines() if x.strip())}
     adapters = load_file(str(src / "adapters.safetensors"))
-    if args.soup:
+    # one model per (members, alpha): the listed jobs together with --soup, else each job alone
+    groups = [args.job] if args.soup else [[name] for name in args.job]
+    for members in groups:
+        first = jobs[members[0]]
         for alpha in args.alphas:
-            enc = soup([interpolate(jobs[name], adapters, alpha) for name in args.job])
+            if args.soup:
+                enc = soup([interpolate(jobs[name], adapters, alpha) for name in members])
+            else:
+                enc = interpolate(first, adapters, alpha)
             command = (
-                f"python benchmarks/wise_ft.py export --from {src} --job {' '.join(args.job)} --soup "
-                f"--alphas {alpha:g} --out-dir {args.out_dir}" + (f" --name {args.name}" if args.name else "")
+                f"python benchmarks/wise_ft.py export --from {src} --job {' '.join(members)}"
+                + (" --soup" if args.soup else "")
+                + f" --alphas {alpha:g} --out-dir {args.out_dir}"
+                + (f" --name {args.name}" if args.name else "")
             )
-            info = training_info(jobs[args.job[0]], pack)
-            info["recipe"] |= {
-                "seed": [jobs[name]["seed"] for name in args.job],
-                "lora_r": LORA_R * len(args.job),
-                "lora_alpha": 2 * LORA_R * len(args.job),
-                "lora_targets": f"query, value ({len(args.job)} rank-{LORA_R} adapters stacked, stored as factors)",
-            }
-            info["final_loss"] = [jobs[name].get("final_loss") for name in args.job]
-            info["wise_ft"] = {"soup": list(args.job), "alpha": alpha, "from": str(src), "command": command}
-            info["command"] = (
-                f"python benchmarks/gpu_lora.py prepare && (GPU) python benchmarks/gpu_lora.py run --out {src} "
-                f"--only {' '.join(args.job)} && {command}"
-            )
+            info = training_info(first, pack)
+            if args.soup:
+                info["recipe"] |= {
+                    "seed": [jobs[name]["seed"] for name in members],
+                    "lora_r": LORA_R * len(members),
+                    "lora_alpha": 2 * LORA_R * len(members),
+                    "lora_targets": f"query, value ({len(members)} rank-{LORA_R} adapters stacked, stored as factors)",
+                }
+                info["final_loss"] = [jobs[name].get("final_loss") for name in members]
+                info["wise_ft"] = {"soup": list(members), "alpha": alpha, "from": str(src), "command": command}
+                info["command"] = (
+                    f"python benchmarks/gpu_lora.py prepare && (GPU) python benchmarks/gpu_lora.py run --out {src} "
+                    f"--only {' '.join(members)} && {command}"
+                )
+                default_name = f"soup{len(members)}-{members[0]}-a{alpha:g}"
+            else:
+                info["wise_ft"] = {"job": members[0], "alpha": alpha, "from": str(src), "command": command}
+                info["command"] = f"{info['command']} && {command}"
+                default_name = f"{members[0]}-a{alpha:g}"
             enc.config.extra["training"] = info
-            out = Path(args.out_dir) / (args.name or f"soup{len(args.job)}-{args.job[0]}-a{alpha:g}")
-            enc.save_pretrained(out, include_backbone=False)
-            print(f"wrote {out}", flush=True)
-        return
-    for name in args.job:
-        job = jobs[name]
-        for alpha in args.alphas:
-            enc = interpolate(job, adapters, alpha)
-            command = (
-                f"python benchmarks/wise_ft.py export --from {src} --job {name} --alphas {alpha:g} "
-                f"--out-dir {args.out_dir}" + (f" --name {args.name}" if args.name else "")
-            )
-            info = training_info(job, pack)
-            info["wise_ft"] = {"job": name, "alpha": alpha, "from": str(src), "command": command}
-            info["command"] = f"{info['command']} && {command}"
-            enc.config.extra["training"] = info
-            out = Path(args.out_dir) / (args.name or f"{name}-a{alpha:g}")
+            out = Path(args.out_dir) / (args.name or default_name)
             enc.save_pretrained(out, include_backbone=False)
             print(f"wrote {out}", flush=True)
 

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from kl_retrievers import GaussianEncoder
+
 pytestmark = pytest.mark.integration
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -20,27 +22,41 @@ TEXTS = [
 ]
 
 
-def test_interpolation_runs_from_minilm_to_the_trained_job() -> None:
-    from gpu_lora import BASE, LORA_R, _job_encoder
-    from wise_ft import interpolate
+def untrained() -> GaussianEncoder:
+    """The untrained design of the LoRA jobs (= MiniLM cosine, unit variances)."""
+    from gpu_lora import BASE
 
-    from kl_retrievers import GaussianEncoder
+    return GaussianEncoder.from_backbone(
+        BASE, pooling="mean", normalize_pooled=True, var_token=False, beta=1.0,
+        max_length=256, query_max_length=64, seed=0,
+    )  # fmt: skip
+
+
+def stand_in_jobs(seeds: dict[str, int]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Stand-ins for trained jobs: every trainable tensor (LoRA factors, heads) moved by seeded noise.
+
+    Returns the untrained trainable tensors and the ``JOB/tensor`` adapters of each job in ``seeds``.
+    """
+    from gpu_lora import LORA_R
+
     from kl_retrievers.training.trainer import apply_freezing
 
-    job = {"name": "job", "beta": 1.0, "seed": 0}
-
-    def untrained() -> GaussianEncoder:
-        return GaussianEncoder.from_backbone(
-            BASE, pooling="mean", normalize_pooled=True, var_token=False, beta=1.0,
-            max_length=256, query_max_length=64, seed=0,
-        )  # fmt: skip
-
-    # a stand-in for a trained job: every trainable tensor (LoRA factors, heads) moved by seeded noise
     start = untrained()
     apply_freezing(start, lora_r=LORA_R)
-    gen = torch.Generator().manual_seed(0)
     trainable = {n: p.detach().clone() for n, p in start.named_parameters() if p.requires_grad}
-    adapters = {f"job/{n}": p + 0.05 * torch.randn(p.shape, generator=gen) for n, p in trainable.items()}
+    adapters = {}
+    for job, seed in seeds.items():
+        gen = torch.Generator().manual_seed(seed)
+        adapters |= {f"{job}/{n}": p + 0.05 * torch.randn(p.shape, generator=gen) for n, p in trainable.items()}
+    return trainable, adapters
+
+
+def test_interpolation_runs_from_minilm_to_the_trained_job() -> None:
+    from gpu_lora import _job_encoder
+    from wise_ft import interpolate
+
+    job = {"name": "job", "beta": 1.0, "seed": 0}
+    trainable, adapters = stand_in_jobs({"job": 0})
     assert any("lora_B" in n for n in trainable) and any("lora_B" not in n and "lora_A" not in n for n in trainable)
 
     trained = _job_encoder(job, adapters)
@@ -79,23 +95,12 @@ def test_interpolation_runs_from_minilm_to_the_trained_job() -> None:
 
 
 def test_soup_is_the_mean_of_its_members_and_saves_as_a_delta(tmp_path: Path) -> None:
-    from gpu_lora import BASE, LORA_R, _job_encoder
+    from gpu_lora import LORA_R, _job_encoder
     from wise_ft import soup
 
-    from kl_retrievers import GaussianEncoder
     from kl_retrievers.training import merge_lora
-    from kl_retrievers.training.trainer import apply_freezing
 
-    start = GaussianEncoder.from_backbone(
-        BASE, pooling="mean", normalize_pooled=True, var_token=False, beta=1.0,
-        max_length=256, query_max_length=64, seed=0,
-    )  # fmt: skip
-    apply_freezing(start, lora_r=LORA_R)
-    trainable = {n: p.detach().clone() for n, p in start.named_parameters() if p.requires_grad}
-    adapters = {}
-    for i in range(2):  # two stand-in jobs, each moved by its own seeded noise
-        gen = torch.Generator().manual_seed(i + 1)
-        adapters |= {f"job{i}/{n}": p + 0.05 * torch.randn(p.shape, generator=gen) for n, p in trainable.items()}
+    _, adapters = stand_in_jobs({"job0": 1, "job1": 2})  # two jobs, each moved by its own seeded noise
     members = [_job_encoder({"name": f"job{i}", "beta": 1.0, "seed": 0}, adapters) for i in range(2)]
     mixed = soup(members)
     rank = {p.shape[0] for n, p in mixed.named_parameters() if "lora_A" in n}
