@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS := dev,eval,train,langchain,llama-index,milvus,ray
+EXTRAS := dev,eval,train,onnx,langchain,llama-index,milvus,ray
 
-.PHONY: install demo test test-fast check lint typecheck docs bench-encode clean
+.PHONY: install demo test test-fast check lint typecheck docs bench-encode clean fuzz reliability
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,15 @@ test-fast: install
 
 bench-encode: install
 	$(BIN)/python benchmarks/encode.py --quick
+
+## Stateful fuzz of KLStore against a dict model, every index type (slow hypothesis profile;
+## the normal suite runs the same machines with the fast "ci" profile).
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/test_fuzz_store.py -q -p no:cacheprovider
+
+## The hostile-user probe behind docs/reliability.md (a few minutes; --quick in under two).
+reliability: install
+	$(BIN)/python benchmarks/reliability.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,13 +1,26 @@
-"""Encoding throughput: GaussianEncoder against sentence-transformers on the same backbone.
+"""Encoding throughput: GaussianEncoder against sentence-transformers, and the ONNX Runtime backends.
 
-Same 1,000 SciFact documents (title + text), same max length, same batch size, one process,
-runs interleaved so machine noise hits both sides alike; the best round of each counts.
+Same 1,000 SciFact documents (title + text), same max length (256), same batch size, one process,
+runs interleaved so machine noise hits every side alike; the best round of each counts.
 
-    python benchmarks/encode.py --quick      # 1,000 docs, batch 32; last line: throughput_ratio=...
+    python benchmarks/encode.py --quick      # 1,000 docs, batch 32; last line: throughput_ratio=... (see below)
     python benchmarks/encode.py              # also batch sizes 8/16/32/64 -> docs/encode.md
 
 The Gaussian side is the package default model (all-MiniLM-L6-v2 + heads). A second row
-measures a fresh encoder with the paper's [VAR] token (one extra token per text).
+measures a fresh encoder with the paper's [VAR] token (one extra token per text). Two more rows
+run the default model on ONNX Runtime (``load_model(..., backend="onnx")``), with dynamic int8
+weights and in float32 (exported on first use into the ONNX cache, then reused).
+
+Quality of ONNX int8 against torch float32, on SciFact test (300 queries, documents at the
+model's max length, 256): nDCG@10 of each, and the Spearman rank correlation of the query
+uncertainty (mean log-variance). With --quick the corpus is a documented subset, the first
+``--docs`` documents plus every document judged for a test query (about 1,300); without it, the
+whole corpus (5,183 documents). Encodings go through the evaluation cache, so a rerun reuses them.
+
+The last line is ``throughput_ratio=X onnx_int8_ratio=Y onnx_ndcg_delta=Z import_s=W``: the torch
+default model's documents per second over sentence-transformers', ONNX int8's over torch float32's
+(same model, texts and batch size), SciFact test nDCG@10 of ONNX int8 minus torch float32's, and
+the best of 3 wall times of ``python -c "import kl_retrievers"``.
 """
 
 from __future__ import annotations
@@ -15,13 +28,19 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SCIFACT = REPO.parent / "shared" / "datasets" / "scifact" / "corpus.jsonl"
+INT8_SIDE = "ONNX int8 (default model)"
+FLOAT32_SIDE = "ONNX float32 (default model)"
+TORCH_SIDE = "GaussianEncoder (default model)"
 
 
 def load_docs(n: int) -> list[str]:
@@ -41,6 +60,48 @@ def timed(fn, docs: list[str]) -> float:  # type: ignore[no-untyped-def]
     return len(docs) / (time.perf_counter() - start)
 
 
+def import_seconds(repeats: int = 3) -> float:
+    """Best wall time of ``python -c "import kl_retrievers"`` in a fresh interpreter."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import kl_retrievers"], check=True, cwd=REPO)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def quality(torch_enc: Any, int8_enc: Any, *, quick: bool, first_docs: int, batch_size: int) -> dict[str, Any]:
+    """SciFact test nDCG@10 of both encoders and the Spearman correlation of their query uncertainty.
+
+    ``quick``: the corpus is the first ``first_docs`` documents plus every document judged for a test query.
+    """
+    from scipy.stats import spearmanr
+
+    from kl_retrievers.datasets import load_beir
+    from kl_retrievers.evaluation import encode_dataset, evaluate_run, retrieve_exact
+
+    ds = load_beir(SCIFACT.parent, "test")
+    if quick:
+        keep = set(ds.doc_ids[:first_docs]) | {d for rel in ds.qrels.values() for d in rel}
+        ds = ds.subset(ds.query_ids, [d for d in ds.doc_ids if d in keep])
+    out: dict[str, Any] = {"docs": len(ds.doc_ids), "queries": len(ds.query_ids)}
+    uncertainty = {}
+    for name, enc in (("torch", torch_enc), ("int8", int8_enc)):
+        start = time.perf_counter()
+        q, d = encode_dataset(enc, ds, batch_size=batch_size, show_progress=False)
+        run = retrieve_exact(q, d, ds.query_ids, ds.doc_ids, 100, show_progress=False)
+        out[f"ndcg_{name}"] = evaluate_run(ds.qrels, run)[0]["ndcg@10"]
+        uncertainty[name] = q.uncertainty()
+        print(
+            f"SciFact test ({out['docs']} docs): {name}: nDCG@10 {out[f'ndcg_{name}']:.4f} "
+            f"({time.perf_counter() - start:.0f} s, cached encodings reused)",
+            flush=True,
+        )
+    out["ndcg_delta"] = out["ndcg_int8"] - out["ndcg_torch"]
+    out["uncertainty_spearman"] = float(spearmanr(uncertainty["torch"], uncertainty["int8"])[0])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="batch size 32 only, 2 rounds")
@@ -52,7 +113,7 @@ def main() -> None:
 
     from sentence_transformers import SentenceTransformer
 
-    from kl_retrievers import GaussianEncoder, load_default_model
+    from kl_retrievers import GaussianEncoder, load_default_model, load_model
     from kl_retrievers.hub import resolve_model_path
 
     torch.set_num_threads(torch.get_num_threads())
@@ -61,6 +122,8 @@ def main() -> None:
     var_enc = GaussianEncoder.from_backbone("sentence-transformers/all-MiniLM-L6-v2", pooling="mean", dim=384)
     st = SentenceTransformer(str(resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")), device="cpu")
     st.max_seq_length = args.max_length
+    onnx_int8 = load_model(None, backend="onnx", quantize="int8")
+    onnx_float32 = load_model(None, backend="onnx", quantize=None)
     rounds = args.rounds or (2 if args.quick else 3)
     batch_sizes = [32] if args.quick else [8, 16, 32, 64]
     rows = []
@@ -71,6 +134,12 @@ def main() -> None:
                 d, batch_size=bs, max_length=args.max_length, show_progress_bar=False
             ),
             "GaussianEncoder ([VAR] token)": lambda d, bs=bs: var_enc.encode_documents(
+                d, batch_size=bs, max_length=args.max_length, show_progress_bar=False
+            ),
+            INT8_SIDE: lambda d, bs=bs: onnx_int8.encode_documents(
+                d, batch_size=bs, max_length=args.max_length, show_progress_bar=False
+            ),
+            FLOAT32_SIDE: lambda d, bs=bs: onnx_float32.encode_documents(
                 d, batch_size=bs, max_length=args.max_length, show_progress_bar=False
             ),
         }
@@ -97,13 +166,35 @@ def main() -> None:
         "|---|---|---|---|",
     ]
     lines += [f"| {bs} | {name} | {rate:.1f} | {ratio:.3f} |" for bs, name, rate, ratio in rows]
+    rate = {(bs, n): r for bs, n, r, _ in rows}
+    onnx_ratio = rate[(32, INT8_SIDE)] / rate[(32, TORCH_SIDE)]
+    q = quality(gauss, onnx_int8, quick=args.quick, first_docs=len(docs), batch_size=32)
+    import_s = import_seconds()
+    corpus = f"a subset: the first {len(docs)} documents + every judged one" if args.quick else "the whole corpus"
+    lines += [
+        "",
+        f"ONNX int8 over torch float32 (batch 32): {onnx_ratio:.2f}x documents per second.",
+        "",
+        f"Quality on SciFact test ({q['queries']} queries, {q['docs']} documents: {corpus}): nDCG@10 torch float32 "
+        f"{q['ndcg_torch']:.4f}, ONNX int8 {q['ndcg_int8']:.4f} (change {q['ndcg_delta']:+.4f}); Spearman "
+        f"correlation of query uncertainty {q['uncertainty_spearman']:.4f}.",
+        "",
+        f'`python -c "import kl_retrievers"`: {import_s:.2f} s (best of 3).',
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.quick:
         args.out.write_text(text)
         print(f"wrote {args.out}")
-    ratio = next(r for bs, n, _, r in rows if bs == 32 and n == "GaussianEncoder (default model)")
-    print(f"throughput_ratio={ratio:.3f}")
+    ratio = next(r for bs, n, _, r in rows if bs == 32 and n == TORCH_SIDE)
+    print(
+        f"uncertainty_spearman={q['uncertainty_spearman']:.4f} ndcg_torch={q['ndcg_torch']:.4f} "
+        f"ndcg_onnx_int8={q['ndcg_int8']:.4f} quality_docs={q['docs']}"
+    )
+    print(
+        f"throughput_ratio={ratio:.3f} onnx_int8_ratio={onnx_ratio:.3f} onnx_ndcg_delta={q['ndcg_delta']:+.4f} "
+        f"import_s={import_s:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -101,14 +101,14 @@ def job_list(smoke: bool) -> list[dict[str, Any]]:
     for seed in (1, 2):
         jobs.append(dict(zs, name=f"zs-s{seed}-negkl-b1", similarity="neg_kl", beta=1.0, seed=seed))
         jobs.append(dict(zs, name=f"zs-s{seed}-dot", similarity="dot", beta=1.0, seed=seed))
-    # The in-domain dev grid's lesson (docs/results.md): a 10x slower variance head and T 0.02. Zero-shot pair,
+    # The in-domain dev grid's lesson (docs/results-archive.md): a 10x slower variance head and T 0.02. Zero-shot pair,
     # three seeds; the choice against the T 0.05 jobs above is made on the zero-shot dev splits only.
     for seed in (0, 1, 2):
         jobs.append(dict(zs, name=f"zsv-s{seed}-negkl", similarity="neg_kl", beta=1.0, seed=seed, temperature=0.02,
                          var_lr=zs["lr"] / 10))  # fmt: skip
         jobs.append(dict(zs, name=f"zsv-s{seed}-dot", similarity="dot", beta=1.0, seed=seed, temperature=0.02))
-    # Distillation from the cross-encoder (the CPU head-only sweep's chosen loss and T; docs/results.md): can the
-    # teacher's ranking improve MiniLM once the backbone adapts? Three seeds of the pair.
+    # Distillation from the cross-encoder (the CPU head-only sweep's chosen loss and T; docs/results-archive.md): can
+    # the teacher's ranking improve MiniLM once the backbone adapts? Three seeds of the pair.
     zsd = dict(zs, data="zsd", loss="listwise", temperature=0.05)
     for seed in (0, 1, 2):
         jobs.append(dict(zsd, name=f"zsd-s{seed}-negkl", similarity="neg_kl", beta=1.0, seed=seed,

@@ -19,7 +19,7 @@ product and the heads, so the soup is exact and stays a LoRA delta: the factors 
 (rank ``16 n``, the same scaling) with each ``B`` divided by ``n``, and the heads are averaged.
 
 Each ``JOB-aALPHA`` folder is a delta model (heads + the LoRA factors) that ``kl-retrievers
-evaluate --model`` loads on the exact float32 backbone. ``docs/results.md`` lists every command
+evaluate --model`` loads on the exact float32 backbone. ``docs/results-archive.md`` lists every command
 behind its WiSE-FT section.
 
 Examples:

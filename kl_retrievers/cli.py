@@ -12,12 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from kl_retrievers._io import read_jsonl_objects
+from kl_retrievers._io import parse_json_object, read_jsonl_objects
 from kl_retrievers._io import row_text as _row_text
 
 logger = logging.getLogger(__name__)
@@ -35,23 +38,121 @@ def read_texts(path: Path, field: str = "auto") -> tuple[list[str], list[str]]:
 
 
 def _read_records(path: Path, field: str) -> tuple[list[str], list[str], list[dict[str, Any]]]:
-    """ids, texts and the JSONL rows (empty dicts for a text file), reading the file once."""
+    """ids, texts and the JSONL rows (empty dicts for a text file), reading the file once.
+
+    A JSONL row's id is its ``_id`` (or ``id``): a non-empty string or an integer; rows without
+    one are numbered from 0. A null, non-string text or a repeated id is refused, naming the line.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"input file not found: {path}")
-    if path.suffix == ".jsonl":
-        rows = read_jsonl_objects(path)
-        ids = [str(r.get("_id", r.get("id", i))) for i, r in enumerate(rows)]
-        texts = [_row_text(r, field, f"{path}, row {i + 1}") for i, r in enumerate(rows)]
-        return ids, texts, rows
-    lines = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines()]
+    try:
+        if path.suffix == ".jsonl":
+            ids: list[str] = []
+            texts: list[str] = []
+            rows: list[dict[str, Any]] = []
+            first: dict[str, int] = {}
+            with open(path, encoding="utf-8") as fh:
+                for number, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    where = f"{path}, line {number}"
+                    row = parse_json_object(line, where)
+                    doc_id = _row_id(row, len(rows), where)
+                    if doc_id in first:
+                        raise ValueError(f"{where}: duplicate id {doc_id!r} (first on line {first[doc_id]})")
+                    first[doc_id] = number
+                    texts.append(_row_text(row, field, where))
+                    ids.append(doc_id)
+                    rows.append(row)
+            return ids, texts, rows
+        lines = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     texts = [line for line in lines if line.strip()]
     return [str(i) for i in range(len(texts))], texts, [{} for _ in texts]
 
 
-def _load_encoder(model: str | None, device: str | None = None) -> Any:
+def _row_id(row: dict[str, Any], position: int, where: str) -> str:
+    """A JSONL row's id: ``_id`` or ``id`` (a non-empty string or an integer), else its position."""
+    key = "_id" if "_id" in row else "id" if "id" in row else None
+    if key is None:
+        return str(position)
+    value = row[key]
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        got = "null" if value is None else type(value).__name__
+        raise ValueError(f"{where}: {key!r} must be a string or an integer; got {got}")
+    if isinstance(value, str) and not value.strip():
+        raise ValueError(f"{where}: {key!r} is empty")
+    return str(value)
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``low`` (the message names the allowed range)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}; got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}; got {value}")
+        return value
+
+    parse.__name__ = f"int>={low}"
+    return parse
+
+
+#: argparse types shared by the subcommands (``kl_retrievers.evaluation`` and ``training.cli`` use them too).
+positive_int = _int_at_least(1)
+token_budget = _int_at_least(3)  # what GaussianEncoder accepts as max_length ([CLS], [VAR], [SEP])
+
+
+def check_output_path(path: Path, flag: str, *, folder: bool, store: bool = False) -> None:
+    """Fail before any work when ``path`` cannot be written (a message naming ``flag`` and the problem).
+
+    Args:
+        path: The output path.
+        flag: The option that named it (for the message).
+        folder: Whether the output is a folder (else a file).
+        store: The folder must be a KL store (or empty / absent) since it will be replaced.
+    """
+    if path.exists():
+        if folder and not path.is_dir():
+            raise ValueError(f"{flag} {path}: exists and is not a folder")
+        if not folder and path.is_dir():
+            raise ValueError(f"{flag} {path}: is a folder; expected a file name")
+        if store and any(path.iterdir()) and not (path / "config.json").is_file():
+            raise ValueError(f"{flag} {path}: exists and is not a KL store folder; refusing to overwrite it")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: {parent} is not a folder")
+    try:  # a real write: permission bits say nothing for root, or for /proc and read-only mounts
+        fd, probe = tempfile.mkstemp(prefix=".kl-retrievers-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: cannot write in {parent} ({exc.strerror or exc})") from None
+
+
+def _load_encoder(model: str | None, device: str | None = None, backend: str = "torch") -> Any:
     from kl_retrievers.pretrained import load_model
 
-    return load_model(model, device=device)
+    return load_model(model, device=device, backend=backend)
+
+
+def add_model_backend_argument(p: Any, *flags: str) -> None:
+    """``--model-backend`` (and any alias in ``flags``): run the --model encoder on torch or ONNX Runtime."""
+    p.add_argument(
+        "--model-backend",
+        *flags,
+        dest="model_backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="run the model on torch (default) or onnx (ONNX Runtime, int8 weights, CPU; a bundled or saved torch "
+        "model is exported on first use and cached)",
+    )
 
 
 # ---------------------------------------------------------------- encode
@@ -69,9 +170,10 @@ def _add_encode(sub: Any) -> None:
     p.add_argument("--out", "-o", type=Path, required=True, help="output: NAME.safetensors, or a folder of .npy files")
     p.add_argument("--kind", choices=("document", "query"), default="document", help="encode as documents or queries")
     p.add_argument("--model", "-m", help="a saved GaussianEncoder (path or hub id) or a bundled model name")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=None, help="token budget (default: the model's)")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--max-length", type=token_budget, default=None, help="token budget (default: the model's)")
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
+    add_model_backend_argument(p)  # not --backend here: that one picks local or Ray shards
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     g = p.add_argument_group(
         "streaming and scale-out",
@@ -79,9 +181,11 @@ def _add_encode(sub: Any) -> None:
         "folder (manifest.json + shard-NNNNN/ with .npy files and checksums); rerunning resumes, redoing only "
         "missing or corrupt shards.",
     )
-    g.add_argument("--shard-size", type=int, default=None, help="records per shard (streaming mode; default 10000)")
+    g.add_argument(
+        "--shard-size", type=positive_int, default=None, help="records per shard (streaming mode; default 10000)"
+    )
     g.add_argument("--backend", choices=("local", "ray"), default="local", help="run shards here or as a Ray Data job")
-    g.add_argument("--num-workers", type=int, default=None, help="Ray actors (default: one per CPU, or GPU)")
+    g.add_argument("--num-workers", type=positive_int, default=None, help="Ray actors (default: one per CPU, or GPU)")
     g.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
     p.set_defaults(func=_run_encode)
 
@@ -92,15 +196,20 @@ def _run_encode(args: argparse.Namespace) -> int:
     if args.input is not None and args.texts:
         raise SystemExit("give texts or --input, not both")
     if args.shard_size is not None or args.backend == "ray":
+        if args.model_backend != "torch":
+            raise ValueError("--model-backend onnx is not supported with --shard-size / --backend ray yet")
         return _run_encode_sharded(args)
     if args.input is not None:
         ids, texts = read_texts(args.input, args.field)
+        if not texts:
+            raise ValueError(f"--input {args.input}: holds no texts; nothing to encode")
     elif args.texts:
         texts = list(args.texts)
         ids = [str(i) for i in range(len(texts))]
     else:
         raise SystemExit("nothing to encode: give texts or --input FILE")
-    encoder = _load_encoder(args.model, args.device)
+    check_output_path(args.out, "--out", folder=args.out.suffix != ".safetensors")
+    encoder = _load_encoder(args.model, args.device, args.model_backend)
     encode = encoder.encode_documents if args.kind == "document" else encoder.encode_queries
     g = encode(texts, batch_size=args.batch_size, max_length=args.max_length, show_progress_bar=not args.no_progress)
     out = save_gaussians(args.out, g, ids=ids, metadata={"model": encoder.name_or_path, "kind": args.kind})
@@ -115,6 +224,7 @@ def _run_encode_sharded(args: argparse.Namespace) -> int:
         raise SystemExit("streaming mode (--shard-size / --backend ray) needs --input FILE")
     if args.shard_size is not None and args.shard_size <= 0:
         raise SystemExit(f"--shard-size must be >= 1; got {args.shard_size}")
+    check_output_path(args.out, "--out", folder=True)
     report = encode_corpus(
         args.input,
         args.out,
@@ -148,7 +258,8 @@ def _add_demo(sub: Any) -> None:
     )
     p.add_argument("queries", nargs="*", help="your own queries (default: the bundled ones)")
     p.add_argument("--model", "-m", help="a saved GaussianEncoder or a bundled model name (default: the default)")
-    p.add_argument("-k", type=int, default=3, help="results per query (default 3)")
+    p.add_argument("-k", type=positive_int, default=3, help="results per query (default 3)")
+    add_model_backend_argument(p, "--backend")
     p.set_defaults(func=_run_demo)
 
 
@@ -162,7 +273,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     corpus = read_jsonl_objects(DATA_DIR / "demo_corpus.jsonl")
     queries = list(args.queries) or [r["text"] for r in read_jsonl_objects(DATA_DIR / "demo_queries.jsonl")]
-    encoder = _load_encoder(args.model)
+    encoder = _load_encoder(args.model, backend=args.model_backend)
     print(f"model: {encoder!r}")
     store = KLStore(encoder)
     store.add(
@@ -215,18 +326,21 @@ def _add_index(sub: Any) -> None:
     p.add_argument("--out", "-o", type=Path, required=True, help="store folder to write (replaced atomically)")
     p.add_argument("--index-type", choices=("flat", "hnsw", "ivf"), default="flat", help="default: flat (exact)")
     p.add_argument("--compression", choices=("sq8", "pq"), default=None, help="hnsw/ivf vector compression")
-    p.add_argument("--nlist", type=int, default=1024, help="ivf: number of lists (default 1024)")
-    p.add_argument("--nprobe", type=int, default=32, help="ivf: lists probed per query (default 32)")
-    p.add_argument("--pq-m", type=int, default=64, help="pq: sub-quantizers (default 64)")
+    p.add_argument("--nlist", type=positive_int, default=1024, help="ivf: number of lists (default 1024)")
+    p.add_argument("--nprobe", type=positive_int, default=32, help="ivf: lists probed per query (default 32)")
+    p.add_argument("--pq-m", type=positive_int, default=64, help="pq: sub-quantizers (default 64)")
     p.add_argument("--pq-nbits", type=int, choices=(4, 8), default=8, help="pq: bits per code; 4 = SIMD fast scan")
     p.add_argument(
         "--refine", choices=("sq8", "fp16"), default=None, help="compressed indexes: re-rank the pool on these codes"
     )
-    p.add_argument("--pool", type=int, default=100, help="approximate indexes: candidates re-scored (default 100)")
+    p.add_argument(
+        "--pool", type=positive_int, default=100, help="approximate indexes: candidates re-scored (default 100)"
+    )
     p.add_argument("--model", "-m", help="bundled model name, saved GaussianEncoder folder or hub id")
     p.add_argument("--field", default="auto", help="JSONL text field (default: title + text)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", default=None, help="cpu, cuda or mps")
+    add_model_backend_argument(p, "--backend")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_run_index)
 
@@ -235,7 +349,10 @@ def _run_index(args: argparse.Namespace) -> int:
     from kl_retrievers.index import KLStore
 
     ids, texts, metadatas = _read_corpus(args.corpus, args.field)
-    encoder = _load_encoder(args.model, args.device)
+    if not texts:
+        raise ValueError(f"{args.corpus}: holds no documents; nothing to index")
+    check_output_path(args.out, "--out", folder=True, store=True)
+    encoder = _load_encoder(args.model, args.device, args.model_backend)
     store = KLStore(
         encoder,
         index_type=args.index_type,
@@ -263,10 +380,11 @@ def _add_search(sub: Any) -> None:
     )
     p.add_argument("store", type=Path, help="store folder")
     p.add_argument("query", nargs="+", help="one or more queries")
-    p.add_argument("-k", type=int, default=10, help="results per query (default 10)")
+    p.add_argument("-k", type=positive_int, default=10, help="results per query (default 10)")
     p.add_argument("--filter", default=None, help='metadata filter as JSON, e.g. \'{"year": {"$gte": 2020}}\'')
     p.add_argument("--model", "-m", help="encoder for the queries (default: the one the store was built with)")
     p.add_argument("--json", action="store_true", help="print one JSON object per query on stdout")
+    add_model_backend_argument(p, "--backend")
     p.set_defaults(func=_run_search)
 
 
@@ -276,12 +394,22 @@ def _run_search(args: argparse.Namespace) -> int:
     config_file = args.store / "config.json"
     if not config_file.is_file():
         raise ValueError(f"{args.store} is not a KL store: config.json is missing")
-    saved = (json.loads(config_file.read_text()).get("encoder") or {}).get("name_or_path")
-    model = args.model or saved
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{config_file}: not valid JSON ({exc})") from None
+    encoder_info = config.get("encoder") if isinstance(config, dict) else None
+    saved = encoder_info.get("name_or_path") if isinstance(encoder_info, dict) else None
+    model = args.model or (saved if isinstance(saved, str) else None)
     if not model:
         raise ValueError(f"{args.store} does not record its encoder; pass --model")
-    filt = json.loads(args.filter) if args.filter else None
-    encoder = _load_encoder(model)
+    try:
+        filt = json.loads(args.filter) if args.filter else None
+    except ValueError as exc:
+        raise ValueError(f"--filter is not valid JSON ({exc})") from None
+    if filt is not None and not isinstance(filt, dict):
+        raise ValueError(f"--filter must be a JSON object; got {type(filt).__name__}")
+    encoder = _load_encoder(model, backend=args.model_backend)
     store = KLStore.load(args.store, encoder=encoder)
     q = encoder.encode_queries(args.query, show_progress_bar=False)
     for i, (query, hits) in enumerate(zip(args.query, store.search_batch(q, k=args.k, filter=filt), strict=True)):
@@ -321,11 +449,46 @@ def _add_train(sub: Any) -> None:
 _REGISTRARS: list[Callable[[Any], None]] = [_add_demo, _add_encode, _add_index, _add_search, _add_evaluate, _add_train]
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line on stderr (exit status 2, as argparse)."""
+
+    def error(self, message: str) -> Any:  # argparse's signature is NoReturn
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+def _log_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    """``warnings.showwarning`` for the command line: a ``WARNING py.warnings: ...`` log line."""
+    logging.getLogger("py.warnings").warning("%s: %s", category.__name__, _one_line(str(message)))
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line (a multi-line message joined with ``; ``)."""
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip()) or "(no message)"
+
+
+def _error_message(exc: BaseException) -> str:
+    """What a user needs from an expected error: its message, plus the type when the message is bare."""
+    if isinstance(exc, KeyError):
+        arg = exc.args[0] if len(exc.args) == 1 else exc
+        return str(arg) if isinstance(arg, str) and " " in arg else f"missing key {arg!r}"
+    text = str(exc)
+    if isinstance(exc, OSError) and not text:
+        text = type(exc).__name__
+    return _one_line(text)
+
+
+#: Errors a user can cause and fix (bad input files, flags, paths, data): one line, exit status 2.
+#: ``StoreFormatError``, ``DatasetError``, ``NotAnEncoderError`` and JSON decoding errors are ``ValueError``s.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, KeyError, OSError, ImportError)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     from kl_retrievers._io import library_version
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kl-retrievers",
         description="Dense retrieval with Gaussian representations scored by -KL divergence (higher is better).",
     )
@@ -338,7 +501,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    Every failure is ONE line on stderr, ``kl-retrievers COMMAND: error: ...`` naming the file or
+    flag and what is wrong, never a traceback: bad flags (argparse) and bad input (missing or
+    malformed files, damaged stores, unwritable outputs: :data:`EXPECTED_ERRORS`) exit with 2;
+    anything else is a bug and exits with 1 (``--verbose`` adds its traceback). Log lines
+    (``LEVEL logger: message``) may precede it.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -347,10 +517,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    prefix = f"kl-retrievers {args.command}: error:"
     try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        print(f"kl-retrievers {args.command}: error: {exc}", file=sys.stderr)
+        with warnings.catch_warnings():
+            warnings.showwarning = _log_warning  # one log line each, not the source line too
+            return int(args.func(args) or 0)
+    except SystemExit as exc:  # a subcommand's usage error, raise SystemExit("message")
+        if exc.code is None or isinstance(exc.code, int):
+            raise
+        print(f"{prefix} {_one_line(str(exc.code))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prefix} interrupted", file=sys.stderr)
+        return 130
+    except EXPECTED_ERRORS as exc:
+        print(f"{prefix} {_error_message(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        logger.info("traceback of the internal error:", exc_info=True)
+        print(
+            f"{prefix} internal error {type(exc).__name__}: {_one_line(str(exc))} "
+            "(please report it; --verbose shows the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

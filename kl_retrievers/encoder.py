@@ -326,8 +326,47 @@ class GaussianEncoder(nn.Module):
         """The device of the parameters."""
         return next(self.parameters()).device
 
+    @property
+    def max_tokens(self) -> int | None:
+        """The most tokens (``[VAR]`` included) the backbone reads: its absolute position embeddings.
+
+        ``None`` when the backbone has no such limit (or does not say). A longer ``max_length``
+        is clamped to this with a warning (torch would otherwise fail on the position embeddings).
+        """
+        cfg = getattr(self.backbone, "config", None)
+        limit = getattr(cfg, "max_position_embeddings", None)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+            return None
+        if getattr(cfg, "position_biased_input", True) is False:  # relative positions only (DeBERTa-v2)
+            return None
+        if "roberta" in str(getattr(cfg, "model_type", "")) or getattr(cfg, "model_type", "") == "camembert":
+            limit -= int(getattr(cfg, "pad_token_id", 1) or 0) + 1  # positions start after the padding index
+        return limit if limit >= 3 else None
+
+    def _clamp_length(self, max_length: int) -> int:
+        """``max_length`` within :attr:`max_tokens` (a warning, once per value, when it was above)."""
+        limit = self.max_tokens
+        if limit is None or max_length <= limit:
+            return max_length
+        warned = self.__dict__.setdefault("_warned_lengths", set())
+        if max_length not in warned:
+            warned.add(max_length)
+            logger.warning(
+                "max_length %d is above what %s reads (%d tokens, its position embeddings); using %d",
+                max_length,
+                self.name_or_path or "the backbone",
+                limit,
+                limit,
+            )
+        return limit
+
     def tokenize(self, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
-        """Tokenize and insert ``[VAR]`` right after the first token (``[CLS]``)."""
+        """Tokenize and insert ``[VAR]`` right after the first token (``[CLS]``).
+
+        ``max_length`` counts every token, ``[VAR]`` included; above :attr:`max_tokens` it is
+        clamped to it (with a warning).
+        """
+        max_length = self._clamp_length(max_length)
         budget = max_length - 1 if self.var_token_id is not None else max_length
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=budget, return_tensors="pt")
         batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
@@ -397,7 +436,7 @@ class GaussianEncoder(nn.Module):
         items = _check_texts(texts)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
-        if not isinstance(max_length, int) or max_length < 3:
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3:
             raise ValueError(f"max_length must be an int >= 3; got {max_length!r}")
         if convert_to not in ("numpy", "torch"):
             raise ValueError(f"convert_to must be 'numpy' or 'torch'; got {convert_to!r}")
@@ -449,7 +488,8 @@ class GaussianEncoder(nn.Module):
         Args:
             texts: A string or a sequence of strings (empty strings are allowed).
             batch_size: Texts per forward pass (texts are sorted by length first).
-            max_length: Token budget (default ``config.query_max_length``); longer texts are truncated.
+            max_length: Token budget, an int >= 3 (default ``config.query_max_length``); longer texts
+                are truncated. Above the backbone's :attr:`max_tokens` it is clamped to that, with a warning.
             show_progress_bar: Show a tqdm bar (default: when stderr is a terminal and there are several batches).
             convert_to: ``"numpy"`` or ``"torch"``.
             device: ``"cpu"``, ``"cuda"`` or ``"mps"``; moves the encoder there.
@@ -462,7 +502,7 @@ class GaussianEncoder(nn.Module):
         """
         return self._encode(
             texts,
-            max_length=max_length or self.config.query_max_length,
+            max_length=self.config.query_max_length if max_length is None else max_length,
             batch_size=batch_size,
             show_progress_bar=show_progress_bar,
             convert_to=convert_to,
@@ -489,7 +529,7 @@ class GaussianEncoder(nn.Module):
         """
         return self._encode(
             texts,
-            max_length=max_length or self.config.max_length,
+            max_length=self.config.max_length if max_length is None else max_length,
             batch_size=batch_size,
             show_progress_bar=show_progress_bar,
             convert_to=convert_to,
@@ -540,6 +580,26 @@ class GaussianEncoder(nn.Module):
             self.tokenizer.save_pretrained(os.fspath(tmp))
             (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return target
+
+    def export_onnx(
+        self, folder: str | os.PathLike[str], *, quantize: str | None = "int8", per_channel: bool = True
+    ) -> Path:
+        """Export to an ONNX folder that :class:`~kl_retrievers.onnx.OnnxGaussianEncoder` loads without torch.
+
+        A thin wrapper of :func:`kl_retrievers.onnx.export_onnx`: ``model.onnx`` (outputs ``mean`` and
+        ``var``, everything after the tokenizer inside the graph), ``tokenizer.json`` and ``config.json``.
+
+        Args:
+            folder: Target folder (written atomically).
+            quantize: ``"int8"`` (dynamic int8 weights, ONNX Runtime) or ``None`` (float32).
+            per_channel: int8 only: one weight scale per output channel.
+
+        Examples:
+            >>> encoder.export_onnx("my-encoder-onnx", quantize="int8")  # doctest: +SKIP
+        """
+        from kl_retrievers.onnx import export_onnx
+
+        return export_onnx(self, folder, quantize=quantize, per_channel=per_channel)
 
     def _plain_state(self) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor, float]]]:
         """The state dict under plain backbone names, and any LoRA adapter's factors.
@@ -654,15 +714,32 @@ class GaussianEncoder(nn.Module):
                 "to start from a plain encoder use GaussianEncoder.from_backbone"
             )
         check_version(meta, what=f"encoder at {path}", format_version=FORMAT_VERSION)
-        config = GaussianEncoderConfig.from_dict(meta["encoder"])
+        if not isinstance(meta["encoder"], dict):
+            raise NotAnEncoderError(
+                f"{cfg_file}: field 'encoder' must be an object; got {type(meta['encoder']).__name__}"
+            )
+        try:
+            config = GaussianEncoderConfig.from_dict(meta["encoder"])
+        except (TypeError, ValueError) as exc:
+            raise NotAnEncoderError(f"{cfg_file}: field 'encoder' is invalid: {exc}") from None
         weights_name = meta.get("weights", FULL_WEIGHTS)
+        if weights_name not in (FULL_WEIGHTS, DELTA_WEIGHTS):  # never a path: nothing outside the folder is read
+            raise NotAnEncoderError(
+                f"{cfg_file}: field 'weights' must be {FULL_WEIGHTS!r} or {DELTA_WEIGHTS!r} (a file in the model "
+                f"folder); got {weights_name!r}"
+            )
         weights_file = path / weights_name
         if not weights_file.is_file():
             raise NotAnEncoderError(f"{path} is missing its weights file {weights_name}")
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         state = load_file(os.fspath(weights_file))
         if weights_name == FULL_WEIGHTS:
-            backbone = _backbone_from_config(meta["backbone_config"])
+            if not isinstance(meta.get("backbone_config"), dict):
+                raise NotAnEncoderError(f"{cfg_file}: field 'backbone_config' is missing or not an object")
+            try:
+                backbone = _backbone_from_config(meta["backbone_config"])
+            except (TypeError, ValueError, KeyError) as exc:
+                raise NotAnEncoderError(f"{cfg_file}: field 'backbone_config' is invalid: {exc}") from None
             enc = cls(backbone, tokenizer, config, name_or_path=os.fspath(name_or_path))
             missing, unexpected = enc.load_state_dict(state, strict=False)
             if unexpected or [m for m in missing if not m.endswith("position_ids")]:

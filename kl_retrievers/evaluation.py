@@ -47,7 +47,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kl_retrievers.datasets import BeirDataset, DatasetError, load_beir
-from kl_retrievers.gaussian import Gaussians, kl_document_vectors, kl_query_vectors, neg_kl
+from kl_retrievers.gaussian import Gaussians, check_float32_scorable, check_k, exact_top_k
 
 __all__ = [
     "Run",
@@ -347,11 +347,6 @@ def run_from_top_k(query_ids: Sequence[str], doc_ids: Sequence[str], idx: np.nda
     }
 
 
-def _as_float64_numpy(g: Gaussians) -> Gaussians:
-    g = g.numpy()
-    return g.astype(np.float64) if g.mean.dtype != np.float64 else g
-
-
 def retrieve_exact(
     queries: Gaussians,
     documents: Gaussians,
@@ -366,24 +361,29 @@ def retrieve_exact(
 ) -> Run:
     """Exact top-``k`` retrieval by ``-KL(Q || D)`` (or by ``-||mu_q - mu_d||^2``).
 
-    Candidates come from a float32 matmul of the inner-product rewrite
-    (:func:`kl_query_vectors` . :func:`kl_document_vectors` + :func:`kl_query_constant`); the
-    best ``k + pool_margin`` per query are then re-scored term by term in float64, so the
-    reported scores are the true ``-KL`` and float32 rounding cannot reorder the top ``k``.
+    :func:`kl_retrievers.gaussian.exact_top_k`: candidates from a float32 matmul of the
+    inner-product rewrite around the corpus mean, re-scored term by term in float64 and proven
+    complete by a bound on the float32 error (the pool widens, or every document is scored in
+    float64, where the bound says it must). The reported scores are the true ``-KL`` and the
+    ranking is the float64 one (ties aside).
 
     Args:
         queries: ``n_q`` query Gaussians (numpy or torch).
         documents: ``n_d`` document Gaussians.
         query_ids: Ids of the queries, in order.
         doc_ids: Ids of the documents, in order.
-        k: Depth of the run per query.
+        k: Depth of the run per query (a positive integer).
         means_only: Ablation: ignore variances and score by negative squared L2 distance of the means.
-        pool_margin: Extra float32 candidates re-scored exactly per query.
+        pool_margin: Extra float32 candidates in the first re-scored pool per query.
         max_block_elements: Bound on the size of one float32 score block (queries x docs).
-        show_progress: Show a progress bar over query blocks.
+        show_progress: Show a progress bar over queries.
 
     Returns:
         Query id -> {document id: score}, the ``min(k, n_d)`` best documents per query.
+
+    Raises:
+        ValueError: Ids not matching the Gaussians, ``k`` not a positive integer, or a query or
+            document whose rewrite overflows float32 (naming its row).
 
     Examples:
         >>> q = Gaussians(np.zeros((1, 2)), np.ones((1, 2)))
@@ -398,39 +398,20 @@ def retrieve_exact(
         )
     if queries.dim != documents.dim:
         raise ValueError(f"queries have dimension {queries.dim} but documents {documents.dim}")
-    q64, d64 = _as_float64_numpy(queries), _as_float64_numpy(documents)
-    nd = len(d64)
-    if means_only:
-        qv = (2.0 * q64.mean).astype(np.float32)
-        dv = d64.mean.astype(np.float32)
-        d_bias = -(d64.mean**2).sum(axis=1).astype(np.float32)
-    else:
-        qv = np.asarray(kl_query_vectors(q64), dtype=np.float32)
-        dv = np.asarray(kl_document_vectors(d64), dtype=np.float32)
-        # c(q) is constant per query, so candidates need no constant; the exact re-score includes it.
-        d_bias = np.zeros(nd, dtype=np.float32)
-    dvt = np.ascontiguousarray(dv.T)
-    pool = min(nd, k + max(0, pool_margin))
-    block = max(1, max_block_elements // max(1, nd))
-    run: Run = {}
-    starts = range(0, len(q64), block)
-    for start in tqdm(starts, desc="exact retrieval", unit="block", disable=not show_progress):
-        stop = min(start + block, len(q64))
-        scores = qv[start:stop] @ dvt
-        scores += d_bias[None, :]
-        cand, _ = top_k(scores, pool)
-        exact = np.empty(cand.shape, dtype=np.float64)
-        for i in range(stop - start):
-            qi = start + i
-            docs_i = d64[cand[i]]
-            if means_only:
-                exact[i] = -((docs_i.mean - q64.mean[qi][None, :]) ** 2).sum(axis=1)
-            else:
-                exact[i] = np.asarray(neg_kl(q64[qi : qi + 1], docs_i))
-        idx_local, vals = top_k(exact, k)
-        idx = np.take_along_axis(cand, idx_local, axis=1)
-        run.update(run_from_top_k(query_ids[start:stop], doc_ids, idx, vals))
-    return run
+    k = check_k(k)
+    check_float32_scorable(documents, "document")  # a document to blame is named before the queries
+    check_float32_scorable(queries, "query")
+    with tqdm(total=len(queries), desc="exact retrieval", unit="query", disable=not show_progress) as bar:
+        idx, vals = exact_top_k(
+            queries,
+            documents,
+            k,
+            means_only=means_only,
+            margin=max(0, pool_margin),
+            max_block_elements=max_block_elements,
+            on_block=bar.update,
+        )
+    return run_from_top_k(query_ids, doc_ids, idx, vals)
 
 
 # --------------------------------------------------------------------------------------
@@ -747,6 +728,9 @@ class EvaluationResult:
         per_query: Query id -> {metric: value}.
         run: The retrieved run (query id -> {doc id: score}).
         info: Extra facts (timings, options).
+        query_stats: Per-query facts for query performance prediction (name -> {query id: value}):
+            ``uncertainty`` and ``corpus_score`` for Gaussian models (see :mod:`kl_retrievers.qpp`);
+            empty for baselines.
     """
 
     dataset: str
@@ -756,6 +740,7 @@ class EvaluationResult:
     per_query: dict[str, dict[str, float]]
     run: Run = field(repr=False)
     info: dict[str, Any] = field(default_factory=dict)
+    query_stats: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
 
     def summary(self) -> dict[str, Any]:
         """The flat JSON summary printed by ``kl-retrievers evaluate --json``."""
@@ -820,6 +805,9 @@ def evaluate_model(
         show_progress=show_progress,
     )
     t1 = time.perf_counter()
+    from kl_retrievers.qpp import gaussian_query_stats
+
+    query_stats = gaussian_query_stats(q, d, dataset.query_ids, means_only=means_only)
     run = retrieve_exact(
         q, d, dataset.query_ids, dataset.doc_ids, k, means_only=means_only, show_progress=show_progress
     )
@@ -831,7 +819,7 @@ def evaluate_model(
         "encode_s": round(t1 - t0, 2),
         "retrieve_s": round(t2 - t1, 2),
     }
-    return EvaluationResult(str(dataset.path), dataset.split, label, aggregate, per_query, run, info)
+    return EvaluationResult(str(dataset.path), dataset.split, label, aggregate, per_query, run, info, query_stats)
 
 
 # --------------------------------------------------------------------------------------
@@ -974,12 +962,22 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--per-query", metavar="FILE", help="save per-query metrics (.json, or .tsv by suffix)")
     p.add_argument("--compare", metavar="RUN_FILE", help="per-query file of another system: paired t-test against it")
     p.add_argument("--save-run", metavar="FILE", help="also write the retrieved run in TREC format")
-    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="encoding batch size (default: 32)")
+    from kl_retrievers.cli import positive_int, token_budget
+
+    p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="encoding batch size (default: 32)")
     p.add_argument(
-        "--max-length", type=int, default=None, metavar="N", help="document token limit (default: the model's own)"
+        "--max-length",
+        type=token_budget,
+        default=None,
+        metavar="N",
+        help="document token limit (default: the model's own)",
     )
     p.add_argument(
-        "--query-max-length", type=int, default=None, metavar="N", help="query token limit (default: the model's own)"
+        "--query-max-length",
+        type=token_budget,
+        default=None,
+        metavar="N",
+        help="query token limit (default: the model's own)",
     )
     p.add_argument("--depth", type=int, default=100, metavar="K", help="documents retrieved per query (default: 100)")
     p.add_argument("--cache-dir", default=None, help=f"encoding cache (default: ${CACHE_ENV} or ~/.cache/...)")
@@ -991,6 +989,9 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         help="qrels naming documents outside the corpus: fail (default) or drop them",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    from kl_retrievers.cli import add_model_backend_argument
+
+    add_model_backend_argument(p, "--backend")
     p.set_defaults(func=run_evaluate)
     return p
 
@@ -1034,23 +1035,31 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """
     _setup_logging(args.quiet)
     show = not args.quiet
+    if args.depth < 1:
+        print(
+            f"kl-retrievers evaluate: error: --depth must be an integer >= 1 (documents per query); got {args.depth}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         dataset = load_beir(args.dataset_dir, args.split, unknown_docs=args.unknown_docs)
     except DatasetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"kl-retrievers evaluate: error: {exc}", file=sys.stderr)
         return 2
     other: tuple[dict[str, dict[str, float]], dict[str, Any]] | None = None
     if args.compare:
         try:
             other = load_per_query(args.compare)
         except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"kl-retrievers evaluate: error: {exc}", file=sys.stderr)
             return 2
     cache_dir = args.cache_dir
     use_cache = not args.no_cache
     if args.baseline:
         if args.means_only:
-            print("error: --means-only applies to Gaussian models, not baselines", file=sys.stderr)
+            print(
+                "kl-retrievers evaluate: error: --means-only applies to Gaussian models, not baselines", file=sys.stderr
+            )
             return 2
         from kl_retrievers.baselines import run_baseline
 
@@ -1071,7 +1080,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     else:
         from kl_retrievers.pretrained import load_model
 
-        encoder = load_model(args.model)
+        encoder = load_model(args.model, backend=getattr(args, "model_backend", "torch"))
         result = evaluate_model(
             encoder,
             dataset,
@@ -1085,8 +1094,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
             show_progress=show,
         )
     summary = result.summary()
+    from kl_retrievers.qpp import format_qpp, per_query_with_predictors, qpp_for_run
+
+    qpp, qpp_values = qpp_for_run(
+        result.run,
+        result.per_query,
+        query_ids=dataset.query_ids,
+        query_texts=dataset.query_texts(),
+        corpus_texts=dataset.document_texts(),
+        query_stats=result.query_stats,
+        missing_uncertainty=f"the {args.baseline} baseline has no variances" if args.baseline else None,
+    )
+    summary["qpp"] = qpp
     if args.per_query:
-        save_per_query(args.per_query, result.per_query, meta={k: v for k, v in summary.items()})
+        pq_out = per_query_with_predictors(result.per_query, qpp_values)  # with each query's uncertainty
+        save_per_query(args.per_query, pq_out, meta={k: v for k, v in summary.items()})
         logger.info("per-query results written to %s", args.per_query)
     if args.save_run:
         write_trec_run(args.save_run, result.run, tag=result.model)
@@ -1106,5 +1128,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(summary) + "\n")
     else:
         _print_table(summary, DEFAULT_METRICS, compare)
+        print(format_qpp(qpp))
     sys.stdout.flush()
     return 0

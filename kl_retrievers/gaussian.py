@@ -29,6 +29,8 @@ Examples:
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +47,8 @@ __all__ = [
     "kl_document_vectors",
     "kl_query_constant",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: The one score this package reports, and its direction.
 SCORE_NAME = "neg_kl"
@@ -304,3 +308,865 @@ def kl_query_constant(queries: Gaussians) -> Array:
     """
     t = _log(queries.var) + 1.0
     return 0.5 * t.sum(-1) if _is_torch(t) else 0.5 * t.sum(axis=1)
+
+
+# ============================================================================ reduction to L2
+# The MIPS -> L2 reduction of METHOD.md (Bachrach et al., RecSys 2014), shared by every backend that
+# searches an L2 index (KLStore's HNSW / IVF, MilvusKLStore with metric="L2") and the inversion of a
+# stored document vector back to its Gaussian. numpy only: these run on stored float64 ``d~`` rows.
+#
+#   d^ = d~ - o e_1                        (first coordinate shifted by the offset o; <q~, d^> = <q~, d~> - o)
+#   x_d = [d^, sqrt(M^2 - ||d^||^2)]       (every reduced document has norm M >= max ||d^||)
+#   x_q = [q~ * M / ||q~||, 0]             (norm M)
+#   ||x_q - x_d||^2 = 2 M^2 - 2 (M / ||q~||) (<q~, d~> - o)
+#
+# so the L2 ranking of the reduced vectors is the inner-product ranking of the rewrite, i.e. the -KL
+# ranking, for any offset o and any M, as long as every document row was reduced with the same o and M.
+
+__all__ += [
+    "reduction_offset",
+    "shift_document_vectors",
+    "reduction_norm_bound",
+    "reduce_document_vectors",
+    "reduce_query_vectors",
+    "document_gaussians_from_vectors",
+]
+
+#: Relative slack allowed when a shifted document norm is compared with the bound ``M`` (float rounding).
+NORM_BOUND_RTOL = 1e-6
+
+
+def _rows_2d(vectors: Any, what: str) -> np.ndarray:
+    if _is_torch(vectors):
+        raise TypeError(f"{what} must be a numpy array (the reduction works on stored vectors); got a torch tensor")
+    arr = np.asarray(vectors)
+    if arr.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D array (n, width); got shape {arr.shape}")
+    return arr
+
+
+def _check_bound(norm_bound: float) -> float:
+    bound = float(norm_bound)
+    if not (np.isfinite(bound) and bound > 0):
+        raise ValueError(f"the norm bound M must be a finite number > 0; got {norm_bound!r}")
+    return bound
+
+
+def _check_width(width: int | None, needed: int) -> int:
+    if width is None:
+        return needed
+    if int(width) < needed:
+        raise ValueError(f"width must be at least {needed} (the reduced vector's length); got {width}")
+    return int(width)
+
+
+def reduction_offset(dvec: Any) -> float:
+    """The first-coordinate offset ``o`` for the reduction: the mean first coordinate of ``d~`` rows.
+
+    The first coordinate of ``d~``, ``-1/2 sum_i (log var_i + mu_i^2 / var_i)``, is a sum over all
+    ``k`` dimensions; its shared part would dominate every norm (and so the extra coordinate and an
+    index's geometry).  Shifting it by a constant changes no ranking, since ``q~`` has ``1`` there.
+
+    Args:
+        dvec: ``d~`` rows, shape ``(n, 2k + 1)`` with ``n >= 1`` (a sample is enough).
+
+    Returns:
+        ``o`` as a Python float.
+
+    Examples:
+        >>> import numpy as np
+        >>> reduction_offset(np.array([[-3.0, -0.5, 0.0], [-5.0, -0.5, 1.0]]))
+        -4.0
+    """
+    d = _rows_2d(dvec, "document vectors d~")
+    if d.shape[0] == 0:
+        raise ValueError("the reduction offset needs at least one document vector; got none")
+    offset = float(np.asarray(d[:, 0], dtype=np.float64).mean())
+    if not np.isfinite(offset):
+        raise ValueError(f"the reduction offset must be finite; got {offset!r} (non-finite document vectors)")
+    return offset
+
+
+def shift_document_vectors(dvec: Any, offset: float) -> np.ndarray:
+    """``d^``: ``d~`` with ``offset`` subtracted from its first coordinate.
+
+    ``<q~, d^> = <q~, d~> - offset`` for every query (the first coordinate of ``q~`` is 1), so no
+    ranking changes.  The input is never modified; with ``offset == 0`` it is returned as it is.
+
+    Examples:
+        >>> import numpy as np
+        >>> shift_document_vectors(np.array([[-4.0, -0.5, 1.0]]), -4.0)
+        array([[ 0. , -0.5,  1. ]])
+    """
+    d = _rows_2d(dvec, "document vectors d~")
+    if not offset:
+        return d
+    out = d.copy()
+    out[:, 0] -= offset
+    return out
+
+
+def reduction_norm_bound(dvec: Any, offset: float = 0.0, headroom: float = 1.0) -> float:
+    """``M = headroom * max ||d^||`` over ``d~`` rows shifted by ``offset`` (at least ``1e-12``).
+
+    With ``headroom == 1`` this is the largest shifted norm, the number to compare with a stored
+    ``M`` before adding documents: above it, ``M`` must be raised and every row re-reduced.
+
+    Args:
+        dvec: ``d~`` rows, shape ``(n, 2k + 1)``, ``n >= 1``.
+        offset: The first-coordinate shift ``o``.
+        headroom: Factor ``>= 1`` leaving room for later documents.
+
+    Examples:
+        >>> import numpy as np
+        >>> reduction_norm_bound(np.array([[-4.0, 0.0, 3.0], [-5.0, 0.0, 1.0]]), offset=-4.0, headroom=2.0)
+        6.0
+    """
+    if not headroom >= 1.0:
+        raise ValueError(f"headroom must be >= 1; got {headroom!r}")
+    d = shift_document_vectors(dvec, offset)
+    if d.shape[0] == 0:
+        raise ValueError("the norm bound needs at least one document vector; got none")
+    d = np.asarray(d, dtype=np.float64)
+    top = float(np.sqrt(np.einsum("ij,ij->i", d, d).max()))
+    if not np.isfinite(top):
+        raise ValueError("the norm bound must be finite; the document vectors hold NaN or infinite values")
+    return float(headroom) * max(top, 1e-12)
+
+
+def reduce_document_vectors(
+    dvec: Any, offset: float, norm_bound: float, *, width: int | None = None, dtype: Any = np.float32
+) -> np.ndarray:
+    """Reduced document vectors ``x_d = [d^, sqrt(M^2 - ||d^||^2), 0...]`` for an L2 index.
+
+    The extra coordinate is computed in float64; the result is cast to ``dtype`` at the end.
+
+    Args:
+        dvec: ``d~`` rows (float64 for best precision), shape ``(n, 2k + 1)``.
+        offset: The first-coordinate shift ``o`` (``0`` for none).
+        norm_bound: ``M``; every shifted norm must be ``<= M`` (up to a relative ``1e-6``).
+        width: Length of each output row, ``>= 2k + 2`` (zero-padded, e.g. for PQ); default ``2k + 2``.
+        dtype: Output dtype.
+
+    Returns:
+        Shape ``(n, width)``; every row has norm ``M``.
+
+    Raises:
+        ValueError: A shifted norm above ``M`` (raise ``M`` and re-reduce every row instead), a bad
+            ``M`` or ``width``.
+
+    Examples:
+        >>> import numpy as np
+        >>> reduce_document_vectors(np.array([[-4.0, 0.0, 3.0]]), -4.0, 5.0)
+        array([[0., 0., 3., 4.]], dtype=float32)
+    """
+    bound = _check_bound(norm_bound)
+    d = np.asarray(shift_document_vectors(dvec, offset), dtype=np.float64)
+    n, w = d.shape
+    sq = np.einsum("ij,ij->i", d, d)
+    if n and float(sq.max()) > (bound * (1.0 + NORM_BOUND_RTOL)) ** 2:
+        raise ValueError(
+            f"a shifted document norm {float(np.sqrt(sq.max())):.6g} exceeds the norm bound M={bound:.6g}; "
+            "raise M and re-reduce every row (all rows of one index must share one M)"
+        )
+    out = np.zeros((n, _check_width(width, w + 1)), dtype=dtype)
+    out[:, :w] = d
+    out[:, w] = np.sqrt(np.maximum(bound**2 - sq, 0.0))
+    return out
+
+
+def reduce_query_vectors(
+    qvec: Any, norm_bound: float, *, width: int | None = None, dtype: Any = np.float32
+) -> np.ndarray:
+    """Reduced query vectors ``x_q = [q~ * M / ||q~||, 0, 0...]`` (norm ``M``).
+
+    Scaling the query changes no L2 ranking when every reduced document has norm ``M``; norm ``M``
+    suits IVF's coarse assignment.  No offset: ``q~`` keeps its first coordinate ``1``.
+
+    Args:
+        qvec: ``q~`` rows (:func:`kl_query_vectors`), shape ``(n, 2k + 1)``.
+        norm_bound: ``M``.
+        width: Length of each output row, ``>= 2k + 2``; default ``2k + 2``.
+        dtype: Output dtype.
+
+    Examples:
+        >>> import numpy as np
+        >>> reduce_query_vectors(np.array([[1.0, 0.0, 0.0]]), 5.0)
+        array([[5., 0., 0., 0.]], dtype=float32)
+    """
+    bound = _check_bound(norm_bound)
+    q = np.asarray(_rows_2d(qvec, "query vectors q~"), dtype=np.float64)
+    n, w = q.shape
+    out = np.zeros((n, _check_width(width, w + 1)), dtype=dtype)
+    out[:, :w] = q * (bound / np.linalg.norm(q, axis=1, keepdims=True))
+    return out
+
+
+def document_gaussians_from_vectors(vectors: Any, dim: int | None = None, *, validate: bool = True) -> Gaussians:
+    """Invert the document rewrite: the Gaussians behind ``d~``, ``d^`` or reduced rows.
+
+    ``var = -1 / (2 v[1:k+1])`` and ``mu = v[k+1:2k+1] * var``.  The first coordinate (the only one
+    the offset shifts) and anything after ``2k + 1`` (the reduction's extra coordinate, padding)
+    are not read, so the same function inverts ``d~``, shifted and reduced vectors.  Exact up to
+    the rounding of the stored vectors (float32 rows give float32-accurate Gaussians).
+
+    Args:
+        vectors: Rows, shape ``(n, width)``.
+        dim: ``k``; default ``(width - 1) / 2`` (then ``width`` must be odd, a plain ``d~``).
+        validate: Check that coordinates ``1..k`` are ``< 0`` (``-1 / (2 var)``) and the result finite.
+
+    Returns:
+        float64 :class:`Gaussians`, shape ``(n, k)``.
+
+    Raises:
+        ValueError: A width that does not fit ``dim``, or (``validate``) rows that are no document vectors.
+
+    Examples:
+        >>> import numpy as np
+        >>> g = Gaussians(np.array([[0.5, -1.0]]), np.array([[2.0, 0.25]]))
+        >>> back = document_gaussians_from_vectors(kl_document_vectors(g))
+        >>> back.mean.tolist(), back.var.tolist()
+        ([[0.5, -1.0]], [[2.0, 0.25]])
+    """
+    v = np.asarray(_rows_2d(vectors, "document vectors"), dtype=np.float64)
+    width = v.shape[1]
+    if dim is None:
+        if width < 3 or width % 2 == 0:
+            raise ValueError(
+                f"document vectors d~ have odd length 2k + 1 >= 3; got width {width} (pass dim for reduced rows)"
+            )
+        dim = (width - 1) // 2
+    k = int(dim)
+    if k < 1 or width < 2 * k + 1:
+        raise ValueError(f"document vectors of dimension k={dim} need width >= 2k + 1 = {2 * k + 1}; got width {width}")
+    precision = v[:, 1 : k + 1]
+    if validate and not (precision < 0).all():
+        raise ValueError(
+            "these are not KL document vectors: coordinates 1..k hold -1 / (2 var) and must be < 0; "
+            f"found {int((precision >= 0).sum())} value(s) >= 0 (or NaN)"
+        )
+    var = -0.5 / precision
+    return Gaussians(v[:, k + 1 : 2 * k + 1] * var, var, validate=validate)
+
+
+# ================================================================================ exact top-k
+# Exact top-k by -KL (or, for the means-only ablation, by -||mu_q - mu_d||^2), shared by KLStore's
+# flat index and exact fallback and by evaluation.retrieve_exact.
+#
+# Candidates come from the inner-product rewrite evaluated in float32 (a BLAS matmul or a FAISS flat
+# index); the candidates are then re-scored term by term in float64. float32 alone is not exact:
+# the error of <q~, d~> grows with the magnitudes of q~ and d~ (about sum(mu^2 / var)), not with the
+# score, because the first coordinate of d~ cancels against the other blocks. Two things make the
+# result the exact float64 top k:
+#
+# 1. Centring. -KL(Q || D) does not change when one vector c is subtracted from every mean, query and
+#    document alike, so the rewrite is evaluated on mu - c with c near the corpus mean.
+# 2. A bound. For float32 rounding of q~ and d~ and a float32 dot product of n = 2k + 1 terms in any
+#    summation order (BLAS, FMA, SIMD lanes), |fl32(<q~, d~>) - <q~, d~>| <= g * sum_i |q~_i d~_i|
+#    with g = gamma_{n+2} = (n + 2) u / (1 - (n + 2) u), u = 2^-24 (Higham, "Accuracy and Stability
+#    of Numerical Algorithms", section 3.1), and sum_i |q~_i d~_i| <= sum_b ||q~_b|| ||d~_b|| over the
+#    three blocks b of the rewrite (Cauchy-Schwarz per block: on whole vectors it multiplies q~'s
+#    largest block by d~'s largest although they never meet, a millionfold overshoot with uncentred
+#    large means). With D_b the largest ||d~_b|| among the documents, every document's float32
+#    score is within B = g sum_b ||q~_b|| D_b of its exact value. After the pool of the c best float32
+#    candidates is re-scored, let T be its k-th best exact score and s the float32 score of the best
+#    document left out: every document left out scores at most s + B, so if s + B < T the pool holds
+#    the exact top k (up to float64 rounding of the scores themselves: ties aside). Otherwise the pool
+#    grows once, and then every allowed row is scored in float64. On ordinary data B is far below
+#    the gaps (k = 384, 100k synthetic documents: B ~ 0.1, the gap from rank 10 to rank 19 >= 1.9),
+#    so the first pool of k + margin candidates is enough and the fast path costs what it did.
+#
+# Rows whose float32 rewrite is not finite cannot be ranked this way and are refused with a
+# ValueError naming the row (check_float32_scorable at input, score_vectors_float32 here).
+
+__all__ += [
+    "FLOAT32_UNIT_ROUNDOFF",
+    "check_k",
+    "check_float32_scorable",
+    "score_vectors_float32",
+    "rewrite_block_norms",
+    "float32_score_bound",
+    "pool_terms",
+    "neg_kl_rows",
+    "top_k_rows",
+    "float64_top_k",
+    "refine_top_k",
+    "exact_top_k",
+]
+
+#: Unit roundoff of float32 (2^-24): every rounding to float32 is within this relative error.
+FLOAT32_UNIT_ROUNDOFF = 2.0**-24
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Rows of documents whose rewrite is computed at once, and cap (elements) for caching all of them.
+_EXACT_ROWS = 65536
+_EXACT_CACHE_ELEMENTS = 1 << 26
+# Elements (queries x candidates x dims) gathered at once by the float64 re-scoring.
+_ROWS_BLOCK_ELEMENTS = 1 << 22
+# The pool grows once, to max(_GROW * c, k + _GROW_MIN), before falling back to float64 on every row.
+_GROW = 8
+_GROW_MIN = 256
+
+
+def check_k(k: Any, name: str = "k") -> int:
+    """``k`` as an ``int`` when it is a positive integer (``bool`` is not); ``ValueError`` naming it otherwise.
+
+    The one check of a result count (``k``, ``fetch_k``, ``similarity_top_k``, ...) used by every
+    store and adapter.
+
+    Examples:
+        >>> check_k(3)
+        3
+        >>> check_k(0, "fetch_k")
+        Traceback (most recent call last):
+        ...
+        ValueError: fetch_k must be a positive integer; got 0
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise ValueError(f"{name} must be a positive integer; got {k!r}")
+    return int(k)
+
+
+def _numpy_gaussians(g: Gaussians, what: str) -> Gaussians:
+    if not isinstance(g, Gaussians):
+        raise TypeError(f"{what} must be a Gaussians batch; got {type(g).__name__}")
+    return g.numpy()
+
+
+def _row_facts(mean: np.ndarray, var: np.ndarray, centred: bool) -> str:
+    name = "|mean - centre|" if centred else "|mean|"
+    return f"largest {name} {float(np.abs(mean).max()):.3g}, variances {float(var.min()):.3g} to {float(var.max()):.3g}"
+
+
+def _rewrite(mean: np.ndarray, var: np.ndarray, side: str, means_only: bool) -> np.ndarray:
+    """float64 rewrite rows of (already centred) float64 means and variances."""
+    n = mean.shape[0]
+    if means_only:  # -||mq - md||^2 = <[1, 2 mq], [-||md||^2, md]> - ||mq||^2
+        if side == "query":
+            return np.concatenate([np.ones((n, 1)), 2.0 * mean], axis=1)
+        return np.concatenate([-np.einsum("ij,ij->i", mean, mean)[:, None], mean], axis=1)
+    g = Gaussians(mean, var, validate=False)
+    return np.asarray(kl_query_vectors(g) if side == "query" else kl_document_vectors(g))
+
+
+def _first_bad_row(vectors: np.ndarray) -> int | None:
+    ok = np.isfinite(vectors).all(axis=1)
+    if ok.all():
+        return None
+    return int(np.flatnonzero(~ok)[0])
+
+
+def score_vectors_float32(
+    g: Gaussians,
+    side: str,
+    *,
+    centre: np.ndarray | None = None,
+    means_only: bool = False,
+    row_numbers: np.ndarray | None = None,
+) -> np.ndarray:
+    """The rewrite of ``g`` around ``centre``, as float32, every value checked finite.
+
+    ``side="query"`` gives ``q~`` of the centred Gaussians (``[1, 2 mu]`` with ``means_only``),
+    ``side="document"`` gives ``d~`` (``[-||mu||^2, mu]`` with ``means_only``); the means are
+    centred (``mu - centre``) in float64 before the rewrite, which changes no score.
+
+    Args:
+        g: Numpy Gaussians (any float dtype).
+        side: ``"query"`` or ``"document"``.
+        centre: Subtracted from every mean (shape ``(k,)``); ``None``: no centring.
+        means_only: The rewrite of ``-||mu_q - mu_d||^2`` instead of ``-KL``.
+        row_numbers: Row number of each row, used in error messages (default ``0..n-1``).
+
+    Returns:
+        Shape ``(n, 2k + 1)`` (``(n, k + 1)`` with ``means_only``), float32.
+
+    Raises:
+        ValueError: A row whose rewrite overflows float32, naming the row and the value.
+
+    Examples:
+        >>> import numpy as np
+        >>> g = Gaussians(np.array([[10.0, 11.0]]), np.ones((1, 2)))
+        >>> score_vectors_float32(g, "query", centre=np.array([10.0, 10.0]))
+        array([[1., 1., 2., 0., 1.]], dtype=float32)
+    """
+    if side not in ("query", "document"):
+        raise ValueError(f"side must be 'query' or 'document'; got {side!r}")
+    mean = np.asarray(g.mean, dtype=np.float64)
+    var = np.asarray(g.var, dtype=np.float64)
+    if centre is not None:
+        mean = mean - np.asarray(centre, dtype=np.float64)[None, :]
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        vec64 = _rewrite(mean, var, side, means_only)
+        vec = vec64.astype(np.float32)
+    bad = _first_bad_row(vec)
+    if bad is not None:
+        j = int(np.flatnonzero(~np.isfinite(vec[bad]))[0])
+        row = bad if row_numbers is None else int(row_numbers[bad])
+        name = "q~" if side == "query" else "d~"
+        raise ValueError(
+            f"{side} {row} cannot be scored in float32: coordinate {j} of its rewrite {name} is "
+            f"{float(vec64[bad, j]):.4g} (float32 holds magnitudes up to {_FLOAT32_MAX:.3g}; "
+            f"{_row_facts(mean[bad], var[bad], centre is not None)})"
+        )
+    return vec
+
+
+def check_float32_scorable(g: Gaussians, side: str, *, first_row: int = 0) -> None:
+    """Refuse Gaussians that cannot be stored or scored in float32, naming the first bad row.
+
+    Documents (stored as float32): means and variances must stay finite, and variances ``> 0``,
+    when rounded to float32, and ``d~`` of the rounded values must be finite in float32. Queries
+    (kept in float64): ``q~`` must be finite in float32. The rewrite is checked without centring;
+    what passes can be stored and ranked exactly.
+
+    Args:
+        g: Gaussians (numpy or torch), finite with positive variances.
+        side: ``"query"`` or ``"document"``.
+        first_row: Number of the first row, for the message.
+
+    Raises:
+        ValueError: Naming the row, the value and what float32 can hold.
+
+    Examples:
+        >>> import numpy as np
+        >>> check_float32_scorable(Gaussians(np.zeros((2, 3)), np.ones((2, 3))), "document")
+        >>> check_float32_scorable(Gaussians(np.array([[0.0], [1e20]]), np.ones((2, 1))), "document")
+        Traceback (most recent call last):
+        ...
+        ValueError: document 1 cannot be scored in float32: coordinate 0 of its rewrite d~ is -5e+39 (float32 ...
+    """
+    g = _numpy_gaussians(g, f"{side} gaussians")
+    if side == "query":  # q~ = [1, var + mu^2, mu] is finite in float32 when var + mu^2 is (the fast path)
+        mean, var = np.asarray(g.mean, dtype=np.float64), np.asarray(g.var, dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite((var + mean * mean).astype(np.float32)).all():
+                return
+    if side == "document":
+        with np.errstate(over="ignore", under="ignore"):
+            mean32 = np.asarray(g.mean).astype(np.float32)
+            var32 = np.asarray(g.var).astype(np.float32)
+        for name, ok in (("mean", np.isfinite(mean32)), ("variance", np.isfinite(var32) & (var32 > 0))):
+            if not ok.all():
+                i, j = (int(x[0]) for x in np.nonzero(~ok))
+                value = float(np.asarray(g.mean if name == "mean" else g.var)[i, j])
+                raise ValueError(
+                    f"{side} {first_row + i}: {name} {value:.4g} at dimension {j} is not representable in float32 "
+                    f"(finite magnitudes {float(np.finfo(np.float32).tiny):.3g} to {_FLOAT32_MAX:.3g})"
+                )
+        g = Gaussians(mean32, var32, validate=False)
+    rows = np.arange(first_row, first_row + len(g))
+    for s in range(0, len(g), _EXACT_ROWS):
+        score_vectors_float32(g[s : s + _EXACT_ROWS], side, row_numbers=rows[s : s + _EXACT_ROWS])
+
+
+def _block_starts(width: int, means_only: bool) -> list[int]:
+    """Where the blocks of a rewrite row start: ``[first | var (+ mu^2) or precision | mean]`` or ``[first | mean]``."""
+    return [0, 1] if means_only else [0, 1, (width - 1) // 2 + 1]
+
+
+def rewrite_block_norms(vectors: np.ndarray, *, means_only: bool = False) -> np.ndarray:
+    """Euclidean norm of each block of each rewrite row (float64), shape ``(n, 3)`` (``(n, 2)`` means-only).
+
+    Examples:
+        >>> import numpy as np
+        >>> rewrite_block_norms(np.array([[1.0, 3.0, 4.0]], dtype=np.float32))
+        array([[1., 3., 4.]])
+    """
+    v = np.asarray(vectors, dtype=np.float64)
+    if v.shape[0] == 0:
+        return np.zeros((0, 2 if means_only else 3))
+    return np.sqrt(np.add.reduceat(v * v, _block_starts(v.shape[1], means_only), axis=1))
+
+
+def float32_score_bound(
+    query_vectors: np.ndarray, doc_block_norm_max: np.ndarray, *, means_only: bool = False
+) -> np.ndarray:
+    """Bound on the error of a float32 inner product ``<q~, d~>`` for every document of a collection.
+
+    ``gamma_{n+2} * sum_b ||q~_b|| * D_b`` over the blocks ``b`` of the rewrite (Cauchy-Schwarz per
+    block, which stays tight when ``q~``'s large block meets ``d~``'s small one; see the section
+    comment), with ``D_b`` the largest norm of block ``b`` among the documents' float32 rows
+    (:func:`rewrite_block_norms`); ``inf`` where a partial sum could overflow float32.
+
+    Args:
+        query_vectors: float32 rewrite rows, shape ``(n_q, n)``.
+        doc_block_norm_max: ``D_b`` per block, shape ``(3,)`` (``(2,)`` means-only).
+        means_only: The rows are the means-only rewrite.
+
+    Returns:
+        float64, shape ``(n_q,)``.
+
+    Examples:
+        >>> import numpy as np
+        >>> b = float32_score_bound(np.array([[1.0, 3.0, 4.0]], dtype=np.float32), np.array([1.0, 2.0, 0.5]))
+        >>> bool(0 < b[0] < 1e-5)
+        True
+    """
+    n = query_vectors.shape[1] + 2
+    u = FLOAT32_UNIT_ROUNDOFF
+    gamma = n * u / (1.0 - n * u) * (1.0 + 1e-6)  # the slack covers the float64 norms
+    with np.errstate(over="ignore", invalid="ignore"):
+        top = rewrite_block_norms(query_vectors, means_only=means_only) @ np.asarray(doc_block_norm_max, np.float64)
+        bound = gamma * top
+    return np.where(np.isfinite(top) & (top < 0.5 * _FLOAT32_MAX), bound, np.inf)
+
+
+def pool_terms(
+    query_mean: np.ndarray,
+    query_var: np.ndarray,
+    doc_mean: np.ndarray,
+    doc_var: np.ndarray,
+    rows: np.ndarray,
+    dtype: Any = np.float64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``sum_i (var_q + (mu_q - mu_d)^2) / var_d`` of ``m`` queries against their own candidate rows.
+
+    Args:
+        query_mean: Shape ``(m, k)``.
+        query_var: Shape ``(m, k)``.
+        doc_mean: All documents' means, shape ``(n, k)`` (read only at ``rows``; may be memory-mapped).
+        doc_var: All documents' variances, shape ``(n, k)``.
+        rows: Candidate rows per query, shape ``(m, c)``; ``-1`` is padding (read as row 0).
+        dtype: Arithmetic dtype (float64 for the exact score, float32 for a cheap pre-selection).
+
+    Returns:
+        ``(safe, terms)``: the rows read (padding as 0) and the sums, both shape ``(m, c)``.
+
+    Examples:
+        >>> import numpy as np
+        >>> _, t = pool_terms(np.zeros((1, 2)), np.ones((1, 2)), np.ones((3, 2)), np.ones((3, 2)), np.array([[2, -1]]))
+        >>> t.tolist()
+        [[4.0, 4.0]]
+    """
+    safe = np.where(rows < 0, 0, rows)
+    buf = doc_mean[safe].astype(dtype, copy=False)  # fancy indexing already copied: work in place
+    np.subtract(np.asarray(query_mean, dtype=dtype)[:, None, :], buf, out=buf)
+    np.square(buf, out=buf)
+    buf += np.asarray(query_var, dtype=dtype)[:, None, :]
+    buf /= doc_var[safe]
+    return safe, buf.sum(axis=2)
+
+
+def neg_kl_rows(
+    queries: Gaussians,
+    documents: Gaussians,
+    rows: np.ndarray,
+    *,
+    doc_sumlogvar: np.ndarray | None = None,
+    means_only: bool = False,
+) -> np.ndarray:
+    """Exact float64 scores of each query against its own candidate rows (the re-scoring step).
+
+    Args:
+        queries: ``m`` numpy query Gaussians.
+        documents: All documents (numpy; float32 stored rows are read in float64).
+        rows: Shape ``(m, c)``: document rows per query, ``-1`` for padding.
+        doc_sumlogvar: ``sum_i log var_d_i`` per document (float64), if already known.
+        means_only: Score by ``-||mu_q - mu_d||^2`` instead of ``-KL``.
+
+    Returns:
+        Shape ``(m, c)``, float64; ``-inf`` at padding.
+
+    Examples:
+        >>> import numpy as np
+        >>> q = Gaussians(np.zeros((1, 2)), np.ones((1, 2)))
+        >>> d = Gaussians(np.array([[0.0, 0.0], [2.0, 0.0]]), np.ones((2, 2)))
+        >>> neg_kl_rows(q, d, np.array([[1, 0, -1]]))
+        array([[ -2.,   0., -inf]])
+    """
+    m, c = rows.shape
+    k = int(queries.dim)
+    out = np.full((m, c), -np.inf)
+    if m == 0 or c == 0:
+        return out
+    qm = np.asarray(queries.mean, dtype=np.float64)
+    qv = np.asarray(queries.var, dtype=np.float64)
+    sumlog_q = np.log(qv).sum(axis=1)
+    step = max(1, _ROWS_BLOCK_ELEMENTS // max(1, c * k))
+    for s in range(0, m, step):
+        e = min(m, s + step)
+        lab = rows[s:e]
+        if means_only:
+            safe = np.where(lab < 0, 0, lab)
+            diff = np.asarray(documents.mean[safe], dtype=np.float64) - qm[s:e, None, :]
+            score = -np.einsum("qcj,qcj->qc", diff, diff)
+        else:
+            safe, t = pool_terms(qm[s:e], qv[s:e], documents.mean, documents.var, lab, np.float64)
+            if doc_sumlogvar is None:
+                sumlog_d = np.log(np.asarray(documents.var[safe], dtype=np.float64)).sum(axis=2)
+            else:
+                sumlog_d = doc_sumlogvar[safe]
+            score = 0.0 - 0.5 * (sumlog_d - sumlog_q[s:e, None] - k + t)
+        score[lab < 0] = -np.inf
+        out[s:e] = score
+    return out
+
+
+def _merge_top(
+    best_s: np.ndarray, best_r: np.ndarray, s: np.ndarray, r: np.ndarray, keep: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``keep`` largest of two (scores, rows) sets per query (unordered)."""
+    all_s = np.concatenate([best_s, s], axis=1)
+    all_r = np.concatenate([best_r, r], axis=1)
+    if all_s.shape[1] > keep:
+        top = np.argpartition(-all_s, keep - 1, axis=1)[:, :keep]
+        all_s = np.take_along_axis(all_s, top, 1)
+        all_r = np.take_along_axis(all_r, top, 1)
+    return all_s, all_r
+
+
+def top_k_rows(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the ``k`` best of candidate ``rows`` by ``scores``, best first (stable on ties).
+
+    Candidates scored ``-inf`` or NaN (padding, disallowed rows) come out as row ``-1`` with score
+    ``-inf``; fewer than ``k`` candidates are padded the same way.
+
+    Args:
+        scores: Shape ``(m, c)``; higher is better.
+        rows: Shape ``(m, c)``: the candidate rows the scores belong to.
+        k: Width of the result.
+
+    Returns:
+        ``(rows, scores)``, shape ``(m, k)``.
+
+    Examples:
+        >>> import numpy as np
+        >>> top_k_rows(np.array([[0.5, -np.inf, 2.0]]), np.array([[7, 8, 9]]), 4)
+        (array([[ 9,  7, -1, -1]]), array([[ 2. ,  0.5, -inf, -inf]]))
+    """
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    s = np.take_along_axis(scores, order, 1).astype(np.float64)
+    r = np.take_along_axis(rows, order, 1).astype(np.int64)
+    bad = ~(s > -np.inf)
+    r, s = np.where(bad, -1, r), np.where(bad, -np.inf, s)
+    pad = k - r.shape[1]
+    if pad > 0:
+        r = np.concatenate([r, np.full((r.shape[0], pad), -1, dtype=np.int64)], axis=1)
+        s = np.concatenate([s, np.full((s.shape[0], pad), -np.inf)], axis=1)
+    return r, s
+
+
+def float64_top_k(
+    queries: Gaussians,
+    documents: Gaussians,
+    k: int,
+    *,
+    rows: np.ndarray | None = None,
+    means_only: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` rows by float64 scores of every (allowed) document: the slow, always exact path.
+
+    Args:
+        queries: Numpy query Gaussians.
+        documents: Numpy document Gaussians (float32 rows are read in float64).
+        k: Results per query.
+        rows: The allowed document rows (default: all).
+        means_only: Score by ``-||mu_q - mu_d||^2`` instead of ``-KL``.
+
+    Returns:
+        ``(rows, scores)``, shape ``(n_q, k)``, best first, padded with ``-1`` / ``-inf``.
+
+    Examples:
+        >>> import numpy as np
+        >>> q = Gaussians(np.zeros((1, 1)), np.ones((1, 1)))
+        >>> d = Gaussians(np.array([[3.0], [1.0], [2.0]]), np.ones((3, 1)))
+        >>> float64_top_k(q, d, 2)
+        (array([[1, 2]]), array([[-0.5, -2. ]]))
+    """
+    nq, dim = len(queries), queries.dim
+    allowed = np.arange(len(documents)) if rows is None else np.asarray(rows, dtype=np.int64)
+    best_s = np.full((nq, 0), -np.inf)
+    best_r = np.zeros((nq, 0), dtype=np.int64)
+    q64 = queries.astype(np.float64)
+    step = _EXACT_ROWS // 16
+    for s in range(0, allowed.size, step):
+        block = allowed[s : s + step]
+        dm = np.asarray(documents.mean[block], dtype=np.float64)
+        if means_only:  # term by term, in chunks of queries
+            sc = np.empty((nq, block.size))
+            qstep = max(1, _ROWS_BLOCK_ELEMENTS // max(1, block.size * dim))
+            for a in range(0, nq, qstep):
+                diff = q64.mean[a : a + qstep, None, :] - dm[None, :, :]
+                sc[a : a + qstep] = -np.einsum("qcj,qcj->qc", diff, diff)
+        else:
+            docs = Gaussians(dm, np.asarray(documents.var[block], dtype=np.float64), validate=False)
+            sc = np.asarray(neg_kl_matrix(q64, docs))
+        best_s, best_r = _merge_top(best_s, best_r, sc, np.broadcast_to(block, sc.shape), k)
+    return top_k_rows(best_s, best_r, k)
+
+
+def refine_top_k(
+    nq: int,
+    k: int,
+    n_allowed: int,
+    margin: int,
+    candidates: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    rescore: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    fallback: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    query_shift: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top ``k`` from float32 candidates: re-score a pool, prove it holds the top ``k``, or widen it.
+
+    Args:
+        nq: Number of queries.
+        k: Results per query (``<= n_allowed``).
+        n_allowed: Number of documents a query may return.
+        margin: The first pool holds ``k + margin`` candidates.
+        candidates: ``(query numbers, c) -> (rows, approx, bound)``: the ``c`` best rows per query by
+            the float32 score, best first (``-1`` padding when fewer exist), their float32 scores,
+            and per query a bound on the float32 error of any allowed document's score.
+        rescore: ``(query numbers, rows) -> exact float64 scores`` (``-inf`` at padding).
+        fallback: ``query numbers -> (rows, scores)``: the exact top ``k`` in float64 over every
+            allowed row, shape ``(m, k)``.
+        query_shift: Per query, exact score = float32-scale score + shift (the query constant).
+
+    Returns:
+        ``(rows, scores)``, shape ``(nq, k)``, best first, float64 scores; ``-1`` / ``-inf`` padding.
+    """
+    out_r = np.full((nq, k), -1, dtype=np.int64)
+    out_s = np.full((nq, k), -np.inf)
+    todo = np.arange(nq)
+    c = min(n_allowed, k + max(0, margin))
+    for _ in range(2):
+        if not todo.size:
+            break
+        want = min(n_allowed, c + 1)  # one more than the pool: the best row left out
+        lab, approx, bound = candidates(todo, want)
+        pool = lab[:, :c]
+        r, s = top_k_rows(rescore(todo, pool), pool, k)
+        if want == c:  # the pool is every allowed row
+            ok = np.ones(todo.size, dtype=bool)
+        else:
+            left = lab[:, c] if lab.shape[1] > c else np.full(todo.size, -1)
+            witness = approx[:, c].astype(np.float64) if lab.shape[1] > c else np.full(todo.size, -np.inf)
+            valid = lab[:, :want] >= 0
+            finite = np.where(valid, np.isfinite(approx[:, :want]), True).all(axis=1)
+            with np.errstate(invalid="ignore"):
+                ok = (left < 0) | (finite & (witness + bound + query_shift[todo] < s[:, k - 1]))
+        out_r[todo[ok]], out_s[todo[ok]] = r[ok], s[ok]
+        todo = todo[~ok]
+        c = min(n_allowed, max(_GROW * c, k + _GROW_MIN))
+    if todo.size:
+        logger.debug("%d query(ies): float32 candidates not provably enough; scoring in float64", todo.size)
+        out_r[todo], out_s[todo] = fallback(todo)
+    return out_r, out_s
+
+
+def exact_top_k(
+    queries: Gaussians,
+    documents: Gaussians,
+    k: int,
+    *,
+    rows: np.ndarray | None = None,
+    centre: np.ndarray | None = None,
+    means_only: bool = False,
+    margin: int = 16,
+    doc_sumlogvar: np.ndarray | None = None,
+    max_block_elements: int = 1 << 25,
+    on_block: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top ``k`` documents per query by ``-KL(Q || D)`` (or ``-||mu_q - mu_d||^2``), float64 scores.
+
+    float32 matmul candidates over the centred rewrite, re-scored in float64 and proven complete
+    by the float32 error bound (see the section comment), else widened, else scored in float64.
+
+    Args:
+        queries: Query Gaussians (numpy or torch).
+        documents: Document Gaussians (numpy or torch; float32 or float64; may be memory-mapped).
+        k: Results per query (clipped to the number of allowed documents).
+        rows: Allowed document rows (default: all).
+        centre: Subtracted from every mean before the float32 rewrite (default: the mean of the
+            allowed documents' means).
+        means_only: Score by ``-||mu_q - mu_d||^2`` (variances ignored).
+        margin: Extra float32 candidates in the first pool.
+        doc_sumlogvar: ``sum_i log var_d_i`` per document, if already known.
+        max_block_elements: Bound on one float32 score block (queries x documents).
+        on_block: Called with the number of queries finished after each block of queries.
+
+    Returns:
+        ``(rows, scores)``, shape ``(n_q, min(k, n_allowed))``: document row numbers best first and
+        their float64 scores.
+
+    Raises:
+        ValueError: ``k`` not a positive integer, dimensions differ, or a query or document whose
+            rewrite overflows float32 (naming its row).
+
+    Examples:
+        >>> import numpy as np
+        >>> q = Gaussians(np.full((1, 2), 20.0), np.full((1, 2), 1e-4))
+        >>> d = Gaussians(np.array([[20.0, 21.0], [20.0, 20.01]]), np.full((2, 2), 1e-4))
+        >>> r, s = exact_top_k(q, d, 2)
+        >>> r.tolist(), s.round(6).tolist()
+        ([[1, 0]], [[-0.5, -5000.0]])
+    """
+    k = check_k(k)
+    q = _numpy_gaussians(queries, "queries").astype(np.float64)
+    docs = _numpy_gaussians(documents, "documents")
+    if q.dim != docs.dim:
+        raise ValueError(f"queries have dimension {q.dim} but documents {docs.dim}")
+    allowed = np.arange(len(docs)) if rows is None else np.asarray(rows, dtype=np.int64)
+    nq, n = len(q), int(allowed.size)
+    kk = min(k, n)
+    if nq == 0 or kk == 0:
+        return np.zeros((nq, 0), dtype=np.int64), np.zeros((nq, 0))
+    if centre is None:
+        total = np.zeros(docs.dim)
+        for s in range(0, n, _EXACT_ROWS):
+            total += np.asarray(docs.mean[allowed[s : s + _EXACT_ROWS]], dtype=np.float64).sum(axis=0)
+        centre = total / n
+    qv = score_vectors_float32(q, "query", centre=centre, means_only=means_only)
+    if means_only:
+        shift = -np.einsum("ij,ij->i", q.mean - centre[None, :], q.mean - centre[None, :])
+    else:
+        shift = np.asarray(kl_query_constant(q))
+    cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    keep_cache = n * qv.shape[1] <= _EXACT_CACHE_ELEMENTS
+
+    def doc_block(s: int) -> tuple[np.ndarray, np.ndarray]:
+        """float32 rewrite rows ``allowed[s : s + _EXACT_ROWS]`` and the largest norm of each of their blocks."""
+        if s in cache:
+            return cache[s]
+        block = allowed[s : s + _EXACT_ROWS]
+        g = Gaussians(docs.mean[block], docs.var[block], validate=False)
+        dv = score_vectors_float32(g, "document", centre=centre, means_only=means_only, row_numbers=block)
+        dmax = rewrite_block_norms(dv, means_only=means_only).max(axis=0)
+        if keep_cache:
+            cache[s] = (dv, dmax)
+        return dv, dmax
+
+    def candidates(qi: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        best_s = np.full((qi.size, 0), -np.inf, dtype=np.float32)
+        best_r = np.zeros((qi.size, 0), dtype=np.int64)
+        dmax = np.zeros(2 if means_only else 3)
+        for s in range(0, n, _EXACT_ROWS):
+            dv, block_max = doc_block(s)
+            dmax = np.maximum(dmax, block_max)
+            sc = qv[qi] @ dv.T
+            best_s, best_r = _merge_top(best_s, best_r, sc, np.broadcast_to(allowed[s : s + _EXACT_ROWS], sc.shape), c)
+        order = np.argsort(-best_s, axis=1, kind="stable")
+        return (
+            np.take_along_axis(best_r, order, 1),
+            np.take_along_axis(best_s, order, 1),
+            float32_score_bound(qv[qi], dmax, means_only=means_only),
+        )
+
+    out_r = np.empty((nq, kk), dtype=np.int64)
+    out_s = np.empty((nq, kk))
+    qblock = max(1, max_block_elements // max(1, min(n, _EXACT_ROWS)))
+    for start in range(0, nq, qblock):
+        qi_block = np.arange(start, min(nq, start + qblock))
+
+        def cand(qi: np.ndarray, c: int, base: np.ndarray = qi_block) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            return candidates(base[qi], c)
+
+        def rescore(qi: np.ndarray, lab: np.ndarray, base: np.ndarray = qi_block) -> np.ndarray:
+            return neg_kl_rows(q[base[qi]], docs, lab, doc_sumlogvar=doc_sumlogvar, means_only=means_only)
+
+        def fallback(qi: np.ndarray, base: np.ndarray = qi_block) -> tuple[np.ndarray, np.ndarray]:
+            return float64_top_k(q[base[qi]], docs, kk, rows=allowed, means_only=means_only)
+
+        out_r[qi_block], out_s[qi_block] = refine_top_k(
+            qi_block.size, kk, n, margin, cand, rescore, fallback, shift[qi_block]
+        )
+        if on_block is not None:
+            on_block(qi_block.size)
+    return out_r, out_s

@@ -4,9 +4,13 @@ Documents and queries are diagonal Gaussians (see :mod:`kl_retrievers.gaussian`)
 store keeps every document's Gaussian (float32), its text and metadata, and a FAISS index:
 
 * ``"flat"`` (default, exact): ``IndexFlatIP`` over the ``2k + 1``-dimensional rewrite
-  ``d~`` of each document; a query searches with ``q~`` and a small candidate margin is
-  re-scored with the exact ``-KL`` in float64, so rankings match a brute-force float64
-  evaluation and reported scores are the true ``-KL`` (query constant ``c(q)`` included).
+  ``d~`` of each document, every mean first centred on the mean of the first batch added (which
+  changes no score and keeps float32 cancellation small); a query searches with its centred
+  ``q~``, a small pool of candidates is re-scored with the exact ``-KL`` in float64, and a bound
+  on the float32 error proves that the pool holds the top ``k`` (else the pool grows, and at
+  last every row is scored in float64: :func:`kl_retrievers.gaussian.exact_top_k`'s section).
+  Rankings are the float64 ones and reported scores the true ``-KL`` (query constant ``c(q)``
+  included). Means and variances whose rewrite float32 cannot hold are refused, naming the row.
 * ``"hnsw"`` / ``"ivf"`` (approximate, optional ``"sq8"`` or ``"pq"`` compression): built on
   the MIPS -> L2 reduction of METHOD.md.  The first coordinate of ``d~`` (a sum over all ``k``
   dimensions) is first shifted by ``o``, its mean over a sample at build time: ``q~`` has ``1``
@@ -48,26 +52,43 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 import faiss
 import numpy as np
 
-from kl_retrievers._io import atomic_dir, library_version
+from kl_retrievers._io import atomic_dir, library_version, recover_dir
 from kl_retrievers.filters import MetadataFilter, compile_filter
 from kl_retrievers.gaussian import (
+    FLOAT32_UNIT_ROUNDOFF,
     SCORE_DIRECTION,
     SCORE_NAME,
     Gaussians,
+    check_float32_scorable,
+    check_k,
+    exact_top_k,
+    float32_score_bound,
+    float64_top_k,
     kl_document_vectors,
+    kl_query_constant,
     kl_query_vectors,
+    neg_kl_rows,
+    pool_terms,
+    reduce_document_vectors,
+    reduce_query_vectors,
+    refine_top_k,
+    rewrite_block_norms,
+    score_vectors_float32,
+    shift_document_vectors,
+    top_k_rows,
 )
 from kl_retrievers.hub import sha256_file
 
@@ -95,10 +116,14 @@ _MEAN = "mean.npy"
 _VAR = "var.npy"
 _DOCS = "documents.jsonl"
 _INDEX = "index.faiss"
+#: The only files a store folder holds (besides config.json); load() reads nothing else.
+_STORE_FILES = (_MEAN, _VAR, _DOCS, _INDEX)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 # Elements (queries x candidates x dims) re-scored per block, and rows per block when building.
 _RESCORE_BLOCK = 1 << 22
 _BUILD_BLOCK = 32768
-_EXACT_BLOCK = 65536
+# New rows' float32 flat vectors (elements) kept from the check in add() to the index, not recomputed.
+_FLAT_KEEP_ELEMENTS = 1 << 24
 
 
 class StoreFormatError(ValueError):
@@ -162,23 +187,48 @@ class DeleteReport:
 
 
 class _RWLock:
-    """A writer-preferring readers-writer lock."""
+    """A writer-preferring readers-writer lock, re-entrant per thread.
+
+    A thread that already holds the read lock gets it again at once, even while a writer
+    waits (a callable filter that reads the store during a search would otherwise block
+    itself and the writer forever); the thread holding the write lock may read and write
+    again. A thread holding only the read lock cannot take the write lock: that upgrade
+    would wait for its own read to end, so it raises ``RuntimeError`` instead.
+
+    Examples:
+        >>> lock = _RWLock()
+        >>> with lock.read(), lock.read():
+        ...     pass
+        >>> with lock.write(), lock.read(), lock.write():
+        ...     pass
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._readers = 0
-        self._writer = False
+        self._writer: int | None = None  # thread ident of the writer
         self._waiting_writers = 0
+        self._local = threading.local()  # .reads: read locks this thread holds
+
+    def _held_reads(self) -> int:
+        return int(getattr(self._local, "reads", 0))
 
     @contextmanager
     def read(self) -> Iterator[None]:
+        if self._writer == threading.get_ident():  # reading inside this thread's own write
+            yield
+            return
+        held = self._held_reads()
         with self._cond:
-            while self._writer or self._waiting_writers:
-                self._cond.wait()
+            if not held:
+                while self._writer is not None or self._waiting_writers:
+                    self._cond.wait()
             self._readers += 1
+        self._local.reads = held + 1
         try:
             yield
         finally:
+            self._local.reads = held
             with self._cond:
                 self._readers -= 1
                 if not self._readers:
@@ -186,17 +236,30 @@ class _RWLock:
 
     @contextmanager
     def write(self) -> Iterator[None]:
+        me = threading.get_ident()
+        if self._writer == me:  # nested write in the same thread
+            yield
+            return
+        if self._held_reads():
+            raise RuntimeError(
+                "this thread is reading the store (e.g. inside a callable filter during a search) and cannot "
+                "modify it there; modify the store after the search returns"
+            )
         with self._cond:
             self._waiting_writers += 1
-            while self._writer or self._readers:
-                self._cond.wait()
-            self._waiting_writers -= 1
-            self._writer = True
+            try:
+                while self._writer is not None or self._readers:
+                    self._cond.wait()
+            finally:
+                self._waiting_writers -= 1
+                if self._writer is None and not self._waiting_writers:
+                    self._cond.notify_all()  # readers held back by this (possibly interrupted) wait
+            self._writer = me
         try:
             yield
         finally:
             with self._cond:
-                self._writer = False
+                self._writer = None
                 self._cond.notify_all()
 
 
@@ -220,10 +283,42 @@ def _write_index(path: Path, index: Any) -> None:
     faiss.write_index(index, str(path))
 
 
-def _check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-        raise ValueError(f"k must be a positive integer; got {k!r}")
-    return int(k)
+_check_k = check_k  # the one check of k (kl_retrievers.gaussian); milvus.py imports it under this name
+
+
+def _id_list(ids: Any, what: str = "ids") -> list[str]:
+    """``ids`` as a list of ``str``: a bare string is ONE id; otherwise an iterable of strings.
+
+    Ids are never coerced with ``str()`` (``None`` would become ``"None"`` and ``b"ab"`` the ids
+    ``"97"``, ``"98"``): anything but a string raises ``TypeError`` naming its position and type.
+
+    Examples:
+        >>> _id_list("ab"), _id_list(["a", "b"])
+        (['ab'], ['a', 'b'])
+        >>> _id_list(["a", None])
+        Traceback (most recent call last):
+        TypeError: ids[1] must be a str; got NoneType None
+    """
+    if isinstance(ids, str):
+        return [ids]
+    if isinstance(ids, (bytes, bytearray, memoryview, Mapping)) or not isinstance(ids, Iterable):
+        raise TypeError(f"{what} must be a str or a sequence of str; got {type(ids).__name__}")
+    out = list(ids)
+    for j, doc_id in enumerate(out):
+        if not isinstance(doc_id, str):
+            raise TypeError(f"{what}[{j}] must be a str; got {type(doc_id).__name__} {doc_id!r:.80}")
+    return [str(doc_id) for doc_id in out]
+
+
+def _check_unique(ids: list[str]) -> None:
+    """Refuse a repeated id, naming it and both positions."""
+    first: dict[str, int] = {}
+    for j, doc_id in enumerate(ids):
+        if doc_id in first:
+            raise ValueError(
+                f"ids must be unique within one add call; {doc_id!r:.80} is at positions {first[doc_id]} and {j}"
+            )
+        first[doc_id] = j
 
 
 def _as_numpy_gaussians(g: Gaussians, what: str) -> Gaussians:
@@ -283,13 +378,31 @@ def _check_store_args(
         raise ValueError(f"compression must be one of {tuple(compressions)}; got {compression!r}")
     if compression is not None and index_type == "flat":
         raise ValueError("compression applies to 'hnsw' and 'ivf' only; the flat index is exact")
-    if dim is not None and (isinstance(dim, bool) or int(dim) <= 0):
-        raise ValueError(f"dim must be a positive integer; got {dim!r}")
-    for name, value in positive:
-        if isinstance(value, bool) or int(value) <= 0:
+    for name, value in [("dim", dim), *positive]:
+        if name == "dim" and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
             raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    if not norm_headroom >= 1.0:
-        raise ValueError(f"norm_headroom must be >= 1; got {norm_headroom!r}")
+    if (
+        isinstance(norm_headroom, bool)
+        or not isinstance(norm_headroom, (int, float, np.integer, np.floating))
+        or not 1.0 <= norm_headroom < math.inf
+    ):
+        raise ValueError(f"norm_headroom must be a finite number >= 1; got {norm_headroom!r}")
+
+
+def _check_thresholds(exact_threshold: Any, compact_threshold: Any, seed: Any) -> None:
+    """KLStore's ``exact_threshold`` (integer >= 0), ``compact_threshold`` (in [0, 1]) and ``seed`` (integer >= 0)."""
+    if isinstance(exact_threshold, bool) or not isinstance(exact_threshold, (int, np.integer)) or exact_threshold < 0:
+        raise ValueError(f"exact_threshold must be an integer >= 0; got {exact_threshold!r}")
+    if (
+        isinstance(compact_threshold, bool)
+        or not isinstance(compact_threshold, (int, float, np.integer, np.floating))
+        or not 0.0 <= compact_threshold <= 1.0
+    ):
+        raise ValueError(f"compact_threshold must be a fraction in [0, 1]; got {compact_threshold!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
 
 
 @dataclass
@@ -317,6 +430,18 @@ def _new_documents(
     encoder = store.encoder
     if texts is not None and isinstance(texts, str):
         raise ValueError("texts must be a sequence of strings, not a single string")
+    if texts is not None:
+        texts = list(texts)
+        for j, text in enumerate(texts):
+            if not isinstance(text, str) and (text is not None or gaussians is None):
+                raise TypeError(f"texts[{j}] must be a str (or None with gaussians); got {type(text).__name__}")
+    if ids is not None:
+        if isinstance(ids, str):
+            raise ValueError("ids must be a sequence of strings, not a single string")
+        ids = _id_list(ids)  # checked before any encoding: a bad or repeated id fails at once
+        _check_unique(ids)
+        if texts is not None and len(ids) != len(texts):
+            raise ValueError(f"got {len(ids)} ids but {len(texts)} texts")
     if gaussians is None:
         if texts is None:
             raise ValueError("add needs texts (with an encoder) or gaussians")
@@ -329,6 +454,7 @@ def _new_documents(
             text_list, batch_size=store.batch_size, show_progress_bar=store.show_progress_bar
         )
     g = _as_numpy_gaussians(gaussians, "document gaussians")  # type: ignore[arg-type]
+    check_float32_scorable(g, "document")  # stored as float32 and scored through d~: names the row
     n = len(g)
     text_values: list[str | None] = list(texts) if texts is not None else [None] * n
     if len(text_values) != n:
@@ -336,21 +462,26 @@ def _new_documents(
     if ids is None:
         id_values = [uuid.uuid4().hex for _ in range(n)]
     else:
-        if isinstance(ids, str):
-            raise ValueError("ids must be a sequence of strings, not a single string")
-        id_values = [str(i) for i in ids]
+        id_values = list(ids)
         if len(id_values) != n:
             raise ValueError(f"got {len(id_values)} ids but {n} documents")
-        if len(set(id_values)) != n:
-            raise ValueError("ids must be unique within one add call")
     if metadatas is None:
         meta_values: list[dict[str, Any]] = [{} for _ in range(n)]
     else:
-        meta_values = [dict(m) if m is not None else {} for m in metadatas]
+        if isinstance(metadatas, (str, bytes, Mapping)):
+            raise TypeError(f"metadatas must be a sequence of dicts (one per document); got {type(metadatas).__name__}")
+        meta_values = []
+        for j, m in enumerate(metadatas):
+            if m is not None and not isinstance(m, Mapping):
+                raise TypeError(f"metadatas[{j}] must be a dict or None; got {type(m).__name__}")
+            meta_values.append(dict(m) if m is not None else {})
         if len(meta_values) != n:
             raise ValueError(f"got {len(meta_values)} metadatas but {n} documents")
-        for m in meta_values:
-            json.dumps(m)  # fail early (TypeError) on non-serialisable metadata
+        for j, m in enumerate(meta_values):
+            try:  # fail early on what JSON cannot hold (the store saves metadata as JSON)
+                json.dumps(m, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"metadatas[{j}] is not JSON-serialisable: {exc}") from None
     if n == 0:
         return None
     return _NewDocuments(g, text_values, id_values, meta_values)
@@ -375,6 +506,7 @@ def _query_gaussians(
         )
     if dim is not None and g.dim != dim:
         raise ValueError(f"query gaussians have dimension {g.dim}; this store has dimension {dim}")
+    check_float32_scorable(g, "query")  # q~ is searched in float32: names the row
     return g.astype(np.float64)
 
 
@@ -470,6 +602,7 @@ class KLStore:
                 ("batch_size", batch_size),
             ],
         )
+        _check_thresholds(exact_threshold, compact_threshold, seed)
         if refine not in REFINES:
             raise ValueError(f"refine must be one of {REFINES}; got {refine!r}")
         if refine is not None and compression is None:
@@ -506,6 +639,11 @@ class KLStore:
         self._index_viewed = False  # memory-mapped FAISS data that must not be mutated
         self._norm_bound: float | None = None
         self._offset = 0.0  # subtracted from the first coordinate of d~ before the L2 reduction
+        # flat index: every mean is centred on this before its d~ goes in (None: not chosen yet, or
+        # a store saved before centring, whose vectors are centred on 0); see _flat_centre
+        self._centre: np.ndarray | None = None
+        # (id of the flat index, largest norm of each block of a d~ row in it): see _flat_norm_max
+        self._flat_norm: tuple[int, np.ndarray] | None = None
         self._reset_rows(0)
         if dim is not None:
             self._init_dim(int(dim))
@@ -592,28 +730,18 @@ class KLStore:
 
     def _shifted(self, dvec: np.ndarray) -> np.ndarray:
         """``d~`` with its first coordinate shifted by the build-time offset (``<q~, d~>`` drops by a constant)."""
-        if not self._offset:
-            return dvec
-        out = dvec.copy()
-        out[:, 0] -= self._offset
-        return out
+        return shift_document_vectors(dvec, self._offset)
 
     def _reduced(self, dvec: np.ndarray) -> np.ndarray:
+        """float32 reduced vectors of ``d~`` rows (:func:`~kl_retrievers.gaussian.reduce_document_vectors`)."""
         assert self._norm_bound is not None
-        dvec = self._shifted(dvec)
-        out = np.zeros((dvec.shape[0], self._reduced_dim), dtype=np.float32)
-        out[:, : dvec.shape[1]] = dvec
-        sq = np.maximum(self._norm_bound**2 - np.einsum("ij,ij->i", dvec, dvec), 0.0)
-        out[:, dvec.shape[1]] = np.sqrt(sq)
-        return out
+        # the offset is applied by _shifted, the one place KLStore shifts (offset 0 below: already shifted)
+        return reduce_document_vectors(self._shifted(dvec), 0.0, self._norm_bound, width=self._reduced_dim)
 
     def _query_reduced(self, qg: Gaussians) -> np.ndarray:
+        """float32 reduced query vectors (:func:`~kl_retrievers.gaussian.reduce_query_vectors`)."""
         assert self._norm_bound is not None
-        qv = np.asarray(kl_query_vectors(qg))
-        out = np.zeros((qv.shape[0], self._reduced_dim), dtype=np.float32)
-        scale = self._norm_bound / np.linalg.norm(qv, axis=1, keepdims=True)
-        out[:, : qv.shape[1]] = qv * scale
-        return out
+        return reduce_query_vectors(np.asarray(kl_query_vectors(qg)), self._norm_bound, width=self._reduced_dim)
 
     def _min_build_size(self) -> int:
         if self.index_type == "ivf":
@@ -727,15 +855,20 @@ class KLStore:
         Args:
             texts: Document texts; encoded with the encoder when ``gaussians`` is not given.
             gaussians: Precomputed document Gaussians (numpy or torch), one per document.
-            ids: Document ids (uuid4 hex when omitted). An existing id is replaced (upsert).
-            metadatas: One JSON-serialisable dict per document.
+            ids: Document ids, each a ``str`` (uuid4 hex when omitted); never coerced with ``str()``.
+                An existing id is replaced (upsert).
+            metadatas: One JSON-serialisable dict per document (or ``None``). The store keeps and
+                saves it as JSON, so after :meth:`save` and :meth:`load` non-string keys come back
+                as strings (``{1: "a"}`` loads as ``{"1": "a"}``); NaN and infinite values are refused.
 
         Returns:
             The ids, in input order.
 
         Raises:
             ValueError: Mismatched lengths, wrong dimension, non-finite values, duplicate ids
-                within the call, or texts without an encoder.
+                within the call (named), or texts without an encoder.
+            TypeError: An id that is not a ``str``, a text that is not a ``str``, or metadata that
+                is not a JSON-serialisable dict (the message names its position).
 
         Examples:
             >>> import numpy as np
@@ -757,6 +890,7 @@ class KLStore:
                 self._init_dim(g.dim)
             if g.dim != self._dim:
                 raise ValueError(f"document gaussians have dimension {g.dim}; this store has dimension {self._dim}")
+            flat = self._flat_vectors(mean, var) if self.index_type == "flat" else None  # checked before any change
             self._own_index()
             replaced = [i for i in id_values if i in self._row]
             for doc_id in replaced:
@@ -771,17 +905,17 @@ class KLStore:
             self._metas.extend(meta_values)
             for j, doc_id in enumerate(id_values):
                 self._row[doc_id] = start + j
-            self._index_new_rows(start)
+            self._index_new_rows(start, flat)
             self._maybe_compact()
         if replaced:
             logger.info("replaced %d existing document(s)", len(replaced))
         return id_values
 
-    def _index_new_rows(self, start: int) -> None:
+    def _index_new_rows(self, start: int, flat: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None) -> None:
         n = len(self._ids)
         if self.index_type == "flat":
-            for s in range(start, n, _BUILD_BLOCK):
-                self._index.add(self._doc_vectors(slice(s, min(n, s + _BUILD_BLOCK))).astype(np.float32))  # type: ignore[union-attr]
+            mean, var = self._mean[start:n], self._var[start:n]
+            self._add_flat(mean, var, flat if flat is not None else self._flat_vectors(mean, var))
             return
         if self._index is None:
             if len(self._row) >= self._min_build_size():
@@ -811,10 +945,14 @@ class KLStore:
         """Delete documents by id; unknown ids are reported (warning), never raised.
 
         Args:
-            ids: Ids to delete.
+            ids: Ids to delete: a sequence of ``str``, or one ``str`` (one id, like
+                :meth:`get_by_ids` and :meth:`get_gaussians`).
 
         Returns:
             A :class:`DeleteReport` with the deleted and the missing ids.
+
+        Raises:
+            TypeError: An id that is not a ``str``.
 
         Examples:
             >>> import numpy as np
@@ -823,12 +961,11 @@ class KLStore:
             >>> s.delete(["a", "zz"])
             DeleteReport(deleted=['a'], missing=['zz'])
         """
-        if isinstance(ids, str):
-            ids = [ids]
+        id_list = _id_list(ids)
         deleted: list[str] = []
         missing: list[str] = []
         with self._lock.write():
-            for doc_id in dict.fromkeys(str(i) for i in ids):
+            for doc_id in dict.fromkeys(id_list):
                 row = self._row.pop(doc_id, None)
                 if row is None:
                     missing.append(doc_id)
@@ -904,16 +1041,17 @@ class KLStore:
     def get_by_ids(self, ids: Sequence[str]) -> list[StoredDocument]:
         """Documents for the given ids, in the given order; unknown ids are skipped.
 
+        ``ids`` is a sequence of ``str`` or one ``str`` (one id); anything else raises ``TypeError``.
+
         Examples:
             >>> KLStore().get_by_ids(["nope"])
             []
         """
-        if isinstance(ids, str):
-            ids = [ids]
+        id_list = _id_list(ids)
         out = []
         with self._lock.read():
-            for doc_id in ids:
-                row = self._row.get(str(doc_id))
+            for doc_id in id_list:
+                row = self._row.get(doc_id)
                 if row is not None:
                     out.append(StoredDocument(self._ids[row], self._texts[row], dict(self._metas[row])))
         return out
@@ -921,15 +1059,22 @@ class KLStore:
     def get_gaussians(self, ids: Sequence[str]) -> Gaussians:
         """Stored float32 Gaussians for the given (existing) ids, in order; unknown ids raise ``KeyError``.
 
+        ``ids`` is a sequence of ``str`` or one ``str`` (one id, as in :meth:`get_by_ids` and
+        :meth:`delete`); anything else raises ``TypeError``.
+
         Examples:
             >>> import numpy as np
             >>> s = KLStore()
             >>> _ = s.add(gaussians=Gaussians(np.zeros((1, 2)), np.ones((1, 2))), ids=["a"])
-            >>> s.get_gaussians(["a"]).dim
-            2
+            >>> s.get_gaussians(["a"]).dim, len(s.get_gaussians("a"))
+            (2, 1)
         """
+        id_list = _id_list(ids)
         with self._lock.read():
-            rows = np.array([self._row[str(i)] for i in ids], dtype=np.int64)
+            unknown = [i for i in id_list if i not in self._row]
+            if unknown:
+                raise KeyError(f"{len(unknown)} unknown id(s): {unknown[:5]}")
+            rows = np.array([self._row[i] for i in id_list], dtype=np.int64)
             return Gaussians(self._mean[rows].copy(), self._var[rows].copy(), validate=False)
 
     # ------------------------------------------------------------------- search
@@ -1013,41 +1158,23 @@ class KLStore:
     def _search_rows(
         self, qg: Gaussians, kk: int, mask: np.ndarray | None, n_allowed: int, filtered: bool
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Rows and exact ``-KL`` scores of each query's top ``kk`` among the allowed rows, best first."""
         if self.index_type == "flat":
-            # float32 inner products are within ~1e-6 relative of the exact score: a small margin
-            # beyond k, re-scored in float64, gives the exact top k
-            cand = min(n_allowed, kk + max(8, kk // 4))
-            qv = np.ascontiguousarray(kl_query_vectors(qg), dtype=np.float32)
-            if mask is None:
-                _, labels = self._index.search(qv, cand)  # type: ignore[union-attr]
-            else:
-                params = _faiss.SearchParameters(sel=self._selector(mask))
-                _, labels = self._index.search(qv, cand, params=params)  # type: ignore[union-attr]
+            rows, scores = self._flat_top_k(qg, kk, mask, n_allowed)
         else:
             cand = min(n_allowed, max(kk * self.rescore_factor, self.rescore_pool))
             keep = kk + max(16, 2 * kk)  # candidates that reach the float64 re-scoring
-            exact = self._index is None or n_allowed <= cand or (filtered and n_allowed <= self.exact_threshold)
-            if exact:
-                labels = self._exact_candidates(qg, cand, mask)
+            if self._index is None or n_allowed <= cand or (filtered and n_allowed <= self.exact_threshold):
+                rows, scores = self._exact_top_k(qg, kk, mask)
             else:
                 labels = self._approx_candidates(qg, cand, mask, n_allowed, keep=keep)
-                short = np.flatnonzero((labels >= 0).sum(axis=1) < kk)
+                rows, scores = self._pool_top_k(qg, labels, mask, kk, keep)
+                short = np.flatnonzero((rows >= 0).sum(axis=1) < kk)
                 if short.size:
                     logger.debug("%d query(ies) got fewer than k candidates; searching exactly", short.size)
-                    labels_short = self._exact_candidates(qg[short], cand, mask)
-                    labels = np.concatenate([labels, np.full((labels.shape[0], max(0, cand - labels.shape[1])), -1)], 1)
-                    labels[short, : labels_short.shape[1]] = labels_short
-                    labels[short, labels_short.shape[1] :] = -1
-            labels = self._prescore(qg, labels, mask, keep=keep)
-        scores = self._rescore(qg, labels, mask)
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :kk]
-        rows_out, scores_out = [], []
-        for i in range(labels.shape[0]):
-            s = scores[i, order[i]]
-            ok = np.isfinite(s)
-            rows_out.append(labels[i, order[i]][ok])
-            scores_out.append(s[ok])
-        return rows_out, scores_out
+                    rows[short], scores[short] = self._exact_top_k(qg[short], kk, mask)
+        ok = rows >= 0
+        return [r[o] for r, o in zip(rows, ok, strict=True)], [s[o] for s, o in zip(scores, ok, strict=True)]
 
     def _approx_candidates(
         self, qg: Gaussians, cand: int, mask: np.ndarray | None, n_allowed: int, keep: int | None = None
@@ -1069,10 +1196,13 @@ class KLStore:
             params = _faiss.SearchParametersIVF(nprobe=nprobe, max_codes=0)
         if sel is not None:
             params.sel = sel
-        if self.refine is not None and keep is not None and cand > keep:
-            # the base index's pool of ``cand``, re-ranked on the refine codes down to ``keep``
-            params = _faiss.IndexRefineSearchParameters(k_factor=cand / keep, base_index_params=params)
-            cand = keep
+        if self.refine is not None:
+            # the base index's pool of ``cand``, re-ranked on the refine codes down to ``keep``; an IndexRefine
+            # takes only its own parameter type, so a pool no larger than ``keep`` still needs it (k_factor 1)
+            shrink = keep is not None and cand > keep
+            k_factor = cand / keep if shrink and keep is not None else 1.0
+            params = _faiss.IndexRefineSearchParameters(k_factor=k_factor, base_index_params=params)
+            cand = keep if shrink and keep is not None else cand
         dist, labels = self._index.search(qr, cand, params=params)  # type: ignore[union-attr]
         if keep is not None and self.compression is None and labels.shape[1] > keep:
             dist = np.where(labels < 0, np.inf, dist)
@@ -1080,88 +1210,225 @@ class KLStore:
             labels = np.take_along_axis(labels, best, axis=1)
         return labels
 
-    def _exact_candidates(self, qg: Gaussians, cand: int, mask: np.ndarray | None) -> np.ndarray:
-        """Top-``cand`` rows by the float32 inner-product rewrite over all allowed rows."""
-        rows = np.arange(len(self._ids)) if mask is None else np.flatnonzero(mask)
-        qv = np.asarray(kl_query_vectors(qg), dtype=np.float32)
-        nq = qv.shape[0]
-        best_s = np.full((nq, 0), -np.inf, dtype=np.float32)
-        best_r = np.zeros((nq, 0), dtype=np.int64)
-        for s in range(0, rows.size, _EXACT_BLOCK):
-            block = rows[s : s + _EXACT_BLOCK]
-            sc = qv @ self._doc_vectors(block).astype(np.float32).T
-            all_s = np.concatenate([best_s, sc], axis=1)
-            all_r = np.concatenate([best_r, np.broadcast_to(block, (nq, block.size))], axis=1)
-            if all_s.shape[1] > cand:
-                top = np.argpartition(-all_s, cand - 1, axis=1)[:, :cand]
-                all_s = np.take_along_axis(all_s, top, 1)
-                all_r = np.take_along_axis(all_r, top, 1)
-            best_s, best_r = all_s, all_r
-        return best_r
-
     def _prescore(self, qg: Gaussians, labels: np.ndarray, mask: np.ndarray | None, keep: int) -> np.ndarray:
-        """The best ``keep`` candidates of each row by a float32 ``-KL`` (less query constants).
+        """The best ``keep`` candidates of each row by a float32 ``-KL`` (see :meth:`_prescore_bounded`)."""
+        return self._prescore_bounded(qg, labels, mask, keep)[0]
+
+    def _prescore_bounded(
+        self, qg: Gaussians, labels: np.ndarray, mask: np.ndarray | None, keep: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``keep`` candidates of each row by a float32 ``-KL``, and the most any other can score.
 
         A large candidate pool (compressed indexes need one) would otherwise all go through the
         float64 re-scoring; this pass reads each candidate's Gaussian once, in float32, and only
-        ``keep`` per query go on to the exact score. Its rounding (~1e-6 relative) is far below
-        the margin of ``keep - k`` extra candidates.
+        ``keep`` per query go on to the exact score. Its float32 error is bounded per candidate
+        (for ``p = -(sum log var_d + t)``, ``t = sum_i (var_q + (mu_q - mu_d)^2) / var_d``)::
+
+            |p^ - p| <= u |S| + 2 u |p^| + rho / (1 - rho) * t^,
+            rho = gamma_{k+6} + 2 u r + 6 u^2 r^2,  r = max |mu_q| / sqrt(min var_q)
+
+        (the ``r`` terms bound the rounding of ``mu_q`` against ``(mu_q - mu_d)^2`` via
+        Cauchy-Schwarz and ``sum 1 / var_d <= t / min var_q``).
+
+        Returns:
+            ``(kept, upper)``: the kept rows, shape ``(nq, keep)`` (the input when it is no wider),
+            and per query an upper bound on the exact ``-KL`` of every allowed candidate left out
+            (``-inf`` when none is; NaN or ``inf`` when the float32 pass cannot tell).
         """
         nq, c = labels.shape
         if c <= keep:
-            return labels
-        qm = np.asarray(qg.mean, dtype=np.float32)
-        qvar = np.asarray(qg.var, dtype=np.float32)
+            return labels, np.full(nq, -np.inf)
+        k = int(qg.dim)
+        u = FLOAT32_UNIT_ROUNDOFF
+        qm64, qv64 = np.asarray(qg.mean, dtype=np.float64), np.asarray(qg.var, dtype=np.float64)
+        qm = qm64.astype(np.float32)
+        qvar = qv64.astype(np.float32)
+        r = np.abs(qm64).max(axis=1) / np.sqrt(qv64.min(axis=1))
+        rho = (k + 6) * u / (1 - (k + 6) * u) + 2 * u * r + 6 * (u * r) ** 2
+        rho = np.where(rho < 0.5, rho, np.inf)
+        sumlog_q = np.log(qv64).sum(axis=1)
         out = np.empty((nq, keep), dtype=labels.dtype)
+        upper = np.empty(nq)
 
         def block(s: int, e: int) -> None:
             lab = labels[s:e]
-            safe, t, bad = self._pool_terms(qm[s:e], qvar[s:e], lab, mask, np.float32)
-            score = -(self._sumlogvar[safe].astype(np.float32) + t)
+            safe, t = pool_terms(qm[s:e], qvar[s:e], self._mean, self._var, lab, np.float32)
+            bad = lab < 0
+            if mask is not None:
+                bad |= ~mask[safe]
+            sumlog_d = self._sumlogvar[safe]
+            score = -(sumlog_d.astype(np.float32) + t)
             score[bad] = -np.inf
             best = np.argpartition(-score, keep - 1, axis=1)[:, :keep]
             out[s:e] = np.take_along_axis(lab, best, axis=1)
+            with np.errstate(invalid="ignore", over="ignore"):
+                t64, p64 = t.astype(np.float64), score.astype(np.float64)
+                err = u * np.abs(sumlog_d) + 2 * u * np.abs(p64) + (rho[s:e, None] / (1 - rho[s:e, None])) * t64
+                high = p64 + err
+            dropped = ~bad
+            np.put_along_axis(dropped, best, False, axis=1)
+            high = np.where(dropped, high, -np.inf)
+            # back to -KL: -KL = (p + sum log var_q + k) / 2, with a little float64 slack
+            top = high.max(axis=1)
+            with np.errstate(invalid="ignore"):
+                back = 0.5 * (top + sumlog_q[s:e] + k) + 1e-9 * np.abs(top)
+            upper[s:e] = np.where(top == -np.inf, -np.inf, back)
 
-        _query_blocks(nq, c * int(qg.dim), block)
-        return out
-
-    def _pool_terms(
-        self, qm: np.ndarray, qvar: np.ndarray, lab: np.ndarray, mask: np.ndarray | None, dtype: type[np.floating]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """For candidate rows ``lab`` (``-1``: padding) of some queries: the rows to read (padding
-        read as row 0), ``sum_i (q_var + (q_mu - d_mu)^2) / d_var`` in ``dtype``, and the rows to drop
-        (padding, or not allowed by ``mask``)."""
-        safe = np.where(lab < 0, 0, lab)
-        # in place on one buffer (fancy indexing already copied the rows)
-        buf = self._mean[safe].astype(dtype, copy=False)
-        np.subtract(qm[:, None, :], buf, out=buf)
-        np.square(buf, out=buf)
-        buf += qvar[:, None, :]
-        buf /= self._var[safe]
-        bad = lab < 0
-        if mask is not None:
-            bad |= ~mask[safe]
-        return safe, buf.sum(axis=2), bad
+        _query_blocks(nq, c * k, block)
+        return out, upper
 
     def _rescore(self, qg: Gaussians, labels: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         """Exact float64 ``-KL`` for candidate rows (``-inf`` for padding / disallowed)."""
         nq, c = labels.shape
-        k = int(qg.dim)
         out = np.full((nq, c), -np.inf)
         if c == 0:
             return out
-        qm, qvar = np.asarray(qg.mean), np.asarray(qg.var)
-        sumlog_q = np.log(qvar).sum(axis=1)
+        docs = Gaussians(self._mean, self._var, validate=False)
 
         def block(s: int, e: int) -> None:
-            safe, t, bad = self._pool_terms(qm[s:e], qvar[s:e], labels[s:e], mask, np.float64)
-            score = -0.5 * (self._sumlogvar[safe] - sumlog_q[s:e, None] - k + t)
-            score[bad] = -np.inf
+            lab = labels[s:e]
+            score = neg_kl_rows(qg[s:e], docs, lab, doc_sumlogvar=self._sumlogvar)
+            if mask is not None:
+                score[~mask[np.where(lab < 0, 0, lab)]] = -np.inf
             out[s:e] = score
 
-        _query_blocks(nq, c * k, block)
-        # a row can appear twice only through padding; keep the first occurrence
+        _query_blocks(nq, c * int(qg.dim), block)
         return out
+
+    def _pool_top_k(
+        self, qg: Gaussians, labels: np.ndarray, mask: np.ndarray | None, kk: int, keep: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The exact top ``kk`` of each query's candidate pool (``-1`` / ``-inf`` padding).
+
+        The float32 pre-selection keeps ``keep`` candidates; a query whose left-out candidates are
+        not provably below its ``kk``-th exact score has its whole pool re-scored in float64.
+        """
+        kept, upper = self._prescore_bounded(qg, labels, mask, keep)
+        rows, scores = top_k_rows(self._rescore(qg, kept, mask), kept, kk)
+        redo = np.flatnonzero(~(upper < scores[:, kk - 1]))
+        if kept is not labels and redo.size:
+            logger.debug("%d query(ies): float32 pre-selection not provably enough; re-scoring the pool", redo.size)
+            rows[redo], scores[redo] = top_k_rows(self._rescore(qg[redo], labels[redo], mask), labels[redo], kk)
+        return rows, scores
+
+    def _exact_top_k(self, qg: Gaussians, kk: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The exact top ``kk`` over every allowed row, without the index (:func:`exact_top_k`)."""
+        rows, scores = exact_top_k(
+            qg,
+            Gaussians(self._mean, self._var, validate=False),
+            kk,
+            rows=None if mask is None else np.flatnonzero(mask),
+            margin=max(8, kk // 4),
+            doc_sumlogvar=self._sumlogvar,
+        )
+        return top_k_rows(scores, rows, kk)  # padded to kk
+
+    # ------------------------------------------------------------ flat index
+    def _flat_centre(self, batch_mean: np.ndarray | None = None) -> np.ndarray:
+        """The vector every mean is centred on before its ``d~`` enters the flat index.
+
+        -KL does not change when one vector is subtracted from every mean (queries too), so any
+        fixed centre ranks the same; one near the data keeps ``q~`` and ``d~`` small, and their
+        float32 error with them. The centre is the mean of the first rows added to the empty index,
+        kept for its lifetime and saved with the store (``flat_centre`` in the config); a store
+        saved before centring has its vectors centred on 0.
+        """
+        assert self._dim is not None
+        if self._index is not None and self._index.ntotal > 0:
+            if self._centre is None:  # saved before centring
+                self._centre = np.zeros(self._dim)
+            return self._centre
+        if batch_mean is None or not len(batch_mean):
+            return np.zeros(self._dim)
+        return np.asarray(batch_mean, dtype=np.float64).mean(axis=0)
+
+    def _flat_block_vectors(self, mean: np.ndarray, var: np.ndarray, centre: np.ndarray, first: int) -> np.ndarray:
+        g = Gaussians(mean, var, validate=False)
+        return score_vectors_float32(g, "document", centre=centre, row_numbers=np.arange(first, first + len(g)))
+
+    def _flat_vectors(self, mean: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Check new rows (float32 means and variances) for the flat index before anything changes.
+
+        Returns:
+            ``(centre, largest norm of each block of their d~, the float32 d~ rows when small enough
+            to keep, else None)``.
+
+        Raises:
+            ValueError: A row whose centred ``d~`` overflows float32 (its number in this batch).
+        """
+        centre = self._flat_centre(mean)
+        n = mean.shape[0]
+        keep = n * (2 * mean.shape[1] + 1) <= _FLAT_KEEP_ELEMENTS
+        blocks: list[np.ndarray] = []
+        top = np.zeros(3)
+        for s in range(0, n, _BUILD_BLOCK):
+            v = self._flat_block_vectors(mean[s : s + _BUILD_BLOCK], var[s : s + _BUILD_BLOCK], centre, s)
+            top = np.maximum(top, rewrite_block_norms(v).max(axis=0))
+            if keep:
+                blocks.append(v)
+        return centre, top, (np.concatenate(blocks) if keep and blocks else None)
+
+    def _add_flat(
+        self, mean: np.ndarray, var: np.ndarray, flat: tuple[np.ndarray, np.ndarray, np.ndarray | None]
+    ) -> None:
+        """Add rows checked by :meth:`_flat_vectors` to the flat index (callers hold the write lock)."""
+        centre, top, vectors = flat
+        if self._index.ntotal == 0:  # a fresh start: the new rows' norms are all there is
+            self._flat_norm = (id(self._index), np.zeros(3))
+        if vectors is not None:
+            self._index.add(vectors)  # type: ignore[union-attr]
+        else:
+            for s in range(0, mean.shape[0], _BUILD_BLOCK):
+                v = self._flat_block_vectors(mean[s : s + _BUILD_BLOCK], var[s : s + _BUILD_BLOCK], centre, s)
+                self._index.add(v)  # type: ignore[union-attr]
+        self._centre = centre
+        if self._flat_norm is not None and self._flat_norm[0] == id(self._index):
+            self._flat_norm = (id(self._index), np.maximum(self._flat_norm[1], top))
+
+    def _flat_norm_max(self) -> np.ndarray:
+        """The largest norm of each block of the ``d~`` rows in the flat index (an upper bound after deletions).
+
+        Kept up to date by :meth:`_add_flat` for the index object it was computed on, and computed
+        from the index's own vectors once for any other (a fresh, loaded or copied index).
+        """
+        index = self._index
+        if self._flat_norm is None or self._flat_norm[0] != id(index):
+            n, d = index.ntotal, index.d
+            xb = faiss.rev_swig_ptr(index.get_xb(), n * d).reshape(n, d) if n else np.zeros((0, d), np.float32)
+            top = np.zeros(3)
+            for s in range(0, n, _BUILD_BLOCK):
+                top = np.maximum(top, rewrite_block_norms(xb[s : s + _BUILD_BLOCK]).max(axis=0))
+            self._flat_norm = (id(index), top)
+        return self._flat_norm[1]
+
+    def _flat_top_k(
+        self, qg: Gaussians, kk: int, mask: np.ndarray | None, n_allowed: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The exact top ``kk`` from the flat index: float32 FAISS candidates around the centre,
+        re-scored in float64 and proven complete by the float32 error bound (:func:`refine_top_k`)."""
+        qv = score_vectors_float32(qg, "query", centre=self._flat_centre())
+        bound = float32_score_bound(qv, self._flat_norm_max())
+        params = None if mask is None else _faiss.SearchParameters(sel=self._selector(mask))
+
+        def candidates(qi: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            x = np.ascontiguousarray(qv[qi])
+            if params is None:
+                dist, lab = self._index.search(x, c)  # type: ignore[union-attr]
+            else:
+                dist, lab = self._index.search(x, c, params=params)  # type: ignore[union-attr]
+            return lab, dist, bound[qi]
+
+        def rescore(qi: np.ndarray, lab: np.ndarray) -> np.ndarray:
+            return self._rescore(qg[qi], lab, mask)
+
+        def fallback(qi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            rows = None if mask is None else np.flatnonzero(mask)
+            return float64_top_k(qg[qi], Gaussians(self._mean, self._var, validate=False), kk, rows=rows)
+
+        # float32 scores of the first pool of kk + max(8, kk / 4) are usually far enough apart
+        return refine_top_k(
+            len(qg), kk, n_allowed, max(8, kk // 4), candidates, rescore, fallback, kl_query_constant(qg)
+        )
 
     # -------------------------------------------------------------- persistence
     def _config(self) -> dict[str, Any]:
@@ -1189,6 +1456,7 @@ class KLStore:
             "index_built": self._index is not None,
             "norm_bound": self._norm_bound,
             "index_offset": self._offset,  # 0 unless an approximate index was built
+            "flat_centre": None if self._centre is None else [float(x) for x in self._centre],
             "encoder": encoder_info,
         }
 
@@ -1264,111 +1532,316 @@ class KLStore:
             >>> KLStore.load("/nonexistent")  # doctest: +SKIP
         """
         folder = Path(path)
+        if not folder.exists() and recover_dir(folder, required=_CONFIG):
+            logger.warning("loading %s from the copy saved before an interrupted save", folder)
         cfg_path = folder / _CONFIG
         if not folder.is_dir():
             raise FileNotFoundError(f"no KLStore folder at {folder}")
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{folder} has no {_CONFIG}; not a KLStore folder")
-        try:
-            config = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise StoreFormatError(f"{cfg_path} is not valid JSON: {exc}") from exc
-        if not isinstance(config, dict) or config.get("format") != _FORMAT_NAME:
-            raise StoreFormatError(f"{cfg_path} is not a KLStore config")
-        if config.get("format_version") != FORMAT_VERSION:
-            raise StoreFormatError(
-                f"unsupported store format_version {config.get('format_version')!r} "
-                f"(this library reads {FORMAT_VERSION})"
-            )
-        if config.get("score_name") != SCORE_NAME or config.get("score_direction") != SCORE_DIRECTION:
-            raise StoreFormatError(f"store scores {config.get('score_name')!r}; this library serves {SCORE_NAME!r}")
-        try:
-            dim = config["dim"]
-            count = int(config["count"])
-            files = dict(config["files"])
-            params = dict(config["index_params"])
-            index_type = str(config["index_type"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreFormatError(f"{cfg_path} lacks a required field: {exc}") from exc
-        required = [_MEAN, _VAR, _DOCS] + ([_INDEX] if config.get("index_built") else [])
-        for name in required:
-            if name not in files:
-                raise StoreFormatError(f"config lists no entry for required file {name}")
-        for name, info in files.items():
-            p = folder / name
-            if not p.is_file():
-                raise StoreFormatError(f"missing file {p} listed in the config")
-            size = p.stat().st_size
-            if size != int(info["bytes"]):
-                raise StoreFormatError(
-                    f"{p} has {size} bytes; the config says {info['bytes']} (truncated or replaced?)"
-                )
-            if verify_checksums and sha256_file(p) != info["sha256"]:
-                raise StoreFormatError(f"{p} does not match its SHA-256 checksum in the config (corrupted?)")
+        config = _read_config(cfg_path)
+        dim, count, index_type = config["dim"], config["count"], config["index_type"]
+        index_built = config["index_built"]
+        _check_files(folder, config["files"], verify_checksums)
 
-        store = cls(encoder=encoder, index_type=index_type, **params)
-        if config.get("encoder") and encoder is not None:
+        try:
+            store = cls(encoder=encoder, index_type=index_type, **config["index_params"])
+        except (TypeError, ValueError) as exc:
+            raise StoreFormatError(f"{cfg_path}: field 'index_params' holds an invalid value: {exc}") from exc
+        if config["encoder"] and encoder is not None:
             saved = config["encoder"].get("name_or_path")
             now = str(getattr(encoder, "name_or_path", ""))
             if saved and now and saved != now:
                 logger.warning("store was built with encoder %r but is loaded with %r", saved, now)
         if dim is None:
             if count:
-                raise StoreFormatError("config has no dimension but a non-zero count")
+                raise StoreFormatError(f"{cfg_path}: field 'dim' is null but 'count' is {count}")
             return store
-        store._init_dim(int(dim))
-        try:
-            mean = np.load(folder / _MEAN, allow_pickle=False, mmap_mode="r" if mmap else None)
-            var = np.load(folder / _VAR, allow_pickle=False, mmap_mode="r" if mmap else None)
-        except ValueError as exc:
-            raise StoreFormatError(f"cannot read the Gaussians: {exc}") from exc
-        for name, arr in ((_MEAN, mean), (_VAR, var)):
-            if arr.shape != (count, int(dim)) or arr.dtype != np.float32:
-                raise StoreFormatError(
-                    f"{name} has shape {arr.shape} and dtype {arr.dtype}; config says ({count}, {dim}) float32"
-                )
-        ids: list[str] = []
-        texts: list[str | None] = []
-        metas: list[dict[str, Any]] = []
-        with open(folder / _DOCS, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                try:
-                    rec = json.loads(line)
-                    ids.append(str(rec["id"]))
-                    texts.append(rec.get("text"))
-                    metas.append(dict(rec.get("metadata") or {}))
-                except (ValueError, KeyError, TypeError) as exc:
-                    raise StoreFormatError(f"{_DOCS} line {line_no} is malformed: {exc}") from exc
-        if len(ids) != count:
-            raise StoreFormatError(f"{_DOCS} has {len(ids)} documents; the config says {count}")
-        if len(set(ids)) != count:
-            raise StoreFormatError(f"{_DOCS} contains duplicate ids")
-        store._mean, store._var = mean, var
-        store._sumlogvar = np.zeros(count)
+        store._init_dim(dim)
+        mean = _read_array(folder / _MEAN, mmap, count, dim)
+        var = _read_array(folder / _VAR, mmap, count, dim)
+        sumlogvar = np.zeros(count)
         for s in range(0, count, _BUILD_BLOCK):
-            store._sumlogvar[s : s + _BUILD_BLOCK] = np.log(np.asarray(var[s : s + _BUILD_BLOCK], np.float64)).sum(1)
+            m_block = np.asarray(mean[s : s + _BUILD_BLOCK])
+            v_block = np.asarray(var[s : s + _BUILD_BLOCK], np.float64)
+            if not np.isfinite(m_block).all():
+                row = s + int(np.argwhere(~np.isfinite(m_block))[0, 0])
+                raise StoreFormatError(f"{folder / _MEAN} holds a non-finite value in row {row}")
+            if not (np.isfinite(v_block).all() and (v_block > 0).all()):
+                row = s + int(np.argwhere(~(np.isfinite(v_block) & (v_block > 0)))[0, 0])
+                raise StoreFormatError(
+                    f"{folder / _VAR} holds a variance that is not a positive finite number in row {row}"
+                )
+            sumlogvar[s : s + _BUILD_BLOCK] = np.log(v_block).sum(1)
+        ids, texts, metas = _read_documents(folder / _DOCS, count)
+        store._mean, store._var = mean, var
+        store._sumlogvar = sumlogvar
         store._alive = np.ones(count, dtype=bool)
         store._ids, store._texts, store._metas = ids, texts, metas
         store._row = {doc_id: j for j, doc_id in enumerate(ids)}
-        store._norm_bound = config.get("norm_bound")
-        if config.get("index_built"):
+        store._norm_bound = config["norm_bound"]
+        if index_built:
             store._index, store._index_viewed = _read_index(folder / _INDEX, mmap)
-            expected_d = 2 * int(dim) + 1 if index_type == "flat" else store._reduced_dim
+            expected_d = 2 * dim + 1 if index_type == "flat" else store._reduced_dim
             if store._index.d != expected_d or store._index.ntotal != count:
                 raise StoreFormatError(
                     f"index has d={store._index.d}, ntotal={store._index.ntotal}; "
                     f"expected d={expected_d}, ntotal={count}"
                 )
-            if index_type != "flat" and store._norm_bound is None:
-                raise StoreFormatError("approximate index without norm_bound in the config")
-            offset = config.get("index_offset", 0.0)  # absent in stores saved before the shift
-            if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not math.isfinite(offset):
-                raise StoreFormatError(f"index_offset must be a finite number; got {offset!r}")
-            store._offset = float(offset)
+            store._offset = config["index_offset"]
+            store._centre = _flat_centre_from_config(config, cfg_path, index_type, dim)
+            if index_type != "flat" and count:
+                _check_norm_bound(store, cfg_path)
         elif index_type == "flat":
-            raise StoreFormatError("flat store without an index file")
+            raise StoreFormatError(f"{cfg_path}: field 'index_built' is false, but a flat store always has its index")
         logger.info("loaded %d documents from %s", count, folder)
         return store
+
+
+def _check_norm_bound(store: KLStore, cfg_path: Path) -> None:
+    """Check a loaded approximate index against its config's ``norm_bound`` M.
+
+    Every reduced document vector in the index has norm exactly M (the reduction appends
+    ``sqrt(M^2 - ||d~||^2)``), and every stored document's shifted ``d~`` must fit under M. A
+    damaged ``norm_bound`` would load and silently rank differently, so both are checked: all
+    rows against the lower bound, a few rows reconstructed from the index against M itself
+    (compressed codes reconstruct approximately, hence the loose factor of 2).
+    """
+    bound = store._norm_bound
+    assert bound is not None
+    n = len(store._ids)
+    top = 0.0
+    for s in range(0, n, _BUILD_BLOCK):
+        dvec = store._shifted(store._doc_vectors(slice(s, s + _BUILD_BLOCK)))
+        top = max(top, float(np.sqrt(np.einsum("ij,ij->i", dvec, dvec).max())))
+    if top > bound * (1.0 + 1e-5):
+        raise StoreFormatError(
+            f"{cfg_path}: field 'norm_bound' is {bound:.6g}, below the largest stored document norm {top:.6g}"
+        )
+    rows = np.unique(np.linspace(0, n - 1, num=min(n, 8)).astype(np.int64))
+    recon = _reconstruct(store._index, rows)
+    if recon is None:
+        logger.debug("index type %s cannot reconstruct rows; norm_bound checked from below only", store.index_type)
+        return
+    norms = np.linalg.norm(recon.astype(np.float64), axis=1)
+    if not np.all((norms > bound / 2.0) & (norms < bound * 2.0)):
+        raise StoreFormatError(
+            f"{cfg_path}: field 'norm_bound' is {bound:.6g}, but the index's vectors have norms "
+            f"{norms.min():.6g} to {norms.max():.6g} (they must all equal it)"
+        )
+
+
+def _reconstruct(index: Any, rows: np.ndarray) -> np.ndarray | None:
+    """Rows of ``index`` decoded back to vectors, or ``None`` where FAISS cannot reconstruct them."""
+    try:
+        return np.stack([index.reconstruct(int(r)) for r in rows])
+    except RuntimeError:
+        pass
+    try:  # IVF indexes reconstruct through a direct map, built for this check and dropped after
+        ivf = faiss.extract_index_ivf(index)
+        ivf.make_direct_map(True)
+        try:
+            return np.stack([index.reconstruct(int(r)) for r in rows])
+        finally:
+            ivf.make_direct_map(False)
+    except (RuntimeError, AttributeError):
+        return None
+
+
+def _flat_centre_from_config(config: dict[str, Any], cfg_path: Path, index_type: str, dim: int) -> np.ndarray | None:
+    """The flat index's centre (``flat_centre``: ``dim`` finite numbers, or absent / null before centring)."""
+    value = config.get("flat_centre")
+    if value is None:
+        return None
+    if not (index_type == "flat" and isinstance(value, list) and len(value) == dim and all(_is_real(x) for x in value)):
+        raise StoreFormatError(
+            f"{cfg_path}: field 'flat_centre' must be null or, for a flat store, a list of {dim} finite numbers"
+        )
+    return np.asarray(value, dtype=np.float64)
+
+
+def _known_index_params() -> frozenset[str]:
+    """The ``index_params`` keys this release writes (and so reads)."""
+    return frozenset(KLStore()._index_params())
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _read_config(cfg_path: Path) -> dict[str, Any]:
+    """Read and validate a store's ``config.json``; every problem is a :class:`StoreFormatError` naming the field.
+
+    Stores saved by earlier releases of format version 1 (without ``index_offset`` or some
+    ``index_params``) are accepted; a newer format version or an ``index_params`` key this
+    release does not know (what a newer release would write) is refused.
+    """
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StoreFormatError(f"{cfg_path} is not valid JSON: {exc}") from exc
+
+    def bad(field: str, what: str) -> StoreFormatError:
+        got = config.get(field, "<missing>") if field in config else "<missing>"
+        return StoreFormatError(f"{cfg_path}: field {field!r} must be {what}; got {got!r}")
+
+    if not isinstance(config, dict):
+        raise StoreFormatError(f"{cfg_path} must hold a JSON object; got a JSON {type(config).__name__}")
+    if config.get("format") != _FORMAT_NAME:
+        raise StoreFormatError(f"{cfg_path} is not a KLStore config: field 'format' is {config.get('format')!r}")
+    saved_version = config.get("library_version", "unknown")
+    version = config.get("format_version")
+    if not _is_int(version):
+        raise bad("format_version", "an integer")
+    if version > FORMAT_VERSION:
+        raise StoreFormatError(
+            f"{cfg_path.parent} was written by a newer kl-retrievers ({saved_version}) in store format_version "
+            f"{version}; this kl-retrievers ({library_version()}) reads format_version {FORMAT_VERSION}: "
+            "upgrade kl-retrievers to load it"
+        )
+    if version != FORMAT_VERSION:
+        raise StoreFormatError(
+            f"{cfg_path}: unsupported store format_version {version} (this library reads {FORMAT_VERSION})"
+        )
+    if config.get("score_name") != SCORE_NAME or config.get("score_direction") != SCORE_DIRECTION:
+        raise StoreFormatError(
+            f"{cfg_path}: field 'score_name' is {config.get('score_name')!r} "
+            f"({config.get('score_direction')!r}); this library serves {SCORE_NAME!r} ({SCORE_DIRECTION!r})"
+        )
+    dim = config.get("dim")
+    if dim is not None and not (_is_int(dim) and dim > 0):
+        raise bad("dim", "a positive integer (or null for an empty store)")
+    if not (_is_int(config.get("count")) and config["count"] >= 0):
+        raise bad("count", "a non-negative integer")
+    if config.get("dtype", "float32") != "float32":
+        raise bad("dtype", "'float32'")
+    if config.get("index_type") not in INDEX_TYPES:
+        raise bad("index_type", f"one of {INDEX_TYPES}")
+    if not isinstance(config.get("index_built"), bool):
+        raise bad("index_built", "true or false")
+    params = config.get("index_params")
+    if not isinstance(params, dict):
+        raise bad("index_params", "a JSON object")
+    unknown = sorted(set(params) - _known_index_params())
+    if unknown:
+        raise StoreFormatError(
+            f"{cfg_path}: field 'index_params' has unknown key(s) {unknown}; the store was written by "
+            f"kl-retrievers {saved_version}, this is {library_version()} (a newer release's store? upgrade "
+            "kl-retrievers)"
+        )
+    norm_bound = config.get("norm_bound")
+    approximate = config["index_type"] != "flat" and config["index_built"]
+    if norm_bound is not None or approximate:
+        if not (_is_real(norm_bound) and norm_bound > 0):
+            raise bad("norm_bound", "a positive finite number")
+        config["norm_bound"] = float(norm_bound)
+    config.setdefault("index_offset", 0.0)  # absent in stores saved before the shift
+    if not _is_real(config["index_offset"]):
+        raise bad("index_offset", "a finite number")
+    config["index_offset"] = float(config["index_offset"])
+    encoder = config.get("encoder")
+    if encoder is not None:
+        if not isinstance(encoder, dict):
+            raise bad("encoder", "a JSON object or null")
+        if not isinstance(encoder.get("name_or_path", ""), str):
+            raise StoreFormatError(f"{cfg_path}: field 'encoder.name_or_path' must be a string")
+        if not isinstance(encoder.get("config"), (dict, type(None))):
+            raise StoreFormatError(f"{cfg_path}: field 'encoder.config' must be a JSON object or null")
+    config["encoder"] = encoder
+    files = config.get("files")
+    if not isinstance(files, dict):
+        raise bad("files", "a JSON object mapping file names to their size and checksum")
+    for name, info in files.items():
+        if name not in _STORE_FILES:
+            raise StoreFormatError(
+                f"{cfg_path}: field 'files' names {name!r}; a store folder holds only {list(_STORE_FILES)}"
+            )
+        if not isinstance(info, dict):
+            raise StoreFormatError(f"{cfg_path}: field 'files.{name}' must be an object with 'bytes' and 'sha256'")
+        if not (_is_int(info.get("bytes")) and info["bytes"] >= 0):
+            raise StoreFormatError(
+                f"{cfg_path}: field 'files.{name}.bytes' must be a non-negative integer; got {info.get('bytes')!r}"
+            )
+        if not (isinstance(info.get("sha256"), str) and _SHA256.fullmatch(info["sha256"])):
+            raise StoreFormatError(
+                f"{cfg_path}: field 'files.{name}.sha256' must be 64 lowercase hex digits; got {info.get('sha256')!r}"
+            )
+    required = [_MEAN, _VAR, _DOCS] + ([_INDEX] if config["index_built"] else [])
+    for name in required:
+        if name not in files:
+            raise StoreFormatError(f"{cfg_path}: field 'files' has no entry for required file {name}")
+    if _INDEX in files and not config["index_built"]:
+        raise StoreFormatError(f"{cfg_path}: field 'files' lists {_INDEX} but 'index_built' is false")
+    return config
+
+
+def _check_files(folder: Path, files: dict[str, Any], verify_checksums: bool) -> None:
+    """Every listed file is a regular file inside ``folder`` with the recorded size (and SHA-256)."""
+    root = folder.resolve()
+    for name, info in files.items():
+        p = folder / name
+        if p.resolve().parent != root:
+            raise StoreFormatError(f"{p} resolves to {p.resolve()}, outside the store folder")
+        if not p.is_file():
+            raise StoreFormatError(f"missing file {p} listed in the config")
+        size = p.stat().st_size
+        if size != info["bytes"]:
+            raise StoreFormatError(f"{p} has {size} bytes; the config says {info['bytes']} (truncated or replaced?)")
+        if verify_checksums and sha256_file(p) != info["sha256"]:
+            raise StoreFormatError(f"{p} does not match its SHA-256 checksum in the config (corrupted?)")
+
+
+def _read_array(path: Path, mmap: bool, count: int, dim: int) -> np.ndarray:
+    """A ``(count, dim)`` float32 array from ``path`` (no pickle)."""
+    try:
+        arr = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except (ValueError, OSError, EOFError) as exc:
+        raise StoreFormatError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(arr, np.ndarray) or arr.shape != (count, dim) or arr.dtype != np.dtype(np.float32):
+        raise StoreFormatError(
+            f"{path.name} has shape {getattr(arr, 'shape', None)} and dtype {getattr(arr, 'dtype', None)}; "
+            f"config says ({count}, {dim}) float32"
+        )
+    return arr
+
+
+def _read_documents(path: Path, count: int) -> tuple[list[str], list[str | None], list[dict[str, Any]]]:
+    """Ids, texts and metadata from ``documents.jsonl``, checked against ``count``."""
+    ids: list[str] = []
+    texts: list[str | None] = []
+    metas: list[dict[str, Any]] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                try:
+                    rec = json.loads(line)
+                except ValueError as exc:
+                    raise StoreFormatError(f"{_DOCS} line {line_no} is malformed: {exc}") from exc
+                if not isinstance(rec, dict):
+                    raise StoreFormatError(f"{_DOCS} line {line_no} is malformed: not a JSON object")
+                doc_id, text, meta = rec.get("id"), rec.get("text"), rec.get("metadata")
+                if not isinstance(doc_id, str):
+                    raise StoreFormatError(f"{_DOCS} line {line_no}: field 'id' must be a string; got {doc_id!r}")
+                if not isinstance(text, (str, type(None))):
+                    raise StoreFormatError(f"{_DOCS} line {line_no}: field 'text' must be a string or null")
+                if not isinstance(meta, (dict, type(None))):
+                    raise StoreFormatError(f"{_DOCS} line {line_no}: field 'metadata' must be an object or null")
+                ids.append(doc_id)
+                texts.append(text)
+                metas.append(meta or {})
+    except UnicodeDecodeError as exc:
+        raise StoreFormatError(f"{path} is not UTF-8 text: {exc}") from exc
+    if len(ids) != count:
+        raise StoreFormatError(f"{_DOCS} has {len(ids)} documents; the config says {count}")
+    if len(set(ids)) != count:
+        seen: set[str] = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+        raise StoreFormatError(f"{_DOCS} contains duplicate id {dup!r}")
+    return ids, texts, metas
 
 
 def _read_index(path: Path, mmap: bool) -> tuple[Any, bool]:

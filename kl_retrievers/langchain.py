@@ -53,6 +53,7 @@ from kl_retrievers.filters import MetadataFilter
 from kl_retrievers.gaussian import (
     SCORE_NAME,
     Gaussians,
+    check_k,
     kl_document_vectors,
     kl_query_constant,
     kl_query_vectors,
@@ -103,17 +104,14 @@ def _check_query(query: Any) -> str:
     return query
 
 
-def _check_k(k: Any, name: str = "k") -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"{name} must be an integer >= 1; got {k!r}")
-    return int(k)
+_check_k = check_k  # the one check of k, fetch_k, batch_size (kl_retrievers.gaussian)
 
 
-def _load_default_encoder() -> Any:
-    from kl_retrievers.pretrained import load_default_model
+def _load_default_encoder(backend: str = "torch") -> Any:
+    from kl_retrievers.pretrained import load_default_model, load_model
 
-    logger.info("loading the default kl-retrievers model")
-    return load_default_model()
+    logger.info("loading the default kl-retrievers model (%s backend)", backend)
+    return load_default_model() if backend == "torch" else load_model(None, backend=backend)
 
 
 def _unwrap_encoder(encoder: Any) -> Any:
@@ -330,6 +328,8 @@ class KLEmbeddings(Embeddings):
             lazily on first use).
         batch_size: Encoder batch size.
         show_progress_bar: Show the encoder's progress bar for documents.
+        backend: For the default model only: ``"torch"`` or ``"onnx"`` (ONNX Runtime with int8
+            weights, see :func:`~kl_retrievers.load_model`).
 
     Examples:
         >>> emb = KLEmbeddings()  # doctest: +SKIP
@@ -337,9 +337,21 @@ class KLEmbeddings(Embeddings):
         True
     """
 
-    def __init__(self, encoder: Any | None = None, *, batch_size: int = 32, show_progress_bar: bool = False) -> None:
+    def __init__(
+        self,
+        encoder: Any | None = None,
+        *,
+        batch_size: int = 32,
+        show_progress_bar: bool = False,
+        backend: str = "torch",
+    ) -> None:
+        from kl_retrievers.pretrained import BACKENDS
+
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
         self.batch_size = _check_k(batch_size, "batch_size")
         self.show_progress_bar = bool(show_progress_bar)
+        self.backend = backend
         self._encoder = _unwrap_encoder(encoder) if encoder is not None else None
         self._lock = threading.Lock()
 
@@ -349,7 +361,7 @@ class KLEmbeddings(Embeddings):
         if self._encoder is None:
             with self._lock:
                 if self._encoder is None:
-                    self._encoder = _load_default_encoder()
+                    self._encoder = _load_default_encoder(self.backend)
         return self._encoder
 
     @property

@@ -49,6 +49,8 @@ from kl_retrievers.gaussian import (
     SCORE_DIRECTION,
     SCORE_NAME,
     Gaussians,
+    check_k,
+    document_gaussians_from_vectors,
     kl_document_vectors,
     kl_query_vectors,
     neg_kl_matrix,
@@ -190,8 +192,8 @@ def document_gaussians_from_embeddings(embeddings: Any, *, check: bool = True) -
             "document embeddings are not KL document vectors d~: coordinates 1..k (-1 / (2 var)) must be < 0; "
             "embed documents with KLEmbedding (get_text_embedding), not get_query_embedding or another model"
         )
-    var = -0.5 / neg_half_precision
-    mean = d[:, k + 1 :] * var
+    recovered = document_gaussians_from_vectors(d, k, validate=False)
+    var, mean = recovered.var, recovered.mean
     if not (np.isfinite(var).all() and (var > 0).all() and np.isfinite(mean).all()):
         raise ValueError("document embeddings give non-finite or non-positive variances")
     if check:
@@ -376,9 +378,7 @@ def _and(*preds: Predicate | None) -> Predicate | None:
 
 
 def _check_top_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"similarity_top_k must be an integer >= 1; got {k!r}")
-    return int(k)
+    return check_k(k, "similarity_top_k")
 
 
 def _unwrap_encoder(encoder: Any) -> Any:
@@ -410,6 +410,8 @@ class KLEmbedding(BaseEmbedding):
             :func:`~kl_retrievers.pretrained.load_model`, or ``None`` for the default model.
         embed_batch_size: Texts encoded per encoder call (each batch is one call).
         callback_manager: LlamaIndex callback manager.
+        backend: When ``encoder`` is a name, a path or ``None``: ``"torch"`` or ``"onnx"`` (ONNX
+            Runtime with int8 weights, see :func:`~kl_retrievers.pretrained.load_model`).
         **kwargs: Other ``BaseEmbedding`` fields (``num_workers``, ...).
 
     Examples:
@@ -425,12 +427,13 @@ class KLEmbedding(BaseEmbedding):
         encoder: Any | str | None = None,
         embed_batch_size: int = 32,
         callback_manager: CallbackManager | None = None,
+        backend: str = "torch",
         **kwargs: Any,
     ) -> None:
         if encoder is None or isinstance(encoder, (str, os.PathLike)):
             from kl_retrievers.pretrained import load_model
 
-            encoder = load_model(None if encoder is None else str(encoder))
+            encoder = load_model(None if encoder is None else str(encoder), backend=backend)
         if not (hasattr(encoder, "encode_queries") and hasattr(encoder, "encode_documents")):
             raise TypeError(
                 f"encoder must have encode_queries / encode_documents (a GaussianEncoder); got {type(encoder).__name__}"

@@ -4,10 +4,15 @@ For corpora that outgrow one process.  Each document is stored as one Milvus row
 ``VARCHAR`` primary key ``id``, its ``text``, a ``JSON`` ``metadata`` field and a
 ``FLOAT_VECTOR`` holding the inner-product rewrite ``d~`` of its Gaussian (METHOD.md):
 
-* ``metric="L2"`` (default): the MIPS -> L2 reduction, as in :class:`KLStore`.  The vector is
-  ``[d~, sqrt(M^2 - ||d~||^2)]`` with ``M = norm_headroom * max ||d~||``; a query is
-  ``[q~ * M / ||q~||, 0]``.  A later document whose norm exceeds ``M`` makes the store raise
-  ``M`` and rewrite the extra coordinate of every row (logged, counted in ``rebuild_count``).
+* ``metric="L2"`` (default): the MIPS -> L2 reduction, the very code :class:`KLStore` uses
+  (``reduction to L2`` in :mod:`kl_retrievers.gaussian`).  The first coordinate of ``d~`` is
+  shifted by an offset ``o`` (the mean first coordinate of the first documents added; it changes
+  no ranking, and without it that coordinate's shared part dominates every norm and IVF recall
+  suffers), giving ``d^``; the vector is ``[d^, sqrt(M^2 - ||d^||^2)]`` with
+  ``M = norm_headroom * max ||d^||``; a query is ``[q~ * M / ||q~||, 0]``.  A later document whose
+  norm exceeds ``M`` makes the store raise ``M`` and rewrite every row (logged, counted in
+  ``rebuild_count``).  ``M`` and ``o`` are stored in the collection with a version number, so
+  several writer processes share them; see *Several writers* below.
 * ``metric="IP"``: ``d~`` as it is, searched by inner product (no norm bound).  Exact with
   ``index_type="flat"``; with HNSW or IVF it finds almost none of the true neighbours
   (``benchmarks/milvus.py``), which is why the L2 reduction is the default.
@@ -16,6 +21,31 @@ Milvus returns a candidate pool (``max(rescore_pool, rescore_factor * k)``) with
 vectors; the Gaussians are recovered from ``d~`` exactly (``var = -1 / (2 d~_var)``,
 ``mu = d~_mu * var``) and re-scored with the exact ``-KL`` in float64, so reported scores are
 the true ``-KL(Q || D)`` (query constant included): **higher is better**.
+
+Several writers: every row of the collection must be reduced with the same ``M`` and ``o``, or the
+L2 ranking (and so the candidate pool) is wrong.  Milvus has no transactions and no atomic
+compare-and-set on collection properties, so a writer (any :meth:`MilvusKLStore.add`) does this:
+
+1. it re-reads the stored ``M``, ``o`` and version before writing and adopts them (a raise by
+   another process is never overridden by a stale copy);
+2. if it needs a larger ``M``, it stores the new ``M`` with version + 1 and a *rewrite pending* mark
+   **before** changing any row, reads the properties back and starts over if another writer's
+   value is there instead (write-then-verify: the closest Milvus allows to compare-and-set);
+3. it rewrites every row under the stored ``M`` (each from its recovered Gaussian), then marks the
+   rewrite done under a separate property key, and inserts its own rows;
+4. it re-reads ``M`` and ``o`` after inserting; if they changed meanwhile it starts over (rewriting
+   its own rows, or every row when it had rewritten others' rows).
+
+Guarantee: once every concurrent ``add`` has returned, every row is reduced with the stored ``M``
+and ``o``, so rankings are exact (flat) or as good as a single writer's (HNSW / IVF).  While adds
+that raise ``M`` overlap, a search can briefly see rows under two bounds (a transient ranking
+error, never a wrong score: scores are always re-computed exactly).  A writer killed after storing
+a raised ``M`` leaves the rewrite pending: the next ``add`` (or :meth:`MilvusKLStore.repair`) by any
+process finishes it.  Concurrent adds that raise ``M`` may rewrite the collection more than once;
+a re-inserted row of an ``add`` that had to start over can bring back a row another process
+deleted in that window.  Collections written by the previous release (no offset, no version) are
+read as ``o = 0``, version 0; this release stores format version 2, which older releases refuse to
+write to (they do not follow this protocol).
 
 Dict filters in :mod:`kl_retrievers.filters` syntax are translated to Milvus boolean
 expressions over the JSON field by :func:`to_milvus_expr` and applied by Milvus before
@@ -44,7 +74,9 @@ import json
 import logging
 import math
 import threading
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,11 +84,18 @@ import numpy as np
 from kl_retrievers._io import library_version
 from kl_retrievers.filters import ALLOWED_OPERATORS, MetadataFilter
 from kl_retrievers.gaussian import (
+    NORM_BOUND_RTOL,
     SCORE_DIRECTION,
     SCORE_NAME,
     Gaussians,
+    document_gaussians_from_vectors,
     kl_document_vectors,
     kl_query_vectors,
+    neg_kl,
+    reduce_document_vectors,
+    reduce_query_vectors,
+    reduction_norm_bound,
+    reduction_offset,
 )
 from kl_retrievers.index import (
     DeleteReport,
@@ -79,8 +118,13 @@ COMPRESSIONS = (None, "sq8")
 #: Largest ``limit`` (top-k) Milvus accepts for one search.
 MAX_TOPK = 16384
 _FORMAT_NAME = "kl-retrievers/milvus"
-_FORMAT_VERSION = 1
+#: 2: the first coordinate is shifted by ``index_offset``; ``M`` carries a version (1 had neither).
+_FORMAT_VERSION = 2
 _CONFIG_KEY = "kl_retrievers.config"
+#: Property key of the last finished row rewrite (``{"version", "writer"}`` of the publication it served).
+_REWRITE_DONE_KEY = "kl_retrievers.rewrite_done"
+#: How often one ``add`` starts over after a concurrent writer changed ``M`` before it gives up.
+_MAX_SYNC_ATTEMPTS = 20
 _EXTRA = "pip install 'kl-retrievers[milvus]'"
 
 
@@ -223,15 +267,23 @@ def _check_k(k: Any) -> int:
     return k
 
 
-def _neg_kl_from_vectors(qg: Gaussians, dvec: np.ndarray) -> np.ndarray:
-    """Exact float64 ``-KL`` of one query against documents given by their ``d~`` rows."""
-    k = qg.dim
-    dvec = dvec.astype(np.float64)
-    vd = -0.5 / dvec[:, 1 : k + 1]
-    md = dvec[:, k + 1 : 2 * k + 1] * vd
-    qm, qv = np.asarray(qg.mean, dtype=np.float64)[0], np.asarray(qg.var, dtype=np.float64)[0]
-    t = ((qv + (qm - md) ** 2) / vd).sum(axis=1)
-    return -0.5 * (np.log(vd).sum(axis=1) - np.log(qv).sum() - k + t)
+@dataclass(frozen=True)
+class _Reduction:
+    """The L2 reduction's shared state as stored in the collection's properties."""
+
+    norm_bound: float | None  # M; None until the first documents are added
+    offset: float  # o, subtracted from the first coordinate of d~
+    version: int  # +1 on every publication of a new M
+    writer: str | None  # token of the publication (tells two writers of one version apart)
+    pending: bool  # a raised M whose row rewrite has not been marked done
+
+
+class _NeedsLargerBound(Exception):
+    """A stored row's norm exceeds the stored ``M`` (a concurrent writer's raise was overwritten)."""
+
+    def __init__(self, top: float) -> None:
+        super().__init__(f"a stored row has norm {top:.6g}, above the stored bound")
+        self.top = top
 
 
 class MilvusKLStore:
@@ -239,6 +291,11 @@ class MilvusKLStore:
 
     Same interface as :class:`~kl_retrievers.index.KLStore`: ``add``, ``delete``,
     ``get_by_ids``, ``get_gaussians``, ``len``, ``search`` and ``search_batch``.
+
+    Several instances (in several processes) may write to one collection: each ``add`` re-reads
+    the stored norm bound ``M`` and offset with their version, stores a raised ``M`` before it
+    rewrites any row and checks afterwards that no other writer changed it (see the module
+    docstring, *Several writers*, for what this guarantees and what it cannot).
 
     Args:
         encoder: Optional encoder (``encode_queries`` / ``encode_documents``); needed to add or
@@ -366,6 +423,9 @@ class MilvusKLStore:
         self._lock = threading.RLock()
         self._dim: int | None = None
         self._norm_bound: float | None = None
+        self._offset = 0.0
+        self._version = 0
+        self._writer: str | None = None
         self._client = client if client is not None else self._connect(uri, token)
         if self._client.has_collection(collection_name, timeout=self.timeout):
             self._attach(None if dim is None else int(dim))
@@ -403,6 +463,16 @@ class MilvusKLStore:
         return self._norm_bound
 
     @property
+    def index_offset(self) -> float:
+        """The offset ``o`` subtracted from the first coordinate of ``d~`` (``0`` for ``metric="IP"``)."""
+        return self._offset
+
+    @property
+    def norm_version(self) -> int:
+        """Version of the stored ``M``: +1 each time a writer stores a new one (0: none yet, or an old collection)."""
+        return self._version
+
+    @property
     def _vector_dim(self) -> int:
         assert self._dim is not None
         return 2 * self._dim + (2 if self.metric == "L2" else 1)
@@ -417,6 +487,10 @@ class MilvusKLStore:
             "metric": self.metric,
             "vector_dim": self._vector_dim,
             "norm_bound": self._norm_bound,
+            "index_offset": self._offset,
+            "version": self._version,
+            "writer": self._writer,
+            "rewrite": False,
             "index_type": self.index_type,
             "compression": self.compression,
             "encoder": getattr(self.encoder, "name_or_path", None),
@@ -453,9 +527,10 @@ class MilvusKLStore:
         )
         logger.info("created Milvus collection %r (%s, %s, dim %d)", self.collection_name, index_type, self.metric, k)
 
-    def _attach(self, dim: int | None) -> None:
-        info = self._client.describe_collection(self.collection_name, timeout=self.timeout)
-        raw = (info.get("properties") or {}).get(_CONFIG_KEY)
+    def _stored_config(self, info: Mapping[str, Any]) -> tuple[dict[str, Any], _Reduction]:
+        """The kl-retrievers config in a ``describe_collection`` answer and the reduction state it stores."""
+        props = info.get("properties") or {}
+        raw = props.get(_CONFIG_KEY)
         name = self.collection_name
         if raw is None:
             raise ValueError(
@@ -465,6 +540,42 @@ class MilvusKLStore:
         config = json.loads(raw)
         if config.get("format") != _FORMAT_NAME or int(config.get("format_version", 0)) > _FORMAT_VERSION:
             raise ValueError(f"Milvus collection {name!r} has an unsupported format: {config.get('format')!r}")
+        bound, offset = config.get("norm_bound"), config.get("index_offset", 0.0)  # both absent before version 2
+        for what, value in (("norm_bound", bound), ("index_offset", offset)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"Milvus collection {name!r}: stored {what} must be a number; got {value!r}")
+        if bound is not None and not (math.isfinite(bound) and bound > 0):
+            raise ValueError(f"Milvus collection {name!r}: stored norm_bound must be finite and > 0; got {bound!r}")
+        if offset is None or not math.isfinite(offset):
+            raise ValueError(f"Milvus collection {name!r}: stored index_offset must be finite; got {offset!r}")
+        version, writer = int(config.get("version", 0)), config.get("writer")
+        done = json.loads(props.get(_REWRITE_DONE_KEY) or "{}")
+        pending = bool(config.get("rewrite")) and (done.get("version"), done.get("writer")) != (version, writer)
+        state = _Reduction(None if bound is None else float(bound), float(offset), version, writer, pending)
+        return config, state
+
+    def _adopt(self, state: _Reduction) -> None:
+        if self._norm_bound is not None and state.norm_bound != self._norm_bound:
+            logger.info(
+                "adopting the stored L2-reduction bound M=%s (version %d); this client held M=%.6g",
+                state.norm_bound,
+                state.version,
+                self._norm_bound,
+            )
+        self._norm_bound, self._offset = state.norm_bound, state.offset
+        self._version, self._writer = state.version, state.writer
+
+    def _read_state(self) -> _Reduction:
+        """Re-read ``M``, the offset and their version from the collection, and adopt them."""
+        info = self._client.describe_collection(self.collection_name, timeout=self.timeout)
+        state = self._stored_config(info)[1]
+        self._adopt(state)
+        return state
+
+    def _attach(self, dim: int | None) -> None:
+        info = self._client.describe_collection(self.collection_name, timeout=self.timeout)
+        name = self.collection_name
+        config, state = self._stored_config(info)
         if config.get("metric") != self.metric:
             raise ValueError(
                 f"Milvus collection {name!r} was created with metric {config.get('metric')!r}, not {self.metric!r}; "
@@ -483,13 +594,33 @@ class MilvusKLStore:
                 f"Milvus collection {name!r}: its vector field has dimension {vdim}, but its kl-retrievers config "
                 f"says {self._vector_dim}; the collection is inconsistent (nothing was changed)"
             )
-        self._norm_bound = config.get("norm_bound")
+        self._adopt(state)
         self._client.load_collection(name, timeout=self.request_timeout)
 
-    def _save_config(self) -> None:
-        self._client.alter_collection_properties(
-            self.collection_name, properties={_CONFIG_KEY: json.dumps(self._config())}, timeout=self.timeout
+    def _publish(self, norm_bound: float, offset: float, *, rewrite: bool) -> bool:
+        """Store a new ``M`` (version + 1) before any row uses it; ``False`` if another writer's won.
+
+        Milvus has no compare-and-set on collection properties: the value is written, read back and
+        compared with this publication's token (write-then-verify).  The caller has just re-read the
+        stored state, so the version here is the stored one + 1.
+        """
+        config = self._config()
+        writer = uuid.uuid4().hex
+        config.update(
+            norm_bound=norm_bound, index_offset=offset, version=self._version + 1, writer=writer, rewrite=rewrite
         )
+        self._client.alter_collection_properties(
+            self.collection_name, properties={_CONFIG_KEY: json.dumps(config)}, timeout=self.timeout
+        )
+        state = self._read_state()
+        if state.writer != writer:
+            logger.warning(
+                "another writer stored the L2-reduction bound M=%s (version %d) at the same time; starting over",
+                state.norm_bound,
+                state.version,
+            )
+            return False
+        return True
 
     def __len__(self) -> int:
         if self._dim is None:
@@ -510,14 +641,25 @@ class MilvusKLStore:
 
     # -------------------------------------------------------------- writing
     def _rows(self, dvec: np.ndarray) -> np.ndarray:
-        """Float32 vectors to store for float64 ``d~`` rows."""
+        """Float32 vectors to store for float64 ``d~`` rows (reduced with this client's ``M`` and offset)."""
         if self.metric == "IP":
             return dvec.astype(np.float32)
         assert self._norm_bound is not None
-        out = np.zeros((dvec.shape[0], self._vector_dim), dtype=np.float32)
-        out[:, : dvec.shape[1]] = dvec
-        out[:, dvec.shape[1]] = np.sqrt(np.maximum(self._norm_bound**2 - np.einsum("ij,ij->i", dvec, dvec), 0.0))
-        return out
+        return reduce_document_vectors(dvec, self._offset, self._norm_bound, width=self._vector_dim)
+
+    def _upsert(self, vectors: np.ndarray, id_list: Sequence[str], texts: Sequence[Any], metas: Sequence[Any]) -> None:
+        rng: Any = range(0, len(id_list), self.insert_batch)
+        if self.show_progress_bar:
+            from tqdm.auto import tqdm
+
+            rng = tqdm(rng, desc="Inserting into Milvus", unit="batch")
+        for s in rng:
+            e = min(len(id_list), s + self.insert_batch)
+            rows = [
+                {"id": id_list[i], "vector": vectors[i].tolist(), "text": texts[i] or "", "metadata": metas[i]}
+                for i in range(s, e)
+            ]
+            self._client.upsert(self.collection_name, rows, timeout=self.request_timeout)
 
     def add(
         self,
@@ -540,7 +682,6 @@ class MilvusKLStore:
         if new is None:
             return []
         g, text_list, id_list, metas = new.gaussians, new.texts, new.ids, new.metadatas
-        n = len(g)
         for doc_id, text in zip(id_list, text_list, strict=True):
             if text is not None and len(text.encode("utf-8")) > self.max_text_length:
                 raise ValueError(f"text of document {doc_id!r} is longer than max_text_length={self.max_text_length}")
@@ -553,31 +694,63 @@ class MilvusKLStore:
             if g.dim != self._dim:
                 raise ValueError(f"gaussians have dimension {g.dim}; this store has dimension {self._dim}")
             dvec = np.asarray(kl_document_vectors(g.astype(np.float64)))
-            if self.metric == "L2":
-                top = float(np.sqrt(np.einsum("ij,ij->i", dvec, dvec).max()))
-                if self._norm_bound is None:
-                    self._norm_bound = self.norm_headroom * top
-                    self._save_config()
-                elif top > self._norm_bound:
-                    self._raise_norm_bound(self.norm_headroom * top)
-            vectors = self._rows(dvec)
-            rng: Any = range(0, n, self.insert_batch)
-            if self.show_progress_bar:
-                from tqdm.auto import tqdm
-
-                rng = tqdm(rng, desc="Inserting into Milvus", unit="batch")
-            for s in rng:
-                e = min(n, s + self.insert_batch)
-                rows = [
-                    {"id": id_list[i], "vector": vectors[i].tolist(), "text": text_list[i] or "", "metadata": metas[i]}
-                    for i in range(s, e)
-                ]
-                self._client.upsert(self.collection_name, rows, timeout=self.request_timeout)
+            if self.metric == "IP":
+                self._upsert(self._rows(dvec), id_list, text_list, metas)
+            else:
+                self._add_reduced(dvec, id_list, text_list, metas)
         return id_list
+
+    def _add_reduced(self, dvec: np.ndarray, id_list: list[str], texts: list[Any], metas: list[Any]) -> None:
+        """Insert rows under the stored ``M`` and offset, following the several-writers protocol (module docstring)."""
+        need = 0.0  # a norm the bound must cover besides this batch's (a stored row found above M)
+        rewrote_all = False  # rows of other writers were rewritten under a bound since replaced
+        for attempt in range(_MAX_SYNC_ATTEMPTS):
+            state = self._read_state()
+            if state.norm_bound is None:  # the collection's first documents: choose o and M
+                offset = reduction_offset(dvec)
+                if not self._publish(reduction_norm_bound(dvec, offset, self.norm_headroom), offset, rewrite=False):
+                    continue
+            else:
+                top = max(reduction_norm_bound(dvec, state.offset), need)
+                rewrite = rewrote_all or state.pending
+                if top > state.norm_bound:
+                    if not self._publish(self.norm_headroom * top, state.offset, rewrite=True):
+                        continue
+                    rewrite = True
+                if rewrite:
+                    try:
+                        self._rewrite_rows(state.norm_bound)
+                    except _NeedsLargerBound as exc:
+                        need, rewrote_all = max(need, exc.top), True
+                        continue
+                    rewrote_all = True
+            bound, offset = self._norm_bound, self._offset
+            self._upsert(self._rows(dvec), id_list, texts, metas)
+            after = self._read_state()
+            if (after.norm_bound, after.offset) == (bound, offset):
+                return
+            logger.warning(
+                "another writer changed the L2-reduction bound while this add ran (M %.6g -> %s); rewriting "
+                "(attempt %d of %d)",
+                bound,
+                after.norm_bound,
+                attempt + 1,
+                _MAX_SYNC_ATTEMPTS,
+            )
+        raise RuntimeError(
+            f"Milvus collection {self.collection_name!r}: could not agree on the L2-reduction bound with concurrent "
+            f"writers in {_MAX_SYNC_ATTEMPTS} attempts; the documents were written but may be ranked under another "
+            "bound: retry the add, or call repair() once the other writers are done"
+        )
 
     def _iter_all(self, output_fields: list[str], batch: int = 1000) -> Iterator[list[dict[str, Any]]]:
         it = self._client.query_iterator(
-            self.collection_name, batch_size=batch, filter="", output_fields=output_fields, timeout=self.request_timeout
+            self.collection_name,
+            batch_size=batch,
+            filter="",
+            output_fields=output_fields,
+            timeout=self.request_timeout,
+            consistency_level="Strong",  # see rows other writers have just inserted
         )
         try:
             while True:
@@ -588,30 +761,71 @@ class MilvusKLStore:
         finally:
             it.close()
 
-    def _raise_norm_bound(self, new_bound: float) -> None:
-        """Raise ``M`` and rewrite every stored row's extra coordinate (the reduction's rebuild)."""
-        assert self._dim is not None
-        old = self._norm_bound
-        self._norm_bound = new_bound
-        width = 2 * self._dim + 1
+    def _rewrite_rows(self, old_bound: float | None) -> None:
+        """Rewrite every stored row under this client's (just stored) ``M`` and offset, then mark it done.
+
+        Each row is rebuilt from the Gaussian recovered from its stored vector, so a row written under
+        any earlier bound or offset comes out consistent.  Raises :class:`_NeedsLargerBound` when a
+        stored row does not fit under ``M`` (the caller raises ``M`` and starts over).
+        """
+        assert self._dim is not None and self._norm_bound is not None
+        bound, offset, version, writer = self._norm_bound, self._offset, self._version, self._writer
         rewritten = 0
         for page in self._iter_all(["id", "vector", "text", "metadata"]):
-            dvec = np.asarray([r["vector"][:width] for r in page], dtype=np.float64)
-            vectors = self._rows(dvec)
+            g = document_gaussians_from_vectors([r["vector"] for r in page], self._dim)
+            dvec = np.asarray(kl_document_vectors(g))
+            top = reduction_norm_bound(dvec, offset)
+            if top > bound * (1.0 + NORM_BOUND_RTOL):  # beyond the float32 rounding of the stored rows
+                raise _NeedsLargerBound(top)
+            vectors = reduce_document_vectors(dvec, offset, bound, width=self._vector_dim)
             rows = [
                 {"id": r["id"], "vector": v.tolist(), "text": r["text"], "metadata": r["metadata"]}
                 for r, v in zip(page, vectors, strict=True)
             ]
             self._client.upsert(self.collection_name, rows, timeout=self.request_timeout)
             rewritten += len(rows)
-        self._save_config()
+        # a separate key: a late mark can only name its own publication, never hide a newer pending one
+        done = json.dumps({"version": version, "writer": writer})
+        self._client.alter_collection_properties(
+            self.collection_name, properties={_REWRITE_DONE_KEY: done}, timeout=self.timeout
+        )
         self.rebuild_count += 1
         logger.warning(
-            "a document's norm exceeded the L2-reduction bound M=%.4g; raised M to %.4g and rewrote %d rows",
-            old,
-            new_bound,
+            "rewrote %d rows under the L2-reduction bound M=%.6g (version %d; before: M=%s)",
             rewritten,
+            bound,
+            version,
+            old_bound,
         )
+
+    def repair(self) -> int:
+        """Rewrite every row under the stored ``M`` and offset (a no-op for ``metric="IP"``).
+
+        Needed only when a writer died between storing a raised ``M`` and finishing the rewrite and
+        no ``add`` has run since, or after an ``add`` gave up on concurrent writers.  Safe to run at
+        any time (while other processes write, too).
+
+        Returns:
+            The stored version of ``M`` the rows now follow.
+        """
+        with self._lock:
+            if self._dim is None or self.metric == "IP":
+                return self._version
+            need = 0.0
+            for _ in range(_MAX_SYNC_ATTEMPTS):
+                state = self._read_state()
+                if state.norm_bound is None:
+                    return state.version
+                if need > state.norm_bound and not self._publish(self.norm_headroom * need, state.offset, rewrite=True):
+                    continue
+                try:
+                    self._rewrite_rows(state.norm_bound)
+                except _NeedsLargerBound as exc:
+                    need = max(need, exc.top)
+                    continue
+                if self._read_state().norm_bound == self._norm_bound:
+                    return self._version
+            raise RuntimeError(f"repair: the bound kept changing under concurrent writers ({_MAX_SYNC_ATTEMPTS} tries)")
 
     def delete(self, ids: Sequence[str]) -> DeleteReport:
         """Delete documents; unknown ids are reported in ``missing``, never raised.
@@ -663,10 +877,8 @@ class MilvusKLStore:
         missing = [i for i in wanted if i not in by_id]
         if missing:
             raise KeyError(f"unknown ids: {missing[:5]}")
-        k = self._dim or 0
-        dvec = np.asarray([by_id[i] for i in wanted], dtype=np.float64).reshape(len(wanted), -1)
-        var = -0.5 / dvec[:, 1 : k + 1]
-        return Gaussians(dvec[:, k + 1 : 2 * k + 1] * var, var)
+        vectors = np.asarray([by_id[i] for i in wanted], dtype=np.float64).reshape(len(wanted), -1)
+        return document_gaussians_from_vectors(vectors, self._dim)
 
     @property
     def ids(self) -> list[str]:
@@ -683,9 +895,8 @@ class MilvusKLStore:
         if self.metric == "IP":
             return qv.astype(np.float32)
         assert self._norm_bound is not None
-        out = np.zeros((len(qv), self._vector_dim), dtype=np.float32)
-        out[:, : qv.shape[1]] = qv * (self._norm_bound / np.linalg.norm(qv, axis=1, keepdims=True))
-        return out
+        # any M > 0 gives the same L2 ranking (every stored row has norm M), so no re-read is needed here
+        return reduce_query_vectors(qv, self._norm_bound, width=self._vector_dim)
 
     def search(self, query: str | Gaussians, k: int = 10, filter: MetadataFilter | None = None) -> list[SearchResult]:
         """Top-``k`` documents for one query, best first, scored by exact ``-KL(Q || D)``.
@@ -711,7 +922,9 @@ class MilvusKLStore:
             return [[] for _ in range(len(qg))]
         with self._lock:
             if self.metric == "L2" and self._norm_bound is None:
-                return [[] for _ in range(len(qg))]  # nothing was ever added
+                self._read_state()  # another process may have added the first documents since
+                if self._norm_bound is None:
+                    return [[] for _ in range(len(qg))]  # nothing was ever added
             data = self._query_vectors(qg)
         pool = min(MAX_TOPK, max(k, self.rescore_pool, self.rescore_factor * k))
         params: dict[str, Any] = {}
@@ -729,15 +942,15 @@ class MilvusKLStore:
             anns_field="vector",
             timeout=self.request_timeout,
         )
-        width = 2 * self._dim + 1
+        q64 = qg.astype(np.float64)
         ranked: list[list[tuple[str, float]]] = []
         for i, row in enumerate(hits):
             row = list(row)
             if not row:
                 ranked.append([])
                 continue
-            dvec = np.asarray([h["entity"]["vector"][:width] for h in row], dtype=np.float64)
-            scores = _neg_kl_from_vectors(qg[i], dvec)
+            pool_gaussians = document_gaussians_from_vectors([h["entity"]["vector"] for h in row], self._dim)
+            scores = np.asarray(neg_kl(q64[i], pool_gaussians))
             order = np.argsort(-scores, kind="stable")[:k]
             ranked.append([(str(row[j]["id"]), float(scores[j])) for j in order])
         # texts and metadata only for the winners, not for the whole candidate pool
@@ -771,7 +984,7 @@ class MilvusKLStore:
             if self._client.has_collection(self.collection_name, timeout=self.timeout):
                 self._client.drop_collection(self.collection_name, timeout=self.timeout)
             self._dim = None
-            self._norm_bound = None
+            self._norm_bound, self._offset, self._version, self._writer = None, 0.0, 0, None
 
     def close(self) -> None:
         """Close the client connection."""

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from kl_retrievers._io import atomic_dir, library_version, parse_json_object, row_text
+from kl_retrievers._io import atomic_dir, atomic_file, library_version, parse_json_object, recover_dir, row_text
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,9 @@ _SHARD_META = "shard.json"
 _FORMAT_NAME = "kl-retrievers/encoded-shards"
 _FORMAT_VERSION = 1
 _HASH_CHUNK = 1 << 20
+#: The files of a shard folder that shard.json checksums (and the only ones ever read).
+_SHARD_FILES = ("mean.npy", "var.npy", "ids.json")
+_SHA256_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True)
@@ -169,15 +172,55 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _shard_ok(out: Path, spec: ShardSpec) -> bool:
-    folder = out / spec.name
+def _read_json(path: Path) -> Any:
+    """Parse a JSON file; errors name the file."""
     try:
-        meta = json.loads((folder / _SHARD_META).read_text())
-        if meta.get("spec") != asdict(spec):
-            return False
-        return all(_sha256(folder / name) == digest for name, digest in meta["sha256"].items())
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+
+
+def _shard_problem(out: Path, spec: ShardSpec) -> str | None:
+    """Why shard ``spec`` in ``out`` is not complete and intact (``None`` when it is).
+
+    ``shard.json`` must hold this shard's spec and a SHA-256 for each of exactly
+    :data:`_SHARD_FILES` (an empty or partial table is a problem, not a skip); only those
+    names inside the shard folder are ever read.
+    """
+    folder = out / spec.name
+    if not folder.exists():
+        recover_dir(folder, required=_SHARD_META)
+    meta_path = folder / _SHARD_META
+    if not meta_path.is_file():
+        return f"{meta_path} is missing"
+    try:
+        meta = _read_json(meta_path)
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    if not isinstance(meta, dict):
+        return f"{meta_path} must hold a JSON object; got a JSON {type(meta).__name__}"
+    if meta.get("spec") != asdict(spec):
+        return f"{meta_path}: field 'spec' is {meta.get('spec')!r}; the manifest's input plans {asdict(spec)}"
+    table = meta.get("sha256")
+    if not isinstance(table, dict) or sorted(table) != sorted(_SHARD_FILES):
+        names = sorted(table) if isinstance(table, dict) else table
+        return f"{meta_path}: field 'sha256' must give a checksum for each of {list(_SHARD_FILES)}; got {names!r}"
+    for name in _SHARD_FILES:
+        digest = table[name]
+        if not (isinstance(digest, str) and len(digest) == 64 and set(digest) <= _SHA256_HEX):
+            return f"{meta_path}: field 'sha256.{name}' must be 64 lowercase hex digits; got {digest!r}"
+    for name in _SHARD_FILES:
+        if not (folder / name).is_file():
+            return f"{folder / name} is missing"
+        if _sha256(folder / name) != table[name]:
+            return f"{folder / name} does not match its checksum (corrupt)"
+    return None
+
+
+def _shard_ok(out: Path, spec: ShardSpec) -> bool:
+    return _shard_problem(out, spec) is None
 
 
 def encode_shard(
@@ -206,10 +249,8 @@ def encode_shard(
 
 
 def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{_MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out / _MANIFEST)
+    with atomic_file(out / _MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 _IDENTITY_KEYS = ("input", "model", "kind", "field", "max_length", "shard_size", "shards")
@@ -355,7 +396,7 @@ def encode_corpus(
     manifest["score"] = {"name": SCORE_NAME, "direction": SCORE_DIRECTION}
     existing = target / _MANIFEST
     if existing.is_file():
-        old = json.loads(existing.read_text())
+        old = _manifest(target)
         differ = [key for key in _IDENTITY_KEYS if old.get(key) != manifest.get(key)]
         if differ:
             raise ValueError(
@@ -402,12 +443,27 @@ def encode_corpus(
 
 
 def _manifest(folder: Path) -> dict[str, Any]:
+    """Read and check ``manifest.json``: errors name the file and the field."""
     path = folder / _MANIFEST
     if not path.is_file():
         raise ValueError(f"{folder} is not an encoded-shards folder: {_MANIFEST} is missing")
-    manifest: dict[str, Any] = json.loads(path.read_text())
+    manifest = _read_json(path)
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path} must hold a JSON object; got a JSON {type(manifest).__name__}")
     if manifest.get("format") != _FORMAT_NAME:
-        raise ValueError(f"{path}: unexpected format {manifest.get('format')!r}")
+        raise ValueError(f"{path}: field 'format' must be {_FORMAT_NAME!r}; got {manifest.get('format')!r}")
+    version = manifest.get("format_version", _FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"{path}: field 'format_version' must be a positive integer; got {version!r}")
+    if version > _FORMAT_VERSION:
+        raise ValueError(
+            f"{path} was written by a newer kl-retrievers ({manifest.get('library_version', 'unknown')}) in "
+            f"format_version {version}; this kl-retrievers ({library_version()}) reads format_version "
+            f"{_FORMAT_VERSION}: upgrade kl-retrievers"
+        )
+    shards = manifest.get("shards")
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 0:
+        raise ValueError(f"{path}: field 'shards' must be a non-negative integer; got {shards!r}")
     return manifest
 
 
@@ -421,19 +477,37 @@ def iter_encoded(out: str | os.PathLike[str]) -> Iterator[tuple[list[str], Any]]
 
     folder = Path(out)
     manifest = _manifest(folder)
-    for index in range(int(manifest["shards"])):
+    for index in range(manifest["shards"]):
         shard = folder / f"shard-{index:05d}"
+        if not shard.exists():
+            recover_dir(shard, required=_SHARD_META)
         try:
-            meta = json.loads((shard / _SHARD_META).read_text())
+            meta = _read_json(shard / _SHARD_META)
             spec = ShardSpec(**meta["spec"])
+            if spec.index != index or not all(isinstance(v, int) for v in asdict(spec).values()):
+                raise ValueError
         except (OSError, ValueError, KeyError, TypeError):
             raise ValueError(f"{shard} is missing or incomplete; rerun the encode command to finish it") from None
-        if not _shard_ok(folder, spec):
-            raise ValueError(f"{shard} is corrupt (checksum mismatch); rerun the encode command to redo it")
-        ids = json.loads((shard / "ids.json").read_text())
-        mean = np.load(shard / "mean.npy", allow_pickle=False)
-        var = np.load(shard / "var.npy", allow_pickle=False)
-        yield ids, Gaussians(mean, var)
+        problem = _shard_problem(folder, spec)
+        if problem is not None:
+            raise ValueError(f"{shard} is corrupt ({problem}); rerun the encode command to redo it")
+        ids = _read_json(shard / "ids.json")
+        try:
+            mean = np.load(shard / "mean.npy", allow_pickle=False)
+            var = np.load(shard / "var.npy", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise ValueError(f"{shard}: cannot read its Gaussians: {exc}") from None
+        if not (isinstance(ids, list) and len(ids) == spec.rows and all(isinstance(i, str) for i in ids)):
+            raise ValueError(f"{shard / 'ids.json'} must be a list of {spec.rows} string ids")
+        if mean.ndim != 2 or mean.shape != var.shape or mean.shape[0] != spec.rows:
+            raise ValueError(
+                f"{shard}: mean.npy {mean.shape} and var.npy {var.shape} must both be ({spec.rows}, dim) arrays"
+            )
+        try:
+            g = Gaussians(mean, var)
+        except ValueError as exc:
+            raise ValueError(f"{shard}: {exc}") from None
+        yield ids, g
 
 
 def load_encoded(out: str | os.PathLike[str]) -> tuple[Any, list[str]]:

@@ -72,10 +72,10 @@ def test_encode_command_writes_what_the_encoder_computes(tmp_path: Path, out_nam
 
 def test_encode_errors_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["encode", "--input", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "x")])
-    assert code == 1
+    assert code == 2
     assert "input file not found" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="nothing to encode"):
-        main(["encode", "--out", str(tmp_path / "x")])
+    assert main(["encode", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err == "kl-retrievers encode: error: nothing to encode: give texts or --input FILE\n"
 
 
 def test_saved_gaussians_reject_wrong_ids_and_missing_files(tmp_path: Path) -> None:
@@ -140,7 +140,7 @@ def test_index_a_folder_of_text_files(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["search", str(out), "cat", "-k", "5"]) == 0
     text = capsys.readouterr().out
     assert "[one.txt]" in text and "[sub/two.md]" in text and "skip.bin" not in text
-    assert main(["search", str(tmp_path / "nothing"), "cat"]) == 1
+    assert main(["search", str(tmp_path / "nothing"), "cat"]) == 2
 
 
 def test_index_command_passes_the_approximate_index_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

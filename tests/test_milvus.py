@@ -302,3 +302,188 @@ def test_llama_index_milvus_vector_store_with_inner_product(tmp_path: Path) -> N
     ref.add(texts, ids=[n.id_ for n in nodes])
     want = ref.search("sun and sea", k=4)
     assert [n.node.node_id for n in got] == [h.id for h in want]
+
+
+# ---------------------------------------------------------------- one reduction, one norm bound
+def _shifted_gaussians(n: int, seed: int, shift: float = 2.0) -> Gaussians:
+    """float32 Gaussians whose d~ has a first coordinate far from 0 (so the offset matters)."""
+    g = random_gaussians(n, K, seed=seed, dtype=np.float32)
+    return Gaussians((g.mean + shift).astype(np.float32), g.var)
+
+
+def _stored_vectors(store: MilvusKLStore, ids: list[str]) -> np.ndarray:
+    rows = store.client.get(store.collection_name, ids=ids, output_fields=["vector"])
+    by_id = {r["id"]: r["vector"] for r in rows}
+    return np.asarray([by_id[i] for i in ids], dtype=np.float64)
+
+
+def _exact_top(queries: Gaussians, docs: Gaussians, ids: list[str], k: int) -> list[list[str]]:
+    exact = np.asarray(neg_kl_matrix(queries.astype(np.float64), docs.astype(np.float64)))
+    return [[ids[j] for j in np.argsort(-row, kind="stable")[:k]] for row in exact]
+
+
+def test_milvus_stores_klstores_reduced_vectors_offset_included(tmp_path: Path) -> None:
+    docs = _shifted_gaussians(300, seed=21)
+    ids = [f"d{i}" for i in range(300)]
+    kl = KLStore(index_type="hnsw")
+    kl.add(gaussians=docs, ids=ids)
+    mv = _store(tmp_path, index_type="flat")
+    mv.add(gaussians=docs, ids=ids)
+    # the same offset and norm bound as KLStore's build, and the very vectors its FAISS index holds
+    assert abs(kl._offset) > 10.0  # the shift is large on this data, so a missing offset shows
+    assert mv.index_offset == pytest.approx(kl._offset, rel=1e-12)
+    assert mv.norm_bound == pytest.approx(kl.norm_bound, rel=1e-12)
+    faiss_vectors = kl._index.reconstruct_n(0, len(ids))
+    np.testing.assert_allclose(_stored_vectors(mv, ids), faiss_vectors, rtol=1e-6, atol=1e-5)
+    # and the same rankings, equal to brute-force -KL
+    queries = _shifted_gaussians(10, seed=22)
+    want = _exact_top(queries, docs, ids, 5)
+    assert [[h.id for h in row] for row in mv.search_batch(queries, k=5)] == want
+    assert [[h.id for h in row] for row in kl.search_batch(queries, k=5)] == want
+    # the offset is stored with M: a fresh client reattaches with both
+    again = _store(tmp_path, index_type="flat")
+    assert again.index_offset == mv.index_offset and again.norm_bound == mv.norm_bound
+
+
+def test_two_writers_on_one_collection_keep_one_norm_bound(tmp_path: Path) -> None:
+    base = random_gaussians(200, K, seed=23)
+    big = Gaussians(base.mean[:20] * 4.0, base.var[:20] * 0.5)
+    more = random_gaussians(100, K, seed=24)
+    # a candidate pool of exactly k: rows stored under a smaller M win every L2 comparison
+    opts = {"index_type": "flat", "rescore_pool": 1, "rescore_factor": 1}
+    first = _store(tmp_path, **opts)
+    first.add(gaussians=base, ids=[f"a{i}" for i in range(200)])
+    second = _store(tmp_path, **opts)  # another process attached to the same collection
+    bound = first.norm_bound
+    second.add(gaussians=big, ids=[f"b{i}" for i in range(20)])  # raises M
+    assert second.norm_bound is not None and bound is not None and second.norm_bound > bound
+    first.add(gaussians=more, ids=[f"c{i}" for i in range(100)])  # first still holds the old M in memory
+    assert first.norm_bound == second.norm_bound
+    docs = Gaussians.concat([base, big, more])
+    ids = [f"a{i}" for i in range(200)] + [f"b{i}" for i in range(20)] + [f"c{i}" for i in range(100)]
+    queries = Gaussians.concat([random_gaussians(12, K, seed=25), big[:3], more[:3]])
+    want = _exact_top(queries, docs, ids, 5)
+    for store in (first, second):
+        assert [[h.id for h in row] for row in store.search_batch(queries, k=5)] == want
+    # every stored row has norm M (the L2 reduction's invariant)
+    norms = np.linalg.norm(_stored_vectors(first, ids), axis=1)
+    np.testing.assert_allclose(norms, first.norm_bound, rtol=1e-5)
+    # a stale writer that needs a larger M raises it from the stored bound, not from its own
+    huge = Gaussians(base.mean[20:25] * 8.0, base.var[20:25] * 0.25)
+    stale = second.norm_bound
+    first.add(gaussians=huge, ids=[f"h{i}" for i in range(5)])
+    second.add(gaussians=random_gaussians(3, K, seed=26), ids=["z0", "z1", "z2"])
+    assert second.norm_bound == first.norm_bound and first.norm_bound is not None and stale is not None
+    assert first.norm_bound > stale
+    ids += [f"h{i}" for i in range(5)] + ["z0", "z1", "z2"]
+    docs = Gaussians.concat([docs, huge, random_gaussians(3, K, seed=26)])
+    want = _exact_top(queries, docs, ids, 5)
+    for store in (first, second):
+        assert [[h.id for h in row] for row in store.search_batch(queries, k=5)] == want
+    np.testing.assert_allclose(np.linalg.norm(_stored_vectors(second, ids), axis=1), second.norm_bound, rtol=1e-5)
+
+
+def test_a_raised_norm_bound_is_persisted_before_rows_are_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = random_gaussians(200, K, seed=27)
+    big = Gaussians(base.mean[:20] * 4.0, base.var[:20] * 0.5)
+    store = _store(tmp_path, index_type="flat", rescore_pool=1, rescore_factor=1)
+    store.add(gaussians=base, ids=[f"a{i}" for i in range(200)])
+    old = store.norm_bound
+    assert old is not None
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("writer killed mid-rewrite")
+
+    monkeypatch.setattr(store.client, "upsert", killed)  # the first row write of the rewrite fails
+    with pytest.raises(RuntimeError, match="mid-rewrite"):
+        store.add(gaussians=big, ids=[f"b{i}" for i in range(20)])
+    monkeypatch.undo()
+    fresh = _store(tmp_path, index_type="flat", rescore_pool=1, rescore_factor=1)
+    raised = fresh.norm_bound
+    assert raised is not None and raised > old  # the raised M was stored before any row changed
+    # the next write (by any process) finishes the interrupted rewrite before adding its rows
+    fresh.add(gaussians=big, ids=[f"b{i}" for i in range(20)])
+    assert fresh.norm_bound == raised
+    docs = Gaussians.concat([base, big])
+    ids = [f"a{i}" for i in range(200)] + [f"b{i}" for i in range(20)]
+    np.testing.assert_allclose(np.linalg.norm(_stored_vectors(fresh, ids), axis=1), raised, rtol=1e-5)
+    queries = Gaussians.concat([random_gaussians(10, K, seed=28), big[:4]])
+    want = _exact_top(queries, docs, ids, 5)
+    for s in (fresh, store):
+        assert [[h.id for h in row] for row in s.search_batch(queries, k=5)] == want
+
+
+def test_a_collection_from_the_previous_release_loads_and_grows(tmp_path: Path) -> None:
+    """Rows of the previous format: ``[d~, sqrt(M^2 - ||d~||^2)]`` (no offset), no version stored."""
+    import json
+
+    from kl_retrievers.gaussian import kl_document_vectors
+
+    docs = random_gaussians(150, K, seed=29)
+    ids = [f"d{i}" for i in range(150)]
+    made = _store(tmp_path, index_type="flat", dim=K)  # creates the collection, nothing stored yet
+    dvec = np.asarray(kl_document_vectors(docs))
+    bound = 1.1 * float(np.linalg.norm(dvec, axis=1).max())
+    extra = np.sqrt(bound**2 - np.einsum("ij,ij->i", dvec, dvec))
+    rows = [
+        {"id": i, "vector": np.append(v, e).astype(np.float32).tolist(), "text": "", "metadata": {}}
+        for i, v, e in zip(ids, dvec, extra, strict=True)
+    ]
+    made.client.upsert(made.collection_name, rows)
+    key = "kl_retrievers.config"
+    config = json.loads(made.client.describe_collection(made.collection_name)["properties"][key])
+    for new_key in ("index_offset", "version", "writer", "rewrite"):
+        config.pop(new_key, None)
+    config.update(format_version=1, norm_bound=bound)
+    made.client.alter_collection_properties(made.collection_name, properties={key: json.dumps(config)})
+    old = _store(tmp_path, index_type="flat", rescore_pool=1, rescore_factor=1)
+    assert old.norm_bound == bound and old.index_offset == 0.0
+    queries = random_gaussians(8, K, seed=30)
+    assert [[h.id for h in row] for row in old.search_batch(queries, k=5)] == _exact_top(queries, docs, ids, 5)
+    big = Gaussians(docs.mean[:10] * 4.0, docs.var[:10] * 0.5)
+    old.add(gaussians=big, ids=[f"b{i}" for i in range(10)])
+    assert old.norm_bound is not None and old.norm_bound > bound and old.index_offset == 0.0
+    all_ids = ids + [f"b{i}" for i in range(10)]
+    want = _exact_top(queries, Gaussians.concat([docs, big]), all_ids, 5)
+    assert [[h.id for h in row] for row in old.search_batch(queries, k=5)] == want
+
+
+@pytest.mark.parametrize(("hook", "nth"), [("alter_collection_properties", 1), ("upsert", 1), ("upsert", 2)])
+def test_a_writer_raced_by_another_starts_over_and_ends_consistent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hook: str, nth: int
+) -> None:
+    """Another process raises M right after this writer's nth call of ``hook``: just after it stored
+    its own M (the other value wins the write-then-verify), in the middle of its row rewrite (a stored
+    row above M), or after it inserted its rows (caught by the check after the insert)."""
+    base = random_gaussians(150, K, seed=31)
+    big = Gaussians(base.mean[:10] * 4.0, base.var[:10] * 0.5)
+    bigger = Gaussians(base.mean[10:15] * 6.0, base.var[10:15] * 0.4)
+    opts = {"index_type": "flat", "rescore_pool": 1, "rescore_factor": 1}
+    first = _store(tmp_path, **opts)
+    first.add(gaussians=base, ids=[f"a{i}" for i in range(150)])
+    second = _store(tmp_path, **opts)
+    real = getattr(first.client, hook)
+    calls: list[int] = []
+
+    def racing(*args: object, **kwargs: object) -> object:
+        out = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == nth:
+            second.add(gaussians=bigger, ids=[f"c{i}" for i in range(5)])
+        return out
+
+    monkeypatch.setattr(first.client, hook, racing)
+    first.add(gaussians=big, ids=[f"b{i}" for i in range(10)])
+    monkeypatch.undo()
+    assert len(calls) >= nth and first.norm_bound == second.norm_bound
+    docs = Gaussians.concat([base, big, bigger])
+    ids = [f"a{i}" for i in range(150)] + [f"b{i}" for i in range(10)] + [f"c{i}" for i in range(5)]
+    np.testing.assert_allclose(np.linalg.norm(_stored_vectors(first, ids), axis=1), first.norm_bound, rtol=1e-5)
+    queries = Gaussians.concat([random_gaussians(8, K, seed=32), big[:3], bigger[:2]])
+    want = _exact_top(queries, docs, ids, 5)
+    for store in (first, second):
+        assert [[h.id for h in row] for row in store.search_batch(queries, k=5)] == want
+    assert first.repair() == first.norm_version  # nothing left to repair; the rows stay as they are
+    assert [[h.id for h in row] for row in first.search_batch(queries, k=5)] == want

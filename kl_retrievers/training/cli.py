@@ -44,24 +44,26 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
         description="Train a Gaussian encoder scored by -KL (or a vector twin) from BEIR folders or JSONL files.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    from kl_retrievers.cli import positive_int, token_budget
+
     d = p.add_argument_group("data")
     d.add_argument("--data", action="append", required=True, help="BEIR folder (its --split) or .jsonl file; repeat")
     d.add_argument("--split", default="train", help="qrels split of BEIR folders")
     d.add_argument("--hard-negatives", choices=["bm25", "model", "none"], default="none", help="mine hard negatives")
-    d.add_argument("--mine-k", type=int, default=30, help="hard negatives mined per query")
+    d.add_argument("--mine-k", type=positive_int, default=30, help="hard negatives mined per query")
     d.add_argument("--teacher", action="store_true", help="score candidates with the int8 cross-encoder teacher")
     m = p.add_argument_group("model")
     m.add_argument("--base", default=DEFAULT_BASE, help="backbone hub id or path")
     m.add_argument("--init-from", default=None, help="start from a saved GaussianEncoder instead of --base")
-    m.add_argument("--dim", type=int, default=None, help="output dimension (default: hidden size)")
+    m.add_argument("--dim", type=positive_int, default=None, help="output dimension (default: hidden size)")
     m.add_argument("--beta", type=float, default=1.0, help="softplus beta of the variance head")
     m.add_argument("--pooling", choices=["cls", "mean"], default="mean")
     m.add_argument("--no-var-token", action="store_true", help="variance head reads the pooled vector")
     m.add_argument("--no-normalize-pooled", action="store_true", help="do not L2-normalise the pooled vector")
     m.add_argument("--random-mean-head", action="store_true", help="random mean head even when dim == hidden")
     m.add_argument("--init-variance", type=float, default=1.0)
-    m.add_argument("--max-length", type=int, default=256)
-    m.add_argument("--query-max-length", type=int, default=64)
+    m.add_argument("--max-length", type=token_budget, default=256)
+    m.add_argument("--query-max-length", type=token_budget, default=64)
     t = p.add_argument_group("training")
     t.add_argument("--out", required=True, help="output folder of the trained model")
     t.add_argument("--similarity", choices=["neg_kl", "dot", "cosine"], default="neg_kl")
@@ -71,9 +73,9 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--freeze-layers", type=int, default=0, metavar="N", help="freeze embeddings + lower N layers")
     g.add_argument("--lora-r", type=int, default=0, metavar="R", help="train a LoRA adapter of rank R (peft)")
     g.add_argument("--heads-only-cached", action="store_true", help="fast path: cached frozen features, heads only")
-    t.add_argument("--steps", type=int, default=1000)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--grad-accum", type=int, default=1)
+    t.add_argument("--steps", type=positive_int, default=1000)
+    t.add_argument("--batch-size", type=positive_int, default=32)
+    t.add_argument("--grad-accum", type=positive_int, default=1)
     t.add_argument("--negatives", type=int, default=7, help="hard negatives sampled per query and step")
     t.add_argument("--lr", type=float, default=None, help="peak lr (default 1e-3 heads-only, else 2e-5)")
     t.add_argument(
@@ -196,6 +198,9 @@ def run_train(args: argparse.Namespace) -> int:
     cache_root = Path(args.cache_dir) if args.cache_dir else default_feature_cache_dir().parent
     feature_cache = cache_root / "features"
     try:
+        from kl_retrievers.cli import check_output_path
+
+        check_output_path(out, "--out", folder=True)  # before hours of training, not after
         ts = load_training_data(args.data, split=args.split)
         if args.init_from:
             encoder = GaussianEncoder.from_pretrained(args.init_from)
@@ -278,10 +283,10 @@ def run_train(args: argparse.Namespace) -> int:
             )
             result = train_encoder(encoder, ts, cfg, checkpoint_dir=ckpt, resume=args.resume)
     except TrainingDivergedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"kl-retrievers train: error: {exc}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"kl-retrievers train: error: {exc}", file=sys.stderr)
         return 2
     recipe = {
         **cfg.to_dict(),

@@ -1,0 +1,739 @@
+"""Gaussian encoders on ONNX Runtime: export, optional dynamic int8 quantisation, and a torch-free encoder.
+
+:func:`export_onnx` (also :meth:`GaussianEncoder.export_onnx <kl_retrievers.encoder.GaussianEncoder.export_onnx>`)
+writes a folder that :class:`OnnxGaussianEncoder` loads with numpy, ``onnxruntime`` and ``tokenizers`` only:
+
+- ``model.onnx``: one graph from token ids to the two outputs ``mean`` and ``var`` (``(batch, dim)``
+  float32 each). Pooling, the normalisation of the pooled state, both heads, the softplus-beta and
+  the variance floor are inside the graph. With ``quantize="int8"`` the weights of its matrix
+  products are int8 (ONNX Runtime's dynamic quantisation: activations are quantised on the fly).
+- ``tokenizer.json``: the encoder's tokenizer (``[VAR]`` included) for the ``tokenizers`` library;
+  the encoder inserts ``[VAR]`` after the first token exactly as the torch encoder does.
+- ``config.json``: ``backend: "onnx"``, the quantisation, the dimension, the token budgets, the
+  library version, the score, the source encoder's config and the graph's SHA-256.
+
+This module imports neither torch nor transformers: only the export needs them (and ``onnx``
+for quantisation), and they are imported when it runs.
+
+Examples:
+    >>> from kl_retrievers import load_model
+    >>> enc = load_model("minilm-gauss-soup", backend="onnx")  # doctest: +SKIP
+    >>> enc.encode_documents(["a passage"]).mean.shape  # doctest: +SKIP
+    (1, 384)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import threading
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from kl_retrievers._io import atomic_dir, check_version, library_version
+from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians
+
+if TYPE_CHECKING:
+    from kl_retrievers.encoder import GaussianEncoder
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "QUANTIZATIONS",
+    "OnnxEncoderConfig",
+    "OnnxGaussianEncoder",
+    "OnnxModelError",
+    "export_onnx",
+    "is_onnx_folder",
+]
+
+FORMAT_VERSION = 1
+BACKEND = "onnx"
+MODEL_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+CONFIG_NAME = "config.json"
+VAR_TOKEN = "[VAR]"
+#: Accepted values of ``quantize``: dynamic int8 weights, or none (float32).
+QUANTIZATIONS: tuple[str | None, ...] = ("int8", None)
+OUTPUTS = ("mean", "var")
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+_OPSET = 17
+#: Names how exports are made; part of the key of :func:`kl_retrievers.load_model`'s ONNX cache, so that a
+#: change of recipe makes new exports instead of reusing old ones.
+EXPORT_RECIPE = f"format{FORMAT_VERSION}-opset{_OPSET}-eager-int8matmul-perchannel"
+#: Texts used to check an export against the torch encoder (varied lengths, so padding is exercised).
+_PROBE_TEXTS = (
+    "a",
+    "what is the gaussian of a document?",
+    "The quick brown fox jumps over the lazy dog; " * 40,
+    "",
+    "Retrieval with Gaussian representations scored by negative KL divergence.",
+)
+
+
+class OnnxModelError(ValueError):
+    """A folder that is not a valid ONNX Gaussian encoder (the message names the folder and what is wrong)."""
+
+
+@dataclass
+class OnnxEncoderConfig:
+    """What an :class:`OnnxGaussianEncoder` reads from its ``config.json``.
+
+    Attributes:
+        dim: Output dimension ``k`` of the mean and the variance.
+        max_length: Default token budget for documents.
+        query_max_length: Default token budget for queries.
+        quantize: ``"int8"`` or ``None`` (float32 weights).
+        var_token_id: Id of ``[VAR]`` (inserted after the first token), or ``None`` without it.
+        max_tokens: The most tokens the backbone reads (its position embeddings), or ``None``.
+        pad_token_id: Id used for padding.
+        padding_side: ``"right"`` or ``"left"``, as the source tokenizer pads.
+        model_sha256: SHA-256 of ``model.onnx`` (identifies the weights, e.g. for encoding caches).
+        encoder: The source :class:`~kl_retrievers.encoder.GaussianEncoderConfig` as a dictionary.
+    """
+
+    dim: int
+    max_length: int
+    query_max_length: int
+    quantize: str | None
+    var_token_id: int | None
+    max_tokens: int | None
+    pad_token_id: int
+    padding_side: str
+    model_sha256: str
+    encoder: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary (with ``backend: "onnx"``)."""
+        return {"backend": BACKEND, **asdict(self)}
+
+    @property
+    def beta(self) -> float | None:
+        """The source encoder's softplus sharpness."""
+        return self.encoder.get("beta")
+
+
+# ---------------------------------------------------------------------- export
+def export_onnx(
+    encoder: GaussianEncoder,
+    folder: str | os.PathLike[str],
+    *,
+    quantize: str | None = "int8",
+    per_channel: bool = True,
+    verify: bool = True,
+) -> Path:
+    """Export a :class:`~kl_retrievers.encoder.GaussianEncoder` to an ONNX folder.
+
+    Args:
+        encoder: The torch encoder to export (left unchanged, in its train/eval mode).
+        folder: Target folder; written atomically (an interrupted export keeps the previous copy).
+        quantize: ``"int8"`` (dynamic quantisation of the weights with ONNX Runtime's
+            ``quantize_dynamic``) or ``None`` for float32.
+        per_channel: int8 only: one scale per output channel of each weight (closer to float32).
+        verify: Check the float32 graph against the torch encoder on a few texts of varied lengths
+            (padding and truncation included) before writing; raises when they differ.
+
+    Returns:
+        The folder written.
+
+    Raises:
+        ValueError: ``quantize`` is not one of :data:`QUANTIZATIONS`.
+        RuntimeError: The exported graph does not reproduce the torch encoder.
+        ImportError: torch, onnxruntime, or (for int8) onnx is missing.
+
+    Examples:
+        >>> encoder.export_onnx("my-encoder-onnx")  # doctest: +SKIP
+        >>> OnnxGaussianEncoder("my-encoder-onnx").encode_queries("what is -KL?")  # doctest: +SKIP
+    """
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {QUANTIZATIONS}; got {quantize!r}")
+    import torch
+
+    target = Path(folder)
+    tokenizer_json = _tokenizer_json(encoder)
+    with atomic_dir(target) as tmp:
+        float_path = tmp / (MODEL_FILE if quantize is None else "model-float32.onnx")
+        was_training = encoder.training
+        encoder.eval()
+        try:
+            _torch_export(encoder, float_path)
+            if verify:
+                _verify_export(encoder, float_path, tokenizer_json)
+        finally:
+            encoder.train(was_training)
+        if quantize == "int8":
+            _quantize_int8(float_path, tmp / MODEL_FILE, per_channel=per_channel)
+            float_path.unlink()
+        (tmp / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
+        config = _onnx_config(encoder, quantize=quantize, model_sha256=_sha256(tmp / MODEL_FILE))
+        meta = {
+            "library": "kl_retrievers",
+            "library_version": library_version(),
+            "format_version": FORMAT_VERSION,
+            "backend": BACKEND,
+            "quantize": quantize,
+            "per_channel": bool(per_channel) if quantize else None,
+            "onnx_opset": _OPSET,
+            "torch_version": torch.__version__,
+            "score": {"name": SCORE_NAME, "direction": SCORE_DIRECTION},
+            "source": {"name_or_path": str(encoder.name_or_path), "backbone_config": encoder.backbone.config.to_dict()},
+            "outputs": list(OUTPUTS),
+            "onnx": {k: v for k, v in config.to_dict().items() if k != "backend"},
+        }
+        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    logger.info("exported %s to %s (%s)", encoder.name_or_path, target, quantize or "float32")
+    return target
+
+
+def _tokenizer_json(encoder: GaussianEncoder) -> str:
+    """The encoder's fast tokenizer as ``tokenizer.json`` text, with no padding or truncation preset."""
+    from tokenizers import Tokenizer
+
+    backend = getattr(encoder.tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError(
+            f"{encoder.name_or_path or 'this encoder'}: its tokenizer ({type(encoder.tokenizer).__name__}) has no "
+            "tokenizers-library backend (tokenizer.json); the ONNX export needs a fast tokenizer"
+        )
+    tok = Tokenizer.from_str(backend.to_str())
+    tok.no_padding()
+    tok.no_truncation()
+    return str(tok.to_str(pretty=False))
+
+
+def _torch_export(encoder: GaussianEncoder, path: Path) -> None:
+    """Trace ``encoder`` (already in eval mode) into an ONNX graph with dynamic batch and length."""
+    import torch
+
+    class _Graph(torch.nn.Module):
+        def __init__(self, enc: GaussianEncoder, names: tuple[str, ...]) -> None:
+            super().__init__()
+            self.enc = enc
+            self.names = names
+
+        def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            kwargs = dict(zip(self.names, inputs, strict=True))
+            mean, var = self.enc(**kwargs)
+            return mean.float(), var.float()
+
+    batch = encoder.tokenize(list(_PROBE_TEXTS[:2]), 16)  # two lengths: the trace sees padding
+    names = tuple(n for n in _INPUTS if n in batch)
+    args = tuple(batch[n].to(encoder.device) for n in names)
+    axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "tokens"} for n in names}
+    axes.update({n: {0: "batch"} for n in OUTPUTS})
+    graph = _Graph(encoder, names).eval()
+    # Plain (eager) attention traces into a smaller graph than SDPA's (no NaN guards per layer).
+    backbone = encoder.backbone
+    previous = getattr(getattr(backbone, "config", None), "_attn_implementation", None)
+    switch = getattr(backbone, "set_attn_implementation", None)
+    switched = False
+    if callable(switch) and previous not in (None, "eager"):
+        try:
+            switch("eager")
+            switched = True
+        except (ValueError, TypeError, AttributeError, ImportError):  # a backbone without eager attention
+            logger.debug("keeping %s attention for the ONNX export", previous)
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings about Python control flow in transformers
+            torch.onnx.export(
+                graph,
+                args,
+                os.fspath(path),
+                input_names=list(names),
+                output_names=list(OUTPUTS),
+                dynamic_axes=axes,
+                opset_version=_OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+    finally:
+        if switched and callable(switch):
+            switch(previous)
+
+
+def _verify_export(encoder: GaussianEncoder, path: Path, tokenizer_json: str) -> None:
+    """Raise when the float32 graph, fed by the tokenizers-library pipeline, differs from torch."""
+    import torch
+
+    onnx_enc = OnnxGaussianEncoder._from_parts(path, tokenizer_json, _onnx_config(encoder), where=str(path))
+    texts = list(_PROBE_TEXTS)
+    for max_length in (encoder.config.max_length, 8):
+        with torch.inference_mode():
+            batch = {k: v.to(encoder.device) for k, v in encoder.tokenize(texts, max_length).items()}
+            mean, var = (t.float().cpu().numpy() for t in encoder(**batch))
+        arrays = onnx_enc._batch_arrays(onnx_enc._token_ids(texts, max_length))
+        for key, value in arrays.items():
+            if key in batch and not np.array_equal(value, batch[key].cpu().numpy()):
+                raise RuntimeError(
+                    f"the tokenizers-library tokenizer gives other {key} than the encoder's tokenizer "
+                    f"(max_length {max_length}); cannot export {encoder.name_or_path!r} to ONNX faithfully"
+                )
+        got = onnx_enc._encode(texts, max_length=max_length, batch_size=len(texts), show_progress_bar=False, desc="")
+        for name, a, b in (("mean", got.mean, mean), ("var", got.var, var)):
+            scale = max(1.0, float(np.abs(b).max()))
+            err = float(np.abs(a - b).max())
+            if not err <= 1e-4 * scale:
+                raise RuntimeError(
+                    f"the exported ONNX graph differs from the torch encoder on {name} by {err:.3g} "
+                    f"(max_length {max_length}); the export of {encoder.name_or_path!r} is not faithful"
+                )
+
+
+def _onnx_config(encoder: GaussianEncoder, *, quantize: str | None = None, model_sha256: str = "") -> OnnxEncoderConfig:
+    tok = encoder.tokenizer
+    return OnnxEncoderConfig(
+        dim=int(encoder.config.dim),
+        max_length=int(encoder.config.max_length),
+        query_max_length=int(encoder.config.query_max_length),
+        quantize=quantize,
+        var_token_id=encoder.var_token_id,
+        max_tokens=encoder.max_tokens,
+        pad_token_id=int(tok.pad_token_id) if tok.pad_token_id is not None else 0,
+        padding_side=str(getattr(tok, "padding_side", "right")),
+        model_sha256=model_sha256,
+        encoder=encoder.config.to_dict(),
+    )
+
+
+def _quantize_int8(source: Path, target: Path, *, per_channel: bool) -> None:
+    """Dynamic int8 quantisation of the weights (ONNX Runtime's ``quantize_dynamic``)."""
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as exc:  # onnxruntime.quantization needs the onnx package
+        raise ImportError(f"int8 export needs onnxruntime and onnx ({exc}); pip install 'kl-retrievers[onnx]'") from exc
+    with _quiet_root_logger("pre-processing before quantization"):
+        quantize_dynamic(
+            source,
+            target,
+            per_channel=per_channel,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],  # not Gather: the embeddings stay float32
+        )
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+@contextmanager
+def _quiet_root_logger(text: str) -> Iterator[None]:
+    """Drop root-logger records containing ``text``, without letting ``logging.warning`` configure logging.
+
+    ONNX Runtime's quantiser logs an advice through the root logger, which would otherwise install a
+    stderr handler in the caller's process (``logging.basicConfig``) when none is set up.
+    """
+    root = logging.getLogger()
+    guard = logging.NullHandler() if not root.handlers else None
+    if guard is not None:
+        root.addHandler(guard)
+    drop = _DropMessages(text)
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+        if guard is not None:
+            root.removeHandler(guard)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def is_onnx_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a folder holding an ONNX export (``model.onnx`` and ``config.json``).
+
+    Examples:
+        >>> is_onnx_folder("no-such-folder")
+        False
+    """
+    p = Path(path)
+    return (p / MODEL_FILE).is_file() and (p / CONFIG_NAME).is_file()
+
+
+# ---------------------------------------------------------------------- inference
+def _check_texts(texts: str | Sequence[str] | None) -> list[str]:
+    if isinstance(texts, str):
+        return [texts]
+    if texts is None:
+        raise TypeError("texts must be a str or a sequence of str; got None")
+    if not isinstance(texts, Iterable):
+        raise TypeError(f"texts must be a str or a sequence of str; got {type(texts).__name__}")
+    out = list(texts)
+    for i, text in enumerate(out):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__}; every text must be a str")
+    return out
+
+
+class OnnxGaussianEncoder:
+    """A Gaussian encoder served by ONNX Runtime on CPU, with the interface of the torch encoder.
+
+    Loads a folder written by :func:`export_onnx`. Only numpy, ``onnxruntime`` and ``tokenizers``
+    are used. Texts are tokenized, sorted by token count (so batches hold texts of similar length),
+    padded per batch, and the results are returned in input order.
+
+    Args:
+        path: A folder holding ``model.onnx``, ``tokenizer.json`` and ``config.json``.
+        num_threads: ONNX Runtime intra-op threads (default: its own choice, the physical cores).
+        name_or_path: How the encoder names itself (default: ``path``).
+
+    Raises:
+        OnnxModelError: The folder is not an ONNX export, or its graph does not match its config.
+
+    Examples:
+        >>> enc = OnnxGaussianEncoder("my-encoder-onnx")  # doctest: +SKIP
+        >>> enc.encode_documents(["a passage", "another"]).mean.dtype  # doctest: +SKIP
+        dtype('float32')
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, num_threads: int | None = None, name_or_path: str | None = None
+    ) -> None:
+        folder = Path(path)
+        meta = _read_meta(folder)
+        config = _config_from_meta(meta, folder)
+        tokenizer_file = folder / TOKENIZER_FILE
+        if not tokenizer_file.is_file():
+            raise OnnxModelError(f"{folder} is missing {TOKENIZER_FILE}")
+        self._setup(
+            folder / MODEL_FILE,
+            tokenizer_file.read_text(encoding="utf-8"),
+            config,
+            where=str(folder),
+            num_threads=num_threads,
+        )
+        self.path = folder
+        self.meta = meta
+        self.name_or_path = name_or_path or os.fspath(path)
+
+    @classmethod
+    def _from_parts(
+        cls, model: Path, tokenizer_json: str, config: OnnxEncoderConfig, *, where: str
+    ) -> OnnxGaussianEncoder:
+        self = cls.__new__(cls)
+        self._setup(model, tokenizer_json, config, where=where, num_threads=None)
+        self.path = model.parent
+        self.meta = {}
+        self.name_or_path = where
+        return self
+
+    def _setup(
+        self, model: Path, tokenizer_json: str, config: OnnxEncoderConfig, *, where: str, num_threads: int | None
+    ) -> None:
+        try:
+            import onnxruntime as ort
+            from tokenizers import Tokenizer
+        except ImportError as exc:
+            raise ImportError(
+                f"the ONNX backend needs onnxruntime and tokenizers ({exc}); pip install 'kl-retrievers[onnx]'"
+            ) from exc
+
+        if not model.is_file():
+            raise OnnxModelError(f"{where} is missing {MODEL_FILE}")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if num_threads is not None:
+            if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+                raise ValueError(f"num_threads must be an int >= 1; got {num_threads!r}")
+            options.intra_op_num_threads = num_threads
+        try:
+            session = ort.InferenceSession(os.fspath(model), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
+            raise OnnxModelError(f"{where}: {MODEL_FILE} is not a readable ONNX graph ({exc})") from None
+        try:
+            tokenizer = Tokenizer.from_str(tokenizer_json)
+        except Exception as exc:  # tokenizers raises plain Exception subclasses
+            raise OnnxModelError(f"{where}: {TOKENIZER_FILE} is not a tokenizers-library tokenizer ({exc})") from None
+        self.config = config
+        self._session = session
+        self._tokenizer = tokenizer
+        self._lock = threading.Lock()
+        self._warned_lengths: set[int] = set()
+        self._input_names = _check_graph(session, config, where)
+        if config.var_token_id is not None:
+            found = tokenizer.token_to_id(VAR_TOKEN)
+            if found != config.var_token_id:
+                raise OnnxModelError(
+                    f"{where}: {TOKENIZER_FILE} maps {VAR_TOKEN} to {found}; config.json says {config.var_token_id}"
+                )
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def quantize(self) -> str | None:
+        """``"int8"`` or ``None`` (float32)."""
+        return self.config.quantize
+
+    @property
+    def max_tokens(self) -> int | None:
+        """The most tokens (``[VAR]`` included) the graph reads; longer budgets are clamped with a warning."""
+        return self.config.max_tokens
+
+    @property
+    def device(self) -> str:
+        """Always ``"cpu"`` (ONNX Runtime's CPU execution provider)."""
+        return "cpu"
+
+    def __repr__(self) -> str:
+        return (
+            f"OnnxGaussianEncoder(name_or_path={self.name_or_path!r}, dim={self.config.dim}, "
+            f"quantize={self.config.quantize!r})"
+        )
+
+    # ------------------------------------------------------------------ encoding
+    def encode_queries(
+        self,
+        texts: str | Sequence[str],
+        *,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        show_progress_bar: bool | None = None,
+        convert_to: Literal["numpy", "torch"] = "numpy",
+        device: str | None = None,
+    ) -> Gaussians:
+        """Encode queries into Gaussians (one row per text, input order kept).
+
+        Args:
+            texts: A string or a sequence of strings (empty strings are allowed).
+            batch_size: Texts per graph run (texts are sorted by token count first).
+            max_length: Token budget, an int >= 3 (default ``config.query_max_length``); longer texts
+                are truncated; above :attr:`max_tokens` it is clamped to that, with a warning.
+            show_progress_bar: Show a tqdm bar (default: when stderr is a terminal and there are several batches).
+            convert_to: ``"numpy"`` or ``"torch"`` (the latter needs torch).
+            device: ``None`` or ``"cpu"`` (the ONNX backend runs on CPU).
+
+        Returns:
+            :class:`~kl_retrievers.gaussian.Gaussians` of float32, shape ``(len(texts), dim)``.
+        """
+        return self._encode(
+            texts,
+            max_length=self.config.query_max_length if max_length is None else max_length,
+            batch_size=batch_size,
+            show_progress_bar=show_progress_bar,
+            convert_to=convert_to,
+            device=device,
+            desc="Encoding queries",
+        )
+
+    def encode_documents(
+        self,
+        texts: str | Sequence[str],
+        *,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        show_progress_bar: bool | None = None,
+        convert_to: Literal["numpy", "torch"] = "numpy",
+        device: str | None = None,
+    ) -> Gaussians:
+        """Encode documents into Gaussians; arguments as :meth:`encode_queries`.
+
+        ``max_length`` defaults to ``config.max_length``.
+        """
+        return self._encode(
+            texts,
+            max_length=self.config.max_length if max_length is None else max_length,
+            batch_size=batch_size,
+            show_progress_bar=show_progress_bar,
+            convert_to=convert_to,
+            device=device,
+            desc="Encoding documents",
+        )
+
+    def _clamp_length(self, max_length: int) -> int:
+        limit = self.config.max_tokens
+        if limit is None or max_length <= limit:
+            return max_length
+        if max_length not in self._warned_lengths:
+            self._warned_lengths.add(max_length)
+            logger.warning(
+                "max_length %d is above what %s reads (%d tokens, its position embeddings); using %d",
+                max_length,
+                self.name_or_path,
+                limit,
+                limit,
+            )
+        return limit
+
+    def _token_ids(self, texts: list[str], max_length: int) -> list[tuple[list[int], list[int]]]:
+        """Token ids and type ids of each text, truncated so that ``[VAR]`` still fits in ``max_length``."""
+        budget = max_length - 1 if self.config.var_token_id is not None else max_length
+        with self._lock:  # truncation is tokenizer state: one budget at a time
+            self._tokenizer.enable_truncation(max_length=budget)
+            encodings = self._tokenizer.encode_batch(texts)
+        return [(e.ids, e.type_ids) for e in encodings]
+
+    def _batch_arrays(self, rows: list[tuple[list[int], list[int]]]) -> dict[str, np.ndarray]:
+        """Pad one batch and insert ``[VAR]`` after the first token (as the torch encoder does)."""
+        n, width = len(rows), max(len(ids) for ids, _ in rows)
+        ids = np.full((n, width), self.config.pad_token_id, dtype=np.int64)
+        mask = np.zeros((n, width), dtype=np.int64)
+        types = np.zeros((n, width), dtype=np.int64)
+        left = self.config.padding_side == "left"
+        for i, (row_ids, row_types) in enumerate(rows):
+            sl = slice(width - len(row_ids), width) if left else slice(0, len(row_ids))
+            ids[i, sl] = row_ids
+            mask[i, sl] = 1
+            types[i, sl] = row_types
+        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        var_id = self.config.var_token_id
+        if var_id is not None:
+            for key, fill in (("input_ids", var_id), ("attention_mask", 1), ("token_type_ids", 0)):
+                value = arrays[key]
+                arrays[key] = np.concatenate([value[:, :1], np.full((n, 1), fill, np.int64), value[:, 1:]], axis=1)
+        return {k: arrays[k] for k in self._input_names}
+
+    def _encode(
+        self,
+        texts: str | Sequence[str],
+        *,
+        max_length: int,
+        batch_size: int,
+        show_progress_bar: bool | None,
+        desc: str,
+        convert_to: str = "numpy",
+        device: str | None = None,
+    ) -> Gaussians:
+        items = _check_texts(texts)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3:
+            raise ValueError(f"max_length must be an int >= 3; got {max_length!r}")
+        if convert_to not in ("numpy", "torch"):
+            raise ValueError(f"convert_to must be 'numpy' or 'torch'; got {convert_to!r}")
+        if device not in (None, "cpu"):
+            raise ValueError(f"the ONNX backend runs on cpu only; got device={device!r} (use backend='torch')")
+        dim = self.config.dim
+        if not items:
+            empty = np.zeros((0, dim), np.float32)
+            g = Gaussians(empty, empty.copy(), validate=False)
+            return g.torch() if convert_to == "torch" else g
+        rows = self._token_ids(items, self._clamp_length(max_length))
+        order = np.argsort([-len(ids) for ids, _ in rows], kind="stable")
+        if show_progress_bar is None:
+            show_progress_bar = len(items) > batch_size and sys.stderr.isatty()
+        from tqdm import tqdm
+
+        mean = np.empty((len(items), dim), np.float32)
+        var = np.empty((len(items), dim), np.float32)
+        for start in tqdm(range(0, len(items), batch_size), desc=desc, disable=not show_progress_bar, unit="batch"):
+            idx = order[start : start + batch_size]
+            feeds = self._batch_arrays([rows[i] for i in idx])
+            out_mean, out_var = self._session.run(list(OUTPUTS), feeds)
+            if out_mean.shape != (len(idx), dim) or out_var.shape != (len(idx), dim):
+                raise OnnxModelError(
+                    f"{self.name_or_path}: the graph returned mean {out_mean.shape} and var {out_var.shape}; "
+                    f"config.json says dim {dim} (expected ({len(idx)}, {dim}))"
+                )
+            mean[idx] = out_mean
+            var[idx] = out_var
+        g = Gaussians(mean, var, validate=False)
+        return g.torch() if convert_to == "torch" else g
+
+
+# ---------------------------------------------------------------------- loading and checks
+def _read_meta(folder: Path) -> dict[str, Any]:
+    cfg_file = folder / CONFIG_NAME
+    if not folder.is_dir():
+        raise OnnxModelError(f"{folder} is not a folder")
+    try:
+        meta = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise OnnxModelError(f"{folder} is not an ONNX Gaussian encoder: {CONFIG_NAME} is missing") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise OnnxModelError(f"{cfg_file} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("library") != "kl_retrievers":
+        raise OnnxModelError(f"{folder}: its {CONFIG_NAME} was not written by kl_retrievers")
+    if meta.get("backend") != BACKEND:
+        raise OnnxModelError(
+            f"{folder}: {CONFIG_NAME} says backend {meta.get('backend', 'torch')!r}, not 'onnx'; "
+            "load it with backend='torch' (GaussianEncoder.from_pretrained)"
+        )
+    if not (folder / MODEL_FILE).is_file():
+        raise OnnxModelError(f"{folder} is missing {MODEL_FILE}")
+    try:
+        check_version(meta, what=f"ONNX encoder at {folder}", format_version=FORMAT_VERSION)
+    except ValueError as exc:
+        raise OnnxModelError(str(exc)) from None
+    return meta
+
+
+def _config_from_meta(meta: dict[str, Any], folder: Path) -> OnnxEncoderConfig:
+    where = folder / CONFIG_NAME
+    section = meta.get("onnx")
+    if not isinstance(section, dict):
+        raise OnnxModelError(f"{where}: field 'onnx' is missing or not an object")
+
+    def need_int(name: str, low: int, optional: bool = False) -> Any:
+        value = section.get(name)
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise OnnxModelError(f"{where}: field 'onnx.{name}' must be an int >= {low}; got {value!r}")
+        return value
+
+    quantize = section.get("quantize")
+    if quantize not in QUANTIZATIONS:
+        raise OnnxModelError(f"{where}: field 'onnx.quantize' must be one of {QUANTIZATIONS}; got {quantize!r}")
+    padding_side = section.get("padding_side", "right")
+    if padding_side not in ("right", "left"):
+        raise OnnxModelError(f"{where}: field 'onnx.padding_side' must be 'right' or 'left'; got {padding_side!r}")
+    encoder = section.get("encoder", {})
+    if not isinstance(encoder, dict):
+        raise OnnxModelError(f"{where}: field 'onnx.encoder' must be an object")
+    return OnnxEncoderConfig(
+        dim=need_int("dim", 1),
+        max_length=need_int("max_length", 3),
+        query_max_length=need_int("query_max_length", 3),
+        quantize=quantize,
+        var_token_id=need_int("var_token_id", 0, optional=True),
+        max_tokens=need_int("max_tokens", 3, optional=True),
+        pad_token_id=need_int("pad_token_id", 0),
+        padding_side=padding_side,
+        model_sha256=str(section.get("model_sha256", "")),
+        encoder=encoder,
+    )
+
+
+def _check_graph(session: Any, config: OnnxEncoderConfig, where: str) -> tuple[str, ...]:
+    """The graph's input names; raises when its inputs or outputs do not match ``config``."""
+    outputs = {o.name: o for o in session.get_outputs()}
+    missing = [name for name in OUTPUTS if name not in outputs]
+    if missing:
+        raise OnnxModelError(
+            f"{where}: the ONNX graph lacks output(s) {missing} (it has {sorted(outputs)}); "
+            f"an encoder graph has outputs {list(OUTPUTS)}"
+        )
+    for name in OUTPUTS:
+        shape = outputs[name].shape
+        last = shape[-1] if shape else None
+        if len(shape) != 2 or (isinstance(last, int) and last != config.dim):
+            raise OnnxModelError(
+                f"{where}: the ONNX graph's output {name!r} has shape {shape}; config.json says (batch, {config.dim})"
+            )
+    inputs = [i.name for i in session.get_inputs()]
+    unknown = [name for name in inputs if name not in _INPUTS]
+    if unknown or not {"input_ids", "attention_mask"} <= set(inputs):
+        raise OnnxModelError(
+            f"{where}: the ONNX graph's inputs are {inputs}; an encoder graph takes input_ids, attention_mask "
+            "and optionally token_type_ids"
+        )
+    return tuple(inputs)

@@ -1,0 +1,667 @@
+"""Query performance prediction (QPP): how well a per-query signal predicts retrieval quality.
+
+A *predictor* maps each query id to one number; :func:`qpp_report` correlates it with the
+per-query nDCG@10 of the same run (Kendall's tau-b and Pearson's r, with seeded bootstrap 95%
+intervals over queries).  Every predictor is *oriented* so that a positive correlation means
+it predicts well: the model's query uncertainty enters with the sign flipped (a more
+uncertain query should score lower), every other predictor as it is.
+
+Predictors (``PREDICTORS`` holds the same facts):
+
+======================  ====  ==========================================================
+name                    kind  definition (``s_1 >= s_2 >= ...``: the run's scores of one query)
+======================  ====  ==========================================================
+``uncertainty``         pre   :meth:`Gaussians.uncertainty` of the query: the mean log-variance
+                              ``mean_i log var_q_i`` (= log det(Sigma_q) / k); direction -1
+``max_score``           post  ``s_1``
+``nqc``                 post  ``std(s_1..s_k) / |ref|``, ``k = 100`` (Shtok et al., TOIS 2012)
+``gap12``               post  ``s_1 - s_2``
+``wig``                 post  ``mean(s_1..s_k) - ref``, ``k = 5`` (Zhou and Croft, SIGIR 2007,
+                              without the 1/sqrt(|q|) of query-likelihood scores)
+``avg_idf``             pre   mean BM25 IDF ``log(1 + (N - df + 0.5) / (df + 0.5))`` of the query's
+                              terms that occur in the corpus
+``scq``                 pre   mean SCQ ``(1 + log cf) * log(1 + N / df)`` over the same terms
+                              (Zhao et al., ECIR 2008)
+======================  ====  ==========================================================
+
+``ref`` is a per-query *corpus-level reference score*.  Shtok's NQC divides by the score of
+the whole corpus treated as one document; for ``-KL`` the analogue used here is the exact
+mean score of the query over every document of the corpus, ``<q~, mean_d d~> + c(q)``
+(:func:`corpus_mean_scores`, one matrix-vector product through the inner-product rewrite),
+i.e. the score a random document gets.  Runs that come without a corpus (the baselines) use
+the mean of the run's own retrieved scores (depth 100 by default) instead; the report says
+which (``reference``).  ``-KL`` scores are negative, so NQC normalises by the absolute value.
+
+Lexical statistics use the BM25 baseline's tokeniser (lower-cased ``\\b\\w+\\b`` tokens,
+English stop words, no stemming); query terms absent from the corpus are ignored, as BM25
+ignores them, and a query with none left scores 0 (below any possible IDF or SCQ).
+
+Queries with no retrieved document get no post-retrieval value, and ``gap12`` needs two;
+such queries are left out of that predictor's correlation (its ``n`` says how many remain).
+A value that is NaN or infinite raises :class:`ValueError` naming the query's index and id.
+
+Examples:
+    >>> ndcg = {f"q{i}": i / 10 for i in range(10)}
+    >>> run = {q: {"a": -1.0 + v, "b": -1.0} for q, v in ndcg.items()}
+    >>> post = post_retrieval_predictors(run)
+    >>> round(correlation([post["gap12"][q] for q in ndcg], list(ndcg.values()), n_boot=0)["tau"], 6)
+    1.0
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from kl_retrievers.gaussian import Gaussians, kl_document_vectors, kl_query_constant, kl_query_vectors
+
+__all__ = [
+    "PREDICTORS",
+    "MIN_QUERIES",
+    "NQC_K",
+    "WIG_K",
+    "correlation",
+    "uncertainty_predictor",
+    "corpus_mean_scores",
+    "gaussian_query_stats",
+    "post_retrieval_predictors",
+    "LexicalStats",
+    "qpp_report",
+    "qpp_for_run",
+    "per_query_with_predictors",
+    "format_qpp",
+]
+
+logger = logging.getLogger(__name__)
+
+#: name -> {"kind": "pre" | "post", "direction": +1 | -1, "definition": ...}; the direction
+#: multiplies the raw value before correlating, so a positive tau means a good predictor.
+PREDICTORS: dict[str, dict[str, Any]] = {
+    "uncertainty": {"kind": "pre", "direction": -1, "definition": "mean log-variance of the query Gaussian"},
+    "max_score": {"kind": "post", "direction": 1, "definition": "top-1 score"},
+    "nqc": {"kind": "post", "direction": 1, "definition": "std of the top-100 scores / |reference score|"},
+    "gap12": {"kind": "post", "direction": 1, "definition": "top-1 score minus top-2 score"},
+    "wig": {"kind": "post", "direction": 1, "definition": "mean of the top-5 scores minus the reference score"},
+    "avg_idf": {"kind": "pre", "direction": 1, "definition": "mean BM25 IDF of the query terms found in the corpus"},
+    "scq": {"kind": "pre", "direction": 1, "definition": "mean SCQ of the query terms found in the corpus"},
+}
+#: Post-retrieval predictor names (those computed from a run's scores).
+POST_RETRIEVAL: tuple[str, ...] = tuple(n for n, p in PREDICTORS.items() if p["kind"] == "post")
+
+#: Below this many judged queries a correlation is reported with a warning.
+MIN_QUERIES = 10
+#: Depth of the score list for NQC, and for WIG.
+NQC_K = 100
+WIG_K = 5
+#: Default number of bootstrap resamples and their seed.
+N_BOOT = 1000
+SEED = 0
+
+_TOKEN_PATTERN = r"(?u)\b\w+\b"  # the BM25 baseline's (kl_retrievers.baselines.BM25_TOKEN_PATTERN)
+
+
+# --------------------------------------------------------------------------------------
+# Correlations with bootstrap intervals
+# --------------------------------------------------------------------------------------
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _kendall(x: np.ndarray, y: np.ndarray) -> float:
+    from scipy import stats
+
+    if np.all(x == x[0]) or np.all(y == y[0]):
+        return float("nan")
+    return float(stats.kendalltau(x, y).statistic)
+
+
+#: Up to this many queries the bootstrap taus come from one pairwise-sign matrix (fast); above it, scipy per resample.
+_PAIRWISE_MAX = 4000
+
+
+def _kendall_weighted(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b of bootstrap resamples given as multiplicities ``weights`` (``(B, n)``).
+
+    A resample that holds item ``i`` ``w_i`` times has ``C - D = 1/2 * w^T S w`` with
+    ``S_ij = sign(x_i - x_j) * sign(y_i - y_j)``; copies of one item are tied in both
+    variables, so the tie counts of tau-b come from the summed weight of each group of
+    equal values: ``n_x = sum_g W_g (W_g - 1) / 2``.
+    """
+    sign = np.sign(x[:, None] - x[None, :]) * np.sign(y[:, None] - y[None, :])
+    out = np.empty(weights.shape[0])
+    _, gx = np.unique(x, return_inverse=True)
+    _, gy = np.unique(y, return_inverse=True)
+    for start in range(0, weights.shape[0], 64):
+        w = weights[start : start + 64]
+        s = 0.5 * np.einsum("bi,bi->b", w @ sign, w)
+        total = w.sum(axis=1)
+        n0 = total * (total - 1) / 2
+        ties = []
+        for g in (gx, gy):
+            wg = np.zeros((w.shape[0], int(g.max()) + 1))
+            np.add.at(wg.T, g, w.T)
+            ties.append((wg * (wg - 1) / 2).sum(axis=1))
+        den = np.sqrt((n0 - ties[0]) * (n0 - ties[1]))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start : start + 64] = np.where(den > 0, s / den, np.nan)
+    return np.clip(out, -1.0, 1.0)
+
+
+def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson r of each row pair (NaN where a row is constant)."""
+    xc = x - x.mean(axis=-1, keepdims=True)
+    yc = y - y.mean(axis=-1, keepdims=True)
+    den = np.sqrt((xc**2).sum(axis=-1) * (yc**2).sum(axis=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (xc * yc).sum(axis=-1) / den
+    r = np.where(den > 0, r, np.nan)
+    return np.clip(r, -1.0, 1.0)
+
+
+def _interval(samples: np.ndarray, level: float) -> list[float] | None:
+    finite = samples[np.isfinite(samples)]
+    if finite.size == 0:
+        return None
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(finite, [alpha, 1.0 - alpha])
+    return [float(lo), float(hi)]
+
+
+def correlation(
+    predictor: Sequence[float] | np.ndarray,
+    target: Sequence[float] | np.ndarray,
+    *,
+    n_boot: int = N_BOOT,
+    seed: int = SEED,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Kendall's tau-b and Pearson's r between a predictor and a target, with bootstrap intervals.
+
+    The intervals are percentile intervals over ``n_boot`` resamples of the (predictor, target)
+    pairs with replacement, drawn from ``numpy.random.default_rng(seed)``: the same inputs and
+    seed give the same intervals.  A correlation that is undefined (a constant input) is ``None``.
+
+    Args:
+        predictor: One value per query, oriented so that higher predicts better.
+        target: The per-query metric, same order.
+        n_boot: Bootstrap resamples (0: no intervals).
+        seed: Seed of the resampling.
+        level: Interval coverage (default 0.95).
+
+    Returns:
+        ``{"tau", "tau_ci", "pearson", "pearson_ci", "n"}``; the intervals are ``[low, high]`` or ``None``.
+
+    Raises:
+        ValueError: If the lengths differ, fewer than 2 pairs are given, a value is not finite
+            (the message names its position) or ``n_boot``/``level`` are out of range.
+
+    Examples:
+        >>> out = correlation(range(10), [0, 0.2, 0.1, 0.3, 0.4, 0.5, 0.6, 0.8, 0.7, 0.9], n_boot=0)
+        >>> round(out["tau"], 4), out["n"], out["tau_ci"]
+        (0.9111, 10, None)
+    """
+    x = np.asarray(predictor, dtype=np.float64).ravel()
+    y = np.asarray(target, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"predictor and target must have the same length; got {x.size} and {y.size}")
+    if x.size < 2:
+        raise ValueError(f"a correlation needs at least 2 queries; got {x.size}")
+    for name, arr in (("predictor", x), ("target", y)):
+        bad = np.flatnonzero(~np.isfinite(arr))
+        if bad.size:
+            raise ValueError(f"{name} value at position {int(bad[0])} is {arr[bad[0]]}; every value must be finite")
+    if not (isinstance(n_boot, int) and n_boot >= 0):
+        raise ValueError(f"n_boot must be an int >= 0; got {n_boot!r}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1); got {level!r}")
+    n = int(x.size)
+    if n < MIN_QUERIES:
+        warnings.warn(
+            f"a correlation over {n} queries (fewer than {MIN_QUERIES}) is meaningless; it is computed anyway",
+            UserWarning,
+            stacklevel=2,
+        )
+    tau = _kendall(x, y)
+    pearson = float(_pearson_rows(x, y))
+    tau_ci = pearson_ci = None
+    if n_boot > 0:
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, n, size=(n_boot, n))
+        xb, yb = x[idx], y[idx]
+        if n <= _PAIRWISE_MAX:
+            counts = np.zeros((n_boot, n))
+            np.add.at(counts, (np.repeat(np.arange(n_boot), n), idx.ravel()), 1.0)
+            taus = _kendall_weighted(x, y, counts)
+        else:
+            taus = np.array([_kendall(xb[i], yb[i]) for i in range(n_boot)])
+        tau_ci = _interval(taus, level)
+        pearson_ci = _interval(_pearson_rows(xb, yb), level)
+    return {
+        "tau": _finite_or_none(tau),
+        "tau_ci": tau_ci,
+        "pearson": _finite_or_none(pearson),
+        "pearson_ci": pearson_ci,
+        "n": n,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Predictors
+# --------------------------------------------------------------------------------------
+
+
+def _check_values(name: str, query_ids: Sequence[str], values: np.ndarray) -> None:
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"{name} of query index {i} (id {query_ids[i]!r}) is {values[i]}; it must be finite "
+            f"({bad.size} non-finite value(s) in all)"
+        )
+
+
+def uncertainty_predictor(queries: Gaussians, query_ids: Sequence[str]) -> dict[str, float]:
+    """Each query's :meth:`Gaussians.uncertainty` (mean log-variance; higher is more uncertain).
+
+    Raises:
+        ValueError: If the ids do not match the Gaussians, or a value is not finite (naming the
+            query index and id).
+
+    Examples:
+        >>> g = Gaussians(np.zeros((2, 2)), np.array([[1.0, 1.0], [np.e, np.e]]))
+        >>> uncertainty_predictor(g, ["a", "b"])
+        {'a': 0.0, 'b': 1.0}
+    """
+    if len(queries) != len(query_ids):
+        raise ValueError(f"{len(queries)} query Gaussians but {len(query_ids)} query ids")
+    g = queries.numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = np.asarray(g.uncertainty(), dtype=np.float64)
+    _check_values("query uncertainty", query_ids, u)
+    return {str(q): float(v) for q, v in zip(query_ids, u, strict=True)}
+
+
+def corpus_mean_scores(queries: Gaussians, documents: Gaussians, *, means_only: bool = False) -> np.ndarray:
+    """Each query's exact mean score over every document: the corpus-level reference score.
+
+    For ``-KL`` this is ``<q~, mean_j d~_j> + c(q)`` (the inner-product rewrite, in float64);
+    with ``means_only`` the mean of ``-||mu_q - mu_d||^2``.
+
+    Returns:
+        Shape ``(n_queries,)``.
+
+    Examples:
+        >>> q = Gaussians(np.zeros((1, 1)), np.ones((1, 1)))
+        >>> d = Gaussians(np.array([[1.0], [3.0]]), np.ones((2, 1)))
+        >>> corpus_mean_scores(q, d).tolist()  # -KL is -0.5 and -4.5
+        [-2.5]
+    """
+    if queries.dim != documents.dim:
+        raise ValueError(f"queries have dimension {queries.dim} but documents {documents.dim}")
+    if len(documents) == 0:
+        raise ValueError("the corpus is empty: no reference score")
+    q = queries.numpy().astype(np.float64)
+    d = documents.numpy().astype(np.float64)
+    if means_only:
+        mean_d = d.mean.mean(axis=0)
+        sq_d = (d.mean**2).sum(axis=1).mean()
+        return np.asarray(-((q.mean**2).sum(axis=1) - 2.0 * q.mean @ mean_d + sq_d))
+    dv = np.asarray(kl_document_vectors(d)).mean(axis=0)
+    return np.asarray(kl_query_vectors(q)) @ dv + np.asarray(kl_query_constant(q))
+
+
+def gaussian_query_stats(
+    queries: Gaussians, documents: Gaussians, query_ids: Sequence[str], *, means_only: bool = False
+) -> dict[str, dict[str, float]]:
+    """Per-query facts a Gaussian run offers the predictors: ``uncertainty`` and ``corpus_score``.
+
+    Raises:
+        ValueError: If a query's uncertainty or reference score is not finite (naming the query
+            index and id).
+
+    Examples:
+        >>> g = Gaussians(np.zeros((1, 2)), np.ones((1, 2)))
+        >>> gaussian_query_stats(g, g, ["q"])
+        {'uncertainty': {'q': 0.0}, 'corpus_score': {'q': 0.0}}
+    """
+    unc = uncertainty_predictor(queries, query_ids)
+    ref = corpus_mean_scores(queries, documents, means_only=means_only)
+    _check_values("corpus reference score", query_ids, ref)
+    return {"uncertainty": unc, "corpus_score": {str(q): float(v) for q, v in zip(query_ids, ref, strict=True)}}
+
+
+def post_retrieval_predictors(
+    run: Mapping[str, Mapping[str, float]],
+    *,
+    reference: Mapping[str, float] | None = None,
+    nqc_k: int = NQC_K,
+    wig_k: int = WIG_K,
+) -> dict[str, dict[str, float]]:
+    """``max_score``, ``nqc``, ``gap12`` and ``wig`` of each query from the run's own scores.
+
+    Args:
+        run: Query id -> {document id: score}; higher is better.
+        reference: Query id -> corpus-level reference score (see the module doc); ``None``: the
+            mean of the query's retrieved scores.
+        nqc_k: Depth of the NQC score list.
+        wig_k: Depth of the WIG score list.
+
+    Returns:
+        Predictor name -> {query id: value}; queries without results (and with one, for
+        ``gap12``) are absent.
+
+    Raises:
+        ValueError: If a score, the reference or a predictor is not finite (naming the query
+            index and id), or a reference is missing for a query.
+
+    Examples:
+        >>> out = post_retrieval_predictors({"q": {"a": 3.0, "b": 1.0}}, reference={"q": -1.0})
+        >>> out["max_score"], out["gap12"], out["wig"], out["nqc"]
+        ({'q': 3.0}, {'q': 2.0}, {'q': 3.0}, {'q': 1.0})
+    """
+    for name, value in (("nqc_k", nqc_k), ("wig_k", wig_k)):
+        if not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"{name} must be an int >= 1; got {value!r}")
+    out: dict[str, dict[str, float]] = {name: {} for name in POST_RETRIEVAL}
+    qids = [str(q) for q in run]
+    empty = 0
+    for i, (qid, docs) in enumerate(zip(qids, run.values(), strict=True)):
+        s = np.sort(np.fromiter((float(v) for v in docs.values()), dtype=np.float64, count=len(docs)))[::-1]
+        if s.size == 0:
+            empty += 1
+            continue
+        if not np.isfinite(s).all():
+            raise ValueError(f"query index {i} (id {qid!r}) has a retrieved score that is not finite; scores must be")
+        if reference is None:
+            ref = float(s.mean())
+        else:
+            if qid not in reference:
+                raise ValueError(f"no reference score for query index {i} (id {qid!r})")
+            ref = float(reference[qid])
+        values = {
+            "max_score": float(s[0]),
+            "nqc": float(s[:nqc_k].std()) / abs(ref) if ref != 0.0 else math.inf,
+            "wig": float(s[:wig_k].mean()) - ref,
+        }
+        if s.size >= 2:
+            values["gap12"] = float(s[0] - s[1])
+        for name, v in values.items():
+            if not math.isfinite(v):
+                raise ValueError(
+                    f"{name} of query index {i} (id {qid!r}) is {v} (reference score {ref}); it must be finite"
+                )
+            out[name][qid] = v
+    if empty:
+        logger.info("%d queries have no retrieved documents: no post-retrieval predictors for them", empty)
+    return out
+
+
+class LexicalStats:
+    """Document frequencies and collection frequencies of a corpus, for IDF and SCQ.
+
+    Args:
+        corpus_texts: The documents (title and text joined, as the baselines index them).
+        stopwords: Stop-word list; default bm25s' English list (as the BM25 baseline).
+
+    Examples:
+        >>> stats = LexicalStats(["the cat sat", "a dog barked", "the cat ran"], stopwords=["the", "a"])
+        >>> stats.n_docs, stats.df["cat"], stats.cf["cat"]
+        (3, 2, 2)
+        >>> [round(v, 4) for v in stats.avg_idf(["cat dog", "unicorn"])]
+        [0.7254, 0.0]
+    """
+
+    def __init__(self, corpus_texts: Sequence[str], *, stopwords: Sequence[str] | None = None) -> None:
+        if stopwords is None:
+            from bm25s.stopwords import STOPWORDS_EN
+
+            stopwords = STOPWORDS_EN
+        self._stop = frozenset(w.lower() for w in stopwords)
+        self._pattern = re.compile(_TOKEN_PATTERN)
+        self.n_docs = len(corpus_texts)
+        if self.n_docs == 0:
+            raise ValueError("the corpus is empty: no lexical statistics")
+        df: dict[str, int] = {}
+        cf: dict[str, int] = {}
+        for text in corpus_texts:
+            toks = self.tokens(text)
+            for t in toks:
+                cf[t] = cf.get(t, 0) + 1
+            for t in set(toks):
+                df[t] = df.get(t, 0) + 1
+        self.df = df
+        self.cf = cf
+
+    def tokens(self, text: str) -> list[str]:
+        """Lower-cased word tokens without stop words."""
+        return [t for t in self._pattern.findall(text.lower()) if t not in self._stop]
+
+    def _known(self, text: str) -> list[str]:
+        return [t for t in self.tokens(text) if t in self.df]
+
+    def idf(self, term: str) -> float:
+        """BM25 (Lucene) IDF ``log(1 + (N - df + 0.5) / (df + 0.5))``."""
+        df = self.df.get(term, 0)
+        return math.log(1.0 + (self.n_docs - df + 0.5) / (df + 0.5))
+
+    def scq(self, term: str) -> float:
+        """SCQ ``(1 + log cf) * log(1 + N / df)`` (0 for a term outside the corpus)."""
+        df = self.df.get(term, 0)
+        if df == 0:
+            return 0.0
+        return (1.0 + math.log(self.cf[term])) * math.log(1.0 + self.n_docs / df)
+
+    def avg_idf(self, queries: Sequence[str]) -> list[float]:
+        """Mean IDF of each query's terms found in the corpus (0 when none is)."""
+        out = []
+        for q in queries:
+            terms = self._known(q)
+            out.append(float(np.mean([self.idf(t) for t in terms])) if terms else 0.0)
+        return out
+
+    def avg_scq(self, queries: Sequence[str]) -> list[float]:
+        """Mean SCQ of each query's terms found in the corpus (0 when none is)."""
+        out = []
+        for q in queries:
+            terms = self._known(q)
+            out.append(float(np.mean([self.scq(t) for t in terms])) if terms else 0.0)
+        return out
+
+    def predictors(self, query_ids: Sequence[str], query_texts: Sequence[str]) -> dict[str, dict[str, float]]:
+        """``{"avg_idf": {qid: value}, "scq": {qid: value}}``."""
+        if len(query_ids) != len(query_texts):
+            raise ValueError(f"{len(query_ids)} query ids but {len(query_texts)} query texts")
+        ids = [str(q) for q in query_ids]
+        return {
+            "avg_idf": dict(zip(ids, self.avg_idf(query_texts), strict=True)),
+            "scq": dict(zip(ids, self.avg_scq(query_texts), strict=True)),
+        }
+
+
+# --------------------------------------------------------------------------------------
+# Reports
+# --------------------------------------------------------------------------------------
+
+
+def qpp_report(
+    target: Mapping[str, float],
+    predictors: Mapping[str, Mapping[str, float]],
+    *,
+    missing: Mapping[str, str] | None = None,
+    metric: str = "ndcg@10",
+    reference: str | None = None,
+    directions: Mapping[str, int] | None = None,
+    n_boot: int = N_BOOT,
+    seed: int = SEED,
+) -> dict[str, Any]:
+    """Correlate each predictor with the per-query target metric.
+
+    Args:
+        target: Query id -> metric value (every judged query).
+        predictors: Predictor name -> {query id: raw value}; names from :data:`PREDICTORS` are
+            oriented by their direction, others by ``directions`` (default +1).
+        missing: Predictor name -> why it is absent (reported under ``"missing"``).
+        metric: Name of the target metric (reported).
+        reference: How the reference score of NQC and WIG was obtained (reported).
+        directions: Orientation (+1 or -1) of predictors outside :data:`PREDICTORS`, e.g. -1 for
+            a disagreement that should be high on hard queries.
+        n_boot: Bootstrap resamples.
+        seed: Bootstrap seed.
+
+    Returns:
+        ``{"metric", "bootstrap", "seed", "reference", "predictors": {name: {"tau", "tau_ci",
+        "pearson", "pearson_ci", "n", "kind", "direction"}}, "missing": {...}}``; a predictor is
+        correlated over the judged queries that have a value for it.
+
+    Raises:
+        ValueError: If a predictor value is not finite (naming the query index and id).
+
+    Examples:
+        >>> ndcg = {f"q{i}": i / 10 for i in range(10)}
+        >>> rep = qpp_report(ndcg, {"max_score": {q: 2 * v for q, v in ndcg.items()}}, n_boot=0)
+        >>> round(rep["predictors"]["max_score"]["tau"], 6), rep["predictors"]["max_score"]["n"]
+        (1.0, 10)
+    """
+    qids = [str(q) for q in target]
+    y_all = {q: float(target[q]) for q in qids}
+    out: dict[str, Any] = {
+        "metric": metric,
+        "bootstrap": n_boot,
+        "seed": seed,
+        "reference": reference,
+        "predictors": {},
+        "missing": dict(missing or {}),
+    }
+    if len(qids) < MIN_QUERIES:
+        # one warning for the whole report (the per-predictor ones are silenced below)
+        warnings.warn(
+            f"only {len(qids)} judged queries (fewer than {MIN_QUERIES}): the QPP correlations are meaningless; "
+            "they are computed anyway",
+            UserWarning,
+            stacklevel=2,
+        )
+    for name, values in predictors.items():
+        info = PREDICTORS.get(name, {"kind": "other", "direction": int((directions or {}).get(name, 1))})
+        if info["direction"] not in (1, -1):
+            raise ValueError(f"the direction of {name!r} must be +1 or -1; got {info['direction']!r}")
+        shared = [q for q in qids if q in values]
+        x = np.array([float(values[q]) for q in shared], dtype=np.float64)
+        if not np.isfinite(x).all():
+            q = shared[int(np.flatnonzero(~np.isfinite(x))[0])]
+            raise ValueError(f"{name} of query index {qids.index(q)} (id {q!r}) is {values[q]}; it must be finite")
+        if len(shared) < 2:
+            out["missing"][name] = f"only {len(shared)} judged queries have a value"
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            res = correlation(info["direction"] * x, [y_all[q] for q in shared], n_boot=n_boot, seed=seed)
+        res.update(kind=info["kind"], direction=info["direction"])
+        out["predictors"][name] = res
+    return out
+
+
+def qpp_for_run(
+    run: Mapping[str, Mapping[str, float]],
+    per_query: Mapping[str, Mapping[str, float]],
+    *,
+    query_ids: Sequence[str],
+    query_texts: Sequence[str],
+    corpus_texts: Sequence[str] | None = None,
+    query_stats: Mapping[str, Mapping[str, float]] | None = None,
+    missing_uncertainty: str | None = None,
+    metric: str = "ndcg@10",
+    n_boot: int = N_BOOT,
+    seed: int = SEED,
+) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """Every predictor of one evaluated run, and the report against its per-query metric.
+
+    Args:
+        run: The evaluated run.
+        per_query: Query id -> {metric: value}, as from :func:`~kl_retrievers.evaluation.evaluate_run`.
+        query_ids: The split's query ids.
+        query_texts: Their texts (for the lexical predictors).
+        corpus_texts: The corpus (for the lexical predictors; ``None``: they are missing).
+        query_stats: From :func:`gaussian_query_stats` (``uncertainty`` and ``corpus_score``);
+            ``None`` for a run without Gaussians.
+        missing_uncertainty: Why the uncertainty is absent, when ``query_stats`` is ``None``.
+        metric: Target metric.
+        n_boot: Bootstrap resamples.
+        seed: Bootstrap seed.
+
+    Returns:
+        ``(report, values)``: the :func:`qpp_report` and predictor name -> {query id: raw value}.
+    """
+    values: dict[str, dict[str, float]] = {}
+    missing: dict[str, str] = {}
+    stats = dict(query_stats or {})
+    if "uncertainty" in stats:
+        values["uncertainty"] = dict(stats["uncertainty"])
+    else:
+        missing["uncertainty"] = missing_uncertainty or "the run comes from a model without variances"
+    reference = stats.get("corpus_score")
+    values.update(post_retrieval_predictors(run, reference=reference))
+    if corpus_texts is not None:
+        values.update(LexicalStats(corpus_texts).predictors(query_ids, query_texts))
+    else:
+        missing["avg_idf"] = missing["scq"] = "no corpus texts were given"
+    target = {q: float(m[metric]) for q, m in per_query.items()}
+    ref_label = "corpus_mean_score" if reference is not None else "retrieved_mean_score"
+    report = qpp_report(target, values, missing=missing, metric=metric, reference=ref_label, n_boot=n_boot, seed=seed)
+    return report, values
+
+
+def per_query_with_predictors(
+    per_query: Mapping[str, Mapping[str, float]], values: Mapping[str, Mapping[str, float]]
+) -> dict[str, dict[str, float]]:
+    """Each query's metrics plus its raw predictor values, for a per-query file.
+
+    The uncertainty keeps its own name; every other predictor is written as ``qpp.<name>``.
+
+    Examples:
+        >>> per_query_with_predictors({"q": {"ndcg@10": 0.5}}, {"uncertainty": {"q": 0.1}, "gap12": {}})
+        {'q': {'ndcg@10': 0.5, 'uncertainty': 0.1}}
+    """
+    return {
+        qid: {**m, **{(n if n == "uncertainty" else f"qpp.{n}"): v[qid] for n, v in values.items() if qid in v}}
+        for qid, m in per_query.items()
+    }
+
+
+def format_qpp(report: Mapping[str, Any]) -> str:
+    """A short text table of a :func:`qpp_report`.
+
+    Examples:
+        >>> ndcg = {f"q{i}": i / 10 for i in range(10)}
+        >>> rep = qpp_report(ndcg, {"gap12": ndcg}, missing={"x": "why"}, n_boot=0)
+        >>> print(format_qpp(rep))  # doctest: +NORMALIZE_WHITESPACE
+        QPP against ndcg@10 (Kendall tau-b, Pearson r; 95% bootstrap intervals, 0 resamples):
+          gap12        tau +1.000 [   n/a]  r +1.000 [   n/a]  n = 10
+          x            missing: why
+    """
+
+    def num(v: Any) -> str:
+        return "   n/a" if v is None else f"{v:+.3f}"
+
+    def ci(v: Any) -> str:
+        return "[   n/a]" if v is None else f"[{v[0]:+.3f}, {v[1]:+.3f}]"
+
+    lines = [
+        f"QPP against {report['metric']} (Kendall tau-b, Pearson r; 95% bootstrap intervals, "
+        f"{report['bootstrap']} resamples):"
+    ]
+    for name, r in report["predictors"].items():
+        lines.append(
+            f"  {name:<12} tau {num(r['tau'])} {ci(r['tau_ci'])}  r {num(r['pearson'])} {ci(r['pearson_ci'])}  "
+            f"n = {r['n']}"
+        )
+    for name, why in report.get("missing", {}).items():
+        lines.append(f"  {name:<12} missing: {why}")
+    return "\n".join(lines)

@@ -1,0 +1,225 @@
+"""ONNX export and the ONNX Runtime encoder (tiny random encoders; a few exports per module)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_tiny_encoder
+from kl_retrievers import GaussianEncoder, load_model
+from kl_retrievers.cli import main
+from kl_retrievers.onnx import OnnxGaussianEncoder, OnnxModelError, export_onnx, is_onnx_folder
+
+TEXTS = [
+    "hello world",
+    "",
+    "the cat sat on the mat " * 30,  # truncated at every budget below
+    "a dog",
+    "green sun moon rock water sea star bread",
+    "query",
+]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[GaussianEncoder, Path]]:
+    """Tiny encoders and their exports: float32 (two pooling set-ups) and int8."""
+    root = tmp_path_factory.mktemp("onnx")
+    cls_enc = make_tiny_encoder()
+    mean_enc = make_tiny_encoder(pooling="mean", normalize_pooled=True, var_token=False, beta=5.0, seed=1)
+    return {
+        "cls-float32": (cls_enc, cls_enc.export_onnx(root / "cls-f32", quantize=None)),
+        "mean-float32": (mean_enc, export_onnx(mean_enc, root / "mean-f32", quantize=None, verify=False)),
+        "cls-int8": (cls_enc, cls_enc.export_onnx(root / "cls-i8", quantize="int8")),
+    }
+
+
+@pytest.mark.parametrize("which", ["cls-float32", "mean-float32"])
+def test_float32_graph_equals_torch_with_padding_and_truncation(
+    exported: dict[str, tuple[GaussianEncoder, Path]], which: str
+) -> None:
+    enc, folder = exported[which]
+    onnx_enc = OnnxGaussianEncoder(folder)
+    for max_length in (None, 8, 3):
+        for kind in ("encode_documents", "encode_queries"):
+            expected = getattr(enc, kind)(TEXTS, max_length=max_length, batch_size=4)
+            got = getattr(onnx_enc, kind)(TEXTS, max_length=max_length, batch_size=4)
+            assert got.mean.dtype == np.float32 and got.var.dtype == np.float32
+            np.testing.assert_allclose(got.mean, expected.mean, atol=1e-5, rtol=0)
+            np.testing.assert_allclose(got.var, expected.var, atol=1e-5, rtol=1e-5)
+    # texts longer than the model's position embeddings are clamped as the torch encoder does
+    long = ["water " * 400]
+    np.testing.assert_allclose(
+        onnx_enc.encode_documents(long, max_length=500).mean, enc.encode_documents(long, max_length=500).mean, atol=1e-5
+    )
+
+
+def test_int8_export_stays_close_to_float32(exported: dict[str, tuple[GaussianEncoder, Path]]) -> None:
+    enc, folder = exported["cls-int8"]
+    ref = enc.encode_documents(TEXTS)
+    got = OnnxGaussianEncoder(folder).encode_documents(TEXTS)
+    cosine = (got.mean * ref.mean).sum(1) / np.linalg.norm(got.mean, axis=1) / np.linalg.norm(ref.mean, axis=1)
+    assert cosine.min() > 0.98, cosine
+    assert np.abs(np.log(got.var / ref.var)).max() < 0.1
+    assert not np.array_equal(got.mean, ref.mean)  # it is quantised
+    int8_size = (folder / "model.onnx").stat().st_size
+    assert int8_size < (exported["cls-float32"][1] / "model.onnx").stat().st_size
+
+
+def test_export_writes_config_and_tokenizer(exported: dict[str, tuple[GaussianEncoder, Path]]) -> None:
+    enc, folder = exported["cls-int8"]
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.onnx", "tokenizer.json"]
+    meta = json.loads((folder / "config.json").read_text())
+    assert meta["backend"] == "onnx" and meta["quantize"] == "int8"
+    assert meta["score"] == {"name": "neg_kl", "direction": "higher_is_better"}
+    assert meta["library"] == "kl_retrievers" and meta["library_version"]
+    assert meta["outputs"] == ["mean", "var"]
+    assert meta["onnx"]["dim"] == enc.config.dim == 8
+    assert meta["onnx"]["max_length"] == 64 and meta["onnx"]["query_max_length"] == 32
+    assert meta["onnx"]["encoder"] == enc.config.to_dict()
+    assert meta["onnx"]["var_token_id"] == enc.var_token_id
+    from tokenizers import Tokenizer
+
+    assert Tokenizer.from_file(str(folder / "tokenizer.json")).token_to_id("[VAR]") == enc.var_token_id
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        enc.export_onnx(folder.parent / "bad", quantize="int4")
+    assert not (folder.parent / "bad").exists()
+
+
+def test_onnx_encoder_interface(exported: dict[str, tuple[GaussianEncoder, Path]]) -> None:
+    _, folder = exported["cls-float32"]
+    enc = OnnxGaussianEncoder(folder, num_threads=1)
+    assert enc.config.dim == 8 and enc.quantize is None and enc.name_or_path == str(folder)
+    assert "OnnxGaussianEncoder" in repr(enc)
+    one_by_one = enc.encode_documents(TEXTS, batch_size=1)
+    together = enc.encode_documents(TEXTS, batch_size=32, show_progress_bar=False)
+    np.testing.assert_allclose(one_by_one.mean, together.mean, atol=1e-5)  # input order is kept
+    single = enc.encode_queries("hello world")
+    assert single.mean.shape == (1, 8)
+    empty = enc.encode_documents([])
+    assert empty.mean.shape == (0, 8)
+    assert enc.encode_queries(["x"], convert_to="torch").is_torch
+    with pytest.raises(ValueError, match="batch_size"):
+        enc.encode_documents(["a"], batch_size=0)
+    with pytest.raises(ValueError, match="max_length"):
+        enc.encode_documents(["a"], max_length=2)
+    with pytest.raises(ValueError, match="cpu only"):
+        enc.encode_documents(["a"], device="cuda")
+    with pytest.raises(TypeError, match=r"texts\[1\]"):
+        enc.encode_documents(["a", 3])  # type: ignore[list-item]
+
+
+def test_load_model_exports_once_and_loads_onnx_folders(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    exported: dict[str, tuple[GaussianEncoder, Path]],
+) -> None:
+    monkeypatch.setenv("KL_RETRIEVERS_ONNX_CACHE", str(tmp_path / "cache"))
+    enc = make_tiny_encoder(seed=3)
+    saved = enc.save_pretrained(tmp_path / "model")
+    first = load_model(str(saved), backend="onnx", quantize=None)
+    cached = list((tmp_path / "cache").iterdir())
+    assert len(cached) == 1 and is_onnx_folder(cached[0]) and "float32" in cached[0].name
+    np.testing.assert_allclose(first.encode_queries(TEXTS).mean, enc.encode_queries(TEXTS).mean, atol=1e-5)
+    stamp = (cached[0] / "model.onnx").stat().st_mtime_ns
+    again = load_model(str(saved), backend="onnx", quantize=None)
+    assert (cached[0] / "model.onnx").stat().st_mtime_ns == stamp and again.name_or_path == str(saved)
+    # a folder that holds model.onnx loads as it is; the torch backend refuses it by name
+    _, folder = exported["cls-float32"]
+    direct = load_model(str(folder), backend="onnx")
+    assert direct.config.dim == 8 and len(list((tmp_path / "cache").iterdir())) == 1
+    with pytest.raises(ValueError, match="backend='onnx'"):
+        load_model(str(folder))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        load_model(str(folder), backend="tensorrt")
+
+
+def _copy(folder: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "copy"
+    shutil.copytree(folder, target)
+    return target
+
+
+def test_a_graph_that_does_not_match_its_config_is_refused(
+    tmp_path: Path, exported: dict[str, tuple[GaussianEncoder, Path]]
+) -> None:
+    import onnx
+
+    folder = _copy(exported["cls-float32"][1], tmp_path)
+    meta = json.loads((folder / "config.json").read_text())
+    meta["onnx"]["dim"] = 16
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(OnnxModelError, match=r"copy.*output 'mean' has shape.*config.json says \(batch, 16\)"):
+        OnnxGaussianEncoder(folder)
+
+    meta["onnx"]["dim"] = 8
+    (folder / "config.json").write_text(json.dumps(meta))
+    model = onnx.load(str(folder / "model.onnx"))
+    for node in model.graph.node:
+        node.output[:] = ["variance" if o == "var" else o for o in node.output]
+    for out in model.graph.output:
+        if out.name == "var":
+            out.name = "variance"
+    onnx.save(model, str(folder / "model.onnx"))
+    with pytest.raises(OnnxModelError, match=r"copy: the ONNX graph lacks output\(s\) \['var'\]"):
+        OnnxGaussianEncoder(folder)
+
+    (folder / "model.onnx").unlink()
+    with pytest.raises(OnnxModelError, match="missing model.onnx"):
+        OnnxGaussianEncoder(folder)
+    torch_folder = make_tiny_encoder().save_pretrained(tmp_path / "torch")
+    with pytest.raises(OnnxModelError, match="backend 'torch'"):
+        OnnxGaussianEncoder(torch_folder)
+
+
+def test_cli_encode_with_the_onnx_backend(tmp_path: Path, exported: dict[str, tuple[GaussianEncoder, Path]]) -> None:
+    from kl_retrievers import load_gaussians
+
+    enc, folder = exported["cls-float32"]
+    out = tmp_path / "out.safetensors"
+    code = main(
+        ["encode", "hello world", "a dog", "--out", str(out), "--model", str(folder), "--model-backend", "onnx"]
+    )
+    assert code == 0
+    g, _ = load_gaussians(out)
+    np.testing.assert_allclose(g.mean, enc.encode_documents(["hello world", "a dog"]).mean, atol=1e-5)
+
+
+def test_the_module_imports_neither_torch_nor_transformers_at_import_time() -> None:
+    """Module-level imports only (the export imports torch inside its functions).
+
+    ``import kl_retrievers`` itself still loads torch (the package ``__init__`` and ``gaussian.py``),
+    so a subprocess check of ``sys.modules`` would say nothing about this module yet.
+    """
+    source = Path(__file__).resolve().parents[1] / "kl_retrievers" / "onnx.py"
+    tree = ast.parse(source.read_text())
+    top: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            top.add(node.module if node.module.startswith("kl_retrievers") else node.module.split(".")[0])
+    allowed = {"__future__", "hashlib", "json", "logging", "os", "sys", "threading", "warnings", "collections"}
+    allowed |= {"contextlib", "dataclasses", "pathlib", "typing", "numpy"}
+    allowed |= {"kl_retrievers._io", "kl_retrievers.gaussian"}
+    assert top <= allowed, top - allowed
+    assert "torch" not in top and "transformers" not in top
+
+
+def test_framework_embeddings_take_a_backend(exported: dict[str, tuple[GaussianEncoder, Path]]) -> None:
+    from kl_retrievers.langchain import KLEmbeddings
+    from kl_retrievers.llama_index import KLEmbedding
+
+    enc, folder = exported["cls-float32"]
+    embed = KLEmbedding(str(folder), backend="onnx")
+    assert isinstance(embed.encoder, OnnxGaussianEncoder)
+    np.testing.assert_allclose(
+        embed.query_gaussians(["hello world"]).mean, enc.encode_queries(["hello world"]).mean, atol=1e-5
+    )
+    assert KLEmbeddings(backend="onnx").backend == "onnx"  # the default model loads lazily, on first use
+    with pytest.raises(ValueError, match="backend must be one of"):
+        KLEmbeddings(backend="tensorrt")
