@@ -94,7 +94,7 @@ def quality(torch_enc: Any, int8_enc: Any, *, quick: bool, first_docs: int, batc
         uncertainty[name] = q.uncertainty()
         print(
             f"SciFact test ({out['docs']} docs): {name}: nDCG@10 {out[f'ndcg_{name}']:.4f} "
-            f"({time.perf_counter() - start:.0f} s, cached encodings reused)",
+            f"({time.perf_counter() - start:.0f} s; encodings are cached for reruns)",
             flush=True,
         )
     out["ndcg_delta"] = out["ndcg_int8"] - out["ndcg_torch"]

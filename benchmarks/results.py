@@ -199,7 +199,8 @@ def render(root: Path = ROOT) -> str:
         "",
         *provenance(records, systems),
         "",
-        "Commands (from the repository root), in the order of the table's columns and rows; "
+        "The commit is the repository's HEAD when the line was logged (the working tree may have held uncommitted "
+        "changes). Commands (from the repository root), in the order of the table's columns and rows; "
         "`python benchmarks/results.py --run SYSTEM` runs the `kl-retrievers evaluate` lines and logs them:",
         "",
         "```",

@@ -1094,7 +1094,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             show_progress=show,
         )
     summary = result.summary()
-    from kl_retrievers.qpp import format_qpp, per_query_with_predictors, qpp_for_run
+    from kl_retrievers.qpp import per_query_with_predictors, qpp_for_run
 
     qpp, qpp_values = qpp_for_run(
         result.run,
@@ -1128,6 +1128,5 @@ def run_evaluate(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(summary) + "\n")
     else:
         _print_table(summary, DEFAULT_METRICS, compare)
-        print(format_qpp(qpp))
     sys.stdout.flush()
     return 0

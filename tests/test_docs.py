@@ -365,6 +365,8 @@ def check_output(command: str, out: str) -> None:
 
 
 def masked(text: str) -> str:
+    # the qpp object's correlations are null on the few-query slices the tests run, numbers on the page
+    text = re.sub(r', "qpp": \{.*\}(?=\}\s*$)', "", text, flags=re.M)
     return re.sub(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?|nan|inf", "#", text).strip()
 
 

@@ -128,7 +128,7 @@ def test_embeddings_default_model_is_lazy(monkeypatch: pytest.MonkeyPatch, encod
     import kl_retrievers.langchain as lc
 
     calls = []
-    monkeypatch.setattr(lc, "_load_default_encoder", lambda: calls.append(1) or encoder)
+    monkeypatch.setattr(lc, "_load_default_encoder", lambda *args: calls.append(1) or encoder)
     e = KLEmbeddings()
     assert calls == [] and "not loaded" in repr(e)
     assert len(e.embed_query("tea")) == 2 * encoder.config.dim + 1

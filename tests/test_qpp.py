@@ -269,6 +269,6 @@ def test_evaluate_json_has_qpp(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_evaluate_few_queries_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = _tiny_beir(tmp_path / "beir", n_queries=4)
     with pytest.warns(UserWarning, match="meaningless"):
-        assert run_evaluate(_evaluate([str(root), "--baseline", "bm25", "--quiet"])) == 0
-    out = capsys.readouterr().out
-    assert "QPP against ndcg@10" in out and "max_score" in out
+        assert run_evaluate(_evaluate([str(root), "--baseline", "bm25", "--json", "--quiet"])) == 0
+    report = json.loads(capsys.readouterr().out)["qpp"]
+    assert report["predictors"]["max_score"]["n"] == 4

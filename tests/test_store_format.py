@@ -179,8 +179,9 @@ def test_zero_norm_bound_is_refused_not_loaded_with_wrong_results(folder: Path) 
         {"index_type": "hnsw", "hnsw_m": 8, "ef_construction": 20, "compression": "sq8"},
         {"index_type": "ivf", "nlist": 4},
         {"index_type": "ivf", "nlist": 4, "compression": "pq", "pq_m": 13, "refine": "sq8"},
+        {"index_type": "ivf", "nlist": 4, "compression": "pq", "pq_m": 13, "pq_nbits": 4},
     ],
-    ids=["hnsw", "hnsw-sq8", "ivf", "ivf-pq-refine"],
+    ids=["hnsw", "hnsw-sq8", "ivf", "ivf-pq-refine", "ivf-pq4-fastscan"],
 )
 def test_a_wrong_positive_norm_bound_is_refused(tmp_path: Path, params: dict[str, Any], factor: float) -> None:
     """Issue 25: a norm_bound of 1e9 or 1e308 loaded and ranked differently (reliability.py found it)."""
