@@ -1633,7 +1633,7 @@ def _check_norm_bound(store: KLStore, cfg_path: Path) -> None:
             logger.debug("norm_bound of a %s index checked from below only", "/".join(sorted(names)))
             return
         top_c = float(np.linalg.norm(cent.astype(np.float64), axis=1).max())
-        if not bound / 10.0 < top_c < bound * 1.01:
+        if not bound / 1000.0 < top_c < bound * 1.01:
             raise StoreFormatError(
                 f"{cfg_path}: field 'norm_bound' is {bound:.6g}, but the index's coarse centroids have norms "
                 f"up to {top_c:.6g} (they average vectors of norm equal to it)"
