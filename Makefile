@@ -3,13 +3,14 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS := dev,eval,train,onnx,langchain,llama-index,milvus,ray
+EXTRAS := dev,eval,torch,train,onnx,langchain,llama-index,hybrid,milvus,ray
 
-.PHONY: install demo test test-fast check lint typecheck docs bench-encode clean fuzz reliability
+.PHONY: install demo test test-fast check lint typecheck docs bench-encode clean fuzz reliability torch-free-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# torch first, pinned: a CPU build lies on disk here; an unpinned torch pulls a CUDA build.
+	# torch first, pinned: a CPU build lies on disk here; an unpinned torch pulls a CUDA build. The core
+	# install needs no torch; the [torch] extra (in EXTRAS, for training and the tests) brings it.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
@@ -33,8 +34,13 @@ check: lint typecheck
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
-test: check docs
+test: check docs torch-free-check
 	$(BIN)/python -m pytest
+
+## A fresh torch-free venv (core + [langchain]): no torch, its size (<= 400 MB), and the README's
+## LangChain example (docs/examples/langchain_quickstart.py) run offline from the shipped ONNX graph.
+torch-free-check:
+	PYTHON=$(PYTHON) .ci/torch_free_check.sh
 
 ## Unit tests only (tiny random encoders, no real model).
 test-fast: install

@@ -267,7 +267,7 @@ def run_size(
         t = time.perf_counter()
         store = KLStore(**{k: v for k, v in kw.items() if k != "plain"})
         if kw.get("plain"):
-            store._shifted = lambda dvec: dvec  # type: ignore[method-assign]  # this store only
+            store._engine._shifted = lambda dvec: dvec  # type: ignore[attr-defined]  # this store only
         store.add(gaussians=docs, ids=ids)
         build = time.perf_counter() - t
         found, t_s = timed_search(store, queries, repeats=args.repeats)
@@ -379,7 +379,7 @@ def _ivf_scan_report(
     """
     ivf = faiss.extract_index_ivf(store._index)
     sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)])
-    qr = store._query_reduced(queries.astype(np.float64))
+    qr = store._engine._query_reduced(queries.astype(np.float64))  # type: ignore[attr-defined]
     print(
         f"  lists: {ivf.nlist}, mean size {sizes.mean():.0f}, imbalance factor {ivf.invlists.imbalance_factor():.2f}; "
         f"flat scans {n_docs * flat_qps / 1e6:.1f} M documents/s",

@@ -6,16 +6,20 @@ runs interleaved so machine noise hits every side alike; the best round of each 
     python benchmarks/encode.py --quick      # 1,000 docs, batch 32; last line: throughput_ratio=... (see below)
     python benchmarks/encode.py              # also batch sizes 8/16/32/64 -> docs/encode.md
 
-The Gaussian side is the package default model (all-MiniLM-L6-v2 + heads). A second row
-measures a fresh encoder with the paper's [VAR] token (one extra token per text). Two more rows
-run the default model on ONNX Runtime (``load_model(..., backend="onnx")``), with dynamic int8
-weights and in float32 (exported on first use into the ONNX cache, then reused).
+The Gaussian side is the package default model (all-MiniLM-L6-v2 + heads) on torch float32. A
+second row measures a fresh encoder with the paper's [VAR] token (one extra token per text). Two
+more rows run the default model on ONNX Runtime: int8 (the graph shipped in the package,
+``load_model(None, backend="onnx")``) and float32 (exported on first use into the ONNX cache).
 
 Quality of ONNX int8 against torch float32, on SciFact test (300 queries, documents at the
 model's max length, 256): nDCG@10 of each, and the Spearman rank correlation of the query
 uncertainty (mean log-variance). With --quick the corpus is a documented subset, the first
 ``--docs`` documents plus every document judged for a test query (about 1,300); without it, the
-whole corpus (5,183 documents). Encodings go through the evaluation cache, so a rerun reuses them.
+whole corpus (5,183 documents), and NFCorpus test (323 queries, 3,395 documents) as well.
+Encodings go through the evaluation cache, so a rerun reuses them.
+
+    python benchmarks/encode.py --quality-only   # quality on the whole SciFact and NFCorpus, no timing
+    python benchmarks/encode.py --ratio-only --docs 500 --rounds 3   # ONNX int8 / torch docs/s only
 
 The last line is ``throughput_ratio=X onnx_int8_ratio=Y onnx_ndcg_delta=Z import_s=W``: the torch
 default model's documents per second over sentence-transformers', ONNX int8's over torch float32's
@@ -26,7 +30,7 @@ the best of 3 wall times of ``python -c "import kl_retrievers"``.
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import platform
 import subprocess
 import sys
@@ -38,20 +42,17 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SCIFACT = REPO.parent / "shared" / "datasets" / "scifact" / "corpus.jsonl"
+NFCORPUS = REPO.parent / "shared" / "datasets" / "nfcorpus-preprocessed" / "corpus.jsonl"
 INT8_SIDE = "ONNX int8 (default model)"
 FLOAT32_SIDE = "ONNX float32 (default model)"
 TORCH_SIDE = "GaussianEncoder (default model)"
 
 
 def load_docs(n: int) -> list[str]:
-    docs = []
-    with SCIFACT.open() as fh:
-        for line in fh:
-            row = json.loads(line)
-            docs.append(f"{row['title']} {row['text']}".strip())
-            if len(docs) == n:
-                break
-    return docs
+    """The first ``n`` SciFact documents as the encoders read them (title + text)."""
+    from kl_retrievers.datasets import load_beir
+
+    return load_beir(SCIFACT.parent, "test").document_texts()[:n]
 
 
 def timed(fn, docs: list[str]) -> float:  # type: ignore[no-untyped-def]
@@ -70,9 +71,12 @@ def import_seconds(repeats: int = 3) -> float:
     return best
 
 
-def quality(torch_enc: Any, int8_enc: Any, *, quick: bool, first_docs: int, batch_size: int) -> dict[str, Any]:
-    """SciFact test nDCG@10 of both encoders and the Spearman correlation of their query uncertainty.
+def quality(
+    torch_enc: Any, int8_enc: Any, *, quick: bool, first_docs: int, batch_size: int, corpus: Path = SCIFACT
+) -> dict[str, Any]:
+    """Test nDCG@10 of both encoders and the Spearman correlation of their query uncertainty.
 
+    ``corpus``: a BEIR ``corpus.jsonl`` (its folder holds the queries and ``qrels/test.tsv``).
     ``quick``: the corpus is the first ``first_docs`` documents plus every document judged for a test query.
     """
     from scipy.stats import spearmanr
@@ -80,20 +84,20 @@ def quality(torch_enc: Any, int8_enc: Any, *, quick: bool, first_docs: int, batc
     from kl_retrievers.datasets import load_beir
     from kl_retrievers.evaluation import encode_dataset, evaluate_run, retrieve_exact
 
-    ds = load_beir(SCIFACT.parent, "test")
+    ds = load_beir(corpus.parent, "test")
     if quick:
         keep = set(ds.doc_ids[:first_docs]) | {d for rel in ds.qrels.values() for d in rel}
         ds = ds.subset(ds.query_ids, [d for d in ds.doc_ids if d in keep])
-    out: dict[str, Any] = {"docs": len(ds.doc_ids), "queries": len(ds.query_ids)}
+    out: dict[str, Any] = {"dataset": corpus.parent.name, "docs": len(ds.doc_ids), "queries": len(ds.query_ids)}
     uncertainty = {}
-    for name, enc in (("torch", torch_enc), ("int8", int8_enc)):
+    for side, enc in (("torch", torch_enc), ("int8", int8_enc)):
         start = time.perf_counter()
         q, d = encode_dataset(enc, ds, batch_size=batch_size, show_progress=False)
         run = retrieve_exact(q, d, ds.query_ids, ds.doc_ids, 100, show_progress=False)
-        out[f"ndcg_{name}"] = evaluate_run(ds.qrels, run)[0]["ndcg@10"]
-        uncertainty[name] = q.uncertainty()
+        out[f"ndcg_{side}"] = evaluate_run(ds.qrels, run)[0]["ndcg@10"]
+        uncertainty[side] = q.uncertainty()
         print(
-            f"SciFact test ({out['docs']} docs): {name}: nDCG@10 {out[f'ndcg_{name}']:.4f} "
+            f"{out['dataset']} test ({out['docs']} docs): {side}: nDCG@10 {out[f'ndcg_{side}']:.4f} "
             f"({time.perf_counter() - start:.0f} s; encodings are cached for reruns)",
             flush=True,
         )
@@ -102,27 +106,91 @@ def quality(torch_enc: Any, int8_enc: Any, *, quick: bool, first_docs: int, batc
     return out
 
 
+def quality_line(q: dict[str, Any], corpus: str) -> str:
+    return (
+        f"Quality on {q['dataset']} test ({q['queries']} queries, {q['docs']} documents: {corpus}): nDCG@10 torch "
+        f"float32 {q['ndcg_torch']:.4f}, ONNX int8 {q['ndcg_int8']:.4f} (change {q['ndcg_delta']:+.4f}); Spearman "
+        f"correlation of query uncertainty {q['uncertainty_spearman']:.4f}."
+    )
+
+
+def quality_only(batch_size: int) -> None:
+    """Whole SciFact and NFCorpus test: ONNX int8 (shipped graph) against torch float32; no timing."""
+    from kl_retrievers import load_model
+
+    torch_enc = load_model(None, backend="torch", device="cpu")
+    int8 = load_model(None, backend="onnx")
+    results = [
+        quality(torch_enc, int8, quick=False, first_docs=0, batch_size=batch_size, corpus=c)
+        for c in (SCIFACT, NFCORPUS)
+    ]
+    for q in results:
+        print(quality_line(q, "the whole corpus"))
+    print(
+        " ".join(
+            f"{q['dataset']}_ndcg_delta={q['ndcg_delta']:+.4f} {q['dataset']}_spearman={q['uncertainty_spearman']:.4f}"
+            for q in results
+        )
+    )
+
+
+def ratio_only(n_docs: int, rounds: int, max_length: int, batch_size: int = 32) -> None:
+    """Documents per second of ONNX int8 (shipped graph) over torch float32 only, interleaved rounds."""
+    from kl_retrievers import load_model
+
+    docs = load_docs(n_docs)
+    sides = {
+        TORCH_SIDE: load_model(None, backend="torch", device="cpu"),
+        INT8_SIDE: load_model(None, backend="onnx"),
+    }
+    for enc in sides.values():  # warm-up
+        enc.encode_documents(docs[:64], batch_size=batch_size, max_length=max_length)
+    rates: dict[str, list[float]] = {name: [] for name in sides}
+    for r in range(rounds):
+        for name, enc in sides.items():
+            rate = timed(lambda d, enc=enc: enc.encode_documents(d, batch_size=batch_size, max_length=max_length), docs)
+            rates[name].append(rate)
+            print(f"round {r + 1}: {name}: {rate:.2f} docs/s (load {os.getloadavg()[0]:.1f})", flush=True)
+    per_round = [i / t for i, t in zip(rates[INT8_SIDE], rates[TORCH_SIDE], strict=True)]
+    best = max(rates[INT8_SIDE]) / max(rates[TORCH_SIDE])
+    print(
+        f"{len(docs)} SciFact documents, max length {max_length}, batch {batch_size}, {rounds} interleaved rounds; "
+        f"int8/torch per round: {' '.join(f'{x:.2f}' for x in per_round)}"
+    )
+    print(
+        f"onnx_int8_ratio={best:.3f} (best over best) median_round_ratio={sorted(per_round)[len(per_round) // 2]:.3f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="batch size 32 only, 2 rounds")
+    parser.add_argument("--quick", action="store_true", help="batch size 32 only, 2 rounds, a SciFact subset")
+    parser.add_argument("--quality-only", action="store_true", help="whole SciFact and NFCorpus quality, no timing")
+    parser.add_argument("--ratio-only", action="store_true", help="ONNX int8 over torch float32 docs/s only")
     parser.add_argument("--docs", type=int, default=1000)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "encode.md")
     args = parser.parse_args()
+    if args.quality_only:
+        quality_only(batch_size=32)
+        return
+    if args.ratio_only:
+        ratio_only(args.docs, args.rounds or 3, args.max_length)
+        return
 
     from sentence_transformers import SentenceTransformer
 
-    from kl_retrievers import GaussianEncoder, load_default_model, load_model
+    from kl_retrievers import GaussianEncoder, load_model
     from kl_retrievers.hub import resolve_model_path
 
     torch.set_num_threads(torch.get_num_threads())
     docs = load_docs(args.docs)
-    gauss = load_default_model(device="cpu")
+    gauss = load_model(None, backend="torch", device="cpu")
     var_enc = GaussianEncoder.from_backbone("sentence-transformers/all-MiniLM-L6-v2", pooling="mean", dim=384)
     st = SentenceTransformer(str(resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")), device="cpu")
     st.max_seq_length = args.max_length
-    onnx_int8 = load_model(None, backend="onnx", quantize="int8")
+    onnx_int8 = load_model(None, backend="onnx", quantize="int8")  # the graph shipped in the package
     onnx_float32 = load_model(None, backend="onnx", quantize=None)
     rounds = args.rounds or (2 if args.quick else 3)
     batch_sizes = [32] if args.quick else [8, 16, 32, 64]
@@ -130,7 +198,7 @@ def main() -> None:
     for bs in batch_sizes:
         sides = {
             "sentence-transformers encode": lambda d, bs=bs: st.encode(d, batch_size=bs, convert_to_numpy=True),
-            "GaussianEncoder (default model)": lambda d, bs=bs: gauss.encode_documents(
+            TORCH_SIDE: lambda d, bs=bs: gauss.encode_documents(
                 d, batch_size=bs, max_length=args.max_length, show_progress_bar=False
             ),
             "GaussianEncoder ([VAR] token)": lambda d, bs=bs: var_enc.encode_documents(
@@ -154,12 +222,14 @@ def main() -> None:
         base = best["sentence-transformers encode"]
         for name, rate in best.items():
             rows.append((bs, name, rate, rate / base))
+    load = os.getloadavg()
     lines = [
         "# Encoding throughput",
         "",
         f"Data: the first {len(docs)} SciFact documents (title + text), max length {args.max_length}. "
         f"Backbone: all-MiniLM-L6-v2. Best of {rounds} interleaved rounds. "
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}.",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}.",
         f"Command: `python benchmarks/encode.py{' --quick' if args.quick else ''}`.",
         "",
         "| batch size | encoder | docs/s | ratio to sentence-transformers |",
@@ -168,19 +238,16 @@ def main() -> None:
     lines += [f"| {bs} | {name} | {rate:.1f} | {ratio:.3f} |" for bs, name, rate, ratio in rows]
     rate = {(bs, n): r for bs, n, r, _ in rows}
     onnx_ratio = rate[(32, INT8_SIDE)] / rate[(32, TORCH_SIDE)]
-    q = quality(gauss, onnx_int8, quick=args.quick, first_docs=len(docs), batch_size=32)
-    import_s = import_seconds()
     corpus = f"a subset: the first {len(docs)} documents + every judged one" if args.quick else "the whole corpus"
-    lines += [
-        "",
-        f"ONNX int8 over torch float32 (batch 32): {onnx_ratio:.2f}x documents per second.",
-        "",
-        f"Quality on SciFact test ({q['queries']} queries, {q['docs']} documents: {corpus}): nDCG@10 torch float32 "
-        f"{q['ndcg_torch']:.4f}, ONNX int8 {q['ndcg_int8']:.4f} (change {q['ndcg_delta']:+.4f}); Spearman "
-        f"correlation of query uncertainty {q['uncertainty_spearman']:.4f}.",
-        "",
-        f'`python -c "import kl_retrievers"`: {import_s:.2f} s (best of 3).',
-    ]
+    results = [quality(gauss, onnx_int8, quick=args.quick, first_docs=len(docs), batch_size=32)]
+    if not args.quick:
+        results.append(quality(gauss, onnx_int8, quick=False, first_docs=0, batch_size=32, corpus=NFCORPUS))
+    q = results[0]
+    import_s = import_seconds()
+    lines += ["", f"ONNX int8 over torch float32 (batch 32): {onnx_ratio:.2f}x documents per second.", ""]
+    for res in results:
+        lines += [quality_line(res, corpus), ""]
+    lines += [f'`python -c "import kl_retrievers"`: {import_s:.2f} s (best of 3).']
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.quick:

@@ -171,7 +171,7 @@ def evaluate_model_name(model: str, collection: str, split: str, *, log_dir: Pat
     from kl_retrievers.evaluation import encode_dataset
     from kl_retrievers.pretrained import load_model
 
-    encoder = load_model(model)
+    encoder = load_model(model, backend="torch")  # the logged runs are the torch encoder's (float32)
     dataset = load_beir(DATASETS / collection, split)
     t0 = time.perf_counter()
     q, d = encode_dataset(encoder, dataset, batch_size=batch_size, show_progress=False)

@@ -27,11 +27,17 @@ Sub-commands (each appends records to ``runs/qpp/qpp.jsonl`` and writes per-quer
   Ridge alpha is chosen by 5-fold cross-validation on the training queries (Kendall tau), never
   on dev or test. It is logged on SciFact TRAIN (the zero-shot dev set) and, with ``--final``,
   on the four test splits.
+* ``mc-distil``: the same ridge head, but its target is the default's MC-dropout instability
+  (``1 - mc_top10_overlap`` over ``--samples`` dropout passes, the best test signal of
+  ``mc-dropout``) on every k-th NFCorpus train query and/or SQuAD train-article query (of the
+  3,000-query sample of ``benchmarks/calibration.py``; ``--train-queries`` per set), so that one forward pass gives the
+  stability as the query's uncertainty. Training targets are cached under ``runs/qpp-cache/``.
 
 Examples:
     python benchmarks/qpp_experiments.py mc-dropout --targets scifact:train --samples 20
     python benchmarks/qpp_experiments.py ensemble --targets scifact:train
     python benchmarks/qpp_experiments.py var-head --train nfcorpus squad --target rr
+    python benchmarks/qpp_experiments.py mc-distil --train nfcorpus --samples 10
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ TEST_TARGETS = tuple(f"{c}:test" for c in COLLECTIONS)
 def load_default() -> Any:
     from kl_retrievers.pretrained import load_model
 
-    enc = load_model(REFERENCE_MODEL)
+    enc = load_model(REFERENCE_MODEL, backend="torch")  # dropout and the heads need the torch module
     torch.set_num_threads(2)
     return enc
 
@@ -289,6 +295,72 @@ def cmd_var_head(args: argparse.Namespace) -> None:
         report(rec)
 
 
+# --------------------------------------------------------------------------------------
+# mc-distil: the MC-dropout top-10 stability distilled into the query variance head
+# --------------------------------------------------------------------------------------
+
+CACHE = Path(__file__).resolve().parents[1] / "runs" / "qpp-cache"  # ignored by git (/runs/*)
+
+
+def mc_training_set(enc: Any, name: str, samples: int, seed: int, n_queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled query features and MC-dropout instability (1 - top-10 overlap) of one training set, cached.
+
+    The queries are every k-th of the set (at most ``n_queries``): NFCorpus train, or the 3,000-query
+    SQuAD train-article sample of ``benchmarks/calibration.py`` (their encodings are cached by its dump).
+    """
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"mc-{name}-n{n_queries}-s{samples}-seed{seed}.npz"
+    if path.exists():
+        data = np.load(path)
+        return data["x"], data["y"]
+    from calibration import squad_train_split
+
+    ds = squad_train_split(seed) if name == "squad" else load_beir(DATASETS / NFC, "train")
+    rows = np.arange(len(ds.query_ids))[:: max(1, -(-len(ds.query_ids) // n_queries))][:n_queries]
+    q, d = encode_dataset(enc, ds, show_progress=False)
+    ids = [ds.query_ids[i] for i in rows]
+    sub = ds.subset(ids, ds.doc_ids)
+    keep = np.array([ds.query_ids.index(qid) for qid in sub.query_ids])
+    q = Gaussians(np.asarray(q.mean)[keep], np.asarray(q.var)[keep])
+    texts = sub.query_texts()
+    t0 = time.perf_counter()
+    means, vars_ = [], []
+    for s in range(samples):
+        torch.manual_seed(seed + s)
+        m, v, _ = forward_queries(enc, texts, dropout=True)
+        means.append(m)
+        vars_.append(v)
+    stats = disagreement(means, vars_, q, d, sub)
+    _, _, feats = forward_queries(enc, texts)
+    y = 1.0 - np.array([stats["top10_overlap"][qid] for qid in sub.query_ids])
+    logger.info("%s: %d queries, MC (%d samples) in %.0f s, mean instability %.3f",
+                name, len(y), samples, time.perf_counter() - t0, y.mean())  # fmt: skip
+    np.savez(path, x=feats, y=y)
+    return feats, y
+
+
+def cmd_mc_distil(args: argparse.Namespace) -> None:
+    enc = load_default()
+    parts = [mc_training_set(enc, n, args.samples, args.seed, args.train_queries) for n in sorted(args.train)]
+    x_train = np.concatenate([p[0] for p in parts])
+    y_train = np.concatenate([p[1] for p in parts])
+    model, alpha, cv = fit_ridge(x_train, y_train, args.alphas, args.seed)
+    shift = float(model.predict(x_train).mean())
+    logger.info("ridge alpha %g (CV tau %s)", alpha, {a: round(t, 4) for a, t in cv.items()})
+    label = f"{REFERENCE_MODEL}+mcdistil-{'-'.join(sorted(args.train))}"
+    for ds in targets(args.targets):
+        q, d = encode_dataset(enc, ds, show_progress=False)
+        _, _, feats = forward_queries(enc, ds.query_texts())
+        u = model.predict(feats) - shift
+        new_q = Gaussians(q.mean, (q.var.astype(np.float64) * np.exp(u)[:, None]).astype(np.float32))
+        rec = evaluate_gaussians(
+            label, ds, new_q, d,
+            extra={"experiment": "mc-distil", "train": sorted(args.train), "samples": args.samples,
+                   "train_queries": args.train_queries, "ridge_alpha": alpha, "cv_tau": cv, "n_train": len(y_train)},
+        )  # fmt: skip
+        report(rec)
+
+
 def report(rec: dict[str, Any]) -> None:
     taus = {n: (None if p["tau"] is None else round(p["tau"], 3)) for n, p in rec["qpp"]["predictors"].items()}
     print(f"{rec['model']} {rec['collection']}/{rec['split']} nDCG@10 {rec['ndcg@10']:.4f} taus {taus}", flush=True)
@@ -297,24 +369,33 @@ def report(rec: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("mc-dropout", "ensemble", "var-head"):
+    for name in ("mc-dropout", "ensemble", "var-head", "mc-distil"):
         s = sub.add_parser(name)
         s.add_argument("--targets", nargs="+", default=list(DEV_TARGETS), help="collection:split to measure on")
         s.add_argument("--final", action="store_true", help="measure on the four test splits instead")
         s.add_argument("--seed", type=int, default=0)
         if name == "mc-dropout":
             s.add_argument("--samples", type=int, default=20)
+        if name == "mc-distil":
+            s.add_argument("--samples", type=int, default=10)
+            s.add_argument("--train", nargs="+", choices=["squad", "nfcorpus"], default=["squad", "nfcorpus"])
+            s.add_argument("--train-queries", type=int, default=600, help="every k-th query of each training set")
+            s.add_argument("--alphas", type=float, nargs="+", default=[1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0])
         if name == "var-head":
             s.add_argument("--train", nargs="+", choices=["squad", "nfcorpus"], default=["squad", "nfcorpus"])
             s.add_argument("--target", choices=["rr", "ndcg", "gap12", "max_score", "wig"], default="rr")
             s.add_argument("--squad-queries", type=int, default=3000, help="seeded subsample of SQuAD train queries")
             s.add_argument("--alphas", type=float, nargs="+", default=[1.0, 10.0, 100.0, 1000.0, 10000.0])
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = "sub-commands:\n" + "\n".join(f"  {c.format_usage().strip()}" for c in sub.choices.values())
     args = p.parse_args(argv)
     if args.final:
         args.targets = list(TEST_TARGETS)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger.info("logs go to %s", LOG_DIR)
-    {"mc-dropout": cmd_mc_dropout, "ensemble": cmd_ensemble, "var-head": cmd_var_head}[args.cmd](args)
+    commands = {"mc-dropout": cmd_mc_dropout, "ensemble": cmd_ensemble, "var-head": cmd_var_head}
+    commands["mc-distil"] = cmd_mc_distil
+    commands[args.cmd](args)
     return 0
 
 

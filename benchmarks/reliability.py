@@ -52,7 +52,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,6 +176,18 @@ def probe(
 
 
 # ================================================================== shared helpers
+Damage = tuple[str, Callable[[Path], None]]
+
+
+def damaged_copies(source: Path, folder: Path, damages: list[Damage]) -> Iterator[tuple[str, Path]]:
+    """Per damage, ``(name, folder)``: ``folder`` freshly copied from ``source``, then damaged."""
+    for name, damage in damages:
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(source, folder)
+        damage(folder)
+        yield name, folder
+
+
 def gaussians(n: int, k: int = K, seed: int = 0, scale: float = 1.0) -> Gaussians:
     rng = np.random.default_rng(seed)
     mean = (rng.normal(size=(n, k)) * scale).astype(np.float32)
@@ -637,13 +649,9 @@ def damaged_stores(tmp: Path, quick: bool, rng: random.Random) -> Tally:
         damages = _file_damages() + _config_damages(config) + _content_damages()
         if quick:
             damages = damages[::3]
-        for name, damage in damages:
-            folder = tmp / "damaged"
-            shutil.rmtree(folder, ignore_errors=True)
-            shutil.copytree(source, folder)
-            if name.startswith("index.faiss") and not (folder / "index.faiss").exists():
-                continue
-            damage(folder)
+        if not (source / "index.faiss").exists():  # a flat store: nothing to damage there
+            damages = [(name, damage) for name, damage in damages if not name.startswith("index.faiss")]
+        for name, folder in damaged_copies(source, tmp / "damaged", damages):
 
             def load_and_search(f: Path = folder) -> Any:
                 with contextlib.redirect_stderr(io.StringIO()):  # FAISS may print to stderr
@@ -1158,7 +1166,7 @@ def sharded(tmp: Path, quick: bool, rng: random.Random) -> Tally:
     def manifest(change: Callable[[dict[str, Any]], Any]) -> Callable[[Path], None]:
         return lambda p: _edit_json(p / "manifest.json", change)
 
-    damages: list[tuple[str, Callable[[Path], None]]] = [
+    damages: list[Damage] = [
         ("mean.npy deleted", shard_file("mean.npy", lambda f: f.unlink())),
         ("var.npy truncated", shard_file("var.npy", lambda f: f.write_bytes(f.read_bytes()[:-5]))),
         ("mean.npy flipped", shard_file("mean.npy", flip)),
@@ -1179,11 +1187,7 @@ def sharded(tmp: Path, quick: bool, rng: random.Random) -> Tally:
     ]
     if quick:
         damages = damages[::2]
-    for name, damage in damages:
-        folder = tmp / "shards-damaged"
-        shutil.rmtree(folder, ignore_errors=True)
-        shutil.copytree(source, folder)
-        damage(folder)
+    for name, folder in damaged_copies(source, tmp / "shards-damaged", damages):
         probe(t, f"load_encoded after: {name}", lambda f=folder: load_encoded(f), check=same, fault=True)
 
         def resume(f: Path = folder) -> Any:

@@ -6,7 +6,8 @@ Every figure on the page is read from, or computed from, a JSON line of a log in
   ``kl-retrievers evaluate --json`` printed, plus the exact command, the commit and the time. Per-query
   metrics (for the paired tests) are in ``runs/eval/pq/``.
 * ``runs/qpp/qpp.jsonl``: the package default's lines, written by ``benchmarks/qpp.py`` through the same
-  exact -KL evaluation (per-query files in ``runs/qpp/``). A default logged in ``runs/eval/`` wins.
+  exact -KL evaluation (per-query files in ``runs/qpp/``). A default logged in ``runs/eval/`` wins. With
+  ``runs/qpp/calibration.jsonl`` it also feeds the QPP and calibration section (``benchmarks/results_qpp.py``).
 
 The page is never edited by hand: ``--check`` exits 1 when it differs from what the logs render
 (``tests/test_results_page.py`` runs it). The first round's page, whose logs were not committed, is kept
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from results_qpp import qpp_section
 
 from kl_retrievers.evaluation import load_per_query, paired_test
 from kl_retrievers.pretrained import DEFAULT_MODEL
@@ -172,8 +174,8 @@ def render(root: Path = ROOT) -> str:
         "",
         "<!-- Written by `python benchmarks/results.py` from the logs under runs/; do not edit by hand. -->",
         "",
-        f"Every figure on this page is read from a JSON line of `{EVAL_LOG.as_posix()}` or "
-        f"`{QPP_LOG.as_posix()}`, or computed from the per-query files those lines name; "
+        f"Every figure on this page is read from a JSON line of `{EVAL_LOG.as_posix()}`, "
+        f"`{QPP_LOG.as_posix()}` or `runs/qpp/calibration.jsonl`, or computed from the files those lines name; "
         "`python benchmarks/results.py --check` fails when the page and the logs disagree. "
         "The first round of experiments (training recipes, dev choices, the in-domain protocol) is on "
         "[Results, round 1 (archive)](results-archive.md); its logs were not committed, so its figures "
@@ -207,6 +209,7 @@ def render(root: Path = ROOT) -> str:
         *commands,
         "```",
         "",
+        *qpp_section(root),
     ]
     return "\n".join(out)
 

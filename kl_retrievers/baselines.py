@@ -1,4 +1,4 @@
-"""Baselines that return the same :data:`~kl_retrievers.evaluation.Run` as the Gaussian models.
+"""Baselines that return the same :data:`~kl_retrievers.runs.Run` as the Gaussian models.
 
 * ``bm25``: BM25 with ``bm25s`` (Lucene variant, k1 = 0.9, b = 0.4, English stop words,
   lower-cased word-character tokens of any length, no stemming by default).
@@ -9,7 +9,7 @@
   ``"bge-small-en-v1.5 (int8)"``.
 
 Dense encodings are cached on disk like the Gaussian ones (see
-:class:`~kl_retrievers.evaluation.EncodingCache`).
+:class:`~kl_retrievers.encoding_cache.EncodingCache`).
 
 Examples:
     >>> from kl_retrievers.baselines import run_baseline
@@ -19,6 +19,7 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -31,7 +32,8 @@ import numpy as np
 from tqdm import tqdm
 
 from kl_retrievers.datasets import BeirDataset
-from kl_retrievers.evaluation import EncodingCache, Run, run_from_top_k, top_k
+from kl_retrievers.encoding_cache import EncodingCache
+from kl_retrievers.runs import Run, run_from_top_k, top_k
 
 __all__ = [
     "BASELINES",
@@ -99,26 +101,14 @@ def bm25_run(
     logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs index building at DEBUG
     doc_ids = dataset.doc_ids
     sw: Any = stopwords if stopwords is not None else []
+    tokenize = functools.partial(bm25s.tokenize, stopwords=sw, stemmer=stemmer, token_pattern=token_pattern)
     t0 = time.perf_counter()
-    corpus_tokens = bm25s.tokenize(
-        dataset.document_texts(),
-        stopwords=sw,
-        stemmer=stemmer,
-        token_pattern=token_pattern,
-        show_progress=show_progress,
-    )
+    corpus_tokens = tokenize(dataset.document_texts(), show_progress=show_progress)
     retriever = bm25s.BM25(k1=k1, b=b, method="lucene")
     retriever.index(corpus_tokens, show_progress=show_progress)
     query_ids = dataset.query_ids
     # Queries as strings: the retriever maps them through the corpus vocabulary (unknown words drop out).
-    query_tokens = bm25s.tokenize(
-        dataset.query_texts(),
-        stopwords=sw,
-        stemmer=stemmer,
-        token_pattern=token_pattern,
-        return_ids=False,
-        show_progress=False,
-    )
+    query_tokens = tokenize(dataset.query_texts(), return_ids=False, show_progress=False)
     depth = min(k, len(doc_ids))
     idx, scores = retriever.retrieve(query_tokens, k=depth, show_progress=show_progress, n_threads=0)
     run: Run = {}

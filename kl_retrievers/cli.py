@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +20,13 @@ from typing import Any
 
 from kl_retrievers._io import parse_json_object, read_jsonl_objects
 from kl_retrievers._io import row_text as _row_text
+from kl_retrievers.cli_common import (  # re-exported: they were defined here
+    add_model_backend_argument,
+    args_subset,
+    check_output_path,
+    positive_int,
+    token_budget,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,73 +91,10 @@ def _row_id(row: dict[str, Any], position: int, where: str) -> str:
     return str(value)
 
 
-def _int_at_least(low: int) -> Callable[[str], int]:
-    """An argparse ``type``: an integer >= ``low`` (the message names the allowed range)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}; got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}; got {value}")
-        return value
-
-    parse.__name__ = f"int>={low}"
-    return parse
-
-
-#: argparse types shared by the subcommands (``kl_retrievers.evaluation`` and ``training.cli`` use them too).
-positive_int = _int_at_least(1)
-token_budget = _int_at_least(3)  # what GaussianEncoder accepts as max_length ([CLS], [VAR], [SEP])
-
-
-def check_output_path(path: Path, flag: str, *, folder: bool, store: bool = False) -> None:
-    """Fail before any work when ``path`` cannot be written (a message naming ``flag`` and the problem).
-
-    Args:
-        path: The output path.
-        flag: The option that named it (for the message).
-        folder: Whether the output is a folder (else a file).
-        store: The folder must be a KL store (or empty / absent) since it will be replaced.
-    """
-    if path.exists():
-        if folder and not path.is_dir():
-            raise ValueError(f"{flag} {path}: exists and is not a folder")
-        if not folder and path.is_dir():
-            raise ValueError(f"{flag} {path}: is a folder; expected a file name")
-        if store and any(path.iterdir()) and not (path / "config.json").is_file():
-            raise ValueError(f"{flag} {path}: exists and is not a KL store folder; refusing to overwrite it")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"{flag} {path}: {parent} is not a folder")
-    try:  # a real write: permission bits say nothing for root, or for /proc and read-only mounts
-        fd, probe = tempfile.mkstemp(prefix=".kl-retrievers-probe-", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ValueError(f"{flag} {path}: cannot write in {parent} ({exc.strerror or exc})") from None
-
-
 def _load_encoder(model: str | None, device: str | None = None, backend: str = "torch") -> Any:
     from kl_retrievers.pretrained import load_model
 
     return load_model(model, device=device, backend=backend)
-
-
-def add_model_backend_argument(p: Any, *flags: str) -> None:
-    """``--model-backend`` (and any alias in ``flags``): run the --model encoder on torch or ONNX Runtime."""
-    p.add_argument(
-        "--model-backend",
-        *flags,
-        dest="model_backend",
-        choices=("torch", "onnx"),
-        default="torch",
-        help="run the model on torch (default) or onnx (ONNX Runtime, int8 weights, CPU; a bundled or saved torch "
-        "model is exported on first use and cached)",
-    )
 
 
 # ---------------------------------------------------------------- encode
@@ -228,17 +170,11 @@ def _run_encode_sharded(args: argparse.Namespace) -> int:
     report = encode_corpus(
         args.input,
         args.out,
-        model=args.model,
-        kind=args.kind,
-        field=args.field,
         shard_size=args.shard_size or 10000,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        device=args.device,
-        backend=args.backend,
         num_workers=args.num_workers,
         ray_address=args.ray_address,
         show_progress_bar=not args.no_progress,
+        **args_subset(args, "model", "kind", "field", "batch_size", "max_length", "device", "backend"),
     )
     print(
         f"wrote {report.rows} Gaussians in {report.shards} shards to {report.out} "
@@ -355,16 +291,9 @@ def _run_index(args: argparse.Namespace) -> int:
     encoder = _load_encoder(args.model, args.device, args.model_backend)
     store = KLStore(
         encoder,
-        index_type=args.index_type,
-        compression=args.compression,
-        nlist=args.nlist,
-        nprobe=args.nprobe,
-        pq_m=args.pq_m,
-        pq_nbits=args.pq_nbits,
-        refine=args.refine,
         rescore_pool=args.pool,
-        batch_size=args.batch_size,
         show_progress_bar=not args.no_progress,
+        **args_subset(args, "index_type", "compression", "nlist", "nprobe", "pq_m", "pq_nbits", "refine", "batch_size"),
     )
     store.add(texts, ids=ids, metadatas=metadatas)
     store.save(args.out)
@@ -435,7 +364,7 @@ def _run_search(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- evaluate / train / main
 def _add_evaluate(sub: Any) -> None:
-    from kl_retrievers.evaluation import add_evaluate_command
+    from kl_retrievers.evaluate_cli import add_evaluate_command
 
     add_evaluate_command(sub)
 

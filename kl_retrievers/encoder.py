@@ -21,22 +21,27 @@ import logging
 import math
 import os
 import re
-import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-from torch import nn
 
+from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, require_torch
 from kl_retrievers._io import atomic_dir, check_version, library_version
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians
 from kl_retrievers.hub import cached_sha256, file_matches_sha256, resolve_model_path
+
+require_torch("the torch backend (GaussianEncoder)")  # the core install has neither torch nor transformers
+try:
+    import torch
+    import torch.nn.functional as F
+    from safetensors.torch import load_file, save_file
+    from torch import nn
+except ImportError as exc:  # a torch that is present but broken
+    raise ImportError(f"{exc}; {TORCH_EXTRA}") from exc
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +79,8 @@ class GaussianEncoderConfig:
         query_max_length: Token budget for queries.
         backbone: Hub id or path of the backbone the encoder was started from.
         backbone_sha256: SHA-256 of that backbone's weights, when known.
+        extra: Other settings, kept as they are; ``extra["query_prefix"]`` (a str) is put before
+            every query by ``encode_queries`` (bge's instruction, for example).
     """
 
     dim: int
@@ -159,20 +166,6 @@ def _backbone_from_config(config_dict: dict[str, Any]) -> Any:
         return AutoModel.from_config(config)
 
 
-def _check_texts(texts: str | Sequence[str] | None) -> list[str]:
-    if isinstance(texts, str):
-        return [texts]
-    if texts is None:
-        raise TypeError("texts must be a str or a sequence of str; got None")
-    if not isinstance(texts, Iterable):
-        raise TypeError(f"texts must be a str or a sequence of str; got {type(texts).__name__}")
-    out = list(texts)
-    for i, text in enumerate(out):
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{i}] is {type(text).__name__}; every text must be a str")
-    return out
-
-
 def _pick_device(device: str | torch.device | None) -> torch.device:
     if device is not None:
         try:
@@ -189,7 +182,7 @@ def _pick_device(device: str | torch.device | None) -> torch.device:
     return torch.device("cpu")
 
 
-class GaussianEncoder(nn.Module):
+class GaussianEncoder(EncoderMixin, nn.Module):
     """A transformer backbone with a mean head and a softplus-beta variance head.
 
     Build one with :meth:`from_backbone` (a new encoder from a plain Hugging Face
@@ -254,6 +247,7 @@ class GaussianEncoder(nn.Module):
         max_length: int = 256,
         query_max_length: int = 64,
         seed: int | None = 0,
+        query_prefix: str | None = None,
     ) -> GaussianEncoder:
         """Start a new Gaussian encoder from a plain encoder backbone.
 
@@ -272,13 +266,21 @@ class GaussianEncoder(nn.Module):
             max_length: Document token budget.
             query_max_length: Query token budget.
             seed: Seed for the random head initialisation (``None``: do not seed).
+            query_prefix: Text put before every query (kept in ``config.extra["query_prefix"]``);
+                ``None``: what the backbone expects (bge's instruction for ``bge-small-en``, else none;
+                see :func:`kl_retrievers.backbones.default_query_prefix`).
 
         Returns:
             A new encoder in evaluation mode.
         """
         from transformers import AutoTokenizer
 
+        from kl_retrievers.backbones import default_query_prefix
+
         path = resolve_model_path(name_or_path)
+        prefix = default_query_prefix(path, os.fspath(name_or_path)) if query_prefix is None else query_prefix
+        if not isinstance(prefix, str):
+            raise TypeError(f"query_prefix must be a str or None; got {type(prefix).__name__}")
         backbone = _load_backbone(path)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         hidden = int(backbone.config.hidden_size)
@@ -294,6 +296,7 @@ class GaussianEncoder(nn.Module):
             query_max_length=query_max_length,
             backbone=os.fspath(name_or_path),
             backbone_sha256=cached_sha256(weights) if weights.is_file() else None,
+            extra={"query_prefix": prefix} if prefix else {},
         )
         if seed is not None:
             torch.manual_seed(seed)
@@ -342,23 +345,6 @@ class GaussianEncoder(nn.Module):
         if "roberta" in str(getattr(cfg, "model_type", "")) or getattr(cfg, "model_type", "") == "camembert":
             limit -= int(getattr(cfg, "pad_token_id", 1) or 0) + 1  # positions start after the padding index
         return limit if limit >= 3 else None
-
-    def _clamp_length(self, max_length: int) -> int:
-        """``max_length`` within :attr:`max_tokens` (a warning, once per value, when it was above)."""
-        limit = self.max_tokens
-        if limit is None or max_length <= limit:
-            return max_length
-        warned = self.__dict__.setdefault("_warned_lengths", set())
-        if max_length not in warned:
-            warned.add(max_length)
-            logger.warning(
-                "max_length %d is above what %s reads (%d tokens, its position embeddings); using %d",
-                max_length,
-                self.name_or_path or "the backbone",
-                limit,
-                limit,
-            )
-        return limit
 
     def tokenize(self, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
         """Tokenize and insert ``[VAR]`` right after the first token (``[CLS]``).
@@ -422,47 +408,25 @@ class GaussianEncoder(nn.Module):
         return mean, var
 
     # ------------------------------------------------------------------ encoding
-    def _encode(
-        self,
-        texts: str | Sequence[str],
-        *,
-        max_length: int,
-        batch_size: int,
-        show_progress_bar: bool | None,
-        convert_to: str,
-        device: str | torch.device | None,
-        desc: str,
-    ) -> Gaussians:
-        items = _check_texts(texts)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3:
-            raise ValueError(f"max_length must be an int >= 3; got {max_length!r}")
-        if convert_to not in ("numpy", "torch"):
-            raise ValueError(f"convert_to must be 'numpy' or 'torch'; got {convert_to!r}")
+    def _use_device(self, device: str | torch.device | None) -> None:
         if device is not None:
             target = _pick_device(device)
             if target != self.device:
                 self.to(target)
-        dim = self.config.dim
-        if not items:
-            empty = torch.zeros((0, dim))
-            g = Gaussians(empty, empty.clone(), validate=False)
-            return g if convert_to == "torch" else g.numpy()
-        order = np.argsort([-len(t) for t in items], kind="stable")
-        if show_progress_bar is None:
-            show_progress_bar = len(items) > batch_size and sys.stderr.isatty()
+
+    def _encode_batches(
+        self, texts: list[str], *, max_length: int, batch_size: int, show_bar: bool, desc: str
+    ) -> Gaussians:
         from tqdm import tqdm
 
+        order = np.argsort([-len(t) for t in texts], kind="stable")
         means, vars_ = [], []
         was_training = self.training
         self.eval()
         try:
             with torch.inference_mode():
-                for start in tqdm(
-                    range(0, len(items), batch_size), desc=desc, disable=not show_progress_bar, unit="batch"
-                ):
-                    chunk = [items[i] for i in order[start : start + batch_size]]
+                for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not show_bar, unit="batch"):
+                    chunk = [texts[i] for i in order[start : start + batch_size]]
                     batch = {k: v.to(self.device) for k, v in self.tokenize(chunk, max_length).items()}
                     mean, var = self(**batch)
                     means.append(mean.float().cpu())
@@ -470,72 +434,7 @@ class GaussianEncoder(nn.Module):
         finally:
             self.train(was_training)
         inverse = torch.from_numpy(np.argsort(order))
-        g = Gaussians(torch.cat(means)[inverse], torch.cat(vars_)[inverse], validate=False)
-        return g if convert_to == "torch" else g.numpy()
-
-    def encode_queries(
-        self,
-        texts: str | Sequence[str],
-        *,
-        batch_size: int = 32,
-        max_length: int | None = None,
-        show_progress_bar: bool | None = None,
-        convert_to: Literal["numpy", "torch"] = "numpy",
-        device: str | torch.device | None = None,
-    ) -> Gaussians:
-        """Encode queries into Gaussians (one row per text, input order kept).
-
-        Args:
-            texts: A string or a sequence of strings (empty strings are allowed).
-            batch_size: Texts per forward pass (texts are sorted by length first).
-            max_length: Token budget, an int >= 3 (default ``config.query_max_length``); longer texts
-                are truncated. Above the backbone's :attr:`max_tokens` it is clamped to that, with a warning.
-            show_progress_bar: Show a tqdm bar (default: when stderr is a terminal and there are several batches).
-            convert_to: ``"numpy"`` or ``"torch"``.
-            device: ``"cpu"``, ``"cuda"`` or ``"mps"``; moves the encoder there.
-
-        Returns:
-            :class:`~kl_retrievers.gaussian.Gaussians` of float32, shape ``(len(texts), dim)``.
-
-        Examples:
-            >>> q = encoder.encode_queries(["what is -KL?"])  # doctest: +SKIP
-        """
-        return self._encode(
-            texts,
-            max_length=self.config.query_max_length if max_length is None else max_length,
-            batch_size=batch_size,
-            show_progress_bar=show_progress_bar,
-            convert_to=convert_to,
-            device=device,
-            desc="Encoding queries",
-        )
-
-    def encode_documents(
-        self,
-        texts: str | Sequence[str],
-        *,
-        batch_size: int = 32,
-        max_length: int | None = None,
-        show_progress_bar: bool | None = None,
-        convert_to: Literal["numpy", "torch"] = "numpy",
-        device: str | torch.device | None = None,
-    ) -> Gaussians:
-        """Encode documents into Gaussians; arguments as :meth:`encode_queries`.
-
-        ``max_length`` defaults to ``config.max_length``.
-
-        Examples:
-            >>> d = encoder.encode_documents(["a passage", "another passage"])  # doctest: +SKIP
-        """
-        return self._encode(
-            texts,
-            max_length=self.config.max_length if max_length is None else max_length,
-            batch_size=batch_size,
-            show_progress_bar=show_progress_bar,
-            convert_to=convert_to,
-            device=device,
-            desc="Encoding documents",
-        )
+        return Gaussians(torch.cat(means)[inverse], torch.cat(vars_)[inverse], validate=False)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | os.PathLike[str], *, include_backbone: bool = True) -> Path:

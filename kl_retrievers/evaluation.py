@@ -1,4 +1,8 @@
-"""Evaluating retrievers: metrics, paired significance tests, exact -KL retrieval and caching.
+"""Evaluating retrievers: metrics, paired significance tests, exact -KL retrieval, whole evaluations.
+
+A library module in one-way layers: it builds on :mod:`kl_retrievers.runs` (runs, top-k) and
+:mod:`kl_retrievers.encoding_cache`, as :mod:`kl_retrievers.baselines` does beside it; the
+``kl-retrievers evaluate`` command sits on top of both in :mod:`kl_retrievers.evaluate_cli`.
 
 A *run* maps each query id to ``{document id: score}`` (higher is better); *qrels* map
 each query id to ``{document id: relevance grade}``.  Metrics are computed with
@@ -27,27 +31,29 @@ Examples:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import inspect
 import json
 import logging
 import math
 import os
-import shutil
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 import numpy as np
 from tqdm import tqdm
 
-from kl_retrievers.datasets import BeirDataset, DatasetError, load_beir
+from kl_retrievers.datasets import BeirDataset
+from kl_retrievers.encoding_cache import CACHE_ENV as CACHE_ENV  # re-exported, like the cache and run names
+from kl_retrievers.encoding_cache import EncodingCache, canonical_json, default_cache_dir
 from kl_retrievers.gaussian import Gaussians, check_float32_scorable, check_k, exact_top_k
+from kl_retrievers.runs import Qrels, Run, run_from_top_k, top_k
+
+if TYPE_CHECKING:
+    from typing import Unpack  # Python 3.11; only read by type checkers here
 
 __all__ = [
     "Run",
@@ -64,18 +70,18 @@ __all__ = [
     "model_fingerprint",
     "encode_dataset",
     "EvaluationResult",
+    "EncodeOptions",
     "evaluate_model",
     "save_per_query",
     "load_per_query",
     "write_trec_run",
-    "add_evaluate_command",
-    "run_evaluate",
 ]
 
-logger = logging.getLogger(__name__)
+#: Names that moved to :mod:`kl_retrievers.evaluate_cli` (the command line sits on top of this
+#: module); still importable from here, loaded on first use by :func:`__getattr__`.
+_MOVED_TO_CLI = ("add_evaluate_command", "run_evaluate")
 
-Run = dict[str, dict[str, float]]
-Qrels = dict[str, dict[str, int]]
+logger = logging.getLogger(__name__)
 
 #: Reported metric name -> ir_measures measure string.
 METRICS: dict[str, str] = {
@@ -86,8 +92,23 @@ METRICS: dict[str, str] = {
 }
 DEFAULT_METRICS: tuple[str, ...] = tuple(METRICS)
 
-CACHE_ENV = "KL_RETRIEVERS_CACHE"
-_CACHE_FORMAT = 1
+
+def __getattr__(name: str) -> Any:
+    """``add_evaluate_command`` and ``run_evaluate``, from :mod:`kl_retrievers.evaluate_cli` (PEP 562).
+
+    A deferred re-export: the command line imports this module, so this module imports it only
+    when one of its old names is asked for.
+
+    Examples:
+        >>> from kl_retrievers.evaluation import run_evaluate
+        >>> run_evaluate.__module__
+        'kl_retrievers.evaluate_cli'
+    """
+    if name in _MOVED_TO_CLI:
+        from kl_retrievers import evaluate_cli
+
+        return getattr(evaluate_cli, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------
@@ -309,44 +330,6 @@ def paired_test(
 # --------------------------------------------------------------------------------------
 
 
-def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise top ``k`` of a score matrix, best first (argpartition, then a sort of ``k``).
-
-    Args:
-        scores: Shape ``(n_queries, n_docs)``; higher is better.
-        k: How many to keep (clipped to ``n_docs``).
-
-    Returns:
-        ``(indices, values)``, each of shape ``(n_queries, min(k, n_docs))``.
-
-    Examples:
-        >>> idx, val = top_k(np.array([[0.1, 0.9, 0.5]]), 2)
-        >>> idx.tolist(), val.tolist()
-        ([[1, 2]], [[0.9, 0.5]])
-    """
-    n = scores.shape[1]
-    k = min(k, n)
-    if k <= 0:
-        return np.zeros((scores.shape[0], 0), dtype=np.int64), np.zeros((scores.shape[0], 0), dtype=scores.dtype)
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (scores.shape[0], 1))
-    vals = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-vals, axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1), np.take_along_axis(vals, order, axis=1)
-
-
-def run_from_top_k(query_ids: Sequence[str], doc_ids: Sequence[str], idx: np.ndarray, vals: np.ndarray) -> Run:
-    """Build a :data:`Run` from top-k indices and scores.
-
-    Examples:
-        >>> run_from_top_k(["q"], ["a", "b"], np.array([[1, 0]]), np.array([[2.0, 1.0]]))
-        {'q': {'b': 2.0, 'a': 1.0}}
-    """
-    return {
-        qid: {doc_ids[int(j)]: float(s) for j, s in zip(idx[i], vals[i], strict=True)}
-        for i, qid in enumerate(query_ids)
-    }
-
-
 def retrieve_exact(
     queries: Gaussians,
     documents: Gaussians,
@@ -412,116 +395,6 @@ def retrieve_exact(
             on_block=bar.update,
         )
     return run_from_top_k(query_ids, doc_ids, idx, vals)
-
-
-# --------------------------------------------------------------------------------------
-# Encoding cache
-# --------------------------------------------------------------------------------------
-
-
-def default_cache_dir() -> Path:
-    """``$KL_RETRIEVERS_CACHE`` if set, else ``~/.cache/kl_retrievers/encodings``.
-
-    Examples:
-        >>> default_cache_dir().name  # doctest: +SKIP
-        'encodings'
-    """
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "kl_retrievers" / "encodings"
-
-
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-
-
-class EncodingCache:
-    """Arrays on disk (``.npy``, never pickled) keyed by a JSON-able identity dict.
-
-    Each entry is a folder ``<kind>-<sha256 of the key>`` holding one ``.npy`` per array
-    and ``meta.json`` (the full key, the row ids and the array shapes). An entry that
-    fails to load or does not match its key is deleted and reported as a miss.
-
-    Args:
-        cache_dir: Root folder; defaults to :func:`default_cache_dir`.
-
-    Examples:
-        >>> import tempfile
-        >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     cache = EncodingCache(tmp)
-        ...     key = {"model": "m", "max_length": 8}
-        ...     miss = cache.load("documents", key, ["a", "b"])
-        ...     cache.save("documents", key, ["a", "b"], {"emb": np.ones((2, 3), dtype=np.float32)})
-        ...     hit = cache.load("documents", key, ["a", "b"])
-        >>> miss is None, hit["emb"].shape
-        (True, (2, 3))
-    """
-
-    def __init__(self, cache_dir: str | os.PathLike[str] | None = None) -> None:
-        self.root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        self.hits = 0
-        self.misses = 0
-
-    def entry_dir(self, kind: str, key: Mapping[str, Any]) -> Path:
-        """Folder of the entry for ``(kind, key)``."""
-        digest = hashlib.sha256(_canonical({"kind": kind, "key": key, "format": _CACHE_FORMAT}).encode()).hexdigest()
-        return self.root / f"{kind}-{digest[:32]}"
-
-    def load(self, kind: str, key: Mapping[str, Any], ids: Sequence[str]) -> dict[str, np.ndarray] | None:
-        """The cached arrays for ``(kind, key)`` whose rows are ``ids``, or ``None`` on a miss."""
-        folder = self.entry_dir(kind, key)
-        if not folder.is_dir():
-            self.misses += 1
-            return None
-        try:
-            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-            if meta.get("format") != _CACHE_FORMAT or _canonical(meta.get("key")) != _canonical(key):
-                raise ValueError("key mismatch")
-            if meta.get("ids") != list(ids):
-                raise ValueError("row ids differ")
-            arrays: dict[str, np.ndarray] = {}
-            for name, shape in meta["arrays"].items():
-                arr = np.load(folder / f"{name}.npy", allow_pickle=False)
-                if list(arr.shape) != list(shape) or arr.shape[0] != len(ids):
-                    raise ValueError(f"array {name!r} has shape {arr.shape}, expected {shape}")
-                if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                    raise ValueError(f"array {name!r} holds non-finite values")
-                arrays[name] = arr
-        except Exception as exc:  # any damage means recompute
-            logger.warning("encoding cache entry %s is unusable (%s); recomputing", folder, exc)
-            shutil.rmtree(folder, ignore_errors=True)
-            self.misses += 1
-            return None
-        self.hits += 1
-        logger.info("encoding cache hit: %s", folder)
-        return arrays
-
-    def save(self, kind: str, key: Mapping[str, Any], ids: Sequence[str], arrays: Mapping[str, np.ndarray]) -> None:
-        """Store ``arrays`` (first axis = ``ids``) for ``(kind, key)``; failures only warn."""
-        folder = self.entry_dir(kind, key)
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
-            for name, arr in arrays.items():
-                np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr), allow_pickle=False)
-            meta = {
-                "format": _CACHE_FORMAT,
-                "kind": kind,
-                "key": json.loads(_canonical(key)),
-                "ids": list(ids),
-                "arrays": {name: list(arr.shape) for name, arr in arrays.items()},
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            }
-            (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
-            if folder.exists():
-                shutil.rmtree(folder, ignore_errors=True)
-            os.replace(tmp, folder)
-            logger.info("encoding cache saved: %s", folder)
-        except OSError as exc:
-            logger.warning("could not write encoding cache %s: %s", folder, exc)
-            if "tmp" in locals():
-                shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -591,7 +464,7 @@ def model_fingerprint(encoder: Any) -> str:
     }
     if sd is None:
         ident["name_or_path"] = str(getattr(encoder, "name_or_path", None))
-    h.update(_canonical(ident).encode())
+    h.update(canonical_json(ident).encode())
     if sd is not None:
         import torch
 
@@ -757,19 +630,25 @@ def model_label(encoder: Any) -> str:
     return str(name) if name else type(encoder).__name__
 
 
+class EncodeOptions(TypedDict, total=False):
+    """How :func:`evaluate_model` encodes: keyword options of :func:`encode_dataset`, passed on as given."""
+
+    batch_size: int
+    max_length: int | None
+    query_max_length: int | None
+    cache_dir: str | os.PathLike[str] | None
+    use_cache: bool
+
+
 def evaluate_model(
     encoder: GaussianEncoderLike,
     dataset: BeirDataset,
     *,
     k: int = 100,
     means_only: bool = False,
-    batch_size: int = 32,
-    max_length: int | None = None,
-    query_max_length: int | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    use_cache: bool = True,
     show_progress: bool = True,
     metrics: Sequence[str] = DEFAULT_METRICS,
+    **encode_options: Unpack[EncodeOptions],
 ) -> EvaluationResult:
     """Encode, retrieve exactly by -KL (or means only) and score a Gaussian encoder.
 
@@ -778,32 +657,21 @@ def evaluate_model(
         dataset: The loaded split.
         k: Retrieval depth.
         means_only: Ablation: rank by ``-||mu_q - mu_d||^2`` ignoring variances.
-        batch_size: Encoding batch size.
-        max_length: Document token limit for the encoder (if it accepts one; ``None``: its default).
-        query_max_length: Query token limit (likewise).
-        cache_dir: Encoding cache root.
-        use_cache: Read/write the encoding cache.
         show_progress: Progress bars on stderr.
         metrics: Metric names to report.
+        **encode_options: ``batch_size``, ``max_length`` (document token limit, if the encoder
+            accepts one; ``None``: its default), ``query_max_length``, ``cache_dir`` and
+            ``use_cache``: as in :func:`encode_dataset`.
 
     Returns:
         The aggregate and per-query metrics and the run.
 
     Examples:
-        >>> result = evaluate_model(encoder, load_beir("../shared/datasets/scifact"))  # doctest: +SKIP
+        >>> result = evaluate_model(encoder, load_beir("../shared/datasets/scifact"), batch_size=64)  # doctest: +SKIP
         >>> result.aggregate["ndcg@10"]  # doctest: +SKIP
     """
     t0 = time.perf_counter()
-    q, d = encode_dataset(
-        encoder,
-        dataset,
-        batch_size=batch_size,
-        max_length=max_length,
-        query_max_length=query_max_length,
-        cache_dir=cache_dir,
-        use_cache=use_cache,
-        show_progress=show_progress,
-    )
+    q, d = encode_dataset(encoder, dataset, show_progress=show_progress, **encode_options)
     t1 = time.perf_counter()
     from kl_retrievers.qpp import gaussian_query_stats
 
@@ -923,210 +791,3 @@ def write_trec_run(path: str | os.PathLike[str], run: Mapping[str, Mapping[str, 
             ranked = sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))
             for rank, (doc, score) in enumerate(ranked, start=1):
                 fh.write(f"{qid} Q0 {doc} {rank} {score!r} {tag}\n")
-
-
-# --------------------------------------------------------------------------------------
-# Command line: kl-retrievers evaluate
-# --------------------------------------------------------------------------------------
-
-_EVALUATE_HELP = "Evaluate a Gaussian model (exact -KL) or a baseline on a BEIR folder."
-
-
-def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``evaluate`` on an ``argparse`` subparsers object.
-
-    Args:
-        subparsers: The result of ``parser.add_subparsers()``.
-
-    Returns:
-        The new sub-parser (its default ``func`` is :func:`run_evaluate`).
-
-    Examples:
-        >>> parser = argparse.ArgumentParser(prog="kl-retrievers")
-        >>> _ = add_evaluate_command(parser.add_subparsers(dest="command"))
-        >>> parser.parse_args(["evaluate", "data", "--baseline", "bm25"]).baseline
-        'bm25'
-    """
-    p = subparsers.add_parser("evaluate", help=_EVALUATE_HELP, description=_EVALUATE_HELP)
-    p.add_argument("dataset_dir", metavar="DATASET_DIR", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
-    p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument(
-        "--model",
-        metavar="M",
-        help="Gaussian encoder: bundled model name, local folder or hub id (default: the package default model)",
-    )
-    which.add_argument("--baseline", choices=["bm25", "minilm", "bge-small"], help="evaluate a baseline instead")
-    p.add_argument("--means-only", action="store_true", help="ablation: rank by -||mu_q - mu_d||^2, ignore variances")
-    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    p.add_argument("--per-query", metavar="FILE", help="save per-query metrics (.json, or .tsv by suffix)")
-    p.add_argument("--compare", metavar="RUN_FILE", help="per-query file of another system: paired t-test against it")
-    p.add_argument("--save-run", metavar="FILE", help="also write the retrieved run in TREC format")
-    from kl_retrievers.cli import positive_int, token_budget
-
-    p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="encoding batch size (default: 32)")
-    p.add_argument(
-        "--max-length",
-        type=token_budget,
-        default=None,
-        metavar="N",
-        help="document token limit (default: the model's own)",
-    )
-    p.add_argument(
-        "--query-max-length",
-        type=token_budget,
-        default=None,
-        metavar="N",
-        help="query token limit (default: the model's own)",
-    )
-    p.add_argument("--depth", type=int, default=100, metavar="K", help="documents retrieved per query (default: 100)")
-    p.add_argument("--cache-dir", default=None, help=f"encoding cache (default: ${CACHE_ENV} or ~/.cache/...)")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the encoding cache")
-    p.add_argument(
-        "--unknown-docs",
-        choices=["error", "drop"],
-        default="error",
-        help="qrels naming documents outside the corpus: fail (default) or drop them",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
-    from kl_retrievers.cli import add_model_backend_argument
-
-    add_model_backend_argument(p, "--backend")
-    p.set_defaults(func=run_evaluate)
-    return p
-
-
-def _setup_logging(quiet: bool) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(
-            level=logging.WARNING if quiet else logging.INFO,
-            stream=sys.stderr,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
-
-
-def _print_table(summary: Mapping[str, Any], metrics: Iterable[str], compare: Mapping[str, Any] | None) -> None:
-    print(f"dataset: {summary['dataset']}  split: {summary['split']}  queries: {summary['queries']}")
-    print(f"model:   {summary['model']}")
-    for name in metrics:
-        print(f"  {name:<11} {summary[name]:.4f}")
-    if compare:
-        print(f"compared with {compare['file']} ({compare.get('model') or 'unnamed'}):")
-        for name, res in compare["tests"].items():
-            print(
-                f"  {name:<11} {res['mean_a']:.4f} vs {res['mean_b']:.4f}  diff {res['mean_diff']:+.4f}  "
-                f"p = {res['p_value']:.4g}  (n = {res['n']})"
-            )
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
-    """Run ``kl-retrievers evaluate`` from parsed arguments.
-
-    Returns:
-        0 on success, 2 on bad input (missing or malformed dataset or comparison file).
-
-    Examples:
-        >>> parser = argparse.ArgumentParser()
-        >>> _ = add_evaluate_command(parser.add_subparsers())
-        >>> args = parser.parse_args(["evaluate", "../shared/datasets/scifact", "--baseline", "bm25", "--json"])
-        >>> run_evaluate(args)  # doctest: +SKIP
-        0
-    """
-    _setup_logging(args.quiet)
-    show = not args.quiet
-    if args.depth < 1:
-        print(
-            f"kl-retrievers evaluate: error: --depth must be an integer >= 1 (documents per query); got {args.depth}",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        dataset = load_beir(args.dataset_dir, args.split, unknown_docs=args.unknown_docs)
-    except DatasetError as exc:
-        print(f"kl-retrievers evaluate: error: {exc}", file=sys.stderr)
-        return 2
-    other: tuple[dict[str, dict[str, float]], dict[str, Any]] | None = None
-    if args.compare:
-        try:
-            other = load_per_query(args.compare)
-        except ValueError as exc:
-            print(f"kl-retrievers evaluate: error: {exc}", file=sys.stderr)
-            return 2
-    cache_dir = args.cache_dir
-    use_cache = not args.no_cache
-    if args.baseline:
-        if args.means_only:
-            print(
-                "kl-retrievers evaluate: error: --means-only applies to Gaussian models, not baselines", file=sys.stderr
-            )
-            return 2
-        from kl_retrievers.baselines import run_baseline
-
-        t0 = time.perf_counter()
-        run, label = run_baseline(
-            args.baseline,
-            dataset,
-            k=args.depth,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            cache_dir=cache_dir,
-            use_cache=use_cache,
-            show_progress=show,
-        )
-        aggregate, per_query = evaluate_run(dataset.qrels, run)
-        info = {"seconds": round(time.perf_counter() - t0, 2)}
-        result = EvaluationResult(str(dataset.path), dataset.split, label, aggregate, per_query, run, info)
-    else:
-        from kl_retrievers.pretrained import load_model
-
-        encoder = load_model(args.model, backend=getattr(args, "model_backend", "torch"))
-        result = evaluate_model(
-            encoder,
-            dataset,
-            k=args.depth,
-            means_only=args.means_only,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            query_max_length=args.query_max_length,
-            cache_dir=cache_dir,
-            use_cache=use_cache,
-            show_progress=show,
-        )
-    summary = result.summary()
-    from kl_retrievers.qpp import per_query_with_predictors, qpp_for_run
-
-    qpp, qpp_values = qpp_for_run(
-        result.run,
-        result.per_query,
-        query_ids=dataset.query_ids,
-        query_texts=dataset.query_texts(),
-        corpus_texts=dataset.document_texts(),
-        query_stats=result.query_stats,
-        missing_uncertainty=f"the {args.baseline} baseline has no variances" if args.baseline else None,
-    )
-    summary["qpp"] = qpp
-    if args.per_query:
-        pq_out = per_query_with_predictors(result.per_query, qpp_values)  # with each query's uncertainty
-        save_per_query(args.per_query, pq_out, meta={k: v for k, v in summary.items()})
-        logger.info("per-query results written to %s", args.per_query)
-    if args.save_run:
-        write_trec_run(args.save_run, result.run, tag=result.model)
-        logger.info("run written to %s", args.save_run)
-    compare: dict[str, Any] | None = None
-    if other is not None:
-        other_pq, other_meta = other
-        tests: dict[str, Any] = {}
-        for name in DEFAULT_METRICS:
-            try:
-                tests[name] = paired_test(result.per_query, other_pq, name).to_dict()
-            except ValueError as exc:
-                logger.warning("no paired test for %s: %s", name, exc)
-        compare = {"file": str(args.compare), "model": other_meta.get("model"), "tests": tests}
-        summary["compare"] = compare
-    if args.json:
-        sys.stdout.write(json.dumps(summary) + "\n")
-    else:
-        _print_table(summary, DEFAULT_METRICS, compare)
-    sys.stdout.flush()
-    return 0

@@ -29,13 +29,38 @@ Examples:
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
+else:
+
+    class _LazyTorch:
+        """Stands for the torch module and imports it on first use: numpy-only callers never load torch.
+
+        Only code paths that already hold a tensor (:func:`_is_torch` is true, so torch is loaded) or
+        that convert to torch (:meth:`Gaussians.torch`) reach it.
+        """
+
+        def __getattr__(self, name: str) -> Any:
+            try:
+                module = importlib.import_module("torch")
+            except ImportError as exc:
+                raise ModuleNotFoundError(
+                    f'torch tensors need torch, which the core install leaves out; pip install "kl-retrievers[torch]" '
+                    f"({exc})",
+                    name="torch",
+                ) from exc
+            return getattr(module, name)
+
+    torch = _LazyTorch()
 
 __all__ = [
     "SCORE_NAME",
@@ -62,7 +87,8 @@ _BLOCK_ELEMENTS = 1 << 23
 
 
 def _is_torch(x: Any) -> bool:
-    return isinstance(x, torch.Tensor)
+    module = sys.modules.get("torch")  # a tensor exists only once torch is loaded: never import it here
+    return module is not None and isinstance(x, module.Tensor)
 
 
 def _check_finite(name: str, x: Array) -> None:
@@ -914,6 +940,23 @@ def _merge_top(
     return all_s, all_r
 
 
+def _streamed_top(
+    allowed: np.ndarray, step: int, keep: int, score: Callable[[int, np.ndarray], np.ndarray], nq: int, dtype: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``keep`` best (scores, rows) per query (unordered), scoring ``step`` allowed rows at a time.
+
+    ``score(start, block)`` gives the ``(nq, block.size)`` scores of ``block = allowed[start : start + step]``;
+    one block of scores is held at a time.
+    """
+    best_s = np.full((nq, 0), -np.inf, dtype=dtype)
+    best_r = np.zeros((nq, 0), dtype=np.int64)
+    for start in range(0, allowed.size, step):
+        block = allowed[start : start + step]
+        sc = score(start, block)
+        best_s, best_r = _merge_top(best_s, best_r, sc, np.broadcast_to(block, sc.shape), keep)
+    return best_s, best_r
+
+
 def top_k_rows(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per query, the ``k`` best of candidate ``rows`` by ``scores``, best first (stable on ties).
 
@@ -974,24 +1017,21 @@ def float64_top_k(
     """
     nq, dim = len(queries), queries.dim
     allowed = np.arange(len(documents)) if rows is None else np.asarray(rows, dtype=np.int64)
-    best_s = np.full((nq, 0), -np.inf)
-    best_r = np.zeros((nq, 0), dtype=np.int64)
     q64 = queries.astype(np.float64)
-    step = _EXACT_ROWS // 16
-    for s in range(0, allowed.size, step):
-        block = allowed[s : s + step]
+
+    def score(_start: int, block: np.ndarray) -> np.ndarray:
         dm = np.asarray(documents.mean[block], dtype=np.float64)
-        if means_only:  # term by term, in chunks of queries
-            sc = np.empty((nq, block.size))
-            qstep = max(1, _ROWS_BLOCK_ELEMENTS // max(1, block.size * dim))
-            for a in range(0, nq, qstep):
-                diff = q64.mean[a : a + qstep, None, :] - dm[None, :, :]
-                sc[a : a + qstep] = -np.einsum("qcj,qcj->qc", diff, diff)
-        else:
-            docs = Gaussians(dm, np.asarray(documents.var[block], dtype=np.float64), validate=False)
-            sc = np.asarray(neg_kl_matrix(q64, docs))
-        best_s, best_r = _merge_top(best_s, best_r, sc, np.broadcast_to(block, sc.shape), k)
-    return top_k_rows(best_s, best_r, k)
+        if not means_only:
+            dv = np.asarray(documents.var[block], dtype=np.float64)
+            return np.asarray(neg_kl_matrix(q64, Gaussians(dm, dv, validate=False)))
+        sc = np.empty((nq, block.size))  # term by term, in chunks of queries
+        qstep = max(1, _ROWS_BLOCK_ELEMENTS // max(1, block.size * dim))
+        for a in range(0, nq, qstep):
+            diff = q64.mean[a : a + qstep, None, :] - dm[None, :, :]
+            sc[a : a + qstep] = -np.einsum("qcj,qcj->qc", diff, diff)
+        return sc
+
+    return top_k_rows(*_streamed_top(allowed, _EXACT_ROWS // 16, k, score, nq, np.float64), k)
 
 
 def refine_top_k(
@@ -1134,14 +1174,15 @@ def exact_top_k(
         return dv, dmax
 
     def candidates(qi: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        best_s = np.full((qi.size, 0), -np.inf, dtype=np.float32)
-        best_r = np.zeros((qi.size, 0), dtype=np.int64)
-        dmax = np.zeros(2 if means_only else 3)
-        for s in range(0, n, _EXACT_ROWS):
-            dv, block_max = doc_block(s)
-            dmax = np.maximum(dmax, block_max)
-            sc = qv[qi] @ dv.T
-            best_s, best_r = _merge_top(best_s, best_r, sc, np.broadcast_to(allowed[s : s + _EXACT_ROWS], sc.shape), c)
+        block_maxima: list[np.ndarray] = []
+
+        def score(start: int, _block: np.ndarray) -> np.ndarray:
+            dv, block_max = doc_block(start)
+            block_maxima.append(block_max)
+            return qv[qi] @ dv.T
+
+        best_s, best_r = _streamed_top(allowed, _EXACT_ROWS, c, score, qi.size, np.float32)
+        dmax = np.maximum.reduce([np.zeros(2 if means_only else 3), *block_maxima])
         order = np.argsort(-best_s, axis=1, kind="stable")
         return (
             np.take_along_axis(best_r, order, 1),

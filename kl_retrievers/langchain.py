@@ -23,13 +23,11 @@ Examples:
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import math
 import os
 import threading
 import uuid
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,7 +46,19 @@ except ImportError as exc:  # pragma: no cover - exercised with langchain-core a
         'kl_retrievers.langchain needs langchain-core; install it with: pip install "kl-retrievers[langchain]"'
     ) from exc
 
-from kl_retrievers._io import library_version
+from kl_retrievers._adapters import (
+    DEFAULT_RELEVANCE,
+    RELEVANCE_FUNCTIONS,
+    RelevanceFn,
+    mmr_select,
+    read_manifest,
+    relevance_exp,
+    relevance_exp_per_dim,
+    relevance_inverse,
+    resolve_relevance,
+    warn_incompatible_store,
+    write_manifest,
+)
 from kl_retrievers.filters import MetadataFilter
 from kl_retrievers.gaussian import (
     SCORE_NAME,
@@ -57,7 +67,6 @@ from kl_retrievers.gaussian import (
     kl_document_vectors,
     kl_query_constant,
     kl_query_vectors,
-    neg_kl_matrix,
 )
 from kl_retrievers.index import KLStore, StoreFormatError
 
@@ -71,6 +80,7 @@ __all__ = [
     "LangChainFormatError",
     "RELEVANCE_FUNCTIONS",
     "check_inner_product_store",
+    "relevance_exp",
     "relevance_exp_per_dim",
     "relevance_inverse",
 ]
@@ -107,11 +117,11 @@ def _check_query(query: Any) -> str:
 _check_k = check_k  # the one check of k, fetch_k, batch_size (kl_retrievers.gaussian)
 
 
-def _load_default_encoder(backend: str = "torch") -> Any:
-    from kl_retrievers.pretrained import load_default_model, load_model
+def _load_default_encoder(backend: str | None = None) -> Any:
+    from kl_retrievers.pretrained import load_model
 
-    logger.info("loading the default kl-retrievers model (%s backend)", backend)
-    return load_default_model() if backend == "torch" else load_model(None, backend=backend)
+    logger.info("loading the default kl-retrievers model (%s backend)", backend or "default")
+    return load_model(None, backend=backend)
 
 
 def _unwrap_encoder(encoder: Any) -> Any:
@@ -126,38 +136,6 @@ def _unwrap_encoder(encoder: Any) -> Any:
             f"or a LangChain Embeddings; got {type(encoder).__name__}"
         )
     return encoder
-
-
-# --------------------------------------------------------------------------- relevance
-def relevance_inverse(score: float, dim: int | None = None) -> float:
-    """Relevance ``1 / (1 + KL)`` in ``(0, 1]`` from a ``-KL`` score (the default).
-
-    Monotone, parameter-free, ``1`` only for identical Gaussians and ``1/2`` at ``KL = 1``.
-
-    Examples:
-        >>> relevance_inverse(0.0), relevance_inverse(-1.0)
-        (1.0, 0.5)
-    """
-    kl = max(0.0, -float(score))
-    return 1.0 / (1.0 + kl)
-
-
-def relevance_exp_per_dim(score: float, dim: int | None = None) -> float:
-    """Relevance ``exp(-KL / k)`` in ``(0, 1]``: the KL per dimension, so models of different ``k`` compare.
-
-    Examples:
-        >>> round(relevance_exp_per_dim(-8.0, dim=8), 4)
-        0.3679
-    """
-    kl = max(0.0, -float(score))
-    return math.exp(-kl / max(1, dim or 1))
-
-
-#: Named relevance functions for :class:`KLVectorStore` (``relevance=``).
-RELEVANCE_FUNCTIONS: dict[str, Callable[[float, int | None], float]] = {
-    "inverse": relevance_inverse,
-    "exp_per_dim": relevance_exp_per_dim,
-}
 
 
 # --------------------------------------------------------------------------- store checks
@@ -215,12 +193,13 @@ def check_inner_product_store(vectorstore: Any, *, warn: bool = True) -> bool | 
 
 
 def _warn_incompatible(store_name: str, reason: str) -> None:
-    warnings.warn(
-        f"KLEmbeddings used with {store_name} ({reason}): the -KL rewrite is exact only for a raw "
-        "inner product; cosine, L2 or normalised stores return wrong rankings. Use an inner-product "
-        "store (e.g. FAISS(distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT)) or KLVectorStore.",
-        UserWarning,
-        stacklevel=4,
+    warn_incompatible_store(
+        "KLEmbeddings",
+        store_name,
+        reason,
+        "Use an inner-product store (e.g. FAISS(distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT)) or "
+        "KLVectorStore.",
+        stacklevel=5,
     )
 
 
@@ -328,8 +307,9 @@ class KLEmbeddings(Embeddings):
             lazily on first use).
         batch_size: Encoder batch size.
         show_progress_bar: Show the encoder's progress bar for documents.
-        backend: For the default model only: ``"torch"`` or ``"onnx"`` (ONNX Runtime with int8
-            weights, see :func:`~kl_retrievers.load_model`).
+        backend: For the default model only: ``"torch"``, ``"onnx"`` (ONNX Runtime with int8
+            weights) or ``None`` (the default: :func:`~kl_retrievers.pretrained.default_backend`,
+            ONNX on CPU; see :func:`~kl_retrievers.load_model`).
 
     Examples:
         >>> emb = KLEmbeddings()  # doctest: +SKIP
@@ -343,11 +323,11 @@ class KLEmbeddings(Embeddings):
         *,
         batch_size: int = 32,
         show_progress_bar: bool = False,
-        backend: str = "torch",
+        backend: str | None = None,
     ) -> None:
         from kl_retrievers.pretrained import BACKENDS
 
-        if backend not in BACKENDS:
+        if backend is not None and backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
         self.batch_size = _check_k(batch_size, "batch_size")
         self.show_progress_bar = bool(show_progress_bar)
@@ -469,8 +449,14 @@ class KLVectorStore(VectorStore):
     Scores from ``similarity_search_with_score`` are the true ``-KL`` (``<= 0``, ``0`` for identical
     Gaussians).  Relevance scores (``similarity_search_with_relevance_scores`` and
     ``search_type="similarity_score_threshold"``) map ``-KL`` in ``(-inf, 0]`` to ``(0, 1]`` with
-    ``relevance="inverse"`` (``1 / (1 + KL)``, default), ``"exp_per_dim"`` (``exp(-KL / k)``) or a
-    callable ``f(neg_kl, dim) -> float``.
+    ``relevance="exp"`` (default): ``exp(-KL)``, the geometric mean over the query's likely points
+    ``x`` of ``D(x) / Q(x)``; ``1`` for identical Gaussians, ``0.5`` at ``KL = ln 2``.  With the
+    bundled models ``KL`` is close to ``1 - cos`` of the means, so unrelated texts score about
+    0.3 to 0.45 and near-duplicates about 0.9 or more: ``score_threshold=0.5`` keeps texts about as
+    similar as a cosine of 0.31.  It is not a calibrated probability.  Also ``"inverse"``
+    (``1 / (1 + KL)``), ``"exp_per_dim"`` (``exp(-KL / k)``) or a callable ``f(neg_kl, dim) -> float``.
+
+    ``delete()`` needs ids; ``delete(delete_all=True)`` or :meth:`clear` empties the store.
 
     Args:
         embedding: A :class:`KLEmbeddings`, a Gaussian encoder, or any LangChain ``Embeddings``
@@ -493,15 +479,11 @@ class KLVectorStore(VectorStore):
         embedding: Any | None = None,
         *,
         store: Any | None = None,
-        relevance: str | Callable[[float, int | None], float] = "inverse",
+        relevance: str | RelevanceFn = DEFAULT_RELEVANCE,
         batch_size: int = 32,
         **store_kwargs: Any,
     ) -> None:
-        if isinstance(relevance, str):
-            if relevance not in RELEVANCE_FUNCTIONS:
-                raise ValueError(f"relevance must be one of {sorted(RELEVANCE_FUNCTIONS)} or a callable")
-        elif not callable(relevance):
-            raise TypeError(f"relevance must be a name or a callable; got {type(relevance).__name__}")
+        resolve_relevance(relevance)
         self.relevance = relevance
         self.batch_size = _check_k(batch_size, "batch_size")
         if store is not None and store_kwargs:
@@ -610,18 +592,44 @@ class KLVectorStore(VectorStore):
 
         return await run_in_executor(None, self.upsert, documents, ids)
 
-    def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
-        """Delete documents by id (``None`` deletes everything); unknown ids are ignored.
+    def delete(self, ids: list[str] | None = None, *, delete_all: bool = False, **kwargs: Any) -> bool | None:
+        """Delete documents by id; unknown ids are ignored.
+
+        ``delete()`` with no ids refuses (a forgotten argument must not wipe the store); empty the
+        store with ``delete(delete_all=True)`` or :meth:`clear`.
+
+        Args:
+            ids: The ids to delete.
+            delete_all: Delete every document (``ids`` must then be ``None``).
+            **kwargs: Ignored.
 
         Returns:
             ``True`` when every given id existed, ``False`` when some were missing.
+
+        Raises:
+            ValueError: No ids and no ``delete_all=True``, or both.
+
+        Examples:
+            >>> store.delete(["a", "b"])  # doctest: +SKIP
+            True
         """
         if ids is None:
+            if not delete_all:
+                raise ValueError(
+                    "KLVectorStore.delete() needs the ids to delete (got ids=None); to delete every document "
+                    "call delete(delete_all=True) or clear()"
+                )
             ids = self.store.ids
+        elif delete_all:
+            raise ValueError("pass either ids or delete_all=True to KLVectorStore.delete, not both")
         if isinstance(ids, str):
             raise TypeError("ids must be a list of str, not a single str")
         report = self.store.delete([str(i) for i in ids])
         return not report.missing
+
+    def clear(self) -> None:
+        """Delete every document (the store's settings are kept); same as ``delete(delete_all=True)``."""
+        self.delete(delete_all=True)
 
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         """Stored documents for ``ids`` (unknown ids skipped), with ``Document.id`` set."""
@@ -697,11 +705,8 @@ class KLVectorStore(VectorStore):
         """Documents for a ``q~`` vector or a query Gaussian; see :meth:`similarity_search_with_score_by_vector`."""
         return [doc for doc, _ in self.similarity_search_with_score_by_vector(embedding, k, filter=filter)]
 
-    def _relevance_fn(self) -> Callable[[float, int | None], float]:
-        return RELEVANCE_FUNCTIONS[self.relevance] if isinstance(self.relevance, str) else self.relevance
-
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
-        fn, dim = self._relevance_fn(), self.store.dim
+        fn, dim = resolve_relevance(self.relevance), self.store.dim
         return lambda score: float(fn(score, dim))
 
     def max_marginal_relevance_search(
@@ -716,10 +721,10 @@ class KLVectorStore(VectorStore):
         """Maximal marginal relevance with ``-KL`` on both sides.
 
         ``fetch_k`` candidates are fetched by ``-KL(Q || D)``; then documents are picked greedily by
-        ``lambda_mult * rel(Q, D) - (1 - lambda_mult) * max_S rel(D, S)``, where ``rel`` is this
-        store's relevance function (in ``(0, 1]``) applied to ``-KL(Q || D)`` for the query and to
-        the symmetrised ``-(KL(D || S) + KL(S || D)) / 2`` between documents (the stored
-        Gaussians, so variances count, not only the means).
+        ``lambda_mult * rel(Q, D) - (1 - lambda_mult) * max_S rel(D, S)`` (see
+        :func:`kl_retrievers._adapters.mmr_select`, shared with the LlamaIndex store), where ``rel``
+        is this store's relevance function applied to ``-KL(Q || D)`` and to the symmetrised
+        ``-(KL(D || S) + KL(S || D)) / 2`` between the stored Gaussians.
 
         Args:
             query: Query text.
@@ -753,19 +758,9 @@ class KLVectorStore(VectorStore):
         cands = self._results(query, fetch_k, filter)
         if not cands:
             return []
-        fn, dim = self._relevance_fn(), self.store.dim
-        rel_q = np.array([fn(s, dim) for _, s in cands])
-        g = self.store.get_gaussians([str(d.id) for d, _ in cands]).astype(np.float64)
-        m = np.asarray(neg_kl_matrix(g, g))
-        sym = 0.5 * (m + m.T)
-        rel_d = np.vectorize(lambda s: fn(float(s), dim))(sym)
-        chosen = [int(np.argmax(rel_q))]
-        while len(chosen) < min(k, len(cands)):
-            redundancy = rel_d[:, chosen].max(axis=1)
-            value = lambda_mult * rel_q - (1.0 - lambda_mult) * redundancy
-            value[chosen] = -np.inf
-            chosen.append(int(np.argmax(value)))
-        return [cands[i][0] for i in chosen]
+        g = self.store.get_gaussians([str(d.id) for d, _ in cands])
+        order = mmr_select([s for _, s in cands], g, k, lambda_mult, resolve_relevance(self.relevance), self.store.dim)
+        return [cands[i][0] for i in order]
 
     # -- constructors
     @classmethod
@@ -806,51 +801,13 @@ class KLVectorStore(VectorStore):
         )
 
     # -- persistence
-    def save_local(self, folder_path: str | os.PathLike[str]) -> Path:
-        """Save to a folder (JSON, ``.npy`` and a FAISS index; no pickle anywhere).
-
-        The folder holds ``langchain.json`` (format, library version, relevance, encoder name)
-        and ``klstore/`` (:meth:`KLStore.save`).  A callable relevance function is not saved;
-        pass it again to :meth:`load_local`.
-
-        Returns:
-            The folder path.
-        """
-        folder = Path(folder_path)
-        if folder.exists() and not folder.is_dir():
-            raise ValueError(f"{folder} exists and is not a folder")
-        if not callable(getattr(self.store, "save", None)):
-            raise NotImplementedError(
-                f"{type(self.store).__name__} keeps its documents in its own server (e.g. Milvus); there is nothing "
-                "to save locally. Reconnect later with the same uri and collection_name instead."
-            )
-        if folder.is_dir() and any(folder.iterdir()) and not (folder / _MANIFEST).is_file():
-            raise ValueError(f"{folder} is not empty and was not written by KLVectorStore.save_local; refusing")
-        folder.mkdir(parents=True, exist_ok=True)
-        self.store.save(folder / _STORE_DIR)
-        enc = self.store.encoder
-        manifest = {
-            "format": _FORMAT_NAME,
-            "format_version": _FORMAT_VERSION,
-            "library_version": library_version(),
-            "score_name": SCORE_NAME,
-            "relevance": self.relevance if isinstance(self.relevance, str) else None,
-            "batch_size": self.batch_size,
-            "encoder": None if enc is None else str(getattr(enc, "name_or_path", "")),
-        }
-        tmp = folder / (_MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, folder / _MANIFEST)
-        logger.info("saved KLVectorStore (%d documents) to %s", len(self.store), folder)
-        return folder
-
     @classmethod
     def load_local(
         cls,
         folder_path: str | os.PathLike[str],
         embeddings: Any | None = None,
         *,
-        relevance: str | Callable[[float, int | None], float] | None = None,
+        relevance: str | RelevanceFn | None = None,
         mmap: bool = False,
     ) -> KLVectorStore:
         """Load a folder written by :meth:`save_local` (never unpickles anything).
@@ -882,18 +839,13 @@ class KLVectorStore(VectorStore):
             raise LangChainFormatError(
                 f"{folder} was not written by KLVectorStore.save_local (no {_MANIFEST}; found {found[:8]}).{hint}"
             )
-        try:
-            manifest = json.loads(man_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise LangChainFormatError(f"{man_path} is not valid JSON: {exc}") from exc
-        if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT_NAME:
-            raise LangChainFormatError(f"{man_path} is not a KLVectorStore manifest (format {_FORMAT_NAME!r})")
-        if manifest.get("format_version") != _FORMAT_VERSION:
-            raise LangChainFormatError(
-                f"{folder} has KLVectorStore format_version {manifest.get('format_version')!r} "
-                f"(written by kl-retrievers {manifest.get('library_version')!r}); this version "
-                f"({library_version()}) reads format_version {_FORMAT_VERSION}"
-            )
+        manifest = read_manifest(
+            man_path,
+            format_name=_FORMAT_NAME,
+            format_version=_FORMAT_VERSION,
+            what="KLVectorStore",
+            error=LangChainFormatError,
+        )
         encoder = _unwrap_encoder(embeddings) if embeddings is not None else None
         if encoder is None and manifest.get("encoder"):
             from kl_retrievers.pretrained import load_model
@@ -905,8 +857,45 @@ class KLVectorStore(VectorStore):
                     f"cannot load the saved encoder {manifest['encoder']!r} ({exc}); pass embeddings= to load_local"
                 ) from exc
         store = KLStore.load(folder / _STORE_DIR, encoder=encoder, mmap=mmap)
-        rel = relevance if relevance is not None else (manifest.get("relevance") or "inverse")
+        rel = relevance if relevance is not None else (manifest.get("relevance") or DEFAULT_RELEVANCE)
         return cls(encoder, store=store, relevance=rel, batch_size=int(manifest.get("batch_size") or 32))
+
+    def save_local(self, folder_path: str | os.PathLike[str]) -> Path:
+        """Save to a folder (JSON, ``.npy`` and a FAISS index; no pickle anywhere).
+
+        The folder holds ``langchain.json`` (format, library version, relevance, encoder name)
+        and ``klstore/`` (:meth:`KLStore.save`).  A callable relevance function is not saved;
+        pass it again to :meth:`load_local`.
+
+        Returns:
+            The folder path.
+        """
+        folder = Path(folder_path)
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{folder} exists and is not a folder")
+        if not callable(getattr(self.store, "save", None)):
+            raise NotImplementedError(
+                f"{type(self.store).__name__} keeps its documents in its own server (e.g. Milvus); there is nothing "
+                "to save locally. Reconnect later with the same uri and collection_name instead."
+            )
+        if folder.is_dir() and any(folder.iterdir()) and not (folder / _MANIFEST).is_file():
+            raise ValueError(f"{folder} is not empty and was not written by KLVectorStore.save_local; refusing")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.store.save(folder / _STORE_DIR)
+        enc = self.store.encoder
+        write_manifest(
+            folder / _MANIFEST,
+            {
+                "format": _FORMAT_NAME,
+                "format_version": _FORMAT_VERSION,
+                "score_name": SCORE_NAME,
+                "relevance": self.relevance if isinstance(self.relevance, str) else None,
+                "batch_size": self.batch_size,
+                "encoder": None if enc is None else str(getattr(enc, "name_or_path", "")),
+            },
+        )
+        logger.info("saved KLVectorStore (%d documents) to %s", len(self.store), folder)
+        return folder
 
 
 # --------------------------------------------------------------------------- retriever

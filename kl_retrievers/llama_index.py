@@ -11,12 +11,17 @@ Install with ``pip install "kl-retrievers[llama-index]"``.  Three pieces:
 * :class:`KLVectorStore` (a ``BasePydanticVectorStore``) over :class:`~kl_retrievers.index.KLStore`:
   both rewrites are exactly invertible (``var = -1 / (2 d~[1:k+1])``, ``mu = d~[k+1:] * var``;
   ``mu = q~[k+1:]``, ``var = q~[1:k+1] - mu^2``), so the store recovers every Gaussian from the
-  embeddings LlamaIndex hands it and reports the exact ``-KL`` (query constant included) as
-  the similarity.  Metadata filters (all LlamaIndex operators, AND / OR / NOT, nested) are
-  applied before ranking.  Persistence is ``KLStore.save`` plus a small JSON manifest: no pickle.
+  embeddings LlamaIndex hands it and ranks by the exact ``-KL`` (query constant included).
+  The similarity it reports is the relevance ``exp(-KL)`` in ``(0, 1]`` (see
+  :func:`~kl_retrievers._adapters.relevance_exp`), so LlamaIndex's postprocessors
+  (``SimilarityPostprocessor(similarity_cutoff=...)``) work; the exact ``-KL`` is in each node's
+  metadata under ``"neg_kl"``.  Metadata filters (all LlamaIndex operators, AND / OR / NOT,
+  nested) are applied before ranking; ``vector_store_query_mode="mmr"`` runs KL-based MMR.
+  Persistence is ``KLStore.save`` plus a small JSON manifest (no pickle), and the plain
+  ``load_index_from_storage(StorageContext.from_defaults(persist_dir=...))`` loads it back.
 * :class:`KLRetriever` (a ``BaseRetriever``): encodes the query string itself, returns
-  ``NodeWithScore`` with ``score = -KL`` and the query's uncertainty (mean log-variance)
-  under the node metadata key :data:`QUERY_UNCERTAINTY_KEY`.
+  ``NodeWithScore`` with the same relevance score, ``-KL`` under ``"neg_kl"`` and the query's
+  uncertainty (mean log-variance) under the node metadata key :data:`QUERY_UNCERTAINTY_KEY`.
 
 Examples:
     >>> from llama_index.core import Document, StorageContext, VectorStoreIndex
@@ -26,14 +31,15 @@ Examples:
     >>> index = VectorStoreIndex.from_documents(
     ...     [Document(text="Gaussians for retrieval")], storage_context=storage, embed_model=embed
     ... )  # doctest: +SKIP
-    >>> index.as_retriever(similarity_top_k=1).retrieve("retrieval")[0].score  # -KL  # doctest: +SKIP
-    -1.23
+    >>> hit = index.as_retriever(similarity_top_k=1).retrieve("retrieval")[0]  # doctest: +SKIP
+    >>> hit.score, hit.node.metadata["neg_kl"]  # exp(-KL) and -KL  # doctest: +SKIP
+    (0.71, -0.34)
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import inspect
 import logging
 import os
 import threading
@@ -44,7 +50,8 @@ from typing import Any
 
 import numpy as np
 
-from kl_retrievers._io import library_version
+from kl_retrievers import _adapters as adapters
+from kl_retrievers._adapters import RELEVANCE_FUNCTIONS, relevance_exp, relevance_exp_per_dim, relevance_inverse
 from kl_retrievers.gaussian import (
     SCORE_DIRECTION,
     SCORE_NAME,
@@ -76,6 +83,7 @@ try:
         TextNode,
         TransformComponent,
     )
+    from llama_index.core.vector_stores.simple import SimpleVectorStore
     from llama_index.core.vector_stores.types import (
         DEFAULT_PERSIST_DIR,
         DEFAULT_PERSIST_FNAME,
@@ -96,14 +104,19 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "QUERY_UNCERTAINTY_KEY",
+    "RELEVANCE_FUNCTIONS",
     "SUPPORTED_FILTER_CONDITIONS",
     "SUPPORTED_FILTER_OPERATORS",
+    "SUPPORTED_QUERY_MODES",
     "KLEmbedding",
     "KLRetriever",
     "KLVectorStore",
     "document_gaussians_from_embeddings",
     "metadata_filters_to_predicate",
     "query_gaussians_from_embeddings",
+    "relevance_exp",
+    "relevance_exp_per_dim",
+    "relevance_inverse",
 ]
 
 #: Node metadata key holding the query's uncertainty (mean log-variance) on retrieved nodes.
@@ -128,6 +141,11 @@ SUPPORTED_FILTER_OPERATORS = (
 )
 #: LlamaIndex ``FilterCondition`` values that :class:`KLVectorStore` understands.
 SUPPORTED_FILTER_CONDITIONS = ("and", "or", "not")
+#: ``VectorStoreQueryMode`` values that :class:`KLVectorStore` understands.
+SUPPORTED_QUERY_MODES = (VectorStoreQueryMode.DEFAULT.value, VectorStoreQueryMode.MMR.value)
+# LlamaIndex's MMR defaults: lambda (``mmr_threshold``) and candidates per result (``mmr_prefetch_factor``).
+_MMR_THRESHOLD = 0.5
+_MMR_PREFETCH_FACTOR = 4.0
 
 _MANIFEST_FORMAT = "kl-retrievers/llama-index-vector-store"
 _MANIFEST_VERSION = 1
@@ -137,6 +155,15 @@ _DEFAULT_NAMESPACE = "default"
 # Relative tolerance of the consistency check on d~[0] (float32 round trips stay far below it).
 _DOC_CHECK_RTOL = 1e-4
 _QUERY_CHECK_ATOL = 1e-6
+# Written into the manifest under SimpleVectorStore's key, so that a SimpleVectorStore that reads the
+# file without this module's loader (see _install_simple_vector_store_loader) fails with this text
+# ("could not convert string to float: '...'") instead of loading an empty store.
+_NOT_A_SIMPLE_VECTOR_STORE = (
+    "this file is a kl-retrievers KLVectorStore, not a SimpleVectorStore: import kl_retrievers.llama_index "
+    "before load_index_from_storage, or load it with KLVectorStore.from_persist_dir(persist_dir)"
+)
+# How far up the call stack KLEmbedding looks for the vector store it is embedding for.
+_STACK_DEPTH = 40
 
 # Encoders are torch modules; concurrent async calls are serialised through this lock.
 _ENCODE_LOCK = threading.Lock()
@@ -393,6 +420,37 @@ def _encode(fn: Callable[..., Gaussians], texts: list[str], batch_size: int) -> 
     return g.numpy().astype(np.float64)
 
 
+# --------------------------------------------------------------------------- store checks
+def _caller_vector_store() -> BasePydanticVectorStore | None:
+    """The vector store of the nearest caller holding one (a ``VectorStoreIndex``, retriever or pipeline)."""
+    frame = inspect.currentframe()
+    try:
+        f = frame.f_back if frame is not None else None
+        for _ in range(_STACK_DEPTH):
+            if f is None:
+                return None
+            attrs = getattr(f.f_locals.get("self"), "__dict__", None)
+            if isinstance(attrs, dict):
+                for name in ("_vector_store", "vector_store"):
+                    store = attrs.get(name)
+                    if isinstance(store, BasePydanticVectorStore):
+                        return store
+            f = f.f_back
+        return None
+    finally:
+        del frame
+
+
+def _store_problem(store: BasePydanticVectorStore) -> str | None:
+    """Why ``store`` cannot rank ``q~`` / ``d~`` by inner product, or ``None`` (fine, or cannot tell)."""
+    if isinstance(store, SimpleVectorStore):
+        return "SimpleVectorStore, the LlamaIndex default, ranks by cosine similarity"
+    faiss_index = getattr(store, "_faiss_index", None)
+    if faiss_index is not None and getattr(faiss_index, "metric_type", None) == 1:  # faiss.METRIC_L2
+        return "its faiss index ranks by L2 distance"
+    return None
+
+
 # --------------------------------------------------------------------------- embedding
 class KLEmbedding(BaseEmbedding):
     """LlamaIndex embedding model giving the exact inner-product rewrite of ``-KL(Q || D)``.
@@ -404,14 +462,20 @@ class KLEmbedding(BaseEmbedding):
     embeddings (``get_agg_embedding_from_queries``) gives the ``q~`` of the moment-matched
     Gaussian of the queries, which is still a valid query vector.
 
+    When it embeds for a store known to rank otherwise (LlamaIndex's default cosine
+    ``SimpleVectorStore``, a FAISS L2 index), it emits one ``UserWarning`` per store type,
+    as :class:`kl_retrievers.langchain.KLEmbeddings` does.
+
     Args:
         encoder: A :class:`~kl_retrievers.encoder.GaussianEncoder` (or anything with
             ``encode_queries`` / ``encode_documents``), a model name / path for
             :func:`~kl_retrievers.pretrained.load_model`, or ``None`` for the default model.
         embed_batch_size: Texts encoded per encoder call (each batch is one call).
         callback_manager: LlamaIndex callback manager.
-        backend: When ``encoder`` is a name, a path or ``None``: ``"torch"`` or ``"onnx"`` (ONNX
-            Runtime with int8 weights, see :func:`~kl_retrievers.pretrained.load_model`).
+        backend: When ``encoder`` is a name, a path or ``None``: ``"torch"``, ``"onnx"`` (ONNX
+            Runtime with int8 weights) or ``None`` (the default:
+            :func:`~kl_retrievers.pretrained.default_backend`; see
+            :func:`~kl_retrievers.pretrained.load_model`).
         **kwargs: Other ``BaseEmbedding`` fields (``num_workers``, ...).
 
     Examples:
@@ -421,13 +485,14 @@ class KLEmbedding(BaseEmbedding):
     """
 
     _encoder: Any = PrivateAttr()
+    _warned: set[str] = PrivateAttr(default_factory=set)
 
     def __init__(
         self,
         encoder: Any | str | None = None,
         embed_batch_size: int = 32,
         callback_manager: CallbackManager | None = None,
-        backend: str = "torch",
+        backend: str | None = None,
         **kwargs: Any,
     ) -> None:
         if encoder is None or isinstance(encoder, (str, os.PathLike)):
@@ -449,10 +514,23 @@ class KLEmbedding(BaseEmbedding):
         """Name used in LlamaIndex serialisation."""
         return "KLEmbedding"
 
-    @property
-    def encoder(self) -> Any:
-        """The wrapped Gaussian encoder."""
-        return self._encoder
+    encoder = property(lambda self: self._encoder, doc="The wrapped Gaussian encoder.")
+
+    def _check_store(self) -> None:
+        """Warn (once per store type) when embedding for a store that does not rank by inner product."""
+        store = _caller_vector_store()
+        problem = None if store is None else _store_problem(store)
+        if store is None or problem is None or type(store).__name__ in self._warned:
+            return
+        self._warned.add(type(store).__name__)
+        adapters.warn_incompatible_store(
+            "KLEmbedding",
+            type(store).__name__,
+            problem,
+            "Use KLVectorStore (StorageContext.from_defaults(vector_store=KLVectorStore())) or a store "
+            "configured for inner product.",
+            stacklevel=5,
+        )
 
     def query_gaussians(self, queries: list[str]) -> Gaussians:
         """Encode queries as float64 Gaussians (one encoder call)."""
@@ -462,26 +540,37 @@ class KLEmbedding(BaseEmbedding):
         """Encode documents as float64 Gaussians (one encoder call)."""
         return _encode(self._encoder.encode_documents, list(texts), self.embed_batch_size)
 
-    def _get_query_embedding(self, query: str) -> Embedding:
+    def _query_vector(self, query: str) -> Embedding:
         return [float(x) for x in kl_query_vectors(self.query_gaussians([query]))[0]]
 
-    async def _aget_query_embedding(self, query: str) -> Embedding:
-        return await asyncio.to_thread(self._get_query_embedding, query)
-
-    def _get_text_embedding(self, text: str) -> Embedding:
-        return self._get_text_embeddings([text])[0]
-
-    async def _aget_text_embedding(self, text: str) -> Embedding:
-        return await asyncio.to_thread(self._get_text_embedding, text)
-
-    def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+    def _document_vectors(self, texts: list[str]) -> list[Embedding]:
         if not texts:
             return []
-        vectors = kl_document_vectors(self.document_gaussians(texts))
-        return [[float(x) for x in row] for row in vectors]
+        return [[float(x) for x in row] for row in kl_document_vectors(self.document_gaussians(texts))]
+
+    def _get_query_embedding(self, query: str) -> Embedding:
+        self._check_store()
+        return self._query_vector(query)
+
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        self._check_store()
+        return await asyncio.to_thread(self._query_vector, query)
+
+    def _get_text_embedding(self, text: str) -> Embedding:
+        self._check_store()
+        return self._document_vectors([text])[0]
+
+    async def _aget_text_embedding(self, text: str) -> Embedding:
+        self._check_store()
+        return (await asyncio.to_thread(self._document_vectors, [text]))[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        self._check_store()
+        return self._document_vectors(texts)
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return await asyncio.to_thread(self._get_text_embeddings, texts)
+        self._check_store()
+        return await asyncio.to_thread(self._document_vectors, texts)
 
 
 # ------------------------------------------------------------------------ vector store
@@ -509,13 +598,17 @@ def _manifest_and_store_paths(persist_path: str | os.PathLike[str]) -> tuple[Pat
     return path, store_dir
 
 
-def _check_fs(fs: Any) -> None:
-    if fs is None:
-        return
-    protocol = getattr(fs, "protocol", "file")
+def _is_local_fs(fs: Any) -> bool:
+    protocol = "file" if fs is None else getattr(fs, "protocol", "file")
     protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol)
-    if not {"file", "local"} & set(protocols):
-        raise NotImplementedError(f"KLVectorStore persists to the local filesystem only; got fs protocol {protocol!r}")
+    return bool({"file", "local"} & set(protocols))
+
+
+def _check_fs(fs: Any) -> None:
+    if not _is_local_fs(fs):
+        raise NotImplementedError(
+            f"KLVectorStore persists to the local filesystem only; got fs protocol {getattr(fs, 'protocol', None)!r}"
+        )
 
 
 class KLVectorStore(BasePydanticVectorStore):
@@ -525,7 +618,19 @@ class KLVectorStore(BasePydanticVectorStore):
     document Gaussian from ``d~`` exactly (see :func:`document_gaussians_from_embeddings`),
     so it needs no encoder.  With an ``encoder`` it can also embed nodes that have no
     embedding (their ``MetadataMode.EMBED`` content, as ``VectorStoreIndex`` would) and answer
-    queries given only ``query_str``.  Similarities are the exact ``-KL`` (higher is better).
+    queries given only ``query_str``.
+
+    Nodes are ranked by the exact ``-KL``.  The reported similarity (``NodeWithScore.score``) is
+    the relevance ``relevance(-KL)`` in ``(0, 1]``, by default ``exp(-KL)`` (``1`` for identical
+    Gaussians, ``0.5`` at ``KL = ln 2``; with the bundled models unrelated texts score about 0.3
+    to 0.45 and near-duplicates about 0.9 or more; not a calibrated probability), so LlamaIndex's
+    ``SimilarityPostprocessor(similarity_cutoff=...)`` and score-based fusion work.  The exact
+    ``-KL`` is in each returned node's metadata under ``"neg_kl"`` (excluded from the LLM and
+    embedding text, like :data:`QUERY_UNCERTAINTY_KEY`).
+
+    Query modes: ``"default"`` and ``"mmr"`` (KL-based maximal marginal relevance, the same as
+    the LangChain store's: ``vector_store_kwargs={"mmr_threshold": 0.5, "mmr_prefetch_factor": 4.0}``
+    or ``"mmr_prefetch_k"``).
 
     Each node is stored under its ``node_id`` (re-adding an id replaces it) with its text
     and, as metadata, LlamaIndex's ``node_to_metadata_dict`` (user metadata at the top
@@ -534,6 +639,8 @@ class KLVectorStore(BasePydanticVectorStore):
     Args:
         store: An existing :class:`KLStore` to wrap (a fresh flat one by default).
         encoder: Optional Gaussian encoder or :class:`KLEmbedding` (see above).
+        relevance: A name in :data:`RELEVANCE_FUNCTIONS`: ``"exp"`` (default), ``"inverse"``
+            (``1 / (1 + KL)``) or ``"exp_per_dim"`` (``exp(-KL / k)``).
         **store_kwargs: Passed to :class:`KLStore` when ``store`` is ``None``
             (``index_type="hnsw"``, ...).
 
@@ -549,17 +656,29 @@ class KLVectorStore(BasePydanticVectorStore):
         >>> vs.add(nodes)
         ['n0', 'n1']
         >>> res = vs.query(VectorStoreQuery(query_embedding=list(kl_query_vectors(g[0])[0]), similarity_top_k=2))
-        >>> res.ids, [round(s, 6) + 0.0 for s in res.similarities]
-        (['n0', 'n1'], [0.0, -4.5])
+        >>> res.ids, [round(n.metadata["neg_kl"], 6) + 0.0 for n in res.nodes], round(res.similarities[1], 4)
+        (['n0', 'n1'], [0.0, -4.5], 0.0111)
     """
 
     stores_text: bool = True
     flat_metadata: bool = False
+    relevance: str = adapters.DEFAULT_RELEVANCE
 
     _store: KLStore = PrivateAttr()
 
-    def __init__(self, store: KLStore | None = None, *, encoder: Any | None = None, **store_kwargs: Any) -> None:
+    def __init__(
+        self,
+        store: KLStore | None = None,
+        *,
+        encoder: Any | None = None,
+        relevance: str = adapters.DEFAULT_RELEVANCE,
+        **store_kwargs: Any,
+    ) -> None:
+        if not isinstance(relevance, str):
+            raise TypeError(f"relevance must be one of {sorted(RELEVANCE_FUNCTIONS)}; got {type(relevance).__name__}")
+        adapters.resolve_relevance(relevance)
         super().__init__(stores_text=True)
+        self.relevance = relevance
         encoder = _unwrap_encoder(encoder)
         if store is None:
             store = KLStore(encoder=encoder, **store_kwargs)
@@ -578,14 +697,11 @@ class KLVectorStore(BasePydanticVectorStore):
         return "KLVectorStore"
 
     @property
-    def client(self) -> KLStore:
-        """The underlying :class:`KLStore`."""
+    def kl_store(self) -> KLStore:
+        """The underlying :class:`KLStore` (also :attr:`client`)."""
         return self._store
 
-    @property
-    def kl_store(self) -> KLStore:
-        """The underlying :class:`KLStore` (same as :attr:`client`)."""
-        return self._store
+    client = kl_store
 
     @property
     def encoder(self) -> Any:
@@ -723,16 +839,31 @@ class KLVectorStore(BasePydanticVectorStore):
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """Top ``similarity_top_k`` nodes by exact ``-KL``, after ``node_ids`` / ``doc_ids`` / ``filters``.
 
+        ``similarities`` are relevances in ``(0, 1]`` (see the class docstring); with
+        ``mode="mmr"`` the nodes come in MMR order (:meth:`mmr_search_gaussian`), with the lambda
+        ``mmr_threshold`` (keyword, else ``query.mmr_threshold``, else 0.5) and
+        ``mmr_prefetch_k`` or ``mmr_prefetch_factor`` (default 4) candidates per result.
+
         Raises:
-            ValueError: ``similarity_top_k < 1``, a query mode other than ``default``, an
-                unsupported filter operator, or a query embedding that is not a KL query vector.
+            ValueError: ``similarity_top_k < 1``, a query mode outside :data:`SUPPORTED_QUERY_MODES`,
+                an unsupported filter operator, or a query embedding that is not a KL query vector.
         """
         mode = _enum_value(query.mode)
-        if mode != VectorStoreQueryMode.DEFAULT.value:
-            raise ValueError(f"KLVectorStore supports only the 'default' query mode; got {mode!r}")
-        return self.search_gaussian(
-            self._query_gaussian(query),
-            similarity_top_k=query.similarity_top_k,
+        if mode not in SUPPORTED_QUERY_MODES:
+            raise ValueError(f"KLVectorStore supports the query modes {SUPPORTED_QUERY_MODES}; got {mode!r}")
+        gaussian = self._query_gaussian(query)
+        if mode == VectorStoreQueryMode.DEFAULT.value:
+            return self.search_gaussian(
+                gaussian, query.similarity_top_k, query.filters, node_ids=query.node_ids, doc_ids=query.doc_ids
+            )
+        top_k = _check_top_k(query.similarity_top_k)
+        threshold = kwargs.get("mmr_threshold", query.mmr_threshold)
+        factor = float(kwargs.get("mmr_prefetch_factor", _MMR_PREFETCH_FACTOR))
+        return self.mmr_search_gaussian(
+            gaussian,
+            top_k,
+            mmr_threshold=_MMR_THRESHOLD if threshold is None else threshold,
+            prefetch_k=max(top_k, kwargs.get("mmr_prefetch_k") or int(top_k * factor)),
             filters=query.filters,
             node_ids=query.node_ids,
             doc_ids=query.doc_ids,
@@ -757,14 +888,63 @@ class KLVectorStore(BasePydanticVectorStore):
             doc_ids: Restrict to nodes of these source documents (``ref_doc_id``; empty: none).
 
         Returns:
-            ``VectorStoreQueryResult`` with nodes, ids and ``similarities`` = -KL (best first);
-            each node's metadata holds the query uncertainty under :data:`QUERY_UNCERTAINTY_KEY`.
+            ``VectorStoreQueryResult`` with nodes, ids and ``similarities`` = relevance (best
+            first); each node's metadata holds its exact ``-KL`` under ``"neg_kl"`` and the query
+            uncertainty under :data:`QUERY_UNCERTAINTY_KEY`.
 
         Examples:
             >>> import numpy as np
             >>> KLVectorStore().search_gaussian(Gaussians(np.zeros(2), np.ones(2))).ids
             []
         """
+        return self._result(query, *self._ranked(query, similarity_top_k, filters, node_ids, doc_ids))
+
+    def mmr_search_gaussian(
+        self,
+        query: Gaussians,
+        similarity_top_k: int = DEFAULT_SIMILARITY_TOP_K,
+        mmr_threshold: float = _MMR_THRESHOLD,
+        prefetch_k: int | None = None,
+        filters: MetadataFilters | None = None,
+        node_ids: Sequence[str] | None = None,
+        doc_ids: Sequence[str] | None = None,
+    ) -> VectorStoreQueryResult:
+        """KL-based maximal marginal relevance among the ``prefetch_k`` nodes nearest by ``-KL``.
+
+        The same selection as the LangChain store's ``max_marginal_relevance_search``
+        (:func:`kl_retrievers._adapters.mmr_select`): ``mmr_threshold`` is the lambda (``1``:
+        pure relevance, ``0``: most diverse); redundancy is the relevance of the symmetrised KL
+        between the stored Gaussians.  ``similarities`` are each node's relevance to the query.
+
+        Examples:
+            >>> import numpy as np
+            >>> KLVectorStore().mmr_search_gaussian(Gaussians(np.zeros(2), np.ones(2))).ids
+            []
+        """
+        k = _check_top_k(similarity_top_k)
+        fetch = max(k, _check_top_k(prefetch_k if prefetch_k is not None else int(k * _MMR_PREFETCH_FACTOR)))
+        ids, scores, texts, metas = self._ranked(query, fetch, filters, node_ids, doc_ids)
+        if not ids:
+            return self._result(query, ids, scores, texts, metas)
+        relevance, gaussians = adapters.resolve_relevance(self.relevance), self._store.get_gaussians(ids)
+        order = adapters.mmr_select(scores, gaussians, k, mmr_threshold, relevance, self._store.dim)
+        return self._result(
+            query,
+            [ids[i] for i in order],
+            [scores[i] for i in order],
+            [texts[i] for i in order],
+            [metas[i] for i in order],
+        )
+
+    def _ranked(
+        self,
+        query: Gaussians,
+        similarity_top_k: int,
+        filters: MetadataFilters | None,
+        node_ids: Sequence[str] | None,
+        doc_ids: Sequence[str] | None,
+    ) -> tuple[list[str], list[float], list[str | None], list[dict[str, Any]]]:
+        """Ids, ``-KL`` scores, texts and metadata of the best nodes (best first)."""
         k = _check_top_k(similarity_top_k)
         # VectorStoreIndex.as_retriever passes node_ids=[] for stores that keep the text
         # (its index struct lists no nodes): an empty list means "no restriction".
@@ -777,23 +957,30 @@ class KLVectorStore(BasePydanticVectorStore):
             wanted = {str(d) for d in doc_ids}
             predicate = _and(predicate, lambda m: str(_ref_doc_id(m)) in wanted)
         if node_ids is not None:
-            ids, scores, texts, metas = self._search_among(query, k, node_ids, predicate)
-        else:
-            hits = self._store.search(query, k=k, filter=predicate)
-            ids = [h.id for h in hits]
-            scores = [float(h.score) for h in hits]
-            texts = [h.text for h in hits]
-            metas = [h.metadata for h in hits]
+            return self._search_among(query, k, node_ids, predicate)
+        hits = self._store.search(query, k=k, filter=predicate)
+        return [h.id for h in hits], [float(h.score) for h in hits], [h.text for h in hits], [h.metadata for h in hits]
+
+    def _result(
+        self,
+        query: Gaussians,
+        ids: list[str],
+        scores: list[float],
+        texts: list[str | None],
+        metas: list[dict[str, Any]],
+    ) -> VectorStoreQueryResult:
+        """Nodes with ``neg_kl`` and the query uncertainty in their metadata; similarities = relevance."""
+        relevance, dim = adapters.resolve_relevance(self.relevance), self._store.dim
         uncertainty = float(query.numpy().uncertainty()[0])
         nodes = []
-        for doc_id, text, meta in zip(ids, texts, metas, strict=True):
+        for doc_id, text, meta, score in zip(ids, texts, metas, scores, strict=True):
             node = _to_node(doc_id, text, meta)
+            node.metadata[SCORE_NAME] = score
             node.metadata[QUERY_UNCERTAINTY_KEY] = uncertainty
             for excluded in (node.excluded_llm_metadata_keys, node.excluded_embed_metadata_keys):
-                if QUERY_UNCERTAINTY_KEY not in excluded:
-                    excluded.append(QUERY_UNCERTAINTY_KEY)
+                excluded.extend(key for key in (SCORE_NAME, QUERY_UNCERTAINTY_KEY) if key not in excluded)
             nodes.append(node)
-        return VectorStoreQueryResult(nodes=nodes, similarities=scores, ids=ids)
+        return VectorStoreQueryResult(nodes=nodes, similarities=[relevance(x, dim) for x in scores], ids=list(ids))
 
     def _search_among(
         self, query: Gaussians, k: int, node_ids: Sequence[str], predicate: Predicate | None
@@ -825,6 +1012,8 @@ class KLVectorStore(BasePydanticVectorStore):
         ``persist_path`` is the manifest (``StorageContext.persist`` passes
         ``<dir>/default__vector_store.json``); the store folder is the same path with the
         suffix ``.klstore``.  Both are written atomically; persisting again overwrites them.
+        ``load_index_from_storage(StorageContext.from_defaults(persist_dir=dir))`` loads the
+        store back as a :class:`KLVectorStore` (see :meth:`from_persist_path`).
 
         Raises:
             NotImplementedError: ``fs`` is not a local filesystem.
@@ -840,14 +1029,10 @@ class KLVectorStore(BasePydanticVectorStore):
             "score_name": SCORE_NAME,
             "score_direction": SCORE_DIRECTION,
             "flat_metadata": self.flat_metadata,
-            "library_version": library_version(),
+            "relevance": self.relevance,
+            "embedding_dict": {"kl-retrievers": [_NOT_A_SIMPLE_VECTOR_STORE]},
         }
-        tmp = manifest_path.with_name(f".{manifest_path.name}.tmp-{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, manifest_path)
+        adapters.write_manifest(manifest_path, manifest)
         logger.info("persisted %d nodes to %s (+ %s)", len(self._store), manifest_path, store_dir.name)
 
     @classmethod
@@ -860,6 +1045,11 @@ class KLVectorStore(BasePydanticVectorStore):
         mmap: bool = False,
     ) -> KLVectorStore:
         """Load a store written by :meth:`persist` (``persist_path`` = the manifest, or a KLStore folder).
+
+        Importing this module also routes ``SimpleVectorStore.from_persist_path`` here for such a
+        manifest, which is what ``StorageContext.from_defaults(persist_dir=...)`` calls for every
+        ``*vector_store.json`` it finds: the plain ``load_index_from_storage`` recipe then gets this
+        store back instead of an empty ``SimpleVectorStore``.
 
         Args:
             persist_path: The manifest path given to :meth:`persist`, or a ``KLStore`` folder.
@@ -878,18 +1068,14 @@ class KLVectorStore(BasePydanticVectorStore):
             return cls(KLStore.load(path, encoder=encoder, mmap=mmap))
         if not path.is_file():
             raise FileNotFoundError(f"no KLVectorStore at {path}")
-        try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path} is not a KLVectorStore manifest: {exc}") from exc
-        if not isinstance(manifest, dict) or manifest.get("format") != _MANIFEST_FORMAT:
-            raise ValueError(f"{path} is not a KLVectorStore manifest")
-        if manifest.get("format_version") != _MANIFEST_VERSION:
-            raise ValueError(f"unsupported KLVectorStore manifest version {manifest.get('format_version')!r}")
+        manifest = adapters.read_manifest(
+            path, format_name=_MANIFEST_FORMAT, format_version=_MANIFEST_VERSION, what="KLVectorStore"
+        )
         name = str(manifest.get("store", ""))
         if not name or Path(name).name != name:
             raise ValueError(f"{path} names an invalid store folder {name!r}")
-        vs = cls(KLStore.load(path.parent / name, encoder=encoder, mmap=mmap))
+        relevance = manifest.get("relevance") or adapters.DEFAULT_RELEVANCE
+        vs = cls(KLStore.load(path.parent / name, encoder=encoder, mmap=mmap), relevance=str(relevance))
         vs.flat_metadata = bool(manifest.get("flat_metadata", False))
         return vs
 
@@ -912,14 +1098,49 @@ class KLVectorStore(BasePydanticVectorStore):
         return cls.from_persist_path(Path(persist_dir) / fname, fs=fs, encoder=encoder, mmap=mmap)
 
 
+_ORIGINAL_ATTR = "_kl_retrievers_original"
+
+
+def _install_simple_vector_store_loader() -> None:
+    """Route ``SimpleVectorStore.from_persist_path`` to :meth:`KLVectorStore.from_persist_path` for our manifests.
+
+    ``StorageContext.from_defaults(persist_dir=...)`` loads every ``*vector_store.json`` in the
+    folder with ``SimpleVectorStore``, whatever store wrote it; a KLVectorStore manifest would
+    load as an empty store and every query would return nothing.  The wrapper hands only files
+    that are a KLVectorStore manifest (small JSON with its ``format``) to KLVectorStore and
+    everything else to the original loader.  Idempotent (re-importing this module re-wraps
+    the original, not the previous wrapper).
+    """
+    current = SimpleVectorStore.__dict__["from_persist_path"].__func__
+    original = getattr(current, _ORIGINAL_ATTR, current)
+
+    def from_persist_path(cls: type, persist_path: str, fs: Any | None = None) -> BasePydanticVectorStore:
+        if (
+            cls is SimpleVectorStore
+            and _is_local_fs(fs)
+            and adapters.looks_like_manifest(persist_path, _MANIFEST_FORMAT)
+        ):
+            logger.info("%s is a KLVectorStore manifest; loading it as a KLVectorStore", persist_path)
+            return KLVectorStore.from_persist_path(persist_path, fs=fs)
+        return original(cls, persist_path, fs=fs)  # type: ignore[no-any-return]
+
+    setattr(from_persist_path, _ORIGINAL_ATTR, original)
+    from_persist_path.__doc__ = original.__doc__
+    setattr(SimpleVectorStore, "from_persist_path", classmethod(from_persist_path))  # noqa: B010
+
+
+_install_simple_vector_store_loader()
+
+
 # --------------------------------------------------------------------------- retriever
 class KLRetriever(BaseRetriever):
     """LlamaIndex retriever over a :class:`KLVectorStore`, scored by exact ``-KL(Q || D)``.
 
     The query string is encoded with ``encoder`` (or, without one, the query bundle's
-    ``q~`` embedding is inverted).  ``NodeWithScore.score`` is the ``-KL`` (higher is better)
-    and each node's metadata holds the query's uncertainty (mean log-variance) under
-    :data:`QUERY_UNCERTAINTY_KEY` (excluded from the LLM and embedding text).
+    ``q~`` embedding is inverted).  Nodes are ranked by ``-KL``; ``NodeWithScore.score`` is the
+    store's relevance (``exp(-KL)`` by default, in ``(0, 1]``), and each node's metadata holds the
+    exact ``-KL`` under ``"neg_kl"`` and the query's uncertainty (mean log-variance) under
+    :data:`QUERY_UNCERTAINTY_KEY` (both excluded from the LLM and embedding text).
 
     Args:
         vector_store: The store to search.
@@ -933,8 +1154,9 @@ class KLRetriever(BaseRetriever):
 
     Examples:
         >>> retriever = KLRetriever.from_defaults(documents=docs, similarity_top_k=3)  # doctest: +SKIP
-        >>> [n.score for n in retriever.retrieve("what is KL?")]  # doctest: +SKIP
-        [-12.1, -13.4, -15.0]
+        >>> hits = retriever.retrieve("what is KL?")  # doctest: +SKIP
+        >>> [(round(n.score, 2), round(n.node.metadata["neg_kl"], 2)) for n in hits]  # doctest: +SKIP
+        [(0.72, -0.33), (0.61, -0.49), (0.4, -0.92)]
     """
 
     def __init__(

@@ -25,21 +25,22 @@ Examples:
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
-import sys
 import threading
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kl_retrievers._io import atomic_dir, check_version, library_version
+from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, require_torch
+from kl_retrievers._io import atomic_dir, check_version, library_version, parse_json_object
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians
 
 if TYPE_CHECKING:
@@ -69,7 +70,10 @@ _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _OPSET = 17
 #: Names how exports are made; part of the key of :func:`kl_retrievers.load_model`'s ONNX cache, so that a
 #: change of recipe makes new exports instead of reusing old ones.
-EXPORT_RECIPE = f"format{FORMAT_VERSION}-opset{_OPSET}-eager-bertfusion-int8matmul-perchannel"
+EXPORT_RECIPE = f"format{FORMAT_VERSION}-opset{_OPSET}-eager-bertfusion-int8matmul-perchannel-int8emb"
+#: int8 exports store embedding tables at least this large as int8 rows (dequantised when the graph loads):
+#: the word embeddings are most of a small model's bytes once its matrix products are int8.
+_INT8_EMBEDDINGS_BYTES = 1 << 20
 #: Texts used to check an export against the torch encoder (varied lengths, so padding is exercised).
 _PROBE_TEXTS = (
     "a",
@@ -130,6 +134,7 @@ def export_onnx(
     quantize: str | None = "int8",
     per_channel: bool = True,
     verify: bool = True,
+    source_sha256: str | None = None,
 ) -> Path:
     """Export a :class:`~kl_retrievers.encoder.GaussianEncoder` to an ONNX folder.
 
@@ -141,6 +146,9 @@ def export_onnx(
         per_channel: int8 only: one scale per output channel of each weight (closer to float32).
         verify: Check the float32 graph against the torch encoder on a few texts of varied lengths
             (padding and truncation included) before writing; raises when they differ.
+        source_sha256: SHA-256 of the saved encoder's files the export was made from
+            (:func:`kl_retrievers.pretrained.source_sha256`), recorded as ``source.sha256``: a shipped
+            graph whose model has changed since is then refused.
 
     Returns:
         The folder written.
@@ -148,7 +156,8 @@ def export_onnx(
     Raises:
         ValueError: ``quantize`` is not one of :data:`QUANTIZATIONS`.
         RuntimeError: The exported graph does not reproduce the torch encoder.
-        ImportError: torch, onnxruntime, or (for int8) onnx is missing.
+        ModuleNotFoundError: torch, transformers or onnx is missing (the message names the extra,
+            ``pip install "kl-retrievers[torch]"``).
 
     Examples:
         >>> encoder.export_onnx("my-encoder-onnx")  # doctest: +SKIP
@@ -156,6 +165,9 @@ def export_onnx(
     """
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {QUANTIZATIONS}; got {quantize!r}")
+    require_torch("the ONNX export")
+    if importlib.util.find_spec("onnx") is None:
+        raise ModuleNotFoundError(f"the ONNX export needs the onnx package; {TORCH_EXTRA}", name="onnx")
     import torch
 
     target = Path(folder)
@@ -173,7 +185,9 @@ def export_onnx(
             encoder.train(was_training)
         if quantize == "int8":
             _quantize_int8(float_path, tmp / MODEL_FILE, per_channel=per_channel, fused=fused)
+            int8_tables = _int8_embeddings(tmp / MODEL_FILE)
         else:
+            int8_tables = []
             float_path.replace(tmp / MODEL_FILE)
         for leftover in (traced, tmp / "fused.onnx"):
             leftover.unlink(missing_ok=True)
@@ -188,9 +202,15 @@ def export_onnx(
             "per_channel": bool(per_channel) if quantize else None,
             "onnx_opset": _OPSET,
             "fused_attention": fused,
+            "int8_tables": int8_tables,
             "torch_version": torch.__version__,
+            "onnx_versions": _onnx_versions(),
             "score": {"name": SCORE_NAME, "direction": SCORE_DIRECTION},
-            "source": {"name_or_path": str(encoder.name_or_path), "backbone_config": encoder.backbone.config.to_dict()},
+            "source": {
+                "name_or_path": str(encoder.name_or_path),
+                "sha256": source_sha256,
+                "backbone_config": encoder.backbone.config.to_dict(),
+            },
             "outputs": list(OUTPUTS),
             "onnx": {k: v for k, v in config.to_dict().items() if k != "backend"},
         }
@@ -283,7 +303,7 @@ def _verify_export(encoder: GaussianEncoder, path: Path, tokenizer_json: str) ->
                     f"the tokenizers-library tokenizer gives other {key} than the encoder's tokenizer "
                     f"(max_length {max_length}); cannot export {encoder.name_or_path!r} to ONNX faithfully"
                 )
-        got = onnx_enc._encode(texts, max_length=max_length, batch_size=len(texts), show_progress_bar=False, desc="")
+        got = onnx_enc._encode(texts, max_length, len(texts))
         for name, a, b in (("mean", got.mean, mean), ("var", got.var, var)):
             scale = max(1.0, float(np.abs(b).max()))
             err = float(np.abs(a - b).max())
@@ -353,7 +373,7 @@ def _quantize_int8(source: Path, target: Path, *, per_channel: bool, fused: bool
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as exc:  # onnxruntime.quantization needs the onnx package
-        raise ImportError(f"int8 export needs onnxruntime and onnx ({exc}); pip install 'kl-retrievers[onnx]'") from exc
+        raise ImportError(f"int8 export needs onnxruntime and onnx ({exc}); {TORCH_EXTRA}") from exc
     with _quiet_root_logger("pre-processing before quantization"):
         quantize_dynamic(
             source,
@@ -363,6 +383,62 @@ def _quantize_int8(source: Path, target: Path, *, per_channel: bool, fused: bool
             op_types_to_quantize=["MatMul", "Attention"],  # not Gather: the embeddings stay float32
             extra_options={"DefaultTensorType": 1} if fused else None,  # 1: float; contrib ops defeat shape inference
         )
+
+
+def _int8_embeddings(path: Path, min_bytes: int = _INT8_EMBEDDINGS_BYTES) -> list[str]:
+    """Store the large float32 embedding tables of the graph at ``path`` as int8 rows; returns their names.
+
+    Each table read by a ``Gather`` or an ``EmbedLayerNormalization`` becomes an int8 initializer with one
+    scale per row (symmetric: a row's largest magnitude maps to 127) and a ``DequantizeLinear`` back to
+    float32 under the old name. ONNX Runtime folds it into a float32 table when the session starts
+    (``session.disable_quant_qdq``, see :class:`OnnxGaussianEncoder`), so the speed is unchanged.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(os.fspath(path))
+    graph = model.graph
+    tables = {
+        node.input[i]
+        for node in graph.node
+        for i in ((0,) if node.op_type == "Gather" else (2, 3) if node.op_type == "EmbedLayerNormalization" else ())
+        if i < len(node.input)
+    }
+    nodes, done = [], []
+    for init in graph.initializer:
+        if init.name not in tables or init.data_type != onnx.TensorProto.FLOAT or len(init.dims) != 2:
+            continue
+        table = numpy_helper.to_array(init)
+        if table.nbytes < min_bytes:
+            continue
+        name = init.name
+        scale = (np.abs(table).max(axis=1) / 127.0).astype(np.float32)
+        scale[scale == 0] = 1.0
+        rows = np.clip(np.rint(table / scale[:, None]), -127, 127).astype(np.int8)
+        init.CopyFrom(numpy_helper.from_array(rows, f"{name}_int8"))
+        graph.initializer.append(numpy_helper.from_array(scale, f"{name}_scale"))
+        graph.initializer.append(numpy_helper.from_array(np.zeros(len(scale), np.int8), f"{name}_zero_point"))
+        inputs = [f"{name}_int8", f"{name}_scale", f"{name}_zero_point"]
+        nodes.append(onnx.helper.make_node("DequantizeLinear", inputs, [name], name=f"{name}_dequantize", axis=0))
+        done.append(name)
+    if nodes:
+        for node in reversed(nodes):
+            graph.node.insert(0, node)
+        onnx.save(model, os.fspath(path))
+    return done
+
+
+def _onnx_versions() -> dict[str, str]:
+    """Versions of the packages that shape an export's bytes (recorded in ``config.json``)."""
+    from importlib import metadata
+
+    out = {}
+    for name in ("onnx", "onnxruntime", "transformers"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
 
 
 class _DropMessages(logging.Filter):
@@ -403,6 +479,18 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def onnx_runtime() -> Any:
+    """The ``onnxruntime`` module; an ``ImportError`` that says it is a core requirement when it is missing."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ImportError(
+            f"the ONNX backend needs onnxruntime and tokenizers, core requirements of kl-retrievers ({exc}); "
+            'reinstall it: pip install "kl-retrievers"'
+        ) from exc
+    return onnxruntime
+
+
 def is_onnx_folder(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a folder holding an ONNX export (``model.onnx`` and ``config.json``).
 
@@ -415,21 +503,7 @@ def is_onnx_folder(path: str | os.PathLike[str]) -> bool:
 
 
 # ---------------------------------------------------------------------- inference
-def _check_texts(texts: str | Sequence[str] | None) -> list[str]:
-    if isinstance(texts, str):
-        return [texts]
-    if texts is None:
-        raise TypeError("texts must be a str or a sequence of str; got None")
-    if not isinstance(texts, Iterable):
-        raise TypeError(f"texts must be a str or a sequence of str; got {type(texts).__name__}")
-    out = list(texts)
-    for i, text in enumerate(out):
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{i}] is {type(text).__name__}; every text must be a str")
-    return out
-
-
-class OnnxGaussianEncoder:
+class OnnxGaussianEncoder(EncoderMixin):
     """A Gaussian encoder served by ONNX Runtime on CPU, with the interface of the torch encoder.
 
     Loads a folder written by :func:`export_onnx`. Only numpy, ``onnxruntime`` and ``tokenizers``
@@ -484,13 +558,8 @@ class OnnxGaussianEncoder:
     def _setup(
         self, model: Path, tokenizer_json: str, config: OnnxEncoderConfig, *, where: str, num_threads: int | None
     ) -> None:
-        try:
-            import onnxruntime as ort
-            from tokenizers import Tokenizer
-        except ImportError as exc:
-            raise ImportError(
-                f"the ONNX backend needs onnxruntime and tokenizers ({exc}); pip install 'kl-retrievers[onnx]'"
-            ) from exc
+        ort = onnx_runtime()
+        from tokenizers import Tokenizer
 
         if not model.is_file():
             raise OnnxModelError(f"{where} is missing {MODEL_FILE}")
@@ -499,6 +568,9 @@ class OnnxGaussianEncoder:
         # Idle worker threads sleep instead of spinning: on a shared or busy CPU spinning steals the
         # cores the other worker needs (about 20% more throughput measured on 2 busy cores).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Fold the DequantizeLinear of int8 embedding tables into float32 tables once, at load (ONNX Runtime
+        # keeps them per run otherwise, for QDQ fusions these dynamically quantised graphs do not use).
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
         if num_threads is not None:
             if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
                 raise ValueError(f"num_threads must be an int >= 1; got {num_threads!r}")
@@ -515,8 +587,16 @@ class OnnxGaussianEncoder:
         self._session = session
         self._tokenizer = tokenizer
         self._lock = threading.Lock()
-        self._warned_lengths: set[int] = set()
         self._input_names = _check_graph(session, config, where)
+        if config.model_sha256:
+            from kl_retrievers.hub import cached_sha256
+
+            actual = cached_sha256(model)
+            if actual != config.model_sha256:
+                raise OnnxModelError(
+                    f"{where}: {MODEL_FILE} has SHA-256 {actual}, but {CONFIG_NAME} (onnx.model_sha256) says "
+                    f"{config.model_sha256}: the graph is not the one its config describes; export it again"
+                )
         if config.var_token_id is not None:
             found = tokenizer.token_to_id(VAR_TOKEN)
             if found != config.var_token_id:
@@ -547,79 +627,6 @@ class OnnxGaussianEncoder:
         )
 
     # ------------------------------------------------------------------ encoding
-    def encode_queries(
-        self,
-        texts: str | Sequence[str],
-        *,
-        batch_size: int = 32,
-        max_length: int | None = None,
-        show_progress_bar: bool | None = None,
-        convert_to: Literal["numpy", "torch"] = "numpy",
-        device: str | None = None,
-    ) -> Gaussians:
-        """Encode queries into Gaussians (one row per text, input order kept).
-
-        Args:
-            texts: A string or a sequence of strings (empty strings are allowed).
-            batch_size: Texts per graph run (texts are sorted by token count first).
-            max_length: Token budget, an int >= 3 (default ``config.query_max_length``); longer texts
-                are truncated; above :attr:`max_tokens` it is clamped to that, with a warning.
-            show_progress_bar: Show a tqdm bar (default: when stderr is a terminal and there are several batches).
-            convert_to: ``"numpy"`` or ``"torch"`` (the latter needs torch).
-            device: ``None`` or ``"cpu"`` (the ONNX backend runs on CPU).
-
-        Returns:
-            :class:`~kl_retrievers.gaussian.Gaussians` of float32, shape ``(len(texts), dim)``.
-        """
-        return self._encode(
-            texts,
-            max_length=self.config.query_max_length if max_length is None else max_length,
-            batch_size=batch_size,
-            show_progress_bar=show_progress_bar,
-            convert_to=convert_to,
-            device=device,
-            desc="Encoding queries",
-        )
-
-    def encode_documents(
-        self,
-        texts: str | Sequence[str],
-        *,
-        batch_size: int = 32,
-        max_length: int | None = None,
-        show_progress_bar: bool | None = None,
-        convert_to: Literal["numpy", "torch"] = "numpy",
-        device: str | None = None,
-    ) -> Gaussians:
-        """Encode documents into Gaussians; arguments as :meth:`encode_queries`.
-
-        ``max_length`` defaults to ``config.max_length``.
-        """
-        return self._encode(
-            texts,
-            max_length=self.config.max_length if max_length is None else max_length,
-            batch_size=batch_size,
-            show_progress_bar=show_progress_bar,
-            convert_to=convert_to,
-            device=device,
-            desc="Encoding documents",
-        )
-
-    def _clamp_length(self, max_length: int) -> int:
-        limit = self.config.max_tokens
-        if limit is None or max_length <= limit:
-            return max_length
-        if max_length not in self._warned_lengths:
-            self._warned_lengths.add(max_length)
-            logger.warning(
-                "max_length %d is above what %s reads (%d tokens, its position embeddings); using %d",
-                max_length,
-                self.name_or_path,
-                limit,
-                limit,
-            )
-        return limit
-
     def _token_ids(self, texts: list[str], max_length: int) -> list[tuple[list[int], list[int]]]:
         """Token ids and type ids of each text, truncated so that ``[VAR]`` still fits in ``max_length``."""
         budget = max_length - 1 if self.config.var_token_id is not None else max_length
@@ -648,40 +655,21 @@ class OnnxGaussianEncoder:
                 arrays[key] = np.concatenate([value[:, :1], np.full((n, 1), fill, np.int64), value[:, 1:]], axis=1)
         return {k: arrays[k] for k in self._input_names}
 
-    def _encode(
-        self,
-        texts: str | Sequence[str],
-        *,
-        max_length: int,
-        batch_size: int,
-        show_progress_bar: bool | None,
-        desc: str,
-        convert_to: str = "numpy",
-        device: str | None = None,
-    ) -> Gaussians:
-        items = _check_texts(texts)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3:
-            raise ValueError(f"max_length must be an int >= 3; got {max_length!r}")
-        if convert_to not in ("numpy", "torch"):
-            raise ValueError(f"convert_to must be 'numpy' or 'torch'; got {convert_to!r}")
+    def _use_device(self, device: str | None) -> None:
         if device not in (None, "cpu"):
             raise ValueError(f"the ONNX backend runs on cpu only; got device={device!r} (use backend='torch')")
-        dim = self.config.dim
-        if not items:
-            empty = np.zeros((0, dim), np.float32)
-            g = Gaussians(empty, empty.copy(), validate=False)
-            return g.torch() if convert_to == "torch" else g
-        rows = self._token_ids(items, self._clamp_length(max_length))
-        order = np.argsort([-len(ids) for ids, _ in rows], kind="stable")
-        if show_progress_bar is None:
-            show_progress_bar = len(items) > batch_size and sys.stderr.isatty()
+
+    def _encode_batches(
+        self, texts: list[str], *, max_length: int, batch_size: int, show_bar: bool, desc: str
+    ) -> Gaussians:
         from tqdm import tqdm
 
-        mean = np.empty((len(items), dim), np.float32)
-        var = np.empty((len(items), dim), np.float32)
-        for start in tqdm(range(0, len(items), batch_size), desc=desc, disable=not show_progress_bar, unit="batch"):
+        dim = self.config.dim
+        rows = self._token_ids(texts, self._clamp_length(max_length))
+        order = np.argsort([-len(ids) for ids, _ in rows], kind="stable")
+        mean = np.empty((len(texts), dim), np.float32)
+        var = np.empty((len(texts), dim), np.float32)
+        for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not show_bar, unit="batch"):
             idx = order[start : start + batch_size]
             feeds = self._batch_arrays([rows[i] for i in idx])
             out_mean, out_var = self._session.run(list(OUTPUTS), feeds)
@@ -692,8 +680,7 @@ class OnnxGaussianEncoder:
                 )
             mean[idx] = out_mean
             var[idx] = out_var
-        g = Gaussians(mean, var, validate=False)
-        return g.torch() if convert_to == "torch" else g
+        return Gaussians(mean, var, validate=False)
 
 
 # ---------------------------------------------------------------------- loading and checks
@@ -701,13 +688,13 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     cfg_file = folder / CONFIG_NAME
     if not folder.is_dir():
         raise OnnxModelError(f"{folder} is not a folder")
+    if not cfg_file.is_file():
+        raise OnnxModelError(f"{folder} is not an ONNX Gaussian encoder: {CONFIG_NAME} is missing")
     try:
-        meta = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise OnnxModelError(f"{folder} is not an ONNX Gaussian encoder: {CONFIG_NAME} is missing") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise OnnxModelError(f"{cfg_file} is not valid JSON: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("library") != "kl_retrievers":
+        meta = parse_json_object(cfg_file.read_bytes().decode("utf-8"), str(cfg_file))
+    except (ValueError, UnicodeDecodeError) as exc:  # the message names the file
+        raise OnnxModelError(str(exc)) from None
+    if meta.get("library") != "kl_retrievers":
         raise OnnxModelError(f"{folder}: its {CONFIG_NAME} was not written by kl_retrievers")
     if meta.get("backend") != BACKEND:
         raise OnnxModelError(

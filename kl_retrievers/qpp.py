@@ -54,7 +54,7 @@ import logging
 import math
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,7 @@ __all__ = [
     "qpp_report",
     "qpp_for_run",
     "per_query_with_predictors",
+    "fitted_predictor",
     "format_qpp",
 ]
 
@@ -459,21 +460,18 @@ class LexicalStats:
             return 0.0
         return (1.0 + math.log(self.cf[term])) * math.log(1.0 + self.n_docs / df)
 
+    def _mean_over_terms(self, queries: Sequence[str], term_value: Callable[[str], float]) -> list[float]:
+        """Mean ``term_value`` of each query's terms found in the corpus (0 when none is)."""
+        known = [self._known(q) for q in queries]
+        return [float(np.mean([term_value(t) for t in terms])) if terms else 0.0 for terms in known]
+
     def avg_idf(self, queries: Sequence[str]) -> list[float]:
         """Mean IDF of each query's terms found in the corpus (0 when none is)."""
-        out = []
-        for q in queries:
-            terms = self._known(q)
-            out.append(float(np.mean([self.idf(t) for t in terms])) if terms else 0.0)
-        return out
+        return self._mean_over_terms(queries, self.idf)
 
     def avg_scq(self, queries: Sequence[str]) -> list[float]:
         """Mean SCQ of each query's terms found in the corpus (0 when none is)."""
-        out = []
-        for q in queries:
-            terms = self._known(q)
-            out.append(float(np.mean([self.scq(t) for t in terms])) if terms else 0.0)
-        return out
+        return self._mean_over_terms(queries, self.scq)
 
     def predictors(self, query_ids: Sequence[str], query_texts: Sequence[str]) -> dict[str, dict[str, float]]:
         """``{"avg_idf": {qid: value}, "scq": {qid: value}}``."""
@@ -616,6 +614,37 @@ def qpp_for_run(
     ref_label = "corpus_mean_score" if reference is not None else "retrieved_mean_score"
     report = qpp_report(target, values, missing=missing, metric=metric, reference=ref_label, n_boot=n_boot, seed=seed)
     return report, values
+
+
+def fitted_predictor(values: Mapping[str, Mapping[str, float]], model: Any) -> dict[str, float]:
+    """A fitted combination of predictors, e.g. the combined predictor of ``runs/qpp/combined_predictor.json``.
+
+    Args:
+        values: Predictor name -> {query id: raw value}, as :func:`qpp_for_run` returns them.
+        model: A fitted :class:`kl_retrievers.calibration.ConfidenceCalibrator` whose features are
+            predictor names (``uncertainty``, ``max_score``, ``nqc``, ``gap12``, ``wig``).
+
+    Returns:
+        Query id -> the model's output, for every query that has a value of each feature.
+
+    Raises:
+        ValueError: A feature of the model that is not among ``values``.
+
+    Examples:
+        >>> from kl_retrievers.calibration import ConfidenceCalibrator
+        >>> m = ConfidenceCalibrator(["gap12"]).fit([[0.0], [1.0]], [0.0, 1.0])
+        >>> out = fitted_predictor({"gap12": {"a": 0.0, "b": 1.0}, "nqc": {"a": 1.0}}, m)
+        >>> out["a"] < out["b"]
+        True
+    """
+    missing = [n for n in model.features if n not in values]
+    if missing:
+        raise ValueError(f"the model needs predictor(s) {missing}; the run has {sorted(values)}")
+    qids = [q for q in values[model.features[0]] if all(q in values[n] for n in model.features)]
+    if not qids:
+        return {}
+    x = np.array([[values[n][q] for n in model.features] for q in qids], dtype=np.float64)
+    return dict(zip(qids, model.predict(x).tolist(), strict=True))
 
 
 def per_query_with_predictors(

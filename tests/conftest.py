@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -31,7 +33,13 @@ def make_tokenizer() -> object:
 
 
 def make_tiny_encoder(
-    *, dim: int = 8, pooling: str = "cls", var_token: bool = True, beta: float = 1.0, seed: int = 0, **kw: object
+    *,
+    dim: int = 8,
+    pooling: Literal["cls", "mean"] = "cls",
+    var_token: bool = True,
+    beta: float = 1.0,
+    seed: int = 0,
+    **kw: object,
 ) -> GaussianEncoder:
     """A 2-layer BERT with hidden size 32 and random weights, wrapped as a Gaussian encoder."""
     from transformers import BertConfig, BertModel
@@ -71,9 +79,23 @@ def tiny_encoder() -> GaussianEncoder:
 def random_gaussians(n: int, k: int, *, seed: int = 0, dtype: type = np.float64) -> Gaussians:
     """Synthetic Gaussians with a realistic spread of variances (log-variance ~ N(0, 0.5^2))."""
     rng = np.random.default_rng(seed)
-    mean = rng.normal(size=(n, k)).astype(dtype)
-    var = np.exp(rng.normal(scale=0.5, size=(n, k))).astype(dtype)
+    mean: np.ndarray = rng.normal(size=(n, k)).astype(dtype)
+    var: np.ndarray = np.exp(rng.normal(scale=0.5, size=(n, k))).astype(dtype)
     return Gaussians(mean, var)
+
+
+@pytest.fixture
+def one_faiss_thread() -> Iterator[None]:
+    """FAISS on one OpenMP thread during the test (``pytestmark = pytest.mark.usefixtures(...)`` in a module).
+
+    Small k-means trainings (PQ, IVF) are far faster single-threaded on 2 cores.
+    """
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +103,9 @@ def minilm_default() -> GaussianEncoder:
     """The real default model (all-MiniLM-L6-v2 backbone), loaded once per session."""
     from kl_retrievers import load_default_model
 
-    return load_default_model(device="cpu")
+    model = load_default_model(device="cpu", backend="torch")
+    assert isinstance(model, GaussianEncoder)
+    return model
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,9 @@ from kl_retrievers.cli import build_parser, main, read_texts
 
 def test_help_everywhere(capsys: pytest.CaptureFixture[str]) -> None:
     parser = build_parser()
-    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    choices = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert choices is not None
+    commands = list(choices)
     assert {"demo", "encode"} <= set(commands)
     for name in [None, *commands]:
         with pytest.raises(SystemExit) as exit_info:
@@ -119,7 +121,7 @@ def test_index_and_search_commands_round_trip(tmp_path: Path, capsys: pytest.Cap
     from kl_retrievers import neg_kl
 
     q = enc.encode_queries(["hello world"]).astype(np.float64)
-    d = enc.encode_documents([r["text"] for r in rows]).astype(np.float64)
+    d = enc.encode_documents([str(r["text"]) for r in rows]).astype(np.float64)
     expected = dict(zip("abc", neg_kl(q, d), strict=True))
     for hit in result["results"]:
         assert hit["score"] == pytest.approx(expected[hit["id"]], rel=1e-5)

@@ -350,7 +350,9 @@ def test_bad_input_fails_with_one_line(
 
 def test_the_table_covers_every_subcommand() -> None:
     parser = build_parser()
-    commands = set(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    choices = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert choices is not None
+    commands = set(choices)
     covered = {case_id.split("/")[0] for case_id, _, _ in CASES}
     assert commands <= covered, f"no bad-input case for {sorted(commands - covered)}"
 

@@ -12,13 +12,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import pytest
 
 from kl_retrievers.evaluation import add_evaluate_command, retrieve_exact, run_evaluate
-from kl_retrievers.gaussian import Gaussians, kl_document_vectors, kl_query_constant, kl_query_vectors, neg_kl_matrix
+from kl_retrievers.gaussian import (
+    Gaussians,
+    kl_document_vectors,
+    kl_query_constant,
+    kl_query_vectors,
+    neg_kl_matrix,
+    reduce_query_vectors,
+)
 from kl_retrievers.index import KLStore, StoreFormatError
+from kl_retrievers.store._engines import ApproxEngine, FlatEngine
 
 # (mean offset, spread of the means, variance scale): near-zero means, then regimes where the
 # previous float32 candidate step failed (KLStore flat wrong for 10 / 17 of 20 queries,
@@ -33,13 +40,7 @@ REGIMES = {
 }
 ADVERSARIAL = ["means20_tight", "means1000", "sphere"]
 
-
-@pytest.fixture(autouse=True)
-def _one_faiss_thread() -> Any:
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")  # tests/conftest.py
 
 
 def regime(name: str, n: int = 2000, nq: int = 20, k: int = 64, seed: int = 0) -> tuple[Gaussians, Gaussians]:
@@ -198,7 +199,7 @@ def test_flat_store_saved_before_centring_still_loads_and_ranks_exactly(
     """A previous release's flat store: vectors centred on 0 and no ``flat_centre`` in its config."""
     docs, queries = regime("means20_tight", n=1000)
     with monkeypatch.context() as m:
-        m.setattr(KLStore, "_flat_centre", lambda self, batch_mean=None: np.zeros(docs.dim))
+        m.setattr(FlatEngine, "_flat_centre", lambda self, batch_mean=None: np.zeros(docs.dim))
         store_with(docs).save(tmp_path / "old")
     cfg = tmp_path / "old" / "config.json"
     config = json.loads(cfg.read_text())
@@ -252,12 +253,38 @@ def test_float32_prescoring_is_exact_on_its_pool(name: str) -> None:
     mask = np.ones(1500, dtype=bool)
     mask[::5] = False
     q64 = queries.astype(np.float64)
-    rows, scores = store._pool_top_k(q64, labels, mask, 10, 30)
-    full = store._rescore(q64, labels, mask)
+    engine = ApproxEngine(store, store._table)  # the pool step of the approximate indexes, on the same rows
+    rows, scores = engine._pool_top_k(q64, labels, mask, 10, 30)
+    full = engine._rescore(q64, labels, mask)
     for i in range(len(queries)):
         order = np.argsort(-full[i], kind="stable")[:10]
         np.testing.assert_allclose(scores[i], full[i, order], rtol=1e-12)
         assert mask[rows[i]].all()
+
+
+@pytest.mark.parametrize(("index_type", "kw"), [("hnsw", {"hnsw_m": 16}), ("ivf", {"nlist": 4, "nprobe": 4})])
+@pytest.mark.parametrize("name", ADVERSARIAL)
+def test_approximate_store_float32_trim_keeps_the_pools_exact_top_k(
+    index_type: str, kw: dict[str, Any], name: str
+) -> None:
+    """An uncompressed HNSW / IVF pool is trimmed to ``k + 20`` by its float32 L2 distances before the float64
+    re-scoring. That error grows with the norm bound M, not with the score: the previous unbounded trim got the
+    pool's top 10 wrong for 20 / 20 queries in each of these regimes. Now only rows the bound proves out may go."""
+    import faiss
+
+    docs, queries = regime(name, n=1200)
+    store = store_with(docs, index_type, rescore_pool=1100, **kw)  # a pool of 1,100 of the 1,200 documents
+    assert store.norm_bound is not None
+    # the pool the index gives each query: IVF probing every list, HNSW with the store's efSearch (the pool size)
+    qr = reduce_query_vectors(np.asarray(kl_query_vectors(queries.astype(np.float64))), store.norm_bound)
+    fs: Any = faiss  # the SWIG stubs know no keyword arguments of the search parameters
+    params = fs.SearchParametersIVF(nprobe=4) if index_type == "ivf" else fs.SearchParametersHNSW(efSearch=1100)
+    _, pool = store._index.search(qr, 1100, params=params)
+    assert (pool >= 0).all()
+    ref = reference(queries, docs)
+    in_pool = np.full(ref.shape, -np.inf)
+    np.put_along_axis(in_pool, pool, np.take_along_axis(ref, pool, axis=1), axis=1)
+    assert_exact(*hits(store.search_batch(queries, k=10)), in_pool)
 
 
 # ------------------------------------------------------------------ retrieve_exact

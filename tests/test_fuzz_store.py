@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-import kl_retrievers.index as index_module
+import kl_retrievers.store._format as format_module
 from kl_retrievers import Gaussians, KLStore
 
 settings.register_profile(
@@ -217,7 +217,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(where=st.sampled_from(["_write_npy", "_write_jsonl", "_fsync"]))
     def save_interrupted(self, where: str) -> None:
-        real = getattr(index_module, where)
+        real = getattr(format_module, where)
 
         def crash(path: Path, *args: Any) -> None:
             if where != "_fsync":
@@ -226,7 +226,7 @@ class StoreMachine(RuleBasedStateMachine):
                     f.truncate(max(0, f.seek(0, 2) // 2))
             raise _Killed(f"killed in {where}")
 
-        with mock.patch.object(index_module, where, crash), pytest.raises(_Killed):
+        with mock.patch.object(format_module, where, crash), pytest.raises(_Killed):
             self.store.save(self.folder)
         leftovers = [p.name for p in self.folder.parent.iterdir() if p.name.startswith(f".{self.folder.name}.tmp")]
         assert not leftovers, leftovers

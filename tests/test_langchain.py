@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.resources
 import json
 import sys
 import warnings
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from langchain_core.documents import Document
-from langchain_core.embeddings import DeterministicFakeEmbedding
+from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
 from langchain_core.language_models import FakeListChatModel
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
@@ -29,6 +30,7 @@ from kl_retrievers.langchain import (
     KLVectorStore,
     LangChainFormatError,
     check_inner_product_store,
+    relevance_exp,
     relevance_exp_per_dim,
     relevance_inverse,
 )
@@ -127,17 +129,37 @@ def test_embeddings_async_and_type_errors(emb: KLEmbeddings) -> None:
 def test_embeddings_default_model_is_lazy(monkeypatch: pytest.MonkeyPatch, encoder: Any) -> None:
     import kl_retrievers.langchain as lc
 
-    calls = []
-    monkeypatch.setattr(lc, "_load_default_encoder", lambda *args: calls.append(1) or encoder)
+    calls: list[tuple[Any, ...]] = []
+
+    def load(*args: Any) -> Any:
+        calls.append(args)
+        return encoder
+
+    monkeypatch.setattr(lc, "_load_default_encoder", load)
     e = KLEmbeddings()
     assert calls == [] and "not loaded" in repr(e)
     assert len(e.embed_query("tea")) == 2 * encoder.config.dim + 1
     e.embed_query("sun")
-    assert calls == [1]
+    assert len(calls) == 1
     s = KLVectorStore()
-    assert calls == [1]
+    assert len(calls) == 1
     s.add_texts(["tea"])
-    assert calls == [1, 1]
+    assert calls == [(None,), ()]  # KLEmbeddings asks for its backend (None: the default); the store for the default
+
+
+@pytest.mark.parametrize("backend", [None, "torch", "onnx"])
+def test_embeddings_backend_reaches_load_model(monkeypatch: pytest.MonkeyPatch, encoder: Any, backend: Any) -> None:
+    import kl_retrievers.pretrained as pretrained
+
+    seen: list[Any] = []
+
+    def load_model(name: Any, *, backend: Any = None) -> Any:
+        seen.append((name, backend))
+        return encoder
+
+    monkeypatch.setattr(pretrained, "load_model", load_model)
+    KLEmbeddings(backend=backend).embed_query("tea")
+    assert seen == [(None, backend)]
 
 
 def test_incompatible_stores_warn(emb: KLEmbeddings) -> None:
@@ -180,17 +202,34 @@ def test_ids_upsert_delete_get(emb: KLEmbeddings) -> None:
     assert s.delete(["x", "nope"]) is False
     assert s.delete(["y"]) is True
     assert [d.page_content for d in s.similarity_search("tea", k=5)] == ["sun"]
-    assert s.delete() is True and len(s) == 0
+    assert s.delete(delete_all=True) is True and len(s) == 0
     assert s.similarity_search("tea", k=3) == []
+
+
+def test_delete_without_ids_refuses_and_names_the_explicit_way(emb: KLEmbeddings) -> None:
+    # Trap: delete() with no ids used to wipe the whole store (FAISS raises, InMemoryVectorStore does nothing).
+    s = KLVectorStore.from_texts(TEXTS[:3], emb, ids=["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"delete\(delete_all=True\) or clear\(\)"):
+        s.delete()
+    with pytest.raises(ValueError, match="delete_all=True"):
+        asyncio.run(s.adelete())
+    assert len(s) == 3
+    with pytest.raises(ValueError, match="not both"):
+        s.delete(["a"], delete_all=True)
+    assert s.delete([]) is True and len(s) == 3  # an empty list deletes nothing
+    s.clear()
+    assert len(s) == 0 and s.similarity_search("tea", k=2) == []
+    s.add_texts(["green tea"], ids=["t"])  # still usable after clear()
+    assert asyncio.run(s.adelete(delete_all=True)) is True and len(s) == 0
 
 
 def test_filters_dict_and_callable(store: KLVectorStore) -> None:
     got = store.similarity_search("the cat", k=10, filter={"kind": "animal"})
-    assert sorted(d.id for d in got) == ["d0", "d1"]
+    assert sorted(str(d.id) for d in got) == ["d0", "d1"]
     got = store.similarity_search("the cat", k=10, filter={"$or": [{"n": {"$gte": 6}}, {"n": {"$in": [0]}}]})
-    assert sorted(d.id for d in got) == ["d0", "d6", "d7"]
+    assert sorted(str(d.id) for d in got) == ["d0", "d6", "d7"]
     got = store.similarity_search("tea", k=10, filter=lambda m: m["n"] % 2 == 1)
-    assert sorted(d.id for d in got) == ["d1", "d3", "d5", "d7"]
+    assert sorted(str(d.id) for d in got) == ["d1", "d3", "d5", "d7"]
     with pytest.raises(ValueError, match="unknown filter operator"):
         store.similarity_search("tea", k=2, filter={"n": {"$regex": "x"}})
 
@@ -224,12 +263,14 @@ def test_mmr(emb: KLEmbeddings, encoder: Any) -> None:
 
 def test_relevance_functions_and_retriever_modes(store: KLVectorStore) -> None:
     assert relevance_inverse(0.0) == 1.0 and relevance_inverse(-3.0) == 0.25
+    assert relevance_exp(0.0) == 1.0 and relevance_exp(-np.log(2)) == pytest.approx(0.5)
     assert relevance_exp_per_dim(0.0, 8) == 1.0 and 0 < relevance_exp_per_dim(-80.0, 8) < 1e-4
+    assert store.relevance == "exp"  # the default
     rel = store.similarity_search_with_relevance_scores("tea and bread", k=8)
     scores = [r for _, r in rel]
     assert all(0.0 < r <= 1.0 for r in scores) and scores == sorted(scores, reverse=True)
     raw = store.similarity_search_with_score("tea and bread", k=8)
-    np.testing.assert_allclose(scores, [1 / (1 - s) for _, s in raw], rtol=1e-9)
+    np.testing.assert_allclose(scores, [np.exp(s) for _, s in raw], rtol=1e-9)
     thr = float(np.median(scores))
     r = store.as_retriever(search_type="similarity_score_threshold", search_kwargs={"score_threshold": thr, "k": 8})
     assert len(r.invoke("tea and bread")) == sum(x >= thr for x in scores)
@@ -240,8 +281,59 @@ def test_relevance_functions_and_retriever_modes(store: KLVectorStore) -> None:
     assert all(0 < x <= 1 for _, x in exp_store.similarity_search_with_relevance_scores("tea", k=3))
     custom = KLVectorStore(store.embeddings, store=store.store, relevance=lambda s, k: 1.0 if s > -1 else 0.5)
     assert {x for _, x in custom.similarity_search_with_relevance_scores("tea", k=8)} <= {0.5, 1.0}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="'exp', 'exp_per_dim', 'inverse'"):
         KLVectorStore(relevance="cosine")
+
+
+class _BagOfWords(Embeddings):
+    """A tiny model: unit-length word-count vectors, so unit-variance Gaussians give ``KL = 1 - cos``.
+
+    That is the geometry of the bundled models (unit-norm means, variances close to 1).
+    """
+
+    def __init__(self, texts: list[str]) -> None:
+        self.vocab = {w: i for i, w in enumerate(sorted({w for t in texts for w in t.split()}))}
+
+    def _vec(self, text: str) -> list[float]:
+        v = np.zeros(len(self.vocab))
+        for w in text.split():
+            v[self.vocab[w]] += 1.0
+        return (v / np.linalg.norm(v)).tolist()
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return [self._vec(t) for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._vec(text)
+
+
+QUERY_TEXT = "a cat sat on my mat"
+NEAR_DUPLICATE = "a cat sat on the mat"
+UNRELATED = [  # each shares only "a" with the query: cosine about 0.15, like unrelated texts under MiniLM
+    "a train left the station at noon today",
+    "a green tea brewed with water below boiling",
+    "a rocket throws exhaust gas backwards into space",
+    "a coral reef grows slowly in warm shallow water",
+    "a piano hammer strikes the steel strings inside",
+    "a compiler checks types and optimises source code",
+    "a glacier shrinks as mountain summers grow warmer",
+    "a sourdough starter keeps wild yeast alive for years",
+    "a vaccine trains the immune system against disease",
+    "a roman road drains rain through layers of gravel",
+]
+
+
+def test_default_relevance_drops_unrelated_texts_keeps_near_duplicates() -> None:
+    # Trap: 1 / (1 + KL) put unrelated texts at 0.52-0.55, so score_threshold=0.5 kept all of them.
+    texts = [NEAR_DUPLICATE, *UNRELATED]
+    s = KLVectorStore.from_texts(texts, _BagOfWords([QUERY_TEXT, *texts]), ids=[f"t{i}" for i in range(len(texts))])
+    rel = dict((d.page_content, r) for d, r in s.similarity_search_with_relevance_scores(QUERY_TEXT, k=len(texts)))
+    assert rel[NEAR_DUPLICATE] > 0.8
+    assert max(rel[t] for t in UNRELATED) < 0.5
+    kept = s.as_retriever(search_type="similarity_score_threshold", search_kwargs={"score_threshold": 0.5, "k": 11})
+    assert [d.page_content for d in kept.invoke(QUERY_TEXT)] == [NEAR_DUPLICATE]
+    old = KLVectorStore(s.embeddings, store=s.store, relevance="inverse")
+    assert min(r for d, r in old.similarity_search_with_relevance_scores(QUERY_TEXT, k=11)) > 0.5  # the old default
 
 
 def test_async_store_methods(emb: KLEmbeddings) -> None:
@@ -418,6 +510,38 @@ class _MemoEncoder:
             g = self.inner.encode_documents(todo, batch_size=32)
             self.docs.update({t: (g.mean[i], g.var[i]) for i, t in enumerate(todo)})
         return Gaussians(np.stack([self.docs[t][0] for t in texts]), np.stack([self.docs[t][1] for t in texts]))
+
+
+@pytest.mark.integration
+def test_default_relevance_with_the_default_model(minilm_default: Any) -> None:
+    """Unrelated texts fall below 0.5 and near-duplicates stay above it, with the real default model.
+
+    Documents: the bundled demo corpus (40 general-knowledge texts) plus near-duplicates of five
+    sentences; none of it comes from an evaluation collection.
+    """
+    corpus = importlib.resources.files("kl_retrievers") / "data" / "demo_corpus.jsonl"
+    demo = [json.loads(line)["text"] for line in corpus.read_text(encoding="utf-8").splitlines()]
+    pairs = {
+        "How do I reset my password?": "How can I reset my password?",
+        "The train was delayed by snow on the tracks.": "Snow on the tracks delayed the train.",
+        "Honey bees tell each other where food is with a waggle dance.": "Bees use a waggle dance to tell hive "
+        "mates where food is.",
+        "Green tea should be brewed with water below boiling.": "Brew green tea with water that is below the boil.",
+        "Yeast makes bread dough rise.": "Bread dough rises because of yeast.",
+    }
+    store = KLVectorStore.from_texts([*demo, *pairs.values()], KLEmbeddings(minilm_default))
+    for query, twin in pairs.items():
+        top, relevance = store.similarity_search_with_relevance_scores(query, k=1)[0]
+        assert top.page_content == twin and relevance > 0.8, (query, relevance)
+    unrelated = ["Who won the football match last night?", "How do I file my income tax return?"]
+    for query in [*unrelated, "What is the best smartphone to buy?"]:
+        hits = store.similarity_search_with_relevance_scores(query, k=len(store))
+        scores = [r for d, r in hits if d.page_content in demo]
+        assert len(scores) == len(demo) and max(scores) < 0.5, (query, max(scores))
+        old = KLVectorStore(store.embeddings, store=store.store, relevance="inverse")
+        assert sum(r >= 0.5 for _, r in old.similarity_search_with_relevance_scores(query, k=len(demo))) >= 5
+    retriever = store.as_retriever(search_type="similarity_score_threshold", search_kwargs={"score_threshold": 0.5})
+    assert retriever.invoke(unrelated[0]) == []
 
 
 @pytest.mark.integration

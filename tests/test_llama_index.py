@@ -11,6 +11,7 @@ import asyncio
 import importlib
 import json
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,13 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.ingestion import IngestionPipeline
 from llama_index.core.llms import MockLLM
 from llama_index.core.node_parser import SentenceSplitter
+from llama_index.core.postprocessor import SimilarityPostprocessor
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
+from llama_index.core.vector_stores.simple import SimpleVectorStore
 from llama_index.core.vector_stores.types import (
     FilterCondition,
+    FilterOperator,
     MetadataFilter,
     MetadataFilters,
     VectorStoreQuery,
@@ -114,9 +118,24 @@ def _expected_scores(encoder: GaussianEncoder, query: str, texts: list[str]) -> 
     return np.asarray(neg_kl_matrix(q, d))[0]
 
 
-def _index(embed: KLEmbedding, docs: list[Document] | None = None) -> VectorStoreIndex:
+def _index(embed: KLEmbedding, docs: list[Document] | None = None, **kwargs: Any) -> VectorStoreIndex:
     storage = StorageContext.from_defaults(vector_store=KLVectorStore())
-    return VectorStoreIndex.from_documents(docs or _docs(), storage_context=storage, embed_model=embed)
+    return VectorStoreIndex.from_documents(docs or _docs(), storage_context=storage, embed_model=embed, **kwargs)
+
+
+def _scores(hits: Any) -> list[float]:
+    """``NodeWithScore.score`` of each hit (every hit of these stores has one)."""
+    return [h.get_score(raise_error=True) for h in hits]
+
+
+def _sims(res: Any) -> list[float]:
+    assert res.similarities is not None
+    return list(res.similarities)
+
+
+def _neg_kl(hits: Any) -> list[float]:
+    """The exact -KL of retrieved nodes (``NodeWithScore`` or nodes), from their ``neg_kl`` metadata."""
+    return [float(getattr(h, "node", h).metadata["neg_kl"]) for h in hits or []]
 
 
 # ------------------------------------------------------------------------- import guard
@@ -246,7 +265,8 @@ def test_similarities_are_exact_neg_kl() -> None:
     expected = np.asarray(neg_kl_matrix(qg, g.astype(np.float32).astype(np.float64)))[0]
     order = np.argsort(-expected, kind="stable")[:5]
     assert res.ids == [f"n{i}" for i in order]
-    np.testing.assert_allclose(res.similarities, expected[order], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(_neg_kl(res.nodes), expected[order], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(_sims(res), np.exp(expected[order]), rtol=1e-9)  # relevance exp(-KL)
     assert [n.node_id for n in res.nodes or []] == res.ids
     assert all(n.metadata[QUERY_UNCERTAINTY_KEY] == pytest.approx(float(qg.uncertainty()[0])) for n in res.nodes or [])
 
@@ -258,7 +278,7 @@ def test_query_with_query_str_uses_the_stores_encoder(encoder: GaussianEncoder, 
     expected = _expected_scores(encoder, QUERY, TEXTS)
     order = np.argsort(-expected, kind="stable")[:3]
     assert res.ids == [f"n{i}" for i in order]
-    np.testing.assert_allclose(res.similarities, expected[order], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_neg_kl(res.nodes), expected[order], rtol=1e-5, atol=1e-5)
 
 
 def test_nodes_without_embeddings_and_no_encoder_raise_clearly() -> None:
@@ -297,8 +317,10 @@ def test_unsupported_query_mode() -> None:
     nodes, g = _random_nodes(3)
     vs = KLVectorStore()
     vs.add(nodes)
-    with pytest.raises(ValueError, match="'default' query mode"):
-        vs.query(_query(g[0], similarity_top_k=1, mode=VectorStoreQueryMode.MMR))
+    with pytest.raises(ValueError, match=r"query modes \('default', 'mmr'\); got 'hybrid'"):
+        vs.query(_query(g[0], similarity_top_k=1, mode=VectorStoreQueryMode.HYBRID))
+    with pytest.raises(ValueError, match="relevance must be one of"):
+        KLVectorStore(relevance="cosine")
 
 
 def test_node_ids_and_doc_ids_restrict_the_search() -> None:
@@ -312,7 +334,7 @@ def test_node_ids_and_doc_ids_restrict_the_search() -> None:
     assert sorted(res.ids or []) == ["n1", "n4", "n7"] and (res.ids or [])[0] == "n4"
     full = vs.query(_query(qg, similarity_top_k=10))
     by_id = dict(zip(full.ids or [], full.similarities or [], strict=True))
-    np.testing.assert_allclose(res.similarities, [by_id[i] for i in res.ids or []], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(_sims(res), [by_id[i] for i in res.ids or []], rtol=1e-12, atol=1e-12)
     res = vs.query(_query(qg, similarity_top_k=10, doc_ids=["doc1"]))
     assert sorted(res.ids or []) == ["n1", "n4", "n7"]
     res = vs.query(_query(qg, similarity_top_k=10, doc_ids=["doc1"], node_ids=["n1", "n2"]))
@@ -352,7 +374,7 @@ FILTER_METADATA = {
     ],
 )
 def test_filter_operators(key: str, op: str, value: Any, expected: list[str]) -> None:
-    filters = MetadataFilters(filters=[MetadataFilter(key=key, value=value, operator=op)])
+    filters = MetadataFilters(filters=[MetadataFilter(key=key, value=value, operator=FilterOperator(op))])
     vs = _filter_store()
     res = vs.query(_query(random_gaussians(1, 4, seed=3), similarity_top_k=10, filters=filters))
     assert sorted(res.ids or []) == expected
@@ -380,19 +402,22 @@ def test_filter_conditions_and_nesting() -> None:
         return sorted(vs.query(_query(q, similarity_top_k=10, filters=filters)).ids or [])
 
     lang_de = MetadataFilter(key="lang", value="de")
-    recent = MetadataFilter(key="year", value=2023, operator=">=")
+    recent = MetadataFilter(key="year", value=2023, operator=FilterOperator(">="))
     assert ids(MetadataFilters(filters=[lang_de, recent], condition=FilterCondition.OR)) == ["n1", "n2"]
     assert ids(MetadataFilters(filters=[lang_de, recent], condition=FilterCondition.AND)) == []
-    assert ids(MetadataFilters(filters=[MetadataFilter(key="lang", value="en")], condition="not")) == ["n1", "n3"]
+    assert ids(MetadataFilters(filters=[MetadataFilter(key="lang", value="en")], condition=FilterCondition.NOT)) == [
+        "n1",
+        "n3",
+    ]
     nested = MetadataFilters(
         filters=[
             MetadataFilter(key="lang", value="en"),
             MetadataFilters(
                 filters=[
-                    MetadataFilter(key="year", value=2020, operator="<"),
-                    MetadataFilter(key="tags", value="x", operator="contains"),
+                    MetadataFilter(key="year", value=2020, operator=FilterOperator("<")),
+                    MetadataFilter(key="tags", value="x", operator=FilterOperator("contains")),
                 ],
-                condition="or",
+                condition=FilterCondition.OR,
             ),
         ]
     )
@@ -414,7 +439,9 @@ def test_filters_apply_before_ranking() -> None:
         _query(
             g[7],
             similarity_top_k=3,
-            filters=MetadataFilters(filters=[MetadataFilter(key="i", value=[0, 10, 20], operator="in")]),
+            filters=MetadataFilters(
+                filters=[MetadataFilter(key="i", value=[0, 10, 20], operator=FilterOperator("in"))]
+            ),
         )
     )
     assert sorted(res.ids or []) == ["n0", "n10", "n20"]
@@ -442,11 +469,13 @@ def test_vector_store_index_from_documents(encoder: GaussianEncoder, embed: KLEm
     expected = _expected_scores(encoder, QUERY, TEXTS)
     order = np.argsort(-expected, kind="stable")[:3]
     assert [h.node.get_content() for h in hits] == [TEXTS[i] for i in order]
-    np.testing.assert_allclose([h.score for h in hits], expected[order], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_neg_kl(hits), expected[order], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_scores(hits), np.exp(_neg_kl(hits)), rtol=1e-12)
     unc = float(encoder.encode_queries([QUERY]).uncertainty()[0])
     assert hits[0].node.metadata[QUERY_UNCERTAINTY_KEY] == pytest.approx(unc, rel=1e-5)
     assert hits[0].node.ref_doc_id == f"doc{order[0]}"
-    assert QUERY_UNCERTAINTY_KEY not in hits[0].node.get_content(metadata_mode="llm")  # type: ignore[arg-type]
+    for key in (QUERY_UNCERTAINTY_KEY, "neg_kl"):
+        assert key not in hits[0].node.get_content(metadata_mode="llm")  # type: ignore[arg-type]
 
 
 def test_index_filters_and_delete_ref_doc(embed: KLEmbedding) -> None:
@@ -473,7 +502,7 @@ def test_persist_and_reload(tmp_path: Path, embed: KLEmbedding) -> None:
     reloaded = VectorStoreIndex.from_vector_store(store, embed_model=embed)
     after = reloaded.as_retriever(similarity_top_k=4).retrieve(QUERY)
     assert [h.node.node_id for h in after] == [h.node.node_id for h in before]
-    np.testing.assert_allclose([h.score for h in after], [h.score for h in before], rtol=1e-12)
+    np.testing.assert_allclose(_scores(after), _scores(before), rtol=1e-12)
 
     storage = StorageContext.from_defaults(persist_dir=str(tmp_path / "storage"), vector_store=store)
     loaded = load_index_from_storage(storage, embed_model=embed)
@@ -486,12 +515,13 @@ def test_query_engines_with_mock_llm(encoder: GaussianEncoder, embed: KLEmbeddin
     response = index.as_query_engine(llm=MockLLM(), similarity_top_k=2).query(QUERY)
     assert len(response.source_nodes) == 2
     expected = np.sort(_expected_scores(encoder, QUERY, TEXTS))[::-1][:2]
-    np.testing.assert_allclose([n.score for n in response.source_nodes], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_neg_kl(response.source_nodes), expected, rtol=1e-5, atol=1e-5)
 
     retriever = KLRetriever.from_defaults(index=index, similarity_top_k=2)
     engine = RetrieverQueryEngine.from_args(retriever, llm=MockLLM())
     response = engine.query(QUERY)
-    np.testing.assert_allclose([n.score for n in response.source_nodes], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_neg_kl(response.source_nodes), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_scores(response.source_nodes), np.exp(expected), rtol=1e-5)
     assert isinstance(str(response), str)
 
 
@@ -508,7 +538,7 @@ def test_ingestion_pipeline_into_the_store(encoder: GaussianEncoder, embed: KLEm
     hits = index.as_retriever(similarity_top_k=2).retrieve(QUERY)
     texts = [n.get_content() for n in nodes]
     expected = np.sort(_expected_scores(encoder, QUERY, texts))[::-1][:2]
-    np.testing.assert_allclose([h.score for h in hits], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_neg_kl(hits), expected, rtol=1e-5, atol=1e-5)
     vs.delete("long")
     assert {n.ref_doc_id for n in vs.get_nodes()} == {"doc0", "doc1"}
 
@@ -517,7 +547,7 @@ def test_ingestion_pipeline_into_the_store(encoder: GaussianEncoder, embed: KLEm
 @pytest.mark.parametrize("source", ["nodes", "documents", "index", "vector_store"])
 def test_retriever_from_defaults(source: str, encoder: GaussianEncoder, embed: KLEmbedding) -> None:
     docs = _docs()
-    kwargs: dict[str, Any] = {
+    sources: dict[str, dict[str, Any]] = {
         "nodes": {
             "nodes": [
                 TextNode(id_=d.doc_id, text=d.text, metadata=d.metadata, excluded_embed_metadata_keys=["n", "lang"])
@@ -527,23 +557,25 @@ def test_retriever_from_defaults(source: str, encoder: GaussianEncoder, embed: K
         "documents": {"documents": docs},
         "index": {"index": _index(embed, docs)},
         "vector_store": {"vector_store": _index(embed, docs).vector_store},
-    }[source]
+    }
+    kwargs = sources[source]
     retriever = KLRetriever.from_defaults(encoder=encoder, similarity_top_k=3, **kwargs)
     hits = retriever.retrieve(QUERY)
     expected = _expected_scores(encoder, QUERY, TEXTS)
     order = np.argsort(-expected, kind="stable")[:3]
     assert [h.node.get_content() for h in hits] == [TEXTS[i] for i in order]
-    np.testing.assert_allclose([h.score for h in hits], expected[order], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_neg_kl(hits), expected[order], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_scores(hits), np.exp(expected[order]), rtol=1e-5)
     unc = float(encoder.encode_queries([QUERY]).uncertainty()[0])
     assert all(h.node.metadata[QUERY_UNCERTAINTY_KEY] == pytest.approx(unc, rel=1e-5) for h in hits)
     async_hits = asyncio.run(retriever.aretrieve(QUERY))
     assert [h.node.node_id for h in async_hits] == [h.node.node_id for h in hits]
-    np.testing.assert_allclose([h.score for h in async_hits], [h.score for h in hits], rtol=1e-9)
+    np.testing.assert_allclose(_scores(async_hits), _scores(hits), rtol=1e-9)
 
 
 def test_retriever_encoder_inferred_from_index_and_filters(embed: KLEmbedding) -> None:
     index = _index(embed)
-    filters = MetadataFilters(filters=[MetadataFilter(key="n", value=4, operator=">=")])
+    filters = MetadataFilters(filters=[MetadataFilter(key="n", value=4, operator=FilterOperator(">="))])
     retriever = KLRetriever.from_defaults(index=index, similarity_top_k=10, filters=filters)
     assert retriever.similarity_top_k == 10
     assert sorted(h.node.metadata["n"] for h in retriever.retrieve(QUERY)) == [4, 5, 6, 7]
@@ -556,7 +588,8 @@ def test_retriever_from_defaults_validates_sources(embed: KLEmbedding) -> None:
         KLRetriever.from_defaults(encoder=embed)
     with pytest.raises(ValueError, match="exactly one"):
         KLRetriever.from_defaults(nodes=[], documents=[], encoder=embed)
-    plain = VectorStoreIndex.from_documents(_docs()[:2], embed_model=embed)  # a SimpleVectorStore index
+    with pytest.warns(UserWarning, match="SimpleVectorStore"):
+        plain = VectorStoreIndex.from_documents(_docs()[:2], embed_model=embed)  # a SimpleVectorStore index
     with pytest.raises(TypeError, match="KLVectorStore"):
         KLRetriever.from_defaults(index=plain, encoder=embed)
 
@@ -571,9 +604,137 @@ def test_retriever_without_encoder_uses_the_query_embedding(encoder: GaussianEnc
     bundle = QueryBundle(query_str=QUERY, embedding=embed.get_query_embedding(QUERY))
     hits = retriever.retrieve(bundle)
     expected = np.sort(_expected_scores(encoder, QUERY, TEXTS))[::-1][:2]
-    np.testing.assert_allclose([h.score for h in hits], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_neg_kl(hits), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="no encoder"):
         retriever.retrieve(QUERY)
+
+
+# ------------------------------------------------------------------- traps (issue 24)
+def test_plain_load_index_from_storage_recipe_gets_the_kl_store_back(tmp_path: Path, embed: KLEmbedding) -> None:
+    # Trap: StorageContext.from_defaults(persist_dir=...) read the manifest as an empty SimpleVectorStore,
+    # so every query of the reloaded index returned 0 hits without an error.
+    index = _index(embed)
+    before = index.as_retriever(similarity_top_k=3).retrieve(QUERY)
+    index.storage_context.persist(persist_dir=str(tmp_path / "s"))
+    storage = StorageContext.from_defaults(persist_dir=str(tmp_path / "s"))
+    loaded = load_index_from_storage(storage, embed_model=embed)
+    assert isinstance(loaded, VectorStoreIndex) and isinstance(loaded.vector_store, KLVectorStore)
+    assert isinstance(storage.vector_stores["image"], SimpleVectorStore)  # other stores load as before
+    after = loaded.as_retriever(similarity_top_k=3).retrieve(QUERY)
+    assert len(after) == 3 and [h.node.node_id for h in after] == [h.node.node_id for h in before]
+    np.testing.assert_allclose(_neg_kl(after), _neg_kl(before), rtol=1e-12)
+
+
+def test_a_simple_vector_store_without_the_loader_fails_loudly(tmp_path: Path) -> None:
+    nodes, _ = _random_nodes(3)
+    vs = KLVectorStore()
+    vs.add(nodes)
+    path = tmp_path / "default__vector_store.json"
+    vs.persist(str(path))
+    unpatched = SimpleVectorStore.from_persist_path.__func__._kl_retrievers_original  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match=r"import kl_retrievers.llama_index before load_index_from_storage"):
+        unpatched(SimpleVectorStore, str(path))
+    # A real SimpleVectorStore file still loads through the (patched) loader.
+    plain = SimpleVectorStore()
+    plain.add([TextNode(id_="a", text="x", embedding=[1.0, 0.0])])
+    plain.persist(str(tmp_path / "plain.json"))
+    again = SimpleVectorStore.from_persist_path(str(tmp_path / "plain.json"))
+    assert type(again) is SimpleVectorStore and again.get("a") == [1.0, 0.0]
+    assert isinstance(SimpleVectorStore.from_persist_path(str(path)), KLVectorStore)
+
+
+def test_similarity_postprocessor_cutoff_keeps_the_matching_nodes(encoder: GaussianEncoder, embed: KLEmbedding) -> None:
+    # Trap: node scores were -KL <= 0, so SimilarityPostprocessor(similarity_cutoff=...) dropped every node.
+    index = _index(embed)
+    hits = index.as_retriever(similarity_top_k=len(TEXTS)).retrieve(TEXTS[3])  # a stored text: KL = 0 for it
+    assert hits[0].node.get_content() == TEXTS[3] and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    expected = np.sort(_expected_scores(encoder, TEXTS[3], TEXTS))[::-1]
+    np.testing.assert_allclose(_neg_kl(hits), expected, rtol=1e-5, atol=1e-5)
+    assert all(h.score is not None and 0.0 < h.score <= 1.0 for h in hits)
+    kept = SimilarityPostprocessor(similarity_cutoff=0.5).postprocess_nodes(hits)
+    assert kept and [h.node.node_id for h in kept] == [h.node.node_id for h in hits if np.exp(_neg_kl([h])[0]) >= 0.5]
+    engine = index.as_query_engine(
+        llm=MockLLM(), similarity_top_k=3, node_postprocessors=[SimilarityPostprocessor(similarity_cutoff=0.5)]
+    )
+    assert engine.query(TEXTS[3]).source_nodes[0].node.get_content() == TEXTS[3]
+
+
+def test_mmr_query_mode_is_kl_mmr(embed: KLEmbedding) -> None:
+    # Trap: vector_store_query_mode="mmr" raised ValueError.
+    texts = ["the cat sat on the mat"] * 3 + ["a dog is in the water", "green tea and black bread"]
+    index = _index(embed, [Document(text=t, id_=f"d{i}") for i, t in enumerate(texts)])
+    query = "the cat sat on the mat"
+    plain = index.as_retriever(similarity_top_k=3).retrieve(query)
+    assert {h.node.ref_doc_id for h in plain} == {"d0", "d1", "d2"}
+    mmr = index.as_retriever(
+        similarity_top_k=3, vector_store_query_mode="mmr", vector_store_kwargs={"mmr_threshold": 0.3}
+    ).retrieve(query)
+    assert len(mmr) == 3 and len({"d0", "d1", "d2"} & {h.node.ref_doc_id for h in mmr}) == 1
+    assert mmr[0].score == pytest.approx(1.0, abs=1e-5)  # the first pick is the most relevant
+    assert all(h.score == pytest.approx(np.exp(_neg_kl([h])[0])) for h in mmr)
+    pure = index.as_retriever(
+        similarity_top_k=3, vector_store_query_mode="mmr", vector_store_kwargs={"mmr_threshold": 1}
+    )
+    assert [h.node.node_id for h in pure.retrieve(query)] == [h.node.node_id for h in plain]
+
+
+def test_mmr_search_is_the_shared_kl_mmr() -> None:
+    from kl_retrievers._adapters import mmr_select, relevance_exp
+
+    nodes, _ = _random_nodes(12, k=4, seed=3)
+    vs = KLVectorStore()
+    vs.add(nodes)
+    qg = random_gaussians(1, 4, seed=5)
+    ranked = vs.search_gaussian(qg, similarity_top_k=8)
+    order = mmr_select(_neg_kl(ranked.nodes), vs.kl_store.get_gaussians(ranked.ids or []), 4, 0.4, relevance_exp)
+    res = vs.query(_query(qg, similarity_top_k=4, mode=VectorStoreQueryMode.MMR, mmr_threshold=0.4), mmr_prefetch_k=8)
+    assert res.ids == [(ranked.ids or [])[i] for i in order]
+    with pytest.raises(ValueError, match=r"mmr_threshold\) must be in \[0, 1\]"):
+        vs.query(_query(qg, similarity_top_k=2, mode=VectorStoreQueryMode.MMR), mmr_threshold=1.5)
+
+
+def test_kl_embedding_in_a_cosine_simple_vector_store_warns_once(encoder: GaussianEncoder) -> None:
+    # Trap: KLEmbedding inside LlamaIndex's default cosine SimpleVectorStore gave no warning.
+    embed = KLEmbedding(encoder)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        index = VectorStoreIndex.from_documents(_docs(), embed_model=embed)
+        index.as_retriever(similarity_top_k=2).retrieve(QUERY)
+        asyncio.run(index.as_retriever(similarity_top_k=2).aretrieve(QUERY))
+    messages = [str(w.message) for w in seen if issubclass(w.category, UserWarning)]
+    ours = [m for m in messages if "exact only for a raw inner product" in m]
+    assert len(ours) == 1 and "SimpleVectorStore" in ours[0] and "KLVectorStore" in ours[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an inner-product KLVectorStore: no warning
+        _index(KLEmbedding(encoder)).as_retriever(similarity_top_k=2).retrieve(QUERY)
+
+
+def test_bm25_hybrid_recipe(embed: KLEmbedding) -> None:
+    """The documented hybrid recipe: BM25 over the index's docstore fused with the -KL retriever."""
+    from llama_index.core.retrievers import QueryFusionRetriever
+    from llama_index.core.retrievers.fusion_retriever import FUSION_MODES
+    from llama_index.retrievers.bm25 import BM25Retriever
+
+    # KLVectorStore keeps the text, so LlamaIndex leaves the docstore empty unless asked to fill it.
+    assert not _index(embed).docstore.docs
+    index = _index(embed, store_nodes_override=True)
+    assert len(index.docstore.docs) == len(TEXTS)
+    bm25 = BM25Retriever.from_defaults(docstore=index.docstore, similarity_top_k=2)
+    fusion = QueryFusionRetriever(
+        [index.as_retriever(similarity_top_k=2), bm25],
+        similarity_top_k=3,
+        num_queries=1,  # no LLM query rewriting
+        mode=FUSION_MODES.RECIPROCAL_RANK,
+        use_async=False,
+        llm=MockLLM(),
+    )
+    hits = fusion.retrieve("bee rock")
+    assert "the bee is on the rock" in [h.node.get_content() for h in hits]
+    # An index loaded from the store alone has an empty docstore: give BM25 the store's nodes instead.
+    store = index.vector_store
+    assert isinstance(store, KLVectorStore)
+    bm25_from_store = BM25Retriever.from_defaults(nodes=store.get_nodes(), similarity_top_k=1)
+    assert bm25_from_store.retrieve("bee rock")[0].node.get_content() == "the bee is on the rock"
 
 
 # ---------------------------------------------------------------------------- real model
@@ -589,10 +750,11 @@ def test_real_default_model_end_to_end(tmp_path: Path, minilm_default: GaussianE
     index = _index(embed, docs)
     hits = index.as_retriever(similarity_top_k=4).retrieve("how do plants use light from the sun?")
     assert hits[0].node.ref_doc_id == "plants"
-    scores = [h.score for h in hits]
+    scores = _scores(hits)
     assert scores == sorted(scores, reverse=True)
-    # The default model has unit variances, so -KL = cosine - 1 lies in [-2, 0].
-    assert all(-2.0 - 1e-4 <= s <= 1e-4 for s in scores if s is not None)
+    # The default model has unit-norm means and variances close to 1, so -KL is about cosine - 1, in [-2, 0].
+    assert all(-2.0 - 1e-2 <= s <= 1e-4 for s in _neg_kl(hits))
+    assert scores[0] > 0.5 > max(scores[1:])
     index.storage_context.persist(persist_dir=str(tmp_path / "s"))
     reloaded = VectorStoreIndex.from_vector_store(
         KLVectorStore.from_persist_dir(str(tmp_path / "s")), embed_model=embed

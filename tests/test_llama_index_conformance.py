@@ -21,7 +21,13 @@ import pytest
 pytest.importorskip("llama_index.core")
 
 from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
-from llama_index.core.vector_stores.types import MetadataFilter, MetadataFilters, VectorStoreQuery
+from llama_index.core.vector_stores.types import (
+    FilterOperator,
+    MetadataFilter,
+    MetadataFilters,
+    VectorStoreQuery,
+    VectorStoreQueryResult,
+)
 
 from conftest import random_gaussians
 from kl_retrievers import Gaussians, KLStore, kl_document_vectors, kl_query_vectors, neg_kl_matrix
@@ -50,6 +56,11 @@ def make_nodes(n: int, *, seed: int = 0, prefix: str = "n", start: int = 0) -> t
 
 def query_for(g: Gaussians, **kw: Any) -> VectorStoreQuery:
     return VectorStoreQuery(query_embedding=[float(x) for x in kl_query_vectors(g)[0]], **kw)
+
+
+def sims(res: VectorStoreQueryResult) -> list[float]:
+    assert res.similarities is not None
+    return list(res.similarities)
 
 
 def all_ids(vs: KLVectorStore) -> list[str]:
@@ -81,7 +92,9 @@ def test_add_returns_ids_in_input_order_and_query_finds_them() -> None:
     assert vs.add(nodes) == [n.node_id for n in nodes]
     res = vs.query(query_for(g[2], similarity_top_k=6))
     assert res.ids is not None and res.ids[0] == "n2" and sorted(res.ids) == sorted(n.node_id for n in nodes)
-    np.testing.assert_allclose(res.similarities, np.sort(exact_scores(g[2], g))[::-1], rtol=1e-9, atol=1e-9)
+    exact = np.sort(exact_scores(g[2], g))[::-1]
+    np.testing.assert_allclose([n.metadata["neg_kl"] for n in res.nodes or []], exact, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(sims(res), np.exp(exact), rtol=1e-9)  # relevance exp(-KL) in (0, 1]
     assert vs.add([]) == []
 
 
@@ -96,7 +109,7 @@ def test_add_with_existing_ids_upserts() -> None:
     (got,) = vs.get_nodes(node_ids=["n1"])
     assert got.get_content() == "replacement"
     res = vs.query(query_for(g_new[0], similarity_top_k=1))
-    assert res.ids == ["n1"] and res.similarities == [pytest.approx(0.0, abs=1e-5)]
+    assert res.ids == ["n1"] and res.similarities == [pytest.approx(1.0, abs=1e-5)]
 
 
 def test_re_adding_the_same_nodes_is_idempotent() -> None:
@@ -109,7 +122,7 @@ def test_re_adding_the_same_nodes_is_idempotent() -> None:
     assert all_ids(vs) == sorted(n.node_id for n in nodes)
     again = vs.query(query_for(g[0], similarity_top_k=5))
     assert again.ids == first.ids
-    np.testing.assert_allclose(again.similarities, first.similarities, rtol=1e-12)
+    np.testing.assert_allclose(sims(again), sims(first), rtol=1e-12)
 
 
 def test_repeated_id_within_one_call_keeps_the_last() -> None:
@@ -156,7 +169,7 @@ def test_delete_nodes_by_ids_filters_and_both() -> None:
     vs.add(nodes)
     vs.delete_nodes(node_ids=["n0", "n1", "missing"])
     assert all_ids(vs) == ["n2", "n3", "n4", "n5", "n6", "n7"]
-    vs.delete_nodes(filters=MetadataFilters(filters=[MetadataFilter(key="i", value=6, operator=">=")]))
+    vs.delete_nodes(filters=MetadataFilters(filters=[MetadataFilter(key="i", value=6, operator=FilterOperator(">="))]))
     assert all_ids(vs) == ["n2", "n3", "n4", "n5"]
     even = MetadataFilters(filters=[MetadataFilter(key="parity", value="even")])
     vs.delete_nodes(node_ids=["n2", "n3"], filters=even)  # both: only n2 matches both
@@ -197,7 +210,7 @@ def test_delete_then_add_never_maps_two_nodes_to_one_id() -> None:
     for node_id in expected_ids:
         res = vs.query(query_for(gaussians[node_id], similarity_top_k=len(expected_ids)))
         assert res.ids is not None and res.ids[0] == node_id and len(set(res.ids)) == len(res.ids)
-        assert res.similarities is not None and res.similarities[0] == pytest.approx(0.0, abs=1e-5)
+        assert res.similarities is not None and res.similarities[0] == pytest.approx(1.0, abs=1e-5)
         assert all(n.get_content() == texts[n.node_id] for n in res.nodes or [])
     stored = vs.kl_store.get_gaussians(expected_ids)
     for j, node_id in enumerate(expected_ids):
@@ -227,7 +240,7 @@ def test_get_nodes_returns_embeddings_that_round_trip() -> None:
     a = vs.query(query_for(g[2], similarity_top_k=5))
     b = copy_store.query(query_for(g[2], similarity_top_k=5))
     assert a.ids == b.ids
-    np.testing.assert_allclose(a.similarities, b.similarities, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(sims(a), sims(b), rtol=1e-6, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------ filters
@@ -238,7 +251,7 @@ def test_filtered_query_and_get_agree() -> None:
     filters = MetadataFilters(
         filters=[
             MetadataFilter(key="parity", value="even"),
-            MetadataFilter(key="tags", value=["t0", "t1"], operator="any"),
+            MetadataFilter(key="tags", value=["t0", "t1"], operator=FilterOperator("any")),
         ]
     )
     expected = sorted(n.node_id for n in nodes if n.metadata["i"] % 2 == 0 and n.metadata["i"] % 3 in (0, 1))
@@ -252,16 +265,17 @@ def test_filtered_query_and_get_agree() -> None:
 def test_persistence_round_trip(tmp_path: Path) -> None:
     nodes, g = make_nodes(7)
     nodes[0].excluded_llm_metadata_keys = ["tags"]
-    vs = KLVectorStore()
+    vs = KLVectorStore(relevance="inverse")
     vs.add(nodes)
     path = tmp_path / "vs" / "default__vector_store.json"
     vs.persist(str(path))
     loaded = KLVectorStore.from_persist_path(str(path))
+    assert loaded.relevance == "inverse"
     assert [n.model_dump() for n in loaded.get_nodes()] == [n.model_dump() for n in vs.get_nodes()]
     a = vs.query(query_for(g[3], similarity_top_k=7))
     b = loaded.query(query_for(g[3], similarity_top_k=7))
     assert a.ids == b.ids
-    np.testing.assert_allclose(a.similarities, b.similarities, rtol=1e-12)
+    np.testing.assert_allclose(sims(a), sims(b), rtol=1e-12)
     assert loaded.get_nodes(node_ids=["n0"])[0].excluded_llm_metadata_keys == ["tags"]
     # The loaded store is writable, and persisting again overwrites in place.
     loaded.delete_nodes(node_ids=["n0"])

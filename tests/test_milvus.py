@@ -330,8 +330,8 @@ def test_milvus_stores_klstores_reduced_vectors_offset_included(tmp_path: Path) 
     mv = _store(tmp_path, index_type="flat")
     mv.add(gaussians=docs, ids=ids)
     # the same offset and norm bound as KLStore's build, and the very vectors its FAISS index holds
-    assert abs(kl._offset) > 10.0  # the shift is large on this data, so a missing offset shows
-    assert mv.index_offset == pytest.approx(kl._offset, rel=1e-12)
+    assert abs(kl.index_offset) > 10.0  # the shift is large on this data, so a missing offset shows
+    assert mv.index_offset == pytest.approx(kl.index_offset, rel=1e-12)
     assert mv.norm_bound == pytest.approx(kl.norm_bound, rel=1e-12)
     faiss_vectors = kl._index.reconstruct_n(0, len(ids))
     np.testing.assert_allclose(_stored_vectors(mv, ids), faiss_vectors, rtol=1e-6, atol=1e-5)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import ast
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import kl_retrievers.pretrained as pretrained
 from conftest import make_tiny_encoder
-from kl_retrievers import GaussianEncoder, load_model
+from kl_retrievers import GaussianEncoder, load_default_model, load_model
 from kl_retrievers.cli import main
 from kl_retrievers.onnx import OnnxGaussianEncoder, OnnxModelError, export_onnx, is_onnx_folder
+from kl_retrievers.pretrained import DEFAULT_MODEL, bundled_model_path, bundled_onnx_path, source_sha256
 
 TEXTS = [
     "hello world",
@@ -132,8 +136,9 @@ def test_load_model_exports_once_and_loads_onnx_folders(
     _, folder = exported["cls-float32"]
     direct = load_model(str(folder), backend="onnx")
     assert direct.config.dim == 8 and len(list((tmp_path / "cache").iterdir())) == 1
+    assert isinstance(load_model(str(folder)), OnnxGaussianEncoder)  # the default backend for an ONNX folder
     with pytest.raises(ValueError, match="backend='onnx'"):
-        load_model(str(folder))
+        load_model(str(folder), backend="torch")
     with pytest.raises(ValueError, match="backend must be one of"):
         load_model(str(folder), backend="tensorrt")
 
@@ -189,27 +194,6 @@ def test_cli_encode_with_the_onnx_backend(tmp_path: Path, exported: dict[str, tu
     np.testing.assert_allclose(g.mean, enc.encode_documents(["hello world", "a dog"]).mean, atol=1e-5)
 
 
-def test_the_module_imports_neither_torch_nor_transformers_at_import_time() -> None:
-    """Module-level imports only (the export imports torch inside its functions).
-
-    ``import kl_retrievers`` itself still loads torch (the package ``__init__`` and ``gaussian.py``),
-    so a subprocess check of ``sys.modules`` would say nothing about this module yet.
-    """
-    source = Path(__file__).resolve().parents[1] / "kl_retrievers" / "onnx.py"
-    tree = ast.parse(source.read_text())
-    top: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, ast.Import):
-            top.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            top.add(node.module if node.module.startswith("kl_retrievers") else node.module.split(".")[0])
-    allowed = {"__future__", "hashlib", "json", "logging", "os", "sys", "threading", "warnings", "collections"}
-    allowed |= {"contextlib", "dataclasses", "pathlib", "typing", "numpy"}
-    allowed |= {"kl_retrievers._io", "kl_retrievers.gaussian"}
-    assert top <= allowed, top - allowed
-    assert "torch" not in top and "transformers" not in top
-
-
 def test_framework_embeddings_take_a_backend(exported: dict[str, tuple[GaussianEncoder, Path]]) -> None:
     from kl_retrievers.langchain import KLEmbeddings
     from kl_retrievers.llama_index import KLEmbedding
@@ -223,3 +207,107 @@ def test_framework_embeddings_take_a_backend(exported: dict[str, tuple[GaussianE
     assert KLEmbeddings(backend="onnx").backend == "onnx"  # the default model loads lazily, on first use
     with pytest.raises(ValueError, match="backend must be one of"):
         KLEmbeddings(backend="tensorrt")
+
+
+def test_a_graph_that_is_not_the_one_its_config_names_is_refused(
+    tmp_path: Path, exported: dict[str, tuple[GaussianEncoder, Path]]
+) -> None:
+    folder = _copy(exported["cls-int8"][1], tmp_path)
+    float32 = exported["cls-float32"][1] / "model.onnx"
+    shutil.copyfile(float32, folder / "model.onnx")  # a valid graph of the same shape, but not this export's
+    with pytest.raises(OnnxModelError, match=r"copy: model.onnx has SHA-256 [0-9a-f]{64}, but config.json"):
+        OnnxGaussianEncoder(folder)
+
+
+def _run(code: str, cache: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter where torch and transformers cannot be imported (as in the core install).
+
+    ``cache``: the ONNX export cache (``$KL_RETRIEVERS_ONNX_CACHE``), an empty folder under tmp_path.
+    """
+    prelude = "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+    env = {**os.environ, "KL_RETRIEVERS_ONNX_CACHE": str(cache)}
+    return subprocess.run(
+        [sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=300, check=False, env=env
+    )
+
+
+def test_the_default_model_runs_from_its_shipped_graph_without_torch(tmp_path: Path) -> None:
+    code = """
+import sys
+import kl_retrievers
+enc = kl_retrievers.load_default_model()
+g = enc.encode_documents(["Gaussian retrieval with -KL", "a second passage"])
+q = kl_retrievers.load_model(None, backend="onnx").encode_queries("what is -KL?")
+loaded = sys.modules.get("torch") is not None
+print(type(enc).__name__, enc.quantize, g.mean.shape, q.mean.shape, loaded)
+"""
+    done = _run(code, tmp_path / "cache")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["OnnxGaussianEncoder", "int8", "(2,", "384)", "(1,", "384)", "False"]
+    assert not (tmp_path / "cache").exists()  # the shipped graph, not an export
+
+
+def test_torch_paths_without_torch_name_the_extra(tmp_path: Path) -> None:
+    code = """
+import kl_retrievers
+from kl_retrievers import load_model
+for call in (lambda: load_model(backend="torch"), lambda: load_model("minilm-unit-variance"),
+             lambda: load_model(None, backend="onnx", quantize=None), lambda: kl_retrievers.GaussianEncoder,
+             lambda: kl_retrievers.load_model().encode_queries("x", convert_to="torch")):
+    try:
+        call()
+    except ModuleNotFoundError as exc:
+        print("ERROR", exc)
+    else:
+        print("LOADED")
+"""
+    done = _run(code, tmp_path / "cache")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 5, done.stdout
+    for line in lines:
+        assert line.startswith("ERROR") and 'pip install "kl-retrievers[torch]"' in line, line
+    assert "backend='torch' needs torch and transformers" in lines[0]
+    assert "minilm-unit-variance ships no ONNX graph" in lines[1]
+    assert "ships no float32 ONNX graph" in lines[2]
+
+
+def test_the_shipped_graph_matches_the_bundled_model() -> None:
+    folder = bundled_onnx_path(DEFAULT_MODEL)
+    assert folder is not None and sorted(p.name for p in folder.iterdir()) == [
+        "config.json",
+        "model.onnx",
+        "tokenizer.json",
+    ]
+    assert (folder / "model.onnx").stat().st_size < 40e6  # every tracked file stays under 40 MB
+    meta = json.loads((folder / "config.json").read_text())
+    assert meta["quantize"] == "int8" and meta["int8_tables"] == ["enc.backbone.embeddings.word_embeddings.weight"]
+    assert meta["source"]["sha256"] == source_sha256(bundled_model_path(DEFAULT_MODEL))
+    assert meta["source"]["name_or_path"] == f"kl_retrievers:{DEFAULT_MODEL}"
+    enc = load_default_model()
+    assert isinstance(enc, OnnxGaussianEncoder) and enc.name_or_path == f"kl_retrievers:{DEFAULT_MODEL}"
+    assert bundled_onnx_path("minilm-unit-variance") is None
+
+
+def test_a_shipped_graph_left_behind_by_its_model_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "pretrained"
+    shutil.copytree(bundled_model_path(DEFAULT_MODEL), root / DEFAULT_MODEL)
+    monkeypatch.setattr(pretrained, "_HERE", root)
+    assert isinstance(load_model(), OnnxGaussianEncoder)
+    cfg = root / DEFAULT_MODEL / "config.json"
+    cfg.write_text(cfg.read_text().replace('"dim": 384', '"dim": 384 '))  # the model changed, its graph did not
+    with pytest.raises(OnnxModelError, match=r"onnx-int8: config.json says the graph was exported from files"):
+        load_model()
+
+
+def test_default_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pretrained, "_cuda_available", lambda: False)
+    assert pretrained.default_backend() == "onnx"
+    assert pretrained.default_backend(DEFAULT_MODEL, device="cpu") == "onnx"
+    assert pretrained.default_backend(device="cuda:0") == "torch"
+    assert pretrained.default_backend("minilm-unit-variance") == "torch"  # no shipped graph; torch is installed
+    monkeypatch.setattr(pretrained, "_cuda_available", lambda: True)
+    assert pretrained.default_backend() == "torch"  # a CUDA GPU: torch, on it
+    assert pretrained.default_backend(device="cpu") == "onnx"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        load_model(backend="tensorrt")

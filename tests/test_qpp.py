@@ -272,3 +272,22 @@ def test_evaluate_few_queries_warns(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert run_evaluate(_evaluate([str(root), "--baseline", "bm25", "--json", "--quiet"])) == 0
     report = json.loads(capsys.readouterr().out)["qpp"]
     assert report["predictors"]["max_score"]["n"] == 4
+
+
+def test_fitted_predictor_combines_the_run_predictors() -> None:
+    from kl_retrievers.calibration import ConfidenceCalibrator
+    from kl_retrievers.qpp import fitted_predictor
+
+    rng = np.random.default_rng(0)
+    ids = [f"q{i}" for i in range(40)]
+    gap, unc = rng.random(40), rng.normal(size=40)
+    ndcg = np.clip(gap + 0.1 * rng.normal(size=40), 0, 1)
+    model = ConfidenceCalibrator(["uncertainty", "gap12"]).fit(np.column_stack([unc, gap]), ndcg)
+    values = {"uncertainty": dict(zip(ids, unc, strict=True)), "gap12": dict(zip(ids[1:], gap[1:], strict=True))}
+    out = fitted_predictor(values, model)
+    assert set(out) == set(ids[1:])  # q0 has no gap12: no combined value either
+    assert all(0.0 <= v <= 1.0 for v in out.values())
+    rep = qpp_report(dict(zip(ids, ndcg, strict=True)), {"combined": out}, n_boot=0)
+    assert rep["predictors"]["combined"]["tau"] > 0.5
+    with pytest.raises(ValueError, match=r"needs predictor\(s\) \['gap12'\]"):
+        fitted_predictor({"uncertainty": values["uncertainty"]}, model)

@@ -53,11 +53,43 @@ def test_check_fails_when_the_page_or_a_log_changes(tmp_path: Path, monkeypatch:
         (tmp_path / log).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / log, tmp_path / log)
     lines = (tmp_path / results.EVAL_LOG).read_text(encoding="utf-8").splitlines()
-    newest = json.loads(lines[-1])  # the newest line of its (system, collection): the one the page shows
+    # the newest line of a (system, collection) the page shows (later lines may log other systems)
+    i = max(
+        j
+        for j, line in enumerate(lines)
+        if (r := json.loads(line))["system"] in results.SYSTEMS
+        and r["collection"] in results.COLLECTIONS
+        and r["split"] == results.SPLIT
+    )
+    newest = json.loads(lines[i])
     newest["ndcg@10"] = 0.125
-    (tmp_path / results.EVAL_LOG).write_text("\n".join([*lines[:-1], json.dumps(newest)]) + "\n", encoding="utf-8")
+    lines[i] = json.dumps(newest)
+    (tmp_path / results.EVAL_LOG).write_text("\n".join(lines) + "\n", encoding="utf-8")
     for rec in results.load_records(tmp_path).values():
         (tmp_path / rec["per_query_file"]).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / rec["per_query_file"], tmp_path / rec["per_query_file"])
     changed = results.render(tmp_path)
     assert changed != results.render() and "0.1250" in changed
+
+
+def test_qpp_section_figures_come_from_the_logs() -> None:
+    """The QPP/calibration section: its renderer types no figure; taus and ECEs on the page are the logged ones."""
+    import results_qpp
+
+    source = (REPO / "benchmarks" / "results_qpp.py").read_text(encoding="utf-8")
+    assert FIGURE.findall(source) == []
+    page = (REPO / "docs" / "results.md").read_text(encoding="utf-8")
+    section = page[page.index("## Query performance prediction") :]
+    records = results_qpp._read(REPO / results_qpp.QPP_LOG)
+    default = results_qpp._newest(records, results_qpp.DEFAULT)
+    assert set(default) == set(results_qpp.COLLECTIONS), "the default's QPP lines of the four test splits"
+    for coll, label in results_qpp.COLLECTIONS.items():
+        row = next(line for line in section.splitlines() if line.startswith(f"| {label} |"))
+        for name in results_qpp.PREDICTORS:
+            assert f"{default[coll]['qpp']['predictors'][name]['tau']:+.3f}" in row, (coll, name)
+    calib = results_qpp._read(REPO / results_qpp.CALIB_LOG)
+    tests = [r for r in calib if r["role"] == "test"]
+    assert {r["collection"] for r in tests} == set(results_qpp.COLLECTIONS)
+    for r in tests:
+        assert f"| {r['collection']}:test | test | {r['queries']} |" in section
+        assert f"**{r['ece']:.3f}**" in section

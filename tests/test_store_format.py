@@ -18,7 +18,7 @@ import faiss
 import numpy as np
 import pytest
 
-import kl_retrievers.index as index_module
+import kl_retrievers.store._format as format_module
 from conftest import make_tiny_encoder
 from kl_retrievers import sharded
 from kl_retrievers.encoder import GaussianEncoder, NotAnEncoderError
@@ -244,8 +244,8 @@ def test_config_cannot_make_load_read_outside_the_folder(
     config["files"][name] = {"bytes": outside.stat().st_size, "sha256": _sha(outside)}
     _write_config(folder, config)
     touched: list[str] = []
-    real_sha = index_module.sha256_file
-    monkeypatch.setattr(index_module, "sha256_file", lambda p: touched.append(str(p)) or real_sha(p))
+    real_sha = format_module.sha256_file
+    monkeypatch.setattr(format_module, "sha256_file", lambda p: touched.append(str(p)) or real_sha(p))
     with pytest.raises(StoreFormatError, match=r"'files' names") as info:
         KLStore.load(folder)
     assert "outside.txt" in str(info.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -317,7 +318,9 @@ def test_lora_delta_with_a_missing_factor_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("pooling", "var_token", "normalize"), [("cls", True, False), ("mean", True, True), ("mean", False, True)]
 )
-def test_features_path_equals_forward(tmp_path: Path, pooling: str, var_token: bool, normalize: bool) -> None:
+def test_features_path_equals_forward(
+    tmp_path: Path, pooling: Literal["cls", "mean"], var_token: bool, normalize: bool
+) -> None:
     enc = make_tiny_encoder(pooling=pooling, var_token=var_token, normalize_pooled=normalize)
     texts = ["the cat sat on the mat", "a dog", "", "hello world query document gaussian text"]
     feats = compute_features(enc, texts, max_length=32, cache_dir=tmp_path, batch_size=3, show_progress=False)

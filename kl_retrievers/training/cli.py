@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kl_retrievers.cli_common import args_subset, check_output_path, positive_int, token_budget
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["add_train_command", "hardware_description", "run_train", "write_model_card"]
@@ -44,8 +46,6 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
         description="Train a Gaussian encoder scored by -KL (or a vector twin) from BEIR folders or JSONL files.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    from kl_retrievers.cli import positive_int, token_budget
-
     d = p.add_argument_group("data")
     d.add_argument("--data", action="append", required=True, help="BEIR folder (its --split) or .jsonl file; repeat")
     d.add_argument("--split", default="train", help="qrels split of BEIR folders")
@@ -198,47 +198,30 @@ def run_train(args: argparse.Namespace) -> int:
     cache_root = Path(args.cache_dir) if args.cache_dir else default_feature_cache_dir().parent
     feature_cache = cache_root / "features"
     try:
-        from kl_retrievers.cli import check_output_path
-
         check_output_path(out, "--out", folder=True)  # before hours of training, not after
         ts = load_training_data(args.data, split=args.split)
         if args.init_from:
             encoder = GaussianEncoder.from_pretrained(args.init_from)
         else:
+            shape = args_subset(args, "dim", "beta", "pooling", "init_variance", "max_length", "query_max_length")
             encoder = GaussianEncoder.from_backbone(
                 args.base,
-                dim=args.dim,
-                beta=args.beta,
-                pooling=args.pooling,
                 var_token=not args.no_var_token,
                 normalize_pooled=not args.no_normalize_pooled,
-                init_variance=args.init_variance,
                 identity_mean=False if args.random_mean_head else None,
-                max_length=args.max_length,
-                query_max_length=args.query_max_length,
                 seed=args.seed,
+                **shape,
             )
         heads_only = bool(args.heads_only_cached)
         cfg = TrainConfig(
-            similarity=args.similarity,
-            loss=args.loss,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            grad_accum=args.grad_accum,
-            negatives=args.negatives,
             lr=args.lr if args.lr is not None else (1e-3 if heads_only else 2e-5),
-            var_lr=args.var_lr,
             warmup_steps=args.warmup,
-            temperature=args.temperature,
             in_batch=not args.no_in_batch,
             full_corpus=not args.no_full_corpus,
-            corpus_sample=args.corpus_sample,
-            max_grad_norm=args.max_grad_norm,
-            seed=args.seed,
             time_budget_s=args.time_budget * 60 if args.time_budget else None,
-            checkpoint_every=args.checkpoint_every,
-            device=args.device,
             show_progress=not args.quiet,
+            **args_subset(args, "similarity", "loss", "steps", "batch_size", "grad_accum", "negatives", "var_lr"),
+            **args_subset(args, "temperature", "corpus_sample", "max_grad_norm", "seed", "checkpoint_every", "device"),
         )
         qf = df = None
         if heads_only:

@@ -42,18 +42,9 @@ from tqdm import tqdm
 
 from kl_retrievers.encoder import GaussianEncoder
 from kl_retrievers.gaussian import Gaussians
+from kl_retrievers.training import losses as loss_fns
 from kl_retrievers.training.data import TrainExample, TrainingSet
 from kl_retrievers.training.features import Features, compute_features, heads_forward
-from kl_retrievers.training.losses import (
-    LOSSES,
-    SIMILARITIES,
-    contrastive_loss,
-    lambdarank_loss,
-    listwise_kl_loss,
-    margin_mse_loss,
-    score_candidates,
-    score_matrix,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -130,10 +121,10 @@ class TrainConfig:
     show_progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.similarity not in SIMILARITIES:
-            raise ValueError(f"similarity must be one of {SIMILARITIES}; got {self.similarity!r}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}; got {self.loss!r}")
+        if self.similarity not in loss_fns.SIMILARITIES:
+            raise ValueError(f"similarity must be one of {loss_fns.SIMILARITIES}; got {self.similarity!r}")
+        if self.loss not in loss_fns.LOSSES:
+            raise ValueError(f"loss must be one of {loss_fns.LOSSES}; got {self.loss!r}")
         for name in ("steps", "batch_size", "grad_accum"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)!r}")
@@ -250,16 +241,16 @@ def _loss_from_scores(
             for d in pos:
                 if d in col:
                     mask[r, col[d]] = True
-        return contrastive_loss(matrix, targets, temperature=cfg.temperature, mask=mask.to(matrix.device))
+        return loss_fns.contrastive_loss(matrix, targets, temperature=cfg.temperature, mask=mask.to(matrix.device))
     assert cand_scores is not None and batch.teacher is not None
     teacher = torch.from_numpy(batch.teacher).to(cand_scores.device)
     if cfg.loss == "margin_mse":
-        return margin_mse_loss(cand_scores, teacher)
+        return loss_fns.margin_mse_loss(cand_scores, teacher)
     if cfg.loss == "listwise":
-        return listwise_kl_loss(
+        return loss_fns.listwise_kl_loss(
             cand_scores, teacher, temperature=cfg.temperature, teacher_temperature=cfg.teacher_temperature
         )
-    return lambdarank_loss(cand_scores, teacher)
+    return loss_fns.lambdarank_loss(cand_scores, teacher)
 
 
 # ---------------------------------------------------------------------------------- optimisation
@@ -274,12 +265,12 @@ def _batch_loss(
     """The loss of one micro-batch from query and unique-candidate Gaussians (both training loops)."""
     qm, qv, dm, dv = gaussians
     if cfg.loss == "contrastive" and cfg.in_batch:
-        return _loss_from_scores(cfg, batch, None, score_matrix(qm, qv, dm, dv, cfg.similarity), uniq)
+        return _loss_from_scores(cfg, batch, None, loss_fns.score_matrix(qm, qv, dm, dv, cfg.similarity), uniq)
     inv = torch.from_numpy(inverse.reshape(batch.cands.shape)).to(device)
-    cand = score_candidates(qm, qv, dm[inv], dv[inv], cfg.similarity)
+    cand = loss_fns.score_candidates(qm, qv, dm[inv], dv[inv], cfg.similarity)
     if cfg.loss == "contrastive":  # own candidates only: column 0 is the positive
         targets = torch.zeros(len(batch.queries), dtype=torch.long, device=device)
-        return contrastive_loss(cand, targets, temperature=cfg.temperature)
+        return loss_fns.contrastive_loss(cand, targets, temperature=cfg.temperature)
     return _loss_from_scores(cfg, batch, cand, None, None)
 
 
@@ -654,7 +645,7 @@ def train_heads_cached(
                 else:
                     pool = all_docs
                     dm, dv = heads_forward(encoder, dp, ds)
-                matrix = score_matrix(qm.float(), qv.float(), dm.float(), dv.float(), cfg.similarity)
+                matrix = loss_fns.score_matrix(qm.float(), qv.float(), dm.float(), dv.float(), cfg.similarity)
                 return _loss_from_scores(cfg, batch, None, matrix, pool)
             uniq, inverse = np.unique(batch.cands, return_inverse=True)
             u = torch.from_numpy(uniq).to(device)

@@ -1,0 +1,408 @@
+"""Calibration of the default's confidence, and a combined query performance predictor (issue 19, items 3 and 2).
+
+Sub-commands, in the order they are run (``runs/qpp/README.md`` lists the exact commands):
+
+* ``dump``: encode a split with the package default (through the encoding cache), retrieve the top 100
+  exactly by -KL, and write one small per-query file ``runs/qpp/calib/<collection>.<split>.json``: each
+  query's top-10 scores, its uncertainty, the corpus reference score, its post-retrieval predictors,
+  nDCG@10, RR@10 and whether the top-ranked document is relevant (qrels grade > 0, as RR@10 counts
+  it). Training sets: ``scifact:train``, ``nfcorpus-preprocessed:train`` and ``squad:train`` (a seeded
+  sample of 3,000 SQuAD queries of the train articles; every 10th article is held out, as the
+  default's training split them); test splits: the four dev collections'.
+* ``from-log``: the same file from a committed ``benchmarks/qpp.py`` per-query log instead of a new
+  encoding (the top-2 scores only, ``s_2 = s_1 - gap12``: all that the calibrator needs).
+* ``fit``: fit :class:`kl_retrievers.calibration.ConfidenceCalibrator` (features: the uncertainty, the
+  top score and the top-1/top-2 gap) on the three training sets only, each weighing the same, and save
+  it beside the default model; its leave-one-training-set-out ECE is printed and stored with it.
+* ``report``: the calibrator's ECE (10 bins), Brier score and reliability table on each test split (and
+  on the training sets, for reference), logged to ``runs/qpp/calibration.jsonl``.
+* ``combined``: a combined query performance predictor (uncertainty plus score statistics: the same
+  logistic model with per-query nDCG@10 as a soft target, fitted on the training sets; its feature set
+  chosen by leave-one-training-set-out Kendall tau), and its tau on the four test splits beside each
+  of its parts and the calibrator's confidence, logged to ``runs/qpp/qpp.jsonl`` like every other
+  predictor (model label ``minilm-gauss-soup+combined``; ``benchmarks/qpp.py --quick --model
+  minilm-gauss-soup+combined`` prints the table). Nothing is fitted or chosen on a test split.
+
+Examples:
+    python benchmarks/calibration.py dump --sets scifact:train nfcorpus-preprocessed:train squad:train
+    python benchmarks/calibration.py from-log --sets cranfield:test
+    python benchmarks/calibration.py fit
+    python benchmarks/calibration.py report
+    python benchmarks/calibration.py combined
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from qpp import COLLECTIONS, DATASETS, LOG_DIR, REFERENCE_MODEL, git_commit
+
+from kl_retrievers.calibration import (
+    CALIBRATION_FILE,
+    DEFAULT_FEATURES,
+    ConfidenceCalibrator,
+    expected_calibration_error,
+    feature_matrix,
+    reliability_table,
+)
+from kl_retrievers.datasets import BeirDataset, load_beir
+from kl_retrievers.pretrained import bundled_model_path
+
+logger = logging.getLogger("benchmarks.calibration")
+ROOT = Path(__file__).resolve().parents[1]
+CALIB_DIR = LOG_DIR / "calib"
+SQUAD = "squad-v1.1-dev-retrieval"
+TRAIN_SETS = ("scifact:train", "nfcorpus-preprocessed:train", "squad:train")
+TEST_SETS = tuple(f"{c}:test" for c in COLLECTIONS)
+#: Depth of the stored score list (the calibrator's features need no more).
+TOP = 10
+SQUAD_QUERIES = 3000
+
+
+def squad_train_split(seed: int = 0, n: int = SQUAD_QUERIES) -> BeirDataset:
+    """A seeded sample of SQuAD queries from the train articles, against the whole SQuAD corpus.
+
+    Every 10th article (sorted by id) is held out, as the default's training split them; the sample is
+    the one ``benchmarks/qpp_experiments.py var-head`` used (same seed, same size).
+    """
+    squad = load_beir(DATASETS / SQUAD, "test")
+    articles = sorted({d.split("-")[0] for d in squad.doc_ids})
+    held = set(articles[::10])
+    keep = [q for q, rel in squad.qrels.items() if not any(d.split("-")[0] in held for d in rel)]
+    rng = np.random.default_rng(seed)
+    keep = sorted(rng.choice(keep, size=min(n, len(keep)), replace=False).tolist())
+    return squad.subset(keep, squad.doc_ids)
+
+
+def load_split(spec: str) -> BeirDataset:
+    """``collection:split`` -> the loaded split (``squad:train``: :func:`squad_train_split`)."""
+    name, _, split = spec.partition(":")
+    if name == "squad":
+        if split != "train":
+            raise ValueError(f"only squad:train is defined (the train articles); got {spec!r}")
+        return squad_train_split()
+    return load_beir(DATASETS / name, split or "test")
+
+
+def calib_path(spec: str) -> Path:
+    name, _, split = spec.partition(":")
+    return CALIB_DIR / f"{name}.{split or 'test'}.json"
+
+
+def cmd_dump(args: argparse.Namespace) -> None:
+    import torch
+
+    from kl_retrievers.evaluation import encode_dataset, evaluate_run, model_fingerprint, retrieve_exact
+    from kl_retrievers.pretrained import load_model
+    from kl_retrievers.qpp import gaussian_query_stats, post_retrieval_predictors
+
+    torch.set_num_threads(args.threads)
+    encoder = load_model(REFERENCE_MODEL, backend=args.backend)  # torch: the encoder benchmarks/qpp.py logged
+    CALIB_DIR.mkdir(parents=True, exist_ok=True)
+    for spec in args.sets:
+        t0 = time.perf_counter()
+        ds = load_split(spec)
+        q, d = encode_dataset(encoder, ds, batch_size=args.batch_size, show_progress=False)
+        logger.info("%s: encodings ready in %.1f s", spec, time.perf_counter() - t0)
+        stats = gaussian_query_stats(q, d, ds.query_ids)
+        run = retrieve_exact(q, d, ds.query_ids, ds.doc_ids, 100)
+        _, per_query = evaluate_run(ds.qrels, run, ["ndcg@10", "mrr@10"])
+        post = post_retrieval_predictors(run, reference=stats["corpus_score"])
+        out: dict[str, dict[str, Any]] = {}
+        for qid in ds.query_ids:
+            if qid not in per_query:
+                continue  # unjudged query
+            ranked = sorted(run[qid].items(), key=lambda kv: -kv[1])
+            top1 = int(per_query[qid]["mrr@10"] == 1.0)  # as the evaluation breaks ties (NFCorpus has duplicates)
+            out[qid] = {
+                "top_scores": [round(float(s), 7) for _, s in ranked[:TOP]],
+                "uncertainty": round(stats["uncertainty"][qid], 8),
+                "corpus_score": round(stats["corpus_score"][qid], 7),
+                **{f"qpp.{n}": round(v[qid], 8) for n, v in post.items() if qid in v},
+                "ndcg@10": per_query[qid]["ndcg@10"],
+                "mrr@10": per_query[qid]["mrr@10"],
+                "top1_relevant": top1,
+            }
+        meta = {
+            "model": REFERENCE_MODEL,
+            "backend": args.backend,
+            "fingerprint": model_fingerprint(encoder),
+            "set": spec,
+            "queries": len(out),
+            "ndcg@10": float(np.mean([v["ndcg@10"] for v in out.values()])),
+            "p@1": float(np.mean([v["top1_relevant"] for v in out.values()])),
+            "command": shlex.join(["python", *sys.argv]),
+            "commit": git_commit(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        calib_path(spec).write_text(json.dumps({"meta": meta, "per_query": out}) + "\n", encoding="utf-8")
+        logger.info("%s: %d queries, nDCG@10 %.4f, P@1 %.4f", spec, len(out), meta["ndcg@10"], meta["p@1"])
+        print(f"{spec}: {len(out)} queries nDCG@10 {meta['ndcg@10']:.4f} P@1 {meta['p@1']:.4f}", flush=True)
+
+
+def cmd_from_log(args: argparse.Namespace) -> None:
+    """Per-query files from the committed ``benchmarks/qpp.py`` logs (top-2 scores only: ``s_2 = s_1 - gap12``)."""
+    from kl_retrievers.evaluation import load_per_query
+
+    CALIB_DIR.mkdir(parents=True, exist_ok=True)
+    for spec in args.sets:
+        name, _, split = spec.partition(":")
+        source = LOG_DIR / f"{REFERENCE_MODEL}.{name}.{split or 'test'}.json"
+        per_query, meta = load_per_query(source)
+        out = {}
+        for qid, m in per_query.items():
+            if "qpp.gap12" not in m:
+                continue  # no second document retrieved
+            s1 = m["qpp.max_score"]
+            out[qid] = {
+                "top_scores": [s1, s1 - m["qpp.gap12"]],
+                "uncertainty": m["uncertainty"],
+                **{k: v for k, v in m.items() if k.startswith("qpp.")},
+                "ndcg@10": m["ndcg@10"],
+                "mrr@10": m["mrr@10"],
+                "top1_relevant": int(m["mrr@10"] == 1.0),
+            }
+        info = {
+            "model": REFERENCE_MODEL,
+            "fingerprint": meta.get("fingerprint"),
+            "set": spec,
+            "queries": len(out),
+            "source": str(source.relative_to(ROOT)),
+            "source_command": meta.get("command"),
+            "ndcg@10": float(np.mean([v["ndcg@10"] for v in out.values()])),
+            "p@1": float(np.mean([v["top1_relevant"] for v in out.values()])),
+            **provenance(),
+        }
+        calib_path(spec).write_text(json.dumps({"meta": info, "per_query": out}) + "\n", encoding="utf-8")
+        print(f"{spec}: {len(out)} queries from {info['source']} nDCG@10 {info['ndcg@10']:.4f} P@1 {info['p@1']:.4f}")
+
+
+def read_calib(spec: str) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The per-query rows and the meta of one dumped split."""
+    data = json.loads(calib_path(spec).read_text(encoding="utf-8"))
+    return data["per_query"], data["meta"]
+
+
+# ---------------------------------------------------------------------------------- fitting
+
+#: Feature sets of the shipped calibrator: the uncertainty and the top-2 scores (a retriever has them; so do the
+#: committed per-query logs of the test splits). One design, no choice: its leave-one-set-out ECE is reported.
+CALIBRATOR_CANDIDATES: dict[str, tuple[str, ...]] = {"unc+max+gap12": DEFAULT_FEATURES}
+#: Candidate feature sets of the combined predictor: every part that ``evaluate --json`` reports, or the calibrator's.
+COMBINED_CANDIDATES: dict[str, tuple[str, ...]] = {
+    "unc+post": ("uncertainty", "max_score", "nqc", "gap12", "wig"),
+    "unc+max+gap12": DEFAULT_FEATURES,
+}
+PART_KEYS = {"uncertainty": "uncertainty", **{n: f"qpp.{n}" for n in ("max_score", "nqc", "gap12", "wig")}}
+CALIB_LOG = LOG_DIR / "calibration.jsonl"
+COMBINED_FILE = LOG_DIR / "combined_predictor.json"
+COMBINED_LABEL = f"{REFERENCE_MODEL}+combined"
+
+
+def features_of(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> np.ndarray:
+    """Feature matrix of dumped rows: the parts as logged (``qpp.*``), the top-10 features recomputed."""
+    logged = [n for n in names if n in ("nqc", "wig")]
+    x = feature_matrix(rows, [n for n in names if n not in logged])
+    cols = {n: x[:, i] for i, n in enumerate(n for n in names if n not in logged)}
+    cols.update({n: np.array([r[PART_KEYS[n]] for r in rows], dtype=np.float64) for n in logged})
+    return np.stack([cols[n] for n in names], axis=1)
+
+
+def training_arrays(
+    names: Sequence[str], target: str, sets: Sequence[str] | None = None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per training set: its feature matrix and its targets (``top1_relevant`` or ``ndcg@10``)."""
+    out = {}
+    for spec in sets or TRAIN_SETS:
+        rows = list(read_calib(spec)[0].values())
+        out[spec] = (features_of(rows, names), np.array([r[target] for r in rows], dtype=np.float64))
+    return out
+
+
+def fit_pooled(
+    data: Mapping[str, tuple[np.ndarray, np.ndarray]], names: Sequence[str], l2: float
+) -> ConfidenceCalibrator:
+    """Fit on the union of the sets, each set weighing the same in total."""
+    x = np.concatenate([v[0] for v in data.values()])
+    y = np.concatenate([v[1] for v in data.values()])
+    w = np.concatenate([np.full(len(v[1]), 1.0 / len(v[1])) for v in data.values()])
+    return ConfidenceCalibrator(names, l2=l2).fit(x, y, sample_weight=w)
+
+
+def leave_one_set_out(names: Sequence[str], target: str, score: str, l2: float) -> dict[str, float]:
+    """Fit on two training sets, score the third (``ece`` or Kendall ``tau`` against the target), for each."""
+    from kl_retrievers.qpp import correlation
+
+    data = training_arrays(names, target)
+    out = {}
+    for held in data:
+        cal = fit_pooled({k: v for k, v in data.items() if k != held}, names, l2)
+        x, y = data[held]
+        p = cal.predict(x)
+        out[held] = expected_calibration_error(p, y) if score == "ece" else float(correlation(p, y, n_boot=0)["tau"])
+    return out
+
+
+def train_info(target: str) -> list[dict[str, Any]]:
+    rows = []
+    for spec in TRAIN_SETS:
+        per_query = read_calib(spec)[0]
+        values = [r[target] for r in per_query.values()]
+        rows.append({"set": spec, "queries": len(values), f"mean_{target}": round(float(np.mean(values)), 6),
+                     "file": str(calib_path(spec).relative_to(ROOT))})  # fmt: skip
+    return rows
+
+
+def choose(candidates: Mapping[str, Sequence[str]], target: str, score: str, l2: float) -> tuple[str, dict]:
+    """The candidate with the best mean leave-one-training-set-out score (lowest ECE / highest tau)."""
+    results = {name: leave_one_set_out(names, target, score, l2) for name, names in candidates.items()}
+    means = {name: float(np.mean(list(r.values()))) for name, r in results.items()}
+    best = (min if score == "ece" else max)(means, key=lambda n: means[n])
+    for name, r in results.items():
+        cells = " ".join(f"{k}={v:.4f}" for k, v in r.items())
+        print(f"  {name:<14} leave-one-set-out {score}: {cells}  mean {means[name]:.4f}", flush=True)
+    return best, {"score": score, "per_set": results, "mean": means, "chosen": best}
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    print("calibrator candidates (target: top-1 document relevant):")
+    best, selection = choose(CALIBRATOR_CANDIDATES, "top1_relevant", "ece", args.l2)
+    cal = fit_pooled(
+        training_arrays(CALIBRATOR_CANDIDATES[best], "top1_relevant"), CALIBRATOR_CANDIDATES[best], args.l2
+    )
+    cal.info.update(
+        target="top-1 document relevant (qrels grade > 0), as RR@10 = 1",
+        model=REFERENCE_MODEL,
+        fingerprint=read_calib(TRAIN_SETS[0])[1]["fingerprint"],
+        training_data=train_info("top1_relevant"),
+        set_weights="each training set weighs the same in total",
+        selection=selection,
+        command=shlex.join(["python", *sys.argv]),
+    )
+    cal.save(args.out)
+    print(f"chose {best}; wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    print(f"  coef {dict(zip(cal.features, np.round(cal.coef, 4).tolist(), strict=True))}")  # type: ignore[arg-type]
+
+
+def provenance() -> dict[str, Any]:
+    """The command line, the commit and the time of a logged record."""
+    return {
+        "command": shlex.join(["python", *sys.argv]),
+        "commit": git_commit(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def log_line(path: Path, record: Mapping[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    cal = ConfidenceCalibrator.load(args.calibrator)
+    for spec in [*TEST_SETS, *TRAIN_SETS]:
+        per_query = read_calib(spec)[0]
+        rows = list(per_query.values())
+        p = cal.predict(features_of(rows, cal.features))
+        y = np.array([r["top1_relevant"] for r in rows], dtype=np.float64)
+        ece = expected_calibration_error(p, y)
+        name, _, split = spec.partition(":")
+        record = {
+            "collection": name, "split": split, "role": "test" if spec in TEST_SETS else "train",
+            "calibrator": str(Path(args.calibrator).resolve().relative_to(ROOT)), "features": cal.features,
+            "queries": len(rows), "observed_p@1": float(y.mean()), "mean_confidence": float(p.mean()),
+            "ece": ece, "brier": float(np.mean((p - y) ** 2)), "reliability": reliability_table(p, y),
+            "per_query_file": str(calib_path(spec).relative_to(ROOT)),
+            **provenance(),
+        }  # fmt: skip
+        log_line(CALIB_LOG, record)
+        print(f"{spec:<34} n={len(rows):>5} P@1 {y.mean():.4f} mean conf {p.mean():.4f} ECE {ece:.4f}", flush=True)
+
+
+def cmd_combined(args: argparse.Namespace) -> None:
+    from kl_retrievers.evaluation import save_per_query
+    from kl_retrievers.qpp import fitted_predictor, format_qpp, per_query_with_predictors, qpp_report
+
+    print("combined predictor candidates (target: per-query nDCG@10):")
+    best, selection = choose(COMBINED_CANDIDATES, "ndcg@10", "tau", args.l2)
+    names = COMBINED_CANDIDATES[best]
+    model = fit_pooled(training_arrays(names, "ndcg@10"), names, args.l2)
+    model.info.update(target="per-query nDCG@10 (soft targets)", model=REFERENCE_MODEL,
+                      training_data=train_info("ndcg@10"), selection=selection,
+                      command=shlex.join(["python", *sys.argv]))  # fmt: skip
+    model.save(COMBINED_FILE)
+    conf = ConfidenceCalibrator.load(args.calibrator)
+    for spec in TEST_SETS:
+        per_query = read_calib(spec)[0]
+        qids = list(per_query)
+        rows = [per_query[q] for q in qids]
+        values = {part: {q: float(r[key]) for q, r in zip(qids, rows, strict=True) if key in r}
+                  for part, key in PART_KEYS.items()}  # fmt: skip
+        values["combined"] = fitted_predictor(values, model)
+        values["confidence"] = dict(zip(qids, conf.predict(features_of(rows, conf.features)).tolist(), strict=True))
+        ndcg = {q: float(r["ndcg@10"]) for q, r in zip(qids, rows, strict=True)}
+        report = qpp_report(ndcg, values, reference="corpus_mean_score")
+        name, _, split = spec.partition(":")
+        record: dict[str, Any] = {
+            "model": COMBINED_LABEL, "collection": name, "split": split, "queries": len(qids),
+            "ndcg@10": round(float(np.mean(list(ndcg.values()))), 6), "qpp": report,
+            "experiment": "combined", "features": list(names), "combined_file": str(COMBINED_FILE.relative_to(ROOT)),
+            "calibrator": str(Path(args.calibrator).resolve().relative_to(ROOT)),
+            **provenance(),
+        }  # fmt: skip
+        pq_file = LOG_DIR / f"{COMBINED_LABEL.replace('+', '_')}.{name}.{split}.json"
+        rounded = {n: {q: round(x, 8) for q, x in v.items()} for n, v in values.items()}
+        pq = per_query_with_predictors({q: {"ndcg@10": v} for q, v in ndcg.items()}, rounded)
+        save_per_query(pq_file, pq, meta={k: v for k, v in record.items() if k != "qpp"})
+        record["per_query_file"] = str(pq_file.relative_to(ROOT))
+        log_line(LOG_DIR / "qpp.jsonl", record)
+        taus = {n: round(p["tau"], 3) for n, p in report["predictors"].items() if p["tau"] is not None}
+        print(f"{spec}: taus {taus}", flush=True)
+        if args.verbose:
+            print(format_qpp(report))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("dump", help="encode, retrieve and write the per-query files")
+    s.add_argument("--sets", nargs="+", default=[*TRAIN_SETS, *TEST_SETS], metavar="COLLECTION:SPLIT")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="encoder backend (default: torch)")
+    s = sub.add_parser("from-log", help="per-query files from the committed benchmarks/qpp.py logs (top-2 scores)")
+    s.add_argument("--sets", nargs="+", required=True, metavar="COLLECTION:SPLIT")
+    default_out = bundled_model_path(REFERENCE_MODEL) / CALIBRATION_FILE
+    s = sub.add_parser("fit", help="choose and fit the confidence calibrator on the training sets")
+    s.add_argument("--out", type=Path, default=default_out)
+    s.add_argument("--l2", type=float, default=1.0)
+    s = sub.add_parser("report", help="ECE and reliability of a calibrator on every dumped split")
+    s.add_argument("--calibrator", type=Path, default=default_out)
+    s = sub.add_parser("combined", help="fit the combined predictor and measure it on the test splits")
+    s.add_argument("--calibrator", type=Path, default=default_out)
+    s.add_argument("--l2", type=float, default=1.0)
+    s.add_argument("--verbose", action="store_true")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = "sub-commands:\n" + "\n".join(f"  {c.format_usage().strip()}" for c in sub.choices.values())
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    {"dump": cmd_dump, "from-log": cmd_from_log, "fit": cmd_fit, "report": cmd_report, "combined": cmd_combined}[
+        args.cmd
+    ](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""The query performance prediction and calibration section of ``docs/results.md`` (issue 19), from the logs.
+
+``benchmarks/results.py`` calls :func:`qpp_section`; every figure comes from a JSON line of
+``runs/qpp/qpp.jsonl`` (written by ``benchmarks/qpp.py``, ``benchmarks/qpp_experiments.py`` and
+``benchmarks/calibration.py combined``) or ``runs/qpp/calibration.jsonl`` (``benchmarks/calibration.py
+report``). A log that is missing renders as "not run".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+QPP_LOG = Path("runs") / "qpp" / "qpp.jsonl"
+CALIB_LOG = Path("runs") / "qpp" / "calibration.jsonl"
+DEFAULT = "minilm-gauss-soup"
+COMBINED = f"{DEFAULT}+combined"
+COLLECTIONS = {
+    "scifact": "SciFact",
+    "nfcorpus-preprocessed": "NFCorpus",
+    "cranfield": "Cranfield",
+    "trec-dl21-passage-pooled": "TREC DL21",
+}
+PREDICTORS = ("uncertainty", "max_score", "nqc", "gap12", "wig", "avg_idf", "scq")
+POST = ("max_score", "nqc", "gap12", "wig")
+TRAIN_SETS = ("scifact:train", "nfcorpus-preprocessed:train", "squad:train")
+#: Experiment label (as logged; one ending in ``-`` names a family of variants) -> (what, the statistics it adds).
+EXPERIMENTS = {
+    f"{DEFAULT}+mc20": ("MC dropout, 20 samples", ("mc_mean_var", "mc_score_std", "mc_top10_overlap")),
+    f"{DEFAULT}+ensemble3": ("soup members (3)", ("ens_mean_var", "ens_score_std", "ens_top10_overlap")),
+    f"{DEFAULT}+varhead-": ("variance head: ridge to a difficulty target", ("uncertainty",)),
+    f"{DEFAULT}+mcdistil-": ("variance head: MC-dropout top-10 stability distilled", ("uncertainty",)),
+    COMBINED: ("combined predictor (fitted to nDCG@10 on training sets)", ("combined", "confidence")),
+}
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _matches(model: str, label: str) -> bool:
+    return model.startswith(label) if label.endswith("-") else model == label
+
+
+def _newest(records: Sequence[Mapping[str, Any]], model: str, split: str = "test") -> dict[str, dict[str, Any]]:
+    """The newest record of ``model`` on each collection."""
+    return {r["collection"]: dict(r) for r in records if r["model"] == model and r["split"] == split}
+
+
+def _tau(rec: Mapping[str, Any] | None, name: str) -> float | None:
+    if rec is None:
+        return None
+    return rec["qpp"]["predictors"].get(name, {}).get("tau")
+
+
+def _cell(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:+.3f}"
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    return float(np.mean(values)) if values and all(v is not None for v in values) else None  # type: ignore[arg-type]
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def tau_table(default: Mapping[str, dict], combined: Mapping[str, dict]) -> list[str]:
+    """Kendall tau of every predictor on each test split, the combined predictor and the confidence beside them."""
+    names = [*PREDICTORS, "combined", "confidence"]
+    rows, cols = [], {n: [] for n in names}  # type: ignore[var-annotated]
+    for coll, label in COLLECTIONS.items():
+        d, c = default.get(coll), combined.get(coll)
+        taus = [_tau(d, n) if n in PREDICTORS else _tau(c, n) for n in names]
+        for n, t in zip(names, taus, strict=True):
+            cols[n].append(t)
+        rows.append([label, "n/a" if d is None else f"{d['ndcg@10']:.4f}", *map(_cell, taus)])
+    rows.append(["mean", "", *(_cell(_mean(cols[n])) for n in names)])
+    return _table(["collection", "nDCG@10", *names], rows)
+
+
+def _with_ci(p: Mapping[str, Any]) -> str:
+    lo, hi = p["tau_ci"] or (None, None)
+    return f"{_cell(p['tau'])} [{_cell(lo)}, {_cell(hi)}]"
+
+
+def combined_vs_parts(combined: Mapping[str, dict]) -> list[str]:
+    """The combined predictor's tau with its 95% bootstrap interval beside its best part on each collection."""
+    rows = []
+    for coll, label in COLLECTIONS.items():
+        rec = combined.get(coll)
+        if rec is None:
+            rows.append([label, "not run", "", ""])
+            continue
+        pred = rec["qpp"]["predictors"]
+        parts = [n for n in rec.get("features", []) if n in pred]
+        best = max(parts, key=lambda n: pred[n]["tau"] or -1.0) if parts else "uncertainty"
+        rows.append(
+            [label, _with_ci(pred["combined"]), f"{best}: {_with_ci(pred[best])}", _with_ci(pred["uncertainty"])]
+        )
+    return _table(["collection", "combined", "best part", "uncertainty"], rows)
+
+
+def experiments_table(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every experimental variant: its SciFact TRAIN tau and, for those sent to the test splits, the mean test tau."""
+    rows = []
+    for label, (what, stats) in EXPERIMENTS.items():
+        for model in dict.fromkeys(r["model"] for r in records if _matches(r["model"], label)):
+            test, dev = _newest(records, model), _newest(records, model, "train").get("scifact")
+            full = len(test) == len(COLLECTIONS)
+            nd = _mean([test[c]["ndcg@10"] for c in COLLECTIONS]) if full else None
+            for stat in stats:
+                mean = _mean([_tau(test.get(c), stat) for c in COLLECTIONS]) if full else None
+                rows.append([what, f"`{model}`", stat, _cell(_tau(dev, stat)),
+                             _cell(mean) if full else "not sent", "" if nd is None else f"{nd:.4f}"])  # fmt: skip
+    return _table(["experiment", "label", "statistic", "SciFact TRAIN tau", "mean test tau", "mean nDCG@10"], rows)
+
+
+def calibration_tables(calib: Sequence[Mapping[str, Any]]) -> list[str]:
+    """ECE (10 bins) per split, and the reliability table of the four test splits."""
+    newest = {f"{r['collection']}:{r['split']}": dict(r) for r in calib}
+    rows = []
+    for key in [f"{c}:test" for c in COLLECTIONS] + list(TRAIN_SETS):
+        r = newest.get(key)
+        if r is None:
+            rows.append([key, "not run", "", "", "", ""])
+            continue
+        ece = f"**{r['ece']:.3f}**" if r["role"] == "test" else f"{r['ece']:.3f}"
+        rows.append([key, r["role"], str(r["queries"]), f"{r['observed_p@1']:.3f}", f"{r['mean_confidence']:.3f}", ece])
+    out = _table(["split", "role", "queries", "observed P@1", "mean confidence", "ECE"], rows)
+    tests = [newest[f"{c}:test"] for c in COLLECTIONS if f"{c}:test" in newest]
+    if len(tests) < len(COLLECTIONS):
+        return out
+    bins = []
+    for b, first in enumerate(tests[0]["reliability"]):
+        cells = [f"{x['observed']:.2f} / {x['confidence']:.2f} ({x['n']})" if x["n"] else "" for x in
+                 (r["reliability"][b] for r in tests)]  # fmt: skip
+        bins.append([f"{first['low']:.1f}-{first['high']:.1f}", *cells])
+    head = "Reliability on the test splits, per bin of confidence: `observed P@1 / mean confidence (queries)`."
+    return [*out, "", head, "", *_table(["confidence", *COLLECTIONS.values()], bins)]
+
+
+def qpp_section(root: Path) -> list[str]:
+    """The whole section (Markdown lines)."""
+    records = _read(root / QPP_LOG)
+    calib = _read(root / CALIB_LOG)
+    default, combined = _newest(records, DEFAULT), _newest(records, COMBINED)
+    commands = [r["command"] for r in records if r["model"].startswith(DEFAULT + "+")]
+    dumps, fits = [], []  # the runs that wrote each split's per-query file, in time order, then the fit
+    for r in calib:
+        pq, cal = root / r["per_query_file"], root / r["calibrator"]
+        if pq.exists():
+            meta = json.loads(pq.read_text(encoding="utf-8"))["meta"]
+            dumps.append((meta["time"], meta["command"]))
+        fits += [json.loads(cal.read_text(encoding="utf-8"))["info"]["command"]] if cal.exists() else []
+    commands += [c for _, c in sorted(dumps)] + fits + [r["command"] for r in calib]
+    commands = list(dict.fromkeys(commands))
+    return [
+        "## Query performance prediction and calibrated confidence (issue 19)",
+        "",
+        "Kendall tau-b of each predictor against per-query nDCG@10 of the same run, oriented so that positive "
+        "means it predicts well (`uncertainty`, the query's mean log-variance, enters negated). `combined` is a "
+        "logistic model on the uncertainty and score statistics fitted to nDCG@10 on training sets only (SciFact "
+        "TRAIN, NFCorpus train, SQuAD train articles); `confidence` is the shipped calibrator's probability that the "
+        "top-ranked document is relevant. Nothing here was fitted or chosen on a test split.",
+        "",
+        *tau_table(default, combined),
+        "",
+        "The combined predictor beside its best part and the uncertainty (tau, 95% bootstrap interval):",
+        "",
+        *combined_vs_parts(combined),
+        "",
+        "### Experiments towards an informative variance",
+        "",
+        "Each family's variant with the best SciFact TRAIN tau went to the test splits (rule in `runs/qpp/README.md`).",
+        "",
+        *experiments_table(records),
+        "",
+        "### Calibrated confidence: is the top-ranked document relevant?",
+        "",
+        "`kl_retrievers.calibration.default_calibrator()` (file `kl_retrievers/pretrained/minilm-gauss-soup/"
+        "confidence_calibration.json`), fitted on the three training sets; expected calibration error over 10 "
+        "equal-width bins.",
+        "",
+        *calibration_tables(calib),
+        "",
+        "Commands (from the repository root): the QPP runs in the order they were logged, then the calibration "
+        "runs (the per-query dumps in time order, the fit, the report).",
+        "",
+        "```",
+        *commands,
+        "```",
+        "",
+    ]

@@ -1,0 +1,269 @@
+"""What the LangChain and LlamaIndex adapters share: relevance in ``(0, 1]``, KL-based MMR, store warnings, manifests.
+
+Nothing here imports a framework; :mod:`kl_retrievers.langchain` and
+:mod:`kl_retrievers.llama_index` re-export the relevance functions.
+
+Relevance maps a score ``-KL(Q || D)`` in ``(-inf, 0]`` to ``(0, 1]``.  The default,
+:func:`relevance_exp`, is ``exp(-KL)``: the geometric mean, over points ``x`` typical of the
+query (``x ~ Q``), of ``D(x) / Q(x)``, i.e. how likely the document's Gaussian makes the query's
+own points relative to the query itself.  ``1`` only for identical Gaussians, ``1/2`` at
+``KL = ln 2``.
+
+Examples:
+    >>> round(relevance_exp(-0.6931471805599453), 6)
+    0.5
+    >>> mmr_select([0.0, -0.1, -2.0], Gaussians([[0.0], [0.0], [3.0]], [[1.0], [1.0], [1.0]]), 2, 0.3)
+    [0, 2]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kl_retrievers._io import atomic_file, library_version
+from kl_retrievers.gaussian import Gaussians, check_k, neg_kl_matrix
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_RELEVANCE",
+    "RELEVANCE_FUNCTIONS",
+    "RelevanceFn",
+    "mmr_select",
+    "read_manifest",
+    "relevance_exp",
+    "relevance_exp_per_dim",
+    "relevance_inverse",
+    "resolve_relevance",
+    "warn_incompatible_store",
+    "write_manifest",
+]
+
+#: A relevance function: ``f(neg_kl, dim) -> float`` in ``[0, 1]``, higher is more relevant.
+RelevanceFn = Callable[[float, int | None], float]
+
+# A manifest is a few hundred bytes; anything much larger is not one (see looks_like_manifest).
+_MANIFEST_MAX_BYTES = 1 << 16
+
+
+def _kl(score: float) -> float:
+    return max(0.0, -float(score))
+
+
+def relevance_exp(score: float, dim: int | None = None) -> float:
+    """Relevance ``exp(-KL)`` in ``(0, 1]`` (the default of both adapters).
+
+    ``exp(-KL(Q || D)) = exp(E_{x~Q}[log D(x) - log Q(x)])``: the geometric mean, over the
+    query's own likely points, of how much less likely the document's Gaussian makes them.
+    ``1`` for identical Gaussians, ``0.5`` at ``KL = ln 2``.  For the bundled models (unit-norm
+    means, variances close to 1) ``KL`` is close to ``1 - cos(mu_q, mu_d)``, so ``0.5`` sits near
+    a cosine of ``0.31``.
+
+    Examples:
+        >>> relevance_exp(0.0), round(relevance_exp(-1.0), 4)
+        (1.0, 0.3679)
+    """
+    return math.exp(-_kl(score))
+
+
+def relevance_inverse(score: float, dim: int | None = None) -> float:
+    """Relevance ``1 / (1 + KL)`` in ``(0, 1]``; ``1/2`` at ``KL = 1``.
+
+    It squeezes the usual range of ``KL`` (about 0.8 to 1.2 between unrelated texts with the
+    bundled models) into 0.45 to 0.55, so a threshold of 0.5 separates little; kept for
+    stores saved with it.
+
+    Examples:
+        >>> relevance_inverse(0.0), relevance_inverse(-1.0)
+        (1.0, 0.5)
+    """
+    return 1.0 / (1.0 + _kl(score))
+
+
+def relevance_exp_per_dim(score: float, dim: int | None = None) -> float:
+    """Relevance ``exp(-KL / k)`` in ``(0, 1]``: the KL per dimension.
+
+    Only meaningful when ``KL`` grows with ``k`` (Gaussians whose variances differ per text);
+    with the bundled unit-norm models (``KL <= 2`` whatever ``k``) it is close to 1 for every text.
+
+    Examples:
+        >>> round(relevance_exp_per_dim(-8.0, dim=8), 4)
+        0.3679
+    """
+    return math.exp(-_kl(score) / max(1, dim or 1))
+
+
+#: Named relevance functions (``relevance=`` of both adapters' vector stores).
+RELEVANCE_FUNCTIONS: dict[str, RelevanceFn] = {
+    "exp": relevance_exp,
+    "inverse": relevance_inverse,
+    "exp_per_dim": relevance_exp_per_dim,
+}
+#: The relevance function used when none is named.
+DEFAULT_RELEVANCE = "exp"
+
+
+def resolve_relevance(relevance: str | RelevanceFn) -> RelevanceFn:
+    """The relevance function for a name in :data:`RELEVANCE_FUNCTIONS` or a callable.
+
+    Raises:
+        ValueError: An unknown name (the message lists the known ones).
+        TypeError: Neither a str nor a callable.
+
+    Examples:
+        >>> resolve_relevance("inverse")(-1.0, None)
+        0.5
+    """
+    if isinstance(relevance, str):
+        if relevance not in RELEVANCE_FUNCTIONS:
+            names = sorted(RELEVANCE_FUNCTIONS)
+            raise ValueError(f"relevance must be one of {names} or a callable f(neg_kl, dim); got {relevance!r}")
+        return RELEVANCE_FUNCTIONS[relevance]
+    if not callable(relevance):
+        raise TypeError(f"relevance must be a name or a callable f(neg_kl, dim); got {type(relevance).__name__}")
+    return relevance
+
+
+def mmr_select(
+    query_neg_kl: Sequence[float],
+    docs: Gaussians,
+    k: int,
+    lambda_mult: float,
+    relevance: RelevanceFn = relevance_exp,
+    dim: int | None = None,
+) -> list[int]:
+    """Maximal marginal relevance with ``-KL`` on both sides; returns positions into the candidates.
+
+    Candidates are picked greedily by ``lambda_mult * rel(Q, D) - (1 - lambda_mult) * max_S rel(D, S)``
+    over the already chosen ``S``, where ``rel`` is ``relevance`` applied to ``-KL(Q || D)`` for the
+    query and to the symmetrised ``-(KL(D || S) + KL(S || D)) / 2`` between documents (their
+    Gaussians, so variances count, not only the means).  The first pick is the most relevant.
+
+    Args:
+        query_neg_kl: ``-KL(Q || D)`` of each candidate.
+        docs: The candidates' Gaussians, in the same order.
+        k: How many to pick (at most the number of candidates).
+        lambda_mult: ``1`` = pure relevance, ``0`` = maximal diversity.
+        relevance: Relevance function.
+        dim: Passed to ``relevance``.
+
+    Raises:
+        ValueError: ``lambda_mult`` outside ``[0, 1]``, ``k < 1``, or lengths that differ.
+
+    Examples:
+        >>> g = Gaussians([[0.0], [0.1], [3.0]], [[1.0], [1.0], [1.0]])
+        >>> mmr_select([0.0, -0.005, -4.5], g, 2, 1.0), mmr_select([0.0, -0.005, -4.5], g, 2, 0.3)
+        ([0, 1], [0, 2])
+    """
+    k = check_k(k)
+    lam = float(lambda_mult)
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lambda_mult (mmr_threshold) must be in [0, 1]; got {lambda_mult!r}")
+    scores = [float(s) for s in query_neg_kl]
+    if len(scores) != len(docs):
+        raise ValueError(f"got {len(scores)} scores for {len(docs)} candidate Gaussians")
+    if not scores:
+        return []
+    rel_q = np.array([relevance(s, dim) for s in scores])
+    g = docs.numpy().astype(np.float64)
+    m = np.asarray(neg_kl_matrix(g, g))
+    sym = 0.5 * (m + m.T)
+    rel_d = np.vectorize(lambda s: relevance(float(s), dim))(sym)
+    chosen = [int(np.argmax(rel_q))]
+    while len(chosen) < min(k, len(scores)):
+        redundancy = rel_d[:, chosen].max(axis=1)
+        value = lam * rel_q - (1.0 - lam) * redundancy
+        value[chosen] = -np.inf
+        chosen.append(int(np.argmax(value)))
+    return chosen
+
+
+def warn_incompatible_store(embedding: str, store: str, reason: str, fix: str, *, stacklevel: int = 3) -> None:
+    """Warn that ``q~`` / ``d~`` vectors went into a store that does not rank by the raw inner product.
+
+    Examples:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as seen:
+        ...     warnings.simplefilter("always")
+        ...     warn_incompatible_store("KLEmbedding", "SimpleVectorStore", "cosine", "use KLVectorStore")
+        >>> "exact only for a raw inner product" in str(seen[0].message)
+        True
+    """
+    warnings.warn(
+        f"{embedding} used with {store} ({reason}): the -KL rewrite is exact only for a raw inner product; "
+        f"cosine, L2 or normalised stores return wrong rankings. {fix}",
+        UserWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def write_manifest(path: str | os.PathLike[str], manifest: Mapping[str, Any]) -> Path:
+    """Write a JSON manifest atomically (sorted keys, the library version added).
+
+    Examples:
+        >>> import tempfile
+        >>> p = write_manifest(Path(tempfile.mkdtemp()) / "m.json", {"format": "x", "format_version": 1})
+        >>> read_manifest(p, format_name="x", format_version=1, what="x")["format"]
+        'x'
+    """
+    target = Path(path)
+    with atomic_file(target) as tmp:
+        tmp.write_text(json.dumps({"library_version": library_version(), **manifest}, indent=2, sort_keys=True))
+    return target
+
+
+def looks_like_manifest(path: str | os.PathLike[str], format_name: str) -> bool:
+    """Whether ``path`` is a small JSON file whose ``format`` is ``format_name`` (never raises)."""
+    try:
+        if os.path.getsize(path) > _MANIFEST_MAX_BYTES:
+            return False
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("format") == format_name
+
+
+def read_manifest(
+    path: str | os.PathLike[str],
+    *,
+    format_name: str,
+    format_version: int,
+    what: str,
+    error: type[ValueError] = ValueError,
+) -> dict[str, Any]:
+    """Read a manifest written by :func:`write_manifest`, checking its format and version.
+
+    Args:
+        path: The JSON file.
+        format_name: The expected ``format``.
+        format_version: The ``format_version`` this code reads.
+        what: How to name the object in messages (e.g. ``"KLVectorStore"``).
+        error: The ``ValueError`` subclass to raise.
+
+    Raises:
+        FileNotFoundError: No such file.
+        ValueError: (``error``) not JSON, another format, or another format version.
+    """
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise error(f"{p} is not a {what} manifest: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != format_name:
+        raise error(f"{p} is not a {what} manifest (format {format_name!r})")
+    if data.get("format_version") != format_version:
+        raise error(
+            f"{p} has {what} format_version {data.get('format_version')!r} (written by kl-retrievers "
+            f"{data.get('library_version')!r}); this version ({library_version()}) reads "
+            f"format_version {format_version}"
+        )
+    return data

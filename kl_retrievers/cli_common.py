@@ -1,0 +1,124 @@
+"""What the ``kl-retrievers`` subcommands share: argparse types, common options and output checks.
+
+The layer under every command module: :mod:`kl_retrievers.cli` (the main parser),
+:mod:`kl_retrievers.evaluate_cli` and :mod:`kl_retrievers.training.cli` import it, and it imports
+nothing from the package, so the command modules never import each other.
+
+Examples:
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser()
+    >>> _ = parser.add_argument("--batch-size", type=positive_int, default=32)
+    >>> args = parser.parse_args(["--batch-size", "8"])
+    >>> args_subset(args, "batch_size")
+    {'batch_size': 8}
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "add_model_backend_argument",
+    "args_subset",
+    "check_output_path",
+    "positive_int",
+    "token_budget",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``low`` (the message names the allowed range)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}; got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}; got {value}")
+        return value
+
+    parse.__name__ = f"int>={low}"
+    return parse
+
+
+#: argparse types shared by the subcommands.
+positive_int = _int_at_least(1)
+token_budget = _int_at_least(3)  # what GaussianEncoder accepts as max_length ([CLS], [VAR], [SEP])
+
+
+def add_model_backend_argument(p: Any, *flags: str) -> None:
+    """``--model-backend`` (and any alias in ``flags``): run the --model encoder on torch or ONNX Runtime.
+
+    Examples:
+        >>> parser = argparse.ArgumentParser()
+        >>> add_model_backend_argument(parser, "--backend")
+        >>> parser.parse_args(["--backend", "onnx"]).model_backend
+        'onnx'
+    """
+    p.add_argument(
+        "--model-backend",
+        *flags,
+        dest="model_backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="run the model on torch (default) or onnx (ONNX Runtime, int8 weights, CPU; a bundled or saved torch "
+        "model is exported on first use and cached)",
+    )
+
+
+def args_subset(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The parsed options ``names`` as keyword arguments, for options passed on under their own name.
+
+    Examples:
+        >>> args_subset(argparse.Namespace(nlist=8, nprobe=2, out="x"), "nlist", "nprobe")
+        {'nlist': 8, 'nprobe': 2}
+    """
+    return {name: getattr(args, name) for name in names}
+
+
+def check_output_path(path: Path, flag: str, *, folder: bool, store: bool = False) -> None:
+    """Fail before any work when ``path`` cannot be written (a message naming ``flag`` and the problem).
+
+    Args:
+        path: The output path.
+        flag: The option that named it (for the message).
+        folder: Whether the output is a folder (else a file).
+        store: The folder must be a KL store (or empty / absent) since it will be replaced.
+
+    Raises:
+        ValueError: The path is the wrong kind, not a store where one is replaced, or not writable.
+
+    Examples:
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     check_output_path(Path(tmp) / "run.json", "--out", folder=False)
+        ...     check_output_path(Path(tmp), "--out", folder=False)
+        Traceback (most recent call last):
+        ValueError: --out ...: is a folder; expected a file name
+    """
+    if path.exists():
+        if folder and not path.is_dir():
+            raise ValueError(f"{flag} {path}: exists and is not a folder")
+        if not folder and path.is_dir():
+            raise ValueError(f"{flag} {path}: is a folder; expected a file name")
+        if store and any(path.iterdir()) and not (path / "config.json").is_file():
+            raise ValueError(f"{flag} {path}: exists and is not a KL store folder; refusing to overwrite it")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: {parent} is not a folder")
+    try:  # a real write: permission bits say nothing for root, or for /proc and read-only mounts
+        fd, probe = tempfile.mkstemp(prefix=".kl-retrievers-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: cannot write in {parent} ({exc.strerror or exc})") from None

@@ -1,0 +1,1703 @@
+"""Hybrid retrieval: BM25 and the ``-KL`` store over the same documents, fused per query.
+
+:class:`KLHybridStore` holds a BM25 index (``bm25s``, Lucene variant, ``k1 = 0.9``, ``b = 0.4``,
+English stop words, the tokens of the BM25 baseline) and a :class:`~kl_retrievers.index.KLStore`
+over the same documents. ``add`` / ``upsert`` / ``delete`` change both halves; a metadata
+filter (:mod:`kl_retrievers.filters`) restricts both halves before anything is ranked; ``save``
+writes both halves and a JSON config into one folder, atomically and without pickle; ``load``
+refuses a folder whose halves disagree.
+
+A search takes the top ``candidates`` (default 100) documents of each half, scores every
+candidate of the union with both retrievers (the exact ``-KL`` and the BM25 score) and fuses:
+
+* ``"rrf"``: reciprocal rank fusion, ``sum over the two lists of 1 / (rrf_k + rank)`` with
+  ``rrf_k = 60`` and ranks from 1 (a document absent from a list gets nothing from it);
+* ``"convex"``: ``w * n(-KL) + (1 - w) * n(BM25)`` with one fixed dense weight ``w`` in
+  ``[0, 1]``, ``n`` a min-max (``"minmax"``) or z-score (``"zscore"``) normalisation over the
+  candidates;
+* ``"adaptive"``: the same convex sum, but ``w`` is chosen per query from the query's signals
+  (:data:`SIGNALS`: the query uncertainty, the mean log-variance of its Gaussian, and statistics
+  of the two candidate lists), ``w = sigmoid(bias + sum_i coef_i * (s_i - center_i) / scale_i)``,
+  with parameters fitted on training queries only (:func:`fit_adaptive`;
+  ``python benchmarks/hybrid.py --fit`` for the default model). The fitted parameters of the
+  default model ship in ``kl_retrievers/data/hybrid_adaptive.json``.
+
+Every :class:`HybridResult` carries its fused score and both raw scores (``neg_kl``, higher is
+better, and ``bm25``), its rank in each list, the dense weight used and the query uncertainty,
+so a caller can threshold, calibrate or explain a result.
+
+BM25 statistics (IDF, average length) depend on the whole corpus, so after a change the BM25
+index is rebuilt at the next search (from tokens kept in memory): add documents in batches.
+``bm25s`` is imported only when a BM25 index is built (or its English stop words are first needed).
+
+Examples:
+    >>> import numpy as np
+    >>> from kl_retrievers.gaussian import Gaussians
+    >>> rng = np.random.default_rng(0)
+    >>> g = Gaussians(rng.normal(size=(3, 4)), np.ones((3, 4)))
+    >>> store = KLHybridStore(fusion="rrf")
+    >>> _ = store.add(["red apples", "green pears", "ripe red cherries"], gaussians=g, ids=["a", "p", "c"])
+    >>> hits = store.search("red fruit", k=2, query_gaussians=g[2])
+    >>> hits[0].id, round(hits[0].score, 4)
+    ('c', 0.0325)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kl_retrievers._io import atomic_dir, library_version, recover_dir
+from kl_retrievers.filters import MetadataFilter, compile_filter
+from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians, check_k, neg_kl
+from kl_retrievers.index import DeleteReport, KLStore, StoredDocument, StoreFormatError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ADAPTIVE_PARAMS_PATH",
+    "BM25_TOKEN_PATTERN",
+    "DEFAULT_CANDIDATES",
+    "FUSION_MODES",
+    "NORMALIZATIONS",
+    "RRF_K",
+    "SIGNALS",
+    "AdaptiveParams",
+    "Candidates",
+    "FusionConfig",
+    "HybridFormatError",
+    "HybridResult",
+    "KLHybridStore",
+    "convex_scores",
+    "fit_adaptive",
+    "fuse",
+    "ndcg_at_k",
+    "ndcg_curves",
+    "normalize_scores",
+    "query_signals",
+    "rrf_scores",
+]
+
+FUSION_MODES: tuple[str, ...] = ("rrf", "convex", "adaptive")
+NORMALIZATIONS: tuple[str, ...] = ("minmax", "zscore")
+#: The RRF constant of Cormack et al. (2009).
+RRF_K = 60
+#: Documents taken from each half per query before fusion.
+DEFAULT_CANDIDATES = 100
+#: The BM25 baseline's tokens (kl_retrievers.baselines.BM25_TOKEN_PATTERN): one-character tokens kept.
+BM25_TOKEN_PATTERN = r"(?u)\b\w+\b"
+#: Per-query signals the adaptive weight reads (see :func:`query_signals`).
+SIGNALS: tuple[str, ...] = (
+    "uncertainty",
+    "dense_gap12",
+    "dense_max_z",
+    "bm25_gap12",
+    "bm25_max_z",
+    "bm25_coverage",
+    "bm25_matched",
+    "overlap10",
+)
+#: The fitted adaptive parameters of the package's default model.
+ADAPTIVE_PARAMS_PATH = Path(__file__).resolve().parent / "data" / "hybrid_adaptive.json"
+
+FORMAT_VERSION = 1
+_FORMAT_NAME = "kl-retrievers/hybrid"
+_ADAPTIVE_FORMAT = "kl-retrievers/hybrid-adaptive"
+_CONFIG = "hybrid.json"
+_KL_DIR = "kl"
+_BM25_DIR = "bm25"
+_BM25_IDS = "ids.json"
+_BM25_FILES = ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy")
+_BM25_VOCAB = "vocab.index.json"
+_BM25_PARAMS = "params.index.json"
+_EXAMPLES = 5
+
+
+class HybridFormatError(StoreFormatError):
+    """A hybrid store folder that cannot be loaded: missing files, a bad config, or halves that disagree."""
+
+
+# --------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_mode(mode: Any) -> str:
+    if not isinstance(mode, str) or mode not in FUSION_MODES:
+        raise ValueError(f"unknown fusion mode {mode!r}; allowed modes: {', '.join(repr(m) for m in FUSION_MODES)}")
+    return mode
+
+
+def _check_weight(weight: Any, name: str = "weight") -> float:
+    if not _is_real(weight) or not math.isfinite(float(weight)) or not 0.0 <= float(weight) <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1] (the dense side's share); got {weight!r}")
+    return float(weight)
+
+
+def _check_normalization(normalization: Any) -> str:
+    if not isinstance(normalization, str) or normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"unknown normalization {normalization!r}; allowed: {', '.join(repr(n) for n in NORMALIZATIONS)}"
+        )
+    return normalization
+
+
+def _check_positive(value: Any, name: str, *, integer: bool) -> Any:
+    ok = isinstance(value, (int, np.integer)) if integer else _is_real(value)
+    if not ok or isinstance(value, bool) or not math.isfinite(float(value)) or value <= 0:
+        what = "an integer >= 1" if integer else "a finite number > 0"
+        raise ValueError(f"{name} must be {what}; got {value!r}")
+    return int(value) if integer else float(value)
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """How the two candidate lists are fused; every field is checked when built.
+
+    Args:
+        mode: ``"rrf"``, ``"convex"`` or ``"adaptive"``.
+        weight: The dense weight of ``"convex"``, in ``[0, 1]`` (1: ``-KL`` only, 0: BM25 only).
+        normalization: Score normalisation of ``"convex"``: ``"minmax"`` or ``"zscore"``
+            (``"adaptive"`` uses the one its parameters were fitted with).
+        rrf_k: The RRF constant (> 0).
+        candidates: Documents taken from each half per query (>= 1; at least ``k`` are taken).
+
+    Raises:
+        ValueError: An unknown mode or normalisation, a weight outside ``[0, 1]``, or a
+            non-positive ``rrf_k`` / ``candidates``; the message names the value and what is allowed.
+
+    Examples:
+        >>> FusionConfig("convex", weight=0.3).weight
+        0.3
+        >>> FusionConfig("convex", weight=1.5)
+        Traceback (most recent call last):
+        ValueError: weight must be a number in [0, 1] (the dense side's share); got 1.5
+    """
+
+    mode: str = "adaptive"
+    weight: float = 0.5
+    normalization: str = "minmax"
+    rrf_k: float = RRF_K
+    candidates: int = DEFAULT_CANDIDATES
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", _check_mode(self.mode))
+        object.__setattr__(self, "weight", _check_weight(self.weight))
+        object.__setattr__(self, "normalization", _check_normalization(self.normalization))
+        object.__setattr__(self, "rrf_k", _check_positive(self.rrf_k, "rrf_k", integer=False))
+        object.__setattr__(self, "candidates", _check_positive(self.candidates, "candidates", integer=True))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return {
+            "mode": self.mode,
+            "weight": self.weight,
+            "normalization": self.normalization,
+            "rrf_k": self.rrf_k,
+            "candidates": self.candidates,
+        }
+
+    def replace(self, **changes: Any) -> FusionConfig:
+        """A copy with some fields changed (``None`` values are ignored), checked again."""
+        fields = self.to_dict()
+        fields.update({key: value for key, value in changes.items() if value is not None})
+        return FusionConfig(**fields)
+
+
+# --------------------------------------------------------------------------------------
+# Adaptive parameters
+# --------------------------------------------------------------------------------------
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64))))
+
+
+@dataclass(frozen=True)
+class AdaptiveParams:
+    """The per-query dense weight ``w = sigmoid(bias + sum_i coef_i * (s_i - center_i) / scale_i)``.
+
+    ``s_i`` are the query's :data:`SIGNALS`; ``w`` is always in ``[0, 1]``. Saved as readable
+    JSON (:meth:`to_dict`); :meth:`default` reads the parameters fitted for the package's
+    default model.
+
+    Attributes:
+        signals: Signal names, in the order of ``center``, ``scale`` and ``coef``.
+        center: Training mean of each signal.
+        scale: Training standard deviation of each signal (> 0).
+        coef: Coefficient of each standardised signal.
+        bias: Intercept (logit of the weight of an average query).
+        normalization: Score normalisation the weight was fitted with (``"minmax"`` or ``"zscore"``).
+        candidates: Candidate depth the signals were computed at.
+        model: The encoder the parameters were fitted for (the uncertainty is model-specific).
+        info: Free-form facts: training data, objective, command.
+
+    Examples:
+        >>> p = AdaptiveParams(("uncertainty",), (0.0,), (1.0,), (-2.0,), 0.0, "minmax")
+        >>> round(p.weight({"uncertainty": 1.0}), 4)
+        0.1192
+    """
+
+    signals: tuple[str, ...]
+    center: tuple[float, ...]
+    scale: tuple[float, ...]
+    coef: tuple[float, ...]
+    bias: float
+    normalization: str = "minmax"
+    candidates: int = DEFAULT_CANDIDATES
+    model: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    _arrays: tuple[np.ndarray, np.ndarray, np.ndarray] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        sig = tuple(self.signals)
+        unknown = [s for s in sig if s not in SIGNALS]
+        if unknown:
+            raise ValueError(f"unknown adaptive signal(s) {unknown}; allowed: {list(SIGNALS)}")
+        if len(set(sig)) != len(sig):
+            raise ValueError(f"adaptive signals must be distinct; got {list(sig)}")
+        for name in ("center", "scale", "coef"):
+            values = tuple(float(v) for v in getattr(self, name))
+            if len(values) != len(sig):
+                raise ValueError(f"adaptive {name} has {len(values)} values for {len(sig)} signals")
+            if not all(math.isfinite(v) for v in values):
+                raise ValueError(f"adaptive {name} must be finite; got {list(values)}")
+            object.__setattr__(self, name, values)
+        if any(v <= 0 for v in self.scale):
+            raise ValueError(f"adaptive scale values must be > 0; got {list(self.scale)}")
+        if not _is_real(self.bias) or not math.isfinite(float(self.bias)):
+            raise ValueError(f"adaptive bias must be a finite number; got {self.bias!r}")
+        object.__setattr__(self, "signals", sig)
+        object.__setattr__(self, "bias", float(self.bias))
+        object.__setattr__(self, "normalization", _check_normalization(self.normalization))
+        object.__setattr__(self, "candidates", _check_positive(self.candidates, "candidates", integer=True))
+        arrays = (np.asarray(self.center), np.asarray(self.scale), np.asarray(self.coef))
+        object.__setattr__(self, "_arrays", arrays)
+
+    def weights(self, signals: np.ndarray) -> np.ndarray:
+        """Dense weights for a matrix of signals, shape ``(n, len(self.signals))``, each in ``[0, 1]``."""
+        x = np.asarray(signals, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != len(self.signals):
+            raise ValueError(f"signals must have shape (n, {len(self.signals)}); got {x.shape}")
+        center, scale, coef = self._arrays
+        return np.clip(_sigmoid(self.bias + ((np.nan_to_num(x) - center) / scale) @ coef), 0.0, 1.0)
+
+    def weight(self, signals: Mapping[str, float]) -> float:
+        """The dense weight of one query from its signals (a missing signal counts as its centre)."""
+        center, scale, coef = self._arrays
+        row = np.fromiter(
+            (signals.get(name, c) for name, c in zip(self.signals, self.center, strict=True)),
+            dtype=np.float64,
+            count=len(self.signals),
+        )
+        logit = self.bias + float(((np.nan_to_num(row) - center) / scale) @ coef)
+        return min(1.0, max(0.0, 0.5 * (1.0 + math.tanh(0.5 * logit))))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A readable JSON object (signals keyed by name)."""
+        return {
+            "format": _ADAPTIVE_FORMAT,
+            "format_version": 1,
+            "library_version": library_version(),
+            "model": self.model,
+            "weight_formula": (
+                "dense_weight = 1 / (1 + exp(-(bias + sum_i coef[i] * (signal[i] - center[i]) / scale[i]))); "
+                "fused = dense_weight * n(neg_kl) + (1 - dense_weight) * n(bm25), n = normalization over the candidates"
+            ),
+            "normalization": self.normalization,
+            "candidates": self.candidates,
+            "bias": self.bias,
+            "signals": list(self.signals),
+            "coef": dict(zip(self.signals, self.coef, strict=True)),
+            "center": dict(zip(self.signals, self.center, strict=True)),
+            "scale": dict(zip(self.signals, self.scale, strict=True)),
+            "info": self.info,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "adaptive parameters") -> AdaptiveParams:
+        """Parameters from :meth:`to_dict`'s JSON; a malformed object raises ``ValueError`` naming ``where``."""
+        try:
+            if data.get("format") != _ADAPTIVE_FORMAT:
+                raise ValueError(f"field 'format' is {data.get('format')!r}, expected {_ADAPTIVE_FORMAT!r}")
+            if data.get("format_version", 1) != 1:
+                raise ValueError(f"format_version {data.get('format_version')!r} is newer than this release reads (1)")
+            signals = list(data["signals"])
+            return cls(
+                signals=tuple(signals),
+                center=tuple(data["center"][s] for s in signals),
+                scale=tuple(data["scale"][s] for s in signals),
+                coef=tuple(data["coef"][s] for s in signals),
+                bias=data["bias"],
+                normalization=data.get("normalization", "minmax"),
+                candidates=data.get("candidates", DEFAULT_CANDIDATES),
+                model=data.get("model"),
+                info=dict(data.get("info") or {}),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{where}: not valid adaptive fusion parameters ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> AdaptiveParams:
+        """Read parameters from a JSON file."""
+        source = Path(path)
+        try:
+            data = json.loads(source.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no adaptive fusion parameters at {source}") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{source} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{source} must hold a JSON object")
+        return cls.from_dict(data, str(source))
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`to_dict` as indented JSON."""
+        from kl_retrievers._io import atomic_file
+
+        target = Path(path)
+        with atomic_file(target) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return target
+
+    @classmethod
+    def default(cls) -> AdaptiveParams:
+        """The parameters fitted for the package's default model (``kl_retrievers/data/hybrid_adaptive.json``).
+
+        Raises:
+            FileNotFoundError: When the file is missing; fit it with ``python benchmarks/hybrid.py --fit``.
+        """
+        if not ADAPTIVE_PARAMS_PATH.is_file():
+            raise FileNotFoundError(
+                f"no fitted adaptive fusion parameters at {ADAPTIVE_PARAMS_PATH}; fit them with "
+                "`python benchmarks/hybrid.py --fit` or pass adaptive_params=..."
+            )
+        return cls.load(ADAPTIVE_PARAMS_PATH)
+
+
+# --------------------------------------------------------------------------------------
+# Fusion (pure functions over one query's candidates)
+# --------------------------------------------------------------------------------------
+
+
+def normalize_scores(scores: np.ndarray | Sequence[float], method: str = "minmax") -> np.ndarray:
+    """Min-max (to ``[0, 1]``) or z-score normalisation; constant scores map to 0.
+
+    Examples:
+        >>> normalize_scores([1.0, 2.0, 3.0]).tolist()
+        [0.0, 0.5, 1.0]
+        >>> normalize_scores([1.0, 2.0, 3.0], "zscore").round(4).tolist()
+        [-1.2247, 0.0, 1.2247]
+    """
+    method = _check_normalization(method)
+    x = np.asarray(scores, dtype=np.float64)
+    if x.size == 0:
+        return x.copy()
+    if method == "minmax":
+        lo, hi = float(x.min()), float(x.max())
+        return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    sd = float(x.std())
+    return (x - float(x.mean())) / sd if sd > 0 else np.zeros_like(x)
+
+
+def rrf_scores(dense_rank: np.ndarray, bm25_rank: np.ndarray, k: float = RRF_K) -> np.ndarray:
+    """Reciprocal rank fusion: ``1 / (k + rank_dense) + 1 / (k + rank_bm25)``, ranks from 1.
+
+    Args:
+        dense_rank: Each candidate's 1-based rank in the dense list, 0 when absent from it.
+        bm25_rank: The same for the BM25 list.
+        k: The RRF constant.
+
+    Examples:
+        >>> rrf_scores(np.array([1, 0]), np.array([2, 1])).round(5).tolist()
+        [0.03252, 0.01639]
+    """
+    k = _check_positive(k, "rrf_k", integer=False)
+    out = np.zeros(len(dense_rank), dtype=np.float64)
+    for ranks in (np.asarray(dense_rank), np.asarray(bm25_rank)):
+        present = ranks > 0
+        out[present] += 1.0 / (k + ranks[present])
+    return out
+
+
+def convex_scores(
+    neg_kl_scores: np.ndarray, bm25_scores: np.ndarray, weight: float, normalization: str = "minmax"
+) -> np.ndarray:
+    """``weight * n(neg_kl) + (1 - weight) * n(bm25)`` over one query's candidates.
+
+    Examples:
+        >>> convex_scores(np.array([-1.0, -3.0]), np.array([0.0, 4.0]), 0.75).tolist()
+        [0.75, 0.25]
+    """
+    w = _check_weight(weight)
+    return w * normalize_scores(neg_kl_scores, normalization) + (1.0 - w) * normalize_scores(bm25_scores, normalization)
+
+
+def _z_stats(top: np.ndarray) -> tuple[float, float]:
+    """``(gap12, max_z)`` of a descending score list, in units of its standard deviation."""
+    if top.size < 2:
+        return 0.0, 0.0
+    sd = float(top.std())
+    if not sd > 0:
+        return 0.0, 0.0
+    return float(top[0] - top[1]) / sd, float(top[0] - top.mean()) / sd
+
+
+def query_signals(
+    uncertainty: float,
+    dense_top: np.ndarray,
+    bm25_top: np.ndarray,
+    *,
+    bm25_coverage: float,
+    bm25_matched: float,
+    overlap10: float,
+) -> dict[str, float]:
+    """One query's :data:`SIGNALS` from its two candidate lists (scores best first).
+
+    Args:
+        uncertainty: Mean log-variance of the query Gaussian (higher: more uncertain).
+        dense_top: The dense list's ``-KL`` scores, best first.
+        bm25_top: The BM25 list's scores (positive ones), best first.
+        bm25_coverage: The best BM25 score over the sum of the IDFs of the query's distinct
+            known terms (the share of the query's term weight the best document matches, about
+            ``[0, 1]``).
+        bm25_matched: Share of the query's tokens (stop words removed) found in the corpus.
+        overlap10: Share of the dense top 10 also in the BM25 top 10.
+
+    Returns:
+        Name -> value for every name in :data:`SIGNALS`; ``*_gap12`` and ``*_max_z`` are the
+        gap between the first two scores and the first score's distance from the list mean, in
+        standard deviations of the list (0 for lists shorter than 2 or constant).
+
+    Examples:
+        >>> s = query_signals(0.5, np.array([3.0, 1.0, 0.0]), np.array([]), bm25_coverage=0.0,
+        ...                   bm25_matched=0.0, overlap10=0.0)
+        >>> round(s["dense_gap12"], 4), s["bm25_gap12"]
+        (1.6036, 0.0)
+    """
+    d_gap, d_max = _z_stats(np.asarray(dense_top, dtype=np.float64))
+    b_gap, b_max = _z_stats(np.asarray(bm25_top, dtype=np.float64))
+    return {
+        "uncertainty": float(uncertainty),
+        "dense_gap12": d_gap,
+        "dense_max_z": d_max,
+        "bm25_gap12": b_gap,
+        "bm25_max_z": b_max,
+        "bm25_coverage": float(bm25_coverage),
+        "bm25_matched": float(bm25_matched),
+        "overlap10": float(overlap10),
+    }
+
+
+@dataclass
+class Candidates:
+    """One query's candidates: the union of both halves' top lists, scored by both retrievers.
+
+    Attributes:
+        ids: Candidate ids (the dense list first, best first, then the BM25-only ones).
+        neg_kl: Exact ``-KL`` of each candidate (higher is better).
+        bm25: BM25 score of each candidate (0 when no query term occurs in it).
+        dense_rank: 1-based rank in the dense list, 0 when absent from it.
+        bm25_rank: 1-based rank in the BM25 list, 0 when absent from it.
+        uncertainty: Mean log-variance of the query Gaussian.
+        signals: The query's :data:`SIGNALS`.
+    """
+
+    ids: list[str]
+    neg_kl: np.ndarray
+    bm25: np.ndarray
+    dense_rank: np.ndarray
+    bm25_rank: np.ndarray
+    uncertainty: float
+    signals: dict[str, float]
+
+    def signal_vector(self, names: Sequence[str] = SIGNALS) -> np.ndarray:
+        """The signals as a vector in the order of ``names``."""
+        return np.asarray([self.signals[n] for n in names], dtype=np.float64)
+
+
+def fuse(
+    candidates: Candidates, config: FusionConfig, params: AdaptiveParams | None = None
+) -> tuple[np.ndarray, float | None]:
+    """Fused scores of one query's candidates (higher is better) and the dense weight used.
+
+    With an empty BM25 list (no query term in the corpus, or none allowed by the filter) the
+    convex and adaptive modes use the dense side alone (weight 1).
+
+    Returns:
+        ``(scores, dense_weight)``; ``dense_weight`` is ``None`` for ``"rrf"``.
+
+    Examples:
+        >>> c = Candidates(["a", "b"], np.array([-1.0, -2.0]), np.array([0.0, 3.0]),
+        ...                np.array([1, 2]), np.array([0, 1]), 0.0, {})
+        >>> fuse(c, FusionConfig("convex", weight=0.25))[0].tolist()
+        [0.25, 0.75]
+    """
+    if config.mode == "rrf":
+        return rrf_scores(candidates.dense_rank, candidates.bm25_rank, config.rrf_k), None
+    if not (candidates.bm25_rank > 0).any():
+        return normalize_scores(candidates.neg_kl, "minmax"), 1.0
+    if config.mode == "convex":
+        w, norm = config.weight, config.normalization
+    else:
+        if params is None:
+            raise ValueError("adaptive fusion needs AdaptiveParams")
+        w, norm = params.weight(candidates.signals), params.normalization
+    return convex_scores(candidates.neg_kl, candidates.bm25, w, norm), w
+
+
+def _order(scores: np.ndarray, neg_kl_scores: np.ndarray) -> np.ndarray:
+    """Candidate positions best first: fused score, ties broken by ``-KL``."""
+    return np.lexsort((-neg_kl_scores, -scores))
+
+
+def ndcg_at_k(ranked_ids: Sequence[str], qrels: Mapping[str, int], k: int = 10) -> float:
+    """nDCG@k with linear gains and ``log2(rank + 1)`` discounts (as trec_eval's ``ndcg_cut``).
+
+    Examples:
+        >>> round(ndcg_at_k(["b", "a"], {"a": 1}), 4)
+        0.6309
+    """
+    ideal = sorted((g for g in qrels.values() if g > 0), reverse=True)[:k]
+    if not ideal:
+        return 0.0
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = sum(max(0, qrels.get(doc, 0)) * discounts[i] for i, doc in enumerate(ranked_ids[:k]))
+    return float(dcg / float(np.dot(ideal, discounts[: len(ideal)])))
+
+
+# --------------------------------------------------------------------------------------
+# The BM25 half
+# --------------------------------------------------------------------------------------
+
+
+def _stopword_list(stopwords: str | Sequence[str] | None) -> list[str]:
+    if stopwords is None:
+        return []
+    if isinstance(stopwords, str):
+        if stopwords not in ("english", "en"):
+            raise ValueError(f"stopwords must be 'english', a list of words or None; got {stopwords!r}")
+        from bm25s.stopwords import STOPWORDS_EN
+
+        return list(STOPWORDS_EN)
+    words = list(stopwords)
+    if not all(isinstance(w, str) for w in words):
+        raise TypeError("stopwords must be strings")
+    return words
+
+
+class _Tokenizer:
+    """bm25s' tokenisation (lower-case, regex tokens, stop words dropped), without its per-call overhead."""
+
+    def __init__(self, stopwords: str | Sequence[str] | None, token_pattern: str) -> None:
+        self.stopwords_spec: Any = stopwords if stopwords is None or isinstance(stopwords, str) else list(stopwords)
+        self.token_pattern = token_pattern
+        try:
+            self._split = re.compile(token_pattern).findall
+        except re.error as exc:
+            raise ValueError(f"token_pattern {token_pattern!r} is not a valid regular expression: {exc}") from None
+        self._stop: frozenset[str] | None = None
+
+    def __call__(self, text: str) -> list[str]:
+        if self._stop is None:
+            self._stop = frozenset(_stopword_list(self.stopwords_spec))
+        stop = self._stop
+        return [t for t in self._split(text.lower()) if t and t not in stop]
+
+
+@dataclass
+class _CSC:
+    """A BM25 index as ``bm25s`` lays it out: per vocabulary column, the documents and their BM25 weights."""
+
+    data: np.ndarray  # float32 weight of each (token, document) pair, column by column
+    indices: np.ndarray  # int32 document row of each pair
+    indptr: np.ndarray  # column t spans data[indptr[t]:indptr[t + 1]]
+    vocab: dict[str, int]  # token -> column
+
+
+class _BM25Half:
+    """Tokens, metadata and a BM25 index (built by ``bm25s``) over the same ids as the KL half."""
+
+    def __init__(self, tokenizer: _Tokenizer, k1: float, b: float) -> None:
+        self.tokenizer = tokenizer
+        self.k1 = k1
+        self.b = b
+        self.tokens: dict[str, list[str]] | None = {}  # None: not in memory (loaded), rebuilt from texts on demand
+        self.metas: dict[str, dict[str, Any]] = {}
+        self.csc: _CSC | None = None  # None when empty or no document has a token
+        self.ids: list[str] = []  # the index's row order
+        self.row: dict[str, int] = {}
+        self.idf: np.ndarray = np.zeros(0)
+        self.dirty = False
+
+    def __len__(self) -> int:
+        return len(self.metas)
+
+    def put(self, ids: Sequence[str], tokens: Sequence[list[str]], metas: Sequence[dict[str, Any]]) -> None:
+        assert self.tokens is not None
+        for doc_id, toks, meta in zip(ids, tokens, metas, strict=True):
+            self.tokens.pop(doc_id, None)  # an upsert moves to the end, like the KL half
+            self.metas.pop(doc_id, None)
+            self.tokens[doc_id] = toks
+            self.metas[doc_id] = meta
+        self.dirty = True
+
+    def remove(self, ids: Iterable[str]) -> None:
+        assert self.tokens is not None
+        for doc_id in ids:
+            self.tokens.pop(doc_id, None)
+            self.metas.pop(doc_id, None)
+        self.dirty = True
+
+    def build(self) -> None:
+        """Rebuild the index from the tokens in memory with ``bm25s`` (Lucene BM25)."""
+        assert self.tokens is not None
+        ids = list(self.tokens)
+        corpus = [self.tokens[i] for i in ids]
+        self.ids, self.row = ids, {doc_id: j for j, doc_id in enumerate(ids)}
+        self.csc = None
+        if any(corpus):
+            import bm25s
+
+            index = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
+            index.index(corpus, create_empty_token=False, show_progress=False)
+            scores = index.scores
+            self.csc = _CSC(
+                np.asarray(scores["data"]),
+                np.asarray(scores["indices"]),
+                np.asarray(scores["indptr"]),
+                index.vocab_dict,
+            )
+        self._set_idf()
+        self.dirty = False
+
+    def _set_idf(self) -> None:
+        if self.csc is None:
+            self.idf = np.zeros(0)
+            return
+        df = np.diff(self.csc.indptr.astype(np.int64)).astype(np.float64)
+        n = float(len(self.ids))
+        self.idf = np.log(1.0 + (n - df + 0.5) / (df + 0.5))  # bm25s' Lucene IDF
+
+    def scores(self, tokens: list[str]) -> tuple[np.ndarray, float, float]:
+        """BM25 of every row for one query's tokens, the IDF mass of its distinct known terms and its matched share."""
+        n = len(self.ids)
+        csc = self.csc
+        if csc is None or not tokens:
+            return np.zeros(n), 0.0, 0.0
+        token_ids = [csc.vocab[t] for t in tokens if t in csc.vocab]
+        if not token_ids:
+            return np.zeros(n), 0.0, 0.0
+        # bm25s' get_scores_from_ids (a repeated query token counts again), in one bincount over the
+        # CSC columns of the query's tokens instead of one np.add.at per token
+        indptr = csc.indptr
+        if len(token_ids) == 1:
+            lo, hi = int(indptr[token_ids[0]]), int(indptr[token_ids[0] + 1])
+            rows, weights = csc.indices[lo:hi], csc.data[lo:hi]
+        else:
+            spans = [(int(indptr[t]), int(indptr[t + 1])) for t in token_ids]
+            rows = np.concatenate([csc.indices[lo:hi] for lo, hi in spans])
+            weights = np.concatenate([csc.data[lo:hi] for lo, hi in spans])
+        values = np.bincount(rows, weights=weights, minlength=n).astype(np.float64, copy=False)
+        mass = float(self.idf[np.unique(np.asarray(token_ids, dtype=np.int64))].sum())
+        return values, mass, len(token_ids) / len(tokens)
+
+    def mask(self, predicate: Callable[[Mapping[str, Any]], bool] | None) -> np.ndarray | None:
+        if predicate is None:
+            return None
+        return np.fromiter((bool(predicate(self.metas[i])) for i in self.ids), dtype=bool, count=len(self.ids))
+
+    def save(self, folder: Path) -> dict[str, Any]:
+        """``ids.json`` and, when indexed, the files of ``bm25s.BM25.save`` (which ``bm25s.BM25.load`` reads)."""
+        folder.mkdir()
+        (folder / _BM25_IDS).write_text(json.dumps(self.ids, ensure_ascii=False), encoding="utf-8")
+        csc = self.csc
+        if csc is not None:
+            for name, array in zip(_BM25_FILES, (csc.data, csc.indices, csc.indptr), strict=True):
+                np.save(folder / name, np.ascontiguousarray(array), allow_pickle=False)
+            (folder / _BM25_VOCAB).write_text(json.dumps(csc.vocab, ensure_ascii=False), encoding="utf-8")
+            params = {
+                "k1": self.k1,
+                "b": self.b,
+                "delta": 0.5,
+                "method": "lucene",
+                "idf_method": "lucene",
+                "dtype": str(csc.data.dtype),
+                "int_dtype": str(csc.indices.dtype),
+                "num_docs": len(self.ids),
+                "backend": "numpy",
+            }
+            (folder / _BM25_PARAMS).write_text(json.dumps(params, indent=4), encoding="utf-8")
+        return {"count": len(self.ids), "indexed": csc is not None}
+
+    @classmethod
+    def load(cls, folder: Path, tokenizer: _Tokenizer, k1: float, b: float, *, indexed: bool, mmap: bool) -> _BM25Half:
+        half = cls(tokenizer, k1, b)
+        half.tokens = None
+        ids = _read_json(folder / _BM25_IDS)
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise HybridFormatError(f"{folder / _BM25_IDS} must hold a JSON list of string ids")
+        if len(set(ids)) != len(ids):
+            raise HybridFormatError(f"{folder / _BM25_IDS} repeats an id")
+        half.ids, half.row = ids, {doc_id: j for j, doc_id in enumerate(ids)}
+        if indexed:
+            half.csc = _load_csc(folder, len(ids), k1, b, mmap)
+        half._set_idf()
+        return half
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HybridFormatError(f"{path} is missing") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HybridFormatError(f"{path} is not valid JSON: {exc}") from None
+
+
+def _load_csc(folder: Path, count: int, k1: float, b: float, mmap: bool) -> _CSC:
+    """The BM25 index of a saved half: ``.npy`` arrays read without pickle, vocabulary and parameters as JSON."""
+    params = _read_json(folder / _BM25_PARAMS)
+    expected = {"k1": k1, "b": b, "method": "lucene", "num_docs": count}
+    if not isinstance(params, dict) or any(params.get(key) != value for key, value in expected.items()):
+        got = {key: params.get(key) for key in expected} if isinstance(params, dict) else params
+        raise HybridFormatError(f"{folder / _BM25_PARAMS} holds {got}; this hybrid store expects {expected}")
+    vocab = _read_json(folder / _BM25_VOCAB)
+    if not isinstance(vocab, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in vocab.values()):
+        raise HybridFormatError(f"{folder / _BM25_VOCAB} must map each token to an integer column")
+    arrays = []
+    for name in _BM25_FILES:
+        try:
+            arrays.append(np.load(folder / name, allow_pickle=False, mmap_mode="r" if mmap else None))
+        except (OSError, ValueError) as exc:
+            raise HybridFormatError(f"{folder / name} cannot be read as a .npy array without pickle ({exc})") from None
+    data, indices, indptr = arrays
+    n_vocab = len(vocab)
+    problems = []
+    if data.dtype.kind != "f" or indices.dtype.kind not in "iu" or indptr.dtype.kind not in "iu":
+        problems.append(f"unexpected dtypes {data.dtype}, {indices.dtype}, {indptr.dtype}")
+    elif indptr.ndim != 1 or indptr.size != n_vocab + 1:
+        problems.append(f"indptr has {indptr.size} entries for a vocabulary of {n_vocab}")
+    elif indptr[0] != 0 or indptr[-1] != data.size or data.size != indices.size or (np.diff(indptr) < 0).any():
+        problems.append("indptr does not describe the data and indices arrays")
+    elif indices.size and (int(indices.min()) < 0 or int(indices.max()) >= count):
+        problems.append(f"a document index is outside 0..{count - 1}")
+    elif n_vocab and sorted(vocab.values()) != list(range(n_vocab)):
+        problems.append("the vocabulary does not number the columns 0..n-1")
+    elif data.size and not np.isfinite(data).all():
+        problems.append("a BM25 weight is not finite")
+    if problems:
+        raise HybridFormatError(f"{folder}: the BM25 index is damaged: {'; '.join(problems)}")
+    return _CSC(data, indices, indptr, vocab)
+
+
+# --------------------------------------------------------------------------------------
+# Results and the store
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HybridResult:
+    """One fused hit, with what both retrievers said about it.
+
+    Attributes:
+        id: Document id.
+        score: Fused score (higher is better; its scale depends on ``fusion``).
+        text: Document text.
+        metadata: Document metadata.
+        neg_kl: Exact ``-KL(Q || D)`` of the document (higher is better).
+        bm25: BM25 score of the document (0 when no query term occurs in it).
+        dense_rank: 1-based rank in the dense candidate list, ``None`` when absent from it.
+        bm25_rank: 1-based rank in the BM25 candidate list, ``None`` when absent from it.
+        dense_weight: The dense weight used for this query (``None`` for ``"rrf"``).
+        query_uncertainty: Mean log-variance of the query Gaussian (higher: more uncertain).
+        fusion: The fusion mode.
+
+    Examples:
+        >>> HybridResult("d1", 0.8, "text", {}, -3.5, 2.0, 1, 4, 0.6, -1.2, "adaptive").neg_kl
+        -3.5
+    """
+
+    id: str
+    score: float
+    text: str | None
+    metadata: dict[str, Any]
+    neg_kl: float
+    bm25: float
+    dense_rank: int | None
+    bm25_rank: int | None
+    dense_weight: float | None
+    query_uncertainty: float
+    fusion: str
+
+    def scores(self) -> dict[str, Any]:
+        """The scores as a flat dict (e.g. for framework metadata)."""
+        return {
+            "fused_score": self.score,
+            "fusion": self.fusion,
+            SCORE_NAME: self.neg_kl,
+            "bm25": self.bm25,
+            "dense_rank": self.dense_rank,
+            "bm25_rank": self.bm25_rank,
+            "dense_weight": self.dense_weight,
+            "query_uncertainty": self.query_uncertainty,
+        }
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _ids_digest(ids: Iterable[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(ids)).encode("utf-8")).hexdigest()
+
+
+def _examples(ids: Iterable[str]) -> list[str]:
+    return sorted(ids)[:_EXAMPLES]
+
+
+class KLHybridStore:
+    """BM25 and a :class:`~kl_retrievers.index.KLStore` over the same documents, fused per query.
+
+    Args:
+        encoder: Gaussian encoder for texts (documents added without Gaussians, text queries
+            without ``query_gaussians``); passed to the KL half.
+        fusion: Default fusion mode: ``"rrf"``, ``"convex"`` or ``"adaptive"``.
+        weight: Dense weight of ``"convex"``, in ``[0, 1]``.
+        normalization: ``"minmax"`` or ``"zscore"`` (``"convex"``).
+        rrf_k: The RRF constant.
+        candidates: Documents taken from each half per query.
+        adaptive_params: :class:`AdaptiveParams`, a path to their JSON, or ``None`` for the
+            default model's (read when first needed).
+        k1: BM25 ``k1``.
+        b: BM25 ``b``.
+        stopwords: ``"english"`` (bm25s' list), a list of words, or ``None``.
+        token_pattern: Regular expression of a token (text is lower-cased first).
+        kl_store: An existing (possibly filled) KLStore to use as the KL half; its texts are
+            indexed by BM25, so every document needs one. Mutate it only through this object.
+        **kl_options: Options of a new :class:`KLStore` (``index_type``, ...), when ``kl_store`` is not given.
+
+    Raises:
+        ValueError: A bad fusion setting, naming the value and what is allowed.
+
+    Examples:
+        >>> KLHybridStore(fusion="convex", weight=2.0)
+        Traceback (most recent call last):
+        ValueError: weight must be a number in [0, 1] (the dense side's share); got 2.0
+    """
+
+    def __init__(
+        self,
+        encoder: Any | None = None,
+        *,
+        fusion: str = "adaptive",
+        weight: float = 0.5,
+        normalization: str = "minmax",
+        rrf_k: float = RRF_K,
+        candidates: int = DEFAULT_CANDIDATES,
+        adaptive_params: AdaptiveParams | str | os.PathLike[str] | None = None,
+        k1: float = 0.9,
+        b: float = 0.4,
+        stopwords: str | Sequence[str] | None = "english",
+        token_pattern: str = BM25_TOKEN_PATTERN,
+        kl_store: KLStore | None = None,
+        **kl_options: Any,
+    ) -> None:
+        self.fusion = FusionConfig(fusion, weight, normalization, rrf_k, candidates)
+        self.k1 = _check_positive(k1, "k1", integer=False)
+        if not _is_real(b) or not 0.0 <= float(b) <= 1.0:
+            raise ValueError(f"b must be a number in [0, 1]; got {b!r}")
+        self.b = float(b)
+        if adaptive_params is not None and not isinstance(adaptive_params, AdaptiveParams):
+            adaptive_params = AdaptiveParams.load(adaptive_params)
+        self._adaptive = adaptive_params
+        self._tokenizer = _Tokenizer(stopwords, token_pattern)
+        if stopwords is not None:
+            _stopword_list(stopwords)  # a bad value fails now, not at the first add
+        if kl_store is not None and kl_options:
+            raise ValueError(f"give either kl_store or KLStore options, not both; got options {sorted(kl_options)}")
+        if kl_store is not None and not isinstance(kl_store, KLStore):
+            raise TypeError(f"kl_store must be a KLStore; got {type(kl_store).__name__}")
+        self._kl = kl_store if kl_store is not None else KLStore(encoder=encoder, **kl_options)
+        if encoder is not None and kl_store is not None:
+            self._kl.encoder = encoder
+        self._lock = threading.RLock()
+        self._bm25 = _BM25Half(self._tokenizer, self.k1, self.b)
+        if len(self._kl):
+            ids = self._kl.ids
+            docs = self._kl.get_by_ids(ids)
+            missing = [d.id for d in docs if d.text is None]
+            if missing:
+                raise ValueError(
+                    f"kl_store holds {len(missing)} document(s) without text (e.g. {_examples(missing)}); "
+                    "BM25 needs every document's text"
+                )
+            self._bm25.put(ids, [self._tokenizer(d.text or "") for d in docs], [d.metadata for d in docs])
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def kl(self) -> KLStore:
+        """The KL half (read it freely; change documents only through this hybrid store)."""
+        return self._kl
+
+    @property
+    def encoder(self) -> Any | None:
+        """The Gaussian encoder (the KL half's)."""
+        return self._kl.encoder
+
+    @property
+    def ids(self) -> list[str]:
+        """Ids of the stored documents (the KL half's order)."""
+        return self._kl.ids
+
+    def __len__(self) -> int:
+        return len(self._kl)
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self._kl
+
+    def __repr__(self) -> str:
+        return f"KLHybridStore(fusion={self.fusion.mode!r}, documents={len(self)}, kl={self._kl!r})"
+
+    def adaptive_params(self) -> AdaptiveParams:
+        """The adaptive fusion parameters (the default model's unless others were given)."""
+        if self._adaptive is None:
+            self._adaptive = AdaptiveParams.default()
+            name = str(getattr(self.encoder, "name_or_path", "") or "")
+            model = self._adaptive.model or ""
+            if name and model and Path(name.rsplit(":", 1)[-1]).name != model:  # "kl_retrievers:NAME" or a folder
+                logger.warning(
+                    "the adaptive fusion parameters were fitted for %r, but the encoder is %r; the query "
+                    "uncertainty is model-specific: fit parameters for this model (kl_retrievers.hybrid.fit_adaptive)",
+                    model,
+                    name,
+                )
+        return self._adaptive
+
+    def check_sync(self) -> None:
+        """Raise ``RuntimeError`` when the two halves hold different ids (e.g. the KL half was changed directly)."""
+        with self._lock:
+            kl_ids, bm25_ids = set(self._kl.ids), set(self._bm25.metas)
+            if kl_ids != bm25_ids:
+                raise RuntimeError(
+                    _mismatch("this hybrid store", bm25_ids, kl_ids) + "; change documents only through it"
+                )
+
+    def get_by_ids(self, ids: Sequence[str]) -> list[StoredDocument]:
+        """Stored documents for the given ids, in order; unknown ids are skipped (as :meth:`KLStore.get_by_ids`)."""
+        return self._kl.get_by_ids(ids)
+
+    # ------------------------------------------------------------------ mutation
+    def add(
+        self,
+        texts: Sequence[str],
+        *,
+        gaussians: Gaussians | None = None,
+        ids: Sequence[str] | None = None,
+        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> list[str]:
+        """Add documents to both halves; an existing id is replaced in both (upsert).
+
+        Args:
+            texts: Document texts (BM25 needs them; encoded by the encoder unless ``gaussians``).
+            gaussians: Precomputed document Gaussians, one per text.
+            ids: Document ids (uuid4 hex when omitted).
+            metadatas: One JSON-serialisable dict per document (or ``None``).
+
+        Returns:
+            The ids, in input order.
+
+        Raises:
+            TypeError: ``texts`` is a single string or holds a non-string.
+            ValueError / TypeError: Whatever :meth:`KLStore.add` refuses; then neither half changes.
+
+        Examples:
+            >>> import numpy as np
+            >>> s = KLHybridStore(fusion="rrf")
+            >>> s.add(["a b"], gaussians=Gaussians(np.zeros((1, 2)), np.ones((1, 2))), ids=["x"])
+            ['x']
+        """
+        if isinstance(texts, str) or not isinstance(texts, Sequence):
+            raise TypeError(f"texts must be a sequence of strings (not one string); got {type(texts).__name__}")
+        text_list = list(texts)
+        for j, text in enumerate(text_list):
+            if not isinstance(text, str):
+                raise TypeError(
+                    f"texts[{j}] must be a str (BM25 indexes every document's text); got {type(text).__name__}"
+                )
+        tokens = [self._tokenizer(t) for t in text_list]
+        with self._lock:
+            self._ensure_tokens()
+            new_ids = self._kl.add(text_list, gaussians=gaussians, ids=ids, metadatas=metadatas)
+            if not new_ids:
+                return []
+            metas = [d.metadata for d in self._kl.get_by_ids(new_ids)]
+            self._bm25.put(new_ids, tokens, metas)
+        return new_ids
+
+    def upsert(
+        self,
+        texts: Sequence[str],
+        *,
+        ids: Sequence[str],
+        gaussians: Gaussians | None = None,
+        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> list[str]:
+        """Insert or replace documents by id in both halves (:meth:`add` with ids required)."""
+        if ids is None:
+            raise ValueError("upsert needs ids")
+        return self.add(texts, gaussians=gaussians, ids=ids, metadatas=metadatas)
+
+    def delete(self, ids: Sequence[str]) -> DeleteReport:
+        """Delete documents by id from both halves; unknown ids are reported, never raised.
+
+        Examples:
+            >>> import numpy as np
+            >>> s = KLHybridStore(fusion="rrf")
+            >>> _ = s.add(["a"], gaussians=Gaussians(np.zeros((1, 2)), np.ones((1, 2))), ids=["x"])
+            >>> s.delete(["x", "y"]).missing, len(s)
+            (['y'], 0)
+        """
+        with self._lock:
+            self._ensure_tokens()
+            report = self._kl.delete(ids)
+            if report.deleted:
+                self._bm25.remove(report.deleted)
+        return report
+
+    def _ensure_tokens(self) -> None:
+        """A loaded store keeps no tokens until it is changed: tokenise the stored texts again."""
+        if self._bm25.tokens is not None:
+            return
+        docs = self._kl.get_by_ids(self._bm25.ids)
+        self._bm25.tokens = {d.id: self._tokenizer(d.text or "") for d in docs}
+
+    def _ensure_index(self) -> None:
+        if self._bm25.dirty:
+            self._bm25.build()
+
+    # ------------------------------------------------------------------ search
+    def _query_gaussians(self, texts: list[str], query_gaussians: Gaussians | None) -> Gaussians:
+        if query_gaussians is None:
+            encoder = self.encoder
+            if encoder is None:
+                raise ValueError("searching by text needs an encoder; pass query_gaussians (one per query) instead")
+            if not texts:
+                return Gaussians(np.zeros((0, self._kl.dim or 1)), np.ones((0, self._kl.dim or 1)), validate=False)
+            query_gaussians = encoder.encode_queries(texts, batch_size=self._kl.batch_size, show_progress_bar=False)
+        if not isinstance(query_gaussians, Gaussians):
+            raise TypeError(f"query_gaussians must be a Gaussians batch; got {type(query_gaussians).__name__}")
+        g = query_gaussians.numpy()
+        if len(g) != len(texts):
+            raise ValueError(f"got {len(g)} query Gaussians for {len(texts)} query texts; give one per query")
+        return Gaussians(np.asarray(g.mean, dtype=np.float64), np.asarray(g.var, dtype=np.float64))
+
+    def candidates(
+        self,
+        queries: Sequence[str],
+        *,
+        query_gaussians: Gaussians | None = None,
+        filter: MetadataFilter | None = None,
+        depth: int | None = None,
+    ) -> list[Candidates]:
+        """Each query's candidates from both halves, scored by both retrievers (no fusion yet).
+
+        Args:
+            queries: Query texts (BM25 reads them; encoded unless ``query_gaussians`` is given).
+            query_gaussians: One query Gaussian per text.
+            filter: Metadata filter applied to both halves before ranking.
+            depth: Documents from each half (default: the store's ``candidates``).
+
+        Returns:
+            One :class:`Candidates` per query.
+        """
+        texts = _query_texts(queries)
+        depth = self.fusion.candidates if depth is None else check_k(depth, "depth")
+        predicate = compile_filter(filter)
+        qg = self._query_gaussians(texts, query_gaussians)
+        with self._lock:
+            self._ensure_index()
+            dense_lists = self._kl.search_batch(qg, k=depth, filter=filter) if len(self._kl) else [[] for _ in texts]
+            mask = self._bm25.mask(predicate)
+            half = self._bm25
+            uncertainty = np.log(qg.var).mean(axis=1) if len(qg) else np.zeros(0)
+            out = []
+            for i, text in enumerate(texts):
+                out.append(self._one_candidates(qg[i], text, dense_lists[i], half, mask, depth, float(uncertainty[i])))
+        return out
+
+    def _one_candidates(
+        self, q: Gaussians, text: str, dense: list[Any], half: _BM25Half, mask: np.ndarray | None, depth: int, u: float
+    ) -> Candidates:
+        tokens = self._tokenizer(text)
+        full, idf_mass, matched = half.scores(tokens)
+        allowed = full > 0
+        if mask is not None:
+            allowed &= mask
+        rows = np.flatnonzero(allowed)
+        if rows.size > depth:
+            rows = rows[np.argpartition(-full[rows], depth - 1)[:depth]]
+        rows = rows[np.lexsort((rows, -full[rows]))]  # best first, ties by row
+        bm25_ids = [half.ids[r] for r in rows.tolist()]
+        dense_ids = [r.id for r in dense]
+        n_dense = len(dense_ids)
+        in_dense = dict(zip(dense_ids, range(n_dense), strict=True))
+        extra_pos = [j for j, doc_id in enumerate(bm25_ids) if doc_id not in in_dense]
+        extra = [bm25_ids[j] for j in extra_pos]
+        ids = dense_ids + extra
+        neg = np.empty(len(ids))
+        neg[:n_dense] = [r.score for r in dense]
+        if extra:
+            docs = self._kl.get_gaussians(extra)
+            g64 = Gaussians(docs.mean.astype(np.float64), docs.var.astype(np.float64), validate=False)
+            neg[n_dense:] = neg_kl(q, g64)
+        dense_rows = np.fromiter((half.row.get(d, -1) for d in dense_ids), dtype=np.int64, count=n_dense)
+        cand_rows = np.concatenate([dense_rows, rows[np.asarray(extra_pos, dtype=np.int64)]])
+        bm25 = np.zeros(len(ids))
+        known = cand_rows >= 0
+        if full.size:
+            bm25[known] = full[cand_rows[known]]
+        dense_rank = np.zeros(len(ids), dtype=np.int64)
+        dense_rank[:n_dense] = np.arange(1, n_dense + 1)
+        bm25_rank = np.zeros(len(ids), dtype=np.int64)
+        for j, doc_id in enumerate(bm25_ids):
+            pos = in_dense.get(doc_id)
+            if pos is not None:
+                bm25_rank[pos] = j + 1
+        bm25_rank[n_dense:] = np.asarray(extra_pos, dtype=np.int64) + 1
+        top_b = full[rows]
+        coverage = float(top_b[0]) / idf_mass if top_b.size and idf_mass > 0 else 0.0
+        overlap = len(set(dense_ids[:10]) & set(bm25_ids[:10])) / 10.0
+        signals = query_signals(
+            u, neg[:n_dense], top_b, bm25_coverage=coverage, bm25_matched=matched, overlap10=overlap
+        )
+        return Candidates(ids, neg, bm25, dense_rank, bm25_rank, u, signals)
+
+    def fuse_candidates(
+        self, candidates: Candidates, k: int, fusion: FusionConfig | None = None
+    ) -> list[tuple[str, float, int, float | None]]:
+        """Rank one query's candidates: ``(id, fused score, candidate position, dense weight)``, best first."""
+        config = fusion or self.fusion
+        params = self.adaptive_params() if config.mode == "adaptive" else None
+        scores, w = fuse(candidates, config, params)
+        order = _order(scores, candidates.neg_kl)[:k]
+        return [(candidates.ids[j], float(scores[j]), int(j), w) for j in order]
+
+    def search_run(
+        self,
+        query_ids: Sequence[str],
+        queries: Sequence[str],
+        k: int = 100,
+        filter: MetadataFilter | None = None,
+        *,
+        query_gaussians: Gaussians | None = None,
+        fusion: str | None = None,
+        weight: float | None = None,
+        normalization: str | None = None,
+    ) -> dict[str, dict[str, float]]:
+        """The fused rankings as an evaluation run: query id -> {document id: score}.
+
+        Scores are ``k - rank`` (``k`` for the first document), so that an evaluator ranks exactly
+        as the store does, ties included (the fused scores of RRF often tie).
+
+        Examples:
+            >>> s = KLHybridStore(fusion="rrf")
+            >>> _ = s.add(["x y", "y z"], gaussians=Gaussians(np.eye(2), np.ones((2, 2))), ids=["a", "b"])
+            >>> s.search_run(["q1"], ["z"], k=2, query_gaussians=Gaussians(np.eye(2)[1:], np.ones((1, 2))))
+            {'q1': {'b': 2.0, 'a': 1.0}}
+        """
+        k = check_k(k)
+        if isinstance(query_ids, str) or len(query_ids) != len(queries):
+            raise ValueError(f"give one query id per query; got {len(query_ids)} ids for {len(queries)} queries")
+        config = self.fusion.replace(mode=fusion, weight=weight, normalization=normalization)
+        cands = self.candidates(
+            queries, query_gaussians=query_gaussians, filter=filter, depth=max(k, config.candidates)
+        )
+        run: dict[str, dict[str, float]] = {}
+        for qid, c in zip(query_ids, cands, strict=True):
+            ranked = self.fuse_candidates(c, k, config)
+            run[str(qid)] = {doc_id: float(k - r) for r, (doc_id, *_) in enumerate(ranked)}
+        return run
+
+    def search_batch(
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        filter: MetadataFilter | None = None,
+        *,
+        query_gaussians: Gaussians | None = None,
+        fusion: str | None = None,
+        weight: float | None = None,
+        normalization: str | None = None,
+    ) -> list[list[HybridResult]]:
+        """Top-``k`` fused results for each query text.
+
+        Args:
+            queries: Query texts.
+            k: Results per query.
+            filter: Metadata filter (dict or callable) applied to both halves before ranking.
+            query_gaussians: One precomputed query Gaussian per text (else the encoder encodes them).
+            fusion: Override the store's fusion mode for this call.
+            weight: Override the convex dense weight (in ``[0, 1]``).
+            normalization: Override the convex normalisation.
+
+        Raises:
+            ValueError: A bad ``k``, fusion mode, weight or normalisation (naming the value and
+                what is allowed), or no encoder for text queries without ``query_gaussians``.
+
+        Examples:
+            >>> import numpy as np
+            >>> s = KLHybridStore(fusion="rrf")
+            >>> _ = s.add(["x y", "y z"], gaussians=Gaussians(np.eye(2), np.ones((2, 2))), ids=["a", "b"])
+            >>> qg = Gaussians(np.eye(2)[1:], np.ones((1, 2)))
+            >>> [[r.id for r in hits] for hits in s.search_batch(["z"], k=2, query_gaussians=qg)]
+            [['b', 'a']]
+        """
+        k = check_k(k)
+        config = self.fusion.replace(mode=fusion, weight=weight, normalization=normalization)
+        if config.mode == "adaptive":
+            self.adaptive_params()  # missing parameters fail before any work
+        cands = self.candidates(
+            queries, query_gaussians=query_gaussians, filter=filter, depth=max(k, config.candidates)
+        )
+        out: list[list[HybridResult]] = []
+        for c in cands:
+            ranked = self.fuse_candidates(c, k, config)
+            docs = {d.id: d for d in self._kl.get_by_ids([doc_id for doc_id, *_ in ranked])}
+            hits = []
+            for doc_id, score, j, w in ranked:
+                doc = docs.get(doc_id)
+                hits.append(
+                    HybridResult(
+                        id=doc_id,
+                        score=score,
+                        text=doc.text if doc is not None else None,
+                        metadata=doc.metadata if doc is not None else {},
+                        neg_kl=float(c.neg_kl[j]),
+                        bm25=float(c.bm25[j]),
+                        dense_rank=int(c.dense_rank[j]) or None,
+                        bm25_rank=int(c.bm25_rank[j]) or None,
+                        dense_weight=w,
+                        query_uncertainty=c.uncertainty,
+                        fusion=config.mode,
+                    )
+                )
+            out.append(hits)
+        return out
+
+    def search(
+        self,
+        query: str,
+        k: int = 10,
+        filter: MetadataFilter | None = None,
+        *,
+        query_gaussians: Gaussians | None = None,
+        fusion: str | None = None,
+        weight: float | None = None,
+        normalization: str | None = None,
+    ) -> list[HybridResult]:
+        """Top-``k`` fused results for one query text (see :meth:`search_batch`).
+
+        Examples:
+            >>> qg = Gaussians(np.zeros((1, 2)), np.ones((1, 2)))
+            >>> KLHybridStore(fusion="rrf").search("anything", query_gaussians=qg)
+            []
+        """
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a string (BM25 reads it); got {type(query).__name__}")
+        return self.search_batch(
+            [query],
+            k,
+            filter,
+            query_gaussians=query_gaussians,
+            fusion=fusion,
+            weight=weight,
+            normalization=normalization,
+        )[0]
+
+    # ------------------------------------------------------------------ persistence
+    def _config(self) -> dict[str, Any]:
+        adaptive = None
+        if self._adaptive is not None or ADAPTIVE_PARAMS_PATH.is_file():
+            adaptive = self.adaptive_params().to_dict()
+        return {
+            "format": _FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "library_version": library_version(),
+            "score": {
+                "name": f"fused_{self.fusion.mode}",
+                "direction": "higher_is_better",
+                "components": {
+                    "dense": {"name": SCORE_NAME, "direction": SCORE_DIRECTION},
+                    "bm25": {"name": "bm25", "direction": "higher_is_better"},
+                },
+            },
+            "fusion": self.fusion.to_dict(),
+            "adaptive": adaptive,
+            "bm25": {
+                "library": "bm25s",
+                "method": "lucene",
+                "k1": self.k1,
+                "b": self.b,
+                "stopwords": self._tokenizer.stopwords_spec,
+                "token_pattern": self._tokenizer.token_pattern,
+                "lower": True,
+            },
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Save both halves and the config to the folder ``path``, atomically, without pickle.
+
+        Layout: ``hybrid.json`` (library version, fusion mode and parameters, adaptive
+        parameters, BM25 settings, score name and direction, the ids' digest and every file's
+        SHA-256), ``kl/`` (:meth:`KLStore.save`) and ``bm25/`` (``bm25s``' ``.npy`` arrays and
+        JSON vocabulary, plus ``ids.json``, the row order). An interrupted save leaves the
+        previous copy intact.
+
+        Raises:
+            ValueError: ``path`` exists and is not a hybrid store folder (never overwritten).
+
+        Examples:
+            >>> import tempfile
+            >>> s = KLHybridStore(fusion="rrf")
+            >>> _ = s.add(["a b"], gaussians=Gaussians(np.zeros((1, 2)), np.ones((1, 2))), ids=["x"])
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     KLHybridStore.load(s.save(Path(d) / "h")).ids
+            ['x']
+        """
+        target = Path(path)
+        if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / _CONFIG).is_file())):
+            raise ValueError(f"{target} exists and is not a hybrid store folder; refusing to overwrite it")
+        with self._lock:
+            self._ensure_index()
+            config = self._config()
+            with atomic_dir(target) as tmp:
+                self._kl.save(tmp / _KL_DIR)
+                kl_ids = set(self._kl.ids)
+                bm25_info = self._bm25.save(tmp / _BM25_DIR)
+                if kl_ids != set(self._bm25.ids):
+                    raise RuntimeError(_mismatch(str(target), set(self._bm25.ids), kl_ids))
+                files = {}
+                for rel in [f"{_KL_DIR}/config.json", f"{_BM25_DIR}/{_BM25_IDS}"] + (
+                    [f"{_BM25_DIR}/{name}" for name in (*_BM25_FILES, _BM25_VOCAB, _BM25_PARAMS)]
+                    if bm25_info["indexed"]
+                    else []
+                ):
+                    files[rel] = _sha256(tmp / rel)
+                config.update(
+                    {
+                        "count": len(kl_ids),
+                        "ids_sha256": _ids_digest(kl_ids),
+                        "bm25_indexed": bm25_info["indexed"],
+                        "files": files,
+                    }
+                )
+                (tmp / _CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        logger.info("saved a hybrid store of %d documents to %s", len(kl_ids), target)
+        return target
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        encoder: Any | None = None,
+        *,
+        mmap: bool = False,
+        verify_checksums: bool = True,
+    ) -> KLHybridStore:
+        """Load a folder written by :meth:`save`; nothing on disk is changed.
+
+        Args:
+            path: The hybrid store folder.
+            encoder: Gaussian encoder for text queries and additions.
+            mmap: Memory-map the arrays of both halves (copied on the first change).
+            verify_checksums: Check every file's SHA-256 against the config.
+
+        Raises:
+            FileNotFoundError: No hybrid store at ``path``.
+            HybridFormatError: A bad config or file, or halves that disagree (ids, or a file
+                not written by the same save); the message names the mismatch.
+
+        Examples:
+            >>> KLHybridStore.load("/nonexistent")  # doctest: +SKIP
+        """
+        folder = Path(path)
+        if not folder.exists() and recover_dir(folder, required=_CONFIG):
+            logger.warning("loading %s from the copy saved before an interrupted save", folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no hybrid store folder at {folder}")
+        cfg_path = folder / _CONFIG
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{folder} has no {_CONFIG}; not a hybrid store folder")
+        config = _read_config(cfg_path)
+        bm25_cfg, fusion = config["bm25"], config["fusion"]
+        for sub in (_KL_DIR, _BM25_DIR):
+            if not (folder / sub).is_dir():
+                raise HybridFormatError(f"{folder}: the {sub}/ half is missing")
+        kl = KLStore.load(folder / _KL_DIR, encoder=encoder, mmap=mmap, verify_checksums=verify_checksums)
+        tokenizer = _Tokenizer(bm25_cfg["stopwords"], bm25_cfg["token_pattern"])
+        half = _BM25Half.load(
+            folder / _BM25_DIR, tokenizer, bm25_cfg["k1"], bm25_cfg["b"], indexed=config["bm25_indexed"], mmap=mmap
+        )
+        kl_ids, bm25_ids = set(kl.ids), set(half.ids)
+        if kl_ids != bm25_ids:
+            raise HybridFormatError(
+                _mismatch(str(folder), bm25_ids, kl_ids) + "; refusing to load it (nothing was changed)"
+            )
+        if len(kl_ids) != config["count"] or _ids_digest(kl_ids) != config["ids_sha256"]:
+            raise HybridFormatError(
+                f"{folder}: both halves hold the same {len(kl_ids)} ids, but not the {config['count']} ids "
+                f"{_CONFIG} was saved with; the halves come from another save: refusing to load it "
+                "(nothing was changed)"
+            )
+        if verify_checksums:
+            for rel, digest in config["files"].items():
+                p = folder / rel
+                if not p.is_file():
+                    raise HybridFormatError(f"{folder}: {rel} is missing")
+                if _sha256(p) != digest:
+                    raise HybridFormatError(
+                        f"{folder}: {rel} is not the file this save wrote (SHA-256 differs); one half comes from "
+                        "another save or was changed: refusing to load it (nothing was changed)"
+                    )
+        adaptive = AdaptiveParams.from_dict(config["adaptive"], str(cfg_path)) if config["adaptive"] else None
+        store = cls(
+            fusion=fusion["mode"],
+            weight=fusion["weight"],
+            normalization=fusion["normalization"],
+            rrf_k=fusion["rrf_k"],
+            candidates=fusion["candidates"],
+            adaptive_params=adaptive,
+            k1=bm25_cfg["k1"],
+            b=bm25_cfg["b"],
+            stopwords=bm25_cfg["stopwords"],
+            token_pattern=bm25_cfg["token_pattern"],
+        )
+        store._kl = kl
+        half.metas = {d.id: d.metadata for d in kl.get_by_ids(half.ids)}
+        store._bm25 = half
+        store._tokenizer = tokenizer
+        logger.info("loaded a hybrid store of %d documents from %s", len(kl_ids), folder)
+        return store
+
+
+def _query_texts(queries: Any) -> list[str]:
+    if isinstance(queries, str):
+        return [queries]
+    if not isinstance(queries, Sequence):
+        raise TypeError(f"queries must be a sequence of strings; got {type(queries).__name__}")
+    texts = list(queries)
+    for j, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"queries[{j}] must be a str (BM25 reads the query text); got {type(t).__name__}")
+    return texts
+
+
+def _mismatch(where: str, bm25_ids: set[str], kl_ids: set[str]) -> str:
+    only_bm25, only_kl = bm25_ids - kl_ids, kl_ids - bm25_ids
+    return (
+        f"{where}: the BM25 half and the KL half disagree on ids: the BM25 half holds {len(bm25_ids)} and the KL half "
+        f"{len(kl_ids)}; {len(only_bm25)} only in BM25 {_examples(only_bm25)}, {len(only_kl)} only in KL "
+        f"{_examples(only_kl)}; one half comes from another save"
+    )
+
+
+def _read_config(cfg_path: Path) -> dict[str, Any]:
+    """``hybrid.json``, checked field by field (errors name the field)."""
+    config = _read_json(cfg_path)
+    if not isinstance(config, dict):
+        raise HybridFormatError(f"{cfg_path} must hold a JSON object")
+    if config.get("format") != _FORMAT_NAME:
+        raise HybridFormatError(f"{cfg_path} is not a hybrid store config: field 'format' is {config.get('format')!r}")
+    version = config.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
+        raise HybridFormatError(
+            f"{cfg_path}: format_version {version!r} is not one this kl-retrievers ({library_version()}) reads "
+            f"(up to {FORMAT_VERSION}): upgrade kl-retrievers"
+        )
+
+    def need(cond: bool, name: str, what: str) -> None:
+        if not cond:
+            raise HybridFormatError(f"{cfg_path}: field {name!r} must be {what}; got {config.get(name, '<missing>')!r}")
+
+    need(isinstance(config.get("fusion"), dict), "fusion", "an object")
+    need(isinstance(config.get("bm25"), dict), "bm25", "an object")
+    need(isinstance(config.get("count"), int), "count", "an integer")
+    need(isinstance(config.get("ids_sha256"), str), "ids_sha256", "a string")
+    need(isinstance(config.get("bm25_indexed"), bool), "bm25_indexed", "true or false")
+    need(isinstance(config.get("files"), dict), "files", "an object")
+    need(config.get("adaptive") is None or isinstance(config.get("adaptive"), dict), "adaptive", "an object or null")
+    for rel in config["files"]:
+        if not isinstance(rel, str) or rel.startswith("/") or ".." in Path(rel).parts:
+            raise HybridFormatError(f"{cfg_path}: field 'files' names {rel!r}, which is not a path inside the folder")
+    try:
+        FusionConfig(**config["fusion"])
+    except (TypeError, ValueError) as exc:
+        raise HybridFormatError(f"{cfg_path}: field 'fusion' holds an invalid value: {exc}") from None
+    bm25 = config["bm25"]
+    for key in ("k1", "b", "stopwords", "token_pattern"):
+        if key not in bm25:
+            raise HybridFormatError(f"{cfg_path}: field 'bm25' lacks {key!r}")
+    return config
+
+
+# --------------------------------------------------------------------------------------
+# Fitting the adaptive weight (training data only)
+# --------------------------------------------------------------------------------------
+
+
+def ndcg_curves(
+    candidates: Sequence[Candidates],
+    qrels: Sequence[Mapping[str, int]],
+    grid: np.ndarray,
+    normalization: str,
+    k: int = 10,
+) -> np.ndarray:
+    """nDCG@k of each query's convex fusion at every dense weight of ``grid``, shape ``(n, len(grid))``."""
+    out = np.zeros((len(candidates), len(grid)))
+    for i, (c, rel) in enumerate(zip(candidates, qrels, strict=True)):
+        has_bm25 = bool((c.bm25_rank > 0).any())
+        nd = normalize_scores(c.neg_kl, normalization)
+        nb = normalize_scores(c.bm25, normalization)
+        for j, w in enumerate(grid):
+            scores = w * nd + (1.0 - w) * nb if has_bm25 else nd
+            order = _order(scores, c.neg_kl)[:k]
+            out[i, j] = ndcg_at_k([c.ids[p] for p in order], rel, k)
+    return out
+
+
+def _interp(curves: np.ndarray, w: np.ndarray) -> np.ndarray:
+    g = curves.shape[1] - 1
+    pos = np.clip(w, 0.0, 1.0) * g
+    lo = np.minimum(np.floor(pos).astype(np.int64), g - 1)
+    frac = pos - lo
+    rows = np.arange(len(w))
+    return curves[rows, lo] * (1.0 - frac) + curves[rows, lo + 1] * frac
+
+
+def fit_adaptive(
+    groups: Mapping[str, tuple[Sequence[Candidates], Sequence[Mapping[str, int]]]],
+    *,
+    normalization: str = "minmax",
+    signals: Sequence[str] = SIGNALS,
+    grid_size: int = 21,
+    l2: float = 1e-3,
+    restarts: int = 8,
+    seed: int = 0,
+    model: str | None = None,
+    candidates: int = DEFAULT_CANDIDATES,
+    info: Mapping[str, Any] | None = None,
+    precomputed: Mapping[str, np.ndarray] | None = None,
+) -> AdaptiveParams:
+    """Fit :class:`AdaptiveParams` to maximise mean nDCG@10 on training queries.
+
+    Each group (a training collection) counts equally. Per query, nDCG@10 of the convex fusion
+    is computed at ``grid_size`` dense weights and linearly interpolated in between; the
+    objective, the mean over groups of the mean interpolated nDCG@10 at each query's weight
+    minus ``l2`` times the squared coefficients, is maximised with Powell's method from
+    ``restarts`` seeded starts (the first at the best fixed weight). Needs ``scipy``.
+
+    Args:
+        groups: Name -> (candidates of each query, each query's qrels).
+        normalization: Score normalisation of the fusion.
+        signals: Which :data:`SIGNALS` the weight reads.
+        grid_size: Dense weights evaluated per query (evenly spaced in ``[0, 1]``).
+        l2: Penalty on the squared coefficients of the standardised signals.
+        restarts: Optimiser starts.
+        seed: Seed of the random starts.
+        model: The encoder the candidates came from (recorded).
+        candidates: Candidate depth the signals were computed at (recorded).
+        info: Extra facts to record (training data, command).
+        precomputed: Group name -> its :func:`ndcg_curves` at ``grid_size`` evenly spaced weights
+            with this ``normalization`` (saves recomputing them across fits).
+
+    Returns:
+        The fitted parameters; ``info`` also records the training objective and the best
+        fixed weight's.
+    """
+    from scipy.optimize import minimize
+
+    normalization = _check_normalization(normalization)
+    grid = np.linspace(0.0, 1.0, grid_size)
+    xs, curves, weights = [], [], []
+    for name, (cands, rels) in groups.items():
+        if not cands:
+            continue
+        xs.append(np.stack([c.signal_vector(signals) for c in cands]))
+        given = (precomputed or {}).get(name)
+        if given is not None and given.shape != (len(cands), grid_size):
+            raise ValueError(
+                f"precomputed curves of {name!r} have shape {given.shape}; expected {(len(cands), grid_size)}"
+            )
+        curves.append(given if given is not None else ndcg_curves(cands, rels, grid, normalization))
+        weights.append(np.full(len(cands), 1.0 / len(cands)))
+    if not xs:
+        raise ValueError("fit_adaptive needs at least one group with queries")
+    x, curve = np.concatenate(xs), np.concatenate(curves)
+    qw = np.concatenate(weights) / len(xs)
+    center = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[~(scale > 1e-12)] = 1.0
+    z = (x - center) / scale
+    fixed = curve.T @ qw
+    best_fixed = int(np.argmax(fixed))
+    w0 = float(np.clip(grid[best_fixed], 0.02, 0.98))
+
+    def objective(theta: np.ndarray) -> float:
+        w = _sigmoid(theta[0] + z @ theta[1:])
+        return -float(_interp(curve, w) @ qw) + l2 * float(theta[1:] @ theta[1:])
+
+    rng = np.random.default_rng(seed)
+    starts = [np.concatenate([[math.log(w0 / (1 - w0))], np.zeros(len(signals))])]
+    starts += [np.concatenate([[rng.normal(0, 1)], rng.normal(0, 0.5, len(signals))]) for _ in range(restarts - 1)]
+    best: Any = None
+    for start in starts:
+        res = minimize(objective, start, method="Powell", options={"maxiter": 20000, "xtol": 1e-4, "ftol": 1e-7})
+        if best is None or res.fun < best.fun:
+            best = res
+    theta = np.asarray(best.x)
+    fitted = float(_interp(curve, _sigmoid(theta[0] + z @ theta[1:])) @ qw)
+    record = dict(info or {})
+    record.update(
+        {
+            "objective": "mean over groups of mean nDCG@10 (convex fusion, weight interpolated on a grid)",
+            "grid_size": grid_size,
+            "l2": l2,
+            "restarts": restarts,
+            "seed": seed,
+            "groups": {name: len(c) for name, (c, _) in groups.items()},
+            "train_ndcg@10_adaptive": round(fitted, 6),
+            "train_ndcg@10_best_fixed": round(float(fixed[best_fixed]), 6),
+            "best_fixed_weight": float(grid[best_fixed]),
+        }
+    )
+    return AdaptiveParams(
+        signals=tuple(signals),
+        center=tuple(float(v) for v in center),
+        scale=tuple(float(v) for v in scale),
+        coef=tuple(float(v) for v in theta[1:]),
+        bias=float(theta[0]),
+        normalization=normalization,
+        candidates=candidates,
+        model=model,
+        info=record,
+    )

@@ -1,0 +1,101 @@
+"""``python -m kl_retrievers.onnx_cli``: export encoders to ONNX and regenerate bundled graphs.
+
+Kept apart from :mod:`kl_retrievers.onnx` so that the runtime module imports neither the torch
+encoder nor the bundled-model registry (one-way imports: pretrained -> onnx, never back).
+
+Examples:
+    >>> from kl_retrievers.onnx_cli import main
+    >>> main(["bundle", "--check"])  # doctest: +SKIP
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kl_retrievers.onnx import MODEL_FILE, _read_meta, _sha256, export_onnx, is_onnx_folder
+
+if TYPE_CHECKING:
+    from kl_retrievers.encoder import GaussianEncoder
+
+__all__ = ["main"]
+
+
+# ---------------------------------------------------------------------- command line
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m kl_retrievers.onnx_cli``: export an encoder, or (re)generate a bundled model's shipped graph.
+
+    - ``export SOURCE OUT [--quantize int8|float32]``: a bundled model name, saved encoder folder or hub id
+      to an ONNX folder.
+    - ``bundle [NAME ...] [--check]``: export each bundled model (default: the default model) into its
+      ``onnx-int8/`` folder inside the package, from its bundled delta; ``--check`` exports into a
+      temporary folder instead and exits 1 when the graph's SHA-256 differs from the shipped one.
+
+    Returns:
+        The exit status.
+
+    Examples:
+        >>> main(["bundle", "--check"])  # doctest: +SKIP
+        0
+    """
+    from kl_retrievers.pretrained import BUNDLED_ONNX, DEFAULT_MODEL
+
+    parser = argparse.ArgumentParser(
+        prog="python -m kl_retrievers.onnx_cli", description="Export Gaussian encoders to ONNX."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_export = sub.add_parser("export", help="export an encoder to an ONNX folder")
+    p_export.add_argument("source", help="bundled model name, saved encoder folder or hub id")
+    p_export.add_argument("out", type=Path, help="target folder (written atomically)")
+    p_export.add_argument("--quantize", choices=["int8", "float32"], default="int8")
+    p_bundle = sub.add_parser("bundle", help="export bundled models into their shipped onnx-int8/ folder")
+    p_bundle.add_argument("names", nargs="*", default=[DEFAULT_MODEL])
+    p_bundle.add_argument("--check", action="store_true", help="compare with the shipped graph; write nothing")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "export":
+        encoder, digest = _torch_source(args.source)
+        quantize = None if args.quantize == "float32" else "int8"
+        out = export_onnx(encoder, args.out, quantize=quantize, source_sha256=digest)
+        print(f"{out}: {MODEL_FILE} SHA-256 {_sha256(out / MODEL_FILE)}")
+        return 0
+    import tempfile
+
+    status = 0
+    for name in args.names:
+        encoder, digest = _torch_source(name)
+        shipped = Path(encoder.name_or_path) / BUNDLED_ONNX
+        encoder.name_or_path = f"kl_retrievers:{name}"  # recorded in config.json: no machine path
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / BUNDLED_ONNX if args.check else shipped
+            export_onnx(encoder, target, quantize="int8", source_sha256=digest)
+            made = _sha256(target / MODEL_FILE)
+            size = (target / MODEL_FILE).stat().st_size / 1e6
+            if not args.check:
+                print(f"{shipped}: {MODEL_FILE} {size:.1f} MB, SHA-256 {made}")
+                continue
+            meta = _read_meta(shipped) if is_onnx_folder(shipped) else {}
+            recorded = meta.get("onnx", {}).get("model_sha256")
+            same = recorded == made
+            verdict = "same" if same else "DIFFERS"
+            print(f"{name}: regenerated {MODEL_FILE} SHA-256 {made}; shipped {recorded}: {verdict}")
+            status |= 0 if same else 1
+    return status
+
+
+def _torch_source(name_or_path: str) -> tuple[GaussianEncoder, str | None]:
+    """The torch encoder a bundled name, saved folder or hub id names, and the SHA-256 of its files."""
+    from kl_retrievers.encoder import GaussianEncoder
+    from kl_retrievers.hub import resolve_model_path
+    from kl_retrievers.pretrained import bundled_model_path, bundled_models, source_sha256
+
+    folder = bundled_model_path(name_or_path) if name_or_path in bundled_models() else resolve_model_path(name_or_path)
+    return GaussianEncoder.from_pretrained(folder, device="cpu"), source_sha256(folder)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

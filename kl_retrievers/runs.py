@@ -1,0 +1,67 @@
+"""Runs and qrels, and the top-k step that turns a score matrix into a run.
+
+The lowest layer of evaluation: :mod:`kl_retrievers.evaluation` (the Gaussian models) and
+:mod:`kl_retrievers.baselines` both build their runs with it, and it imports nothing from the
+package.
+
+A *run* maps each query id to ``{document id: score}`` (higher is better); *qrels* map each
+query id to ``{document id: relevance grade}``.
+
+Examples:
+    >>> import numpy as np
+    >>> idx, vals = top_k(np.array([[0.1, 0.9, 0.5]]), 2)
+    >>> run_from_top_k(["q"], ["a", "b", "c"], idx, vals)
+    {'q': {'b': 0.9, 'c': 0.5}}
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["Qrels", "Run", "run_from_top_k", "top_k"]
+
+logger = logging.getLogger(__name__)
+
+Run = dict[str, dict[str, float]]
+Qrels = dict[str, dict[str, int]]
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top ``k`` of a score matrix, best first (argpartition, then a sort of ``k``).
+
+    Args:
+        scores: Shape ``(n_queries, n_docs)``; higher is better.
+        k: How many to keep (clipped to ``n_docs``).
+
+    Returns:
+        ``(indices, values)``, each of shape ``(n_queries, min(k, n_docs))``.
+
+    Examples:
+        >>> idx, val = top_k(np.array([[0.1, 0.9, 0.5]]), 2)
+        >>> idx.tolist(), val.tolist()
+        ([[1, 2]], [[0.9, 0.5]])
+    """
+    n = scores.shape[1]
+    k = min(k, n)
+    if k <= 0:
+        return np.zeros((scores.shape[0], 0), dtype=np.int64), np.zeros((scores.shape[0], 0), dtype=scores.dtype)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (scores.shape[0], 1))
+    vals = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1), np.take_along_axis(vals, order, axis=1)
+
+
+def run_from_top_k(query_ids: Sequence[str], doc_ids: Sequence[str], idx: np.ndarray, vals: np.ndarray) -> Run:
+    """Build a :data:`Run` from top-k indices and scores.
+
+    Examples:
+        >>> run_from_top_k(["q"], ["a", "b"], np.array([[1, 0]]), np.array([[2.0, 1.0]]))
+        {'q': {'b': 2.0, 'a': 1.0}}
+    """
+    return {
+        qid: {doc_ids[int(j)]: float(s) for j, s in zip(idx[i], vals[i], strict=True)}
+        for i, qid in enumerate(query_ids)
+    }

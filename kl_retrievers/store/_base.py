@@ -1,0 +1,617 @@
+"""What every store shares, whatever serves its search: the interface, the result types, the input checks.
+
+A store holds documents (an id, a text, a metadata dict and a diagonal Gaussian each) and ranks
+them for a query Gaussian by the exact ``-KL(Q || D)`` (higher is better). :class:`GaussianStore`
+names the interface and implements its public methods once (argument checks, encoding texts,
+one query as a batch of one); a backend implements the ``_``-prefixed hooks:
+
+* :class:`~kl_retrievers.store.faiss.KLStore`: in this process, FAISS indexes over a table of
+  float32 Gaussians;
+* :class:`~kl_retrievers.store.milvus.MilvusKLStore`: one Milvus collection.
+
+Nothing here imports FAISS or Milvus.
+
+Examples:
+    >>> r = SearchResult("d1", -3.5, "some text", {"lang": "en"})
+    >>> r.score, _id_list("d1"), _id_list(["a", "b"])
+    (-3.5, ['d1'], ['a', 'b'])
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from kl_retrievers.filters import MetadataFilter
+from kl_retrievers.gaussian import Gaussians, check_float32_scorable, check_k
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "INDEX_TYPES",
+    "GaussianStore",
+    "SearchResult",
+    "StoredDocument",
+    "DeleteReport",
+    "StoreFormatError",
+]
+
+#: Index types every backend offers: exact, graph (HNSW) and inverted lists (IVF).
+INDEX_TYPES = ("flat", "hnsw", "ivf")
+_check_k = check_k  # the one check of k (kl_retrievers.gaussian); kl_retrievers.index re-exports this name
+
+
+class StoreFormatError(ValueError):
+    """A saved store folder is incomplete, inconsistent or corrupted."""
+
+
+class Encoder(Protocol):
+    """What a store needs from an encoder (duck-typed)."""
+
+    name_or_path: str
+
+    def encode_queries(self, texts: list[str], batch_size: int = ..., show_progress_bar: bool = ...) -> Gaussians:
+        """Encode queries as numpy Gaussians."""
+        ...
+
+    def encode_documents(self, texts: list[str], batch_size: int = ..., show_progress_bar: bool = ...) -> Gaussians:
+        """Encode documents as numpy Gaussians."""
+        ...
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One ranked hit.
+
+    Attributes:
+        id: The document id.
+        score: The exact ``-KL(Q || D)``: higher is better, ``0`` for a document equal to the query.
+        text: The document text (``None`` when only Gaussians were added).
+        metadata: A copy of the document's metadata.
+
+    Examples:
+        >>> SearchResult("d1", -3.5, "some text", {"lang": "en"}).score
+        -3.5
+    """
+
+    id: str
+    score: float
+    text: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    """A stored document as :meth:`GaussianStore.get_by_ids` returns it.
+
+    Its ``metadata`` is a copy: changing it changes nothing in the store.
+
+    Examples:
+        >>> StoredDocument("d1", "text", {"lang": "en"}).metadata
+        {'lang': 'en'}
+    """
+
+    id: str
+    text: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeleteReport:
+    """Outcome of :meth:`GaussianStore.delete`: ``deleted`` ids were removed, ``missing`` ones were not there.
+
+    Examples:
+        >>> DeleteReport(deleted=["a"], missing=["b"]).missing
+        ['b']
+    """
+
+    deleted: list[str]
+    missing: list[str]
+
+
+class _RWLock:
+    """A writer-preferring readers-writer lock, re-entrant per thread.
+
+    A thread that already holds the read lock gets it again at once, even while a writer
+    waits (a callable filter that reads the store during a search would otherwise block
+    itself and the writer forever); the thread holding the write lock may read and write
+    again. A thread holding only the read lock cannot take the write lock: that upgrade
+    would wait for its own read to end, so it raises ``RuntimeError`` instead.
+
+    Examples:
+        >>> lock = _RWLock()
+        >>> with lock.read(), lock.read():
+        ...     pass
+        >>> with lock.write(), lock.read(), lock.write():
+        ...     pass
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer: int | None = None  # thread ident of the writer
+        self._waiting_writers = 0
+        self._local = threading.local()  # .reads: read locks this thread holds
+
+    def _held_reads(self) -> int:
+        return int(getattr(self._local, "reads", 0))
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        if self._writer == threading.get_ident():  # reading inside this thread's own write
+            yield
+            return
+        held = self._held_reads()
+        with self._cond:
+            if not held:
+                while self._writer is not None or self._waiting_writers:
+                    self._cond.wait()
+            self._readers += 1
+        self._local.reads = held + 1
+        try:
+            yield
+        finally:
+            self._local.reads = held
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        me = threading.get_ident()
+        if self._writer == me:  # nested write in the same thread
+            yield
+            return
+        if self._held_reads():
+            raise RuntimeError(
+                "this thread is reading the store (e.g. inside a callable filter during a search) and cannot "
+                "modify it there; modify the store after the search returns"
+            )
+        with self._cond:
+            self._waiting_writers += 1
+            try:
+                while self._writer is not None or self._readers:
+                    self._cond.wait()
+            finally:
+                self._waiting_writers -= 1
+                if self._writer is None and not self._waiting_writers:
+                    self._cond.notify_all()  # readers held back by this (possibly interrupted) wait
+            self._writer = me
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = None
+                self._cond.notify_all()
+
+
+# ------------------------------------------------------------------ input checks
+def _id_list(ids: Any, what: str = "ids") -> list[str]:
+    """``ids`` as a list of ``str``: a bare string is ONE id; otherwise an iterable of strings.
+
+    Ids are never coerced with ``str()`` (``None`` would become ``"None"`` and ``b"ab"`` the ids
+    ``"97"``, ``"98"``): anything but a string raises ``TypeError`` naming its position and type.
+
+    Examples:
+        >>> _id_list("ab"), _id_list(["a", "b"])
+        (['ab'], ['a', 'b'])
+        >>> _id_list(["a", None])
+        Traceback (most recent call last):
+        TypeError: ids[1] must be a str; got NoneType None
+    """
+    if isinstance(ids, str):
+        return [ids]
+    if isinstance(ids, (bytes, bytearray, memoryview, Mapping)) or not isinstance(ids, Iterable):
+        raise TypeError(f"{what} must be a str or a sequence of str; got {type(ids).__name__}")
+    out = list(ids)
+    for j, doc_id in enumerate(out):
+        if not isinstance(doc_id, str):
+            raise TypeError(f"{what}[{j}] must be a str; got {type(doc_id).__name__} {doc_id!r:.80}")
+    return [str(doc_id) for doc_id in out]
+
+
+def _check_unique(ids: list[str]) -> None:
+    """Refuse a repeated id, naming it and both positions."""
+    first: dict[str, int] = {}
+    for j, doc_id in enumerate(ids):
+        if doc_id in first:
+            raise ValueError(
+                f"ids must be unique within one add call; {doc_id!r:.80} is at positions {first[doc_id]} and {j}"
+            )
+        first[doc_id] = j
+
+
+def _as_numpy_gaussians(g: Gaussians, what: str) -> Gaussians:
+    if not isinstance(g, Gaussians):
+        raise TypeError(f"{what} must be a Gaussians batch; got {type(g).__name__}")
+    g = g.numpy()
+    mean, var = np.asarray(g.mean), np.asarray(g.var)
+    if not (np.isfinite(mean).all() and np.isfinite(var).all()):
+        raise ValueError(f"{what} must be finite; found NaN or infinite values")
+    if not (var > 0).all():
+        raise ValueError(f"{what} variances must be > 0")
+    return Gaussians(mean, var, validate=False)
+
+
+def _check_store_args(
+    index_type: str,
+    compression: str | None,
+    dim: int | None,
+    norm_headroom: float,
+    positive: Sequence[tuple[str, Any]],
+    compressions: Sequence[str | None],
+) -> None:
+    """The constructor checks every backend shares (``ValueError`` naming the value)."""
+    if index_type not in INDEX_TYPES:
+        raise ValueError(f"index_type must be one of {INDEX_TYPES}; got {index_type!r}")
+    if compression not in compressions:
+        raise ValueError(f"compression must be one of {tuple(compressions)}; got {compression!r}")
+    if compression is not None and index_type == "flat":
+        raise ValueError("compression applies to 'hnsw' and 'ivf' only; the flat index is exact")
+    for name, value in [("dim", dim), *positive]:
+        if name == "dim" and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    if (
+        isinstance(norm_headroom, bool)
+        or not isinstance(norm_headroom, (int, float, np.integer, np.floating))
+        or not 1.0 <= norm_headroom < math.inf
+    ):
+        raise ValueError(f"norm_headroom must be a finite number >= 1; got {norm_headroom!r}")
+
+
+@dataclass
+class _NewDocuments:
+    """Validated input of one ``add`` call (the hook :meth:`GaussianStore._add_documents` receives)."""
+
+    gaussians: Gaussians
+    texts: list[str | None]
+    ids: list[str]
+    metadatas: list[dict[str, Any]]
+
+
+def _check_texts_and_ids(
+    texts: Sequence[str] | None, gaussians: Gaussians | None, ids: Sequence[str] | None
+) -> tuple[list[str | None] | None, list[str] | None]:
+    """``add``'s texts and ids as lists, checked before anything is encoded."""
+    if texts is not None and isinstance(texts, str):
+        raise ValueError("texts must be a sequence of strings, not a single string")
+    text_list: list[str | None] | None = None
+    if texts is not None:
+        text_list = list(texts)
+        for j, text in enumerate(text_list):
+            if not isinstance(text, str) and (text is not None or gaussians is None):
+                raise TypeError(f"texts[{j}] must be a str (or None with gaussians); got {type(text).__name__}")
+    if ids is None:
+        return text_list, None
+    if isinstance(ids, str):
+        raise ValueError("ids must be a sequence of strings, not a single string")
+    id_list = _id_list(ids)  # a bad or repeated id fails before any encoding
+    _check_unique(id_list)
+    if text_list is not None and len(id_list) != len(text_list):
+        raise ValueError(f"got {len(id_list)} ids but {len(text_list)} texts")
+    return text_list, id_list
+
+
+def _metadata_list(metadatas: Sequence[Mapping[str, Any] | None] | None, n: int) -> list[dict[str, Any]]:
+    """One JSON-serialisable dict per document (``{}`` for ``None``)."""
+    if metadatas is None:
+        return [{} for _ in range(n)]
+    if isinstance(metadatas, (str, bytes, Mapping)):
+        raise TypeError(f"metadatas must be a sequence of dicts (one per document); got {type(metadatas).__name__}")
+    out = []
+    for j, m in enumerate(metadatas):
+        if m is not None and not isinstance(m, Mapping):
+            raise TypeError(f"metadatas[{j}] must be a dict or None; got {type(m).__name__}")
+        out.append(dict(m) if m is not None else {})
+    if len(out) != n:
+        raise ValueError(f"got {len(out)} metadatas but {n} documents")
+    for j, m in enumerate(out):
+        try:  # fail early on what JSON cannot hold (stores save metadata as JSON)
+            json.dumps(m, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"metadatas[{j}] is not JSON-serialisable: {exc}") from None
+    return out
+
+
+def _new_documents(
+    store: GaussianStore,
+    texts: Sequence[str] | None,
+    gaussians: Gaussians | None,
+    ids: Sequence[str] | None,
+    metadatas: Sequence[Mapping[str, Any] | None] | None,
+) -> _NewDocuments | None:
+    """Check an ``add`` call's arguments; ``None``: nothing to add.
+
+    Texts without Gaussians are encoded with ``store.encoder`` (``store.batch_size``,
+    ``store.show_progress_bar``).
+    """
+    text_list, id_list = _check_texts_and_ids(texts, gaussians, ids)
+    if gaussians is None:
+        if text_list is None:
+            raise ValueError("add needs texts (with an encoder) or gaussians")
+        if store.encoder is None:
+            raise ValueError("adding texts without gaussians needs an encoder")
+        if not text_list:
+            return None
+        gaussians = store.encoder.encode_documents(
+            text_list, batch_size=store.batch_size, show_progress_bar=store.show_progress_bar
+        )
+    g = _as_numpy_gaussians(gaussians, "document gaussians")  # type: ignore[arg-type]
+    check_float32_scorable(g, "document")  # stored as float32 and scored through d~: names the row
+    n = len(g)
+    text_values: list[str | None] = text_list if text_list is not None else [None] * n
+    if len(text_values) != n:
+        raise ValueError(f"got {len(text_values)} texts but {n} gaussians")
+    id_values = [uuid.uuid4().hex for _ in range(n)] if id_list is None else id_list
+    if len(id_values) != n:
+        raise ValueError(f"got {len(id_values)} ids but {n} documents")
+    meta_values = _metadata_list(metadatas, n)
+    if n == 0:
+        return None
+    return _NewDocuments(g, text_values, id_values, meta_values)
+
+
+def _query_gaussians(
+    queries: str | Sequence[str] | Gaussians, *, encoder: Any, batch_size: int, dim: int | None
+) -> Gaussians:
+    """Query texts (encoded) or a Gaussians batch, checked and as float64."""
+    if isinstance(queries, Gaussians):
+        g = _as_numpy_gaussians(queries, "query gaussians")
+    else:
+        texts = [queries] if isinstance(queries, str) else list(queries)
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError("queries must be strings or a Gaussians batch")
+        if encoder is None:
+            raise ValueError("searching by text needs an encoder; pass query Gaussians instead")
+        if not texts:
+            return Gaussians(np.zeros((0, dim or 1)), np.ones((0, dim or 1)), validate=False)
+        g = _as_numpy_gaussians(
+            encoder.encode_queries(texts, batch_size=batch_size, show_progress_bar=False), "query gaussians"
+        )
+    if dim is not None and g.dim != dim:
+        raise ValueError(f"query gaussians have dimension {g.dim}; this store has dimension {dim}")
+    check_float32_scorable(g, "query")  # q~ is searched in float32: names the row
+    return g.astype(np.float64)
+
+
+def _one_query(query: str | Gaussians) -> list[str] | Gaussians:
+    """``search``'s single query as a batch of one for ``search_batch``."""
+    if isinstance(query, Gaussians) and len(query) != 1:
+        raise ValueError(f"search takes one query; got {len(query)} (use search_batch)")
+    if not isinstance(query, (str, Gaussians)):
+        raise TypeError(f"query must be a string or Gaussians; got {type(query).__name__}")
+    return query if isinstance(query, Gaussians) else [query]
+
+
+# ------------------------------------------------------------------ the interface
+class GaussianStore(ABC):
+    """The interface of every store: documents ranked by exact ``-KL(Q || D)``, higher is better.
+
+    The public methods check their arguments the same way for every backend, encode texts with
+    ``encoder`` and return :class:`SearchResult` / :class:`StoredDocument` / :class:`DeleteReport`.
+    A backend implements ``dim``, ``ids``, ``__len__`` and the hooks ``_add_documents``,
+    ``_delete``, ``_documents``, ``_gaussians``, ``_prepare_filter`` and ``_search``; a hybrid store
+    (another score beside ``-KL``) would implement the same.
+
+    Attributes:
+        encoder: Optional encoder with ``encode_queries`` / ``encode_documents`` returning numpy
+            :class:`~kl_retrievers.gaussian.Gaussians`; needed to add or search by text.
+        batch_size: Encoder batch size.
+        show_progress_bar: Passed to the encoder when adding texts.
+
+    Examples:
+        >>> from kl_retrievers.store import KLStore
+        >>> isinstance(KLStore(), GaussianStore)
+        True
+    """
+
+    encoder: Any
+    batch_size: int
+    show_progress_bar: bool
+
+    # ---------------------------------------------------------- backend hooks
+    @property
+    @abstractmethod
+    def dim(self) -> int | None:
+        """The Gaussian dimension ``k`` (``None`` until known)."""
+
+    @property
+    @abstractmethod
+    def ids(self) -> list[str]:
+        """Ids of the stored documents."""
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Number of stored documents."""
+
+    @abstractmethod
+    def _add_documents(self, new: _NewDocuments) -> None:
+        """Store checked documents (an existing id is replaced)."""
+
+    @abstractmethod
+    def _delete(self, ids: list[str]) -> DeleteReport:
+        """Delete distinct ids; report the deleted and the missing ones."""
+
+    @abstractmethod
+    def _documents(self, ids: list[str]) -> list[StoredDocument]:
+        """Stored documents for ``ids`` in order, unknown ids skipped."""
+
+    @abstractmethod
+    def _gaussians(self, ids: list[str]) -> Gaussians:
+        """Stored Gaussians for ``ids`` in order; ``KeyError`` for an unknown id."""
+
+    @abstractmethod
+    def _prepare_filter(self, filter: MetadataFilter | None) -> Any:
+        """The backend's form of a metadata filter, checked before anything is searched."""
+
+    @abstractmethod
+    def _search(self, queries: Gaussians, k: int, filter: Any) -> list[list[SearchResult]]:
+        """Top ``k`` for each of the checked float64 ``queries`` (``filter`` from :meth:`_prepare_filter`)."""
+
+    def _check_k(self, k: Any) -> int:
+        """``k`` checked (a backend may add its own limit)."""
+        return check_k(k)
+
+    def _is_empty(self) -> bool:
+        """Whether a text query can be answered without encoding it (nothing to search)."""
+        return len(self) == 0
+
+    # ------------------------------------------------------------ the interface
+    def __contains__(self, doc_id: object) -> bool:
+        return isinstance(doc_id, str) and bool(self._documents([doc_id]))
+
+    def add(
+        self,
+        texts: Sequence[str] | None = None,
+        *,
+        gaussians: Gaussians | None = None,
+        ids: Sequence[str] | None = None,
+        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> list[str]:
+        """Add (or replace: upsert) documents.
+
+        Args:
+            texts: Document texts; encoded with the encoder when ``gaussians`` is not given.
+            gaussians: Precomputed document Gaussians (numpy or torch), one per document.
+            ids: Document ids, each a ``str`` (uuid4 hex when omitted); never coerced with ``str()``.
+                An existing id is replaced (upsert).
+            metadatas: One JSON-serialisable dict per document (or ``None``). Stores keep it as
+                JSON, so after a save and load (or in Milvus) non-string keys come back as strings
+                (``{1: "a"}`` as ``{"1": "a"}``); NaN and infinite values are refused.
+
+        Returns:
+            The ids, in input order.
+
+        Raises:
+            ValueError: Mismatched lengths, wrong dimension, non-finite values, duplicate ids
+                within the call (named), or texts without an encoder.
+            TypeError: An id that is not a ``str``, a text that is not a ``str``, or metadata that
+                is not a JSON-serialisable dict (the message names its position).
+
+        Examples:
+            >>> import numpy as np
+            >>> from kl_retrievers.store import KLStore
+            >>> s = KLStore()
+            >>> s.add(["x"], gaussians=Gaussians(np.zeros((1, 3)), np.ones((1, 3))), ids=["x1"])
+            ['x1']
+        """
+        new = _new_documents(self, texts, gaussians, ids, metadatas)
+        if new is None:
+            return []
+        self._add_documents(new)
+        return new.ids
+
+    def delete(self, ids: Sequence[str]) -> DeleteReport:
+        """Delete documents by id; unknown ids are reported (warning), never raised.
+
+        Args:
+            ids: Ids to delete: a sequence of ``str``, or one ``str`` (one id, like
+                :meth:`get_by_ids` and :meth:`get_gaussians`).
+
+        Returns:
+            A :class:`DeleteReport` with the deleted and the missing ids.
+
+        Raises:
+            TypeError: An id that is not a ``str``.
+
+        Examples:
+            >>> import numpy as np
+            >>> from kl_retrievers.store import KLStore
+            >>> s = KLStore()
+            >>> _ = s.add(gaussians=Gaussians(np.zeros((1, 2)), np.ones((1, 2))), ids=["a"])
+            >>> s.delete(["a", "zz"])
+            DeleteReport(deleted=['a'], missing=['zz'])
+        """
+        report = self._delete(list(dict.fromkeys(_id_list(ids))))
+        if report.missing:
+            logger.warning("delete: %d id(s) not found and ignored: %s", len(report.missing), report.missing[:10])
+        return report
+
+    def get_by_ids(self, ids: Sequence[str]) -> list[StoredDocument]:
+        """Documents for the given ids, in the given order; unknown ids are skipped.
+
+        ``ids`` is a sequence of ``str`` or one ``str`` (one id); anything else raises ``TypeError``.
+
+        Examples:
+            >>> from kl_retrievers.store import KLStore
+            >>> KLStore().get_by_ids(["nope"])
+            []
+        """
+        return self._documents(_id_list(ids))
+
+    def get_gaussians(self, ids: Sequence[str]) -> Gaussians:
+        """Stored Gaussians for the given (existing) ids, in order; unknown ids raise ``KeyError``.
+
+        ``ids`` is a sequence of ``str`` or one ``str`` (one id, as in :meth:`get_by_ids` and
+        :meth:`delete`); anything else raises ``TypeError``.
+
+        Examples:
+            >>> import numpy as np
+            >>> from kl_retrievers.store import KLStore
+            >>> s = KLStore()
+            >>> _ = s.add(gaussians=Gaussians(np.zeros((1, 2)), np.ones((1, 2))), ids=["a"])
+            >>> s.get_gaussians(["a"]).dim, len(s.get_gaussians("a"))
+            (2, 1)
+        """
+        return self._gaussians(_id_list(ids))
+
+    def search(self, query: str | Gaussians, k: int = 10, filter: MetadataFilter | None = None) -> list[SearchResult]:
+        """Top-``k`` documents for one query, best first, scored by exact ``-KL(Q || D)``.
+
+        Args:
+            query: Query text (needs an encoder) or one query Gaussian.
+            k: Number of results; all matching documents when fewer exist.
+            filter: Metadata filter dict (see :mod:`kl_retrievers.filters`) or callable (a
+                backend that filters outside Python, such as Milvus, takes dicts only).
+
+        Returns:
+            Ranked :class:`SearchResult` objects (empty for an empty store).
+
+        Raises:
+            ValueError: ``k`` not a positive integer (or above the backend's limit), wrong
+                dimension, non-finite query, unknown filter operator.
+
+        Examples:
+            >>> import numpy as np
+            >>> from kl_retrievers.store import KLStore
+            >>> KLStore().search(Gaussians(np.zeros((1, 2)), np.ones((1, 2))))
+            []
+        """
+        return self.search_batch(_one_query(query), k=k, filter=filter)[0]
+
+    def search_batch(
+        self, queries: Sequence[str] | Gaussians, k: int = 10, filter: MetadataFilter | None = None
+    ) -> list[list[SearchResult]]:
+        """Top-``k`` results for each of several queries (texts or a Gaussians batch); see :meth:`search`.
+
+        Examples:
+            >>> import numpy as np
+            >>> from kl_retrievers.store import KLStore
+            >>> s = KLStore()
+            >>> _ = s.add(gaussians=Gaussians(np.zeros((3, 2)), np.ones((3, 2))))
+            >>> [len(r) for r in s.search_batch(Gaussians(np.zeros((2, 2)), np.ones((2, 2))), k=2)]
+            [2, 2]
+        """
+        k = self._check_k(k)
+        prepared = self._prepare_filter(filter)
+        if isinstance(queries, str):
+            queries = [queries]
+        if not isinstance(queries, Gaussians) and self._is_empty():  # nothing to search: encode nothing
+            return [[] for _ in queries]
+        qg = _query_gaussians(queries, encoder=self.encoder, batch_size=self.batch_size, dim=self.dim)
+        if len(qg) == 0:
+            return []
+        return self._search(qg, k, prepared)

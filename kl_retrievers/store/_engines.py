@@ -1,0 +1,875 @@
+"""How a :class:`~kl_retrievers.store.faiss.KLStore` searches: its FAISS engines over a :class:`DocumentTable`.
+
+An engine owns the FAISS index over the table's rows (index entry ``i`` is row ``i``) and answers
+"the exact top ``k`` of these allowed rows" with float64 ``-KL`` scores:
+
+* :class:`FlatEngine` (``"flat"``): ``IndexFlatIP`` over the float32 rewrite ``d~`` of every mean
+  centred on the first batch's mean; candidates re-scored in float64 and proven complete by the
+  float32 error bound (:func:`~kl_retrievers.gaussian.refine_top_k`), so results are exact.
+* :class:`ApproxEngine` (``"hnsw"`` / ``"ivf"``, optional ``"sq8"`` / ``"pq"`` compression and
+  ``refine``): the MIPS -> L2 reduction of METHOD.md (shared with Milvus, ``reduction to L2`` in
+  :mod:`kl_retrievers.gaussian`), a candidate pool per query, trimmed in float32 only as far as a
+  bound on the float32 error allows, then re-scored in float64.
+
+Both fall back to float64 scoring of every allowed row where an index cannot help (few allowed
+rows, an index not built yet). FAISS is imported on first use (:func:`_faiss`), not with this module.
+
+Examples:
+    >>> import numpy as np
+    >>> from kl_retrievers.store import KLStore
+    >>> store = KLStore(index_type="hnsw")
+    >>> type(store._engine).__name__, type(KLStore()._engine).__name__
+    ('ApproxEngine', 'FlatEngine')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from kl_retrievers.gaussian import (
+    FLOAT32_UNIT_ROUNDOFF,
+    Gaussians,
+    exact_top_k,
+    float32_score_bound,
+    float64_top_k,
+    kl_query_constant,
+    kl_query_vectors,
+    neg_kl_rows,
+    pool_terms,
+    reduce_document_vectors,
+    reduce_query_vectors,
+    refine_top_k,
+    rewrite_block_norms,
+    score_vectors_float32,
+    shift_document_vectors,
+    top_k_rows,
+)
+from kl_retrievers.store._base import StoreFormatError
+from kl_retrievers.store._format import BlockCheck, flat_centre_from_config
+from kl_retrievers.store._table import DocumentTable
+
+logger = logging.getLogger(__name__)
+
+# Elements (queries x candidates x dims) re-scored per block, and rows per block when building.
+_RESCORE_BLOCK = 1 << 22
+_BUILD_BLOCK = 32768
+# New rows' float32 flat vectors (elements) kept from the check in add() to the index, not recomputed.
+_FLAT_KEEP_ELEMENTS = 1 << 24
+#: Threads for the numpy re-scoring of candidate pools (numpy releases the GIL in its loops).
+_RESCORE_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
+def _faiss() -> Any:
+    """The ``faiss`` module, imported on first use (typed ``Any``: the SWIG stubs miss keyword arguments)."""
+    import faiss
+
+    return faiss
+
+
+def _read_index(path: Path, mmap: bool) -> tuple[Any, bool]:
+    """Read a FAISS index (memory-mapped where FAISS can); ``(index, viewed)``; FAISS errors are StoreFormatError."""
+    faiss = _faiss()
+    if mmap:
+        try:
+            return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC), True
+        except (RuntimeError, AttributeError) as exc:
+            logger.info("memory-mapped index read not supported (%s); reading into memory", exc)
+    try:
+        return faiss.read_index(str(path)), False
+    except RuntimeError as exc:
+        raise StoreFormatError(f"cannot read FAISS index {path}: {str(exc).splitlines()[0][:300]}") from exc
+
+
+def _write_index(path: Path, index: Any) -> None:
+    _faiss().write_index(index, str(path))
+
+
+def _disown(*objects: Any) -> None:
+    """Hand SWIG-wrapped FAISS objects to the C++ index that now owns (and frees) them."""
+    for obj in objects:
+        obj.this.disown()
+
+
+def _query_blocks(nq: int, per_query: int, fn: Callable[[int, int], None]) -> None:
+    """Call ``fn(start, stop)`` over blocks of queries, on several threads when the work is large.
+
+    ``per_query`` is the number of array elements one query touches; a block holds at most
+    ``_RESCORE_BLOCK`` of them. Blocks write disjoint rows of their output, so they can run at once.
+    """
+    step = max(1, _RESCORE_BLOCK // max(1, per_query))
+    threads = _RESCORE_THREADS if nq * per_query >= 1 << 20 else 1
+    if threads > 1:
+        step = min(step, -(-nq // threads))
+    starts = range(0, nq, step)
+    if threads == 1 or len(starts) == 1:
+        for s in starts:
+            fn(s, min(nq, s + step))
+        return
+    with ThreadPoolExecutor(max_workers=min(threads, len(starts))) as pool:
+        for _ in pool.map(lambda s: fn(s, min(nq, s + step)), starts):
+            pass
+
+
+class Settings(Protocol):
+    """The settings an engine reads from its store, at every use (so a change to the store applies at once)."""
+
+    index_type: str
+    hnsw_m: int
+    ef_search: int
+    ef_construction: int
+    nlist: int
+    nprobe: int
+    compression: str | None
+    pq_m: int
+    pq_nbits: int
+    refine: str | None
+    rescore_pool: int
+    rescore_factor: int
+    norm_headroom: float
+    exact_threshold: int
+    seed: int
+
+
+class FaissEngine(ABC):
+    """What both engines share: the index, its life cycle, and exact float64 scoring of table rows.
+
+    Args:
+        settings: The store (its public settings are read at every use).
+        table: The rows the index numbers.
+    """
+
+    def __init__(self, settings: Settings, table: DocumentTable) -> None:
+        self.settings = settings
+        self.table = table
+        self.index: Any = None
+        self.viewed = False  # memory-mapped FAISS data that must not be mutated
+        #: Full rebuilds caused by a document norm above ``M`` (approximate indexes).
+        self.rebuild_count = 0
+
+    # ------------------------------------------------------------ life cycle
+    def reset(self, k: int) -> None:
+        """A fresh (empty) index for ``k``-dimensional Gaussians, or none until enough rows exist."""
+        self.index, self.viewed = None, False
+
+    @property
+    def norm_bound(self) -> float | None:
+        """``M`` of the MIPS -> L2 reduction (``None`` for the flat index)."""
+        return None
+
+    @property
+    def compacts_at_once(self) -> bool:
+        """Whether tombstones are dropped at once (cheap here) rather than past ``compact_threshold``."""
+        return True
+
+    def prepare(self, mean: np.ndarray, var: np.ndarray) -> Any:
+        """Check new rows before anything changes (``ValueError`` names a bad row); passed to :meth:`add_rows`."""
+        return None
+
+    def own(self) -> None:
+        """Replace a memory-mapped index by an owned copy before mutating it."""
+        if self.index is not None and self.viewed:
+            faiss = _faiss()
+            self.index = faiss.deserialize_index(faiss.serialize_index(self.index))
+            self.viewed = False
+
+    @abstractmethod
+    def add_rows(self, start: int, prepared: Any) -> None:
+        """Index the table's rows from ``start`` on (just appended)."""
+
+    @abstractmethod
+    def remove_rows(self, dead: np.ndarray) -> None:
+        """Drop the index entries of rows the table just compacted away (``dead``: their old numbers)."""
+
+    def rebuild(self) -> None:  # noqa: B027 - the flat index has nothing to retrain
+        """Rebuild (and retrain) the index from the table (approximate indexes only)."""
+
+    def config(self) -> dict[str, Any]:
+        """The engine's numbers saved in ``config.json``."""
+        return {"norm_bound": self.norm_bound, "index_offset": 0.0, "flat_centre": None}
+
+    def restore(self, config: dict[str, Any], cfg_path: Path) -> BlockCheck | None:
+        """Take a saved store's numbers from its (validated) config, before its rows are read.
+
+        Returns:
+            What to run on each block of rows as they are read (see :func:`read_gaussians`), or ``None``.
+        """
+        return None
+
+    @property
+    @abstractmethod
+    def width(self) -> int:
+        """Length of the vectors in the index."""
+
+    def attach(self, index: Any, viewed: bool, cfg_path: Path) -> None:
+        """Use the index read from a saved store (after its rows; checked against them)."""
+        n, d = self.table.n_rows, self.width
+        if index.d != d or index.ntotal != n:
+            raise StoreFormatError(f"index has d={index.d}, ntotal={index.ntotal}; expected d={d}, ntotal={n}")
+        self.index, self.viewed = index, viewed
+
+    def write(self, path: Path) -> None:
+        """Write the index to ``path``."""
+        _write_index(path, self.index)
+
+    # ----------------------------------------------------------------- search
+    @abstractmethod
+    def top_k(
+        self, qg: Gaussians, kk: int, mask: np.ndarray | None, n_allowed: int, filtered: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and exact ``-KL`` scores of each query's top ``kk`` among the allowed rows, best first.
+
+        Args:
+            qg: float64 query Gaussians.
+            kk: Results per query (``<= n_allowed``).
+            mask: Allowed rows (``None``: every row).
+            n_allowed: How many rows are allowed.
+            filtered: The mask comes from a metadata filter (not only tombstones).
+
+        Returns:
+            ``(rows, scores)``, shape ``(nq, kk)``; ``-1`` / ``-inf`` padding.
+        """
+
+    def _selector(self, mask: np.ndarray) -> Any:
+        faiss = _faiss()
+        allowed = np.flatnonzero(mask).astype(np.int64)
+        if allowed.size * 32 < mask.size:
+            return faiss.IDSelectorBatch(allowed)
+        bitmap = np.packbits(mask, bitorder="little")
+        sel = faiss.IDSelectorBitmap(bitmap)
+        sel.referenced_bitmap = bitmap  # keep the buffer alive as long as the selector
+        return sel
+
+    def _rescore(self, qg: Gaussians, labels: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        """Exact float64 ``-KL`` for candidate rows (``-inf`` for padding / disallowed)."""
+        nq, c = labels.shape
+        out = np.full((nq, c), -np.inf)
+        if c == 0:
+            return out
+        docs, sumlogvar = self.table.gaussians, self.table.sumlogvar
+
+        def block(s: int, e: int) -> None:
+            lab = labels[s:e]
+            score = neg_kl_rows(qg[s:e], docs, lab, doc_sumlogvar=sumlogvar)
+            if mask is not None:
+                score[~mask[np.where(lab < 0, 0, lab)]] = -np.inf
+            out[s:e] = score
+
+        _query_blocks(nq, c * int(qg.dim), block)
+        return out
+
+    def _exact_top_k(self, qg: Gaussians, kk: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The exact top ``kk`` over every allowed row, without the index (:func:`exact_top_k`)."""
+        rows, scores = exact_top_k(
+            qg,
+            self.table.gaussians,
+            kk,
+            rows=None if mask is None else np.flatnonzero(mask),
+            margin=max(8, kk // 4),
+            doc_sumlogvar=self.table.sumlogvar,
+        )
+        return top_k_rows(scores, rows, kk)  # padded to kk
+
+
+# ====================================================================== flat
+class FlatEngine(FaissEngine):
+    """Exact search: ``IndexFlatIP`` over the centred float32 ``d~``, made exact by the float32 error bound.
+
+    -KL does not change when one vector is subtracted from every mean (queries too), so the rows
+    are centred on the mean of the first batch added to the empty index (kept for the index's
+    lifetime and saved as ``flat_centre``), which keeps ``q~``, ``d~`` and their float32 error small.
+    A store saved before centring has its vectors centred on 0.
+    """
+
+    def __init__(self, settings: Settings, table: DocumentTable) -> None:
+        super().__init__(settings, table)
+        self.centre: np.ndarray | None = None  # None: not chosen yet, or a store saved before centring
+        # (id of the flat index, largest norm of each block of a d~ row in it): see _flat_norm_max
+        self._flat_norm: tuple[int, np.ndarray] | None = None
+
+    @property
+    def width(self) -> int:
+        return 2 * self.table.mean.shape[1] + 1
+
+    def reset(self, k: int) -> None:
+        super().reset(k)
+        self.index = _faiss().IndexFlatIP(self.width)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "flat_centre": None if self.centre is None else [float(x) for x in self.centre]}
+
+    def restore(self, config: dict[str, Any], cfg_path: Path) -> BlockCheck | None:
+        self.centre = flat_centre_from_config(config, cfg_path, "flat", self.table.mean.shape[1])
+        return None
+
+    def _flat_centre(self, batch_mean: np.ndarray | None = None) -> np.ndarray:
+        """The vector every mean is centred on before its ``d~`` enters the index (see the class docstring)."""
+        k = self.table.mean.shape[1]
+        if self.index is not None and self.index.ntotal > 0:
+            if self.centre is None:  # saved before centring
+                self.centre = np.zeros(k)
+            return self.centre
+        if batch_mean is None or not len(batch_mean):
+            return np.zeros(k)
+        return np.asarray(batch_mean, dtype=np.float64).mean(axis=0)
+
+    @staticmethod
+    def _block_vectors(mean: np.ndarray, var: np.ndarray, centre: np.ndarray, first: int) -> np.ndarray:
+        g = Gaussians(mean, var, validate=False)
+        return score_vectors_float32(g, "document", centre=centre, row_numbers=np.arange(first, first + len(g)))
+
+    def prepare(self, mean: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Check new rows (float32 means and variances) before anything changes.
+
+        Returns:
+            ``(centre, largest norm of each block of their d~, the float32 d~ rows when small enough
+            to keep, else None)``.
+
+        Raises:
+            ValueError: A row whose centred ``d~`` overflows float32 (its number in this batch).
+        """
+        centre = self._flat_centre(mean)
+        n = mean.shape[0]
+        keep = n * (2 * mean.shape[1] + 1) <= _FLAT_KEEP_ELEMENTS
+        blocks: list[np.ndarray] = []
+        top = np.zeros(3)
+        for s in range(0, n, _BUILD_BLOCK):
+            v = self._block_vectors(mean[s : s + _BUILD_BLOCK], var[s : s + _BUILD_BLOCK], centre, s)
+            top = np.maximum(top, rewrite_block_norms(v).max(axis=0))
+            if keep:
+                blocks.append(v)
+        return centre, top, (np.concatenate(blocks) if keep and blocks else None)
+
+    def add_rows(self, start: int, prepared: Any) -> None:
+        table = self.table
+        mean, var = table.mean[start:], table.var[start:]
+        centre, top, vectors = prepared if prepared is not None else self.prepare(mean, var)
+        if self.index.ntotal == 0:  # a fresh start: the new rows' norms are all there is
+            self._flat_norm = (id(self.index), np.zeros(3))
+        if vectors is not None:
+            self.index.add(vectors)
+        else:
+            for s in range(0, mean.shape[0], _BUILD_BLOCK):
+                self.index.add(self._block_vectors(mean[s : s + _BUILD_BLOCK], var[s : s + _BUILD_BLOCK], centre, s))
+        self.centre = centre
+        if self._flat_norm is not None and self._flat_norm[0] == id(self.index):
+            self._flat_norm = (id(self.index), np.maximum(self._flat_norm[1], top))
+
+    def remove_rows(self, dead: np.ndarray) -> None:
+        if self.index is not None:
+            self.own()
+            self.index.remove_ids(_faiss().IDSelectorBatch(dead.astype(np.int64)))
+
+    def _flat_norm_max(self) -> np.ndarray:
+        """The largest norm of each block of the ``d~`` rows in the index (an upper bound after deletions).
+
+        Kept up to date by :meth:`add_rows` for the index object it was computed on, and computed
+        from the index's own vectors once for any other (a fresh, loaded or copied index).
+        """
+        index = self.index
+        if self._flat_norm is None or self._flat_norm[0] != id(index):
+            n, d = index.ntotal, index.d
+            xb = _faiss().rev_swig_ptr(index.get_xb(), n * d).reshape(n, d) if n else np.zeros((0, d), np.float32)
+            top = np.zeros(3)
+            for s in range(0, n, _BUILD_BLOCK):
+                top = np.maximum(top, rewrite_block_norms(xb[s : s + _BUILD_BLOCK]).max(axis=0))
+            self._flat_norm = (id(index), top)
+        return self._flat_norm[1]
+
+    def top_k(
+        self, qg: Gaussians, kk: int, mask: np.ndarray | None, n_allowed: int, filtered: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The exact top ``kk``: float32 FAISS candidates around the centre, re-scored in float64 and
+        proven complete by the float32 error bound (:func:`refine_top_k`)."""
+        qv = score_vectors_float32(qg, "query", centre=self._flat_centre())
+        bound = float32_score_bound(qv, self._flat_norm_max())
+        params = None if mask is None else _faiss().SearchParameters(sel=self._selector(mask))
+        index = self.index
+
+        def candidates(qi: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            x = np.ascontiguousarray(qv[qi])
+            dist, lab = index.search(x, c) if params is None else index.search(x, c, params=params)
+            return lab, dist, bound[qi]
+
+        def rescore(qi: np.ndarray, lab: np.ndarray) -> np.ndarray:
+            return self._rescore(qg[qi], lab, mask)
+
+        def fallback(qi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            rows = None if mask is None else np.flatnonzero(mask)
+            return float64_top_k(qg[qi], self.table.gaussians, kk, rows=rows)
+
+        # float32 scores of the first pool of kk + max(8, kk / 4) are usually far enough apart
+        return refine_top_k(
+            len(qg), kk, n_allowed, max(8, kk // 4), candidates, rescore, fallback, kl_query_constant(qg)
+        )
+
+
+# ============================================================== approximate
+class ApproxEngine(FaissEngine):
+    """HNSW / IVF (optionally SQ8 / PQ compressed, optionally refined) over the MIPS -> L2 reduction.
+
+    The first coordinate of ``d~`` (a sum over all ``k`` dimensions) is shifted by ``offset``, its
+    mean over a sample at build time: ``q~`` has ``1`` there, so ``<q~, d~>`` only drops by a
+    constant, but a large shared offset no longer dominates every norm (IVF recall on synthetic
+    Gaussians rises sharply). Every shifted row ``d^`` gets one more coordinate
+    ``sqrt(M^2 - ||d^||^2)`` (``M = norm_headroom * max ||d^||``); a query is scaled to norm ``M``.
+    A later row whose norm exceeds ``M`` triggers a rebuild. Tombstones stay in the index (HNSW has
+    no ``remove_ids``) until compaction.
+    """
+
+    def __init__(self, settings: Settings, table: DocumentTable) -> None:
+        super().__init__(settings, table)
+        self._norm_bound: float | None = None
+        self.offset = 0.0  # subtracted from the first coordinate of d~ before the reduction
+        self._loaded_top = 0.0  # on load: the largest shifted d~ norm among the rows read
+
+    @property
+    def norm_bound(self) -> float | None:
+        return self._norm_bound
+
+    @property
+    def compacts_at_once(self) -> bool:
+        return self.index is None  # an index not built yet holds no tombstones
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "index_offset": self.offset}  # 0 until an index was built
+
+    def restore(self, config: dict[str, Any], cfg_path: Path) -> BlockCheck | None:
+        self._norm_bound, self.offset = config["norm_bound"], config["index_offset"]
+        if not config["index_built"]:
+            return None
+        flat_centre_from_config(config, cfg_path, config["index_type"], self.table.mean.shape[1])  # null here
+        self._loaded_top = 0.0
+
+        def on_block(mean: np.ndarray, var: np.ndarray, sumlogvar: np.ndarray) -> None:
+            # ||d^||^2 from the blocks of d~ = [-1/2 (sum log var + sum mu^2 / var), -1 / (2 var), mu / var]
+            m = mean.astype(np.float64)
+            prec = 1.0 / var
+            scaled = m * prec
+            first = -0.5 * (sumlogvar + np.einsum("ij,ij->i", m, scaled)) - self.offset
+            sq = first * first + 0.25 * np.einsum("ij,ij->i", prec, prec) + np.einsum("ij,ij->i", scaled, scaled)
+            if sq.size:
+                self._loaded_top = max(self._loaded_top, float(np.sqrt(sq.max())))
+
+        return on_block
+
+    def attach(self, index: Any, viewed: bool, cfg_path: Path) -> None:
+        super().attach(index, viewed, cfg_path)
+        if self.table.n_rows:
+            self.check_loaded(cfg_path)
+
+    # ---------------------------------------------------------- the reduction
+    @property
+    def width(self) -> int:
+        """``2k + 2``, zero-padded to a multiple of ``pq_m`` for PQ."""
+        s = self.settings
+        d = 2 * self.table.mean.shape[1] + 2
+        if s.compression == "pq":
+            d = -(-d // s.pq_m) * s.pq_m
+        return d
+
+    def _shifted(self, dvec: np.ndarray) -> np.ndarray:
+        """``d~`` with its first coordinate shifted by the build-time offset (``<q~, d~>`` drops by a constant)."""
+        return shift_document_vectors(dvec, self.offset)
+
+    def _reduced(self, dvec: np.ndarray) -> np.ndarray:
+        """float32 reduced vectors of ``d~`` rows (:func:`~kl_retrievers.gaussian.reduce_document_vectors`)."""
+        assert self._norm_bound is not None
+        # the offset is applied by _shifted, the one place the engine shifts (offset 0 below: already shifted)
+        return reduce_document_vectors(self._shifted(dvec), 0.0, self._norm_bound, width=self.width)
+
+    def _query_reduced(self, qg: Gaussians) -> np.ndarray:
+        """float32 reduced query vectors (:func:`~kl_retrievers.gaussian.reduce_query_vectors`)."""
+        assert self._norm_bound is not None
+        return reduce_query_vectors(np.asarray(kl_query_vectors(qg)), self._norm_bound, width=self.width)
+
+    def _max_norm(self, dvec: np.ndarray) -> float:
+        """Largest norm of the shifted rows of ``d~``."""
+        shifted = self._shifted(dvec)
+        return float(np.sqrt(np.einsum("ij,ij->i", shifted, shifted).max()))
+
+    # ------------------------------------------------------------------ build
+    def _min_build_size(self) -> int:
+        s = self.settings
+        if s.index_type == "ivf":
+            return max(s.nlist * 8, 4 << s.pq_nbits if s.compression == "pq" else 1)
+        if s.compression == "pq":
+            return 4 << s.pq_nbits
+        if s.compression == "sq8":
+            return 256
+        return 1
+
+    def _new_index(self) -> Any:
+        faiss, s, d = _faiss(), self.settings, self.width
+        if s.compression is None:
+            storage = "Flat"
+        elif s.compression == "sq8":
+            storage = "SQ8"
+        else:
+            storage = f"PQ{s.pq_m}x{s.pq_nbits}"
+        if s.index_type == "hnsw":
+            index = faiss.index_factory(d, f"HNSW{s.hnsw_m},{storage}", faiss.METRIC_L2)
+            faiss.downcast_index(index).hnsw.efConstruction = s.ef_construction
+        elif s.compression == "pq":
+            index = self._new_ivf_pq(d)
+        else:
+            index = faiss.index_factory(d, f"IVF{s.nlist},{storage}", faiss.METRIC_L2)
+        if s.refine is not None:
+            # the pool's candidates are re-ranked on 8-bit / float16 copies of the reduced vectors
+            # (C++, multithreaded), so a large pool costs far less than the exact re-scoring
+            qtype = faiss.ScalarQuantizer.QT_8bit if s.refine == "sq8" else faiss.ScalarQuantizer.QT_fp16
+            base, codes = index, faiss.IndexScalarQuantizer(d, qtype, index.metric_type)
+            index = faiss.IndexRefine(base, codes)
+            index.own_fields = True  # the C++ object owns (and frees) both parts
+            index.own_refine_index = True
+            _disown(base, codes)
+        return index
+
+    def _new_ivf_pq(self, d: int) -> Any:
+        """IVF-PQ: lists chosen by L2 on the reduced vectors, codes scanned by inner product.
+
+        Every reduced document vector has norm ``M`` and the query is scaled to norm ``M``, so
+        the L2 distance ``2 M^2 - 2 <x_q, x_d>`` is dominated by ``2 M^2``: a product quantizer's
+        lookup tables for L2 spend their precision on that constant, and 4-bit fast-scan tables
+        (quantized to 8 bits) lose the ranking entirely (recall@10 0.001 on 100k synthetic
+        Gaussians). The codes are therefore scanned by inner product, which ranks exactly like
+        the L2 distance on the reduced vectors (``<x_q, x_d> = (M / ||q~||) (<q~, d~> - o)``,
+        ``o`` the shift of the first coordinate), while the coarse quantizer still assigns
+        lists by L2. ``pq_nbits=4`` uses FAISS's SIMD fast-scan lists.
+        """
+        faiss, s = _faiss(), self.settings
+        quantizer = faiss.IndexFlatL2(d)
+        index: Any
+        if s.pq_nbits == 4:
+            index = faiss.IndexIVFPQFastScan(quantizer, d, s.nlist, s.pq_m, 4, faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexIVFPQ(quantizer, d, s.nlist, s.pq_m, s.pq_nbits, faiss.METRIC_INNER_PRODUCT)
+        # plain k-means on the reduced vectors (FAISS makes it spherical for an inner-product IVF,
+        # which would normalise the centroids to unit norm and leave residuals of norm ~M)
+        index.cp.spherical = False
+        index.own_fields = True
+        _disown(quantizer)
+        return index
+
+    def _add_all(self, index: Any) -> None:
+        table = self.table
+        for s in range(0, table.n_rows, _BUILD_BLOCK):
+            index.add(self._reduced(table.doc_vectors(slice(s, s + _BUILD_BLOCK))))
+
+    def rebuild(self) -> None:
+        """(Re)build the index over every row (tombstones are compacted first); callers hold the write lock."""
+        table, s = self.table, self.settings
+        if table.dead():
+            table.compact()
+        n = table.n_rows
+        index = self._new_index()
+        rng = np.random.default_rng(s.seed)
+        if index.is_trained:  # the sample only sets the offset
+            n_train = min(n, 16384)
+        else:
+            n_train = min(n, max(65536, 64 * s.nlist) if s.index_type == "ivf" else 65536)
+        sample = table.doc_vectors(np.sort(rng.choice(n, size=n_train, replace=False)))
+        # The first coordinate of d~, -1/2 sum_i (log var_i + mu_i^2 / var_i), is a sum over all k
+        # dimensions: its shared offset (about -270 for k = 384 synthetic Gaussians) would dominate
+        # ||d~||, the extra coordinate and hence the index's geometry. Shifting it changes no
+        # ranking, since the query's first coordinate is 1. Only this coordinate is shifted:
+        # centring all of d~ cut IVF recall on real SciFact Gaussians (0.88 -> 0.55, nprobe 32).
+        self.offset = float(sample[:, 0].mean())
+        max_norm = 0.0
+        for b in range(0, n, _BUILD_BLOCK):
+            max_norm = max(max_norm, self._max_norm(table.doc_vectors(slice(b, b + _BUILD_BLOCK))))
+        self._norm_bound = s.norm_headroom * max(max_norm, 1e-12)
+        if not index.is_trained:
+            index.train(self._reduced(sample))
+        del sample
+        self._add_all(index)
+        self.index, self.viewed = index, False
+        logger.info("built %s index over %d documents (M=%.4g)", s.index_type, n, self._norm_bound)
+
+    def add_rows(self, start: int, prepared: Any) -> None:
+        table = self.table
+        if self.index is None:
+            if len(table) >= self._min_build_size():
+                self.rebuild()
+            return
+        assert self._norm_bound is not None
+        blocks = []
+        for s in range(start, table.n_rows, _BUILD_BLOCK):
+            dvec = table.doc_vectors(slice(s, min(table.n_rows, s + _BUILD_BLOCK)))
+            top = self._max_norm(dvec)
+            if top > self._norm_bound:
+                logger.warning(
+                    "a new document's norm %.4g exceeds the index bound M=%.4g; rebuilding the %s index",
+                    top,
+                    self._norm_bound,
+                    self.settings.index_type,
+                )
+                self.rebuild_count += 1
+                self.rebuild()
+                return
+            blocks.append(dvec)
+        for dvec in blocks:
+            self.index.add(self._reduced(dvec))
+
+    def remove_rows(self, dead: np.ndarray) -> None:
+        if self.index is None:
+            return
+        self.own()
+        self.index.reset()  # keeps the trained quantizers; the live rows are re-added (HNSW graphs rebuilt)
+        self._add_all(self.index)
+
+    # ------------------------------------------------------------------- load
+    def check_loaded(self, cfg_path: Path) -> None:
+        """Check a loaded index against its config's ``norm_bound`` M (after :meth:`restore`'s check saw every row).
+
+        Every reduced document vector in the index has norm exactly M (the reduction appends
+        ``sqrt(M^2 - ||d~||^2)``), and every stored document's shifted ``d~`` must fit under M. A
+        damaged ``norm_bound`` would load and silently rank differently, so both are checked: all
+        rows against the lower bound, a few rows reconstructed from the index against M itself
+        (compressed codes reconstruct approximately, hence the loose factor of 2).
+        """
+        faiss, bound = _faiss(), self._norm_bound
+        assert bound is not None
+        top = self._loaded_top
+        if top > bound * (1.0 + 1e-5):
+            raise StoreFormatError(
+                f"{cfg_path}: field 'norm_bound' is {bound:.6g}, below the largest stored document norm {top:.6g}"
+            )
+        n = self.table.n_rows
+        rows = np.unique(np.linspace(0, n - 1, num=min(n, 8)).astype(np.int64))
+        # FAISS crashes (not raises) reconstructing fast-scan codes and memory-mapped IVF lists
+        names = {type(self.index).__name__}
+        with contextlib.suppress(RuntimeError, AttributeError):
+            names.add(type(faiss.extract_index_ivf(self.index)).__name__)
+        if self.viewed or any("FastScan" in name for name in names):
+            self._check_centroid_norms(bound, cfg_path, names)
+            return
+        recon = _reconstruct(self.index, rows)
+        if recon is None:
+            logger.debug("index %s cannot reconstruct rows; norm_bound checked from below only", "/".join(names))
+            return
+        norms = np.linalg.norm(recon.astype(np.float64), axis=1)
+        if not np.all((norms > bound / 2.0) & (norms < bound * 2.0)):
+            raise StoreFormatError(
+                f"{cfg_path}: field 'norm_bound' is {bound:.6g}, but the index's vectors have norms "
+                f"{norms.min():.6g} to {norms.max():.6g} (they must all equal it)"
+            )
+
+    def _check_centroid_norms(self, bound: float, cfg_path: Path, names: set[str]) -> None:
+        """The coarse centroids (exact vectors, in memory) average reduced vectors of norm M."""
+        faiss = _faiss()
+        try:
+            ivf = faiss.extract_index_ivf(self.index)
+            cent = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+        except (RuntimeError, AttributeError):
+            logger.debug("norm_bound of a %s index checked from below only", "/".join(sorted(names)))
+            return
+        top_c = float(np.linalg.norm(cent.astype(np.float64), axis=1).max())
+        if not bound / 1000.0 < top_c < bound * 1.01:
+            raise StoreFormatError(
+                f"{cfg_path}: field 'norm_bound' is {bound:.6g}, but the index's coarse centroids have norms "
+                f"up to {top_c:.6g} (they average vectors of norm equal to it)"
+            )
+
+    # ----------------------------------------------------------------- search
+    def top_k(
+        self, qg: Gaussians, kk: int, mask: np.ndarray | None, n_allowed: int, filtered: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        s = self.settings
+        cand = min(n_allowed, max(kk * s.rescore_factor, s.rescore_pool))
+        keep = kk + max(16, 2 * kk)  # candidates that reach the float64 re-scoring
+        if self.index is None or n_allowed <= cand or (filtered and n_allowed <= s.exact_threshold):
+            return self._exact_top_k(qg, kk, mask)
+        pool, trimmed = self._approx_candidates(qg, cand, mask, n_allowed, keep=keep)
+        rows, scores = self._pool_top_k(qg, pool, mask, kk, keep, trimmed)
+        short = np.flatnonzero((rows >= 0).sum(axis=1) < kk)
+        if short.size:
+            logger.debug("%d query(ies) got fewer than k candidates; searching exactly", short.size)
+            rows[short], scores[short] = self._exact_top_k(qg[short], kk, mask)
+        return rows, scores
+
+    def _approx_candidates(
+        self, qg: Gaussians, cand: int, mask: np.ndarray | None, n_allowed: int, keep: int | None = None
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+        """Each query's candidate pool from the index, and its float32 trim to ``keep`` where one is sound.
+
+        Without compression the index's L2 distances on the reduced vectors are an exact monotone
+        function of ``<q~, d~>`` up to float32 rounding, so the best ``keep`` by distance go on to
+        the (costlier) float64 re-scoring, with a bound on what the others can score
+        (:meth:`_l2_score_upper`); compressed codes give no such bound (:meth:`_prescore_bounded`
+        trims their pool instead).
+
+        Returns:
+            ``(pool, trimmed)``: the pool's rows ``(nq, c)`` (``-1`` padding), and ``(kept rows,
+            upper bound on the exact -KL of every row left out)`` or ``None`` when not trimmed.
+        """
+        faiss, s = _faiss(), self.settings
+        qr = self._query_reduced(qg)
+        widen = 1.0 if mask is None else min(8.0, self.table.n_rows / max(1, n_allowed))
+        sel = None if mask is None else self._selector(mask)
+        if s.index_type == "hnsw":
+            params: Any = faiss.SearchParametersHNSW(efSearch=int(max(s.ef_search, cand) * widen))
+        else:
+            params = faiss.SearchParametersIVF(nprobe=int(min(s.nlist, math.ceil(s.nprobe * widen))), max_codes=0)
+        if sel is not None:
+            params.sel = sel
+        if s.refine is not None:
+            # the base index's pool of ``cand``, re-ranked on the refine codes down to ``keep``; an IndexRefine
+            # takes only its own parameter type, so a pool no larger than ``keep`` still needs it (k_factor 1)
+            shrink = keep is not None and cand > keep
+            k_factor = cand / keep if shrink and keep is not None else 1.0
+            params = faiss.IndexRefineSearchParameters(k_factor=k_factor, base_index_params=params)
+            cand = keep if shrink and keep is not None else cand
+        dist, labels = self.index.search(qr, cand, params=params)
+        if keep is None or s.compression is not None or labels.shape[1] <= keep:
+            return labels, None
+        dist = np.where(labels < 0, np.inf, dist)
+        best = np.argpartition(dist, keep - 1, axis=1)[:, :keep]
+        left_out = dist.copy()
+        np.put_along_axis(left_out, best, np.inf, axis=1)
+        return labels, (np.take_along_axis(labels, best, axis=1), self._l2_score_upper(qg, left_out.min(axis=1)))
+
+    def _l2_score_upper(self, qg: Gaussians, dist: np.ndarray) -> np.ndarray:
+        """Per query, an upper bound on the exact ``-KL`` of any row whose float32 L2 distance is ``>= dist``.
+
+        With ``x_q``, ``x_d`` the reduced vectors (norm ``M``), ``-KL = o + c(q) + ||q~|| M -
+        ||q~|| ||x_q - x_d||^2 / (2 M)``. FAISS's float32 distance of the stored float32 vectors
+        differs from the exact one by at most ``4 gamma_{n+2} M^2`` (any order of summation, the
+        difference of squares or the expanded form ``|x|^2 + |y|^2 - 2 <x, y>``) plus ``(8 u + 4 u^2)
+        M^2`` from rounding the float64 vectors to float32 (``u``: float32 unit roundoff, ``n`` the
+        vector length); the bound is 1% looser still, for the float64 arithmetic around it. Unlike the
+        flat index's bound this one grows with ``M^2``, so where the margin is small (large means,
+        tiny variances) the whole pool is re-scored instead.
+        """
+        assert self._norm_bound is not None
+        m, n, u = self._norm_bound, self.width + 2, FLOAT32_UNIT_ROUNDOFF
+        gamma = n * u / (1.0 - n * u)
+        err = 1.01 * (4.0 * gamma + 8.0 * u + 4.0 * u * u) * m * m
+        qn = np.linalg.norm(np.asarray(kl_query_vectors(qg), dtype=np.float64), axis=1)
+        constant = self.offset + np.asarray(kl_query_constant(qg), dtype=np.float64) + qn * m
+        with np.errstate(invalid="ignore"):
+            upper = constant - qn * (dist.astype(np.float64) - err) / (2.0 * m)
+        upper = upper + 1e-12 * (np.abs(constant) + qn * m)  # float64 rounding of the line above
+        return np.where(dist == np.inf, -np.inf, np.where(np.isnan(upper), np.inf, upper))
+
+    def _prescore(self, qg: Gaussians, labels: np.ndarray, mask: np.ndarray | None, keep: int) -> np.ndarray:
+        """The best ``keep`` candidates of each row by a float32 ``-KL`` (see :meth:`_prescore_bounded`)."""
+        return self._prescore_bounded(qg, labels, mask, keep)[0]
+
+    def _prescore_bounded(
+        self, qg: Gaussians, labels: np.ndarray, mask: np.ndarray | None, keep: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``keep`` candidates of each row by a float32 ``-KL``, and the most any other can score.
+
+        A large candidate pool (compressed indexes need one) would otherwise all go through the
+        float64 re-scoring; this pass reads each candidate's Gaussian once, in float32, and only
+        ``keep`` per query go on to the exact score. Its float32 error is bounded per candidate
+        (for ``p = -(sum log var_d + t)``, ``t = sum_i (var_q + (mu_q - mu_d)^2) / var_d``)::
+
+            |p^ - p| <= u |S| + 2 u |p^| + rho / (1 - rho) * t^,
+            rho = gamma_{k+6} + 2 u r + 6 u^2 r^2,  r = max |mu_q| / sqrt(min var_q)
+
+        (the ``r`` terms bound the rounding of ``mu_q`` against ``(mu_q - mu_d)^2`` via
+        Cauchy-Schwarz and ``sum 1 / var_d <= t / min var_q``).
+
+        Returns:
+            ``(kept, upper)``: the kept rows, shape ``(nq, keep)`` (the input when it is no wider),
+            and per query an upper bound on the exact ``-KL`` of every allowed candidate left out
+            (``-inf`` when none is; NaN or ``inf`` when the float32 pass cannot tell).
+        """
+        nq, c = labels.shape
+        if c <= keep:
+            return labels, np.full(nq, -np.inf)
+        k = int(qg.dim)
+        u = FLOAT32_UNIT_ROUNDOFF
+        qm64, qv64 = np.asarray(qg.mean, dtype=np.float64), np.asarray(qg.var, dtype=np.float64)
+        qm = qm64.astype(np.float32)
+        qvar = qv64.astype(np.float32)
+        r = np.abs(qm64).max(axis=1) / np.sqrt(qv64.min(axis=1))
+        rho = (k + 6) * u / (1 - (k + 6) * u) + 2 * u * r + 6 * (u * r) ** 2
+        rho = np.where(rho < 0.5, rho, np.inf)
+        sumlog_q = np.log(qv64).sum(axis=1)
+        out = np.empty((nq, keep), dtype=labels.dtype)
+        upper = np.empty(nq)
+        table = self.table
+
+        def block(s: int, e: int) -> None:
+            lab = labels[s:e]
+            safe, t = pool_terms(qm[s:e], qvar[s:e], table.mean, table.var, lab, np.float32)
+            bad = lab < 0
+            if mask is not None:
+                bad |= ~mask[safe]
+            sumlog_d = table.sumlogvar[safe]
+            score = -(sumlog_d.astype(np.float32) + t)
+            score[bad] = -np.inf
+            best = np.argpartition(-score, keep - 1, axis=1)[:, :keep]
+            out[s:e] = np.take_along_axis(lab, best, axis=1)
+            with np.errstate(invalid="ignore", over="ignore"):
+                t64, p64 = t.astype(np.float64), score.astype(np.float64)
+                err = u * np.abs(sumlog_d) + 2 * u * np.abs(p64) + (rho[s:e, None] / (1 - rho[s:e, None])) * t64
+                high = p64 + err
+            dropped = ~bad
+            np.put_along_axis(dropped, best, False, axis=1)
+            high = np.where(dropped, high, -np.inf)
+            # back to -KL: -KL = (p + sum log var_q + k) / 2, with a little float64 slack
+            top = high.max(axis=1)
+            with np.errstate(invalid="ignore"):
+                back = 0.5 * (top + sumlog_q[s:e] + k) + 1e-9 * np.abs(top)
+            upper[s:e] = np.where(top == -np.inf, -np.inf, back)
+
+        _query_blocks(nq, c * k, block)
+        return out, upper
+
+    def _pool_top_k(
+        self,
+        qg: Gaussians,
+        labels: np.ndarray,
+        mask: np.ndarray | None,
+        kk: int,
+        keep: int,
+        trimmed: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The exact top ``kk`` of each query's candidate pool (``-1`` / ``-inf`` padding).
+
+        The pool is trimmed to ``keep`` in float32 (``trimmed``: already, by the index's distances;
+        else by :meth:`_prescore_bounded`); a query whose left-out candidates are not provably below
+        its ``kk``-th exact score has its whole pool re-scored in float64.
+        """
+        kept, upper = trimmed if trimmed is not None else self._prescore_bounded(qg, labels, mask, keep)
+        rows, scores = top_k_rows(self._rescore(qg, kept, mask), kept, kk)
+        redo = np.flatnonzero(~(upper < scores[:, kk - 1]))
+        if kept is not labels and redo.size:
+            logger.debug("%d query(ies): float32 pre-selection not provably enough; re-scoring the pool", redo.size)
+            rows[redo], scores[redo] = top_k_rows(self._rescore(qg[redo], labels[redo], mask), labels[redo], kk)
+        return rows, scores
+
+
+def _reconstruct(index: Any, rows: np.ndarray) -> np.ndarray | None:
+    """Rows of ``index`` decoded back to vectors, or ``None`` where FAISS cannot reconstruct them."""
+    try:
+        return np.stack([index.reconstruct(int(r)) for r in rows])
+    except RuntimeError:
+        pass
+    try:  # IVF indexes reconstruct through a direct map, built for this check and dropped after
+        ivf = _faiss().extract_index_ivf(index)
+        ivf.make_direct_map(True)
+        try:
+            return np.stack([index.reconstruct(int(r)) for r in rows])
+        finally:
+            ivf.make_direct_map(False)
+    except (RuntimeError, AttributeError):
+        return None
+
+
+def new_engine(settings: Settings, table: DocumentTable) -> FaissEngine:
+    """The engine for ``settings.index_type``."""
+    return FlatEngine(settings, table) if settings.index_type == "flat" else ApproxEngine(settings, table)

@@ -1,0 +1,370 @@
+"""The on-disk format of a :class:`~kl_retrievers.store.faiss.KLStore` folder: names, checks, readers, writers.
+
+A folder holds ``config.json`` and exactly the files it lists, each with its size and SHA-256:
+
+* ``mean.npy`` / ``var.npy``: float32 ``(count, dim)`` arrays (no pickle);
+* ``documents.jsonl``: one ``{"id", "text", "metadata"}`` object per row, in row order;
+* ``index.faiss``: the FAISS index (when ``index_built``), written and read by the search engine
+  (:mod:`kl_retrievers.store._engines`).
+
+Format version 1 since the first release; fields added since (``index_offset``, ``flat_centre``,
+some ``index_params``) are optional, so every earlier folder still loads. Nothing here imports FAISS.
+
+Examples:
+    >>> _is_real(1.5), _is_real(float("nan")), _is_int(True)
+    (True, False, False)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeGuard
+
+import numpy as np
+
+from kl_retrievers._io import library_version
+from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME
+from kl_retrievers.hub import sha256_file
+from kl_retrievers.store._base import INDEX_TYPES, StoreFormatError
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+FORMAT_NAME = "kl-retrievers/klstore"
+CONFIG = "config.json"
+MEAN = "mean.npy"
+VAR = "var.npy"
+DOCS = "documents.jsonl"
+INDEX = "index.faiss"
+#: The only files a store folder holds (besides config.json); load() reads nothing else.
+STORE_FILES = (MEAN, VAR, DOCS, INDEX)
+#: The ``index_params`` keys this release writes (and so reads): KLStore's constructor settings.
+INDEX_PARAMS = (
+    "hnsw_m",
+    "ef_search",
+    "ef_construction",
+    "nlist",
+    "nprobe",
+    "compression",
+    "pq_m",
+    "pq_nbits",
+    "refine",
+    "rescore_pool",
+    "rescore_factor",
+    "norm_headroom",
+    "exact_threshold",
+    "compact_threshold",
+    "seed",
+)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+#: Rows read at once when a store's Gaussians are checked on load.
+LOAD_BLOCK = 32768
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# ------------------------------------------------------------------ config.json
+def read_config(cfg_path: Path) -> dict[str, Any]:
+    """Read and validate a store's ``config.json``; every problem is a :class:`StoreFormatError` naming the field.
+
+    Stores saved by earlier releases of format version 1 (without ``index_offset`` or some
+    ``index_params``) are accepted; a newer format version or an ``index_params`` key this
+    release does not know (what a newer release would write) is refused.
+    """
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StoreFormatError(f"{cfg_path} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise StoreFormatError(f"{cfg_path} must hold a JSON object; got a JSON {type(config).__name__}")
+    _check_header(config, cfg_path)
+    _check_fields(config, cfg_path)
+    _check_file_table(config, cfg_path)
+    return config
+
+
+def _bad(config: dict[str, Any], cfg_path: Path, field: str, what: str) -> StoreFormatError:
+    got = config.get(field, "<missing>")
+    return StoreFormatError(f"{cfg_path}: field {field!r} must be {what}; got {got!r}")
+
+
+def _check_header(config: dict[str, Any], cfg_path: Path) -> None:
+    """Format name and version, and the score the store serves."""
+    if config.get("format") != FORMAT_NAME:
+        raise StoreFormatError(f"{cfg_path} is not a KLStore config: field 'format' is {config.get('format')!r}")
+    saved_version = config.get("library_version", "unknown")
+    version = config.get("format_version")
+    if not _is_int(version):
+        raise _bad(config, cfg_path, "format_version", "an integer")
+    if version > FORMAT_VERSION:
+        raise StoreFormatError(
+            f"{cfg_path.parent} was written by a newer kl-retrievers ({saved_version}) in store format_version "
+            f"{version}; this kl-retrievers ({library_version()}) reads format_version {FORMAT_VERSION}: "
+            "upgrade kl-retrievers to load it"
+        )
+    if version != FORMAT_VERSION:
+        raise StoreFormatError(
+            f"{cfg_path}: unsupported store format_version {version} (this library reads {FORMAT_VERSION})"
+        )
+    if config.get("score_name") != SCORE_NAME or config.get("score_direction") != SCORE_DIRECTION:
+        raise StoreFormatError(
+            f"{cfg_path}: field 'score_name' is {config.get('score_name')!r} "
+            f"({config.get('score_direction')!r}); this library serves {SCORE_NAME!r} ({SCORE_DIRECTION!r})"
+        )
+
+
+def _check_fields(config: dict[str, Any], cfg_path: Path) -> None:
+    """Sizes, index settings, the reduction's numbers and the encoder; fills in defaults of older releases."""
+    dim = config.get("dim")
+    if dim is not None and not (_is_int(dim) and dim > 0):
+        raise _bad(config, cfg_path, "dim", "a positive integer (or null for an empty store)")
+    if not (_is_int(config.get("count")) and config["count"] >= 0):
+        raise _bad(config, cfg_path, "count", "a non-negative integer")
+    if config.get("dtype", "float32") != "float32":
+        raise _bad(config, cfg_path, "dtype", "'float32'")
+    if config.get("index_type") not in INDEX_TYPES:
+        raise _bad(config, cfg_path, "index_type", f"one of {INDEX_TYPES}")
+    if not isinstance(config.get("index_built"), bool):
+        raise _bad(config, cfg_path, "index_built", "true or false")
+    params = config.get("index_params")
+    if not isinstance(params, dict):
+        raise _bad(config, cfg_path, "index_params", "a JSON object")
+    unknown = sorted(set(params) - set(INDEX_PARAMS))
+    if unknown:
+        raise StoreFormatError(
+            f"{cfg_path}: field 'index_params' has unknown key(s) {unknown}; the store was written by "
+            f"kl-retrievers {config.get('library_version', 'unknown')}, this is {library_version()} (a newer "
+            "release's store? upgrade kl-retrievers)"
+        )
+    norm_bound = config.get("norm_bound")
+    approximate = config["index_type"] != "flat" and config["index_built"]
+    if norm_bound is not None or approximate:
+        if not (_is_real(norm_bound) and norm_bound > 0):
+            raise _bad(config, cfg_path, "norm_bound", "a positive finite number")
+        config["norm_bound"] = float(norm_bound)
+    config.setdefault("index_offset", 0.0)  # absent in stores saved before the shift
+    if not _is_real(config["index_offset"]):
+        raise _bad(config, cfg_path, "index_offset", "a finite number")
+    config["index_offset"] = float(config["index_offset"])
+    encoder = config.get("encoder")
+    if encoder is not None:
+        if not isinstance(encoder, dict):
+            raise _bad(config, cfg_path, "encoder", "a JSON object or null")
+        if not isinstance(encoder.get("name_or_path", ""), str):
+            raise StoreFormatError(f"{cfg_path}: field 'encoder.name_or_path' must be a string")
+        if not isinstance(encoder.get("config"), (dict, type(None))):
+            raise StoreFormatError(f"{cfg_path}: field 'encoder.config' must be a JSON object or null")
+    config["encoder"] = encoder
+
+
+def _check_file_table(config: dict[str, Any], cfg_path: Path) -> None:
+    """``files``: only the names the format defines, each with a size and a checksum; every required one."""
+    files = config.get("files")
+    if not isinstance(files, dict):
+        raise _bad(config, cfg_path, "files", "a JSON object mapping file names to their size and checksum")
+    for name, info in files.items():
+        if name not in STORE_FILES:
+            raise StoreFormatError(
+                f"{cfg_path}: field 'files' names {name!r}; a store folder holds only {list(STORE_FILES)}"
+            )
+        if not isinstance(info, dict):
+            raise StoreFormatError(f"{cfg_path}: field 'files.{name}' must be an object with 'bytes' and 'sha256'")
+        if not (_is_int(info.get("bytes")) and info["bytes"] >= 0):
+            raise StoreFormatError(
+                f"{cfg_path}: field 'files.{name}.bytes' must be a non-negative integer; got {info.get('bytes')!r}"
+            )
+        if not (isinstance(info.get("sha256"), str) and _SHA256.fullmatch(info["sha256"])):
+            raise StoreFormatError(
+                f"{cfg_path}: field 'files.{name}.sha256' must be 64 lowercase hex digits; got {info.get('sha256')!r}"
+            )
+    for name in [MEAN, VAR, DOCS] + ([INDEX] if config["index_built"] else []):
+        if name not in files:
+            raise StoreFormatError(f"{cfg_path}: field 'files' has no entry for required file {name}")
+    if INDEX in files and not config["index_built"]:
+        raise StoreFormatError(f"{cfg_path}: field 'files' lists {INDEX} but 'index_built' is false")
+
+
+def flat_centre_from_config(config: dict[str, Any], cfg_path: Path, index_type: str, dim: int) -> np.ndarray | None:
+    """The flat index's centre (``flat_centre``: ``dim`` finite numbers, or absent / null before centring)."""
+    value = config.get("flat_centre")
+    if value is None:
+        return None
+    if not (index_type == "flat" and isinstance(value, list) and len(value) == dim and all(_is_real(x) for x in value)):
+        raise StoreFormatError(
+            f"{cfg_path}: field 'flat_centre' must be null or, for a flat store, a list of {dim} finite numbers"
+        )
+    return np.asarray(value, dtype=np.float64)
+
+
+# ------------------------------------------------------------------ reading
+def check_files(folder: Path, files: dict[str, Any], verify_checksums: bool) -> None:
+    """Every listed file is a regular file inside ``folder`` with the recorded size (and SHA-256)."""
+    root = folder.resolve()
+    for name, info in files.items():
+        p = folder / name
+        if p.resolve().parent != root:
+            raise StoreFormatError(f"{p} resolves to {p.resolve()}, outside the store folder")
+        if not p.is_file():
+            raise StoreFormatError(f"missing file {p} listed in the config")
+        size = p.stat().st_size
+        if size != info["bytes"]:
+            raise StoreFormatError(f"{p} has {size} bytes; the config says {info['bytes']} (truncated or replaced?)")
+        if verify_checksums and sha256_file(p) != info["sha256"]:
+            raise StoreFormatError(f"{p} does not match its SHA-256 checksum in the config (corrupted?)")
+
+
+def _read_array(path: Path, mmap: bool, count: int, dim: int) -> np.ndarray:
+    """A ``(count, dim)`` float32 array from ``path`` (no pickle)."""
+    try:
+        arr = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except (ValueError, OSError, EOFError) as exc:
+        raise StoreFormatError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(arr, np.ndarray) or arr.shape != (count, dim) or arr.dtype != np.dtype(np.float32):
+        raise StoreFormatError(
+            f"{path.name} has shape {getattr(arr, 'shape', None)} and dtype {getattr(arr, 'dtype', None)}; "
+            f"config says ({count}, {dim}) float32"
+        )
+    return arr
+
+
+#: Called on every block of rows read by :func:`read_gaussians`: ``(means as stored, float64 variances,
+#: sum of log variances per row)``; what a search engine checks on load, in the same pass.
+BlockCheck = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
+
+
+def read_gaussians(
+    folder: Path, mmap: bool, count: int, dim: int, on_block: BlockCheck | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The stored means and variances, checked row by row in one pass, and ``sum_i log var_i`` per row.
+
+    Args:
+        folder: The store folder.
+        mmap: Memory-map the arrays (read-only) instead of reading them.
+        count: Rows the config says.
+        dim: Dimension the config says.
+        on_block: Also called on each block (in the same pass over the arrays).
+
+    Returns:
+        ``(mean, var, sumlogvar)``: float32 arrays as stored and float64 sums.
+
+    Raises:
+        StoreFormatError: A shape or dtype not the config's, a non-finite mean, or a variance that is
+            not a positive finite number (naming the row).
+    """
+    mean = _read_array(folder / MEAN, mmap, count, dim)
+    var = _read_array(folder / VAR, mmap, count, dim)
+    sumlogvar = np.zeros(count)
+    for s in range(0, count, LOAD_BLOCK):
+        m_block = np.asarray(mean[s : s + LOAD_BLOCK])
+        v_block = np.asarray(var[s : s + LOAD_BLOCK], np.float64)
+        if not np.isfinite(m_block).all():
+            row = s + int(np.argwhere(~np.isfinite(m_block))[0, 0])
+            raise StoreFormatError(f"{folder / MEAN} holds a non-finite value in row {row}")
+        if not (np.isfinite(v_block).all() and (v_block > 0).all()):
+            row = s + int(np.argwhere(~(np.isfinite(v_block) & (v_block > 0)))[0, 0])
+            raise StoreFormatError(f"{folder / VAR} holds a variance that is not a positive finite number in row {row}")
+        sums = np.log(v_block).sum(1)
+        sumlogvar[s : s + LOAD_BLOCK] = sums
+        if on_block is not None:
+            on_block(m_block, v_block, sums)
+    return mean, var, sumlogvar
+
+
+def read_documents(path: Path, count: int) -> tuple[list[str], list[str | None], list[dict[str, Any]]]:
+    """Ids, texts and metadata from ``documents.jsonl``, checked against ``count``."""
+    ids: list[str] = []
+    texts: list[str | None] = []
+    metas: list[dict[str, Any]] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                try:
+                    rec = json.loads(line)
+                except ValueError as exc:
+                    raise StoreFormatError(f"{DOCS} line {line_no} is malformed: {exc}") from exc
+                if not isinstance(rec, dict):
+                    raise StoreFormatError(f"{DOCS} line {line_no} is malformed: not a JSON object")
+                doc_id, text, meta = rec.get("id"), rec.get("text"), rec.get("metadata")
+                if not isinstance(doc_id, str):
+                    raise StoreFormatError(f"{DOCS} line {line_no}: field 'id' must be a string; got {doc_id!r}")
+                if not isinstance(text, (str, type(None))):
+                    raise StoreFormatError(f"{DOCS} line {line_no}: field 'text' must be a string or null")
+                if not isinstance(meta, (dict, type(None))):
+                    raise StoreFormatError(f"{DOCS} line {line_no}: field 'metadata' must be an object or null")
+                ids.append(doc_id)
+                texts.append(text)
+                metas.append(meta or {})
+    except UnicodeDecodeError as exc:
+        raise StoreFormatError(f"{path} is not UTF-8 text: {exc}") from exc
+    if len(ids) != count:
+        raise StoreFormatError(f"{DOCS} has {len(ids)} documents; the config says {count}")
+    if len(set(ids)) != count:
+        seen: set[str] = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+        raise StoreFormatError(f"{DOCS} contains duplicate id {dup!r}")
+    return ids, texts, metas
+
+
+# ------------------------------------------------------------------ writing
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def _write_jsonl(path: Path, ids: list[str], texts: list[str | None], metadatas: list[dict[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for doc_id, text, meta in zip(ids, texts, metadatas, strict=True):
+            f.write(json.dumps({"id": doc_id, "text": text, "metadata": meta}, ensure_ascii=False) + "\n")
+
+
+def write_folder(
+    tmp: Path,
+    config: dict[str, Any],
+    arrays: tuple[np.ndarray, np.ndarray],
+    documents: tuple[list[str], list[str | None], list[dict[str, Any]]],
+    write_index: Callable[[Path], None] | None,
+) -> None:
+    """Write every file of a store into the (temporary) folder ``tmp``, then ``config.json`` listing them.
+
+    Each file is synced to disk and recorded with its size and SHA-256; the config comes last, so
+    a folder whose config exists is complete.
+
+    Args:
+        tmp: An empty folder.
+        config: The config without ``files`` (added here).
+        arrays: ``(mean, var)``.
+        documents: ``(ids, texts, metadatas)``.
+        write_index: Writes the index file to the path it is given (``None``: no index).
+    """
+    _write_npy(tmp / MEAN, arrays[0])
+    _write_npy(tmp / VAR, arrays[1])
+    _write_jsonl(tmp / DOCS, *documents)
+    if write_index is not None:
+        write_index(tmp / INDEX)
+    files: dict[str, Any] = {}
+    for name in STORE_FILES:
+        p = tmp / name
+        if p.exists():
+            _fsync(p)
+            files[name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+    with open(tmp / CONFIG, "w", encoding="utf-8") as f:
+        json.dump({**config, "files": files}, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())

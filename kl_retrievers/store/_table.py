@@ -1,0 +1,199 @@
+"""What a :class:`~kl_retrievers.store.faiss.KLStore` holds: one row per document, whatever searches it.
+
+:class:`DocumentTable` keeps each document's float32 Gaussian, ``sum_i log var_i`` (float64, for the
+exact re-scoring), its id, text and metadata, and an id -> row map. Rows are appended in insertion
+order; a deleted or replaced document's row stays as a tombstone (``alive`` false) until
+:meth:`DocumentTable.compact` drops every tombstone at once and renumbers the rows. A search
+engine numbers its index entries by these rows, so the store compacts both together.
+
+Examples:
+    >>> import numpy as np
+    >>> t = DocumentTable(2)
+    >>> t.append(np.zeros((2, 2), np.float32), np.ones((2, 2), np.float32), ["a", "b"], [None, None], [{}, {}])
+    (0, [])
+    >>> t.tombstone(["a", "z"]), len(t), t.n_rows
+    ((['a'], ['z']), 1, 2)
+    >>> t.compact().tolist(), t.n_rows, t.row["b"]
+    ([0], 1, 0)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from kl_retrievers.gaussian import Gaussians, kl_document_vectors
+from kl_retrievers.store._base import SearchResult, StoredDocument
+
+logger = logging.getLogger(__name__)
+
+
+class DocumentTable:
+    """The rows of a store: Gaussians, ids, texts, metadata, and which rows are alive.
+
+    Args:
+        k: Gaussian dimension (``0`` until known).
+
+    Attributes:
+        mean: float32 ``(n_rows, k)`` means (possibly a read-only memory map after a load).
+        var: float32 ``(n_rows, k)`` variances.
+        sumlogvar: float64 ``sum_i log var_i`` per row.
+        alive: ``False`` for tombstones.
+        row: Live id -> row number.
+        compactions: How many times tombstones were dropped.
+    """
+
+    def __init__(self, k: int = 0) -> None:
+        self.compactions = 0
+        self.reset(k)
+
+    def reset(self, k: int) -> None:
+        """Drop every row; the table now holds ``k``-dimensional Gaussians."""
+        self.mean = np.zeros((0, k), dtype=np.float32)
+        self.var = np.ones((0, k), dtype=np.float32)
+        self.sumlogvar = np.zeros(0, dtype=np.float64)
+        self.alive = np.zeros(0, dtype=bool)
+        self.ids: list[str] = []
+        self.texts: list[str | None] = []
+        self.metas: list[dict[str, Any]] = []
+        self.row: dict[str, int] = {}
+
+    def set_rows(
+        self,
+        arrays: tuple[np.ndarray, np.ndarray, np.ndarray],
+        ids: list[str],
+        texts: list[str | None],
+        metas: list[dict[str, Any]],
+    ) -> None:
+        """Hold rows read from a saved store (``arrays``: mean, var, sumlogvar); all alive."""
+        self.mean, self.var, self.sumlogvar = arrays
+        self.alive = np.ones(len(ids), dtype=bool)
+        self.ids, self.texts, self.metas = ids, texts, metas
+        self.row = {doc_id: j for j, doc_id in enumerate(ids)}
+
+    # ------------------------------------------------------------------ sizes
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self.row
+
+    @property
+    def n_rows(self) -> int:
+        """Rows, tombstones included (the numbering an index uses)."""
+        return len(self.ids)
+
+    def dead(self) -> int:
+        """Number of tombstones."""
+        return int(self.alive.size - np.count_nonzero(self.alive))
+
+    # -------------------------------------------------------------- rewriting
+    @property
+    def gaussians(self) -> Gaussians:
+        """Every row's float32 Gaussian (tombstones included), without a copy."""
+        return Gaussians(self.mean, self.var, validate=False)
+
+    def doc_vectors(self, rows: np.ndarray | slice) -> np.ndarray:
+        """Float64 ``d~`` of the given rows."""
+        g = Gaussians(self.mean[rows].astype(np.float64), self.var[rows].astype(np.float64), validate=False)
+        return np.asarray(kl_document_vectors(g))
+
+    # --------------------------------------------------------------- mutation
+    def append(
+        self, mean: np.ndarray, var: np.ndarray, ids: list[str], texts: list[str | None], metas: list[dict[str, Any]]
+    ) -> tuple[int, list[str]]:
+        """Append rows (float32 means and variances); an existing id's old row becomes a tombstone.
+
+        Returns:
+            ``(first new row, the ids that replaced a live document)``.
+        """
+        replaced = [i for i in ids if i in self.row]
+        for doc_id in replaced:
+            self.alive[self.row.pop(doc_id)] = False
+        start = len(self.ids)
+        self.mean = np.concatenate([self.mean, mean])
+        self.var = np.concatenate([self.var, var])
+        self.sumlogvar = np.concatenate([self.sumlogvar, np.log(var.astype(np.float64)).sum(axis=1)])
+        self.alive = np.concatenate([self.alive, np.ones(len(ids), dtype=bool)])
+        self.ids.extend(ids)
+        self.texts.extend(texts)
+        self.metas.extend(metas)
+        for j, doc_id in enumerate(ids):
+            self.row[doc_id] = start + j
+        return start, replaced
+
+    def tombstone(self, ids: list[str]) -> tuple[list[str], list[str]]:
+        """Mark distinct ``ids`` deleted; returns ``(deleted, missing)``."""
+        deleted: list[str] = []
+        missing: list[str] = []
+        for doc_id in ids:
+            row = self.row.pop(doc_id, None)
+            if row is None:
+                missing.append(doc_id)
+            else:
+                self.alive[row] = False
+                deleted.append(doc_id)
+        return deleted, missing
+
+    def compact(self) -> np.ndarray:
+        """Drop every tombstone (rows renumbered in order); returns the dropped rows' old numbers."""
+        keep = np.flatnonzero(self.alive)
+        dead = np.flatnonzero(~self.alive)
+        self.mean = self.mean[keep]
+        self.var = self.var[keep]
+        self.sumlogvar = self.sumlogvar[keep]
+        self.alive = np.ones(keep.size, dtype=bool)
+        self.ids = [self.ids[i] for i in keep]
+        self.texts = [self.texts[i] for i in keep]
+        self.metas = [self.metas[i] for i in keep]
+        self.row = {doc_id: j for j, doc_id in enumerate(self.ids)}
+        self.compactions += 1
+        return dead
+
+    # ---------------------------------------------------------------- reading
+    def live_ids(self) -> list[str]:
+        """Ids of the live rows, in row order."""
+        return [i for i, a in zip(self.ids, self.alive, strict=True) if a]
+
+    def allowed(self, predicate: Callable[[Mapping[str, Any]], bool] | None) -> tuple[np.ndarray | None, int]:
+        """The rows a search may return: ``(mask or None for every row, how many)``."""
+        if predicate is not None:
+            mask = self.alive.copy()
+            for row in np.flatnonzero(mask):
+                if not predicate(self.metas[row]):
+                    mask[row] = False
+            return mask, int(np.count_nonzero(mask))
+        if not self.alive.all():
+            return self.alive, len(self.row)
+        return None, len(self.row)
+
+    def documents(self, ids: list[str]) -> list[StoredDocument]:
+        """Stored documents for ``ids`` in order; unknown ids skipped, metadata copied."""
+        out = []
+        for doc_id in ids:
+            row = self.row.get(doc_id)
+            if row is not None:
+                out.append(StoredDocument(self.ids[row], self.texts[row], dict(self.metas[row])))
+        return out
+
+    def gaussians_of(self, ids: list[str]) -> Gaussians:
+        """Copies of the stored Gaussians of ``ids``, in order; ``KeyError`` naming unknown ids."""
+        unknown = [i for i in ids if i not in self.row]
+        if unknown:
+            raise KeyError(f"{len(unknown)} unknown id(s): {unknown[:5]}")
+        rows = np.array([self.row[i] for i in ids], dtype=np.int64)
+        return Gaussians(self.mean[rows].copy(), self.var[rows].copy(), validate=False)
+
+    def results(self, rows: np.ndarray, scores: np.ndarray) -> list[list[SearchResult]]:
+        """Search results for each query's ranked rows (row ``-1`` is padding and skipped)."""
+        return [
+            [
+                SearchResult(self.ids[r], float(s), self.texts[r], dict(self.metas[r]))
+                for r, s in zip(rows_q.tolist(), scores_q.tolist(), strict=True)
+                if r >= 0
+            ]
+            for rows_q, scores_q in zip(rows, scores, strict=True)
+        ]

@@ -1,0 +1,476 @@
+"""``KLStore``: a document store searched by exact ``-KL(Q || D)`` with FAISS, in this process.
+
+Documents and queries are diagonal Gaussians (see :mod:`kl_retrievers.gaussian`). A ``KLStore`` is
+two parts behind the :class:`~kl_retrievers.store.GaussianStore` interface:
+
+* what it holds, a :class:`~kl_retrievers.store._table.DocumentTable`: every document's float32
+  Gaussian, its id, text and metadata, with tombstones for deleted rows; plus the lock, the
+  persistence (:mod:`kl_retrievers.store._format`) and the metadata filters;
+* how it searches, an engine (:mod:`kl_retrievers.store._engines`) owning the FAISS index:
+
+  * ``"flat"`` (default, exact): ``IndexFlatIP`` over the ``2k + 1``-dimensional rewrite ``d~``
+    of each document, every mean first centred on the mean of the first batch added (which
+    changes no score and keeps float32 cancellation small); a query searches with its centred
+    ``q~``, a small pool of candidates is re-scored with the exact ``-KL`` in float64, and a bound
+    on the float32 error proves that the pool holds the top ``k`` (else the pool grows, and at
+    last every row is scored in float64: :func:`kl_retrievers.gaussian.exact_top_k`'s section).
+    Rankings are the float64 ones and reported scores the true ``-KL`` (query constant ``c(q)``
+    included). Means and variances whose rewrite float32 cannot hold are refused, naming the row.
+  * ``"hnsw"`` / ``"ivf"`` (approximate, optional ``"sq8"`` or ``"pq"`` compression): built on
+    the MIPS -> L2 reduction of METHOD.md.  The first coordinate of ``d~`` (a sum over all ``k``
+    dimensions) is first shifted by ``o``, its mean over a sample at build time: ``q~`` has ``1``
+    there, so ``<q~, d~>`` only drops by the constant ``o`` and no ranking changes, but a large
+    shared offset no longer dominates every norm (IVF recall on synthetic Gaussians rises
+    sharply).  Every shifted document vector ``d^`` gets one more coordinate
+    ``sqrt(M^2 - ||d^||^2)`` (``M = norm_headroom * max ||d^||``, the headroom leaves room for
+    later documents), a query gets ``0`` there and is scaled to norm ``M``; the index is
+    searched by L2 and a candidate pool is re-scored with the exact ``-KL`` (the pool is trimmed
+    in float32 first only as far as a bound on the float32 error proves it harmless).  A later
+    document whose norm exceeds ``M`` triggers a rebuild (logged, counted in ``rebuild_count``).
+    Deletions are tombstones (HNSW has no ``remove_ids``), excluded at search time with an
+    ``IDSelector`` and compacted on :meth:`KLStore.save`, :meth:`KLStore.compact`, a rebuild,
+    or when more than ``compact_threshold`` of the rows are dead.
+  * ``compression="pq"`` on ``"ivf"``: lists are still chosen by L2 on the reduced vectors, but
+    the PQ codes are scanned by inner product (the same ranking: every reduced document has norm
+    ``M``), because L2 lookup tables spend their precision on the constant ``2 M^2``;
+    ``pq_nbits=4`` uses FAISS's SIMD fast-scan lists.  ``refine="sq8"`` (or ``"fp16"``) keeps a
+    second, finer copy of the reduced vectors that re-ranks a large pool inside FAISS, so only
+    ``k + max(16, 2k)`` candidates per query reach the exact re-scoring.  Measured at 1M
+    synthetic Gaussians in ``docs/ann.md``.
+
+Scores are ``-KL`` (:data:`~kl_retrievers.gaussian.SCORE_NAME`): **higher is better**. FAISS is
+imported when a store first needs it, not with this module.
+
+Examples:
+    >>> import numpy as np
+    >>> from kl_retrievers.gaussian import Gaussians
+    >>> rng = np.random.default_rng(0)
+    >>> docs = Gaussians(rng.normal(size=(50, 8)), np.exp(rng.normal(0, 0.5, size=(50, 8))))
+    >>> store = KLStore()
+    >>> ids = store.add(gaussians=docs, ids=[f"d{i}" for i in range(50)])
+    >>> hits = store.search(docs[3], k=2)
+    >>> hits[0].id, len(hits)
+    ('d3', 2)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kl_retrievers._io import atomic_dir, library_version, recover_dir
+from kl_retrievers.filters import MetadataFilter, compile_filter
+from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians
+from kl_retrievers.store import _format
+from kl_retrievers.store._base import (
+    DeleteReport,
+    GaussianStore,
+    SearchResult,
+    StoredDocument,
+    StoreFormatError,
+    _check_store_args,
+    _NewDocuments,
+    _RWLock,
+)
+from kl_retrievers.store._engines import _faiss, _read_index, new_engine
+from kl_retrievers.store._format import FORMAT_VERSION, INDEX_PARAMS
+from kl_retrievers.store._table import DocumentTable
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["KLStore", "FORMAT_VERSION", "COMPRESSIONS", "REFINES"]
+
+COMPRESSIONS = (None, "sq8", "pq")
+#: Second-stage codes that re-rank a compressed index's pool in FAISS before the exact re-scoring.
+REFINES = (None, "sq8", "fp16")
+
+
+def _check_settings(
+    compression: str | None, refine: Any, exact_threshold: Any, compact_threshold: Any, seed: Any
+) -> None:
+    """KLStore's own settings: ``refine``, ``exact_threshold``, ``compact_threshold``, ``seed`` (ValueError)."""
+    if refine not in REFINES:
+        raise ValueError(f"refine must be one of {REFINES}; got {refine!r}")
+    if refine is not None and compression is None:
+        raise ValueError(
+            f"refine={refine!r} applies to a compressed index (compression 'sq8' or 'pq'); "
+            "an uncompressed one is already exact"
+        )
+    if isinstance(exact_threshold, bool) or not isinstance(exact_threshold, (int, np.integer)) or exact_threshold < 0:
+        raise ValueError(f"exact_threshold must be an integer >= 0; got {exact_threshold!r}")
+    if (
+        isinstance(compact_threshold, bool)
+        or not isinstance(compact_threshold, (int, float, np.integer, np.floating))
+        or not 0.0 <= compact_threshold <= 1.0
+    ):
+        raise ValueError(f"compact_threshold must be a fraction in [0, 1]; got {compact_threshold!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
+
+
+class KLStore(GaussianStore):
+    """A document store ranked by exact ``-KL(Q || D)`` (higher is better), served by FAISS.
+
+    Args:
+        encoder: Optional encoder with ``encode_queries`` / ``encode_documents`` returning numpy
+            :class:`Gaussians`, ``name_or_path`` and ``config.to_dict()``; needed to add or
+            search by text.
+        dim: Gaussian dimension ``k``; inferred from the first :meth:`add` when ``None``.
+        index_type: ``"flat"`` (exact), ``"hnsw"`` or ``"ivf"``.
+        hnsw_m: HNSW graph degree ``M``.
+        ef_search: HNSW ``efSearch`` (raised to the candidate pool when smaller).
+        ef_construction: HNSW ``efConstruction``.
+        nlist: IVF number of lists.
+        nprobe: IVF lists probed per query.
+        compression: ``None``, ``"sq8"`` (8-bit scalar quantizer) or ``"pq"`` (product quantizer).
+        pq_m: PQ sub-quantizers; the vector is zero-padded to a multiple of ``pq_m``.
+        pq_nbits: Bits per PQ code (8 is standard; 4 trains much faster and, on ``"ivf"``,
+            scans with FAISS's SIMD fast-scan kernels).
+        refine: ``None``, ``"sq8"`` or ``"fp16"`` (compressed indexes only): re-rank the pool of
+            ``rescore_pool`` candidates inside FAISS on 8-bit / float16 copies of the reduced
+            vectors (+``2k + 2`` or ``2 (2k + 2)`` bytes a document) before the exact re-scoring.
+        rescore_pool: Minimum candidates re-scored exactly per query on approximate indexes;
+            the pool is ``max(rescore_pool, rescore_factor * k)``.
+        rescore_factor: See ``rescore_pool``.
+        norm_headroom: ``M = norm_headroom * max ||d~||`` for the L2 reduction (>= 1).
+        exact_threshold: With a filter on an approximate index, search exactly over the
+            matching documents when at most this many match.
+        compact_threshold: Fraction of tombstoned rows above which the index is compacted.
+        batch_size: Encoder batch size.
+        show_progress_bar: Passed to the encoder when adding texts.
+        seed: Seed for the training sample of IVF / SQ / PQ.
+
+    Examples:
+        >>> import numpy as np
+        >>> from kl_retrievers.gaussian import Gaussians
+        >>> store = KLStore(index_type="flat")
+        >>> _ = store.add(gaussians=Gaussians(np.zeros((2, 4)), np.ones((2, 4))), ids=["a", "b"])
+        >>> len(store)
+        2
+    """
+
+    def __init__(
+        self,
+        encoder: Any | None = None,
+        dim: int | None = None,
+        *,
+        index_type: str = "flat",
+        hnsw_m: int = 32,
+        ef_search: int = 256,
+        ef_construction: int = 80,
+        nlist: int = 1024,
+        nprobe: int = 32,
+        compression: str | None = None,
+        pq_m: int = 64,
+        pq_nbits: int = 8,
+        refine: str | None = None,
+        rescore_pool: int = 100,
+        rescore_factor: int = 10,
+        norm_headroom: float = 1.1,
+        exact_threshold: int = 20000,
+        compact_threshold: float = 0.3,
+        batch_size: int = 32,
+        show_progress_bar: bool = False,
+        seed: int = 0,
+    ) -> None:
+        ints = {
+            "hnsw_m": hnsw_m,
+            "ef_search": ef_search,
+            "ef_construction": ef_construction,
+            "nlist": nlist,
+            "nprobe": nprobe,
+            "pq_m": pq_m,
+            "pq_nbits": pq_nbits,
+            "rescore_pool": rescore_pool,
+            "rescore_factor": rescore_factor,
+        }
+        _check_store_args(
+            index_type, compression, dim, norm_headroom, [*ints.items(), ("batch_size", batch_size)], COMPRESSIONS
+        )
+        _check_settings(compression, refine, exact_threshold, compact_threshold, seed)
+        self.encoder = encoder
+        self.index_type = index_type
+        self.hnsw_m, self.ef_search, self.ef_construction = int(hnsw_m), int(ef_search), int(ef_construction)
+        self.nlist, self.nprobe = int(nlist), int(nprobe)
+        self.compression, self.pq_m, self.pq_nbits, self.refine = compression, int(pq_m), int(pq_nbits), refine
+        self.rescore_pool, self.rescore_factor = int(rescore_pool), int(rescore_factor)
+        self.norm_headroom = float(norm_headroom)
+        self.exact_threshold, self.compact_threshold = int(exact_threshold), float(compact_threshold)
+        self.batch_size, self.show_progress_bar, self.seed = int(batch_size), bool(show_progress_bar), int(seed)
+        self._lock = _RWLock()
+        self._dim: int | None = None
+        self._table = DocumentTable()
+        self._engine = new_engine(self, self._table)
+        if dim is not None:
+            self._init_dim(int(dim))
+
+    def _init_dim(self, k: int) -> None:
+        self._dim = k
+        self._table.reset(k)
+        self._engine.reset(k)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def dim(self) -> int | None:
+        """The Gaussian dimension ``k`` (``None`` until known)."""
+        return self._dim
+
+    @property
+    def is_built(self) -> bool:
+        """Whether the FAISS index exists (approximate indexes are built once enough documents exist)."""
+        return self._engine.index is not None
+
+    @property
+    def norm_bound(self) -> float | None:
+        """``M`` of the MIPS -> L2 reduction (approximate indexes only)."""
+        return self._engine.norm_bound
+
+    @property
+    def index_offset(self) -> float:
+        """The offset ``o`` subtracted from the first coordinate of ``d~`` before the L2 reduction (``0`` for flat)."""
+        return float(self._engine.config()["index_offset"])
+
+    @property
+    def rebuild_count(self) -> int:
+        """Full rebuilds of an approximate index caused by a document norm above ``M``."""
+        return self._engine.rebuild_count
+
+    @property
+    def compaction_count(self) -> int:
+        """Tombstone compactions performed."""
+        return self._table.compactions
+
+    @property
+    def _index(self) -> Any:
+        """The FAISS index (``None`` before an approximate index is built); for tests and benchmarks."""
+        return self._engine.index
+
+    @property
+    def ids(self) -> list[str]:
+        """Ids of the live documents, in insertion order."""
+        with self._lock.read():
+            return self._table.live_ids()
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self._table
+
+    def __repr__(self) -> str:
+        return f"KLStore(index_type={self.index_type!r}, dim={self._dim}, documents={len(self)})"
+
+    def _index_params(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in INDEX_PARAMS}
+
+    # --------------------------------------------------------------- mutation
+    def _add_documents(self, new: _NewDocuments) -> None:
+        g = new.gaussians
+        mean = np.ascontiguousarray(g.mean, dtype=np.float32)
+        var = np.ascontiguousarray(g.var, dtype=np.float32)
+        if not (var > 0).all() or not np.isfinite(var).all():
+            raise ValueError("document variances underflow or overflow float32")
+        with self._lock.write():
+            if self._dim is None:
+                self._init_dim(g.dim)
+            if g.dim != self._dim:
+                raise ValueError(f"document gaussians have dimension {g.dim}; this store has dimension {self._dim}")
+            prepared = self._engine.prepare(mean, var)  # every check before any change
+            self._engine.own()
+            start, replaced = self._table.append(mean, var, new.ids, new.texts, new.metadatas)
+            self._engine.add_rows(start, prepared)
+            self._maybe_compact()
+        if replaced:
+            logger.info("replaced %d existing document(s)", len(replaced))
+
+    def _delete(self, ids: list[str]) -> DeleteReport:
+        with self._lock.write():
+            deleted, missing = self._table.tombstone(ids)
+            if deleted:
+                self._engine.own()
+                self._maybe_compact()
+        return DeleteReport(deleted=deleted, missing=missing)
+
+    def _maybe_compact(self) -> None:
+        dead = self._table.dead()
+        if dead and (self._engine.compacts_at_once or dead > self.compact_threshold * self._table.n_rows):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop tombstoned rows from the table and the index; callers hold the write lock."""
+        if self._table.dead():
+            self._engine.remove_rows(self._table.compact())
+
+    def compact(self) -> None:
+        """Remove tombstoned documents from the index now.
+
+        Examples:
+            >>> KLStore().compact()
+        """
+        with self._lock.write():
+            self._compact()
+
+    def rebuild(self) -> None:
+        """Rebuild (and retrain) an approximate index from the stored Gaussians.
+
+        Useful after many additions to an IVF / PQ index trained on an early sample.
+
+        Examples:
+            >>> KLStore(index_type="hnsw").rebuild()
+        """
+        with self._lock.write():
+            if self._table:
+                self._engine.rebuild()
+
+    # ---------------------------------------------------------------- reading
+    def _documents(self, ids: list[str]) -> list[StoredDocument]:
+        with self._lock.read():
+            return self._table.documents(ids)
+
+    def _gaussians(self, ids: list[str]) -> Gaussians:
+        with self._lock.read():
+            return self._table.gaussians_of(ids)
+
+    def _prepare_filter(self, filter: MetadataFilter | None) -> Any:
+        return compile_filter(filter)
+
+    def _search(self, queries: Gaussians, k: int, filter: Any) -> list[list[SearchResult]]:
+        with self._lock.read():
+            if not self._table:
+                return [[] for _ in range(len(queries))]
+            mask, n_allowed = self._table.allowed(filter)
+            if n_allowed == 0:
+                return [[] for _ in range(len(queries))]
+            rows, scores = self._engine.top_k(queries, min(k, n_allowed), mask, n_allowed, filter is not None)
+            return self._table.results(rows, scores)
+
+    # ------------------------------------------------------------ persistence
+    def _config(self) -> dict[str, Any]:
+        encoder_info = None
+        if self.encoder is not None:
+            cfg = getattr(self.encoder, "config", None)
+            try:
+                cfg_dict = cfg.to_dict() if cfg is not None else None
+                json.dumps(cfg_dict)
+            except (TypeError, ValueError, AttributeError):
+                cfg_dict = None
+            encoder_info = {"name_or_path": str(getattr(self.encoder, "name_or_path", "")), "config": cfg_dict}
+        return {
+            "format": _format.FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "library_version": library_version(),
+            "faiss_version": getattr(_faiss(), "__version__", "unknown"),
+            "score_name": SCORE_NAME,
+            "score_direction": SCORE_DIRECTION,
+            "dim": self._dim,
+            "count": self._table.n_rows,
+            "dtype": "float32",
+            "index_type": self.index_type,
+            "index_params": self._index_params(),
+            "index_built": self.is_built,
+            **self._engine.config(),  # norm_bound, index_offset, flat_centre
+            "encoder": encoder_info,
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Save atomically to the folder ``path`` (tombstones are compacted first).
+
+        Files are written into a temporary sibling folder which then replaces ``path``; an
+        interrupted save leaves the previous copy intact.  No pickle is used anywhere.
+
+        Returns:
+            The folder path.
+
+        Examples:
+            >>> import tempfile, numpy as np
+            >>> s = KLStore()
+            >>> _ = s.add(gaussians=Gaussians(np.zeros((2, 2)), np.ones((2, 2))))
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     len(KLStore.load(s.save(Path(d) / "store")))
+            2
+        """
+        target = Path(path)
+        if target.exists() and (
+            not target.is_dir() or (any(target.iterdir()) and not (target / _format.CONFIG).exists())
+        ):
+            raise ValueError(f"{target} exists and is not a KLStore folder; refusing to overwrite it")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        table = self._table
+        with self._lock.write():
+            self._engine.own()
+            self._compact()
+            with atomic_dir(target) as tmp:
+                _format.write_folder(
+                    tmp,
+                    self._config(),
+                    (table.mean, table.var),
+                    (table.ids, table.texts, table.metas),
+                    self._engine.write if self.is_built else None,
+                )
+        logger.info("saved %d documents to %s", table.n_rows, target)
+        return target
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        encoder: Any | None = None,
+        mmap: bool = False,
+        verify_checksums: bool = True,
+    ) -> KLStore:
+        """Load a store written by :meth:`save`.
+
+        Args:
+            path: The store folder.
+            encoder: Optional encoder for text queries / additions (a name differing from the
+                saved one logs a warning).
+            mmap: Memory-map the Gaussians (read-only ``np.load(mmap_mode="r")``) and, where
+                FAISS supports it, the index codes; they are copied on the first mutation.
+            verify_checksums: Check SHA-256 of every file (sizes are always checked).
+
+        Raises:
+            FileNotFoundError: ``path`` or its config is missing.
+            StoreFormatError: (a ``ValueError``) files missing, sizes / checksums / counts /
+                dimensions not matching the config, or an unreadable index.
+
+        Examples:
+            >>> KLStore.load("/nonexistent")  # doctest: +SKIP
+        """
+        folder = Path(path)
+        if not folder.exists() and recover_dir(folder, required=_format.CONFIG):
+            logger.warning("loading %s from the copy saved before an interrupted save", folder)
+        cfg_path = folder / _format.CONFIG
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no KLStore folder at {folder}")
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{folder} has no {_format.CONFIG}; not a KLStore folder")
+        config = _format.read_config(cfg_path)
+        dim, count = config["dim"], config["count"]
+        _format.check_files(folder, config["files"], verify_checksums)
+        try:
+            store = cls(encoder=encoder, index_type=config["index_type"], **config["index_params"])
+        except (TypeError, ValueError) as exc:
+            raise StoreFormatError(f"{cfg_path}: field 'index_params' holds an invalid value: {exc}") from exc
+        saved = (config["encoder"] or {}).get("name_or_path")
+        now = str(getattr(encoder, "name_or_path", "")) if encoder is not None else ""
+        if saved and now and saved != now:
+            logger.warning("store was built with encoder %r but is loaded with %r", saved, now)
+        if dim is None:
+            if count:
+                raise StoreFormatError(f"{cfg_path}: field 'dim' is null but 'count' is {count}")
+            return store
+        store._init_dim(dim)
+        check = store._engine.restore(config, cfg_path)  # before the rows: its check runs as they are read
+        arrays = _format.read_gaussians(folder, mmap, count, dim, on_block=check)
+        store._table.set_rows(arrays, *_format.read_documents(folder / _format.DOCS, count))
+        if config["index_built"]:
+            store._engine.attach(*_read_index(folder / _format.INDEX, mmap), cfg_path)
+        elif store.index_type == "flat":
+            raise StoreFormatError(f"{cfg_path}: field 'index_built' is false, but a flat store always has its index")
+        logger.info("loaded %d documents from %s", count, folder)
+        return store
