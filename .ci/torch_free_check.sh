@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A torch-free install, as a LangChain user gets it: a fresh venv with the core requirements and the
 # [langchain] extra only. Checks that torch is absent, reports the venv's size (target <= 400 MB) and runs
-# the README's LangChain example (docs/examples/langchain_quickstart.py) offline, from outside the
+# the LangChain quickstart (docs/examples/langchain_quickstart.py) and the README's LangChain block offline, from outside the
 # checkout so that the installed package is what runs. pip's cache is used. `make torch-free-check`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +49,26 @@ if ! printf '%s\n' "$out" | tail -n 1 | grep -q '^Aspirin lowers fever\.'; then
 fi
 if [ -e "$tmp/onnx-cache" ]; then
   echo "torch-free-check: FAIL: the example exported a graph instead of using the shipped one" >&2
+  exit 1
+fi
+# The README's own LangChain block (the first python block under "## LangChain"), run as written.
+"$venv_py" - "$tmp/src/README.md" "$tmp/readme_langchain.py" <<'PY'
+import re, sys
+text = open(sys.argv[1], encoding="utf-8").read()
+section = text.split("\n## LangChain", 1)[1]
+block = re.search(r"```python\n(.*?)```", section, re.S)
+assert block, "no python block under '## LangChain' in README.md"
+open(sys.argv[2], "w", encoding="utf-8").write(block.group(1))
+PY
+readme_out=$(cd "$tmp" && HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 KL_RETRIEVERS_ONNX_CACHE="$tmp/onnx-cache" \
+  "$venv_py" "$tmp/readme_langchain.py")
+echo "$readme_out"
+if ! printf '%s\n' "$readme_out" | grep -q 'caffeine'; then
+  echo "torch-free-check: FAIL: the README's LangChain example did not retrieve the caffeine documents" >&2
+  exit 1
+fi
+if [ -e "$tmp/onnx-cache" ]; then
+  echo "torch-free-check: FAIL: the README example exported a graph instead of using the shipped one" >&2
   exit 1
 fi
 import_s=$(cd "$tmp" && "$venv_py" -c "import time; t = time.perf_counter(); import kl_retrievers, sys; \

@@ -50,23 +50,31 @@ def require_torch(what: str) -> None:
         )
 
 
-def check_texts(texts: str | Sequence[str] | None) -> list[str]:
-    """``texts`` as a list of strings (one string is one text); raises ``TypeError`` naming a bad item.
+def check_texts(texts: str | Sequence[str] | None, what: str = "texts", *, allow_str: bool = True) -> list[str]:
+    """``texts`` as a list of strings; raises ``TypeError`` naming ``what`` and a bad item.
+
+    Args:
+        texts: A sequence of strings, or (with ``allow_str``) one string, which is one text.
+        what: The argument's name in error messages.
+        allow_str: Whether a bare string counts as one text (encoders, query lists) or is refused
+            (LangChain's ``add_texts``, where a string is almost always a mistake).
 
     Examples:
         >>> check_texts(["a", "b"])
         ['a', 'b']
+        >>> check_texts("a")
+        ['a']
     """
     if isinstance(texts, str):
-        return [texts]
-    if texts is None:
-        raise TypeError("texts must be a str or a sequence of str; got None")
-    if not isinstance(texts, Iterable):
-        raise TypeError(f"texts must be a str or a sequence of str; got {type(texts).__name__}")
+        if allow_str:
+            return [texts]
+        raise TypeError(f"{what} must be a sequence of str, not a single str; wrap it in a list")
+    if texts is None or not isinstance(texts, Iterable):
+        raise TypeError(f"{what} must be a str or a sequence of str; got {type(texts).__name__}")
     out = list(texts)
     for i, text in enumerate(out):
         if not isinstance(text, str):
-            raise TypeError(f"texts[{i}] is {type(text).__name__}; every text must be a str")
+            raise TypeError(f"{what}[{i}] is {type(text).__name__}; every text must be a str")
     return out
 
 

@@ -516,3 +516,22 @@ def load_gaussians(path: str | os.PathLike[str]) -> tuple[Any, list[str] | None]
     var = np.load(source / "var.npy", allow_pickle=False)
     ids = json.loads((source / "ids.json").read_text()) if (source / "ids.json").is_file() else None
     return Gaussians(mean, var), ids
+
+
+def user_cache_dir(env: str, name: str) -> Path:
+    """A kl-retrievers cache folder: ``$env`` when set, else ``~/.cache/kl_retrievers/<name>``.
+
+    ``$XDG_CACHE_HOME`` replaces ``~/.cache`` when set.
+
+    Examples:
+        >>> import os
+        >>> os.environ["KL_EXAMPLE_CACHE"] = "/tmp/kl-example"
+        >>> str(user_cache_dir("KL_EXAMPLE_CACHE", "example"))
+        '/tmp/kl-example'
+        >>> del os.environ["KL_EXAMPLE_CACHE"]
+    """
+    value = os.environ.get(env)
+    if value:
+        return Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "kl_retrievers" / name

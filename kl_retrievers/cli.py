@@ -91,7 +91,7 @@ def _row_id(row: dict[str, Any], position: int, where: str) -> str:
     return str(value)
 
 
-def _load_encoder(model: str | None, device: str | None = None, backend: str = "torch") -> Any:
+def _load_encoder(model: str | None, device: str | None = None, backend: str | None = None) -> Any:
     from kl_retrievers.pretrained import load_model
 
     return load_model(model, device=device, backend=backend)
@@ -138,7 +138,7 @@ def _run_encode(args: argparse.Namespace) -> int:
     if args.input is not None and args.texts:
         raise SystemExit("give texts or --input, not both")
     if args.shard_size is not None or args.backend == "ray":
-        if args.model_backend != "torch":
+        if args.model_backend == "onnx":
             raise ValueError("--model-backend onnx is not supported with --shard-size / --backend ray yet")
         return _run_encode_sharded(args)
     if args.input is not None:

@@ -55,23 +55,33 @@ positive_int = _int_at_least(1)
 token_budget = _int_at_least(3)  # what GaussianEncoder accepts as max_length ([CLS], [VAR], [SEP])
 
 
-def add_model_backend_argument(p: Any, *flags: str) -> None:
+def add_model_backend_argument(p: Any, *flags: str, default: str | None = None) -> None:
     """``--model-backend`` (and any alias in ``flags``): run the --model encoder on torch or ONNX Runtime.
+
+    Args:
+        p: The subcommand's parser.
+        *flags: Aliases of ``--model-backend``.
+        default: ``None`` follows :func:`kl_retrievers.pretrained.default_backend` (ONNX int8 on CPU for
+            the default model; torch for saved torch encoders when torch is installed); ``evaluate``
+            passes ``"torch"`` so that the logged evaluation commands reproduce exactly.
 
     Examples:
         >>> parser = argparse.ArgumentParser()
         >>> add_model_backend_argument(parser, "--backend")
         >>> parser.parse_args(["--backend", "onnx"]).model_backend
         'onnx'
+        >>> parser.parse_args([]).model_backend is None
+        True
     """
+    auto = "the library's default: ONNX int8 on CPU for the default model"
     p.add_argument(
         "--model-backend",
         *flags,
         dest="model_backend",
         choices=("torch", "onnx"),
-        default="torch",
-        help="run the model on torch (default) or onnx (ONNX Runtime, int8 weights, CPU; a bundled or saved torch "
-        "model is exported on first use and cached)",
+        default=default,
+        help=f"run the model on torch or onnx (ONNX Runtime, int8 weights, CPU; a bundled or saved torch model is "
+        f"exported on first use and cached); default: {default or auto}",
     )
 
 

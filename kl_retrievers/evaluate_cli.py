@@ -99,7 +99,7 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         help="qrels naming documents outside the corpus: fail (default) or drop them",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
-    add_model_backend_argument(p, "--backend")
+    add_model_backend_argument(p, "--backend", default="torch")
     p.set_defaults(func=run_evaluate)
     return p
 

@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from kl_retrievers._encoding import check_texts
 from kl_retrievers._io import atomic_dir, library_version, recover_dir
 from kl_retrievers.filters import MetadataFilter, compile_filter
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians, check_k, neg_kl
@@ -1501,15 +1502,7 @@ class KLHybridStore:
 
 
 def _query_texts(queries: Any) -> list[str]:
-    if isinstance(queries, str):
-        return [queries]
-    if not isinstance(queries, Sequence):
-        raise TypeError(f"queries must be a sequence of strings; got {type(queries).__name__}")
-    texts = list(queries)
-    for j, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"queries[{j}] must be a str (BM25 reads the query text); got {type(t).__name__}")
-    return texts
+    return check_texts(queries, "queries")
 
 
 def _mismatch(where: str, bm25_ids: set[str], kl_ids: set[str]) -> str:

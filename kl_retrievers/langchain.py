@@ -59,6 +59,7 @@ from kl_retrievers._adapters import (
     warn_incompatible_store,
     write_manifest,
 )
+from kl_retrievers._encoding import check_texts
 from kl_retrievers.filters import MetadataFilter
 from kl_retrievers.gaussian import (
     SCORE_NAME,
@@ -97,15 +98,7 @@ class LangChainFormatError(StoreFormatError):
 
 # --------------------------------------------------------------------------- helpers
 def _check_texts(texts: Any, what: str = "texts") -> list[str]:
-    if isinstance(texts, str):
-        raise TypeError(f"{what} must be a sequence of str, not a single str; wrap it in a list")
-    if texts is None or not isinstance(texts, Iterable):
-        raise TypeError(f"{what} must be a sequence of str; got {type(texts).__name__}")
-    out = list(texts)
-    for i, text in enumerate(out):
-        if not isinstance(text, str):
-            raise TypeError(f"{what}[{i}] is {type(text).__name__}; every text must be a str")
-    return out
+    return check_texts(texts, what, allow_str=False)
 
 
 def _check_query(query: Any) -> str:

@@ -56,11 +56,9 @@ def backbone_cache_dir() -> Path:
         '/tmp/kl-backbones'
         >>> del os.environ["KL_RETRIEVERS_BACKBONE_CACHE"]
     """
-    env = os.environ.get(BACKBONE_CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "kl_retrievers" / "backbones"
+    from kl_retrievers._io import user_cache_dir
+
+    return user_cache_dir(BACKBONE_CACHE_ENV, "backbones")
 
 
 def default_query_prefix(folder: str | os.PathLike[str], name: str = "") -> str:

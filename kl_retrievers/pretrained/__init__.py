@@ -228,11 +228,9 @@ def onnx_cache_dir() -> Path:
         >>> onnx_cache_dir().name  # doctest: +SKIP
         'onnx'
     """
-    env = os.environ.get(ONNX_CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "kl_retrievers" / "onnx"
+    from kl_retrievers._io import user_cache_dir
+
+    return user_cache_dir(ONNX_CACHE_ENV, "onnx")
 
 
 def source_sha256(folder: str | os.PathLike[str], recipe: str = "") -> str:
