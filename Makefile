@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS := dev,eval,torch,train,onnx,langchain,llama-index,hybrid,milvus,ray
+EXTRAS := dev,eval,torch,train,onnx,langchain,llama-index,hybrid,milvus,ray,bge
 
 .PHONY: install demo test test-fast check lint typecheck docs bench-encode clean fuzz reliability torch-free-check
 
@@ -37,8 +37,9 @@ docs: install
 test: check docs torch-free-check
 	$(BIN)/python -m pytest
 
-## A fresh torch-free venv (core + [langchain]): no torch, its size (<= 400 MB), and the README's
-## LangChain example (docs/examples/langchain_quickstart.py) run offline from the shipped ONNX graph.
+## The newcomer's path from a built wheel, in a fresh torch-free venv: core + [langchain] (no torch, size
+## <= 400 MB) runs docs/examples/langchain_quickstart.py and the README's LangChain block, then + [llama-index]
+## runs the README's LlamaIndex block (a query engine over a folder of text files); offline, shipped ONNX graph.
 torch-free-check:
 	PYTHON=$(PYTHON) .ci/torch_free_check.sh
 

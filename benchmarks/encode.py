@@ -20,6 +20,12 @@ Encodings go through the evaluation cache, so a rerun reuses them.
 
     python benchmarks/encode.py --quality-only   # quality on the whole SciFact and NFCorpus, no timing
     python benchmarks/encode.py --ratio-only --docs 500 --rounds 3   # ONNX int8 / torch docs/s only
+    python benchmarks/encode.py --models all --backends onnx torch --docs 200 --rounds 2   # per bundled model
+
+``--models`` (bundled names, or ``all``) times each model on each of ``--backends`` side by side:
+the same documents, interleaved rounds, best round counts, a markdown table (``model | backend |
+runs without torch | docs/s``). ONNX for a MiniLM model without a shipped graph means its int8
+export, made on first use (torch needed) and cached; that first export is not timed.
 
 The last line is ``throughput_ratio=X onnx_int8_ratio=Y onnx_ndcg_delta=Z import_s=W``: the torch
 default model's documents per second over sentence-transformers', ONNX int8's over torch float32's
@@ -46,6 +52,8 @@ NFCORPUS = REPO.parent / "shared" / "datasets" / "nfcorpus-preprocessed" / "corp
 INT8_SIDE = "ONNX int8 (default model)"
 FLOAT32_SIDE = "ONNX float32 (default model)"
 TORCH_SIDE = "GaussianEncoder (default model)"
+#: docs/encode.md from this line on (the per-model table of ``--models``) is kept when the full run rewrites the page.
+KEEP_MARKER = "<!-- kept by benchmarks/encode.py: per-model table (--models) -->"
 
 
 def load_docs(n: int) -> list[str]:
@@ -162,6 +170,48 @@ def ratio_only(n_docs: int, rounds: int, max_length: int, batch_size: int = 32) 
     )
 
 
+def models_speed(
+    models: list[str], backends: list[str], n_docs: int, rounds: int, max_length: int, batch_size: int = 32
+) -> None:
+    """Documents per second of bundled models on each backend, side by side (interleaved rounds, best counts)."""
+    from kl_retrievers import load_model
+    from kl_retrievers.onnx_heads import shared_backbone_for
+    from kl_retrievers.pretrained import bundled_model_path, bundled_models, bundled_onnx_path
+
+    names = bundled_models() if models == ["all"] else models
+    docs = load_docs(n_docs)
+    sides: dict[tuple[str, str], Any] = {}
+    for name in names:
+        for backend in backends:
+            sides[(name, backend)] = load_model(name, backend=backend, device="cpu" if backend == "torch" else None)
+    for enc in sides.values():  # warm-up
+        enc.encode_documents(docs[:32], batch_size=batch_size, max_length=max_length)
+    best = dict.fromkeys(sides, 0.0)
+    for r in range(rounds):
+        for key, enc in sides.items():
+            rate = timed(lambda d, enc=enc: enc.encode_documents(d, batch_size=batch_size, max_length=max_length), docs)
+            best[key] = max(best[key], rate)
+            print(f"round {r + 1}: {key[0]} ({key[1]}): {rate:.2f} docs/s (load {os.getloadavg()[0]:.1f})", flush=True)
+
+    def torch_free(name: str, backend: str) -> str:
+        if backend == "torch":
+            return "no"
+        if bundled_onnx_path(name) is not None:
+            return "yes (shipped graph)"
+        backbone = shared_backbone_for(bundled_model_path(name))
+        return f"yes ({backbone.requirement})" if backbone is not None else "no (exported on first use)"
+
+    load = os.getloadavg()
+    print(
+        f"\n{len(docs)} SciFact documents, max length {max_length} (for every model), batch "
+        f"{batch_size}, best of {rounds} interleaved rounds; {os.cpu_count()} CPUs, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}\n"
+    )
+    print("| model | backend | runs without torch | docs/s |\n|---|---|---|---|")
+    for (name, backend), rate in best.items():
+        print(f"| `{name}` | {backend} | {torch_free(name, backend)} | {rate:.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="batch size 32 only, 2 rounds, a SciFact subset")
@@ -171,7 +221,13 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "encode.md")
+    parser.add_argument("--models", nargs="+", default=None, help="bundled models to time side by side, or 'all'")
+    parser.add_argument("--backends", nargs="+", default=["onnx"], choices=["onnx", "torch"])
+    parser.add_argument("--batch-size", type=int, default=32, help="with --models")
     args = parser.parse_args()
+    if args.models:
+        models_speed(args.models, args.backends, args.docs, args.rounds or 2, args.max_length, args.batch_size)
+        return
     if args.quality_only:
         quality_only(batch_size=32)
         return
@@ -236,8 +292,8 @@ def main() -> None:
         "|---|---|---|---|",
     ]
     lines += [f"| {bs} | {name} | {rate:.1f} | {ratio:.3f} |" for bs, name, rate, ratio in rows]
-    rate = {(bs, n): r for bs, n, r, _ in rows}
-    onnx_ratio = rate[(32, INT8_SIDE)] / rate[(32, TORCH_SIDE)]
+    rate_of = {(bs, n): r for bs, n, r, _ in rows}
+    onnx_ratio = rate_of[(32, INT8_SIDE)] / rate_of[(32, TORCH_SIDE)]
     corpus = f"a subset: the first {len(docs)} documents + every judged one" if args.quick else "the whole corpus"
     results = [quality(gauss, onnx_int8, quick=args.quick, first_docs=len(docs), batch_size=32)]
     if not args.quick:
@@ -251,7 +307,9 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.quick:
-        args.out.write_text(text)
+        previous = args.out.read_text() if args.out.is_file() else ""
+        kept = previous[previous.index(KEEP_MARKER) :] if KEEP_MARKER in previous else ""
+        args.out.write_text(text + ("\n" + kept if kept else ""))
         print(f"wrote {args.out}")
     ratio = next(r for bs, n, _, r in rows if bs == 32 and n == TORCH_SIDE)
     print(

@@ -63,6 +63,7 @@ __all__ = [
     "FEATURES",
     "DEFAULT_FEATURES",
     "CALIBRATION_FILE",
+    "DEFAULT_MIN_CONFIDENCE",
     "ConfidenceCalibrator",
     "query_features",
     "feature_matrix",
@@ -89,6 +90,13 @@ NEEDS_REFERENCE = frozenset({"nqc", "wig"})
 DEFAULT_FEATURES: tuple[str, ...] = ("uncertainty", "max_score", "gap12")
 #: File name of a calibrator shipped in a bundled model folder.
 CALIBRATION_FILE = "confidence_calibration.json"
+#: Recommended ``min_confidence`` for the default calibrator: below it a retriever abstains. Chosen on
+#: the *training* articles of the SQuAD retrieval set only (half their questions made unanswerable
+#: by removing their paragraphs): the threshold (grid 0.00..1.00, step 0.01) with the best
+#: abstention F1 among those that still answer >= 90% of the answerable questions (``python
+#: benchmarks/abstention.py --hybrid --seeds 10``, logged in ``runs/abstention/abstention.jsonl``;
+#: the held-out articles' curve is in ``docs/hybrid.md``, "Abstention").
+DEFAULT_MIN_CONFIDENCE = 0.30
 FORMAT = "kl-retrievers-confidence-calibrator"
 FORMAT_VERSION = 1
 

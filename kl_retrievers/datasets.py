@@ -32,9 +32,20 @@ __all__ = [
     "available_splits",
     "document_text",
     "file_fingerprint",
+    "fetch_beir",
+    "BEIR_URL",
+    "LOCAL_COPY_ENV",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Where the public BEIR collections are downloaded from (``{name}`` is e.g. ``scifact``).
+BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
+#: A folder holding local copies of collections as ``<folder>/<name>/`` (used before any download).
+LOCAL_COPY_ENV = "KL_RETRIEVERS_DATA"
+#: The folder downloads go to when no ``root`` is given (default ``~/.cache/kl_retrievers/datasets``).
+DOWNLOAD_ROOT_ENV = "KL_RETRIEVERS_DATASET_CACHE"
+_OFFLINE_ENVS = ("KL_RETRIEVERS_OFFLINE", "HF_HUB_OFFLINE")
 
 CORPUS_FILE = "corpus.jsonl"
 QUERIES_FILE = "queries.jsonl"
@@ -395,3 +406,127 @@ def load_beir(path: str | os.PathLike[str], split: str = "test", *, unknown_docs
     ds = BeirDataset(root, split, corpus, queries, qrels)
     logger.info("loaded %r", ds)
     return ds
+
+
+def _is_beir_folder(path: Path) -> bool:
+    return (path / CORPUS_FILE).is_file() and (path / QUERIES_FILE).is_file() and (path / QRELS_DIR).is_dir()
+
+
+def _offline() -> str | None:
+    for env in _OFFLINE_ENVS:
+        if os.environ.get(env, "").strip().lower() in ("1", "true", "yes", "on"):
+            return env
+    return None
+
+
+def _extract_beir_zip(archive: Path, name: str, dest: Path) -> None:
+    """Unpack the BEIR folder inside ``archive`` (``<name>/...`` or the files at the top) into ``dest``."""
+    import zipfile
+
+    if not zipfile.is_zipfile(archive):
+        raise DatasetError("not a zip file (the server sent something else)", path=archive)
+    with zipfile.ZipFile(archive) as zf:
+        members = [m for m in zf.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
+        names = [m.filename for m in members]
+        prefix = f"{name}/" if f"{name}/{CORPUS_FILE}" in names else ""
+        if f"{prefix}{CORPUS_FILE}" not in names:
+            raise DatasetError(f"the archive holds no {CORPUS_FILE} (at the top or under {name}/)", path=archive)
+        root = dest.resolve()
+        for member in members:
+            if not member.filename.startswith(prefix):
+                continue
+            target = (dest / member.filename[len(prefix) :]).resolve()
+            if root not in target.parents:
+                raise DatasetError(f"unsafe path {member.filename!r} in the archive", path=archive)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(member) as src, target.open("wb") as out:
+                while chunk := src.read(1 << 20):
+                    out.write(chunk)
+    if not _is_beir_folder(dest):
+        raise DatasetError(f"the archive is not a BEIR folder ({CORPUS_FILE}, {QUERIES_FILE}, qrels/)", path=archive)
+
+
+def fetch_beir(
+    name: str,
+    root: str | os.PathLike[str] | None = None,
+    *,
+    local_copy: str | os.PathLike[str] | None = None,
+    url: str | None = None,
+    timeout: float = 60.0,
+) -> Path:
+    """A public BEIR collection on disk: ``root/name`` if there, else a local copy, else downloaded.
+
+    The folder it returns is ready for :func:`load_beir` and ``kl-retrievers evaluate``. In order:
+
+    1. ``root/name`` already holds the collection (an earlier download): it is returned.
+    2. A local copy ``local_copy`` (a BEIR folder), or ``$KL_RETRIEVERS_DATA/<name>``, exists: it is
+       returned as it is, nothing is copied or downloaded (for CI and offline machines).
+    3. Otherwise the public BEIR zip (:data:`BEIR_URL`) is downloaded and
+       unpacked into ``root/name`` atomically. Setting ``KL_RETRIEVERS_OFFLINE=1`` (or
+       ``HF_HUB_OFFLINE=1``) forbids the download.
+
+    Args:
+        name: The BEIR collection's name, e.g. ``"scifact"``, ``"nfcorpus"``, ``"fiqa"``.
+        root: The folder downloads go to (default ``$KL_RETRIEVERS_DATASET_CACHE``, else
+            ``~/.cache/kl_retrievers/datasets``).
+        local_copy: A BEIR folder to use instead of downloading, when it exists.
+        url: The zip to download instead of the public BEIR one.
+        timeout: Seconds to wait for the server before giving up.
+
+    Returns:
+        The collection's folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/``).
+
+    Raises:
+        DatasetError: If there is no local copy and the download is forbidden or fails; the
+            message names the URL and the ways to give a local copy.
+
+    Examples:
+        >>> from kl_retrievers.datasets import fetch_beir, load_beir  # doctest: +SKIP
+        >>> folder = fetch_beir("scifact", "datasets")  # doctest: +SKIP
+        >>> load_beir(folder, "test")  # doctest: +SKIP
+        BeirDataset(path='datasets/scifact', split='test', docs=5183, queries=300, judgements=339)
+    """
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"name must be a BEIR collection name such as 'scifact', got {name!r}")
+    base = Path(root) if root is not None else _download_root()
+    target = base / name
+    if _is_beir_folder(target):
+        logger.info("%s: using %s", name, target)
+        return target
+    candidates = [Path(local_copy)] if local_copy is not None else []
+    if os.environ.get(LOCAL_COPY_ENV):
+        candidates.append(Path(os.environ[LOCAL_COPY_ENV]).expanduser() / name)
+    for candidate in candidates:
+        if _is_beir_folder(candidate):
+            logger.info("%s: using the local copy %s", name, candidate)
+            return candidate
+    source = url or BEIR_URL.format(name=name)
+    where = f"give a local copy with local_copy=... or ${LOCAL_COPY_ENV}=<folder holding {name}/>"
+    if (env := _offline()) is not None:
+        raise DatasetError(f"{env} is set, so {source} is not downloaded; {where}", path=target)
+    import shutil
+    import tempfile
+    import urllib.error
+    import urllib.request
+
+    from kl_retrievers._io import atomic_dir
+
+    base.mkdir(parents=True, exist_ok=True)
+    logger.info("%s: downloading %s into %s", name, source, target)
+    with tempfile.TemporaryDirectory(dir=base, prefix=f".{name}.download-") as tmp:
+        archive = Path(tmp) / f"{name}.zip"
+        try:
+            with urllib.request.urlopen(source, timeout=timeout) as response, archive.open("wb") as out:
+                shutil.copyfileobj(response, out, 1 << 20)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise DatasetError(f"could not download {source} ({reason}); {where}", path=target) from None
+        with atomic_dir(target) as folder:
+            _extract_beir_zip(archive, name, folder)
+    return target
+
+
+def _download_root() -> Path:
+    from kl_retrievers._io import user_cache_dir
+
+    return user_cache_dir(DOWNLOAD_ROOT_ENV, "datasets")

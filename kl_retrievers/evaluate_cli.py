@@ -1,7 +1,9 @@
-"""``kl-retrievers evaluate``: score a Gaussian model (exact -KL) or a baseline on a BEIR folder.
+"""``kl-retrievers evaluate``: score a Gaussian model (exact -KL), a hybrid or a baseline on a BEIR folder.
 
 The command-line layer over :mod:`kl_retrievers.evaluation` (metrics, exact retrieval, the
-paired test) and :mod:`kl_retrievers.baselines`; nothing in the library imports it.
+paired test), :mod:`kl_retrievers.hybrid` (``--hybrid rrf|convex|adaptive``: BM25 and the
+model's ``-KL`` fused, :class:`~kl_retrievers.hybrid.KLHybridStore`) and
+:mod:`kl_retrievers.baselines`; nothing in the library imports it.
 :mod:`kl_retrievers.cli` registers it with :func:`add_evaluate_command`.
 
 Examples:
@@ -9,6 +11,8 @@ Examples:
     >>> _ = add_evaluate_command(parser.add_subparsers(dest="command"))
     >>> parser.parse_args(["evaluate", "data", "--baseline", "bm25"]).func.__name__
     'run_evaluate'
+    >>> parser.parse_args(["evaluate", "data", "--hybrid", "rrf"]).hybrid
+    'rrf'
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+import numpy as np
 
 from kl_retrievers.baselines import run_baseline
 from kl_retrievers.cli_common import add_model_backend_argument, args_subset, positive_int, token_budget
@@ -36,12 +42,35 @@ from kl_retrievers.evaluation import (
     write_trec_run,
 )
 
-__all__ = ["add_evaluate_command", "run_evaluate"]
+__all__ = ["HYBRID_MODES", "add_evaluate_command", "run_evaluate"]
 
 logger = logging.getLogger(__name__)
 
 
-_EVALUATE_HELP = "Evaluate a Gaussian model (exact -KL) or a baseline on a BEIR folder."
+_EVALUATE_HELP = "Evaluate a Gaussian model (exact -KL), a BM25 + -KL hybrid or a baseline on a BEIR folder."
+#: Fusion modes of ``--hybrid`` (:data:`kl_retrievers.hybrid.FUSION_MODES`; spelled out so that
+#: building the parser does not import the hybrid module).
+HYBRID_MODES: tuple[str, ...] = ("rrf", "convex", "adaptive")
+_NORMALIZATIONS = ("minmax", "zscore")
+
+
+def unit_interval(text: str) -> float:
+    """An argparse ``type``: a number in ``[0, 1]`` (the message names the value and the range).
+
+    Examples:
+        >>> unit_interval("0.25")
+        0.25
+        >>> unit_interval("1.5")
+        Traceback (most recent call last):
+        argparse.ArgumentTypeError: must be a number in [0, 1] (the dense side's share); got 1.5
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1]; got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1] (the dense side's share); got {text}")
+    return value
 
 
 def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -69,6 +98,33 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         help="Gaussian encoder: bundled model name, local folder or hub id (default: the package default model)",
     )
     which.add_argument("--baseline", choices=["bm25", "minilm", "bge-small"], help="evaluate a baseline instead")
+    p.add_argument(
+        "--hybrid",
+        choices=HYBRID_MODES,
+        metavar="MODE",
+        help="evaluate the hybrid of BM25 and the model's -KL (kl_retrievers.hybrid) fused by MODE: "
+        "rrf (k = 60), convex (fixed dense weight) or adaptive (per-query weight, fitted for the default model)",
+    )
+    p.add_argument(
+        "--hybrid-weight",
+        type=unit_interval,
+        default=None,
+        metavar="W",
+        help="dense weight of --hybrid convex, in [0, 1] (default: 0.5)",
+    )
+    p.add_argument(
+        "--hybrid-normalization",
+        choices=_NORMALIZATIONS,
+        default=None,
+        help="score normalisation of --hybrid convex (default: minmax)",
+    )
+    p.add_argument(
+        "--hybrid-candidates",
+        type=positive_int,
+        default=100,
+        metavar="N",
+        help="documents taken from each retriever per query before fusion (default: 100)",
+    )
     p.add_argument("--means-only", action="store_true", help="ablation: rank by -||mu_q - mu_d||^2, ignore variances")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.add_argument("--per-query", metavar="FILE", help="save per-query metrics (.json, or .tsv by suffix)")
@@ -128,11 +184,107 @@ def _print_table(summary: Mapping[str, Any], metrics: Iterable[str], compare: Ma
             )
 
 
+def _hybrid_option_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the combination of ``--hybrid`` options (``None``: nothing)."""
+    mode = getattr(args, "hybrid", None)
+    convex_only = [
+        flag
+        for flag, value in (
+            ("--hybrid-weight", getattr(args, "hybrid_weight", None)),
+            ("--hybrid-normalization", getattr(args, "hybrid_normalization", None)),
+        )
+        if value is not None
+    ]
+    if mode is None:
+        return f"{' and '.join(convex_only)} need --hybrid convex" if convex_only else None
+    if mode not in HYBRID_MODES:
+        return f"unknown fusion mode {mode!r}; allowed modes: {', '.join(HYBRID_MODES)}"
+    if args.baseline:
+        return f"--hybrid fuses BM25 with a Gaussian model (--model); not with --baseline {args.baseline}"
+    if args.means_only:
+        return "--means-only applies to the -KL ranking alone, not to --hybrid"
+    if mode != "convex" and convex_only:
+        return f"{' and '.join(convex_only)} apply to --hybrid convex only; got --hybrid {mode}"
+    return None
+
+
+def _evaluate_hybrid(
+    args: argparse.Namespace, encoder: Any, dataset: Any, *, show_progress: bool
+) -> tuple[EvaluationResult, dict[str, dict[str, float]], dict[str, float]]:
+    """Encode (through the cache), index both halves of a :class:`~kl_retrievers.hybrid.KLHybridStore`, fuse, score.
+
+    Returns:
+        The evaluation (its run scores are ``depth - rank``, the fused order), the dense ``-KL``
+        candidate list of each query (what the score-based predictors read) and each query's dense
+        weight (convex and adaptive modes).
+    """
+    from kl_retrievers.evaluation import encode_dataset, evaluate_run, model_label
+    from kl_retrievers.hybrid import KLHybridStore
+    from kl_retrievers.qpp import gaussian_query_stats
+
+    t0 = time.perf_counter()
+    q, d = encode_dataset(
+        encoder,
+        dataset,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
+        show_progress=show_progress,
+        **args_subset(args, "batch_size", "max_length", "query_max_length"),
+    )
+    t1 = time.perf_counter()
+    store = KLHybridStore(
+        encoder,
+        fusion=args.hybrid,
+        weight=0.5 if args.hybrid_weight is None else args.hybrid_weight,
+        normalization=args.hybrid_normalization or "minmax",
+        candidates=args.hybrid_candidates,
+    )
+    if args.hybrid == "adaptive":
+        store.adaptive_params()  # loads the default model's weights; warns when the encoder is another model
+    store.add(dataset.document_texts(), gaussians=d, ids=dataset.doc_ids)
+    cands = store.candidates(dataset.query_texts(), query_gaussians=q, depth=max(args.depth, args.hybrid_candidates))
+    run: dict[str, dict[str, float]] = {}
+    dense_run: dict[str, dict[str, float]] = {}
+    weights: dict[str, float] = {}
+    for qid, c in zip(dataset.query_ids, cands, strict=True):
+        ranked = store.fuse_candidates(c, args.depth)
+        # scores depth - rank: an evaluator ranks exactly as the store did, ties included
+        run[qid] = {doc_id: float(args.depth - r) for r, (doc_id, *_) in enumerate(ranked)}
+        dense_run[qid] = {c.ids[j]: float(c.neg_kl[j]) for j in range(len(c.ids)) if c.dense_rank[j] > 0}
+        if ranked and ranked[0][3] is not None:
+            weights[qid] = float(ranked[0][3])
+    t2 = time.perf_counter()
+    aggregate, per_query = evaluate_run(dataset.qrels, run, DEFAULT_METRICS)
+    fusion = store.fusion.to_dict()
+    if args.hybrid != "convex":
+        fusion.pop("weight")
+        fusion.pop("normalization")
+    if args.hybrid != "rrf":
+        fusion.pop("rrf_k")
+    if args.hybrid == "adaptive":
+        fusion["normalization"] = store.adaptive_params().normalization
+    info: dict[str, Any] = {
+        "score": "hybrid",
+        "fusion": args.hybrid,
+        "hybrid": {**fusion, "bm25": {"k1": store.k1, "b": store.b}},
+        "encode_s": round(t1 - t0, 2),
+        "retrieve_s": round(t2 - t1, 2),
+    }
+    if weights:
+        w = np.fromiter(weights.values(), dtype=np.float64)
+        info["hybrid"]["mean_dense_weight"] = round(float(w.mean()), 6)
+    label = f"{model_label(encoder)} + bm25 [{args.hybrid}]"
+    stats = gaussian_query_stats(q, d, dataset.query_ids)
+    result = EvaluationResult(str(dataset.path), dataset.split, label, aggregate, per_query, run, info, stats)
+    return result, dense_run, weights
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run ``kl-retrievers evaluate`` from parsed arguments.
 
     Returns:
-        0 on success, 2 on bad input (missing or malformed dataset or comparison file).
+        0 on success, 2 on bad input (missing or malformed dataset or comparison file, or
+        ``--hybrid`` options that do not go together).
 
     Examples:
         >>> parser = argparse.ArgumentParser()
@@ -149,6 +301,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    problem = _hybrid_option_problem(args)
+    if problem:
+        print(f"kl-retrievers evaluate: error: {problem}", file=sys.stderr)
+        return 2
     try:
         dataset = load_beir(args.dataset_dir, args.split, unknown_docs=args.unknown_docs)
     except DatasetError as exc:
@@ -163,6 +319,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             return 2
     cache_dir = args.cache_dir
     use_cache = not args.no_cache
+    score_run: dict[str, dict[str, float]] = {}
+    weights: dict[str, float] = {}
     if args.baseline:
         if args.means_only:
             print(
@@ -186,20 +344,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
         from kl_retrievers.pretrained import load_model
 
         encoder = load_model(args.model, backend=getattr(args, "model_backend", "torch"))
-        result = evaluate_model(
-            encoder,
-            dataset,
-            k=args.depth,
-            cache_dir=cache_dir,
-            use_cache=use_cache,
-            show_progress=show,
-            **args_subset(args, "means_only", "batch_size", "max_length", "query_max_length"),
-        )
+        if args.hybrid:
+            result, score_run, weights = _evaluate_hybrid(args, encoder, dataset, show_progress=show)
+        else:
+            result = evaluate_model(
+                encoder,
+                dataset,
+                k=args.depth,
+                cache_dir=cache_dir,
+                use_cache=use_cache,
+                show_progress=show,
+                **args_subset(args, "means_only", "batch_size", "max_length", "query_max_length"),
+            )
     summary = result.summary()
     from kl_retrievers.qpp import per_query_with_predictors, qpp_for_run
 
     qpp, qpp_values = qpp_for_run(
-        result.run,
+        score_run if args.hybrid else result.run,  # a hybrid's score predictors read its -KL list
         result.per_query,
         query_ids=dataset.query_ids,
         query_texts=dataset.query_texts(),
@@ -210,6 +371,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     summary["qpp"] = qpp
     if args.per_query:
         pq_out = per_query_with_predictors(result.per_query, qpp_values)  # with each query's uncertainty
+        if args.hybrid and weights:
+            for qid, row in pq_out.items():
+                if qid in weights:
+                    row["dense_weight"] = weights[qid]
         save_per_query(args.per_query, pq_out, meta={k: v for k, v in summary.items()})
         logger.info("per-query results written to %s", args.per_query)
     if args.save_run:

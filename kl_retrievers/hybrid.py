@@ -1203,6 +1203,47 @@ class KLHybridStore:
         order = _order(scores, candidates.neg_kl)[:k]
         return [(candidates.ids[j], float(scores[j]), int(j), w) for j in order]
 
+    def to_results(
+        self, candidates: Candidates, ranked: Sequence[tuple[str, float, int, float | None]], fusion: str
+    ) -> list[HybridResult]:
+        """One query's :meth:`fuse_candidates` ranking as :class:`HybridResult` hits, with stored text and metadata.
+
+        Args:
+            candidates: The query's candidates (:meth:`candidates`).
+            ranked: Their fused ranking (:meth:`fuse_candidates`).
+            fusion: The fusion mode that ranked them (reported on every hit).
+
+        Returns:
+            The hits, in ``ranked`` order.
+
+        Examples:
+            >>> s = KLHybridStore(fusion="rrf")
+            >>> _ = s.add(["x y", "y z"], gaussians=Gaussians(np.eye(2), np.ones((2, 2))), ids=["a", "b"])
+            >>> c = s.candidates(["z"], query_gaussians=Gaussians(np.eye(2)[1:], np.ones((1, 2))))[0]
+            >>> [(h.id, h.text, h.bm25_rank) for h in s.to_results(c, s.fuse_candidates(c, 2), "rrf")]
+            [('b', 'y z', 1), ('a', 'x y', None)]
+        """
+        docs = {d.id: d for d in self._kl.get_by_ids([doc_id for doc_id, *_ in ranked])}
+        hits = []
+        for doc_id, score, j, w in ranked:
+            doc = docs.get(doc_id)
+            hits.append(
+                HybridResult(
+                    id=doc_id,
+                    score=score,
+                    text=doc.text if doc is not None else None,
+                    metadata=doc.metadata if doc is not None else {},
+                    neg_kl=float(candidates.neg_kl[j]),
+                    bm25=float(candidates.bm25[j]),
+                    dense_rank=int(candidates.dense_rank[j]) or None,
+                    bm25_rank=int(candidates.bm25_rank[j]) or None,
+                    dense_weight=w,
+                    query_uncertainty=candidates.uncertainty,
+                    fusion=fusion,
+                )
+            )
+        return hits
+
     def search_run(
         self,
         query_ids: Sequence[str],
@@ -1230,14 +1271,44 @@ class KLHybridStore:
         if isinstance(query_ids, str) or len(query_ids) != len(queries):
             raise ValueError(f"give one query id per query; got {len(query_ids)} ids for {len(queries)} queries")
         config = self.fusion.replace(mode=fusion, weight=weight, normalization=normalization)
+        run: dict[str, dict[str, float]] = {}
+        for qid, (_, ranked) in zip(query_ids, self._ranked(queries, k, filter, query_gaussians, config), strict=True):
+            run[str(qid)] = {doc_id: float(k - r) for r, (doc_id, *_) in enumerate(ranked)}
+        return run
+
+    def _ranked(
+        self,
+        queries: Sequence[str],
+        k: int,
+        filter: MetadataFilter | None,
+        query_gaussians: Gaussians | None,
+        config: FusionConfig,
+    ) -> list[tuple[Candidates, list[tuple[str, float, int, float | None]]]]:
+        """Each query's candidates and its fused top ``k`` (:meth:`fuse_candidates`): the core of every search.
+
+        Args:
+            queries: Query texts.
+            k: Results per query, already checked.
+            filter: Metadata filter applied to both halves.
+            query_gaussians: One query Gaussian per text (else the encoder encodes them).
+            config: The fusion settings of this call.
+
+        Returns:
+            One ``(candidates, ranked)`` pair per query; missing adaptive parameters fail before any retrieval.
+
+        Examples:
+            >>> s = KLHybridStore(fusion="rrf")
+            >>> _ = s.add(["x y", "y z"], gaussians=Gaussians(np.eye(2), np.ones((2, 2))), ids=["a", "b"])
+            >>> [[doc_id for doc_id, *_ in ranked] for _, ranked in s._ranked(
+            ...     ["z"], 2, None, Gaussians(np.eye(2)[1:], np.ones((1, 2))), s.fusion)]
+            [['b', 'a']]
+        """
+        if config.mode == "adaptive":
+            self.adaptive_params()  # missing parameters fail before any work
         cands = self.candidates(
             queries, query_gaussians=query_gaussians, filter=filter, depth=max(k, config.candidates)
         )
-        run: dict[str, dict[str, float]] = {}
-        for qid, c in zip(query_ids, cands, strict=True):
-            ranked = self.fuse_candidates(c, k, config)
-            run[str(qid)] = {doc_id: float(k - r) for r, (doc_id, *_) in enumerate(ranked)}
-        return run
+        return [(c, self.fuse_candidates(c, k, config)) for c in cands]
 
     def search_batch(
         self,
@@ -1275,35 +1346,10 @@ class KLHybridStore:
         """
         k = check_k(k)
         config = self.fusion.replace(mode=fusion, weight=weight, normalization=normalization)
-        if config.mode == "adaptive":
-            self.adaptive_params()  # missing parameters fail before any work
-        cands = self.candidates(
-            queries, query_gaussians=query_gaussians, filter=filter, depth=max(k, config.candidates)
-        )
-        out: list[list[HybridResult]] = []
-        for c in cands:
-            ranked = self.fuse_candidates(c, k, config)
-            docs = {d.id: d for d in self._kl.get_by_ids([doc_id for doc_id, *_ in ranked])}
-            hits = []
-            for doc_id, score, j, w in ranked:
-                doc = docs.get(doc_id)
-                hits.append(
-                    HybridResult(
-                        id=doc_id,
-                        score=score,
-                        text=doc.text if doc is not None else None,
-                        metadata=doc.metadata if doc is not None else {},
-                        neg_kl=float(c.neg_kl[j]),
-                        bm25=float(c.bm25[j]),
-                        dense_rank=int(c.dense_rank[j]) or None,
-                        bm25_rank=int(c.bm25_rank[j]) or None,
-                        dense_weight=w,
-                        query_uncertainty=c.uncertainty,
-                        fusion=config.mode,
-                    )
-                )
-            out.append(hits)
-        return out
+        return [
+            self.to_results(c, ranked, config.mode)
+            for c, ranked in self._ranked(queries, k, filter, query_gaussians, config)
+        ]
 
     def search(
         self,

@@ -1,6 +1,6 @@
-"""LangChain integration: embeddings, a vector store and a retriever ranked by ``-KL(Q || D)``.
+"""LangChain integration: embeddings, a vector store and retrievers ranked by ``-KL(Q || D)``.
 
-Three pieces, all needing the ``[langchain]`` extra (``pip install "kl-retrievers[langchain]"``):
+Four pieces, all needing the ``[langchain]`` extra (``pip install "kl-retrievers[langchain]"``):
 
 * :class:`KLEmbeddings` - LangChain ``Embeddings`` whose ``embed_query`` returns ``q~`` and whose
   ``embed_documents`` returns ``d~`` of the exact inner-product rewrite
@@ -10,8 +10,11 @@ Three pieces, all needing the ``[langchain]`` extra (``pip install "kl-retriever
   is raised where that can be detected (see :func:`check_inner_product_store`).
 * :class:`KLVectorStore` - a LangChain ``VectorStore`` over :class:`~kl_retrievers.index.KLStore`
   that reports the true ``-KL`` (higher is better) and stores the Gaussians themselves.
-* :class:`KLRetriever` - a ``BaseRetriever`` whose documents carry their ``-KL`` score and the
-  query's uncertainty (mean log-variance) in their metadata.
+* :class:`KLRetriever` - a ``BaseRetriever`` whose documents carry their ``-KL`` score, the
+  query's uncertainty (mean log-variance) and its calibrated confidence (P(top-1 relevant)) in
+  their metadata, and which abstains (returns ``[]``) below ``min_confidence``.
+* :class:`KLHybridRetriever` - the same over a :class:`~kl_retrievers.hybrid.KLHybridStore`:
+  BM25 and ``-KL`` fused per query (``"rrf"``, ``"convex"``, ``"adaptive"``).
 
 Examples:
     >>> from kl_retrievers.langchain import KLVectorStore
@@ -40,7 +43,7 @@ try:
     from langchain_core.embeddings import Embeddings
     from langchain_core.retrievers import BaseRetriever
     from langchain_core.vectorstores import VectorStore
-    from pydantic import ConfigDict, field_validator
+    from pydantic import ConfigDict, PrivateAttr, field_validator
 except ImportError as exc:  # pragma: no cover - exercised with langchain-core absent
     raise ImportError(
         'kl_retrievers.langchain needs langchain-core; install it with: pip install "kl-retrievers[langchain]"'
@@ -59,6 +62,16 @@ from kl_retrievers._adapters import (
     warn_incompatible_store,
     write_manifest,
 )
+from kl_retrievers._confidence import (
+    CONFIDENCE_KEY,
+    ConfidenceScorer,
+    abstains,
+    check_calibrator,
+    check_min_confidence,
+    hybrid_search,
+    log_abstention,
+    require_calibrator,
+)
 from kl_retrievers._encoding import check_texts
 from kl_retrievers.filters import MetadataFilter
 from kl_retrievers.gaussian import (
@@ -69,13 +82,17 @@ from kl_retrievers.gaussian import (
     kl_query_constant,
     kl_query_vectors,
 )
+from kl_retrievers.hybrid import KLHybridStore
 from kl_retrievers.index import KLStore, StoreFormatError
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ABSTENTION_EVENT",
+    "CONFIDENCE_KEY",
     "EmbeddingsGaussianEncoder",
     "KLEmbeddings",
+    "KLHybridRetriever",
     "KLRetriever",
     "KLVectorStore",
     "LangChainFormatError",
@@ -85,6 +102,9 @@ __all__ = [
     "relevance_exp_per_dim",
     "relevance_inverse",
 ]
+
+#: Name of the LangChain custom event a retriever sends when it abstains (``astream_events``: ``on_custom_event``).
+ABSTENTION_EVENT = "kl_retrievers_abstention"
 
 _FORMAT_NAME = "kl-retrievers/langchain-klvectorstore"
 _FORMAT_VERSION = 1
@@ -891,37 +911,106 @@ class KLVectorStore(VectorStore):
         return folder
 
 
-# --------------------------------------------------------------------------- retriever
-class KLRetriever(BaseRetriever):
-    """A LangChain retriever ranked by ``-KL(Q || D)``; each document's metadata carries its score.
-
-    Every returned ``Document`` has ``metadata[score_key]`` (default ``"neg_kl"``: the exact
-    ``-KL``, higher is better) and ``metadata[uncertainty_key]`` (default ``"query_uncertainty"``:
-    the query's mean log-variance; higher means a vaguer query).
-
-    Attributes:
-        vectorstore: The :class:`KLVectorStore` searched.
-        k: Documents per query (>= 1); ``invoke(q, k=...)`` overrides it per call.
-        filter: Default metadata filter (dict or callable); ``invoke(q, filter=...)`` overrides it.
-
-    Examples:
-        >>> retriever = KLRetriever.from_texts(["the cat sat", "tea"], k=1)  # doctest: +SKIP
-        >>> retriever.invoke("cat")[0].metadata["neg_kl"] <= 0  # doctest: +SKIP
-        True
-    """
+# --------------------------------------------------------------------------- retrievers
+class _ConfidenceRetriever(BaseRetriever):
+    """Fields and helpers shared by :class:`KLRetriever` and :class:`KLHybridRetriever`."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    vectorstore: KLVectorStore
     k: int = 4
     filter: Any = None
+    min_confidence: float | None = None
+    calibrator: Any = None
     score_key: str = SCORE_NAME
     uncertainty_key: str = "query_uncertainty"
+    confidence_key: str = CONFIDENCE_KEY
+
+    _scorer: ConfidenceScorer = PrivateAttr()
 
     @field_validator("k")
     @classmethod
     def _valid_k(cls, value: int) -> int:
         return _check_k(value)
+
+    @field_validator("min_confidence", mode="before")
+    @classmethod
+    def _valid_min_confidence(cls, value: Any) -> float | None:
+        return check_min_confidence(value)
+
+    @field_validator("calibrator", mode="before")
+    @classmethod
+    def _valid_calibrator(cls, value: Any) -> Any:
+        return check_calibrator(value)
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Set up the confidence scorer (the model's calibrator is found on first use)."""
+        super().model_post_init(context)
+        self._scorer = ConfidenceScorer(self.calibrator)
+
+    def _call_settings(
+        self, k: int | None, filter: MetadataFilter | None, min_confidence: float | None
+    ) -> tuple[int, Any, float | None]:
+        kk = _check_k(self.k if k is None else k)
+        flt = self.filter if filter is None else filter
+        floor = self.min_confidence if min_confidence is None else check_min_confidence(min_confidence)
+        return kk, flt, floor
+
+    @staticmethod
+    def _signal_abstention(
+        run_manager: CallbackManagerForRetrieverRun, query: str, confidence: float | None, floor: float | None
+    ) -> None:
+        """Tell the run's callbacks (``astream_events``: an ``on_custom_event``) that the query was refused."""
+        data = {"query": query, "confidence": confidence, "min_confidence": floor}
+        try:
+            run_manager.get_child().on_custom_event(ABSTENTION_EVENT, data, run_id=run_manager.run_id)
+        except Exception:  # pragma: no cover - a callback handler must never break retrieval
+            logger.debug("abstention event not delivered", exc_info=True)
+
+
+class KLRetriever(_ConfidenceRetriever):
+    """A LangChain retriever ranked by ``-KL(Q || D)``; each document carries its score and the query's confidence.
+
+    Every returned ``Document`` has in its metadata (key names configurable):
+
+    * ``score_key`` (default ``"neg_kl"``): the exact ``-KL``, higher is better;
+    * ``uncertainty_key`` (default ``"query_uncertainty"``): the query's mean log-variance
+      (higher means a vaguer query);
+    * ``confidence_key`` (default ``"confidence"``): the calibrated probability, in ``[0, 1]``,
+      that the query's top-ranked document is relevant (the same value on every document of one
+      query; :class:`~kl_retrievers.calibration.ConfidenceCalibrator`). It comes from
+      ``calibrator`` when given, else from the calibrator the encoder's model ships
+      (``confidence_calibration.json``; the default model has one). A model without one gives
+      ``None`` and logs one warning.
+
+    **Abstention**: with ``min_confidence`` set, a query whose confidence is below it gets **no
+    documents** (``[]``): a chain branches on the empty list (see ``docs/langchain.md``). The
+    retriever also logs one INFO line and sends the LangChain custom event
+    :data:`ABSTENTION_EVENT` (``{"query", "confidence", "min_confidence"}``) to the run's callbacks,
+    so ``astream_events`` and tracing show why nothing came back. ``min_confidence`` needs a
+    calibrator (``ValueError`` otherwise); a query with fewer than 2 candidate documents has no
+    confidence and is answered.
+
+    Attributes:
+        vectorstore: The :class:`KLVectorStore` searched.
+        k: Documents per query (>= 1); ``invoke(q, k=...)`` overrides it per call.
+        filter: Default metadata filter (dict or callable); ``invoke(q, filter=...)`` overrides it.
+        min_confidence: Abstain below this confidence, in ``[0, 1]`` (``None``: never);
+            ``invoke(q, min_confidence=...)`` overrides it per call.
+        calibrator: A fitted ``ConfidenceCalibrator`` or a path to its JSON (default: the model's).
+
+    Raises:
+        ValueError: ``k < 1``, or ``min_confidence`` not a number in ``[0, 1]`` (at construction,
+            naming the value and the range); ``min_confidence`` without a calibrator (at the first query).
+
+    Examples:
+        >>> retriever = KLRetriever.from_texts(["the cat sat", "tea"], k=1)  # doctest: +SKIP
+        >>> retriever.invoke("cat")[0].metadata  # doctest: +SKIP
+        {'neg_kl': -0.61, 'query_uncertainty': -0.0003, 'confidence': 0.42}
+        >>> KLRetriever.from_texts(["the cat sat", "tea"], min_confidence=0.9).invoke("stock prices")  # doctest: +SKIP
+        []
+    """
+
+    vectorstore: KLVectorStore
 
     @classmethod
     def from_store(cls, store: KLVectorStore | KLStore, **kwargs: Any) -> KLRetriever:
@@ -939,17 +1028,38 @@ class KLRetriever(BaseRetriever):
         *,
         ids: list[str] | None = None,
         k: int = 4,
+        min_confidence: float | None = None,
+        calibrator: Any = None,
         **kwargs: Any,
     ) -> KLRetriever:
         """Index ``texts`` in a new :class:`KLVectorStore` (``kwargs`` go to it) and wrap it."""
-        return cls(vectorstore=KLVectorStore.from_texts(texts, embedding, metadatas, ids=ids, **kwargs), k=k)
+        check_min_confidence(min_confidence)
+        return cls(
+            vectorstore=KLVectorStore.from_texts(texts, embedding, metadatas, ids=ids, **kwargs),
+            k=k,
+            min_confidence=min_confidence,
+            calibrator=calibrator,
+        )
 
     @classmethod
     def from_documents(
-        cls, documents: list[Document], embedding: Any | None = None, *, k: int = 4, **kwargs: Any
+        cls,
+        documents: list[Document],
+        embedding: Any | None = None,
+        *,
+        k: int = 4,
+        min_confidence: float | None = None,
+        calibrator: Any = None,
+        **kwargs: Any,
     ) -> KLRetriever:
         """Index ``documents`` in a new :class:`KLVectorStore` and wrap it."""
-        return cls(vectorstore=KLVectorStore.from_documents(documents, embedding, **kwargs), k=k)
+        check_min_confidence(min_confidence)
+        return cls(
+            vectorstore=KLVectorStore.from_documents(documents, embedding, **kwargs),
+            k=k,
+            min_confidence=min_confidence,
+            calibrator=calibrator,
+        )
 
     def _get_relevant_documents(
         self,
@@ -958,16 +1068,184 @@ class KLRetriever(BaseRetriever):
         run_manager: CallbackManagerForRetrieverRun,
         k: int | None = None,
         filter: MetadataFilter | None = None,
+        min_confidence: float | None = None,
     ) -> list[Document]:
-        kk = _check_k(self.k if k is None else k)
+        kk, flt, floor = self._call_settings(k, filter, min_confidence)
+        encoder = self.vectorstore._get_encoder()
+        require_calibrator(self._scorer, encoder, floor)
         g = self.vectorstore._encode_query(query)
         uncertainty = float(np.asarray(g.uncertainty())[0])
-        hits = self.vectorstore._results(g, kk, self.filter if filter is None else filter)
+        cal = self._scorer.calibrator(encoder)
+        depth = max(kk, self._scorer.depth_for(cal)) if cal is not None else kk
+        hits = self.vectorstore._results(g, depth, flt)
+        confidence = self._scorer.confidence(encoder, [s for _, s in hits], uncertainty)
+        if abstains(confidence, floor):
+            log_abstention(query, confidence, floor)
+            self._signal_abstention(run_manager, query, confidence, floor)
+            return []
         return [
             Document(
                 id=doc.id,
                 page_content=doc.page_content,
-                metadata={**doc.metadata, self.score_key: score, self.uncertainty_key: uncertainty},
+                metadata={
+                    **doc.metadata,
+                    self.score_key: score,
+                    self.uncertainty_key: uncertainty,
+                    self.confidence_key: confidence,
+                },
             )
-            for doc, score in hits
+            for doc, score in hits[:kk]
         ]
+
+
+class KLHybridRetriever(_ConfidenceRetriever):
+    """A LangChain retriever over a :class:`~kl_retrievers.hybrid.KLHybridStore`: BM25 and ``-KL`` fused per query.
+
+    Documents come in fused order; each carries in its metadata what both retrievers said
+    (:meth:`~kl_retrievers.hybrid.HybridResult.scores`): ``fused_score``, ``fusion``, ``neg_kl``
+    (the exact ``-KL``, higher is better), ``bm25``, ``dense_rank`` / ``bm25_rank`` (1-based,
+    ``None`` when the document was not in that list), ``dense_weight`` (the dense share used for
+    this query; ``None`` for RRF), ``query_uncertainty`` and ``confidence``: the calibrated
+    probability that the *dense* ranking's top document is relevant (as :class:`KLRetriever`'s,
+    from the dense candidates; it is the query's confidence, not a per-document one).
+
+    Abstention works as in :class:`KLRetriever`: below ``min_confidence`` the retriever returns
+    ``[]``, logs, and sends :data:`ABSTENTION_EVENT`. ``invoke`` takes per-call ``k``, ``filter``,
+    ``min_confidence``, ``fusion``, ``weight`` and ``normalization``. ``ainvoke`` runs the search in
+    a worker thread (LangChain's default).
+
+    Why a separate retriever and not ``LangChain``'s ``EnsembleRetriever`` over two retrievers: the
+    hybrid store keeps BM25 and the Gaussians in sync (add, upsert, delete, filters, save / load),
+    scores every candidate with both retrievers, and its ``"adaptive"`` fusion picks the dense
+    weight per query from signals (the query uncertainty, both lists' score statistics) that an
+    ensemble of two opaque retrievers cannot see.
+
+    Attributes:
+        store: The hybrid store searched.
+        k: Documents per query (>= 1).
+        fusion: ``"rrf"``, ``"convex"`` or ``"adaptive"`` (``None``: the store's default).
+        weight: The convex dense weight in ``[0, 1]`` (``None``: the store's).
+        normalization: ``"minmax"`` or ``"zscore"`` for convex fusion (``None``: the store's).
+        filter: Default metadata filter (dict or callable), applied to both halves before ranking.
+        min_confidence: Abstain below this confidence (``None``: never).
+        calibrator: A fitted ``ConfidenceCalibrator`` or a path to its JSON (default: the model's).
+
+    Raises:
+        ValueError: An unknown fusion mode or normalisation, a weight or ``min_confidence``
+            outside ``[0, 1]`` (at construction; the message names the value and the range).
+
+    Examples:
+        >>> retriever = KLHybridRetriever.from_texts(["red apples", "green pears"], k=1, fusion="rrf")  # doctest: +SKIP
+        >>> retriever.invoke("red fruit")[0].metadata["bm25_rank"]  # doctest: +SKIP
+        1
+    """
+
+    store: KLHybridStore
+    fusion: str | None = None
+    weight: float | None = None
+    normalization: str | None = None
+    score_key: str = "fused_score"
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Check the fusion settings against the store's (fails early, naming the bad value)."""
+        super().model_post_init(context)
+        if not isinstance(self.store, KLHybridStore):
+            raise TypeError(f"store must be a KLHybridStore; got {type(self.store).__name__}")
+        self.store.fusion.replace(mode=self.fusion, weight=self.weight, normalization=self.normalization)
+
+    @classmethod
+    def from_texts(
+        cls,
+        texts: list[str],
+        embedding: Any | None = None,
+        metadatas: list[dict[str, Any]] | None = None,
+        *,
+        ids: list[str] | None = None,
+        k: int = 4,
+        fusion: str = "adaptive",
+        min_confidence: float | None = None,
+        calibrator: Any = None,
+        **store_kwargs: Any,
+    ) -> KLHybridRetriever:
+        """Index ``texts`` in a new :class:`~kl_retrievers.hybrid.KLHybridStore` and wrap it.
+
+        Args:
+            texts: Document texts.
+            embedding: A :class:`KLEmbeddings`, Gaussian encoder or LangChain ``Embeddings``
+                (default: the package's default model).
+            metadatas: One dict per text.
+            ids: One id per text.
+            k: Documents per query.
+            fusion: The store's fusion mode.
+            min_confidence: Abstain below this confidence.
+            calibrator: Confidence calibrator (default: the model's).
+            **store_kwargs: Passed to :class:`~kl_retrievers.hybrid.KLHybridStore` (``weight``,
+                ``candidates``, ``index_type``...).
+        """
+        check_min_confidence(min_confidence)
+        encoder = _unwrap_encoder(embedding) if embedding is not None else _load_default_encoder()
+        store = KLHybridStore(encoder, fusion=fusion, **store_kwargs)
+        store.add(_check_texts(texts), ids=ids, metadatas=metadatas)
+        return cls(store=store, k=k, min_confidence=min_confidence, calibrator=calibrator)
+
+    @classmethod
+    def from_documents(
+        cls, documents: list[Document], embedding: Any | None = None, **kwargs: Any
+    ) -> KLHybridRetriever:
+        """Index ``documents`` (their ``id`` fields are kept) in a new hybrid store; see :meth:`from_texts`."""
+        docs = list(documents)
+        ids = kwargs.pop("ids", None)
+        if ids is None and any(d.id for d in docs):
+            ids = [d.id or uuid.uuid4().hex for d in docs]
+        return cls.from_texts(
+            [d.page_content for d in docs], embedding, [dict(d.metadata) for d in docs], ids=ids, **kwargs
+        )
+
+    def _get_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun,
+        k: int | None = None,
+        filter: MetadataFilter | None = None,
+        min_confidence: float | None = None,
+        fusion: str | None = None,
+        weight: float | None = None,
+        normalization: str | None = None,
+    ) -> list[Document]:
+        kk, flt, floor = self._call_settings(k, filter, min_confidence)
+        _check_query(query)
+        hits, confidence, abstained = hybrid_search(
+            self.store,
+            query,
+            kk,
+            filter=flt,
+            fusion=fusion if fusion is not None else self.fusion,
+            weight=weight if weight is not None else self.weight,
+            normalization=normalization if normalization is not None else self.normalization,
+            scorer=self._scorer,
+            min_confidence=floor,
+        )
+        if abstained:
+            self._signal_abstention(run_manager, query, confidence, floor)
+            return []
+        out = []
+        for hit in hits:
+            scores = hit.scores()
+            extra = {key: value for key, value in scores.items() if key not in ("fused_score", SCORE_NAME)}
+            extra.pop("query_uncertainty", None)
+            out.append(
+                Document(
+                    id=hit.id,
+                    page_content=hit.text or "",
+                    metadata={
+                        **hit.metadata,
+                        **extra,
+                        self.score_key: hit.score,
+                        SCORE_NAME: hit.neg_kl,
+                        self.uncertainty_key: hit.query_uncertainty,
+                        self.confidence_key: confidence,
+                    },
+                )
+            )
+        return out

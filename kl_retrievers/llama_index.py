@@ -1,6 +1,6 @@
 """LlamaIndex integration: an embedding model, a vector store and a retriever scored by ``-KL(Q || D)``.
 
-Install with ``pip install "kl-retrievers[llama-index]"``.  Three pieces:
+Install with ``pip install "kl-retrievers[llama-index]"``.  The pieces:
 
 * :class:`KLEmbedding` (a LlamaIndex ``BaseEmbedding``): a query embeds as
   ``q~ = [1, var + mu^2, mu]`` and a text (document) as
@@ -22,6 +22,12 @@ Install with ``pip install "kl-retrievers[llama-index]"``.  Three pieces:
 * :class:`KLRetriever` (a ``BaseRetriever``): encodes the query string itself, returns
   ``NodeWithScore`` with the same relevance score, ``-KL`` under ``"neg_kl"`` and the query's
   uncertainty (mean log-variance) under the node metadata key :data:`QUERY_UNCERTAINTY_KEY`.
+* Every node a search returns also carries the query's calibrated confidence (P(top-1
+  relevant), :mod:`kl_retrievers.calibration`) under :data:`CONFIDENCE_KEY`;
+  :class:`KLConfidencePostprocessor` drops all of a query's nodes below ``min_confidence``
+  (abstention, in any query engine).
+* :class:`KLHybridRetriever` (a ``BaseRetriever``) over a :class:`~kl_retrievers.hybrid.KLHybridStore`:
+  BM25 and ``-KL`` fused per query.
 
 Examples:
     >>> from llama_index.core import Document, StorageContext, VectorStoreIndex
@@ -52,6 +58,13 @@ import numpy as np
 
 from kl_retrievers import _adapters as adapters
 from kl_retrievers._adapters import RELEVANCE_FUNCTIONS, relevance_exp, relevance_exp_per_dim, relevance_inverse
+from kl_retrievers._confidence import (
+    CONFIDENCE_KEY,
+    ConfidenceScorer,
+    check_calibrator,
+    check_min_confidence,
+    hybrid_search,
+)
 from kl_retrievers.gaussian import (
     SCORE_DIRECTION,
     SCORE_NAME,
@@ -62,6 +75,7 @@ from kl_retrievers.gaussian import (
     kl_query_vectors,
     neg_kl_matrix,
 )
+from kl_retrievers.hybrid import KLHybridStore
 from kl_retrievers.index import KLStore
 
 _INSTALL_HINT = (
@@ -71,9 +85,10 @@ _INSTALL_HINT = (
 try:
     from llama_index.core.base.base_retriever import BaseRetriever
     from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
-    from llama_index.core.bridge.pydantic import PrivateAttr
+    from llama_index.core.bridge.pydantic import PrivateAttr, field_validator
     from llama_index.core.callbacks.base import CallbackManager
     from llama_index.core.constants import DEFAULT_SIMILARITY_TOP_K
+    from llama_index.core.postprocessor.types import BaseNodePostprocessor
     from llama_index.core.schema import (
         BaseNode,
         Document,
@@ -103,12 +118,15 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CONFIDENCE_KEY",
     "QUERY_UNCERTAINTY_KEY",
     "RELEVANCE_FUNCTIONS",
     "SUPPORTED_FILTER_CONDITIONS",
     "SUPPORTED_FILTER_OPERATORS",
     "SUPPORTED_QUERY_MODES",
+    "KLConfidencePostprocessor",
     "KLEmbedding",
+    "KLHybridRetriever",
     "KLRetriever",
     "KLVectorStore",
     "document_gaussians_from_embeddings",
@@ -120,7 +138,7 @@ __all__ = [
 ]
 
 #: Node metadata key holding the query's uncertainty (mean log-variance) on retrieved nodes.
-QUERY_UNCERTAINTY_KEY = "kl_query_uncertainty"
+QUERY_UNCERTAINTY_KEY = "query_uncertainty"
 
 #: LlamaIndex ``FilterOperator`` values that :class:`KLVectorStore` understands.
 SUPPORTED_FILTER_OPERATORS = (
@@ -169,6 +187,10 @@ _STACK_DEPTH = 40
 _ENCODE_LOCK = threading.Lock()
 
 Predicate = Callable[[Mapping[str, Any]], bool]
+
+
+# Metadata keys a search adds to every node (kept out of the LLM and embedding text).
+_SCORE_KEYS = (SCORE_NAME, QUERY_UNCERTAINTY_KEY, CONFIDENCE_KEY)
 
 
 # --------------------------------------------------------------------------- inversion
@@ -519,6 +541,8 @@ class KLEmbedding(BaseEmbedding):
     def _check_store(self) -> None:
         """Warn (once per store type) when embedding for a store that does not rank by inner product."""
         store = _caller_vector_store()
+        if isinstance(store, KLVectorStore):
+            store._adopt_query_encoder(self._encoder)
         problem = None if store is None else _store_problem(store)
         if store is None or problem is None or type(store).__name__ in self._warned:
             return
@@ -665,6 +689,8 @@ class KLVectorStore(BasePydanticVectorStore):
     relevance: str = adapters.DEFAULT_RELEVANCE
 
     _store: KLStore = PrivateAttr()
+    _scorer: ConfidenceScorer = PrivateAttr()
+    _query_encoder: Any = PrivateAttr(default=None)
 
     def __init__(
         self,
@@ -672,6 +698,7 @@ class KLVectorStore(BasePydanticVectorStore):
         *,
         encoder: Any | None = None,
         relevance: str = adapters.DEFAULT_RELEVANCE,
+        calibrator: Any = None,
         **store_kwargs: Any,
     ) -> None:
         if not isinstance(relevance, str):
@@ -690,6 +717,7 @@ class KLVectorStore(BasePydanticVectorStore):
             if encoder is not None:
                 store.encoder = encoder
         self._store = store
+        self._scorer = ConfidenceScorer(calibrator)
 
     @classmethod
     def class_name(cls) -> str:
@@ -707,6 +735,34 @@ class KLVectorStore(BasePydanticVectorStore):
     def encoder(self) -> Any:
         """The store's encoder (``None`` when it only takes embeddings)."""
         return self._store.encoder
+
+    @property
+    def calibrator(self) -> Any:
+        """The confidence calibrator in use (the explicit one, else the query encoder's model's; ``None`` if none)."""
+        return self._scorer.calibrator(self._confidence_encoder())
+
+    def _adopt_query_encoder(self, encoder: Any) -> None:
+        """Remember the encoder a :class:`KLEmbedding` embeds queries with (for its model's calibrator)."""
+        if self._query_encoder is None:
+            self._query_encoder = encoder
+
+    def _confidence_encoder(self, encoder: Any | None = None) -> Any:
+        if encoder is not None:
+            return encoder
+        return self._store.encoder if self._store.encoder is not None else self._query_encoder
+
+    def _confidence(self, query: Gaussians, scores: Sequence[float], encoder: Any | None = None) -> float | None:
+        """The calibrated confidence of one query from its best ``-KL`` scores (best first)."""
+        if len(scores) < 2:
+            return None
+        return self._scorer.confidence(
+            self._confidence_encoder(encoder), list(scores), float(query.numpy().uncertainty()[0])
+        )
+
+    def _depth(self, k: int, encoder: Any | None = None) -> int:
+        """How many nodes to rank so that the confidence sees the scores it reads."""
+        cal = self._scorer.calibrator(self._confidence_encoder(encoder))
+        return k if cal is None else max(k, self._scorer.depth_for(cal))
 
     # ------------------------------------------------------------------ writing
     def add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> list[str]:
@@ -876,6 +932,8 @@ class KLVectorStore(BasePydanticVectorStore):
         filters: MetadataFilters | None = None,
         node_ids: Sequence[str] | None = None,
         doc_ids: Sequence[str] | None = None,
+        *,
+        encoder: Any | None = None,
     ) -> VectorStoreQueryResult:
         """Rank the nodes for one query Gaussian by exact ``-KL`` (the engine behind :meth:`query`).
 
@@ -886,18 +944,25 @@ class KLVectorStore(BasePydanticVectorStore):
             node_ids: Restrict to these node ids (an empty list: no restriction, as
                 ``VectorStoreIndex.as_retriever`` passes one).
             doc_ids: Restrict to nodes of these source documents (``ref_doc_id``; empty: none).
+            encoder: The encoder that made ``query`` (its model's calibrator gives the
+                confidence; default: the store's, else the :class:`KLEmbedding`'s that embedded
+                queries for this store).
 
         Returns:
             ``VectorStoreQueryResult`` with nodes, ids and ``similarities`` = relevance (best
-            first); each node's metadata holds its exact ``-KL`` under ``"neg_kl"`` and the query
-            uncertainty under :data:`QUERY_UNCERTAINTY_KEY`.
+            first); each node's metadata holds its exact ``-KL`` under ``"neg_kl"``, the query
+            uncertainty under :data:`QUERY_UNCERTAINTY_KEY` and the query's calibrated confidence
+            under :data:`CONFIDENCE_KEY` (``None`` without a calibrator).
 
         Examples:
             >>> import numpy as np
             >>> KLVectorStore().search_gaussian(Gaussians(np.zeros(2), np.ones(2))).ids
             []
         """
-        return self._result(query, *self._ranked(query, similarity_top_k, filters, node_ids, doc_ids))
+        k = _check_top_k(similarity_top_k)
+        ids, scores, texts, metas = self._ranked(query, self._depth(k, encoder), filters, node_ids, doc_ids)
+        confidence = self._confidence(query, scores, encoder)
+        return self._result(query, ids[:k], scores[:k], texts[:k], metas[:k], confidence)
 
     def mmr_search_gaussian(
         self,
@@ -923,9 +988,10 @@ class KLVectorStore(BasePydanticVectorStore):
         """
         k = _check_top_k(similarity_top_k)
         fetch = max(k, _check_top_k(prefetch_k if prefetch_k is not None else int(k * _MMR_PREFETCH_FACTOR)))
-        ids, scores, texts, metas = self._ranked(query, fetch, filters, node_ids, doc_ids)
+        ids, scores, texts, metas = self._ranked(query, max(fetch, self._depth(k)), filters, node_ids, doc_ids)
+        confidence = self._confidence(query, scores)
         if not ids:
-            return self._result(query, ids, scores, texts, metas)
+            return self._result(query, ids, scores, texts, metas, confidence)
         relevance, gaussians = adapters.resolve_relevance(self.relevance), self._store.get_gaussians(ids)
         order = adapters.mmr_select(scores, gaussians, k, mmr_threshold, relevance, self._store.dim)
         return self._result(
@@ -934,6 +1000,7 @@ class KLVectorStore(BasePydanticVectorStore):
             [scores[i] for i in order],
             [texts[i] for i in order],
             [metas[i] for i in order],
+            confidence,
         )
 
     def _ranked(
@@ -968,8 +1035,9 @@ class KLVectorStore(BasePydanticVectorStore):
         scores: list[float],
         texts: list[str | None],
         metas: list[dict[str, Any]],
+        confidence: float | None = None,
     ) -> VectorStoreQueryResult:
-        """Nodes with ``neg_kl`` and the query uncertainty in their metadata; similarities = relevance."""
+        """Nodes with ``neg_kl``, the query uncertainty and confidence in their metadata; similarities = relevance."""
         relevance, dim = adapters.resolve_relevance(self.relevance), self._store.dim
         uncertainty = float(query.numpy().uncertainty()[0])
         nodes = []
@@ -977,8 +1045,9 @@ class KLVectorStore(BasePydanticVectorStore):
             node = _to_node(doc_id, text, meta)
             node.metadata[SCORE_NAME] = score
             node.metadata[QUERY_UNCERTAINTY_KEY] = uncertainty
+            node.metadata[CONFIDENCE_KEY] = confidence
             for excluded in (node.excluded_llm_metadata_keys, node.excluded_embed_metadata_keys):
-                excluded.extend(key for key in (SCORE_NAME, QUERY_UNCERTAINTY_KEY) if key not in excluded)
+                excluded.extend(key for key in _SCORE_KEYS if key not in excluded)
             nodes.append(node)
         return VectorStoreQueryResult(nodes=nodes, similarities=[relevance(x, dim) for x in scores], ids=list(ids))
 
@@ -1133,7 +1202,22 @@ _install_simple_vector_store_loader()
 
 
 # --------------------------------------------------------------------------- retriever
-class KLRetriever(BaseRetriever):
+class _TopKRetriever(BaseRetriever):
+    """A LlamaIndex retriever with a checked, settable ``similarity_top_k`` (shared by the two below)."""
+
+    _similarity_top_k: int
+
+    @property
+    def similarity_top_k(self) -> int:
+        """Number of nodes returned."""
+        return self._similarity_top_k
+
+    @similarity_top_k.setter
+    def similarity_top_k(self, value: int) -> None:
+        self._similarity_top_k = _check_top_k(value)
+
+
+class KLRetriever(_TopKRetriever):
     """LlamaIndex retriever over a :class:`KLVectorStore`, scored by exact ``-KL(Q || D)``.
 
     The query string is encoded with ``encoder`` (or, without one, the query bundle's
@@ -1185,15 +1269,6 @@ class KLRetriever(BaseRetriever):
     def vector_store(self) -> KLVectorStore:
         """The store searched."""
         return self._vector_store
-
-    @property
-    def similarity_top_k(self) -> int:
-        """Number of nodes returned."""
-        return self._similarity_top_k
-
-    @similarity_top_k.setter
-    def similarity_top_k(self, value: int) -> None:
-        self._similarity_top_k = _check_top_k(value)
 
     @classmethod
     def from_defaults(
@@ -1284,6 +1359,7 @@ class KLRetriever(BaseRetriever):
             filters=self._filters,
             node_ids=self._node_ids,
             doc_ids=self._doc_ids,
+            encoder=self._encoder,
         )
         return [
             NodeWithScore(node=node, score=score)
@@ -1292,3 +1368,262 @@ class KLRetriever(BaseRetriever):
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         return await asyncio.to_thread(self._retrieve, query_bundle)
+
+
+# --------------------------------------------------------------------------- abstention
+class KLConfidencePostprocessor(BaseNodePostprocessor):
+    """Drop every node of a query whose calibrated confidence is below ``min_confidence`` (abstention).
+
+    Works in any query engine (``node_postprocessors=[KLConfidencePostprocessor(min_confidence=0.4)]``)
+    after a retriever that writes the query's confidence into node metadata under
+    ``confidence_key`` (:data:`CONFIDENCE_KEY`, ``"confidence"``): :class:`KLRetriever`,
+    :class:`KLHybridRetriever`, or ``VectorStoreIndex.as_retriever()`` over a
+    :class:`KLVectorStore`. The query's confidence is the largest one among the nodes (all nodes
+    of one KL query carry the same value; a fusion of several queries keeps the best). When it is
+    below ``min_confidence`` the postprocessor returns ``[]``, which LlamaIndex's response
+    synthesizers answer with ``"Empty Response"`` without calling the LLM; it also logs one INFO line.
+
+    Nodes without a confidence (another retriever, or a model with no calibrator) cannot be
+    judged: they are kept, with one logged warning per postprocessor.
+
+    Args:
+        min_confidence: The threshold, a probability in ``[0, 1]``.
+        confidence_key: The node metadata key to read.
+
+    Raises:
+        ValueError: ``min_confidence`` is not a number in ``[0, 1]`` (naming the value and the range).
+
+    Examples:
+        >>> from llama_index.core.schema import NodeWithScore, TextNode
+        >>> nodes = [NodeWithScore(node=TextNode(text="x", metadata={"confidence": 0.2}), score=0.5)]
+        >>> KLConfidencePostprocessor(min_confidence=0.3).postprocess_nodes(nodes)
+        []
+        >>> len(KLConfidencePostprocessor(min_confidence=0.1).postprocess_nodes(nodes))
+        1
+    """
+
+    min_confidence: float
+    confidence_key: str = CONFIDENCE_KEY
+
+    _warned: bool = PrivateAttr(default=False)
+
+    @field_validator("min_confidence", mode="before")
+    @classmethod
+    def _valid_min_confidence(cls, value: Any) -> float:
+        floor = check_min_confidence(value, allow_none=False)
+        assert floor is not None
+        return floor
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Name used in LlamaIndex serialisation."""
+        return "KLConfidencePostprocessor"
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        if not nodes:
+            return nodes
+        values = [n.node.metadata.get(self.confidence_key) for n in nodes]
+        known = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if not known:
+            if not self._warned:
+                self._warned = True
+                logger.warning(
+                    "KLConfidencePostprocessor: no node carries %r (a retriever that does not score confidence, or "
+                    "a model without a calibrator); the nodes are kept unjudged",
+                    self.confidence_key,
+                )
+            return nodes
+        confidence = max(known)
+        if confidence < self.min_confidence:
+            query = query_bundle.query_str if query_bundle is not None else ""
+            logger.info(
+                "abstained on %r: confidence %.3f < min_confidence %.3f", query[:80], confidence, self.min_confidence
+            )
+            return []
+        return nodes
+
+
+# --------------------------------------------------------------------------- hybrid
+class KLHybridRetriever(_TopKRetriever):
+    """LlamaIndex retriever over a :class:`~kl_retrievers.hybrid.KLHybridStore`: BM25 and ``-KL`` fused per query.
+
+    ``NodeWithScore.score`` is the fused score (its scale depends on the fusion mode, e.g. about
+    ``1 / 60`` per list for RRF), so use :class:`KLConfidencePostprocessor` rather than
+    ``SimilarityPostprocessor`` to cut. Each
+    node's metadata carries what both retrievers said (:meth:`~kl_retrievers.hybrid.HybridResult.scores`):
+    ``fused_score``, ``fusion``, ``neg_kl`` (the exact ``-KL``), ``bm25``, ``dense_rank`` /
+    ``bm25_rank``, ``dense_weight``, the query uncertainty under :data:`QUERY_UNCERTAINTY_KEY`
+    and the calibrated confidence of the query's dense ranking under :data:`CONFIDENCE_KEY`
+    (``None`` without a calibrator); these keys are kept out of the LLM and embedding text.
+
+    Why not ``QueryFusionRetriever`` over a vector retriever and ``BM25Retriever``: the hybrid
+    store keeps both halves in sync (add, upsert, delete, filters before ranking, save / load),
+    scores every candidate with both retrievers, and its ``"adaptive"`` fusion chooses the dense
+    weight per query from signals (the query uncertainty and both lists' score statistics).
+
+    Args:
+        store: The hybrid store (its encoder encodes the queries).
+        similarity_top_k: Nodes per query (>= 1).
+        fusion: ``"rrf"``, ``"convex"`` or ``"adaptive"`` (``None``: the store's default).
+        weight: Convex dense weight in ``[0, 1]`` (``None``: the store's).
+        normalization: ``"minmax"`` or ``"zscore"`` (``None``: the store's).
+        filters: LlamaIndex ``MetadataFilters`` on the stored metadata, applied to both halves before ranking.
+        calibrator: A fitted ``ConfidenceCalibrator`` or a path to its JSON (default: the model's).
+        callback_manager: LlamaIndex callback manager.
+        verbose: LlamaIndex verbosity flag.
+
+    Raises:
+        TypeError: ``store`` is not a ``KLHybridStore``.
+        ValueError: A bad fusion setting or ``similarity_top_k`` (naming the value and what is allowed).
+
+    Examples:
+        >>> retriever = KLHybridRetriever.from_defaults(documents=docs, similarity_top_k=3)  # doctest: +SKIP
+        >>> hit = retriever.retrieve("caffeine")[0]  # doctest: +SKIP
+        >>> hit.node.metadata["bm25_rank"], hit.node.metadata["confidence"]  # doctest: +SKIP
+        (1, 0.71)
+    """
+
+    def __init__(
+        self,
+        store: KLHybridStore,
+        similarity_top_k: int = DEFAULT_SIMILARITY_TOP_K,
+        fusion: str | None = None,
+        weight: float | None = None,
+        normalization: str | None = None,
+        filters: MetadataFilters | None = None,
+        calibrator: Any = None,
+        callback_manager: CallbackManager | None = None,
+        verbose: bool = False,
+    ) -> None:
+        if not isinstance(store, KLHybridStore):
+            raise TypeError(f"store must be a KLHybridStore; got {type(store).__name__}")
+        store.fusion.replace(mode=fusion, weight=weight, normalization=normalization)  # fail early
+        self._store = store
+        self._similarity_top_k = _check_top_k(similarity_top_k)
+        self._fusion, self._weight, self._normalization = fusion, weight, normalization
+        self._predicate = metadata_filters_to_predicate(filters)
+        self._scorer = ConfidenceScorer(check_calibrator(calibrator))
+        super().__init__(callback_manager=callback_manager, verbose=verbose)
+
+    @property
+    def store(self) -> KLHybridStore:
+        """The hybrid store searched."""
+        return self._store
+
+    @classmethod
+    def from_defaults(
+        cls,
+        *,
+        nodes: Sequence[BaseNode] | None = None,
+        documents: Sequence[Document] | None = None,
+        store: KLHybridStore | None = None,
+        encoder: Any | None = None,
+        transformations: Sequence[TransformComponent] | None = None,
+        similarity_top_k: int = DEFAULT_SIMILARITY_TOP_K,
+        fusion: str = "adaptive",
+        filters: MetadataFilters | None = None,
+        calibrator: Any = None,
+        **store_kwargs: Any,
+    ) -> KLHybridRetriever:
+        """Build a hybrid retriever from nodes, documents or an existing :class:`~kl_retrievers.hybrid.KLHybridStore`.
+
+        Exactly one of ``nodes``, ``documents`` and ``store`` is required. Documents are split
+        with ``transformations`` (default: ``SentenceSplitter()``); each node is stored under its
+        ``node_id`` with its text (``MetadataMode.NONE``), its metadata and ``ref_doc_id``. The
+        encoder defaults to the store's, then the package's default model.
+
+        Args:
+            nodes: Nodes to index.
+            documents: Documents to split and index.
+            store: An existing hybrid store (``fusion`` and ``store_kwargs`` then do not apply).
+            encoder: Gaussian encoder or :class:`KLEmbedding`.
+            transformations: Node parsers for ``documents``.
+            similarity_top_k: Nodes per query.
+            fusion: The new store's fusion mode.
+            filters: Metadata filters.
+            calibrator: Confidence calibrator (default: the model's).
+            **store_kwargs: Passed to a new :class:`~kl_retrievers.hybrid.KLHybridStore` (``weight``,
+                ``candidates``...).
+
+        Raises:
+            ValueError: Not exactly one source given, or store options with ``store=``.
+        """
+        if sum(x is not None for x in (nodes, documents, store)) != 1:
+            raise ValueError("from_defaults needs exactly one of nodes=, documents= or store=")
+        encoder = _unwrap_encoder(encoder)
+        if store is not None:
+            if store_kwargs:
+                raise ValueError(f"store options {sorted(store_kwargs)} apply only when no store is passed")
+            if encoder is not None:
+                store.kl.encoder = encoder
+        else:
+            if encoder is None:
+                from kl_retrievers.pretrained import load_default_model
+
+                logger.info("no encoder given; loading the default model")
+                encoder = load_default_model()
+            if documents is not None:
+                from llama_index.core.ingestion import run_transformations
+                from llama_index.core.node_parser import SentenceSplitter
+
+                steps = list(transformations) if transformations is not None else [SentenceSplitter()]
+                nodes = list(run_transformations(list(documents), steps))
+            store = KLHybridStore(encoder, fusion=fusion, **store_kwargs)
+            node_list = list(nodes or [])
+            if node_list:
+                store.add(
+                    [_node_text(n) or "" for n in node_list],
+                    ids=[n.node_id for n in node_list],
+                    metadatas=[_hybrid_metadata(n) for n in node_list],
+                )
+        return cls(store, similarity_top_k=similarity_top_k, filters=filters, calibrator=calibrator)
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        hits, confidence, _ = hybrid_search(
+            self._store,
+            query_bundle.query_str,
+            self._similarity_top_k,
+            filter=self._predicate,
+            fusion=self._fusion,
+            weight=self._weight,
+            normalization=self._normalization,
+            scorer=self._scorer,
+        )
+        out = []
+        for hit in hits:
+            scores = hit.scores()
+            metadata = dict(hit.metadata)
+            ref = metadata.pop(_REF_DOC_KEY, None)
+            metadata.update({key: value for key, value in scores.items() if key != "query_uncertainty"})
+            metadata[QUERY_UNCERTAINTY_KEY] = hit.query_uncertainty
+            metadata[CONFIDENCE_KEY] = confidence
+            hidden = [*_SCORE_KEYS, *(key for key in scores if key not in _SCORE_KEYS and key != "query_uncertainty")]
+            node = TextNode(
+                id_=hit.id,
+                text=hit.text or "",
+                metadata=metadata,
+                excluded_llm_metadata_keys=list(hidden),
+                excluded_embed_metadata_keys=list(hidden),
+            )
+            if ref is not None:
+                from llama_index.core.schema import NodeRelationship, RelatedNodeInfo
+
+                node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=str(ref))
+            out.append(NodeWithScore(node=node, score=hit.score))
+        return out
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        return await asyncio.to_thread(self._retrieve, query_bundle)
+
+
+# Where a hybrid store keeps a node's source document id (restored as the node's SOURCE relationship).
+_REF_DOC_KEY = "ref_doc_id"
+
+
+def _hybrid_metadata(node: BaseNode) -> dict[str, Any]:
+    meta = dict(node.metadata)
+    if node.ref_doc_id is not None:
+        meta[_REF_DOC_KEY] = node.ref_doc_id
+    return meta

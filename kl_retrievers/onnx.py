@@ -587,22 +587,35 @@ class OnnxGaussianEncoder(EncoderMixin):
         self._session = session
         self._tokenizer = tokenizer
         self._lock = threading.Lock()
-        self._input_names = _check_graph(session, config, where)
+        self._input_names = self._check_session(session, config, where)
         if config.model_sha256:
             from kl_retrievers.hub import cached_sha256
 
             actual = cached_sha256(model)
             if actual != config.model_sha256:
-                raise OnnxModelError(
-                    f"{where}: {MODEL_FILE} has SHA-256 {actual}, but {CONFIG_NAME} (onnx.model_sha256) says "
-                    f"{config.model_sha256}: the graph is not the one its config describes; export it again"
-                )
+                raise OnnxModelError(self._sha_mismatch(where, actual, config.model_sha256))
         if config.var_token_id is not None:
             found = tokenizer.token_to_id(VAR_TOKEN)
             if found != config.var_token_id:
                 raise OnnxModelError(
                     f"{where}: {TOKENIZER_FILE} maps {VAR_TOKEN} to {found}; config.json says {config.var_token_id}"
                 )
+
+    def _sha_mismatch(self, where: str, actual: str, expected: str) -> str:
+        """The message for a graph whose SHA-256 is not the pinned one."""
+        return (
+            f"{where}: {MODEL_FILE} has SHA-256 {actual}, but {CONFIG_NAME} (onnx.model_sha256) says "
+            f"{expected}: the graph is not the one its config describes; export it again"
+        )
+
+    def _check_session(self, session: Any, config: OnnxEncoderConfig, where: str) -> tuple[str, ...]:
+        """The graph's input names; raises :class:`OnnxModelError` when it does not fit ``config``."""
+        return _check_graph(session, config, where)
+
+    def _run_batch(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and variance of one padded batch (the graph computes both)."""
+        out_mean, out_var = self._session.run(list(OUTPUTS), feeds)
+        return out_mean, out_var
 
     # ------------------------------------------------------------------ properties
     @property
@@ -672,7 +685,7 @@ class OnnxGaussianEncoder(EncoderMixin):
         for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not show_bar, unit="batch"):
             idx = order[start : start + batch_size]
             feeds = self._batch_arrays([rows[i] for i in idx])
-            out_mean, out_var = self._session.run(list(OUTPUTS), feeds)
+            out_mean, out_var = self._run_batch(feeds)
             if out_mean.shape != (len(idx), dim) or out_var.shape != (len(idx), dim):
                 raise OnnxModelError(
                     f"{self.name_or_path}: the graph returned mean {out_mean.shape} and var {out_var.shape}; "

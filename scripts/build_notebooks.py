@@ -89,16 +89,16 @@ NOTEBOOKS["04_train_your_own.ipynb"] = [
         "on a slice of SciFact test, for the Gaussian model **and** its dot-product twin (same recipe, data, steps "
         "and seed; only the score differs). This is the cached-features fast path: the MiniLM backbone is frozen and "
         "only the mean and variance heads train, so it runs on two CPU cores. Slices this small give noisy numbers: "
-        "the point is the workflow, not the verdict (see the results page for that).",
+        "the point is the workflow, not the verdict (see the results page for that). SciFact is the public BEIR "
+        "collection: `fetch_beir('scifact')` downloads its zip once into `~/.cache/kl_retrievers/datasets`; offline, "
+        "set `KL_RETRIEVERS_DATA` to a folder holding a copy as `scifact/`.",
     ),
     (
         "code",
         "import json, random, subprocess, sys, tempfile\nfrom pathlib import Path\n\n"
         "from kl_retrievers import load_model\n"
-        "from kl_retrievers.datasets import load_beir\nfrom kl_retrievers.evaluation import evaluate_model\n\n"
-        "SCIFACT = Path('../../shared/datasets/scifact')\n"
-        "if not SCIFACT.exists():  # run from the repository root instead of notebooks/\n"
-        "    SCIFACT = Path('../shared/datasets/scifact')\n"
+        "from kl_retrievers.datasets import fetch_beir, load_beir\nfrom kl_retrievers.evaluation import evaluate_model\n\n"
+        "SCIFACT = fetch_beir('scifact')  # downloaded once into ~/.cache/kl_retrievers/datasets (or a local copy)\n"
         "work = Path(tempfile.mkdtemp())\nprint(work)",
     ),
     ("md", "## A small BEIR folder: 120 train queries, 60 test queries, their relevant documents and 150 others"),
@@ -303,7 +303,7 @@ NOTEBOOKS["03_llama_index.ipynb"] = [
         "code",
         "retriever = KLRetriever.from_defaults(documents=docs, encoder=embed.encoder, similarity_top_k=2)\n"
         "for hit in retriever.retrieve('insects and flowers'):\n"
-        "    print(round(hit.score, 4), hit.node.metadata.get('kl_query_uncertainty'), hit.node.get_content()[:40])",
+        "    print(round(hit.score, 4), hit.node.metadata.get('query_uncertainty'), hit.node.get_content()[:40])",
     ),
 ]
 

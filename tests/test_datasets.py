@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from kl_retrievers.datasets import BeirDataset, DatasetError, available_splits, document_text, load_beir
+from kl_retrievers.datasets import (
+    BeirDataset,
+    DatasetError,
+    available_splits,
+    document_text,
+    fetch_beir,
+    load_beir,
+)
 
 CORPUS = [
     {"_id": "d1", "title": "Cats", "text": "Cats purr and sleep a lot."},
@@ -147,3 +159,97 @@ def test_headerless_qrels_and_blank_lines(tmp_path: Path) -> None:
     root = write_beir(tmp_path / "beir", qrels={"test": "q1\td1\t1\n\nq2\td2\t1.0\n"})
     ds = load_beir(root, "test")
     assert ds.qrels == {"q1": {"d1": 1}, "q2": {"d2": 1}}
+
+
+# ------------------------------------------------------------------ fetch_beir: root, local copy, download
+def _zip_of(folder: Path, archive: Path, prefix: str) -> Path:
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, prefix + path.relative_to(folder).as_posix())
+    return archive
+
+
+@pytest.fixture
+def no_local_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for env in ("KL_RETRIEVERS_DATA", "KL_RETRIEVERS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(env, raising=False)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
+    """An HTTP server on localhost serving ``tmp_path/www``; yields its base URL and the paths requested."""
+    (tmp_path / "www").mkdir()
+    requested: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(tmp_path / "www"), **kwargs)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            requested.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", requested
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.usefixtures("no_local_copy")
+@pytest.mark.parametrize("prefix", ["scifact/", ""])
+def test_fetch_beir_downloads_once_then_reuses(tmp_path: Path, served: tuple[str, list[str]], prefix: str) -> None:
+    base, requested = served
+    _zip_of(write_beir(tmp_path / "src"), tmp_path / "www" / "scifact.zip", prefix)
+    folder = fetch_beir("scifact", tmp_path / "data", url=f"{base}/scifact.zip", timeout=10)
+    assert folder == tmp_path / "data" / "scifact" and requested == ["/scifact.zip"]
+    assert load_beir(folder, "test").qrels == {"q1": {"d1": 1}, "q2": {"d2": 2, "d3": 0}}
+    again = fetch_beir("scifact", tmp_path / "data", url=f"{base}/missing.zip", timeout=10)
+    assert again == folder and requested == ["/scifact.zip"]  # found on disk: no second request
+
+
+@pytest.mark.usefixtures("no_local_copy")
+def test_fetch_beir_default_root_is_the_cache(
+    tmp_path: Path, served: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, _ = served
+    _zip_of(write_beir(tmp_path / "src"), tmp_path / "www" / "nfc.zip", "nfc/")
+    monkeypatch.setenv("KL_RETRIEVERS_DATASET_CACHE", str(tmp_path / "cache"))
+    assert fetch_beir("nfc", url=f"{base}/nfc.zip", timeout=10) == tmp_path / "cache" / "nfc"
+
+
+def test_fetch_beir_prefers_a_local_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = write_beir(tmp_path / "mirror" / "scifact")
+    no_server = "http://127.0.0.1:9/never.zip"  # port 9 (discard): a download attempt fails the test
+    assert fetch_beir("scifact", tmp_path / "data", local_copy=copy, url=no_server, timeout=2) == copy
+    monkeypatch.setenv("KL_RETRIEVERS_DATA", str(tmp_path / "mirror"))
+    monkeypatch.setenv("KL_RETRIEVERS_OFFLINE", "1")
+    assert fetch_beir("scifact", tmp_path / "data", url=no_server) == copy
+    assert not (tmp_path / "data" / "scifact").exists()  # used in place, not copied
+
+
+@pytest.mark.usefixtures("no_local_copy")
+def test_fetch_beir_offline_or_unreachable_names_the_way_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(DatasetError, match=r"could not download http://127\.0\.0\.1:9/x\.zip .*KL_RETRIEVERS_DATA"):
+        fetch_beir("scifact", tmp_path / "data", url="http://127.0.0.1:9/x.zip", timeout=2)
+    assert not (tmp_path / "data" / "scifact").exists()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DatasetError, match=r"HF_HUB_OFFLINE is set, so https://public\.ukp.*scifact\.zip is not"):
+        fetch_beir("scifact", tmp_path / "data")
+
+
+@pytest.mark.usefixtures("no_local_copy")
+def test_fetch_beir_refuses_unsafe_or_foreign_archives(tmp_path: Path, served: tuple[str, list[str]]) -> None:
+    base, _ = served
+    with zipfile.ZipFile(tmp_path / "www" / "evil.zip", "w") as zf:
+        zf.writestr("corpus.jsonl", '{"_id": "d", "text": "t"}\n')
+        zf.writestr("../escape.txt", "x")
+    with pytest.raises(DatasetError, match="unsafe path '../escape.txt'"):
+        fetch_beir("evil", tmp_path / "data", url=f"{base}/evil.zip", timeout=10)
+    assert not (tmp_path / "data" / "evil").exists() and not (tmp_path / "data" / "escape.txt").exists()
+    (tmp_path / "www" / "page.zip").write_text("<html>not a zip</html>")
+    with pytest.raises(DatasetError, match="not a zip file"):
+        fetch_beir("page", tmp_path / "data", url=f"{base}/page.zip", timeout=10)
+    with pytest.raises(ValueError, match="name must be a BEIR collection name"):
+        fetch_beir("../scifact", tmp_path / "data")

@@ -42,6 +42,7 @@ REWRITES: list[tuple[str, str, str]] = [
     (r"<data>", "scifact", "placeholder for any shared dataset"),
     (r"<split>", "test", "placeholder"),
     (r"\bDATASET\b", "../shared/datasets/scifact", "placeholder"),
+    (r"(?<![\w./-])datasets/", "../shared/datasets/", "the folder that fetch_beir(name, 'datasets') fills"),
     (r"--baseline NAME\b", "--baseline bm25", "placeholder"),
     (
         r"--model PATH\b",

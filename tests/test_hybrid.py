@@ -412,6 +412,40 @@ def test_adaptive_search_uses_the_query_signals() -> None:
         assert hits[0].fusion == "adaptive"
 
 
+@pytest.mark.parametrize("fusion", ["rrf", "convex", "adaptive"])
+def test_search_run_ranks_exactly_as_search_batch(fusion: str) -> None:
+    """One ranking core: the run holds search_batch's ids in its order, scored ``k - rank``."""
+    store, _ids, texts, g = filled(fusion=fusion, n=60, adaptive_params=params(coef=0.7))
+    rows = [0, 3, 8, 11]
+    qs, qg = [texts[i] for i in rows], Gaussians(g.mean[rows], g.var[rows])
+    batch = store.search_batch(qs, k=7, query_gaussians=qg)
+    run = store.search_run(["a", "b", "c", "d"], qs, k=7, query_gaussians=qg)
+    assert list(run) == ["a", "b", "c", "d"]
+    for qid, hits in zip("abcd", batch, strict=True):
+        assert len(hits) == 7 and {h.fusion for h in hits} == {fusion}
+        assert list(run[qid]) == [h.id for h in hits]
+        assert list(run[qid].values()) == [7.0 - r for r in range(7)]
+    cand = store.candidates(qs[:1], query_gaussians=qg[0])[0]
+    assert store.to_results(cand, store.fuse_candidates(cand, 7), fusion) == batch[0]
+
+
+def test_missing_adaptive_parameters_fail_before_any_retrieval(monkeypatch: pytest.MonkeyPatch) -> None:
+    store, _ids, texts, g = filled(fusion="adaptive", n=20)
+
+    def missing(cls: type[AdaptiveParams]) -> AdaptiveParams:
+        raise FileNotFoundError("no fitted adaptive fusion parameters (test)")
+
+    def retrieve(*args: object, **kwargs: object) -> list[Candidates]:
+        raise AssertionError("retrieved candidates before checking the adaptive parameters")
+
+    monkeypatch.setattr(AdaptiveParams, "default", classmethod(missing))
+    monkeypatch.setattr(store, "candidates", retrieve)
+    with pytest.raises(FileNotFoundError, match=r"no fitted adaptive .*\(test\)"):
+        store.search_batch([texts[0]], query_gaussians=g[0])
+    with pytest.raises(FileNotFoundError, match=r"no fitted adaptive .*\(test\)"):
+        store.search_run(["q"], [texts[0]], query_gaussians=g[0])
+
+
 def test_adaptive_params_round_trip_and_bad_files(tmp_path: Path) -> None:
     p = params("zscore", coef=-0.3)
     again = AdaptiveParams.load(p.save(tmp_path / "p.json"))

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -311,3 +312,160 @@ def test_default_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     assert pretrained.default_backend(device="cpu") == "onnx"
     with pytest.raises(ValueError, match="backend must be one of"):
         load_model(backend="tensorrt")
+
+
+# ------------------------------------------------------------------------------ shared backbone graph + numpy heads
+@pytest.fixture(scope="module")
+def shared_tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[GaussianEncoder, Path, Path]:
+    """A tiny heads-only model folder and a float32 ONNX graph of its backbone (``last_hidden_state``)."""
+    import torch
+    from safetensors.numpy import save_file
+
+    from kl_retrievers.onnx import _tokenizer_json
+
+    enc = make_tiny_encoder(pooling="mean", normalize_pooled=True, var_token=False, beta=5.0, seed=2).eval()
+    root = tmp_path_factory.mktemp("shared")
+    graph_dir, model_dir = root / "graph", root / "model"
+    graph_dir.mkdir()
+    model_dir.mkdir()
+
+    class Backbone(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = enc.backbone
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> Any:
+            return self.bert(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+
+    batch = enc.tokenize(["hello world", "a dog"], 16)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    with torch.no_grad():
+        torch.onnx.export(
+            Backbone().eval(),
+            tuple(batch[n] for n in names),
+            os.fspath(graph_dir / "model.onnx"),
+            input_names=names,
+            output_names=["last_hidden_state"],
+            dynamic_axes={n: {0: "b", 1: "t"} for n in [*names, "last_hidden_state"]},
+            opset_version=17,
+            dynamo=False,
+        )
+    heads = {
+        k: v.detach().numpy().copy()
+        for k, v in enc.state_dict().items()
+        if k.split(".")[0] in ("mean_head", "var_head")
+    }
+    save_file(heads, os.fspath(model_dir / "delta.safetensors"))
+    config = {
+        "encoder": {**enc.config.to_dict(), "backbone": "tiny-bert", "backbone_sha256": "0" * 64},
+        "backbone_config": enc.backbone.config.to_dict(),
+        "var_token_id": None,
+    }
+    (model_dir / "config.json").write_text(json.dumps(config))
+    (model_dir / "tokenizer.json").write_text(_tokenizer_json(enc))
+    return enc, model_dir, graph_dir
+
+
+@pytest.fixture
+def tiny_shared_backbone(shared_tiny: tuple[GaussianEncoder, Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    import kl_retrievers.onnx_heads as onnx_heads
+    from kl_retrievers.hub import sha256_file
+
+    graph_dir = shared_tiny[2]
+    backbone = onnx_heads.SharedBackbone(
+        "tiny-bert", "0" * 64, sha256_file(graph_dir / "model.onnx"), "pip install tiny-graph", lambda: graph_dir
+    )
+    monkeypatch.setitem(onnx_heads.SHARED_BACKBONES, "tiny-bert", lambda: backbone)
+
+
+@pytest.mark.usefixtures("tiny_shared_backbone")
+def test_a_shared_backbone_graph_with_numpy_heads_equals_the_torch_encoder(
+    shared_tiny: tuple[GaussianEncoder, Path, Path],
+) -> None:
+    from kl_retrievers.hub import sha256_file
+    from kl_retrievers.onnx_heads import OnnxHeadsGaussianEncoder
+
+    enc, model_dir, _ = shared_tiny
+    onnx_enc = OnnxHeadsGaussianEncoder(model_dir)
+    assert onnx_enc.quantize == "int8" and onnx_enc.max_tokens == 128  # the shared graphs are int8 (this one not)
+    assert onnx_enc.config.encoder["onnx_heads"]["delta_sha256"] == sha256_file(model_dir / "delta.safetensors")
+    for max_length in (64, 8):  # padding, and truncation of the long text
+        got = onnx_enc.encode_documents(TEXTS, max_length=max_length, batch_size=4)
+        ref = enc.encode_documents(TEXTS, max_length=max_length)
+        np.testing.assert_allclose(got.mean, ref.mean, atol=1e-4)
+        np.testing.assert_allclose(got.var, ref.var, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(got.var, got.var[0])  # the variance head is not constant: a real check of it
+    np.testing.assert_allclose(onnx_enc.encode_queries("a dog").mean, enc.encode_queries("a dog").mean, atol=1e-4)
+
+
+@pytest.mark.usefixtures("tiny_shared_backbone")
+def test_a_shared_graph_serves_only_frozen_heads_only_models_and_is_pinned(
+    shared_tiny: tuple[GaussianEncoder, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    import kl_retrievers.onnx_heads as onnx_heads
+
+    _, model_dir, graph_dir = shared_tiny
+    assert onnx_heads.shared_backbone_for(model_dir) is not None
+    other = tmp_path / "lora"
+    shutil.copytree(model_dir, other)
+    delta = load_file(os.fspath(other / "delta.safetensors"))
+    save_file({**delta, "backbone.x.lora_A": np.zeros((2, 2), np.float32)}, os.fspath(other / "delta.safetensors"))
+    assert onnx_heads.shared_backbone_for(other) is None
+    assert "fine-tuned" in onnx_heads.why_no_shared_graph(other)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg["encoder"]["backbone_sha256"] = "1" * 64  # built on other weights
+    (other / "config.json").write_text(json.dumps(cfg))
+    shutil.copyfile(model_dir / "delta.safetensors", other / "delta.safetensors")
+    assert onnx_heads.shared_backbone_for(other) is None
+    assert "not those of the shared tiny-bert graph" in onnx_heads.why_no_shared_graph(other)
+    with pytest.raises(OnnxModelError, match="no shared ONNX backbone graph serves this model"):
+        onnx_heads.OnnxHeadsGaussianEncoder(other)
+    wrong = tmp_path / "graph"
+    wrong.mkdir()
+    shutil.copyfile(graph_dir / "model.onnx", wrong / "model.onnx")
+    with (wrong / "model.onnx").open("ab") as fh:
+        fh.write(b"\0")
+    pinned = onnx_heads.SHARED_BACKBONES["tiny-bert"]()
+    monkeypatch.setitem(
+        onnx_heads.SHARED_BACKBONES,
+        "tiny-bert",
+        lambda: onnx_heads.SharedBackbone(
+            "tiny-bert", "0" * 64, pinned.graph_sha256, "pip install tiny", lambda: wrong
+        ),
+    )
+    with pytest.raises(OnnxModelError, match=rf"SHA-256 [0-9a-f]{{64}}, but the pinned one has {pinned.graph_sha256}"):
+        onnx_heads.OnnxHeadsGaussianEncoder(model_dir)
+
+
+def test_numpy_heads_follow_torch_softplus_and_the_floor() -> None:
+    import torch
+
+    from kl_retrievers.onnx_heads import numpy_heads
+
+    rng = np.random.default_rng(0)
+    hidden = rng.normal(size=(3, 5, 4)).astype(np.float32) * 10
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    heads = {
+        "mean_head.weight": rng.normal(size=(2, 4)).astype(np.float32),
+        "mean_head.bias": rng.normal(size=2).astype(np.float32),
+        "var_head.weight": rng.normal(size=(2, 4)).astype(np.float32),
+        "var_head.bias": np.array([-1000.0, 12.0], np.float32),  # far below zero: the floor
+    }
+    for pooling in ("cls", "mean"):
+        mean, var = numpy_heads(hidden, mask, heads, pooling=pooling, normalize_pooled=False, beta=2.0, var_floor=1e-3)
+        h = torch.from_numpy(hidden)
+        m = torch.from_numpy(mask).float()[:, :, None]
+        pooled = h[:, 0] if pooling == "cls" else (h * m).sum(1) / m.sum(1)
+        ref_mean = pooled @ torch.from_numpy(heads["mean_head.weight"]).T + torch.from_numpy(heads["mean_head.bias"])
+        z = pooled @ torch.from_numpy(heads["var_head.weight"]).T + torch.from_numpy(heads["var_head.bias"])
+        ref_var = torch.nn.functional.softplus(z, beta=2.0).clamp_min(1e-3)
+        np.testing.assert_allclose(mean, ref_mean.numpy(), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(var, ref_var.numpy(), rtol=1e-5, atol=1e-6)
+        assert (var[:, 0] == np.float32(1e-3)).all()
+        assert pooling == "mean" or (2.0 * z[:, 1] > 20).any()  # torch's linear region above its threshold
+    with pytest.raises(ValueError, match="pooling must be 'cls' or 'mean'; got 'max'"):
+        numpy_heads(hidden, mask, heads, pooling="max", normalize_pooled=False, beta=1.0, var_floor=1e-6)

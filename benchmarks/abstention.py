@@ -1,0 +1,596 @@
+"""Abstention on the SQuAD retrieval set: can the default's calibrated confidence say "nothing found"? (issue 20).
+
+The construction (issue 20's target): the SQuAD v1.1 dev retrieval set of ``../shared/datasets``
+(2,067 paragraphs, 10,570 questions, one relevant paragraph each), split by article as the default
+model's training split it (articles sorted by id, every 10th held out; the default trained on
+questions of the others). Within one group of articles (the *held-out* articles for the reported
+curve, the *training* articles for choosing the threshold), the paragraphs that some question of
+the group points to are shuffled with a fixed seed and removed from the corpus one by one until
+their questions make up half of the group's questions: those questions are *unanswerable* (their
+only relevant paragraph is gone), the others *answerable* (theirs is still there). Removing
+paragraphs rather than picking questions keeps the two halves clean: SQuAD asks about 5 questions
+per paragraph, and a removed paragraph must not also be the answer of an "answerable" question.
+The corpus is every other paragraph of the collection (both article groups), so the distractors are
+the same in both constructions.
+
+Each question is encoded with the package default (``minilm-gauss-soup``; ``--backend``, default
+the library's CPU default, ONNX int8) through the encoding cache, retrieved exactly by ``-KL``
+against the reduced corpus, and given the shipped calibrator's confidence
+(:func:`kl_retrievers.calibration.default_calibrator`: the query uncertainty and its top-2
+``neg_kl`` scores, as the LangChain / LlamaIndex adapters compute it). A retriever with
+``min_confidence = t`` abstains when the confidence is below ``t``. For every ``t`` on a grid
+(0.00, 0.01, ..., 1.00) the script reports, with "positive" = abstained:
+
+* abstention precision: the share of abstained questions that are unanswerable;
+* abstention recall: the share of unanswerable questions abstained on;
+* abstention F1;
+* answered: the share of answerable questions *not* abstained on (and P@1 of those answered).
+
+The recommended threshold (``DEFAULT_MIN_CONFIDENCE`` in :mod:`kl_retrievers.calibration`) is
+chosen on the *training* articles only: the largest abstention F1 among thresholds that answer at
+least 90% of the answerable half (``--min-answered``). It is then applied to the held-out articles,
+whose curve is reported as measured. The same is repeated over ``--seeds`` further random halvings
+(mean and spread), and, with ``--hybrid``, for the hybrid store (BM25 + ``-KL``, adaptive fusion):
+its confidence is the calibrator on the ``neg_kl`` scores of the hybrid's own top-10 results.
+
+``--signals`` adds an exploratory system, not shipped: a logistic model of "unanswerable" from richer
+per-query signals (:data:`SIGNAL_FEATURES`: the calibrator's features on the dense top 100, BM25's top
+scores, the hybrid store's adaptive signals), fitted on the training articles' halving only; its
+confidence is ``1 - P(unanswerable)``, its threshold chosen on the training articles like the others.
+It asks whether the signals a hybrid retriever already has could reach the target.
+
+Every run appends one JSON line to ``runs/abstention/abstention.jsonl`` (the command included); the
+last printed line is::
+
+    abstention_f1=X answered=Y threshold=Z
+
+X and Y: the held-out articles' abstention F1 and answered share at the threshold Z chosen on the
+training articles (seed 0, dense retriever).
+
+Examples:
+    python benchmarks/abstention.py --quick
+    python benchmarks/abstention.py --hybrid --seeds 10
+    python benchmarks/abstention.py --hybrid --signals --seeds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kl_retrievers.calibration import ConfidenceCalibrator, default_calibrator
+from kl_retrievers.datasets import BeirDataset, load_beir
+from kl_retrievers.gaussian import Gaussians
+
+logger = logging.getLogger("benchmarks.abstention")
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ROOT.parent / "shared" / "datasets"
+SQUAD = "squad-v1.1-dev-retrieval"
+LOG = ROOT / "runs" / "abstention" / "abstention.jsonl"
+MODEL = "minilm-gauss-soup"
+#: Thresholds scanned (the choice is made on this grid).
+GRID = np.round(np.linspace(0.0, 1.0, 101), 2)
+#: Thresholds shown in the printed table and in docs/hybrid.md.
+TABLE = np.round(np.linspace(0.0, 1.0, 11), 2)
+#: Depth of the retrieved list the confidence reads (the calibrator needs the top 2).
+DEPTH = 10
+#: Training questions used by --quick (a seeded sample of the training articles' questions).
+QUICK_TRAIN = 3000
+
+
+def git_commit() -> str | None:
+    """The repository's HEAD commit (None outside git)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip()
+
+
+def article_of(doc_id: str) -> str:
+    """The SQuAD article of a paragraph id (``"12-3"`` -> ``"12"``)."""
+    return doc_id.split("-")[0]
+
+
+def held_out_articles(doc_ids: Sequence[str]) -> set[str]:
+    """Every 10th article, sorted by id: the articles the default model never trained on."""
+    articles = sorted({article_of(d) for d in doc_ids})
+    return set(articles[::10])
+
+
+@dataclass
+class Halving:
+    """One group's questions split into an answerable and an unanswerable half."""
+
+    answerable: list[str]
+    unanswerable: list[str]
+    removed: set[str]
+
+
+def halve(qrels: Mapping[str, Mapping[str, int]], query_ids: Sequence[str], seed: int) -> Halving:
+    """Remove shuffled relevant paragraphs until their questions are half of ``query_ids``.
+
+    Args:
+        qrels: Query id -> {relevant document id: grade}.
+        query_ids: The group's questions.
+        seed: Shuffle seed.
+
+    Returns:
+        The answerable questions (every relevant document kept), the unanswerable ones (every
+        relevant document removed) and the removed documents.
+
+    Examples:
+        >>> q = {"a": {"p1": 1}, "b": {"p1": 1}, "c": {"p2": 1}, "d": {"p3": 1}}
+        >>> h = halve(q, ["a", "b", "c", "d"], seed=0)
+        >>> len(h.unanswerable) >= 2 and set(h.answerable) | set(h.unanswerable) == {"a", "b", "c", "d"}
+        True
+    """
+    by_doc: dict[str, list[str]] = {}
+    for qid in query_ids:
+        for doc in qrels[qid]:
+            by_doc.setdefault(doc, []).append(qid)
+    docs = sorted(by_doc)
+    order = np.random.default_rng(seed).permutation(len(docs))
+    removed: set[str] = set()
+    gone: set[str] = set()
+    target = len(query_ids) / 2
+    for j in order:
+        if len(gone) >= target:
+            break
+        removed.add(docs[j])
+        gone.update(q for q in by_doc[docs[j]] if set(qrels[q]) <= removed)
+    unanswerable = [q for q in query_ids if set(qrels[q]) <= removed]
+    answerable = [q for q in query_ids if not (set(qrels[q]) & removed)]
+    # a question with one relevant paragraph removed and another kept is neither: none in SQuAD
+    return Halving(answerable, unanswerable, removed)
+
+
+def abstention_curve(
+    confidence: np.ndarray,
+    unanswerable: np.ndarray,
+    thresholds: Sequence[float] | np.ndarray,
+    top1_relevant: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """Abstention precision, recall, F1 and the answered share of the answerable questions per threshold.
+
+    A question is abstained on when its confidence is below the threshold.
+
+    Args:
+        confidence: One confidence per question.
+        unanswerable: Boolean, per question.
+        thresholds: ``min_confidence`` values.
+        top1_relevant: Optional boolean per question (answerable ones): whether its top-1 is relevant.
+
+    Returns:
+        One row per threshold.
+
+    Examples:
+        >>> rows = abstention_curve(np.array([0.1, 0.2, 0.8, 0.9]), np.array([1, 1, 0, 0], bool), [0.5])
+        >>> rows[0]["f1"], rows[0]["answered"]
+        (1.0, 1.0)
+    """
+    conf = np.asarray(confidence, dtype=np.float64)
+    unans = np.asarray(unanswerable, dtype=bool)
+    if conf.shape != unans.shape:
+        raise ValueError(f"{conf.size} confidences but {unans.size} labels")
+    n_unans, n_ans = int(unans.sum()), int((~unans).sum())
+    rows = []
+    for t in thresholds:
+        abstain = conf < t
+        tp = int((abstain & unans).sum())
+        n_abstain = int(abstain.sum())
+        precision = tp / n_abstain if n_abstain else 1.0
+        recall = tp / n_unans if n_unans else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+        answered = ~abstain & ~unans
+        row: dict[str, Any] = {
+            "threshold": float(t),
+            "abstained": n_abstain,
+            "precision": round(precision, 6),
+            "recall": round(recall, 6),
+            "f1": round(f1, 6),
+            "answered": round(int(answered.sum()) / n_ans, 6) if n_ans else 0.0,
+        }
+        if top1_relevant is not None:
+            hits = np.asarray(top1_relevant, dtype=bool)
+            row["answered_p@1"] = round(float(hits[answered].mean()), 6) if answered.any() else None
+        rows.append(row)
+    return rows
+
+
+def choose_threshold(rows: Sequence[Mapping[str, Any]], min_answered: float) -> dict[str, Any]:
+    """The row with the largest F1 among those answering at least ``min_answered`` (ties: the lower threshold).
+
+    Examples:
+        >>> choose_threshold([{"threshold": 0.1, "f1": 0.5, "answered": 1.0},
+        ...                   {"threshold": 0.2, "f1": 0.7, "answered": 0.95},
+        ...                   {"threshold": 0.3, "f1": 0.8, "answered": 0.8}], 0.9)["threshold"]
+        0.2
+    """
+    ok = [r for r in rows if r["answered"] >= min_answered]
+    if not ok:
+        raise ValueError(f"no threshold answers at least {min_answered} of the answerable questions")
+    return dict(max(ok, key=lambda r: (r["f1"], -r["threshold"])))
+
+
+# ---------------------------------------------------------------------------------- scoring
+
+
+def dense_confidence(
+    cal: ConfidenceCalibrator,
+    q: Gaussians,
+    d: Gaussians,
+    doc_ids: Sequence[str],
+    qrels: Mapping[str, Any],
+    qids: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each question's confidence from its exact top-``DEPTH`` ``neg_kl`` scores, and whether its top-1 is relevant."""
+    from kl_retrievers.evaluation import retrieve_exact
+
+    run = retrieve_exact(q, d, list(qids), list(doc_ids), DEPTH)
+    unc = np.asarray(q.uncertainty(), dtype=np.float64)
+    conf = np.empty(len(qids))
+    top1 = np.zeros(len(qids), dtype=bool)
+    for i, qid in enumerate(qids):
+        ranked = sorted(run[qid].items(), key=lambda kv: -kv[1])
+        conf[i] = cal.confidence([s for _, s in ranked], float(unc[i]))
+        top1[i] = ranked[0][0] in qrels[qid]
+    return conf, top1
+
+
+def hybrid_confidence(
+    cal: ConfidenceCalibrator,
+    store: Any,
+    q: Gaussians,
+    texts: Sequence[str],
+    qrels: Mapping[str, Any],
+    qids: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The same from the ``neg_kl`` scores of the hybrid's own top-``DEPTH`` (adaptive) results."""
+    hits = store.search_batch(list(texts), k=DEPTH, query_gaussians=q, fusion="adaptive")
+    unc = np.asarray(q.uncertainty(), dtype=np.float64)
+    conf = np.array([cal.confidence([h.neg_kl for h in hs], float(u)) for hs, u in zip(hits, unc, strict=True)])
+    top1 = np.array([bool(hs) and hs[0].id in qrels[qid] for hs, qid in zip(hits, qids, strict=True)])
+    return conf, top1
+
+
+#: Features of the exploratory abstention model (``--signals``): the calibrator's feature set on the
+#: dense top 100, BM25's top scores, and the hybrid store's adaptive signals.
+SIGNAL_FEATURES: tuple[str, ...] = (
+    "uncertainty",
+    "max_score",
+    "gap12",
+    "gap1_10",
+    "std10",
+    "bm25_max",
+    "bm25_gap12",
+    "bm25_of_dense_top1",
+    "dense_gap12",
+    "dense_max_z",
+    "bm25_max_z",
+    "bm25_coverage",
+    "bm25_matched",
+    "overlap10",
+)
+
+
+def signal_features(c: Any, uncertainty: float) -> np.ndarray:
+    """:data:`SIGNAL_FEATURES` of one query from its hybrid candidates (:class:`kl_retrievers.hybrid.Candidates`)."""
+    from kl_retrievers.calibration import query_features
+
+    dense = np.sort(c.neg_kl[c.dense_rank > 0])[::-1]
+    bm25 = np.sort(c.bm25[c.bm25_rank > 0])[::-1]
+    b1 = float(bm25[0]) if bm25.size else 0.0
+    b2 = float(bm25[1]) if bm25.size > 1 else 0.0
+    top = int(np.flatnonzero(c.dense_rank == 1)[0])
+    first = list(query_features(dense, uncertainty, SIGNAL_FEATURES[:5]))
+    rest = [c.signals[n] for n in SIGNAL_FEATURES[8:]]
+    return np.array([*first, b1, b1 - b2, float(c.bm25[top]), *rest], dtype=np.float64)
+
+
+class Logistic:
+    """L2-penalised logistic regression on standardised features (numpy + scipy), for ``--signals``.
+
+    Examples:
+        >>> x = np.array([[0.0], [1.0], [2.0], [3.0]])
+        >>> m = Logistic().fit(x, np.array([0, 0, 1, 1]))
+        >>> bool(m.predict(np.array([[0.0]]))[0] < 0.5 < m.predict(np.array([[3.0]]))[0])
+        True
+    """
+
+    def __init__(self, l2: float = 1.0) -> None:
+        self.l2 = l2
+        self.center = self.scale = self.coef = np.zeros(0)
+        self.intercept = 0.0
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> Logistic:
+        from scipy.optimize import minimize
+
+        self.center, self.scale = x.mean(axis=0), x.std(axis=0)
+        self.scale = np.where(self.scale > 0, self.scale, 1.0)
+        z, t, n = (x - self.center) / self.scale, y.astype(np.float64), float(len(y))
+
+        def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            logit = z @ theta[1:] + theta[0]
+            value = (
+                float(np.sum(np.logaddexp(0.0, logit) - t * logit) / n)
+                + 0.5 * self.l2 * float(theta[1:] @ theta[1:]) / n
+            )
+            r = (0.5 * (1.0 + np.tanh(0.5 * logit)) - t) / n
+            return value, np.concatenate([[r.sum()], z.T @ r + self.l2 * theta[1:] / n])
+
+        res = minimize(loss, np.zeros(z.shape[1] + 1), jac=True, method="L-BFGS-B", options={"maxiter": 2000})
+        self.intercept, self.coef = float(res.x[0]), res.x[1:]
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Probability of the positive class per row."""
+        logit = ((x - self.center) / self.scale) @ self.coef + self.intercept
+        return np.asarray(0.5 * (1.0 + np.tanh(0.5 * logit)))
+
+
+class Experiment:
+    """The encoded SQuAD set and the calibrator: evaluates one group (held-out or training) for one seed."""
+
+    def __init__(self, backend: str | None, *, cache_dir: str | None, batch_size: int) -> None:
+        from kl_retrievers.evaluation import encode_dataset, model_fingerprint
+        from kl_retrievers.pretrained import load_model
+
+        self.ds: BeirDataset = load_beir(DATASETS / SQUAD, "test")
+        t0 = time.perf_counter()
+        self.encoder = load_model(MODEL, backend=backend)
+        self.backend = type(self.encoder).__name__
+        self.fingerprint = model_fingerprint(self.encoder)
+        self.q, self.d = encode_dataset(
+            self.encoder, self.ds, batch_size=batch_size, cache_dir=cache_dir, show_progress=False
+        )
+        self.encode_s = round(time.perf_counter() - t0, 1)
+        logger.info("encodings ready in %.1f s (%s)", self.encode_s, self.backend)
+        self.cal = default_calibrator(MODEL)
+        self.qrow = {qid: i for i, qid in enumerate(self.ds.query_ids)}
+        self.drow = {did: i for i, did in enumerate(self.ds.doc_ids)}
+        held = held_out_articles(self.ds.doc_ids)
+        self.groups = {
+            "held_out": [q for q in self.ds.query_ids if article_of(next(iter(self.ds.qrels[q]))) in held],
+            "train": [q for q in self.ds.query_ids if article_of(next(iter(self.ds.qrels[q]))) not in held],
+        }
+        self.held_articles = sorted(held)
+
+    def run(
+        self, group: str, seed: int, *, sample: int | None = None, hybrid: bool = False, signals: bool = False
+    ) -> dict[str, Any]:
+        """Halve one group with ``seed`` and score every question (dense; hybrid and the signal features if asked)."""
+        qids = self.groups[group]
+        if sample is not None and sample < len(qids):
+            rng = np.random.default_rng(seed)
+            qids = sorted(rng.choice(qids, size=sample, replace=False).tolist(), key=self.qrow.__getitem__)
+        h = halve(self.ds.qrels, qids, seed)
+        keep = [d for d in self.ds.doc_ids if d not in h.removed]
+        d = self.d[np.asarray([self.drow[x] for x in keep], dtype=np.int64)]
+        order = h.answerable + h.unanswerable
+        q = self.q[np.asarray([self.qrow[x] for x in order], dtype=np.int64)]
+        unans = np.array([False] * len(h.answerable) + [True] * len(h.unanswerable))
+        out: dict[str, Any] = {
+            "group": group,
+            "seed": seed,
+            "questions": len(order),
+            "answerable": len(h.answerable),
+            "unanswerable": len(h.unanswerable),
+            "removed_paragraphs": len(h.removed),
+            "corpus": len(keep),
+        }
+        t0 = time.perf_counter()
+        conf, top1 = dense_confidence(self.cal, q, d, keep, self.ds.qrels, order)
+        out["dense"] = {
+            "curve": abstention_curve(conf, unans, GRID, top1),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        out["dense"]["auroc"] = auroc(-conf, unans)
+        top1_answer = top1
+        if hybrid or signals:
+            from kl_retrievers.hybrid import KLHybridStore
+
+            t0 = time.perf_counter()
+            store = KLHybridStore(fusion="adaptive")
+            store.add(self.ds.document_texts(keep), gaussians=d, ids=keep)
+        if hybrid:
+            conf_h, top1_answer = hybrid_confidence(
+                self.cal, store, q, self.ds.query_texts(order), self.ds.qrels, order
+            )
+            out["hybrid"] = {
+                "curve": abstention_curve(conf_h, unans, GRID, top1_answer),
+                "auroc": auroc(-conf_h, unans),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        if signals:
+            cands = store.candidates(self.ds.query_texts(order), query_gaussians=q, depth=100)
+            unc = np.asarray(q.uncertainty(), dtype=np.float64)
+            x = np.stack([signal_features(c, float(u)) for c, u in zip(cands, unc, strict=True)])
+            out["_signals"] = (x, unans, top1_answer)  # popped by main (not JSON)
+        return out
+
+
+def auroc(score: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``score`` for ``positive`` (ties count half).
+
+    Examples:
+        >>> auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1], bool))
+        0.75
+    """
+    from scipy.stats import rankdata
+
+    pos = np.asarray(positive, dtype=bool)
+    r = rankdata(score)
+    n1, n0 = int(pos.sum()), int((~pos).sum())
+    return round(float((r[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)), 6)
+
+
+def at(rows: Sequence[Mapping[str, Any]], threshold: float) -> dict[str, Any]:
+    """The curve row of one grid threshold."""
+    return dict(next(r for r in rows if abs(r["threshold"] - threshold) < 1e-9))
+
+
+def print_table(title: str, rows: Sequence[Mapping[str, Any]], chosen: float) -> None:
+    print(f"\n{title}")
+    print(f"{'min_conf':>8} {'abstained':>9} {'precision':>9} {'recall':>7} {'F1':>6} {'answered':>8} {'P@1 ans.':>8}")
+    shown = sorted({*(float(t) for t in TABLE), chosen})
+    for t in shown:
+        r = at(rows, t)
+        p1 = r.get("answered_p@1")
+        mark = "  <- chosen on training articles" if abs(t - chosen) < 1e-9 else ""
+        print(
+            f"{t:8.2f} {r['abstained']:9d} {r['precision']:9.3f} {r['recall']:7.3f} {r['f1']:6.3f} "
+            f"{r['answered']:8.3f} {p1 if p1 is None else format(p1, '8.3f')}{mark}"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help=f"choose the threshold on {QUICK_TRAIN} training questions")
+    p.add_argument("--backend", choices=("torch", "onnx"), default=None, help="model backend (default: the library's)")
+    p.add_argument("--seed", type=int, default=0, help="the main halving's seed (default 0)")
+    p.add_argument("--seeds", type=int, default=0, help="further halvings of the held-out group (seeds 1..N)")
+    p.add_argument("--min-answered", type=float, default=0.9, help="answered share the threshold must keep")
+    p.add_argument("--hybrid", action="store_true", help="also the hybrid store (BM25 + -KL, adaptive)")
+    p.add_argument(
+        "--signals",
+        action="store_true",
+        help="exploratory: also an abstention model of dense + BM25 signals fitted on the training articles' halving",
+    )
+    p.add_argument("--cache-dir", default=None, help="encoding cache (default: the library's)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--no-log", action="store_true", help="do not append to runs/abstention/abstention.jsonl")
+    args = p.parse_args(argv)
+    if not 0.0 <= args.min_answered <= 1.0:
+        p.error(f"--min-answered must be in [0, 1]; got {args.min_answered}")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    except ImportError:
+        pass
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    t_all = time.perf_counter()
+    exp = Experiment(args.backend, cache_dir=args.cache_dir, batch_size=args.batch_size)
+    sample = QUICK_TRAIN if args.quick else None
+    train = exp.run("train", args.seed, sample=sample, hybrid=args.hybrid, signals=args.signals)
+    held = exp.run("held_out", args.seed, hybrid=args.hybrid, signals=args.signals)
+    model: Logistic | None = None
+    if args.signals:  # target: unanswerable; confidence = 1 - P(unanswerable); fitted on training articles only
+        x_tr, y_tr, top1_tr = train.pop("_signals")
+        model = Logistic().fit(x_tr, y_tr)
+        for part, (x, y, top1) in ((train, (x_tr, y_tr, top1_tr)), (held, held.pop("_signals"))):
+            conf = 1.0 - model.predict(x)
+            part["signals"] = {"curve": abstention_curve(conf, y, GRID, top1), "auroc": auroc(-conf, y)}
+    record: dict[str, Any] = {
+        "benchmark": "abstention",
+        "command": shlex.join(["python", "benchmarks/abstention.py", *(argv if argv is not None else sys.argv[1:])]),
+        "model": MODEL,
+        "model_fingerprint": exp.fingerprint,
+        "encoder": exp.backend,
+        "backend": args.backend,  # None: the library's default backend
+        "calibrator": {"features": exp.cal.features, "command": exp.cal.info.get("command")},
+        "held_out_articles": exp.held_articles,
+        "min_answered": args.min_answered,
+        "quick": args.quick,
+        "encode_s": exp.encode_s,
+    }
+    summary: dict[str, Any] = {}
+    systems = ["dense", *(["hybrid"] if args.hybrid else []), *(["signals"] if args.signals else [])]
+    for system in systems:
+        chosen = choose_threshold(train[system]["curve"], args.min_answered)
+        t = chosen["threshold"]
+        ho = at(held[system]["curve"], t)
+        summary[system] = {
+            "threshold": t,
+            "train_at_threshold": chosen,
+            "held_out_at_threshold": ho,
+            "held_out_best_f1_with_min_answered": choose_threshold(held[system]["curve"], args.min_answered),
+            "train_auroc": train[system]["auroc"],
+            "held_out_auroc": held[system]["auroc"],
+            "target_met": bool(ho["f1"] >= 0.6 and ho["answered"] >= 0.9),
+        }
+        print_table(
+            f"{system}: training articles (seed {args.seed}, {train['questions']} questions)", train[system]["curve"], t
+        )
+        print_table(
+            f"{system}: held-out articles (seed {args.seed}, {held['questions']} questions)", held[system]["curve"], t
+        )
+        print(
+            f"{system}: AUROC (abstain on unanswerable) train {train[system]['auroc']:.3f}, "
+            f"held-out {held[system]['auroc']:.3f}"
+        )
+    if args.seeds:
+        extra: dict[str, list[dict[str, Any]]] = {s: [] for s in summary}
+        for seed in range(args.seed + 1, args.seed + 1 + args.seeds):
+            r = exp.run("held_out", seed, hybrid=args.hybrid, signals=args.signals)
+            if model is not None:
+                x, y, top1 = r.pop("_signals")
+                r["signals"] = {"curve": abstention_curve(1.0 - model.predict(x), y, GRID, top1)}
+            for system in summary:
+                extra[system].append({"seed": seed, **at(r[system]["curve"], summary[system]["threshold"])})
+        for system, rows in extra.items():
+            f1 = np.array([r["f1"] for r in rows])
+            ans = np.array([r["answered"] for r in rows])
+            summary[system]["held_out_other_seeds"] = {
+                "seeds": len(rows),
+                "f1_mean": round(float(f1.mean()), 4),
+                "f1_min": round(float(f1.min()), 4),
+                "f1_max": round(float(f1.max()), 4),
+                "answered_mean": round(float(ans.mean()), 4),
+                "answered_min": round(float(ans.min()), 4),
+                "answered_max": round(float(ans.max()), 4),
+                "rows": rows,
+            }
+            print(
+                f"{system}: {len(rows)} more halvings of the held-out group at {summary[system]['threshold']:.2f}: "
+                f"F1 {f1.mean():.3f} [{f1.min():.3f}, {f1.max():.3f}], "
+                f"answered {ans.mean():.3f} [{ans.min():.3f}, {ans.max():.3f}]"
+            )
+    if model is not None:
+        summary["signals"]["model"] = {
+            "features": list(SIGNAL_FEATURES),
+            "target": "unanswerable (relevant paragraph removed), training articles' halving",
+            "answers_from": "hybrid top-1" if args.hybrid else "dense top-1",
+            "coef_standardised": [round(float(v), 4) for v in model.coef],
+            "intercept": round(model.intercept, 4),
+        }
+    record.update(
+        {
+            "summary": summary,
+            "train": train,
+            "held_out": held,
+            "commit": git_commit(),
+            "started": started,
+            "seconds": round(time.perf_counter() - t_all, 1),
+        }
+    )
+    if not args.no_log:
+        LOG.parent.mkdir(parents=True, exist_ok=True)
+        with LOG.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        print(f"\nlogged to {LOG.relative_to(ROOT)}")
+    s = summary["dense"]
+    ho = s["held_out_at_threshold"]
+    print(f"abstention_f1={ho['f1']:.4f} answered={ho['answered']:.4f} threshold={s['threshold']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
