@@ -51,7 +51,7 @@ fi
 # Offline, with an empty ONNX cache: the default model must run from the graph shipped in the package.
 out=$(cd "$tmp" && "${offline[@]}" "$venv_py" "$repo/docs/examples/langchain_quickstart.py")
 echo "$out"
-if ! printf '%s\n' "$out" | tail -n 1 | grep -q '^Aspirin lowers fever\.'; then
+if ! grep -q '^Aspirin lowers fever\.' <<<"$(tail -n 1 <<<"$out")"; then
   echo "torch-free-check: FAIL: the example's last line is not the aspirin document" >&2
   exit 1
 fi
@@ -70,7 +70,7 @@ open(sys.argv[2], "w", encoding="utf-8").write(block.group(1))
 PY
 readme_out=$(cd "$tmp" && "${offline[@]}" "$venv_py" "$tmp/readme_langchain.py")
 echo "$readme_out"
-if ! printf '%s\n' "$readme_out" | grep -q 'caffeine'; then
+if ! grep -q 'caffeine' <<<"$readme_out"; then
   echo "torch-free-check: FAIL: the README's LangChain example did not retrieve the caffeine documents" >&2
   exit 1
 fi
@@ -90,7 +90,8 @@ fi
 # venv has its own bound, there to catch a heavy dependency (torch, CUDA) slipping in.
 li_mb=$(du -sm "$tmp/venv" | cut -f1)
 echo "torch-free-check: venv size ${li_mb} MB on disk with [langchain,llama-index] (bound <= ${max_li_mb} MB); largest:"
-du -sm "$tmp"/venv/lib/python3*/site-packages/* | sort -rn | head -n 6 | sed 's|\t.*/|  |; s|^|    |'
+# (sort's whole output goes to awk, which prints six lines: no SIGPIPE under pipefail)
+du -sm "$tmp"/venv/lib/python3*/site-packages/* | sort -rn | awk 'NR <= 6 { n = split($2, p, "/"); printf "    %s  %s\n", $1, p[n] }'
 if [ "$li_mb" -gt "$max_li_mb" ]; then
   echo "torch-free-check: FAIL: the venv with [llama-index] is ${li_mb} MB, above ${max_li_mb} MB" >&2
   exit 1
@@ -106,11 +107,12 @@ PY
 mkdir "$tmp/user"
 li_out=$(cd "$tmp/user" && "${offline[@]}" "$venv_py" "$tmp/readme_llama_index.py")
 echo "$li_out"
-if ! printf '%s\n' "$li_out" | head -n 2 | grep -q 'coffee.txt' || ! printf '%s\n' "$li_out" | head -n 2 | grep -q 'tea.txt'; then
+li_top2=$(sed -n '1,2p' <<<"$li_out")   # here-strings and sed read everything: no SIGPIPE under pipefail
+if ! grep -q 'coffee.txt' <<<"$li_top2" || ! grep -q 'tea.txt' <<<"$li_top2"; then
   echo "torch-free-check: FAIL: the README's LlamaIndex example did not rank the two caffeine files first" >&2
   exit 1
 fi
-if ! printf '%s\n' "$li_out" | tail -n 1 | grep -q '^Aspirin lowers fever\.'; then
+if ! grep -q '^Aspirin lowers fever\.' <<<"$(tail -n 1 <<<"$li_out")"; then
   echo "torch-free-check: FAIL: the README's LlamaIndex query engine did not answer from aspirin.txt" >&2
   exit 1
 fi
