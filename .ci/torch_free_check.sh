@@ -60,14 +60,18 @@ if [ -e "$tmp/onnx-cache" ]; then
   exit 1
 fi
 # The README's own LangChain block (the first python block under "## LangChain"), run as written.
-"$venv_py" - "$tmp/src/README.md" "$tmp/readme_langchain.py" <<'PY'
+# readme_block SECTION OUT: writes the first python block under the README's "## SECTION" to OUT.
+readme_block() {
+  "$venv_py" - "$tmp/src/README.md" "$1" "$2" <<'PY'
 import re, sys
 text = open(sys.argv[1], encoding="utf-8").read()
-section = text.split("\n## LangChain", 1)[1]
+section = text.split("\n## " + sys.argv[2], 1)[1]
 block = re.search(r"```python\n(.*?)```", section, re.S)
-assert block, "no python block under '## LangChain' in README.md"
-open(sys.argv[2], "w", encoding="utf-8").write(block.group(1))
+assert block, f"no python block under '## {sys.argv[2]}' in README.md"
+open(sys.argv[3], "w", encoding="utf-8").write(block.group(1))
 PY
+}
+readme_block LangChain "$tmp/readme_langchain.py"
 readme_out=$(cd "$tmp" && "${offline[@]}" "$venv_py" "$tmp/readme_langchain.py")
 echo "$readme_out"
 if ! grep -q 'caffeine' <<<"$readme_out"; then
@@ -96,14 +100,7 @@ if [ "$li_mb" -gt "$max_li_mb" ]; then
   echo "torch-free-check: FAIL: the venv with [llama-index] is ${li_mb} MB, above ${max_li_mb} MB" >&2
   exit 1
 fi
-"$venv_py" - "$tmp/src/README.md" "$tmp/readme_llama_index.py" <<'PY'
-import re, sys
-text = open(sys.argv[1], encoding="utf-8").read()
-section = text.split("\n## LlamaIndex", 1)[1]
-block = re.search(r"```python\n(.*?)```", section, re.S)
-assert block, "no python block under '## LlamaIndex' in README.md"
-open(sys.argv[2], "w", encoding="utf-8").write(block.group(1))
-PY
+readme_block LlamaIndex "$tmp/readme_llama_index.py"
 mkdir "$tmp/user"
 li_out=$(cd "$tmp/user" && "${offline[@]}" "$venv_py" "$tmp/readme_llama_index.py")
 echo "$li_out"

@@ -60,7 +60,6 @@ import datetime as dt
 import json
 import logging
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -69,6 +68,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hybrid import git_commit  # the benchmarks' one HEAD reader (benchmarks/hybrid.py)
 
 from kl_retrievers.calibration import ConfidenceCalibrator, default_calibrator
 from kl_retrievers.datasets import BeirDataset, load_beir
@@ -88,15 +90,6 @@ TABLE = np.round(np.linspace(0.0, 1.0, 11), 2)
 DEPTH = 10
 #: Training questions used by --quick (a seeded sample of the training articles' questions).
 QUICK_TRAIN = 3000
-
-
-def git_commit() -> str | None:
-    """The repository's HEAD commit (None outside git)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return out.stdout.strip()
 
 
 def article_of(doc_id: str) -> str:

@@ -78,20 +78,15 @@ def training_set() -> Any:
     return ts.merge(from_beir(DATASETS / "nfcorpus-preprocessed", "train"))
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--similarities", nargs="+", default=["neg_kl", "dot"], choices=["neg_kl", "dot"])
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--temperature", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save", default=None, help="save each trained model under this folder (<similarity>/)")
-    args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    torch.set_num_threads(2)
+def load_features(seed: int) -> tuple[GaussianEncoder, Any, Any, Any, dict[str, Any]]:
+    """The start model, the training set (queries prefixed as at inference) and cached backbone features.
+
+    Returns ``(base, training set, query features, document features, evals)``; ``evals`` maps
+    ``"name:split"`` of :data:`EVAL` to ``(dataset, query features, document features)``. Shared by
+    this script and ``benchmarks/variance_temperature.py``.
+    """
     cache = default_feature_cache_dir()
-    base = start_model(args.seed)
+    base = start_model(seed)
     prefix = base.config.extra["query_prefix"]
     ts = training_set()
     ts.queries = [prefix + q for q in ts.queries]  # what encode_queries does at inference
@@ -106,6 +101,24 @@ def main() -> int:
             compute_features(base, q, max_length=base.config.query_max_length, cache_dir=cache, desc=f"{name} q"),
             compute_features(base, ds.document_texts(), max_length=base.config.max_length, cache_dir=cache, desc=name),
         )
+    return base, ts, qf, df, evals
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--similarities", nargs="+", default=["neg_kl", "dot"], choices=["neg_kl", "dot"])
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--temperature", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", default=None, help="save each trained model under this folder (<similarity>/)")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(2)
+    cache = default_feature_cache_dir()
+    base, ts, qf, df, evals = load_features(args.seed)
+    prefix = base.config.extra["query_prefix"]
     command = "python benchmarks/train_heads_bge.py " + shlex.join(sys.argv[1:])
     runs: list[tuple[str, GaussianEncoder, dict[str, Any]]] = [("untrained", base, {})]
     for sim in args.similarities:

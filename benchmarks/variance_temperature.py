@@ -54,12 +54,10 @@ import torch.nn.functional as F
 from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_heads_bge import DATASETS, EVAL, start_model, training_set
+from train_heads_bge import load_features, start_model
 
-from kl_retrievers.datasets import load_beir
 from kl_retrievers.evaluation import evaluate_run
-from kl_retrievers.training import compute_features
-from kl_retrievers.training.features import default_feature_cache_dir, heads_forward
+from kl_retrievers.training.features import heads_forward
 
 logger = logging.getLogger("benchmarks.variance_temperature")
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,22 +162,7 @@ def main() -> int:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(2)
-    cache = default_feature_cache_dir()
-    base = start_model(args.seed)
-    prefix = base.config.extra["query_prefix"]
-    ts = training_set()
-    ts.queries = [prefix + q for q in ts.queries]
-    qf = compute_features(base, ts.queries, max_length=base.config.query_max_length, cache_dir=cache, desc="train q")
-    df = compute_features(base, ts.docs, max_length=base.config.max_length, cache_dir=cache, desc="train docs")
-    evals = {}
-    for name, split in EVAL:
-        ds = load_beir(DATASETS / name, split, unknown_docs="drop")
-        q = [prefix + t for t in ds.query_texts()]
-        evals[f"{name}:{split}"] = (
-            ds,
-            compute_features(base, q, max_length=base.config.query_max_length, cache_dir=cache, desc=f"{name} q"),
-            compute_features(base, ds.document_texts(), max_length=base.config.max_length, cache_dir=cache, desc=name),
-        )
+    _, ts, qf, df, evals = load_features(args.seed)
     command = "python benchmarks/variance_temperature.py " + shlex.join(sys.argv[1:])
     for variant in args.variants:
         t0 = time.perf_counter()

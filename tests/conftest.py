@@ -22,6 +22,16 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
 
+#: Six short texts in the tiny vocabulary: the corpus of the hybrid retriever tests (both frameworks).
+HYBRID_TEXTS = [
+    "the cat sat on the mat",
+    "a dog in the sun",
+    "green tea and bread",
+    "the moon and the star",
+    "water on black rock",
+    "a train at sea",
+]
+
 WORDS = (
     "the a of and to in is it for on with as by at from this that be are was cat dog sat mat hello world query "
     "document gaussian text long short bee tea train star sea bread rise green black sun moon rock water"

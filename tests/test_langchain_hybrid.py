@@ -27,7 +27,7 @@ from langchain_core.runnables import RunnableBranch, RunnableLambda, RunnablePas
 from langchain_tests.integration_tests import RetrieversIntegrationTests
 
 import kl_retrievers._confidence as confidence_module
-from conftest import make_tiny_encoder
+from conftest import HYBRID_TEXTS, make_tiny_encoder
 from kl_retrievers.calibration import CALIBRATION_FILE, ConfidenceCalibrator
 from kl_retrievers.hybrid import KLHybridStore
 from kl_retrievers.langchain import (
@@ -39,14 +39,7 @@ from kl_retrievers.langchain import (
     KLVectorStore,
 )
 
-TEXTS = [
-    "the cat sat on the mat",
-    "a dog in the sun",
-    "green tea and bread",
-    "the moon and the star",
-    "water on black rock",
-    "a train at sea",
-]
+TEXTS = HYBRID_TEXTS
 META = [{"n": i, "even": i % 2 == 0} for i in range(len(TEXTS))]
 UNRELATED = "hello world query"
 

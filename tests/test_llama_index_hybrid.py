@@ -23,7 +23,7 @@ from llama_index.core.schema import Document, MetadataMode, NodeWithScore, TextN
 from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
 
 import kl_retrievers._confidence as confidence_module
-from conftest import make_tiny_encoder
+from conftest import HYBRID_TEXTS, make_tiny_encoder
 from kl_retrievers.calibration import CALIBRATION_FILE, ConfidenceCalibrator
 from kl_retrievers.hybrid import KLHybridStore
 from kl_retrievers.llama_index import (
@@ -36,14 +36,7 @@ from kl_retrievers.llama_index import (
     KLVectorStore,
 )
 
-TEXTS = [
-    "the cat sat on the mat",
-    "a dog in the sun",
-    "green tea and bread",
-    "the moon and the star",
-    "water on black rock",
-    "a train at sea",
-]
+TEXTS = HYBRID_TEXTS
 UNRELATED = "hello world query"
 EMPTY = "Empty Response"  # what LlamaIndex's synthesizers answer for no nodes
 
