@@ -23,12 +23,37 @@ Sub-commands, in the order they are run (``runs/qpp/README.md`` lists the exact 
   predictor (model label ``minilm-gauss-soup+combined``; ``benchmarks/qpp.py --quick --model
   minilm-gauss-soup+combined`` prints the table). Nothing is fitted or chosen on a test split.
 
+The hybrid retriever's calibrator (``KLHybridRetriever``'s confidence: P(top-1 of the fused ranking is
+relevant), ``kind="hybrid"``, features from the query's hybrid candidates,
+:data:`kl_retrievers.calibration.HYBRID_FEATURES`):
+
+* ``hybrid-dump``: for each set, a :class:`~kl_retrievers.hybrid.KLHybridStore` (adaptive fusion, 100
+  candidates per half, the library's default backend) over its corpus; per judged query every hybrid
+  feature and whether the fused top-1 is relevant, written to ``runs/qpp/calib/hybrid.<collection>.<split>.json``.
+  ``squad:train-halving`` is the abstention benchmark's construction on the *training* articles
+  (``benchmarks/abstention.py``: every question of the non-held-out articles, half made unanswerable
+  by removing their paragraphs, seed 0; an unanswerable question's label is 0).
+* ``fit --hybrid``: chooses a feature set (:data:`HYBRID_CANDIDATES`) and the training sets
+  (:data:`HYBRID_TRAININGS`) on training data only: 5-fold cross-validation over the SQuAD training
+  articles (folds by article) gives each candidate's out-of-fold abstention F1 at the best threshold
+  that answers >= 90% of the answerable half; among the candidates within 0.02 of the best, the one
+  with the lowest mean ECE on the training sets wins (SQuAD out of fold; SciFact and NFCorpus train
+  left out of the fit). Fits it on its training sets (each weighing the same), saves it beside the
+  default model (``hybrid_confidence_calibration.json``) and prints the recommended threshold: the
+  best abstention F1 on the SQuAD training articles' curve among thresholds answering >= 90%
+  (:data:`kl_retrievers.calibration.DEFAULT_HYBRID_MIN_CONFIDENCE`).
+* ``report --hybrid``: its ECE, Brier score and reliability on the four test splits (and the training
+  sets), logged to ``runs/qpp/calibration.jsonl``.
+
 Examples:
     python benchmarks/calibration.py dump --sets scifact:train nfcorpus-preprocessed:train squad:train
     python benchmarks/calibration.py from-log --sets cranfield:test
     python benchmarks/calibration.py fit
     python benchmarks/calibration.py report
     python benchmarks/calibration.py combined
+    python benchmarks/calibration.py hybrid-dump
+    python benchmarks/calibration.py fit --hybrid
+    python benchmarks/calibration.py report --hybrid
 """
 
 from __future__ import annotations
@@ -51,6 +76,8 @@ from qpp import COLLECTIONS, DATASETS, LOG_DIR, REFERENCE_MODEL, git_commit
 from kl_retrievers.calibration import (
     CALIBRATION_FILE,
     DEFAULT_FEATURES,
+    HYBRID_CALIBRATION_FILE,
+    HYBRID_FEATURES,
     ConfidenceCalibrator,
     expected_calibration_error,
     feature_matrix,
@@ -68,6 +95,7 @@ TEST_SETS = tuple(f"{c}:test" for c in COLLECTIONS)
 #: Depth of the stored score list (the calibrator's features need no more).
 TOP = 10
 SQUAD_QUERIES = 3000
+DEFAULT_OUT = bundled_model_path(REFERENCE_MODEL) / CALIBRATION_FILE
 
 
 def squad_train_split(seed: int = 0, n: int = SQUAD_QUERIES) -> BeirDataset:
@@ -232,13 +260,13 @@ def training_arrays(
 
 
 def fit_pooled(
-    data: Mapping[str, tuple[np.ndarray, np.ndarray]], names: Sequence[str], l2: float
+    data: Mapping[str, tuple[np.ndarray, np.ndarray]], names: Sequence[str], l2: float, kind: str = "dense"
 ) -> ConfidenceCalibrator:
     """Fit on the union of the sets, each set weighing the same in total."""
     x = np.concatenate([v[0] for v in data.values()])
     y = np.concatenate([v[1] for v in data.values()])
     w = np.concatenate([np.full(len(v[1]), 1.0 / len(v[1])) for v in data.values()])
-    return ConfidenceCalibrator(names, l2=l2).fit(x, y, sample_weight=w)
+    return ConfidenceCalibrator(names, l2=l2, kind=kind).fit(x, y, sample_weight=w)
 
 
 def leave_one_set_out(names: Sequence[str], target: str, score: str, l2: float) -> dict[str, float]:
@@ -277,6 +305,10 @@ def choose(candidates: Mapping[str, Sequence[str]], target: str, score: str, l2:
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
+    if args.hybrid:
+        cmd_fit_hybrid(args)
+        return
+    args.out = args.out or DEFAULT_OUT
     print("calibrator candidates (target: top-1 document relevant):")
     best, selection = choose(CALIBRATOR_CANDIDATES, "top1_relevant", "ece", args.l2)
     cal = fit_pooled(
@@ -311,7 +343,10 @@ def log_line(path: Path, record: Mapping[str, Any]) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    cal = ConfidenceCalibrator.load(args.calibrator)
+    if args.hybrid:
+        cmd_report_hybrid(args)
+        return
+    cal = ConfidenceCalibrator.load(args.calibrator or DEFAULT_OUT)
     for spec in [*TEST_SETS, *TRAIN_SETS]:
         per_query = read_calib(spec)[0]
         rows = list(per_query.values())
@@ -321,8 +356,9 @@ def cmd_report(args: argparse.Namespace) -> None:
         name, _, split = spec.partition(":")
         record = {
             "collection": name, "split": split, "role": "test" if spec in TEST_SETS else "train",
-            "calibrator": str(Path(args.calibrator).resolve().relative_to(ROOT)), "features": cal.features,
-            "queries": len(rows), "observed_p@1": float(y.mean()), "mean_confidence": float(p.mean()),
+            "calibrator": str(Path(args.calibrator or DEFAULT_OUT).resolve().relative_to(ROOT)),
+            "features": cal.features, "queries": len(rows), "observed_p@1": float(y.mean()),
+            "mean_confidence": float(p.mean()),
             "ece": ece, "brier": float(np.mean((p - y) ** 2)), "reliability": reliability_table(p, y),
             "per_query_file": str(calib_path(spec).relative_to(ROOT)),
             **provenance(),
@@ -374,6 +410,239 @@ def cmd_combined(args: argparse.Namespace) -> None:
             print(format_qpp(report))
 
 
+# ---------------------------------------------------------------------------------- the hybrid retriever
+
+SQUAD_HALVING = "squad:train-halving"
+#: Training sets of the hybrid calibrator (the SQuAD training articles' halving and two natural sets).
+HYBRID_TRAIN_SETS = (SQUAD_HALVING, "scifact:train", "nfcorpus-preprocessed:train")
+#: Candidate feature sets, fixed before any fit: the dense calibrator's, the exploratory 14 signals of the
+#: earlier abstention experiment (BM25 raw scores), and a scale-free set (no raw BM25 score).
+HYBRID_CANDIDATES: dict[str, tuple[str, ...]] = {
+    "dense3": DEFAULT_FEATURES,
+    "signals14": (
+        "uncertainty", "max_score", "gap12", "gap1_10", "std10", "bm25_max_raw", "bm25_gap12_raw",
+        "bm25_of_dense_top1_raw", "dense_gap12", "dense_max_z", "bm25_max_z", "bm25_coverage", "bm25_matched",
+        "overlap10",
+    ),
+    "scale_free15": (
+        "uncertainty", "max_score", "gap12", "gap1_10", "std10", "dense_gap12", "dense_max_z", "bm25_gap12",
+        "bm25_max_z", "bm25_coverage", "bm25_matched", "overlap10", "bm25_rr_dense_top1", "dense_rr_bm25_top1",
+        "bm25_ratio_dense_top1",
+    ),
+}  # fmt: skip
+#: Candidate training-set combinations (each set weighs the same in total).
+HYBRID_TRAININGS: dict[str, tuple[str, ...]] = {"squad": (SQUAD_HALVING,), "squad+scifact+nfcorpus": HYBRID_TRAIN_SETS}
+CV_FOLDS = 5
+#: Candidates within this much of the best cross-validated F1 compete on training-set ECE.
+F1_TOLERANCE = 0.02
+MIN_ANSWERED = 0.9
+HYBRID_OUT = bundled_model_path(REFERENCE_MODEL) / HYBRID_CALIBRATION_FILE
+
+
+def hybrid_path(spec: str) -> Path:
+    name, _, split = spec.partition(":")
+    return CALIB_DIR / f"hybrid.{name}.{split or 'test'}.json"
+
+
+def hybrid_rows(
+    store: Any, texts: Sequence[str], q: Any, qids: Sequence[str], qrels: Mapping[str, Mapping[str, int]]
+) -> dict[str, dict[str, Any]]:
+    """Per query: every hybrid feature and whether the store's fused (adaptive) top-1 is relevant."""
+    from kl_retrievers.calibration import hybrid_query_features
+
+    names = list(HYBRID_FEATURES)
+    out = {}
+    for qid, c in zip(qids, store.candidates(list(texts), query_gaussians=q), strict=True):
+        if int((c.dense_rank > 0).sum()) < 2:
+            continue  # no confidence (as the retrievers: None)
+        top = store.fuse_candidates(c, 1)[0][0]
+        f = hybrid_query_features(c, None, names)
+        out[qid] = {
+            "x": [round(float(v), 7) for v in f],  # in the order of HYBRID_FEATURES (the file's meta "features")
+            "top1": top,
+            "top1_relevant": int(qrels.get(qid, {}).get(top, 0) > 0),
+        }
+    return out
+
+
+def cmd_hybrid_dump(args: argparse.Namespace) -> None:
+    from abstention import Experiment, article_of
+
+    from kl_retrievers.evaluation import encode_dataset, model_fingerprint
+    from kl_retrievers.hybrid import KLHybridStore
+    from kl_retrievers.pretrained import load_model
+
+    try:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    except ImportError:
+        pass
+    CALIB_DIR.mkdir(parents=True, exist_ok=True)
+    encoder = None
+    for spec in args.sets:
+        t0 = time.perf_counter()
+        if spec == SQUAD_HALVING:
+            exp = Experiment(args.backend, cache_dir=None, batch_size=args.batch_size, hybrid_calibrator=False)
+            part = exp.halving("train", 0)
+            store = exp.hybrid_store(part["keep"], part["d"])
+            rows = hybrid_rows(store, exp.ds.query_texts(part["order"]), part["q"], part["order"], exp.ds.qrels)
+            for qid, unans in zip(part["order"], part["unanswerable"].tolist(), strict=True):
+                if qid in rows:
+                    rows[qid].update(unanswerable=int(unans), article=article_of(next(iter(exp.ds.qrels[qid]))))
+            fingerprint, backend = exp.fingerprint, exp.backend
+        else:
+            if encoder is None:
+                encoder = load_model(REFERENCE_MODEL, backend=args.backend)
+            ds = load_split(spec)
+            q, d = encode_dataset(encoder, ds, batch_size=args.batch_size, show_progress=False)
+            judged = [i for i, qid in enumerate(ds.query_ids) if any(g > 0 for g in ds.qrels.get(qid, {}).values())]
+            store = KLHybridStore(fusion="adaptive")
+            store.add(ds.document_texts(ds.doc_ids), gaussians=d, ids=ds.doc_ids)
+            qids = [ds.query_ids[i] for i in judged]
+            rows = hybrid_rows(store, ds.query_texts(qids), q[np.asarray(judged, dtype=np.int64)], qids, ds.qrels)
+            fingerprint, backend = model_fingerprint(encoder), type(encoder).__name__
+        meta = {
+            "model": REFERENCE_MODEL, "encoder": backend, "backend": args.backend, "fingerprint": fingerprint,
+            "set": spec, "queries": len(rows), "fusion": "adaptive", "candidates": store.fusion.candidates,
+            "p@1": float(np.mean([r["top1_relevant"] for r in rows.values()])), "features": list(HYBRID_FEATURES),
+            "seconds": round(time.perf_counter() - t0, 1), **provenance(),
+        }  # fmt: skip
+        hybrid_path(spec).write_text(json.dumps({"meta": meta, "per_query": rows}) + "\n", encoding="utf-8")
+        print(f"{spec}: {len(rows)} queries, fused P@1 {meta['p@1']:.4f} ({meta['seconds']} s)", flush=True)
+
+
+def read_hybrid(spec: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The per-query rows (in file order; ``features``: name -> value) and the meta of one ``hybrid-dump`` file."""
+    data = json.loads(hybrid_path(spec).read_text(encoding="utf-8"))
+    names = data["meta"]["features"]
+    rows = list(data["per_query"].values())
+    for r in rows:
+        r["features"] = dict(zip(names, r.pop("x"), strict=True))
+    return rows, data["meta"]
+
+
+def hybrid_xy(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Feature matrix (columns ``names``) and fused top-1 labels of dumped rows."""
+    x = np.array([[r["features"][n] for n in names] for r in rows], dtype=np.float64)
+    return x, np.array([r["top1_relevant"] for r in rows], dtype=np.float64)
+
+
+def squad_threshold(prob: np.ndarray, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The abstention choice on the SQuAD training halving: best F1 among thresholds answering >= 90%."""
+    from abstention import GRID, abstention_curve, choose_threshold
+
+    unans = np.array([bool(r["unanswerable"]) for r in rows])
+    return choose_threshold(abstention_curve(prob, unans, GRID), MIN_ANSWERED)
+
+
+def hybrid_selection_scores(names: Sequence[str], training: Sequence[str], l2: float) -> dict[str, Any]:
+    """Cross-validated abstention F1 on the SQuAD training articles and training-set ECEs of one candidate."""
+    sq_rows, _ = read_hybrid(SQUAD_HALVING)
+    x_sq, y_sq = hybrid_xy(sq_rows, names)
+    articles = sorted({r["article"] for r in sq_rows})
+    fold_of = {a: i % CV_FOLDS for i, a in enumerate(articles)}
+    folds = np.array([fold_of[r["article"]] for r in sq_rows])
+    others = {spec: hybrid_xy(read_hybrid(spec)[0], names) for spec in HYBRID_TRAIN_SETS if spec != SQUAD_HALVING}
+    oof = np.empty(len(sq_rows))
+    for f in range(CV_FOLDS):
+        fit_on = folds != f
+        data = {SQUAD_HALVING: (x_sq[fit_on], y_sq[fit_on]), **{s: others[s] for s in training if s in others}}
+        oof[~fit_on] = fit_pooled(data, names, l2, "hybrid").predict(x_sq[~fit_on])
+    chosen = squad_threshold(oof, sq_rows)
+    ece = {SQUAD_HALVING: expected_calibration_error(oof, y_sq)}
+    for spec, (x, y) in others.items():  # each natural set scored by a fit that did not see it
+        data = {SQUAD_HALVING: (x_sq, y_sq), **{s: others[s] for s in training if s in others and s != spec}}
+        ece[spec] = expected_calibration_error(fit_pooled(data, names, l2, "hybrid").predict(x), y)
+    return {
+        "cv_f1": chosen["f1"], "cv_answered": chosen["answered"], "cv_threshold": chosen["threshold"],
+        "ece": {k: round(v, 6) for k, v in ece.items()}, "mean_ece": round(float(np.mean(list(ece.values()))), 6),
+    }  # fmt: skip
+
+
+def cmd_fit_hybrid(args: argparse.Namespace) -> None:
+    out = args.out or HYBRID_OUT
+    print("hybrid calibrator candidates (target: fused top-1 relevant; SQuAD CV by article, training ECEs):")
+    results: dict[str, dict[str, Any]] = {}
+    for fname, names in HYBRID_CANDIDATES.items():
+        for tname, training in HYBRID_TRAININGS.items():
+            key = f"{fname} @ {tname}"
+            r = results[key] = hybrid_selection_scores(names, training, args.l2)
+            cells = " ".join(f"{k.split(':')[0]}={v:.4f}" for k, v in r["ece"].items())
+            print(f"  {key:<38} CV F1 {r['cv_f1']:.4f} (answered {r['cv_answered']:.3f} at {r['cv_threshold']:.2f})"
+                  f"  ECE {cells} mean {r['mean_ece']:.4f}", flush=True)  # fmt: skip
+    best_f1 = max(r["cv_f1"] for r in results.values())
+    eligible = [k for k, r in results.items() if r["cv_f1"] >= best_f1 - F1_TOLERANCE]
+    best = min(eligible, key=lambda k: (results[k]["mean_ece"], -results[k]["cv_f1"]))
+    fname, tname = best.split(" @ ")
+    names, training = HYBRID_CANDIDATES[fname], HYBRID_TRAININGS[tname]
+    rows = {spec: read_hybrid(spec) for spec in training}
+    cal = fit_pooled({s: hybrid_xy(r, names) for s, (r, _) in rows.items()}, names, args.l2, "hybrid")
+    sq_rows = rows[SQUAD_HALVING][0]
+    threshold = squad_threshold(cal.predict(hybrid_xy(sq_rows, names)[0]), sq_rows)
+    meta = rows[SQUAD_HALVING][1]
+    cal.info.update(
+        target="top-1 of the hybrid store's fused ranking relevant (qrels grade > 0); 0 for an unanswerable question",
+        retriever="KLHybridStore, adaptive fusion, 100 candidates per half",
+        model=REFERENCE_MODEL,
+        encoder=meta["encoder"],
+        fingerprint=meta["fingerprint"],
+        training_data=[
+            {
+                "set": s,
+                "queries": len(r),
+                "mean_top1_relevant": round(float(np.mean([x["top1_relevant"] for x in r])), 6),
+                "file": str(hybrid_path(s).relative_to(ROOT)),
+            }
+            for s, (r, _) in rows.items()
+        ],
+        set_weights="each training set weighs the same in total",
+        selection={
+            "rule": f"best {CV_FOLDS}-fold (by article) out-of-fold abstention F1 on the SQuAD training articles' "
+            f"halving (threshold with answered >= {MIN_ANSWERED}); among candidates within {F1_TOLERANCE} of it, "
+            "the lowest mean training-set ECE (SQuAD out of fold, SciFact / NFCorpus train not in the fit)",
+            "candidates": results,
+            "chosen": best,
+        },
+        recommended_min_confidence={
+            "threshold": threshold["threshold"],
+            "rule": f"best abstention F1 on the SQuAD training articles' halving among thresholds answering >= "
+            f"{MIN_ANSWERED} of the answerable half (grid 0.00..1.00, step 0.01)",
+            "training_articles_at_threshold": threshold,
+        },
+        command=shlex.join(["python", *sys.argv]),
+    )
+    cal.save(out)
+    print(f"chose {best}; wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    print(f"  coef {dict(zip(cal.features, np.round(cal.coef, 4).tolist(), strict=True))}")  # type: ignore[arg-type]
+    print(f"  recommended threshold (DEFAULT_HYBRID_MIN_CONFIDENCE) {threshold['threshold']:.2f}: training articles "
+          f"F1 {threshold['f1']:.4f}, answered {threshold['answered']:.4f}")  # fmt: skip
+    print(f"  DEFAULT_HYBRID_FEATURES = {tuple(names)}")
+
+
+def cmd_report_hybrid(args: argparse.Namespace) -> None:
+    path = Path(args.calibrator or HYBRID_OUT)
+    cal = ConfidenceCalibrator.load(path)
+    for spec in [*TEST_SETS, *HYBRID_TRAIN_SETS]:
+        rows, meta = read_hybrid(spec)
+        x, y = hybrid_xy(rows, cal.features)
+        p = cal.predict(x)
+        ece = expected_calibration_error(p, y)
+        name, _, split = spec.partition(":")
+        record = {
+            "collection": name, "split": split, "role": "test" if spec in TEST_SETS else "train",
+            "retriever": "hybrid", "calibrator": str(path.resolve().relative_to(ROOT)), "features": cal.features,
+            "queries": len(rows), "observed_p@1": float(y.mean()), "mean_confidence": float(p.mean()),
+            "ece": ece, "brier": float(np.mean((p - y) ** 2)), "reliability": reliability_table(p, y),
+            "per_query_file": str(hybrid_path(spec).relative_to(ROOT)), "encoder": meta["encoder"],
+            **provenance(),
+        }  # fmt: skip
+        log_line(CALIB_LOG, record)
+        print(
+            f"{spec:<34} n={len(rows):>5} fused P@1 {y.mean():.4f} mean conf {p.mean():.4f} ECE {ece:.4f}", flush=True
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -384,12 +653,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="encoder backend (default: torch)")
     s = sub.add_parser("from-log", help="per-query files from the committed benchmarks/qpp.py logs (top-2 scores)")
     s.add_argument("--sets", nargs="+", required=True, metavar="COLLECTION:SPLIT")
-    default_out = bundled_model_path(REFERENCE_MODEL) / CALIBRATION_FILE
+    default_out = DEFAULT_OUT
+    s = sub.add_parser("hybrid-dump", help="hybrid-store features and fused top-1 labels per query (for fit --hybrid)")
+    s.add_argument("--sets", nargs="+", default=[*HYBRID_TRAIN_SETS, *TEST_SETS], metavar="COLLECTION:SPLIT")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument(
+        "--backend", choices=["torch", "onnx"], default=None, help="encoder backend (default: the library's)"
+    )
     s = sub.add_parser("fit", help="choose and fit the confidence calibrator on the training sets")
-    s.add_argument("--out", type=Path, default=default_out)
+    s.add_argument("--hybrid", action="store_true", help="the hybrid retriever's calibrator (needs hybrid-dump)")
+    s.add_argument("--out", type=Path, default=None, help="default: beside the default model")
     s.add_argument("--l2", type=float, default=1.0)
     s = sub.add_parser("report", help="ECE and reliability of a calibrator on every dumped split")
-    s.add_argument("--calibrator", type=Path, default=default_out)
+    s.add_argument("--hybrid", action="store_true", help="the hybrid retriever's calibrator")
+    s.add_argument("--calibrator", type=Path, default=None, help="default: the shipped one")
     s = sub.add_parser("combined", help="fit the combined predictor and measure it on the test splits")
     s.add_argument("--calibrator", type=Path, default=default_out)
     s.add_argument("--l2", type=float, default=1.0)
@@ -398,9 +676,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.epilog = "sub-commands:\n" + "\n".join(f"  {c.format_usage().strip()}" for c in sub.choices.values())
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    {"dump": cmd_dump, "from-log": cmd_from_log, "fit": cmd_fit, "report": cmd_report, "combined": cmd_combined}[
-        args.cmd
-    ](args)
+    commands = {"dump": cmd_dump, "from-log": cmd_from_log, "fit": cmd_fit, "report": cmd_report}
+    commands.update({"combined": cmd_combined, "hybrid-dump": cmd_hybrid_dump})
+    commands[args.cmd](args)
     return 0
 
 

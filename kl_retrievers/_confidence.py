@@ -1,11 +1,21 @@
 """Per-query confidence and abstention for the framework adapters (LangChain, LlamaIndex).
 
-A retriever's *confidence* is the probability that the top-ranked document of its dense (``-KL``)
-ranking is relevant, from a :class:`~kl_retrievers.calibration.ConfidenceCalibrator`: the one
-given explicitly, else the one the encoder's model ships (``confidence_calibration.json`` in a
-bundled model or a saved model folder). A model without one gives ``confidence=None`` and one
-logged warning per model; abstention (``min_confidence``) then refuses to run, since it cannot
-judge anything.
+A retriever's *confidence* is the probability that the top-ranked document of its ranking is
+relevant, from a :class:`~kl_retrievers.calibration.ConfidenceCalibrator`: the one given
+explicitly, else the one the encoder's model ships in a bundled model or a saved model folder. A
+model without one gives ``confidence=None`` and one logged warning per model; abstention
+(``min_confidence``) then refuses to run, since it cannot judge anything.
+
+Two kinds of calibrator (:attr:`ConfidenceCalibrator.kind`):
+
+* ``"dense"`` (``confidence_calibration.json``): P(top-1 of the ``-KL`` ranking is relevant), from
+  the query's uncertainty and best ``-KL`` scores. Dense retrievers take only this kind.
+* ``"hybrid"`` (``hybrid_confidence_calibration.json``): P(top-1 of a
+  :class:`~kl_retrievers.hybrid.KLHybridStore`'s fused ranking is relevant), from dense and BM25
+  signals of the query's candidates (:func:`~kl_retrievers.calibration.hybrid_query_features`).
+  Hybrid retrievers use the model's hybrid calibrator by default; an explicit dense calibrator is
+  also accepted there (and, when the model ships no hybrid one, its dense one is used): the
+  confidence is then the dense ranking's, read from the dense candidates.
 
 Examples:
     >>> check_min_confidence(0.4)
@@ -27,7 +37,13 @@ from typing import Any
 
 import numpy as np
 
-from kl_retrievers.calibration import CALIBRATION_FILE, NEEDS_REFERENCE, ConfidenceCalibrator
+from kl_retrievers.calibration import (
+    CALIBRATION_FILE,
+    HYBRID_CALIBRATION_FILE,
+    NEEDS_REFERENCE,
+    ConfidenceCalibrator,
+    hybrid_confidence,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +75,36 @@ def check_min_confidence(value: Any, name: str = "min_confidence", *, allow_none
     return float(value)
 
 
-def check_calibrator(calibrator: Any) -> ConfidenceCalibrator | None:
+#: The calibrator kinds each retriever kind accepts (the first one is the one its model ships).
+RETRIEVER_CALIBRATORS: dict[str, tuple[str, ...]] = {"dense": ("dense",), "hybrid": ("hybrid", "dense")}
+#: The file a model ships each calibrator kind in.
+CALIBRATION_FILES: dict[str, str] = {"dense": CALIBRATION_FILE, "hybrid": HYBRID_CALIBRATION_FILE}
+
+
+def check_calibrator(calibrator: Any, retriever: str = "dense") -> ConfidenceCalibrator | None:
     """A fitted calibrator from a :class:`ConfidenceCalibrator`, a path to its JSON, or ``None``.
+
+    Args:
+        calibrator: The calibrator, a path to its JSON, or ``None``.
+        retriever: The retriever it is for: ``"dense"`` takes dense calibrators only, ``"hybrid"``
+            hybrid or dense ones (:data:`RETRIEVER_CALIBRATORS`).
 
     Raises:
         TypeError: Neither of those.
-        ValueError: Not fitted, or it uses features that need a corpus reference score (``nqc``,
-            ``wig``), which a retriever does not compute.
+        ValueError: Not fitted, a calibrator kind the retriever cannot use (a hybrid calibrator
+            for a dense retriever), or it uses features that need a corpus reference score
+            (``nqc``, ``wig``), which a retriever does not compute.
+
+    Examples:
+        >>> cal = ConfidenceCalibrator(["bm25_coverage"], kind="hybrid").fit([[0.1], [0.9]], [0, 1])
+        >>> check_calibrator(cal, "hybrid").kind
+        'hybrid'
+        >>> check_calibrator(cal)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: calibrator is of kind 'hybrid' (...); a dense retriever takes kind 'dense' only: use it with ...
     """
+    if retriever not in RETRIEVER_CALIBRATORS:
+        raise ValueError(f"retriever must be one of {list(RETRIEVER_CALIBRATORS)}; got {retriever!r}")
     if calibrator is None:
         return None
     if isinstance(calibrator, (str, os.PathLike)):
@@ -77,6 +115,15 @@ def check_calibrator(calibrator: Any) -> ConfidenceCalibrator | None:
         )
     if not calibrator.is_fitted:
         raise ValueError("calibrator is not fitted: fit it or load one with ConfidenceCalibrator.load(path)")
+    allowed = RETRIEVER_CALIBRATORS[retriever]
+    if calibrator.kind not in allowed:
+        what = {"hybrid": "a hybrid retriever's BM25 + -KL candidates", "dense": "-KL scores"}[calibrator.kind]
+        hint = "use it with KLHybridRetriever, or " if calibrator.kind == "hybrid" else ""
+        raise ValueError(
+            f"calibrator is of kind {calibrator.kind!r} (fitted on {what}); a {retriever} retriever takes kind "
+            f"{' or '.join(repr(k) for k in allowed)} only: {hint}pass a {allowed[0]} calibrator "
+            f"({CALIBRATION_FILES[allowed[0]]})"
+        )
     bad = sorted(set(calibrator.features) & NEEDS_REFERENCE)
     if bad:
         raise ValueError(
@@ -86,8 +133,8 @@ def check_calibrator(calibrator: Any) -> ConfidenceCalibrator | None:
     return calibrator
 
 
-def model_calibration_path(encoder: Any) -> Path | None:
-    """The ``confidence_calibration.json`` the encoder's model ships, or ``None``.
+def model_calibration_path(encoder: Any, file: str = CALIBRATION_FILE) -> Path | None:
+    """The ``confidence_calibration.json`` (or another ``file``) the encoder's model ships, or ``None``.
 
     Looks at ``encoder.name_or_path``: a bundled model name (also ``kl_retrievers:NAME``) or a
     local model folder.
@@ -105,10 +152,10 @@ def model_calibration_path(encoder: Any) -> Path | None:
 
     short = name.split(":", 1)[1] if name.startswith("kl_retrievers:") else name
     if short in bundled_models():
-        path = bundled_model_path(short) / CALIBRATION_FILE
+        path = bundled_model_path(short) / file
         return path if path.is_file() else None
     try:
-        path = Path(name).expanduser() / CALIBRATION_FILE
+        path = Path(name).expanduser() / file
         return path if path.is_file() else None
     except (OSError, ValueError):
         return None
@@ -132,6 +179,8 @@ class ConfidenceScorer:
 
     Args:
         calibrator: An explicit calibrator (or a path to its JSON); ``None``: the encoder's model's.
+        retriever: ``"dense"`` (the model's ``confidence_calibration.json``) or ``"hybrid"`` (its
+            ``hybrid_confidence_calibration.json``, else its dense one); see :func:`check_calibrator`.
 
     Examples:
         >>> cal = ConfidenceCalibrator(["gap12"]).fit([[0.0], [0.1], [0.2], [0.3]], [0, 0, 1, 1])
@@ -140,8 +189,11 @@ class ConfidenceScorer:
         (2, True)
     """
 
-    def __init__(self, calibrator: ConfidenceCalibrator | str | os.PathLike[str] | None = None) -> None:
-        self.explicit = check_calibrator(calibrator)
+    def __init__(
+        self, calibrator: ConfidenceCalibrator | str | os.PathLike[str] | None = None, retriever: str = "dense"
+    ) -> None:
+        self.retriever = retriever
+        self.explicit = check_calibrator(calibrator, retriever)
         self._cache: dict[int, tuple[Any, ConfidenceCalibrator | None]] = {}
         self._lock = threading.Lock()
 
@@ -155,8 +207,12 @@ class ConfidenceScorer:
             hit = self._cache.get(id(encoder))
             if hit is not None and hit[0] is encoder:
                 return hit[1]
-            path = model_calibration_path(encoder)
-            cal = check_calibrator(path) if path is not None else None
+            cal = None
+            for kind in RETRIEVER_CALIBRATORS[self.retriever]:
+                path = model_calibration_path(encoder, CALIBRATION_FILES[kind])
+                if path is not None:
+                    cal = check_calibrator(path, self.retriever)
+                    break
             self._cache[id(encoder)] = (encoder, cal)
         if cal is None:
             _warn_once(str(getattr(encoder, "name_or_path", None) or type(encoder).__name__))
@@ -197,9 +253,10 @@ def require_calibrator(scorer: ConfidenceScorer, encoder: Any, min_confidence: f
     if min_confidence is None or scorer.calibrator(encoder) is not None:
         return
     model = getattr(encoder, "name_or_path", None) if encoder is not None else None
+    files = " or ".join(CALIBRATION_FILES[k] for k in RETRIEVER_CALIBRATORS[scorer.retriever])
     raise ValueError(
         f"min_confidence={min_confidence} needs a confidence calibrator, and the model {model!r} ships none "
-        f"({CALIBRATION_FILE}); pass calibrator= (a fitted kl_retrievers.calibration.ConfidenceCalibrator "
+        f"({files}); pass calibrator= (a fitted kl_retrievers.calibration.ConfidenceCalibrator "
         "or a path to its JSON) or leave min_confidence=None"
     )
 
@@ -224,9 +281,13 @@ def hybrid_search(
 ) -> tuple[list[Any], float | None, bool]:
     """One query on a :class:`~kl_retrievers.hybrid.KLHybridStore` with its confidence and abstention.
 
-    The confidence is the calibrator's, read from the query's *dense* candidate list (its best
-    ``-KL`` scores) and its uncertainty, as for a dense retriever: it says how well the ``-KL``
-    side found something, whatever the fusion then does.
+    The confidence is the calibrator's (``scorer``: explicit, else the encoder's model's). With a
+    *hybrid* calibrator (the default model ships one, ``hybrid_confidence_calibration.json``) it is
+    P(top-1 of the fused ranking is relevant), from dense and BM25 signals of the query's candidates
+    (:func:`~kl_retrievers.calibration.hybrid_query_features`); it was fitted for the default
+    ``"adaptive"`` fusion with 100 candidates per half, and other settings shift it. With a *dense*
+    calibrator it is read from the query's dense candidate list (its best ``-KL`` scores) and its
+    uncertainty, as for a dense retriever: how well the ``-KL`` side found something.
 
     Returns:
         ``(hits, confidence, abstained)``: the fused :class:`~kl_retrievers.hybrid.HybridResult`
@@ -241,7 +302,10 @@ def hybrid_search(
     cand = store.candidates([query], filter=filter, depth=max(k, config.candidates))[0]
     cal = scorer.calibrator(encoder)
     dense = np.sort(np.asarray(cand.neg_kl)[np.asarray(cand.dense_rank) > 0])[::-1]
-    confidence = scorer.confidence(encoder, dense[: scorer.depth_for(cal)].tolist(), cand.uncertainty)
+    if cal is not None and cal.kind == "hybrid":
+        confidence = hybrid_confidence(cal, cand) if dense.size >= 2 else None
+    else:
+        confidence = scorer.confidence(encoder, dense[: scorer.depth_for(cal)].tolist(), cand.uncertainty)
     if abstains(confidence, min_confidence):
         log_abstention(query, confidence, min_confidence)
         return [], confidence, True

@@ -64,12 +64,20 @@ __all__ = [
     "DEFAULT_FEATURES",
     "CALIBRATION_FILE",
     "DEFAULT_MIN_CONFIDENCE",
+    "CALIBRATOR_KINDS",
+    "HYBRID_FEATURES",
+    "DEFAULT_HYBRID_FEATURES",
+    "HYBRID_CALIBRATION_FILE",
+    "DEFAULT_HYBRID_MIN_CONFIDENCE",
     "ConfidenceCalibrator",
     "query_features",
     "feature_matrix",
     "expected_calibration_error",
     "reliability_table",
     "default_calibrator",
+    "hybrid_query_features",
+    "hybrid_confidence",
+    "default_hybrid_calibrator",
 ]
 
 logger = logging.getLogger(__name__)
@@ -111,13 +119,14 @@ def _sorted_scores(scores: Sequence[float] | np.ndarray) -> np.ndarray:
     return np.sort(s)[::-1]
 
 
-def _check_names(names: Sequence[str]) -> list[str]:
+def _check_names(names: Sequence[str], vocabulary: Mapping[str, str] | None = None) -> list[str]:
+    vocabulary = FEATURES if vocabulary is None else vocabulary
     names = [str(n) for n in names]
     if not names:
         raise ValueError("at least one feature name is needed")
-    unknown = [n for n in names if n not in FEATURES]
+    unknown = [n for n in names if n not in vocabulary]
     if unknown:
-        raise ValueError(f"unknown feature(s) {unknown}; choose from {sorted(FEATURES)}")
+        raise ValueError(f"unknown feature(s) {unknown}; choose from {sorted(vocabulary)}")
     if len(set(names)) != len(names):
         raise ValueError(f"feature names must be distinct; got {names}")
     return names
@@ -216,10 +225,15 @@ class ConfidenceCalibrator:
     """Logistic regression from per-query features to the probability that the top-1 document is relevant.
 
     Args:
-        features: Feature names (keys of :data:`FEATURES`), the columns of every input.
+        features: Feature names (keys of :data:`FEATURES`, or of :data:`HYBRID_FEATURES` for
+            ``kind="hybrid"``), the columns of every input.
         l2: L2 penalty on the coefficients of the standardised features (not on the intercept),
             relative to the total sample weight: the loss is the weighted mean log loss plus
             ``l2 / 2 * ||w||^2 / n``.
+        kind: ``"dense"`` (a ``-KL`` retriever's confidence, features from its scores:
+            :func:`query_features`) or ``"hybrid"`` (a :class:`~kl_retrievers.hybrid.KLHybridStore`'s,
+            features from its candidates: :func:`hybrid_query_features`). Saved with the
+            calibrator (a file without it is ``"dense"``); dense retrievers refuse a hybrid one.
 
     Examples:
         >>> cal = ConfidenceCalibrator(["gap12"]).fit([[0.0], [0.1], [0.2], [0.3]], [0, 0, 1, 1])
@@ -228,8 +242,11 @@ class ConfidenceCalibrator:
         True
     """
 
-    def __init__(self, features: Sequence[str] = DEFAULT_FEATURES, *, l2: float = 1.0) -> None:
-        self.features = _check_names(features)
+    def __init__(self, features: Sequence[str] = DEFAULT_FEATURES, *, l2: float = 1.0, kind: str = "dense") -> None:
+        if kind not in CALIBRATOR_KINDS:
+            raise ValueError(f"kind must be one of {list(CALIBRATOR_KINDS)}; got {kind!r}")
+        self.kind = kind
+        self.features = _check_names(features, CALIBRATOR_KINDS[kind])
         if not (math.isfinite(l2) and l2 >= 0):
             raise ValueError(f"l2 must be a finite number >= 0; got {l2!r}")
         self.l2 = float(l2)
@@ -336,6 +353,11 @@ class ConfidenceCalibrator:
             >>> 0.5 < cal.confidence([-1.0, -1.3], 0.0) <= 1.0
             True
         """
+        if self.kind != "dense":
+            raise ValueError(
+                f"this is a {self.kind} calibrator: its features come from hybrid candidates; "
+                "use kl_retrievers.calibration.hybrid_confidence(calibrator, candidates)"
+            )
         x = query_features(scores, uncertainty, self.features, reference=reference)
         return float(self.predict(x)[0])
 
@@ -349,9 +371,10 @@ class ConfidenceCalibrator:
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "library_version": library_version(),
+            "kind": self.kind,
             "model": "logistic regression: p = sigmoid(intercept + coef . (x - center) / scale)",
             "features": list(self.features),
-            "feature_definitions": {n: FEATURES[n] for n in self.features},
+            "feature_definitions": {n: CALIBRATOR_KINDS[self.kind][n] for n in self.features},
             "center": self.center.tolist(),
             "scale": self.scale.tolist(),
             "coef": self.coef.tolist(),
@@ -375,8 +398,11 @@ class ConfidenceCalibrator:
             raise ValueError(
                 f"calibrator format_version {version!r} is not supported (this library reads 1..{FORMAT_VERSION})"
             )
+        kind = data.get("kind", "dense")  # files written before hybrid calibrators have no kind
+        if kind not in CALIBRATOR_KINDS:
+            raise ValueError(f"calibrator field 'kind' must be one of {list(CALIBRATOR_KINDS)}; got {kind!r}")
         try:
-            cal = cls(data["features"], l2=float(data.get("l2", 1.0)))
+            cal = cls(data["features"], l2=float(data.get("l2", 1.0)), kind=kind)
         except KeyError as exc:
             raise ValueError("calibrator field 'features' is missing") from exc
         k = len(cal.features)
@@ -419,7 +445,8 @@ class ConfidenceCalibrator:
 
     def __repr__(self) -> str:
         state = "fitted" if self.is_fitted else "not fitted"
-        return f"ConfidenceCalibrator(features={self.features}, l2={self.l2}, {state})"
+        kind = "" if self.kind == "dense" else f", kind={self.kind!r}"
+        return f"ConfidenceCalibrator(features={self.features}, l2={self.l2}{kind}, {state})"
 
 
 # ---------------------------------------------------------------------------------- measurement
@@ -497,3 +524,166 @@ def default_calibrator(model: str | None = None) -> ConfidenceCalibrator:
             f"bundled model {model or DEFAULT_MODEL!r} ships no confidence calibrator ({CALIBRATION_FILE})"
         )
     return ConfidenceCalibrator.load(path)
+
+
+# ---------------------------------------------------------------------------------- hybrid retrievers
+
+#: Feature name -> what it is, for a hybrid retriever's calibrator (``kind="hybrid"``), all read from
+#: one query's :class:`~kl_retrievers.hybrid.Candidates` (:func:`hybrid_query_features`). The dense
+#: list is the candidates with a dense rank (their ``neg_kl``, best first), the BM25 list those with
+#: a BM25 rank (their positive BM25 scores, best first); ``*_gap12`` / ``*_max_z`` (no ``_raw``) are
+#: in standard deviations of their list (:func:`kl_retrievers.hybrid.query_signals`), so they, like
+#: the ``rr`` and ``ratio`` features, do not depend on the corpus' BM25 scale; ``*_raw`` ones do.
+HYBRID_FEATURES: dict[str, str] = {
+    "uncertainty": "mean log-variance of the query Gaussian",
+    "max_score": "top-1 neg_kl score of the dense list",
+    "gap12": "dense top-1 minus top-2 neg_kl score",
+    "gap1_10": "dense top-1 score minus the mean of the dense top-10 scores",
+    "std10": "standard deviation of the dense top-10 scores",
+    "dense_gap12": "dense top-1 minus top-2 score / std of the dense list",
+    "dense_max_z": "(dense top-1 score - mean of the dense list) / its std",
+    "bm25_gap12": "BM25 top-1 minus top-2 score / std of the BM25 list",
+    "bm25_max_z": "(BM25 top-1 score - mean of the BM25 list) / its std",
+    "bm25_coverage": "BM25 top-1 score / sum of the IDFs of the query's known terms",
+    "bm25_matched": "share of the query's tokens found in the corpus",
+    "overlap10": "share of the dense top 10 also in the BM25 top 10",
+    "bm25_rr_dense_top1": "1 / BM25 rank of the dense top-1 document (0: not in the BM25 list)",
+    "dense_rr_bm25_top1": "1 / dense rank of the BM25 top-1 document (0: not in the dense list, or no BM25 list)",
+    "bm25_ratio_dense_top1": "BM25 score of the dense top-1 / BM25 top-1 score (0: no BM25 list)",
+    "bm25_max_raw": "BM25 top-1 score (0: no BM25 list)",
+    "bm25_gap12_raw": "BM25 top-1 minus top-2 score",
+    "bm25_of_dense_top1_raw": "BM25 score of the dense top-1 document",
+}
+#: The vocabulary of each calibrator kind.
+CALIBRATOR_KINDS: dict[str, dict[str, str]] = {"dense": FEATURES, "hybrid": HYBRID_FEATURES}
+#: File name of a hybrid retriever's calibrator shipped in a bundled model folder.
+HYBRID_CALIBRATION_FILE = "hybrid_confidence_calibration.json"
+#: Features read from ``Candidates.signals`` as they are (:data:`kl_retrievers.hybrid.SIGNALS` but the uncertainty).
+_SIGNAL_FEATURES: tuple[str, ...] = tuple(
+    "dense_gap12 dense_max_z bm25_gap12 bm25_max_z bm25_coverage bm25_matched overlap10".split()
+)
+
+
+def hybrid_query_features(candidates: Any, uncertainty: float | None = None, names: Sequence[str] = ()) -> np.ndarray:
+    """The :data:`HYBRID_FEATURES` of one query, in the order of ``names``, from its hybrid candidates.
+
+    Args:
+        candidates: A :class:`~kl_retrievers.hybrid.Candidates` (what
+            :meth:`KLHybridStore.candidates <kl_retrievers.hybrid.KLHybridStore.candidates>`
+            returns; any object with its ``ids``, ``neg_kl``, ``bm25``, ``dense_rank``,
+            ``bm25_rank``, ``uncertainty`` and ``signals``).
+        uncertainty: The query's uncertainty (``None``: ``candidates.uncertainty``).
+        names: Feature names (keys of :data:`HYBRID_FEATURES`; empty: :data:`DEFAULT_HYBRID_FEATURES`).
+
+    Returns:
+        Shape ``(len(names),)``, float64.
+
+    Raises:
+        ValueError: Fewer than 2 dense candidates, a non-finite score or uncertainty, an unknown
+            feature, or a signal feature missing from ``candidates.signals``.
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> c = SimpleNamespace(neg_kl=np.array([-1.0, -1.5, -3.0]), bm25=np.array([2.0, 0.0, 4.0]),
+        ...                     dense_rank=np.array([1, 2, 0]), bm25_rank=np.array([2, 0, 1]),
+        ...                     uncertainty=0.5, signals={})
+        >>> hybrid_query_features(c, None, ["gap12", "bm25_rr_dense_top1", "bm25_ratio_dense_top1",
+        ...                                 "dense_rr_bm25_top1", "bm25_max_raw"]).tolist()
+        [0.5, 0.5, 0.5, 0.0, 4.0]
+    """
+    names = _check_names(names or DEFAULT_HYBRID_FEATURES, HYBRID_FEATURES)
+    u = float(candidates.uncertainty if uncertainty is None else uncertainty)
+    if not math.isfinite(u):
+        raise ValueError(f"uncertainty is {u}; it must be finite")
+    neg = np.asarray(candidates.neg_kl, dtype=np.float64)
+    bm25 = np.asarray(candidates.bm25, dtype=np.float64)
+    d_rank = np.asarray(candidates.dense_rank)
+    b_rank = np.asarray(candidates.bm25_rank)
+    dense = _sorted_scores(neg[d_rank > 0])
+    b_list = np.sort(bm25[b_rank > 0])[::-1]
+    if not np.isfinite(b_list).all():
+        raise ValueError("every BM25 score must be finite")
+    top_d = int(np.flatnonzero(d_rank == 1)[0])
+    b1 = float(b_list[0]) if b_list.size else 0.0
+    b2 = float(b_list[1]) if b_list.size > 1 else 0.0
+    missing = [n for n in names if n in _SIGNAL_FEATURES and n not in candidates.signals]
+    if missing:
+        raise ValueError(f"feature(s) {missing} need the candidates' signals (KLHybridStore.candidates computes them)")
+
+    def dense_rr_bm25_top1() -> float:
+        hit = np.flatnonzero(b_rank == 1)
+        return 1.0 / float(d_rank[hit[0]]) if hit.size and d_rank[hit[0]] > 0 else 0.0
+
+    top10 = dense[:10]
+    values = {
+        "uncertainty": lambda: u,
+        "max_score": lambda: float(dense[0]),
+        "gap12": lambda: float(dense[0] - dense[1]),
+        "gap1_10": lambda: float(dense[0] - top10.mean()),
+        "std10": lambda: float(top10.std()),
+        "bm25_rr_dense_top1": lambda: 1.0 / float(b_rank[top_d]) if b_rank[top_d] > 0 else 0.0,
+        "dense_rr_bm25_top1": dense_rr_bm25_top1,
+        "bm25_ratio_dense_top1": lambda: float(bm25[top_d]) / b1 if b1 > 0 else 0.0,
+        "bm25_max_raw": lambda: b1,
+        "bm25_gap12_raw": lambda: b1 - b2,
+        "bm25_of_dense_top1_raw": lambda: float(bm25[top_d]),
+    }
+    return np.array(
+        [float(candidates.signals[n]) if n in _SIGNAL_FEATURES else values[n]() for n in names], dtype=np.float64
+    )
+
+
+def hybrid_confidence(calibrator: ConfidenceCalibrator, candidates: Any) -> float:
+    """P(top-1 of the hybrid's fused ranking is relevant) for one query, from a hybrid calibrator and its candidates.
+
+    Raises:
+        ValueError: ``calibrator`` is not of kind ``"hybrid"``, or the features cannot be computed
+            (:func:`hybrid_query_features`).
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> c = SimpleNamespace(neg_kl=np.array([-1.0, -1.5]), bm25=np.array([2.0, 0.0]),
+        ...                     dense_rank=np.array([1, 2]), bm25_rank=np.array([1, 0]), uncertainty=0.5, signals={})
+        >>> cal = ConfidenceCalibrator(["gap12"], kind="hybrid").fit([[0.0], [0.2], [0.4], [0.6]], [0, 0, 1, 1])
+        >>> 0.0 < hybrid_confidence(cal, c) < 1.0
+        True
+    """
+    if calibrator.kind != "hybrid":
+        raise ValueError(f"hybrid_confidence needs a calibrator of kind 'hybrid'; got kind {calibrator.kind!r}")
+    return float(calibrator.predict(hybrid_query_features(candidates, None, calibrator.features))[0])
+
+
+def default_hybrid_calibrator(model: str | None = None) -> ConfidenceCalibrator:
+    """The hybrid retriever's calibrator shipped with a bundled model (default: the package default).
+
+    Raises:
+        ValueError: The bundled model ships none.
+
+    Examples:
+        >>> default_hybrid_calibrator().kind
+        'hybrid'
+    """
+    from kl_retrievers.pretrained import DEFAULT_MODEL, bundled_model_path
+
+    path = bundled_model_path(model or DEFAULT_MODEL) / HYBRID_CALIBRATION_FILE
+    if not path.is_file():
+        raise ValueError(
+            f"bundled model {model or DEFAULT_MODEL!r} ships no hybrid confidence calibrator "
+            f"({HYBRID_CALIBRATION_FILE})"
+        )
+    return ConfidenceCalibrator.load(path)
+
+
+#: The shipped hybrid calibrator's features, all free of the corpus' BM25 scale (chosen on training data only by
+#: ``python benchmarks/calibration.py fit --hybrid``: cross-validated abstention F1 on the SQuAD training articles,
+#: then training-set ECE; the candidates and their scores are stored in the calibrator's ``info``).
+DEFAULT_HYBRID_FEATURES: tuple[str, ...] = (
+    *("uncertainty", "max_score", "gap12", "gap1_10", "std10"),
+    *_SIGNAL_FEATURES,
+    *("bm25_rr_dense_top1", "dense_rr_bm25_top1", "bm25_ratio_dense_top1"),
+)
+#: Recommended ``min_confidence`` for the hybrid retriever's shipped calibrator, chosen like
+#: :data:`DEFAULT_MIN_CONFIDENCE` on the SQuAD *training* articles only (the best abstention F1 among
+#: thresholds answering >= 90% of the answerable half; ``python benchmarks/calibration.py fit --hybrid``
+#: prints it; the held-out curve: ``python benchmarks/abstention.py --hybrid --seeds 10``, docs/hybrid.md).
+DEFAULT_HYBRID_MIN_CONFIDENCE = 0.16

@@ -33,7 +33,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -924,6 +924,8 @@ class _ConfidenceRetriever(BaseRetriever):
     score_key: str = SCORE_NAME
     uncertainty_key: str = "query_uncertainty"
     confidence_key: str = CONFIDENCE_KEY
+    #: The retriever kind whose calibrators are accepted (``"dense"``: dense calibrators only).
+    calibrator_for: ClassVar[str] = "dense"
 
     _scorer: ConfidenceScorer = PrivateAttr()
 
@@ -940,12 +942,12 @@ class _ConfidenceRetriever(BaseRetriever):
     @field_validator("calibrator", mode="before")
     @classmethod
     def _valid_calibrator(cls, value: Any) -> Any:
-        return check_calibrator(value)
+        return check_calibrator(value, cls.calibrator_for)
 
     def model_post_init(self, context: Any, /) -> None:
         """Set up the confidence scorer (the model's calibrator is found on first use)."""
         super().model_post_init(context)
-        self._scorer = ConfidenceScorer(self.calibrator)
+        self._scorer = ConfidenceScorer(self.calibrator, self.calibrator_for)
 
     def _call_settings(
         self, k: int | None, filter: MetadataFilter | None, min_confidence: float | None
@@ -1106,11 +1108,17 @@ class KLHybridRetriever(_ConfidenceRetriever):
     (the exact ``-KL``, higher is better), ``bm25``, ``dense_rank`` / ``bm25_rank`` (1-based,
     ``None`` when the document was not in that list), ``dense_weight`` (the dense share used for
     this query; ``None`` for RRF), ``query_uncertainty`` and ``confidence``: the calibrated
-    probability that the *dense* ranking's top document is relevant (as :class:`KLRetriever`'s,
-    from the dense candidates; it is the query's confidence, not a per-document one).
+    probability that the *fused* ranking's top document is relevant, from the hybrid calibrator
+    the model ships (``hybrid_confidence_calibration.json``: dense and BM25 signals of the
+    query's candidates, :func:`~kl_retrievers.calibration.hybrid_query_features`; fitted for the
+    ``"adaptive"`` fusion with 100 candidates per half). It is the query's confidence, not a
+    per-document one. An explicit ``calibrator=`` wins: a hybrid one, or a dense one (then the
+    confidence is the *dense* ranking's, from the dense candidates, as :class:`KLRetriever`'s).
 
     Abstention works as in :class:`KLRetriever`: below ``min_confidence`` the retriever returns
-    ``[]``, logs, and sends :data:`ABSTENTION_EVENT`. ``invoke`` takes per-call ``k``, ``filter``,
+    ``[]``, logs, and sends :data:`ABSTENTION_EVENT`. The recommended threshold for the shipped
+    hybrid calibrator is :data:`kl_retrievers.calibration.DEFAULT_HYBRID_MIN_CONFIDENCE` (chosen
+    on training data; ``docs/hybrid.md``, "Abstention"). ``invoke`` takes per-call ``k``, ``filter``,
     ``min_confidence``, ``fusion``, ``weight`` and ``normalization``. ``ainvoke`` runs the search in
     a worker thread (LangChain's default).
 
@@ -1128,7 +1136,8 @@ class KLHybridRetriever(_ConfidenceRetriever):
         normalization: ``"minmax"`` or ``"zscore"`` for convex fusion (``None``: the store's).
         filter: Default metadata filter (dict or callable), applied to both halves before ranking.
         min_confidence: Abstain below this confidence (``None``: never).
-        calibrator: A fitted ``ConfidenceCalibrator`` or a path to its JSON (default: the model's).
+        calibrator: A fitted ``ConfidenceCalibrator`` (kind ``"hybrid"`` or ``"dense"``) or a path
+            to its JSON (default: the model's hybrid calibrator, else its dense one).
 
     Raises:
         ValueError: An unknown fusion mode or normalisation, a weight or ``min_confidence``
@@ -1145,6 +1154,9 @@ class KLHybridRetriever(_ConfidenceRetriever):
     weight: float | None = None
     normalization: str | None = None
     score_key: str = "fused_score"
+
+    #: Hybrid retrievers take a hybrid or a dense calibrator (:func:`kl_retrievers._confidence.check_calibrator`).
+    calibrator_for: ClassVar[str] = "hybrid"
 
     def model_post_init(self, context: Any, /) -> None:
         """Check the fusion settings against the store's (fails early, naming the bad value)."""

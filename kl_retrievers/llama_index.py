@@ -61,7 +61,6 @@ from kl_retrievers._adapters import RELEVANCE_FUNCTIONS, relevance_exp, relevanc
 from kl_retrievers._confidence import (
     CONFIDENCE_KEY,
     ConfidenceScorer,
-    check_calibrator,
     check_min_confidence,
     hybrid_search,
 )
@@ -1455,8 +1454,14 @@ class KLHybridRetriever(_TopKRetriever):
     node's metadata carries what both retrievers said (:meth:`~kl_retrievers.hybrid.HybridResult.scores`):
     ``fused_score``, ``fusion``, ``neg_kl`` (the exact ``-KL``), ``bm25``, ``dense_rank`` /
     ``bm25_rank``, ``dense_weight``, the query uncertainty under :data:`QUERY_UNCERTAINTY_KEY`
-    and the calibrated confidence of the query's dense ranking under :data:`CONFIDENCE_KEY`
-    (``None`` without a calibrator); these keys are kept out of the LLM and embedding text.
+    and the query's calibrated confidence under :data:`CONFIDENCE_KEY` (``None`` without a
+    calibrator); these keys are kept out of the LLM and embedding text. The confidence is the
+    probability that the *fused* ranking's top node is relevant, from the hybrid calibrator the
+    model ships (``hybrid_confidence_calibration.json``: dense and BM25 signals of the query's
+    candidates; fitted for ``"adaptive"`` fusion with 100 candidates per half); an explicit
+    dense ``calibrator=`` gives the dense ranking's instead. To abstain, add
+    ``KLConfidencePostprocessor(min_confidence=DEFAULT_HYBRID_MIN_CONFIDENCE)``
+    (:data:`kl_retrievers.calibration.DEFAULT_HYBRID_MIN_CONFIDENCE`, chosen on training data).
 
     Why not ``QueryFusionRetriever`` over a vector retriever and ``BM25Retriever``: the hybrid
     store keeps both halves in sync (add, upsert, delete, filters before ranking, save / load),
@@ -1470,7 +1475,8 @@ class KLHybridRetriever(_TopKRetriever):
         weight: Convex dense weight in ``[0, 1]`` (``None``: the store's).
         normalization: ``"minmax"`` or ``"zscore"`` (``None``: the store's).
         filters: LlamaIndex ``MetadataFilters`` on the stored metadata, applied to both halves before ranking.
-        calibrator: A fitted ``ConfidenceCalibrator`` or a path to its JSON (default: the model's).
+        calibrator: A fitted ``ConfidenceCalibrator`` (kind ``"hybrid"`` or ``"dense"``) or a path
+            to its JSON (default: the model's hybrid calibrator, else its dense one).
         callback_manager: LlamaIndex callback manager.
         verbose: LlamaIndex verbosity flag.
 
@@ -1504,7 +1510,7 @@ class KLHybridRetriever(_TopKRetriever):
         self._similarity_top_k = _check_top_k(similarity_top_k)
         self._fusion, self._weight, self._normalization = fusion, weight, normalization
         self._predicate = metadata_filters_to_predicate(filters)
-        self._scorer = ConfidenceScorer(check_calibrator(calibrator))
+        self._scorer = ConfidenceScorer(calibrator, "hybrid")
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     @property

@@ -14,7 +14,11 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import abstention  # noqa: E402
 
-from kl_retrievers.calibration import DEFAULT_MIN_CONFIDENCE  # noqa: E402
+from kl_retrievers.calibration import (  # noqa: E402
+    DEFAULT_HYBRID_FEATURES,
+    DEFAULT_HYBRID_MIN_CONFIDENCE,
+    DEFAULT_MIN_CONFIDENCE,
+)
 
 
 def test_halve_removes_whole_paragraphs_and_splits_about_half() -> None:
@@ -68,27 +72,14 @@ def test_default_min_confidence_is_the_logged_choice() -> None:
     assert 0.0 <= DEFAULT_MIN_CONFIDENCE <= 1.0
 
 
-def test_logistic_separates_and_signal_features_read_both_lists() -> None:
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(400, 2))
-    y = (x[:, 0] + 0.1 * rng.normal(size=400) > 0).astype(int)
-    m = abstention.Logistic().fit(x, y)
-    assert abs(m.coef[0]) > 5 * abs(m.coef[1])  # the informative column dominates
-    assert ((m.predict(x) > 0.5) == y.astype(bool)).mean() > 0.9
-
-    from kl_retrievers.hybrid import SIGNALS, Candidates
-
-    signals = {name: float(i) for i, name in enumerate(SIGNALS)}
-    c = Candidates(
-        ["a", "b", "c"],
-        np.array([-1.0, -1.5, -3.0]),
-        np.array([2.0, 0.0, 5.0]),
-        np.array([1, 2, 0]),
-        np.array([2, 0, 1]),
-        0.01,
-        signals,
-    )
-    f = dict(zip(abstention.SIGNAL_FEATURES, abstention.signal_features(c, 0.01), strict=True))
-    assert (f["max_score"], f["gap12"], f["uncertainty"]) == (-1.0, 0.5, 0.01)
-    assert (f["bm25_max"], f["bm25_gap12"], f["bm25_of_dense_top1"]) == (5.0, 3.0, 2.0)
-    assert f["overlap10"] == signals["overlap10"] and f["bm25_coverage"] == signals["bm25_coverage"]
+def test_the_hybrid_run_uses_the_shipped_hybrid_threshold() -> None:
+    """The last full --hybrid run evaluated the shipped hybrid calibrator at DEFAULT_HYBRID_MIN_CONFIDENCE,
+    and the training articles' curve chose that same threshold (the held-out articles chose nothing)."""
+    log = REPO / "runs" / "abstention" / "abstention.jsonl"
+    runs = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+    full = [r for r in runs if not r["quick"] and r.get("backend") is None and "hybrid_dense_cal" in r["summary"]]
+    assert full, f"{log} holds no full --hybrid run with the hybrid calibrator"
+    hybrid = full[-1]["summary"]["hybrid"]
+    assert hybrid["threshold"] == pytest.approx(DEFAULT_HYBRID_MIN_CONFIDENCE)
+    assert hybrid["train_choice"] == pytest.approx(DEFAULT_HYBRID_MIN_CONFIDENCE)
+    assert full[-1]["hybrid_calibrator"]["features"] == list(DEFAULT_HYBRID_FEATURES)
