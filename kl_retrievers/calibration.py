@@ -51,9 +51,9 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -82,18 +82,39 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Feature name -> what it is (see the module doc for the exact definitions).
-FEATURES: dict[str, str] = {
-    "uncertainty": "mean log-variance of the query Gaussian",
-    "max_score": "top-1 neg_kl score",
-    "gap12": "top-1 minus top-2 score",
-    "gap1_10": "top-1 score minus the mean of the top-10 scores",
-    "std10": "standard deviation of the top-10 scores",
-    "nqc": "std of the top-100 scores / |corpus reference score|",
-    "wig": "mean of the top-5 scores minus the corpus reference score",
+
+class _Feature(NamedTuple):
+    """One per-query feature: what it is, whether it needs the corpus reference score, how it is computed.
+
+    ``compute(s, uncertainty, ref)`` takes the scores sorted best first, the query uncertainty and
+    the reference score (``0.0`` when none is given).
+    """
+
+    description: str
+    needs_reference: bool
+    compute: Callable[[np.ndarray, float, float], float]
+
+
+# The one definition of each feature (the module doc's table says the same in words).
+_QUERY_FEATURES: dict[str, _Feature] = {
+    "uncertainty": _Feature("mean log-variance of the query Gaussian", False, lambda s, u, r: u),
+    "max_score": _Feature("top-1 neg_kl score", False, lambda s, u, r: float(s[0])),
+    "gap12": _Feature("top-1 minus top-2 score", False, lambda s, u, r: float(s[0] - s[1])),
+    "gap1_10": _Feature(
+        "top-1 score minus the mean of the top-10 scores", False, lambda s, u, r: float(s[0] - s[:10].mean())
+    ),
+    "std10": _Feature("standard deviation of the top-10 scores", False, lambda s, u, r: float(s[:10].std())),
+    "nqc": _Feature(
+        "std of the top-100 scores / |corpus reference score|", True, lambda s, u, r: float(s[:100].std()) / abs(r)
+    ),
+    "wig": _Feature(
+        "mean of the top-5 scores minus the corpus reference score", True, lambda s, u, r: float(s[:5].mean()) - r
+    ),
 }
+#: Feature name -> what it is (see the module doc for the exact definitions).
+FEATURES: dict[str, str] = {name: f.description for name, f in _QUERY_FEATURES.items()}
 #: Features that need the corpus reference score.
-NEEDS_REFERENCE = frozenset({"nqc", "wig"})
+NEEDS_REFERENCE = frozenset(name for name, f in _QUERY_FEATURES.items() if f.needs_reference)
 #: The default calibrator's features: the model's uncertainty and the query's own top-2 scores.
 DEFAULT_FEATURES: tuple[str, ...] = ("uncertainty", "max_score", "gap12")
 #: File name of a calibrator shipped in a bundled model folder.
@@ -171,17 +192,8 @@ def query_features(
         raise ValueError(f"reference is {reference}; it must be finite")
     if "nqc" in names and ref == 0.0:
         raise ValueError("nqc divides by |reference|; a reference score of 0 is not allowed")
-    top10 = s[:10]
-    values = {
-        "uncertainty": lambda: float(uncertainty),
-        "max_score": lambda: float(s[0]),
-        "gap12": lambda: float(s[0] - s[1]),
-        "gap1_10": lambda: float(s[0] - top10.mean()),
-        "std10": lambda: float(top10.std()),
-        "nqc": lambda: float(s[:100].std()) / abs(ref),
-        "wig": lambda: float(s[:5].mean()) - ref,
-    }
-    return np.array([values[n]() for n in names], dtype=np.float64)
+    u = float(uncertainty)
+    return np.array([_QUERY_FEATURES[n].compute(s, u, ref) for n in names], dtype=np.float64)
 
 
 def feature_matrix(

@@ -402,9 +402,10 @@ class GaussianStore(ABC):
 
     The public methods check their arguments the same way for every backend, encode texts with
     ``encoder`` and return :class:`SearchResult` / :class:`StoredDocument` / :class:`DeleteReport`.
-    A backend implements ``dim``, ``ids``, ``__len__`` and the hooks ``_add_documents``,
-    ``_delete``, ``_documents``, ``_gaussians``, ``_prepare_filter`` and ``_search``; a hybrid store
-    (another score beside ``-KL``) would implement the same.
+    A backend sets ``_dim``, implements ``ids``, ``__len__`` and the hooks ``_add_documents``,
+    ``_delete``, ``_documents``, ``_gaussians``, ``_prepare_filter`` and ``_search``, and (when it
+    searches by the reduction of ``-KL`` to L2) ``_reduction``; a hybrid store (another score beside
+    ``-KL``) would implement the same.
 
     Attributes:
         encoder: Optional encoder with ``encode_queries`` / ``encode_documents`` returning numpy
@@ -421,12 +422,34 @@ class GaussianStore(ABC):
     encoder: Any
     batch_size: int
     show_progress_bar: bool
+    _dim: int | None  # set by the backend: None until the first add (or a dim given up front)
 
-    # ---------------------------------------------------------- backend hooks
     @property
-    @abstractmethod
     def dim(self) -> int | None:
         """The Gaussian dimension ``k`` (``None`` until known)."""
+        return self._dim
+
+    @property
+    def norm_bound(self) -> float | None:
+        """``M`` of the MIPS -> L2 reduction, the same for every backend that uses it.
+
+        ``None`` before the first add and where no reduction is used (a flat ``KLStore``, a
+        ``MilvusKLStore`` with ``metric="IP"``).
+        """
+        return self._reduction()[0]
+
+    @property
+    def index_offset(self) -> float:
+        """The offset ``o`` subtracted from the first coordinate of ``d~`` before the L2 reduction.
+
+        ``0`` where no reduction is used, and before an approximate ``KLStore`` index is built.
+        """
+        return self._reduction()[1]
+
+    # ---------------------------------------------------------- backend hooks
+    def _reduction(self) -> tuple[float | None, float]:
+        """``(M, o)`` of the backend's reduction of ``-KL`` to L2 search; ``(None, 0.0)`` without one."""
+        return None, 0.0
 
     @property
     @abstractmethod

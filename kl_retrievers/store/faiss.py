@@ -216,24 +216,12 @@ class KLStore(GaussianStore):
 
     # ------------------------------------------------------------------ state
     @property
-    def dim(self) -> int | None:
-        """The Gaussian dimension ``k`` (``None`` until known)."""
-        return self._dim
-
-    @property
     def is_built(self) -> bool:
         """Whether the FAISS index exists (approximate indexes are built once enough documents exist)."""
         return self._engine.index is not None
 
-    @property
-    def norm_bound(self) -> float | None:
-        """``M`` of the MIPS -> L2 reduction (approximate indexes only)."""
-        return self._engine.norm_bound
-
-    @property
-    def index_offset(self) -> float:
-        """The offset ``o`` subtracted from the first coordinate of ``d~`` before the L2 reduction (``0`` for flat)."""
-        return float(self._engine.config()["index_offset"])
+    def _reduction(self) -> tuple[float | None, float]:
+        return self._engine.norm_bound, float(self._engine.config()["index_offset"])  # (None, 0.0) for flat
 
     @property
     def rebuild_count(self) -> int:

@@ -459,20 +459,8 @@ class MilvusKLStore(GaussianStore):
         """The underlying ``pymilvus.MilvusClient``."""
         return self._client
 
-    @property
-    def dim(self) -> int | None:
-        """Gaussian dimension ``k`` (``None`` until the first add)."""
-        return self._dim
-
-    @property
-    def norm_bound(self) -> float | None:
-        """``M`` of the L2 reduction (``None`` for ``metric="IP"`` or before the first add)."""
-        return self._state.norm_bound
-
-    @property
-    def index_offset(self) -> float:
-        """The offset ``o`` subtracted from the first coordinate of ``d~`` (``0`` for ``metric="IP"``)."""
-        return self._state.offset
+    def _reduction(self) -> tuple[float | None, float]:
+        return self._state.norm_bound, self._state.offset  # (None, 0.0) for metric="IP"
 
     @property
     def norm_version(self) -> int:
