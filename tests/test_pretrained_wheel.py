@@ -30,6 +30,15 @@ def _shipped(model: str) -> bool:
     return any(fnmatch.fnmatch(f"pretrained/{model}/config.json", p) for p in _package_data())
 
 
+def test_the_sdist_keeps_the_research_models_and_the_wheel_excludes_them() -> None:
+    # MANIFEST.in grafts every model folder into the sdist (its tests load them); setuptools then sees each
+    # folder as a data package, which exclude-package-data removes from the wheel
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    excluded = config["tool"]["setuptools"]["exclude-package-data"]
+    assert excluded == {f"kl_retrievers.pretrained.{m}": ["*"] for m in RESEARCH_MODELS}
+    assert "graft kl_retrievers/pretrained" in (ROOT / "MANIFEST.in").read_text(encoding="utf-8").splitlines()
+
+
 def test_the_wheel_ships_every_checkout_model_but_the_research_ones() -> None:
     in_checkout = bundled_models()
     assert set(RESEARCH_MODELS) <= set(in_checkout)
