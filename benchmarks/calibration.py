@@ -76,6 +76,8 @@ from qpp import COLLECTIONS, DATASETS, LOG_DIR, REFERENCE_MODEL, git_commit
 from kl_retrievers.calibration import (
     CALIBRATION_FILE,
     DEFAULT_FEATURES,
+    DEFAULT_HYBRID_MIN_CONFIDENCE,
+    DEFAULT_MIN_CONFIDENCE,
     HYBRID_CALIBRATION_FILE,
     HYBRID_FEATURES,
     ConfidenceCalibrator,
@@ -342,6 +344,31 @@ def log_line(path: Path, record: Mapping[str, Any]) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
+def at_threshold(p: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, Any]:
+    """What ``min_confidence = threshold`` does to a natural query set (every query has an answer somewhere).
+
+    ``answered``: share of queries kept; ``p@1_answered`` / ``p@1_refused``: share of them whose top-1 is
+    relevant; ``right_refused``: share of the queries with a relevant top-1 that are refused.
+
+    Examples:
+        >>> at_threshold(np.array([0.1, 0.5, 0.9, 0.2]), np.array([0.0, 1.0, 1.0, 1.0]), 0.3)["answered"]
+        0.5
+    """
+    keep = p >= threshold
+    right = y > 0
+    return {
+        "threshold": threshold,
+        "answered": float(keep.mean()),
+        "p@1_answered": float(y[keep].mean()) if keep.any() else None,
+        "p@1_refused": float(y[~keep].mean()) if (~keep).any() else None,
+        "right_refused": float((right & ~keep).sum() / right.sum()) if right.any() else None,
+    }
+
+
+def _at_line(a: Mapping[str, Any]) -> str:
+    return f"at {a['threshold']:.2f}: answered {a['answered']:.3f}, right top-1 refused {a['right_refused'] or 0:.3f}"
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     if args.hybrid:
         cmd_report_hybrid(args)
@@ -360,11 +387,16 @@ def cmd_report(args: argparse.Namespace) -> None:
             "features": cal.features, "queries": len(rows), "observed_p@1": float(y.mean()),
             "mean_confidence": float(p.mean()),
             "ece": ece, "brier": float(np.mean((p - y) ** 2)), "reliability": reliability_table(p, y),
+            "at_recommended_threshold": at_threshold(p, y, DEFAULT_MIN_CONFIDENCE),
             "per_query_file": str(calib_path(spec).relative_to(ROOT)),
             **provenance(),
         }  # fmt: skip
         log_line(CALIB_LOG, record)
-        print(f"{spec:<34} n={len(rows):>5} P@1 {y.mean():.4f} mean conf {p.mean():.4f} ECE {ece:.4f}", flush=True)
+        print(
+            f"{spec:<34} n={len(rows):>5} P@1 {y.mean():.4f} mean conf {p.mean():.4f} ECE {ece:.4f} "
+            f"{_at_line(record['at_recommended_threshold'])}",
+            flush=True,
+        )
 
 
 def cmd_combined(args: argparse.Namespace) -> None:
@@ -634,12 +666,15 @@ def cmd_report_hybrid(args: argparse.Namespace) -> None:
             "retriever": "hybrid", "calibrator": str(path.resolve().relative_to(ROOT)), "features": cal.features,
             "queries": len(rows), "observed_p@1": float(y.mean()), "mean_confidence": float(p.mean()),
             "ece": ece, "brier": float(np.mean((p - y) ** 2)), "reliability": reliability_table(p, y),
+            "at_recommended_threshold": at_threshold(p, y, DEFAULT_HYBRID_MIN_CONFIDENCE),
             "per_query_file": str(hybrid_path(spec).relative_to(ROOT)), "encoder": meta["encoder"],
             **provenance(),
         }  # fmt: skip
         log_line(CALIB_LOG, record)
         print(
-            f"{spec:<34} n={len(rows):>5} fused P@1 {y.mean():.4f} mean conf {p.mean():.4f} ECE {ece:.4f}", flush=True
+            f"{spec:<34} n={len(rows):>5} fused P@1 {y.mean():.4f} mean conf {p.mean():.4f} ECE {ece:.4f} "
+            f"{_at_line(record['at_recommended_threshold'])}",
+            flush=True,
         )
 
 
