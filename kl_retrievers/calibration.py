@@ -626,13 +626,7 @@ def hybrid_query_features(candidates: Any, uncertainty: float | None = None, nam
         hit = np.flatnonzero(b_rank == 1)
         return 1.0 / float(d_rank[hit[0]]) if hit.size and d_rank[hit[0]] > 0 else 0.0
 
-    top10 = dense[:10]
     values = {
-        "uncertainty": lambda: u,
-        "max_score": lambda: float(dense[0]),
-        "gap12": lambda: float(dense[0] - dense[1]),
-        "gap1_10": lambda: float(dense[0] - top10.mean()),
-        "std10": lambda: float(top10.std()),
         "bm25_rr_dense_top1": lambda: 1.0 / float(b_rank[top_d]) if b_rank[top_d] > 0 else 0.0,
         "dense_rr_bm25_top1": dense_rr_bm25_top1,
         "bm25_ratio_dense_top1": lambda: float(bm25[top_d]) / b1 if b1 > 0 else 0.0,
@@ -640,9 +634,15 @@ def hybrid_query_features(candidates: Any, uncertainty: float | None = None, nam
         "bm25_gap12_raw": lambda: b1 - b2,
         "bm25_of_dense_top1_raw": lambda: float(bm25[top_d]),
     }
-    return np.array(
-        [float(candidates.signals[n]) if n in _SIGNAL_FEATURES else values[n]() for n in names], dtype=np.float64
-    )
+
+    def value(name: str) -> float:
+        if name in _SIGNAL_FEATURES:
+            return float(candidates.signals[name])
+        if name in _QUERY_FEATURES:  # the dense calibrator's features, on the dense list (none needs a reference)
+            return _QUERY_FEATURES[name].compute(dense, u, 0.0)
+        return values[name]()
+
+    return np.array([value(n) for n in names], dtype=np.float64)
 
 
 def hybrid_confidence(calibrator: ConfidenceCalibrator, candidates: Any) -> float:
