@@ -218,9 +218,6 @@ def load_model(
         >>> load_model()  # doctest: +SKIP
         OnnxGaussianEncoder(name_or_path='kl_retrievers:minilm-gauss-soup', dim=384, quantize='int8')
     """
-    short = name_or_path.split(":", 1)[1] if name_or_path and name_or_path.startswith("kl_retrievers:") else None
-    if (short or name_or_path) in RESEARCH_MODELS and not Path(name_or_path or "").expanduser().exists():
-        bundled_model_path(short or name_or_path or "")  # a research model outside a checkout: says where it is
     if backend is None:
         backend = default_backend(name_or_path, device=device)
     if backend not in BACKENDS:
@@ -279,11 +276,19 @@ def source_sha256(folder: str | os.PathLike[str], recipe: str = "") -> str:
 
 
 def _bundled_name(name_or_path: str | None) -> str | None:
-    """The bundled model ``name_or_path`` names (``None`` is the default; ``kl_retrievers:NAME`` too), else ``None``."""
+    """The bundled model ``name_or_path`` names (``None`` is the default; ``kl_retrievers:NAME`` too), else ``None``.
+
+    Raises:
+        ValueError: A research model (:data:`RESEARCH_MODELS`) that this install does not carry (a wheel).
+    """
     if name_or_path is None:
         return DEFAULT_MODEL
     name = name_or_path.split(":", 1)[1] if name_or_path.startswith("kl_retrievers:") else name_or_path
-    return name if name in bundled_models() else None
+    if name in bundled_models():
+        return name
+    if name in RESEARCH_MODELS and not Path(name_or_path).expanduser().exists():
+        bundled_model_path(name)  # a research model outside a checkout (a wheel): the error says where it is
+    return None
 
 
 def _has_torch() -> bool:
