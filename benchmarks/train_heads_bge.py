@@ -104,35 +104,50 @@ def load_features(seed: int) -> tuple[GaussianEncoder, Any, Any, Any, dict[str, 
     return base, ts, qf, df, evals
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--similarities", nargs="+", default=["neg_kl", "dot"], choices=["neg_kl", "dot"])
+def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
+    """The recipe's options (defaults: the fixed recipe of the module doc) and ``--save``."""
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--temperature", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", default=None, help="save each trained model under this folder (<similarity>/)")
+
+
+def train_twin(
+    sim: str, args: argparse.Namespace, prefix: str, ts: Any, qf: Any, df: Any
+) -> tuple[GaussianEncoder, dict[str, Any]]:
+    """Train one twin (``neg_kl`` or ``dot``) with the recipe in ``args`` from the seeded start; saved under ``--save``.
+
+    Returns the trained encoder and ``{"train_s", "final_loss"}``.
+    """
+    enc = start_model(args.seed)
+    enc.config.extra["query_prefix"] = prefix
+    cfg = TrainConfig(
+        similarity=sim, loss="contrastive", steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        temperature=args.temperature, full_corpus=True, seed=args.seed, show_progress=False,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    res = train_heads_cached(enc, ts, cfg, cache_dir=default_feature_cache_dir(), query_features=qf, doc_features=df)
+    info = {"train_s": round(time.perf_counter() - t0, 1), "final_loss": round(res.final_loss, 4)}
+    if args.save:
+        enc.save_pretrained(Path(args.save) / sim, include_backbone=False)
+    return enc, info
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--similarities", nargs="+", default=["neg_kl", "dot"], choices=["neg_kl", "dot"])
+    add_recipe_arguments(p)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(2)
-    cache = default_feature_cache_dir()
     base, ts, qf, df, evals = load_features(args.seed)
     prefix = base.config.extra["query_prefix"]
     command = "python benchmarks/train_heads_bge.py " + shlex.join(sys.argv[1:])
     runs: list[tuple[str, GaussianEncoder, dict[str, Any]]] = [("untrained", base, {})]
     for sim in args.similarities:
-        enc = start_model(args.seed)
-        enc.config.extra["query_prefix"] = prefix
-        cfg = TrainConfig(
-            similarity=sim, loss="contrastive", steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-            temperature=args.temperature, full_corpus=True, seed=args.seed, show_progress=False,
-        )  # fmt: skip
-        t0 = time.perf_counter()
-        res = train_heads_cached(enc, ts, cfg, cache_dir=cache, query_features=qf, doc_features=df)
-        runs.append((sim, enc, {"train_s": round(time.perf_counter() - t0, 1), "final_loss": round(res.final_loss, 4)}))
-        if args.save:
-            enc.save_pretrained(Path(args.save) / sim, include_backbone=False)
+        runs.append((sim, *train_twin(sim, args, prefix, ts, qf, df)))
     LOG.parent.mkdir(parents=True, exist_ok=True)
     for sim, enc, info in runs:
         row: dict[str, Any] = {"model": sim, **info, "steps": args.steps, "batch_size": args.batch_size,

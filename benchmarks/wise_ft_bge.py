@@ -28,18 +28,15 @@ import json
 import logging
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from train_heads_bge import EVAL, load_features, start_model
+from train_heads_bge import EVAL, add_recipe_arguments, load_features, train_twin
 from train_heads_experiments import score
 
 from kl_retrievers import GaussianEncoder
-from kl_retrievers.training import TrainConfig, encode_from_features
-from kl_retrievers.training.features import default_feature_cache_dir
-from kl_retrievers.training.trainer import train_heads_cached
+from kl_retrievers.training import encode_from_features
 
 logger = logging.getLogger("benchmarks.wise_ft_bge")
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,17 +68,11 @@ def interpolate(start: GaussianEncoder, trained: GaussianEncoder, alpha: float) 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--from", dest="source", default=None, help="read the trained twins from this folder (<sim>/)")
-    p.add_argument("--save", default=None, help="save the trained twins here (<sim>/), as train_heads_bge.py does")
     p.add_argument("--save-chosen", default=None, help="save the chosen Gaussian (heads-only delta) here")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--temperature", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
+    add_recipe_arguments(p)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(2)
-    cache = default_feature_cache_dir()
     base, ts, qf, df, evals = load_features(args.seed)
     prefix = base.config.extra["query_prefix"]
     command = "python benchmarks/wise_ft_bge.py " + shlex.join(sys.argv[1:])
@@ -89,19 +80,9 @@ def main() -> int:
     for sim in ("neg_kl", "dot"):
         if args.source:
             trained[sim] = GaussianEncoder.from_pretrained(Path(args.source) / sim, device="cpu")
-            continue
-        enc = start_model(args.seed)
-        enc.config.extra["query_prefix"] = prefix
-        cfg = TrainConfig(
-            similarity=sim, loss="contrastive", steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-            temperature=args.temperature, full_corpus=True, seed=args.seed, show_progress=False,
-        )  # fmt: skip
-        t0 = time.perf_counter()
-        train_heads_cached(enc, ts, cfg, cache_dir=cache, query_features=qf, doc_features=df)
-        logger.info("trained %s in %.0f s", sim, time.perf_counter() - t0)
-        if args.save:
-            enc.save_pretrained(Path(args.save) / sim, include_backbone=False)
-        trained[sim] = enc
+        else:
+            trained[sim], info = train_twin(sim, args, prefix, ts, qf, df)
+            logger.info("trained %s in %.0f s", sim, info["train_s"])
 
     def evaluate(enc: GaussianEncoder, sim: str, specs: list[str]) -> dict[str, Any]:
         out = {}
@@ -126,7 +107,7 @@ def main() -> int:
             "alphas": list(ALPHAS), "dev": DEV, "dev_curve": {str(a): v for a, v in curve.get(label, {}).items()},
             "recipe": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                        "temperature": args.temperature, "seed": args.seed},
-            **evaluate(enc, "dot" if sim == "dot" else "neg_kl", specs), "command": command,
+            **evaluate(enc, sim, specs), "command": command,
         }  # fmt: skip
         print(json.dumps(row), flush=True)
         with LOG.open("a") as fh:
