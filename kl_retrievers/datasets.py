@@ -153,16 +153,25 @@ class BeirDataset:
         return [self.queries[i] for i in chosen]
 
     def corpus_identity(self) -> dict[str, Any]:
-        """What identifies this corpus for an encoding cache (file size/mtime and the doc ids)."""
-        ident: dict[str, Any] = {"corpus": file_fingerprint(self.path / CORPUS_FILE)}
-        ident["doc_ids_sha1"] = _sha1_lines(self.corpus)
-        return ident
+        """What identifies this corpus for an encoding cache: the SHA-256 of its encoder inputs and its doc ids.
+
+        The key is the content, not the file: a copied, re-mounted or touched corpus keeps its cached
+        encodings, and an edited one (even with the same size and time stamp) does not.
+
+        Examples:
+            >>> ds = BeirDataset(Path("."), "test", {"d1": {"text": "x"}}, {"q1": "x?"}, {"q1": {"d1": 1}})
+            >>> sorted(ds.corpus_identity())
+            ['doc_ids_sha1', 'texts_sha256']
+        """
+        return {"texts_sha256": _sha256_texts(self.document_texts()), "doc_ids_sha1": _sha1_lines(self.corpus)}
 
     def queries_identity(self) -> dict[str, Any]:
-        """What identifies the loaded queries for an encoding cache."""
-        ident: dict[str, Any] = {"queries": file_fingerprint(self.path / QUERIES_FILE), "split": self.split}
-        ident["query_ids_sha1"] = _sha1_lines(self.queries)
-        return ident
+        """What identifies the loaded queries for an encoding cache: their texts' SHA-256, ids and split."""
+        return {
+            "texts_sha256": _sha256_texts(self.query_texts()),
+            "split": self.split,
+            "query_ids_sha1": _sha1_lines(self.queries),
+        }
 
     def subset(self, query_ids: Iterable[str], doc_ids: Iterable[str]) -> BeirDataset:
         """A smaller dataset with the given queries and documents (qrels restricted to both).
@@ -191,6 +200,15 @@ class BeirDataset:
             f"BeirDataset(path={str(self.path)!r}, split={self.split!r}, docs={len(self.corpus)}, "
             f"queries={len(self.queries)}, judgements={sum(len(v) for v in self.qrels.values())})"
         )
+
+
+def _sha256_texts(texts: Iterable[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        b = t.encode("utf-8")
+        h.update(len(b).to_bytes(8, "little"))  # length-prefixed: no two lists hash alike by concatenation
+        h.update(b)
+    return h.hexdigest()
 
 
 def _sha1_lines(ids: Iterable[str]) -> str:

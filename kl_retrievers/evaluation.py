@@ -526,9 +526,9 @@ def encode_dataset(
 ) -> tuple[Gaussians, Gaussians]:
     """Encode a dataset's queries and corpus, reusing encodings cached on disk.
 
-    Documents are cached by (model fingerprint, corpus file path/size/mtime and the doc
-    ids, max_length); queries by (model fingerprint, queries file, split and query ids,
-    max_length).
+    Documents are cached by (model fingerprint, SHA-256 of the document texts and the doc
+    ids, max_length); queries by (model fingerprint, SHA-256 of the query texts, split and
+    query ids, max_length): a copied or re-mounted collection hits, an edited one misses.
 
     Args:
         encoder: An object with ``encode_queries``/``encode_documents`` returning :class:`Gaussians`.

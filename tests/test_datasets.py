@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import shutil
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -78,7 +80,24 @@ def test_subset_and_identity(tmp_path: Path) -> None:
     assert small.doc_ids == ["d1", "d3"]
     assert small.qrels == {"q1": {"d1": 1}, "q2": {"d3": 0}}
     assert small.corpus_identity() != ds.corpus_identity()
-    assert small.corpus_identity()["corpus"]["size"] == (tmp_path / "beir" / "corpus.jsonl").stat().st_size
+
+
+def test_cache_identity_follows_content_not_the_file(tmp_path: Path) -> None:
+    ds = load_beir(write_beir(tmp_path / "beir"), "test")
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "beir", copy)
+    os.utime(copy / "corpus.jsonl", ns=(1, 1))  # another path and time stamp, same content
+    same = load_beir(copy, "test")
+    assert same.corpus_identity() == ds.corpus_identity()
+    assert same.queries_identity() == ds.queries_identity()
+    corpus = copy / "corpus.jsonl"
+    stat = corpus.stat()
+    text = corpus.read_text(encoding="utf-8")
+    edited = text.replace("Fish", "Fizh", 1)
+    assert len(edited) == len(text) and edited != text
+    corpus.write_text(edited, encoding="utf-8")
+    os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size and time stamp, other content
+    assert load_beir(copy, "test").corpus_identity() != ds.corpus_identity()
 
 
 def _expect(tmp_path: Path, match: str, *, line: int | None, file: str, **kwargs: object) -> DatasetError:

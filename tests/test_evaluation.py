@@ -257,9 +257,13 @@ def test_encode_dataset_order_and_cache(tmp_path: Path, monkeypatch: pytest.Monk
     enc.calls.clear()
     encode_dataset(enc, ds, cache_dir=cache_dir, max_length=64, show_progress=False)
     assert enc.calls == []  # rewritten after the corrupt entry
-    # the corpus file changing (size/mtime) invalidates document encodings
+    # the key is the encoder input: a rewritten file with the same documents still hits...
     corpus = tmp_path / "beir" / "corpus.jsonl"
     corpus.write_text(corpus.read_text() + "\n")
+    encode_dataset(enc, load_beir(tmp_path / "beir"), cache_dir=cache_dir, max_length=64, show_progress=False)
+    assert enc.calls == []
+    # ...and a changed document text invalidates the document encodings only
+    corpus.write_text(corpus.read_text().replace("Fish", "Whales", 1))
     encode_dataset(enc, load_beir(tmp_path / "beir"), cache_dir=cache_dir, max_length=64, show_progress=False)
     assert [c[0] for c in enc.calls] == ["documents"]
     # env var sets the default cache directory
