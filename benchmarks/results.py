@@ -17,6 +17,7 @@ Examples:
     python benchmarks/results.py                              # write docs/results.md
     python benchmarks/results.py --check                      # is the page what the logs say?
     python benchmarks/results.py --run bm25 bge-small minilm  # evaluate, append to runs/eval/eval.jsonl
+    python benchmarks/results.py --run-models minilm-gauss-zs --backend onnx  # a bundled model by name
 """
 
 from __future__ import annotations
@@ -219,14 +220,21 @@ def git_commit() -> str | None:
     return proc.stdout.strip() or None
 
 
-def run(systems: Sequence[str], collections: Sequence[str]) -> None:
-    """Evaluate each system on each collection's test split with the CLI and append its JSON to the log."""
+def run(systems: Sequence[str], collections: Sequence[str], backend: str | None = None) -> None:
+    """Evaluate each system on each collection's test split with the CLI and append its JSON to the log.
+
+    A system that is not in :data:`SYSTEMS` is a bundled model's name (``--model NAME``), run on
+    ``backend`` (``--model-backend``) when one is given.
+    """
     exe = Path(sys.executable).with_name("kl-retrievers")
     for system in systems:
         for coll in collections:
             pq = f"runs/eval/pq/{system}.{coll}.{SPLIT}.json"
             args = ["evaluate", f"../shared/datasets/{coll}", "--split", SPLIT]
-            args += [] if system == "default" else ["--baseline", system]
+            if system in SYSTEMS:
+                args += [] if system == "default" else ["--baseline", system]
+            else:
+                args += ["--model", system] + (["--model-backend", backend] if backend else [])
             args += ["--json", "--quiet", "--per-query", pq]
             t0 = time.strftime("%Y-%m-%dT%H:%M:%S")
             proc = subprocess.run([str(exe), *args], cwd=ROOT, capture_output=True, text=True, check=False)
@@ -245,11 +253,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="exit 1 if the page differs from what the logs render")
     p.add_argument("--page", type=Path, default=PAGE, help="the page (default: docs/results.md)")
     p.add_argument("--run", nargs="+", choices=list(SYSTEMS), metavar="SYSTEM", help=f"evaluate: {', '.join(SYSTEMS)}")
+    p.add_argument("--run-models", nargs="+", default=[], metavar="MODEL", help="evaluate bundled models by name")
+    p.add_argument("--backend", choices=["onnx", "torch"], default=None, help="--model-backend of --run-models")
     p.add_argument("--collections", nargs="+", choices=list(COLLECTIONS), default=list(COLLECTIONS), metavar="NAME")
     args = p.parse_args(argv)
-    if args.run:
+    if args.run or args.run_models:
         (ROOT / EVAL_LOG).parent.mkdir(parents=True, exist_ok=True)
-        run(args.run, args.collections)
+        run([*(args.run or []), *args.run_models], args.collections, args.backend)
     text = render()
     if args.check:
         old = args.page.read_text(encoding="utf-8") if args.page.exists() else ""
