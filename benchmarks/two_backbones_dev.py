@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import sys
@@ -34,6 +35,7 @@ MIN_GAIN = 0.01
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     ds = load_beir(ROOT.parent / "shared" / "datasets" / "scifact", "train", unknown_docs="drop")
     scores = {}
     for name in MODELS:

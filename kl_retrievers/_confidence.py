@@ -145,20 +145,9 @@ def model_calibration_path(encoder: Any, file: str = CALIBRATION_FILE) -> Path |
         >>> model_calibration_path(Encoder()).name
         'confidence_calibration.json'
     """
-    name = str(getattr(encoder, "name_or_path", "") or "")
-    if not name:
-        return None
-    from kl_retrievers.pretrained import bundled_model_path, bundled_models
+    from kl_retrievers.pretrained import model_file
 
-    short = name.split(":", 1)[1] if name.startswith("kl_retrievers:") else name
-    if short in bundled_models():
-        path = bundled_model_path(short) / file
-        return path if path.is_file() else None
-    try:
-        path = Path(name).expanduser() / file
-        return path if path.is_file() else None
-    except (OSError, ValueError):
-        return None
+    return model_file(str(getattr(encoder, "name_or_path", "") or ""), file)
 
 
 def _warn_once(model: str) -> None:

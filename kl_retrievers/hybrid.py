@@ -67,6 +67,7 @@ from kl_retrievers.index import DeleteReport, KLStore, StoredDocument, StoreForm
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ADAPTIVE_PARAMS_FILE",
     "ADAPTIVE_PARAMS_PATH",
     "BM25_TOKEN_PATTERN",
     "DEFAULT_CANDIDATES",
@@ -111,6 +112,9 @@ SIGNALS: tuple[str, ...] = (
 )
 #: The fitted adaptive parameters of the package's default model.
 ADAPTIVE_PARAMS_PATH = Path(__file__).resolve().parent / "data" / "hybrid_adaptive.json"
+#: Name of the adaptive parameters a model folder may ship (bundled ``bge-small-unit-variance`` does); they
+#: win over the default model's for an encoder of that model.
+ADAPTIVE_PARAMS_FILE = "hybrid_adaptive.json"
 
 FORMAT_VERSION = 1
 _FORMAT_NAME = "kl-retrievers/hybrid"
@@ -887,8 +891,9 @@ class KLHybridStore:
         normalization: ``"minmax"`` or ``"zscore"`` (``"convex"``).
         rrf_k: The RRF constant.
         candidates: Documents taken from each half per query.
-        adaptive_params: :class:`AdaptiveParams`, a path to their JSON, or ``None`` for the
-            default model's (read when first needed).
+        adaptive_params: :class:`AdaptiveParams`, a path to their JSON, or ``None``: the ones the
+            encoder's model folder ships (``hybrid_adaptive.json``, e.g. ``bge-small-unit-variance``),
+            else the default model's (read when first needed).
         k1: BM25 ``k1``.
         b: BM25 ``b``.
         stopwords: ``"english"`` (bm25s' list), a list of words, or ``None``.
@@ -980,10 +985,16 @@ class KLHybridStore:
         return f"KLHybridStore(fusion={self.fusion.mode!r}, documents={len(self)}, kl={self._kl!r})"
 
     def adaptive_params(self) -> AdaptiveParams:
-        """The adaptive fusion parameters (the default model's unless others were given)."""
+        """The adaptive fusion parameters: those given, else the encoder's model's, else the default model's."""
         if self._adaptive is None:
-            self._adaptive = AdaptiveParams.default()
+            from kl_retrievers.pretrained import model_file
+
             name = str(getattr(self.encoder, "name_or_path", "") or "")
+            own = model_file(name, ADAPTIVE_PARAMS_FILE)
+            if own is not None:
+                self._adaptive = AdaptiveParams.load(own)
+                return self._adaptive
+            self._adaptive = AdaptiveParams.default()
             model = self._adaptive.model or ""
             if name and model and Path(name.rsplit(":", 1)[-1]).name != model:  # "kl_retrievers:NAME" or a folder
                 logger.warning(

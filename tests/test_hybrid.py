@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from conftest import WORDS, random_gaussians
 from kl_retrievers.gaussian import Gaussians, neg_kl
 from kl_retrievers.hybrid import (
+    ADAPTIVE_PARAMS_FILE,
     SIGNALS,
     AdaptiveParams,
     Candidates,
@@ -528,3 +529,32 @@ def test_bm25_half_matches_bm25s_and_its_files_load_in_bm25s(tmp_path: Path) -> 
         known = [t for t in tokens if t in index.vocab_dict]
         assert known
         assert ours == pytest.approx(index.get_scores(known).astype(np.float64), rel=1e-6, abs=1e-6)
+
+
+class _Named:
+    """Stands in for an encoder: only its ``name_or_path`` is read when the adaptive parameters are resolved."""
+
+    def __init__(self, name_or_path: str) -> None:
+        self.name_or_path = name_or_path
+
+
+def test_adaptive_parameters_come_from_the_encoder_model_folder_first(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    mine = params("zscore", coef=-0.7)
+    mine.save(folder / ADAPTIVE_PARAMS_FILE)
+    with caplog.at_level("WARNING", logger="kl_retrievers.hybrid"):
+        assert KLHybridStore(_Named(str(folder)), fusion="adaptive").adaptive_params() == mine
+        # a bundled model that ships its own: bge-small-unit-variance, fitted for it by benchmarks/hybrid.py --fit
+        bge = KLHybridStore(_Named("kl_retrievers:bge-small-unit-variance")).adaptive_params()
+    assert not caplog.records  # no "fitted for another model" warning for either
+    assert bge.model == "bge-small-unit-variance" and bge != AdaptiveParams.default()
+    assert "--model bge-small-unit-variance" in bge.info["command"]
+    assert all("test" not in name for name in bge.info["fitted_on"])  # training splits only
+    # given parameters win; a model folder without the file falls back to the default model's, with a warning
+    assert KLHybridStore(_Named(str(folder)), adaptive_params=params()).adaptive_params() == params()
+    with caplog.at_level("WARNING", logger="kl_retrievers.hybrid"):
+        assert KLHybridStore(_Named(str(tmp_path))).adaptive_params() == AdaptiveParams.default()
+    assert any("fitted for 'minilm-gauss-soup'" in r.getMessage() for r in caplog.records)

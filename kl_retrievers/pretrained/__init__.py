@@ -54,6 +54,7 @@ __all__ = [
     "default_backend",
     "load_default_model",
     "load_model",
+    "model_file",
     "onnx_cache_dir",
     "source_sha256",
 ]
@@ -102,6 +103,31 @@ def bundled_model_path(name: str) -> Path:
             )
         raise ValueError(f"no bundled model named {name!r}; bundled models: {bundled_models()}")
     return path
+
+
+def model_file(name_or_path: str | None, file: str) -> Path | None:
+    """A file that a model ships beside its weights (e.g. a calibrator), or ``None`` when it ships none.
+
+    Args:
+        name_or_path: A bundled model's name (also ``kl_retrievers:NAME``) or a saved model folder,
+            e.g. an encoder's ``name_or_path``.
+        file: The file's name inside the model folder.
+
+    Examples:
+        >>> model_file("kl_retrievers:minilm-gauss-soup", "confidence_calibration.json").name
+        'confidence_calibration.json'
+        >>> model_file("minilm-gauss-soup", "no-such-file.json") is None
+        True
+    """
+    if not name_or_path:
+        return None
+    short = name_or_path.split(":", 1)[1] if name_or_path.startswith("kl_retrievers:") else name_or_path
+    try:
+        folder = _HERE / short if short in bundled_models() else Path(name_or_path).expanduser()
+        path = folder / file
+        return path if path.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 def bundled_onnx_path(name: str) -> Path | None:
