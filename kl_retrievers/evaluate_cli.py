@@ -103,7 +103,8 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         choices=HYBRID_MODES,
         metavar="MODE",
         help="evaluate the hybrid of BM25 and the model's -KL (kl_retrievers.hybrid) fused by MODE: "
-        "rrf (k = 60), convex (fixed dense weight) or adaptive (per-query weight, fitted for the default model)",
+        "rrf (k = 60), convex (fixed dense weight) or adaptive (per-query weight, fitted for the model when it ships "
+        "hybrid_adaptive.json, else for the default model)",
     )
     p.add_argument(
         "--hybrid-weight",
@@ -240,7 +241,7 @@ def _evaluate_hybrid(
         candidates=args.hybrid_candidates,
     )
     if args.hybrid == "adaptive":
-        store.adaptive_params()  # loads the default model's weights; warns when the encoder is another model
+        store.adaptive_params()  # the model's own weights, else the default model's (warns for another model)
     store.add(dataset.document_texts(), gaussians=d, ids=dataset.doc_ids)
     cands = store.candidates(dataset.query_texts(), query_gaussians=q, depth=max(args.depth, args.hybrid_candidates))
     run: dict[str, dict[str, float]] = {}
