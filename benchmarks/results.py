@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from results_more import bundled_models_section, hybrid_section
 from results_qpp import qpp_section
 
 from kl_retrievers.evaluation import load_per_query, paired_test
@@ -210,6 +211,10 @@ def render(root: Path = ROOT) -> str:
         *commands,
         "```",
         "",
+        *bundled_models_section(
+            root, {c: records[("default", c)] for c in COLLECTIONS if ("default", c) in records}, DEFAULT_MODEL
+        ),
+        *hybrid_section(root),
         *qpp_section(root),
     ]
     return "\n".join(out)
