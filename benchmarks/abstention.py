@@ -55,9 +55,14 @@ X and Y: the held-out articles' abstention F1 and answered share at the threshol
 training articles (seed 0, dense retriever); with ``--hybrid`` the same for the hybrid retriever
 with its shipped calibrator at its shipped threshold Z2.
 
+``--model NAME`` runs the same with another bundled model and the calibrators it ships (a model without
+a dense calibrator, like ``bge-small-unit-variance``, is scored by the hybrid store only, at the threshold
+recorded in its hybrid calibrator).
+
 Examples:
     python benchmarks/abstention.py --quick
     python benchmarks/abstention.py --hybrid --seeds 10
+    python benchmarks/abstention.py --hybrid --model bge-small-unit-variance --backend torch --seeds 10
 """
 
 from __future__ import annotations
@@ -257,7 +262,7 @@ def dense_confidence(
 
 
 def hybrid_confidences(
-    dense_cal: ConfidenceCalibrator,
+    dense_cal: ConfidenceCalibrator | None,
     hybrid_cal: ConfidenceCalibrator,
     store: Any,
     q: Gaussians,
@@ -270,7 +275,7 @@ def hybrid_confidences(
     Returns:
         ``(hybrid, dense_cal, top1)``: the hybrid calibrator's confidence from each query's
         candidates (as ``KLHybridRetriever`` computes it), the dense calibrator's from the
-        ``neg_kl`` scores of the fused top ``DEPTH``, and whether the fused top-1 is relevant.
+        ``neg_kl`` scores of the fused top ``DEPTH`` (NaN without one), and whether the fused top-1 is relevant.
     """
     cands = store.candidates(list(texts), query_gaussians=q)
     conf_h, conf_d = np.empty(len(qids)), np.empty(len(qids))
@@ -278,7 +283,11 @@ def hybrid_confidences(
     for i, (c, qid) in enumerate(zip(cands, qids, strict=True)):
         ranked = store.fuse_candidates(c, DEPTH)
         conf_h[i] = hybrid_confidence(hybrid_cal, c)
-        conf_d[i] = dense_cal.confidence([float(c.neg_kl[j]) for _, _, j, _ in ranked], c.uncertainty)
+        conf_d[i] = (
+            np.nan
+            if dense_cal is None
+            else dense_cal.confidence([float(c.neg_kl[j]) for _, _, j, _ in ranked], c.uncertainty)
+        )
         top1[i] = bool(ranked) and ranked[0][0] in qrels[qid]
     return conf_h, conf_d, top1
 
@@ -287,14 +296,21 @@ class Experiment:
     """The encoded SQuAD set and the calibrator: evaluates one group (held-out or training) for one seed."""
 
     def __init__(
-        self, backend: str | None, *, cache_dir: str | None, batch_size: int, hybrid_calibrator: bool = True
+        self,
+        backend: str | None,
+        *,
+        cache_dir: str | None,
+        batch_size: int,
+        hybrid_calibrator: bool = True,
+        model: str = MODEL,
     ) -> None:
         from kl_retrievers.evaluation import encode_dataset, model_fingerprint
         from kl_retrievers.pretrained import load_model
 
         self.ds: BeirDataset = load_beir(DATASETS / SQUAD, "test")
         t0 = time.perf_counter()
-        self.encoder = load_model(MODEL, backend=backend)
+        self.model = model
+        self.encoder = load_model(model, backend=backend)
         self.backend = type(self.encoder).__name__
         self.fingerprint = model_fingerprint(self.encoder)
         self.q, self.d = encode_dataset(
@@ -302,9 +318,14 @@ class Experiment:
         )
         self.encode_s = round(time.perf_counter() - t0, 1)
         logger.info("encodings ready in %.1f s (%s)", self.encode_s, self.backend)
-        self.cal = default_calibrator(MODEL)
+        # the model's dense calibrator; a model that ships none (bge-small-unit-variance) is scored by the hybrid only
+        self.cal: ConfidenceCalibrator | None = None
+        try:
+            self.cal = default_calibrator(model)
+        except ValueError:
+            logger.info("%s ships no dense calibrator: the dense retriever is not scored", model)
         # the shipped hybrid calibrator (not there yet while benchmarks/calibration.py hybrid-dump makes its data)
-        self.hybrid_cal = default_hybrid_calibrator(MODEL) if hybrid_calibrator else None
+        self.hybrid_cal = default_hybrid_calibrator(model) if hybrid_calibrator else None
         self.qrow = {qid: i for i, qid in enumerate(self.ds.query_ids)}
         self.drow = {did: i for i, did in enumerate(self.ds.doc_ids)}
         held = held_out_articles(self.ds.doc_ids)
@@ -341,7 +362,7 @@ class Experiment:
         """A hybrid store (adaptive fusion, the defaults of ``KLHybridStore``) over the documents ``keep``."""
         from kl_retrievers.hybrid import KLHybridStore
 
-        store = KLHybridStore(fusion="adaptive")
+        store = KLHybridStore(self.encoder, fusion="adaptive")  # the model's own adaptive parameters, if it ships them
         store.add(self.ds.document_texts(list(keep)), gaussians=d, ids=list(keep))
         return store
 
@@ -358,13 +379,14 @@ class Experiment:
             "removed_paragraphs": len(h.removed),
             "corpus": len(keep),
         }
-        t0 = time.perf_counter()
-        conf, top1 = dense_confidence(self.cal, q, d, keep, self.ds.qrels, order)
-        out["dense"] = {
-            "curve": abstention_curve(conf, unans, GRID, top1),
-            "seconds": round(time.perf_counter() - t0, 1),
-        }
-        out["dense"]["auroc"] = auroc(-conf, unans)
+        if self.cal is not None:
+            t0 = time.perf_counter()
+            conf, top1 = dense_confidence(self.cal, q, d, keep, self.ds.qrels, order)
+            out["dense"] = {
+                "curve": abstention_curve(conf, unans, GRID, top1),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+            out["dense"]["auroc"] = auroc(-conf, unans)
         if hybrid:
             t0 = time.perf_counter()
             store = self.hybrid_store(keep, d)
@@ -374,7 +396,8 @@ class Experiment:
                 self.cal, self.hybrid_cal, store, q, self.ds.query_texts(order), self.ds.qrels, order
             )
             seconds = round(time.perf_counter() - t0, 1)
-            for system, conf_s in (("hybrid", conf_h), ("hybrid_dense_cal", conf_hd)):
+            scored = [("hybrid", conf_h)] + ([("hybrid_dense_cal", conf_hd)] if self.cal is not None else [])
+            for system, conf_s in scored:
                 out[system] = {
                     "curve": abstention_curve(conf_s, unans, GRID, top1_h),
                     "auroc": auroc(-conf_s, unans),
@@ -423,6 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--quick", action="store_true", help=f"choose the threshold on {QUICK_TRAIN} training questions")
     p.add_argument("--backend", choices=("torch", "onnx"), default=None, help="model backend (default: the library's)")
+    p.add_argument("--model", default=MODEL, help=f"bundled model (default {MODEL}); its shipped calibrators are used")
     p.add_argument("--seed", type=int, default=0, help="the main halving's seed (default 0)")
     p.add_argument("--seeds", type=int, default=0, help="further halvings of the held-out group (seeds 1..N)")
     p.add_argument("--min-answered", type=float, default=0.9, help="answered share the threshold must keep")
@@ -443,22 +467,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     t_all = time.perf_counter()
-    exp = Experiment(args.backend, cache_dir=args.cache_dir, batch_size=args.batch_size)
+    exp = Experiment(args.backend, model=args.model, cache_dir=args.cache_dir, batch_size=args.batch_size)
+    # the default model's hybrid threshold is the library constant; another model's is recorded in its calibrator
+    hybrid_threshold = DEFAULT_HYBRID_MIN_CONFIDENCE
+    if args.model != MODEL and exp.hybrid_cal is not None:
+        hybrid_threshold = float(exp.hybrid_cal.info["recommended_min_confidence"]["threshold"])
     sample = QUICK_TRAIN if args.quick else None
     train = exp.run("train", args.seed, sample=sample, hybrid=args.hybrid)
     held = exp.run("held_out", args.seed, hybrid=args.hybrid)
     record: dict[str, Any] = {
         "benchmark": "abstention",
         "command": shlex.join(["python", "benchmarks/abstention.py", *(argv if argv is not None else sys.argv[1:])]),
-        "model": MODEL,
+        "model": args.model,
         "model_fingerprint": exp.fingerprint,
         "encoder": exp.backend,
         "backend": args.backend,  # None: the library's default backend
-        "calibrator": {"features": exp.cal.features, "command": exp.cal.info.get("command")},
+        "calibrator": {"features": exp.cal.features, "command": exp.cal.info.get("command")} if exp.cal else None,
         "hybrid_calibrator": {
             "features": exp.hybrid_cal.features if exp.hybrid_cal else None,
             "command": exp.hybrid_cal.info.get("command") if exp.hybrid_cal else None,
-            "shipped_threshold": DEFAULT_HYBRID_MIN_CONFIDENCE,
+            "shipped_threshold": hybrid_threshold,
         },
         "held_out_articles": exp.held_articles,
         "min_answered": args.min_answered,
@@ -466,11 +494,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "encode_s": exp.encode_s,
     }
     summary: dict[str, Any] = {}
-    systems = ["dense", *(["hybrid", "hybrid_dense_cal"] if args.hybrid else [])]
+    systems: list[str] = [name for name in ("dense", "hybrid", "hybrid_dense_cal") if name in train]
     for system in systems:
         chosen = choose_threshold(train[system]["curve"], args.min_answered)
         # the shipped hybrid calibrator comes with its shipped threshold (chosen on the same training curve)
-        t = DEFAULT_HYBRID_MIN_CONFIDENCE if system == "hybrid" else chosen["threshold"]
+        t = hybrid_threshold if system == "hybrid" else chosen["threshold"]
         ho = at(held[system]["curve"], t)
         summary[system] = {
             "threshold": t,
@@ -533,14 +561,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         with LOG.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
         print(f"\nlogged to {LOG.relative_to(ROOT)}")
-    s = summary["dense"]
-    ho = s["held_out_at_threshold"]
-    line = f"abstention_f1={ho['f1']:.4f} answered={ho['answered']:.4f} threshold={s['threshold']:.2f}"
+    line = ""
+    if "dense" in summary:
+        s = summary["dense"]
+        ho = s["held_out_at_threshold"]
+        line = f"abstention_f1={ho['f1']:.4f} answered={ho['answered']:.4f} threshold={s['threshold']:.2f}"
     if "hybrid" in summary:
         sh = summary["hybrid"]
         hh = sh["held_out_at_threshold"]
         line += f" hybrid_f1={hh['f1']:.4f} hybrid_answered={hh['answered']:.4f} hybrid_threshold={sh['threshold']:.2f}"
-    print(line)
+    print(line.strip())
     return 0
 
 

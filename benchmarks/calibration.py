@@ -54,6 +54,11 @@ Examples:
     python benchmarks/calibration.py hybrid-dump
     python benchmarks/calibration.py fit --hybrid
     python benchmarks/calibration.py report --hybrid
+    python benchmarks/calibration.py hybrid-dump --model bge-small-unit-variance --backend torch
+
+``--model NAME`` (hybrid sub-commands only) does the same for another bundled model: its dumps are
+``runs/qpp/calib/hybrid-NAME.*.json``, its calibrator goes to its own folder, its recommended threshold is
+recorded in the calibrator (``info["recommended_min_confidence"]``), and its report lines carry its name.
 """
 
 from __future__ import annotations
@@ -468,12 +473,19 @@ CV_FOLDS = 5
 #: Candidates within this much of the best cross-validated F1 compete on training-set ECE.
 F1_TOLERANCE = 0.02
 MIN_ANSWERED = 0.9
-HYBRID_OUT = bundled_model_path(REFERENCE_MODEL) / HYBRID_CALIBRATION_FILE
+#: The bundled model the hybrid sub-commands work on (``--model``; default: the package default).
+HYBRID_MODEL = REFERENCE_MODEL
+
+
+def hybrid_out() -> Path:
+    """Where ``fit --hybrid`` writes (and ``report --hybrid`` reads) the calibrator: beside the model."""
+    return bundled_model_path(HYBRID_MODEL) / HYBRID_CALIBRATION_FILE
 
 
 def hybrid_path(spec: str) -> Path:
     name, _, split = spec.partition(":")
-    return CALIB_DIR / f"hybrid.{name}.{split or 'test'}.json"
+    tag = "hybrid" if HYBRID_MODEL == REFERENCE_MODEL else f"hybrid-{HYBRID_MODEL}"
+    return CALIB_DIR / f"{tag}.{name}.{split or 'test'}.json"
 
 
 def hybrid_rows(
@@ -515,7 +527,9 @@ def cmd_hybrid_dump(args: argparse.Namespace) -> None:
     for spec in args.sets:
         t0 = time.perf_counter()
         if spec == SQUAD_HALVING:
-            exp = Experiment(args.backend, cache_dir=None, batch_size=args.batch_size, hybrid_calibrator=False)
+            exp = Experiment(
+                args.backend, model=HYBRID_MODEL, cache_dir=None, batch_size=args.batch_size, hybrid_calibrator=False
+            )
             part = exp.halving("train", 0)
             store = exp.hybrid_store(part["keep"], part["d"])
             rows = hybrid_rows(store, exp.ds.query_texts(part["order"]), part["q"], part["order"], exp.ds.qrels)
@@ -525,17 +539,17 @@ def cmd_hybrid_dump(args: argparse.Namespace) -> None:
             fingerprint, backend = exp.fingerprint, exp.backend
         else:
             if encoder is None:
-                encoder = load_model(REFERENCE_MODEL, backend=args.backend)
+                encoder = load_model(HYBRID_MODEL, backend=args.backend)
             ds = load_split(spec)
             q, d = encode_dataset(encoder, ds, batch_size=args.batch_size, show_progress=False)
             judged = [i for i, qid in enumerate(ds.query_ids) if any(g > 0 for g in ds.qrels.get(qid, {}).values())]
-            store = KLHybridStore(fusion="adaptive")
+            store = KLHybridStore(encoder, fusion="adaptive")  # the model's own adaptive parameters, if it ships them
             store.add(ds.document_texts(ds.doc_ids), gaussians=d, ids=ds.doc_ids)
             qids = [ds.query_ids[i] for i in judged]
             rows = hybrid_rows(store, ds.query_texts(qids), q[np.asarray(judged, dtype=np.int64)], qids, ds.qrels)
             fingerprint, backend = model_fingerprint(encoder), type(encoder).__name__
         meta = {
-            "model": REFERENCE_MODEL, "encoder": backend, "backend": args.backend, "fingerprint": fingerprint,
+            "model": HYBRID_MODEL, "encoder": backend, "backend": args.backend, "fingerprint": fingerprint,
             "set": spec, "queries": len(rows), "fusion": "adaptive", "candidates": store.fusion.candidates,
             "p@1": float(np.mean([r["top1_relevant"] for r in rows.values()])), "features": list(HYBRID_FEATURES),
             "seconds": round(time.perf_counter() - t0, 1), **provenance(),
@@ -593,7 +607,7 @@ def hybrid_selection_scores(names: Sequence[str], training: Sequence[str], l2: f
 
 
 def cmd_fit_hybrid(args: argparse.Namespace) -> None:
-    out = args.out or HYBRID_OUT
+    out = args.out or hybrid_out()
     print("hybrid calibrator candidates (target: fused top-1 relevant; SQuAD CV by article, training ECEs):")
     results: dict[str, dict[str, Any]] = {}
     for fname, names in HYBRID_CANDIDATES.items():
@@ -616,7 +630,7 @@ def cmd_fit_hybrid(args: argparse.Namespace) -> None:
     cal.info.update(
         target="top-1 of the hybrid store's fused ranking relevant (qrels grade > 0); 0 for an unanswerable question",
         retriever="KLHybridStore, adaptive fusion, 100 candidates per half",
-        model=REFERENCE_MODEL,
+        model=HYBRID_MODEL,
         encoder=meta["encoder"],
         fingerprint=meta["fingerprint"],
         training_data=[
@@ -653,8 +667,12 @@ def cmd_fit_hybrid(args: argparse.Namespace) -> None:
 
 
 def cmd_report_hybrid(args: argparse.Namespace) -> None:
-    path = Path(args.calibrator or HYBRID_OUT)
+    path = Path(args.calibrator or hybrid_out())
     cal = ConfidenceCalibrator.load(path)
+    # the default model's recommended threshold is the library constant; another model's is in its calibrator
+    recommended = DEFAULT_HYBRID_MIN_CONFIDENCE
+    if HYBRID_MODEL != REFERENCE_MODEL:
+        recommended = float(cal.info["recommended_min_confidence"]["threshold"])
     for spec in [*TEST_SETS, *HYBRID_TRAIN_SETS]:
         rows, meta = read_hybrid(spec)
         x, y = hybrid_xy(rows, cal.features)
@@ -666,8 +684,9 @@ def cmd_report_hybrid(args: argparse.Namespace) -> None:
             "retriever": "hybrid", "calibrator": str(path.resolve().relative_to(ROOT)), "features": cal.features,
             "queries": len(rows), "observed_p@1": float(y.mean()), "mean_confidence": float(p.mean()),
             "ece": ece, "brier": float(np.mean((p - y) ** 2)), "reliability": reliability_table(p, y),
-            "at_recommended_threshold": at_threshold(p, y, DEFAULT_HYBRID_MIN_CONFIDENCE),
+            "at_recommended_threshold": at_threshold(p, y, recommended),
             "per_query_file": str(hybrid_path(spec).relative_to(ROOT)), "encoder": meta["encoder"],
+            "model": HYBRID_MODEL,
             **provenance(),
         }  # fmt: skip
         log_line(CALIB_LOG, record)
@@ -696,13 +715,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument(
         "--backend", choices=["torch", "onnx"], default=None, help="encoder backend (default: the library's)"
     )
+    model_help = f"bundled model of the hybrid sub-commands (default {REFERENCE_MODEL})"
+    s.add_argument("--model", default=REFERENCE_MODEL, help=model_help)
     s = sub.add_parser("fit", help="choose and fit the confidence calibrator on the training sets")
     s.add_argument("--hybrid", action="store_true", help="the hybrid retriever's calibrator (needs hybrid-dump)")
-    s.add_argument("--out", type=Path, default=None, help="default: beside the default model")
+    s.add_argument("--out", type=Path, default=None, help="default: beside the model")
     s.add_argument("--l2", type=float, default=1.0)
+    s.add_argument("--model", default=REFERENCE_MODEL, help=model_help + "; with --hybrid only")
     s = sub.add_parser("report", help="ECE and reliability of a calibrator on every dumped split")
     s.add_argument("--hybrid", action="store_true", help="the hybrid retriever's calibrator")
     s.add_argument("--calibrator", type=Path, default=None, help="default: the shipped one")
+    s.add_argument("--model", default=REFERENCE_MODEL, help=model_help + "; with --hybrid only")
     s = sub.add_parser("combined", help="fit the combined predictor and measure it on the test splits")
     s.add_argument("--calibrator", type=Path, default=default_out)
     s.add_argument("--l2", type=float, default=1.0)
@@ -711,6 +734,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.epilog = "sub-commands:\n" + "\n".join(f"  {c.format_usage().strip()}" for c in sub.choices.values())
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model = getattr(args, "model", REFERENCE_MODEL)
+    if model != REFERENCE_MODEL and not (args.cmd == "hybrid-dump" or getattr(args, "hybrid", False)):
+        p.error(f"--model {model}: only the hybrid sub-commands (hybrid-dump, fit --hybrid, report --hybrid) take it")
+    global HYBRID_MODEL
+    HYBRID_MODEL = model
     commands = {"dump": cmd_dump, "from-log": cmd_from_log, "fit": cmd_fit, "report": cmd_report}
     commands.update({"combined": cmd_combined, "hybrid-dump": cmd_hybrid_dump})
     commands[args.cmd](args)

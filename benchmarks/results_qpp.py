@@ -149,7 +149,8 @@ def calibration_tables(calib: Sequence[Mapping[str, Any]], train_sets: Sequence[
 def qpp_section(root: Path) -> list[str]:
     """The whole section (Markdown lines)."""
     records = _read(root / QPP_LOG)
-    calib_all = _read(root / CALIB_LOG)
+    # the package default's calibrators only (another model's lines carry its name: ``report --hybrid --model``)
+    calib_all = [r for r in _read(root / CALIB_LOG) if r.get("model", DEFAULT) == DEFAULT]
     calib = [r for r in calib_all if r.get("retriever", "dense") == "dense"]
     hybrid = [r for r in calib_all if r.get("retriever") == "hybrid"]
     default, combined = _newest(records, DEFAULT), _newest(records, COMBINED)

@@ -66,7 +66,7 @@ def test_default_min_confidence_is_the_logged_choice() -> None:
     """The constant is the threshold the last full run (not --quick, default backend) chose on the training articles."""
     log = REPO / "runs" / "abstention" / "abstention.jsonl"
     runs = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
-    full = [r for r in runs if not r["quick"] and r.get("backend") is None]
+    full = [r for r in runs if not r["quick"] and r.get("backend") is None and r["model"] == "minilm-gauss-soup"]
     assert full, f"{log} holds no full run"
     assert full[-1]["summary"]["dense"]["threshold"] == pytest.approx(DEFAULT_MIN_CONFIDENCE)
     assert 0.0 <= DEFAULT_MIN_CONFIDENCE <= 1.0
@@ -77,7 +77,14 @@ def test_the_hybrid_run_uses_the_shipped_hybrid_threshold() -> None:
     and the training articles' curve chose that same threshold (the held-out articles chose nothing)."""
     log = REPO / "runs" / "abstention" / "abstention.jsonl"
     runs = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
-    full = [r for r in runs if not r["quick"] and r.get("backend") is None and "hybrid_dense_cal" in r["summary"]]
+    full = [
+        r
+        for r in runs
+        if not r["quick"]
+        and r.get("backend") is None
+        and r["model"] == "minilm-gauss-soup"
+        and "hybrid_dense_cal" in r["summary"]
+    ]
     assert full, f"{log} holds no full --hybrid run with the hybrid calibrator"
     hybrid = full[-1]["summary"]["hybrid"]
     assert hybrid["threshold"] == pytest.approx(DEFAULT_HYBRID_MIN_CONFIDENCE)

@@ -167,6 +167,23 @@ def test_the_shipped_hybrid_calibrator_and_threshold() -> None:
     assert ConfidenceScorer(retriever="hybrid").calibrator(type("E", (), {"name_or_path": DEFAULT_NAME})()) is not None
 
 
+def test_bge_small_unit_variance_ships_its_own_hybrid_calibrator() -> None:
+    """Fitted like the default's (benchmarks/calibration.py fit --hybrid --model ...), found by the model's name."""
+    cal = default_hybrid_calibrator("bge-small-unit-variance")
+    assert cal.kind == "hybrid" and cal.info["model"] == "bge-small-unit-variance"
+    assert not np.allclose(cal.coef, default_hybrid_calibrator().coef)  # not the default model's
+    assert "--model bge-small-unit-variance" in cal.info["command"]
+    assert 0.0 <= cal.info["recommended_min_confidence"]["threshold"] <= 1.0
+    assert cal.info["recommended_min_confidence"]["training_articles_at_threshold"]["answered"] >= 0.9
+    assert all("test" not in d["set"] for d in cal.info["training_data"])  # training data only
+    bge = type("E", (), {"name_or_path": "kl_retrievers:bge-small-unit-variance"})()
+    found = ConfidenceScorer(retriever="hybrid").calibrator(bge)
+    assert found is not None and found.info["model"] == "bge-small-unit-variance"
+    np.testing.assert_array_equal(found.coef, cal.coef)
+    with pytest.raises(ValueError, match="ships no confidence calibrator"):  # no dense one: dense retrievers say None
+        default_calibrator("bge-small-unit-variance")
+
+
 def _named_encoder() -> Any:
     enc = make_tiny_encoder(seed=1)
     enc.name_or_path = DEFAULT_NAME  # the default model's name: its shipped calibrators are found
