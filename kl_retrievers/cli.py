@@ -190,7 +190,8 @@ def _add_demo(sub: Any) -> None:
         "demo",
         help="index the bundled demo corpus and answer a few queries",
         description="Index the small bundled corpus with the default model, answer a few queries and print the "
-        "top results with their -KL scores (higher is better) and each query's uncertainty.",
+        "top results with their -KL scores (higher is better), each query's uncertainty and, for a model that "
+        "ships a calibrator, its confidence (the probability that the top result is relevant).",
     )
     p.add_argument("queries", nargs="*", help="your own queries (default: the bundled ones)")
     p.add_argument("--model", "-m", help="a saved GaussianEncoder or a bundled model name (default: the default)")
@@ -221,11 +222,19 @@ def _run_demo(args: argparse.Namespace) -> int:
         f"indexed {len(store)} documents in a flat KL store (k={store.dim}); score = -KL(query || document), "
         "higher is better\n"
     )
+    from kl_retrievers._confidence import ConfidenceScorer
+
+    scorer = ConfidenceScorer()  # the model's calibrator, as KLRetriever uses it (None, warned once, without one)
+    depth = max(args.k, ConfidenceScorer.depth_for(scorer.calibrator(encoder)))
+    if scorer.calibrator(encoder) is not None:
+        print("confidence: the calibrated probability that the top result is relevant (fitted on training data)\n")
     q = encoder.encode_queries(queries, show_progress_bar=False)
     uncertainty = q.uncertainty()
-    for i, (query, hits) in enumerate(zip(queries, store.search_batch(q, k=args.k), strict=True)):
-        print(f"query: {query!r}  (uncertainty: mean log-variance {uncertainty[i]:+.3f})")
-        for rank, hit in enumerate(hits, 1):
+    for i, (query, hits) in enumerate(zip(queries, store.search_batch(q, k=depth), strict=True)):
+        conf = scorer.confidence(encoder, [h.score for h in hits], float(uncertainty[i]))
+        shown = "" if conf is None else f", confidence {conf:.2f}"
+        print(f"query: {query!r}  (uncertainty: mean log-variance {uncertainty[i]:+.3f}{shown})")
+        for rank, hit in enumerate(hits[: args.k], 1):
             print(f"  {rank}. -KL={hit.score:9.4f}  [{hit.id}] {(hit.text or '')[:80]}")
         print()
     print(f"done in {time.perf_counter() - start:.1f}s")

@@ -97,6 +97,11 @@ def test_demo_prints_scores_and_uncertainty(capsys: pytest.CaptureFixture[str]) 
     assert "query: 'why does bread rise'" in out and "uncertainty" in out
     first = next(line for line in out.splitlines() if line.strip().startswith("1."))
     assert "-KL=" in first and "[cook-1]" in first
+    # the default ships a calibrator: each query also gets its confidence, a probability
+    head = next(line for line in out.splitlines() if line.startswith("query: 'why does bread rise'"))
+    confidence = float(head.rsplit("confidence ", 1)[1].rstrip(")"))
+    assert 0.0 <= confidence <= 1.0
+    assert sum(line.strip().startswith(("1.", "2.", "3.")) for line in out.splitlines()) == 2  # -k 2, not the depth
 
 
 def test_index_and_search_commands_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
