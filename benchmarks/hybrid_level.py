@@ -58,28 +58,13 @@ from hybrid import (
     load_split,
 )
 
-from kl_retrievers.hybrid import AdaptiveParams, fit_adaptive, ndcg_curves
+from kl_retrievers.hybrid import AdaptiveParams, _interp, _sigmoid, fit_adaptive, ndcg_curves
 
 logger = logging.getLogger("benchmarks.hybrid_level")
 DEV = "scifact:train"
 HELD_OUT = ("nfcorpus-preprocessed:train", "squad:train")
 NORM = "zscore"
 SIGNALS_NAME = "no-uncertainty"
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    out: np.ndarray = 0.5 * (1.0 + np.tanh(0.5 * z))
-    return out
-
-
-def _interp(curves: np.ndarray, w: np.ndarray) -> np.ndarray:
-    g = curves.shape[1] - 1
-    pos = np.clip(w, 0.0, 1.0) * g
-    lo = np.minimum(np.floor(pos).astype(np.int64), g - 1)
-    frac = pos - lo
-    rows = np.arange(len(w))
-    out: np.ndarray = curves[rows, lo] * (1.0 - frac) + curves[rows, lo + 1] * frac
-    return out
 
 
 def fit_level(
@@ -162,8 +147,7 @@ def fit_level(
 
 def mean_at(params: AdaptiveParams, x: np.ndarray, curves: np.ndarray) -> tuple[float, float]:
     """Mean nDCG@10 (interpolated on the grid, as the fit sees it) and mean dense weight."""
-    z = (x - np.asarray(params.center)) / np.asarray(params.scale)
-    w = _sigmoid(params.bias + z @ np.asarray(params.coef))
+    w = params.weights(x)
     return float(_interp(curves, w).mean()), float(w.mean())
 
 

@@ -212,9 +212,13 @@ def render(root: Path = ROOT) -> str:
         "```",
         "",
         *bundled_models_section(
-            root, {c: records[("default", c)] for c in COLLECTIONS if ("default", c) in records}, DEFAULT_MODEL
+            root,
+            EVAL_LOG,
+            COLLECTIONS,
+            {c: records[("default", c)] for c in COLLECTIONS if ("default", c) in records},
+            DEFAULT_MODEL,
         ),
-        *hybrid_section(root),
+        *hybrid_section(root, COLLECTIONS),
         *qpp_section(root),
     ]
     return "\n".join(out)

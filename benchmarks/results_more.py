@@ -10,31 +10,15 @@ Both read committed logs only (``benchmarks/results.py`` calls them; ``--check``
 
 from __future__ import annotations
 
-import json
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-COLLECTIONS = {
-    "scifact": "SciFact",
-    "trec-dl21-passage-pooled": "TREC DL21 (pooled)",
-    "cranfield": "Cranfield",
-    "nfcorpus-preprocessed": "NFCorpus (preprocessed)",
-}
-EVAL_LOG = Path("runs") / "eval" / "eval.jsonl"
+from results_qpp import _read, _table
+
 HYBRID_LOG = Path("runs") / "eval" / "hybrid.jsonl"
 SPLIT = "test"
-
-
-def _lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
 def _backend(command: str) -> str:
@@ -44,22 +28,31 @@ def _backend(command: str) -> str:
     return "torch" if tokens[:2] == ["python", "benchmarks/qpp.py"] else "library default"  # qpp.py: torch
 
 
-def bundled_models_section(root: Path, default: Mapping[str, Mapping[str, Any]], default_name: str) -> list[str]:
-    """nDCG@10 of every bundled model with logged test runs; ``default``: collection -> the default's record."""
+def bundled_models_section(
+    root: Path,
+    eval_log: Path,
+    collections: Mapping[str, str],
+    default: Mapping[str, Mapping[str, Any]],
+    default_name: str,
+) -> list[str]:
+    """nDCG@10 of every bundled model with logged test runs (``eval_log`` under ``root``).
+
+    ``collections``: name -> column label, in column order; ``default``: collection -> the default's record.
+    """
     from kl_retrievers.pretrained import bundled_models
 
     names = set(bundled_models())
     found: dict[str, dict[str, dict[str, Any]]] = {}
-    for rec in _lines(root / EVAL_LOG):
-        if rec.get("system") in names and rec.get("split") == SPLIT and rec.get("collection") in COLLECTIONS:
+    for rec in _read(root / eval_log):
+        if rec.get("system") in names and rec.get("split") == SPLIT and rec.get("collection") in collections:
             found.setdefault(rec["system"], {})[rec["collection"]] = rec
     found[default_name] = dict(default)
     rows, commands = [], []
     for name in sorted(found, key=lambda n: (n != default_name, n)):
         recs = found[name]
-        cells = [f"{recs[c]['ndcg@10']:.4f}" if c in recs else "not run" for c in COLLECTIONS]
-        complete = all(c in recs for c in COLLECTIONS)
-        mean = f"{sum(recs[c]['ndcg@10'] for c in COLLECTIONS) / len(COLLECTIONS):.4f}" if complete else "incomplete"
+        cells = [f"{recs[c]['ndcg@10']:.4f}" if c in recs else "not run" for c in collections]
+        complete = all(c in recs for c in collections)
+        mean = f"{sum(recs[c]['ndcg@10'] for c in collections) / len(collections):.4f}" if complete else "incomplete"
         backends = sorted({_backend(r["command"]) if "command" in r else "torch" for r in recs.values()})
         label = f"`{name}`" + (" (default)" if name == default_name else "")
         rows.append([label, *cells, mean, ", ".join(backends)])
@@ -71,7 +64,7 @@ def bundled_models_section(root: Path, default: Mapping[str, Mapping[str, Any]],
         "the `--model-backend` of the logged command (ONNX int8 graphs differ from torch float32 by up to about "
         "0.008 here). Which to choose: [Choosing a model](choosing-a-model.md).",
         "",
-        *_table(["model", *COLLECTIONS.values(), "mean", "backend"], rows),
+        *_table(["model", *collections.values(), "mean", "backend"], rows),
         "",
         "```",
         *commands,
@@ -80,10 +73,10 @@ def bundled_models_section(root: Path, default: Mapping[str, Mapping[str, Any]],
     ]
 
 
-def hybrid_section(root: Path) -> list[str]:
+def hybrid_section(root: Path, collections: Mapping[str, str]) -> list[str]:
     """The newest ``benchmarks/hybrid.py`` test run of each (model, adaptive parameters), every system."""
     newest: dict[tuple[str, str], dict[str, Any]] = {}
-    for rec in _lines(root / HYBRID_LOG):
+    for rec in _read(root / HYBRID_LOG):
         if rec.get("benchmark") == "hybrid" and rec.get("split", SPLIT) == SPLIT:
             newest[(rec["model"], rec["adaptive_params"]["file"])] = rec
     out = [
@@ -98,7 +91,7 @@ def hybrid_section(root: Path) -> list[str]:
     for (model, params), rec in newest.items():
         fixed = rec["fixed_convex_scifact_train"]
         rows = []
-        for coll, label in COLLECTIONS.items():
+        for coll, label in collections.items():
             c = rec["collections"].get(coll)
             if c is None:
                 continue

@@ -225,8 +225,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     from kl_retrievers._confidence import ConfidenceScorer
 
     scorer = ConfidenceScorer()  # the model's calibrator, as KLRetriever uses it (None, warned once, without one)
-    depth = max(args.k, ConfidenceScorer.depth_for(scorer.calibrator(encoder)))
-    if scorer.calibrator(encoder) is not None:
+    calibrator = scorer.calibrator(encoder)
+    depth = max(args.k, ConfidenceScorer.depth_for(calibrator))
+    if calibrator is not None:
         print("confidence: the calibrated probability that the top result is relevant (fitted on training data)\n")
     q = encoder.encode_queries(queries, show_progress_bar=False)
     uncertainty = q.uncertainty()

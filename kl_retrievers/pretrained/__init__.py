@@ -121,10 +121,9 @@ def model_file(name_or_path: str | None, file: str) -> Path | None:
     """
     if not name_or_path:
         return None
-    short = name_or_path.split(":", 1)[1] if name_or_path.startswith("kl_retrievers:") else name_or_path
     try:
-        folder = _HERE / short if short in bundled_models() else Path(name_or_path).expanduser()
-        path = folder / file
+        bundled = _bundled_name(name_or_path)  # ValueError: a research model a wheel lacks, so no file either
+        path = (_HERE / bundled if bundled else Path(name_or_path).expanduser()) / file
         return path if path.is_file() else None
     except (OSError, ValueError):
         return None
