@@ -440,6 +440,26 @@ def print_table(title: str, rows: Sequence[Mapping[str, Any]], chosen: float) ->
         )
 
 
+def record_threshold(
+    cal: ConfidenceCalibrator, model: str, dense: Mapping[str, Any], questions: int, command: str
+) -> Path:
+    """Store the training articles' dense threshold choice in the model's dense calibrator file."""
+    from kl_retrievers.calibration import CALIBRATION_FILE
+    from kl_retrievers.pretrained import bundled_model_path
+
+    cal.info["recommended_min_confidence"] = {
+        "threshold": dense["train_choice"],
+        "rule": "best abstention F1 on the SQuAD training articles' halving (seed 0) among thresholds answering "
+        "at least the given share of the answerable half (grid 0.00..1.00, step 0.01)",
+        "training_articles_at_threshold": dense["train_at_threshold"],
+        "training_questions": questions,
+        "command": command,
+    }
+    path = cal.save(bundled_model_path(model) / CALIBRATION_FILE)
+    print(f"recorded threshold {dense['train_choice']:.2f} in {path.relative_to(ROOT)}")
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -455,7 +475,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--no-log", action="store_true", help="do not append to runs/abstention/abstention.jsonl")
+    p.add_argument(
+        "--record-threshold",
+        action="store_true",
+        help="write the dense threshold chosen on the training articles into the model's dense calibrator "
+        "(info['recommended_min_confidence']; not for the default model, whose threshold is a library constant)",
+    )
     args = p.parse_args(argv)
+    if args.record_threshold and args.model == MODEL:
+        p.error(f"--record-threshold: {MODEL}'s threshold is kl_retrievers.calibration.DEFAULT_MIN_CONFIDENCE")
     if not 0.0 <= args.min_answered <= 1.0:
         p.error(f"--min-answered must be in [0, 1]; got {args.min_answered}")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -556,6 +584,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seconds": round(time.perf_counter() - t_all, 1),
         }
     )
+    if args.record_threshold:
+        if exp.cal is None:
+            raise SystemExit(f"--record-threshold: {args.model} ships no dense calibrator")
+        record_threshold(exp.cal, args.model, summary["dense"], train["questions"], record["command"])
     if not args.no_log:
         LOG.parent.mkdir(parents=True, exist_ok=True)
         with LOG.open("a", encoding="utf-8") as fh:

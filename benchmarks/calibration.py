@@ -103,6 +103,13 @@ TEST_SETS = tuple(f"{c}:test" for c in COLLECTIONS)
 TOP = 10
 SQUAD_QUERIES = 3000
 DEFAULT_OUT = bundled_model_path(REFERENCE_MODEL) / CALIBRATION_FILE
+#: The bundled model the sub-commands work on (``--model``; default: the package default).
+MODEL = REFERENCE_MODEL
+
+
+def dense_out() -> Path:
+    """Where ``fit`` writes (and ``report`` reads) the dense calibrator: beside the model."""
+    return bundled_model_path(MODEL) / CALIBRATION_FILE
 
 
 def squad_train_split(seed: int = 0, n: int = SQUAD_QUERIES) -> BeirDataset:
@@ -132,7 +139,8 @@ def load_split(spec: str) -> BeirDataset:
 
 def calib_path(spec: str) -> Path:
     name, _, split = spec.partition(":")
-    return CALIB_DIR / f"{name}.{split or 'test'}.json"
+    tag = "" if MODEL == REFERENCE_MODEL else f"{MODEL}."
+    return CALIB_DIR / f"{tag}{name}.{split or 'test'}.json"
 
 
 def cmd_dump(args: argparse.Namespace) -> None:
@@ -143,7 +151,7 @@ def cmd_dump(args: argparse.Namespace) -> None:
     from kl_retrievers.qpp import gaussian_query_stats, post_retrieval_predictors
 
     torch.set_num_threads(args.threads)
-    encoder = load_model(REFERENCE_MODEL, backend=args.backend)  # torch: the encoder benchmarks/qpp.py logged
+    encoder = load_model(MODEL, backend=args.backend)  # torch: the encoder benchmarks/qpp.py logged
     CALIB_DIR.mkdir(parents=True, exist_ok=True)
     for spec in args.sets:
         t0 = time.perf_counter()
@@ -170,7 +178,7 @@ def cmd_dump(args: argparse.Namespace) -> None:
                 "top1_relevant": top1,
             }
         meta = {
-            "model": REFERENCE_MODEL,
+            "model": MODEL,
             "backend": args.backend,
             "fingerprint": model_fingerprint(encoder),
             "set": spec,
@@ -315,7 +323,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     if args.hybrid:
         cmd_fit_hybrid(args)
         return
-    args.out = args.out or DEFAULT_OUT
+    args.out = args.out or dense_out()
     print("calibrator candidates (target: top-1 document relevant):")
     best, selection = choose(CALIBRATOR_CANDIDATES, "top1_relevant", "ece", args.l2)
     cal = fit_pooled(
@@ -323,7 +331,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     )
     cal.info.update(
         target="top-1 document relevant (qrels grade > 0), as RR@10 = 1",
-        model=REFERENCE_MODEL,
+        model=MODEL,
         fingerprint=read_calib(TRAIN_SETS[0])[1]["fingerprint"],
         training_data=train_info("top1_relevant"),
         set_weights="each training set weighs the same in total",
@@ -370,15 +378,33 @@ def at_threshold(p: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, An
     }
 
 
-def _at_line(a: Mapping[str, Any]) -> str:
+def _at_line(a: Mapping[str, Any] | None) -> str:
+    if a is None:
+        return "(no recommended threshold recorded)"
     return f"at {a['threshold']:.2f}: answered {a['answered']:.3f}, right top-1 refused {a['right_refused'] or 0:.3f}"
+
+
+def recommended_threshold(cal: ConfidenceCalibrator) -> float | None:
+    """The model's recommended ``min_confidence``: the library constant for the default, else the calibrator's record.
+
+    The default model's thresholds are :data:`~kl_retrievers.calibration.DEFAULT_MIN_CONFIDENCE` (dense) and
+    :data:`~kl_retrievers.calibration.DEFAULT_HYBRID_MIN_CONFIDENCE` (hybrid); another model's are recorded in its
+    calibrator's ``info["recommended_min_confidence"]`` (by ``fit --hybrid``, or ``benchmarks/abstention.py
+    --record-threshold`` for a dense one).
+    """
+    if MODEL == REFERENCE_MODEL:
+        return DEFAULT_HYBRID_MIN_CONFIDENCE if cal.kind == "hybrid" else DEFAULT_MIN_CONFIDENCE
+    rec = cal.info.get("recommended_min_confidence")
+    return float(rec["threshold"]) if rec else None
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     if args.hybrid:
         cmd_report_hybrid(args)
         return
-    cal = ConfidenceCalibrator.load(args.calibrator or DEFAULT_OUT)
+    path = Path(args.calibrator or dense_out())
+    cal = ConfidenceCalibrator.load(path)
+    recommended = recommended_threshold(cal)
     for spec in [*TEST_SETS, *TRAIN_SETS]:
         per_query = read_calib(spec)[0]
         rows = list(per_query.values())
@@ -388,12 +414,13 @@ def cmd_report(args: argparse.Namespace) -> None:
         name, _, split = spec.partition(":")
         record = {
             "collection": name, "split": split, "role": "test" if spec in TEST_SETS else "train",
-            "calibrator": str(Path(args.calibrator or DEFAULT_OUT).resolve().relative_to(ROOT)),
+            "calibrator": str(path.resolve().relative_to(ROOT)),
             "features": cal.features, "queries": len(rows), "observed_p@1": float(y.mean()),
             "mean_confidence": float(p.mean()),
             "ece": ece, "brier": float(np.mean((p - y) ** 2)), "reliability": reliability_table(p, y),
-            "at_recommended_threshold": at_threshold(p, y, DEFAULT_MIN_CONFIDENCE),
+            "at_recommended_threshold": at_threshold(p, y, recommended) if recommended is not None else None,
             "per_query_file": str(calib_path(spec).relative_to(ROOT)),
+            "model": MODEL,
             **provenance(),
         }  # fmt: skip
         log_line(CALIB_LOG, record)
@@ -473,18 +500,16 @@ CV_FOLDS = 5
 #: Candidates within this much of the best cross-validated F1 compete on training-set ECE.
 F1_TOLERANCE = 0.02
 MIN_ANSWERED = 0.9
-#: The bundled model the hybrid sub-commands work on (``--model``; default: the package default).
-HYBRID_MODEL = REFERENCE_MODEL
 
 
 def hybrid_out() -> Path:
     """Where ``fit --hybrid`` writes (and ``report --hybrid`` reads) the calibrator: beside the model."""
-    return bundled_model_path(HYBRID_MODEL) / HYBRID_CALIBRATION_FILE
+    return bundled_model_path(MODEL) / HYBRID_CALIBRATION_FILE
 
 
 def hybrid_path(spec: str) -> Path:
     name, _, split = spec.partition(":")
-    tag = "hybrid" if HYBRID_MODEL == REFERENCE_MODEL else f"hybrid-{HYBRID_MODEL}"
+    tag = "hybrid" if MODEL == REFERENCE_MODEL else f"hybrid-{MODEL}"
     return CALIB_DIR / f"{tag}.{name}.{split or 'test'}.json"
 
 
@@ -528,7 +553,7 @@ def cmd_hybrid_dump(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         if spec == SQUAD_HALVING:
             exp = Experiment(
-                args.backend, model=HYBRID_MODEL, cache_dir=None, batch_size=args.batch_size, hybrid_calibrator=False
+                args.backend, model=MODEL, cache_dir=None, batch_size=args.batch_size, hybrid_calibrator=False
             )
             part = exp.halving("train", 0)
             store = exp.hybrid_store(part["keep"], part["d"])
@@ -539,7 +564,7 @@ def cmd_hybrid_dump(args: argparse.Namespace) -> None:
             fingerprint, backend = exp.fingerprint, exp.backend
         else:
             if encoder is None:
-                encoder = load_model(HYBRID_MODEL, backend=args.backend)
+                encoder = load_model(MODEL, backend=args.backend)
             ds = load_split(spec)
             q, d = encode_dataset(encoder, ds, batch_size=args.batch_size, show_progress=False)
             judged = [i for i, qid in enumerate(ds.query_ids) if any(g > 0 for g in ds.qrels.get(qid, {}).values())]
@@ -549,7 +574,7 @@ def cmd_hybrid_dump(args: argparse.Namespace) -> None:
             rows = hybrid_rows(store, ds.query_texts(qids), q[np.asarray(judged, dtype=np.int64)], qids, ds.qrels)
             fingerprint, backend = model_fingerprint(encoder), type(encoder).__name__
         meta = {
-            "model": HYBRID_MODEL, "encoder": backend, "backend": args.backend, "fingerprint": fingerprint,
+            "model": MODEL, "encoder": backend, "backend": args.backend, "fingerprint": fingerprint,
             "set": spec, "queries": len(rows), "fusion": "adaptive", "candidates": store.fusion.candidates,
             "p@1": float(np.mean([r["top1_relevant"] for r in rows.values()])), "features": list(HYBRID_FEATURES),
             "seconds": round(time.perf_counter() - t0, 1), **provenance(),
@@ -630,7 +655,7 @@ def cmd_fit_hybrid(args: argparse.Namespace) -> None:
     cal.info.update(
         target="top-1 of the hybrid store's fused ranking relevant (qrels grade > 0); 0 for an unanswerable question",
         retriever="KLHybridStore, adaptive fusion, 100 candidates per half",
-        model=HYBRID_MODEL,
+        model=MODEL,
         encoder=meta["encoder"],
         fingerprint=meta["fingerprint"],
         training_data=[
@@ -669,10 +694,7 @@ def cmd_fit_hybrid(args: argparse.Namespace) -> None:
 def cmd_report_hybrid(args: argparse.Namespace) -> None:
     path = Path(args.calibrator or hybrid_out())
     cal = ConfidenceCalibrator.load(path)
-    # the default model's recommended threshold is the library constant; another model's is in its calibrator
-    recommended = DEFAULT_HYBRID_MIN_CONFIDENCE
-    if HYBRID_MODEL != REFERENCE_MODEL:
-        recommended = float(cal.info["recommended_min_confidence"]["threshold"])
+    recommended = recommended_threshold(cal)
     for spec in [*TEST_SETS, *HYBRID_TRAIN_SETS]:
         rows, meta = read_hybrid(spec)
         x, y = hybrid_xy(rows, cal.features)
@@ -684,9 +706,9 @@ def cmd_report_hybrid(args: argparse.Namespace) -> None:
             "retriever": "hybrid", "calibrator": str(path.resolve().relative_to(ROOT)), "features": cal.features,
             "queries": len(rows), "observed_p@1": float(y.mean()), "mean_confidence": float(p.mean()),
             "ece": ece, "brier": float(np.mean((p - y) ** 2)), "reliability": reliability_table(p, y),
-            "at_recommended_threshold": at_threshold(p, y, recommended),
+            "at_recommended_threshold": at_threshold(p, y, recommended) if recommended is not None else None,
             "per_query_file": str(hybrid_path(spec).relative_to(ROOT)), "encoder": meta["encoder"],
-            "model": HYBRID_MODEL,
+            "model": MODEL,
             **provenance(),
         }  # fmt: skip
         log_line(CALIB_LOG, record)
@@ -700,7 +722,9 @@ def cmd_report_hybrid(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
+    model_help = f"bundled model (default {REFERENCE_MODEL})"
     s = sub.add_parser("dump", help="encode, retrieve and write the per-query files")
+    s.add_argument("--model", default=REFERENCE_MODEL, help=model_help)
     s.add_argument("--sets", nargs="+", default=[*TRAIN_SETS, *TEST_SETS], metavar="COLLECTION:SPLIT")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--threads", type=int, default=2)
@@ -715,17 +739,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument(
         "--backend", choices=["torch", "onnx"], default=None, help="encoder backend (default: the library's)"
     )
-    model_help = f"bundled model of the hybrid sub-commands (default {REFERENCE_MODEL})"
     s.add_argument("--model", default=REFERENCE_MODEL, help=model_help)
     s = sub.add_parser("fit", help="choose and fit the confidence calibrator on the training sets")
     s.add_argument("--hybrid", action="store_true", help="the hybrid retriever's calibrator (needs hybrid-dump)")
     s.add_argument("--out", type=Path, default=None, help="default: beside the model")
     s.add_argument("--l2", type=float, default=1.0)
-    s.add_argument("--model", default=REFERENCE_MODEL, help=model_help + "; with --hybrid only")
+    s.add_argument("--model", default=REFERENCE_MODEL, help=model_help)
     s = sub.add_parser("report", help="ECE and reliability of a calibrator on every dumped split")
     s.add_argument("--hybrid", action="store_true", help="the hybrid retriever's calibrator")
     s.add_argument("--calibrator", type=Path, default=None, help="default: the shipped one")
-    s.add_argument("--model", default=REFERENCE_MODEL, help=model_help + "; with --hybrid only")
+    s.add_argument("--model", default=REFERENCE_MODEL, help=model_help)
     s = sub.add_parser("combined", help="fit the combined predictor and measure it on the test splits")
     s.add_argument("--calibrator", type=Path, default=default_out)
     s.add_argument("--l2", type=float, default=1.0)
@@ -735,10 +758,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model = getattr(args, "model", REFERENCE_MODEL)
-    if model != REFERENCE_MODEL and not (args.cmd == "hybrid-dump" or getattr(args, "hybrid", False)):
-        p.error(f"--model {model}: only the hybrid sub-commands (hybrid-dump, fit --hybrid, report --hybrid) take it")
-    global HYBRID_MODEL
-    HYBRID_MODEL = model
+    if model != REFERENCE_MODEL and args.cmd in ("from-log", "combined"):
+        p.error(f"--model {model}: {args.cmd} works on the default model's logs only")
+    global MODEL
+    MODEL = model
     commands = {"dump": cmd_dump, "from-log": cmd_from_log, "fit": cmd_fit, "report": cmd_report}
     commands.update({"combined": cmd_combined, "hybrid-dump": cmd_hybrid_dump})
     commands[args.cmd](args)

@@ -28,6 +28,7 @@ COLLECTIONS = {
 PREDICTORS = ("uncertainty", "max_score", "nqc", "gap12", "wig", "avg_idf", "scq")
 POST = ("max_score", "nqc", "gap12", "wig")
 TRAIN_SETS = ("scifact:train", "nfcorpus-preprocessed:train", "squad:train")
+HYBRID_TRAIN_SETS = ("scifact:train", "nfcorpus-preprocessed:train", "squad:train-halving")
 #: Experiment label (as logged; one ending in ``-`` names a family of variants) -> (what, the statistics it adds).
 EXPERIMENTS = {
     f"{DEFAULT}+mc20": ("MC dropout, 20 samples", ("mc_mean_var", "mc_score_std", "mc_top10_overlap")),
@@ -155,15 +156,7 @@ def qpp_section(root: Path) -> list[str]:
     hybrid = [r for r in calib_all if r.get("retriever") == "hybrid"]
     default, combined = _newest(records, DEFAULT), _newest(records, COMBINED)
     commands = [r["command"] for r in records if r["model"].startswith(DEFAULT + "+")]
-    dumps, fits = [], []  # the runs that wrote each split's per-query file, in time order, then the fit
-    for r in calib:
-        pq, cal = root / r["per_query_file"], root / r["calibrator"]
-        if pq.exists():
-            meta = json.loads(pq.read_text(encoding="utf-8"))["meta"]
-            dumps.append((meta["time"], meta["command"]))
-        fits += [json.loads(cal.read_text(encoding="utf-8"))["info"]["command"]] if cal.exists() else []
-    commands += [c for _, c in sorted(dumps)] + fits + [r["command"] for r in calib]
-    commands = list(dict.fromkeys(commands))
+    commands = list(dict.fromkeys(commands + _commands_of(root, calib)))
     hybrid_fit = root / hybrid[-1]["calibrator"] if hybrid else None
     hybrid_dumps = [
         json.loads((root / r["per_query_file"]).read_text(encoding="utf-8"))["meta"]["command"]
@@ -221,10 +214,57 @@ def qpp_section(root: Path) -> list[str]:
         "[Hybrid retrieval](hybrid.md#abstention)); the target is the adaptive fusion's top-1. Fitted on SQuAD "
         "only, it is poorly calibrated on the other collections.",
         "",
-        *calibration_tables(hybrid, ("scifact:train", "nfcorpus-preprocessed:train", "squad:train-halving")),
+        *calibration_tables(hybrid, HYBRID_TRAIN_SETS),
         "",
         "```",
         *hybrid_commands,
         "```",
         "",
+        *other_models_calibration(root),
     ]
+
+
+def _commands_of(root: Path, lines: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The runs behind some report lines: the per-query dumps (in time order), the fit, the reports."""
+    dumps, fits = [], []
+    for r in lines:
+        pq, cal = root / r["per_query_file"], root / r["calibrator"]
+        if pq.exists():
+            meta = json.loads(pq.read_text(encoding="utf-8"))["meta"]
+            dumps.append((meta["time"], meta["command"]))
+        if cal.exists():
+            info = json.loads(cal.read_text(encoding="utf-8"))["info"]
+            fits.append(info["command"])
+            if "recommended_min_confidence" in info and "command" in info["recommended_min_confidence"]:
+                fits.append(info["recommended_min_confidence"]["command"])
+    return list(dict.fromkeys([c for _, c in sorted(dumps)] + fits + [r["command"] for r in lines]))
+
+
+def other_models_calibration(root: Path) -> list[str]:
+    """The calibrators other bundled models ship (report lines carrying another ``model``), dense then hybrid."""
+    lines = [r for r in _read(root / CALIB_LOG) if r.get("model", DEFAULT) != DEFAULT]
+    if not lines:
+        return []
+    out = [
+        "### Other bundled models' calibrators",
+        "",
+        "Fitted the same way on each model's own training dumps (`--model NAME` on every sub-command of "
+        "`benchmarks/calibration.py`); their recommended thresholds are recorded in the files.",
+        "",
+    ]
+    for model in dict.fromkeys(r["model"] for r in lines):
+        for retriever, train_sets in (("dense", TRAIN_SETS), ("hybrid", HYBRID_TRAIN_SETS)):
+            mine = [r for r in lines if r["model"] == model and r.get("retriever", "dense") == retriever]
+            if not mine:
+                continue
+            out += [
+                f"**`{model}`**, {retriever} calibrator (`{mine[-1]['calibrator']}`):",
+                "",
+                *calibration_tables(mine, train_sets),
+                "",
+                "```",
+                *_commands_of(root, mine),
+                "```",
+                "",
+            ]
+    return out

@@ -57,7 +57,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from kl_retrievers._io import library_version
+from kl_retrievers._io import atomic_file, library_version
 
 __all__ = [
     "FEATURES",
@@ -435,9 +435,11 @@ class ConfidenceCalibrator:
         return cal
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the calibrator as indented JSON; returns the path."""
+        """Write the calibrator as JSON atomically (an interrupted save keeps the old copy); returns the path."""
         out = Path(path)
-        out.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        with atomic_file(out) as tmp:
+            tmp.write_text(text, encoding="utf-8")
         return out
 
     @classmethod

@@ -1664,7 +1664,9 @@ def fit_adaptive(
     is computed at ``grid_size`` dense weights and linearly interpolated in between; the
     objective, the mean over groups of the mean interpolated nDCG@10 at each query's weight
     minus ``l2`` times the squared coefficients, is maximised with Powell's method from
-    ``restarts`` seeded starts (the first at the best fixed weight). Needs ``scipy``.
+    ``restarts`` seeded starts (the first at the best fixed weight). The signals are rounded to
+    float32 precision and the objective to 1e-12, so the same training data fitted in two
+    processes (whose sums may differ in the last bits) gives identical parameters. Needs ``scipy``.
 
     Args:
         groups: Name -> (candidates of each query, each query's qrels).
@@ -1702,7 +1704,11 @@ def fit_adaptive(
         weights.append(np.full(len(cands), 1.0 / len(cands)))
     if not xs:
         raise ValueError("fit_adaptive needs at least one group with queries")
-    x, curve = np.concatenate(xs), np.concatenate(curves)
+    # Signals are rounded to float32 precision and the objective to 1e-12: the same training data computed in
+    # another process (other thread timings, other memory alignment) can differ in the last bits, and Powell's
+    # comparisons on this piecewise-flat objective would otherwise follow those bits to another optimum.
+    x = np.concatenate(xs).astype(np.float32).astype(np.float64)
+    curve = np.concatenate(curves)
     qw = np.concatenate(weights) / len(xs)
     center = x.mean(axis=0)
     scale = x.std(axis=0)
@@ -1714,7 +1720,7 @@ def fit_adaptive(
 
     def objective(theta: np.ndarray) -> float:
         w = _sigmoid(theta[0] + z @ theta[1:])
-        return -float(_interp(curve, w) @ qw) + l2 * float(theta[1:] @ theta[1:])
+        return round(-float(_interp(curve, w) @ qw) + l2 * float(theta[1:] @ theta[1:]), 12)
 
     rng = np.random.default_rng(seed)
     starts = [np.concatenate([[math.log(w0 / (1 - w0))], np.zeros(len(signals))])]

