@@ -78,6 +78,7 @@ __all__ = [
     "hybrid_query_features",
     "hybrid_confidence",
     "default_hybrid_calibrator",
+    "recommended_min_confidence",
 ]
 
 logger = logging.getLogger(__name__)
@@ -701,3 +702,39 @@ DEFAULT_HYBRID_FEATURES: tuple[str, ...] = (
 #: thresholds answering >= 90% of the answerable half; ``python benchmarks/calibration.py fit --hybrid``
 #: prints it; the held-out curve: ``python benchmarks/abstention.py --hybrid --seeds 10``, docs/hybrid.md).
 DEFAULT_HYBRID_MIN_CONFIDENCE = 0.16
+
+
+def recommended_min_confidence(model: str | None = None, *, retriever: str = "dense") -> float:
+    """The ``min_confidence`` a bundled model recommends for its dense or hybrid retrievers.
+
+    For the package default these are :data:`DEFAULT_MIN_CONFIDENCE` and
+    :data:`DEFAULT_HYBRID_MIN_CONFIDENCE`; another bundled model records its own in its calibrator's
+    ``info["recommended_min_confidence"]``. Each was chosen on the SQuAD *training* articles (the best
+    abstention F1 among thresholds answering >= 90% of the answerable half), so it suits SQuAD-like
+    data; on a collection where every query has an answer it refuses more (docs/hybrid.md).
+
+    Args:
+        model: A bundled model name (``None``: the package default).
+        retriever: ``"dense"`` (``KLRetriever``, ``KLVectorStore``) or ``"hybrid"`` (``KLHybridRetriever``).
+
+    Raises:
+        ValueError: An unknown ``retriever``, or the model ships no such calibrator or recorded no threshold.
+
+    Examples:
+        >>> recommended_min_confidence(), recommended_min_confidence(retriever="hybrid")
+        (0.3, 0.16)
+        >>> recommended_min_confidence("bge-small-unit-variance")
+        0.27
+    """
+    from kl_retrievers.pretrained import DEFAULT_MODEL
+
+    if retriever not in CALIBRATOR_KINDS:
+        raise ValueError(f"retriever must be one of {list(CALIBRATOR_KINDS)}; got {retriever!r}")
+    name = model or DEFAULT_MODEL
+    if name == DEFAULT_MODEL:
+        return DEFAULT_HYBRID_MIN_CONFIDENCE if retriever == "hybrid" else DEFAULT_MIN_CONFIDENCE
+    cal = default_hybrid_calibrator(name) if retriever == "hybrid" else default_calibrator(name)
+    recorded = cal.info.get("recommended_min_confidence")
+    if not isinstance(recorded, Mapping) or "threshold" not in recorded:
+        raise ValueError(f"bundled model {name!r} records no recommended min_confidence in its {retriever} calibrator")
+    return float(recorded["threshold"])

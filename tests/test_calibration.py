@@ -190,3 +190,24 @@ def test_shipped_calibrator_is_fitted_on_training_data_only() -> None:
     with pytest.raises(ValueError, match="ships no confidence calibrator"):
         default_calibrator("minilm-unit-variance")
     assert CALIBRATION_FILE.endswith(".json")
+
+
+def test_recommended_min_confidence_per_model_and_retriever() -> None:
+    from kl_retrievers.calibration import (
+        DEFAULT_HYBRID_MIN_CONFIDENCE,
+        DEFAULT_MIN_CONFIDENCE,
+        default_hybrid_calibrator,
+        recommended_min_confidence,
+    )
+
+    assert recommended_min_confidence() == DEFAULT_MIN_CONFIDENCE
+    assert recommended_min_confidence("minilm-gauss-soup", retriever="hybrid") == DEFAULT_HYBRID_MIN_CONFIDENCE
+    bge = "bge-small-unit-variance"
+    for retriever, cal in (("dense", default_calibrator(bge)), ("hybrid", default_hybrid_calibrator(bge))):
+        assert (
+            recommended_min_confidence(bge, retriever=retriever) == cal.info["recommended_min_confidence"]["threshold"]
+        )
+    with pytest.raises(ValueError, match=r"retriever must be one of \['dense', 'hybrid'\]; got 'sparse'"):
+        recommended_min_confidence(retriever="sparse")
+    with pytest.raises(ValueError, match="'minilm-unit-variance' ships no confidence calibrator"):
+        recommended_min_confidence("minilm-unit-variance")
