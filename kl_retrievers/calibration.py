@@ -705,16 +705,18 @@ DEFAULT_HYBRID_MIN_CONFIDENCE = 0.16
 
 
 def recommended_min_confidence(model: str | None = None, *, retriever: str = "dense") -> float:
-    """The ``min_confidence`` a bundled model recommends for its dense or hybrid retrievers.
+    """The ``min_confidence`` a model recommends for its dense or hybrid retrievers.
 
     For the package default these are :data:`DEFAULT_MIN_CONFIDENCE` and
-    :data:`DEFAULT_HYBRID_MIN_CONFIDENCE`; another bundled model records its own in its calibrator's
-    ``info["recommended_min_confidence"]``. Each was chosen on the SQuAD *training* articles (the best
-    abstention F1 among thresholds answering >= 90% of the answerable half), so it suits SQuAD-like
-    data; on a collection where every query has an answer it refuses more (docs/hybrid.md).
+    :data:`DEFAULT_HYBRID_MIN_CONFIDENCE`; another model records its own in its calibrator's
+    ``info["recommended_min_confidence"]``. The shipped ones were chosen on the SQuAD *training*
+    articles (the best abstention F1 among thresholds answering >= 90% of the answerable half), so
+    they suit SQuAD-like data; on a collection where every query has an answer they refuse more
+    (docs/hybrid.md).
 
     Args:
-        model: A bundled model name (``None``: the package default).
+        model: A bundled model's name (also ``kl_retrievers:NAME``, an encoder's ``name_or_path``) or a
+            saved model folder holding the calibrator; ``None``: the package default.
         retriever: ``"dense"`` (``KLRetriever``, ``KLVectorStore``) or ``"hybrid"`` (``KLHybridRetriever``).
 
     Raises:
@@ -723,18 +725,20 @@ def recommended_min_confidence(model: str | None = None, *, retriever: str = "de
     Examples:
         >>> recommended_min_confidence(), recommended_min_confidence(retriever="hybrid")
         (0.3, 0.16)
-        >>> recommended_min_confidence("bge-small-unit-variance")
+        >>> recommended_min_confidence("kl_retrievers:bge-small-unit-variance")
         0.27
     """
-    from kl_retrievers.pretrained import DEFAULT_MODEL
+    from kl_retrievers.pretrained import DEFAULT_MODEL, _bundled_name, model_file
 
     if retriever not in CALIBRATOR_KINDS:
         raise ValueError(f"retriever must be one of {list(CALIBRATOR_KINDS)}; got {retriever!r}")
-    name = model or DEFAULT_MODEL
-    if name == DEFAULT_MODEL:
+    if _bundled_name(model) == DEFAULT_MODEL:
         return DEFAULT_HYBRID_MIN_CONFIDENCE if retriever == "hybrid" else DEFAULT_MIN_CONFIDENCE
-    cal = default_hybrid_calibrator(name) if retriever == "hybrid" else default_calibrator(name)
-    recorded = cal.info.get("recommended_min_confidence")
+    file = HYBRID_CALIBRATION_FILE if retriever == "hybrid" else CALIBRATION_FILE
+    path = model_file(model, file)
+    if path is None:
+        raise ValueError(f"model {model!r} ships no {retriever} confidence calibrator ({file})")
+    recorded = ConfidenceCalibrator.load(path).info.get("recommended_min_confidence")
     if not isinstance(recorded, Mapping) or "threshold" not in recorded:
-        raise ValueError(f"bundled model {name!r} records no recommended min_confidence in its {retriever} calibrator")
+        raise ValueError(f"model {model!r} records no recommended min_confidence in {path}")
     return float(recorded["threshold"])

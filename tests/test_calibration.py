@@ -209,5 +209,20 @@ def test_recommended_min_confidence_per_model_and_retriever() -> None:
         )
     with pytest.raises(ValueError, match=r"retriever must be one of \['dense', 'hybrid'\]; got 'sparse'"):
         recommended_min_confidence(retriever="sparse")
-    with pytest.raises(ValueError, match="'minilm-unit-variance' ships no confidence calibrator"):
+    assert recommended_min_confidence(f"kl_retrievers:{bge}") == recommended_min_confidence(bge)  # a name_or_path
+    with pytest.raises(ValueError, match="'minilm-unit-variance' ships no dense confidence calibrator"):
         recommended_min_confidence("minilm-unit-variance")
+
+
+def test_recommended_min_confidence_of_a_saved_model_folder(tmp_path: Path) -> None:
+    from kl_retrievers.calibration import recommended_min_confidence
+
+    cal = ConfidenceCalibrator(["gap12"]).fit([[0.0], [0.1], [0.2], [0.3]], [0, 0, 1, 1])
+    cal.save(tmp_path / CALIBRATION_FILE)
+    with pytest.raises(ValueError, match="records no recommended min_confidence"):
+        recommended_min_confidence(str(tmp_path))
+    cal.info["recommended_min_confidence"] = {"threshold": 0.42}
+    cal.save(tmp_path / CALIBRATION_FILE)
+    assert recommended_min_confidence(str(tmp_path)) == 0.42
+    with pytest.raises(ValueError, match="ships no hybrid confidence calibrator"):
+        recommended_min_confidence(str(tmp_path), retriever="hybrid")
