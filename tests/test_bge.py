@@ -534,3 +534,26 @@ def test_a_dense_langchain_retriever_over_bge_uses_bges_own_calibrator(
     assert retriever.invoke(query, min_confidence=min(1.0, conf[0] + 1e-6)) == []  # abstains just above it
     assert len(retriever.invoke(query, min_confidence=max(0.0, conf[0] - 1e-6))) == 3
     assert 0.0 < threshold < 1.0
+
+
+@pytest.mark.integration
+def test_the_gpu_pack_of_the_rebuilt_backbone_is_one_byte_per_weight_and_unpacks_to_it(bge_path: Path) -> None:
+    """`benchmarks/gpu_lora.py prepare --backbone bge` must fit the GPU machine's 64 MiB and rebuild this backbone."""
+    import sys
+
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from gpu_lora import pack_int8_rows, unpack_int8_rows
+
+    weights = load_file(str(bge_path / "model.safetensors"))
+    packed = pack_int8_rows(weights)
+    size = sum(v.numel() * v.element_size() for v in packed.values())
+    assert size < 36e6  # float16 would be 67 MB
+    assert packed["encoder.layer.0.attention.self.query.weight"].dtype == torch.uint8
+    back = unpack_int8_rows(packed)
+    assert set(back) == set(weights)
+    for name, w in weights.items():
+        rel = float((back[name] - w).abs().max() / w.abs().max())
+        assert rel < 1e-6, f"{name}: {rel:.2e}"
+    assert sum(torch.equal(back[n], w) for n, w in weights.items()) >= len(weights) - 5
