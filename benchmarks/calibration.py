@@ -56,9 +56,11 @@ Examples:
     python benchmarks/calibration.py report --hybrid
     python benchmarks/calibration.py hybrid-dump --model bge-small-unit-variance --backend torch
 
-``--model NAME`` (hybrid sub-commands only) does the same for another bundled model: its dumps are
-``runs/qpp/calib/hybrid-NAME.*.json``, its calibrator goes to its own folder, its recommended threshold is
-recorded in the calibrator (``info["recommended_min_confidence"]``), and its report lines carry its name.
+``--model NAME`` (every sub-command but ``from-log`` and ``combined``) does the same for another bundled
+model: its dumps are ``runs/qpp/calib/NAME.*.json`` (dense) and ``runs/qpp/calib/hybrid-NAME.*.json``
+(hybrid), its calibrators go to its own folder, their recommended thresholds are recorded in them
+(``info["recommended_min_confidence"]``: ``fit --hybrid`` writes the hybrid one, ``benchmarks/abstention.py
+--model NAME --record-threshold`` the dense one), and its report lines carry its name.
 """
 
 from __future__ import annotations
@@ -81,13 +83,12 @@ from qpp import COLLECTIONS, DATASETS, LOG_DIR, REFERENCE_MODEL, git_commit
 from kl_retrievers.calibration import (
     CALIBRATION_FILE,
     DEFAULT_FEATURES,
-    DEFAULT_HYBRID_MIN_CONFIDENCE,
-    DEFAULT_MIN_CONFIDENCE,
     HYBRID_CALIBRATION_FILE,
     HYBRID_FEATURES,
     ConfidenceCalibrator,
     expected_calibration_error,
     feature_matrix,
+    recommended_min_confidence,
     reliability_table,
 )
 from kl_retrievers.datasets import BeirDataset, load_beir
@@ -385,17 +386,16 @@ def _at_line(a: Mapping[str, Any] | None) -> str:
 
 
 def recommended_threshold(cal: ConfidenceCalibrator) -> float | None:
-    """The model's recommended ``min_confidence``: the library constant for the default, else the calibrator's record.
+    """The model's recommended ``min_confidence`` for ``cal``'s kind of retriever (``None``: none recorded).
 
-    The default model's thresholds are :data:`~kl_retrievers.calibration.DEFAULT_MIN_CONFIDENCE` (dense) and
-    :data:`~kl_retrievers.calibration.DEFAULT_HYBRID_MIN_CONFIDENCE` (hybrid); another model's are recorded in its
-    calibrator's ``info["recommended_min_confidence"]`` (by ``fit --hybrid``, or ``benchmarks/abstention.py
-    --record-threshold`` for a dense one).
+    :func:`kl_retrievers.calibration.recommended_min_confidence` of ``--model``: the library constants for the
+    default, else the threshold recorded in the model's shipped calibrator (by ``fit --hybrid``, or by
+    ``benchmarks/abstention.py --record-threshold`` for a dense one).
     """
-    if MODEL == REFERENCE_MODEL:
-        return DEFAULT_HYBRID_MIN_CONFIDENCE if cal.kind == "hybrid" else DEFAULT_MIN_CONFIDENCE
-    rec = cal.info.get("recommended_min_confidence")
-    return float(rec["threshold"]) if rec else None
+    try:
+        return recommended_min_confidence(MODEL, retriever=cal.kind)
+    except ValueError:
+        return None
 
 
 def cmd_report(args: argparse.Namespace) -> None:
