@@ -157,19 +157,7 @@ def qpp_section(root: Path) -> list[str]:
     default, combined = _newest(records, DEFAULT), _newest(records, COMBINED)
     commands = [r["command"] for r in records if r["model"].startswith(DEFAULT + "+")]
     commands = list(dict.fromkeys(commands + _commands_of(root, calib)))
-    hybrid_fit = root / hybrid[-1]["calibrator"] if hybrid else None
-    hybrid_dumps = [
-        json.loads((root / r["per_query_file"]).read_text(encoding="utf-8"))["meta"]["command"]
-        for r in hybrid
-        if (root / r["per_query_file"]).exists()
-    ]
-    hybrid_commands = list(
-        dict.fromkeys(
-            hybrid_dumps
-            + ([json.loads(hybrid_fit.read_text(encoding="utf-8"))["info"]["command"]] if hybrid_fit else [])
-            + [r["command"] for r in hybrid]
-        )
-    )
+    hybrid_commands = _commands_of(root, hybrid)
     return [
         "## Query performance prediction and calibrated confidence (issue 19)",
         "",
@@ -227,15 +215,15 @@ def qpp_section(root: Path) -> list[str]:
 def _commands_of(root: Path, lines: Sequence[Mapping[str, Any]]) -> list[str]:
     """The runs behind some report lines: the per-query dumps (in time order), the fit, the reports."""
     dumps, fits = [], []
-    for r in lines:
-        pq, cal = root / r["per_query_file"], root / r["calibrator"]
+    for pq in dict.fromkeys(root / r["per_query_file"] for r in lines):  # each file read once
         if pq.exists():
             meta = json.loads(pq.read_text(encoding="utf-8"))["meta"]
             dumps.append((meta["time"], meta["command"]))
+    for cal in dict.fromkeys(root / r["calibrator"] for r in lines):
         if cal.exists():
             info = json.loads(cal.read_text(encoding="utf-8"))["info"]
             fits.append(info["command"])
-            if "recommended_min_confidence" in info and "command" in info["recommended_min_confidence"]:
+            if "command" in info.get("recommended_min_confidence", {}):
                 fits.append(info["recommended_min_confidence"]["command"])
     return list(dict.fromkeys([c for _, c in sorted(dumps)] + fits + [r["command"] for r in lines]))
 
