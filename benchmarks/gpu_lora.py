@@ -262,10 +262,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         from kl_retrievers.backbones.bge import get_model_path
 
         src = Path(get_model_path())
-        for f in src.rglob("*"):
-            if f.is_file() and f.name != "model.safetensors":
-                (dst / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
-                (dst / f.relative_to(src)).write_bytes(f.read_bytes())
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.safetensors"), dirs_exist_ok=True)
         save_file(pack_int8_rows(load_file(str(src / "model.safetensors"))), str(dst / PACKED_WEIGHTS))
     else:
         src = Path(resolve_model_path(BASE))
@@ -384,10 +381,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         from safetensors.torch import load_file
 
         unpacked = Path(tempfile.mkdtemp(prefix="gpu-lora-backbone-"))
-        for f in backbone_dir.rglob("*"):
-            if f.is_file() and f.name != PACKED_WEIGHTS:
-                (unpacked / f.relative_to(backbone_dir)).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(f, unpacked / f.relative_to(backbone_dir))
+        shutil.copytree(backbone_dir, unpacked, ignore=shutil.ignore_patterns(PACKED_WEIGHTS), dirs_exist_ok=True)
         save_file(unpack_int8_rows(load_file(str(backbone_dir / PACKED_WEIGHTS))), str(unpacked / "model.safetensors"))
         backbone_dir = unpacked
     sets = {}
