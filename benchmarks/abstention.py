@@ -55,9 +55,10 @@ X and Y: the held-out articles' abstention F1 and answered share at the threshol
 training articles (seed 0, dense retriever); with ``--hybrid`` the same for the hybrid retriever
 with its shipped calibrator at its shipped threshold Z2.
 
-``--model NAME`` runs the same with another bundled model and the calibrators it ships (a model without
-a dense calibrator, like ``bge-small-unit-variance``, is scored by the hybrid store only, at the threshold
-recorded in its hybrid calibrator).
+``--model NAME`` runs the same with another bundled model and the calibrators it ships, the hybrid one at
+the threshold recorded in it (a model without a dense calibrator is scored by the hybrid store only).
+``--record-threshold`` writes the dense threshold chosen on the training articles into a non-default model's
+dense calibrator (``bge-small-unit-variance``'s 0.27 came from the last example with ``--record-threshold``).
 
 Examples:
     python benchmarks/abstention.py --quick
@@ -90,6 +91,7 @@ from kl_retrievers.calibration import (
     default_calibrator,
     default_hybrid_calibrator,
     hybrid_confidence,
+    recommended_min_confidence,
 )
 from kl_retrievers.datasets import BeirDataset, load_beir
 from kl_retrievers.gaussian import Gaussians
@@ -318,7 +320,7 @@ class Experiment:
         )
         self.encode_s = round(time.perf_counter() - t0, 1)
         logger.info("encodings ready in %.1f s (%s)", self.encode_s, self.backend)
-        # the model's dense calibrator; a model that ships none (bge-small-unit-variance) is scored by the hybrid only
+        # the model's dense calibrator; a model that ships none is scored by the hybrid only
         self.cal: ConfidenceCalibrator | None = None
         try:
             self.cal = default_calibrator(model)
@@ -497,9 +499,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_all = time.perf_counter()
     exp = Experiment(args.backend, model=args.model, cache_dir=args.cache_dir, batch_size=args.batch_size)
     # the default model's hybrid threshold is the library constant; another model's is recorded in its calibrator
-    hybrid_threshold = DEFAULT_HYBRID_MIN_CONFIDENCE
-    if args.model != MODEL and exp.hybrid_cal is not None:
-        hybrid_threshold = float(exp.hybrid_cal.info["recommended_min_confidence"]["threshold"])
+    hybrid_threshold = (
+        recommended_min_confidence(args.model, retriever="hybrid")
+        if exp.hybrid_cal is not None
+        else DEFAULT_HYBRID_MIN_CONFIDENCE
+    )
     sample = QUICK_TRAIN if args.quick else None
     train = exp.run("train", args.seed, sample=sample, hybrid=args.hybrid)
     held = exp.run("held_out", args.seed, hybrid=args.hybrid)
