@@ -51,6 +51,7 @@ import math
 import os
 import re
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -936,6 +937,7 @@ class KLHybridStore:
         if adaptive_params is not None and not isinstance(adaptive_params, AdaptiveParams):
             adaptive_params = AdaptiveParams.load(adaptive_params)
         self._adaptive = adaptive_params
+        self._adaptive_given = adaptive_params is not None
         self._tokenizer = _Tokenizer(stopwords, token_pattern)
         if stopwords is not None:
             _stopword_list(stopwords)  # a bad value fails now, not at the first add
@@ -1166,9 +1168,10 @@ class KLHybridStore:
         if mask is not None:
             allowed &= mask
         rows = np.flatnonzero(allowed)
-        if rows.size > depth:
-            rows = rows[np.argpartition(-full[rows], depth - 1)[:depth]]
-        rows = rows[np.lexsort((rows, -full[rows]))]  # best first, ties by row
+        if rows.size > depth:  # keep every row tied at the cut, so that the sort below decides ties by row
+            vals = full[rows]
+            rows = rows[vals >= np.partition(vals, rows.size - depth)[rows.size - depth]]
+        rows = rows[np.lexsort((rows, -full[rows]))][:depth]  # best first, ties by row
         bm25_ids = [half.ids[r] for r in rows.tolist()]
         dense_ids = [r.id for r in dense]
         n_dense = len(dense_ids)
@@ -1272,6 +1275,10 @@ class KLHybridStore:
         Scores are ``k - rank`` (``k`` for the first document), so that an evaluator ranks exactly
         as the store does, ties included (the fused scores of RRF often tie).
 
+        Raises:
+            TypeError: ``query_ids`` is one string instead of a sequence of ids.
+            ValueError: Not one id per query, or an id repeats (as a string: ``1`` and ``"1"`` are the same id).
+
         Examples:
             >>> s = KLHybridStore(fusion="rrf")
             >>> _ = s.add(["x y", "y z"], gaussians=Gaussians(np.eye(2), np.ones((2, 2))), ids=["a", "b"])
@@ -1279,12 +1286,18 @@ class KLHybridStore:
             {'q1': {'b': 2.0, 'a': 1.0}}
         """
         k = check_k(k)
-        if isinstance(query_ids, str) or len(query_ids) != len(queries):
+        if isinstance(query_ids, str):
+            raise TypeError(f"query_ids must be a sequence of ids, not one string; got {query_ids!r}")
+        if len(query_ids) != len(queries):
             raise ValueError(f"give one query id per query; got {len(query_ids)} ids for {len(queries)} queries")
+        keys = [str(q) for q in query_ids]
+        repeated = [q for q, n in Counter(keys).items() if n > 1]
+        if repeated:
+            raise ValueError(f"query ids must be unique (a run maps each id to one ranking); {repeated[0]!r} repeats")
         config = self.fusion.replace(mode=fusion, weight=weight, normalization=normalization)
         run: dict[str, dict[str, float]] = {}
-        for qid, (_, ranked) in zip(query_ids, self._ranked(queries, k, filter, query_gaussians, config), strict=True):
-            run[str(qid)] = {doc_id: float(k - r) for r, (doc_id, *_) in enumerate(ranked)}
+        for qid, (_, ranked) in zip(keys, self._ranked(queries, k, filter, query_gaussians, config), strict=True):
+            run[qid] = {doc_id: float(k - r) for r, (doc_id, *_) in enumerate(ranked)}
         return run
 
     def _ranked(
@@ -1394,9 +1407,9 @@ class KLHybridStore:
 
     # ------------------------------------------------------------------ persistence
     def _config(self) -> dict[str, Any]:
-        adaptive = None
-        if self._adaptive is not None or ADAPTIVE_PARAMS_PATH.is_file():
-            adaptive = self.adaptive_params().to_dict()
+        # Only parameters the user gave are saved: looked-up ones are looked up again at load, from the
+        # encoder given there (they are model-specific, and the store may be loaded with another model).
+        adaptive = self._adaptive.to_dict() if self._adaptive_given and self._adaptive is not None else None
         return {
             "format": _FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -1425,11 +1438,11 @@ class KLHybridStore:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Save both halves and the config to the folder ``path``, atomically, without pickle.
 
-        Layout: ``hybrid.json`` (library version, fusion mode and parameters, adaptive
-        parameters, BM25 settings, score name and direction, the ids' digest and every file's
-        SHA-256), ``kl/`` (:meth:`KLStore.save`) and ``bm25/`` (``bm25s``' ``.npy`` arrays and
-        JSON vocabulary, plus ``ids.json``, the row order). An interrupted save leaves the
-        previous copy intact.
+        Layout: ``hybrid.json`` (library version, fusion mode and parameters, the adaptive
+        parameters when they were given to the constructor, BM25 settings, score name and direction,
+        the ids' digest and every file's SHA-256), ``kl/`` (:meth:`KLStore.save`) and ``bm25/``
+        (``bm25s``' ``.npy`` arrays and JSON vocabulary, plus ``ids.json``, the row order). An
+        interrupted save leaves the previous copy intact.
 
         Raises:
             ValueError: ``path`` exists and is not a hybrid store folder (never overwritten).
@@ -1486,7 +1499,8 @@ class KLHybridStore:
 
         Args:
             path: The hybrid store folder.
-            encoder: Gaussian encoder for text queries and additions.
+            encoder: Gaussian encoder for text queries and additions. Unless the saved store was given
+                its adaptive parameters, they are looked up from this encoder's model, as in the constructor.
             mmap: Memory-map the arrays of both halves (copied on the first change).
             verify_checksums: Check every file's SHA-256 against the config.
 
@@ -1537,7 +1551,7 @@ class KLHybridStore:
                         f"{folder}: {rel} is not the file this save wrote (SHA-256 differs); one half comes from "
                         "another save or was changed: refusing to load it (nothing was changed)"
                     )
-        adaptive = AdaptiveParams.from_dict(config["adaptive"], str(cfg_path)) if config["adaptive"] else None
+        adaptive = config["adaptive"] or None  # AdaptiveParams (checked by _read_config) or None
         store = cls(
             fusion=fusion["mode"],
             weight=fusion["weight"],
@@ -1607,6 +1621,19 @@ def _read_config(cfg_path: Path) -> dict[str, Any]:
     for key in ("k1", "b", "stopwords", "token_pattern"):
         if key not in bm25:
             raise HybridFormatError(f"{cfg_path}: field 'bm25' lacks {key!r}")
+    try:  # the values, checked as the constructor checks them, before either half is read
+        _check_positive(bm25["k1"], "k1", integer=False)
+        if not _is_real(bm25["b"]) or not 0.0 <= float(bm25["b"]) <= 1.0:
+            raise ValueError(f"b must be a number in [0, 1]; got {bm25['b']!r}")
+        _Tokenizer(bm25["stopwords"], bm25["token_pattern"])
+        _stopword_list(bm25["stopwords"])
+    except (TypeError, ValueError, re.error) as exc:
+        raise HybridFormatError(f"{cfg_path}: field 'bm25' holds an invalid value: {exc}") from None
+    if config["adaptive"]:
+        try:
+            config["adaptive"] = AdaptiveParams.from_dict(config["adaptive"], "field 'adaptive'")
+        except ValueError as exc:
+            raise HybridFormatError(f"{cfg_path}: {exc}") from None
     return config
 
 

@@ -592,3 +592,70 @@ def test_adaptive_parameters_come_from_the_encoder_model_folder_first(
     with caplog.at_level("WARNING", logger="kl_retrievers.hybrid"):
         assert KLHybridStore(_Named(str(tmp_path))).adaptive_params() == AdaptiveParams.default()
     assert any("fitted for 'minilm-gauss-soup'" in r.getMessage() for r in caplog.records)
+
+
+def test_looked_up_adaptive_parameters_are_looked_up_again_at_load_given_ones_are_kept(tmp_path: Path) -> None:
+    """Parameters resolved from the encoder's model are model-specific: a save does not fix them, a given set is."""
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    mine = params("zscore", coef=-0.7)
+    mine.save(folder / ADAPTIVE_PARAMS_FILE)
+    store, *_ = filled(fusion="adaptive", n=10)
+    assert store.adaptive_params() == AdaptiveParams.default()  # no encoder: the default model's
+    saved = store.save(tmp_path / "looked-up")
+    assert json.loads((saved / "hybrid.json").read_text())["adaptive"] is None
+    assert KLHybridStore.load(saved, encoder=_Named(str(folder))).adaptive_params() == mine
+    assert KLHybridStore.load(saved).adaptive_params() == AdaptiveParams.default()
+    given, *_ = filled(fusion="adaptive", n=10, adaptive_params=params(coef=0.3))
+    kept = given.save(tmp_path / "given")
+    assert KLHybridStore.load(kept, encoder=_Named(str(folder))).adaptive_params() == params(coef=0.3)
+
+
+def test_bm25_candidates_break_ties_at_the_cut_by_row() -> None:
+    """Rows tied at the candidate cut: the earlier row gets in (not whichever argpartition picks)."""
+    g = Gaussians(np.zeros((6, 2)), np.ones((6, 2)))
+    q = Gaussians(np.zeros((1, 2)), np.ones((1, 2)))
+    for order in ([0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0]):
+        texts = ["apple pie", "apple pie", "apple", "apple", "apple pie", "pear"]
+        store = KLHybridStore(fusion="rrf", candidates=3)
+        store.add([texts[i] for i in order], gaussians=g, ids=[f"d{i}" for i in order])
+        cand = store.candidates(["apple"], query_gaussians=q)[0]
+        bm25 = sorted((int(r), i) for i, r in zip(cand.ids, cand.bm25_rank, strict=True) if r)
+        first_pie = "d0" if order[0] == 0 else "d4"  # the earliest stored "apple pie" row
+        assert [i for _, i in bm25] == (["d2", "d3", first_pie] if order[0] == 0 else ["d3", "d2", first_pie])
+
+
+def test_search_run_refuses_repeated_and_string_query_ids() -> None:
+    store, _ids, texts, g = filled(n=10)
+    qg = Gaussians(g.mean[:2], g.var[:2])
+    with pytest.raises(ValueError, match="'q' repeats"):
+        store.search_run(["q", "q"], texts[:2], k=2, query_gaussians=qg)
+    with pytest.raises(ValueError, match="'1' repeats"):
+        store.search_run([1, "1"], texts[:2], k=2, query_gaussians=qg)  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="not one string; got 'ab'"):
+        store.search_run("ab", texts[:2], k=2, query_gaussians=qg)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("token_pattern", 5, "field 'bm25' holds an invalid value"),
+        ("token_pattern", "(", "not a valid regular expression"),
+        ("stopwords", "french", "stopwords must be 'english'"),
+        ("stopwords", 3, "field 'bm25' holds an invalid value"),
+        ("k1", -1, "k1"),
+        ("b", 2, r"b must be a number in \[0, 1\]; got 2"),
+        ("adaptive", {"format": "x"}, "field 'adaptive': not valid adaptive fusion parameters"),
+    ],
+)
+def test_a_bad_value_in_hybrid_json_is_a_format_error_naming_the_file(
+    tmp_path: Path, field: str, value: object, message: str
+) -> None:
+    store, *_ = filled(n=5)
+    saved = store.save(tmp_path / "h")
+    cfg = json.loads((saved / "hybrid.json").read_text())
+    (cfg if field == "adaptive" else cfg["bm25"])[field] = value
+    (saved / "hybrid.json").write_text(json.dumps(cfg))
+    with pytest.raises(HybridFormatError, match=message) as err:
+        KLHybridStore.load(saved)
+    assert "hybrid.json" in str(err.value)
