@@ -31,6 +31,7 @@ import math
 import os
 import threading
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -38,7 +39,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 try:
-    from langchain_core.callbacks import CallbackManagerForRetrieverRun
+    from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
     from langchain_core.documents import Document
     from langchain_core.embeddings import Embeddings
     from langchain_core.retrievers import BaseRetriever
@@ -128,6 +129,25 @@ def _check_query(query: Any) -> str:
 
 
 _check_k = check_k  # the one check of k, fetch_k, batch_size (kl_retrievers.gaussian)
+
+
+def _check_unit(value: Any, name: str) -> float:
+    """A real number in ``[0, 1]`` (not a bool or a string); else a ``ValueError`` naming it and the range."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if not ok or not math.isfinite(float(value)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1]; got {value!r}")
+    return float(value)
+
+
+def _warn_ignored(kwargs: dict[str, Any], where: str, takes: str, accepted: tuple[str, ...] = ()) -> None:
+    """Warn about keyword arguments a search method ignores (e.g. a misspelt ``filter``), naming what it takes."""
+    ignored = sorted(set(kwargs) - set(accepted))
+    if ignored:
+        warnings.warn(
+            f"KLVectorStore.{where} ignores the keyword argument(s) {ignored}; it takes {takes}",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _load_default_encoder(backend: str | None = None) -> Any:
@@ -409,12 +429,14 @@ class KLEmbeddings(Embeddings):
         """Async :meth:`embed_documents` (runs in a worker thread)."""
         from langchain_core.runnables.config import run_in_executor
 
+        _detect_caller_store()  # here: the worker thread's stack does not hold the calling store
         return await run_in_executor(None, self.embed_documents, texts)
 
     async def aembed_query(self, text: str) -> list[float]:
         """Async :meth:`embed_query` (runs in a worker thread)."""
         from langchain_core.runnables.config import run_in_executor
 
+        _detect_caller_store()  # here: the worker thread's stack does not hold the calling store
         return await run_in_executor(None, self.embed_query, text)
 
     def query_constant(self, text: str) -> float:
@@ -646,6 +668,8 @@ class KLVectorStore(VectorStore):
 
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         """Stored documents for ``ids`` (unknown ids skipped), with ``Document.id`` set."""
+        if isinstance(ids, str):
+            raise TypeError(f"ids must be a list of str, not a single str; got {ids!r}")
         return [
             Document(id=d.id, page_content=d.text or "", metadata=dict(d.metadata))
             for d in self.store.get_by_ids([str(i) for i in ids])
@@ -669,8 +693,11 @@ class KLVectorStore(VectorStore):
             k: Number of documents (>= 1).
             filter: Metadata filter: a dict with the operators of langchain-community's FAISS
                 (``$eq $ne $in $nin $gt $gte $lt $lte $not $and $or``) or a callable on the metadata.
-            **kwargs: Ignored (``fetch_k`` is accepted for FAISS compatibility).
+            **kwargs: ``fetch_k`` is accepted and ignored (FAISS compatibility); anything else is
+                ignored with a warning (e.g. ``filters=``, or FAISS' ``score_threshold``: use
+                :meth:`similarity_search_with_relevance_scores` for a threshold in ``[0, 1]``).
         """
+        _warn_ignored(kwargs, "similarity_search", "query, k and filter", accepted=("fetch_k",))
         k = _check_k(k)
         return self._results(self._encode_query(query), k, filter)
 
@@ -704,11 +731,12 @@ class KLVectorStore(VectorStore):
                 it exactly) or one query :class:`~kl_retrievers.gaussian.Gaussians`.
             k: Number of documents.
             filter: Metadata filter (dict or callable).
-            **kwargs: Ignored.
+            **kwargs: Ignored (with a warning; ``fetch_k`` silently, for FAISS compatibility).
 
         Raises:
             ValueError: Not a ``q~`` vector (e.g. a document vector ``d~``), or the wrong size.
         """
+        _warn_ignored(kwargs, "similarity_search_by_vector", "embedding, k and filter", accepted=("fetch_k",))
         k = _check_k(k)
         return self._results(self._vector_to_gaussian(embedding), k, filter)
 
@@ -716,7 +744,31 @@ class KLVectorStore(VectorStore):
         self, embedding: Sequence[float] | Gaussians, k: int = 4, filter: MetadataFilter | None = None, **kwargs: Any
     ) -> list[Document]:  # type: ignore[override]
         """Documents for a ``q~`` vector or a query Gaussian; see :meth:`similarity_search_with_score_by_vector`."""
-        return [doc for doc, _ in self.similarity_search_with_score_by_vector(embedding, k, filter=filter)]
+        return [doc for doc, _ in self.similarity_search_with_score_by_vector(embedding, k, filter=filter, **kwargs)]
+
+    def similarity_search_with_relevance_scores(
+        self, query: str, k: int = 4, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        """LangChain's relevance search: ``(document, relevance)`` with relevance in ``[0, 1]``, higher is better.
+
+        The relevance is this store's ``relevance`` function of ``-KL`` (default ``exp(-KL)``).
+        ``score_threshold`` (a number in ``[0, 1]``) drops documents below it; ``filter`` works as in
+        :meth:`similarity_search_with_score`.
+
+        Raises:
+            ValueError: ``score_threshold`` is not a number in ``[0, 1]``.
+        """
+        if kwargs.get("score_threshold") is not None:
+            _check_unit(kwargs["score_threshold"], "score_threshold")
+        return super().similarity_search_with_relevance_scores(query, k, **kwargs)
+
+    async def asimilarity_search_with_relevance_scores(
+        self, query: str, k: int = 4, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        """Async :meth:`similarity_search_with_relevance_scores` (the same checks)."""
+        if kwargs.get("score_threshold") is not None:
+            _check_unit(kwargs["score_threshold"], "score_threshold")
+        return await super().asimilarity_search_with_relevance_scores(query, k, **kwargs)
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
         fn, dim = resolve_relevance(self.relevance), self.store.dim
@@ -745,8 +797,9 @@ class KLVectorStore(VectorStore):
             fetch_k: Candidates to choose from (``>= k``).
             lambda_mult: ``1`` = pure relevance, ``0`` = maximal diversity.
             filter: Metadata filter (dict or callable).
-            **kwargs: Ignored.
+            **kwargs: Ignored, with a warning.
         """
+        _warn_ignored(kwargs, "max_marginal_relevance_search", "query, k, fetch_k, lambda_mult and filter")
         return self._mmr(self._encode_query(query), k, fetch_k, lambda_mult, filter)
 
     def max_marginal_relevance_search_by_vector(
@@ -759,6 +812,9 @@ class KLVectorStore(VectorStore):
         **kwargs: Any,
     ) -> list[Document]:  # type: ignore[override]
         """:meth:`max_marginal_relevance_search` for a ``q~`` vector or a query Gaussian."""
+        _warn_ignored(
+            kwargs, "max_marginal_relevance_search_by_vector", "embedding, k, fetch_k, lambda_mult and filter"
+        )
         return self._mmr(self._vector_to_gaussian(embedding), k, fetch_k, lambda_mult, filter)
 
     def _mmr(
@@ -766,8 +822,7 @@ class KLVectorStore(VectorStore):
     ) -> list[Document]:
         k = _check_k(k)
         fetch_k = max(k, _check_k(fetch_k, "fetch_k"))
-        if not 0.0 <= float(lambda_mult) <= 1.0:
-            raise ValueError(f"lambda_mult must be in [0, 1]; got {lambda_mult!r}")
+        lambda_mult = _check_unit(lambda_mult, "lambda_mult")
         cands = self._results(query, fetch_k, filter)
         if not cands:
             return []
@@ -956,6 +1011,24 @@ class _ConfidenceRetriever(BaseRetriever):
         flt = self.filter if filter is None else filter
         floor = self.min_confidence if min_confidence is None else check_min_confidence(min_confidence)
         return kk, flt, floor
+
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        """Async retrieval with the same per-call settings as the sync one (``k``, ``filter``, ...).
+
+        LangChain's default takes no keyword arguments, yet ``ainvoke``/``abatch`` pass them on because
+        :meth:`_get_relevant_documents` declares them; the sync path runs in a worker thread.
+        """
+        from langchain_core.runnables.config import run_in_executor
+
+        return await run_in_executor(
+            None,
+            self._get_relevant_documents,  # type: ignore[attr-defined]
+            query,
+            run_manager=run_manager.get_sync(),
+            **kwargs,
+        )
 
     @staticmethod
     def _signal_abstention(

@@ -567,3 +567,52 @@ def test_faiss_inner_product_matches_klvectorstore_on_scifact(minilm_default: An
             assert s2 + c == pytest.approx(s1, abs=1e-3)
             assert d1.id == d2.id or abs(s1 - (s2 + c)) < 1e-3, (q, d1.id, d2.id)
         assert [d.id for d, _ in ours] == [d.id for d, _ in theirs]
+
+
+def test_get_by_ids_refuses_one_string(store: KLVectorStore) -> None:
+    """``get_by_ids("d1")`` must not look up "d" and "1" (a str is a sequence of characters)."""
+    with pytest.raises(TypeError, match="not a single str; got 'd1'"):
+        store.get_by_ids("d1")
+    with pytest.raises(TypeError, match="not a single str"):
+        asyncio.run(store.aget_by_ids("d1"))
+    assert [d.id for d in store.get_by_ids(["d1"])] == ["d1"]
+
+
+def test_async_paths_warn_about_incompatible_stores_too(emb: KLEmbeddings) -> None:
+    with pytest.warns(UserWarning, match="InMemoryVectorStore"):
+        mem = asyncio.run(InMemoryVectorStore.afrom_texts(TEXTS[:3], emb))
+    with pytest.warns(UserWarning, match="InMemoryVectorStore"):
+        asyncio.run(mem.asimilarity_search("tea", k=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # our own store: silent
+        kl = asyncio.run(KLVectorStore.afrom_texts(TEXTS[:3], emb))
+        asyncio.run(kl.asimilarity_search("tea", k=1))
+
+
+@pytest.mark.parametrize("bad", [None, "0.5", "a", 1.5, -0.1, float("nan"), True])
+def test_lambda_mult_and_score_threshold_must_be_numbers_in_unit_range(store: KLVectorStore, bad: Any) -> None:
+    with pytest.raises(ValueError, match=r"lambda_mult must be a number in \[0, 1\]; got"):
+        store.max_marginal_relevance_search("tea", k=2, lambda_mult=bad)
+    if bad is not None:
+        with pytest.raises(ValueError, match=r"score_threshold must be a number in \[0, 1\]; got"):
+            store.similarity_search_with_relevance_scores("tea", k=2, score_threshold=bad)
+        with pytest.raises(ValueError, match=r"score_threshold must be a number in \[0, 1\]; got"):
+            asyncio.run(store.asimilarity_search_with_relevance_scores("tea", k=2, score_threshold=bad))
+
+
+def test_ignored_search_keywords_warn_naming_them(store: KLVectorStore) -> None:
+    """A misspelt ``filter`` used to return unfiltered results without a word."""
+    with pytest.warns(UserWarning, match=r"ignores the keyword argument\(s\) \['filters'\]; it takes query, k"):
+        docs = store.similarity_search("cat", k=8, filters={"kind": "animal"})
+    assert {d.metadata["kind"] for d in docs} == {"animal", "thing"}  # not applied
+    with pytest.warns(UserWarning, match="fliter"):
+        store.as_retriever(search_kwargs={"k": 2, "fliter": {"kind": "animal"}}).invoke("cat")
+    with pytest.warns(UserWarning, match="score_threshold"):
+        store.similarity_search("cat", k=2, score_threshold=0.5)
+    with pytest.warns(UserWarning, match="'foo'"):
+        store.max_marginal_relevance_search("cat", k=2, foo=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        store.similarity_search("cat", k=2, fetch_k=10)  # FAISS' fetch_k: accepted
+        store.similarity_search_with_relevance_scores("cat", k=2, score_threshold=0.1, filter={"kind": "thing"})
+        store.as_retriever(search_type="mmr", search_kwargs={"k": 2, "fetch_k": 4}).invoke("cat")

@@ -321,3 +321,30 @@ class TestKLHybridRetrieverStandard(RetrieversIntegrationTests):
     @property
     def retriever_query_example(self) -> str:
         return "the cat"
+
+
+def test_async_calls_take_the_same_per_call_settings_as_sync(
+    store: KLVectorStore, hybrid: KLHybridStore, calibrator: ConfidenceCalibrator
+) -> None:
+    """ainvoke/abatch pass k, filter, min_confidence (and the fusion settings) on, as invoke/batch do."""
+    dense = KLRetriever.from_store(store, k=3, calibrator=calibrator)
+    fused = KLHybridRetriever(store=hybrid, k=3, calibrator=calibrator)
+
+    def ids(docs: list[Document]) -> list[str | None]:
+        return [d.id for d in docs]
+
+    for retriever, extra in ((dense, {}), (fused, {"fusion": "convex", "weight": 0.3})):
+        calls: list[dict[str, Any]] = [
+            {"k": 1},
+            {"k": 2, "filter": {"even": True}},
+            {"min_confidence": 1.0},
+            {"k": 2, **extra},
+        ]
+        for kwargs in calls:
+            sync = retriever.invoke("black rock", **kwargs)
+            assert ids(asyncio.run(retriever.ainvoke("black rock", **kwargs))) == ids(sync)
+            batched = asyncio.run(retriever.abatch(["black rock", TEXTS[0]], **kwargs))
+            assert [ids(b) for b in batched] == [ids(b) for b in retriever.batch(["black rock", TEXTS[0]], **kwargs)]
+        assert len(asyncio.run(retriever.ainvoke("black rock", k=1))) == 1
+        assert asyncio.run(retriever.ainvoke("black rock", min_confidence=1.0)) == []  # abstains
+        assert all(d.metadata["even"] for d in asyncio.run(retriever.ainvoke("black rock", filter={"even": True})))
