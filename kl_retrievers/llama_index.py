@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -83,8 +84,8 @@ _INSTALL_HINT = (
 
 try:
     from llama_index.core.base.base_retriever import BaseRetriever
-    from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
-    from llama_index.core.bridge.pydantic import PrivateAttr, field_validator
+    from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding, SimilarityMode
+    from llama_index.core.bridge.pydantic import ConfigDict, PrivateAttr, field_validator
     from llama_index.core.callbacks.base import CallbackManager
     from llama_index.core.constants import DEFAULT_SIMILARITY_TOP_K
     from llama_index.core.postprocessor.types import BaseNodePostprocessor
@@ -92,8 +93,10 @@ try:
         BaseNode,
         Document,
         MetadataMode,
+        NodeRelationship,
         NodeWithScore,
         QueryBundle,
+        RelatedNodeInfo,
         TextNode,
         TransformComponent,
     )
@@ -167,6 +170,7 @@ _MMR_PREFETCH_FACTOR = 4.0
 _MANIFEST_FORMAT = "kl-retrievers/llama-index-vector-store"
 _MANIFEST_VERSION = 1
 _STORE_SUFFIX = ".klstore"
+_CALIBRATOR_SUFFIX = ".calibrator.json"
 _NAMESPACE_SEP = "__"
 _DEFAULT_NAMESPACE = "default"
 # Relative tolerance of the consistency check on d~[0] (float32 round trips stay far below it).
@@ -188,13 +192,31 @@ _ENCODE_LOCK = threading.Lock()
 Predicate = Callable[[Mapping[str, Any]], bool]
 
 
-# Metadata keys a search adds to every node (kept out of the LLM and embedding text).
-_SCORE_KEYS = (SCORE_NAME, QUERY_UNCERTAINTY_KEY, CONFIDENCE_KEY)
-
-
 # --------------------------------------------------------------------------- inversion
-def _as_2d(embeddings: Any, what: str) -> np.ndarray:
-    arr = np.asarray(embeddings, dtype=np.float64)
+def _ragged_rows(embeddings: Any, what: str, labels: Sequence[str] | None) -> str | None:
+    """Why ``embeddings`` is not one ``(n, 2k + 1)`` array because its rows differ in length (``None``: they do not)."""
+    try:
+        lengths = [len(row) for row in embeddings]
+    except TypeError:
+        return None
+    odd = next((i for i, n in enumerate(lengths) if n != lengths[0]), None)
+    if odd is None:
+        return None
+    names = [repr(x) for x in labels] if labels is not None else [f"at position {i}" for i in range(len(lengths))]
+    return (
+        f"{what} must all have the same length 2k + 1 (KL vectors of one model); {names[0]} has length "
+        f"{lengths[0]}, {names[odd]} has length {lengths[odd]}"
+    )
+
+
+def _as_2d(embeddings: Any, what: str, labels: Sequence[str] | None = None) -> np.ndarray:
+    try:
+        arr = np.asarray(embeddings, dtype=np.float64)
+    except ValueError as exc:
+        problem = _ragged_rows(embeddings, what, labels)
+        if problem is None:
+            raise ValueError(f"{what} must be numbers, one vector of length 2k + 1 per row: {exc}") from exc
+        raise ValueError(problem) from exc
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[1] < 3 or arr.shape[1] % 2 == 0:
@@ -429,6 +451,18 @@ def _check_top_k(k: Any) -> int:
     return check_k(k, "similarity_top_k")
 
 
+def _mmr_prefetch(top_k: int, kwargs: Mapping[str, Any]) -> int:
+    """MMR candidates from LlamaIndex's ``mmr_prefetch_k`` (a positive integer) or ``mmr_prefetch_factor`` (>= 1)."""
+    prefetch_k = kwargs.get("mmr_prefetch_k")
+    if prefetch_k is not None:
+        return check_k(prefetch_k, "mmr_prefetch_k")
+    factor = kwargs.get("mmr_prefetch_factor", _MMR_PREFETCH_FACTOR)
+    number = isinstance(factor, (int, float, np.integer, np.floating)) and not isinstance(factor, (bool, np.bool_))
+    if not number or not math.isfinite(float(factor)) or float(factor) < 1.0:
+        raise ValueError(f"mmr_prefetch_factor must be a finite number >= 1 (candidates per result); got {factor!r}")
+    return int(top_k * float(factor))
+
+
 def _unwrap_encoder(encoder: Any) -> Any:
     if isinstance(encoder, KLEmbedding):
         return encoder.encoder
@@ -485,7 +519,9 @@ class KLEmbedding(BaseEmbedding):
 
     When it embeds for a store known to rank otherwise (LlamaIndex's default cosine
     ``SimpleVectorStore``, a FAISS L2 index), it emits one ``UserWarning`` per store type,
-    as :class:`kl_retrievers.langchain.KLEmbeddings` does.
+    as :class:`kl_retrievers.langchain.KLEmbeddings` does.  :meth:`similarity` (what
+    ``SentenceEmbeddingOptimizer`` and ``SemanticSplitterNodeParser`` call) is a KL relevance,
+    not cosine.
 
     Args:
         encoder: A :class:`~kl_retrievers.encoder.GaussianEncoder` (or anything with
@@ -563,6 +599,43 @@ class KLEmbedding(BaseEmbedding):
         """Encode documents as float64 Gaussians (one encoder call)."""
         return _encode(self._encoder.encode_documents, list(texts), self.embed_batch_size)
 
+    def similarity(
+        self,
+        embedding1: Embedding,
+        embedding2: Embedding,
+        mode: SimilarityMode = SimilarityMode.DEFAULT,
+    ) -> float:
+        """Similarity of two KL vectors as a relevance in ``(0, 1]`` (higher is more similar).
+
+        LlamaIndex components that compare embeddings through ``embed_model.similarity``
+        (``SentenceEmbeddingOptimizer``, ``SemanticSplitterNodeParser``, ...) call this. Cosine is
+        meaningless for ``q~`` / ``d~``, so with the default ``mode`` the vectors are inverted back
+        to their Gaussians (:func:`query_gaussians_from_embeddings`,
+        :func:`document_gaussians_from_embeddings`) and:
+
+        * a query and a document vector (either order): ``exp(-KL(Q || D))``, the relevance
+          :class:`KLVectorStore` reports by default, so ranking by it is ranking by ``-KL``;
+        * two document vectors (what ``SemanticSplitterNodeParser`` compares) or two query vectors:
+          ``exp(-(KL(A || B) + KL(B || A)) / 2)``, the relevance of the symmetrised KL, which is
+          also the redundancy :class:`KLVectorStore`'s MMR uses (``1`` for identical Gaussians,
+          symmetric in its arguments).
+
+        Any other ``mode`` (``"dot_product"``, ``"euclidean"``), vectors of different lengths and
+        vectors that are not KL vectors get LlamaIndex's :meth:`BaseEmbedding.similarity`.
+
+        Examples:
+            >>> embed = KLEmbedding()  # doctest: +SKIP
+            >>> q = embed.get_query_embedding("caffeine")  # doctest: +SKIP
+            >>> d = embed.get_text_embedding_batch(["Coffee has caffeine.", "Aspirin lowers fever."])  # doctest: +SKIP
+            >>> [round(embed.similarity(q, x), 2) for x in d]  # exp(-KL), as KLVectorStore scores  # doctest: +SKIP
+            [0.62, 0.35]
+        """
+        if mode == SimilarityMode.DEFAULT:
+            score = _kl_similarity(embedding1, embedding2)
+            if score is not None:
+                return score
+        return super().similarity(embedding1, embedding2, mode=mode)
+
     def _query_vector(self, query: str) -> Embedding:
         return [float(x) for x in kl_query_vectors(self.query_gaussians([query]))[0]]
 
@@ -596,6 +669,36 @@ class KLEmbedding(BaseEmbedding):
         return await asyncio.to_thread(self._document_vectors, texts)
 
 
+def _kl_gaussian(vector: Any) -> tuple[bool, Gaussians] | None:
+    """``(is_query, Gaussian)`` of one KL vector (``q~`` or ``d~``), or ``None`` when it is neither."""
+    if np.ndim(vector) != 1:
+        return None
+    try:
+        return False, document_gaussians_from_embeddings(vector)
+    except ValueError:
+        pass
+    try:
+        return True, query_gaussians_from_embeddings(vector)
+    except ValueError:
+        return None
+
+
+def _kl_similarity(embedding1: Any, embedding2: Any) -> float | None:
+    """:meth:`KLEmbedding.similarity` of two KL vectors (``None``: not two KL vectors of one size)."""
+    if len(embedding1) != len(embedding2):
+        return None
+    first, second = _kl_gaussian(embedding1), _kl_gaussian(embedding2)
+    if first is None or second is None:
+        return None
+    relevance = adapters.resolve_relevance(adapters.DEFAULT_RELEVANCE)
+    (query1, a), (query2, b) = first, second
+    if query1 != query2:  # -KL(query || document)
+        query, document = (a, b) if query1 else (b, a)
+        return relevance(float(np.asarray(neg_kl_matrix(query, document))[0, 0]), a.dim)
+    symmetric = 0.5 * (np.asarray(neg_kl_matrix(a, b))[0, 0] + np.asarray(neg_kl_matrix(b, a))[0, 0])
+    return relevance(float(symmetric), a.dim)
+
+
 # ------------------------------------------------------------------------ vector store
 def _node_text(node: BaseNode) -> str | None:
     try:
@@ -604,11 +707,38 @@ def _node_text(node: BaseNode) -> str | None:
         return None
 
 
+def _stored_metadata(node: BaseNode, flat_metadata: bool = False) -> dict[str, Any]:
+    """What a store keeps as a node's metadata: LlamaIndex's ``node_to_metadata_dict`` without the text.
+
+    The user's metadata at the top level (what filters see), plus ``ref_doc_id`` / ``doc_id`` /
+    ``document_id`` and the node JSON under ``_node_content`` (its class, relationships and
+    excluded metadata keys), which :func:`_to_node` rebuilds the node from.
+    """
+    return node_to_metadata_dict(node, remove_text=True, flat_metadata=flat_metadata)
+
+
+def _has_node_content(metadata: Mapping[str, Any]) -> bool:
+    return "_node_content" in metadata
+
+
 def _to_node(doc_id: str, text: str | None, metadata: Mapping[str, Any]) -> BaseNode:
-    if "_node_content" in metadata:
+    if _has_node_content(metadata):
         return metadata_dict_to_node(dict(metadata), text=text)
     # A plain KLStore document (added with the core API): a TextNode with its metadata.
     return TextNode(id_=doc_id, text=text or "", metadata=dict(metadata))
+
+
+def _scored_node(doc_id: str, text: str | None, metadata: Mapping[str, Any], scores: Mapping[str, Any]) -> BaseNode:
+    """A stored node rebuilt by :func:`_to_node`, with ``scores`` added to its metadata.
+
+    The score keys are appended to the node's own excluded LLM and embedding metadata keys, so the
+    LLM and the embedder read what they read before the search.
+    """
+    node = _to_node(doc_id, text, metadata)
+    node.metadata.update(scores)
+    for excluded in (node.excluded_llm_metadata_keys, node.excluded_embed_metadata_keys):
+        excluded.extend(key for key in scores if key not in excluded)
+    return node
 
 
 def _ref_doc_id(metadata: Mapping[str, Any]) -> Any:
@@ -619,6 +749,16 @@ def _manifest_and_store_paths(persist_path: str | os.PathLike[str]) -> tuple[Pat
     path = Path(persist_path)
     store_dir = path.with_suffix(_STORE_SUFFIX) if path.suffix == ".json" else Path(str(path) + _STORE_SUFFIX)
     return path, store_dir
+
+
+def _calibrator_path(manifest_path: Path) -> Path:
+    """Where :meth:`KLVectorStore.persist` writes an explicit calibrator: ``<name>.calibrator.json``.
+
+    The name does not end in ``vector_store.json``, so ``StorageContext.from_defaults(persist_dir=...)``
+    does not mistake it for a vector store.
+    """
+    stem = manifest_path.with_suffix("") if manifest_path.suffix == ".json" else manifest_path
+    return stem.with_name(stem.name + _CALIBRATOR_SUFFIX)
 
 
 def _is_local_fs(fs: Any) -> bool:
@@ -664,6 +804,14 @@ class KLVectorStore(BasePydanticVectorStore):
         encoder: Optional Gaussian encoder or :class:`KLEmbedding` (see above).
         relevance: A name in :data:`RELEVANCE_FUNCTIONS`: ``"exp"`` (default), ``"inverse"``
             (``1 / (1 + KL)``) or ``"exp_per_dim"`` (``exp(-KL / k)``).
+        calibrator: A fitted dense ``ConfidenceCalibrator`` (or a path to its JSON) for the
+            confidence in node metadata (default: the query encoder's model's). An explicit one is
+            saved by :meth:`persist` and loaded back.
+        stores_text: LlamaIndex's field; must be ``True`` (accepted so that
+            ``KLVectorStore.from_dict(store.to_dict())`` works).
+        flat_metadata: LlamaIndex's field: require flat node metadata on :meth:`add`.
+        is_embedding_query: LlamaIndex's field: ``False`` makes ``VectorStoreIndex`` retrievers pass
+            only the query string (the store then needs an ``encoder``).
         **store_kwargs: Passed to :class:`KLStore` when ``store`` is ``None``
             (``index_type="hnsw"``, ...).
 
@@ -698,13 +846,21 @@ class KLVectorStore(BasePydanticVectorStore):
         encoder: Any | None = None,
         relevance: str = adapters.DEFAULT_RELEVANCE,
         calibrator: Any = None,
+        stores_text: bool = True,
+        flat_metadata: bool = False,
+        is_embedding_query: bool = True,
         **store_kwargs: Any,
     ) -> None:
         if not isinstance(relevance, str):
             raise TypeError(f"relevance must be one of {sorted(RELEVANCE_FUNCTIONS)}; got {type(relevance).__name__}")
         adapters.resolve_relevance(relevance)
-        super().__init__(stores_text=True)
+        if stores_text is not True:
+            raise ValueError(
+                f"stores_text must be True (a KLVectorStore always keeps the node text and JSON); got {stores_text!r}"
+            )
+        super().__init__(stores_text=True, is_embedding_query=is_embedding_query)
         self.relevance = relevance
+        self.flat_metadata = flat_metadata
         encoder = _unwrap_encoder(encoder)
         if store is None:
             store = KLStore(encoder=encoder, **store_kwargs)
@@ -792,7 +948,12 @@ class KLVectorStore(BasePydanticVectorStore):
         var = np.ones((len(nodes), 0))
         with_embedding = [i for i, n in enumerate(nodes) if n.embedding is not None]
         if with_embedding:
-            g = document_gaussians_from_embeddings([nodes[i].embedding for i in with_embedding])
+            rows = _as_2d(
+                [nodes[i].embedding for i in with_embedding],
+                "node embeddings",
+                labels=[nodes[i].node_id for i in with_embedding],
+            )
+            g = document_gaussians_from_embeddings(rows)
             k = g.dim if k is None else k
             if g.dim != k:
                 raise ValueError(f"node embeddings have k={g.dim} (length {2 * g.dim + 1}); this store has k={k}")
@@ -819,9 +980,7 @@ class KLVectorStore(BasePydanticVectorStore):
             [_node_text(nodes[i]) or "" for i in keep],
             gaussians=Gaussians(mean[keep], var[keep]),
             ids=[ids[i] for i in keep],
-            metadatas=[
-                node_to_metadata_dict(nodes[i], remove_text=True, flat_metadata=self.flat_metadata) for i in keep
-            ],
+            metadatas=[_stored_metadata(nodes[i], self.flat_metadata) for i in keep],
         )
         return ids
 
@@ -913,12 +1072,11 @@ class KLVectorStore(BasePydanticVectorStore):
             )
         top_k = _check_top_k(query.similarity_top_k)
         threshold = kwargs.get("mmr_threshold", query.mmr_threshold)
-        factor = float(kwargs.get("mmr_prefetch_factor", _MMR_PREFETCH_FACTOR))
         return self.mmr_search_gaussian(
             gaussian,
             top_k,
             mmr_threshold=_MMR_THRESHOLD if threshold is None else threshold,
-            prefetch_k=max(top_k, kwargs.get("mmr_prefetch_k") or int(top_k * factor)),
+            prefetch_k=max(top_k, _mmr_prefetch(top_k, kwargs)),
             filters=query.filters,
             node_ids=query.node_ids,
             doc_ids=query.doc_ids,
@@ -1041,13 +1199,8 @@ class KLVectorStore(BasePydanticVectorStore):
         uncertainty = float(query.numpy().uncertainty()[0])
         nodes = []
         for doc_id, text, meta, score in zip(ids, texts, metas, scores, strict=True):
-            node = _to_node(doc_id, text, meta)
-            node.metadata[SCORE_NAME] = score
-            node.metadata[QUERY_UNCERTAINTY_KEY] = uncertainty
-            node.metadata[CONFIDENCE_KEY] = confidence
-            for excluded in (node.excluded_llm_metadata_keys, node.excluded_embed_metadata_keys):
-                excluded.extend(key for key in _SCORE_KEYS if key not in excluded)
-            nodes.append(node)
+            added = {SCORE_NAME: score, QUERY_UNCERTAINTY_KEY: uncertainty, CONFIDENCE_KEY: confidence}
+            nodes.append(_scored_node(doc_id, text, meta, added))
         return VectorStoreQueryResult(nodes=nodes, similarities=[relevance(x, dim) for x in scores], ids=list(ids))
 
     def _search_among(
@@ -1079,7 +1232,11 @@ class KLVectorStore(BasePydanticVectorStore):
 
         ``persist_path`` is the manifest (``StorageContext.persist`` passes
         ``<dir>/default__vector_store.json``); the store folder is the same path with the
-        suffix ``.klstore``.  Both are written atomically; persisting again overwrites them.
+        suffix ``.klstore``.  An explicit ``calibrator=`` is written as JSON
+        (:meth:`~kl_retrievers.calibration.ConfidenceCalibrator.save`) to ``<name>.calibrator.json``
+        and recorded in the manifest, so abstention survives a reload; a store without one records
+        ``None`` (the query encoder's model's calibrator is found again after loading).  Everything
+        is written atomically; persisting again overwrites it.
         ``load_index_from_storage(StorageContext.from_defaults(persist_dir=dir))`` loads the
         store back as a :class:`KLVectorStore` (see :meth:`from_persist_path`).
 
@@ -1090,6 +1247,9 @@ class KLVectorStore(BasePydanticVectorStore):
         manifest_path, store_dir = _manifest_and_store_paths(persist_path)
         manifest_path.parent.mkdir(parents=True, exist_ok=True)
         self._store.save(store_dir)
+        calibrator, calibrator_path = self._scorer.explicit, _calibrator_path(manifest_path)
+        if calibrator is not None:
+            calibrator.save(calibrator_path)
         manifest = {
             "format": _MANIFEST_FORMAT,
             "format_version": _MANIFEST_VERSION,
@@ -1098,9 +1258,12 @@ class KLVectorStore(BasePydanticVectorStore):
             "score_direction": SCORE_DIRECTION,
             "flat_metadata": self.flat_metadata,
             "relevance": self.relevance,
+            "calibrator": calibrator_path.name if calibrator is not None else None,
             "embedding_dict": {"kl-retrievers": [_NOT_A_SIMPLE_VECTOR_STORE]},
         }
         adapters.write_manifest(manifest_path, manifest)
+        if calibrator is None:
+            calibrator_path.unlink(missing_ok=True)  # a calibrator persisted earlier no longer applies
         logger.info("persisted %d nodes to %s (+ %s)", len(self._store), manifest_path, store_dir.name)
 
     @classmethod
@@ -1111,6 +1274,7 @@ class KLVectorStore(BasePydanticVectorStore):
         *,
         encoder: Any | None = None,
         mmap: bool = False,
+        calibrator: Any = None,
     ) -> KLVectorStore:
         """Load a store written by :meth:`persist` (``persist_path`` = the manifest, or a KLStore folder).
 
@@ -1124,16 +1288,19 @@ class KLVectorStore(BasePydanticVectorStore):
             fs: Must be ``None`` or a local filesystem.
             encoder: Optional encoder (see the class docstring).
             mmap: Memory-map the saved arrays (see :meth:`KLStore.load`).
+            calibrator: A confidence calibrator (or a path to its JSON); it takes precedence over
+                the one :meth:`persist` saved (manifests written before calibrators were saved
+                record none).
 
         Raises:
-            FileNotFoundError: Nothing at ``persist_path``.
-            ValueError: The manifest is not a KLVectorStore manifest (or the store is corrupted).
+            FileNotFoundError: Nothing at ``persist_path``, or the calibrator file the manifest names is missing.
+            ValueError: The manifest is not a KLVectorStore manifest (or the store or calibrator is corrupted).
         """
         _check_fs(fs)
         encoder = _unwrap_encoder(encoder)
         path = Path(persist_path)
         if path.is_dir():
-            return cls(KLStore.load(path, encoder=encoder, mmap=mmap))
+            return cls(KLStore.load(path, encoder=encoder, mmap=mmap), calibrator=calibrator)
         if not path.is_file():
             raise FileNotFoundError(f"no KLVectorStore at {path}")
         manifest = adapters.read_manifest(
@@ -1142,10 +1309,20 @@ class KLVectorStore(BasePydanticVectorStore):
         name = str(manifest.get("store", ""))
         if not name or Path(name).name != name:
             raise ValueError(f"{path} names an invalid store folder {name!r}")
+        saved = manifest.get("calibrator")
+        if calibrator is None and saved is not None:
+            if not isinstance(saved, str) or not saved or Path(saved).name != saved:
+                raise ValueError(f"{path} names an invalid calibrator file {saved!r}")
+            calibrator = path.parent / saved
+            if not calibrator.is_file():
+                raise FileNotFoundError(f"{path} records the calibrator {saved!r}, which is missing from {path.parent}")
         relevance = manifest.get("relevance") or adapters.DEFAULT_RELEVANCE
-        vs = cls(KLStore.load(path.parent / name, encoder=encoder, mmap=mmap), relevance=str(relevance))
-        vs.flat_metadata = bool(manifest.get("flat_metadata", False))
-        return vs
+        return cls(
+            KLStore.load(path.parent / name, encoder=encoder, mmap=mmap),
+            relevance=str(relevance),
+            calibrator=calibrator,
+            flat_metadata=bool(manifest.get("flat_metadata", False)),
+        )
 
     @classmethod
     def from_persist_dir(
@@ -1156,14 +1333,19 @@ class KLVectorStore(BasePydanticVectorStore):
         *,
         encoder: Any | None = None,
         mmap: bool = False,
+        calibrator: Any = None,
     ) -> KLVectorStore:
         """Load the store that ``StorageContext.persist(persist_dir)`` wrote (``<namespace>__vector_store.json``).
+
+        ``encoder``, ``mmap`` and ``calibrator`` are as in :meth:`from_persist_path`.
 
         Examples:
             >>> KLVectorStore.from_persist_dir("./storage")  # doctest: +SKIP
         """
         fname = f"{namespace}{_NAMESPACE_SEP}{DEFAULT_PERSIST_FNAME}"
-        return cls.from_persist_path(Path(persist_dir) / fname, fs=fs, encoder=encoder, mmap=mmap)
+        return cls.from_persist_path(
+            Path(persist_dir) / fname, fs=fs, encoder=encoder, mmap=mmap, calibrator=calibrator
+        )
 
 
 _ORIGINAL_ATTR = "_kl_retrievers_original"
@@ -1390,7 +1572,8 @@ class KLConfidencePostprocessor(BaseNodePostprocessor):
         confidence_key: The node metadata key to read.
 
     Raises:
-        ValueError: ``min_confidence`` is not a number in ``[0, 1]`` (naming the value and the range).
+        ValueError: ``min_confidence`` is not a number in ``[0, 1]`` (naming the value and the range),
+            at construction or when assigned later.
 
     Examples:
         >>> from llama_index.core.schema import NodeWithScore, TextNode
@@ -1400,6 +1583,9 @@ class KLConfidencePostprocessor(BaseNodePostprocessor):
         >>> len(KLConfidencePostprocessor(min_confidence=0.1).postprocess_nodes(nodes))
         1
     """
+
+    # Assigning post.min_confidence later is checked as the constructor checks it (as LlamaIndex's nodes do).
+    model_config = ConfigDict(arbitrary_types_allowed=True, validate_assignment=True)
 
     min_confidence: float
     confidence_key: str = CONFIDENCE_KEY
@@ -1450,7 +1636,10 @@ class KLHybridRetriever(_TopKRetriever):
 
     ``NodeWithScore.score`` is the fused score (its scale depends on the fusion mode, e.g. about
     ``1 / 60`` per list for RRF), so use :class:`KLConfidencePostprocessor` rather than
-    ``SimilarityPostprocessor`` to cut. Each
+    ``SimilarityPostprocessor`` to cut. Nodes are stored as :class:`KLVectorStore` stores them
+    (LlamaIndex's ``node_to_metadata_dict``) and come back as they went in: their class (an
+    ``IndexNode`` stays one), relationships and own excluded metadata keys; filters see the same
+    keys as :class:`KLVectorStore`'s (the node's metadata plus ``ref_doc_id`` / ``doc_id``). Each
     node's metadata carries what both retrievers said (:meth:`~kl_retrievers.hybrid.HybridResult.scores`):
     ``fused_score``, ``fusion``, ``neg_kl`` (the exact ``-KL``), ``bm25``, ``dense_rank`` /
     ``bm25_rank``, ``dense_weight``, the query uncertainty under :data:`QUERY_UNCERTAINTY_KEY`
@@ -1582,7 +1771,7 @@ class KLHybridRetriever(_TopKRetriever):
                 store.add(
                     [_node_text(n) or "" for n in node_list],
                     ids=[n.node_id for n in node_list],
-                    metadatas=[_hybrid_metadata(n) for n in node_list],
+                    metadatas=[_stored_metadata(n) for n in node_list],
                 )
         return cls(store, similarity_top_k=similarity_top_k, filters=filters, calibrator=calibrator)
 
@@ -1599,23 +1788,12 @@ class KLHybridRetriever(_TopKRetriever):
         )
         out = []
         for hit in hits:
-            scores = hit.scores()
             metadata = dict(hit.metadata)
-            ref = metadata.pop(_REF_DOC_KEY, None)
-            metadata.update({key: value for key, value in scores.items() if key != "query_uncertainty"})
-            metadata[QUERY_UNCERTAINTY_KEY] = hit.query_uncertainty
-            metadata[CONFIDENCE_KEY] = confidence
-            hidden = [*_SCORE_KEYS, *(key for key in scores if key not in _SCORE_KEYS and key != "query_uncertainty")]
-            node = TextNode(
-                id_=hit.id,
-                text=hit.text or "",
-                metadata=metadata,
-                excluded_llm_metadata_keys=list(hidden),
-                excluded_embed_metadata_keys=list(hidden),
-            )
+            # a document added with the core API (no node JSON): its source document id, if any, is a metadata key
+            ref = None if _has_node_content(metadata) else metadata.pop(_REF_DOC_KEY, None)
+            added = {**hit.scores(), QUERY_UNCERTAINTY_KEY: hit.query_uncertainty, CONFIDENCE_KEY: confidence}
+            node = _scored_node(hit.id, hit.text, metadata, added)
             if ref is not None:
-                from llama_index.core.schema import NodeRelationship, RelatedNodeInfo
-
                 node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=str(ref))
             out.append(NodeWithScore(node=node, score=hit.score))
         return out
@@ -1624,12 +1802,6 @@ class KLHybridRetriever(_TopKRetriever):
         return await asyncio.to_thread(self._retrieve, query_bundle)
 
 
-# Where a hybrid store keeps a node's source document id (restored as the node's SOURCE relationship).
+# Where a hybrid store filled with the core API keeps a node's source document id (restored as the node's
+# SOURCE relationship); nodes added by from_defaults carry LlamaIndex's node JSON instead (see _stored_metadata).
 _REF_DOC_KEY = "ref_doc_id"
-
-
-def _hybrid_metadata(node: BaseNode) -> dict[str, Any]:
-    meta = dict(node.metadata)
-    if node.ref_doc_id is not None:
-        meta[_REF_DOC_KEY] = node.ref_doc_id
-    return meta
