@@ -680,6 +680,7 @@ class _BM25Half:
         if any(corpus):
             import bm25s
 
+            logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets itself to DEBUG (as in baselines.py)
             index = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
             index.index(corpus, create_empty_token=False, show_progress=False)
             scores = index.scores

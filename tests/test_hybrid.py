@@ -659,3 +659,14 @@ def test_a_bad_value_in_hybrid_json_is_a_format_error_naming_the_file(
     with pytest.raises(HybridFormatError, match=message) as err:
         KLHybridStore.load(saved)
     assert "hybrid.json" in str(err.value)
+
+
+def test_building_the_bm25_half_does_not_log_bm25s_debug_lines(caplog: pytest.LogCaptureFixture) -> None:
+    """bm25s sets its own logger to DEBUG; `evaluate --hybrid --quiet` printed its "Building index" line."""
+    import logging
+
+    logging.getLogger("bm25s").setLevel(logging.DEBUG)
+    with caplog.at_level(logging.DEBUG):
+        store, _ids, texts, g = filled(n=10)
+        store.search(texts[0], query_gaussians=g[0])
+    assert not [r for r in caplog.records if r.name.startswith("bm25s") and r.levelno < logging.WARNING]
