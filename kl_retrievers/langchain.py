@@ -877,6 +877,7 @@ class KLVectorStore(VectorStore):
         *,
         relevance: str | RelevanceFn | None = None,
         mmap: bool = False,
+        allow_dangerous_deserialization: bool = False,
     ) -> KLVectorStore:
         """Load a folder written by :meth:`save_local` (never unpickles anything).
 
@@ -886,6 +887,8 @@ class KLVectorStore(VectorStore):
                 default: the saved encoder name through :func:`~kl_retrievers.load_model`.
             relevance: Override the saved relevance function (needed for a callable).
             mmap: Memory-map the stored arrays (see :meth:`KLStore.load`).
+            allow_dangerous_deserialization: Accepted so that code written for langchain-community's
+                FAISS runs unchanged, and ignored: nothing here is unpickled, so there is nothing to allow.
 
         Raises:
             FileNotFoundError: No such folder.

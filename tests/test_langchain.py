@@ -616,3 +616,13 @@ def test_ignored_search_keywords_warn_naming_them(store: KLVectorStore) -> None:
         store.similarity_search("cat", k=2, fetch_k=10)  # FAISS' fetch_k: accepted
         store.similarity_search_with_relevance_scores("cat", k=2, score_threshold=0.1, filter={"kind": "thing"})
         store.as_retriever(search_type="mmr", search_kwargs={"k": 2, "fetch_k": 4}).invoke("cat")
+
+
+def test_load_local_takes_faiss_allow_dangerous_deserialization_and_ignores_it(
+    store: KLVectorStore, emb: KLEmbeddings, tmp_path: Path
+) -> None:
+    """Code ported from FAISS.load_local(..., allow_dangerous_deserialization=True) runs; nothing is unpickled."""
+    folder = store.save_local(tmp_path / "kl")
+    assert not [p for p in folder.rglob("*") if p.suffix in (".pkl", ".pickle")]
+    again = KLVectorStore.load_local(folder, emb, allow_dangerous_deserialization=True)
+    assert [d.id for d in again.similarity_search("cat", k=3)] == [d.id for d in store.similarity_search("cat", k=3)]
