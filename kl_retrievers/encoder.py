@@ -207,6 +207,9 @@ class GaussianEncoder(EncoderMixin, nn.Module):
     def __init__(self, backbone: Any, tokenizer: Any, config: GaussianEncoderConfig, name_or_path: str = ""):
         super().__init__()
         self.backbone = backbone
+        # Right padding only: [VAR] is inserted at column 1 and CLS pooling reads column 0, which
+        # with left padding would be padding for every text shorter than the batch's longest.
+        tokenizer.padding_side = "right"
         self.tokenizer = tokenizer
         self.config = config
         self.name_or_path = name_or_path or config.backbone
@@ -347,13 +350,15 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         return limit if limit >= 3 else None
 
     def tokenize(self, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
-        """Tokenize and insert ``[VAR]`` right after the first token (``[CLS]``).
+        """Tokenize (padding on the right) and insert ``[VAR]`` right after the first token (``[CLS]``).
 
         ``max_length`` counts every token, ``[VAR]`` included; above :attr:`max_tokens` it is
         clamped to it (with a warning).
         """
         max_length = self._clamp_length(max_length)
         budget = max_length - 1 if self.var_token_id is not None else max_length
+        # Forced again in case the caller switched it since construction: see __init__.
+        self.tokenizer.padding_side = "right"
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=budget, return_tensors="pt")
         batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         if self.var_token_id is not None:

@@ -107,7 +107,11 @@ class Gaussians:
         var: Variances, same shape as ``mean``; every value finite and > 0.
         validate: Check shapes, finiteness and positivity (default ``True``).
 
-    Both arrays are numpy arrays or both torch tensors, of one float dtype.
+    Both arrays are numpy arrays or both torch tensors. They are cast to one float dtype: the
+    promoted dtype of the two (so a float32 mean with a float64 var is computed in float64, never
+    truncated) when that is float32 or float64; anything else (float16, bfloat16, integers) becomes
+    float64 for numpy and float32 for torch (torch's default float, which keeps GPU tensors fast).
+    Half precision is never kept: ``-KL`` overflows it. ``k`` must be at least 1.
 
     Examples:
         >>> import numpy as np
@@ -127,12 +131,20 @@ class Gaussians:
         if not _is_torch(mean):
             mean = np.asarray(mean)
             var = np.asarray(var)
-            if mean.dtype not in (np.float32, np.float64):
-                mean = mean.astype(np.float64)
-            if var.dtype != mean.dtype:
-                var = var.astype(mean.dtype)
-        elif var.dtype != mean.dtype:
-            var = var.to(mean.dtype)
+            try:
+                dtype = np.result_type(mean.dtype, var.dtype)
+            except TypeError:  # e.g. strings: astype below converts them or names the problem
+                dtype = np.dtype(np.float64)
+            if dtype not in (np.float32, np.float64):
+                dtype = np.dtype(np.float64)
+            mean = mean if mean.dtype == dtype else mean.astype(dtype)
+            var = var if var.dtype == dtype else var.astype(dtype)
+        else:
+            tdtype = torch.promote_types(mean.dtype, var.dtype)
+            if tdtype not in (torch.float32, torch.float64):
+                tdtype = torch.float32
+            mean = mean if mean.dtype == tdtype else mean.to(tdtype)
+            var = var if var.dtype == tdtype else var.to(tdtype)
         if mean.ndim == 1:
             mean = mean[None, :]
         if var.ndim == 1:
@@ -143,6 +155,10 @@ class Gaussians:
             raise ValueError(
                 f"mean and var must have the same 2-D shape (n, k); got mean {tuple(mean.shape)} "
                 f"and var {tuple(var.shape)}"
+            )
+        if mean.shape[1] < 1:
+            raise ValueError(
+                f"Gaussians need at least one dimension (k >= 1); got mean and var of shape {tuple(mean.shape)}"
             )
         if not self.validate:
             return

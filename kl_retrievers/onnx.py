@@ -100,7 +100,8 @@ class OnnxEncoderConfig:
         var_token_id: Id of ``[VAR]`` (inserted after the first token), or ``None`` without it.
         max_tokens: The most tokens the backbone reads (its position embeddings), or ``None``.
         pad_token_id: Id used for padding.
-        padding_side: ``"right"`` or ``"left"``, as the source tokenizer pads.
+        padding_side: Always ``"right"`` in new exports, as the torch encoder pads; an older export's
+            ``"left"`` is read but ignored (left padding moved ``[VAR]`` and the CLS token).
         model_sha256: SHA-256 of ``model.onnx`` (identifies the weights, e.g. for encoding caches).
         encoder: The source :class:`~kl_retrievers.encoder.GaussianEncoderConfig` as a dictionary.
     """
@@ -324,7 +325,7 @@ def _onnx_config(encoder: GaussianEncoder, *, quantize: str | None = None, model
         var_token_id=encoder.var_token_id,
         max_tokens=encoder.max_tokens,
         pad_token_id=int(tok.pad_token_id) if tok.pad_token_id is not None else 0,
-        padding_side=str(getattr(tok, "padding_side", "right")),
+        padding_side="right",  # GaussianEncoder.tokenize always pads on the right
         model_sha256=model_sha256,
         encoder=encoder.config.to_dict(),
     )
@@ -654,9 +655,10 @@ class OnnxGaussianEncoder(EncoderMixin):
         ids = np.full((n, width), self.config.pad_token_id, dtype=np.int64)
         mask = np.zeros((n, width), dtype=np.int64)
         types = np.zeros((n, width), dtype=np.int64)
-        left = self.config.padding_side == "left"
+        # Always on the right, whatever config.padding_side says (older exports may say "left"):
+        # [VAR] goes in at column 1 and CLS pooling reads column 0; left padding puts padding in both.
         for i, (row_ids, row_types) in enumerate(rows):
-            sl = slice(width - len(row_ids), width) if left else slice(0, len(row_ids))
+            sl = slice(0, len(row_ids))
             ids[i, sl] = row_ids
             mask[i, sl] = 1
             types[i, sl] = row_types

@@ -101,6 +101,19 @@ def _is_jsonl(path: Path) -> bool:
     return path.suffix == ".jsonl"
 
 
+def _is_record(line: bytes) -> bool:
+    """Whether one line of the input is a record: not blank after ``bytes.strip()`` (ASCII whitespace).
+
+    Lines end at ``b"\\n"`` only, in :func:`plan_shards` and :func:`read_shard` alike: ``str.splitlines``
+    would also split inside a JSON string at U+2028, U+0085, ``\\x0c`` ... and shift every later id.
+
+    Examples:
+        >>> _is_record(b"  \\r"), _is_record("\\u00a0".encode()), _is_record(b"a\\x0cb")
+        (False, True, True)
+    """
+    return bool(line.strip())
+
+
 def plan_shards(path: str | os.PathLike[str], shard_size: int = 10000) -> tuple[list[ShardSpec], dict[str, Any]]:
     """Scan ``path`` once and cut it into shards of ``shard_size`` records.
 
@@ -123,7 +136,7 @@ def plan_shards(path: str | os.PathLike[str], shard_size: int = 10000) -> tuple[
     with open(source, "rb") as fh:
         for line in fh:
             digest.update(line)
-            if line.strip():
+            if _is_record(line):
                 if rows == 0:
                     start = offset
                 rows += 1
@@ -149,11 +162,15 @@ def read_shard(path: str | os.PathLike[str], spec: ShardSpec, field: str = "auto
         raw = fh.read(spec.end - spec.start)
     ids: list[str] = []
     texts: list[str] = []
-    lines = [line for line in raw.decode("utf-8").splitlines() if line.strip()]
-    if len(lines) != spec.rows:
-        raise ValueError(f"{source}: shard {spec.index} should hold {spec.rows} records, found {len(lines)}")
-    for offset, line in enumerate(lines):
+    records = [line for line in raw.split(b"\n") if _is_record(line)]  # as plan_shards counts them
+    if len(records) != spec.rows:
+        raise ValueError(f"{source}: shard {spec.index} should hold {spec.rows} records, found {len(records)}")
+    for offset, record in enumerate(records):
         row_no = spec.first_row + offset
+        try:
+            line = record.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{source}, record {row_no + 1}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
         if _is_jsonl(source):
             row = parse_json_object(line, f"{source}, record {row_no + 1}")
             ids.append(str(row.get("_id", row.get("id", row_no))))

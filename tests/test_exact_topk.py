@@ -22,7 +22,6 @@ from kl_retrievers.gaussian import (
     kl_query_constant,
     kl_query_vectors,
     neg_kl_matrix,
-    reduce_query_vectors,
 )
 from kl_retrievers.index import KLStore, StoreFormatError
 from kl_retrievers.store._engines import ApproxEngine, FlatEngine
@@ -276,7 +275,7 @@ def test_approximate_store_float32_trim_keeps_the_pools_exact_top_k(
     store = store_with(docs, index_type, rescore_pool=1100, **kw)  # a pool of 1,100 of the 1,200 documents
     assert store.norm_bound is not None
     # the pool the index gives each query: IVF probing every list, HNSW with the store's efSearch (the pool size)
-    qr = reduce_query_vectors(np.asarray(kl_query_vectors(queries.astype(np.float64))), store.norm_bound)
+    qr = store._engine._query_reduced(queries.astype(np.float64))  # type: ignore[attr-defined]  # centred, reduced
     fs: Any = faiss  # the SWIG stubs know no keyword arguments of the search parameters
     params = fs.SearchParametersIVF(nprobe=4) if index_type == "ivf" else fs.SearchParametersHNSW(efSearch=1100)
     _, pool = store._index.search(qr, 1100, params=params)

@@ -19,6 +19,7 @@ Examples:
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -282,6 +283,26 @@ class _NewDocuments:
     metadatas: list[dict[str, Any]]
 
 
+def _check_utf8(value: str, what: str) -> None:
+    """Refuse a string that cannot be written as UTF-8 (a lone surrogate), naming it and the character.
+
+    Such strings come from decoding bytes with ``errors="surrogateescape"``; every store saves its
+    texts, ids and metadata as UTF-8, so they are refused at ``add`` rather than at ``save``.
+
+    Examples:
+        >>> _check_utf8("caf\\udce9", "texts[0]")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: texts[0] holds a lone surrogate '\\udce9' at character 3, which cannot be saved as UTF-8; ...
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{what} holds a lone surrogate {value[exc.start]!r} at character {exc.start}, which cannot be saved "
+            f'as UTF-8; got {value!r:.80} (decode its bytes with errors="replace", or fix them)'
+        ) from None
+
+
 def _check_texts_and_ids(
     texts: Sequence[str] | None, gaussians: Gaussians | None, ids: Sequence[str] | None
 ) -> tuple[list[str | None] | None, list[str] | None]:
@@ -294,11 +315,15 @@ def _check_texts_and_ids(
         for j, text in enumerate(text_list):
             if not isinstance(text, str) and (text is not None or gaussians is None):
                 raise TypeError(f"texts[{j}] must be a str (or None with gaussians); got {type(text).__name__}")
+            if text is not None:
+                _check_utf8(text, f"texts[{j}]")
     if ids is None:
         return text_list, None
     if isinstance(ids, str):
         raise ValueError("ids must be a sequence of strings, not a single string")
     id_list = _id_list(ids)  # a bad or repeated id fails before any encoding
+    for j, doc_id in enumerate(id_list):
+        _check_utf8(doc_id, f"ids[{j}]")
     _check_unique(id_list)
     if text_list is not None and len(id_list) != len(text_list):
         raise ValueError(f"got {len(id_list)} ids but {len(text_list)} texts")
@@ -306,7 +331,7 @@ def _check_texts_and_ids(
 
 
 def _metadata_list(metadatas: Sequence[Mapping[str, Any] | None] | None, n: int) -> list[dict[str, Any]]:
-    """One JSON-serialisable dict per document (``{}`` for ``None``)."""
+    """One JSON-serialisable dict per document (``{}`` for ``None``), deep-copied from the caller's."""
     if metadatas is None:
         return [{} for _ in range(n)]
     if isinstance(metadatas, (str, bytes, Mapping)):
@@ -320,10 +345,12 @@ def _metadata_list(metadatas: Sequence[Mapping[str, Any] | None] | None, n: int)
         raise ValueError(f"got {len(out)} metadatas but {n} documents")
     for j, m in enumerate(out):
         try:  # fail early on what JSON cannot hold (stores save metadata as JSON)
-            json.dumps(m, allow_nan=False)
+            dumped = json.dumps(m, allow_nan=False, ensure_ascii=False)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"metadatas[{j}] is not JSON-serialisable: {exc}") from None
-    return out
+        _check_utf8(dumped, f"metadatas[{j}] (as JSON)")
+    # the store keeps its own copy: a caller changing a nested list or dict later changes nothing here
+    return [copy.deepcopy(m) for m in out]
 
 
 def _new_documents(
@@ -520,7 +547,8 @@ class GaussianStore(ABC):
 
         Raises:
             ValueError: Mismatched lengths, wrong dimension, non-finite values, duplicate ids
-                within the call (named), or texts without an encoder.
+                within the call (named), texts without an encoder, or a text, id or metadata
+                string holding a lone surrogate (it could not be saved as UTF-8).
             TypeError: An id that is not a ``str``, a text that is not a ``str``, or metadata that
                 is not a JSON-serialisable dict (the message names its position).
 

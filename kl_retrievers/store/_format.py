@@ -8,7 +8,24 @@ A folder holds ``config.json`` and exactly the files it lists, each with its siz
   (:mod:`kl_retrievers.store._engines`).
 
 Format version 1 since the first release; fields added since (``index_offset``, ``flat_centre``,
-some ``index_params``) are optional, so every earlier folder still loads. Nothing here imports FAISS.
+``index_centre``, some ``index_params``) are optional, so every earlier folder still loads. Nothing here
+imports FAISS.
+
+The numbers the search engine needs to rebuild a query's vector for the saved index:
+
+* ``flat_centre`` (flat stores): the vector subtracted from every mean (queries too) before the
+  rewrite ``d~`` enters the index, the mean of the first batch's means; null for an approximate
+  store, absent / null in a flat store saved before centring (centre 0).
+* ``index_centre`` (``"hnsw"`` / ``"ivf"`` stores): the same for the approximate index, the mean of
+  every document mean at its last (re)build; null before the index is built, absent / null in a
+  store saved before centring (centre 0: such a store loads and ranks exactly as before).
+* ``index_offset``, ``norm_bound``: the shift ``o`` of the first coordinate of the centred ``d~``
+  and the bound ``M`` of the MIPS -> L2 reduction (approximate stores).
+
+``config.json`` is not covered by the checksums, so on load a few rows of the index are rebuilt
+from the stored Gaussians with these numbers and compared with the index's own (see
+:meth:`kl_retrievers.store._engines.FaissEngine.attach`), and the index's kind, compression and
+refine stage are compared with ``index_type`` / ``index_params``.
 
 Examples:
     >>> _is_real(1.5), _is_real(float("nan")), _is_int(True)
@@ -196,14 +213,29 @@ def _check_file_table(config: dict[str, Any], cfg_path: Path) -> None:
         raise StoreFormatError(f"{cfg_path}: field 'files' lists {INDEX} but 'index_built' is false")
 
 
-def flat_centre_from_config(config: dict[str, Any], cfg_path: Path, index_type: str, dim: int) -> np.ndarray | None:
-    """The flat index's centre (``flat_centre``: ``dim`` finite numbers, or absent / null before centring)."""
-    value = config.get("flat_centre")
+#: The config field holding the centre subtracted from every mean, per kind of index (see the module docstring).
+CENTRE_FIELDS = {"flat": "flat_centre", "hnsw": "index_centre", "ivf": "index_centre"}
+
+
+def centre_from_config(config: dict[str, Any], cfg_path: Path, field: str, dim: int) -> np.ndarray | None:
+    """The centre saved in ``field`` (``dim`` finite numbers, or absent / null: saved before centring).
+
+    Only the field of the store's own index type (:data:`CENTRE_FIELDS`) may hold a list; the other is null.
+
+    Examples:
+        >>> centre_from_config({"index_type": "hnsw", "index_centre": [1, 2]}, Path("c.json"), "index_centre", 2)
+        array([1., 2.])
+    """
+    value = config.get(field)
     if value is None:
         return None
-    if not (index_type == "flat" and isinstance(value, list) and len(value) == dim and all(_is_real(x) for x in value)):
+    index_type = config.get("index_type")
+    mine = CENTRE_FIELDS.get(str(index_type)) == field
+    if not (mine and isinstance(value, list) and len(value) == dim and all(_is_real(x) for x in value)):
+        kinds = sorted(k for k, f in CENTRE_FIELDS.items() if f == field)
         raise StoreFormatError(
-            f"{cfg_path}: field 'flat_centre' must be null or, for a flat store, a list of {dim} finite numbers"
+            f"{cfg_path}: field {field!r} must be null or, for a store of index_type {' / '.join(kinds)}, a list "
+            f"of {dim} finite numbers; got {str(value)[:80]} (index_type {index_type!r})"
         )
     return np.asarray(value, dtype=np.float64)
 

@@ -19,6 +19,7 @@ Examples:
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -29,6 +30,25 @@ from kl_retrievers.gaussian import Gaussians, kl_document_vectors
 from kl_retrievers.store._base import SearchResult, StoredDocument
 
 logger = logging.getLogger(__name__)
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _copy_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """A copy of one document's metadata that shares nothing mutable with the stored dict.
+
+    Flat metadata (the usual case) is copied shallowly; a nested list or dict takes ``copy.deepcopy``.
+
+    Examples:
+        >>> stored = {"tags": ["a"], "lang": "en"}
+        >>> out = _copy_metadata(stored)
+        >>> out["tags"].append("b")
+        >>> stored
+        {'tags': ['a'], 'lang': 'en'}
+    """
+    if all(isinstance(v, _SCALARS) for v in meta.values()):
+        return dict(meta)
+    return copy.deepcopy(meta)
 
 
 class DocumentTable:
@@ -176,7 +196,7 @@ class DocumentTable:
         for doc_id in ids:
             row = self.row.get(doc_id)
             if row is not None:
-                out.append(StoredDocument(self.ids[row], self.texts[row], dict(self.metas[row])))
+                out.append(StoredDocument(self.ids[row], self.texts[row], _copy_metadata(self.metas[row])))
         return out
 
     def gaussians_of(self, ids: list[str]) -> Gaussians:
@@ -191,7 +211,7 @@ class DocumentTable:
         """Search results for each query's ranked rows (row ``-1`` is padding and skipped)."""
         return [
             [
-                SearchResult(self.ids[r], float(s), self.texts[r], dict(self.metas[r]))
+                SearchResult(self.ids[r], float(s), self.texts[r], _copy_metadata(self.metas[r]))
                 for r, s in zip(rows_q.tolist(), scores_q.tolist(), strict=True)
                 if r >= 0
             ]
