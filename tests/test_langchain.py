@@ -626,3 +626,16 @@ def test_load_local_takes_faiss_allow_dangerous_deserialization_and_ignores_it(
     assert not [p for p in folder.rglob("*") if p.suffix in (".pkl", ".pickle")]
     again = KLVectorStore.load_local(folder, emb, allow_dangerous_deserialization=True)
     assert [d.id for d in again.similarity_search("cat", k=3)] == [d.id for d in store.similarity_search("cat", k=3)]
+
+
+def test_loading_with_an_encoder_of_another_dimension_fails_at_load_naming_both(
+    store: KLVectorStore, tmp_path: Path
+) -> None:
+    """It used to load and fail only at the first query ("query gaussians have dimension 16; ... 8")."""
+    folder = store.save_local(tmp_path / "kl")
+    dim = store.store.dim
+    other = make_tiny_encoder(dim=2 * dim)
+    with pytest.raises(ValueError, match=rf"dimension {2 * dim}, but the store .* holds dimension {dim}"):
+        KLVectorStore.load_local(folder, other)
+    with pytest.raises(ValueError, match=rf"dimension {2 * dim}, but the store"):
+        KLStore.load(folder / "klstore", encoder=other)

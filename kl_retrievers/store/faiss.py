@@ -419,7 +419,7 @@ class KLStore(GaussianStore):
         Args:
             path: The store folder.
             encoder: Optional encoder for text queries / additions (a name differing from the
-                saved one logs a warning).
+                saved one logs a warning; another Gaussian dimension is an error).
             mmap: Memory-map the Gaussians (read-only ``np.load(mmap_mode="r")``) and, where
                 FAISS supports it, the index codes; they are copied on the first mutation.
             verify_checksums: Check SHA-256 of every file (sizes are always checked).
@@ -428,6 +428,7 @@ class KLStore(GaussianStore):
             FileNotFoundError: ``path`` or its config is missing.
             StoreFormatError: (a ``ValueError``) files missing, sizes / checksums / counts /
                 dimensions not matching the config, or an unreadable index.
+            ValueError: ``encoder`` gives Gaussians of another dimension than the stored ones.
 
         Examples:
             >>> KLStore.load("/nonexistent")  # doctest: +SKIP
@@ -451,6 +452,13 @@ class KLStore(GaussianStore):
         now = str(getattr(encoder, "name_or_path", "")) if encoder is not None else ""
         if saved and now and saved != now:
             logger.warning("store was built with encoder %r but is loaded with %r", saved, now)
+        enc_dim = getattr(getattr(encoder, "config", None), "dim", None)
+        if dim is not None and isinstance(enc_dim, int) and enc_dim != dim:
+            raise ValueError(
+                f"the encoder {now or type(encoder).__name__!r} gives Gaussians of dimension {enc_dim}, but the "
+                f"store at {folder} holds dimension {dim} (built with {saved or 'another encoder'!r}): load it with "
+                "that encoder"
+            )
         if dim is None:
             if count:
                 raise StoreFormatError(f"{cfg_path}: field 'dim' is null but 'count' is {count}")
