@@ -412,27 +412,42 @@ class ConfidenceCalibrator:
                 f"calibrator format_version {version!r} is not supported (this library reads 1..{FORMAT_VERSION})"
             )
         kind = data.get("kind", "dense")  # files written before hybrid calibrators have no kind
-        if kind not in CALIBRATOR_KINDS:
+        if not isinstance(kind, str) or kind not in CALIBRATOR_KINDS:
             raise ValueError(f"calibrator field 'kind' must be one of {list(CALIBRATOR_KINDS)}; got {kind!r}")
+        if "features" not in data:
+            raise ValueError("calibrator field 'features' is missing")
+        features = data["features"]
+        if not isinstance(features, list) or not all(isinstance(n, str) for n in features):
+            raise ValueError(f"calibrator field 'features' must be a list of feature names; got {features!r}")
         try:
-            cal = cls(data["features"], l2=float(data.get("l2", 1.0)), kind=kind)
-        except KeyError as exc:
-            raise ValueError("calibrator field 'features' is missing") from exc
+            names = _check_names(features, CALIBRATOR_KINDS[kind])
+        except ValueError as exc:
+            raise ValueError(f"calibrator field 'features': {exc}") from None
+        l2 = data.get("l2", 1.0)
+        if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not (math.isfinite(l2) and l2 >= 0):
+            raise ValueError(f"calibrator field 'l2' must be a finite number >= 0; got {l2!r}")
+        info = data.get("info")
+        if info is not None and not isinstance(info, Mapping):
+            raise ValueError(f"calibrator field 'info' must be a JSON object or null; got {info!r}")
+        cal = cls(names, l2=float(l2), kind=kind)
         k = len(cal.features)
         arrays = {}
         for name in ("center", "scale", "coef"):
-            value = np.asarray(data.get(name, []), dtype=np.float64)
+            try:
+                value = np.asarray(data.get(name, []), dtype=np.float64)
+            except (TypeError, ValueError):
+                value = np.full(0, np.nan)  # not numbers: refused below, naming the field
             if value.shape != (k,) or not np.isfinite(value).all():
                 raise ValueError(f"calibrator field {name!r} must be {k} finite numbers; got {data.get(name)!r}")
             arrays[name] = value
         if (arrays["scale"] <= 0).any():
             raise ValueError("calibrator field 'scale' must be positive")
         intercept = data.get("intercept")
-        if not isinstance(intercept, (int, float)) or not math.isfinite(float(intercept)):
+        if isinstance(intercept, bool) or not isinstance(intercept, (int, float)) or not math.isfinite(intercept):
             raise ValueError(f"calibrator field 'intercept' must be a finite number; got {intercept!r}")
         cal.center, cal.scale, cal.coef = arrays["center"], arrays["scale"], arrays["coef"]
         cal.intercept = float(intercept)
-        cal.info = dict(data.get("info") or {})
+        cal.info = dict(info or {})
         return cal
 
     def save(self, path: str | os.PathLike[str]) -> Path:

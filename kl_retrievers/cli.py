@@ -91,10 +91,34 @@ def _row_id(row: dict[str, Any], position: int, where: str) -> str:
     return str(value)
 
 
+def model_reference(model: str | None) -> str | None:
+    """``--model`` as the encoder should record it: an existing local path made absolute.
+
+    A store or ``.npy`` folder records its encoder's ``name_or_path``; ``search`` reloads it from
+    there, from any working folder, so a relative folder is resolved first. Bundled names
+    (``minilm-gauss-soup``, ``kl_retrievers:NAME``), hub ids and ``None`` are returned as given.
+
+    Examples:
+        >>> model_reference("kl_retrievers:minilm-gauss-soup")
+        'kl_retrievers:minilm-gauss-soup'
+        >>> model_reference(".") == str(Path.cwd().resolve())
+        True
+    """
+    if model is None:
+        return None
+    from kl_retrievers.pretrained import bundled_models
+
+    name = model.split(":", 1)[1] if model.startswith("kl_retrievers:") else model
+    if name in bundled_models():  # a bundled name wins over a folder of that name, as load_model decides
+        return model
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
 def _load_encoder(model: str | None, device: str | None = None, backend: str | None = None) -> Any:
     from kl_retrievers.pretrained import load_model
 
-    return load_model(model, device=device, backend=backend)
+    return load_model(model_reference(model), device=device, backend=backend)
 
 
 # ---------------------------------------------------------------- encode
@@ -167,6 +191,7 @@ def _run_encode_sharded(args: argparse.Namespace) -> int:
     if args.shard_size is not None and args.shard_size <= 0:
         raise SystemExit(f"--shard-size must be >= 1; got {args.shard_size}")
     check_output_path(args.out, "--out", folder=True)
+    args.model = model_reference(args.model)  # the manifest records it: absolute for a local folder
     report = encode_corpus(
         args.input,
         args.out,

@@ -16,6 +16,7 @@ Examples:
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import logging
@@ -226,20 +227,46 @@ def _require_file(path: Path, what: str) -> None:
         )
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open("r", encoding="utf-8") as fh:
+def _iter_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of a UTF-8 file, a leading byte order mark skipped.
+
+    Each line is decoded on its own, so a byte that is not UTF-8 raises :class:`DatasetError`
+    naming its line (and column), not a bare ``UnicodeDecodeError``.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     f = Path(tmp) / "q.tsv"
+        ...     _ = f.write_bytes(b"\\xef\\xbb\\xbfa\\r\\nb\\xe9\\n")
+        ...     list(_iter_lines(f))
+        Traceback (most recent call last):
+        kl_retrievers.datasets.DatasetError: .../q.tsv, line 2: not UTF-8 text (byte 0xe9 at column 2); ...
+    """
+    with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
             try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as exc:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
                 raise DatasetError(
-                    f"malformed JSON ({exc.msg} at column {exc.colno})", path=path, line=lineno
+                    f"not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1}); save the file as UTF-8",
+                    path=path,
+                    line=lineno,
                 ) from None
-            if not isinstance(obj, dict):
-                raise DatasetError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=lineno)
-            yield lineno, obj
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    for lineno, raw in _iter_lines(path):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"malformed JSON ({exc.msg} at column {exc.colno})", path=path, line=lineno) from None
+        if not isinstance(obj, dict):
+            raise DatasetError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=lineno)
+        yield lineno, obj
 
 
 def _get_id(obj: dict[str, Any], path: Path, lineno: int) -> str:
@@ -304,60 +331,72 @@ def _load_qrels(
 ) -> dict[str, dict[str, int]]:
     qrels: dict[str, dict[str, int]] = {}
     dropped = 0
+    emptied: set[str] = set()  # queries every judgement of which named an unknown document
     seen: dict[tuple[str, str], int] = {}
-    with path.open("r", encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            line = raw.rstrip("\r\n")
-            if not line.strip():
-                continue
-            cols = line.split("\t")
-            if lineno == 1 and cols[0].strip().lower() in ("query-id", "query_id", "qid"):
-                continue  # header
-            if len(cols) == 4:  # TREC qrels "qid 0 docid rel" written with tabs
-                cols = [cols[0], cols[2], cols[3]]
-            if len(cols) != 3:
-                raise DatasetError(
-                    f"expected 3 tab-separated columns (query-id, corpus-id, score), got {len(cols)}",
-                    path=path,
-                    line=lineno,
-                )
-            qid, doc_id, score_s = (c.strip() for c in cols)
+    for lineno, raw in _iter_lines(path):
+        line = raw.rstrip("\r\n")
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if lineno == 1 and cols[0].strip().lower() in ("query-id", "query_id", "qid"):
+            continue  # header
+        if len(cols) == 4:  # TREC qrels "qid 0 docid rel" written with tabs
+            cols = [cols[0], cols[2], cols[3]]
+        if len(cols) != 3:
+            raise DatasetError(
+                f"expected 3 tab-separated columns (query-id, corpus-id, score), got {len(cols)}",
+                path=path,
+                line=lineno,
+            )
+        qid, doc_id, score_s = (c.strip() for c in cols)
+        try:
+            score = int(score_s)
+        except ValueError:
             try:
-                score = int(score_s)
+                score_f = float(score_s)
             except ValueError:
-                try:
-                    score_f = float(score_s)
-                except ValueError:
-                    raise DatasetError(f"score {score_s!r} is not a number", path=path, line=lineno) from None
-                if not score_f.is_integer():
-                    raise DatasetError(f"score {score_s!r} is not an integer grade", path=path, line=lineno) from None
-                score = int(score_f)
-            if qid not in queries:
-                raise DatasetError(f"unknown query id {qid!r} (not in {QUERIES_FILE})", path=path, line=lineno)
-            if doc_id not in corpus:
-                if unknown_docs == "drop":
-                    dropped += 1
-                    continue
-                raise DatasetError(
-                    f"unknown document id {doc_id!r} (not in {CORPUS_FILE}); "
-                    "pass unknown_docs='drop' to skip judgements of documents outside the corpus",
-                    path=path,
-                    line=lineno,
-                )
-            key = (qid, doc_id)
-            if key in seen and qrels[qid][doc_id] != score:
-                raise DatasetError(
-                    f"conflicting grades for ({qid!r}, {doc_id!r}): {qrels[qid][doc_id]} on line {seen[key]}, "
-                    f"{score} here",
-                    path=path,
-                    line=lineno,
-                )
-            seen[key] = lineno
-            qrels.setdefault(qid, {})[doc_id] = score
+                raise DatasetError(f"score {score_s!r} is not a number", path=path, line=lineno) from None
+            if not score_f.is_integer():
+                raise DatasetError(f"score {score_s!r} is not an integer grade", path=path, line=lineno) from None
+            score = int(score_f)
+        if qid not in queries:
+            raise DatasetError(f"unknown query id {qid!r} (not in {QUERIES_FILE})", path=path, line=lineno)
+        if doc_id not in corpus:
+            if unknown_docs == "drop":
+                dropped += 1
+                if qid not in qrels:
+                    emptied.add(qid)
+                continue
+            raise DatasetError(
+                f"unknown document id {doc_id!r} (not in {CORPUS_FILE}); "
+                "pass unknown_docs='drop' to skip judgements of documents outside the corpus",
+                path=path,
+                line=lineno,
+            )
+        key = (qid, doc_id)
+        if key in seen and qrels[qid][doc_id] != score:
+            raise DatasetError(
+                f"conflicting grades for ({qid!r}, {doc_id!r}): {qrels[qid][doc_id]} on line {seen[key]}, {score} here",
+                path=path,
+                line=lineno,
+            )
+        seen[key] = lineno
+        qrels.setdefault(qid, {})[doc_id] = score
+    emptied -= set(qrels)
     if dropped:
-        logger.warning("%s: dropped %d judgement(s) of documents not in the corpus", path, dropped)
+        kept = (
+            f"; {len(emptied)} query(ies) judged only such documents are kept with no judgements and score 0 "
+            "(as with the full qrels)"
+            if emptied
+            else ""
+        )
+        logger.warning("%s: dropped %d judgement(s) of documents not in the corpus%s", path, dropped, kept)
     if not qrels:
-        raise DatasetError("no judgements found", path=path)
+        outside = f" (all {dropped} name documents outside the corpus)" if dropped else ""
+        raise DatasetError(f"no judgements found{outside}", path=path)
+    for qid in queries:  # in queries.jsonl order, after the judged ones
+        if qid in emptied:
+            qrels[qid] = {}
     return qrels
 
 
@@ -391,14 +430,17 @@ def load_beir(path: str | os.PathLike[str], split: str = "test", *, unknown_docs
         split: Which qrels file to read.
         unknown_docs: ``"error"`` (default) raises on a judgement naming a document that is
             not in the corpus; ``"drop"`` skips such judgements with a warning (useful for
-            pooled collections whose official qrels judge documents outside the pool).
+            pooled collections whose official qrels judge documents outside the pool). A query
+            whose every judgement is dropped stays, with empty qrels: it scores 0, as it would
+            with the full qrels, rather than leaving the mean.
 
     Returns:
-        The corpus, the judged queries of ``split`` and their qrels.
+        The corpus, the judged queries of ``split`` and their qrels (a file's UTF-8 byte order
+        mark is skipped).
 
     Raises:
-        DatasetError: On a missing file, a malformed line, duplicate ids, or qrels naming an
-            unknown query (or document, unless ``unknown_docs="drop"``).
+        DatasetError: On a missing file, a line that is not UTF-8 or is malformed, duplicate ids,
+            or qrels naming an unknown query (or document, unless ``unknown_docs="drop"``).
 
     Examples:
         >>> data = load_beir("../shared/datasets/scifact", "test")  # doctest: +SKIP

@@ -23,17 +23,25 @@ import logging
 import sys
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from kl_retrievers.baselines import run_baseline
-from kl_retrievers.cli_common import add_model_backend_argument, args_subset, positive_int, token_budget
-from kl_retrievers.datasets import DatasetError, load_beir
+from kl_retrievers.cli_common import (
+    add_model_backend_argument,
+    args_subset,
+    check_output_path,
+    positive_int,
+    token_budget,
+)
+from kl_retrievers.datasets import load_beir
 from kl_retrievers.encoding_cache import CACHE_ENV
 from kl_retrievers.evaluation import (
     DEFAULT_METRICS,
     EvaluationResult,
+    check_trec_ids,
     evaluate_model,
     evaluate_run,
     load_per_query,
@@ -209,6 +217,21 @@ def _hybrid_option_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _output_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the ``--per-query`` and ``--save-run`` paths (``None``: nothing), checked before any work."""
+    outputs = [
+        (flag, Path(path)) for flag, path in (("--per-query", args.per_query), ("--save-run", args.save_run)) if path
+    ]
+    for flag, path in outputs:
+        try:
+            check_output_path(path, flag, folder=False)
+        except ValueError as exc:
+            return str(exc)
+    if len(outputs) == 2 and outputs[0][1].resolve() == outputs[1][1].resolve():
+        return f"--per-query and --save-run name the same file {outputs[0][1]}; give two files"
+    return None
+
+
 def _evaluate_hybrid(
     args: argparse.Namespace, encoder: Any, dataset: Any, *, show_progress: bool
 ) -> tuple[EvaluationResult, dict[str, dict[str, float]], dict[str, float]]:
@@ -302,14 +325,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    problem = _hybrid_option_problem(args)
+    problem = _hybrid_option_problem(args) or _output_problem(args)
     if problem:
         print(f"kl-retrievers evaluate: error: {problem}", file=sys.stderr)
         return 2
     try:
         dataset = load_beir(args.dataset_dir, args.split, unknown_docs=args.unknown_docs)
-    except DatasetError as exc:
-        print(f"kl-retrievers evaluate: error: {exc}", file=sys.stderr)
+        if args.save_run:  # before any encoding: the run file could not hold these ids
+            check_trec_ids(dataset.query_ids, "query", "--save-run")
+            check_trec_ids(dataset.doc_ids, "document", "--save-run")
+    except ValueError as exc:  # DatasetError too; the library's keyword is this command's flag
+        message = str(exc).replace("pass unknown_docs='drop'", "pass --unknown-docs drop")
+        print(f"kl-retrievers evaluate: error: {message}", file=sys.stderr)
         return 2
     other: tuple[dict[str, dict[str, float]], dict[str, Any]] | None = None
     if args.compare:

@@ -38,7 +38,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict
@@ -75,6 +75,7 @@ __all__ = [
     "save_per_query",
     "load_per_query",
     "write_trec_run",
+    "check_trec_ids",
 ]
 
 #: Names that moved to :mod:`kl_retrievers.evaluate_cli` (the command line sits on top of this
@@ -131,6 +132,12 @@ def evaluate_run(
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Score a run against qrels.
 
+    Each query's documents are ranked by score, higher first, and **tied scores by document id
+    descending** (``"b"`` before ``"a"``): the rule of ``trec_eval`` and ``pytrec_eval``, so a
+    TREC file of the run (:func:`write_trec_run`) scores the same under ``trec_eval``. Every
+    metric reads that one ranking (the scores handed to ``ir_measures`` are ``n - rank``; left
+    to itself, its RR provider broke ties the other way from its nDCG and AP provider).
+
     Args:
         qrels: Query id -> {document id: grade}.
         run: Query id -> {document id: score}; higher is better.
@@ -139,12 +146,19 @@ def evaluate_run(
     Returns:
         ``(aggregate, per_query)``: the mean of each metric over every query in ``qrels``,
         and query id -> {metric: value} for every query in ``qrels`` (0 when the query is
-        missing from the run). Run queries without judgements are ignored.
+        missing from the run, or has no judged document). Run queries without judgements are
+        ignored.
+
+    Raises:
+        ValueError: Empty qrels, an unknown metric, or a NaN score (naming the query and document).
 
     Examples:
         >>> agg, _ = evaluate_run({"q": {"a": 1}}, {"q": {"b": 2.0, "a": 1.0}}, ["ndcg@10"])
         >>> round(agg["ndcg@10"], 4)
         0.6309
+        >>> _, per_query = evaluate_run({"q": {"a": 1}}, {"q": {"a": 1.0, "b": 1.0}}, ["mrr@10"])
+        >>> per_query["q"]["mrr@10"]  # tied with "a", "b" ranks first
+        0.5
     """
     import ir_measures
 
@@ -153,7 +167,7 @@ def evaluate_run(
     measures = {name: _measure(name) for name in metrics}
     by_measure = {str(m): name for name, m in measures.items()}
     q = {str(qid): {str(d): int(r) for d, r in docs.items()} for qid, docs in qrels.items()}
-    r = {str(qid): {str(d): float(s) for d, s in docs.items()} for qid, docs in run.items() if str(qid) in q}
+    r = {str(qid): _rank_scores(str(qid), docs) for qid, docs in run.items() if str(qid) in q}
     extra = len(run) - len(r)
     if extra:
         logger.warning("%d run queries have no judgements and are ignored", extra)
@@ -166,6 +180,22 @@ def evaluate_run(
             per_query[m.query_id][by_measure[str(m.measure)]] = float(m.value)
     aggregate = {name: float(np.mean([per_query[qid][name] for qid in q])) for name in metrics}
     return aggregate, per_query
+
+
+def _rank_scores(qid: str, docs: Mapping[str, float]) -> dict[str, float]:
+    """One query's run as ``n - rank`` scores: by score descending, tied scores by doc id descending.
+
+    Examples:
+        >>> _rank_scores("q", {"a": 1.0, "b": 1.0, "c": 3.0})
+        {'c': 3.0, 'b': 2.0, 'a': 1.0}
+    """
+    scored = [(float(s), str(d)) for d, s in docs.items()]
+    for s, d in scored:
+        if math.isnan(s):
+            raise ValueError(f"run query {qid!r}: document {d!r} has a NaN score; scores must be numbers")
+    scored.sort(reverse=True)
+    n = len(scored)
+    return {d: float(n - i) for i, (_, d) in enumerate(scored)}
 
 
 # --------------------------------------------------------------------------------------
@@ -754,8 +784,10 @@ def load_per_query(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, fl
             raise ValueError(f"{p}, line {exc.lineno}: malformed JSON ({exc.msg})") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("per_query"), dict):
             raise ValueError(f'{p}: expected a JSON object with a "per_query" mapping')
-        per_query = {str(q): {str(m): float(v) for m, v in vals.items()} for q, vals in doc["per_query"].items()}
-        return per_query, dict(doc.get("meta") or {})
+        meta = doc.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            raise ValueError(f'{p}: "meta" must be a JSON object; got {type(meta).__name__}')
+        return _per_query_numbers(p, doc["per_query"]), dict(meta or {})
     lines = [ln for ln in text.splitlines()]
     if not lines or not lines[0].startswith("query_id"):
         raise ValueError(f"{p}, line 1: expected a TSV header starting with 'query_id'")
@@ -774,8 +806,58 @@ def load_per_query(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, fl
     return out, {}
 
 
+def check_trec_ids(ids: Iterable[Any], what: str, flag: str | None = None) -> None:
+    """Refuse ids a TREC run file cannot hold: empty, or containing whitespace (its column separator).
+
+    Args:
+        ids: Query or document ids.
+        what: ``"query"`` or ``"document"`` (for the message).
+        flag: The option that asked for the file, named first in the message (e.g. ``"--save-run"``).
+
+    Raises:
+        ValueError: Naming the first bad id.
+
+    Examples:
+        >>> check_trec_ids(["d1", "d2"], "document")
+        >>> check_trec_ids(["d 1"], "document")
+        Traceback (most recent call last):
+        ValueError: document id 'd 1' contains whitespace, the TREC column separator; a run file cannot hold it
+    """
+    for ident in ids:
+        text = str(ident)
+        if text.split() != [text]:
+            problem = "is empty" if not text.strip() else "contains whitespace, the TREC column separator"
+            prefix = f"{flag}: " if flag else ""
+            raise ValueError(f"{prefix}{what} id {text!r} {problem}; a run file cannot hold it")
+
+
+def _per_query_numbers(path: Path, per_query: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """A JSON per-query mapping checked: each query maps to an object of metric -> number."""
+    out: dict[str, dict[str, float]] = {}
+    for qid, values in per_query.items():
+        if not isinstance(values, dict):
+            raise ValueError(
+                f'{path}: "per_query" entry {qid!r} must be an object of metric -> number; '
+                f"got {type(values).__name__} {values!r}"
+            )
+        row: dict[str, float] = {}
+        for metric, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{path}: query {qid!r}, metric {metric!r}: expected a number; got {value!r}")
+            row[str(metric)] = float(value)
+        out[str(qid)] = row
+    return out
+
+
 def write_trec_run(path: str | os.PathLike[str], run: Mapping[str, Mapping[str, float]], tag: str = "kl") -> None:
     """Write a run in TREC format (``qid Q0 docid rank score tag``), best first.
+
+    Tied scores are ranked by document id descending, the order :func:`evaluate_run` and
+    ``trec_eval`` read them in, so the rank column is the rank that was scored.
+
+    Raises:
+        ValueError: A query or document id that is empty or contains whitespace (naming it);
+            nothing is written then.
 
     Examples:
         >>> import tempfile
@@ -785,9 +867,12 @@ def write_trec_run(path: str | os.PathLike[str], run: Mapping[str, Mapping[str, 
         >>> first
         'q Q0 b 1 2.0 t'
     """
-    tag = tag.replace(" ", "_") or "run"
+    check_trec_ids(run, "query")
+    for docs in run.values():
+        check_trec_ids(docs, "document")
+    tag = "_".join(tag.split()) or "run"
     with Path(path).open("w", encoding="utf-8") as fh:
         for qid, docs in run.items():
-            ranked = sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))
+            ranked = sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
             for rank, (doc, score) in enumerate(ranked, start=1):
                 fh.write(f"{qid} Q0 {doc} {rank} {score!r} {tag}\n")
