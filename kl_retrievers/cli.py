@@ -27,6 +27,7 @@ from kl_retrievers.cli_common import (  # re-exported: they were defined here
     positive_int,
     token_budget,
 )
+from kl_retrievers.sharded import split_records
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +71,11 @@ def _read_records(path: Path, field: str) -> tuple[list[str], list[str], list[di
                     ids.append(doc_id)
                     rows.append(row)
             return ids, texts, rows
-        lines = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines()]
+        # lines as the sharded path counts them (kl_retrievers.sharded.split_records): a U+2028 or a form
+        # feed inside a line does not split it, so both paths give every text the same id
+        texts = [line.decode("utf-8").rstrip("\r") for line in split_records(path.read_bytes())]
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    texts = [line for line in lines if line.strip()]
     return [str(i) for i in range(len(texts))], texts, [{} for _ in texts]
 
 

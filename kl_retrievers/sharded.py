@@ -114,6 +114,19 @@ def _is_record(line: bytes) -> bool:
     return bool(line.strip())
 
 
+def split_records(raw: bytes) -> list[bytes]:
+    """A text or JSONL file's records: its lines (ending at ``b"\\n"`` only), blank ones dropped.
+
+    ``kl-retrievers encode`` reads whole files with it and the shards of :func:`encode_corpus` with
+    it, so both number a file's records alike.
+
+    Examples:
+        >>> split_records("a\\n\\n b\\r\\nc\\u2028d".encode())
+        [b'a', b' b\\r', b'c\\xe2\\x80\\xa8d']
+    """
+    return [line for line in raw.split(b"\n") if _is_record(line)]
+
+
 def plan_shards(path: str | os.PathLike[str], shard_size: int = 10000) -> tuple[list[ShardSpec], dict[str, Any]]:
     """Scan ``path`` once and cut it into shards of ``shard_size`` records.
 
@@ -162,7 +175,7 @@ def read_shard(path: str | os.PathLike[str], spec: ShardSpec, field: str = "auto
         raw = fh.read(spec.end - spec.start)
     ids: list[str] = []
     texts: list[str] = []
-    records = [line for line in raw.split(b"\n") if _is_record(line)]  # as plan_shards counts them
+    records = split_records(raw)  # as plan_shards counts them
     if len(records) != spec.rows:
         raise ValueError(f"{source}: shard {spec.index} should hold {spec.rows} records, found {len(records)}")
     for offset, record in enumerate(records):

@@ -288,3 +288,19 @@ def test_calibrator_info_may_be_null(tmp_path: Path) -> None:
     path = tmp_path / "cal.json"
     path.write_text(json.dumps(data))
     assert ConfidenceCalibrator.load(path).info == {}
+
+
+def test_encode_numbers_text_lines_as_the_sharded_path_does(tmp_path: Path) -> None:
+    """A form feed or U+2028 inside a line does not split it; a no-break-space line is a record (as in shards)."""
+    from kl_retrievers.cli import _read_records
+    from kl_retrievers.sharded import plan_shards, read_shard
+
+    path = tmp_path / "c.txt"
+    path.write_bytes("x\r\n\u00a0\nthe\x0cdog\nsea\u2028shore\n\n  \nlast".encode())
+    ids, texts, _rows = _read_records(path, "text")
+    assert texts == ["x", "\u00a0", "the\x0cdog", "sea\u2028shore", "last"]
+    for size in (1, 2, 10):
+        shards, _info = plan_shards(path, shard_size=size)
+        got = [read_shard(path, spec) for spec in shards]
+        assert [i for ids_, _ in got for i in ids_] == ids
+        assert [t for _, ts in got for t in ts] == texts
