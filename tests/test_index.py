@@ -18,10 +18,8 @@ from kl_retrievers.store._engines import ApproxEngine
 
 APPROX = [
     ("hnsw", {"hnsw_m": 16, "ef_construction": 40}),
-    # nprobe 12: these queries come from other clusters than the documents (clustered(seed=6)); with the means
-    # centred on the documents' mean (shift invariance, test_engine_integrity.py) nprobe 8 gave recall 0.85 here
-    ("ivf", {"nlist": 32, "nprobe": 12}),
-    ("ivf", {"nlist": 32, "nprobe": 12, "compression": "sq8"}),
+    ("ivf", {"nlist": 32, "nprobe": 8}),
+    ("ivf", {"nlist": 32, "nprobe": 8, "compression": "sq8"}),
     ("hnsw", {"hnsw_m": 16, "ef_construction": 40, "compression": "sq8"}),
 ]
 ALL_TYPES = [("flat", {}), *APPROX, ("ivf", {"nlist": 8, "nprobe": 4, "compression": "pq", "pq_m": 11, "pq_nbits": 4})]
@@ -178,7 +176,7 @@ def test_shifting_the_first_coordinate_raises_ivf_recall(monkeypatch: pytest.Mon
     shifted = recall()
     monkeypatch.setattr(ApproxEngine, "_shifted", lambda self, dvec: dvec)  # the plain reduction
     plain = recall()
-    assert shifted >= plain + 0.05, (shifted, plain)  # centred means: 0.785 vs 0.705 (uncentred: 0.78 vs 0.615)
+    assert shifted >= plain + 0.1, (shifted, plain)
 
 
 @pytest.mark.parametrize("nbits", [4, 8])

@@ -165,6 +165,42 @@ def centre_document_vectors(dvec: np.ndarray, centre: np.ndarray | None) -> np.n
     return out
 
 
+#: Centre an approximate index's means only when that shrinks the largest norm of the shifted ``d~``
+#: (hence M) to this fraction or less: see :func:`_worth_centring`.
+CENTRE_GAIN = 0.5
+
+
+def _worth_centring(sample: np.ndarray, centre: np.ndarray) -> bool:
+    """Whether centring the means on ``centre`` shrinks the norm bound of the ``d~`` rows ``sample`` by half or more.
+
+    A common offset of every mean (a shift of 20 in every coordinate, say) inflates every norm, and
+    with it M, and costs HNSW and IVF most of their recall; centring removes it. Where the means are
+    already about centred it only perturbs the geometry: on the 100k synthetic Gaussians of
+    ``benchmarks/ann.py --quick`` (documents' mean of norm 0.6 against means of norm 22) it cost
+    HNSW recall@10 0.007 at efSearch 256, so those means are used as given (as before
+    ``index_centre`` existed). Each side is measured after its own first-coordinate shift.
+
+    Examples:
+        >>> from kl_retrievers.gaussian import kl_document_vectors
+        >>> rng = np.random.default_rng(0)
+        >>> g = Gaussians(rng.normal(size=(200, 4)), np.ones((200, 4)))
+        >>> dvec = np.asarray(kl_document_vectors(g))
+        >>> _worth_centring(dvec, means_centre(g.mean))
+        False
+        >>> shifted = Gaussians(g.mean + 20.0, g.var)
+        >>> _worth_centring(np.asarray(kl_document_vectors(shifted)), means_centre(shifted.mean))
+        True
+    """
+
+    def bound(dvec: np.ndarray) -> float:
+        shifted = shift_document_vectors(dvec, float(dvec[:, 0].mean()))
+        return float(np.sqrt(np.einsum("ij,ij->i", shifted, shifted).max()))
+
+    if not len(sample):
+        return False
+    return bound(centre_document_vectors(sample, centre)) <= CENTRE_GAIN * bound(sample)
+
+
 def _sample_rows(n: int) -> np.ndarray:
     """Up to 8 row numbers spread over ``n`` rows (first and last included): the rows checked on load."""
     return np.unique(np.linspace(0, n - 1, num=min(n, 8)).astype(np.int64))
@@ -588,12 +624,13 @@ class FlatEngine(FaissEngine):
 class ApproxEngine(FaissEngine):
     """HNSW / IVF (optionally SQ8 / PQ compressed, optionally refined) over the MIPS -> L2 reduction.
 
-    Every mean (queries too) is first centred on ``centre``, the mean of the document means at
-    the last (re)build (saved as ``index_centre``; see :func:`means_centre`): -KL does not change,
-    and the index no longer depends on where the origin of the means lies (before, a common shift
-    of 20 of every mean cut recall@10 from 0.996 to 0.50 for HNSW and from 0.63 to 0.19 for IVF on
-    5,000 synthetic Gaussians, ``k = 16``). A store saved before centring has ``centre`` ``None``
-    (no centring) until its next rebuild.
+    Where the means share a large common offset, every mean (queries too) is first centred on
+    ``centre``, the mean of the document means at the last (re)build (saved as ``index_centre``;
+    see :func:`means_centre` and :func:`_worth_centring`): -KL does not change, and the index no
+    longer depends on where the origin of the means lies (without it, a common shift of 20 of every
+    mean cut recall@10 from 0.996 to 0.50 for HNSW and from 0.63 to 0.19 for IVF on 5,000
+    synthetic Gaussians, ``k = 16``). Means already about centred are used as given (``centre``
+    ``None``), as are those of a store saved before ``index_centre`` existed, until its next rebuild.
     The first coordinate of the centred ``d~`` (a sum over all ``k`` dimensions) is shifted by ``offset``, its
     mean over a sample at build time: ``q~`` has ``1`` there, so ``<q~, d~>`` only drops by a
     constant, but a large shared offset no longer dominates every norm (IVF recall on synthetic
@@ -787,9 +824,11 @@ class ApproxEngine(FaissEngine):
         else:
             n_train = min(n, max(65536, 64 * s.nlist) if s.index_type == "ivf" else 65536)
         sample = table.doc_vectors(np.sort(rng.choice(n, size=n_train, replace=False)))
-        # The means are centred on the documents' mean (-KL unchanged; see means_centre), so the
-        # index does not depend on where the origin of the means lies.
-        self.centre = means_centre(table.mean)
+        # The means are centred on the documents' mean (-KL unchanged; see means_centre) where that
+        # shrinks the norm bound by half or more, i.e. where a common offset of the means would
+        # otherwise shape the index (_worth_centring).
+        centre = means_centre(table.mean)
+        self.centre = centre if _worth_centring(sample, centre) else None
         # The first coordinate of d~, -1/2 sum_i (log var_i + mu_i^2 / var_i), is a sum over all k
         # dimensions: its shared offset (about -270 for k = 384 synthetic Gaussians) would dominate
         # ||d~||, the extra coordinate and hence the index's geometry. Shifting it changes no
