@@ -329,8 +329,11 @@ def test_milvus_stores_klstores_reduced_vectors_offset_included(tmp_path: Path) 
     kl.add(gaussians=docs, ids=ids)
     mv = _store(tmp_path, index_type="flat")
     mv.add(gaussians=docs, ids=ids)
-    # the same offset and norm bound as KLStore's build, and the very vectors its FAISS index holds
-    assert abs(kl.index_offset) > 10.0  # the shift is large on this data, so a missing offset shows
+    # the same centre, offset and norm bound as KLStore's build, and the very vectors its FAISS index holds
+    assert abs(kl.index_offset) > 5.0  # the shift is large on this data, so a missing offset shows
+    kl_centre = kl._engine.centre  # type: ignore[attr-defined]
+    assert kl_centre is not None  # means shifted by 2: both centre them on the documents' mean
+    np.testing.assert_allclose(mv._state.centre, kl_centre, rtol=1e-12)
     assert mv.index_offset == pytest.approx(kl.index_offset, rel=1e-12)
     assert mv.norm_bound == pytest.approx(kl.norm_bound, rel=1e-12)
     faiss_vectors = kl._index.reconstruct_n(0, len(ids))
@@ -487,3 +490,33 @@ def test_a_writer_raced_by_another_starts_over_and_ends_consistent(
         assert [[h.id for h in row] for row in store.search_batch(queries, k=5)] == want
     assert first.repair() == first.norm_version  # nothing left to repair; the rows stay as they are
     assert [[h.id for h in row] for row in first.search_batch(queries, k=5)] == want
+
+
+def test_milvus_centres_shifted_means_like_klstore_and_returns_them_uncentred(tmp_path: Path) -> None:
+    """Means sharing a large offset are centred (recall does not depend on the origin); get_gaussians undoes it."""
+    docs = _shifted_gaussians(300, seed=31, shift=20.0)
+    ids = [f"d{i}" for i in range(300)]
+    mv = _store(tmp_path, index_type="flat")
+    mv.add(gaussians=docs, ids=ids)
+    assert mv._state.centre is not None
+    np.testing.assert_allclose(mv._state.centre, np.asarray(docs.mean, np.float64).mean(axis=0), rtol=1e-9)
+    back = mv.get_gaussians(ids[:5])
+    np.testing.assert_allclose(back.mean, docs.mean[:5], rtol=1e-5, atol=1e-4)
+    queries = _shifted_gaussians(10, seed=32, shift=20.0)
+    want = _exact_top(queries, docs, ids, 5)
+    hits = mv.search_batch(queries, k=5)
+    assert [[h.id for h in row] for row in hits] == want
+    exact = neg_kl_matrix(queries.astype(np.float64), docs.astype(np.float64))
+    np.testing.assert_allclose(hits[0][0].score, exact[0].max(), rtol=1e-6)
+    again = _store(tmp_path, index_type="flat")  # a fresh client reattaches with the same centre
+    assert again._state.centre == mv._state.centre
+    more = _shifted_gaussians(50, seed=33, shift=20.0)  # a second writer's rows use the stored centre
+    again.add(gaussians=more, ids=[f"m{i}" for i in range(50)])
+    assert again._state.centre == mv._state.centre
+    np.testing.assert_allclose(again.get_gaussians(["m0"]).mean, more.mean[:1], rtol=1e-5, atol=1e-4)
+
+
+def test_milvus_leaves_about_centred_means_as_they_are(tmp_path: Path) -> None:
+    mv = _store(tmp_path, index_type="flat")
+    mv.add(gaussians=random_gaussians(200, K, seed=34), ids=[f"d{i}" for i in range(200)])
+    assert mv._state.centre is None and mv._config()["index_centre"] is None

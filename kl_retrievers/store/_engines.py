@@ -39,11 +39,13 @@ import numpy as np
 from kl_retrievers.gaussian import (
     FLOAT32_UNIT_ROUNDOFF,
     Gaussians,
+    centre_document_vectors,
     exact_top_k,
     float32_score_bound,
     float64_top_k,
     kl_query_constant,
     kl_query_vectors,
+    means_centre,
     neg_kl_rows,
     pool_terms,
     reduce_document_vectors,
@@ -53,6 +55,7 @@ from kl_retrievers.gaussian import (
     score_vectors_float32,
     shift_document_vectors,
     top_k_rows,
+    worth_centring,
 )
 from kl_retrievers.store._base import StoreFormatError
 from kl_retrievers.store._format import CENTRE_FIELDS, BlockCheck, centre_from_config
@@ -118,87 +121,6 @@ def _query_blocks(nq: int, per_query: int, fn: Callable[[int, int], None]) -> No
     with ThreadPoolExecutor(max_workers=min(threads, len(starts))) as pool:
         for _ in pool.map(lambda s: fn(s, min(nq, s + step)), starts):
             pass
-
-
-def means_centre(mean: np.ndarray) -> np.ndarray:
-    """The float64 mean of the rows of ``mean``, the centre an engine subtracts from every mean.
-
-    -KL does not change when one vector is subtracted from every query and document mean, but
-    the rewrite's geometry does: ``d~`` holds ``mu_d / var_d`` and ``sum mu_d^2 / var_d``, so a
-    common offset of the means inflates every norm and makes the float32 index vectors (and an
-    approximate index's neighbourhoods) depend on where the origin happens to be. Centring on the
-    documents' own mean removes that dependence. Read in blocks (no float64 copy of a large table).
-
-    Examples:
-        >>> means_centre(np.array([[1.0, 2.0], [3.0, 6.0]], dtype=np.float32))
-        array([2., 4.])
-    """
-    n = mean.shape[0]
-    if n == 0:
-        return np.zeros(mean.shape[1])
-    total = np.zeros(mean.shape[1])
-    for s in range(0, n, _BUILD_BLOCK):
-        total += np.asarray(mean[s : s + _BUILD_BLOCK], dtype=np.float64).sum(axis=0)
-    return total / n
-
-
-def centre_document_vectors(dvec: np.ndarray, centre: np.ndarray | None) -> np.ndarray:
-    """``d~`` of the means ``mu - centre``, from ``d~`` of ``mu`` (a linear map; ``None``: unchanged).
-
-    With ``a = -1 / (2 var)`` and ``b = mu / var`` (the second and third blocks of ``d~``), centring
-    keeps ``a``, maps ``b`` to ``b + 2 a c`` and the first coordinate to ``d0 + <c, b> + <c^2, a>``.
-
-    Examples:
-        >>> d = np.array([[-2.0, -0.5, 2.0]])  # mu = 2, var = 1
-        >>> centre_document_vectors(d, np.array([2.0]))  # mu = 0, var = 1: [0, -0.5, 0]
-        array([[ 0. , -0.5,  0. ]])
-    """
-    if centre is None:
-        return dvec
-    c = np.asarray(centre, dtype=np.float64)
-    k = c.shape[0]
-    a, b = dvec[:, 1 : k + 1], dvec[:, k + 1 :]
-    out = np.empty_like(dvec, dtype=np.float64)
-    out[:, 0] = dvec[:, 0] + b @ c + a @ (c * c)
-    out[:, 1 : k + 1] = a
-    out[:, k + 1 :] = b + 2.0 * a * c
-    return out
-
-
-#: Centre an approximate index's means only when that shrinks the largest norm of the shifted ``d~``
-#: (hence M) to this fraction or less: see :func:`_worth_centring`.
-CENTRE_GAIN = 0.5
-
-
-def _worth_centring(sample: np.ndarray, centre: np.ndarray) -> bool:
-    """Whether centring the means on ``centre`` shrinks the norm bound of the ``d~`` rows ``sample`` by half or more.
-
-    A common offset of every mean (a shift of 20 in every coordinate, say) inflates every norm, and
-    with it M, and costs HNSW and IVF most of their recall; centring removes it. Where the means are
-    already about centred it only perturbs the geometry: on the 100k synthetic Gaussians of
-    ``benchmarks/ann.py --quick`` (documents' mean of norm 0.6 against means of norm 22) it cost
-    HNSW recall@10 0.007 at efSearch 256, so those means are used as given (as before
-    ``index_centre`` existed). Each side is measured after its own first-coordinate shift.
-
-    Examples:
-        >>> from kl_retrievers.gaussian import kl_document_vectors
-        >>> rng = np.random.default_rng(0)
-        >>> g = Gaussians(rng.normal(size=(200, 4)), np.ones((200, 4)))
-        >>> dvec = np.asarray(kl_document_vectors(g))
-        >>> _worth_centring(dvec, means_centre(g.mean))
-        False
-        >>> shifted = Gaussians(g.mean + 20.0, g.var)
-        >>> _worth_centring(np.asarray(kl_document_vectors(shifted)), means_centre(shifted.mean))
-        True
-    """
-
-    def bound(dvec: np.ndarray) -> float:
-        shifted = shift_document_vectors(dvec, float(dvec[:, 0].mean()))
-        return float(np.sqrt(np.einsum("ij,ij->i", shifted, shifted).max()))
-
-    if not len(sample):
-        return False
-    return bound(centre_document_vectors(sample, centre)) <= CENTRE_GAIN * bound(sample)
 
 
 def _sample_rows(n: int) -> np.ndarray:
@@ -626,7 +548,7 @@ class ApproxEngine(FaissEngine):
 
     Where the means share a large common offset, every mean (queries too) is first centred on
     ``centre``, the mean of the document means at the last (re)build (saved as ``index_centre``;
-    see :func:`means_centre` and :func:`_worth_centring`): -KL does not change, and the index no
+    see :func:`means_centre` and :func:`~kl_retrievers.gaussian.worth_centring`): -KL does not change, and the index no
     longer depends on where the origin of the means lies (without it, a common shift of 20 of every
     mean cut recall@10 from 0.996 to 0.50 for HNSW and from 0.63 to 0.19 for IVF on 5,000
     synthetic Gaussians, ``k = 16``). Means already about centred are used as given (``centre``
@@ -826,9 +748,9 @@ class ApproxEngine(FaissEngine):
         sample = table.doc_vectors(np.sort(rng.choice(n, size=n_train, replace=False)))
         # The means are centred on the documents' mean (-KL unchanged; see means_centre) where that
         # shrinks the norm bound by half or more, i.e. where a common offset of the means would
-        # otherwise shape the index (_worth_centring).
+        # otherwise shape the index (worth_centring).
         centre = means_centre(table.mean)
-        self.centre = centre if _worth_centring(sample, centre) else None
+        self.centre = centre if worth_centring(sample, centre) else None
         # The first coordinate of d~, -1/2 sum_i (log var_i + mu_i^2 / var_i), is a sum over all k
         # dimensions: its shared offset (about -270 for k = 384 synthetic Gaussians) would dominate
         # ||d~||, the extra coordinate and hence the index's geometry. Shifting it changes no

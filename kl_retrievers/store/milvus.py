@@ -11,7 +11,10 @@ collection instead of a table and a FAISS index.  Each document is stored as one
   shifted by an offset ``o`` (the mean first coordinate of the first documents added; it changes
   no ranking, and without it that coordinate's shared part dominates every norm and IVF recall
   suffers), giving ``d^``; the vector is ``[d^, sqrt(M^2 - ||d^||^2)]`` with
-  ``M = norm_headroom * max ||d^||``; a query is ``[q~ * M / ||q~||, 0]``.  A later document whose
+  ``M = norm_headroom * max ||d^||``; a query is ``[q~ * M / ||q~||, 0]``.  Where the first
+  documents' means share a large common offset, every mean (queries too) is first centred on
+  their mean (``index_centre``, kept by later writers; as in ``KLStore``'s HNSW / IVF engines,
+  :func:`~kl_retrievers.gaussian.worth_centring`).  A later document whose
   norm exceeds ``M`` makes the store raise ``M`` and rewrite every row (logged, counted in
   ``rebuild_count``).  ``M`` and ``o`` are stored in the collection with a version number, so
   several writer processes share them; see *Several writers* below.
@@ -90,14 +93,17 @@ from kl_retrievers.gaussian import (
     SCORE_DIRECTION,
     SCORE_NAME,
     Gaussians,
+    centre_document_vectors,
     document_gaussians_from_vectors,
     kl_document_vectors,
     kl_query_vectors,
+    means_centre,
     neg_kl,
     reduce_document_vectors,
     reduce_query_vectors,
     reduction_norm_bound,
     reduction_offset,
+    worth_centring,
 )
 from kl_retrievers.store._base import (
     INDEX_TYPES,
@@ -283,6 +289,7 @@ class _Reduction:
     version: int  # +1 on every publication of a new M
     writer: str | None  # token of the publication (tells two writers of one version apart)
     pending: bool  # a raised M whose row rewrite has not been marked done
+    centre: tuple[float, ...] | None = None  # subtracted from every mean (chosen with the first documents)
 
 
 _NO_REDUCTION = _Reduction(norm_bound=None, offset=0.0, version=0, writer=None, pending=False)
@@ -483,6 +490,7 @@ class MilvusKLStore(GaussianStore):
             "vector_dim": self._vector_dim,
             "norm_bound": self._state.norm_bound,
             "index_offset": self._state.offset,
+            "index_centre": None if self._state.centre is None else list(self._state.centre),
             "version": self._state.version,
             "writer": self._state.writer,
             "rewrite": False,
@@ -543,10 +551,25 @@ class MilvusKLStore(GaussianStore):
             raise ValueError(f"Milvus collection {name!r}: stored norm_bound must be finite and > 0; got {bound!r}")
         if offset is None or not math.isfinite(offset):
             raise ValueError(f"Milvus collection {name!r}: stored index_offset must be finite; got {offset!r}")
+        centre = config.get("index_centre")  # absent before 2026-12-03: no centring
+        ok = isinstance(centre, list) and len(centre) == config.get("dim")
+        if centre is not None and not (
+            ok and all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in centre)
+        ):
+            raise ValueError(
+                f"Milvus collection {name!r}: stored index_centre must be null or {config.get('dim')} finite numbers"
+            )
         version, writer = int(config.get("version", 0)), config.get("writer")
         done = json.loads(props.get(_REWRITE_DONE_KEY) or "{}")
         pending = bool(config.get("rewrite")) and (done.get("version"), done.get("writer")) != (version, writer)
-        state = _Reduction(None if bound is None else float(bound), float(offset), version, writer, pending)
+        state = _Reduction(
+            None if bound is None else float(bound),
+            float(offset),
+            version,
+            writer,
+            pending,
+            None if centre is None else tuple(float(c) for c in centre),
+        )
         return config, state
 
     def _adopt(self, state: _Reduction) -> None:
@@ -591,18 +614,23 @@ class MilvusKLStore(GaussianStore):
         self._adopt(state)
         self._client.load_collection(name, timeout=self.request_timeout)
 
-    def _publish(self, norm_bound: float, offset: float, *, rewrite: bool) -> bool:
+    def _publish(
+        self, norm_bound: float, offset: float, *, rewrite: bool, centre: tuple[float, ...] | None = None
+    ) -> bool:
         """Store a new ``M`` (version + 1) before any row uses it; ``False`` if another writer's won.
 
         Milvus has no compare-and-set on collection properties: the value is written, read back and
         compared with this publication's token (write-then-verify).  The caller has just re-read the
-        stored state, so the version here is the stored one + 1.
+        stored state, so the version here is the stored one + 1.  ``centre`` is given with the first
+        documents only; later publications keep the stored one.
         """
         config = self._config()
         writer = uuid.uuid4().hex
         config.update(
             norm_bound=norm_bound, index_offset=offset, version=self._state.version + 1, writer=writer, rewrite=rewrite
         )
+        if self._state.norm_bound is None:  # the first documents choose the centre
+            config["index_centre"] = None if centre is None else list(centre)
         self._client.alter_collection_properties(
             self.collection_name, properties={_CONFIG_KEY: json.dumps(config)}, timeout=self.timeout
         )
@@ -631,8 +659,13 @@ class MilvusKLStore(GaussianStore):
         )
 
     # -------------------------------------------------------------- writing
+    def _centred(self, raw: np.ndarray) -> np.ndarray:
+        """``d~`` rows of the means centred on the stored centre (unchanged when there is none)."""
+        centre = self._state.centre
+        return centre_document_vectors(raw, None if centre is None else np.asarray(centre))
+
     def _rows(self, dvec: np.ndarray) -> np.ndarray:
-        """Float32 vectors to store for float64 ``d~`` rows (reduced with this client's ``M`` and offset)."""
+        """Float32 vectors to store for float64 (centred) ``d~`` rows, reduced with this client's ``M`` and offset."""
         if self.metric == "IP":
             return dvec.astype(np.float32)
         assert self._state.norm_bound is not None
@@ -666,23 +699,34 @@ class MilvusKLStore(GaussianStore):
                     self._create(g.dim)
             if g.dim != self._dim:
                 raise ValueError(f"gaussians have dimension {g.dim}; this store has dimension {self._dim}")
-            dvec = np.asarray(kl_document_vectors(g.astype(np.float64)))
+            raw = np.asarray(kl_document_vectors(g.astype(np.float64)))
             if self.metric == "IP":
-                self._upsert(self._rows(dvec), id_list, text_list, metas)
+                self._upsert(self._rows(raw), id_list, text_list, metas)
             else:
-                self._add_reduced(dvec, id_list, text_list, metas)
+                self._add_reduced(raw, np.asarray(g.mean), id_list, text_list, metas)
 
-    def _add_reduced(self, dvec: np.ndarray, id_list: list[str], texts: list[Any], metas: list[Any]) -> None:
-        """Insert rows under the stored ``M`` and offset, following the several-writers protocol (module docstring)."""
+    def _add_reduced(
+        self, raw: np.ndarray, means: np.ndarray, id_list: list[str], texts: list[Any], metas: list[Any]
+    ) -> None:
+        """Insert rows under the stored centre, ``M`` and offset, following the several-writers protocol.
+
+        ``raw`` holds the ``d~`` rows of the Gaussians as given (``means`` their means); each attempt
+        centres them on the stored centre (module docstring, *Several writers*).
+        """
         need = 0.0  # a norm the bound must cover besides this batch's (a stored row found above M)
         rewrote_all = False  # rows of other writers were rewritten under a bound since replaced
         for attempt in range(_MAX_SYNC_ATTEMPTS):
             state = self._read_state()
-            if state.norm_bound is None:  # the collection's first documents: choose o and M
+            if state.norm_bound is None:  # the collection's first documents: choose the centre, o and M
+                c = means_centre(means)
+                centre = tuple(float(x) for x in c) if worth_centring(raw, c) else None
+                dvec = centre_document_vectors(raw, None if centre is None else np.asarray(centre))
                 offset = reduction_offset(dvec)
-                if not self._publish(reduction_norm_bound(dvec, offset, self.norm_headroom), offset, rewrite=False):
+                first_bound = reduction_norm_bound(dvec, offset, self.norm_headroom)
+                if not self._publish(first_bound, offset, rewrite=False, centre=centre):
                     continue
             else:
+                dvec = self._centred(raw)
                 top = max(reduction_norm_bound(dvec, state.offset), need)
                 rewrite = rewrote_all or state.pending
                 if top > state.norm_bound:
@@ -697,7 +741,7 @@ class MilvusKLStore(GaussianStore):
                         continue
                     rewrote_all = True
             bound, offset = self._state.norm_bound, self._state.offset
-            self._upsert(self._rows(dvec), id_list, texts, metas)
+            self._upsert(self._rows(self._centred(raw)), id_list, texts, metas)
             after = self._read_state()
             if (after.norm_bound, after.offset) == (bound, offset):
                 return
@@ -839,7 +883,10 @@ class MilvusKLStore(GaussianStore):
             k = self._dim or 1
             return Gaussians(np.zeros((0, k)), np.ones((0, k)))
         vectors = np.asarray([by_id[i]["vector"] for i in ids], dtype=np.float64).reshape(len(ids), -1)
-        return document_gaussians_from_vectors(vectors, self._dim)
+        g = document_gaussians_from_vectors(vectors, self._dim)
+        if self._state.centre is None:
+            return g
+        return Gaussians(g.mean + np.asarray(self._state.centre), g.var, validate=False)  # the stored means are centred
 
     @property
     def ids(self) -> list[str]:
@@ -848,8 +895,15 @@ class MilvusKLStore(GaussianStore):
             return []
         return [r["id"] for page in self._iter_all(["id"]) for r in page]
 
+    def _query_centred(self, qg: Gaussians) -> Gaussians:
+        """float64 query Gaussians with their means centred like the stored ones (-KL unchanged)."""
+        q64 = qg.astype(np.float64)
+        if self._state.centre is None:
+            return q64
+        return Gaussians(np.asarray(q64.mean) - np.asarray(self._state.centre), q64.var, validate=False)
+
     def _query_vectors(self, qg: Gaussians) -> np.ndarray:
-        qv = np.asarray(kl_query_vectors(qg), dtype=np.float64)
+        qv = np.asarray(kl_query_vectors(self._query_centred(qg)), dtype=np.float64)
         if self.metric == "IP":
             return qv.astype(np.float32)
         assert self._state.norm_bound is not None
@@ -879,6 +933,7 @@ class MilvusKLStore(GaussianStore):
                 if self._state.norm_bound is None:
                     return [[] for _ in range(len(qg))]  # nothing was ever added
             data = self._query_vectors(qg)
+            q64 = self._query_centred(qg)  # the pool's recovered Gaussians are centred too
         pool = min(MAX_TOPK, max(k, self.rescore_pool, self.rescore_factor * k))
         params: dict[str, Any] = {}
         if self.index_type == "hnsw":
@@ -895,7 +950,6 @@ class MilvusKLStore(GaussianStore):
             anns_field="vector",
             timeout=self.request_timeout,
         )
-        q64 = qg.astype(np.float64)
         ranked: list[list[tuple[str, float]]] = []
         for i, row in enumerate(hits):
             row = list(row)
