@@ -520,3 +520,52 @@ def test_milvus_leaves_about_centred_means_as_they_are(tmp_path: Path) -> None:
     mv = _store(tmp_path, index_type="flat")
     mv.add(gaussians=random_gaussians(200, K, seed=34), ids=[f"d{i}" for i in range(200)])
     assert mv._state.centre is None and mv._config()["index_centre"] is None
+
+
+def test_filters_on_non_ascii_and_escaped_strings_match_klstore(tmp_path: Path) -> None:
+    """json.dumps wrote "Z\\u00fcrich", which Milvus' parser refuses ("unknown escape sequence")."""
+    values = ["Zürich", "日本", "😀", 'a "quoted" \\ path', "line\nbreak", "cr\rhere", "plain"]
+    g = random_gaussians(len(values), K, seed=41)
+    ids = [f"d{i}" for i in range(len(values))]
+    metas = [{"city": v, "é": i} for i, v in enumerate(values)]
+    mv = _store(tmp_path, index_type="flat")
+    mv.add(gaussians=g, ids=ids, metadatas=metas)
+    kl = KLStore()
+    kl.add(gaussians=g, ids=ids, metadatas=metas)
+    q = random_gaussians(1, K, seed=42)
+    n = len(values)
+    for flt in (
+        *({"city": v} for v in values),
+        {"city": {"$in": ["Zürich", "日本"]}},
+        {"city": {"$ne": "😀"}},
+        {"é": {"$gte": 3}},
+        {"city": {"$gt": "Z"}},
+    ):
+        got = {h.id for h in mv.search(q, k=n, filter=flt)}
+        assert got == {h.id for h in kl.search(q, k=n, filter=flt)}, flt
+        assert got, flt
+
+
+def test_add_checks_ids_and_metadata_before_writing_anything(tmp_path: Path) -> None:
+    mv = _store(tmp_path, index_type="flat", insert_batch=2)
+    g = random_gaussians(3, K, seed=43)
+    with pytest.raises(ValueError, match="513 characters; Milvus ids hold 512"):
+        mv.add(gaussians=g, ids=["a", "b", "x" * 513])
+    with pytest.raises(ValueError, match="integer 1180591620717411303424, beyond the 64 bits"):
+        mv.add(gaussians=g[:1], ids=["a"], metadatas=[{"v": [1, {"w": 2**70}]}])
+    assert len(mv) == 0  # nothing was written
+    mv.add(gaussians=g[:1], ids=["a"], metadatas=[{1: "one"}])  # keys become strings, as KLStore's save makes them
+    assert mv.get_by_ids(["a"])[0].metadata == {"1": "one"}
+
+
+def test_a_client_attached_before_the_first_documents_sees_the_centre(tmp_path: Path) -> None:
+    docs = _shifted_gaussians(50, seed=44, shift=20.0)
+    early = _store(tmp_path, index_type="flat", dim=K)  # creates the empty collection
+    writer = _store(tmp_path, index_type="flat")
+    writer.add(gaussians=docs, ids=[f"d{i}" for i in range(50)])
+    np.testing.assert_allclose(early.get_gaussians(["d0"]).mean, docs.mean[:1], rtol=1e-5, atol=1e-4)
+
+
+def test_empty_stores_give_an_empty_batch_of_gaussians(tmp_path: Path) -> None:
+    assert KLStore().get_gaussians([]).mean.shape == (0, 1)
+    assert _store(tmp_path).get_gaussians([]).mean.shape[0] == 0

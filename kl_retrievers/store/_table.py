@@ -204,6 +204,8 @@ class DocumentTable:
         unknown = [i for i in ids if i not in self.row]
         if unknown:
             raise KeyError(f"{len(unknown)} unknown id(s): {unknown[:5]}")
+        if not ids and not self.mean.shape[1]:  # an empty store of no dimension yet: (0, 1), as Milvus gives
+            return Gaussians(np.zeros((0, 1), self.mean.dtype), np.ones((0, 1), self.var.dtype), validate=False)
         rows = np.array([self.row[i] for i in ids], dtype=np.int64)
         return Gaussians(self.mean[rows].copy(), self.var[rows].copy(), validate=False)
 

@@ -121,6 +121,8 @@ __all__ = ["MilvusKLStore", "MilvusConnectionError", "to_milvus_expr", "INDEX_TY
 
 METRICS = ("L2", "IP")
 COMPRESSIONS = (None, "sq8")
+#: Longest id (characters) the collection's VARCHAR primary key holds.
+MAX_ID_LENGTH = 512
 #: Largest ``limit`` (top-k) Milvus accepts for one search.
 MAX_TOPK = 16384
 _FORMAT_NAME = "kl-retrievers/milvus"
@@ -147,6 +149,20 @@ def _import_pymilvus() -> Any:
 
 
 # ------------------------------------------------------------------ filters
+def _string_literal(text: str) -> str:
+    """A Milvus expression string literal: UTF-8 as it is, only ``\\``, ``"``, newline and CR escaped.
+
+    ``json.dumps`` escapes non-ASCII as ``\\uXXXX``, which Milvus' parser refuses ("unknown escape
+    sequence"), so a filter on ``"Zürich"`` failed.
+
+    Examples:
+        >>> print(_string_literal('Zürich "old" town'))
+        "Zürich \\"old\\" town"
+    """
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{escaped}"'
+
+
 def _literal(value: Any, where: str) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -155,14 +171,33 @@ def _literal(value: Any, where: str) -> str:
             raise ValueError(f"{where}: Milvus filters need finite numbers; got {value!r}")
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)
+        return _string_literal(value)
     raise ValueError(
         f"{where}: the Milvus backend can filter on str, int, float or bool values; got {type(value).__name__}"
     )
 
 
 def _field_ref(field: str, key: str) -> str:
-    return f"{field}[{json.dumps(key)}]"
+    return f"{field}[{_string_literal(key)}]"
+
+
+def _milvus_metadata(meta: Any, doc_id: str) -> Any:
+    """Metadata as Milvus' JSON field stores it: keys as strings (as a save and load of KLStore makes them).
+
+    Raises:
+        ValueError: An integer outside 64 bits (Milvus' JSON numbers), naming the document.
+    """
+
+    def check(value: Any) -> None:
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+            raise ValueError(
+                f"metadata of document {doc_id!r} holds the integer {value}, beyond the 64 bits Milvus keeps"
+            )
+        for child in value.values() if isinstance(value, dict) else value if isinstance(value, list) else ():
+            check(child)
+
+    check(meta)
+    return json.loads(json.dumps(meta))
 
 
 def _present(ref: str, test: str) -> str:
@@ -514,7 +549,7 @@ class MilvusKLStore(GaussianStore):
         dt = pymilvus.DataType
         self._dim = k
         schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("id", dt.VARCHAR, is_primary=True, max_length=512)
+        schema.add_field("id", dt.VARCHAR, is_primary=True, max_length=MAX_ID_LENGTH)
         schema.add_field("vector", dt.FLOAT_VECTOR, dim=self._vector_dim)
         schema.add_field("text", dt.VARCHAR, max_length=self.max_text_length)
         schema.add_field("metadata", dt.JSON)
@@ -686,11 +721,16 @@ class MilvusKLStore(GaussianStore):
             self._client.upsert(self.collection_name, rows, timeout=self.request_timeout)
 
     def _add_documents(self, new: _NewDocuments) -> None:
-        """Upsert; also ``ValueError`` for a text longer than ``max_text_length`` (UTF-8 bytes)."""
-        g, id_list, text_list, metas = new.gaussians, new.ids, new.texts, new.metadatas
+        """Upsert; also ``ValueError`` for a text longer than ``max_text_length`` (UTF-8 bytes) or an id
+        longer than :data:`MAX_ID_LENGTH`, and for metadata Milvus' JSON field cannot hold, before anything
+        is written."""
+        g, id_list, text_list = new.gaussians, new.ids, new.texts
         for doc_id, text in zip(id_list, text_list, strict=True):
             if text is not None and len(text.encode("utf-8")) > self.max_text_length:
                 raise ValueError(f"text of document {doc_id!r} is longer than max_text_length={self.max_text_length}")
+            if len(doc_id) > MAX_ID_LENGTH:
+                raise ValueError(f"id {doc_id[:40]!r}... has {len(doc_id)} characters; Milvus ids hold {MAX_ID_LENGTH}")
+        metas = [_milvus_metadata(m, doc_id) for m, doc_id in zip(new.metadatas, id_list, strict=True)]
         with self._lock:
             if self._dim is None:
                 if self._client.has_collection(self.collection_name, timeout=self.timeout):
@@ -884,6 +924,9 @@ class MilvusKLStore(GaussianStore):
             return Gaussians(np.zeros((0, k)), np.ones((0, k)))
         vectors = np.asarray([by_id[i]["vector"] for i in ids], dtype=np.float64).reshape(len(ids), -1)
         g = document_gaussians_from_vectors(vectors, self._dim)
+        if self.metric == "L2" and self._state.norm_bound is None:
+            with self._lock:
+                self._read_state()  # another client added the first documents (and chose the centre) since
         if self._state.centre is None:
             return g
         return Gaussians(g.mean + np.asarray(self._state.centre), g.var, validate=False)  # the stored means are centred
