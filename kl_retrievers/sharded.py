@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -283,7 +284,9 @@ def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-_IDENTITY_KEYS = ("input", "model", "kind", "field", "max_length", "shard_size", "shards")
+_IDENTITY_KEYS = ("input", "model", "model_fingerprint", "kind", "field", "max_length", "shard_size", "shards")
+#: Leftovers of an interrupted manifest write (``_io.atomic_file``): not "other files" in the folder.
+_MANIFEST_LEFTOVER = re.compile(rf"\.{re.escape(_MANIFEST)}\.(tmp|old)-[0-9a-f]+")
 
 
 class _RayShardWorker:
@@ -389,8 +392,10 @@ def encode_corpus(
         input: A ``.jsonl`` corpus or a text file (one text per non-empty line).
         out: The output folder.
         model: A bundled model name, saved encoder folder or hub id (``None``: the default).
-            Ray workers load it themselves.
-        encoder: An already loaded encoder for ``backend="local"`` (overrides ``model``).
+            Ray workers load it themselves (and the driver once, to fingerprint it).
+        encoder: An already loaded encoder for ``backend="local"`` (overrides ``model``). Shards are
+            reused only from the same model: its name and its fingerprint (class, config and
+            weights, :func:`~kl_retrievers.evaluation.model_fingerprint`) must match the manifest's.
         kind: ``"document"`` or ``"query"``.
         field: JSONL text field (``"auto"``: title + text).
         shard_size: Records per shard.
@@ -430,13 +435,22 @@ def encode_corpus(
         from kl_retrievers.pretrained import load_model
 
         encoder = load_model(model, device=device)
+    from kl_retrievers.evaluation import model_fingerprint
+
     model_name = getattr(encoder, "name_or_path", None) if encoder is not None else model
+    if encoder is None:  # backend="ray": the workers load the model; load it once here to know its weights
+        from kl_retrievers.pretrained import load_model
+
+        fingerprint = model_fingerprint(load_model(model))
+    else:
+        fingerprint = model_fingerprint(encoder)
     manifest = {
         "format": _FORMAT_NAME,
         "format_version": _FORMAT_VERSION,
         "library_version": library_version(),
         "input": {"name": source.name, **identity},
         "model": model_name,
+        "model_fingerprint": fingerprint,
         "kind": kind,
         "field": field,
         "max_length": max_length,
@@ -449,13 +463,16 @@ def encode_corpus(
     existing = target / _MANIFEST
     if existing.is_file():
         old = _manifest(target)
+        if "model_fingerprint" not in old:  # written before fingerprints: the model's name is all it knows
+            logger.warning("%s was written without a model fingerprint; reusing its shards on the model name", target)
+            old["model_fingerprint"] = fingerprint
         differ = [key for key in _IDENTITY_KEYS if old.get(key) != manifest.get(key)]
         if differ:
             raise ValueError(
                 f"{target} holds shards made with other settings ({', '.join(differ)} differ); "
                 "use another --out folder or delete it (nothing was overwritten)"
             )
-    elif target.is_dir() and any(target.iterdir()):
+    elif target.is_dir() and any(not _MANIFEST_LEFTOVER.fullmatch(p.name) for p in target.iterdir()):
         raise ValueError(f"{target} is not empty and has no {_MANIFEST}; use an empty or new folder")
     _write_manifest(target, manifest)
     todo = [s for s in specs if not _shard_ok(target, s)]

@@ -200,3 +200,33 @@ def test_a_local_ray_node_that_times_out_at_start_up_is_started_again(caplog: py
     with pytest.raises(Exception, match="timed out"):
         _ray_init(remote, {"address": "ray://head:10001"})
     assert [c[0] for c in other.calls] == [c[0] for c in remote.calls] == ["init"]
+
+
+def test_shards_of_another_model_with_the_same_name_are_not_reused(tmp_path: Path) -> None:
+    """Two models both named "tiny-random" (other weights, or another dimension) must not share shards."""
+    src = tmp_path / "c.txt"
+    src.write_text("".join(f"text number {i}\n" for i in range(4)))
+    first, other, wider = make_tiny_encoder(seed=0), make_tiny_encoder(seed=1), make_tiny_encoder(seed=0, dim=16)
+    assert first.name_or_path == other.name_or_path == wider.name_or_path
+    out = tmp_path / "enc"
+    encode_corpus(src, out, encoder=first, shard_size=2, show_progress_bar=False)
+    for encoder in (other, wider):
+        with pytest.raises(ValueError, match="model_fingerprint differ"):
+            encode_corpus(src, out, encoder=encoder, shard_size=2, show_progress_bar=False)
+    again = encode_corpus(src, out, encoder=first, shard_size=2, show_progress_bar=False)
+    assert again.encoded == [] and again.reused == [0, 1]
+
+
+def test_a_leftover_of_an_interrupted_manifest_write_does_not_block_the_run(tmp_path: Path) -> None:
+    src = tmp_path / "c.txt"
+    src.write_text("a\nb\n")
+    out = tmp_path / "enc"
+    out.mkdir()
+    (out / ".manifest.json.tmp-0badf00d").write_text("")  # what a kill during the first manifest write leaves
+    report = encode_corpus(src, out, encoder=make_tiny_encoder(), shard_size=1, show_progress_bar=False)
+    assert report.encoded == [0, 1]
+    other = tmp_path / "enc2"
+    other.mkdir()
+    (other / "stray.txt").write_text("x")  # anything else still means "not our folder"
+    with pytest.raises(ValueError, match="not empty and has no manifest.json"):
+        encode_corpus(src, other, encoder=make_tiny_encoder(), shard_size=1, show_progress_bar=False)
