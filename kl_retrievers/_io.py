@@ -36,14 +36,46 @@ def library_version() -> str:
         return "0+unknown"
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in text.split("+")[0].split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
+_VERSION_PATTERN = re.compile(
+    r"v?(?P<release>\d+(?:\.\d+)*)"
+    r"(?:[-_.]?(?P<pre>a|b|c|rc|alpha|beta|pre|preview)[-_.]?(?P<pre_n>\d*))?"
+    r"(?:[-_.]?(?P<post>post|rev|r)[-_.]?(?P<post_n>\d*))?"
+    r"(?:[-_.]?dev[-_.]?(?P<dev_n>\d*))?"
+    r"(?:\+[a-z0-9]+(?:[-_.][a-z0-9]+)*)?",
+    re.IGNORECASE,
+)
+_PRE_RANK = {"a": 0, "alpha": 0, "b": 1, "beta": 1, "c": 2, "rc": 2, "pre": 2, "preview": 2}
+
+
+def _version_key(text: str) -> tuple[Any, ...] | None:
+    """A sort key for a PEP 440 version (``None`` when ``text`` is not one).
+
+    Dev releases sort below pre-releases, which sort below the release, which sorts below
+    its post-releases; trailing zeros and the ``+local`` part are ignored.  (``packaging``
+    is not a dependency of kl-retrievers, hence this small parser.)
+
+    Examples:
+        >>> _version_key("0.1.0.dev3") < _version_key("0.1.0rc1") < _version_key("0.1.0") < _version_key("0.1.0.post1")
+        True
+        >>> _version_key("1.0") == _version_key("1.0.0+local"), _version_key("unknown")
+        (True, None)
+    """
+    match = _VERSION_PATTERN.fullmatch(text.strip())
+    if match is None:
+        return None
+    release = [int(piece) for piece in match["release"].split(".")]
+    while len(release) > 1 and release[-1] == 0:
+        release.pop()
+    has_dev = match["dev_n"] is not None
+    if match["pre"] is not None:
+        pre = (_PRE_RANK[match["pre"].lower()], int(match["pre_n"] or 0))
+    elif has_dev and match["post"] is None:
+        pre = (-1, 0)  # 1.0.dev0 < 1.0a0
+    else:
+        pre = (3, 0)  # no pre-release: above any
+    post = int(match["post_n"] or 0) if match["post"] is not None else -1
+    dev = (0, int(match["dev_n"] or 0)) if has_dev else (1, 0)
+    return (tuple(release), pre, post, dev)
 
 
 def check_version(meta: dict[str, Any], *, what: str, format_version: int) -> None:
@@ -62,7 +94,8 @@ def check_version(meta: dict[str, Any], *, what: str, format_version: int) -> No
         )
     saved = str(meta.get("library_version", "0"))
     ours = library_version()
-    if _version_tuple(ours) and _version_tuple(saved) > _version_tuple(ours):
+    saved_key, our_key = _version_key(saved), _version_key(ours)
+    if saved_key is not None and our_key is not None and saved_key > our_key:  # an unparsable version: no warning
         warnings.warn(
             f"{what} was written by kl-retrievers {saved}, newer than this {ours}; it may not load correctly",
             UserWarning,
@@ -128,11 +161,16 @@ def _string_field(row: dict[str, Any], field: str, where: str) -> str:
 
 
 def _normalise_permissions(folder: Path) -> None:
-    """Give written files the usual umask-based mode (some writers create them 0600)."""
+    """Give written files the usual umask-based mode (some writers create them 0600).
+
+    Symbolic links are skipped: ``chmod`` would follow them and change files outside ``folder``.
+    """
     umask = os.umask(0)
     os.umask(umask)
     folder.chmod(0o777 & ~umask)
     for path in folder.rglob("*"):
+        if path.is_symlink():
+            continue
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
@@ -266,6 +304,10 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), os.fspath(a), None, os.fspath(b))
 
 
+_TAKEN = (errno.ENOTEMPTY, errno.EEXIST)  # a rename onto a folder that another writer just put there
+_SWAP_ATTEMPTS = 50
+
+
 def _swap_into_place(tmp: Path, final: Path, old: Path) -> None:
     """Put the finished folder ``tmp`` at ``final``, replacing what is there.
 
@@ -274,23 +316,55 @@ def _swap_into_place(tmp: Path, final: Path, old: Path) -> None:
     ``.NAME.tmp-*`` that the next save deletes.  Elsewhere the previous copy is renamed to
     ``old`` (locked while this runs) and ``tmp`` into place; a kill between the two renames
     leaves ``final`` missing and :func:`recover_dir` (called by the loaders) restores ``old``.
+
+    Another process saving the same ``final`` at the same time may put its copy there (or
+    move it aside) between any two of these steps; then the step is retried, so the last
+    writer wins, as when ``final`` already existed.
     """
-    if not final.exists():
-        os.replace(tmp, final)
-        return
-    if _exchange(tmp, final):
-        _remove_tree(tmp)  # now the previous copy
-        return
+    for _ in range(_SWAP_ATTEMPTS):
+        if not final.exists():
+            try:
+                os.replace(tmp, final)
+                return
+            except OSError as exc:
+                if exc.errno not in _TAKEN:
+                    raise
+                continue  # another writer's copy appeared meanwhile: replace it below
+        try:
+            if _exchange(tmp, final):
+                _remove_tree(tmp)  # now the previous copy
+                return
+        except FileNotFoundError:
+            continue  # another writer moved `final` aside meanwhile
+        if _replace_aside(tmp, final, old):
+            return
+    raise OSError(f"could not put {tmp} in place of {final}: other saves kept replacing it")
+
+
+def _replace_aside(tmp: Path, final: Path, old: Path) -> bool:
+    """The fallback swap: rename ``final`` to ``old``, ``tmp`` to ``final``, remove ``old``.
+
+    Returns:
+        ``False`` when another writer got in the way (``final`` vanished, or its copy landed
+        between the two renames); the caller then tries again.
+    """
     guard = _lock_fd(final, wait=False)  # follows the inode to `old`: a loader will not restore it under us
     try:
-        os.replace(final, old)
+        try:
+            os.replace(final, old)
+        except FileNotFoundError:
+            return False
         try:
             os.replace(tmp, final)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, OSError) and exc.errno in _TAKEN and final.exists():
+                _remove_tree(old)  # `final` holds the other writer's complete copy
+                return False
             if old.exists() and not final.exists():
                 os.replace(old, final)
             raise
         _remove_tree(old)
+        return True
     finally:
         _unlock_fd(guard)
 
@@ -357,6 +431,19 @@ def recover_dir(target: str | os.PathLike[str], *, required: str | None = None) 
     return True
 
 
+def _make_parent(final: Path) -> None:
+    """Create ``final``'s parent folders; an error names the ancestor that is a file."""
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = next((p for p in (final.parent, *final.parent.parents) if p.exists() and not p.is_dir()), None)
+        if blocking is None:
+            raise
+        raise NotADirectoryError(
+            f"cannot save {final}: {blocking} is a file, but it must be a folder (the parent of what is saved)"
+        ) from None
+
+
 @contextmanager
 def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Write a folder atomically: yield a temporary sibling, then swap it into place.
@@ -378,7 +465,7 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     final = Path(target)
     if final.exists() and not final.is_dir():
         raise NotADirectoryError(f"{final} exists and is not a folder")
-    final.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(final)
     tmp, guard = _locked_tmp(final, folder=True)  # the lock marks it as in use for clean_stale elsewhere
     try:
         try:
@@ -411,17 +498,19 @@ def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
         '{}'
     """
     final = Path(target)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.is_dir() and not final.is_symlink():
+        raise IsADirectoryError(f"{final} is a folder; atomic_file writes a file: remove it or choose another path")
+    _make_parent(final)
     tmp, guard = _locked_tmp(final, folder=False)
     try:
         try:
             yield tmp
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
+            os.replace(tmp, final)
         except BaseException:
             _remove_tree(tmp)
             raise
-        os.replace(tmp, final)
         _fsync_dir(final.parent)
     finally:
         _unlock_fd(guard)

@@ -1,8 +1,8 @@
 """An on-disk cache of encodings: arrays as ``.npy`` files (never pickled), keyed by a JSON identity.
 
 :func:`kl_retrievers.evaluation.encode_dataset` caches Gaussian encodings in it and
-:func:`kl_retrievers.baselines.dense_run` the dense baselines' vectors. It imports nothing from
-the package.
+:func:`kl_retrievers.baselines.dense_run` the dense baselines' vectors. From the package it
+imports only :func:`kl_retrievers.hub.sha256_file` (``hub`` imports nothing from the package).
 
 Examples:
     >>> import tempfile
@@ -28,12 +28,15 @@ from typing import Any
 
 import numpy as np
 
+from kl_retrievers.hub import sha256_file
+
 __all__ = ["CACHE_ENV", "EncodingCache", "canonical_json", "default_cache_dir"]
 
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "KL_RETRIEVERS_CACHE"
 _CACHE_FORMAT = 1
+_STALE_TMP_SECONDS = 3600  # a ``.tmp-*`` folder untouched this long is a killed save's
 
 
 def default_cache_dir() -> Path:
@@ -61,8 +64,10 @@ class EncodingCache:
     """Arrays on disk (``.npy``, never pickled) keyed by a JSON-able identity dict.
 
     Each entry is a folder ``<kind>-<sha256 of the key>`` holding one ``.npy`` per array
-    and ``meta.json`` (the full key, the row ids and the array shapes). An entry that
-    fails to load or does not match its key is deleted and reported as a miss.
+    and ``meta.json`` (the full key, the row ids, the array shapes and each ``.npy`` file's
+    SHA-256). An entry that fails to load, does not match its key, lists no arrays or whose
+    files do not match their checksums is deleted and reported as a miss; so are entries
+    written before checksums were recorded (they are recomputed once).
 
     Args:
         cache_dir: Root folder; defaults to :func:`default_cache_dir`.
@@ -103,9 +108,17 @@ class EncodingCache:
                 raise ValueError("key mismatch")
             if meta.get("ids") != list(ids):
                 raise ValueError("row ids differ")
+            table, checksums = meta.get("arrays"), meta.get("sha256")
+            if not isinstance(table, dict) or not table:
+                raise ValueError("meta.json lists no arrays")
+            if not isinstance(checksums, dict) or set(checksums) != set(table):
+                raise ValueError("meta.json has no checksum for every array (an entry from an older version)")
             arrays: dict[str, np.ndarray] = {}
-            for name, shape in meta["arrays"].items():
-                arr = np.load(folder / f"{name}.npy", allow_pickle=False)
+            for name, shape in table.items():
+                path = folder / f"{name}.npy"
+                if sha256_file(path) != checksums[name]:
+                    raise ValueError(f"{path.name} does not match its checksum")
+                arr = np.load(path, allow_pickle=False)
                 if list(arr.shape) != list(shape) or arr.shape[0] != len(ids):
                     raise ValueError(f"array {name!r} has shape {arr.shape}, expected {shape}")
                 if arr.dtype.kind == "f" and not np.isfinite(arr).all():
@@ -121,27 +134,51 @@ class EncodingCache:
         return arrays
 
     def save(self, kind: str, key: Mapping[str, Any], ids: Sequence[str], arrays: Mapping[str, np.ndarray]) -> None:
-        """Store ``arrays`` (first axis = ``ids``) for ``(kind, key)``; failures only warn."""
+        """Store ``arrays`` (first axis = ``ids``) for ``(kind, key)``; failures only warn.
+
+        Its temporary folder is always removed; ``.tmp-*`` folders of saves killed over an
+        hour ago are removed first.
+        """
         folder = self.entry_dir(kind, key)
+        tmp: Path | None = None
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            self._remove_stale_tmp()
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
-            for name, arr in arrays.items():
-                np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr), allow_pickle=False)
+            shapes: dict[str, list[int]] = {}
+            checksums: dict[str, str] = {}
+            for name, value in arrays.items():
+                arr = np.ascontiguousarray(value)
+                np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
+                shapes[name] = list(arr.shape)
+                checksums[name] = sha256_file(tmp / f"{name}.npy")
             meta = {
                 "format": _CACHE_FORMAT,
                 "kind": kind,
                 "key": json.loads(canonical_json(key)),
                 "ids": list(ids),
-                "arrays": {name: list(arr.shape) for name, arr in arrays.items()},
+                "arrays": shapes,
+                "sha256": checksums,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             }
             (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
             if folder.exists():
                 shutil.rmtree(folder, ignore_errors=True)
             os.replace(tmp, folder)
+            tmp = None
             logger.info("encoding cache saved: %s", folder)
-        except OSError as exc:
+        except Exception as exc:  # a cache must never break the run it speeds up
             logger.warning("could not write encoding cache %s: %s", folder, exc)
-            if "tmp" in locals():
+        finally:
+            if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    def _remove_stale_tmp(self) -> None:
+        """Remove ``.tmp-*`` folders (killed saves') not modified for :data:`_STALE_TMP_SECONDS`."""
+        cutoff = time.time() - _STALE_TMP_SECONDS
+        for path in self.root.glob(".tmp-*"):
+            try:
+                if path.is_dir() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+                    shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                continue
