@@ -2,7 +2,8 @@
 
 :func:`kl_retrievers.evaluation.encode_dataset` caches Gaussian encodings in it and
 :func:`kl_retrievers.baselines.dense_run` the dense baselines' vectors. From the package it
-imports only :func:`kl_retrievers.hub.sha256_file` (``hub`` imports nothing from the package).
+imports only :func:`kl_retrievers.hub.sha256_file` and :func:`kl_retrievers._io.atomic_file` (neither
+imports anything from the package).
 
 Examples:
     >>> import tempfile
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from kl_retrievers._io import atomic_file
 from kl_retrievers.hub import sha256_file
 
 __all__ = ["CACHE_ENV", "EncodingCache", "canonical_json", "default_cache_dir"]
@@ -66,8 +68,9 @@ class EncodingCache:
     Each entry is a folder ``<kind>-<sha256 of the key>`` holding one ``.npy`` per array
     and ``meta.json`` (the full key, the row ids, the array shapes and each ``.npy`` file's
     SHA-256). An entry that fails to load, does not match its key, lists no arrays or whose
-    files do not match their checksums is deleted and reported as a miss; so are entries
-    written before checksums were recorded (they are recomputed once).
+    files do not match their checksums is deleted and reported as a miss. An entry written
+    before checksums were recorded is checked as it used to be (shapes, finite values) and, if
+    it passes, its checksums are recorded then, so caches that took hours to fill stay usable.
 
     Args:
         cache_dir: Root folder; defaults to :func:`default_cache_dir`.
@@ -111,12 +114,13 @@ class EncodingCache:
             table, checksums = meta.get("arrays"), meta.get("sha256")
             if not isinstance(table, dict) or not table:
                 raise ValueError("meta.json lists no arrays")
-            if not isinstance(checksums, dict) or set(checksums) != set(table):
-                raise ValueError("meta.json has no checksum for every array (an entry from an older version)")
+            adopt = checksums is None  # written before checksums: record them once it passes the old checks
+            if not adopt and (not isinstance(checksums, dict) or set(checksums) != set(table)):
+                raise ValueError("meta.json has no checksum for every array")
             arrays: dict[str, np.ndarray] = {}
             for name, shape in table.items():
                 path = folder / f"{name}.npy"
-                if sha256_file(path) != checksums[name]:
+                if not adopt and sha256_file(path) != checksums[name]:
                     raise ValueError(f"{path.name} does not match its checksum")
                 arr = np.load(path, allow_pickle=False)
                 if list(arr.shape) != list(shape) or arr.shape[0] != len(ids):
@@ -124,6 +128,10 @@ class EncodingCache:
                 if arr.dtype.kind == "f" and not np.isfinite(arr).all():
                     raise ValueError(f"array {name!r} holds non-finite values")
                 arrays[name] = arr
+            if adopt:
+                meta["sha256"] = {name: sha256_file(folder / f"{name}.npy") for name in table}
+                with atomic_file(folder / "meta.json") as tmp_meta:
+                    tmp_meta.write_text(json.dumps(meta), encoding="utf-8")
         except Exception as exc:  # any damage means recompute
             logger.warning("encoding cache entry %s is unusable (%s); recomputing", folder, exc)
             shutil.rmtree(folder, ignore_errors=True)

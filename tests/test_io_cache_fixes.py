@@ -256,10 +256,28 @@ def test_cache_empty_arrays_table_is_a_miss(tmp_path: Path) -> None:
     assert not folder.exists()
 
 
-def test_cache_entry_without_checksums_is_a_miss(tmp_path: Path) -> None:
+def test_cache_entry_from_before_checksums_is_adopted_once_then_checked(tmp_path: Path) -> None:
+    """Entries written before checksums (hours of encodings) pass the old checks and get their checksums then."""
     cache, folder = _saved_cache(tmp_path)
     meta = json.loads((folder / "meta.json").read_text())
-    meta.pop("sha256", None)  # what entries written before checksums look like
+    recorded = meta.pop("sha256")  # what entries written before checksums look like
+    (folder / "meta.json").write_text(json.dumps(meta))
+    got = cache.load("documents", KEY, IDS)
+    assert got is not None and cache.hits == 1
+    assert json.loads((folder / "meta.json").read_text())["sha256"] == recorded
+    npy = folder / "emb.npy"  # from now on a flipped byte is caught
+    data = bytearray(npy.read_bytes())
+    data[-1] ^= 0x01
+    npy.write_bytes(bytes(data))
+    assert cache.load("documents", KEY, IDS) is None
+    assert not folder.exists()
+
+
+def test_an_old_entry_that_fails_the_old_checks_is_still_a_miss(tmp_path: Path) -> None:
+    cache, folder = _saved_cache(tmp_path)
+    meta = json.loads((folder / "meta.json").read_text())
+    meta.pop("sha256")
+    meta["arrays"]["emb"] = [2, 4]  # a shape the file does not have
     (folder / "meta.json").write_text(json.dumps(meta))
     assert cache.load("documents", KEY, IDS) is None
     assert not folder.exists()
