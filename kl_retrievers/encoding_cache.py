@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -32,7 +33,7 @@ import numpy as np
 from kl_retrievers._io import atomic_file
 from kl_retrievers.hub import sha256_file
 
-__all__ = ["CACHE_ENV", "EncodingCache", "canonical_json", "default_cache_dir"]
+__all__ = ["CACHE_ENV", "EncodingCache", "canonical_json", "default_cache_dir", "model_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,9 @@ class EncodingCache:
         self.misses = 0
 
     def entry_dir(self, kind: str, key: Mapping[str, Any]) -> Path:
-        """Folder of the entry for ``(kind, key)``."""
+        """Folder of the entry for ``(kind, key)``; ``kind`` is a plain name (letters, digits, ``-``, ``_``)."""
+        if not isinstance(kind, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", kind):
+            raise ValueError(f"kind must be a plain name of letters, digits, '-' or '_' (a folder name); got {kind!r}")
         digest = hashlib.sha256(
             canonical_json({"kind": kind, "key": key, "format": _CACHE_FORMAT}).encode()
         ).hexdigest()
@@ -190,3 +193,60 @@ class EncodingCache:
                     shutil.rmtree(path, ignore_errors=True)
             except OSError:
                 continue
+
+
+def _state_dict_of(encoder: Any) -> Mapping[str, Any] | None:
+    for obj in (encoder, getattr(encoder, "model", None)):
+        fn = getattr(obj, "state_dict", None)
+        if callable(fn):
+            try:
+                sd = fn()
+            except Exception:  # a fingerprint must never fail
+                continue
+            if isinstance(sd, Mapping):
+                return sd
+    return None
+
+
+def model_fingerprint(encoder: Any) -> str:
+    """A short hash identifying an encoder: class, config and weights (or ``name_or_path``).
+
+    When the encoder (or its ``.model``) has a torch ``state_dict``, every tensor's bytes
+    are hashed, so a fine-tuned model never reuses the encodings of its checkpoint, while the
+    same weights loaded by bundled name or by folder path share one cache entry. Without a
+    ``state_dict`` the ``name_or_path`` stands in for the weights.
+
+    Examples:
+        >>> class E:
+        ...     name_or_path = "toy"
+        >>> len(model_fingerprint(E()))
+        16
+    """
+    h = hashlib.sha256()
+    config = getattr(encoder, "config", None)
+    config_dict: Any = None
+    if config is not None:
+        to_dict = getattr(config, "to_dict", None)
+        config_dict = to_dict() if callable(to_dict) else config
+    sd = _state_dict_of(encoder)
+    ident = {
+        "class": f"{type(encoder).__module__}.{type(encoder).__qualname__}",
+        "config": config_dict,
+    }
+    if sd is None:
+        ident["name_or_path"] = str(getattr(encoder, "name_or_path", None))
+    h.update(canonical_json(ident).encode())
+    if sd is not None:
+        import torch
+
+        for name in sorted(sd):
+            value = sd[name]
+            h.update(name.encode())
+            if isinstance(value, torch.Tensor):
+                t = value.detach().cpu().contiguous()
+                h.update(str(t.dtype).encode())
+                h.update(str(tuple(t.shape)).encode())
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            else:
+                h.update(repr(value).encode())
+    return h.hexdigest()[:16]

@@ -31,7 +31,6 @@ Examples:
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import logging
@@ -48,7 +47,8 @@ from tqdm import tqdm
 
 from kl_retrievers.datasets import BeirDataset
 from kl_retrievers.encoding_cache import CACHE_ENV as CACHE_ENV  # re-exported, like the cache and run names
-from kl_retrievers.encoding_cache import EncodingCache, canonical_json, default_cache_dir
+from kl_retrievers.encoding_cache import EncodingCache, default_cache_dir
+from kl_retrievers.encoding_cache import model_fingerprint as model_fingerprint  # re-exported: it was defined here
 from kl_retrievers.gaussian import Gaussians, check_float32_scorable, check_k, exact_top_k
 from kl_retrievers.runs import Qrels, Run, run_from_top_k, top_k
 
@@ -452,63 +452,6 @@ class GaussianEncoderLike(Protocol):
     def encode_documents(self) -> Callable[..., Gaussians]:
         """Encode documents."""
         ...
-
-
-def _state_dict_of(encoder: Any) -> Mapping[str, Any] | None:
-    for obj in (encoder, getattr(encoder, "model", None)):
-        fn = getattr(obj, "state_dict", None)
-        if callable(fn):
-            try:
-                sd = fn()
-            except Exception:  # a fingerprint must never fail
-                continue
-            if isinstance(sd, Mapping):
-                return sd
-    return None
-
-
-def model_fingerprint(encoder: Any) -> str:
-    """A short hash identifying an encoder: class, config and weights (or ``name_or_path``).
-
-    When the encoder (or its ``.model``) has a torch ``state_dict``, every tensor's bytes
-    are hashed, so a fine-tuned model never reuses the encodings of its checkpoint, while the
-    same weights loaded by bundled name or by folder path share one cache entry. Without a
-    ``state_dict`` the ``name_or_path`` stands in for the weights.
-
-    Examples:
-        >>> class E:
-        ...     name_or_path = "toy"
-        >>> len(model_fingerprint(E()))
-        16
-    """
-    h = hashlib.sha256()
-    config = getattr(encoder, "config", None)
-    config_dict: Any = None
-    if config is not None:
-        to_dict = getattr(config, "to_dict", None)
-        config_dict = to_dict() if callable(to_dict) else config
-    sd = _state_dict_of(encoder)
-    ident = {
-        "class": f"{type(encoder).__module__}.{type(encoder).__qualname__}",
-        "config": config_dict,
-    }
-    if sd is None:
-        ident["name_or_path"] = str(getattr(encoder, "name_or_path", None))
-    h.update(canonical_json(ident).encode())
-    if sd is not None:
-        import torch
-
-        for name in sorted(sd):
-            value = sd[name]
-            h.update(name.encode())
-            if isinstance(value, torch.Tensor):
-                t = value.detach().cpu().contiguous()
-                h.update(str(t.dtype).encode())
-                h.update(str(tuple(t.shape)).encode())
-                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-            else:
-                h.update(repr(value).encode())
-    return h.hexdigest()[:16]
 
 
 def _call_encode(fn: Any, texts: list[str], batch_size: int, max_length: int | None, show_progress: bool) -> Gaussians:

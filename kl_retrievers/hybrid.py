@@ -63,6 +63,7 @@ from kl_retrievers._encoding import check_texts
 from kl_retrievers._io import atomic_dir, library_version, recover_dir
 from kl_retrievers.filters import MetadataFilter, compile_filter
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians, check_k, neg_kl
+from kl_retrievers.hub import sha256_file as _sha256
 from kl_retrievers.index import DeleteReport, KLStore, StoredDocument, StoreFormatError
 
 logger = logging.getLogger(__name__)
@@ -864,14 +865,6 @@ class HybridResult:
             "dense_weight": self.dense_weight,
             "query_uncertainty": self.query_uncertainty,
         }
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _ids_digest(ids: Iterable[str]) -> str:

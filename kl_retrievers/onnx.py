@@ -24,7 +24,6 @@ Examples:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -42,6 +41,7 @@ import numpy as np
 from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, require_torch
 from kl_retrievers._io import atomic_dir, check_version, library_version, parse_json_object
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians
+from kl_retrievers.hub import sha256_file as _sha256
 
 if TYPE_CHECKING:
     from kl_retrievers.encoder import GaussianEncoder
@@ -470,14 +470,6 @@ def _quiet_root_logger(text: str) -> Iterator[None]:
         root.removeFilter(drop)
         if guard is not None:
             root.removeHandler(guard)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def onnx_runtime() -> Any:

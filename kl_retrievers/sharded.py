@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from kl_retrievers._io import atomic_dir, atomic_file, library_version, parse_json_object, recover_dir, row_text
+from kl_retrievers.hub import sha256_file as _sha256
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,6 @@ _MANIFEST = "manifest.json"
 _SHARD_META = "shard.json"
 _FORMAT_NAME = "kl-retrievers/encoded-shards"
 _FORMAT_VERSION = 1
-_HASH_CHUNK = 1 << 20
 #: The files of a shard folder that shard.json checksums (and the only ones ever read).
 _SHARD_FILES = ("mean.npy", "var.npy", "ids.json")
 _SHA256_HEX = frozenset("0123456789abcdef")
@@ -193,14 +193,6 @@ def read_shard(path: str | os.PathLike[str], spec: ShardSpec, field: str = "auto
             ids.append(str(row_no))
             texts.append(line.rstrip("\r\n"))
     return ids, texts
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_json(path: Path) -> Any:
@@ -395,7 +387,7 @@ def encode_corpus(
             Ray workers load it themselves (and the driver once, to fingerprint it).
         encoder: An already loaded encoder for ``backend="local"`` (overrides ``model``). Shards are
             reused only from the same model: its name and its fingerprint (class, config and
-            weights, :func:`~kl_retrievers.evaluation.model_fingerprint`) must match the manifest's.
+            weights, :func:`~kl_retrievers.encoding_cache.model_fingerprint`) must match the manifest's.
         kind: ``"document"`` or ``"query"``.
         field: JSONL text field (``"auto"``: title + text).
         shard_size: Records per shard.
@@ -435,7 +427,7 @@ def encode_corpus(
         from kl_retrievers.pretrained import load_model
 
         encoder = load_model(model, device=device)
-    from kl_retrievers.evaluation import model_fingerprint
+    from kl_retrievers.encoding_cache import model_fingerprint
 
     model_name = getattr(encoder, "name_or_path", None) if encoder is not None else model
     if encoder is None:  # backend="ray": the workers load the model; load it once here to know its weights

@@ -306,3 +306,12 @@ def test_cache_save_removes_old_temp_folders_only(tmp_path: Path) -> None:
     assert not stale.exists()
     assert fresh.is_dir()  # may belong to a save still running
     assert folder.is_dir()
+
+
+@pytest.mark.parametrize("kind", ["../escape", "a/b", "", "x.y", 3])
+def test_cache_kind_must_be_a_plain_folder_name(tmp_path: Path, kind: object) -> None:
+    """A kind like "../x" put the entry folder outside the cache root."""
+    cache = EncodingCache(tmp_path / "cache")
+    with pytest.raises(ValueError, match="kind must be a plain name"):
+        cache.save(kind, KEY, IDS, {"emb": np.zeros((2, 3), dtype=np.float32)})  # type: ignore[arg-type]
+    assert not (tmp_path / "escape").exists()
