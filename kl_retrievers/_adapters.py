@@ -56,7 +56,11 @@ _MANIFEST_MAX_BYTES = 1 << 16
 
 
 def _kl(score: float) -> float:
-    return max(0.0, -float(score))
+    """``KL = -score`` (at least 0: a self-match can round to a tiny positive ``-KL``); NaN and +inf refused."""
+    value = float(score)
+    if math.isnan(value) or value == math.inf:
+        raise ValueError(f"a relevance needs a score (-KL) in [-inf, 0]; got {score!r}")
+    return max(0.0, -value)
 
 
 def relevance_exp(score: float, dim: int | None = None) -> float:

@@ -747,12 +747,23 @@ def recommended_min_confidence(model: str | None = None, *, retriever: str = "de
 
     if retriever not in CALIBRATOR_KINDS:
         raise ValueError(f"retriever must be one of {list(CALIBRATOR_KINDS)}; got {retriever!r}")
+    default = DEFAULT_HYBRID_MIN_CONFIDENCE if retriever == "hybrid" else DEFAULT_MIN_CONFIDENCE
     if _bundled_name(model) == DEFAULT_MODEL:
-        return DEFAULT_HYBRID_MIN_CONFIDENCE if retriever == "hybrid" else DEFAULT_MIN_CONFIDENCE
+        return default
     file = HYBRID_CALIBRATION_FILE if retriever == "hybrid" else CALIBRATION_FILE
     path = model_file(model, file)
     if path is None:
+        if model is not None and _bundled_name(model) is None and not Path(str(model)).expanduser().is_dir():
+            from kl_retrievers.pretrained import bundled_models
+
+            raise ValueError(
+                f"model must be a bundled model {sorted(bundled_models())}, 'kl_retrievers:NAME' or a saved model "
+                f"folder; got {model!r}"
+            )
         raise ValueError(f"model {model!r} ships no {retriever} confidence calibrator ({file})")
+    own = model_file(DEFAULT_MODEL, file)
+    if own is not None and Path(path).read_bytes() == Path(own).read_bytes():
+        return default  # the default model's calibrator (its folder, or a copy): the library constant
     recorded = ConfidenceCalibrator.load(path).info.get("recommended_min_confidence")
     if not isinstance(recorded, Mapping) or "threshold" not in recorded:
         raise ValueError(f"model {model!r} records no recommended min_confidence in {path}")

@@ -226,3 +226,22 @@ def test_recommended_min_confidence_of_a_saved_model_folder(tmp_path: Path) -> N
     assert recommended_min_confidence(str(tmp_path)) == 0.42
     with pytest.raises(ValueError, match="ships no hybrid confidence calibrator"):
         recommended_min_confidence(str(tmp_path), retriever="hybrid")
+
+
+def test_recommended_min_confidence_of_the_default_models_folder_or_a_copy_is_the_constant(tmp_path: Path) -> None:
+    """By name it was 0.3; its folder (or a copy) raised "records no recommended min_confidence"."""
+    import shutil
+
+    from kl_retrievers.calibration import recommended_min_confidence
+    from kl_retrievers.pretrained import DEFAULT_MODEL, bundled_model_path
+
+    folder = bundled_model_path(DEFAULT_MODEL)
+    copy = tmp_path / "my-copy"
+    shutil.copytree(folder, copy)
+    for where in (str(folder), str(copy)):
+        assert recommended_min_confidence(where) == recommended_min_confidence()
+        assert recommended_min_confidence(where, retriever="hybrid") == recommended_min_confidence(retriever="hybrid")
+    with pytest.raises(ValueError, match=r"model must be a bundled model \[.*minilm-gauss-soup.*got 'no-such-model'"):
+        recommended_min_confidence("no-such-model")
+    with pytest.raises(ValueError, match="ships no dense confidence calibrator"):
+        recommended_min_confidence(str(tmp_path))  # a folder without one

@@ -639,3 +639,12 @@ def test_loading_with_an_encoder_of_another_dimension_fails_at_load_naming_both(
         KLVectorStore.load_local(folder, other)
     with pytest.raises(ValueError, match=rf"dimension {2 * dim}, but the store"):
         KLStore.load(folder / "klstore", encoder=other)
+
+
+@pytest.mark.parametrize("fn", [relevance_exp, relevance_inverse, relevance_exp_per_dim])
+def test_relevance_refuses_nan_and_plus_inf_instead_of_calling_them_perfect(fn: Any) -> None:
+    """max(0, nan) is 0, so a NaN score got relevance 1.0 and MMR picked it first."""
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"score \(-KL\) in \[-inf, 0\]"):
+            fn(bad, 4)
+    assert fn(0.0, 4) == 1.0 and fn(float("-inf"), 4) == 0.0 and 0.0 < fn(-1.0, 4) < 1.0
