@@ -44,6 +44,7 @@ from kl_retrievers.calibration import (
     ConfidenceCalibrator,
     hybrid_confidence,
 )
+from kl_retrievers.gaussian import is_real_number
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +69,7 @@ def check_min_confidence(value: Any, name: str = "min_confidence", *, allow_none
     """
     if value is None and allow_none:
         return None
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-    if not ok or not math.isfinite(float(value)) or not 0.0 <= float(value) <= 1.0:
+    if not is_real_number(value) or not math.isfinite(float(value)) or not 0.0 <= float(value) <= 1.0:
         also = " or None" if allow_none else ""
         raise ValueError(f"{name} must be a number in [0, 1] (a probability){also}; got {value!r}")
     return float(value)

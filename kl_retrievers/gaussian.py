@@ -710,6 +710,7 @@ def document_gaussians_from_vectors(vectors: Any, dim: int | None = None, *, val
 __all__ += [
     "FLOAT32_UNIT_ROUNDOFF",
     "check_k",
+    "is_real_number",
     "check_float32_scorable",
     "score_vectors_float32",
     "rewrite_block_norms",
@@ -733,6 +734,16 @@ _ROWS_BLOCK_ELEMENTS = 1 << 22
 # The pool grows once, to max(_GROW * c, k + _GROW_MIN), before falling back to float64 on every row.
 _GROW = 8
 _GROW_MIN = 256
+
+
+def is_real_number(value: Any) -> bool:
+    """Whether ``value`` is a real number (Python or numpy int / float), not a bool or a string.
+
+    Examples:
+        >>> is_real_number(0.5), is_real_number(np.int64(3)), is_real_number(True), is_real_number("0.5")
+        (True, True, False, False)
+    """
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 def check_k(k: Any, name: str = "k") -> int:

@@ -63,6 +63,7 @@ from kl_retrievers._encoding import check_texts
 from kl_retrievers._io import atomic_dir, library_version, recover_dir
 from kl_retrievers.filters import MetadataFilter, compile_filter
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians, check_k, neg_kl
+from kl_retrievers.gaussian import is_real_number as _is_real
 from kl_retrievers.hub import sha256_file as _sha256
 from kl_retrievers.index import DeleteReport, KLStore, StoredDocument, StoreFormatError
 
@@ -138,10 +139,6 @@ class HybridFormatError(StoreFormatError):
 # --------------------------------------------------------------------------------------
 # Checks
 # --------------------------------------------------------------------------------------
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 def _check_mode(mode: Any) -> str:
@@ -627,6 +624,16 @@ class _Tokenizer:
         return [t for t in self._split(text.lower()) if t and t not in stop]
 
 
+def _bm25_settings(k1: Any, b: Any, stopwords: Any, token_pattern: Any) -> tuple[float, float, _Tokenizer]:
+    """``k1``, ``b`` and the tokenizer, each checked (a bad value fails now, not at the first add)."""
+    k1 = _check_positive(k1, "k1", integer=False)
+    if not _is_real(b) or not 0.0 <= float(b) <= 1.0:
+        raise ValueError(f"b must be a number in [0, 1]; got {b!r}")
+    tokenizer = _Tokenizer(stopwords, token_pattern)
+    _stopword_list(stopwords)
+    return float(k1), float(b), tokenizer
+
+
 @dataclass
 class _CSC:
     """A BM25 index as ``bm25s`` lays it out: per vocabulary column, the documents and their BM25 weights."""
@@ -924,17 +931,11 @@ class KLHybridStore:
         **kl_options: Any,
     ) -> None:
         self.fusion = FusionConfig(fusion, weight, normalization, rrf_k, candidates)
-        self.k1 = _check_positive(k1, "k1", integer=False)
-        if not _is_real(b) or not 0.0 <= float(b) <= 1.0:
-            raise ValueError(f"b must be a number in [0, 1]; got {b!r}")
-        self.b = float(b)
+        self.k1, self.b, self._tokenizer = _bm25_settings(k1, b, stopwords, token_pattern)
         if adaptive_params is not None and not isinstance(adaptive_params, AdaptiveParams):
             adaptive_params = AdaptiveParams.load(adaptive_params)
         self._adaptive = adaptive_params
         self._adaptive_given = adaptive_params is not None
-        self._tokenizer = _Tokenizer(stopwords, token_pattern)
-        if stopwords is not None:
-            _stopword_list(stopwords)  # a bad value fails now, not at the first add
         if kl_store is not None and kl_options:
             raise ValueError(f"give either kl_store or KLStore options, not both; got options {sorted(kl_options)}")
         if kl_store is not None and not isinstance(kl_store, KLStore):
@@ -1616,12 +1617,8 @@ def _read_config(cfg_path: Path) -> dict[str, Any]:
         if key not in bm25:
             raise HybridFormatError(f"{cfg_path}: field 'bm25' lacks {key!r}")
     try:  # the values, checked as the constructor checks them, before either half is read
-        _check_positive(bm25["k1"], "k1", integer=False)
-        if not _is_real(bm25["b"]) or not 0.0 <= float(bm25["b"]) <= 1.0:
-            raise ValueError(f"b must be a number in [0, 1]; got {bm25['b']!r}")
-        _Tokenizer(bm25["stopwords"], bm25["token_pattern"])
-        _stopword_list(bm25["stopwords"])
-    except (TypeError, ValueError, re.error) as exc:
+        _bm25_settings(bm25["k1"], bm25["b"], bm25["stopwords"], bm25["token_pattern"])
+    except (TypeError, ValueError) as exc:
         raise HybridFormatError(f"{cfg_path}: field 'bm25' holds an invalid value: {exc}") from None
     if config["adaptive"]:
         try:

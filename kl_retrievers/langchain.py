@@ -79,6 +79,7 @@ from kl_retrievers.gaussian import (
     SCORE_NAME,
     Gaussians,
     check_k,
+    is_real_number,
     kl_document_vectors,
     kl_query_constant,
     kl_query_vectors,
@@ -133,8 +134,7 @@ _check_k = check_k  # the one check of k, fetch_k, batch_size (kl_retrievers.gau
 
 def _check_unit(value: Any, name: str) -> float:
     """A real number in ``[0, 1]`` (not a bool or a string); else a ``ValueError`` naming it and the range."""
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-    if not ok or not math.isfinite(float(value)) or not 0.0 <= float(value) <= 1.0:
+    if not is_real_number(value) or not math.isfinite(float(value)) or not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name} must be a number in [0, 1]; got {value!r}")
     return float(value)
 

@@ -71,6 +71,7 @@ from kl_retrievers.gaussian import (
     Gaussians,
     check_k,
     document_gaussians_from_vectors,
+    is_real_number,
     kl_document_vectors,
     kl_query_vectors,
     neg_kl_matrix,
@@ -457,8 +458,7 @@ def _mmr_prefetch(top_k: int, kwargs: Mapping[str, Any]) -> int:
     if prefetch_k is not None:
         return check_k(prefetch_k, "mmr_prefetch_k")
     factor = kwargs.get("mmr_prefetch_factor", _MMR_PREFETCH_FACTOR)
-    number = isinstance(factor, (int, float, np.integer, np.floating)) and not isinstance(factor, (bool, np.bool_))
-    if not number or not math.isfinite(float(factor)) or float(factor) < 1.0:
+    if not is_real_number(factor) or not math.isfinite(float(factor)) or float(factor) < 1.0:
         raise ValueError(f"mmr_prefetch_factor must be a finite number >= 1 (candidates per result); got {factor!r}")
     return int(top_k * float(factor))
 
