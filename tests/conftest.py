@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from kl_retrievers import GaussianEncoder, GaussianEncoderConfig, Gaussians
+from kl_retrievers.calibration import ConfidenceCalibrator
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # Ray's local head waits 30 s for its GCS server by default; on a loaded 2-core CI machine that
@@ -87,6 +88,30 @@ def make_tiny_encoder(
 def tiny_encoder() -> GaussianEncoder:
     """A fresh tiny random Gaussian encoder (CLS pooling, [VAR] token, k=8)."""
     return make_tiny_encoder()
+
+
+def max_score_calibrator() -> ConfidenceCalibrator:
+    """A dense calibrator on synthetic scores: P(relevant) rises from ~0 at max_score = -2e-4 to ~1 at 0.
+
+    A query equal to a stored text (``-KL ~ 0``) is confident, an unrelated one is not.
+    """
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-5e-4, 0.0, size=400)
+    return ConfidenceCalibrator(["max_score"]).fit(x[:, None], (x > -1e-4).astype(float), info={"data": "synthetic"})
+
+
+@pytest.fixture
+def mock_llm_settings() -> Iterator[None]:
+    """LlamaIndex's global ``Settings.llm`` is a ``MockLLM`` for the test, and both globals are restored after."""
+    from llama_index.core import Settings
+    from llama_index.core.llms import MockLLM
+
+    saved = (Settings._llm, Settings._embed_model)
+    Settings.llm = MockLLM()
+    try:
+        yield
+    finally:
+        Settings._llm, Settings._embed_model = saved
 
 
 def random_gaussians(n: int, k: int, *, seed: int = 0, dtype: type = np.float64) -> Gaussians:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import numpy as np
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
@@ -27,7 +26,7 @@ from langchain_core.runnables import RunnableBranch, RunnableLambda, RunnablePas
 from langchain_tests.integration_tests import RetrieversIntegrationTests
 
 import kl_retrievers._confidence as confidence_module
-from conftest import HYBRID_TEXTS, make_tiny_encoder
+from conftest import HYBRID_TEXTS, make_tiny_encoder, max_score_calibrator
 from kl_retrievers.calibration import CALIBRATION_FILE, ConfidenceCalibrator
 from kl_retrievers.hybrid import KLHybridStore
 from kl_retrievers.langchain import (
@@ -51,11 +50,7 @@ def encoder() -> Any:
 
 @pytest.fixture(scope="module")
 def calibrator() -> ConfidenceCalibrator:
-    """P(relevant) rises from ~0 at max_score = -2e-4 to ~1 at 0 (synthetic training data)."""
-    rng = np.random.default_rng(0)
-    x = rng.uniform(-5e-4, 0.0, size=400)
-    y = (x > -1e-4).astype(float)
-    return ConfidenceCalibrator(["max_score"]).fit(x[:, None], y, info={"data": "synthetic"})
+    return max_score_calibrator()
 
 
 @pytest.fixture(scope="module")

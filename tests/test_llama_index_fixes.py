@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +17,10 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
-from llama_index.core import Document, Settings, StorageContext, VectorStoreIndex, load_index_from_storage
+from llama_index.core import Document, StorageContext, VectorStoreIndex, load_index_from_storage
 from llama_index.core.base.embeddings.base import SimilarityMode
 from llama_index.core.base.embeddings.base import similarity as base_similarity
 from llama_index.core.indices.query.embedding_utils import get_top_k_embeddings
-from llama_index.core.llms import MockLLM
 from llama_index.core.schema import IndexNode, MetadataMode, NodeRelationship, RelatedNodeInfo, TextNode
 from llama_index.core.vector_stores.types import (
     FilterCondition,
@@ -32,7 +30,7 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQuery,
 )
 
-from conftest import HYBRID_TEXTS, make_tiny_encoder, random_gaussians
+from conftest import HYBRID_TEXTS, make_tiny_encoder, max_score_calibrator, random_gaussians
 from kl_retrievers import GaussianEncoder, kl_document_vectors, kl_query_vectors, neg_kl_matrix
 from kl_retrievers.calibration import ConfidenceCalibrator
 from kl_retrievers.hybrid import KLHybridStore
@@ -46,15 +44,7 @@ from kl_retrievers.llama_index import (
     KLVectorStore,
 )
 
-
-@pytest.fixture(autouse=True)
-def _isolated_settings() -> Iterator[None]:
-    saved = (Settings._llm, Settings._embed_model)
-    Settings.llm = MockLLM()
-    try:
-        yield
-    finally:
-        Settings._llm, Settings._embed_model = saved
+pytestmark = pytest.mark.usefixtures("mock_llm_settings")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +54,7 @@ def encoder() -> GaussianEncoder:
 
 @pytest.fixture(scope="module")
 def calibrator() -> ConfidenceCalibrator:
-    """A dense calibrator on synthetic scores: a query equal to a stored text (``-KL ~ 0``) is confident."""
-    rng = np.random.default_rng(0)
-    x = rng.uniform(-5e-4, 0.0, size=400)
-    return ConfidenceCalibrator(["max_score"]).fit(x[:, None], (x > -1e-4).astype(float))
+    return max_score_calibrator()
 
 
 # ------------------------------------------------------------------ 1. hybrid node fidelity

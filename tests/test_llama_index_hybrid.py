@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from llama_index.core import Settings, StorageContext, VectorStoreIndex
+from llama_index.core import StorageContext, VectorStoreIndex
 from llama_index.core.llms import MockLLM
 from llama_index.core.postprocessor import SimilarityPostprocessor
 from llama_index.core.query_engine import RetrieverQueryEngine
@@ -23,7 +21,7 @@ from llama_index.core.schema import Document, MetadataMode, NodeWithScore, TextN
 from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
 
 import kl_retrievers._confidence as confidence_module
-from conftest import HYBRID_TEXTS, make_tiny_encoder
+from conftest import HYBRID_TEXTS, make_tiny_encoder, max_score_calibrator
 from kl_retrievers.calibration import CALIBRATION_FILE, ConfidenceCalibrator
 from kl_retrievers.hybrid import KLHybridStore
 from kl_retrievers.llama_index import (
@@ -41,14 +39,7 @@ UNRELATED = "hello world query"
 EMPTY = "Empty Response"  # what LlamaIndex's synthesizers answer for no nodes
 
 
-@pytest.fixture(autouse=True)
-def _isolated_settings() -> Iterator[None]:
-    saved = (Settings._llm, Settings._embed_model)
-    Settings.llm = MockLLM()
-    try:
-        yield
-    finally:
-        Settings._llm, Settings._embed_model = saved
+pytestmark = pytest.mark.usefixtures("mock_llm_settings")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +49,7 @@ def encoder() -> Any:
 
 @pytest.fixture(scope="module")
 def calibrator() -> ConfidenceCalibrator:
-    rng = np.random.default_rng(0)
-    x = rng.uniform(-5e-4, 0.0, size=400)
-    return ConfidenceCalibrator(["max_score"]).fit(x[:, None], (x > -1e-4).astype(float))
+    return max_score_calibrator()
 
 
 def _nodes() -> list[TextNode]:
