@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from kl_retrievers._io import atomic_dir, recover_dir
 from kl_retrievers.encoder import GaussianEncoder
-from kl_retrievers.gaussian import Gaussians
+from kl_retrievers.gaussian import Gaussians, is_real_number
 from kl_retrievers.training import losses as loss_fns
 from kl_retrievers.training.data import TrainExample, TrainingSet
 from kl_retrievers.training.features import Features, compute_features, heads_forward
@@ -175,8 +175,7 @@ def _check_number(name: str, value: Any, *, positive: bool, none_ok: bool = Fals
         ValueError: lr must be a finite number > 0; got -1.0
     """
     allowed = f"a finite number {'>' if positive else '>='} 0" + (" or None" if none_ok else "")
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value < 0 or (positive and value == 0):
+    if not is_real_number(value) or not math.isfinite(value) or value < 0 or (positive and value == 0):
         raise ValueError(f"{name} must be {allowed}; got {value!r}")
 
 
