@@ -45,6 +45,7 @@ Examples:
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import math
@@ -590,6 +591,18 @@ def ndcg_at_k(ranked_ids: Sequence[str], qrels: Mapping[str, int], k: int = 10) 
 # --------------------------------------------------------------------------------------
 
 
+#: What to install for the BM25 half of :class:`KLHybridStore` (``bm25s``).
+HYBRID_EXTRA = 'pip install "kl-retrievers[hybrid]"'
+
+
+def _require_bm25s() -> None:
+    """Raise ``ModuleNotFoundError`` naming the extra when ``bm25s`` is not installed (no import)."""
+    if importlib.util.find_spec("bm25s") is None:
+        raise ModuleNotFoundError(
+            f"KLHybridStore needs bm25s for its BM25 half; install it with: {HYBRID_EXTRA}", name="bm25s"
+        )
+
+
 def _stopword_list(stopwords: str | Sequence[str] | None) -> list[str]:
     if stopwords is None:
         return []
@@ -930,6 +943,7 @@ class KLHybridStore:
         kl_store: KLStore | None = None,
         **kl_options: Any,
     ) -> None:
+        _require_bm25s()
         self.fusion = FusionConfig(fusion, weight, normalization, rrf_k, candidates)
         self.k1, self.b, self._tokenizer = _bm25_settings(k1, b, stopwords, token_pattern)
         if adaptive_params is not None and not isinstance(adaptive_params, AdaptiveParams):
@@ -1507,6 +1521,7 @@ class KLHybridStore:
         Examples:
             >>> KLHybridStore.load("/nonexistent")  # doctest: +SKIP
         """
+        _require_bm25s()
         folder = Path(path)
         if not folder.exists() and recover_dir(folder, required=_CONFIG):
             logger.warning("loading %s from the copy saved before an interrupted save", folder)

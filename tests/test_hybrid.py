@@ -670,3 +670,13 @@ def test_building_the_bm25_half_does_not_log_bm25s_debug_lines(caplog: pytest.Lo
         store, _ids, texts, g = filled(n=10)
         store.search(texts[0], query_gaussians=g[0])
     assert not [r for r in caplog.records if r.name.startswith("bm25s") and r.levelno < logging.WARNING]
+
+
+# ------------------------------------------------------------------ the [hybrid] extra
+def test_without_bm25s_the_hybrid_store_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, _, _, _ = filled()
+    store.save(tmp_path / "h")
+    monkeypatch.setitem(sys.modules, "bm25s", None)  # as if not installed: import and find_spec both fail
+    for make in (lambda: KLHybridStore(), lambda: KLHybridStore.load(tmp_path / "h")):
+        with pytest.raises(ModuleNotFoundError, match=r"kl-retrievers\[hybrid\]"):
+            make()
