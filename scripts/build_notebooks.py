@@ -170,7 +170,9 @@ NOTEBOOKS["02_langchain_rag.ipynb"] = [
         "md",
         "# 02 · LangChain RAG\n\nA retrieval-augmented chain (retriever, prompt, chat model) where swapping a "
         "dot-product FAISS retriever for the -KL retriever is a one-line change. The chat model is LangChain's "
-        "`FakeListChatModel`, so the notebook needs no API key; what matters is which documents reach the prompt.",
+        "`FakeListChatModel`, so the notebook needs no API key; what matters is which documents reach the prompt. "
+        "LangChain's own `FAISS` store comes from langchain-community, which the `[langchain]` extra does not "
+        "install: `pip install langchain-community` (faiss-cpu already comes with kl-retrievers).",
     ),
     (
         "code",
@@ -253,7 +255,9 @@ NOTEBOOKS["03_llama_index.ipynb"] = [
     (
         "md",
         "# 03 · LlamaIndex\n\nA `VectorStoreIndex` over `KLVectorStore` with a query engine (`MockLLM`, so no "
-        "API key), metadata filters, and a persist / reload round trip. Node scores are -KL (higher is better).",
+        "API key), metadata filters, and a persist / reload round trip. Node scores are the relevance exp(-KL), "
+        "in (0, 1] (higher is better, 1 only for identical Gaussians); the exact -KL is in each node's metadata "
+        "under `neg_kl`, beside `query_uncertainty` and `confidence`.",
     ),
     (
         "code",
@@ -300,7 +304,8 @@ NOTEBOOKS["03_llama_index.ipynb"] = [
     (
         "md",
         "## KLRetriever directly\n\n`KLRetriever.from_defaults` also takes nodes, documents or a vector store, "
-        "and adds the query's uncertainty (mean log-variance) to each node's metadata.",
+        "and, like the store, scores nodes by the relevance exp(-KL) and adds `neg_kl` (the exact -KL), the query's "
+        "uncertainty (mean log-variance) and its calibrated confidence to each node's metadata.",
     ),
     (
         "code",
@@ -384,8 +389,8 @@ NOTEBOOKS["05_uncertainty.ipynb"] = [
     ),
     (
         "md",
-        "The default's uncertainty is flat across its quintiles: its variances stay within about 0.001 of 1, so "
-        "it carries almost no information (the experiments towards a more informative variance are in "
+        "The default's uncertainty is flat across its quintiles: its variances stay within about 0.001 of 1 on "
+        "SciFact (short texts spread a little wider, about 0.997 to 1.003), so it carries almost no information (the experiments towards a more informative variance are in "
         "`docs/results.md`). The score statistics do separate easy from hard queries.\n\n"
         "## Calibrated confidence\n\n`default_calibrator()` maps the uncertainty and the query's own top-2 "
         "`neg_kl` scores to the probability that the top-ranked document is relevant. It was fitted on training "
