@@ -185,6 +185,11 @@ def qpp_section(root: Path) -> list[str]:
         "confidence_calibration.json`), fitted on the three training sets; expected calibration error over 10 "
         "equal-width bins.",
         "",
+        "Relevant means any grade > 0, here (observed P@1 and the calibrator's target) as in the Recall@100 "
+        "figures above and in `kl-retrievers evaluate`'s MRR@10: TREC DL's grade 1 (\"related\") counts as "
+        "relevant, unlike TREC's own convention for binary measures (grade >= 2), so TREC DL21's P@1 here is "
+        "higher than a TREC-style P@1.",
+        "",
         *calibration_tables(calib),
         "",
         "Commands (from the repository root): the QPP runs in the order they were logged, then the calibration "

@@ -229,6 +229,11 @@ def _as_matrix(x: Any, n_features: int, what: str = "features") -> np.ndarray:
     return arr
 
 
+#: Standardised features are clipped to this many standard deviations before the logit.
+_Z_LIMIT = 1e6
+_SHARE_LIMIT = 1e100
+
+
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     out: np.ndarray = 0.5 * (1.0 + np.tanh(0.5 * z))  # stable for any z
     return out
@@ -341,11 +346,24 @@ class ConfidenceCalibrator:
             raise RuntimeError("this ConfidenceCalibrator is not fitted: call fit() or ConfidenceCalibrator.load()")
 
     def decision_function(self, x: Any) -> np.ndarray:
-        """The logit of each row (``(n,)``)."""
+        """The logit of each row (``(n,)``), finite for any finite input.
+
+        The standardised features are clipped to ``[-1e6, 1e6]`` (a million standard deviations,
+        far beyond any real query: inside it nothing changes), and, should the logit still overflow,
+        each feature's share of it to ``[-1e100, 1e100]``; extreme inputs (``1e308``) thus saturate
+        the probability at 0 or 1 instead of overflowing to ``inf - inf = nan``.
+        """
         self._check_fitted()
         assert self.center is not None and self.scale is not None and self.coef is not None
-        z = (_as_matrix(x, len(self.features)) - self.center) / self.scale
-        return np.asarray(z @ self.coef + float(self.intercept or 0.0))
+        xm = _as_matrix(x, len(self.features))
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            z = np.clip((xm - self.center) / self.scale, -_Z_LIMIT, _Z_LIMIT)
+            logit = np.asarray(z @ self.coef + float(self.intercept or 0.0))
+            bad = ~np.isfinite(logit)
+            if bad.any():  # huge coefficients times clipped features: sum bounded shares instead
+                shares = np.clip(z[bad] * self.coef, -_SHARE_LIMIT, _SHARE_LIMIT)
+                logit[bad] = shares.sum(axis=1) + float(self.intercept or 0.0)
+        return logit
 
     def predict(self, x: Any) -> np.ndarray:
         """Probabilities in ``[0, 1]``, one per row of ``x`` (a single row may be given as 1-D).

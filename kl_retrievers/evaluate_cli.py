@@ -2,8 +2,10 @@
 
 The command-line layer over :mod:`kl_retrievers.evaluation` (metrics, exact retrieval, the
 paired test), :mod:`kl_retrievers.hybrid` (``--hybrid rrf|convex|adaptive``: BM25 and the
-model's ``-KL`` fused, :class:`~kl_retrievers.hybrid.KLHybridStore`) and
-:mod:`kl_retrievers.baselines`; nothing in the library imports it.
+model's ``-KL`` fused, :class:`~kl_retrievers.hybrid.KLHybridStore`),
+:mod:`kl_retrievers.baselines` and :mod:`kl_retrievers.qpp` (the ``qpp`` object of ``--json``
+and ``--per-query``, the table of ``--qpp``; not computed without one of them); nothing in the
+library imports it.
 :mod:`kl_retrievers.cli` registers it with :func:`add_evaluate_command`.
 
 Examples:
@@ -135,8 +137,26 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         help="documents taken from each retriever per query before fusion (default: 100)",
     )
     p.add_argument("--means-only", action="store_true", help="ablation: rank by -||mu_q - mu_d||^2, ignore variances")
-    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    p.add_argument("--per-query", metavar="FILE", help="save per-query metrics (.json, or .tsv by suffix)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print exactly one JSON object on stdout; it always holds the qpp object (query performance "
+        "prediction, as --qpp)",
+    )
+    p.add_argument(
+        "--qpp",
+        action="store_true",
+        help="query performance prediction: Kendall tau and Pearson r (95%% bootstrap intervals, 1000 resamples) "
+        "of each predictor (the model's query uncertainty, max score, NQC, top-2 gap, WIG, average IDF, SCQ) "
+        "against per-query nDCG@10, printed after the metrics table (kl_retrievers.qpp); queries with no "
+        "relevant document are left out of it. Without --qpp, --json or --per-query it is not computed",
+    )
+    p.add_argument(
+        "--per-query",
+        metavar="FILE",
+        help="save per-query metrics and each query's QPP predictors (uncertainty, qpp.*): .json (with the summary "
+        "and its qpp object under meta), or .tsv by suffix",
+    )
     p.add_argument("--compare", metavar="RUN_FILE", help="per-query file of another system: paired t-test against it")
     p.add_argument("--save-run", metavar="FILE", help="also write the retrieved run in TREC format")
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="encoding batch size (default: 32)")
@@ -154,7 +174,14 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         metavar="N",
         help="query token limit (default: the model's own)",
     )
-    p.add_argument("--depth", type=int, default=100, metavar="K", help="documents retrieved per query (default: 100)")
+    p.add_argument(
+        "--depth",
+        type=int,
+        default=100,
+        metavar="K",
+        help="documents retrieved per query (default: 100; NQC in the qpp object reads the top min(100, K) "
+        "scores, and a baseline's NQC and WIG reference score is the mean of all K)",
+    )
     p.add_argument("--cache-dir", default=None, help=f"encoding cache (default: ${CACHE_ENV} or ~/.cache/...)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the encoding cache")
     p.add_argument(
@@ -385,19 +412,26 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 **args_subset(args, "means_only", "batch_size", "max_length", "query_max_length"),
             )
     summary = result.summary()
-    from kl_retrievers.qpp import per_query_with_predictors, qpp_for_run
+    qpp_values: dict[str, dict[str, float]] = {}
+    # QPP only when something shows it: --json, --qpp, or the per-query file (its predictors and its meta's qpp)
+    if args.json or getattr(args, "qpp", False) or args.per_query:
+        from kl_retrievers.qpp import qpp_for_run
 
-    qpp, qpp_values = qpp_for_run(
-        score_run if args.hybrid else result.run,  # a hybrid's score predictors read its -KL list
-        result.per_query,
-        query_ids=dataset.query_ids,
-        query_texts=dataset.query_texts(),
-        corpus_texts=dataset.document_texts(),
-        query_stats=result.query_stats,
-        missing_uncertainty=f"the {args.baseline} baseline has no variances" if args.baseline else None,
-    )
-    summary["qpp"] = qpp
+        summary["qpp"], qpp_values = qpp_for_run(
+            score_run if args.hybrid else result.run,  # a hybrid's score predictors read its -KL list
+            result.per_query,
+            query_ids=dataset.query_ids,
+            query_texts=dataset.query_texts(),
+            corpus_texts=dataset.document_texts(),
+            query_stats=result.query_stats,
+            missing_uncertainty=f"the {args.baseline} baseline has no variances" if args.baseline else None,
+            qrels=dataset.qrels,
+            # the -KL candidate list of a hybrid is max(depth, candidates) deep
+            depth=max(args.depth, args.hybrid_candidates) if args.hybrid else args.depth,
+        )
     if args.per_query:
+        from kl_retrievers.qpp import per_query_with_predictors
+
         pq_out = per_query_with_predictors(result.per_query, qpp_values)  # with each query's uncertainty
         if args.hybrid and weights:
             for qid, row in pq_out.items():
@@ -423,5 +457,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(summary) + "\n")
     else:
         _print_table(summary, DEFAULT_METRICS, compare)
+        if getattr(args, "qpp", False):
+            from kl_retrievers.qpp import format_qpp
+
+            print(format_qpp(summary["qpp"]))
     sys.stdout.flush()
     return 0

@@ -14,9 +14,9 @@ name                    kind  definition (``s_1 >= s_2 >= ...``: the run's score
 ``uncertainty``         pre   :meth:`Gaussians.uncertainty` of the query: the mean log-variance
                               ``mean_i log var_q_i`` (= log det(Sigma_q) / k); direction -1
 ``max_score``           post  ``s_1``
-``nqc``                 post  ``std(s_1..s_k) / |ref|``, ``k = 100`` (Shtok et al., TOIS 2012)
+``nqc``                 post  ``std(s_1..s_k) / |ref|``, ``k = min(100, depth)`` (Shtok et al., TOIS 2012)
 ``gap12``               post  ``s_1 - s_2``
-``wig``                 post  ``mean(s_1..s_k) - ref``, ``k = 5`` (Zhou and Croft, SIGIR 2007,
+``wig``                 post  ``mean(s_1..s_k) - ref``, ``k = min(5, depth)`` (Zhou and Croft, SIGIR 2007,
                               without the 1/sqrt(|q|) of query-likelihood scores)
 ``avg_idf``             pre   mean BM25 IDF ``log(1 + (N - df + 0.5) / (df + 0.5))`` of the query's
                               terms that occur in the corpus
@@ -29,8 +29,13 @@ the whole corpus treated as one document; for ``-KL`` the analogue used here is 
 mean score of the query over every document of the corpus, ``<q~, mean_d d~> + c(q)``
 (:func:`corpus_mean_scores`, one matrix-vector product through the inner-product rewrite),
 i.e. the score a random document gets.  Runs that come without a corpus (the baselines) use
-the mean of the run's own retrieved scores (depth 100 by default) instead; the report says
-which (``reference``).  ``-KL`` scores are negative, so NQC normalises by the absolute value.
+the mean of *all* the run's own retrieved scores instead; the report says which
+(``reference``).  ``-KL`` scores are negative, so NQC normalises by the absolute value.  Both
+NQC and WIG therefore depend on the run's depth (documents retrieved per query, 100 by
+default): below 100 NQC reads fewer scores, and a baseline's reference is the mean of fewer
+scores (at depth <= 5 its WIG is 0 for every query, at depth 1 so is NQC).  :func:`qpp_for_run`
+records the depth and the ``k`` of NQC and WIG it used, and warns when the depth is below
+:data:`NQC_K`; figures of different depths are not comparable.
 
 Lexical statistics use the BM25 baseline's tokeniser (lower-cased ``\\b\\w+\\b`` tokens,
 English stop words, no stemming); query terms absent from the corpus are ignored, as BM25
@@ -39,6 +44,21 @@ ignores them, and a query with none left scores 0 (below any possible IDF or SCQ
 Queries with no retrieved document get no post-retrieval value, and ``gap12`` needs two;
 such queries are left out of that predictor's correlation (its ``n`` says how many remain).
 A value that is NaN or infinite raises :class:`ValueError` naming the query's index and id.
+
+What is correlated, and what the report says about it:
+
+* Judged queries with **no relevant document** (no grade > 0 in their qrels, e.g. all judged 0,
+  or every judgement dropped by ``--unknown-docs drop``) have no defined nDCG@10 to predict: the
+  metric means score them 0 (the BEIR / ``trec_eval`` convention, unchanged), but the QPP
+  target leaves them out; ``excluded_no_relevant`` counts them and a warning names the count.
+* Fewer than :data:`MIN_QUERIES` queries, in the run or for one predictor, warn that the
+  correlation is meaningless (it is computed anyway).
+* A predictor (or target) that is constant over its queries has no correlation: its ``tau``
+  and ``pearson`` are ``None`` and ``missing`` says why (e.g. a model with fixed variances).
+* The bootstrap intervals are percentile intervals over the resamples in which the
+  correlation is defined (neither side constant); each predictor reports that count as
+  ``bootstrap_valid``, and its intervals are ``None`` when fewer than
+  :data:`MIN_BOOT_VALID` (90%) of the resamples are valid.
 
 Examples:
     >>> ndcg = {f"q{i}": i / 10 for i in range(10)}
@@ -54,7 +74,7 @@ import logging
 import math
 import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -66,6 +86,7 @@ __all__ = [
     "MIN_QUERIES",
     "NQC_K",
     "WIG_K",
+    "MIN_BOOT_VALID",
     "correlation",
     "uncertainty_predictor",
     "corpus_mean_scores",
@@ -86,9 +107,18 @@ logger = logging.getLogger(__name__)
 PREDICTORS: dict[str, dict[str, Any]] = {
     "uncertainty": {"kind": "pre", "direction": -1, "definition": "mean log-variance of the query Gaussian"},
     "max_score": {"kind": "post", "direction": 1, "definition": "top-1 score"},
-    "nqc": {"kind": "post", "direction": 1, "definition": "std of the top-100 scores / |reference score|"},
+    "nqc": {
+        "kind": "post",
+        "direction": 1,
+        "definition": "std of the top-min(100, depth) scores / |reference score| (reference: the query's mean "
+        "score over the whole corpus for Gaussian runs, else the mean of all its retrieved scores)",
+    },
     "gap12": {"kind": "post", "direction": 1, "definition": "top-1 score minus top-2 score"},
-    "wig": {"kind": "post", "direction": 1, "definition": "mean of the top-5 scores minus the reference score"},
+    "wig": {
+        "kind": "post",
+        "direction": 1,
+        "definition": "mean of the top-min(5, depth) scores minus the reference score (as for nqc)",
+    },
     "avg_idf": {"kind": "pre", "direction": 1, "definition": "mean BM25 IDF of the query terms found in the corpus"},
     "scq": {"kind": "pre", "direction": 1, "definition": "mean SCQ of the query terms found in the corpus"},
 }
@@ -97,9 +127,11 @@ POST_RETRIEVAL: tuple[str, ...] = tuple(n for n, p in PREDICTORS.items() if p["k
 
 #: Below this many judged queries a correlation is reported with a warning.
 MIN_QUERIES = 10
-#: Depth of the score list for NQC, and for WIG.
+#: Depth of the score list for NQC, and for WIG (at most; a shallower run gives fewer scores).
 NQC_K = 100
 WIG_K = 5
+#: Below this share of the bootstrap resamples with a defined correlation, no interval is given.
+MIN_BOOT_VALID = 0.9
 #: Default number of bootstrap resamples and their seed.
 N_BOOT = 1000
 SEED = 0
@@ -156,14 +188,23 @@ def _kendall_weighted(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.n
     return np.clip(out, -1.0, 1.0)
 
 
+def _constant_rows(a: np.ndarray) -> np.ndarray:
+    """Whether each row holds one value only."""
+    return np.asarray(a.max(axis=-1) == a.min(axis=-1))
+
+
 def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Pearson r of each row pair (NaN where a row is constant)."""
+    """Pearson r of each row pair (NaN where a row is constant).
+
+    Constancy is tested on the values, not on the centred sum of squares: the mean of equal
+    values can differ from them in the last bit (0.1 three times), which left a spurious r.
+    """
     xc = x - x.mean(axis=-1, keepdims=True)
     yc = y - y.mean(axis=-1, keepdims=True)
     den = np.sqrt((xc**2).sum(axis=-1) * (yc**2).sum(axis=-1))
     with np.errstate(invalid="ignore", divide="ignore"):
         r = (xc * yc).sum(axis=-1) / den
-    r = np.where(den > 0, r, np.nan)
+    r = np.where((den > 0) & ~_constant_rows(x) & ~_constant_rows(y), r, np.nan)
     return np.clip(r, -1.0, 1.0)
 
 
@@ -189,6 +230,9 @@ def correlation(
     The intervals are percentile intervals over ``n_boot`` resamples of the (predictor, target)
     pairs with replacement, drawn from ``numpy.random.default_rng(seed)``: the same inputs and
     seed give the same intervals.  A correlation that is undefined (a constant input) is ``None``.
+    Resamples in which either side is constant have no correlation; the intervals come from the
+    others (``bootstrap_valid`` counts them) and are ``None`` when they are fewer than
+    :data:`MIN_BOOT_VALID` of ``n_boot``.
 
     Args:
         predictor: One value per query, oriented so that higher predicts better.
@@ -198,7 +242,8 @@ def correlation(
         level: Interval coverage (default 0.95).
 
     Returns:
-        ``{"tau", "tau_ci", "pearson", "pearson_ci", "n"}``; the intervals are ``[low, high]`` or ``None``.
+        ``{"tau", "tau_ci", "pearson", "pearson_ci", "n", "bootstrap_valid"}``; the intervals are
+        ``[low, high]`` or ``None``.
 
     Raises:
         ValueError: If the lengths differ, fewer than 2 pairs are given, a value is not finite
@@ -208,6 +253,10 @@ def correlation(
         >>> out = correlation(range(10), [0, 0.2, 0.1, 0.3, 0.4, 0.5, 0.6, 0.8, 0.7, 0.9], n_boot=0)
         >>> round(out["tau"], 4), out["n"], out["tau_ci"]
         (0.9111, 10, None)
+        >>> x = [0.0] * 11 + [1.0]  # one distinct value: most resamples hold only zeros
+        >>> out = correlation(x, range(12), n_boot=1000)
+        >>> out["tau"] is None, out["tau_ci"], out["bootstrap_valid"] < 900
+        (False, None, True)
     """
     x = np.asarray(predictor, dtype=np.float64).ravel()
     y = np.asarray(target, dtype=np.float64).ravel()
@@ -233,6 +282,7 @@ def correlation(
     tau = _kendall(x, y)
     pearson = float(_pearson_rows(x, y))
     tau_ci = pearson_ci = None
+    valid = 0
     if n_boot > 0:
         rng = np.random.default_rng(seed)
         idx = rng.integers(0, n, size=(n_boot, n))
@@ -243,14 +293,19 @@ def correlation(
             taus = _kendall_weighted(x, y, counts)
         else:
             taus = np.array([_kendall(xb[i], yb[i]) for i in range(n_boot)])
-        tau_ci = _interval(taus, level)
-        pearson_ci = _interval(_pearson_rows(xb, yb), level)
+        pearsons = _pearson_rows(xb, yb)
+        defined = np.isfinite(taus) & np.isfinite(pearsons) & ~_constant_rows(xb) & ~_constant_rows(yb)
+        valid = int(defined.sum())
+        if valid >= MIN_BOOT_VALID * n_boot:
+            tau_ci = _interval(taus[defined], level)
+            pearson_ci = _interval(pearsons[defined], level)
     return {
         "tau": _finite_or_none(tau),
         "tau_ci": tau_ci,
         "pearson": _finite_or_none(pearson),
         "pearson_ci": pearson_ci,
         "n": n,
+        "bootstrap_valid": valid,
     }
 
 
@@ -489,6 +544,15 @@ class LexicalStats:
 # --------------------------------------------------------------------------------------
 
 
+def _constant_reason(n: int, value: float, hint: str | None) -> str:
+    why = f"constant ({value:.6g}) over the {n} judged queries that have a value: no correlation"
+    return f"{why}; likely cause: {hint}" if hint else why
+
+
+#: Why a predictor can be constant over every query (appended to the ``missing`` reason).
+_CONSTANT_HINTS = {"uncertainty": "a model with fixed variances (e.g. unit variances)"}
+
+
 def qpp_report(
     target: Mapping[str, float],
     predictors: Mapping[str, Mapping[str, float]],
@@ -497,6 +561,8 @@ def qpp_report(
     metric: str = "ndcg@10",
     reference: str | None = None,
     directions: Mapping[str, int] | None = None,
+    no_relevant: Collection[str] | None = None,
+    constant_hints: Mapping[str, str] | None = None,
     n_boot: int = N_BOOT,
     seed: int = SEED,
 ) -> dict[str, Any]:
@@ -511,13 +577,25 @@ def qpp_report(
         reference: How the reference score of NQC and WIG was obtained (reported).
         directions: Orientation (+1 or -1) of predictors outside :data:`PREDICTORS`, e.g. -1 for
             a disagreement that should be high on hard queries.
+        no_relevant: Ids of judged queries without a relevant document (no grade > 0): left out
+            of the target, counted under ``excluded_no_relevant``, with a warning. ``None``: not
+            known (``excluded_no_relevant`` is ``None``).
+        constant_hints: Predictor name -> a likely cause, added to the reason when it is constant.
         n_boot: Bootstrap resamples.
         seed: Bootstrap seed.
 
     Returns:
-        ``{"metric", "bootstrap", "seed", "reference", "predictors": {name: {"tau", "tau_ci",
-        "pearson", "pearson_ci", "n", "kind", "direction"}}, "missing": {...}}``; a predictor is
-        correlated over the judged queries that have a value for it.
+        ``{"metric", "bootstrap", "seed", "reference", "excluded_no_relevant", "predictors":
+        {name: {"tau", "tau_ci", "pearson", "pearson_ci", "n", "bootstrap_valid", "kind",
+        "direction"}}, "missing": {...}}``; a predictor is correlated over the judged queries that
+        have a value for it (and a relevant document). A predictor whose correlation is undefined
+        (it, or the target, is constant over those queries) keeps its entry with ``None`` values
+        and gets a reason under ``missing``.
+
+    Warns:
+        UserWarning: Fewer than :data:`MIN_QUERIES` queries in the target, or with a value of
+            some predictor; queries left out for having no relevant document; a predictor whose
+            bootstrap resamples are too often undefined for an interval.
 
     Raises:
         ValueError: If a predictor value is not finite (naming the query index and id).
@@ -528,24 +606,37 @@ def qpp_report(
         >>> round(rep["predictors"]["max_score"]["tau"], 6), rep["predictors"]["max_score"]["n"]
         (1.0, 10)
     """
-    qids = [str(q) for q in target]
+    excluded = None if no_relevant is None else {str(q) for q in no_relevant}
+    qids = [str(q) for q in target if excluded is None or str(q) not in excluded]
+    n_excluded = None if excluded is None else sum(1 for q in target if str(q) in excluded)
     y_all = {q: float(target[q]) for q in qids}
     out: dict[str, Any] = {
         "metric": metric,
         "bootstrap": n_boot,
         "seed": seed,
         "reference": reference,
+        "excluded_no_relevant": n_excluded,
         "predictors": {},
         "missing": dict(missing or {}),
     }
-    if len(qids) < MIN_QUERIES:
-        # one warning for the whole report (the per-predictor ones are silenced below)
+    if n_excluded:
         warnings.warn(
-            f"only {len(qids)} judged queries (fewer than {MIN_QUERIES}): the QPP correlations are meaningless; "
-            "they are computed anyway",
+            f"{n_excluded} of the {len(target)} judged queries have no relevant document (no grade > 0): their "
+            f"{metric} is undefined (the metric means score it 0); they are left out of the QPP correlations",
             UserWarning,
             stacklevel=2,
         )
+    if len(qids) < MIN_QUERIES:
+        # one warning for the whole report (the per-predictor ones are silenced below)
+        warnings.warn(
+            f"only {len(qids)} judged queries{' with a relevant document' if n_excluded else ''} (fewer than "
+            f"{MIN_QUERIES}): the QPP correlations are meaningless; they are computed anyway",
+            UserWarning,
+            stacklevel=2,
+        )
+    few: list[str] = []
+    no_interval: list[str] = []
+    hints = {**_CONSTANT_HINTS, **dict(constant_hints or {})}
     for name, values in predictors.items():
         info = PREDICTORS.get(name, {"kind": "other", "direction": int((directions or {}).get(name, 1))})
         if info["direction"] not in (1, -1):
@@ -558,11 +649,38 @@ def qpp_report(
         if len(shared) < 2:
             out["missing"][name] = f"only {len(shared)} judged queries have a value"
             continue
+        if len(shared) < MIN_QUERIES <= len(qids):
+            few.append(f"{name} ({len(shared)})")
+        y = np.array([y_all[q] for q in shared], dtype=np.float64)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            res = correlation(info["direction"] * x, [y_all[q] for q in shared], n_boot=n_boot, seed=seed)
+            res = correlation(info["direction"] * x, y, n_boot=n_boot, seed=seed)
         res.update(kind=info["kind"], direction=info["direction"])
         out["predictors"][name] = res
+        if res["tau"] is None or res["pearson"] is None:
+            if np.all(x == x[0]):
+                out["missing"][name] = _constant_reason(len(shared), float(x[0]), hints.get(name))
+            elif np.all(y == y[0]):
+                out["missing"][name] = (
+                    f"{metric} is constant ({y[0]:.6g}) over the {len(shared)} judged queries that have a value: "
+                    "no correlation"
+                )
+        elif n_boot > 0 and res["tau_ci"] is None:
+            no_interval.append(f"{name} ({res['bootstrap_valid']} of {n_boot})")
+    if few:
+        warnings.warn(
+            f"fewer than {MIN_QUERIES} judged queries have a value of {', '.join(few)}: "
+            "those correlations are meaningless; they are computed anyway",
+            UserWarning,
+            stacklevel=2,
+        )
+    if no_interval:
+        warnings.warn(
+            f"too few bootstrap resamples with a defined correlation (under {MIN_BOOT_VALID:.0%}) for an "
+            f"interval: {', '.join(no_interval)} (few queries, or a nearly constant predictor or target)",
+            UserWarning,
+            stacklevel=2,
+        )
     return out
 
 
@@ -575,6 +693,8 @@ def qpp_for_run(
     corpus_texts: Sequence[str] | None = None,
     query_stats: Mapping[str, Mapping[str, float]] | None = None,
     missing_uncertainty: str | None = None,
+    qrels: Mapping[str, Mapping[str, int]] | None = None,
+    depth: int | None = None,
     metric: str = "ndcg@10",
     n_boot: int = N_BOOT,
     seed: int = SEED,
@@ -582,7 +702,7 @@ def qpp_for_run(
     """Every predictor of one evaluated run, and the report against its per-query metric.
 
     Args:
-        run: The evaluated run.
+        run: The evaluated run (the score lists the post-retrieval predictors read).
         per_query: Query id -> {metric: value}, as from :func:`~kl_retrievers.evaluation.evaluate_run`.
         query_ids: The split's query ids.
         query_texts: Their texts (for the lexical predictors).
@@ -590,13 +710,26 @@ def qpp_for_run(
         query_stats: From :func:`gaussian_query_stats` (``uncertainty`` and ``corpus_score``);
             ``None`` for a run without Gaussians.
         missing_uncertainty: Why the uncertainty is absent, when ``query_stats`` is ``None``.
+        qrels: The judgements of ``per_query``: queries without a grade > 0 are left out of the
+            target (see :func:`qpp_report`); ``None``: every query counts.
+        depth: Documents retrieved per query (the length of ``run``'s lists asked for); ``None``:
+            the longest list in ``run``. Recorded, with the ``k`` that NQC and WIG used; below
+            :data:`NQC_K` a warning says NQC (and a baseline's reference) read fewer scores.
         metric: Target metric.
         n_boot: Bootstrap resamples.
         seed: Bootstrap seed.
 
     Returns:
-        ``(report, values)``: the :func:`qpp_report` and predictor name -> {query id: raw value}.
+        ``(report, values)``: the :func:`qpp_report` (plus ``"depth"``, ``"nqc_k"`` and
+        ``"wig_k"``) and predictor name -> {query id: raw value}.
     """
+    longest = max((len(docs) for docs in run.values()), default=0)
+    if depth is None:
+        depth = longest
+    elif not (isinstance(depth, int) and depth >= 1):
+        raise ValueError(f"depth must be an int >= 1; got {depth!r}")
+    used = max(1, min(depth, longest)) if longest else max(1, depth)
+    nqc_k, wig_k = min(NQC_K, used), min(WIG_K, used)
     values: dict[str, dict[str, float]] = {}
     missing: dict[str, str] = {}
     stats = dict(query_stats or {})
@@ -605,14 +738,52 @@ def qpp_for_run(
     else:
         missing["uncertainty"] = missing_uncertainty or "the run comes from a model without variances"
     reference = stats.get("corpus_score")
-    values.update(post_retrieval_predictors(run, reference=reference))
+    if 0 < depth < NQC_K:  # (a run without any retrieved document has no score-based predictor)
+        ref_note = (
+            "" if reference is not None else f", and the reference score of NQC and WIG is the mean of those {depth}"
+        )
+        warnings.warn(
+            f"the run retrieves {depth} documents per query, fewer than NQC's {NQC_K}: NQC reads the top {depth} "
+            f"scores only{ref_note}; nqc and wig are not comparable with runs of depth >= {NQC_K}",
+            UserWarning,
+            stacklevel=2,
+        )
+    values.update(post_retrieval_predictors(run, reference=reference, nqc_k=nqc_k, wig_k=wig_k))
     if corpus_texts is not None:
         values.update(LexicalStats(corpus_texts).predictors(query_ids, query_texts))
     else:
         missing["avg_idf"] = missing["scq"] = "no corpus texts were given"
     target = {q: float(m[metric]) for q, m in per_query.items()}
+    no_relevant = None
+    if qrels is not None:
+        no_relevant = [q for q in target if not any(int(g) > 0 for g in qrels.get(q, {}).values())]
+    hints: dict[str, str] = {}
+    if used == 1:
+        hints["nqc"] = "one retrieved score per query (depth 1), whose standard deviation is 0"
+    if reference is None and used <= WIG_K:
+        hints["wig"] = (
+            f"at depth <= {WIG_K} WIG's top {WIG_K} are all the retrieved scores, whose mean is its reference"
+        )
     ref_label = "corpus_mean_score" if reference is not None else "retrieved_mean_score"
-    report = qpp_report(target, values, missing=missing, metric=metric, reference=ref_label, n_boot=n_boot, seed=seed)
+    report = qpp_report(
+        target,
+        values,
+        missing=missing,
+        metric=metric,
+        reference=ref_label,
+        no_relevant=no_relevant,
+        constant_hints=hints,
+        n_boot=n_boot,
+        seed=seed,
+    )
+    report = {
+        **{k: v for k, v in report.items() if k not in ("predictors", "missing")},
+        "depth": depth,
+        "nqc_k": nqc_k,
+        "wig_k": wig_k,
+        "predictors": report["predictors"],
+        "missing": report["missing"],
+    }
     return report, values
 
 
@@ -665,7 +836,7 @@ def per_query_with_predictors(
 
 
 def format_qpp(report: Mapping[str, Any]) -> str:
-    """A short text table of a :func:`qpp_report`.
+    """A short text table of a :func:`qpp_report` (or :func:`qpp_for_run` report).
 
     Examples:
         >>> ndcg = {f"q{i}": i / 10 for i in range(10)}
@@ -682,14 +853,21 @@ def format_qpp(report: Mapping[str, Any]) -> str:
     def ci(v: Any) -> str:
         return "[   n/a]" if v is None else f"[{v[0]:+.3f}, {v[1]:+.3f}]"
 
-    lines = [
-        f"QPP against {report['metric']} (Kendall tau-b, Pearson r; 95% bootstrap intervals, "
-        f"{report['bootstrap']} resamples):"
-    ]
+    n_boot = report["bootstrap"]
+    lines = [f"QPP against {report['metric']} (Kendall tau-b, Pearson r; 95% bootstrap intervals, {n_boot} resamples):"]
+    if report.get("depth") is not None:
+        lines.append(
+            f"  run depth {report['depth']}: NQC reads the top {report['nqc_k']} scores, WIG the top "
+            f"{report['wig_k']}; reference score: {report.get('reference')}"
+        )
+    if report.get("excluded_no_relevant"):
+        lines.append(f"  {report['excluded_no_relevant']} judged queries without a relevant document left out")
     for name, r in report["predictors"].items():
+        valid = r.get("bootstrap_valid")
+        note = f"  ({valid} of {n_boot} resamples defined)" if n_boot and valid is not None and valid < n_boot else ""
         lines.append(
             f"  {name:<12} tau {num(r['tau'])} {ci(r['tau_ci'])}  r {num(r['pearson'])} {ci(r['pearson_ci'])}  "
-            f"n = {r['n']}"
+            f"n = {r['n']}{note}"
         )
     for name, why in report.get("missing", {}).items():
         lines.append(f"  {name:<12} missing: {why}")

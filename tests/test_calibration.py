@@ -69,6 +69,34 @@ def test_outputs_are_probabilities_even_far_outside_the_training_range() -> None
     assert cal.predict(x[0]).shape == (1,)  # one query as a 1-D row
 
 
+def test_extreme_finite_inputs_give_probabilities_at_the_monotone_limits() -> None:
+    """1e308 overflowed the standardised features to inf, and inf - inf made the probability NaN (no abstention)."""
+    cal = default_calibrator()
+    assert cal.features == ["uncertainty", "max_score", "gap12"]
+    assert cal.coef is not None and cal.coef[0] < 0 < cal.coef[1] and cal.coef[2] > 0
+    typical = [0.0, -0.5, 0.05]
+    huge = 1e308
+    rows, expected = [], []
+    for j, sign in enumerate(np.sign(cal.coef)):
+        for value in (huge, -huge):
+            row = list(typical)
+            row[j] = value
+            rows.append(row)
+            expected.append(1.0 if value * sign > 0 else 0.0)  # the sigmoid's limit along that feature
+    with np.errstate(all="raise"):  # no overflow or invalid-value warning escapes either
+        p = cal.predict(np.array(rows))
+        mixed = cal.predict([[0.0, -huge, huge], [huge, huge, 0.0]])
+    np.testing.assert_array_equal(p, expected)
+    assert np.isfinite(mixed).all() and ((mixed >= 0) & (mixed <= 1)).all()
+    assert cal.confidence([huge, 0.0], 0.0) == 1.0  # a top-2 gap of 1e308: certain
+    # inside any real range nothing changes
+    x, y, _, _ = _synthetic(300)
+    fit = ConfidenceCalibrator(["max_score", "gap12"]).fit(x, y)
+    assert fit.center is not None and fit.scale is not None and fit.coef is not None
+    plain = 1.0 / (1.0 + np.exp(-(((x - fit.center) / fit.scale) @ fit.coef + fit.intercept)))
+    np.testing.assert_allclose(fit.predict(x), plain, rtol=1e-12)
+
+
 def test_save_load_round_trip_is_readable_json(tmp_path: Path) -> None:
     x, y, _, _ = _synthetic(500)
     info = {"training_data": [{"set": "synthetic", "queries": 500}], "target": "top-1 relevant"}

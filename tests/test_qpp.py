@@ -291,3 +291,120 @@ def test_fitted_predictor_combines_the_run_predictors() -> None:
     assert rep["predictors"]["combined"]["tau"] > 0.5
     with pytest.raises(ValueError, match=r"needs predictor\(s\) \['gap12'\]"):
         fitted_predictor({"uncertainty": values["uncertainty"]}, model)
+
+
+# ---------------------------------------------------------------------------- audited defects (each failed before)
+
+
+def _graded_run(n: int = 40, seed: int = 0) -> tuple[list[str], dict[str, dict[str, float]], dict[str, float]]:
+    """Query ids, a run whose top score rises with the query's nDCG@10, and that nDCG@10."""
+    rng = np.random.default_rng(seed)
+    qids = [f"q{i}" for i in range(n)]
+    ndcg = {q: float(v) for q, v in zip(qids, rng.random(n), strict=True)}
+    run = {q: {f"d{j}": -1.0 + ndcg[q] - 0.1 * j - 0.01 * j * rng.random() for j in range(20)} for q in qids}
+    return qids, run, ndcg
+
+
+def test_queries_without_a_relevant_document_are_left_out_of_the_qpp_target() -> None:
+    qids, run, ndcg = _graded_run()
+    hopeless = qids[::3]  # judged, but every grade is 0: nDCG@10 is 0 whatever the predictor says
+    qrels = {q: {"d0": 0 if q in hopeless else 1} for q in qids}
+    per_query = {q: {"ndcg@10": 0.0 if q in hopeless else ndcg[q]} for q in qids}
+    with pytest.warns(UserWarning, match=rf"{len(hopeless)} of the 40 judged queries have no relevant document"):
+        report, _ = qpp_for_run(run, per_query, query_ids=qids, query_texts=["x"] * 40, qrels=qrels, n_boot=0)
+    assert report["excluded_no_relevant"] == len(hopeless)
+    entry = report["predictors"]["max_score"]
+    assert entry["n"] == 40 - len(hopeless) and entry["tau"] == pytest.approx(1.0)  # the zeros no longer drag it down
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        unknown, _ = qpp_for_run(run, per_query, query_ids=qids, query_texts=["x"] * 40, n_boot=0)
+    assert unknown["excluded_no_relevant"] is None and unknown["predictors"]["max_score"]["n"] == 40
+
+
+def test_a_constant_predictor_says_why_it_has_no_correlation() -> None:
+    ndcg = {f"q{i}": i / 12 for i in range(12)}
+    unit = {q: 0.0 for q in ndcg}  # a unit-variance model: the same uncertainty for every query
+    tenths = {q: 0.1 for q in ndcg}  # equal values whose float mean is not exactly 0.1
+    rep = qpp_report(ndcg, {"uncertainty": unit, "max_score": tenths}, n_boot=50)
+    for name in ("uncertainty", "max_score"):
+        assert rep["missing"][name].startswith("constant (") and "over the 12 judged queries" in rep["missing"][name]
+        assert rep["predictors"][name]["tau"] is None and rep["predictors"][name]["pearson"] is None, name
+        assert rep["predictors"][name]["tau_ci"] is None and rep["predictors"][name]["bootstrap_valid"] == 0
+    assert "fixed variances" in rep["missing"]["uncertainty"]
+    flat = qpp_report({q: 0.5 for q in ndcg}, {"gap12": {q: float(i) for i, q in enumerate(ndcg)}}, n_boot=0)
+    assert flat["missing"]["gap12"].startswith("ndcg@10 is constant")
+
+
+def test_the_report_records_the_depth_that_nqc_and_wig_read(recwarn: pytest.WarningsRecorder) -> None:
+    qids, run, ndcg = _graded_run(12)
+    per_query = {q: {"ndcg@10": v} for q, v in ndcg.items()}
+    full, _ = qpp_for_run(run, per_query, query_ids=qids, query_texts=["x"] * 12, depth=100, n_boot=0)
+    assert (full["depth"], full["nqc_k"], full["wig_k"]) == (100, 20, 5)  # the lists hold 20 scores
+    assert not [w for w in recwarn if "fewer than NQC" in str(w.message)]
+    shallow = {q: dict(list(docs.items())[:3]) for q, docs in run.items()}
+    with pytest.warns(UserWarning, match="3 documents per query, fewer than NQC's 100"):
+        rep, _ = qpp_for_run(shallow, per_query, query_ids=qids, query_texts=["x"] * 12, depth=3, n_boot=0)
+    assert (rep["depth"], rep["nqc_k"], rep["wig_k"]) == (3, 3, 3)
+    one = {q: dict(list(docs.items())[:1]) for q, docs in run.items()}
+    with pytest.warns(UserWarning, match="fewer than NQC"):
+        rep, _ = qpp_for_run(one, per_query, query_ids=qids, query_texts=["x"] * 12, n_boot=0)
+    assert rep["depth"] == 1 and "depth 1" in rep["missing"]["nqc"] and "depth <= 5" in rep["missing"]["wig"]
+    definition = PREDICTORS["nqc"]["definition"]
+    assert "min(100, depth)" in definition and "all its retrieved" in definition
+
+
+def test_bootstrap_reports_its_valid_resamples_and_refuses_a_thin_interval() -> None:
+    x, y = _data(60)
+    ok = correlation(x, y, n_boot=200)
+    assert ok["bootstrap_valid"] == 200 and ok["tau_ci"] is not None
+    nearly = np.zeros(12)
+    nearly[0] = 1.0  # about a third of the resamples miss the one distinct value: no correlation there
+    out = correlation(nearly, np.arange(12.0), n_boot=1000)
+    assert out["tau"] is not None and 0 < out["bootstrap_valid"] < 900
+    assert out["tau_ci"] is None and out["pearson_ci"] is None
+    ndcg = {f"q{i}": float(i) for i in range(12)}
+    with pytest.warns(UserWarning, match="too few bootstrap resamples"):
+        rep = qpp_report(ndcg, {"gap12": dict(zip(ndcg, nearly.tolist(), strict=True))}, n_boot=1000)
+    assert rep["predictors"]["gap12"]["bootstrap_valid"] == out["bootstrap_valid"]
+
+
+def test_a_predictor_with_values_for_fewer_than_ten_queries_warns() -> None:
+    ndcg = {f"q{i}": i / 12 for i in range(12)}
+    sparse = {f"q{i}": float(i) for i in range(4)}
+    with pytest.warns(UserWarning, match=r"fewer than 10 judged queries have a value of max_score \(4\)"):
+        rep = qpp_report(ndcg, {"max_score": sparse, "gap12": {q: v for q, v in ndcg.items()}}, n_boot=0)
+    assert rep["predictors"]["max_score"]["n"] == 4 and rep["predictors"]["gap12"]["n"] == 12
+
+
+def test_evaluate_computes_qpp_only_when_asked_and_prints_it_with_qpp(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], recwarn: pytest.WarningsRecorder
+) -> None:
+    root = _tiny_beir(tmp_path / "beir", n_queries=4)  # fewer than 10: QPP would warn
+    assert run_evaluate(_evaluate([str(root), "--baseline", "bm25", "--quiet"])) == 0
+    assert "QPP" not in capsys.readouterr().out
+    assert not [w for w in recwarn if "meaningless" in str(w.message)]  # not computed, so no warning about it
+    with pytest.warns(UserWarning, match="meaningless"):
+        assert run_evaluate(_evaluate([str(root), "--baseline", "bm25", "--quiet", "--qpp"])) == 0
+    out = capsys.readouterr().out
+    assert "ndcg@10" in out and "QPP against ndcg@10" in out and "max_score" in out
+    assert "uncertainty  missing: the bm25 baseline has no variances" in out
+    with pytest.warns(UserWarning, match="meaningless"):
+        assert run_evaluate(_evaluate([str(root), "--baseline", "bm25", "--quiet", "--json"])) == 0
+    assert json.loads(capsys.readouterr().out)["qpp"]["predictors"]["max_score"]["n"] == 4  # --json: always
+
+
+def test_evaluate_json_qpp_records_depth_and_excluded_queries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _tiny_beir(tmp_path / "beir", n_queries=12)
+    qrels = root / "qrels" / "test.tsv"
+    lines = qrels.read_text().splitlines()
+    lines[1] = lines[1][:-1] + "0"  # q0: judged, not relevant
+    qrels.write_text("\n".join(lines) + "\n")
+    with pytest.warns(UserWarning, match="1 of the 12 judged queries have no relevant document"):
+        assert run_evaluate(_evaluate([str(root), "--baseline", "bm25", "--json", "--quiet", "--depth", "4"])) == 0
+    summary = json.loads(capsys.readouterr().out)
+    qpp = summary["qpp"]
+    assert qpp["excluded_no_relevant"] == 1 and qpp["predictors"]["max_score"]["n"] == 11
+    assert (qpp["depth"], qpp["nqc_k"], qpp["wig_k"]) == (4, 4, 4)
+    assert summary["queries"] == 12  # the metric means still count q0, at 0
