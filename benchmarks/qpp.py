@@ -135,6 +135,8 @@ def evaluate_gaussians(
         query_texts=dataset.query_texts(),
         corpus_texts=dataset.document_texts(),
         query_stats=stats,
+        qrels=dataset.qrels,
+        depth=k,
     )
     if extra_predictors:
         from kl_retrievers.qpp import qpp_report
