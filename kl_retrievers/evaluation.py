@@ -501,7 +501,9 @@ def encode_dataset(
 
     Documents are cached by (model fingerprint, SHA-256 of the document texts and the doc
     ids, max_length); queries by (model fingerprint, SHA-256 of the query texts, split and
-    query ids, max_length): a copied or re-mounted collection hits, an edited one misses.
+    query ids, max_length): a copied or re-mounted collection hits, an edited one misses. For an
+    encoder whose ``batch_invariant`` is ``False`` (an int8 ONNX graph quantises activations per
+    batch), the batch size is part of both keys.
 
     Args:
         encoder: An object with ``encode_queries``/``encode_documents`` returning :class:`Gaussians`.
@@ -542,7 +544,9 @@ def encode_dataset(
             max_length,
         ),
     ):
-        key = {"model": fp, "data": ident(), "max_length": limit}
+        key: dict[str, Any] = {"model": fp, "data": ident(), "max_length": limit}
+        if not getattr(encoder, "batch_invariant", True):
+            key["batch_size"] = batch_size  # int8 ONNX: a text's vector depends on its batch
         cached = cache.load(f"gauss-{kind}", key, ids) if cache is not None else None
         if cached is not None:
             results.append(Gaussians(cached["mean"], cached["var"]))

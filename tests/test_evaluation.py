@@ -447,3 +447,18 @@ def test_bm25_on_scifact_slice() -> None:
     # a small corpus is easier than the full one (full-collection BM25 nDCG@10 is about 0.66)
     assert 0.6 < agg["ndcg@10"] < 0.95
     assert agg["recall@100"] > 0.85
+
+
+def test_encode_dataset_keys_a_batch_dependent_encoder_on_batch_size(tmp_path: Path) -> None:
+    """An int8 ONNX graph's vectors depend on the batch: another batch size must not reuse its cache."""
+    ds = load_beir(write_beir(tmp_path / "beir"), "test")
+    cache_dir = tmp_path / "cache"
+    steady, batchy = FakeEncoder(), FakeEncoder()
+    batchy.batch_invariant = False  # type: ignore[attr-defined]
+    for enc, misses_on_new_batch_size in ((steady, False), (batchy, True)):
+        encode_dataset(enc, ds, cache_dir=cache_dir / str(misses_on_new_batch_size), batch_size=32, show_progress=False)
+        enc.calls.clear()
+        encode_dataset(enc, ds, cache_dir=cache_dir / str(misses_on_new_batch_size), batch_size=32, show_progress=False)
+        assert enc.calls == []  # the same batch size hits either way
+        encode_dataset(enc, ds, cache_dir=cache_dir / str(misses_on_new_batch_size), batch_size=4, show_progress=False)
+        assert [c[0] for c in enc.calls] == (["queries", "documents"] if misses_on_new_batch_size else [])
