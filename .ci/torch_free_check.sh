@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The newcomer's path, from a built wheel: a fresh venv with the core requirements and the [langchain]
 # extra only. Checks that torch is absent, reports the venv's size (target <= 400 MB) and runs the LangChain
-# quickstart (docs/examples/langchain_quickstart.py) and the README's LangChain block offline; then adds the
-# [llama-index] extra and runs the README's LlamaIndex block (a query engine over a folder of text files,
-# MockLLM) offline. Everything runs from outside the checkout, so the installed wheel is what runs; no hub
-# download is allowed (the default model ships in the wheel). pip's cache is used. `make torch-free-check`.
+# quickstart (docs/examples/langchain_quickstart.py), the command line (`kl-retrievers --help`, `demo`) and the
+# README's LangChain block offline; then adds the [llama-index] extra and runs the README's LlamaIndex block
+# (a query engine over a folder of text files, MockLLM) offline. Everything runs from outside the checkout, so
+# the installed wheel is what runs; no hub download is allowed (the default model ships in the wheel). pip's
+# cache is used. `make torch-free-check`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -57,6 +58,21 @@ if ! grep -q '^Aspirin lowers fever\.' <<<"$(tail -n 1 <<<"$out")"; then
 fi
 if [ -e "$tmp/onnx-cache" ]; then
   echo "torch-free-check: FAIL: the example exported a graph instead of using the shipped one" >&2
+  exit 1
+fi
+# The command line, as installed: every command registers without torch (--help builds every subcommand's
+# parser, `train`'s included), and `kl-retrievers demo` indexes the bundled corpus and answers a query, offline.
+cli="$tmp/venv/bin/kl-retrievers"
+(cd "$tmp" && "${offline[@]}" "$cli" --help >/dev/null)
+(cd "$tmp" && "${offline[@]}" "$cli" train --help >/dev/null)
+demo_out=$(cd "$tmp" && "${offline[@]}" "$cli" demo "why does bread rise")
+echo "$demo_out"
+if ! grep -q '^  1\. .*\[cook-1\] Bread' <<<"$demo_out"; then
+  echo "torch-free-check: FAIL: kl-retrievers demo did not rank the bread document first for 'why does bread rise'" >&2
+  exit 1
+fi
+if [ -e "$tmp/onnx-cache" ]; then
+  echo "torch-free-check: FAIL: kl-retrievers demo exported a graph instead of using the shipped one" >&2
   exit 1
 fi
 # The README's own LangChain block (the first python block under "## LangChain"), run as written.

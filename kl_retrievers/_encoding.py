@@ -53,6 +53,10 @@ def require_torch(what: str) -> None:
 def check_texts(texts: str | Sequence[str] | None, what: str = "texts", *, allow_str: bool = True) -> list[str]:
     """``texts`` as a list of strings; raises ``TypeError`` naming ``what`` and a bad item.
 
+    A text that cannot be encoded as UTF-8 (a lone surrogate such as ``"\\ud800"``, e.g. from JSON or from
+    bytes decoded with ``errors="surrogateescape"``) raises ``ValueError`` naming ``what[i]`` and the
+    character's position: tokenizers would otherwise fail with a ``TypeError`` that names neither.
+
     Args:
         texts: A sequence of strings, or (with ``allow_str``) one string, which is one text.
         what: The argument's name in error messages.
@@ -64,6 +68,9 @@ def check_texts(texts: str | Sequence[str] | None, what: str = "texts", *, allow
         ['a', 'b']
         >>> check_texts("a")
         ['a']
+        >>> check_texts(["ok", "caf\\udce9"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: texts[1] holds a lone surrogate '\\udce9' at character 3, which cannot be encoded as UTF-8; ...
     """
     if isinstance(texts, str):
         if allow_str:
@@ -75,6 +82,14 @@ def check_texts(texts: str | Sequence[str] | None, what: str = "texts", *, allow
     for i, text in enumerate(out):
         if not isinstance(text, str):
             raise TypeError(f"{what}[{i}] is {type(text).__name__}; every text must be a str")
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(
+                    f"{what}[{i}] holds a lone surrogate {text[exc.start]!r} at character {exc.start}, which cannot "
+                    f'be encoded as UTF-8; got {text!r:.80} (decode its bytes with errors="replace", or fix them)'
+                ) from None
     return out
 
 
@@ -140,6 +155,16 @@ class EncoderMixin:
     def max_tokens(self) -> int | None:
         """The most tokens (``[VAR]`` included) the model reads, or ``None`` without a limit."""
         return None
+
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether a text's encoding is independent of the texts encoded with it and of ``batch_size``.
+
+        ``True`` here (the torch encoder, and float32 ONNX graphs: differences of float rounding only); int8
+        ONNX graphs say ``False`` (their activations are quantised per batch). Encoding caches should key
+        on ``batch_size`` when it is ``False``.
+        """
+        return True
 
     def _use_device(self, device: Any) -> None:
         """Check ``device`` (and, for torch, move the model there); every backend overrides this."""

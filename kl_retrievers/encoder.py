@@ -177,12 +177,47 @@ def _pick_device(device: str | torch.device | None) -> torch.device:
             raise ValueError(f"device must be cpu, cuda or mps; got {device!r}") from None
         if dev.type not in ("cpu", "cuda", "mps"):
             raise ValueError(f"device must be cpu, cuda or mps; got {device!r}")
+        _check_available(dev, device)
         return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _available_devices() -> str:
+    """The devices this torch can use, for messages (e.g. ``"cpu, cuda:0"``)."""
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found.append("mps")
+    return ", ".join(found)
+
+
+def _check_available(dev: torch.device, asked: object) -> None:
+    """Raise ``ValueError`` naming ``asked`` and the available devices when ``dev`` cannot be used here.
+
+    Without it, torch fails later, deep inside ``.to()``, with e.g. an ``AssertionError`` ("Torch not compiled
+    with CUDA enabled").
+    """
+    why = ""
+    if dev.type == "cuda":
+        if not torch.backends.cuda.is_built():
+            why = f"this torch ({torch.__version__}) was built without CUDA"
+        elif not torch.cuda.is_available():
+            why = "no CUDA GPU is visible"
+        elif dev.index is not None and dev.index >= torch.cuda.device_count():
+            why = f"there are {torch.cuda.device_count()} CUDA device(s)"
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_built():
+            why = f"this torch ({torch.__version__}) was built without MPS (Apple GPU) support"
+        elif not mps.is_available():
+            why = "MPS is not available on this machine"
+    if why:
+        raise ValueError(f"device {str(asked)!r} is not available: {why}; available here: {_available_devices()}")
 
 
 class GaussianEncoder(EncoderMixin, nn.Module):

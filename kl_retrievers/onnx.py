@@ -68,6 +68,14 @@ QUANTIZATIONS: tuple[str | None, ...] = ("int8", None)
 OUTPUTS = ("mean", "var")
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _OPSET = 17
+#: Batches whose texts are tokenized together when encoding (bounds the memory held by token ids) ...
+_CHUNK_BATCHES = 16
+#: ... fewer when they would hold more texts than this (a large batch_size), but always one batch at least.
+_CHUNK_TEXTS = 2048
+#: Texts per tokenizer call when counting tokens.
+_TOKENIZE_CHUNK = 1024
+#: Token budgets whose tokenizer an encoder keeps.
+_TOKENIZERS_KEPT = 8
 #: Names how exports are made; part of the key of :func:`kl_retrievers.load_model`'s ONNX cache, so that a
 #: change of recipe makes new exports instead of reusing old ones.
 EXPORT_RECIPE = f"format{FORMAT_VERSION}-opset{_OPSET}-eager-bertfusion-int8matmul-perchannel-int8emb"
@@ -136,8 +144,15 @@ def export_onnx(
     per_channel: bool = True,
     verify: bool = True,
     source_sha256: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Export a :class:`~kl_retrievers.encoder.GaussianEncoder` to an ONNX folder.
+
+    The target folder is replaced as a whole. It may be absent, empty, or a previous ONNX export made by
+    kl_retrievers (its ``config.json`` says ``"library": "kl_retrievers"`` and ``"backend": "onnx"``, and it
+    holds nothing else than the export's files); any other existing content is refused unless
+    ``overwrite=True``, so that nothing is deleted silently. The encoder's own folder (and any folder that
+    holds it) is always refused.
 
     Args:
         encoder: The torch encoder to export (left unchanged, in its train/eval mode).
@@ -150,12 +165,15 @@ def export_onnx(
         source_sha256: SHA-256 of the saved encoder's files the export was made from
             (:func:`kl_retrievers.pretrained.source_sha256`), recorded as ``source.sha256``: a shipped
             graph whose model has changed since is then refused.
+        overwrite: Replace ``folder`` even when it holds other files than a previous ONNX export (they are
+            deleted). Never allowed for the encoder's own folder.
 
     Returns:
         The folder written.
 
     Raises:
-        ValueError: ``quantize`` is not one of :data:`QUANTIZATIONS`.
+        ValueError: ``quantize`` is not one of :data:`QUANTIZATIONS`; or ``folder`` is the encoder's own
+            folder (or holds it), or it is not empty and not a previous ONNX export (without ``overwrite``).
         RuntimeError: The exported graph does not reproduce the torch encoder.
         ModuleNotFoundError: torch, transformers or onnx is missing (the message names the extra,
             ``pip install "kl-retrievers[torch]"``).
@@ -166,12 +184,13 @@ def export_onnx(
     """
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {QUANTIZATIONS}; got {quantize!r}")
+    target = Path(folder)
+    _check_export_target(target, source=getattr(encoder, "name_or_path", None), overwrite=overwrite)
     require_torch("the ONNX export")
     if importlib.util.find_spec("onnx") is None:
         raise ModuleNotFoundError(f"the ONNX export needs the onnx package; {TORCH_EXTRA}", name="onnx")
     import torch
 
-    target = Path(folder)
     tokenizer_json = _tokenizer_json(encoder)
     with atomic_dir(target) as tmp:
         traced = tmp / "traced.onnx"
@@ -218,6 +237,78 @@ def export_onnx(
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     logger.info("exported %s to %s (%s)", encoder.name_or_path, target, quantize or "float32")
     return target
+
+
+#: What an export writes into its folder: a folder holding only these (and a ``config.json`` that says it is an
+#: export) is replaced by a new export without ``overwrite``.
+EXPORT_FILES = (MODEL_FILE, TOKENIZER_FILE, CONFIG_NAME)
+
+
+def _export_meta(folder: Path) -> dict[str, Any] | None:
+    """``folder``'s ``config.json`` when it says the folder is an ONNX export made by kl_retrievers, else None."""
+    try:
+        meta = json.loads((folder / CONFIG_NAME).read_bytes().decode("utf-8"))
+    except (OSError, ValueError):  # missing, unreadable or not JSON (UnicodeDecodeError is a ValueError)
+        return None
+    if isinstance(meta, dict) and meta.get("library") == "kl_retrievers" and meta.get("backend") == BACKEND:
+        return meta
+    return None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _check_export_target(
+    folder: str | os.PathLike[str], *, source: str | os.PathLike[str] | None = None, overwrite: bool = False
+) -> None:
+    """Raise ``ValueError`` when exporting into ``folder`` would delete something that is not an old export.
+
+    ``folder`` may be absent, an empty folder, or a previous ONNX export made by kl_retrievers holding only
+    :data:`EXPORT_FILES`; other content needs ``overwrite=True``. A ``folder`` that is, or holds, the
+    ``source`` folder (the encoder's own files) is always refused.
+
+    Examples:
+        >>> _check_export_target("no-such-folder", source="my-encoder")
+        >>> _check_export_target(".", source=".")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: cannot export into .: it is the folder of the encoder being exported ...
+    """
+    target = Path(folder)
+    if source is not None and os.fspath(source) and Path(source).is_dir():
+        resolved, own = target.resolve(), Path(source).resolve()
+        if _inside(own, resolved):
+            what = "the folder of" if own == resolved else "a folder that holds"
+            raise ValueError(
+                f"cannot export into {target}: it is {what} the encoder being exported ({source}), and an export "
+                "replaces its target folder as a whole; choose a new folder, e.g. a sibling such as "
+                f"{own.name}-onnx"
+            )
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise ValueError(f"cannot export into {target}: it exists and is not a folder")
+    names = sorted(p.name for p in target.iterdir())
+    if not names or overwrite:
+        return
+    if _export_meta(target) is None:
+        raise ValueError(
+            f"cannot export into {target}: it is not empty ({_some(names)}) and is not an ONNX export made by "
+            "kl_retrievers; an export replaces its target folder as a whole and would delete them. Choose a new or "
+            "empty folder, or pass overwrite=True (--overwrite) to replace it"
+        )
+    extra = [name for name in names if name not in EXPORT_FILES]
+    if extra:
+        raise ValueError(
+            f"cannot export into {target}: it is an earlier ONNX export but also holds {_some(extra)}, which a new "
+            "export would delete; move them away, or pass overwrite=True (--overwrite) to replace the folder"
+        )
+
+
+def _some(names: list[str], shown: int = 5) -> str:
+    """Up to ``shown`` names, and how many more there are."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _tokenizer_json(encoder: GaussianEncoder) -> str:
@@ -501,7 +592,20 @@ class OnnxGaussianEncoder(EncoderMixin):
 
     Loads a folder written by :func:`export_onnx`. Only numpy, ``onnxruntime`` and ``tokenizers``
     are used. Texts are tokenized, sorted by token count (so batches hold texts of similar length),
-    padded per batch, and the results are returned in input order.
+    padded per batch, and the results are returned in input order. Token ids are held for 16 batches
+    (at most 2,048 texts, one batch at least) at a time, and tokenizing takes no lock: encoding from
+    several threads at once is safe.
+
+    **int8 encodings depend on the batch.** ONNX Runtime's dynamic quantisation picks one activation
+    scale per padded batch tensor, so with ``quantize="int8"`` (the shipped graphs) a text's
+    Gaussian changes slightly with the texts encoded alongside it and with ``batch_size``: on the
+    default model and 200 SciFact documents, ``batch_size=64`` against ``1`` gave a cosine of 0.992
+    at worst between a document's two means, and 29 of 50 queries got another set of top-10
+    documents. Consequences: documents added one by one (incremental indexing) do not get exactly
+    the encodings a bulk encode gives; a cache of encodings is exact only for the same texts encoded
+    in the same batches; reproducing a published figure needs the same ``batch_size`` and the same
+    list of texts. Float32 exports (``quantize=None``) and the torch encoder are batch-invariant up
+    to float rounding. :attr:`batch_invariant` says which case applies.
 
     Args:
         path: A folder holding ``model.onnx``, ``tokenizer.json`` and ``config.json``.
@@ -578,7 +682,10 @@ class OnnxGaussianEncoder(EncoderMixin):
             raise OnnxModelError(f"{where}: {TOKENIZER_FILE} is not a tokenizers-library tokenizer ({exc})") from None
         self.config = config
         self._session = session
-        self._tokenizer = tokenizer
+        self._tokenizer_json = tokenizer_json
+        # One tokenizer per token budget, each with its truncation set once: tokenizing needs no lock, so a query
+        # encoded in one thread does not wait for a bulk encode's tokenization in another.
+        self._tokenizers: dict[int, Any] = {}
         self._lock = threading.Lock()
         self._input_names = self._check_session(session, config, where)
         if config.model_sha256:
@@ -622,6 +729,18 @@ class OnnxGaussianEncoder(EncoderMixin):
         return self.config.max_tokens
 
     @property
+    def batch_invariant(self) -> bool:
+        """Whether a text's encoding is independent of the other texts encoded with it (and of ``batch_size``).
+
+        ``False`` for int8 graphs: ONNX Runtime's dynamic quantisation picks one activation scale per padded
+        batch tensor, so a text encodes slightly differently in another batch (cosine about 0.99 or more
+        to itself). ``True`` for float32 graphs (differences of float rounding only). An encoding cache
+        keyed on the encoder should also key on ``batch_size`` (and the texts encoded together) when this
+        is ``False``.
+        """
+        return self.config.quantize is None
+
+    @property
     def device(self) -> str:
         """Always ``"cpu"`` (ONNX Runtime's CPU execution provider)."""
         return "cpu"
@@ -633,15 +752,39 @@ class OnnxGaussianEncoder(EncoderMixin):
         )
 
     # ------------------------------------------------------------------ encoding
-    def _token_ids(self, texts: list[str], max_length: int) -> list[tuple[list[int], list[int]]]:
-        """Token ids and type ids of each text, truncated so that ``[VAR]`` still fits in ``max_length``."""
+    def _tokenizer_for(self, max_length: int) -> Any:
+        """A tokenizer that truncates so that ``[VAR]`` still fits in ``max_length`` (one per budget, kept)."""
         budget = max_length - 1 if self.config.var_token_id is not None else max_length
-        with self._lock:  # truncation is tokenizer state: one budget at a time
-            self._tokenizer.enable_truncation(max_length=budget)
-            encodings = self._tokenizer.encode_batch(texts)
-        return [(e.ids, e.type_ids) for e in encodings]
+        tokenizer = self._tokenizers.get(budget)
+        if tokenizer is None:
+            from tokenizers import Tokenizer
 
-    def _batch_arrays(self, rows: list[tuple[list[int], list[int]]]) -> dict[str, np.ndarray]:
+            with self._lock:
+                tokenizer = self._tokenizers.get(budget)
+                if tokenizer is None:
+                    tokenizer = Tokenizer.from_str(self._tokenizer_json)
+                    tokenizer.no_padding()
+                    tokenizer.enable_truncation(max_length=budget)
+                    if len(self._tokenizers) >= _TOKENIZERS_KEPT:  # a few budgets are used; bound the rest
+                        self._tokenizers.pop(next(iter(self._tokenizers)))
+                    self._tokenizers[budget] = tokenizer
+        return tokenizer
+
+    def _token_ids(self, texts: list[str], max_length: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Token ids and type ids of each text, truncated so that ``[VAR]`` still fits in ``max_length``."""
+        encodings = self._tokenizer_for(max_length).encode_batch(texts)
+        return [(np.asarray(e.ids, np.int64), np.asarray(e.type_ids, np.int64)) for e in encodings]
+
+    def _token_counts(self, texts: list[str], max_length: int) -> np.ndarray:
+        """How many tokens each text has after truncation (as :meth:`_token_ids` would give), in chunks."""
+        tokenizer = self._tokenizer_for(max_length)
+        encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # same ids, no offsets
+        counts = np.empty(len(texts), np.int64)
+        for start in range(0, len(texts), _TOKENIZE_CHUNK):
+            counts[start : start + _TOKENIZE_CHUNK] = [len(e) for e in encode(texts[start : start + _TOKENIZE_CHUNK])]
+        return counts
+
+    def _batch_arrays(self, rows: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
         """Pad one batch and insert ``[VAR]`` after the first token (as the torch encoder does)."""
         n, width = len(rows), max(len(ids) for ids, _ in rows)
         ids = np.full((n, width), self.config.pad_token_id, dtype=np.int64)
@@ -672,21 +815,41 @@ class OnnxGaussianEncoder(EncoderMixin):
         from tqdm import tqdm
 
         dim = self.config.dim
-        rows = self._token_ids(texts, self._clamp_length(max_length))
-        order = np.argsort([-len(ids) for ids, _ in rows], kind="stable")
-        mean = np.empty((len(texts), dim), np.float32)
-        var = np.empty((len(texts), dim), np.float32)
-        for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not show_bar, unit="batch"):
-            idx = order[start : start + batch_size]
-            feeds = self._batch_arrays([rows[i] for i in idx])
-            out_mean, out_var = self._run_batch(feeds)
-            if out_mean.shape != (len(idx), dim) or out_var.shape != (len(idx), dim):
-                raise OnnxModelError(
-                    f"{self.name_or_path}: the graph returned mean {out_mean.shape} and var {out_var.shape}; "
-                    f"config.json says dim {dim} (expected ({len(idx)}, {dim}))"
-                )
-            mean[idx] = out_mean
-            var[idx] = out_var
+        max_length = self._clamp_length(max_length)
+        n = len(texts)
+        # Batches hold texts of similar token counts: the texts sorted by token count over the whole input
+        # (longest first, ties in input order), cut every batch_size. The batches' composition matters for
+        # int8 graphs (see batch_invariant), so it is the same whatever the input's size. Token ids are held
+        # for one chunk of batches at a time: a large input is tokenized twice (its token counts first,
+        # then chunk by chunk, in sorted order), instead of holding every text's tokens at once.
+        chunk = batch_size * max(1, min(_CHUNK_BATCHES, _CHUNK_TEXTS // batch_size))
+        rows: list[tuple[np.ndarray, np.ndarray]] | None = None
+        if n <= chunk:
+            rows = self._token_ids(texts, max_length)
+            counts = np.array([len(ids) for ids, _ in rows], np.int64)
+        else:
+            counts = self._token_counts(texts, max_length)
+        order = np.argsort(-counts, kind="stable")
+        mean = np.empty((n, dim), np.float32)
+        var = np.empty((n, dim), np.float32)
+        with tqdm(total=-(-n // batch_size), desc=desc, disable=not show_bar, unit="batch") as bar:
+            for chunk_start in range(0, n, chunk):
+                chunk_idx = order[chunk_start : chunk_start + chunk]
+                if rows is None:
+                    chunk_rows = self._token_ids([texts[i] for i in chunk_idx], max_length)
+                else:
+                    chunk_rows = [rows[i] for i in chunk_idx]
+                for start in range(0, len(chunk_idx), batch_size):
+                    idx = chunk_idx[start : start + batch_size]
+                    out_mean, out_var = self._run_batch(self._batch_arrays(chunk_rows[start : start + batch_size]))
+                    if out_mean.shape != (len(idx), dim) or out_var.shape != (len(idx), dim):
+                        raise OnnxModelError(
+                            f"{self.name_or_path}: the graph returned mean {out_mean.shape} and var {out_var.shape}; "
+                            f"config.json says dim {dim} (expected ({len(idx)}, {dim}))"
+                        )
+                    mean[idx] = out_mean
+                    var[idx] = out_var
+                    bar.update(1)
         return Gaussians(mean, var, validate=False)
 
 

@@ -18,7 +18,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kl_retrievers.onnx import MODEL_FILE, _read_meta, _sha256, export_onnx, is_onnx_folder
+from kl_retrievers.onnx import (
+    MODEL_FILE,
+    _check_export_target,
+    _export_meta,
+    _read_meta,
+    _sha256,
+    export_onnx,
+    is_onnx_folder,
+)
 
 if TYPE_CHECKING:
     from kl_retrievers.encoder import GaussianEncoder
@@ -30,11 +38,15 @@ __all__ = ["main"]
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m kl_retrievers.onnx_cli``: export an encoder, or (re)generate a bundled model's shipped graph.
 
-    - ``export SOURCE OUT [--quantize int8|float32]``: a bundled model name, saved encoder folder or hub id
-      to an ONNX folder.
+    - ``export SOURCE OUT [--quantize int8|float32] [--overwrite]``: a bundled model name, saved encoder folder
+      or hub id to an ONNX folder. ``OUT`` may be new, empty or an earlier ONNX export; other content is
+      refused unless ``--overwrite`` (the folder is replaced as a whole), and ``SOURCE``'s own folder always.
     - ``bundle [NAME ...] [--check]``: export each bundled model (default: the default model) into its
       ``onnx-int8/`` folder inside the package, from its bundled delta; ``--check`` exports into a
       temporary folder instead and exits 1 when the graph's SHA-256 differs from the shipped one.
+
+    Logs at WARNING level; ``-v`` / ``--verbose`` shows the INFO messages (ONNX Runtime's optimiser and
+    quantiser among them).
 
     Returns:
         The exit status.
@@ -48,16 +60,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m kl_retrievers.onnx_cli", description="Export Gaussian encoders to ONNX."
     )
+    parser.add_argument(
+        "--verbose", "-v", action="store_true", help="log at INFO level (ONNX Runtime's optimiser and quantiser)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_export = sub.add_parser("export", help="export an encoder to an ONNX folder")
     p_export.add_argument("source", help="bundled model name, saved encoder folder or hub id")
     p_export.add_argument("out", type=Path, help="target folder (written atomically)")
     p_export.add_argument("--quantize", choices=["int8", "float32"], default="int8")
+    p_export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT even when it holds other files than an earlier ONNX export (they are deleted)",
+    )
     p_bundle = sub.add_parser("bundle", help="export bundled models into their shipped onnx-int8/ folder")
     p_bundle.add_argument("names", nargs="*", default=[DEFAULT_MODEL])
     p_bundle.add_argument("--check", action="store_true", help="compare with the shipped graph; write nothing")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return _run(args)
     except (ValueError, OSError, ImportError) as exc:  # a bad name or folder: one line, not a traceback
@@ -70,9 +90,11 @@ def _run(args: argparse.Namespace) -> int:
     from kl_retrievers.pretrained import BUNDLED_ONNX
 
     if args.command == "export":
+        folder = _source_folder(args.source)
+        _check_export_target(args.out, source=folder, overwrite=args.overwrite)  # before the model loads
         encoder, digest = _torch_source(args.source)
         quantize = None if args.quantize == "float32" else "int8"
-        out = export_onnx(encoder, args.out, quantize=quantize, source_sha256=digest)
+        out = export_onnx(encoder, args.out, quantize=quantize, source_sha256=digest, overwrite=args.overwrite)
         print(f"{out}: {MODEL_FILE} SHA-256 {_sha256(out / MODEL_FILE)}")
         return 0
     import tempfile
@@ -99,14 +121,35 @@ def _run(args: argparse.Namespace) -> int:
     return status
 
 
-def _torch_source(name_or_path: str) -> tuple[GaussianEncoder, str | None]:
-    """The torch encoder a bundled name, saved folder or hub id names, and the SHA-256 of its files."""
-    from kl_retrievers.encoder import GaussianEncoder
+def _source_folder(name_or_path: str) -> Path:
+    """The folder of the saved torch encoder a bundled name, saved folder or hub id names.
+
+    Raises:
+        ValueError: The folder is an ONNX export (there is no torch model in it to export).
+    """
     from kl_retrievers.hub import resolve_model_path
-    from kl_retrievers.pretrained import _bundled_name, bundled_model_path, source_sha256
+    from kl_retrievers.pretrained import _bundled_name, bundled_model_path
 
     bundled = _bundled_name(name_or_path)  # also kl_retrievers:NAME; an unknown such name lists the bundled ones
     folder = bundled_model_path(bundled) if bundled is not None else resolve_model_path(name_or_path)
+    meta = _export_meta(folder)
+    if meta is not None:
+        source = meta.get("source")
+        came_from = source.get("name_or_path") if isinstance(source, dict) else None
+        hint = f" ({came_from!r}, says its config.json)" if isinstance(came_from, str) and came_from else ""
+        raise ValueError(
+            f"{folder} is already an ONNX export (its config.json says backend 'onnx'); export from the torch "
+            f"model it came from{hint} instead"
+        )
+    return folder
+
+
+def _torch_source(name_or_path: str) -> tuple[GaussianEncoder, str | None]:
+    """The torch encoder a bundled name, saved folder or hub id names, and the SHA-256 of its files."""
+    from kl_retrievers.encoder import GaussianEncoder
+    from kl_retrievers.pretrained import source_sha256
+
+    folder = _source_folder(name_or_path)
     return GaussianEncoder.from_pretrained(folder, device="cpu"), source_sha256(folder)
 
 

@@ -5,6 +5,10 @@ Submodules: :mod:`~kl_retrievers.training.data` (BEIR / JSONL data, negative min
 (int8 cross-encoder teacher), :mod:`~kl_retrievers.training.features` (cached-features fast
 path), :mod:`~kl_retrievers.training.trainer` (loops) and :mod:`~kl_retrievers.training.cli`.
 
+The public names below are imported on first access (PEP 562), so that importing
+:mod:`kl_retrievers.training.cli` (which ``kl-retrievers --help`` does, to list ``train``) needs no torch;
+the names that need it raise torch's ``ModuleNotFoundError`` when it is not installed.
+
 Examples:
     >>> from kl_retrievers.training import TrainConfig
     >>> TrainConfig(steps=10).similarity
@@ -13,34 +17,80 @@ Examples:
 
 from __future__ import annotations
 
-from kl_retrievers.training.data import (
-    TrainExample,
-    TrainingSet,
-    from_beir,
-    load_training_data,
-    mine_bm25_negatives,
-    mine_negatives_from_scores,
-    read_jsonl,
-)
-from kl_retrievers.training.features import Features, compute_features, heads_forward
-from kl_retrievers.training.losses import (
-    contrastive_loss,
-    lambdarank_loss,
-    listwise_kl_loss,
-    margin_mse_loss,
-    score_candidates,
-    score_matrix,
-)
-from kl_retrievers.training.trainer import (
-    TrainConfig,
-    TrainingDivergedError,
-    TrainResult,
-    apply_freezing,
-    encode_from_features,
-    merge_lora,
-    train_encoder,
-    train_heads_cached,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
+    from kl_retrievers.training.data import (
+        TrainExample,
+        TrainingSet,
+        from_beir,
+        load_training_data,
+        mine_bm25_negatives,
+        mine_negatives_from_scores,
+        read_jsonl,
+    )
+    from kl_retrievers.training.features import Features, compute_features, heads_forward
+    from kl_retrievers.training.losses import (
+        contrastive_loss,
+        lambdarank_loss,
+        listwise_kl_loss,
+        margin_mse_loss,
+        score_candidates,
+        score_matrix,
+    )
+    from kl_retrievers.training.trainer import (
+        TrainConfig,
+        TrainingDivergedError,
+        TrainResult,
+        apply_freezing,
+        encode_from_features,
+        merge_lora,
+        train_encoder,
+        train_heads_cached,
+    )
+
+#: Each public name and the submodule that defines it.
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "TrainExample",
+            "TrainingSet",
+            "from_beir",
+            "load_training_data",
+            "mine_bm25_negatives",
+            "mine_negatives_from_scores",
+            "read_jsonl",
+        ),
+        "kl_retrievers.training.data",
+    ),
+    **dict.fromkeys(("Features", "compute_features", "heads_forward"), "kl_retrievers.training.features"),
+    **dict.fromkeys(
+        (
+            "contrastive_loss",
+            "lambdarank_loss",
+            "listwise_kl_loss",
+            "margin_mse_loss",
+            "score_candidates",
+            "score_matrix",
+        ),
+        "kl_retrievers.training.losses",
+    ),
+    **dict.fromkeys(
+        (
+            "TrainConfig",
+            "TrainingDivergedError",
+            "TrainResult",
+            "apply_freezing",
+            "encode_from_features",
+            "merge_lora",
+            "train_encoder",
+            "train_heads_cached",
+        ),
+        "kl_retrievers.training.trainer",
+    ),
+}
+_SUBMODULES = ("cli", "data", "features", "losses", "teacher", "trainer")
 
 __all__ = [
     "Features",
@@ -68,3 +118,19 @@ __all__ = [
     "train_encoder",
     "train_heads_cached",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's submodule on first access (PEP 562) and cache the name here."""
+    module = _LAZY.get(name)
+    if module is None:
+        if name in _SUBMODULES:  # e.g. kl_retrievers.training.losses, which the eager version bound here
+            return importlib.import_module(f"{__name__}.{name}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

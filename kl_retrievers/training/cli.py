@@ -181,6 +181,9 @@ def run_train(args: argparse.Namespace) -> int:
         >>> run_train(parser.parse_args(["train", "--data", "ds", "--out", "model"]))  # doctest: +SKIP
         0
     """
+    from kl_retrievers._encoding import require_torch
+
+    require_torch("kl-retrievers train")  # before any import of it: one line naming the extra, not a traceback
     import torch
 
     from kl_retrievers.encoder import GaussianEncoder
