@@ -524,7 +524,12 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         return target
 
     def export_onnx(
-        self, folder: str | os.PathLike[str], *, quantize: str | None = "int8", per_channel: bool = True
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        quantize: str | None = "int8",
+        per_channel: bool = True,
+        overwrite: bool = False,
     ) -> Path:
         """Export to an ONNX folder that :class:`~kl_retrievers.onnx.OnnxGaussianEncoder` loads without torch.
 
@@ -535,13 +540,15 @@ class GaussianEncoder(EncoderMixin, nn.Module):
             folder: Target folder (written atomically).
             quantize: ``"int8"`` (dynamic int8 weights, ONNX Runtime) or ``None`` (float32).
             per_channel: int8 only: one weight scale per output channel.
+            overwrite: Replace a non-empty folder that is not an earlier ONNX export (refused
+                otherwise; the model's own folder is always refused).
 
         Examples:
             >>> encoder.export_onnx("my-encoder-onnx", quantize="int8")  # doctest: +SKIP
         """
         from kl_retrievers.onnx import export_onnx
 
-        return export_onnx(self, folder, quantize=quantize, per_channel=per_channel)
+        return export_onnx(self, folder, quantize=quantize, per_channel=per_channel, overwrite=overwrite)
 
     def _plain_state(self) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor, float]]]:
         """The state dict under plain backbone names, and any LoRA adapter's factors.

@@ -142,6 +142,21 @@ def test_the_load_model_export_cache_still_exports_and_re_exports(
     again = load_model(str(tiny["saved"]), backend="onnx", quantize=None)
     assert isinstance(again, OnnxGaussianEncoder) and again.path == cached
     np.testing.assert_array_equal(again.encode_documents(["a dog"]).mean, first.encode_documents(["a dog"]).mean)
+    # a cache entry whose config.json is damaged (so it is no longer recognised as an export) is re-exported
+    (cached / "config.json").write_text("{not json")
+    (cached / "leftover.txt").write_text("x")
+    third = load_model(str(tiny["saved"]), backend="onnx", quantize=None)
+    np.testing.assert_array_equal(third.encode_documents(["a dog"]).mean, first.encode_documents(["a dog"]).mean)
+
+
+def test_the_encoders_export_method_passes_overwrite(tmp_path: Path, tiny: dict[str, Path]) -> None:
+    enc = GaussianEncoder.from_pretrained(tiny["saved"])
+    user = tmp_path / "project"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not an ONNX export"):
+        enc.export_onnx(user, quantize=None)
+    assert is_onnx_folder(enc.export_onnx(user, quantize=None, overwrite=True))
 
 
 # ---------------------------------------------------------------- 3. batch (in)variance

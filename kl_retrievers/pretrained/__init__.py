@@ -457,7 +457,9 @@ def _load_onnx(
     logger.info("exporting %s to ONNX (%s) into %s; later loads reuse it", display, quantize or "float32", cache)
     torch_encoder = GaussianEncoder.from_pretrained(source, device="cpu")
     try:
-        export_onnx(torch_encoder, cache, quantize=quantize, source_sha256=source_sha256(source))
+        export_onnx(
+            torch_encoder, cache, quantize=quantize, source_sha256=source_sha256(source), overwrite=True
+        )  # our own cache folder
     except OSError as exc:
         raise OSError(
             f"cannot write the ONNX export of {display} into {cache} ({exc}); set {ONNX_CACHE_ENV} to a writable folder"
