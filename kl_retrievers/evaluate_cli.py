@@ -165,14 +165,15 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         type=token_budget,
         default=None,
         metavar="N",
-        help="document token limit (default: the model's own)",
+        help="document token limit (default: the model's own); for the minilm and bge-small baselines, the limit "
+        "of queries and documents alike",
     )
     p.add_argument(
         "--query-max-length",
         type=token_budget,
         default=None,
         metavar="N",
-        help="query token limit (default: the model's own)",
+        help="query token limit (default: the model's own); Gaussian models only",
     )
     p.add_argument(
         "--depth",
@@ -380,6 +381,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if args.means_only:
             print(
                 "kl-retrievers evaluate: error: --means-only applies to Gaussian models, not baselines", file=sys.stderr
+            )
+            return 2
+        unused = ["--query-max-length"] if args.query_max_length is not None else []
+        if args.baseline == "bm25" and args.max_length is not None:
+            unused.insert(0, "--max-length")
+        if unused:
+            print(
+                f"kl-retrievers evaluate: error: {' and '.join(unused)} do not apply to --baseline {args.baseline}: "
+                "the minilm and bge-small baselines take one token limit, --max-length, for queries and documents "
+                "(as sentence-transformers' max_seq_length); bm25 takes none",
+                file=sys.stderr,
             )
             return 2
         t0 = time.perf_counter()

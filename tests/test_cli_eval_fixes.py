@@ -304,3 +304,24 @@ def test_encode_numbers_text_lines_as_the_sharded_path_does(tmp_path: Path) -> N
         got = [read_shard(path, spec) for spec in shards]
         assert [i for ids_, _ in got for i in ids_] == ids
         assert [t for _, ts in got for t in ts] == texts
+
+
+# ---------------------------------------------------------------- token limits a baseline does not use
+
+
+@pytest.mark.parametrize(
+    ("baseline", "flags", "named"),
+    [
+        ("bm25", ["--max-length", "16"], "--max-length"),
+        ("bm25", ["--query-max-length", "16"], "--query-max-length"),
+        ("minilm", ["--query-max-length", "3"], "--query-max-length"),
+        ("bge-small", ["--max-length", "64", "--query-max-length", "3"], "--query-max-length"),
+    ],
+)
+def test_a_baseline_refuses_token_limits_it_would_ignore(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], baseline: str, flags: list[str], named: str
+) -> None:
+    root = _beir(tmp_path / "beir", "q1\td1\t1\n")
+    assert main(["evaluate", str(root), "--baseline", baseline, "--quiet", *flags]) == 2
+    err = capsys.readouterr().err
+    assert f"{named} do not apply to --baseline {baseline}" in err and "one token limit" in err
