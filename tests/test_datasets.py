@@ -180,6 +180,86 @@ def test_headerless_qrels_and_blank_lines(tmp_path: Path) -> None:
     assert ds.qrels == {"q1": {"d1": 1}, "q2": {"d2": 1}}
 
 
+def test_trec_qrels_only_without_the_beir_header(tmp_path: Path) -> None:
+    # Headerless, 4 columns, numeric 4th: TREC "qid iteration docid grade".
+    root = write_beir(tmp_path / "trec", qrels={"test": "q1\t0\td1\t1\nq2\tQ0\td2\t2\n"})
+    assert load_beir(root, "test").qrels == {"q1": {"d1": 1}, "q2": {"d2": 2}}
+    head = "query-id\tcorpus-id\tscore\n"
+    # A BEIR line with a trailing tab (as BEIR tools sometimes write) used to be read as TREC and
+    # fail with "score '' is not a number"; now the message says what is wrong.
+    for name, text, line in (
+        ("tab", head + "q1\td1\t1\t\n", 2),
+        ("tab2", head + "q1\td1\t1\nq2\td2\t2\t\n", 3),
+        ("headerless-tab", "q1\td1\t1\t\n", 1),
+        ("headerless-tab2", "q1\td1\t1\nq2\td2\t2\t\n", 2),
+    ):
+        _expect(tmp_path / name, r"got 4 columns \(trailing tab\?\)", line=line, file="test.tsv", qrels={"test": text})
+    # An extra numeric column in a BEIR file used to be read as TREC (its grade "1" as a document id).
+    _expect(
+        tmp_path / "extra",
+        "got 4 columns .*without the BEIR header",
+        line=2,
+        file="test.tsv",
+        qrels={"test": head + "q1\td1\t1\t1\n"},
+    )
+    # The layout is fixed by the first judgement: no mixing TREC and BEIR lines in one file.
+    _expect(
+        tmp_path / "mix1",
+        "the first judgement had 3",
+        line=2,
+        file="test.tsv",
+        qrels={"test": "q1\td1\t1\nq2\t0\td2\t1\n"},
+    )
+    _expect(
+        tmp_path / "mix2",
+        "expected 4 tab-separated columns .*TREC.*got 3",
+        line=2,
+        file="test.tsv",
+        qrels={"test": "q1\t0\td1\t1\nq2\td2\t1\n"},
+    )
+    _expect(
+        tmp_path / "trec-tab",
+        r"got 5 columns \(trailing tab\?\)",
+        line=2,
+        file="test.tsv",
+        qrels={"test": "q1\t0\td1\t1\nq2\t0\td2\t1\t\n"},
+    )
+    _expect(
+        tmp_path / "trec-word",
+        "only when the 4th, the grade, is a number",
+        line=1,
+        file="test.tsv",
+        qrels={"test": "q1\t0\td1\thigh\n"},
+    )
+    # The header may follow blank lines.
+    root = write_beir(tmp_path / "blank-first", qrels={"test": "\n" + head + "q1\td1\t1\n"})
+    assert load_beir(root, "test").qrels == {"q1": {"d1": 1}}
+
+
+def test_padded_ids_are_refused(tmp_path: Path) -> None:
+    # Qrels columns are stripped, so a corpus id "d1 " could never be judged ("unknown document id 'd1'"
+    # before); stripping it instead could merge it with another "d1" and change the id ties break on.
+    padded_doc = [{"_id": "d1 ", "title": "", "text": "x"}, *CORPUS[1:]]
+    _expect(
+        tmp_path / "a",
+        "\"_id\" 'd1 ' has leading or trailing whitespace",
+        line=1,
+        file="corpus.jsonl",
+        corpus=padded_doc,
+        qrels={"test": "query-id\tcorpus-id\tscore\nq1\td1 \t1\n"},
+    )
+    _expect(
+        tmp_path / "b",
+        "\"_id\" ' q2' has leading or trailing whitespace",
+        line=2,
+        file="queries.jsonl",
+        queries=[QUERIES[0], {"_id": " q2", "text": "dogs"}],
+    )
+    # Padding in the qrels file itself is still read stripped.
+    root = write_beir(tmp_path / "c", qrels={"test": "query-id\tcorpus-id\tscore\n q1 \td1 \t 1 \n"})
+    assert load_beir(root, "test").qrels == {"q1": {"d1": 1}}
+
+
 # ------------------------------------------------------------------ fetch_beir: root, local copy, download
 def _zip_of(folder: Path, archive: Path, prefix: str) -> Path:
     with zipfile.ZipFile(archive, "w") as zf:
