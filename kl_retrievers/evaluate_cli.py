@@ -159,7 +159,14 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--compare", metavar="RUN_FILE", help="per-query file of another system: paired t-test against it")
     p.add_argument("--save-run", metavar="FILE", help="also write the retrieved run in TREC format")
-    p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="encoding batch size (default: 32)")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=32,
+        metavar="N",
+        help="encoding batch size (default: 32); int8 models' vectors depend on it (activations are quantised per "
+        "batch), so it is part of their encoding cache key and published figures use 32",
+    )
     p.add_argument(
         "--max-length",
         type=token_budget,
