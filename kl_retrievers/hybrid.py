@@ -1718,7 +1718,12 @@ def fit_adaptive(
     Returns:
         The fitted parameters; ``info`` also records the training objective and the best
         fixed weight's.
+
+    Raises:
+        ModuleNotFoundError: scipy is not installed (the message names the extra that installs it).
     """
+    if importlib.util.find_spec("scipy") is None:  # one line naming the extra, not a bare "No module named"
+        raise ModuleNotFoundError(f"fit_adaptive needs scipy; install it with: {HYBRID_EXTRA}", name="scipy")
     from scipy.optimize import minimize
 
     normalization = _check_normalization(normalization)

@@ -75,7 +75,7 @@ print("torch", sys.modules.get("torch"))
     assert "usage: kl-retrievers" in done.stdout and "[cook-1] Bread" in done.stdout
     assert out.is_file() and not (tmp_path / "cache").exists()  # the shipped graph answered
     error = [line for line in done.stderr.splitlines() if line.startswith("kl-retrievers train: error:")]
-    assert len(error) == 1 and 'pip install "kl-retrievers[torch]"' in error[0], done.stderr
+    assert len(error) == 1 and 'pip install "kl-retrievers[train]"' in error[0], done.stderr
 
 
 def test_the_training_package_is_lazy_and_keeps_its_names() -> None:

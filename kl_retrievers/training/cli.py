@@ -174,6 +174,16 @@ def _setup_logging(quiet: bool) -> None:
         logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
 
 
+def _needed_modules(args: argparse.Namespace) -> list[str]:
+    """The packages of the ``[train]`` extra that this ``kl-retrievers train`` command imports."""
+    needed = ["torch", "transformers"]
+    if getattr(args, "lora_r", 0):  # apply_freezing imports peft
+        needed.append("peft")
+    if getattr(args, "hard_negatives", None) == "bm25":  # mine_bm25_negatives imports bm25s
+        needed.append("bm25s")
+    return needed
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Run ``kl-retrievers train`` with parsed arguments; returns the exit status.
 
@@ -181,9 +191,11 @@ def run_train(args: argparse.Namespace) -> int:
         >>> run_train(parser.parse_args(["train", "--data", "ds", "--out", "model"]))  # doctest: +SKIP
         0
     """
-    from kl_retrievers._encoding import require_torch
+    from kl_retrievers.training.data import require_train_extra
 
-    require_torch("kl-retrievers train")  # before any import of it: one line naming the extra, not a traceback
+    # before any import of them, and before hours of feature extraction: one line naming the [train] extra (torch's
+    # extra lacks peft and bm25s), not a traceback
+    require_train_extra("kl-retrievers train", *_needed_modules(args))
     import torch
 
     from kl_retrievers.encoder import GaussianEncoder

@@ -27,6 +27,7 @@ Examples:
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
@@ -51,6 +52,26 @@ __all__ = [
     "mine_negatives_from_scores",
     "read_jsonl",
 ]
+
+#: What to install for training: torch, transformers, peft (``--lora-r``) and bm25s (``--hard-negatives bm25``).
+TRAIN_EXTRA = 'pip install "kl-retrievers[train]"'
+
+
+def require_train_extra(what: str, *modules: str) -> None:
+    """Raise ``ModuleNotFoundError`` naming the ``[train]`` extra when one of ``modules`` is not installed.
+
+    Cheap (no import): it asks only whether the packages are there.
+
+    Examples:
+        >>> require_train_extra("BM25 hard negatives", "bm25s")  # doctest: +SKIP
+    """
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ModuleNotFoundError(
+            f"{what} needs {' and '.join(missing)}, which the core install of kl-retrievers leaves out; "
+            f"install {'them' if len(missing) > 1 else 'it'} with: {TRAIN_EXTRA}",
+            name=missing[0],
+        )
 
 
 @dataclass
@@ -349,6 +370,7 @@ def mine_bm25_negatives(ts: TrainingSet, k: int = 30, *, replace: bool = True) -
     """
     import logging as _logging
 
+    require_train_extra("mine_bm25_negatives (BM25 hard negatives)", "bm25s")
     import bm25s
 
     _logging.getLogger("bm25s").setLevel(_logging.WARNING)

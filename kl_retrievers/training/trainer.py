@@ -43,7 +43,7 @@ from kl_retrievers._io import atomic_dir, recover_dir
 from kl_retrievers.encoder import GaussianEncoder
 from kl_retrievers.gaussian import Gaussians, is_real_number
 from kl_retrievers.training import losses as loss_fns
-from kl_retrievers.training.data import TrainExample, TrainingSet
+from kl_retrievers.training.data import TrainExample, TrainingSet, require_train_extra
 from kl_retrievers.training.features import Features, compute_features, heads_forward
 
 logger = logging.getLogger(__name__)
@@ -542,6 +542,7 @@ def apply_freezing(
         if not found:
             raise ValueError("freeze_layers: could not find numbered layers in the backbone")
     elif lora_r:
+        require_train_extra("lora_r (LoRA)", "peft")
         from peft import LoraConfig, get_peft_model
 
         config = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, bias="none")
