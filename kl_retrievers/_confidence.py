@@ -288,15 +288,17 @@ def hybrid_search(
     require_calibrator(scorer, encoder, min_confidence)
     if config.mode == "adaptive":
         store.adaptive_params()  # missing parameters fail before any work
-    cand = store.candidates([query], filter=filter, depth=max(k, config.candidates))[0]
-    cal = scorer.calibrator(encoder)
-    dense = np.sort(np.asarray(cand.neg_kl)[np.asarray(cand.dense_rank) > 0])[::-1]
-    if cal is not None and cal.kind == "hybrid":
-        confidence = hybrid_confidence(cal, cand) if dense.size >= 2 else None
-    else:
-        confidence = scorer.confidence(encoder, dense[: scorer.depth_for(cal)].tolist(), cand.uncertainty)
-    if abstains(confidence, min_confidence):
-        log_abstention(query, confidence, min_confidence)
-        return [], confidence, True
-    ranked = store.fuse_candidates(cand, k, config)
-    return store.to_results(cand, ranked, config.mode), confidence, False
+    qg = store.encode_queries([query])  # before the lock: writers are not held up by encoding
+    with store.consistent():  # candidates and the stored texts of the hits from one state of the store
+        cand = store.candidates([query], query_gaussians=qg, filter=filter, depth=max(k, config.candidates))[0]
+        cal = scorer.calibrator(encoder)
+        dense = np.sort(np.asarray(cand.neg_kl)[np.asarray(cand.dense_rank) > 0])[::-1]
+        if cal is not None and cal.kind == "hybrid":
+            confidence = hybrid_confidence(cal, cand) if dense.size >= 2 else None
+        else:
+            confidence = scorer.confidence(encoder, dense[: scorer.depth_for(cal)].tolist(), cand.uncertainty)
+        if abstains(confidence, min_confidence):
+            log_abstention(query, confidence, min_confidence)
+            return [], confidence, True
+        ranked = store.fuse_candidates(cand, k, config)
+        return store.to_results(cand, ranked, config.mode), confidence, False

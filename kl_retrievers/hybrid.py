@@ -44,6 +44,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -53,7 +54,7 @@ import os
 import re
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1068,6 +1069,11 @@ class KLHybridStore:
                     f"texts[{j}] must be a str (BM25 indexes every document's text); got {type(text).__name__}"
                 )
         tokens = [self._tokenizer(t) for t in text_list]
+        encoder = self._kl.encoder
+        if gaussians is None and encoder is not None and text_list:  # encode before the lock: searches go on
+            gaussians = encoder.encode_documents(
+                text_list, batch_size=self._kl.batch_size, show_progress_bar=self._kl.show_progress_bar
+            )
         with self._lock:
             self._ensure_tokens()
             new_ids = self._kl.add(text_list, gaussians=gaussians, ids=ids, metadatas=metadatas)
@@ -1167,6 +1173,36 @@ class KLHybridStore:
             for i, text in enumerate(texts):
                 out.append(self._one_candidates(qg[i], text, dense_lists[i], half, mask, depth, float(uncertainty[i])))
         return out
+
+    def encode_queries(self, queries: Sequence[str]) -> Gaussians:
+        """The query Gaussians :meth:`candidates` computes for ``queries`` (with the store's encoder).
+
+        Encode first, then call :meth:`candidates` with ``query_gaussians=`` inside :meth:`consistent`,
+        so that the lock is not held while encoding.
+        """
+        return self._query_gaussians(_query_texts(queries), None)
+
+    @contextlib.contextmanager
+    def consistent(self) -> Iterator[KLHybridStore]:
+        """Hold the store's lock: :meth:`candidates`, :meth:`fuse_candidates` and :meth:`to_results`
+        called inside see one state of the store.
+
+        :meth:`search` and :meth:`search_batch` do this themselves. Use it when calling the three steps
+        yourself while other threads add, upsert or delete: otherwise a hit can carry the text of a
+        document replaced (or deleted) after its scores were computed. Writers wait meanwhile, so
+        encode queries before entering (:meth:`encode_queries`).
+
+        Examples:
+            >>> s = KLHybridStore(fusion="rrf")
+            >>> _ = s.add(["x y"], gaussians=Gaussians(np.eye(2)[:1], np.ones((1, 2))), ids=["a"])
+            >>> qg = Gaussians(np.eye(2)[:1], np.ones((1, 2)))
+            >>> with s.consistent():
+            ...     c = s.candidates(["x"], query_gaussians=qg)[0]
+            ...     [h.text for h in s.to_results(c, s.fuse_candidates(c, 1), "rrf")]
+            ['x y']
+        """
+        with self._lock:
+            yield self
 
     def _one_candidates(
         self, q: Gaussians, text: str, dense: list[Any], half: _BM25Half, mask: np.ndarray | None, depth: int, u: float
@@ -1379,10 +1415,11 @@ class KLHybridStore:
         """
         k = check_k(k)
         config = self.fusion.replace(mode=fusion, weight=weight, normalization=normalization)
-        return [
-            self.to_results(c, ranked, config.mode)
-            for c, ranked in self._ranked(queries, k, filter, query_gaussians, config)
-        ]
+        qg = self._query_gaussians(_query_texts(queries), query_gaussians)  # encoded before the lock
+        with self._lock:  # candidates, fusion and the stored texts from one state of the store
+            return [
+                self.to_results(c, ranked, config.mode) for c, ranked in self._ranked(queries, k, filter, qg, config)
+            ]
 
     def search(
         self,

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import WORDS, random_gaussians
+from conftest import WORDS, max_score_calibrator, random_gaussians
 from kl_retrievers.gaussian import Gaussians, neg_kl
 from kl_retrievers.hybrid import (
     ADAPTIVE_PARAMS_FILE,
@@ -680,3 +680,82 @@ def test_without_bm25s_the_hybrid_store_names_the_extra(tmp_path: Path, monkeypa
     for make in (lambda: KLHybridStore(), lambda: KLHybridStore.load(tmp_path / "h")):
         with pytest.raises(ModuleNotFoundError, match=r"kl-retrievers\[hybrid\]"):
             make()
+
+
+# ------------------------------------------------------------------ concurrent changes
+class _FixedQueries:
+    name_or_path = "fixed"
+
+    def encode_queries(self, batch: list[str], **_: object) -> Gaussians:
+        return query()
+
+
+class _ChangesAfterFusion(KLHybridStore):
+    """Starts ``change`` in another thread right after the fusion, where a write used to tear a hit."""
+
+    change: Any = None
+
+    def fuse_candidates(self, candidates: Any, k: int, fusion: Any = None) -> Any:
+        ranked = super().fuse_candidates(candidates, k, fusion)
+        change, self.change = self.change, None
+        if change is not None:
+            import threading
+
+            writer = threading.Thread(target=change)
+            writer.start()
+            writer.join(timeout=1.0)  # it waits for the search's lock (before the fix, it ran now)
+        return ranked
+
+
+@pytest.mark.parametrize("path", ["search", "hybrid_search"])
+@pytest.mark.parametrize("what", ["delete", "upsert"])
+def test_a_change_during_a_search_cannot_tear_its_hits(what: str, path: str) -> None:
+    from kl_retrievers._confidence import ConfidenceScorer, hybrid_search
+
+    ids, texts, g, metas = corpus()
+    store = _ChangesAfterFusion(_FixedQueries(), fusion="rrf")
+    store.add(texts, gaussians=g, ids=ids, metadatas=metas)
+    cal = max_score_calibrator()
+
+    def run() -> list[Any]:
+        if path == "search":
+            return store.search(texts[3], k=5)
+        return hybrid_search(store, texts[3], 5, scorer=ConfidenceScorer(cal))[0]
+
+    before = {h.id: (h.text, h.metadata, h.neg_kl) for h in run()}
+    n = len(before)
+    if what == "delete":
+        store.change = lambda: store.delete(list(before))
+    else:
+        other = Gaussians(np.repeat(g.numpy().mean[:1], n, 0), np.repeat(g.numpy().var[:1], n, 0))
+        store.change = lambda: store.upsert(
+            ["stock prices"] * n, ids=list(before), gaussians=other, metadatas=[{"v": 2}] * n
+        )
+    hits = run()
+    assert [h.id for h in hits] == list(before)
+    for h in hits:  # text and metadata are the version the scores were computed for
+        assert (h.text, h.metadata, h.neg_kl) == before[h.id]
+
+
+def test_add_encodes_before_taking_the_lock_so_searches_go_on() -> None:
+    ids, texts, g, _ = corpus()
+    searched: list[int] = []
+
+    class SlowEncoder:
+        name_or_path = "slow"
+
+        def encode_documents(self, batch: list[str], **_: object) -> Gaussians:
+            import threading
+
+            t = threading.Thread(target=lambda: searched.append(len(store.search("x", query_gaussians=query()))))
+            t.start()
+            t.join(timeout=20)  # a search from another thread while this add encodes
+            return random_gaussians(len(batch), K, seed=7)
+
+        def encode_queries(self, batch: list[str], **_: object) -> Gaussians:
+            return random_gaussians(len(batch), K, seed=8)
+
+    store = KLHybridStore(SlowEncoder(), fusion="rrf")
+    store.add(texts[:10], gaussians=g[:10], ids=ids[:10])
+    assert store.add(["one more text"], ids=["new"]) == ["new"]
+    assert searched == [10]  # it ran (and saw the store as it was before the add)
