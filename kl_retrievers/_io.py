@@ -12,11 +12,11 @@ import shutil
 import sys
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 try:
     import fcntl as _fcntl
@@ -429,6 +429,83 @@ def recover_dir(target: str | os.PathLike[str], *, required: str | None = None) 
     _fsync_dir(final.parent)
     logger.warning("%s was missing after an interrupted save; restored the previous copy from %s", final, source.name)
     return True
+
+
+_T = TypeVar("_T")
+#: How many times :func:`load_unchanged` reads a folder that other saves keep replacing.
+LOAD_ATTEMPTS = 4
+
+
+def folder_identity(folder: str | os.PathLike[str]) -> tuple[int, int, int, int] | None:
+    """What changes when :func:`atomic_dir` puts a new copy at ``folder``: device, inode, mtime and ctime.
+
+    Every save swaps in a new folder (another inode, written just now), so two equal identities
+    mean no save replaced the folder in between (mtime and ctime also tell apart a new folder
+    that reuses a deleted one's inode).  ``None`` when nothing is at ``folder``.
+    """
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def load_unchanged(folder: str | os.PathLike[str], load: Callable[[], _T], *, attempts: int = LOAD_ATTEMPTS) -> _T:
+    """Run ``load`` (which reads ``folder`` file by file) again when a save replaced the folder meanwhile.
+
+    A loader reads the files of a saved folder one by one, by path; a save of the same path in
+    another thread or process (:func:`atomic_dir`) may swap in its new copy between two reads,
+    and the loader then sees files of two saves: a checksum or count mismatch, a missing file, or
+    (without checksums) a silently mixed object.  This compares :func:`folder_identity` before
+    and after ``load`` and, when the folder changed, loads again: whether ``load`` raised or
+    returned.  When the folder did not change, an error is raised at once (a genuinely damaged
+    folder keeps its message and costs one read), and a result is returned.
+
+    Use it around a whole loader, e.g. ``load_unchanged(path, lambda: read_everything(path))``;
+    nested loaders (a store inside a saved folder) may use it too.
+
+    Args:
+        folder: The saved folder (the path that saves replace).
+        load: Reads it and returns the loaded object.
+        attempts: Reads at most (>= 1).
+
+    Raises:
+        OSError: Saves replaced the folder during every one of ``attempts`` reads (chained to the
+            last read's error, if it failed).
+        Exception: Whatever ``load`` raised when the folder did not change.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "saved"
+        >>> with atomic_dir(out) as tmp:
+        ...     _ = (tmp / "a.txt").write_text("hello")
+        >>> load_unchanged(out, lambda: (out / "a.txt").read_text())
+        'hello'
+    """
+    last_error: Exception | None = None
+    for attempt in range(1, max(1, attempts) + 1):
+        before = folder_identity(folder)
+        try:
+            result = load()
+        except Exception as exc:
+            if folder_identity(folder) == before:
+                raise
+            last_error = exc
+            logger.info(
+                "%s was replaced by a save while loading (attempt %d failed: %s); reading it again",
+                folder,
+                attempt,
+                exc,
+            )
+            continue
+        if folder_identity(folder) == before:
+            return result
+        last_error = None
+        logger.info("%s was replaced by a save while loading (attempt %d); reading it again", folder, attempt)
+    raise OSError(
+        f"{folder} was replaced by other saves during each of {max(1, attempts)} attempts to load it, so no "
+        "attempt read one complete copy; load it again when the saves pause"
+    ) from last_error
 
 
 def _make_parent(final: Path) -> None:

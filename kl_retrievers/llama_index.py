@@ -49,7 +49,6 @@ import inspect
 import logging
 import math
 import os
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 from pathlib import Path
@@ -186,9 +185,6 @@ _NOT_A_SIMPLE_VECTOR_STORE = (
 )
 # How far up the call stack KLEmbedding looks for the vector store it is embedding for.
 _STACK_DEPTH = 40
-
-# Encoders are torch modules; concurrent async calls are serialised through this lock.
-_ENCODE_LOCK = threading.Lock()
 
 Predicate = Callable[[Mapping[str, Any]], bool]
 
@@ -470,8 +466,9 @@ def _unwrap_encoder(encoder: Any) -> Any:
 
 
 def _encode(fn: Callable[..., Gaussians], texts: list[str], batch_size: int) -> Gaussians:
-    with _ENCODE_LOCK:
-        g = fn(texts, batch_size=max(1, batch_size), show_progress_bar=False)
+    # No lock here: calls on different stores / encoders (and concurrent aretrieve / aquery calls) overlap.
+    # Encoders guard their own shared state (the ONNX encoder is thread-safe; GaussianEncoder locks its tokenizer).
+    g = fn(texts, batch_size=max(1, batch_size), show_progress_bar=False)
     return g.numpy().astype(np.float64)
 
 
@@ -1021,6 +1018,29 @@ class KLVectorStore(BasePydanticVectorStore):
         if ids:
             self._store.delete(ids)
 
+    # The async variants run the sync method in a worker thread (LlamaIndex's base class would run it on the
+    # event loop, stalling it for the whole encode / search / scan); the KLStore is thread-safe.
+    async def async_add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> list[str]:
+        """:meth:`add` in a worker thread (the event loop keeps running while nodes are encoded and added)."""
+        return await asyncio.to_thread(self.add, nodes, **add_kwargs)
+
+    async def adelete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
+        """:meth:`delete` in a worker thread."""
+        await asyncio.to_thread(self.delete, ref_doc_id, **delete_kwargs)
+
+    async def adelete_nodes(
+        self,
+        node_ids: list[str] | None = None,
+        filters: MetadataFilters | None = None,
+        **delete_kwargs: Any,
+    ) -> None:
+        """:meth:`delete_nodes` in a worker thread."""
+        await asyncio.to_thread(self.delete_nodes, node_ids, filters, **delete_kwargs)
+
+    async def aclear(self) -> None:
+        """:meth:`clear` in a worker thread."""
+        await asyncio.to_thread(self.clear)
+
     # ------------------------------------------------------------------ reading
     def get_nodes(self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None) -> list[BaseNode]:
         """Stored nodes by id (in the given order; unknown ids skipped) and / or filter.
@@ -1039,6 +1059,12 @@ class KLVectorStore(BasePydanticVectorStore):
             node.embedding = [float(x) for x in vec]
             out.append(node)
         return out
+
+    async def aget_nodes(
+        self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None
+    ) -> list[BaseNode]:
+        """:meth:`get_nodes` in a worker thread."""
+        return await asyncio.to_thread(self.get_nodes, node_ids, filters)
 
     def _query_gaussian(self, query: VectorStoreQuery) -> Gaussians:
         if query.query_embedding is not None:
@@ -1081,6 +1107,10 @@ class KLVectorStore(BasePydanticVectorStore):
             node_ids=query.node_ids,
             doc_ids=query.doc_ids,
         )
+
+    async def aquery(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        """:meth:`query` in a worker thread (the event loop keeps running while the query is encoded and ranked)."""
+        return await asyncio.to_thread(self.query, query, **kwargs)
 
     def search_gaussian(
         self,

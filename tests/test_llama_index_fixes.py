@@ -7,8 +7,11 @@ settings come back, ``embed_model.similarity`` ranks like the store.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -265,3 +268,165 @@ def test_min_confidence_is_validated_on_assignment() -> None:
     assert post.min_confidence == 0.5
     post.min_confidence = 0.25
     assert post.min_confidence == 0.25
+
+
+# ------------------------------------------------------------------ 6. concurrency
+class _Overlap:
+    """Counts the encoder calls in progress; ``most`` is the largest number seen at once."""
+
+    def __init__(self) -> None:
+        self.active = self.most = self.calls = 0
+        self.threads: set[int] = set()
+        self.lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self.lock:
+            self.calls += 1
+            self.active += 1
+            self.most = max(self.most, self.active)
+            self.threads.add(threading.get_ident())
+
+    def leave(self) -> None:
+        with self.lock:
+            self.active -= 1
+
+
+class _SlowEncoder:
+    """A thread-safe fake encoder that sleeps ``seconds`` in every call (no lock of its own)."""
+
+    name_or_path = "slow-fake"
+
+    def __init__(self, seconds: float, overlap: _Overlap | None = None, dim: int = 4) -> None:
+        self.seconds, self.dim = seconds, dim
+        self.overlap = overlap or _Overlap()
+
+    def _encode(self, texts: list[str]) -> Any:
+        self.overlap.enter()
+        try:
+            time.sleep(self.seconds)
+        finally:
+            self.overlap.leave()
+        return random_gaussians(len(texts), self.dim, seed=len(texts))
+
+    def encode_queries(self, texts: list[str], batch_size: int = 32, show_progress_bar: bool = False) -> Any:
+        return self._encode(texts)
+
+    def encode_documents(self, texts: list[str], batch_size: int = 32, show_progress_bar: bool = False) -> Any:
+        return self._encode(texts)
+
+
+def _slow_store(seconds: float, overlap: _Overlap | None = None) -> tuple[KLVectorStore, _SlowEncoder]:
+    enc = _SlowEncoder(0.0, overlap)
+    store = KLVectorStore(encoder=enc)
+    store.add([TextNode(id_=f"n{i}", text=f"text {i}", metadata={"i": i}) for i in range(6)])
+    enc.seconds = seconds
+    enc.overlap.calls, enc.overlap.most = 0, 0
+    enc.overlap.threads.clear()
+    return store, enc
+
+
+async def _longest_stall(work: Any) -> tuple[float, Any]:
+    """Run ``work`` while a heartbeat task ticks every 5 ms; return the longest gap between ticks and the result."""
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def heartbeat() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    beat = asyncio.create_task(heartbeat())
+    await asyncio.sleep(0.02)
+    try:
+        result = await work
+    finally:
+        done.set()
+        await beat
+    return max(gaps), result
+
+
+def test_concurrent_aretrieve_calls_encode_at_the_same_time() -> None:
+    # A process-wide lock around every encode made 8 concurrent aretrieve calls take 8 encode times.
+    store, enc = _slow_store(0.3)
+    retriever = KLRetriever(store, similarity_top_k=2)
+
+    async def run() -> list[Any]:
+        return await asyncio.gather(*[retriever.aretrieve(f"query {i}") for i in range(8)])
+
+    results = asyncio.run(run())
+    assert enc.overlap.calls == 8 and all(len(r) == 2 for r in results)
+    assert enc.overlap.most >= 2, "the encodes of concurrent aretrieve calls were serialised"
+
+
+def test_encodes_for_different_stores_and_encoders_overlap() -> None:
+    overlap = _Overlap()
+    stores = [_slow_store(0.3, overlap)[0], _slow_store(0.3, overlap)[0]]
+    query = VectorStoreQuery(query_str="text", similarity_top_k=2)
+    threads = [threading.Thread(target=store.query, args=(query,)) for store in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlap.calls == 2 and overlap.most == 2, "one store's encode waited for another store's"
+
+
+def test_aquery_and_async_add_do_not_stall_the_event_loop() -> None:
+    # They were LlamaIndex's sync fallbacks: the encode ran on the event loop and stalled it for 0.5 s.
+    store, enc = _slow_store(0.6)
+    query = VectorStoreQuery(query_str="text 3", similarity_top_k=3)
+    expected = store.query(query)  # in this thread: not counted below
+    enc.overlap.threads.clear()
+    enc.overlap.calls = 0
+
+    async def run() -> tuple[tuple[float, Any], tuple[float, Any]]:
+        searched = await _longest_stall(store.aquery(query))
+        added = await _longest_stall(store.async_add([TextNode(id_="new", text="a new node")]))
+        return searched, added
+
+    (query_stall, result), (add_stall, ids) = asyncio.run(run())
+    assert result.ids == expected.ids and result.similarities == pytest.approx(expected.similarities)
+    assert ids == ["new"] and "new" in store.kl_store.ids
+    assert query_stall < 0.3 and add_stall < 0.3, (query_stall, add_stall)
+    assert enc.overlap.calls == 2 and threading.get_ident() not in enc.overlap.threads
+
+
+def test_async_methods_run_the_sync_ones_in_a_worker_thread_with_their_arguments(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, _ = _slow_store(0.0)
+    child = TextNode(id_="r1", text="child", relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id="doc")})
+    seen: dict[str, tuple[int, Any]] = {}
+    for name in ("add", "delete", "delete_nodes", "get_nodes", "clear", "query"):
+        original = getattr(KLVectorStore, name)
+
+        def spy(self: KLVectorStore, *args: Any, _name: str = name, _original: Any = original, **kwargs: Any) -> Any:
+            seen[_name] = (threading.get_ident(), (args, kwargs))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(KLVectorStore, name, spy)
+    only_n1 = MetadataFilters(filters=[MetadataFilter(key="i", value=1, operator=FilterOperator.EQ)])
+
+    async def run() -> list[Any]:
+        added = await store.async_add([child], extra="a")
+        got = await store.aget_nodes(node_ids=["n0", "n1"], filters=only_n1)
+        await store.adelete("doc", extra="x")
+        after_delete = list(store.kl_store.ids)
+        await store.adelete_nodes(node_ids=["n2"], extra="y")
+        result = await store.aquery(VectorStoreQuery(query_str="text", similarity_top_k=2), mmr_threshold=0.5)
+        await store.aclear()
+        return [added, got, after_delete, result]
+
+    added, got, after_delete, result = asyncio.run(run())
+    assert added == ["r1"] and [n.node_id for n in got] == ["n1"] and "r1" not in after_delete
+    assert len(result.ids) == 2 and store.kl_store.ids == []
+    assert seen["add"][1] == (([child],), {"extra": "a"})
+    assert seen["get_nodes"][1] == ((["n0", "n1"], only_n1), {})
+    assert seen["delete"][1] == (("doc",), {"extra": "x"})
+    assert seen["delete_nodes"][1] == ((["n2"], None), {"extra": "y"})
+    assert seen["query"][1][1] == {"mmr_threshold": 0.5}
+    assert seen["clear"][1] == ((), {})
+    loop_thread = threading.get_ident()  # asyncio.run runs the loop in this thread
+    assert all(thread != loop_thread for thread, _ in seen.values()), seen

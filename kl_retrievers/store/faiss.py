@@ -66,7 +66,7 @@ from typing import Any
 
 import numpy as np
 
-from kl_retrievers._io import atomic_dir, library_version, recover_dir
+from kl_retrievers._io import atomic_dir, library_version, load_unchanged, recover_dir
 from kl_retrievers.filters import MetadataFilter, compile_filter
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians
 from kl_retrievers.store import _format
@@ -416,6 +416,11 @@ class KLStore(GaussianStore):
     ) -> KLStore:
         """Load a store written by :meth:`save`.
 
+        A save of the same path (another thread or process) may swap in its new copy while the
+        files are read one by one; the load then notices that the folder changed and reads it
+        again (up to 4 times), so it returns one save's complete copy, never a mix of two, and a
+        damaged folder that no save replaces still fails at once.
+
         Args:
             path: The store folder.
             encoder: Optional encoder for text queries / additions (a name differing from the
@@ -429,11 +434,17 @@ class KLStore(GaussianStore):
             StoreFormatError: (a ``ValueError``) files missing, sizes / checksums / counts /
                 dimensions not matching the config, or an unreadable index.
             ValueError: ``encoder`` gives Gaussians of another dimension than the stored ones.
+            OSError: Other saves of ``path`` replaced it during every load attempt (see above).
 
         Examples:
             >>> KLStore.load("/nonexistent")  # doctest: +SKIP
         """
         folder = Path(path)
+        return load_unchanged(folder, lambda: cls._load_once(folder, encoder, mmap, verify_checksums))
+
+    @classmethod
+    def _load_once(cls, folder: Path, encoder: Any | None, mmap: bool, verify_checksums: bool) -> KLStore:
+        """One read of the folder for :meth:`load` (which repeats it when a save replaced the folder meanwhile)."""
         if not folder.exists() and recover_dir(folder, required=_format.CONFIG):
             logger.warning("loading %s from the copy saved before an interrupted save", folder)
         cfg_path = folder / _format.CONFIG
