@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from kl_retrievers._encoding import check_texts
-from kl_retrievers._io import atomic_dir, library_version, recover_dir
+from kl_retrievers._io import atomic_dir, library_version, load_unchanged, recover_dir
 from kl_retrievers.filters import MetadataFilter, compile_filter
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians, check_k, neg_kl
 from kl_retrievers.gaussian import is_real_number as _is_real
@@ -1564,6 +1564,12 @@ class KLHybridStore:
             logger.warning("loading %s from the copy saved before an interrupted save", folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"no hybrid store folder at {folder}")
+        # a save of the same path during the load swaps the folder between reads: read it again then
+        return load_unchanged(folder, lambda: cls._load_once(folder, encoder, mmap, verify_checksums))
+
+    @classmethod
+    def _load_once(cls, folder: Path, encoder: Any | None, mmap: bool, verify_checksums: bool) -> KLHybridStore:
+        """One read of a hybrid store folder (:meth:`load` repeats it when a save replaced the folder meanwhile)."""
         cfg_path = folder / _CONFIG
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{folder} has no {_CONFIG}; not a hybrid store folder")

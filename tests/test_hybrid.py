@@ -759,3 +759,28 @@ def test_add_encodes_before_taking_the_lock_so_searches_go_on() -> None:
     store.add(texts[:10], gaussians=g[:10], ids=ids[:10])
     assert store.add(["one more text"], ids=["new"]) == ["new"]
     assert searched == [10]  # it ran (and saw the store as it was before the add)
+
+
+def test_a_save_in_the_middle_of_a_hybrid_load_gives_one_saves_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kl_retrievers.hybrid as hybrid_module
+
+    path = tmp_path / "h"
+    first, _, _, _ = filled(n=30)
+    second, ids2, texts2, _ = filled(n=40)
+    second.delete(ids2[:5])
+    first.save(path)
+    original = hybrid_module._BM25Half.load
+    calls = [0]
+
+    def load_after_a_save(*args: Any, **kwargs: Any) -> Any:  # the KL half is read; now a save swaps the folder
+        calls[0] += 1
+        if calls[0] == 1:
+            second.save(path)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(hybrid_module._BM25Half, "load", staticmethod(load_after_a_save))
+    loaded = KLHybridStore.load(path)
+    assert calls[0] == 2 and loaded.ids == second.ids
+    assert [d.text for d in loaded.kl.get_by_ids(loaded.ids)] == texts2[5:]
