@@ -5,6 +5,8 @@ better), served exactly by any inner-product engine through a ``2k + 1``-dimensi
 
 The public names below are loaded lazily, on first use: ``import kl_retrievers`` imports
 neither torch nor faiss (the torch encoder and the FAISS store load them when they are used).
+Without torch (the core install), ``GaussianEncoder`` is a placeholder whose use raises
+``ModuleNotFoundError`` naming ``pip install "kl-retrievers[torch]"``; everything else works.
 
 Examples:
     >>> import kl_retrievers
@@ -15,15 +17,16 @@ Examples:
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
+import sys
 from typing import TYPE_CHECKING, Any
 
 from kl_retrievers._io import library_version
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
+    from kl_retrievers._config import GaussianEncoderConfig, NotAnEncoderError
     from kl_retrievers._io import load_gaussians, save_gaussians
-    from kl_retrievers.encoder import GaussianEncoder, GaussianEncoderConfig, NotAnEncoderError
+    from kl_retrievers.encoder import GaussianEncoder
     from kl_retrievers.gaussian import (
         SCORE_DIRECTION,
         SCORE_NAME,
@@ -36,6 +39,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     )
     from kl_retrievers.hub import ModelNotFoundError, resolve_model_path
     from kl_retrievers.index import DeleteReport, KLStore, SearchResult, StoredDocument, StoreFormatError
+    from kl_retrievers.onnx import OnnxGaussianEncoder
     from kl_retrievers.pretrained import bundled_models, load_default_model, load_model
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -45,7 +49,8 @@ __version__ = library_version()
 #: Each lazily loaded public name and the module that defines it.
 _LAZY: dict[str, str] = {
     **dict.fromkeys(("load_gaussians", "save_gaussians"), "kl_retrievers._io"),
-    **dict.fromkeys(("GaussianEncoder", "GaussianEncoderConfig", "NotAnEncoderError"), "kl_retrievers.encoder"),
+    "GaussianEncoder": "kl_retrievers.encoder",  # without torch: kl_retrievers._torch_free.TorchFreeGaussianEncoder
+    **dict.fromkeys(("GaussianEncoderConfig", "NotAnEncoderError"), "kl_retrievers._config"),  # torch-free
     **dict.fromkeys(
         (
             "SCORE_DIRECTION",
@@ -63,8 +68,43 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(
         ("DeleteReport", "KLStore", "SearchResult", "StoredDocument", "StoreFormatError"), "kl_retrievers.index"
     ),
+    "OnnxGaussianEncoder": "kl_retrievers.onnx",
     **dict.fromkeys(("bundled_models", "load_default_model", "load_model"), "kl_retrievers.pretrained"),
 }
+
+#: The public submodules (every module of the package whose name has no leading underscore), which
+#: ``kl_retrievers.<name>`` imports on first access; tests/test_public_api.py keeps this list in step.
+_SUBMODULES = frozenset(
+    (
+        "backbones",
+        "baselines",
+        "calibration",
+        "cli",
+        "cli_common",
+        "datasets",
+        "encoder",
+        "encoding_cache",
+        "evaluate_cli",
+        "evaluation",
+        "filters",
+        "gaussian",
+        "hub",
+        "hybrid",
+        "index",
+        "langchain",
+        "llama_index",
+        "milvus",
+        "onnx",
+        "onnx_cli",
+        "onnx_heads",
+        "pretrained",
+        "qpp",
+        "runs",
+        "sharded",
+        "store",
+        "training",
+    )
+)
 
 __all__ = [
     "SCORE_DIRECTION",
@@ -76,6 +116,7 @@ __all__ = [
     "KLStore",
     "ModelNotFoundError",
     "NotAnEncoderError",
+    "OnnxGaussianEncoder",
     "SearchResult",
     "StoreFormatError",
     "StoredDocument",
@@ -94,17 +135,33 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first access (PEP 562) and cache the name here."""
-    module = _LAZY.get(name)
-    if module is None:
-        if not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-            return importlib.import_module(f"{__name__}.{name}")  # a submodule, e.g. kl_retrievers.onnx
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+if not TYPE_CHECKING:  # type checkers see the names imported above, and flag any other (a typo) as an error
+
+    def __getattr__(name: str) -> Any:
+        """Import a public name's module on first access (PEP 562) and cache the name here.
+
+        A public submodule (``kl_retrievers.onnx``) is imported too; any other name is an ``AttributeError``.
+        Without torch, ``GaussianEncoder`` is :class:`kl_retrievers._torch_free.TorchFreeGaussianEncoder`.
+        """
+        module = _LAZY.get(name)
+        if module is None:
+            if name in _SUBMODULES:
+                return importlib.import_module(f"{__name__}.{name}")
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        if name == "GaussianEncoder":
+            from kl_retrievers._encoding import missing_torch
+            from kl_retrievers._torch_free import TorchFreeGaussianEncoder
+
+            if missing_torch():
+                globals()[name] = TorchFreeGaussianEncoder
+                return TorchFreeGaussianEncoder
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    """The public names, and the public submodules imported so far (listing them all would make ``dir()``-driven
+    tools such as ``inspect.getmembers`` and ``help()`` import every optional extra: langchain, torch...)."""
+    imported = {name for name in _SUBMODULES if f"{__name__}.{name}" in sys.modules}
+    return sorted({*__all__, *imported})

@@ -24,7 +24,15 @@ from kl_retrievers.gaussian import Gaussians
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TORCH_EXTRA", "EncoderMixin", "check_encode_args", "check_texts", "require_torch", "show_progress"]
+__all__ = [
+    "TORCH_EXTRA",
+    "EncoderMixin",
+    "check_encode_args",
+    "check_texts",
+    "missing_torch",
+    "require_torch",
+    "show_progress",
+]
 
 #: What to install for the torch backend, ``GaussianEncoder.from_backbone``, ONNX exports and training.
 TORCH_EXTRA = 'pip install "kl-retrievers[torch]"'
@@ -41,13 +49,23 @@ def require_torch(what: str) -> None:
     Examples:
         >>> require_torch("the torch backend")  # doctest: +SKIP
     """
-    missing = [name for name in ("torch", "transformers") if importlib.util.find_spec(name) is None]
+    missing = missing_torch()
     if missing:
         raise ModuleNotFoundError(
             f"{what} needs {' and '.join(missing)}, which the core install of kl-retrievers leaves out; "
             f"{TORCH_EXTRA} (inference with backend='onnx' needs neither)",
             name=missing[0],
         )
+
+
+def missing_torch() -> list[str]:
+    """Which of torch and transformers (what the torch backend needs) are not installed; cheap, imports nothing.
+
+    Examples:
+        >>> set(missing_torch()) <= {"torch", "transformers"}
+        True
+    """
+    return [name for name in ("torch", "transformers") if importlib.util.find_spec(name) is None]
 
 
 def check_texts(texts: str | Sequence[str] | None, what: str = "texts", *, allow_str: bool = True) -> list[str]:

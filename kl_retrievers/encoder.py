@@ -23,12 +23,18 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from kl_retrievers._config import (
+    CONFIG_NAME,
+    GaussianEncoderConfig,
+    NotAnEncoderError,
+    encoder_config,
+    read_encoder_meta,
+)
 from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, require_torch
 from kl_retrievers._io import atomic_dir, check_version, library_version
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians
@@ -50,7 +56,6 @@ __all__ = ["GaussianEncoder", "GaussianEncoderConfig", "NotAnEncoderError"]
 
 FORMAT_VERSION = 1
 VAR_TOKEN = "[VAR]"
-CONFIG_NAME = "config.json"
 FULL_WEIGHTS = "model.safetensors"
 DELTA_WEIGHTS = "delta.safetensors"
 _VAR_ROW = "var_token_embedding"
@@ -59,72 +64,6 @@ _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
 #: Suffixes of a LoRA-adapted weight's factors in ``delta.safetensors``: the weight is
 #: ``W + (B @ A) * scaling`` on top of the backbone's ``W``.
 _LORA_A, _LORA_B, _LORA_SCALING = ".lora_A", ".lora_B", ".lora_scaling"
-_POOLINGS = ("cls", "mean")
-
-
-class NotAnEncoderError(ValueError):
-    """A folder that is not a saved :class:`GaussianEncoder`."""
-
-
-@dataclass
-class GaussianEncoderConfig:
-    """Everything that defines a :class:`GaussianEncoder` apart from its weights.
-
-    Attributes:
-        dim: Output dimension ``k`` of the mean and the variance.
-        beta: Sharpness of the softplus that makes variances positive.
-        pooling: ``"cls"`` (the paper) or ``"mean"`` (masked mean of token states).
-        var_token: Insert the ``[VAR]`` token and read the variance from its state; when
-            ``False`` the variance head reads the pooled representation.
-        var_floor: Smallest variance the head can output (keeps logs finite).
-        normalize_pooled: L2-normalise the pooled representation before the mean head.
-        max_length: Token budget for documents (texts beyond it are truncated).
-        query_max_length: Token budget for queries.
-        backbone: Hub id or path of the backbone the encoder was started from.
-        backbone_sha256: SHA-256 of that backbone's weights, when known.
-        extra: Other settings, kept as they are; ``extra["query_prefix"]`` (a str) is put before
-            every query by ``encode_queries`` (bge's instruction, for example).
-    """
-
-    dim: int
-    beta: float = 1.0
-    pooling: Literal["cls", "mean"] = "cls"
-    var_token: bool = True
-    var_floor: float = 1e-6
-    normalize_pooled: bool = False
-    max_length: int = 256
-    query_max_length: int = 64
-    backbone: str = ""
-    backbone_sha256: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.dim, int) or self.dim < 1:
-            raise ValueError(f"dim must be a positive int; got {self.dim!r}")
-        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
-            raise ValueError(f"beta must be a finite number > 0; got {self.beta!r}")
-        if self.pooling not in _POOLINGS:
-            raise ValueError(f"pooling must be one of {_POOLINGS}; got {self.pooling!r}")
-        if not (self.var_floor > 0 and math.isfinite(self.var_floor)):
-            raise ValueError(f"var_floor must be a finite number > 0; got {self.var_floor!r}")
-        for name in ("max_length", "query_max_length"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 3:
-                raise ValueError(f"{name} must be an int >= 3; got {value!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GaussianEncoderConfig:
-        """Build from :meth:`to_dict` output; unknown keys are kept in ``extra``."""
-        known = {f.name for f in fields(cls)}
-        extra = {k: v for k, v in data.items() if k not in known}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        if extra:
-            kwargs["extra"] = {**kwargs.get("extra", {}), **extra}
-        return cls(**kwargs)
 
 
 def _inverse_softplus(value: float, beta: float) -> float:
@@ -651,26 +590,9 @@ class GaussianEncoder(EncoderMixin, nn.Module):
 
         path = resolve_model_path(name_or_path)
         cfg_file = path / CONFIG_NAME
-        try:
-            meta = json.loads(cfg_file.read_text())
-        except FileNotFoundError:
-            raise NotAnEncoderError(f"{path} is not a saved GaussianEncoder: {CONFIG_NAME} is missing") from None
-        except json.JSONDecodeError as exc:
-            raise NotAnEncoderError(f"{cfg_file} is not valid JSON: {exc}") from None
-        if not isinstance(meta, dict) or meta.get("library") != "kl_retrievers" or "encoder" not in meta:
-            raise NotAnEncoderError(
-                f"{path} is not a saved GaussianEncoder (its {CONFIG_NAME} was not written by kl_retrievers); "
-                "to start from a plain encoder use GaussianEncoder.from_backbone"
-            )
+        meta = read_encoder_meta(path)  # NotAnEncoderError naming the folder (kl_retrievers._config, torch-free)
         check_version(meta, what=f"encoder at {path}", format_version=FORMAT_VERSION)
-        if not isinstance(meta["encoder"], dict):
-            raise NotAnEncoderError(
-                f"{cfg_file}: field 'encoder' must be an object; got {type(meta['encoder']).__name__}"
-            )
-        try:
-            config = GaussianEncoderConfig.from_dict(meta["encoder"])
-        except (TypeError, ValueError) as exc:
-            raise NotAnEncoderError(f"{cfg_file}: field 'encoder' is invalid: {exc}") from None
+        config = encoder_config(meta, cfg_file)
         weights_name = meta.get("weights", FULL_WEIGHTS)
         if weights_name not in (FULL_WEIGHTS, DELTA_WEIGHTS):  # never a path: nothing outside the folder is read
             raise NotAnEncoderError(

@@ -253,7 +253,8 @@ def test_torch_paths_without_torch_name_the_extra(tmp_path: Path) -> None:
 import kl_retrievers
 from kl_retrievers import load_model
 for call in (lambda: load_model(backend="torch"), lambda: load_model("minilm-unit-variance"),
-             lambda: load_model(None, backend="onnx", quantize=None), lambda: kl_retrievers.GaussianEncoder,
+             lambda: load_model(None, backend="onnx", quantize=None),
+             lambda: kl_retrievers.GaussianEncoder.from_pretrained("x"),
              lambda: kl_retrievers.load_model().encode_queries("x", convert_to="torch")):
     try:
         call()

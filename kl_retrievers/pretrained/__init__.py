@@ -246,6 +246,8 @@ def load_model(
             installed wheel (they are in the source repository only).
         ModuleNotFoundError: The torch backend, or an ONNX export made here, without torch installed
             (the message names the extra, ``pip install "kl-retrievers[torch]"``).
+        kl_retrievers.NotAnEncoderError: A folder that is neither an ONNX export nor a saved encoder (with
+            ``backend="onnx"`` this is checked first, so the message names the folder even without torch).
         kl_retrievers.onnx.OnnxModelError: An ONNX folder whose graph does not match its config.
 
     Examples:
@@ -432,6 +434,10 @@ def _load_onnx(
         source, display = resolve_model_path(name_or_path), name_or_path
         if _is_onnx_export(source):
             return OnnxGaussianEncoder(source, name_or_path=display)
+        from kl_retrievers._config import encoder_config, read_encoder_meta
+
+        # Not a saved encoder (a plain folder, a saved KLStore...): say so before hashing it or asking for torch.
+        encoder_config(read_encoder_meta(source), source / "config.json")
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", source.resolve().name) or "model"
     recipe = f"{EXPORT_RECIPE}-onnxruntime{ort.__version__}"
     key = f"{slug}-{library_version()}-{quantize or 'float32'}-{source_sha256(source, recipe)[:12]}"

@@ -1,0 +1,131 @@
+"""What defines a saved Gaussian encoder apart from its weights: :class:`GaussianEncoderConfig`, its checks, and
+:class:`NotAnEncoderError`. Nothing here imports torch, so the core install can name, catch and build them.
+
+:mod:`kl_retrievers.encoder` (torch) re-exports both classes: ``kl_retrievers.encoder.NotAnEncoderError`` is
+this module's class, so ``except`` clauses, ``isinstance`` and pickles work whichever module names it.
+
+Examples:
+    >>> GaussianEncoderConfig(dim=8).query_max_length
+    64
+    >>> issubclass(NotAnEncoderError, ValueError)
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["CONFIG_NAME", "GaussianEncoderConfig", "NotAnEncoderError", "encoder_config", "read_encoder_meta"]
+
+#: The JSON file of a saved encoder folder (``save_pretrained``).
+CONFIG_NAME = "config.json"
+_POOLINGS = ("cls", "mean")
+
+
+class NotAnEncoderError(ValueError):
+    """A folder that is not a saved :class:`~kl_retrievers.encoder.GaussianEncoder`."""
+
+
+@dataclass
+class GaussianEncoderConfig:
+    """Everything that defines a :class:`~kl_retrievers.encoder.GaussianEncoder` apart from its weights.
+
+    Attributes:
+        dim: Output dimension ``k`` of the mean and the variance.
+        beta: Sharpness of the softplus that makes variances positive.
+        pooling: ``"cls"`` (the paper) or ``"mean"`` (masked mean of token states).
+        var_token: Insert the ``[VAR]`` token and read the variance from its state; when
+            ``False`` the variance head reads the pooled representation.
+        var_floor: Smallest variance the head can output (keeps logs finite).
+        normalize_pooled: L2-normalise the pooled representation before the mean head.
+        max_length: Token budget for documents (texts beyond it are truncated).
+        query_max_length: Token budget for queries.
+        backbone: Hub id or path of the backbone the encoder was started from.
+        backbone_sha256: SHA-256 of that backbone's weights, when known.
+        extra: Other settings, kept as they are; ``extra["query_prefix"]`` (a str) is put before
+            every query by ``encode_queries`` (bge's instruction, for example).
+    """
+
+    dim: int
+    beta: float = 1.0
+    pooling: Literal["cls", "mean"] = "cls"
+    var_token: bool = True
+    var_floor: float = 1e-6
+    normalize_pooled: bool = False
+    max_length: int = 256
+    query_max_length: int = 64
+    backbone: str = ""
+    backbone_sha256: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dim, int) or self.dim < 1:
+            raise ValueError(f"dim must be a positive int; got {self.dim!r}")
+        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"beta must be a finite number > 0; got {self.beta!r}")
+        if self.pooling not in _POOLINGS:
+            raise ValueError(f"pooling must be one of {_POOLINGS}; got {self.pooling!r}")
+        if not (self.var_floor > 0 and math.isfinite(self.var_floor)):
+            raise ValueError(f"var_floor must be a finite number > 0; got {self.var_floor!r}")
+        for name in ("max_length", "query_max_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 3:
+                raise ValueError(f"{name} must be an int >= 3; got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GaussianEncoderConfig:
+        """Build from :meth:`to_dict` output; unknown keys are kept in ``extra``."""
+        known = {f.name for f in fields(cls)}
+        extra = {k: v for k, v in data.items() if k not in known}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        if extra:
+            kwargs["extra"] = {**kwargs.get("extra", {}), **extra}
+        return cls(**kwargs)
+
+
+def read_encoder_meta(path: Path) -> dict[str, Any]:
+    """The ``config.json`` of a saved encoder folder; :class:`NotAnEncoderError` naming the folder when it is not one.
+
+    Examples:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "config.json").write_text("{}")
+        >>> read_encoder_meta(folder)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        NotAnEncoderError: ... is not a saved GaussianEncoder (its config.json was not written by kl_retrievers); ...
+    """
+    cfg_file = path / CONFIG_NAME
+    try:
+        meta = json.loads(cfg_file.read_text())
+    except FileNotFoundError:
+        raise NotAnEncoderError(f"{path} is not a saved GaussianEncoder: {CONFIG_NAME} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise NotAnEncoderError(f"{cfg_file} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("library") != "kl_retrievers" or "encoder" not in meta:
+        raise NotAnEncoderError(
+            f"{path} is not a saved GaussianEncoder (its {CONFIG_NAME} was not written by kl_retrievers); "
+            "to start from a plain encoder use GaussianEncoder.from_backbone"
+        )
+    return meta
+
+
+def encoder_config(meta: dict[str, Any], cfg_file: Path) -> GaussianEncoderConfig:
+    """The :class:`GaussianEncoderConfig` in a saved encoder's ``config.json`` (``meta``, read from ``cfg_file``).
+
+    Raises:
+        NotAnEncoderError: Its ``encoder`` field is not an object or not a valid config; the message names the file.
+    """
+    if not isinstance(meta["encoder"], dict):
+        raise NotAnEncoderError(f"{cfg_file}: field 'encoder' must be an object; got {type(meta['encoder']).__name__}")
+    try:
+        return GaussianEncoderConfig.from_dict(meta["encoder"])
+    except (TypeError, ValueError) as exc:
+        raise NotAnEncoderError(f"{cfg_file}: field 'encoder' is invalid: {exc}") from None
