@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +52,11 @@ except ImportError as exc:  # a torch that is present but broken
     raise ImportError(f"{exc}; {TORCH_EXTRA}") from exc
 
 logger = logging.getLogger(__name__)
+
+#: Hugging Face fast tokenizers keep truncation and padding settings in shared state, so two threads
+#: tokenizing with different budgets can each get the other's; tokenizing (not the forward pass) is
+#: serialised across encoders. A module-level lock keeps the encoders picklable and deep-copyable.
+_TOKENIZER_LOCK = threading.Lock()
 
 __all__ = ["GaussianEncoder", "GaussianEncoderConfig", "NotAnEncoderError"]
 
@@ -334,9 +340,10 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         """
         max_length = self._clamp_length(max_length)
         budget = max_length - 1 if self.var_token_id is not None else max_length
-        # Forced again in case the caller switched it since construction: see __init__.
-        self.tokenizer.padding_side = "right"
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=budget, return_tensors="pt")
+        with _TOKENIZER_LOCK:  # a fast tokenizer keeps its truncation setting in shared state: one call at a time
+            # Forced again in case the caller switched it since construction: see __init__.
+            self.tokenizer.padding_side = "right"
+            batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=budget, return_tensors="pt")
         batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         if self.var_token_id is not None:
             n = batch["input_ids"].shape[0]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import kl_retrievers.encoder as encoder_module
-from conftest import make_tiny_encoder
+from conftest import WORDS, make_tiny_encoder
 from kl_retrievers import GaussianEncoder, GaussianEncoderConfig, NotAnEncoderError
 from kl_retrievers.encoder import VAR_TOKEN
 
@@ -251,3 +251,30 @@ def test_identity_heads_start_at_constant_variance() -> None:
     with pytest.raises(ValueError, match="init_variance"):
         enc.reset_heads(init_variance=-1.0)
     assert math.isclose(float(var.mean()), 2.0, rel_tol=1e-5)
+
+
+def test_threads_with_different_token_budgets_get_their_own() -> None:
+    """A fast tokenizer keeps its truncation setting in shared state: concurrent calls must not swap budgets."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    enc = make_tiny_encoder()
+    enc.eval()
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(WORDS, int(rng.integers(2, 60)))) for _ in range(32)]
+    budgets = (8, 16, 32, 64)
+    ref = {b: enc.encode_documents(texts, max_length=b).mean for b in budgets}
+    wrong: list[int] = []
+
+    def work(seed: int) -> int:
+        r, calls, end = np.random.default_rng(seed), 0, time.monotonic() + 4.0
+        while time.monotonic() < end:
+            b = int(r.choice(budgets))
+            if not np.allclose(enc.encode_documents(texts, max_length=b).mean, ref[b], atol=1e-5):
+                wrong.append(b)
+            calls += 1
+        return calls
+
+    with ThreadPoolExecutor(4) as pool:
+        calls = sum(f.result(timeout=120) for f in [pool.submit(work, s) for s in range(4)])
+    assert calls > 20 and wrong == []
