@@ -72,10 +72,12 @@ class DocumentTable:
 
     def reset(self, k: int) -> None:
         """Drop every row; the table now holds ``k``-dimensional Gaussians."""
-        self.mean = np.zeros((0, k), dtype=np.float32)
-        self.var = np.ones((0, k), dtype=np.float32)
-        self.sumlogvar = np.zeros(0, dtype=np.float64)
-        self.alive = np.zeros(0, dtype=bool)
+        self._hold(
+            np.zeros((0, k), dtype=np.float32),
+            np.ones((0, k), dtype=np.float32),
+            np.zeros(0, dtype=np.float64),
+            np.zeros(0, dtype=bool),
+        )
         self.ids: list[str] = []
         self.texts: list[str | None] = []
         self.metas: list[dict[str, Any]] = []
@@ -89,10 +91,53 @@ class DocumentTable:
         metas: list[dict[str, Any]],
     ) -> None:
         """Hold rows read from a saved store (``arrays``: mean, var, sumlogvar); all alive."""
-        self.mean, self.var, self.sumlogvar = arrays
-        self.alive = np.ones(len(ids), dtype=bool)
+        self._hold(*arrays, np.ones(len(ids), dtype=bool))
         self.ids, self.texts, self.metas = ids, texts, metas
         self.row = {doc_id: j for j, doc_id in enumerate(ids)}
+
+    # ------------------------------------------------------------------ arrays
+    # The four arrays are the first ``_n`` rows of buffers with spare capacity, so that appending a
+    # few rows to a large table does not copy it (amortised O(1) per row; the buffers grow by a
+    # quarter, so at most ~25% of the rows' memory is spare). A held array (a load's memory map,
+    # a compaction's result) has no spare rows until the first append copies it into a buffer.
+    def _hold(self, mean: np.ndarray, var: np.ndarray, sumlogvar: np.ndarray, alive: np.ndarray) -> None:
+        self._mean, self._var, self._sumlogvar, self._alive = mean, var, sumlogvar, alive
+        self._n = len(alive)
+
+    @property
+    def mean(self) -> np.ndarray:
+        """float32 ``(n_rows, k)`` means (a view; read-only memory map after a load until the first change)."""
+        return self._mean[: self._n]
+
+    @property
+    def var(self) -> np.ndarray:
+        """float32 ``(n_rows, k)`` variances."""
+        return self._var[: self._n]
+
+    @property
+    def sumlogvar(self) -> np.ndarray:
+        """float64 ``sum_i log var_i`` per row."""
+        return self._sumlogvar[: self._n]
+
+    @property
+    def alive(self) -> np.ndarray:
+        """``False`` for tombstones (a view: writing it marks rows)."""
+        return self._alive[: self._n]
+
+    def _room_for(self, extra: int) -> None:
+        """Make the buffers hold ``extra`` more rows, growing (by a quarter at least) into owned arrays."""
+        need = self._n + extra
+        if need <= len(self._alive) and all(a.flags.writeable for a in (self._mean, self._var, self._sumlogvar)):
+            return
+        cap = max(need, self._n + self._n // 4 + 16)
+
+        def grown(a: np.ndarray) -> np.ndarray:
+            out = np.empty((cap, *a.shape[1:]), dtype=a.dtype)
+            out[: self._n] = a[: self._n]
+            return out
+
+        self._mean, self._var = grown(self._mean), grown(self._var)
+        self._sumlogvar, self._alive = grown(self._sumlogvar), grown(self._alive)
 
     # ------------------------------------------------------------------ sizes
     def __len__(self) -> int:
@@ -133,11 +178,13 @@ class DocumentTable:
         replaced = [i for i in ids if i in self.row]
         for doc_id in replaced:
             self.alive[self.row.pop(doc_id)] = False
-        start = len(self.ids)
-        self.mean = np.concatenate([self.mean, mean])
-        self.var = np.concatenate([self.var, var])
-        self.sumlogvar = np.concatenate([self.sumlogvar, np.log(var.astype(np.float64)).sum(axis=1)])
-        self.alive = np.concatenate([self.alive, np.ones(len(ids), dtype=bool)])
+        start, m = len(self.ids), len(ids)
+        self._room_for(m)
+        self._mean[start : start + m] = mean
+        self._var[start : start + m] = var
+        self._sumlogvar[start : start + m] = np.log(var.astype(np.float64)).sum(axis=1)
+        self._alive[start : start + m] = True
+        self._n = start + m
         self.ids.extend(ids)
         self.texts.extend(texts)
         self.metas.extend(metas)
@@ -162,10 +209,7 @@ class DocumentTable:
         """Drop every tombstone (rows renumbered in order); returns the dropped rows' old numbers."""
         keep = np.flatnonzero(self.alive)
         dead = np.flatnonzero(~self.alive)
-        self.mean = self.mean[keep]
-        self.var = self.var[keep]
-        self.sumlogvar = self.sumlogvar[keep]
-        self.alive = np.ones(keep.size, dtype=bool)
+        self._hold(self.mean[keep], self.var[keep], self.sumlogvar[keep], np.ones(keep.size, dtype=bool))
         self.ids = [self.ids[i] for i in keep]
         self.texts = [self.texts[i] for i in keep]
         self.metas = [self.metas[i] for i in keep]
