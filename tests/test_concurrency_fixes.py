@@ -145,3 +145,28 @@ def test_load_unchanged_retries_only_while_the_folder_changes(tmp_path: Path) ->
         return calls[0]
 
     assert load_unchanged(folder, replaced_once) == 3
+
+
+def test_searches_go_on_while_a_save_writes_its_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """save compacts under the write lock, then writes the files under the read lock."""
+    import threading
+
+    store = _store(1)
+    store.delete(["d0"])  # a tombstone to compact
+    original = _format.write_folder
+    found: list[list[str]] = []
+
+    def write_while_searching(*args: Any, **kwargs: Any) -> Any:
+        searcher = threading.Thread(
+            target=lambda: found.append([r.id for r in store.search(random_gaussians(1, DIM, seed=5), k=3)])
+        )
+        searcher.start()
+        searcher.join(timeout=10)  # it would wait for the save's write lock before
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_format, "write_folder", write_while_searching)
+    store.save(tmp_path / "s")
+    assert len(found) == 1 and len(found[0]) == 3 and "d0" not in found[0]
+    monkeypatch.setattr(_format, "write_folder", original)
+    loaded = KLStore.load(tmp_path / "s")
+    assert loaded.ids == store.ids and len(loaded) == 19

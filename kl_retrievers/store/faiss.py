@@ -392,9 +392,8 @@ class KLStore(GaussianStore):
             raise ValueError(f"{target} exists and is not a KLStore folder; refusing to overwrite it")
         target.parent.mkdir(parents=True, exist_ok=True)
         table = self._table
-        with self._lock.write():
-            self._engine.own()
-            self._compact()
+
+        def write_files() -> None:
             with atomic_dir(target) as tmp:
                 _format.write_folder(
                     tmp,
@@ -403,6 +402,23 @@ class KLStore(GaussianStore):
                     (table.ids, table.texts, table.metas),
                     self._engine.write if self.is_built else None,
                 )
+
+        # Compact under the write lock, then write the files under the read lock, so that searches go
+        # on during the (long) writing. A delete slipping in between leaves tombstones: compact again;
+        # after a few tries, write under the write lock.
+        for _ in range(3):
+            with self._lock.write():
+                self._engine.own()
+                self._compact()
+            with self._lock.read():
+                if not table.dead():
+                    write_files()
+                    break
+        else:
+            with self._lock.write():
+                self._engine.own()
+                self._compact()
+                write_files()
         logger.info("saved %d documents to %s", table.n_rows, target)
         return target
 
