@@ -29,7 +29,9 @@ __all__ = [
     "EncoderMixin",
     "check_encode_args",
     "check_texts",
+    "missing_modules",
     "missing_torch",
+    "require_modules",
     "require_torch",
     "show_progress",
 ]
@@ -65,7 +67,42 @@ def missing_torch() -> list[str]:
         >>> set(missing_torch()) <= {"torch", "transformers"}
         True
     """
-    return [name for name in ("torch", "transformers") if importlib.util.find_spec(name) is None]
+    return missing_modules(("torch", "transformers"))
+
+
+def missing_modules(names: Sequence[str]) -> list[str]:
+    """Which of ``names`` are not installed, in order; cheap, imports nothing.
+
+    Examples:
+        >>> missing_modules(["numpy", "no_such_module_here"])
+        ['no_such_module_here']
+    """
+    return [name for name in names if importlib.util.find_spec(name) is None]
+
+
+def require_modules(what: str, names: Sequence[str], extra: str) -> None:
+    """Raise ``ModuleNotFoundError`` naming ``pip install "kl-retrievers[extra]"`` when one of ``names`` is missing.
+
+    Cheap (no import): it asks only whether the packages are there.
+
+    Args:
+        what: What needs them, for the message (e.g. ``"fit_adaptive"``).
+        names: The modules needed.
+        extra: The extra that installs them (e.g. ``"hybrid"``).
+
+    Examples:
+        >>> require_modules("fit_adaptive", ["no_such_module_here"], "hybrid")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ModuleNotFoundError: fit_adaptive needs no_such_module_here, ...: pip install "kl-retrievers[hybrid]"
+    """
+    missing = missing_modules(names)
+    if missing:
+        raise ModuleNotFoundError(
+            f"{what} needs {' and '.join(missing)}, which the core install of kl-retrievers leaves out; "
+            f'install {"them" if len(missing) > 1 else "it"} with: pip install "kl-retrievers[{extra}]"',
+            name=missing[0],
+        )
 
 
 def check_texts(texts: str | Sequence[str] | None, what: str = "texts", *, allow_str: bool = True) -> list[str]:

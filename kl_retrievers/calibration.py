@@ -304,14 +304,9 @@ class ConfidenceCalibrator:
                 target outside ``[0, 1]``, negative or all-zero weights, fewer than 2 queries.
             ModuleNotFoundError: scipy is not installed (the message names the extras that install it).
         """
-        import importlib.util
+        from kl_retrievers._encoding import require_modules
 
-        if importlib.util.find_spec("scipy") is None:  # one line naming the extra, not a bare "No module named"
-            raise ModuleNotFoundError(
-                'ConfidenceCalibrator.fit needs scipy; install it with: pip install "kl-retrievers[hybrid]" '
-                "(the [eval] extra also includes it)",
-                name="scipy",
-            )
+        require_modules("ConfidenceCalibrator.fit", ["scipy"], "hybrid")  # [eval] includes scipy too
         from scipy.optimize import minimize
 
         xm = _as_matrix(x, len(self.features))

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import logging
 import math
@@ -61,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from kl_retrievers._encoding import check_texts
+from kl_retrievers._encoding import check_texts, require_modules
 from kl_retrievers._io import atomic_dir, library_version, load_unchanged, recover_dir
 from kl_retrievers.filters import MetadataFilter, compile_filter
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians, check_k, neg_kl
@@ -592,18 +591,6 @@ def ndcg_at_k(ranked_ids: Sequence[str], qrels: Mapping[str, int], k: int = 10) 
 # --------------------------------------------------------------------------------------
 
 
-#: What to install for the BM25 half of :class:`KLHybridStore` (``bm25s``).
-HYBRID_EXTRA = 'pip install "kl-retrievers[hybrid]"'
-
-
-def _require_bm25s() -> None:
-    """Raise ``ModuleNotFoundError`` naming the extra when ``bm25s`` is not installed (no import)."""
-    if importlib.util.find_spec("bm25s") is None:
-        raise ModuleNotFoundError(
-            f"KLHybridStore needs bm25s for its BM25 half; install it with: {HYBRID_EXTRA}", name="bm25s"
-        )
-
-
 def _stopword_list(stopwords: str | Sequence[str] | None) -> list[str]:
     if stopwords is None:
         return []
@@ -944,7 +931,7 @@ class KLHybridStore:
         kl_store: KLStore | None = None,
         **kl_options: Any,
     ) -> None:
-        _require_bm25s()
+        require_modules("KLHybridStore's BM25 half", ["bm25s"], "hybrid")
         self.fusion = FusionConfig(fusion, weight, normalization, rrf_k, candidates)
         self.k1, self.b, self._tokenizer = _bm25_settings(k1, b, stopwords, token_pattern)
         if adaptive_params is not None and not isinstance(adaptive_params, AdaptiveParams):
@@ -1558,7 +1545,7 @@ class KLHybridStore:
         Examples:
             >>> KLHybridStore.load("/nonexistent")  # doctest: +SKIP
         """
-        _require_bm25s()
+        require_modules("KLHybridStore's BM25 half", ["bm25s"], "hybrid")
         folder = Path(path)
         if not folder.exists() and recover_dir(folder, required=_CONFIG):
             logger.warning("loading %s from the copy saved before an interrupted save", folder)
@@ -1765,8 +1752,7 @@ def fit_adaptive(
     Raises:
         ModuleNotFoundError: scipy is not installed (the message names the extra that installs it).
     """
-    if importlib.util.find_spec("scipy") is None:  # one line naming the extra, not a bare "No module named"
-        raise ModuleNotFoundError(f"fit_adaptive needs scipy; install it with: {HYBRID_EXTRA}", name="scipy")
+    require_modules("fit_adaptive", ["scipy"], "hybrid")  # one line naming the extra, not a bare "No module named"
     from scipy.optimize import minimize
 
     normalization = _check_normalization(normalization)

@@ -27,7 +27,6 @@ Examples:
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import os
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from kl_retrievers._encoding import require_modules
 from kl_retrievers._io import parse_json_object
 
 logger = logging.getLogger(__name__)
@@ -53,25 +53,15 @@ __all__ = [
     "read_jsonl",
 ]
 
-#: What to install for training: torch, transformers, peft (``--lora-r``) and bm25s (``--hard-negatives bm25``).
-TRAIN_EXTRA = 'pip install "kl-retrievers[train]"'
-
 
 def require_train_extra(what: str, *modules: str) -> None:
-    """Raise ``ModuleNotFoundError`` naming the ``[train]`` extra when one of ``modules`` is not installed.
-
-    Cheap (no import): it asks only whether the packages are there.
+    """Raise ``ModuleNotFoundError`` naming the ``[train]`` extra (torch, transformers, peft for ``--lora-r``,
+    bm25s for ``--hard-negatives bm25``) when one of ``modules`` is not installed; imports nothing.
 
     Examples:
         >>> require_train_extra("BM25 hard negatives", "bm25s")  # doctest: +SKIP
     """
-    missing = [name for name in modules if importlib.util.find_spec(name) is None]
-    if missing:
-        raise ModuleNotFoundError(
-            f"{what} needs {' and '.join(missing)}, which the core install of kl-retrievers leaves out; "
-            f"install {'them' if len(missing) > 1 else 'it'} with: {TRAIN_EXTRA}",
-            name=missing[0],
-        )
+    require_modules(what, modules, "train")
 
 
 @dataclass
