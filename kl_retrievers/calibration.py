@@ -302,7 +302,7 @@ class ConfidenceCalibrator:
         Raises:
             ValueError: Shapes that disagree, a non-finite feature (naming its row and column), a
                 target outside ``[0, 1]``, negative or all-zero weights, fewer than 2 queries.
-            ModuleNotFoundError: scipy is not installed (the message names the extras that install it).
+            ModuleNotFoundError: scipy is not installed (the message names the extra that installs it).
         """
         from kl_retrievers._encoding import require_modules
 
