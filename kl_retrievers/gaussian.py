@@ -91,11 +91,21 @@ def _is_torch(x: Any) -> bool:
     return module is not None and isinstance(x, module.Tensor)
 
 
+def _first_bad(x: Array, bad: Array) -> str:
+    """Where the first ``True`` of the mask ``bad`` is, and the value of ``x`` there: "row 3, column 7 is nan"."""
+    flat = int(bad.reshape(-1).nonzero()[0][0]) if _is_torch(x) else int(np.flatnonzero(bad)[0])
+    value = float(x.reshape(-1)[flat])
+    if x.ndim == 2:
+        return f"first at row {flat // int(x.shape[1])}, column {flat % int(x.shape[1])}: {value:g}"
+    return f"first at position {flat}: {value:g}"
+
+
 def _check_finite(name: str, x: Array) -> None:
     finite = torch.isfinite(x).all().item() if _is_torch(x) else bool(np.isfinite(x).all())
     if not finite:
-        bad = int((~torch.isfinite(x)).sum().item()) if _is_torch(x) else int((~np.isfinite(x)).sum())
-        raise ValueError(f"{name} must be finite; found {bad} NaN or infinite value(s)")
+        mask = ~torch.isfinite(x) if _is_torch(x) else ~np.isfinite(x)
+        bad = int(mask.sum())
+        raise ValueError(f"{name} must be finite; found {bad} NaN or infinite value(s) ({_first_bad(x, mask)})")
 
 
 @dataclass(frozen=True)
@@ -166,9 +176,12 @@ class Gaussians:
         _check_finite("var", var)
         positive = bool((var > 0).all())
         if not positive:
-            bad = int((var <= 0).sum())
+            mask = var <= 0
+            bad = int(mask.sum())
             low = float(var.min())
-            raise ValueError(f"var must be > 0; found {bad} non-positive value(s) (min {low:g})")
+            raise ValueError(
+                f"var must be > 0; found {bad} non-positive value(s) (min {low:g}; {_first_bad(var, mask)})"
+            )
 
     def __len__(self) -> int:
         return int(self.mean.shape[0])

@@ -67,6 +67,7 @@ from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians, check
 from kl_retrievers.gaussian import is_real_number as _is_real
 from kl_retrievers.hub import sha256_file as _sha256
 from kl_retrievers.index import DeleteReport, KLStore, StoredDocument, StoreFormatError
+from kl_retrievers.store._base import _RWLock
 
 logger = logging.getLogger(__name__)
 
@@ -945,7 +946,8 @@ class KLHybridStore:
         self._kl = kl_store if kl_store is not None else KLStore(encoder=encoder, **kl_options)
         if encoder is not None and kl_store is not None:
             self._kl.encoder = encoder
-        self._lock = threading.RLock()
+        self._lock = _RWLock()  # searches share it; add, upsert and delete take it alone
+        self._build_lock = threading.Lock()  # one reader rebuilds a stale BM25 index, the others wait for it
         self._bm25 = _BM25Half(self._tokenizer, self.k1, self.b)
         if len(self._kl):
             ids = self._kl.ids
@@ -1006,7 +1008,7 @@ class KLHybridStore:
 
     def check_sync(self) -> None:
         """Raise ``RuntimeError`` when the two halves hold different ids (e.g. the KL half was changed directly)."""
-        with self._lock:
+        with self._lock.read():
             kl_ids, bm25_ids = set(self._kl.ids), set(self._bm25.metas)
             if kl_ids != bm25_ids:
                 raise RuntimeError(
@@ -1024,7 +1026,7 @@ class KLHybridStore:
         *,
         gaussians: Gaussians | None = None,
         ids: Sequence[str] | None = None,
-        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+        metadatas: Sequence[Mapping[Any, Any] | None] | None = None,
     ) -> list[str]:
         """Add documents to both halves; an existing id is replaced in both (upsert).
 
@@ -1061,7 +1063,7 @@ class KLHybridStore:
             gaussians = encoder.encode_documents(
                 text_list, batch_size=self._kl.batch_size, show_progress_bar=self._kl.show_progress_bar
             )
-        with self._lock:
+        with self._lock.write():
             self._ensure_tokens()
             new_ids = self._kl.add(text_list, gaussians=gaussians, ids=ids, metadatas=metadatas)
             if not new_ids:
@@ -1076,7 +1078,7 @@ class KLHybridStore:
         *,
         ids: Sequence[str],
         gaussians: Gaussians | None = None,
-        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+        metadatas: Sequence[Mapping[Any, Any] | None] | None = None,
     ) -> list[str]:
         """Insert or replace documents by id in both halves (:meth:`add` with ids required)."""
         if ids is None:
@@ -1093,7 +1095,7 @@ class KLHybridStore:
             >>> s.delete(["x", "y"]).missing, len(s)
             (['y'], 0)
         """
-        with self._lock:
+        with self._lock.write():
             self._ensure_tokens()
             report = self._kl.delete(ids)
             if report.deleted:
@@ -1108,8 +1110,14 @@ class KLHybridStore:
         self._bm25.tokens = {d.id: self._tokenizer(d.text or "") for d in docs}
 
     def _ensure_index(self) -> None:
+        """Rebuild the BM25 index after a change; called under the read (or write) lock.
+
+        No writer runs meanwhile, so the first reader to get here rebuilds and the others wait for it.
+        """
         if self._bm25.dirty:
-            self._bm25.build()
+            with self._build_lock:
+                if self._bm25.dirty:
+                    self._bm25.build()
 
     # ------------------------------------------------------------------ search
     def _query_gaussians(self, texts: list[str], query_gaussians: Gaussians | None) -> Gaussians:
@@ -1150,7 +1158,7 @@ class KLHybridStore:
         depth = self.fusion.candidates if depth is None else check_k(depth, "depth")
         predicate = compile_filter(filter)
         qg = self._query_gaussians(texts, query_gaussians)
-        with self._lock:
+        with self._lock.read():
             self._ensure_index()
             dense_lists = self._kl.search_batch(qg, k=depth, filter=filter) if len(self._kl) else [[] for _ in texts]
             mask = self._bm25.mask(predicate)
@@ -1176,8 +1184,9 @@ class KLHybridStore:
 
         :meth:`search` and :meth:`search_batch` do this themselves. Use it when calling the three steps
         yourself while other threads add, upsert or delete: otherwise a hit can carry the text of a
-        document replaced (or deleted) after its scores were computed. Writers wait meanwhile, so
-        encode queries before entering (:meth:`encode_queries`).
+        document replaced (or deleted) after its scores were computed. It is a read lock: other
+        searches run meanwhile, writers wait (and this thread cannot add, upsert or delete inside:
+        ``RuntimeError``), so encode queries before entering (:meth:`encode_queries`).
 
         Examples:
             >>> s = KLHybridStore(fusion="rrf")
@@ -1188,7 +1197,7 @@ class KLHybridStore:
             ...     [h.text for h in s.to_results(c, s.fuse_candidates(c, 1), "rrf")]
             ['x y']
         """
-        with self._lock:
+        with self._lock.read():
             yield self
 
     def _one_candidates(
@@ -1403,7 +1412,7 @@ class KLHybridStore:
         k = check_k(k)
         config = self.fusion.replace(mode=fusion, weight=weight, normalization=normalization)
         qg = self._query_gaussians(_query_texts(queries), query_gaussians)  # encoded before the lock
-        with self._lock:  # candidates, fusion and the stored texts from one state of the store
+        with self._lock.read():  # candidates, fusion and the stored texts from one state of the store
             return [
                 self.to_results(c, ranked, config.mode) for c, ranked in self._ranked(queries, k, filter, qg, config)
             ]
@@ -1491,7 +1500,7 @@ class KLHybridStore:
         target = Path(path)
         if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / _CONFIG).is_file())):
             raise ValueError(f"{target} exists and is not a hybrid store folder; refusing to overwrite it")
-        with self._lock:
+        with self._lock.read():
             self._ensure_index()
             config = self._config()
             with atomic_dir(target) as tmp:

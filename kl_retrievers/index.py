@@ -25,7 +25,7 @@ from kl_retrievers.store import (
     StoredDocument,
     StoreFormatError,
 )
-from kl_retrievers.store._base import _check_k
+from kl_retrievers.store._base import _check_k as _check_k  # an old private name, importable, not public
 from kl_retrievers.store.faiss import COMPRESSIONS, REFINES
 
 __all__ = [
@@ -39,5 +39,4 @@ __all__ = [
     "StoredDocument",
     "DeleteReport",
     "StoreFormatError",
-    "_check_k",
 ]

@@ -68,6 +68,7 @@ from kl_retrievers.gaussian import (
     SCORE_DIRECTION,
     SCORE_NAME,
     Gaussians,
+    _first_bad,
     check_k,
     document_gaussians_from_vectors,
     is_real_number,
@@ -220,8 +221,9 @@ def _as_2d(embeddings: Any, what: str, labels: Sequence[str] | None = None) -> n
         raise ValueError(
             f"{what} must have odd length 2k + 1 >= 3 (the KL inner-product rewrite); got shape {arr.shape}"
         )
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{what} must be finite; found NaN or infinite values")
+    finite = np.isfinite(arr)
+    if not finite.all():
+        raise ValueError(f"{what} must be finite; found NaN or infinite values ({_first_bad(arr, ~finite)})")
     return arr
 
 

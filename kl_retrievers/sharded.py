@@ -291,12 +291,16 @@ class _RayShardWorker:
         self.job = job
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        done = []
+        done, errors = [], []
         for i in range(len(batch["index"])):
             spec = ShardSpec(**{k: int(batch[k][i]) for k in ("index", "start", "end", "first_row", "rows")})
-            encode_shard(self.encoder, spec=spec, **self.job)
+            try:
+                encode_shard(self.encoder, spec=spec, **self.job)
+                errors.append("")
+            except (ValueError, OSError) as exc:  # bad input: sent back as data, Ray would bury it in a traceback
+                errors.append(f"{type(exc).__name__}: {exc}")
             done.append(spec.index)
-        return {"index": np.asarray(done, dtype=np.int64)}
+        return {"index": np.asarray(done, dtype=np.int64), "error": np.asarray(errors, dtype=object)}
 
 
 #: Attempts at starting a local Ray node: on a loaded machine its raylet can miss Ray's fixed 30 s start-up window.
@@ -355,7 +359,14 @@ def _run_ray(
         num_cpus=0 if gpu else 1,
         num_gpus=1 if gpu else 0,
     )
-    finished = sorted(int(row["index"]) for row in ds.take_all())
+    rows = ds.take_all()
+    failed = sorted((int(row["index"]), str(row["error"])) for row in rows if row["error"])
+    if failed:  # e.g. a bad record: the worker's own message, as the local backend gives it
+        kind, _, message = failed[0][1].partition(": ")
+        if len(failed) > 1:
+            message += f" (and {len(failed) - 1} more failed shard(s): {[i for i, _ in failed[1:]]})"
+        raise (OSError if kind != "ValueError" else ValueError)(message)
+    finished = sorted(int(row["index"]) for row in rows)
     expected = [s.index for s in todo]
     if finished != expected:
         raise RuntimeError(f"the Ray job encoded shards {finished}, expected {expected}")
@@ -429,13 +440,14 @@ def encode_corpus(
         encoder = load_model(model, device=device)
     from kl_retrievers.encoding_cache import model_fingerprint
 
-    model_name = getattr(encoder, "name_or_path", None) if encoder is not None else model
     if encoder is None:  # backend="ray": the workers load the model; load it once here to know its weights
         from kl_retrievers.pretrained import load_model
 
-        fingerprint = model_fingerprint(load_model(model))
+        loaded = load_model(model)
+        model_name, fingerprint = getattr(loaded, "name_or_path", None), model_fingerprint(loaded)
+        del loaded
     else:
-        fingerprint = model_fingerprint(encoder)
+        model_name, fingerprint = getattr(encoder, "name_or_path", None), model_fingerprint(encoder)
     manifest = {
         "format": _FORMAT_NAME,
         "format_version": _FORMAT_VERSION,
@@ -459,6 +471,11 @@ def encode_corpus(
             logger.warning("%s was written without a model fingerprint; reusing its shards on the model name", target)
             old["model_fingerprint"] = fingerprint
         differ = [key for key in _IDENTITY_KEYS if old.get(key) != manifest.get(key)]
+        if "model" in differ and old.get("model_fingerprint") == fingerprint:
+            # the same weights under another spelling of the name (a Ray run before 0.1.0 wrote the
+            # name as given, e.g. None or "minilm-gauss-soup"): the fingerprint is the model's identity
+            differ.remove("model")
+            manifest["model"] = old.get("model")
         if differ:
             raise ValueError(
                 f"{target} holds shards made with other settings ({', '.join(differ)} differ); "

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -150,3 +152,29 @@ def test_large_matrix_uses_blocks_and_agrees_with_rewrite() -> None:
     exact = neg_kl_matrix(q, d)
     rewrite = kl_query_vectors(q) @ kl_document_vectors(d).T + kl_query_constant(q)[:, None]
     np.testing.assert_allclose(exact, rewrite, rtol=1e-10)
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_bad_values_are_located_by_row_and_column(lib: str) -> None:
+    """A NaN or a non-positive variance in a big batch: the message says where the first one is."""
+    mean, var = np.zeros((50, 8)), np.ones((50, 8))
+    mean[31, 5] = np.nan
+    convert: Any = (lambda a: a) if lib == "numpy" else torch.from_numpy
+    with pytest.raises(ValueError, match=r"mean must be finite; found 1 .*\(first at row 31, column 5: nan\)"):
+        Gaussians(convert(mean), convert(var))
+    mean[31, 5] = 0.0
+    var[7, 2], var[40, 0] = -3.0, 0.0
+    with pytest.raises(ValueError, match=r"found 2 non-positive value\(s\) \(min -3; first at row 7, column 2: -3\)"):
+        Gaussians(convert(mean), convert(var))
+
+
+def test_a_store_locates_bad_values_in_unvalidated_gaussians() -> None:
+    from kl_retrievers.store import KLStore
+
+    mean, var = np.zeros((4, 3)), np.ones((4, 3))
+    var[2, 1] = np.inf
+    with pytest.raises(ValueError, match=r"variances must be finite.*\(first at row 2, column 1: inf\)"):
+        KLStore(dim=3).add(gaussians=Gaussians(mean, var, validate=False))
+    var[2, 1] = 0.0
+    with pytest.raises(ValueError, match=r"variances must be > 0 \(first at row 2, column 1: 0\)"):
+        KLStore(dim=3).add(gaussians=Gaussians(mean, var, validate=False))

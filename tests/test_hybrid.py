@@ -761,6 +761,89 @@ def test_add_encodes_before_taking_the_lock_so_searches_go_on() -> None:
     assert searched == [10]  # it ran (and saw the store as it was before the add)
 
 
+def test_searches_of_one_store_run_at_the_same_time() -> None:
+    """Two searches meet inside a callable filter: with one lock for everything they never could."""
+    import threading
+
+    ids, texts, g, metas = corpus()
+    store = KLHybridStore(fusion="rrf")
+    store.add(texts, gaussians=g, ids=ids, metadatas=metas)
+    store.search(texts[0], k=3, query_gaussians=query())  # the BM25 index is built before the race
+    meeting = threading.Barrier(2, timeout=10)
+    met: list[bool] = []
+    seen = threading.local()
+
+    def meet(meta: Any) -> bool:
+        if not getattr(seen, "done", False):  # each search waits here once, for the other one
+            seen.done = True
+            meeting.wait()
+            met.append(True)
+        return True
+
+    results: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            results.append([h.id for h in store.search(texts[3], k=5, filter=meet, query_gaussians=query())])
+        except BaseException as exc:  # a broken barrier: the other search could not start
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors, errors
+    assert len(met) == 2 and len(results) == 2 and results[0] == results[1]
+
+
+def test_a_stale_bm25_index_is_rebuilt_once_by_concurrent_searches(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import kl_retrievers.hybrid as hybrid_module
+
+    ids, texts, g, metas = corpus()
+    store = KLHybridStore(fusion="rrf")
+    store.add(texts, gaussians=g, ids=ids, metadatas=metas)
+    builds = [0]
+    original = hybrid_module._BM25Half.build
+
+    def slow_build(half: Any) -> None:
+        builds[0] += 1
+        threading.Event().wait(0.2)  # long enough for the other searches to find the index stale
+        original(half)
+
+    monkeypatch.setattr(hybrid_module._BM25Half, "build", slow_build)
+    expected = [h.id for h in KLHybridStore.search(store, texts[3], k=5, query_gaussians=query())]
+    assert builds == [1]
+    store.add(["one more text"], gaussians=g[:1], ids=["new"])
+    results: list[list[str]] = []
+    threads = [
+        threading.Thread(
+            target=lambda: results.append([h.id for h in store.search(texts[3], k=5, query_gaussians=query())])
+        )
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert builds == [2] and len(results) == 4
+    assert all(r == results[0] for r in results) and set(results[0]) <= set(expected) | {"new"}
+
+
+def test_a_change_inside_consistent_is_refused_not_deadlocked() -> None:
+    ids, texts, g, _ = corpus()
+    store = KLHybridStore(fusion="rrf")
+    store.add(texts, gaussians=g, ids=ids)
+    with store.consistent(), pytest.raises(RuntimeError, match="cannot modify it there"):
+        store.delete([ids[0]])
+    assert ids[0] in store and len(store) == len(ids)
+    store.delete([ids[0]])  # after the block, writes go through
+    assert ids[0] not in store
+
+
 def test_a_save_in_the_middle_of_a_hybrid_load_gives_one_saves_copy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

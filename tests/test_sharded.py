@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -151,18 +152,32 @@ def test_ray_data_job_gives_identical_output(tmp_path: Path, model_dir: Path) ->
 
     corpus = _corpus(tmp_path / "c.jsonl", n=40)
     local = encode_corpus(corpus, tmp_path / "local", model=str(model_dir), shard_size=8, show_progress_bar=False)
+    bad = tmp_path / "bad.jsonl"
+    lines = [line for line in corpus.read_text().splitlines() if line]
+    bad.write_text("\n".join([*lines[:12], '{"_id": "x1", "text": ', *lines[12:]]) + "\n")
     try:
         report = encode_corpus(
             corpus, tmp_path / "ray", model=str(model_dir), shard_size=8, backend="ray", num_workers=2
         )
+        # a half-finished local job is finished by Ray: the same model (fingerprint), its name spelled otherwise
+        shutil.rmtree(tmp_path / "local" / "shard-00003")
+        resumed = encode_corpus(corpus, tmp_path / "local", model=f"{model_dir}/", shard_size=8, backend="ray")
+        # a bad record: the worker's own message, not a Ray traceback asking for a bug report
+        with pytest.raises(ValueError, match=r"^\S*bad.jsonl, record 13: not valid JSON"):
+            encode_corpus(bad, tmp_path / "bad", model=str(model_dir), shard_size=4, backend="ray", num_workers=1)
     finally:
         ray.shutdown()
     assert report.backend == "ray" and report.encoded == local.encoded == [0, 1, 2, 3, 4]
+    assert resumed.encoded == [3] and resumed.reused == [0, 1, 2, 4]
+    manifests = [json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("local", "ray")]
+    assert manifests[0]["model"] == manifests[1]["model"] is not None
     a, ids_a = load_encoded(tmp_path / "local")
     b, ids_b = load_encoded(tmp_path / "ray")
     assert ids_a == ids_b
     np.testing.assert_array_equal(a.mean, b.mean)
     np.testing.assert_array_equal(a.var, b.var)
+    written = sorted(p.name for p in (tmp_path / "bad").glob("shard-*"))  # every good shard is kept for a resume
+    assert "shard-00003" not in written and len(written) == 10
 
 
 class _FlakyRay:

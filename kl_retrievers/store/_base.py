@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from kl_retrievers.filters import MetadataFilter
-from kl_retrievers.gaussian import Gaussians, check_float32_scorable, check_k
+from kl_retrievers.gaussian import Gaussians, _first_bad, check_float32_scorable, check_k
 
 logger = logging.getLogger(__name__)
 
@@ -238,10 +238,12 @@ def _as_numpy_gaussians(g: Gaussians, what: str) -> Gaussians:
         raise TypeError(f"{what} must be a Gaussians batch; got {type(g).__name__}")
     g = g.numpy()
     mean, var = np.asarray(g.mean), np.asarray(g.var)
-    if not (np.isfinite(mean).all() and np.isfinite(var).all()):
-        raise ValueError(f"{what} must be finite; found NaN or infinite values")
+    for part, arr in (("means", mean), ("variances", var)):
+        finite = np.isfinite(arr)
+        if not finite.all():
+            raise ValueError(f"{what} {part} must be finite; found NaN or infinite values ({_first_bad(arr, ~finite)})")
     if not (var > 0).all():
-        raise ValueError(f"{what} variances must be > 0")
+        raise ValueError(f"{what} variances must be > 0 ({_first_bad(var, var <= 0)})")
     return Gaussians(mean, var, validate=False)
 
 
@@ -330,7 +332,7 @@ def _check_texts_and_ids(
     return text_list, id_list
 
 
-def _metadata_list(metadatas: Sequence[Mapping[str, Any] | None] | None, n: int) -> list[dict[str, Any]]:
+def _metadata_list(metadatas: Sequence[Mapping[Any, Any] | None] | None, n: int) -> list[dict[str, Any]]:
     """One JSON-serialisable dict per document (``{}`` for ``None``), deep-copied from the caller's."""
     if metadatas is None:
         return [{} for _ in range(n)]
@@ -358,7 +360,7 @@ def _new_documents(
     texts: Sequence[str] | None,
     gaussians: Gaussians | None,
     ids: Sequence[str] | None,
-    metadatas: Sequence[Mapping[str, Any] | None] | None,
+    metadatas: Sequence[Mapping[Any, Any] | None] | None,
 ) -> _NewDocuments | None:
     """Check an ``add`` call's arguments; ``None``: nothing to add.
 
@@ -529,7 +531,7 @@ class GaussianStore(ABC):
         *,
         gaussians: Gaussians | None = None,
         ids: Sequence[str] | None = None,
-        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+        metadatas: Sequence[Mapping[Any, Any] | None] | None = None,
     ) -> list[str]:
         """Add (or replace: upsert) documents.
 
