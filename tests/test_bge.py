@@ -88,10 +88,10 @@ def int8_bert_graph(config: dict[str, Any], *, seed: int = 0) -> tuple[Any, dict
             expected[name] = (q.astype(np.float32) - np.float32(zp)) * scale
         elif name.endswith(".weight") and len(shape) == 2:
             uid = f"onnx::MatMul_{len(inits)}"
-            q, scale = _quantize_columns(np.ascontiguousarray(value.T))
+            q, scales = _quantize_columns(np.ascontiguousarray(value.T))
             inits += [
                 numpy_helper.from_array(q, uid + "_quantized"),
-                numpy_helper.from_array(scale, uid + "_scale"),
+                numpy_helper.from_array(scales, uid + "_scale"),
                 numpy_helper.from_array(np.zeros_like(q[0]), uid + "_zero_point"),
             ]
             x = name + "/x"
@@ -105,7 +105,7 @@ def int8_bert_graph(config: dict[str, Any], *, seed: int = 0) -> tuple[Any, dict
                 helper.make_node("Mul", [x + "_cast", x + "_scales_mul"], [x + "_matmul"]),
                 helper.make_node("Add", [name[: -len(".weight")] + ".bias", x + "_matmul"], [x + "_out"]),
             ]
-            expected[name] = np.ascontiguousarray((q.astype(np.float32) * scale).T)
+            expected[name] = np.ascontiguousarray((q.astype(np.float32) * scales).T)
         else:
             inits.append(numpy_helper.from_array(value, name))
             expected[name] = value

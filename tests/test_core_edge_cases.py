@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -62,7 +63,7 @@ def test_read_shard_splits_text_files_like_plan_shards(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- B: metadata copies
 def test_nested_metadata_is_copied_in_and_out() -> None:
     store = KLStore()
-    meta = {"tags": ["a"], "info": {"lang": "en"}}
+    meta: dict[str, Any] = {"tags": ["a"], "info": {"lang": "en"}}
     store.add(gaussians=_one(), ids=["d"], metadatas=[meta])
     meta["tags"].append("CALLER")  # the caller reuses its dict
     meta["info"]["lang"] = "caller"
@@ -128,7 +129,7 @@ def test_integer_torch_tensors_become_float32_and_numpy_keeps_its_rule() -> None
 @pytest.mark.parametrize("torch_arrays", [False, True])
 def test_zero_dimensions_are_refused(torch_arrays: bool) -> None:
     mean, var = np.zeros((2, 0)), np.ones((2, 0))
-    args = (torch.from_numpy(mean), torch.from_numpy(var)) if torch_arrays else (mean, var)
+    args: tuple[Any, Any] = (torch.from_numpy(mean), torch.from_numpy(var)) if torch_arrays else (mean, var)
     with pytest.raises(ValueError, match=r"at least one dimension.*\(2, 0\)"):
         Gaussians(*args)
     with pytest.raises(ValueError, match="at least one dimension"):

@@ -40,7 +40,10 @@ def recall_at_10(store: KLStore, queries: Gaussians, truth: np.ndarray) -> float
     return float(np.mean([len({int(h.id) for h in hits} & set(truth[i])) / 10 for i, hits in enumerate(found)]))
 
 
-APPROX = {"hnsw": {"index_type": "hnsw"}, "ivf": {"index_type": "ivf", "nlist": 32, "nprobe": 8}}
+APPROX: dict[str, dict[str, Any]] = {
+    "hnsw": {"index_type": "hnsw"},
+    "ivf": {"index_type": "ivf", "nlist": 32, "nprobe": 8},
+}
 
 
 @pytest.mark.parametrize("kind", sorted(APPROX))
@@ -136,7 +139,7 @@ def test_damaged_flat_centre_is_refused(tmp_path: Path, delta: float, mmap: bool
         KLStore.load(path, mmap=mmap)
 
 
-DAMAGEABLE = {
+DAMAGEABLE: dict[str, dict[str, Any]] = {
     "hnsw": {"index_type": "hnsw"},
     "ivf": {"index_type": "ivf", "nlist": 16},
     "ivf-sq8": {"index_type": "ivf", "nlist": 16, "compression": "sq8"},

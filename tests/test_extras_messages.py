@@ -71,7 +71,9 @@ def test_mine_bm25_negatives_without_bm25s_names_the_train_extra(monkeypatch: py
 
 
 def test_lora_without_peft_names_the_train_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
+    import torch
+
     from kl_retrievers.training.trainer import apply_freezing
 
     class Stub(torch.nn.Module):

@@ -171,7 +171,9 @@ def test_bge_small_unit_variance_ships_its_own_hybrid_calibrator() -> None:
     """Fitted like the default's (benchmarks/calibration.py fit --hybrid --model ...), found by the model's name."""
     cal = default_hybrid_calibrator("bge-small-unit-variance")
     assert cal.kind == "hybrid" and cal.info["model"] == "bge-small-unit-variance"
-    assert not np.allclose(cal.coef, default_hybrid_calibrator().coef)  # not the default model's
+    default_coef = default_hybrid_calibrator().coef
+    assert cal.coef is not None and default_coef is not None  # both fitted
+    assert not np.allclose(cal.coef, default_coef)  # not the default model's
     assert "--model bge-small-unit-variance" in cal.info["command"]
     assert 0.0 <= cal.info["recommended_min_confidence"]["threshold"] <= 1.0
     assert cal.info["recommended_min_confidence"]["training_articles_at_threshold"]["answered"] >= 0.9
@@ -186,7 +188,9 @@ def test_bge_small_unit_variance_ships_its_own_dense_calibrator() -> None:
     """``benchmarks/calibration.py fit --model ...`` on bge's training dumps; its threshold from the abstention run."""
     cal = default_calibrator("bge-small-unit-variance")
     assert cal.kind == "dense" and cal.info["model"] == "bge-small-unit-variance"
-    assert not np.allclose(cal.coef, default_calibrator().coef)  # not the default model's
+    default_coef = default_calibrator().coef
+    assert cal.coef is not None and default_coef is not None  # both fitted
+    assert not np.allclose(cal.coef, default_coef)  # not the default model's
     assert "--model bge-small-unit-variance" in cal.info["command"]
     assert [d["set"] for d in cal.info["training_data"]] == [
         "scifact:train",
@@ -225,7 +229,8 @@ def test_langchain_hybrid_retriever_uses_the_shipped_hybrid_calibrator(named_sto
     from kl_retrievers.langchain import CONFIDENCE_KEY, KLHybridRetriever
 
     retriever = KLHybridRetriever(store=named_store, k=3)
-    assert retriever._scorer.calibrator(named_store.encoder).kind == "hybrid"
+    shipped = retriever._scorer.calibrator(named_store.encoder)
+    assert shipped is not None and shipped.kind == "hybrid"
     for query in ("black rock", UNRELATED):
         docs = retriever.invoke(query)
         expected = _expected(named_store, query)

@@ -218,7 +218,12 @@ def test_refine_reranks_a_large_pool_in_faiss(tmp_path: Path, refine: str) -> No
     assert type(faiss.downcast_index(store._index.base_index)).__name__ == "IndexIVFPQFastScan"
     seen: list[int] = []
     rescore = store._engine._rescore
-    store._engine._rescore = lambda qg, labels, mask: seen.append(labels.shape[1]) or rescore(qg, labels, mask)  # type: ignore[method-assign]
+
+    def counting_rescore(qg: Gaussians, labels: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        seen.append(labels.shape[1])
+        return rescore(qg, labels, mask)
+
+    store._engine._rescore = counting_rescore  # type: ignore[method-assign]
     found = store.search_batch(queries, k=10)
     assert seen == [30]  # the pool of 400 left FAISS re-ranked down to k + 20
     recall = np.mean([len({int(r.id) for r in f} & set(np.argsort(-ref[i])[:10])) / 10 for i, f in enumerate(found)])

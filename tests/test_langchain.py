@@ -634,6 +634,7 @@ def test_loading_with_an_encoder_of_another_dimension_fails_at_load_naming_both(
     """It used to load and fail only at the first query ("query gaussians have dimension 16; ... 8")."""
     folder = store.save_local(tmp_path / "kl")
     dim = store.store.dim
+    assert dim is not None
     other = make_tiny_encoder(dim=2 * dim)
     with pytest.raises(ValueError, match=rf"dimension {2 * dim}, but the store .* holds dimension {dim}"):
         KLVectorStore.load_local(folder, other)

@@ -31,6 +31,7 @@ from llama_index.core.vector_stores.types import (
     MetadataFilter,
     MetadataFilters,
     VectorStoreQuery,
+    VectorStoreQueryMode,
 )
 
 from conftest import HYBRID_TEXTS, make_tiny_encoder, max_score_calibrator, random_gaussians
@@ -71,7 +72,8 @@ def _rich_nodes() -> list[TextNode]:
     )
     a.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id="doc-a")
     a.relationships[NodeRelationship.NEXT] = RelatedNodeInfo(node_id="b")
-    b = IndexNode(id_="b", text=HYBRID_TEXTS[1], index_id="sub-index", metadata={"lang": "de"})
+    # the field's pydantic alias (extra_info) hides the name metadata from mypy; both are accepted
+    b = IndexNode(id_="b", text=HYBRID_TEXTS[1], index_id="sub-index", metadata={"lang": "de"})  # type: ignore[call-arg]
     rest = [TextNode(id_=f"n{i}", text=t, metadata={"lang": "en"}) for i, t in enumerate(HYBRID_TEXTS[2:], 2)]
     return [a, b, *rest]
 
@@ -84,7 +86,8 @@ def test_hybrid_nodes_keep_exclusions_relationships_and_type(encoder: GaussianEn
     assert "/secret" not in llm_text and "lang: en" in llm_text and HYBRID_TEXTS[0] in llm_text
     assert "bm25" not in llm_text and "fused_score" not in llm_text and CONFIDENCE_KEY not in llm_text
     assert "lang" not in a.get_content(metadata_mode=MetadataMode.EMBED)  # the node's own embed exclusions
-    assert a.relationships[NodeRelationship.NEXT].node_id == "b" and a.ref_doc_id == "doc-a"
+    nxt = a.relationships[NodeRelationship.NEXT]
+    assert isinstance(nxt, RelatedNodeInfo) and nxt.node_id == "b" and a.ref_doc_id == "doc-a"
     assert type(b) is IndexNode and b.index_id == "sub-index" and b.get_content() == HYBRID_TEXTS[1]
     # node metadata: the user's keys plus the score keys, none of LlamaIndex's storage keys
     assert {"path", "lang", "neg_kl", "bm25", "fused_score", QUERY_UNCERTAINTY_KEY, CONFIDENCE_KEY} <= set(a.metadata)
@@ -145,6 +148,7 @@ def test_explicit_calibrator_survives_persist_and_load(
     assert ConfidenceCalibrator.load(saved).to_dict() == calibrator.to_dict()  # plain JSON, no pickle
 
     loaded = load_index_from_storage(StorageContext.from_defaults(persist_dir=str(tmp_path)), embed_model=embed)
+    assert isinstance(loaded, VectorStoreIndex)
     assert isinstance(loaded.vector_store, KLVectorStore)
     assert loaded.vector_store.calibrator.to_dict() == calibrator.to_dict()
     assert _confidences(loaded, HYBRID_TEXTS[0]) == pytest.approx(before)
@@ -255,7 +259,9 @@ def test_bad_mmr_options_are_rejected(kwargs: dict[str, Any], message: str) -> N
     g = random_gaussians(10, 2, seed=3)
     vs = KLVectorStore()
     vs.add([TextNode(id_=f"n{i}", text=f"t{i}", embedding=v.tolist()) for i, v in enumerate(kl_document_vectors(g))])
-    query = VectorStoreQuery(query_embedding=kl_query_vectors(g[0])[0].tolist(), similarity_top_k=2, mode="mmr")
+    query = VectorStoreQuery(
+        query_embedding=kl_query_vectors(g[0])[0].tolist(), similarity_top_k=2, mode=VectorStoreQueryMode.MMR
+    )
     assert len(vs.query(query, mmr_prefetch_k=3).ids or []) == 2  # a valid one still works
     with pytest.raises(ValueError, match=message):
         vs.query(query, **kwargs)

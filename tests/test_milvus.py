@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -333,6 +334,7 @@ def test_milvus_stores_klstores_reduced_vectors_offset_included(tmp_path: Path) 
     assert abs(kl.index_offset) > 5.0  # the shift is large on this data, so a missing offset shows
     kl_centre = kl._engine.centre  # type: ignore[attr-defined]
     assert kl_centre is not None  # means shifted by 2: both centre them on the documents' mean
+    assert mv._state.centre is not None
     np.testing.assert_allclose(mv._state.centre, kl_centre, rtol=1e-12)
     assert mv.index_offset == pytest.approx(kl.index_offset, rel=1e-12)
     assert mv.norm_bound == pytest.approx(kl.norm_bound, rel=1e-12)
@@ -353,7 +355,7 @@ def test_two_writers_on_one_collection_keep_one_norm_bound(tmp_path: Path) -> No
     big = Gaussians(base.mean[:20] * 4.0, base.var[:20] * 0.5)
     more = random_gaussians(100, K, seed=24)
     # a candidate pool of exactly k: rows stored under a smaller M win every L2 comparison
-    opts = {"index_type": "flat", "rescore_pool": 1, "rescore_factor": 1}
+    opts: dict[str, Any] = {"index_type": "flat", "rescore_pool": 1, "rescore_factor": 1}
     first = _store(tmp_path, **opts)
     first.add(gaussians=base, ids=[f"a{i}" for i in range(200)])
     second = _store(tmp_path, **opts)  # another process attached to the same collection
@@ -463,7 +465,7 @@ def test_a_writer_raced_by_another_starts_over_and_ends_consistent(
     base = random_gaussians(150, K, seed=31)
     big = Gaussians(base.mean[:10] * 4.0, base.var[:10] * 0.5)
     bigger = Gaussians(base.mean[10:15] * 6.0, base.var[10:15] * 0.4)
-    opts = {"index_type": "flat", "rescore_pool": 1, "rescore_factor": 1}
+    opts: dict[str, Any] = {"index_type": "flat", "rescore_pool": 1, "rescore_factor": 1}
     first = _store(tmp_path, **opts)
     first.add(gaussians=base, ids=[f"a{i}" for i in range(150)])
     second = _store(tmp_path, **opts)
@@ -483,6 +485,7 @@ def test_a_writer_raced_by_another_starts_over_and_ends_consistent(
     assert len(calls) >= nth and first.norm_bound == second.norm_bound
     docs = Gaussians.concat([base, big, bigger])
     ids = [f"a{i}" for i in range(150)] + [f"b{i}" for i in range(10)] + [f"c{i}" for i in range(5)]
+    assert first.norm_bound is not None
     np.testing.assert_allclose(np.linalg.norm(_stored_vectors(first, ids), axis=1), first.norm_bound, rtol=1e-5)
     queries = Gaussians.concat([random_gaussians(8, K, seed=32), big[:3], bigger[:2]])
     want = _exact_top(queries, docs, ids, 5)
@@ -534,13 +537,14 @@ def test_filters_on_non_ascii_and_escaped_strings_match_klstore(tmp_path: Path) 
     kl.add(gaussians=g, ids=ids, metadatas=metas)
     q = random_gaussians(1, K, seed=42)
     n = len(values)
-    for flt in (
+    filters: list[dict[str, Any]] = [
         *({"city": v} for v in values),
         {"city": {"$in": ["Zürich", "日本"]}},
         {"city": {"$ne": "😀"}},
         {"é": {"$gte": 3}},
         {"city": {"$gt": "Z"}},
-    ):
+    ]
+    for flt in filters:
         got = {h.id for h in mv.search(q, k=n, filter=flt)}
         assert got == {h.id for h in kl.search(q, k=n, filter=flt)}, flt
         assert got, flt
@@ -554,7 +558,8 @@ def test_add_checks_ids_and_metadata_before_writing_anything(tmp_path: Path) -> 
     with pytest.raises(ValueError, match="integer 1180591620717411303424, beyond the 64 bits"):
         mv.add(gaussians=g[:1], ids=["a"], metadatas=[{"v": [1, {"w": 2**70}]}])
     assert len(mv) == 0  # nothing was written
-    mv.add(gaussians=g[:1], ids=["a"], metadatas=[{1: "one"}])  # keys become strings, as KLStore's save makes them
+    # keys become strings, as KLStore's save makes them
+    mv.add(gaussians=g[:1], ids=["a"], metadatas=[{1: "one"}])
     assert mv.get_by_ids(["a"])[0].metadata == {"1": "one"}
 
 

@@ -245,7 +245,12 @@ def test_config_cannot_make_load_read_outside_the_folder(
     _write_config(folder, config)
     touched: list[str] = []
     real_sha = format_module.sha256_file
-    monkeypatch.setattr(format_module, "sha256_file", lambda p: touched.append(str(p)) or real_sha(p))
+
+    def counting_sha(p: Path) -> str:
+        touched.append(str(p))
+        return real_sha(p)
+
+    monkeypatch.setattr(format_module, "sha256_file", counting_sha)
     with pytest.raises(StoreFormatError, match=r"'files' names") as info:
         KLStore.load(folder)
     assert "outside.txt" in str(info.value)
@@ -498,7 +503,12 @@ def test_shard_checksum_table_must_name_exactly_the_shard_files(
     meta_path.write_text(json.dumps(meta))
     hashed: list[Path] = []
     real = sharded._sha256
-    monkeypatch.setattr(sharded, "_sha256", lambda p: hashed.append(p) or real(p))
+
+    def counting_sha(p: Path) -> str:
+        hashed.append(p)
+        return real(p)
+
+    monkeypatch.setattr(sharded, "_sha256", counting_sha)
     with pytest.raises(ValueError, match=r"shard-00000.*sha256"):
         list(iter_encoded(out))
     assert all(p.parent.parent == out for p in hashed)  # nothing outside the shard folders was read

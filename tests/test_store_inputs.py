@@ -7,6 +7,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ def test_a_callable_filter_that_reads_the_store_while_a_writer_waits_does_not_de
     in_filter = threading.Event()
     state: dict[str, Any] = {}
 
-    def predicate(meta: dict[str, Any]) -> bool:
+    def predicate(meta: Mapping[str, Any]) -> bool:
         if not in_filter.is_set():
             in_filter.set()
             deadline = time.monotonic() + 5
@@ -83,7 +84,7 @@ def test_modifying_the_store_inside_a_callable_filter_raises_instead_of_deadlock
     query = random_gaussians(1, 4, seed=5)
     state: dict[str, Any] = {}
 
-    def predicate(meta: dict[str, Any]) -> bool:
+    def predicate(meta: Mapping[str, Any]) -> bool:
         store.delete(["d1"])
         return True
 
@@ -149,9 +150,9 @@ def test_a_bare_string_is_one_id_for_get_gaussians_get_by_ids_and_delete() -> No
         store.get_gaussians("ab")
     for call in (store.get_gaussians, store.get_by_ids, store.delete):
         with pytest.raises(TypeError, match=r"ids\[0\] must be a str"):
-            call([None])
+            call([None])  # type: ignore[list-item]
         with pytest.raises(TypeError, match="got bytes"):
-            call(b"a")
+            call(b"a")  # type: ignore[arg-type]
 
 
 class _CountingEncoder:
@@ -174,13 +175,13 @@ def test_bad_or_duplicate_ids_and_texts_fail_before_any_encoding_and_name_the_id
     with pytest.raises(ValueError, match=r"'x' is at positions 0 and 2"):
         store.add(["one", "two", "three"], ids=["x", "y", "x"])
     with pytest.raises(TypeError, match=r"ids\[1\]"):
-        store.add(["one", "two"], ids=["x", 3])
+        store.add(["one", "two"], ids=["x", 3])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="got 1 ids but 2 texts"):
         store.add(["one", "two"], ids=["x"])
     with pytest.raises(TypeError, match=r"texts\[1\] must be a str"):
-        store.add(["one", None])
+        store.add(["one", None])  # type: ignore[list-item]
     with pytest.raises(TypeError, match=r"metadatas\[0\] must be a dict"):
-        store.add(gaussians=random_gaussians(1, 3), metadatas=["not a dict"])
+        store.add(gaussians=random_gaussians(1, 3), metadatas=["not a dict"])  # type: ignore[list-item]
     with pytest.raises(TypeError, match=r"metadatas\[0\] is not JSON-serialisable"):
         store.add(gaussians=random_gaussians(1, 3), metadatas=[{"x": math.nan}])
     assert encoder.calls == 0 and len(store) == 0

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import random_gaussians
 from kl_retrievers.store import GaussianStore, KLStore, MilvusKLStore
+from kl_retrievers.store._engines import ApproxEngine
 
 
 @pytest.mark.parametrize("name", ["dim", "norm_bound", "index_offset"])
@@ -29,7 +30,9 @@ def test_approximate_klstore_reports_its_engines_reduction() -> None:
     store.add(gaussians=random_gaussians(200, 4), ids=[f"d{i}" for i in range(200)])
     assert store.is_built
     engine = store._engine
-    assert store.norm_bound == engine.norm_bound is not None and store.norm_bound > 0
+    assert isinstance(engine, ApproxEngine)
+    bound = store.norm_bound
+    assert bound is not None and bound == engine.norm_bound and bound > 0
     assert store.index_offset == engine.offset != 0.0
 
 

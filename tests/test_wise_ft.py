@@ -44,7 +44,7 @@ def stand_in_jobs(seeds: dict[str, int]) -> tuple[dict[str, torch.Tensor], dict[
     start = untrained()
     apply_freezing(start, lora_r=LORA_R)
     trainable = {n: p.detach().clone() for n, p in start.named_parameters() if p.requires_grad}
-    adapters = {}
+    adapters: dict[str, torch.Tensor] = {}
     for job, seed in seeds.items():
         gen = torch.Generator().manual_seed(seed)
         adapters |= {f"{job}/{n}": p + 0.05 * torch.randn(p.shape, generator=gen) for n, p in trainable.items()}
