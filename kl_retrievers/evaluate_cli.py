@@ -47,6 +47,7 @@ from kl_retrievers.evaluation import (
     evaluate_model,
     evaluate_run,
     load_per_query,
+    model_similarity,
     paired_test,
     save_per_query,
     write_trec_run,
@@ -384,6 +385,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     use_cache = not args.no_cache
     score_run: dict[str, dict[str, float]] = {}
     weights: dict[str, float] = {}
+    twin = "neg_kl"  # a model's own score: a vector twin (train --similarity dot|cosine) is ranked by it
     if args.baseline:
         if args.means_only:
             print(
@@ -418,6 +420,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
         from kl_retrievers.pretrained import load_model
 
         encoder = load_model(args.model, backend=getattr(args, "model_backend", "torch"))
+        twin = model_similarity(encoder)
+        if twin != "neg_kl":
+            problem = "--hybrid fuses BM25 with -KL" if args.hybrid else "--means-only is an ablation of -KL"
+            if args.hybrid or args.means_only:
+                print(
+                    f"kl-retrievers evaluate: error: {args.model} is a vector twin trained with --similarity {twin}; "
+                    f"{problem}, which is not what it was trained for",
+                    file=sys.stderr,
+                )
+                return 2
+            logger.info("%s is a vector twin: ranking by its %s similarity on the means", args.model, twin)
         if args.hybrid:
             result, score_run, weights = _evaluate_hybrid(args, encoder, dataset, show_progress=show)
         else:
@@ -443,7 +456,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
             query_texts=dataset.query_texts(),
             corpus_texts=dataset.document_texts(),
             query_stats=result.query_stats,
-            missing_uncertainty=f"the {args.baseline} baseline has no variances" if args.baseline else None,
+            missing_uncertainty=(
+                f"the {args.baseline} baseline has no variances"
+                if args.baseline
+                else f"the model is a {twin} vector twin (its variance head is untrained)"
+                if twin != "neg_kl"
+                else None
+            ),
             qrels=dataset.qrels,
             # the -KL candidate list of a hybrid is max(depth, candidates) deep
             depth=max(args.depth, args.hybrid_candidates) if args.hybrid else args.depth,

@@ -65,6 +65,9 @@ __all__ = [
     "paired_test",
     "top_k",
     "retrieve_exact",
+    "retrieve_vectors",
+    "SIMILARITIES",
+    "model_similarity",
     "EncodingCache",
     "default_cache_dir",
     "model_fingerprint",
@@ -617,12 +620,75 @@ class EncodeOptions(TypedDict, total=False):
     use_cache: bool
 
 
+#: Scores a model can be trained for (``kl-retrievers train --similarity``): ``neg_kl``, or a vector twin's.
+SIMILARITIES = ("neg_kl", "dot", "cosine")
+
+
+def model_similarity(encoder: Any) -> str:
+    """The score a model was trained for: ``"neg_kl"``, or ``"dot"`` / ``"cosine"`` for a vector twin.
+
+    A twin (``kl-retrievers train --similarity dot|cosine``) records its similarity in its training
+    recipe (``config.extra["training"]["recipe"]["similarity"]``); its variance head is untrained, and
+    ranking it by -KL (unit variances: squared L2 between the means) is not what it was trained for.
+
+    Examples:
+        >>> model_similarity(object())
+        'neg_kl'
+    """
+    extra = getattr(getattr(encoder, "config", None), "extra", None)
+    training = extra.get("training") if isinstance(extra, Mapping) else None
+    recipe = training.get("recipe") if isinstance(training, Mapping) else None
+    similarity = recipe.get("similarity", "neg_kl") if isinstance(recipe, Mapping) else "neg_kl"
+    return similarity if similarity in SIMILARITIES else "neg_kl"
+
+
+def retrieve_vectors(
+    queries: np.ndarray,
+    documents: np.ndarray,
+    query_ids: Sequence[str],
+    doc_ids: Sequence[str],
+    k: int = 100,
+    *,
+    similarity: str = "dot",
+    max_block_elements: int = 1 << 25,
+) -> Run:
+    """Exact top-``k`` by the dot product (or cosine) of vectors, in float64: how a vector twin ranks.
+
+    Examples:
+        >>> retrieve_vectors(np.array([[1.0, 0.0]]), np.array([[2.0, 0.0], [0.0, 3.0]]), ["q"], ["a", "b"], k=2)
+        {'q': {'a': 2.0, 'b': 0.0}}
+    """
+    if similarity not in ("dot", "cosine"):
+        raise ValueError(f"similarity must be 'dot' or 'cosine'; got {similarity!r}")
+    q = np.asarray(queries, dtype=np.float64)
+    d = np.asarray(documents, dtype=np.float64)
+    if len(q) != len(query_ids) or len(d) != len(doc_ids):
+        raise ValueError(
+            f"ids do not match the vectors: {len(q)} queries vs {len(query_ids)} ids, "
+            f"{len(d)} documents vs {len(doc_ids)} ids"
+        )
+    k = check_k(k)
+    if similarity == "cosine":  # as the training loss: F.normalize (norms clamped at 1e-12)
+        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+    block = max(1, max_block_elements // max(1, len(d)))
+    idx_parts, val_parts = [], []
+    for start in range(0, len(q), block):
+        idx, vals = top_k(q[start : start + block] @ d.T, k)
+        idx_parts.append(idx)
+        val_parts.append(vals)
+    if not idx_parts:
+        return {}
+    return run_from_top_k(query_ids, doc_ids, np.concatenate(idx_parts), np.concatenate(val_parts))
+
+
 def evaluate_model(
     encoder: GaussianEncoderLike,
     dataset: BeirDataset,
     *,
     k: int = 100,
     means_only: bool = False,
+    similarity: str | None = None,
     show_progress: bool = True,
     metrics: Sequence[str] = DEFAULT_METRICS,
     **encode_options: Unpack[EncodeOptions],
@@ -634,6 +700,9 @@ def evaluate_model(
         dataset: The loaded split.
         k: Retrieval depth.
         means_only: Ablation: rank by ``-||mu_q - mu_d||^2`` ignoring variances.
+        similarity: ``"neg_kl"``, ``"dot"`` or ``"cosine"`` (the latter two on the means);
+            ``None``: what the model was trained for (:func:`model_similarity`), so a vector twin
+            from ``kl-retrievers train --similarity dot`` is ranked by its dot product.
         show_progress: Progress bars on stderr.
         metrics: Metric names to report.
         **encode_options: ``batch_size``, ``max_length`` (document token limit, if the encoder
@@ -647,20 +716,32 @@ def evaluate_model(
         >>> result = evaluate_model(encoder, load_beir("../shared/datasets/scifact"), batch_size=64)  # doctest: +SKIP
         >>> result.aggregate["ndcg@10"]  # doctest: +SKIP
     """
+    similarity = model_similarity(encoder) if similarity is None else similarity
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}; got {similarity!r}")
+    if means_only and similarity != "neg_kl":
+        raise ValueError(f"means_only is an ablation of -KL; the model is ranked by {similarity!r} already")
     t0 = time.perf_counter()
     q, d = encode_dataset(encoder, dataset, show_progress=show_progress, **encode_options)
     t1 = time.perf_counter()
     from kl_retrievers.qpp import gaussian_query_stats
 
-    query_stats = gaussian_query_stats(q, d, dataset.query_ids, means_only=means_only)
-    run = retrieve_exact(
-        q, d, dataset.query_ids, dataset.doc_ids, k, means_only=means_only, show_progress=show_progress
+    query_stats = (  # a twin's variance head is untrained: its "uncertainty" is no signal
+        gaussian_query_stats(q, d, dataset.query_ids, means_only=means_only) if similarity == "neg_kl" else {}
     )
+    if similarity == "neg_kl":
+        run = retrieve_exact(
+            q, d, dataset.query_ids, dataset.doc_ids, k, means_only=means_only, show_progress=show_progress
+        )
+    else:
+        qn, dn = q.numpy(), d.numpy()
+        run = retrieve_vectors(qn.mean, dn.mean, dataset.query_ids, dataset.doc_ids, k, similarity=similarity)
     t2 = time.perf_counter()
     aggregate, per_query = evaluate_run(dataset.qrels, run, metrics)
     label = model_label(encoder) + (" [means only]" if means_only else "")
+    label += f" [{similarity}]" if similarity != "neg_kl" else ""
     info = {
-        "score": "neg_sq_l2_means" if means_only else "neg_kl",
+        "score": "neg_sq_l2_means" if means_only else similarity,
         "encode_s": round(t1 - t0, 2),
         "retrieve_s": round(t2 - t1, 2),
     }

@@ -325,3 +325,46 @@ def test_a_baseline_refuses_token_limits_it_would_ignore(
     assert main(["evaluate", str(root), "--baseline", baseline, "--quiet", *flags]) == 2
     err = capsys.readouterr().err
     assert f"{named} do not apply to --baseline {baseline}" in err and "one token limit" in err
+
+
+# ---------------------------------------------------------------- a vector twin is ranked by its own score
+
+
+def _twin(tmp_path: Path, similarity: str) -> Path:
+    enc = make_tiny_encoder(seed=3)
+    enc.config.extra["training"] = {"recipe": {"similarity": similarity}}  # as `kl-retrievers train` records it
+    enc.save_pretrained(tmp_path / similarity)
+    return tmp_path / similarity
+
+
+@pytest.mark.parametrize("similarity", ["dot", "cosine"])
+def test_evaluate_ranks_a_vector_twin_by_the_similarity_it_was_trained_with(
+    tmp_path: Path, similarity: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kl_retrievers.pretrained import load_model
+
+    corpus = CORPUS + [{"_id": f"x{i}", "title": "", "text": f"word{i} cat tea {i}"} for i in range(8)]
+    root = _beir(tmp_path / "beir", "q1\td1\t1\nq2\td2\t1\n", corpus=corpus)
+    model = _twin(tmp_path, similarity)
+    assert main(["evaluate", str(root), "--model", str(model), "--json", "--quiet", "--no-cache", "--depth", "5"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["score"] == similarity
+    assert "vector twin" in out["qpp"]["missing"]["uncertainty"]
+    enc = load_model(str(model))
+    ds = load_beir(root, "test")
+    q = enc.encode_queries(ds.query_texts()).numpy().mean.astype(np.float64)
+    d = enc.encode_documents(ds.document_texts()).numpy().mean.astype(np.float64)
+    if similarity == "cosine":
+        q, d = q / np.linalg.norm(q, axis=1, keepdims=True), d / np.linalg.norm(d, axis=1, keepdims=True)
+    scores = q @ d.T
+    from kl_retrievers.evaluation import evaluate_model
+
+    run = evaluate_model(enc, ds, k=5, use_cache=False, show_progress=False).run
+    column = {doc_id: j for j, doc_id in enumerate(ds.doc_ids)}
+    for i, qid in enumerate(ds.query_ids):  # each hit carries its own similarity, and they are the top 5
+        np.testing.assert_allclose([scores[i, column[d]] for d in run[qid]], list(run[qid].values()), rtol=1e-5)
+        np.testing.assert_allclose(list(run[qid].values()), np.sort(scores[i])[::-1][:5], rtol=1e-5)
+    kl_run = evaluate_model(enc, ds, k=5, use_cache=False, show_progress=False, similarity="neg_kl")
+    assert kl_run.summary()["score"] == "neg_kl"
+    assert main(["evaluate", str(root), "--model", str(model), "--hybrid", "rrf", "--quiet", "--no-cache"]) == 2
+    assert f"vector twin trained with --similarity {similarity}" in capsys.readouterr().err
