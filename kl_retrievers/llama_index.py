@@ -93,6 +93,8 @@ try:
     from llama_index.core.schema import (
         BaseNode,
         Document,
+        ImageNode,
+        IndexNode,
         MetadataMode,
         NodeRelationship,
         NodeWithScore,
@@ -727,16 +729,79 @@ def _to_node(doc_id: str, text: str | None, metadata: Mapping[str, Any]) -> Base
     return TextNode(id_=doc_id, text=text or "", metadata=dict(metadata))
 
 
+#: Metadata keys a search adds to the nodes it returns (dense and hybrid): per-query, not the document's.
+_SCORE_KEYS = frozenset(
+    {SCORE_NAME, QUERY_UNCERTAINTY_KEY, CONFIDENCE_KEY, "fused_score", "fusion", "bm25", "dense_rank", "bm25_rank",
+     "dense_weight"}
+)  # fmt: skip
+
+
+def _unscored_hash(node: BaseNode, cls: type[BaseNode]) -> str:
+    """``cls``'s hash of ``node`` with the per-query score keys left out of its metadata."""
+    if not _SCORE_KEYS.intersection(node.metadata):
+        return str(cls.hash.fget(node))  # type: ignore[attr-defined]
+    plain = node.model_copy(update={"metadata": {k: v for k, v in node.metadata.items() if k not in _SCORE_KEYS}})
+    return str(cls.hash.fget(plain))  # type: ignore[attr-defined]
+
+
+class _ScoredTextNode(TextNode):
+    """A returned ``TextNode`` whose ``hash`` ignores the search's score keys (see :func:`_scored_node`)."""
+
+    @property
+    def hash(self) -> str:
+        return _unscored_hash(self, TextNode)
+
+    def __repr_name__(self) -> str:  # printed as the node it is
+        return "TextNode"
+
+
+class _ScoredIndexNode(IndexNode):
+    """As :class:`_ScoredTextNode`, for an ``IndexNode``."""
+
+    @property
+    def hash(self) -> str:
+        return _unscored_hash(self, IndexNode)
+
+    def __repr_name__(self) -> str:  # printed as the node it is
+        return "IndexNode"
+
+
+class _ScoredImageNode(ImageNode):
+    """As :class:`_ScoredTextNode`, for an ``ImageNode``."""
+
+    @property
+    def hash(self) -> str:
+        return _unscored_hash(self, ImageNode)
+
+    def __repr_name__(self) -> str:  # printed as the node it is
+        return "ImageNode"
+
+
+_SCORED_CLASSES: dict[type, type] = {
+    TextNode: _ScoredTextNode,
+    IndexNode: _ScoredIndexNode,
+    ImageNode: _ScoredImageNode,
+}
+
+
 def _scored_node(doc_id: str, text: str | None, metadata: Mapping[str, Any], scores: Mapping[str, Any]) -> BaseNode:
     """A stored node rebuilt by :func:`_to_node`, with ``scores`` added to its metadata.
 
     The score keys are appended to the node's own excluded LLM and embedding metadata keys, so the
-    LLM and the embedder read what they read before the search.
+    LLM and the embedder read what they read before the search. The node's ``hash`` leaves them
+    out too: LlamaIndex's ``QueryFusionRetriever`` matches one document across result lists (ours,
+    a BM25 retriever's, another query's) by ``node.hash``, which hashes the text and the whole
+    metadata, so per-query scores would make every copy look like another document. The class
+    is a subclass of the node's own (``TextNode``, ``IndexNode``, ``ImageNode``) with the same
+    ``class_name()``, so serialised nodes are unchanged.
     """
     node = _to_node(doc_id, text, metadata)
     node.metadata.update(scores)
     for excluded in (node.excluded_llm_metadata_keys, node.excluded_embed_metadata_keys):
         excluded.extend(key for key in scores if key not in excluded)
+    scored = _SCORED_CLASSES.get(type(node))
+    if scored is not None:
+        object.__setattr__(node, "__class__", scored)
     return node
 
 

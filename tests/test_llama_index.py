@@ -730,6 +730,19 @@ def test_bm25_hybrid_recipe(embed: KLEmbedding) -> None:
     )
     hits = fusion.retrieve("bee rock")
     assert "the bee is on the rock" in [h.node.get_content() for h in hits]
+    # One document found by both retrievers is one hit, its reciprocal ranks summed: the per-query
+    # scores in a KL node's metadata do not enter its hash, which the fusion matches documents by.
+    dense = index.as_retriever(similarity_top_k=2).retrieve("bee rock")
+    sparse = bm25.retrieve("bee rock")
+    assert dense[0].node.metadata["neg_kl"] is not None
+    by_id: dict[str, float] = {}
+    for ranked in (dense, sparse):
+        for rank, hit in enumerate(ranked):
+            by_id[hit.node.node_id] = by_id.get(hit.node.node_id, 0.0) + 1.0 / (rank + 60.0)
+    assert {h.node.hash for h in dense} & {h.node.hash for h in sparse}  # the bee text is in both lists
+    assert len(hits) == min(3, len(by_id))
+    for hit in hits:
+        assert hit.score == pytest.approx(by_id[hit.node.node_id])
     # An index loaded from the store alone has an empty docstore: give BM25 the store's nodes instead.
     store = index.vector_store
     assert isinstance(store, KLVectorStore)

@@ -88,7 +88,7 @@ def test_hybrid_nodes_keep_exclusions_relationships_and_type(encoder: GaussianEn
     assert "lang" not in a.get_content(metadata_mode=MetadataMode.EMBED)  # the node's own embed exclusions
     nxt = a.relationships[NodeRelationship.NEXT]
     assert isinstance(nxt, RelatedNodeInfo) and nxt.node_id == "b" and a.ref_doc_id == "doc-a"
-    assert type(b) is IndexNode and b.index_id == "sub-index" and b.get_content() == HYBRID_TEXTS[1]
+    assert isinstance(b, IndexNode) and b.class_name() == "IndexNode" and b.index_id == "sub-index" and b.get_content() == HYBRID_TEXTS[1]
     # node metadata: the user's keys plus the score keys, none of LlamaIndex's storage keys
     assert {"path", "lang", "neg_kl", "bm25", "fused_score", QUERY_UNCERTAINTY_KEY, CONFIDENCE_KEY} <= set(a.metadata)
     assert not {"_node_content", "_node_type", "doc_id", "document_id", "ref_doc_id"} & set(a.metadata)
@@ -122,7 +122,7 @@ def test_hybrid_store_filled_with_the_core_api_still_gives_text_nodes(encoder: G
     store = KLHybridStore(encoder, fusion="rrf")
     store.add(list(HYBRID_TEXTS), ids=[f"x{i}" for i in range(6)], metadatas=[{"ref_doc_id": "src", "n": 1}] * 6)
     hit = KLHybridRetriever(store, similarity_top_k=1).retrieve(HYBRID_TEXTS[2])[0].node
-    assert type(hit) is TextNode and hit.get_content() == HYBRID_TEXTS[2]
+    assert isinstance(hit, TextNode) and hit.class_name() == "TextNode" and hit.get_content() == HYBRID_TEXTS[2]
     assert hit.ref_doc_id == "src" and hit.metadata["n"] == 1 and "ref_doc_id" not in hit.metadata
 
 
