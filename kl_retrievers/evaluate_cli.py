@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from kl_retrievers._encoding import missing_modules
 from kl_retrievers.baselines import run_baseline
 from kl_retrievers.cli_common import (
     add_model_backend_argument,
@@ -339,6 +340,19 @@ def _evaluate_hybrid(
     return result, dense_run, weights
 
 
+def _missing_package_problem(args: argparse.Namespace) -> str | None:
+    """What is not installed for this evaluation, said before the dataset is read or anything encoded."""
+    if missing_modules(["ir_measures"]):
+        return 'scoring runs needs ir-measures: pip install "kl-retrievers[eval]"'
+    if not args.baseline and args.model_backend == "torch" and missing_modules(["torch", "transformers"]):
+        return (
+            "--model-backend torch (evaluate's default: the backend of the logged figures) needs torch and "
+            'transformers: pip install "kl-retrievers[torch]", or pass --model-backend onnx to evaluate the '
+            "int8 ONNX graph without torch (its scores differ slightly from torch's)"
+        )
+    return None
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run ``kl-retrievers evaluate`` from parsed arguments.
 
@@ -361,7 +375,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    problem = _hybrid_option_problem(args) or _output_problem(args)
+    problem = _hybrid_option_problem(args) or _output_problem(args) or _missing_package_problem(args)
     if problem:
         print(f"kl-retrievers evaluate: error: {problem}", file=sys.stderr)
         return 2

@@ -442,6 +442,29 @@ def test_make_and_pip_lines_name_real_targets_and_extras() -> None:
     assert checked >= 3
 
 
+def test_readme_links_are_absolute_and_name_real_files() -> None:
+    """PyPI shows README.md as the project page, where a relative link 404s: every link is absolute,
+    and one into this repository names a file (and heading) that exists."""
+    pyproject = (REPO / "pyproject.toml").read_text()
+    source = re.search(r'^Source = "([^"]+)"', pyproject, re.M)
+    assert source, "pyproject.toml: no Source URL"
+    prefix = source.group(1).rstrip("/") + "/blob/main/"
+    links = re.findall(r"\]\(([^)\s]+)\)", (REPO / "README.md").read_text())
+    assert len(links) >= 10
+    for link in links:
+        assert link.startswith(("https://", "http://")), f"README.md: relative link {link!r} breaks on PyPI"
+        if not link.startswith(prefix):
+            continue
+        path, _, heading = link[len(prefix) :].partition("#")
+        assert (REPO / path).is_file(), f"README.md: {link} names no file of this repository"
+        if heading:
+            slugs = {
+                re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+                for h in re.findall(r"^#+ (.*)$", (REPO / path).read_text(), re.M)
+            }
+            assert heading in slugs, f"README.md: {link}: no heading #{heading} in {path}"
+
+
 BENCHMARK_LINES = [doc for doc in ALL_COMMANDS if kind(doc.command) == "benchmark"]
 BENCHMARK_SCRIPTS = sorted({shlex.split(doc.command)[1] for doc in BENCHMARK_LINES})
 

@@ -111,3 +111,29 @@ def test_train_cli_without_a_training_package_names_the_train_extra(
     assert len(err) == 1 and err[0].startswith("kl-retrievers train: error:"), err
     assert f"needs {blocked}" in err[0] and 'pip install "kl-retrievers[train]"' in err[0], err
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ kl-retrievers evaluate: said before any work
+def test_evaluate_without_ir_measures_names_the_eval_extra_before_reading_anything(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kl_retrievers.cli import main
+
+    assert "ir-measures" in _extra("eval")
+    _block(monkeypatch, "ir_measures")
+    assert main(["evaluate", str(tmp_path / "not-read"), "--model-backend", "onnx", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert 'needs ir-measures: pip install "kl-retrievers[eval]"' in err and "not-read" not in err
+
+
+def test_evaluate_on_torch_without_torch_names_the_onnx_backend(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kl_retrievers.cli import main
+
+    _block(monkeypatch, "torch")
+    assert main(["evaluate", str(tmp_path / "not-read"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert 'pip install "kl-retrievers[torch]", or pass --model-backend onnx' in err
+    assert main(["evaluate", str(tmp_path / "not-read"), "--baseline", "bm25", "--quiet"]) == 2
+    assert "--model-backend" not in capsys.readouterr().err  # a baseline needs no model backend

@@ -92,3 +92,13 @@ def test_an_unknown_name_from_a_wheel_is_not_called_a_research_model(
     _wheel_layout(tmp_path, monkeypatch)
     with pytest.raises(ValueError, match="no bundled model named 'minilm-gauss-xx'"):
         bundled_model_path("minilm-gauss-xx")
+
+
+@pytest.mark.parametrize("name", ["sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2", "bge-small-en"])
+def test_load_model_with_a_backbone_name_says_it_is_a_backbone(name: str) -> None:
+    from kl_retrievers.hub import ModelNotFoundError
+    from kl_retrievers.pretrained import DEFAULT_MODEL, load_model
+
+    with pytest.raises(ModelNotFoundError, match=r"is a backbone .*not a Gaussian model") as info:
+        load_model(name, backend="onnx")
+    assert DEFAULT_MODEL in str(info.value) and "GaussianEncoder.from_backbone" in str(info.value)

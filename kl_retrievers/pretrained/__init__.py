@@ -261,6 +261,8 @@ def load_model(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None; got {backend!r}")
     name = _bundled_name(name_or_path)
+    if name is None and name_or_path is not None:
+        _refuse_backbone_name(str(name_or_path))
     try:
         return _load(name, name_or_path, device=device, backend=backend, quantize=quantize)
     except ModelNotFoundError as exc:
@@ -269,6 +271,19 @@ def load_model(
                 f"{exc} Bundled models (load them by name): {', '.join(bundled_models())}."
             ) from None
         raise
+
+
+def _refuse_backbone_name(name_or_path: str) -> None:
+    """A backbone's name (``all-MiniLM-L6-v2``, ``bge-small-en``...) is no Gaussian model: say what to load."""
+    from kl_retrievers.hub import OFFLINE_COPIES
+
+    if name_or_path not in OFFLINE_COPIES or Path(name_or_path).expanduser().exists():
+        return
+    raise ModelNotFoundError(
+        f"{name_or_path!r} is a backbone (a plain sentence encoder), not a Gaussian model: load a bundled model "
+        f"by name ({', '.join(bundled_models())}), or build a Gaussian encoder on it with "
+        f'GaussianEncoder.from_backbone({name_or_path!r}) (needs pip install "kl-retrievers[torch]")'
+    )
 
 
 def _load(
