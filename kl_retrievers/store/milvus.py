@@ -23,9 +23,13 @@ collection instead of a table and a FAISS index.  Each document is stored as one
   (``benchmarks/milvus.py``), which is why the L2 reduction is the default.
 
 Milvus returns a candidate pool (``max(rescore_pool, rescore_factor * k)``) with the stored
-vectors; the Gaussians are recovered from ``d~`` exactly (``var = -1 / (2 d~_var)``,
+vectors, texts and metadata (one call: each hit is one stored version of its document, even under
+concurrent writers); the Gaussians are recovered from ``d~`` exactly (``var = -1 / (2 d~_var)``,
 ``mu = d~_mu * var``) and re-scored with the exact ``-KL`` in float64, so reported scores are
-the true ``-KL(Q || D)`` (query constant included): **higher is better**.
+the true ``-KL(Q || D)`` (query constant included): **higher is better**.  When HNSW / IVF return
+fewer than ``k`` hits (a selective filter) and at most ``exact_threshold`` rows match, every
+matching row is scored exactly.  docs/milvus.md, *Known differences and limits*, lists what still
+differs from ``KLStore``.
 
 Several writers: every row of the collection must be reduced with the same ``M`` and ``o``, or the
 L2 ranking (and so the candidate pool) is wrong.  Milvus has no transactions and no atomic
@@ -103,6 +107,7 @@ from kl_retrievers.gaussian import (
     reduce_query_vectors,
     reduction_norm_bound,
     reduction_offset,
+    shift_document_vectors,
     worth_centring,
 )
 from kl_retrievers.store._base import (
@@ -134,6 +139,14 @@ _REWRITE_DONE_KEY = "kl_retrievers.rewrite_done"
 #: How often one ``add`` starts over after a concurrent writer changed ``M`` before it gives up.
 _MAX_SYNC_ATTEMPTS = 20
 _EXTRA = "pip install 'kl-retrievers[milvus]'"
+#: Ids per ``id in [...]`` expression (fetches and deletes are split into requests of this many).
+_ID_BATCH = 1000
+#: A batch whose largest norm exceeds this many times the bound ``M`` it finds (or, for the first
+#: documents, the batch's median norm) is logged: ``M`` then dwarfs the other documents' norms and
+#: float32 L2 can no longer rank them (docs/milvus.md, *Known differences and limits*).
+_NORM_JUMP_WARN = 1e3
+#: :meth:`MilvusKLStore.repair` lowers ``M`` when it exceeds ``norm_headroom * max ||d^||`` by this factor.
+_SHRINK_FACTOR = 2.0
 
 
 class MilvusConnectionError(ConnectionError):
@@ -161,6 +174,20 @@ def _string_literal(text: str) -> str:
     """
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
     return f'"{escaped}"'
+
+
+def _id_filter(ids: Sequence[str]) -> str:
+    r"""``id in [...]`` with every id as an escaped string literal (quotes, backslashes, newlines included).
+
+    ``MilvusClient.get`` / ``delete(ids=...)`` paste ids into ``['...']`` unescaped, so an id such as
+    ``O'Brien`` or ``c\d`` broke the expression or matched another row; Milvus Lite has no
+    ``filter_params`` templates, so the ids are escaped here.
+
+    Examples:
+        >>> print(_id_filter(["O'Brien", 'c\\d']))
+        id in ["O'Brien", "c\\d"]
+    """
+    return "id in [" + ", ".join(_string_literal(i) for i in ids) + "]"
 
 
 def _literal(value: Any, where: str) -> str:
@@ -367,6 +394,10 @@ class MilvusKLStore(GaussianStore):
         nprobe: IVF lists probed per query.
         rescore_pool: Minimum candidates re-scored exactly per query.
         rescore_factor: The pool is ``max(rescore_pool, rescore_factor * k)`` (at most 16384).
+        exact_threshold: When HNSW / IVF returns fewer than ``k`` hits for a query (a selective
+            filter, or too few IVF lists probed) and at most this many rows match, every matching
+            row is fetched and scored exactly, so all matching documents come back when fewer than
+            ``k`` exist (as with ``KLStore``).
         norm_headroom: ``M = norm_headroom * max ||d~||`` for the L2 reduction (>= 1).
         max_text_length: ``max_length`` of the ``text`` field; longer texts raise ``ValueError``.
         timeout: Seconds to wait for the server when connecting and for metadata calls.
@@ -407,6 +438,7 @@ class MilvusKLStore(GaussianStore):
         nprobe: int = 32,
         rescore_pool: int = 100,
         rescore_factor: int = 10,
+        exact_threshold: int = 20000,
         norm_headroom: float = 1.1,
         max_text_length: int = 65535,
         timeout: float = 10.0,
@@ -437,6 +469,12 @@ class MilvusKLStore(GaussianStore):
             ],
             compressions=COMPRESSIONS,
         )
+        if (
+            isinstance(exact_threshold, bool)
+            or not isinstance(exact_threshold, (int, np.integer))
+            or exact_threshold < 0
+        ):
+            raise ValueError(f"exact_threshold must be an integer >= 0; got {exact_threshold!r}")
         if not timeout > 0:
             raise ValueError(f"timeout must be positive (seconds); got {timeout!r}")
         if request_timeout is not None and not request_timeout > 0:
@@ -463,6 +501,7 @@ class MilvusKLStore(GaussianStore):
         self.nprobe = int(nprobe)
         self.rescore_pool = int(rescore_pool)
         self.rescore_factor = int(rescore_factor)
+        self.exact_threshold = int(exact_threshold)
         self.norm_headroom = float(norm_headroom)
         self.max_text_length = int(max_text_length)
         self.timeout = float(timeout)
@@ -475,6 +514,9 @@ class MilvusKLStore(GaussianStore):
         self._lock = threading.RLock()
         self._dim: int | None = None
         self._state = _NO_REDUCTION  # M, the offset and their version, as this client last read them
+        self._uid: str | None = None  # random id stored in the collection's config at creation
+        self._identity: tuple[Any, str | None] | None = None  # (collection_id, uid) of the attached collection
+        self._text_nullable = False  # a nullable text field keeps "no text" (None) apart from ""
         self._client = client if client is not None else self._connect(uri, token)
         if self._client.has_collection(collection_name, timeout=self.timeout):
             self._attach(None if dim is None else int(dim))
@@ -531,6 +573,7 @@ class MilvusKLStore(GaussianStore):
             "rewrite": False,
             "index_type": self.index_type,
             "compression": self.compression,
+            "collection_uid": self._uid,
             "encoder": getattr(self.encoder, "name_or_path", None),
         }
 
@@ -548,10 +591,12 @@ class MilvusKLStore(GaussianStore):
         pymilvus = _import_pymilvus()
         dt = pymilvus.DataType
         self._dim = k
+        self._uid = uuid.uuid4().hex  # tells this collection from one re-created under the same name
         schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", dt.VARCHAR, is_primary=True, max_length=MAX_ID_LENGTH)
         schema.add_field("vector", dt.FLOAT_VECTOR, dim=self._vector_dim)
-        schema.add_field("text", dt.VARCHAR, max_length=self.max_text_length)
+        # nullable (collections created since 2026-12-03): a document added without text reads back as None
+        schema.add_field("text", dt.VARCHAR, max_length=self.max_text_length, nullable=True)
         schema.add_field("metadata", dt.JSON)
         index_params = self._client.prepare_index_params()
         index_type, params = self._index_params()
@@ -563,6 +608,9 @@ class MilvusKLStore(GaussianStore):
             properties={_CONFIG_KEY: json.dumps(self._config())},
             timeout=self.timeout,
         )
+        self._text_nullable = True
+        info = self._client.describe_collection(self.collection_name, timeout=self.timeout)
+        self._identity = self._identity_of(info, self._stored_config(info)[0])
         logger.info("created Milvus collection %r (%s, %s, dim %d)", self.collection_name, index_type, self.metric, k)
 
     def _stored_config(self, info: Mapping[str, Any]) -> tuple[dict[str, Any], _Reduction]:
@@ -617,15 +665,78 @@ class MilvusKLStore(GaussianStore):
             )
         self._state = state
 
+    @staticmethod
+    def _identity_of(info: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[Any, str | None]:
+        """What tells this collection from one dropped and re-created under its name.
+
+        Milvus' ``collection_id`` (always 0 in Milvus Lite) and the random ``collection_uid`` stored
+        in the config at creation (absent in collections created before 2026-12-03).
+        """
+        return info.get("collection_id"), config.get("collection_uid")
+
     def _read_state(self) -> _Reduction:
-        """Re-read ``M``, the offset and their version from the collection, and adopt them."""
+        """Re-read ``M``, the offset and their version from the collection, and adopt them.
+
+        When the collection was dropped and re-created (by any client) since this one attached, its
+        whole configuration (centre, ``M``, dimension, index) is read again instead, with a warning.
+        """
         info = self._client.describe_collection(self.collection_name, timeout=self.timeout)
-        state = self._stored_config(info)[1]
+        config, state = self._stored_config(info)
+        if self._identity is not None and self._identity_of(info, config) != self._identity:
+            logger.warning(
+                "Milvus collection %r was dropped and re-created since this client attached to it; "
+                "re-reading its configuration (centre, norm bound, dimension, index)",
+                self.collection_name,
+            )
+            self._forget()
+            self._attach(None, info)
+            return self._state
         self._adopt(state)
         return state
 
-    def _attach(self, dim: int | None) -> None:
-        info = self._client.describe_collection(self.collection_name, timeout=self.timeout)
+    def _forget(self) -> None:
+        """Forget the attached collection (dropped): nothing known until the next attach or create."""
+        self._dim = None
+        self._state = _NO_REDUCTION
+        self._uid = None
+        self._identity = None
+        self._text_nullable = False
+
+    def _sync(self) -> None:
+        """Check (one ``describe_collection``) that the collection is still the one attached, and re-read
+        its state; attach to a collection another client created since, forget a dropped one."""
+        if self._dim is None:
+            if self._client.has_collection(self.collection_name, timeout=self.timeout):
+                self._attach(None)
+            return
+        try:
+            self._read_state()
+        except Exception:
+            if self._client.has_collection(self.collection_name, timeout=self.timeout):
+                raise
+            logger.warning("Milvus collection %r was dropped by another client", self.collection_name)
+            self._forget()
+
+    def _stored_index(self, config: Mapping[str, Any]) -> tuple[Any, Any]:
+        """``(index_type, compression)`` of the collection: from its config, else from its vector index."""
+        if "index_type" in config:
+            return config.get("index_type"), config.get("compression")
+        try:
+            kind = str(self._client.describe_index(self.collection_name, "vector").get("index_type", ""))
+        except Exception:  # pragma: no cover - no index described: keep this client's settings
+            return self.index_type, self.compression
+        known = {
+            "FLAT": ("flat", None),
+            "HNSW": ("hnsw", None),
+            "HNSW_SQ": ("hnsw", "sq8"),
+            "IVF_FLAT": ("ivf", None),
+            "IVF_SQ8": ("ivf", "sq8"),
+        }
+        return known.get(kind, (self.index_type, self.compression))
+
+    def _attach(self, dim: int | None, info: Mapping[str, Any] | None = None) -> None:
+        if info is None:
+            info = self._client.describe_collection(self.collection_name, timeout=self.timeout)
         name = self.collection_name
         config, state = self._stored_config(info)
         if config.get("metric") != self.metric:
@@ -646,6 +757,25 @@ class MilvusKLStore(GaussianStore):
                 f"Milvus collection {name!r}: its vector field has dimension {vdim}, but its kl-retrievers config "
                 f"says {self._vector_dim}; the collection is inconsistent (nothing was changed)"
             )
+        index_type, compression = self._stored_index(config)
+        stored = (index_type, compression)
+        if index_type in INDEX_TYPES and compression in COMPRESSIONS and stored != (self.index_type, self.compression):
+            # the index Milvus searches is the stored one; search parameters (ef / nprobe) must match it
+            logger.warning(
+                "Milvus collection %r was created with index_type=%r, compression=%r; this client asked for "
+                "index_type=%r, compression=%r: using the collection's (drop it, or choose another "
+                "collection_name, to get another index)",
+                name,
+                index_type,
+                compression,
+                self.index_type,
+                self.compression,
+            )
+            self.index_type, self.compression = index_type, compression
+        self._text_nullable = bool((fields.get("text") or {}).get("nullable", False))
+        uid = config.get("collection_uid")
+        self._uid = uid if isinstance(uid, str) else None
+        self._identity = self._identity_of(info, config)
         self._adopt(state)
         self._client.load_collection(name, timeout=self.request_timeout)
 
@@ -706,6 +836,14 @@ class MilvusKLStore(GaussianStore):
         assert self._state.norm_bound is not None
         return reduce_document_vectors(dvec, self._state.offset, self._state.norm_bound, width=self._vector_dim)
 
+    def _text(self, text: str | None) -> str | None:
+        """The stored form of a text: ``None`` kept where the text field is nullable, else ``""``.
+
+        Collections created before 2026-12-03 have a non-nullable text field: a document added there
+        without text reads back as ``""`` (docs/milvus.md, *Known differences and limits*).
+        """
+        return text if text is not None or self._text_nullable else ""
+
     def _upsert(self, vectors: np.ndarray, id_list: Sequence[str], texts: Sequence[Any], metas: Sequence[Any]) -> None:
         rng: Any = range(0, len(id_list), self.insert_batch)
         if self.show_progress_bar:
@@ -715,7 +853,7 @@ class MilvusKLStore(GaussianStore):
         for s in rng:
             e = min(len(id_list), s + self.insert_batch)
             rows = [
-                {"id": id_list[i], "vector": vectors[i].tolist(), "text": texts[i] or "", "metadata": metas[i]}
+                {"id": id_list[i], "vector": vectors[i].tolist(), "text": self._text(texts[i]), "metadata": metas[i]}
                 for i in range(s, e)
             ]
             self._client.upsert(self.collection_name, rows, timeout=self.request_timeout)
@@ -732,6 +870,7 @@ class MilvusKLStore(GaussianStore):
                 raise ValueError(f"id {doc_id[:40]!r}... has {len(doc_id)} characters; Milvus ids hold {MAX_ID_LENGTH}")
         metas = [_milvus_metadata(m, doc_id) for m, doc_id in zip(new.metadatas, id_list, strict=True)]
         with self._lock:
+            self._sync()  # the collection may have been dropped (and re-created) by another client
             if self._dim is None:
                 if self._client.has_collection(self.collection_name, timeout=self.timeout):
                     self._attach(g.dim)
@@ -755,6 +894,7 @@ class MilvusKLStore(GaussianStore):
         """
         need = 0.0  # a norm the bound must cover besides this batch's (a stored row found above M)
         rewrote_all = False  # rows of other writers were rewritten under a bound since replaced
+        checked = False  # the batch's norms were compared with the bound (once per add)
         for attempt in range(_MAX_SYNC_ATTEMPTS):
             state = self._read_state()
             if state.norm_bound is None:  # the collection's first documents: choose the centre, o and M
@@ -762,11 +902,17 @@ class MilvusKLStore(GaussianStore):
                 centre = tuple(float(x) for x in c) if worth_centring(raw, c) else None
                 dvec = centre_document_vectors(raw, None if centre is None else np.asarray(centre))
                 offset = reduction_offset(dvec)
+                if not checked:
+                    self._warn_norm_jump(dvec, offset, None, id_list)
+                    checked = True
                 first_bound = reduction_norm_bound(dvec, offset, self.norm_headroom)
                 if not self._publish(first_bound, offset, rewrite=False, centre=centre):
                     continue
             else:
                 dvec = self._centred(raw)
+                if not checked:
+                    self._warn_norm_jump(dvec, state.offset, state.norm_bound, id_list)
+                    checked = True
                 top = max(reduction_norm_bound(dvec, state.offset), need)
                 rewrite = rewrote_all or state.pending
                 if top > state.norm_bound:
@@ -799,23 +945,62 @@ class MilvusKLStore(GaussianStore):
             "bound: retry the add, or call repair() once the other writers are done"
         )
 
-    def _iter_all(self, output_fields: list[str], batch: int = 1000) -> Iterator[list[dict[str, Any]]]:
-        it = self._client.query_iterator(
-            self.collection_name,
-            batch_size=batch,
-            filter="",
-            output_fields=output_fields,
-            timeout=self.request_timeout,
-            consistency_level="Strong",  # see rows other writers have just inserted
-        )
-        try:
-            while True:
-                page = it.next()
-                if not page:
-                    break
-                yield list(page)
-        finally:
-            it.close()
+    def _warn_norm_jump(self, dvec: np.ndarray, offset: float, bound: float | None, id_list: list[str]) -> None:
+        """Log a document whose norm dwarfs the bound ``M`` in force (or, for the first documents, the
+        batch's median norm) by more than :data:`_NORM_JUMP_WARN`: ``M`` follows it and float32 L2 can
+        then no longer rank the other documents (scores stay exact, the candidate pool does not)."""
+        norms = np.linalg.norm(shift_document_vectors(dvec, offset), axis=1)
+        if bound is not None:
+            ref, what = bound, f"the bound M={bound:.3g} in force"
+        elif len(norms) > 1:
+            ref, what = float(np.median(norms)), "the median norm of the documents added with it"
+        else:
+            return
+        worst = int(np.argmax(norms))
+        factor = float(norms[worst]) / max(ref, 1e-300)
+        if factor > _NORM_JUMP_WARN:
+            logger.warning(
+                "document %r has a reduced norm %.3g, %.3g times %s (a tiny variance or a huge mean): the "
+                "L2-reduction bound M grows to cover it, and float32 L2 search can then barely tell the other "
+                "documents apart (flat recall drops far below 1; scores stay exact). M does not shrink when it "
+                "is deleted: delete it and call repair() to lower M, or keep such documents in another collection",
+                id_list[worst],
+                float(norms[worst]),
+                factor,
+                what,
+            )
+
+    def _iter_all(
+        self, output_fields: list[str], batch: int = 1000, filter: str = ""
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Every row (matching ``filter``) in pages of ``batch``, in primary-key order.
+
+        The cursor pagination of ``MilvusClient.query_iterator`` (``id > "<last id>"`` with the id pasted
+        in unescaped) loops forever or skips rows at an id holding a backslash or a quote; this is the
+        same pagination (``iterator`` queries come back in primary-key order) with the id escaped.
+        """
+        fields = list(dict.fromkeys(["id", *output_fields]))
+        last: str | None = None
+        while True:
+            parts = [f"({filter})"] if filter else []
+            if last is not None:
+                parts.append(f"id > {_string_literal(last)}")
+            page = self._client.query(
+                self.collection_name,
+                filter=" and ".join(parts),
+                output_fields=fields,
+                limit=batch,
+                timeout=self.request_timeout,
+                consistency_level="Strong",  # see rows other writers have just inserted
+                iterator="True",  # pages in primary-key order (as query_iterator asks for them)
+                reduce_stop_for_best="False",
+            )
+            if not page:
+                return
+            yield list(page)
+            if len(page) < batch:
+                return
+            last = str(page[-1]["id"])
 
     def _rewrite_rows(self, old_bound: float | None) -> None:
         """Rewrite every stored row under this client's (just stored) ``M`` and offset, then mark it done.
@@ -855,12 +1040,24 @@ class MilvusKLStore(GaussianStore):
             old_bound,
         )
 
+    def _stored_top(self, offset: float) -> float:
+        """The largest shifted norm ``max ||d^||`` over the stored rows (0 for none; a full scan)."""
+        assert self._dim is not None
+        top = 0.0
+        for page in self._iter_all(["vector"]):
+            g = document_gaussians_from_vectors([r["vector"] for r in page], self._dim)
+            top = max(top, reduction_norm_bound(np.asarray(kl_document_vectors(g)), offset))
+        return top
+
     def repair(self) -> int:
         """Rewrite every row under the stored ``M`` and offset (a no-op for ``metric="IP"``).
 
-        Needed only when a writer died between storing a raised ``M`` and finishing the rewrite and
+        Needed when a writer died between storing a raised ``M`` and finishing the rewrite and
         no ``add`` has run since, or after an ``add`` gave up on concurrent writers.  Safe to run at
-        any time (while other processes write, too).
+        any time (while other processes write, too).  It first scans the stored rows: where ``M``
+        is more than twice ``norm_headroom * max ||d^||`` (the documents that raised it were
+        deleted) it stores the lower ``M`` and rewrites every row under it, which restores the
+        float32 precision of the L2 ranking (``M`` never shrinks by itself).
 
         Returns:
             The stored version of ``M`` the rows now follow.
@@ -873,8 +1070,20 @@ class MilvusKLStore(GaussianStore):
                 state = self._read_state()
                 if state.norm_bound is None:
                     return state.version
-                if need > state.norm_bound and not self._publish(self.norm_headroom * need, state.offset, rewrite=True):
-                    continue
+                top = max(self._stored_top(state.offset), need)
+                if top > state.norm_bound * (1.0 + NORM_BOUND_RTOL):
+                    if not self._publish(self.norm_headroom * top, state.offset, rewrite=True):
+                        continue
+                elif top > 0 and state.norm_bound > _SHRINK_FACTOR * self.norm_headroom * top:
+                    # rows that needed a larger M are gone (deleted): a tighter M restores float32 precision
+                    logger.warning(
+                        "lowering the L2-reduction bound M=%.6g to %.6g (the largest stored norm is %.6g)",
+                        state.norm_bound,
+                        self.norm_headroom * top,
+                        top,
+                    )
+                    if not self._publish(self.norm_headroom * top, state.offset, rewrite=True):
+                        continue
                 try:
                     self._rewrite_rows(state.norm_bound)
                 except _NeedsLargerBound as exc:
@@ -895,10 +1104,11 @@ class MilvusKLStore(GaussianStore):
         if self._dim is None or not ids:
             return DeleteReport(deleted=[], missing=ids)
         with self._lock:
-            found = {r["id"] for r in self._client.get(self.collection_name, ids=ids, output_fields=["id"])}
+            found = set(self._fetch(ids, []))
             deleted = [i for i in ids if i in found]
-            if deleted:
-                self._client.delete(self.collection_name, ids=deleted, timeout=self.request_timeout)
+            for s in range(0, len(deleted), _ID_BATCH):
+                chunk = deleted[s : s + _ID_BATCH]
+                self._client.delete(self.collection_name, filter=_id_filter(chunk), timeout=self.request_timeout)
         return DeleteReport(deleted=deleted, missing=[i for i in ids if i not in found])
 
     # -------------------------------------------------------------- reading
@@ -906,8 +1116,18 @@ class MilvusKLStore(GaussianStore):
         """The stored rows of ``ids`` (``fields`` of each) by id; unknown ids are absent."""
         if self._dim is None or not ids:
             return {}
-        rows = self._client.get(self.collection_name, ids=list(dict.fromkeys(ids)), output_fields=fields)
-        return {r["id"]: r for r in rows}
+        unique = list(dict.fromkeys(ids))
+        out: dict[str, dict[str, Any]] = {}
+        for s in range(0, len(unique), _ID_BATCH):
+            rows = self._client.query(
+                self.collection_name,
+                filter=_id_filter(unique[s : s + _ID_BATCH]),  # escaped: get(ids=...) pastes ids in raw
+                output_fields=["id", *fields],
+                timeout=self.request_timeout,
+                consistency_level="Strong",  # read this client's (and others') latest writes
+            )
+            out.update((r["id"], r) for r in rows)
+        return out
 
     def _documents(self, ids: list[str]) -> list[StoredDocument]:
         by_id = self._fetch(ids, ["text", "metadata"])
@@ -915,6 +1135,8 @@ class MilvusKLStore(GaussianStore):
 
     def _gaussians(self, ids: list[str]) -> Gaussians:
         """Recovered exactly from the stored float32 vectors; ``KeyError`` for an unknown id."""
+        with self._lock:
+            self._sync()  # the centre of a collection re-created (or first filled) by another client
         by_id = self._fetch(ids, ["vector"])
         missing = [i for i in ids if i not in by_id]
         if missing:
@@ -924,9 +1146,6 @@ class MilvusKLStore(GaussianStore):
             return Gaussians(np.zeros((0, k)), np.ones((0, k)))
         vectors = np.asarray([by_id[i]["vector"] for i in ids], dtype=np.float64).reshape(len(ids), -1)
         g = document_gaussians_from_vectors(vectors, self._dim)
-        if self.metric == "L2" and self._state.norm_bound is None:
-            with self._lock:
-                self._read_state()  # another client added the first documents (and chose the centre) since
         if self._state.centre is None:
             return g
         return Gaussians(g.mean + np.asarray(self._state.centre), g.var, validate=False)  # the stored means are centred
@@ -966,49 +1185,93 @@ class MilvusKLStore(GaussianStore):
         """A Milvus expression (:func:`to_milvus_expr`; a callable filter raises ``ValueError``)."""
         return "" if filter is None else to_milvus_expr(filter)
 
+    def _rank(self, q64: Gaussians, rows: Sequence[Mapping[str, Any]], k: int) -> list[SearchResult]:
+        """The top ``k`` of ``rows`` (each ``{"id", "vector", "text", "metadata"}``, one stored version of a
+        document) by exact ``-KL`` to the one (centred) query ``q64``, scored from the row's own vector."""
+        if not rows:
+            return []
+        assert self._dim is not None
+        pool = document_gaussians_from_vectors([r["vector"] for r in rows], self._dim)
+        scores = np.asarray(neg_kl(q64, pool))
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [
+            SearchResult(str(rows[j]["id"]), float(scores[j]), rows[j]["text"], dict(rows[j]["metadata"] or {}))
+            for j in order
+        ]
+
     def _search(self, queries: Gaussians, k: int, filter: Any) -> list[list[SearchResult]]:
         qg = queries
-        if self._dim is None:
-            return [[] for _ in range(len(qg))]
         with self._lock:
-            if self.metric == "L2" and self._state.norm_bound is None:
-                self._read_state()  # another process may have added the first documents since
-                if self._state.norm_bound is None:
-                    return [[] for _ in range(len(qg))]  # nothing was ever added
+            self._sync()  # one describe_collection: dropped / re-created since, the first documents' centre
+            if self._dim is None or (self.metric == "L2" and self._state.norm_bound is None):
+                return [[] for _ in range(len(qg))]  # nothing was ever added
+            if qg.dim != self._dim:
+                raise ValueError(f"queries have dimension {qg.dim}; this store has dimension {self._dim}")
             data = self._query_vectors(qg)
             q64 = self._query_centred(qg)  # the pool's recovered Gaussians are centred too
+            index_type = self.index_type
         pool = min(MAX_TOPK, max(k, self.rescore_pool, self.rescore_factor * k))
         params: dict[str, Any] = {}
-        if self.index_type == "hnsw":
+        if index_type == "hnsw":
             params = {"ef": max(self.ef_search, pool)}
-        elif self.index_type == "ivf":
+        elif index_type == "ivf":
             params = {"nprobe": self.nprobe}
+        # text and metadata come with the vectors: each hit is one stored version of its document (a
+        # second request for them could see a concurrent upsert or delete: torn or missing hits)
         hits = self._client.search(
             self.collection_name,
             data=data.tolist(),
             limit=pool,
             filter=filter,
-            output_fields=["vector"],
+            output_fields=["vector", "text", "metadata"],
             search_params={"metric_type": self.metric, "params": params},
             anns_field="vector",
             timeout=self.request_timeout,
         )
-        ranked: list[list[tuple[str, float]]] = []
-        for i, row in enumerate(hits):
-            row = list(row)
-            if not row:
-                ranked.append([])
-                continue
-            pool_gaussians = document_gaussians_from_vectors([h["entity"]["vector"] for h in row], self._dim)
-            scores = np.asarray(neg_kl(q64[i], pool_gaussians))
-            order = np.argsort(-scores, kind="stable")[:k]
-            ranked.append([(str(row[j]["id"]), float(scores[j])) for j in order])
-        # texts and metadata only for the winners, not for the whole candidate pool
-        winners = list(dict.fromkeys(doc_id for row in ranked for doc_id, _ in row))
-        docs = {d.id: d for d in self._documents(winners)} if winners else {}
-        return [
-            [SearchResult(i, s, docs[i].text, dict(docs[i].metadata)) for i, s in row if i in docs] for row in ranked
+        rows = [[{"id": h["id"], **h["entity"]} for h in row] for row in hits]
+        results = [self._rank(q64[i], row, k) for i, row in enumerate(rows)]
+        short = [i for i, row in enumerate(rows) if len(row) < k]
+        if short and index_type != "flat":
+            self._exact_when_short(q64, k, filter, short, min(len(rows[i]) for i in short), results)
+        return results
+
+    def _exact_when_short(
+        self, q64: Gaussians, k: int, filter: str, short: list[int], fewest: int, results: list[list[SearchResult]]
+    ) -> None:
+        """Score every matching row exactly for the queries HNSW / IVF answered with fewer than ``k`` hits.
+
+        A graph or cluster search under a selective filter (or with few IVF lists probed) can miss
+        matching rows; the interface promises every matching document when fewer than ``k`` exist.
+        When more rows match than were returned and at most ``max(k, exact_threshold)`` do, they are
+        fetched (vector, text and metadata: one version each) and ranked exactly, like ``KLStore``.
+        """
+        found = self._client.query(
+            self.collection_name,
+            filter=filter,
+            output_fields=["count(*)"],
+            timeout=self.request_timeout,
+            consistency_level="Strong",
+        )
+        count = int(found[0]["count(*)"]) if found else 0
+        if count <= fewest:
+            return  # the short rows hold every match
+        if count > max(k, self.exact_threshold):
+            logger.warning(
+                "%s search returned fewer than k=%d hits although %d rows match; above exact_threshold=%d, so "
+                "not re-scored exactly (raise ef_search / nprobe or exact_threshold)",
+                self.index_type,
+                k,
+                count,
+                self.exact_threshold,
+            )
+            return
+        matching = [
+            {"id": r["id"], "vector": r["vector"], "text": r["text"], "metadata": r["metadata"]}
+            for page in self._iter_all(["id", "vector", "text", "metadata"], filter=filter)
+            for r in page
         ]
+        for i in short:
+            results[i] = self._rank(q64[i], matching, k)
 
     def flush(self, wait_for_index: bool = False) -> None:
         """Seal what was added into segments that Milvus indexes.
@@ -1033,8 +1296,7 @@ class MilvusKLStore(GaussianStore):
         with self._lock:
             if self._client.has_collection(self.collection_name, timeout=self.timeout):
                 self._client.drop_collection(self.collection_name, timeout=self.timeout)
-            self._dim = None
-            self._state = _NO_REDUCTION
+            self._forget()
 
     def close(self) -> None:
         """Close the client connection."""
