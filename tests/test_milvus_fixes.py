@@ -78,13 +78,16 @@ def test_a_hit_changed_right_after_the_search_keeps_its_own_text_and_is_not_drop
 ) -> None:
     """Deterministic: the document is upserted (then deleted) by another client the moment the ANN
     search returns. The old flow fetched texts in a second request: it paired version A's score with
-    version B's text, and dropped the hit once deleted (k=1 gave [])."""
+    version B's text, and dropped the hit once deleted (k=1 gave []). Now the hit is one version,
+    the one the search saw or the one after the write (a second search), with that version's score."""
     base, ver_a, ver_b, query = _versions()
     store = _store(tmp_path, index_type="flat")
     store.add(gaussians=base, ids=[f"b{i}" for i in range(20)], texts=[f"b{i}" for i in range(20)])
     store.add(gaussians=ver_a, ids=["x"], texts=["A"], metadatas=[{"v": "A"}])
     other = _store(tmp_path, index_type="flat")
     score_a = _exact(query, ver_a, ["x"], 1)[0][0][1]
+    score_b = _exact(query, ver_b, ["x"], 1)[0][0][1]
+    assert abs(score_a - score_b) > 0.1
     real = store.client.search
     action: list[str] = []
 
@@ -99,11 +102,18 @@ def test_a_hit_changed_right_after_the_search_keeps_its_own_text_and_is_not_drop
     monkeypatch.setattr(store.client, "search", search_then_write)
     action.append("upsert")
     hit = store.search(query[0], k=1)[0]
-    assert (hit.id, hit.text, hit.metadata) == ("x", "A", {"v": "A"}) and hit.score == pytest.approx(score_a)
+    assert hit.id == "x" and hit.metadata == {"v": hit.text}
+    assert hit.score == pytest.approx({"A": score_a, "B": score_b}[str(hit.text)])  # its own version's score
     other.add(gaussians=ver_a, ids=["x"], texts=["A"], metadatas=[{"v": "A"}])
     action.append("delete")
     hits = store.search(query[0], k=1)
-    assert [(h.id, h.text) for h in hits] == [("x", "A")]  # the version the search saw, not []
+    assert len(hits) == 1  # not []
+    if hits[0].id == "x":  # the version the search saw
+        assert (hits[0].text, hits[0].score) == ("A", pytest.approx(score_a))
+    else:  # the store after the delete: the best other document, with its own text and score
+        row = int(hits[0].id[1:])
+        assert hits[0].text == hits[0].id
+        assert hits[0].score == pytest.approx(_exact(query, base[row : row + 1], [hits[0].id], 1)[0][0][1])
 
 
 def test_concurrent_upserts_and_deletes_never_tear_or_drop_hits(tmp_path: Path) -> None:

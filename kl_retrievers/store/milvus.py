@@ -23,8 +23,9 @@ collection instead of a table and a FAISS index.  Each document is stored as one
   (``benchmarks/milvus.py``), which is why the L2 reduction is the default.
 
 Milvus returns a candidate pool (``max(rescore_pool, rescore_factor * k)``) with the stored
-vectors, texts and metadata (one call: each hit is one stored version of its document, even under
-concurrent writers); the Gaussians are recovered from ``d~`` exactly (``var = -1 / (2 d~_var)``,
+vectors; the winners' texts and metadata are fetched with their vectors, and a query whose winner
+changed or vanished in between (a concurrent writer) is searched again with texts returned by the
+search itself, so each hit is one stored version of its document; the Gaussians are recovered from ``d~`` exactly (``var = -1 / (2 d~_var)``,
 ``mu = d~_mu * var``) and re-scored with the exact ``-KL`` in float64, so reported scores are
 the true ``-KL(Q || D)`` (query constant included): **higher is better**.  When HNSW / IVF return
 fewer than ``k`` hits (a selective filter) and at most ``exact_threshold`` rows match, every
@@ -1185,15 +1186,20 @@ class MilvusKLStore(GaussianStore):
         """A Milvus expression (:func:`to_milvus_expr`; a callable filter raises ``ValueError``)."""
         return "" if filter is None else to_milvus_expr(filter)
 
-    def _rank(self, q64: Gaussians, rows: Sequence[Mapping[str, Any]], k: int) -> list[SearchResult]:
-        """The top ``k`` of ``rows`` (each ``{"id", "vector", "text", "metadata"}``, one stored version of a
-        document) by exact ``-KL`` to the one (centred) query ``q64``, scored from the row's own vector."""
+    def _top(self, q64: Gaussians, rows: Sequence[Mapping[str, Any]], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Positions of the top ``k`` of ``rows`` (each with its stored ``"vector"``) by exact ``-KL`` to the
+        one (centred) query ``q64``, and every row's score."""
         if not rows:
-            return []
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
         assert self._dim is not None
         pool = document_gaussians_from_vectors([r["vector"] for r in rows], self._dim)
         scores = np.asarray(neg_kl(q64, pool))
-        order = np.argsort(-scores, kind="stable")[:k]
+        return np.argsort(-scores, kind="stable")[:k], scores
+
+    def _rank(self, q64: Gaussians, rows: Sequence[Mapping[str, Any]], k: int) -> list[SearchResult]:
+        """The top ``k`` of ``rows`` (each ``{"id", "vector", "text", "metadata"}``, one stored version of a
+        document) by exact ``-KL`` to the one (centred) query ``q64``, scored from the row's own vector."""
+        order, scores = self._top(q64, rows, k)
         return [
             SearchResult(str(rows[j]["id"]), float(scores[j]), rows[j]["text"], dict(rows[j]["metadata"] or {}))
             for j in order
@@ -1216,20 +1222,46 @@ class MilvusKLStore(GaussianStore):
             params = {"ef": max(self.ef_search, pool)}
         elif index_type == "ivf":
             params = {"nprobe": self.nprobe}
-        # text and metadata come with the vectors: each hit is one stored version of its document (a
-        # second request for them could see a concurrent upsert or delete: torn or missing hits)
-        hits = self._client.search(
-            self.collection_name,
-            data=data.tolist(),
-            limit=pool,
-            filter=filter,
-            output_fields=["vector", "text", "metadata"],
-            search_params={"metric_type": self.metric, "params": params},
-            anns_field="vector",
-            timeout=self.request_timeout,
-        )
-        rows = [[{"id": h["id"], **h["entity"]} for h in row] for row in hits]
-        results = [self._rank(q64[i], row, k) for i, row in enumerate(rows)]
+
+        def search(vectors: np.ndarray, fields: list[str]) -> list[list[dict[str, Any]]]:
+            hits = self._client.search(
+                self.collection_name,
+                data=vectors.tolist(),
+                limit=pool,
+                filter=filter,
+                output_fields=fields,
+                search_params={"metric_type": self.metric, "params": params},
+                anns_field="vector",
+                timeout=self.request_timeout,
+            )
+            return [[{"id": h["id"], **h["entity"]} for h in row] for row in hits]
+
+        # The pool comes with its vectors only (texts are long; a pool is 10 x k); the winners' text and
+        # metadata are fetched with their vectors, and a winner whose vector changed or vanished in
+        # between (a concurrent upsert or delete) sends its query to a second search that returns texts
+        # too, so every hit is one stored version of its document: never torn, never dropped.
+        rows = search(data, ["vector"])
+        tops = [self._top(q64[i], row, k) for i, row in enumerate(rows)]
+        stored = self._fetch(list({rows[i][j]["id"] for i, (order, _) in enumerate(tops) for j in order}),
+                             ["vector", "text", "metadata"])  # fmt: skip
+        results: list[list[SearchResult]] = []
+        stale: list[int] = []
+        for i, (order, scores) in enumerate(tops):
+            hits = []
+            for j in order:
+                row, now = rows[i][j], stored.get(rows[i][j]["id"])
+                if now is None or not np.array_equal(
+                    np.asarray(now["vector"], dtype=np.float32), np.asarray(row["vector"], dtype=np.float32)
+                ):
+                    stale.append(i)
+                    break
+                hits.append(SearchResult(str(row["id"]), float(scores[j]), now["text"], dict(now["metadata"] or {})))
+            results.append(hits)
+        if stale:
+            again = search(data[stale], ["vector", "text", "metadata"])
+            for i, row in zip(stale, again, strict=True):
+                rows[i] = row
+                results[i] = self._rank(q64[i], row, k)
         short = [i for i, row in enumerate(rows) if len(row) < k]
         if short and index_type != "flat":
             self._exact_when_short(q64, k, filter, short, min(len(rows[i]) for i in short), results)
