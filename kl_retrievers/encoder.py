@@ -426,7 +426,13 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         return Gaussians(torch.cat(means)[inverse], torch.cat(vars_)[inverse], validate=False)
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, path: str | os.PathLike[str], *, include_backbone: bool = True) -> Path:
+    def save_pretrained(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        include_backbone: bool = True,
+        extra_files: dict[str, str | bytes] | None = None,
+    ) -> Path:
         """Save to a folder: ``config.json``, safetensors weights and the tokenizer.
 
         Args:
@@ -439,9 +445,16 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                 in a full save, and as its low-rank factors in a delta save (``<weight>.lora_A``,
                 ``.lora_B``, ``.lora_scaling``; loading adds ``(B @ A) * scaling`` as peft's merge
                 does, so the loaded weights equal the merged ones).
+            extra_files: Further files written inside the same atomic swap (file name -> text or
+                bytes), e.g. a ``README.md`` model card: either everything is saved or nothing
+                changes. Names must be plain file names that the save does not write itself.
 
         Returns:
             The folder written.
+
+        Raises:
+            ValueError: ``config.json`` would hold NaN or infinity (not valid JSON), e.g. in
+                ``config.extra``; or an ``extra_files`` name is not a plain new file name.
 
         Examples:
             >>> encoder.save_pretrained("my-encoder")  # doctest: +SKIP
@@ -463,10 +476,30 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                 state[key] = _lora_merged(state[key], a, b, scaling)
         else:
             state = self._delta_state(state, lora)
+        try:  # before anything is written: NaN / inf would make config.json invalid JSON
+            config_text = json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        except ValueError as exc:
+            raise ValueError(
+                f"cannot save to {target}: config.json would hold NaN or infinity ({exc}); replace such values "
+                "(e.g. in encoder.config.extra) with None"
+            ) from None
+        extras = dict(extra_files or {})
+        for name, content in extras.items():
+            if not isinstance(name, str) or not name or name in (".", "..") or Path(name).name != name:
+                raise ValueError(f"extra_files: {name!r} is not a plain file name")
+            if name in (CONFIG_NAME, meta["weights"]):
+                raise ValueError(f"extra_files: {name!r} is written by save_pretrained itself")
+            if not isinstance(content, (str, bytes)):
+                raise ValueError(f"extra_files[{name!r}] must be str or bytes; got {type(content).__name__}")
         with atomic_dir(target) as tmp:
             save_file(state, os.fspath(tmp / meta["weights"]), metadata={"format": "pt"})
             self.tokenizer.save_pretrained(os.fspath(tmp))
-            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            (tmp / CONFIG_NAME).write_text(config_text)
+            for name, content in extras.items():
+                if isinstance(content, bytes):
+                    (tmp / name).write_bytes(content)
+                else:
+                    (tmp / name).write_text(content, encoding="utf-8")
         return target
 
     def export_onnx(

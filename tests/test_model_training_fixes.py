@@ -8,7 +8,6 @@ crash-safe checkpoints, freezing arguments, bundled-name handling and the ONNX C
 from __future__ import annotations
 
 import json
-import logging
 import math
 import shutil
 from pathlib import Path
@@ -262,13 +261,14 @@ def test_resume_uses_the_copy_an_interrupted_swap_left(tmp_path: Path) -> None:
     assert result.resumed_from == 1 and result.steps_done == 4
 
 
-def test_resume_with_another_lr_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_resume_with_another_lr_is_refused_naming_both_values(tmp_path: Path) -> None:
+    """A resume continues the checkpoint's recipe: another learning rate is refused (it used to warn
+    and then record the ignored value as the recipe's)."""
     ts = TrainingSet.from_rows(ROWS)
     ck = tmp_path / "ck"
     train_encoder(make_tiny_encoder(), ts, _cfg(time_budget_s=0.0), checkpoint_dir=ck)
-    with caplog.at_level(logging.WARNING, logger="kl_retrievers.training.trainer"):
+    with pytest.raises(ValueError, match=r"different recipe: --lr \(config\.lr\): checkpoint 0\.001, now 0\.5"):
         train_encoder(make_tiny_encoder(), ts, _cfg(lr=0.5), checkpoint_dir=ck, resume=True)
-    assert any("lr 0.001" in r.getMessage() and "0.5" in r.getMessage() for r in caplog.records)
 
 
 # ------------------------------------------------------------------ 10: freezing arguments

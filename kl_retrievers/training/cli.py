@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -26,9 +28,36 @@ from kl_retrievers.cli_common import _int_at_least, args_subset, check_output_pa
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["add_train_command", "hardware_description", "run_train", "write_model_card"]
+__all__ = [
+    "add_train_command",
+    "check_train_out",
+    "hardware_description",
+    "model_card_text",
+    "run_train",
+    "write_model_card",
+]
 
 DEFAULT_BASE = "sentence-transformers/all-MiniLM-L6-v2"
+
+# the flags that shape a new encoder (from --base), their attribute and default: --init-from loads the saved
+# encoder's shape, so giving any of them with it is refused instead of silently ignored
+_SHAPE_FLAGS: tuple[tuple[str, str, Any], ...] = (
+    ("--base", "base", DEFAULT_BASE),
+    ("--dim", "dim", None),
+    ("--beta", "beta", 1.0),
+    ("--pooling", "pooling", "mean"),
+    ("--no-var-token", "no_var_token", False),
+    ("--no-normalize-pooled", "no_normalize_pooled", False),
+    ("--random-mean-head", "random_mean_head", False),
+    ("--init-variance", "init_variance", 1.0),
+    ("--max-length", "max_length", 256),
+    ("--query-max-length", "query_max_length", 64),
+)
+_DEFAULTS = {attr: default for _, attr, default in _SHAPE_FLAGS}
+
+# argparse reads "-1e-3" as an option (its negative-number pattern has no exponent), so "--lr -1e-3" failed
+# with "expected one argument" instead of the recipe's message; this pattern also accepts exponents
+_NEGATIVE_NUMBER = re.compile(r"^-(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$")
 
 
 def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -54,18 +83,31 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     d.add_argument("--teacher", action="store_true", help="score candidates with the int8 cross-encoder teacher")
     m = p.add_argument_group("model")
     m.add_argument("--base", default=DEFAULT_BASE, help="backbone hub id or path")
-    m.add_argument("--init-from", default=None, help="start from a saved GaussianEncoder instead of --base")
+    m.add_argument(
+        "--init-from",
+        default=None,
+        help="start from a saved GaussianEncoder instead of --base (its shape: no --dim, --pooling, ... with it)",
+    )
     m.add_argument("--dim", type=positive_int, default=None, help="output dimension (default: hidden size)")
-    m.add_argument("--beta", type=float, default=1.0, help="softplus beta of the variance head")
-    m.add_argument("--pooling", choices=["cls", "mean"], default="mean")
+    m.add_argument("--beta", type=float, default=_DEFAULTS["beta"], help="softplus beta of the variance head (> 0)")
+    m.add_argument("--pooling", choices=["cls", "mean"], default=_DEFAULTS["pooling"])
     m.add_argument("--no-var-token", action="store_true", help="variance head reads the pooled vector")
     m.add_argument("--no-normalize-pooled", action="store_true", help="do not L2-normalise the pooled vector")
     m.add_argument("--random-mean-head", action="store_true", help="random mean head even when dim == hidden")
-    m.add_argument("--init-variance", type=float, default=1.0)
-    m.add_argument("--max-length", type=token_budget, default=256)
-    m.add_argument("--query-max-length", type=token_budget, default=64)
+    m.add_argument(
+        "--init-variance", type=float, default=_DEFAULTS["init_variance"], help="initial variance of every dim (> 0)"
+    )
+    m.add_argument("--max-length", type=token_budget, default=_DEFAULTS["max_length"])
+    m.add_argument("--query-max-length", type=token_budget, default=_DEFAULTS["query_max_length"])
     t = p.add_argument_group("training")
-    t.add_argument("--out", required=True, help="output folder of the trained model")
+    t.add_argument(
+        "--out",
+        required=True,
+        help="output folder of the trained model (replaced as a whole: new, empty or an earlier model folder)",
+    )
+    t.add_argument(
+        "--overwrite", action="store_true", help="replace a non-empty --out that is not a kl_retrievers model folder"
+    )
     t.add_argument("--similarity", choices=["neg_kl", "dot", "cosine"], default="neg_kl")
     t.add_argument("--loss", choices=["contrastive", "margin_mse", "listwise", "lambdarank"], default="contrastive")
     g = t.add_mutually_exclusive_group()
@@ -90,16 +132,28 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--corpus-sample", type=int, default=0, help="fast path: sampled softmax over N pool docs (0: all)")
     t.add_argument("--max-grad-norm", type=float, default=None)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--time-budget", type=float, default=None, metavar="MIN", help="stop and save after MIN minutes")
+    t.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="MIN",
+        help="stop and save after MIN minutes of the training loop (0: after one step)",
+    )
     t.add_argument(
         "--checkpoint-every", type=int, default=0, help="checkpoint every N steps and at the end (0: only at the end)"
     )
     t.add_argument("--checkpoint-dir", default=None, help="default: <out>.checkpoint")
-    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last checkpoint (same recipe; only --steps, --time-budget, --checkpoint-every, "
+        "--quiet, --device may change)",
+    )
     t.add_argument("--cache-dir", default=None, help="feature / teacher cache root (default ~/.cache/kl_retrievers)")
-    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    t.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_train)
+    p._negative_number_matcher = _NEGATIVE_NUMBER
     return p
 
 
@@ -129,13 +183,28 @@ def hardware_description() -> str:
 def write_model_card(folder: str | os.PathLike[str], info: dict[str, Any]) -> Path:
     """Write ``README.md`` describing how a model was trained (data, recipe, command, seed, hardware).
 
+    ``kl-retrievers train`` does not call it: it passes :func:`model_card_text` to
+    :meth:`~kl_retrievers.GaussianEncoder.save_pretrained` so the card is part of the atomic save.
+
     Examples:
         >>> write_model_card("out", {"command": "kl-retrievers train ...", "data": []})  # doctest: +SKIP
     """
     path = Path(folder) / "README.md"
+    path.write_text(model_card_text(Path(folder).name, info))
+    return path
+
+
+def model_card_text(name: str, info: dict[str, Any]) -> str:
+    """The ``README.md`` model card of a trained model named ``name`` (see :func:`write_model_card`).
+
+    Examples:
+        >>> model_card_text("m", {"command": "kl-retrievers train ...", "final_loss": None}).startswith("# m")
+        True
+    """
     recipe = info.get("recipe", {})
+    seconds = info.get("seconds") or 0
     lines = [
-        f"# {Path(folder).name}",
+        f"# {name}",
         "",
         "A Gaussian retrieval encoder trained with `kl-retrievers train`; scores are -KL(Q||D) (higher is better)"
         if recipe.get("similarity", "neg_kl") == "neg_kl"
@@ -158,14 +227,13 @@ def write_model_card(folder: str | os.PathLike[str], info: dict[str, Any]) -> Pa
         "",
         f"- seed: {recipe.get('seed')}",
         f"- hardware: {info.get('hardware')}",
-        f"- steps done: {info.get('steps_done')} ({info.get('stopped')}), {info.get('seconds', 0):.0f} s, "
-        f"final loss {info.get('final_loss')}",
+        f"- steps done: {info.get('steps_done')} ({info.get('stopped')}), {seconds:.0f} s in this invocation, "
+        f"final loss {info.get('final_loss')} (mean of the last 20 steps)",
         "",
     ]
     if info.get("results"):
         lines += ["## Results", "", str(info["results"]), ""]
-    path.write_text("\n".join(lines))
-    return path
+    return "\n".join(lines)
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -182,6 +250,100 @@ def _needed_modules(args: argparse.Namespace) -> list[str]:
     if getattr(args, "hard_negatives", None) == "bm25":  # mine_bm25_negatives imports bm25s
         needed.append("bm25s")
     return needed
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _some(names: list[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _is_model_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds the ``config.json`` of a GaussianEncoder saved by kl_retrievers."""
+    try:
+        meta = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("library") == "kl_retrievers" and "encoder" in meta
+
+
+def check_train_out(out: str | os.PathLike[str], data: list[str], *, overwrite: bool = False) -> Path:
+    """Resolve ``--out`` and refuse it when saving there would delete something that is not an earlier model.
+
+    The save replaces ``--out`` as a whole. A folder that is, holds or lies inside a ``--data`` path is always
+    refused; a non-empty folder that is not a kl_retrievers model folder needs ``overwrite`` (``--overwrite``).
+
+    Returns:
+        The resolved (absolute) output folder.
+
+    Examples:
+        >>> check_train_out(".", ["."])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: --out .: it is the --data path . ...
+    """
+    given = os.fspath(out)
+    if not given.strip():
+        raise ValueError("--out is empty; give the output folder of the trained model")
+    target = Path(given).expanduser().resolve()
+    if target == target.parent:
+        raise ValueError(f"--out {given}: is the file-system root; give a folder to save the model in")
+    for item in data:
+        source = Path(item).expanduser().resolve()
+        if _inside(source, target) or _inside(target, source):
+            what = "is" if source == target else ("holds" if _inside(source, target) else "is inside")
+            raise ValueError(
+                f"--out {given}: it {what} the --data path {item}; the save replaces --out as a whole and would "
+                "delete training data. Choose another folder (--overwrite does not allow this)"
+            )
+    check_output_path(target, "--out", folder=True)
+    if target.is_dir() and not overwrite:
+        names = sorted(entry.name for entry in target.iterdir())
+        if names and not _is_model_folder(target):
+            raise ValueError(
+                f"--out {given}: the folder is not empty ({_some(names)}) and is not a model folder made by "
+                "kl_retrievers; the save replaces --out as a whole and would delete them. Choose a new or empty "
+                "folder, or pass --overwrite to replace it"
+            )
+    return target
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuse bad flag values and combinations before anything is loaded (messages name the flag and value)."""
+    from kl_retrievers.training.trainer import check_device
+
+    if args.device is not None:
+        check_device(args.device, "--device")
+    for flag, attr in (("--beta", "beta"), ("--init-variance", "init_variance")):
+        value = getattr(args, attr)
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{flag} must be a finite number > 0; got {value}")
+    if args.time_budget is not None and (not math.isfinite(args.time_budget) or args.time_budget < 0):
+        raise ValueError(
+            f"--time-budget must be a finite number of minutes >= 0 (0: stop after one step); got {args.time_budget}"
+        )
+    if args.init_from:
+        given = [flag for flag, attr, default in _SHAPE_FLAGS if getattr(args, attr) != default]
+        if given:
+            raise ValueError(
+                f"--init-from {args.init_from} loads the saved encoder with its own shape, so {', '.join(given)} "
+                "would be ignored; drop them, or start from --base instead of --init-from"
+            )
+    if args.loss != "contrastive":
+        beir = [d for d in args.data if Path(d).is_dir()]
+        if beir and not args.teacher:
+            raise ValueError(
+                f"--loss {args.loss} needs teacher scores for every positive and negative, and the BEIR folder "
+                f"{beir[0]} has none: add --teacher (with --hard-negatives bm25 or model), use JSONL data with "
+                "teacher_scores, or use --loss contrastive"
+            )
+        if beir and args.hard_negatives == "none":
+            raise ValueError(
+                f"--loss {args.loss} needs hard negatives, and the BEIR folder {beir[0]} has none: add "
+                "--hard-negatives bm25 or model, or use --loss contrastive"
+            )
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -205,6 +367,7 @@ def run_train(args: argparse.Namespace) -> int:
     from kl_retrievers.training.trainer import (
         TrainConfig,
         TrainingDivergedError,
+        _check_teacher,
         apply_freezing,
         encode_from_features,
         train_encoder,
@@ -213,23 +376,49 @@ def run_train(args: argparse.Namespace) -> int:
 
     _setup_logging(args.quiet)
     command = getattr(args, "command_line", None) or shlex.join(["kl-retrievers", *sys.argv[1:]])
-    out = Path(args.out)
     cache_root = Path(args.cache_dir) if args.cache_dir else default_feature_cache_dir().parent
     feature_cache = cache_root / "features"
+    show = not args.quiet
     try:
-        check_output_path(out, "--out", folder=True)  # before hours of training, not after
+        # before loading anything (backbone, data, features), not after hours of training
+        out = check_train_out(args.out, [str(d) for d in args.data], overwrite=bool(getattr(args, "overwrite", False)))
+        _check_args(args)
         heads_only = bool(args.heads_only_cached)
         cfg = TrainConfig(  # checks the recipe before any data loading, feature extraction or mining
             lr=args.lr if args.lr is not None else (1e-3 if heads_only else 2e-5),
             warmup_steps=args.warmup,
             in_batch=not args.no_in_batch,
             full_corpus=not args.no_full_corpus,
-            time_budget_s=args.time_budget * 60 if args.time_budget else None,
-            show_progress=not args.quiet,
+            time_budget_s=args.time_budget * 60 if args.time_budget is not None else None,
+            show_progress=show,
             **args_subset(args, "similarity", "loss", "steps", "batch_size", "grad_accum", "negatives", "var_lr"),
             **args_subset(args, "temperature", "corpus_sample", "max_grad_norm", "seed", "checkpoint_every", "device"),
         )
-        ts = load_training_data(args.data, split=args.split)
+        cfg.check_trains(fast_path=heads_only)
+        mode = (
+            "heads_only_cached"
+            if heads_only
+            else ("lora" if args.lora_r else "freeze_backbone" if args.freeze_backbone else "full")
+        )
+        init_from = None
+        if args.init_from:
+            local = Path(args.init_from).expanduser()
+            init_from = str(local.resolve()) if local.exists() else str(args.init_from)
+        cli_recipe = {
+            "mode": mode,
+            "freeze_layers": args.freeze_layers,
+            "lora_r": args.lora_r,
+            "hard_negatives": args.hard_negatives,
+            "mine_k": args.mine_k,
+            "teacher": bool(args.teacher),
+            "init_from": init_from,
+            "split": args.split,
+        }
+        # absolute paths: the checkpoint records the sources, and a resume from another folder is the same data
+        data = [str(Path(d).expanduser().resolve()) if Path(d).expanduser().exists() else str(d) for d in args.data]
+        ts = load_training_data(data, split=args.split)
+        if not args.teacher and args.hard_negatives == "none":
+            _check_teacher(ts, cfg)  # the data is final: a distillation loss without teacher scores fails now
         if args.init_from:
             encoder = GaussianEncoder.from_pretrained(args.init_from)
         else:
@@ -246,11 +435,11 @@ def run_train(args: argparse.Namespace) -> int:
         if heads_only:
             qf = compute_features(
                 encoder, ts.queries, max_length=encoder.config.query_max_length, cache_dir=feature_cache,
-                show_progress=not args.quiet, desc="Query features",
+                show_progress=show, desc="Query features",
             )  # fmt: skip
             df = compute_features(
                 encoder, ts.docs, max_length=encoder.config.max_length, cache_dir=feature_cache,
-                show_progress=not args.quiet, desc="Document features",
+                show_progress=show, desc="Document features",
             )  # fmt: skip
         if args.hard_negatives == "bm25":
             mine_bm25_negatives(ts, k=args.mine_k)
@@ -258,32 +447,35 @@ def run_train(args: argparse.Namespace) -> int:
             if qf is not None and df is not None:
                 qg, dg = encode_from_features(encoder, qf), encode_from_features(encoder, df)
             else:
-                qg = encoder.encode_queries(ts.queries, show_progress_bar=not args.quiet)
-                dg = encoder.encode_documents(ts.docs, show_progress_bar=not args.quiet)
+                qg = encoder.encode_queries(ts.queries, show_progress_bar=show)
+                dg = encoder.encode_documents(ts.docs, show_progress_bar=show)
             dm, dv = torch.from_numpy(dg.mean), torch.from_numpy(dg.var)
             qm, qv = torch.from_numpy(qg.mean), torch.from_numpy(qg.var)
 
             def scores(rows: list[int]) -> Any:
                 return score_matrix(qm[rows], qv[rows], dm, dv, "neg_kl").numpy()
 
-            mine_negatives_from_scores(ts, scores, k=args.mine_k)
+            mine_negatives_from_scores(ts, scores, k=args.mine_k, show_progress=show)
         teacher_label = None
         if args.teacher:
             from kl_retrievers.training.teacher import CrossEncoderTeacher, add_teacher_scores
 
             teacher = CrossEncoderTeacher(cache_dir=cache_root / "teacher")
-            add_teacher_scores(ts, teacher)
+            add_teacher_scores(ts, teacher, show_progress=show)
             teacher_label = teacher.label
         ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(out.name + ".checkpoint")
         if heads_only:
             result = train_heads_cached(
-                encoder, ts, cfg, checkpoint_dir=ckpt, resume=args.resume, query_features=qf, doc_features=df
-            )
+                encoder, ts, cfg, checkpoint_dir=ckpt, resume=args.resume, query_features=qf, doc_features=df,
+                recipe={"cli": cli_recipe},
+            )  # fmt: skip
         else:
             apply_freezing(
                 encoder, freeze_backbone=args.freeze_backbone, freeze_layers=args.freeze_layers, lora_r=args.lora_r
             )
-            result = train_encoder(encoder, ts, cfg, checkpoint_dir=ckpt, resume=args.resume)
+            result = train_encoder(
+                encoder, ts, cfg, checkpoint_dir=ckpt, resume=args.resume, recipe={"cli": cli_recipe}
+            )
     except TrainingDivergedError as exc:
         print(f"kl-retrievers train: error: {exc}", file=sys.stderr)
         return 1
@@ -292,15 +484,10 @@ def run_train(args: argparse.Namespace) -> int:
         return 2
     recipe = {
         **cfg.to_dict(),
-        "mode": "heads_only_cached"
-        if heads_only
-        else ("lora" if args.lora_r else "freeze_backbone" if args.freeze_backbone else "full"),
-        "freeze_layers": args.freeze_layers,
-        "lora_r": args.lora_r,
-        "hard_negatives": args.hard_negatives,
-        "mine_k": args.mine_k,
+        **cli_recipe,
         "encoder": encoder.config.to_dict() | {"extra": {}},
     }
+    final = result.final_loss  # over the whole run, the checkpoint's steps included; NaN when no step is known
     info = {
         "command": command,
         "data": [str(x) for x in args.data],
@@ -313,16 +500,16 @@ def run_train(args: argparse.Namespace) -> int:
         "steps_done": result.steps_done,
         "stopped": result.stopped,
         "seconds": result.seconds,
-        "final_loss": round(result.final_loss, 6),
+        "final_loss": round(final, 6) if math.isfinite(final) else None,
     }
     encoder.config.extra["training"] = {k: v for k, v in info.items() if k != "recipe"} | {"recipe": recipe}
-    encoder.save_pretrained(out, include_backbone=False)
-    (out / "training_losses.json").write_text(json.dumps(result.losses) + "\n")
-    write_model_card(out, info)
-    print(
-        f"saved {out} after {result.steps_done} steps ({result.stopped}); final loss {result.final_loss:.4f}",
-        file=sys.stderr,
-    )
+    extra_files: dict[str, str | bytes] = {
+        "training_losses.json": json.dumps(result.all_losses) + "\n",  # every step, the checkpoint's included
+        "README.md": model_card_text(out.name, info),
+    }
+    encoder.save_pretrained(out, include_backbone=False, extra_files=extra_files)  # one atomic swap
+    loss_text = f"{final:.4f}" if math.isfinite(final) else "n/a (no step recorded)"
+    print(f"saved {out} after {result.steps_done} steps ({result.stopped}); final loss {loss_text}", file=sys.stderr)
     return 0
 
 

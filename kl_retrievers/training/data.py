@@ -326,6 +326,7 @@ def mine_negatives_from_scores(
     batch_size: int = 256,
     replace: bool = True,
     desc: str = "Mining negatives",
+    show_progress: bool = True,
 ) -> None:
     """Set each example's negatives to the top-``k`` non-positive documents by ``score_fn``.
 
@@ -336,9 +337,11 @@ def mine_negatives_from_scores(
         batch_size: Queries per ``score_fn`` call.
         replace: Replace existing negatives (``False``: append new ones).
         desc: Progress bar label.
+        show_progress: Show the progress bar.
     """
     examples = ts.examples
-    for start in tqdm(range(0, len(examples), batch_size), desc=desc, unit="batch", leave=False):
+    batches = range(0, len(examples), batch_size)
+    for start in tqdm(batches, desc=desc, unit="batch", leave=False, disable=not show_progress):
         chunk = examples[start : start + batch_size]
         scores = np.asarray(score_fn([ex.query for ex in chunk]), dtype=np.float64)
         depth = min(scores.shape[1], k + max(len(ex.positives) for ex in chunk))

@@ -152,20 +152,23 @@ class CrossEncoderTeacher:
             os.replace(tmp, self.cache_dir / f"{name}-{sid}.npy")
 
 
-def add_teacher_scores(ts: TrainingSet, teacher: CrossEncoderTeacher, *, overwrite: bool = False) -> int:
+def add_teacher_scores(
+    ts: TrainingSet, teacher: CrossEncoderTeacher, *, overwrite: bool = False, show_progress: bool = True
+) -> int:
     """Fill in teacher scores for every positive and negative of every example.
 
     Args:
         ts: Training set, changed in place.
         teacher: The scorer.
         overwrite: Re-score examples that already have teacher scores (e.g. from the JSONL file).
+        show_progress: Show the teacher's progress bar.
 
     Returns:
         The number of pairs scored (cache hits included).
     """
     todo = [ex for ex in ts.examples if overwrite or not ex.has_teacher]
     pairs = [(ts.queries[ex.query], ts.docs[d]) for ex in todo for d in ex.positives + ex.negatives]
-    scores = teacher.score(pairs).tolist() if pairs else []
+    scores = teacher.score(pairs, show_progress=show_progress).tolist() if pairs else []
     pos = 0
     for ex in todo:
         n_p, n_n = len(ex.positives), len(ex.negatives)

@@ -27,7 +27,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,10 +53,12 @@ __all__ = [
     "TrainResult",
     "TrainingDivergedError",
     "apply_freezing",
+    "check_device",
     "encode_from_features",
     "merge_lora",
     "train_encoder",
     "train_heads_cached",
+    "training_recipe",
 ]
 
 
@@ -90,7 +92,9 @@ class TrainConfig:
             the whole pool (large-batch sampled softmax; cheaper on a CPU).
         max_grad_norm: Clip the gradient norm (``None``: no clipping).
         seed: Seed of the data order, dropout and head initialisation.
-        time_budget_s: Stop (and save) after this many seconds of this invocation (``None``: no limit).
+        time_budget_s: Stop (and save) after this many seconds of this invocation's optimiser loop
+            (``None``: no limit; 0: stop after one step). The clock starts when the first step
+            starts: loading, feature extraction, mining and teacher scoring are not counted.
         checkpoint_every: Save a checkpoint every N steps (0: only at the end / on the budget).
         bf16: Autocast to bfloat16 on a GPU (``None``: when CUDA is available).
         device: ``"cpu"``/``"cuda"`` (``None``: CUDA when available).
@@ -143,6 +147,35 @@ class TrainConfig:
             _check_number("max_grad_norm", self.max_grad_norm, positive=True, none_ok=True)
         if self.time_budget_s is not None:
             _check_number("time_budget_s", self.time_budget_s, positive=False, none_ok=True)  # 0: one step
+        if self.device is not None:
+            check_device(self.device, "device")
+        self.check_trains(fast_path=True)
+
+    def check_trains(self, *, fast_path: bool) -> None:
+        """Refuse a contrastive recipe whose softmax holds only the positive (loss 0, nothing trains).
+
+        With ``in_batch`` off and no hard negatives, each query's softmax has one entry; only the
+        fast path's ``full_corpus`` softmax (``fast_path=True``) still has negatives.
+
+        Examples:
+            >>> TrainConfig(in_batch=False, negatives=0, full_corpus=False)
+            Traceback (most recent call last):
+            ValueError: in_batch=False (--no-in-batch) with negatives=0 (--negatives 0) and ...
+        """
+        if self.loss != "contrastive" or self.in_batch or self.negatives:
+            return
+        if fast_path and self.full_corpus:
+            return
+        where = (
+            "and full_corpus=False (--no-full-corpus)"
+            if fast_path
+            else "outside the cached-features fast path (full_corpus applies only to --heads-only-cached)"
+        )
+        raise ValueError(
+            f"in_batch=False (--no-in-batch) with negatives=0 (--negatives 0) {where} leaves each query's "
+            "contrastive softmax with only its positive: the loss is 0 and nothing trains; drop --no-in-batch or "
+            "use --negatives N (N >= 1)"
+        )
 
     def warmup_steps_resolved(self) -> int:
         """Warm-up length actually used."""
@@ -151,6 +184,33 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
         return asdict(self)
+
+
+def check_device(value: Any, name: str = "device") -> None:
+    """Refuse a device string torch cannot parse, a kind other than cpu/cuda, or CUDA without a GPU.
+
+    Examples:
+        >>> check_device("foo", "--device")
+        Traceback (most recent call last):
+        ValueError: --device must be 'cpu', 'cuda' or 'cuda:N' (N a GPU index); got 'foo'
+    """
+    allowed = "'cpu', 'cuda' or 'cuda:N' (N a GPU index)"
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be {allowed}; got {value!r}")
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{name} must be {allowed}; got {value!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name} must be {allowed}; got {value!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} {value!r}: CUDA is not available on this machine (no GPU or a CPU-only torch)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"{name} {value!r}: no such GPU; this machine has {torch.cuda.device_count()} (cuda:0 .. "
+                f"cuda:{torch.cuda.device_count() - 1})"
+            )
 
 
 def _check_int(name: str, value: Any, low: int, *, none_ok: bool = False) -> None:
@@ -189,6 +249,8 @@ class TrainResult:
         losses: Loss of each step run in this invocation.
         seconds: Wall-clock seconds of this invocation.
         resumed_from: Step the run resumed from (``None`` when it started fresh).
+        history: Loss of every step from step 0 (the checkpoint's losses before a resume, then
+            this invocation's); ``None`` for results built without it (then ``losses`` is used).
     """
 
     steps_done: int
@@ -196,11 +258,17 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     resumed_from: int | None = None
+    history: list[float] | None = None
+
+    @property
+    def all_losses(self) -> list[float]:
+        """Every step's loss known: :attr:`history` when set, else :attr:`losses`."""
+        return list(self.history) if self.history is not None else list(self.losses)
 
     @property
     def final_loss(self) -> float:
-        """Mean loss of the last (up to) 20 steps."""
-        tail = self.losses[-20:]
+        """Mean loss of the last (up to) 20 steps of the whole run (NaN when no step is known)."""
+        tail = self.all_losses[-20:]
         return float(np.mean(tail)) if tail else float("nan")
 
 
@@ -339,15 +407,27 @@ def _trainable(module: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def _save_checkpoint(
-    folder: Path, module: nn.Module, opt: torch.optim.Optimizer, sched: Any, step: int, losses: list[float]
+    folder: Path,
+    module: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    step: int,
+    losses: list[float],
+    recipe: Mapping[str, Any] | None = None,
 ) -> None:
     with atomic_dir(folder) as tmp:  # a crash leaves the previous checkpoint (or a copy recover_dir restores)
-        _write_checkpoint(tmp, module, opt, sched, step, losses)
+        _write_checkpoint(tmp, module, opt, sched, step, losses, recipe)
     logger.info("checkpoint at step %d -> %s", step, folder)
 
 
 def _write_checkpoint(
-    tmp: Path, module: nn.Module, opt: torch.optim.Optimizer, sched: Any, step: int, losses: list[float]
+    tmp: Path,
+    module: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    step: int,
+    losses: list[float],
+    recipe: Mapping[str, Any] | None = None,
 ) -> None:
     params = _trainable(module)
     save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, os.fspath(tmp / "trainable.safetensors"))
@@ -369,8 +449,9 @@ def _write_checkpoint(
         "optimizer_scalars": scalars,
         "scheduler": sched_state,
         "losses": losses,
+        "recipe": dict(recipe) if recipe is not None else None,
     }
-    (tmp / "state.json").write_text(json.dumps(meta, indent=1) + "\n")
+    (tmp / "state.json").write_text(json.dumps(meta, indent=1, allow_nan=False) + "\n")
 
 
 def _find_checkpoint(folder: Path) -> Path | None:
@@ -386,10 +467,76 @@ def _find_checkpoint(folder: Path) -> Path | None:
     return None
 
 
+# recipe entries a resume may change: they do not change what a step computes
+RESUMABLE_CHANGES = frozenset({"steps", "time_budget_s", "checkpoint_every", "show_progress", "device", "bf16"})
+
+# the command-line flag of each recipe entry (for messages); entries not listed are shown as --name-with-dashes
+_FLAGS = {
+    "in_batch": "--no-in-batch",
+    "full_corpus": "--no-full-corpus",
+    "warmup_steps": "--warmup",
+    "var_token": "--no-var-token",
+    "normalize_pooled": "--no-normalize-pooled",
+    "backbone": "--base",
+    "data": "--data",
+    "mode": "--heads-only-cached/--freeze-backbone/--lora-r",
+}
+
+
+def _flag(key: str) -> str:
+    name = key.rsplit(".", 1)[-1]
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def _flatten(recipe: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in recipe.items():
+        if isinstance(value, Mapping) and key != "extra":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _recipe_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """``flag (key): checkpoint value -> value now`` for each recipe entry a resume may not change."""
+    old, new = _flatten(saved), _flatten(json.loads(json.dumps(now)))  # compared as stored (tuples as lists)
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        # warmup_resolved follows --steps when --warmup is not given; a resume keeps the checkpoint's
+        if key.rsplit(".", 1)[-1] in RESUMABLE_CHANGES | {"warmup_resolved"} or key.startswith("encoder.extra"):
+            continue
+        if old.get(key) != new.get(key):
+            diffs.append(f"{_flag(key)} ({key}): checkpoint {old.get(key)!r}, now {new.get(key)!r}")
+    return diffs
+
+
+def _read_checkpoint_meta(folder: Path) -> dict[str, Any]:
+    meta: dict[str, Any] = json.loads((folder / "state.json").read_text())
+    return meta
+
+
+def _check_resume_recipe(folder: Path, meta: Mapping[str, Any], recipe: Mapping[str, Any] | None) -> None:
+    """Refuse to resume ``folder`` with a recipe that differs in anything but steps, budget, checkpoints, device."""
+    saved = meta.get("recipe")
+    if recipe is None:
+        return
+    if saved is None:
+        logger.warning("--resume: %s records no recipe (an older checkpoint); cannot check it matches this run", folder)
+        return
+    diffs = _recipe_differences(saved, recipe)
+    if diffs:
+        raise ValueError(
+            f"--resume: the checkpoint {folder} was trained with a different recipe: " + "; ".join(diffs) + ". "
+            "A resume may change only --steps, --time-budget, --checkpoint-every, --quiet and --device; rerun "
+            "with the checkpoint's values, or start afresh with another --checkpoint-dir (or without --resume)"
+        )
+
+
 def _load_checkpoint(
     folder: Path, module: nn.Module, opt: torch.optim.Optimizer, sched: Any
 ) -> tuple[int, list[float]]:
-    meta = json.loads((folder / "state.json").read_text())
+    meta = _read_checkpoint_meta(folder)
     params = _trainable(module)
     if list(params) != meta["param_names"]:
         raise ValueError(f"checkpoint {folder} was written for other trainable parameters; cannot resume")
@@ -420,6 +567,17 @@ def _param_groups(named: dict[str, nn.Parameter], cfg: TrainConfig) -> list[dict
     return [g for g in ({"params": rest}, {"params": var, "lr": cfg.var_lr}) if g["params"]]
 
 
+def training_recipe(cfg: TrainConfig, ts: TrainingSet, encoder: GaussianEncoder, **extra: Any) -> dict[str, Any]:
+    """What a checkpoint records so that ``resume`` can refuse a changed recipe (JSON-ready).
+
+    The training config (with the warm-up actually used), the data sources, the encoder's shape
+    and any ``extra`` entries (e.g. the CLI's mining and freezing options).
+    """
+    shape = {k: v for k, v in encoder.config.to_dict().items() if k not in ("extra", "backbone_sha256")}
+    config = cfg.to_dict() | {"warmup_resolved": cfg.warmup_steps_resolved()}
+    return {"config": config, "data": [str(s) for s in ts.sources], "encoder": shape, **extra}
+
+
 def _optimise(
     module: nn.Module,
     cfg: TrainConfig,
@@ -428,37 +586,49 @@ def _optimise(
     checkpoint_dir: Path | None,
     resume: bool,
     desc: str,
+    recipe: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     named = _trainable(module)
     params = list(named.values())
     if not params:
         raise ValueError("nothing to train: every parameter is frozen")
     opt = torch.optim.AdamW(_param_groups(named, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _linear_schedule(cfg.warmup_steps_resolved(), cfg.steps))
+    warmup = cfg.warmup_steps_resolved()
+    found = None
+    if resume:
+        found = _find_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+        if found is None:
+            logger.warning("--resume: no checkpoint at %s; starting from step 0", checkpoint_dir)
+        else:
+            meta = _read_checkpoint_meta(found)
+            _check_resume_recipe(found, meta, recipe)
+            saved = (meta.get("recipe") or {}).get("config") or {}
+            if isinstance(saved.get("warmup_resolved"), int):  # keep the warm-up the run started with
+                warmup = saved["warmup_resolved"]
+    schedule = _linear_schedule(warmup, cfg.steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     start = 0
     history: list[float] = []
     resumed_from = None
-    if resume:
-        found = _find_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
-        if found is not None:
-            start, history = _load_checkpoint(found, module, opt, sched)
-            resumed_from = start
-            logger.info("resumed from %s at step %d", found, start)
-            saved_lr = [g.get("initial_lr", g["lr"]) for g in opt.param_groups]
-            if not math.isclose(saved_lr[0], cfg.lr, rel_tol=1e-9):
-                logger.warning(
-                    "--resume: the checkpoint was trained with lr %g; it keeps that learning rate and schedule, "
-                    "not the lr %g given now",
-                    saved_lr[0],
-                    cfg.lr,
-                )
-        else:
-            logger.warning("--resume: no checkpoint at %s; starting from step 0", checkpoint_dir)
+    if found is not None:
+        start, history = _load_checkpoint(found, module, opt, sched)
+        resumed_from = start
+        # the schedule is rebuilt: the checkpoint's peak lr(s), its warm-up, linear decay to 0 at this run's
+        # --steps (the same schedule as an uninterrupted run when --steps is unchanged)
+        for group, base in zip(opt.param_groups, sched.base_lrs, strict=True):
+            group["lr"] = base * schedule(start)
+        logger.info(
+            "resumed from %s at step %d (peak lr %g, warm-up %d steps, linear decay to 0 at step %d)",
+            found,
+            start,
+            sched.base_lrs[0],
+            warmup,
+            cfg.steps,
+        )
     t0 = time.monotonic()
     losses: list[float] = []
     stopped = "finished"
     step = start
-    ema: float | None = None
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not cfg.show_progress, unit="step")
     try:
         for step in range(start, cfg.steps):
@@ -481,26 +651,26 @@ def _optimise(
             sched.step()
             losses.append(total)
             history.append(total)
-            ema = total if ema is None else 0.95 * ema + 0.05 * total
             bar.update(1)
-            bar.set_postfix(loss=f"{ema:.4f}")
+            # the statistic the run reports as its final loss: the mean of the last (up to) 20 steps
+            bar.set_postfix(loss_last20=f"{float(np.mean(history[-20:])):.4f}")
             done = step + 1
             if checkpoint_dir is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
-                _save_checkpoint(checkpoint_dir, module, opt, sched, done, history)
+                _save_checkpoint(checkpoint_dir, module, opt, sched, done, history, recipe)
             if cfg.time_budget_s is not None and time.monotonic() - t0 > cfg.time_budget_s and done < cfg.steps:
                 stopped = "time_budget"
                 logger.warning("time budget %.0f s reached after step %d; stopping and saving", cfg.time_budget_s, done)
                 if checkpoint_dir is not None:
-                    _save_checkpoint(checkpoint_dir, module, opt, sched, done, history)
+                    _save_checkpoint(checkpoint_dir, module, opt, sched, done, history, recipe)
                 break
         if stopped == "finished" and checkpoint_dir is not None and losses:
             last = step + 1
             if not (cfg.checkpoint_every and last % cfg.checkpoint_every == 0):  # not saved just above
-                _save_checkpoint(checkpoint_dir, module, opt, sched, last, history)
+                _save_checkpoint(checkpoint_dir, module, opt, sched, last, history, recipe)
     finally:
         bar.close()
     done = (step + 1) if losses else start
-    return TrainResult(done, stopped, losses, time.monotonic() - t0, resumed_from)
+    return TrainResult(done, stopped, losses, time.monotonic() - t0, resumed_from, history)
 
 
 # ---------------------------------------------------------------------------------- full encoder
@@ -568,6 +738,7 @@ def train_encoder(
     *,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
+    recipe: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train the whole encoder (respecting what :func:`apply_freezing` froze) on texts.
 
@@ -580,7 +751,10 @@ def train_encoder(
         ts: Training data.
         cfg: Recipe.
         checkpoint_dir: Where checkpoints go (``None``: none).
-        resume: Continue from the checkpoint in ``checkpoint_dir``.
+        resume: Continue from the checkpoint in ``checkpoint_dir``; refused (``ValueError``) when the
+            checkpoint was written with another recipe (anything but ``steps``, ``time_budget_s``,
+            ``checkpoint_every``, ``show_progress``, ``device``), other data or another encoder shape.
+        recipe: Further JSON-ready entries recorded in checkpoints and checked on resume.
 
     Returns:
         A :class:`TrainResult`.
@@ -588,8 +762,10 @@ def train_encoder(
     Examples:
         >>> result = train_encoder(encoder, ts, TrainConfig(steps=10, batch_size=4))  # doctest: +SKIP
     """
+    cfg.check_trains(fast_path=False)
     need_teacher = _check_teacher(ts, cfg)
     device = _device(cfg)
+    full_recipe = training_recipe(cfg, ts, encoder, mode="encoder", **dict(recipe or {}))
     encoder.to(device)
     encoder.train()
     qlen, dlen = encoder.config.query_max_length, encoder.config.max_length
@@ -609,7 +785,9 @@ def train_encoder(
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     try:
-        return _optimise(encoder, cfg, micro_loss, checkpoint_dir=ckpt, resume=resume, desc="Training")
+        return _optimise(
+            encoder, cfg, micro_loss, checkpoint_dir=ckpt, resume=resume, desc="Training", recipe=full_recipe
+        )
     finally:
         encoder.eval()
 
@@ -655,6 +833,7 @@ def train_heads_cached(
     resume: bool = False,
     query_features: Features | None = None,
     doc_features: Features | None = None,
+    recipe: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """The fast path: frozen backbone, features computed once (cached), only the heads train.
 
@@ -667,9 +846,11 @@ def train_heads_cached(
         cfg: Recipe (``lr`` around 1e-3 suits the heads).
         cache_dir: Feature cache (see :func:`compute_features`).
         checkpoint_dir: Checkpoint folder.
-        resume: Continue from its checkpoint.
+        resume: Continue from its checkpoint (refused when it was written with another recipe,
+            as in :func:`train_encoder`).
         query_features: Precomputed features of ``ts.queries`` (skips :func:`compute_features`).
         doc_features: Precomputed features of ``ts.docs``.
+        recipe: Further JSON-ready entries recorded in checkpoints and checked on resume.
 
     Returns:
         A :class:`TrainResult`.
@@ -679,6 +860,7 @@ def train_heads_cached(
     """
     need_teacher = _check_teacher(ts, cfg)
     device = _device(cfg)
+    full_recipe = training_recipe(cfg, ts, encoder, mode="heads_only_cached", **dict(recipe or {}))
     if query_features is None:
         query_features = compute_features(
             encoder, ts.queries, max_length=encoder.config.query_max_length, cache_dir=cache_dir, desc="Query features"
@@ -721,7 +903,9 @@ def train_heads_cached(
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     try:
-        return _optimise(heads, cfg, micro_loss, checkpoint_dir=ckpt, resume=resume, desc="Training heads")
+        return _optimise(
+            heads, cfg, micro_loss, checkpoint_dir=ckpt, resume=resume, desc="Training heads", recipe=full_recipe
+        )
     finally:
         for p in encoder.parameters():
             p.requires_grad_(True)
