@@ -88,7 +88,8 @@ def test_hybrid_nodes_keep_exclusions_relationships_and_type(encoder: GaussianEn
     assert "lang" not in a.get_content(metadata_mode=MetadataMode.EMBED)  # the node's own embed exclusions
     nxt = a.relationships[NodeRelationship.NEXT]
     assert isinstance(nxt, RelatedNodeInfo) and nxt.node_id == "b" and a.ref_doc_id == "doc-a"
-    assert isinstance(b, IndexNode) and b.class_name() == "IndexNode" and b.index_id == "sub-index" and b.get_content() == HYBRID_TEXTS[1]
+    assert isinstance(b, IndexNode) and b.class_name() == "IndexNode"
+    assert b.index_id == "sub-index" and b.get_content() == HYBRID_TEXTS[1]
     # node metadata: the user's keys plus the score keys, none of LlamaIndex's storage keys
     assert {"path", "lang", "neg_kl", "bm25", "fused_score", QUERY_UNCERTAINTY_KEY, CONFIDENCE_KEY} <= set(a.metadata)
     assert not {"_node_content", "_node_type", "doc_id", "document_id", "ref_doc_id"} & set(a.metadata)

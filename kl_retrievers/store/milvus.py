@@ -25,12 +25,12 @@ collection instead of a table and a FAISS index.  Each document is stored as one
 Milvus returns a candidate pool (``max(rescore_pool, rescore_factor * k)``) with the stored
 vectors; the winners' texts and metadata are fetched with their vectors, and a query whose winner
 changed or vanished in between (a concurrent writer) is searched again with texts returned by the
-search itself, so each hit is one stored version of its document; the Gaussians are recovered from ``d~`` exactly (``var = -1 / (2 d~_var)``,
-``mu = d~_mu * var``) and re-scored with the exact ``-KL`` in float64, so reported scores are
-the true ``-KL(Q || D)`` (query constant included): **higher is better**.  When HNSW / IVF return
-fewer than ``k`` hits (a selective filter) and at most ``exact_threshold`` rows match, every
-matching row is scored exactly.  docs/milvus.md, *Known differences and limits*, lists what still
-differs from ``KLStore``.
+search itself, so each hit is one stored version of its document; the Gaussians are recovered
+from ``d~`` exactly (``var = -1 / (2 d~_var)``, ``mu = d~_mu * var``) and re-scored with the exact
+``-KL`` in float64, so reported scores are the true ``-KL(Q || D)`` (query constant included):
+**higher is better**.  When HNSW / IVF return fewer than ``k`` hits (a selective filter) and at
+most ``exact_threshold`` rows match, every matching row is scored exactly.  docs/milvus.md,
+*Known differences and limits*, lists what still differs from ``KLStore``.
 
 Several writers: every row of the collection must be reduced with the same ``M`` and ``o``, or the
 L2 ranking (and so the candidate pool) is wrong.  Milvus has no transactions and no atomic
