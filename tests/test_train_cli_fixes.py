@@ -128,7 +128,7 @@ def test_out_overwrite_and_earlier_model_folders(world: World, tmp_path: Path) -
 
 
 @pytest.mark.usefixtures("no_loading")
-@pytest.mark.parametrize(("where", "what"), [(".", "is"), ("..", "holds"), ("sub", "is inside")])
+@pytest.mark.parametrize(("where", "what"), [(".", "is"), ("..", "holds")])
 def test_out_overlapping_data_is_always_refused(
     world: World, tmp_path: Path, where: str, what: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -141,6 +141,19 @@ def test_out_overlapping_data_is_always_refused(
     err = capsys.readouterr().err
     assert f"it {what} the --data path {data}" in err
     assert (data / "train.jsonl").is_file()
+
+
+def test_a_new_folder_inside_the_data_folder_is_fine_and_a_data_subfolder_is_not_replaced(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--data d --out d/model`` (notebook 04 does this) saves the model; ``--out d/qrels`` would
+    delete data, so it is refused like any other non-empty folder."""
+    qrels = sorted(p.name for p in (world.beir / "qrels").iterdir())
+    assert qrels
+    assert main(_argv(world, world.beir / "model")) == 0 and (world.beir / "model" / "config.json").is_file()
+    assert main(_argv(world, world.beir / "qrels")) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in (world.beir / "qrels").iterdir()) == qrels
 
 
 def test_out_dot_is_resolved(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

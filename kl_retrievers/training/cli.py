@@ -273,8 +273,9 @@ def _is_model_folder(folder: Path) -> bool:
 def check_train_out(out: str | os.PathLike[str], data: list[str], *, overwrite: bool = False) -> Path:
     """Resolve ``--out`` and refuse it when saving there would delete something that is not an earlier model.
 
-    The save replaces ``--out`` as a whole. A folder that is, holds or lies inside a ``--data`` path is always
-    refused; a non-empty folder that is not a kl_retrievers model folder needs ``overwrite`` (``--overwrite``).
+    The save replaces ``--out`` as a whole. A folder that is or holds a ``--data`` path is always refused; a
+    non-empty folder that is not a kl_retrievers model folder needs ``overwrite`` (``--overwrite``). A new
+    folder inside a ``--data`` folder (``--data d --out d/model``) is fine.
 
     Returns:
         The resolved (absolute) output folder.
@@ -292,8 +293,8 @@ def check_train_out(out: str | os.PathLike[str], data: list[str], *, overwrite: 
         raise ValueError(f"--out {given}: is the file-system root; give a folder to save the model in")
     for item in data:
         source = Path(item).expanduser().resolve()
-        if _inside(source, target) or _inside(target, source):
-            what = "is" if source == target else ("holds" if _inside(source, target) else "is inside")
+        if _inside(source, target):  # a folder inside --data is fine: the save replaces --out, not its parent
+            what = "is" if source == target else "holds"
             raise ValueError(
                 f"--out {given}: it {what} the --data path {item}; the save replaces --out as a whole and would "
                 "delete training data. Choose another folder (--overwrite does not allow this)"
