@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,3 +153,24 @@ def scifact_dir() -> Path:
     if not (path / "corpus.jsonl").is_file():
         pytest.fail(f"the shared SciFact copy is missing at {path}; tests expect ../shared/datasets beside the repo")
     return path
+
+
+def tiny_train_beir(root: Path) -> Path:
+    """A tiny BEIR folder (8 documents, 5 queries) with a ``train`` split, for training tests."""
+    docs = {
+        "d1": "the cat sat on the mat", "d2": "a dog is black", "d3": "the sun and the moon",
+        "d4": "tea and bread", "d5": "green sea water", "d6": "a star in the black sea",
+        "d7": "rock and water", "d8": "the bee is green",
+    }  # fmt: skip
+    queries = {"q1": "cat mat", "q2": "dog black", "q3": "sun moon", "q4": "sea water", "q5": "bee"}
+    qrels = [("q1", "d1"), ("q2", "d2"), ("q3", "d3"), ("q4", "d5"), ("q4", "d7"), ("q5", "d8")]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": k, "title": "", "text": v}) + "\n" for k, v in docs.items())
+    )
+    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in queries.items()))
+    (root / "qrels").mkdir(exist_ok=True)
+    (root / "qrels" / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d in qrels)
+    )
+    return root

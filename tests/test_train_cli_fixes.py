@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import kl_retrievers.encoder as encoder_module
-from conftest import make_tiny_encoder
+from conftest import make_tiny_encoder, tiny_train_beir
 from kl_retrievers import GaussianEncoder
 from kl_retrievers.cli import main
 from kl_retrievers.training import TrainConfig, TrainingSet, mine_negatives_from_scores, train_encoder
@@ -43,24 +43,6 @@ class World:
     cache: Path
 
 
-def _tiny_beir(root: Path) -> Path:
-    docs = {
-        "d1": "the cat sat on the mat", "d2": "a dog is black", "d3": "the sun and the moon",
-        "d4": "tea and bread", "d5": "green sea water", "d6": "a star in the black sea",
-        "d7": "rock and water", "d8": "the bee is green",
-    }  # fmt: skip
-    queries = {"q1": "cat mat", "q2": "dog black", "q3": "sun moon", "q4": "sea water", "q5": "bee"}
-    qrels = [("q1", "d1"), ("q2", "d2"), ("q3", "d3"), ("q4", "d5"), ("q5", "d8")]
-    root.mkdir(parents=True)
-    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in docs.items()))
-    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in queries.items()))
-    (root / "qrels").mkdir()
-    (root / "qrels" / "train.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d in qrels)
-    )
-    return root
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     root = tmp_path_factory.mktemp("train_cli")
@@ -68,7 +50,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     base = root / "tiny-base"
     enc.backbone.save_pretrained(base)
     enc.tokenizer.save_pretrained(base)
-    return World(root, base, _tiny_beir(root / "beir"), root / "cache")
+    return World(root, base, tiny_train_beir(root / "beir"), root / "cache")
 
 
 def _argv(w: World, out: Path | str, *extra: str, shape: bool = True) -> list[str]:

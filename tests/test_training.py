@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DATASETS, make_tiny_encoder
+from conftest import DATASETS, make_tiny_encoder, tiny_train_beir
 from kl_retrievers import GaussianEncoder, Gaussians, NotAnEncoderError, neg_kl_matrix
 from kl_retrievers.training import (
     TrainConfig,
@@ -146,28 +146,8 @@ def test_read_documented_schema_and_errors(tmp_path: Path) -> None:
         read_jsonl(path)
 
 
-def _tiny_beir(root: Path) -> Path:
-    docs = {
-        "d1": "the cat sat on the mat", "d2": "a dog is black", "d3": "the sun and the moon",
-        "d4": "tea and bread", "d5": "green sea water", "d6": "a star in the black sea",
-        "d7": "rock and water", "d8": "the bee is green",
-    }  # fmt: skip
-    queries = {"q1": "cat mat", "q2": "dog black", "q3": "sun moon", "q4": "sea water", "q5": "bee"}
-    qrels = [("q1", "d1"), ("q2", "d2"), ("q3", "d3"), ("q4", "d5"), ("q4", "d7"), ("q5", "d8")]
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "corpus.jsonl").write_text(
-        "".join(json.dumps({"_id": k, "title": "", "text": v}) + "\n" for k, v in docs.items())
-    )
-    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in queries.items()))
-    (root / "qrels").mkdir(exist_ok=True)
-    (root / "qrels" / "train.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d in qrels)
-    )
-    return root
-
-
 def test_beir_reader_and_bm25_negatives(tmp_path: Path) -> None:
-    ts = from_beir(_tiny_beir(tmp_path / "beir"), "train")
+    ts = from_beir(tiny_train_beir(tmp_path / "beir"), "train")
     assert len(ts.examples) == 5 and len(ts.docs) == 8
     assert len(ts.examples[3].positives) == 2
     mine_bm25_negatives(ts, k=3)
@@ -429,7 +409,7 @@ def test_cli_train_heads_only_writes_model_card_and_command(tmp_path: Path) -> N
         {"query": "sun moon", "positives": ["the sun and the moon"], "negatives": ["rock"]},
         {"query": "sea water", "positives": ["green sea water"]},
     ]))  # fmt: skip
-    beir = _tiny_beir(tmp_path / "beir")
+    beir = tiny_train_beir(tmp_path / "beir")
     out = tmp_path / "model"
     argv = ["train", "--data", str(data), "--data", str(beir), "--out", str(out), "--base", str(base),
             "--heads-only-cached", "--steps", "20", "--batch-size", "4", "--dim", "8", "--hard-negatives", "bm25",
@@ -460,7 +440,7 @@ def test_cli_train_lora_saves_the_adapter_as_factors(tmp_path: Path) -> None:
     enc.backbone.save_pretrained(base)
     enc.tokenizer.save_pretrained(base)
     out = tmp_path / "model"
-    argv = ["train", "--data", str(_tiny_beir(tmp_path / "beir")), "--out", str(out), "--base", str(base),
+    argv = ["train", "--data", str(tiny_train_beir(tmp_path / "beir")), "--out", str(out), "--base", str(base),
             "--lora-r", "2", "--steps", "3", "--batch-size", "2", "--lr", "1e-2", "--dim", "8",
             "--cache-dir", str(tmp_path / "cache"), "--quiet", "--max-length", "32"]  # fmt: skip
     assert main(argv) == 0
