@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from kl_retrievers.datasets import BeirDataset
 from kl_retrievers.encoding_cache import EncodingCache
-from kl_retrievers.runs import Run, run_from_top_k, top_k
+from kl_retrievers.runs import Run, inner_product_run
 
 __all__ = [
     "BASELINES",
@@ -452,14 +452,7 @@ def dense_run(
             cache.save(f"dense-{kind}", key, ids, {"emb": emb})
         embs.append(emb)
     q, d = embs
-    run: Run = {}
-    query_ids, doc_ids = dataset.query_ids, dataset.doc_ids
-    block = max(1, (1 << 25) // max(1, len(doc_ids)))
-    for start in range(0, len(query_ids), block):
-        scores = q[start : start + block] @ d.T
-        idx, vals = top_k(scores, k)
-        run.update(run_from_top_k(query_ids[start : start + block], doc_ids, idx, vals))
-    return run
+    return inner_product_run(q, d, dataset.query_ids, dataset.doc_ids, k)
 
 
 def run_baseline(

@@ -50,7 +50,7 @@ from kl_retrievers.encoding_cache import CACHE_ENV as CACHE_ENV  # re-exported, 
 from kl_retrievers.encoding_cache import EncodingCache, default_cache_dir
 from kl_retrievers.encoding_cache import model_fingerprint as model_fingerprint  # re-exported: it was defined here
 from kl_retrievers.gaussian import Gaussians, check_float32_scorable, check_k, exact_top_k
-from kl_retrievers.runs import Qrels, Run, run_from_top_k, top_k
+from kl_retrievers.runs import Qrels, Run, inner_product_run, run_from_top_k, top_k
 
 if TYPE_CHECKING:
     from typing import Unpack  # Python 3.11; only read by type checkers here
@@ -671,15 +671,7 @@ def retrieve_vectors(
     if similarity == "cosine":  # as the training loss: F.normalize (norms clamped at 1e-12)
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
-    block = max(1, max_block_elements // max(1, len(d)))
-    idx_parts, val_parts = [], []
-    for start in range(0, len(q), block):
-        idx, vals = top_k(q[start : start + block] @ d.T, k)
-        idx_parts.append(idx)
-        val_parts.append(vals)
-    if not idx_parts:
-        return {}
-    return run_from_top_k(query_ids, doc_ids, np.concatenate(idx_parts), np.concatenate(val_parts))
+    return inner_product_run(q, d, query_ids, doc_ids, k, max_block_elements=max_block_elements)
 
 
 def evaluate_model(

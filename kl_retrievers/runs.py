@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["Qrels", "Run", "run_from_top_k", "top_k"]
+__all__ = ["Qrels", "Run", "inner_product_run", "run_from_top_k", "top_k"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,3 +65,29 @@ def run_from_top_k(query_ids: Sequence[str], doc_ids: Sequence[str], idx: np.nda
         qid: {doc_ids[int(j)]: float(s) for j, s in zip(idx[i], vals[i], strict=True)}
         for i, qid in enumerate(query_ids)
     }
+
+
+def inner_product_run(
+    queries: np.ndarray,
+    documents: np.ndarray,
+    query_ids: Sequence[str],
+    doc_ids: Sequence[str],
+    k: int,
+    *,
+    max_block_elements: int = 1 << 25,
+) -> Run:
+    """Exact top-``k`` of every query by inner product with the documents, in blocks of queries.
+
+    The products are computed in the arrays' own dtype; a block holds at most ``max_block_elements``
+    scores.
+
+    Examples:
+        >>> inner_product_run(np.array([[1.0, 0.0]]), np.array([[2.0, 0.0], [0.0, 3.0]]), ["q"], ["a", "b"], 2)
+        {'q': {'a': 2.0, 'b': 0.0}}
+    """
+    run: Run = {}
+    block = max(1, max_block_elements // max(1, len(doc_ids)))
+    for start in range(0, len(query_ids), block):
+        idx, vals = top_k(queries[start : start + block] @ documents.T, k)
+        run.update(run_from_top_k(query_ids[start : start + block], doc_ids, idx, vals))
+    return run
