@@ -52,7 +52,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -744,44 +744,32 @@ def _unscored_hash(node: BaseNode, cls: type[BaseNode]) -> str:
     return str(cls.hash.fget(plain))  # type: ignore[attr-defined]
 
 
-class _ScoredTextNode(TextNode):
-    """A returned ``TextNode`` whose ``hash`` ignores the search's score keys (see :func:`_scored_node`)."""
+class _UnscoredHash:
+    """Mixin of a returned node class: ``hash`` without the search's score keys (see :func:`_scored_node`),
+    and printed as the LlamaIndex node class it extends (its second base)."""
 
     @property
     def hash(self) -> str:
-        return _unscored_hash(self, TextNode)
+        return _unscored_hash(cast(BaseNode, self), type(self).__bases__[1])
 
-    def __repr_name__(self) -> str:  # printed as the node it is
-        return "TextNode"
-
-
-class _ScoredIndexNode(IndexNode):
-    """As :class:`_ScoredTextNode`, for an ``IndexNode``."""
-
-    @property
-    def hash(self) -> str:
-        return _unscored_hash(self, IndexNode)
-
-    def __repr_name__(self) -> str:  # printed as the node it is
-        return "IndexNode"
+    def __repr_name__(self) -> str:
+        return type(self).__bases__[1].__name__
 
 
-class _ScoredImageNode(ImageNode):
-    """As :class:`_ScoredTextNode`, for an ``ImageNode``."""
-
-    @property
-    def hash(self) -> str:
-        return _unscored_hash(self, ImageNode)
-
-    def __repr_name__(self) -> str:  # printed as the node it is
-        return "ImageNode"
+class _ScoredTextNode(_UnscoredHash, TextNode):
+    """A returned ``TextNode`` (see :class:`_UnscoredHash`)."""
 
 
-_SCORED_CLASSES: dict[type, type] = {
-    TextNode: _ScoredTextNode,
-    IndexNode: _ScoredIndexNode,
-    ImageNode: _ScoredImageNode,
-}
+class _ScoredIndexNode(_UnscoredHash, IndexNode):
+    """A returned ``IndexNode`` (see :class:`_UnscoredHash`)."""
+
+
+class _ScoredImageNode(_UnscoredHash, ImageNode):
+    """A returned ``ImageNode`` (see :class:`_UnscoredHash`)."""
+
+
+#: The node class -> its returned subclass.
+_SCORED_CLASSES: dict[type, type] = {c.__bases__[1]: c for c in (_ScoredTextNode, _ScoredIndexNode, _ScoredImageNode)}
 
 
 def _scored_node(doc_id: str, text: str | None, metadata: Mapping[str, Any], scores: Mapping[str, Any]) -> BaseNode:
