@@ -399,7 +399,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     use_cache = not args.no_cache
     score_run: dict[str, dict[str, float]] = {}
     weights: dict[str, float] = {}
-    twin = "neg_kl"  # a model's own score: a vector twin (train --similarity dot|cosine) is ranked by it
+    similarity = "neg_kl"  # a model's own score: a vector twin (train --similarity dot|cosine) is ranked by it
     if args.baseline:
         if args.means_only:
             print(
@@ -434,17 +434,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
         from kl_retrievers.pretrained import load_model
 
         encoder = load_model(args.model, backend=getattr(args, "model_backend", "torch"))
-        twin = model_similarity(encoder)
-        if twin != "neg_kl":
+        similarity = model_similarity(encoder)
+        if similarity != "neg_kl" and (args.hybrid or args.means_only):
             problem = "--hybrid fuses BM25 with -KL" if args.hybrid else "--means-only is an ablation of -KL"
-            if args.hybrid or args.means_only:
-                print(
-                    f"kl-retrievers evaluate: error: {args.model} is a vector twin trained with --similarity {twin}; "
-                    f"{problem}, which is not what it was trained for",
-                    file=sys.stderr,
-                )
-                return 2
-            logger.info("%s is a vector twin: ranking by its %s similarity on the means", args.model, twin)
+            print(
+                f"kl-retrievers evaluate: error: {args.model} is a vector twin trained with --similarity "
+                f"{similarity}; {problem}, which is not what it was trained for",
+                file=sys.stderr,
+            )
+            return 2
+        if similarity != "neg_kl":
+            logger.info("%s is a vector twin: ranking by its %s similarity on the means", args.model, similarity)
         if args.hybrid:
             result, score_run, weights = _evaluate_hybrid(args, encoder, dataset, show_progress=show)
         else:
@@ -473,8 +473,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             missing_uncertainty=(
                 f"the {args.baseline} baseline has no variances"
                 if args.baseline
-                else f"the model is a {twin} vector twin (its variance head is untrained)"
-                if twin != "neg_kl"
+                else f"the model is a {similarity} vector twin (its variance head is untrained)"
+                if similarity != "neg_kl"
                 else None
             ),
             qrels=dataset.qrels,
