@@ -511,11 +511,6 @@ def _recipe_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> lis
     return diffs
 
 
-def _read_checkpoint_meta(folder: Path) -> dict[str, Any]:
-    meta: dict[str, Any] = json.loads((folder / "state.json").read_text())
-    return meta
-
-
 def _check_resume_recipe(folder: Path, meta: Mapping[str, Any], recipe: Mapping[str, Any] | None) -> None:
     """Refuse to resume ``folder`` with a recipe that differs in anything but steps, budget, checkpoints, device."""
     saved = meta.get("recipe")
@@ -534,9 +529,9 @@ def _check_resume_recipe(folder: Path, meta: Mapping[str, Any], recipe: Mapping[
 
 
 def _load_checkpoint(
-    folder: Path, module: nn.Module, opt: torch.optim.Optimizer, sched: Any
+    folder: Path, meta: Mapping[str, Any], module: nn.Module, opt: torch.optim.Optimizer, sched: Any
 ) -> tuple[int, list[float]]:
-    meta = _read_checkpoint_meta(folder)
+    """Restore the trainable weights, optimiser and scheduler from ``folder`` (``meta``: its ``state.json``)."""
     params = _trainable(module)
     if list(params) != meta["param_names"]:
         raise ValueError(f"checkpoint {folder} was written for other trainable parameters; cannot resume")
@@ -594,13 +589,13 @@ def _optimise(
         raise ValueError("nothing to train: every parameter is frozen")
     opt = torch.optim.AdamW(_param_groups(named, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = cfg.warmup_steps_resolved()
-    found = None
+    found, meta = None, {}
     if resume:
         found = _find_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
         if found is None:
             logger.warning("--resume: no checkpoint at %s; starting from step 0", checkpoint_dir)
         else:
-            meta = _read_checkpoint_meta(found)
+            meta = json.loads((found / "state.json").read_text())
             _check_resume_recipe(found, meta, recipe)
             saved = (meta.get("recipe") or {}).get("config") or {}
             if isinstance(saved.get("warmup_resolved"), int):  # keep the warm-up the run started with
@@ -611,7 +606,7 @@ def _optimise(
     history: list[float] = []
     resumed_from = None
     if found is not None:
-        start, history = _load_checkpoint(found, module, opt, sched)
+        start, history = _load_checkpoint(found, meta, module, opt, sched)
         resumed_from = start
         # the schedule is rebuilt: the checkpoint's peak lr(s), its warm-up, linear decay to 0 at this run's
         # --steps (the same schedule as an uninterrupted run when --steps is unchanged)
