@@ -160,6 +160,27 @@ def _string_field(row: dict[str, Any], field: str, where: str) -> str:
     return value
 
 
+def is_within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies below it (both already resolved).
+
+    Examples:
+        >>> is_within(Path("/a/b"), Path("/a")), is_within(Path("/a"), Path("/a/b"))
+        (True, False)
+    """
+    return path == folder or folder in path.parents
+
+
+def some_names(names: list[str], shown: int = 5) -> str:
+    """Up to ``shown`` names, and how many more there are (for messages).
+
+    Examples:
+        >>> some_names(["a", "b", "c"], shown=2)
+        'a, b and 1 more'
+    """
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def _normalise_permissions(folder: Path) -> None:
     """Give written files the usual umask-based mode (some writers create them 0600).
 

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, require_torch
-from kl_retrievers._io import atomic_dir, check_version, library_version, parse_json_object
+from kl_retrievers._io import atomic_dir, check_version, is_within, library_version, parse_json_object, some_names
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians
 from kl_retrievers.hub import sha256_file as _sha256
 
@@ -255,10 +255,6 @@ def _export_meta(folder: Path) -> dict[str, Any] | None:
     return None
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
 def _check_export_target(
     folder: str | os.PathLike[str], *, source: str | os.PathLike[str] | None = None, overwrite: bool = False
 ) -> None:
@@ -277,7 +273,7 @@ def _check_export_target(
     target = Path(folder)
     if source is not None and os.fspath(source) and Path(source).is_dir():
         resolved, own = target.resolve(), Path(source).resolve()
-        if _inside(own, resolved):
+        if is_within(own, resolved):
             what = "the folder of" if own == resolved else "a folder that holds"
             raise ValueError(
                 f"cannot export into {target}: it is {what} the encoder being exported ({source}), and an export "
@@ -293,22 +289,16 @@ def _check_export_target(
         return
     if _export_meta(target) is None:
         raise ValueError(
-            f"cannot export into {target}: it is not empty ({_some(names)}) and is not an ONNX export made by "
+            f"cannot export into {target}: it is not empty ({some_names(names)}) and is not an ONNX export made by "
             "kl_retrievers; an export replaces its target folder as a whole and would delete them. Choose a new or "
             "empty folder, or pass overwrite=True (--overwrite) to replace it"
         )
     extra = [name for name in names if name not in EXPORT_FILES]
     if extra:
         raise ValueError(
-            f"cannot export into {target}: it is an earlier ONNX export but also holds {_some(extra)}, which a new "
-            "export would delete; move them away, or pass overwrite=True (--overwrite) to replace the folder"
+            f"cannot export into {target}: it is an earlier ONNX export but also holds {some_names(extra)}, which a "
+            "new export would delete; move them away, or pass overwrite=True (--overwrite) to replace the folder"
         )
-
-
-def _some(names: list[str], shown: int = 5) -> str:
-    """Up to ``shown`` names, and how many more there are."""
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
 
 
 def _tokenizer_json(encoder: GaussianEncoder) -> str:

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kl_retrievers._io import is_within, some_names
 from kl_retrievers.cli_common import _int_at_least, args_subset, check_output_path, positive_int, token_budget
 
 logger = logging.getLogger(__name__)
@@ -252,22 +253,15 @@ def _needed_modules(args: argparse.Namespace) -> list[str]:
     return needed
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
-def _some(names: list[str], shown: int = 5) -> str:
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
-
-
 def _is_model_folder(folder: Path) -> bool:
     """Whether ``folder`` holds the ``config.json`` of a GaussianEncoder saved by kl_retrievers."""
+    from kl_retrievers._config import NotAnEncoderError, read_encoder_meta
+
     try:
-        meta = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
+        read_encoder_meta(folder)
+    except (NotAnEncoderError, OSError):
         return False
-    return isinstance(meta, dict) and meta.get("library") == "kl_retrievers" and "encoder" in meta
+    return True
 
 
 def check_train_out(out: str | os.PathLike[str], data: list[str], *, overwrite: bool = False) -> Path:
@@ -293,7 +287,7 @@ def check_train_out(out: str | os.PathLike[str], data: list[str], *, overwrite: 
         raise ValueError(f"--out {given}: is the file-system root; give a folder to save the model in")
     for item in data:
         source = Path(item).expanduser().resolve()
-        if _inside(source, target):  # a folder inside --data is fine: the save replaces --out, not its parent
+        if is_within(source, target):  # a folder inside --data is fine: the save replaces --out, not its parent
             what = "is" if source == target else "holds"
             raise ValueError(
                 f"--out {given}: it {what} the --data path {item}; the save replaces --out as a whole and would "
@@ -304,7 +298,7 @@ def check_train_out(out: str | os.PathLike[str], data: list[str], *, overwrite: 
         names = sorted(entry.name for entry in target.iterdir())
         if names and not _is_model_folder(target):
             raise ValueError(
-                f"--out {given}: the folder is not empty ({_some(names)}) and is not a model folder made by "
+                f"--out {given}: the folder is not empty ({some_names(names)}) and is not a model folder made by "
                 "kl_retrievers; the save replaces --out as a whole and would delete them. Choose a new or empty "
                 "folder, or pass --overwrite to replace it"
             )
