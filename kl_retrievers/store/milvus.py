@@ -127,6 +127,14 @@ __all__ = ["MilvusKLStore", "MilvusConnectionError", "to_milvus_expr", "INDEX_TY
 
 METRICS = ("L2", "IP")
 COMPRESSIONS = (None, "sq8")
+#: ``(index_type, compression)`` -> the Milvus index built for it (and read back when attaching).
+_MILVUS_INDEXES: dict[tuple[str, str | None], str] = {
+    ("flat", None): "FLAT",
+    ("hnsw", None): "HNSW",
+    ("hnsw", "sq8"): "HNSW_SQ",
+    ("ivf", None): "IVF_FLAT",
+    ("ivf", "sq8"): "IVF_SQ8",
+}
 #: Longest id (characters) the collection's VARCHAR primary key holds.
 MAX_ID_LENGTH = 512
 #: Largest ``limit`` (top-k) Milvus accepts for one search.
@@ -579,14 +587,13 @@ class MilvusKLStore(GaussianStore):
         }
 
     def _index_params(self) -> tuple[str, dict[str, Any]]:
+        kind = _MILVUS_INDEXES[(self.index_type, self.compression)]
         if self.index_type == "flat":
-            return "FLAT", {}
+            return kind, {}
         if self.index_type == "hnsw":
             params: dict[str, Any] = {"M": self.hnsw_m, "efConstruction": self.ef_construction}
-            if self.compression == "sq8":
-                return "HNSW_SQ", {**params, "sq_type": "SQ8"}
-            return "HNSW", params
-        return ("IVF_SQ8" if self.compression == "sq8" else "IVF_FLAT"), {"nlist": self.nlist}
+            return kind, ({**params, "sq_type": "SQ8"} if self.compression == "sq8" else params)
+        return kind, {"nlist": self.nlist}
 
     def _create(self, k: int) -> None:
         pymilvus = _import_pymilvus()
@@ -726,13 +733,7 @@ class MilvusKLStore(GaussianStore):
             kind = str(self._client.describe_index(self.collection_name, "vector").get("index_type", ""))
         except Exception:  # pragma: no cover - no index described: keep this client's settings
             return self.index_type, self.compression
-        known = {
-            "FLAT": ("flat", None),
-            "HNSW": ("hnsw", None),
-            "HNSW_SQ": ("hnsw", "sq8"),
-            "IVF_FLAT": ("ivf", None),
-            "IVF_SQ8": ("ivf", "sq8"),
-        }
+        known = {name: pair for pair, name in _MILVUS_INDEXES.items()}
         return known.get(kind, (self.index_type, self.compression))
 
     def _attach(self, dim: int | None, info: Mapping[str, Any] | None = None) -> None:
