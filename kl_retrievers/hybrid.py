@@ -56,7 +56,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -862,18 +862,21 @@ class HybridResult:
     query_uncertainty: float
     fusion: str
 
+    #: The keys of :meth:`scores`, in its order, and the attribute each one reads.
+    SCORE_KEYS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("fused_score", "score"),
+        ("fusion", "fusion"),
+        (SCORE_NAME, "neg_kl"),
+        ("bm25", "bm25"),
+        ("dense_rank", "dense_rank"),
+        ("bm25_rank", "bm25_rank"),
+        ("dense_weight", "dense_weight"),
+        ("query_uncertainty", "query_uncertainty"),
+    )
+
     def scores(self) -> dict[str, Any]:
-        """The scores as a flat dict (e.g. for framework metadata)."""
-        return {
-            "fused_score": self.score,
-            "fusion": self.fusion,
-            SCORE_NAME: self.neg_kl,
-            "bm25": self.bm25,
-            "dense_rank": self.dense_rank,
-            "bm25_rank": self.bm25_rank,
-            "dense_weight": self.dense_weight,
-            "query_uncertainty": self.query_uncertainty,
-        }
+        """The scores as a flat dict (e.g. for framework metadata); its keys are :attr:`SCORE_KEYS`."""
+        return {key: getattr(self, attr) for key, attr in self.SCORE_KEYS}
 
 
 def _ids_digest(ids: Iterable[str]) -> str:

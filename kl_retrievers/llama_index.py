@@ -76,7 +76,7 @@ from kl_retrievers.gaussian import (
     kl_query_vectors,
     neg_kl_matrix,
 )
-from kl_retrievers.hybrid import KLHybridStore
+from kl_retrievers.hybrid import HybridResult, KLHybridStore
 from kl_retrievers.index import KLStore
 
 _INSTALL_HINT = (
@@ -730,10 +730,7 @@ def _to_node(doc_id: str, text: str | None, metadata: Mapping[str, Any]) -> Base
 
 
 #: Metadata keys a search adds to the nodes it returns (dense and hybrid): per-query, not the document's.
-_SCORE_KEYS = frozenset(
-    {SCORE_NAME, QUERY_UNCERTAINTY_KEY, CONFIDENCE_KEY, "fused_score", "fusion", "bm25", "dense_rank", "bm25_rank",
-     "dense_weight"}
-)  # fmt: skip
+_SCORE_KEYS = frozenset({SCORE_NAME, QUERY_UNCERTAINTY_KEY, CONFIDENCE_KEY, *(k for k, _ in HybridResult.SCORE_KEYS)})
 
 
 def _unscored_hash(node: BaseNode, cls: type[BaseNode]) -> str:

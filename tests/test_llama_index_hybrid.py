@@ -187,6 +187,10 @@ def test_hybrid_retriever_nodes_and_metadata(hybrid: KLHybridRetriever) -> None:
     expected = hybrid.store.search("black rock", k=3)
     assert [h.node.node_id for h in hits] == [r.id for r in expected]
     assert hybrid.retrieve(TEXTS[0])[0].node.metadata[CONFIDENCE_KEY] > 0.9
+    # Every per-query key stays out of the node's hash (fusion retrievers match documents by it).
+    stored = next(n for n in _nodes() if n.node_id == "n4")
+    assert hits[0].node.hash == stored.hash
+    assert set(meta) - set(stored.metadata) == {*expected[0].scores(), CONFIDENCE_KEY}
 
 
 def test_hybrid_retriever_in_query_engines_with_abstention(hybrid: KLHybridRetriever) -> None:

@@ -221,7 +221,9 @@ def test_a_client_attached_before_a_drop_and_recreate_follows_the_new_collection
     assert [h.id for h in a.search(old[1], k=1)] == ["o1"]
     a.drop()  # dropped, not re-created: the attached client finds nothing, and its next add re-creates it
     assert b.search(query[0], k=3) == []
+    assert len(c) == 0 and c.ids == []  # dropped by another client: empty, no error
     b.add(gaussians=new[:3], ids=["m0", "m1", "m2"])
+    assert len(c) == 3 and sorted(c.ids) == ["m0", "m1", "m2"]  # created again by another client
     assert len(b) == 3 and [h.id for h in a.search(new[2], k=1)] == ["m2"]
 
 

@@ -382,3 +382,20 @@ def test_init_from_refuses_shape_flags(
     assert main(_argv(world, out, "--init-from", str(saved), "--split", "train", shape=False)) == 0
     recipe = _training(out)["recipe"]
     assert recipe["init_from"] == str(saved.resolve()) and recipe["split"] == "train"
+
+
+# ------------------------------------------------------------------ 11: --init-from a model with no base
+def test_init_from_model_without_backbone_saves_every_weight(world: World, tmp_path: Path) -> None:
+    """A model built from a config records no base backbone; training on from it must save (all weights)."""
+    start = make_tiny_encoder(pooling="mean")
+    assert not start.config.backbone
+    saved = start.save_pretrained(tmp_path / "start")
+    out = tmp_path / "m"
+    assert main(_argv(world, out, "--init-from", str(saved), shape=False)) == 0
+    trained = GaussianEncoder.from_pretrained(out)
+    texts = ["the cat sat on the mat", "green tea"]
+    got = trained.encode_documents(texts)
+    again = GaussianEncoder.from_pretrained(out).encode_documents(texts)
+    np.testing.assert_array_equal(got.mean, again.mean)
+    before = GaussianEncoder.from_pretrained(saved).encode_documents(texts)
+    assert not np.allclose(got.mean, before.mean)  # it trained, and saved what it trained

@@ -812,6 +812,8 @@ class MilvusKLStore(GaussianStore):
         return True
 
     def __len__(self) -> int:
+        with self._lock:
+            self._sync()  # dropped (0), or created or re-created by another client since
         if self._dim is None:
             return 0
         rows = self._client.query(
@@ -1155,6 +1157,8 @@ class MilvusKLStore(GaussianStore):
     @property
     def ids(self) -> list[str]:
         """All stored ids (a full scan of the collection)."""
+        with self._lock:
+            self._sync()  # dropped ([]), or created or re-created by another client since
         if self._dim is None:
             return []
         return [r["id"] for page in self._iter_all(["id"]) for r in page]

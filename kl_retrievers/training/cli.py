@@ -502,7 +502,12 @@ def run_train(args: argparse.Namespace) -> int:
         "training_losses.json": json.dumps(result.all_losses) + "\n",  # every step, the checkpoint's included
         "README.md": model_card_text(out.name, info),
     }
-    encoder.save_pretrained(out, include_backbone=False, extra_files=extra_files)  # one atomic swap
+    # Save only what differs from the base backbone, when there is a base to load it on top of; an encoder
+    # with no recorded backbone (one built from a config, or --init-from such a model) saves every weight.
+    include_backbone = not encoder.config.backbone
+    if include_backbone:
+        logger.info("the encoder records no base backbone, so every weight is saved")
+    encoder.save_pretrained(out, include_backbone=include_backbone, extra_files=extra_files)  # one atomic swap
     loss_text = f"{final:.4f}" if math.isfinite(final) else "n/a (no step recorded)"
     print(f"saved {out} after {result.steps_done} steps ({result.stopped}); final loss {loss_text}", file=sys.stderr)
     return 0
