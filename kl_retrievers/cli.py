@@ -10,8 +10,10 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -21,13 +23,15 @@ from typing import Any
 from kl_retrievers._io import parse_json_object, read_jsonl_objects
 from kl_retrievers._io import row_text as _row_text
 from kl_retrievers.cli_common import (  # re-exported: they were defined here
+    KLSTORE_FORMAT,
     add_model_backend_argument,
     args_subset,
     check_output_path,
+    is_gaussians_config,
     positive_int,
     token_budget,
 )
-from kl_retrievers.sharded import split_records
+from kl_retrievers.sharded import is_jsonl_path, split_records
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +41,8 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 def read_texts(path: Path, field: str = "auto") -> tuple[list[str], list[str]]:
     """Read ``(ids, texts)`` from a ``.jsonl`` file (BEIR corpus or any text field) or a text file.
 
-    A text file gives one text per non-empty line, with ids ``"0"``, ``"1"``, ...
+    ``.jsonl``, ``.ndjson`` and ``.json`` files (any case) are JSON lines, one object per line; any
+    other file gives one text per non-empty line, with ids ``"0"``, ``"1"``, ...
     """
     ids, texts, _ = _read_records(path, field)
     return ids, texts
@@ -49,10 +54,12 @@ def _read_records(path: Path, field: str) -> tuple[list[str], list[str], list[di
     A JSONL row's id is its ``_id`` (or ``id``): a non-empty string or an integer; rows without
     one are numbered from 0. A null, non-string text or a repeated id is refused, naming the line.
     """
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; {_INPUT_FILES}")
     if not path.is_file():
         raise FileNotFoundError(f"input file not found: {path}")
     try:
-        if path.suffix == ".jsonl":
+        if is_jsonl_path(path):
             ids: list[str] = []
             texts: list[str] = []
             rows: list[dict[str, Any]] = []
@@ -77,6 +84,13 @@ def _read_records(path: Path, field: str) -> tuple[list[str], list[str], list[di
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return [str(i) for i in range(len(texts))], texts, [{} for _ in texts]
+
+
+#: What a file input may be (the end of the message for a folder given as one).
+_INPUT_FILES = (
+    "folders are not accepted here: give one file, a .jsonl / .ndjson / .json file of JSON lines (a BEIR "
+    "corpus.jsonl, or any text field with --field) or a text file with one text per line"
+)
 
 
 def _row_id(row: dict[str, Any], position: int, where: str) -> str:
@@ -132,10 +146,20 @@ def _add_encode(sub: Any) -> None:
     )
     p.add_argument("texts", nargs="*", help="texts to encode (or use --input)")
     p.add_argument(
-        "--input", "-i", type=Path, help="a .jsonl file (BEIR corpus or --field) or a text file, one per line"
+        "--input",
+        "-i",
+        type=Path,
+        help="a .jsonl (.ndjson, .json) file of JSON lines (BEIR corpus or --field) or a text file, one per line",
     )
     p.add_argument("--field", default="auto", help="JSONL field with the text (default: title + text)")
-    p.add_argument("--out", "-o", type=Path, required=True, help="output: NAME.safetensors, or a folder of .npy files")
+    p.add_argument(
+        "--out",
+        "-o",
+        type=Path,
+        required=True,
+        help="output: NAME.safetensors, or a folder of .npy files (an existing folder is replaced only when it "
+        "holds an earlier encode output)",
+    )
     p.add_argument("--kind", choices=("document", "query"), default="document", help="encode as documents or queries")
     p.add_argument("--model", "-m", help="a saved GaussianEncoder (path or hub id) or a bundled model name")
     p.add_argument("--batch-size", type=positive_int, default=32)
@@ -163,9 +187,9 @@ def _run_encode(args: argparse.Namespace) -> int:
 
     if args.input is not None and args.texts:
         raise SystemExit("give texts or --input, not both")
+    if args.input is not None and args.input.is_dir():
+        raise ValueError(f"--input {args.input}: is a folder; {_INPUT_FILES}")
     if args.shard_size is not None or args.backend == "ray":
-        if args.model_backend == "onnx":
-            raise ValueError("--model-backend onnx is not supported with --shard-size / --backend ray yet")
         return _run_encode_sharded(args)
     if args.input is not None:
         ids, texts = read_texts(args.input, args.field)
@@ -176,7 +200,9 @@ def _run_encode(args: argparse.Namespace) -> int:
         ids = [str(i) for i in range(len(texts))]
     else:
         raise SystemExit("nothing to encode: give texts or --input FILE")
-    check_output_path(args.out, "--out", folder=args.out.suffix != ".safetensors")
+    # a NAME.safetensors file is replaced as named; a folder only when it already holds saved Gaussians
+    folder = args.out.suffix != ".safetensors"
+    check_output_path(args.out, "--out", folder=folder, gaussians=folder)
     encoder = _load_encoder(args.model, args.device, args.model_backend)
     encode = encoder.encode_documents if args.kind == "document" else encoder.encode_queries
     g = encode(texts, batch_size=args.batch_size, max_length=args.max_length, show_progress_bar=not args.no_progress)
@@ -201,7 +227,7 @@ def _run_encode_sharded(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         ray_address=args.ray_address,
         show_progress_bar=not args.no_progress,
-        **args_subset(args, "model", "kind", "field", "batch_size", "max_length", "device", "backend"),
+        **args_subset(args, "model", "kind", "field", "batch_size", "max_length", "device", "backend", "model_backend"),
     )
     print(
         f"wrote {report.rows} Gaussians in {report.shards} shards to {report.out} "
@@ -256,7 +282,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     depth = max(args.k, ConfidenceScorer.depth_for(calibrator))
     if calibrator is not None:
         print("confidence: the calibrated probability that the top result is relevant (fitted on training data)\n")
-    q = encoder.encode_queries(queries, show_progress_bar=False)
+    q = encoder.encode_queries(queries, batch_size=_query_batch_size(encoder), show_progress_bar=False)
     uncertainty = q.uncertainty()
     for i, (query, hits) in enumerate(zip(queries, store.search_batch(q, k=depth), strict=True)):
         conf = scorer.confidence(encoder, [h.score for h in hits], float(uncertainty[i]))
@@ -269,18 +295,48 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _query_batch_size(encoder: Any) -> int:
+    """The batch size for encoding queries: 1 when a text's encoding depends on its batch, else the default.
+
+    An int8 ONNX encoder (``batch_invariant`` ``False``) quantises activations per batch, so a query
+    encoded with others would score differently than alone; one at a time, a query's results do not
+    depend on the other queries and equal ``KLStore.search(query)``'s.
+    """
+    return 32 if getattr(encoder, "batch_invariant", True) else 1
+
+
 # ---------------------------------------------------------------- index / search
 def _read_corpus(path: Path, field: str) -> tuple[list[str], list[str], list[dict[str, Any]]]:
-    """ids, texts and metadata from a BEIR corpus.jsonl, any JSONL with a text field, or a folder of .txt/.md."""
+    """ids, texts and metadata from a BEIR corpus.jsonl (or its folder), any JSONL with a text field, or a
+    folder of .txt/.md files."""
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md") and p.is_file())
-        if not files:
-            raise ValueError(f"{path} holds no .txt or .md files")
-        ids = [str(p.relative_to(path)) for p in files]
-        return ids, [p.read_text(encoding="utf-8") for p in files], [{"source": i} for i in ids]
+        beir = path / "corpus.jsonl"
+        if beir.is_file():  # a BEIR folder: its corpus, not its SOURCE.md / README.md
+            logger.info("%s holds a corpus.jsonl: indexing %s (title + text, as a BEIR corpus)", path, beir)
+            path = beir
+        else:
+            return _read_text_folder(path)
     ids, texts, rows = _read_records(path, field)
     metadatas = [{k: v for k, v in row.items() if k not in ("_id", "id", "text") and _json_scalar(v)} for row in rows]
     return ids, texts, metadatas
+
+
+def _read_text_folder(path: Path) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """Every .txt / .md file below ``path``, one document each, with its relative path as id."""
+    files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md") and p.is_file())
+    if not files:
+        raise ValueError(
+            f"{path} holds no corpus.jsonl and no .txt or .md files; give a folder of .txt/.md files, a BEIR "
+            "folder (with corpus.jsonl) or a .jsonl file"
+        )
+    ids = [str(p.relative_to(path)) for p in files]
+    texts = []
+    for p in files:
+        try:
+            texts.append(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return ids, texts, [{"source": i} for i in ids]
 
 
 def _json_scalar(value: Any) -> bool:
@@ -294,7 +350,10 @@ def _add_index(sub: Any) -> None:
         description="Encode a corpus into Gaussians and save a KL store (FAISS over the exact -KL rewrite).",
     )
     p.add_argument(
-        "corpus", type=Path, help="BEIR corpus.jsonl, a JSONL file with a text field, or a folder of .txt/.md"
+        "corpus",
+        type=Path,
+        help="BEIR corpus.jsonl (or a BEIR folder holding one), a JSONL file with a text field, or a folder of "
+        ".txt/.md",
     )
     p.add_argument("--out", "-o", type=Path, required=True, help="store folder to write (replaced atomically)")
     p.add_argument("--index-type", choices=("flat", "hnsw", "ivf"), default="flat", help="default: flat (exact)")
@@ -334,7 +393,12 @@ def _run_index(args: argparse.Namespace) -> int:
     )
     store.add(texts, ids=ids, metadatas=metadatas)
     store.save(args.out)
-    print(f"indexed {len(store)} documents ({args.index_type}, k={store.dim}) into {args.out}")
+    kind = args.index_type
+    if not store.is_built:  # an approximate index is built once it has enough documents to train on
+        needed = getattr(getattr(store, "_engine", None), "min_build_size", None)
+        fewer = f"fewer than {needed()} documents" if callable(needed) else "too few documents"
+        kind = f"{args.index_type} not built yet: {fewer}; searches are exact"
+    print(f"indexed {len(store)} documents ({kind}, k={store.dim}) into {args.out}")
     return 0
 
 
@@ -350,7 +414,11 @@ def _add_search(sub: Any) -> None:
     p.add_argument("--filter", default=None, help='metadata filter as JSON, e.g. \'{"year": {"$gte": 2020}}\'')
     p.add_argument("--model", "-m", help="encoder for the queries (default: the one the store was built with)")
     p.add_argument("--json", action="store_true", help="print one JSON object per query on stdout")
-    add_model_backend_argument(p, "--backend")
+    add_model_backend_argument(
+        p,
+        "--backend",
+        default_help="the backend the store was built with (its config.json records it), else the library's default",
+    )
     p.set_defaults(func=_run_search)
 
 
@@ -359,11 +427,25 @@ def _run_search(args: argparse.Namespace) -> int:
 
     config_file = args.store / "config.json"
     if not config_file.is_file():
+        if (args.store / "manifest.json").is_file():
+            raise ValueError(
+                f"{args.store} is an encode output (encoded shards), not a KL store; build one with "
+                "`kl-retrievers index`"
+            )
         raise ValueError(f"{args.store} is not a KL store: config.json is missing")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"{config_file}: not valid JSON ({exc})") from None
+    if is_gaussians_config(config if isinstance(config, dict) else None):
+        raise ValueError(
+            f"{args.store} is an encode output (saved Gaussians), not a KL store; build one with `kl-retrievers index`"
+        )
+    if isinstance(config, dict) and config.get("format") != KLSTORE_FORMAT:
+        raise ValueError(
+            f"{args.store} is not a KL store: {config_file} has format {config.get('format')!r}, expected "
+            f"{KLSTORE_FORMAT!r} (a folder written by `kl-retrievers index`)"
+        )
     encoder_info = config.get("encoder") if isinstance(config, dict) else None
     saved = encoder_info.get("name_or_path") if isinstance(encoder_info, dict) else None
     model = args.model or (saved if isinstance(saved, str) else None)
@@ -375,9 +457,16 @@ def _run_search(args: argparse.Namespace) -> int:
         raise ValueError(f"--filter is not valid JSON ({exc})") from None
     if filt is not None and not isinstance(filt, dict):
         raise ValueError(f"--filter must be a JSON object; got {type(filt).__name__}")
-    encoder = _load_encoder(model, backend=args.model_backend)
+    backend = args.model_backend or _recorded_backend(encoder_info)
+    if args.model_backend:
+        logger.info("encoding queries on the %s backend (--model-backend)", backend)
+    elif backend:
+        logger.info("encoding queries on the %s backend, the one the store was built with", backend)
+    else:
+        logger.info("the store records no backend; encoding queries on the library's default one")
+    encoder = _load_encoder(model, backend=backend)
     store = KLStore.load(args.store, encoder=encoder)
-    q = encoder.encode_queries(args.query, show_progress_bar=False)
+    q = encoder.encode_queries(args.query, batch_size=_query_batch_size(encoder), show_progress_bar=False)
     for i, (query, hits) in enumerate(zip(args.query, store.search_batch(q, k=args.k, filter=filt), strict=True)):
         if args.json:
             print(
@@ -397,6 +486,32 @@ def _run_search(args: argparse.Namespace) -> int:
         for rank, h in enumerate(hits, 1):
             print(f"  {rank:>3}. -KL={h.score:10.4f}  [{h.id}] {(h.text or '')[:80]}")
     return 0
+
+
+def _torch_installed() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def _recorded_backend(encoder_info: Any) -> str | None:
+    """The backend (``"torch"`` / ``"onnx"``) a store's encoder ran on, from its config.json, else ``None``.
+
+    An ONNX encoder's config records ``backend: "onnx"``; a torch encoder's config records no backend,
+    so a recorded encoder config without one was built with torch. When torch is not installed, the
+    queries go to the library's default backend, with a warning (scores can differ slightly).
+    """
+    cfg = encoder_info.get("config") if isinstance(encoder_info, dict) else None
+    if not isinstance(cfg, dict):
+        return None
+    backend = cfg.get("backend", "torch")
+    if backend not in ("torch", "onnx"):
+        return None
+    if backend == "torch" and not _torch_installed():
+        logger.warning(
+            "the store was built with the torch backend, which is not installed; encoding queries on the "
+            "library's default backend instead (scores can differ slightly; pass --model-backend to choose)"
+        )
+        return None
+    return str(backend)
 
 
 # ---------------------------------------------------------------- evaluate / train / main
@@ -466,6 +581,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has gone (``poll`` says ``POLLERR``); ``True`` when it cannot tell."""
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() (Windows), or stdout without a file descriptor
+        return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status.
 
@@ -487,7 +614,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _log_warning  # one log line each, not the source line too
-            return int(args.func(args) or 0)
+            status = int(args.func(args) or 0)
+            sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit ("Exception ignored ...")
+            return status
+    except BrokenPipeError as exc:
+        if not _stdout_gone():  # another pipe broke (a connection to a server): an error like any other
+            print(f"{prefix} {_error_message(exc)}", file=sys.stderr)
+            return 2
+        # The reader went away (`kl-retrievers search ... | head -3`): stop quietly, the recipe of Python's
+        # signal docs. Further writes (the interpreter's final flush) go to /dev/null. The status is
+        # non-zero, as `python -m json.tool` exits (with errno 32) and as a C tool killed by SIGPIPE
+        # (128 + 13 = 141, what a shell reports for `yes | head -1`); `set -o pipefail` scripts see it too.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout without a file descriptor (a test's capture)
+            pass
+        return 141
     except SystemExit as exc:  # a subcommand's usage error, raise SystemExit("message")
         if exc.code is None or isinstance(exc.code, int):
             raise

@@ -16,6 +16,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import tempfile
@@ -24,9 +25,13 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "KLSTORE_FORMAT",
     "add_model_backend_argument",
     "args_subset",
     "check_output_path",
+    "is_gaussians_config",
+    "is_store_config",
+    "read_folder_config",
     "positive_int",
     "token_budget",
 ]
@@ -55,7 +60,9 @@ positive_int = _int_at_least(1)
 token_budget = _int_at_least(3)  # what GaussianEncoder accepts as max_length ([CLS], [VAR], [SEP])
 
 
-def add_model_backend_argument(p: Any, *flags: str, default: str | None = None) -> None:
+def add_model_backend_argument(
+    p: Any, *flags: str, default: str | None = None, default_help: str | None = None
+) -> None:
     """``--model-backend`` (and any alias in ``flags``): run the --model encoder on torch or ONNX Runtime.
 
     Args:
@@ -64,6 +71,7 @@ def add_model_backend_argument(p: Any, *flags: str, default: str | None = None) 
         default: ``None`` follows :func:`kl_retrievers.pretrained.default_backend` (ONNX int8 on CPU for
             the default model; torch for saved torch encoders when torch is installed); ``evaluate``
             passes ``"torch"`` so that the logged evaluation commands reproduce exactly.
+        default_help: What the help says the default is, when it is not ``default`` (``search``: the store's).
 
     Examples:
         >>> parser = argparse.ArgumentParser()
@@ -81,7 +89,7 @@ def add_model_backend_argument(p: Any, *flags: str, default: str | None = None) 
         choices=("torch", "onnx"),
         default=default,
         help=f"run the model on torch or onnx (ONNX Runtime, int8 weights, CPU; a bundled or saved torch model is "
-        f"exported on first use and cached); default: {default or auto}",
+        f"exported on first use and cached); default: {default_help or default or auto}",
     )
 
 
@@ -95,17 +103,46 @@ def args_subset(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     return {name: getattr(args, name) for name in names}
 
 
-def check_output_path(path: Path, flag: str, *, folder: bool, store: bool = False) -> None:
+#: ``format`` in the ``config.json`` of a :class:`~kl_retrievers.index.KLStore` folder (``store._format.FORMAT_NAME``;
+#: spelled out because this module imports nothing from the package; tests/test_cli_audit_fixes.py checks it).
+#: The only store kept in a folder's ``config.json``: a :class:`~kl_retrievers.hybrid.KLHybridStore` folder keeps
+#: its own in ``hybrid.json`` (``kl-retrievers/hybrid``) and a Milvus store lives in its collection.
+KLSTORE_FORMAT = "kl-retrievers/klstore"
+
+
+def read_folder_config(folder: Path) -> dict[str, Any] | None:
+    """``folder/config.json`` as a JSON object, or ``None`` when it is missing, unreadable or not an object."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def is_store_config(config: dict[str, Any] | None) -> bool:
+    """Whether a folder's ``config.json`` (see :func:`read_folder_config`) is a KL store's."""
+    return config is not None and config.get("format") == KLSTORE_FORMAT
+
+
+def is_gaussians_config(config: dict[str, Any] | None) -> bool:
+    """Whether a folder's ``config.json`` is that of saved Gaussians (:func:`kl_retrievers._io.save_gaussians`)."""
+    return config is not None and config.get("library") == "kl_retrievers" and config.get("kind") == "gaussians"
+
+
+def check_output_path(path: Path, flag: str, *, folder: bool, store: bool = False, gaussians: bool = False) -> None:
     """Fail before any work when ``path`` cannot be written (a message naming ``flag`` and the problem).
 
     Args:
         path: The output path.
         flag: The option that named it (for the message).
         folder: Whether the output is a folder (else a file).
-        store: The folder must be a KL store (or empty / absent) since it will be replaced.
+        store: The folder will be replaced by a KL store: an existing non-empty folder must be a KL
+            store (its ``config.json`` has ``format`` :data:`KLSTORE_FORMAT`).
+        gaussians: The folder will be replaced by saved Gaussians (``kl-retrievers encode``): an
+            existing non-empty folder must hold saved Gaussians (its ``config.json`` says so).
 
     Raises:
-        ValueError: The path is the wrong kind, not a store where one is replaced, or not writable.
+        ValueError: The path is the wrong kind, a non-empty folder that is not what is replaced, or not writable.
 
     Examples:
         >>> with tempfile.TemporaryDirectory() as tmp:
@@ -119,8 +156,18 @@ def check_output_path(path: Path, flag: str, *, folder: bool, store: bool = Fals
             raise ValueError(f"{flag} {path}: exists and is not a folder")
         if not folder and path.is_dir():
             raise ValueError(f"{flag} {path}: is a folder; expected a file name")
-        if store and any(path.iterdir()) and not (path / "config.json").is_file():
-            raise ValueError(f"{flag} {path}: exists and is not a KL store folder; refusing to overwrite it")
+        if folder and (store or gaussians) and any(path.iterdir()):
+            config = read_folder_config(path)
+            if store and not is_store_config(config):
+                found = "no config.json" if config is None else f"a config.json with format {config.get('format')!r}"
+                raise ValueError(
+                    f"{flag} {path}: exists and is not a KL store folder ({found}); refusing to overwrite it"
+                )
+            if gaussians and not is_gaussians_config(config):
+                raise ValueError(
+                    f"{flag} {path}: exists and what it holds is not an encode output (saved Gaussians); "
+                    "refusing to replace it: use a new or empty folder"
+                )
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

@@ -1,13 +1,14 @@
 """Encode a corpus of any size into shards: streaming, resumable, optionally on Ray.
 
-:func:`encode_corpus` reads a ``.jsonl`` corpus (BEIR ``corpus.jsonl`` or any text field) or
-a text file (one text per non-empty line) without loading it: one pass over the file plans
-shards of ``shard_size`` records by byte range, then each shard is read, encoded and written
-on its own, so memory is bounded by one shard per worker.  The output folder holds:
+:func:`encode_corpus` reads a ``.jsonl`` corpus (BEIR ``corpus.jsonl`` or any text field; ``.ndjson``
+and ``.json`` too, any case) or a text file (one text per non-empty line) without loading it:
+one pass over the file plans shards of ``shard_size`` records by byte range (and checks that
+JSONL ids are unique), then each shard is read, encoded and written on its own, so memory is
+bounded by one shard per worker.  The output folder holds:
 
-* ``manifest.json``: the input file's SHA-256 and size, the model, ``kind``, ``max_length``,
-  ``field``, ``shard_size``, the shard count and the library version (with the score's name
-  and direction);
+* ``manifest.json``: the input file's SHA-256 and size, the model and its backend, ``kind``,
+  ``max_length``, ``field``, ``shard_size``, the shard count and the library version (with the
+  score's name and direction);
 * ``shard-00000/`` ...: ``mean.npy``, ``var.npy`` (float32, no pickle), ``ids.json`` and
   ``shard.json`` (its byte range, row count and the SHA-256 of each file), each shard
   written atomically.
@@ -37,6 +38,7 @@ import logging
 import os
 import re
 import time
+from array import array
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -98,8 +100,24 @@ class EncodeReport:
     backend: str = "local"
 
 
-def _is_jsonl(path: Path) -> bool:
-    return path.suffix == ".jsonl"
+#: Suffixes (any case) of files read as JSON lines, one object per line; any other file is plain text, one text a line.
+#: A ``.json`` file holding one JSON array fails at its first line, with a message naming it.
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+
+
+def is_jsonl_path(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is read as JSON lines (its suffix, any case, is one of :data:`JSONL_SUFFIXES`).
+
+    ``kl-retrievers encode`` / ``index`` and :func:`encode_corpus` decide alike with it.
+
+    Examples:
+        >>> is_jsonl_path("c.JSONL"), is_jsonl_path("c.ndjson"), is_jsonl_path("c.txt")
+        (True, True, False)
+    """
+    return Path(path).suffix.lower() in JSONL_SUFFIXES
+
+
+_is_jsonl = is_jsonl_path
 
 
 def _is_record(line: bytes) -> bool:
@@ -132,9 +150,15 @@ def plan_shards(path: str | os.PathLike[str], shard_size: int = 10000) -> tuple[
     """Scan ``path`` once and cut it into shards of ``shard_size`` records.
 
     A record is a non-blank line (a JSON object in a ``.jsonl`` file, a text otherwise).
+    A JSONL file's ids (``_id`` or ``id``, else the record number, as :func:`read_shard` gives them)
+    must be unique across the whole file, as ``kl-retrievers encode`` requires: a repeated one is
+    refused, naming both lines. Memory stays small (8 bytes of hash per record).
 
     Returns:
         The shard list and the input's identity (``{"sha256", "size", "records"}``).
+
+    Raises:
+        ValueError: A JSONL id occurs twice (``FILE, line 4: duplicate id 'x' (first on line 1)``).
     """
     if isinstance(shard_size, bool) or int(shard_size) <= 0:
         raise ValueError(f"shard_size must be a positive integer; got {shard_size!r}")
@@ -147,10 +171,14 @@ def plan_shards(path: str | os.PathLike[str], shard_size: int = 10000) -> tuple[
     start = 0
     rows = 0
     first = 0
+    jsonl = _is_jsonl(source)
+    id_hashes = array("q")  # one 64-bit hash of each JSONL record's id, in record order
     with open(source, "rb") as fh:
         for line in fh:
             digest.update(line)
             if _is_record(line):
+                if jsonl:
+                    id_hashes.append(_id_hash(_record_id(line, first + rows)))
                 if rows == 0:
                     start = offset
                 rows += 1
@@ -161,7 +189,60 @@ def plan_shards(path: str | os.PathLike[str], shard_size: int = 10000) -> tuple[
             offset += len(line)
     if rows:
         shards.append(ShardSpec(len(shards), start, offset, first, rows))
+    if jsonl:
+        _check_unique_ids(source, id_hashes)
     return shards, {"sha256": digest.hexdigest(), "size": offset, "records": first + rows}
+
+
+def _record_id(line: bytes, row_no: int) -> str | None:
+    """A JSONL record's id as :func:`read_shard` gives it; ``None`` for a line that is not a JSON object
+    (:func:`read_shard` reports that line when its shard is read)."""
+    try:
+        row = json.loads(line)
+    except ValueError:  # not JSON, or not UTF-8
+        return None
+    if not isinstance(row, dict):
+        return None
+    return str(row.get("_id", row.get("id", row_no)))
+
+
+def _id_hash(doc_id: str | None) -> int:
+    """A signed 64-bit hash of an id (``0`` for no id: such records are never compared)."""
+    if doc_id is None:
+        return 0
+    return (
+        int.from_bytes(
+            hashlib.blake2b(doc_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big", signed=True
+        )
+        or 1
+    )
+
+
+def _check_unique_ids(source: Path, id_hashes: array[int]) -> None:
+    """Refuse a repeated JSONL id, naming the lines (a second pass reads only records whose hash repeats)."""
+    hashes = np.frombuffer(id_hashes, dtype=np.int64) if len(id_hashes) else np.zeros(0, np.int64)
+    hashes = hashes[hashes != 0]
+    if hashes.size < 2:
+        return
+    ordered = np.sort(hashes)
+    repeated = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
+    if not repeated:
+        return
+    first_line: dict[str, int] = {}
+    record = 0
+    with open(source, "rb") as fh:
+        for number, line in enumerate(fh, 1):
+            if not _is_record(line):
+                continue
+            doc_id = _record_id(line, record)
+            record += 1
+            if doc_id is None or _id_hash(doc_id) not in repeated:
+                continue
+            if doc_id in first_line:
+                raise ValueError(
+                    f"{source}, line {number}: duplicate id {doc_id!r} (first on line {first_line[doc_id]})"
+                )
+            first_line[doc_id] = number
 
 
 def read_shard(path: str | os.PathLike[str], spec: ShardSpec, field: str = "auto") -> tuple[list[str], list[str]]:
@@ -276,7 +357,17 @@ def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-_IDENTITY_KEYS = ("input", "model", "model_fingerprint", "kind", "field", "max_length", "shard_size", "shards")
+_IDENTITY_KEYS = (
+    "input",
+    "model",
+    "model_fingerprint",
+    "model_backend",
+    "kind",
+    "field",
+    "max_length",
+    "shard_size",
+    "shards",
+)
 #: Leftovers of an interrupted manifest write (``_io.atomic_file``): not "other files" in the folder.
 _MANIFEST_LEFTOVER = re.compile(rf"\.{re.escape(_MANIFEST)}\.(tmp|old)-[0-9a-f]+")
 
@@ -284,10 +375,12 @@ _MANIFEST_LEFTOVER = re.compile(rf"\.{re.escape(_MANIFEST)}\.(tmp|old)-[0-9a-f]+
 class _RayShardWorker:
     """A Ray Data actor: loads the encoder once, then encodes the shards it is given."""
 
-    def __init__(self, model: str | None, device: str | None, job: dict[str, Any]) -> None:
+    def __init__(
+        self, model: str | None, device: str | None, job: dict[str, Any], model_backend: str | None = None
+    ) -> None:
         from kl_retrievers.pretrained import load_model
 
-        self.encoder = load_model(model, device=device)
+        self.encoder = load_model(model, device=device, backend=model_backend)
         self.job = job
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -333,6 +426,7 @@ def _run_ray(
     job: dict[str, Any],
     num_workers: int | None,
     ray_address: str | None,
+    model_backend: str | None = None,
 ) -> None:
     try:
         import ray
@@ -352,7 +446,7 @@ def _run_ray(
     items = ray.data.from_items([asdict(s) for s in todo], override_num_blocks=len(todo))
     ds = items.map_batches(
         _RayShardWorker,
-        fn_constructor_kwargs={"model": model, "device": device, "job": job},
+        fn_constructor_kwargs={"model": model, "device": device, "job": job, "model_backend": model_backend},
         batch_size=1,
         batch_format="numpy",
         concurrency=workers,
@@ -388,6 +482,7 @@ def encode_corpus(
     num_workers: int | None = None,
     ray_address: str | None = None,
     show_progress_bar: bool = True,
+    model_backend: str | None = None,
 ) -> EncodeReport:
     """Encode ``input`` into a folder of shards, resuming whatever is already there.
 
@@ -409,6 +504,9 @@ def encode_corpus(
         num_workers: Ray actors (default: one per CPU, or per GPU with ``device="cuda"``).
         ray_address: An existing Ray cluster (``None``: a local one is started).
         show_progress_bar: A bar over shards (local backend).
+        model_backend: Run ``model`` on ``"torch"`` or ``"onnx"`` (ONNX Runtime); ``None``: the
+            library's default (:func:`~kl_retrievers.pretrained.load_model`). The backend used is
+            recorded in the manifest (``model_backend``); resuming with another one is refused.
 
     Returns:
         An :class:`EncodeReport` with the shards encoded now and those reused.
@@ -437,17 +535,19 @@ def encode_corpus(
     if encoder is None and backend == "local":
         from kl_retrievers.pretrained import load_model
 
-        encoder = load_model(model, device=device)
+        encoder = load_model(model, device=device, backend=model_backend)
     from kl_retrievers.encoding_cache import model_fingerprint
 
     if encoder is None:  # backend="ray": the workers load the model; load it once here to know its weights
         from kl_retrievers.pretrained import load_model
 
-        loaded = load_model(model)
+        loaded = load_model(model, backend=model_backend)
         model_name, fingerprint = getattr(loaded, "name_or_path", None), model_fingerprint(loaded)
+        used_backend = _backend_of(loaded) or model_backend
         del loaded
     else:
         model_name, fingerprint = getattr(encoder, "name_or_path", None), model_fingerprint(encoder)
+        used_backend = _backend_of(encoder) or model_backend
     manifest = {
         "format": _FORMAT_NAME,
         "format_version": _FORMAT_VERSION,
@@ -455,6 +555,7 @@ def encode_corpus(
         "input": {"name": source.name, **identity},
         "model": model_name,
         "model_fingerprint": fingerprint,
+        "model_backend": used_backend,
         "kind": kind,
         "field": field,
         "max_length": max_length,
@@ -470,6 +571,8 @@ def encode_corpus(
         if "model_fingerprint" not in old:  # written before fingerprints: the model's name is all it knows
             logger.warning("%s was written without a model fingerprint; reusing its shards on the model name", target)
             old["model_fingerprint"] = fingerprint
+        if "model_backend" not in old:  # written before the backend was recorded: the fingerprint tells them apart
+            old["model_backend"] = used_backend
         differ = [key for key in _IDENTITY_KEYS if old.get(key) != manifest.get(key)]
         if "model" in differ and old.get("model_fingerprint") == fingerprint:
             # the same weights under another spelling of the name (a Ray run before 0.1.0 wrote the
@@ -497,7 +600,15 @@ def encode_corpus(
         "max_length": max_length,
     }
     if todo and backend == "ray":
-        _run_ray(todo, model=model, device=device, job=job, num_workers=num_workers, ray_address=ray_address)
+        _run_ray(
+            todo,
+            model=model,
+            device=device,
+            job=job,
+            num_workers=num_workers,
+            ray_address=ray_address,
+            model_backend=model_backend,
+        )
     elif todo:
         it: Any = todo
         if show_progress_bar:
@@ -518,6 +629,16 @@ def encode_corpus(
         seconds=time.perf_counter() - started,
         backend=backend,
     )
+
+
+def _backend_of(encoder: Any) -> str | None:
+    """The backend an encoder runs on, as its config records it (``"torch"`` / ``"onnx"``), else ``None``."""
+    to_dict = getattr(getattr(encoder, "config", None), "to_dict", None)
+    try:
+        recorded = to_dict().get("backend") if callable(to_dict) else None
+    except Exception:  # a foreign encoder's config: nothing to learn from it
+        return None
+    return recorded if isinstance(recorded, str) else None
 
 
 def _manifest(folder: Path) -> dict[str, Any]:

@@ -568,6 +568,7 @@ class ApproxEngine(FaissEngine):
         self.offset = 0.0  # subtracted from the first coordinate of d~ before the reduction
         self.centre: np.ndarray | None = None  # subtracted from every mean; None: not built, or saved before centring
         self._loaded_top = 0.0  # on load: the largest shifted d~ norm among the rows read
+        self._warned_unbuilt = False  # the "not built yet" warning is logged once per store
 
     @property
     def norm_bound(self) -> float | None:
@@ -666,6 +667,10 @@ class ApproxEngine(FaissEngine):
         return float(np.sqrt(np.einsum("ij,ij->i", shifted, shifted).max()))
 
     # ------------------------------------------------------------------ build
+    def min_build_size(self) -> int:
+        """How many documents the index needs before it is built (searches are exact until then)."""
+        return self._min_build_size()
+
     def _min_build_size(self) -> int:
         s = self.settings
         if s.index_type == "ivf":
@@ -675,6 +680,15 @@ class ApproxEngine(FaissEngine):
         if s.compression == "sq8":
             return 256
         return 1
+
+    def _build_rule(self) -> str:
+        """Why :meth:`_min_build_size` is what it is (for messages)."""
+        s = self.settings
+        if s.index_type == "ivf":
+            return f"8 x nlist={s.nlist}" + (f", and 4 x 2^pq_nbits={4 << s.pq_nbits}" if s.compression == "pq" else "")
+        if s.compression == "pq":
+            return f"4 x 2^pq_nbits={4 << s.pq_nbits} to train the product quantizer"
+        return "256 to train the scalar quantizer"
 
     def _new_index(self) -> Any:
         faiss, s, d = _faiss(), self.settings, self.width
@@ -771,8 +785,19 @@ class ApproxEngine(FaissEngine):
     def add_rows(self, start: int, prepared: Any) -> None:
         table = self.table
         if self.index is None:
-            if len(table) >= self._min_build_size():
+            needed = self._min_build_size()
+            if len(table) >= needed:
                 self.rebuild()
+            elif not self._warned_unbuilt:
+                self._warned_unbuilt = True
+                logger.warning(
+                    "%s index not built yet: %d documents, fewer than the %d it needs (%s); searches are exact "
+                    "until then",
+                    self.settings.index_type,
+                    len(table),
+                    needed,
+                    self._build_rule(),
+                )
             return
         assert self._norm_bound is not None
         blocks = []
