@@ -179,16 +179,51 @@ def mmr_select(
         return []
     rel_q = np.array([relevance(s, dim) for s in scores])
     g = docs.numpy().astype(np.float64)
-    m = np.asarray(neg_kl_matrix(g, g))
-    sym = 0.5 * (m + m.T)
-    rel_d = np.vectorize(lambda s: relevance(float(s), dim))(sym)
+    rel_column = _column_relevance(relevance, dim)
+
+    def redundancy_to(c: int) -> np.ndarray:
+        """``rel`` between every candidate and candidate ``c``: one column of the symmetrised matrix."""
+        one = g[c : c + 1]
+        to_c = np.asarray(neg_kl_matrix(g, one))[:, 0]  # -KL(D_i || D_c)
+        from_c = np.asarray(neg_kl_matrix(one, g))[0, :]  # -KL(D_c || D_i)
+        return rel_column(0.5 * (to_c + from_c))
+
+    # Redundancy is needed only against the chosen documents: one column per pick (O(k n dim)), not
+    # the whole n x n matrix; the running max equals the max over the chosen columns exactly.
     chosen = [int(np.argmax(rel_q))]
+    redundancy = redundancy_to(chosen[0])
     while len(chosen) < min(k, len(scores)):
-        redundancy = rel_d[:, chosen].max(axis=1)
         value = lam * rel_q - (1.0 - lam) * redundancy
         value[chosen] = -np.inf
         chosen.append(int(np.argmax(value)))
+        if len(chosen) < min(k, len(scores)):
+            redundancy = np.maximum(redundancy, redundancy_to(chosen[-1]))
     return chosen
+
+
+def _kl_array(scores: np.ndarray) -> np.ndarray:
+    """:func:`_kl` on an array (the same values, the same error for NaN or ``+inf``)."""
+    bad = np.isnan(scores) | (scores == math.inf)
+    if bad.any():
+        raise ValueError(f"a relevance needs a score (-KL) in [-inf, 0]; got {float(scores[bad][0])!r}")
+    return np.maximum(0.0, -scores)
+
+
+def _column_relevance(relevance: RelevanceFn, dim: int | None) -> Callable[[np.ndarray], np.ndarray]:
+    """``relevance`` applied to an array of scores: vectorised for the named functions, element-wise for a callable.
+
+    The named functions give exactly the values of their scalar forms (``math.exp`` is mapped over
+    the array rather than ``np.exp``, whose last bit can differ), so MMR picks what it always picked.
+    """
+    if relevance is relevance_inverse:
+        return lambda s: 1.0 / (1.0 + _kl_array(s))
+    if relevance is relevance_exp:
+        return lambda s: np.fromiter(map(math.exp, (-_kl_array(s)).tolist()), np.float64, s.size)
+    if relevance is relevance_exp_per_dim:
+        per = max(1, dim or 1)
+        return lambda s: np.fromiter(map(math.exp, (-_kl_array(s) / per).tolist()), np.float64, s.size)
+    scalar = np.vectorize(lambda v: relevance(float(v), dim), otypes=[np.float64])
+    return lambda s: np.asarray(scalar(s), dtype=np.float64)
 
 
 def warn_incompatible_store(embedding: str, store: str, reason: str, fix: str, *, stacklevel: int = 3) -> None:

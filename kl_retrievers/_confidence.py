@@ -4,7 +4,10 @@ A retriever's *confidence* is the probability that the top-ranked document of it
 relevant, from a :class:`~kl_retrievers.calibration.ConfidenceCalibrator`: the one given
 explicitly, else the one the encoder's model ships in a bundled model or a saved model folder. A
 model without one gives ``confidence=None`` and one logged warning per model; abstention
-(``min_confidence``) then refuses to run, since it cannot judge anything.
+(``min_confidence``) then refuses to run, since it cannot judge anything. A query with only one
+candidate document (a filter, a small store) has no confidence either (the calibrators read the
+top two scores): without a floor it is answered with ``confidence=None``; with one it abstains
+(fail closed, :func:`abstention_reason`).
 
 Two kinds of calibrator (:attr:`ConfidenceCalibrator.kind`):
 
@@ -227,14 +230,59 @@ class ConfidenceScorer:
         return cal.confidence(list(scores), float(uncertainty))
 
 
-def abstains(confidence: float | None, min_confidence: float | None) -> bool:
-    """Whether a query with ``confidence`` is refused at ``min_confidence`` (``None`` confidence: never).
+#: How many candidate documents a confidence needs (the calibrators read the top two scores).
+MIN_CANDIDATES = 2
+
+
+def abstention_reason(
+    confidence: float | None, min_confidence: float | None, candidates: int | None = None
+) -> str | None:
+    """Why a query is refused at ``min_confidence``; ``None`` when it is answered.
+
+    A query is refused when its confidence is below ``min_confidence``, and also (fail closed)
+    when a floor is set but the confidence could not be computed because only one document was a
+    candidate (``candidates``: a filter that leaves one document, or a one-document store): the
+    calibrator reads the top two scores, so it cannot judge such a query. No candidate at all is
+    not an abstention (there is nothing to refuse), and neither is ``confidence=None`` for another
+    reason or without a floor.
+
+    Args:
+        confidence: The query's confidence (``None``: not computed).
+        min_confidence: The floor (``None``: never abstain).
+        candidates: How many candidate documents the query had (``None``: not known).
+
+    Examples:
+        >>> abstention_reason(0.2, 0.5)
+        'confidence 0.200 < min_confidence 0.500'
+        >>> abstention_reason(None, 0.5, candidates=1)
+        'confidence needs 2 candidates, 1 found (a filter or a small store)'
+        >>> abstention_reason(None, None, candidates=1) is None, abstention_reason(None, 0.5, candidates=0) is None
+        (True, True)
+    """
+    if min_confidence is None:
+        return None
+    if confidence is None:
+        if candidates is not None and 0 < candidates < MIN_CANDIDATES:
+            return f"confidence needs {MIN_CANDIDATES} candidates, {candidates} found (a filter or a small store)"
+        return None
+    if confidence < min_confidence:
+        return f"confidence {confidence:.3f} < min_confidence {min_confidence:.3f}"
+    return None
+
+
+def abstains(confidence: float | None, min_confidence: float | None, candidates: int | None = None) -> bool:
+    """Whether a query is refused at ``min_confidence`` (see :func:`abstention_reason`).
+
+    ``None`` confidence abstains only when a floor is set and ``candidates`` says one document
+    was a candidate (fewer than the two the confidence needs).
 
     Examples:
         >>> abstains(0.2, 0.5), abstains(0.7, 0.5), abstains(0.2, None)
         (True, False, False)
+        >>> abstains(None, 0.5, candidates=1), abstains(None, None, candidates=1), abstains(None, 0.5)
+        (True, False, False)
     """
-    return min_confidence is not None and confidence is not None and confidence < min_confidence
+    return abstention_reason(confidence, min_confidence, candidates) is not None
 
 
 def require_calibrator(scorer: ConfidenceScorer, encoder: Any, min_confidence: float | None) -> None:
@@ -250,10 +298,14 @@ def require_calibrator(scorer: ConfidenceScorer, encoder: Any, min_confidence: f
     )
 
 
-def log_abstention(query: str, confidence: float | None, min_confidence: float | None) -> None:
-    """One INFO line for an abstention (the query is shortened)."""
+def log_abstention(
+    query: str, confidence: float | None, min_confidence: float | None, reason: str | None = None
+) -> None:
+    """One INFO line for an abstention (the query is shortened), saying why (``reason``: :func:`abstention_reason`)."""
     short = query if len(query) <= 80 else query[:77] + "..."
-    logger.info("abstained on %r: confidence %.3f < min_confidence %.3f", short, confidence, min_confidence)
+    if reason is None:
+        reason = abstention_reason(confidence, min_confidence) or "abstained"
+    logger.info("abstained on %r: %s", short, reason)
 
 
 def hybrid_search(
@@ -267,7 +319,7 @@ def hybrid_search(
     normalization: str | None = None,
     scorer: ConfidenceScorer,
     min_confidence: float | None = None,
-) -> tuple[list[Any], float | None, bool]:
+) -> tuple[list[Any], float | None, str | None]:
     """One query on a :class:`~kl_retrievers.hybrid.KLHybridStore` with its confidence and abstention.
 
     The confidence is the calibrator's (``scorer``: explicit, else the encoder's model's). With a
@@ -278,10 +330,15 @@ def hybrid_search(
     calibrator it is read from the query's dense candidate list (its best ``-KL`` scores) and its
     uncertainty, as for a dense retriever: how well the ``-KL`` side found something.
 
+    With ``min_confidence`` set, a query is refused when its confidence is below it, and also when
+    the confidence cannot be computed because only one document is a candidate (a filter or a
+    small store; :func:`abstention_reason`): it fails closed.
+
     Returns:
         ``(hits, confidence, abstained)``: the fused :class:`~kl_retrievers.hybrid.HybridResult`
         list (empty when abstaining), the confidence (``None`` without a calibrator or with fewer
-        than 2 dense candidates) and whether the query was refused.
+        than 2 dense candidates) and why the query was refused (a message, see
+        :func:`abstention_reason`; ``None`` when it was answered).
     """
     config = store.fusion.replace(mode=fusion, weight=weight, normalization=normalization)
     encoder = store.encoder
@@ -297,8 +354,9 @@ def hybrid_search(
             confidence = hybrid_confidence(cal, cand) if dense.size >= 2 else None
         else:
             confidence = scorer.confidence(encoder, dense[: scorer.depth_for(cal)].tolist(), cand.uncertainty)
-        if abstains(confidence, min_confidence):
-            log_abstention(query, confidence, min_confidence)
-            return [], confidence, True
+        reason = abstention_reason(confidence, min_confidence, int(dense.size))
+        if reason is not None:
+            log_abstention(query, confidence, min_confidence, reason)
+            return [], confidence, reason
         ranked = store.fuse_candidates(cand, k, config)
-        return store.to_results(cand, ranked, config.mode), confidence, False
+        return store.to_results(cand, ranked, config.mode), confidence, None

@@ -6,10 +6,13 @@ used by langchain-community's FAISS store:
 * equality: ``{"lang": "en"}`` (a list value means "one of": ``{"lang": ["en", "de"]}``);
 * field operators: ``{"year": {"$gte": 2020, "$lt": 2024}}`` with ``$eq``, ``$ne``, ``$in``,
   ``$nin``, ``$gt``, ``$gte``, ``$lt``, ``$lte`` and ``$not`` (``{"year": {"$not": {"$gt": 3}}}``);
+  ``$neq`` (langchain-community FAISS's spelling of not-equal) is an alias of ``$ne``;
 * logic: ``{"$and": [f1, f2]}``, ``{"$or": [f1, f2]}``, ``{"$not": f}``.
 
 Several keys in one dict are combined with AND.  A missing field never satisfies ``$eq``,
-``$in`` or a comparison, and always satisfies ``$ne`` and ``$nin``.  Comparing values of
+``$in`` or a comparison, and always satisfies ``$ne`` and ``$nin``: a document without the key
+does not match ``{"key": None}`` nor ``{"key": {"$in": [None]}}`` (FAISS, which reads a missing
+key as ``None``, matches it there).  Comparing values of
 incompatible types (``"a" < 1``) is simply false.  An unknown operator raises
 ``ValueError`` naming the allowed ones, when the filter is compiled (before any search).
 
@@ -24,11 +27,19 @@ from __future__ import annotations
 import logging
 import operator
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FIELD_OPERATORS", "LOGICAL_OPERATORS", "ALLOWED_OPERATORS", "MetadataFilter", "compile_filter"]
+__all__ = [
+    "FIELD_OPERATORS",
+    "LOGICAL_OPERATORS",
+    "ALLOWED_OPERATORS",
+    "OPERATOR_ALIASES",
+    "MetadataFilter",
+    "compile_filter",
+]
 
 #: A filter as accepted by ``KLStore.search``.
 MetadataFilter = Mapping[str, Any] | Callable[[Mapping[str, Any]], bool]
@@ -45,10 +56,15 @@ _COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
 FIELD_OPERATORS = ("$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte", "$not")
 LOGICAL_OPERATORS = ("$and", "$or", "$not")
 ALLOWED_OPERATORS = tuple(sorted(set(FIELD_OPERATORS) | set(LOGICAL_OPERATORS)))
+#: Other spellings accepted for a field operator (langchain-community FAISS writes not-equal ``$neq``).
+OPERATOR_ALIASES = {"$neq": "$ne"}
 
 
 def _unknown(op: str) -> ValueError:
-    return ValueError(f"unknown filter operator {op!r}; allowed operators are: {', '.join(ALLOWED_OPERATORS)}")
+    aliases = "; ".join(f"{alias} is accepted as an alias of {op_}" for alias, op_ in OPERATOR_ALIASES.items())
+    return ValueError(
+        f"unknown filter operator {op!r}; allowed operators are: {', '.join(ALLOWED_OPERATORS)} ({aliases})"
+    )
 
 
 def _as_list(op: str, value: Any) -> list[Any]:
@@ -68,6 +84,7 @@ def _compare(fn: Callable[[Any, Any], Any], value: Any, ref: Any) -> bool:
 
 def _field_op(op: str, ref: Any) -> Callable[[Any], bool]:
     """A predicate on one field value (``_MISSING`` when the field is absent)."""
+    op = OPERATOR_ALIASES.get(op, op)
     if op == "$eq":
         return lambda v: v is not _MISSING and v == ref
     if op == "$ne":
@@ -140,6 +157,8 @@ def compile_filter(spec: MetadataFilter | None) -> Predicate | None:
     Examples:
         >>> compile_filter({"n": {"$in": [1, 2]}})({"n": 2})
         True
+        >>> compile_filter({"n": {"$neq": 2}})({"n": 2}), compile_filter({"n": {"$neq": 2}})({})
+        (False, True)
     """
     if spec is None:
         return None
@@ -147,7 +166,8 @@ def compile_filter(spec: MetadataFilter | None) -> Predicate | None:
         fn = spec
 
         def _call(m: Mapping[str, Any]) -> bool:
-            return bool(fn(m))
+            # a read-only view: a predicate that assigns to its argument must not rewrite the stored metadata
+            return bool(fn(MappingProxyType(m) if isinstance(m, dict) else m))
 
         return _call
     return _compile(spec)

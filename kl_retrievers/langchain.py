@@ -66,7 +66,7 @@ from kl_retrievers._adapters import (
 from kl_retrievers._confidence import (
     CONFIDENCE_KEY,
     ConfidenceScorer,
-    abstains,
+    abstention_reason,
     check_calibrator,
     check_min_confidence,
     hybrid_search,
@@ -112,6 +112,8 @@ _FORMAT_NAME = "kl-retrievers/langchain-klvectorstore"
 _FORMAT_VERSION = 1
 _MANIFEST = "langchain.json"
 _STORE_DIR = "klstore"
+#: ``index_name`` of :meth:`KLVectorStore.save_local` / :meth:`~KLVectorStore.load_local` that means the folder itself.
+_DEFAULT_INDEX_NAME = "index"
 
 
 class LangChainFormatError(StoreFormatError):
@@ -119,6 +121,28 @@ class LangChainFormatError(StoreFormatError):
 
 
 # --------------------------------------------------------------------------- helpers
+def _index_folder(folder: Path, index_name: Any) -> Path:
+    """Where ``save_local`` / ``load_local`` keep ``index_name``: the folder for ``"index"``, else a sub-folder.
+
+    Examples:
+        >>> _index_folder(Path("db"), "index").as_posix(), _index_folder(Path("db"), "news").as_posix()
+        ('db', 'db/news')
+        >>> _index_folder(Path("db"), "../x")
+        Traceback (most recent call last):
+        ValueError: index_name must be a plain folder name (no path separator, not '.' or '..'); got '../x'
+    """
+    if not isinstance(index_name, str):
+        raise TypeError(f"index_name must be a str; got {type(index_name).__name__}")
+    if index_name == _DEFAULT_INDEX_NAME:
+        return folder
+    seps = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+    if index_name in ("", ".", "..") or any(sep in index_name for sep in seps) or "\0" in index_name:
+        raise ValueError(
+            f"index_name must be a plain folder name (no path separator, not '.' or '..'); got {index_name!r}"
+        )
+    return folder / index_name
+
+
 def _check_texts(texts: Any, what: str = "texts") -> list[str]:
     return check_texts(texts, what, allow_str=False)
 
@@ -155,6 +179,42 @@ def _load_default_encoder(backend: str | None = None) -> Any:
 
     logger.info("loading the default kl-retrievers model (%s backend)", backend or "default")
     return load_model(None, backend=backend)
+
+
+def _default_model_dim() -> int | None:
+    """The default model's Gaussian dimension, read from its bundled config (``None``: cannot tell)."""
+    import json
+
+    from kl_retrievers.pretrained import DEFAULT_MODEL, bundled_model_path
+
+    try:
+        config = json.loads((bundled_model_path(DEFAULT_MODEL) / "config.json").read_text(encoding="utf-8"))
+        dim = config["encoder"]["dim"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return dim if isinstance(dim, int) else None
+
+
+def _check_default_encoder_fits(store: Any) -> None:
+    """Refuse to load the default model for a store without an encoder whose documents it cannot have encoded.
+
+    A :class:`KLStore` loaded without ``encoder=`` keeps no encoder; loading the default model for it
+    is right only when its documents have the default model's dimension (or it is empty).
+    """
+    from kl_retrievers.pretrained import DEFAULT_MODEL
+
+    dim = store.dim
+    default = _default_model_dim()
+    if dim is None or default is None or dim == default:
+        return
+    model = getattr(store, "encoder_name", None)  # where a store records its model (KLStore: on disk only)
+    of = f"dimension {dim}, model {model!r}" if model else f"dimension {dim}"
+    raise ValueError(
+        f"this {type(store).__name__} has no encoder and its documents ({of}) do not "
+        f"match the default model {DEFAULT_MODEL!r} (dimension {default}); pass embedding=... (a KLEmbeddings or "
+        "Gaussian encoder of the model the documents were encoded with), or load the store with "
+        "KLStore.load(path, encoder=...)"
+    )
 
 
 def _unwrap_encoder(encoder: Any) -> Any:
@@ -498,7 +558,10 @@ class KLVectorStore(VectorStore):
             (wrapped by :class:`EmbeddingsGaussianEncoder`: unit variance, i.e. L2 search);
             default: the package's default model, loaded on first use.
         store: An existing :class:`KLStore` or :class:`~kl_retrievers.milvus.MilvusKLStore` to
-            wrap (its encoder is replaced by ``embedding``'s when one is given).
+            wrap (its encoder is replaced by ``embedding``'s when one is given). A store without an
+            encoder (``KLStore.load(path)``) and no ``embedding`` gets the default model at the
+            first text query, only if its documents have the default model's dimension; otherwise
+            that query raises a ``ValueError`` asking for ``embedding=``.
         relevance: Relevance function (see above).
         batch_size: Encoder batch size.
         **store_kwargs: Passed to :class:`KLStore` when ``store`` is not given (e.g. ``index_type``).
@@ -545,6 +608,7 @@ class KLVectorStore(VectorStore):
         if self._encoder is None:
             with self._lock:
                 if self._encoder is None:
+                    _check_default_encoder_fits(self.store)
                     self._encoder = _load_default_encoder()
                     self.store.encoder = self._encoder
         return self._encoder
@@ -692,7 +756,9 @@ class KLVectorStore(VectorStore):
             query: Query text.
             k: Number of documents (>= 1).
             filter: Metadata filter: a dict with the operators of langchain-community's FAISS
-                (``$eq $ne $in $nin $gt $gte $lt $lte $not $and $or``) or a callable on the metadata.
+                (``$eq $ne $in $nin $gt $gte $lt $lte $not $and $or``; FAISS's ``$neq`` is an
+                alias of ``$ne``) or a callable on the metadata. A document without the key never
+                matches ``{"key": None}`` or ``$in [None]`` (unlike FAISS; :mod:`kl_retrievers.filters`).
             **kwargs: ``fetch_k`` is accepted and ignored (FAISS compatibility); anything else is
                 ignored with a warning (e.g. ``filters=``, or FAISS' ``score_threshold``: use
                 :meth:`similarity_search_with_relevance_scores` for a threshold in ``[0, 1]``).
@@ -824,11 +890,26 @@ class KLVectorStore(VectorStore):
         fetch_k = max(k, _check_k(fetch_k, "fetch_k"))
         lambda_mult = _check_unit(lambda_mult, "lambda_mult")
         cands = self._results(query, fetch_k, filter)
-        if not cands:
+        cands, g = self._candidate_gaussians(cands)
+        if not cands or g is None:
             return []
-        g = self.store.get_gaussians([str(d.id) for d, _ in cands])
         order = mmr_select([s for _, s in cands], g, k, lambda_mult, resolve_relevance(self.relevance), self.store.dim)
         return [cands[i][0] for i in order]
+
+    def _candidate_gaussians(
+        self, cands: list[tuple[Document, float]]
+    ) -> tuple[list[tuple[Document, float]], Gaussians | None]:
+        """The candidates still stored, with their Gaussians (one deleted by another thread meanwhile is dropped)."""
+        for _ in range(len(cands) + 1):
+            if not cands:
+                return [], None
+            ids = [str(d.id) for d, _ in cands]
+            try:
+                return cands, self.store.get_gaussians(ids)
+            except KeyError:  # deleted between the search and now
+                present = {d.id for d in self.store.get_by_ids(ids)}
+                cands = [c for c in cands if c[0].id in present]
+        return cands, self.store.get_gaussians([str(d.id) for d, _ in cands])
 
     # -- constructors
     @classmethod
@@ -875,6 +956,7 @@ class KLVectorStore(VectorStore):
         folder_path: str | os.PathLike[str],
         embeddings: Any | None = None,
         *,
+        index_name: str = _DEFAULT_INDEX_NAME,
         relevance: str | RelevanceFn | None = None,
         mmap: bool = False,
         allow_dangerous_deserialization: bool = False,
@@ -885,6 +967,9 @@ class KLVectorStore(VectorStore):
             folder_path: The folder.
             embeddings: A :class:`KLEmbeddings`, Gaussian encoder or LangChain ``Embeddings``;
                 default: the saved encoder name through :func:`~kl_retrievers.load_model`.
+            index_name: As in langchain-community's FAISS: ``"index"`` (the default) reads the
+                folder itself; another name reads the sub-folder ``folder_path/index_name`` that
+                ``save_local(folder_path, index_name)`` wrote.
             relevance: Override the saved relevance function (needed for a callable).
             mmap: Memory-map the stored arrays (see :meth:`KLStore.load`).
             allow_dangerous_deserialization: Accepted so that code written for langchain-community's
@@ -892,11 +977,12 @@ class KLVectorStore(VectorStore):
 
         Raises:
             FileNotFoundError: No such folder.
+            ValueError: ``index_name`` is not a plain folder name.
             LangChainFormatError: (a ``ValueError``) the folder was written by another store
                 (e.g. langchain-community FAISS), by a raw :meth:`KLStore.save`, or by an
                 unsupported format version.
         """
-        folder = Path(folder_path)
+        folder = _index_folder(Path(folder_path), index_name)
         if not folder.is_dir():
             raise FileNotFoundError(f"no KLVectorStore folder at {folder}")
         man_path = folder / _MANIFEST
@@ -907,6 +993,10 @@ class KLVectorStore(VectorStore):
                 hint = " It looks like a KLStore folder; use KLVectorStore(embedding, store=KLStore.load(path))."
             elif any(n.endswith(".pkl") for n in found) or "index.faiss" in found:
                 hint = " It looks like a langchain-community FAISS folder; load it with FAISS.load_local."
+            else:
+                named = [p.name for p in sorted(folder.iterdir()) if (p / _MANIFEST).is_file()]
+                if named:
+                    hint = f" It holds the named indexes {named[:8]}; pass index_name= to load one."
             raise LangChainFormatError(
                 f"{folder} was not written by KLVectorStore.save_local (no {_MANIFEST}; found {found[:8]}).{hint}"
             )
@@ -931,17 +1021,31 @@ class KLVectorStore(VectorStore):
         rel = relevance if relevance is not None else (manifest.get("relevance") or DEFAULT_RELEVANCE)
         return cls(encoder, store=store, relevance=rel, batch_size=int(manifest.get("batch_size") or 32))
 
-    def save_local(self, folder_path: str | os.PathLike[str]) -> Path:
+    def save_local(self, folder_path: str | os.PathLike[str], index_name: str = _DEFAULT_INDEX_NAME) -> Path:
         """Save to a folder (JSON, ``.npy`` and a FAISS index; no pickle anywhere).
 
         The folder holds ``langchain.json`` (format, library version, relevance, encoder name)
-        and ``klstore/`` (:meth:`KLStore.save`).  A callable relevance function is not saved;
-        pass it again to :meth:`load_local`.
+        and ``klstore/`` (:meth:`KLStore.save`).  A callable relevance function is not saved
+        (a warning is logged); pass it again to :meth:`load_local`.
+
+        Args:
+            folder_path: The folder.
+            index_name: As in langchain-community's FAISS, so that several indexes can share one
+                folder: ``"index"`` (the default) saves into the folder itself; another name saves
+                into the sub-folder ``folder_path/index_name``. A plain folder name (no path
+                separator, not ``.`` or ``..``).
 
         Returns:
-            The folder path.
+            The folder written (``folder_path``, or ``folder_path/index_name``).
+
+        Raises:
+            ValueError: ``index_name`` is not a plain folder name, or the folder is not empty and
+                was not written by ``save_local``.
         """
-        folder = Path(folder_path)
+        parent = Path(folder_path)
+        folder = _index_folder(parent, index_name)
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{parent} exists and is not a folder")
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"{folder} exists and is not a folder")
         if not callable(getattr(self.store, "save", None)):
@@ -949,8 +1053,21 @@ class KLVectorStore(VectorStore):
                 f"{type(self.store).__name__} keeps its documents in its own server (e.g. Milvus); there is nothing "
                 "to save locally. Reconnect later with the same uri and collection_name instead."
             )
-        if folder.is_dir() and any(folder.iterdir()) and not (folder / _MANIFEST).is_file():
+        # a folder that holds only other named indexes (save_local(folder, index_name=...)) takes the default one
+        if (
+            folder.is_dir()
+            and any(folder.iterdir())
+            and not (folder / _MANIFEST).is_file()
+            and not all(p.is_dir() and (p / _MANIFEST).is_file() for p in folder.iterdir())
+        ):
             raise ValueError(f"{folder} is not empty and was not written by KLVectorStore.save_local; refusing")
+        if not isinstance(self.relevance, str):
+            logger.warning(
+                "KLVectorStore.save_local: the relevance function %r is a callable and is not saved; load_local "
+                "will use %r unless you pass relevance= to it again",
+                getattr(self.relevance, "__name__", self.relevance),
+                DEFAULT_RELEVANCE,
+            )
         folder.mkdir(parents=True, exist_ok=True)
         self.store.save(folder / _STORE_DIR)
         enc = self.store.encoder
@@ -1035,10 +1152,14 @@ class _ConfidenceRetriever(BaseRetriever):
 
     @staticmethod
     def _signal_abstention(
-        run_manager: CallbackManagerForRetrieverRun, query: str, confidence: float | None, floor: float | None
+        run_manager: CallbackManagerForRetrieverRun,
+        query: str,
+        confidence: float | None,
+        floor: float | None,
+        reason: str | None = None,
     ) -> None:
-        """Tell the run's callbacks (``astream_events``: an ``on_custom_event``) that the query was refused."""
-        data = {"query": query, "confidence": confidence, "min_confidence": floor}
+        """Tell the run's callbacks (``astream_events``: an ``on_custom_event``) that the query was refused, and why."""
+        data = {"query": query, "confidence": confidence, "min_confidence": floor, "reason": reason}
         try:
             run_manager.get_child().on_custom_event(ABSTENTION_EVENT, data, run_id=run_manager.run_id)
         except Exception:  # pragma: no cover - a callback handler must never break retrieval
@@ -1063,10 +1184,13 @@ class KLRetriever(_ConfidenceRetriever):
     **Abstention**: with ``min_confidence`` set, a query whose confidence is below it gets **no
     documents** (``[]``): a chain branches on the empty list (see ``docs/langchain.md``). The
     retriever also logs one INFO line and sends the LangChain custom event
-    :data:`ABSTENTION_EVENT` (``{"query", "confidence", "min_confidence"}``) to the run's callbacks,
-    so ``astream_events`` and tracing show why nothing came back. ``min_confidence`` needs a
-    calibrator (``ValueError`` otherwise); a query with fewer than 2 candidate documents has no
-    confidence and is answered.
+    :data:`ABSTENTION_EVENT` (``{"query", "confidence", "min_confidence", "reason"}``) to the run's
+    callbacks, so ``astream_events`` and tracing show why nothing came back. ``min_confidence`` needs
+    a calibrator (``ValueError`` otherwise). A query with only one candidate document (a filter
+    that leaves one, or a one-document store) has no confidence (the calibrator reads the top two
+    scores): without ``min_confidence`` it is answered with ``confidence=None``; with it, it
+    **abstains** (fail closed; the log line and the event's ``reason`` say
+    ``confidence needs 2 candidates, 1 found``).
 
     Attributes:
         vectorstore: The :class:`KLVectorStore` searched.
@@ -1157,9 +1281,10 @@ class KLRetriever(_ConfidenceRetriever):
         depth = max(kk, self._scorer.depth_for(cal)) if cal is not None else kk
         hits = self.vectorstore._results(g, depth, flt)
         confidence = self._scorer.confidence(encoder, [s for _, s in hits], uncertainty)
-        if abstains(confidence, floor):
-            log_abstention(query, confidence, floor)
-            self._signal_abstention(run_manager, query, confidence, floor)
+        reason = abstention_reason(confidence, floor, len(hits))
+        if reason is not None:
+            log_abstention(query, confidence, floor, reason)
+            self._signal_abstention(run_manager, query, confidence, floor, reason)
             return []
         return [
             Document(
@@ -1303,7 +1428,7 @@ class KLHybridRetriever(_ConfidenceRetriever):
     ) -> list[Document]:
         kk, flt, floor = self._call_settings(k, filter, min_confidence)
         _check_query(query)
-        hits, confidence, abstained = hybrid_search(
+        hits, confidence, reason = hybrid_search(
             self.store,
             query,
             kk,
@@ -1314,8 +1439,8 @@ class KLHybridRetriever(_ConfidenceRetriever):
             scorer=self._scorer,
             min_confidence=floor,
         )
-        if abstained:
-            self._signal_abstention(run_manager, query, confidence, floor)
+        if reason is not None:
+            self._signal_abstention(run_manager, query, confidence, floor, reason)
             return []
         out = []
         for hit in hits:

@@ -209,13 +209,13 @@ def test_constructor_refuses_out_of_range_settings(kwargs: dict[str, Any], match
 
 
 def test_integer_metadata_keys_come_back_as_strings_after_save_and_load(tmp_path: Path) -> None:
-    """Documented in KLStore.add: metadata is kept as JSON, whose object keys are strings."""
+    """Documented in KLStore.add: metadata is kept as JSON, whose object keys are strings, in memory as on disk."""
     store = KLStore()
     store.add(gaussians=random_gaussians(1, 3), ids=["a"], metadatas=[{1: "one", "k": 2}])
-    assert store.get_by_ids("a")[0].metadata == {1: "one", "k": 2}
+    assert store.get_by_ids("a")[0].metadata == {"1": "one", "k": 2}  # at once, not only after a save
     loaded = KLStore.load(store.save(tmp_path / "s"))
     assert loaded.get_by_ids("a")[0].metadata == {"1": "one", "k": 2}
-    assert "non-string keys come back" in " ".join((KLStore.add.__doc__ or "").split())
+    assert "non-string keys become strings" in " ".join((KLStore.add.__doc__ or "").split())
 
 
 # ---------------------------------------------------------------- item 2: token budgets

@@ -19,7 +19,7 @@ Examples:
 
 from __future__ import annotations
 
-import copy
+import datetime
 import json
 import logging
 import math
@@ -332,8 +332,32 @@ def _check_texts_and_ids(
     return text_list, id_list
 
 
+def _json_default(value: Any) -> Any:
+    """What ``json.dumps`` cannot hold but a metadata value often is: numpy scalars and arrays, dates and times."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def _metadata_list(metadatas: Sequence[Mapping[Any, Any] | None] | None, n: int) -> list[dict[str, Any]]:
-    """One JSON-serialisable dict per document (``{}`` for ``None``), deep-copied from the caller's."""
+    """One metadata dict per document (``{}`` for ``None``): exactly what its JSON round trip gives.
+
+    Stores save metadata as JSON, so what is kept in memory is ``json.loads(json.dumps(m))``:
+    a search before and after a save and load sees the same values (tuples become lists,
+    non-string keys strings). Values JSON cannot hold are converted first: numpy scalars to
+    Python numbers (``.item()``), numpy arrays to lists, ``datetime`` / ``date`` / ``time`` to
+    ISO 8601 strings (``.isoformat()``). Anything else, NaN and infinities raise ``TypeError``.
+    The result is the store's own copy: a caller changing a nested list or dict later changes nothing.
+
+    Examples:
+        >>> import datetime
+        >>> _metadata_list([{"t": (1, 2), 3: np.int64(4), "d": datetime.date(2024, 5, 1)}], 1)
+        [{'t': [1, 2], '3': 4, 'd': '2024-05-01'}]
+    """
     if metadatas is None:
         return [{} for _ in range(n)]
     if isinstance(metadatas, (str, bytes, Mapping)):
@@ -345,14 +369,15 @@ def _metadata_list(metadatas: Sequence[Mapping[Any, Any] | None] | None, n: int)
         out.append(dict(m) if m is not None else {})
     if len(out) != n:
         raise ValueError(f"got {len(out)} metadatas but {n} documents")
+    kept = []
     for j, m in enumerate(out):
         try:  # fail early on what JSON cannot hold (stores save metadata as JSON)
-            dumped = json.dumps(m, allow_nan=False, ensure_ascii=False)
+            dumped = json.dumps(m, allow_nan=False, ensure_ascii=False, default=_json_default)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"metadatas[{j}] is not JSON-serialisable: {exc}") from None
         _check_utf8(dumped, f"metadatas[{j}] (as JSON)")
-    # the store keeps its own copy: a caller changing a nested list or dict later changes nothing here
-    return [copy.deepcopy(m) for m in out]
+        kept.append(json.loads(dumped))  # memory keeps what disk keeps
+    return kept
 
 
 def _new_documents(
@@ -540,9 +565,12 @@ class GaussianStore(ABC):
             gaussians: Precomputed document Gaussians (numpy or torch), one per document.
             ids: Document ids, each a ``str`` (uuid4 hex when omitted); never coerced with ``str()``.
                 An existing id is replaced (upsert).
-            metadatas: One JSON-serialisable dict per document (or ``None``). Stores keep it as
-                JSON, so after a save and load (or in Milvus) non-string keys come back as strings
-                (``{1: "a"}`` as ``{"1": "a"}``); NaN and infinite values are refused.
+            metadatas: One JSON-serialisable dict per document (or ``None``). Stores keep its
+                JSON round trip, in memory as on disk (or in Milvus): non-string keys become
+                strings (``{1: "a"}`` as ``{"1": "a"}``) and tuples lists, at once and after a
+                save and load alike. numpy scalars and arrays are converted to numbers and lists,
+                ``datetime`` / ``date`` / ``time`` to ISO 8601 strings; NaN and infinite values
+                are refused.
 
         Returns:
             The ids, in input order.
