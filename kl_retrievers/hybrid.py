@@ -1302,6 +1302,16 @@ class KLHybridStore:
             )
         return hits
 
+    def _call_config(self, fusion: str | None, weight: float | None, normalization: str | None) -> FusionConfig:
+        """The fusion of one call; a ``weight`` given for a fusion that has none fails (it would be ignored)."""
+        config = self.fusion.replace(mode=fusion, weight=weight, normalization=normalization)
+        if weight is not None and config.mode != "convex":
+            raise ValueError(
+                f"weight={weight!r} applies to convex fusion only; this call fuses with {config.mode!r} "
+                "(pass fusion='convex', or leave weight out)"
+            )
+        return config
+
     def search_run(
         self,
         query_ids: Sequence[str],
@@ -1338,7 +1348,7 @@ class KLHybridStore:
         repeated = [q for q, n in Counter(keys).items() if n > 1]
         if repeated:
             raise ValueError(f"query ids must be unique (a run maps each id to one ranking); {repeated[0]!r} repeats")
-        config = self.fusion.replace(mode=fusion, weight=weight, normalization=normalization)
+        config = self._call_config(fusion, weight, normalization)
         run: dict[str, dict[str, float]] = {}
         for qid, (_, ranked) in zip(keys, self._ranked(queries, k, filter, query_gaussians, config), strict=True):
             run[qid] = {doc_id: float(k - r) for r, (doc_id, *_) in enumerate(ranked)}
@@ -1413,7 +1423,7 @@ class KLHybridStore:
             [['b', 'a']]
         """
         k = check_k(k)
-        config = self.fusion.replace(mode=fusion, weight=weight, normalization=normalization)
+        config = self._call_config(fusion, weight, normalization)
         qg = self._query_gaussians(_query_texts(queries), query_gaussians)  # encoded before the lock
         with self._lock.read():  # candidates, fusion and the stored texts from one state of the store
             return [

@@ -126,3 +126,35 @@ def test_search_unknown_operator_raises() -> None:
     store, g = _store("flat", n=50)
     with pytest.raises(ValueError, match=r"\$gt"):
         store.search(g[0], k=3, filter={"g": {"$greater": 3}})
+
+
+def test_a_callable_filter_cannot_rewrite_the_stored_metadata() -> None:
+    """A predicate gets a read-only view: assigning to it fails instead of changing the store (both halves)."""
+    from conftest import make_tiny_encoder
+    from kl_retrievers.hybrid import KLHybridStore
+
+    rng = np.random.default_rng(0)
+    g = Gaussians(rng.normal(size=(3, 4)), np.exp(rng.normal(size=(3, 4))))
+    store = KLStore(dim=4)
+    store.add(gaussians=g, ids=["a", "b", "c"], metadatas=[{"g": "x"}, {"g": "y"}, {"g": "x"}])
+
+    def rewrite(m: Any) -> bool:
+        m["g"] = "Z"
+        return True
+
+    with pytest.raises(TypeError):
+        store.search(g[0], k=2, filter=rewrite)
+    assert [d.metadata for d in store.get_by_ids(["a", "b", "c"])] == [{"g": "x"}, {"g": "y"}, {"g": "x"}]
+    assert {h.id for h in store.search(g[0], k=3, filter={"g": "x"})} == {"a", "c"}
+    hybrid = KLHybridStore(make_tiny_encoder(seed=1))
+    hybrid.add(["apple pie", "pear tart", "apple cake"], ids=["a", "b", "c"], metadatas=[{"g": "x"}] * 3)
+    with pytest.raises(TypeError):
+        hybrid.search("apple", k=2, filter=rewrite)
+    assert {h.id for h in hybrid.search("apple", k=3, filter={"g": "x"})} == {"a", "b", "c"}
+    assert all(h.metadata == {"g": "x"} for h in hybrid.search("apple", k=3))
+
+
+def test_milvus_accepts_neq_like_the_other_stores() -> None:
+    from kl_retrievers.store.milvus import to_milvus_expr
+
+    assert to_milvus_expr({"lang": {"$neq": "en"}}) == to_milvus_expr({"lang": {"$ne": "en"}})

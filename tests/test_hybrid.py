@@ -266,6 +266,17 @@ def test_unknown_fusion_mode_is_named(mode: object) -> None:
         store.search("cat", query_gaussians=query(), fusion=mode if mode is not None else "none")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("fusion", ["rrf", "adaptive"])
+def test_a_weight_for_a_fusion_without_one_is_refused_not_ignored(fusion: str) -> None:
+    store, *_ = filled(fusion="convex", adaptive_params=params())
+    with pytest.raises(ValueError, match=rf"weight=0.2 applies to convex fusion only; this call fuses with '{fusion}'"):
+        store.search("cat", query_gaussians=query(), fusion=fusion, weight=0.2)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="convex fusion only"):
+        store.search_run(["q1"], ["cat"], query_gaussians=query(), fusion=fusion, weight=0.2)  # type: ignore[arg-type]
+    assert store.search("cat", query_gaussians=query(), weight=0.2)  # the store's own convex fusion
+    assert store.search("cat", query_gaussians=query(), fusion=fusion)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("weight", [-0.1, 1.5, math.nan, math.inf, True, "0.5"])
 def test_weight_outside_the_unit_interval_is_named(weight: object) -> None:
     with pytest.raises(ValueError, match=r"weight must be a number in \[0, 1\]") as err:

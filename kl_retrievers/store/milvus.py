@@ -92,7 +92,7 @@ from typing import Any
 import numpy as np
 
 from kl_retrievers._io import library_version
-from kl_retrievers.filters import ALLOWED_OPERATORS, MetadataFilter
+from kl_retrievers.filters import ALLOWED_OPERATORS, OPERATOR_ALIASES, MetadataFilter
 from kl_retrievers.gaussian import (
     NORM_BOUND_RTOL,
     SCORE_DIRECTION,
@@ -264,6 +264,7 @@ def _join(word: str, parts: list[str], empty: str) -> str:
 
 def _field_expr(ref: str, op: str, value: Any, where: str) -> str:
     """One operator applied to the field ``ref``."""
+    op = OPERATOR_ALIASES.get(op, op)  # $neq: langchain-community FAISS's spelling of $ne
     if op == "$eq":
         return _present(ref, f"{ref} == {_literal(value, where)}")
     if op == "$ne":
