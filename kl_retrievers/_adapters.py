@@ -201,6 +201,32 @@ def mmr_select(
     return chosen
 
 
+def present_gaussians(store: Any, ids: Sequence[str]) -> tuple[list[int], Gaussians | None]:
+    """The positions of ``ids`` still in ``store`` and their Gaussians (``None`` when none is left).
+
+    MMR reads the candidates' Gaussians after the search that found them; an id that another
+    thread deleted in between is dropped instead of raising ``KeyError``.
+
+    Examples:
+        >>> from kl_retrievers import KLStore
+        >>> s = KLStore(dim=2)
+        >>> _ = s.add(gaussians=Gaussians(np.zeros((2, 2)), np.ones((2, 2))), ids=["a", "b"])
+        >>> present_gaussians(s, ["a", "gone", "b"])[0]
+        [0, 2]
+    """
+    keep = list(range(len(ids)))
+    while keep:
+        chosen = [ids[i] for i in keep]
+        try:
+            return keep, store.get_gaussians(chosen)
+        except KeyError:  # deleted between the search and now
+            present = {d.id for d in store.get_by_ids(chosen)}
+            if len(present) == len(chosen):
+                raise
+            keep = [i for i in keep if ids[i] in present]
+    return [], None
+
+
 def _kl_array(scores: np.ndarray) -> np.ndarray:
     """:func:`_kl` on an array (the same values, the same error for NaN or ``+inf``)."""
     bad = np.isnan(scores) | (scores == math.inf)

@@ -55,6 +55,7 @@ from kl_retrievers._adapters import (
     RELEVANCE_FUNCTIONS,
     RelevanceFn,
     mmr_select,
+    present_gaussians,
     read_manifest,
     relevance_exp,
     relevance_exp_per_dim,
@@ -890,26 +891,12 @@ class KLVectorStore(VectorStore):
         fetch_k = max(k, _check_k(fetch_k, "fetch_k"))
         lambda_mult = _check_unit(lambda_mult, "lambda_mult")
         cands = self._results(query, fetch_k, filter)
-        cands, g = self._candidate_gaussians(cands)
-        if not cands or g is None:
+        keep, g = present_gaussians(self.store, [str(d.id) for d, _ in cands])
+        if g is None:
             return []
+        cands = [cands[i] for i in keep]
         order = mmr_select([s for _, s in cands], g, k, lambda_mult, resolve_relevance(self.relevance), self.store.dim)
         return [cands[i][0] for i in order]
-
-    def _candidate_gaussians(
-        self, cands: list[tuple[Document, float]]
-    ) -> tuple[list[tuple[Document, float]], Gaussians | None]:
-        """The candidates still stored, with their Gaussians (one deleted by another thread meanwhile is dropped)."""
-        for _ in range(len(cands) + 1):
-            if not cands:
-                return [], None
-            ids = [str(d.id) for d, _ in cands]
-            try:
-                return cands, self.store.get_gaussians(ids)
-            except KeyError:  # deleted between the search and now
-                present = {d.id for d in self.store.get_by_ids(ids)}
-                cands = [c for c in cands if c[0].id in present]
-        return cands, self.store.get_gaussians([str(d.id) for d, _ in cands])
 
     # -- constructors
     @classmethod

@@ -1231,7 +1231,13 @@ class KLVectorStore(BasePydanticVectorStore):
         confidence = self._confidence(query, scores)
         if not ids:
             return self._result(query, ids, scores, texts, metas, confidence)
-        relevance, gaussians = adapters.resolve_relevance(self.relevance), self._store.get_gaussians(ids)
+        keep, gaussians = adapters.present_gaussians(self._store, ids)  # a node deleted meanwhile is dropped
+        if gaussians is None:
+            return self._result(query, [], [], [], [], confidence)
+        if len(keep) < len(ids):
+            ids, scores = [ids[i] for i in keep], [scores[i] for i in keep]
+            texts, metas = [texts[i] for i in keep], [metas[i] for i in keep]
+        relevance = adapters.resolve_relevance(self.relevance)
         order = adapters.mmr_select(scores, gaussians, k, mmr_threshold, relevance, self._store.dim)
         return self._result(
             query,

@@ -437,3 +437,24 @@ def test_async_methods_run_the_sync_ones_in_a_worker_thread_with_their_arguments
     assert seen["clear"][1] == ((), {})
     loop_thread = threading.get_ident()  # asyncio.run runs the loop in this thread
     assert all(thread != loop_thread for thread, _ in seen.values()), seen
+
+
+def test_mmr_drops_a_node_deleted_after_the_search(encoder: GaussianEncoder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another thread deleting a candidate between the search and the Gaussian lookup: dropped, no KeyError."""
+    vs = KLVectorStore(encoder=encoder)
+    vs.add([TextNode(text=t, id_=f"n{i}") for i, t in enumerate(HYBRID_TEXTS)])
+    original = KLVectorStore._ranked
+    deleted: list[str] = []
+
+    def ranked_then_delete(self: KLVectorStore, *args: Any, **kwargs: Any) -> Any:
+        out = original(self, *args, **kwargs)
+        if not deleted:
+            deleted.append(out[0][0])
+            self.delete_nodes(node_ids=deleted)
+        return out
+
+    monkeypatch.setattr(KLVectorStore, "_ranked", ranked_then_delete)
+    query = encoder.encode_queries([HYBRID_TEXTS[0]])
+    result = vs.mmr_search_gaussian(query, similarity_top_k=3, prefetch_k=6)
+    assert deleted and result.ids is not None and len(result.ids) == 3 and deleted[0] not in result.ids
+    assert result.nodes is not None and [n.node_id for n in result.nodes] == result.ids
