@@ -340,7 +340,7 @@ def hybrid_search(
         than 2 dense candidates) and why the query was refused (a message, see
         :func:`abstention_reason`; ``None`` when it was answered).
     """
-    config = store.fusion.replace(mode=fusion, weight=weight, normalization=normalization)
+    config = store.fusion.for_call(fusion, weight, normalization)
     encoder = store.encoder
     require_calibrator(scorer, encoder, min_confidence)
     if config.mode == "adaptive":

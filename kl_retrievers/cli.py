@@ -457,13 +457,17 @@ def _run_search(args: argparse.Namespace) -> int:
         raise ValueError(f"--filter is not valid JSON ({exc})") from None
     if filt is not None and not isinstance(filt, dict):
         raise ValueError(f"--filter must be a JSON object; got {type(filt).__name__}")
-    backend = args.model_backend or _recorded_backend(encoder_info)
+    # the store's backend applies to the store's own model; another --model picks its own (its folder says)
+    same_model = args.model is None or args.model == saved
+    backend = args.model_backend or (_recorded_backend(encoder_info) if same_model else None)
     if args.model_backend:
         logger.info("encoding queries on the %s backend (--model-backend)", backend)
     elif backend:
         logger.info("encoding queries on the %s backend, the one the store was built with", backend)
-    else:
+    elif same_model:
         logger.info("the store records no backend; encoding queries on the library's default one")
+    else:
+        logger.info("--model %s is not the store's model; encoding queries on its default backend", args.model)
     encoder = _load_encoder(model, backend=backend)
     store = KLStore.load(args.store, encoder=encoder)
     q = encoder.encode_queries(args.query, batch_size=_query_batch_size(encoder), show_progress_bar=False)
@@ -582,15 +586,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _stdout_gone() -> bool:
-    """Whether stdout is a pipe whose reader has gone (``poll`` says ``POLLERR``); ``True`` when it cannot tell."""
+    """Whether stdout is a pipe whose reader has gone (``poll`` says ``POLLERR`` or ``POLLHUP``).
+
+    ``False`` when it cannot tell (no ``poll()`` on Windows, or a stdout without a file descriptor):
+    the error is then reported, not hidden.
+    """
     try:
         import select
 
         poller = select.poll()
         poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poller.poll(0))
-    except (AttributeError, OSError, ValueError):  # no poll() (Windows), or stdout without a file descriptor
-        return True
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,11 +24,14 @@ Examples:
 
 from __future__ import annotations
 
+import datetime
 import logging
 import operator
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
+
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ __all__ = [
     "OPERATOR_ALIASES",
     "MetadataFilter",
     "compile_filter",
+    "stored_form",
 ]
 
 #: A filter as accepted by ``KLStore.search``.
@@ -82,9 +86,30 @@ def _compare(fn: Callable[[Any, Any], Any], value: Any, ref: Any) -> bool:
         return False
 
 
+def stored_form(value: Any) -> Any:
+    """``value`` as the stores keep metadata (their JSON form), so a filter compares like with like.
+
+    Dates and times become ISO 8601 strings, numpy scalars Python numbers, numpy arrays and tuples
+    lists (element by element); anything else is returned unchanged.
+
+    Examples:
+        >>> stored_form(datetime.date(2024, 5, 1)), stored_form(np.int64(3)), stored_form((1, np.float32(0.5)))
+        ('2024-05-01', 3, [1, 0.5])
+    """
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (np.ndarray, list, tuple)):
+        return [stored_form(v) for v in value]
+    return value
+
+
 def _field_op(op: str, ref: Any) -> Callable[[Any], bool]:
     """A predicate on one field value (``_MISSING`` when the field is absent)."""
     op = OPERATOR_ALIASES.get(op, op)
+    if op != "$not":
+        ref = stored_form(ref)  # a date compares with the ISO string the store keeps
     if op == "$eq":
         return lambda v: v is not _MISSING and v == ref
     if op == "$ne":

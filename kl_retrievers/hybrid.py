@@ -224,6 +224,26 @@ class FusionConfig:
         fields.update({key: value for key, value in changes.items() if value is not None})
         return FusionConfig(**fields)
 
+    def for_call(
+        self, fusion: str | None = None, weight: float | None = None, normalization: str | None = None
+    ) -> FusionConfig:
+        """The fusion of one search (or retriever): :meth:`replace`, refusing a ``weight`` the fusion would ignore.
+
+        Examples:
+            >>> FusionConfig("convex").for_call(weight=0.3).weight
+            0.3
+            >>> FusionConfig("convex").for_call("rrf", weight=0.3)
+            Traceback (most recent call last):
+            ValueError: weight=0.3 applies to convex fusion only; this call fuses with 'rrf' ...
+        """
+        config = self.replace(mode=fusion, weight=weight, normalization=normalization)
+        if weight is not None and config.mode != "convex":
+            raise ValueError(
+                f"weight={weight!r} applies to convex fusion only; this call fuses with {config.mode!r} "
+                "(pass fusion='convex', or leave weight out)"
+            )
+        return config
+
 
 # --------------------------------------------------------------------------------------
 # Adaptive parameters
@@ -1302,16 +1322,6 @@ class KLHybridStore:
             )
         return hits
 
-    def _call_config(self, fusion: str | None, weight: float | None, normalization: str | None) -> FusionConfig:
-        """The fusion of one call; a ``weight`` given for a fusion that has none fails (it would be ignored)."""
-        config = self.fusion.replace(mode=fusion, weight=weight, normalization=normalization)
-        if weight is not None and config.mode != "convex":
-            raise ValueError(
-                f"weight={weight!r} applies to convex fusion only; this call fuses with {config.mode!r} "
-                "(pass fusion='convex', or leave weight out)"
-            )
-        return config
-
     def search_run(
         self,
         query_ids: Sequence[str],
@@ -1348,7 +1358,7 @@ class KLHybridStore:
         repeated = [q for q, n in Counter(keys).items() if n > 1]
         if repeated:
             raise ValueError(f"query ids must be unique (a run maps each id to one ranking); {repeated[0]!r} repeats")
-        config = self._call_config(fusion, weight, normalization)
+        config = self.fusion.for_call(fusion, weight, normalization)
         run: dict[str, dict[str, float]] = {}
         for qid, (_, ranked) in zip(keys, self._ranked(queries, k, filter, query_gaussians, config), strict=True):
             run[qid] = {doc_id: float(k - r) for r, (doc_id, *_) in enumerate(ranked)}
@@ -1423,7 +1433,7 @@ class KLHybridStore:
             [['b', 'a']]
         """
         k = check_k(k)
-        config = self._call_config(fusion, weight, normalization)
+        config = self.fusion.for_call(fusion, weight, normalization)
         qg = self._query_gaussians(_query_texts(queries), query_gaussians)  # encoded before the lock
         with self._lock.read():  # candidates, fusion and the stored texts from one state of the store
             return [

@@ -141,6 +141,8 @@ def _index_folder(folder: Path, index_name: Any) -> Path:
         raise ValueError(
             f"index_name must be a plain folder name (no path separator, not '.' or '..'); got {index_name!r}"
         )
+    if index_name in (_STORE_DIR, _MANIFEST):
+        raise ValueError(f"index_name {index_name!r} is taken by the files of the default index; choose another name")
     return folder / index_name
 
 
@@ -197,21 +199,37 @@ def _default_model_dim() -> int | None:
 
 
 def _check_default_encoder_fits(store: Any) -> None:
-    """Refuse to load the default model for a store without an encoder whose documents it cannot have encoded.
+    """Refuse to load the default model for a store without an encoder whose documents it did not encode.
 
     A :class:`KLStore` loaded without ``encoder=`` keeps no encoder; loading the default model for it
-    is right only when its documents have the default model's dimension (or it is empty).
+    is right only when the store was saved with the default model (``saved_encoder``), or, when it
+    records none, when its documents have the default model's dimension (or it is empty).
     """
-    from kl_retrievers.pretrained import DEFAULT_MODEL
+    from kl_retrievers._io import is_within
+    from kl_retrievers.pretrained import DEFAULT_MODEL, _bundled_name, bundled_model_path
 
+    model = getattr(store, "saved_encoder", None)
+    if isinstance(model, str) and model:
+        try:
+            name = _bundled_name(model)
+        except ValueError:
+            name = None
+        if name is None and Path(model).expanduser().exists():  # a path to the bundled default's folder
+            default_path = bundled_model_path(DEFAULT_MODEL).resolve()
+            name = DEFAULT_MODEL if is_within(Path(model).expanduser().resolve(), default_path) else None
+        if name == DEFAULT_MODEL:
+            return
+        raise ValueError(
+            f"this {type(store).__name__} has no encoder and was saved with {model!r}, not the default model "
+            f"{DEFAULT_MODEL!r}; pass embedding=... (a KLEmbeddings or Gaussian encoder of {model!r}), or load the "
+            "store with KLStore.load(path, encoder=...)"
+        )
     dim = store.dim
     default = _default_model_dim()
     if dim is None or default is None or dim == default:
         return
-    model = getattr(store, "encoder_name", None)  # where a store records its model (KLStore: on disk only)
-    of = f"dimension {dim}, model {model!r}" if model else f"dimension {dim}"
     raise ValueError(
-        f"this {type(store).__name__} has no encoder and its documents ({of}) do not "
+        f"this {type(store).__name__} has no encoder and its documents (dimension {dim}) do not "
         f"match the default model {DEFAULT_MODEL!r} (dimension {default}); pass embedding=... (a KLEmbeddings or "
         "Gaussian encoder of the model the documents were encoded with), or load the store with "
         "KLStore.load(path, encoder=...)"
@@ -1351,7 +1369,7 @@ class KLHybridRetriever(_ConfidenceRetriever):
         super().model_post_init(context)
         if not isinstance(self.store, KLHybridStore):
             raise TypeError(f"store must be a KLHybridStore; got {type(self.store).__name__}")
-        self.store.fusion.replace(mode=self.fusion, weight=self.weight, normalization=self.normalization)
+        self.store.fusion.for_call(self.fusion, self.weight, self.normalization)
 
     @classmethod
     def from_texts(
@@ -1415,13 +1433,16 @@ class KLHybridRetriever(_ConfidenceRetriever):
     ) -> list[Document]:
         kk, flt, floor = self._call_settings(k, filter, min_confidence)
         _check_query(query)
+        fusion = fusion if fusion is not None else self.fusion
+        if weight is None and (fusion or self.store.fusion.mode) == "convex":
+            weight = self.weight  # the retriever's convex weight, for a convex call only
         hits, confidence, reason = hybrid_search(
             self.store,
             query,
             kk,
             filter=flt,
-            fusion=fusion if fusion is not None else self.fusion,
-            weight=weight if weight is not None else self.weight,
+            fusion=fusion,
+            weight=weight,
             normalization=normalization if normalization is not None else self.normalization,
             scorer=self._scorer,
             min_confidence=floor,

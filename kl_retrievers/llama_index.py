@@ -1782,7 +1782,7 @@ class KLHybridRetriever(_TopKRetriever):
     ) -> None:
         if not isinstance(store, KLHybridStore):
             raise TypeError(f"store must be a KLHybridStore; got {type(store).__name__}")
-        store.fusion.replace(mode=fusion, weight=weight, normalization=normalization)  # fail early
+        store.fusion.for_call(fusion, weight, normalization)  # fail early
         self._store = store
         self._similarity_top_k = _check_top_k(similarity_top_k)
         self._fusion, self._weight, self._normalization = fusion, weight, normalization

@@ -498,3 +498,29 @@ def test_search_with_the_default_int8_onnx_model_does_not_depend_on_the_other_qu
         api = [(h.id, h.score) for h in store.search(query, k=10)]
         assert [i for i, _ in api] == [i for i, _ in got]
         np.testing.assert_allclose([s for _, s in api], [s for _, s in got], rtol=1e-9)
+
+
+def test_search_with_another_model_does_not_take_the_stores_backend(
+    tmp_path: Path, model_dir: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The recorded backend belongs to the store's model; another --model (an ONNX export, say) picks its own."""
+    import shutil
+
+    import kl_retrievers.cli as cli
+
+    out = tmp_path / "store"
+    assert main(["index", str(corpus), "--out", str(out), "--model", str(model_dir), "--no-progress"]) == 0
+    other = tmp_path / "other-model"
+    shutil.copytree(model_dir, other)
+    real = cli._load_encoder
+    seen: list[Any] = []
+
+    def spy(model: Any, device: Any = None, backend: Any = None) -> Any:
+        seen.append((model, backend))
+        return real(model, device, "torch")
+
+    monkeypatch.setattr(cli, "_load_encoder", spy)
+    assert main(["search", str(out), "hello world", "-k", "2", "--model", str(other)]) == 0, _error(capsys)
+    assert seen == [(str(other), None)]
+    assert main(["search", str(out), "hello world", "-k", "2"]) == 0, _error(capsys)
+    assert seen[-1][1] == "torch"  # its own model: the recorded backend

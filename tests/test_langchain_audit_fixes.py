@@ -355,7 +355,7 @@ def test_store_without_encoder_of_another_dimension_fails_early(
     bare = KLStore.load(tmp_path / "s")  # encoder=None
     assert bare.encoder is None and bare.dim == 8
     monkeypatch.setattr(lc, "_load_default_encoder", _no_default_model)
-    pattern = r"has no encoder and its documents \(dimension 8.*do not match the default model.*pass embedding="
+    pattern = r"has no encoder and (was saved with .*not the default|its documents \(dimension 8).*pass embedding="
     with pytest.raises(ValueError, match=pattern):
         KLVectorStore(store=bare).similarity_search("cat")
     with pytest.raises(ValueError, match=pattern):
@@ -404,3 +404,74 @@ def test_save_local_warns_about_a_callable_relevance(
     with caplog.at_level(logging.WARNING, logger="kl_retrievers.langchain"):
         KLVectorStore.from_texts(TEXTS[:2], KLEmbeddings(encoder)).save_local(tmp_path / "db2")
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_store_saved_with_another_model_of_the_same_dimension_fails_early(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every bundled model is 384-dimensional: the recorded model, not the dimension, decides."""
+    import json
+
+    import kl_retrievers.langchain as lc
+
+    store = KLStore()
+    store.add(gaussians=Gaussians(np.ones((2, 384)) / 20, np.ones((2, 384))), ids=["a", "b"])
+    store.save(tmp_path / "s")
+    config_file = tmp_path / "s" / "config.json"
+    monkeypatch.setattr(lc, "_load_default_encoder", _no_default_model)
+    for saved_with in ("kl_retrievers:bge-small-unit-variance", str(tmp_path / "my-model")):
+        config = json.loads(config_file.read_text())
+        config["encoder"] = {"name_or_path": saved_with, "config": None}
+        config_file.write_text(json.dumps(config))
+        bare = KLStore.load(tmp_path / "s")
+        assert bare.saved_encoder == saved_with
+        with pytest.raises(ValueError, match=r"has no encoder and was saved with .*not the default model"):
+            KLVectorStore(store=bare).similarity_search("cat")
+
+
+# ------------------------------------------------------------------ review of the fixes
+def test_k_1_with_a_floor_and_several_candidates_is_answered(
+    store: KLVectorStore, encoder: Any, calibrator: ConfidenceCalibrator
+) -> None:
+    """The candidate count is the depth read for the confidence, not the k returned: k=1 does not abstain."""
+    dense = KLRetriever.from_store(store, k=1, calibrator=calibrator, min_confidence=0.0)
+    assert [d.page_content for d in dense.invoke(TEXTS[3])] == [TEXTS[3]]
+    hybrid = KLHybridStore(encoder, fusion="rrf")
+    hybrid.add(TEXTS, ids=[f"d{i}" for i in range(len(TEXTS))], metadatas=META)
+    fused = KLHybridRetriever(store=hybrid, k=1, calibrator=calibrator, min_confidence=0.0)
+    assert len(fused.invoke(TEXTS[3])) == 1
+
+
+def test_date_filters_compare_with_the_stored_iso_strings(store: KLVectorStore) -> None:
+    store.add_texts(["dated a", "dated b"], [{"d": datetime.date(2024, 5, 1)}, {"d": datetime.date(2020, 1, 1)}])
+    after = store.similarity_search("dated", k=5, filter={"d": {"$gte": datetime.date(2023, 1, 1)}})
+    assert [d.page_content for d in after] == ["dated a"]
+    same = store.similarity_search("dated", k=5, filter={"d": datetime.date(2020, 1, 1)})
+    assert [d.page_content for d in same] == ["dated b"]
+
+
+def test_keys_that_collide_as_json_strings_are_refused(store: KLVectorStore) -> None:
+    with pytest.raises(TypeError, match=r"metadatas\[0\] has keys that are the same once written as JSON strings"):
+        store.add_texts(["x"], [{1: "int", "1": "str"}])  # type: ignore[dict-item]
+
+
+def test_hybrid_retrievers_refuse_a_weight_their_fusion_ignores(encoder: Any) -> None:
+    from kl_retrievers.llama_index import KLHybridRetriever as LlamaHybridRetriever
+
+    hybrid = KLHybridStore(encoder, fusion="rrf")
+    hybrid.add(TEXTS, ids=[f"d{i}" for i in range(len(TEXTS))])
+    with pytest.raises(ValueError, match="applies to convex fusion only"):
+        KLHybridRetriever(store=hybrid, weight=0.2)
+    with pytest.raises(ValueError, match="applies to convex fusion only"):
+        LlamaHybridRetriever(hybrid, weight=0.2)
+    convex = KLHybridRetriever(store=hybrid, fusion="convex", weight=0.2)
+    assert {d.metadata["dense_weight"] for d in convex.invoke("green tea")} == {0.2}
+    assert convex.invoke("green tea", fusion="rrf")  # its own weight is not forced on another fusion
+    with pytest.raises(ValueError, match="applies to convex fusion only"):
+        convex.invoke("green tea", fusion="rrf", weight=0.3)
+
+
+def test_index_name_cannot_take_the_default_index_files(store: KLVectorStore, tmp_path: Path) -> None:
+    for name in ("klstore", "langchain.json"):
+        with pytest.raises(ValueError, match="taken by the files of the default index"):
+            store.save_local(tmp_path / "db", index_name=name)

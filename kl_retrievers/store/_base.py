@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from kl_retrievers.filters import MetadataFilter
+from kl_retrievers.filters import MetadataFilter, stored_form
 from kl_retrievers.gaussian import Gaussians, _first_bad, check_float32_scorable, check_k
 
 logger = logging.getLogger(__name__)
@@ -334,12 +334,8 @@ def _check_texts_and_ids(
 
 def _json_default(value: Any) -> Any:
     """What ``json.dumps`` cannot hold but a metadata value often is: numpy scalars and arrays, dates and times."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
-        return value.isoformat()
+    if isinstance(value, (np.generic, np.ndarray, datetime.datetime, datetime.date, datetime.time)):
+        return stored_form(value)  # the same form a filter compares with
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
@@ -376,7 +372,12 @@ def _metadata_list(metadatas: Sequence[Mapping[Any, Any] | None] | None, n: int)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"metadatas[{j}] is not JSON-serialisable: {exc}") from None
         _check_utf8(dumped, f"metadatas[{j}] (as JSON)")
-        kept.append(json.loads(dumped))  # memory keeps what disk keeps
+        loaded = json.loads(dumped)  # memory keeps what disk keeps
+        if len(loaded) != len(m):
+            keys = sorted(str(key) for key in m)
+            same = sorted({key for key in keys if keys.count(key) > 1})
+            raise TypeError(f"metadatas[{j}] has keys that are the same once written as JSON strings: {same}")
+        kept.append(loaded)
     return kept
 
 

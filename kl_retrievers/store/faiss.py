@@ -197,6 +197,8 @@ class KLStore(GaussianStore):
         )
         _check_settings(compression, refine, exact_threshold, compact_threshold, seed)
         self.encoder = encoder
+        #: The encoder a loaded store was saved with (its ``name_or_path``; ``None``: not recorded, or not loaded).
+        self.saved_encoder: str | None = None
         self.index_type = index_type
         self.hnsw_m, self.ef_search, self.ef_construction = int(hnsw_m), int(ef_search), int(ef_construction)
         self.nlist, self.nprobe = int(nlist), int(nprobe)
@@ -477,6 +479,7 @@ class KLStore(GaussianStore):
             raise StoreFormatError(f"{cfg_path}: field 'index_params' holds an invalid value: {exc}") from exc
         saved = (config["encoder"] or {}).get("name_or_path")
         now = str(getattr(encoder, "name_or_path", "")) if encoder is not None else ""
+        store.saved_encoder = saved if isinstance(saved, str) and saved else None
         if saved and now and saved != now:
             logger.warning("store was built with encoder %r but is loaded with %r", saved, now)
         enc_dim = getattr(getattr(encoder, "config", None), "dim", None)

@@ -92,7 +92,7 @@ from typing import Any
 import numpy as np
 
 from kl_retrievers._io import library_version
-from kl_retrievers.filters import ALLOWED_OPERATORS, OPERATOR_ALIASES, MetadataFilter
+from kl_retrievers.filters import ALLOWED_OPERATORS, OPERATOR_ALIASES, MetadataFilter, stored_form
 from kl_retrievers.gaussian import (
     NORM_BOUND_RTOL,
     SCORE_DIRECTION,
@@ -200,6 +200,7 @@ def _id_filter(ids: Sequence[str]) -> str:
 
 
 def _literal(value: Any, where: str) -> str:
+    value = stored_form(value)  # a date compares with the ISO string the store keeps
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
