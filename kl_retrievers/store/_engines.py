@@ -191,7 +191,10 @@ def _index_structure(index: Any) -> dict[str, Any]:
 
 
 def _check_structure(index: Any, expected: dict[str, Any], cfg_path: Path) -> None:
-    """``StoreFormatError`` naming the config field, its value and the index's, for the first difference."""
+    """``StoreFormatError`` naming the config field, its value and the index's, for the first difference.
+
+    ``expected["metric"]`` is one FAISS metric or a tuple of those accepted.
+    """
     got = _index_structure(index)
     fields = ("index_type", "compression", "refine", "hnsw_m", "nlist", "pq_m", "pq_nbits")
     for key in fields:
@@ -201,11 +204,14 @@ def _check_structure(index: Any, expected: dict[str, Any], cfg_path: Path) -> No
                 f"{cfg_path}: field {field!r} is {expected[key]!r}, but index.faiss holds {got.get(key)!r} "
                 f"(a {got['index_type']} index; compression {got['compression']!r}, refine {got['refine']!r})"
             )
-    if "metric" in expected and got["metric"] != expected["metric"]:
-        raise StoreFormatError(
-            f"{cfg_path}: index.faiss uses FAISS metric {got['metric']}; a {expected['index_type']} store "
-            f"searches with metric {expected['metric']}"
-        )
+    if "metric" in expected:
+        allowed = expected["metric"] if isinstance(expected["metric"], tuple) else (expected["metric"],)
+        if got["metric"] not in allowed:
+            shown = " or ".join(str(m) for m in allowed)
+            raise StoreFormatError(
+                f"{cfg_path}: index.faiss uses FAISS metric {got['metric']}; a {expected['index_type']} store "
+                f"searches with metric {shown}"
+            )
 
 
 class Settings(Protocol):
@@ -278,8 +284,19 @@ class FaissEngine(ABC):
     def remove_rows(self, dead: np.ndarray) -> None:
         """Drop the index entries of rows the table just compacted away (``dead``: their old numbers)."""
 
-    def rebuild(self) -> None:  # noqa: B027 - the flat index has nothing to retrain
-        """Rebuild (and retrain) the index from the table (approximate indexes only)."""
+    def rebuild(self, forced: bool = False) -> None:  # noqa: B027 - the flat index has nothing to retrain
+        """Rebuild (and retrain) the index from the table (approximate indexes only).
+
+        Args:
+            forced: Asked for (``KLStore.rebuild``): train on as few rows as FAISS can, not only
+                on as many as the automatic build waits for.
+        """
+
+    def drop_entries_from(self, n: int) -> None:
+        """Drop index entries numbered ``n`` and above (rows the table no longer holds, after a failed add)."""
+        if self.index is not None and self.index.ntotal > n:
+            self.own()
+            self.index.remove_ids(_faiss().IDSelectorRange(n, self.index.ntotal))
 
     def config(self) -> dict[str, Any]:
         """The engine's numbers saved in ``config.json``."""
@@ -615,12 +632,22 @@ class ApproxEngine(FaissEngine):
             out["nlist"] = s.nlist
         if s.compression == "pq":
             out["pq_m"], out["pq_nbits"] = s.pq_m, s.pq_nbits
-        ip = s.index_type == "ivf" and s.compression == "pq"  # see _new_ivf_pq
-        out["metric"] = faiss.METRIC_INNER_PRODUCT if ip else faiss.METRIC_L2
+        if s.index_type == "ivf" and s.compression == "pq":
+            # scanned by inner product (see _new_ivf_pq); stores saved before that scanned their codes by L2,
+            # which searches as it did then, until the next rebuild makes an inner-product index
+            out["metric"] = (faiss.METRIC_INNER_PRODUCT, faiss.METRIC_L2)
+        else:
+            out["metric"] = faiss.METRIC_L2
         return out
 
     def attach(self, index: Any, viewed: bool, cfg_path: Path) -> None:
         super().attach(index, viewed, cfg_path)
+        if self.settings.compression == "pq" and _index_structure(index)["metric"] == _faiss().METRIC_L2:
+            logger.info(
+                "%s: an IVF-PQ index whose codes are scanned by L2 (saved by an earlier release); it searches as it "
+                "did then, and rebuild() makes the inner-product one this release builds",
+                cfg_path.parent,
+            )
         if self.table.n_rows:
             self.check_loaded(cfg_path)
 
@@ -661,10 +688,19 @@ class ApproxEngine(FaissEngine):
         assert self._norm_bound is not None
         return reduce_query_vectors(self._query_vectors(qg), self._norm_bound, width=self.width)
 
+    def _norms(self, dvec: np.ndarray) -> np.ndarray:
+        """Norms of the centred, shifted rows of ``d~``."""
+        shifted = self._shifted(self._centred(dvec))
+        return np.sqrt(np.einsum("ij,ij->i", shifted, shifted))
+
     def _max_norm(self, dvec: np.ndarray) -> float:
         """Largest norm of the centred, shifted rows of ``d~``."""
-        shifted = self._shifted(self._centred(dvec))
-        return float(np.sqrt(np.einsum("ij,ij->i", shifted, shifted).max()))
+        return float(self._norms(dvec).max())
+
+    def _live_blocks(self, live: np.ndarray) -> list[np.ndarray | slice]:
+        """Row selectors of the table's live rows ``live`` in blocks of ``_BUILD_BLOCK`` (slices when none is dead)."""
+        n, dense = live.size, live.size == self.table.n_rows
+        return [slice(b, b + _BUILD_BLOCK) if dense else live[b : b + _BUILD_BLOCK] for b in range(0, n, _BUILD_BLOCK)]
 
     # ------------------------------------------------------------------ build
     def min_build_size(self) -> int:
@@ -680,6 +716,13 @@ class ApproxEngine(FaissEngine):
         if s.compression == "sq8":
             return 256
         return 1
+
+    def _min_train_size(self) -> int:
+        """The fewest rows FAISS can train the index on (k-means needs a point per centroid): what an
+        explicit rebuild needs, where :meth:`_min_build_size` is what the automatic build waits for."""
+        s = self.settings
+        pq = 1 << s.pq_nbits if s.compression == "pq" else 1
+        return max(s.nlist, pq) if s.index_type == "ivf" else pq
 
     def _build_rule(self) -> str:
         """Why :meth:`_min_build_size` is what it is (for messages)."""
@@ -742,45 +785,110 @@ class ApproxEngine(FaissEngine):
         _disown(quantizer)
         return index
 
-    def _add_all(self, index: Any) -> None:
-        table = self.table
-        for s in range(0, table.n_rows, _BUILD_BLOCK):
-            index.add(self._reduced(table.doc_vectors(slice(s, s + _BUILD_BLOCK))))
+    def _add_all(self, index: Any, live: np.ndarray | None = None) -> float:
+        """Add the table's rows (``live``: only these, in order; default every row) to ``index``.
 
-    def rebuild(self) -> None:
-        """(Re)build the index over every row (tombstones are compacted first); callers hold the write lock."""
+        Returns:
+            The largest norm of their centred, shifted ``d~`` (``0`` for none).
+        """
+        assert self._norm_bound is not None
+        table, top = self.table, 0.0
+        rows = np.arange(table.n_rows) if live is None else live
+        for sel in self._live_blocks(rows):
+            shifted = self._shifted(self._centred(table.doc_vectors(sel)))  # as _reduced, keeping the norms
+            top = max(top, float(np.sqrt(np.einsum("ij,ij->i", shifted, shifted).max())))
+            index.add(reduce_document_vectors(shifted, 0.0, self._norm_bound, width=self.width))
+        return top
+
+    def _drop_index(self, n: int, needed: int, forced: bool) -> None:
+        """No index (exact searches, as before the first build) for ``n`` live rows, fewer than ``needed``."""
+        if self.index is not None or forced:
+            logger.warning(
+                "%s index %s: %d documents, fewer than the %d it needs (%s); searches are exact until an add "
+                "reaches that number, which builds it",
+                self.settings.index_type,
+                "dropped" if self.index is not None else "not built",
+                n,
+                needed,
+                self._build_rule(),
+            )
+        if self.table.dead():
+            self.table.compact()
+        self.index, self.viewed = None, False
+        self._norm_bound, self.offset, self.centre = None, 0.0, None
+        self._warned_unbuilt = True
+
+    def rebuild(self, forced: bool = False) -> None:
+        """(Re)build the index over every live row, then compact the table's tombstones; callers hold the write lock.
+
+        With fewer live rows than :meth:`_min_build_size` (``forced``: :meth:`_min_train_size`, as
+        few as FAISS can train IVF k-means and the quantizers on) the index is dropped instead:
+        searches are exact, as before the first build, and the add that reaches the minimum
+        builds it again. Otherwise the new index, its centre, offset and ``M`` replace the old ones
+        (and the table is compacted) only once the index is trained and holds every live row: if
+        FAISS fails, the engine and the table are as they were. A rebuild that raises ``M`` more
+        than tenfold logs a warning naming the document that set it (one outlier squeezes every
+        other document's reduced vector into a tiny cap of the sphere, which costs HNSW and IVF
+        most of their recall; see docs/ann.md).
+        """
         table, s = self.table, self.settings
-        if table.dead():
-            table.compact()
-        n = table.n_rows
+        live = np.flatnonzero(table.alive)
+        n = int(live.size)
+        if n < (self._min_train_size() if forced else self._min_build_size()):
+            self._drop_index(n, self._min_build_size(), forced)
+            return
         index = self._new_index()
         rng = np.random.default_rng(s.seed)
         if index.is_trained:  # the sample only sets the offset
             n_train = min(n, 16384)
         else:
             n_train = min(n, max(65536, 64 * s.nlist) if s.index_type == "ivf" else 65536)
-        sample = table.doc_vectors(np.sort(rng.choice(n, size=n_train, replace=False)))
-        # The means are centred on the documents' mean (-KL unchanged; see means_centre) where that
-        # shrinks the norm bound by half or more, i.e. where a common offset of the means would
-        # otherwise shape the index (worth_centring).
-        centre = means_centre(table.mean)
-        self.centre = centre if worth_centring(sample, centre) else None
-        # The first coordinate of d~, -1/2 sum_i (log var_i + mu_i^2 / var_i), is a sum over all k
-        # dimensions: its shared offset (about -270 for k = 384 synthetic Gaussians) would dominate
-        # ||d~||, the extra coordinate and hence the index's geometry. Shifting it changes no
-        # ranking, since the query's first coordinate is 1. Only this coordinate is shifted:
-        # centring all of d~ (not the means) cut IVF recall on real SciFact Gaussians (0.88 -> 0.55, nprobe 32).
-        self.offset = float(self._centred(sample)[:, 0].mean())
-        max_norm = 0.0
-        for b in range(0, n, _BUILD_BLOCK):
-            max_norm = max(max_norm, self._max_norm(table.doc_vectors(slice(b, b + _BUILD_BLOCK))))
-        self._norm_bound = s.norm_headroom * max(max_norm, 1e-12)
-        if not index.is_trained:
-            index.train(self._reduced(sample))
-        del sample
-        self._add_all(index)
+        sample = table.doc_vectors(live[np.sort(rng.choice(n, size=n_train, replace=False))])
+        before = (self.centre, self.offset, self._norm_bound)
+        try:
+            # The means are centred on the documents' mean (-KL unchanged; see means_centre) where that
+            # shrinks the norm bound by half or more, i.e. where a common offset of the means would
+            # otherwise shape the index (worth_centring).
+            centre = means_centre(table.mean if n == table.n_rows else table.mean[live])
+            self.centre = centre if worth_centring(sample, centre) else None
+            # The first coordinate of d~, -1/2 sum_i (log var_i + mu_i^2 / var_i), is a sum over all k
+            # dimensions: its shared offset (about -270 for k = 384 synthetic Gaussians) would dominate
+            # ||d~||, the extra coordinate and hence the index's geometry. Shifting it changes no
+            # ranking, since the query's first coordinate is 1. Only this coordinate is shifted:
+            # centring all of d~ (not the means) cut IVF recall on real SciFact Gaussians (0.88 -> 0.55, nprobe 32).
+            self.offset = float(self._centred(sample)[:, 0].mean())
+            max_norm, top_row, b = 0.0, 0, 0
+            for sel in self._live_blocks(live):
+                norms = self._norms(table.doc_vectors(sel))
+                j = int(np.argmax(norms))
+                if norms[j] > max_norm:
+                    max_norm, top_row = float(norms[j]), b + j
+                b += norms.size
+            self._norm_bound = s.norm_headroom * max(max_norm, 1e-12)
+            if not index.is_trained:
+                index.train(self._reduced(sample))
+            del sample
+            self._add_all(index, live)
+        except BaseException:
+            self.centre, self.offset, self._norm_bound = before
+            raise
+        top_id = table.ids[int(live[top_row])]
+        if table.dead():
+            table.compact()
         self.index, self.viewed = index, False
         logger.info("built %s index over %d documents (M=%.4g)", s.index_type, n, self._norm_bound)
+        if before[2] is not None and self._norm_bound > 10.0 * before[2]:
+            logger.warning(
+                "the %s index's norm bound M grew %.3g-fold (%.4g -> %.4g) because of document %r (row %d): one "
+                "document far from the others costs HNSW / IVF most of their recall while it is in the store; "
+                "deleting it shrinks M again at the next compaction (docs/ann.md, 'One outlier document')",
+                s.index_type,
+                self._norm_bound / before[2],
+                before[2],
+                self._norm_bound,
+                top_id,
+                top_row,
+            )
 
     def add_rows(self, start: int, prepared: Any) -> None:
         table = self.table
@@ -811,19 +919,48 @@ class ApproxEngine(FaissEngine):
                     self._norm_bound,
                     self.settings.index_type,
                 )
-                self.rebuild_count += 1
                 self.rebuild()
+                self.rebuild_count += 1
                 return
             blocks.append(dvec)
         for dvec in blocks:
             self.index.add(self._reduced(dvec))
 
     def remove_rows(self, dead: np.ndarray) -> None:
+        """Re-add the (compacted) table's rows; rebuild where ``M`` is now far above every live norm.
+
+        ``M`` only grows as documents come (a rebuild when one exceeds it), so deleting the
+        outlier that set it would leave every other document squeezed under a bound far above
+        its norm, and recall low. When ``M / norm_headroom`` is more than twice the largest live
+        norm, and there are enough rows to train the index (:meth:`_min_build_size`), the index
+        is rebuilt with a new ``M``.
+        """
         if self.index is None:
             return
         self.own()
         self.index.reset()  # keeps the trained quantizers; the live rows are re-added (HNSW graphs rebuilt)
-        self._add_all(self.index)
+        top = self._add_all(self.index)
+        assert self._norm_bound is not None
+        limit = self._norm_bound / self.settings.norm_headroom
+        if limit > 2.0 * top and self.table.n_rows >= self._min_build_size():
+            logger.info(
+                "the largest live document norm %.4g is under half of M / norm_headroom = %.4g after the deletions; "
+                "rebuilding the %s index",
+                top,
+                limit,
+                self.settings.index_type,
+            )
+            try:
+                self.rebuild()
+            except Exception as exc:  # the engine is unchanged, and consistent: keep the old M
+                logger.warning("rebuild after the deletions failed (%s); the index keeps M=%.4g", exc, self._norm_bound)
+
+    def drop_entries_from(self, n: int) -> None:
+        """Keep only the index entries of rows below ``n`` (HNSW cannot remove: every row is re-added)."""
+        if self.index is not None and self.index.ntotal > n:
+            self.own()
+            self.index.reset()
+            self._add_all(self.index)
 
     # ------------------------------------------------------------------- load
     def check_loaded(self, cfg_path: Path) -> None:

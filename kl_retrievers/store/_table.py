@@ -192,6 +192,21 @@ class DocumentTable:
             self.row[doc_id] = start + j
         return start, replaced
 
+    def undo_append(self, start: int, previous: dict[str, int]) -> None:
+        """Undo the last :meth:`append`, whose first new row was ``start``.
+
+        Args:
+            start: What that append returned first.
+            previous: The rows the replaced ids had before it (alive again).
+        """
+        for doc_id in self.ids[start:]:
+            self.row.pop(doc_id, None)
+        del self.ids[start:], self.texts[start:], self.metas[start:]
+        self._n = start
+        for doc_id, row in previous.items():
+            self.row[doc_id] = row
+            self.alive[row] = True
+
     def tombstone(self, ids: list[str]) -> tuple[list[str], list[str]]:
         """Mark distinct ``ids`` deleted; returns ``(deleted, missing)``."""
         deleted: list[str] = []

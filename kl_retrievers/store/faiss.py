@@ -93,10 +93,60 @@ COMPRESSIONS = (None, "sq8", "pq")
 REFINES = (None, "sq8", "fp16")
 
 
+#: The largest ``pq_nbits``: FAISS's product quantizers take up to 24, but 2^16 centroids per sub-quantizer
+#: already need 4 x 2^16 documents before the index is built (:meth:`ApproxEngine.min_build_size
+#: <kl_retrievers.store._engines.ApproxEngine.min_build_size>`), and FAISS trains such codebooks slowly.
+MAX_PQ_NBITS = 16
+#: Integer settings, in the order the constructor checks them.
+_INT_SETTINGS = (
+    "hnsw_m",
+    "ef_search",
+    "ef_construction",
+    "nlist",
+    "nprobe",
+    "pq_m",
+    "pq_nbits",
+    "rescore_pool",
+    "rescore_factor",
+)
+#: Settings that shape the FAISS index (its kind, sizes and codes; checked against index.faiss on load):
+#: fixed once a store holds documents.
+BUILD_SETTINGS = ("index_type", "hnsw_m", "nlist", "compression", "pq_m", "pq_nbits", "refine")
+#: Settings read at every search (or at the next (re)build): they may change at any time, checked as by the constructor.
+TUNABLE_SETTINGS = (
+    "ef_search",
+    "ef_construction",
+    "nprobe",
+    "rescore_pool",
+    "rescore_factor",
+    "norm_headroom",
+    "exact_threshold",
+    "compact_threshold",
+    "seed",
+    "batch_size",
+)
+_SETTINGS = frozenset(BUILD_SETTINGS + TUNABLE_SETTINGS)
+
+
 def _check_settings(
-    compression: str | None, refine: Any, exact_threshold: Any, compact_threshold: Any, seed: Any
+    compression: str | None,
+    refine: Any,
+    exact_threshold: Any,
+    compact_threshold: Any,
+    seed: Any,
+    *,
+    hnsw_m: int = 32,
+    pq_nbits: int = 8,
 ) -> None:
-    """KLStore's own settings: ``refine``, ``exact_threshold``, ``compact_threshold``, ``seed`` (ValueError)."""
+    """KLStore's own settings: ``refine``, ``exact_threshold``, ``compact_threshold``, ``seed``, and the
+    ranges FAISS allows for ``hnsw_m`` and ``pq_nbits`` (ValueError naming the value)."""
+    if hnsw_m < 2:  # FAISS's HNSW crashes the process (no exception) on the first add with M = 1
+        raise ValueError(f"hnsw_m must be an integer >= 2 (neighbours per node of the HNSW graph); got {hnsw_m!r}")
+    if not 1 <= pq_nbits <= MAX_PQ_NBITS:
+        raise ValueError(
+            f"pq_nbits must be an integer from 1 to {MAX_PQ_NBITS} (bits per product-quantizer code; 8 is standard, "
+            f"4 uses FAISS's fast-scan lists on 'ivf'); got {pq_nbits!r}"
+        )
     if refine not in REFINES:
         raise ValueError(f"refine must be one of {REFINES}; got {refine!r}")
     if refine is not None and compression is None:
@@ -116,6 +166,37 @@ def _check_settings(
         raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
 
 
+def _check_all(values: dict[str, Any], dim: int | None = None) -> None:
+    """Every constructor check of the settings ``values`` (one value per name in :data:`_SETTINGS`)."""
+    ints = [(name, values[name]) for name in _INT_SETTINGS]
+    _check_store_args(
+        values["index_type"],
+        values["compression"],
+        dim,
+        values["norm_headroom"],
+        [*ints, ("batch_size", values["batch_size"])],
+        COMPRESSIONS,
+    )
+    _check_settings(
+        values["compression"],
+        values["refine"],
+        values["exact_threshold"],
+        values["compact_threshold"],
+        values["seed"],
+        hnsw_m=values["hnsw_m"],
+        pq_nbits=values["pq_nbits"],
+    )
+
+
+def _normalised(name: str, value: Any) -> Any:
+    """A checked setting as the store keeps it (Python ``int`` / ``float``)."""
+    if name in _INT_SETTINGS or name in ("exact_threshold", "seed", "batch_size"):
+        return int(value)
+    if name in ("norm_headroom", "compact_threshold"):
+        return float(value)
+    return value
+
+
 class KLStore(GaussianStore):
     """A document store ranked by exact ``-KL(Q || D)`` (higher is better), served by FAISS.
 
@@ -125,14 +206,14 @@ class KLStore(GaussianStore):
             search by text.
         dim: Gaussian dimension ``k``; inferred from the first :meth:`add` when ``None``.
         index_type: ``"flat"`` (exact), ``"hnsw"`` or ``"ivf"``.
-        hnsw_m: HNSW graph degree ``M``.
+        hnsw_m: HNSW graph degree ``M`` (at least 2).
         ef_search: HNSW ``efSearch`` (raised to the candidate pool when smaller).
         ef_construction: HNSW ``efConstruction``.
         nlist: IVF number of lists.
         nprobe: IVF lists probed per query.
         compression: ``None``, ``"sq8"`` (8-bit scalar quantizer) or ``"pq"`` (product quantizer).
         pq_m: PQ sub-quantizers; the vector is zero-padded to a multiple of ``pq_m``.
-        pq_nbits: Bits per PQ code (8 is standard; 4 trains much faster and, on ``"ivf"``,
+        pq_nbits: Bits per PQ code, 1 to 16 (8 is standard; 4 trains much faster and, on ``"ivf"``,
             scans with FAISS's SIMD fast-scan kernels).
         refine: ``None``, ``"sq8"`` or ``"fp16"`` (compressed indexes only): re-rank the pool of
             ``rescore_pool`` candidates inside FAISS on 8-bit / float16 copies of the reduced
@@ -147,6 +228,12 @@ class KLStore(GaussianStore):
         batch_size: Encoder batch size.
         show_progress_bar: Passed to the encoder when adding texts.
         seed: Seed for the training sample of IVF / SQ / PQ.
+
+    The settings are attributes of the same names. Assigning one is checked as the constructor
+    checks it; the search-time ones (``nprobe``, ``ef_search``, ``rescore_pool``, ... :data:`TUNABLE_SETTINGS`)
+    apply from the next search, while those that shape the index (``index_type``, ``hnsw_m``,
+    ``nlist``, ``compression``, ``pq_m``, ``pq_nbits``, ``refine``: :data:`BUILD_SETTINGS`) can
+    change only before the first document is added.
 
     Examples:
         >>> import numpy as np
@@ -181,21 +268,28 @@ class KLStore(GaussianStore):
         show_progress_bar: bool = False,
         seed: int = 0,
     ) -> None:
-        ints = {
-            "hnsw_m": hnsw_m,
-            "ef_search": ef_search,
-            "ef_construction": ef_construction,
-            "nlist": nlist,
-            "nprobe": nprobe,
-            "pq_m": pq_m,
-            "pq_nbits": pq_nbits,
-            "rescore_pool": rescore_pool,
-            "rescore_factor": rescore_factor,
-        }
-        _check_store_args(
-            index_type, compression, dim, norm_headroom, [*ints.items(), ("batch_size", batch_size)], COMPRESSIONS
+        _check_all(
+            {
+                "index_type": index_type,
+                "hnsw_m": hnsw_m,
+                "ef_search": ef_search,
+                "ef_construction": ef_construction,
+                "nlist": nlist,
+                "nprobe": nprobe,
+                "compression": compression,
+                "pq_m": pq_m,
+                "pq_nbits": pq_nbits,
+                "refine": refine,
+                "rescore_pool": rescore_pool,
+                "rescore_factor": rescore_factor,
+                "norm_headroom": norm_headroom,
+                "exact_threshold": exact_threshold,
+                "compact_threshold": compact_threshold,
+                "seed": seed,
+                "batch_size": batch_size,
+            },
+            dim,
         )
-        _check_settings(compression, refine, exact_threshold, compact_threshold, seed)
         self.encoder = encoder
         #: The encoder a loaded store was saved with (its ``name_or_path``; ``None``: not recorded, or not loaded).
         self.saved_encoder: str | None = None
@@ -218,6 +312,42 @@ class KLStore(GaussianStore):
         self._dim = k
         self._table.reset(k)
         self._engine.reset(k)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """A setting assigned after construction is checked first (:meth:`_set_setting`); other attributes as usual."""
+        if name in _SETTINGS and "_engine" in self.__dict__:
+            self._set_setting(name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def _set_setting(self, name: str, value: Any) -> None:
+        """Assign a setting after construction, with the constructor's checks.
+
+        Search-time settings (:data:`TUNABLE_SETTINGS`) apply from the next search (or rebuild).
+        Those that shape the index (:data:`BUILD_SETTINGS`) may change only while the store holds
+        no rows (a new, empty engine takes them); afterwards the index on hand and a saved copy
+        would no longer match them (a folder :meth:`load` refuses, or a search failing inside FAISS).
+
+        Raises:
+            ValueError: The value the constructor would refuse (same message), or a change to a
+                setting in :data:`BUILD_SETTINGS` of a store holding documents.
+        """
+        _check_all({**{key: getattr(self, key) for key in _SETTINGS}, name: value})
+        value = _normalised(name, value)
+        if name not in BUILD_SETTINGS or value == getattr(self, name):
+            object.__setattr__(self, name, value)
+            return
+        with self._lock.write():
+            if self._table.n_rows:
+                raise ValueError(
+                    f"{name} cannot change once a store holds documents: it shapes the store's {self.index_type} "
+                    f"index (this store has {self._table.n_rows} row(s), {name}={getattr(self, name)!r}). Build a new "
+                    f"KLStore with {name}={value!r} and add the documents to it (get_gaussians(ids) returns them)"
+                )
+            object.__setattr__(self, name, value)
+            self._engine = new_engine(self, self._table)
+            if self._dim is not None:
+                self._engine.reset(self._dim)
 
     # ------------------------------------------------------------------ state
     @property
@@ -275,11 +405,33 @@ class KLStore(GaussianStore):
                 raise ValueError(f"document gaussians have dimension {g.dim}; this store has dimension {self._dim}")
             prepared = self._engine.prepare(mean, var)  # every check before any change
             self._engine.own()
-            start, replaced = self._table.append(mean, var, new.ids, new.texts, new.metadatas)
-            self._engine.add_rows(start, prepared)
+            table = self._table
+            previous = {doc_id: table.row[doc_id] for doc_id in new.ids if doc_id in table.row}
+            start, replaced = table.append(mean, var, new.ids, new.texts, new.metadatas)
+            try:
+                self._engine.add_rows(start, prepared)
+            except BaseException:
+                self._undo_add(start, len(new.ids), previous)
+                raise
             self._maybe_compact()
         if replaced:
             logger.info("replaced %d existing document(s)", len(replaced))
+
+    def _undo_add(self, start: int, m: int, previous: dict[str, int]) -> None:
+        """After the engine failed to index ``m`` rows appended at ``start``: the table and index as before.
+
+        ``previous`` maps each replaced id to its old row (live again). An engine fails before it
+        changes the table (a rebuild compacts it only once it succeeded), so the new rows are the last ones.
+        """
+        table = self._table
+        if table.n_rows != start + m:
+            logger.error("a failed add left the store with %d rows; it cannot be undone", table.n_rows)
+            return
+        table.undo_append(start, previous)
+        try:
+            self._engine.drop_entries_from(start)
+        except Exception as exc:
+            logger.error("the index could not drop the entries of a failed add (%s); save() will refuse", exc)
 
     def _delete(self, ids: list[str]) -> DeleteReport:
         with self._lock.write():
@@ -311,14 +463,18 @@ class KLStore(GaussianStore):
     def rebuild(self) -> None:
         """Rebuild (and retrain) an approximate index from the stored Gaussians.
 
-        Useful after many additions to an IVF / PQ index trained on an early sample.
+        Useful after many additions to an IVF / PQ index trained on an early sample. With fewer
+        documents than FAISS can train the index on (``nlist`` for IVF, ``2^pq_nbits`` for PQ) the
+        index is dropped instead: searches are exact, and the add that reaches the number an
+        automatic build waits for (``8 x nlist``, ``4 x 2^pq_nbits``, 256 for SQ8) builds it again.
+        If FAISS fails, the store is left as it was.
 
         Examples:
             >>> KLStore(index_type="hnsw").rebuild()
         """
         with self._lock.write():
             if self._table:
-                self._engine.rebuild()
+                self._engine.rebuild(forced=True)
 
     # ---------------------------------------------------------------- reading
     def _documents(self, ids: list[str]) -> list[StoredDocument]:
@@ -396,6 +552,13 @@ class KLStore(GaussianStore):
         table = self._table
 
         def write_files() -> None:
+            index = self._engine.index
+            if index is not None and index.ntotal != table.n_rows:  # load() would refuse the folder
+                raise RuntimeError(
+                    f"not saving to {target}: the {self.index_type} index holds {index.ntotal} entries but the store "
+                    f"has {table.n_rows} rows (an update that failed part-way?); the folder is left as it was. "
+                    "rebuild() rebuilds an approximate index from the stored rows"
+                )
             with atomic_dir(target) as tmp:
                 _format.write_folder(
                     tmp,
