@@ -19,7 +19,15 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["CONFIG_NAME", "GaussianEncoderConfig", "NotAnEncoderError", "encoder_config", "read_encoder_meta"]
+__all__ = [
+    "CONFIG_NAME",
+    "GaussianEncoderConfig",
+    "NotAnEncoderError",
+    "describe_saved_folder",
+    "describe_saved_meta",
+    "encoder_config",
+    "read_encoder_meta",
+]
 
 #: The JSON file of a saved encoder folder (``save_pretrained``).
 CONFIG_NAME = "config.json"
@@ -110,11 +118,56 @@ def read_encoder_meta(path: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise NotAnEncoderError(f"{cfg_file} is not valid JSON: {exc}") from None
     if not isinstance(meta, dict) or meta.get("library") != "kl_retrievers" or "encoder" not in meta:
+        other = describe_saved_meta(meta) if isinstance(meta, dict) else None
+        if other is not None:
+            raise NotAnEncoderError(f"{path} is not a saved GaussianEncoder: it is {other}")
         raise NotAnEncoderError(
             f"{path} is not a saved GaussianEncoder (its {CONFIG_NAME} was not written by kl_retrievers); "
             "to start from a plain encoder use GaussianEncoder.from_backbone"
         )
     return meta
+
+
+def describe_saved_meta(meta: dict[str, Any]) -> str | None:
+    """What a ``config.json`` written by kl_retrievers belongs to, and how to load it; ``None`` for other files.
+
+    Examples:
+        >>> describe_saved_meta({"format": "kl-retrievers/klstore"})
+        'a saved KL store (load it with KLStore.load)'
+        >>> describe_saved_meta({"library": "kl_retrievers", "kind": "gaussians"})
+        'saved Gaussians (load them with kl_retrievers.load_gaussians)'
+        >>> describe_saved_meta({"model_type": "bert"}) is None
+        True
+    """
+    fmt = meta.get("format")
+    if isinstance(fmt, str) and fmt.startswith("kl-retrievers/"):
+        kind = fmt.split("/", 1)[1]
+        if kind == "klstore":
+            return "a saved KL store (load it with KLStore.load)"
+        if kind == "hybrid":
+            return "a saved hybrid store (load it with kl_retrievers.hybrid.KLHybridStore.load)"
+        return f"a folder saved by kl_retrievers ({fmt}), not an encoder"
+    if meta.get("library") != "kl_retrievers":
+        return None
+    if meta.get("kind") == "gaussians":
+        return "saved Gaussians (load them with kl_retrievers.load_gaussians)"
+    if meta.get("backend") == "onnx":
+        return "an ONNX export of a Gaussian encoder (load it with kl_retrievers.load_model(path, backend='onnx'))"
+    if "encoder" in meta:
+        return (
+            "a saved GaussianEncoder (load it with GaussianEncoder.from_pretrained(path) or "
+            "kl_retrievers.load_model(path))"
+        )
+    return "a folder saved by kl_retrievers, not an encoder"
+
+
+def describe_saved_folder(folder: Path) -> str | None:
+    """:func:`describe_saved_meta` of ``folder``'s ``config.json``; ``None`` without one kl_retrievers wrote."""
+    try:
+        meta = json.loads((Path(folder) / CONFIG_NAME).read_bytes().decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return describe_saved_meta(meta) if isinstance(meta, dict) else None
 
 
 def encoder_config(meta: dict[str, Any], cfg_file: Path) -> GaussianEncoderConfig:

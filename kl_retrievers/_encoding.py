@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import numbers
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from typing import Any, Literal
 
 import numpy as np
@@ -108,6 +109,11 @@ def require_modules(what: str, names: Sequence[str], extra: str) -> None:
 def check_texts(texts: str | Sequence[str] | None, what: str = "texts", *, allow_str: bool = True) -> list[str]:
     """``texts`` as a list of strings; raises ``TypeError`` naming ``what`` and a bad item.
 
+    Containers whose iteration would silently give the wrong strings are refused with a ``TypeError``
+    saying what to pass: a mapping (it iterates over its keys), a set (no order, so rows could not be
+    matched to texts), ``bytes`` (its items are ints) and a table with ``.columns`` such as a pandas
+    DataFrame (it iterates over its column names).
+
     A text that cannot be encoded as UTF-8 (a lone surrogate such as ``"\\ud800"``, e.g. from JSON or from
     bytes decoded with ``errors="surrogateescape"``) raises ``ValueError`` naming ``what[i]`` and the
     character's position: tokenizers would otherwise fail with a ``TypeError`` that names neither.
@@ -133,6 +139,24 @@ def check_texts(texts: str | Sequence[str] | None, what: str = "texts", *, allow
         raise TypeError(f"{what} must be a sequence of str, not a single str; wrap it in a list")
     if texts is None or not isinstance(texts, Iterable):
         raise TypeError(f"{what} must be a str or a sequence of str; got {type(texts).__name__}")
+    kind = type(texts).__name__
+    if isinstance(texts, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{what} is {kind}, not str: decode it first (e.g. data.decode('utf-8'))")
+    if isinstance(texts, Mapping):
+        raise TypeError(
+            f"{what} is a {kind}, whose iteration gives its keys, not its texts; pass list(d.values()) for the "
+            "texts (and list(d) as their ids)"
+        )
+    if isinstance(texts, Set):
+        raise TypeError(
+            f"{what} is a {kind}, whose order is not defined, so the encoded rows could not be matched to the texts; "
+            "pass a list (e.g. sorted(texts))"
+        )
+    if hasattr(texts, "columns"):
+        raise TypeError(
+            f"{what} is a {kind} (a table), whose iteration gives its column names; pass one column as a list, "
+            'e.g. df["text"].tolist()'
+        )
     out = list(texts)
     for i, text in enumerate(out):
         if not isinstance(text, str):
@@ -176,12 +200,22 @@ def check_encode_args(*, batch_size: Any, max_length: Any, convert_to: Any) -> N
         Traceback (most recent call last):
         ValueError: batch_size must be an int >= 1; got 0
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not _is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3:
+    if not _is_int(max_length) or max_length < 3:
         raise ValueError(f"max_length must be an int >= 3; got {max_length!r}")
     if convert_to not in ("numpy", "torch"):
         raise ValueError(f"convert_to must be 'numpy' or 'torch'; got {convert_to!r}")
+
+
+def _is_int(value: Any) -> bool:
+    """Whether ``value`` is an integer (``numbers.Integral``: ``int``, ``numpy.int64``...), but not a bool.
+
+    Examples:
+        >>> _is_int(np.int64(8)), _is_int(True), _is_int(2.0)
+        (True, False, False)
+    """
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def show_progress(show_progress_bar: bool | None, n_texts: int, batch_size: int) -> bool:
@@ -244,6 +278,7 @@ class EncoderMixin:
         """Check the arguments, then encode with the backend's ``_encode_batches``."""
         items = check_texts(texts)
         check_encode_args(batch_size=batch_size, max_length=max_length, convert_to=convert_to)
+        batch_size, max_length = int(batch_size), int(max_length)  # numpy integers become plain ints
         self._use_device(device)
         if items:
             show_bar = show_progress(show_progress_bar, len(items), batch_size)

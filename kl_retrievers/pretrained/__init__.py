@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kl_retrievers.hub import ModelNotFoundError
+from kl_retrievers.hub import ModelNotFoundError, warn_if_shadowed
 
 if TYPE_CHECKING:
     from kl_retrievers.encoder import GaussianEncoder
@@ -219,7 +219,7 @@ def load_default_model(
 
 
 def load_model(
-    name_or_path: str | None = None,
+    name_or_path: str | os.PathLike[str] | None = None,
     *,
     device: str | None = None,
     backend: str | None = None,
@@ -227,10 +227,15 @@ def load_model(
 ) -> GaussianEncoder | OnnxGaussianEncoder:
     """Load a Gaussian encoder by bundled name (also as ``kl_retrievers:NAME``), local folder or hub id.
 
-    ``None`` gives the default model.
+    ``None`` gives the default model. A bundled model's name always means the bundled model, even when
+    the working folder holds a folder of that name (a saved store records bundled models by bare name,
+    so what a saved name loads must not depend on the working folder); a warning then names both. To
+    load such a folder write ``./NAME`` (or an absolute path), or pass a :class:`pathlib.Path`, which is
+    always a path. A local folder is recorded in the encoder's ``name_or_path`` as its absolute path.
 
     Args:
-        name_or_path: A bundled model name, a saved encoder folder (torch or ONNX export) or a hub id.
+        name_or_path: A bundled model name, a saved encoder folder (torch or ONNX export; a str or a
+            :class:`pathlib.Path`) or a hub id.
         device: ``"cpu"``, ``"cuda"`` or ``"mps"`` (torch); the ONNX backend runs on ``"cpu"`` only.
         backend: ``"torch"`` (a :class:`~kl_retrievers.encoder.GaussianEncoder`), ``"onnx"`` (an
             :class:`~kl_retrievers.onnx.OnnxGaussianEncoder`) or ``None``: :func:`default_backend`
@@ -238,9 +243,12 @@ def load_model(
             and a bundled model that ships its graph load as they are; any other model is exported on
             first use (torch needed) into :func:`onnx_cache_dir`, keyed by name, library version,
             quantisation and weights.
-        quantize: ONNX exports made here: ``"int8"`` (dynamic int8 weights) or ``None`` (float32).
+        quantize: ONNX exports made here: ``"int8"`` (dynamic int8 weights) or ``None`` (float32). The
+            torch backend always loads the saved float32 weights and does not quantise: any other value
+            than these two is refused on every backend.
 
     Raises:
+        TypeError: ``name_or_path`` is not a str, a path or ``None``.
         ValueError: Unknown ``backend`` or ``quantize``, a device the backend cannot use, an ONNX
             folder asked for with ``backend="torch"``, or one of :data:`RESEARCH_MODELS` from an
             installed wheel (they are in the source repository only).
@@ -256,21 +264,61 @@ def load_model(
         >>> load_model()  # doctest: +SKIP
         OnnxGaussianEncoder(name_or_path='kl_retrievers:minilm-gauss-soup', dim=384, quantize='int8')
     """
+    text = _name_or_path_text(name_or_path)
+    from kl_retrievers.onnx import QUANTIZATIONS
+
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(
+            f"quantize must be one of {QUANTIZATIONS}; got {quantize!r} (it sets the weights of ONNX exports made "
+            "here; the torch backend always loads float32 weights)"
+        )
     if backend is None:
-        backend = default_backend(name_or_path, device=device)
+        backend = default_backend(text, device=device)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None; got {backend!r}")
-    name = _bundled_name(name_or_path)
-    if name is None and name_or_path is not None:
-        _refuse_backbone_name(str(name_or_path))
+    name = _bundled_name(text)
+    if name is None and text is not None:
+        _refuse_backbone_name(text)
+    if name is not None and text is not None:
+        warn_if_shadowed(text, name)
     try:
-        return _load(name, name_or_path, device=device, backend=backend, quantize=quantize)
+        return _load(name, text, device=device, backend=backend, quantize=quantize)
     except ModelNotFoundError as exc:
-        if name is None and name_or_path is not None and not Path(name_or_path).expanduser().exists():
+        if name is None and text is not None and not Path(text).expanduser().exists():
             raise ModelNotFoundError(
                 f"{exc} Bundled models (load them by name): {', '.join(bundled_models())}."
             ) from None
         raise
+
+
+def _name_or_path_text(name_or_path: object) -> str | None:
+    """``load_model``'s ``name_or_path`` as a str: a path object becomes an absolute path (never a bundled name).
+
+    Raises:
+        TypeError: Neither a str, a path nor ``None``.
+
+    Examples:
+        >>> _name_or_path_text("minilm-gauss-soup")
+        'minilm-gauss-soup'
+        >>> _name_or_path_text(Path("/models/enc"))
+        '/models/enc'
+    """
+    if name_or_path is None or isinstance(name_or_path, str):
+        return name_or_path
+    if isinstance(name_or_path, os.PathLike):
+        text = os.fspath(name_or_path)
+        if isinstance(text, str):
+            return os.path.abspath(os.path.expanduser(text))  # a path object is a path, never a bundled name or hub id
+    raise TypeError(
+        "name_or_path must be a bundled model name, a folder (a str or a path) or None; "
+        f"got {type(name_or_path).__name__}"
+    )
+
+
+def _local_reference(name_or_path: str) -> str:
+    """An existing local folder as its absolute path (it then means the same folder from any working folder)."""
+    local = Path(name_or_path).expanduser()
+    return str(local.resolve()) if local.is_dir() else name_or_path
 
 
 def _refuse_backbone_name(name_or_path: str) -> None:
@@ -446,7 +494,7 @@ def _load_onnx(
         from kl_retrievers.hub import resolve_model_path
 
         assert name_or_path is not None
-        source, display = resolve_model_path(name_or_path), name_or_path
+        source, display = resolve_model_path(name_or_path), _local_reference(name_or_path)
         if _is_onnx_export(source):
             return OnnxGaussianEncoder(source, name_or_path=display)
         from kl_retrievers._config import encoder_config, read_encoder_meta

@@ -507,7 +507,8 @@ def run_train(args: argparse.Namespace) -> int:
     include_backbone = not encoder.config.backbone
     if include_backbone:
         logger.info("the encoder records no base backbone, so every weight is saved")
-    encoder.save_pretrained(out, include_backbone=include_backbone, extra_files=extra_files)  # one atomic swap
+    # check_train_out has already refused what --overwrite does not allow; one atomic swap
+    encoder.save_pretrained(out, include_backbone=include_backbone, extra_files=extra_files, overwrite=True)
     loss_text = f"{final:.4f}" if math.isfinite(final) else "n/a (no step recorded)"
     print(f"saved {out} after {result.steps_done} steps ({result.stopped}); final loss {loss_text}", file=sys.stderr)
     return 0
