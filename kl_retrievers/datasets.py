@@ -259,11 +259,27 @@ def _iter_lines(path: Path) -> Iterator[tuple[int, str]]:
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` of each non-blank line of a JSON Lines file.
+
+    A malformed line raises :class:`DatasetError` naming its line and the column within that line
+    (the line ending is not part of the JSON text, so an object cut short is reported at the end
+    of its own line, not at column 1 of the next).
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     f = Path(tmp) / "c.jsonl"
+        ...     _ = f.write_text('{"_id": "d1", "text": "x"}\\n{"_id": "d2", "text": "y"\\n')
+        ...     list(_iter_jsonl(f))
+        Traceback (most recent call last):
+        kl_retrievers.datasets.DatasetError: .../c.jsonl, line 2: malformed JSON (Expecting ',' delimiter at column 26)
+    """
     for lineno, raw in _iter_lines(path):
         if not raw.strip():
             continue
+        text = raw.rstrip("\r\n")
         try:
-            obj = json.loads(raw)
+            obj = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DatasetError(f"malformed JSON ({exc.msg} at column {exc.colno})", path=path, line=lineno) from None
         if not isinstance(obj, dict):
@@ -488,12 +504,46 @@ def available_splits(path: str | os.PathLike[str]) -> list[str]:
     return sorted(p.stem for p in qdir.glob("*.tsv") if p.is_file())
 
 
+def _split_path(root: Path, split: str) -> Path:
+    """``root/qrels/<split>.tsv``, for a split that names one of the folder's own qrels files.
+
+    A split is a file name, not a path: one holding ``/``, ``\\`` or ``..`` (which would read
+    qrels from outside ``qrels/``, even another collection's) or naming no ``qrels/*.tsv`` is
+    refused, the message listing the available splits.
+
+    Examples:
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> (Path(tmp.name) / "qrels").mkdir()
+        >>> _ = (Path(tmp.name) / "qrels" / "test.tsv").write_text("q\\td\\t1\\n")
+        >>> _split_path(Path(tmp.name), "test").name
+        'test.tsv'
+        >>> _split_path(Path(tmp.name), "../../other/qrels/test")
+        Traceback (most recent call last):
+        kl_retrievers.datasets.DatasetError: .../qrels: split '../../other/qrels/test' is not a split name ...
+        >>> tmp.cleanup()
+    """
+    qdir = root / QRELS_DIR
+    splits = available_splits(root) if qdir.is_dir() else []
+    if not isinstance(split, str) or not split or any(bad in split for bad in ("/", "\\", "..", "\0")):
+        raise DatasetError(
+            f"split {split!r} is not a split name (a file qrels/<split>.tsv of this folder; no '/', '\\' or "
+            f"'..'); available splits: {splits}",
+            path=qdir,
+        )
+    qrels_path = qdir / f"{split}.tsv"
+    if not qrels_path.is_file() or split not in splits:
+        raise DatasetError(f"qrels for split {split!r} not found; available splits: {splits}", path=qrels_path)
+    return qrels_path
+
+
 def load_beir(path: str | os.PathLike[str], split: str = "test", *, unknown_docs: str = "error") -> BeirDataset:
     """Load one split of a BEIR folder.
 
     Args:
         path: Folder with ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv``.
-        split: Which qrels file to read.
+        split: Which qrels file to read: the name of one of ``qrels/*.tsv`` (:func:`available_splits`;
+            a path such as ``../other/qrels/test`` is refused).
         unknown_docs: ``"error"`` (default) raises on a judgement naming a document that is
             not in the corpus; ``"drop"`` skips such judgements with a warning (useful for
             pooled collections whose official qrels judge documents outside the pool). A query
@@ -505,10 +555,10 @@ def load_beir(path: str | os.PathLike[str], split: str = "test", *, unknown_docs
         mark is skipped).
 
     Raises:
-        DatasetError: On a missing file, a line that is not UTF-8 or is malformed, duplicate ids,
-            an id with leading or trailing whitespace, a qrels line whose columns do not fit the
-            file's layout (BEIR 3 columns, or headerless TREC 4), or qrels naming an unknown query
-            (or document, unless ``unknown_docs="drop"``).
+        DatasetError: On a split that is not one of the folder's, a missing file, a line that is
+            not UTF-8 or is malformed, duplicate ids, an id with leading or trailing whitespace, a
+            qrels line whose columns do not fit the file's layout (BEIR 3 columns, or headerless
+            TREC 4), or qrels naming an unknown query (or document, unless ``unknown_docs="drop"``).
 
     Examples:
         >>> data = load_beir("../shared/datasets/scifact", "test")  # doctest: +SKIP
@@ -521,12 +571,9 @@ def load_beir(path: str | os.PathLike[str], split: str = "test", *, unknown_docs
     if not root.is_dir():
         raise DatasetError("dataset folder not found", path=root)
     corpus_path, queries_path = root / CORPUS_FILE, root / QUERIES_FILE
-    qrels_path = root / QRELS_DIR / f"{split}.tsv"
     _require_file(corpus_path, "corpus file")
     _require_file(queries_path, "queries file")
-    if not qrels_path.is_file():
-        splits = available_splits(root) if (root / QRELS_DIR).is_dir() else []
-        raise DatasetError(f"qrels for split {split!r} not found; available splits: {splits}", path=qrels_path)
+    qrels_path = _split_path(root, split)
     corpus = _load_corpus(corpus_path)
     all_queries = _load_queries(queries_path)
     qrels = _load_qrels(qrels_path, all_queries, corpus, unknown_docs)

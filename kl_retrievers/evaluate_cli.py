@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterable, Mapping
@@ -43,10 +44,12 @@ from kl_retrievers.datasets import load_beir
 from kl_retrievers.encoding_cache import CACHE_ENV
 from kl_retrievers.evaluation import (
     DEFAULT_METRICS,
+    METRICS,
     EvaluationResult,
     check_trec_ids,
     evaluate_model,
     evaluate_run,
+    finite_json,
     load_per_query,
     model_similarity,
     paired_test,
@@ -64,6 +67,10 @@ _EVALUATE_HELP = "Evaluate a Gaussian model (exact -KL), a BM25 + -KL hybrid or 
 #: building the parser does not import the hybrid module).
 HYBRID_MODES: tuple[str, ...] = ("rrf", "convex", "adaptive")
 _NORMALIZATIONS = ("minmax", "zscore")
+#: What each baseline ranks by (the ``score`` of its ``--json`` summary); every score is higher-is-better.
+BASELINE_SCORES: dict[str, str] = {"bm25": "bm25", "minilm": "cosine", "bge-small": "cosine"}
+#: The direction of every score ``evaluate`` ranks by (``score_direction`` of the summary).
+SCORE_DIRECTION = "higher_is_better"
 
 
 def unit_interval(text: str) -> float:
@@ -159,7 +166,18 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         help="save per-query metrics and each query's QPP predictors (uncertainty, qpp.*): .json (with the summary "
         "and its qpp object under meta), or .tsv by suffix",
     )
-    p.add_argument("--compare", metavar="RUN_FILE", help="per-query file of another system: paired t-test against it")
+    p.add_argument(
+        "--compare",
+        metavar="RUN_FILE",
+        help="per-query file of another system: paired t-test against it, query by query (refused when its meta "
+        "names another dataset or split, or it shares fewer than 2 queries with this run)",
+    )
+    p.add_argument(
+        "--compare-any",
+        action="store_true",
+        help="compare with a --compare file whose meta names another dataset or split (with a warning): its "
+        "queries are paired with this run's by id alone",
+    )
     p.add_argument("--save-run", metavar="FILE", help="also write the retrieved run in TREC format")
     p.add_argument(
         "--batch-size",
@@ -189,7 +207,8 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         type=int,
         default=100,
         metavar="K",
-        help="documents retrieved per query (default: 100; NQC in the qpp object reads the top min(100, K) "
+        help="documents retrieved per query (default: 100; below a metric's cutoff, e.g. 100 of recall@100, that "
+        "metric reads a shorter run, with a warning; NQC in the qpp object reads the top min(100, K) "
         "scores, and a baseline's NQC and WIG reference score is the mean of all K)",
     )
     p.add_argument("--cache-dir", default=None, help=f"encoding cache (default: ${CACHE_ENV} or ~/.cache/...)")
@@ -217,8 +236,11 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def _print_table(summary: Mapping[str, Any], metrics: Iterable[str], compare: Mapping[str, Any] | None) -> None:
-    print(f"dataset: {summary['dataset']}  split: {summary['split']}  queries: {summary['queries']}")
-    print(f"model:   {summary['model']}")
+    depth = f"  depth: {summary['depth']}" if summary.get("depth") is not None else ""
+    print(f"dataset: {summary['dataset']}  split: {summary['split']}  queries: {summary['queries']}{depth}")
+    score = summary.get("score")
+    direction = str(summary.get("score_direction", SCORE_DIRECTION)).replace("_", " ")
+    print(f"model:   {summary['model']}" + (f"  (score: {score}, {direction})" if score else ""))
     for name in metrics:
         print(f"  {name:<11} {summary[name]:.4f}")
     if compare:
@@ -340,6 +362,101 @@ def _evaluate_hybrid(
     return result, dense_run, weights
 
 
+def metric_cutoff(name: str) -> int | None:
+    """The rank cutoff of a reported metric (``10`` of ``ndcg@10``), ``None`` when it has none.
+
+    Examples:
+        >>> metric_cutoff("recall@100"), metric_cutoff("ndcg@10")
+        (100, 10)
+    """
+    _, _, cutoff = METRICS.get(name, name).partition("@")
+    return int(cutoff) if cutoff.isdigit() else None
+
+
+def _depth_warning(depth: int, metrics: Iterable[str]) -> str | None:
+    """The warning for a ``--depth`` below the cutoff of some reported metrics (``None``: none is).
+
+    Examples:
+        >>> _depth_warning(100, ["ndcg@10", "recall@100"]) is None
+        True
+        >>> print(_depth_warning(50, ["ndcg@10", "recall@100"]))  # doctest: +ELLIPSIS
+        --depth 50 is below the cutoff of recall@100: ... a run of 50 documents per query ...
+    """
+    short = [name for name in metrics if (cutoff := metric_cutoff(name)) is not None and depth < cutoff]
+    if not short:
+        return None
+    return (
+        f"--depth {depth} is below the cutoff of {', '.join(short)}: {'it is' if len(short) == 1 else 'they are'} "
+        f"computed on a run of {depth} documents per query (a document ranked past {depth} counts as not retrieved), "
+        "not comparable with figures at the default depth 100"
+    )
+
+
+def _same_dataset(recorded: Any, path: Path) -> bool:
+    """Whether a ``meta.dataset`` recorded in a per-query file names the folder ``path``.
+
+    As written, resolved against the working directory, or the same folder on disk.
+
+    Examples:
+        >>> _same_dataset("data/scifact", Path("data/scifact/")), _same_dataset("data/a", Path("data/b"))
+        (True, False)
+    """
+    other = Path(str(recorded))
+    if other == path or str(recorded) == str(path):
+        return True
+    try:
+        if other.resolve() == path.resolve():
+            return True
+        return other.exists() and path.exists() and os.path.samefile(other, path)
+    except OSError:
+        return False
+
+
+def _compare_problem(
+    args: argparse.Namespace, dataset: Any, other_pq: Mapping[str, Mapping[str, float]], other_meta: Mapping[str, Any]
+) -> str | None:
+    """What forbids ``--compare`` with this file (``None``: nothing), checked before any encoding.
+
+    Refused: a file whose meta names another dataset or split (unless ``--compare-any``: then a
+    warning), and one sharing fewer than 2 queries (with a reported metric) with this run. A meta
+    without ``dataset`` or ``split`` (an older file, a TSV) is compared with a warning.
+    """
+    name = args.compare
+    recorded = {key: other_meta.get(key) for key in ("dataset", "split")}
+    absent = [key for key, value in recorded.items() if value is None]
+    if absent:
+        logger.warning(
+            "--compare %s: its meta records no %s (an older file or a TSV), so it cannot be checked to be from "
+            "the same %s as this run (%s); its queries are paired with this run's by id",
+            name,
+            " or ".join(absent),
+            " and ".join(absent),
+            ", ".join(f"{key} {getattr(dataset, 'path' if key == 'dataset' else key)}" for key in absent),
+        )
+    differ = []
+    if recorded["dataset"] is not None and not _same_dataset(recorded["dataset"], Path(dataset.path)):
+        differ.append(f"dataset {recorded['dataset']} (this run: {dataset.path})")
+    if recorded["split"] is not None and str(recorded["split"]) != dataset.split:
+        differ.append(f"split {recorded['split']} (this run: {dataset.split})")
+    if differ:
+        what = f"--compare {name} is from {' and '.join(differ)}"
+        if not getattr(args, "compare_any", False):
+            return (
+                f"{what}; queries are paired by id, so another collection's or split's results would be tested as "
+                "if they were this run's queries. Pass --compare-any to compare anyway"
+            )
+        logger.warning("%s; compared anyway (--compare-any), pairing queries by id", what)
+    metrics = set(DEFAULT_METRICS)
+    shared = [qid for qid in dataset.qrels if metrics.intersection(other_pq.get(qid, ()))]
+    if len(shared) < 2:
+        return (
+            f"--compare {name} shares {len(shared)} quer{'y' if len(shared) == 1 else 'ies'} (with any of "
+            f"{', '.join(DEFAULT_METRICS)}) with this run's {len(dataset.qrels)}; a paired test needs at least 2 "
+            f"(the file holds {len(other_pq)} queries: is it from this collection and split?)"
+        )
+    return None
+
+
 def _missing_package_problem(args: argparse.Namespace) -> str | None:
     """What is not installed for this evaluation, said before the dataset is read or anything encoded."""
     if missing_modules(["ir_measures"]):
@@ -357,8 +474,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """Run ``kl-retrievers evaluate`` from parsed arguments.
 
     Returns:
-        0 on success, 2 on bad input (missing or malformed dataset or comparison file, or
-        ``--hybrid`` options that do not go together).
+        0 on success, 2 on bad input (missing or malformed dataset or comparison file, a split that
+        is not one of the dataset's, a comparison file from another dataset or split without
+        ``--compare-any`` or sharing fewer than 2 queries with the run, or ``--hybrid`` options that
+        do not go together).
 
     Examples:
         >>> parser = argparse.ArgumentParser()
@@ -395,6 +514,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"kl-retrievers evaluate: error: {exc}", file=sys.stderr)
             return 2
+        problem = _compare_problem(args, dataset, *other)
+        if problem:
+            print(f"kl-retrievers evaluate: error: {problem}", file=sys.stderr)
+            return 2
+    elif getattr(args, "compare_any", False):
+        logger.warning("--compare-any has no effect without --compare")
+    depth_warning = _depth_warning(args.depth, DEFAULT_METRICS)
+    if depth_warning:
+        logger.warning("%s", depth_warning)
     cache_dir = args.cache_dir
     use_cache = not args.no_cache
     score_run: dict[str, dict[str, float]] = {}
@@ -428,7 +556,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
             **args_subset(args, "batch_size", "max_length"),
         )
         aggregate, per_query = evaluate_run(dataset.qrels, run)
-        info = {"seconds": round(time.perf_counter() - t0, 2)}
+        info = {
+            "score": BASELINE_SCORES.get(args.baseline, args.baseline),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
         result = EvaluationResult(str(dataset.path), dataset.split, label, aggregate, per_query, run, info)
     else:
         from kl_retrievers.pretrained import load_model
@@ -457,6 +588,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 show_progress=show,
                 **args_subset(args, "means_only", "batch_size", "max_length", "query_max_length"),
             )
+    # every mode: what the run is ranked by, its direction and its depth (in --json, the per-query meta, the table)
+    result.info = {
+        "score": result.info.get("score"),
+        "score_direction": SCORE_DIRECTION,
+        "depth": args.depth,
+        **{k: v for k, v in result.info.items() if k not in ("score", "score_direction", "depth")},
+    }
     summary = result.summary()
     qpp_values: dict[str, dict[str, float]] = {}
     # QPP only when something shows it: --json, --qpp, or the per-query file (its predictors and its meta's qpp)
@@ -503,10 +641,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 tests[name] = paired_test(result.per_query, other_pq, name).to_dict()
             except ValueError as exc:
                 logger.warning("no paired test for %s: %s", name, exc)
-        compare = {"file": str(args.compare), "model": other_meta.get("model"), "tests": tests}
+        compare = {
+            "file": str(args.compare),
+            "model": other_meta.get("model"),
+            "dataset": other_meta.get("dataset"),
+            "split": other_meta.get("split"),
+            "tests": tests,
+        }
         summary["compare"] = compare
     if args.json:
-        sys.stdout.write(json.dumps(summary) + "\n")
+        replaced: list[str] = []
+        document = finite_json(summary, found=replaced)  # standard JSON: no NaN or Infinity
+        if replaced:
+            logger.warning("values that are not finite numbers are written as null: %s", ", ".join(replaced))
+        sys.stdout.write(json.dumps(document, allow_nan=False) + "\n")
     else:
         _print_table(summary, DEFAULT_METRICS, compare)
         if getattr(args, "qpp", False):

@@ -215,8 +215,9 @@ class PairedTestResult:
         n: Number of queries both systems were scored on.
         mean_a: Mean of system A.
         mean_b: Mean of system B.
-        mean_diff: ``mean_a - mean_b``.
-        t_statistic: The t statistic (``inf``/``-inf`` when every difference is the same non-zero value).
+        mean_diff: ``mean_a - mean_b`` (per-query differences below :data:`DIFF_TOLERANCE` counted as 0).
+        t_statistic: The t statistic (``inf``/``-inf`` when every difference is the same non-zero value;
+            ``0`` when every difference is zero, float rounding included: see :func:`paired_test`).
         p_value: Two-sided p-value.
         method: ``"paired t-test (scipy)"`` or ``"paired t-test (builtin)"``.
     """
@@ -298,6 +299,11 @@ def t_two_sided_p(t: float, df: int) -> float:
     return min(1.0, max(0.0, _betainc(df / 2.0, 0.5, df / (df + t * t))))
 
 
+#: Per-query differences smaller than this (in absolute value) count as 0 in :func:`paired_test`:
+#: float rounding, not a difference between systems (metrics lie in [0, 1]).
+DIFF_TOLERANCE = 1e-12
+
+
 def paired_test(
     per_query_a: Mapping[str, Mapping[str, float]],
     per_query_b: Mapping[str, Mapping[str, float]],
@@ -306,6 +312,13 @@ def paired_test(
     use_scipy: bool = True,
 ) -> PairedTestResult:
     """Two-sided paired t-test of ``metric`` over the queries both systems were scored on.
+
+    A per-query difference whose absolute value is below :data:`DIFF_TOLERANCE` (``1e-12``) counts as
+    0 before testing: two systems that differ only by float rounding (differences of ``2e-16``
+    on a few queries) are equal, not infinitely significant. When every difference is then 0 the
+    result is ``t = 0``, ``p = 1``; ``t = ±inf``, ``p = 0`` only when every difference is the same
+    value, non-zero beyond the tolerance (no spread to test against). The means are those of the
+    values as given; ``mean_diff`` is the mean of the differences after the tolerance.
 
     Args:
         per_query_a: Query id -> {metric: value} for system A (as from :func:`evaluate_run`).
@@ -317,7 +330,7 @@ def paired_test(
         The means, their difference (A - B), the t statistic and the p-value.
 
     Raises:
-        ValueError: If fewer than two queries are shared.
+        ValueError: If fewer than two queries are shared, or a shared value is not finite.
 
     Examples:
         >>> a = {"q1": {"ndcg@10": 0.5}, "q2": {"ndcg@10": 0.7}, "q3": {"ndcg@10": 0.9}}
@@ -325,6 +338,10 @@ def paired_test(
         >>> res = paired_test(a, b)
         >>> round(res.mean_diff, 3), res.n
         (0.1, 3)
+        >>> c = {"q1": {"ndcg@10": 0.5}, "q2": {"ndcg@10": 0.7 + 2e-16}, "q3": {"ndcg@10": 0.9}}
+        >>> res = paired_test(a, c)  # float rounding only: no difference
+        >>> res.t_statistic, res.p_value, res.mean_diff
+        (0.0, 1.0, 0.0)
     """
     shared = [q for q in per_query_a if q in per_query_b and metric in per_query_a[q] and metric in per_query_b[q]]
     if len(shared) < 2:
@@ -334,13 +351,20 @@ def paired_test(
         logger.warning("paired test on %d shared queries (%d only in A, %d only in B)", len(shared), *only)
     a = np.array([float(per_query_a[q][metric]) for q in shared], dtype=np.float64)
     b = np.array([float(per_query_b[q][metric]) for q in shared], dtype=np.float64)
+    for values, side in ((a, "A"), (b, "B")):
+        if not np.isfinite(values).all():
+            i = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise ValueError(f"system {side}: query {shared[i]!r}, metric {metric!r} is {values[i]}; expected a number")
     diff = a - b
+    diff[np.abs(diff) < DIFF_TOLERANCE] = 0.0  # float rounding is no difference
     n = len(diff)
     mean_diff = float(diff.mean())
     sd = float(diff.std(ddof=1))
     method = "paired t-test (builtin)"
-    if sd == 0.0 or sd < 1e-12 * max(1.0, abs(mean_diff)):
-        t, p = (0.0, 1.0) if mean_diff == 0.0 else (math.copysign(math.inf, mean_diff), 0.0)
+    if not diff.any():
+        t, p = 0.0, 1.0
+    elif sd == 0.0 or sd < 1e-12 * max(1.0, abs(mean_diff)):  # one non-zero difference throughout
+        t, p = math.copysign(math.inf, mean_diff), 0.0
     else:
         t = mean_diff / (sd / math.sqrt(n))
         p = float("nan")
@@ -348,7 +372,7 @@ def paired_test(
             try:
                 from scipy import stats
 
-                res = stats.ttest_rel(a, b)
+                res = stats.ttest_1samp(diff, 0.0)  # = ttest_rel(a, b), on the differences after the tolerance
                 t, p = float(res.statistic), float(res.pvalue)
                 method = "paired t-test (scipy)"
             except ImportError:
@@ -734,6 +758,7 @@ def evaluate_model(
     label += f" [{similarity}]" if similarity != "neg_kl" else ""
     info = {
         "score": "neg_sq_l2_means" if means_only else similarity,
+        "depth": k,
         "encode_s": round(t1 - t0, 2),
         "retrieve_s": round(t2 - t1, 2),
     }
@@ -754,7 +779,10 @@ def save_per_query(
     """Write per-query metrics as JSON (default) or TSV (``.tsv`` suffix).
 
     JSON: ``{"meta": {...}, "per_query": {qid: {metric: value}}}``. TSV: a header
-    ``query_id<TAB>metric...`` then one row per query.
+    ``query_id<TAB>metric...`` then one row per query. The file is standard JSON: a per-query value
+    that is not a finite number raises ``ValueError`` (naming the query and metric; nothing is
+    written), as :func:`load_per_query` would refuse it, and a non-finite number in ``meta`` is
+    written as ``null``.
 
     Examples:
         >>> import tempfile
@@ -764,6 +792,12 @@ def save_per_query(
         >>> lines
         ['query_id\\tndcg@10', 'q1\\t0.5']
     """
+    for qid, values in per_query.items():
+        for name, value in values.items():
+            if not math.isfinite(value):
+                raise ValueError(
+                    f"per-query results: query {qid!r}, metric {name!r} is {value}; expected a finite number"
+                )
     p = Path(path)
     if p.parent and not p.parent.exists():
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -776,8 +810,34 @@ def save_per_query(
             lines.append("\t".join([qid, *(repr(float(values[n])) if n in values else "" for n in names)]))
         p.write_text("\n".join(lines) + "\n", encoding="utf-8")
     else:
-        doc = {"meta": dict(meta or {}), "per_query": {q: dict(v) for q, v in per_query.items()}}
-        p.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        doc = {"meta": finite_json(dict(meta or {})), "per_query": {q: dict(v) for q, v in per_query.items()}}
+        p.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def finite_json(obj: Any, where: str = "", found: list[str] | None = None) -> Any:
+    """``obj`` with every float that is not finite (NaN, ±inf) replaced by ``None``, for standard JSON.
+
+    Where the code means "undefined" it writes ``None`` already (a QPP correlation on constant
+    input); this is the net under that, so ``json.dumps(..., allow_nan=False)`` never meets
+    ``NaN`` or ``Infinity``. Mappings, lists and tuples are copied; ``found`` (when given) collects
+    the key path of each value replaced.
+
+    Examples:
+        >>> found = []
+        >>> finite_json({"a": 1.0, "b": [float("nan"), 2], "c": {"d": float("inf")}}, found=found)
+        {'a': 1.0, 'b': [None, 2], 'c': {'d': None}}
+        >>> found
+        ['b[0]', 'c.d']
+    """
+    if isinstance(obj, float) and not math.isfinite(obj):
+        if found is not None:
+            found.append(where or "(top)")
+        return None
+    if isinstance(obj, Mapping):
+        return {k: finite_json(v, f"{where}.{k}" if where else str(k), found) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v, f"{where}[{i}]", found) for i, v in enumerate(obj)]
+    return obj
 
 
 def load_per_query(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
@@ -787,7 +847,9 @@ def load_per_query(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, fl
         ``(per_query, meta)``; ``meta`` is empty for TSV files.
 
     Raises:
-        ValueError: If the file is not a per-query results file (message names file and line).
+        ValueError: If the file is not a per-query results file (message names file and line), or
+            holds a value that is not a finite number (``NaN``, ``Infinity``: naming the query and
+            metric).
 
     Examples:
         >>> load_per_query("runs/bm25.scifact.json")  # doctest: +SKIP
@@ -819,10 +881,20 @@ def load_per_query(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, fl
         cols = line.split("\t")
         if len(cols) != len(names) + 1:
             raise ValueError(f"{p}, line {lineno}: expected {len(names) + 1} columns, got {len(cols)}")
-        try:
-            out[cols[0]] = {n: float(v) for n, v in zip(names, cols[1:], strict=True) if v != ""}
-        except ValueError:
-            raise ValueError(f"{p}, line {lineno}: a value is not a number") from None
+        row: dict[str, float] = {}
+        for name, v in zip(names, cols[1:], strict=True):
+            if v == "":
+                continue
+            try:
+                value = float(v)
+            except ValueError:
+                raise ValueError(f"{p}, line {lineno}: a value is not a number") from None
+            if not math.isfinite(value):
+                raise ValueError(
+                    f"{p}, line {lineno}: query {cols[0]!r}, metric {name!r}: {v!r} is not a finite number"
+                )
+            row[name] = value
+        out[cols[0]] = row
     return out, {}
 
 
@@ -852,7 +924,7 @@ def check_trec_ids(ids: Iterable[Any], what: str, flag: str | None = None) -> No
 
 
 def _per_query_numbers(path: Path, per_query: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-    """A JSON per-query mapping checked: each query maps to an object of metric -> number."""
+    """A JSON per-query mapping checked: each query maps to an object of metric -> finite number."""
     out: dict[str, dict[str, float]] = {}
     for qid, values in per_query.items():
         if not isinstance(values, dict):
@@ -864,7 +936,13 @@ def _per_query_numbers(path: Path, per_query: Mapping[str, Any]) -> dict[str, di
         for metric, value in values.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{path}: query {qid!r}, metric {metric!r}: expected a number; got {value!r}")
-            row[str(metric)] = float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond float range
+                number = math.inf
+            if not math.isfinite(number):  # json reads NaN, Infinity and -Infinity
+                raise ValueError(f"{path}: query {qid!r}, metric {metric!r}: expected a finite number; got {value!r}")
+            row[str(metric)] = number
         out[str(qid)] = row
     return out
 
