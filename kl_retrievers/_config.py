@@ -26,6 +26,7 @@ __all__ = [
     "describe_saved_folder",
     "describe_saved_meta",
     "encoder_config",
+    "is_saved_encoder",
     "read_encoder_meta",
 ]
 
@@ -97,6 +98,21 @@ class GaussianEncoderConfig:
         if extra:
             kwargs["extra"] = {**kwargs.get("extra", {}), **extra}
         return cls(**kwargs)
+
+
+def is_saved_encoder(folder: Path) -> bool:
+    """Whether ``folder`` holds the ``config.json`` of a GaussianEncoder saved by kl_retrievers (a save may replace it).
+
+    Examples:
+        >>> import tempfile
+        >>> is_saved_encoder(Path(tempfile.mkdtemp()))
+        False
+    """
+    try:
+        read_encoder_meta(folder)
+    except (NotAnEncoderError, OSError):
+        return False
+    return True
 
 
 def read_encoder_meta(path: Path) -> dict[str, Any]:

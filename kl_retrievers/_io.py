@@ -606,12 +606,15 @@ def _absolute_target(target: str | os.PathLike[str]) -> tuple[Path, bool]:
         cwd = Path(os.getcwd())
     except OSError:  # the working folder was deleted: nothing to protect
         return final, False
-    if cwd != final and is_within(cwd, final):
+    # the working folder's name has its links resolved: compare it with the target's real location (its parent
+    # resolved; a link at the target itself is replaced, not followed)
+    real = Path(os.path.realpath(final.parent)) / final.name
+    if cwd != real and is_within(cwd, real):
         raise ValueError(
             f"cannot save into {os.fspath(target)!r} ({final}): it holds the current working folder {cwd}, and a "
             "save replaces its target folder as a whole; save into another folder"
         )
-    return final, cwd == final
+    return final, cwd == real
 
 
 def check_replace_target(

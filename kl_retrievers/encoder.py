@@ -34,6 +34,7 @@ from kl_retrievers._config import (
     GaussianEncoderConfig,
     NotAnEncoderError,
     encoder_config,
+    is_saved_encoder,
     read_encoder_meta,
 )
 from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, require_torch
@@ -501,7 +502,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
             >>> encoder.save_pretrained("my-encoder")  # doctest: +SKIP
         """
         target = Path(path)
-        check_replace_target(target, is_ours=_is_saved_encoder, what="a saved GaussianEncoder", overwrite=overwrite)
+        check_replace_target(target, is_ours=is_saved_encoder, what="a saved GaussianEncoder", overwrite=overwrite)
         state, lora = self._plain_state()
         meta: dict[str, Any] = {
             "library": "kl_retrievers",
@@ -670,7 +671,8 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         encoder names the same folder from any working folder.
 
         When ``config.json`` records the weights' SHA-256 (``weights_sha256``; every save since it was
-        added), the weights file is checked against it before it is read.
+        added), the weights file is checked against it once the weights are read (a file too damaged to read
+        gives the read error instead).
 
         Raises:
             NotAnEncoderError: The folder is not a saved Gaussian encoder (the message says what it is
@@ -825,15 +827,6 @@ def _model_reference(name_or_path: object) -> str:
         if isinstance(text, str):
             return text
     raise TypeError(f"name_or_path must be a str or a path; got {type(name_or_path).__name__}")
-
-
-def _is_saved_encoder(folder: Path) -> bool:
-    """Whether ``folder`` holds the ``config.json`` of a saved GaussianEncoder (which a new save may replace)."""
-    try:
-        read_encoder_meta(folder)
-    except (NotAnEncoderError, OSError):
-        return False
-    return True
 
 
 def _check_weights_sha256(meta: dict[str, Any], cfg_file: Path, weights_file: Path) -> None:

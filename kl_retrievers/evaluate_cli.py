@@ -395,7 +395,10 @@ def _depth_warning(depth: int, metrics: Iterable[str]) -> str | None:
 def _same_dataset(recorded: Any, path: Path) -> bool:
     """Whether a ``meta.dataset`` recorded in a per-query file names the folder ``path``.
 
-    As written, resolved against the working directory, or the same folder on disk.
+    As written, resolved against the working directory, or the same folder on disk. A relative
+    path that names no folder from here was recorded in another working directory (the repo's
+    ``runs/eval/pq`` files record ``../shared/datasets/NAME``, run from the repo root): it then
+    counts as the same dataset when its last component is this folder's name, with a warning.
 
     Examples:
         >>> _same_dataset("data/scifact", Path("data/scifact/")), _same_dataset("data/a", Path("data/b"))
@@ -407,9 +410,19 @@ def _same_dataset(recorded: Any, path: Path) -> bool:
     try:
         if other.resolve() == path.resolve():
             return True
-        return other.exists() and path.exists() and os.path.samefile(other, path)
+        if other.exists() and path.exists():
+            return os.path.samefile(other, path)
     except OSError:
         return False
+    if not other.is_absolute() and not other.exists() and other.name == path.resolve().name:
+        logger.warning(
+            "--compare: the file records dataset %s, relative to another working directory (no such folder "
+            "from here); taken as this run's %s, which has the same name",
+            recorded,
+            path,
+        )
+        return True
+    return False
 
 
 def _compare_problem(

@@ -307,3 +307,31 @@ def test_a_malformed_json_line_is_reported_at_its_own_column(tmp_path: Path) -> 
         DatasetError, match=rf"line 5: malformed JSON \(Expecting ',' delimiter at column {len(line) + 1}\)"
     ):
         load_beir(root)
+
+
+def test_compare_accepts_the_same_dataset_recorded_from_another_working_directory(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # the repo's runs/eval/pq files record ../shared/datasets/NAME, written from the repo root
+    root = _beir(tmp_path / "data" / "beir")
+    (tmp_path / "repo" / "notebooks").mkdir(parents=True)
+    other = _per_query_file(tmp_path / "other.json", {"dataset": "../data/beir", "split": "test"})
+    monkeypatch.chdir(tmp_path / "repo" / "notebooks")  # ../data/beir names no folder from here
+    caplog.set_level(logging.WARNING)
+    assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--json", "--compare", str(other)]) == 0
+    assert json.loads(capsys.readouterr().out)["compare"]["tests"]["ndcg@10"]["n"] == 3
+    assert "relative to another working directory" in _warnings(caplog)
+
+
+def test_compare_still_refuses_a_relative_dataset_of_another_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _beir(tmp_path / "data" / "beir")
+    (tmp_path / "elsewhere").mkdir()
+    other = _per_query_file(tmp_path / "other.json", {"dataset": "../data/cranfield", "split": "test"})
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--compare", str(other)]) == 2
+    assert "--compare-any" in capsys.readouterr().err

@@ -239,6 +239,28 @@ def test_save_into_a_folder_holding_the_working_folder_is_refused(
     assert (tmp_path / "out" / "inside").is_dir() and _leftovers(tmp_path) == []
 
 
+def test_save_through_a_link_into_a_folder_holding_the_working_folder_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "real" / "out" / "inside").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    monkeypatch.chdir(tmp_path / "real" / "out" / "inside")
+    with pytest.raises(ValueError, match="holds the current working folder"), atomic_dir(tmp_path / "link" / "out"):
+        pass
+    assert (tmp_path / "real" / "out" / "inside").is_dir()
+
+
+def test_save_through_a_link_into_the_working_folder_moves_into_the_new_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "real" / "out").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    monkeypatch.chdir(tmp_path / "real" / "out")
+    with atomic_dir(tmp_path / "link" / "out") as tmp:
+        (tmp / "a.txt").write_text("x")
+    assert Path(os.getcwd()) == (tmp_path / "real" / "out").resolve() and Path("a.txt").read_text() == "x"
+
+
 def test_atomic_dir_removes_its_temporary_folder_when_the_swap_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -122,6 +122,30 @@ def test_failed_engine_add_rolls_back_the_table(tmp_path: Path, monkeypatch: pyt
     assert len(KLStore.load(store.save(tmp_path / "s"))) == 20
 
 
+@pytest.mark.parametrize("index_type", ["flat", "hnsw"])
+def test_an_add_that_fails_after_indexing_its_rows_is_undone_in_the_index_too(
+    index_type: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = KLStore(index_type=index_type)
+    store.add(gaussians=_gaussians(40, 8), ids=_ids(40))
+    queries = _gaussians(3, 12)
+    before = _ranked(store, queries)
+    original = store._engine.add_rows
+
+    def index_then_fail(start: int, prepared: Any) -> None:
+        original(start, prepared)  # the new rows' entries are in the index now
+        raise MemoryError("no memory")
+
+    monkeypatch.setattr(store._engine, "add_rows", index_then_fail)
+    with pytest.raises(MemoryError):
+        store.add(gaussians=_gaussians(3, 9), ids=["d0", "new1", "new2"])
+    monkeypatch.undo()
+    assert store._index is not None and store._index.ntotal == store._table.n_rows == 40
+    assert "new1" not in store and store.ids == _ids(40)
+    assert _ranked(store, queries) == before  # d0 scores with its old Gaussian again
+    assert len(KLStore.load(store.save(tmp_path / "s"))) == 40
+
+
 def test_save_refuses_an_index_out_of_step_with_the_rows(tmp_path: Path) -> None:
     store = KLStore()
     store.add(gaussians=_gaussians(10, 10), ids=_ids(10))
@@ -317,3 +341,10 @@ def test_build_settings_change_before_the_first_add(tmp_path: Path) -> None:
     assert (loaded.index_type, loaded.nlist, loaded.compression) == ("ivf", 4, "sq8")
     with pytest.raises(ValueError, match="refine=.* applies to a compressed index"):
         KLStore(index_type="hnsw").refine = "sq8"
+
+
+def test_every_saved_index_parameter_is_a_checked_setting() -> None:
+    # a parameter saved in config.json but missing from the checked settings would be assignable unchecked
+    from kl_retrievers.store import _format, faiss
+
+    assert set(_format.INDEX_PARAMS) <= set(faiss.BUILD_SETTINGS + faiss.TUNABLE_SETTINGS)

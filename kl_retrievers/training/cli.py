@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kl_retrievers._config import is_saved_encoder
 from kl_retrievers._io import is_within, some_names
 from kl_retrievers.cli_common import _int_at_least, args_subset, check_output_path, positive_int, token_budget
 
@@ -253,17 +254,6 @@ def _needed_modules(args: argparse.Namespace) -> list[str]:
     return needed
 
 
-def _is_model_folder(folder: Path) -> bool:
-    """Whether ``folder`` holds the ``config.json`` of a GaussianEncoder saved by kl_retrievers."""
-    from kl_retrievers._config import NotAnEncoderError, read_encoder_meta
-
-    try:
-        read_encoder_meta(folder)
-    except (NotAnEncoderError, OSError):
-        return False
-    return True
-
-
 def check_train_out(out: str | os.PathLike[str], data: list[str], *, overwrite: bool = False) -> Path:
     """Resolve ``--out`` and refuse it when saving there would delete something that is not an earlier model.
 
@@ -296,7 +286,7 @@ def check_train_out(out: str | os.PathLike[str], data: list[str], *, overwrite: 
     check_output_path(target, "--out", folder=True)
     if target.is_dir() and not overwrite:
         names = sorted(entry.name for entry in target.iterdir())
-        if names and not _is_model_folder(target):
+        if names and not is_saved_encoder(target):
             raise ValueError(
                 f"--out {given}: the folder is not empty ({some_names(names)}) and is not a model folder made by "
                 "kl_retrievers; the save replaces --out as a whole and would delete them. Choose a new or empty "
