@@ -49,6 +49,8 @@ import inspect
 import logging
 import math
 import os
+import pickle
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 from pathlib import Path
@@ -60,7 +62,9 @@ from kl_retrievers import _adapters as adapters
 from kl_retrievers._adapters import RELEVANCE_FUNCTIONS, relevance_exp, relevance_exp_per_dim, relevance_inverse
 from kl_retrievers._confidence import (
     CONFIDENCE_KEY,
+    MIN_CANDIDATES,
     ConfidenceScorer,
+    abstention_reason,
     check_min_confidence,
     hybrid_search,
 )
@@ -86,7 +90,7 @@ _INSTALL_HINT = (
 try:
     from llama_index.core.base.base_retriever import BaseRetriever
     from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding, SimilarityMode
-    from llama_index.core.bridge.pydantic import ConfigDict, PrivateAttr, field_validator
+    from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
     from llama_index.core.callbacks.base import CallbackManager
     from llama_index.core.constants import DEFAULT_SIMILARITY_TOP_K
     from llama_index.core.postprocessor.types import BaseNodePostprocessor
@@ -508,6 +512,46 @@ def _store_problem(store: BasePydanticVectorStore) -> str | None:
 
 
 # --------------------------------------------------------------------------- embedding
+_BUNDLED_PREFIX = "kl_retrievers:"
+# The pickled encoder in a KLEmbedding's pickled state, when it cannot be loaded again by name.
+_ENCODER_STATE = "kl_retrievers_encoder"
+
+
+def _reloadable_model(name: str) -> bool:
+    """Whether :func:`~kl_retrievers.pretrained.load_model` loads ``name`` anywhere, in any process.
+
+    True for a bundled model's name (also ``kl_retrievers:NAME``) and an existing absolute folder;
+    false for anything else (a relative folder, a hub id, a label such as an in-memory encoder's).
+    """
+    from kl_retrievers.pretrained import bundled_models
+
+    if name.removeprefix(_BUNDLED_PREFIX) in bundled_models():
+        return True
+    return not name.startswith(_BUNDLED_PREFIX) and os.path.isabs(name) and Path(name).is_dir()
+
+
+def _encoder_backend(encoder: Any) -> str | None:
+    """``"onnx"`` or ``"torch"`` for the package's two encoder classes, else ``None`` (imports nothing)."""
+    for module, name, backend in (
+        ("kl_retrievers.onnx", "OnnxGaussianEncoder", "onnx"),
+        ("kl_retrievers.encoder", "GaussianEncoder", "torch"),
+    ):
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(encoder, cls):
+            return backend
+    return None
+
+
+def _unloadable_model(name: str) -> str:
+    return (
+        f"KLEmbedding has no encoder and cannot load the model {name!r} named by model_name: it is neither a "
+        "bundled model (kl_retrievers.pretrained.bundled_models()) nor an existing absolute folder. Pass the "
+        "encoder (KLEmbedding(encoder) or KLEmbedding.from_dict(data, encoder=encoder)), or save it with "
+        "encoder.save_pretrained(folder) and use KLEmbedding(kl_retrievers.load_model(folder)), whose model_name "
+        "is then the folder"
+    )
+
+
 class KLEmbedding(BaseEmbedding):
     """LlamaIndex embedding model giving the exact inner-product rewrite of ``-KL(Q || D)``.
 
@@ -533,14 +577,31 @@ class KLEmbedding(BaseEmbedding):
         backend: When ``encoder`` is a name, a path or ``None``: ``"torch"``, ``"onnx"`` (ONNX
             Runtime with int8 weights) or ``None`` (the default:
             :func:`~kl_retrievers.pretrained.default_backend`; see
-            :func:`~kl_retrievers.pretrained.load_model`).
-        **kwargs: Other ``BaseEmbedding`` fields (``num_workers``, ...).
+            :func:`~kl_retrievers.pretrained.load_model`). The field records the backend of the
+            encoder in use (``None`` for another encoder class).
+        **kwargs: Other ``BaseEmbedding`` fields (``num_workers``, ...). ``model_name`` defaults to
+            the encoder's ``name_or_path``; with ``encoder=None`` it names the model to load (see below).
+
+    Serialisation: ``model_name`` and ``backend`` are fields, so ``to_dict()`` records the model and
+    ``KLEmbedding.from_dict(embed.to_dict())`` (or ``KLEmbedding(model_name=...)``) loads it again
+    with :func:`~kl_retrievers.pretrained.load_model`, when it is a bundled model (also
+    ``kl_retrievers:NAME``) or an existing absolute folder (what ``load_model(folder)`` records);
+    another name (an in-memory encoder's) raises a ``ValueError`` naming it, never loading the
+    default model in its place. Pickling (``IngestionPipeline(num_workers=...)`` pickles its
+    transformations) stores such a loadable name and the backend, or else the pickled encoder
+    itself; an encoder that neither has a loadable name nor pickles (an ONNX encoder whose folder
+    was moved, an encoder of your own holding a lock or a session) raises a ``TypeError`` naming
+    the model when pickled.
 
     Examples:
         >>> embed = KLEmbedding()  # doctest: +SKIP
         >>> len(embed.get_query_embedding("hello")) == 2 * embed.encoder.config.dim + 1  # doctest: +SKIP
         True
     """
+
+    backend: str | None = Field(
+        default=None, description='The encoder\'s backend, "onnx" or "torch" (None: another encoder class).'
+    )
 
     _encoder: Any = PrivateAttr()
     _warned: set[str] = PrivateAttr(default_factory=set)
@@ -556,16 +617,76 @@ class KLEmbedding(BaseEmbedding):
         if encoder is None or isinstance(encoder, (str, os.PathLike)):
             from kl_retrievers.pretrained import load_model
 
-            encoder = load_model(None if encoder is None else str(encoder), backend=backend)
+            named = kwargs.get("model_name")
+            if encoder is None and named is not None:  # from_dict, unpickling, KLEmbedding(model_name=...)
+                if not _reloadable_model(str(named)):
+                    raise ValueError(_unloadable_model(str(named)))
+                encoder = load_model(str(named), backend=backend)
+            else:
+                encoder = load_model(None if encoder is None else str(encoder), backend=backend)
         if not (hasattr(encoder, "encode_queries") and hasattr(encoder, "encode_documents")):
             raise TypeError(
                 f"encoder must have encode_queries / encode_documents (a GaussianEncoder); got {type(encoder).__name__}"
             )
         kwargs.setdefault("model_name", str(getattr(encoder, "name_or_path", type(encoder).__name__)))
         super().__init__(
-            embed_batch_size=embed_batch_size, callback_manager=callback_manager or CallbackManager(), **kwargs
+            embed_batch_size=embed_batch_size,
+            callback_manager=callback_manager or CallbackManager(),
+            backend=_encoder_backend(encoder) or backend,  # type: ignore[call-arg]  # our field
+            **kwargs,
         )
         self._encoder = encoder
+
+    def __getstate__(self) -> dict[Any, Any]:
+        """The pickled state: the fields, and the encoder by name when it can be loaded again, else itself.
+
+        LlamaIndex's own ``__getstate__`` drops an encoder that does not pickle and its
+        ``__setstate__`` calls ``__init__`` with the fields alone, which loaded the default model.
+
+        Raises:
+            TypeError: The encoder does not pickle and ``model_name`` is not a model that
+                :func:`~kl_retrievers.pretrained.load_model` loads anywhere (the message names it).
+        """
+        state = BaseModel.__getstate__(self)
+        fields = {}
+        for key, value in self.__dict__.items():
+            try:  # as LlamaIndex does: a field that does not pickle (a callback handler) is left out
+                pickle.dumps(value)
+            except Exception:  # whatever pickling raises
+                logger.warning("KLEmbedding: not pickling the field %r, which does not pickle", key)
+                continue
+            fields[key] = value
+        private = {k: v for k, v in (state.get("__pydantic_private__") or {}).items() if k != "_encoder"}
+        out = {**state, "__dict__": fields, "__pydantic_private__": private}
+        name = str(self.model_name)
+        if name == str(getattr(self._encoder, "name_or_path", "")) and _reloadable_model(name):
+            return out  # __setstate__ loads it by name, with the recorded backend
+        try:
+            out[_ENCODER_STATE] = pickle.dumps(self._encoder, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # whatever pickling raises
+            raise TypeError(
+                f"cannot pickle this KLEmbedding: its encoder ({type(self._encoder).__name__}, model {name!r}) does "
+                f"not pickle ({type(exc).__name__}: {exc}), and {name!r} is not a model that load_model can load "
+                "again elsewhere (a bundled model or an existing absolute folder). Save the model with "
+                "encoder.save_pretrained(folder) and use KLEmbedding(kl_retrievers.load_model(folder)), or "
+                "do not pickle it (e.g. IngestionPipeline.run without num_workers)"
+            ) from exc
+        return out
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        """Rebuild from :meth:`__getstate__`'s state (the encoder unpickled, or loaded by ``model_name``).
+
+        Raises:
+            ValueError: No encoder in the state and ``model_name`` cannot be loaded (a pickle made by
+                LlamaIndex's own ``__getstate__``, which dropped an encoder that does not pickle).
+        """
+        fields = dict(state.get("__dict__") or {})
+        blob = state.get(_ENCODER_STATE)
+        # the pickled encoder (our own state, inside the pickle being loaded); else it is loaded by name, or
+        # comes from a pickle made by LlamaIndex's __getstate__ that kept it
+        private = state.get("__pydantic_private__") or {}
+        encoder = pickle.loads(blob) if blob is not None else private.get("_encoder")
+        self.__init__(encoder, **fields)  # type: ignore[misc]
 
     @classmethod
     def class_name(cls) -> str:
@@ -722,15 +843,78 @@ def _has_node_content(metadata: Mapping[str, Any]) -> bool:
     return "_node_content" in metadata
 
 
+# Where a store filled with the core API (a KLStore or a KLHybridStore) keeps a node's source document id:
+# the node comes back with it as its SOURCE relationship (ref_doc_id), not as metadata. Nodes added through
+# LlamaIndex carry their node JSON instead (see _stored_metadata).
+_REF_DOC_KEY = "ref_doc_id"
+
+
 def _to_node(doc_id: str, text: str | None, metadata: Mapping[str, Any]) -> BaseNode:
     if _has_node_content(metadata):
         return metadata_dict_to_node(dict(metadata), text=text)
-    # A plain KLStore document (added with the core API): a TextNode with its metadata.
-    return TextNode(id_=doc_id, text=text or "", metadata=dict(metadata))
+    # A plain document (added with the core API): a TextNode with its metadata, whose "ref_doc_id" key, if any,
+    # becomes its source document.
+    plain = dict(metadata)
+    ref = plain.pop(_REF_DOC_KEY, None)
+    node = TextNode(id_=doc_id, text=text or "", metadata=plain)
+    if ref is not None:
+        node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=str(ref))
+    return node
 
+
+#: ``_node_type`` of the nodes that ``VectorStoreIndex`` keeps in its docstore and index struct for a store that
+#: keeps the text, and swaps back in for the store's copy of them.
+_NON_TEXT_NODE_TYPES = frozenset({IndexNode.class_name(), ImageNode.class_name()})
+
+#: Node metadata key on nodes whose confidence could not be computed although a calibrator exists: fewer
+#: than two candidate documents (a filter or a small store), the reason as text (see
+#: :func:`kl_retrievers._confidence.abstention_reason`). :class:`KLConfidencePostprocessor` abstains on it.
+CONFIDENCE_REASON_KEY = "confidence_reason"
 
 #: Metadata keys a search adds to the nodes it returns (dense and hybrid): per-query, not the document's.
-_SCORE_KEYS = frozenset({SCORE_NAME, QUERY_UNCERTAINTY_KEY, CONFIDENCE_KEY, *(k for k, _ in HybridResult.SCORE_KEYS)})
+#: A node's own metadata key of one of these names is shadowed by the score in returned nodes (see
+#: :meth:`KLVectorStore.add`).
+_SCORE_KEYS = frozenset(
+    {
+        SCORE_NAME,
+        QUERY_UNCERTAINTY_KEY,
+        CONFIDENCE_KEY,
+        CONFIDENCE_REASON_KEY,
+        *(k for k, _ in HybridResult.SCORE_KEYS),
+    }
+)
+#: :data:`_SCORE_KEYS` in a stable order, for messages and docs.
+_RESERVED_KEYS_TEXT = ", ".join(sorted(_SCORE_KEYS))
+
+
+def _too_few_candidates(candidates: int) -> str | None:
+    """Why a query with ``candidates`` candidate documents has no confidence (``None``: not for that reason).
+
+    The text of :func:`~kl_retrievers._confidence.abstention_reason` for a query that LangChain's
+    ``min_confidence`` refuses (fail closed) for that reason, whatever the floor.
+    """
+    return abstention_reason(None, 0.0, candidates)
+
+
+def _reserved_keys_in(nodes: Sequence[BaseNode]) -> list[str]:
+    """The score keys (:data:`_SCORE_KEYS`) that the nodes' own metadata uses, sorted (empty: none)."""
+    found: set[str] = set()
+    for node in nodes:
+        found.update(_SCORE_KEYS.intersection(node.metadata))
+    return sorted(found)
+
+
+def _warn_reserved_keys(keys: Sequence[str], where: str) -> None:
+    """One warning that nodes added to ``where`` use score keys in their own metadata."""
+    logger.warning(
+        "%s: added node metadata uses the key(s) %s, which a search writes its scores under: the nodes it "
+        "returns carry the score under that name (and leave the key out of the LLM and embedding text); the "
+        "stored metadata, which filters see, keeps your value. Rename the key(s) to keep them in results. "
+        "Reserved keys: %s",
+        where,
+        ", ".join(repr(k) for k in keys),
+        _RESERVED_KEYS_TEXT,
+    )
 
 
 def _unscored_hash(node: BaseNode, cls: type[BaseNode]) -> str:
@@ -846,7 +1030,28 @@ class KLVectorStore(BasePydanticVectorStore):
 
     Each node is stored under its ``node_id`` (re-adding an id replaces it) with its text
     and, as metadata, LlamaIndex's ``node_to_metadata_dict`` (user metadata at the top
-    level, the node JSON under ``_node_content``, ``ref_doc_id`` / ``doc_id``).
+    level, the node JSON under ``_node_content``, ``ref_doc_id`` / ``doc_id``). A document of a
+    wrapped ``KLStore`` filled with the core API comes back as a ``TextNode`` whose ``"ref_doc_id"``
+    metadata key, if any, is its source document (``node.ref_doc_id``), as in :class:`KLHybridRetriever`.
+
+    Reserved metadata keys: a search writes its scores into each returned node's metadata under
+    ``neg_kl``, ``query_uncertainty``, ``confidence`` and ``confidence_reason`` (and
+    :class:`KLHybridRetriever` also under ``fused_score``, ``fusion``, ``bm25``, ``dense_rank``,
+    ``bm25_rank`` and ``dense_weight``), and leaves them out of the LLM and embedding text. A node's
+    own metadata key of one of these names is shadowed in the returned nodes (the stored metadata,
+    which filters see, keeps it); :meth:`add` logs one warning per store naming such a key.
+
+    ``VectorStoreIndex.as_retriever()`` passes, as ``node_ids``, the ids of the ``IndexNode`` and
+    ``ImageNode`` nodes it indexed (for a store that keeps the text LlamaIndex records only those);
+    :meth:`query` reads exactly that list (every stored ``IndexNode`` / ``ImageNode`` and no other
+    stored node) as no restriction, so ``TextNode`` hits are found too. LlamaIndex then replaces
+    those non-text hits with its docstore's copies, which lack the score keys (their confidence
+    reads as missing); :meth:`KLRetriever.from_defaults` (``index=``) returns every node as the
+    store scored it, so prefer it for indexes that mix node types. Any other ``node_ids`` list
+    restricts the search.
+
+    The store does not pickle or deep-copy (a ``TypeError``): persist it (:meth:`persist`,
+    ``StorageContext.persist``) and load it (:meth:`from_persist_dir`, ``load_index_from_storage``).
 
     Args:
         store: An existing :class:`KLStore` to wrap (a fresh flat one by default).
@@ -887,6 +1092,11 @@ class KLVectorStore(BasePydanticVectorStore):
     _store: KLStore = PrivateAttr()
     _scorer: ConfidenceScorer = PrivateAttr()
     _query_encoder: Any = PrivateAttr(default=None)
+    _warned_reserved: bool = PrivateAttr(default=False)
+    # Writes through this object (add / delete / clear) since it was created, and the ids of the stored
+    # IndexNode / ImageNode nodes as of (writes, len(store)): see _stored_non_text_ids.
+    _writes: int = PrivateAttr(default=0)
+    _non_text: tuple[int, int, frozenset[str]] | None = PrivateAttr(default=None)
 
     def __init__(
         self,
@@ -928,6 +1138,19 @@ class KLVectorStore(BasePydanticVectorStore):
         """Name used in LlamaIndex serialisation."""
         return "KLVectorStore"
 
+    def __getstate__(self) -> dict[Any, Any]:
+        """Refuse to pickle: LlamaIndex would rebuild an empty store from the fields alone.
+
+        Raises:
+            TypeError: Always; it says to use :meth:`persist` (``StorageContext.persist``) and
+                :meth:`from_persist_dir` / ``load_index_from_storage``.
+        """
+        raise TypeError(_NO_PICKLE)
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> KLVectorStore:
+        """Refuse to deep-copy (the wrapped :class:`KLStore` holds locks and an index); see :meth:`__getstate__`."""
+        raise TypeError(_NO_PICKLE)
+
     @property
     def kl_store(self) -> KLStore:
         """The underlying :class:`KLStore` (also :attr:`client`)."""
@@ -955,13 +1178,21 @@ class KLVectorStore(BasePydanticVectorStore):
             return encoder
         return self._store.encoder if self._store.encoder is not None else self._query_encoder
 
-    def _confidence(self, query: Gaussians, scores: Sequence[float], encoder: Any | None = None) -> float | None:
-        """The calibrated confidence of one query from its best ``-KL`` scores (best first)."""
-        if len(scores) < 2:
-            return None
-        return self._scorer.confidence(
+    def _confidence(
+        self, query: Gaussians, scores: Sequence[float], encoder: Any | None = None
+    ) -> tuple[float | None, str | None]:
+        """The calibrated confidence of one query from its best ``-KL`` scores (best first), and why it is missing.
+
+        The reason (:data:`CONFIDENCE_REASON_KEY`) is given only when a calibrator exists but fewer
+        than two documents were candidates; otherwise it is ``None``.
+        """
+        if len(scores) < MIN_CANDIDATES:
+            known = bool(scores) and self._scorer.calibrator(self._confidence_encoder(encoder)) is not None
+            return None, _too_few_candidates(len(scores)) if known else None
+        confidence = self._scorer.confidence(
             self._confidence_encoder(encoder), list(scores), float(query.numpy().uncertainty()[0])
         )
+        return confidence, None
 
     def _depth(self, k: int, encoder: Any | None = None) -> int:
         """How many nodes to rank so that the confidence sees the scores it reads."""
@@ -1025,12 +1256,20 @@ class KLVectorStore(BasePydanticVectorStore):
         keep = sorted(last.values())
         if len(keep) < len(ids):
             logger.warning("add: %d repeated node id(s) in one call; the last occurrence wins", len(ids) - len(keep))
-        self._store.add(
-            [_node_text(nodes[i]) or "" for i in keep],
-            gaussians=Gaussians(mean[keep], var[keep]),
-            ids=[ids[i] for i in keep],
-            metadatas=[_stored_metadata(nodes[i], self.flat_metadata) for i in keep],
-        )
+        if not self._warned_reserved:
+            reserved = _reserved_keys_in([nodes[i] for i in keep])
+            if reserved:
+                self._warned_reserved = True
+                _warn_reserved_keys(reserved, "KLVectorStore.add")
+        try:
+            self._store.add(
+                [_node_text(nodes[i]) or "" for i in keep],
+                gaussians=Gaussians(mean[keep], var[keep]),
+                ids=[ids[i] for i in keep],
+                metadatas=[_stored_metadata(nodes[i], self.flat_metadata) for i in keep],
+            )
+        finally:
+            self._writes += 1
         return ids
 
     def _matching_ids(self, node_ids: Sequence[str] | None, predicate: Predicate | None) -> list[str]:
@@ -1045,7 +1284,7 @@ class KLVectorStore(BasePydanticVectorStore):
         target = str(ref_doc_id)
         ids = self._matching_ids(None, lambda m: str(_ref_doc_id(m)) == target)
         if ids:
-            self._store.delete(ids)
+            self._delete_ids(ids)
 
     def delete_nodes(
         self,
@@ -1062,13 +1301,19 @@ class KLVectorStore(BasePydanticVectorStore):
             raise ValueError("delete_nodes needs node_ids and/or filters; call clear() to delete every node")
         ids = self._matching_ids(node_ids, metadata_filters_to_predicate(filters))
         if ids:
-            self._store.delete(ids)
+            self._delete_ids(ids)
 
     def clear(self) -> None:
         """Delete every node (the store's settings and dimension are kept)."""
         ids = self._store.ids
         if ids:
+            self._delete_ids(ids)
+
+    def _delete_ids(self, ids: list[str]) -> None:
+        try:
             self._store.delete(ids)
+        finally:
+            self._writes += 1
 
     # The async variants run the sync method in a worker thread (LlamaIndex's base class would run it on the
     # event loop, stalling it for the whole encode / search / scan); the KLStore is thread-safe.
@@ -1144,9 +1389,12 @@ class KLVectorStore(BasePydanticVectorStore):
         if mode not in SUPPORTED_QUERY_MODES:
             raise ValueError(f"KLVectorStore supports the query modes {SUPPORTED_QUERY_MODES}; got {mode!r}")
         gaussian = self._query_gaussian(query)
+        node_ids = query.node_ids
+        if node_ids and self._lists_the_non_text_nodes(node_ids):
+            node_ids = None  # what VectorStoreIndex.as_retriever passes: no restriction (see the docstring)
         if mode == VectorStoreQueryMode.DEFAULT.value:
             return self.search_gaussian(
-                gaussian, query.similarity_top_k, query.filters, node_ids=query.node_ids, doc_ids=query.doc_ids
+                gaussian, query.similarity_top_k, query.filters, node_ids=node_ids, doc_ids=query.doc_ids
             )
         top_k = _check_top_k(query.similarity_top_k)
         threshold = kwargs.get("mmr_threshold", query.mmr_threshold)
@@ -1156,9 +1404,44 @@ class KLVectorStore(BasePydanticVectorStore):
             mmr_threshold=_MMR_THRESHOLD if threshold is None else threshold,
             prefetch_k=max(top_k, _mmr_prefetch(top_k, kwargs)),
             filters=query.filters,
-            node_ids=query.node_ids,
+            node_ids=node_ids,
             doc_ids=query.doc_ids,
         )
+
+    def _stored_non_text_ids(self) -> frozenset[str]:
+        """Ids of the stored ``IndexNode`` / ``ImageNode`` nodes (from their ``_node_type``), cached.
+
+        The scan is redone after a write through this object or when the store's size changed (a
+        write through the core API); an upsert through the core API that changes a node's class
+        without changing the size is not seen until then.
+        """
+        writes, size = self._writes, len(self._store)
+        cached = self._non_text
+        if cached is not None and cached[:2] == (writes, size):
+            return cached[2]
+        docs = self._store.get_by_ids(self._store.ids)
+        found = frozenset(d.id for d in docs if d.metadata.get("_node_type") in _NON_TEXT_NODE_TYPES)
+        if self._writes == writes:  # no write landed during the scan (a later one bumps the count again)
+            self._non_text = (writes, size, found)
+        return found
+
+    def _lists_the_non_text_nodes(self, node_ids: Sequence[str]) -> bool:
+        """Whether ``node_ids`` is what ``VectorStoreIndex.as_retriever`` passes for this store: no restriction.
+
+        For a store that keeps the text, LlamaIndex records only ``IndexNode`` / ``ImageNode`` nodes
+        in the index struct (to swap them back in from its docstore) and ``as_retriever`` passes
+        their ids as ``node_ids``; as a restriction it would hide every ``TextNode``. So a list that
+        holds every stored ``IndexNode`` / ``ImageNode`` (at least one) and no other stored node is
+        read as no restriction; ids the store does not hold are ignored (LlamaIndex keeps the ids of
+        such nodes after they are deleted). Any other list restricts.
+        """
+        stored = self._stored_non_text_ids()
+        if not stored:
+            return False
+        wanted = {str(i) for i in node_ids}
+        if not stored <= wanted:
+            return False
+        return not self._store.get_by_ids(sorted(wanted - stored))
 
     async def aquery(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """:meth:`query` in a worker thread (the event loop keeps running while the query is encoded and ranked)."""
@@ -1181,7 +1464,8 @@ class KLVectorStore(BasePydanticVectorStore):
             similarity_top_k: Number of nodes (>= 1).
             filters: LlamaIndex metadata filters, applied before ranking.
             node_ids: Restrict to these node ids (an empty list: no restriction, as
-                ``VectorStoreIndex.as_retriever`` passes one).
+                ``VectorStoreIndex.as_retriever`` passes one for an index without ``IndexNode`` /
+                ``ImageNode`` nodes; :meth:`query` also reads the list of those as no restriction).
             doc_ids: Restrict to nodes of these source documents (``ref_doc_id``; empty: none).
             encoder: The encoder that made ``query`` (its model's calibrator gives the
                 confidence; default: the store's, else the :class:`KLEmbedding`'s that embedded
@@ -1191,7 +1475,8 @@ class KLVectorStore(BasePydanticVectorStore):
             ``VectorStoreQueryResult`` with nodes, ids and ``similarities`` = relevance (best
             first); each node's metadata holds its exact ``-KL`` under ``"neg_kl"``, the query
             uncertainty under :data:`QUERY_UNCERTAINTY_KEY` and the query's calibrated confidence
-            under :data:`CONFIDENCE_KEY` (``None`` without a calibrator).
+            under :data:`CONFIDENCE_KEY` (``None`` without a calibrator, or with a single candidate
+            node: then :data:`CONFIDENCE_REASON_KEY` says so when a calibrator exists).
 
         Examples:
             >>> import numpy as np
@@ -1200,8 +1485,8 @@ class KLVectorStore(BasePydanticVectorStore):
         """
         k = _check_top_k(similarity_top_k)
         ids, scores, texts, metas = self._ranked(query, self._depth(k, encoder), filters, node_ids, doc_ids)
-        confidence = self._confidence(query, scores, encoder)
-        return self._result(query, ids[:k], scores[:k], texts[:k], metas[:k], confidence)
+        confidence, reason = self._confidence(query, scores, encoder)
+        return self._result(query, ids[:k], scores[:k], texts[:k], metas[:k], confidence, reason)
 
     def mmr_search_gaussian(
         self,
@@ -1228,12 +1513,14 @@ class KLVectorStore(BasePydanticVectorStore):
         k = _check_top_k(similarity_top_k)
         fetch = max(k, _check_top_k(prefetch_k if prefetch_k is not None else int(k * _MMR_PREFETCH_FACTOR)))
         ids, scores, texts, metas = self._ranked(query, max(fetch, self._depth(k)), filters, node_ids, doc_ids)
-        confidence = self._confidence(query, scores)
+        confidence, reason = self._confidence(query, scores)  # from the deeper ranking the calibrator reads
+        # MMR picks among the `fetch` nearest only (mmr_prefetch_k / mmr_prefetch_factor)
+        ids, scores, texts, metas = ids[:fetch], scores[:fetch], texts[:fetch], metas[:fetch]
         if not ids:
-            return self._result(query, ids, scores, texts, metas, confidence)
+            return self._result(query, ids, scores, texts, metas, confidence, reason)
         keep, gaussians = adapters.present_gaussians(self._store, ids)  # a node deleted meanwhile is dropped
         if gaussians is None:
-            return self._result(query, [], [], [], [], confidence)
+            return self._result(query, [], [], [], [], confidence, reason)
         if len(keep) < len(ids):
             ids, scores = [ids[i] for i in keep], [scores[i] for i in keep]
             texts, metas = [texts[i] for i in keep], [metas[i] for i in keep]
@@ -1246,6 +1533,7 @@ class KLVectorStore(BasePydanticVectorStore):
             [texts[i] for i in order],
             [metas[i] for i in order],
             confidence,
+            reason,
         )
 
     def _ranked(
@@ -1281,13 +1569,20 @@ class KLVectorStore(BasePydanticVectorStore):
         texts: list[str | None],
         metas: list[dict[str, Any]],
         confidence: float | None = None,
+        reason: str | None = None,
     ) -> VectorStoreQueryResult:
-        """Nodes with ``neg_kl``, the query uncertainty and confidence in their metadata; similarities = relevance."""
+        """Nodes with ``neg_kl``, the query uncertainty and confidence in their metadata; similarities = relevance.
+
+        ``reason`` (why the confidence is missing, see :meth:`_confidence`) is added under
+        :data:`CONFIDENCE_REASON_KEY` when given.
+        """
         relevance, dim = adapters.resolve_relevance(self.relevance), self._store.dim
         uncertainty = float(query.numpy().uncertainty()[0])
         nodes = []
         for doc_id, text, meta, score in zip(ids, texts, metas, scores, strict=True):
-            added = {SCORE_NAME: score, QUERY_UNCERTAINTY_KEY: uncertainty, CONFIDENCE_KEY: confidence}
+            added: dict[str, Any] = {SCORE_NAME: score, QUERY_UNCERTAINTY_KEY: uncertainty, CONFIDENCE_KEY: confidence}
+            if reason is not None:
+                added[CONFIDENCE_REASON_KEY] = reason
             nodes.append(_scored_node(doc_id, text, meta, added))
         return VectorStoreQueryResult(nodes=nodes, similarities=[relevance(x, dim) for x in scores], ids=list(ids))
 
@@ -1437,6 +1732,12 @@ class KLVectorStore(BasePydanticVectorStore):
 
 
 _ORIGINAL_ATTR = "_kl_retrievers_original"
+_NO_PICKLE = (
+    "a KLVectorStore cannot be pickled or deep-copied (LlamaIndex would rebuild an empty store from its fields): "
+    "save it with store.persist(path) or index.storage_context.persist(persist_dir=...), and load it with "
+    "KLVectorStore.from_persist_dir(persist_dir) or load_index_from_storage(StorageContext.from_defaults("
+    "persist_dir=...)); share the object itself between threads"
+)
 
 
 def _install_simple_vector_store_loader() -> None:
@@ -1492,8 +1793,14 @@ class KLRetriever(_TopKRetriever):
     The query string is encoded with ``encoder`` (or, without one, the query bundle's
     ``q~`` embedding is inverted).  Nodes are ranked by ``-KL``; ``NodeWithScore.score`` is the
     store's relevance (``exp(-KL)`` by default, in ``(0, 1]``), and each node's metadata holds the
-    exact ``-KL`` under ``"neg_kl"`` and the query's uncertainty (mean log-variance) under
-    :data:`QUERY_UNCERTAINTY_KEY` (both excluded from the LLM and embedding text).
+    exact ``-KL`` under ``"neg_kl"``, the query's uncertainty (mean log-variance) under
+    :data:`QUERY_UNCERTAINTY_KEY` and its calibrated confidence under :data:`CONFIDENCE_KEY` (with
+    :data:`CONFIDENCE_REASON_KEY` when a single node was a candidate), all excluded from the LLM and
+    embedding text. These are reserved keys: a node's own metadata key of one of these names
+    (``neg_kl``, ``query_uncertainty``, ``confidence``, ``confidence_reason``) is shadowed in the
+    returned nodes (see :class:`KLVectorStore`). Over a ``VectorStoreIndex`` that holds ``IndexNode``
+    or ``ImageNode`` nodes, ``KLRetriever.from_defaults(index=index)`` returns them with their scores,
+    where ``index.as_retriever()`` swaps in LlamaIndex's docstore copies without them.
 
     Args:
         vector_store: The store to search.
@@ -1652,8 +1959,13 @@ class KLConfidencePostprocessor(BaseNodePostprocessor):
     below ``min_confidence`` the postprocessor returns ``[]``, which LlamaIndex's response
     synthesizers answer with ``"Empty Response"`` without calling the LLM; it also logs one INFO line.
 
-    Nodes without a confidence (another retriever, or a model with no calibrator) cannot be
-    judged: they are kept, with one logged warning per postprocessor.
+    A query with a single candidate document (a filter that leaves one node, a one-node store) has
+    no confidence: the calibrator reads the top two scores. The KL retrievers then write why under
+    :data:`CONFIDENCE_REASON_KEY` (``"confidence_reason"``), and the postprocessor abstains on it
+    (fail closed, as LangChain's ``min_confidence`` does), logging the reason at INFO. Nodes with
+    neither a confidence nor that reason (another retriever, a model with no calibrator, or the
+    ``IndexNode`` / ``ImageNode`` hits that ``VectorStoreIndex.as_retriever()`` swaps for its docstore's
+    copies) cannot be judged: they are kept, with one logged warning per postprocessor.
 
     Args:
         min_confidence: The threshold, a probability in ``[0, 1]``.
@@ -1699,18 +2011,25 @@ class KLConfidencePostprocessor(BaseNodePostprocessor):
             return nodes
         values = [n.node.metadata.get(self.confidence_key) for n in nodes]
         known = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        query = query_bundle.query_str if query_bundle is not None else ""
         if not known:
+            reason = next(
+                (r for n in nodes if isinstance(r := n.node.metadata.get(CONFIDENCE_REASON_KEY), str) and r), None
+            )
+            if reason is not None:  # a calibrator exists but could not judge the query: fail closed
+                logger.info("abstained on %r: %s", query[:80], reason)
+                return []
             if not self._warned:
                 self._warned = True
                 logger.warning(
-                    "KLConfidencePostprocessor: no node carries %r (a retriever that does not score confidence, or "
-                    "a model without a calibrator); the nodes are kept unjudged",
+                    "KLConfidencePostprocessor: no node carries %r (a retriever that does not score confidence, "
+                    "a model without a calibrator, or IndexNode / ImageNode hits that VectorStoreIndex swapped for "
+                    "its docstore's copies); the nodes are kept unjudged",
                     self.confidence_key,
                 )
             return nodes
         confidence = max(known)
         if confidence < self.min_confidence:
-            query = query_bundle.query_str if query_bundle is not None else ""
             logger.info(
                 "abstained on %r: confidence %.3f < min_confidence %.3f", query[:80], confidence, self.min_confidence
             )
@@ -1732,7 +2051,10 @@ class KLHybridRetriever(_TopKRetriever):
     ``fused_score``, ``fusion``, ``neg_kl`` (the exact ``-KL``), ``bm25``, ``dense_rank`` /
     ``bm25_rank``, ``dense_weight``, the query uncertainty under :data:`QUERY_UNCERTAINTY_KEY`
     and the query's calibrated confidence under :data:`CONFIDENCE_KEY` (``None`` without a
-    calibrator); these keys are kept out of the LLM and embedding text. The confidence is the
+    calibrator, or with a single candidate node: then :data:`CONFIDENCE_REASON_KEY` says so when a
+    calibrator exists); these keys are kept out of the LLM and embedding text, and a node's own
+    metadata key of one of these names is shadowed in the returned nodes (``from_defaults`` logs a
+    warning naming it). The confidence is the
     probability that the *fused* ranking's top node is relevant, from the hybrid calibrator the
     model ships (``hybrid_confidence_calibration.json``: dense and BM25 signals of the query's
     candidates; fitted for ``"adaptive"`` fusion with 100 candidates per half); an explicit
@@ -1855,6 +2177,9 @@ class KLHybridRetriever(_TopKRetriever):
                 nodes = list(run_transformations(list(documents), steps))
             store = KLHybridStore(encoder, fusion=fusion, **store_kwargs)
             node_list = list(nodes or [])
+            reserved = _reserved_keys_in(node_list)
+            if reserved:
+                _warn_reserved_keys(reserved, "KLHybridRetriever.from_defaults")
             if node_list:
                 store.add(
                     [_node_text(n) or "" for n in node_list],
@@ -1874,22 +2199,20 @@ class KLHybridRetriever(_TopKRetriever):
             normalization=self._normalization,
             scorer=self._scorer,
         )
+        reason = None
+        if confidence is None and hits and self._scorer.calibrator(self._store.encoder) is not None:
+            # With a calibrator the confidence is missing only when fewer than MIN_CANDIDATES documents were
+            # dense candidates, and a hit means at least one was: say so (KLConfidencePostprocessor abstains).
+            reason = _too_few_candidates(MIN_CANDIDATES - 1)
         out = []
         for hit in hits:
-            metadata = dict(hit.metadata)
-            # a document added with the core API (no node JSON): its source document id, if any, is a metadata key
-            ref = None if _has_node_content(metadata) else metadata.pop(_REF_DOC_KEY, None)
+            # a document added with the core API: _to_node turns its "ref_doc_id" key into its source document
             added = {**hit.scores(), QUERY_UNCERTAINTY_KEY: hit.query_uncertainty, CONFIDENCE_KEY: confidence}
-            node = _scored_node(hit.id, hit.text, metadata, added)
-            if ref is not None:
-                node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=str(ref))
+            if reason is not None:
+                added[CONFIDENCE_REASON_KEY] = reason
+            node = _scored_node(hit.id, hit.text, hit.metadata, added)
             out.append(NodeWithScore(node=node, score=hit.score))
         return out
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         return await asyncio.to_thread(self._retrieve, query_bundle)
-
-
-# Where a hybrid store filled with the core API keeps a node's source document id (restored as the node's
-# SOURCE relationship); nodes added by from_defaults carry LlamaIndex's node JSON instead (see _stored_metadata).
-_REF_DOC_KEY = "ref_doc_id"
