@@ -659,7 +659,11 @@ class KLEmbedding(BaseEmbedding):
         private = {k: v for k, v in (state.get("__pydantic_private__") or {}).items() if k != "_encoder"}
         out = {**state, "__dict__": fields, "__pydantic_private__": private}
         name = str(self.model_name)
-        if name == str(getattr(self._encoder, "name_or_path", "")) and _reloadable_model(name):
+        if (
+            _encoder_backend(self._encoder) == "onnx"  # a torch encoder may differ from its folder (trained in memory)
+            and name == str(getattr(self._encoder, "name_or_path", ""))
+            and _reloadable_model(name)
+        ):
             return out  # __setstate__ loads it by name, with the recorded backend
         try:
             out[_ENCODER_STATE] = pickle.dumps(self._encoder, protocol=pickle.HIGHEST_PROTOCOL)
@@ -836,7 +840,25 @@ def _stored_metadata(node: BaseNode, flat_metadata: bool = False) -> dict[str, A
     ``document_id`` and the node JSON under ``_node_content`` (its class, relationships and
     excluded metadata keys), which :func:`_to_node` rebuilds the node from.
     """
-    return node_to_metadata_dict(node, remove_text=True, flat_metadata=flat_metadata)
+    return node_to_metadata_dict(_without_search_scores(node), remove_text=True, flat_metadata=flat_metadata)
+
+
+def _search_score_keys(node: BaseNode) -> frozenset[str]:
+    """The score keys a search of this package added to ``node`` (left out of both its LLM and embedding text)."""
+    hidden = set(node.excluded_llm_metadata_keys).intersection(node.excluded_embed_metadata_keys)
+    return _SCORE_KEYS.intersection(node.metadata).intersection(hidden)
+
+
+def _without_search_scores(node: BaseNode) -> BaseNode:
+    """``node`` without the per-query scores a search added (a returned node added again), else itself."""
+    keys = _search_score_keys(node)
+    if not keys:
+        return node
+    copy = node.model_copy()
+    copy.metadata = {k: v for k, v in node.metadata.items() if k not in keys}
+    copy.excluded_llm_metadata_keys = [k for k in node.excluded_llm_metadata_keys if k not in keys]
+    copy.excluded_embed_metadata_keys = [k for k in node.excluded_embed_metadata_keys if k not in keys]
+    return copy
 
 
 def _has_node_content(metadata: Mapping[str, Any]) -> bool:
@@ -899,8 +921,8 @@ def _too_few_candidates(candidates: int) -> str | None:
 def _reserved_keys_in(nodes: Sequence[BaseNode]) -> list[str]:
     """The score keys (:data:`_SCORE_KEYS`) that the nodes' own metadata uses, sorted (empty: none)."""
     found: set[str] = set()
-    for node in nodes:
-        found.update(_SCORE_KEYS.intersection(node.metadata))
+    for node in nodes:  # the scores a search added to a returned node, added again, are not the user's
+        found.update(_SCORE_KEYS.intersection(node.metadata) - _search_score_keys(node))
     return sorted(found)
 
 
@@ -1094,9 +1116,9 @@ class KLVectorStore(BasePydanticVectorStore):
     _query_encoder: Any = PrivateAttr(default=None)
     _warned_reserved: bool = PrivateAttr(default=False)
     # Writes through this object (add / delete / clear) since it was created, and the ids of the stored
-    # IndexNode / ImageNode nodes as of (writes, len(store)): see _stored_non_text_ids.
+    # IndexNode / ImageNode nodes as of (writes, (len(store), store.write_count)): see _stored_non_text_ids.
     _writes: int = PrivateAttr(default=0)
-    _non_text: tuple[int, int, frozenset[str]] | None = PrivateAttr(default=None)
+    _non_text: tuple[int, tuple[int, int | None], frozenset[str]] | None = PrivateAttr(default=None)
 
     def __init__(
         self,
@@ -1391,6 +1413,10 @@ class KLVectorStore(BasePydanticVectorStore):
         gaussian = self._query_gaussian(query)
         node_ids = query.node_ids
         if node_ids and self._lists_the_non_text_nodes(node_ids):
+            logger.info(
+                "node_ids lists exactly the store's IndexNode / ImageNode nodes (what VectorStoreIndex.as_retriever "
+                "passes): searching every node. To search only those nodes use KLRetriever(node_ids=...)"
+            )
             node_ids = None  # what VectorStoreIndex.as_retriever passes: no restriction (see the docstring)
         if mode == VectorStoreQueryMode.DEFAULT.value:
             return self.search_gaussian(
@@ -1411,11 +1437,10 @@ class KLVectorStore(BasePydanticVectorStore):
     def _stored_non_text_ids(self) -> frozenset[str]:
         """Ids of the stored ``IndexNode`` / ``ImageNode`` nodes (from their ``_node_type``), cached.
 
-        The scan is redone after a write through this object or when the store's size changed (a
-        write through the core API); an upsert through the core API that changes a node's class
-        without changing the size is not seen until then.
+        The scan is redone after any write: through this object, or through the store itself (its
+        ``write_count``, which every add, upsert and delete bumps, also those of another wrapper).
         """
-        writes, size = self._writes, len(self._store)
+        writes, size = self._writes, (len(self._store), getattr(self._store, "write_count", None))
         cached = self._non_text
         if cached is not None and cached[:2] == (writes, size):
             return cached[2]

@@ -182,7 +182,8 @@ def test_pickling_and_from_dict_load_a_loadable_model_by_name(saved_model: Path)
         assert back.encoder.name_or_path == embed.model_name and back.encoder is not embed.encoder
         assert back.model_name == embed.model_name and back.backend == "torch" and back.embed_batch_size == 3
     state = embed.__getstate__()
-    assert "_encoder" not in state["__pydantic_private__"] and "kl_retrievers_encoder" not in state  # by name
+    # a torch encoder pickles itself (it may have changed since it was loaded); from_dict loads the name
+    assert "_encoder" not in state["__pydantic_private__"] and "kl_retrievers_encoder" in state
 
 
 def test_from_dict_of_a_model_that_cannot_be_loaded_names_it(embed: KLEmbedding) -> None:
@@ -373,3 +374,51 @@ def test_core_api_ref_doc_id_becomes_the_source_document() -> None:
     assert [n.node_id for n in vs.get_nodes(filters=only_d)] == ["x"]
     vs.delete("D")
     assert sorted(ks.ids) == ["y", "z"]
+
+
+# ---------------------------------------------------------------- review of the fixes above
+def test_the_non_text_ids_follow_writes_made_through_another_wrapper(embed: KLEmbedding) -> None:
+    vs, _ = _index([*_text_nodes(), IndexNode(id_="ix", text=TEXTS[0], index_id="sub")], embed)
+    query = embed.get_query_embedding(TEXTS[0])
+
+    def ids(node_ids: list[str]) -> list[str]:
+        return vs.query(VectorStoreQuery(query_embedding=query, similarity_top_k=10, node_ids=node_ids)).ids or []
+
+    assert len(ids(["ix"])) == 7  # cached: ix is the store's only IndexNode
+    other = KLVectorStore(vs.kl_store)
+    other.add([TextNode(id_="ix", text=TEXTS[0], embedding=embed.get_text_embedding(TEXTS[0]))])  # same size
+    assert ids(["ix"]) == ["ix"]  # now a TextNode: a plain restriction
+
+
+def test_a_torch_encoder_changed_in_memory_pickles_as_it_is(saved_model: Path) -> None:
+    import torch
+
+    encoder = load_model(str(saved_model), backend="torch")
+    with torch.no_grad():
+        for p in encoder.parameters():
+            p.mul_(1.5)  # no longer what its folder holds
+    embed = KLEmbedding(encoder)
+    assert _same_vectors(pickle.loads(pickle.dumps(embed)), embed)
+
+
+def test_nodes_a_search_returned_are_added_again_without_their_scores(
+    embed: KLEmbedding, calibrator: ConfidenceCalibrator, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, index = _index(_text_nodes(), embed, calibrator=calibrator)
+    hits = index.as_retriever(similarity_top_k=3).retrieve(TEXTS[0])
+    assert all("neg_kl" in h.node.metadata for h in hits)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        vs2, _ = _index([h.node for h in hits], embed)
+    assert not [r for r in caplog.records if "reserved" in r.getMessage().lower()]
+    stored = vs2.get_nodes([hits[0].node.node_id])[0]
+    assert not {"neg_kl", "confidence", "query_uncertainty"} & set(stored.metadata)
+    assert "neg_kl" not in stored.excluded_llm_metadata_keys
+
+
+def test_an_onnx_encoder_pickles_by_name() -> None:
+    embed = KLEmbedding(load_model(backend="onnx"))  # the default bundled model's int8 graph
+    state = embed.__getstate__()
+    assert "kl_retrievers_encoder" not in state and embed.backend == "onnx"  # its session does not pickle
+    back = pickle.loads(pickle.dumps(embed))
+    assert back.backend == "onnx" and back.model_name == embed.model_name
+    assert _same_vectors(back, embed)

@@ -97,18 +97,10 @@ REFINES = (None, "sq8", "fp16")
 #: already need 4 x 2^16 documents before the index is built (:meth:`ApproxEngine.min_build_size
 #: <kl_retrievers.store._engines.ApproxEngine.min_build_size>`), and FAISS trains such codebooks slowly.
 MAX_PQ_NBITS = 16
-#: Integer settings, in the order the constructor checks them.
-_INT_SETTINGS = (
-    "hnsw_m",
-    "ef_search",
-    "ef_construction",
-    "nlist",
-    "nprobe",
-    "pq_m",
-    "pq_nbits",
-    "rescore_pool",
-    "rescore_factor",
-)
+#: Saved index parameters that are not integers counts (checked by _check_settings / _check_store_args).
+_OTHER_PARAMS = ("compression", "refine", "norm_headroom", "exact_threshold", "compact_threshold", "seed")
+#: Integer settings, in the order the constructor checks them (the saved index parameters' order).
+_INT_SETTINGS = tuple(name for name in INDEX_PARAMS if name not in _OTHER_PARAMS)
 #: Settings that shape the FAISS index (its kind, sizes and codes; checked against index.faiss on load):
 #: fixed once a store holds documents.
 BUILD_SETTINGS = ("index_type", "hnsw_m", "nlist", "compression", "pq_m", "pq_nbits", "refine")
@@ -293,6 +285,8 @@ class KLStore(GaussianStore):
         self.encoder = encoder
         #: The encoder a loaded store was saved with (its ``name_or_path``; ``None``: not recorded, or not loaded).
         self.saved_encoder: str | None = None
+        #: Bumped by every add, upsert and delete (what a wrapper caching something about the documents checks).
+        self.write_count = 0
         self.index_type = index_type
         self.hnsw_m, self.ef_search, self.ef_construction = int(hnsw_m), int(ef_search), int(ef_construction)
         self.nlist, self.nprobe = int(nlist), int(nprobe)
@@ -414,6 +408,7 @@ class KLStore(GaussianStore):
                 self._undo_add(start, len(new.ids), previous)
                 raise
             self._maybe_compact()
+            self.write_count += 1
         if replaced:
             logger.info("replaced %d existing document(s)", len(replaced))
 
@@ -439,6 +434,7 @@ class KLStore(GaussianStore):
             if deleted:
                 self._engine.own()
                 self._maybe_compact()
+                self.write_count += 1
         return DeleteReport(deleted=deleted, missing=missing)
 
     def _maybe_compact(self) -> None:
