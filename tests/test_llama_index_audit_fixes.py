@@ -394,6 +394,7 @@ def test_a_torch_encoder_changed_in_memory_pickles_as_it_is(saved_model: Path) -
     import torch
 
     encoder = load_model(str(saved_model), backend="torch")
+    assert isinstance(encoder, GaussianEncoder)
     with torch.no_grad():
         for p in encoder.parameters():
             p.mul_(1.5)  # no longer what its folder holds
