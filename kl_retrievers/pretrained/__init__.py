@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kl_retrievers.hub import ModelNotFoundError, bundled_names, warn_if_shadowed
+from kl_retrievers.hub import ModelNotFoundError, warn_if_shadowed
 
 if TYPE_CHECKING:
     from kl_retrievers.encoder import GaussianEncoder
@@ -86,7 +86,7 @@ def bundled_models() -> list[str]:
         >>> "minilm-gauss-soup" in bundled_models()
         True
     """
-    return bundled_names()
+    return sorted(p.name for p in _HERE.iterdir() if (p / "config.json").is_file())  # _HERE: tests point it elsewhere
 
 
 def bundled_model_path(name: str) -> Path:
