@@ -48,6 +48,7 @@ from kl_retrievers.hub import (
     bundled_names,
     cached_sha256,
     file_matches_sha256,
+    local_reference,
     resolve_model_path,
     sha256_file,
     warn_if_shadowed,
@@ -311,13 +312,13 @@ class GaussianEncoder(EncoderMixin, nn.Module):
             normalize_pooled=normalize_pooled,
             max_length=max_length,
             query_max_length=query_max_length,
-            backbone=_backbone_reference(name_or_path),
+            backbone=local_reference(name_or_path),
             backbone_sha256=cached_sha256(weights) if weights.is_file() else None,
             extra={"query_prefix": prefix} if prefix else {},
         )
         if seed is not None:
             torch.manual_seed(seed)
-        enc = cls(backbone, tokenizer, config, name_or_path=_backbone_reference(name_or_path))
+        enc = cls(backbone, tokenizer, config, name_or_path=local_reference(name_or_path))
         enc.reset_heads(init_variance=init_variance, identity_mean=identity_mean)
         return enc.eval()
 
@@ -699,7 +700,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                 )
         name_or_path = _model_reference(name_or_path)
         path = resolve_model_path(name_or_path)
-        reference = _backbone_reference(name_or_path)
+        reference = local_reference(name_or_path)
         cfg_file = path / CONFIG_NAME
         meta = read_encoder_meta(path)  # NotAnEncoderError naming the folder (kl_retrievers._config, torch-free)
         check_version(meta, what=f"encoder at {path}", format_version=FORMAT_VERSION)
@@ -845,20 +846,6 @@ def _check_weights_sha256(meta: dict[str, Any], cfg_file: Path, weights_file: Pa
             f"{weights_file} is damaged or was changed after it was saved: its SHA-256 is {actual}, but "
             f"{cfg_file.name} records {expected}; restore the folder or save the encoder again"
         )
-
-
-def _backbone_reference(name_or_path: str | os.PathLike[str]) -> str:
-    """What a saved encoder records as its backbone: an absolute path for a local folder, else the name.
-
-    A relative folder would only resolve from the working directory the encoder was trained in.
-
-    Examples:
-        >>> _backbone_reference("sentence-transformers/no-such-model")
-        'sentence-transformers/no-such-model'
-    """
-    text = os.fspath(name_or_path)
-    local = Path(text).expanduser()
-    return str(local.resolve()) if local.is_dir() else text
 
 
 def _read_weights(weights_file: Path) -> dict[str, torch.Tensor]:

@@ -42,6 +42,7 @@ __all__ = [
     "sha256_file",
     "file_matches_sha256",
     "cached_sha256",
+    "local_reference",
     "warn_if_shadowed",
 ]
 
@@ -96,6 +97,20 @@ def warn_if_shadowed(name_or_path: str, name: str) -> None:
             name_or_path,
             local.resolve(),
         )
+
+
+def local_reference(name_or_path: str | os.PathLike[str]) -> str:
+    """What an encoder records for ``name_or_path``: an existing local folder as its absolute path, else the name.
+
+    A relative folder would only resolve from the working directory it was given in.
+
+    Examples:
+        >>> local_reference("sentence-transformers/no-such-model")
+        'sentence-transformers/no-such-model'
+    """
+    text = os.fspath(name_or_path)
+    local = Path(text).expanduser()
+    return str(local.resolve()) if local.is_dir() else text
 
 
 class ModelNotFoundError(OSError):

@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kl_retrievers.hub import ModelNotFoundError, warn_if_shadowed
+from kl_retrievers.hub import ModelNotFoundError, local_reference, warn_if_shadowed
 
 if TYPE_CHECKING:
     from kl_retrievers.encoder import GaussianEncoder
@@ -315,12 +315,6 @@ def _name_or_path_text(name_or_path: object) -> str | None:
     )
 
 
-def _local_reference(name_or_path: str) -> str:
-    """An existing local folder as its absolute path (it then means the same folder from any working folder)."""
-    local = Path(name_or_path).expanduser()
-    return str(local.resolve()) if local.is_dir() else name_or_path
-
-
 def _refuse_backbone_name(name_or_path: str) -> None:
     """A backbone's name (``all-MiniLM-L6-v2``, ``bge-small-en``...) is no Gaussian model: say what to load."""
     from kl_retrievers.hub import OFFLINE_COPIES
@@ -494,7 +488,7 @@ def _load_onnx(
         from kl_retrievers.hub import resolve_model_path
 
         assert name_or_path is not None
-        source, display = resolve_model_path(name_or_path), _local_reference(name_or_path)
+        source, display = resolve_model_path(name_or_path), local_reference(name_or_path)
         if _is_onnx_export(source):
             return OnnxGaussianEncoder(source, name_or_path=display)
         from kl_retrievers._config import encoder_config, read_encoder_meta

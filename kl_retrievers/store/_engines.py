@@ -123,6 +123,11 @@ def _query_blocks(nq: int, per_query: int, fn: Callable[[int, int], None]) -> No
             pass
 
 
+def _row_norms(x: np.ndarray) -> np.ndarray:
+    """Euclidean norm of each row of ``x``."""
+    return np.sqrt(np.einsum("ij,ij->i", x, x))
+
+
 def _sample_rows(n: int) -> np.ndarray:
     """Up to 8 row numbers spread over ``n`` rows (first and last included): the rows checked on load."""
     return np.unique(np.linspace(0, n - 1, num=min(n, 8)).astype(np.int64))
@@ -690,8 +695,7 @@ class ApproxEngine(FaissEngine):
 
     def _norms(self, dvec: np.ndarray) -> np.ndarray:
         """Norms of the centred, shifted rows of ``d~``."""
-        shifted = self._shifted(self._centred(dvec))
-        return np.sqrt(np.einsum("ij,ij->i", shifted, shifted))
+        return _row_norms(self._shifted(self._centred(dvec)))
 
     def _max_norm(self, dvec: np.ndarray) -> float:
         """Largest norm of the centred, shifted rows of ``d~``."""
@@ -796,7 +800,7 @@ class ApproxEngine(FaissEngine):
         rows = np.arange(table.n_rows) if live is None else live
         for sel in self._live_blocks(rows):
             shifted = self._shifted(self._centred(table.doc_vectors(sel)))  # as _reduced, keeping the norms
-            top = max(top, float(np.sqrt(np.einsum("ij,ij->i", shifted, shifted).max())))
+            top = max(top, float(_row_norms(shifted).max()))
             index.add(reduce_document_vectors(shifted, 0.0, self._norm_bound, width=self.width))
         return top
 
