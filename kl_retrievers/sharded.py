@@ -117,9 +117,6 @@ def is_jsonl_path(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in JSONL_SUFFIXES
 
 
-_is_jsonl = is_jsonl_path
-
-
 def _is_record(line: bytes) -> bool:
     """Whether one line of the input is a record: not blank after ``bytes.strip()`` (ASCII whitespace).
 
@@ -171,7 +168,7 @@ def plan_shards(path: str | os.PathLike[str], shard_size: int = 10000) -> tuple[
     start = 0
     rows = 0
     first = 0
-    jsonl = _is_jsonl(source)
+    jsonl = is_jsonl_path(source)
     id_hashes = array("q")  # one 64-bit hash of each JSONL record's id, in record order
     with open(source, "rb") as fh:
         for line in fh:
@@ -203,6 +200,11 @@ def _record_id(line: bytes, row_no: int) -> str | None:
         return None
     if not isinstance(row, dict):
         return None
+    return _row_id(row, row_no)
+
+
+def _row_id(row: dict[str, Any], row_no: int) -> str:
+    """A JSONL record's id: ``_id``, else ``id``, else its record number."""
     return str(row.get("_id", row.get("id", row_no)))
 
 
@@ -258,6 +260,7 @@ def read_shard(path: str | os.PathLike[str], spec: ShardSpec, field: str = "auto
     ids: list[str] = []
     texts: list[str] = []
     records = split_records(raw)  # as plan_shards counts them
+    jsonl = is_jsonl_path(source)
     if len(records) != spec.rows:
         raise ValueError(f"{source}: shard {spec.index} should hold {spec.rows} records, found {len(records)}")
     for offset, record in enumerate(records):
@@ -266,9 +269,9 @@ def read_shard(path: str | os.PathLike[str], spec: ShardSpec, field: str = "auto
             line = record.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ValueError(f"{source}, record {row_no + 1}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-        if _is_jsonl(source):
+        if jsonl:
             row = parse_json_object(line, f"{source}, record {row_no + 1}")
-            ids.append(str(row.get("_id", row.get("id", row_no))))
+            ids.append(_row_id(row, row_no))
             texts.append(row_text(row, field, f"{source}, record {row_no + 1}"))
         else:
             ids.append(str(row_no))
