@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from kl_retrievers.datasets import BeirDataset
 from kl_retrievers.encoding_cache import EncodingCache
-from kl_retrievers.runs import Run, inner_product_run
+from kl_retrievers.runs import Run, inner_product_run, tie_ranks, top_k
 
 __all__ = [
     "BASELINES",
@@ -64,6 +64,8 @@ BASELINE_LABELS: dict[str, str] = {
 #: bm25s' default is ``\b\w\w+\b``; keeping one-character tokens matches the README's BM25 figures.
 BM25_TOKEN_PATTERN = r"(?u)\b\w+\b"
 BGE_QUERY_PREFIX = "Represent this sentence for searching relevant passages: "
+#: Bound on one block of BM25 scores (queries x documents) in :func:`bm25_run`.
+_BM25_BLOCK_ELEMENTS = 1 << 24
 
 
 # --------------------------------------------------------------------------------------
@@ -115,12 +117,29 @@ def bm25_run(
     # Queries as strings: the retriever maps them through the corpus vocabulary (unknown words drop out).
     query_tokens = tokenize(dataset.query_texts(), return_ids=False, show_progress=False)
     depth = min(k, len(doc_ids))
-    idx, scores = retriever.retrieve(query_tokens, k=depth, show_progress=show_progress, n_threads=0)
+    # Every document's score, then the run's own top-k: bm25s' retrieve keeps its own choice among
+    # documents tied at the cut, and evaluate_run ranks ties by document id (as trec_eval does).
+    ranks = tie_ranks(doc_ids)
+    block = max(1, _BM25_BLOCK_ELEMENTS // max(1, len(doc_ids)))
     run: Run = {}
-    for i, qid in enumerate(query_ids):
-        run[qid] = {doc_ids[int(j)]: float(s) for j, s in zip(idx[i], scores[i], strict=True) if s > 0}
+    with tqdm(total=len(query_ids), desc="BM25 retrieval", unit="query", disable=not show_progress) as bar:
+        for start in range(0, len(query_ids), block):
+            tokens = query_tokens[start : start + block]
+            scores = np.stack([_bm25_scores(retriever, t, len(doc_ids)) for t in tokens])
+            idx, vals = top_k(scores, depth, ranks)
+            for i, qid in enumerate(query_ids[start : start + block]):
+                run[qid] = {doc_ids[int(j)]: float(s) for j, s in zip(idx[i], vals[i], strict=True) if s > 0}
+            bar.update(len(tokens))
     logger.info("BM25 over %d docs for %d queries in %.1f s", len(doc_ids), len(query_ids), time.perf_counter() - t0)
     return run
+
+
+def _bm25_scores(retriever: Any, tokens: Sequence[str], n_docs: int) -> np.ndarray:
+    """One query's BM25 score for every document (zeros when none of its words is in the corpus)."""
+    ids = retriever.get_tokens_ids(list(tokens))
+    if not ids:
+        return np.zeros(n_docs, dtype=np.float32)
+    return np.asarray(retriever.get_scores_from_ids(ids))
 
 
 # --------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ from kl_retrievers.encoding_cache import CACHE_ENV as CACHE_ENV  # re-exported, 
 from kl_retrievers.encoding_cache import EncodingCache, default_cache_dir
 from kl_retrievers.encoding_cache import model_fingerprint as model_fingerprint  # re-exported: it was defined here
 from kl_retrievers.gaussian import Gaussians, check_float32_scorable, check_k, exact_top_k
-from kl_retrievers.runs import Qrels, Run, inner_product_run, run_from_top_k, top_k
+from kl_retrievers.runs import Qrels, Run, inner_product_run, run_from_top_k, tie_ranks, top_k
 
 if TYPE_CHECKING:
     from typing import Unpack  # Python 3.11; only read by type checkers here
@@ -405,7 +405,8 @@ def retrieve_exact(
     inner-product rewrite around the corpus mean, re-scored term by term in float64 and proven
     complete by a bound on the float32 error (the pool widens, or every document is scored in
     float64, where the bound says it must). The reported scores are the true ``-KL`` and the
-    ranking is the float64 one (ties aside).
+    ranking is the float64 one; documents tied at the depth cut are kept by document id,
+    descending, the order :func:`evaluate_run` ranks ties in, so a run is a prefix of any deeper one.
 
     Args:
         queries: ``n_q`` query Gaussians (numpy or torch).
@@ -450,6 +451,7 @@ def retrieve_exact(
             margin=max(0, pool_margin),
             max_block_elements=max_block_elements,
             on_block=bar.update,
+            tie_rank=tie_ranks(doc_ids),
         )
     return run_from_top_k(query_ids, doc_ids, idx, vals)
 

@@ -1054,20 +1054,29 @@ def neg_kl_rows(
 
 
 def _merge_top(
-    best_s: np.ndarray, best_r: np.ndarray, s: np.ndarray, r: np.ndarray, keep: int
+    best_s: np.ndarray, best_r: np.ndarray, s: np.ndarray, r: np.ndarray, keep: int, tie_rank: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``keep`` largest of two (scores, rows) sets per query (unordered)."""
+    """The ``keep`` largest of two (scores, rows) sets per query (unordered; ties by ``tie_rank`` when given)."""
     all_s = np.concatenate([best_s, s], axis=1)
     all_r = np.concatenate([best_r, r], axis=1)
     if all_s.shape[1] > keep:
-        top = np.argpartition(-all_s, keep - 1, axis=1)[:, :keep]
+        if tie_rank is None:
+            top = np.argpartition(-all_s, keep - 1, axis=1)[:, :keep]
+        else:
+            top = np.lexsort((tie_rank[all_r], -all_s), axis=1)[:, :keep]
         all_s = np.take_along_axis(all_s, top, 1)
         all_r = np.take_along_axis(all_r, top, 1)
     return all_s, all_r
 
 
 def _streamed_top(
-    allowed: np.ndarray, step: int, keep: int, score: Callable[[int, np.ndarray], np.ndarray], nq: int, dtype: Any
+    allowed: np.ndarray,
+    step: int,
+    keep: int,
+    score: Callable[[int, np.ndarray], np.ndarray],
+    nq: int,
+    dtype: Any,
+    tie_rank: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``keep`` best (scores, rows) per query (unordered), scoring ``step`` allowed rows at a time.
 
@@ -1079,12 +1088,17 @@ def _streamed_top(
     for start in range(0, allowed.size, step):
         block = allowed[start : start + step]
         sc = score(start, block)
-        best_s, best_r = _merge_top(best_s, best_r, sc, np.broadcast_to(block, sc.shape), keep)
+        best_s, best_r = _merge_top(best_s, best_r, sc, np.broadcast_to(block, sc.shape), keep, tie_rank)
     return best_s, best_r
 
 
-def top_k_rows(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per query, the ``k`` best of candidate ``rows`` by ``scores``, best first (stable on ties).
+def top_k_rows(
+    scores: np.ndarray, rows: np.ndarray, k: int, tie_rank: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the ``k`` best of candidate ``rows`` by ``scores``, best first.
+
+    Tied scores keep the candidates' order, or, with ``tie_rank`` (one entry per document row, lower
+    first; :func:`kl_retrievers.runs.tie_ranks`), that rank's order.
 
     Candidates scored ``-inf`` or NaN (padding, disallowed rows) come out as row ``-1`` with score
     ``-inf``; fewer than ``k`` candidates are padded the same way.
@@ -1093,6 +1107,7 @@ def top_k_rows(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray
         scores: Shape ``(m, c)``; higher is better.
         rows: Shape ``(m, c)``: the candidate rows the scores belong to.
         k: Width of the result.
+        tie_rank: Optional order of tied rows (indexed by row number).
 
     Returns:
         ``(rows, scores)``, shape ``(m, k)``.
@@ -1102,7 +1117,10 @@ def top_k_rows(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray
         >>> top_k_rows(np.array([[0.5, -np.inf, 2.0]]), np.array([[7, 8, 9]]), 4)
         (array([[ 9,  7, -1, -1]]), array([[ 2. ,  0.5, -inf, -inf]]))
     """
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    if tie_rank is None:
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    else:  # padding rows (-1) score -inf and sort after every real row whatever their rank
+        order = np.lexsort((tie_rank[rows], -scores), axis=1)[:, :k]
     s = np.take_along_axis(scores, order, 1).astype(np.float64)
     r = np.take_along_axis(rows, order, 1).astype(np.int64)
     bad = ~(s > -np.inf)
@@ -1121,6 +1139,7 @@ def float64_top_k(
     *,
     rows: np.ndarray | None = None,
     means_only: bool = False,
+    tie_rank: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` rows by float64 scores of every (allowed) document: the slow, always exact path.
 
@@ -1130,6 +1149,7 @@ def float64_top_k(
         k: Results per query.
         rows: The allowed document rows (default: all).
         means_only: Score by ``-||mu_q - mu_d||^2`` instead of ``-KL``.
+        tie_rank: Order of tied rows, indexed by row number (default: unspecified).
 
     Returns:
         ``(rows, scores)``, shape ``(n_q, k)``, best first, padded with ``-1`` / ``-inf``.
@@ -1157,7 +1177,7 @@ def float64_top_k(
             sc[a : a + qstep] = -np.einsum("qcj,qcj->qc", diff, diff)
         return sc
 
-    return top_k_rows(*_streamed_top(allowed, _EXACT_ROWS // 16, k, score, nq, np.float64), k)
+    return top_k_rows(*_streamed_top(allowed, _EXACT_ROWS // 16, k, score, nq, np.float64, tie_rank), k, tie_rank)
 
 
 def refine_top_k(
@@ -1169,6 +1189,7 @@ def refine_top_k(
     rescore: Callable[[np.ndarray, np.ndarray], np.ndarray],
     fallback: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
     query_shift: np.ndarray,
+    tie_rank: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top ``k`` from float32 candidates: re-score a pool, prove it holds the top ``k``, or widen it.
 
@@ -1184,6 +1205,9 @@ def refine_top_k(
         fallback: ``query numbers -> (rows, scores)``: the exact top ``k`` in float64 over every
             allowed row, shape ``(m, k)``.
         query_shift: Per query, exact score = float32-scale score + shift (the query constant).
+        tie_rank: Order of tied rows, indexed by row number (default: the pool's order). The proof
+            is strict (every row left out scores below the ``k``-th), so rows tied at the cut are
+            all in the pool and this order decides between them.
 
     Returns:
         ``(rows, scores)``, shape ``(nq, k)``, best first, float64 scores; ``-1`` / ``-inf`` padding.
@@ -1198,7 +1222,7 @@ def refine_top_k(
         want = min(n_allowed, c + 1)  # one more than the pool: the best row left out
         lab, approx, bound = candidates(todo, want)
         pool = lab[:, :c]
-        r, s = top_k_rows(rescore(todo, pool), pool, k)
+        r, s = top_k_rows(rescore(todo, pool), pool, k, tie_rank)
         if want == c:  # the pool is every allowed row
             ok = np.ones(todo.size, dtype=bool)
         else:
@@ -1229,6 +1253,7 @@ def exact_top_k(
     doc_sumlogvar: np.ndarray | None = None,
     max_block_elements: int = 1 << 25,
     on_block: Callable[[int], None] | None = None,
+    tie_rank: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top ``k`` documents per query by ``-KL(Q || D)`` (or ``-||mu_q - mu_d||^2``), float64 scores.
 
@@ -1247,6 +1272,8 @@ def exact_top_k(
         doc_sumlogvar: ``sum_i log var_d_i`` per document, if already known.
         max_block_elements: Bound on one float32 score block (queries x documents).
         on_block: Called with the number of queries finished after each block of queries.
+        tie_rank: One entry per document row: the order of rows whose scores tie, lower first
+            (:func:`kl_retrievers.runs.tie_ranks` gives ``trec_eval``'s order). Default: unspecified.
 
     Returns:
         ``(rows, scores)``, shape ``(n_q, min(k, n_allowed))``: document row numbers best first and
@@ -1269,6 +1296,9 @@ def exact_top_k(
     docs = _numpy_gaussians(documents, "documents")
     if q.dim != docs.dim:
         raise ValueError(f"queries have dimension {q.dim} but documents {docs.dim}")
+    ranks = None if tie_rank is None else np.asarray(tie_rank, dtype=np.int64)
+    if ranks is not None and ranks.shape != (len(docs),):
+        raise ValueError(f"tie_rank has shape {ranks.shape}; expected ({len(docs)},), one rank per document row")
     allowed = np.arange(len(docs)) if rows is None else np.asarray(rows, dtype=np.int64)
     nq, n = len(q), int(allowed.size)
     kk = min(k, n)
@@ -1329,10 +1359,10 @@ def exact_top_k(
             return neg_kl_rows(q[base[qi]], docs, lab, doc_sumlogvar=doc_sumlogvar, means_only=means_only)
 
         def fallback(qi: np.ndarray, base: np.ndarray = qi_block) -> tuple[np.ndarray, np.ndarray]:
-            return float64_top_k(q[base[qi]], docs, kk, rows=allowed, means_only=means_only)
+            return float64_top_k(q[base[qi]], docs, kk, rows=allowed, means_only=means_only, tie_rank=ranks)
 
         out_r[qi_block], out_s[qi_block] = refine_top_k(
-            qi_block.size, kk, n, margin, cand, rescore, fallback, shift[qi_block]
+            qi_block.size, kk, n, margin, cand, rescore, fallback, shift[qi_block], ranks
         )
         if on_block is not None:
             on_block(qi_block.size)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["Qrels", "Run", "inner_product_run", "run_from_top_k", "top_k"]
+__all__ = ["Qrels", "Run", "inner_product_run", "run_from_top_k", "tie_ranks", "top_k"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +29,38 @@ Run = dict[str, dict[str, float]]
 Qrels = dict[str, dict[str, int]]
 
 
-def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def tie_ranks(doc_ids: Sequence[str]) -> np.ndarray:
+    """Each document's place when tied scores are broken as ``trec_eval`` breaks them: by id, descending.
+
+    :func:`kl_retrievers.evaluation.evaluate_run` ranks tied documents of a run this way; a run cut
+    at a depth must keep the same tied documents, or a deeper run scores differently at ``@depth``.
+
+    Args:
+        doc_ids: Document ids, one per corpus row.
+
+    Returns:
+        ``int64`` array, one entry per row: ``0`` for the id that wins every tie (the largest), and so on.
+
+    Examples:
+        >>> tie_ranks(["a", "c", "b"]).tolist()
+        [2, 0, 1]
+    """
+    order = sorted(range(len(doc_ids)), key=lambda i: str(doc_ids[i]), reverse=True)
+    ranks = np.empty(len(doc_ids), dtype=np.int64)
+    ranks[order] = np.arange(len(doc_ids), dtype=np.int64)
+    return ranks
+
+
+def top_k(scores: np.ndarray, k: int, tie_rank: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Row-wise top ``k`` of a score matrix, best first (argpartition, then a sort of ``k``).
 
     Args:
         scores: Shape ``(n_queries, n_docs)``; higher is better.
         k: How many to keep (clipped to ``n_docs``).
+        tie_rank: Per document column, its place among tied scores (lower first; see
+            :func:`tie_ranks`). With it, documents tied at the ``k``-th score are kept and ordered
+            by this rank, as ``trec_eval`` orders them, so the top ``k`` is a prefix of every deeper
+            top-k. Without it, which tied documents are kept is unspecified.
 
     Returns:
         ``(indices, values)``, each of shape ``(n_queries, min(k, n_docs))``.
@@ -43,6 +69,8 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         >>> idx, val = top_k(np.array([[0.1, 0.9, 0.5]]), 2)
         >>> idx.tolist(), val.tolist()
         ([[1, 2]], [[0.9, 0.5]])
+        >>> top_k(np.array([[1.0, 1.0, 1.0]]), 2, tie_rank=tie_ranks(["a", "c", "b"]))[0].tolist()
+        [[1, 2]]
     """
     n = scores.shape[1]
     k = min(k, n)
@@ -50,7 +78,20 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros((scores.shape[0], 0), dtype=np.int64), np.zeros((scores.shape[0], 0), dtype=scores.dtype)
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (scores.shape[0], 1))
     vals = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-vals, axis=1, kind="stable")
+    if tie_rank is None:
+        order = np.argsort(-vals, axis=1, kind="stable")
+        return np.take_along_axis(part, order, axis=1), np.take_along_axis(vals, order, axis=1)
+    tie_rank = np.asarray(tie_rank, dtype=np.int64)
+    if tie_rank.shape != (n,):
+        raise ValueError(f"tie_rank has shape {tie_rank.shape}; expected ({n},), one rank per document column")
+    if k < n:
+        kth = vals.min(axis=1)
+        at_cut = (scores == kth[:, None]).sum(axis=1) > (vals == kth[:, None]).sum(axis=1)
+        for i in np.flatnonzero(at_cut):  # a tie straddles the cut: keep the tied columns that rank first
+            cand = np.flatnonzero(scores[i] >= kth[i])
+            part[i] = cand[np.lexsort((tie_rank[cand], -scores[i, cand]))][:k]
+        vals = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((tie_rank[part], -vals), axis=1)
     return np.take_along_axis(part, order, axis=1), np.take_along_axis(vals, order, axis=1)
 
 
@@ -86,8 +127,9 @@ def inner_product_run(
         {'q': {'a': 2.0, 'b': 0.0}}
     """
     run: Run = {}
+    ranks = tie_ranks(doc_ids)
     block = max(1, max_block_elements // max(1, len(doc_ids)))
     for start in range(0, len(query_ids), block):
-        idx, vals = top_k(queries[start : start + block] @ documents.T, k)
+        idx, vals = top_k(queries[start : start + block] @ documents.T, k, ranks)
         run.update(run_from_top_k(query_ids[start : start + block], doc_ids, idx, vals))
     return run
