@@ -41,6 +41,7 @@ import numpy as np
 from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, require_torch
 from kl_retrievers._io import atomic_dir, check_version, is_within, library_version, parse_json_object, some_names
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians
+from kl_retrievers.hub import local_reference
 from kl_retrievers.hub import sha256_file as _sha256
 
 if TYPE_CHECKING:
@@ -600,7 +601,8 @@ class OnnxGaussianEncoder(EncoderMixin):
     Args:
         path: A folder holding ``model.onnx``, ``tokenizer.json`` and ``config.json``.
         num_threads: ONNX Runtime intra-op threads (default: its own choice, the physical cores).
-        name_or_path: How the encoder names itself (default: ``path``).
+        name_or_path: How the encoder names itself (default: ``path`` made absolute, as
+            :func:`kl_retrievers.hub.local_reference` records it).
 
     Raises:
         OnnxModelError: The folder is not an ONNX export, or its graph does not match its config.
@@ -629,7 +631,7 @@ class OnnxGaussianEncoder(EncoderMixin):
         )
         self.path = folder
         self.meta = meta
-        self.name_or_path = name_or_path or os.fspath(path)
+        self.name_or_path = name_or_path or local_reference(path)  # an absolute folder, as the torch encoder records
 
     @classmethod
     def _from_parts(

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from kl_retrievers.hub import local_reference
 from kl_retrievers.onnx import MODEL_FILE, OnnxEncoderConfig, OnnxGaussianEncoder, OnnxModelError
 
 logger = logging.getLogger(__name__)
@@ -282,7 +283,7 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
         from tokenizers import Tokenizer
 
         path = Path(folder)
-        where = name_or_path or os.fspath(folder)
+        where = name_or_path or local_reference(folder)  # an absolute folder, as the other encoders record
         backbone = shared_backbone_for(path)
         if backbone is None:
             raise OnnxModelError(

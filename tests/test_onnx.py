@@ -382,6 +382,19 @@ def tiny_shared_backbone(shared_tiny: tuple[GaussianEncoder, Path, Path], monkey
 
 
 @pytest.mark.usefixtures("tiny_shared_backbone")
+def test_a_shared_backbone_encoder_named_by_a_relative_folder_records_it_absolute(
+    shared_tiny: tuple[GaussianEncoder, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kl_retrievers.onnx_heads import OnnxHeadsGaussianEncoder
+
+    model_dir = shared_tiny[1]
+    monkeypatch.chdir(model_dir.parent)
+    enc = OnnxHeadsGaussianEncoder(model_dir.name)
+    assert enc.name_or_path == str(model_dir.resolve())  # not "model", which means another folder elsewhere
+    assert OnnxHeadsGaussianEncoder(model_dir.name, name_or_path="mine").name_or_path == "mine"
+
+
+@pytest.mark.usefixtures("tiny_shared_backbone")
 def test_a_shared_backbone_graph_with_numpy_heads_equals_the_torch_encoder(
     shared_tiny: tuple[GaussianEncoder, Path, Path],
 ) -> None:

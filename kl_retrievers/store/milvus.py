@@ -398,7 +398,7 @@ class MilvusKLStore(GaussianStore):
         index_type: ``"flat"`` (exact), ``"hnsw"`` or ``"ivf"``.
         metric: ``"L2"`` (MIPS -> L2 reduction, default) or ``"IP"``.
         compression: ``None`` or ``"sq8"`` (``HNSW_SQ`` / ``IVF_SQ8``).
-        hnsw_m: HNSW graph degree ``M``.
+        hnsw_m: HNSW graph degree ``M`` (at least 2).
         ef_construction: HNSW ``efConstruction``.
         ef_search: HNSW ``ef`` (raised to the candidate pool when smaller).
         nlist: IVF lists.
@@ -480,6 +480,9 @@ class MilvusKLStore(GaussianStore):
             ],
             compressions=COMPRESSIONS,
         )
+        # as KLStore (store.faiss._check_settings, same message): Milvus' HNSW takes M from 2 as well
+        if hnsw_m < 2:
+            raise ValueError(f"hnsw_m must be an integer >= 2 (neighbours per node of the HNSW graph); got {hnsw_m!r}")
         if (
             isinstance(exact_threshold, bool)
             or not isinstance(exact_threshold, (int, np.integer))

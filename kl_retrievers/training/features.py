@@ -30,7 +30,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from kl_retrievers._io import user_cache_dir
 from kl_retrievers.encoder import GaussianEncoder
+from kl_retrievers.encoding_cache import CACHE_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +50,15 @@ __all__ = [
 def default_feature_cache_dir() -> Path:
     """``$KL_RETRIEVERS_CACHE/features`` if that variable is set, else ``~/.cache/kl_retrievers/features``.
 
+    ``$XDG_CACHE_HOME`` replaces ``~/.cache`` when set, as for the encoding cache
+    (:func:`kl_retrievers.encoding_cache.default_cache_dir`, :func:`kl_retrievers._io.user_cache_dir`).
+
     Examples:
         >>> default_feature_cache_dir().name
         'features'
     """
-    env = os.environ.get("KL_RETRIEVERS_CACHE")
-    base = Path(env).expanduser() if env else Path.home() / ".cache" / "kl_retrievers"
-    return base / "features"
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() / "features" if env else user_cache_dir(CACHE_ENV, "features")
 
 
 @dataclass
