@@ -2,6 +2,7 @@
 
     python scripts/build_notebooks.py            # write the .ipynb files without outputs
     python scripts/build_notebooks.py --execute  # also run them and keep their (small) outputs
+    python scripts/build_notebooks.py --execute --only 04_train_your_own.ipynb  # one notebook
 
 CI runs every notebook top to bottom with nbmake (`pytest --nbmake notebooks`).
 """
@@ -159,9 +160,11 @@ NOTEBOOKS["04_train_your_own.ipynb"] = [
     ),
     (
         "md",
-        "The twin is scored by the dot product of the means, so evaluate it as its own model (`means_only` in "
-        "`kl-retrievers evaluate` ranks by mean distance instead). The full comparison, with seeds and "
-        "significance tests, is on the results page.",
+        "The twin is ranked by the dot product of its means, the similarity it was trained with: "
+        "`evaluate_model` and `kl-retrievers evaluate` read it from the twin's config (`similarity='neg_kl'` "
+        "ranks the twin by -KL instead, as an ablation; `--means-only`, the -KL model's mean-distance "
+        "ablation, is refused for a twin). The full comparison, with seeds and significance tests, is on "
+        "the results page.",
     ),
 ]
 
@@ -436,9 +439,11 @@ NOTEBOOKS["05_uncertainty.ipynb"] = [
 ]
 
 
-def build(execute: bool) -> None:
+def build(execute: bool, only: list[str] | None = None) -> None:
     OUT.mkdir(exist_ok=True)
     for name, cells in NOTEBOOKS.items():
+        if only and name not in only:
+            continue
         nb = new_notebook(
             cells=[new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in cells],
             metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
@@ -454,4 +459,6 @@ def build(execute: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--execute", action="store_true")
-    build(parser.parse_args().execute)
+    parser.add_argument("--only", nargs="+", choices=list(NOTEBOOKS), metavar="NAME", help="these notebooks only")
+    args = parser.parse_args()
+    build(args.execute, args.only)
