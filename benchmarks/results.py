@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from results_more import bundled_models_section, hybrid_section
+from results_more import HYBRID_LOG, bundled_models_section, hybrid_section
 from results_qpp import qpp_section
 
 from kl_retrievers.evaluation import load_per_query, paired_test
@@ -177,7 +177,8 @@ def render(root: Path = ROOT) -> str:
         "<!-- Written by `python benchmarks/results.py` from the logs under runs/; do not edit by hand. -->",
         "",
         f"Every figure on this page is read from a JSON line of `{EVAL_LOG.as_posix()}`, "
-        f"`{QPP_LOG.as_posix()}` or `runs/qpp/calibration.jsonl`, or computed from the files those lines name; "
+        f"`{HYBRID_LOG.as_posix()}`, `{QPP_LOG.as_posix()}` or `runs/qpp/calibration.jsonl`, or computed from the "
+        "files those lines name; "
         "`python benchmarks/results.py --check` fails when the page and the logs disagree. "
         "The first round of experiments (training recipes, dev choices, the in-domain protocol) is on "
         "[Results, round 1 (archive)](results-archive.md); its logs were not committed, so its figures "

@@ -19,13 +19,47 @@ from results_qpp import _read, _table
 
 HYBRID_LOG = Path("runs") / "eval" / "hybrid.jsonl"
 SPLIT = "test"
+#: A bundled model that ranks exactly like a torch float32 baseline of the same log (its model card: unit
+#: variances and an identity mean head, so -KL is cosine - 1): run on ONNX int8, its difference from
+#: that baseline is the int8 graph's rounding alone.
+INT8_TWIN = ("minilm-unit-variance", "minilm")
 
 
 def _backend(command: str) -> str:
+    """The ``--model-backend`` of a logged command; without one, the command's default.
+
+    Both commands that log these lines default to torch: ``kl-retrievers evaluate`` (``--model-backend``
+    default ``"torch"``, kl_retrievers/evaluate_cli.py) and ``benchmarks/qpp.py``.
+
+    Examples:
+        >>> _backend("kl-retrievers evaluate data --model m --model-backend onnx"), _backend("kl-retrievers evaluate d")
+        ('onnx', 'torch')
+    """
     tokens = shlex.split(command)
     if "--model-backend" in tokens:
         return tokens[tokens.index("--model-backend") + 1]
-    return "torch" if tokens[:2] == ["python", "benchmarks/qpp.py"] else "library default"  # qpp.py: torch
+    return "torch"
+
+
+def int8_gap(twin: Mapping[str, Mapping[str, Any]], baseline: Mapping[str, Mapping[str, Any]]) -> float | None:
+    """The largest |nDCG@10 difference| over collections of :data:`INT8_TWIN`'s ONNX runs and its torch baseline.
+
+    ``twin`` and ``baseline``: collection -> record. ``None`` when no collection has an ONNX run of the
+    twin beside the baseline.
+
+    Examples:
+        >>> onnx = {"a": {"ndcg@10": 0.5, "command": "kl-retrievers evaluate a --model-backend onnx"}}
+        >>> int8_gap(onnx, {"a": {"ndcg@10": 0.75}, "b": {"ndcg@10": 0.5}})
+        0.25
+        >>> int8_gap({"a": {"ndcg@10": 0.5, "command": "kl-retrievers evaluate a"}}, {"a": {"ndcg@10": 0.75}}) is None
+        True
+    """
+    gaps = [
+        abs(rec["ndcg@10"] - baseline[c]["ndcg@10"])
+        for c, rec in twin.items()
+        if c in baseline and _backend(rec.get("command", "")) == "onnx"
+    ]
+    return max(gaps) if gaps else None
 
 
 def bundled_models_section(
@@ -43,10 +77,15 @@ def bundled_models_section(
 
     names = set(bundled_models())
     found: dict[str, dict[str, dict[str, Any]]] = {}
+    baseline: dict[str, dict[str, Any]] = {}  # the newest line of INT8_TWIN's baseline, per collection
     for rec in _read(root / eval_log):
-        if rec.get("system") in names and rec.get("split") == SPLIT and rec.get("collection") in collections:
-            found.setdefault(rec["system"], {})[rec["collection"]] = rec
-    found[default_name] = dict(default)
+        if rec.get("split") == SPLIT and rec.get("collection") in collections:
+            if rec.get("system") in names:
+                found.setdefault(rec["system"], {})[rec["collection"]] = rec
+            elif rec.get("system") == INT8_TWIN[1]:
+                baseline[rec["collection"]] = rec
+    gap = int8_gap(found.get(INT8_TWIN[0], {}), baseline)
+    found[default_name] = {c: dict(r) for c, r in default.items()}
     rows, commands = [], []
     for name in sorted(found, key=lambda n: (n != default_name, n)):
         recs = found[name]
@@ -61,8 +100,9 @@ def bundled_models_section(
         "## Every bundled model (test splits)",
         "",
         "nDCG@10 of each model in `kl_retrievers/pretrained/` (the default's row is the one above). `backend`: "
-        "the `--model-backend` of the logged command (ONNX int8 graphs differ from torch float32 by up to about "
-        "0.008 here). Which to choose: [Choosing a model](choosing-a-model.md).",
+        "the `--model-backend` of the logged command"
+        + ("" if gap is None else f" (ONNX int8 graphs differ from torch float32 by up to about {gap:.3f} here)")
+        + ". Which to choose: [Choosing a model](choosing-a-model.md).",
         "",
         *_table(["model", *collections.values(), "mean", "backend"], rows),
         "",
