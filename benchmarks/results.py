@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from results_more import HYBRID_LOG, bundled_models_section, hybrid_section
+from results_more import HYBRID_LOG, bundled_models_section, hybrid_section, ranking_fixes_note
 from results_qpp import qpp_section
 
 from kl_retrievers.evaluation import load_per_query, paired_test
@@ -211,6 +211,11 @@ def render(root: Path = ROOT) -> str:
         "```",
         *commands,
         "```",
+        "",
+        "Cells logged before a fix to how runs are ranked or cut can differ from a run of today's code where scores "
+        "tie exactly (duplicate documents: many on TREC DL21 and NFCorpus), in MRR@10 and the @100 metrics:",
+        "",
+        *ranking_fixes_note({k: records[k] for k in sorted(records)}, SYSTEMS, COLLECTIONS),
         "",
         *bundled_models_section(
             root,

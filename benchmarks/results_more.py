@@ -62,6 +62,36 @@ def int8_gap(twin: Mapping[str, Mapping[str, Any]], baseline: Mapping[str, Mappi
     return max(gaps) if gaps else None
 
 
+#: Fixes to how a run is ranked or cut that can move logged figures where scores tie: (commit, when it
+#: landed (UTC, the clock the logs' ``started``/``time`` use), what it changed).
+RANKING_FIXES = (
+    ("3f2136f", "2026-12-03T11:29:11", "every metric ranks tied scores by document id, descending; MRR@10 had not"),
+    ("e5b5d67", "2026-12-04T05:13:09", "a run keeps the tied documents that rule ranks first at its depth cut"),
+)
+
+
+def ranking_fixes_note(
+    records: Mapping[tuple[str, str], Mapping[str, Any]], systems: Mapping[str, str], collections: Mapping[str, str]
+) -> list[str]:
+    """One line per :data:`RANKING_FIXES` entry naming the (system, collection) cells logged before it.
+
+    Examples:
+        >>> rec = {("bm25", "c"): {"started": "2026-12-02T00:00:00"}}
+        >>> ranking_fixes_note(rec, {"bm25": "BM25"}, {"c": "C"})[0][-12:]
+        ': BM25 on C.'
+    """
+    lines = []
+    for commit, landed, what in RANKING_FIXES:
+        before = [
+            f"{systems[s]} on {collections[c]}"
+            for (s, c), r in records.items()
+            if str(r.get("started") or r.get("time")) < landed
+        ]
+        if before:
+            lines.append(f"- Logged before `{commit}` ({what}): {', '.join(before)}.")
+    return lines
+
+
 def bundled_models_section(
     root: Path,
     eval_log: Path,
