@@ -8,6 +8,7 @@ Every figure on the page is read from, or computed from, a JSON line of a log in
 * ``runs/qpp/qpp.jsonl``: the package default's lines, written by ``benchmarks/qpp.py`` through the same
   exact -KL evaluation (per-query files in ``runs/qpp/``). A default logged in ``runs/eval/`` wins. With
   ``runs/qpp/calibration.jsonl`` it also feeds the QPP and calibration section (``benchmarks/results_qpp.py``).
+* ``runs/eval/hybrid.jsonl``: the hybrid section, written by ``benchmarks/hybrid.py`` (``benchmarks/results_more.py``).
 
 The page is never edited by hand: ``--check`` exits 1 when it differs from what the logs render
 (``tests/test_results_page.py`` runs it). The first round's page, whose logs were not committed, is kept
