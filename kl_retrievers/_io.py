@@ -135,6 +135,31 @@ def parse_json_object(line: str, where: str) -> dict[str, Any]:
     return row
 
 
+def row_id(row: dict[str, Any], position: int, where: str) -> str:
+    """A JSONL row's id: ``_id`` or ``id`` (a non-empty string or an integer), else its record number.
+
+    The one id rule of ``kl-retrievers encode`` / ``index`` and of the sharded reader
+    (:mod:`kl_retrievers.sharded`); ``_id`` wins when present, even when it is null (refused then).
+
+    Examples:
+        >>> row_id({"_id": 7}, 0, "c.jsonl, line 1"), row_id({"text": "a"}, 4, "c.jsonl, line 6")
+        ('7', '4')
+        >>> row_id({"_id": None, "id": "x"}, 0, "c.jsonl, line 1")
+        Traceback (most recent call last):
+        ValueError: c.jsonl, line 1: '_id' must be a string or an integer; got null
+    """
+    key = "_id" if "_id" in row else "id" if "id" in row else None
+    if key is None:
+        return str(position)
+    value = row[key]
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        got = "null" if value is None else type(value).__name__
+        raise ValueError(f"{where}: {key!r} must be a string or an integer; got {got}")
+    if isinstance(value, str) and not value.strip():
+        raise ValueError(f"{where}: {key!r} is empty")
+    return str(value)
+
+
 def row_text(row: dict[str, Any], field: str, where: str) -> str:
     """A JSONL row's text: ``field``, or ``"auto"`` for title + text (errors name ``where``)."""
     if field == "auto":

@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from kl_retrievers._io import parse_json_object, read_jsonl_objects
+from kl_retrievers._io import row_id as _row_id  # the one id rule, shared with kl_retrievers.sharded
 from kl_retrievers._io import row_text as _row_text
 from kl_retrievers.cli_common import (  # re-exported: they were defined here
     KLSTORE_FORMAT,
     add_model_backend_argument,
     args_subset,
     check_output_path,
+    is_encoded_shards_folder,
     is_gaussians_config,
     positive_int,
     token_budget,
@@ -53,9 +55,13 @@ def _read_records(path: Path, field: str) -> tuple[list[str], list[str], list[di
 
     A JSONL row's id is its ``_id`` (or ``id``): a non-empty string or an integer; rows without
     one are numbered from 0. A null, non-string text or a repeated id is refused, naming the line.
+    Lines end at ``b"\\n"`` only and blank ones (ASCII whitespace) are skipped, as in
+    :func:`kl_retrievers.sharded.plan_shards`, so both readers accept, number and refuse alike.
     """
     if path.is_dir():
         raise ValueError(f"{path} is a folder; {_INPUT_FILES}")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} is not a regular file (a pipe, device or socket); save the input to a file first")
     if not path.is_file():
         raise FileNotFoundError(f"input file not found: {path}")
     try:
@@ -64,11 +70,20 @@ def _read_records(path: Path, field: str) -> tuple[list[str], list[str], list[di
             texts: list[str] = []
             rows: list[dict[str, Any]] = []
             first: dict[str, int] = {}
-            with open(path, encoding="utf-8") as fh:
-                for number, line in enumerate(fh, 1):
-                    if not line.strip():
+            # lines as the sharded path reads them (kl_retrievers.sharded.plan_shards): they end at b"\n" only
+            # (not at a lone \r), and a line is blank when only ASCII whitespace (not a NBSP or \x1c), so both
+            # paths accept and refuse the same files, naming the same lines
+            with open(path, "rb") as fh:
+                for number, raw in enumerate(fh, 1):
+                    if not raw.strip():
                         continue
                     where = f"{path}, line {number}"
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        raise ValueError(
+                            f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start} of the line)"
+                        ) from None
                     row = parse_json_object(line, where)
                     doc_id = _row_id(row, len(rows), where)
                     if doc_id in first:
@@ -91,20 +106,6 @@ _INPUT_FILES = (
     "folders are not accepted here: give one file, a .jsonl / .ndjson / .json file of JSON lines (a BEIR "
     "corpus.jsonl, or any text field with --field) or a text file with one text per line"
 )
-
-
-def _row_id(row: dict[str, Any], position: int, where: str) -> str:
-    """A JSONL row's id: ``_id`` or ``id`` (a non-empty string or an integer), else its position."""
-    key = "_id" if "_id" in row else "id" if "id" in row else None
-    if key is None:
-        return str(position)
-    value = row[key]
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        got = "null" if value is None else type(value).__name__
-        raise ValueError(f"{where}: {key!r} must be a string or an integer; got {got}")
-    if isinstance(value, str) and not value.strip():
-        raise ValueError(f"{where}: {key!r} is empty")
-    return str(value)
 
 
 def model_reference(model: str | None) -> str | None:
@@ -218,6 +219,11 @@ def _run_encode_sharded(args: argparse.Namespace) -> int:
         raise SystemExit("streaming mode (--shard-size / --backend ray) needs --input FILE")
     if args.shard_size is not None and args.shard_size <= 0:
         raise SystemExit(f"--shard-size must be >= 1; got {args.shard_size}")
+    if args.out.suffix.lower() == ".safetensors":
+        raise ValueError(
+            f"--out {args.out}: streaming mode (--shard-size / --backend ray) writes a folder of shards, not a "
+            ".safetensors file; give a folder name (or drop --shard-size to write one .safetensors file)"
+        )
     check_output_path(args.out, "--out", folder=True)
     args.model = model_reference(args.model)  # the manifest records it: absolute for a local folder
     report = encode_corpus(
@@ -314,6 +320,13 @@ def _read_corpus(path: Path, field: str) -> tuple[list[str], list[str], list[dic
         if beir.is_file():  # a BEIR folder: its corpus, not its SOURCE.md / README.md
             logger.info("%s holds a corpus.jsonl: indexing %s (title + text, as a BEIR corpus)", path, beir)
             path = beir
+        elif is_encoded_shards_folder(path):
+            raise ValueError(
+                f"{path} is an encoded-shards folder (written by `kl-retrievers encode --shard-size`), not a corpus; "
+                "`index` encodes texts. To index these encodings, read them in Python with "
+                "kl_retrievers.sharded.iter_encoded and add them with KLStore.add(gaussians=..., ids=...), then "
+                "KLStore.save(FOLDER)"
+            )
         else:
             return _read_text_folder(path)
     ids, texts, rows = _read_records(path, field)

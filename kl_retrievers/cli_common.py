@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ENCODED_SHARDS_FORMAT",
     "KLSTORE_FORMAT",
     "add_model_backend_argument",
     "args_subset",
     "check_output_path",
+    "is_encoded_shards_folder",
     "is_gaussians_config",
     "is_store_config",
     "read_folder_config",
@@ -110,6 +112,20 @@ def args_subset(args: argparse.Namespace, *names: str) -> dict[str, Any]:
 KLSTORE_FORMAT = "kl-retrievers/klstore"
 
 
+#: ``format`` in the ``manifest.json`` of a folder of encoded shards (``kl-retrievers encode --shard-size``,
+#: ``sharded._FORMAT_NAME``; spelled out for the same reason, and tests/test_stop37_sharded_fixes.py checks it).
+ENCODED_SHARDS_FORMAT = "kl-retrievers/encoded-shards"
+
+
+def is_encoded_shards_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds encoded shards (its ``manifest.json`` has format :data:`ENCODED_SHARDS_FORMAT`)."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == ENCODED_SHARDS_FORMAT
+
+
 def read_folder_config(folder: Path) -> dict[str, Any] | None:
     """``folder/config.json`` as a JSON object, or ``None`` when it is missing, unreadable or not an object."""
     try:
@@ -158,6 +174,13 @@ def check_output_path(path: Path, flag: str, *, folder: bool, store: bool = Fals
             raise ValueError(f"{flag} {path}: is a folder; expected a file name")
         if folder and (store or gaussians) and any(path.iterdir()):
             config = read_folder_config(path)
+            if config is None and is_encoded_shards_folder(path):
+                output = "a KL store" if store else "a one-shot encode output (without --shard-size)"
+                raise ValueError(
+                    f"{flag} {path}: is an encoded-shards folder (written by `kl-retrievers encode --shard-size`); "
+                    f"refusing to replace it with {output}: use a new or empty folder"
+                    + ("" if store else ", or add --shard-size to resume it")
+                )
             if store and not is_store_config(config):
                 found = "no config.json" if config is None else f"a config.json with format {config.get('format')!r}"
                 raise ValueError(

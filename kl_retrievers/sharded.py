@@ -2,20 +2,24 @@
 
 :func:`encode_corpus` reads a ``.jsonl`` corpus (BEIR ``corpus.jsonl`` or any text field; ``.ndjson``
 and ``.json`` too, any case) or a text file (one text per non-empty line) without loading it:
-one pass over the file plans shards of ``shard_size`` records by byte range (and checks that
-JSONL ids are unique), then each shard is read, encoded and written on its own, so memory is
-bounded by one shard per worker.  The output folder holds:
+one pass over the file plans shards of ``shard_size`` records by byte range (and checks every
+record as ``kl-retrievers encode`` does, naming its line, and that JSONL ids are unique), then each
+shard is read, encoded and written on its own, so memory is bounded by one shard per worker.
+The output folder holds:
 
 * ``manifest.json``: the input file's SHA-256 and size, the model and its backend, ``kind``,
   ``max_length``, ``field``, ``shard_size``, the shard count and the library version (with the
   score's name and direction);
 * ``shard-00000/`` ...: ``mean.npy``, ``var.npy`` (float32, no pickle), ``ids.json`` and
-  ``shard.json`` (its byte range, row count and the SHA-256 of each file), each shard
+  ``shard.json`` (its byte range, row count, the SHA-256 of each file and the run key, a SHA-256
+  of the manifest's identity that ties the shard to this input, model and settings), each shard
   written atomically.
 
-Rerunning the same command resumes: shards that exist and pass their checksums are kept, and
-only missing or corrupt ones are encoded again.  A folder made from another input or with
-other settings is refused with the differing keys named (nothing is overwritten).
+Rerunning the same command resumes: shards that exist, pass their checksums and carry this run's
+key are kept, and only missing, corrupt or foreign ones are encoded again. Shards written before
+the run key existed have none: they are kept and read as before, with a warning that nothing ties
+them to the manifest.  A folder made from another input (by content: the file name is for
+information) or with other settings is refused with the differing keys named (nothing is overwritten).
 
 ``backend="ray"`` runs the missing shards as a Ray Data job: ``map_batches`` over the shard
 list with one encoder actor per CPU (or per GPU with ``device="cuda"``).  Every shard is
@@ -35,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import operator
 import os
 import re
 import time
@@ -46,7 +51,15 @@ from typing import Any
 
 import numpy as np
 
-from kl_retrievers._io import atomic_dir, atomic_file, library_version, parse_json_object, recover_dir, row_text
+from kl_retrievers._io import (
+    atomic_dir,
+    atomic_file,
+    library_version,
+    parse_json_object,
+    recover_dir,
+    row_id,
+    row_text,
+)
 from kl_retrievers.hub import sha256_file as _sha256
 
 logger = logging.getLogger(__name__)
@@ -143,25 +156,31 @@ def split_records(raw: bytes) -> list[bytes]:
     return [line for line in raw.split(b"\n") if _is_record(line)]
 
 
-def plan_shards(path: str | os.PathLike[str], shard_size: int = 10000) -> tuple[list[ShardSpec], dict[str, Any]]:
-    """Scan ``path`` once and cut it into shards of ``shard_size`` records.
+def plan_shards(
+    path: str | os.PathLike[str], shard_size: int = 10000, field: str = "auto"
+) -> tuple[list[ShardSpec], dict[str, Any]]:
+    """Scan ``path`` once, check every record, and cut it into shards of ``shard_size`` records.
 
-    A record is a non-blank line (a JSON object in a ``.jsonl`` file, a text otherwise).
-    A JSONL file's ids (``_id`` or ``id``, else the record number, as :func:`read_shard` gives them)
-    must be unique across the whole file, as ``kl-retrievers encode`` requires: a repeated one is
-    refused, naming both lines. Memory stays small (8 bytes of hash per record).
+    A record is a non-blank line (a JSON object in a ``.jsonl`` file, a text otherwise). Every
+    record is checked as ``kl-retrievers encode`` checks it, with the same messages naming the file
+    line, so that a bad record fails the run before any shard is encoded: UTF-8, and for JSONL a
+    JSON object with a valid id (``_id`` or ``id``: a non-empty string or an integer, else the
+    record number; :func:`kl_retrievers._io.row_id`) and a text in ``field`` (``"auto"``: title +
+    text). JSONL ids must be unique across the whole file: a repeated one is refused, naming both
+    lines. Memory stays small (8 bytes of hash per record).
 
     Returns:
         The shard list and the input's identity (``{"sha256", "size", "records"}``).
 
     Raises:
-        ValueError: A JSONL id occurs twice (``FILE, line 4: duplicate id 'x' (first on line 1)``).
+        ValueError: ``shard_size`` is not a positive integer, ``path`` is not a regular file (a pipe:
+            streaming reads the file twice and seeks in it), a bad record (``FILE, line 7: no 'text'
+            field ...``) or a JSONL id occurs twice (``FILE, line 4: duplicate id 'x' (first on line 1)``).
+        FileNotFoundError: ``path`` does not exist.
     """
-    if isinstance(shard_size, bool) or int(shard_size) <= 0:
-        raise ValueError(f"shard_size must be a positive integer; got {shard_size!r}")
+    size = _positive_int(shard_size, "shard_size")
     source = Path(path)
-    if not source.is_file():
-        raise FileNotFoundError(f"input file not found: {source}")
+    _check_input_file(source)
     digest = hashlib.sha256()
     shards: list[ShardSpec] = []
     offset = 0
@@ -171,15 +190,16 @@ def plan_shards(path: str | os.PathLike[str], shard_size: int = 10000) -> tuple[
     jsonl = is_jsonl_path(source)
     id_hashes = array("q")  # one 64-bit hash of each JSONL record's id, in record order
     with open(source, "rb") as fh:
-        for line in fh:
+        for number, line in enumerate(fh, 1):
             digest.update(line)
             if _is_record(line):
+                doc_id = _check_record(line, first + rows, f"{source}, line {number}", jsonl, field)
                 if jsonl:
-                    id_hashes.append(_id_hash(_record_id(line, first + rows)))
+                    id_hashes.append(_id_hash(doc_id))
                 if rows == 0:
                     start = offset
                 rows += 1
-                if rows == shard_size:
+                if rows == size:
                     shards.append(ShardSpec(len(shards), start, offset + len(line), first, rows))
                     first += rows
                     rows = 0
@@ -191,27 +211,64 @@ def plan_shards(path: str | os.PathLike[str], shard_size: int = 10000) -> tuple[
     return shards, {"sha256": digest.hexdigest(), "size": offset, "records": first + rows}
 
 
-def _record_id(line: bytes, row_no: int) -> str | None:
-    """A JSONL record's id as :func:`read_shard` gives it; ``None`` for a line that is not a JSON object
-    (:func:`read_shard` reports that line when its shard is read)."""
+def _positive_int(value: Any, name: str) -> int:
+    """``value`` as an ``int`` when it is a positive integer (``int``, a numpy integer); else a ``ValueError``.
+
+    A string, a float (even ``3.0``) or a bool is refused, naming the value: nothing is converted.
+
+    Examples:
+        >>> _positive_int(3, "shard_size")
+        3
+        >>> _positive_int("3", "shard_size")
+        Traceback (most recent call last):
+        ValueError: shard_size must be a positive integer; got '3'
+    """
+    number = None
+    if not isinstance(value, bool):
+        try:
+            number = operator.index(value)
+        except TypeError:
+            number = None
+    if number is None or number <= 0:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return int(number)
+
+
+def _check_input_file(source: Path) -> None:
+    """Refuse an input that is not a regular file: missing, a folder, or a pipe / device / socket."""
+    if source.is_file():
+        return
+    if source.is_dir():
+        raise ValueError(f"{source} is a folder; give one input file")
+    if source.exists():
+        raise ValueError(
+            f"{source} is not a regular file (a pipe, device or socket): streaming reads the input twice and "
+            "seeks in it, so it needs a regular, seekable file; save the input to a file first"
+        )
+    raise FileNotFoundError(f"input file not found: {source}")
+
+
+def _check_record(line: bytes, row_no: int, where: str, jsonl: bool, field: str) -> str:
+    """Check one record as ``kl-retrievers encode`` would (errors name ``where``); returns its id."""
     try:
-        row = json.loads(line)
-    except ValueError:  # not JSON, or not UTF-8
-        return None
-    if not isinstance(row, dict):
-        return None
-    return _row_id(row, row_no)
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start} of the line)") from None
+    if not jsonl:
+        return str(row_no)
+    row = parse_json_object(text, where)
+    doc_id = row_id(row, row_no, where)
+    row_text(row, field, where)
+    return doc_id
 
 
-def _row_id(row: dict[str, Any], row_no: int) -> str:
-    """A JSONL record's id: ``_id``, else ``id``, else its record number."""
-    return str(row.get("_id", row.get("id", row_no)))
+def _record_id(line: bytes, row_no: int, where: str) -> str:
+    """A JSONL record's id as :func:`read_shard` gives it (the line was checked by :func:`plan_shards`)."""
+    return row_id(parse_json_object(line.decode("utf-8"), where), row_no, where)
 
 
-def _id_hash(doc_id: str | None) -> int:
-    """A signed 64-bit hash of an id (``0`` for no id: such records are never compared)."""
-    if doc_id is None:
-        return 0
+def _id_hash(doc_id: str) -> int:
+    """A signed 64-bit hash of an id (never ``0``)."""
     return (
         int.from_bytes(
             hashlib.blake2b(doc_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big", signed=True
@@ -223,7 +280,6 @@ def _id_hash(doc_id: str | None) -> int:
 def _check_unique_ids(source: Path, id_hashes: array[int]) -> None:
     """Refuse a repeated JSONL id, naming the lines (a second pass reads only records whose hash repeats)."""
     hashes = np.frombuffer(id_hashes, dtype=np.int64) if len(id_hashes) else np.zeros(0, np.int64)
-    hashes = hashes[hashes != 0]
     if hashes.size < 2:
         return
     ordered = np.sort(hashes)
@@ -236,9 +292,9 @@ def _check_unique_ids(source: Path, id_hashes: array[int]) -> None:
         for number, line in enumerate(fh, 1):
             if not _is_record(line):
                 continue
-            doc_id = _record_id(line, record)
+            doc_id = _record_id(line, record, f"{source}, line {number}")
             record += 1
-            if doc_id is None or _id_hash(doc_id) not in repeated:
+            if _id_hash(doc_id) not in repeated:
                 continue
             if doc_id in first_line:
                 raise ValueError(
@@ -251,7 +307,8 @@ def read_shard(path: str | os.PathLike[str], spec: ShardSpec, field: str = "auto
     """The ``(ids, texts)`` of one shard, reading only its byte range.
 
     Ids follow ``kl-retrievers encode``: a JSONL row's ``_id`` (or ``id``, else its record
-    number); for a text file, the record number.
+    number); for a text file, the record number. :func:`plan_shards` has checked every record
+    (naming its file line); errors here, naming the record, mean the file changed since.
     """
     source = Path(path)
     with open(source, "rb") as fh:
@@ -271,7 +328,7 @@ def read_shard(path: str | os.PathLike[str], spec: ShardSpec, field: str = "auto
             raise ValueError(f"{source}, record {row_no + 1}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
         if jsonl:
             row = parse_json_object(line, f"{source}, record {row_no + 1}")
-            ids.append(_row_id(row, row_no))
+            ids.append(row_id(row, row_no, f"{source}, record {row_no + 1}"))
             texts.append(row_text(row, field, f"{source}, record {row_no + 1}"))
         else:
             ids.append(str(row_no))
@@ -289,12 +346,63 @@ def _read_json(path: Path) -> Any:
         raise ValueError(f"{path} is not valid JSON: {exc}") from None
 
 
-def _shard_problem(out: Path, spec: ShardSpec) -> str | None:
-    """Why shard ``spec`` in ``out`` is not complete and intact (``None`` when it is).
+def _run_key(manifest: dict[str, Any]) -> str:
+    """The SHA-256 that ties a shard to its run: the manifest's input (SHA-256, size, records; not
+    its file name), model fingerprint and backend, kind, field, max_length, shard_size and shard count.
 
-    ``shard.json`` must hold this shard's spec and a SHA-256 for each of exactly
-    :data:`_SHARD_FILES` (an empty or partial table is a problem, not a skip); only those
-    names inside the shard folder are ever read.
+    Every ``shard.json`` records it (``run``); a shard whose key differs from its folder's
+    manifest was made from another input, model or settings and is never read or reused.
+
+    Examples:
+        >>> a = {"input": {"name": "a.jsonl", "sha256": "0" * 64, "size": 9, "records": 2}, "kind": "document"}
+        >>> b = {**a, "input": {**a["input"], "name": "b.jsonl"}}
+        >>> _run_key(a) == _run_key(b), _run_key(a) == _run_key({**a, "kind": "query"})
+        (True, False)
+    """
+    source = manifest.get("input")
+    if isinstance(source, dict):
+        source = {key: source.get(key) for key in ("sha256", "size", "records")}
+    identity = {"format": _FORMAT_NAME, "input": source, **{key: manifest.get(key) for key in _RUN_KEYS}}
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=repr)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+#: The manifest keys (besides the input's identity) that a shard's run key covers.
+_RUN_KEYS = ("model_fingerprint", "model_backend", "kind", "field", "max_length", "shard_size", "shards")
+
+
+def _run_problem(meta_path: Path, meta: dict[str, Any], run: str) -> str | None:
+    """Why the shard whose ``shard.json`` (``meta``) is at ``meta_path`` is not of run ``run`` (``None`` when it is)."""
+    recorded = meta.get("run")
+    if recorded is None:  # written by a kl-retrievers from before run keys: kept, as it was (see _checked_specs)
+        return None
+    if recorded != run:
+        return (
+            f"{meta_path}: the shard belongs to another encode run (its run key {str(recorded)[:12]}... is not "
+            f"the manifest's {run[:12]}...: another input, model or settings)"
+        )
+    return None
+
+
+def _table_problem(meta_path: Path, meta: dict[str, Any]) -> str | None:
+    """Why the checksum table of ``shard.json`` (``meta``) is not one SHA-256 for each of :data:`_SHARD_FILES`."""
+    table = meta.get("sha256")
+    if not isinstance(table, dict) or sorted(table) != sorted(_SHARD_FILES):
+        names = sorted(table) if isinstance(table, dict) else table
+        return f"{meta_path}: field 'sha256' must give a checksum for each of {list(_SHARD_FILES)}; got {names!r}"
+    for name in _SHARD_FILES:
+        digest = table[name]
+        if not (isinstance(digest, str) and len(digest) == 64 and set(digest) <= _SHA256_HEX):
+            return f"{meta_path}: field 'sha256.{name}' must be 64 lowercase hex digits; got {digest!r}"
+    return None
+
+
+def _shard_problem(out: Path, spec: ShardSpec, run: str) -> str | None:
+    """Why shard ``spec`` in ``out`` is not complete, intact and of run ``run`` (``None`` when it is).
+
+    ``shard.json`` must hold this shard's spec, the run key ``run`` (:func:`_run_key` of the
+    manifest) and a SHA-256 for each of exactly :data:`_SHARD_FILES` (an empty or partial table
+    is a problem, not a skip); only those names inside the shard folder are ever read.
     """
     folder = out / spec.name
     if not folder.exists():
@@ -310,14 +418,10 @@ def _shard_problem(out: Path, spec: ShardSpec) -> str | None:
         return f"{meta_path} must hold a JSON object; got a JSON {type(meta).__name__}"
     if meta.get("spec") != asdict(spec):
         return f"{meta_path}: field 'spec' is {meta.get('spec')!r}; the manifest's input plans {asdict(spec)}"
-    table = meta.get("sha256")
-    if not isinstance(table, dict) or sorted(table) != sorted(_SHARD_FILES):
-        names = sorted(table) if isinstance(table, dict) else table
-        return f"{meta_path}: field 'sha256' must give a checksum for each of {list(_SHARD_FILES)}; got {names!r}"
-    for name in _SHARD_FILES:
-        digest = table[name]
-        if not (isinstance(digest, str) and len(digest) == 64 and set(digest) <= _SHA256_HEX):
-            return f"{meta_path}: field 'sha256.{name}' must be 64 lowercase hex digits; got {digest!r}"
+    problem = _run_problem(meta_path, meta, run) or _table_problem(meta_path, meta)
+    if problem is not None:
+        return problem
+    table = meta["sha256"]
     for name in _SHARD_FILES:
         if not (folder / name).is_file():
             return f"{folder / name} is missing"
@@ -326,8 +430,12 @@ def _shard_problem(out: Path, spec: ShardSpec) -> str | None:
     return None
 
 
-def _shard_ok(out: Path, spec: ShardSpec) -> bool:
-    return _shard_problem(out, spec) is None
+def _shard_ok(out: Path, spec: ShardSpec, run: str, *, log: bool = False) -> bool:
+    """Whether shard ``spec`` in ``out`` is complete, intact and of run ``run`` (``log``: say why one is not)."""
+    problem = _shard_problem(out, spec, run)
+    if log and problem is not None and (out / spec.name).exists():
+        logger.info("encoding %s again: %s", spec.name, problem)
+    return problem is None
 
 
 def encode_shard(
@@ -340,8 +448,9 @@ def encode_shard(
     field: str = "auto",
     batch_size: int = 32,
     max_length: int | None = None,
+    run: str,
 ) -> int:
-    """Read, encode and atomically write one shard; returns its row count."""
+    """Read, encode and atomically write one shard of run ``run`` (:func:`_run_key`); returns its row count."""
     ids, texts = read_shard(path, spec, field)
     encode = encoder.encode_documents if kind == "document" else encoder.encode_queries
     g = encode(texts, batch_size=batch_size, max_length=max_length, show_progress_bar=False).numpy()
@@ -351,7 +460,8 @@ def encode_shard(
         np.save(tmp / "var.npy", np.ascontiguousarray(g.var, dtype=np.float32), allow_pickle=False)
         (tmp / "ids.json").write_text(json.dumps(ids))
         digests = {name: _sha256(tmp / name) for name in ("mean.npy", "var.npy", "ids.json")}
-        (tmp / _SHARD_META).write_text(json.dumps({"spec": asdict(spec), "sha256": digests}, indent=2) + "\n")
+        meta = {"spec": asdict(spec), "run": run, "sha256": digests}
+        (tmp / _SHARD_META).write_text(json.dumps(meta, indent=2) + "\n")
     return len(ids)
 
 
@@ -371,6 +481,17 @@ _IDENTITY_KEYS = (
     "shard_size",
     "shards",
 )
+
+
+def _identity_value(manifest: dict[str, Any], key: str) -> Any:
+    """What manifest key ``key`` contributes to a run's identity: the input's name is for information only
+    (a byte-identical input under another name is the same input)."""
+    value = manifest.get(key)
+    if key == "input" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k != "name"}
+    return value
+
+
 #: Leftovers of an interrupted manifest write (``_io.atomic_file``): not "other files" in the folder.
 _MANIFEST_LEFTOVER = re.compile(rf"\.{re.escape(_MANIFEST)}\.(tmp|old)-[0-9a-f]+")
 
@@ -421,6 +542,32 @@ def _ray_init(ray: Any, init: dict[str, Any]) -> None:
             ray.shutdown()
 
 
+def _ray_workers(resources: dict[str, Any], *, device: str | None, num_workers: int | None, shards: int) -> int:
+    """How many encoder actors to start on a cluster with ``resources`` (``ray.cluster_resources()``).
+
+    One per CPU, or with a ``cuda`` device one per GPU (each actor asks for a whole GPU): a cluster
+    without one would leave the actors pending forever, so it is refused here, before any starts.
+
+    Examples:
+        >>> _ray_workers({"CPU": 8.0}, device=None, num_workers=None, shards=3)
+        3
+        >>> _ray_workers({"CPU": 8.0}, device="cuda", num_workers=None, shards=3)
+        Traceback (most recent call last):
+        ValueError: device 'cuda' runs one Ray actor per GPU, but the Ray cluster has no GPU ...
+    """
+    if device and device.startswith("cuda"):
+        gpus = float(resources.get("GPU") or 0)
+        if gpus < 1:
+            raise ValueError(
+                f"device {device!r} runs one Ray actor per GPU, but the Ray cluster has no GPU (GPU: {gpus:g} in "
+                "ray.cluster_resources()); use device 'cpu', or a cluster with GPUs (ray_address / --ray-address)"
+            )
+        available = int(gpus)
+    else:
+        available = int(resources.get("CPU") or 1) or 1
+    return max(1, min(int(num_workers or available), available, shards))
+
+
 def _run_ray(
     todo: list[ShardSpec],
     *,
@@ -443,9 +590,7 @@ def _run_ray(
             init["num_cpus"] = int(num_workers)
         _ray_init(ray, init)
     gpu = bool(device and device.startswith("cuda"))
-    resources = ray.cluster_resources()
-    available = int(resources.get("GPU" if gpu else "CPU", 1)) or 1
-    workers = max(1, min(int(num_workers or available), available, len(todo)))
+    workers = _ray_workers(ray.cluster_resources(), device=device, num_workers=num_workers, shards=len(todo))
     items = ray.data.from_items([asdict(s) for s in todo], override_num_blocks=len(todo))
     ds = items.map_batches(
         _RayShardWorker,
@@ -499,8 +644,8 @@ def encode_corpus(
             weights, :func:`~kl_retrievers.encoding_cache.model_fingerprint`) must match the manifest's.
         kind: ``"document"`` or ``"query"``.
         field: JSONL text field (``"auto"``: title + text).
-        shard_size: Records per shard.
-        batch_size: Encoder batch size.
+        shard_size: Records per shard (an ``int``; a string or float is refused).
+        batch_size: Encoder batch size (an ``int``).
         max_length: Token budget (``None``: the model's).
         device: ``cpu``, ``cuda`` or ``mps`` (``None``: the best available).
         backend: ``"local"`` (this process) or ``"ray"`` (a Ray Data job).
@@ -515,7 +660,9 @@ def encode_corpus(
         An :class:`EncodeReport` with the shards encoded now and those reused.
 
     Raises:
-        ValueError: Bad options, or ``out`` holds shards of another input or other settings.
+        ValueError: Bad options, a bad record or an input without records (found by the planning pass,
+            before the model is loaded or any shard is encoded), or ``out`` holds shards of another
+            input or other settings.
 
     Examples:
         >>> report = encode_corpus("corpus.jsonl", "encoded/")  # doctest: +SKIP
@@ -525,8 +672,7 @@ def encode_corpus(
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
     if kind not in ("document", "query"):
         raise ValueError(f"kind must be 'document' or 'query'; got {kind!r}")
-    if isinstance(batch_size, bool) or int(batch_size) <= 0:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    batch_size = _positive_int(batch_size, "batch_size")
     if backend == "ray" and encoder is not None:
         raise ValueError("backend='ray' loads the model in each worker: pass model=NAME_OR_PATH, not encoder")
     started = time.perf_counter()
@@ -534,7 +680,9 @@ def encode_corpus(
     target = Path(out)
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"{target} exists and is not a folder")
-    specs, identity = plan_shards(source, shard_size)
+    specs, identity = plan_shards(source, shard_size, field)
+    if not specs:  # as the one-shot `kl-retrievers encode` refuses it, before loading any model
+        raise ValueError(f"{source}: holds no texts; nothing to encode")
     if encoder is None and backend == "local":
         from kl_retrievers.pretrained import load_model
 
@@ -562,7 +710,7 @@ def encode_corpus(
         "kind": kind,
         "field": field,
         "max_length": max_length,
-        "shard_size": int(shard_size),
+        "shard_size": _positive_int(shard_size, "shard_size"),
         "shards": len(specs),
     }
     from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME
@@ -576,7 +724,7 @@ def encode_corpus(
             old["model_fingerprint"] = fingerprint
         if "model_backend" not in old:  # written before the backend was recorded: the fingerprint tells them apart
             old["model_backend"] = used_backend
-        differ = [key for key in _IDENTITY_KEYS if old.get(key) != manifest.get(key)]
+        differ = [key for key in _IDENTITY_KEYS if _identity_value(old, key) != _identity_value(manifest, key)]
         if "model" in differ and old.get("model_fingerprint") == fingerprint:
             # the same weights under another spelling of the name (a Ray run before 0.1.0 wrote the
             # name as given, e.g. None or "minilm-gauss-soup"): the fingerprint is the model's identity
@@ -590,7 +738,8 @@ def encode_corpus(
     elif target.is_dir() and any(not _MANIFEST_LEFTOVER.fullmatch(p.name) for p in target.iterdir()):
         raise ValueError(f"{target} is not empty and has no {_MANIFEST}; use an empty or new folder")
     _write_manifest(target, manifest)
-    todo = [s for s in specs if not _shard_ok(target, s)]
+    run = _run_key(manifest)
+    todo = [s for s in specs if not _shard_ok(target, s, run, log=True)]
     reused = [s.index for s in specs if s not in todo]
     if reused:
         logger.info("reusing %d valid shards; encoding %d", len(reused), len(todo))
@@ -601,6 +750,7 @@ def encode_corpus(
         "field": field,
         "batch_size": int(batch_size),
         "max_length": max_length,
+        "run": run,
     }
     if todo and backend == "ray":
         _run_ray(
@@ -620,7 +770,7 @@ def encode_corpus(
             it = tqdm(todo, desc="Encoding shards", unit="shard")
         for spec in it:
             encode_shard(encoder, spec=spec, **job)  # type: ignore[arg-type]
-    bad = [s.index for s in specs if s in todo and not _shard_ok(target, s)]
+    bad = [s.index for s in specs if s in todo and not _shard_ok(target, s, run)]
     if bad:
         raise RuntimeError(f"shards {bad} failed their checksum after encoding")
     return EncodeReport(
@@ -672,13 +822,35 @@ def _manifest(folder: Path) -> dict[str, Any]:
 def iter_encoded(out: str | os.PathLike[str]) -> Iterator[tuple[list[str], Any]]:
     """Yield ``(ids, Gaussians)`` shard by shard (bounded memory), checking every checksum.
 
-    Raises:
-        ValueError: A shard is missing or corrupt (rerun the encode command to redo it).
-    """
-    from kl_retrievers.gaussian import Gaussians
+    Before the first shard is yielded, every shard's ``shard.json`` is checked: it exists, with its
+    files, its run key is the manifest's (the shard was made from this input, model and settings),
+    and the shards follow each other (each one's ``first_row`` is the rows before it) and hold the
+    manifest's records in all; so an unfinished or mixed folder yields nothing. Each shard's
+    checksums are then checked as it is read.
 
+    Shards written by a kl-retrievers from before run keys carry none: they are read as before,
+    and one warning says that nothing ties them to the manifest.
+
+    Raises:
+        ValueError: A shard is missing, of another run, or corrupt (rerun the encode command to redo it).
+    """
     folder = Path(out)
     manifest = _manifest(folder)
+    specs = _checked_specs(folder, manifest)
+    yield from _read_shards(folder, specs, _run_key(manifest))
+
+
+def _checked_specs(folder: Path, manifest: dict[str, Any]) -> list[ShardSpec]:
+    """Every shard's spec from its ``shard.json``, checked against the manifest (see :func:`iter_encoded`)."""
+    manifest_path = folder / _MANIFEST
+    source = manifest.get("input")
+    records = source.get("records") if isinstance(source, dict) else None
+    if isinstance(records, bool) or not isinstance(records, int) or records < 0:
+        raise ValueError(f"{manifest_path}: field 'input.records' must be a non-negative integer; got {records!r}")
+    run = _run_key(manifest)
+    specs: list[ShardSpec] = []
+    rows = 0
+    unkeyed = 0
     for index in range(manifest["shards"]):
         shard = folder / f"shard-{index:05d}"
         if not shard.exists():
@@ -686,11 +858,55 @@ def iter_encoded(out: str | os.PathLike[str]) -> Iterator[tuple[list[str], Any]]
         try:
             meta = _read_json(shard / _SHARD_META)
             spec = ShardSpec(**meta["spec"])
-            if spec.index != index or not all(isinstance(v, int) for v in asdict(spec).values()):
+            values = asdict(spec).values()
+            if spec.index != index or spec.rows < 1 or not all(type(v) is int for v in values):
                 raise ValueError
         except (OSError, ValueError, KeyError, TypeError):
             raise ValueError(f"{shard} is missing or incomplete; rerun the encode command to finish it") from None
-        problem = _shard_problem(folder, spec)
+        if meta.get("run") is None:
+            unkeyed += 1
+        elif meta["run"] != run:
+            raise ValueError(
+                f"{shard} belongs to another encode run (its run key is not that of {manifest_path}: another "
+                "input, model or settings); rerun the encode command to redo it"
+            )
+        if spec.first_row != rows:
+            raise ValueError(
+                f"{shard}: {_SHARD_META} gives first_row {spec.first_row}, but the shards before it hold {rows} rows; "
+                "rerun the encode command to redo it"
+            )
+        problem = _table_problem(shard / _SHARD_META, meta)
+        if problem is not None:
+            raise ValueError(f"{shard} is corrupt ({problem}); rerun the encode command to redo it")
+        for name in _SHARD_FILES:
+            if not (shard / name).is_file():
+                raise ValueError(f"{shard / name} is missing; rerun the encode command to finish the shard")
+        rows += spec.rows
+        specs.append(spec)
+    if rows != records:
+        raise ValueError(
+            f"{folder}: its shards hold {rows} rows, but {manifest_path} gives {records} input records; "
+            "rerun the encode command to redo it"
+        )
+    if unkeyed:
+        logger.warning(
+            "%s: %d of its %d shards were written by a kl-retrievers from before run keys, so nothing checks that "
+            "they come from this manifest's input, model and settings (their checksums are still checked); "
+            "encode into a new folder to get shards that are",
+            folder,
+            unkeyed,
+            len(specs),
+        )
+    return specs
+
+
+def _read_shards(folder: Path, specs: list[ShardSpec], run: str) -> Iterator[tuple[list[str], Any]]:
+    """Read and yield checked shards, verifying each one's checksums first."""
+    from kl_retrievers.gaussian import Gaussians
+
+    for spec in specs:
+        shard = folder / spec.name
+        problem = _shard_problem(folder, spec, run)
         if problem is not None:
             raise ValueError(f"{shard} is corrupt ({problem}); rerun the encode command to redo it")
         ids = _read_json(shard / "ids.json")
