@@ -219,7 +219,7 @@ def _run_encode_sharded(args: argparse.Namespace) -> int:
         raise SystemExit("streaming mode (--shard-size / --backend ray) needs --input FILE")
     if args.shard_size is not None and args.shard_size <= 0:
         raise SystemExit(f"--shard-size must be >= 1; got {args.shard_size}")
-    if args.out.suffix.lower() == ".safetensors":
+    if args.out.suffix.lower() == ".safetensors" and not is_encoded_shards_folder(args.out):  # (resume an old one)
         raise ValueError(
             f"--out {args.out}: streaming mode (--shard-size / --backend ray) writes a folder of shards, not a "
             ".safetensors file; give a folder name (or drop --shard-size to write one .safetensors file)"

@@ -361,7 +361,7 @@ def _run_key(manifest: dict[str, Any]) -> str:
     """
     source = manifest.get("input")
     if isinstance(source, dict):
-        source = {key: source.get(key) for key in ("sha256", "size", "records")}
+        source = {**{key: source.get(key) for key in ("sha256", "size", "records")}, "reads_as": _reads_as(source)}
     identity = {"format": _FORMAT_NAME, "input": source, **{key: manifest.get(key) for key in _RUN_KEYS}}
     text = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=repr)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -421,6 +421,12 @@ def _shard_problem(out: Path, spec: ShardSpec, run: str) -> str | None:
     problem = _run_problem(meta_path, meta, run) or _table_problem(meta_path, meta)
     if problem is not None:
         return problem
+    if meta.get("run") is None:
+        logger.warning(
+            "%s carries no run key (written by a kl-retrievers from before run keys, or copied from such a folder): "
+            "kept as it is, with nothing to check that it comes from this input, model and settings",
+            meta_path,
+        )
     table = meta["sha256"]
     for name in _SHARD_FILES:
         if not (folder / name).is_file():
@@ -483,12 +489,18 @@ _IDENTITY_KEYS = (
 )
 
 
+def _reads_as(source: dict[str, Any]) -> str:
+    """How an input named as in the manifest's ``input`` is read: ``"jsonl"`` or ``"text"`` (its suffix decides)."""
+    return "jsonl" if is_jsonl_path(str(source.get("name", ""))) else "text"
+
+
 def _identity_value(manifest: dict[str, Any], key: str) -> Any:
     """What manifest key ``key`` contributes to a run's identity: the input's name is for information only
-    (a byte-identical input under another name is the same input)."""
+    (a byte-identical input under another name is the same input), except for how its suffix says to read
+    it (JSON lines or text lines): a ``.jsonl`` copy renamed ``.txt`` is another input."""
     value = manifest.get(key)
     if key == "input" and isinstance(value, dict):
-        return {k: v for k, v in value.items() if k != "name"}
+        return {**{k: v for k, v in value.items() if k != "name"}, "reads_as": _reads_as(value)}
     return value
 
 
@@ -890,7 +902,8 @@ def _checked_specs(folder: Path, manifest: dict[str, Any]) -> list[ShardSpec]:
         )
     if unkeyed:
         logger.warning(
-            "%s: %d of its %d shards were written by a kl-retrievers from before run keys, so nothing checks that "
+            "%s: %d of its %d shards carry no run key (written by a kl-retrievers from before run keys, or copied "
+            "from such a folder), so nothing checks that "
             "they come from this manifest's input, model and settings (their checksums are still checked); "
             "encode into a new folder to get shards that are",
             folder,

@@ -341,6 +341,29 @@ def test_item9_streaming_into_a_safetensors_name_is_refused(
     assert not out.exists()
 
 
+def test_a_shard_folder_an_earlier_version_named_x_safetensors_still_resumes(
+    tmp_path: Path, model_dir: Path, encoder: Any
+) -> None:
+    corpus = _jsonl(tmp_path / "c.jsonl", "a", 6)
+    out = tmp_path / "old.safetensors"  # the previous version wrote shard folders under such names
+    _encode(corpus, out, make_tiny_encoder(), shard_size=3)
+    shutil.rmtree(out / "shard-00001")
+    assert main(["encode", "-i", str(corpus), "-o", str(out), "-m", str(model_dir), "--shard-size", "3"]) == 0
+    assert load_encoded(out)[1] == [f"a{i}" for i in range(6)]
+
+
+def test_a_jsonl_input_renamed_txt_is_another_input(tmp_path: Path, encoder: Any) -> None:
+    """Same bytes, but a .txt name reads each JSON line as a text: resuming would mix two readings."""
+    a = _jsonl(tmp_path / "a.jsonl", "a", 10)
+    out = tmp_path / "out"
+    _encode(a, out, encoder)
+    shutil.rmtree(out / "shard-00001")
+    as_text = tmp_path / "a.txt"
+    shutil.copyfile(a, as_text)
+    with pytest.raises(ValueError, match=r"\(input differ\)"):
+        _encode(as_text, out, encoder)
+
+
 def test_item9_cli_common_knows_the_encoded_shards_format() -> None:
     from kl_retrievers.cli_common import ENCODED_SHARDS_FORMAT
 
