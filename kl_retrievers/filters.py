@@ -3,7 +3,9 @@
 A filter is either a callable ``metadata -> bool`` or a dict in the MongoDB-like syntax
 used by langchain-community's FAISS store:
 
-* equality: ``{"lang": "en"}`` (a list value means "one of": ``{"lang": ["en", "de"]}``);
+* equality: ``{"lang": "en"}`` (a list value means "one of": ``{"lang": ["en", "de"]}``, and so
+  does a 1-D numpy array; a tuple is a value, compared with the list the store keeps for a tuple:
+  ``{"pos": (1, 2)}`` matches a document added with ``pos=(1, 2)``, as in langchain-community's FAISS);
 * field operators: ``{"year": {"$gte": 2020, "$lt": 2024}}`` with ``$eq``, ``$ne``, ``$in``,
   ``$nin``, ``$gt``, ``$gte``, ``$lt``, ``$lte`` and ``$not`` (``{"year": {"$not": {"$gt": 3}}}``);
   ``$neq`` (langchain-community FAISS's spelling of not-equal) is an alias of ``$ne``;
@@ -89,19 +91,28 @@ def _compare(fn: Callable[[Any, Any], Any], value: Any, ref: Any) -> bool:
 def stored_form(value: Any) -> Any:
     """``value`` as the stores keep metadata (their JSON form), so a filter compares like with like.
 
-    Dates and times become ISO 8601 strings, numpy scalars Python numbers, numpy arrays and tuples
-    lists (element by element); anything else is returned unchanged.
+    Dates and times become ISO 8601 strings, numpy scalars Python values (``np.datetime64`` the ISO
+    string of its date or time), numpy arrays (``.tolist()``), tuples, sets and frozensets lists, and
+    a dict's values are converted, all element by element; anything else is returned unchanged. A set
+    becomes a list in its iteration order (what ``$in`` / ``$nin`` need; sets cannot be stored).
 
     Examples:
         >>> stored_form(datetime.date(2024, 5, 1)), stored_form(np.int64(3)), stored_form((1, np.float32(0.5)))
         ('2024-05-01', 3, [1, 0.5])
+        >>> stored_form(np.datetime64("2024-05-01")), stored_form({"d": [datetime.date(2024, 5, 1)]})
+        ('2024-05-01', {'d': ['2024-05-01']})
+        >>> stored_form(frozenset({datetime.date(2024, 5, 1)})), stored_form(np.array([[1, 2], [3, 4]]))
+        (['2024-05-01'], [[1, 2], [3, 4]])
     """
     if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
         return value.isoformat()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (np.ndarray, list, tuple)):
+    if isinstance(value, (np.generic, np.ndarray)):
+        # .item() / .tolist() give Python values, but a datetime64 a date or datetime: convert that too
+        return stored_form(value.item() if isinstance(value, np.generic) else value.tolist())
+    if isinstance(value, (list, tuple, set, frozenset)):
         return [stored_form(v) for v in value]
+    if isinstance(value, dict):
+        return {key: stored_form(v) for key, v in value.items()}
     return value
 
 
@@ -137,8 +148,10 @@ def _field_condition(cond: Any) -> Callable[[Any], bool]:
     if isinstance(cond, Mapping) and any(isinstance(key, str) and key.startswith("$") for key in cond):
         bad = [key for key in cond if not (isinstance(key, str) and key.startswith("$"))]
         raise ValueError(f"a field condition cannot mix operators and plain keys; got plain keys {bad}")
-    if isinstance(cond, (list, tuple)):
-        return _field_op("$in", list(cond))
+    if isinstance(cond, np.ndarray):
+        cond = cond.tolist()  # a 1-D (or deeper) array reads as the list it holds, a 0-d one as its value
+    if isinstance(cond, list):  # only a list means "one of": a tuple is a value (stored as a list), as in FAISS
+        return _field_op("$in", cond)
     return _field_op("$eq", cond)
 
 

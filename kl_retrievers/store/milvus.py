@@ -251,6 +251,8 @@ def _unknown(op: str) -> ValueError:
 
 
 def _values(op: str, value: Any) -> list[Any]:
+    if isinstance(value, np.ndarray) and op in ("$in", "$nin"):
+        value = value.tolist()  # as KLStore takes an array of values (a 0-d array holds no list: refused)
     if not isinstance(value, (list, tuple, set, frozenset)):
         raise ValueError(f"filter operator {op!r} needs a list of values; got {type(value).__name__}")
     return list(value)
@@ -287,15 +289,21 @@ def _field_expr(ref: str, op: str, value: Any, where: str) -> str:
 
 
 def _condition_expr(ref: str, cond: Any, where: str) -> str:
-    """The right-hand side of ``{"field": cond}``: operators, a list (one of) or a value (equal to)."""
+    """The right-hand side of ``{"field": cond}``: operators, a list (one of) or a value (equal to).
+
+    Only a list (or a numpy array, read as ``cond.tolist()``) means "one of"; a tuple is a value (the
+    list a stored tuple becomes), which Milvus cannot compare, so it raises as ``{"$eq": [1, 2]}`` does.
+    """
     ops = [k for k in cond if isinstance(k, str) and k.startswith("$")] if isinstance(cond, Mapping) else []
     if ops and len(ops) < len(cond):
         plain = [k for k in cond if k not in ops]
         raise ValueError(f"a field condition cannot mix operators and plain keys; got plain keys {plain}")
     if ops:
         return _join("and", [_field_expr(ref, op, cond[op], where) for op in ops], _TRUE)
-    if isinstance(cond, (list, tuple)):
-        return _field_expr(ref, "$in", list(cond), where)
+    if isinstance(cond, np.ndarray):
+        cond = cond.tolist()  # as in kl_retrievers.filters: a 1-D array is a list, a 0-d one its value
+    if isinstance(cond, list):
+        return _field_expr(ref, "$in", cond, where)
     return _field_expr(ref, "$eq", cond, where)
 
 
