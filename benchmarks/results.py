@@ -213,11 +213,7 @@ def render(root: Path = ROOT) -> str:
         *commands,
         "```",
         "",
-        "Cells logged before a fix to how runs are ranked or cut can differ from a run of today's code where scores "
-        "tie exactly (duplicate documents: many on TREC DL21 and NFCorpus), in MRR@10 and the @100 metrics:",
-        "",
         *ranking_fixes_note({k: records[k] for k in sorted(records)}, SYSTEMS, COLLECTIONS),
-        "",
         *bundled_models_section(
             root,
             EVAL_LOG,

@@ -73,11 +73,13 @@ RANKING_FIXES = (
 def ranking_fixes_note(
     records: Mapping[tuple[str, str], Mapping[str, Any]], systems: Mapping[str, str], collections: Mapping[str, str]
 ) -> list[str]:
-    """One line per :data:`RANKING_FIXES` entry naming the (system, collection) cells logged before it.
+    """A lead and one line per :data:`RANKING_FIXES` entry naming the cells logged before it (none: no lines).
 
     Examples:
         >>> rec = {("bm25", "c"): {"started": "2026-12-02T00:00:00"}}
-        >>> ranking_fixes_note(rec, {"bm25": "BM25"}, {"c": "C"})[0][-12:]
+        >>> ranking_fixes_note(rec, {"bm25": "BM25"}, {"c": "C"})[2][-12:]
+        ': BM25 on C.'
+        >>> ranking_fixes_note({("bm25", "c"): {}}, {"bm25": "BM25"}, {"c": "C"})[2][-12:]  # no time: before
         ': BM25 on C.'
     """
     lines = []
@@ -85,11 +87,20 @@ def ranking_fixes_note(
         before = [
             f"{systems[s]} on {collections[c]}"
             for (s, c), r in records.items()
-            if str(r.get("started") or r.get("time")) < landed
-        ]
+            if not (r.get("started") or r.get("time")) or str(r.get("started") or r.get("time")) < landed
+        ]  # a record without a time counts as before
         if before:
             lines.append(f"- Logged before `{commit}` ({what}): {', '.join(before)}.")
-    return lines
+    if not lines:
+        return []
+    return [
+        "Cells logged before a fix to how runs are ranked or cut (their times against the fix's) can differ from a "
+        "run of today's code where scores tie exactly (BM25 ties are common; dense and -KL ties come from duplicate "
+        "documents), in MRR@10 and the @100 metrics:",
+        "",
+        *lines,
+        "",
+    ]
 
 
 def bundled_models_section(

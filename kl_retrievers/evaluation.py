@@ -406,7 +406,9 @@ def retrieve_exact(
     complete by a bound on the float32 error (the pool widens, or every document is scored in
     float64, where the bound says it must). The reported scores are the true ``-KL`` and the
     ranking is the float64 one; documents tied at the depth cut are kept by document id,
-    descending, the order :func:`evaluate_run` ranks ties in, so a run is a prefix of any deeper one.
+    descending, the order :func:`evaluate_run` ranks ties in, so a run is a prefix of any deeper one
+    (up to float64 rounding: the candidate re-score and the float64 fallback, which a query may take
+    at one depth and not another, can round a near-tie apart).
 
     Args:
         queries: ``n_q`` query Gaussians (numpy or torch).

@@ -88,8 +88,10 @@ def top_k(scores: np.ndarray, k: int, tie_rank: np.ndarray | None = None) -> tup
         kth = vals.min(axis=1)
         at_cut = (scores == kth[:, None]).sum(axis=1) > (vals == kth[:, None]).sum(axis=1)
         for i in np.flatnonzero(at_cut):  # a tie straddles the cut: keep the tied columns that rank first
-            cand = np.flatnonzero(scores[i] >= kth[i])
-            part[i] = cand[np.lexsort((tie_rank[cand], -scores[i, cand]))][:k]
+            above = np.flatnonzero(scores[i] > kth[i])
+            tied = np.flatnonzero(scores[i] == kth[i])
+            need = k - above.size  # 1 <= need < tied.size here; O(n) per row, not a sort
+            part[i] = np.concatenate([above, tied[np.argpartition(tie_rank[tied], need - 1)[:need]]])
         vals = np.take_along_axis(scores, part, axis=1)
     order = np.lexsort((tie_rank[part], -vals), axis=1)
     return np.take_along_axis(part, order, axis=1), np.take_along_axis(vals, order, axis=1)

@@ -1,0 +1,9 @@
+#!/bin/bash
+# Re-log every figure of docs/results.md's tables after the depth-cut tie fix (e5b5d67), as run on 2026-12-04
+# (the four parts ran one after another in a clean worktree of e5b5d67; about 75 minutes on 2 CPU cores).
+set -e
+python benchmarks/results.py --run bm25
+python benchmarks/results.py --run-models minilm-unit-variance minilm-gauss-zs minilm-gauss-lora --backend onnx
+python benchmarks/results.py --run minilm bge-small
+python benchmarks/qpp.py --collections trec-dl21-passage-pooled nfcorpus-preprocessed cranfield scifact
+python benchmarks/results.py --run-models bge-small-unit-variance --backend torch
