@@ -554,26 +554,41 @@ def _ray_init(ray: Any, init: dict[str, Any]) -> None:
             ray.shutdown()
 
 
-def _ray_workers(resources: dict[str, Any], *, device: str | None, num_workers: int | None, shards: int) -> int:
+def _ray_workers(
+    resources: dict[str, Any], *, device: str | None, num_workers: int | None, shards: int, local: bool = True
+) -> int:
     """How many encoder actors to start on a cluster with ``resources`` (``ray.cluster_resources()``).
 
-    One per CPU, or with a ``cuda`` device one per GPU (each actor asks for a whole GPU): a cluster
-    without one would leave the actors pending forever, so it is refused here, before any starts.
+    One per CPU, or with a ``cuda`` device one per GPU (each actor asks for a whole GPU). On a local
+    node (no cluster address given), fewer than one whole GPU would leave the actors pending forever,
+    so it is refused here, before any starts; a cluster named by an address (``local=False``) may add
+    GPU nodes on demand (an autoscaler), so there it starts ``num_workers`` (or one) actors, with a warning.
 
     Examples:
         >>> _ray_workers({"CPU": 8.0}, device=None, num_workers=None, shards=3)
         3
         >>> _ray_workers({"CPU": 8.0}, device="cuda", num_workers=None, shards=3)
         Traceback (most recent call last):
-        ValueError: device 'cuda' runs one Ray actor per GPU, but the Ray cluster has no GPU ...
+        ValueError: device 'cuda' runs one Ray actor per whole GPU, but this local Ray node has fewer than one ...
+        >>> _ray_workers({"CPU": 8.0}, device="cuda", num_workers=None, shards=3, local=False)
+        1
     """
     if device and device.startswith("cuda"):
         gpus = float(resources.get("GPU") or 0)
-        if gpus < 1:
+        if gpus < 1 and local:
             raise ValueError(
-                f"device {device!r} runs one Ray actor per GPU, but the Ray cluster has no GPU (GPU: {gpus:g} in "
-                "ray.cluster_resources()); use device 'cpu', or a cluster with GPUs (ray_address / --ray-address)"
+                f"device {device!r} runs one Ray actor per whole GPU, but this local Ray node has fewer than one "
+                f"(GPU: {gpus:g} in ray.cluster_resources()); use device 'cpu', or a cluster with GPUs "
+                "(ray_address / --ray-address)"
             )
+        if gpus < 1:
+            logger.warning(
+                "the Ray cluster shows %g GPUs now; starting %d GPU actor(s), which wait until it adds a GPU node "
+                "(an autoscaler does; otherwise they wait forever: stop with Ctrl-C and use device 'cpu')",
+                gpus,
+                int(num_workers or 1),
+            )
+            return max(1, min(int(num_workers or 1), shards))
         available = int(gpus)
     else:
         available = int(resources.get("CPU") or 1) or 1
@@ -594,6 +609,8 @@ def _run_ray(
         import ray
     except ImportError as exc:
         raise ImportError("backend='ray' needs Ray Data: pip install 'kl-retrievers[ray]'") from exc
+    # no cluster address (nor RAY_ADDRESS): a local node, whose GPUs are all it will ever have
+    local = not (ray_address or os.environ.get("RAY_ADDRESS"))
     if not ray.is_initialized():
         init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         if ray_address:
@@ -602,7 +619,9 @@ def _run_ray(
             init["num_cpus"] = int(num_workers)
         _ray_init(ray, init)
     gpu = bool(device and device.startswith("cuda"))
-    workers = _ray_workers(ray.cluster_resources(), device=device, num_workers=num_workers, shards=len(todo))
+    workers = _ray_workers(
+        ray.cluster_resources(), device=device, num_workers=num_workers, shards=len(todo), local=local
+    )
     items = ray.data.from_items([asdict(s) for s in todo], override_num_blocks=len(todo))
     ds = items.map_batches(
         _RayShardWorker,

@@ -211,11 +211,26 @@ def test_item3_ray_with_cuda_on_a_cluster_without_a_gpu_is_refused(
     fake = _FakeRay(resources)
     monkeypatch.setitem(sys.modules, "ray", fake)
     todo = [ShardSpec(0, 0, 10, 0, 3)]
-    with pytest.raises(ValueError, match=r"device 'cuda'.*no GPU"):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(ValueError, match=r"device 'cuda'.*local Ray node has fewer than one"):
         sharded._run_ray(todo, model=None, device="cuda", job={}, num_workers=None, ray_address=None)
     assert not fake.started
     with pytest.raises(RuntimeError, match="actors started"):  # CPU workers need no GPU
         sharded._run_ray(todo, model=None, device="cpu", job={}, num_workers=None, ray_address=None)
+
+
+def test_ray_with_cuda_on_a_named_cluster_without_gpus_yet_starts_one_actor_and_warns(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An autoscaling cluster shows no GPU until a GPU actor is queued: refusing would break it."""
+    fake = _FakeRay({"CPU": 4.0})
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    with caplog.at_level("WARNING", logger="kl_retrievers.sharded"), pytest.raises(RuntimeError, match="started"):
+        sharded._run_ray(
+            [ShardSpec(0, 0, 10, 0, 3)], model=None, device="cuda", job={}, num_workers=None, ray_address="ray://x:1"
+        )
+    assert fake.started and "adds a GPU node" in caplog.text
+    assert sharded._ray_workers({"CPU": 4.0}, device="cuda", num_workers=3, shards=5, local=False) == 3
 
 
 def test_item3_ray_with_cuda_on_a_cluster_with_gpus_starts_actors(monkeypatch: pytest.MonkeyPatch) -> None:
