@@ -84,11 +84,8 @@ def ranking_fixes_note(
     """
     lines = []
     for commit, landed, what in RANKING_FIXES:
-        before = [
-            f"{systems[s]} on {collections[c]}"
-            for (s, c), r in records.items()
-            if not (r.get("started") or r.get("time")) or str(r.get("started") or r.get("time")) < landed
-        ]  # a record without a time counts as before
+        logged = {key: str(r.get("started") or r.get("time") or "") for key, r in records.items()}
+        before = [f"{systems[s]} on {collections[c]}" for (s, c), when in logged.items() if when < landed]
         if before:
             lines.append(f"- Logged before `{commit}` ({what}): {', '.join(before)}.")
     if not lines:

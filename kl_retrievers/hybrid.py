@@ -67,6 +67,7 @@ from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians, check
 from kl_retrievers.gaussian import is_real_number as _is_real
 from kl_retrievers.hub import sha256_file as _sha256
 from kl_retrievers.index import DeleteReport, KLStore, StoredDocument, StoreFormatError
+from kl_retrievers.runs import top_k
 from kl_retrievers.store._base import _RWLock
 
 logger = logging.getLogger(__name__)
@@ -1232,10 +1233,7 @@ class KLHybridStore:
         if mask is not None:
             allowed &= mask
         rows = np.flatnonzero(allowed)
-        if rows.size > depth:  # keep every row tied at the cut, so that the sort below decides ties by row
-            vals = full[rows]
-            rows = rows[vals >= np.partition(vals, rows.size - depth)[rows.size - depth]]
-        rows = rows[np.lexsort((rows, -full[rows]))][:depth]  # best first, ties by row
+        rows = rows[top_k(full[None, rows], depth, np.arange(rows.size))[0][0]]  # best first, ties by row (ascending)
         bm25_ids = [half.ids[r] for r in rows.tolist()]
         dense_ids = [r.id for r in dense]
         n_dense = len(dense_ids)

@@ -39,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import operator
 import os
 import re
 import time
@@ -60,6 +59,7 @@ from kl_retrievers._io import (
     row_id,
     row_text,
 )
+from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians, check_k
 from kl_retrievers.hub import sha256_file as _sha256
 
 logger = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def plan_shards(
             field ...``) or a JSONL id occurs twice (``FILE, line 4: duplicate id 'x' (first on line 1)``).
         FileNotFoundError: ``path`` does not exist.
     """
-    size = _positive_int(shard_size, "shard_size")
+    size = check_k(shard_size, "shard_size")
     source = Path(path)
     _check_input_file(source)
     digest = hashlib.sha256()
@@ -209,29 +209,6 @@ def plan_shards(
     if jsonl:
         _check_unique_ids(source, id_hashes)
     return shards, {"sha256": digest.hexdigest(), "size": offset, "records": first + rows}
-
-
-def _positive_int(value: Any, name: str) -> int:
-    """``value`` as an ``int`` when it is a positive integer (``int``, a numpy integer); else a ``ValueError``.
-
-    A string, a float (even ``3.0``) or a bool is refused, naming the value: nothing is converted.
-
-    Examples:
-        >>> _positive_int(3, "shard_size")
-        3
-        >>> _positive_int("3", "shard_size")
-        Traceback (most recent call last):
-        ValueError: shard_size must be a positive integer; got '3'
-    """
-    number = None
-    if not isinstance(value, bool):
-        try:
-            number = operator.index(value)
-        except TypeError:
-            number = None
-    if number is None or number <= 0:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    return int(number)
 
 
 def _check_input_file(source: Path) -> None:
@@ -703,7 +680,7 @@ def encode_corpus(
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
     if kind not in ("document", "query"):
         raise ValueError(f"kind must be 'document' or 'query'; got {kind!r}")
-    batch_size = _positive_int(batch_size, "batch_size")
+    batch_size = check_k(batch_size, "batch_size")
     if backend == "ray" and encoder is not None:
         raise ValueError("backend='ray' loads the model in each worker: pass model=NAME_OR_PATH, not encoder")
     started = time.perf_counter()
@@ -741,10 +718,9 @@ def encode_corpus(
         "kind": kind,
         "field": field,
         "max_length": max_length,
-        "shard_size": _positive_int(shard_size, "shard_size"),
+        "shard_size": check_k(shard_size, "shard_size"),
         "shards": len(specs),
     }
-    from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME
 
     manifest["score"] = {"name": SCORE_NAME, "direction": SCORE_DIRECTION}
     existing = target / _MANIFEST
@@ -894,13 +870,10 @@ def _checked_specs(folder: Path, manifest: dict[str, Any]) -> list[ShardSpec]:
                 raise ValueError
         except (OSError, ValueError, KeyError, TypeError):
             raise ValueError(f"{shard} is missing or incomplete; rerun the encode command to finish it") from None
-        if meta.get("run") is None:
-            unkeyed += 1
-        elif meta["run"] != run:
-            raise ValueError(
-                f"{shard} belongs to another encode run (its run key is not that of {manifest_path}: another "
-                "input, model or settings); rerun the encode command to redo it"
-            )
+        unkeyed += meta.get("run") is None
+        problem = _run_problem(shard / _SHARD_META, meta, run)
+        if problem is not None:
+            raise ValueError(f"{problem}; rerun the encode command to redo it")
         if spec.first_row != rows:
             raise ValueError(
                 f"{shard}: {_SHARD_META} gives first_row {spec.first_row}, but the shards before it hold {rows} rows; "
@@ -934,7 +907,6 @@ def _checked_specs(folder: Path, manifest: dict[str, Any]) -> list[ShardSpec]:
 
 def _read_shards(folder: Path, specs: list[ShardSpec], run: str) -> Iterator[tuple[list[str], Any]]:
     """Read and yield checked shards, verifying each one's checksums first."""
-    from kl_retrievers.gaussian import Gaussians
 
     for spec in specs:
         shard = folder / spec.name
@@ -966,7 +938,6 @@ def load_encoded(out: str | os.PathLike[str]) -> tuple[Any, list[str]]:
     Examples:
         >>> g, ids = load_encoded("encoded/")  # doctest: +SKIP
     """
-    from kl_retrievers.gaussian import Gaussians
 
     parts = list(iter_encoded(out))
     ids = [i for part_ids, _ in parts for i in part_ids]

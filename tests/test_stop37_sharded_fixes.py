@@ -39,6 +39,16 @@ def _jsonl(path: Path, tag: str, n: int) -> Path:
     return path
 
 
+def _same_refusal_in_both_readers(path: Path) -> str:
+    """The one-shot reader's and plan_shards' messages for a file both refuse: they must be the same text."""
+    with pytest.raises(ValueError) as one_shot:
+        read_texts(path)
+    with pytest.raises(ValueError) as planned:
+        plan_shards(path, shard_size=1)
+    assert str(planned.value) == str(one_shot.value)
+    return str(one_shot.value)
+
+
 def _encode(corpus: Path, out: Path, encoder: Any, shard_size: int = 5, **kw: Any) -> sharded.EncodeReport:
     return encode_corpus(corpus, out, encoder=encoder, shard_size=shard_size, show_progress_bar=False, **kw)
 
@@ -123,12 +133,7 @@ def test_item1_shards_must_follow_each_other_and_cover_the_input(tmp_path: Path,
 def test_item2_bad_ids_are_refused_as_the_one_shot_reader_refuses_them(tmp_path: Path, line: str) -> None:
     path = tmp_path / "c.jsonl"
     path.write_text('{"_id": "ok", "text": "fine"}\n\n' + line + "\n")
-    with pytest.raises(ValueError) as one_shot:
-        read_texts(path)
-    assert ", line 3: " in str(one_shot.value)
-    with pytest.raises(ValueError) as planned:
-        plan_shards(path, shard_size=1)
-    assert str(planned.value) == str(one_shot.value)
+    assert ", line 3: " in _same_refusal_in_both_readers(path)
 
 
 def test_item2_valid_ids_are_the_same_in_both_readers(tmp_path: Path, encoder: Any) -> None:
@@ -437,12 +442,7 @@ def test_item4_a_record_broken_after_planning_is_still_reported_by_the_ray_worke
 def test_f2_jsonl_lines_are_split_and_skipped_alike_in_both_readers(tmp_path: Path, body: bytes) -> None:
     path = tmp_path / "c.jsonl"
     path.write_bytes(body)
-    with pytest.raises(ValueError) as one_shot:
-        read_texts(path)
-    assert ", line " in str(one_shot.value)
-    with pytest.raises(ValueError) as planned:
-        plan_shards(path, shard_size=1)
-    assert str(planned.value) == str(one_shot.value)
+    assert ", line " in _same_refusal_in_both_readers(path)
 
 
 def test_f2_crlf_and_ascii_blank_lines_are_read_alike(tmp_path: Path, encoder: Any) -> None:
