@@ -15,18 +15,21 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
     "CONFIG_NAME",
+    "SIMILARITIES",
     "GaussianEncoderConfig",
     "NotAnEncoderError",
     "describe_saved_folder",
     "describe_saved_meta",
     "encoder_config",
     "is_saved_encoder",
+    "model_similarity",
     "read_encoder_meta",
 ]
 
@@ -198,3 +201,25 @@ def encoder_config(meta: dict[str, Any], cfg_file: Path) -> GaussianEncoderConfi
         return GaussianEncoderConfig.from_dict(meta["encoder"])
     except (TypeError, ValueError) as exc:
         raise NotAnEncoderError(f"{cfg_file}: field 'encoder' is invalid: {exc}") from None
+
+
+#: Scores a model can be trained for (``kl-retrievers train --similarity``): ``neg_kl``, or a vector twin's.
+SIMILARITIES = ("neg_kl", "dot", "cosine")
+
+
+def model_similarity(encoder: Any) -> str:
+    """The score a model was trained for: ``"neg_kl"``, or ``"dot"`` / ``"cosine"`` for a vector twin.
+
+    A twin (``kl-retrievers train --similarity dot|cosine``) records its similarity in its training
+    recipe (``config.extra["training"]["recipe"]["similarity"]``); its variance head is untrained, and
+    ranking it by -KL (unit variances: squared L2 between the means) is not what it was trained for.
+
+    Examples:
+        >>> model_similarity(object())
+        'neg_kl'
+    """
+    extra = getattr(getattr(encoder, "config", None), "extra", None)
+    training = extra.get("training") if isinstance(extra, Mapping) else None
+    recipe = training.get("recipe") if isinstance(training, Mapping) else None
+    similarity = recipe.get("similarity", "neg_kl") if isinstance(recipe, Mapping) else "neg_kl"
+    return similarity if similarity in SIMILARITIES else "neg_kl"

@@ -35,11 +35,12 @@ from kl_retrievers._config import (
     NotAnEncoderError,
     encoder_config,
     is_saved_encoder,
+    model_similarity,
     read_encoder_meta,
 )
 from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, require_torch
 from kl_retrievers._io import atomic_dir, check_replace_target, check_version, library_version
-from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians
+from kl_retrievers.gaussian import SCORE_DIRECTION, Gaussians
 from kl_retrievers.hub import (
     BUNDLED_DIR,
     BUNDLED_PREFIX,
@@ -509,7 +510,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
             "library": "kl_retrievers",
             "library_version": library_version(),
             "format_version": FORMAT_VERSION,
-            "score": {"name": SCORE_NAME, "direction": SCORE_DIRECTION},
+            "score": {"name": model_similarity(self), "direction": SCORE_DIRECTION},  # a vector twin's own
             "encoder": self.config.to_dict(),
             "backbone_config": self.backbone.config.to_dict(),
             "var_token_id": self.var_token_id,

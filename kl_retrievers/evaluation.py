@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 import numpy as np
 from tqdm import tqdm
 
+from kl_retrievers._config import SIMILARITIES as SIMILARITIES  # re-exported: it was defined here
+from kl_retrievers._config import model_similarity as model_similarity
 from kl_retrievers.datasets import BeirDataset
 from kl_retrievers.encoding_cache import CACHE_ENV as CACHE_ENV  # re-exported, like the cache and run names
 from kl_retrievers.encoding_cache import EncodingCache, default_cache_dir
@@ -407,8 +409,8 @@ def retrieve_exact(
     float64, where the bound says it must). The reported scores are the true ``-KL`` and the
     ranking is the float64 one; documents tied at the depth cut are kept by document id,
     descending, the order :func:`evaluate_run` ranks ties in, so a run is a prefix of any deeper one
-    (up to float64 rounding: the candidate re-score and the float64 fallback, which a query may take
-    at one depth and not another, can round a near-tie apart).
+    (bit for bit: the candidate re-score and the float64 fallback, which a query may take at one
+    depth and not another, share one arithmetic, :func:`kl_retrievers.gaussian.neg_kl_rows`).
 
     Args:
         queries: ``n_q`` query Gaussians (numpy or torch).
@@ -646,28 +648,6 @@ class EncodeOptions(TypedDict, total=False):
     query_max_length: int | None
     cache_dir: str | os.PathLike[str] | None
     use_cache: bool
-
-
-#: Scores a model can be trained for (``kl-retrievers train --similarity``): ``neg_kl``, or a vector twin's.
-SIMILARITIES = ("neg_kl", "dot", "cosine")
-
-
-def model_similarity(encoder: Any) -> str:
-    """The score a model was trained for: ``"neg_kl"``, or ``"dot"`` / ``"cosine"`` for a vector twin.
-
-    A twin (``kl-retrievers train --similarity dot|cosine``) records its similarity in its training
-    recipe (``config.extra["training"]["recipe"]["similarity"]``); its variance head is untrained, and
-    ranking it by -KL (unit variances: squared L2 between the means) is not what it was trained for.
-
-    Examples:
-        >>> model_similarity(object())
-        'neg_kl'
-    """
-    extra = getattr(getattr(encoder, "config", None), "extra", None)
-    training = extra.get("training") if isinstance(extra, Mapping) else None
-    recipe = training.get("recipe") if isinstance(training, Mapping) else None
-    similarity = recipe.get("similarity", "neg_kl") if isinstance(recipe, Mapping) else "neg_kl"
-    return similarity if similarity in SIMILARITIES else "neg_kl"
 
 
 def retrieve_vectors(

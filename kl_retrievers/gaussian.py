@@ -1140,8 +1140,12 @@ def float64_top_k(
     rows: np.ndarray | None = None,
     means_only: bool = False,
     tie_rank: np.ndarray | None = None,
+    doc_sumlogvar: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` rows by float64 scores of every (allowed) document: the slow, always exact path.
+
+    Scores come from :func:`neg_kl_rows`, the arithmetic of the pooled re-score, so a document
+    scores the same bits on either path and a shallower run is a prefix of a deeper one.
 
     Args:
         queries: Numpy query Gaussians.
@@ -1150,6 +1154,7 @@ def float64_top_k(
         rows: The allowed document rows (default: all).
         means_only: Score by ``-||mu_q - mu_d||^2`` instead of ``-KL``.
         tie_rank: Order of tied rows, indexed by row number (default: unspecified).
+        doc_sumlogvar: ``sum_i log var_d_i`` per document row (float64), if already known.
 
     Returns:
         ``(rows, scores)``, shape ``(n_q, k)``, best first, padded with ``-1`` / ``-inf``.
@@ -1161,21 +1166,18 @@ def float64_top_k(
         >>> float64_top_k(q, d, 2)
         (array([[1, 2]]), array([[-0.5, -2. ]]))
     """
-    nq, dim = len(queries), queries.dim
+    nq = len(queries)
     allowed = np.arange(len(documents)) if rows is None else np.asarray(rows, dtype=np.int64)
     q64 = queries.astype(np.float64)
 
     def score(_start: int, block: np.ndarray) -> np.ndarray:
         dm = np.asarray(documents.mean[block], dtype=np.float64)
-        if not means_only:
-            dv = np.asarray(documents.var[block], dtype=np.float64)
-            return np.asarray(neg_kl_matrix(q64, Gaussians(dm, dv, validate=False)))
-        sc = np.empty((nq, block.size))  # term by term, in chunks of queries
-        qstep = max(1, _ROWS_BLOCK_ELEMENTS // max(1, block.size * dim))
-        for a in range(0, nq, qstep):
-            diff = q64.mean[a : a + qstep, None, :] - dm[None, :, :]
-            sc[a : a + qstep] = -np.einsum("qcj,qcj->qc", diff, diff)
-        return sc
+        dv = np.asarray(documents.var[block], dtype=np.float64)
+        sumlog = None
+        if not means_only:  # the same per-row sum as the re-score's (a contiguous float64 row each)
+            sumlog = np.log(dv).sum(axis=1) if doc_sumlogvar is None else np.asarray(doc_sumlogvar)[block]
+        local = np.broadcast_to(np.arange(block.size), (nq, block.size))
+        return neg_kl_rows(q64, Gaussians(dm, dv, validate=False), local, doc_sumlogvar=sumlog, means_only=means_only)
 
     return top_k_rows(*_streamed_top(allowed, _EXACT_ROWS // 16, k, score, nq, np.float64, tie_rank), k, tie_rank)
 
@@ -1359,7 +1361,9 @@ def exact_top_k(
             return neg_kl_rows(q[base[qi]], docs, lab, doc_sumlogvar=doc_sumlogvar, means_only=means_only)
 
         def fallback(qi: np.ndarray, base: np.ndarray = qi_block) -> tuple[np.ndarray, np.ndarray]:
-            return float64_top_k(q[base[qi]], docs, kk, rows=allowed, means_only=means_only, tie_rank=ranks)
+            return float64_top_k(
+                q[base[qi]], docs, kk, rows=allowed, means_only=means_only, tie_rank=ranks, doc_sumlogvar=doc_sumlogvar
+            )
 
         out_r[qi_block], out_s[qi_block] = refine_top_k(
             qi_block.size, kk, n, margin, cand, rescore, fallback, shift[qi_block], ranks

@@ -25,6 +25,7 @@ Examples:
 
 from __future__ import annotations
 
+import enum
 import inspect
 import logging
 import math
@@ -1092,6 +1093,15 @@ class KLVectorStore(VectorStore):
 
 
 # --------------------------------------------------------------------------- retrievers
+class _Unset(enum.Enum):
+    """A per-call argument left out: the retriever's own setting applies (``None`` given clears it)."""
+
+    UNSET = "unset"
+
+
+_UNSET = _Unset.UNSET
+
+
 class _ConfidenceRetriever(BaseRetriever):
     """Fields and helpers shared by :class:`KLRetriever` and :class:`KLHybridRetriever`."""
 
@@ -1130,11 +1140,17 @@ class _ConfidenceRetriever(BaseRetriever):
         self._scorer = ConfidenceScorer(self.calibrator, self.calibrator_for)
 
     def _call_settings(
-        self, k: int | None, filter: MetadataFilter | None, min_confidence: float | None
+        self,
+        k: int | None,
+        filter: MetadataFilter | _Unset | None,
+        min_confidence: float | _Unset | None,
     ) -> tuple[int, Any, float | None]:
+        """The call's ``k``, filter and floor: an argument left out takes the retriever's; an explicit
+        ``filter=None`` or ``min_confidence=None`` clears it for this call (as LangChain's
+        ``VectorStoreRetriever`` merges per-call ``search_kwargs``)."""
         kk = _check_k(self.k if k is None else k)
-        flt = self.filter if filter is None else filter
-        floor = self.min_confidence if min_confidence is None else check_min_confidence(min_confidence)
+        flt = self.filter if filter is _UNSET else filter
+        floor = self.min_confidence if min_confidence is _UNSET else check_min_confidence(min_confidence)
         return kk, flt, floor
 
     async def _aget_relevant_documents(
@@ -1200,9 +1216,10 @@ class KLRetriever(_ConfidenceRetriever):
     Attributes:
         vectorstore: The :class:`KLVectorStore` searched.
         k: Documents per query (>= 1); ``invoke(q, k=...)`` overrides it per call.
-        filter: Default metadata filter (dict or callable); ``invoke(q, filter=...)`` overrides it.
+        filter: Default metadata filter (dict or callable); ``invoke(q, filter=...)`` overrides it
+            per call (``filter=None``: no filter for that call).
         min_confidence: Abstain below this confidence, in ``[0, 1]`` (``None``: never);
-            ``invoke(q, min_confidence=...)`` overrides it per call.
+            ``invoke(q, min_confidence=...)`` overrides it per call (``None``: no abstention).
         calibrator: A fitted ``ConfidenceCalibrator`` or a path to its JSON (default: the model's).
 
     Raises:
@@ -1274,8 +1291,8 @@ class KLRetriever(_ConfidenceRetriever):
         *,
         run_manager: CallbackManagerForRetrieverRun,
         k: int | None = None,
-        filter: MetadataFilter | None = None,
-        min_confidence: float | None = None,
+        filter: MetadataFilter | _Unset | None = _UNSET,
+        min_confidence: float | _Unset | None = _UNSET,
     ) -> list[Document]:
         kk, flt, floor = self._call_settings(k, filter, min_confidence)
         encoder = self.vectorstore._get_encoder()
@@ -1340,8 +1357,10 @@ class KLHybridRetriever(_ConfidenceRetriever):
         fusion: ``"rrf"``, ``"convex"`` or ``"adaptive"`` (``None``: the store's default).
         weight: The convex dense weight in ``[0, 1]`` (``None``: the store's).
         normalization: ``"minmax"`` or ``"zscore"`` for convex fusion (``None``: the store's).
-        filter: Default metadata filter (dict or callable), applied to both halves before ranking.
-        min_confidence: Abstain below this confidence (``None``: never).
+        filter: Default metadata filter (dict or callable), applied to both halves before ranking;
+            ``invoke(q, filter=...)`` overrides it per call (``filter=None``: no filter for that call).
+        min_confidence: Abstain below this confidence (``None``: never); ``invoke(q, min_confidence=...)``
+            overrides it per call (``None``: no abstention).
         calibrator: A fitted ``ConfidenceCalibrator`` (kind ``"hybrid"`` or ``"dense"``) or a path
             to its JSON (default: the model's hybrid calibrator, else its dense one).
 
@@ -1425,8 +1444,8 @@ class KLHybridRetriever(_ConfidenceRetriever):
         *,
         run_manager: CallbackManagerForRetrieverRun,
         k: int | None = None,
-        filter: MetadataFilter | None = None,
-        min_confidence: float | None = None,
+        filter: MetadataFilter | _Unset | None = _UNSET,
+        min_confidence: float | _Unset | None = _UNSET,
         fusion: str | None = None,
         weight: float | None = None,
         normalization: str | None = None,

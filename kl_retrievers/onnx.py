@@ -38,9 +38,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kl_retrievers._config import model_similarity
 from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, require_torch
 from kl_retrievers._io import atomic_dir, check_version, is_within, library_version, parse_json_object, some_names
-from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians
+from kl_retrievers.gaussian import SCORE_DIRECTION, Gaussians
 from kl_retrievers.hub import local_reference
 from kl_retrievers.hub import sha256_file as _sha256
 
@@ -226,7 +227,7 @@ def export_onnx(
             "int8_tables": int8_tables,
             "torch_version": torch.__version__,
             "onnx_versions": _onnx_versions(),
-            "score": {"name": SCORE_NAME, "direction": SCORE_DIRECTION},
+            "score": {"name": model_similarity(encoder), "direction": SCORE_DIRECTION},  # a vector twin's own
             "source": {
                 "name_or_path": str(encoder.name_or_path),
                 "sha256": source_sha256,

@@ -556,7 +556,7 @@ class FlatEngine(FaissEngine):
 
         def fallback(qi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             rows = None if mask is None else np.flatnonzero(mask)
-            return float64_top_k(qg[qi], self.table.gaussians, kk, rows=rows)
+            return float64_top_k(qg[qi], self.table.gaussians, kk, rows=rows, doc_sumlogvar=self.table.sumlogvar)
 
         # float32 scores of the first pool of kk + max(8, kk / 4) are usually far enough apart
         return refine_top_k(

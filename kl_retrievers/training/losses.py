@@ -31,6 +31,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from kl_retrievers._config import SIMILARITIES
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -46,7 +48,6 @@ __all__ = [
 ]
 
 Similarity = Literal["neg_kl", "dot", "cosine"]
-SIMILARITIES: tuple[str, ...] = ("neg_kl", "dot", "cosine")
 LOSSES: tuple[str, ...] = ("contrastive", "margin_mse", "listwise", "lambdarank")
 
 
