@@ -10,7 +10,9 @@ Every figure on the page is read from, or computed from, a JSON line of a log in
   ``runs/qpp/calibration.jsonl`` it also feeds the QPP and calibration section (``benchmarks/results_qpp.py``).
 * ``runs/eval/hybrid.jsonl``: the hybrid section, written by ``benchmarks/hybrid.py`` (``benchmarks/results_more.py``).
 
-The page is never edited by hand: ``--check`` exits 1 when it differs from what the logs render
+The same records also fill the marked part of ``docs/choosing-a-model.md`` (``benchmarks/results_choosing.py``).
+
+The page is never edited by hand: ``--check`` exits 1 when it (or that part) differs from what the logs render
 (``tests/test_results_page.py`` runs it). The first round's page, whose logs were not committed, is kept
 as ``docs/results-archive.md``.
 
@@ -24,7 +26,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import shlex
 import subprocess
@@ -35,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from results_choosing import PAGE as CHOOSING_PAGE
+from results_choosing import choosing_region, splice, sync
 from results_more import HYBRID_LOG, bundled_models_section, hybrid_section, ranking_fixes_note
 from results_qpp import qpp_section
 
@@ -227,6 +230,12 @@ def render(root: Path = ROOT) -> str:
     return "\n".join(out)
 
 
+def render_choosing(path: Path, root: Path = ROOT) -> str:
+    """The page at ``path`` (docs/choosing-a-model.md) with its marked part rendered from the logs under ``root``."""
+    region = choosing_region(root, EVAL_LOG, load_records(root), list(COLLECTIONS), DEFAULT_MODEL)
+    return splice(path.read_text(encoding="utf-8"), region, path)
+
+
 def git_commit() -> str | None:
     proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
     return proc.stdout.strip() or None
@@ -262,8 +271,11 @@ def run(systems: Sequence[str], collections: Sequence[str], backend: str | None 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--check", action="store_true", help="exit 1 if the page differs from what the logs render")
+    p.add_argument("--check", action="store_true", help="exit 1 if a page differs from what the logs render")
     p.add_argument("--page", type=Path, default=PAGE, help="the page (default: docs/results.md)")
+    p.add_argument(
+        "--choosing", type=Path, default=ROOT / CHOOSING_PAGE, help="the page whose marked part the logs fill too"
+    )
     p.add_argument("--run", nargs="+", choices=list(SYSTEMS), metavar="SYSTEM", help=f"evaluate: {', '.join(SYSTEMS)}")
     p.add_argument("--run-models", nargs="+", default=[], metavar="MODEL", help="evaluate bundled models by name")
     p.add_argument("--backend", choices=["onnx", "torch"], default=None, help="--model-backend of --run-models")
@@ -272,18 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.run or args.run_models:
         (ROOT / EVAL_LOG).parent.mkdir(parents=True, exist_ok=True)
         run([*(args.run or []), *args.run_models], args.collections, args.backend)
-    text = render()
-    if args.check:
-        old = args.page.read_text(encoding="utf-8") if args.page.exists() else ""
-        if old != text:
-            diff = difflib.unified_diff(old.splitlines(), text.splitlines(), "page", "from the logs", lineterm="")
-            print(f"{args.page} is not what the logs render:\n" + "\n".join(list(diff)[:40]), file=sys.stderr)
-            return 1
-        print(f"{args.page} matches the logs")
-        return 0
-    args.page.write_text(text, encoding="utf-8")
-    print(f"wrote {args.page}")
-    return 0
+    choosing = render_choosing(args.choosing)
+    return max(sync(args.page, render(), args.check), sync(args.choosing, choosing, args.check))
 
 
 if __name__ == "__main__":

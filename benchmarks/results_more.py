@@ -11,7 +11,7 @@ Both read committed logs only (``benchmarks/results.py`` calls them; ``--check``
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -100,16 +100,13 @@ def ranking_fixes_note(
     ]
 
 
-def bundled_models_section(
-    root: Path,
-    eval_log: Path,
-    collections: Mapping[str, str],
-    default: Mapping[str, Mapping[str, Any]],
-    default_name: str,
-) -> list[str]:
-    """nDCG@10 of every bundled model with logged test runs (``eval_log`` under ``root``).
+def bundled_records(
+    root: Path, eval_log: Path, collections: Collection[str]
+) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, dict[str, Any]]]:
+    """The newest test line of each (bundled model, collection) in ``eval_log``, and of :data:`INT8_TWIN`'s baseline.
 
-    ``collections``: name -> column label, in column order; ``default``: collection -> the default's record.
+    Returns (model -> collection -> record, collection -> the baseline's record); the default is in the first
+    only if it was logged in ``eval_log`` under its name.
     """
     from kl_retrievers.pretrained import bundled_models
 
@@ -122,6 +119,21 @@ def bundled_models_section(
                 found.setdefault(rec["system"], {})[rec["collection"]] = rec
             elif rec.get("system") == INT8_TWIN[1]:
                 baseline[rec["collection"]] = rec
+    return found, baseline
+
+
+def bundled_models_section(
+    root: Path,
+    eval_log: Path,
+    collections: Mapping[str, str],
+    default: Mapping[str, Mapping[str, Any]],
+    default_name: str,
+) -> list[str]:
+    """nDCG@10 of every bundled model with logged test runs (``eval_log`` under ``root``).
+
+    ``collections``: name -> column label, in column order; ``default``: collection -> the default's record.
+    """
+    found, baseline = bundled_records(root, eval_log, collections)
     gap = int8_gap(found.get(INT8_TWIN[0], {}), baseline)
     found[default_name] = {c: dict(r) for c, r in default.items()}
     rows, commands = [], []

@@ -23,9 +23,9 @@ def test_page_is_what_the_logs_render() -> None:
     assert results.main(["--check"]) == 0, "docs/results.md is stale: run `python benchmarks/results.py`"
 
 
-@pytest.mark.parametrize("renderer", ["results.py", "results_more.py", "results_qpp.py"])
+@pytest.mark.parametrize("renderer", ["results.py", "results_more.py", "results_qpp.py", "results_choosing.py"])
 def test_renderer_types_no_figure_and_stays_small(renderer: str) -> None:
-    """No renderer of the page (``results.py`` and the two modules whose sections it writes) types a figure."""
+    """No renderer of the pages (``results.py`` and the modules whose sections it writes) types a figure."""
     source = (REPO / "benchmarks" / renderer).read_text(encoding="utf-8")
     assert FIGURE.findall(source) == []
     assert len(source.splitlines()) < 300
@@ -96,3 +96,60 @@ def test_qpp_section_figures_come_from_the_logs() -> None:
     for r in tests:
         assert f"| {r['collection']}:test | test | {r['queries']} |" in section
         assert f"**{r['ece']:.3f}**" in section
+
+
+def test_check_fails_when_the_choosing_page_is_stale(tmp_path: Path) -> None:
+    """docs/choosing-a-model.md's marked part (quality table, comparison) is rendered from the logs and checked."""
+    import results_choosing
+
+    page = tmp_path / "results.md"
+    page.write_text(results.render(), encoding="utf-8")
+    choosing = tmp_path / "choosing-a-model.md"
+    shutil.copy(REPO / results_choosing.PAGE, choosing)
+    args = ["--check", "--page", str(page), "--choosing", str(choosing)]
+    assert results.main(args) == 0, "docs/choosing-a-model.md is stale: run `python benchmarks/results.py`"
+
+    # A figure of the table typed by hand (here: the logged bge-small-unit-variance SciFact cell) fails --check.
+    found, baseline = results_choosing.bundled_records(REPO, results.EVAL_LOG, results.COLLECTIONS)
+    logged = f"{found['bge-small-unit-variance']['scifact']['ndcg@10']:.4f}"
+    text = choosing.read_text(encoding="utf-8")
+    row = next(line for line in text.splitlines() if line.startswith("| `bge-small-unit-variance` |"))
+    assert f"| {logged} |" in row
+    choosing.write_text(text.replace(row, row.replace(f"| {logged} |", "| 0.9999 |")), encoding="utf-8")
+    assert results.main(args) == 1
+    # ... and so does a stale comparison figure or int8 gap; the normal render writes the logged values back.
+    gap = f"{results_choosing.int8_gap(found['minilm-unit-variance'], baseline):.3f}"
+    stale = choosing.read_text(encoding="utf-8").replace(f"up to {gap}:", "up to 0.001:", 1)
+    choosing.write_text(stale, encoding="utf-8")
+    assert results.main(args) == 1
+    assert results.main(["--page", str(page), "--choosing", str(choosing)]) == 0
+    assert choosing.read_text(encoding="utf-8") == (REPO / results_choosing.PAGE).read_text(encoding="utf-8")
+
+    # Prose outside the marked part is the page's own: editing it does not make the page stale.
+    choosing.write_text(text.replace("## Which one?", "## Which model?", 1), encoding="utf-8")
+    assert results.main(args) == 0
+    # Without its markers the page cannot be rendered, and the message says what is missing.
+    choosing.write_text(text.replace(results_choosing.END, ""), encoding="utf-8")
+    with pytest.raises(SystemExit, match="End of the part written"):
+        results.main(args)
+
+
+def test_choosing_page_figures_come_from_the_logs() -> None:
+    """Each model's four nDCG@10 cells and the taus of its uncertainty are its logged values."""
+    import results_choosing
+    import results_qpp
+
+    text = (REPO / results_choosing.PAGE).read_text(encoding="utf-8")
+    region = text[text.index(results_choosing.BEGIN) : text.index(results_choosing.END)]
+    found, _ = results_choosing.bundled_records(REPO, results.EVAL_LOG, results.COLLECTIONS)
+    records = results.load_records()
+    found[results.DEFAULT_MODEL] = {c: records[("default", c)] for c in results.COLLECTIONS}
+    for name, recs in found.items():
+        row = next(line for line in region.splitlines() if line.startswith(f"| `{name}`"))
+        for coll in results.COLLECTIONS:
+            assert f"| {recs[coll]['ndcg@10']:.4f}" in row, (name, coll)
+            tau = results_qpp._tau(recs[coll], "uncertainty")
+            if tau is not None and name != results.DEFAULT_MODEL:
+                assert f"{results_choosing.LABELS[coll][1]} {tau:+.3f}" in row, (name, coll)
+    for system in ("bm25", "minilm", "bge-small"):
+        assert " / ".join(f"{records[(system, c)]['ndcg@10']:.4f}" for c in results.COLLECTIONS) in region
