@@ -132,11 +132,14 @@ def check_texts(texts: str | Sequence[str] | None, what: str = "texts", *, allow
         >>> check_texts(["ok", "caf\\udce9"])  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ValueError: texts[1] holds a lone surrogate '\\udce9' at character 3, which cannot be encoded as UTF-8; ...
+        >>> check_texts("caf\\udce9")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: texts[0] holds a lone surrogate '\\udce9' at character 3, which cannot be encoded as UTF-8; ...
     """
     if isinstance(texts, str):
-        if allow_str:
-            return [texts]
-        raise TypeError(f"{what} must be a sequence of str, not a single str; wrap it in a list")
+        if not allow_str:
+            raise TypeError(f"{what} must be a sequence of str, not a single str; wrap it in a list")
+        texts = [texts]  # one text: checked below like every item of a list
     if texts is None or not isinstance(texts, Iterable):
         raise TypeError(f"{what} must be a str or a sequence of str; got {type(texts).__name__}")
     kind = type(texts).__name__

@@ -19,9 +19,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import os
 import re
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,6 +73,12 @@ logger = logging.getLogger(__name__)
 #: tokenizing with different budgets can each get the other's; tokenizing (not the forward pass) is
 #: serialised across encoders. A module-level lock keeps the encoders picklable and deep-copyable.
 _TOKENIZER_LOCK = threading.Lock()
+#: Guards :data:`_EVAL_HOLDS`: encoding switches the encoder to eval mode for its duration, and concurrent
+#: encodings share that switch (the first one in switches, the last one out restores the mode). Module-level
+#: state (not attributes) keeps the encoders picklable and deep-copyable, and a copy never inherits a hold.
+_MODE_LOCK = threading.Lock()
+#: Encoder -> ``[number of encodings in progress, training mode to restore when the last one ends]``.
+_EVAL_HOLDS: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
 
 __all__ = ["GaussianEncoder", "GaussianEncoderConfig", "NotAnEncoderError"]
 
@@ -89,7 +97,63 @@ _LORA_A, _LORA_B, _LORA_SCALING = ".lora_A", ".lora_B", ".lora_scaling"
 
 
 def _inverse_softplus(value: float, beta: float) -> float:
-    return math.log(math.expm1(beta * value)) / beta
+    """The ``x`` with ``softplus_beta(x) == value``, stable for large and small ``beta * value``.
+
+    ``log(expm1(beta * v)) / beta`` overflows above ``beta * v`` of about 710; the form used here,
+    ``v + log(-expm1(-beta * v)) / beta``, does not.
+
+    Examples:
+        >>> round(_inverse_softplus(800.0, 1.0), 6)
+        800.0
+        >>> round(_inverse_softplus(1.0, 1.0), 6)
+        0.541325
+    """
+    return value + math.log(-math.expm1(-beta * value)) / beta
+
+
+def _check_init_variance(init_variance: object, var_floor: float) -> float:
+    """``init_variance`` as a float; ``ValueError`` naming it and the allowed range unless it is a finite
+    number above ``var_floor`` and at most the float32 maximum.
+
+    Examples:
+        >>> _check_init_variance(2, 1e-6)
+        2.0
+        >>> _check_init_variance(float("inf"), 1e-6)
+        Traceback (most recent call last):
+        ValueError: init_variance must be a finite number > var_floor (1e-06) and <= 3.4028234663852886e+38; got inf
+    """
+    limit = float(torch.finfo(torch.float32).max)
+    ok = isinstance(init_variance, numbers.Real) and not isinstance(init_variance, (bool, np.bool_))
+    value = float(init_variance) if ok else math.nan  # type: ignore[arg-type]
+    if not (math.isfinite(value) and var_floor < value <= limit):
+        raise ValueError(
+            f"init_variance must be a finite number > var_floor ({var_floor}) and <= {limit}; got {init_variance!r}"
+        )
+    return value
+
+
+@contextmanager
+def _eval_mode(module: Any) -> Iterator[None]:
+    """Run the block with ``module`` in eval mode, and restore its mode after, safely across threads.
+
+    Re-entrant and shared: concurrent blocks on one module switch it once (the first one in) and restore
+    the mode it had then once (the last one out), so a module in training mode never runs one of these
+    blocks with dropout, and is left in training mode after them.
+    """
+    with _MODE_LOCK:
+        hold = _EVAL_HOLDS.get(module)
+        if hold is None:
+            hold = _EVAL_HOLDS[module] = [0, bool(module.training)]
+            module.eval()
+        hold[0] += 1
+    try:
+        yield
+    finally:
+        with _MODE_LOCK:
+            hold[0] -= 1
+            if hold[0] == 0:
+                del _EVAL_HOLDS[module]
+                module.train(hold[1])
 
 
 @contextmanager
@@ -265,7 +329,8 @@ class GaussianEncoder(EncoderMixin, nn.Module):
             var_token: Add ``[VAR]`` and read the variance from it.
             var_floor: Smallest variance.
             normalize_pooled: L2-normalise the pooled vector before the mean head.
-            init_variance: The variance head starts as this constant (zero weights).
+            init_variance: The variance head starts as this constant (zero weights): a finite number
+                above ``var_floor`` (checked as :meth:`reset_heads` does).
             identity_mean: Start the mean head as the identity (default: when ``dim``
                 equals the hidden size); otherwise it is initialised at random.
             max_length: Document token budget.
@@ -324,9 +389,18 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         return enc.eval()
 
     def reset_heads(self, *, init_variance: float = 1.0, identity_mean: bool | None = None) -> None:
-        """Initialise the heads: constant variance ``init_variance``; identity or random mean."""
-        if not init_variance > self.config.var_floor:
-            raise ValueError(f"init_variance must be > var_floor ({self.config.var_floor}); got {init_variance!r}")
+        """Initialise the heads: constant variance ``init_variance``; identity or random mean.
+
+        Args:
+            init_variance: The variance every input starts with (zero weights, constant bias).
+            identity_mean: Start the mean head as the identity (default: when ``dim`` equals the hidden
+                size); otherwise at random.
+
+        Raises:
+            ValueError: ``init_variance`` is not a finite number above ``config.var_floor`` (at most the
+                float32 maximum), or ``identity_mean`` is set while ``dim`` differs from the hidden size.
+        """
+        init_variance = _check_init_variance(init_variance, self.config.var_floor)
         hidden = self.mean_head.in_features
         if identity_mean is None:
             identity_mean = self.config.dim == hidden
@@ -352,6 +426,10 @@ class GaussianEncoder(EncoderMixin, nn.Module):
     def max_tokens(self) -> int | None:
         """The most tokens (``[VAR]`` included) the backbone reads: its absolute position embeddings.
 
+        Backbones whose positions start after the padding index (the position embeddings'
+        ``padding_idx``: RoBERTa, MPNet, data2vec-text...) read ``padding_idx + 1`` fewer: 512 for
+        all-mpnet-base-v2 and roberta-base, as for BERT, MiniLM or bge.
+
         ``None`` when the backbone has no such limit (or does not say). A longer ``max_length``
         is clamped to this with a warning (torch would otherwise fail on the position embeddings).
         """
@@ -361,8 +439,14 @@ class GaussianEncoder(EncoderMixin, nn.Module):
             return None
         if getattr(cfg, "position_biased_input", True) is False:  # relative positions only (DeBERTa-v2)
             return None
-        if "roberta" in str(getattr(cfg, "model_type", "")) or getattr(cfg, "model_type", "") == "camembert":
-            limit -= int(getattr(cfg, "pad_token_id", 1) or 0) + 1  # positions start after the padding index
+        # Backbones that number positions after the padding index (RoBERTa, CamemBERT, XLM-R, MPNet,
+        # data2vec-text...) say so in their position embeddings' padding_idx: they read padding_idx + 1 fewer.
+        positions = getattr(getattr(self.backbone, "embeddings", None), "position_embeddings", None)
+        if isinstance(positions, nn.Embedding):
+            if positions.padding_idx is not None:
+                limit -= int(positions.padding_idx) + 1
+        elif "roberta" in str(getattr(cfg, "model_type", "")) or getattr(cfg, "model_type", "") == "camembert":
+            limit -= int(getattr(cfg, "pad_token_id", 1) or 0) + 1  # no such module found: as its config says
         return limit if limit >= 3 else None
 
     def tokenize(self, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
@@ -422,11 +506,20 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         return pooled, var_state
 
     def heads(self, pooled: torch.Tensor, var_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and variance from :meth:`backbone_features` output."""
+        """Mean and variance from :meth:`backbone_features` output.
+
+        The variance is computed in float32 (float64 for a float64 model), whatever the model's dtype,
+        so that a small ``var_floor`` stays positive in a float16 or bfloat16 model; the mean has the
+        model's dtype.
+        """
         if self.config.normalize_pooled:
             pooled = F.normalize(pooled, p=2, dim=-1)
         mean = self.mean_head(pooled)
-        var = F.softplus(self.var_head(var_state), beta=self.config.beta).clamp_min(self.config.var_floor)
+        # In float32 at least: in float16 a floor below about 6e-8 (and softplus of a very negative input)
+        # rounds to 0, an invalid variance. The variance stays float32; the mean keeps the model's dtype.
+        pre = self.var_head(var_state)
+        pre = pre.float() if pre.dtype in (torch.float16, torch.bfloat16) else pre
+        var = F.softplus(pre, beta=self.config.beta).clamp_min(self.config.var_floor)
         return mean, var
 
     # ------------------------------------------------------------------ encoding
@@ -443,18 +536,14 @@ class GaussianEncoder(EncoderMixin, nn.Module):
 
         order = np.argsort([-len(t) for t in texts], kind="stable")
         means, vars_ = [], []
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not show_bar, unit="batch"):
-                    chunk = [texts[i] for i in order[start : start + batch_size]]
-                    batch = {k: v.to(self.device) for k, v in self.tokenize(chunk, max_length).items()}
-                    mean, var = self(**batch)
-                    means.append(mean.float().cpu())
-                    vars_.append(var.float().cpu())
-        finally:
-            self.train(was_training)
+        # Eval mode (no dropout) for the encoding, shared with concurrent encodings: see _eval_mode.
+        with _eval_mode(self), torch.inference_mode():
+            for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not show_bar, unit="batch"):
+                chunk = [texts[i] for i in order[start : start + batch_size]]
+                batch = {k: v.to(self.device) for k, v in self.tokenize(chunk, max_length).items()}
+                mean, var = self(**batch)
+                means.append(mean.float().cpu())
+                vars_.append(var.float().cpu())
         inverse = torch.from_numpy(np.argsort(order))
         return Gaussians(torch.cat(means)[inverse], torch.cat(vars_)[inverse], validate=False)
 

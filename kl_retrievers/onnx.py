@@ -193,18 +193,16 @@ def export_onnx(
         raise ModuleNotFoundError(f"the ONNX export needs the onnx package; {TORCH_EXTRA}", name="onnx")
     import torch
 
+    from kl_retrievers.encoder import _eval_mode
+
     tokenizer_json = _tokenizer_json(encoder)
     with atomic_dir(target) as tmp:
         traced = tmp / "traced.onnx"
-        was_training = encoder.training
-        encoder.eval()
-        try:
+        with _eval_mode(encoder):  # shared with concurrent encodings, which restore the mode only when all end
             _torch_export(encoder, traced)
             if verify:
                 _verify_export(encoder, traced, tokenizer_json)
             float_path, fused = _fused_graph(encoder, traced, tmp / "fused.onnx", tokenizer_json)
-        finally:
-            encoder.train(was_training)
         if quantize == "int8":
             _quantize_int8(float_path, tmp / MODEL_FILE, per_channel=per_channel, fused=fused)
             int8_tables = _int8_embeddings(tmp / MODEL_FILE)
@@ -371,12 +369,17 @@ def _torch_export(encoder: GaussianEncoder, path: Path) -> None:
 
 
 def _verify_export(encoder: GaussianEncoder, path: Path, tokenizer_json: str) -> None:
-    """Raise when the float32 graph, fed by the tokenizers-library pipeline, differs from torch."""
+    """Raise when the float32 graph, fed by the tokenizers-library pipeline, differs from torch.
+
+    Budgets above the encoder's :attr:`~kl_retrievers.encoder.GaussianEncoder.max_tokens` are clamped to it
+    on both sides, as encoding clamps them (``config.max_length`` may be above it: a warning, not an error).
+    """
     import torch
 
     onnx_enc = OnnxGaussianEncoder._from_parts(path, tokenizer_json, _onnx_config(encoder), where=str(path))
     texts = list(_PROBE_TEXTS)
-    for max_length in (encoder.config.max_length, 8):
+    for asked in (encoder.config.max_length, 8):
+        max_length = encoder._clamp_length(int(asked))
         with torch.inference_mode():
             batch = {k: v.to(encoder.device) for k, v in encoder.tokenize(texts, max_length).items()}
             mean, var = (t.float().cpu().numpy() for t in encoder(**batch))
