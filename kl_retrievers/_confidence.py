@@ -20,6 +20,12 @@ Two kinds of calibrator (:attr:`ConfidenceCalibrator.kind`):
   also accepted there (and, when the model ships no hybrid one, its dense one is used): the
   confidence is then the dense ranking's, read from the dense candidates.
 
+A calibrator's features are on the score scale of the model it was fitted for, which it records
+(``info["model"]``). An explicit calibrator recorded for another model than the encoder's (its
+bundled name, or its folder's name) is used all the same, since a reuse may be deliberate, but
+with one WARNING per calibrator and model naming both (:func:`check_calibrator_model`): its
+confidences, and ``min_confidence`` abstention, are then likely off.
+
 Examples:
     >>> check_min_confidence(0.4)
     0.4
@@ -98,6 +104,10 @@ def check_calibrator(calibrator: Any, retriever: str = "dense") -> ConfidenceCal
             for a dense retriever), or it uses features that need a corpus reference score
             (``nqc``, ``wig``), which a retriever does not compute.
 
+    The model it was fitted for is not checked here (no encoder is known yet): a
+    :class:`ConfidenceScorer` checks it against each encoder it meets
+    (:func:`check_calibrator_model`; a mismatch warns, it is not refused).
+
     Examples:
         >>> cal = ConfidenceCalibrator(["bm25_coverage"], kind="hybrid").fit([[0.1], [0.9]], [0, 1])
         >>> check_calibrator(cal, "hybrid").kind
@@ -153,6 +163,98 @@ def model_calibration_path(encoder: Any, file: str = CALIBRATION_FILE) -> Path |
     return model_file(str(getattr(encoder, "name_or_path", "") or ""), file)
 
 
+def _model_name(name: str) -> str:
+    """A model reference as a calibrator records it: the bundled name, else the last path component."""
+    name = name.strip().removeprefix("kl_retrievers:")
+    return Path(name.rstrip("/\\")).name or name
+
+
+def encoder_model_names(encoder: Any) -> frozenset[str] | None:
+    """The names a calibrator fitted for ``encoder``'s model records (``info["model"]``); ``None``: not known.
+
+    From ``encoder.name_or_path``: a bundled model's name (also ``kl_retrievers:NAME``), or a local
+    model folder's name together with the models its own calibrators record (a copied or re-saved
+    bundled model keeps its calibrators). A hub id or anything else names no known model.
+
+    Examples:
+        >>> class Encoder:
+        ...     name_or_path = "kl_retrievers:bge-small-unit-variance"
+        >>> sorted(encoder_model_names(Encoder()))
+        ['bge-small-unit-variance']
+        >>> encoder_model_names(type("E", (), {"name_or_path": "org/some-hub-model"})()) is None
+        True
+    """
+    from kl_retrievers.pretrained import _bundled_name
+
+    reference = str(getattr(encoder, "name_or_path", "") or "")
+    if not reference:
+        return None
+    try:
+        bundled = _bundled_name(reference)
+    except ValueError:  # kl_retrievers:NAME of a model this install lacks: still its name
+        return frozenset({_model_name(reference)}) if reference.startswith("kl_retrievers:") else None
+    if bundled is not None:
+        return frozenset({bundled})
+    folder = Path(reference).expanduser()
+    try:
+        if not folder.is_dir():
+            return None
+        names = {_model_name(str(folder)), _model_name(str(folder.resolve()))}  # (a link: both names)
+    except OSError:
+        return None
+    for file in CALIBRATION_FILES.values():
+        try:
+            own = ConfidenceCalibrator.load(folder / file).info.get("model") if (folder / file).is_file() else None
+        except (OSError, ValueError):
+            own = None
+        if isinstance(own, str) and own.strip():
+            names.add(_model_name(own))
+    return frozenset(names)
+
+
+def check_calibrator_model(calibrator: ConfidenceCalibrator, encoder: Any) -> bool:
+    """Whether ``calibrator`` may have been fitted for ``encoder``'s model; warns once when it was not.
+
+    A calibrator's features (its ``-KL`` or BM25 scores) are on the scale of the model it was
+    fitted for, recorded as ``info["model"]``. When that name and the encoder's model name
+    (:func:`encoder_model_names`) are both known and differ, one WARNING per calibrator and
+    model names both; the calibrator is still used (a deliberate reuse is allowed). Names are
+    compared, not fingerprints (one model's dense and hybrid calibrators carry different ones).
+    A calibrator without a recorded model, or an encoder of an unknown model, passes silently.
+
+    Returns:
+        ``False`` for a known mismatch (warned), else ``True``.
+
+    Examples:
+        >>> cal = ConfidenceCalibrator(["gap12"]).fit([[0.0], [1.0]], [0, 1], info={"model": "minilm-gauss-soup"})
+        >>> check_calibrator_model(cal, type("E", (), {"name_or_path": "kl_retrievers:minilm-gauss-soup"})())
+        True
+    """
+    recorded = calibrator.info.get("model")
+    if not isinstance(recorded, str) or not recorded.strip():
+        return True
+    names = encoder_model_names(encoder)
+    if names is None or _model_name(recorded) in names:
+        return True
+    model = str(getattr(encoder, "name_or_path", ""))
+    key = f"model-mismatch\0{recorded}\0{calibrator.info.get('fingerprint')}\0{calibrator.kind}\0{model}"
+    with _WARN_LOCK:
+        if key in _WARNED:
+            return False
+        _WARNED.add(key)
+    logger.warning(
+        "the %s confidence calibrator was fitted for the model %r (its info['model']) but is used with the model "
+        "%r: its features are on the fitted model's score scale, so confidences and min_confidence abstention "
+        "are likely wrong. Pass a calibrator fitted for %r (or calibrator=None for the one its model ships); "
+        "ignore this if the reuse is deliberate",
+        calibrator.kind,
+        recorded,
+        model,
+        model,
+    )
+    return False
+
+
 def _warn_once(model: str) -> None:
     with _WARN_LOCK:
         if model in _WARNED:
@@ -171,6 +273,8 @@ class ConfidenceScorer:
 
     Args:
         calibrator: An explicit calibrator (or a path to its JSON); ``None``: the encoder's model's.
+            An explicit calibrator recorded for another model than an encoder's is used, with
+            one warning (:func:`check_calibrator_model`).
         retriever: ``"dense"`` (the model's ``confidence_calibration.json``) or ``"hybrid"`` (its
             ``hybrid_confidence_calibration.json``, else its dense one); see :func:`check_calibrator`.
 
@@ -187,11 +291,23 @@ class ConfidenceScorer:
         self.retriever = retriever
         self.explicit = check_calibrator(calibrator, retriever)
         self._cache: dict[int, tuple[Any, ConfidenceCalibrator | None]] = {}
+        self._checked: dict[int, Any] = {}  # encoders the explicit calibrator was checked against
         self._lock = threading.Lock()
 
     def calibrator(self, encoder: Any) -> ConfidenceCalibrator | None:
-        """The calibrator used for queries encoded by ``encoder`` (``None``: none known, warned once)."""
+        """The calibrator used for queries encoded by ``encoder`` (``None``: none known, warned once).
+
+        An explicit calibrator is checked against each new encoder's model
+        (:func:`check_calibrator_model`: a mismatch warns once, the calibrator is still used).
+        """
         if self.explicit is not None:
+            if encoder is not None:
+                with self._lock:
+                    seen = self._checked.get(id(encoder)) is encoder
+                    if not seen:
+                        self._checked[id(encoder)] = encoder
+                if not seen:
+                    check_calibrator_model(self.explicit, encoder)
             return self.explicit
         if encoder is None:
             return None

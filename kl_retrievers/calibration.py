@@ -473,9 +473,29 @@ class ConfidenceCalibrator:
         return cal
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the calibrator as JSON atomically (an interrupted save keeps the old copy); returns the path."""
+        """Write the calibrator as JSON atomically (an interrupted save keeps the old copy); returns the path.
+
+        The file is standard JSON: a float in :attr:`info` that is not finite (NaN, ±inf, e.g. an
+        undefined ECE) is written as ``null``, with a warning naming its key path (:meth:`load`
+        then reads ``None`` there); the parameters are finite by construction.
+
+        Raises:
+            RuntimeError: Not fitted.
+            ValueError: A parameter that is not finite (naming it).
+            TypeError: ``info`` holds a value JSON cannot write (e.g. a numpy array).
+        """
+        from kl_retrievers.evaluation import finite_json
+
         out = Path(path)
-        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        data = self.to_dict()
+        for name in ("center", "scale", "coef", "intercept", "l2"):
+            if not np.isfinite(np.asarray(data[name], dtype=np.float64)).all():
+                raise ValueError(f"calibrator field {name!r} is not finite ({data[name]!r}); cannot save it")
+        found: list[str] = []
+        data["info"] = finite_json(data["info"], "info", found)
+        if found:
+            logger.warning("calibrator info values that are not finite are saved as null: %s", ", ".join(found))
+        text = json.dumps(data, indent=2, allow_nan=False) + "\n"
         with atomic_file(out) as tmp:
             tmp.write_text(text, encoding="utf-8")
         return out

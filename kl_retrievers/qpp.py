@@ -37,6 +37,16 @@ scores (at depth <= 5 its WIG is 0 for every query, at depth 1 so is NQC).  :fun
 records the depth and the ``k`` of NQC and WIG it used, and warns when the depth is below
 :data:`NQC_K`; figures of different depths are not comparable.
 
+The run's own mean is a scale for NQC only when each query's retrieved scores have one sign
+(BM25's are >= 0, ``-KL``'s < 0).  Scores that cross 0 (dot products, cosines of poor matches)
+can average to about 0, and ``std / |mean|`` then explodes (or divides by 0) without saying
+anything about the query.  So with the run-mean reference, NQC is left out of the *whole run*
+(absent from :func:`post_retrieval_predictors`' output, a reason under ``missing`` in
+:func:`qpp_for_run`'s report) as soon as one query has retrieved scores of both signs or a mean
+of 0 (:func:`run_mean_nqc_problem`); its other predictors are kept.  Dropping only those
+queries would correlate NQC over a biased subset.  A corpus reference (Gaussian runs) is not
+affected.
+
 Lexical statistics use the BM25 baseline's tokeniser (lower-cased ``\\b\\w+\\b`` tokens,
 English stop words, no stemming); query terms absent from the corpus are ignored, as BM25
 ignores them, and a query with none left scores 0 (below any possible IDF or SCQ).
@@ -92,6 +102,7 @@ __all__ = [
     "corpus_mean_scores",
     "gaussian_query_stats",
     "post_retrieval_predictors",
+    "run_mean_nqc_problem",
     "LexicalStats",
     "qpp_report",
     "qpp_for_run",
@@ -111,7 +122,8 @@ PREDICTORS: dict[str, dict[str, Any]] = {
         "kind": "post",
         "direction": 1,
         "definition": "std of the top-min(100, depth) scores / |reference score| (reference: the query's mean "
-        "score over the whole corpus for Gaussian runs, else the mean of all its retrieved scores)",
+        "score over the whole corpus for Gaussian runs, else the mean of all its retrieved scores; with the latter, "
+        "left out of a run whose scores cross 0 for some query)",
     },
     "gap12": {"kind": "post", "direction": 1, "definition": "top-1 score minus top-2 score"},
     "wig": {
@@ -394,6 +406,40 @@ def gaussian_query_stats(
     return {"uncertainty": unc, "corpus_score": {str(q): float(v) for q, v in zip(query_ids, ref, strict=True)}}
 
 
+def run_mean_nqc_problem(run: Mapping[str, Mapping[str, float]]) -> str | None:
+    """Why NQC is undefined for ``run`` with the run-mean reference; ``None`` when it is defined.
+
+    With no corpus reference, NQC divides by the mean of each query's retrieved scores; that mean
+    is a scale only when the query's scores have one sign (all >= 0 with a positive mean, or all
+    <= 0 with a negative one). Scores of both signs can average to about 0 (``std / |mean|``
+    then explodes, to ``inf`` at exactly 0), so one such query makes NQC meaningless for the run:
+    the reason names how many queries and one of them. Queries without results are ignored.
+
+    Examples:
+        >>> run_mean_nqc_problem({"a": {"x": 3.0, "y": 1.0}, "b": {"x": -2.0, "y": -1.0}}) is None
+        True
+        >>> run_mean_nqc_problem({"a": {"x": 0.3, "y": -0.1, "z": -0.2}})  # doctest: +ELLIPSIS
+        "NQC needs ... 1 of the 1 queries (e.g. 'a') ..."
+    """
+    bad: list[str] = []
+    n = 0
+    for qid, docs in run.items():
+        s = np.fromiter((float(v) for v in docs.values()), dtype=np.float64, count=len(docs))
+        if s.size == 0 or not np.isfinite(s).all():
+            continue  # no value / refused by post_retrieval_predictors
+        n += 1
+        mean = float(s.mean())
+        if not ((mean > 0.0 and s.min() >= 0.0) or (mean < 0.0 and s.max() <= 0.0)):
+            bad.append(str(qid))
+    if not bad:
+        return None
+    return (
+        "NQC needs a reference score to divide by; without a corpus reference it is the mean of each query's "
+        f"retrieved scores, and {len(bad)} of the {n} queries (e.g. {bad[0]!r}) have retrieved scores of both signs "
+        "(or a mean of 0), whose mean is no scale (std / |mean| explodes near 0): NQC is left out for this run"
+    )
+
+
 def post_retrieval_predictors(
     run: Mapping[str, Mapping[str, float]],
     *,
@@ -412,7 +458,9 @@ def post_retrieval_predictors(
 
     Returns:
         Predictor name -> {query id: value}; queries without results (and with one, for
-        ``gap12``) are absent.
+        ``gap12``) are absent. Without a ``reference``, ``nqc`` is absent altogether when some
+        query's retrieved scores cross 0 or average to 0 (:func:`run_mean_nqc_problem` says
+        why; a warning is logged).
 
     Raises:
         ValueError: If a score, the reference or a predictor is not finite (naming the query
@@ -422,11 +470,14 @@ def post_retrieval_predictors(
         >>> out = post_retrieval_predictors({"q": {"a": 3.0, "b": 1.0}}, reference={"q": -1.0})
         >>> out["max_score"], out["gap12"], out["wig"], out["nqc"]
         ({'q': 3.0}, {'q': 2.0}, {'q': 3.0}, {'q': 1.0})
+        >>> "nqc" in post_retrieval_predictors({"q": {"a": 1.0, "b": -1.0}})  # a mean of 0
+        False
     """
     for name, value in (("nqc_k", nqc_k), ("wig_k", wig_k)):
         if not (isinstance(value, int) and value >= 1):
             raise ValueError(f"{name} must be an int >= 1; got {value!r}")
-    out: dict[str, dict[str, float]] = {name: {} for name in POST_RETRIEVAL}
+    no_nqc = run_mean_nqc_problem(run) if reference is None else None
+    out: dict[str, dict[str, float]] = {name: {} for name in POST_RETRIEVAL if not (no_nqc and name == "nqc")}
     qids = [str(q) for q in run]
     empty = 0
     for i, (qid, docs) in enumerate(zip(qids, run.values(), strict=True)):
@@ -444,9 +495,10 @@ def post_retrieval_predictors(
             ref = float(reference[qid])
         values = {
             "max_score": float(s[0]),
-            "nqc": float(s[:nqc_k].std()) / abs(ref) if ref != 0.0 else math.inf,
             "wig": float(s[:wig_k].mean()) - ref,
         }
+        if no_nqc is None:
+            values["nqc"] = float(s[:nqc_k].std()) / abs(ref) if ref != 0.0 else math.inf
         if s.size >= 2:
             values["gap12"] = float(s[0] - s[1])
         for name, v in values.items():
@@ -457,6 +509,8 @@ def post_retrieval_predictors(
             out[name][qid] = v
     if empty:
         logger.info("%d queries have no retrieved documents: no post-retrieval predictors for them", empty)
+    if no_nqc:
+        logger.warning("%s", no_nqc)
     return out
 
 
@@ -749,6 +803,8 @@ def qpp_for_run(
             stacklevel=2,
         )
     values.update(post_retrieval_predictors(run, reference=reference, nqc_k=nqc_k, wig_k=wig_k))
+    if "nqc" not in values:  # the run-mean reference is no scale for this run's scores
+        missing["nqc"] = run_mean_nqc_problem(run) or "no NQC value"
     if corpus_texts is not None:
         values.update(LexicalStats(corpus_texts).predictors(query_ids, query_texts))
     else:
