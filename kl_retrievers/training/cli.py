@@ -22,16 +22,19 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 from kl_retrievers._config import is_saved_encoder
-from kl_retrievers._io import is_within, some_names
+from kl_retrievers._encoding import query_prefix_of
+from kl_retrievers._io import check_replace_target, is_within, some_names
 from kl_retrievers.cli_common import _int_at_least, args_subset, check_output_path, positive_int, token_budget
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "add_train_command",
+    "check_checkpoint_dir",
     "check_train_out",
     "hardware_description",
     "model_card_text",
@@ -108,7 +111,9 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
         help="output folder of the trained model (replaced as a whole: new, empty or an earlier model folder)",
     )
     t.add_argument(
-        "--overwrite", action="store_true", help="replace a non-empty --out that is not a kl_retrievers model folder"
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty --out that is not a kl_retrievers model folder (and such a --checkpoint-dir)",
     )
     t.add_argument("--similarity", choices=["neg_kl", "dot", "cosine"], default="neg_kl")
     t.add_argument("--loss", choices=["contrastive", "margin_mse", "listwise", "lambdarank"], default="contrastive")
@@ -133,7 +138,7 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--no-full-corpus", action="store_true", help="fast path: in-batch softmax, not full corpus")
     t.add_argument("--corpus-sample", type=int, default=0, help="fast path: sampled softmax over N pool docs (0: all)")
     t.add_argument("--max-grad-norm", type=float, default=None)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_int_at_least(0), default=0, help="data order, dropout and head init (>= 0)")
     t.add_argument(
         "--time-budget",
         type=float,
@@ -144,7 +149,11 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument(
         "--checkpoint-every", type=int, default=0, help="checkpoint every N steps and at the end (0: only at the end)"
     )
-    t.add_argument("--checkpoint-dir", default=None, help="default: <out>.checkpoint")
+    t.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="default: <out>.checkpoint (replaced as a whole by each checkpoint: new, empty or an earlier checkpoint)",
+    )
     t.add_argument(
         "--resume",
         action="store_true",
@@ -205,6 +214,7 @@ def model_card_text(name: str, info: dict[str, Any]) -> str:
     """
     recipe = info.get("recipe", {})
     seconds = info.get("seconds") or 0
+    prefix = ((recipe.get("encoder") or {}).get("extra") or {}).get("query_prefix")
     lines = [
         f"# {name}",
         "",
@@ -214,8 +224,10 @@ def model_card_text(name: str, info: dict[str, Any]) -> str:
         "",
         "## Data",
         *[f"- {s}" for s in info.get("data", [])],
-        f"- training queries: {info.get('n_queries')}, document pool: {info.get('n_docs')}",
+        f"- training queries: {info.get('n_queries')} ({info.get('n_query_texts')} unique query texts), "
+        f"document pool: {info.get('n_docs')}",
         f"- hard negatives: {info.get('hard_negatives')}; teacher: {info.get('teacher') or 'none'}",
+        *([f"- query prefix (put before every query, in training and at inference): {prefix!r}"] if prefix else []),
         "",
         "## Recipe",
         "```json",
@@ -295,6 +307,76 @@ def check_train_out(out: str | os.PathLike[str], data: list[str], *, overwrite: 
     return target
 
 
+def _is_checkpoint(folder: Path) -> bool:
+    """Whether ``folder`` is a training checkpoint (``state.json`` beside ``trainable.safetensors``)."""
+    return (folder / "state.json").is_file()
+
+
+def check_checkpoint_dir(
+    checkpoint_dir: str | os.PathLike[str] | None,
+    out: Path,
+    data: list[str],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Resolve the checkpoint folder and refuse it when a checkpoint would delete something else.
+
+    Each checkpoint replaces the folder as a whole (``<out>.checkpoint`` when ``checkpoint_dir`` is
+    ``None``). A folder that is or holds a ``--data`` path, that is, holds or lies inside ``out`` (the
+    resolved ``--out``) is always refused; a non-empty folder that is not a training checkpoint (no
+    ``state.json``) needs ``overwrite`` (``--overwrite``). A new folder, an empty one or an earlier
+    checkpoint (what ``--resume`` reads) is fine.
+
+    Returns:
+        The folder to pass to the trainer (``~`` expanded; not resolved, so a link is replaced, not followed).
+
+    Examples:
+        >>> check_checkpoint_dir(".", Path("/tmp/m"), ["."])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: --checkpoint-dir .: it is the --data path . ...
+    """
+    if checkpoint_dir is None:
+        folder = out.with_name(out.name + ".checkpoint")
+        given = f"{folder} (the default, <--out>.checkpoint)"
+        flag = "the checkpoint folder"
+    else:
+        given = os.fspath(checkpoint_dir)
+        if not given.strip():
+            raise ValueError("--checkpoint-dir is empty; give a folder for the checkpoints (or leave it out)")
+        folder = Path(given).expanduser()
+        flag = "--checkpoint-dir"
+    target = folder.resolve()
+    if target == target.parent:
+        raise ValueError(f"{flag} {given}: is the file-system root; give a folder for the checkpoints")
+    why = "each checkpoint replaces the folder as a whole and would delete"
+    for item in data:
+        source = Path(item).expanduser().resolve()
+        if is_within(source, target):
+            what = "is" if source == target else "holds"
+            raise ValueError(
+                f"{flag} {given}: it {what} the --data path {item}; {why} training data. Choose another "
+                "folder (--overwrite does not allow this)"
+            )
+    if is_within(out, target) or is_within(target, out):
+        what = "is" if out == target else ("holds" if is_within(out, target) else "lies inside")
+        raise ValueError(
+            f"{flag} {given}: it {what} the --out folder {out}; {why} the model, and saving the model would delete "
+            "the checkpoint. Choose a folder beside --out (the default is <--out>.checkpoint)"
+        )
+    check_output_path(target, flag, folder=True)
+    try:
+        check_replace_target(
+            folder,
+            is_ours=_is_checkpoint,
+            what="a training checkpoint (it has no state.json)",
+            overwrite=overwrite,
+            flag="--overwrite",
+        )
+    except ValueError as exc:
+        raise ValueError(f"{flag} {given}: {exc}") from None
+    return folder
+
+
 def _check_args(args: argparse.Namespace) -> None:
     """Refuse bad flag values and combinations before anything is loaded (messages name the flag and value)."""
     from kl_retrievers.training.trainer import check_device
@@ -331,6 +413,39 @@ def _check_args(args: argparse.Namespace) -> None:
             )
 
 
+def _check_resume_early(ckpt: Path, cfg: Any, ts: Any, heads_only: bool, cli_recipe: dict[str, Any]) -> int | None:
+    """``--resume``: refuse a changed recipe right after the data is loaded, before the backbone and features.
+
+    Compares everything but the encoder's shape (known only once the encoder is loaded; the trainer checks
+    the whole recipe again) with the trainer's own helpers. Returns the warm-up the checkpoint's run used
+    (what a resume keeps), or ``None`` when there is no checkpoint or it records none.
+    """
+    from kl_retrievers.training.trainer import _check_resume_recipe, _find_checkpoint, training_recipe
+
+    found = _find_checkpoint(ckpt)
+    if found is None:
+        return None
+    try:
+        meta = json.loads((found / "state.json").read_text())
+    except (OSError, ValueError):
+        return None  # the trainer reports an unreadable checkpoint
+    saved = meta.get("recipe") if isinstance(meta, dict) else None
+    if not isinstance(saved, dict):
+        return None  # an older checkpoint: the trainer warns that it cannot be checked
+    no_shape = SimpleNamespace(config=SimpleNamespace(to_dict=dict, extra={}))  # the shape is compared later
+    try:
+        now = training_recipe(
+            cfg, ts, cast(Any, no_shape), mode="heads_only_cached" if heads_only else "encoder", cli=cli_recipe
+        )
+    except (AttributeError, TypeError, KeyError):  # a recipe that needs the real encoder: the trainer checks it
+        now = None
+    if now is not None:
+        now.pop("encoder", None)
+        _check_resume_recipe(found, {"recipe": {k: v for k, v in saved.items() if k != "encoder"}}, now)
+    warmup = (saved.get("config") or {}).get("warmup_resolved")
+    return warmup if isinstance(warmup, int) and not isinstance(warmup, bool) else None
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Run ``kl-retrievers train`` with parsed arguments; returns the exit status.
 
@@ -353,8 +468,10 @@ def run_train(args: argparse.Namespace) -> int:
         TrainConfig,
         TrainingDivergedError,
         _check_teacher,
+        _device,
         apply_freezing,
         encode_from_features,
+        prefixed_queries,
         train_encoder,
         train_heads_cached,
     )
@@ -366,7 +483,9 @@ def run_train(args: argparse.Namespace) -> int:
     show = not args.quiet
     try:
         # before loading anything (backbone, data, features), not after hours of training
-        out = check_train_out(args.out, [str(d) for d in args.data], overwrite=bool(getattr(args, "overwrite", False)))
+        overwrite = bool(getattr(args, "overwrite", False))
+        out = check_train_out(args.out, [str(d) for d in args.data], overwrite=overwrite)
+        ckpt = check_checkpoint_dir(args.checkpoint_dir, out, [str(d) for d in args.data], overwrite=overwrite)
         _check_args(args)
         heads_only = bool(args.heads_only_cached)
         cfg = TrainConfig(  # checks the recipe before any data loading, feature extraction or mining
@@ -380,6 +499,10 @@ def run_train(args: argparse.Namespace) -> int:
             **args_subset(args, "temperature", "corpus_sample", "max_grad_norm", "seed", "checkpoint_every", "device"),
         )
         cfg.check_trains(fast_path=heads_only)
+        # contrastive never reads teacher scores (the trainer's _check_teacher): scoring every pair would be wasted
+        use_teacher = bool(args.teacher) and args.loss != "contrastive"
+        if args.teacher and not use_teacher:
+            logger.warning("--teacher is ignored with --loss contrastive, which does not use teacher scores")
         mode = (
             "heads_only_cached"
             if heads_only
@@ -395,14 +518,16 @@ def run_train(args: argparse.Namespace) -> int:
             "lora_r": args.lora_r,
             "hard_negatives": args.hard_negatives,
             "mine_k": args.mine_k,
-            "teacher": bool(args.teacher),
+            "teacher": use_teacher,
             "init_from": init_from,
             "split": args.split,
         }
         # absolute paths: the checkpoint records the sources, and a resume from another folder is the same data
         data = [str(Path(d).expanduser().resolve()) if Path(d).expanduser().exists() else str(d) for d in args.data]
         ts = load_training_data(data, split=args.split)
-        if not args.teacher and args.hard_negatives == "none":
+        # the warm-up a resume keeps (the checkpoint's); refuses a changed recipe before the backbone and features
+        resumed_warmup = _check_resume_early(ckpt, cfg, ts, heads_only, cli_recipe) if args.resume else None
+        if not use_teacher and args.hard_negatives == "none":
             _check_teacher(ts, cfg)  # the data is final: a distillation loss without teacher scores fails now
         if args.init_from:
             encoder = GaussianEncoder.from_pretrained(args.init_from)
@@ -416,11 +541,13 @@ def run_train(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 **shape,
             )
+        # the text put before every query at inference (encode_queries): training sees the same query text
+        query_prefix = query_prefix_of(encoder.config)
         qf = df = None
         if heads_only:
             qf = compute_features(
-                encoder, ts.queries, max_length=encoder.config.query_max_length, cache_dir=feature_cache,
-                show_progress=show, desc="Query features",
+                encoder, prefixed_queries(encoder, ts.queries), max_length=encoder.config.query_max_length,
+                cache_dir=feature_cache, show_progress=show, desc="Query features",
             )  # fmt: skip
             df = compute_features(
                 encoder, ts.docs, max_length=encoder.config.max_length, cache_dir=feature_cache,
@@ -442,13 +569,12 @@ def run_train(args: argparse.Namespace) -> int:
 
             mine_negatives_from_scores(ts, scores, k=args.mine_k, show_progress=show)
         teacher_label = None
-        if args.teacher:
+        if use_teacher:
             from kl_retrievers.training.teacher import CrossEncoderTeacher, add_teacher_scores
 
             teacher = CrossEncoderTeacher(cache_dir=cache_root / "teacher")
             add_teacher_scores(ts, teacher, show_progress=show)
             teacher_label = teacher.label
-        ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(out.name + ".checkpoint")
         if heads_only:
             result = train_heads_cached(
                 encoder, ts, cfg, checkpoint_dir=ckpt, resume=args.resume, query_features=qf, doc_features=df,
@@ -467,16 +593,23 @@ def run_train(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"kl-retrievers train: error: {exc}", file=sys.stderr)
         return 2
+    device = _device(cfg)
     recipe = {
         **cfg.to_dict(),
+        # what the run used where the flag was left to a default (null in TrainConfig)
+        "warmup_steps": resumed_warmup if resumed_warmup is not None else cfg.warmup_steps_resolved(),
+        "bf16": bool((cfg.bf16 if cfg.bf16 is not None else device.type == "cuda") and device.type == "cuda"),
+        "device": str(device),
         **cli_recipe,
-        "encoder": encoder.config.to_dict() | {"extra": {}},
+        # the training record is not repeated; the query prefix (put before every query) is shown
+        "encoder": encoder.config.to_dict() | {"extra": {"query_prefix": query_prefix} if query_prefix else {}},
     }
     final = result.final_loss  # over the whole run, the checkpoint's steps included; NaN when no step is known
     info = {
         "command": command,
-        "data": [str(x) for x in args.data],
+        "data": [f"{x} (split {args.split})" if Path(x).is_dir() else str(x) for x in args.data],
         "n_queries": len(ts.examples),
+        "n_query_texts": len({ts.queries[ex.query] for ex in ts.examples}),
         "n_docs": len(ts.docs),
         "hard_negatives": args.hard_negatives,
         "teacher": teacher_label,

@@ -1,8 +1,11 @@
 """Training data: BEIR train splits, JSONL rows with hard negatives, and negative mining.
 
 A :class:`TrainingSet` holds unique query texts, unique document texts, and one
-:class:`TrainExample` per query (indices of its positives and negatives, optional teacher
-scores). Two readers fill it:
+:class:`TrainExample` per row / judged query (indices of its positives and negatives, optional
+teacher scores); several examples may share a query text (e.g. one row per (query, positive)).
+A judged positive of a query text is never one of its negatives: building a set drops such
+negatives (with a warning), and mining and random negatives skip every positive of the query
+text (:meth:`TrainingSet.positives_by_query`). Two readers fill it:
 
 * :func:`from_beir`: a BEIR folder's split (``qrels/<split>.tsv``): every judged document with
   grade > 0 is a positive; the whole corpus is the document pool (for full-corpus softmax and mining).
@@ -114,6 +117,22 @@ class TrainingSet:
     def __repr__(self) -> str:
         return f"TrainingSet(queries={len(self.queries)}, docs={len(self.docs)}, examples={len(self.examples)})"
 
+    def positives_by_query(self) -> dict[int, frozenset[int]]:
+        """Every judged positive of each query text: the union over all examples of that query (one pass).
+
+        Several examples can share a query text (triple-style rows, one per positive); none of these
+        documents may serve as a negative of that query, in mining, random negatives or the loss.
+
+        Examples:
+            >>> ts = TrainingSet.from_rows([{"query": "q", "positives": ["a"]}, {"query": "q", "positives": ["b"]}])
+            >>> ts.positives_by_query()
+            {0: frozenset({0, 1})}
+        """
+        union: dict[int, set[int]] = {}
+        for ex in self.examples:
+            union.setdefault(ex.query, set()).update(ex.positives)
+        return {q: frozenset(docs) for q, docs in union.items()}
+
     @classmethod
     def from_rows(cls, rows: Iterable[Mapping[str, Any]], source: str = "rows") -> TrainingSet:
         """Build from rows in the JSONL schema (see the module docstring).
@@ -171,7 +190,34 @@ class _Builder:
         )
 
     def build(self, sources: list[str]) -> TrainingSet:
-        return TrainingSet(list(self.queries), list(self.docs), self.examples, sources)
+        ts = TrainingSet(list(self.queries), list(self.docs), self.examples, sources)
+        _drop_positive_negatives(ts)
+        return ts
+
+
+def _drop_positive_negatives(ts: TrainingSet) -> None:
+    """Remove from each example's negatives (and their teacher scores) every judged positive of its query
+    text, in any example; log how many were dropped."""
+    positives = ts.positives_by_query()
+    dropped = rows = 0
+    for ex in ts.examples:
+        pos = positives[ex.query]
+        keep = [j for j, d in enumerate(ex.negatives) if d not in pos]
+        if len(keep) == len(ex.negatives):
+            continue
+        dropped += len(ex.negatives) - len(keep)
+        rows += 1
+        if ex.teacher_negatives is not None and len(ex.teacher_negatives) == len(ex.negatives):
+            ex.teacher_negatives = [ex.teacher_negatives[j] for j in keep]
+        ex.negatives = [ex.negatives[j] for j in keep]
+    if dropped:
+        logger.warning(
+            "%s: dropped %d negatives of %d examples that are judged positives of the same query "
+            "(a judged positive is never a negative)",
+            ", ".join(ts.sources) or "training data",
+            dropped,
+            rows,
+        )
 
 
 def _text_list(row: Mapping[str, Any], names: tuple[str, ...], where: str, *, required: bool) -> list[str]:
@@ -340,17 +386,21 @@ def mine_negatives_from_scores(
         show_progress: Show the progress bar.
     """
     examples = ts.examples
+    positives = ts.positives_by_query()  # every judged positive of the query text, over all its examples
     batches = range(0, len(examples), batch_size)
     for start in tqdm(batches, desc=desc, unit="batch", leave=False, disable=not show_progress):
         chunk = examples[start : start + batch_size]
         scores = np.asarray(score_fn([ex.query for ex in chunk]), dtype=np.float64)
-        depth = min(scores.shape[1], k + max(len(ex.positives) for ex in chunk))
+        # deep enough for k new ones past the positives and (replace=False) the negatives already held
+        skip = max(len(positives[ex.query]) + (0 if replace else len(ex.negatives)) for ex in chunk)
+        depth = min(scores.shape[1], k + skip)
         top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
         for row, ex in enumerate(chunk):
             cand = top[row][np.argsort(-scores[row, top[row]], kind="stable")]
-            pos = set(ex.positives)
+            pos = positives[ex.query]
             old = [] if replace else ex.negatives
-            new = [int(d) for d in cand if int(d) not in pos and int(d) not in old][:k]
+            held = set(old)
+            new = [int(d) for d in cand if int(d) not in pos and int(d) not in held][:k]
             ex.negatives = old + new
             ex.teacher_negatives = None  # new negatives have no teacher score yet
 
@@ -370,14 +420,18 @@ def mine_bm25_negatives(ts: TrainingSet, k: int = 30, *, replace: bool = True) -
     tokens = bm25s.tokenize(ts.docs, stopwords="en", show_progress=False)
     retriever = bm25s.BM25(k1=0.9, b=0.4, method="lucene")
     retriever.index(tokens, show_progress=False)
-    depth = min(len(ts.docs), k + max((len(ex.positives) for ex in ts.examples), default=1))
+    positives = ts.positives_by_query()  # every judged positive of the query text, over all its examples
+    # deep enough for k new ones past the positives and (replace=False) the negatives already held
+    skip = max((len(positives[ex.query]) + (0 if replace else len(ex.negatives)) for ex in ts.examples), default=1)
+    depth = min(len(ts.docs), k + skip)
     q_tokens = bm25s.tokenize([ts.queries[ex.query] for ex in ts.examples], stopwords="en", show_progress=False)
     idx, scores = retriever.retrieve(q_tokens, k=depth, show_progress=False, n_threads=0)
     for row, ex in enumerate(ts.examples):
-        pos = set(ex.positives)
+        pos = positives[ex.query]
         old = [] if replace else ex.negatives
+        held = set(old)
         new = [int(d) for d, s in zip(idx[row], scores[row], strict=True) if s > 0 and int(d) not in pos]
-        ex.negatives = old + [d for d in new if d not in old][:k]
+        ex.negatives = old + [d for d in new if d not in held][:k]
         if replace:
             ex.teacher_negatives = None
     logger.info("mined BM25 negatives for %d queries (k=%d)", len(ts.examples), k)

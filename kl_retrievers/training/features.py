@@ -25,13 +25,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from kl_retrievers._io import user_cache_dir
-from kl_retrievers.encoder import GaussianEncoder
+from kl_retrievers.encoder import GaussianEncoder, _eval_mode
 from kl_retrievers.encoding_cache import CACHE_ENV
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ __all__ = [
     "default_feature_cache_dir",
     "heads_forward",
     "text_key",
+    "tokenizer_fingerprint",
 ]
 
 
@@ -81,9 +83,45 @@ class Features:
         return torch.from_numpy(self.pooled).to(device), torch.from_numpy(self.var_state).to(device)
 
 
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A SHA-256 of what a tokenizer turns text into: its vocabulary, normalisation, pre-tokenisation,
+    added tokens and special-token processing (not its size alone: two tokenizers of the same size
+    may split or lowercase text differently).
+
+    A fast tokenizer is hashed through its serialised ``tokenizers`` state without the truncation
+    and padding settings (each call changes those); a slow one through its class, vocabulary, added
+    tokens and settings (file paths left out, so copies of one tokenizer hash the same).
+
+    Examples:
+        >>> len(tokenizer_fingerprint(encoder.tokenizer))  # doctest: +SKIP
+        64
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        ident: Any = {"fast": state}
+    else:
+        settings = {
+            k: v
+            for k, v in (getattr(tokenizer, "init_kwargs", None) or {}).items()
+            if "file" not in k and k not in ("name_or_path", "auto_map")
+        }
+        added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+        ident = {
+            "class": type(tokenizer).__name__,
+            "vocab": sorted(tokenizer.get_vocab().items()),
+            "added": sorted((int(i), str(t)) for i, t in added.items()),
+            "settings": settings,
+        }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def backbone_fingerprint(encoder: GaussianEncoder) -> str:
     """A hash of everything the features depend on: backbone weights (with the ``[VAR]`` row),
-    tokenizer size, pooling and ``var_token``.
+    the tokenizer (:func:`tokenizer_fingerprint`: vocabulary, normalisation, added tokens), pooling
+    and ``var_token``.
 
     Examples:
         >>> len(backbone_fingerprint(encoder))  # doctest: +SKIP
@@ -96,6 +134,7 @@ def backbone_fingerprint(encoder: GaussianEncoder) -> str:
         "var_token": cfg.var_token,
         "var_token_id": encoder.var_token_id,
         "vocab": len(encoder.tokenizer),
+        "tokenizer": tokenizer_fingerprint(encoder.tokenizer),
         "backbone_sha256": cfg.backbone_sha256,
     }
     h.update(json.dumps(ident, sort_keys=True).encode())
@@ -217,15 +256,13 @@ def compute_features(
         if (cache is None or k not in cache) and k not in todo_keys:
             todo_keys[k] = t
     if todo_keys:
-        was_training = encoder.training
-        encoder.eval()
         new_keys = list(todo_keys)
         new_texts = [todo_keys[k] for k in new_keys]
         order = np.argsort([-len(t) for t in new_texts], kind="stable")
         pooled_parts, var_parts = [], []
         save_every = 64 * batch_size
         done = 0
-        try:
+        with _eval_mode(encoder):  # shared with concurrent encodings (no dropout, mode restored)
             for start in tqdm(
                 range(0, len(order), batch_size), desc=desc, disable=not show_progress, unit="batch", leave=False
             ):
@@ -241,8 +278,6 @@ def compute_features(
                     )
                     done += n
                     pooled_parts, var_parts = [], []
-        finally:
-            encoder.train(was_training)
         rest = Features(
             np.concatenate(pooled_parts) if pooled_parts else np.zeros((0, hidden), np.float32),
             np.concatenate(var_parts) if var_parts else np.zeros((0, hidden), np.float32),

