@@ -22,7 +22,8 @@ Two kinds of calibrator (:attr:`ConfidenceCalibrator.kind`):
 
 A calibrator's features are on the score scale of the model it was fitted for, which it records
 (``info["model"]``). An explicit calibrator recorded for another model than the encoder's (its
-bundled name, or its folder's name) is used all the same, since a reuse may be deliberate, but
+bundled name; for a folder, what its own calibrators record or the bundled model an ONNX export
+came from: :func:`encoder_model_names`) is used all the same, since a reuse may be deliberate, but
 with one WARNING per calibrator and model naming both (:func:`check_calibrator_model`): its
 confidences, and ``min_confidence`` abstention, are then likely off.
 
@@ -36,6 +37,7 @@ Examples:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -172,9 +174,11 @@ def _model_name(name: str) -> str:
 def encoder_model_names(encoder: Any) -> frozenset[str] | None:
     """The names a calibrator fitted for ``encoder``'s model records (``info["model"]``); ``None``: not known.
 
-    From ``encoder.name_or_path``: a bundled model's name (also ``kl_retrievers:NAME``), or a local
-    model folder's name together with the models its own calibrators record (a copied or re-saved
-    bundled model keeps its calibrators). A hub id or anything else names no known model.
+    From ``encoder.name_or_path``: a bundled model's name (also ``kl_retrievers:NAME``); for a local
+    model folder, the models its own calibrators record and, for an ONNX export, the bundled model
+    it was exported from (its ``config.json``'s ``source.name_or_path``). A folder that says neither
+    (e.g. a re-saved or fine-tuned copy, whose weights may or may not be the original's), a hub id
+    or anything else names no known model, so no calibrator is warned about for it.
 
     Examples:
         >>> class Encoder:
@@ -199,9 +203,9 @@ def encoder_model_names(encoder: Any) -> frozenset[str] | None:
     try:
         if not folder.is_dir():
             return None
-        names = {_model_name(str(folder)), _model_name(str(folder.resolve()))}  # (a link: both names)
     except OSError:
         return None
+    names: set[str] = set()
     for file in CALIBRATION_FILES.values():
         try:
             own = ConfidenceCalibrator.load(folder / file).info.get("model") if (folder / file).is_file() else None
@@ -209,7 +213,15 @@ def encoder_model_names(encoder: Any) -> frozenset[str] | None:
             own = None
         if isinstance(own, str) and own.strip():
             names.add(_model_name(own))
-    return frozenset(names)
+    try:  # an ONNX export names the model it was exported from
+        source = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("source")
+        origin = source.get("name_or_path") if isinstance(source, dict) else None
+        origin_name = _bundled_name(origin) if isinstance(origin, str) and origin else None
+    except (OSError, ValueError, AttributeError):
+        origin_name = None
+    if origin_name is not None:
+        names.add(origin_name)
+    return frozenset(names) or None
 
 
 def check_calibrator_model(calibrator: ConfidenceCalibrator, encoder: Any) -> bool:

@@ -23,11 +23,13 @@ from typing import Any, Literal
 __all__ = [
     "CONFIG_NAME",
     "SIMILARITIES",
+    "WEIGHTS_SHA256",
     "GaussianEncoderConfig",
     "NotAnEncoderError",
     "describe_saved_folder",
     "describe_saved_meta",
     "encoder_config",
+    "check_weights_sha256",
     "is_saved_encoder",
     "model_similarity",
     "read_encoder_meta",
@@ -35,6 +37,8 @@ __all__ = [
 
 #: The JSON file of a saved encoder folder (``save_pretrained``).
 CONFIG_NAME = "config.json"
+#: Field of a saved encoder's ``config.json``: weights file name -> its SHA-256 (checked on load when present).
+WEIGHTS_SHA256 = "weights_sha256"
 _POOLINGS = ("cls", "mean")
 
 
@@ -203,6 +207,33 @@ def encoder_config(meta: dict[str, Any], cfg_file: Path) -> GaussianEncoderConfi
         raise NotAnEncoderError(f"{cfg_file}: field 'encoder' is invalid: {exc}") from None
 
 
+def check_weights_sha256(meta: dict[str, Any], cfg_file: Path, weights_file: Path) -> None:
+    """Refuse a weights file whose SHA-256 differs from the one ``config.json`` records (when it records one).
+
+    Used by both backends (:class:`~kl_retrievers.encoder.GaussianEncoder` and
+    :class:`~kl_retrievers.onnx_heads.OnnxHeadsGaussianEncoder`).
+
+    Raises:
+        NotAnEncoderError: The field is malformed, or the file's SHA-256 differs; the message names both files.
+    """
+    from kl_retrievers.hub import cached_sha256
+
+    recorded = meta.get(WEIGHTS_SHA256)
+    if recorded is None:
+        return  # saved before checksums were recorded
+    expected = recorded.get(weights_file.name) if isinstance(recorded, dict) else None
+    if not isinstance(expected, str):
+        raise NotAnEncoderError(
+            f"{cfg_file}: field {WEIGHTS_SHA256!r} must map {weights_file.name} to its SHA-256; got {recorded!r:.120}"
+        )
+    actual = cached_sha256(weights_file)
+    if actual != expected:
+        raise NotAnEncoderError(
+            f"{weights_file} is damaged or was changed after it was saved: its SHA-256 is {actual}, but "
+            f"{cfg_file.name} records {expected}; restore the folder or save the encoder again"
+        )
+
+
 #: Scores a model can be trained for (``kl-retrievers train --similarity``): ``neg_kl``, or a vector twin's.
 SIMILARITIES = ("neg_kl", "dot", "cosine")
 
@@ -211,14 +242,19 @@ def model_similarity(encoder: Any) -> str:
     """The score a model was trained for: ``"neg_kl"``, or ``"dot"`` / ``"cosine"`` for a vector twin.
 
     A twin (``kl-retrievers train --similarity dot|cosine``) records its similarity in its training
-    recipe (``config.extra["training"]["recipe"]["similarity"]``); its variance head is untrained, and
+    recipe (``config.extra["training"]["recipe"]["similarity"]``, which an ONNX export keeps in
+    ``config.encoder["extra"]``, so both backends rank a twin alike); its variance head is untrained, and
     ranking it by -KL (unit variances: squared L2 between the means) is not what it was trained for.
 
     Examples:
         >>> model_similarity(object())
         'neg_kl'
     """
-    extra = getattr(getattr(encoder, "config", None), "extra", None)
+    config = getattr(encoder, "config", None)
+    extra = getattr(config, "extra", None)
+    source = getattr(config, "encoder", None)  # an ONNX export keeps its source's config (extra included)
+    if extra is None and isinstance(source, Mapping):
+        extra = source.get("extra")
     training = extra.get("training") if isinstance(extra, Mapping) else None
     recipe = training.get("recipe") if isinstance(training, Mapping) else None
     similarity = recipe.get("similarity", "neg_kl") if isinstance(recipe, Mapping) else "neg_kl"

@@ -16,7 +16,10 @@ import importlib.util
 import logging
 import numbers
 import sys
-from collections.abc import Iterable, Mapping, Sequence, Set
+import threading
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -30,6 +33,7 @@ __all__ = [
     "EncoderMixin",
     "check_encode_args",
     "check_texts",
+    "eval_mode",
     "missing_modules",
     "missing_torch",
     "require_modules",
@@ -39,6 +43,38 @@ __all__ = [
 
 #: What to install for the torch backend, ``GaussianEncoder.from_backbone``, ONNX exports and training.
 TORCH_EXTRA = 'pip install "kl-retrievers[torch]"'
+
+
+#: Guards :data:`_EVAL_HOLDS`: encoding switches the encoder to eval mode for its duration, and concurrent
+#: encodings share that switch (the first one in switches, the last one out restores the mode). Module-level
+#: state (not attributes) keeps the encoders picklable and deep-copyable, and a copy never inherits a hold.
+_MODE_LOCK = threading.Lock()
+#: Encoder -> ``[number of encodings in progress, training mode to restore when the last one ends]``.
+_EVAL_HOLDS: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def eval_mode(module: Any) -> Iterator[None]:
+    """Run the block with ``module`` in eval mode, and restore its mode after, safely across threads.
+
+    Re-entrant and shared: concurrent blocks on one module switch it once (the first one in) and restore
+    the mode it had then once (the last one out), so a module in training mode never runs one of these
+    blocks with dropout, and is left in training mode after them.
+    """
+    with _MODE_LOCK:
+        hold = _EVAL_HOLDS.get(module)
+        if hold is None:
+            hold = _EVAL_HOLDS[module] = [0, bool(module.training)]
+            module.eval()
+        hold[0] += 1
+    try:
+        yield
+    finally:
+        with _MODE_LOCK:
+            hold[0] -= 1
+            if hold[0] == 0:
+                del _EVAL_HOLDS[module]
+                module.train(hold[1])
 
 
 def require_torch(what: str) -> None:

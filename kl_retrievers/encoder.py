@@ -23,7 +23,6 @@ import numbers
 import os
 import re
 import threading
-import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 
 from kl_retrievers._config import (
     CONFIG_NAME,
+    WEIGHTS_SHA256,
     GaussianEncoderConfig,
     NotAnEncoderError,
     encoder_config,
@@ -40,7 +40,8 @@ from kl_retrievers._config import (
     model_similarity,
     read_encoder_meta,
 )
-from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, require_torch
+from kl_retrievers._config import check_weights_sha256 as _check_weights_sha256
+from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, eval_mode, require_torch
 from kl_retrievers._io import atomic_dir, check_replace_target, check_version, library_version
 from kl_retrievers.gaussian import SCORE_DIRECTION, Gaussians
 from kl_retrievers.hub import (
@@ -73,12 +74,6 @@ logger = logging.getLogger(__name__)
 #: tokenizing with different budgets can each get the other's; tokenizing (not the forward pass) is
 #: serialised across encoders. A module-level lock keeps the encoders picklable and deep-copyable.
 _TOKENIZER_LOCK = threading.Lock()
-#: Guards :data:`_EVAL_HOLDS`: encoding switches the encoder to eval mode for its duration, and concurrent
-#: encodings share that switch (the first one in switches, the last one out restores the mode). Module-level
-#: state (not attributes) keeps the encoders picklable and deep-copyable, and a copy never inherits a hold.
-_MODE_LOCK = threading.Lock()
-#: Encoder -> ``[number of encodings in progress, training mode to restore when the last one ends]``.
-_EVAL_HOLDS: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
 
 __all__ = ["GaussianEncoder", "GaussianEncoderConfig", "NotAnEncoderError"]
 
@@ -87,8 +82,6 @@ VAR_TOKEN = "[VAR]"
 FULL_WEIGHTS = "model.safetensors"
 DELTA_WEIGHTS = "delta.safetensors"
 _VAR_ROW = "var_token_embedding"
-#: Field of a saved encoder's ``config.json``: weights file name -> its SHA-256 (checked on load when present).
-WEIGHTS_SHA256 = "weights_sha256"
 #: Files of which a saved folder must hold at least one for its tokenizer to load.
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
 #: Suffixes of a LoRA-adapted weight's factors in ``delta.safetensors``: the weight is
@@ -130,30 +123,6 @@ def _check_init_variance(init_variance: object, var_floor: float) -> float:
             f"init_variance must be a finite number > var_floor ({var_floor}) and <= {limit}; got {init_variance!r}"
         )
     return value
-
-
-@contextmanager
-def _eval_mode(module: Any) -> Iterator[None]:
-    """Run the block with ``module`` in eval mode, and restore its mode after, safely across threads.
-
-    Re-entrant and shared: concurrent blocks on one module switch it once (the first one in) and restore
-    the mode it had then once (the last one out), so a module in training mode never runs one of these
-    blocks with dropout, and is left in training mode after them.
-    """
-    with _MODE_LOCK:
-        hold = _EVAL_HOLDS.get(module)
-        if hold is None:
-            hold = _EVAL_HOLDS[module] = [0, bool(module.training)]
-            module.eval()
-        hold[0] += 1
-    try:
-        yield
-    finally:
-        with _MODE_LOCK:
-            hold[0] -= 1
-            if hold[0] == 0:
-                del _EVAL_HOLDS[module]
-                module.train(hold[1])
 
 
 @contextmanager
@@ -536,8 +505,8 @@ class GaussianEncoder(EncoderMixin, nn.Module):
 
         order = np.argsort([-len(t) for t in texts], kind="stable")
         means, vars_ = [], []
-        # Eval mode (no dropout) for the encoding, shared with concurrent encodings: see _eval_mode.
-        with _eval_mode(self), torch.inference_mode():
+        # Eval mode (no dropout), shared with concurrent encodings: see kl_retrievers._encoding.eval_mode.
+        with eval_mode(self), torch.inference_mode():
             for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not show_bar, unit="batch"):
                 chunk = [texts[i] for i in order[start : start + batch_size]]
                 batch = {k: v.to(self.device) for k, v in self.tokenize(chunk, max_length).items()}
@@ -918,24 +887,6 @@ def _model_reference(name_or_path: object) -> str:
         if isinstance(text, str):
             return text
     raise TypeError(f"name_or_path must be a str or a path; got {type(name_or_path).__name__}")
-
-
-def _check_weights_sha256(meta: dict[str, Any], cfg_file: Path, weights_file: Path) -> None:
-    """Refuse a weights file whose SHA-256 differs from the one ``config.json`` records (when it records one)."""
-    recorded = meta.get(WEIGHTS_SHA256)
-    if recorded is None:
-        return  # saved before checksums were recorded
-    expected = recorded.get(weights_file.name) if isinstance(recorded, dict) else None
-    if not isinstance(expected, str):
-        raise NotAnEncoderError(
-            f"{cfg_file}: field {WEIGHTS_SHA256!r} must map {weights_file.name} to its SHA-256; got {recorded!r:.120}"
-        )
-    actual = cached_sha256(weights_file)
-    if actual != expected:
-        raise NotAnEncoderError(
-            f"{weights_file} is damaged or was changed after it was saved: its SHA-256 is {actual}, but "
-            f"{cfg_file.name} records {expected}; restore the folder or save the encoder again"
-        )
 
 
 def _read_weights(weights_file: Path) -> dict[str, torch.Tensor]:

@@ -1172,12 +1172,18 @@ def float64_top_k(
 
     def score(_start: int, block: np.ndarray) -> np.ndarray:
         dm = np.asarray(documents.mean[block], dtype=np.float64)
+        if means_only:  # neg_kl_rows' terms without its per-query gather of the rows (the same bits)
+            sc = np.empty((nq, block.size))
+            qstep = max(1, _ROWS_BLOCK_ELEMENTS // max(1, block.size * queries.dim))
+            for a in range(0, nq, qstep):
+                diff = dm[None, :, :] - q64.mean[a : a + qstep, None, :]
+                sc[a : a + qstep] = -np.einsum("qcj,qcj->qc", diff, diff)
+            return sc
         dv = np.asarray(documents.var[block], dtype=np.float64)
-        sumlog = None
-        if not means_only:  # the same per-row sum as the re-score's (a contiguous float64 row each)
-            sumlog = np.log(dv).sum(axis=1) if doc_sumlogvar is None else np.asarray(doc_sumlogvar)[block]
+        # the same per-row sum as the re-score's (a contiguous float64 row each)
+        sumlog = np.log(dv).sum(axis=1) if doc_sumlogvar is None else np.asarray(doc_sumlogvar)[block]
         local = np.broadcast_to(np.arange(block.size), (nq, block.size))
-        return neg_kl_rows(q64, Gaussians(dm, dv, validate=False), local, doc_sumlogvar=sumlog, means_only=means_only)
+        return neg_kl_rows(q64, Gaussians(dm, dv, validate=False), local, doc_sumlogvar=sumlog)
 
     return top_k_rows(*_streamed_top(allowed, _EXACT_ROWS // 16, k, score, nq, np.float64, tie_rank), k, tie_rank)
 

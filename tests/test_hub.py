@@ -90,13 +90,17 @@ def test_a_rebuilt_copy_comes_after_the_hub_for_its_hub_id(monkeypatch: pytest.M
     assert resolve_model_path("org/rebuilt") == tmp_path / "rebuilt"  # offline: the rebuilt copy
 
 
-def test_a_copy_that_cannot_be_built_falls_through_to_the_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_a_copy_that_cannot_be_built_is_an_error_never_the_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A short name whose only copy the library rebuilds (bge-small-en) never falls back to the hub (stop 38)."""
     _rebuilt_copy(monkeypatch, tmp_path / "rebuilt", fails=True)
     calls = _fake_hub(monkeypatch, tmp_path)
-    assert resolve_model_path("rebuilt-short") == tmp_path and calls == ["org/rebuilt"]
-    _fake_hub(monkeypatch, None)
-    with pytest.raises(ModelNotFoundError, match="pip install source-package==1.0"):
+    with pytest.raises(ModelNotFoundError, match=r"source package is not installed.*pip install source-package==1\.0"):
         resolve_model_path("rebuilt-short")
+    assert calls == []
+    assert resolve_model_path("org/rebuilt") == tmp_path and calls == ["org/rebuilt"]  # the hub id may ask the hub
+    _fake_hub(monkeypatch, None)
+    with pytest.raises(ModelNotFoundError, match=r"hub is unreachable .* source package is not installed"):
+        resolve_model_path("org/rebuilt")
 
 
 def test_missing_package_error_names_the_requirement(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

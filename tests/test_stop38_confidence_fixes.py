@@ -113,6 +113,29 @@ def test_a_saved_model_folder_is_named_by_its_folder_and_its_own_calibrators(
     assert len(warned) == 1 and BGE in warned[0] and "my-copy" in warned[0]
 
 
+def test_a_resaved_copy_or_an_onnx_export_of_the_default_does_not_warn_with_its_calibrator(
+    fresh_warnings: None, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """Review finding: a re-saved copy (no calibrator files) or an ONNX export of the default was named
+    by its folder, so the default's own calibrator, passed as the missing-calibrator message asks,
+    was warned about as another model's."""
+    resaved = tmp_path / "my-soup"  # what save_pretrained writes: no calibration files
+    resaved.mkdir()
+    (resaved / "config.json").write_text(json.dumps({"encoder": {"dim": 8}}), encoding="utf-8")
+    exported = tmp_path / "soup-onnx"  # an ONNX export records the model it came from
+    exported.mkdir()
+    (exported / "config.json").write_text(
+        json.dumps({"source": {"name_or_path": f"kl_retrievers:{MINILM}"}}), encoding="utf-8"
+    )
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        for folder in (resaved, exported):
+            assert ConfidenceScorer(default_calibrator()).calibrator(_encoder(str(folder))) is not None
+        assert _mismatch_warnings(caplog) == []
+        ConfidenceScorer(default_calibrator(BGE)).calibrator(_encoder(str(exported)))  # really another model
+    warned = _mismatch_warnings(caplog)
+    assert len(warned) == 1 and BGE in warned[0] and "soup-onnx" in warned[0]
+
+
 def test_the_langchain_retriever_warns_for_a_calibrator_of_another_model(
     fresh_warnings: None, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -138,3 +138,19 @@ def test_a_saved_vector_twin_names_its_own_score(tmp_path: Path) -> None:
     assert score == {"name": "dot", "direction": "higher_is_better"}
     export_onnx(twin, tmp_path / "twin-onnx", quantize=None, verify=False)
     assert json.loads((tmp_path / "twin-onnx" / "config.json").read_text())["score"]["name"] == "dot"
+
+
+def test_an_onnx_vector_twin_is_ranked_by_its_own_similarity(tmp_path: Path) -> None:
+    """Review finding: the ONNX encoder of a dot twin did not carry the recipe, so evaluate ranked it by -KL."""
+    from conftest import make_tiny_encoder
+    from kl_retrievers._config import model_similarity
+    from kl_retrievers.onnx import OnnxGaussianEncoder, export_onnx
+
+    twin = make_tiny_encoder(seed=3)
+    twin.config.extra["training"] = {"recipe": {"similarity": "cosine"}}
+    export_onnx(twin, tmp_path / "twin-onnx", quantize=None, verify=False)
+    assert model_similarity(twin) == "cosine"
+    assert model_similarity(OnnxGaussianEncoder(tmp_path / "twin-onnx")) == "cosine"
+    plain = make_tiny_encoder(seed=3)
+    export_onnx(plain, tmp_path / "plain-onnx", quantize=None, verify=False)
+    assert model_similarity(OnnxGaussianEncoder(tmp_path / "plain-onnx")) == "neg_kl"

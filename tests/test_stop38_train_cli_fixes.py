@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,28 +19,17 @@ import numpy as np
 import pytest
 
 import kl_retrievers.training.features as features_module
-from conftest import WORDS, make_tiny_encoder, tiny_train_beir
+from conftest import WORDS, TrainWorld, make_tiny_encoder, make_train_world
 from kl_retrievers import GaussianEncoder
 from kl_retrievers.cli import main
 from kl_retrievers.training.features import backbone_fingerprint, compute_features
 
-
-@dataclass
-class World:
-    root: Path
-    base: Path  # a plain Hugging Face folder of the tiny BERT (a --base)
-    beir: Path  # a tiny BEIR folder with a train split
-    cache: Path
+World = TrainWorld
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    root = tmp_path_factory.mktemp("train_cli_stop38")
-    enc = make_tiny_encoder(pooling="mean")
-    base = root / "tiny-base"
-    enc.backbone.save_pretrained(base)
-    enc.tokenizer.save_pretrained(base)
-    return World(root, base, tiny_train_beir(root / "beir"), root / "cache")
+    return make_train_world(tmp_path_factory.mktemp("train_cli_stop38"))
 
 
 def _argv(w: World, out: Path | str, *extra: str, data: Path | None = None, shape: bool = True) -> list[str]:

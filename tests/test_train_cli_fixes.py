@@ -13,7 +13,6 @@ import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import pytest
 import torch
 
 import kl_retrievers.encoder as encoder_module
-from conftest import make_tiny_encoder, tiny_train_beir
+from conftest import TrainWorld, make_tiny_encoder, make_train_world
 from kl_retrievers import GaussianEncoder
 from kl_retrievers.cli import main
 from kl_retrievers.training import TrainConfig, TrainingSet, mine_negatives_from_scores, train_encoder
@@ -35,22 +34,12 @@ ROWS = [
 ]
 
 
-@dataclass
-class World:
-    root: Path
-    base: Path  # a plain Hugging Face folder of the tiny BERT (a --base)
-    beir: Path  # a tiny BEIR folder with a train split
-    cache: Path
+World = TrainWorld
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    root = tmp_path_factory.mktemp("train_cli")
-    enc = make_tiny_encoder(pooling="mean")
-    base = root / "tiny-base"
-    enc.backbone.save_pretrained(base)
-    enc.tokenizer.save_pretrained(base)
-    return World(root, base, tiny_train_beir(root / "beir"), root / "cache")
+    return make_train_world(tmp_path_factory.mktemp("train_cli"))
 
 
 def _argv(w: World, out: Path | str, *extra: str, shape: bool = True) -> list[str]:

