@@ -253,7 +253,8 @@ def _rebuild_failed(text: str, copies: Sequence[OfflineCopy], errors: list[BaseE
     cause = errors[0]
     message = f"cannot load model {text!r}: {context}the copy this library rebuilds cannot be made: {cause}"
     install = [c.requirement for c in copies if c.requirement not in str(cause)]
-    if install:
+    # only where installing helps: a missing package, not an unwritable cache or a conversion that differs
+    if install and isinstance(cause, (ModelNotFoundError, ImportError)):
         message += f" (its source comes with: pip install {' or '.join(install)})"
     try:
         error: Exception = type(cause)(message) if isinstance(cause, Exception) else ModelNotFoundError(message)

