@@ -6,13 +6,14 @@ import contextlib
 import ctypes
 import errno
 import logging
+import math
 import os
 import re
 import shutil
 import sys
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -838,3 +839,29 @@ def user_cache_dir(env: str, name: str) -> Path:
         return Path(value).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "kl_retrievers" / name
+
+
+def finite_json(obj: Any, where: str = "", found: list[str] | None = None) -> Any:
+    """``obj`` with every float that is not finite (NaN, ±inf) replaced by ``None``, for standard JSON.
+
+    Where the code means "undefined" it writes ``None`` already (a QPP correlation on constant
+    input); this is the net under that, so ``json.dumps(..., allow_nan=False)`` never meets
+    ``NaN`` or ``Infinity``. Mappings, lists and tuples are copied; ``found`` (when given) collects
+    the key path of each value replaced.
+
+    Examples:
+        >>> found = []
+        >>> finite_json({"a": 1.0, "b": [float("nan"), 2], "c": {"d": float("inf")}}, found=found)
+        {'a': 1.0, 'b': [None, 2], 'c': {'d': None}}
+        >>> found
+        ['b[0]', 'c.d']
+    """
+    if isinstance(obj, float) and not math.isfinite(obj):
+        if found is not None:
+            found.append(where or "(top)")
+        return None
+    if isinstance(obj, Mapping):
+        return {k: finite_json(v, f"{where}.{k}" if where else str(k), found) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v, f"{where}[{i}]", found) for i, v in enumerate(obj)]
+    return obj

@@ -57,7 +57,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from kl_retrievers._io import atomic_file, library_version
+from kl_retrievers._io import atomic_file, finite_json, library_version
 
 __all__ = [
     "FEATURES",
@@ -484,8 +484,6 @@ class ConfidenceCalibrator:
             ValueError: A parameter that is not finite (naming it).
             TypeError: ``info`` holds a value JSON cannot write (e.g. a numpy array).
         """
-        from kl_retrievers.evaluation import finite_json
-
         out = Path(path)
         data = self.to_dict()
         for name in ("center", "scale", "coef", "intercept", "l2"):

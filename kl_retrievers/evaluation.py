@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from kl_retrievers._config import SIMILARITIES as SIMILARITIES  # re-exported: it was defined here
 from kl_retrievers._config import model_similarity as model_similarity
+from kl_retrievers._io import finite_json as finite_json  # re-exported: it was defined here
 from kl_retrievers.datasets import BeirDataset
 from kl_retrievers.encoding_cache import CACHE_ENV as CACHE_ENV  # re-exported, like the cache and run names
 from kl_retrievers.encoding_cache import EncodingCache, default_cache_dir
@@ -796,32 +797,6 @@ def save_per_query(
     else:
         doc = {"meta": finite_json(dict(meta or {})), "per_query": {q: dict(v) for q, v in per_query.items()}}
         p.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-
-
-def finite_json(obj: Any, where: str = "", found: list[str] | None = None) -> Any:
-    """``obj`` with every float that is not finite (NaN, ±inf) replaced by ``None``, for standard JSON.
-
-    Where the code means "undefined" it writes ``None`` already (a QPP correlation on constant
-    input); this is the net under that, so ``json.dumps(..., allow_nan=False)`` never meets
-    ``NaN`` or ``Infinity``. Mappings, lists and tuples are copied; ``found`` (when given) collects
-    the key path of each value replaced.
-
-    Examples:
-        >>> found = []
-        >>> finite_json({"a": 1.0, "b": [float("nan"), 2], "c": {"d": float("inf")}}, found=found)
-        {'a': 1.0, 'b': [None, 2], 'c': {'d': None}}
-        >>> found
-        ['b[0]', 'c.d']
-    """
-    if isinstance(obj, float) and not math.isfinite(obj):
-        if found is not None:
-            found.append(where or "(top)")
-        return None
-    if isinstance(obj, Mapping):
-        return {k: finite_json(v, f"{where}.{k}" if where else str(k), found) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_json(v, f"{where}[{i}]", found) for i, v in enumerate(obj)]
-    return obj
 
 
 def load_per_query(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:

