@@ -42,6 +42,14 @@ WEIGHTS_SHA256 = "weights_sha256"
 _POOLINGS = ("cls", "mean")
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class NotAnEncoderError(ValueError):
     """A folder that is not a saved :class:`~kl_retrievers.encoder.GaussianEncoder`."""
 
@@ -79,18 +87,26 @@ class GaussianEncoderConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.dim, int) or self.dim < 1:
+        if not _is_int(self.dim) or self.dim < 1:
             raise ValueError(f"dim must be a positive int; got {self.dim!r}")
-        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
+        if not (_is_number(self.beta) and math.isfinite(self.beta) and self.beta > 0):
             raise ValueError(f"beta must be a finite number > 0; got {self.beta!r}")
         if self.pooling not in _POOLINGS:
             raise ValueError(f"pooling must be one of {_POOLINGS}; got {self.pooling!r}")
-        if not (self.var_floor > 0 and math.isfinite(self.var_floor)):
+        if not (_is_number(self.var_floor) and math.isfinite(self.var_floor) and self.var_floor > 0):
             raise ValueError(f"var_floor must be a finite number > 0; got {self.var_floor!r}")
         for name in ("max_length", "query_max_length"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 3:
+            if not _is_int(value) or value < 3:
                 raise ValueError(f"{name} must be an int >= 3; got {value!r}")
+        for name in ("var_token", "normalize_pooled"):
+            # A JSON string such as "false" is truthy: taking it as a flag would build another model.
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false; got {getattr(self, name)!r}")
+        if not isinstance(self.backbone, str):
+            raise ValueError(f"backbone must be a str; got {self.backbone!r}")
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"extra must be a dict; got {self.extra!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary."""

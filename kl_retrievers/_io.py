@@ -442,6 +442,30 @@ def clean_stale(target: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
+#: The name :func:`atomic_dir` / :func:`atomic_file` give their temporary and previous copies: ``.NAME.KIND-HEX``.
+LEFTOVER_NAME = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-[0-9a-f]+")
+
+
+def remove_unless_locked(path: Path) -> bool:
+    """Remove ``path``, a copy :func:`atomic_dir` / :func:`atomic_file` left, unless a running save holds it.
+
+    A running save keeps its copy locked (``flock``; the kernel drops the lock when the process dies,
+    even by ``kill -9``), so a copy that can be locked belongs to a save that ended. Without ``fcntl``
+    there is no telling, and the copy is removed: the caller decides by its age.
+
+    Returns:
+        Whether it was removed.
+    """
+    fd = _lock_fd(path, wait=False)
+    if fd is None and fcntl is not None:
+        return False  # a save in progress holds it (or it just vanished)
+    try:
+        _remove_tree(path)
+    finally:
+        _unlock_fd(fd)
+    return True
+
+
 def recover_dir(target: str | os.PathLike[str], *, required: str | None = None) -> bool:
     """Restore ``target`` from its ``.NAME.old-*`` copy when a save was killed mid-swap.
 
@@ -732,23 +756,114 @@ def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
     clean_stale(final)
 
 
+#: The newest format :func:`save_gaussians` writes (and :func:`load_gaussians` reads).
+GAUSSIANS_FORMAT_VERSION = 1
+
+
+def is_gaussians_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds what :func:`save_gaussians` writes (its ``config.json`` says so): a save may replace it.
+
+    Examples:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "config.json").write_text('{"dim": 4}')
+        >>> is_gaussians_folder(folder)
+        False
+    """
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(config, dict) and config.get("library") == "kl_retrievers" and config.get("kind") == "gaussians"
+
+
+def refuse_json_constant(where: str = "") -> Callable[[str], Any]:
+    """A ``parse_constant`` for :func:`json.loads` that refuses ``NaN``, ``Infinity`` and ``-Infinity``.
+
+    They are not standard JSON (other readers reject the file), and no kl-retrievers file writes them.
+
+    Examples:
+        >>> import json
+        >>> json.loads('{"a": NaN}', parse_constant=refuse_json_constant("x.json"))
+        Traceback (most recent call last):
+        ValueError: x.json: holds NaN, which is not standard JSON (only finite numbers are)
+    """
+    prefix = f"{where}: " if where else ""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{prefix}holds {name}, which is not standard JSON (only finite numbers are)")
+
+    return refuse
+
+
+def _gaussians_meta(text: str, where: str) -> dict[str, Any]:
+    """The config of saved Gaussians, checked: a JSON object of kind ``gaussians`` in a format this release reads.
+
+    ``NaN`` / ``Infinity`` are refused outside ``metadata`` (only recorded, never returned: earlier releases
+    wrote a caller's non-finite values there as they were).
+    """
+    import json
+
+    try:
+        meta = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{where} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{where} must hold a JSON object; got a JSON {type(meta).__name__}")
+    found: list[str] = []
+    finite_json(meta, found=found)
+    refused = [key for key in found if not key.startswith("metadata.") and not key.startswith("metadata[")]
+    if refused:
+        raise ValueError(f"{where}: field(s) {refused} hold NaN or Infinity, which is not standard JSON")
+    if meta.get("kind") != "gaussians":
+        raise ValueError(
+            f"{where}: field 'kind' is {meta.get('kind')!r}, not 'gaussians'; this is not what save_gaussians writes"
+        )
+    check_version(meta, what=f"the saved Gaussians at {where}", format_version=GAUSSIANS_FORMAT_VERSION)
+    return meta
+
+
+def _checked_ids(ids: Any, rows: int, where: str) -> list[str]:
+    """Saved row ids: a JSON list of strings, one per row (``where`` names the file)."""
+    if not isinstance(ids, list):
+        raise ValueError(f"{where}: the ids must be a JSON list of strings; got a JSON {type(ids).__name__}")
+    if len(ids) != rows:
+        raise ValueError(f"{where}: holds {len(ids)} ids for {rows} Gaussians; expected one id per row")
+    bad = next((i for i, value in enumerate(ids) if not isinstance(value, str)), None)
+    if bad is not None:
+        raise ValueError(f"{where}: id {bad} is {ids[bad]!r} ({type(ids[bad]).__name__}); every id must be a string")
+    return ids
+
+
 def save_gaussians(
     path: str | os.PathLike[str],
     gaussians: Any,
     *,
     ids: list[str] | None = None,
     metadata: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Save Gaussians without pickle: a ``.safetensors`` file, or else a folder of ``.npy`` files.
 
     A folder holds ``mean.npy``, ``var.npy``, ``ids.json`` (when given) and ``config.json``
-    (library version, score name and direction, shape, and ``metadata``).
+    (library version, score name and direction, shape, and ``metadata``). The folder replaces
+    ``path`` as a whole, so an existing non-empty folder must be an earlier save of Gaussians
+    (unless ``overwrite``).
 
     Args:
         path: Ends in ``.safetensors`` for one file; anything else is a folder.
         gaussians: A :class:`~kl_retrievers.gaussian.Gaussians` batch.
-        ids: Optional row ids, one per Gaussian.
-        metadata: Optional JSON-ready facts (e.g. the model name).
+        ids: Optional row ids, one string per Gaussian.
+        metadata: Optional JSON-ready facts (e.g. the model name); a NaN or infinite number in it
+            is written as null, with a warning (files are standard JSON).
+        overwrite: Replace ``path`` even when it is a non-empty folder that does not hold saved
+            Gaussians (its files are deleted).
+
+    Raises:
+        ValueError: ``ids`` are not one string per row, or ``path`` is a non-empty folder that
+            does not hold saved Gaussians (without ``overwrite``).
 
     Examples:
         >>> import numpy as np, tempfile, pathlib
@@ -766,38 +881,63 @@ def save_gaussians(
     from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME
 
     g = gaussians.numpy()
-    if ids is not None and len(ids) != len(g):
-        raise ValueError(f"got {len(ids)} ids for {len(g)} Gaussians; give one id per row")
+    if ids is not None:
+        if isinstance(ids, str):
+            raise ValueError("ids must be a list of strings (one per row), not a single string")
+        ids = list(ids)
+        if len(ids) != len(g):
+            raise ValueError(f"got {len(ids)} ids for {len(g)} Gaussians; give one id per row")
+        bad = next((i for i, value in enumerate(ids) if not isinstance(value, str)), None)
+        if bad is not None:
+            raise ValueError(f"ids[{bad}] is {ids[bad]!r} ({type(ids[bad]).__name__}); every id must be a string")
+    found: list[str] = []
+    clean_metadata = finite_json(metadata or {}, found=found)
+    if found:
+        warnings.warn(
+            f"save_gaussians: metadata holds NaN or infinite values at {found}; written as null (standard JSON)",
+            UserWarning,
+            stacklevel=2,
+        )
     meta = {
         "library": "kl_retrievers",
         "library_version": library_version(),
+        "format_version": GAUSSIANS_FORMAT_VERSION,
         "kind": "gaussians",
         "score": {"name": SCORE_NAME, "direction": SCORE_DIRECTION},
         "shape": list(g.mean.shape),
         "dtype": str(g.mean.dtype),
-        "metadata": metadata or {},
+        "metadata": clean_metadata,
     }
     target = Path(path)
     if target.suffix == ".safetensors":
         from safetensors.numpy import save_file
 
-        header = {"config": json.dumps(meta)}
+        header = {"config": json.dumps(meta, allow_nan=False)}
         if ids is not None:
-            header["ids"] = json.dumps(list(ids))
+            header["ids"] = json.dumps(ids)
         with atomic_file(target) as tmp:
             save_file({"mean": np.ascontiguousarray(g.mean), "var": np.ascontiguousarray(g.var)}, tmp, metadata=header)
         return target
+    check_replace_target(
+        target, is_ours=is_gaussians_folder, what="saved Gaussians (a save_gaussians folder)", overwrite=overwrite
+    )
     with atomic_dir(target) as tmp_dir:
         np.save(tmp_dir / "mean.npy", g.mean, allow_pickle=False)
         np.save(tmp_dir / "var.npy", g.var, allow_pickle=False)
         if ids is not None:
-            (tmp_dir / "ids.json").write_text(json.dumps(list(ids)))
-        (tmp_dir / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+            (tmp_dir / "ids.json").write_text(json.dumps(ids))
+        (tmp_dir / "config.json").write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
     return target
 
 
 def load_gaussians(path: str | os.PathLike[str]) -> tuple[Any, list[str] | None]:
-    """Load what :func:`save_gaussians` wrote: ``(Gaussians, ids or None)``."""
+    """Load what :func:`save_gaussians` wrote: ``(Gaussians, ids or None)``.
+
+    Raises:
+        ValueError: A file is missing, the config is not that of saved Gaussians (another ``kind``, a
+            newer ``format_version``), or the ids are not a list of strings, one per row (the message
+            names the file).
+    """
     import json
 
     import numpy as np
@@ -805,21 +945,36 @@ def load_gaussians(path: str | os.PathLike[str]) -> tuple[Any, list[str] | None]
     from kl_retrievers.gaussian import Gaussians
 
     source = Path(path)
+    ids: Any = None
     if source.suffix == ".safetensors":
         from safetensors import safe_open
 
         with safe_open(os.fspath(source), framework="np") as fh:
             header = fh.metadata() or {}
-            mean, var = fh.get_tensor("mean"), fh.get_tensor("var")
-        ids = json.loads(header["ids"]) if "ids" in header else None
-        return Gaussians(mean, var), ids
+            g = Gaussians(fh.get_tensor("mean"), fh.get_tensor("var"))
+        if "config" in header:
+            _gaussians_meta(header["config"], f"{source} (its 'config' header)")
+        if "ids" in header:
+            where = f"{source} (its 'ids' header)"
+            try:
+                ids = json.loads(header["ids"], parse_constant=refuse_json_constant())
+            except ValueError as exc:
+                raise ValueError(f"{where} is not valid JSON: {exc}") from None
+            ids = _checked_ids(ids, len(g), where)
+        return g, ids
     for name in ("mean.npy", "var.npy", "config.json"):
         if not (source / name).is_file():
             raise ValueError(f"{source} is not a saved Gaussians folder: {name} is missing")
-    mean = np.load(source / "mean.npy", allow_pickle=False)
-    var = np.load(source / "var.npy", allow_pickle=False)
-    ids = json.loads((source / "ids.json").read_text()) if (source / "ids.json").is_file() else None
-    return Gaussians(mean, var), ids
+    _gaussians_meta((source / "config.json").read_text(encoding="utf-8"), str(source / "config.json"))
+    g = Gaussians(np.load(source / "mean.npy", allow_pickle=False), np.load(source / "var.npy", allow_pickle=False))
+    ids_path = source / "ids.json"
+    if ids_path.is_file():
+        try:
+            ids = json.loads(ids_path.read_text(encoding="utf-8"), parse_constant=refuse_json_constant())
+        except ValueError as exc:
+            raise ValueError(f"{ids_path} is not valid JSON: {exc}") from None
+        ids = _checked_ids(ids, len(g), str(ids_path))
+    return g, ids
 
 
 def user_cache_dir(env: str, name: str) -> Path:

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from kl_retrievers.datasets import BeirDataset
 from kl_retrievers.encoding_cache import EncodingCache
+from kl_retrievers.gaussian import check_k
 from kl_retrievers.runs import Run, inner_product_run, tie_ranks, top_k
 
 __all__ = [
@@ -98,7 +99,9 @@ def bm25_run(
         show_progress: Progress bars on stderr.
 
     Returns:
-        Query id -> {doc id: BM25 score} for documents with a positive score (at most ``k``).
+        Query id -> {doc id: BM25 score} for documents with a positive score (at most ``k``). A
+        corpus in which no document has a token to index (all empty or stop words) gives every
+        query an empty run, with a warning, as a Lucene index would.
 
     Examples:
         >>> run = bm25_run(load_beir("../shared/datasets/scifact"))  # doctest: +SKIP
@@ -111,9 +114,19 @@ def bm25_run(
     tokenize = functools.partial(bm25s.tokenize, stopwords=sw, stemmer=stemmer, token_pattern=token_pattern)
     t0 = time.perf_counter()
     corpus_tokens = tokenize(dataset.document_texts(), show_progress=show_progress)
+    query_ids = dataset.query_ids
+    if not any(len(ids) for ids in corpus_tokens.ids):
+        # bm25s cannot index a corpus without a single token (its average length is 0); as Lucene or
+        # Elasticsearch (BEIR's BM25), nothing matches, so every query gets an empty run
+        logger.warning(
+            "BM25: none of the %d documents has a token to index (every text is empty, punctuation or "
+            "stop words%s); every query's run is empty",
+            len(doc_ids),
+            "" if stopwords is None else f" with stopwords={stopwords!r}" if isinstance(stopwords, str) else "",
+        )
+        return {qid: {} for qid in query_ids}
     retriever = bm25s.BM25(k1=k1, b=b, method="lucene")
     retriever.index(corpus_tokens, show_progress=show_progress)
-    query_ids = dataset.query_ids
     # Queries as strings: the retriever maps them through the corpus vocabulary (unknown words drop out).
     query_tokens = tokenize(dataset.query_texts(), return_ids=False, show_progress=False)
     depth = min(k, len(doc_ids))
@@ -174,6 +187,7 @@ def _files_identity(folder: Path, names: Sequence[str]) -> dict[str, Any]:
 
 
 def _batches_longest_first(texts: Sequence[str], batch_size: int) -> tuple[np.ndarray, list[list[int]]]:
+    batch_size = check_k(batch_size, "batch_size")
     order = np.argsort([-len(t) for t in texts], kind="stable")
     batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
     return order, batches
@@ -378,9 +392,18 @@ class BgeSmallOnnxEncoder:
             "query_prefix": BGE_QUERY_PREFIX,
         }
 
+    def _dim(self) -> int:
+        """The width of the vectors (the graph's hidden size; 384 for bge-small)."""
+        width = self.session.get_outputs()[0].shape[-1]
+        if isinstance(width, int) and width > 0:
+            return width
+        return int(self._encode([""], 1, False, "bge width").shape[1])  # a symbolic width: ask the graph
+
     def _encode(self, texts: Sequence[str], batch_size: int, show_progress: bool, desc: str) -> np.ndarray:
         out: np.ndarray | None = None
         _, batches = _batches_longest_first(texts, batch_size)
+        if not batches:  # no texts: an empty (0, dim) result, as MiniLM gives
+            return np.zeros((0, self._dim()), dtype=np.float32)
         for batch in tqdm(batches, desc=desc, unit="batch", disable=not show_progress):
             encs = self.tokenizer.encode_batch([texts[i] for i in batch])
             feeds = {

@@ -33,7 +33,7 @@ from kl_retrievers.cli_common import (  # re-exported: they were defined here
     positive_int,
     token_budget,
 )
-from kl_retrievers.sharded import is_jsonl_path, split_records
+from kl_retrievers.sharded import _without_bom, is_jsonl_path, split_records
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ def _read_records(path: Path, field: str) -> tuple[list[str], list[str], list[di
 
     A JSONL row's id is its ``_id`` (or ``id``): a non-empty string or an integer; rows without
     one are numbered from 0. A null, non-string text or a repeated id is refused, naming the line.
-    Lines end at ``b"\\n"`` only and blank ones (ASCII whitespace) are skipped, as in
+    A UTF-8 byte order mark opening the file is skipped (as :func:`kl_retrievers.datasets.load_beir`
+    does). Lines end at ``b"\\n"`` only and blank ones (ASCII whitespace) are skipped, as in
     :func:`kl_retrievers.sharded.plan_shards`, so both readers accept, number and refuse alike.
     """
     if path.is_dir():
@@ -74,7 +75,8 @@ def _read_records(path: Path, field: str) -> tuple[list[str], list[str], list[di
             # (not at a lone \r), and a line is blank when only ASCII whitespace (not a NBSP or \x1c), so both
             # paths accept and refuse the same files, naming the same lines
             with open(path, "rb") as fh:
-                for number, raw in enumerate(fh, 1):
+                for number, whole in enumerate(fh, 1):
+                    raw = _without_bom(number, whole)  # as load_beir and the sharded path read line 1
                     if not raw.strip():
                         continue
                     where = f"{path}, line {number}"
@@ -95,7 +97,7 @@ def _read_records(path: Path, field: str) -> tuple[list[str], list[str], list[di
             return ids, texts, rows
         # lines as the sharded path counts them (kl_retrievers.sharded.split_records): a U+2028 or a form
         # feed inside a line does not split it, so both paths give every text the same id
-        texts = [line.decode("utf-8").rstrip("\r") for line in split_records(path.read_bytes())]
+        texts = [line.decode("utf-8").rstrip("\r") for line in split_records(_without_bom(1, path.read_bytes()))]
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return [str(i) for i in range(len(texts))], texts, [{} for _ in texts]
@@ -202,6 +204,7 @@ def _run_encode(args: argparse.Namespace) -> int:
     else:
         raise SystemExit("nothing to encode: give texts or --input FILE")
     # a NAME.safetensors file is replaced as named; a folder only when it already holds saved Gaussians
+    _check_safetensors_case(args.out)
     folder = args.out.suffix != ".safetensors"
     check_output_path(args.out, "--out", folder=folder, gaussians=folder)
     encoder = _load_encoder(args.model, args.device, args.model_backend)
@@ -210,6 +213,27 @@ def _run_encode(args: argparse.Namespace) -> int:
     out = save_gaussians(args.out, g, ids=ids, metadata={"model": encoder.name_or_path, "kind": args.kind})
     print(f"wrote {len(g)} Gaussians of dimension {g.dim} to {out}")
     return 0
+
+
+def _check_safetensors_case(out: Path) -> None:
+    """Refuse ``--out NAME.SAFETENSORS`` (the suffix in any case but lower) in one-shot ``encode``.
+
+    Saved Gaussians are one ``.safetensors`` file only for that exact suffix (and are read back by
+    it), so ``X.SAFETENSORS`` would silently become a folder; streaming mode already refuses the
+    suffix in any case (it writes a folder of shards), so both modes now refuse it.
+
+    Examples:
+        >>> _check_safetensors_case(Path("g.safetensors")); _check_safetensors_case(Path("g"))
+        >>> _check_safetensors_case(Path("g.SafeTensors"))
+        Traceback (most recent call last):
+        ValueError: --out g.SafeTensors: write the suffix in lower case ...
+    """
+    if out.suffix.lower() == ".safetensors" and out.suffix != ".safetensors":
+        raise ValueError(
+            f"--out {out}: write the suffix in lower case (.safetensors) for one safetensors file; saved "
+            f"Gaussians are read and written as a file by that exact suffix, so {out.suffix} would be a folder "
+            "(for a folder, give a name without a .safetensors suffix)"
+        )
 
 
 def _run_encode_sharded(args: argparse.Namespace) -> int:

@@ -224,9 +224,22 @@ def _sha1_lines(ids: Iterable[str]) -> str:
 
 def _require_file(path: Path, what: str) -> None:
     if not path.is_file():
+        _refuse_compressed(path, what)
         raise DatasetError(
             f"{what} not found (expected a BEIR folder with {CORPUS_FILE}, {QUERIES_FILE}, qrels/)", path=path
         )
+
+
+def _refuse_compressed(path: Path, what: str) -> None:
+    """Say so when a missing ``path`` is there compressed (``corpus.jsonl.gz``): it is read only decompressed."""
+    for suffix, tool in ((".gz", "gunzip"), (".bz2", "bunzip2"), (".xz", "unxz"), (".zst", "unzstd")):
+        packed = path.with_name(path.name + suffix)
+        if packed.is_file():
+            raise DatasetError(
+                f"{what} not found, but {packed.name} is there: compressed files are not supported; "
+                f"decompress it first ({tool} -k {packed})",
+                path=path,
+            )
 
 
 def _iter_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -397,6 +410,12 @@ def _qrels_columns(cols: list[str], trec: bool | None, has_header: bool, path: P
         hint = "4 columns (read as TREC qrels only when the 4th, the grade, is a number)"
     else:
         hint = f"{n} column(s)"
+    fields = "\t".join(cols).split()
+    if n < 3 and len(fields) in (3, 4):  # NIST's qrels are space-separated: "q1 0 d1 1"
+        hint += (
+            f"; spaces were found between its {len(fields)} fields, but columns must be tab-separated (NIST's "
+            "TREC qrels are space-separated: convert the spaces to tabs, e.g. tr ' ' '\\t')"
+        )
     raise DatasetError(
         f"expected 3 tab-separated columns (query-id, corpus-id, score), got {hint}", path=path, line=lineno
     )
@@ -422,7 +441,9 @@ def _load_qrels(
         cols = line.split("\t")
         if first:
             first = False
-            if cols[0].strip().lower() in _QRELS_HEADER_IDS:
+            # a header names its columns (query-id corpus-id score); a first line whose grade is a number
+            # is a judgement, even of a query whose id is literally "qid" or "query-id"
+            if cols[0].strip().lower() in _QRELS_HEADER_IDS and not (len(cols) >= 3 and _is_number(cols[-1].strip())):
                 has_header = True
                 continue
         if trec is None:  # the first judgement fixes the layout (a malformed one raises below)
@@ -532,6 +553,8 @@ def _split_path(root: Path, split: str) -> Path:
             path=qdir,
         )
     qrels_path = qdir / f"{split}.tsv"
+    if not qrels_path.is_file():
+        _refuse_compressed(qrels_path, f"qrels for split {split!r}")
     if not qrels_path.is_file() or split not in splits:
         raise DatasetError(f"qrels for split {split!r} not found; available splits: {splits}", path=qrels_path)
     return qrels_path
@@ -568,6 +591,12 @@ def load_beir(path: str | os.PathLike[str], split: str = "test", *, unknown_docs
     if unknown_docs not in ("error", "drop"):
         raise ValueError(f"unknown_docs must be 'error' or 'drop', got {unknown_docs!r}")
     root = Path(path)
+    if root.is_file():
+        raise DatasetError(
+            f"is a file, not a folder: give the BEIR folder that holds {CORPUS_FILE}, {QUERIES_FILE} and "
+            "qrels/<split>.tsv",
+            path=root,
+        )
     if not root.is_dir():
         raise DatasetError("dataset folder not found", path=root)
     corpus_path, queries_path = root / CORPUS_FILE, root / QUERIES_FILE

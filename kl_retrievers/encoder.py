@@ -47,13 +47,13 @@ from kl_retrievers.gaussian import SCORE_DIRECTION, Gaussians
 from kl_retrievers.hub import (
     BUNDLED_DIR,
     BUNDLED_PREFIX,
-    ModelNotFoundError,
     bundled_name,
     bundled_names,
     cached_sha256,
     file_matches_sha256,
     local_reference,
     resolve_model_path,
+    retyped,
     sha256_file,
     warn_if_shadowed,
 )
@@ -817,11 +817,12 @@ class GaussianEncoder(EncoderMixin, nn.Module):
     ) -> GaussianEncoder:
         try:
             base_path = resolve_model_path(config.backbone)
-        except ModelNotFoundError as exc:
-            raise ModelNotFoundError(
+        except (OSError, ValueError, ImportError) as exc:  # not found, or a rebuilt copy (bge) that cannot be made
+            message = (
                 f"{path} stores only the weights that differ from its backbone {config.backbone!r} "
                 f"({CONFIG_NAME} encoder.backbone), and that backbone cannot be found: {exc}"
-            ) from None
+            )
+            raise retyped(exc, message) from exc.__cause__
         if config.backbone_sha256:
             weights = base_path / FULL_WEIGHTS
             if weights.is_file() and not file_matches_sha256(weights, config.backbone_sha256):

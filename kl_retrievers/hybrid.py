@@ -52,6 +52,7 @@ import math
 import os
 import re
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,7 +62,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from kl_retrievers._encoding import check_texts, require_modules
-from kl_retrievers._io import atomic_dir, library_version, load_unchanged, recover_dir
+from kl_retrievers._io import atomic_dir, check_replace_target, library_version, load_unchanged, recover_dir
 from kl_retrievers.filters import MetadataFilter, compile_filter
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians, check_k, neg_kl
 from kl_retrievers.gaussian import is_real_number as _is_real
@@ -133,6 +134,14 @@ _BM25_FILES = ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.
 _BM25_VOCAB = "vocab.index.json"
 _BM25_PARAMS = "params.index.json"
 _EXAMPLES = 5
+# A file in each half's folder holding the save's token (also in hybrid.json): halves of two saves disagree on it.
+_SAVE_TOKEN_FILE = "hybrid_save.json"
+_SAVE_TOKEN_KEY = "save_token"
+# Why the halves of a store in memory disagree (the end of its check_sync / save / search message).
+_CHANGED_DIRECTLY = (
+    "the KL half (.kl, or the kl_store it wraps) was changed directly: change documents only through the hybrid "
+    "store (add, upsert, delete), which keeps both halves in sync"
+)
 
 
 class HybridFormatError(StoreFormatError):
@@ -900,6 +909,41 @@ class HybridResult:
         return {key: getattr(self, attr) for key, attr in self.SCORE_KEYS}
 
 
+#: Metadata keys the LlamaIndex and LangChain retrievers over a :class:`KLHybridStore` write a hit's scores
+#: under (:meth:`HybridResult.scores`, the query's confidence and why it is missing): a document's own key of
+#: one of these names is shadowed in the documents they return.
+_RESERVED_METADATA_KEYS = frozenset({*(key for key, _ in HybridResult.SCORE_KEYS), "confidence", "confidence_reason"})
+
+
+def _warn_metadata_keys(
+    log: logging.Logger, where: str, keys: Sequence[str], effect: str, reserved: str, what: str = "document metadata"
+) -> None:
+    """One warning that documents added to ``where`` use score keys (``keys``) in their own metadata.
+
+    Args:
+        log: The logger of the module that warns.
+        where: What the documents were added to (e.g. ``"KLHybridStore.add"``).
+        keys: The reserved keys the metadata uses, sorted.
+        effect: What happens to them in results (a clause).
+        reserved: Every reserved key, for the message.
+        what: What uses them (``"document metadata"``, ``"node metadata"``...).
+    """
+    log.warning(
+        "%s: added %s uses the key(s) %s, which a search writes its scores under: %s; the stored metadata, "
+        "which filters see, keeps your value. Rename the key(s) to keep them in results. Reserved keys: %s",
+        where,
+        what,
+        ", ".join(repr(k) for k in keys),
+        effect,
+        reserved,
+    )
+
+
+_HYBRID_EFFECT = (
+    "the hits the LlamaIndex and LangChain hybrid retrievers return carry the score under that name, not your value"
+)
+
+
 def _ids_digest(ids: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(sorted(ids)).encode("utf-8")).hexdigest()
 
@@ -973,6 +1017,7 @@ class KLHybridStore:
         self._lock = _RWLock()  # searches share it; add, upsert and delete take it alone
         self._build_lock = threading.Lock()  # one reader rebuilds a stale BM25 index, the others wait for it
         self._bm25 = _BM25Half(self._tokenizer, self.k1, self.b)
+        self._reserved_warned = False  # see _warn_reserved_keys: one warning per store
         if len(self._kl):
             ids = self._kl.ids
             docs = self._kl.get_by_ids(ids)
@@ -983,6 +1028,32 @@ class KLHybridStore:
                     "BM25 needs every document's text"
                 )
             self._bm25.put(ids, [self._tokenizer(d.text or "") for d in docs], [d.metadata for d in docs])
+            self._warn_reserved_keys([d.metadata for d in docs], "KLHybridStore(kl_store=...)")
+
+    def _warn_reserved_keys(
+        self,
+        metadatas: Iterable[Mapping[Any, Any] | None],
+        where: str,
+        keys: frozenset[str] = _RESERVED_METADATA_KEYS,
+        effect: str = _HYBRID_EFFECT,
+        reserved: str | None = None,
+        log: logging.Logger = logger,
+    ) -> None:
+        """Warn (once per store) when any of ``metadatas`` uses a reserved key (:data:`_RESERVED_METADATA_KEYS`)."""
+        if self._reserved_warned:
+            return
+        found = sorted({key for meta in metadatas if meta for key in keys.intersection(meta)})
+        if found:
+            self._reserved_warned = True
+            _warn_metadata_keys(log, where, found, effect, reserved or ", ".join(sorted(keys)))
+
+    def _warn_stored_reserved_keys(self, where: str, **kwargs: Any) -> None:
+        """:meth:`_warn_reserved_keys` for the documents already stored (a loaded or core-API-filled store)."""
+        if self._reserved_warned:
+            return
+        with self._lock.read():
+            metas = list(self._bm25.metas.values())
+        self._warn_reserved_keys(metas, where, **kwargs)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -1033,11 +1104,12 @@ class KLHybridStore:
     def check_sync(self) -> None:
         """Raise ``RuntimeError`` when the two halves hold different ids (e.g. the KL half was changed directly)."""
         with self._lock.read():
-            kl_ids, bm25_ids = set(self._kl.ids), set(self._bm25.metas)
-            if kl_ids != bm25_ids:
-                raise RuntimeError(
-                    _mismatch("this hybrid store", bm25_ids, kl_ids) + "; change documents only through it"
-                )
+            if set(self._kl.ids) != set(self._bm25.metas):
+                raise RuntimeError(self._out_of_sync(self._bm25))
+
+    def _out_of_sync(self, half: _BM25Half) -> str:
+        """The message of halves that disagree on ids (``half``: the BM25 half in use); under the lock."""
+        return _mismatch("this hybrid store", set(half.metas), set(self._kl.ids), _CHANGED_DIRECTLY)
 
     def get_by_ids(self, ids: Sequence[str]) -> list[StoredDocument]:
         """Stored documents for the given ids, in order; unknown ids are skipped (as :meth:`KLStore.get_by_ids`)."""
@@ -1053,6 +1125,10 @@ class KLHybridStore:
         metadatas: Sequence[Mapping[Any, Any] | None] | None = None,
     ) -> list[str]:
         """Add documents to both halves; an existing id is replaced in both (upsert).
+
+        A metadata key named like a score the LlamaIndex and LangChain hybrid retrievers write into
+        their hits' metadata (``bm25``, ``fusion``, ``neg_kl``, ``confidence``...) is shadowed in their
+        results: the store logs one warning naming it (once per store).
 
         Args:
             texts: Document texts (BM25 needs them; encoded by the encoder unless ``gaussians``).
@@ -1094,6 +1170,7 @@ class KLHybridStore:
                 return []
             metas = [d.metadata for d in self._kl.get_by_ids(new_ids)]
             self._bm25.put(new_ids, tokens, metas)
+        self._warn_reserved_keys(metas, "KLHybridStore.add")
         return new_ids
 
     def upsert(
@@ -1244,6 +1321,8 @@ class KLHybridStore:
         neg = np.empty(len(ids))
         neg[:n_dense] = [r.score for r in dense]
         if extra:
+            if any(doc_id not in self._kl for doc_id in extra):  # the KL half was changed directly
+                raise RuntimeError(self._out_of_sync(half))
             docs = self._kl.get_gaussians(extra)
             g64 = Gaussians(docs.mean.astype(np.float64), docs.var.astype(np.float64), validate=False)
             neg[n_dense:] = neg_kl(q, g64)
@@ -1498,17 +1577,24 @@ class KLHybridStore:
             },
         }
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Save both halves and the config to the folder ``path``, atomically, without pickle.
 
         Layout: ``hybrid.json`` (library version, fusion mode and parameters, the adaptive
         parameters when they were given to the constructor, BM25 settings, score name and direction,
-        the ids' digest and every file's SHA-256), ``kl/`` (:meth:`KLStore.save`) and ``bm25/``
-        (``bm25s``' ``.npy`` arrays and JSON vocabulary, plus ``ids.json``, the row order). An
-        interrupted save leaves the previous copy intact.
+        the ids' digest, every file's SHA-256 and a random per-save token), ``kl/``
+        (:meth:`KLStore.save`) and ``bm25/`` (``bm25s``' ``.npy`` arrays and JSON vocabulary, plus
+        ``ids.json``, the row order); each half also holds the save token in ``hybrid_save.json``,
+        so :meth:`load` refuses halves of two saves even without checksums. An interrupted save
+        leaves the previous copy intact.
+
+        Args:
+            path: The folder to write: a new path, an empty folder or an earlier hybrid save.
+            overwrite: Replace whatever folder is at ``path``.
 
         Raises:
-            ValueError: ``path`` exists and is not a hybrid store folder (never overwritten).
+            ValueError: ``path`` is a non-empty folder that is not a hybrid store folder (its
+                ``hybrid.json`` must name the hybrid format), and ``overwrite`` is not set.
 
         Examples:
             >>> import tempfile
@@ -1519,8 +1605,12 @@ class KLHybridStore:
             ['x']
         """
         target = Path(path)
-        if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / _CONFIG).is_file())):
-            raise ValueError(f"{target} exists and is not a hybrid store folder; refusing to overwrite it")
+        check_replace_target(
+            target,
+            is_ours=_is_hybrid_folder,
+            what=f"a hybrid store folder (an earlier save: its {_CONFIG} has format {_FORMAT_NAME!r})",
+            overwrite=overwrite,
+        )
         with self._lock.read():
             self._ensure_index()
             config = self._config()
@@ -1529,9 +1619,20 @@ class KLHybridStore:
                 kl_ids = set(self._kl.ids)
                 bm25_info = self._bm25.save(tmp / _BM25_DIR)
                 if kl_ids != set(self._bm25.ids):
-                    raise RuntimeError(_mismatch(str(target), set(self._bm25.ids), kl_ids))
+                    raise RuntimeError(_mismatch(str(target), set(self._bm25.ids), kl_ids, _CHANGED_DIRECTLY))
+                # one token per save, in hybrid.json and in both halves: load refuses halves of two saves
+                token = uuid.uuid4().hex
+                for sub in (_KL_DIR, _BM25_DIR):
+                    (tmp / sub / _SAVE_TOKEN_FILE).write_text(
+                        json.dumps({_SAVE_TOKEN_KEY: token}) + "\n", encoding="utf-8"
+                    )
                 files = {}
-                for rel in [f"{_KL_DIR}/config.json", f"{_BM25_DIR}/{_BM25_IDS}"] + (
+                for rel in [
+                    f"{_KL_DIR}/config.json",
+                    f"{_BM25_DIR}/{_BM25_IDS}",
+                    f"{_KL_DIR}/{_SAVE_TOKEN_FILE}",
+                    f"{_BM25_DIR}/{_SAVE_TOKEN_FILE}",
+                ] + (
                     [f"{_BM25_DIR}/{name}" for name in (*_BM25_FILES, _BM25_VOCAB, _BM25_PARAMS)]
                     if bm25_info["indexed"]
                     else []
@@ -1539,6 +1640,7 @@ class KLHybridStore:
                     files[rel] = _sha256(tmp / rel)
                 config.update(
                     {
+                        _SAVE_TOKEN_KEY: token,
                         "count": len(kl_ids),
                         "ids_sha256": _ids_digest(kl_ids),
                         "bm25_indexed": bm25_info["indexed"],
@@ -1565,7 +1667,8 @@ class KLHybridStore:
             encoder: Gaussian encoder for text queries and additions. Unless the saved store was given
                 its adaptive parameters, they are looked up from this encoder's model, as in the constructor.
             mmap: Memory-map the arrays of both halves (copied on the first change).
-            verify_checksums: Check every file's SHA-256 against the config.
+            verify_checksums: Check every file's SHA-256 against the config. Without it the halves'
+                ids and save tokens are still checked (a folder saved before tokens has none and loads).
 
         Raises:
             FileNotFoundError: No hybrid store at ``path``.
@@ -1621,6 +1724,7 @@ class KLHybridStore:
                         f"{folder}: {rel} is not the file this save wrote (SHA-256 differs); one half comes from "
                         "another save or was changed: refusing to load it (nothing was changed)"
                     )
+        _check_save_tokens(folder, config)  # also without checksums (the errors above name the mismatch better)
         adaptive = config["adaptive"] or None  # AdaptiveParams (checked by _read_config) or None
         store = cls(
             fusion=fusion["mode"],
@@ -1646,13 +1750,53 @@ def _query_texts(queries: Any) -> list[str]:
     return check_texts(queries, "queries")
 
 
-def _mismatch(where: str, bm25_ids: set[str], kl_ids: set[str]) -> str:
+def _save_token(path: Path) -> str | None:
+    """The save token in a half's :data:`_SAVE_TOKEN_FILE` (``None``: no such file, a save before tokens)."""
+    if not path.is_file():
+        return None
+    data = _read_json(path)
+    token = data.get(_SAVE_TOKEN_KEY) if isinstance(data, dict) else None
+    if not isinstance(token, str) or not token:
+        raise HybridFormatError(f"{path} must hold a JSON object with a non-empty string {_SAVE_TOKEN_KEY!r}")
+    return token
+
+
+def _check_save_tokens(folder: Path, config: Mapping[str, Any]) -> None:
+    """Refuse halves written by different saves (checked with or without checksums: three small reads).
+
+    A folder saved before tokens were written has none anywhere and passes.
+    """
+    tokens = {
+        _CONFIG: config.get(_SAVE_TOKEN_KEY),
+        f"{_KL_DIR}/": _save_token(folder / _KL_DIR / _SAVE_TOKEN_FILE),
+        f"{_BM25_DIR}/": _save_token(folder / _BM25_DIR / _SAVE_TOKEN_FILE),
+    }
+    if len(set(tokens.values())) > 1:
+        told = ", ".join(
+            f"{where} {token if token is not None else 'none (an older save)'}" for where, token in tokens.items()
+        )
+        raise HybridFormatError(
+            f"{folder}: the {_KL_DIR}/ half and the {_BM25_DIR}/ half were not written by the same save (save "
+            f"tokens: {told}); one half comes from another save: refusing to load it (nothing was changed)"
+        )
+
+
+def _mismatch(where: str, bm25_ids: set[str], kl_ids: set[str], cause: str = "one half comes from another save") -> str:
     only_bm25, only_kl = bm25_ids - kl_ids, kl_ids - bm25_ids
     return (
         f"{where}: the BM25 half and the KL half disagree on ids: the BM25 half holds {len(bm25_ids)} and the KL half "
         f"{len(kl_ids)}; {len(only_bm25)} only in BM25 {_examples(only_bm25)}, {len(only_kl)} only in KL "
-        f"{_examples(only_kl)}; one half comes from another save"
+        f"{_examples(only_kl)}; {cause}"
     )
+
+
+def _is_hybrid_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a hybrid store's ``hybrid.json`` (a save may replace it)."""
+    try:
+        config = json.loads((folder / _CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("format") == _FORMAT_NAME
 
 
 def _read_config(cfg_path: Path) -> dict[str, Any]:
@@ -1679,6 +1823,8 @@ def _read_config(cfg_path: Path) -> dict[str, Any]:
     need(isinstance(config.get("ids_sha256"), str), "ids_sha256", "a string")
     need(isinstance(config.get("bm25_indexed"), bool), "bm25_indexed", "true or false")
     need(isinstance(config.get("files"), dict), "files", "an object")
+    token = config.get(_SAVE_TOKEN_KEY)
+    need(token is None or (isinstance(token, str) and bool(token)), _SAVE_TOKEN_KEY, "a non-empty string")
     need(config.get("adaptive") is None or isinstance(config.get("adaptive"), dict), "adaptive", "an object or null")
     for rel in config["files"]:
         if not isinstance(rel, str) or rel.startswith("/") or ".." in Path(rel).parts:

@@ -1389,6 +1389,8 @@ class KLHybridRetriever(_ConfidenceRetriever):
         if not isinstance(self.store, KLHybridStore):
             raise TypeError(f"store must be a KLHybridStore; got {type(self.store).__name__}")
         self.store.fusion.for_call(self.fusion, self.weight, self.normalization)
+        # documents already in the store (loaded, or added with the core API) may use a score key: once per store
+        self.store._warn_stored_reserved_keys("KLHybridRetriever (documents already stored)")
 
     @classmethod
     def from_texts(

@@ -45,12 +45,14 @@ Examples:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import math
 import os
 import pickle
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 from pathlib import Path
@@ -80,7 +82,7 @@ from kl_retrievers.gaussian import (
     kl_query_vectors,
     neg_kl_matrix,
 )
-from kl_retrievers.hybrid import HybridResult, KLHybridStore
+from kl_retrievers.hybrid import HybridResult, KLHybridStore, _warn_metadata_keys
 from kl_retrievers.index import KLStore
 
 _INSTALL_HINT = (
@@ -192,6 +194,11 @@ _NOT_A_SIMPLE_VECTOR_STORE = (
 )
 # How far up the call stack KLEmbedding looks for the vector store it is embedding for.
 _STACK_DEPTH = 40
+# (store, query, whether query.node_ids is the as_retriever list): what KLVectorStore.aquery decided on the
+# event loop's thread, for the query it runs in a worker thread (see KLVectorStore._as_retriever_lists).
+_AS_RETRIEVER_LIST: contextvars.ContextVar[tuple[Any, Any, bool] | None] = contextvars.ContextVar(
+    "kl_retrievers_as_retriever_list", default=None
+)
 
 Predicate = Callable[[Mapping[str, Any]], bool]
 
@@ -496,6 +503,50 @@ def _caller_vector_store() -> BasePydanticVectorStore | None:
                     if isinstance(store, BasePydanticVectorStore):
                         return store
             f = f.f_back
+        return None
+    finally:
+        del frame
+
+
+def _index_retriever_verdict(store: BasePydanticVectorStore, node_ids: Sequence[str]) -> bool | None:
+    """Whether ``node_ids`` is the list ``VectorStoreIndex.as_retriever`` passed to ``store``: no restriction.
+
+    Walks the call stack for the retriever that built the query: an object holding the index
+    (``_index``, with ``index_struct.nodes_dict``), ``store`` as its ``_vector_store`` (or
+    ``_image_vector_store``) and this very ``node_ids`` list as its ``_node_ids`` (what
+    ``VectorIndexRetriever`` and ``MultiModalVectorIndexRetriever`` keep and put in their
+    ``VectorStoreQuery``). ``as_retriever`` passes ``list(index_struct.nodes_dict.values())``; for a
+    store that keeps the text LlamaIndex records there only the ``IndexNode`` / ``ImageNode`` nodes
+    it inserted through that index object, never the text nodes, and never removes an id (also not
+    when the node is deleted, or re-inserted as a ``TextNode``). So the list is the as_retriever list
+    when it is a prefix of the index's ``nodes_dict`` values now (equal, or the values when the
+    retriever was made, before later inserts): ``True``. An index with ``store_nodes_override=True``
+    records every node it inserted, so its list is a real restriction (``False``), as is any other
+    list given to the retriever (``False``). ``None``: no such retriever on the stack (a direct query).
+    """
+    frame = inspect.currentframe()
+    try:
+        f = frame.f_back if frame is not None else None
+        for _ in range(_STACK_DEPTH):
+            if f is None:
+                return None
+            attrs = getattr(f.f_locals.get("self"), "__dict__", None)
+            f = f.f_back
+            if not isinstance(attrs, dict) or "_node_ids" not in attrs or "_index" not in attrs:
+                continue
+            own = attrs["_node_ids"]
+            if own is not node_ids and own != node_ids:
+                continue
+            if not any(attrs.get(name) is store for name in ("_vector_store", "_image_vector_store")):
+                continue
+            index = attrs["_index"]
+            nodes_dict = getattr(getattr(index, "index_struct", None), "nodes_dict", None)
+            if not isinstance(nodes_dict, dict):
+                continue
+            if getattr(index, "_store_nodes_override", False):
+                return False
+            wanted = [str(i) for i in node_ids]
+            return [str(v) for v in nodes_dict.values()][: len(wanted)] == wanted
         return None
     finally:
         del frame
@@ -926,17 +977,15 @@ def _reserved_keys_in(nodes: Sequence[BaseNode]) -> list[str]:
     return sorted(found)
 
 
+#: What a reserved key in a node's own metadata does in results (see :func:`_warn_reserved_keys`).
+_NODE_EFFECT = (
+    "the nodes it returns carry the score under that name (and leave the key out of the LLM and embedding text)"
+)
+
+
 def _warn_reserved_keys(keys: Sequence[str], where: str) -> None:
     """One warning that nodes added to ``where`` use score keys in their own metadata."""
-    logger.warning(
-        "%s: added node metadata uses the key(s) %s, which a search writes its scores under: the nodes it "
-        "returns carry the score under that name (and leave the key out of the LLM and embedding text); the "
-        "stored metadata, which filters see, keeps your value. Rename the key(s) to keep them in results. "
-        "Reserved keys: %s",
-        where,
-        ", ".join(repr(k) for k in keys),
-        _RESERVED_KEYS_TEXT,
-    )
+    _warn_metadata_keys(logger, where, keys, _NODE_EFFECT, _RESERVED_KEYS_TEXT, "node metadata")
 
 
 def _unscored_hash(node: BaseNode, cls: type[BaseNode]) -> str:
@@ -1061,16 +1110,22 @@ class KLVectorStore(BasePydanticVectorStore):
     :class:`KLHybridRetriever` also under ``fused_score``, ``fusion``, ``bm25``, ``dense_rank``,
     ``bm25_rank`` and ``dense_weight``), and leaves them out of the LLM and embedding text. A node's
     own metadata key of one of these names is shadowed in the returned nodes (the stored metadata,
-    which filters see, keeps it); :meth:`add` logs one warning per store naming such a key.
+    which filters see, keeps it); :meth:`add` logs one warning per store naming such a key, and so
+    does creating a store over a ``KLStore`` whose documents already use one.
 
     ``VectorStoreIndex.as_retriever()`` passes, as ``node_ids``, the ids of the ``IndexNode`` and
-    ``ImageNode`` nodes it indexed (for a store that keeps the text LlamaIndex records only those);
-    :meth:`query` reads exactly that list (every stored ``IndexNode`` / ``ImageNode`` and no other
-    stored node) as no restriction, so ``TextNode`` hits are found too. LlamaIndex then replaces
-    those non-text hits with its docstore's copies, which lack the score keys (their confidence
-    reads as missing); :meth:`KLRetriever.from_defaults` (``index=``) returns every node as the
-    store scored it, so prefer it for indexes that mix node types. Any other ``node_ids`` list
-    restricts the search.
+    ``ImageNode`` nodes that index object inserted (for a store that keeps the text LlamaIndex
+    records only those); :meth:`query` recognises that list by the retriever that sends it (its
+    index's ``nodes_dict``, see :func:`_index_retriever_verdict`) and reads it as no restriction,
+    so ``TextNode`` hits are found too, also when the store holds non-text nodes that index does
+    not list (an index reopened with ``from_vector_store``, a store shared by two indexes) or the
+    list names a node re-inserted as a ``TextNode``. LlamaIndex then replaces the non-text hits
+    with its docstore's copies, which lack the score keys (their confidence reads as missing);
+    :meth:`KLRetriever.from_defaults` (``index=``) returns every node as the store scored it, so
+    prefer it for indexes that mix node types. Any other ``node_ids`` list restricts the search
+    (the list of an index with ``store_nodes_override=True`` too); a query that no such retriever
+    sent is read as no restriction only when it lists exactly the stored ``IndexNode`` /
+    ``ImageNode`` nodes (at least one) and no other stored node.
 
     The store does not pickle or deep-copy (a ``TypeError``): persist it (:meth:`persist`,
     ``StorageContext.persist``) and load it (:meth:`from_persist_dir`, ``load_index_from_storage``).
@@ -1115,10 +1170,11 @@ class KLVectorStore(BasePydanticVectorStore):
     _scorer: ConfidenceScorer = PrivateAttr()
     _query_encoder: Any = PrivateAttr(default=None)
     _warned_reserved: bool = PrivateAttr(default=False)
-    # Writes through this object (add / delete / clear) since it was created, and the ids of the stored
-    # IndexNode / ImageNode nodes as of (writes, (len(store), store.write_count)): see _stored_non_text_ids.
-    _writes: int = PrivateAttr(default=0)
-    _non_text: tuple[int, tuple[int, int | None], frozenset[str]] | None = PrivateAttr(default=None)
+    # The ids of the stored IndexNode / ImageNode nodes and the store's write_count they are right for (None:
+    # unknown): kept up to date by add / delete through this object, rescanned when the store was changed
+    # otherwise (see _stored_non_text_ids).
+    _non_text: tuple[int, frozenset[str]] | None = PrivateAttr(default=None)
+    _non_text_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(
         self,
@@ -1154,6 +1210,35 @@ class KLVectorStore(BasePydanticVectorStore):
                 store.encoder = encoder
         self._store = store
         self._scorer = ConfidenceScorer(calibrator)
+        self._scan_stored_nodes()
+
+    def _scan_stored_nodes(self) -> None:
+        """Read the wrapped store's documents once: the non-text node ids, and a warning for reserved keys."""
+        version = self._store.write_count
+        docs = self._store.get_by_ids(self._store.ids) if len(self._store) else []
+        found = frozenset(d.id for d in docs if d.metadata.get("_node_type") in _NON_TEXT_NODE_TYPES)
+        if self._store.write_count == version:  # no write landed during the scan
+            with self._non_text_lock:
+                self._non_text = (version, found)
+        reserved = sorted({key for d in docs for key in _SCORE_KEYS.intersection(d.metadata)})
+        if reserved:
+            self._warned_reserved = True
+            _warn_reserved_keys(reserved, "KLVectorStore(store=...) (documents already stored)")
+
+    def _note_write(self, before: int, bumps: int, removed: Sequence[str], non_text: Sequence[str] = ()) -> None:
+        """After a write through this object: update the non-text ids instead of scanning the store again.
+
+        ``before`` is the store's ``write_count`` read before the write and ``bumps`` how often the
+        write bumped it; any other count means another write landed meanwhile (the ids are then
+        rescanned at the next query that needs them).
+        """
+        with self._non_text_lock:
+            cached = self._non_text
+            after = self._store.write_count
+            if cached is None or cached[0] != before or after != before + bumps:
+                self._non_text = None
+                return
+            self._non_text = (after, (cached[1] - frozenset(removed)) | frozenset(non_text))
 
     @classmethod
     def class_name(cls) -> str:
@@ -1283,15 +1368,22 @@ class KLVectorStore(BasePydanticVectorStore):
             if reserved:
                 self._warned_reserved = True
                 _warn_reserved_keys(reserved, "KLVectorStore.add")
+        kept_ids = [ids[i] for i in keep]
+        metadatas = [_stored_metadata(nodes[i], self.flat_metadata) for i in keep]
+        before = self._store.write_count
         try:
             self._store.add(
                 [_node_text(nodes[i]) or "" for i in keep],
                 gaussians=Gaussians(mean[keep], var[keep]),
-                ids=[ids[i] for i in keep],
-                metadatas=[_stored_metadata(nodes[i], self.flat_metadata) for i in keep],
+                ids=kept_ids,
+                metadatas=metadatas,
             )
-        finally:
-            self._writes += 1
+        except BaseException:
+            with self._non_text_lock:
+                self._non_text = None  # a failed add changes nothing, but do not rely on it
+            raise
+        non_text = [i for i, m in zip(kept_ids, metadatas, strict=True) if m.get("_node_type") in _NON_TEXT_NODE_TYPES]
+        self._note_write(before, 1, kept_ids, non_text)
         return ids
 
     def _matching_ids(self, node_ids: Sequence[str] | None, predicate: Predicate | None) -> list[str]:
@@ -1332,10 +1424,14 @@ class KLVectorStore(BasePydanticVectorStore):
             self._delete_ids(ids)
 
     def _delete_ids(self, ids: list[str]) -> None:
+        before = self._store.write_count
         try:
-            self._store.delete(ids)
-        finally:
-            self._writes += 1
+            report = self._store.delete(ids)
+        except BaseException:
+            with self._non_text_lock:
+                self._non_text = None
+            raise
+        self._note_write(before, 1 if report.deleted else 0, report.deleted)
 
     # The async variants run the sync method in a worker thread (LlamaIndex's base class would run it on the
     # event loop, stalling it for the whole encode / search / scan); the KLStore is thread-safe.
@@ -1407,17 +1503,41 @@ class KLVectorStore(BasePydanticVectorStore):
             ValueError: ``similarity_top_k < 1``, a query mode outside :data:`SUPPORTED_QUERY_MODES`,
                 an unsupported filter operator, or a query embedding that is not a KL query vector.
         """
+        known = _AS_RETRIEVER_LIST.get()  # decided by aquery on the event loop's thread (see there)
+        if known is not None and known[0] is self and known[1] is query:
+            unrestricted = known[2]
+        else:
+            unrestricted = self._as_retriever_lists(query)
+        return self._query(query, unrestricted, **kwargs)
+
+    def _as_retriever_lists(self, query: VectorStoreQuery) -> bool:
+        """Whether ``query.node_ids`` is the list ``VectorStoreIndex.as_retriever`` sends: no restriction.
+
+        Called on the caller's thread (it reads the call stack; see :func:`_index_retriever_verdict`);
+        without such a retriever on the stack, a list of exactly the stored ``IndexNode`` /
+        ``ImageNode`` nodes counts too (:meth:`_lists_the_non_text_nodes`).
+        """
+        node_ids = query.node_ids
+        if not node_ids:
+            return False
+        verdict = _index_retriever_verdict(self, node_ids)
+        if verdict is None:
+            verdict = self._lists_the_non_text_nodes(node_ids)
+        if verdict:
+            logger.info(
+                "node_ids is the list VectorStoreIndex.as_retriever passes (its IndexNode / ImageNode nodes): "
+                "searching every node. To search only those nodes use KLRetriever(node_ids=...)"
+            )
+        return verdict
+
+    def _query(self, query: VectorStoreQuery, unrestricted: bool, **kwargs: Any) -> VectorStoreQueryResult:
+        """:meth:`query`, with ``unrestricted`` saying whether to ignore ``query.node_ids`` (the as_retriever list)."""
         mode = _enum_value(query.mode)
         if mode not in SUPPORTED_QUERY_MODES:
             raise ValueError(f"KLVectorStore supports the query modes {SUPPORTED_QUERY_MODES}; got {mode!r}")
         gaussian = self._query_gaussian(query)
-        node_ids = query.node_ids
-        if node_ids and self._lists_the_non_text_nodes(node_ids):
-            logger.info(
-                "node_ids lists exactly the store's IndexNode / ImageNode nodes (what VectorStoreIndex.as_retriever "
-                "passes): searching every node. To search only those nodes use KLRetriever(node_ids=...)"
-            )
-            node_ids = None  # what VectorStoreIndex.as_retriever passes: no restriction (see the docstring)
+        # what VectorStoreIndex.as_retriever passes: no restriction (see the class docstring)
+        node_ids = None if unrestricted else query.node_ids
         if mode == VectorStoreQueryMode.DEFAULT.value:
             return self.search_gaussian(
                 gaussian, query.similarity_top_k, query.filters, node_ids=node_ids, doc_ids=query.doc_ids
@@ -1435,23 +1555,27 @@ class KLVectorStore(BasePydanticVectorStore):
         )
 
     def _stored_non_text_ids(self) -> frozenset[str]:
-        """Ids of the stored ``IndexNode`` / ``ImageNode`` nodes (from their ``_node_type``), cached.
+        """Ids of the stored ``IndexNode`` / ``ImageNode`` nodes (from their ``_node_type``).
 
-        The scan is redone after any write: through this object, or through the store itself (its
-        ``write_count``, which every add, upsert and delete bumps, also those of another wrapper).
+        Kept up to date by :meth:`add` and the deletes through this object (they know the node
+        types); the store is scanned again only when it was changed otherwise (its ``write_count``,
+        which every add, upsert and delete bumps, differs from the one the ids are right for: a
+        write to the wrapped ``KLStore`` itself, or through another wrapper).
         """
-        writes, size = self._writes, (len(self._store), getattr(self._store, "write_count", None))
-        cached = self._non_text
-        if cached is not None and cached[:2] == (writes, size):
-            return cached[2]
+        with self._non_text_lock:
+            cached = self._non_text
+        version = self._store.write_count
+        if cached is not None and cached[0] == version:
+            return cached[1]
         docs = self._store.get_by_ids(self._store.ids)
         found = frozenset(d.id for d in docs if d.metadata.get("_node_type") in _NON_TEXT_NODE_TYPES)
-        if self._writes == writes:  # no write landed during the scan (a later one bumps the count again)
-            self._non_text = (writes, size, found)
+        with self._non_text_lock:
+            if self._store.write_count == version:  # no write landed during the scan
+                self._non_text = (version, found)
         return found
 
     def _lists_the_non_text_nodes(self, node_ids: Sequence[str]) -> bool:
-        """Whether ``node_ids`` is what ``VectorStoreIndex.as_retriever`` passes for this store: no restriction.
+        """The guess for a query no ``VectorStoreIndex`` retriever sent (see :meth:`_as_retriever_lists`).
 
         For a store that keeps the text, LlamaIndex records only ``IndexNode`` / ``ImageNode`` nodes
         in the index struct (to swap them back in from its docstore) and ``as_retriever`` passes
@@ -1470,7 +1594,12 @@ class KLVectorStore(BasePydanticVectorStore):
 
     async def aquery(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """:meth:`query` in a worker thread (the event loop keeps running while the query is encoded and ranked)."""
-        return await asyncio.to_thread(self.query, query, **kwargs)
+        # Decided here: the worker thread's stack holds no retriever. to_thread copies this context into it.
+        token = _AS_RETRIEVER_LIST.set((self, query, self._as_retriever_lists(query)))
+        try:
+            return await asyncio.to_thread(self.query, query, **kwargs)
+        finally:
+            _AS_RETRIEVER_LIST.reset(token)
 
     def search_gaussian(
         self,
@@ -1643,7 +1772,8 @@ class KLVectorStore(BasePydanticVectorStore):
         suffix ``.klstore``.  An explicit ``calibrator=`` is written as JSON
         (:meth:`~kl_retrievers.calibration.ConfidenceCalibrator.save`) to ``<name>.calibrator.json``
         and recorded in the manifest, so abstention survives a reload; a store without one records
-        ``None`` (the query encoder's model's calibrator is found again after loading).  Everything
+        ``None`` (the query encoder's model's calibrator is found again after loading). The manifest
+        also records ``relevance``, ``flat_metadata`` and ``is_embedding_query``.  Everything
         is written atomically; persisting again overwrites it.
         ``load_index_from_storage(StorageContext.from_defaults(persist_dir=dir))`` loads the
         store back as a :class:`KLVectorStore` (see :meth:`from_persist_path`).
@@ -1666,6 +1796,7 @@ class KLVectorStore(BasePydanticVectorStore):
             "score_direction": SCORE_DIRECTION,
             "flat_metadata": self.flat_metadata,
             "relevance": self.relevance,
+            "is_embedding_query": self.is_embedding_query,
             "calibrator": calibrator_path.name if calibrator is not None else None,
             "embedding_dict": {"kl-retrievers": [_NOT_A_SIMPLE_VECTOR_STORE]},
         }
@@ -1725,11 +1856,16 @@ class KLVectorStore(BasePydanticVectorStore):
             if not calibrator.is_file():
                 raise FileNotFoundError(f"{path} records the calibrator {saved!r}, which is missing from {path.parent}")
         relevance = manifest.get("relevance") or adapters.DEFAULT_RELEVANCE
+        # a manifest written before the field was recorded: LlamaIndex's default, as then
+        is_embedding_query = manifest.get("is_embedding_query", True)
+        if not isinstance(is_embedding_query, bool):
+            raise ValueError(f"{path}: 'is_embedding_query' must be true or false; got {is_embedding_query!r}")
         return cls(
             KLStore.load(path.parent / name, encoder=encoder, mmap=mmap),
             relevance=str(relevance),
             calibrator=calibrator,
             flat_metadata=bool(manifest.get("flat_metadata", False)),
+            is_embedding_query=is_embedding_query,
         )
 
     @classmethod
@@ -2136,6 +2272,14 @@ class KLHybridRetriever(_TopKRetriever):
         self._predicate = metadata_filters_to_predicate(filters)
         self._scorer = ConfidenceScorer(calibrator, "hybrid")
         super().__init__(callback_manager=callback_manager, verbose=verbose)
+        # documents already in the store (loaded, or added with the core API) may use a score key: once per store
+        store._warn_stored_reserved_keys(
+            "KLHybridRetriever (documents already stored)",
+            keys=_SCORE_KEYS,
+            effect=_NODE_EFFECT,
+            reserved=_RESERVED_KEYS_TEXT,
+            log=logger,
+        )
 
     @property
     def store(self) -> KLHybridStore:
@@ -2161,8 +2305,9 @@ class KLHybridRetriever(_TopKRetriever):
 
         Exactly one of ``nodes``, ``documents`` and ``store`` is required. Documents are split
         with ``transformations`` (default: ``SentenceSplitter()``); each node is stored under its
-        ``node_id`` with its text (``MetadataMode.NONE``), its metadata and ``ref_doc_id``. The
-        encoder defaults to the store's, then the package's default model.
+        ``node_id`` (a repeated id: the last node wins, as in :meth:`KLVectorStore.add`) with its
+        text (``MetadataMode.NONE``), its metadata and ``ref_doc_id``. The encoder defaults to the
+        store's, then the package's default model.
 
         Args:
             nodes: Nodes to index.
@@ -2202,8 +2347,16 @@ class KLHybridRetriever(_TopKRetriever):
                 nodes = list(run_transformations(list(documents), steps))
             store = KLHybridStore(encoder, fusion=fusion, **store_kwargs)
             node_list = list(nodes or [])
+            # The last occurrence of a repeated id wins, as in KLVectorStore.add (KLHybridStore.add refuses repeats).
+            last = {n.node_id: i for i, n in enumerate(node_list)}
+            if len(last) < len(node_list):
+                logger.warning(
+                    "from_defaults: %d repeated node id(s); the last occurrence wins", len(node_list) - len(last)
+                )
+                node_list = [node_list[i] for i in sorted(last.values())]
             reserved = _reserved_keys_in(node_list)
             if reserved:
+                store._reserved_warned = True  # one warning, this one (not KLHybridStore.add's too)
                 _warn_reserved_keys(reserved, "KLHybridRetriever.from_defaults")
             if node_list:
                 store.add(

@@ -142,8 +142,21 @@ def _read_config(folder: Path) -> dict[str, Any]:
 def _delta_keys(folder: Path) -> list[str]:
     from safetensors import safe_open
 
-    with safe_open(os.fspath(folder / "delta.safetensors"), framework="numpy") as fh:
-        return list(fh.keys())
+    delta = folder / "delta.safetensors"
+    try:
+        with safe_open(os.fspath(delta), framework="numpy") as fh:
+            return list(fh.keys())
+    except Exception as exc:  # SafetensorError, OSError...: a damaged file names itself, as on the torch path
+        raise NotAnEncoderError(f"{delta} is damaged or not a safetensors file: {exc}") from None
+
+
+def _load_heads(delta: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(os.fspath(delta))
+    except Exception as exc:
+        raise NotAnEncoderError(f"{delta} is damaged or not a safetensors file: {exc}") from None
 
 
 def shared_backbone_for(folder: str | os.PathLike[str]) -> SharedBackbone | None:
@@ -286,7 +299,6 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
     def __init__(
         self, folder: str | os.PathLike[str], *, num_threads: int | None = None, name_or_path: str | None = None
     ) -> None:
-        from safetensors.numpy import load_file
         from tokenizers import Tokenizer
 
         path = Path(folder)
@@ -312,13 +324,7 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
         cfg_file = path / CONFIG_NAME
         enc = saved["encoder"]
         # The checks the torch backend makes (GaussianEncoder.from_pretrained): the same fields, the same messages.
-        checked = encoder_config(saved, cfg_file)  # beta > 0, var_floor > 0, int lengths >= 3, pooling, dim
-        for name in ("normalize_pooled", "var_token"):
-            if not isinstance(getattr(checked, name), bool):
-                raise NotAnEncoderError(
-                    f"{cfg_file}: field 'encoder' is invalid: {name} must be true or false; "
-                    f"got {getattr(checked, name)!r}"
-                )
+        checked = encoder_config(saved, cfg_file)  # beta > 0, var_floor > 0, int lengths >= 3, bool flags, pooling, dim
         delta = path / "delta.safetensors"
         if saved.get("weights", delta.name) != delta.name:
             raise NotAnEncoderError(f"{cfg_file}: field 'weights' must be {delta.name!r}; got {saved.get('weights')!r}")
@@ -358,7 +364,7 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
             # the heads' SHA-256 too, so that what identifies the encoder (e.g. encoding caches) covers its weights
             encoder={**enc, "onnx_heads": {"delta_sha256": cached_sha256(delta)}},
         )
-        heads = load_file(os.fspath(delta))
+        heads = _load_heads(delta)
         hidden_size: int = hidden if hidden is not None else int(heads["mean_head.weight"].shape[1])
         dim = config.dim
         for name, shape in (

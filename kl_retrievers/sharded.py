@@ -36,6 +36,7 @@ Examples:
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import logging
@@ -143,6 +144,19 @@ def _is_record(line: bytes) -> bool:
     return bool(line.strip())
 
 
+def _without_bom(number: int, line: bytes) -> bytes:
+    """Line ``number`` of a file without the UTF-8 byte order mark that may open line 1.
+
+    As :func:`kl_retrievers.datasets.load_beir` reads files; :func:`plan_shards` counts the 3 bytes
+    in its offsets, so the first shard starts after them.
+
+    Examples:
+        >>> _without_bom(1, b"\\xef\\xbb\\xbfa\\n"), _without_bom(2, b"\\xef\\xbb\\xbfa\\n")
+        (b'a\\n', b'\\xef\\xbb\\xbfa\\n')
+    """
+    return line[len(codecs.BOM_UTF8) :] if number == 1 and line.startswith(codecs.BOM_UTF8) else line
+
+
 def split_records(raw: bytes) -> list[bytes]:
     """A text or JSONL file's records: its lines (ending at ``b"\\n"`` only), blank ones dropped.
 
@@ -162,7 +176,8 @@ def plan_shards(
     """Scan ``path`` once, check every record, and cut it into shards of ``shard_size`` records.
 
     A record is a non-blank line (a JSON object in a ``.jsonl`` file, a text otherwise). Every
-    record is checked as ``kl-retrievers encode`` checks it, with the same messages naming the file
+    record is checked as ``kl-retrievers encode`` checks it (a UTF-8 byte order mark opening the file
+    is skipped, as :func:`kl_retrievers.datasets.load_beir` skips it), with the same messages naming the file
     line, so that a bad record fails the run before any shard is encoded: UTF-8, and for JSONL a
     JSON object with a valid id (``_id`` or ``id``: a non-empty string or an integer, else the
     record number; :func:`kl_retrievers._io.row_id`) and a text in ``field`` (``"auto"``: title +
@@ -190,8 +205,10 @@ def plan_shards(
     jsonl = is_jsonl_path(source)
     id_hashes = array("q")  # one 64-bit hash of each JSONL record's id, in record order
     with open(source, "rb") as fh:
-        for number, line in enumerate(fh, 1):
-            digest.update(line)
+        for number, whole in enumerate(fh, 1):
+            digest.update(whole)
+            line = _without_bom(number, whole)
+            offset += len(whole) - len(line)  # a byte order mark belongs to no record
             if _is_record(line):
                 doc_id = _check_record(line, first + rows, f"{source}, line {number}", jsonl, field)
                 if jsonl:
@@ -266,7 +283,8 @@ def _check_unique_ids(source: Path, id_hashes: array[int]) -> None:
     first_line: dict[str, int] = {}
     record = 0
     with open(source, "rb") as fh:
-        for number, line in enumerate(fh, 1):
+        for number, whole in enumerate(fh, 1):
+            line = _without_bom(number, whole)
             if not _is_record(line):
                 continue
             doc_id = _record_id(line, record, f"{source}, line {number}")

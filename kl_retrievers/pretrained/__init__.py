@@ -344,7 +344,10 @@ def _load(
         return encoder
     assert name_or_path is not None
     if _is_onnx_export(Path(name_or_path).expanduser()):
-        raise ValueError(f"{name_or_path} holds an ONNX export (model.onnx); load it with backend='onnx'")
+        raise ValueError(
+            f"{name_or_path} holds an ONNX export (model.onnx), which runs on ONNX Runtime only; load it with "
+            "backend='onnx' (on the command line: --model-backend onnx)"
+        )
     return GaussianEncoder.from_pretrained(name_or_path, device=device)
 
 

@@ -247,6 +247,11 @@ def _as_numpy_gaussians(g: Gaussians, what: str) -> Gaussians:
     return Gaussians(mean, var, validate=False)
 
 
+#: The largest 32-bit C integer: FAISS takes its settings (``efSearch``, ``nprobe``, ``M``, ...) as such, and a
+#: larger one fails only at the first add or search (an ``OverflowError`` from the bindings).
+MAX_INT32 = 2**31 - 1
+
+
 def _check_store_args(
     index_type: str,
     compression: str | None,
@@ -254,8 +259,19 @@ def _check_store_args(
     norm_headroom: float,
     positive: Sequence[tuple[str, Any]],
     compressions: Sequence[str | None],
+    maxima: Mapping[str, int] | None = None,
 ) -> None:
-    """The constructor checks every backend shares (``ValueError`` naming the value)."""
+    """The constructor checks every backend shares (``ValueError`` naming the value).
+
+    Each of ``dim`` and ``positive`` must be a positive integer, and at most ``maxima[name]`` where
+    ``maxima`` names it (e.g. :data:`MAX_INT32` for what the index library takes as a C ``int``).
+
+    Examples:
+        >>> _check_store_args("hnsw", None, None, 1.1, [("ef_search", 2**40)], [None], {"ef_search": MAX_INT32})
+        ... # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: ef_search must be an integer from 1 to 2147483647 (...); got 1099511627776
+    """
     if index_type not in INDEX_TYPES:
         raise ValueError(f"index_type must be one of {INDEX_TYPES}; got {index_type!r}")
     if compression not in compressions:
@@ -267,6 +283,11 @@ def _check_store_args(
             continue
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
             raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        if maxima and name in maxima and value > maxima[name]:
+            raise ValueError(
+                f"{name} must be an integer from 1 to {maxima[name]} (the index library takes it as a 32-bit "
+                f"integer); got {value!r}"
+            )
     if (
         isinstance(norm_headroom, bool)
         or not isinstance(norm_headroom, (int, float, np.integer, np.floating))

@@ -45,10 +45,10 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
-from kl_retrievers._io import library_version
+from kl_retrievers._io import finite_json, library_version, refuse_json_constant
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME
 from kl_retrievers.hub import sha256_file
-from kl_retrievers.store._base import INDEX_TYPES, StoreFormatError
+from kl_retrievers.store._base import INDEX_TYPES, StoreFormatError, _check_utf8
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +93,32 @@ def _is_real(value: Any) -> TypeGuard[float]:
 
 
 # ------------------------------------------------------------------ config.json
+def is_store_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a KLStore's ``config.json`` (``format`` :data:`FORMAT_NAME`): a save may replace it.
+
+    Examples:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / CONFIG).write_text('{"dim": 4}')
+        >>> is_store_folder(folder)
+        False
+    """
+    try:
+        config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(config, dict) and config.get("format") == FORMAT_NAME
+
+
 def read_config(cfg_path: Path) -> dict[str, Any]:
     """Read and validate a store's ``config.json``; every problem is a :class:`StoreFormatError` naming the field.
 
     Stores saved by earlier releases of format version 1 (without ``index_offset`` or some
     ``index_params``) are accepted; a newer format version or an ``index_params`` key this
-    release does not know (what a newer release would write) is refused.
+    release does not know (what a newer release would write) is refused. ``NaN`` / ``Infinity``
+    (not standard JSON) are refused, except in ``encoder.config`` (only recorded, never read back:
+    earlier releases wrote an encoder's non-finite settings as they were), where they become null
+    with a warning.
     """
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
@@ -106,6 +126,18 @@ def read_config(cfg_path: Path) -> dict[str, Any]:
         raise StoreFormatError(f"{cfg_path} is not valid JSON: {exc}") from exc
     if not isinstance(config, dict):
         raise StoreFormatError(f"{cfg_path} must hold a JSON object; got a JSON {type(config).__name__}")
+    found: list[str] = []
+    config = finite_json(config, found=found)
+    refused = [where for where in found if not where.startswith("encoder.config.")]
+    if refused:
+        raise StoreFormatError(
+            f"{cfg_path}: field(s) {refused} hold NaN or Infinity, which standard JSON cannot hold and a store "
+            "never writes (edited by hand?)"
+        )
+    if found:
+        logger.warning(
+            "%s: encoder.config holds NaN or Infinity at %s (not standard JSON); read as null", cfg_path, found
+        )
     _check_header(config, cfg_path)
     _check_fields(config, cfg_path)
     _check_file_table(config, cfg_path)
@@ -319,22 +351,25 @@ def read_documents(path: Path, count: int) -> tuple[list[str], list[str | None],
     ids: list[str] = []
     texts: list[str | None] = []
     metas: list[dict[str, Any]] = []
+    refuse = refuse_json_constant()
     try:
         with open(path, encoding="utf-8") as f:
             for line_no, line in enumerate(f, 1):
                 try:
-                    rec = json.loads(line)
+                    rec = json.loads(line, parse_constant=refuse)
                 except ValueError as exc:
-                    raise StoreFormatError(f"{DOCS} line {line_no} is malformed: {exc}") from exc
+                    raise StoreFormatError(f"{path} line {line_no} is malformed: {exc}") from exc
                 if not isinstance(rec, dict):
-                    raise StoreFormatError(f"{DOCS} line {line_no} is malformed: not a JSON object")
+                    raise StoreFormatError(f"{path} line {line_no} is malformed: not a JSON object")
                 doc_id, text, meta = rec.get("id"), rec.get("text"), rec.get("metadata")
                 if not isinstance(doc_id, str):
-                    raise StoreFormatError(f"{DOCS} line {line_no}: field 'id' must be a string; got {doc_id!r}")
+                    raise StoreFormatError(f"{path} line {line_no}: field 'id' must be a string; got {doc_id!r}")
                 if not isinstance(text, (str, type(None))):
-                    raise StoreFormatError(f"{DOCS} line {line_no}: field 'text' must be a string or null")
+                    raise StoreFormatError(f"{path} line {line_no}: field 'text' must be a string or null")
                 if not isinstance(meta, (dict, type(None))):
-                    raise StoreFormatError(f"{DOCS} line {line_no}: field 'metadata' must be an object or null")
+                    raise StoreFormatError(f"{path} line {line_no}: field 'metadata' must be an object or null")
+                if "\\u" in line:  # a lone surrogate only comes as an escape: what add refuses (never saved again)
+                    _check_line_utf8(path, line_no, doc_id, text, meta)
                 ids.append(doc_id)
                 texts.append(text)
                 metas.append(meta or {})
@@ -347,6 +382,20 @@ def read_documents(path: Path, count: int) -> tuple[list[str], list[str | None],
         dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
         raise StoreFormatError(f"{DOCS} contains duplicate id {dup!r}")
     return ids, texts, metas
+
+
+def _check_line_utf8(path: Path, line_no: int, doc_id: str, text: str | None, meta: dict[str, Any] | None) -> None:
+    """Refuse a record holding a lone surrogate (as ``add`` does: it could never be saved again)."""
+    parts: list[tuple[str, str]] = [(doc_id, "field 'id'")]
+    if text is not None:
+        parts.append((text, "field 'text'"))
+    if meta:
+        parts.append((json.dumps(meta, ensure_ascii=False), "field 'metadata' (as JSON)"))
+    for value, what in parts:
+        try:
+            _check_utf8(value, what)
+        except ValueError as exc:
+            raise StoreFormatError(f"{path} line {line_no}: {exc}") from None
 
 
 # ------------------------------------------------------------------ writing
@@ -363,7 +412,9 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
 def _write_jsonl(path: Path, ids: list[str], texts: list[str | None], metadatas: list[dict[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for doc_id, text, meta in zip(ids, texts, metadatas, strict=True):
-            f.write(json.dumps({"id": doc_id, "text": text, "metadata": meta}, ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps({"id": doc_id, "text": text, "metadata": meta}, ensure_ascii=False, allow_nan=False) + "\n"
+            )
 
 
 def write_folder(
@@ -397,6 +448,6 @@ def write_folder(
             _fsync(p)
             files[name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
     with open(tmp / CONFIG, "w", encoding="utf-8") as f:
-        json.dump({**config, "files": files}, f, indent=2, sort_keys=True)
+        json.dump({**config, "files": files}, f, indent=2, sort_keys=True, allow_nan=False)
         f.flush()
         os.fsync(f.fileno())

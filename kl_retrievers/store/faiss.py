@@ -66,11 +66,19 @@ from typing import Any
 
 import numpy as np
 
-from kl_retrievers._io import atomic_dir, library_version, load_unchanged, recover_dir
+from kl_retrievers._io import (
+    atomic_dir,
+    check_replace_target,
+    finite_json,
+    library_version,
+    load_unchanged,
+    recover_dir,
+)
 from kl_retrievers.filters import MetadataFilter, compile_filter
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians
 from kl_retrievers.store import _format
 from kl_retrievers.store._base import (
+    MAX_INT32,
     DeleteReport,
     GaussianStore,
     SearchResult,
@@ -158,6 +166,21 @@ def _check_settings(
         raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
 
 
+#: The largest value of each integer FAISS receives (a C ``int``): larger ones raised a raw ``OverflowError``
+#: at the first add or search. A filtered HNSW search asks FAISS for up to 8 x ``ef_search``
+#: (:meth:`ApproxEngine._approx_candidates <kl_retrievers.store._engines.ApproxEngine._approx_candidates>`
+#: widens it).
+_FAISS_MAXIMA = {
+    "dim": MAX_INT32,
+    "hnsw_m": MAX_INT32,
+    "ef_search": MAX_INT32 // 8,
+    "ef_construction": MAX_INT32,
+    "nlist": MAX_INT32,
+    "nprobe": MAX_INT32,
+    "pq_m": MAX_INT32,
+}
+
+
 def _check_all(values: dict[str, Any], dim: int | None = None) -> None:
     """Every constructor check of the settings ``values`` (one value per name in :data:`_SETTINGS`)."""
     ints = [(name, values[name]) for name in _INT_SETTINGS]
@@ -168,6 +191,7 @@ def _check_all(values: dict[str, Any], dim: int | None = None) -> None:
         values["norm_headroom"],
         [*ints, ("batch_size", values["batch_size"])],
         COMPRESSIONS,
+        _FAISS_MAXIMA,
     )
     _check_settings(
         values["compression"],
@@ -500,10 +524,16 @@ class KLStore(GaussianStore):
         if self.encoder is not None:
             cfg = getattr(self.encoder, "config", None)
             try:
-                cfg_dict = cfg.to_dict() if cfg is not None else None
-                json.dumps(cfg_dict)
+                found: list[str] = []
+                cfg_dict = finite_json(cfg.to_dict(), found=found) if cfg is not None else None
+                json.dumps(cfg_dict, allow_nan=False)
             except (TypeError, ValueError, AttributeError):
                 cfg_dict = None
+            else:
+                if found:  # config.json is standard JSON: the (informational) record says null
+                    logger.warning(
+                        "the encoder config holds NaN or Infinity at %s; recorded as null in the store", found
+                    )
             encoder_info = {"name_or_path": str(getattr(self.encoder, "name_or_path", "")), "config": cfg_dict}
         return {
             "format": _format.FORMAT_NAME,
@@ -522,14 +552,25 @@ class KLStore(GaussianStore):
             "encoder": encoder_info,
         }
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Save atomically to the folder ``path`` (tombstones are compacted first).
 
-        Files are written into a temporary sibling folder which then replaces ``path``; an
-        interrupted save leaves the previous copy intact.  No pickle is used anywhere.
+        Files are written into a temporary sibling folder which then replaces ``path`` as a whole;
+        an interrupted save leaves the previous copy intact.  No pickle is used anywhere.
+
+        Args:
+            path: A new or empty folder, or an earlier save of a KLStore (its ``config.json`` has
+                ``format`` ``"kl-retrievers/klstore"``).
+            overwrite: Replace ``path`` even when it is a non-empty folder that is not a saved
+                KLStore (everything in it is deleted).
 
         Returns:
             The folder path.
+
+        Raises:
+            ValueError: ``path`` is a non-empty folder that is not a saved KLStore (without ``overwrite``;
+                the message names it and some of its entries), or it exists and is not a folder.
+            NotADirectoryError: A parent of ``path`` is a file.
 
         Examples:
             >>> import tempfile, numpy as np
@@ -540,11 +581,12 @@ class KLStore(GaussianStore):
             2
         """
         target = Path(path)
-        if target.exists() and (
-            not target.is_dir() or (any(target.iterdir()) and not (target / _format.CONFIG).exists())
-        ):
-            raise ValueError(f"{target} exists and is not a KLStore folder; refusing to overwrite it")
-        target.parent.mkdir(parents=True, exist_ok=True)
+        check_replace_target(
+            target,
+            is_ours=_format.is_store_folder,
+            what=f"a KLStore folder (an earlier save: its config.json has format {_format.FORMAT_NAME!r})",
+            overwrite=overwrite,
+        )
         table = self._table
 
         def write_files() -> None:
