@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -47,7 +48,7 @@ def _is_int(value: object) -> bool:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 class NotAnEncoderError(ValueError):
@@ -91,6 +92,10 @@ class GaussianEncoderConfig:
             raise ValueError(f"dim must be a positive int; got {self.dim!r}")
         if not (_is_number(self.beta) and math.isfinite(self.beta) and self.beta > 0):
             raise ValueError(f"beta must be a finite number > 0; got {self.beta!r}")
+        for name in ("beta", "var_floor"):  # e.g. a numpy float: made JSON-ready (a Python int or float is kept)
+            value = getattr(self, name)
+            if _is_number(value) and not isinstance(value, (int, float)):
+                setattr(self, name, float(value))
         if self.pooling not in _POOLINGS:
             raise ValueError(f"pooling must be one of {_POOLINGS}; got {self.pooling!r}")
         if not (_is_number(self.var_floor) and math.isfinite(self.var_floor) and self.var_floor > 0):

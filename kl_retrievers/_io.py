@@ -831,9 +831,12 @@ def _checked_ids(ids: Any, rows: int, where: str) -> list[str]:
         raise ValueError(f"{where}: the ids must be a JSON list of strings; got a JSON {type(ids).__name__}")
     if len(ids) != rows:
         raise ValueError(f"{where}: holds {len(ids)} ids for {rows} Gaussians; expected one id per row")
-    bad = next((i for i, value in enumerate(ids) if not isinstance(value, str)), None)
+    bad = next((i for i, value in enumerate(ids) if not isinstance(value, (str, int)) or isinstance(value, bool)), None)
     if bad is not None:
         raise ValueError(f"{where}: id {bad} is {ids[bad]!r} ({type(ids[bad]).__name__}); every id must be a string")
+    if any(isinstance(value, int) for value in ids):  # an older save: save_gaussians took int ids then
+        logger.warning("%s: holds integer ids (an older save); they are read as strings, e.g. %r", where, str(ids[0]))
+        return [str(value) for value in ids]
     return ids
 
 

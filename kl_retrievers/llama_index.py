@@ -194,9 +194,9 @@ _NOT_A_SIMPLE_VECTOR_STORE = (
 )
 # How far up the call stack KLEmbedding looks for the vector store it is embedding for.
 _STACK_DEPTH = 40
-# (store, query, whether query.node_ids is the as_retriever list): what KLVectorStore.aquery decided on the
-# event loop's thread, for the query it runs in a worker thread (see KLVectorStore._as_retriever_lists).
-_AS_RETRIEVER_LIST: contextvars.ContextVar[tuple[Any, Any, bool] | None] = contextvars.ContextVar(
+# (store, query, _index_retriever_verdict): what KLVectorStore.aquery found on the event loop's thread's stack,
+# for the query it runs in a worker thread (see KLVectorStore._as_retriever_lists).
+_AS_RETRIEVER_LIST: contextvars.ContextVar[tuple[Any, Any, bool | None] | None] = contextvars.ContextVar(
     "kl_retrievers_as_retriever_list", default=None
 )
 
@@ -519,10 +519,12 @@ def _index_retriever_verdict(store: BasePydanticVectorStore, node_ids: Sequence[
     store that keeps the text LlamaIndex records there only the ``IndexNode`` / ``ImageNode`` nodes
     it inserted through that index object, never the text nodes, and never removes an id (also not
     when the node is deleted, or re-inserted as a ``TextNode``). So the list is the as_retriever list
-    when it is a prefix of the index's ``nodes_dict`` values now (equal, or the values when the
-    retriever was made, before later inserts): ``True``. An index with ``store_nodes_override=True``
-    records every node it inserted, so its list is a real restriction (``False``), as is any other
-    list given to the retriever (``False``). ``None``: no such retriever on the stack (a direct query).
+    when it equals the index's ``nodes_dict`` values now: ``True``. Anything else is read as a real
+    restriction (``False``): a list given to ``VectorIndexRetriever(index, node_ids=...)``, also a
+    part of the index's own list (it cannot be told from an ``as_retriever`` list made before a later
+    insert, and widening a restriction someone asked for is worse than narrowing a stale one), and
+    the list of an index with ``store_nodes_override=True``, which records every node it inserted.
+    ``None``: no such retriever on the stack (a direct query).
     """
     frame = inspect.currentframe()
     try:
@@ -545,8 +547,7 @@ def _index_retriever_verdict(store: BasePydanticVectorStore, node_ids: Sequence[
                 continue
             if getattr(index, "_store_nodes_override", False):
                 return False
-            wanted = [str(i) for i in node_ids]
-            return [str(v) for v in nodes_dict.values()][: len(wanted)] == wanted
+            return [str(v) for v in nodes_dict.values()] == [str(i) for i in node_ids]
         return None
     finally:
         del frame
@@ -1503,24 +1504,28 @@ class KLVectorStore(BasePydanticVectorStore):
             ValueError: ``similarity_top_k < 1``, a query mode outside :data:`SUPPORTED_QUERY_MODES`,
                 an unsupported filter operator, or a query embedding that is not a KL query vector.
         """
-        known = _AS_RETRIEVER_LIST.get()  # decided by aquery on the event loop's thread (see there)
+        known = _AS_RETRIEVER_LIST.get()  # what aquery found on the event loop's thread's stack (see there)
         if known is not None and known[0] is self and known[1] is query:
-            unrestricted = known[2]
+            unrestricted = self._as_retriever_lists(query, known[2])
         else:
-            unrestricted = self._as_retriever_lists(query)
+            unrestricted = self._as_retriever_lists(query, self._stack_verdict(query))
         return self._query(query, unrestricted, **kwargs)
 
-    def _as_retriever_lists(self, query: VectorStoreQuery) -> bool:
+    def _stack_verdict(self, query: VectorStoreQuery) -> bool | None:
+        """:func:`_index_retriever_verdict` for ``query.node_ids`` (read on the caller's thread: it walks the stack)."""
+        return _index_retriever_verdict(self, query.node_ids) if query.node_ids else False
+
+    def _as_retriever_lists(self, query: VectorStoreQuery, verdict: bool | None) -> bool:
         """Whether ``query.node_ids`` is the list ``VectorStoreIndex.as_retriever`` sends: no restriction.
 
-        Called on the caller's thread (it reads the call stack; see :func:`_index_retriever_verdict`);
-        without such a retriever on the stack, a list of exactly the stored ``IndexNode`` /
-        ``ImageNode`` nodes counts too (:meth:`_lists_the_non_text_nodes`).
+        ``verdict`` is :meth:`_stack_verdict`'s answer; when no retriever was on the stack
+        (``None``), a list of exactly the stored ``IndexNode`` / ``ImageNode`` nodes counts too
+        (:meth:`_lists_the_non_text_nodes`, which may read every stored document: never called on
+        the event loop's thread by :meth:`aquery`).
         """
         node_ids = query.node_ids
         if not node_ids:
             return False
-        verdict = _index_retriever_verdict(self, node_ids)
         if verdict is None:
             verdict = self._lists_the_non_text_nodes(node_ids)
         if verdict:
@@ -1595,7 +1600,7 @@ class KLVectorStore(BasePydanticVectorStore):
     async def aquery(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """:meth:`query` in a worker thread (the event loop keeps running while the query is encoded and ranked)."""
         # Decided here: the worker thread's stack holds no retriever. to_thread copies this context into it.
-        token = _AS_RETRIEVER_LIST.set((self, query, self._as_retriever_lists(query)))
+        token = _AS_RETRIEVER_LIST.set((self, query, self._stack_verdict(query)))
         try:
             return await asyncio.to_thread(self.query, query, **kwargs)
         finally:

@@ -135,3 +135,12 @@ def test_hybrid_save_refuses_a_folder_that_merely_holds_a_file_named_hybrid_json
     assert KLHybridStore.load(store.save(saved)).ids == ["x"]  # an earlier save is replaced
     store.save(mine, overwrite=True)
     assert KLHybridStore.load(mine).ids == ["x"] and not (mine / "src").exists()
+
+
+def test_config_takes_numpy_floats_as_json_ready_floats() -> None:
+    import numpy as np
+
+    cfg = GaussianEncoderConfig(dim=4, beta=np.float32(2.0), var_floor=np.float64(1e-4))  # type: ignore[arg-type]
+    assert type(cfg.beta) is float and isinstance(cfg.var_floor, float)  # np.float64 is a float
+    assert json.loads(json.dumps(cfg.to_dict()))["beta"] == 2.0
+    assert GaussianEncoderConfig(dim=4, beta=1).to_dict()["beta"] == 1  # a Python int stays as it was

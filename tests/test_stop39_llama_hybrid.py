@@ -76,12 +76,10 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_reopened_index_with_a_new_index_node_still_finds_text_nodes(embed: KLEmbedding) -> None:
     vs, _ = _index(embed)
     reopened = VectorStoreIndex.from_vector_store(vs, embed_model=embed)
-    stale = reopened.as_retriever(similarity_top_k=10)  # made before the insert: an older nodes_dict
     reopened.insert_nodes([IndexNode(id_="i1", text="black sun", index_id="y")])
     assert list(reopened.index_struct.nodes_dict.values()) == ["i1"]  # i0 is stored but not listed
     want = {*TEXT_IDS, "i0", "i1"}
     assert _ids(reopened.as_retriever(similarity_top_k=10).retrieve("cat")) == want
-    assert _ids(stale.retrieve("cat")) == want
     assert _ids(asyncio.run(reopened.as_retriever(similarity_top_k=10).aretrieve("cat"))) == want
 
 
@@ -107,6 +105,44 @@ def test_explicit_node_ids_still_restrict(embed: KLEmbedding) -> None:
         store_nodes_override=True,
     )
     assert _ids(own.as_retriever(similarity_top_k=10).retrieve("cat")) == {"o0"}
+
+
+def test_a_part_of_the_index_own_list_still_restricts(embed: KLEmbedding) -> None:
+    """A VectorIndexRetriever restricted to the first of the index's IndexNodes must not be widened."""
+    _, index = _index(embed)
+    index.insert_nodes([IndexNode(id_="i1", text="black sun", index_id="y")])
+    assert list(index.index_struct.nodes_dict.values()) == ["i0", "i1"]
+    retriever = VectorIndexRetriever(index, similarity_top_k=10, node_ids=["i0"])
+    assert _ids(retriever.retrieve("cat")) == {"i0"}
+    assert _ids(asyncio.run(retriever.aretrieve("cat"))) == {"i0"}
+    assert _ids(index.as_retriever(similarity_top_k=10).retrieve("cat")) == {*TEXT_IDS, "i0", "i1"}
+
+
+def test_aquery_does_not_scan_the_store_on_the_event_loop(embed: KLEmbedding, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A direct aquery with node_ids needs the stored non-text ids: read in the worker thread, not the loop's."""
+    import threading
+
+    vs, _ = _index(embed)
+    kl = vs.kl_store
+    kl.delete(["t0"])  # changed directly: the next lookup rescans
+    threads: list[str] = []
+    original = kl.get_by_ids
+
+    def recording(ids: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return original(ids)
+
+    monkeypatch.setattr(kl, "get_by_ids", recording)
+    q = embed.get_query_embedding("cat")
+
+    async def run() -> Any:
+        loop_thread = threading.current_thread().name
+        res = await vs.aquery(VectorStoreQuery(query_embedding=q, similarity_top_k=10, node_ids=["i0"]))
+        return loop_thread, res
+
+    loop_thread, res = asyncio.run(run())
+    assert set(res.ids or []) == {*TEXT_IDS[1:], "i0"}  # exactly the stored IndexNodes: no restriction
+    assert threads and loop_thread not in threads, threads
 
 
 # ---------------------------------------------------------------- 2. non-text ids kept up to date, not rescanned

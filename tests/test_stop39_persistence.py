@@ -117,7 +117,8 @@ def test_save_gaussians_refuses_a_folder_that_holds_something_else(tmp_path: Pat
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda p: (p / "ids.json").write_text('["a", 5, "c"]'), r"ids.json: id 1 is 5 \(int\)"),
+        (lambda p: (p / "ids.json").write_text('["a", 5.0, "c"]'), r"ids.json: id 1 is 5.0 \(float\)"),
+        (lambda p: (p / "ids.json").write_text('["a", true, "c"]'), r"ids.json: id 1 is True \(bool\)"),
         (lambda p: (p / "ids.json").write_text('{"a": 1}'), r"ids.json: the ids must be a JSON list"),
         (lambda p: (p / "ids.json").write_text('["a"]'), r"ids.json: holds 1 ids for 3 Gaussians"),
         (lambda p: (p / "ids.json").write_text('["a", "b", NaN]'), r"ids.json is not valid JSON: .*NaN"),
@@ -134,6 +135,17 @@ def test_load_gaussians_checks_ids_kind_and_version(tmp_path: Path, edit: Any, m
 
 def _edit_json(path: Path, **changes: Any) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_load_gaussians_reads_the_int_ids_an_older_save_wrote_as_strings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The previous save_gaussians took int ids: its folders keep loading, their ids as strings."""
+    folder = save_gaussians(tmp_path / "g", random_gaussians(3, 4), ids=["a", "b", "c"])
+    (folder / "ids.json").write_text("[0, 1, 2]")
+    with caplog.at_level(logging.WARNING):
+        assert load_gaussians(folder)[1] == ["0", "1", "2"]
+    assert "integer ids" in caplog.text and "ids.json" in caplog.text
 
 
 def test_load_gaussians_checks_the_safetensors_ids_header(tmp_path: Path) -> None:
