@@ -119,9 +119,10 @@ class Gaussians:
 
     Both arrays are numpy arrays or both torch tensors. They are cast to one float dtype: the
     promoted dtype of the two (so a float32 mean with a float64 var is computed in float64, never
-    truncated) when that is float32 or float64; anything else (float16, bfloat16, integers) becomes
-    float64 for numpy and float32 for torch (torch's default float, which keeps GPU tensors fast).
-    Half precision is never kept: ``-KL`` overflows it. ``k`` must be at least 1.
+    truncated) when that is float32 or float64; other real dtypes (float16, bfloat16, integers,
+    bool) become float64 for numpy and float32 for torch (torch's default float, which keeps GPU
+    tensors fast). Half precision is never kept: ``-KL`` overflows it. ``k`` must be at least 1.
+    Any other dtype (complex, strings, objects) raises ``TypeError`` naming it: nothing is cast.
 
     Examples:
         >>> import numpy as np
@@ -141,15 +142,22 @@ class Gaussians:
         if not _is_torch(mean):
             mean = np.asarray(mean)
             var = np.asarray(var)
-            try:
-                dtype = np.result_type(mean.dtype, var.dtype)
-            except TypeError:  # e.g. strings: astype below converts them or names the problem
-                dtype = np.dtype(np.float64)
+            for name, arr in (("mean", mean), ("var", var)):
+                if arr.dtype.kind not in "biuf":  # complex would drop its imaginary part, strings be parsed
+                    raise TypeError(
+                        f"{name} has dtype {arr.dtype}; Gaussians take bool, integer or floating arrays only"
+                    )
+            dtype = np.result_type(mean.dtype, var.dtype)
             if dtype not in (np.float32, np.float64):
                 dtype = np.dtype(np.float64)
             mean = mean if mean.dtype == dtype else mean.astype(dtype)
             var = var if var.dtype == dtype else var.astype(dtype)
         else:
+            for name, arr in (("mean", mean), ("var", var)):
+                if arr.dtype.is_complex:
+                    raise TypeError(
+                        f"{name} has dtype {arr.dtype}; Gaussians take bool, integer or floating tensors only"
+                    )
             tdtype = torch.promote_types(mean.dtype, var.dtype)
             if tdtype not in (torch.float32, torch.float64):
                 tdtype = torch.float32
@@ -262,6 +270,10 @@ def neg_kl(queries: Gaussians, documents: Gaussians) -> Array:
     Returns:
         Shape ``(max(n_q, n_d),)``; higher is better, 0 for identical Gaussians.
 
+    Computed in the Gaussians' dtype (see :class:`Gaussians`): float32 inputs give float32 scores,
+    with float32 rounding, while the stores and :func:`exact_top_k` score in float64. Pass float64
+    arrays (``g.astype(np.float64)``) for float64 scores.
+
     Examples:
         >>> import numpy as np
         >>> q = Gaussians(np.zeros(2), np.ones(2))
@@ -282,9 +294,13 @@ def neg_kl(queries: Gaussians, documents: Gaussians) -> Array:
 
 
 def neg_kl_matrix(queries: Gaussians, documents: Gaussians) -> Array:
-    """All-pairs ``-KL(Q_i || D_j)`` computed term by term (the exact reference).
+    """All-pairs ``-KL(Q_i || D_j)`` computed term by term (the reference formula).
 
-    Memory is bounded by evaluating blocks of documents at a time.
+    Memory is bounded by evaluating blocks of documents at a time. Computed in the Gaussians'
+    dtype (see :class:`Gaussians`; float32 and float64 are kept): float32 inputs give float32
+    scores with float32 rounding (relative to the size of the terms; enough to swap near ties),
+    while the stores and :func:`exact_top_k` re-score in float64. For the float64 reference pass
+    float64 arrays (``g.astype(np.float64)``).
 
     Args:
         queries: ``n_q`` query Gaussians.
@@ -778,6 +794,59 @@ def check_k(k: Any, name: str = "k") -> int:
     return int(k)
 
 
+def _allowed_rows(rows: Any, n: int) -> np.ndarray:
+    """``rows`` checked as a set of document rows out of ``n``: int64, 1-D, unique, in ``[0, n)``.
+
+    A boolean mask of length ``n`` is read as the rows where it is ``True`` (``np.flatnonzero``).
+    An empty selection of any numeric dtype is no rows. The check is a few passes over ``rows``
+    (a sort only when they are not already increasing, as ``np.flatnonzero`` gives them).
+
+    Raises:
+        ValueError: Naming the bad value: not 1-D, not integers, a mask of another length, a
+            duplicate, or a row outside ``[0, n)``.
+
+    Examples:
+        >>> _allowed_rows(np.array([True, False, True]), 3).tolist()
+        [0, 2]
+        >>> _allowed_rows([4, 1], 3)
+        Traceback (most recent call last):
+        ...
+        ValueError: rows must be document row numbers in [0, 3); got 4 (position 0)
+    """
+    arr = np.asarray(rows)
+    if arr.ndim != 1:
+        raise ValueError(f"rows must be a 1-D array of document row numbers (or a boolean mask); got shape {arr.shape}")
+    if arr.dtype == np.bool_:
+        if arr.size != n:
+            raise ValueError(f"a boolean rows mask must have one entry per document ({n}); got {arr.size}")
+        return np.flatnonzero(arr)
+    if arr.size == 0 and arr.dtype.kind in "iuf":
+        return np.zeros(0, dtype=np.int64)
+    if arr.dtype.kind not in "iu":
+        first = f" (first value {arr.flat[0]!r})" if arr.size else ""
+        raise ValueError(f"rows must be integer document row numbers or a boolean mask; got dtype {arr.dtype}{first}")
+    bad = np.flatnonzero((arr < 0) | (arr >= n))
+    if bad.size:
+        raise ValueError(f"rows must be document row numbers in [0, {n}); got {arr[bad[0]]} (position {int(bad[0])})")
+    out = arr.astype(np.int64, copy=False)
+    if out.size > 1 and not bool((out[1:] > out[:-1]).all()):
+        ordered = np.sort(out, kind="stable")
+        dup = np.flatnonzero(ordered[1:] == ordered[:-1])
+        if dup.size:
+            raise ValueError(f"rows must be unique; row {int(ordered[dup[0]])} is given more than once")
+    return out
+
+
+def _row_tie_rank(n: int, tie_rank: Any) -> np.ndarray:
+    """``tie_rank`` as int64 ranks for ``n`` document rows; by default row order (lower row first)."""
+    if tie_rank is None:
+        return np.arange(n, dtype=np.int64)
+    ranks = np.asarray(tie_rank, dtype=np.int64)
+    if ranks.shape != (n,):
+        raise ValueError(f"tie_rank has shape {ranks.shape}; expected ({n},), one rank per document row")
+    return ranks
+
+
 def _numpy_gaussians(g: Gaussians, what: str) -> Gaussians:
     if not isinstance(g, Gaussians):
         raise TypeError(f"{what} must be a Gaussians batch; got {type(g).__name__}")
@@ -1060,10 +1129,13 @@ def _merge_top(
     all_s = np.concatenate([best_s, s], axis=1)
     all_r = np.concatenate([best_r, r], axis=1)
     if all_s.shape[1] > keep:
-        if tie_rank is None:
-            top = np.argpartition(-all_s, keep - 1, axis=1)[:, :keep]
-        else:
-            top = np.lexsort((tie_rank[all_r], -all_s), axis=1)[:, :keep]
+        top = np.argpartition(-all_s, keep - 1, axis=1)[:, :keep]
+        if tie_rank is not None:
+            # the partition is the answer unless rows tie at its cut (or it holds NaN): sort those queries
+            cut = np.take_along_axis(all_s, top, 1).min(axis=1)
+            tied = np.flatnonzero((all_s >= cut[:, None]).sum(axis=1) != keep)
+            if tied.size:
+                top[tied] = np.lexsort((tie_rank[all_r[tied]], -all_s[tied]), axis=1)[:, :keep]
         all_s = np.take_along_axis(all_s, top, 1)
         all_r = np.take_along_axis(all_r, top, 1)
     return all_s, all_r
@@ -1145,19 +1217,25 @@ def float64_top_k(
     """Top ``k`` rows by float64 scores of every (allowed) document: the slow, always exact path.
 
     Scores come from :func:`neg_kl_rows`, the arithmetic of the pooled re-score, so a document
-    scores the same bits on either path and a shallower run is a prefix of a deeper one.
+    scores the same bits on either path; tied scores are ordered by ``tie_rank`` (default: lower row
+    first), so a shallower run is a prefix of a deeper one.
 
     Args:
         queries: Numpy query Gaussians.
         documents: Numpy document Gaussians (float32 rows are read in float64).
         k: Results per query.
-        rows: The allowed document rows (default: all).
+        rows: The allowed document rows (default: all): a 1-D array of unique integers in
+            ``[0, n_documents)``, or a boolean mask of length ``n_documents`` (its ``True`` rows).
         means_only: Score by ``-||mu_q - mu_d||^2`` instead of ``-KL``.
-        tie_rank: Order of tied rows, indexed by row number (default: unspecified).
+        tie_rank: Order of tied rows, one entry per document row, lower first (default: row
+            order, the lower row first).
         doc_sumlogvar: ``sum_i log var_d_i`` per document row (float64), if already known.
 
     Returns:
         ``(rows, scores)``, shape ``(n_q, k)``, best first, padded with ``-1`` / ``-inf``.
+
+    Raises:
+        ValueError: ``rows`` or ``tie_rank`` not as described above (naming the bad value).
 
     Examples:
         >>> import numpy as np
@@ -1167,7 +1245,8 @@ def float64_top_k(
         (array([[1, 2]]), array([[-0.5, -2. ]]))
     """
     nq = len(queries)
-    allowed = np.arange(len(documents)) if rows is None else np.asarray(rows, dtype=np.int64)
+    allowed = np.arange(len(documents)) if rows is None else _allowed_rows(rows, len(documents))
+    ranks = _row_tie_rank(len(documents), tie_rank)
     q64 = queries.astype(np.float64)
 
     def score(_start: int, block: np.ndarray) -> np.ndarray:
@@ -1185,7 +1264,7 @@ def float64_top_k(
         local = np.broadcast_to(np.arange(block.size), (nq, block.size))
         return neg_kl_rows(q64, Gaussians(dm, dv, validate=False), local, doc_sumlogvar=sumlog)
 
-    return top_k_rows(*_streamed_top(allowed, _EXACT_ROWS // 16, k, score, nq, np.float64, tie_rank), k, tie_rank)
+    return top_k_rows(*_streamed_top(allowed, _EXACT_ROWS // 16, k, score, nq, np.float64, ranks), k, ranks)
 
 
 def refine_top_k(
@@ -1272,7 +1351,9 @@ def exact_top_k(
         queries: Query Gaussians (numpy or torch).
         documents: Document Gaussians (numpy or torch; float32 or float64; may be memory-mapped).
         k: Results per query (clipped to the number of allowed documents).
-        rows: Allowed document rows (default: all).
+        rows: Allowed document rows (default: all): a 1-D array of unique integers in
+            ``[0, len(documents))``, or a boolean mask of length ``len(documents)`` (read as its
+            ``True`` rows, ``np.flatnonzero``). Anything else raises ``ValueError``.
         centre: Subtracted from every mean before the float32 rewrite (default: the mean of the
             allowed documents' means).
         means_only: Score by ``-||mu_q - mu_d||^2`` (variances ignored).
@@ -1281,15 +1362,16 @@ def exact_top_k(
         max_block_elements: Bound on one float32 score block (queries x documents).
         on_block: Called with the number of queries finished after each block of queries.
         tie_rank: One entry per document row: the order of rows whose scores tie, lower first
-            (:func:`kl_retrievers.runs.tie_ranks` gives ``trec_eval``'s order). Default: unspecified.
+            (:func:`kl_retrievers.runs.tie_ranks` gives ``trec_eval``'s order). Default: row
+            order (the lower row first). With distinct ranks the top ``k`` is a prefix of the top ``k + 1``.
 
     Returns:
         ``(rows, scores)``, shape ``(n_q, min(k, n_allowed))``: document row numbers best first and
         their float64 scores.
 
     Raises:
-        ValueError: ``k`` not a positive integer, dimensions differ, or a query or document whose
-            rewrite overflows float32 (naming its row).
+        ValueError: ``k`` not a positive integer, dimensions differ, ``rows`` or ``tie_rank`` not
+            as described above, or a query or document whose rewrite overflows float32 (naming its row).
 
     Examples:
         >>> import numpy as np
@@ -1304,10 +1386,8 @@ def exact_top_k(
     docs = _numpy_gaussians(documents, "documents")
     if q.dim != docs.dim:
         raise ValueError(f"queries have dimension {q.dim} but documents {docs.dim}")
-    ranks = None if tie_rank is None else np.asarray(tie_rank, dtype=np.int64)
-    if ranks is not None and ranks.shape != (len(docs),):
-        raise ValueError(f"tie_rank has shape {ranks.shape}; expected ({len(docs)},), one rank per document row")
-    allowed = np.arange(len(docs)) if rows is None else np.asarray(rows, dtype=np.int64)
+    ranks = _row_tie_rank(len(docs), tie_rank)
+    allowed = np.arange(len(docs)) if rows is None else _allowed_rows(rows, len(docs))
     nq, n = len(q), int(allowed.size)
     kk = min(k, n)
     if nq == 0 or kk == 0:

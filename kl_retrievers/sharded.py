@@ -529,13 +529,16 @@ class _RayShardWorker:
 
 #: Attempts at starting a local Ray node: on a loaded machine its raylet can miss Ray's fixed 30 s start-up window.
 RAY_LOCAL_START_ATTEMPTS = 3
+# What ray.init raises when a new local node was too slow to start (the raylet, or the GCS server's port file).
+_RAY_START_TIMEOUTS = ("timed out during startup", "Timed out waiting for file")
 
 
 def _ray_init(ray: Any, init: dict[str, Any]) -> None:
     """``ray.init(**init)``; a *local* node that timed out during start-up is shut down and started again.
 
-    Ray waits a fixed 30 s for a new local node's raylet to register (not configurable); on a busy
-    machine that can fail once and succeed the next time. Connecting to a cluster (``address``) is not retried.
+    Ray waits a fixed time for a new local node's raylet to register and for its GCS server to
+    write its port file (not configurable); on a busy machine that can fail once and succeed the
+    next time. Connecting to a cluster (``address``) is not retried.
     """
     attempts = 1 if init.get("address") else RAY_LOCAL_START_ATTEMPTS
     for attempt in range(1, attempts + 1):
@@ -543,7 +546,7 @@ def _ray_init(ray: Any, init: dict[str, Any]) -> None:
             ray.init(**init)
             return
         except Exception as exc:
-            if attempt == attempts or "timed out during startup" not in str(exc):
+            if attempt == attempts or not any(sign in str(exc) for sign in _RAY_START_TIMEOUTS):
                 raise
             logger.warning("local Ray node timed out during start-up (attempt %d of %d); retrying", attempt, attempts)
             ray.shutdown()
@@ -623,7 +626,7 @@ def _run_ray(
         fn_constructor_kwargs={"model": model, "device": device, "job": job, "model_backend": model_backend},
         batch_size=1,
         batch_format="numpy",
-        concurrency=workers,
+        compute=ray.data.ActorPoolStrategy(size=workers),  # a fixed pool (``concurrency=`` is deprecated in Ray 2.51)
         num_cpus=0 if gpu else 1,
         num_gpus=1 if gpu else 0,
     )

@@ -144,3 +144,24 @@ def test_config_takes_numpy_floats_as_json_ready_floats() -> None:
     assert type(cfg.beta) is float and isinstance(cfg.var_floor, float)  # np.float64 is a float
     assert json.loads(json.dumps(cfg.to_dict()))["beta"] == 2.0
     assert GaussianEncoderConfig(dim=4, beta=1).to_dict()["beta"] == 1  # a Python int stays as it was
+
+
+def test_a_local_ray_node_whose_gcs_port_file_is_late_is_started_again() -> None:
+    """On a busy machine ray.init also fails with 'Timed out waiting for file .../gcs_server_port_...'."""
+    from kl_retrievers.sharded import _ray_init
+
+    class SlowGcsRay:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def init(self, **kwargs: object) -> None:
+            self.calls.append("init")
+            if self.calls.count("init") == 1:
+                raise RuntimeError("Timed out waiting for file /tmp/ray/session_1/gcs_server_port_ab12")
+
+        def shutdown(self) -> None:
+            self.calls.append("shutdown")
+
+    ray = SlowGcsRay()
+    _ray_init(ray, {"num_cpus": 2})
+    assert ray.calls == ["init", "shutdown", "init"]

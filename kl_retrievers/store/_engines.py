@@ -254,6 +254,21 @@ class FaissEngine(ABC):
         self.viewed = False  # memory-mapped FAISS data that must not be mutated
         #: Full rebuilds caused by a document norm above ``M`` (approximate indexes).
         self.rebuild_count = 0
+        self._ranks = np.zeros(0, dtype=np.int64)  # -0, -1, -2, ...: see tie_rank
+
+    def tie_rank(self) -> np.ndarray:
+        """The order of rows whose exact scores tie, one entry per row, lower first: the higher row first.
+
+        Every search path (FAISS candidates, the exact and float64 paths, a filter) ranks exactly
+        tied documents this way, the later added (the highest row; compaction keeps the order)
+        first, which is the order ``IndexFlatIP`` gives ties. One array ``-row`` is kept and
+        grown, so a query allocates nothing for it.
+        """
+        n, ranks = self.table.n_rows, self._ranks
+        if ranks.size < n:
+            ranks = -np.arange(max(n, ranks.size + ranks.size // 4), dtype=np.int64)
+            self._ranks = ranks
+        return ranks[:n]
 
     # ------------------------------------------------------------ life cycle
     def reset(self, k: int) -> None:
@@ -393,6 +408,7 @@ class FaissEngine(ABC):
 
     def _exact_top_k(self, qg: Gaussians, kk: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """The exact top ``kk`` over every allowed row, without the index (:func:`exact_top_k`)."""
+        ranks = self.tie_rank()
         rows, scores = exact_top_k(
             qg,
             self.table.gaussians,
@@ -400,8 +416,9 @@ class FaissEngine(ABC):
             rows=None if mask is None else np.flatnonzero(mask),
             margin=max(8, kk // 4),
             doc_sumlogvar=self.table.sumlogvar,
+            tie_rank=ranks,
         )
-        return top_k_rows(scores, rows, kk)  # padded to kk
+        return top_k_rows(scores, rows, kk, ranks)  # padded to kk
 
 
 # ====================================================================== flat
@@ -544,7 +561,7 @@ class FlatEngine(FaissEngine):
         qv = score_vectors_float32(qg, "query", centre=self._flat_centre())
         bound = float32_score_bound(qv, self._flat_norm_max())
         params = None if mask is None else _faiss().SearchParameters(sel=self._selector(mask))
-        index = self.index
+        index, ranks = self.index, self.tie_rank()
 
         def candidates(qi: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             x = np.ascontiguousarray(qv[qi])
@@ -556,11 +573,13 @@ class FlatEngine(FaissEngine):
 
         def fallback(qi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             rows = None if mask is None else np.flatnonzero(mask)
-            return float64_top_k(qg[qi], self.table.gaussians, kk, rows=rows, doc_sumlogvar=self.table.sumlogvar)
+            return float64_top_k(
+                qg[qi], self.table.gaussians, kk, rows=rows, doc_sumlogvar=self.table.sumlogvar, tie_rank=ranks
+            )
 
         # float32 scores of the first pool of kk + max(8, kk / 4) are usually far enough apart
         return refine_top_k(
-            len(qg), kk, n_allowed, max(8, kk // 4), candidates, rescore, fallback, kl_query_constant(qg)
+            len(qg), kk, n_allowed, max(8, kk // 4), candidates, rescore, fallback, kl_query_constant(qg), ranks
         )
 
 
@@ -1224,11 +1243,12 @@ class ApproxEngine(FaissEngine):
         its ``kk``-th exact score has its whole pool re-scored in float64.
         """
         kept, upper = trimmed if trimmed is not None else self._prescore_bounded(qg, labels, mask, keep)
-        rows, scores = top_k_rows(self._rescore(qg, kept, mask), kept, kk)
+        ranks = self.tie_rank()
+        rows, scores = top_k_rows(self._rescore(qg, kept, mask), kept, kk, ranks)
         redo = np.flatnonzero(~(upper < scores[:, kk - 1]))
         if kept is not labels and redo.size:
             logger.debug("%d query(ies): float32 pre-selection not provably enough; re-scoring the pool", redo.size)
-            rows[redo], scores[redo] = top_k_rows(self._rescore(qg[redo], labels[redo], mask), labels[redo], kk)
+            rows[redo], scores[redo] = top_k_rows(self._rescore(qg[redo], labels[redo], mask), labels[redo], kk, ranks)
         return rows, scores
 
 

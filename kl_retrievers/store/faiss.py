@@ -41,7 +41,9 @@ two parts behind the :class:`~kl_retrievers.store.GaussianStore` interface:
     ``k + max(16, 2k)`` candidates per query reach the exact re-scoring.  Measured at 1M
     synthetic Gaussians in ``docs/ann.md``.
 
-Scores are ``-KL`` (:data:`~kl_retrievers.gaussian.SCORE_NAME`): **higher is better**. FAISS is
+Scores are ``-KL`` (:data:`~kl_retrievers.gaussian.SCORE_NAME`): **higher is better**. Documents
+whose scores tie exactly rank the later added (higher row) first on every index and search path,
+so a search at ``k`` is a prefix of one at ``k + 1`` (``FaissEngine.tie_rank``). FAISS is
 imported when a store first needs it, not with this module.
 
 Examples:

@@ -94,15 +94,17 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     )
     m.add_argument("--dim", type=positive_int, default=None, help="output dimension (default: hidden size)")
     m.add_argument("--beta", type=float, default=_DEFAULTS["beta"], help="softplus beta of the variance head (> 0)")
-    m.add_argument("--pooling", choices=["cls", "mean"], default=_DEFAULTS["pooling"])
+    m.add_argument("--pooling", choices=["cls", "mean"], default=_DEFAULTS["pooling"], help="token pooling")
     m.add_argument("--no-var-token", action="store_true", help="variance head reads the pooled vector")
     m.add_argument("--no-normalize-pooled", action="store_true", help="do not L2-normalise the pooled vector")
     m.add_argument("--random-mean-head", action="store_true", help="random mean head even when dim == hidden")
     m.add_argument(
         "--init-variance", type=float, default=_DEFAULTS["init_variance"], help="initial variance of every dim (> 0)"
     )
-    m.add_argument("--max-length", type=token_budget, default=_DEFAULTS["max_length"])
-    m.add_argument("--query-max-length", type=token_budget, default=_DEFAULTS["query_max_length"])
+    m.add_argument("--max-length", type=token_budget, default=_DEFAULTS["max_length"], help="document token budget")
+    m.add_argument(
+        "--query-max-length", type=token_budget, default=_DEFAULTS["query_max_length"], help="query token budget"
+    )
     t = p.add_argument_group("training")
     t.add_argument(
         "--out",
@@ -114,8 +116,15 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="replace a non-empty --out that is not a kl_retrievers model folder (and such a --checkpoint-dir)",
     )
-    t.add_argument("--similarity", choices=["neg_kl", "dot", "cosine"], default="neg_kl")
-    t.add_argument("--loss", choices=["contrastive", "margin_mse", "listwise", "lambdarank"], default="contrastive")
+    t.add_argument(
+        "--similarity", choices=["neg_kl", "dot", "cosine"], default="neg_kl", help="score (dot/cosine: a vector twin)"
+    )
+    t.add_argument(
+        "--loss",
+        choices=["contrastive", "margin_mse", "listwise", "lambdarank"],
+        default="contrastive",
+        help="training loss (margin_mse, listwise and lambdarank read --teacher scores)",
+    )
     g = t.add_mutually_exclusive_group()
     g.add_argument("--freeze-backbone", action="store_true", help="train the heads only (backbone runs every step)")
     g.add_argument(
@@ -123,20 +132,20 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     )
     g.add_argument("--lora-r", type=positive_int, default=0, metavar="R", help="train a LoRA adapter of rank R (peft)")
     g.add_argument("--heads-only-cached", action="store_true", help="fast path: cached frozen features, heads only")
-    t.add_argument("--steps", type=positive_int, default=1000)
-    t.add_argument("--batch-size", type=positive_int, default=32)
-    t.add_argument("--grad-accum", type=positive_int, default=1)
+    t.add_argument("--steps", type=positive_int, default=1000, help="optimiser steps")
+    t.add_argument("--batch-size", type=positive_int, default=32, help="queries per step")
+    t.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches accumulated per step")
     t.add_argument("--negatives", type=int, default=7, help="hard negatives sampled per query and step")
     t.add_argument("--lr", type=float, default=None, help="peak lr (default 1e-3 heads-only, else 2e-5)")
     t.add_argument(
         "--var-lr", type=float, default=None, help="peak lr of the variance head (default: --lr; 0 keeps it fixed)"
     )
     t.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 10%% of --steps)")
-    t.add_argument("--temperature", type=float, default=0.05)
+    t.add_argument("--temperature", type=float, default=0.05, help="softmax temperature of the loss")
     t.add_argument("--no-in-batch", action="store_true", help="contrastive: own candidates only")
     t.add_argument("--no-full-corpus", action="store_true", help="fast path: in-batch softmax, not full corpus")
     t.add_argument("--corpus-sample", type=int, default=0, help="fast path: sampled softmax over N pool docs (0: all)")
-    t.add_argument("--max-grad-norm", type=float, default=None)
+    t.add_argument("--max-grad-norm", type=float, default=None, help="clip gradients to this norm (default: off)")
     t.add_argument("--seed", type=_int_at_least(0), default=0, help="data order, dropout and head init (>= 0)")
     t.add_argument(
         "--time-budget",
