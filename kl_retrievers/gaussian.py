@@ -823,7 +823,7 @@ def _allowed_rows(rows: Any, n: int) -> np.ndarray:
     if arr.size == 0 and arr.dtype.kind in "iuf":
         return np.zeros(0, dtype=np.int64)
     if arr.dtype.kind not in "iu":
-        first = f" (first value {arr.flat[0]!r})" if arr.size else ""
+        first = f" (first value {arr.flat[0].item()!r})" if arr.size else ""
         raise ValueError(f"rows must be integer document row numbers or a boolean mask; got dtype {arr.dtype}{first}")
     bad = np.flatnonzero((arr < 0) | (arr >= n))
     if bad.size:

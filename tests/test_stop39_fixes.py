@@ -165,3 +165,42 @@ def test_a_local_ray_node_whose_gcs_port_file_is_late_is_started_again() -> None
     ray = SlowGcsRay()
     _ray_init(ray, {"num_cpus": 2})
     assert ray.calls == ["init", "shutdown", "init"]
+
+
+def test_milvus_ranks_exact_ties_by_id_greatest_first(tmp_path: Path) -> None:
+    """Milvus ranked tied documents in the order Milvus returned them (the earliest added first)."""
+    import numpy as np
+
+    from kl_retrievers import Gaussians
+    from kl_retrievers.store.milvus import MilvusKLStore
+
+    rng = np.random.default_rng(0)
+    base = Gaussians(rng.normal(size=(6, 4)), rng.uniform(0.5, 2.0, size=(6, 4)))
+    store = MilvusKLStore(uri=str(tmp_path / "kl.db"))
+    for copy in ("c0", "c2", "c1"):  # the same six documents three times, added in this order
+        store.add(gaussians=base, ids=[f"{copy}_{i}" for i in range(6)])
+    hits = store.search_batch(Gaussians(base.mean[:1], base.var[:1]), k=5)[0]
+    assert [h.id for h in hits[:3]] == ["c2_0", "c1_0", "c0_0"]
+    assert len({h.score for h in hits[:3]}) == 1 and abs(hits[0].score) < 1e-9  # an exact tie
+    deeper = store.search_batch(Gaussians(base.mean[:1], base.var[:1]), k=6)[0]
+    assert [h.id for h in deeper[:5]] == [h.id for h in hits]  # a prefix
+
+
+def test_train_help_shows_every_default_once() -> None:
+    """argparse showed no default for options without help, and a second one after hand-written defaults."""
+    import re
+
+    from kl_retrievers.cli import build_parser
+
+    parser = build_parser()
+    text = parser._subparsers._group_actions[0].choices["train"].format_help()  # type: ignore[union-attr,index]
+    text = re.sub(r"\s+", " ", text)
+    for option, default in [
+        ("--steps", "1000"),
+        ("--batch-size", "32"),
+        ("--loss", "contrastive"),
+        ("--pooling", "mean"),
+    ]:
+        assert re.search(rf"{option} \S+ .*?\(default: {default}\)", text), option
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "(default: off) (default" not in text and "(default: hidden size) (default" not in text

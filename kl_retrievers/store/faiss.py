@@ -42,9 +42,11 @@ two parts behind the :class:`~kl_retrievers.store.GaussianStore` interface:
     synthetic Gaussians in ``docs/ann.md``.
 
 Scores are ``-KL`` (:data:`~kl_retrievers.gaussian.SCORE_NAME`): **higher is better**. Documents
-whose scores tie exactly rank the later added (higher row) first on every index and search path,
-so a search at ``k`` is a prefix of one at ``k + 1`` (``FaissEngine.tie_rank``). FAISS is
-imported when a store first needs it, not with this module.
+whose scores tie exactly rank the later added (higher row) first among the candidates a search
+considers, on every index and search path (``FaissEngine.tie_rank``). On the flat index (and the
+exact and float64 paths) that makes a search at ``k`` a prefix of one at ``k + 1``; HNSW and IVF
+re-score a candidate pool whose size grows with ``k``, so a deeper search there may find a
+document a shallower one missed. FAISS is imported when a store first needs it, not with this module.
 
 Examples:
     >>> import numpy as np

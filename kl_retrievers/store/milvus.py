@@ -111,6 +111,7 @@ from kl_retrievers.gaussian import (
     shift_document_vectors,
     worth_centring,
 )
+from kl_retrievers.runs import tie_ranks
 from kl_retrievers.store._base import (
     INDEX_TYPES,
     DeleteReport,
@@ -1212,7 +1213,9 @@ class MilvusKLStore(GaussianStore):
         assert self._dim is not None
         pool = document_gaussians_from_vectors([r["vector"] for r in rows], self._dim)
         scores = np.asarray(neg_kl(q64, pool))
-        return np.argsort(-scores, kind="stable")[:k], scores
+        # exact ties: the greater id first (trec_eval's order; Milvus keeps no row order to rank them by)
+        ranks = tie_ranks([str(r["id"]) for r in rows])
+        return np.lexsort((ranks, -scores))[:k], scores
 
     def _rank(self, q64: Gaussians, rows: Sequence[Mapping[str, Any]], k: int) -> list[SearchResult]:
         """The top ``k`` of ``rows`` (each ``{"id", "vector", "text", "metadata"}``, one stored version of a

@@ -64,6 +64,17 @@ _DEFAULTS = {attr: default for _, attr, default in _SHAPE_FLAGS}
 _NEGATIVE_NUMBER = re.compile(r"^-(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$")
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` after an option's help, except where the help already says its default,
+    the default is ``None`` (the help says what happens then) or the option is an on/off flag."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "(default" in text or action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``train`` subcommand to an ``argparse`` subparsers object.
 
@@ -77,7 +88,7 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
         "train",
         help="train a Gaussian encoder (or a dot/cosine twin)",
         description="Train a Gaussian encoder scored by -KL (or a vector twin) from BEIR folders or JSONL files.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelpFormatter,
     )
     d = p.add_argument_group("data")
     d.add_argument("--data", action="append", required=True, help="BEIR folder (its --split) or .jsonl file; repeat")
