@@ -29,7 +29,7 @@ from __future__ import annotations
 import datetime
 import logging
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -140,11 +140,26 @@ def _field_op(op: str, ref: Any) -> Callable[[Any], bool]:
     raise _unknown(op)
 
 
+def _all_of(parts: Sequence[Callable[[Any], bool]]) -> Callable[[Any], bool]:
+    """A predicate true when every one of ``parts`` is (run for every row a filter checks: kept lean)."""
+    if len(parts) == 1:  # the common case: no wrapper at all
+        return parts[0]
+    checks = tuple(parts)
+
+    def every(value: Any) -> bool:
+        for check in checks:  # noqa: SIM110 - a plain loop: all(generator) costs more per row
+            if not check(value):
+                return False
+        return True
+
+    return every
+
+
 def _field_condition(cond: Any) -> Callable[[Any], bool]:
     """Compile the right-hand side of ``{"field": cond}``."""
     if isinstance(cond, Mapping) and cond and all(isinstance(key, str) and key.startswith("$") for key in cond):
         parts = [_field_op(op, ref) for op, ref in cond.items()]
-        return lambda v: all(p(v) for p in parts)
+        return _all_of(parts)
     if isinstance(cond, Mapping) and any(isinstance(key, str) and key.startswith("$") for key in cond):
         bad = [key for key in cond if not (isinstance(key, str) and key.startswith("$"))]
         raise ValueError(f"a field condition cannot mix operators and plain keys; got plain keys {bad}")
@@ -177,7 +192,7 @@ def _compile(spec: Any) -> Predicate:
         else:
             cond = _field_condition(value)
             parts.append(lambda m, key=key, cond=cond: cond(m.get(key, _MISSING)))  # type: ignore[misc]
-    return lambda m: all(p(m) for p in parts)
+    return _all_of(parts)
 
 
 def compile_filter(spec: MetadataFilter | None) -> Predicate | None:

@@ -17,6 +17,8 @@ import logging
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import kl_retrievers.gaussian as gaussian
 import kl_retrievers.store._engines as engines
@@ -238,3 +240,37 @@ def test_gaussians_refuse_complex_tensors_and_keep_real_ones() -> None:
     assert Gaussians(np.zeros((1, 2), dtype=np.int32), np.ones((1, 2), dtype=bool)).mean.dtype == np.float64
     assert Gaussians(torch.zeros(1, 2, dtype=torch.int64), torch.ones(1, 2)).mean.dtype == torch.float32
     assert Gaussians([[0.0, 1.0]], [[1.0, 2.0]]).var.dtype == np.float64  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- the fast path of check_float32_scorable
+@settings(max_examples=200, deadline=None)
+@given(
+    log_scale=st.floats(min_value=-40, max_value=40),
+    log_var=st.floats(min_value=-40, max_value=40),
+    spread=st.floats(min_value=0, max_value=20),
+    dim=st.integers(min_value=1, max_value=8),
+    seed=st.integers(min_value=0, max_value=2**16),
+)
+def test_check_float32_scorable_fast_path_agrees_with_the_full_check(
+    log_scale: float, log_var: float, spread: float, dim: int, seed: int
+) -> None:
+    """The bound that skips the full rewrite must never accept what the full check refuses."""
+    from kl_retrievers import gaussian as gm
+
+    rng = np.random.default_rng(seed)
+    mean = rng.normal(size=(5, dim)) * 10.0**log_scale
+    var = np.exp(rng.normal(size=(5, dim)) * spread) * 10.0**log_var
+    g = Gaussians(mean, var)
+
+    def outcome(bound: float) -> str | None:
+        old = gm._FAST_CHECK_BOUND
+        gm._FAST_CHECK_BOUND = bound
+        try:
+            gm.check_float32_scorable(g, "document")
+        except ValueError as exc:
+            return str(exc)
+        finally:
+            gm._FAST_CHECK_BOUND = old
+        return None
+
+    assert outcome(gm._FAST_CHECK_BOUND) == outcome(0.0)  # 0.0: never the fast path

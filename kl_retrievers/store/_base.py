@@ -386,6 +386,14 @@ def _metadata_list(metadatas: Sequence[Mapping[Any, Any] | None] | None, n: int)
         out.append(dict(m) if m is not None else {})
     if len(out) != n:
         raise ValueError(f"got {len(out)} metadatas but {n} documents")
+    try:  # one JSON round trip for the batch; any problem is found again row by row below, to name the row
+        dumped_all = json.dumps(out, allow_nan=False, ensure_ascii=False, default=_json_default)
+        _check_utf8(dumped_all, "metadatas (as JSON)")
+        loaded_all = json.loads(dumped_all)
+    except (TypeError, ValueError):
+        loaded_all = None
+    if loaded_all is not None and all(len(a) == len(m) for a, m in zip(loaded_all, out, strict=True)):
+        return list(loaded_all)
     kept = []
     for j, m in enumerate(out):
         try:  # fail early on what JSON cannot hold (stores save metadata as JSON)

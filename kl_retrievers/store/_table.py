@@ -19,7 +19,6 @@ Examples:
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -37,7 +36,8 @@ _SCALARS = (str, int, float, bool, type(None))
 def _copy_metadata(meta: dict[str, Any]) -> dict[str, Any]:
     """A copy of one document's metadata that shares nothing mutable with the stored dict.
 
-    Flat metadata (the usual case) is copied shallowly; a nested list or dict takes ``copy.deepcopy``.
+    Flat metadata (the usual case) is copied shallowly; nested lists and dicts are copied level by
+    level (stored metadata is plain JSON: dicts, lists and scalars, so no ``copy.deepcopy`` is needed).
 
     Examples:
         >>> stored = {"tags": ["a"], "lang": "en"}
@@ -48,7 +48,16 @@ def _copy_metadata(meta: dict[str, Any]) -> dict[str, Any]:
     """
     if all(isinstance(v, _SCALARS) for v in meta.values()):
         return dict(meta)
-    return copy.deepcopy(meta)
+    return _copy_json(meta)
+
+
+def _copy_json(value: Any) -> Any:
+    """A copy of a JSON value (dicts and lists copied, scalars shared)."""
+    if isinstance(value, dict):
+        return {key: _copy_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy_json(item) for item in value]
+    return value
 
 
 class DocumentTable:
@@ -240,11 +249,12 @@ class DocumentTable:
     def allowed(self, predicate: Callable[[Mapping[str, Any]], bool] | None) -> tuple[np.ndarray | None, int]:
         """The rows a search may return: ``(mask or None for every row, how many)``."""
         if predicate is not None:
-            mask = self.alive.copy()
-            for row in np.flatnonzero(mask):
-                if not predicate(self.metas[row]):
-                    mask[row] = False
-            return mask, int(np.count_nonzero(mask))
+            rows = np.flatnonzero(self.alive)
+            metas = self.metas
+            keep = np.fromiter((bool(predicate(metas[r])) for r in rows.tolist()), dtype=bool, count=rows.size)
+            mask = np.zeros(self.alive.shape, dtype=bool)
+            mask[rows[keep]] = True
+            return mask, int(np.count_nonzero(keep))
         if not self.alive.all():
             return self.alive, len(self.row)
         return None, len(self.row)
