@@ -122,9 +122,9 @@ def _field_op(op: str, ref: Any) -> Callable[[Any], bool]:
     if op != "$not":
         ref = stored_form(ref)  # a date compares with the ISO string the store keeps
     if op == "$eq":
-        return lambda v: v is not _MISSING and v == ref
+        return lambda v: v is not _MISSING and bool(v == ref)
     if op == "$ne":
-        return lambda v: v is _MISSING or v != ref
+        return lambda v: v is _MISSING or bool(v != ref)
     if op == "$in":
         values = _as_list(op, ref)
         return lambda v: v is not _MISSING and any(v == x for x in values)

@@ -274,3 +274,22 @@ def test_check_float32_scorable_fast_path_agrees_with_the_full_check(
         return None
 
     assert outcome(gm._FAST_CHECK_BOUND) == outcome(0.0)  # 0.0: never the fast path
+
+
+def test_compiled_filters_return_real_bools() -> None:
+    """compile_filter promises metadata -> bool: a one-condition filter returned what == gave."""
+    from kl_retrievers.filters import compile_filter
+
+    for spec in ({"a": 1}, {"a": {"$ne": 1}}, {"a": [1, 2]}, {"a": {"$gte": 1}}):
+        pred = compile_filter(spec)
+        assert pred is not None
+        assert type(pred({"a": np.int64(1)})) is bool, spec
+    with pytest.raises(ValueError, match="ambiguous"):  # as before: an array value has no single truth value
+        compile_filter({"a": 1})({"a": np.array([1, 2])})  # type: ignore[misc]
+
+
+def test_keys_that_collide_as_json_are_named_as_json_spells_them() -> None:
+    store = KLStore()
+    g = Gaussians(np.zeros((1, 2)), np.ones((1, 2)))
+    with pytest.raises(TypeError, match=r"same once written as JSON strings: \['true'\]"):
+        store.add(gaussians=g, ids=["x"], metadatas=[{True: 1, "true": 2}])

@@ -403,7 +403,7 @@ def _metadata_list(metadatas: Sequence[Mapping[Any, Any] | None] | None, n: int)
         _check_utf8(dumped, f"metadatas[{j}] (as JSON)")
         loaded = json.loads(dumped)  # memory keeps what disk keeps
         if len(loaded) != len(m):
-            keys = sorted(str(key) for key in m)
+            keys = sorted(key if isinstance(key, str) else json.dumps(key) for key in m)  # as JSON spells them
             same = sorted({key for key in keys if keys.count(key) > 1})
             raise TypeError(f"metadatas[{j}] has keys that are the same once written as JSON strings: {same}")
         kept.append(loaded)

@@ -251,7 +251,7 @@ class DocumentTable:
         if predicate is not None:
             rows = np.flatnonzero(self.alive)
             metas = self.metas
-            keep = np.fromiter((bool(predicate(metas[r])) for r in rows.tolist()), dtype=bool, count=rows.size)
+            keep = np.array([bool(predicate(metas[r])) for r in rows.tolist()], dtype=bool).reshape(-1)
             mask = np.zeros(self.alive.shape, dtype=bool)
             mask[rows[keep]] = True
             return mask, int(np.count_nonzero(keep))
