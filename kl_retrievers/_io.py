@@ -226,18 +226,22 @@ def _sibling(final: Path, kind: str, token: str) -> Path:
     return final.parent / f".{final.name}.{kind}-{token}"
 
 
+#: The name :func:`atomic_dir` / :func:`atomic_file` give their temporary and previous copies: ``.NAME.KIND-HEX``.
+LEFTOVER_NAME = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-[0-9a-f]+")
+
+
 def _siblings(final: Path, kinds: tuple[str, ...]) -> list[Path]:
     """The temporary / previous copies that :func:`atomic_dir` or :func:`atomic_file` made for ``final``.
 
-    Only names of exactly the form ``.NAME.KIND-HEX`` count, so another object's copies
-    (another ``NAME`` that merely starts the same way) are never touched.
+    Only names of exactly the form ``.NAME.KIND-HEX`` (:data:`LEFTOVER_NAME`) count, so another
+    object's copies (another ``NAME`` that merely starts the same way) are never touched.
     """
-    pattern = re.compile(rf"\.{re.escape(final.name)}\.({'|'.join(kinds)})-[0-9a-f]+")
     try:
         entries = list(final.parent.iterdir())
     except OSError:
         return []
-    return [p for p in entries if pattern.fullmatch(p.name)]
+    matches = ((p, LEFTOVER_NAME.fullmatch(p.name)) for p in entries)
+    return [p for p, m in matches if m is not None and m["name"] == final.name and m["kind"] in kinds]
 
 
 def _lock_fd(path: Path, *, wait: bool) -> int | None:
@@ -427,23 +431,10 @@ def clean_stale(target: str | os.PathLike[str]) -> list[Path]:
     final = Path(target)
     if fcntl is None or not final.exists():
         return []
-    removed = []
-    for path in _siblings(final, ("tmp", "old")):
-        fd = _lock_fd(path, wait=False)
-        if fd is None:
-            continue  # a save in progress holds it (or it just vanished)
-        try:
-            _remove_tree(path)
-        finally:
-            _unlock_fd(fd)
-        removed.append(path)
+    removed = [path for path in _siblings(final, ("tmp", "old")) if remove_unless_locked(path)]
     if removed:
         logger.info("removed %d leftover(s) of interrupted saves of %s", len(removed), final)
     return removed
-
-
-#: The name :func:`atomic_dir` / :func:`atomic_file` give their temporary and previous copies: ``.NAME.KIND-HEX``.
-LEFTOVER_NAME = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-[0-9a-f]+")
 
 
 def remove_unless_locked(path: Path) -> bool:
@@ -760,6 +751,29 @@ def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
 GAUSSIANS_FORMAT_VERSION = 1
 
 
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in the file ``path``, or ``None`` when it is missing, unreadable, not JSON or not an object.
+
+    What the saves read to tell an earlier save of their own kind (a folder they may replace) from anything else.
+
+    Examples:
+        >>> read_json_object(Path("/no/such/config.json")) is None
+        True
+    """
+    import json
+
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def is_gaussians_config(config: Mapping[str, Any] | None) -> bool:
+    """Whether a folder's ``config.json`` (:func:`read_json_object`) is that of saved Gaussians."""
+    return config is not None and config.get("library") == "kl_retrievers" and config.get("kind") == "gaussians"
+
+
 def is_gaussians_folder(folder: Path) -> bool:
     """Whether ``folder`` holds what :func:`save_gaussians` writes (its ``config.json`` says so): a save may replace it.
 
@@ -770,13 +784,7 @@ def is_gaussians_folder(folder: Path) -> bool:
         >>> is_gaussians_folder(folder)
         False
     """
-    import json
-
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(config, dict) and config.get("library") == "kl_retrievers" and config.get("kind") == "gaussians"
+    return is_gaussians_config(read_json_object(folder / "config.json"))
 
 
 def refuse_json_constant(where: str = "") -> Callable[[str], Any]:

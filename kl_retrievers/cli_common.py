@@ -2,7 +2,8 @@
 
 The layer under every command module: :mod:`kl_retrievers.cli` (the main parser),
 :mod:`kl_retrievers.evaluate_cli` and :mod:`kl_retrievers.training.cli` import it, and it imports
-nothing from the package, so the command modules never import each other.
+from the package only :mod:`kl_retrievers._io` (which imports only the standard library), so the
+command modules never import each other.
 
 Examples:
     >>> import argparse
@@ -16,13 +17,14 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from kl_retrievers._io import is_gaussians_config, read_json_object
 
 __all__ = [
     "ENCODED_SHARDS_FORMAT",
@@ -119,30 +121,18 @@ ENCODED_SHARDS_FORMAT = "kl-retrievers/encoded-shards"
 
 def is_encoded_shards_folder(folder: Path) -> bool:
     """Whether ``folder`` holds encoded shards (its ``manifest.json`` has format :data:`ENCODED_SHARDS_FORMAT`)."""
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(manifest, dict) and manifest.get("format") == ENCODED_SHARDS_FORMAT
+    manifest = read_json_object(folder / "manifest.json")
+    return manifest is not None and manifest.get("format") == ENCODED_SHARDS_FORMAT
 
 
 def read_folder_config(folder: Path) -> dict[str, Any] | None:
     """``folder/config.json`` as a JSON object, or ``None`` when it is missing, unreadable or not an object."""
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    return config if isinstance(config, dict) else None
+    return read_json_object(folder / "config.json")
 
 
 def is_store_config(config: dict[str, Any] | None) -> bool:
     """Whether a folder's ``config.json`` (see :func:`read_folder_config`) is a KL store's."""
     return config is not None and config.get("format") == KLSTORE_FORMAT
-
-
-def is_gaussians_config(config: dict[str, Any] | None) -> bool:
-    """Whether a folder's ``config.json`` is that of saved Gaussians (:func:`kl_retrievers._io.save_gaussians`)."""
-    return config is not None and config.get("library") == "kl_retrievers" and config.get("kind") == "gaussians"
 
 
 def check_output_path(path: Path, flag: str, *, folder: bool, store: bool = False, gaussians: bool = False) -> None:

@@ -274,9 +274,8 @@ def tokenizer_identity(tokenizer: Any) -> Any:
     A fast (``tokenizers``-backed) tokenizer is its serialised state; a ``tokenizers.Tokenizer`` (the
     ONNX encoders') the same; a ``str`` the text of its ``tokenizer.json``. The truncation and padding
     settings are left out (each call changes them). A slow tokenizer is its class, vocabulary, added
-    tokens and settings (file paths left out, so copies of one tokenizer agree). The same rule as
-    :func:`kl_retrievers.training.features.tokenizer_fingerprint`, which this module cannot import
-    (that module imports this one).
+    tokens and settings (file paths left out, so copies of one tokenizer agree).
+    :func:`kl_retrievers.training.features.tokenizer_fingerprint` hashes it too.
 
     Examples:
         >>> tokenizer_identity('{"model": {"vocab": {"a": 0}}, "padding": null}')

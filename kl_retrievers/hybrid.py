@@ -62,7 +62,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from kl_retrievers._encoding import check_texts, require_modules
-from kl_retrievers._io import atomic_dir, check_replace_target, library_version, load_unchanged, recover_dir
+from kl_retrievers._io import (
+    atomic_dir,
+    check_replace_target,
+    library_version,
+    load_unchanged,
+    read_json_object,
+    recover_dir,
+)
 from kl_retrievers.filters import MetadataFilter, compile_filter
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians, check_k, neg_kl
 from kl_retrievers.gaussian import is_real_number as _is_real
@@ -1792,11 +1799,8 @@ def _mismatch(where: str, bm25_ids: set[str], kl_ids: set[str], cause: str = "on
 
 def _is_hybrid_folder(folder: Path) -> bool:
     """Whether ``folder`` holds a hybrid store's ``hybrid.json`` (a save may replace it)."""
-    try:
-        config = json.loads((folder / _CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and config.get("format") == _FORMAT_NAME
+    config = read_json_object(folder / _CONFIG)
+    return config is not None and config.get("format") == _FORMAT_NAME
 
 
 def _read_config(cfg_path: Path) -> dict[str, Any]:

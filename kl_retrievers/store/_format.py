@@ -45,7 +45,7 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
-from kl_retrievers._io import finite_json, library_version, refuse_json_constant
+from kl_retrievers._io import finite_json, library_version, read_json_object, refuse_json_constant
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME
 from kl_retrievers.hub import sha256_file
 from kl_retrievers.store._base import INDEX_TYPES, StoreFormatError, _check_utf8
@@ -103,11 +103,8 @@ def is_store_folder(folder: Path) -> bool:
         >>> is_store_folder(folder)
         False
     """
-    try:
-        config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(config, dict) and config.get("format") == FORMAT_NAME
+    config = read_json_object(folder / CONFIG)
+    return config is not None and config.get("format") == FORMAT_NAME
 
 
 def read_config(cfg_path: Path) -> dict[str, Any]:

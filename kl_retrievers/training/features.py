@@ -34,7 +34,7 @@ from tqdm import tqdm
 from kl_retrievers._encoding import eval_mode
 from kl_retrievers._io import user_cache_dir
 from kl_retrievers.encoder import GaussianEncoder
-from kl_retrievers.encoding_cache import CACHE_ENV
+from kl_retrievers.encoding_cache import CACHE_ENV, tokenizer_identity
 
 logger = logging.getLogger(__name__)
 
@@ -97,25 +97,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         >>> len(tokenizer_fingerprint(encoder.tokenizer))  # doctest: +SKIP
         64
     """
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        state = json.loads(backend.to_str())
-        state.pop("truncation", None)
-        state.pop("padding", None)
-        ident: Any = {"fast": state}
-    else:
-        settings = {
-            k: v
-            for k, v in (getattr(tokenizer, "init_kwargs", None) or {}).items()
-            if "file" not in k and k not in ("name_or_path", "auto_map")
-        }
-        added = getattr(tokenizer, "added_tokens_decoder", None) or {}
-        ident = {
-            "class": type(tokenizer).__name__,
-            "vocab": sorted(tokenizer.get_vocab().items()),
-            "added": sorted((int(i), str(t)) for i, t in added.items()),
-            "settings": settings,
-        }
+    ident = tokenizer_identity(tokenizer)  # the rule the encoding cache's fingerprint uses too
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
 
 
