@@ -22,6 +22,12 @@ The GPU machine lent to some sessions has no network, no faiss, no copy of the d
    split, appended to ``runs/gpu_lora.jsonl``; ``--export JOB DIR`` puts that job's adapter on
    the exact float32 backbone and saves a bundled-model folder (delta only: the heads and the
    adapter's rank-16 factors).
+4. ``wise`` (on the GPU machine, optional): WiSE-FT of finished jobs (``benchmarks/wise_ft.py``'s
+   interpolation towards the untrained start) at each ``--alphas``, evaluated like ``run`` jobs as
+   ``JOB-aALPHA``; ``--from`` is a folder inside the pack (``.gpu/wise``) holding the first run's
+   ``jobs.jsonl`` and ``adapters.safetensors``. ``collect`` scores it like a run.
+5. ``report`` (here): the dev table (SciFact TRAIN with a paired t-test against ``--reference``, the
+   untrained model of the same run) and the test table of a collected log, in Markdown.
 
 Protocols (never mixed): ``zs-*`` jobs train on SQuAD train articles + NFCorpus train and are
 chosen on SciFact TRAIN queries and held-out SQuAD articles (zero-shot dev); ``id-*`` jobs train
@@ -48,6 +54,8 @@ Examples:
     python benchmarks/gpu_lora.py run --out $OUT --only zsv           # on the GPU: the next zero-shot run
     python benchmarks/gpu_lora.py run --out $OUT --only zsd           # on the GPU: LoRA distillation
     python benchmarks/gpu_lora.py collect --from DIR_WITH_RUN_OUTPUTS
+    python benchmarks/gpu_lora.py wise --from .gpu/wise --job bge-zs-negkl --alphas 0.25 0.5 0.75 --out $OUT
+    python benchmarks/gpu_lora.py report --log runs/bge/gpu_lora.jsonl --per-query-dir runs/bge/gpu_lora
 """
 
 from __future__ import annotations
@@ -96,14 +104,18 @@ ID_EVALS = {"scifact:test": ("scifact", "test", "in-domain (SciFact train)")}
 
 
 def bge_jobs(zs: dict[str, Any]) -> list[dict[str, Any]]:
-    """The bge-small jobs: the untrained model, the contrastive pair and the distilled pair (seed 0 each)."""
+    """The bge-small jobs: the untrained model, the distilled pair and the contrastive pair (seed 0 each).
+
+    The distilled pair comes first (a run that runs out of device time keeps what finished): its recipe gave
+    MiniLM's shipped default.
+    """
     zsd = dict(zs, data="zsd", loss="listwise", temperature=0.05)
     return [
         dict(zs, name="bge-untrained", similarity="cosine", beta=1.0, steps=0),
-        dict(zs, name="bge-zs-negkl", similarity="neg_kl", beta=1.0, var_lr=zs["lr"] / 10),
-        dict(zs, name="bge-zs-dot", similarity="dot", beta=1.0),
         dict(zsd, name="bge-zsd-negkl", similarity="neg_kl", beta=1.0, var_lr=zs["lr"] / 10),
         dict(zsd, name="bge-zsd-dot", similarity="dot", beta=1.0),
+        dict(zs, name="bge-zs-negkl", similarity="neg_kl", beta=1.0, var_lr=zs["lr"] / 10),
+        dict(zs, name="bge-zs-dot", similarity="dot", beta=1.0),
     ]
 
 
@@ -356,6 +368,48 @@ def _retrieve(
     return _top100(scores)
 
 
+def _backbone_dir() -> Path:
+    """The packed backbone's folder; packed int8 rows are unpacked into a temporary folder, never into the pack."""
+    from safetensors.torch import load_file, save_file
+
+    backbone_dir = PACK / "backbone"
+    if (backbone_dir / PACKED_WEIGHTS).exists():
+        import tempfile
+
+        unpacked = Path(tempfile.mkdtemp(prefix="gpu-lora-backbone-"))
+        shutil.copytree(backbone_dir, unpacked, ignore=shutil.ignore_patterns(PACKED_WEIGHTS), dirs_exist_ok=True)
+        save_file(unpack_int8_rows(load_file(str(backbone_dir / PACKED_WEIGHTS))), str(unpacked / "model.safetensors"))
+        backbone_dir = unpacked
+    return backbone_dir
+
+
+def _evaluate_job(
+    enc: Any,
+    job: dict[str, Any],
+    pack: dict[str, Any],
+    smoke: bool,
+    device: str,
+    runs: dict[str, Any],
+    row: dict[str, Any],
+) -> None:
+    """Encode every evaluation split of ``job`` once and keep its exact top-100 (and the means-only ablation)."""
+    for key in job["evals"]:
+        ev = pack["evals"][key]
+        docs = pack["corpora"][ev["corpus"]]["texts"]
+        queries = ev["queries"][:8] if smoke else ev["queries"]
+        docs = docs[:64] if smoke else docs
+        stats: dict[str, Any] = {}
+        encoded = _encode(enc, queries, docs, device)
+        idx, val = _retrieve(encoded, job["similarity"], device, stats)
+        runs[f"{job['name']}|{key}|idx"] = idx
+        runs[f"{job['name']}|{key}|score"] = val
+        if (job["similarity"] == "neg_kl" and job["data"] != "id") or job["name"] == "id-negkl-s0":
+            row[f"{key}:doc_var_p1_p50_p99"] = stats["doc_var_p1_p50_p99"]
+            idx, val = _retrieve(encoded, "means_only", device)
+            runs[f"{job['name']}-means-only|{key}|idx"] = idx
+            runs[f"{job['name']}-means-only|{key}|score"] = val
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     """Train and evaluate every job; write results under ``--out`` as each job finishes."""
     _import_library()
@@ -374,16 +428,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     with gzip.open(PACK / "data.json.gz", "rt", encoding="utf-8") as fh:
         pack = json.load(fh)
     backbone = pack.get("backbone", "minilm")
-    backbone_dir = PACK / "backbone"
-    if (backbone_dir / PACKED_WEIGHTS).exists():  # unpacked into a temporary folder, never into the pack
-        import tempfile
-
-        from safetensors.torch import load_file
-
-        unpacked = Path(tempfile.mkdtemp(prefix="gpu-lora-backbone-"))
-        shutil.copytree(backbone_dir, unpacked, ignore=shutil.ignore_patterns(PACKED_WEIGHTS), dirs_exist_ok=True)
-        save_file(unpack_int8_rows(load_file(str(backbone_dir / PACKED_WEIGHTS))), str(unpacked / "model.safetensors"))
-        backbone_dir = unpacked
+    backbone_dir = _backbone_dir()
     sets = {}
     for name, p in pack["train"].items():
         exs = [TrainExample(*ex) for ex in p["examples"]]
@@ -423,21 +468,7 @@ def cmd_run(args: argparse.Namespace) -> None:
                 for n, p in enc.named_parameters():
                     if p.requires_grad and job["data"] != "id":  # only zero-shot models can be shipped
                         adapters[f"{job['name']}/{n}"] = p.detach().float().cpu().contiguous()
-            for key in job["evals"]:
-                ev = pack["evals"][key]
-                docs = pack["corpora"][ev["corpus"]]["texts"]
-                queries = ev["queries"][:8] if args.smoke else ev["queries"]
-                docs = docs[:64] if args.smoke else docs
-                stats: dict[str, Any] = {}
-                encoded = _encode(enc, queries, docs, device)
-                idx, val = _retrieve(encoded, job["similarity"], device, stats)
-                runs[f"{job['name']}|{key}|idx"] = idx
-                runs[f"{job['name']}|{key}|score"] = val
-                if (job["similarity"] == "neg_kl" and job["data"] != "id") or job["name"] == "id-negkl-s0":
-                    row[f"{key}:doc_var_p1_p50_p99"] = stats["doc_var_p1_p50_p99"]
-                    idx, val = _retrieve(encoded, "means_only", device)
-                    runs[f"{job['name']}-means-only|{key}|idx"] = idx
-                    runs[f"{job['name']}-means-only|{key}|score"] = val
+            _evaluate_job(enc, job, pack, args.smoke, device, runs, row)
             row["seconds"] = round(time.monotonic() - t0, 1)
         except Exception as exc:  # keep going: one broken job must not lose the others
             row["error"] = f"{type(exc).__name__}: {exc}"
@@ -454,19 +485,66 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(f"all jobs: {time.monotonic() - t_all:.1f} s", flush=True)
 
 
+def cmd_wise(args: argparse.Namespace) -> None:
+    """WiSE-FT on the GPU: evaluate each ``--job`` of a finished run (``--from``) at each ``--alphas``.
+
+    The job's LoRA update and heads are scaled towards the untrained start (``benchmarks/wise_ft.py``'s
+    :func:`interpolate`, on the packed backbone); each model is named ``JOB-aALPHA`` and evaluated like a ``run``
+    job, so ``collect --from OUT`` scores it.
+    """
+    _import_library()
+    import torch
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from wise_ft import interpolate
+
+    if not args.job or not args.alphas:
+        raise SystemExit("wise needs --job and --alphas")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    hw = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu"
+    src = Path(args.source)
+    jobs = {j["name"]: j for j in map(json.loads, (src / "jobs.jsonl").read_text().splitlines()) if "error" not in j}
+    adapters = load_file(str(src / "adapters.safetensors"))
+    with gzip.open(PACK / "data.json.gz", "rt", encoding="utf-8") as fh:
+        pack = json.load(fh)
+    backbone_dir = str(_backbone_dir())
+    runs: dict[str, np.ndarray] = {}
+    if (out / "runs.npz").exists():  # another wise call into the same folder: keep its runs
+        with np.load(out / "runs.npz") as old:
+            runs.update({k: old[k] for k in old.files})
+    for name in args.job:
+        for alpha in args.alphas:
+            t0 = time.monotonic()
+            job = dict(jobs[name], name=f"{name}-a{alpha:g}", evals=list(ZS_EVALS))
+            row: dict[str, Any] = {k: v for k, v in job.items() if k != "evals"}
+            row |= {"wise_ft": {"job": name, "alpha": alpha}, "hardware": hw, "torch": torch.__version__}
+            enc = interpolate(jobs[name], adapters, alpha, backbone_dir).float()
+            _evaluate_job(enc, job, pack, args.smoke, device, runs, row)
+            row["seconds"] = round(time.monotonic() - t0, 1)
+            print(json.dumps(row), flush=True)
+            with open(out / "jobs.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+            np.savez_compressed(out / "runs.npz", **runs)
+
+
 # ---------------------------------------------------------------------------------- collect
-def _job_encoder(job: dict[str, Any], adapters: dict[str, Any]) -> Any:
+def _job_encoder(job: dict[str, Any], adapters: dict[str, Any], backbone: str | None = None) -> Any:
     """Rebuild a job's encoder on the exact float32 backbone with its trained LoRA adapter and heads.
 
     The adapter stays unmerged: a delta save stores it as rank-16 factors (about 1.8 MB instead of
     the 8.3 MB of the 12 merged matrices), and loading merges it with peft's own arithmetic.
+    ``backbone`` is a folder holding the backbone (default: the one the job's name resolves to).
     """
     from kl_retrievers import GaussianEncoder
     from kl_retrievers.training.trainer import apply_freezing
 
     spec = BACKBONES[job.get("backbone", "minilm")]
     enc = GaussianEncoder.from_backbone(
-        spec["name"], pooling=spec["pooling"], normalize_pooled=True, var_token=False, beta=job["beta"],
+        backbone or spec["name"], pooling=spec["pooling"], normalize_pooled=True, var_token=False, beta=job["beta"],
         max_length=256, query_max_length=64, seed=job["seed"],
     )  # fmt: skip
     apply_freezing(enc, lora_r=LORA_R)
@@ -562,10 +640,51 @@ def cmd_collect(args: argparse.Namespace) -> None:
         logger.warning("exported %s to %s", name, out)
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    """Markdown tables of a collected log: the dev split with a paired t-test against ``--reference``, then test.
+
+    The dev rule of ``docs/research-notes.md`` reads the first table: a trained model ships only if its SciFact
+    TRAIN nDCG@10 beats the reference's (the untrained model of the same run) with p < 0.05.
+    """
+    from kl_retrievers.evaluation import load_per_query, paired_test
+
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for line in Path(args.log).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[row["system"], row["eval"]] = row  # the last collect of a (system, split) wins
+    systems = list(dict.fromkeys(system for system, _ in rows))
+    per_dir = Path(args.per_query_dir)
+
+    def per_query(system: str, key: str) -> dict[str, dict[str, float]]:
+        return load_per_query(per_dir / f"{system}.{key.replace(':', '.')}.json")[0]
+
+    ref = args.reference
+    dev, tests = "scifact:train", [k for k, v in ZS_EVALS.items() if v[1] == "test" and k != "squad-dev"]
+    print(f"| system | SciFact TRAIN nDCG@10 | minus {ref} (paired t) | SQuAD dev nDCG@10 |")
+    print("|---|---|---|---|")
+    for system in systems:
+        if (system, dev) not in rows:
+            continue
+        cell = "(reference)"
+        if system != ref:
+            res = paired_test(per_query(system, dev), per_query(ref, dev))
+            cell = f"{res.mean_diff:+.4f} (p = {res.p_value:.2g})"
+        squad = rows.get((system, "squad-dev"), {}).get("ndcg@10")
+        print(f"| {system} | {rows[system, dev]['ndcg@10']:.4f} | {cell} | {'' if squad is None else f'{squad:.4f}'} |")
+    print()
+    print("| system | " + " | ".join(ZS_EVALS[k][0] for k in tests) + " | mean |")
+    print("|---|" + "---|" * (len(tests) + 1))
+    for system in systems:
+        if all((system, k) in rows for k in tests) and not system.endswith("-means-only"):
+            vals = [rows[system, k]["ndcg@10"] for k in tests]
+            print(f"| {system} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {sum(vals) / len(vals):.4f} |")
+
+
 def main() -> None:
     """Parse arguments and run one step."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["prepare", "run", "collect"])
+    p.add_argument("command", choices=["prepare", "run", "wise", "collect", "report"])
     p.add_argument("--squad-train", type=int, default=100_000, help="SQuAD train-article queries (all by default)")
     p.add_argument("--squad-dev", type=int, default=300)
     p.add_argument(
@@ -580,9 +699,14 @@ def main() -> None:
     p.add_argument("--log", default="runs/gpu_lora.jsonl")
     p.add_argument("--per-query-dir", default="runs/gpu_lora")
     p.add_argument("--export", nargs=2, metavar=("JOB", "DIR"))
+    p.add_argument("--reference", default="bge-untrained", help="report: the system the paired tests compare with")
+    p.add_argument("--job", nargs="+", help="wise: the finished jobs (of --from) to interpolate")
+    p.add_argument("--alphas", nargs="+", type=float, help="wise: interpolation weights in [0, 1]")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
-    {"prepare": cmd_prepare, "run": cmd_run, "collect": cmd_collect}[args.command](args)
+    {"prepare": cmd_prepare, "run": cmd_run, "wise": cmd_wise, "collect": cmd_collect, "report": cmd_report}[
+        args.command
+    ](args)
 
 
 if __name__ == "__main__":

