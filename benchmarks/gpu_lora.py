@@ -501,13 +501,20 @@ def cmd_wise(args: argparse.Namespace) -> None:
 
     if not args.job or not args.alphas:
         raise SystemExit("wise needs --job and --alphas")
+    bad = [a for a in args.alphas if not 0.0 <= a <= 1.0]
+    if bad:  # before any loading: a bad last alpha must not cost the device time of the others
+        raise SystemExit(f"--alphas must be in [0, 1]; got {bad}")
+    src = Path(args.source)
+    lines = (src / "jobs.jsonl").read_text(encoding="utf-8").splitlines()
+    jobs = {j["name"]: j for j in (json.loads(x) for x in lines if x.strip()) if "error" not in j}
+    unknown = [name for name in args.job if name not in jobs]
+    if unknown:
+        raise SystemExit(f"--job {unknown}: not finished jobs of {src / 'jobs.jsonl'} (finished: {sorted(jobs)})")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = True
     hw = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu"
-    src = Path(args.source)
-    jobs = {j["name"]: j for j in map(json.loads, (src / "jobs.jsonl").read_text().splitlines()) if "error" not in j}
     adapters = load_file(str(src / "adapters.safetensors"))
     with gzip.open(PACK / "data.json.gz", "rt", encoding="utf-8") as fh:
         pack = json.load(fh)
@@ -604,7 +611,9 @@ def cmd_collect(args: argparse.Namespace) -> None:
             logger.warning("%s failed on the GPU: %s", job["name"], job["error"])
             continue
         for system in (job["name"], f"{job['name']}-means-only"):
-            nfc_trained = any(NFC in src for src in pack["train"][job["data"]]["sources"])
+            # an untrained job (steps 0) saw no training set: NFCorpus test is zero-shot for it
+            untrained = job.get("steps") == 0 or (job.get("wise_ft") or {}).get("alpha") == 0  # alpha 0: the start
+            nfc_trained = not untrained and any(NFC in src for src in pack["train"][job["data"]]["sources"])
             for key, (name, split, protocol) in (ID_EVALS if job["data"] == "id" else ZS_EVALS).items():
                 if name == NFC and not nfc_trained:  # e.g. the zsd-* jobs, trained on SQuAD only
                     protocol = "zero-shot"
@@ -661,6 +670,9 @@ def cmd_report(args: argparse.Namespace) -> None:
 
     ref = args.reference
     dev, tests = "scifact:train", [k for k, v in ZS_EVALS.items() if v[1] == "test" and k != "squad-dev"]
+    if (ref, dev) not in rows:  # before any table: the paired tests all need it
+        with_dev = [system for system in systems if (system, dev) in rows]
+        raise SystemExit(f"--reference {ref!r} has no {dev} row in {args.log} (systems with one: {with_dev})")
     print(f"| system | SciFact TRAIN nDCG@10 | minus {ref} (paired t) | SQuAD dev nDCG@10 |")
     print("|---|---|---|---|")
     for system in systems:
@@ -678,7 +690,35 @@ def cmd_report(args: argparse.Namespace) -> None:
     for system in systems:
         if all((system, k) in rows for k in tests) and not system.endswith("-means-only"):
             vals = [rows[system, k]["ndcg@10"] for k in tests]
-            print(f"| {system} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {sum(vals) / len(vals):.4f} |")
+            # a split the job trained on (NFCorpus for the zs-* jobs) is marked: its mean is not all zero-shot;
+            # an untrained job (steps 0) trained on nothing, whatever protocol an older collect logged for it
+            # (and so is WiSE-FT at alpha 0, the untrained weights)
+            trained_on = [
+                rows[system, k].get("steps") != 0
+                and (rows[system, k].get("wise_ft") or {}).get("alpha") != 0
+                and str(rows[system, k].get("protocol", "")).startswith("in-domain")
+                for k in tests
+            ]
+            cells = [f"{v:.4f}" + (" (in-domain)" if t else "") for v, t in zip(vals, trained_on, strict=True)]
+            print(f"| {system} | " + " | ".join(cells) + f" | {sum(vals) / len(vals):.4f} |")
+    # each Gaussian against its dot twin (the same job name with -dot for -negkl: only --similarity differs)
+    pairs = [(g, g.replace("negkl", "dot")) for g in systems if "negkl" in g and not g.endswith("-means-only")]
+    pairs = [(g, t) for g, t in pairs if (g, dev) in rows and (t, dev) in rows]
+    if pairs:
+        print()
+        print(
+            "| Gaussian | dot twin | SciFact TRAIN: Gaussian minus twin (paired t) | test mean: Gaussian minus twin |"
+        )
+        print("|---|---|---|---|")
+        for g, t in pairs:
+            res = paired_test(per_query(g, dev), per_query(t, dev))
+            means = [
+                sum(rows[x, k]["ndcg@10"] for k in tests) / len(tests)
+                for x in (g, t)
+                if all((x, k) in rows for k in tests)
+            ]
+            diff = f"{means[0] - means[1]:+.4f}" if len(means) == 2 else ""
+            print(f"| {g} | {t} | {res.mean_diff:+.4f} (p = {res.p_value:.2g}) | {diff} |")
 
 
 def main() -> None:

@@ -1,10 +1,12 @@
-"""Weight-space interpolation (WiSE-FT) between MiniLM and a LoRA-trained model, on the CPU.
+"""Weight-space interpolation (WiSE-FT) between an untrained backbone and a LoRA-trained model.
 
 Wortsman et al. (2022), "Robust fine-tuning of zero-shot models": interpolating the weights of a
 fine-tuned model with those of the model it started from often keeps the fine-tuning gain and the
 starting model's robustness on other distributions. Here the starting model is the untrained
-design (all-MiniLM-L6-v2, identity mean head, unit variance: exactly MiniLM cosine) and the
-fine-tuned one is a LoRA job of ``benchmarks/gpu_lora.py``. With ``alpha`` in [0, 1]:
+design on the job's backbone (all-MiniLM-L6-v2 or bge-small-en, identity mean head, unit variance:
+exactly the backbone's cosine) and the fine-tuned one is a LoRA job of ``benchmarks/gpu_lora.py``
+(``export`` runs here, on the CPU; ``gpu_lora.py wise`` runs the same interpolation on the GPU).
+With ``alpha`` in [0, 1]:
 
 * the LoRA update ``B @ A`` becomes ``alpha * B @ A`` (``B`` scaled, since ``B`` starts at zero,
   the start is ``alpha = 0`` whatever ``A`` was initialised to);
@@ -77,14 +79,16 @@ def interpolate(job: dict[str, Any], adapters: dict[str, Any], alpha: float, bac
     return trained
 
 
-def soup(encoders: list[Any]) -> Any:
+def soup(encoders: list[Any], job: dict[str, Any] | None = None, backbone: str | None = None) -> Any:
     """The uniform average of LoRA encoders of one design, as one LoRA encoder of rank ``16 n``.
 
     ``B_s @ A_s = (1/n) sum_i B_i @ A_i`` with ``A_s`` the rows of every ``A_i`` stacked and ``B_s``
     the columns of every ``B_i / n``; peft's scaling (``lora_alpha / r = 2``) is unchanged by the rank.
+    The soup is built on the backbone of ``job`` (one member's job; without one, MiniLM), or on the folder
+    ``backbone``, as :func:`interpolate` builds its start; encoders of another backbone are refused.
     """
     import torch
-    from gpu_lora import BASE, LORA_R
+    from gpu_lora import BACKBONES, LORA_R
 
     from kl_retrievers import GaussianEncoder
     from kl_retrievers.training.trainer import apply_freezing
@@ -96,11 +100,20 @@ def soup(encoders: list[Any]) -> Any:
     parts = [{k: v for k, v in e.named_parameters() if v.requires_grad} for e in encoders]
     if any(set(q) != set(parts[0]) or any(q[k].shape != parts[0][k].shape for k in q) for q in parts):
         raise ValueError("soup: every encoder needs the same trainable tensors (one design, one LoRA rank)")
+    if any(e.config.pooling != first.config.pooling for e in encoders):
+        raise ValueError(f"soup: the encoders pool differently ({sorted({e.config.pooling for e in encoders})})")
+    spec = BACKBONES[(job or {}).get("backbone", "minilm")]
     out = GaussianEncoder.from_backbone(
-        BASE, pooling="mean", normalize_pooled=True, var_token=False, beta=first.config.beta,
-        max_length=256, query_max_length=64, seed=0,
+        backbone or spec["name"], pooling=first.config.pooling, normalize_pooled=True, var_token=False,
+        beta=first.config.beta, max_length=256, query_max_length=64, seed=0,
     )  # fmt: skip
     apply_freezing(out, lora_r=LORA_R * n)
+    names = {k for k, v in out.named_parameters() if v.requires_grad}
+    if names != set(parts[0]):  # e.g. bge's 12 layers of adapters copied into MiniLM's 6
+        raise ValueError(
+            f"soup: the encoders' trainable tensors do not match those of {backbone or spec['name']} "
+            f"({len(parts[0])} vs {len(names)}); pass the members' job (its backbone) or backbone folder"
+        )
     with torch.no_grad():
         for name, p in out.named_parameters():
             if not p.requires_grad:
@@ -128,9 +141,12 @@ def cmd_export(args: argparse.Namespace) -> None:
     groups = [args.job] if args.soup else [[name] for name in args.job]
     for members in groups:
         first = jobs[members[0]]
+        kinds = {jobs[name].get("backbone", "minilm") for name in members}
+        if len(kinds) > 1:
+            raise SystemExit(f"--soup needs jobs on one backbone; got {', '.join(sorted(kinds))}")
         for alpha in args.alphas:
             if args.soup:
-                enc = soup([interpolate(jobs[name], adapters, alpha) for name in members])
+                enc = soup([interpolate(jobs[name], adapters, alpha) for name in members], first)
             else:
                 enc = interpolate(first, adapters, alpha)
             command = (

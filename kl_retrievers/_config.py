@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from kl_retrievers._io import read_json_object
+
 __all__ = [
     "CONFIG_NAME",
     "SIMILARITIES",
@@ -156,7 +158,7 @@ def read_encoder_meta(path: Path) -> dict[str, Any]:
     """
     cfg_file = path / CONFIG_NAME
     try:
-        meta = json.loads(cfg_file.read_text())
+        meta = json.loads(cfg_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise NotAnEncoderError(f"{path} is not a saved GaussianEncoder: {CONFIG_NAME} is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -206,12 +208,12 @@ def describe_saved_meta(meta: dict[str, Any]) -> str | None:
 
 
 def describe_saved_folder(folder: Path) -> str | None:
-    """:func:`describe_saved_meta` of ``folder``'s ``config.json``; ``None`` without one kl_retrievers wrote."""
-    try:
-        meta = json.loads((Path(folder) / CONFIG_NAME).read_bytes().decode("utf-8"))
-    except (OSError, ValueError):
-        return None
-    return describe_saved_meta(meta) if isinstance(meta, dict) else None
+    """:func:`describe_saved_meta` of ``folder``'s ``config.json``; ``None`` without one kl_retrievers wrote.
+
+    A missing, unreadable, non-JSON or non-object ``config.json`` is ``None`` too (:func:`read_json_object`).
+    """
+    meta = read_json_object(Path(folder) / CONFIG_NAME)
+    return None if meta is None else describe_saved_meta(meta)
 
 
 def encoder_config(meta: dict[str, Any], cfg_file: Path) -> GaussianEncoderConfig:

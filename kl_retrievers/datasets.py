@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,20 +58,63 @@ QRELS_DIR = "qrels"
 class DatasetError(ValueError):
     """A BEIR folder is missing a file or holds a malformed or inconsistent line.
 
-    The message names the file and, where it applies, the 1-based line number.
+    The message names the file and, where it applies, the 1-based line number. An error that one
+    :func:`load_beir` keyword avoids carries it in :attr:`option` (``(keyword, value)``) and ends its
+    message with ``pass keyword='value'`` and what that does; :meth:`describe` spells the option
+    another way, so a command line names its own flag without rewriting the message's text.
+
+    Attributes:
+        path: The file or folder at fault, or ``None``.
+        line: The 1-based line number, or ``None``.
+        reason: The message without the location and the option.
+        option: The ``load_beir`` keyword and value that avoid the error, or ``None``.
+        option_effect: What passing :attr:`option` does (e.g. ``"to skip ..."``); empty without one.
 
     Examples:
         >>> str(DatasetError("bad", path="qrels/test.tsv", line=3))
         'qrels/test.tsv, line 3: bad'
+        >>> err = DatasetError("unknown id", option=("unknown_docs", "drop"), option_effect="to skip it")
+        >>> str(err)
+        "unknown id; pass unknown_docs='drop' to skip it"
+        >>> err.describe(lambda keyword, value: f"--{keyword.replace('_', '-')} {value}")
+        'unknown id; pass --unknown-docs drop to skip it'
     """
 
-    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None, line: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        line: int | None = None,
+        option: tuple[str, str] | None = None,
+        option_effect: str = "",
+    ) -> None:
         self.path = None if path is None else str(path)
         self.line = line
+        self.reason = message
+        self.option = option
+        self.option_effect = option_effect
+        super().__init__(self.describe())
+
+    def describe(self, spell_option: Callable[[str, str], str] | None = None) -> str:
+        """The message, with :attr:`option` spelled by ``spell_option(keyword, value)``.
+
+        Args:
+            spell_option: Spells the option (e.g. as a command-line flag); ``None`` spells it as
+                the Python keyword argument, ``keyword='value'`` (what ``str(error)`` holds).
+
+        Returns:
+            The location, the reason and, with an option, ``"; pass <option> <option_effect>"``.
+        """
         where = ""
         if self.path is not None:
-            where = self.path if line is None else f"{self.path}, line {line}"
-        super().__init__(f"{where}: {message}" if where else message)
+            where = self.path if self.line is None else f"{self.path}, line {self.line}"
+        message = f"{where}: {self.reason}" if where else self.reason
+        if self.option is None:
+            return message
+        keyword, value = self.option
+        spelled = spell_option(keyword, value) if spell_option is not None else f"{keyword}={value!r}"
+        return f"{message}; pass {spelled} {self.option_effect}".rstrip()
 
 
 def document_text(doc: dict[str, str]) -> str:
@@ -471,10 +514,11 @@ def _load_qrels(
                     emptied.add(qid)
                 continue
             raise DatasetError(
-                f"unknown document id {doc_id!r} (not in {CORPUS_FILE}); "
-                "pass unknown_docs='drop' to skip judgements of documents outside the corpus",
+                f"unknown document id {doc_id!r} (not in {CORPUS_FILE})",
                 path=path,
                 line=lineno,
+                option=("unknown_docs", "drop"),
+                option_effect="to skip judgements of documents outside the corpus",
             )
         key = (qid, doc_id)
         if key in seen and qrels[qid][doc_id] != score:

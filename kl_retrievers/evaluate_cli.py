@@ -40,7 +40,7 @@ from kl_retrievers.cli_common import (
     positive_int,
     token_budget,
 )
-from kl_retrievers.datasets import CORPUS_FILE, QRELS_DIR, QUERIES_FILE, load_beir
+from kl_retrievers.datasets import CORPUS_FILE, QRELS_DIR, QUERIES_FILE, DatasetError, load_beir
 from kl_retrievers.encoding_cache import CACHE_ENV
 from kl_retrievers.evaluation import (
     DEFAULT_METRICS,
@@ -528,6 +528,44 @@ def _looks_like_trec_run(path: Path) -> bool:
     return False
 
 
+#: :func:`load_beir` keyword arguments this command has a flag for.
+_CLI_FLAGS = {"unknown_docs": "--unknown-docs"}
+
+
+def _cli_option(keyword: str, value: str) -> str:
+    """A :func:`load_beir` keyword argument as this command's flag; one it has no flag for stays Python.
+
+    Examples:
+        >>> _cli_option("unknown_docs", "drop")
+        '--unknown-docs drop'
+        >>> _cli_option("mmap", "True")
+        "mmap='True'"
+    """
+    flag = _CLI_FLAGS.get(keyword)
+    return f"{flag} {value}" if flag else f"{keyword}={value!r}"
+
+
+def _onnx_export_on_torch(model: str | None) -> str | None:
+    """The error for ``--model`` naming an ONNX export folder on the torch backend, else ``None``.
+
+    :func:`kl_retrievers.load_model` refuses such a folder with ``backend="torch"``, with advice for
+    Python callers; this is the command line's own wording, chosen by the condition, not by the library's
+    text. A bundled model's name is never such a folder: ``load_model`` loads the bundled model.
+    """
+    from kl_retrievers.pretrained import _is_onnx_export, bundled_models
+
+    if model is None:  # the default model: a bundled one
+        return None
+    if model.startswith("kl_retrievers:") or model in bundled_models():
+        return None
+    if not _is_onnx_export(Path(model).expanduser()):
+        return None
+    return (
+        f"{model} holds an ONNX export (model.onnx), which runs on ONNX Runtime only; pass --model-backend onnx "
+        "(evaluate's default backend is torch, that of the logged figures)"
+    )
+
+
 def _missing_package_problem(args: argparse.Namespace) -> str | None:
     """What is not installed for this evaluation, said before the dataset is read or anything encoded."""
     if missing_modules(["ir_measures"]):
@@ -574,9 +612,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if args.save_run:  # before any encoding: the run file could not hold these ids
             check_trec_ids(dataset.query_ids, "query", "--save-run")
             check_trec_ids(dataset.doc_ids, "document", "--save-run")
-    except ValueError as exc:  # DatasetError too; the library's keyword is this command's flag
-        message = str(exc).replace("pass unknown_docs='drop'", "pass --unknown-docs drop")
-        print(f"kl-retrievers evaluate: error: {message}", file=sys.stderr)
+    except DatasetError as exc:  # an option it names (unknown_docs='drop') is this command's flag
+        print(f"kl-retrievers evaluate: error: {exc.describe(_cli_option)}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"kl-retrievers evaluate: error: {exc}", file=sys.stderr)
         return 2
     other: tuple[dict[str, dict[str, float]], dict[str, Any]] | None = None
     if args.compare:
@@ -641,14 +681,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     else:
         from kl_retrievers.pretrained import load_model
 
+        backend = getattr(args, "model_backend", "torch")
         try:
-            encoder = load_model(args.model, backend=getattr(args, "model_backend", "torch"))
-        except ValueError as exc:  # the library's keyword is this command's flag (an ONNX export on torch)
-            message = str(exc).replace(
-                "load it with backend='onnx' (on the command line: --model-backend onnx)",
-                "pass --model-backend onnx (evaluate's default backend is torch, that of the logged figures)",
-            )
-            print(f"kl-retrievers evaluate: error: {message}", file=sys.stderr)
+            encoder = load_model(args.model, backend=backend)
+        except ValueError as exc:  # an ONNX export on torch: this command's own advice, not the Python keyword's
+            message = _onnx_export_on_torch(args.model) if backend == "torch" else None
+            print(f"kl-retrievers evaluate: error: {message or exc}", file=sys.stderr)
             return 2
         similarity = model_similarity(encoder)
         if similarity != "neg_kl" and (args.hybrid or args.means_only):

@@ -768,13 +768,46 @@ class _BM25Half:
             rows = np.concatenate([csc.indices[lo:hi] for lo, hi in spans])
             weights = np.concatenate([csc.data[lo:hi] for lo, hi in spans])
         values = np.bincount(rows, weights=weights, minlength=n).astype(np.float64, copy=False)
-        mass = float(self.idf[np.unique(np.asarray(token_ids, dtype=np.int64))].sum())
+        # summed in value order: the vocabulary's column order depends on the hash seed, the sum must not
+        mass = float(np.sort(self.idf[np.unique(np.asarray(token_ids, dtype=np.int64))]).sum())
         return values, mass, len(token_ids) / len(tokens)
 
     def mask(self, predicate: Callable[[Mapping[str, Any]], bool] | None) -> np.ndarray | None:
+        """The rows ``predicate`` allows (``None``: no filter), calling it on every row's metadata."""
         if predicate is None:
             return None
         return np.fromiter((bool(predicate(self.metas[i])) for i in self.ids), dtype=bool, count=len(self.ids))
+
+    def shared_mask(
+        self,
+        predicate: Callable[[Mapping[str, Any]], bool] | None,
+        live_ids: list[str] | None,
+        allowed: np.ndarray | None,
+    ) -> np.ndarray | None:
+        """:meth:`mask` from what the filter allowed in the KL half, calling it again only for ids the KL half lacks.
+
+        Args:
+            predicate: The compiled filter (``None``: no filter, no mask).
+            live_ids: The KL half's live ids in row order (:meth:`KLStore._top_ids`).
+            allowed: Whether the filter allowed each of ``live_ids``.
+
+        The halves hold the same documents with the same metadata, and normally in the same order (both
+        append, and an upsert moves a document to the end of both): then the KL half's answers are this
+        half's. Otherwise each id takes the KL half's answer, and an id only this half holds (the KL half
+        was changed directly) is asked to ``predicate``, as :meth:`mask` would.
+        """
+        if predicate is None:
+            return None
+        if live_ids is None or allowed is None:
+            return self.mask(predicate)
+        if self.ids == live_ids:
+            return allowed
+        by_id = dict(zip(live_ids, allowed.tolist(), strict=True))
+        return np.fromiter(
+            (by_id[i] if i in by_id else bool(predicate(self.metas[i])) for i in self.ids),
+            dtype=bool,
+            count=len(self.ids),
+        )
 
     def save(self, folder: Path) -> dict[str, Any]:
         """``ids.json`` and, when indexed, the files of ``bm25s.BM25.save`` (which ``bm25s.BM25.load`` reads)."""
@@ -1256,7 +1289,8 @@ class KLHybridStore:
         Args:
             queries: Query texts (BM25 reads them; encoded unless ``query_gaussians`` is given).
             query_gaussians: One query Gaussian per text.
-            filter: Metadata filter applied to both halves before ranking.
+            filter: Metadata filter applied to both halves before ranking (called once per document:
+                the BM25 half reuses what it allowed in the KL half).
             depth: Documents from each half (default: the store's ``candidates``).
 
         Returns:
@@ -1268,13 +1302,24 @@ class KLHybridStore:
         qg = self._query_gaussians(texts, query_gaussians)
         with self._lock.read():
             self._ensure_index()
-            dense_lists = self._kl.search_batch(qg, k=depth, filter=filter) if len(self._kl) else [[] for _ in texts]
-            mask = self._bm25.mask(predicate)
             half = self._bm25
+            if len(self._kl):
+                # ids and scores only (the hits' texts and metadata are read for the fused top k alone), and
+                # the filter called once per document: the BM25 half reuses what it allowed in the KL half
+                top = self._kl._top_ids(qg, depth, predicate)
+                dense_ids, dense_scores = top.ids, top.scores
+                mask = half.shared_mask(predicate, top.live_ids, top.allowed)
+            else:
+                dense_ids, dense_scores = [[] for _ in texts], [np.zeros(0) for _ in texts]
+                mask = half.mask(predicate)
             uncertainty = np.log(qg.var).mean(axis=1) if len(qg) else np.zeros(0)
             out = []
             for i, text in enumerate(texts):
-                out.append(self._one_candidates(qg[i], text, dense_lists[i], half, mask, depth, float(uncertainty[i])))
+                out.append(
+                    self._one_candidates(
+                        qg[i], text, dense_ids[i], dense_scores[i], half, mask, depth, float(uncertainty[i])
+                    )
+                )
         return out
 
     def encode_queries(self, queries: Sequence[str]) -> Gaussians:
@@ -1309,7 +1354,15 @@ class KLHybridStore:
             yield self
 
     def _one_candidates(
-        self, q: Gaussians, text: str, dense: list[Any], half: _BM25Half, mask: np.ndarray | None, depth: int, u: float
+        self,
+        q: Gaussians,
+        text: str,
+        dense_ids: list[str],
+        dense_scores: np.ndarray,
+        half: _BM25Half,
+        mask: np.ndarray | None,
+        depth: int,
+        u: float,
     ) -> Candidates:
         tokens = self._tokenizer(text)
         full, idf_mass, matched = half.scores(tokens)
@@ -1319,14 +1372,13 @@ class KLHybridStore:
         rows = np.flatnonzero(allowed)
         rows = rows[top_k(full[None, rows], depth, np.arange(rows.size))[0][0]]  # best first, ties by row (ascending)
         bm25_ids = [half.ids[r] for r in rows.tolist()]
-        dense_ids = [r.id for r in dense]
         n_dense = len(dense_ids)
         in_dense = dict(zip(dense_ids, range(n_dense), strict=True))
         extra_pos = [j for j, doc_id in enumerate(bm25_ids) if doc_id not in in_dense]
         extra = [bm25_ids[j] for j in extra_pos]
         ids = dense_ids + extra
         neg = np.empty(len(ids))
-        neg[:n_dense] = [r.score for r in dense]
+        neg[:n_dense] = dense_scores
         if extra:
             if any(doc_id not in self._kl for doc_id in extra):  # the KL half was changed directly
                 raise RuntimeError(self._out_of_sync(half))

@@ -40,12 +40,22 @@ import numpy as np
 
 from kl_retrievers._config import model_similarity
 from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, eval_mode, require_torch
-from kl_retrievers._io import atomic_dir, check_version, is_within, library_version, parse_json_object, some_names
+from kl_retrievers._io import (
+    atomic_dir,
+    check_version,
+    is_within,
+    library_version,
+    parse_json_object,
+    read_json_object,
+    some_names,
+)
 from kl_retrievers.gaussian import SCORE_DIRECTION, Gaussians
 from kl_retrievers.hub import local_reference
 from kl_retrievers.hub import sha256_file as _sha256
 
 if TYPE_CHECKING:
+    import onnxruntime
+
     from kl_retrievers.encoder import GaussianEncoder
 
 logger = logging.getLogger(__name__)
@@ -57,6 +67,7 @@ __all__ = [
     "OnnxModelError",
     "export_onnx",
     "is_onnx_folder",
+    "make_session_options",
 ]
 
 FORMAT_VERSION = 1
@@ -244,11 +255,8 @@ EXPORT_FILES = (MODEL_FILE, TOKENIZER_FILE, CONFIG_NAME)
 
 def _export_meta(folder: Path) -> dict[str, Any] | None:
     """``folder``'s ``config.json`` when it says the folder is an ONNX export made by kl_retrievers, else None."""
-    try:
-        meta = json.loads((folder / CONFIG_NAME).read_bytes().decode("utf-8"))
-    except (OSError, ValueError):  # missing, unreadable or not JSON (UnicodeDecodeError is a ValueError)
-        return None
-    if isinstance(meta, dict) and meta.get("library") == "kl_retrievers" and meta.get("backend") == BACKEND:
+    meta = read_json_object(folder / CONFIG_NAME)  # None when missing, unreadable, not JSON or not an object
+    if meta is not None and meta.get("library") == "kl_retrievers" and meta.get("backend") == BACKEND:
         return meta
     return None
 
@@ -579,6 +587,86 @@ def is_onnx_folder(path: str | os.PathLike[str]) -> bool:
     return (p / MODEL_FILE).is_file() and (p / CONFIG_NAME).is_file()
 
 
+def make_session_options(
+    *, num_threads: int | None = None, allow_spinning: bool | None = None, session_options: Any = None
+) -> Any:
+    """The ``onnxruntime.SessionOptions`` an ONNX encoder's session is built with.
+
+    Without ``session_options``, the defaults of kl_retrievers: warnings and errors only in ONNX Runtime's log
+    (``log_severity_level = 3``), ``session.intra_op.allow_spinning = "0"`` (idle worker threads sleep) unless
+    ``allow_spinning=True``, ``session.disable_quant_qdq = "1"`` (int8 embedding tables dequantised once, at
+    load) and ``intra_op_num_threads = num_threads`` when given. With ``session_options``, that object as it
+    is: none of these defaults is added to it (none is needed for correct results, only for speed and a quiet
+    log) and it is not changed, so ``num_threads`` and ``allow_spinning`` must be left unset then (set
+    ``intra_op_num_threads`` and the ``session.intra_op.allow_spinning`` entry on it instead).
+
+    Spinning: with ``allow_spinning=True`` idle threads busy-wait for the next piece of work. On the default
+    model with 2 threads on 2 shared cores that cut the median single-query latency (by 40% idle, 17% beside a
+    busy process) but cost 2 to 4% batch throughput and made slow queries slower beside a busy process, so it
+    stays off by default (docs/onnx.md, "Session options: threads and spinning"; ``benchmarks/onnx_session.py``).
+
+    Args:
+        num_threads: ONNX Runtime intra-op threads, an int >= 1 (default: its own choice, the physical cores).
+        allow_spinning: Whether idle intra-op threads spin (default ``None``: off, as ``False``).
+        session_options: An ``onnxruntime.SessionOptions`` used as given, instead of the defaults above.
+
+    Returns:
+        An ``onnxruntime.SessionOptions``: ``session_options`` itself when given, else a new one.
+
+    Raises:
+        TypeError: ``session_options`` is not an ``onnxruntime.SessionOptions``, or ``allow_spinning`` is not a
+            bool.
+        ValueError: ``num_threads`` is not an int >= 1, or ``num_threads`` or ``allow_spinning`` is given
+            together with ``session_options``.
+
+    Examples:
+        >>> opts = make_session_options(num_threads=1, allow_spinning=True)
+        >>> opts.intra_op_num_threads, opts.get_session_config_entry("session.intra_op.allow_spinning")
+        (1, '1')
+        >>> make_session_options(allow_spinning="no")
+        Traceback (most recent call last):
+        TypeError: allow_spinning must be True, False or None; got 'no' (str)
+    """
+    ort = onnx_runtime()
+    if num_threads is not None and (
+        isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
+    ):
+        raise ValueError(f"num_threads must be an int >= 1; got {num_threads!r}")
+    if allow_spinning is not None and not isinstance(allow_spinning, bool):
+        raise TypeError(
+            f"allow_spinning must be True, False or None; got {allow_spinning!r} ({type(allow_spinning).__name__})"
+        )
+    if session_options is not None:
+        if not isinstance(session_options, ort.SessionOptions):
+            raise TypeError(
+                "session_options must be an onnxruntime.SessionOptions or None; got "
+                f"{session_options!r} ({type(session_options).__name__})"
+            )
+        given = [
+            f"{name}={value!r}"
+            for name, value in (("num_threads", num_threads), ("allow_spinning", allow_spinning))
+            if value is not None
+        ]
+        if given:
+            raise ValueError(
+                f"{' and '.join(given)} cannot be combined with session_options, which is used as given: set "
+                "intra_op_num_threads or add_session_config_entry('session.intra_op.allow_spinning', '0' or '1') "
+                "on the SessionOptions instead"
+            )
+        return session_options
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # Idle worker threads sleep instead of spinning by default: on a shared or busy CPU spinning steals the cores
+    # the other worker needs (docs/onnx.md, "Session options: threads and spinning"; allow_spinning=True turns it on).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    # Fold the DequantizeLinear of int8 embedding tables into float32 tables once, at load (ONNX Runtime
+    # keeps them per run otherwise, for QDQ fusions these dynamically quantised graphs do not use).
+    options.add_session_config_entry("session.disable_quant_qdq", "1")
+    if num_threads is not None:
+        options.intra_op_num_threads = num_threads
+    return options
+
+
 # ---------------------------------------------------------------------- inference
 class OnnxGaussianEncoder(EncoderMixin):
     """A Gaussian encoder served by ONNX Runtime on CPU, with the interface of the torch encoder.
@@ -605,9 +693,19 @@ class OnnxGaussianEncoder(EncoderMixin):
         num_threads: ONNX Runtime intra-op threads (default: its own choice, the physical cores).
         name_or_path: How the encoder names itself (default: ``path`` made absolute, as
             :func:`kl_retrievers.hub.local_reference` records it).
+        allow_spinning: Whether ONNX Runtime's idle intra-op threads spin (busy-wait) rather than sleep
+            (default ``None``: off). On: lower single-query latency on an idle machine; off: more throughput
+            when the cores are shared. :func:`make_session_options` and docs/onnx.md have the measurements.
+        session_options: An ``onnxruntime.SessionOptions`` to build the session with, used as given: the
+            defaults of :func:`make_session_options` are not added to it (nor ``num_threads`` or
+            ``allow_spinning``, which must be left unset then). The execution provider stays
+            ``CPUExecutionProvider``.
 
     Raises:
         OnnxModelError: The folder is not an ONNX export, or its graph does not match its config.
+        TypeError: ``session_options`` or ``allow_spinning`` has the wrong type.
+        ValueError: ``num_threads`` is not an int >= 1, or is given, like ``allow_spinning``, with
+            ``session_options``.
 
     Examples:
         >>> enc = OnnxGaussianEncoder("my-encoder-onnx")  # doctest: +SKIP
@@ -616,8 +714,17 @@ class OnnxGaussianEncoder(EncoderMixin):
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, num_threads: int | None = None, name_or_path: str | None = None
+        self,
+        path: str | os.PathLike[str],
+        *,
+        num_threads: int | None = None,
+        name_or_path: str | None = None,
+        allow_spinning: bool | None = None,
+        session_options: onnxruntime.SessionOptions | None = None,
     ) -> None:
+        options = make_session_options(
+            num_threads=num_threads, allow_spinning=allow_spinning, session_options=session_options
+        )
         folder = Path(path)
         meta = _read_meta(folder)
         config = _config_from_meta(meta, folder)
@@ -629,7 +736,7 @@ class OnnxGaussianEncoder(EncoderMixin):
             tokenizer_file.read_text(encoding="utf-8"),
             config,
             where=str(folder),
-            num_threads=num_threads,
+            options=options,
         )
         self.path = folder
         self.meta = meta
@@ -640,32 +747,19 @@ class OnnxGaussianEncoder(EncoderMixin):
         cls, model: Path, tokenizer_json: str, config: OnnxEncoderConfig, *, where: str
     ) -> OnnxGaussianEncoder:
         self = cls.__new__(cls)
-        self._setup(model, tokenizer_json, config, where=where, num_threads=None)
+        self._setup(model, tokenizer_json, config, where=where, options=make_session_options())
         self.path = model.parent
         self.meta = {}
         self.name_or_path = where
         return self
 
-    def _setup(
-        self, model: Path, tokenizer_json: str, config: OnnxEncoderConfig, *, where: str, num_threads: int | None
-    ) -> None:
+    def _setup(self, model: Path, tokenizer_json: str, config: OnnxEncoderConfig, *, where: str, options: Any) -> None:
+        """Build the session (with ``options``, from :func:`make_session_options`) and the tokenizer; check both."""
         ort = onnx_runtime()
         from tokenizers import Tokenizer
 
         if not model.is_file():
             raise OnnxModelError(f"{where} is missing {MODEL_FILE}")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        # Idle worker threads sleep instead of spinning: on a shared or busy CPU spinning steals the
-        # cores the other worker needs (about 20% more throughput measured on 2 busy cores).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # Fold the DequantizeLinear of int8 embedding tables into float32 tables once, at load (ONNX Runtime
-        # keeps them per run otherwise, for QDQ fusions these dynamically quantised graphs do not use).
-        options.add_session_config_entry("session.disable_quant_qdq", "1")
-        if num_threads is not None:
-            if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
-                raise ValueError(f"num_threads must be an int >= 1; got {num_threads!r}")
-            options.intra_op_num_threads = num_threads
         try:
             session = ort.InferenceSession(os.fspath(model), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs

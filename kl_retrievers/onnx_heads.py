@@ -37,13 +37,16 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kl_retrievers._config import CONFIG_NAME, NotAnEncoderError, check_weights_sha256, encoder_config
 from kl_retrievers.hub import local_reference
-from kl_retrievers.onnx import MODEL_FILE, OnnxEncoderConfig, OnnxGaussianEncoder, OnnxModelError
+from kl_retrievers.onnx import MODEL_FILE, OnnxEncoderConfig, OnnxGaussianEncoder, OnnxModelError, make_session_options
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 logger = logging.getLogger(__name__)
 
@@ -280,6 +283,11 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
             bundled model that :func:`shared_backbone_for` accepts.
         num_threads: ONNX Runtime intra-op threads (default: its own choice).
         name_or_path: How the encoder names itself (default: ``folder``).
+        allow_spinning: Whether ONNX Runtime's idle intra-op threads spin rather than sleep (default ``None``:
+            off), as for :class:`~kl_retrievers.onnx.OnnxGaussianEncoder`.
+        session_options: An ``onnxruntime.SessionOptions`` used as given, as for
+            :class:`~kl_retrievers.onnx.OnnxGaussianEncoder` (``num_threads`` and ``allow_spinning`` must be
+            left unset then).
 
     Raises:
         OnnxModelError: No shared graph serves this model (the message says why), or the installed graph is
@@ -288,6 +296,9 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
             ``var_floor``, ``max_length``...), ``delta.safetensors`` differs from the SHA-256 its
             ``config.json`` records (``weights_sha256``), or the heads' width is not the backbone's hidden size.
         ModuleNotFoundError: The package carrying the graph is not installed (the message names the extra).
+        TypeError: ``session_options`` or ``allow_spinning`` has the wrong type.
+        ValueError: ``num_threads`` is not an int >= 1, or is given, like ``allow_spinning``, with
+            ``session_options``.
 
     Examples:
         >>> from kl_retrievers.pretrained import bundled_model_path
@@ -297,10 +308,19 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
     """
 
     def __init__(
-        self, folder: str | os.PathLike[str], *, num_threads: int | None = None, name_or_path: str | None = None
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        num_threads: int | None = None,
+        name_or_path: str | None = None,
+        allow_spinning: bool | None = None,
+        session_options: onnxruntime.SessionOptions | None = None,
     ) -> None:
         from tokenizers import Tokenizer
 
+        options = make_session_options(
+            num_threads=num_threads, allow_spinning=allow_spinning, session_options=session_options
+        )
         path = Path(folder)
         where = name_or_path or local_reference(folder)  # an absolute folder, as the other encoders record
         backbone = shared_backbone_for(path)
@@ -387,7 +407,7 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
         # Last, as the torch backend does, so that a file edited into another shape keeps the message naming it.
         check_weights_sha256(saved, cfg_file, delta)
         self._heads = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in heads.items()}
-        self._setup(graph, tokenizer.to_str(), config, where=f"{where} ({graph})", num_threads=num_threads)
+        self._setup(graph, tokenizer.to_str(), config, where=f"{where} ({graph})", options=options)
         self.path = path
         self.meta = {
             "backend": "onnx",

@@ -34,8 +34,9 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kl_retrievers.hub import ModelNotFoundError, local_reference, warn_if_shadowed
 
@@ -180,7 +181,11 @@ def default_backend(name_or_path: str | None = None, *, device: str | None = Non
 
 
 def load_default_model(
-    name: str = DEFAULT_MODEL, *, device: str | None = None, backend: str | None = None
+    name: str = DEFAULT_MODEL,
+    *,
+    device: str | None = None,
+    backend: str | None = None,
+    onnx_options: Mapping[str, Any] | None = None,
 ) -> GaussianEncoder | OnnxGaussianEncoder:
     """Load the package's default Gaussian encoder (no arguments needed).
 
@@ -203,6 +208,7 @@ def load_default_model(
         name: A bundled model name (see :func:`bundled_models`).
         device: ``"cpu"``, ``"cuda"`` or ``"mps"`` (default: the best available; torch only).
         backend: ``"onnx"``, ``"torch"`` or ``None`` (:func:`default_backend`).
+        onnx_options: ONNX Runtime session settings, as for :func:`load_model`.
 
     Returns:
         An :class:`~kl_retrievers.onnx.OnnxGaussianEncoder` or a
@@ -215,7 +221,7 @@ def load_default_model(
     """
     name = name.removeprefix("kl_retrievers:") if isinstance(name, str) else name
     bundled_model_path(name)  # a bundled name only: the message lists them
-    return load_model(name, device=device, backend=backend)
+    return load_model(name, device=device, backend=backend, onnx_options=onnx_options)
 
 
 def load_model(
@@ -224,6 +230,7 @@ def load_model(
     device: str | None = None,
     backend: str | None = None,
     quantize: str | None = "int8",
+    onnx_options: Mapping[str, Any] | None = None,
 ) -> GaussianEncoder | OnnxGaussianEncoder:
     """Load a Gaussian encoder by bundled name (also as ``kl_retrievers:NAME``), local folder or hub id.
 
@@ -246,10 +253,18 @@ def load_model(
         quantize: ONNX exports made here: ``"int8"`` (dynamic int8 weights) or ``None`` (float32). The
             torch backend always loads the saved float32 weights and does not quantise: any other value
             than these two is refused on every backend.
+        onnx_options: Settings of the ONNX Runtime session (ONNX backend only), passed to
+            :class:`~kl_retrievers.onnx.OnnxGaussianEncoder`: any of ``num_threads``, ``allow_spinning``
+            and ``session_options`` (see :func:`kl_retrievers.onnx.make_session_options` and
+            ``docs/onnx.md``), e.g. ``{"allow_spinning": True}`` for lower single-query latency on an
+            idle machine. With ``backend=None`` they choose the ONNX backend (even where a CUDA GPU would
+            choose torch).
 
     Raises:
-        TypeError: ``name_or_path`` is not a str, a path or ``None``.
-        ValueError: Unknown ``backend`` or ``quantize``, a device the backend cannot use, an ONNX
+        TypeError: ``name_or_path`` is not a str, a path or ``None``; ``onnx_options`` is not a mapping,
+            or holds a value of the wrong type (e.g. a str ``allow_spinning``).
+        ValueError: Unknown ``backend`` or ``quantize``, ``onnx_options`` with an unknown key or with
+            ``backend="torch"``, a device the backend cannot use, an ONNX
             folder asked for with ``backend="torch"``, or one of :data:`RESEARCH_MODELS` from an
             installed wheel (they are in the source repository only).
         ModuleNotFoundError: The torch backend, or an ONNX export made here, without torch installed
@@ -272,23 +287,46 @@ def load_model(
             f"quantize must be one of {QUANTIZATIONS}; got {quantize!r} (it sets the weights of ONNX exports made "
             "here; the torch backend always loads float32 weights)"
         )
-    if backend is None:
-        backend = default_backend(text, device=device)
+    if backend is None:  # ONNX Runtime settings ask for the ONNX backend, whatever the machine would choose
+        backend = "onnx" if onnx_options else default_backend(text, device=device)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None; got {backend!r}")
+    options = _onnx_options(onnx_options, backend)
     name = _bundled_name(text)
     if name is None and text is not None:
         _refuse_backbone_name(text)
     if name is not None and text is not None:
         warn_if_shadowed(text, name)
     try:
-        return _load(name, text, device=device, backend=backend, quantize=quantize)
+        return _load(name, text, device=device, backend=backend, quantize=quantize, onnx_options=options)
     except ModelNotFoundError as exc:
         if name is None and text is not None and not Path(text).expanduser().exists():
             raise ModelNotFoundError(
                 f"{exc} Bundled models (load them by name): {', '.join(bundled_models())}."
             ) from None
         raise
+
+
+#: The keys :func:`load_model`'s ``onnx_options`` accepts (keywords of the ONNX encoders).
+_ONNX_OPTIONS = ("num_threads", "allow_spinning", "session_options")
+
+
+def _onnx_options(onnx_options: object, backend: str) -> dict[str, Any]:
+    """``load_model``'s ``onnx_options`` checked: a mapping of :data:`_ONNX_OPTIONS` keys, ONNX backend only."""
+    if onnx_options is None:
+        return {}
+    if not isinstance(onnx_options, Mapping):
+        raise TypeError(f"onnx_options must be a mapping (a dict) or None; got {type(onnx_options).__name__}")
+    unknown = sorted(map(str, set(onnx_options) - set(_ONNX_OPTIONS)))
+    if unknown:
+        raise ValueError(f"onnx_options has unknown keys {unknown}; allowed: {', '.join(_ONNX_OPTIONS)}")
+    if onnx_options and backend != "onnx":
+        raise ValueError(f"onnx_options {sorted(onnx_options)} apply to backend='onnx' only; got backend={backend!r}")
+    if onnx_options:
+        from kl_retrievers.onnx import make_session_options
+
+        make_session_options(**onnx_options)  # bad values fail here, before any file is read or exported
+    return dict(onnx_options)
 
 
 def _name_or_path_text(name_or_path: object) -> str | None:
@@ -329,10 +367,16 @@ def _refuse_backbone_name(name_or_path: str) -> None:
 
 
 def _load(
-    name: str | None, name_or_path: str | None, *, device: str | None, backend: str, quantize: str | None
+    name: str | None,
+    name_or_path: str | None,
+    *,
+    device: str | None,
+    backend: str,
+    quantize: str | None,
+    onnx_options: Mapping[str, Any],
 ) -> GaussianEncoder | OnnxGaussianEncoder:
     if backend == "onnx":
-        return _load_onnx(name, name_or_path, device=device, quantize=quantize)
+        return _load_onnx(name, name_or_path, device=device, quantize=quantize, options=onnx_options)
     from kl_retrievers._encoding import require_torch
 
     require_torch("backend='torch'")
@@ -457,7 +501,12 @@ def _is_onnx_export(path: Path) -> bool:
 
 
 def _load_onnx(
-    name: str | None, name_or_path: str | None, *, device: str | None, quantize: str | None
+    name: str | None,
+    name_or_path: str | None,
+    *,
+    device: str | None,
+    quantize: str | None,
+    options: Mapping[str, Any],
 ) -> OnnxGaussianEncoder:
     from kl_retrievers._io import library_version
     from kl_retrievers.onnx import (
@@ -479,13 +528,13 @@ def _load_onnx(
         source, display, slug = bundled_model_path(name), f"kl_retrievers:{name}", name
         shipped = bundled_onnx_path(name)
         if shipped is not None and quantize == "int8":
-            encoder = OnnxGaussianEncoder(shipped, name_or_path=display)
+            encoder = OnnxGaussianEncoder(shipped, name_or_path=display, **options)
             _check_shipped(encoder, source)
             return encoder
         from kl_retrievers.onnx_heads import OnnxHeadsGaussianEncoder, shared_backbone_for, why_no_shared_graph
 
         if quantize == "int8" and shared_backbone_for(source) is not None:
-            return OnnxHeadsGaussianEncoder(source, name_or_path=display)
+            return OnnxHeadsGaussianEncoder(source, name_or_path=display, **options)
         why = why_no_shared_graph(source) or "its backbone's shared graph is int8 only"
     else:
         from kl_retrievers.hub import resolve_model_path
@@ -493,7 +542,7 @@ def _load_onnx(
         assert name_or_path is not None
         source, display = resolve_model_path(name_or_path), local_reference(name_or_path)
         if _is_onnx_export(source):
-            return OnnxGaussianEncoder(source, name_or_path=display)
+            return OnnxGaussianEncoder(source, name_or_path=display, **options)
         from kl_retrievers._config import encoder_config, read_encoder_meta
 
         # Not a saved encoder (a plain folder, a saved KLStore...): say so before hashing it or asking for torch.
@@ -504,7 +553,7 @@ def _load_onnx(
     cache = onnx_cache_dir() / key
     if _is_onnx_export(cache):
         try:
-            return OnnxGaussianEncoder(cache, name_or_path=display)
+            return OnnxGaussianEncoder(cache, name_or_path=display, **options)
         except OnnxModelError as exc:
             logger.warning("the cached ONNX export %s does not load (%s); exporting it again", cache, exc)
     from kl_retrievers._encoding import TORCH_EXTRA, require_torch
@@ -530,7 +579,7 @@ def _load_onnx(
         raise OSError(
             f"cannot write the ONNX export of {display} into {cache} ({exc}); set {ONNX_CACHE_ENV} to a writable folder"
         ) from exc
-    return OnnxGaussianEncoder(cache, name_or_path=display)
+    return OnnxGaussianEncoder(cache, name_or_path=display, **options)
 
 
 def _check_shipped(encoder: OnnxGaussianEncoder, source: Path) -> None:

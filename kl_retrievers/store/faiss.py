@@ -65,8 +65,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable, Mapping
+from itertools import compress
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -90,6 +92,7 @@ from kl_retrievers.store._base import (
     StoreFormatError,
     _check_store_args,
     _NewDocuments,
+    _query_gaussians,
     _RWLock,
 )
 from kl_retrievers.store._engines import _faiss, _read_index, new_engine
@@ -99,6 +102,23 @@ from kl_retrievers.store._table import DocumentTable
 logger = logging.getLogger(__name__)
 
 __all__ = ["KLStore", "FORMAT_VERSION", "COMPRESSIONS", "REFINES"]
+
+
+class _TopIds(NamedTuple):
+    """:meth:`KLStore._top_ids`: each query's ranked ids and scores, and what the filter allowed.
+
+    Attributes:
+        ids: Each query's ids, best first (what :meth:`KLStore.search_batch` returns, as ids).
+        scores: Each query's float64 ``-KL`` scores, in the order of ``ids``.
+        live_ids: With a filter, the live documents' ids in row order (insertion order); else ``None``.
+        allowed: With a filter, whether it allows each of ``live_ids``; else ``None``.
+    """
+
+    ids: list[list[str]]
+    scores: list[np.ndarray]
+    live_ids: list[str] | None
+    allowed: np.ndarray | None
+
 
 COMPRESSIONS = (None, "sq8", "pq")
 #: Second-stage codes that re-rank a compressed index's pool in FAISS before the exact re-scoring.
@@ -521,6 +541,54 @@ class KLStore(GaussianStore):
                 return [[] for _ in range(len(queries))]
             rows, scores = self._engine.top_k(queries, min(k, n_allowed), mask, n_allowed, filter is not None)
             return self._table.results(rows, scores)
+
+    def _top_ids(self, queries: Gaussians, k: int, predicate: Callable[[Mapping[str, Any]], bool] | None) -> _TopIds:
+        """:meth:`search_batch` without its results: ranked ids and scores, for a caller that fuses rankings.
+
+        The same checks and the same ranking as ``search_batch(queries, k, filter)`` with ``predicate =
+        compile_filter(filter)``, but no :class:`SearchResult` is built (no text, no metadata copy): the
+        hybrid store needs only ids and scores from its dense candidates. With a predicate it also returns
+        which live documents the predicate allowed (called once per live document, as ``search_batch``
+        does), so the caller can restrict another ranking without calling it again.
+
+        Args:
+            queries: Query Gaussians (checked as :meth:`search_batch` checks them).
+            k: Results per query.
+            predicate: A compiled metadata filter, or ``None``.
+
+        Returns:
+            A :class:`_TopIds`.
+        """
+        k = self._check_k(k)
+        qg = _query_gaussians(queries, encoder=self.encoder, batch_size=self.batch_size, dim=self.dim)
+        nq = len(qg)
+        with self._lock.read():
+            table = self._table
+            if not table:
+                empty = predicate is not None
+                return _TopIds(
+                    [[] for _ in range(nq)],
+                    [np.zeros(0) for _ in range(nq)],
+                    [] if empty else None,
+                    np.zeros(0, dtype=bool) if empty else None,
+                )
+            mask, n_allowed = table.allowed(predicate)
+            live_ids, allowed = None, None
+            if predicate is not None:
+                assert mask is not None
+                alive = table.alive
+                live_ids = list(compress(table.ids, alive.tolist()))
+                allowed = mask[alive]
+            if n_allowed == 0 or nq == 0:
+                return _TopIds([[] for _ in range(nq)], [np.zeros(0) for _ in range(nq)], live_ids, allowed)
+            rows, scores = self._engine.top_k(qg, min(k, n_allowed), mask, n_allowed, predicate is not None)
+            row_ids = table.ids
+            ids, score_lists = [], []
+            for rows_q, scores_q in zip(rows, scores, strict=True):
+                keep = rows_q >= 0  # -1 is padding, skipped as DocumentTable.results skips it
+                ids.append([row_ids[r] for r in rows_q[keep].tolist()])
+                score_lists.append(np.asarray(scores_q[keep], dtype=np.float64))
+            return _TopIds(ids, score_lists, live_ids, allowed)
 
     # ------------------------------------------------------------ persistence
     def _config(self) -> dict[str, Any]:
