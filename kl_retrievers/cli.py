@@ -26,10 +26,14 @@ from kl_retrievers._io import row_text as _row_text
 from kl_retrievers.cli_common import (  # re-exported: they were defined here
     KLSTORE_FORMAT,
     add_model_backend_argument,
+    add_model_session_arguments,
     args_subset,
     check_output_path,
     is_encoded_shards_folder,
     is_gaussians_config,
+    model_session_flags,
+    model_session_options,
+    model_session_problem,
     positive_int,
     token_budget,
 )
@@ -134,10 +138,30 @@ def model_reference(model: str | None) -> str | None:
     return str(path.resolve()) if path.exists() else model
 
 
-def _load_encoder(model: str | None, device: str | None = None, backend: str | None = None) -> Any:
+def _load_encoder(
+    model: str | None,
+    device: str | None = None,
+    backend: str | None = None,
+    onnx_options: dict[str, Any] | None = None,
+) -> Any:
     from kl_retrievers.pretrained import load_model
 
+    if onnx_options:  # --model-threads / --model-spinning (checked by _check_session_flags)
+        return load_model(model_reference(model), device=device, backend=backend, onnx_options=onnx_options)
     return load_model(model_reference(model), device=device, backend=backend)
+
+
+def _session_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``onnx_options=`` for :func:`_load_encoder` when --model-threads / --model-spinning are given, else nothing."""
+    options = model_session_options(args)
+    return {"onnx_options": options} if options else {}
+
+
+def _check_session_flags(args: argparse.Namespace, backend: str | None, **kwargs: Any) -> None:
+    """Refuse ``--model-threads`` / ``--model-spinning`` where they cannot apply (a usage error, exit 2)."""
+    problem = model_session_problem(args, backend, **kwargs)
+    if problem:
+        raise SystemExit(problem)
 
 
 # ---------------------------------------------------------------- encode
@@ -169,6 +193,7 @@ def _add_encode(sub: Any) -> None:
     p.add_argument("--max-length", type=token_budget, default=None, help="token budget (default: the model's)")
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
     add_model_backend_argument(p)  # not --backend here: that one picks local or Ray shards
+    add_model_session_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     g = p.add_argument_group(
         "streaming and scale-out",
@@ -192,6 +217,14 @@ def _run_encode(args: argparse.Namespace) -> int:
         raise SystemExit("give texts or --input, not both")
     if args.input is not None and args.input.is_dir():
         raise ValueError(f"--input {args.input}: is a folder; {_INPUT_FILES}")
+    _check_session_flags(args, args.model_backend, device=args.device)
+    flags = model_session_flags(args)
+    if args.backend == "ray" and flags:  # sharded.encode_corpus has no onnx_options for its workers
+        named = " and ".join(flags)
+        raise SystemExit(
+            f"{named} {'do' if len(flags) > 1 else 'does'} not reach the Ray workers of --backend ray (each loads "
+            f"the model itself, with its default settings): leave {named} out, or encode with --backend local"
+        )
     if args.shard_size is not None or args.backend == "ray":
         return _run_encode_sharded(args)
     if args.input is not None:
@@ -207,7 +240,7 @@ def _run_encode(args: argparse.Namespace) -> int:
     _check_safetensors_case(args.out)
     folder = args.out.suffix != ".safetensors"
     check_output_path(args.out, "--out", folder=folder, gaussians=folder)
-    encoder = _load_encoder(args.model, args.device, args.model_backend)
+    encoder = _load_encoder(args.model, args.device, args.model_backend, **_session_kwargs(args))
     encode = encoder.encode_documents if args.kind == "document" else encoder.encode_queries
     g = encode(texts, batch_size=args.batch_size, max_length=args.max_length, show_progress_bar=not args.no_progress)
     out = save_gaussians(args.out, g, ids=ids, metadata={"model": encoder.name_or_path, "kind": args.kind})
@@ -250,9 +283,11 @@ def _run_encode_sharded(args: argparse.Namespace) -> int:
         )
     check_output_path(args.out, "--out", folder=True)
     args.model = model_reference(args.model)  # the manifest records it: absolute for a local folder
+    options = _session_kwargs(args)  # encode_corpus loads its model without them: load it here (local only)
     report = encode_corpus(
         args.input,
         args.out,
+        encoder=_load_encoder(args.model, args.device, args.model_backend, **options) if options else None,
         shard_size=args.shard_size or 10000,
         num_workers=args.num_workers,
         ray_address=args.ray_address,
@@ -280,6 +315,7 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--model", "-m", help="a saved GaussianEncoder or a bundled model name (default: the default)")
     p.add_argument("-k", type=positive_int, default=3, help="results per query (default 3)")
     add_model_backend_argument(p, "--backend")
+    add_model_session_arguments(p)
     p.set_defaults(func=_run_demo)
 
 
@@ -290,10 +326,11 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise SystemExit(f"-k must be >= 1; got {args.k}")
+    _check_session_flags(args, args.model_backend)
     start = time.perf_counter()
     corpus = read_jsonl_objects(DATA_DIR / "demo_corpus.jsonl")
     queries = list(args.queries) or [r["text"] for r in read_jsonl_objects(DATA_DIR / "demo_queries.jsonl")]
-    encoder = _load_encoder(args.model, backend=args.model_backend)
+    encoder = _load_encoder(args.model, backend=args.model_backend, **_session_kwargs(args))
     print(f"model: {encoder!r}")
     store = KLStore(encoder)
     store.add(
@@ -410,6 +447,7 @@ def _add_index(sub: Any) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", default=None, help="cpu, cuda or mps")
     add_model_backend_argument(p, "--backend")
+    add_model_session_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_run_index)
 
@@ -417,11 +455,12 @@ def _add_index(sub: Any) -> None:
 def _run_index(args: argparse.Namespace) -> int:
     from kl_retrievers.index import KLStore
 
+    _check_session_flags(args, args.model_backend, device=args.device)
     ids, texts, metadatas = _read_corpus(args.corpus, args.field)
     if not texts:
         raise ValueError(f"{args.corpus}: holds no documents; nothing to index")
     check_output_path(args.out, "--out", folder=True, store=True)
-    encoder = _load_encoder(args.model, args.device, args.model_backend)
+    encoder = _load_encoder(args.model, args.device, args.model_backend, **_session_kwargs(args))
     store = KLStore(
         encoder,
         rescore_pool=args.pool,
@@ -455,6 +494,10 @@ def _add_search(sub: Any) -> None:
         p,
         "--backend",
         default_help="the backend the store was built with (its config.json records it), else the library's default",
+    )
+    add_model_session_arguments(
+        p,
+        default_note="refused when the store's model ran on torch (and torch is installed) unless --model-backend onnx",
     )
     p.set_defaults(func=_run_search)
 
@@ -505,7 +548,14 @@ def _run_search(args: argparse.Namespace) -> int:
         logger.info("the store records no backend; encoding queries on the library's default one")
     else:
         logger.info("--model %s is not the store's model; encoding queries on its default backend", args.model)
-    encoder = _load_encoder(model, backend=backend)
+    _check_session_flags(
+        args,
+        backend,
+        why="--model-backend torch"
+        if args.model_backend
+        else "the store was built with it: its config.json records it",
+    )
+    encoder = _load_encoder(model, backend=backend, **_session_kwargs(args))
     store = KLStore.load(args.store, encoder=encoder)
     q = encoder.encode_queries(args.query, batch_size=_query_batch_size(encoder), show_progress_bar=False)
     for i, (query, hits) in enumerate(zip(args.query, store.search_batch(q, k=args.k, filter=filt), strict=True)):

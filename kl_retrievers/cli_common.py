@@ -30,11 +30,15 @@ __all__ = [
     "ENCODED_SHARDS_FORMAT",
     "KLSTORE_FORMAT",
     "add_model_backend_argument",
+    "add_model_session_arguments",
     "args_subset",
     "check_output_path",
     "is_encoded_shards_folder",
     "is_gaussians_config",
     "is_store_config",
+    "model_session_flags",
+    "model_session_options",
+    "model_session_problem",
     "read_folder_config",
     "positive_int",
     "token_budget",
@@ -95,6 +99,124 @@ def add_model_backend_argument(
         help=f"run the model on torch or onnx (ONNX Runtime, int8 weights, CPU; a bundled or saved torch model is "
         f"exported on first use and cached); default: {default_help or default or auto}",
     )
+
+
+#: The ONNX Runtime session flags of :func:`add_model_session_arguments`: (flag, ``dest``, ``onnx_options`` key).
+_SESSION_FLAGS = (
+    ("--model-threads", "model_threads", "num_threads"),
+    ("--model-spinning", "model_spinning", "allow_spinning"),
+)
+
+
+def add_model_session_arguments(
+    p: Any, *, default_note: str = "without --model-backend, it picks that backend"
+) -> None:
+    """``--model-threads N`` and ``--model-spinning``: the ONNX Runtime session of the --model encoder.
+
+    They become :func:`kl_retrievers.pretrained.load_model`'s ``onnx_options`` (``num_threads`` and
+    ``allow_spinning=True``; see :func:`model_session_options`); on the torch backend the command refuses
+    them (:func:`model_session_problem`).
+
+    Args:
+        p: The subcommand's parser.
+        default_note: How they go with the command's default backend, for the help text.
+
+    Examples:
+        >>> parser = argparse.ArgumentParser()
+        >>> add_model_session_arguments(parser)
+        >>> args = parser.parse_args(["--model-threads", "2", "--model-spinning"])
+        >>> args.model_threads, args.model_spinning
+        (2, True)
+    """
+    p.add_argument(
+        "--model-threads",
+        dest="model_threads",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help=f"ONNX Runtime intra-op threads of the model, N >= 1 (ONNX backend only, on cpu: a --device other than "
+        f"cpu is refused; {default_note}, even on a machine with a GPU; default: ONNX Runtime's choice, the physical "
+        "cores)",
+    )
+    p.add_argument(
+        "--model-spinning",
+        dest="model_spinning",
+        action="store_true",
+        help="let ONNX Runtime's idle threads spin (busy-wait) between runs: lower single-query latency on an idle "
+        "machine, a little less batch throughput (ONNX backend only, as --model-threads: without --model-backend it "
+        "picks that backend; default: off; see docs/onnx.md)",
+    )
+
+
+def _session_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The session flags given, each with its ``onnx_options`` entry (none for a parser without them)."""
+    given = {}
+    for flag, dest, key in _SESSION_FLAGS:
+        value = getattr(args, dest, None)
+        if value is not None and value is not False:
+            given[flag] = (key, value)
+    return given
+
+
+def model_session_flags(args: argparse.Namespace) -> list[str]:
+    """The session flags given (``--model-threads``, ``--model-spinning``), for messages.
+
+    Examples:
+        >>> model_session_flags(argparse.Namespace(model_threads=None, model_spinning=True))
+        ['--model-spinning']
+    """
+    return list(_session_flags(args))
+
+
+def model_session_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``load_model``'s ``onnx_options`` from ``--model-threads`` / ``--model-spinning``, or ``None`` without them.
+
+    Examples:
+        >>> model_session_options(argparse.Namespace(model_threads=1, model_spinning=True))
+        {'num_threads': 1, 'allow_spinning': True}
+        >>> model_session_options(argparse.Namespace(model_threads=None, model_spinning=False)) is None
+        True
+    """
+    return dict(_session_flags(args).values()) or None
+
+
+def model_session_problem(
+    args: argparse.Namespace, backend: str | None, *, why: str = "--model-backend torch", device: str | None = None
+) -> str | None:
+    """Why ``--model-threads`` / ``--model-spinning`` cannot be used with ``backend``, else ``None``.
+
+    They set the ONNX Runtime session, so the torch backend refuses them; with ``backend=None`` they
+    choose ONNX (as ``load_model``'s ``onnx_options`` do), which runs on cpu only.
+
+    Args:
+        args: The parsed options.
+        backend: The backend the model will run on (``None``: not chosen yet, the flags choose ONNX).
+        why: What chose torch, for the message (``--model-backend torch``, the store's backend...).
+        device: The command's ``--device``, when it has one.
+
+    Examples:
+        >>> args = argparse.Namespace(model_threads=2, model_spinning=False)
+        >>> model_session_problem(args, "onnx") is None
+        True
+        >>> print(model_session_problem(args, "torch"))  # doctest: +ELLIPSIS
+        --model-threads applies to the ONNX backend only (...), and the model runs on torch (--model-backend torch): ...
+    """
+    flags = model_session_flags(args)
+    if not flags:
+        return None
+    named = " and ".join(flags)
+    verb = "apply" if len(flags) > 1 else "applies"
+    if backend == "torch":
+        return (
+            f"{named} {verb} to the ONNX backend only (an ONNX Runtime session setting), and the model runs on "
+            f"torch ({why}): pass --model-backend onnx, or leave {named} out"
+        )
+    if backend is None and device not in (None, "cpu"):
+        return (
+            f"{named} {verb} to the ONNX backend only, which runs on cpu; got --device {device} (pass --device cpu, "
+            f"or leave {named} out to run on {device})"
+        )
+    return None
 
 
 def args_subset(args: argparse.Namespace, *names: str) -> dict[str, Any]:

@@ -35,8 +35,12 @@ from kl_retrievers._encoding import missing_modules
 from kl_retrievers.baselines import run_baseline
 from kl_retrievers.cli_common import (
     add_model_backend_argument,
+    add_model_session_arguments,
     args_subset,
     check_output_path,
+    model_session_flags,
+    model_session_options,
+    model_session_problem,
     positive_int,
     token_budget,
 )
@@ -226,6 +230,7 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         help="no progress bars (log lines are warnings only unless kl-retrievers --verbose is given)",
     )
     add_model_backend_argument(p, "--backend", default="torch")
+    add_model_session_arguments(p, default_note="evaluate's default backend is torch: give --model-backend onnx too")
     p.set_defaults(func=run_evaluate)
     return p
 
@@ -545,24 +550,26 @@ def _cli_option(keyword: str, value: str) -> str:
     return f"{flag} {value}" if flag else f"{keyword}={value!r}"
 
 
-def _onnx_export_on_torch(model: str | None) -> str | None:
-    """The error for ``--model`` naming an ONNX export folder on the torch backend, else ``None``.
+#: ``evaluate``'s advice for ``--model`` naming an ONNX export folder on the torch backend (its default).
+_ONNX_EXPORT_ON_TORCH = (
+    "{path} holds an ONNX export (model.onnx), which runs on ONNX Runtime only; pass --model-backend onnx "
+    "(evaluate's default backend is torch, that of the logged figures)"
+)
 
-    :func:`kl_retrievers.load_model` refuses such a folder with ``backend="torch"``, with advice for
-    Python callers; this is the command line's own wording, chosen by the condition, not by the library's
-    text. A bundled model's name is never such a folder: ``load_model`` loads the bundled model.
-    """
-    from kl_retrievers.pretrained import _is_onnx_export, bundled_models
 
-    if model is None:  # the default model: a bundled one
-        return None
-    if model.startswith("kl_retrievers:") or model in bundled_models():
-        return None
-    if not _is_onnx_export(Path(model).expanduser()):
-        return None
-    return (
-        f"{model} holds an ONNX export (model.onnx), which runs on ONNX Runtime only; pass --model-backend onnx "
-        "(evaluate's default backend is torch, that of the logged figures)"
+def _session_problem(args: argparse.Namespace) -> str | None:
+    """Why ``--model-threads`` / ``--model-spinning`` cannot apply (a baseline, the torch backend), else ``None``."""
+    flags = model_session_flags(args)
+    if flags and args.baseline:
+        named = " and ".join(flags)
+        return (
+            f"{named} {'apply' if len(flags) > 1 else 'applies'} to the --model encoder on the ONNX backend, "
+            f"not to --baseline {args.baseline}"
+        )
+    return model_session_problem(
+        args,
+        getattr(args, "model_backend", "torch"),
+        why="--model-backend torch, evaluate's default: the backend of the logged figures",
     )
 
 
@@ -603,7 +610,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    problem = _hybrid_option_problem(args) or _output_problem(args) or _missing_package_problem(args)
+    problem = (
+        _hybrid_option_problem(args)
+        or _output_problem(args)
+        or _session_problem(args)
+        or _missing_package_problem(args)
+    )
     if problem:
         print(f"kl-retrievers evaluate: error: {problem}", file=sys.stderr)
         return 2
@@ -679,14 +691,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
         }
         result = EvaluationResult(str(dataset.path), dataset.split, label, aggregate, per_query, run, info)
     else:
-        from kl_retrievers.pretrained import load_model
+        from kl_retrievers.pretrained import OnnxExportOnTorchError, load_model
 
         backend = getattr(args, "model_backend", "torch")
+        options = model_session_options(args)
         try:
-            encoder = load_model(args.model, backend=backend)
-        except ValueError as exc:  # an ONNX export on torch: this command's own advice, not the Python keyword's
-            message = _onnx_export_on_torch(args.model) if backend == "torch" else None
-            print(f"kl-retrievers evaluate: error: {message or exc}", file=sys.stderr)
+            if options:  # --model-threads / --model-spinning
+                encoder = load_model(args.model, backend=backend, onnx_options=options)
+            else:
+                encoder = load_model(args.model, backend=backend)
+        except OnnxExportOnTorchError as exc:  # this command's own advice, not the Python keyword's
+            print(f"kl-retrievers evaluate: error: {_ONNX_EXPORT_ON_TORCH.format(path=exc.path)}", file=sys.stderr)
+            return 2
+        except ValueError as exc:
+            print(f"kl-retrievers evaluate: error: {exc}", file=sys.stderr)
             return 2
         similarity = model_similarity(encoder)
         if similarity != "neg_kl" and (args.hybrid or args.means_only):

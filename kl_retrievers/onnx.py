@@ -592,7 +592,7 @@ def make_session_options(
 ) -> Any:
     """The ``onnxruntime.SessionOptions`` an ONNX encoder's session is built with.
 
-    Without ``session_options``, the defaults of kl_retrievers: warnings and errors only in ONNX Runtime's log
+    Without ``session_options``, the defaults of kl_retrievers: errors only in ONNX Runtime's log
     (``log_severity_level = 3``), ``session.intra_op.allow_spinning = "0"`` (idle worker threads sleep) unless
     ``allow_spinning=True``, ``session.disable_quant_qdq = "1"`` (int8 embedding tables dequantised once, at
     load) and ``intra_op_num_threads = num_threads`` when given. With ``session_options``, that object as it

@@ -115,8 +115,10 @@ def test_evaluate_an_onnx_export_on_torch_gives_its_own_advice_whatever_the_libr
 ) -> None:
     import kl_retrievers.pretrained as pretrained
 
-    def refuse(name_or_path: str, **kwargs: object) -> None:
-        raise ValueError(f"{name_or_path}: an ONNX export; use backend='onnx' (reworded)")
+    def refuse(name_or_path: str, **kwargs: object) -> None:  # the library's typed error, its text reworded
+        err = pretrained.OnnxExportOnTorchError(name_or_path)
+        err.args = (f"{name_or_path}: an ONNX export; use backend='onnx' (reworded)",)
+        raise err
 
     monkeypatch.setattr(pretrained, "load_model", refuse)
     ds, folder = _beir(tmp_path / "ds"), _fake_onnx_export(tmp_path / "export")

@@ -51,6 +51,7 @@ __all__ = [
     "BUNDLED_ONNX",
     "DEFAULT_MODEL",
     "RESEARCH_MODELS",
+    "OnnxExportOnTorchError",
     "bundled_model_path",
     "bundled_models",
     "bundled_onnx_path",
@@ -78,6 +79,34 @@ BUNDLED_ONNX = "onnx-int8"
 _SOURCE_FILES = ("config.json", "model.safetensors", "delta.safetensors", "tokenizer.json", "tokenizer_config.json")
 #: Environment variable naming the folder where :func:`load_model` keeps ONNX exports.
 ONNX_CACHE_ENV = "KL_RETRIEVERS_ONNX_CACHE"
+
+
+class OnnxExportOnTorchError(ValueError):
+    """:func:`load_model` with ``backend="torch"`` on a folder holding an ONNX export (``model.onnx``).
+
+    Such a folder runs on ONNX Runtime only (``backend="onnx"``). A ``ValueError``, as before it had a type
+    of its own; callers that word the advice themselves (the ``evaluate`` command) catch it by type.
+
+    Attributes:
+        path: The folder, as given to :func:`load_model` (``name_or_path``).
+
+    Examples:
+        >>> error = OnnxExportOnTorchError("models/export")
+        >>> error.path, isinstance(error, ValueError)
+        ('models/export', True)
+        >>> str(error).startswith("models/export holds an ONNX export (model.onnx)")
+        True
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"{path} holds an ONNX export (model.onnx), which runs on ONNX Runtime only; load it with "
+            "backend='onnx' (on the command line: --model-backend onnx)"
+        )
+        self.path = path
+
+    def __reduce__(self) -> tuple[type[OnnxExportOnTorchError], tuple[str]]:
+        return type(self), (self.path,)  # rebuilt from its path, not its message (copy, multiprocessing)
 
 
 def bundled_models() -> list[str]:
@@ -264,9 +293,9 @@ def load_model(
         TypeError: ``name_or_path`` is not a str, a path or ``None``; ``onnx_options`` is not a mapping,
             or holds a value of the wrong type (e.g. a str ``allow_spinning``).
         ValueError: Unknown ``backend`` or ``quantize``, ``onnx_options`` with an unknown key or with
-            ``backend="torch"``, a device the backend cannot use, an ONNX
-            folder asked for with ``backend="torch"``, or one of :data:`RESEARCH_MODELS` from an
-            installed wheel (they are in the source repository only).
+            ``backend="torch"``, a device the backend cannot use, an ONNX folder asked for with
+            ``backend="torch"`` (:class:`OnnxExportOnTorchError`, with its ``path``), or one of
+            :data:`RESEARCH_MODELS` from an installed wheel (they are in the source repository only).
         ModuleNotFoundError: The torch backend, or an ONNX export made here, without torch installed
             (the message names the extra, ``pip install "kl-retrievers[torch]"``).
         kl_retrievers.NotAnEncoderError: A folder that is neither an ONNX export nor a saved encoder (with
@@ -377,6 +406,8 @@ def _load(
 ) -> GaussianEncoder | OnnxGaussianEncoder:
     if backend == "onnx":
         return _load_onnx(name, name_or_path, device=device, quantize=quantize, options=onnx_options)
+    if name is None and name_or_path is not None and _is_onnx_export(Path(name_or_path).expanduser()):
+        raise OnnxExportOnTorchError(name_or_path)  # before require_torch: installing torch would not help
     from kl_retrievers._encoding import require_torch
 
     require_torch("backend='torch'")
@@ -387,11 +418,6 @@ def _load(
         encoder.name_or_path = f"kl_retrievers:{name}"
         return encoder
     assert name_or_path is not None
-    if _is_onnx_export(Path(name_or_path).expanduser()):
-        raise ValueError(
-            f"{name_or_path} holds an ONNX export (model.onnx), which runs on ONNX Runtime only; load it with "
-            "backend='onnx' (on the command line: --model-backend onnx)"
-        )
     return GaussianEncoder.from_pretrained(name_or_path, device=device)
 
 

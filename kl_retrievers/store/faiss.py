@@ -120,6 +120,20 @@ class _TopIds(NamedTuple):
     allowed: np.ndarray | None
 
 
+class _Ranking(NamedTuple):
+    """:meth:`KLStore._rank`: the rows a search may return, and each query's ranked rows and scores.
+
+    Attributes:
+        mask: Per row (tombstones included), whether the search may return it; ``None`` for every
+            row. Always an array with a filter.
+        top: ``(rows, scores)`` of shape ``(nq, kk)``, best first, ``-1`` / ``-inf`` padding
+            (:meth:`FaissEngine.top_k`); ``None`` when nothing was ranked.
+    """
+
+    mask: np.ndarray | None
+    top: tuple[np.ndarray, np.ndarray] | None
+
+
 COMPRESSIONS = (None, "sq8", "pq")
 #: Second-stage codes that re-rank a compressed index's pool in FAISS before the exact re-scoring.
 REFINES = (None, "sq8", "fp16")
@@ -532,15 +546,31 @@ class KLStore(GaussianStore):
     def _prepare_filter(self, filter: MetadataFilter | None) -> Any:
         return compile_filter(filter)
 
+    def _rank(self, queries: Gaussians, k: int, predicate: Callable[[Mapping[str, Any]], bool] | None) -> _Ranking:
+        """The one ranking :meth:`_search` and :meth:`_top_ids` report; callers hold the read lock.
+
+        Args:
+            queries: Checked float64 query Gaussians.
+            k: Checked results per query.
+            predicate: A compiled metadata filter, or ``None``.
+
+        Returns:
+            A :class:`_Ranking`; its ``top`` is ``None`` when the store has no live document (the
+            predicate is not called then, and allows no row), the predicate allows none, or there are
+            no queries.
+        """
+        table = self._table
+        if not table:
+            return _Ranking(None if predicate is None else np.zeros(table.alive.shape, dtype=bool), None)
+        mask, n_allowed = table.allowed(predicate)
+        if n_allowed == 0 or len(queries) == 0:
+            return _Ranking(mask, None)
+        return _Ranking(mask, self._engine.top_k(queries, min(k, n_allowed), mask, n_allowed, predicate is not None))
+
     def _search(self, queries: Gaussians, k: int, filter: Any) -> list[list[SearchResult]]:
         with self._lock.read():
-            if not self._table:
-                return [[] for _ in range(len(queries))]
-            mask, n_allowed = self._table.allowed(filter)
-            if n_allowed == 0:
-                return [[] for _ in range(len(queries))]
-            rows, scores = self._engine.top_k(queries, min(k, n_allowed), mask, n_allowed, filter is not None)
-            return self._table.results(rows, scores)
+            top = self._rank(queries, k, filter).top
+            return [[] for _ in range(len(queries))] if top is None else self._table.results(*top)
 
     def _top_ids(self, queries: Gaussians, k: int, predicate: Callable[[Mapping[str, Any]], bool] | None) -> _TopIds:
         """:meth:`search_batch` without its results: ranked ids and scores, for a caller that fuses rankings.
@@ -564,27 +594,18 @@ class KLStore(GaussianStore):
         nq = len(qg)
         with self._lock.read():
             table = self._table
-            if not table:
-                empty = predicate is not None
-                return _TopIds(
-                    [[] for _ in range(nq)],
-                    [np.zeros(0) for _ in range(nq)],
-                    [] if empty else None,
-                    np.zeros(0, dtype=bool) if empty else None,
-                )
-            mask, n_allowed = table.allowed(predicate)
+            mask, top = self._rank(qg, k, predicate)
             live_ids, allowed = None, None
             if predicate is not None:
                 assert mask is not None
                 alive = table.alive
                 live_ids = list(compress(table.ids, alive.tolist()))
                 allowed = mask[alive]
-            if n_allowed == 0 or nq == 0:
+            if top is None:
                 return _TopIds([[] for _ in range(nq)], [np.zeros(0) for _ in range(nq)], live_ids, allowed)
-            rows, scores = self._engine.top_k(qg, min(k, n_allowed), mask, n_allowed, predicate is not None)
             row_ids = table.ids
             ids, score_lists = [], []
-            for rows_q, scores_q in zip(rows, scores, strict=True):
+            for rows_q, scores_q in zip(*top, strict=True):
                 keep = rows_q >= 0  # -1 is padding, skipped as DocumentTable.results skips it
                 ids.append([row_ids[r] for r in rows_q[keep].tolist()])
                 score_lists.append(np.asarray(scores_q[keep], dtype=np.float64))
