@@ -218,13 +218,6 @@ def _run_encode(args: argparse.Namespace) -> int:
     if args.input is not None and args.input.is_dir():
         raise ValueError(f"--input {args.input}: is a folder; {_INPUT_FILES}")
     _check_session_flags(args, args.model_backend, device=args.device)
-    flags = model_session_flags(args)
-    if args.backend == "ray" and flags:  # sharded.encode_corpus has no onnx_options for its workers
-        named = " and ".join(flags)
-        raise SystemExit(
-            f"{named} {'do' if len(flags) > 1 else 'does'} not reach the Ray workers of --backend ray (each loads "
-            f"the model itself, with its default settings): leave {named} out, or encode with --backend local"
-        )
     if args.shard_size is not None or args.backend == "ray":
         return _run_encode_sharded(args)
     if args.input is not None:
@@ -283,11 +276,10 @@ def _run_encode_sharded(args: argparse.Namespace) -> int:
         )
     check_output_path(args.out, "--out", folder=True)
     args.model = model_reference(args.model)  # the manifest records it: absolute for a local folder
-    options = _session_kwargs(args)  # encode_corpus loads its model without them: load it here (local only)
     report = encode_corpus(
         args.input,
         args.out,
-        encoder=_load_encoder(args.model, args.device, args.model_backend, **options) if options else None,
+        **_session_kwargs(args),  # onnx_options: for this process and every Ray worker
         shard_size=args.shard_size or 10000,
         num_workers=args.num_workers,
         ray_address=args.ray_address,
@@ -544,6 +536,8 @@ def _run_search(args: argparse.Namespace) -> int:
         logger.info("encoding queries on the %s backend (--model-backend)", backend)
     elif backend:
         logger.info("encoding queries on the %s backend, the one the store was built with", backend)
+    elif model_session_flags(args):
+        logger.info("encoding queries on the onnx backend (%s)", " and ".join(model_session_flags(args)))
     elif same_model:
         logger.info("the store records no backend; encoding queries on the library's default one")
     else:

@@ -44,7 +44,7 @@ import os
 import re
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -507,11 +507,16 @@ class _RayShardWorker:
     """A Ray Data actor: loads the encoder once, then encodes the shards it is given."""
 
     def __init__(
-        self, model: str | None, device: str | None, job: dict[str, Any], model_backend: str | None = None
+        self,
+        model: str | None,
+        device: str | None,
+        job: dict[str, Any],
+        model_backend: str | None = None,
+        onnx_options: dict[str, Any] | None = None,
     ) -> None:
         from kl_retrievers.pretrained import load_model
 
-        self.encoder = load_model(model, device=device, backend=model_backend)
+        self.encoder = load_model(model, device=device, backend=model_backend, onnx_options=onnx_options)
         self.job = job
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -602,6 +607,7 @@ def _run_ray(
     num_workers: int | None,
     ray_address: str | None,
     model_backend: str | None = None,
+    onnx_options: dict[str, Any] | None = None,
 ) -> None:
     try:
         import ray
@@ -623,7 +629,13 @@ def _run_ray(
     items = ray.data.from_items([asdict(s) for s in todo], override_num_blocks=len(todo))
     ds = items.map_batches(
         _RayShardWorker,
-        fn_constructor_kwargs={"model": model, "device": device, "job": job, "model_backend": model_backend},
+        fn_constructor_kwargs={
+            "model": model,
+            "device": device,
+            "job": job,
+            "model_backend": model_backend,
+            "onnx_options": onnx_options,
+        },
         batch_size=1,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers),  # a fixed pool (``concurrency=`` is deprecated in Ray 2.51)
@@ -660,6 +672,7 @@ def encode_corpus(
     ray_address: str | None = None,
     show_progress_bar: bool = True,
     model_backend: str | None = None,
+    onnx_options: Mapping[str, Any] | None = None,
 ) -> EncodeReport:
     """Encode ``input`` into a folder of shards, resuming whatever is already there.
 
@@ -684,6 +697,10 @@ def encode_corpus(
         model_backend: Run ``model`` on ``"torch"`` or ``"onnx"`` (ONNX Runtime); ``None``: the
             library's default (:func:`~kl_retrievers.pretrained.load_model`). The backend used is
             recorded in the manifest (``model_backend``); resuming with another one is refused.
+        onnx_options: ONNX Runtime session settings of ``model`` (``num_threads``, ``allow_spinning``,
+            ``session_options``; see :func:`~kl_retrievers.pretrained.load_model`, which checks them), for
+            this process and every Ray worker; with ``model_backend=None`` they choose ONNX. Not with
+            ``encoder``, which is loaded already.
 
     Returns:
         An :class:`EncodeReport` with the shards encoded now and those reused.
@@ -704,6 +721,11 @@ def encode_corpus(
     batch_size = check_k(batch_size, "batch_size")
     if backend == "ray" and encoder is not None:
         raise ValueError("backend='ray' loads the model in each worker: pass model=NAME_OR_PATH, not encoder")
+    if encoder is not None and onnx_options:
+        raise ValueError(
+            "onnx_options set the session of the model encode_corpus loads; the given encoder is loaded already "
+            "(pass its options when loading it, or pass model=NAME_OR_PATH instead of encoder)"
+        )
     started = time.perf_counter()
     source = Path(input)
     target = Path(out)
@@ -715,13 +737,13 @@ def encode_corpus(
     if encoder is None and backend == "local":
         from kl_retrievers.pretrained import load_model
 
-        encoder = load_model(model, device=device, backend=model_backend)
+        encoder = load_model(model, device=device, backend=model_backend, onnx_options=onnx_options)
     from kl_retrievers.encoding_cache import model_fingerprint
 
     if encoder is None:  # backend="ray": the workers load the model; load it once here to know its weights
         from kl_retrievers.pretrained import load_model
 
-        loaded = load_model(model, backend=model_backend)
+        loaded = load_model(model, backend=model_backend, onnx_options=onnx_options)
         model_name, fingerprint = getattr(loaded, "name_or_path", None), model_fingerprint(loaded)
         used_backend = _backend_of(loaded) or model_backend
         del loaded
@@ -789,6 +811,7 @@ def encode_corpus(
             num_workers=num_workers,
             ray_address=ray_address,
             model_backend=model_backend,
+            onnx_options=dict(onnx_options) if onnx_options else None,
         )
     elif todo:
         it: Any = todo

@@ -193,13 +193,43 @@ def test_search_refuses_the_flags_on_a_store_built_with_torch(
     assert "the store was built with it" in err and "pass --model-backend onnx" in err, err
 
 
-def test_encode_on_ray_refuses_the_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_encode_on_ray_passes_the_flags_to_every_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import kl_retrievers.sharded as sharded
+
+    seen: dict[str, object] = {}
+
+    def fake_run_ray(todo: object, **kwargs: object) -> None:
+        seen.update(kwargs)
+        raise RuntimeError("stopped before Ray")
+
+    monkeypatch.setattr(sharded, "_run_ray", fake_run_ray)
     texts = tmp_path / "texts.txt"
     texts.write_text("a\nb\n", encoding="utf-8")
     argv = ["encode", "--input", str(texts), "--out", str(tmp_path / "out"), "--backend", "ray", "--model-spinning"]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "--model-spinning does not reach the Ray workers of --backend ray" in err, err
+    main(argv)
+    capsys.readouterr()
+    assert seen["onnx_options"] == {"allow_spinning": True} and seen["model_backend"] is None
+
+    # each worker loads the model with them
+    worker = sharded._RayShardWorker(None, None, {}, None, {"allow_spinning": True})
+    from kl_retrievers.onnx import OnnxGaussianEncoder
+
+    assert isinstance(worker.encoder, OnnxGaussianEncoder)
+    opts = worker.encoder._session.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
+def test_encode_corpus_refuses_onnx_options_with_a_loaded_encoder(tmp_path: Path) -> None:
+    from kl_retrievers import load_model
+    from kl_retrievers.sharded import encode_corpus
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a\nb\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="the given encoder is loaded already"):
+        encode_corpus(texts, tmp_path / "out", encoder=load_model(backend="onnx"), onnx_options={"num_threads": 1})
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("command", ["encode", "index"])
