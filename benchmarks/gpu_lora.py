@@ -368,6 +368,21 @@ def _retrieve(
     return _top100(scores)
 
 
+def _device() -> tuple[str, str]:
+    """The device this machine trains and evaluates on (TF32 matmuls on CUDA) and its hardware, for the logs."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    return device, torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu"
+
+
+def _read_pack() -> dict[str, Any]:
+    """The packed training sets and evaluation texts that ``prepare`` wrote."""
+    with gzip.open(PACK / "data.json.gz", "rt", encoding="utf-8") as fh:
+        return json.load(fh)  # type: ignore[no-any-return]
+
+
 def _backbone_dir() -> Path:
     """The packed backbone's folder; packed int8 rows are unpacked into a temporary folder, never into the pack."""
     from safetensors.torch import load_file, save_file
@@ -422,11 +437,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.backends.cuda.matmul.allow_tf32 = True
-    hw = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu"
-    with gzip.open(PACK / "data.json.gz", "rt", encoding="utf-8") as fh:
-        pack = json.load(fh)
+    device, hw = _device()
+    pack = _read_pack()
     backbone = pack.get("backbone", "minilm")
     backbone_dir = _backbone_dir()
     sets = {}
@@ -512,12 +524,9 @@ def cmd_wise(args: argparse.Namespace) -> None:
         raise SystemExit(f"--job {unknown}: not finished jobs of {src / 'jobs.jsonl'} (finished: {sorted(jobs)})")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.backends.cuda.matmul.allow_tf32 = True
-    hw = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu"
+    device, hw = _device()
     adapters = load_file(str(src / "adapters.safetensors"))
-    with gzip.open(PACK / "data.json.gz", "rt", encoding="utf-8") as fh:
-        pack = json.load(fh)
+    pack = _read_pack()
     backbone_dir = str(_backbone_dir())
     runs: dict[str, np.ndarray] = {}
     if (out / "runs.npz").exists():  # another wise call into the same folder: keep its runs
@@ -598,8 +607,7 @@ def cmd_collect(args: argparse.Namespace) -> None:
     from kl_retrievers.evaluation import evaluate_run, save_per_query
 
     src = Path(args.source)
-    with gzip.open(PACK / "data.json.gz", "rt", encoding="utf-8") as fh:
-        pack = json.load(fh)
+    pack = _read_pack()
     jobs = [json.loads(line) for line in (src / "jobs.jsonl").read_text().splitlines() if line.strip()]
     runs = np.load(src / "runs.npz")
     log = Path(args.log)

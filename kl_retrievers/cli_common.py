@@ -181,7 +181,12 @@ def model_session_options(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def model_session_problem(
-    args: argparse.Namespace, backend: str | None, *, why: str = "--model-backend torch", device: str | None = None
+    args: argparse.Namespace,
+    backend: str | None,
+    *,
+    why: str = "--model-backend torch",
+    device: str | None = None,
+    instead: str | None = None,
 ) -> str | None:
     """Why ``--model-threads`` / ``--model-spinning`` cannot be used with ``backend``, else ``None``.
 
@@ -193,6 +198,8 @@ def model_session_problem(
         backend: The backend the model will run on (``None``: not chosen yet, the flags choose ONNX).
         why: What chose torch, for the message (``--model-backend torch``, the store's backend...).
         device: The command's ``--device``, when it has one.
+        instead: What the command runs instead of a ``--model`` encoder (e.g. ``--baseline bm25``), which
+            the flags do not apply to.
 
     Examples:
         >>> args = argparse.Namespace(model_threads=2, model_spinning=False)
@@ -206,6 +213,8 @@ def model_session_problem(
         return None
     named = " and ".join(flags)
     verb = "apply" if len(flags) > 1 else "applies"
+    if instead is not None:
+        return f"{named} {verb} to the --model encoder on the ONNX backend, not to {instead}"
     if backend == "torch":
         return (
             f"{named} {verb} to the ONNX backend only (an ONNX Runtime session setting), and the model runs on "

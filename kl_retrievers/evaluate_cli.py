@@ -38,7 +38,6 @@ from kl_retrievers.cli_common import (
     add_model_session_arguments,
     args_subset,
     check_output_path,
-    model_session_flags,
     model_session_options,
     model_session_problem,
     positive_int,
@@ -559,17 +558,11 @@ _ONNX_EXPORT_ON_TORCH = (
 
 def _session_problem(args: argparse.Namespace) -> str | None:
     """Why ``--model-threads`` / ``--model-spinning`` cannot apply (a baseline, the torch backend), else ``None``."""
-    flags = model_session_flags(args)
-    if flags and args.baseline:
-        named = " and ".join(flags)
-        return (
-            f"{named} {'apply' if len(flags) > 1 else 'applies'} to the --model encoder on the ONNX backend, "
-            f"not to --baseline {args.baseline}"
-        )
     return model_session_problem(
         args,
         getattr(args, "model_backend", "torch"),
         why="--model-backend torch, evaluate's default: the backend of the logged figures",
+        instead=f"--baseline {args.baseline}" if args.baseline else None,
     )
 
 
