@@ -191,7 +191,11 @@ def _add_encode(sub: Any) -> None:
     p.add_argument("--model", "-m", help="a saved GaussianEncoder (path or hub id) or a bundled model name")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--max-length", type=token_budget, default=None, help="token budget (default: the model's)")
-    p.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda or mps (default: best available); with --backend ray: cpu or cuda (each actor's own GPU)",
+    )
     add_model_backend_argument(p)  # not --backend here: that one picks local or Ray shards
     add_model_session_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

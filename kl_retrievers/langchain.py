@@ -27,12 +27,18 @@ from __future__ import annotations
 
 import enum
 import inspect
+import io
+import json
 import logging
 import math
 import os
+import shutil
+import stat
+import tempfile
 import threading
 import uuid
 import warnings
+import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -88,6 +94,8 @@ from kl_retrievers.gaussian import (
 )
 from kl_retrievers.hybrid import KLHybridStore
 from kl_retrievers.index import KLStore, StoreFormatError
+from kl_retrievers.store._format import CONFIG as _STORE_CONFIG
+from kl_retrievers.store._format import STORE_FILES as _STORE_FILES
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +153,148 @@ def _index_folder(folder: Path, index_name: Any) -> Path:
     if index_name in (_STORE_DIR, _MANIFEST):
         raise ValueError(f"index_name {index_name!r} is taken by the files of the default index; choose another name")
     return folder / index_name
+
+
+def _pack_folder(folder: Path) -> bytes:
+    """A zip archive (bytes) of the regular files under ``folder``, named by their POSIX paths relative to it."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_symlink() or not (path.is_file() or path.is_dir()):  # save_local writes neither
+                raise RuntimeError(f"not packing {path}: only regular files and folders are packed")
+            if path.is_file():
+                # float arrays and FAISS codes barely compress (about 7%) and deflating them is slow: stored as is
+                packed = path.suffix in (".npy", ".faiss")
+                kind = zipfile.ZIP_STORED if packed else zipfile.ZIP_DEFLATED
+                archive.write(path, path.relative_to(folder).as_posix(), compress_type=kind)
+    return buffer.getvalue()
+
+
+#: The entries :func:`_pack_folder` writes for a :meth:`KLVectorStore.save_local` folder (its folder too).
+_ARCHIVE_NAMES = frozenset({_MANIFEST, _STORE_DIR} | {f"{_STORE_DIR}/{n}" for n in (_STORE_CONFIG, *_STORE_FILES)})
+#: Unpacked bytes always allowed, and the most allowed per archive byte beyond that: the arrays and the
+#: index are stored uncompressed, and only the JSON files are deflated.
+_UNPACK_FLOOR = 64 << 20
+_UNPACK_RATIO = 20
+
+
+def _not_an_archive(data: bytes) -> str:
+    """Why ``data`` is not what :meth:`KLVectorStore.serialize_to_bytes` returns (a zip archive).
+
+    Never unpickles: a pickle is recognised by its protocol header, and langchain-community's FAISS
+    pickle by the names it holds.
+
+    Examples:
+        >>> print(_not_an_archive(b"hello"))  # doctest: +ELLIPSIS
+        not bytes from KLVectorStore.serialize_to_bytes (a zip archive): 5 bytes starting with b'hello'
+    """
+    what = (
+        f"not bytes from KLVectorStore.serialize_to_bytes (a zip archive): {len(data)} bytes starting with "
+        f"{data[:16]!r}"
+    )
+    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        if any(name in data for name in (b"langchain_community", b"InMemoryDocstore", b"faiss")):
+            return (
+                f"{what}. They look like langchain-community FAISS's serialize_to_bytes output (a pickle); "
+                "load them with FAISS.deserialize_from_bytes from a trusted source only, and move them over with "
+                "KLVectorStore.from_documents (KLVectorStore never unpickles anything)"
+            )
+        return f"{what}. They look like a pickle, which KLVectorStore never unpickles"
+    return what
+
+
+def _unpack_archive(data: bytes, folder: Path) -> None:
+    """Unpack ``data`` (a zip of :func:`_pack_folder`) into the empty ``folder``, refusing anything unsafe.
+
+    Each entry must be a regular file or a folder with a relative path inside ``folder``: absolute
+    paths, drive letters, backslashes, ``..``, links, devices, duplicates and encrypted entries
+    are refused (the whole archive, before anything is written) with a :class:`LangChainFormatError`
+    naming the entry.
+    """
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as exc:
+        raise LangChainFormatError(_not_an_archive(data)) from exc
+    with archive:
+        infos = archive.infolist()
+        seen: set[str] = set()
+        for info in infos:
+            name = info.filename
+            parts = name.rstrip("/").split("/")
+            mode = stat.S_IFMT(info.external_attr >> 16)  # 0: no type recorded (e.g. ZipFile.writestr): a file
+            problem = None
+            if name.startswith("/") or "\\" in name or (len(name) > 1 and name[1] == ":") or "\0" in name:
+                problem = "an absolute path, a drive letter or a backslash"
+            elif any(part in ("", ".", "..") for part in parts):
+                problem = "a path that is empty or holds '.' or '..'"
+            elif mode and stat.S_ISLNK(mode):
+                problem = "a symbolic link"
+            elif mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                problem = f"not a regular file or folder (type {stat.filemode(mode)[0]!r})"
+            elif info.flag_bits & 0x1:
+                problem = "an encrypted entry"
+            elif name.rstrip("/") in seen:
+                problem = "a second entry of the same name"
+            if problem is not None:
+                raise LangChainFormatError(
+                    f"refusing the serialized KLVectorStore: its archive entry {name!r} is {problem}; only regular "
+                    "files and folders with relative paths inside the archive are unpacked"
+                )
+            seen.add(name.rstrip("/"))
+        names = {info.filename for info in infos}
+        if _MANIFEST not in names:
+            raise LangChainFormatError(
+                f"not bytes from KLVectorStore.serialize_to_bytes: a zip archive without {_MANIFEST} "
+                f"(it holds {sorted(names)[:8]})"
+            )
+        unexpected = sorted(n for n in names if n.rstrip("/") not in _ARCHIVE_NAMES)
+        if unexpected:
+            raise LangChainFormatError(
+                f"refusing the serialized KLVectorStore: its archive holds {unexpected[:5]}, which serialize_to_bytes "
+                f"never writes (it writes {sorted(_ARCHIVE_NAMES)})"
+            )
+        unpacked = sum(info.file_size for info in infos)
+        limit = max(_UNPACK_FLOOR, _UNPACK_RATIO * len(data))
+        if unpacked > limit:
+            raise LangChainFormatError(
+                f"refusing the serialized KLVectorStore: its entries declare {unpacked} bytes unpacked from "
+                f"{len(data)} bytes, more than the {limit} allowed (serialize_to_bytes stores the arrays and the "
+                "index uncompressed, so its archives unpack to about their own size)"
+            )
+        root = folder.resolve()
+        for info in infos:
+            target = folder.joinpath(*info.filename.rstrip("/").split("/"))
+            if not target.resolve().is_relative_to(root):  # checked above already; a second guard
+                raise LangChainFormatError(f"refusing the archive entry {info.filename!r}: it leaves the folder")
+            try:
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(info) as src, open(target, "xb") as dst:
+                    shutil.copyfileobj(src, dst)
+            except (OSError, zipfile.BadZipFile) as exc:  # a file where a folder should be, a bad CRC, ...
+                raise LangChainFormatError(f"cannot unpack the archive entry {info.filename!r}: {exc}") from exc
+
+
+def _check_saved_encoder_is_bundled(manifest_path: Path) -> None:
+    """Refuse serialized bytes whose saved encoder is not a bundled model when no ``embeddings`` were given.
+
+    Bytes may come from anywhere; without ``embeddings`` the encoder they name would be loaded, and a
+    path or a hub id would load (or download) a model that the bytes chose.
+    """
+    from kl_retrievers.hub import bundled_name
+
+    try:
+        name = json.loads(manifest_path.read_text(encoding="utf-8")).get("encoder")
+    except (OSError, ValueError, AttributeError):
+        return  # load_local reports the damaged manifest
+    if isinstance(name, str) and name and bundled_name(name) is None:
+        raise ValueError(
+            f"the serialized KLVectorStore names the encoder {name!r}, which is not a model bundled with "
+            "kl-retrievers; deserialize_from_bytes loads only bundled models by the name the bytes carry: pass "
+            "embeddings= (the encoder the store was built with)"
+        )
 
 
 def _check_texts(texts: Any, what: str = "texts") -> list[str]:
@@ -659,7 +809,6 @@ class KLVectorStore(VectorStore):
         self,
         texts: Iterable[str],
         metadatas: list[dict[str, Any]] | None = None,
-        *,
         ids: list[str] | None = None,
         **kwargs: Any,
     ) -> list[str]:
@@ -668,7 +817,8 @@ class KLVectorStore(VectorStore):
         Args:
             texts: Texts to add.
             metadatas: One JSON-serialisable dict per text.
-            ids: One id per text (``None`` entries get a fresh uuid4 hex).
+            ids: One id per text (``None`` entries get a fresh uuid4 hex); also taken by position,
+                as langchain-community's FAISS takes it.
 
         Returns:
             The ids, in input order.
@@ -711,6 +861,18 @@ class KLVectorStore(VectorStore):
 
         return await run_in_executor(None, self.upsert, documents, ids)
 
+    async def aadd_texts(
+        self,
+        texts: Iterable[str],
+        metadatas: list[dict[str, Any]] | None = None,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        """Async :meth:`add_texts` (runs in a worker thread; ``ids`` also by position, as in FAISS)."""
+        from langchain_core.runnables.config import run_in_executor
+
+        return await run_in_executor(None, self.add_texts, texts, metadatas, ids, **kwargs)
+
     def delete(self, ids: list[str] | None = None, *, delete_all: bool = False, **kwargs: Any) -> bool | None:
         """Delete documents by id; unknown ids are ignored.
 
@@ -749,6 +911,70 @@ class KLVectorStore(VectorStore):
     def clear(self) -> None:
         """Delete every document (the store's settings are kept); same as ``delete(delete_all=True)``."""
         self.delete(delete_all=True)
+
+    def merge_from(self, target: KLVectorStore) -> None:
+        """Add every document of ``target`` to this store, as langchain-community's ``FAISS.merge_from`` does.
+
+        The documents keep their ids, texts and metadata, and their stored Gaussians are copied (nothing
+        is encoded again, so ``target`` may have been built with another encoder of the same dimension).
+        ``target`` is left unchanged. The documents are read from ``target`` and added in one call, so
+        they are held in memory once more meanwhile.
+
+        Args:
+            target: Another :class:`KLVectorStore` (over a :class:`KLStore` or a ``MilvusKLStore``).
+
+        Raises:
+            TypeError: ``target`` is not a :class:`KLVectorStore` (e.g. a langchain-community FAISS).
+            ValueError: An id of ``target`` is already in this store (as FAISS, whose message, "Tried to
+                add ids that already exist", this one starts with), or ``target`` holds Gaussians of
+                another dimension than this store's documents or encoder. Nothing is added then.
+
+        Examples:
+            >>> store.merge_from(other)  # doctest: +SKIP
+        """
+        if not isinstance(target, KLVectorStore):
+            raise TypeError(
+                f"merge_from takes a KLVectorStore; got {type(target).__name__} (move a FAISS store's documents "
+                "over with add_documents, which encodes them)"
+            )
+        ids = list(target.store.ids)
+        if not ids:
+            return
+        if target is self:
+            raise ValueError(
+                f"Tried to add ids that already exist: {sorted(ids)[:10]} (KLVectorStore.merge_from was given the "
+                "store itself; nothing was merged)"
+            )
+        dim = target.store.dim
+        own = self.store.dim
+        encoder = self.store.encoder
+        if own is None and encoder is not None:
+            own = getattr(getattr(encoder, "config", None), "dim", None)
+            if own is None:  # e.g. a LangChain Embeddings wrapped with unit variances: its dimension shows in use
+                own = encoder.encode_queries(["dimension"]).dim
+        if dim is not None and isinstance(own, int) and own != dim:
+            raise ValueError(
+                f"cannot merge a store of Gaussians of dimension {dim} into one of dimension {own} (its documents "
+                "or its encoder); merge stores built with encoders of the same dimension. Nothing was merged"
+            )
+        existing = set(self.store.ids)
+        clash = [i for i in ids if i in existing]
+        if clash:
+            raise ValueError(
+                f"Tried to add ids that already exist: {sorted(clash)[:10]} (KLVectorStore.merge_from: {len(clash)} "
+                f"of the target's {len(ids)} ids are in this store; nothing was merged: delete them from one "
+                "store first)"
+            )
+        docs = target.store.get_by_ids(ids)
+        gaussians = target.store.get_gaussians([d.id for d in docs])
+        texts: Any = [d.text for d in docs]  # None for a document stored without text: add takes it with gaussians
+        self.store.add(
+            texts,
+            gaussians=gaussians,
+            ids=[d.id for d in docs],
+            metadatas=[d.metadata for d in docs],
+        )
+        logger.info("merged %d documents into %r", len(docs), self)
 
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         """Stored documents for ``ids`` (unknown ids skipped), with ``Document.id`` set."""
@@ -825,6 +1051,16 @@ class KLVectorStore(VectorStore):
         _warn_ignored(kwargs, "similarity_search_by_vector", "embedding, k and filter", accepted=("fetch_k",))
         k = _check_k(k)
         return self._results(self._vector_to_gaussian(embedding), k, filter)
+
+    async def asimilarity_search_with_score_by_vector(
+        self, embedding: Sequence[float] | Gaussians, k: int = 4, filter: MetadataFilter | None = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        """Async :meth:`similarity_search_with_score_by_vector` (runs in a worker thread; FAISS has it too)."""
+        from langchain_core.runnables.config import run_in_executor
+
+        return await run_in_executor(
+            None, self.similarity_search_with_score_by_vector, embedding, k, filter=filter, **kwargs
+        )
 
     def similarity_search_by_vector(
         self, embedding: Sequence[float] | Gaussians, k: int = 4, filter: MetadataFilter | None = None, **kwargs: Any
@@ -903,9 +1139,56 @@ class KLVectorStore(VectorStore):
         )
         return self._mmr(self._vector_to_gaussian(embedding), k, fetch_k, lambda_mult, filter)
 
+    def max_marginal_relevance_search_with_score_by_vector(
+        self,
+        embedding: Sequence[float] | Gaussians,
+        *,
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        filter: MetadataFilter | None = None,
+        **kwargs: Any,
+    ) -> list[tuple[Document, float]]:
+        """:meth:`max_marginal_relevance_search_by_vector` with each pick's ``-KL(Q || D)`` (FAISS's method)."""
+        _warn_ignored(
+            kwargs,
+            "max_marginal_relevance_search_with_score_by_vector",
+            "embedding, k, fetch_k, lambda_mult and filter",
+        )
+        return self._mmr_with_scores(self._vector_to_gaussian(embedding), k, fetch_k, lambda_mult, filter)
+
+    async def amax_marginal_relevance_search_with_score_by_vector(
+        self,
+        embedding: Sequence[float] | Gaussians,
+        *,
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        filter: MetadataFilter | None = None,
+        **kwargs: Any,
+    ) -> list[tuple[Document, float]]:
+        """Async :meth:`max_marginal_relevance_search_with_score_by_vector` (runs in a worker thread)."""
+        from langchain_core.runnables.config import run_in_executor
+
+        return await run_in_executor(
+            None,
+            self.max_marginal_relevance_search_with_score_by_vector,
+            embedding,
+            k=k,
+            fetch_k=fetch_k,
+            lambda_mult=lambda_mult,
+            filter=filter,
+            **kwargs,
+        )
+
     def _mmr(
         self, query: Gaussians, k: int, fetch_k: int, lambda_mult: float, filter: MetadataFilter | None
     ) -> list[Document]:
+        return [doc for doc, _ in self._mmr_with_scores(query, k, fetch_k, lambda_mult, filter)]
+
+    def _mmr_with_scores(
+        self, query: Gaussians, k: int, fetch_k: int, lambda_mult: float, filter: MetadataFilter | None
+    ) -> list[tuple[Document, float]]:
         k = _check_k(k)
         fetch_k = max(k, _check_k(fetch_k, "fetch_k"))
         lambda_mult = _check_unit(lambda_mult, "lambda_mult")
@@ -915,7 +1198,7 @@ class KLVectorStore(VectorStore):
             return []
         cands = [cands[i] for i in keep]
         order = mmr_select([s for _, s in cands], g, k, lambda_mult, resolve_relevance(self.relevance), self.store.dim)
-        return [cands[i][0] for i in order]
+        return [cands[i] for i in order]
 
     # -- constructors
     @classmethod
@@ -924,7 +1207,6 @@ class KLVectorStore(VectorStore):
         texts: list[str],
         embedding: Any | None = None,
         metadatas: list[dict[str, Any]] | None = None,
-        *,
         ids: list[str] | None = None,
         **kwargs: Any,
     ) -> KLVectorStore:
@@ -935,12 +1217,26 @@ class KLVectorStore(VectorStore):
             embedding: A :class:`KLEmbeddings`, a Gaussian encoder or a LangChain ``Embeddings``
                 (default: the package's default model).
             metadatas: One dict per text.
-            ids: One id per text.
+            ids: One id per text (also by position, as in langchain-community's FAISS).
             **kwargs: Passed to :class:`KLVectorStore` (``relevance``, ``batch_size``, ``index_type``...).
         """
         store = cls(embedding, **kwargs)
         store.add_texts(texts, metadatas, ids=ids)
         return store
+
+    @classmethod
+    async def afrom_texts(  # type: ignore[override]
+        cls,
+        texts: list[str],
+        embedding: Any | None = None,
+        metadatas: list[dict[str, Any]] | None = None,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> KLVectorStore:
+        """Async :meth:`from_texts` (runs in a worker thread; ``ids`` also by position, as in FAISS)."""
+        from langchain_core.runnables.config import run_in_executor
+
+        return await run_in_executor(None, cls.from_texts, texts, embedding, metadatas, ids, **kwargs)
 
     @classmethod
     def from_documents(  # type: ignore[override]
@@ -961,10 +1257,11 @@ class KLVectorStore(VectorStore):
         cls,
         folder_path: str | os.PathLike[str],
         embeddings: Any | None = None,
-        *,
         index_name: str = _DEFAULT_INDEX_NAME,
+        *,
         relevance: str | RelevanceFn | None = None,
         mmap: bool = False,
+        verify_checksums: bool = True,
         allow_dangerous_deserialization: bool = False,
     ) -> KLVectorStore:
         """Load a folder written by :meth:`save_local` (never unpickles anything).
@@ -973,11 +1270,13 @@ class KLVectorStore(VectorStore):
             folder_path: The folder.
             embeddings: A :class:`KLEmbeddings`, Gaussian encoder or LangChain ``Embeddings``;
                 default: the saved encoder name through :func:`~kl_retrievers.load_model`.
-            index_name: As in langchain-community's FAISS: ``"index"`` (the default) reads the
-                folder itself; another name reads the sub-folder ``folder_path/index_name`` that
-                ``save_local(folder_path, index_name)`` wrote.
+            index_name: As in langchain-community's FAISS (and, as there, also the third positional
+                argument): ``"index"`` (the default) reads the folder itself; another name reads the
+                sub-folder ``folder_path/index_name`` that ``save_local(folder_path, index_name)`` wrote.
             relevance: Override the saved relevance function (needed for a callable).
             mmap: Memory-map the stored arrays (see :meth:`KLStore.load`).
+            verify_checksums: Check every stored file's SHA-256 (sizes and the stored values are
+                always checked); ``False`` skips one read of every file (see :meth:`KLStore.load`).
             allow_dangerous_deserialization: Accepted so that code written for langchain-community's
                 FAISS runs unchanged, and ignored: nothing here is unpickled, so there is nothing to allow.
 
@@ -1023,7 +1322,7 @@ class KLVectorStore(VectorStore):
                 raise ValueError(
                     f"cannot load the saved encoder {manifest['encoder']!r} ({exc}); pass embeddings= to load_local"
                 ) from exc
-        store = KLStore.load(folder / _STORE_DIR, encoder=encoder, mmap=mmap)
+        store = KLStore.load(folder / _STORE_DIR, encoder=encoder, mmap=mmap, verify_checksums=verify_checksums)
         rel = relevance if relevance is not None else (manifest.get("relevance") or DEFAULT_RELEVANCE)
         return cls(encoder, store=store, relevance=rel, batch_size=int(manifest.get("batch_size") or 32))
 
@@ -1090,6 +1389,85 @@ class KLVectorStore(VectorStore):
         )
         logger.info("saved KLVectorStore (%d documents) to %s", len(self.store), folder)
         return folder
+
+    def serialize_to_bytes(self) -> bytes:
+        """The store as bytes (FAISS's method of the same name), without pickle.
+
+        The bytes are a zip archive of what :meth:`save_local` writes (JSON, ``.npy`` and a FAISS
+        index), written through a temporary folder that is deleted afterwards. Read them back with
+        :meth:`deserialize_from_bytes`.
+
+        Raises:
+            NotImplementedError: The store keeps its documents in a server (``MilvusKLStore``).
+
+        Examples:
+            >>> data = store.serialize_to_bytes()  # doctest: +SKIP
+            >>> KLVectorStore.deserialize_from_bytes(data, embeddings)  # doctest: +SKIP
+        """
+        with tempfile.TemporaryDirectory(prefix="klvectorstore-") as tmp:
+            folder = self.save_local(Path(tmp) / "store")
+            return _pack_folder(folder)
+
+    @classmethod
+    def deserialize_from_bytes(
+        cls,
+        serialized: bytes | bytearray | memoryview,
+        embeddings: Any | None = None,
+        *,
+        allow_dangerous_deserialization: bool = False,
+        **kwargs: Any,
+    ) -> KLVectorStore:
+        """Rebuild a store from :meth:`serialize_to_bytes` (FAISS's signature; never unpickles anything).
+
+        The archive is checked before anything is written: only regular files and folders with
+        relative paths inside it are accepted (no absolute path, ``..``, link or device). It is
+        unpacked into a temporary folder, loaded with :meth:`load_local` (arrays read into memory,
+        ``mmap=False``) and the folder is deleted.
+
+        Args:
+            serialized: The bytes (``bytes``, ``bytearray`` or ``memoryview``).
+            embeddings: As in :meth:`load_local`. Without it, the saved encoder is loaded by name only
+                when it is a bundled model (the bytes could name any path or hub id): pass it for a
+                store built with your own model.
+            allow_dangerous_deserialization: Accepted so that code written for langchain-community's
+                FAISS runs unchanged, and ignored: nothing here is unpickled.
+            **kwargs: :meth:`load_local`'s ``relevance`` and ``verify_checksums``.
+
+        Raises:
+            TypeError: ``serialized`` is not bytes, or an unknown keyword argument.
+            ValueError: ``mmap=True`` (the temporary folder does not outlive the call), or no
+                ``embeddings`` and the saved encoder is not a bundled model.
+            LangChainFormatError: (a ``ValueError``) bytes that are not from :meth:`serialize_to_bytes`
+                (langchain-community FAISS's pickle is named as such, not unpickled), an archive entry
+                that is refused (named), or damaged files.
+        """
+        if not isinstance(serialized, (bytes, bytearray, memoryview)):
+            raise TypeError(f"serialized must be bytes (from serialize_to_bytes); got {type(serialized).__name__}")
+        if kwargs.get("mmap"):
+            raise ValueError(
+                "deserialize_from_bytes cannot memory-map (mmap=True): it unpacks into a temporary folder that is "
+                "deleted before it returns; save_local the store and load_local(..., mmap=True) it instead"
+            )
+        kwargs.pop("mmap", None)
+        unknown = sorted(set(kwargs) - {"relevance", "verify_checksums"})
+        if unknown:
+            raise TypeError(
+                f"deserialize_from_bytes got unexpected keyword argument(s) {unknown}; it takes relevance and "
+                "verify_checksums (and FAISS's allow_dangerous_deserialization, ignored)"
+            )
+        data = bytes(serialized)
+        with tempfile.TemporaryDirectory(prefix="klvectorstore-") as tmp:
+            folder = Path(tmp) / "store"
+            folder.mkdir()
+            _unpack_archive(data, folder)
+            if embeddings is None:
+                _check_saved_encoder_is_bundled(folder / _MANIFEST)
+            try:
+                return cls.load_local(folder, embeddings, mmap=False, **kwargs)
+            except StoreFormatError as exc:
+                if isinstance(exc, LangChainFormatError):
+                    raise
+                raise LangChainFormatError(f"the serialized KLVectorStore is damaged: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- retrievers

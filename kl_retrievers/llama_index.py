@@ -104,6 +104,7 @@ try:
         ImageNode,
         IndexNode,
         MetadataMode,
+        Node,
         NodeRelationship,
         NodeWithScore,
         QueryBundle,
@@ -905,7 +906,39 @@ def _stored_metadata(node: BaseNode, flat_metadata: bool = False) -> dict[str, A
     ``document_id`` and the node JSON under ``_node_content`` (its class, relationships and
     excluded metadata keys), which :func:`_to_node` rebuilds the node from.
     """
-    return node_to_metadata_dict(_without_search_scores(node), remove_text=True, flat_metadata=flat_metadata)
+    try:
+        return node_to_metadata_dict(_without_search_scores(node), remove_text=True, flat_metadata=flat_metadata)
+    except ValueError as exc:  # pydantic's PydanticSerializationError is one
+        if isinstance(node, IndexNode) and node.obj is not None and not _object_serialises(node):
+            raise ValueError(
+                f"IndexNode {node.node_id!r} carries an object ({type(node.obj).__name__}) that cannot be stored "
+                "as JSON; give the retriever the object instead: VectorStoreIndex(objects=[...]) (its as_retriever "
+                "and KLRetriever.from_defaults(index=...) look it up by index_id), KLRetriever.from_defaults("
+                "nodes=[...]) / KLHybridRetriever.from_defaults(nodes=[...]), or object_map={index_id: obj}"
+            ) from exc
+        raise
+
+
+def _object_serialises(node: IndexNode) -> bool:
+    """Whether an ``IndexNode``'s object is stored with it (LlamaIndex serialises nodes and pydantic models)."""
+    try:
+        node.model_dump(mode="json")
+    except ValueError:
+        return False
+    return True
+
+
+def _detach_objects(nodes: Sequence[BaseNode]) -> list[BaseNode]:
+    """``nodes``, with a copy without its object for each ``IndexNode`` whose object cannot be stored.
+
+    What ``VectorStoreIndex`` does (it moves such an object to its object map); the inputs are not modified.
+    """
+    return [
+        n.model_copy(update={"obj": None})
+        if isinstance(n, IndexNode) and n.obj is not None and not _object_serialises(n)
+        else n
+        for n in nodes
+    ]
 
 
 def _search_score_keys(node: BaseNode) -> frozenset[str]:
@@ -1034,8 +1067,14 @@ class _ScoredImageNode(_UnscoredHash, ImageNode):
     """A returned ``ImageNode`` (see :class:`_UnscoredHash`)."""
 
 
+class _ScoredNode(_UnscoredHash, Node):
+    """A returned generic ``Node`` (LlamaIndex's media node, text in ``text_resource``; see :class:`_UnscoredHash`)."""
+
+
 #: The node class -> its returned subclass.
-_SCORED_CLASSES: dict[type, type] = {c.__bases__[1]: c for c in (_ScoredTextNode, _ScoredIndexNode, _ScoredImageNode)}
+_SCORED_CLASSES: dict[type, type] = {
+    c.__bases__[1]: c for c in (_ScoredTextNode, _ScoredIndexNode, _ScoredImageNode, _ScoredNode)
+}
 
 
 def _scored_node(doc_id: str, text: str | None, metadata: Mapping[str, Any], scores: Mapping[str, Any]) -> BaseNode:
@@ -1046,8 +1085,8 @@ def _scored_node(doc_id: str, text: str | None, metadata: Mapping[str, Any], sco
     out too: LlamaIndex's ``QueryFusionRetriever`` matches one document across result lists (ours,
     a BM25 retriever's, another query's) by ``node.hash``, which hashes the text and the whole
     metadata, so per-query scores would make every copy look like another document. The class
-    is a subclass of the node's own (``TextNode``, ``IndexNode``, ``ImageNode``) with the same
-    ``class_name()``, so serialised nodes are unchanged.
+    is a subclass of the node's own (``TextNode``, ``IndexNode``, ``ImageNode``, or the generic
+    ``Node``) with the same ``class_name()``, so serialised nodes are unchanged.
     """
     node = _to_node(doc_id, text, metadata)
     node.metadata.update(scores)
@@ -1721,6 +1760,14 @@ class KLVectorStore(BasePydanticVectorStore):
         doc_ids = doc_ids or None
         if len(query) != 1:
             raise ValueError(f"search_gaussian takes one query Gaussian; got {len(query)}")
+        dim = self._store.dim
+        if dim is not None and query.dim != dim:
+            # checked here, not only by KLStore.search: a node_ids list naming no stored node (or a filter
+            # leaving none) would otherwise answer a query of another model with no hits instead of an error
+            raise ValueError(
+                f"the query Gaussian has dimension k={query.dim} (a vector of length {2 * query.dim + 1}); this "
+                f"store has k={dim} (length {2 * dim + 1}): embed the query with the model that embedded the nodes"
+            )
         predicate = metadata_filters_to_predicate(filters)
         if doc_ids is not None:
             wanted = {str(d) for d in doc_ids}
@@ -1829,6 +1876,7 @@ class KLVectorStore(BasePydanticVectorStore):
         encoder: Any | None = None,
         mmap: bool = False,
         calibrator: Any = None,
+        verify_checksums: bool = True,
     ) -> KLVectorStore:
         """Load a store written by :meth:`persist` (``persist_path`` = the manifest, or a KLStore folder).
 
@@ -1845,6 +1893,8 @@ class KLVectorStore(BasePydanticVectorStore):
             calibrator: A confidence calibrator (or a path to its JSON); it takes precedence over
                 the one :meth:`persist` saved (manifests written before calibrators were saved
                 record none).
+            verify_checksums: Check every stored file's SHA-256 (sizes and the stored values are
+                always checked); ``False`` skips one read of every file (see :meth:`KLStore.load`).
 
         Raises:
             FileNotFoundError: Nothing at ``persist_path``, or the calibrator file the manifest names is missing.
@@ -1854,7 +1904,9 @@ class KLVectorStore(BasePydanticVectorStore):
         encoder = _unwrap_encoder(encoder)
         path = Path(persist_path)
         if path.is_dir():
-            return cls(KLStore.load(path, encoder=encoder, mmap=mmap), calibrator=calibrator)
+            return cls(
+                KLStore.load(path, encoder=encoder, mmap=mmap, verify_checksums=verify_checksums), calibrator=calibrator
+            )
         if not path.is_file():
             raise FileNotFoundError(f"no KLVectorStore at {path}")
         manifest = adapters.read_manifest(
@@ -1876,7 +1928,7 @@ class KLVectorStore(BasePydanticVectorStore):
         if not isinstance(is_embedding_query, bool):
             raise ValueError(f"{path}: 'is_embedding_query' must be true or false; got {is_embedding_query!r}")
         return cls(
-            KLStore.load(path.parent / name, encoder=encoder, mmap=mmap),
+            KLStore.load(path.parent / name, encoder=encoder, mmap=mmap, verify_checksums=verify_checksums),
             relevance=str(relevance),
             calibrator=calibrator,
             flat_metadata=bool(manifest.get("flat_metadata", False)),
@@ -1893,17 +1945,37 @@ class KLVectorStore(BasePydanticVectorStore):
         encoder: Any | None = None,
         mmap: bool = False,
         calibrator: Any = None,
+        verify_checksums: bool = True,
     ) -> KLVectorStore:
         """Load the store that ``StorageContext.persist(persist_dir)`` wrote (``<namespace>__vector_store.json``).
 
-        ``encoder``, ``mmap`` and ``calibrator`` are as in :meth:`from_persist_path`.
+        ``encoder``, ``mmap``, ``calibrator`` and ``verify_checksums`` are as in :meth:`from_persist_path`.
+        The arguments follow ``SimpleVectorStore.from_persist_dir(persist_dir, namespace, fs)``; a
+        filesystem given second, as ``FaissVectorStore.from_persist_dir(persist_dir, fs)`` takes it,
+        is read as ``fs`` (with the default namespace).
+
+        Raises:
+            TypeError: ``namespace`` is neither a string nor (with no ``fs``) a filesystem.
 
         Examples:
             >>> KLVectorStore.from_persist_dir("./storage")  # doctest: +SKIP
         """
+        if not isinstance(namespace, str):
+            if fs is None and hasattr(namespace, "protocol"):  # FaissVectorStore's (persist_dir, fs) order
+                fs, namespace = namespace, _DEFAULT_NAMESPACE
+            else:
+                raise TypeError(
+                    f"namespace must be a string (the <namespace>__vector_store.json prefix, {_DEFAULT_NAMESPACE!r} "
+                    f"by default); got {type(namespace).__name__}"
+                )
         fname = f"{namespace}{_NAMESPACE_SEP}{DEFAULT_PERSIST_FNAME}"
         return cls.from_persist_path(
-            Path(persist_dir) / fname, fs=fs, encoder=encoder, mmap=mmap, calibrator=calibrator
+            Path(persist_dir) / fname,
+            fs=fs,
+            encoder=encoder,
+            mmap=mmap,
+            calibrator=calibrator,
+            verify_checksums=verify_checksums,
         )
 
 
@@ -1948,6 +2020,15 @@ _install_simple_vector_store_loader()
 
 
 # --------------------------------------------------------------------------- retriever
+def _objects_of(nodes: Sequence[BaseNode] | None) -> dict[str, Any]:
+    """``index_id -> obj`` of the ``IndexNode`` nodes that carry an object (what ``VectorStoreIndex`` records).
+
+    The store keeps a node as JSON, so the object (a retriever, a query engine) does not come back
+    with the hit; LlamaIndex's recursive retrieval finds it by ``index_id`` in the retriever's ``object_map``.
+    """
+    return {n.index_id: n.obj for n in nodes or () if isinstance(n, IndexNode) and n.obj is not None}
+
+
 class _TopKRetriever(BaseRetriever):
     """A LlamaIndex retriever with a checked, settable ``similarity_top_k`` (shared by the two below)."""
 
@@ -1987,6 +2068,10 @@ class KLRetriever(_TopKRetriever):
         doc_ids: Restrict to nodes of these source documents.
         callback_manager: LlamaIndex callback manager.
         verbose: LlamaIndex verbosity flag.
+        object_map: ``index_id -> object`` for LlamaIndex's recursive retrieval: an ``IndexNode`` hit
+            whose ``index_id`` is a key is replaced by what that object (a retriever, a query
+            engine, a node) returns, as in ``VectorIndexRetriever``.
+        objects: ``IndexNode`` nodes carrying their objects (``BaseRetriever``'s alternative to ``object_map``).
 
     Examples:
         >>> retriever = KLRetriever.from_defaults(documents=docs, similarity_top_k=3)  # doctest: +SKIP
@@ -2005,6 +2090,8 @@ class KLRetriever(_TopKRetriever):
         doc_ids: list[str] | None = None,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
+        object_map: dict[str, Any] | None = None,
+        objects: list[IndexNode] | None = None,
     ) -> None:
         if not isinstance(vector_store, KLVectorStore):
             raise TypeError(f"vector_store must be a KLVectorStore; got {type(vector_store).__name__}")
@@ -2015,7 +2102,7 @@ class KLRetriever(_TopKRetriever):
         self._filters = filters
         self._node_ids = node_ids
         self._doc_ids = doc_ids
-        super().__init__(callback_manager=callback_manager, verbose=verbose)
+        super().__init__(callback_manager=callback_manager, object_map=object_map, objects=objects, verbose=verbose)
 
     @property
     def vector_store(self) -> KLVectorStore:
@@ -2041,7 +2128,10 @@ class KLRetriever(_TopKRetriever):
         Exactly one of ``nodes``, ``documents``, ``index`` and ``vector_store`` is required.
         Documents are split with ``transformations`` (default: ``SentenceSplitter()``); nodes
         without embeddings are encoded with ``encoder``.  The encoder defaults to the store's,
-        then the index's :class:`KLEmbedding`'s, then the package's default model.
+        then the index's :class:`KLEmbedding`'s, then the package's default model.  Unless
+        ``object_map`` (or ``objects``) is given, the retriever resolves ``IndexNode`` hits as
+        ``index.as_retriever()`` does: through the index's object map (``index=``), or the objects
+        that the ``IndexNode`` nodes given as ``nodes=`` carry.
 
         Args:
             nodes: Nodes to index (in a new flat :class:`KLVectorStore`).
@@ -2052,7 +2142,7 @@ class KLRetriever(_TopKRetriever):
             transformations: Node parsers for ``documents``.
             similarity_top_k: Number of nodes to return.
             filters: Metadata filters.
-            **kwargs: Passed to :class:`KLRetriever` (``node_ids``, ``doc_ids``, ...).
+            **kwargs: Passed to :class:`KLRetriever` (``node_ids``, ``doc_ids``, ``object_map``, ...).
 
         Raises:
             ValueError: Not exactly one source given.
@@ -2065,6 +2155,11 @@ class KLRetriever(_TopKRetriever):
         if sum(sources) != 1:
             raise ValueError("from_defaults needs exactly one of nodes=, documents=, index= or vector_store=")
         encoder = _unwrap_encoder(encoder) if encoder is not None else None
+        if kwargs.get("object_map") is None and kwargs.get("objects") is None:
+            # as VectorStoreIndex.as_retriever passes index._object_map (the index's IndexNode objects)
+            found = getattr(index, "_object_map", None) if index is not None else _objects_of(nodes)
+            if found:
+                kwargs["object_map"] = found
         if index is not None:
             store = getattr(index, "vector_store", None)
             if not isinstance(store, KLVectorStore):
@@ -2091,7 +2186,7 @@ class KLRetriever(_TopKRetriever):
 
                 steps = list(transformations) if transformations is not None else [SentenceSplitter()]
                 nodes = list(run_transformations(list(documents), steps))
-            vector_store.add(list(nodes or []))
+            vector_store.add(_detach_objects(list(nodes or [])))  # their objects are in object_map
         return cls(vector_store, encoder=encoder, similarity_top_k=similarity_top_k, filters=filters, **kwargs)
 
     def _query_gaussian(self, query_bundle: QueryBundle) -> Gaussians:
@@ -2254,6 +2349,10 @@ class KLHybridRetriever(_TopKRetriever):
             to its JSON (default: the model's hybrid calibrator, else its dense one).
         callback_manager: LlamaIndex callback manager.
         verbose: LlamaIndex verbosity flag.
+        object_map: ``index_id -> object`` for LlamaIndex's recursive retrieval of ``IndexNode`` hits
+            (as in :class:`KLRetriever`; :meth:`from_defaults` fills it from the ``IndexNode`` nodes
+            that carry an object).
+        objects: ``IndexNode`` nodes carrying their objects (``BaseRetriever``'s alternative to ``object_map``).
 
     Raises:
         TypeError: ``store`` is not a ``KLHybridStore``.
@@ -2277,6 +2376,8 @@ class KLHybridRetriever(_TopKRetriever):
         calibrator: Any = None,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
+        object_map: dict[str, Any] | None = None,
+        objects: list[IndexNode] | None = None,
     ) -> None:
         if not isinstance(store, KLHybridStore):
             raise TypeError(f"store must be a KLHybridStore; got {type(store).__name__}")
@@ -2286,7 +2387,7 @@ class KLHybridRetriever(_TopKRetriever):
         self._fusion, self._weight, self._normalization = fusion, weight, normalization
         self._predicate = metadata_filters_to_predicate(filters)
         self._scorer = ConfidenceScorer(calibrator, "hybrid")
-        super().__init__(callback_manager=callback_manager, verbose=verbose)
+        super().__init__(callback_manager=callback_manager, object_map=object_map, objects=objects, verbose=verbose)
         # documents already in the store (loaded, or added with the core API) may use a score key: once per store
         store._warn_stored_reserved_keys(
             "KLHybridRetriever (documents already stored)",
@@ -2314,6 +2415,7 @@ class KLHybridRetriever(_TopKRetriever):
         fusion: str = "adaptive",
         filters: MetadataFilters | None = None,
         calibrator: Any = None,
+        object_map: dict[str, Any] | None = None,
         **store_kwargs: Any,
     ) -> KLHybridRetriever:
         """Build a hybrid retriever from nodes, documents or an existing :class:`~kl_retrievers.hybrid.KLHybridStore`.
@@ -2334,6 +2436,8 @@ class KLHybridRetriever(_TopKRetriever):
             fusion: The new store's fusion mode.
             filters: Metadata filters.
             calibrator: Confidence calibrator (default: the model's).
+            object_map: ``index_id -> object`` for recursive retrieval (default: the objects that the
+                ``IndexNode`` nodes among ``nodes`` / ``documents`` carry).
             **store_kwargs: Passed to a new :class:`~kl_retrievers.hybrid.KLHybridStore` (``weight``,
                 ``candidates``...).
 
@@ -2361,7 +2465,7 @@ class KLHybridRetriever(_TopKRetriever):
                 steps = list(transformations) if transformations is not None else [SentenceSplitter()]
                 nodes = list(run_transformations(list(documents), steps))
             store = KLHybridStore(encoder, fusion=fusion, **store_kwargs)
-            node_list = list(nodes or [])
+            node_list = _detach_objects(list(nodes or []))  # their objects go to object_map (below)
             # The last occurrence of a repeated id wins, as in KLVectorStore.add (KLHybridStore.add refuses repeats).
             keep = _last_occurrences(
                 [n.node_id for n in node_list], "from_defaults: %d repeated node id(s); the last occurrence wins"
@@ -2377,7 +2481,11 @@ class KLHybridRetriever(_TopKRetriever):
                     ids=[n.node_id for n in node_list],
                     metadatas=[_stored_metadata(n) for n in node_list],
                 )
-        return cls(store, similarity_top_k=similarity_top_k, filters=filters, calibrator=calibrator)
+        if object_map is None:
+            object_map = _objects_of(nodes) or None
+        return cls(
+            store, similarity_top_k=similarity_top_k, filters=filters, calibrator=calibrator, object_map=object_map
+        )
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         hits, confidence, _ = hybrid_search(

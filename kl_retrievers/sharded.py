@@ -9,7 +9,8 @@ The output folder holds:
 
 * ``manifest.json``: the input file's SHA-256 and size, the model and its backend, ``kind``,
   ``max_length``, ``field``, ``shard_size``, the shard count and the library version (with the
-  score's name and direction);
+  score's name and direction); for an encoder whose output depends on its batch (an int8 ONNX
+  graph: ``batch_invariant`` is ``False``) the ``batch_size`` too;
 * ``shard-00000/`` ...: ``mean.npy``, ``var.npy`` (float32, no pickle), ``ids.json`` and
   ``shard.json`` (its byte range, row count, the SHA-256 of each file and the run key, a SHA-256
   of the manifest's identity that ties the shard to this input, model and settings), each shard
@@ -19,11 +20,14 @@ Rerunning the same command resumes: shards that exist, pass their checksums and 
 key are kept, and only missing, corrupt or foreign ones are encoded again. Shards written before
 the run key existed have none: they are kept and read as before, with a warning that nothing ties
 them to the manifest.  A folder made from another input (by content: the file name is for
-information) or with other settings is refused with the differing keys named (nothing is overwritten).
+information) or with other settings is refused with the differing keys named (nothing is overwritten);
+so is resuming an int8 ONNX encoding with another ``batch_size`` (its outputs depend on the batch).
+A run holds a lock on the folder (``flock``, where available), so a second run into it is refused.
 
 ``backend="ray"`` runs the missing shards as a Ray Data job: ``map_batches`` over the shard
 list with one encoder actor per CPU (or per GPU with ``device="cuda"``).  Every shard is
 encoded by the same function in both backends, so the output equals the single-process one.
+Ray runs on ``device`` ``None``, ``"cpu"`` or ``"cuda"`` only (``"mps"`` is refused before Ray starts).
 
 Examples:
     >>> import tempfile, pathlib
@@ -45,6 +49,7 @@ import re
 import time
 from array import array
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,10 +198,25 @@ def plan_shards(
             field ...``) or a JSONL id occurs twice (``FILE, line 4: duplicate id 'x' (first on line 1)``).
         FileNotFoundError: ``path`` does not exist.
     """
+    shards, identity, _ = _plan(path, shard_size, field)
+    return shards, identity
+
+
+def _plan(
+    path: str | os.PathLike[str], shard_size: int, field: str
+) -> tuple[list[ShardSpec], dict[str, Any], list[str]]:
+    """:func:`plan_shards`, plus the SHA-256 of each shard's byte range (which :func:`read_shard` checks).
+
+    The run's shards are read after this pass, maybe hours later: an input rewritten meanwhile would be
+    encoded as it is then, under the manifest's identity of the input as it was; each shard's digest
+    makes that an error instead.
+    """
     size = check_k(shard_size, "shard_size")
     source = Path(path)
     _check_input_file(source)
     digest = hashlib.sha256()
+    shard_digest = hashlib.sha256()
+    digests: list[str] = []
     shards: list[ShardSpec] = []
     offset = 0
     start = 0
@@ -215,17 +235,23 @@ def plan_shards(
                     id_hashes.append(_id_hash(doc_id))
                 if rows == 0:
                     start = offset
+                    shard_digest = hashlib.sha256()
                 rows += 1
+                shard_digest.update(line)
                 if rows == size:
                     shards.append(ShardSpec(len(shards), start, offset + len(line), first, rows))
+                    digests.append(shard_digest.hexdigest())
                     first += rows
                     rows = 0
+            elif rows:  # a blank line inside a shard's byte range
+                shard_digest.update(line)
             offset += len(line)
     if rows:
         shards.append(ShardSpec(len(shards), start, offset, first, rows))
+        digests.append(shard_digest.hexdigest())
     if jsonl:
         _check_unique_ids(source, id_hashes)
-    return shards, {"sha256": digest.hexdigest(), "size": offset, "records": first + rows}
+    return shards, {"sha256": digest.hexdigest(), "size": offset, "records": first + rows}, digests
 
 
 def _check_input_file(source: Path) -> None:
@@ -298,17 +324,27 @@ def _check_unique_ids(source: Path, id_hashes: array[int]) -> None:
             first_line[doc_id] = number
 
 
-def read_shard(path: str | os.PathLike[str], spec: ShardSpec, field: str = "auto") -> tuple[list[str], list[str]]:
+def read_shard(
+    path: str | os.PathLike[str], spec: ShardSpec, field: str = "auto", *, sha256: str | None = None
+) -> tuple[list[str], list[str]]:
     """The ``(ids, texts)`` of one shard, reading only its byte range.
 
     Ids follow ``kl-retrievers encode``: a JSONL row's ``_id`` (or ``id``, else its record
     number); for a text file, the record number. :func:`plan_shards` has checked every record
     (naming its file line); errors here, naming the record, mean the file changed since.
+    ``sha256``: the byte range's SHA-256 when it was planned; other bytes now are refused (the file changed).
     """
     source = Path(path)
     with open(source, "rb") as fh:
         fh.seek(spec.start)
         raw = fh.read(spec.end - spec.start)
+    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+        raise ValueError(
+            f"{source} changed while it was being encoded: shard {spec.index} (bytes {spec.start} to {spec.end}) "
+            "no longer holds what the run planned from it; the shards encoded so far are of the input as it was. "
+            "Rerun the encode command once the file stays as it is (a changed input is a new input: into "
+            "another --out folder)"
+        )
     ids: list[str] = []
     texts: list[str] = []
     records = split_records(raw)  # as plan_shards counts them
@@ -343,7 +379,8 @@ def _read_json(path: Path) -> Any:
 
 def _run_key(manifest: dict[str, Any]) -> str:
     """The SHA-256 that ties a shard to its run: the manifest's input (SHA-256, size, records; not
-    its file name), model fingerprint and backend, kind, field, max_length, shard_size and shard count.
+    its file name), model fingerprint and backend, kind, field, max_length, shard_size and shard count,
+    and the batch size where the manifest records one (an encoder that is not batch-invariant).
 
     Every ``shard.json`` records it (``run``); a shard whose key differs from its folder's
     manifest was made from another input, model or settings and is never read or reused.
@@ -358,6 +395,8 @@ def _run_key(manifest: dict[str, Any]) -> str:
     if isinstance(source, dict):
         source = {**{key: source.get(key) for key in ("sha256", "size", "records")}, "reads_as": _reads_as(source)}
     identity = {"format": _FORMAT_NAME, "input": source, **{key: manifest.get(key) for key in _RUN_KEYS}}
+    if manifest.get("batch_size") is not None:  # only for encoders whose output depends on it: other keys unchanged
+        identity["batch_size"] = manifest["batch_size"]
     text = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=repr)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -428,7 +467,37 @@ def _shard_problem(out: Path, spec: ShardSpec, run: str) -> str | None:
             return f"{folder / name} is missing"
         if _sha256(folder / name) != table[name]:
             return f"{folder / name} does not match its checksum (corrupt)"
+    return _rows_problem(folder, spec)
+
+
+def _rows_problem(folder: Path, spec: ShardSpec) -> str | None:
+    """Why the files of shard folder ``folder`` do not hold ``spec.rows`` rows (``None`` when they do).
+
+    Their checksums may well match: a writer that took an encoder's wrong row count as it came (an
+    older kl-retrievers did) wrote a shard that every resume kept and every read refused. Only the
+    ``.npy`` headers are read, and ``ids.json``.
+    """
+    try:
+        ids = _read_json(folder / "ids.json")
+        shapes = [_npy_shape(folder / name) for name in ("mean.npy", "var.npy")]
+    except (OSError, ValueError, EOFError) as exc:
+        return f"{folder}: cannot read its files: {exc}"
+    if not (isinstance(ids, list) and len(ids) == spec.rows and all(isinstance(i, str) for i in ids)):
+        return f"{folder / 'ids.json'} must be a list of {spec.rows} string ids"
+    if len(shapes[0]) != 2 or shapes[0] != shapes[1] or shapes[0][0] != spec.rows:
+        return f"{folder}: mean.npy {shapes[0]} and var.npy {shapes[1]} must both be ({spec.rows}, dim) arrays"
     return None
+
+
+def _npy_shape(path: Path) -> tuple[int, ...]:
+    """The shape in an ``.npy`` file's header (the array is not read)."""
+    from numpy.lib import format as npy_format
+
+    with open(path, "rb") as fh:
+        version = npy_format.read_magic(fh)
+        read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+        shape, _, _ = read(fh)
+    return tuple(int(n) for n in shape)
 
 
 def _shard_ok(out: Path, spec: ShardSpec, run: str, *, log: bool = False) -> bool:
@@ -437,6 +506,50 @@ def _shard_ok(out: Path, spec: ShardSpec, run: str, *, log: bool = False) -> boo
     if log and problem is not None and (out / spec.name).exists():
         logger.info("encoding %s again: %s", spec.name, problem)
     return problem is None
+
+
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` while a run writes into it; refuse when another run holds it.
+
+    Two runs writing into one folder replace each other's shards (and manifest): with other settings,
+    one of them ends with shards of the other. The kernel drops the lock when its process ends (even by
+    ``kill -9``), so a crashed run never blocks the next. Where locking is not available (no ``fcntl``,
+    as on Windows, or a file system without ``flock``) the run goes on unlocked.
+    """
+    # The body's own errors must not read as raised while handling a locking failure: every yield
+    # below is outside an except block.
+    unlocked = "two encode runs into this folder are not guarded against each other"
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock
+        fcntl = None  # type: ignore[assignment]
+        logger.info("no flock on this platform; encoding into %s unlocked (%s)", folder, unlocked)
+    fd: int | None = None
+    if fcntl is not None:
+        try:
+            fd = os.open(folder, os.O_RDONLY)
+        except OSError as exc:
+            logger.warning("cannot open %s to lock it (%s); encoding unlocked (%s)", folder, exc, unlocked)
+    if fd is None:
+        yield
+        return
+    try:
+        locked = True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            locked = False
+        except OSError as exc:  # a file system without flock (some network or FUSE mounts)
+            logger.warning("cannot lock %s (%s); encoding unlocked (%s)", folder, exc, unlocked)
+        if not locked:
+            raise RuntimeError(
+                f"another encode run is writing into {folder} (it holds the folder's lock): wait for it to "
+                "finish (rerunning then resumes), or encode into another --out folder"
+            )
+        yield
+    finally:
+        os.close(fd)
 
 
 def encode_shard(
@@ -450,11 +563,23 @@ def encode_shard(
     batch_size: int = 32,
     max_length: int | None = None,
     run: str,
+    shard_sha256: list[str] | None = None,
 ) -> int:
-    """Read, encode and atomically write one shard of run ``run`` (:func:`_run_key`); returns its row count."""
-    ids, texts = read_shard(path, spec, field)
+    """Read, encode and atomically write one shard of run ``run`` (:func:`_run_key`); returns its row count.
+
+    ``shard_sha256``: every shard's planned SHA-256 (by index, from the planning pass); the shard's bytes
+    must still match it. An encoder that returns another number of rows than the shard's texts is refused.
+    """
+    digest = shard_sha256[spec.index] if shard_sha256 is not None else None
+    ids, texts = read_shard(path, spec, field, sha256=digest)
     encode = encoder.encode_documents if kind == "document" else encoder.encode_queries
     g = encode(texts, batch_size=batch_size, max_length=max_length, show_progress_bar=False).numpy()
+    shape = (np.shape(g.mean), np.shape(g.var))
+    if shape[0] != shape[1] or len(shape[0]) != 2 or shape[0][0] != len(ids):
+        raise ValueError(
+            f"{spec.name}: the encoder returned mean {shape[0]} and var {shape[1]} for the shard's {len(ids)} texts; "
+            f"expected two ({len(ids)}, dim) arrays (nothing was written)"
+        )
     target = Path(out) / spec.name
     with atomic_dir(target) as tmp:
         np.save(tmp / "mean.npy", np.ascontiguousarray(g.mean, dtype=np.float32), allow_pickle=False)
@@ -481,6 +606,7 @@ _IDENTITY_KEYS = (
     "max_length",
     "shard_size",
     "shards",
+    "batch_size",  # recorded only for an encoder that is not batch-invariant (int8 ONNX)
 )
 
 
@@ -598,6 +724,43 @@ def _ray_workers(
     return max(1, min(int(num_workers or available), available, shards))
 
 
+#: The devices ``backend="ray"`` runs on (``None``: each actor picks its best, as ``load_model`` does).
+RAY_DEVICES = ("cpu", "cuda", "cuda:0")
+
+
+def _check_ray_device(device: str | None) -> None:
+    """Refuse, before Ray starts, a ``device`` the Ray actors cannot run on.
+
+    Ray schedules CPUs and CUDA GPUs only: with ``"mps"`` (an Apple GPU) it would start one actor per
+    CPU, each loading the model onto the one MPS device, where no Ray resource guards its memory, and
+    an actor that cannot use it (a Linux node, a worker without Metal access) fails inside Ray, after
+    Ray started. A GPU actor sees only the GPU Ray gave it, as ``cuda:0``, so ``"cuda:1"`` would name
+    a device no actor has.
+
+    Examples:
+        >>> _check_ray_device("cuda")
+        >>> _check_ray_device("mps")
+        Traceback (most recent call last):
+        ValueError: device 'mps' cannot run backend='ray' ...
+    """
+    if device is None or str(device) in RAY_DEVICES:
+        return
+    text = str(device)
+    if text.split(":")[0] == "mps":
+        raise ValueError(
+            f"device {text!r} cannot run backend='ray' (allowed: None, {', '.join(map(repr, RAY_DEVICES))}): Ray "
+            "schedules no Apple GPU, so every actor (one per CPU) would load the model onto the one MPS device, "
+            "and an actor that cannot reach it fails inside Ray; use backend='local' with device 'mps' "
+            "(--backend local), or device 'cpu' with Ray"
+        )
+    if text.split(":")[0] == "cuda":
+        raise ValueError(
+            f"device {text!r} cannot run backend='ray' (allowed: None, {', '.join(map(repr, RAY_DEVICES))}): each "
+            "GPU actor sees only the GPU Ray gives it, as 'cuda:0'; use device 'cuda' (one actor per GPU)"
+        )
+    raise ValueError(f"backend='ray' runs on device None or one of {RAY_DEVICES}; got {device!r}")
+
+
 def _run_ray(
     todo: list[ShardSpec],
     *,
@@ -687,9 +850,12 @@ def encode_corpus(
         kind: ``"document"`` or ``"query"``.
         field: JSONL text field (``"auto"``: title + text).
         shard_size: Records per shard (an ``int``; a string or float is refused).
-        batch_size: Encoder batch size (an ``int``).
+        batch_size: Encoder batch size (an ``int``). For an encoder that is not batch-invariant (an int8
+            ONNX graph, whose output depends on its batch) the manifest records it, and resuming with
+            another one is refused, naming both.
         max_length: Token budget (``None``: the model's).
-        device: ``cpu``, ``cuda`` or ``mps`` (``None``: the best available).
+        device: ``cpu``, ``cuda`` or ``mps`` (``None``: the best available); with ``backend="ray"`` only
+            ``None``, ``cpu`` or ``cuda`` (refused before Ray starts, see :data:`RAY_DEVICES`).
         backend: ``"local"`` (this process) or ``"ray"`` (a Ray Data job).
         num_workers: Ray actors (default: one per CPU, or per GPU with ``device="cuda"``).
         ray_address: An existing Ray cluster (``None``: a local one is started).
@@ -721,6 +887,8 @@ def encode_corpus(
     batch_size = check_k(batch_size, "batch_size")
     if backend == "ray" and encoder is not None:
         raise ValueError("backend='ray' loads the model in each worker: pass model=NAME_OR_PATH, not encoder")
+    if backend == "ray":
+        _check_ray_device(device)
     if encoder is not None and onnx_options:
         raise ValueError(
             "onnx_options set the session of the model encode_corpus loads; the given encoder is loaded already "
@@ -731,7 +899,7 @@ def encode_corpus(
     target = Path(out)
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"{target} exists and is not a folder")
-    specs, identity = plan_shards(source, shard_size, field)
+    specs, identity, shard_digests = _plan(source, shard_size, field)
     if not specs:  # as the one-shot `kl-retrievers encode` refuses it, before loading any model
         raise ValueError(f"{source}: holds no texts; nothing to encode")
     if encoder is None and backend == "local":
@@ -741,15 +909,24 @@ def encode_corpus(
     from kl_retrievers.encoding_cache import model_fingerprint
 
     if encoder is None:  # backend="ray": the workers load the model; load it once here to know its weights
-        from kl_retrievers.pretrained import load_model
+        from kl_retrievers.pretrained import default_backend, load_model
 
-        loaded = load_model(model, backend=model_backend, onnx_options=onnx_options)
+        # The backend the workers run, chosen as load_model(model, device=device) there would choose it: this
+        # process may lack their device (a cluster's GPUs), and without one load_model could pick another
+        # backend (torch for ONNX, or the reverse), so the manifest would name a model the shards are not from.
+        worker_backend = model_backend  # given, or None with onnx_options: ONNX wherever the model loads
+        if worker_backend is None and not onnx_options:
+            worker_backend = default_backend(model, device=device)
+        loaded = load_model(model, backend=worker_backend, onnx_options=onnx_options)
         model_name, fingerprint = getattr(loaded, "name_or_path", None), model_fingerprint(loaded)
         used_backend = _backend_of(loaded) or model_backend
+        batch_invariant = bool(getattr(loaded, "batch_invariant", True))
         del loaded
     else:
         model_name, fingerprint = getattr(encoder, "name_or_path", None), model_fingerprint(encoder)
         used_backend = _backend_of(encoder) or model_backend
+        worker_backend = model_backend
+        batch_invariant = bool(getattr(encoder, "batch_invariant", True))
     manifest = {
         "format": _FORMAT_NAME,
         "format_version": _FORMAT_VERSION,
@@ -764,75 +941,107 @@ def encode_corpus(
         "shard_size": check_k(shard_size, "shard_size"),
         "shards": len(specs),
     }
+    if not batch_invariant:  # int8 ONNX: a text's Gaussian depends on its batch, so on batch_size
+        manifest["batch_size"] = int(batch_size)
 
     manifest["score"] = {"name": SCORE_NAME, "direction": SCORE_DIRECTION}
-    existing = target / _MANIFEST
-    if existing.is_file():
-        old = _manifest(target)
-        if "model_fingerprint" not in old:  # written before fingerprints: the model's name is all it knows
-            logger.warning("%s was written without a model fingerprint; reusing its shards on the model name", target)
-            old["model_fingerprint"] = fingerprint
-        if "model_backend" not in old:  # written before the backend was recorded: the fingerprint tells them apart
-            old["model_backend"] = used_backend
-        differ = [key for key in _IDENTITY_KEYS if _identity_value(old, key) != _identity_value(manifest, key)]
-        if "model" in differ and old.get("model_fingerprint") == fingerprint:
-            # the same weights under another spelling of the name (a Ray run before 0.1.0 wrote the
-            # name as given, e.g. None or "minilm-gauss-soup"): the fingerprint is the model's identity
-            differ.remove("model")
-            manifest["model"] = old.get("model")
-        if differ:
-            raise ValueError(
-                f"{target} holds shards made with other settings ({', '.join(differ)} differ); "
-                "use another --out folder or delete it (nothing was overwritten)"
+    target.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(target):  # one encode run at a time per folder
+        existing = target / _MANIFEST
+        if existing.is_file():
+            old = _manifest(target)
+            if "model_fingerprint" not in old:  # written before fingerprints: the model's name is all it knows
+                logger.warning(
+                    "%s was written without a model fingerprint; reusing its shards on the model name", target
+                )
+                old["model_fingerprint"] = fingerprint
+            if "model_backend" not in old:  # written before the backend was recorded: the fingerprint tells them apart
+                old["model_backend"] = used_backend
+            if "batch_size" in manifest and "batch_size" not in old and old.get("model_fingerprint") == fingerprint:
+                # written before the batch size was recorded: kept as it was, unchecked (as shards without a run key)
+                logger.warning(
+                    "%s was written without its batch_size, which this encoder's output depends on "
+                    "(batch_invariant is False: an int8 ONNX graph); resuming with batch_size %d, while the batch "
+                    "size of its existing shards is unknown (not recorded): if they were encoded with another, "
+                    "encode into a new folder for one consistent encoding",
+                    target,
+                    batch_size,
+                )
+                del manifest["batch_size"]
+            differ = [key for key in _IDENTITY_KEYS if _identity_value(old, key) != _identity_value(manifest, key)]
+            if "model" in differ and old.get("model_fingerprint") == fingerprint:
+                # the same weights under another spelling of the name (a Ray run before 0.1.0 wrote the
+                # name as given, e.g. None or "minilm-gauss-soup"): the fingerprint is the model's identity
+                differ.remove("model")
+                manifest["model"] = old.get("model")
+            if differ == ["batch_size"]:
+                was = old.get("batch_size")
+                raise ValueError(
+                    f"{target} was encoded with batch_size {was!r}, this run asks for batch_size {batch_size}: this "
+                    "encoder's output depends on its batch (batch_invariant is False: an int8 ONNX graph quantises "
+                    "activations per batch), so its shards would not be the encoding one run with either batch size "
+                    f"gives; rerun with batch_size {was!r} (--batch-size {was}) to resume it, or use another --out "
+                    "folder or delete it (nothing was overwritten)"
+                )
+            if differ:
+                raise ValueError(
+                    f"{target} holds shards made with other settings ({', '.join(differ)} differ); "
+                    "use another --out folder or delete it (nothing was overwritten)"
+                )
+        elif target.is_dir() and any(not _MANIFEST_LEFTOVER.fullmatch(p.name) for p in target.iterdir()):
+            raise ValueError(f"{target} is not empty and has no {_MANIFEST}; use an empty or new folder")
+        _write_manifest(target, manifest)
+        run = _run_key(manifest)
+        todo = [s for s in specs if not _shard_ok(target, s, run, log=True)]
+        todo_indices = {s.index for s in todo}  # a set: a list's `in` made this quadratic (10,000 shards: seconds)
+        reused = [s.index for s in specs if s.index not in todo_indices]
+        if reused:
+            logger.info("reusing %d valid shards; encoding %d", len(reused), len(todo))
+        job = {
+            "path": str(source),
+            "out": str(target),
+            "kind": kind,
+            "field": field,
+            "batch_size": int(batch_size),
+            "max_length": max_length,
+            "run": run,
+            "shard_sha256": shard_digests,
+        }
+        if todo and backend == "ray":
+            _run_ray(
+                todo,
+                model=model,
+                device=device,
+                job=job,
+                num_workers=num_workers,
+                ray_address=ray_address,
+                model_backend=worker_backend,
+                onnx_options=dict(onnx_options) if onnx_options else None,
             )
-    elif target.is_dir() and any(not _MANIFEST_LEFTOVER.fullmatch(p.name) for p in target.iterdir()):
-        raise ValueError(f"{target} is not empty and has no {_MANIFEST}; use an empty or new folder")
-    _write_manifest(target, manifest)
-    run = _run_key(manifest)
-    todo = [s for s in specs if not _shard_ok(target, s, run, log=True)]
-    reused = [s.index for s in specs if s not in todo]
-    if reused:
-        logger.info("reusing %d valid shards; encoding %d", len(reused), len(todo))
-    job = {
-        "path": str(source),
-        "out": str(target),
-        "kind": kind,
-        "field": field,
-        "batch_size": int(batch_size),
-        "max_length": max_length,
-        "run": run,
-    }
-    if todo and backend == "ray":
-        _run_ray(
-            todo,
-            model=model,
-            device=device,
-            job=job,
-            num_workers=num_workers,
-            ray_address=ray_address,
-            model_backend=model_backend,
-            onnx_options=dict(onnx_options) if onnx_options else None,
-        )
-    elif todo:
-        it: Any = todo
-        if show_progress_bar:
-            from tqdm.auto import tqdm
+        elif todo:
+            it: Any = todo
+            if show_progress_bar:
+                from tqdm.auto import tqdm
 
-            it = tqdm(todo, desc="Encoding shards", unit="shard")
-        for spec in it:
-            encode_shard(encoder, spec=spec, **job)  # type: ignore[arg-type]
-    bad = [s.index for s in specs if s in todo and not _shard_ok(target, s, run)]
-    if bad:
-        raise RuntimeError(f"shards {bad} failed their checksum after encoding")
-    return EncodeReport(
-        out=target,
-        shards=len(specs),
-        rows=int(identity["records"]),
-        encoded=[s.index for s in todo],
-        reused=reused,
-        seconds=time.perf_counter() - started,
-        backend=backend,
-    )
+                it = tqdm(todo, desc="Encoding shards", unit="shard")
+            for spec in it:
+                encode_shard(encoder, spec=spec, **job)  # type: ignore[arg-type]
+        problems = {s.index: _shard_problem(target, s, run) for s in todo}
+        bad = {index: problem for index, problem in problems.items() if problem is not None}
+        if bad:  # e.g. another encode run writing into the same folder replaced them
+            raise RuntimeError(
+                f"shards {sorted(bad)} failed their check after encoding ({next(iter(bad.values()))}); is another "
+                f"encode run writing into {target}? Run one at a time per folder, then rerun to redo them"
+            )
+        return EncodeReport(
+            out=target,
+            shards=len(specs),
+            rows=int(identity["records"]),
+            encoded=[s.index for s in todo],
+            reused=reused,
+            seconds=time.perf_counter() - started,
+            backend=backend,
+        )
 
 
 def _backend_of(encoder: Any) -> str | None:

@@ -739,7 +739,9 @@ class KLStore(GaussianStore):
                 saved one logs a warning; another Gaussian dimension is an error).
             mmap: Memory-map the Gaussians (read-only ``np.load(mmap_mode="r")``) and, where
                 FAISS supports it, the index codes; they are copied on the first mutation.
-            verify_checksums: Check SHA-256 of every file (sizes are always checked).
+            verify_checksums: Check SHA-256 of every file (sizes and every stored value are always
+                checked). It reads each file once more, ``mmap=True`` or not: ``False`` loads a
+                large store you trust faster.
 
         Raises:
             FileNotFoundError: ``path`` or its config is missing.

@@ -85,7 +85,7 @@ import logging
 import math
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +93,7 @@ import numpy as np
 
 from kl_retrievers._io import library_version
 from kl_retrievers.filters import ALLOWED_OPERATORS, OPERATOR_ALIASES, MetadataFilter, stored_form
+from kl_retrievers.filters import _unknown as _filters_unknown
 from kl_retrievers.gaussian import (
     NORM_BOUND_RTOL,
     SCORE_DIRECTION,
@@ -151,6 +152,11 @@ _MAX_SYNC_ATTEMPTS = 20
 _EXTRA = "pip install 'kl-retrievers[milvus]'"
 #: Ids per ``id in [...]`` expression (fetches and deletes are split into requests of this many).
 _ID_BATCH = 1000
+#: On Milvus Lite, an ``$in`` / ``$nin`` with more values than this is resolved to the matching ids by the
+#: store (one scan of the rows holding the key) instead of a chain of ``==`` that Milvus Lite evaluates
+#: row by row, parsing the row's JSON once per value (5,000 values on 5,000 rows: about a minute per search).
+#: Both costs grow with the rows; the scan wins from about 100 values (measured on 20,000 rows).
+_IN_LOCAL_MIN = 128
 #: A batch whose largest norm exceeds this many times the bound ``M`` it finds (or, for the first
 #: documents, the batch's median norm) is logged: ``M`` then dwarfs the other documents' norms and
 #: float32 L2 can no longer rank them (docs/milvus.md, *Known differences and limits*).
@@ -248,7 +254,7 @@ _COMPARE = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 
 
 def _unknown(op: str) -> ValueError:
-    return ValueError(f"unknown filter operator {op!r}; allowed operators are: {', '.join(ALLOWED_OPERATORS)}")
+    return _filters_unknown(op)  # KLStore's message: the allowed operators and the aliases ($neq)
 
 
 def _values(op: str, value: Any) -> list[Any]:
@@ -266,8 +272,13 @@ def _join(word: str, parts: list[str], empty: str) -> str:
     return parts[0] if len(parts) == 1 else "(" + f" {word} ".join(parts) + ")"
 
 
-def _field_expr(ref: str, op: str, value: Any, where: str) -> str:
-    """One operator applied to the field ``ref``."""
+#: Resolves ``{key: {"$in": values}}`` to an equivalent expression (``None``: the ``==`` chain); see
+#: :meth:`MilvusKLStore._ids_in`.
+_InHook = Callable[[str, list[Any]], "str | None"]
+
+
+def _field_expr(ref: str, op: str, value: Any, where: str, key: str = "", hook: _InHook | None = None) -> str:
+    """One operator applied to the field ``ref`` (the metadata key ``key``)."""
     op = OPERATOR_ALIASES.get(op, op)  # $neq: langchain-community FAISS's spelling of $ne
     if op == "$eq":
         return _present(ref, f"{ref} == {_literal(value, where)}")
@@ -277,19 +288,21 @@ def _field_expr(ref: str, op: str, value: Any, where: str) -> str:
         values = _values(op, value)
         if not values:
             return _FALSE if op == "$in" else _TRUE
-        alts = " or ".join(f"{ref} == {_literal(v, where)}" for v in values)
-        expr = _present(ref, f"({alts})")
+        literals = [_literal(v, where) for v in values]  # checked whichever form is sent
+        expr = hook(key, values) if hook is not None and len(values) > _IN_LOCAL_MIN else None
+        if expr is None:
+            expr = _present(ref, "(" + " or ".join(f"{ref} == {lit}" for lit in literals) + ")")
         return expr if op == "$in" else f"(not {expr})"
     if op in _COMPARE:
         if isinstance(value, bool):
             raise ValueError(f"{where}: {op} needs a number or a string; got a bool")
         return _present(ref, f"{ref} {_COMPARE[op]} {_literal(value, where)}")
     if op == "$not":
-        return f"(not {_condition_expr(ref, value, where)})"
+        return f"(not {_condition_expr(ref, value, where, key, hook)})"
     raise _unknown(op)
 
 
-def _condition_expr(ref: str, cond: Any, where: str) -> str:
+def _condition_expr(ref: str, cond: Any, where: str, key: str = "", hook: _InHook | None = None) -> str:
     """The right-hand side of ``{"field": cond}``: operators, a list (one of) or a value (equal to).
 
     Only a list (or a numpy array, read as ``cond.tolist()``) means "one of"; a tuple is a value (the
@@ -300,32 +313,33 @@ def _condition_expr(ref: str, cond: Any, where: str) -> str:
         plain = [k for k in cond if k not in ops]
         raise ValueError(f"a field condition cannot mix operators and plain keys; got plain keys {plain}")
     if ops:
-        return _join("and", [_field_expr(ref, op, cond[op], where) for op in ops], _TRUE)
+        return _join("and", [_field_expr(ref, op, cond[op], where, key, hook) for op in ops], _TRUE)
     if isinstance(cond, np.ndarray):
         cond = cond.tolist()  # as in kl_retrievers.filters: a 1-D array is a list, a 0-d one its value
     if isinstance(cond, list):
-        return _field_expr(ref, "$in", cond, where)
-    return _field_expr(ref, "$eq", cond, where)
+        return _field_expr(ref, "$in", cond, where, key, hook)
+    return _field_expr(ref, "$eq", cond, where, key, hook)
 
 
-def _entry_expr(key: Any, value: Any, field: str) -> str:
+def _entry_expr(key: Any, value: Any, field: str, hook: _InHook | None = None) -> str:
     """One entry of a filter dict: ``$and`` / ``$or`` over sub-filters, ``$not`` of one, or a field's condition."""
     if not isinstance(key, str):
         raise ValueError(f"filter keys must be strings; got {key!r}")
     if key in ("$and", "$or"):
-        return _join(key[1:], [_expr(sub, field) for sub in _values(key, value)], _TRUE if key == "$and" else _FALSE)
+        subs = [_expr(sub, field, hook) for sub in _values(key, value)]
+        return _join(key[1:], subs, _TRUE if key == "$and" else _FALSE)
     if key == "$not":
-        return f"(not {_expr(value, field)})"
+        return f"(not {_expr(value, field, hook)})"
     if key.startswith("$"):
         raise _unknown(key)
-    return _condition_expr(_field_ref(field, key), value, f"filter on {key!r}")
+    return _condition_expr(_field_ref(field, key), value, f"filter on {key!r}", key, hook)
 
 
-def _expr(spec: Any, field: str) -> str:
+def _expr(spec: Any, field: str, hook: _InHook | None = None) -> str:
     """A filter dict: the AND of its entries."""
     if not isinstance(spec, Mapping):
         raise ValueError(f"a filter must be a dict; got {type(spec).__name__}")
-    return _join("and", [_entry_expr(key, value, field) for key, value in spec.items()], _TRUE)
+    return _join("and", [_entry_expr(key, value, field, hook) for key, value in spec.items()], _TRUE)
 
 
 def to_milvus_expr(filter: MetadataFilter, field: str = "metadata") -> str:
@@ -359,6 +373,27 @@ def to_milvus_expr(filter: MetadataFilter, field: str = "metadata") -> str:
             f"a callable cannot run inside Milvus. Allowed operators: {', '.join(ALLOWED_OPERATORS)}"
         )
     return _expr(filter, field)
+
+
+def _has_long_in(spec: Any) -> bool:
+    """Whether a (checked) filter dict holds a collection of more than :data:`_IN_LOCAL_MIN` values anywhere
+    (an ``$in`` / ``$nin`` list, a list value, or a long ``$and`` / ``$or``: a false alarm costs nothing)."""
+    if isinstance(spec, Mapping):
+        spec = list(spec.values())
+    elif isinstance(spec, np.ndarray):
+        spec = spec.tolist()
+    if not isinstance(spec, (list, tuple, set, frozenset)):
+        return False
+    return len(spec) > _IN_LOCAL_MIN or any(
+        _has_long_in(v) for v in spec if isinstance(v, (Mapping, list, tuple, set, frozenset, np.ndarray))
+    )
+
+
+@dataclass(frozen=True)
+class _LiteFilter:
+    """A checked dict filter whose long ``$in`` lists are resolved to ids at search time (Milvus Lite)."""
+
+    spec: Any
 
 
 # ------------------------------------------------------------------ store
@@ -540,6 +575,8 @@ class MilvusKLStore(GaussianStore):
         self._uid: str | None = None  # random id stored in the collection's config at creation
         self._identity: tuple[Any, str | None] | None = None  # (collection_id, uid) of the attached collection
         self._text_nullable = False  # a nullable text field keeps "no text" (None) apart from ""
+        #: Milvus Lite (a local ``.db`` file): long ``$in`` / ``$nin`` lists are resolved to ids (:meth:`_ids_in`).
+        self._lite = client is None and str(uri).endswith(".db")
         self._client = client if client is not None else self._connect(uri, token)
         if self._client.has_collection(collection_name, timeout=self.timeout):
             self._attach(None if dim is None else int(dim))
@@ -830,10 +867,7 @@ class MilvusKLStore(GaussianStore):
             self._sync()  # dropped (0), or created or re-created by another client since
         if self._dim is None:
             return 0
-        rows = self._client.query(
-            self.collection_name, filter="", output_fields=["count(*)"], timeout=self.request_timeout
-        )
-        return int(rows[0]["count(*)"])
+        return self._count("")  # Strong, as ids: another writer's rows counted as soon as its add returned
 
     def __repr__(self) -> str:
         return (
@@ -895,7 +929,7 @@ class MilvusKLStore(GaussianStore):
                 else:
                     self._create(g.dim)
             if g.dim != self._dim:
-                raise ValueError(f"gaussians have dimension {g.dim}; this store has dimension {self._dim}")
+                raise ValueError(f"document gaussians have dimension {g.dim}; this store has dimension {self._dim}")
             raw = np.asarray(kl_document_vectors(g.astype(np.float64)))
             if self.metric == "IP":
                 self._upsert(self._rows(raw), id_list, text_list, metas)
@@ -1158,7 +1192,7 @@ class MilvusKLStore(GaussianStore):
         by_id = self._fetch(ids, ["vector"])
         missing = [i for i in ids if i not in by_id]
         if missing:
-            raise KeyError(f"unknown ids: {missing[:5]}")
+            raise KeyError(f"{len(missing)} unknown id(s): {missing[:5]}")  # as KLStore
         if not ids:
             k = self._dim or 1
             return Gaussians(np.zeros((0, k)), np.ones((0, k)))
@@ -1193,17 +1227,62 @@ class MilvusKLStore(GaussianStore):
         return reduce_query_vectors(qv, self._state.norm_bound, width=self._vector_dim)
 
     def _check_k(self, k: Any) -> int:
-        k = super()._check_k(k)
-        if k > MAX_TOPK:
-            raise ValueError(f"k must be at most {MAX_TOPK} with Milvus; got {k}")
-        return k
+        return super()._check_k(k)  # above MAX_TOPK: checked against the matching rows in _search
+
+    def _count(self, filter: str) -> int:
+        """Rows matching ``filter`` (all rows for ``""``), counted by Milvus."""
+        found = self._client.query(
+            self.collection_name,
+            filter=filter,
+            output_fields=["count(*)"],
+            timeout=self.request_timeout,
+            consistency_level="Strong",
+        )
+        return int(found[0]["count(*)"]) if found else 0
 
     def _is_empty(self) -> bool:
         return self._dim is None  # no collection yet (counting the rows of one costs a request)
 
-    def _prepare_filter(self, filter: MetadataFilter | None) -> str:
-        """A Milvus expression (:func:`to_milvus_expr`; a callable filter raises ``ValueError``)."""
-        return "" if filter is None else to_milvus_expr(filter)
+    def _prepare_filter(self, filter: MetadataFilter | None) -> str | _LiteFilter:
+        """A Milvus expression (:func:`to_milvus_expr`; a callable filter raises ``ValueError``).
+
+        On Milvus Lite, a filter with a long ``$in`` / ``$nin`` list is kept as a :class:`_LiteFilter`
+        (checked here, as any other) and turned into an expression at search time (:meth:`_resolve_filter`).
+        """
+        if filter is None:
+            return ""
+        expr = to_milvus_expr(filter)  # checks the filter whichever form is sent
+        if self._lite and _has_long_in(filter):
+            return _LiteFilter(filter)
+        return expr
+
+    def _resolve_filter(self, filter: str | _LiteFilter) -> str:
+        """The expression sent to Milvus: a :class:`_LiteFilter`'s long ``$in`` lists become id lists."""
+        if isinstance(filter, str):
+            return filter
+        return _expr(filter.spec, "metadata", self._ids_in)
+
+    def _ids_in(self, key: str, values: list[Any]) -> str | None:
+        """``id in [...]`` naming the rows whose metadata ``key`` equals one of ``values``, as Milvus Lite's own
+        ``(exists metadata[key] and (metadata[key] == v1 or ...))`` selects them (``None``: send that instead).
+
+        Milvus Lite compares the row's JSON value with each literal by Python's ``==`` (``1 == 1.0 == True``,
+        ``"1" != 1``, a list or dict equal to no scalar), and ``exists`` is false for a missing key or a JSON
+        ``null``; this does the same on one scan of the rows holding the key, with a set (``hash`` agrees
+        with ``==`` on these values).  Integers beyond 64 bits are left to Milvus.
+        """
+        wanted = [stored_form(v) for v in values]
+        if any(isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**63 for v in wanted):
+            return None
+        allowed = set(wanted)
+        ref = _field_ref("metadata", key)
+        matching = [
+            str(r["id"])
+            for page in self._iter_all(["metadata"], filter=f"exists {ref}")
+            for r in page
+            if isinstance(value := (r["metadata"] or {}).get(key), (str, int, float)) and value in allowed
+        ]
+        return _id_filter(matching) if matching else _FALSE
 
     def _top(self, q64: Gaussians, rows: Sequence[Mapping[str, Any]], k: int) -> tuple[np.ndarray, np.ndarray]:
         """Positions of the top ``k`` of ``rows`` (each with its stored ``"vector"``) by exact ``-KL`` to the
@@ -1237,6 +1316,15 @@ class MilvusKLStore(GaussianStore):
             data = self._query_vectors(qg)
             q64 = self._query_centred(qg)  # the pool's recovered Gaussians are centred too
             index_type = self.index_type
+        filter = self._resolve_filter(filter)  # long $in lists on Milvus Lite: the matching ids, read now
+        if k > MAX_TOPK:  # one Milvus search returns at most MAX_TOPK hits: enough when no more rows match
+            count = self._count(filter)
+            if count > MAX_TOPK:
+                raise ValueError(
+                    f"k must be at most {MAX_TOPK} with Milvus when more documents than that match ({count} do); "
+                    f"got {k}"
+                )
+            k = max(count, 1)  # every matching document, as KLStore returns for k above their number
         pool = min(MAX_TOPK, max(k, self.rescore_pool, self.rescore_factor * k))
         params: dict[str, Any] = {}
         if index_type == "hnsw":
@@ -1298,14 +1386,7 @@ class MilvusKLStore(GaussianStore):
         When more rows match than were returned and at most ``max(k, exact_threshold)`` do, they are
         fetched (vector, text and metadata: one version each) and ranked exactly, like ``KLStore``.
         """
-        found = self._client.query(
-            self.collection_name,
-            filter=filter,
-            output_fields=["count(*)"],
-            timeout=self.request_timeout,
-            consistency_level="Strong",
-        )
-        count = int(found[0]["count(*)"]) if found else 0
+        count = self._count(filter)
         if count <= fewest:
             return  # the short rows hold every match
         if count > max(k, self.exact_threshold):
