@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from kl_retrievers.gaussian import Gaussians
+from kl_retrievers.gaussian import Gaussians, neg_kl_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -267,6 +267,10 @@ def show_progress(show_progress_bar: bool | None, n_texts: int, batch_size: int)
 class EncoderMixin:
     """``encode_queries`` / ``encode_documents`` and token-budget clamping on top of a backend's ``_encode``.
 
+    Also sentence-transformers' names where they mean the same for Gaussians (``encode_query``,
+    ``encode_document``, ``encode(prompt_name=...)``, ``similarity``, ``get_sentence_embedding_dimension``,
+    ``max_seq_length``); its keywords without such a meaning are refused, saying why.
+
     A subclass provides ``config`` (with ``dim``, ``max_length`` and ``query_max_length``),
     ``name_or_path``, :attr:`max_tokens`, ``_use_device`` and ``_encode_batches``.
 
@@ -367,7 +371,9 @@ class EncoderMixin:
                 backend takes only ``None`` or ``"cpu"``.
 
         Returns:
-            :class:`~kl_retrievers.gaussian.Gaussians` of float32, shape ``(len(texts), dim)``.
+            :class:`~kl_retrievers.gaussian.Gaussians` of float32, shape ``(len(texts), dim)``: one row per
+            text, so a single string gives one row, shape ``(1, dim)`` (sentence-transformers' ``encode``
+            gives a 1-D vector for a string; ``g.mean[0]`` is that row's mean).
 
         Examples:
             >>> q = encoder.encode_queries(["what is -KL?"])  # doctest: +SKIP
@@ -397,3 +403,184 @@ class EncoderMixin:
         """
         budget = self.config.max_length if max_length is None else max_length
         return self._encode(texts, budget, batch_size, show_progress_bar, convert_to, device, "Encoding documents")
+
+    # ------------------------------------------------------------------ sentence-transformers' names
+    def encode_query(self, texts: str | Sequence[str], **kwargs: Any) -> Gaussians:
+        """:meth:`encode_queries` under sentence-transformers' (v5) name, taking its keyword arguments too.
+
+        ``batch_size``, ``show_progress_bar`` and ``device`` mean what they mean there;
+        ``convert_to_tensor=True`` (or ``convert_to_numpy=False``) gives torch Gaussians. Arguments without a
+        meaning for Gaussians are refused with a ``ValueError`` saying why, never ignored:
+        ``normalize_embeddings=True``, ``truncate_dim``, a ``precision`` other than ``"float32"``, an
+        ``output_value`` other than ``"sentence_embedding"``, ``prompt`` / another ``prompt_name``, ``pool``
+        and ``chunk_size``. The result is :class:`~kl_retrievers.gaussian.Gaussians` (a mean and a variance
+        per text, one row even for a single string), not one array; score with :meth:`similarity`.
+
+        Examples:
+            >>> q = encoder.encode_query(["what is -KL?"], convert_to_tensor=True)  # doctest: +SKIP
+        """
+        return self.encode_queries(texts, **_our_encode_args(kwargs, role="query", method="encode_query"))
+
+    def encode_document(self, texts: str | Sequence[str], **kwargs: Any) -> Gaussians:
+        """:meth:`encode_documents` under sentence-transformers' (v5) name; arguments as :meth:`encode_query`.
+
+        Examples:
+            >>> d = encoder.encode_document(["a passage"], batch_size=64)  # doctest: +SKIP
+        """
+        return self.encode_documents(texts, **_our_encode_args(kwargs, role="document", method="encode_document"))
+
+    def encode(self, texts: str | Sequence[str], *, prompt_name: str | None = None, **kwargs: Any) -> Gaussians:
+        """sentence-transformers' ``encode(texts, prompt_name="query")``: queries or documents, as ``prompt_name`` says.
+
+        A Gaussian encoder reads queries and documents differently (a query prefix on some models, a shorter
+        token budget for queries), so ``prompt_name`` is required: ``"query"`` encodes as :meth:`encode_query`,
+        ``"document"`` (or ``"passage"`` / ``"corpus"``) as :meth:`encode_document`. Other arguments as
+        :meth:`encode_query`.
+
+        Raises:
+            ValueError: ``prompt_name`` is missing or another name.
+
+        Examples:
+            >>> q = encoder.encode(["what is -KL?"], prompt_name="query")  # doctest: +SKIP
+        """
+        if prompt_name == "query":
+            return self.encode_query(texts, **kwargs)
+        if prompt_name in _DOCUMENT_PROMPT_NAMES:
+            return self.encode_documents(texts, **_our_encode_args(kwargs, role="document", method="encode"))
+        raise ValueError(
+            f"encode needs prompt_name='query' or 'document' (or 'passage' / 'corpus') on a Gaussian encoder, which "
+            f"encodes queries and documents differently; got prompt_name={prompt_name!r}. Use encode_query / "
+            "encode_queries for queries and encode_document / encode_documents for documents"
+        )
+
+    def similarity(self, queries: Gaussians, documents: Gaussians) -> Any:
+        """All-pairs ``-KL(query || document)`` scores, shape ``(n_queries, n_documents)``; higher is better.
+
+        sentence-transformers' ``similarity`` under its name, with the KL retriever's score
+        (:func:`~kl_retrievers.gaussian.neg_kl_matrix`). Unlike cosine it is not symmetric: queries come
+        first. The scores are a numpy array or a torch tensor, as the Gaussians are.
+
+        Raises:
+            TypeError: An argument is not :class:`~kl_retrievers.gaussian.Gaussians` (e.g. an array of means).
+
+        Examples:
+            >>> q, d = encoder.encode_query(["q"]), encoder.encode_document(["d"])  # doctest: +SKIP
+            >>> encoder.similarity(q, d).shape  # doctest: +SKIP
+            (1, 1)
+        """
+        for name, value in (("queries", queries), ("documents", documents)):
+            if not isinstance(value, Gaussians):
+                raise TypeError(
+                    f"similarity takes Gaussians (what encode_query / encode_document return); {name} is "
+                    f"{type(value).__name__}. The scores are -KL between Gaussians, so means alone cannot be scored"
+                )
+        return neg_kl_matrix(queries, documents)
+
+    def get_embedding_dimension(self) -> int:
+        """``dim``: the length of each Gaussian's mean (and of its variance), as sentence-transformers names it."""
+        return int(self.config.dim)
+
+    def get_sentence_embedding_dimension(self) -> int:
+        """:meth:`get_embedding_dimension` under sentence-transformers' older name."""
+        return self.get_embedding_dimension()
+
+    @property
+    def max_seq_length(self) -> int:
+        """The documents' token budget (``config.max_length``); queries have ``config.query_max_length``.
+
+        Read-only: setting it raises ``AttributeError`` naming what to use, because one number cannot set
+        both budgets (sentence-transformers has one).
+        """
+        return int(self.config.max_length)
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: Any) -> None:
+        raise AttributeError(
+            f"max_seq_length={value!r} cannot be set on a Gaussian encoder, which has two token budgets: "
+            f"config.max_length for documents ({self.config.max_length}) and config.query_max_length for queries "
+            f"({self.config.query_max_length}); pass max_length= to encode_documents / encode_queries instead"
+        )
+
+
+#: ``prompt_name`` values that sentence-transformers' ``encode_document`` tries, in order.
+_DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
+#: Our own ``encode_*`` keywords, passed through as given.
+_OUR_KEYWORDS = ("batch_size", "max_length", "show_progress_bar", "convert_to", "device")
+#: sentence-transformers keywords whose default (value here) means what ours do; other values are refused.
+_ST_DEFAULTS: dict[str, Any] = {
+    "normalize_embeddings": False,
+    "truncate_dim": None,
+    "precision": "float32",
+    "output_value": "sentence_embedding",
+    "prompt": None,
+    "pool": None,
+    "chunk_size": None,
+}
+_NO_POOL = (
+    "there are no multi-process pools: ONNX Runtime and torch use the cores themselves (docs/scale-out.md shards "
+    "large corpora)"
+)
+#: Why each of those has no other value for Gaussians.
+_ST_WHY = {
+    "normalize_embeddings": "scores are -KL between Gaussians, not cosine: rescaling the means would change "
+    "the scores and the ranking (the model learnt its mean and variance scales together)",
+    "truncate_dim": "the Gaussian's dimensions are not trained Matryoshka-style; choose dim when training",
+    "precision": "Gaussians are float32; compressed (SQ8 / PQ) indexes are built from them: see docs/ann.md",
+    "output_value": "the encoder returns one Gaussian per text, not token embeddings",
+    "prompt": "the text put before queries is the model's (config.extra['query_prefix']); add your own text "
+    "to the texts themselves",
+    "pool": _NO_POOL,
+    "chunk_size": _NO_POOL,
+}
+
+
+def _our_encode_args(kwargs: dict[str, Any], *, role: str, method: str) -> dict[str, Any]:
+    """sentence-transformers' ``encode`` keywords as ours; raises naming what has no meaning for Gaussians.
+
+    Examples:
+        >>> _our_encode_args({"convert_to_tensor": True, "batch_size": 8}, role="query", method="encode_query")
+        {'batch_size': 8, 'convert_to': 'torch'}
+        >>> _our_encode_args({"normalize_embeddings": True}, role="query", method="encode_query")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: encode_query(normalize_embeddings=True) has no meaning for a Gaussian encoder: scores are -KL ...
+    """
+    out = {key: kwargs.pop(key) for key in _OUR_KEYWORDS if key in kwargs}
+    if isinstance(out.get("device"), (list, tuple)):  # sentence-transformers' multi-process encoding
+        raise ValueError(f"{method}(device={out['device']!r}): one device only; {_NO_POOL}")
+    prompt_name = kwargs.pop("prompt_name", None)
+    if (
+        prompt_name is not None
+        and prompt_name != role
+        and not (role == "document" and prompt_name in _DOCUMENT_PROMPT_NAMES)
+    ):
+        raise ValueError(
+            f"{method}(prompt_name={prompt_name!r}) asks for another role than {role}; a Gaussian encoder's "
+            f"prompts are its roles: use encode_query for queries and encode_document for documents"
+        )
+    tensor = kwargs.pop("convert_to_tensor", False)
+    numpy_ = kwargs.pop("convert_to_numpy", True)
+    for name, flag in (("convert_to_tensor", tensor), ("convert_to_numpy", numpy_)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{method}({name}=...) must be a bool; got {flag!r}")
+    if tensor or not numpy_:
+        wanted = "torch"
+        if out.setdefault("convert_to", wanted) != wanted:
+            raise ValueError(
+                f"{method}: convert_to={out['convert_to']!r} contradicts "
+                f"{'convert_to_tensor=True' if tensor else 'convert_to_numpy=False'}; pass one of them"
+            )
+    for name, default in _ST_DEFAULTS.items():
+        if name in kwargs:
+            value = kwargs.pop(name)
+            if not (value is default or (isinstance(value, (str, bool, np.bool_)) and value == default)):
+                raise ValueError(
+                    f"{method}({name}={value!r}) has no meaning for a Gaussian encoder: {_ST_WHY[name]}; "
+                    f"leave it at {default!r}"
+                )
+    if kwargs:
+        raise TypeError(
+            f"{method} got unexpected keyword argument(s) {', '.join(map(repr, sorted(kwargs)))}; it takes "
+            f"{', '.join(_OUR_KEYWORDS)}, and sentence-transformers' convert_to_tensor, convert_to_numpy, "
+            f"prompt_name and (at their defaults) {', '.join(_ST_DEFAULTS)}"
+        )
+    return out

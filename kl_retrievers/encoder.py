@@ -167,7 +167,7 @@ def _pick_device(device: str | torch.device | None) -> torch.device:
     if device is not None:
         try:
             dev = torch.device(device)
-        except RuntimeError:
+        except (RuntimeError, TypeError):  # TypeError: not a str or device at all (e.g. a list of devices)
             raise ValueError(f"device must be cpu, cuda or mps; got {device!r}") from None
         if dev.type not in ("cpu", "cuda", "mps"):
             raise ValueError(f"device must be cpu, cuda or mps; got {device!r}")

@@ -87,6 +87,7 @@ from kl_retrievers.gaussian import (
     SCORE_NAME,
     Gaussians,
     check_k,
+    document_gaussians_from_vectors,
     is_real_number,
     kl_document_vectors,
     kl_query_constant,
@@ -295,6 +296,22 @@ def _check_saved_encoder_is_bundled(manifest_path: Path) -> None:
             "kl-retrievers; deserialize_from_bytes loads only bundled models by the name the bytes carry: pass "
             "embeddings= (the encoder the store was built with)"
         )
+
+
+def _check_add_args(
+    n: int, metadatas: list[dict[str, Any]] | None, ids: list[str] | None, what: str = "texts"
+) -> list[str] | None:
+    """Check ``metadatas`` and ``ids`` against ``n`` items; the ids to store (``None`` entries get a uuid4 hex)."""
+    if metadatas is not None and len(metadatas) != n:
+        raise ValueError(f"got {len(metadatas)} metadatas for {n} {what}; pass one per text")
+    if ids is None:
+        return None
+    if isinstance(ids, str):
+        raise TypeError("ids must be a list of str, not a single str")
+    ids = list(ids)
+    if len(ids) != n:
+        raise ValueError(f"got {len(ids)} ids for {n} {what}; pass one per text")
+    return [str(i) if i is not None else uuid.uuid4().hex for i in ids] if ids else None
 
 
 def _check_texts(texts: Any, what: str = "texts") -> list[str]:
@@ -828,18 +845,9 @@ class KLVectorStore(VectorStore):
             ValueError: ``metadatas`` or ``ids`` do not match ``texts`` in length, or repeated ids.
         """
         items = _check_texts(texts)
-        n = len(items)
-        if metadatas is not None and len(metadatas) != n:
-            raise ValueError(f"got {len(metadatas)} metadatas for {n} texts; pass one per text")
-        if ids is not None:
-            if isinstance(ids, str):
-                raise TypeError("ids must be a list of str, not a single str")
-            ids = list(ids)
-            if len(ids) != n:
-                raise ValueError(f"got {len(ids)} ids for {n} texts; pass one per text")
-        if n == 0:
+        id_values = _check_add_args(len(items), metadatas, ids)
+        if not items:
             return []
-        id_values = [str(i) if i is not None else uuid.uuid4().hex for i in ids] if ids else None
         self._get_encoder()
         return self.store.add(items, ids=id_values, metadatas=metadatas)
 
@@ -912,6 +920,73 @@ class KLVectorStore(VectorStore):
         """Delete every document (the store's settings are kept); same as ``delete(delete_all=True)``."""
         self.delete(delete_all=True)
 
+    def _expected_dim(self) -> int | None:
+        """The Gaussian dimension new documents must have: the stored documents', else the encoder's (``None``: any)."""
+        own = self.store.dim
+        encoder = self.store.encoder
+        if own is None and encoder is not None:
+            own = getattr(getattr(encoder, "config", None), "dim", None)
+            if own is None:  # e.g. a LangChain Embeddings wrapped with unit variances: its dimension shows in use
+                own = encoder.encode_queries(["dimension"]).dim
+        return int(own) if isinstance(own, (int, np.integer)) else None
+
+    def add_embeddings(
+        self,
+        text_embeddings: Iterable[tuple[str, Sequence[float]]],
+        metadatas: list[dict[str, Any]] | None = None,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        """Add texts with document vectors computed earlier (FAISS's ``add_embeddings``); nothing is encoded.
+
+        Each vector is a document vector ``d~`` (``2k + 1`` floats) as :meth:`KLEmbeddings.embed_documents`
+        returns it; the Gaussian behind it is recovered (exactly, up to float rounding) and stored, so the
+        store scores it as if the text had been encoded here. An existing id is replaced (upsert).
+
+        Args:
+            text_embeddings: ``(text, d~)`` pairs.
+            metadatas: One JSON-serialisable dict per pair.
+            ids: One id per pair (``None`` entries get a fresh uuid4 hex).
+
+        Returns:
+            The ids, in input order.
+
+        Raises:
+            TypeError: An item is not a ``(str, vector)`` pair.
+            ValueError: A vector that is no document vector ``d~`` (an ordinary embedding, a ``q~``
+                query vector, another length than ``2k + 1``), Gaussians of another dimension than this
+                store's documents or encoder, or ``metadatas`` / ``ids`` that do not match in length.
+                Nothing is added then.
+
+        Examples:
+            >>> emb = KLEmbeddings()  # doctest: +SKIP
+            >>> texts = ["Aspirin lowers fever."]  # doctest: +SKIP
+            >>> store.add_embeddings(zip(texts, emb.embed_documents(texts)))  # doctest: +SKIP
+        """
+        _warn_ignored(kwargs, "add_embeddings", "text_embeddings, metadatas and ids")
+        pairs = list(text_embeddings)
+        for j, pair in enumerate(pairs):
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                raise TypeError(f"text_embeddings[{j}] must be a (text, vector) pair; got {type(pair).__name__}")
+        items = _check_texts([text for text, _ in pairs], "the texts of text_embeddings")
+        id_values = _check_add_args(len(items), metadatas, ids, "text_embeddings")
+        if not items:
+            return []
+        try:
+            gaussians = document_gaussians_from_vectors(np.asarray([vec for _, vec in pairs], dtype=np.float64))
+        except ValueError as exc:
+            raise ValueError(
+                "add_embeddings takes document vectors d~ as KLEmbeddings.embed_documents returns them (2k + 1 "
+                f"floats per text, coordinates 1..k negative); {exc}"
+            ) from exc
+        own = self._expected_dim()
+        if own is not None and gaussians.dim != own:
+            raise ValueError(
+                f"the document vectors hold Gaussians of dimension {gaussians.dim} ({2 * gaussians.dim + 1} floats); "
+                f"this store needs dimension {own} ({2 * own + 1} floats): embed them with the store's model"
+            )
+        return self.store.add(items, gaussians=gaussians, ids=id_values, metadatas=metadatas)
+
     def merge_from(self, target: KLVectorStore) -> None:
         """Add every document of ``target`` to this store, as langchain-community's ``FAISS.merge_from`` does.
 
@@ -946,13 +1021,8 @@ class KLVectorStore(VectorStore):
                 "store itself; nothing was merged)"
             )
         dim = target.store.dim
-        own = self.store.dim
-        encoder = self.store.encoder
-        if own is None and encoder is not None:
-            own = getattr(getattr(encoder, "config", None), "dim", None)
-            if own is None:  # e.g. a LangChain Embeddings wrapped with unit variances: its dimension shows in use
-                own = encoder.encode_queries(["dimension"]).dim
-        if dim is not None and isinstance(own, int) and own != dim:
+        own = self._expected_dim()
+        if dim is not None and own is not None and own != dim:
             raise ValueError(
                 f"cannot merge a store of Gaussians of dimension {dim} into one of dimension {own} (its documents "
                 "or its encoder); merge stores built with encoders of the same dimension. Nothing was merged"
@@ -1237,6 +1307,44 @@ class KLVectorStore(VectorStore):
         from langchain_core.runnables.config import run_in_executor
 
         return await run_in_executor(None, cls.from_texts, texts, embedding, metadatas, ids, **kwargs)
+
+    @classmethod
+    def from_embeddings(
+        cls,
+        text_embeddings: Iterable[tuple[str, Sequence[float]]],
+        embedding: Any | None = None,
+        metadatas: list[dict[str, Any]] | None = None,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> KLVectorStore:
+        """Build a store from ``(text, d~)`` pairs computed earlier (FAISS's ``from_embeddings``).
+
+        The vectors are read as in :meth:`add_embeddings`; nothing is encoded.
+
+        Args:
+            text_embeddings: ``(text, d~)`` pairs, the vectors from :meth:`KLEmbeddings.embed_documents`.
+            embedding: The encoder the vectors came from (for text queries), as in :meth:`from_texts`.
+            metadatas: One dict per pair.
+            ids: One id per pair.
+            **kwargs: Passed to :class:`KLVectorStore` (``relevance``, ``batch_size``, ``index_type``...).
+        """
+        store = cls(embedding, **kwargs)
+        store.add_embeddings(text_embeddings, metadatas, ids)
+        return store
+
+    @classmethod
+    async def afrom_embeddings(
+        cls,
+        text_embeddings: Iterable[tuple[str, Sequence[float]]],
+        embedding: Any | None = None,
+        metadatas: list[dict[str, Any]] | None = None,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> KLVectorStore:
+        """Async :meth:`from_embeddings` (runs in a worker thread)."""
+        from langchain_core.runnables.config import run_in_executor
+
+        return await run_in_executor(None, cls.from_embeddings, text_embeddings, embedding, metadatas, ids, **kwargs)
 
     @classmethod
     def from_documents(  # type: ignore[override]

@@ -1195,7 +1195,9 @@ class KLVectorStore(BasePydanticVectorStore):
             ``KLVectorStore.from_dict(store.to_dict())`` works).
         flat_metadata: LlamaIndex's field: require flat node metadata on :meth:`add`.
         is_embedding_query: LlamaIndex's field: ``False`` makes ``VectorStoreIndex`` retrievers pass
-            only the query string (the store then needs an ``encoder``).
+            only the query string (the store then needs an ``encoder``; a store loaded without one,
+            as ``load_index_from_storage`` loads it, loads the model it was saved with, by name, at
+            the first such query).
         **store_kwargs: Passed to :class:`KLStore` when ``store`` is ``None``
             (``index_type="hnsw"``, ...).
 
@@ -1228,6 +1230,7 @@ class KLVectorStore(BasePydanticVectorStore):
     # otherwise (see _stored_non_text_ids).
     _non_text: tuple[int, frozenset[str]] | None = PrivateAttr(default=None)
     _non_text_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _encoder_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(
         self,
@@ -1536,11 +1539,45 @@ class KLVectorStore(BasePydanticVectorStore):
         """:meth:`get_nodes` in a worker thread."""
         return await asyncio.to_thread(self.get_nodes, node_ids, filters)
 
+    def _saved_encoder(self) -> Any:
+        """The encoder the store was saved with, loaded by name once (``None`` when it records none).
+
+        A store that ``load_index_from_storage`` loads gets no encoder; with ``is_embedding_query=False``
+        its retrievers pass only the query string, which the model the store was saved with encodes
+        (as LangChain's ``load_local`` loads that model).
+        """
+        name = getattr(self._store, "saved_encoder", None)
+        if not (isinstance(name, str) and name):
+            return None
+        with self._encoder_lock:
+            if self._store.encoder is None:
+                from kl_retrievers.pretrained import load_model
+
+                logger.info("loading the encoder %r this store was saved with, to encode a query string", name)
+                try:
+                    encoder = load_model(name)
+                except Exception as exc:
+                    raise ValueError(
+                        f"the query has no embedding and this store has no encoder; loading the model it was saved "
+                        f"with, {name!r}, failed ({exc}): pass encoder= to KLVectorStore.from_persist_dir / "
+                        "from_persist_path"
+                    ) from exc
+                dim = getattr(getattr(encoder, "config", None), "dim", None)
+                if self._store.dim is not None and dim is not None and dim != self._store.dim:
+                    raise ValueError(
+                        f"this store was saved with {name!r}, which now gives Gaussians of dimension {dim}; its "
+                        f"documents have dimension {self._store.dim}: pass encoder= to from_persist_dir"
+                    )
+                self._store.encoder = encoder
+            return self._store.encoder
+
     def _query_gaussian(self, query: VectorStoreQuery) -> Gaussians:
         if query.query_embedding is not None:
             return query_gaussians_from_embeddings(query.query_embedding)
-        if query.query_str is not None and self.encoder is not None:
-            return _encode(self.encoder.encode_queries, [query.query_str], 1)
+        if query.query_str is not None:
+            encoder = self.encoder if self.encoder is not None else self._saved_encoder()
+            if encoder is not None:
+                return _encode(encoder.encode_queries, [query.query_str], 1)
         raise ValueError(
             "the query has no embedding; pass a KLEmbedding query embedding, or give the store an encoder "
             "(KLVectorStore(encoder=...)) and a query_str"

@@ -833,6 +833,15 @@ class OnnxGaussianEncoder(EncoderMixin):
         """Always ``"cpu"`` (ONNX Runtime's CPU execution provider)."""
         return "cpu"
 
+    def to(self, device: str) -> OnnxGaussianEncoder:
+        """``self`` for ``"cpu"``, as ``torch.nn.Module.to`` (and sentence-transformers' ``model.to``) would move it.
+
+        Raises:
+            ValueError: Any other device: the ONNX backend runs on cpu only (load with ``backend="torch"``).
+        """
+        self._use_device(device)
+        return self
+
     def __repr__(self) -> str:
         return (
             f"OnnxGaussianEncoder(name_or_path={self.name_or_path!r}, dim={self.config.dim}, "

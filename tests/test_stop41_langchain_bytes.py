@@ -379,3 +379,45 @@ def test_merge_from_checks_the_dimension_of_an_embeddings_encoder(store: KLVecto
     with pytest.raises(ValueError, match=f"dimension {store.dim} into one of dimension 5"):
         target.merge_from(store)
     assert len(target) == 0
+
+
+# --------------------------------------------------------------------------- FAISS's add_embeddings / from_embeddings
+def test_from_embeddings_ranks_as_from_texts(store: KLVectorStore, encoder: Any) -> None:
+    emb = KLEmbeddings(encoder)
+    vectors = emb.embed_documents(TEXTS)
+    built = KLVectorStore.from_embeddings(list(zip(TEXTS, vectors, strict=True)), emb, META, IDS, relevance="inverse")
+    for got, want in zip(_results(built), _results(store), strict=True):
+        assert [(i, t, m) for i, t, m, _ in got] == [(i, t, m) for i, t, m, _ in want]
+        np.testing.assert_allclose([s for *_, s in got], [s for *_, s in want], rtol=1e-5, atol=1e-6)
+    more = KLVectorStore(emb)
+    assert more.add_embeddings(zip(TEXTS[:2], vectors[:2], strict=True)) and len(more) == 2
+    copy = asyncio.run(KLVectorStore.afrom_embeddings(list(zip(TEXTS, vectors, strict=True)), emb, None, IDS))
+    assert sorted(copy.store.ids) == sorted(IDS)
+
+
+@pytest.mark.parametrize(
+    ("vector", "message"),
+    [
+        ([0.1, 0.2, 0.3, 0.4, 0.5], "document vectors d~ as KLEmbeddings.embed_documents returns them"),  # a plain one
+        ("query", "document vectors d~"),  # a q~ query vector (coordinates 1..k positive)
+    ],
+)
+def test_add_embeddings_refuses_what_is_no_document_vector(encoder: Any, vector: Any, message: str) -> None:
+    emb = KLEmbeddings(encoder)
+    if vector == "query":
+        vector = emb.embed_query("tea")
+    target = KLVectorStore(emb)
+    with pytest.raises(ValueError, match=message):
+        target.add_embeddings([("tea", vector)])
+    assert len(target) == 0
+
+
+def test_add_embeddings_refuses_another_dimension_and_bad_items(store: KLVectorStore) -> None:
+    other = KLEmbeddings(make_tiny_encoder(seed=2, dim=3))
+    vec = other.embed_documents(["tea"])[0]
+    with pytest.raises(ValueError, match=f"Gaussians of dimension 3 .*this store needs dimension {store.dim}"):
+        store.add_embeddings([("tea", vec)])
+    with pytest.raises(TypeError, match=r"text_embeddings\[0\] must be a \(text, vector\) pair"):
+        store.add_embeddings(["tea"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="got 2 ids for 1 text_embeddings"):
+        store.add_embeddings([("tea", vec)], ids=["a", "b"])

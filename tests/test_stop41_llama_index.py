@@ -144,3 +144,46 @@ def test_adding_an_index_node_whose_object_cannot_be_stored_says_what_to_do(embe
     assert isinstance(link.obj, _Inner)  # from_defaults stores a copy without it: the caller's node keeps it
     KLRetriever.from_defaults(nodes=[link], encoder=embed)
     assert isinstance(link.obj, _Inner)
+
+
+def test_a_store_loaded_without_an_encoder_encodes_query_strings_with_its_saved_model(tmp_path: Path) -> None:
+    """is_embedding_query=False survives load_index_from_storage: the saved model encodes the query string."""
+    from llama_index.core import load_index_from_storage
+    from llama_index.core.embeddings import MockEmbedding
+
+    make_tiny_encoder(seed=3).save_pretrained(tmp_path / "enc")
+    encoder = GaussianEncoder.from_pretrained(tmp_path / "enc")
+    vs = KLVectorStore(encoder=encoder, is_embedding_query=False)
+    nodes = [TextNode(id_="a", text="the cat sat"), TextNode(id_="b", text="bread and tea")]
+    index = VectorStoreIndex(
+        nodes, storage_context=StorageContext.from_defaults(vector_store=vs), embed_model=KLEmbedding(encoder=encoder)
+    )
+    want = [(n.node.node_id, n.score) for n in index.as_retriever(similarity_top_k=2).retrieve("tea")]
+    index.storage_context.persist(str(tmp_path / "storage"))
+
+    loaded = KLVectorStore.from_persist_dir(tmp_path / "storage")
+    assert loaded.encoder is None and loaded.is_embedding_query is False
+    got = loaded.query(VectorStoreQuery(query_str="tea", similarity_top_k=2))
+    assert got.ids == [i for i, _ in want]
+    assert loaded.encoder is not None  # loaded once, kept
+
+    storage = StorageContext.from_defaults(persist_dir=str(tmp_path / "storage"))
+    again = load_index_from_storage(storage, embed_model=MockEmbedding(embed_dim=4))  # never asked for a query
+    hits = again.as_retriever(similarity_top_k=2).retrieve("tea")
+    assert [n.node.node_id for n in hits] == [i for i, _ in want]
+    np.testing.assert_allclose([n.score for n in hits], [score for _, score in want], rtol=1e-6)
+
+
+def test_a_saved_model_that_cannot_be_loaded_is_named(tmp_path: Path) -> None:
+    from llama_index.core.vector_stores import VectorStoreQuery
+
+    from kl_retrievers import GaussianEncoder
+
+    make_tiny_encoder(seed=3).save_pretrained(tmp_path / "enc")
+    vs = KLVectorStore(encoder=GaussianEncoder.from_pretrained(tmp_path / "enc"), is_embedding_query=False)
+    vs.add([TextNode(id_="a", text="the cat sat")])
+    vs.persist(str(tmp_path / "vs.json"))
+    (tmp_path / "enc").rename(tmp_path / "moved")
+    loaded = KLVectorStore.from_persist_path(tmp_path / "vs.json")
+    with pytest.raises(ValueError, match="loading the model it was saved with, .*enc'?, failed"):
+        loaded.query(VectorStoreQuery(query_str="cat", similarity_top_k=1))

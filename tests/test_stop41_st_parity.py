@@ -1,0 +1,160 @@
+"""sentence-transformers' names on the Gaussian encoders (torch and ONNX): what works, and what is refused, why."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_tiny_encoder
+from kl_retrievers import neg_kl_matrix
+from kl_retrievers.onnx import OnnxGaussianEncoder
+
+QUERIES = ["what do bees share", "bread rise"]
+DOCS = ["bees dance to share where food is", "yeast makes bread rise", "the sun and the moon"]
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A tiny torch encoder and its float32 ONNX export."""
+    enc = make_tiny_encoder()
+    folder = enc.export_onnx(tmp_path_factory.mktemp("st") / "onnx", quantize=None)
+    return {"torch": enc, "onnx": OnnxGaussianEncoder(folder)}
+
+
+@pytest.fixture(params=["torch", "onnx"])
+def encoder(request: pytest.FixtureRequest, encoders: dict[str, Any]) -> Any:
+    return encoders[request.param]
+
+
+def _same(a: Any, b: Any) -> None:
+    np.testing.assert_allclose(a.numpy().mean, b.numpy().mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(a.numpy().var, b.numpy().var, rtol=1e-6, atol=1e-6)
+
+
+def test_st_v5_names_encode_queries_and_documents_as_ours(encoder: Any) -> None:
+    _same(encoder.encode_query(QUERIES), encoder.encode_queries(QUERIES))
+    _same(encoder.encode_document(DOCS), encoder.encode_documents(DOCS))
+    _same(encoder.encode(QUERIES, prompt_name="query"), encoder.encode_queries(QUERIES))
+    for name in ("document", "passage", "corpus"):
+        _same(encoder.encode(DOCS, prompt_name=name), encoder.encode_documents(DOCS))
+    _same(encoder.encode_document(DOCS, prompt_name="passage"), encoder.encode_documents(DOCS))
+    # The query budget is not the document budget: the two encodings of a long text differ.
+    long = [" ".join(["bees"] * 60)]
+    assert not np.allclose(encoder.encode_query(long).mean, encoder.encode_document(long).mean)
+
+
+def test_encode_without_a_role_is_refused_naming_both_methods(encoder: Any) -> None:
+    for kwargs in ({}, {"prompt_name": "classification"}):
+        with pytest.raises(ValueError, match="prompt_name='query' or 'document'.*encode_query.*encode_document"):
+            encoder.encode(QUERIES, **kwargs)
+
+
+def test_similarity_is_the_neg_kl_matrix_queries_first(encoder: Any) -> None:
+    q, d = encoder.encode_query(QUERIES), encoder.encode_document(DOCS)
+    scores = encoder.similarity(q, d)
+    assert scores.shape == (2, 3)
+    np.testing.assert_array_equal(scores, neg_kl_matrix(q, d))
+    assert (scores <= 1e-5).all()  # -KL: 0 at best
+    assert not np.allclose(encoder.similarity(d, q).T, scores)  # not symmetric: the order matters
+    tensor_scores = encoder.similarity(q.torch(), d.torch())
+    assert isinstance(tensor_scores, torch.Tensor)
+    np.testing.assert_allclose(tensor_scores.numpy(), scores, rtol=1e-4, atol=1e-6)
+    with pytest.raises(TypeError, match="similarity takes Gaussians.*queries is ndarray"):
+        encoder.similarity(q.mean, d)
+    with pytest.raises(TypeError, match="documents is ndarray"):
+        encoder.similarity(q, d.mean)
+
+
+def test_st_output_keywords_are_translated(encoder: Any) -> None:
+    assert encoder.encode_query(QUERIES, convert_to_tensor=True).is_torch
+    assert encoder.encode_document(DOCS, convert_to_numpy=False).is_torch
+    plain = encoder.encode_document(DOCS, convert_to_numpy=True, convert_to_tensor=False)
+    assert not plain.is_torch
+    _same(plain, encoder.encode_documents(DOCS))
+    same = encoder.encode_document(
+        DOCS,
+        batch_size=1,
+        show_progress_bar=False,
+        device="cpu",
+        normalize_embeddings=False,
+        precision="float32",
+        output_value="sentence_embedding",
+        truncate_dim=None,
+        prompt=None,
+    )
+    _same(same, plain)
+    with pytest.raises(ValueError, match="convert_to='numpy' contradicts convert_to_tensor=True"):
+        encoder.encode_query(QUERIES, convert_to_tensor=True, convert_to="numpy")
+    with pytest.raises(TypeError, match="convert_to_tensor=...\\) must be a bool"):
+        encoder.encode_query(QUERIES, convert_to_tensor="yes")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "why"),
+    [
+        ("normalize_embeddings", True, "not cosine"),
+        ("truncate_dim", 4, "Matryoshka"),
+        ("precision", "int8", "float32"),
+        ("output_value", "token_embeddings", "one Gaussian per text"),
+        ("prompt", "query: ", "query_prefix"),
+        ("pool", {}, "multi-process"),
+        ("chunk_size", 8, "multi-process"),
+    ],
+)
+def test_st_keywords_without_a_meaning_for_gaussians_are_refused_not_ignored(
+    encoder: Any, name: str, value: object, why: str
+) -> None:
+    for method in (encoder.encode_query, encoder.encode_document):
+        with pytest.raises(ValueError, match=f"{method.__name__}\\({name}=.*{why}"):
+            method(QUERIES, **{name: value})
+    with pytest.raises(ValueError, match=name):
+        encoder.encode(QUERIES, prompt_name="document", **{name: value})
+
+
+def test_a_prompt_name_of_the_other_role_and_unknown_keywords_are_refused(encoder: Any) -> None:
+    with pytest.raises(ValueError, match="encode_query\\(prompt_name='document'\\).*encode_document for documents"):
+        encoder.encode_query(QUERIES, prompt_name="document")
+    with pytest.raises(ValueError, match="encode_document\\(prompt_name='query'\\)"):
+        encoder.encode_document(DOCS, prompt_name="query")
+    with pytest.raises(TypeError, match="unexpected keyword argument\\(s\\) 'normalise'.*normalize_embeddings"):
+        encoder.encode_document(DOCS, normalise=True)
+
+
+def test_dimension_and_token_budget_under_st_names(encoder: Any) -> None:
+    assert encoder.get_sentence_embedding_dimension() == encoder.get_embedding_dimension() == 8
+    assert encoder.max_seq_length == encoder.config.max_length == 64
+    with pytest.raises(AttributeError, match="max_seq_length=128 cannot be set.*query_max_length for queries \\(32\\)"):
+        encoder.max_seq_length = 128
+    assert encoder.max_seq_length == 64 and encoder.config.query_max_length == 32
+
+
+def test_a_single_string_gives_one_row_not_a_vector(encoder: Any) -> None:
+    g = encoder.encode_query("what do bees share")
+    assert g.mean.shape == g.var.shape == (1, 8)
+    _same(g, encoder.encode_query(["what do bees share"]))
+
+
+def test_onnx_to_cpu_is_itself_and_other_devices_are_refused(encoders: dict[str, Any]) -> None:
+    onnx: OnnxGaussianEncoder = encoders["onnx"]
+    assert onnx.to("cpu") is onnx
+    with pytest.raises(ValueError, match="cpu only; got device='cuda' \\(use backend='torch'\\)"):
+        onnx.to("cuda")
+
+
+def test_the_shared_backbone_onnx_encoder_has_the_st_names() -> None:
+    from kl_retrievers.onnx_heads import OnnxHeadsGaussianEncoder
+
+    for name in ("encode", "encode_query", "encode_document", "similarity", "get_sentence_embedding_dimension", "to"):
+        assert getattr(OnnxHeadsGaussianEncoder, name) is getattr(OnnxGaussianEncoder, name)
+    assert isinstance(OnnxGaussianEncoder.max_seq_length, property)
+
+
+def test_a_list_of_devices_is_refused_naming_it(encoder: Any) -> None:
+    """sentence-transformers' ``device=[...]`` (multi-process) is refused with a ValueError, not torch's TypeError."""
+    with pytest.raises(ValueError, match="device=\\['cpu', 'cpu'\\]\\): one device only.*multi-process"):
+        encoder.encode_query(QUERIES, device=["cpu", "cpu"])
+    with pytest.raises(ValueError, match="\\['cpu'\\]"):
+        encoder.encode_queries(QUERIES, device=["cpu"])
