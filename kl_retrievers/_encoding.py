@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from kl_retrievers._config import model_similarity
 from kl_retrievers.gaussian import Gaussians, neg_kl_matrix
 
 logger = logging.getLogger(__name__)
@@ -429,7 +430,7 @@ class EncoderMixin:
         """
         return self.encode_documents(texts, **_our_encode_args(kwargs, role="document", method="encode_document"))
 
-    def encode(self, texts: str | Sequence[str], *, prompt_name: str | None = None, **kwargs: Any) -> Gaussians:
+    def encode(self, texts: str | Sequence[str], prompt_name: str | None = None, **kwargs: Any) -> Gaussians:
         """sentence-transformers' ``encode(texts, prompt_name="query")``: queries or documents, as ``prompt_name`` says.
 
         A Gaussian encoder reads queries and documents differently (a query prefix on some models, a shorter
@@ -454,11 +455,14 @@ class EncoderMixin:
         )
 
     def similarity(self, queries: Gaussians, documents: Gaussians) -> Any:
-        """All-pairs ``-KL(query || document)`` scores, shape ``(n_queries, n_documents)``; higher is better.
+        """All-pairs scores with the model's own score, shape ``(n_queries, n_documents)``; higher is better.
 
-        sentence-transformers' ``similarity`` under its name, with the KL retriever's score
-        (:func:`~kl_retrievers.gaussian.neg_kl_matrix`). Unlike cosine it is not symmetric: queries come
-        first. The scores are a numpy array or a torch tensor, as the Gaussians are.
+        sentence-transformers' ``similarity`` under its name: like its ``similarity_fn_name``, the score is
+        the one the model was trained for: ``-KL(query || document)`` for a Gaussian model
+        (:func:`~kl_retrievers.gaussian.neg_kl_matrix`; not symmetric, so queries come first), and the dot
+        product or the cosine of the means for a vector twin trained with ``--similarity dot|cosine``
+        (:func:`~kl_retrievers._config.model_similarity`). The scores are a numpy array or a torch tensor,
+        as the Gaussians are.
 
         Raises:
             TypeError: An argument is not :class:`~kl_retrievers.gaussian.Gaussians` (e.g. an array of means).
@@ -474,7 +478,14 @@ class EncoderMixin:
                     f"similarity takes Gaussians (what encode_query / encode_document return); {name} is "
                     f"{type(value).__name__}. The scores are -KL between Gaussians, so means alone cannot be scored"
                 )
-        return neg_kl_matrix(queries, documents)
+        kind = model_similarity(self)
+        if kind == "neg_kl":
+            return neg_kl_matrix(queries, documents)
+        q, d = queries.mean, documents.mean
+        if kind == "cosine":
+            q = q / _row_norms(q)
+            d = d / _row_norms(d)
+        return q @ d.T
 
     def get_embedding_dimension(self) -> int:
         """``dim``: the length of each Gaussian's mean (and of its variance), as sentence-transformers names it."""
@@ -486,12 +497,17 @@ class EncoderMixin:
 
     @property
     def max_seq_length(self) -> int:
-        """The documents' token budget (``config.max_length``); queries have ``config.query_max_length``.
+        """The documents' token budget as applied: ``config.max_length``, or the backbone's limit
+        (:attr:`max_tokens`) when that is lower; queries have ``config.query_max_length``.
 
-        Read-only: setting it raises ``AttributeError`` naming what to use, because one number cannot set
-        both budgets (sentence-transformers has one).
+        The budget counts every token the backbone reads, the ``[VAR]`` token of models that have one
+        included (they read one text token fewer than a sentence-transformers model of the same
+        ``max_seq_length``). Read-only: setting it raises ``AttributeError`` naming what to use, because
+        one number cannot set both budgets (sentence-transformers has one).
         """
-        return int(self.config.max_length)
+        budget = int(self.config.max_length)
+        cap = self.max_tokens
+        return budget if cap is None else min(budget, int(cap))
 
     @max_seq_length.setter
     def max_seq_length(self, value: Any) -> None:
@@ -500,6 +516,15 @@ class EncoderMixin:
             f"config.max_length for documents ({self.config.max_length}) and config.query_max_length for queries "
             f"({self.config.query_max_length}); pass max_length= to encode_documents / encode_queries instead"
         )
+
+
+def _row_norms(x: Any) -> Any:
+    """Each row's L2 norm, kept as a column (numpy or torch, as ``x``); zero rows divide by 1."""
+    if isinstance(x, np.ndarray):
+        n = np.linalg.norm(x, axis=1, keepdims=True)
+        return np.where(n > 0, n, 1.0)
+    n = x.norm(dim=1, keepdim=True)
+    return n.clamp_min(1e-12)
 
 
 #: ``prompt_name`` values that sentence-transformers' ``encode_document`` tries, in order.

@@ -94,7 +94,7 @@ from kl_retrievers.gaussian import (
     kl_query_vectors,
 )
 from kl_retrievers.hybrid import KLHybridStore
-from kl_retrievers.index import KLStore, StoreFormatError
+from kl_retrievers.index import KLStore, SearchResult, StoreFormatError
 from kl_retrievers.store._format import CONFIG as _STORE_CONFIG
 from kl_retrievers.store._format import STORE_FILES as _STORE_FILES
 
@@ -972,13 +972,34 @@ class KLVectorStore(VectorStore):
         id_values = _check_add_args(len(items), metadatas, ids, "text_embeddings")
         if not items:
             return []
-        try:
-            gaussians = document_gaussians_from_vectors(np.asarray([vec for _, vec in pairs], dtype=np.float64))
-        except ValueError as exc:
+        what = (
+            "add_embeddings takes document vectors d~ as KLEmbeddings.embed_documents returns them (2k + 1 floats "
+            "per text: -1/2 sum(log var + mu^2 / var), then -1 / (2 var), then mu / var)"
+        )
+        lengths = [len(vec) if hasattr(vec, "__len__") else None for _, vec in pairs]
+        odd = next((j for j, n in enumerate(lengths) if n != lengths[0]), None)
+        if odd is not None:
             raise ValueError(
-                "add_embeddings takes document vectors d~ as KLEmbeddings.embed_documents returns them (2k + 1 "
-                f"floats per text, coordinates 1..k negative); {exc}"
-            ) from exc
+                f"{what}; text_embeddings[0] has {lengths[0]} floats but text_embeddings[{odd}] has {lengths[odd]}"
+            )
+        try:
+            vectors = np.asarray([vec for _, vec in pairs], dtype=np.float64)
+            gaussians = document_gaussians_from_vectors(vectors)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{what}; {exc}") from exc
+        # Coordinates 1..k recover the Gaussian; the first coordinate must then be what that Gaussian gives
+        # (an ordinary embedding whose first half happens to be negative is not a d~).
+        m, v = gaussians.mean, gaussians.var
+        terms = np.log(v) + m**2 / v
+        expected = -0.5 * terms.sum(axis=1)
+        tolerance = 1e-4 * (0.5 * np.abs(terms).sum(axis=1) + 1.0)  # float32 rows round trip well within it
+        bad = np.flatnonzero(np.abs(vectors[:, 0] - expected) > tolerance)
+        if bad.size:
+            j = int(bad[0])
+            raise ValueError(
+                f"{what}; text_embeddings[{j}] is not one: its first value is {vectors[j, 0]:.6g}, but the Gaussian "
+                f"its other values give has {expected[j]:.6g} there ({bad.size} such vector(s))"
+            )
         own = self._expected_dim()
         if own is not None and gaussians.dim != own:
             raise ValueError(
@@ -1056,12 +1077,18 @@ class KLVectorStore(VectorStore):
         ]
 
     # -- searching
-    def _results(self, query: Gaussians, k: int, filter: MetadataFilter | None) -> list[tuple[Document, float]]:
+    def _hits(self, query: Gaussians, k: int, filter: MetadataFilter | None) -> list[SearchResult]:
+        """The store's top-``k`` hits (their metadata already the store's copy; empty for an empty store)."""
         k = _check_k(k)
         if len(self.store) == 0:
             return []
-        hits = self.store.search(query, k=k, filter=filter)
-        return [(Document(id=h.id, page_content=h.text or "", metadata=dict(h.metadata)), float(h.score)) for h in hits]
+        return self.store.search(query, k=k, filter=filter)
+
+    def _results(self, query: Gaussians, k: int, filter: MetadataFilter | None) -> list[tuple[Document, float]]:
+        return [
+            (Document(id=h.id, page_content=h.text or "", metadata=dict(h.metadata)), float(h.score))
+            for h in self._hits(query, k, filter)
+        ]
 
     def similarity_search_with_score(  # type: ignore[override]
         self, query: str, k: int = 4, filter: MetadataFilter | None = None, **kwargs: Any
@@ -1312,7 +1339,7 @@ class KLVectorStore(VectorStore):
     def from_embeddings(
         cls,
         text_embeddings: Iterable[tuple[str, Sequence[float]]],
-        embedding: Any | None = None,
+        embedding: Any | None,
         metadatas: list[dict[str, Any]] | None = None,
         ids: list[str] | None = None,
         **kwargs: Any,
@@ -1323,7 +1350,8 @@ class KLVectorStore(VectorStore):
 
         Args:
             text_embeddings: ``(text, d~)`` pairs, the vectors from :meth:`KLEmbeddings.embed_documents`.
-            embedding: The encoder the vectors came from (for text queries), as in :meth:`from_texts`.
+            embedding: The encoder the vectors came from (for text queries; required, as in FAISS:
+                ``None`` asks for the default model, which ranks other models' vectors wrongly).
             metadatas: One dict per pair.
             ids: One id per pair.
             **kwargs: Passed to :class:`KLVectorStore` (``relevance``, ``batch_size``, ``index_type``...).
@@ -1336,7 +1364,7 @@ class KLVectorStore(VectorStore):
     async def afrom_embeddings(
         cls,
         text_embeddings: Iterable[tuple[str, Sequence[float]]],
-        embedding: Any | None = None,
+        embedding: Any | None,
         metadatas: list[dict[str, Any]] | None = None,
         ids: list[str] | None = None,
         **kwargs: Any,
@@ -1787,8 +1815,10 @@ class KLRetriever(_ConfidenceRetriever):
         uncertainty = float(np.asarray(g.uncertainty())[0])
         cal = self._scorer.calibrator(encoder)
         depth = max(kk, self._scorer.depth_for(cal)) if cal is not None else kk
-        hits = self.vectorstore._results(g, depth, flt)
-        confidence = self._scorer.confidence(encoder, [s for _, s in hits], uncertainty)
+        # the store's hits, not KLVectorStore's Documents: each returned Document is built once, with its scores
+        hits = self.vectorstore._hits(g, depth, flt)
+        scores = [float(h.score) for h in hits]
+        confidence = self._scorer.confidence(encoder, scores, uncertainty)
         reason = abstention_reason(confidence, floor, len(hits))
         if reason is not None:
             log_abstention(query, confidence, floor, reason)
@@ -1796,16 +1826,16 @@ class KLRetriever(_ConfidenceRetriever):
             return []
         return [
             Document(
-                id=doc.id,
-                page_content=doc.page_content,
+                id=hit.id,
+                page_content=hit.text or "",
                 metadata={
-                    **doc.metadata,
+                    **hit.metadata,
                     self.score_key: score,
                     self.uncertainty_key: uncertainty,
                     self.confidence_key: confidence,
                 },
             )
-            for doc, score in hits[:kk]
+            for hit, score in zip(hits[:kk], scores[:kk], strict=True)
         ]
 
 

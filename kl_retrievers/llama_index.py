@@ -49,6 +49,7 @@ import contextvars
 import inspect
 import logging
 import math
+import operator
 import os
 import pickle
 import sys
@@ -343,11 +344,114 @@ def _as_values(value: Any) -> list[Any]:
     return [value]
 
 
-def _safe(fn: Callable[[], Any]) -> bool:
-    try:
-        return bool(fn())
-    except TypeError:
-        return False
+def _field_predicate(key: str, op: str, ref: Any) -> Predicate:
+    """The predicate of one filter ``key op ref`` on a document's metadata, specialised once per filter.
+
+    A filter is checked on every stored document of a query, so the operator is dispatched here,
+    when the filter is compiled, not per document, and each predicate reads the field itself (one
+    call per document); each gives what the general form did (a missing or ``None`` field satisfies
+    only ``!=``, ``nin`` and ``is_empty``; a comparison of incompatible types is false).
+    """
+    if op == "is_empty":
+
+        def is_empty(m: Mapping[str, Any]) -> bool:
+            v = m.get(key)
+            return v is None or bool(v == "") or (isinstance(v, (list, tuple)) and len(v) == 0)
+
+        return is_empty
+    if op == "==":
+
+        def equal(m: Mapping[str, Any]) -> bool:
+            v = m.get(key)
+            return v is not None and bool(v == ref)
+
+        return equal
+    if op == "!=":
+
+        def not_equal(m: Mapping[str, Any]) -> bool:
+            v = m.get(key)
+            return v is None or bool(v != ref)
+
+        return not_equal
+    if op in _ORDERINGS:
+        compare = _ORDERINGS[op]
+
+        def ordered(m: Mapping[str, Any]) -> bool:
+            v = m.get(key)
+            if v is None:
+                return False
+            try:
+                return bool(compare(v, ref))
+            except TypeError:
+                return False
+
+        return ordered
+    # the filter's own list (or set) is read at each call, as before; a single value is a list of one
+    values = ref if isinstance(ref, (list, tuple, set, frozenset)) else [ref]
+    if op == "in":
+
+        def one_of(m: Mapping[str, Any]) -> bool:
+            v = m.get(key)
+            return v is not None and any(v == x for x in values)
+
+        return one_of
+    if op == "nin":
+
+        def none_of(m: Mapping[str, Any]) -> bool:
+            v = m.get(key)
+            return v is None or all(v != x for x in values)
+
+        return none_of
+    if op == "contains":
+
+        def contains(m: Mapping[str, Any]) -> bool:
+            v = m.get(key)
+            if v is None:
+                return False
+            try:
+                return bool(ref in v)
+            except TypeError:
+                return False
+
+        return contains
+    if op in ("text_match", "text_match_insensitive"):
+        if not isinstance(ref, str):
+            return lambda m: False
+        if op == "text_match":
+
+            def text_match(m: Mapping[str, Any]) -> bool:
+                v = m.get(key)
+                return isinstance(v, str) and ref in v
+
+            return text_match
+        lowered = ref.lower()
+
+        def text_match_insensitive(m: Mapping[str, Any]) -> bool:
+            v = m.get(key)
+            return isinstance(v, str) and lowered in v.lower()
+
+        return text_match_insensitive
+    match_all = op == "all"
+
+    def members(m: Mapping[str, Any]) -> bool:  # "any" / "all": a scalar field reads as a one-element list
+        v = m.get(key)
+        if v is None:
+            return False
+        have = _as_values(v)
+        if match_all:
+            return all(w in have for w in values)
+        return any(w in have for w in values)
+
+    return members
+
+
+#: The ordering operators, as functions of ``(field value, filter value)``.
+_ORDERINGS: dict[str, Callable[[Any, Any], Any]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+}
 
 
 def _compile_one(f: MetadataFilter) -> Predicate:
@@ -357,45 +461,7 @@ def _compile_one(f: MetadataFilter) -> Predicate:
             f"unsupported filter operator {op!r} on key {f.key!r}; "
             f"supported operators are: {', '.join(SUPPORTED_FILTER_OPERATORS)}"
         )
-    key, ref = f.key, f.value
-
-    def empty(v: Any) -> bool:
-        return v is None or v == "" or (isinstance(v, (list, tuple)) and len(v) == 0)
-
-    def test(v: Any) -> bool:
-        if op == "is_empty":
-            return empty(v)
-        if v is None:  # a missing field only satisfies "!=" and "nin"
-            return op in ("!=", "nin")
-        if op == "==":
-            return bool(v == ref)
-        if op == "!=":
-            return bool(v != ref)
-        if op == ">":
-            return _safe(lambda: v > ref)
-        if op == ">=":
-            return _safe(lambda: v >= ref)
-        if op == "<":
-            return _safe(lambda: v < ref)
-        if op == "<=":
-            return _safe(lambda: v <= ref)
-        if op == "in":
-            return any(v == x for x in _as_values(ref))
-        if op == "nin":
-            return all(v != x for x in _as_values(ref))
-        if op == "contains":
-            return _safe(lambda: ref in v)
-        if op in ("text_match", "text_match_insensitive"):
-            if not (isinstance(v, str) and isinstance(ref, str)):
-                return False
-            return ref in v if op == "text_match" else ref.lower() in v.lower()
-        have = _as_values(v)
-        wanted = _as_values(ref)
-        if op == "any":
-            return any(w in have for w in wanted)
-        return all(w in have for w in wanted)  # "all"
-
-    return lambda m: test(m.get(key))
+    return _field_predicate(f.key, op, f.value)
 
 
 def _compile_filters(filters: MetadataFilters) -> Predicate:
@@ -413,11 +479,37 @@ def _compile_filters(filters: MetadataFilters) -> Predicate:
             parts.append(_compile_one(f))
         else:
             raise ValueError(f"filters must hold MetadataFilter or MetadataFilters; got {type(f).__name__}")
+    checks = tuple(parts)
     if condition == "and":
-        return lambda m: all(p(m) for p in parts)
+        if len(checks) == 1:  # the common case, called once per stored document: no wrapper
+            return checks[0]
+
+        def every(m: Mapping[str, Any]) -> bool:
+            for check in checks:  # noqa: SIM110 - a plain loop: all(generator) costs more per document
+                if not check(m):
+                    return False
+            return True
+
+        return every
     if condition == "or":
-        return lambda m: any(p(m) for p in parts) if parts else True
-    return lambda m: not any(p(m) for p in parts)  # "not": none of the filters matches
+        if not checks:
+            return lambda m: True
+
+        def some(m: Mapping[str, Any]) -> bool:
+            for check in checks:  # noqa: SIM110 - as above
+                if check(m):
+                    return True
+            return False
+
+        return some
+
+    def none_of(m: Mapping[str, Any]) -> bool:  # "not": none of the filters matches
+        for check in checks:  # noqa: SIM110 - as above
+            if check(m):
+                return False
+        return True
+
+    return none_of
 
 
 def metadata_filters_to_predicate(filters: MetadataFilters | None) -> Predicate | None:
@@ -459,7 +551,15 @@ def _and(*preds: Predicate | None) -> Predicate | None:
         return None
     if len(active) == 1:
         return active[0]
-    return lambda m: all(p(m) for p in active)
+    checks = tuple(active)
+
+    def every(m: Mapping[str, Any]) -> bool:
+        for check in checks:  # noqa: SIM110 - a plain loop: all(generator) costs more per document
+            if not check(m):
+                return False
+        return True
+
+    return every
 
 
 def _check_top_k(k: Any) -> int:
@@ -1231,6 +1331,7 @@ class KLVectorStore(BasePydanticVectorStore):
     _non_text: tuple[int, frozenset[str]] | None = PrivateAttr(default=None)
     _non_text_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _encoder_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _saved_encoder_error: str | None = PrivateAttr(default=None)
 
     def __init__(
         self,
@@ -1385,7 +1486,7 @@ class KLVectorStore(BasePydanticVectorStore):
         if not nodes:
             return []
         missing = [i for i, n in enumerate(nodes) if n.embedding is None]
-        if missing and self.encoder is None:
+        if missing and self.encoder is None and self._saved_encoder() is None:
             raise ValueError(
                 f"{len(missing)} node(s) have no embedding (first: {nodes[missing[0]].node_id!r}) and this "
                 "KLVectorStore has no encoder to embed them; embed them with KLEmbedding (e.g. "
@@ -1551,23 +1652,29 @@ class KLVectorStore(BasePydanticVectorStore):
             return None
         with self._encoder_lock:
             if self._store.encoder is None:
+                if self._saved_encoder_error is not None:  # failed once: not retried (a hub lookup, each time)
+                    raise ValueError(self._saved_encoder_error)
                 from kl_retrievers.pretrained import load_model
 
-                logger.info("loading the encoder %r this store was saved with, to encode a query string", name)
+                logger.info("loading the encoder %r this store was saved with, to encode text", name)
+                problem = None
                 try:
                     encoder = load_model(name)
                 except Exception as exc:
-                    raise ValueError(
-                        f"the query has no embedding and this store has no encoder; loading the model it was saved "
-                        f"with, {name!r}, failed ({exc}): pass encoder= to KLVectorStore.from_persist_dir / "
-                        "from_persist_path"
-                    ) from exc
-                dim = getattr(getattr(encoder, "config", None), "dim", None)
-                if self._store.dim is not None and dim is not None and dim != self._store.dim:
-                    raise ValueError(
-                        f"this store was saved with {name!r}, which now gives Gaussians of dimension {dim}; its "
-                        f"documents have dimension {self._store.dim}: pass encoder= to from_persist_dir"
+                    problem = f"loading the model it was saved with, {name!r}, failed ({exc})"
+                else:
+                    dim = getattr(getattr(encoder, "config", None), "dim", None)
+                    if self._store.dim is not None and dim is not None and dim != self._store.dim:
+                        problem = (
+                            f"it was saved with {name!r}, which now gives Gaussians of dimension {dim}; its "
+                            f"documents have dimension {self._store.dim}"
+                        )
+                if problem is not None:
+                    self._saved_encoder_error = (
+                        f"this KLVectorStore has no encoder to encode text, and {problem}: pass encoder= to "
+                        "KLVectorStore.from_persist_dir / from_persist_path"
                     )
+                    raise ValueError(self._saved_encoder_error)
                 self._store.encoder = encoder
             return self._store.encoder
 
@@ -2208,8 +2315,9 @@ class KLRetriever(_TopKRetriever):
             embed_model = getattr(index, "_embed_model", None)
             if encoder is None and isinstance(embed_model, KLEmbedding):
                 encoder = embed_model.encoder
-        if vector_store is not None:
-            encoder = encoder if encoder is not None else vector_store.encoder
+        if vector_store is not None and encoder is None:
+            # a loaded store keeps no encoder: the model it was saved with, before the default
+            encoder = vector_store.encoder if vector_store.encoder is not None else vector_store._saved_encoder()
         if encoder is None:
             from kl_retrievers.pretrained import load_default_model
 
@@ -2234,6 +2342,10 @@ class KLRetriever(_TopKRetriever):
             return _encode(self._encoder.encode_queries, [text], 1)
         if query_bundle.embedding is not None:
             return query_gaussians_from_embeddings(query_bundle.embedding)
+        saved = self._vector_store._saved_encoder()  # a loaded store: the model it was saved with
+        if saved is not None:
+            self._encoder = saved
+            return self._query_gaussian(query_bundle)
         raise ValueError("KLRetriever has no encoder and the query bundle has no KL query embedding")
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:

@@ -833,11 +833,13 @@ class OnnxGaussianEncoder(EncoderMixin):
         """Always ``"cpu"`` (ONNX Runtime's CPU execution provider)."""
         return "cpu"
 
-    def to(self, device: str) -> OnnxGaussianEncoder:
-        """``self`` for ``"cpu"``, as ``torch.nn.Module.to`` (and sentence-transformers' ``model.to``) would move it.
+    def to(self, device: Any) -> OnnxGaussianEncoder:
+        """``self`` for the cpu (``"cpu"``, ``"cpu:0"``, ``torch.device("cpu")``), as ``torch.nn.Module.to`` (and
+        sentence-transformers' ``model.to``) would move it.
 
         Raises:
             ValueError: Any other device: the ONNX backend runs on cpu only (load with ``backend="torch"``).
+            TypeError: A dtype (``torch.float16``): the graph fixes the precision.
         """
         self._use_device(device)
         return self
@@ -902,8 +904,15 @@ class OnnxGaussianEncoder(EncoderMixin):
                 arrays[key] = np.concatenate([value[:, :1], np.full((n, 1), fill, np.int64), value[:, 1:]], axis=1)
         return {k: arrays[k] for k in self._input_names}
 
-    def _use_device(self, device: str | None) -> None:
-        if device not in (None, "cpu"):
+    def _use_device(self, device: Any) -> None:
+        if type(device).__name__ == "dtype":  # e.g. model.to(torch.float16)
+            raise TypeError(
+                f"the ONNX encoder's precision is fixed by its graph (quantize={self.config.quantize!r}); got "
+                f"{device!r}: export another graph (python -m kl_retrievers.onnx_cli export SOURCE OUT "
+                "--quantize float32) or load with backend='torch'"
+            )
+        name = None if device is None else str(device)  # torch.device("cpu") reads "cpu"
+        if name is not None and name != "cpu" and not name.startswith("cpu:"):
             raise ValueError(f"the ONNX backend runs on cpu only; got device={device!r} (use backend='torch')")
 
     def _encode_batches(

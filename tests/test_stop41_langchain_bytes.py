@@ -421,3 +421,35 @@ def test_add_embeddings_refuses_another_dimension_and_bad_items(store: KLVectorS
         store.add_embeddings(["tea"])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="got 2 ids for 1 text_embeddings"):
         store.add_embeddings([("tea", vec)], ids=["a", "b"])
+
+
+def test_add_embeddings_stores_the_given_vectors_without_encoding(store: KLVectorStore, encoder: Any) -> None:
+    other = KLEmbeddings(make_tiny_encoder(seed=9))  # same dimension, other weights: its vectors must be kept
+    vectors = other.embed_documents(TEXTS)
+    target = KLVectorStore(KLEmbeddings(encoder))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(encoder, "encode_documents", lambda *a, **k: pytest.fail("add_embeddings encoded a text"))
+        target.add_embeddings(list(zip(TEXTS, vectors, strict=True)), ids=IDS)
+    stored = target.store.get_gaussians(IDS)
+    want = other.encode_documents(TEXTS)
+    np.testing.assert_allclose(stored.mean, want.mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stored.var, want.var, rtol=1e-5, atol=1e-6)
+
+
+def test_add_embeddings_refuses_a_vector_whose_first_value_is_not_its_gaussian_s(encoder: Any) -> None:
+    emb = KLEmbeddings(encoder)
+    good = emb.embed_documents(["tea"])[0]
+    plain = list(good)
+    plain[0] += 1.0  # the rest is a valid d~: only the first value gives it away
+    target = KLVectorStore(emb)
+    with pytest.raises(ValueError, match=r"text_embeddings\[1\] is not one: its first value is"):
+        target.add_embeddings([("tea", good), ("tea", plain)])
+    assert len(target) == 0
+    with pytest.raises(ValueError, match=r"text_embeddings\[0\] has 17 floats but text_embeddings\[1\] has 5"):
+        target.add_embeddings([("tea", good), ("tea", [-1.0] * 5)])
+
+
+def test_from_embeddings_requires_the_encoder_as_faiss_does(encoder: Any) -> None:
+    vec = KLEmbeddings(encoder).embed_documents(["tea"])
+    with pytest.raises(TypeError, match="embedding"):
+        KLVectorStore.from_embeddings([("tea", vec[0])])  # type: ignore[call-arg]

@@ -187,3 +187,49 @@ def test_a_saved_model_that_cannot_be_loaded_is_named(tmp_path: Path) -> None:
     loaded = KLVectorStore.from_persist_path(tmp_path / "vs.json")
     with pytest.raises(ValueError, match="loading the model it was saved with, .*enc'?, failed"):
         loaded.query(VectorStoreQuery(query_str="cat", similarity_top_k=1))
+
+
+def _saved_store(tmp_path: Path) -> tuple[Any, Path]:
+    make_tiny_encoder(seed=3).save_pretrained(tmp_path / "enc")
+    encoder = GaussianEncoder.from_pretrained(tmp_path / "enc")
+    vs = KLVectorStore(encoder=encoder, is_embedding_query=False)
+    vs.add([TextNode(id_="a", text="the cat sat"), TextNode(id_="b", text="bread and tea")])
+    vs.persist(str(tmp_path / "vs.json"))
+    return encoder, tmp_path / "vs.json"
+
+
+def test_retrievers_over_a_loaded_store_use_the_model_it_was_saved_with(tmp_path: Path) -> None:
+    encoder, path = _saved_store(tmp_path)
+    want = [n.node.node_id for n in KLRetriever(KLVectorStore.from_persist_path(path, encoder=encoder)).retrieve("tea")]
+    by_defaults = KLRetriever.from_defaults(vector_store=KLVectorStore.from_persist_path(path))
+    assert by_defaults._encoder is not None
+    assert str(by_defaults._encoder.name_or_path) == str(encoder.name_or_path)  # not the default model
+    assert [n.node.node_id for n in by_defaults.retrieve("tea")] == want
+    direct = KLRetriever(KLVectorStore.from_persist_path(path))
+    assert [n.node.node_id for n in direct.retrieve("tea")] == want
+
+
+def test_a_loaded_store_encodes_added_text_nodes_with_its_saved_model(tmp_path: Path) -> None:
+    encoder, path = _saved_store(tmp_path)
+    loaded = KLVectorStore.from_persist_path(path)
+    assert loaded.add([TextNode(id_="c", text="the moon")]) == ["c"]
+    want = encoder.encode_documents(["the moon"])
+    np.testing.assert_allclose(loaded.kl_store.get_gaussians(["c"]).mean, want.mean, rtol=1e-5, atol=1e-6)
+
+
+def test_a_failed_load_of_the_saved_model_is_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kl_retrievers import pretrained
+
+    _, path = _saved_store(tmp_path)
+    loaded = KLVectorStore.from_persist_path(path)
+    calls: list[str] = []
+
+    def failing(name: str, **kwargs: Any) -> Any:
+        calls.append(name)
+        raise OSError("no such model")
+
+    monkeypatch.setattr(pretrained, "load_model", failing)
+    for _ in range(3):
+        with pytest.raises(ValueError, match="loading the model it was saved with, .*failed .no such model"):
+            loaded.query(VectorStoreQuery(query_str="tea", similarity_top_k=1))
+    assert len(calls) == 1

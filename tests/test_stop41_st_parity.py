@@ -158,3 +158,47 @@ def test_a_list_of_devices_is_refused_naming_it(encoder: Any) -> None:
         encoder.encode_query(QUERIES, device=["cpu", "cpu"])
     with pytest.raises(ValueError, match="\\['cpu'\\]"):
         encoder.encode_queries(QUERIES, device=["cpu"])
+
+
+# --------------------------------------------------------------------------- review fixes (stop 41)
+@pytest.mark.parametrize("kind", ["dot", "cosine"])
+def test_similarity_of_a_vector_twin_is_the_score_it_was_trained_for(kind: str) -> None:
+    twin = make_tiny_encoder(seed=5)
+    twin.config.extra = {**(twin.config.extra or {}), "training": {"recipe": {"similarity": kind}}}
+    q, d = twin.encode_query(QUERIES), twin.encode_document(DOCS)
+    qm, dm = q.mean.astype(np.float64), d.mean.astype(np.float64)
+    if kind == "cosine":
+        qm = qm / np.linalg.norm(qm, axis=1, keepdims=True)
+        dm = dm / np.linalg.norm(dm, axis=1, keepdims=True)
+    np.testing.assert_allclose(twin.similarity(q, d), qm @ dm.T, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(twin.similarity(q, d), neg_kl_matrix(q, d))
+    torch_scores = twin.similarity(q.torch(), d.torch())
+    assert isinstance(torch_scores, torch.Tensor)
+    np.testing.assert_allclose(torch_scores.numpy(), qm @ dm.T, rtol=1e-4, atol=1e-5)
+
+
+def test_onnx_to_takes_every_spelling_of_the_cpu(encoders: dict[str, Any]) -> None:
+    onnx = encoders["onnx"]
+    for device in ("cpu", "cpu:0", torch.device("cpu")):
+        assert onnx.to(device) is onnx
+    _same(onnx.encode_query(QUERIES, device=torch.device("cpu")), onnx.encode_queries(QUERIES))
+    with pytest.raises(ValueError, match="runs on cpu only; got device='cuda'"):
+        onnx.to("cuda")
+    with pytest.raises(TypeError, match="precision is fixed by its graph.*torch.float16"):
+        onnx.to(torch.float16)
+
+
+def test_max_seq_length_is_the_budget_applied(encoder: Any) -> None:
+    cap = encoder.max_tokens
+    assert cap is not None
+    old = encoder.config.max_length
+    try:
+        encoder.config.max_length = cap + 100
+        assert encoder.max_seq_length == cap  # clamped to what the backbone reads, as encoding is
+    finally:
+        encoder.config.max_length = old
+    assert encoder.max_seq_length == min(old, cap)
+
+
+def test_prompt_name_is_also_encode_s_second_positional_argument(encoder: Any) -> None:
+    _same(encoder.encode(QUERIES, "query"), encoder.encode_queries(QUERIES))
