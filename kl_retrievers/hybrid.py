@@ -1055,6 +1055,8 @@ class KLHybridStore:
         if encoder is not None and kl_store is not None:
             self._kl.encoder = encoder
         self._lock = _RWLock()  # searches share it; add, upsert and delete take it alone
+        self._encoder_lock = threading.Lock()  # one thread loads the saved model (see _saved_encoder)
+        self._saved_encoder_error: str | None = None  # why loading it failed (not retried)
         self._build_lock = threading.Lock()  # one reader rebuilds a stale BM25 index, the others wait for it
         self._bm25 = _BM25Half(self._tokenizer, self.k1, self.b)
         self._reserved_warned = False  # see _warn_reserved_keys: one warning per store
@@ -1103,8 +1105,59 @@ class KLHybridStore:
 
     @property
     def encoder(self) -> Any | None:
-        """The Gaussian encoder (the KL half's)."""
-        return self._kl.encoder
+        """The Gaussian encoder: the KL half's, else the model the store was saved with.
+
+        A store loaded without ``encoder=`` (:meth:`load`) has none until text is encoded: then the
+        model it was saved with (:attr:`saved_encoder`) is loaded by name, once, and becomes the KL
+        half's encoder; reading this property loads it too (so that the calibrator and the adaptive
+        parameters are that model's). ``None``: no encoder was given and the store records none.
+
+        Raises:
+            ValueError: Loading the saved model failed, or it gives Gaussians of another dimension
+                than the stored documents' (naming the model and what to pass instead); the failure
+                is kept, and raised again without retrying.
+        """
+        encoder = self._kl.encoder
+        return encoder if encoder is not None else self._saved_encoder()
+
+    @property
+    def saved_encoder(self) -> str | None:
+        """The model the KL half was saved with (its ``name_or_path``; ``None``: none recorded, or not loaded)."""
+        return self._kl.saved_encoder
+
+    def _saved_encoder(self) -> Any | None:
+        """Load the encoder the store was saved with, by name, once (``None`` when it records none)."""
+        name = self._kl.saved_encoder
+        if not (isinstance(name, str) and name):
+            return None
+        with self._encoder_lock:
+            if self._kl.encoder is None:
+                if self._saved_encoder_error is not None:  # failed once: not retried (a hub lookup, each time)
+                    raise ValueError(self._saved_encoder_error)
+                from kl_retrievers.pretrained import load_model
+
+                logger.info("loading the encoder %r this hybrid store was saved with, to encode text", name)
+                problem = None
+                try:
+                    encoder = load_model(name)
+                except Exception as exc:
+                    problem = f"loading the model it was saved with, {name!r}, failed ({exc})"
+                else:
+                    dim = getattr(getattr(encoder, "config", None), "dim", None)
+                    if self._kl.dim is not None and isinstance(dim, int) and dim != self._kl.dim:
+                        problem = (
+                            f"it was saved with {name!r}, which now gives Gaussians of dimension {dim}; its "
+                            f"documents have dimension {self._kl.dim}"
+                        )
+                if problem is not None:
+                    self._saved_encoder_error = (
+                        f"this KLHybridStore has no encoder to encode text, and {problem}: pass encoder= to "
+                        "KLHybridStore.load (or to LlamaIndex's KLHybridRetriever.from_defaults), or give Gaussians "
+                        "(query_gaussians= to search, gaussians= to add)"
+                    )
+                    raise ValueError(self._saved_encoder_error)
+                self._kl.encoder = encoder
+            return self._kl.encoder
 
     @property
     def ids(self) -> list[str]:
@@ -1125,7 +1178,9 @@ class KLHybridStore:
         if self._adaptive is None:
             from kl_retrievers.pretrained import model_file
 
-            name = str(getattr(self.encoder, "name_or_path", "") or "")
+            # the saved model's name when it is not loaded yet: nothing is loaded here (query Gaussians need none)
+            encoder = self._kl.encoder
+            name = str(getattr(encoder, "name_or_path", "") if encoder is not None else self.saved_encoder or "")
             own = model_file(name, ADAPTIVE_PARAMS_FILE)
             if own is not None:
                 self._adaptive = AdaptiveParams.load(own)
@@ -1171,7 +1226,8 @@ class KLHybridStore:
         results: the store logs one warning naming it (once per store).
 
         Args:
-            texts: Document texts (BM25 needs them; encoded by the encoder unless ``gaussians``).
+            texts: Document texts (BM25 needs them; encoded by the encoder unless ``gaussians``: for a
+                store loaded without one, the model it was saved with, see :attr:`encoder`).
             gaussians: Precomputed document Gaussians, one per text.
             ids: Document ids (uuid4 hex when omitted).
             metadatas: One JSON-serialisable dict per document (or ``None``).
@@ -1181,7 +1237,8 @@ class KLHybridStore:
 
         Raises:
             TypeError: ``texts`` is a single string or holds a non-string.
-            ValueError / TypeError: Whatever :meth:`KLStore.add` refuses; then neither half changes.
+            ValueError / TypeError: Whatever :meth:`KLStore.add` refuses, or the saved model failed to
+                load (:attr:`encoder`); then neither half changes.
 
         Examples:
             >>> import numpy as np
@@ -1198,8 +1255,8 @@ class KLHybridStore:
                     f"texts[{j}] must be a str (BM25 indexes every document's text); got {type(text).__name__}"
                 )
         tokens = [self._tokenizer(t) for t in text_list]
-        encoder = self._kl.encoder
-        if gaussians is None and encoder is not None and text_list:  # encode before the lock: searches go on
+        encoder = self.encoder if gaussians is None and text_list else None  # a loaded store: its saved model
+        if encoder is not None:  # encode before the lock: searches go on
             gaussians = encoder.encode_documents(
                 text_list, batch_size=self._kl.batch_size, show_progress_bar=self._kl.show_progress_bar
             )
@@ -1263,9 +1320,13 @@ class KLHybridStore:
     # ------------------------------------------------------------------ search
     def _query_gaussians(self, texts: list[str], query_gaussians: Gaussians | None) -> Gaussians:
         if query_gaussians is None:
-            encoder = self.encoder
+            encoder = self.encoder  # a store loaded without one: the model it was saved with, loaded now
             if encoder is None:
-                raise ValueError("searching by text needs an encoder; pass query_gaussians (one per query) instead")
+                raise ValueError(
+                    "searching by text needs an encoder, and this store has none (and records no model it was "
+                    "saved with): pass encoder= (KLHybridStore(...) / KLHybridStore.load), or query_gaussians "
+                    "(one per query) instead"
+                )
             if not texts:
                 return Gaussians(np.zeros((0, self._kl.dim or 1)), np.ones((0, self._kl.dim or 1)), validate=False)
             query_gaussians = encoder.encode_queries(texts, batch_size=self._kl.batch_size, show_progress_bar=False)
@@ -1723,8 +1784,12 @@ class KLHybridStore:
 
         Args:
             path: The hybrid store folder.
-            encoder: Gaussian encoder for text queries and additions. Unless the saved store was given
-                its adaptive parameters, they are looked up from this encoder's model, as in the constructor.
+            encoder: Gaussian encoder for text queries and additions. ``None``: the model the store was
+                saved with (:attr:`saved_encoder`: a bundled name, folder or hub id) is loaded by name at
+                the first text search or addition that needs it (once; its dimension is checked, and a
+                failure names the model and is raised again without retrying); nothing is loaded for
+                query or document Gaussians. Unless the saved store was given its adaptive parameters,
+                they are looked up from this encoder's model (else the saved model's), as in the constructor.
             mmap: Memory-map the arrays of both halves (copied on the first change).
             verify_checksums: Check every file's SHA-256 against the config. Without it the halves'
                 ids and save tokens are still checked (a folder saved before tokens has none and loads).

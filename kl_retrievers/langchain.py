@@ -39,7 +39,7 @@ import threading
 import uuid
 import warnings
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -51,7 +51,7 @@ try:
     from langchain_core.embeddings import Embeddings
     from langchain_core.retrievers import BaseRetriever
     from langchain_core.vectorstores import VectorStore
-    from pydantic import ConfigDict, PrivateAttr, field_validator
+    from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 except ImportError as exc:  # pragma: no cover - exercised with langchain-core absent
     raise ImportError(
         'kl_retrievers.langchain needs langchain-core; install it with: pip install "kl-retrievers[langchain]"'
@@ -1615,6 +1615,50 @@ class _Unset(enum.Enum):
 
 _UNSET = _Unset.UNSET
 
+_MMR_HINT = "MMR is KLVectorStore.as_retriever(search_type='mmr', search_kwargs={'fetch_k': ..., 'lambda_mult': ...})"
+#: Options of LangChain's ``VectorStoreRetriever``, ``EnsembleRetriever`` and ``BM25Retriever`` that the
+#: retrievers here do not take, each with what to use instead (a swapped-in retriever must not ignore them).
+_FOREIGN_OPTIONS: dict[str, str] = {
+    "score_threshold": (
+        "there is no relevance threshold on this retriever: abstain with min_confidence= (a calibrated "
+        "P(top-1 relevant)), or use KLVectorStore.as_retriever(search_type='similarity_score_threshold', "
+        "search_kwargs={'score_threshold': ...})"
+    ),
+    "fetch_k": _MMR_HINT,
+    "lambda_mult": _MMR_HINT,
+    "weights": (
+        "EnsembleRetriever's weights: KLHybridRetriever's fusion='rrf' is its RRF with equal weights; for another "
+        "balance use fusion='convex' with weight= (the dense share, in [0, 1]) or fusion='adaptive' (set per query)"
+    ),
+    "c": "EnsembleRetriever's RRF constant c is rrf_k= here (the same 1 / (rrf_k + rank), default 60)",
+    "id_key": "documents are fused by their store id here; EnsembleRetriever's id_key is not needed",
+    "retrievers": "KLHybridRetriever searches both halves of one KLHybridStore; it does not wrap other retrievers",
+    "bm25_params": "BM25Retriever's bm25_params: pass k1= and b= (bm25s' BM25; defaults k1=0.9, b=0.4)",
+    "preprocess_func": (
+        "BM25Retriever's preprocess_func: the BM25 tokenizer is token_pattern= (a regular expression) and "
+        "stopwords= (saved with the store, so a callable is not taken)"
+    ),
+}
+
+
+def _refuse_foreign_options(names: Iterable[str], where: str, takes: Iterable[str]) -> None:
+    """Raise a ``TypeError`` for keyword arguments ``where`` does not take, naming them, what it takes, and the
+    equivalent of LangChain's own retrievers' options (``weights``, ``c``, ``bm25_params``...)."""
+    names = sorted(names)
+    if not names:
+        return
+    hints = "".join(f"; {name}: {_FOREIGN_OPTIONS[name]}" for name in names if name in _FOREIGN_OPTIONS)
+    raise TypeError(f"{where} got unexpected keyword argument(s) {names}; it takes {', '.join(takes)}{hints}")
+
+
+def _check_search_type(value: Any, where: str) -> None:
+    if value != "similarity":
+        raise ValueError(
+            f"{where} takes search_type='similarity' only; got {value!r}. For 'mmr' or "
+            "'similarity_score_threshold' use KLVectorStore.as_retriever(search_type=..., search_kwargs=...) "
+            "(LangChain's VectorStoreRetriever; without this retriever's confidence and abstention)"
+        )
+
 
 class _ConfidenceRetriever(BaseRetriever):
     """Fields and helpers shared by :class:`KLRetriever` and :class:`KLHybridRetriever`."""
@@ -1628,10 +1672,46 @@ class _ConfidenceRetriever(BaseRetriever):
     score_key: str = SCORE_NAME
     uncertainty_key: str = "query_uncertainty"
     confidence_key: str = CONFIDENCE_KEY
+    #: Per-call settings applied to every call, as ``VectorStoreRetriever.search_kwargs`` (a ``configurable_fields``
+    #: target too); a key here wins over the field of that name, an ``invoke`` keyword wins over both.
+    search_kwargs: dict[str, Any] = Field(default={})  # pydantic copies it per instance; {} left out of repr
+    #: ``VectorStoreRetriever``'s search type: only ``"similarity"`` here (accepted so that swapped-in code runs).
+    search_type: str = "similarity"
     #: The retriever kind whose calibrators are accepted (``"dense"``: dense calibrators only).
     calibrator_for: ClassVar[str] = "dense"
+    #: The keys ``search_kwargs`` takes (the per-call keywords of ``_get_relevant_documents``).
+    search_keys: ClassVar[tuple[str, ...]] = ("k", "filter", "min_confidence")
 
     _scorer: ConfidenceScorer = PrivateAttr()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_options(cls, data: Any) -> Any:
+        """Refuse keywords that are no field (pydantic would drop them: a typo, ``weights``...), naming them."""
+        if isinstance(data, dict):
+            _refuse_foreign_options(set(data) - set(cls.model_fields), cls.__name__, sorted(cls.model_fields))
+        return data
+
+    @field_validator("search_type")
+    @classmethod
+    def _valid_search_type(cls, value: str) -> str:
+        _check_search_type(value, cls.__name__)
+        return value
+
+    @field_validator("search_kwargs", mode="before")
+    @classmethod
+    def _valid_search_kwargs(cls, value: Any) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise TypeError(f"search_kwargs must be a dict; got {type(value).__name__}")
+        value = dict(value)
+        _refuse_foreign_options(set(value) - set(cls.search_keys), f"{cls.__name__} search_kwargs", cls.search_keys)
+        if "k" in value:
+            value["k"] = _check_k(value["k"])
+        if "min_confidence" in value:
+            value["min_confidence"] = check_min_confidence(value["min_confidence"])
+        return value
 
     @field_validator("k")
     @classmethod
@@ -1659,13 +1739,38 @@ class _ConfidenceRetriever(BaseRetriever):
         filter: MetadataFilter | _Unset | None,
         min_confidence: float | _Unset | None,
     ) -> tuple[int, Any, float | None]:
-        """The call's ``k``, filter and floor: an argument left out takes the retriever's; an explicit
-        ``filter=None`` or ``min_confidence=None`` clears it for this call (as LangChain's
-        ``VectorStoreRetriever`` merges per-call ``search_kwargs``)."""
-        kk = _check_k(self.k if k is None else k)
-        flt = self.filter if filter is _UNSET else filter
-        floor = self.min_confidence if min_confidence is _UNSET else check_min_confidence(min_confidence)
+        """The call's ``k``, filter and floor: an argument left out takes ``search_kwargs``' value, else the
+        retriever's field; an explicit ``filter=None`` or ``min_confidence=None`` clears it for this call (as
+        LangChain's ``VectorStoreRetriever`` merges per-call keywords over its ``search_kwargs``)."""
+        kk = _check_k(self._default("k") if k is None else k)
+        flt = self._default("filter") if filter is _UNSET else filter
+        floor = self._default("min_confidence") if min_confidence is _UNSET else check_min_confidence(min_confidence)
         return kk, flt, floor
+
+    def _default(self, name: str) -> Any:
+        """A setting left out of the call: ``search_kwargs[name]`` when there, else the field ``name``."""
+        return self.search_kwargs[name] if name in self.search_kwargs else getattr(self, name)
+
+    def _get_ls_params(self, **kwargs: Any) -> Any:
+        """Tracing metadata as ``VectorStoreRetriever`` gives it: the retriever, vector store and embeddings names."""
+        params = super()._get_ls_params(**kwargs)
+        params["ls_vector_store_provider"] = type(self._searched_store()).__name__
+        params["ls_embedding_provider"] = KLEmbeddings.__name__
+        return params
+
+    def _searched_store(self) -> Any:
+        raise NotImplementedError  # pragma: no cover - each retriever names its store
+
+    @classmethod
+    def _retriever_options(cls, kwargs: dict[str, Any], keep: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Take the retriever's own fields (``filter``, ``search_kwargs``, ``tags``...) out of a constructor's
+        ``kwargs`` (the rest go to the store), leaving those in ``keep``; foreign options are refused."""
+        names = set(cls.model_fields) - {"store", "vectorstore"}
+        own = {name: kwargs.pop(name) for name in list(kwargs) if name in names and name not in keep}
+        _refuse_foreign_options(
+            set(kwargs) & set(_FOREIGN_OPTIONS), f"{cls.__name__}.from_texts", [*sorted(names), "the store's options"]
+        )
+        return own
 
     async def _aget_relevant_documents(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
@@ -1735,10 +1840,18 @@ class KLRetriever(_ConfidenceRetriever):
         min_confidence: Abstain below this confidence, in ``[0, 1]`` (``None``: never);
             ``invoke(q, min_confidence=...)`` overrides it per call (``None``: no abstention).
         calibrator: A fitted ``ConfidenceCalibrator`` or a path to its JSON (default: the model's).
+        search_kwargs: Per-call defaults as on LangChain's ``VectorStoreRetriever`` (``k``, ``filter``,
+            ``min_confidence``): a key here wins over the field, an ``invoke`` keyword over both; a
+            ``configurable_fields`` target. ``search_type="similarity"`` is accepted at construction;
+            ``"mmr"`` / ``"similarity_score_threshold"`` are refused (``vectorstore.as_retriever`` has them).
 
     Raises:
         ValueError: ``k < 1``, or ``min_confidence`` not a number in ``[0, 1]`` (at construction,
-            naming the value and the range); ``min_confidence`` without a calibrator (at the first query).
+            naming the value and the range); ``min_confidence`` without a calibrator (at the first query);
+            a ``search_type`` other than ``"similarity"``.
+        TypeError: A keyword that is no field, or a ``search_kwargs`` key a search does not take (the
+            message names it, and the equivalent of ``VectorStoreRetriever`` / ``EnsembleRetriever`` /
+            ``BM25Retriever`` options such as ``score_threshold``, ``weights``, ``c``, ``bm25_params``).
 
     Examples:
         >>> retriever = KLRetriever.from_texts(["the cat sat", "tea"], k=1)  # doctest: +SKIP
@@ -1749,6 +1862,9 @@ class KLRetriever(_ConfidenceRetriever):
     """
 
     vectorstore: KLVectorStore
+
+    def _searched_store(self) -> Any:
+        return self.vectorstore
 
     @classmethod
     def from_store(cls, store: KLVectorStore | KLStore, **kwargs: Any) -> KLRetriever:
@@ -1763,20 +1879,27 @@ class KLRetriever(_ConfidenceRetriever):
         texts: list[str],
         embedding: Any | None = None,
         metadatas: list[dict[str, Any]] | None = None,
-        *,
         ids: list[str] | None = None,
+        *,
         k: int = 4,
         min_confidence: float | None = None,
         calibrator: Any = None,
         **kwargs: Any,
     ) -> KLRetriever:
-        """Index ``texts`` in a new :class:`KLVectorStore` (``kwargs`` go to it) and wrap it."""
+        """Index ``texts`` in a new :class:`KLVectorStore` and wrap it.
+
+        ``ids`` is also the fourth positional argument, as in :meth:`KLVectorStore.from_texts`. Keywords that are
+        fields of the retriever (``filter``, ``search_kwargs``, ``score_key``, ``tags``...) go to it, the rest to
+        the store (``relevance``, ``batch_size``, ``index_type``...).
+        """
         check_min_confidence(min_confidence)
+        own = cls._retriever_options(kwargs)
         return cls(
             vectorstore=KLVectorStore.from_texts(texts, embedding, metadatas, ids=ids, **kwargs),
             k=k,
             min_confidence=min_confidence,
             calibrator=calibrator,
+            **own,
         )
 
     @classmethod
@@ -1790,13 +1913,15 @@ class KLRetriever(_ConfidenceRetriever):
         calibrator: Any = None,
         **kwargs: Any,
     ) -> KLRetriever:
-        """Index ``documents`` in a new :class:`KLVectorStore` and wrap it."""
+        """Index ``documents`` in a new :class:`KLVectorStore` and wrap it (keywords as in :meth:`from_texts`)."""
         check_min_confidence(min_confidence)
+        own = cls._retriever_options(kwargs)
         return cls(
             vectorstore=KLVectorStore.from_documents(documents, embedding, **kwargs),
             k=k,
             min_confidence=min_confidence,
             calibrator=calibrator,
+            **own,
         )
 
     def _get_relevant_documents(
@@ -1879,10 +2004,14 @@ class KLHybridRetriever(_ConfidenceRetriever):
             overrides it per call (``None``: no abstention).
         calibrator: A fitted ``ConfidenceCalibrator`` (kind ``"hybrid"`` or ``"dense"``) or a path
             to its JSON (default: the model's hybrid calibrator, else its dense one).
+        search_kwargs: Per-call defaults (``k``, ``filter``, ``min_confidence``, ``fusion``, ``weight``,
+            ``normalization``), as in :class:`KLRetriever`.
 
     Raises:
         ValueError: An unknown fusion mode or normalisation, a weight or ``min_confidence``
             outside ``[0, 1]`` (at construction; the message names the value and the range).
+        TypeError: A keyword that is no field (as in :class:`KLRetriever`; ``EnsembleRetriever``'s
+            ``weights``, ``c`` and ``id_key`` are answered with the equivalent here).
 
     Examples:
         >>> retriever = KLHybridRetriever.from_texts(["red apples", "green pears"], k=1, fusion="rrf")  # doctest: +SKIP
@@ -1898,6 +2027,10 @@ class KLHybridRetriever(_ConfidenceRetriever):
 
     #: Hybrid retrievers take a hybrid or a dense calibrator (:func:`kl_retrievers._confidence.check_calibrator`).
     calibrator_for: ClassVar[str] = "hybrid"
+    search_keys: ClassVar[tuple[str, ...]] = ("k", "filter", "min_confidence", "fusion", "weight", "normalization")
+
+    def _searched_store(self) -> Any:
+        return self.store
 
     def model_post_init(self, context: Any, /) -> None:
         """Check the fusion settings against the store's (fails early, naming the bad value)."""
@@ -1905,6 +2038,8 @@ class KLHybridRetriever(_ConfidenceRetriever):
         if not isinstance(self.store, KLHybridStore):
             raise TypeError(f"store must be a KLHybridStore; got {type(self.store).__name__}")
         self.store.fusion.for_call(self.fusion, self.weight, self.normalization)
+        if {"fusion", "weight", "normalization"} & set(self.search_kwargs):
+            self.store.fusion.for_call(self._default("fusion"), self._default("weight"), self._default("normalization"))
         # documents already in the store (loaded, or added with the core API) may use a score key: once per store
         self.store._warn_stored_reserved_keys("KLHybridRetriever (documents already stored)")
 
@@ -1914,8 +2049,8 @@ class KLHybridRetriever(_ConfidenceRetriever):
         texts: list[str],
         embedding: Any | None = None,
         metadatas: list[dict[str, Any]] | None = None,
-        *,
         ids: list[str] | None = None,
+        *,
         k: int = 4,
         fusion: str = "adaptive",
         min_confidence: float | None = None,
@@ -1929,19 +2064,23 @@ class KLHybridRetriever(_ConfidenceRetriever):
             embedding: A :class:`KLEmbeddings`, Gaussian encoder or LangChain ``Embeddings``
                 (default: the package's default model).
             metadatas: One dict per text.
-            ids: One id per text.
+            ids: One id per text (also the fourth positional argument).
             k: Documents per query.
             fusion: The store's fusion mode.
             min_confidence: Abstain below this confidence.
             calibrator: Confidence calibrator (default: the model's).
-            **store_kwargs: Passed to :class:`~kl_retrievers.hybrid.KLHybridStore` (``weight``,
-                ``candidates``, ``index_type``...).
+            **store_kwargs: The retriever's other fields (``filter``, ``search_kwargs``, ``score_key``,
+                ``tags``...) go to it; the rest to :class:`~kl_retrievers.hybrid.KLHybridStore` (``weight``,
+                ``normalization``, ``rrf_k``, ``k1``, ``b``, ``candidates``, ``index_type``...).
+                ``EnsembleRetriever``'s and ``BM25Retriever``'s options (``weights``, ``c``, ``bm25_params``,
+                ``preprocess_func``...) raise a ``TypeError`` naming the equivalent here.
         """
         check_min_confidence(min_confidence)
+        own = cls._retriever_options(store_kwargs, keep=("weight", "normalization"))
         encoder = _unwrap_encoder(embedding) if embedding is not None else _load_default_encoder()
         store = KLHybridStore(encoder, fusion=fusion, **store_kwargs)
         store.add(_check_texts(texts), ids=ids, metadatas=metadatas)
-        return cls(store=store, k=k, min_confidence=min_confidence, calibrator=calibrator)
+        return cls(store=store, k=k, min_confidence=min_confidence, calibrator=calibrator, **own)
 
     @classmethod
     def from_documents(
@@ -1970,9 +2109,9 @@ class KLHybridRetriever(_ConfidenceRetriever):
     ) -> list[Document]:
         kk, flt, floor = self._call_settings(k, filter, min_confidence)
         _check_query(query)
-        fusion = fusion if fusion is not None else self.fusion
+        fusion = fusion if fusion is not None else self._default("fusion")
         if weight is None and (fusion or self.store.fusion.mode) == "convex":
-            weight = self.weight  # the retriever's convex weight, for a convex call only
+            weight = self._default("weight")  # the retriever's convex weight, for a convex call only
         hits, confidence, reason = hybrid_search(
             self.store,
             query,
@@ -1980,7 +2119,7 @@ class KLHybridRetriever(_ConfidenceRetriever):
             filter=flt,
             fusion=fusion,
             weight=weight,
-            normalization=normalization if normalization is not None else self.normalization,
+            normalization=normalization if normalization is not None else self._default("normalization"),
             scorer=self._scorer,
             min_confidence=floor,
         )

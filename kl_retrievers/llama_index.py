@@ -2488,7 +2488,9 @@ class KLHybridRetriever(_TopKRetriever):
     weight per query from signals (the query uncertainty and both lists' score statistics).
 
     Args:
-        store: The hybrid store (its encoder encodes the queries).
+        store: The hybrid store (its encoder encodes the queries; a store loaded with
+            ``KLHybridStore.load(path)`` loads the model it was saved with at the first query, see
+            :attr:`~kl_retrievers.hybrid.KLHybridStore.encoder`).
         similarity_top_k: Nodes per query (>= 1).
         fusion: ``"rrf"``, ``"convex"`` or ``"adaptive"`` (``None``: the store's default).
         weight: Convex dense weight in ``[0, 1]`` (``None``: the store's).
@@ -2573,13 +2575,15 @@ class KLHybridRetriever(_TopKRetriever):
         with ``transformations`` (default: ``SentenceSplitter()``); each node is stored under its
         ``node_id`` (a repeated id: the last node wins, as in :meth:`KLVectorStore.add`) with its
         text (``MetadataMode.NONE``), its metadata and ``ref_doc_id``. The encoder defaults to the
-        store's, then the package's default model.
+        store's (for ``store=KLHybridStore.load(path)``, the model it was saved with, loaded by name at
+        the first query; nothing is loaded when ``encoder`` is given), then, for a new store, the
+        package's default model.
 
         Args:
             nodes: Nodes to index.
             documents: Documents to split and index.
             store: An existing hybrid store (``fusion`` and ``store_kwargs`` then do not apply).
-            encoder: Gaussian encoder or :class:`KLEmbedding`.
+            encoder: Gaussian encoder or :class:`KLEmbedding` (with ``store=``, it replaces the store's).
             transformations: Node parsers for ``documents``.
             similarity_top_k: Nodes per query.
             fusion: The new store's fusion mode.

@@ -64,3 +64,18 @@ def test_llama_index_loaders_verify_checksums(tmp_path: Path) -> None:
     assert len(KLVectorStore.from_persist_dir(persist_dir, verify_checksums=False).kl_store) == 3
     with pytest.raises(StoreFormatError):
         KLVectorStore.from_persist_dir(persist_dir)
+
+
+def test_a_store_saved_again_without_its_encoder_keeps_the_saved_model_name(tmp_path: Path) -> None:
+    from kl_retrievers import KLStore
+
+    store = KLStore(encoder=make_tiny_encoder())
+    store.encoder.name_or_path = "some/model"  # type: ignore[union-attr]
+    store.add(TEXTS, ids=["a", "b", "c"])
+    store.save(tmp_path / "one")
+    loaded = KLStore.load(tmp_path / "one")
+    assert loaded.encoder is None and loaded.saved_encoder == "some/model"
+    loaded.save(tmp_path / "two")  # before any text search loaded a model
+    assert KLStore.load(tmp_path / "two").saved_encoder == "some/model"
+    config = json.loads((tmp_path / "two" / "config.json").read_text(encoding="utf-8"))
+    assert config["encoder"] == {"name_or_path": "some/model", "config": None}

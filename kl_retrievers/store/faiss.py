@@ -628,6 +628,8 @@ class KLStore(GaussianStore):
                         "the encoder config holds NaN or Infinity at %s; recorded as null in the store", found
                     )
             encoder_info = {"name_or_path": str(getattr(self.encoder, "name_or_path", "")), "config": cfg_dict}
+        elif self.saved_encoder:  # loaded without encoder=: the model it was saved with stays on record
+            encoder_info = {"name_or_path": self.saved_encoder, "config": None}
         return {
             "format": _format.FORMAT_NAME,
             "format_version": FORMAT_VERSION,
