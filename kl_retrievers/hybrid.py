@@ -1254,6 +1254,8 @@ class KLHybridStore:
                 raise TypeError(
                     f"texts[{j}] must be a str (BM25 indexes every document's text); got {type(text).__name__}"
                 )
+        if not text_list and gaussians is None and not ids and not metadatas:
+            return []  # nothing to add (and no model to load for it)
         tokens = [self._tokenizer(t) for t in text_list]
         encoder = self.encoder if gaussians is None and text_list else None  # a loaded store: its saved model
         if encoder is not None:  # encode before the lock: searches go on

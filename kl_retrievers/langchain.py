@@ -1615,7 +1615,10 @@ class _Unset(enum.Enum):
 
 _UNSET = _Unset.UNSET
 
-_MMR_HINT = "MMR is KLVectorStore.as_retriever(search_type='mmr', search_kwargs={'fetch_k': ..., 'lambda_mult': ...})"
+_MMR_HINT = (
+    "MMR is KLVectorStore.as_retriever(search_type='mmr', search_kwargs={'fetch_k': ..., 'lambda_mult': ...}) "
+    "(over a KLHybridStore, dense only: KLVectorStore(embedding, store=hybrid_store.kl))"
+)
 #: Options of LangChain's ``VectorStoreRetriever``, ``EnsembleRetriever`` and ``BM25Retriever`` that the
 #: retrievers here do not take, each with what to use instead (a swapped-in retriever must not ignore them).
 _FOREIGN_OPTIONS: dict[str, str] = {
@@ -1656,7 +1659,8 @@ def _check_search_type(value: Any, where: str) -> None:
         raise ValueError(
             f"{where} takes search_type='similarity' only; got {value!r}. For 'mmr' or "
             "'similarity_score_threshold' use KLVectorStore.as_retriever(search_type=..., search_kwargs=...) "
-            "(LangChain's VectorStoreRetriever; without this retriever's confidence and abstention)"
+            "(LangChain's VectorStoreRetriever; without this retriever's confidence and abstention; over a "
+            "KLHybridStore it is dense only: KLVectorStore(embedding, store=hybrid_store.kl).as_retriever(...))"
         )
 
 
@@ -1742,6 +1746,12 @@ class _ConfidenceRetriever(BaseRetriever):
         """The call's ``k``, filter and floor: an argument left out takes ``search_kwargs``' value, else the
         retriever's field; an explicit ``filter=None`` or ``min_confidence=None`` clears it for this call (as
         LangChain's ``VectorStoreRetriever`` merges per-call keywords over its ``search_kwargs``)."""
+        unknown = sorted(set(self.search_kwargs) - set(self.search_keys))  # also after an assignment
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}.search_kwargs holds {unknown}, which it does not take; it takes "
+                f"{', '.join(self.search_keys)}"
+            )
         kk = _check_k(self._default("k") if k is None else k)
         flt = self._default("filter") if filter is _UNSET else filter
         floor = self._default("min_confidence") if min_confidence is _UNSET else check_min_confidence(min_confidence)
@@ -2037,9 +2047,15 @@ class KLHybridRetriever(_ConfidenceRetriever):
         super().model_post_init(context)
         if not isinstance(self.store, KLHybridStore):
             raise TypeError(f"store must be a KLHybridStore; got {type(self.store).__name__}")
-        self.store.fusion.for_call(self.fusion, self.weight, self.normalization)
-        if {"fusion", "weight", "normalization"} & set(self.search_kwargs):
-            self.store.fusion.for_call(self._default("fusion"), self._default("weight"), self._default("normalization"))
+        # Checked as a call without per-call keywords would use them (search_kwargs before the fields). The
+        # field weight= is for convex calls only: refused with another fusion unless search_kwargs picks one.
+        fusion = self._default("fusion")
+        mode = fusion or self.store.fusion.mode
+        if mode == "convex" or "weight" in self.search_kwargs or "fusion" not in self.search_kwargs:
+            weight = self._default("weight")
+        else:
+            weight = None
+        self.store.fusion.for_call(fusion, weight, self._default("normalization"))
         # documents already in the store (loaded, or added with the core API) may use a score key: once per store
         self.store._warn_stored_reserved_keys("KLHybridRetriever (documents already stored)")
 

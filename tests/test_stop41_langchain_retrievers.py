@@ -29,7 +29,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
 from langchain_core.runnables import ConfigurableField, RunnableParallel
 
-from conftest import HYBRID_TEXTS, make_tiny_encoder
+from conftest import HYBRID_TEXTS, make_tiny_encoder, max_score_calibrator
 from kl_retrievers.langchain import KLEmbeddings, KLHybridRetriever, KLRetriever, KLVectorStore
 
 TEXTS = HYBRID_TEXTS
@@ -217,3 +217,32 @@ def test_async_stream_and_parallel_keep_per_call_settings(store: KLVectorStore, 
         return len(one), len(streamed[0]), [len(both["dense"]), len(both["hybrid"])]
 
     assert asyncio.run(run()) == (1, 2, [3, 3])
+
+
+# --------------------------------------------------------------------------- review fixes (stop 41)
+def test_hybrid_fusion_in_search_kwargs_is_checked_as_a_call_uses_it() -> None:
+    base = KLHybridRetriever.from_texts(TEXTS, KLEmbeddings(make_tiny_encoder()))
+    store = base.store
+    retriever = KLHybridRetriever(store=store, fusion="convex", weight=0.3, search_kwargs={"fusion": "rrf"})
+    assert retriever.invoke("cat")  # rrf: the convex field weight does not apply, as in invoke(q, fusion="rrf")
+    assert KLHybridRetriever(store=store, weight=0.3, search_kwargs={"fusion": "convex"}).invoke("cat")
+    with pytest.raises(ValueError, match="weight"):
+        KLHybridRetriever(store=store, fusion="rrf", weight=0.3)  # refused at construction, as before
+
+
+def test_search_kwargs_assigned_later_are_checked_at_the_call() -> None:
+    retriever = KLRetriever.from_texts(TEXTS, KLEmbeddings(make_tiny_encoder()))
+    retriever.search_kwargs = {"score_threshold": 0.9}
+    with pytest.raises(TypeError, match=r"search_kwargs holds \['score_threshold'\], which it does not take"):
+        retriever.invoke("cat")
+
+
+def test_min_confidence_in_search_kwargs_abstains() -> None:
+    retriever = KLRetriever.from_texts(
+        TEXTS,
+        KLEmbeddings(make_tiny_encoder()),
+        calibrator=max_score_calibrator(),
+        search_kwargs={"min_confidence": 1.0},
+    )
+    assert retriever.invoke("cat") == []  # a floor of 1.0 is never reached
+    assert retriever.invoke("cat", min_confidence=None)  # a per-call None clears it

@@ -77,5 +77,6 @@ def test_a_store_saved_again_without_its_encoder_keeps_the_saved_model_name(tmp_
     assert loaded.encoder is None and loaded.saved_encoder == "some/model"
     loaded.save(tmp_path / "two")  # before any text search loaded a model
     assert KLStore.load(tmp_path / "two").saved_encoder == "some/model"
-    config = json.loads((tmp_path / "two" / "config.json").read_text(encoding="utf-8"))
-    assert config["encoder"] == {"name_or_path": "some/model", "config": None}
+    first = json.loads((tmp_path / "one" / "config.json").read_text(encoding="utf-8"))["encoder"]
+    again = json.loads((tmp_path / "two" / "config.json").read_text(encoding="utf-8"))["encoder"]
+    assert again == first and first["name_or_path"] == "some/model" and first["config"]  # the whole record

@@ -347,6 +347,7 @@ class KLStore(GaussianStore):
         self.encoder = encoder
         #: The encoder a loaded store was saved with (its ``name_or_path``; ``None``: not recorded, or not loaded).
         self.saved_encoder: str | None = None
+        self._saved_encoder_record: dict[str, Any] | None = None  # config.json's encoder record, as loaded
         #: Bumped by every add, upsert and delete (what a wrapper caching something about the documents checks).
         self.write_count = 0
         self.index_type = index_type
@@ -628,8 +629,12 @@ class KLStore(GaussianStore):
                         "the encoder config holds NaN or Infinity at %s; recorded as null in the store", found
                     )
             encoder_info = {"name_or_path": str(getattr(self.encoder, "name_or_path", "")), "config": cfg_dict}
-        elif self.saved_encoder:  # loaded without encoder=: the model it was saved with stays on record
-            encoder_info = {"name_or_path": self.saved_encoder, "config": None}
+        elif self.saved_encoder:  # loaded without encoder=: the record of the model it was saved with stays
+            record = self._saved_encoder_record
+            if isinstance(record, dict) and record.get("name_or_path") == self.saved_encoder:
+                encoder_info = dict(record)
+            else:
+                encoder_info = {"name_or_path": self.saved_encoder, "config": None}
         return {
             "format": _format.FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -778,6 +783,7 @@ class KLStore(GaussianStore):
         saved = (config["encoder"] or {}).get("name_or_path")
         now = str(getattr(encoder, "name_or_path", "")) if encoder is not None else ""
         store.saved_encoder = saved if isinstance(saved, str) and saved else None
+        store._saved_encoder_record = config["encoder"]  # written back by a save without an encoder
         if saved and now and saved != now:
             logger.warning("store was built with encoder %r but is loaded with %r", saved, now)
         enc_dim = getattr(getattr(encoder, "config", None), "dim", None)
