@@ -1055,8 +1055,6 @@ class KLHybridStore:
         if encoder is not None and kl_store is not None:
             self._kl.encoder = encoder
         self._lock = _RWLock()  # searches share it; add, upsert and delete take it alone
-        self._encoder_lock = threading.Lock()  # one thread loads the saved model (see _saved_encoder)
-        self._saved_encoder_error: str | None = None  # why loading it failed (not retried)
         self._build_lock = threading.Lock()  # one reader rebuilds a stale BM25 index, the others wait for it
         self._bm25 = _BM25Half(self._tokenizer, self.k1, self.b)
         self._reserved_warned = False  # see _warn_reserved_keys: one warning per store
@@ -1127,37 +1125,13 @@ class KLHybridStore:
 
     def _saved_encoder(self) -> Any | None:
         """Load the encoder the store was saved with, by name, once (``None`` when it records none)."""
-        name = self._kl.saved_encoder
-        if not (isinstance(name, str) and name):
-            return None
-        with self._encoder_lock:
-            if self._kl.encoder is None:
-                if self._saved_encoder_error is not None:  # failed once: not retried (a hub lookup, each time)
-                    raise ValueError(self._saved_encoder_error)
-                from kl_retrievers.pretrained import load_model
-
-                logger.info("loading the encoder %r this hybrid store was saved with, to encode text", name)
-                problem = None
-                try:
-                    encoder = load_model(name)
-                except Exception as exc:
-                    problem = f"loading the model it was saved with, {name!r}, failed ({exc})"
-                else:
-                    dim = getattr(getattr(encoder, "config", None), "dim", None)
-                    if self._kl.dim is not None and isinstance(dim, int) and dim != self._kl.dim:
-                        problem = (
-                            f"it was saved with {name!r}, which now gives Gaussians of dimension {dim}; its "
-                            f"documents have dimension {self._kl.dim}"
-                        )
-                if problem is not None:
-                    self._saved_encoder_error = (
-                        f"this KLHybridStore has no encoder to encode text, and {problem}: pass encoder= to "
-                        "KLHybridStore.load (or to LlamaIndex's KLHybridRetriever.from_defaults), or give Gaussians "
-                        "(query_gaussians= to search, gaussians= to add)"
-                    )
-                    raise ValueError(self._saved_encoder_error)
-                self._kl.encoder = encoder
-            return self._kl.encoder
+        try:
+            return self._kl._load_saved_encoder()
+        except ValueError as exc:
+            raise ValueError(
+                f"{exc}: pass encoder= to KLHybridStore.load (or to LlamaIndex's KLHybridRetriever.from_defaults), "
+                "or give Gaussians (query_gaussians= to search, gaussians= to add)"
+            ) from None
 
     @property
     def ids(self) -> list[str]:

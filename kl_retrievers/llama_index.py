@@ -1330,8 +1330,6 @@ class KLVectorStore(BasePydanticVectorStore):
     # otherwise (see _stored_non_text_ids).
     _non_text: tuple[int, frozenset[str]] | None = PrivateAttr(default=None)
     _non_text_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    _encoder_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    _saved_encoder_error: str | None = PrivateAttr(default=None)
 
     def __init__(
         self,
@@ -1647,36 +1645,13 @@ class KLVectorStore(BasePydanticVectorStore):
         its retrievers pass only the query string, which the model the store was saved with encodes
         (as LangChain's ``load_local`` loads that model).
         """
-        name = getattr(self._store, "saved_encoder", None)
-        if not (isinstance(name, str) and name):
-            return None
-        with self._encoder_lock:
-            if self._store.encoder is None:
-                if self._saved_encoder_error is not None:  # failed once: not retried (a hub lookup, each time)
-                    raise ValueError(self._saved_encoder_error)
-                from kl_retrievers.pretrained import load_model
-
-                logger.info("loading the encoder %r this store was saved with, to encode text", name)
-                problem = None
-                try:
-                    encoder = load_model(name)
-                except Exception as exc:
-                    problem = f"loading the model it was saved with, {name!r}, failed ({exc})"
-                else:
-                    dim = getattr(getattr(encoder, "config", None), "dim", None)
-                    if self._store.dim is not None and dim is not None and dim != self._store.dim:
-                        problem = (
-                            f"it was saved with {name!r}, which now gives Gaussians of dimension {dim}; its "
-                            f"documents have dimension {self._store.dim}"
-                        )
-                if problem is not None:
-                    self._saved_encoder_error = (
-                        f"this KLVectorStore has no encoder to encode text, and {problem}: pass encoder= to "
-                        "KLVectorStore.from_persist_dir / from_persist_path"
-                    )
-                    raise ValueError(self._saved_encoder_error)
-                self._store.encoder = encoder
+        load = getattr(self._store, "_load_saved_encoder", None)  # KLStore's; another store keeps what it has
+        if load is None:
             return self._store.encoder
+        try:
+            return load()
+        except ValueError as exc:
+            raise ValueError(f"{exc}: pass encoder= to KLVectorStore.from_persist_dir / from_persist_path") from None
 
     def _query_gaussian(self, query: VectorStoreQuery) -> Gaussians:
         if query.query_embedding is not None:

@@ -65,6 +65,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Mapping
 from itertools import compress
 from pathlib import Path
@@ -348,6 +349,8 @@ class KLStore(GaussianStore):
         #: The encoder a loaded store was saved with (its ``name_or_path``; ``None``: not recorded, or not loaded).
         self.saved_encoder: str | None = None
         self._saved_encoder_record: dict[str, Any] | None = None  # config.json's encoder record, as loaded
+        self._saved_encoder_lock = threading.Lock()  # one thread loads the saved model (_load_saved_encoder)
+        self._saved_encoder_problem: str | None = None  # why loading it failed (not retried)
         #: Bumped by every add, upsert and delete (what a wrapper caching something about the documents checks).
         self.write_count = 0
         self.index_type = index_type
@@ -611,6 +614,46 @@ class KLStore(GaussianStore):
                 ids.append([row_ids[r] for r in rows_q[keep].tolist()])
                 score_lists.append(np.asarray(scores_q[keep], dtype=np.float64))
             return _TopIds(ids, score_lists, live_ids, allowed)
+
+    def _load_saved_encoder(self) -> Any | None:
+        """The encoder; for a store loaded without one, the model it was saved with, loaded by name once.
+
+        ``None`` when there is no encoder and none is recorded. Used by the adapters and the hybrid store
+        when they have text to encode; the caller adds what to pass instead to the error.
+
+        Raises:
+            ValueError: Loading the saved model failed (kept: later calls raise it again without retrying, a
+                hub lookup each time otherwise), or it gives Gaussians of another dimension than the documents.
+        """
+        if self.encoder is not None:
+            return self.encoder
+        name = self.saved_encoder
+        if not name:
+            return None
+        with self._saved_encoder_lock:
+            if self.encoder is None:
+                if self._saved_encoder_problem is not None:
+                    raise ValueError(self._saved_encoder_problem)
+                from kl_retrievers.pretrained import load_model
+
+                logger.info("loading the encoder %r this store was saved with, to encode text", name)
+                problem = None
+                try:
+                    encoder = load_model(name)
+                except Exception as exc:
+                    problem = f"loading the model it was saved with, {name!r}, failed ({exc})"
+                else:
+                    dim = getattr(getattr(encoder, "config", None), "dim", None)
+                    if self._dim is not None and isinstance(dim, int) and dim != self._dim:
+                        problem = (
+                            f"it was saved with {name!r}, which now gives Gaussians of dimension {dim}; its "
+                            f"documents have dimension {self._dim}"
+                        )
+                if problem is not None:
+                    self._saved_encoder_problem = f"this store has no encoder to encode text, and {problem}"
+                    raise ValueError(self._saved_encoder_problem)
+                self.encoder = encoder
+        return self.encoder
 
     # ------------------------------------------------------------ persistence
     def _config(self) -> dict[str, Any]:
