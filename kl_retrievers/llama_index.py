@@ -481,22 +481,13 @@ def _compile_filters(filters: MetadataFilters) -> Predicate:
             raise ValueError(f"filters must hold MetadataFilter or MetadataFilters; got {type(f).__name__}")
     checks = tuple(parts)
     if condition == "and":
-        if len(checks) == 1:  # the common case, called once per stored document: no wrapper
-            return checks[0]
-
-        def every(m: Mapping[str, Any]) -> bool:
-            for check in checks:  # noqa: SIM110 - a plain loop: all(generator) costs more per document
-                if not check(m):
-                    return False
-            return True
-
-        return every
+        return _all_of(checks)
     if condition == "or":
         if not checks:
             return lambda m: True
 
         def some(m: Mapping[str, Any]) -> bool:
-            for check in checks:  # noqa: SIM110 - as above
+            for check in checks:  # noqa: SIM110 - a plain loop, as in _all_of
                 if check(m):
                     return True
             return False
@@ -545,13 +536,11 @@ def metadata_filters_to_predicate(filters: MetadataFilters | None) -> Predicate 
     return _compile_filters(filters)
 
 
-def _and(*preds: Predicate | None) -> Predicate | None:
-    active = [p for p in preds if p is not None]
-    if not active:
-        return None
-    if len(active) == 1:
-        return active[0]
-    checks = tuple(active)
+def _all_of(checks: Sequence[Predicate]) -> Predicate:
+    """True where every check is (none: always); one check is returned as is, with no wrapper around it."""
+    if len(checks) == 1:  # the common case, called once per stored document
+        return checks[0]
+    checks = tuple(checks)
 
     def every(m: Mapping[str, Any]) -> bool:
         for check in checks:  # noqa: SIM110 - a plain loop: all(generator) costs more per document
@@ -560,6 +549,11 @@ def _and(*preds: Predicate | None) -> Predicate | None:
         return True
 
     return every
+
+
+def _and(*preds: Predicate | None) -> Predicate | None:
+    active = [p for p in preds if p is not None]
+    return _all_of(active) if active else None
 
 
 def _check_top_k(k: Any) -> int:
