@@ -581,6 +581,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sample = QUICK_TRAIN if args.quick else None
     train = exp.run("train", args.seed, sample=sample, hybrid=args.hybrid)
     held = exp.run("held_out", args.seed, hybrid=args.hybrid)
+    from kl_retrievers.hybrid import DEFAULT_STEMMER
+
     record: dict[str, Any] = {
         "benchmark": "abstention",
         "command": shlex.join(["python", "benchmarks/abstention.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -594,6 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "command": exp.hybrid_cal.info.get("command") if exp.hybrid_cal else None,
             "shipped_threshold": hybrid_threshold,
         },
+        "bm25_stemmer": DEFAULT_STEMMER if args.hybrid else None,  # KLHybridStore's default (none before stop 42)
         "held_out_articles": exp.held_articles,
         "min_answered": args.min_answered,
         "quick": args.quick,

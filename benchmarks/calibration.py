@@ -576,6 +576,7 @@ def cmd_hybrid_dump(args: argparse.Namespace) -> None:
         meta = {
             "model": MODEL, "encoder": backend, "backend": args.backend, "fingerprint": fingerprint,
             "set": spec, "queries": len(rows), "fusion": "adaptive", "candidates": store.fusion.candidates,
+            "stemmer": store.stemmer,
             "p@1": float(np.mean([r["top1_relevant"] for r in rows.values()])), "features": list(HYBRID_FEATURES),
             "seconds": round(time.perf_counter() - t0, 1), **provenance(),
         }  # fmt: skip

@@ -50,6 +50,7 @@ import numpy as np
 from kl_retrievers.datasets import BeirDataset, load_beir
 from kl_retrievers.hybrid import (
     ADAPTIVE_PARAMS_PATH,
+    DEFAULT_STEMMER,
     SIGNALS,
     AdaptiveParams,
     Candidates,
@@ -125,7 +126,15 @@ def load_encoder(name: str, threads: int) -> Any:
 class Prepared:
     """A split's hybrid store (over its corpus), its query Gaussians and every query's candidates."""
 
-    def __init__(self, encoder: Any, ds: BeirDataset, *, adaptive: AdaptiveParams | None, store: Any = None) -> None:
+    def __init__(
+        self,
+        encoder: Any,
+        ds: BeirDataset,
+        *,
+        adaptive: AdaptiveParams | None,
+        store: Any = None,
+        stemmer: str | None = DEFAULT_STEMMER,
+    ) -> None:
         from kl_retrievers.evaluation import encode_dataset
 
         t0 = time.perf_counter()
@@ -133,7 +142,8 @@ class Prepared:
         self.encode_s = time.perf_counter() - t0
         self.ds, self.q = ds, q
         if store is None:
-            store = KLHybridStore(encoder, fusion="adaptive" if adaptive else "rrf", adaptive_params=adaptive)
+            fusion = "adaptive" if adaptive else "rrf"
+            store = KLHybridStore(encoder, fusion=fusion, adaptive_params=adaptive, stemmer=stemmer)
             store.add(ds.document_texts(), gaussians=d, ids=ds.doc_ids)
         self.store = store
         t0 = time.perf_counter()
@@ -223,7 +233,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     encoder = load_encoder(args.model, args.threads)
     groups: dict[str, tuple[list[Candidates], list[dict[str, int]]]] = {}
     for spec in TRAIN_SETS:
-        prep = Prepared(encoder, load_split(spec), adaptive=None)
+        prep = Prepared(encoder, load_split(spec), adaptive=None, stemmer=args.stemmer)
         groups[spec] = (prep.candidates, prep.qrels)
     grid = np.linspace(0.0, 1.0, GRID_SIZE)
     curves = {
@@ -286,6 +296,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
         "params_sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
         "normalization": norm,
         "variant": chosen,
+        "stemmer": args.stemmer,
         "cv": cv,
         "train": {
             k: params.info[k] for k in ("train_ndcg@10_adaptive", "train_ndcg@10_best_fixed", "best_fixed_weight")
@@ -371,7 +382,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if params.model and params.model != args.model:
         logger.warning("adaptive parameters fitted for %s, evaluated with %s", params.model, args.model)
     # the fixed convex weight, chosen on SciFact TRAIN
-    sci_train = Prepared(encoder, load_split("scifact:train"), adaptive=params)
+    sci_train = Prepared(encoder, load_split("scifact:train"), adaptive=params, stemmer=args.stemmer)
     fixed = best_fixed_convex(sci_train)
     print(
         f"best fixed convex on scifact:train: weight {fixed['weight']:.2f}, {fixed['normalization']} "
@@ -395,7 +406,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         if name == "scifact":  # the same corpus: reuse the store built for the train queries
             prep = Prepared(encoder, ds, adaptive=params, store=sci_train.store)
         else:
-            prep = Prepared(encoder, ds, adaptive=params)
+            prep = Prepared(encoder, ds, adaptive=params, stemmer=args.stemmer)
         res = evaluate_systems(prep, systems)
         nd = {s: res[s]["aggregate"]["ndcg@10"] for s in systems}
         better = "bm25" if nd["bm25"] >= nd["dense"] else "dense"
@@ -486,6 +497,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         "fixed_convex_scifact_train": {k: v for k, v in fixed.items() if k != "ndcg@10_by_weight"},
         "rrf_k": 60,
         "candidates": DEPTH,
+        "stemmer": args.stemmer,
         "collections": rows,
         "mean_ndcg@10": {s: round(v, 6) for s, v in means.items()},
         "summary": {
@@ -522,6 +534,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collections", nargs="+", default=list(COLLECTIONS), choices=COLLECTIONS)
     p.add_argument("--params", default=str(ADAPTIVE_PARAMS_PATH), help="adaptive parameters to evaluate")
     p.add_argument("--params-out", default=str(ADAPTIVE_PARAMS_PATH), help="where --fit writes them")
+    p.add_argument(
+        "--stemmer",
+        type=lambda v: None if v.strip().lower() == "none" else v,
+        default=DEFAULT_STEMMER,
+        help=f"PyStemmer language of the BM25 half, or none (KLHybridStore's stemmer; default {DEFAULT_STEMMER}; "
+        "log lines without a stemmer, before stop 42, were not stemmed)",
+    )
     p.add_argument("--restarts", type=int, default=8, help="optimiser starts of --fit")
     p.add_argument("--l2", type=float, default=1e-3, help="penalty on the coefficients of --fit")
     p.add_argument("--latency-queries", type=int, default=None, help="queries timed per collection, search alone")

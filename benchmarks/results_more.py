@@ -164,11 +164,16 @@ def bundled_models_section(
 
 
 def hybrid_section(root: Path, collections: Mapping[str, str]) -> list[str]:
-    """The newest ``benchmarks/hybrid.py`` test run of each (model, adaptive parameters), every system."""
-    newest: dict[tuple[str, str], dict[str, Any]] = {}
+    """The newest ``benchmarks/hybrid.py`` test run of each (model, adaptive parameters, BM25 stemmer), every system.
+
+    A line without ``stemmer`` (before stop 42) was run unstemmed; the newest runs come first.
+    """
+    newest: dict[tuple[str, str, str | None], dict[str, Any]] = {}
     for rec in _read(root / HYBRID_LOG):
         if rec.get("benchmark") == "hybrid" and rec.get("split", SPLIT) == SPLIT:
-            newest[(rec["model"], rec["adaptive_params"]["file"])] = rec
+            key = (rec["model"], rec["adaptive_params"]["file"], rec.get("stemmer"))
+            newest.pop(key, None)
+            newest[key] = rec
     out = [
         "## Hybrid retrieval: BM25 + -KL (test splits)",
         "",
@@ -178,7 +183,7 @@ def hybrid_section(root: Path, collections: Mapping[str, str]) -> list[str]:
         "data only; p: paired t-test of adaptive against the fixed convex weight.",
         "",
     ]
-    for (model, params), rec in newest.items():
+    for (model, params, stemmer), rec in reversed(newest.items()):
         fixed = rec["fixed_convex_scifact_train"]
         rows = []
         for coll, label in collections.items():
@@ -190,7 +195,9 @@ def hybrid_section(root: Path, collections: Mapping[str, str]) -> list[str]:
         means = rec["mean_ndcg@10"]
         rows.append(["mean of the 4", *(f"{means[s]:.4f}" for s in ("bm25", "dense", "rrf", "convex", "adaptive")), ""])
         out += [
-            f"**`{model}`**, adaptive parameters `{params}`, convex {fixed['weight']:.2f} {fixed['normalization']}:",
+            f"**`{model}`**, BM25 {'stemmed (' + stemmer + ')' if stemmer else 'not stemmed'}, adaptive parameters "
+            f"`{params}` (sha256 {rec['adaptive_params']['sha256'][:10]}), convex {fixed['weight']:.2f} "
+            f"{fixed['normalization']}:",
             "",
             *_table(["data", "BM25", "dense (-KL)", "RRF", "convex", "adaptive", "p (convex)"], rows),
             "",

@@ -584,23 +584,12 @@ def _torch_installed() -> bool:
 def _recorded_backend(encoder_info: Any) -> str | None:
     """The backend (``"torch"`` / ``"onnx"``) a store's encoder ran on, from its config.json, else ``None``.
 
-    An ONNX encoder's config records ``backend: "onnx"``; a torch encoder's config records no backend,
-    so a recorded encoder config without one was built with torch. When torch is not installed, the
-    queries go to the library's default backend, with a warning (scores can differ slightly).
+    :func:`kl_retrievers.store.faiss._recorded_backend` (which the store's own lazy loader uses too), with
+    this module's torch check and a warning that names ``--model-backend``.
     """
-    cfg = encoder_info.get("config") if isinstance(encoder_info, dict) else None
-    if not isinstance(cfg, dict):
-        return None
-    backend = cfg.get("backend", "torch")
-    if backend not in ("torch", "onnx"):
-        return None
-    if backend == "torch" and not _torch_installed():
-        logger.warning(
-            "the store was built with the torch backend, which is not installed; encoding queries on the "
-            "library's default backend instead (scores can differ slightly; pass --model-backend to choose)"
-        )
-        return None
-    return str(backend)
+    from kl_retrievers.store.faiss import _recorded_backend as recorded
+
+    return recorded(encoder_info, torch_installed=_torch_installed, hint="pass --model-backend to choose")
 
 
 # ---------------------------------------------------------------- evaluate / train / main

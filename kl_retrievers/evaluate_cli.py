@@ -142,6 +142,13 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         help="score normalisation of --hybrid convex (default: minmax)",
     )
     p.add_argument(
+        "--hybrid-stemmer",
+        default=None,
+        metavar="LANG",
+        help="PyStemmer language of the hybrid's BM25 tokens, or none (default: the store's, english; the "
+        "--baseline bm25 tokens are never stemmed)",
+    )
+    p.add_argument(
         "--hybrid-candidates",
         type=positive_int,
         default=100,
@@ -261,6 +268,13 @@ def _print_table(summary: Mapping[str, Any], metrics: Iterable[str], compare: Ma
             )
 
 
+def _stemmer_option(value: str | None) -> dict[str, Any]:
+    """``KLHybridStore``'s ``stemmer`` keyword for ``--hybrid-stemmer`` (nothing given: the store's default)."""
+    if value is None:
+        return {}
+    return {"stemmer": None if value.strip().lower() == "none" else value}
+
+
 def _hybrid_option_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the combination of ``--hybrid`` options (``None``: nothing)."""
     mode = getattr(args, "hybrid", None)
@@ -272,7 +286,10 @@ def _hybrid_option_problem(args: argparse.Namespace) -> str | None:
         )
         if value is not None
     ]
+    stemmer = getattr(args, "hybrid_stemmer", None)
     if mode is None:
+        if stemmer is not None:
+            return "--hybrid-stemmer needs --hybrid (the --baseline bm25 tokens are never stemmed)"
         return f"{' and '.join(convex_only)} need --hybrid convex" if convex_only else None
     if mode not in HYBRID_MODES:
         return f"unknown fusion mode {mode!r}; allowed modes: {', '.join(HYBRID_MODES)}"
@@ -282,6 +299,13 @@ def _hybrid_option_problem(args: argparse.Namespace) -> str | None:
         return "--means-only applies to the -KL ranking alone, not to --hybrid"
     if mode != "convex" and convex_only:
         return f"{' and '.join(convex_only)} apply to --hybrid convex only; got --hybrid {mode}"
+    if stemmer is not None and stemmer.strip().lower() != "none":
+        from kl_retrievers.hybrid import _check_stemmer
+
+        try:
+            _check_stemmer(stemmer)
+        except (ImportError, ValueError) as exc:
+            return f"--hybrid-stemmer: {exc}"
     return None
 
 
@@ -370,6 +394,7 @@ def _evaluate_hybrid(
         weight=0.5 if args.hybrid_weight is None else args.hybrid_weight,
         normalization=args.hybrid_normalization or "minmax",
         candidates=args.hybrid_candidates,
+        **_stemmer_option(getattr(args, "hybrid_stemmer", None)),
     )
     if args.hybrid == "adaptive":
         store.adaptive_params()  # the model's own weights, else the default model's (warns for another model)
@@ -398,7 +423,7 @@ def _evaluate_hybrid(
     info: dict[str, Any] = {
         "score": "hybrid",
         "fusion": args.hybrid,
-        "hybrid": {**fusion, "bm25": {"k1": store.k1, "b": store.b}},
+        "hybrid": {**fusion, "bm25": {"k1": store.k1, "b": store.b, "stemmer": store.stemmer}},
         "encode_s": round(t1 - t0, 2),
         "retrieve_s": round(t2 - t1, 2),
     }

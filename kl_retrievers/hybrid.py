@@ -85,6 +85,7 @@ __all__ = [
     "ADAPTIVE_PARAMS_PATH",
     "BM25_TOKEN_PATTERN",
     "DEFAULT_CANDIDATES",
+    "DEFAULT_STEMMER",
     "FUSION_MODES",
     "NORMALIZATIONS",
     "RRF_K",
@@ -111,6 +112,10 @@ NORMALIZATIONS: tuple[str, ...] = ("minmax", "zscore")
 RRF_K = 60
 #: Documents taken from each half per query before fusion.
 DEFAULT_CANDIDATES = 100
+#: The BM25 half's stemmer (PyStemmer's English Snowball stemmer), chosen on training data (stop 42: BM25 and the
+#: adaptive fusion gain on every training set; docs/research-notes.md). A save from before the option records
+#: none and loads unstemmed.
+DEFAULT_STEMMER = "english"
 #: The BM25 baseline's tokens (kl_retrievers.baselines.BM25_TOKEN_PATTERN): one-character tokens kept.
 BM25_TOKEN_PATTERN = r"(?u)\b\w+\b"
 #: Per-query signals the adaptive weight reads (see :func:`query_signals`).
@@ -130,7 +135,9 @@ ADAPTIVE_PARAMS_PATH = Path(__file__).resolve().parent / "data" / "hybrid_adapti
 #: win over the default model's for an encoder of that model.
 ADAPTIVE_PARAMS_FILE = "hybrid_adaptive.json"
 
-FORMAT_VERSION = 1
+#: 2: ``bm25.stemmer`` is set (a release that reads only 1 would ignore it and search unstemmed);
+#: a save without a stemmer still writes 1, which every release reads.
+FORMAT_VERSION = 2
 _FORMAT_NAME = "kl-retrievers/hybrid"
 _ADAPTIVE_FORMAT = "kl-retrievers/hybrid-adaptive"
 _CONFIG = "hybrid.json"
@@ -644,31 +651,94 @@ def _stopword_list(stopwords: str | Sequence[str] | None) -> list[str]:
     return words
 
 
-class _Tokenizer:
-    """bm25s' tokenisation (lower-case, regex tokens, stop words dropped), without its per-call overhead."""
+def _check_stemmer(stemmer: Any) -> str | None:
+    """``stemmer`` checked: ``None`` or a PyStemmer language name (a bad one fails now, not at the first add).
 
-    def __init__(self, stopwords: str | Sequence[str] | None, token_pattern: str) -> None:
+    Raises:
+        TypeError: Not a string or ``None``.
+        ImportError: A language is named but PyStemmer is not installed (naming the extra that installs it).
+        ValueError: Not one of ``Stemmer.algorithms()`` (the message lists them).
+    """
+    if stemmer is None:
+        return None
+    if not isinstance(stemmer, str):
+        raise TypeError(f"stemmer must be a PyStemmer language name (e.g. 'english') or None; got {stemmer!r}")
+    try:
+        import Stemmer
+    except ImportError:
+        raise ImportError(
+            f"stemmer={stemmer!r} needs PyStemmer, which the core install of kl-retrievers leaves out; install it "
+            'with: pip install "kl-retrievers[hybrid]" (or pip install PyStemmer)'
+        ) from None
+    allowed = sorted(Stemmer.algorithms())
+    name = stemmer.strip().lower()  # 'English' is 'english'
+    if name not in allowed:
+        raise ValueError(
+            f"stemmer {stemmer!r} is not a PyStemmer language; allowed: {', '.join(allowed)}, by its full name (ISO "
+            "codes such as 'en' are not taken), or None: no stemming"
+        )
+    return name
+
+
+class _Tokenizer:
+    """bm25s' tokenisation (lower-case, regex tokens, stop words dropped, then stemmed when a stemmer is set).
+
+    The same object tokenises the corpus (add, upsert, a loaded store's texts) and the queries (BM25
+    scores and the ``bm25_matched`` / ``bm25_coverage`` signals), so both sides always agree.
+    """
+
+    def __init__(self, stopwords: str | Sequence[str] | None, token_pattern: str, stemmer: str | None = None) -> None:
         self.stopwords_spec: Any = stopwords if stopwords is None or isinstance(stopwords, str) else list(stopwords)
         self.token_pattern = token_pattern
+        self.stemmer = _check_stemmer(stemmer)
         try:
             self._split = re.compile(token_pattern).findall
         except re.error as exc:
             raise ValueError(f"token_pattern {token_pattern!r} is not a valid regular expression: {exc}") from None
         self._stop: frozenset[str] | None = None
+        # one PyStemmer object per thread (they are not thread-safe), made at the first use: a tokenizer
+        # without a stemmer holds no thread-local (it copies and pickles as before)
+        self._local: threading.local | None = None
+
+    def _stem_words(self) -> Callable[[list[str]], list[str]]:
+        local = self._local
+        if local is None:
+            local = self._local = threading.local()
+        stem = getattr(local, "stem", None)
+        if stem is None:
+            import Stemmer
+
+            stem = local.stem = Stemmer.Stemmer(self.stemmer).stemWords
+        return stem  # type: ignore[no-any-return]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_local"] = None  # the per-thread stemmers are made again where they are used
+        state.pop("_split", None)  # a compiled pattern's bound method: rebuilt from token_pattern
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._split = re.compile(self.token_pattern).findall
 
     def __call__(self, text: str) -> list[str]:
         if self._stop is None:
             self._stop = frozenset(_stopword_list(self.stopwords_spec))
         stop = self._stop
-        return [t for t in self._split(text.lower()) if t and t not in stop]
+        tokens = [t for t in self._split(text.lower()) if t and t not in stop]
+        if self.stemmer is not None and tokens:  # as bm25s.tokenize: stop words go first, then the stemmer
+            tokens = self._stem_words()(tokens)
+        return tokens
 
 
-def _bm25_settings(k1: Any, b: Any, stopwords: Any, token_pattern: Any) -> tuple[float, float, _Tokenizer]:
+def _bm25_settings(
+    k1: Any, b: Any, stopwords: Any, token_pattern: Any, stemmer: Any = None
+) -> tuple[float, float, _Tokenizer]:
     """``k1``, ``b`` and the tokenizer, each checked (a bad value fails now, not at the first add)."""
     k1 = _check_positive(k1, "k1", integer=False)
     if not _is_real(b) or not 0.0 <= float(b) <= 1.0:
         raise ValueError(f"b must be a number in [0, 1]; got {b!r}")
-    tokenizer = _Tokenizer(stopwords, token_pattern)
+    tokenizer = _Tokenizer(stopwords, token_pattern, stemmer)
     _stopword_list(stopwords)
     return float(k1), float(b), tokenizer
 
@@ -1010,12 +1080,19 @@ class KLHybridStore:
         b: BM25 ``b``.
         stopwords: ``"english"`` (bm25s' list), a list of words, or ``None``.
         token_pattern: Regular expression of a token (text is lower-cased first).
+        stemmer: A PyStemmer language (default :data:`DEFAULT_STEMMER`, ``"english"``; see
+            ``Stemmer.algorithms()``) stemming every token after the stop words are dropped, for the
+            documents and the queries alike (saved with the store); ``None``: no stemming (the BM25
+            baseline's tokens, and every hybrid store saved before stop 42). Needs ``PyStemmer``
+            (the ``hybrid`` extra).
         kl_store: An existing (possibly filled) KLStore to use as the KL half; its texts are
             indexed by BM25, so every document needs one. Mutate it only through this object.
         **kl_options: Options of a new :class:`KLStore` (``index_type``, ...), when ``kl_store`` is not given.
 
     Raises:
-        ValueError: A bad fusion setting, naming the value and what is allowed.
+        ValueError: A bad fusion setting or an unknown ``stemmer`` language, naming the value and what
+            is allowed.
+        ImportError: ``stemmer`` is set and PyStemmer is not installed.
 
     Examples:
         >>> KLHybridStore(fusion="convex", weight=2.0)
@@ -1037,12 +1114,13 @@ class KLHybridStore:
         b: float = 0.4,
         stopwords: str | Sequence[str] | None = "english",
         token_pattern: str = BM25_TOKEN_PATTERN,
+        stemmer: str | None = DEFAULT_STEMMER,
         kl_store: KLStore | None = None,
         **kl_options: Any,
     ) -> None:
         require_modules("KLHybridStore's BM25 half", ["bm25s"], "hybrid")
         self.fusion = FusionConfig(fusion, weight, normalization, rrf_k, candidates)
-        self.k1, self.b, self._tokenizer = _bm25_settings(k1, b, stopwords, token_pattern)
+        self.k1, self.b, self._tokenizer = _bm25_settings(k1, b, stopwords, token_pattern, stemmer)
         if adaptive_params is not None and not isinstance(adaptive_params, AdaptiveParams):
             adaptive_params = AdaptiveParams.load(adaptive_params)
         self._adaptive = adaptive_params
@@ -1117,6 +1195,11 @@ class KLHybridStore:
         """
         encoder = self._kl.encoder
         return encoder if encoder is not None else self._saved_encoder()
+
+    @property
+    def stemmer(self) -> str | None:
+        """The PyStemmer language of the BM25 tokens (``None``: not stemmed); see the ``stemmer`` argument."""
+        return self._tokenizer.stemmer
 
     @property
     def saved_encoder(self) -> str | None:
@@ -1650,7 +1733,7 @@ class KLHybridStore:
         adaptive = self._adaptive.to_dict() if self._adaptive_given and self._adaptive is not None else None
         return {
             "format": _FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if self._tokenizer.stemmer is not None else 1,
             "library_version": library_version(),
             "score": {
                 "name": f"fused_{self.fusion.mode}",
@@ -1669,6 +1752,7 @@ class KLHybridStore:
                 "b": self.b,
                 "stopwords": self._tokenizer.stopwords_spec,
                 "token_pattern": self._tokenizer.token_pattern,
+                "stemmer": self._tokenizer.stemmer,
                 "lower": True,
             },
         }
@@ -1799,7 +1883,7 @@ class KLHybridStore:
             if not (folder / sub).is_dir():
                 raise HybridFormatError(f"{folder}: the {sub}/ half is missing")
         kl = KLStore.load(folder / _KL_DIR, encoder=encoder, mmap=mmap, verify_checksums=verify_checksums)
-        tokenizer = _Tokenizer(bm25_cfg["stopwords"], bm25_cfg["token_pattern"])
+        tokenizer = _Tokenizer(bm25_cfg["stopwords"], bm25_cfg["token_pattern"], bm25_cfg.get("stemmer"))
         half = _BM25Half.load(
             folder / _BM25_DIR, tokenizer, bm25_cfg["k1"], bm25_cfg["b"], indexed=config["bm25_indexed"], mmap=mmap
         )
@@ -1837,6 +1921,7 @@ class KLHybridStore:
             b=bm25_cfg["b"],
             stopwords=bm25_cfg["stopwords"],
             token_pattern=bm25_cfg["token_pattern"],
+            stemmer=bm25_cfg.get("stemmer"),  # a save from before the option has none: no stemming
         )
         store._kl = kl
         half.metas = {d.id: d.metadata for d in kl.get_by_ids(half.ids)}
@@ -1935,7 +2020,7 @@ def _read_config(cfg_path: Path) -> dict[str, Any]:
         if key not in bm25:
             raise HybridFormatError(f"{cfg_path}: field 'bm25' lacks {key!r}")
     try:  # the values, checked as the constructor checks them, before either half is read
-        _bm25_settings(bm25["k1"], bm25["b"], bm25["stopwords"], bm25["token_pattern"])
+        _bm25_settings(bm25["k1"], bm25["b"], bm25["stopwords"], bm25["token_pattern"], bm25.get("stemmer"))
     except (TypeError, ValueError) as exc:
         raise HybridFormatError(f"{cfg_path}: field 'bm25' holds an invalid value: {exc}") from None
     if config["adaptive"]:

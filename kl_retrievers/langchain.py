@@ -795,15 +795,34 @@ class KLVectorStore(VectorStore):
         if self._encoder is None:
             with self._lock:
                 if self._encoder is None:
-                    _check_default_encoder_fits(self.store)
-                    self._encoder = _load_default_encoder()
-                    self.store.encoder = self._encoder
+                    load = getattr(self.store, "_load_saved_encoder", None)  # KLStore's
+                    if load is not None and getattr(self.store, "saved_encoder", None):
+                        try:  # the model the store was saved with (its recorded backend), as load_local does
+                            encoder = load()
+                        except ValueError as exc:
+                            raise ValueError(
+                                f"{exc}; pass embedding=... (a KLEmbeddings or Gaussian encoder of the model the "
+                                "documents were encoded with)"
+                            ) from None
+                    else:
+                        _check_default_encoder_fits(self.store)
+                        encoder = _load_default_encoder()
+                    self._encoder = encoder
+                    self.store.encoder = encoder
         return self._encoder
 
     @property
     def embeddings(self) -> KLEmbeddings:
         """A :class:`KLEmbeddings` over this store's encoder (``q~`` / ``d~`` of the rewrite)."""
         return KLEmbeddings(self._get_encoder(), batch_size=self.batch_size)
+
+    def _get_retriever_tags(self) -> list[str]:
+        """``VectorStore``'s retriever tags (the store's and the embeddings' class names) without loading the model.
+
+        LangChain's reads :attr:`embeddings`, which loads the encoder: ``as_retriever()`` would load the default
+        model at construction instead of at the first query. The embeddings here are always a :class:`KLEmbeddings`.
+        """
+        return [type(self).__name__, KLEmbeddings.__name__]
 
     @property
     def dim(self) -> int | None:
@@ -1405,7 +1424,9 @@ class KLVectorStore(VectorStore):
         Args:
             folder_path: The folder.
             embeddings: A :class:`KLEmbeddings`, Gaussian encoder or LangChain ``Embeddings``;
-                default: the saved encoder name through :func:`~kl_retrievers.load_model`.
+                default: the saved encoder name through :func:`~kl_retrievers.load_model`, on the backend
+                (torch or ONNX) the store was built with when it records it (torch not installed: the
+                library's default, with a warning).
             index_name: As in langchain-community's FAISS (and, as there, also the third positional
                 argument): ``"index"`` (the default) reads the folder itself; another name reads the
                 sub-folder ``folder_path/index_name`` that ``save_local(folder_path, index_name)`` wrote.
@@ -1418,7 +1439,9 @@ class KLVectorStore(VectorStore):
 
         Raises:
             FileNotFoundError: No such folder.
-            ValueError: ``index_name`` is not a plain folder name.
+            ValueError: ``index_name`` is not a plain folder name; no ``embeddings`` and the saved encoder
+                cannot be loaded (a LangChain ``Embeddings``, which is not saved, a folder that no longer
+                exists, a model of another dimension...): the message says to pass ``embeddings=``.
             LangChainFormatError: (a ``ValueError``) the folder was written by another store
                 (e.g. langchain-community FAISS), by a raw :meth:`KLStore.save`, or by an
                 unsupported format version.
@@ -1449,16 +1472,21 @@ class KLVectorStore(VectorStore):
             error=LangChainFormatError,
         )
         encoder = _unwrap_encoder(embeddings) if embeddings is not None else None
-        if encoder is None and manifest.get("encoder"):
-            from kl_retrievers.pretrained import load_model
-
-            try:
-                encoder = load_model(manifest["encoder"])
-            except Exception as exc:
-                raise ValueError(
-                    f"cannot load the saved encoder {manifest['encoder']!r} ({exc}); pass embeddings= to load_local"
-                ) from exc
         store = KLStore.load(folder / _STORE_DIR, encoder=encoder, mmap=mmap, verify_checksums=verify_checksums)
+        saved = manifest.get("encoder")
+        if encoder is None and saved:
+            if not isinstance(saved, str):
+                raise LangChainFormatError(f"{man_path}: the encoder must be a model name (str); got {saved!r}")
+            # the manifest's name is the one loaded (deserialize_from_bytes checked it); the store's record gives
+            # the backend it was built with (torch or ONNX) when it names the same model
+            store.saved_encoder = saved
+            try:
+                encoder = store._load_saved_encoder()
+            except ValueError as exc:
+                raise ValueError(
+                    f"cannot load the saved encoder {saved!r}: {exc}; pass embeddings= to load_local (the embeddings "
+                    "or Gaussian encoder the store was built with)"
+                ) from exc
         rel = relevance if relevance is not None else (manifest.get("relevance") or DEFAULT_RELEVANCE)
         return cls(encoder, store=store, relevance=rel, batch_size=int(manifest.get("batch_size") or 32))
 
@@ -1638,9 +1666,13 @@ _FOREIGN_OPTIONS: dict[str, str] = {
     "retrievers": "KLHybridRetriever searches both halves of one KLHybridStore; it does not wrap other retrievers",
     "bm25_params": "BM25Retriever's bm25_params: pass k1= and b= (bm25s' BM25; defaults k1=0.9, b=0.4)",
     "preprocess_func": (
-        "BM25Retriever's preprocess_func: the BM25 tokenizer is token_pattern= (a regular expression) and "
-        "stopwords= (saved with the store, so a callable is not taken)"
+        "BM25Retriever's preprocess_func: the BM25 tokenizer is token_pattern= (a regular expression), "
+        "stopwords= and stemmer= (a PyStemmer language; saved with the store, so a callable is not taken)"
     ),
+    **{
+        name: f"a run option: pass it in config={{'{name}': ...}} (invoke(query, config=...)), as for any Runnable"
+        for name in ("callbacks", "tags", "metadata", "run_name")
+    },
 }
 
 
@@ -1756,6 +1788,15 @@ class _ConfidenceRetriever(BaseRetriever):
         flt = self._default("filter") if filter is _UNSET else filter
         floor = self._default("min_confidence") if min_confidence is _UNSET else check_min_confidence(min_confidence)
         return kk, flt, floor
+
+    def _refuse_call_options(self, kwargs: dict[str, Any]) -> None:
+        """Refuse per-call keywords a search does not take (``invoke(q, fliter=...)``), naming them and those it takes.
+
+        ``invoke`` / ``ainvoke`` / ``batch`` pass their extra keywords here (``config`` and the run manager are
+        LangChain's own and never among them); LangChain's ``VectorStoreRetriever`` hands them to the store's search,
+        whose options (``score_threshold``, ``fetch_k``...) are named with their equivalent here.
+        """
+        _refuse_foreign_options(kwargs, f"{type(self).__name__}.invoke", [*self.search_keys, "config"])
 
     def _default(self, name: str) -> Any:
         """A setting left out of the call: ``search_kwargs[name]`` when there, else the field ``name``."""
@@ -1878,9 +1919,41 @@ class KLRetriever(_ConfidenceRetriever):
 
     @classmethod
     def from_store(cls, store: KLVectorStore | KLStore, **kwargs: Any) -> KLRetriever:
-        """Wrap a :class:`KLVectorStore` (or a :class:`KLStore`, with ``embedding=`` optional)."""
+        """Wrap a :class:`KLVectorStore` (or a :class:`KLStore`, with ``embedding=`` optional).
+
+        Args:
+            store: The store searched.
+            **kwargs: The retriever's fields (``k``, ``filter``, ``min_confidence``, ``calibrator``,
+                ``search_kwargs``...) and, with a :class:`KLStore` only, ``embedding`` (a
+                :class:`KLEmbeddings`, Gaussian encoder or LangChain ``Embeddings``).
+
+        Raises:
+            TypeError: ``store`` is neither a :class:`KLVectorStore` nor a :class:`KLStore`; a keyword that is
+                no field (named, with what is taken); ``vectorstore=`` besides the store; ``embedding=``
+                with a :class:`KLVectorStore`, which searches with its own encoder.
+        """
+        where = f"{cls.__name__}.from_store"
+        fields = sorted(set(cls.model_fields) - {"vectorstore"})
+        if not isinstance(store, (KLVectorStore, KLStore)):
+            hint = ""
+            if type(store).__name__ == "KLHybridStore":
+                hint = "; for a KLHybridStore use KLHybridRetriever(store=...)"
+            raise TypeError(f"{where} takes a KLVectorStore or a KLStore; got {type(store).__name__}{hint}")
+        if "vectorstore" in kwargs:
+            raise TypeError(
+                f"{where} got vectorstore= besides the store it wraps; pass the store once (its first argument, "
+                f"or store=); the other keywords it takes are {', '.join(fields)} (and embedding with a KLStore)"
+            )
+        if isinstance(store, KLVectorStore) and "embedding" in kwargs:
+            raise TypeError(
+                f"{where} takes embedding= with a KLStore only; this KLVectorStore searches with its own encoder. "
+                "Wrap the KLStore instead (KLRetriever.from_store(kl_store, embedding=...)) or build "
+                "KLVectorStore(embedding, store=kl_store)"
+            )
+        embedding = kwargs.pop("embedding", None)
+        _refuse_foreign_options(set(kwargs) - set(fields), where, [*fields, "embedding (with a KLStore)"])
         if isinstance(store, KLStore):
-            store = KLVectorStore(kwargs.pop("embedding", None), store=store)
+            store = KLVectorStore(embedding, store=store)
         return cls(vectorstore=store, **kwargs)
 
     @classmethod
@@ -1942,7 +2015,9 @@ class KLRetriever(_ConfidenceRetriever):
         k: int | None = None,
         filter: MetadataFilter | _Unset | None = _UNSET,
         min_confidence: float | _Unset | None = _UNSET,
+        **kwargs: Any,
     ) -> list[Document]:
+        self._refuse_call_options(kwargs)
         kk, flt, floor = self._call_settings(k, filter, min_confidence)
         encoder = self.vectorstore._get_encoder()
         require_calibrator(self._scorer, encoder, floor)
@@ -2122,7 +2197,9 @@ class KLHybridRetriever(_ConfidenceRetriever):
         fusion: str | None = None,
         weight: float | None = None,
         normalization: str | None = None,
+        **kwargs: Any,
     ) -> list[Document]:
+        self._refuse_call_options(kwargs)
         kk, flt, floor = self._call_settings(k, filter, min_confidence)
         _check_query(query)
         fusion = fusion if fusion is not None else self._default("fusion")

@@ -350,12 +350,22 @@ def test_store_without_encoder_of_another_dimension_fails_early(
     encoder: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import kl_retrievers.langchain as lc
+    from kl_retrievers import pretrained
 
     KLVectorStore.from_texts(TEXTS, KLEmbeddings(encoder)).store.save(tmp_path / "s")
     bare = KLStore.load(tmp_path / "s")  # encoder=None
     assert bare.encoder is None and bare.dim == 8
     monkeypatch.setattr(lc, "_load_default_encoder", _no_default_model)
-    pattern = r"has no encoder and (was saved with .*not the default|its documents \(dimension 8).*pass embedding="
+
+    def unloadable(name: Any = None, **kwargs: Any) -> Any:  # no hub lookup in a test
+        raise pretrained.ModelNotFoundError(f"cannot find model {name!r}")
+
+    monkeypatch.setattr(pretrained, "load_model", unloadable)
+    # since stop 42 the model it was saved with ('tiny-random', which cannot be loaded) is tried, never the default
+    pattern = (
+        r"has no encoder to encode text, and loading the model it was saved with, 'tiny-random', failed"
+        r".*pass embedding="
+    )
     with pytest.raises(ValueError, match=pattern):
         KLVectorStore(store=bare).similarity_search("cat")
     with pytest.raises(ValueError, match=pattern):
@@ -409,23 +419,33 @@ def test_save_local_warns_about_a_callable_relevance(
 def test_store_saved_with_another_model_of_the_same_dimension_fails_early(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every bundled model is 384-dimensional: the recorded model, not the dimension, decides."""
+    """Every bundled model is 384-dimensional: the recorded model, not the dimension, decides.
+
+    Since stop 42 the model the store was saved with is loaded (as ``load_local`` does); one that cannot be
+    loaded is refused with the name, and never replaced by the default model.
+    """
     import json
 
     import kl_retrievers.langchain as lc
+    from kl_retrievers import pretrained
 
     store = KLStore()
     store.add(gaussians=Gaussians(np.ones((2, 384)) / 20, np.ones((2, 384))), ids=["a", "b"])
     store.save(tmp_path / "s")
     config_file = tmp_path / "s" / "config.json"
     monkeypatch.setattr(lc, "_load_default_encoder", _no_default_model)
+
+    def unloadable(name: Any = None, **kwargs: Any) -> Any:
+        raise pretrained.ModelNotFoundError(f"cannot find model {name!r}")
+
+    monkeypatch.setattr(pretrained, "load_model", unloadable)
     for saved_with in ("kl_retrievers:bge-small-unit-variance", str(tmp_path / "my-model")):
         config = json.loads(config_file.read_text())
         config["encoder"] = {"name_or_path": saved_with, "config": None}
         config_file.write_text(json.dumps(config))
         bare = KLStore.load(tmp_path / "s")
         assert bare.saved_encoder == saved_with
-        with pytest.raises(ValueError, match=r"has no encoder and was saved with .*not the default model"):
+        with pytest.raises(ValueError, match=r"has no encoder.*saved with.*pass embedding="):
             KLVectorStore(store=bare).similarity_search("cat")
 
 

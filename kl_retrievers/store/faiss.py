@@ -62,6 +62,7 @@ Examples:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -103,6 +104,75 @@ from kl_retrievers.store._table import DocumentTable
 logger = logging.getLogger(__name__)
 
 __all__ = ["KLStore", "FORMAT_VERSION", "COMPRESSIONS", "REFINES"]
+
+
+#: The prefix of the name that :class:`~kl_retrievers.langchain.EmbeddingsGaussianEncoder` records (a LangChain
+#: ``Embeddings`` wrapped as a Gaussian encoder): not a model that can be loaded by name.
+_LANGCHAIN_PREFIX = "langchain:"
+
+
+def _torch_installed() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def _recorded_backend(
+    encoder_info: Any,
+    *,
+    torch_installed: Callable[[], bool] | None = None,
+    hint: str = "pass encoder= to choose",
+) -> str | None:
+    """The backend (``"torch"`` / ``"onnx"``) a store's encoder ran on, from its config.json record, else ``None``.
+
+    An ONNX encoder's config records ``backend: "onnx"``; a torch encoder's config records no backend,
+    so a recorded encoder config without one was built with torch. When torch is not installed, the
+    model is loaded on the library's default backend instead, with a warning (scores can differ slightly).
+
+    Args:
+        encoder_info: The ``encoder`` record of a store's config.json (``{"name_or_path", "config"}``).
+        torch_installed: Tells whether torch is installed (asked only when torch is recorded); default:
+            :func:`importlib.util.find_spec` finds it.
+        hint: How the caller chooses the backend itself, ending the warning.
+
+    Returns:
+        ``"torch"``, ``"onnx"``, or ``None`` (no encoder config recorded, an unknown backend, or torch
+        recorded but not installed): the library's default backend.
+
+    Examples:
+        >>> _recorded_backend({"name_or_path": "m", "config": {"dim": 8, "backend": "onnx"}})
+        'onnx'
+        >>> _recorded_backend({"name_or_path": "m", "config": None}) is None
+        True
+    """
+    cfg = encoder_info.get("config") if isinstance(encoder_info, dict) else None
+    if not isinstance(cfg, dict):
+        return None
+    backend = cfg.get("backend", "torch")
+    if backend not in ("torch", "onnx"):
+        return None
+    if backend == "torch" and not (torch_installed or _torch_installed)():
+        logger.warning(
+            "the store was built with the torch backend, which is not installed; encoding queries on the "
+            "library's default backend instead (scores can differ slightly; %s)",
+            hint,
+        )
+        return None
+    return str(backend)
+
+
+def _unloadable_saved_name(name: str) -> str | None:
+    """Why the saved model name ``name`` cannot be loaded by name (no hub lookup can help), else ``None``.
+
+    Examples:
+        >>> _unloadable_saved_name("langchain:FakeEmbeddings")  # doctest: +ELLIPSIS
+        'it names a LangChain Embeddings, ...'
+        >>> _unloadable_saved_name("minilm-gauss-soup") is None
+        True
+    """
+    if name.startswith(_LANGCHAIN_PREFIX):
+        return "it names a LangChain Embeddings, which is not saved with the store and cannot be loaded by name"
+    if (os.path.isabs(name) or name.startswith(("./", "../", "~"))) and not Path(name).expanduser().exists():
+        return "it names a model folder that no longer exists"
+    return None
 
 
 class _TopIds(NamedTuple):
@@ -636,19 +706,32 @@ class KLStore(GaussianStore):
                     raise ValueError(self._saved_encoder_problem)
                 from kl_retrievers.pretrained import load_model
 
-                logger.info("loading the encoder %r this store was saved with, to encode text", name)
-                problem = None
-                try:
-                    encoder = load_model(name)
-                except Exception as exc:
-                    problem = f"loading the model it was saved with, {name!r}, failed ({exc})"
-                else:
-                    dim = getattr(getattr(encoder, "config", None), "dim", None)
-                    if self._dim is not None and isinstance(dim, int) and dim != self._dim:
-                        problem = (
-                            f"it was saved with {name!r}, which now gives Gaussians of dimension {dim}; its "
-                            f"documents have dimension {self._dim}"
-                        )
+                record = self._saved_encoder_record
+                unloadable = _unloadable_saved_name(name)  # no lookup can help: none is made
+                problem = (
+                    None
+                    if unloadable is None
+                    else f"loading the model it was saved with, {name!r}, failed ({unloadable})"
+                )
+                if problem is None:
+                    same = isinstance(record, dict) and record.get("name_or_path") == name
+                    backend = _recorded_backend(record) if same else None  # the backend it was built with
+                    logger.info(
+                        "loading the encoder %r this store was saved with (%s backend), to encode text",
+                        name,
+                        backend or "default",
+                    )
+                    try:
+                        encoder = load_model(name, backend=backend)
+                    except Exception as exc:
+                        problem = f"loading the model it was saved with, {name!r}, failed ({exc})"
+                    else:
+                        dim = getattr(getattr(encoder, "config", None), "dim", None)
+                        if self._dim is not None and isinstance(dim, int) and dim != self._dim:
+                            problem = (
+                                f"it was saved with {name!r}, which now gives Gaussians of dimension {dim}; its "
+                                f"documents have dimension {self._dim}"
+                            )
                 if problem is not None:
                     self._saved_encoder_problem = f"this store has no encoder to encode text, and {problem}"
                     raise ValueError(self._saved_encoder_problem)

@@ -92,7 +92,7 @@ from typing import Any
 import numpy as np
 
 from kl_retrievers._io import library_version
-from kl_retrievers.filters import ALLOWED_OPERATORS, OPERATOR_ALIASES, MetadataFilter, stored_form
+from kl_retrievers.filters import ALLOWED_OPERATORS, OPERATOR_ALIASES, MetadataFilter, compile_filter, stored_form
 from kl_retrievers.filters import _unknown as _filters_unknown
 from kl_retrievers.gaussian import (
     NORM_BOUND_RTOL,
@@ -347,9 +347,10 @@ def to_milvus_expr(filter: MetadataFilter, field: str = "metadata") -> str:
 
     Every comparison is guarded with ``exists``, so a document without the field never
     satisfies ``$eq``, ``$in`` or a range and always satisfies ``$ne``, ``$nin`` and ``$not``,
-    exactly as in :class:`~kl_retrievers.store.faiss.KLStore`.  One difference remains: Milvus treats
-    a comparison between incompatible types (``"a" > 1``) as unknown, so under ``$not`` such a
-    document is excluded where ``KLStore`` includes it.
+    exactly as in :class:`~kl_retrievers.store.faiss.KLStore`.  A comparison between incompatible types
+    (``"a" > 1``) is false on a Milvus server (by its source), as in ``KLStore``, but unknown on Milvus Lite, where this
+    expression under ``$not`` would drop such a document: :class:`MilvusKLStore` on Milvus Lite evaluates
+    a filter negating an order comparison itself (``MilvusKLStore._ids_matching``), not with this expression.
 
     Args:
         filter: The filter dict.  Callables cannot run inside Milvus and raise ``ValueError``.
@@ -389,9 +390,38 @@ def _has_long_in(spec: Any) -> bool:
     )
 
 
+def _has_negated_order(spec: Any, negated: bool = False) -> bool:
+    """Whether a (checked) filter dict holds an order comparison (``$gt``, ``$gte``, ``$lt``, ``$lte``) under a
+    ``$not`` (the logical one or a field's), at any depth (a false alarm costs a scan on Milvus Lite, nothing more).
+
+    Milvus Lite evaluates filters in Kleene three-valued logic: an order comparison between incompatible
+    types (``"abc" > 2020``, a list or dict compared with a number) is *unknown*, and so is its negation,
+    where :mod:`kl_retrievers.filters` calls the comparison false and its negation true.  Only a negation
+    can tell the two apart (``and`` / ``or`` of an unknown and the top-level collapse to false agree with
+    false), and ``==`` is never unknown for a present key; so such a filter is the one evaluated by the
+    store (:meth:`MilvusKLStore._ids_matching`).
+
+    Examples:
+        >>> _has_negated_order({"$not": {"year": {"$gt": 3}}}), _has_negated_order({"year": {"$not": {"$lt": 3}}})
+        (True, True)
+        >>> _has_negated_order({"year": {"$gt": 3}}), _has_negated_order({"$not": {"year": {"$in": [1, "a"]}}})
+        (False, False)
+    """
+    if isinstance(spec, Mapping):
+        for key, value in spec.items():
+            if negated and key in _COMPARE:
+                return True
+            if _has_negated_order(value, negated or key == "$not"):
+                return True
+    elif isinstance(spec, (list, tuple)):
+        return any(_has_negated_order(v, negated) for v in spec)
+    return False
+
+
 @dataclass(frozen=True)
 class _LiteFilter:
-    """A checked dict filter whose long ``$in`` lists are resolved to ids at search time (Milvus Lite)."""
+    """A checked dict filter resolved to ids at search time (Milvus Lite): its long ``$in`` lists, or all of it
+    when it negates an order comparison (:func:`_has_negated_order`)."""
 
     spec: Any
 
@@ -1246,21 +1276,41 @@ class MilvusKLStore(GaussianStore):
     def _prepare_filter(self, filter: MetadataFilter | None) -> str | _LiteFilter:
         """A Milvus expression (:func:`to_milvus_expr`; a callable filter raises ``ValueError``).
 
-        On Milvus Lite, a filter with a long ``$in`` / ``$nin`` list is kept as a :class:`_LiteFilter`
-        (checked here, as any other) and turned into an expression at search time (:meth:`_resolve_filter`).
+        On Milvus Lite, a filter with a long ``$in`` / ``$nin`` list, or one that negates an order comparison
+        (:func:`_has_negated_order`), is kept as a :class:`_LiteFilter` (checked here, as any other) and
+        turned into an expression at search time (:meth:`_resolve_filter`).
         """
         if filter is None:
             return ""
         expr = to_milvus_expr(filter)  # checks the filter whichever form is sent
-        if self._lite and _has_long_in(filter):
+        if self._lite and (_has_long_in(filter) or _has_negated_order(filter)):
             return _LiteFilter(filter)
         return expr
 
     def _resolve_filter(self, filter: str | _LiteFilter) -> str:
-        """The expression sent to Milvus: a :class:`_LiteFilter`'s long ``$in`` lists become id lists."""
+        """The expression sent to Milvus: a :class:`_LiteFilter`'s long ``$in`` lists become id lists, and one
+        negating an order comparison the ids it matches (:meth:`_ids_matching`)."""
         if isinstance(filter, str):
             return filter
+        if _has_negated_order(filter.spec):
+            return self._ids_matching(filter.spec)
         return _expr(filter.spec, "metadata", self._ids_in)
+
+    def _ids_matching(self, spec: Any) -> str:
+        """``id in [...]`` naming the rows the dict filter ``spec`` matches as ``KLStore`` matches them.
+
+        For a filter that negates an order comparison on Milvus Lite (:func:`_has_negated_order`): Milvus Lite
+        calls ``not ("abc" > 2020)`` unknown, so ``{"$not": {"year": {"$gt": "abc"}}}`` dropped every document
+        whose ``year`` is a number, where ``KLStore`` returns them (as a Milvus server should: by its source, it
+        calls a comparison of mismatched JSON types false).  One scan of every row's metadata, judged by
+        :func:`kl_retrievers.filters.compile_filter`.
+        """
+        predicate = compile_filter(spec)
+        assert predicate is not None
+        matching = [
+            str(r["id"]) for page in self._iter_all(["metadata"]) for r in page if predicate(r["metadata"] or {})
+        ]
+        return _id_filter(matching) if matching else _FALSE
 
     def _ids_in(self, key: str, values: list[Any]) -> str | None:
         """``id in [...]`` naming the rows whose metadata ``key`` equals one of ``values``, as Milvus Lite's own

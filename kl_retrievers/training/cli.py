@@ -93,6 +93,12 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     d = p.add_argument_group("data")
     d.add_argument("--data", action="append", required=True, help="BEIR folder (its --split) or .jsonl file; repeat")
     d.add_argument("--split", default="train", help="qrels split of BEIR folders")
+    d.add_argument(
+        "--unknown-docs",
+        choices=["error", "drop"],
+        default="error",
+        help="BEIR qrels naming documents outside the corpus: fail (default) or drop them with a warning",
+    )
     d.add_argument("--hard-negatives", choices=["bm25", "model", "none"], default="none", help="mine hard negatives")
     d.add_argument("--mine-k", type=positive_int, default=30, help="hard negatives mined per query")
     d.add_argument("--teacher", action="store_true", help="score candidates with the int8 cross-encoder teacher")
@@ -395,6 +401,27 @@ def check_checkpoint_dir(
     return folder
 
 
+# TrainConfig's fields whose flag is not "--" + the field with dashes
+_CONFIG_FLAGS = {"warmup_steps": "--warmup", "time_budget_s": "--time-budget"}
+_FIELD_MESSAGE = re.compile(r"^([a-z_]+) (must be )")
+
+
+def _with_flag_name(message: str) -> str:
+    """A :class:`~kl_retrievers.training.TrainConfig` message that starts with a field name, with the flag instead.
+
+    Examples:
+        >>> _with_flag_name("warmup_steps must be an integer >= 0 or None; got -1")
+        '--warmup must be an integer >= 0 or None; got -1'
+        >>> _with_flag_name("lr must be a finite number > 0; got 0.0")
+        '--lr must be a finite number > 0; got 0.0'
+    """
+
+    def flag(m: re.Match[str]) -> str:
+        return _CONFIG_FLAGS.get(m.group(1), "--" + m.group(1).replace("_", "-")) + " " + m.group(2)
+
+    return _FIELD_MESSAGE.sub(flag, message, count=1)
+
+
 def _check_args(args: argparse.Namespace) -> None:
     """Refuse bad flag values and combinations before anything is loaded (messages name the flag and value)."""
     from kl_retrievers.training.trainer import check_device
@@ -438,7 +465,12 @@ def _check_resume_early(ckpt: Path, cfg: Any, ts: Any, heads_only: bool, cli_rec
     the whole recipe again) with the trainer's own helpers. Returns the warm-up the checkpoint's run used
     (what a resume keeps), or ``None`` when there is no checkpoint or it records none.
     """
-    from kl_retrievers.training.trainer import _check_resume_recipe, _find_checkpoint, training_recipe
+    from kl_retrievers.training.trainer import (
+        _check_resume_recipe,
+        _check_resume_steps,
+        _find_checkpoint,
+        training_recipe,
+    )
 
     found = _find_checkpoint(ckpt)
     if found is None:
@@ -447,6 +479,8 @@ def _check_resume_early(ckpt: Path, cfg: Any, ts: Any, heads_only: bool, cli_rec
         meta = json.loads((found / "state.json").read_text())
     except (OSError, ValueError):
         return None  # the trainer reports an unreadable checkpoint
+    if isinstance(meta, dict):
+        _check_resume_steps(found, meta, cfg.steps)  # a checkpoint past --steps: refused before the backbone
     saved = meta.get("recipe") if isinstance(meta, dict) else None
     if not isinstance(saved, dict):
         return None  # an older checkpoint: the trainer warns that it cannot be checked
@@ -471,6 +505,7 @@ def run_train(args: argparse.Namespace) -> int:
     require_train_extra("kl-retrievers train", *_needed_modules(args))
     import torch
 
+    from kl_retrievers.datasets import DatasetError
     from kl_retrievers.encoder import GaussianEncoder
     from kl_retrievers.training.data import load_training_data, mine_bm25_negatives, mine_negatives_from_scores
     from kl_retrievers.training.features import compute_features, default_feature_cache_dir
@@ -478,6 +513,7 @@ def run_train(args: argparse.Namespace) -> int:
     from kl_retrievers.training.trainer import (
         TrainConfig,
         TrainingDivergedError,
+        _check_negatives_exist,
         _check_teacher,
         _device,
         apply_freezing,
@@ -500,16 +536,21 @@ def run_train(args: argparse.Namespace) -> int:
         ckpt = check_checkpoint_dir(args.checkpoint_dir, out, [str(d) for d in args.data], overwrite=overwrite)
         _check_args(args)
         heads_only = bool(args.heads_only_cached)
-        cfg = TrainConfig(  # checks the recipe before any data loading, feature extraction or mining
-            lr=args.lr if args.lr is not None else (1e-3 if heads_only else 2e-5),
-            warmup_steps=args.warmup,
-            in_batch=not args.no_in_batch,
-            full_corpus=not args.no_full_corpus,
-            time_budget_s=args.time_budget * 60 if args.time_budget is not None else None,
-            show_progress=show,
-            **args_subset(args, "similarity", "loss", "steps", "batch_size", "grad_accum", "negatives", "var_lr"),
-            **args_subset(args, "temperature", "corpus_sample", "max_grad_norm", "seed", "checkpoint_every", "device"),
-        )
+        try:
+            cfg = TrainConfig(  # checks the recipe before any data loading, feature extraction or mining
+                lr=args.lr if args.lr is not None else (1e-3 if heads_only else 2e-5),
+                warmup_steps=args.warmup,
+                in_batch=not args.no_in_batch,
+                full_corpus=not args.no_full_corpus,
+                time_budget_s=args.time_budget * 60 if args.time_budget is not None else None,
+                show_progress=show,
+                **args_subset(args, "similarity", "loss", "steps", "batch_size", "grad_accum", "negatives", "var_lr"),
+                **args_subset(
+                    args, "temperature", "corpus_sample", "max_grad_norm", "seed", "checkpoint_every", "device"
+                ),
+            )
+        except ValueError as exc:  # TrainConfig names its fields (warmup_steps); the user typed flags (--warmup)
+            raise ValueError(_with_flag_name(str(exc))) from None
         cfg.check_trains(fast_path=heads_only)
         # a loss that never reads teacher scores (contrastive): scoring every pair would be wasted
         use_teacher = bool(args.teacher) and uses_teacher_scores(args.loss)
@@ -536,9 +577,16 @@ def run_train(args: argparse.Namespace) -> int:
         }
         # absolute paths: the checkpoint records the sources, and a resume from another folder is the same data
         data = [str(Path(d).expanduser().resolve()) if Path(d).expanduser().exists() else str(d) for d in args.data]
-        ts = load_training_data(data, split=args.split)
+        unknown_docs = getattr(args, "unknown_docs", "error")
+        if unknown_docs != "error":  # recorded (and checked on --resume) only when given: older checkpoints lack it
+            cli_recipe["unknown_docs"] = unknown_docs
+        try:
+            ts = load_training_data(data, split=args.split, unknown_docs=unknown_docs)
+        except DatasetError as exc:  # the load_beir option it names (unknown_docs='drop') is a flag here
+            raise ValueError(exc.describe(lambda keyword, value: f"--{keyword.replace('_', '-')} {value}")) from None
         # the warm-up a resume keeps (the checkpoint's); refuses a changed recipe before the backbone and features
         resumed_warmup = _check_resume_early(ckpt, cfg, ts, heads_only, cli_recipe) if args.resume else None
+        _check_negatives_exist(ts, None)  # mining draws from the same pool: data without a possible negative fails now
         if not use_teacher and args.hard_negatives == "none":
             _check_teacher(ts, cfg)  # the data is final: a distillation loss without teacher scores fails now
         if args.init_from:

@@ -30,9 +30,11 @@ Examples:
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -292,12 +294,19 @@ def read_jsonl(path: str | os.PathLike[str]) -> TrainingSet:
         >>> ts = read_jsonl("../shared/datasets/train-toy-msmarco-nq-hardneg/flagembedding_nq.jsonl")  # doctest: +SKIP
     """
     p = Path(path)
-    with open(p, encoding="utf-8") as fh:  # errors name the file's line, blank lines included
-        rows = [
-            (f"{p}, line {n}", parse_json_object(line, f"{p}, line {n}"))
-            for n, line in enumerate(fh, 1)
-            if line.strip()
-        ]
+    data = p.read_bytes()
+    if data.startswith(b"\x1f\x8b"):
+        raise ValueError(f"{p}, line 1: not UTF-8 text (a gzip file: decompress it first); give a UTF-8 JSONL file")
+    try:
+        text = data.decode("utf-8-sig")  # a byte order mark is skipped
+    except UnicodeDecodeError as exc:
+        n = len(re.split(rb"\r\n|\r|\n", data[: exc.start]))
+        raise ValueError(f"{p}, line {n}: not UTF-8 text; give a UTF-8 JSONL file") from None
+    rows = []
+    # universal newlines (LF, CRLF or CR) as a text-mode open; errors name the file's line, blank lines included
+    for n, line in enumerate(io.StringIO(text, newline=None), 1):
+        if line.strip():
+            rows.append((f"{p}, line {n}", parse_json_object(line, f"{p}, line {n}")))
     ts, n_rows, skipped = _from_labelled_rows(rows, str(p))
     if not ts.examples:
         raise ValueError(
@@ -307,37 +316,61 @@ def read_jsonl(path: str | os.PathLike[str]) -> TrainingSet:
 
 
 def from_beir(
-    path: str | os.PathLike[str], split: str = "train", *, query_ids: Iterable[str] | None = None
+    path: str | os.PathLike[str],
+    split: str = "train",
+    *,
+    query_ids: Iterable[str] | None = None,
+    unknown_docs: str = "error",
 ) -> TrainingSet:
     """A BEIR split as training data: query -> its judged documents with grade > 0.
+
+    Judged queries without such a document are skipped, with one warning giving the count.
 
     Args:
         path: BEIR folder.
         split: The qrels split to train on.
         query_ids: Optional subset of query ids (e.g. a split by article).
+        unknown_docs: A judgement of a document outside ``corpus.jsonl``: ``"error"`` (default) or
+            ``"drop"`` it with a warning (see :func:`~kl_retrievers.datasets.load_beir`).
 
     Examples:
         >>> ts = from_beir("../shared/datasets/scifact", "train")  # doctest: +SKIP
     """
     from kl_retrievers.datasets import load_beir
 
-    ds = load_beir(path, split)
+    ds = load_beir(path, split, unknown_docs=unknown_docs)
     builder = _Builder()
     for doc in ds.document_texts():
         builder.doc(doc)
     doc_text = dict(zip(ds.doc_ids, ds.document_texts(), strict=True))
     wanted = set(query_ids) if query_ids is not None else None
+    judged_queries = without_positive = 0
     for qid, judged in ds.qrels.items():
         if wanted is not None and qid not in wanted:
             continue
+        judged_queries += 1
         pos = [doc_text[d] for d, grade in judged.items() if grade > 0]
         if pos:
             builder.add(ds.queries[qid], pos, [], None, None)
+        else:
+            without_positive += 1
+    if without_positive:  # grades 0 and below mark non-relevant documents
+        logger.warning(
+            "%s, qrels/%s.tsv: %d of %d judged queries have no document with grade > 0 (a positive); skipped",
+            path,
+            split,
+            without_positive,
+            judged_queries,
+        )
     return builder.build([f"{path}:{split}"])
 
 
-def load_training_data(paths: Sequence[str | os.PathLike[str]], split: str = "train") -> TrainingSet:
+def load_training_data(
+    paths: Sequence[str | os.PathLike[str]], split: str = "train", *, unknown_docs: str = "error"
+) -> TrainingSet:
     """Load and merge several sources: BEIR folders (``split``) and ``.jsonl`` files.
+
+    ``unknown_docs`` applies to the BEIR folders' qrels (see :func:`from_beir`).
 
     Examples:
         >>> ts = load_training_data(["../shared/datasets/scifact"])  # doctest: +SKIP
@@ -348,7 +381,7 @@ def load_training_data(paths: Sequence[str | os.PathLike[str]], split: str = "tr
     for path in paths:
         p = Path(path)
         if p.is_dir():
-            ts = from_beir(p, split)
+            ts = from_beir(p, split, unknown_docs=unknown_docs)
         elif p.is_file():
             ts = read_jsonl(p)
         else:
@@ -359,7 +392,8 @@ def load_training_data(paths: Sequence[str | os.PathLike[str]], split: str = "tr
     if not result.examples:
         raise ValueError(
             f"no training examples (queries with a positive) in {', '.join(str(p) for p in paths)}: "
-            f"{len(result.queries)} queries, {len(result.docs)} documents"
+            f"{len(result.queries)} queries with a positive, {len(result.docs)} documents (a BEIR query needs a "
+            "judged document with grade > 0; grades 0 and below are not positives)"
         )
     return result
 

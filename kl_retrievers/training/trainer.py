@@ -157,7 +157,10 @@ class TrainConfig:
         if self.warmup_steps is not None:
             _check_int("warmup_steps", self.warmup_steps, 0, none_ok=True)
         if self.loss != "contrastive" and self.negatives < 1:
-            raise ValueError(f"loss {self.loss!r} needs negatives >= 1")
+            raise ValueError(
+                f"loss {self.loss!r} compares each positive with hard negatives, so it needs negatives >= 1 "
+                f"(--negatives); got {self.negatives}"
+            )
         _check_number("lr", self.lr, positive=True)
         _check_number("temperature", self.temperature, positive=True)
         _check_number("teacher_temperature", self.teacher_temperature, positive=True)
@@ -353,6 +356,29 @@ def uses_teacher_scores(loss: str) -> bool:
         (False, True)
     """
     return loss != "contrastive"
+
+
+def _check_negatives_exist(ts: TrainingSet, cfg: TrainConfig | None) -> None:
+    """Refuse data in which no document can be a negative; warn when ``batch_size`` exceeds the examples.
+
+    When every document of the pool is a judged positive of every query (e.g. one JSONL row and no
+    negatives), each softmax holds only positives, which are masked out: the loss is 0 and nothing trains.
+    ``cfg=None``: the refusal only (the command line calls it before loading the backbone).
+    """
+    n_docs = len(ts.docs)
+    if ts.examples and all(len(pos) >= n_docs for pos in ts.positives_by_query().values()):
+        raise ValueError(
+            f"no document can serve as a negative: each of the {n_docs} documents of the pool is a judged positive "
+            f"of every query ({len(ts.examples)} examples from {', '.join(ts.sources) or 'the data'}), so the loss "
+            "is 0 and nothing trains; add negatives or other documents (e.g. a BEIR folder's corpus)"
+        )
+    if cfg is not None and cfg.batch_size > len(ts.examples):
+        logger.warning(
+            "batch_size %d (--batch-size) is larger than the %d training examples; each step uses all %d",
+            cfg.batch_size,
+            len(ts.examples),
+            len(ts.examples),
+        )
 
 
 def _check_teacher(ts: TrainingSet, cfg: TrainConfig) -> bool:
@@ -585,6 +611,42 @@ def _check_resume_recipe(folder: Path, meta: Mapping[str, Any], recipe: Mapping[
         )
 
 
+def _check_resume_steps(folder: Path, meta: Mapping[str, Any], steps: int) -> None:
+    """Refuse to resume a checkpoint that is already past ``steps`` (the run's total, the checkpoint's included).
+
+    Resuming it would train nothing and save a model of ``meta["step"]`` steps under a recipe saying ``steps``.
+
+    Examples:
+        >>> _check_resume_steps(Path("ckpt"), {"step": 6}, 4)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: --resume: the checkpoint ckpt is at step 6, past --steps 4 ...
+    """
+    done = meta.get("step")
+    if isinstance(done, int) and not isinstance(done, bool) and done > steps:
+        raise ValueError(
+            f"--resume: the checkpoint {folder} is at step {done}, past --steps {steps} (--steps counts the whole "
+            f"run, the checkpoint's steps included); give --steps {done} or more"
+        )
+
+
+def _warn_fresh_over_checkpoint(folder: Path) -> None:
+    """Warn that a run without ``resume`` will replace the checkpoint an earlier run left in ``folder``."""
+    state = folder / "state.json"
+    if not state.is_file():
+        return
+    try:
+        meta = json.loads(state.read_text())
+        step = meta.get("step") if isinstance(meta, dict) else None
+    except (OSError, ValueError):
+        step = None
+    logger.warning(
+        "%s holds the checkpoint of an earlier run (step %s); this run starts from step 0 (no --resume) and its "
+        "first checkpoint replaces it. Pass --resume to continue from it instead",
+        folder,
+        step if step is not None else "unknown",
+    )
+
+
 def _load_checkpoint(
     folder: Path, meta: Mapping[str, Any], module: nn.Module, opt: torch.optim.Optimizer, sched: Any
 ) -> tuple[int, list[float]]:
@@ -657,9 +719,12 @@ def _optimise(
         else:
             meta = json.loads((found / "state.json").read_text())
             _check_resume_recipe(found, meta, recipe)
+            _check_resume_steps(found, meta, cfg.steps)
             saved = (meta.get("recipe") or {}).get("config") or {}
             if isinstance(saved.get("warmup_resolved"), int):  # keep the warm-up the run started with
                 warmup = saved["warmup_resolved"]
+    elif checkpoint_dir is not None:
+        _warn_fresh_over_checkpoint(checkpoint_dir)
     schedule = _linear_schedule(warmup, cfg.steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     start = 0
@@ -820,6 +885,7 @@ def train_encoder(
     """
     cfg.check_trains(fast_path=False)
     need_teacher = _check_teacher(ts, cfg)
+    _check_negatives_exist(ts, cfg)
     device = _device(cfg)
     full_recipe = training_recipe(cfg, ts, encoder, mode="encoder", **dict(recipe or {}))
     encoder.to(device)
@@ -918,6 +984,7 @@ def train_heads_cached(
         >>> result = train_heads_cached(encoder, ts, TrainConfig(steps=500, lr=1e-3))  # doctest: +SKIP
     """
     need_teacher = _check_teacher(ts, cfg)
+    _check_negatives_exist(ts, cfg)
     device = _device(cfg)
     full_recipe = training_recipe(cfg, ts, encoder, mode="heads_only_cached", **dict(recipe or {}))
     if query_features is None:  # the prefixed texts, as encode_queries sees them
@@ -926,11 +993,17 @@ def train_heads_cached(
             prefixed_queries(encoder, ts.queries),
             max_length=encoder.config.query_max_length,
             cache_dir=cache_dir,
+            show_progress=cfg.show_progress,
             desc="Query features",
         )
     if doc_features is None:
         doc_features = compute_features(
-            encoder, ts.docs, max_length=encoder.config.max_length, cache_dir=cache_dir, desc="Document features"
+            encoder,
+            ts.docs,
+            max_length=encoder.config.max_length,
+            cache_dir=cache_dir,
+            show_progress=cfg.show_progress,
+            desc="Document features",
         )
     qp, qs = query_features.torch(device)
     dp, ds = doc_features.torch(device)
