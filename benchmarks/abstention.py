@@ -46,7 +46,7 @@ twice:
 (The exploratory ``--signals`` model of an earlier version is gone: the shipped hybrid calibrator
 is that idea, fitted and chosen on training data.)
 
-The held-out articles are not a clean held-out set for the hybrid figures (F1 0.646, 91% answered):
+The held-out articles are not a clean held-out set for the hybrid figures (F1 0.660, 92% answered):
 that exploratory ``--signals`` model was scored on them (``runs/abstention/abstention.jsonl`` line 2,
 2026-12-02, held-out F1 0.656) before the shipped hybrid calibrator was designed on its idea (its
 features are the ``signals14`` candidate of ``benchmarks/calibration.py``'s ``HYBRID_CANDIDATES``;
