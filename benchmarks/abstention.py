@@ -596,7 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "command": exp.hybrid_cal.info.get("command") if exp.hybrid_cal else None,
             "shipped_threshold": hybrid_threshold,
         },
-        "bm25_stemmer": DEFAULT_STEMMER if args.hybrid else None,  # KLHybridStore's default (none before stop 42)
+        "bm25_stemmer": DEFAULT_STEMMER if args.hybrid else None,  # the store's (its default; none before stop 42)
         "held_out_articles": exp.held_articles,
         "min_answered": args.min_answered,
         "quick": args.quick,

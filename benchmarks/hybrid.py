@@ -266,6 +266,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
         "model_fingerprint": model_fingerprint(encoder),
         "variant": chosen,
         "variant_choice": "best leave-one-collection-out mean nDCG@10 on the three training sets",
+        "bm25_stemmer": args.stemmer,  # AdaptiveParams.bm25_stemmer: the store checks it against its own
         "cv": cv,
         "commit": git_commit(),
         "date": started,

@@ -299,13 +299,17 @@ def _hybrid_option_problem(args: argparse.Namespace) -> str | None:
         return "--means-only applies to the -KL ranking alone, not to --hybrid"
     if mode != "convex" and convex_only:
         return f"{' and '.join(convex_only)} apply to --hybrid convex only; got --hybrid {mode}"
-    if stemmer is not None and stemmer.strip().lower() != "none":
-        from kl_retrievers.hybrid import _check_stemmer
-
+    try:  # the effective stemmer (the store's default when none is given), before any model or encoding
+        from kl_retrievers.hybrid import DEFAULT_STEMMER, _check_stemmer
+    except ImportError:
+        return None  # the hybrid extra is missing: the store's own check names it
+    effective = DEFAULT_STEMMER if stemmer is None else stemmer
+    if effective.strip().lower() != "none":
         try:
-            _check_stemmer(stemmer)
+            _check_stemmer(effective)
         except (ImportError, ValueError) as exc:
-            return f"--hybrid-stemmer: {exc}"
+            hint = "" if stemmer is not None else " (the default; --hybrid-stemmer none for unstemmed BM25)"
+            return f"--hybrid-stemmer: {exc}{hint}"
     return None
 
 

@@ -1,7 +1,8 @@
 """Hybrid retrieval: BM25 and the ``-KL`` store over the same documents, fused per query.
 
 :class:`KLHybridStore` holds a BM25 index (``bm25s``, Lucene variant, ``k1 = 0.9``, ``b = 0.4``,
-English stop words, the tokens of the BM25 baseline) and a :class:`~kl_retrievers.index.KLStore`
+English stop words, the BM25 baseline's tokens stemmed in English by PyStemmer unless
+``stemmer=None``) and a :class:`~kl_retrievers.index.KLStore`
 over the same documents. ``add`` / ``upsert`` / ``delete`` change both halves; a metadata
 filter (:mod:`kl_retrievers.filters`) restricts both halves before anything is ranked; ``save``
 writes both halves and a JSON config into one folder, atomically and without pickle; ``load``
@@ -131,6 +132,9 @@ SIGNALS: tuple[str, ...] = (
 )
 #: The fitted adaptive parameters of the package's default model.
 ADAPTIVE_PARAMS_PATH = Path(__file__).resolve().parent / "data" / "hybrid_adaptive.json"
+#: The default model's parameters fitted on unstemmed BM25 (shipped until stop 42): a store with
+#: ``stemmer=None`` (e.g. one saved before the option) gets these.
+_UNSTEMMED_PARAMS_PATH = ADAPTIVE_PARAMS_PATH.with_name("hybrid_adaptive.unstemmed.json")
 #: Name of the adaptive parameters a model folder may ship (bundled ``bge-small-unit-variance`` does); they
 #: win over the default model's for an encoder of that model.
 ADAPTIVE_PARAMS_FILE = "hybrid_adaptive.json"
@@ -339,6 +343,15 @@ class AdaptiveParams:
         arrays = (np.asarray(self.center), np.asarray(self.scale), np.asarray(self.coef))
         object.__setattr__(self, "_arrays", arrays)
 
+    @property
+    def bm25_stemmer(self) -> str | None:
+        """The stemmer of the BM25 half these parameters were fitted with (``info["bm25_stemmer"]``).
+
+        Parameters that do not record one were fitted before the option existed, on unstemmed BM25 (``None``).
+        """
+        stemmer = self.info.get("bm25_stemmer")
+        return stemmer if isinstance(stemmer, str) else None
+
     def weights(self, signals: np.ndarray) -> np.ndarray:
         """Dense weights for a matrix of signals, shape ``(n, len(self.signals))``, each in ``[0, 1]``."""
         x = np.asarray(signals, dtype=np.float64)
@@ -426,18 +439,25 @@ class AdaptiveParams:
         return target
 
     @classmethod
-    def default(cls) -> AdaptiveParams:
+    def default(cls, stemmer: str | None = DEFAULT_STEMMER) -> AdaptiveParams:
         """The parameters fitted for the package's default model (``kl_retrievers/data/hybrid_adaptive.json``).
+
+        Args:
+            stemmer: The BM25 stemmer of the store they are for: ``None`` (unstemmed BM25, e.g. a store
+                saved before the option) gives the parameters fitted on unstemmed BM25
+                (``hybrid_adaptive.unstemmed.json``, the ones shipped until stop 42); any other value the
+                current ones (fitted with :data:`DEFAULT_STEMMER`).
 
         Raises:
             FileNotFoundError: When the file is missing; fit it with ``python benchmarks/hybrid.py --fit``.
         """
-        if not ADAPTIVE_PARAMS_PATH.is_file():
+        path = _UNSTEMMED_PARAMS_PATH if stemmer is None and _UNSTEMMED_PARAMS_PATH.is_file() else ADAPTIVE_PARAMS_PATH
+        if not path.is_file():
             raise FileNotFoundError(
-                f"no fitted adaptive fusion parameters at {ADAPTIVE_PARAMS_PATH}; fit them with "
+                f"no fitted adaptive fusion parameters at {path}; fit them with "
                 "`python benchmarks/hybrid.py --fit` or pass adaptive_params=..."
             )
-        return cls.load(ADAPTIVE_PARAMS_PATH)
+        return cls.load(path)
 
 
 # --------------------------------------------------------------------------------------
@@ -666,9 +686,12 @@ def _check_stemmer(stemmer: Any) -> str | None:
     try:
         import Stemmer
     except ImportError:
-        raise ImportError(
-            f"stemmer={stemmer!r} needs PyStemmer, which the core install of kl-retrievers leaves out; install it "
-            'with: pip install "kl-retrievers[hybrid]" (or pip install PyStemmer)'
+        default = " (the default)" if stemmer == DEFAULT_STEMMER else ""
+        raise ModuleNotFoundError(
+            f"stemmer={stemmer!r}{default} needs PyStemmer, which the core install of kl-retrievers leaves out; "
+            'install it with: pip install "kl-retrievers[hybrid]" (or pip install PyStemmer), or pass stemmer=None '
+            "for unstemmed BM25",
+            name="Stemmer",
         ) from None
     allowed = sorted(Stemmer.algorithms())
     name = stemmer.strip().lower()  # 'English' is 'english'
@@ -1241,8 +1264,10 @@ class KLHybridStore:
             own = model_file(name, ADAPTIVE_PARAMS_FILE)
             if own is not None:
                 self._adaptive = AdaptiveParams.load(own)
+                self._warn_stemmer_mismatch(self._adaptive, f"{name}'s {ADAPTIVE_PARAMS_FILE}")
                 return self._adaptive
-            self._adaptive = AdaptiveParams.default()
+            self._adaptive = AdaptiveParams.default(self.stemmer)
+            self._warn_stemmer_mismatch(self._adaptive, "the default model's parameters")
             model = self._adaptive.model or ""
             if name and model and Path(name.rsplit(":", 1)[-1]).name != model:  # "kl_retrievers:NAME" or a folder
                 logger.warning(
@@ -1252,6 +1277,19 @@ class KLHybridStore:
                     name,
                 )
         return self._adaptive
+
+    def _warn_stemmer_mismatch(self, params: AdaptiveParams, what: str) -> None:
+        """Log one warning when ``params`` were fitted on BM25 stemmed otherwise than this store's."""
+        if params.bm25_stemmer != self.stemmer:
+            logger.warning(
+                "%s were fitted on BM25 %s, but this store's BM25 is %s; the adaptive weights read BM25 "
+                "signals: pass stemmer=%r to match them, or fit parameters for this store (kl_retrievers.hybrid."
+                "fit_adaptive)",
+                what,
+                f"stemmed with {params.bm25_stemmer!r}" if params.bm25_stemmer else "not stemmed",
+                f"stemmed with {self.stemmer!r}" if self.stemmer else "not stemmed",
+                params.bm25_stemmer,
+            )
 
     def check_sync(self) -> None:
         """Raise ``RuntimeError`` when the two halves hold different ids (e.g. the KL half was changed directly)."""

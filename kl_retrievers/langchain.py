@@ -2162,7 +2162,7 @@ class KLHybridRetriever(_ConfidenceRetriever):
             calibrator: Confidence calibrator (default: the model's).
             **store_kwargs: The retriever's other fields (``filter``, ``search_kwargs``, ``score_key``,
                 ``tags``...) go to it; the rest to :class:`~kl_retrievers.hybrid.KLHybridStore` (``weight``,
-                ``normalization``, ``rrf_k``, ``k1``, ``b``, ``candidates``, ``index_type``...).
+                ``normalization``, ``rrf_k``, ``k1``, ``b``, ``stemmer``, ``candidates``, ``index_type``...).
                 ``EnsembleRetriever``'s and ``BM25Retriever``'s options (``weights``, ``c``, ``bm25_params``,
                 ``preprocess_func``...) raise a ``TypeError`` naming the equivalent here.
         """

@@ -2561,7 +2561,7 @@ class KLHybridRetriever(_TopKRetriever):
             object_map: ``index_id -> object`` for recursive retrieval (default: the objects that the
                 ``IndexNode`` nodes among ``nodes`` / ``documents`` carry).
             **store_kwargs: Passed to a new :class:`~kl_retrievers.hybrid.KLHybridStore` (``weight``,
-                ``candidates``...).
+                ``candidates``, ``stemmer``...).
 
         Raises:
             ValueError: Not exactly one source given, or store options with ``store=``.

@@ -52,7 +52,10 @@ def test_the_stemmer_is_the_default_recorded_and_none_turns_it_off(
     assert main(argv) == 0
     plain = json.loads(capsys.readouterr().out)
     assert plain["hybrid"]["bm25"]["stemmer"] is None
-    assert plain["ndcg@10"] < 1.0  # unstemmed, neither query word occurs in the corpus
+    # unstemmed, neither query word occurs in the corpus: the fusion ranks by -KL alone, as the plain evaluation
+    assert main([*setup, "--json"]) == 0
+    dense = json.loads(capsys.readouterr().out)
+    assert plain["ndcg@10"] == pytest.approx(dense["ndcg@10"], abs=1e-9)
 
 
 def test_bad_stemmer_options_exit_2(setup: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -61,3 +64,21 @@ def test_bad_stemmer_options_exit_2(setup: list[str], capsys: pytest.CaptureFixt
     assert "--hybrid-stemmer: stemmer 'klingon' is not a PyStemmer language" in err and "english" in err
     assert main([*setup, "--hybrid-stemmer", "english"]) == 2
     assert "--hybrid-stemmer needs --hybrid" in capsys.readouterr().err
+
+
+def test_a_missing_pystemmer_exits_2_before_the_model_loads(
+    setup: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default stemmer is checked with the other options, not after the corpus was encoded."""
+    import sys
+
+    from kl_retrievers import pretrained
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model must not be loaded")
+
+    monkeypatch.setitem(sys.modules, "Stemmer", None)
+    monkeypatch.setattr(pretrained, "load_model", no_model)
+    assert main([*setup, "--hybrid", "rrf"]) == 2
+    err = capsys.readouterr().err
+    assert "needs PyStemmer" in err and "--hybrid-stemmer none for unstemmed BM25" in err

@@ -132,7 +132,7 @@ def test_a_missing_pystemmer_names_the_extra(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setitem(sys.modules, "Stemmer", None)  # import Stemmer raises ImportError
     with pytest.raises(ImportError, match=r'PyStemmer.*pip install "kl-retrievers\[hybrid\]"'):
         KLHybridStore(stemmer="english")
-    with pytest.raises(ImportError, match=r"stemmer='english' needs PyStemmer.*or pip install PyStemmer"):
+    with pytest.raises(ModuleNotFoundError, match=r"stemmer='english' \(the default\) needs PyStemmer.*stemmer=None"):
         KLHybridStore()  # the default stems: the message names the extra
     assert KLHybridStore(stemmer=None).stemmer is None  # no stemmer: PyStemmer is not needed
 
@@ -154,3 +154,30 @@ def test_the_tokenizer_copies_and_pickles_with_and_without_a_stemmer() -> None:
         for twin in (copy.deepcopy(tokenizer), pickle.loads(pickle.dumps(tokenizer))):
             assert twin("the dogs were running") == expected
             assert twin.stemmer == stemmer
+
+
+def test_the_adaptive_parameters_follow_the_stores_stemmer(caplog: pytest.LogCaptureFixture) -> None:
+    """A stemmed store gets the parameters fitted on stemmed BM25, an unstemmed one those fitted unstemmed
+    (shipped until stop 42); parameters fitted otherwise than the store (bge's, unstemmed) are warned about."""
+    import logging
+
+    from kl_retrievers.hybrid import AdaptiveParams
+
+    stemmed, plain = AdaptiveParams.default(), AdaptiveParams.default(None)
+    assert stemmed.bm25_stemmer == "english" and plain.bm25_stemmer is None and stemmed != plain
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers.hybrid"):
+        assert _store().adaptive_params() == stemmed
+        assert _store(stemmer=None).adaptive_params() == plain
+    assert not [r for r in caplog.records if "were fitted on BM25" in r.getMessage()]
+
+    class _Bge:  # an encoder named like the bundled bge model, whose folder ships unstemmed-fit parameters
+        name_or_path = "kl_retrievers:bge-small-unit-variance"
+
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers.hybrid"):
+        params = KLHybridStore(_Bge()).adaptive_params()  # type: ignore[arg-type]
+    assert params.model == "bge-small-unit-variance" and params.bm25_stemmer is None
+    assert any(
+        "were fitted on BM25 not stemmed, but this store's BM25 is stemmed with 'english'" in r.getMessage()
+        and "pass stemmer=None" in r.getMessage()
+        for r in caplog.records
+    )
