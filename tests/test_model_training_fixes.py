@@ -235,7 +235,7 @@ def test_malformed_teacher_scores_are_refused(tmp_path: Path, scores: str, messa
 def test_data_errors_give_file_line_numbers(tmp_path: Path) -> None:
     path = tmp_path / "rows.jsonl"
     path.write_text('{"query": "a", "positives": ["x"]}\n\n\n{"query": 5, "positives": ["y"]}\n')
-    with pytest.raises(ValueError, match=r"rows\.jsonl, line 4: 'query' must be a string"):
+    with pytest.raises(ValueError, match=r"rows\.jsonl, line 4: 'query' \(or 'anchor'\) must be a string"):
         read_jsonl(path)
 
 

@@ -245,3 +245,25 @@ def test_batch_larger_than_the_data_warns(world: TrainWorld, caplog: pytest.LogC
     assert any(
         "batch_size 64 (--batch-size) is larger than the 5 training examples" in r.getMessage() for r in caplog.records
     )
+
+
+# ------------------------------------------------------------------ sentence-transformers' column names
+def test_sentence_transformers_columns_are_read(tmp_path: Path) -> None:
+    """(anchor, positive), (anchor, positive, negative) and mine_hard_negatives' n-tuples read as our schema."""
+    path = tmp_path / "st.jsonl"
+    rows = [
+        {"anchor": "q1", "positive": "a"},
+        {"anchor": "q2", "positive": "b", "negative": "c"},
+        {"anchor": "q3", "positive": "c", "negative_2": "b", "negative_1": "a"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    ts = load_training_data([str(path)])
+    assert ts.queries == ["q1", "q2", "q3"]
+    negatives = [[ts.docs[i] for i in ex.negatives] for ex in ts.examples]
+    assert negatives == [[], ["c"], ["a", "b"]]  # numbered negatives in their order
+    path.write_text(json.dumps({"anchor": "q", "positive": "a", "negative_1": "b", "negative_3": "c"}) + "\n")
+    with pytest.raises(ValueError, match=r"without gaps; got \['negative_1', 'negative_3'\]"):
+        load_training_data([str(path)])
+    path.write_text(json.dumps({"anchor": "q", "positive": "a", "negative": "b", "negative_1": "c"}) + "\n")
+    with pytest.raises(ValueError, match="not both"):
+        load_training_data([str(path)])

@@ -11,9 +11,10 @@ text (:meth:`TrainingSet.positives_by_query`). Two readers fill it:
   grade > 0 is a positive; the whole corpus is the document pool (for full-corpus softmax and mining).
 * :func:`read_jsonl`: one JSON object per line::
 
-      {"query": str,
-       "positives": [str, ...],            # alias "pos"
-       "negatives": [str, ...],            # alias "neg" (optional)
+      {"query": str,                       # alias "anchor" (sentence-transformers)
+       "positives": [str, ...],            # aliases "pos", "positive" (one string allowed)
+       "negatives": [str, ...],            # aliases "neg", "negative", or negative_1, negative_2, ...
+                                           # (sentence-transformers' n-tuples); optional
        "teacher_scores": {"positives": [float], "negatives": [float]}}   # optional;
                                            # aliases "pos_scores" / "neg_scores" (FlagEmbedding)
 
@@ -236,17 +237,35 @@ def _text_list(row: Mapping[str, Any], names: tuple[str, ...], where: str, *, re
     return []
 
 
+def _numbered_negatives(row: Mapping[str, Any], where: str) -> list[str]:
+    """sentence-transformers' n-tuple columns ``negative_1``, ``negative_2``, ... (from ``mine_hard_negatives``)."""
+    names = [k for k in row if isinstance(k, str) and re.fullmatch(r"negative_[1-9][0-9]*", k)]
+    names.sort(key=lambda k: int(k.rsplit("_", 1)[1]))
+    if [int(k.rsplit("_", 1)[1]) for k in names] != list(range(1, len(names) + 1)):
+        raise ValueError(f"{where}: numbered negatives must run negative_1, negative_2, ... without gaps; got {names}")
+    out = []
+    for name in names:
+        if not isinstance(row[name], str):
+            raise ValueError(f"{where}: {name!r} must be a string")
+        out.append(row[name])
+    return out
+
+
 def _from_labelled_rows(rows: Iterable[tuple[str, Mapping[str, Any]]], source: str) -> tuple[TrainingSet, int, int]:
     """Build a set from ``(where, row)`` pairs; also returns the rows read and those skipped (no positives)."""
     builder = _Builder()
     n_rows = skipped = 0
     for where, row in rows:
         n_rows += 1
-        query = row.get("query")
+        query = row.get("query", row.get("anchor"))  # "anchor": sentence-transformers' column name
         if not isinstance(query, str):
-            raise ValueError(f"{where}: 'query' must be a string (fields: {sorted(row)})")
-        pos = _text_list(row, ("positives", "pos"), where, required=True)
-        neg = _text_list(row, ("negatives", "neg"), where, required=False)
+            raise ValueError(f"{where}: 'query' (or 'anchor') must be a string (fields: {sorted(row)})")
+        pos = _text_list(row, ("positives", "pos", "positive"), where, required=True)
+        neg = _text_list(row, ("negatives", "neg", "negative"), where, required=False)
+        numbered = _numbered_negatives(row, where)
+        if numbered and neg:
+            raise ValueError(f"{where}: give negatives as one list or as negative_1, negative_2, ...; not both")
+        neg = neg or numbered
         tpos, tneg = _teacher_fields(row, where)
         if tpos is not None or tneg is not None:
             tpos = _score_list(tpos, len(pos), f"{where}: teacher scores of positives")
