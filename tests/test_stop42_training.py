@@ -267,3 +267,12 @@ def test_sentence_transformers_columns_are_read(tmp_path: Path) -> None:
     path.write_text(json.dumps({"anchor": "q", "positive": "a", "negative": "b", "negative_1": "c"}) + "\n")
     with pytest.raises(ValueError, match="not both"):
         load_training_data([str(path)])
+
+
+def test_warmup_not_below_steps_warns(world: TrainWorld, caplog: pytest.LogCaptureFixture) -> None:
+    """A warm-up as long as the run never reaches the learning rate asked for: it was accepted silently."""
+    ts = load_training_data([str(world.beir)])
+    cfg = TrainConfig(steps=2, warmup_steps=5, batch_size=2, show_progress=False, device="cpu")
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers.training.trainer"):
+        train_heads_cached(make_tiny_encoder(pooling="mean"), ts, cfg)
+    assert any("warmup_steps (--warmup) 5 is not below steps (--steps) 2" in r.getMessage() for r in caplog.records)

@@ -725,6 +725,13 @@ def _optimise(
                 warmup = saved["warmup_resolved"]
     elif checkpoint_dir is not None:
         _warn_fresh_over_checkpoint(checkpoint_dir)
+    if warmup >= cfg.steps:
+        logger.warning(
+            "warmup_steps (--warmup) %d is not below steps (--steps) %d: the learning rate never reaches lr "
+            "(--lr); give fewer warm-up steps or more steps",
+            warmup,
+            cfg.steps,
+        )
     schedule = _linear_schedule(warmup, cfg.steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     start = 0
