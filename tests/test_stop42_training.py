@@ -276,3 +276,16 @@ def test_warmup_not_below_steps_warns(world: TrainWorld, caplog: pytest.LogCaptu
     with caplog.at_level(logging.WARNING, logger="kl_retrievers.training.trainer"):
         train_heads_cached(make_tiny_encoder(pooling="mean"), ts, cfg)
     assert any("warmup_steps (--warmup) 5 is not below steps (--steps) 2" in r.getMessage() for r in caplog.records)
+
+
+def test_heads_only_training_gives_back_the_callers_freezing(world: TrainWorld) -> None:
+    """train_heads_cached turned gradients on for every encoder parameter when it ended, undoing a freeze."""
+    ts = load_training_data([str(world.beir)])
+    encoder = make_tiny_encoder(pooling="mean")
+    frozen = [name for name, p in encoder.named_parameters() if "mean_head" not in name and "var_head" not in name]
+    for name, p in encoder.named_parameters():
+        p.requires_grad_(name not in frozen)
+    before = {name: p.requires_grad for name, p in encoder.named_parameters()}
+    train_heads_cached(encoder, ts, TrainConfig(steps=1, batch_size=2, show_progress=False, device="cpu"))
+    assert {name: p.requires_grad for name, p in encoder.named_parameters()} == before
+    assert frozen and not any(before[name] for name in frozen)

@@ -1051,6 +1051,7 @@ def train_heads_cached(
         return _batch_loss(cfg, batch, (qm, qv, dm, dv), uniq, inverse, device)
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    trainable = [(p, p.requires_grad) for p in encoder.parameters()]  # the caller's freezing, given back at the end
     try:
         for p in encoder.parameters():
             p.requires_grad_(False)
@@ -1062,6 +1063,6 @@ def train_heads_cached(
     finally:
         encoder.mean_head.to(home[0])
         encoder.var_head.to(home[1])
-        for p in encoder.parameters():
-            p.requires_grad_(True)
+        for p, was in trainable:
+            p.requires_grad_(was)
         encoder.eval()
