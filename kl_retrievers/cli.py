@@ -10,7 +10,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -577,19 +576,15 @@ def _run_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _torch_installed() -> bool:
-    return importlib.util.find_spec("torch") is not None
-
-
 def _recorded_backend(encoder_info: Any) -> str | None:
     """The backend (``"torch"`` / ``"onnx"``) a store's encoder ran on, from its config.json, else ``None``.
 
     :func:`kl_retrievers.store.faiss._recorded_backend` (which the store's own lazy loader uses too), with
-    this module's torch check and a warning that names ``--model-backend``.
+    a warning that names ``--model-backend``.
     """
     from kl_retrievers.store.faiss import _recorded_backend as recorded
 
-    return recorded(encoder_info, torch_installed=_torch_installed, hint="pass --model-backend to choose")
+    return recorded(encoder_info, hint="pass --model-backend to choose")
 
 
 # ---------------------------------------------------------------- evaluate / train / main

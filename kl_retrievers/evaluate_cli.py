@@ -303,8 +303,8 @@ def _hybrid_option_problem(args: argparse.Namespace) -> str | None:
         from kl_retrievers.hybrid import DEFAULT_STEMMER, _check_stemmer
     except ImportError:
         return None  # the hybrid extra is missing: the store's own check names it
-    effective = DEFAULT_STEMMER if stemmer is None else stemmer
-    if effective.strip().lower() != "none":
+    effective = _stemmer_option(stemmer).get("stemmer", DEFAULT_STEMMER)
+    if effective is not None:
         try:
             _check_stemmer(effective)
         except (ImportError, ValueError) as exc:

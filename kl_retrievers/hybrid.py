@@ -735,14 +735,7 @@ class _Tokenizer:
         return stem  # type: ignore[no-any-return]
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_local"] = None  # the per-thread stemmers are made again where they are used
-        state.pop("_split", None)  # a compiled pattern's bound method: rebuilt from token_pattern
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._split = re.compile(self.token_pattern).findall
+        return {**self.__dict__, "_local": None}  # the per-thread stemmers are made again where they are used
 
     def __call__(self, text: str) -> list[str]:
         if self._stop is None:

@@ -333,14 +333,14 @@ def test_search_defaults_to_the_backend_the_store_was_built_with(
     assert seen[-1] == "onnx"
     cfg["encoder"]["config"]["backend"] = "torch"
     (out / "config.json").write_text(json.dumps(cfg))
-    monkeypatch.setattr(cli, "_torch_installed", lambda: False)
+    monkeypatch.setattr("kl_retrievers.store.faiss._torch_installed", lambda: False)
     with caplog.at_level(logging.WARNING, logger="kl_retrievers.cli"):
         assert main(["search", str(out), "hello world", "-k", "2"]) == 0, _error(capsys)
     assert seen[-1] is None  # torch not installed: the library's default, with a warning
     assert any("not installed" in r.getMessage() for r in caplog.records)
     del cfg["encoder"]["config"]  # a store that records no encoder config: today's default
     (out / "config.json").write_text(json.dumps(cfg))
-    monkeypatch.setattr(cli, "_torch_installed", lambda: True)
+    monkeypatch.setattr("kl_retrievers.store.faiss._torch_installed", lambda: True)
     assert main(["search", str(out), "hello world", "-k", "2"]) == 0, _error(capsys)
     assert seen[-1] is None
 

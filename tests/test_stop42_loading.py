@@ -114,9 +114,9 @@ def test_cli_keeps_its_own_backend_hint(monkeypatch: pytest.MonkeyPatch, caplog:
     from kl_retrievers import cli
 
     info = {"name_or_path": "m", "config": {"dim": 8}}
-    monkeypatch.setattr(cli, "_torch_installed", lambda: True)
+    monkeypatch.setattr("kl_retrievers.store.faiss._torch_installed", lambda: True)
     assert cli._recorded_backend(info) == "torch"
-    monkeypatch.setattr(cli, "_torch_installed", lambda: False)
+    monkeypatch.setattr("kl_retrievers.store.faiss._torch_installed", lambda: False)
     with caplog.at_level(logging.WARNING):
         assert cli._recorded_backend(info) is None
     assert any("--model-backend" in r.getMessage() for r in caplog.records)

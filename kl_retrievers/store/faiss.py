@@ -115,12 +115,7 @@ def _torch_installed() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def _recorded_backend(
-    encoder_info: Any,
-    *,
-    torch_installed: Callable[[], bool] | None = None,
-    hint: str = "pass encoder= to choose",
-) -> str | None:
+def _recorded_backend(encoder_info: Any, *, hint: str = "pass encoder= to choose") -> str | None:
     """The backend (``"torch"`` / ``"onnx"``) a store's encoder ran on, from its config.json record, else ``None``.
 
     An ONNX encoder's config records ``backend: "onnx"``; a torch encoder's config records no backend,
@@ -129,8 +124,6 @@ def _recorded_backend(
 
     Args:
         encoder_info: The ``encoder`` record of a store's config.json (``{"name_or_path", "config"}``).
-        torch_installed: Tells whether torch is installed (asked only when torch is recorded); default:
-            :func:`importlib.util.find_spec` finds it.
         hint: How the caller chooses the backend itself, ending the warning.
 
     Returns:
@@ -149,7 +142,7 @@ def _recorded_backend(
     backend = cfg.get("backend", "torch")
     if backend not in ("torch", "onnx"):
         return None
-    if backend == "torch" and not (torch_installed or _torch_installed)():
+    if backend == "torch" and not _torch_installed():
         logger.warning(
             "the store was built with the torch backend, which is not installed; encoding queries on the "
             "library's default backend instead (scores can differ slightly; %s)",
