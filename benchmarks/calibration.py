@@ -659,6 +659,7 @@ def cmd_fit_hybrid(args: argparse.Namespace) -> None:
         model=MODEL,
         encoder=meta["encoder"],
         fingerprint=meta["fingerprint"],
+        bm25_stemmer=meta.get("stemmer"),  # dumps before stop 42 record none: they were not stemmed
         training_data=[
             {
                 "set": s,

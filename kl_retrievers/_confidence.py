@@ -25,7 +25,10 @@ A calibrator's features are on the score scale of the model it was fitted for, w
 bundled name; for a folder, what its own calibrators record or the bundled model an ONNX export
 came from: :func:`encoder_model_names`) is used all the same, since a reuse may be deliberate, but
 with one WARNING per calibrator and model naming both (:func:`check_calibrator_model`): its
-confidences, and ``min_confidence`` abstention, are then likely off.
+confidences, and ``min_confidence`` abstention, are then likely off. Likewise a hybrid calibrator
+records the BM25 stemmer of the store it was fitted on (``info["bm25_stemmer"]``, ``None``:
+unstemmed); a hybrid store stemmed otherwise uses it with one WARNING naming both
+(:func:`check_calibrator_stemmer`; a calibrator that records no stemmer passes silently).
 
 Examples:
     >>> check_min_confidence(0.4)
@@ -224,6 +227,15 @@ def encoder_model_names(encoder: Any) -> frozenset[str] | None:
     return frozenset(names) or None
 
 
+def _first_warning(key: str) -> bool:
+    """Whether the warning ``key`` names is due: ``True`` the first time only (this process, every thread)."""
+    with _WARN_LOCK:
+        if key in _WARNED:
+            return False
+        _WARNED.add(key)
+    return True
+
+
 def check_calibrator_model(calibrator: ConfidenceCalibrator, encoder: Any) -> bool:
     """Whether ``calibrator`` may have been fitted for ``encoder``'s model; warns once when it was not.
 
@@ -250,10 +262,8 @@ def check_calibrator_model(calibrator: ConfidenceCalibrator, encoder: Any) -> bo
         return True
     model = str(getattr(encoder, "name_or_path", ""))
     key = f"model-mismatch\0{recorded}\0{calibrator.info.get('fingerprint')}\0{calibrator.kind}\0{model}"
-    with _WARN_LOCK:
-        if key in _WARNED:
-            return False
-        _WARNED.add(key)
+    if not _first_warning(key):
+        return False
     logger.warning(
         "the %s confidence calibrator was fitted for the model %r (its info['model']) but is used with the model "
         "%r: its features are on the fitted model's score scale, so confidences and min_confidence abstention "
@@ -267,11 +277,57 @@ def check_calibrator_model(calibrator: ConfidenceCalibrator, encoder: Any) -> bo
     return False
 
 
+def _stemmed(stemmer: str | None) -> str:
+    return f"stemmed with {stemmer!r}" if stemmer else "not stemmed"
+
+
+def check_calibrator_stemmer(calibrator: ConfidenceCalibrator, stemmer: str | None) -> bool:
+    """Whether a hybrid ``calibrator`` was fitted on BM25 stemmed as a store's ``stemmer``; warns once when not.
+
+    A hybrid calibrator's BM25 features, and the fused top-1 it predicts, depend on the BM25 half's
+    tokens, so one fitted with another stemmer (:attr:`ConfidenceCalibrator.bm25_stemmer`) than the
+    store's gives shifted confidences. It is still used (a deliberate reuse is allowed), with one
+    WARNING per calibrator and store stemmer naming both, as for the adaptive fusion parameters. A
+    dense calibrator (no BM25) or a hybrid one that records no stemmer passes silently.
+
+    Args:
+        calibrator: The calibrator a hybrid retriever uses.
+        stemmer: The store's :attr:`~kl_retrievers.hybrid.KLHybridStore.stemmer` (``None``: unstemmed).
+
+    Returns:
+        ``False`` for a recorded stemmer that differs (warned), else ``True``.
+
+    Examples:
+        >>> cal = ConfidenceCalibrator(["gap12"], kind="hybrid")
+        >>> _ = cal.fit([[0.0], [1.0]], [0, 1], info={"bm25_stemmer": None})  # fitted on unstemmed BM25
+        >>> check_calibrator_stemmer(cal, None)
+        True
+    """
+    if calibrator.kind != "hybrid" or not calibrator.records_bm25_stemmer:
+        return True
+    recorded = calibrator.bm25_stemmer
+    if recorded == stemmer:
+        return True
+    info = calibrator.info
+    key = f"stemmer-mismatch\0{info.get('model')}\0{info.get('fingerprint')}\0{recorded}\0{stemmer}"
+    if not _first_warning(key):
+        return False
+    logger.warning(
+        "the hybrid confidence calibrator%s was fitted on BM25 %s, but this store's BM25 is %s; its BM25 features "
+        "and the fused ranking it predicts depend on the BM25 tokens, so confidences and min_confidence abstention "
+        "are likely off: pass stemmer=%r to the store to match it, or a calibrator fitted for this store "
+        "(info['bm25_stemmer'] records its stemmer)",
+        f" of {info['model']!r}" if isinstance(info.get("model"), str) else "",
+        _stemmed(recorded),
+        _stemmed(stemmer),
+        recorded,
+    )
+    return False
+
+
 def _warn_once(model: str) -> None:
-    with _WARN_LOCK:
-        if model in _WARNED:
-            return
-        _WARNED.add(model)
+    if not _first_warning(model):
+        return
     logger.warning(
         "the model %r ships no confidence calibration (%s): results carry confidence=None. Pass calibrator= "
         "(a kl_retrievers.calibration.ConfidenceCalibrator fitted for this model, or a path to its JSON)",
@@ -471,12 +527,14 @@ def hybrid_search(
     config = store.fusion.for_call(fusion, weight, normalization)
     encoder = store.encoder
     require_calibrator(scorer, encoder, min_confidence)
+    cal = scorer.calibrator(encoder)
+    if cal is not None:
+        check_calibrator_stemmer(cal, store.stemmer)
     if config.mode == "adaptive":
         store.adaptive_params()  # missing parameters fail before any work
     qg = store.encode_queries([query])  # before the lock: writers are not held up by encoding
     with store.consistent():  # candidates and the stored texts of the hits from one state of the store
         cand = store.candidates([query], query_gaussians=qg, filter=filter, depth=max(k, config.candidates))[0]
-        cal = scorer.calibrator(encoder)
         dense = np.sort(np.asarray(cand.neg_kl)[np.asarray(cand.dense_rank) > 0])[::-1]
         if cal is not None and cal.kind == "hybrid":
             confidence = hybrid_confidence(cal, cand) if dense.size >= 2 else None

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
+from kl_retrievers._bm25 import quiet_bm25s_logger
 from kl_retrievers.datasets import BeirDataset
 from kl_retrievers.encoding_cache import EncodingCache
 from kl_retrievers.gaussian import check_k
@@ -108,7 +109,7 @@ def bm25_run(
     """
     import bm25s
 
-    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs index building at DEBUG
+    quiet_bm25s_logger()  # it logs index building at DEBUG (a level the user set is kept)
     doc_ids = dataset.doc_ids
     sw: Any = stopwords if stopwords is not None else []
     tokenize = functools.partial(bm25s.tokenize, stopwords=sw, stemmer=stemmer, token_pattern=token_pattern)

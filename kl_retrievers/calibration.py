@@ -239,6 +239,21 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return out
 
 
+#: The ``info`` key of the BM25 stemmer a hybrid calibrator was fitted with (as the adaptive fusion parameters'
+#: :attr:`AdaptiveParams.bm25_stemmer <kl_retrievers.hybrid.AdaptiveParams.bm25_stemmer>`).
+_BM25_STEMMER_KEY = "bm25_stemmer"
+
+
+def _check_info(info: Mapping[str, Any], where: str) -> None:
+    """Refuse an ``info[_BM25_STEMMER_KEY]`` that is neither ``None`` (unstemmed) nor a stemmer's name."""
+    stemmer = info.get(_BM25_STEMMER_KEY)
+    if stemmer is not None and not (isinstance(stemmer, str) and stemmer.strip()):
+        raise ValueError(
+            f"{where}[{_BM25_STEMMER_KEY!r}] must be a PyStemmer language name (e.g. 'english') or None "
+            f"(unstemmed BM25); got {stemmer!r}"
+        )
+
+
 class ConfidenceCalibrator:
     """Logistic regression from per-query features to the probability that the top-1 document is relevant.
 
@@ -279,6 +294,37 @@ class ConfidenceCalibrator:
         """Whether :meth:`fit` (or :meth:`load`) has set the parameters."""
         return self.coef is not None
 
+    @property
+    def records_bm25_stemmer(self) -> bool:
+        """Whether :attr:`info` records the BM25 stemmer the calibrator was fitted with (``"bm25_stemmer"``).
+
+        Examples:
+            >>> cal = ConfidenceCalibrator(["gap12"], kind="hybrid").fit([[0.0], [1.0]], [0, 1])
+            >>> cal.records_bm25_stemmer
+            False
+        """
+        return _BM25_STEMMER_KEY in self.info
+
+    @property
+    def bm25_stemmer(self) -> str | None:
+        """The BM25 stemmer a hybrid calibrator was fitted with (``info["bm25_stemmer"]``, lower-case).
+
+        The same record as :attr:`AdaptiveParams.bm25_stemmer <kl_retrievers.hybrid.AdaptiveParams.bm25_stemmer>`:
+        ``None`` is unstemmed BM25 when :attr:`records_bm25_stemmer`; otherwise the stemmer is not
+        known, since :meth:`fit` reads features, not a store, and only its caller can record it
+        (``info=``). Unlike the adaptive parameters, a missing record is not taken for unstemmed
+        BM25 (hybrid calibrators were fitted on stemmed BM25, the default model's since stop 42,
+        before they recorded it): hybrid retrievers compare only a recorded stemmer with their
+        store's, and warn once when they differ. Dense calibrators read no BM25 and are not compared.
+
+        Examples:
+            >>> cal = ConfidenceCalibrator(["gap12"], kind="hybrid")
+            >>> cal.fit([[0.0], [1.0]], [0, 1], info={"bm25_stemmer": "english"}).bm25_stemmer
+            'english'
+        """
+        stemmer = self.info.get(_BM25_STEMMER_KEY)
+        return stemmer.strip().lower() if isinstance(stemmer, str) else None
+
     def fit(
         self,
         x: Any,
@@ -294,14 +340,19 @@ class ConfidenceCalibrator:
             y: 0/1 labels (top-1 relevant or not) or soft targets in ``[0, 1]``.
             sample_weight: Non-negative weight per query (default 1), e.g. to weigh training
                 sets equally.
-            info: Facts stored with the calibrator (the training data, the target, the command).
+            info: Facts stored with the calibrator (the training data, the target, the command). A
+                hybrid calibrator should record the BM25 stemmer of the store its features came from,
+                ``info["bm25_stemmer"]`` (its :attr:`~kl_retrievers.hybrid.KLHybridStore.stemmer`,
+                ``None`` when unstemmed): hybrid retrievers warn when a store's stemmer differs
+                (:attr:`bm25_stemmer`).
 
         Returns:
             ``self``.
 
         Raises:
             ValueError: Shapes that disagree, a non-finite feature (naming its row and column), a
-                target outside ``[0, 1]``, negative or all-zero weights, fewer than 2 queries.
+                target outside ``[0, 1]``, negative or all-zero weights, fewer than 2 queries, an
+                ``info["bm25_stemmer"]`` that is neither ``None`` nor a name.
             ModuleNotFoundError: scipy is not installed (the message names the extra that installs it).
         """
         from kl_retrievers._encoding import require_modules
@@ -309,6 +360,7 @@ class ConfidenceCalibrator:
         require_modules("ConfidenceCalibrator.fit", ["scipy"], "hybrid")  # [eval] includes scipy too
         from scipy.optimize import minimize
 
+        _check_info(info or {}, "info")
         xm = _as_matrix(x, len(self.features))
         t = np.asarray(y, dtype=np.float64).ravel()
         if t.shape[0] != xm.shape[0]:
@@ -451,6 +503,7 @@ class ConfidenceCalibrator:
         info = data.get("info")
         if info is not None and not isinstance(info, Mapping):
             raise ValueError(f"calibrator field 'info' must be a JSON object or null; got {info!r}")
+        _check_info(info or {}, "calibrator field 'info'")
         cal = cls(names, l2=float(l2), kind=kind)
         k = len(cal.features)
         arrays = {}

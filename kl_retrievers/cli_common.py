@@ -228,6 +228,16 @@ def model_session_problem(
     return None
 
 
+def add_unknown_docs_argument(parser: Any, *, help: str) -> None:
+    """``--unknown-docs {error,drop}`` (default ``error``): what to do with qrels naming documents outside the corpus.
+
+    Args:
+        parser: An ``argparse`` parser or argument group.
+        help: The option's help text (each command words what it drops).
+    """
+    parser.add_argument("--unknown-docs", choices=["error", "drop"], default="error", help=help)
+
+
 def args_subset(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     """The parsed options ``names`` as keyword arguments, for options passed on under their own name.
 

@@ -47,11 +47,14 @@ from kl_retrievers.gaussian import SCORE_DIRECTION, Gaussians
 from kl_retrievers.hub import (
     BUNDLED_DIR,
     BUNDLED_PREFIX,
+    ModelNotFoundError,
     bundled_name,
     bundled_names,
     cached_sha256,
+    check_model_folder,
     file_matches_sha256,
     local_reference,
+    missing_folder_note,
     resolve_model_path,
     retyped,
     sha256_file,
@@ -739,6 +742,10 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                 when kl_retrievers wrote it: a store, saved Gaussians, an ONNX export), or its weights
                 file does not match the SHA-256 its ``config.json`` records.
             TypeError: ``name_or_path`` is not a str or path.
+            kl_retrievers.hub.ModelNotFoundError: No folder, hub repo or installed copy has the model. A path
+                object, or a str that can only be a folder (:func:`kl_retrievers.hub.is_path_name`:
+                ``./enc``, ``models/v1/enc``), that does not exist fails before any hub lookup; the message names
+                its absolute path and the current directory (as it does after the hub for ``models/enc``).
 
         Examples:
             >>> enc = GaussianEncoder.from_pretrained("my-encoder")  # doctest: +SKIP
@@ -757,8 +764,16 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                     f"no bundled model named {name_or_path.removeprefix(BUNDLED_PREFIX)!r}; bundled models: "
                     f"{bundled_names()} (kl_retrievers.load_model loads them on either backend)"
                 )
+        is_path = not isinstance(name_or_path, str)  # a path object is a folder, never a hub id
         name_or_path = _model_reference(name_or_path)
-        path = resolve_model_path(name_or_path)
+        check_model_folder(name_or_path, is_path=is_path)  # a folder that does not exist: no hub lookup
+        try:
+            path = resolve_model_path(name_or_path)
+        except ModelNotFoundError as exc:
+            note = missing_folder_note(name_or_path)  # models/enc: a hub id's form, or a folder that has vanished
+            if not note:
+                raise
+            raise retyped(exc, f"{exc}{note}") from exc.__cause__
         reference = local_reference(name_or_path)
         cfg_file = path / CONFIG_NAME
         meta = read_encoder_meta(path)  # NotAnEncoderError naming the folder (kl_retrievers._config, torch-free)
@@ -816,11 +831,13 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         name_or_path: str | os.PathLike[str],
     ) -> GaussianEncoder:
         try:
+            check_model_folder(config.backbone)  # a recorded folder that no longer exists: no hub lookup
             base_path = resolve_model_path(config.backbone)
         except (OSError, ValueError, ImportError) as exc:  # not found, or a rebuilt copy (bge) that cannot be made
+            note = missing_folder_note(config.backbone) if isinstance(exc, ModelNotFoundError) else ""
             message = (
                 f"{path} stores only the weights that differ from its backbone {config.backbone!r} "
-                f"({CONFIG_NAME} encoder.backbone), and that backbone cannot be found: {exc}"
+                f"({CONFIG_NAME} encoder.backbone), and that backbone cannot be found: {exc}{note}"
             )
             raise retyped(exc, message) from exc.__cause__
         if config.backbone_sha256:

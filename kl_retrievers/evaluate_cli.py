@@ -36,6 +36,7 @@ from kl_retrievers.baselines import run_baseline
 from kl_retrievers.cli_common import (
     add_model_backend_argument,
     add_model_session_arguments,
+    add_unknown_docs_argument,
     args_subset,
     check_output_path,
     model_session_options,
@@ -224,12 +225,7 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--cache-dir", default=None, help=f"encoding cache (default: ${CACHE_ENV} or ~/.cache/...)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the encoding cache")
-    p.add_argument(
-        "--unknown-docs",
-        choices=["error", "drop"],
-        default="error",
-        help="qrels naming documents outside the corpus: fail (default) or drop them",
-    )
+    add_unknown_docs_argument(p, help="qrels naming documents outside the corpus: fail (default) or drop them")
     p.add_argument(
         "--quiet",
         action="store_true",

@@ -49,6 +49,10 @@ __all__ = [
     "cached_sha256",
     "local_reference",
     "warn_if_shadowed",
+    "is_path_name",
+    "missing_folder",
+    "check_model_folder",
+    "missing_folder_note",
 ]
 
 
@@ -120,6 +124,83 @@ def local_reference(name_or_path: str | os.PathLike[str]) -> str:
 
 class ModelNotFoundError(OSError):
     """No local folder, hub copy or installed package provides the model."""
+
+
+def is_path_name(name_or_path: str) -> bool:
+    """Whether the model name ``name_or_path`` can only be a local folder, never a hub id.
+
+    A hub id is ``NAME`` or ``OWNER/NAME`` and never starts with ``.``; so a name with more than one ``/``,
+    with a ``\\``, or starting with ``.``, ``~`` or ``/`` (an absolute path) is a folder. ``models/enc``, with
+    one ``/``, has a hub id's form: it is the folder when that exists, else a hub id (:func:`kl_retrievers.load_model`'s
+    error then names the missing folder too).
+
+    Examples:
+        >>> is_path_name("models/v2/enc"), is_path_name("./enc"), is_path_name("~/enc")
+        (True, True, True)
+        >>> is_path_name("BAAI/bge-small-en-v1.5"), is_path_name("models/enc"), is_path_name("enc")
+        (False, False, False)
+    """
+    return (
+        name_or_path.startswith((".", "~", "/"))
+        or os.path.isabs(name_or_path)
+        or name_or_path.count("/") > 1
+        or "\\" in name_or_path
+    )
+
+
+def missing_folder(name_or_path: str) -> str:
+    """Where the folder ``name_or_path`` was looked for: ``"no folder /abs/path exists (relative paths ...)"``.
+
+    Names the absolute path and the current directory, which a relative path is read from.
+
+    Examples:
+        >>> missing_folder("/no/such/enc")  # doctest: +ELLIPSIS
+        'no folder /no/such/enc exists (relative paths are read from the current directory, ...)'
+    """
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the working folder was removed
+        return f"no folder {name_or_path} exists (and the current directory no longer exists)"
+    where = os.path.normpath(os.path.join(cwd, os.path.expanduser(name_or_path)))
+    return f"no folder {where} exists (relative paths are read from the current directory, {cwd})"
+
+
+def check_model_folder(name_or_path: str, *, is_path: bool = False) -> None:
+    """Refuse, before any hub lookup, a model name that can only be a local folder and names none.
+
+    Args:
+        name_or_path: The model's name or folder (not a bundled model's name: the caller checked).
+        is_path: It was given as a path object (always a folder), not a str.
+
+    Raises:
+        kl_retrievers.hub.ModelNotFoundError: ``name_or_path`` is a path (:func:`is_path_name`, or
+            ``is_path``) that does not exist; the message names its absolute path and the current directory.
+
+    Examples:
+        >>> check_model_folder("BAAI/bge-small-en-v1.5")  # a hub id's form: the hub may have it
+        >>> check_model_folder("./no-such-enc")  # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+        kl_retrievers.hub.ModelNotFoundError: cannot find model './no-such-enc': no folder ... exists ...
+    """
+    if (is_path or is_path_name(name_or_path)) and not Path(name_or_path).expanduser().exists():
+        raise ModelNotFoundError(f"cannot find model {name_or_path!r}: {missing_folder(name_or_path)}.")
+
+
+def missing_folder_note(name_or_path: str) -> str:
+    """For a hub id's form (``NAME``, ``OWNER/NAME``) that the hub did not serve: the sentence saying that no
+    local folder of that name exists either (with its absolute path and the current directory), else ``""``.
+
+    Appended to the hub's error, since ``models/enc`` may be a folder that has vanished, not a hub id.
+
+    Examples:
+        >>> missing_folder_note("no-such-owner/no-such-enc")  # doctest: +ELLIPSIS
+        ' No folder .../no-such-owner/no-such-enc exists (relative paths are read from the current directory, ...).'
+        >>> missing_folder_note("./no-such-enc")  # a path: check_model_folder's error says it
+        ''
+    """
+    if is_path_name(name_or_path) or Path(name_or_path).expanduser().exists():
+        return ""
+    return f" N{missing_folder(name_or_path)[1:]}."
 
 
 @dataclass(frozen=True)

@@ -813,7 +813,9 @@ class _BM25Half:
         if any(corpus):
             import bm25s
 
-            logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets itself to DEBUG (as in baselines.py)
+            from kl_retrievers._bm25 import quiet_bm25s_logger
+
+            quiet_bm25s_logger()
             index = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
             index.index(corpus, create_empty_token=False, show_progress=False)
             scores = index.scores

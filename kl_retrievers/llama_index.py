@@ -2142,6 +2142,27 @@ def _objects_of(nodes: Sequence[BaseNode] | None) -> dict[str, Any]:
     return {n.index_id: n.obj for n in nodes or () if isinstance(n, IndexNode) and n.obj is not None}
 
 
+def _default_encoder(encoder: Any) -> Any:
+    """``encoder``, or the package's default model (loaded, and logged) when it is ``None``."""
+    if encoder is not None:
+        return encoder
+    from kl_retrievers.pretrained import load_default_model
+
+    logger.info("no encoder given; loading the default model")
+    return load_default_model()
+
+
+def _split_documents(
+    documents: Sequence[Document], transformations: Sequence[TransformComponent] | None
+) -> list[BaseNode]:
+    """``documents`` run through ``transformations`` (default: ``SentenceSplitter()``), as ``from_defaults`` splits."""
+    from llama_index.core.ingestion import run_transformations
+    from llama_index.core.node_parser import SentenceSplitter
+
+    steps = list(transformations) if transformations is not None else [SentenceSplitter()]
+    return list(run_transformations(list(documents), steps))
+
+
 class _TopKRetriever(BaseRetriever):
     """A LlamaIndex retriever with a checked, settable ``similarity_top_k`` (shared by the two below)."""
 
@@ -2287,19 +2308,11 @@ class KLRetriever(_TopKRetriever):
         if vector_store is not None and encoder is None:
             # a loaded store keeps no encoder: the model it was saved with, before the default
             encoder = vector_store.encoder if vector_store.encoder is not None else vector_store._saved_encoder()
-        if encoder is None:
-            from kl_retrievers.pretrained import load_default_model
-
-            logger.info("no encoder given; loading the default model")
-            encoder = load_default_model()
+        encoder = _default_encoder(encoder)
         if vector_store is None:
             vector_store = KLVectorStore(encoder=encoder)
             if documents is not None:
-                from llama_index.core.ingestion import run_transformations
-                from llama_index.core.node_parser import SentenceSplitter
-
-                steps = list(transformations) if transformations is not None else [SentenceSplitter()]
-                nodes = list(run_transformations(list(documents), steps))
+                nodes = _split_documents(documents, transformations)
             vector_store.add(_detach_objects(list(nodes or [])))  # their objects are in object_map
         return cls(vector_store, encoder=encoder, similarity_top_k=similarity_top_k, filters=filters, **kwargs)
 
@@ -2575,17 +2588,9 @@ class KLHybridRetriever(_TopKRetriever):
             if encoder is not None:
                 store.kl.encoder = encoder
         else:
-            if encoder is None:
-                from kl_retrievers.pretrained import load_default_model
-
-                logger.info("no encoder given; loading the default model")
-                encoder = load_default_model()
+            encoder = _default_encoder(encoder)
             if documents is not None:
-                from llama_index.core.ingestion import run_transformations
-                from llama_index.core.node_parser import SentenceSplitter
-
-                steps = list(transformations) if transformations is not None else [SentenceSplitter()]
-                nodes = list(run_transformations(list(documents), steps))
+                nodes = _split_documents(documents, transformations)
             store = KLHybridStore(encoder, fusion=fusion, **store_kwargs)
             node_list = _detach_objects(list(nodes or []))  # their objects go to object_map (below)
             # The last occurrence of a repeated id wins, as in KLVectorStore.add (KLHybridStore.add refuses repeats).

@@ -38,7 +38,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kl_retrievers.hub import ModelNotFoundError, local_reference, warn_if_shadowed
+from kl_retrievers.hub import (
+    ModelNotFoundError,
+    check_model_folder,
+    local_reference,
+    missing_folder_note,
+    warn_if_shadowed,
+)
 
 if TYPE_CHECKING:
     from kl_retrievers.encoder import GaussianEncoder
@@ -301,6 +307,11 @@ def load_model(
         kl_retrievers.NotAnEncoderError: A folder that is neither an ONNX export nor a saved encoder (with
             ``backend="onnx"`` this is checked first, so the message names the folder even without torch).
         kl_retrievers.onnx.OnnxModelError: An ONNX folder whose graph does not match its config.
+        kl_retrievers.hub.ModelNotFoundError: Nothing has the model. A name that can only be a folder
+            (:func:`kl_retrievers.hub.is_path_name`: ``./enc``, ``models/v1/enc``, an absolute path, a path
+            object) that does not exist fails before any hub lookup; the message names its absolute path and
+            the current directory, as it does, after the hub, for a hub id's form (``models/enc``), which may be
+            a vanished folder.
 
     Examples:
         >>> load_model("minilm-gauss-soup", backend="torch").config.dim  # doctest: +SKIP
@@ -327,11 +338,15 @@ def load_model(
     if name is not None and text is not None:
         warn_if_shadowed(text, name)
     try:
+        if name is None and text is not None:
+            check_model_folder(text)  # a name that can only be a folder, and names none: no lookup can help
         return _load(name, text, device=device, backend=backend, quantize=quantize, onnx_options=options)
     except ModelNotFoundError as exc:
         if name is None and text is not None and not Path(text).expanduser().exists():
+            note = missing_folder_note(text)
+            note = "" if note.strip() in str(exc) else note  # the torch loader may have said it already
             raise ModelNotFoundError(
-                f"{exc} Bundled models (load them by name): {', '.join(bundled_models())}."
+                f"{exc}{note} Bundled models (load them by name): {', '.join(bundled_models())}."
             ) from None
         raise
 

@@ -163,7 +163,9 @@ def _unloadable_saved_name(name: str) -> str | None:
     """
     if name.startswith(_LANGCHAIN_PREFIX):
         return "it names a LangChain Embeddings, which is not saved with the store and cannot be loaded by name"
-    if (os.path.isabs(name) or name.startswith(("./", "../", "~"))) and not Path(name).expanduser().exists():
+    from kl_retrievers.hub import is_path_name  # ./enc, models/v1/enc, an absolute path: never a hub id
+
+    if is_path_name(name) and not Path(name).expanduser().exists():
         return "it names a model folder that no longer exists"
     return None
 
@@ -215,18 +217,8 @@ _INT_SETTINGS = tuple(name for name in INDEX_PARAMS if name not in _OTHER_PARAMS
 #: fixed once a store holds documents.
 BUILD_SETTINGS = ("index_type", "hnsw_m", "nlist", "compression", "pq_m", "pq_nbits", "refine")
 #: Settings read at every search (or at the next (re)build): they may change at any time, checked as by the constructor.
-TUNABLE_SETTINGS = (
-    "ef_search",
-    "ef_construction",
-    "nprobe",
-    "rescore_pool",
-    "rescore_factor",
-    "norm_headroom",
-    "exact_threshold",
-    "compact_threshold",
-    "seed",
-    "batch_size",
-)
+#: The saved index parameters that do not shape the index (in their order), and ``batch_size`` (not saved).
+TUNABLE_SETTINGS = (*(name for name in INDEX_PARAMS if name not in BUILD_SETTINGS), "batch_size")
 _SETTINGS = frozenset(BUILD_SETTINGS + TUNABLE_SETTINGS)
 
 

@@ -3,8 +3,9 @@
 The sibling of :class:`~kl_retrievers.store.faiss.KLStore` for corpora that outgrow one process:
 the same public methods (checked the same way), the same reduction of ``-KL`` to L2, a Milvus
 collection instead of a table and a FAISS index.  Each document is stored as one Milvus row: a
-``VARCHAR`` primary key ``id``, its ``text``, a ``JSON`` ``metadata`` field and a
-``FLOAT_VECTOR`` holding the inner-product rewrite ``d~`` of its Gaussian (METHOD.md):
+``VARCHAR`` primary key ``id``, its ``text``, a ``JSON`` ``metadata`` field, an ``INT64`` ``added``
+(when it was added, for the order of tied scores; collections created before 2026-12-05 have none) and
+a ``FLOAT_VECTOR`` holding the inner-product rewrite ``d~`` of its Gaussian (METHOD.md):
 
 * ``metric="L2"`` (default): the MIPS -> L2 reduction, the very code :class:`KLStore` uses
   (``reduction to L2`` in :mod:`kl_retrievers.gaussian`).  The first coordinate of ``d~`` is
@@ -84,6 +85,7 @@ import json
 import logging
 import math
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -163,6 +165,25 @@ _IN_LOCAL_MIN = 128
 _NORM_JUMP_WARN = 1e3
 #: :meth:`MilvusKLStore.repair` lowers ``M`` when it exceeds ``norm_headroom * max ||d^||`` by this factor.
 _SHRINK_FACTOR = 2.0
+#: Nullable INT64 field of collections created since 2026-12-05: when the row was (last) added, for the order of
+#: exactly tied scores (the later-added first, as ``KLStore``). Rows without it (collections created earlier,
+#: rows an earlier release wrote) rank after those with it, greatest id first.
+_ADDED_FIELD = "added"
+_added_lock = threading.Lock()
+_last_added = 0
+
+
+def _next_added(n: int) -> list[int]:
+    """``n`` increasing insertion stamps, each above every stamp this process gave before.
+
+    The stamps are nanoseconds of the wall clock, so writers in several processes order their documents
+    by when each was added (as far as their clocks agree); within a process they never repeat or go back.
+    """
+    global _last_added
+    with _added_lock:
+        start = max(time.time_ns(), _last_added + 1)
+        _last_added = start + n - 1
+    return list(range(start, start + n))
 
 
 class MilvusConnectionError(ConnectionError):
@@ -418,6 +439,23 @@ def _has_negated_order(spec: Any, negated: bool = False) -> bool:
     return False
 
 
+def _is_lite_client(client: Any, timeout: float | None = None) -> bool:
+    """Whether ``client`` (a ``pymilvus.MilvusClient``) is connected to Milvus Lite.
+
+    A client made with ``MilvusClient("./x.db")`` keeps no trace of the file: pymilvus hands the
+    path to ``milvus_lite``, which serves it on a local port, and the client holds that port's URL.
+    Milvus Lite names itself in the server version (``"milvus_lite-3.2.2"``; a server answers
+    ``"v2.5.4"`` and the like), so that is asked once (within ``timeout`` seconds). A client that
+    cannot answer (an object standing in for a client) counts as a server, as every client passed did before.
+    """
+    try:
+        version = client.get_server_version(timeout=timeout)
+    except Exception:  # any failure: treated as a server, as before
+        logger.debug("could not read the Milvus server version of %r; treated as a server", client, exc_info=True)
+        return False
+    return isinstance(version, str) and version.lower().startswith("milvus_lite")
+
+
 @dataclass(frozen=True)
 class _LiteFilter:
     """A checked dict filter resolved to ids at search time (Milvus Lite): its long ``$in`` lists, or all of it
@@ -460,6 +498,15 @@ class MilvusKLStore(GaussianStore):
     the stored norm bound ``M`` and offset with their version, stores a raised ``M`` before it
     rewrites any row and checks afterwards that no other writer changed it (see the module
     docstring, *Several writers*, for what this guarantees and what it cannot).
+
+    Documents whose scores tie exactly come back later-added first, as in
+    :class:`~kl_retrievers.store.faiss.KLStore` (ids added as ``"b", "a", "c"``: ``c, a, b``; a document
+    re-added under its id counts as added then), among the rows Milvus returns for re-scoring (with more
+    exact ties than that pool holds, which of them come back is Milvus's choice). Milvus keeps no row
+    order, so each row stores when it was added (an ``added`` field: nanoseconds of the writer's clock,
+    increasing within a process; kept when the L2 reduction rewrites rows). Collections created before
+    this field (2026-12-05) have no such record: there, and for rows an earlier release wrote, ties come
+    back greatest id first (``trec_eval``'s order), after the stamped rows.
 
     Args:
         encoder: Optional encoder (``encode_queries`` / ``encode_documents``); needed to add or
@@ -504,6 +551,11 @@ class MilvusKLStore(GaussianStore):
         >>> len(store)
         0
     """
+
+    _dim: int | None  # the attached collection's state: see _forget
+    _state: _Reduction
+    _uid: str | None
+    _identity: tuple[Any, str | None] | None
 
     def __init__(
         self,
@@ -600,13 +652,10 @@ class MilvusKLStore(GaussianStore):
         #: Rewrites of every row's extra coordinate caused by a document norm above ``M``.
         self.rebuild_count = 0
         self._lock = threading.RLock()
-        self._dim: int | None = None
-        self._state = _NO_REDUCTION  # M, the offset and their version, as this client last read them
-        self._uid: str | None = None  # random id stored in the collection's config at creation
-        self._identity: tuple[Any, str | None] | None = None  # (collection_id, uid) of the attached collection
-        self._text_nullable = False  # a nullable text field keeps "no text" (None) apart from ""
-        #: Milvus Lite (a local ``.db`` file): long ``$in`` / ``$nin`` lists are resolved to ids (:meth:`_ids_in`).
-        self._lite = client is None and str(uri).endswith(".db")
+        self._forget()  # no collection attached yet
+        #: Milvus Lite (a local ``.db`` file, or a client connected to one): long ``$in`` / ``$nin`` lists are
+        #: resolved to ids (:meth:`_ids_in`) and negated order comparisons evaluated here (:meth:`_ids_matching`).
+        self._lite = _is_lite_client(client, self.timeout) if client is not None else str(uri).endswith(".db")
         self._client = client if client is not None else self._connect(uri, token)
         if self._client.has_collection(collection_name, timeout=self.timeout):
             self._attach(None if dim is None else int(dim))
@@ -687,6 +736,8 @@ class MilvusKLStore(GaussianStore):
         # nullable (collections created since 2026-12-03): a document added without text reads back as None
         schema.add_field("text", dt.VARCHAR, max_length=self.max_text_length, nullable=True)
         schema.add_field("metadata", dt.JSON)
+        # nullable (collections created since 2026-12-05): when the row was added, for the order of ties
+        schema.add_field(_ADDED_FIELD, dt.INT64, nullable=True)
         index_params = self._client.prepare_index_params()
         index_type, params = self._index_params()
         index_params.add_index(field_name="vector", index_type=index_type, metric_type=self.metric, params=params)
@@ -698,6 +749,7 @@ class MilvusKLStore(GaussianStore):
             timeout=self.timeout,
         )
         self._text_nullable = True
+        self._has_added = True
         info = self._client.describe_collection(self.collection_name, timeout=self.timeout)
         self._identity = self._identity_of(info, self._stored_config(info)[0])
         logger.info("created Milvus collection %r (%s, %s, dim %d)", self.collection_name, index_type, self.metric, k)
@@ -784,12 +836,13 @@ class MilvusKLStore(GaussianStore):
         return state
 
     def _forget(self) -> None:
-        """Forget the attached collection (dropped): nothing known until the next attach or create."""
+        """Forget the attached collection (none yet, or dropped): nothing known until the next attach or create."""
         self._dim = None
-        self._state = _NO_REDUCTION
-        self._uid = None
-        self._identity = None
-        self._text_nullable = False
+        self._state = _NO_REDUCTION  # M, the offset and their version, as this client last read them
+        self._uid = None  # random id stored in the collection's config at creation
+        self._identity = None  # (collection_id, uid) of the attached collection
+        self._text_nullable = False  # a nullable text field keeps "no text" (None) apart from ""
+        self._has_added = False  # the collection has the insertion-stamp field (_ADDED_FIELD)
 
     def _sync(self) -> None:
         """Check (one ``describe_collection``) that the collection is still the one attached, and re-read
@@ -856,6 +909,7 @@ class MilvusKLStore(GaussianStore):
             )
             self.index_type, self.compression = index_type, compression
         self._text_nullable = bool((fields.get("text") or {}).get("nullable", False))
+        self._has_added = _ADDED_FIELD in fields
         uid = config.get("collection_uid")
         self._uid = uid if isinstance(uid, str) else None
         self._identity = self._identity_of(info, config)
@@ -926,7 +980,12 @@ class MilvusKLStore(GaussianStore):
         """
         return text if text is not None or self._text_nullable else ""
 
+    def _fields(self, *names: str) -> list[str]:
+        """``names``, and the insertion stamp where the collection has it (the rows a ranking reads)."""
+        return [*names, _ADDED_FIELD] if self._has_added else list(names)
+
     def _upsert(self, vectors: np.ndarray, id_list: Sequence[str], texts: Sequence[Any], metas: Sequence[Any]) -> None:
+        added = _next_added(len(id_list)) if self._has_added else None
         rng: Any = range(0, len(id_list), self.insert_batch)
         if self.show_progress_bar:
             from tqdm.auto import tqdm
@@ -938,6 +997,9 @@ class MilvusKLStore(GaussianStore):
                 {"id": id_list[i], "vector": vectors[i].tolist(), "text": self._text(texts[i]), "metadata": metas[i]}
                 for i in range(s, e)
             ]
+            if added is not None:
+                for i, row in enumerate(rows, start=s):
+                    row[_ADDED_FIELD] = added[i]
             self._client.upsert(self.collection_name, rows, timeout=self.request_timeout)
 
     def _add_documents(self, new: _NewDocuments) -> None:
@@ -1095,7 +1157,7 @@ class MilvusKLStore(GaussianStore):
         assert self._dim is not None and state.norm_bound is not None
         bound, offset, version, writer = state.norm_bound, state.offset, state.version, state.writer
         rewritten = 0
-        for page in self._iter_all(["id", "vector", "text", "metadata"]):
+        for page in self._iter_all(self._fields("id", "vector", "text", "metadata")):
             g = document_gaussians_from_vectors([r["vector"] for r in page], self._dim)
             dvec = np.asarray(kl_document_vectors(g))
             top = reduction_norm_bound(dvec, offset)
@@ -1106,6 +1168,9 @@ class MilvusKLStore(GaussianStore):
                 {"id": r["id"], "vector": v.tolist(), "text": r["text"], "metadata": r["metadata"]}
                 for r, v in zip(page, vectors, strict=True)
             ]
+            if self._has_added:  # kept: a rewrite changes no row's place among ties
+                for row, r in zip(rows, page, strict=True):
+                    row[_ADDED_FIELD] = r.get(_ADDED_FIELD)
             self._client.upsert(self.collection_name, rows, timeout=self.request_timeout)
             rewritten += len(rows)
         # a separate key: a late mark can only name its own publication, never hide a newer pending one
@@ -1342,9 +1407,11 @@ class MilvusKLStore(GaussianStore):
         assert self._dim is not None
         pool = document_gaussians_from_vectors([r["vector"] for r in rows], self._dim)
         scores = np.asarray(neg_kl(q64, pool))
-        # exact ties: the greater id first (trec_eval's order; Milvus keeps no row order to rank them by)
+        # exact ties: the later-added first (the stored insertion stamp, as KLStore's row order); rows without
+        # a stamp (collections created before 2026-12-05) after those with one, the greater id first among them
+        added = np.asarray([-1 if r.get(_ADDED_FIELD) is None else r[_ADDED_FIELD] for r in rows], dtype=np.int64)
         ranks = tie_ranks([str(r["id"]) for r in rows])
-        return np.lexsort((ranks, -scores))[:k], scores
+        return np.lexsort((ranks, -added, -scores))[:k], scores
 
     def _rank(self, q64: Gaussians, rows: Sequence[Mapping[str, Any]], k: int) -> list[SearchResult]:
         """The top ``k`` of ``rows`` (each ``{"id", "vector", "text", "metadata"}``, one stored version of a
@@ -1399,7 +1466,7 @@ class MilvusKLStore(GaussianStore):
         # metadata are fetched with their vectors, and a winner whose vector changed or vanished in
         # between (a concurrent upsert or delete) sends its query to a second search that returns texts
         # too, so every hit is one stored version of its document: never torn, never dropped.
-        rows = search(data, ["vector"])
+        rows = search(data, self._fields("vector"))
         tops = [self._top(q64[i], row, k) for i, row in enumerate(rows)]
         stored = self._fetch(list({rows[i][j]["id"] for i, (order, _) in enumerate(tops) for j in order}),
                              ["vector", "text", "metadata"])  # fmt: skip
@@ -1417,7 +1484,7 @@ class MilvusKLStore(GaussianStore):
                 hits.append(SearchResult(str(row["id"]), float(scores[j]), now["text"], dict(now["metadata"] or {})))
             results.append(hits)
         if stale:
-            again = search(data[stale], ["vector", "text", "metadata"])
+            again = search(data[stale], self._fields("vector", "text", "metadata"))
             for i, row in zip(stale, again, strict=True):
                 rows[i] = row
                 results[i] = self._rank(q64[i], row, k)
@@ -1450,9 +1517,7 @@ class MilvusKLStore(GaussianStore):
             )
             return
         matching = [
-            {"id": r["id"], "vector": r["vector"], "text": r["text"], "metadata": r["metadata"]}
-            for page in self._iter_all(["id", "vector", "text", "metadata"], filter=filter)
-            for r in page
+            r for page in self._iter_all(self._fields("vector", "text", "metadata"), filter=filter) for r in page
         ]
         for i in short:
             results[i] = self._rank(q64[i], matching, k)

@@ -27,7 +27,14 @@ from typing import Any
 from kl_retrievers._config import is_saved_encoder
 from kl_retrievers._encoding import query_prefix_of
 from kl_retrievers._io import check_replace_target, is_within, some_names
-from kl_retrievers.cli_common import _int_at_least, args_subset, check_output_path, positive_int, token_budget
+from kl_retrievers.cli_common import (
+    _int_at_least,
+    add_unknown_docs_argument,
+    args_subset,
+    check_output_path,
+    positive_int,
+    token_budget,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -93,11 +100,8 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     d = p.add_argument_group("data")
     d.add_argument("--data", action="append", required=True, help="BEIR folder (its --split) or .jsonl file; repeat")
     d.add_argument("--split", default="train", help="qrels split of BEIR folders")
-    d.add_argument(
-        "--unknown-docs",
-        choices=["error", "drop"],
-        default="error",
-        help="BEIR qrels naming documents outside the corpus: fail (default) or drop them with a warning",
+    add_unknown_docs_argument(
+        d, help="BEIR qrels naming documents outside the corpus: fail (default) or drop them with a warning"
     )
     d.add_argument("--hard-negatives", choices=["bm25", "model", "none"], default="none", help="mine hard negatives")
     d.add_argument("--mine-k", type=positive_int, default=30, help="hard negatives mined per query")

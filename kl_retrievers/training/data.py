@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from kl_retrievers._bm25 import quiet_bm25s_logger
 from kl_retrievers._encoding import require_modules
 from kl_retrievers._io import parse_json_object
 
@@ -464,12 +465,10 @@ def mine_bm25_negatives(ts: TrainingSet, k: int = 30, *, replace: bool = True) -
     Examples:
         >>> mine_bm25_negatives(ts, k=20)  # doctest: +SKIP
     """
-    import logging as _logging
-
     require_train_extra("mine_bm25_negatives (BM25 hard negatives)", "bm25s")
     import bm25s
 
-    _logging.getLogger("bm25s").setLevel(_logging.WARNING)
+    quiet_bm25s_logger()  # it logs index building at DEBUG (a level the user set is kept)
     tokens = bm25s.tokenize(ts.docs, stopwords="en", show_progress=False)
     retriever = bm25s.BM25(k1=0.9, b=0.4, method="lucene")
     retriever.index(tokens, show_progress=False)

@@ -498,22 +498,8 @@ def _save_checkpoint(
     losses: list[float],
     recipe: Mapping[str, Any] | None = None,
 ) -> None:
-    with atomic_dir(folder) as tmp:  # a crash leaves the previous checkpoint (or a copy recover_dir restores)
-        _write_checkpoint(tmp, module, opt, sched, step, losses, recipe)
-    logger.info("checkpoint at step %d -> %s", step, folder)
-
-
-def _write_checkpoint(
-    tmp: Path,
-    module: nn.Module,
-    opt: torch.optim.Optimizer,
-    sched: Any,
-    step: int,
-    losses: list[float],
-    recipe: Mapping[str, Any] | None = None,
-) -> None:
     params = _trainable(module)
-    save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, os.fspath(tmp / "trainable.safetensors"))
+    weights = {n: p.detach().cpu().contiguous() for n, p in params.items()}
     state = opt.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
@@ -523,7 +509,6 @@ def _write_checkpoint(
                 tensors[f"{idx}.{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(idx), {})[key] = value
-    save_file(tensors, os.fspath(tmp / "optimizer.safetensors"))
     sched_state = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
     meta = {
         "step": step,
@@ -534,7 +519,11 @@ def _write_checkpoint(
         "losses": losses,
         "recipe": dict(recipe) if recipe is not None else None,
     }
-    (tmp / "state.json").write_text(json.dumps(meta, indent=1, allow_nan=False) + "\n")
+    with atomic_dir(folder) as tmp:  # a crash leaves the previous checkpoint (or a copy recover_dir restores)
+        save_file(weights, os.fspath(tmp / "trainable.safetensors"))
+        save_file(tensors, os.fspath(tmp / "optimizer.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(meta, indent=1, allow_nan=False) + "\n")
+    logger.info("checkpoint at step %d -> %s", step, folder)
 
 
 def _find_checkpoint(folder: Path) -> Path | None:
