@@ -134,10 +134,13 @@ SIGNALS: tuple[str, ...] = (
 ADAPTIVE_PARAMS_PATH = Path(__file__).resolve().parent / "data" / "hybrid_adaptive.json"
 #: The default model's parameters fitted on unstemmed BM25 (shipped until stop 42): a store with
 #: ``stemmer=None`` (e.g. one saved before the option) gets these.
-_UNSTEMMED_PARAMS_PATH = ADAPTIVE_PARAMS_PATH.with_name("hybrid_adaptive.unstemmed.json")
+_UNSTEMMED_PARAMS_PATH = ADAPTIVE_PARAMS_PATH.with_name("hybrid_adaptive.unstemmed.json")  # _UNSTEMMED_PARAMS_FILE
 #: Name of the adaptive parameters a model folder may ship (bundled ``bge-small-unit-variance`` does); they
 #: win over the default model's for an encoder of that model.
 ADAPTIVE_PARAMS_FILE = "hybrid_adaptive.json"
+#: A model folder's parameters fitted on unstemmed BM25, when it ships them beside the stemmed ones (bundled
+#: ``bge-small-unit-variance`` does since stop 43): a store with ``stemmer=None`` gets these.
+_UNSTEMMED_PARAMS_FILE = "hybrid_adaptive.unstemmed.json"
 
 #: 2: ``bm25.stemmer`` is set (a release that reads only 1 would ignore it and search unstemmed);
 #: a save without a stemmer still writes 1, which every release reads.
@@ -1092,8 +1095,9 @@ class KLHybridStore:
         rrf_k: The RRF constant.
         candidates: Documents taken from each half per query.
         adaptive_params: :class:`AdaptiveParams`, a path to their JSON, or ``None``: the ones the
-            encoder's model folder ships (``hybrid_adaptive.json``, e.g. ``bge-small-unit-variance``),
-            else the default model's (read when first needed).
+            encoder's model folder ships (``hybrid_adaptive.json``, e.g. ``bge-small-unit-variance``;
+            with ``stemmer=None``, its ``hybrid_adaptive.unstemmed.json`` when it ships one), else the
+            default model's (read when first needed).
         k1: BM25 ``k1``.
         b: BM25 ``b``.
         stopwords: ``"english"`` (bm25s' list), a list of words, or ``None``.
@@ -1256,10 +1260,12 @@ class KLHybridStore:
             # the saved model's name when it is not loaded yet: nothing is loaded here (query Gaussians need none)
             encoder = self._kl.encoder
             name = str(getattr(encoder, "name_or_path", "") if encoder is not None else self.saved_encoder or "")
-            own = model_file(name, ADAPTIVE_PARAMS_FILE)
+            own = (model_file(name, _UNSTEMMED_PARAMS_FILE) if self.stemmer is None else None) or model_file(
+                name, ADAPTIVE_PARAMS_FILE
+            )
             if own is not None:
                 self._adaptive = AdaptiveParams.load(own)
-                self._warn_stemmer_mismatch(self._adaptive, f"{name}'s {ADAPTIVE_PARAMS_FILE}")
+                self._warn_stemmer_mismatch(self._adaptive, f"{name}'s {own.name}")
                 return self._adaptive
             self._adaptive = AdaptiveParams.default(self.stemmer)
             self._warn_stemmer_mismatch(self._adaptive, "the default model's parameters")

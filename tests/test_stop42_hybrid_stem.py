@@ -158,7 +158,7 @@ def test_the_tokenizer_copies_and_pickles_with_and_without_a_stemmer() -> None:
 
 def test_the_adaptive_parameters_follow_the_stores_stemmer(caplog: pytest.LogCaptureFixture) -> None:
     """A stemmed store gets the parameters fitted on stemmed BM25, an unstemmed one those fitted unstemmed
-    (shipped until stop 42); parameters fitted otherwise than the store (bge's, unstemmed) are warned about."""
+    (shipped until stop 42); parameters fitted otherwise than the store are warned about."""
     import logging
 
     from kl_retrievers.hybrid import AdaptiveParams
@@ -170,14 +170,21 @@ def test_the_adaptive_parameters_follow_the_stores_stemmer(caplog: pytest.LogCap
         assert _store(stemmer=None).adaptive_params() == plain
     assert not [r for r in caplog.records if "were fitted on BM25" in r.getMessage()]
 
-    class _Bge:  # an encoder named like the bundled bge model, whose folder ships unstemmed-fit parameters
+    class _Bge:  # an encoder named like the bundled bge model, whose folder ships both fits since stop 43
         name_or_path = "kl_retrievers:bge-small-unit-variance"
 
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="kl_retrievers.hybrid"):
         params = KLHybridStore(_Bge()).adaptive_params()  # type: ignore[arg-type]
-    assert params.model == "bge-small-unit-variance" and params.bm25_stemmer is None
+        unstemmed = KLHybridStore(_Bge(), stemmer=None).adaptive_params()  # type: ignore[arg-type]
+    assert params.model == unstemmed.model == "bge-small-unit-variance"
+    assert params.bm25_stemmer == "english" and unstemmed.bm25_stemmer is None and params != unstemmed
+    assert not [r for r in caplog.records if "were fitted on BM25" in r.getMessage()]
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers.hybrid"):
+        porter = KLHybridStore(_Bge(), stemmer="porter").adaptive_params()  # type: ignore[arg-type]
+    assert porter == params  # no fit for porter: the stemmed one, with a warning
     assert any(
-        "were fitted on BM25 not stemmed, but this store's BM25 is stemmed with 'english'" in r.getMessage()
-        and "pass stemmer=None" in r.getMessage()
+        "were fitted on BM25 stemmed with 'english', but this store's BM25 is stemmed with 'porter'" in r.getMessage()
+        and "pass stemmer='english'" in r.getMessage()
         for r in caplog.records
     )
