@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
         apply_freezing,
         encode_from_features,
         merge_lora,
+        retrieval_evaluator,
         train_encoder,
         train_heads_cached,
     )
@@ -84,6 +85,7 @@ _LAZY: dict[str, str] = {
             "apply_freezing",
             "encode_from_features",
             "merge_lora",
+            "retrieval_evaluator",
             "train_encoder",
             "train_heads_cached",
         ),
@@ -113,6 +115,7 @@ __all__ = [
     "mine_bm25_negatives",
     "mine_negatives_from_scores",
     "read_jsonl",
+    "retrieval_evaluator",
     "score_candidates",
     "score_matrix",
     "train_encoder",

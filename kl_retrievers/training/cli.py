@@ -26,7 +26,7 @@ from typing import Any
 
 from kl_retrievers._config import is_saved_encoder
 from kl_retrievers._encoding import query_prefix_of
-from kl_retrievers._io import check_replace_target, is_within, some_names
+from kl_retrievers._io import check_replace_target, finite_json, is_within, some_names
 from kl_retrievers.cli_common import (
     _int_at_least,
     add_unknown_docs_argument,
@@ -42,6 +42,7 @@ __all__ = [
     "add_train_command",
     "check_checkpoint_dir",
     "check_train_out",
+    "evaluation_summary",
     "hardware_description",
     "model_card_text",
     "run_train",
@@ -49,6 +50,9 @@ __all__ = [
 ]
 
 DEFAULT_BASE = "sentence-transformers/all-MiniLM-L6-v2"
+
+#: Retrieval depth of ``--eval-data`` evaluations (documents per query, as ``kl-retrievers evaluate``'s default).
+EVAL_DEPTH = 100
 
 # the flags that shape a new encoder (from --base), their attribute and default: --init-from loads the saved
 # encoder's shape, so giving any of them with it is refused instead of silently ignored
@@ -192,6 +196,27 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--cache-dir", default=None, help="feature / teacher cache root (default ~/.cache/kl_retrievers)")
     t.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    # the parser of `kl-retrievers` imports kl_retrievers.evaluation already (the evaluate command): no torch
+    from kl_retrievers.evaluation import METRICS
+
+    e = p.add_argument_group("evaluation during training")
+    e.add_argument(
+        "--eval-data",
+        default=None,
+        metavar="DIR",
+        help="BEIR folder whose --eval-split is retrieved from (exactly, its whole corpus) every --eval-every steps "
+        "and at the end; the results go into the model's training record and card",
+    )
+    # defaults None, filled in by _load_eval_data: one given without --eval-data is refused, even at its default
+    e.add_argument("--eval-split", default=None, help="qrels split of --eval-data (default: dev)")
+    e.add_argument(
+        "--eval-every",
+        type=_int_at_least(0),
+        default=None,
+        metavar="N",
+        help="evaluate every N optimiser steps and at the end (default: 0, only at the end)",
+    )
+    e.add_argument("--eval-metric", choices=sorted(METRICS), default=None, help="metric reported (default: ndcg@10)")
     p.set_defaults(func=run_train)
     p._negative_number_matcher = _NEGATIVE_NUMBER
     return p
@@ -274,9 +299,50 @@ def model_card_text(name: str, info: dict[str, Any]) -> str:
         f"final loss {info.get('final_loss')} (mean of the last 20 steps)",
         "",
     ]
+    evaluation = info.get("evaluation")
+    if evaluation:
+        metric = evaluation.get("metric")
+        lines += [
+            "## Evaluation during training",
+            "",
+            f"{metric} on {evaluation.get('data')} (split {evaluation.get('split')}), exact retrieval of the top "
+            f"{evaluation.get('depth')}, "
+            + (f"every {evaluation['every']} steps and at the end:" if evaluation.get("every") else "at the end only:"),
+            "",
+            f"| step | {metric} |",
+            "| ---: | ---: |",
+            *[f"| {e.get('step')} | {_metric_text(e.get(metric))} |" for e in info.get("evaluations") or []],
+            "",
+        ]
     if info.get("results"):
         lines += ["## Results", "", str(info["results"]), ""]
     return "\n".join(lines)
+
+
+def _metric_text(value: Any) -> str:
+    """A metric value for the card and the summary line (``n/a`` when missing or not finite)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return f"{value:.4f}"
+    return "n/a"
+
+
+def evaluation_summary(evaluations: list[dict[str, Any]], metric: str) -> str:
+    """One line on the evaluations of a run: the last one and the best one.
+
+    Examples:
+        >>> evaluation_summary([{"step": 2, "ndcg@10": 0.5}, {"step": 4, "ndcg@10": 0.25}], "ndcg@10")
+        'ndcg@10 0.2500 at the end (step 4); best 0.5000 at step 2 (2 evaluations)'
+    """
+    if not evaluations:
+        return f"{metric}: no evaluation ran"
+    last = evaluations[-1]
+    text = f"{metric} {_metric_text(last.get(metric))} at the end (step {last.get('step')})"
+    known = [e for e in evaluations if _metric_text(e.get(metric)) != "n/a"]
+    if known:
+        best = max(known, key=lambda e: float(e[metric]))
+        text += f"; best {_metric_text(best[metric])} at step {best.get('step')}"
+    n = len(evaluations)
+    return text + f" ({n} evaluation{'s' if n != 1 else ''})"
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -462,6 +528,59 @@ def _check_args(args: argparse.Namespace) -> None:
             )
 
 
+_EVAL_FLAGS: tuple[tuple[str, str, Any], ...] = (
+    ("--eval-split", "eval_split", "dev"),
+    ("--eval-every", "eval_every", 0),
+    ("--eval-metric", "eval_metric", "ndcg@10"),
+)
+
+
+def _load_eval_data(args: argparse.Namespace, out: Path, ckpt: Path) -> Any:
+    """``--eval-data``: refuse bad evaluation flags and load the split, before the training data and the backbone.
+
+    Returns:
+        The loaded :class:`~kl_retrievers.datasets.BeirDataset`, or ``None`` without ``--eval-data``.
+
+    Raises:
+        ValueError: ``--eval-split``/``--eval-every``/``--eval-metric`` without ``--eval-data``; a folder that is
+            not a BEIR folder, a split it lacks (naming the available ones), a metric that is not one of the
+            reported ones, or ``--out`` / the checkpoint folder being or holding ``--eval-data``.
+    """
+    from kl_retrievers.datasets import DatasetError, load_beir
+    from kl_retrievers.evaluation import METRICS
+
+    folder = getattr(args, "eval_data", None)
+    if folder is None:
+        given = [flag for flag, attr, _ in _EVAL_FLAGS if getattr(args, attr, None) is not None]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} configure{'s' if len(given) == 1 else ''} the evaluation of --eval-data, which "
+                "is not given; add --eval-data DIR (a BEIR folder) or drop them"
+            )
+        return None
+    for _, attr, default in _EVAL_FLAGS:  # the defaults of the flags not given
+        if getattr(args, attr, None) is None:
+            setattr(args, attr, default)
+    metric = args.eval_metric
+    if metric not in METRICS:  # argparse's choices refuse it already; a Namespace built in code may not
+        raise ValueError(f"--eval-metric must be one of {sorted(METRICS)}; got {metric!r}")
+    if not str(folder).strip():
+        raise ValueError("--eval-data is empty; give a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
+    source = Path(folder).expanduser().resolve()
+    for target, named in ((out, f"--out {args.out}"), (ckpt.expanduser().resolve(), f"the checkpoint folder {ckpt}")):
+        if is_within(source, target):
+            what = "is" if source == target else "holds"
+            raise ValueError(
+                f"{named}: it {what} the --eval-data folder {folder}; saving replaces it as a whole and would delete "
+                "the evaluation data. Choose another folder"
+            )
+    try:
+        return load_beir(folder, args.eval_split, unknown_docs=getattr(args, "unknown_docs", "error"))
+    except DatasetError as exc:
+        spelled = exc.describe(lambda keyword, value: f"--{keyword.replace('_', '-')} {value}")
+        raise ValueError(f"--eval-data {folder} (--eval-split {args.eval_split}): {spelled}") from None
+
+
 def _check_resume_early(ckpt: Path, cfg: Any, ts: Any, heads_only: bool, cli_recipe: dict[str, Any]) -> int | None:
     """``--resume``: refuse a changed recipe right after the data is loaded, before the backbone and features.
 
@@ -523,6 +642,7 @@ def run_train(args: argparse.Namespace) -> int:
         apply_freezing,
         encode_from_features,
         prefixed_queries,
+        retrieval_evaluator,
         train_encoder,
         train_heads_cached,
         uses_teacher_scores,
@@ -556,6 +676,14 @@ def run_train(args: argparse.Namespace) -> int:
         except ValueError as exc:  # TrainConfig names its fields (warmup_steps); the user typed flags (--warmup)
             raise ValueError(_with_flag_name(str(exc))) from None
         cfg.check_trains(fast_path=heads_only)
+        # before the training data and the backbone: a bad --eval-data / --eval-split fails now, not after training
+        eval_dataset = _load_eval_data(args, out, ckpt)
+        evaluator = (
+            retrieval_evaluator(eval_dataset, metric=args.eval_metric, k=EVAL_DEPTH, similarity=cfg.similarity)
+            if eval_dataset is not None
+            else None
+        )
+        eval_every = int(getattr(args, "eval_every", 0) or 0)
         # a loss that never reads teacher scores (contrastive): scoring every pair would be wasted
         use_teacher = bool(args.teacher) and uses_teacher_scores(args.loss)
         if args.teacher and not use_teacher:
@@ -642,15 +770,16 @@ def run_train(args: argparse.Namespace) -> int:
         if heads_only:
             result = train_heads_cached(
                 encoder, ts, cfg, checkpoint_dir=ckpt, resume=args.resume, query_features=qf, doc_features=df,
-                recipe={"cli": cli_recipe},
+                recipe={"cli": cli_recipe}, evaluator=evaluator, eval_every=eval_every,
             )  # fmt: skip
         else:
             apply_freezing(
                 encoder, freeze_backbone=args.freeze_backbone, freeze_layers=args.freeze_layers, lora_r=args.lora_r
             )
             result = train_encoder(
-                encoder, ts, cfg, checkpoint_dir=ckpt, resume=args.resume, recipe={"cli": cli_recipe}
-            )
+                encoder, ts, cfg, checkpoint_dir=ckpt, resume=args.resume, recipe={"cli": cli_recipe},
+                evaluator=evaluator, eval_every=eval_every,
+            )  # fmt: skip
     except TrainingDivergedError as exc:
         print(f"kl-retrievers train: error: {exc}", file=sys.stderr)
         return 1
@@ -684,6 +813,15 @@ def run_train(args: argparse.Namespace) -> int:
         "seconds": result.seconds,
         "final_loss": round(final, 6) if math.isfinite(final) else None,
     }
+    if eval_dataset is not None:
+        info["evaluation"] = {
+            "data": str(Path(args.eval_data).expanduser().resolve()),
+            "split": args.eval_split,
+            "metric": args.eval_metric,
+            "every": eval_every,
+            "depth": EVAL_DEPTH,
+        }
+        info["evaluations"] = finite_json(result.evaluations)  # every evaluation, the checkpoint's included
     encoder.config.extra["training"] = {k: v for k, v in info.items() if k != "recipe"} | {"recipe": recipe}
     extra_files: dict[str, str | bytes] = {
         "training_losses.json": json.dumps(result.all_losses) + "\n",  # every step, the checkpoint's included
@@ -698,6 +836,9 @@ def run_train(args: argparse.Namespace) -> int:
     encoder.save_pretrained(out, include_backbone=include_backbone, extra_files=extra_files, overwrite=True)
     loss_text = f"{final:.4f}" if math.isfinite(final) else "n/a (no step recorded)"
     print(f"saved {out} after {result.steps_done} steps ({result.stopped}); final loss {loss_text}", file=sys.stderr)
+    if eval_dataset is not None:
+        where = f"{args.eval_data} (split {args.eval_split})"
+        print(f"evaluation on {where}: {evaluation_summary(result.evaluations, args.eval_metric)}", file=sys.stderr)
     return 0
 
 

@@ -42,7 +42,7 @@ from torch import nn
 from tqdm import tqdm
 
 from kl_retrievers._encoding import query_prefix_of
-from kl_retrievers._io import atomic_dir, recover_dir
+from kl_retrievers._io import atomic_dir, atomic_file, finite_json, recover_dir
 from kl_retrievers.encoder import GaussianEncoder
 from kl_retrievers.gaussian import Gaussians, is_real_number
 from kl_retrievers.training import losses as loss_fns
@@ -60,6 +60,7 @@ __all__ = [
     "encode_from_features",
     "merge_lora",
     "prefixed_queries",
+    "retrieval_evaluator",
     "train_encoder",
     "train_heads_cached",
     "training_recipe",
@@ -275,6 +276,9 @@ class TrainResult:
         resumed_from: Step the run resumed from (``None`` when it started fresh).
         history: Loss of every step from step 0 (the checkpoint's losses before a resume, then
             this invocation's); ``None`` for results built without it (then ``losses`` is used).
+        evaluations: Each call of the run's ``evaluator`` as ``{"step": N, **metrics}``, in step order,
+            the checkpoint's before a resume included (a metric that was NaN or infinite reads ``None``
+            after a resume); empty without an evaluator.
     """
 
     steps_done: int
@@ -283,6 +287,7 @@ class TrainResult:
     seconds: float = 0.0
     resumed_from: int | None = None
     history: list[float] | None = None
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def all_losses(self) -> list[float]:
@@ -497,6 +502,7 @@ def _save_checkpoint(
     step: int,
     losses: list[float],
     recipe: Mapping[str, Any] | None = None,
+    evaluations: list[dict[str, Any]] | None = None,
 ) -> None:
     params = _trainable(module)
     weights = {n: p.detach().cpu().contiguous() for n, p in params.items()}
@@ -518,12 +524,30 @@ def _save_checkpoint(
         "scheduler": sched_state,
         "losses": losses,
         "recipe": dict(recipe) if recipe is not None else None,
+        "evaluations": finite_json(list(evaluations or [])),  # NaN/inf metrics as null: standard JSON
     }
     with atomic_dir(folder) as tmp:  # a crash leaves the previous checkpoint (or a copy recover_dir restores)
         save_file(weights, os.fspath(tmp / "trainable.safetensors"))
         save_file(tensors, os.fspath(tmp / "optimizer.safetensors"))
         (tmp / "state.json").write_text(json.dumps(meta, indent=1, allow_nan=False) + "\n")
     logger.info("checkpoint at step %d -> %s", step, folder)
+
+
+def _record_evaluations(folder: Path, evaluations: list[dict[str, Any]]) -> None:
+    """Record ``evaluations`` in the checkpoint at ``folder`` (its ``state.json``, replaced atomically).
+
+    An evaluation runs after the checkpoint of its step has been written, so that a failing evaluator (or
+    a job killed while it runs) loses no trained step; this adds its result to that checkpoint.
+    """
+    state_file = folder / "state.json"
+    try:
+        meta = json.loads(state_file.read_text())
+    except (OSError, ValueError):  # no checkpoint there (e.g. an interrupted save): nothing to record in
+        logger.warning("could not record the evaluations in %s", state_file)
+        return
+    meta["evaluations"] = finite_json(list(evaluations))
+    with atomic_file(state_file) as tmp:
+        tmp.write_text(json.dumps(meta, indent=1, allow_nan=False) + "\n")
 
 
 def _find_checkpoint(folder: Path) -> Path | None:
@@ -684,6 +708,154 @@ def training_recipe(cfg: TrainConfig, ts: TrainingSet, encoder: GaussianEncoder 
     return recipe | extra
 
 
+# ---------------------------------------------------------------------------------- evaluation during training
+#: What :func:`train_encoder` and :func:`train_heads_cached` accept as ``evaluator``: the encoder (its current
+#: weights, in evaluation mode, under ``torch.no_grad``) -> ``{metric name: value}``.
+Evaluator = Callable[[GaussianEncoder], Mapping[str, float]]
+
+
+def _check_evaluator(evaluator: Any, eval_every: Any) -> None:
+    """Refuse an ``evaluator`` that is not callable and an ``eval_every`` that is not an integer >= 0.
+
+    Examples:
+        >>> _check_evaluator(None, -1)
+        Traceback (most recent call last):
+        ValueError: eval_every must be an integer >= 0; got -1
+    """
+    if evaluator is not None and not callable(evaluator):
+        raise TypeError(
+            f"evaluator must be a callable (encoder -> {{metric: value}}) or None; got {type(evaluator).__name__}"
+        )
+    _check_int("eval_every", eval_every, 0)
+
+
+def _evaluation_record(step: int, metrics: Any) -> dict[str, Any]:
+    """``{"step": step, **metrics}`` with every value a float; refuses what is not a mapping of names to numbers.
+
+    Examples:
+        >>> _evaluation_record(4, {"ndcg@10": 0.5})
+        {'step': 4, 'ndcg@10': 0.5}
+        >>> _evaluation_record(4, {"step": 1.0})
+        Traceback (most recent call last):
+        ValueError: the evaluator returned the key 'step' (at step 4); it is reserved for the step number
+    """
+    if not isinstance(metrics, Mapping):
+        raise TypeError(
+            f"the evaluator must return a mapping of metric names to numbers; got {type(metrics).__name__} "
+            f"(at step {step})"
+        )
+    record: dict[str, Any] = {"step": step}
+    for name, value in metrics.items():
+        if not isinstance(name, str):
+            raise TypeError(f"the evaluator's metric names must be strings; got {name!r} (at step {step})")
+        if name == "step":
+            raise ValueError(
+                f"the evaluator returned the key 'step' (at step {step}); it is reserved for the step number"
+            )
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if not is_real_number(value):
+            raise TypeError(f"the evaluator's metric {name!r} must be a number; got {value!r} (at step {step})")
+        record[name] = float(value)
+    return record
+
+
+def _run_evaluation(encoder: GaussianEncoder, evaluator: Evaluator, step: int) -> dict[str, Any]:
+    """Call ``evaluator(encoder)`` in evaluation mode under ``torch.no_grad`` (each module's mode is restored
+    afterwards), log its metrics and return :func:`_evaluation_record`.
+
+    ``torch.no_grad`` here, so that an evaluator that computes tensors itself builds no graph (the library's
+    encoders already encode under ``torch.inference_mode``).
+    """
+    modes = [(m, m.training) for m in encoder.modules()]
+    encoder.eval()
+    t0 = time.monotonic()
+    try:
+        with torch.no_grad():
+            metrics = evaluator(encoder)
+    finally:
+        for m, was in modes:
+            m.training = was
+    record = _evaluation_record(step, metrics)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "step")
+    logger.info("evaluation at step %d: %s (%.1f s)", step, shown or "no metrics", time.monotonic() - t0)
+    return record
+
+
+def _saved_evaluations(folder: Path, meta: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The evaluations a checkpoint's ``state.json`` records (an older checkpoint without them: none)."""
+    saved = meta.get("evaluations")
+    if saved is None:
+        return []
+    if not isinstance(saved, list) or not all(isinstance(e, dict) and isinstance(e.get("step"), int) for e in saved):
+        logger.warning("%s: the evaluations recorded in state.json are malformed; they are left out", folder)
+        return []
+    return [dict(e) for e in saved]
+
+
+def retrieval_evaluator(
+    dataset: Any,
+    *,
+    split: str = "dev",
+    metric: str = "ndcg@10",
+    k: int = 100,
+    batch_size: int = 32,
+    similarity: str | None = None,
+    show_progress: bool = False,
+) -> Callable[[GaussianEncoder], dict[str, float]]:
+    """An ``evaluator`` for :func:`train_encoder` / :func:`train_heads_cached`: one retrieval metric on a BEIR split.
+
+    Each call encodes the split's queries and whole corpus with the encoder's current weights (no
+    encoding cache: the weights change between calls), retrieves exactly and scores the run, as
+    :func:`kl_retrievers.evaluation.evaluate_model` does (it is what runs), and returns ``{metric: value}``.
+
+    Args:
+        dataset: A loaded :class:`~kl_retrievers.datasets.BeirDataset`, or a BEIR folder (loaded here).
+        split: The qrels split read when ``dataset`` is a folder.
+        metric: A name of :data:`kl_retrievers.evaluation.METRICS` (``ndcg@10``, ``mrr@10``, ...).
+        k: Retrieval depth.
+        batch_size: Encoding batch size.
+        similarity: ``"neg_kl"``, ``"dot"`` or ``"cosine"``; ``None``: what the encoder records
+            (:func:`~kl_retrievers.evaluation.model_similarity`). Give the training run's similarity
+            when training a vector twin: its config says so only once the command line has saved it.
+        show_progress: Progress bars while encoding and retrieving.
+
+    Returns:
+        ``evaluator(encoder) -> {metric: value}``.
+
+    Examples:
+        >>> evaluator = retrieval_evaluator("../shared/datasets/scifact", split="test")  # doctest: +SKIP
+        >>> train_encoder(encoder, ts, cfg, evaluator=evaluator, eval_every=100).evaluations  # doctest: +SKIP
+        [{'step': 100, 'ndcg@10': 0.61}, ...]
+    """
+    from kl_retrievers.datasets import BeirDataset, load_beir
+    from kl_retrievers.evaluation import METRICS, SIMILARITIES, evaluate_model
+    from kl_retrievers.gaussian import check_k
+
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {sorted(METRICS)}; got {metric!r}")
+    if similarity is not None and similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES} or None; got {similarity!r}")
+    k = check_k(k)
+    _check_int("batch_size", batch_size, 1)
+    data = dataset if isinstance(dataset, BeirDataset) else load_beir(dataset, split)
+
+    def evaluate(encoder: GaussianEncoder) -> dict[str, float]:
+        result = evaluate_model(
+            encoder,
+            data,
+            k=k,
+            similarity=similarity,
+            show_progress=show_progress,
+            metrics=(metric,),
+            batch_size=batch_size,
+            use_cache=False,
+        )
+        return {metric: float(result.aggregate[metric])}
+
+    return evaluate
+
+
 def _optimise(
     module: nn.Module,
     cfg: TrainConfig,
@@ -693,7 +865,12 @@ def _optimise(
     resume: bool,
     desc: str,
     recipe: Mapping[str, Any] | None = None,
+    evaluate: Callable[[int], dict[str, Any]] | None = None,
+    eval_every: int = 0,
 ) -> TrainResult:
+    """The optimiser loop both trainers share. ``evaluate(step)``: one evaluation record (see
+    :func:`_run_evaluation`), called after every ``eval_every`` steps and once at the end (or at a time-budget
+    stop), each after the checkpoint of its step, which then records it (:func:`_record_evaluations`)."""
     named = _trainable(module)
     params = list(named.values())
     if not params:
@@ -725,9 +902,11 @@ def _optimise(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     start = 0
     history: list[float] = []
+    evaluations: list[dict[str, Any]] = []
     resumed_from = None
     if found is not None:
         start, history = _load_checkpoint(found, meta, module, opt, sched)
+        evaluations = _saved_evaluations(found, meta)
         resumed_from = start
         # the schedule is rebuilt: the checkpoint's peak lr(s), its warm-up, linear decay to 0 at this run's
         # --steps (the same schedule as an uninterrupted run when --steps is unchanged)
@@ -772,22 +951,44 @@ def _optimise(
             # the statistic the run reports as its final loss: the mean of the last (up to) 20 steps
             bar.set_postfix(loss_last20=f"{float(np.mean(history[-20:])):.4f}")
             done = step + 1
-            if checkpoint_dir is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
-                _save_checkpoint(checkpoint_dir, module, opt, sched, done, history, recipe)
+            saved = checkpoint_dir is not None and bool(cfg.checkpoint_every) and done % cfg.checkpoint_every == 0
+            if saved:
+                assert checkpoint_dir is not None
+                _save_checkpoint(checkpoint_dir, module, opt, sched, done, history, recipe, evaluations)
+            # evaluations come after the checkpoint of their step (an evaluator that fails, or a job killed
+            # while it runs, loses no trained step), which then records them; the last step's runs after the
+            # loop, once the final checkpoint is written
+            evaluated = evaluate is not None and bool(eval_every) and done % eval_every == 0 and done < cfg.steps
+            if evaluated:
+                assert evaluate is not None
+                evaluations.append(evaluate(done))
+                if saved:
+                    assert checkpoint_dir is not None
+                    _record_evaluations(checkpoint_dir, evaluations)
+            # the clock is read after this step's checkpoint and evaluation, so both count toward the budget
             if cfg.time_budget_s is not None and time.monotonic() - t0 > cfg.time_budget_s and done < cfg.steps:
                 stopped = "time_budget"
                 logger.warning("time budget %.0f s reached after step %d; stopping and saving", cfg.time_budget_s, done)
                 if checkpoint_dir is not None:
-                    _save_checkpoint(checkpoint_dir, module, opt, sched, done, history, recipe)
+                    _save_checkpoint(checkpoint_dir, module, opt, sched, done, history, recipe, evaluations)
+                if evaluate is not None and not evaluated:  # the model the run returns, once
+                    evaluations.append(evaluate(done))
+                    if checkpoint_dir is not None:
+                        _record_evaluations(checkpoint_dir, evaluations)
                 break
         if stopped == "finished" and checkpoint_dir is not None and losses:
             last = step + 1
             if not (cfg.checkpoint_every and last % cfg.checkpoint_every == 0):  # not saved just above
-                _save_checkpoint(checkpoint_dir, module, opt, sched, last, history, recipe)
+                _save_checkpoint(checkpoint_dir, module, opt, sched, last, history, recipe, evaluations)
     finally:
         bar.close()
     done = (step + 1) if losses else start
-    return TrainResult(done, stopped, losses, time.monotonic() - t0, resumed_from, history)
+    if evaluate is not None and stopped == "finished" and not (evaluations and evaluations[-1]["step"] == done):
+        # the end of the run (or a resume with no step left): the model it returns is evaluated, once
+        evaluations.append(evaluate(done))
+        if checkpoint_dir is not None and (losses or found is not None):
+            _record_evaluations(checkpoint_dir, evaluations)
+    return TrainResult(done, stopped, losses, time.monotonic() - t0, resumed_from, history, evaluations)
 
 
 # ---------------------------------------------------------------------------------- full encoder
@@ -856,6 +1057,8 @@ def train_encoder(
     checkpoint_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
     recipe: Mapping[str, Any] | None = None,
+    evaluator: Evaluator | None = None,
+    eval_every: int = 0,
 ) -> TrainResult:
     """Train the whole encoder (respecting what :func:`apply_freezing` froze) on texts.
 
@@ -872,6 +1075,13 @@ def train_encoder(
             checkpoint was written with another recipe (anything but ``steps``, ``time_budget_s``,
             ``checkpoint_every``, ``show_progress``, ``device``), other data or another encoder shape.
         recipe: Further JSON-ready entries recorded in checkpoints and checked on resume.
+        evaluator: Called with the encoder (its current weights, in evaluation mode, under
+            ``torch.no_grad``; its modes are restored afterwards) every ``eval_every`` optimiser steps and
+            once at the end (or at a time-budget stop); returns ``{metric: value}`` (e.g.
+            :func:`retrieval_evaluator`). Each result is logged and recorded in
+            :attr:`TrainResult.evaluations` and in the checkpoints (restored by ``resume``). Its time counts
+            toward ``cfg.time_budget_s``; it is not part of the recipe a resume checks.
+        eval_every: Steps between evaluations (0: only at the end).
 
     Returns:
         A :class:`TrainResult`.
@@ -880,6 +1090,7 @@ def train_encoder(
         >>> result = train_encoder(encoder, ts, TrainConfig(steps=10, batch_size=4))  # doctest: +SKIP
     """
     cfg.check_trains(fast_path=False)
+    _check_evaluator(evaluator, eval_every)
     need_teacher = _check_teacher(ts, cfg)
     _check_negatives_exist(ts, cfg)
     device = _device(cfg)
@@ -903,10 +1114,22 @@ def train_encoder(
             dm, dv = encode([ts.docs[i] for i in uniq], dlen)
         return _batch_loss(cfg, batch, (qm, qv, dm, dv), uniq, inverse, device)
 
+    def evaluate(step: int) -> dict[str, Any]:
+        assert evaluator is not None
+        return _run_evaluation(encoder, evaluator, step)
+
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     try:
         return _optimise(
-            encoder, cfg, micro_loss, checkpoint_dir=ckpt, resume=resume, desc="Training", recipe=full_recipe
+            encoder,
+            cfg,
+            micro_loss,
+            checkpoint_dir=ckpt,
+            resume=resume,
+            desc="Training",
+            recipe=full_recipe,
+            evaluate=evaluate if evaluator is not None else None,
+            eval_every=eval_every,
         )
     finally:
         encoder.eval()
@@ -954,6 +1177,8 @@ def train_heads_cached(
     query_features: Features | None = None,
     doc_features: Features | None = None,
     recipe: Mapping[str, Any] | None = None,
+    evaluator: Evaluator | None = None,
+    eval_every: int = 0,
 ) -> TrainResult:
     """The fast path: frozen backbone, features computed once (cached), only the heads train.
 
@@ -972,6 +1197,10 @@ def train_heads_cached(
             the encoder's query prefix, as ``encode_queries`` sees them; skips :func:`compute_features`).
         doc_features: Precomputed features of ``ts.docs``.
         recipe: Further JSON-ready entries recorded in checkpoints and checked on resume.
+        evaluator: As in :func:`train_encoder`: called with the whole encoder, whose heads hold the
+            current weights (moved back beside the backbone for the call), so it encodes texts through
+            the backbone (the cached features are of the training data only).
+        eval_every: Steps between evaluations (0: only at the end).
 
     Returns:
         A :class:`TrainResult`.
@@ -979,6 +1208,7 @@ def train_heads_cached(
     Examples:
         >>> result = train_heads_cached(encoder, ts, TrainConfig(steps=500, lr=1e-3))  # doctest: +SKIP
     """
+    _check_evaluator(evaluator, eval_every)
     need_teacher = _check_teacher(ts, cfg)
     _check_negatives_exist(ts, cfg)
     device = _device(cfg)
@@ -1039,6 +1269,16 @@ def train_heads_cached(
         assert inverse is not None
         return _batch_loss(cfg, batch, (qm, qv, dm, dv), uniq, inverse, device)
 
+    def evaluate(step: int) -> dict[str, Any]:
+        assert evaluator is not None
+        # encode_* runs the backbone and heads on one device: the heads go home for the call, then back
+        encoder.mean_head.to(home[0])
+        encoder.var_head.to(home[1])
+        try:
+            return _run_evaluation(encoder, evaluator, step)
+        finally:
+            heads.to(device)
+
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     trainable = [(p, p.requires_grad) for p in encoder.parameters()]  # the caller's freezing, given back at the end
     try:
@@ -1047,7 +1287,15 @@ def train_heads_cached(
         for p in heads.parameters():
             p.requires_grad_(True)
         return _optimise(
-            heads, cfg, micro_loss, checkpoint_dir=ckpt, resume=resume, desc="Training heads", recipe=full_recipe
+            heads,
+            cfg,
+            micro_loss,
+            checkpoint_dir=ckpt,
+            resume=resume,
+            desc="Training heads",
+            recipe=full_recipe,
+            evaluate=evaluate if evaluator is not None else None,
+            eval_every=eval_every,
         )
     finally:
         encoder.mean_head.to(home[0])
