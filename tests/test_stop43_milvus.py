@@ -51,6 +51,11 @@ def test_a_lite_client_passed_as_client_is_lite_and_matches_uri_and_klstore(tmp_
     # every document but the one string above "abc" ("zzz"): numbers, null, a list and a missing key pass
     assert sorted(want[0]) == sorted(set(ids) - {"d003"})
     assert by_client._lite and by_uri._lite
+    # the repr names the client, not the uri argument's default (which a given client never used)
+    assert repr(by_client).startswith("MilvusKLStore(client=MilvusClient, collection=")
+    assert "kl_retrievers.db" not in repr(by_client) and repr(by_uri).startswith(
+        f"MilvusKLStore(uri={str(tmp_path / 'a.db')!r}"
+    )
 
 
 class _Server:

@@ -629,7 +629,8 @@ class MilvusKLStore(GaussianStore):
                 index_type,
             )
         self.encoder = encoder
-        self.uri = uri
+        self.uri = uri  # unused when a client is given (it is connected already)
+        self._client_given = client is not None
         self.collection_name = collection_name
         self.index_type = index_type
         self.metric = metric
@@ -954,8 +955,10 @@ class MilvusKLStore(GaussianStore):
         return self._count("")  # Strong, as ids: another writer's rows counted as soon as its add returned
 
     def __repr__(self) -> str:
+        # a given client is connected elsewhere: the uri argument (its default included) says nothing then
+        where = f"client={type(self._client).__name__}" if self._client_given else f"uri={self.uri!r}"
         return (
-            f"MilvusKLStore(uri={self.uri!r}, collection={self.collection_name!r}, index_type={self.index_type!r}, "
+            f"MilvusKLStore({where}, collection={self.collection_name!r}, index_type={self.index_type!r}, "
             f"metric={self.metric!r}, dim={self._dim})"
         )
 
