@@ -47,14 +47,11 @@ from kl_retrievers.gaussian import SCORE_DIRECTION, Gaussians
 from kl_retrievers.hub import (
     BUNDLED_DIR,
     BUNDLED_PREFIX,
-    ModelNotFoundError,
     bundled_name,
     bundled_names,
     cached_sha256,
-    check_model_folder,
     file_matches_sha256,
     local_reference,
-    missing_folder_note,
     resolve_model_path,
     retyped,
     sha256_file,
@@ -764,16 +761,9 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                     f"no bundled model named {name_or_path.removeprefix(BUNDLED_PREFIX)!r}; bundled models: "
                     f"{bundled_names()} (kl_retrievers.load_model loads them on either backend)"
                 )
-        is_path = not isinstance(name_or_path, str)  # a path object is a folder, never a hub id
+        given = name_or_path  # a path object stays one: resolve_model_path never takes it for a hub id
         name_or_path = _model_reference(name_or_path)
-        check_model_folder(name_or_path, is_path=is_path)  # a folder that does not exist: no hub lookup
-        try:
-            path = resolve_model_path(name_or_path)
-        except ModelNotFoundError as exc:
-            note = missing_folder_note(name_or_path)  # models/enc: a hub id's form, or a folder that has vanished
-            if not note:
-                raise
-            raise retyped(exc, f"{exc}{note}") from exc.__cause__
+        path = resolve_model_path(given)
         reference = local_reference(name_or_path)
         cfg_file = path / CONFIG_NAME
         meta = read_encoder_meta(path)  # NotAnEncoderError naming the folder (kl_retrievers._config, torch-free)
@@ -831,13 +821,11 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         name_or_path: str | os.PathLike[str],
     ) -> GaussianEncoder:
         try:
-            check_model_folder(config.backbone)  # a recorded folder that no longer exists: no hub lookup
             base_path = resolve_model_path(config.backbone)
         except (OSError, ValueError, ImportError) as exc:  # not found, or a rebuilt copy (bge) that cannot be made
-            note = missing_folder_note(config.backbone) if isinstance(exc, ModelNotFoundError) else ""
             message = (
                 f"{path} stores only the weights that differ from its backbone {config.backbone!r} "
-                f"({CONFIG_NAME} encoder.backbone), and that backbone cannot be found: {exc}{note}"
+                f"({CONFIG_NAME} encoder.backbone), and that backbone cannot be found: {exc}"
             )
             raise retyped(exc, message) from exc.__cause__
         if config.backbone_sha256:

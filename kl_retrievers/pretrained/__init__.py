@@ -38,13 +38,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kl_retrievers.hub import (
-    ModelNotFoundError,
-    check_model_folder,
-    local_reference,
-    missing_folder_note,
-    warn_if_shadowed,
-)
+from kl_retrievers.hub import ModelNotFoundError, local_reference, warn_if_shadowed
 
 if TYPE_CHECKING:
     from kl_retrievers.encoder import GaussianEncoder
@@ -338,15 +332,11 @@ def load_model(
     if name is not None and text is not None:
         warn_if_shadowed(text, name)
     try:
-        if name is None and text is not None:
-            check_model_folder(text)  # a name that can only be a folder, and names none: no lookup can help
         return _load(name, text, device=device, backend=backend, quantize=quantize, onnx_options=options)
     except ModelNotFoundError as exc:
         if name is None and text is not None and not Path(text).expanduser().exists():
-            note = missing_folder_note(text)
-            note = "" if note.strip() in str(exc) else note  # the torch loader may have said it already
             raise ModelNotFoundError(
-                f"{exc}{note} Bundled models (load them by name): {', '.join(bundled_models())}."
+                f"{exc} Bundled models (load them by name): {', '.join(bundled_models())}."
             ) from None
         raise
 
