@@ -130,17 +130,16 @@ SIGNALS: tuple[str, ...] = (
     "bm25_matched",
     "overlap10",
 )
-#: The fitted adaptive parameters of the package's default model.
-ADAPTIVE_PARAMS_PATH = Path(__file__).resolve().parent / "data" / "hybrid_adaptive.json"
-#: The default model's parameters fitted on unstemmed BM25 (shipped until stop 42): a store with
-#: ``stemmer=None`` (e.g. one saved before the option) gets these.
-_UNSTEMMED_PARAMS_PATH = ADAPTIVE_PARAMS_PATH.with_name("hybrid_adaptive.unstemmed.json")  # _UNSTEMMED_PARAMS_FILE
 #: Name of the adaptive parameters a model folder may ship (bundled ``bge-small-unit-variance`` does); they
 #: win over the default model's for an encoder of that model.
 ADAPTIVE_PARAMS_FILE = "hybrid_adaptive.json"
-#: A model folder's parameters fitted on unstemmed BM25, when it ships them beside the stemmed ones (bundled
-#: ``bge-small-unit-variance`` does since stop 43): a store with ``stemmer=None`` gets these.
+#: A folder's parameters fitted on unstemmed BM25, beside the stemmed ones (the default model's, shipped until
+#: stop 42; bundled ``bge-small-unit-variance``'s since stop 43): a store with ``stemmer=None`` gets these.
 _UNSTEMMED_PARAMS_FILE = "hybrid_adaptive.unstemmed.json"
+#: The fitted adaptive parameters of the package's default model.
+ADAPTIVE_PARAMS_PATH = Path(__file__).resolve().parent / "data" / ADAPTIVE_PARAMS_FILE
+#: The default model's parameters fitted on unstemmed BM25 (e.g. for a store saved before the option).
+_UNSTEMMED_PARAMS_PATH = ADAPTIVE_PARAMS_PATH.with_name(_UNSTEMMED_PARAMS_FILE)
 
 #: 2: ``bm25.stemmer`` is set (a release that reads only 1 would ignore it and search unstemmed);
 #: a save without a stemmer still writes 1, which every release reads.
