@@ -54,8 +54,8 @@ the shipped ``scale_free15`` shares 11 of them), and in round 1 the same article
 for choosing models (``benchmarks/gpu_lora.py``, docs/results-archive.md). The calibrator's fit and
 thresholds read only the training articles; its design did not (docs/hybrid.md, "Abstention").
 
-Every run appends one JSON line to ``runs/abstention/abstention.jsonl`` (the command included); the
-last printed line is::
+Every run appends one JSON line to ``runs/abstention/abstention.jsonl`` (the command included; a
+``--stemmer none`` run to ``runs/abstention/abstention.unstemmed.jsonl``); the last printed line is::
 
     abstention_f1=X answered=Y threshold=Z [hybrid_f1=X2 hybrid_answered=Y2 hybrid_threshold=Z2]
 
@@ -111,6 +111,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"
 SQUAD = "squad-v1.1-dev-retrieval"
 LOG = ROOT / "runs" / "abstention" / "abstention.jsonl"
+#: ``--stemmer none`` runs log here, apart from the shipped (stemmed) calibrators' runs that docs/results.md reads.
+UNSTEMMED_LOG = LOG.with_name("abstention.unstemmed.jsonl")
 MODEL = "minilm-gauss-soup"
 #: Thresholds scanned (the choice is made on this grid).
 GRID = np.round(np.linspace(0.0, 1.0, 101), 2)
@@ -315,6 +317,7 @@ class Experiment:
         batch_size: int,
         hybrid_calibrator: bool = True,
         model: str = MODEL,
+        stemmer: str | None = "english",
     ) -> None:
         from kl_retrievers.evaluation import encode_dataset, model_fingerprint
         from kl_retrievers.pretrained import load_model
@@ -328,7 +331,9 @@ class Experiment:
             logger.info("%s ships no dense calibrator: the dense retriever is not scored", model)
         # the shipped hybrid calibrator, only when asked for (``--hybrid``; not there yet while
         # benchmarks/calibration.py hybrid-dump makes its data); raises ValueError when the model ships none
-        self.hybrid_cal = default_hybrid_calibrator(model) if hybrid_calibrator else None
+        # ``stemmer``: the hybrid store's BM25 stemmer (None: unstemmed, with the model's unstemmed calibrator)
+        self.stemmer = stemmer
+        self.hybrid_cal = default_hybrid_calibrator(model, stemmer) if hybrid_calibrator else None
         self.ds: BeirDataset = load_beir(DATASETS / SQUAD, "test")
         t0 = time.perf_counter()
         self.model = model
@@ -373,10 +378,11 @@ class Experiment:
         }
 
     def hybrid_store(self, keep: Sequence[str], d: Gaussians) -> Any:
-        """A hybrid store (adaptive fusion, the defaults of ``KLHybridStore``) over the documents ``keep``."""
+        """A hybrid store (adaptive fusion, the defaults of ``KLHybridStore`` but this run's stemmer) over ``keep``."""
         from kl_retrievers.hybrid import KLHybridStore
 
-        store = KLHybridStore(self.encoder, fusion="adaptive")  # the model's own adaptive parameters, if it ships them
+        # the model's own adaptive parameters, if it ships them (its unstemmed ones for stemmer=None)
+        store = KLHybridStore(self.encoder, fusion="adaptive", stemmer=self.stemmer)
         store.add(self.ds.document_texts(list(keep)), gaussians=d, ids=list(keep))
         return store
 
@@ -454,13 +460,16 @@ def print_table(title: str, rows: Sequence[Mapping[str, Any]], chosen: float) ->
         )
 
 
-def calibrator_problem(model: str, *, hybrid: bool, record_threshold: bool = False) -> str | None:
+def calibrator_problem(
+    model: str, *, hybrid: bool, record_threshold: bool = False, stemmer: str | None = "english"
+) -> str | None:
     """Why ``model`` cannot be scored as asked (``None``: it can), read from its files before anything is encoded.
 
     Without ``hybrid`` the dense retriever is scored, which needs the model's dense calibrator; with it
     the hybrid store too, which needs the model's hybrid calibrator and its recorded threshold (a model
     without a dense calibrator is then scored by the hybrid store only). ``record_threshold`` needs the
-    dense calibrator.
+    dense calibrator. ``stemmer=None`` (an unstemmed hybrid store) takes the model's unstemmed hybrid
+    calibrator and its recorded threshold when it ships one, else its stemmed one (warned at use).
 
     Examples:
         >>> calibrator_problem("minilm-gauss-soup", hybrid=True) is None
@@ -495,7 +504,7 @@ def calibrator_problem(model: str, *, hybrid: bool, record_threshold: bool = Fal
         )
     if hybrid:
         try:
-            recommended_min_confidence(model, retriever="hybrid")
+            recommended_min_confidence(model, retriever="hybrid", stemmer=stemmer)
         except ValueError as exc:
             return f"--hybrid: {exc}"
     if not hybrid and not has_dense:
@@ -542,10 +551,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=0, help="further halvings of the held-out group (seeds 1..N)")
     p.add_argument("--min-answered", type=float, default=0.9, help="answered share the threshold must keep")
     p.add_argument("--hybrid", action="store_true", help="also the hybrid store (BM25 + -KL, adaptive)")
+    p.add_argument(
+        "--stemmer",
+        choices=("english", "none"),
+        default="english",
+        help="BM25 stemmer of the hybrid store (default english, KLHybridStore's default); none: unstemmed, scored "
+        "with the model's hybrid_confidence_calibration.unstemmed.json and its threshold when it ships one",
+    )
     p.add_argument("--cache-dir", default=None, help="encoding cache (default: the library's)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=2, help="torch threads")
-    p.add_argument("--no-log", action="store_true", help="do not append to runs/abstention/abstention.jsonl")
+    p.add_argument(
+        "--no-log",
+        action="store_true",
+        help="do not append to runs/abstention/abstention.jsonl (--stemmer none: abstention.unstemmed.jsonl)",
+    )
     p.add_argument(
         "--record-threshold",
         action="store_true",
@@ -557,7 +577,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--record-threshold: {MODEL}'s threshold is kl_retrievers.calibration.DEFAULT_MIN_CONFIDENCE")
     if not 0.0 <= args.min_answered <= 1.0:
         p.error(f"--min-answered must be in [0, 1]; got {args.min_answered}")
-    problem = calibrator_problem(args.model, hybrid=args.hybrid, record_threshold=args.record_threshold)
+    if args.stemmer != "english" and not args.hybrid:
+        p.error(f"--stemmer {args.stemmer}: only with --hybrid (the dense retriever reads no BM25)")
+    stemmer = None if args.stemmer == "none" else args.stemmer
+    problem = calibrator_problem(
+        args.model, hybrid=args.hybrid, record_threshold=args.record_threshold, stemmer=stemmer
+    )
     if problem:
         p.error(problem)  # before the SQuAD set is loaded or encoded
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -570,19 +595,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     t_all = time.perf_counter()
     # the default model's hybrid threshold is the library constant; another model's is recorded in its calibrator
-    hybrid_threshold = recommended_min_confidence(args.model, retriever="hybrid") if args.hybrid else None
+    hybrid_threshold = (
+        recommended_min_confidence(args.model, retriever="hybrid", stemmer=stemmer) if args.hybrid else None
+    )
     exp = Experiment(
         args.backend,
         model=args.model,
         cache_dir=args.cache_dir,
         batch_size=args.batch_size,
         hybrid_calibrator=args.hybrid,
+        stemmer=stemmer,
     )
     sample = QUICK_TRAIN if args.quick else None
     train = exp.run("train", args.seed, sample=sample, hybrid=args.hybrid)
     held = exp.run("held_out", args.seed, hybrid=args.hybrid)
-    from kl_retrievers.hybrid import DEFAULT_STEMMER
-
     record: dict[str, Any] = {
         "benchmark": "abstention",
         "command": shlex.join(["python", "benchmarks/abstention.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -596,7 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "command": exp.hybrid_cal.info.get("command") if exp.hybrid_cal else None,
             "shipped_threshold": hybrid_threshold,
         },
-        "bm25_stemmer": DEFAULT_STEMMER if args.hybrid else None,  # the store's (its default; none before stop 42)
+        "bm25_stemmer": stemmer if args.hybrid else None,  # the store's (english, its default; none before stop 42)
         "held_out_articles": exp.held_articles,
         "min_answered": args.min_answered,
         "quick": args.quick,
@@ -670,10 +696,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"--record-threshold: {args.model} ships no dense calibrator")
         record_threshold(exp.cal, args.model, summary["dense"], train["questions"], record["command"])
     if not args.no_log:
-        LOG.parent.mkdir(parents=True, exist_ok=True)
-        with LOG.open("a", encoding="utf-8") as fh:
+        log = LOG if args.stemmer == "english" else UNSTEMMED_LOG
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
-        print(f"\nlogged to {LOG.relative_to(ROOT)}")
+        print(f"\nlogged to {log.relative_to(ROOT)}")
     line = ""
     if "dense" in summary:
         s = summary["dense"]

@@ -45,6 +45,13 @@ relevant), ``kind="hybrid"``, features from the query's hybrid candidates,
 * ``report --hybrid``: its ECE, Brier score and reliability on the four test splits (and the training
   sets), logged to ``runs/qpp/calibration.jsonl``.
 
+``--stemmer none`` on the three (default ``english``, the store's default) does the same for a store with
+``stemmer=None`` (unstemmed BM25, as every store saved before the option): ``hybrid-dump`` builds the stores
+unstemmed (with the model's unstemmed adaptive parameters) and writes ``runs/qpp/calib/hybrid-unstemmed[-NAME].*.json``,
+``fit --hybrid`` writes ``hybrid_confidence_calibration.unstemmed.json`` beside the model (``info["bm25_stemmer"]``
+``None``, its own recommended threshold chosen by the same rule), and ``report --hybrid`` logs to
+``runs/qpp/calibration.unstemmed.jsonl`` (apart from the shipped stemmed calibrators' lines).
+
 Examples:
     python benchmarks/calibration.py dump --sets scifact:train nfcorpus-preprocessed:train squad:train
     python benchmarks/calibration.py from-log --sets cranfield:test
@@ -81,6 +88,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from qpp import COLLECTIONS, DATASETS, LOG_DIR, REFERENCE_MODEL, git_commit
 
 from kl_retrievers.calibration import (
+    _UNSTEMMED_HYBRID_CALIBRATION_FILE,
     CALIBRATION_FILE,
     DEFAULT_FEATURES,
     HYBRID_CALIBRATION_FILE,
@@ -106,6 +114,8 @@ SQUAD_QUERIES = 3000
 DEFAULT_OUT = bundled_model_path(REFERENCE_MODEL) / CALIBRATION_FILE
 #: The bundled model the sub-commands work on (``--model``; default: the package default).
 MODEL = REFERENCE_MODEL
+#: The hybrid sub-commands' BM25 stemmer (``--stemmer``: ``"english"``, the store's default, or ``None``, unstemmed).
+STEMMER: str | None = "english"
 
 
 def dense_out() -> Path:
@@ -251,6 +261,9 @@ COMBINED_CANDIDATES: dict[str, tuple[str, ...]] = {
 }
 PART_KEYS = {"uncertainty": "uncertainty", **{n: f"qpp.{n}" for n in ("max_score", "nqc", "gap12", "wig")}}
 CALIB_LOG = LOG_DIR / "calibration.jsonl"
+#: ``report --hybrid --stemmer none`` logs here, apart from the shipped (stemmed) calibrators' lines that
+#: ``benchmarks/results_qpp.py`` reads.
+UNSTEMMED_CALIB_LOG = LOG_DIR / "calibration.unstemmed.jsonl"
 COMBINED_FILE = LOG_DIR / "combined_predictor.json"
 COMBINED_LABEL = f"{REFERENCE_MODEL}+combined"
 
@@ -390,10 +403,11 @@ def recommended_threshold(cal: ConfidenceCalibrator) -> float | None:
 
     :func:`kl_retrievers.calibration.recommended_min_confidence` of ``--model``: the library constants for the
     default, else the threshold recorded in the model's shipped calibrator (by ``fit --hybrid``, or by
-    ``benchmarks/abstention.py --record-threshold`` for a dense one).
+    ``benchmarks/abstention.py --record-threshold`` for a dense one); with ``--stemmer none`` the one recorded in
+    the model's unstemmed hybrid calibrator.
     """
     try:
-        return recommended_min_confidence(MODEL, retriever=cal.kind)
+        return recommended_min_confidence(MODEL, retriever=cal.kind, stemmer=STEMMER)
     except ValueError:
         return None
 
@@ -503,13 +517,25 @@ MIN_ANSWERED = 0.9
 
 
 def hybrid_out() -> Path:
-    """Where ``fit --hybrid`` writes (and ``report --hybrid`` reads) the calibrator: beside the model."""
-    return bundled_model_path(MODEL) / HYBRID_CALIBRATION_FILE
+    """Where ``fit --hybrid`` writes (and ``report --hybrid`` reads) the calibrator: beside the model.
+
+    With ``--stemmer none`` it is the model's ``hybrid_confidence_calibration.unstemmed.json`` (what a
+    ``stemmer=None`` store picks).
+    """
+    file = HYBRID_CALIBRATION_FILE if STEMMER is not None else _UNSTEMMED_HYBRID_CALIBRATION_FILE
+    return bundled_model_path(MODEL) / file
 
 
 def hybrid_path(spec: str) -> Path:
+    """The ``hybrid-dump`` file of one set (``--stemmer none``: a ``hybrid-unstemmed`` prefix, apart from the stemmed).
+
+    Examples:
+        >>> hybrid_path("scifact:train").name
+        'hybrid.scifact.train.json'
+    """
     name, _, split = spec.partition(":")
-    tag = "hybrid" if MODEL == REFERENCE_MODEL else f"hybrid-{MODEL}"
+    prefix = "hybrid" if STEMMER is not None else "hybrid-unstemmed"
+    tag = prefix if MODEL == REFERENCE_MODEL else f"{prefix}-{MODEL}"
     return CALIB_DIR / f"{tag}.{name}.{split or 'test'}.json"
 
 
@@ -553,7 +579,12 @@ def cmd_hybrid_dump(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         if spec == SQUAD_HALVING:
             exp = Experiment(
-                args.backend, model=MODEL, cache_dir=None, batch_size=args.batch_size, hybrid_calibrator=False
+                args.backend,
+                model=MODEL,
+                cache_dir=None,
+                batch_size=args.batch_size,
+                hybrid_calibrator=False,
+                stemmer=STEMMER,
             )
             part = exp.halving("train", 0)
             store = exp.hybrid_store(part["keep"], part["d"])
@@ -568,7 +599,8 @@ def cmd_hybrid_dump(args: argparse.Namespace) -> None:
             ds = load_split(spec)
             q, d = encode_dataset(encoder, ds, batch_size=args.batch_size, show_progress=False)
             judged = [i for i, qid in enumerate(ds.query_ids) if any(g > 0 for g in ds.qrels.get(qid, {}).values())]
-            store = KLHybridStore(encoder, fusion="adaptive")  # the model's own adaptive parameters, if it ships them
+            # the model's own adaptive parameters, if it ships them (unstemmed ones for stemmer=None)
+            store = KLHybridStore(encoder, fusion="adaptive", stemmer=STEMMER)
             store.add(ds.document_texts(ds.doc_ids), gaussians=d, ids=ds.doc_ids)
             qids = [ds.query_ids[i] for i in judged]
             rows = hybrid_rows(store, ds.query_texts(qids), q[np.asarray(judged, dtype=np.int64)], qids, ds.qrels)
@@ -653,6 +685,12 @@ def cmd_fit_hybrid(args: argparse.Namespace) -> None:
     sq_rows = rows[SQUAD_HALVING][0]
     threshold = squad_threshold(cal.predict(hybrid_xy(sq_rows, names)[0]), sq_rows)
     meta = rows[SQUAD_HALVING][1]
+    for spec, (_, m) in rows.items():  # the output file is chosen by --stemmer: the dumps must agree with it
+        if m.get("stemmer") != STEMMER:
+            raise SystemExit(
+                f"{hybrid_path(spec)} was dumped with BM25 stemmer {m.get('stemmer')!r}, not --stemmer's {STEMMER!r}: "
+                "rerun hybrid-dump with the same --stemmer"
+            )
     cal.info.update(
         target="top-1 of the hybrid store's fused ranking relevant (qrels grade > 0); 0 for an unanswerable question",
         retriever="KLHybridStore, adaptive fusion, 100 candidates per half",
@@ -688,7 +726,8 @@ def cmd_fit_hybrid(args: argparse.Namespace) -> None:
     cal.save(out)
     print(f"chose {best}; wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     print(f"  coef {dict(zip(cal.features, np.round(cal.coef, 4).tolist(), strict=True))}")  # type: ignore[arg-type]
-    print(f"  recommended threshold (DEFAULT_HYBRID_MIN_CONFIDENCE) {threshold['threshold']:.2f}: training articles "
+    where = "DEFAULT_HYBRID_MIN_CONFIDENCE" if STEMMER is not None else "info['recommended_min_confidence']"
+    print(f"  recommended threshold ({where}) {threshold['threshold']:.2f}: training articles "
           f"F1 {threshold['f1']:.4f}, answered {threshold['answered']:.4f}")  # fmt: skip
     print(f"  DEFAULT_HYBRID_FEATURES = {tuple(names)}")
 
@@ -710,15 +749,27 @@ def cmd_report_hybrid(args: argparse.Namespace) -> None:
             "ece": ece, "brier": float(np.mean((p - y) ** 2)), "reliability": reliability_table(p, y),
             "at_recommended_threshold": at_threshold(p, y, recommended) if recommended is not None else None,
             "per_query_file": str(hybrid_path(spec).relative_to(ROOT)), "encoder": meta["encoder"],
-            "model": MODEL,
+            "model": MODEL, "bm25_stemmer": STEMMER,
             **provenance(),
         }  # fmt: skip
-        log_line(CALIB_LOG, record)
+        log_line(CALIB_LOG if STEMMER is not None else UNSTEMMED_CALIB_LOG, record)
         print(
             f"{spec:<34} n={len(rows):>5} fused P@1 {y.mean():.4f} mean conf {p.mean():.4f} ECE {ece:.4f} "
             f"{_at_line(record['at_recommended_threshold'])}",
             flush=True,
         )
+
+
+def add_stemmer(parser: argparse.ArgumentParser) -> None:
+    """The hybrid sub-commands' ``--stemmer`` option (the store's BM25 stemmer; ``none``: unstemmed)."""
+    parser.add_argument(
+        "--stemmer",
+        choices=["english", "none"],
+        default="english",
+        help="BM25 stemmer of the hybrid store (default english, KLHybridStore's default); none: unstemmed, "
+        "dumps runs/qpp/calib/hybrid-unstemmed[-MODEL].*.json and the model's "
+        f"{_UNSTEMMED_HYBRID_CALIBRATION_FILE}",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -742,15 +793,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--backend", choices=["torch", "onnx"], default=None, help="encoder backend (default: the library's)"
     )
     s.add_argument("--model", default=REFERENCE_MODEL, help=model_help)
+    add_stemmer(s)
     s = sub.add_parser("fit", help="choose and fit the confidence calibrator on the training sets")
     s.add_argument("--hybrid", action="store_true", help="the hybrid retriever's calibrator (needs hybrid-dump)")
     s.add_argument("--out", type=Path, default=None, help="default: beside the model")
     s.add_argument("--l2", type=float, default=1.0)
     s.add_argument("--model", default=REFERENCE_MODEL, help=model_help)
+    add_stemmer(s)
     s = sub.add_parser("report", help="ECE and reliability of a calibrator on every dumped split")
     s.add_argument("--hybrid", action="store_true", help="the hybrid retriever's calibrator")
     s.add_argument("--calibrator", type=Path, default=None, help="default: the shipped one")
     s.add_argument("--model", default=REFERENCE_MODEL, help=model_help)
+    add_stemmer(s)
     s = sub.add_parser("combined", help="fit the combined predictor and measure it on the test splits")
     s.add_argument("--calibrator", type=Path, default=default_out)
     s.add_argument("--l2", type=float, default=1.0)
@@ -762,8 +816,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = getattr(args, "model", REFERENCE_MODEL)
     if model != REFERENCE_MODEL and args.cmd in ("from-log", "combined"):
         p.error(f"--model {model}: {args.cmd} works on the default model's logs only")
-    global MODEL
+    stemmer = getattr(args, "stemmer", "english")
+    if stemmer != "english" and args.cmd in ("fit", "report") and not args.hybrid:
+        p.error(f"--stemmer {stemmer}: only with --hybrid (the dense calibrator reads no BM25)")
+    global MODEL, STEMMER
     MODEL = model
+    STEMMER = None if stemmer == "none" else stemmer
     commands = {"dump": cmd_dump, "from-log": cmd_from_log, "fit": cmd_fit, "report": cmd_report}
     commands.update({"combined": cmd_combined, "hybrid-dump": cmd_hybrid_dump})
     commands[args.cmd](args)

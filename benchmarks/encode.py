@@ -286,7 +286,9 @@ def main() -> None:
         f"Backbone: all-MiniLM-L6-v2. Best of {rounds} interleaved rounds. "
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}.",
-        f"Command: `python benchmarks/encode.py{' --quick' if args.quick else ''}`.",
+        f"Command: `python benchmarks/encode.py{' --quick' if args.quick else ''}"
+        f"{f' --rounds {args.rounds}' if args.rounds else ''}{f' --docs {args.docs}' if args.docs != 1000 else ''}"
+        f"{f' --max-length {args.max_length}' if args.max_length != 256 else ''}`.",
         "",
         "| batch size | encoder | docs/s | ratio to sentence-transformers |",
         "|---|---|---|---|",

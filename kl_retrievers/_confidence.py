@@ -28,7 +28,10 @@ with one WARNING per calibrator and model naming both (:func:`check_calibrator_m
 confidences, and ``min_confidence`` abstention, are then likely off. Likewise a hybrid calibrator
 records the BM25 stemmer of the store it was fitted on (``info["bm25_stemmer"]``, ``None``:
 unstemmed); a hybrid store stemmed otherwise uses it with one WARNING naming both
-(:func:`check_calibrator_stemmer`; a calibrator that records no stemmer passes silently).
+(:func:`check_calibrator_stemmer`; a calibrator that records no stemmer passes silently). A store
+with ``stemmer=None`` (unstemmed, as every store saved before the option) takes its model's
+``hybrid_confidence_calibration.unstemmed.json`` when the model ships one (both bundled models with a
+hybrid calibrator do), else the stemmed one with that warning.
 
 Examples:
     >>> check_min_confidence(0.4)
@@ -52,10 +55,12 @@ from typing import Any
 import numpy as np
 
 from kl_retrievers.calibration import (
+    _UNSTEMMED_HYBRID_CALIBRATION_FILE,
     CALIBRATION_FILE,
     HYBRID_CALIBRATION_FILE,
     NEEDS_REFERENCE,
     ConfidenceCalibrator,
+    _hybrid_calibration_path,
     hybrid_confidence,
 )
 from kl_retrievers.gaussian import is_real_number
@@ -209,7 +214,7 @@ def encoder_model_names(encoder: Any) -> frozenset[str] | None:
     except OSError:
         return None
     names: set[str] = set()
-    for file in CALIBRATION_FILES.values():
+    for file in (*CALIBRATION_FILES.values(), _UNSTEMMED_HYBRID_CALIBRATION_FILE):
         try:
             own = ConfidenceCalibrator.load(folder / file).info.get("model") if (folder / file).is_file() else None
         except (OSError, ValueError):
@@ -344,7 +349,9 @@ class ConfidenceScorer:
             An explicit calibrator recorded for another model than an encoder's is used, with
             one warning (:func:`check_calibrator_model`).
         retriever: ``"dense"`` (the model's ``confidence_calibration.json``) or ``"hybrid"`` (its
-            ``hybrid_confidence_calibration.json``, else its dense one); see :func:`check_calibrator`.
+            ``hybrid_confidence_calibration.json``, else its dense one; for a store with ``stemmer=None``
+            its ``hybrid_confidence_calibration.unstemmed.json`` first, see :meth:`calibrator`); see
+            :func:`check_calibrator`.
 
     Examples:
         >>> cal = ConfidenceCalibrator(["gap12"]).fit([[0.0], [0.1], [0.2], [0.3]], [0, 0, 1, 1])
@@ -358,15 +365,24 @@ class ConfidenceScorer:
     ) -> None:
         self.retriever = retriever
         self.explicit = check_calibrator(calibrator, retriever)
-        self._cache: dict[int, tuple[Any, ConfidenceCalibrator | None]] = {}
+        self._cache: dict[tuple[int, bool], tuple[Any, ConfidenceCalibrator | None]] = {}
         self._checked: dict[int, Any] = {}  # encoders the explicit calibrator was checked against
         self._lock = threading.Lock()
 
-    def calibrator(self, encoder: Any) -> ConfidenceCalibrator | None:
+    def calibrator(self, encoder: Any, stemmer: str | None = "english") -> ConfidenceCalibrator | None:
         """The calibrator used for queries encoded by ``encoder`` (``None``: none known, warned once).
 
-        An explicit calibrator is checked against each new encoder's model
+        An explicit calibrator is used as it is, and checked against each new encoder's model
         (:func:`check_calibrator_model`: a mismatch warns once, the calibrator is still used).
+
+        Args:
+            encoder: The query encoder (its ``name_or_path`` names the model folder).
+            stemmer: The hybrid store's BM25 stemmer (default ``"english"``,
+                :data:`~kl_retrievers.hybrid.DEFAULT_STEMMER`): with ``None`` a hybrid scorer takes the
+                model's ``hybrid_confidence_calibration.unstemmed.json`` when it ships one, else its
+                stemmed one (which :func:`check_calibrator_stemmer` warns about), as
+                :class:`~kl_retrievers.hybrid.KLHybridStore` picks its adaptive parameters. Ignored by
+                a dense scorer.
         """
         if self.explicit is not None:
             if encoder is not None:
@@ -379,17 +395,22 @@ class ConfidenceScorer:
             return self.explicit
         if encoder is None:
             return None
+        unstemmed = self.retriever == "hybrid" and stemmer is None
         with self._lock:
-            hit = self._cache.get(id(encoder))
+            hit = self._cache.get((id(encoder), unstemmed))
             if hit is not None and hit[0] is encoder:
                 return hit[1]
             cal = None
             for kind in RETRIEVER_CALIBRATORS[self.retriever]:
-                path = model_calibration_path(encoder, CALIBRATION_FILES[kind])
+                if kind == "hybrid":  # the unstemmed file first for an unstemmed store
+                    name = str(getattr(encoder, "name_or_path", "") or "")
+                    path = _hybrid_calibration_path(name, None if unstemmed else "english")
+                else:
+                    path = model_calibration_path(encoder, CALIBRATION_FILES[kind])
                 if path is not None:
                     cal = check_calibrator(path, self.retriever)
                     break
-            self._cache[id(encoder)] = (encoder, cal)
+            self._cache[(id(encoder), unstemmed)] = (encoder, cal)
         if cal is None:
             _warn_once(str(getattr(encoder, "name_or_path", None) or type(encoder).__name__))
         return cal
@@ -469,9 +490,14 @@ def abstains(confidence: float | None, min_confidence: float | None, candidates:
     return abstention_reason(confidence, min_confidence, candidates) is not None
 
 
-def require_calibrator(scorer: ConfidenceScorer, encoder: Any, min_confidence: float | None) -> None:
-    """Refuse ``min_confidence`` without a calibrator: abstention could never happen."""
-    if min_confidence is None or scorer.calibrator(encoder) is not None:
+def require_calibrator(
+    scorer: ConfidenceScorer, encoder: Any, min_confidence: float | None, stemmer: str | None = "english"
+) -> None:
+    """Refuse ``min_confidence`` without a calibrator: abstention could never happen.
+
+    ``stemmer``: the hybrid store's BM25 stemmer (see :meth:`ConfidenceScorer.calibrator`).
+    """
+    if min_confidence is None or scorer.calibrator(encoder, stemmer) is not None:
         return
     model = getattr(encoder, "name_or_path", None) if encoder is not None else None
     files = " or ".join(CALIBRATION_FILES[k] for k in RETRIEVER_CALIBRATORS[scorer.retriever])
@@ -506,7 +532,9 @@ def hybrid_search(
 ) -> tuple[list[Any], float | None, str | None]:
     """One query on a :class:`~kl_retrievers.hybrid.KLHybridStore` with its confidence and abstention.
 
-    The confidence is the calibrator's (``scorer``: explicit, else the encoder's model's). With a
+    The confidence is the calibrator's (``scorer``: explicit, else the encoder's model's; for a
+    store with ``stemmer=None`` the model's ``hybrid_confidence_calibration.unstemmed.json`` when it
+    ships one, else its stemmed one with a warning). With a
     *hybrid* calibrator (the default model ships one, ``hybrid_confidence_calibration.json``) it is
     P(top-1 of the fused ranking is relevant), from dense and BM25 signals of the query's candidates
     (:func:`~kl_retrievers.calibration.hybrid_query_features`); it was fitted for the default
@@ -526,8 +554,8 @@ def hybrid_search(
     """
     config = store.fusion.for_call(fusion, weight, normalization)
     encoder = store.encoder
-    require_calibrator(scorer, encoder, min_confidence)
-    cal = scorer.calibrator(encoder)
+    require_calibrator(scorer, encoder, min_confidence, store.stemmer)
+    cal = scorer.calibrator(encoder, store.stemmer)
     if cal is not None:
         check_calibrator_stemmer(cal, store.stemmer)
     if config.mode == "adaptive":
@@ -538,8 +566,10 @@ def hybrid_search(
         dense = np.sort(np.asarray(cand.neg_kl)[np.asarray(cand.dense_rank) > 0])[::-1]
         if cal is not None and cal.kind == "hybrid":
             confidence = hybrid_confidence(cal, cand) if dense.size >= 2 else None
+        elif cal is not None and dense.size >= 2:  # a dense calibrator: the query's best -KL scores
+            confidence = cal.confidence(dense[: scorer.depth_for(cal)].tolist(), float(cand.uncertainty))
         else:
-            confidence = scorer.confidence(encoder, dense[: scorer.depth_for(cal)].tolist(), cand.uncertainty)
+            confidence = None
         reason = abstention_reason(confidence, min_confidence, int(dense.size))
         if reason is not None:
             log_abstention(query, confidence, min_confidence, reason)

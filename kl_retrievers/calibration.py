@@ -681,6 +681,32 @@ HYBRID_FEATURES: dict[str, str] = {
 CALIBRATOR_KINDS: dict[str, dict[str, str]] = {"dense": FEATURES, "hybrid": HYBRID_FEATURES}
 #: File name of a hybrid retriever's calibrator shipped in a bundled model folder.
 HYBRID_CALIBRATION_FILE = "hybrid_confidence_calibration.json"
+#: File name of a model folder's hybrid calibrator fitted on *unstemmed* BM25 (``info["bm25_stemmer"]`` ``None``):
+#: a store with ``stemmer=None`` (every store saved before the option) prefers it to :data:`HYBRID_CALIBRATION_FILE`
+#: when the folder ships it (bundled ``minilm-gauss-soup`` and ``bge-small-unit-variance`` since stop 44), as
+#: ``hybrid_adaptive.unstemmed.json`` for the adaptive fusion parameters.
+_UNSTEMMED_HYBRID_CALIBRATION_FILE = "hybrid_confidence_calibration.unstemmed.json"
+
+
+def _hybrid_calibration_path(model: str, stemmer: str | None) -> Path | None:
+    """The hybrid calibrator file a store stemmed with ``stemmer`` takes from ``model``'s folder (``None``: none).
+
+    ``stemmer=None`` (unstemmed BM25): the folder's :data:`_UNSTEMMED_HYBRID_CALIBRATION_FILE` when it ships
+    one, else its :data:`HYBRID_CALIBRATION_FILE` (fitted on stemmed BM25: the retrievers warn,
+    :func:`~kl_retrievers._confidence.check_calibrator_stemmer`); a stemmer: :data:`HYBRID_CALIBRATION_FILE`.
+
+    Examples:
+        >>> _hybrid_calibration_path("minilm-gauss-soup", None).name
+        'hybrid_confidence_calibration.unstemmed.json'
+        >>> _hybrid_calibration_path("minilm-gauss-soup", "english").name
+        'hybrid_confidence_calibration.json'
+    """
+    from kl_retrievers.pretrained import model_file
+
+    unstemmed = model_file(model, _UNSTEMMED_HYBRID_CALIBRATION_FILE) if stemmer is None else None
+    return unstemmed or model_file(model, HYBRID_CALIBRATION_FILE)
+
+
 #: Features read from ``Candidates.signals`` as they are (:data:`kl_retrievers.hybrid.SIGNALS` but the uncertainty).
 _SIGNAL_FEATURES: tuple[str, ...] = tuple(
     "dense_gap12 dense_max_z bm25_gap12 bm25_max_z bm25_coverage bm25_matched overlap10".split()
@@ -776,8 +802,14 @@ def hybrid_confidence(calibrator: ConfidenceCalibrator, candidates: Any) -> floa
     return float(calibrator.predict(hybrid_query_features(candidates, None, calibrator.features))[0])
 
 
-def default_hybrid_calibrator(model: str | None = None) -> ConfidenceCalibrator:
+def default_hybrid_calibrator(model: str | None = None, stemmer: str | None = "english") -> ConfidenceCalibrator:
     """The hybrid retriever's calibrator shipped with a bundled model (default: the package default).
+
+    Args:
+        model: A bundled model's name (``None``: the package default).
+        stemmer: The BM25 stemmer of the store it is for (default ``"english"``,
+            :data:`~kl_retrievers.hybrid.DEFAULT_STEMMER`): with ``None`` (unstemmed BM25) the model's
+            ``hybrid_confidence_calibration.unstemmed.json`` when it ships one, else its stemmed one.
 
     Raises:
         ValueError: The bundled model ships none.
@@ -785,10 +817,13 @@ def default_hybrid_calibrator(model: str | None = None) -> ConfidenceCalibrator:
     Examples:
         >>> default_hybrid_calibrator().kind
         'hybrid'
+        >>> default_hybrid_calibrator(stemmer=None).bm25_stemmer is None
+        True
     """
     from kl_retrievers.pretrained import DEFAULT_MODEL, bundled_model_path
 
-    path = bundled_model_path(model or DEFAULT_MODEL) / HYBRID_CALIBRATION_FILE
+    folder = bundled_model_path(model or DEFAULT_MODEL)
+    path = _hybrid_calibration_path(str(folder), stemmer) or folder / HYBRID_CALIBRATION_FILE
     if not path.is_file():
         raise ValueError(
             f"bundled model {model or DEFAULT_MODEL!r} ships no hybrid confidence calibrator "
@@ -812,20 +847,26 @@ DEFAULT_HYBRID_FEATURES: tuple[str, ...] = (
 DEFAULT_HYBRID_MIN_CONFIDENCE = 0.16
 
 
-def recommended_min_confidence(model: str | None = None, *, retriever: str = "dense") -> float:
+def recommended_min_confidence(
+    model: str | None = None, *, retriever: str = "dense", stemmer: str | None = "english"
+) -> float:
     """The ``min_confidence`` a model recommends for its dense or hybrid retrievers.
 
     For the package default these are :data:`DEFAULT_MIN_CONFIDENCE` and
     :data:`DEFAULT_HYBRID_MIN_CONFIDENCE`; another model records its own in its calibrator's
-    ``info["recommended_min_confidence"]``. The shipped ones were chosen on the SQuAD *training*
-    articles (the best abstention F1 among thresholds answering >= 90% of the answerable half), so
-    they suit SQuAD-like data; on a collection where every query has an answer they refuse more
-    (docs/hybrid.md).
+    ``info["recommended_min_confidence"]``. A hybrid store with ``stemmer=None`` (unstemmed BM25)
+    gets the threshold recorded in the model's ``hybrid_confidence_calibration.unstemmed.json``
+    (every model's, the default's too) when it ships one, else the stemmed calibrator's. The shipped
+    ones were chosen on the SQuAD *training* articles (the best abstention F1 among thresholds
+    answering >= 90% of the answerable half), so they suit SQuAD-like data; on a collection where
+    every query has an answer they refuse more (docs/hybrid.md).
 
     Args:
         model: A bundled model's name (also ``kl_retrievers:NAME``, an encoder's ``name_or_path``) or a
             saved model folder holding the calibrator; ``None``: the package default.
         retriever: ``"dense"`` (``KLRetriever``, ``KLVectorStore``) or ``"hybrid"`` (``KLHybridRetriever``).
+        stemmer: The hybrid store's BM25 stemmer (default ``"english"``,
+            :data:`~kl_retrievers.hybrid.DEFAULT_STEMMER`; ignored for ``"dense"``).
 
     Raises:
         ValueError: An unknown ``retriever``, or the model ships no such calibrator or recorded no threshold.
@@ -841,10 +882,15 @@ def recommended_min_confidence(model: str | None = None, *, retriever: str = "de
     if retriever not in CALIBRATOR_KINDS:
         raise ValueError(f"retriever must be one of {list(CALIBRATOR_KINDS)}; got {retriever!r}")
     default = DEFAULT_HYBRID_MIN_CONFIDENCE if retriever == "hybrid" else DEFAULT_MIN_CONFIDENCE
-    if _bundled_name(model) == DEFAULT_MODEL:
+    unstemmed = (
+        model_file(model or DEFAULT_MODEL, _UNSTEMMED_HYBRID_CALIBRATION_FILE)
+        if retriever == "hybrid" and stemmer is None
+        else None
+    )
+    if unstemmed is None and _bundled_name(model) == DEFAULT_MODEL:
         return default
     file = HYBRID_CALIBRATION_FILE if retriever == "hybrid" else CALIBRATION_FILE
-    path = model_file(model, file)
+    path = unstemmed or model_file(model, file)
     if path is None:
         if model is not None and _bundled_name(model) is None and not Path(str(model)).expanduser().is_dir():
             from kl_retrievers.pretrained import bundled_models
@@ -855,7 +901,7 @@ def recommended_min_confidence(model: str | None = None, *, retriever: str = "de
             )
         raise ValueError(f"model {model!r} ships no {retriever} confidence calibrator ({file})")
     own = model_file(DEFAULT_MODEL, file)
-    if own is not None and Path(path).read_bytes() == Path(own).read_bytes():
+    if unstemmed is None and own is not None and Path(path).read_bytes() == Path(own).read_bytes():
         return default  # the default model's calibrator (its folder, or a copy): the library constant
     recorded = ConfidenceCalibrator.load(path).info.get("recommended_min_confidence")
     if not isinstance(recorded, Mapping) or "threshold" not in recorded:

@@ -2058,16 +2058,19 @@ class KLHybridRetriever(_ConfidenceRetriever):
     ``None`` when the document was not in that list), ``dense_weight`` (the dense share used for
     this query; ``None`` for RRF), ``query_uncertainty`` and ``confidence``: the calibrated
     probability that the *fused* ranking's top document is relevant, from the hybrid calibrator
-    the model ships (``hybrid_confidence_calibration.json``: dense and BM25 signals of the
+    the model ships (``hybrid_confidence_calibration.json``, or ``hybrid_confidence_calibration.unstemmed.json``
+    for a store with ``stemmer=None`` when the model ships one: dense and BM25 signals of the
     query's candidates, :func:`~kl_retrievers.calibration.hybrid_query_features`; fitted for the
     ``"adaptive"`` fusion with 100 candidates per half). It is the query's confidence, not a
     per-document one. An explicit ``calibrator=`` wins: a hybrid one, or a dense one (then the
     confidence is the *dense* ranking's, from the dense candidates, as :class:`KLRetriever`'s).
 
     Abstention works as in :class:`KLRetriever`: below ``min_confidence`` the retriever returns
-    ``[]``, logs, and sends :data:`ABSTENTION_EVENT`. The recommended threshold for the shipped
-    hybrid calibrator is :data:`kl_retrievers.calibration.DEFAULT_HYBRID_MIN_CONFIDENCE` (chosen
-    on training data; ``docs/hybrid.md``, "Abstention"). ``invoke`` takes per-call ``k``, ``filter``,
+    ``[]``, logs, and sends :data:`ABSTENTION_EVENT`. The recommended threshold for a model's
+    hybrid calibrator is ``recommended_min_confidence(model, retriever="hybrid", stemmer=store.stemmer)``
+    (:func:`kl_retrievers.calibration.recommended_min_confidence`; the default model's is
+    :data:`kl_retrievers.calibration.DEFAULT_HYBRID_MIN_CONFIDENCE`; chosen on training data,
+    ``docs/hybrid.md``, "Abstention"). ``invoke`` takes per-call ``k``, ``filter``,
     ``min_confidence``, ``fusion``, ``weight`` and ``normalization``. ``ainvoke`` runs the search in
     a worker thread (LangChain's default).
 

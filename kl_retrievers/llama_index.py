@@ -2458,11 +2458,14 @@ class KLHybridRetriever(_TopKRetriever):
     metadata key of one of these names is shadowed in the returned nodes (``from_defaults`` logs a
     warning naming it). The confidence is the
     probability that the *fused* ranking's top node is relevant, from the hybrid calibrator the
-    model ships (``hybrid_confidence_calibration.json``: dense and BM25 signals of the query's
+    model ships (``hybrid_confidence_calibration.json``, or ``hybrid_confidence_calibration.unstemmed.json``
+    for a store with ``stemmer=None`` when the model ships one: dense and BM25 signals of the query's
     candidates; fitted for ``"adaptive"`` fusion with 100 candidates per half); an explicit
     dense ``calibrator=`` gives the dense ranking's instead. To abstain, add
     ``KLConfidencePostprocessor(min_confidence=DEFAULT_HYBRID_MIN_CONFIDENCE)``
-    (:data:`kl_retrievers.calibration.DEFAULT_HYBRID_MIN_CONFIDENCE`, chosen on training data).
+    (:data:`kl_retrievers.calibration.DEFAULT_HYBRID_MIN_CONFIDENCE`, the default model's, chosen on training
+    data; another model's or an unstemmed store's:
+    ``recommended_min_confidence(model, retriever="hybrid", stemmer=store.stemmer)``).
 
     Why not ``QueryFusionRetriever`` over a vector retriever and ``BM25Retriever``: the hybrid
     store keeps both halves in sync (add, upsert, delete, filters before ranking, save / load),
@@ -2626,7 +2629,11 @@ class KLHybridRetriever(_TopKRetriever):
             scorer=self._scorer,
         )
         reason = None
-        if confidence is None and hits and self._scorer.calibrator(self._store.encoder) is not None:
+        if (
+            confidence is None
+            and hits
+            and self._scorer.calibrator(self._store.encoder, self._store.stemmer) is not None
+        ):
             # With a calibrator the confidence is missing only when fewer than MIN_CANDIDATES documents were
             # dense candidates, and a hit means at least one was: say so (KLConfidencePostprocessor abstains).
             reason = _too_few_candidates(MIN_CANDIDATES - 1)

@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
         score_matrix,
     )
     from kl_retrievers.training.trainer import (
+        RetrievalEvaluator,
         TrainConfig,
         TrainingDivergedError,
         TrainResult,
@@ -79,6 +80,7 @@ _LAZY: dict[str, str] = {
     ),
     **dict.fromkeys(
         (
+            "RetrievalEvaluator",
             "TrainConfig",
             "TrainingDivergedError",
             "TrainResult",
@@ -96,6 +98,7 @@ _SUBMODULES = ("cli", "data", "features", "losses", "teacher", "trainer")
 
 __all__ = [
     "Features",
+    "RetrievalEvaluator",
     "TrainConfig",
     "TrainExample",
     "TrainResult",

@@ -771,6 +771,7 @@ def run_train(args: argparse.Namespace) -> int:
             result = train_heads_cached(
                 encoder, ts, cfg, checkpoint_dir=ckpt, resume=args.resume, query_features=qf, doc_features=df,
                 recipe={"cli": cli_recipe}, evaluator=evaluator, eval_every=eval_every,
+                cache_dir=feature_cache,  # the --eval-data split's features (the training data's are given)
             )  # fmt: skip
         else:
             apply_freezing(

@@ -29,11 +29,11 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -49,9 +49,13 @@ from kl_retrievers.training import losses as loss_fns
 from kl_retrievers.training.data import TrainExample, TrainingSet, require_train_extra
 from kl_retrievers.training.features import Features, compute_features, heads_forward
 
+if TYPE_CHECKING:
+    from kl_retrievers.datasets import BeirDataset
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "RetrievalEvaluator",
     "TrainConfig",
     "TrainResult",
     "TrainingDivergedError",
@@ -793,6 +797,183 @@ def _saved_evaluations(folder: Path, meta: Mapping[str, Any]) -> list[dict[str, 
     return [dict(e) for e in saved]
 
 
+class _FeatureEncoder:
+    """``encoder`` as :func:`~kl_retrievers.evaluation.evaluate_model` sees it, with its backbone replaced by
+    features computed before: ``encode_queries`` / ``encode_documents`` apply the encoder's current heads
+    (:func:`encode_from_features`, where the heads are) to the features of the texts asked for.
+
+    Only the texts the features were computed for can be encoded: ``queries`` as ``encode_queries`` receives
+    them (the features are of the prefixed texts, :func:`prefixed_queries`) and ``documents``.
+    """
+
+    def __init__(
+        self,
+        encoder: GaussianEncoder,
+        queries: list[str],
+        query_features: Features,
+        documents: list[str],
+        doc_features: Features,
+    ) -> None:
+        for what, texts, feats in (("queries", queries, query_features), ("documents", documents, doc_features)):
+            if len(texts) != len(feats):
+                raise ValueError(f"features of {len(feats)} {what} given for the evaluation set's {len(texts)} {what}")
+        self.config = encoder.config  # what evaluate_model reads: the similarity the model records
+        self.name_or_path = encoder.name_or_path
+        self._encoder = encoder
+        self._features = {"queries": (queries, query_features), "documents": (documents, doc_features)}
+
+    def _encode(self, what: str, texts: Sequence[str]) -> Gaussians:
+        known, feats = self._features[what]
+        row = {t: i for i, t in enumerate(known)}  # a repeated text has one set of features
+        try:
+            rows = np.asarray([row[t] for t in texts], dtype=np.int64)
+        except KeyError as exc:
+            raise ValueError(f"no features computed for the {what[:-1]} text {exc.args[0]!r}") from None
+        g = encode_from_features(self._encoder, feats)
+        return Gaussians(g.mean[rows], g.var[rows], validate=False)
+
+    def encode_queries(
+        self, texts: Sequence[str], *, batch_size: int = 32, show_progress_bar: bool | None = None
+    ) -> Gaussians:
+        """The queries' Gaussians (``texts`` without the query prefix, as ``encode_queries`` takes them)."""
+        return self._encode("queries", texts)
+
+    def encode_documents(
+        self, texts: Sequence[str], *, batch_size: int = 32, show_progress_bar: bool | None = None
+    ) -> Gaussians:
+        """The documents' Gaussians."""
+        return self._encode("documents", texts)
+
+
+class RetrievalEvaluator:
+    """An ``evaluator`` for :func:`train_encoder` / :func:`train_heads_cached`: one retrieval metric on a BEIR
+    split, made by :func:`retrieval_evaluator` (see there).
+
+    Called with an encoder, it encodes the split's queries and corpus through the whole encoder and scores
+    them as :func:`kl_retrievers.evaluation.evaluate_model` does. The cached-features fast path computes the
+    split's backbone features once (:meth:`features`) and evaluates each time from them (:meth:`from_features`):
+    the same retrieval and metric, without running the backbone again.
+
+    The arguments are those of :func:`retrieval_evaluator`, checked here, before any training step.
+
+    Attributes:
+        dataset: The loaded split.
+        metric: The metric reported.
+        k: Retrieval depth.
+        batch_size: Encoding (and feature) batch size.
+        similarity: ``"neg_kl"``, ``"dot"``, ``"cosine"`` or ``None`` (what the encoder records).
+        show_progress: Progress bars while encoding and retrieving.
+    """
+
+    def __init__(
+        self,
+        dataset: BeirDataset | str | os.PathLike[str],
+        *,
+        split: str = "dev",
+        metric: str = "ndcg@10",
+        k: int = 100,
+        batch_size: int = 32,
+        similarity: str | None = None,
+        show_progress: bool = False,
+    ) -> None:
+        from kl_retrievers.datasets import BeirDataset, load_beir
+        from kl_retrievers.evaluation import METRICS, SIMILARITIES
+        from kl_retrievers.gaussian import check_k
+
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {sorted(METRICS)}; got {metric!r}")
+        if similarity is not None and similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES} or None; got {similarity!r}")
+        k = check_k(k)
+        _check_int("batch_size", batch_size, 1)
+        self.dataset = dataset if isinstance(dataset, BeirDataset) else load_beir(dataset, split)
+        self.metric = metric
+        self.k = k
+        self.batch_size = batch_size
+        self.similarity = similarity
+        self.show_progress = show_progress
+
+    def __call__(self, encoder: GaussianEncoder) -> dict[str, float]:
+        """``{metric: value}`` of ``encoder``'s current weights (no encoding cache: the weights change)."""
+        return self._score(encoder)
+
+    def features(
+        self,
+        encoder: GaussianEncoder,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        show_progress: bool | None = None,
+    ) -> tuple[Features, Features]:
+        """Backbone features (:func:`compute_features`) of the split's queries and corpus, as the encoder reads them.
+
+        The queries behind the encoder's query prefix (:func:`prefixed_queries`) at ``config.query_max_length``
+        tokens; the documents as ``title + " " + text`` (``dataset.document_texts()``) at ``config.max_length``:
+        what ``encode_queries`` / ``encode_documents`` run the backbone on when this evaluator is called.
+
+        Args:
+            encoder: The encoder whose (frozen) backbone is run.
+            cache_dir: Feature cache root (``None``: no cache).
+            show_progress: Progress bars (``None``: :attr:`show_progress`).
+
+        Returns:
+            ``(query features, document features)`` in ``dataset.query_ids`` / ``dataset.doc_ids`` order.
+        """
+        show = self.show_progress if show_progress is None else show_progress
+        queries = compute_features(
+            encoder,
+            prefixed_queries(encoder, self.dataset.query_texts()),
+            max_length=encoder.config.query_max_length,
+            cache_dir=cache_dir,
+            batch_size=self.batch_size,
+            show_progress=show,
+            desc="Evaluation query features",
+        )
+        documents = compute_features(
+            encoder,
+            self.dataset.document_texts(),
+            max_length=encoder.config.max_length,
+            cache_dir=cache_dir,
+            batch_size=self.batch_size,
+            show_progress=show,
+            desc="Evaluation document features",
+        )
+        return queries, documents
+
+    def from_features(
+        self, encoder: GaussianEncoder, query_features: Features, doc_features: Features
+    ) -> dict[str, float]:
+        """``{metric: value}`` of ``encoder``'s current heads applied to :meth:`features` (no backbone pass).
+
+        The same retrieval and scoring as a call (:func:`kl_retrievers.evaluation.evaluate_model`); the Gaussians
+        equal those of a call up to float rounding (the backbone's batches differ), so the metric does too.
+        """
+        view = _FeatureEncoder(
+            encoder, self.dataset.query_texts(), query_features, self.dataset.document_texts(), doc_features
+        )
+        return self._score(view)
+
+    def _score(self, encoder: Any) -> dict[str, float]:
+        from kl_retrievers.evaluation import evaluate_model
+
+        result = evaluate_model(
+            encoder,
+            self.dataset,
+            k=self.k,
+            similarity=self.similarity,
+            show_progress=self.show_progress,
+            metrics=(self.metric,),
+            batch_size=self.batch_size,
+            use_cache=False,
+        )
+        return {self.metric: float(result.aggregate[self.metric])}
+
+    def __repr__(self) -> str:
+        return (
+            f"RetrievalEvaluator({str(self.dataset.path)!r}, split={self.dataset.split!r}, metric={self.metric!r}, "
+            f"k={self.k})"
+        )
+
+
 def retrieval_evaluator(
     dataset: Any,
     *,
@@ -802,12 +983,15 @@ def retrieval_evaluator(
     batch_size: int = 32,
     similarity: str | None = None,
     show_progress: bool = False,
-) -> Callable[[GaussianEncoder], dict[str, float]]:
+) -> RetrievalEvaluator:
     """An ``evaluator`` for :func:`train_encoder` / :func:`train_heads_cached`: one retrieval metric on a BEIR split.
 
     Each call encodes the split's queries and whole corpus with the encoder's current weights (no
     encoding cache: the weights change between calls), retrieves exactly and scores the run, as
     :func:`kl_retrievers.evaluation.evaluate_model` does (it is what runs), and returns ``{metric: value}``.
+    :func:`train_heads_cached` instead computes the split's backbone features once (with its ``cache_dir``)
+    and evaluates each time by applying the current heads to them (:meth:`RetrievalEvaluator.from_features`):
+    the same retrieval and metric, without running the frozen backbone again.
 
     Args:
         dataset: A loaded :class:`~kl_retrievers.datasets.BeirDataset`, or a BEIR folder (loaded here).
@@ -821,39 +1005,22 @@ def retrieval_evaluator(
         show_progress: Progress bars while encoding and retrieving.
 
     Returns:
-        ``evaluator(encoder) -> {metric: value}``.
+        A :class:`RetrievalEvaluator`: ``evaluator(encoder) -> {metric: value}``.
 
     Examples:
         >>> evaluator = retrieval_evaluator("../shared/datasets/scifact", split="test")  # doctest: +SKIP
         >>> train_encoder(encoder, ts, cfg, evaluator=evaluator, eval_every=100).evaluations  # doctest: +SKIP
         [{'step': 100, 'ndcg@10': 0.61}, ...]
     """
-    from kl_retrievers.datasets import BeirDataset, load_beir
-    from kl_retrievers.evaluation import METRICS, SIMILARITIES, evaluate_model
-    from kl_retrievers.gaussian import check_k
-
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {sorted(METRICS)}; got {metric!r}")
-    if similarity is not None and similarity not in SIMILARITIES:
-        raise ValueError(f"similarity must be one of {SIMILARITIES} or None; got {similarity!r}")
-    k = check_k(k)
-    _check_int("batch_size", batch_size, 1)
-    data = dataset if isinstance(dataset, BeirDataset) else load_beir(dataset, split)
-
-    def evaluate(encoder: GaussianEncoder) -> dict[str, float]:
-        result = evaluate_model(
-            encoder,
-            data,
-            k=k,
-            similarity=similarity,
-            show_progress=show_progress,
-            metrics=(metric,),
-            batch_size=batch_size,
-            use_cache=False,
-        )
-        return {metric: float(result.aggregate[metric])}
-
-    return evaluate
+    return RetrievalEvaluator(
+        dataset,
+        split=split,
+        metric=metric,
+        k=k,
+        batch_size=batch_size,
+        similarity=similarity,
+        show_progress=show_progress,
+    )
 
 
 def _optimise(
@@ -1189,7 +1356,8 @@ def train_heads_cached(
         encoder: Its heads are trained in place; the backbone is never run after the features exist.
         ts: Training data.
         cfg: Recipe (``lr`` around 1e-3 suits the heads).
-        cache_dir: Feature cache (see :func:`compute_features`).
+        cache_dir: Feature cache (see :func:`compute_features`), of the training data and of a
+            :func:`retrieval_evaluator`'s split.
         checkpoint_dir: Checkpoint folder.
         resume: Continue from its checkpoint (refused when it was written with another recipe,
             as in :func:`train_encoder`).
@@ -1197,9 +1365,12 @@ def train_heads_cached(
             the encoder's query prefix, as ``encode_queries`` sees them; skips :func:`compute_features`).
         doc_features: Precomputed features of ``ts.docs``.
         recipe: Further JSON-ready entries recorded in checkpoints and checked on resume.
-        evaluator: As in :func:`train_encoder`: called with the whole encoder, whose heads hold the
-            current weights (moved back beside the backbone for the call), so it encodes texts through
-            the backbone (the cached features are of the training data only).
+        evaluator: As in :func:`train_encoder`. A :func:`retrieval_evaluator` (a :class:`RetrievalEvaluator`)
+            runs without the backbone: the evaluation split's features are computed once before training
+            (:meth:`RetrievalEvaluator.features`, through ``cache_dir``), and each evaluation applies the current
+            heads to them (:meth:`RetrievalEvaluator.from_features`; the same retrieval and metric as a call).
+            Any other evaluator is called with the whole encoder, whose heads hold the current weights (moved
+            back beside the backbone for the call), so it encodes texts through the backbone.
         eval_every: Steps between evaluations (0: only at the end).
 
     Returns:
@@ -1231,6 +1402,13 @@ def train_heads_cached(
             show_progress=cfg.show_progress,
             desc="Document features",
         )
+    # a retrieval evaluator's split: its backbone features once, here; each evaluation applies the heads to them
+    retrieval = evaluator if isinstance(evaluator, RetrievalEvaluator) else None
+    eval_features = (
+        retrieval.features(encoder, cache_dir=cache_dir, show_progress=cfg.show_progress)
+        if retrieval is not None
+        else None
+    )
     qp, qs = query_features.torch(device)
     dp, ds = doc_features.torch(device)
     positives = ts.positives_by_query()
@@ -1271,6 +1449,9 @@ def train_heads_cached(
 
     def evaluate(step: int) -> dict[str, Any]:
         assert evaluator is not None
+        if retrieval is not None and eval_features is not None:  # the heads where they train; no backbone pass
+            q_feats, d_feats = eval_features
+            return _run_evaluation(encoder, lambda enc: retrieval.from_features(enc, q_feats, d_feats), step)
         # encode_* runs the backbone and heads on one device: the heads go home for the call, then back
         encoder.mean_head.to(home[0])
         encoder.var_head.to(home[1])
