@@ -380,7 +380,8 @@ class ConfidenceScorer:
             stemmer: The hybrid store's BM25 stemmer (default ``"english"``,
                 :data:`~kl_retrievers.hybrid.DEFAULT_STEMMER`): with ``None`` a hybrid scorer takes the
                 model's ``hybrid_confidence_calibration.unstemmed.json`` when it ships one, else its
-                stemmed one (which :func:`check_calibrator_stemmer` warns about), as
+                stemmed one (which :func:`check_calibrator_stemmer` warns about; a stemmed store likewise
+                takes the unstemmed one when the model ships only that), as
                 :class:`~kl_retrievers.hybrid.KLHybridStore` picks its adaptive parameters. Ignored by
                 a dense scorer.
         """

@@ -691,9 +691,10 @@ _UNSTEMMED_HYBRID_CALIBRATION_FILE = "hybrid_confidence_calibration.unstemmed.js
 def _hybrid_calibration_path(model: str, stemmer: str | None) -> Path | None:
     """The hybrid calibrator file a store stemmed with ``stemmer`` takes from ``model``'s folder (``None``: none).
 
-    ``stemmer=None`` (unstemmed BM25): the folder's :data:`_UNSTEMMED_HYBRID_CALIBRATION_FILE` when it ships
-    one, else its :data:`HYBRID_CALIBRATION_FILE` (fitted on stemmed BM25: the retrievers warn,
-    :func:`~kl_retrievers._confidence.check_calibrator_stemmer`); a stemmer: :data:`HYBRID_CALIBRATION_FILE`.
+    The file fitted with the store's stemmer first: ``stemmer=None`` (unstemmed BM25) the folder's
+    :data:`_UNSTEMMED_HYBRID_CALIBRATION_FILE`, a stemmer its :data:`HYBRID_CALIBRATION_FILE`; when the folder
+    ships only the other one, that one (a hybrid calibrator fitted with another stemmer: the retrievers use it
+    and warn, :func:`~kl_retrievers._confidence.check_calibrator_stemmer`).
 
     Examples:
         >>> _hybrid_calibration_path("minilm-gauss-soup", None).name
@@ -703,8 +704,10 @@ def _hybrid_calibration_path(model: str, stemmer: str | None) -> Path | None:
     """
     from kl_retrievers.pretrained import model_file
 
-    unstemmed = model_file(model, _UNSTEMMED_HYBRID_CALIBRATION_FILE) if stemmer is None else None
-    return unstemmed or model_file(model, HYBRID_CALIBRATION_FILE)
+    own, other = HYBRID_CALIBRATION_FILE, _UNSTEMMED_HYBRID_CALIBRATION_FILE
+    if stemmer is None:
+        own, other = other, own
+    return model_file(model, own) or model_file(model, other)
 
 
 #: Features read from ``Candidates.signals`` as they are (:data:`kl_retrievers.hybrid.SIGNALS` but the uncertainty).
@@ -882,15 +885,13 @@ def recommended_min_confidence(
     if retriever not in CALIBRATOR_KINDS:
         raise ValueError(f"retriever must be one of {list(CALIBRATOR_KINDS)}; got {retriever!r}")
     default = DEFAULT_HYBRID_MIN_CONFIDENCE if retriever == "hybrid" else DEFAULT_MIN_CONFIDENCE
-    unstemmed = (
-        model_file(model or DEFAULT_MODEL, _UNSTEMMED_HYBRID_CALIBRATION_FILE)
-        if retriever == "hybrid" and stemmer is None
-        else None
-    )
-    if unstemmed is None and _bundled_name(model) == DEFAULT_MODEL:
-        return default
     file = HYBRID_CALIBRATION_FILE if retriever == "hybrid" else CALIBRATION_FILE
-    path = unstemmed or model_file(model, file)
+    # the calibrator the retriever takes: for a hybrid store the one fitted with its stemmer when shipped
+    path = (
+        _hybrid_calibration_path(model or DEFAULT_MODEL, stemmer)
+        if retriever == "hybrid"
+        else model_file(model or DEFAULT_MODEL, file)
+    )
     if path is None:
         if model is not None and _bundled_name(model) is None and not Path(str(model)).expanduser().is_dir():
             from kl_retrievers.pretrained import bundled_models
@@ -899,9 +900,10 @@ def recommended_min_confidence(
                 f"model must be a bundled model {sorted(bundled_models())}, 'kl_retrievers:NAME' or a saved model "
                 f"folder; got {model!r}"
             )
-        raise ValueError(f"model {model!r} ships no {retriever} confidence calibrator ({file})")
+        files = f"{file} or {_UNSTEMMED_HYBRID_CALIBRATION_FILE}" if retriever == "hybrid" else file
+        raise ValueError(f"model {model!r} ships no {retriever} confidence calibrator ({files})")
     own = model_file(DEFAULT_MODEL, file)
-    if unstemmed is None and own is not None and Path(path).read_bytes() == Path(own).read_bytes():
+    if Path(path).name == file and own is not None and Path(path).read_bytes() == Path(own).read_bytes():
         return default  # the default model's calibrator (its folder, or a copy): the library constant
     recorded = ConfidenceCalibrator.load(path).info.get("recommended_min_confidence")
     if not isinstance(recorded, Mapping) or "threshold" not in recorded:

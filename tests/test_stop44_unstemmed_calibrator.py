@@ -227,3 +227,26 @@ def test_llama_index_hybrid_retriever_finds_an_unstemmed_stores_calibrator(tmp_p
     assert len(hits) == 1
     assert hits[0].node.metadata[CONFIDENCE_KEY] is None
     assert hits[0].node.metadata.get(CONFIDENCE_REASON_KEY)  # a calibrator exists, one candidate is too few
+
+
+def test_a_stemmed_store_falls_back_to_an_unstemmed_only_folder_with_the_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Symmetric to the unstemmed fallback: a hybrid calibrator of the other stemmer, warned, not the dense one."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shipped = bundled_model_path("minilm-gauss-soup")
+    shutil.copy(shipped / _UNSTEMMED_HYBRID_CALIBRATION_FILE, folder / _UNSTEMMED_HYBRID_CALIBRATION_FILE)
+    shutil.copy(shipped / "confidence_calibration.json", folder / "confidence_calibration.json")
+    store = _store(str(folder), "english")
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers._confidence"):
+        got = _confidence(store)
+    assert got == pytest.approx(_expected(store, folder / _UNSTEMMED_HYBRID_CALIBRATION_FILE))
+    messages = _mismatch_warnings(caplog)
+    assert len(messages) == 1 and "fitted on BM25 not stemmed" in messages[0]
+    plain = ConfidenceCalibrator.load(folder / _UNSTEMMED_HYBRID_CALIBRATION_FILE)
+    threshold = plain.info["recommended_min_confidence"]["threshold"]
+    assert recommended_min_confidence(str(folder), retriever="hybrid") == threshold
+    assert recommended_min_confidence(str(folder), retriever="hybrid", stemmer=None) == threshold
+    with pytest.raises(ValueError, match="ships no hybrid confidence calibrator .*unstemmed"):
+        recommended_min_confidence(str(tmp_path), retriever="hybrid")  # a folder with neither
