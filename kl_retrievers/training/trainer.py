@@ -846,15 +846,35 @@ class _FeatureEncoder:
 
 
 class RetrievalEvaluator:
-    """An ``evaluator`` for :func:`train_encoder` / :func:`train_heads_cached`: one retrieval metric on a BEIR
-    split, made by :func:`retrieval_evaluator` (see there).
+    """An ``evaluator`` for :func:`train_encoder` / :func:`train_heads_cached`: one retrieval metric on a BEIR split
+    (:func:`retrieval_evaluator` builds one).
 
-    Called with an encoder, it encodes the split's queries and corpus through the whole encoder and scores
-    them as :func:`kl_retrievers.evaluation.evaluate_model` does. The cached-features fast path computes the
-    split's backbone features once (:meth:`features`) and evaluates each time from them (:meth:`from_features`):
-    the same retrieval and metric, without running the backbone again.
+    Each call encodes the split's queries and whole corpus with the encoder's current weights (no
+    encoding cache: the weights change between calls), retrieves exactly and scores the run, as
+    :func:`kl_retrievers.evaluation.evaluate_model` does (it is what runs), and returns ``{metric: value}``.
+    :func:`train_heads_cached` instead computes the split's backbone features once (:meth:`features`, with its
+    ``cache_dir``) and evaluates each time by applying the current heads to them (:meth:`from_features`): the
+    same retrieval and metric, without running the frozen backbone again. The arguments are checked when it is
+    built, before any training step.
 
-    The arguments are those of :func:`retrieval_evaluator`, checked here, before any training step.
+    Args:
+        dataset: A loaded :class:`~kl_retrievers.datasets.BeirDataset`, or a BEIR folder (loaded here).
+        split: The qrels split read when ``dataset`` is a folder.
+        metric: A name of :data:`kl_retrievers.evaluation.METRICS` (``ndcg@10``, ``mrr@10``, ...).
+        k: Retrieval depth.
+        batch_size: Encoding (and feature) batch size.
+        similarity: ``"neg_kl"``, ``"dot"`` or ``"cosine"``; ``None``: what the encoder records
+            (:func:`~kl_retrievers.evaluation.model_similarity`). Give the training run's similarity
+            when training a vector twin: its config says so only once the command line has saved it.
+        show_progress: Progress bars while encoding and retrieving.
+
+    Raises:
+        ValueError: An unknown ``metric`` or ``similarity``, ``k`` or ``batch_size`` below 1.
+
+    Examples:
+        >>> evaluator = RetrievalEvaluator("../shared/datasets/scifact", split="test")  # doctest: +SKIP
+        >>> train_encoder(encoder, ts, cfg, evaluator=evaluator, eval_every=100).evaluations  # doctest: +SKIP
+        [{'step': 100, 'ndcg@10': 0.61}, ...]
 
     Attributes:
         dataset: The loaded split.
@@ -974,53 +994,20 @@ class RetrievalEvaluator:
         )
 
 
-def retrieval_evaluator(
-    dataset: Any,
-    *,
-    split: str = "dev",
-    metric: str = "ndcg@10",
-    k: int = 100,
-    batch_size: int = 32,
-    similarity: str | None = None,
-    show_progress: bool = False,
-) -> RetrievalEvaluator:
-    """An ``evaluator`` for :func:`train_encoder` / :func:`train_heads_cached`: one retrieval metric on a BEIR split.
-
-    Each call encodes the split's queries and whole corpus with the encoder's current weights (no
-    encoding cache: the weights change between calls), retrieves exactly and scores the run, as
-    :func:`kl_retrievers.evaluation.evaluate_model` does (it is what runs), and returns ``{metric: value}``.
-    :func:`train_heads_cached` instead computes the split's backbone features once (with its ``cache_dir``)
-    and evaluates each time by applying the current heads to them (:meth:`RetrievalEvaluator.from_features`):
-    the same retrieval and metric, without running the frozen backbone again.
+def retrieval_evaluator(dataset: Any, **options: Any) -> RetrievalEvaluator:
+    """A :class:`RetrievalEvaluator` (the name the command line and stop 43's code use; the same arguments).
 
     Args:
-        dataset: A loaded :class:`~kl_retrievers.datasets.BeirDataset`, or a BEIR folder (loaded here).
-        split: The qrels split read when ``dataset`` is a folder.
-        metric: A name of :data:`kl_retrievers.evaluation.METRICS` (``ndcg@10``, ``mrr@10``, ...).
-        k: Retrieval depth.
-        batch_size: Encoding batch size.
-        similarity: ``"neg_kl"``, ``"dot"`` or ``"cosine"``; ``None``: what the encoder records
-            (:func:`~kl_retrievers.evaluation.model_similarity`). Give the training run's similarity
-            when training a vector twin: its config says so only once the command line has saved it.
-        show_progress: Progress bars while encoding and retrieving.
-
-    Returns:
-        A :class:`RetrievalEvaluator`: ``evaluator(encoder) -> {metric: value}``.
+        dataset: A loaded :class:`~kl_retrievers.datasets.BeirDataset`, or a BEIR folder.
+        **options: :class:`RetrievalEvaluator`'s keyword arguments (``split``, ``metric``, ``k``, ``batch_size``,
+            ``similarity``, ``show_progress``).
 
     Examples:
         >>> evaluator = retrieval_evaluator("../shared/datasets/scifact", split="test")  # doctest: +SKIP
-        >>> train_encoder(encoder, ts, cfg, evaluator=evaluator, eval_every=100).evaluations  # doctest: +SKIP
+        >>> train_heads_cached(encoder, ts, cfg, evaluator=evaluator, eval_every=100).evaluations  # doctest: +SKIP
         [{'step': 100, 'ndcg@10': 0.61}, ...]
     """
-    return RetrievalEvaluator(
-        dataset,
-        split=split,
-        metric=metric,
-        k=k,
-        batch_size=batch_size,
-        similarity=similarity,
-        show_progress=show_progress,
-    )
+    return RetrievalEvaluator(dataset, **options)
 
 
 def _optimise(
@@ -1245,7 +1232,7 @@ def train_encoder(
         evaluator: Called with the encoder (its current weights, in evaluation mode, under
             ``torch.no_grad``; its modes are restored afterwards) every ``eval_every`` optimiser steps and
             once at the end (or at a time-budget stop); returns ``{metric: value}`` (e.g.
-            :func:`retrieval_evaluator`). Each result is logged and recorded in
+            :class:`RetrievalEvaluator`). Each result is logged and recorded in
             :attr:`TrainResult.evaluations` and in the checkpoints (restored by ``resume``). Its time counts
             toward ``cfg.time_budget_s``; it is not part of the recipe a resume checks.
         eval_every: Steps between evaluations (0: only at the end).
@@ -1357,7 +1344,7 @@ def train_heads_cached(
         ts: Training data.
         cfg: Recipe (``lr`` around 1e-3 suits the heads).
         cache_dir: Feature cache (see :func:`compute_features`), of the training data and of a
-            :func:`retrieval_evaluator`'s split.
+            :class:`RetrievalEvaluator`'s split.
         checkpoint_dir: Checkpoint folder.
         resume: Continue from its checkpoint (refused when it was written with another recipe,
             as in :func:`train_encoder`).
@@ -1365,7 +1352,7 @@ def train_heads_cached(
             the encoder's query prefix, as ``encode_queries`` sees them; skips :func:`compute_features`).
         doc_features: Precomputed features of ``ts.docs``.
         recipe: Further JSON-ready entries recorded in checkpoints and checked on resume.
-        evaluator: As in :func:`train_encoder`. A :func:`retrieval_evaluator` (a :class:`RetrievalEvaluator`)
+        evaluator: As in :func:`train_encoder`. A :class:`RetrievalEvaluator` (:func:`retrieval_evaluator`)
             runs without the backbone: the evaluation split's features are computed once before training
             (:meth:`RetrievalEvaluator.features`, through ``cache_dir``), and each evaluation applies the current
             heads to them (:meth:`RetrievalEvaluator.from_features`; the same retrieval and metric as a call).
