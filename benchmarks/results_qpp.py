@@ -17,6 +17,8 @@ import numpy as np
 
 QPP_LOG = Path("runs") / "qpp" / "qpp.jsonl"
 CALIB_LOG = Path("runs") / "qpp" / "calibration.jsonl"
+#: ``benchmarks/calibration.py report --hybrid --stemmer none``: the calibrators of stores with ``stemmer=None``.
+UNSTEMMED_CALIB_LOG = Path("runs") / "qpp" / "calibration.unstemmed.jsonl"
 DEFAULT = "minilm-gauss-soup"
 COMBINED = f"{DEFAULT}+combined"
 COLLECTIONS = {
@@ -214,6 +216,7 @@ def qpp_section(root: Path) -> list[str]:
         "```",
         "",
         *other_models_calibration(root),
+        *unstemmed_calibration(root),
     ]
 
 
@@ -260,4 +263,34 @@ def other_models_calibration(root: Path) -> list[str]:
                 "```",
                 "",
             ]
+    return out
+
+
+def unstemmed_calibration(root: Path) -> list[str]:
+    """The hybrid calibrators of unstemmed stores (``--stemmer none``), one ECE table per model."""
+    lines = _read(root / UNSTEMMED_CALIB_LOG)
+    if not lines:
+        return []
+    out = [
+        "### Hybrid calibrators for unstemmed stores",
+        "",
+        "A `KLHybridStore(..., stemmer=None)` (every store saved before the stemmer option) takes its model's "
+        "`hybrid_confidence_calibration.unstemmed.json`, fitted the same way on the unstemmed hybrid's own dumps "
+        "(`--stemmer none` on every sub-command; [Hybrid retrieval](hybrid.md#bm25-tokens-stop-words-and-stemming)).",
+        "",
+    ]
+    for model in dict.fromkeys(r.get("model", DEFAULT) for r in lines):
+        mine = [r for r in lines if r.get("model", DEFAULT) == model]
+        tables = calibration_tables(mine, HYBRID_TRAIN_SETS)
+        ece = tables[: tables.index("")] if "" in tables else tables  # the ECE table, not the reliability bins
+        out += [
+            f"**`{model}`** (`{mine[-1]['calibrator']}`):",
+            "",
+            *ece,
+            "",
+            "```",
+            *_commands_of(root, mine),
+            "```",
+            "",
+        ]
     return out
