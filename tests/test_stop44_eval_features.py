@@ -276,3 +276,41 @@ def test_the_evaluator_class_checks_its_arguments_when_built(beir: Path) -> None
         RetrievalEvaluator(beir, batch_size=0)
     with pytest.raises(ValueError):
         RetrievalEvaluator(beir, k=0)
+
+
+def test_a_subclass_with_its_own_call_is_called_as_any_evaluator(
+    ts: TrainingSet, beir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The features path is for RetrievalEvaluator's own evaluation: a subclass that defines __call__ gets called
+    (through the backbone); one that does not keeps the features path."""
+    from kl_retrievers.training import RetrievalEvaluator
+
+    seen: list[int] = []
+
+    class Custom(RetrievalEvaluator):
+        def __call__(self, encoder: GaussianEncoder) -> dict[str, float]:
+            seen.append(1)
+            return {"custom": 0.5}
+
+    class Plain(RetrievalEvaluator):
+        pass
+
+    run_evaluation = trainer._run_evaluation
+    during: list[int] = []
+    calls: list[int] = []
+
+    def counted(encoder: GaussianEncoder, evaluator: Any, step: int) -> dict[str, Any]:
+        before = len(calls)
+        try:
+            return run_evaluation(encoder, evaluator, step)
+        finally:
+            during.append(len(calls) - before)
+
+    monkeypatch.setattr(trainer, "_run_evaluation", counted)
+    result = train_heads_cached(_encoder("cls_var_prefix", seed=3), ts, _cfg(2), evaluator=Custom(beir), eval_every=1)
+    assert seen == [1, 1] and [e["custom"] for e in result.evaluations] == [0.5, 0.5]
+    enc = _encoder("cls_var_prefix", seed=3)
+    calls = _count_backbone_calls(enc)
+    during.clear()
+    plain = train_heads_cached(enc, ts, _cfg(2), evaluator=Plain(beir), eval_every=1)
+    assert during == [0, 0] and "ndcg@10" in plain.evaluations[-1]  # the features path: no backbone pass

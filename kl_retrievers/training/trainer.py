@@ -1390,7 +1390,12 @@ def train_heads_cached(
             desc="Document features",
         )
     # a retrieval evaluator's split: its backbone features once, here; each evaluation applies the heads to them
-    retrieval = evaluator if isinstance(evaluator, RetrievalEvaluator) else None
+    # (a subclass with its own __call__ is called as any evaluator: its evaluation is whatever it defines)
+    retrieval = (
+        evaluator
+        if isinstance(evaluator, RetrievalEvaluator) and type(evaluator).__call__ is RetrievalEvaluator.__call__
+        else None
+    )
     eval_features = (
         retrieval.features(encoder, cache_dir=cache_dir, show_progress=cfg.show_progress)
         if retrieval is not None
