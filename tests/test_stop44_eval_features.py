@@ -314,3 +314,38 @@ def test_a_subclass_with_its_own_call_is_called_as_any_evaluator(
     during.clear()
     plain = train_heads_cached(enc, ts, _cfg(2), evaluator=Plain(beir), eval_every=1)
     assert during == [0, 0] and "ndcg@10" in plain.evaluations[-1]  # the features path: no backbone pass
+
+
+def test_a_refused_resume_computes_no_evaluation_features(
+    ts: TrainingSet, beir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The split's features are computed after a resume's checks: a resume refused for another recipe pays nothing."""
+    from kl_retrievers.training import RetrievalEvaluator
+
+    computed: list[int] = []
+    features = RetrievalEvaluator.features
+
+    def counted(self: RetrievalEvaluator, *args: Any, **kwargs: Any) -> Any:
+        computed.append(1)
+        return features(self, *args, **kwargs)
+
+    monkeypatch.setattr(RetrievalEvaluator, "features", counted)
+    ckpt = tmp_path / "ckpt"
+    ev = retrieval_evaluator(beir)
+    train_heads_cached(_encoder("mean_no_var", seed=2), ts, _cfg(2), checkpoint_dir=ckpt, evaluator=ev, eval_every=1)
+    assert computed == [1]
+    with pytest.raises(ValueError, match="resume"):
+        train_heads_cached(
+            _encoder("mean_no_var", seed=2),
+            ts,
+            _cfg(4, lr=5e-3),
+            checkpoint_dir=ckpt,
+            resume=True,
+            evaluator=ev,
+            eval_every=1,
+        )
+    assert computed == [1]  # refused before the evaluation features
+    resumed = train_heads_cached(
+        _encoder("mean_no_var", seed=2), ts, _cfg(4), checkpoint_dir=ckpt, resume=True, evaluator=ev, eval_every=1
+    )
+    assert computed == [1, 1] and [e["step"] for e in resumed.evaluations] == [1, 2, 3, 4]

@@ -1021,10 +1021,13 @@ def _optimise(
     recipe: Mapping[str, Any] | None = None,
     evaluate: Callable[[int], dict[str, Any]] | None = None,
     eval_every: int = 0,
+    prepare: Callable[[], None] | None = None,
 ) -> TrainResult:
     """The optimiser loop both trainers share. ``evaluate(step)``: one evaluation record (see
     :func:`_run_evaluation`), called after every ``eval_every`` steps and once at the end (or at a time-budget
-    stop), each after the checkpoint of its step, which then records it (:func:`_record_evaluations`)."""
+    stop), each after the checkpoint of its step, which then records it (:func:`_record_evaluations`).
+    ``prepare()``: called once after a resume's checks and load, before the time budget's clock starts (work
+    that a refused resume should not pay for, e.g. the evaluation split's features)."""
     named = _trainable(module)
     params = list(named.values())
     if not params:
@@ -1074,6 +1077,8 @@ def _optimise(
             warmup,
             cfg.steps,
         )
+    if prepare is not None:
+        prepare()
     t0 = time.monotonic()
     losses: list[float] = []
     stopped = "finished"
@@ -1389,18 +1394,19 @@ def train_heads_cached(
             show_progress=cfg.show_progress,
             desc="Document features",
         )
-    # a retrieval evaluator's split: its backbone features once, here; each evaluation applies the heads to them
-    # (a subclass with its own __call__ is called as any evaluator: its evaluation is whatever it defines)
+    # a retrieval evaluator's split: its backbone features once, after a resume's checks (prepare_evaluation);
+    # each evaluation applies the heads to them (a subclass with its own __call__ is called as any evaluator)
     retrieval = (
         evaluator
         if isinstance(evaluator, RetrievalEvaluator) and type(evaluator).__call__ is RetrievalEvaluator.__call__
         else None
     )
-    eval_features = (
-        retrieval.features(encoder, cache_dir=cache_dir, show_progress=cfg.show_progress)
-        if retrieval is not None
-        else None
-    )
+    eval_features: list[tuple[Features, Features]] = []
+
+    def prepare_evaluation() -> None:
+        if retrieval is not None:
+            eval_features.append(retrieval.features(encoder, cache_dir=cache_dir, show_progress=cfg.show_progress))
+
     qp, qs = query_features.torch(device)
     dp, ds = doc_features.torch(device)
     positives = ts.positives_by_query()
@@ -1441,8 +1447,8 @@ def train_heads_cached(
 
     def evaluate(step: int) -> dict[str, Any]:
         assert evaluator is not None
-        if retrieval is not None and eval_features is not None:  # the heads where they train; no backbone pass
-            q_feats, d_feats = eval_features
+        if retrieval is not None and eval_features:  # the heads where they train; no backbone pass
+            q_feats, d_feats = eval_features[0]
             return _run_evaluation(encoder, lambda enc: retrieval.from_features(enc, q_feats, d_feats), step)
         # encode_* runs the backbone and heads on one device: the heads go home for the call, then back
         encoder.mean_head.to(home[0])
@@ -1469,6 +1475,7 @@ def train_heads_cached(
             recipe=full_recipe,
             evaluate=evaluate if evaluator is not None else None,
             eval_every=eval_every,
+            prepare=prepare_evaluation,
         )
     finally:
         encoder.mean_head.to(home[0])
