@@ -501,7 +501,10 @@ def require_calibrator(
     if min_confidence is None or scorer.calibrator(encoder, stemmer) is not None:
         return
     model = getattr(encoder, "name_or_path", None) if encoder is not None else None
-    files = " or ".join(CALIBRATION_FILES[k] for k in RETRIEVER_CALIBRATORS[scorer.retriever])
+    looked_up = [CALIBRATION_FILES[k] for k in RETRIEVER_CALIBRATORS[scorer.retriever]]
+    if scorer.retriever == "hybrid":  # both hybrid files are looked up (the store's stemmer's first)
+        looked_up.insert(1, _UNSTEMMED_HYBRID_CALIBRATION_FILE)
+    files = " or ".join(looked_up)
     raise ValueError(
         f"min_confidence={min_confidence} needs a confidence calibrator, and the model {model!r} ships none "
         f"({files}); pass calibrator= (a fitted kl_retrievers.calibration.ConfidenceCalibrator "

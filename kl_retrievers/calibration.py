@@ -830,7 +830,7 @@ def default_hybrid_calibrator(model: str | None = None, stemmer: str | None = "e
     if not path.is_file():
         raise ValueError(
             f"bundled model {model or DEFAULT_MODEL!r} ships no hybrid confidence calibrator "
-            f"({HYBRID_CALIBRATION_FILE})"
+            f"({HYBRID_CALIBRATION_FILE} or {_UNSTEMMED_HYBRID_CALIBRATION_FILE})"
         )
     return ConfidenceCalibrator.load(path)
 

@@ -854,8 +854,9 @@ class RetrievalEvaluator:
     :func:`kl_retrievers.evaluation.evaluate_model` does (it is what runs), and returns ``{metric: value}``.
     :func:`train_heads_cached` instead computes the split's backbone features once (:meth:`features`, with its
     ``cache_dir``) and evaluates each time by applying the current heads to them (:meth:`from_features`): the
-    same retrieval and metric, without running the frozen backbone again. The arguments are checked when it is
-    built, before any training step.
+    same retrieval and metric, without running the frozen backbone again (a subclass that defines its own
+    ``__call__`` is called instead, like any evaluator). The arguments are checked when it is built, before any
+    training step.
 
     Args:
         dataset: A loaded :class:`~kl_retrievers.datasets.BeirDataset`, or a BEIR folder (loaded here).
@@ -1361,8 +1362,9 @@ def train_heads_cached(
             runs without the backbone: the evaluation split's features are computed once before training
             (:meth:`RetrievalEvaluator.features`, through ``cache_dir``), and each evaluation applies the current
             heads to them (:meth:`RetrievalEvaluator.from_features`; the same retrieval and metric as a call).
-            Any other evaluator is called with the whole encoder, whose heads hold the current weights (moved
-            back beside the backbone for the call), so it encodes texts through the backbone.
+            Any other evaluator, a subclass with its own ``__call__`` included, is called with the whole encoder,
+            whose heads hold the current weights (moved back beside the backbone for the call), so it encodes
+            texts through the backbone.
         eval_every: Steps between evaluations (0: only at the end).
 
     Returns:
@@ -1447,7 +1449,9 @@ def train_heads_cached(
 
     def evaluate(step: int) -> dict[str, Any]:
         assert evaluator is not None
-        if retrieval is not None and eval_features:  # the heads where they train; no backbone pass
+        if retrieval is not None:  # the heads where they train; no backbone pass
+            if not eval_features:  # _optimise calls prepare before any evaluation
+                raise RuntimeError("the evaluation split's features were not computed before an evaluation")
             q_feats, d_feats = eval_features[0]
             return _run_evaluation(encoder, lambda enc: retrieval.from_features(enc, q_feats, d_feats), step)
         # encode_* runs the backbone and heads on one device: the heads go home for the call, then back
