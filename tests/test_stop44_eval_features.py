@@ -349,3 +349,26 @@ def test_a_refused_resume_computes_no_evaluation_features(
         _encoder("mean_no_var", seed=2), ts, _cfg(4), checkpoint_dir=ckpt, resume=True, evaluator=ev, eval_every=1
     )
     assert computed == [1, 1] and [e["step"] for e in resumed.evaluations] == [1, 2, 3, 4]
+
+
+def test_a_finished_and_evaluated_resume_computes_no_evaluation_features(
+    ts: TrainingSet, beir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kl_retrievers.training import RetrievalEvaluator
+
+    computed: list[int] = []
+    features = RetrievalEvaluator.features
+
+    def counted(self: RetrievalEvaluator, *args: Any, **kwargs: Any) -> Any:
+        computed.append(1)
+        return features(self, *args, **kwargs)
+
+    monkeypatch.setattr(RetrievalEvaluator, "features", counted)
+    ckpt = tmp_path / "ckpt"
+    ev = retrieval_evaluator(beir)
+    first = train_heads_cached(_encoder("mean_no_var", seed=2), ts, _cfg(2), checkpoint_dir=ckpt, evaluator=ev)
+    again = train_heads_cached(
+        _encoder("mean_no_var", seed=2), ts, _cfg(2), checkpoint_dir=ckpt, resume=True, evaluator=ev
+    )
+    assert computed == [1]  # the finished checkpoint already holds its last evaluation: nothing to compute
+    assert again.evaluations == first.evaluations and [e["step"] for e in again.evaluations] == [2]

@@ -1027,8 +1027,9 @@ def _optimise(
     """The optimiser loop both trainers share. ``evaluate(step)``: one evaluation record (see
     :func:`_run_evaluation`), called after every ``eval_every`` steps and once at the end (or at a time-budget
     stop), each after the checkpoint of its step, which then records it (:func:`_record_evaluations`).
-    ``prepare()``: called once after a resume's checks and load, before the time budget's clock starts (work
-    that a refused resume should not pay for, e.g. the evaluation split's features)."""
+    ``prepare()``: called once after a resume's checks and load, before the time budget's clock starts, when an
+    evaluation will run (work a refused resume or a finished, evaluated checkpoint should not pay for, e.g. the
+    evaluation split's features)."""
     named = _trainable(module)
     params = list(named.values())
     if not params:
@@ -1078,7 +1079,8 @@ def _optimise(
             warmup,
             cfg.steps,
         )
-    if prepare is not None:
+    nothing_left = start >= cfg.steps and bool(evaluations) and evaluations[-1]["step"] == start
+    if prepare is not None and evaluate is not None and not nothing_left:  # a finished, evaluated run needs none
         prepare()
     t0 = time.monotonic()
     losses: list[float] = []
