@@ -372,3 +372,24 @@ def test_a_finished_and_evaluated_resume_computes_no_evaluation_features(
     )
     assert computed == [1]  # the finished checkpoint already holds its last evaluation: nothing to compute
     assert again.evaluations == first.evaluations and [e["step"] for e in again.evaluations] == [2]
+
+
+def test_a_refused_resume_computes_no_training_features_either(
+    ts: TrainingSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In Python as on the command line: the recipe is checked before the training data's backbone features."""
+    ckpt = tmp_path / "ckpt"
+    train_heads_cached(_encoder("mean_no_var", seed=2), ts, _cfg(2), checkpoint_dir=ckpt)
+    computed: list[str] = []
+    compute = trainer.compute_features
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        computed.append(kwargs.get("desc", ""))
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "compute_features", counted)
+    with pytest.raises(ValueError, match="resume"):
+        train_heads_cached(_encoder("mean_no_var", seed=2), ts, _cfg(4, lr=5e-3), checkpoint_dir=ckpt, resume=True)
+    assert computed == []
+    result = train_heads_cached(_encoder("mean_no_var", seed=2), ts, _cfg(4), checkpoint_dir=ckpt, resume=True)
+    assert computed == ["Query features", "Document features"] and result.steps_done == 4 and result.resumed_from == 2

@@ -1011,6 +1011,20 @@ def retrieval_evaluator(dataset: Any, **options: Any) -> RetrievalEvaluator:
     return RetrievalEvaluator(dataset, **options)
 
 
+def _checked_checkpoint(
+    checkpoint_dir: Path | None, recipe: Mapping[str, Any] | None, steps: int
+) -> tuple[Path | None, dict[str, Any]]:
+    """The checkpoint a resume continues and its ``state.json`` (``(None, {})``: none), refused when it was written
+    with another recipe or is past ``steps`` (:func:`_check_resume_recipe`, :func:`_check_resume_steps`)."""
+    found = _find_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+    if found is None:
+        return None, {}
+    meta = json.loads((found / "state.json").read_text())
+    _check_resume_recipe(found, meta, recipe)
+    _check_resume_steps(found, meta, steps)
+    return found, meta
+
+
 def _optimise(
     module: nn.Module,
     cfg: TrainConfig,
@@ -1036,15 +1050,13 @@ def _optimise(
         raise ValueError("nothing to train: every parameter is frozen")
     opt = torch.optim.AdamW(_param_groups(named, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = cfg.warmup_steps_resolved()
-    found, meta = None, {}
+    found: Path | None = None
+    meta: dict[str, Any] = {}
     if resume:
-        found = _find_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+        found, meta = _checked_checkpoint(checkpoint_dir, recipe, cfg.steps)
         if found is None:
             logger.warning("--resume: no checkpoint at %s; starting from step 0", checkpoint_dir)
         else:
-            meta = json.loads((found / "state.json").read_text())
-            _check_resume_recipe(found, meta, recipe)
-            _check_resume_steps(found, meta, cfg.steps)
             saved = (meta.get("recipe") or {}).get("config") or {}
             if isinstance(saved.get("warmup_resolved"), int):  # keep the warm-up the run started with
                 warmup = saved["warmup_resolved"]
@@ -1380,6 +1392,8 @@ def train_heads_cached(
     _check_negatives_exist(ts, cfg)
     device = _device(cfg)
     full_recipe = training_recipe(cfg, ts, encoder, mode="heads_only_cached", **dict(recipe or {}))
+    if resume:  # a resume refused for another recipe is refused before any backbone pass (_optimise checks again)
+        _checked_checkpoint(Path(checkpoint_dir) if checkpoint_dir is not None else None, full_recipe, cfg.steps)
     if query_features is None:  # the prefixed texts, as encode_queries sees them
         query_features = compute_features(
             encoder,
