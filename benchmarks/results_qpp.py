@@ -125,8 +125,10 @@ def experiments_table(records: Sequence[Mapping[str, Any]]) -> list[str]:
     return _table(["experiment", "label", "statistic", "SciFact TRAIN tau", "mean test tau", "mean nDCG@10"], rows)
 
 
-def calibration_tables(calib: Sequence[Mapping[str, Any]], train_sets: Sequence[str] = TRAIN_SETS) -> list[str]:
-    """ECE (10 bins) per split, and the reliability table of the four test splits."""
+def calibration_tables(
+    calib: Sequence[Mapping[str, Any]], train_sets: Sequence[str] = TRAIN_SETS, *, reliability: bool = True
+) -> list[str]:
+    """ECE (10 bins) per split, and (``reliability``) the reliability table of the four test splits."""
     newest = {f"{r['collection']}:{r['split']}": dict(r) for r in calib}
     rows = []
     for key in [f"{c}:test" for c in COLLECTIONS] + list(train_sets):
@@ -138,7 +140,7 @@ def calibration_tables(calib: Sequence[Mapping[str, Any]], train_sets: Sequence[
         rows.append([key, r["role"], str(r["queries"]), f"{r['observed_p@1']:.3f}", f"{r['mean_confidence']:.3f}", ece])
     out = _table(["split", "role", "queries", "observed P@1", "mean confidence", "ECE"], rows)
     tests = [newest[f"{c}:test"] for c in COLLECTIONS if f"{c}:test" in newest]
-    if len(tests) < len(COLLECTIONS):
+    if not reliability or len(tests) < len(COLLECTIONS):
         return out
     bins = []
     for b, first in enumerate(tests[0]["reliability"]):
@@ -253,17 +255,14 @@ def other_models_calibration(root: Path) -> list[str]:
             mine = [r for r in lines if r["model"] == model and r.get("retriever", "dense") == retriever]
             if not mine:
                 continue
-            out += [
-                f"**`{model}`**, {retriever} calibrator (`{mine[-1]['calibrator']}`):",
-                "",
-                *calibration_tables(mine, train_sets),
-                "",
-                "```",
-                *_commands_of(root, mine),
-                "```",
-                "",
-            ]
+            title = f"**`{model}`**, {retriever} calibrator (`{mine[-1]['calibrator']}`):"
+            out += _calibrator_block(root, title, calibration_tables(mine, train_sets), mine)
     return out
+
+
+def _calibrator_block(root: Path, title: str, tables: Sequence[str], lines: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One calibrator on the page: its title, its tables and the commands behind its report ``lines``."""
+    return [title, "", *tables, "", "```", *_commands_of(root, lines), "```", ""]
 
 
 def unstemmed_calibration(root: Path) -> list[str]:
@@ -281,16 +280,6 @@ def unstemmed_calibration(root: Path) -> list[str]:
     ]
     for model in dict.fromkeys(r.get("model", DEFAULT) for r in lines):
         mine = [r for r in lines if r.get("model", DEFAULT) == model]
-        tables = calibration_tables(mine, HYBRID_TRAIN_SETS)
-        ece = tables[: tables.index("")] if "" in tables else tables  # the ECE table, not the reliability bins
-        out += [
-            f"**`{model}`** (`{mine[-1]['calibrator']}`):",
-            "",
-            *ece,
-            "",
-            "```",
-            *_commands_of(root, mine),
-            "```",
-            "",
-        ]
+        ece = calibration_tables(mine, HYBRID_TRAIN_SETS, reliability=False)
+        out += _calibrator_block(root, f"**`{model}`** (`{mine[-1]['calibrator']}`):", ece, mine)
     return out

@@ -170,7 +170,12 @@ def model_calibration_path(encoder: Any, file: str = CALIBRATION_FILE) -> Path |
     """
     from kl_retrievers.pretrained import model_file
 
-    return model_file(str(getattr(encoder, "name_or_path", "") or ""), file)
+    return model_file(_encoder_model(encoder), file)
+
+
+def _encoder_model(encoder: Any) -> str:
+    """The model reference an encoder records (``name_or_path``; ``""`` when it records none)."""
+    return str(getattr(encoder, "name_or_path", "") or "")
 
 
 def _model_name(name: str) -> str:
@@ -198,7 +203,7 @@ def encoder_model_names(encoder: Any) -> frozenset[str] | None:
     """
     from kl_retrievers.pretrained import _bundled_name
 
-    reference = str(getattr(encoder, "name_or_path", "") or "")
+    reference = _encoder_model(encoder)
     if not reference:
         return None
     try:
@@ -404,8 +409,7 @@ class ConfidenceScorer:
             cal = None
             for kind in RETRIEVER_CALIBRATORS[self.retriever]:
                 if kind == "hybrid":  # the unstemmed file first for an unstemmed store
-                    name = str(getattr(encoder, "name_or_path", "") or "")
-                    path = _hybrid_calibration_path(name, None if unstemmed else "english")
+                    path = _hybrid_calibration_path(_encoder_model(encoder), None if unstemmed else "english")
                 else:
                     path = model_calibration_path(encoder, CALIBRATION_FILES[kind])
                 if path is not None:

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -154,6 +154,14 @@ def scifact_dir() -> Path:
     if not (path / "corpus.jsonl").is_file():
         pytest.fail(f"the shared SciFact copy is missing at {path}; tests expect ../shared/datasets beside the repo")
     return path
+
+
+def tiny_train_config(steps: int, **kw: Any) -> Any:
+    """A ``TrainConfig`` for the tiny training tests: batch 2, one negative, lr 1e-2, CPU, quiet (``kw`` overrides)."""
+    from kl_retrievers.training import TrainConfig
+
+    base: dict[str, Any] = {"steps": steps, "batch_size": 2, "negatives": 1, "lr": 1e-2, "show_progress": False}
+    return TrainConfig(**(base | {"device": "cpu"} | kw))
 
 
 def tiny_train_beir(root: Path) -> Path:

@@ -19,13 +19,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TrainWorld, make_tiny_encoder, make_train_world, tiny_train_beir
+from conftest import TrainWorld, make_tiny_encoder, make_train_world, tiny_train_beir, tiny_train_config
 from kl_retrievers import GaussianEncoder
 from kl_retrievers.cli import main
 from kl_retrievers.datasets import load_beir
 from kl_retrievers.evaluation import evaluate_model
 from kl_retrievers.training import (
-    TrainConfig,
     TrainingSet,
     from_beir,
     retrieval_evaluator,
@@ -52,11 +51,6 @@ def ts(beir: Path) -> TrainingSet:
     return from_beir(beir, split="train")
 
 
-def _cfg(steps: int, **kw: Any) -> TrainConfig:
-    base: dict[str, Any] = {"steps": steps, "batch_size": 2, "negatives": 1, "lr": 1e-2, "show_progress": False}
-    return TrainConfig(**(base | {"device": "cpu"} | kw))
-
-
 class _Recorder:
     """An evaluator that records each call: the step's head weights, the modes and whether grad was on."""
 
@@ -79,7 +73,7 @@ def test_evaluator_runs_every_n_steps_and_once_at_the_end(
 ) -> None:
     enc = make_tiny_encoder(seed=1)
     rec = _Recorder()
-    result = train_heads_cached(enc, ts, _cfg(steps), evaluator=rec, eval_every=every)
+    result = train_heads_cached(enc, ts, tiny_train_config(steps), evaluator=rec, eval_every=every)
     assert [e["step"] for e in result.evaluations] == expected
     assert [e["calls"] for e in result.evaluations] == [float(i + 1) for i in range(len(expected))]
     # evaluation mode and no autograd during each call
@@ -91,7 +85,7 @@ def test_evaluator_runs_every_n_steps_and_once_at_the_end(
 
 
 def test_no_evaluator_leaves_evaluations_empty(ts: TrainingSet) -> None:
-    result = train_heads_cached(make_tiny_encoder(seed=1), ts, _cfg(2))
+    result = train_heads_cached(make_tiny_encoder(seed=1), ts, tiny_train_config(2))
     assert result.evaluations == []
 
 
@@ -118,7 +112,7 @@ def test_full_encoder_training_is_unchanged_by_evaluations(ts: TrainingSet) -> N
     runs = []
     for evaluator in (None, _Recorder()):
         enc = make_tiny_encoder(seed=2)
-        result = train_encoder(enc, ts, _cfg(3, lr=1e-3), evaluator=evaluator, eval_every=1)
+        result = train_encoder(enc, ts, tiny_train_config(3, lr=1e-3), evaluator=evaluator, eval_every=1)
         runs.append((result, enc.mean_head.weight.detach().clone()))
     (plain, w_plain), (evaluated, w_evaluated) = runs
     assert [e["step"] for e in evaluated.evaluations] == [1, 2, 3]
@@ -128,27 +122,38 @@ def test_full_encoder_training_is_unchanged_by_evaluations(ts: TrainingSet) -> N
 
 def test_bad_evaluator_results_and_eval_every_are_refused(ts: TrainingSet) -> None:
     with pytest.raises(ValueError, match="eval_every must be an integer >= 0; got -1"):
-        train_heads_cached(make_tiny_encoder(), ts, _cfg(2), evaluator=_Recorder(), eval_every=-1)
+        train_heads_cached(make_tiny_encoder(), ts, tiny_train_config(2), evaluator=_Recorder(), eval_every=-1)
     with pytest.raises(TypeError, match="evaluator must be a callable"):
-        train_heads_cached(make_tiny_encoder(), ts, _cfg(2), evaluator=3)  # type: ignore[arg-type]
+        train_heads_cached(make_tiny_encoder(), ts, tiny_train_config(2), evaluator=3)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="must return a mapping"):
-        train_heads_cached(make_tiny_encoder(), ts, _cfg(2), evaluator=lambda e: 0.5)  # type: ignore[arg-type,return-value]
+        train_heads_cached(make_tiny_encoder(), ts, tiny_train_config(2), evaluator=lambda e: 0.5)  # type: ignore[arg-type,return-value]
     with pytest.raises(ValueError, match="reserved for the step number"):
-        train_heads_cached(make_tiny_encoder(), ts, _cfg(2), evaluator=lambda e: {"step": 1.0})
+        train_heads_cached(make_tiny_encoder(), ts, tiny_train_config(2), evaluator=lambda e: {"step": 1.0})
 
 
 # ------------------------------------------------------------------ checkpoints and resume
 def test_resume_restores_the_evaluations(ts: TrainingSet, tmp_path: Path) -> None:
-    full = train_heads_cached(make_tiny_encoder(seed=3), ts, _cfg(4), evaluator=_Recorder(), eval_every=1)
+    full = train_heads_cached(make_tiny_encoder(seed=3), ts, tiny_train_config(4), evaluator=_Recorder(), eval_every=1)
     ck = tmp_path / "ck"
     first = train_heads_cached(
-        make_tiny_encoder(seed=3), ts, _cfg(4, time_budget_s=0), checkpoint_dir=ck, evaluator=_Recorder(), eval_every=1
+        make_tiny_encoder(seed=3),
+        ts,
+        tiny_train_config(4, time_budget_s=0),
+        checkpoint_dir=ck,
+        evaluator=_Recorder(),
+        eval_every=1,
     )
     assert first.stopped == "time_budget" and [e["step"] for e in first.evaluations] == [1]
     saved = json.loads((ck / "state.json").read_text())
     assert saved["evaluations"] == first.evaluations
     resumed = train_heads_cached(
-        make_tiny_encoder(seed=3), ts, _cfg(4), checkpoint_dir=ck, resume=True, evaluator=_Recorder(), eval_every=1
+        make_tiny_encoder(seed=3),
+        ts,
+        tiny_train_config(4),
+        checkpoint_dir=ck,
+        resume=True,
+        evaluator=_Recorder(),
+        eval_every=1,
     )
     assert resumed.resumed_from == 1
     assert [e["step"] for e in resumed.evaluations] == [1, 2, 3, 4]
@@ -159,21 +164,27 @@ def test_resume_restores_the_evaluations(ts: TrainingSet, tmp_path: Path) -> Non
 
 def test_resume_from_a_checkpoint_without_evaluations(ts: TrainingSet, tmp_path: Path) -> None:
     ck = tmp_path / "ck"
-    train_heads_cached(make_tiny_encoder(seed=3), ts, _cfg(3, time_budget_s=0), checkpoint_dir=ck)
+    train_heads_cached(make_tiny_encoder(seed=3), ts, tiny_train_config(3, time_budget_s=0), checkpoint_dir=ck)
     state = json.loads((ck / "state.json").read_text())
     state.pop("evaluations")  # as an older version wrote it
     (ck / "state.json").write_text(json.dumps(state))
     resumed = train_heads_cached(
-        make_tiny_encoder(seed=3), ts, _cfg(3), checkpoint_dir=ck, resume=True, evaluator=_Recorder(), eval_every=1
+        make_tiny_encoder(seed=3),
+        ts,
+        tiny_train_config(3),
+        checkpoint_dir=ck,
+        resume=True,
+        evaluator=_Recorder(),
+        eval_every=1,
     )
     assert [e["step"] for e in resumed.evaluations] == [2, 3]
 
 
 def test_a_resume_with_no_step_left_still_evaluates_once(ts: TrainingSet, tmp_path: Path) -> None:
     ck = tmp_path / "ck"
-    train_heads_cached(make_tiny_encoder(seed=3), ts, _cfg(2), checkpoint_dir=ck, evaluator=_Recorder())
+    train_heads_cached(make_tiny_encoder(seed=3), ts, tiny_train_config(2), checkpoint_dir=ck, evaluator=_Recorder())
     again = train_heads_cached(
-        make_tiny_encoder(seed=3), ts, _cfg(2), checkpoint_dir=ck, resume=True, evaluator=_Recorder()
+        make_tiny_encoder(seed=3), ts, tiny_train_config(2), checkpoint_dir=ck, resume=True, evaluator=_Recorder()
     )
     assert again.losses == [] and [e["step"] for e in again.evaluations] == [2]  # recorded, not repeated
 
@@ -188,7 +199,7 @@ class _Boom:
 def test_a_failing_final_evaluation_leaves_the_final_checkpoint(ts: TrainingSet, tmp_path: Path) -> None:
     ck = tmp_path / "ck"
     with pytest.raises(RuntimeError, match="evaluator failed"):
-        train_heads_cached(make_tiny_encoder(seed=3), ts, _cfg(3), checkpoint_dir=ck, evaluator=_Boom())
+        train_heads_cached(make_tiny_encoder(seed=3), ts, tiny_train_config(3), checkpoint_dir=ck, evaluator=_Boom())
     state = json.loads((ck / "state.json").read_text())
     assert state["step"] == 3 and state["evaluations"] == []  # every trained step kept; a resume can evaluate it
 
@@ -197,7 +208,7 @@ def test_a_time_budget_stop_saves_before_it_evaluates(ts: TrainingSet, tmp_path:
     ck = tmp_path / "ck"
     with pytest.raises(RuntimeError, match="evaluator failed"):
         train_heads_cached(
-            make_tiny_encoder(seed=3), ts, _cfg(4, time_budget_s=0), checkpoint_dir=ck, evaluator=_Boom()
+            make_tiny_encoder(seed=3), ts, tiny_train_config(4, time_budget_s=0), checkpoint_dir=ck, evaluator=_Boom()
         )
     assert json.loads((ck / "state.json").read_text())["step"] == 1
 
@@ -206,21 +217,21 @@ def test_a_time_budget_stop_evaluates_the_returned_model_once(ts: TrainingSet, t
     """eval_every 0: only the stop's evaluation; a regular one that used the budget is not followed by another."""
     ck = tmp_path / "ck"
     stop = train_heads_cached(
-        make_tiny_encoder(seed=3), ts, _cfg(4, time_budget_s=0), checkpoint_dir=ck, evaluator=_Recorder()
+        make_tiny_encoder(seed=3), ts, tiny_train_config(4, time_budget_s=0), checkpoint_dir=ck, evaluator=_Recorder()
     )
     assert stop.stopped == "time_budget" and [e["step"] for e in stop.evaluations] == [1]
     assert json.loads((ck / "state.json").read_text())["evaluations"] == stop.evaluations
     every = train_heads_cached(
-        make_tiny_encoder(seed=3), ts, _cfg(6, time_budget_s=0), evaluator=_Recorder(), eval_every=1
+        make_tiny_encoder(seed=3), ts, tiny_train_config(6, time_budget_s=0), evaluator=_Recorder(), eval_every=1
     )
     assert every.stopped == "time_budget" and [e["step"] for e in every.evaluations] == [1]
 
 
 def test_a_resume_with_no_step_left_evaluates_a_model_never_evaluated(ts: TrainingSet, tmp_path: Path) -> None:
     ck = tmp_path / "ck"
-    train_heads_cached(make_tiny_encoder(seed=3), ts, _cfg(2), checkpoint_dir=ck)  # no evaluator
+    train_heads_cached(make_tiny_encoder(seed=3), ts, tiny_train_config(2), checkpoint_dir=ck)  # no evaluator
     again = train_heads_cached(
-        make_tiny_encoder(seed=3), ts, _cfg(2), checkpoint_dir=ck, resume=True, evaluator=_Recorder()
+        make_tiny_encoder(seed=3), ts, tiny_train_config(2), checkpoint_dir=ck, resume=True, evaluator=_Recorder()
     )
     assert again.losses == [] and [e["step"] for e in again.evaluations] == [2]
     assert json.loads((ck / "state.json").read_text())["evaluations"] == again.evaluations
@@ -249,7 +260,7 @@ def test_retrieval_evaluator_refuses_bad_options(beir: Path) -> None:
 
 def test_training_with_the_retrieval_evaluator_records_ndcg(ts: TrainingSet, beir: Path) -> None:
     enc = make_tiny_encoder(seed=5)
-    result = train_heads_cached(enc, ts, _cfg(4), evaluator=retrieval_evaluator(beir), eval_every=2)
+    result = train_heads_cached(enc, ts, tiny_train_config(4), evaluator=retrieval_evaluator(beir), eval_every=2)
     assert [e["step"] for e in result.evaluations] == [2, 4]
     final = evaluate_model(enc, load_beir(beir, "dev"), show_progress=False, use_cache=False).aggregate["ndcg@10"]
     assert result.evaluations[-1]["ndcg@10"] == pytest.approx(final, abs=1e-12)

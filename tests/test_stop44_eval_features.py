@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_encoder, make_train_world
+from conftest import make_tiny_encoder, make_train_world, tiny_train_config
 from kl_retrievers import GaussianEncoder
 from kl_retrievers.cli import main
 from kl_retrievers.datasets import load_beir
 from kl_retrievers.evaluation import encode_dataset
-from kl_retrievers.training import TrainConfig, TrainingSet, from_beir, retrieval_evaluator, train_heads_cached, trainer
+from kl_retrievers.training import TrainingSet, from_beir, retrieval_evaluator, train_heads_cached, trainer
 
 #: Words of the tiny vocabulary (tests/conftest.py); the long document runs past the 64-token budget.
 _LONG = " ".join(["water rock sea"] * 40) + " the cat sat on the mat"
@@ -72,11 +72,6 @@ def ts(beir: Path) -> TrainingSet:
     return from_beir(beir, split="train")
 
 
-def _cfg(steps: int, **kw: Any) -> TrainConfig:
-    base: dict[str, Any] = {"steps": steps, "batch_size": 2, "negatives": 1, "lr": 1e-2, "show_progress": False}
-    return TrainConfig(**(base | {"device": "cpu"} | kw))
-
-
 #: Encoder variants: [CLS] with [VAR] behind a query prefix; mean pooling without [VAR] or prefix.
 _ENCODERS: dict[str, dict[str, Any]] = {
     "cls_var_prefix": {"pooling": "cls", "var_token": True, "extra": {"query_prefix": "query : "}},
@@ -92,6 +87,48 @@ def _count_backbone_calls(encoder: GaussianEncoder) -> list[int]:
     calls: list[int] = []
     encoder.backbone.register_forward_hook(lambda *args: calls.append(1))
     return calls
+
+
+class _EvaluationBackboneCalls:
+    """Backbone passes of the watched encoder during each evaluation (``during``), counted through
+    ``trainer._run_evaluation``, and in all (``calls``)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[int] = []
+        self.during: list[int] = []
+        run_evaluation = trainer._run_evaluation
+
+        def counted(encoder: GaussianEncoder, evaluator: Any, step: int) -> dict[str, Any]:
+            before = len(self.calls)
+            try:
+                return run_evaluation(encoder, evaluator, step)
+            finally:
+                self.during.append(len(self.calls) - before)
+
+        monkeypatch.setattr(trainer, "_run_evaluation", counted)
+
+    def watch(self, encoder: GaussianEncoder) -> GaussianEncoder:
+        """Count ``encoder``'s backbone passes from now on (the counts start again)."""
+        self.calls.clear()
+        self.during.clear()
+        encoder.backbone.register_forward_hook(lambda *args: self.calls.append(1))
+        return encoder
+
+
+@pytest.fixture
+def feature_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per call of ``RetrievalEvaluator.features`` (the evaluation split's backbone pass)."""
+    from kl_retrievers.training import RetrievalEvaluator
+
+    passes: list[int] = []
+    features = RetrievalEvaluator.features
+
+    def counted(self: RetrievalEvaluator, *args: Any, **kwargs: Any) -> Any:
+        passes.append(1)
+        return features(self, *args, **kwargs)
+
+    monkeypatch.setattr(RetrievalEvaluator, "features", counted)
+    return passes
 
 
 # ------------------------------------------------------------------ the features are what the encoder reads
@@ -154,7 +191,9 @@ def test_fast_path_evaluations_equal_the_full_paths(
     runs = []
     for evaluator in (ev, lambda encoder: ev(encoder)):
         enc = _encoder(kind, seed=7)
-        result = train_heads_cached(enc, ts, _cfg(5, similarity=similarity), evaluator=evaluator, eval_every=2)
+        result = train_heads_cached(
+            enc, ts, tiny_train_config(5, similarity=similarity), evaluator=evaluator, eval_every=2
+        )
         runs.append((result, enc))
     (fast, enc_fast), (full, enc_full) = runs
     assert [e["step"] for e in fast.evaluations] == [e["step"] for e in full.evaluations] == [2, 4, 5]
@@ -171,40 +210,29 @@ def test_fast_path_evaluations_do_not_run_the_backbone(
     ts: TrainingSet, beir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ev = retrieval_evaluator(beir)
-    run_evaluation = trainer._run_evaluation
-    during: list[int] = []
-    calls: list[int] = []
-
-    def counted(encoder: GaussianEncoder, evaluator: Any, step: int) -> dict[str, Any]:
-        before = len(calls)
-        try:
-            return run_evaluation(encoder, evaluator, step)
-        finally:
-            during.append(len(calls) - before)
-
-    monkeypatch.setattr(trainer, "_run_evaluation", counted)
+    counts = _EvaluationBackboneCalls(monkeypatch)
     for evaluator in (ev, lambda encoder: ev(encoder)):
-        enc = _encoder("cls_var_prefix", seed=8)
-        calls = _count_backbone_calls(enc)
-        during.clear()
-        result = train_heads_cached(enc, ts, _cfg(4), evaluator=evaluator, eval_every=1)
+        enc = counts.watch(_encoder("cls_var_prefix", seed=8))
+        result = train_heads_cached(enc, ts, tiny_train_config(4), evaluator=evaluator, eval_every=1)
         assert [e["step"] for e in result.evaluations] == [1, 2, 3, 4]
         if evaluator is ev:
-            assert during == [0, 0, 0, 0]  # the heads applied to the split's features, computed before training
-            assert calls  # the features: the training data's and the split's, once
+            assert counts.during == [0, 0, 0, 0]  # the heads applied to the split's features, computed before training
+            assert counts.calls  # the features: the training data's and the split's, once
         else:  # another evaluator is called with the encoder and encodes through the backbone (the hook counts)
-            assert len(during) == 4 and all(n > 0 for n in during)
+            assert len(counts.during) == 4 and all(n > 0 for n in counts.during)
 
 
 def test_fast_path_evaluation_features_go_through_the_cache(ts: TrainingSet, beir: Path, tmp_path: Path) -> None:
     cache = tmp_path / "features"
     first = _encoder("cls_var_prefix", seed=9)
     before = train_heads_cached(
-        first, ts, _cfg(2), cache_dir=cache, evaluator=retrieval_evaluator(beir), eval_every=1
+        first, ts, tiny_train_config(2), cache_dir=cache, evaluator=retrieval_evaluator(beir), eval_every=1
     ).evaluations
     again = _encoder("cls_var_prefix", seed=9)  # the same backbone: every feature is in the cache now
     calls = _count_backbone_calls(again)
-    result = train_heads_cached(again, ts, _cfg(2), cache_dir=cache, evaluator=retrieval_evaluator(beir), eval_every=1)
+    result = train_heads_cached(
+        again, ts, tiny_train_config(2), cache_dir=cache, evaluator=retrieval_evaluator(beir), eval_every=1
+    )
     assert calls == []
     assert result.evaluations == before
 
@@ -213,7 +241,7 @@ def test_fast_path_training_is_unchanged_by_retrieval_evaluations(ts: TrainingSe
     runs = []
     for evaluator in (None, retrieval_evaluator(beir)):
         enc = _encoder("cls_var_prefix", seed=10)
-        result = train_heads_cached(enc, ts, _cfg(4), evaluator=evaluator, eval_every=1)
+        result = train_heads_cached(enc, ts, tiny_train_config(4), evaluator=evaluator, eval_every=1)
         runs.append((result, {k: v.clone() for k, v in enc.state_dict().items()}))
     (plain, w_plain), (evaluated, w_evaluated) = runs
     assert plain.evaluations == [] and [e["step"] for e in evaluated.evaluations] == [1, 2, 3, 4]
@@ -295,50 +323,32 @@ def test_a_subclass_with_its_own_call_is_called_as_any_evaluator(
     class Plain(RetrievalEvaluator):
         pass
 
-    run_evaluation = trainer._run_evaluation
-    during: list[int] = []
-    calls: list[int] = []
-
-    def counted(encoder: GaussianEncoder, evaluator: Any, step: int) -> dict[str, Any]:
-        before = len(calls)
-        try:
-            return run_evaluation(encoder, evaluator, step)
-        finally:
-            during.append(len(calls) - before)
-
-    monkeypatch.setattr(trainer, "_run_evaluation", counted)
-    result = train_heads_cached(_encoder("cls_var_prefix", seed=3), ts, _cfg(2), evaluator=Custom(beir), eval_every=1)
+    counts = _EvaluationBackboneCalls(monkeypatch)
+    result = train_heads_cached(
+        _encoder("cls_var_prefix", seed=3), ts, tiny_train_config(2), evaluator=Custom(beir), eval_every=1
+    )
     assert seen == [1, 1] and [e["custom"] for e in result.evaluations] == [0.5, 0.5]
-    enc = _encoder("cls_var_prefix", seed=3)
-    calls = _count_backbone_calls(enc)
-    during.clear()
-    plain = train_heads_cached(enc, ts, _cfg(2), evaluator=Plain(beir), eval_every=1)
-    assert during == [0, 0] and "ndcg@10" in plain.evaluations[-1]  # the features path: no backbone pass
+    enc = counts.watch(_encoder("cls_var_prefix", seed=3))
+    plain = train_heads_cached(enc, ts, tiny_train_config(2), evaluator=Plain(beir), eval_every=1)
+    assert counts.during == [0, 0] and "ndcg@10" in plain.evaluations[-1]  # the features path: no backbone pass
 
 
 def test_a_refused_resume_computes_no_evaluation_features(
-    ts: TrainingSet, beir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ts: TrainingSet, beir: Path, tmp_path: Path, feature_passes: list[int]
 ) -> None:
     """The split's features are computed after a resume's checks: a resume refused for another recipe pays nothing."""
-    from kl_retrievers.training import RetrievalEvaluator
-
-    computed: list[int] = []
-    features = RetrievalEvaluator.features
-
-    def counted(self: RetrievalEvaluator, *args: Any, **kwargs: Any) -> Any:
-        computed.append(1)
-        return features(self, *args, **kwargs)
-
-    monkeypatch.setattr(RetrievalEvaluator, "features", counted)
+    computed = feature_passes
     ckpt = tmp_path / "ckpt"
     ev = retrieval_evaluator(beir)
-    train_heads_cached(_encoder("mean_no_var", seed=2), ts, _cfg(2), checkpoint_dir=ckpt, evaluator=ev, eval_every=1)
+    train_heads_cached(
+        _encoder("mean_no_var", seed=2), ts, tiny_train_config(2), checkpoint_dir=ckpt, evaluator=ev, eval_every=1
+    )
     assert computed == [1]
     with pytest.raises(ValueError, match="resume"):
         train_heads_cached(
             _encoder("mean_no_var", seed=2),
             ts,
-            _cfg(4, lr=5e-3),
+            tiny_train_config(4, lr=5e-3),
             checkpoint_dir=ckpt,
             resume=True,
             evaluator=ev,
@@ -346,29 +356,28 @@ def test_a_refused_resume_computes_no_evaluation_features(
         )
     assert computed == [1]  # refused before the evaluation features
     resumed = train_heads_cached(
-        _encoder("mean_no_var", seed=2), ts, _cfg(4), checkpoint_dir=ckpt, resume=True, evaluator=ev, eval_every=1
+        _encoder("mean_no_var", seed=2),
+        ts,
+        tiny_train_config(4),
+        checkpoint_dir=ckpt,
+        resume=True,
+        evaluator=ev,
+        eval_every=1,
     )
     assert computed == [1, 1] and [e["step"] for e in resumed.evaluations] == [1, 2, 3, 4]
 
 
 def test_a_finished_and_evaluated_resume_computes_no_evaluation_features(
-    ts: TrainingSet, beir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ts: TrainingSet, beir: Path, tmp_path: Path, feature_passes: list[int]
 ) -> None:
-    from kl_retrievers.training import RetrievalEvaluator
-
-    computed: list[int] = []
-    features = RetrievalEvaluator.features
-
-    def counted(self: RetrievalEvaluator, *args: Any, **kwargs: Any) -> Any:
-        computed.append(1)
-        return features(self, *args, **kwargs)
-
-    monkeypatch.setattr(RetrievalEvaluator, "features", counted)
+    computed = feature_passes
     ckpt = tmp_path / "ckpt"
     ev = retrieval_evaluator(beir)
-    first = train_heads_cached(_encoder("mean_no_var", seed=2), ts, _cfg(2), checkpoint_dir=ckpt, evaluator=ev)
+    first = train_heads_cached(
+        _encoder("mean_no_var", seed=2), ts, tiny_train_config(2), checkpoint_dir=ckpt, evaluator=ev
+    )
     again = train_heads_cached(
-        _encoder("mean_no_var", seed=2), ts, _cfg(2), checkpoint_dir=ckpt, resume=True, evaluator=ev
+        _encoder("mean_no_var", seed=2), ts, tiny_train_config(2), checkpoint_dir=ckpt, resume=True, evaluator=ev
     )
     assert computed == [1]  # the finished checkpoint already holds its last evaluation: nothing to compute
     assert again.evaluations == first.evaluations and [e["step"] for e in again.evaluations] == [2]
@@ -379,7 +388,7 @@ def test_a_refused_resume_computes_no_training_features_either(
 ) -> None:
     """In Python as on the command line: the recipe is checked before the training data's backbone features."""
     ckpt = tmp_path / "ckpt"
-    train_heads_cached(_encoder("mean_no_var", seed=2), ts, _cfg(2), checkpoint_dir=ckpt)
+    train_heads_cached(_encoder("mean_no_var", seed=2), ts, tiny_train_config(2), checkpoint_dir=ckpt)
     computed: list[str] = []
     compute = trainer.compute_features
 
@@ -389,7 +398,11 @@ def test_a_refused_resume_computes_no_training_features_either(
 
     monkeypatch.setattr(trainer, "compute_features", counted)
     with pytest.raises(ValueError, match="resume"):
-        train_heads_cached(_encoder("mean_no_var", seed=2), ts, _cfg(4, lr=5e-3), checkpoint_dir=ckpt, resume=True)
+        train_heads_cached(
+            _encoder("mean_no_var", seed=2), ts, tiny_train_config(4, lr=5e-3), checkpoint_dir=ckpt, resume=True
+        )
     assert computed == []
-    result = train_heads_cached(_encoder("mean_no_var", seed=2), ts, _cfg(4), checkpoint_dir=ckpt, resume=True)
+    result = train_heads_cached(
+        _encoder("mean_no_var", seed=2), ts, tiny_train_config(4), checkpoint_dir=ckpt, resume=True
+    )
     assert computed == ["Query features", "Document features"] and result.steps_done == 4 and result.resumed_from == 2

@@ -55,6 +55,15 @@ def _store(name_or_path: str, stemmer: str | None, fusion: str = "rrf") -> KLHyb
     return store
 
 
+def _model_folder(tmp_path: Path, *files: str, model: str = "minilm-gauss-soup") -> Path:
+    """A saved model folder under ``tmp_path`` holding copies of ``files`` from a bundled model's folder."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for file in files:
+        shutil.copy(bundled_model_path(model) / file, folder / file)
+    return folder
+
+
 def _confidence(store: KLHybridStore, scorer: ConfidenceScorer | None = None) -> float | None:
     return hybrid_search(store, QUERY, 3, scorer=scorer or ConfidenceScorer(retriever="hybrid"))[1]
 
@@ -104,10 +113,7 @@ def test_one_scorer_serves_a_stemmed_and_an_unstemmed_store_of_one_encoder() -> 
 def test_a_folder_without_the_unstemmed_file_falls_back_with_the_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    folder = tmp_path / "model"
-    folder.mkdir()
-    shipped = bundled_model_path("minilm-gauss-soup")
-    shutil.copy(shipped / HYBRID_CALIBRATION_FILE, folder / HYBRID_CALIBRATION_FILE)
+    folder = _model_folder(tmp_path, HYBRID_CALIBRATION_FILE)
     store = _store(str(folder), None)
     with caplog.at_level(logging.WARNING, logger="kl_retrievers._confidence"):
         got = _confidence(store)
@@ -119,7 +125,7 @@ def test_a_folder_without_the_unstemmed_file_falls_back_with_the_warning(
     require_calibrator(ConfidenceScorer(retriever="hybrid"), store.encoder, 0.5, None)  # found: no error
 
     # the same folder with the unstemmed file too: that one, silently
-    shutil.copy(shipped / _UNSTEMMED_HYBRID_CALIBRATION_FILE, folder / _UNSTEMMED_HYBRID_CALIBRATION_FILE)
+    shutil.copy(bundled_model_path("minilm-gauss-soup") / _UNSTEMMED_HYBRID_CALIBRATION_FILE, folder)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="kl_retrievers._confidence"):
         got = _confidence(store)
@@ -165,8 +171,7 @@ def test_the_recommended_threshold_follows_the_stemmer(tmp_path: Path) -> None:
     )
     assert recommended_min_confidence(stemmer=None) == recommended_min_confidence()  # dense: no BM25, no change
     # a folder with a stemmed calibrator only: its threshold, for an unstemmed store too
-    folder = tmp_path / "model"
-    folder.mkdir()
+    folder = _model_folder(tmp_path)
     cal: Any = default_hybrid_calibrator("bge-small-unit-variance")
     cal.info["recommended_min_confidence"] = {"threshold": 0.42}
     cal.save(folder / HYBRID_CALIBRATION_FILE)
@@ -182,9 +187,7 @@ def test_a_folder_with_only_an_unstemmed_calibrator_names_its_model(tmp_path: Pa
     """The model an explicit calibrator is checked against is read from the unstemmed file too."""
     from kl_retrievers._confidence import encoder_model_names
 
-    folder = tmp_path / "model"
-    folder.mkdir()
-    shutil.copy(bundled_model_path("bge-small-unit-variance") / _UNSTEMMED_HYBRID_CALIBRATION_FILE, folder)
+    folder = _model_folder(tmp_path, _UNSTEMMED_HYBRID_CALIBRATION_FILE, model="bge-small-unit-variance")
     assert encoder_model_names(type("E", (), {"name_or_path": str(folder)})()) == {"bge-small-unit-variance"}
 
 
@@ -215,9 +218,7 @@ def test_llama_index_hybrid_retriever_finds_an_unstemmed_stores_calibrator(tmp_p
     pytest.importorskip("llama_index.core")
     from kl_retrievers.llama_index import CONFIDENCE_KEY, CONFIDENCE_REASON_KEY, KLHybridRetriever
 
-    folder = tmp_path / "model"
-    folder.mkdir()
-    shutil.copy(bundled_model_path("minilm-gauss-soup") / _UNSTEMMED_HYBRID_CALIBRATION_FILE, folder)
+    folder = _model_folder(tmp_path, _UNSTEMMED_HYBRID_CALIBRATION_FILE)
     enc = make_tiny_encoder(seed=1)
     enc.name_or_path = str(folder)
     store = KLHybridStore(enc, fusion="rrf", stemmer=None)
@@ -233,11 +234,7 @@ def test_a_stemmed_store_falls_back_to_an_unstemmed_only_folder_with_the_warning
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Symmetric to the unstemmed fallback: a hybrid calibrator of the other stemmer, warned, not the dense one."""
-    folder = tmp_path / "model"
-    folder.mkdir()
-    shipped = bundled_model_path("minilm-gauss-soup")
-    shutil.copy(shipped / _UNSTEMMED_HYBRID_CALIBRATION_FILE, folder / _UNSTEMMED_HYBRID_CALIBRATION_FILE)
-    shutil.copy(shipped / "confidence_calibration.json", folder / "confidence_calibration.json")
+    folder = _model_folder(tmp_path, _UNSTEMMED_HYBRID_CALIBRATION_FILE, "confidence_calibration.json")
     store = _store(str(folder), "english")
     with caplog.at_level(logging.WARNING, logger="kl_retrievers._confidence"):
         got = _confidence(store)
