@@ -94,6 +94,7 @@ from kl_retrievers.calibration import (
     HYBRID_CALIBRATION_FILE,
     HYBRID_FEATURES,
     ConfidenceCalibrator,
+    _hybrid_calibration_path,
     expected_calibration_error,
     feature_matrix,
     recommended_min_confidence,
@@ -404,8 +405,17 @@ def recommended_threshold(cal: ConfidenceCalibrator) -> float | None:
     :func:`kl_retrievers.calibration.recommended_min_confidence` of ``--model``: the library constants for the
     default, else the threshold recorded in the model's shipped calibrator (by ``fit --hybrid``, or by
     ``benchmarks/abstention.py --record-threshold`` for a dense one); with ``--stemmer none`` the one recorded in
-    the model's unstemmed hybrid calibrator.
+    the model's unstemmed hybrid calibrator. Only a threshold chosen for ``cal``'s kind: for a hybrid calibrator
+    of a model that ships no hybrid one, ``recommended_min_confidence`` answers the dense calibrator's threshold
+    (what the hybrid retrievers fall back to), a cut on another probability than ``cal``'s: ``None`` then.
     """
+    if cal.kind == "hybrid" and _hybrid_calibration_path(MODEL, STEMMER) is None:
+        logger.warning(
+            "%s ships no hybrid confidence calibrator, so no hybrid threshold is recommended (its dense "
+            "calibrator's is not one for the fused ranking's confidence); at_recommended_threshold is left out",
+            MODEL,
+        )
+        return None
     try:
         return recommended_min_confidence(MODEL, retriever=cal.kind, stemmer=STEMMER)
     except ValueError:

@@ -17,8 +17,8 @@ Two kinds of calibrator (:attr:`ConfidenceCalibrator.kind`):
   :class:`~kl_retrievers.hybrid.KLHybridStore`'s fused ranking is relevant), from dense and BM25
   signals of the query's candidates (:func:`~kl_retrievers.calibration.hybrid_query_features`).
   Hybrid retrievers use the model's hybrid calibrator by default; an explicit dense calibrator is
-  also accepted there (and, when the model ships no hybrid one, its dense one is used): the
-  confidence is then the dense ranking's, read from the dense candidates.
+  also accepted there (and, when the model ships no hybrid one, its dense one is used, with one
+  WARNING per model): the confidence is then the dense ranking's, read from the dense candidates.
 
 A calibrator's features are on the score scale of the model it was fitted for, which it records
 (``info["model"]``). An explicit calibrator recorded for another model than the encoder's (its
@@ -346,6 +346,23 @@ def _warn_once(model: str) -> None:
     )
 
 
+def _warn_dense_fallback(model: str, path: Path) -> None:
+    """One WARNING per model: a hybrid retriever's confidence comes from the model's dense calibrator."""
+    if not _first_warning(f"hybrid-dense-fallback\0{model}"):
+        return
+    logger.warning(
+        "the model %r ships no hybrid confidence calibrator (%s or %s), so the hybrid retriever's confidence comes "
+        "from its dense calibrator (%s): P(top-1 of the dense -KL ranking is relevant), read from the dense "
+        "candidates, not P(top-1 of the fused ranking it returns is relevant), so min_confidence abstention judges "
+        "the dense side only. Pass calibrator= (a hybrid ConfidenceCalibrator fitted for this model) for the fused "
+        "ranking's",
+        model,
+        HYBRID_CALIBRATION_FILE,
+        _UNSTEMMED_HYBRID_CALIBRATION_FILE,
+        os.fspath(path),
+    )
+
+
 class ConfidenceScorer:
     """Computes a query's confidence for a retriever; resolves the model's calibrator once per encoder.
 
@@ -354,7 +371,8 @@ class ConfidenceScorer:
             An explicit calibrator recorded for another model than an encoder's is used, with
             one warning (:func:`check_calibrator_model`).
         retriever: ``"dense"`` (the model's ``confidence_calibration.json``) or ``"hybrid"`` (its
-            ``hybrid_confidence_calibration.json``, else its dense one; for a store with ``stemmer=None``
+            ``hybrid_confidence_calibration.json``, else its dense one, with one WARNING per model that the
+            confidence is then the dense ranking's; for a store with ``stemmer=None``
             its ``hybrid_confidence_calibration.unstemmed.json`` first, see :meth:`calibrator`); see
             :func:`check_calibrator`.
 
@@ -389,6 +407,9 @@ class ConfidenceScorer:
                 takes the unstemmed one when the model ships only that), as
                 :class:`~kl_retrievers.hybrid.KLHybridStore` picks its adaptive parameters. Ignored by
                 a dense scorer.
+
+        A hybrid scorer of a model that ships no hybrid calibrator takes the model's dense one, with one WARNING
+        per model (not per query) that the confidence is then the dense ranking's, not the fused ranking's.
         """
         if self.explicit is not None:
             if encoder is not None:
@@ -407,6 +428,7 @@ class ConfidenceScorer:
             if hit is not None and hit[0] is encoder:
                 return hit[1]
             cal = None
+            fallback: Path | None = None  # a hybrid scorer's: the model's dense calibrator file, taken for want of one
             for kind in RETRIEVER_CALIBRATORS[self.retriever]:
                 if kind == "hybrid":  # the unstemmed file first for an unstemmed store
                     path = _hybrid_calibration_path(_encoder_model(encoder), None if unstemmed else "english")
@@ -414,10 +436,15 @@ class ConfidenceScorer:
                     path = model_calibration_path(encoder, CALIBRATION_FILES[kind])
                 if path is not None:
                     cal = check_calibrator(path, self.retriever)
+                    if self.retriever == "hybrid" and kind == "dense":
+                        fallback = Path(path)
                     break
             self._cache[(id(encoder), unstemmed)] = (encoder, cal)
+        model = str(getattr(encoder, "name_or_path", None) or type(encoder).__name__)
         if cal is None:
-            _warn_once(str(getattr(encoder, "name_or_path", None) or type(encoder).__name__))
+            _warn_once(model)
+        elif fallback is not None:  # once per model, not per query (the cache answers the later calls)
+            _warn_dense_fallback(model, fallback)
         return cal
 
     @property
@@ -442,6 +469,10 @@ class ConfidenceScorer:
 
 #: How many candidate documents a confidence needs (the calibrators read the top two scores).
 MIN_CANDIDATES = 2
+
+
+#: Why a retriever abstains on (or gives confidence 0 to) a blank query: it asks for nothing.
+EMPTY_QUERY_REASON = "the query is empty (blank): it asks for nothing, so no document can answer it"
 
 
 def abstention_reason(

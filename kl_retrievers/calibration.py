@@ -859,7 +859,11 @@ def recommended_min_confidence(
     :data:`DEFAULT_HYBRID_MIN_CONFIDENCE`; another model records its own in its calibrator's
     ``info["recommended_min_confidence"]``. A hybrid store with ``stemmer=None`` (unstemmed BM25)
     gets the threshold recorded in the model's ``hybrid_confidence_calibration.unstemmed.json``
-    (every model's, the default's too) when it ships one, else the stemmed calibrator's. The shipped
+    (every model's, the default's too) when it ships one, else the stemmed calibrator's. A model that
+    ships no hybrid calibrator but a dense one (``confidence_calibration.json``) gets, for ``"hybrid"``,
+    the dense calibrator's threshold with one WARNING: the hybrid retrievers fall back to that
+    calibrator (:class:`~kl_retrievers._confidence.ConfidenceScorer`), whose confidence is the dense
+    ranking's (how well the ``-KL`` side found something), not the fused ranking's. The shipped
     ones were chosen on the SQuAD *training* articles (the best abstention F1 among thresholds
     answering >= 90% of the answerable half), so they suit SQuAD-like data; on a collection where
     every query has an answer they refuse more (docs/hybrid.md).
@@ -872,7 +876,8 @@ def recommended_min_confidence(
             :data:`~kl_retrievers.hybrid.DEFAULT_STEMMER`; ignored for ``"dense"``).
 
     Raises:
-        ValueError: An unknown ``retriever``, or the model ships no such calibrator or recorded no threshold.
+        ValueError: An unknown ``retriever``, or the model ships no such calibrator (for ``"hybrid"``: neither a
+            hybrid nor a dense one) or recorded no threshold.
 
     Examples:
         >>> recommended_min_confidence(), recommended_min_confidence(retriever="hybrid")
@@ -900,8 +905,22 @@ def recommended_min_confidence(
                 f"model must be a bundled model {sorted(bundled_models())}, 'kl_retrievers:NAME' or a saved model "
                 f"folder; got {model!r}"
             )
+        if retriever == "hybrid" and model_file(model or DEFAULT_MODEL, CALIBRATION_FILE) is not None:
+            # what the hybrid retrievers use then (ConfidenceScorer): the model's dense calibrator
+            logger.warning(
+                "model %r ships no hybrid confidence calibrator (%s or %s): the hybrid retrievers fall back to its "
+                "dense one (%s), whose confidence is the dense (-KL) ranking's, not the fused ranking's; this is "
+                "that calibrator's recommended min_confidence",
+                model,
+                HYBRID_CALIBRATION_FILE,
+                _UNSTEMMED_HYBRID_CALIBRATION_FILE,
+                CALIBRATION_FILE,
+            )
+            return recommended_min_confidence(model, retriever="dense")
         files = f"{file} or {_UNSTEMMED_HYBRID_CALIBRATION_FILE}" if retriever == "hybrid" else file
-        raise ValueError(f"model {model!r} ships no {retriever} confidence calibrator ({files})")
+        nor = f" nor a dense one ({CALIBRATION_FILE}, which the hybrid retrievers fall back to)"
+        message = f"model {model!r} ships no {retriever} confidence calibrator ({files})"
+        raise ValueError(message + (nor if retriever == "hybrid" else ""))
     own = model_file(DEFAULT_MODEL, file)
     if Path(path).name == file and own is not None and Path(path).read_bytes() == Path(own).read_bytes():
         return default  # the default model's calibrator (its folder, or a copy): the library constant

@@ -391,8 +391,8 @@ def _evaluate_hybrid(
     store = KLHybridStore(
         encoder,
         fusion=args.hybrid,
-        weight=0.5 if args.hybrid_weight is None else args.hybrid_weight,
-        normalization=args.hybrid_normalization or "minmax",
+        weight=args.hybrid_weight,  # None unless given, and given only with --hybrid convex
+        normalization=args.hybrid_normalization,
         candidates=args.hybrid_candidates,
         **_stemmer_option(getattr(args, "hybrid_stemmer", None)),
     )

@@ -252,8 +252,8 @@ def test_recommended_min_confidence_of_a_saved_model_folder(tmp_path: Path) -> N
     cal.info["recommended_min_confidence"] = {"threshold": 0.42}
     cal.save(tmp_path / CALIBRATION_FILE)
     assert recommended_min_confidence(str(tmp_path)) == 0.42
-    with pytest.raises(ValueError, match="ships no hybrid confidence calibrator"):
-        recommended_min_confidence(str(tmp_path), retriever="hybrid")
+    # no hybrid calibrator: the hybrid retrievers fall back to the dense one, and so does its threshold (warned)
+    assert recommended_min_confidence(str(tmp_path), retriever="hybrid") == 0.42
 
 
 def test_recommended_min_confidence_of_the_default_models_folder_or_a_copy_is_the_constant(tmp_path: Path) -> None:

@@ -105,10 +105,10 @@ def test_fresh_run_over_an_earlier_checkpoint_warns(
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        (["--warmup", "-1"], "--warmup must be an integer >= 0 or None; got -1"),
+        (["--warmup", "-1"], "--warmup must be an integer >= 0; got -1 (leave --warmup out for the default"),
         (["--lr", "0"], "--lr must be a finite number > 0; got 0.0"),
         (["--temperature", "-0.5"], "--temperature must be a finite number > 0; got -0.5"),
-        (["--var-lr", "-1"], "--var-lr must be a finite number >= 0 or None; got -1.0"),
+        (["--var-lr", "-1"], "--var-lr must be a finite number >= 0; got -1.0 (leave --var-lr out for the default"),
         (["--corpus-sample", "-3"], "--corpus-sample must be an integer >= 0; got -3"),
         (["--loss", "listwise", "--negatives", "0"], "needs negatives >= 1 (--negatives); got 0"),
     ],

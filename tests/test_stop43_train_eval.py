@@ -351,7 +351,9 @@ def test_cli_records_the_evaluations_and_prints_a_summary(
         "metric": "ndcg@10",
         "every": 2,
         "depth": 100,
+        "evaluator": evaluations[-1]["evaluator"],  # the run's own evaluator (stop 45), as its entries record it
     }
+    assert training["evaluation"]["evaluator"]["metric"] == "ndcg@10"
     # the last evaluation is of the saved model
     saved = GaussianEncoder.from_pretrained(out)
     score = evaluate_model(saved, load_beir(world.beir, "dev"), show_progress=False, use_cache=False)

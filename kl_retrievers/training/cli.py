@@ -21,6 +21,7 @@ import platform
 import re
 import shlex
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ __all__ = [
     "add_train_command",
     "check_checkpoint_dir",
     "check_train_out",
+    "current_evaluations",
     "evaluation_summary",
     "hardware_description",
     "model_card_text",
@@ -302,6 +304,8 @@ def model_card_text(name: str, info: dict[str, Any]) -> str:
     evaluation = info.get("evaluation")
     if evaluation:
         metric = evaluation.get("metric")
+        # this run's evaluator's entries only: a resume with other evaluation settings keeps the earlier ones
+        entries, left_out = current_evaluations(info.get("evaluations") or [], evaluation.get(_EVALUATOR_KEY))
         lines += [
             "## Evaluation during training",
             "",
@@ -311,9 +315,17 @@ def model_card_text(name: str, info: dict[str, Any]) -> str:
             "",
             f"| step | {metric} |",
             "| ---: | ---: |",
-            *[f"| {e.get('step')} | {_metric_text(e.get(metric))} |" for e in info.get("evaluations") or []],
+            *[f"| {e.get('step')} | {_metric_text(e.get(metric))} |" for e in entries],
             "",
         ]
+        if left_out:
+            lines += [
+                f"{left_out} earlier evaluation{'s' if left_out != 1 else ''} not recorded as this evaluator's (made "
+                "before a `--resume` with other evaluation settings, or by a version that recorded no evaluator) "
+                f"{'are' if left_out != 1 else 'is'} left out of this table; `config.json` keeps every one under "
+                f"`encoder.extra.training.evaluations`, each naming its evaluator under `{_EVALUATOR_KEY!r}`.",
+                "",
+            ]
     if info.get("results"):
         lines += ["## Results", "", str(info["results"]), ""]
     return "\n".join(lines)
@@ -326,23 +338,68 @@ def _metric_text(value: Any) -> str:
     return "n/a"
 
 
-def evaluation_summary(evaluations: list[dict[str, Any]], metric: str) -> str:
-    """One line on the evaluations of a run: the last one and the best one.
+#: The key of an evaluation entry that describes the evaluator that made it (the trainer's ``_EVALUATOR_KEY``;
+#: repeated here so that the card and the summary need no torch).
+_EVALUATOR_KEY = "evaluator"
+
+
+def current_evaluations(
+    evaluations: Sequence[Mapping[str, Any]], evaluator: Mapping[str, Any] | None = None
+) -> tuple[list[Mapping[str, Any]], int]:
+    """The entries of a run's current evaluator, and how many other entries were left out.
+
+    Each entry records the evaluator that made it under ``"evaluator"``
+    (:func:`~kl_retrievers.training.trainer.evaluator_description`); a ``--resume`` with other evaluation
+    settings keeps the checkpoint's entries beside its own, which are not comparable with them.
+
+    Args:
+        evaluations: ``TrainResult.evaluations`` (or the training record's ``evaluations``).
+        evaluator: The current evaluator's description; ``None``: the last entry's that records one.
+
+    Returns:
+        ``(entries, left_out)``: the entries whose ``"evaluator"`` is ``evaluator``, in their order, and the
+        number of the others. When no entry records an evaluator (all written before stop 45), every entry
+        is kept (nothing to tell them apart by).
+
+    Examples:
+        >>> a, b = {"metric": "ndcg@10"}, {"metric": "mrr@10"}
+        >>> current_evaluations([{"step": 2, "evaluator": a}, {"step": 4, "evaluator": b}], a)
+        ([{'step': 2, 'evaluator': {'metric': 'ndcg@10'}}], 1)
+        >>> current_evaluations([{"step": 2}, {"step": 4}])
+        ([{'step': 2}, {'step': 4}], 0)
+    """
+    described = [e.get(_EVALUATOR_KEY) for e in evaluations if isinstance(e.get(_EVALUATOR_KEY), Mapping)]
+    if not described:
+        return list(evaluations), 0
+    wanted = evaluator if evaluator is not None else described[-1]
+    entries = [e for e in evaluations if e.get(_EVALUATOR_KEY) == wanted]
+    return entries, len(evaluations) - len(entries)
+
+
+def evaluation_summary(
+    evaluations: Sequence[Mapping[str, Any]], metric: str, evaluator: Mapping[str, Any] | None = None
+) -> str:
+    """One line on the evaluations of a run's current evaluator: the last one and the best one.
+
+    Only the entries of ``evaluator`` count (:func:`current_evaluations`; ``None``: the last entry's evaluator):
+    after a ``--resume`` with other evaluation settings the earlier entries measure something else.
 
     Examples:
         >>> evaluation_summary([{"step": 2, "ndcg@10": 0.5}, {"step": 4, "ndcg@10": 0.25}], "ndcg@10")
         'ndcg@10 0.2500 at the end (step 4); best 0.5000 at step 2 (2 evaluations)'
     """
-    if not evaluations:
-        return f"{metric}: no evaluation ran"
-    last = evaluations[-1]
+    entries, left_out = current_evaluations(evaluations, evaluator)
+    others = f"; {left_out} not recorded as this evaluator's left out" if left_out else ""
+    if not entries:
+        return f"{metric}: no evaluation ran" + (f" ({others[2:]})" if others else "")
+    last = entries[-1]
     text = f"{metric} {_metric_text(last.get(metric))} at the end (step {last.get('step')})"
-    known = [e for e in evaluations if _metric_text(e.get(metric)) != "n/a"]
+    known = [e for e in entries if _metric_text(e.get(metric)) != "n/a"]
     if known:
         best = max(known, key=lambda e: float(e[metric]))
         text += f"; best {_metric_text(best[metric])} at step {best.get('step')}"
-    n = len(evaluations)
-    return text + f" ({n} evaluation{'s' if n != 1 else ''})"
+    n = len(entries)
+    return text + f" ({n} evaluation{'s' if n != 1 else ''}{others})"
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -474,22 +531,40 @@ def check_checkpoint_dir(
 # TrainConfig's fields whose flag is not "--" + the field with dashes
 _CONFIG_FLAGS = {"warmup_steps": "--warmup", "time_budget_s": "--time-budget"}
 _FIELD_MESSAGE = re.compile(r"^([a-z_]+) (must be )")
+# TrainConfig's fields whose None ("... or None" in its messages) is what leaving the flag out gives: None cannot be
+# typed on the command line, so the message says that instead
+_CONFIG_UNSET = {
+    "warmup_steps": "the default, 10% of --steps",
+    "var_lr": "the default, --lr",
+    "max_grad_norm": "no clipping, the default",
+    "time_budget_s": "no time limit, the default",
+}
 
 
 def _with_flag_name(message: str) -> str:
     """A :class:`~kl_retrievers.training.TrainConfig` message that starts with a field name, with the flag instead.
 
+    Where the field's ``None`` means something (no clipping, the default warm-up, ...), the message says to leave
+    the flag out instead of offering ``None``, which cannot be typed.
+
     Examples:
         >>> _with_flag_name("warmup_steps must be an integer >= 0 or None; got -1")
-        '--warmup must be an integer >= 0 or None; got -1'
+        '--warmup must be an integer >= 0; got -1 (leave --warmup out for the default, 10% of --steps)'
         >>> _with_flag_name("lr must be a finite number > 0; got 0.0")
         '--lr must be a finite number > 0; got 0.0'
+        >>> _with_flag_name("max_grad_norm must be a finite number > 0 or None; got 0.0")
+        '--max-grad-norm must be a finite number > 0; got 0.0 (leave --max-grad-norm out for no clipping, the default)'
     """
-
-    def flag(m: re.Match[str]) -> str:
-        return _CONFIG_FLAGS.get(m.group(1), "--" + m.group(1).replace("_", "-")) + " " + m.group(2)
-
-    return _FIELD_MESSAGE.sub(flag, message, count=1)
+    found = _FIELD_MESSAGE.match(message)
+    if found is None:
+        return message
+    field = found.group(1)
+    flag = _CONFIG_FLAGS.get(field, "--" + field.replace("_", "-"))
+    text = f"{flag} {message[len(field) + 1 :]}"
+    unset = _CONFIG_UNSET.get(field)
+    if unset is not None and " or None; got " in text:
+        text = text.replace(" or None; got ", "; got ", 1) + f" (leave {flag} out for {unset})"
+    return text
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -641,6 +716,7 @@ def run_train(args: argparse.Namespace) -> int:
         _device,
         apply_freezing,
         encode_from_features,
+        evaluator_description,
         prefixed_queries,
         retrieval_evaluator,
         train_encoder,
@@ -814,6 +890,8 @@ def run_train(args: argparse.Namespace) -> int:
         "seconds": result.seconds,
         "final_loss": round(final, 6) if math.isfinite(final) else None,
     }
+    # what each of this run's evaluations records: the card and the summary read only those entries
+    description = evaluator_description(evaluator, encoder) if evaluator is not None else None
     if eval_dataset is not None:
         info["evaluation"] = {
             "data": str(Path(args.eval_data).expanduser().resolve()),
@@ -821,6 +899,8 @@ def run_train(args: argparse.Namespace) -> int:
             "metric": args.eval_metric,
             "every": eval_every,
             "depth": EVAL_DEPTH,
+            # what this run's entries record (a resume with other settings keeps the earlier, other ones)
+            _EVALUATOR_KEY: description,
         }
         info["evaluations"] = finite_json(result.evaluations)  # every evaluation, the checkpoint's included
     encoder.config.extra["training"] = {k: v for k, v in info.items() if k != "recipe"} | {"recipe": recipe}
@@ -839,7 +919,8 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"saved {out} after {result.steps_done} steps ({result.stopped}); final loss {loss_text}", file=sys.stderr)
     if eval_dataset is not None:
         where = f"{args.eval_data} (split {args.eval_split})"
-        print(f"evaluation on {where}: {evaluation_summary(result.evaluations, args.eval_metric)}", file=sys.stderr)
+        summary = evaluation_summary(result.evaluations, args.eval_metric, description)
+        print(f"evaluation on {where}: {summary}", file=sys.stderr)
     return 0
 
 

@@ -23,6 +23,7 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -62,6 +63,7 @@ __all__ = [
     "apply_freezing",
     "check_device",
     "encode_from_features",
+    "evaluator_description",
     "merge_lora",
     "prefixed_queries",
     "retrieval_evaluator",
@@ -280,9 +282,11 @@ class TrainResult:
         resumed_from: Step the run resumed from (``None`` when it started fresh).
         history: Loss of every step from step 0 (the checkpoint's losses before a resume, then
             this invocation's); ``None`` for results built without it (then ``losses`` is used).
-        evaluations: Each call of the run's ``evaluator`` as ``{"step": N, **metrics}``, in step order,
-            the checkpoint's before a resume included (a metric that was NaN or infinite reads ``None``
-            after a resume); empty without an evaluator.
+        evaluations: Each call of the run's ``evaluator`` as ``{"step": N, **metrics, "evaluator": {...}}``,
+            in step order, the checkpoint's before a resume included (a metric that was NaN or infinite reads
+            ``None`` after a resume); empty without an evaluator. ``"evaluator"`` describes what produced the
+            entry (:func:`evaluator_description`), so that a resume with another evaluator keeps the earlier
+            entries apart from its own; entries written before stop 45 have none.
     """
 
     steps_done: int
@@ -756,6 +760,11 @@ def _evaluation_record(step: int, metrics: Any) -> dict[str, Any]:
             raise ValueError(
                 f"the evaluator returned the key 'step' (at step {step}); it is reserved for the step number"
             )
+        if name == _EVALUATOR_KEY:
+            raise ValueError(
+                f"the evaluator returned the key {_EVALUATOR_KEY!r} (at step {step}); it is reserved for the "
+                "description of the evaluator"
+            )
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = value.item()
         if not is_real_number(value):
@@ -795,6 +804,93 @@ def _saved_evaluations(folder: Path, meta: Mapping[str, Any]) -> list[dict[str, 
         logger.warning("%s: the evaluations recorded in state.json are malformed; they are left out", folder)
         return []
     return [dict(e) for e in saved]
+
+
+#: The key of an evaluation record that describes what produced it (:func:`evaluator_description`).
+_EVALUATOR_KEY = "evaluator"
+
+
+def _callable_name(obj: Any) -> str:
+    """The qualified name of a callable (of its class for an instance; ``functools.partial(...)`` of its function).
+
+    Examples:
+        >>> _callable_name(len), _callable_name(_callable_name)
+        ('builtins.len', 'kl_retrievers.training.trainer._callable_name')
+    """
+    if isinstance(obj, functools.partial):
+        return f"functools.partial({_callable_name(obj.func)})"
+    target = obj if hasattr(obj, "__qualname__") else type(obj)  # an instance has none: its class's
+    name = str(getattr(target, "__qualname__", "") or type(obj).__name__)
+    module = getattr(target, "__module__", None)
+    return f"{module}.{name}" if isinstance(module, str) and module else name
+
+
+def evaluator_description(evaluator: Any, encoder: Any | None = None) -> dict[str, Any]:
+    """What an evaluator measures, as each evaluation it produces records it (the ``"evaluator"`` entry).
+
+    A :class:`RetrievalEvaluator`: :meth:`RetrievalEvaluator.description` (dataset folder, split, metric, depth,
+    similarity). Any other callable: ``{"callable": its qualified name}`` (of its class for an instance with a
+    ``__call__``), which tells two evaluators apart only by their code, not by their arguments.
+
+    Examples:
+        >>> evaluator_description(len)
+        {'callable': 'builtins.len'}
+    """
+    if isinstance(evaluator, RetrievalEvaluator):
+        return dict(evaluator.description(encoder))
+    return {"callable": _callable_name(evaluator)}
+
+
+def _described(entry: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The evaluator description an evaluation record holds (``None``: none, e.g. written before stop 45)."""
+    found = entry.get(_EVALUATOR_KEY)
+    return found if isinstance(found, Mapping) else None
+
+
+def _evaluated_at(evaluations: Sequence[Mapping[str, Any]], step: int, description: Mapping[str, Any] | None) -> bool:
+    """Whether ``evaluations`` hold an evaluation at ``step`` by the evaluator ``description`` describes (an entry
+    without a description is not counted: it may come from another evaluator)."""
+    return any(e["step"] == step and _described(e) == description for e in evaluations)
+
+
+def _check_saved_evaluators(
+    folder: Path, evaluations: Sequence[Mapping[str, Any]], description: Mapping[str, Any] | None
+) -> None:
+    """On resume: one WARNING when the checkpoint's evaluations come from other evaluators than this run's, and
+    one when some record none (written before stop 45); the entries are kept either way."""
+    if description is None:
+        return
+    others: list[Mapping[str, Any]] = []
+    n_other = n_unknown = 0
+    for entry in evaluations:
+        found = _described(entry)
+        if found is None:
+            n_unknown += 1
+        elif found != description:
+            n_other += 1
+            if found not in others:
+                others.append(found)
+    this = json.dumps(description, sort_keys=True)
+    if others:
+        logger.warning(
+            "%s: %d earlier evaluation(s) were made by another evaluator (%s) than this run's (%s); they are kept "
+            "in the evaluations, each with its %r entry naming its evaluator, and are not comparable with this "
+            "run's; only this run's evaluator's count as done",
+            folder,
+            n_other,
+            "; ".join(json.dumps(d, sort_keys=True) for d in others),
+            this,
+            _EVALUATOR_KEY,
+        )
+    if n_unknown:
+        logger.warning(
+            "%s: %d earlier evaluation(s) record no evaluator (written by an earlier kl-retrievers), so they "
+            "cannot be told apart from this run's evaluator's (%s); they are kept, and none counts as done by it "
+            "(a finished checkpoint is evaluated once more)",
+            folder,
+            n_unknown,
+            this,
+        )
 
 
 class _FeatureEncoder:
@@ -918,6 +1014,35 @@ class RetrievalEvaluator:
         """``{metric: value}`` of ``encoder``'s current weights (no encoding cache: the weights change)."""
         return self._score(encoder)
 
+    def description(self, encoder: Any | None = None) -> dict[str, Any]:
+        """What this evaluator measures, JSON-ready: recorded with each of its evaluations (``"evaluator"``) and
+        compared on resume, so that evaluations of another collection, split, metric, depth or similarity are
+        told apart (:func:`evaluator_description`). The batch size and progress bars change nothing measured and
+        are left out; a subclass is named by its qualified class name (its ``__call__`` may measure otherwise).
+
+        Args:
+            encoder: The encoder evaluated: an evaluator built with ``similarity=None`` records the similarity
+                that encoder records (what :meth:`__call__` scores with), so that it describes the same
+                measurement as one given that similarity explicitly (as the command line does).
+
+        Returns:
+            ``{"type", "dataset" (the collection folder, resolved), "split", "metric", "k", "similarity"}``.
+        """
+        from kl_retrievers.evaluation import model_similarity
+
+        kind = type(self)
+        similarity = self.similarity
+        if similarity is None and encoder is not None:
+            similarity = model_similarity(encoder)
+        return {
+            "type": "RetrievalEvaluator" if kind is RetrievalEvaluator else _callable_name(kind),
+            "dataset": os.fspath(Path(self.dataset.path).expanduser().resolve()),
+            "split": self.dataset.split,
+            "metric": self.metric,
+            "k": int(self.k),
+            "similarity": similarity,
+        }
+
     def features(
         self,
         encoder: GaussianEncoder,
@@ -1037,10 +1162,14 @@ def _optimise(
     evaluate: Callable[[int], dict[str, Any]] | None = None,
     eval_every: int = 0,
     prepare: Callable[[], None] | None = None,
+    description: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """The optimiser loop both trainers share. ``evaluate(step)``: one evaluation record (see
     :func:`_run_evaluation`), called after every ``eval_every`` steps and once at the end (or at a time-budget
     stop), each after the checkpoint of its step, which then records it (:func:`_record_evaluations`).
+    ``description``: what ``evaluate`` runs (:func:`evaluator_description`), added to each record
+    as ``"evaluator"``; a resume warns about the checkpoint's evaluations by other evaluators and counts only this
+    one's as done (:func:`_check_saved_evaluators`, :func:`_evaluated_at`).
     ``prepare()``: called once after a resume's checks and load, before the time budget's clock starts, when an
     evaluation will run (work a refused resume or a finished, evaluated checkpoint should not pay for, e.g. the
     evaluation split's features)."""
@@ -1048,6 +1177,15 @@ def _optimise(
     params = list(named.values())
     if not params:
         raise ValueError("nothing to train: every parameter is frozen")
+    described = dict(description) if description is not None else None
+
+    def run_evaluation(step: int) -> dict[str, Any]:
+        assert evaluate is not None
+        record = evaluate(step)
+        if described is not None:
+            record[_EVALUATOR_KEY] = dict(described)
+        return record
+
     opt = torch.optim.AdamW(_param_groups(named, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = cfg.warmup_steps_resolved()
     found: Path | None = None
@@ -1078,6 +1216,8 @@ def _optimise(
     if found is not None:
         start, history = _load_checkpoint(found, meta, module, opt, sched)
         evaluations = _saved_evaluations(found, meta)
+        if evaluate is not None:
+            _check_saved_evaluators(found, evaluations, described)
         resumed_from = start
         # the schedule is rebuilt: the checkpoint's peak lr(s), its warm-up, linear decay to 0 at this run's
         # --steps (the same schedule as an uninterrupted run when --steps is unchanged)
@@ -1091,7 +1231,8 @@ def _optimise(
             warmup,
             cfg.steps,
         )
-    nothing_left = start >= cfg.steps and bool(evaluations) and evaluations[-1]["step"] == start
+    # done: an evaluation of the last step by this run's evaluator (another's, or one undescribed, is not this one)
+    nothing_left = start >= cfg.steps and _evaluated_at(evaluations, start, described)
     if prepare is not None and evaluate is not None and not nothing_left:  # a finished, evaluated run needs none
         prepare()
     t0 = time.monotonic()
@@ -1135,7 +1276,7 @@ def _optimise(
             evaluated = evaluate is not None and bool(eval_every) and done % eval_every == 0 and done < cfg.steps
             if evaluated:
                 assert evaluate is not None
-                evaluations.append(evaluate(done))
+                evaluations.append(run_evaluation(done))
                 if saved:
                     assert checkpoint_dir is not None
                     _record_evaluations(checkpoint_dir, evaluations)
@@ -1146,7 +1287,7 @@ def _optimise(
                 if checkpoint_dir is not None:
                     _save_checkpoint(checkpoint_dir, module, opt, sched, done, history, recipe, evaluations)
                 if evaluate is not None and not evaluated:  # the model the run returns, once
-                    evaluations.append(evaluate(done))
+                    evaluations.append(run_evaluation(done))
                     if checkpoint_dir is not None:
                         _record_evaluations(checkpoint_dir, evaluations)
                 break
@@ -1157,9 +1298,10 @@ def _optimise(
     finally:
         bar.close()
     done = (step + 1) if losses else start
-    if evaluate is not None and stopped == "finished" and not (evaluations and evaluations[-1]["step"] == done):
-        # the end of the run (or a resume with no step left): the model it returns is evaluated, once
-        evaluations.append(evaluate(done))
+    if evaluate is not None and stopped == "finished" and not _evaluated_at(evaluations, done, described):
+        # the end of the run (or a resume with no step left): the model it returns is evaluated, once, by this
+        # run's evaluator
+        evaluations.append(run_evaluation(done))
         if checkpoint_dir is not None and (losses or found is not None):
             _record_evaluations(checkpoint_dir, evaluations)
     return TrainResult(done, stopped, losses, time.monotonic() - t0, resumed_from, history, evaluations)
@@ -1253,8 +1395,11 @@ def train_encoder(
             ``torch.no_grad``; its modes are restored afterwards) every ``eval_every`` optimiser steps and
             once at the end (or at a time-budget stop); returns ``{metric: value}`` (e.g.
             :class:`RetrievalEvaluator`). Each result is logged and recorded in
-            :attr:`TrainResult.evaluations` and in the checkpoints (restored by ``resume``). Its time counts
-            toward ``cfg.time_budget_s``; it is not part of the recipe a resume checks.
+            :attr:`TrainResult.evaluations` and in the checkpoints (restored by ``resume``), with a description
+            of the evaluator (``"evaluator"``, :func:`evaluator_description`; the key is reserved, as ``"step"``).
+            Its time counts toward ``cfg.time_budget_s``; it is not part of the recipe a resume checks: a resume
+            with another evaluator keeps the checkpoint's evaluations, warns naming both evaluators, and counts
+            only its own evaluator's as done (a finished checkpoint is evaluated once by it).
         eval_every: Steps between evaluations (0: only at the end).
 
     Returns:
@@ -1304,6 +1449,7 @@ def train_encoder(
             recipe=full_recipe,
             evaluate=evaluate if evaluator is not None else None,
             eval_every=eval_every,
+            description=evaluator_description(evaluator, encoder) if evaluator is not None else None,
         )
     finally:
         encoder.eval()
@@ -1496,6 +1642,7 @@ def train_heads_cached(
             evaluate=evaluate if evaluator is not None else None,
             eval_every=eval_every,
             prepare=prepare_evaluation,
+            description=evaluator_description(evaluator, encoder) if evaluator is not None else None,
         )
     finally:
         encoder.mean_head.to(home[0])
