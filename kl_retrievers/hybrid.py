@@ -257,7 +257,8 @@ class FusionConfig:
     def for_call(
         self, fusion: str | None = None, weight: float | None = None, normalization: str | None = None
     ) -> FusionConfig:
-        """The fusion of one search (or retriever): :meth:`replace`, refusing a ``weight`` the fusion would ignore.
+        """The fusion of one search (or retriever): :meth:`replace`, refusing a ``weight`` or ``normalization`` the
+        fusion would ignore (given with ``"rrf"`` or ``"adaptive"``).
 
         Examples:
             >>> FusionConfig("convex").for_call(weight=0.3).weight
@@ -267,12 +268,51 @@ class FusionConfig:
             ValueError: weight=0.3 applies to convex fusion only; this call fuses with 'rrf' ...
         """
         config = self.replace(mode=fusion, weight=weight, normalization=normalization)
-        if weight is not None and config.mode != "convex":
-            raise ValueError(
-                f"weight={weight!r} applies to convex fusion only; this call fuses with {config.mode!r} "
-                "(pass fusion='convex', or leave weight out)"
-            )
+        _refuse_convex_only(config.mode, weight, normalization, "this call")
         return config
+
+
+def _refuse_convex_only(mode: str, weight: Any, normalization: Any, what: str) -> None:
+    """Refuse a ``weight`` or ``normalization`` given with a fusion mode other than ``"convex"`` (it would be ignored).
+
+    ``"rrf"`` fuses ranks, not scores; ``"adaptive"`` picks its weight per query and normalises the
+    scores as its parameters were fitted (:attr:`AdaptiveParams.normalization`).
+
+    Args:
+        mode: The (checked) fusion mode.
+        weight: The weight given (``None``: not given).
+        normalization: The normalisation given (``None``: not given).
+        what: What fuses, for the message (``"this call"``, ``"this store"``, ``"this retriever"``).
+
+    Raises:
+        ValueError: Either is given and ``mode`` is not ``"convex"``, naming the value, the mode and the remedy.
+
+    Examples:
+        >>> _refuse_convex_only("adaptive", None, "zscore", "this call")
+        Traceback (most recent call last):
+        ValueError: normalization='zscore' applies to convex fusion only; this call fuses with 'adaptive', ...
+    """
+    if mode == "convex":
+        return
+    if weight is not None:
+        raise ValueError(
+            f"weight={weight!r} applies to convex fusion only; {what} fuses with {mode!r} "
+            "(pass fusion='convex', or leave weight out)"
+        )
+    if normalization is not None:
+        why = (
+            "which fuses ranks, not scores"
+            if mode == "rrf"
+            else "which normalises the scores as its adaptive parameters were fitted (AdaptiveParams.normalization)"
+        )
+        raise ValueError(
+            f"normalization={normalization!r} applies to convex fusion only; {what} fuses with {mode!r}, {why} "
+            "(pass fusion='convex', or leave normalization out)"
+        )
+
+
+#: The default fusion settings (the weight and normalisation a store gets when none is given).
+_DEFAULT_FUSION = FusionConfig()
 
 
 # --------------------------------------------------------------------------------------
@@ -1089,8 +1129,9 @@ class KLHybridStore:
         encoder: Gaussian encoder for texts (documents added without Gaussians, text queries
             without ``query_gaussians``); passed to the KL half.
         fusion: Default fusion mode: ``"rrf"``, ``"convex"`` or ``"adaptive"``.
-        weight: Dense weight of ``"convex"``, in ``[0, 1]``.
-        normalization: ``"minmax"`` or ``"zscore"`` (``"convex"``).
+        weight: Dense weight of ``"convex"``, in ``[0, 1]`` (``None``: 0.5). Given with another
+            ``fusion`` it raises ``ValueError`` (it would be ignored; pass it per search instead).
+        normalization: ``"minmax"`` or ``"zscore"`` (``"convex"`` only, as ``weight``; ``None``: ``"minmax"``).
         rrf_k: The RRF constant.
         candidates: Documents taken from each half per query.
         adaptive_params: :class:`AdaptiveParams`, a path to their JSON, or ``None``: the ones the
@@ -1111,8 +1152,8 @@ class KLHybridStore:
         **kl_options: Options of a new :class:`KLStore` (``index_type``, ...), when ``kl_store`` is not given.
 
     Raises:
-        ValueError: A bad fusion setting or an unknown ``stemmer`` language, naming the value and what
-            is allowed.
+        ValueError: A bad fusion setting (also ``weight`` or ``normalization`` with a fusion other than
+            ``"convex"``) or an unknown ``stemmer`` language, naming the value and what is allowed.
         ImportError: ``stemmer`` is set and PyStemmer is not installed.
 
     Examples:
@@ -1126,8 +1167,8 @@ class KLHybridStore:
         encoder: Any | None = None,
         *,
         fusion: str = "adaptive",
-        weight: float = 0.5,
-        normalization: str = "minmax",
+        weight: float | None = None,
+        normalization: str | None = None,
         rrf_k: float = RRF_K,
         candidates: int = DEFAULT_CANDIDATES,
         adaptive_params: AdaptiveParams | str | os.PathLike[str] | None = None,
@@ -1140,7 +1181,14 @@ class KLHybridStore:
         **kl_options: Any,
     ) -> None:
         require_modules("KLHybridStore's BM25 half", ["bm25s"], "hybrid")
-        self.fusion = FusionConfig(fusion, weight, normalization, rrf_k, candidates)
+        self.fusion = FusionConfig(
+            fusion,
+            _DEFAULT_FUSION.weight if weight is None else weight,
+            _DEFAULT_FUSION.normalization if normalization is None else normalization,
+            rrf_k,
+            candidates,
+        )
+        _refuse_convex_only(self.fusion.mode, weight, normalization, "this store")
         self.k1, self.b, self._tokenizer = _bm25_settings(k1, b, stopwords, token_pattern, stemmer)
         if adaptive_params is not None and not isinstance(adaptive_params, AdaptiveParams):
             adaptive_params = AdaptiveParams.load(adaptive_params)
@@ -1950,8 +1998,6 @@ class KLHybridStore:
         adaptive = config["adaptive"] or None  # AdaptiveParams (checked by _read_config) or None
         store = cls(
             fusion=fusion["mode"],
-            weight=fusion["weight"],
-            normalization=fusion["normalization"],
             rrf_k=fusion["rrf_k"],
             candidates=fusion["candidates"],
             adaptive_params=adaptive,
@@ -1961,6 +2007,9 @@ class KLHybridStore:
             token_pattern=bm25_cfg["token_pattern"],
             stemmer=bm25_cfg.get("stemmer"),  # a save from before the option has none: no stemming
         )
+        # the saved weight and normalisation, also with another fusion (they serve later convex searches): set
+        # directly, since the constructor refuses them with a non-convex fusion (checked by _read_config)
+        store.fusion = FusionConfig(**{key: fusion[key] for key in store.fusion.to_dict()})
         store._kl = kl
         half.metas = {d.id: d.metadata for d in kl.get_by_ids(half.ids)}
         store._bm25 = half

@@ -73,6 +73,7 @@ from kl_retrievers._adapters import (
 )
 from kl_retrievers._confidence import (
     CONFIDENCE_KEY,
+    EMPTY_QUERY_REASON,
     ConfidenceScorer,
     abstention_reason,
     check_calibrator,
@@ -93,7 +94,7 @@ from kl_retrievers.gaussian import (
     kl_query_constant,
     kl_query_vectors,
 )
-from kl_retrievers.hybrid import KLHybridStore
+from kl_retrievers.hybrid import HybridResult, KLHybridStore
 from kl_retrievers.index import KLStore, SearchResult, StoreFormatError
 from kl_retrievers.store._format import CONFIG as _STORE_CONFIG
 from kl_retrievers.store._format import STORE_FILES as _STORE_FILES
@@ -322,6 +323,11 @@ def _check_query(query: Any) -> str:
     if not isinstance(query, str):
         raise TypeError(f"the query must be a str; got {type(query).__name__}")
     return query
+
+
+def _is_blank(query: str) -> bool:
+    """Whether ``query`` is empty or whitespace only (its confidence is 0; it abstains under ``min_confidence``)."""
+    return not query.strip()
 
 
 _check_k = check_k  # the one check of k, fetch_k, batch_size (kl_retrievers.gaussian)
@@ -1764,10 +1770,40 @@ class _ConfidenceRetriever(BaseRetriever):
     def _valid_calibrator(cls, value: Any) -> Any:
         return check_calibrator(value, cls.calibrator_for)
 
+    #: Metadata keys the retriever writes besides ``score_key``, ``uncertainty_key`` and ``confidence_key``.
+    written_keys: ClassVar[tuple[str, ...]] = ()
+
     def model_post_init(self, context: Any, /) -> None:
-        """Set up the confidence scorer (the model's calibrator is found on first use)."""
+        """Set up the confidence scorer (the model's calibrator is found on first use); check the metadata keys."""
         super().model_post_init(context)
+        self._check_result_keys()
         self._scorer = ConfidenceScorer(self.calibrator, self.calibrator_for)
+
+    def _check_result_keys(self) -> None:
+        """Refuse a ``score_key`` / ``uncertainty_key`` / ``confidence_key`` that another result field writes too.
+
+        Two fields under one metadata key would lose one value silently (the fused score under ``"bm25"``...).
+
+        Raises:
+            ValueError: Naming the key, the fields that share it and the names already taken.
+        """
+        named = {"score_key": self.score_key, "uncertainty_key": self.uncertainty_key}
+        named["confidence_key"] = self.confidence_key
+        for field, key in named.items():
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"{type(self).__name__}: {field} must be a non-empty str; got {key!r}")
+            sharing = [other for other, value in named.items() if value == key and other != field]
+            if key in self.written_keys:
+                clash = f"the key of the {key!r} result field the retriever writes"
+            elif sharing:
+                clash = f"also {' and '.join(sharing)}"
+            else:
+                continue
+            taken = sorted({*self.written_keys, *(v for f, v in named.items() if f != field)})
+            raise ValueError(
+                f"{type(self).__name__}: {field}={key!r} is {clash}; one value would overwrite the other in each "
+                f"document's metadata. Pick a key other than the names taken: {', '.join(repr(k) for k in taken)}"
+            )
 
     def _call_settings(
         self,
@@ -1841,6 +1877,11 @@ class _ConfidenceRetriever(BaseRetriever):
             **kwargs,
         )
 
+    def _abstain_on_blank(self, run_manager: CallbackManagerForRetrieverRun, query: str, floor: float) -> None:
+        """Log and signal the abstention on a blank query (:data:`EMPTY_QUERY_REASON`; its confidence is 0)."""
+        log_abstention(query, 0.0, floor, EMPTY_QUERY_REASON)
+        self._signal_abstention(run_manager, query, 0.0, floor, EMPTY_QUERY_REASON)
+
     @staticmethod
     def _signal_abstention(
         run_manager: CallbackManagerForRetrieverRun,
@@ -1881,7 +1922,9 @@ class KLRetriever(_ConfidenceRetriever):
     that leaves one, or a one-document store) has no confidence (the calibrator reads the top two
     scores): without ``min_confidence`` it is answered with ``confidence=None``; with it, it
     **abstains** (fail closed; the log line and the event's ``reason`` say
-    ``confidence needs 2 candidates, 1 found``).
+    ``confidence needs 2 candidates, 1 found``). A blank (empty or whitespace-only) query asks for
+    nothing: its confidence is 0, and with ``min_confidence`` it abstains without a search
+    (``reason``: :data:`EMPTY_QUERY_REASON`); without it, it is answered as LangChain's stores answer ``""``.
 
     Attributes:
         vectorstore: The :class:`KLVectorStore` searched.
@@ -1899,7 +1942,8 @@ class KLRetriever(_ConfidenceRetriever):
     Raises:
         ValueError: ``k < 1``, or ``min_confidence`` not a number in ``[0, 1]`` (at construction,
             naming the value and the range); ``min_confidence`` without a calibrator (at the first query);
-            a ``search_type`` other than ``"similarity"``.
+            a ``search_type`` other than ``"similarity"``; ``score_key``, ``uncertainty_key`` and
+            ``confidence_key`` not all different (naming the key and the names taken).
         TypeError: A keyword that is no field, or a ``search_kwargs`` key a search does not take (the
             message names it, and the equivalent of ``VectorStoreRetriever`` / ``EnsembleRetriever`` /
             ``BM25Retriever`` options such as ``score_threshold``, ``weights``, ``c``, ``bm25_params``).
@@ -2021,6 +2065,10 @@ class KLRetriever(_ConfidenceRetriever):
         kk, flt, floor = self._call_settings(k, filter, min_confidence)
         encoder = self.vectorstore._get_encoder()
         require_calibrator(self._scorer, encoder, floor)
+        blank = _is_blank(_check_query(query))
+        if blank and floor is not None:
+            self._abstain_on_blank(run_manager, query, floor)
+            return []
         g = self.vectorstore._encode_query(query)
         uncertainty = float(np.asarray(g.uncertainty())[0])
         cal = self._scorer.calibrator(encoder)
@@ -2028,7 +2076,8 @@ class KLRetriever(_ConfidenceRetriever):
         # the store's hits, not KLVectorStore's Documents: each returned Document is built once, with its scores
         hits = self.vectorstore._hits(g, depth, flt)
         scores = [float(h.score) for h in hits]
-        confidence = self._scorer.confidence(encoder, scores, uncertainty)
+        # a blank query asks for nothing: confidence 0, whatever the calibrator reads from its scores
+        confidence = 0.0 if blank and hits else self._scorer.confidence(encoder, scores, uncertainty)
         reason = abstention_reason(confidence, floor, len(hits))
         if reason is not None:
             log_abstention(query, confidence, floor, reason)
@@ -2084,8 +2133,9 @@ class KLHybridRetriever(_ConfidenceRetriever):
         store: The hybrid store searched.
         k: Documents per query (>= 1).
         fusion: ``"rrf"``, ``"convex"`` or ``"adaptive"`` (``None``: the store's default).
-        weight: The convex dense weight in ``[0, 1]`` (``None``: the store's).
-        normalization: ``"minmax"`` or ``"zscore"`` for convex fusion (``None``: the store's).
+        weight: The convex dense weight in ``[0, 1]`` (``None``: the store's); for convex calls only
+            (refused with another fusion, not applied to a call that switches to one).
+        normalization: ``"minmax"`` or ``"zscore"`` for convex fusion (``None``: the store's); as ``weight``.
         filter: Default metadata filter (dict or callable), applied to both halves before ranking;
             ``invoke(q, filter=...)`` overrides it per call (``filter=None``: no filter for that call).
         min_confidence: Abstain below this confidence (``None``: never); ``invoke(q, min_confidence=...)``
@@ -2097,7 +2147,9 @@ class KLHybridRetriever(_ConfidenceRetriever):
 
     Raises:
         ValueError: An unknown fusion mode or normalisation, a weight or ``min_confidence``
-            outside ``[0, 1]`` (at construction; the message names the value and the range).
+            outside ``[0, 1]``, a weight or normalisation with a fusion other than ``"convex"``, or a
+            ``score_key`` / ``uncertainty_key`` / ``confidence_key`` that another result field uses
+            (``bm25``, ``neg_kl``...) (at construction; the message names the value and what is allowed).
         TypeError: A keyword that is no field (as in :class:`KLRetriever`; ``EnsembleRetriever``'s
             ``weights``, ``c`` and ``id_key`` are answered with the equivalent here).
 
@@ -2113,6 +2165,12 @@ class KLHybridRetriever(_ConfidenceRetriever):
     normalization: str | None = None
     score_key: str = "fused_score"
 
+    #: The result fields written under fixed keys (:meth:`~kl_retrievers.hybrid.HybridResult.scores` less the
+    #: fused score and the query uncertainty, whose keys are ``score_key`` and ``uncertainty_key``).
+    written_keys: ClassVar[tuple[str, ...]] = tuple(
+        key for key, _ in HybridResult.SCORE_KEYS if key not in ("fused_score", "query_uncertainty")
+    )
+
     #: Hybrid retrievers take a hybrid or a dense calibrator (:func:`kl_retrievers._confidence.check_calibrator`).
     calibrator_for: ClassVar[str] = "hybrid"
     search_keys: ClassVar[tuple[str, ...]] = ("k", "filter", "min_confidence", "fusion", "weight", "normalization")
@@ -2126,14 +2184,17 @@ class KLHybridRetriever(_ConfidenceRetriever):
         if not isinstance(self.store, KLHybridStore):
             raise TypeError(f"store must be a KLHybridStore; got {type(self.store).__name__}")
         # Checked as a call without per-call keywords would use them (search_kwargs before the fields). The
-        # field weight= is for convex calls only: refused with another fusion unless search_kwargs picks one.
+        # fields weight= and normalization= are for convex calls only: refused with another fusion unless
+        # search_kwargs picks one.
         fusion = self._default("fusion")
         mode = fusion or self.store.fusion.mode
-        if mode == "convex" or "weight" in self.search_kwargs or "fusion" not in self.search_kwargs:
-            weight = self._default("weight")
-        else:
-            weight = None
-        self.store.fusion.for_call(fusion, weight, self._default("normalization"))
+        convex_only = {}  # weight, normalization: likewise
+        for name in ("weight", "normalization"):
+            if mode == "convex" or name in self.search_kwargs or "fusion" not in self.search_kwargs:
+                convex_only[name] = self._default(name)
+            else:
+                convex_only[name] = None
+        self.store.fusion.for_call(fusion, convex_only["weight"], convex_only["normalization"])
         # documents already in the store (loaded, or added with the core API) may use a score key: once per store
         self.store._warn_stored_reserved_keys("KLHybridRetriever (documents already stored)")
 
@@ -2146,7 +2207,7 @@ class KLHybridRetriever(_ConfidenceRetriever):
         ids: list[str] | None = None,
         *,
         k: int = 4,
-        fusion: str = "adaptive",
+        fusion: str | None = None,
         min_confidence: float | None = None,
         calibrator: Any = None,
         **store_kwargs: Any,
@@ -2160,7 +2221,7 @@ class KLHybridRetriever(_ConfidenceRetriever):
             metadatas: One dict per text.
             ids: One id per text (also the fourth positional argument).
             k: Documents per query.
-            fusion: The store's fusion mode.
+            fusion: The store's fusion mode (``None``: ``"adaptive"``).
             min_confidence: Abstain below this confidence.
             calibrator: Confidence calibrator (default: the model's).
             **store_kwargs: The retriever's other fields (``filter``, ``search_kwargs``, ``score_key``,
@@ -2172,7 +2233,7 @@ class KLHybridRetriever(_ConfidenceRetriever):
         check_min_confidence(min_confidence)
         own = cls._retriever_options(store_kwargs, keep=("weight", "normalization"))
         encoder = _unwrap_encoder(embedding) if embedding is not None else _load_default_encoder()
-        store = KLHybridStore(encoder, fusion=fusion, **store_kwargs)
+        store = KLHybridStore(encoder, fusion="adaptive" if fusion is None else fusion, **store_kwargs)
         store.add(_check_texts(texts), ids=ids, metadatas=metadatas)
         return cls(store=store, k=k, min_confidence=min_confidence, calibrator=calibrator, **own)
 
@@ -2204,10 +2265,16 @@ class KLHybridRetriever(_ConfidenceRetriever):
     ) -> list[Document]:
         self._refuse_call_options(kwargs)
         kk, flt, floor = self._call_settings(k, filter, min_confidence)
-        _check_query(query)
+        blank = _is_blank(_check_query(query))
         fusion = fusion if fusion is not None else self._default("fusion")
-        if weight is None and (fusion or self.store.fusion.mode) == "convex":
-            weight = self._default("weight")  # the retriever's convex weight, for a convex call only
+        if (fusion or self.store.fusion.mode) == "convex":  # the retriever's convex settings, for a convex call only
+            weight = self._default("weight") if weight is None else weight
+            normalization = self._default("normalization") if normalization is None else normalization
+        if blank and floor is not None:
+            self.store.fusion.for_call(fusion, weight, normalization)  # a bad setting still fails
+            require_calibrator(self._scorer, self.store.encoder, floor, self.store.stemmer)
+            self._abstain_on_blank(run_manager, query, floor)
+            return []
         hits, confidence, reason = hybrid_search(
             self.store,
             query,
@@ -2215,10 +2282,12 @@ class KLHybridRetriever(_ConfidenceRetriever):
             filter=flt,
             fusion=fusion,
             weight=weight,
-            normalization=normalization if normalization is not None else self._default("normalization"),
+            normalization=normalization,
             scorer=self._scorer,
             min_confidence=floor,
         )
+        if blank and hits:
+            confidence = 0.0  # a blank query asks for nothing (as KLRetriever)
         if reason is not None:
             self._signal_abstention(run_manager, query, confidence, floor, reason)
             return []

@@ -66,6 +66,7 @@ from kl_retrievers import _adapters as adapters
 from kl_retrievers._adapters import RELEVANCE_FUNCTIONS, relevance_exp, relevance_exp_per_dim, relevance_inverse
 from kl_retrievers._confidence import (
     CONFIDENCE_KEY,
+    EMPTY_QUERY_REASON,
     MIN_CANDIDATES,
     ConfidenceScorer,
     abstention_reason,
@@ -1082,7 +1083,8 @@ _NON_TEXT_NODE_TYPES = frozenset({IndexNode.class_name(), ImageNode.class_name()
 
 #: Node metadata key on nodes whose confidence could not be computed although a calibrator exists: fewer
 #: than two candidate documents (a filter or a small store), the reason as text (see
-#: :func:`kl_retrievers._confidence.abstention_reason`). :class:`KLConfidencePostprocessor` abstains on it.
+#: :func:`kl_retrievers._confidence.abstention_reason`); also on a blank query's nodes, whose confidence is 0
+#: (:data:`EMPTY_QUERY_REASON`). :class:`KLConfidencePostprocessor` abstains on it.
 CONFIDENCE_REASON_KEY = "confidence_reason"
 
 #: Metadata keys a search adds to the nodes it returns (dense and hybrid): per-query, not the document's.
@@ -1099,6 +1101,20 @@ _SCORE_KEYS = frozenset(
 )
 #: :data:`_SCORE_KEYS` in a stable order, for messages and docs.
 _RESERVED_KEYS_TEXT = ", ".join(sorted(_SCORE_KEYS))
+
+
+def _is_blank(text: str | None) -> bool:
+    """Whether a query text is empty or whitespace only (``None``, no text, is not)."""
+    return text is not None and not text.strip()
+
+
+def _mark_blank_query(nodes: Sequence[BaseNode]) -> None:
+    """Give a blank query's scored nodes confidence 0 and :data:`EMPTY_QUERY_REASON` (kept out of LLM / embed text)."""
+    added = {CONFIDENCE_KEY: 0.0, CONFIDENCE_REASON_KEY: EMPTY_QUERY_REASON}
+    for node in nodes:
+        node.metadata.update(added)
+        for excluded in (node.excluded_llm_metadata_keys, node.excluded_embed_metadata_keys):
+            excluded.extend(key for key in added if key not in excluded)
 
 
 def _too_few_candidates(candidates: int) -> str | None:
@@ -1654,6 +1670,12 @@ class KLVectorStore(BasePydanticVectorStore):
             encoder = self.encoder if self.encoder is not None else self._saved_encoder()
             if encoder is not None:
                 return _encode(encoder.encode_queries, [query.query_str], 1)
+            if _is_blank(query.query_str):  # LlamaIndex embeds no empty query string: say so, not "no embedding"
+                raise ValueError(
+                    f"the query is empty (query_str={query.query_str!r}): LlamaIndex computes no embedding for an "
+                    "empty query, and this store has no encoder to encode it; ask a non-empty question, or give "
+                    "the store an encoder (KLVectorStore(encoder=...))"
+                )
         raise ValueError(
             "the query has no embedding; pass a KLEmbedding query embedding, or give the store an encoder "
             "(KLVectorStore(encoder=...)) and a query_str"
@@ -1711,20 +1733,24 @@ class KLVectorStore(BasePydanticVectorStore):
         # what VectorStoreIndex.as_retriever passes: no restriction (see the class docstring)
         node_ids = None if unrestricted else query.node_ids
         if mode == VectorStoreQueryMode.DEFAULT.value:
-            return self.search_gaussian(
+            result = self.search_gaussian(
                 gaussian, query.similarity_top_k, query.filters, node_ids=node_ids, doc_ids=query.doc_ids
             )
-        top_k = _check_top_k(query.similarity_top_k)
-        threshold = kwargs.get("mmr_threshold", query.mmr_threshold)
-        return self.mmr_search_gaussian(
-            gaussian,
-            top_k,
-            mmr_threshold=_MMR_THRESHOLD if threshold is None else threshold,
-            prefetch_k=max(top_k, _mmr_prefetch(top_k, kwargs)),
-            filters=query.filters,
-            node_ids=node_ids,
-            doc_ids=query.doc_ids,
-        )
+        else:
+            top_k = _check_top_k(query.similarity_top_k)
+            threshold = kwargs.get("mmr_threshold", query.mmr_threshold)
+            result = self.mmr_search_gaussian(
+                gaussian,
+                top_k,
+                mmr_threshold=_MMR_THRESHOLD if threshold is None else threshold,
+                prefetch_k=max(top_k, _mmr_prefetch(top_k, kwargs)),
+                filters=query.filters,
+                node_ids=node_ids,
+                doc_ids=query.doc_ids,
+            )
+        if _is_blank(query.query_str):
+            _mark_blank_query(result.nodes or [])  # a blank query asks for nothing: confidence 0
+        return result
 
     def _stored_non_text_ids(self) -> frozenset[str]:
         """Ids of the stored ``IndexNode`` / ``ImageNode`` nodes (from their ``_node_type``).
@@ -2163,6 +2189,11 @@ def _split_documents(
     return list(run_transformations(list(documents), steps))
 
 
+def _query_text(query_bundle: QueryBundle) -> str:
+    """The text a query bundle asks to encode: its custom embedding strings, joined, else its query string."""
+    return " ".join(query_bundle.embedding_strs) if query_bundle.custom_embedding_strs else query_bundle.query_str
+
+
 class _TopKRetriever(BaseRetriever):
     """A LlamaIndex retriever with a checked, settable ``similarity_top_k`` (shared by the two below)."""
 
@@ -2191,7 +2222,9 @@ class KLRetriever(_TopKRetriever):
     (``neg_kl``, ``query_uncertainty``, ``confidence``, ``confidence_reason``) is shadowed in the
     returned nodes (see :class:`KLVectorStore`). Over a ``VectorStoreIndex`` that holds ``IndexNode``
     or ``ImageNode`` nodes, ``KLRetriever.from_defaults(index=index)`` returns them with their scores,
-    where ``index.as_retriever()`` swaps in LlamaIndex's docstore copies without them.
+    where ``index.as_retriever()`` swaps in LlamaIndex's docstore copies without them. A blank query
+    (empty or whitespace only) asks for nothing: its nodes carry confidence 0 and
+    :data:`EMPTY_QUERY_REASON` (:class:`KLConfidencePostprocessor` abstains on it).
 
     Args:
         vector_store: The store to search.
@@ -2318,16 +2351,18 @@ class KLRetriever(_TopKRetriever):
 
     def _query_gaussian(self, query_bundle: QueryBundle) -> Gaussians:
         if self._encoder is not None:
-            text = (
-                " ".join(query_bundle.embedding_strs) if query_bundle.custom_embedding_strs else query_bundle.query_str
-            )
-            return _encode(self._encoder.encode_queries, [text], 1)
+            return _encode(self._encoder.encode_queries, [_query_text(query_bundle)], 1)
         if query_bundle.embedding is not None:
             return query_gaussians_from_embeddings(query_bundle.embedding)
         saved = self._vector_store._saved_encoder()  # a loaded store: the model it was saved with
         if saved is not None:
             self._encoder = saved
             return self._query_gaussian(query_bundle)
+        if _is_blank(_query_text(query_bundle)):
+            raise ValueError(
+                f"the query is empty ({_query_text(query_bundle)!r}) and KLRetriever has no encoder to encode it "
+                "(LlamaIndex computes no embedding for an empty query); ask a non-empty question, or pass encoder="
+            )
         raise ValueError("KLRetriever has no encoder and the query bundle has no KL query embedding")
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
@@ -2339,6 +2374,8 @@ class KLRetriever(_TopKRetriever):
             doc_ids=self._doc_ids,
             encoder=self._encoder,
         )
+        if _is_blank(_query_text(query_bundle)):
+            _mark_blank_query(result.nodes or [])  # a blank query asks for nothing: confidence 0
         return [
             NodeWithScore(node=node, score=score)
             for node, score in zip(result.nodes or [], result.similarities or [], strict=True)
@@ -2361,8 +2398,10 @@ class KLConfidencePostprocessor(BaseNodePostprocessor):
     below ``min_confidence`` the postprocessor returns ``[]``, which LlamaIndex's response
     synthesizers answer with ``"Empty Response"`` without calling the LLM; it also logs one INFO line.
 
-    A query with a single candidate document (a filter that leaves one node, a one-node store) has
-    no confidence: the calibrator reads the top two scores. The KL retrievers then write why under
+    A blank query (empty or whitespace only; the query bundle's text, or :data:`EMPTY_QUERY_REASON`
+    on the nodes) asks for nothing: the postprocessor abstains on it at any ``min_confidence``,
+    logging that reason. A query with a single candidate document (a filter that leaves one node, a
+    one-node store) has no confidence: the calibrator reads the top two scores. The KL retrievers then write why under
     :data:`CONFIDENCE_REASON_KEY` (``"confidence_reason"``), and the postprocessor abstains on it
     (fail closed, as LangChain's ``min_confidence`` does), logging the reason at INFO. Nodes with
     neither a confidence nor that reason (another retriever, a model with no calibrator, or the
@@ -2411,9 +2450,14 @@ class KLConfidencePostprocessor(BaseNodePostprocessor):
     ) -> list[NodeWithScore]:
         if not nodes:
             return nodes
+        query = query_bundle.query_str if query_bundle is not None else ""
+        if (query_bundle is not None and _is_blank(_query_text(query_bundle))) or any(
+            n.node.metadata.get(CONFIDENCE_REASON_KEY) == EMPTY_QUERY_REASON for n in nodes
+        ):  # a blank query asks for nothing: abstain, whatever the retriever and the floor
+            logger.info("abstained on %r: %s", query[:80], EMPTY_QUERY_REASON)
+            return []
         values = [n.node.metadata.get(self.confidence_key) for n in nodes]
         known = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        query = query_bundle.query_str if query_bundle is not None else ""
         if not known:
             reason = next(
                 (r for n in nodes if isinstance(r := n.node.metadata.get(CONFIDENCE_REASON_KEY), str) and r), None
@@ -2548,7 +2592,7 @@ class KLHybridRetriever(_TopKRetriever):
         encoder: Any | None = None,
         transformations: Sequence[TransformComponent] | None = None,
         similarity_top_k: int = DEFAULT_SIMILARITY_TOP_K,
-        fusion: str = "adaptive",
+        fusion: str | None = None,
         filters: MetadataFilters | None = None,
         calibrator: Any = None,
         object_map: dict[str, Any] | None = None,
@@ -2567,11 +2611,12 @@ class KLHybridRetriever(_TopKRetriever):
         Args:
             nodes: Nodes to index.
             documents: Documents to split and index.
-            store: An existing hybrid store (``fusion`` and ``store_kwargs`` then do not apply).
+            store: An existing hybrid store (``store_kwargs`` then do not apply).
             encoder: Gaussian encoder or :class:`KLEmbedding` (with ``store=``, it replaces the store's).
             transformations: Node parsers for ``documents``.
             similarity_top_k: Nodes per query.
-            fusion: The new store's fusion mode.
+            fusion: The new store's fusion mode (``None``: ``"adaptive"``); with ``store=``, the retriever's
+                own fusion (``None``: the store's), as ``KLHybridRetriever(store, fusion=...)``.
             filters: Metadata filters.
             calibrator: Confidence calibrator (default: the model's).
             object_map: ``index_id -> object`` for recursive retrieval (default: the objects that the
@@ -2580,7 +2625,8 @@ class KLHybridRetriever(_TopKRetriever):
                 ``candidates``, ``stemmer``...).
 
         Raises:
-            ValueError: Not exactly one source given, or store options with ``store=``.
+            ValueError: Not exactly one source given, store options with ``store=``, or a bad fusion setting
+                (also ``weight`` / ``normalization`` with a fusion other than ``"convex"``).
         """
         if sum(x is not None for x in (nodes, documents, store)) != 1:
             raise ValueError("from_defaults needs exactly one of nodes=, documents= or store=")
@@ -2594,7 +2640,8 @@ class KLHybridRetriever(_TopKRetriever):
             encoder = _default_encoder(encoder)
             if documents is not None:
                 nodes = _split_documents(documents, transformations)
-            store = KLHybridStore(encoder, fusion=fusion, **store_kwargs)
+            store = KLHybridStore(encoder, fusion="adaptive" if fusion is None else fusion, **store_kwargs)
+            fusion = None  # the new store's: the retriever follows it
             node_list = _detach_objects(list(nodes or []))  # their objects go to object_map (below)
             # The last occurrence of a repeated id wins, as in KLVectorStore.add (KLHybridStore.add refuses repeats).
             keep = _last_occurrences(
@@ -2614,7 +2661,12 @@ class KLHybridRetriever(_TopKRetriever):
         if object_map is None:
             object_map = _objects_of(nodes) or None
         return cls(
-            store, similarity_top_k=similarity_top_k, filters=filters, calibrator=calibrator, object_map=object_map
+            store,
+            similarity_top_k=similarity_top_k,
+            fusion=fusion,
+            filters=filters,
+            calibrator=calibrator,
+            object_map=object_map,
         )
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
@@ -2629,7 +2681,9 @@ class KLHybridRetriever(_TopKRetriever):
             scorer=self._scorer,
         )
         reason = None
-        if (
+        if _is_blank(query_bundle.query_str) and hits:
+            confidence, reason = 0.0, EMPTY_QUERY_REASON  # a blank query asks for nothing (as KLRetriever)
+        elif (
             confidence is None
             and hits
             and self._scorer.calibrator(self._store.encoder, self._store.stemmer) is not None
