@@ -36,6 +36,7 @@ __all__ = [
     "is_saved_encoder",
     "model_similarity",
     "read_encoder_meta",
+    "saved_weights_sha256",
 ]
 
 #: The JSON file of a saved encoder folder (``save_pretrained``).
@@ -164,6 +165,9 @@ def read_encoder_meta(path: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise NotAnEncoderError(f"{cfg_file} is not valid JSON: {exc}") from None
     if not isinstance(meta, dict) or meta.get("library") != "kl_retrievers" or "encoder" not in meta:
+        missing = _missing_onnx_graph(path, meta)
+        if missing is not None:
+            raise NotAnEncoderError(missing)
         other = describe_saved_meta(meta) if isinstance(meta, dict) else None
         if other is not None:
             raise NotAnEncoderError(f"{path} is not a saved GaussianEncoder: it is {other}")
@@ -172,6 +176,24 @@ def read_encoder_meta(path: Path) -> dict[str, Any]:
             "to start from a plain encoder use GaussianEncoder.from_backbone"
         )
     return meta
+
+
+def _missing_onnx_graph(folder: Path, meta: Any) -> str | None:
+    """The error for an ONNX export folder (by its ``config.json``) without its ``model.onnx``, else ``None``.
+
+    Examples:
+        >>> _missing_onnx_graph(Path("/nonexistent/enc"), {"library": "kl_retrievers", "backend": "onnx"})[:70]
+        '/nonexistent/enc/model.onnx is missing (config.json says the folder is'
+    """
+    if not isinstance(meta, dict) or meta.get("library") != "kl_retrievers" or meta.get("backend") != "onnx":
+        return None
+    graph = Path(folder) / "model.onnx"
+    if graph.is_file():
+        return None
+    return (
+        f"{graph} is missing ({CONFIG_NAME} says the folder is an ONNX export): copy the whole export folder, or "
+        "export the model again (python -m kl_retrievers.onnx_cli)"
+    )
 
 
 def describe_saved_meta(meta: dict[str, Any]) -> str | None:
@@ -213,7 +235,11 @@ def describe_saved_folder(folder: Path) -> str | None:
     A missing, unreadable, non-JSON or non-object ``config.json`` is ``None`` too (:func:`read_json_object`).
     """
     meta = read_json_object(Path(folder) / CONFIG_NAME)
-    return None if meta is None else describe_saved_meta(meta)
+    if meta is None:
+        return None
+    if _missing_onnx_graph(Path(folder), meta) is not None:
+        return f"an ONNX export of a Gaussian encoder whose {Path(folder) / 'model.onnx'} is missing"
+    return describe_saved_meta(meta)
 
 
 def encoder_config(meta: dict[str, Any], cfg_file: Path) -> GaussianEncoderConfig:
@@ -255,6 +281,39 @@ def check_weights_sha256(meta: dict[str, Any], cfg_file: Path, weights_file: Pat
             f"{weights_file} is damaged or was changed after it was saved: its SHA-256 is {actual}, but "
             f"{cfg_file.name} records {expected}; restore the folder or save the encoder again"
         )
+
+
+def saved_weights_sha256(meta: dict[str, Any], folder: Path) -> str | None:
+    """The SHA-256 identifying a saved encoder's weights: of its weights file (``config.json`` ``weights``).
+
+    The one ``config.json`` records (``weights_sha256``), else the file's own (hashed once, then cached per
+    path, size and modification time). Both backends report it (``encoder.weights_sha256``), and an ONNX
+    export records its source's, so a store can tell whether the model it was indexed with changed since.
+
+    Args:
+        meta: The folder's ``config.json``, as read.
+        folder: The saved encoder's folder.
+
+    Returns:
+        The hex digest, or ``None`` when the weights file is missing or its name is not a plain file name.
+
+    Examples:
+        >>> saved_weights_sha256({"weights": "model.safetensors"}, Path("/nonexistent")) is None
+        True
+    """
+    from kl_retrievers.hub import cached_sha256
+
+    name = meta.get("weights", "model.safetensors")
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        return None
+    recorded = meta.get(WEIGHTS_SHA256)
+    if isinstance(recorded, dict) and isinstance(recorded.get(name), str):
+        return str(recorded[name])
+    file = Path(folder) / name
+    try:
+        return cached_sha256(file) if file.is_file() else None
+    except OSError:
+        return None
 
 
 #: Scores a model can be trained for (``kl-retrievers train --similarity``): ``neg_kl``, or a vector twin's.

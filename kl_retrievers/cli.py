@@ -36,7 +36,7 @@ from kl_retrievers.cli_common import (  # re-exported: they were defined here
     positive_int,
     token_budget,
 )
-from kl_retrievers.sharded import _without_bom, is_jsonl_path, split_records
+from kl_retrievers.sharded import _check_utf8, _without_bom, is_jsonl_path, split_records
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +90,11 @@ def _read_records(path: Path, field: str) -> tuple[list[str], list[str], list[di
                             f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start} of the line)"
                         ) from None
                     row = parse_json_object(line, where)
-                    doc_id = _row_id(row, len(rows), where)
+                    doc_id = _check_utf8(_row_id(row, len(rows), where), "id", where)  # as the sharded path
                     if doc_id in first:
                         raise ValueError(f"{where}: duplicate id {doc_id!r} (first on line {first[doc_id]})")
                     first[doc_id] = number
-                    texts.append(_row_text(row, field, where))
+                    texts.append(_check_utf8(_row_text(row, field, where), "text", where))
                     ids.append(doc_id)
                     rows.append(row)
             return ids, texts, rows
@@ -427,7 +427,13 @@ def _add_index(sub: Any) -> None:
     p.add_argument("--out", "-o", type=Path, required=True, help="store folder to write (replaced atomically)")
     p.add_argument("--index-type", choices=("flat", "hnsw", "ivf"), default="flat", help="default: flat (exact)")
     p.add_argument("--compression", choices=("sq8", "pq"), default=None, help="hnsw/ivf vector compression")
-    p.add_argument("--nlist", type=positive_int, default=1024, help="ivf: number of lists (default 1024)")
+    p.add_argument(
+        "--nlist",
+        type=positive_int,
+        default=1024,
+        help="ivf: number of lists (default 1024); the index is trained once the store holds 8 x nlist documents "
+        "(searches are exact until then): for a small corpus choose about sqrt(documents)",
+    )
     p.add_argument("--nprobe", type=positive_int, default=32, help="ivf: lists probed per query (default 32)")
     p.add_argument("--pq-m", type=positive_int, default=64, help="pq: sub-quantizers (default 64)")
     p.add_argument("--pq-nbits", type=int, choices=(4, 8), default=8, help="pq: bits per code; 4 = SIMD fast scan")

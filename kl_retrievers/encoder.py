@@ -39,6 +39,7 @@ from kl_retrievers._config import (
     is_saved_encoder,
     model_similarity,
     read_encoder_meta,
+    saved_weights_sha256,
 )
 from kl_retrievers._config import check_weights_sha256 as _check_weights_sha256
 from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, eval_mode, require_torch
@@ -249,8 +250,37 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         self.mean_head = nn.Linear(hidden, config.dim)
         self.var_head = nn.Linear(hidden, config.dim)
         self.var_token_id: int | None = None
+        # (SHA-256 of the weights file loaded or saved, the parameters' identities and versions then)
+        self._weights_record: tuple[str, tuple[tuple[int, int], ...]] | None = None
         if config.var_token:
             self._ensure_var_token()
+
+    # ------------------------------------------------------------------ weights identity
+    def _parameter_versions(self) -> tuple[tuple[int, int], ...]:
+        """Each parameter's identity and in-place version counter (an optimizer step or a load bumps it)."""
+        return tuple((id(p), int(p._version)) for p in self.parameters())
+
+    def _remember_weights(self, sha256: str | None) -> None:
+        """Record that the weights in memory are those of a weights file with SHA-256 ``sha256``."""
+        self._weights_record = None if sha256 is None else (sha256, self._parameter_versions())
+
+    @property
+    def weights_sha256(self) -> str | None:
+        """SHA-256 of the weights file these weights were loaded from or last saved to (``None``: not known).
+
+        ``None`` for an encoder built in memory, and once its weights changed in memory since the load or save
+        (training, ``load_state_dict``). A store records it, and warns when loaded with an encoder whose weights
+        differ (a model folder retrained in place). The ONNX backend reports the same value for an export of the
+        same saved model.
+
+        Examples:
+            >>> GaussianEncoder.from_pretrained("my-encoder").weights_sha256  # doctest: +SKIP
+            '3f5a...'
+        """
+        record = self._weights_record
+        if record is None or record[1] != self._parameter_versions():
+            return None
+        return record[0]
 
     # ------------------------------------------------------------------ construction
     def _ensure_var_token(self) -> None:
@@ -604,6 +634,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                     (tmp / name).write_bytes(content)
                 else:
                     (tmp / name).write_text(content, encoding="utf-8")
+        self._remember_weights(meta[WEIGHTS_SHA256][meta["weights"]])  # what a store built now records
         return target
 
     def export_onnx(
@@ -809,7 +840,9 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         _check_weights_sha256(meta, cfg_file, weights_file)
         if device is not None:
             enc.to(_pick_device(device))
-        return enc.eval()
+        enc.eval()
+        enc._remember_weights(saved_weights_sha256(meta, path))
+        return enc
 
     @classmethod
     def _from_delta(

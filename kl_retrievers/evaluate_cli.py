@@ -57,6 +57,7 @@ from kl_retrievers.evaluation import (
     load_per_query,
     model_similarity,
     paired_test,
+    per_query_path_problem,
     save_per_query,
     write_trec_run,
 )
@@ -175,7 +176,7 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         "--per-query",
         metavar="FILE",
         help="save per-query metrics and each query's QPP predictors (uncertainty, qpp.*): .json (with the summary "
-        "and its qpp object under meta), or .tsv by suffix",
+        "and its qpp object under meta), or a .tsv or .csv table, by suffix (another suffix is refused)",
     )
     p.add_argument(
         "--compare",
@@ -319,6 +320,8 @@ def _output_problem(args: argparse.Namespace) -> str | None:
             check_output_path(path, flag, folder=False)
         except ValueError as exc:
             return str(exc)
+    if args.per_query and (problem := per_query_path_problem(args.per_query)):
+        return f"--per-query: {problem}"
     if len(outputs) == 2 and outputs[0][1].resolve() == outputs[1][1].resolve():
         return f"--per-query and --save-run name the same file {outputs[0][1]}; give two files"
     for flag, path in outputs:

@@ -31,7 +31,9 @@ Examples:
 
 from __future__ import annotations
 
+import csv
 import inspect
+import io
 import json
 import logging
 import math
@@ -81,6 +83,8 @@ __all__ = [
     "evaluate_model",
     "save_per_query",
     "load_per_query",
+    "PER_QUERY_SUFFIXES",
+    "per_query_path_problem",
     "write_trec_run",
     "check_trec_ids",
 ]
@@ -756,16 +760,40 @@ def evaluate_model(
 # --------------------------------------------------------------------------------------
 
 
+#: The suffixes of a per-query results file (:func:`save_per_query`), each its own format.
+PER_QUERY_SUFFIXES = (".json", ".tsv", ".csv")
+
+
+def per_query_path_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot name a per-query results file (its suffix chooses the format), else ``None``.
+
+    Examples:
+        >>> per_query_path_problem("pq.json") is None, per_query_path_problem("pq.CSV") is None
+        (True, True)
+        >>> per_query_path_problem("pq.txt")
+        "per-query file pq.txt: suffix '.txt' is not one of .json (JSON with the summary), .tsv or .csv (a table)"
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix in PER_QUERY_SUFFIXES:
+        return None
+    return (
+        f"per-query file {os.fspath(path)}: suffix {Path(path).suffix!r} is not one of .json (JSON with the summary), "
+        ".tsv or .csv (a table)"
+    )
+
+
 def save_per_query(
     path: str | os.PathLike[str],
     per_query: Mapping[str, Mapping[str, float]],
     *,
     meta: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write per-query metrics as JSON (default) or TSV (``.tsv`` suffix).
+    """Write per-query metrics as JSON (``.json``), TSV (``.tsv``) or CSV (``.csv``), by the suffix.
 
     JSON: ``{"meta": {...}, "per_query": {qid: {metric: value}}}``. TSV: a header
-    ``query_id<TAB>metric...`` then one row per query. The file is standard JSON: a per-query value
+    ``query_id<TAB>metric...`` then one row per query; CSV: the same table, comma-separated (quoted where
+    needed, by Python's ``csv`` module); both leave ``meta`` out. Another suffix raises ``ValueError``
+    (:func:`per_query_path_problem`; nothing is written). The file is standard JSON: a per-query value
     that is not a finite number raises ``ValueError`` (naming the query and metric; nothing is
     written), as :func:`load_per_query` would refuse it, and a non-finite number in ``meta`` is
     written as ``null``.
@@ -778,6 +806,9 @@ def save_per_query(
         >>> lines
         ['query_id\\tndcg@10', 'q1\\t0.5']
     """
+    problem = per_query_path_problem(path)
+    if problem is not None:
+        raise ValueError(problem)
     for qid, values in per_query.items():
         for name, value in values.items():
             if not math.isfinite(value):
@@ -785,14 +816,19 @@ def save_per_query(
                     f"per-query results: query {qid!r}, metric {name!r} is {value}; expected a finite number"
                 )
     p = Path(path)
-    if p.suffix.lower() == ".tsv":
+    if p.suffix.lower() in (".tsv", ".csv"):
         names: list[str] = []
         for values in per_query.values():
             names.extend(n for n in values if n not in names)
-        lines = ["\t".join(["query_id", *names])]
+        table = [["query_id", *names]]
         for qid, values in per_query.items():
-            lines.append("\t".join([qid, *(repr(float(values[n])) if n in values else "" for n in names)]))
-        text = "\n".join(lines) + "\n"
+            table.append([qid, *(repr(float(values[n])) if n in values else "" for n in names)])
+        if p.suffix.lower() == ".tsv":
+            text = "".join("\t".join(row) + "\n" for row in table)
+        else:
+            buffer = io.StringIO()
+            csv.writer(buffer, lineterminator="\n").writerows(table)
+            text = buffer.getvalue()
     else:
         doc = {"meta": finite_json(dict(meta or {})), "per_query": {q: dict(v) for q, v in per_query.items()}}
         text = json.dumps(doc, indent=1, allow_nan=False) + "\n"
@@ -801,10 +837,10 @@ def save_per_query(
 
 
 def load_per_query(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-    """Read a file written by :func:`save_per_query` (JSON or TSV, detected from the content).
+    """Read a file written by :func:`save_per_query` (JSON, TSV or CSV, detected from the content).
 
     Returns:
-        ``(per_query, meta)``; ``meta`` is empty for TSV files.
+        ``(per_query, meta)``; ``meta`` is empty for TSV and CSV files.
 
     Raises:
         ValueError: If the file is not a per-query results file (message names file and line), or
@@ -830,15 +866,18 @@ def load_per_query(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, fl
         if meta is not None and not isinstance(meta, dict):
             raise ValueError(f'{p}: "meta" must be a JSON object; got {type(meta).__name__}')
         return _per_query_numbers(p, doc["per_query"]), dict(meta or {})
-    lines = [ln for ln in text.splitlines()]
-    if not lines or not lines[0].startswith("query_id"):
-        raise ValueError(f"{p}, line 1: expected a TSV header starting with 'query_id'")
-    names = lines[0].split("\t")[1:]
+    if text.startswith("query_id,"):  # CSV (save_per_query with a .csv suffix): quoted fields, one row a line
+        rows = [row for row in csv.reader(io.StringIO(text, newline=""))]
+    else:
+        lines = [ln for ln in text.splitlines()]
+        if not lines or not lines[0].startswith("query_id"):
+            raise ValueError(f"{p}, line 1: expected a TSV header starting with 'query_id' (or a CSV one)")
+        rows = [line.split("\t") if line.strip() else [] for line in lines]
+    names = rows[0][1:]
     out: dict[str, dict[str, float]] = {}
-    for lineno, line in enumerate(lines[1:], start=2):
-        if not line.strip():
+    for lineno, cols in enumerate(rows[1:], start=2):
+        if not cols:
             continue
-        cols = line.split("\t")
         if len(cols) != len(names) + 1:
             raise ValueError(f"{p}, line {lineno}: expected {len(names) + 1} columns, got {len(cols)}")
         row: dict[str, float] = {}

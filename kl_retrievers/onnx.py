@@ -238,6 +238,9 @@ def export_onnx(
             "source": {
                 "name_or_path": str(encoder.name_or_path),
                 "sha256": source_sha256,
+                # the SHA-256 of the weights file it was loaded from (encoder.weights_sha256), reported by the
+                # export as its own weights_sha256: a store indexed on either backend compares the same value
+                "weights_sha256": getattr(encoder, "weights_sha256", None),
                 "backbone_config": encoder.backbone.config.to_dict(),
             },
             "outputs": list(OUTPUTS),
@@ -741,6 +744,12 @@ class OnnxGaussianEncoder(EncoderMixin):
         self.path = folder
         self.meta = meta
         self.name_or_path = name_or_path or local_reference(path)  # an absolute folder, as the torch encoder records
+        source = meta.get("source")
+        recorded = source.get("weights_sha256") if isinstance(source, dict) else None
+        #: SHA-256 of the weights file of the saved torch encoder this graph was exported from (``None``: not
+        #: recorded, as in exports made before it was); the torch encoder of that folder reports the same value
+        #: (:attr:`kl_retrievers.encoder.GaussianEncoder.weights_sha256`), so a store can tell when its model changed.
+        self.weights_sha256: str | None = recorded if isinstance(recorded, str) else None
 
     @classmethod
     def _from_parts(
@@ -751,6 +760,7 @@ class OnnxGaussianEncoder(EncoderMixin):
         self.path = model.parent
         self.meta = {}
         self.name_or_path = where
+        self.weights_sha256 = None
         return self
 
     def _setup(self, model: Path, tokenizer_json: str, config: OnnxEncoderConfig, *, where: str, options: Any) -> None:

@@ -41,7 +41,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kl_retrievers._config import CONFIG_NAME, NotAnEncoderError, check_weights_sha256, encoder_config
+from kl_retrievers._config import (
+    CONFIG_NAME,
+    NotAnEncoderError,
+    check_weights_sha256,
+    encoder_config,
+    saved_weights_sha256,
+)
 from kl_retrievers.hub import local_reference
 from kl_retrievers.onnx import MODEL_FILE, OnnxEncoderConfig, OnnxGaussianEncoder, OnnxModelError, make_session_options
 
@@ -416,6 +422,7 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
             "heads": "numpy",
         }
         self.name_or_path = where
+        self.weights_sha256 = saved_weights_sha256(saved, path)  # the torch backend reports the same for this folder
 
     def _sha_mismatch(self, where: str, actual: str, expected: str) -> str:
         return (

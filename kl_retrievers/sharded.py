@@ -268,6 +268,40 @@ def _check_input_file(source: Path) -> None:
     raise FileNotFoundError(f"input file not found: {source}")
 
 
+def _check_utf8(value: str, what: str, where: str) -> str:
+    """``value``, refused when it cannot be written as UTF-8: a lone surrogate, from a JSON escape such as ``\\ud800``.
+
+    Such a string is not Unicode text: the tokenizer, ``ids.json`` and a store's files all refuse it, so the
+    records are checked for it before anything is encoded.
+
+    Args:
+        value: A record's text or id.
+        what: ``"text"`` or ``"id"``, as the message names it.
+        where: The file and line, as the message names them.
+
+    Raises:
+        ValueError: ``value`` holds a lone surrogate; the message names ``where``, the character and its position.
+
+    Examples:
+        >>> _check_utf8("caf\u00e9", "text", "corpus.jsonl, line 1")
+        'café'
+        >>> try:
+        ...     _check_utf8("bad " + chr(0xD800), "id", "corpus.jsonl, line 2")
+        ... except ValueError as exc:
+        ...     print(str(exc)[:58])
+        corpus.jsonl, line 2: the id holds a lone surrogate U+D800
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{where}: the {what} holds a lone surrogate U+{ord(value[exc.start]):04X} at character {exc.start}, "
+            'which is not valid Unicode (it cannot be written as UTF-8); replace it (a JSON escape such as "\\ud800" '
+            "without its pair)"
+        ) from None
+    return value
+
+
 def _check_record(line: bytes, row_no: int, where: str, jsonl: bool, field: str) -> str:
     """Check one record as ``kl-retrievers encode`` would (errors name ``where``); returns its id."""
     try:
@@ -277,8 +311,8 @@ def _check_record(line: bytes, row_no: int, where: str, jsonl: bool, field: str)
     if not jsonl:
         return str(row_no)
     row = parse_json_object(text, where)
-    doc_id = row_id(row, row_no, where)
-    row_text(row, field, where)
+    doc_id = _check_utf8(row_id(row, row_no, where), "id", where)
+    _check_utf8(row_text(row, field, where), "text", where)
     return doc_id
 
 
@@ -564,16 +598,19 @@ def encode_shard(
     max_length: int | None = None,
     run: str,
     shard_sha256: list[str] | None = None,
+    show_progress_bar: bool | None = False,
 ) -> int:
     """Read, encode and atomically write one shard of run ``run`` (:func:`_run_key`); returns its row count.
 
     ``shard_sha256``: every shard's planned SHA-256 (by index, from the planning pass); the shard's bytes
     must still match it. An encoder that returns another number of rows than the shard's texts is refused.
+    ``show_progress_bar``: the encoder's own bar over the shard's batches (``None``: when stderr is a
+    terminal and the shard has several batches).
     """
     digest = shard_sha256[spec.index] if shard_sha256 is not None else None
     ids, texts = read_shard(path, spec, field, sha256=digest)
     encode = encoder.encode_documents if kind == "document" else encoder.encode_queries
-    g = encode(texts, batch_size=batch_size, max_length=max_length, show_progress_bar=False).numpy()
+    g = encode(texts, batch_size=batch_size, max_length=max_length, show_progress_bar=show_progress_bar).numpy()
     shape = (np.shape(g.mean), np.shape(g.var))
     if shape[0] != shape[1] or len(shape[0]) != 2 or shape[0][0] != len(ids):
         raise ValueError(
@@ -833,7 +870,7 @@ def encode_corpus(
     backend: str = "local",
     num_workers: int | None = None,
     ray_address: str | None = None,
-    show_progress_bar: bool = True,
+    show_progress_bar: bool | None = True,
     model_backend: str | None = None,
     onnx_options: Mapping[str, Any] | None = None,
 ) -> EncodeReport:
@@ -859,7 +896,9 @@ def encode_corpus(
         backend: ``"local"`` (this process) or ``"ray"`` (a Ray Data job).
         num_workers: Ray actors (default: one per CPU, or per GPU with ``device="cuda"``).
         ray_address: An existing Ray cluster (``None``: a local one is started).
-        show_progress_bar: A bar over shards (local backend).
+        show_progress_bar: A bar counting the records to encode, advanced as each shard is written
+            (local backend; ``None``: only when stderr is a terminal), and, on a terminal, the encoder's
+            own bar over the batches of the shard being encoded.
         model_backend: Run ``model`` on ``"torch"`` or ``"onnx"`` (ONNX Runtime); ``None``: the
             library's default (:func:`~kl_retrievers.pretrained.load_model`). The backend used is
             recorded in the manifest (``model_backend``); resuming with another one is refused.
@@ -1019,13 +1058,7 @@ def encode_corpus(
                 onnx_options=dict(onnx_options) if onnx_options else None,
             )
         elif todo:
-            it: Any = todo
-            if show_progress_bar:
-                from tqdm.auto import tqdm
-
-                it = tqdm(todo, desc="Encoding shards", unit="shard")
-            for spec in it:
-                encode_shard(encoder, spec=spec, **job)  # type: ignore[arg-type]
+            _encode_local(encoder, todo, job, show_progress_bar)
         problems = {s.index: _shard_problem(target, s, run) for s in todo}
         bad = {index: problem for index, problem in problems.items() if problem is not None}
         if bad:  # e.g. another encode run writing into the same folder replaced them
@@ -1042,6 +1075,30 @@ def encode_corpus(
             seconds=time.perf_counter() - started,
             backend=backend,
         )
+
+
+def _encode_local(encoder: Any, todo: list[ShardSpec], job: dict[str, Any], show_progress_bar: bool | None) -> None:
+    """Encode the shards ``todo`` in this process, with a bar counting records.
+
+    The bar (``show_progress_bar``: ``True`` shows it, ``None`` when stderr is a terminal, ``False`` never)
+    counts the records of ``todo`` and advances by each shard's rows as it is written; while a shard is
+    encoded, the encoder's own bar shows its batches (only on a terminal, and when it has several), so that
+    one large shard does not sit at 0 for minutes.
+    """
+    from kl_retrievers._encoding import show_progress
+
+    total = sum(spec.rows for spec in todo)
+    show = show_progress(show_progress_bar, total, 0)
+    inner = None if show else False  # the encoder's rule: a terminal and several batches
+    if not show:
+        for spec in todo:
+            encode_shard(encoder, spec=spec, **job)
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, desc=f"Encoding {len(todo)} shard{'s' if len(todo) != 1 else ''}", unit="doc") as bar:
+        for spec in todo:
+            bar.update(encode_shard(encoder, spec=spec, show_progress_bar=inner, **job))
 
 
 def _backend_of(encoder: Any) -> str | None:

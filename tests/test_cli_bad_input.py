@@ -286,6 +286,7 @@ CASES: list[Case] = [
         "means",
     ),
     ("evaluate/per-query-unwritable", lambda w: _ev(w, "--per-query", str(w.root / "a-file" / "pq.json")), "pq.json"),
+    ("evaluate/per-query-suffix", lambda w: _ev(w, "--per-query", str(w.root / "pq.txt")), "pq.txt"),
     # ------------------------------------------------------------------ train
     ("train/missing-data", lambda w: [*_tr(w)[:2], str(w.root / "no-data"), *_tr(w)[3:]], "no-data"),
     ("train/steps-0", lambda w: _tr(w, "--steps", "0"), "--steps"),

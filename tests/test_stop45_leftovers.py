@@ -104,10 +104,12 @@ def test_each_evaluation_records_its_evaluator(ts: TrainingSet, beir: Path, tmp_
         "type": "RetrievalEvaluator",
         "dataset": str(beir.resolve()),
         "split": "dev",
+        "data_sha256": described["data_sha256"],
         "metric": "mrr@10",
         "k": 5,
         "similarity": "neg_kl",  # resolved from the encoder, as the evaluation scores
     }
+    assert len(described["data_sha256"]) == 64
     # the same measurement given its similarity explicitly (as the command line does) is the same evaluator
     explicit = retrieval_evaluator(beir, split="dev", metric="mrr@10", k=5, similarity="neg_kl")
     assert explicit.description() == explicit.description(encoder) == described
@@ -294,3 +296,17 @@ def test_the_hybrid_threshold_still_raises_without_any_calibrator_or_threshold(t
     no_threshold = _dense_only_folder(tmp_path, None)
     with pytest.raises(ValueError, match="records no recommended min_confidence"):
         recommended_min_confidence(str(no_threshold), retriever="hybrid")
+
+
+def test_a_subset_of_the_same_split_is_another_evaluator(beir: Path) -> None:
+    from kl_retrievers.datasets import load_beir
+    from kl_retrievers.training import RetrievalEvaluator, evaluator_description
+
+    full = load_beir(beir, "dev")
+    small = full.subset(full.query_ids[:1], full.doc_ids)
+    whole, part = RetrievalEvaluator(full, similarity="neg_kl"), RetrievalEvaluator(small, similarity="neg_kl")
+    assert evaluator_description(whole) != evaluator_description(part)
+    # the same data loaded again is the same evaluator
+    assert evaluator_description(whole) == evaluator_description(
+        RetrievalEvaluator(load_beir(beir, "dev"), similarity="neg_kl")
+    )

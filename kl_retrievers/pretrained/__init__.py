@@ -28,6 +28,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
@@ -561,7 +562,7 @@ def _load_onnx(
         if shipped is not None and quantize == "int8":
             encoder = OnnxGaussianEncoder(shipped, name_or_path=display, **options)
             _check_shipped(encoder, source)
-            return encoder
+            return _with_source_weights(encoder, source)
         from kl_retrievers.onnx_heads import OnnxHeadsGaussianEncoder, shared_backbone_for, why_no_shared_graph
 
         if quantize == "int8" and shared_backbone_for(source) is not None:
@@ -584,7 +585,7 @@ def _load_onnx(
     cache = onnx_cache_dir() / key
     if _is_onnx_export(cache):
         try:
-            return OnnxGaussianEncoder(cache, name_or_path=display, **options)
+            return _with_source_weights(OnnxGaussianEncoder(cache, name_or_path=display, **options), source)
         except OnnxModelError as exc:
             logger.warning("the cached ONNX export %s does not load (%s); exporting it again", cache, exc)
     from kl_retrievers._encoding import TORCH_EXTRA, require_torch
@@ -611,6 +612,20 @@ def _load_onnx(
             f"cannot write the ONNX export of {display} into {cache} ({exc}); set {ONNX_CACHE_ENV} to a writable folder"
         ) from exc
     return OnnxGaussianEncoder(cache, name_or_path=display, **options)
+
+
+def _with_source_weights(encoder: OnnxGaussianEncoder, source: Path) -> OnnxGaussianEncoder:
+    """``encoder`` (exported from the saved torch encoder ``source``) reporting ``source``'s weights SHA-256.
+
+    Exports made before it was recorded in their ``config.json`` report ``None`` on their own; a shipped graph
+    (checked against its source's files) and a cached export (whose folder name holds their hash) do not need it.
+    """
+    if encoder.weights_sha256 is None:
+        from kl_retrievers._config import read_encoder_meta, saved_weights_sha256
+
+        with contextlib.suppress(OSError, ValueError):  # an unreadable source: the identity stays unknown
+            encoder.weights_sha256 = saved_weights_sha256(read_encoder_meta(source), source)
+    return encoder
 
 
 def _check_shipped(encoder: OnnxGaussianEncoder, source: Path) -> None:

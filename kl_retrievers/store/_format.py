@@ -212,6 +212,8 @@ def _check_fields(config: dict[str, Any], cfg_path: Path) -> None:
             raise StoreFormatError(f"{cfg_path}: field 'encoder.name_or_path' must be a string")
         if not isinstance(encoder.get("config"), (dict, type(None))):
             raise StoreFormatError(f"{cfg_path}: field 'encoder.config' must be a JSON object or null")
+        if not isinstance(encoder.get("weights_sha256"), (str, type(None))):  # absent in stores saved before it
+            raise StoreFormatError(f"{cfg_path}: field 'encoder.weights_sha256' must be a string or null")
     config["encoder"] = encoder
 
 

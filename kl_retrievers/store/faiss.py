@@ -115,6 +115,34 @@ def _torch_installed() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
+def _warn_if_other_weights(encoder_info: Any, encoder: Any, where: str) -> None:
+    """Warn when ``encoder``'s weights are not those the store's documents were encoded with.
+
+    Compares the weights SHA-256 recorded at save (``encoder.weights_sha256`` in config.json) with the
+    encoder's own (``weights_sha256``: the SHA-256 of the weights file it was loaded from, the same for the
+    torch backend and an ONNX export of that folder). Nothing is said when either is unknown (a store saved
+    before it was recorded, an encoder built or changed in memory, an ONNX export made before exports
+    recorded it). Not a refusal: searching with another model is allowed, but its scores are meaningless.
+
+    Args:
+        encoder_info: The ``encoder`` record of the store's config.json.
+        encoder: The encoder the store now encodes queries with.
+        where: The store, as the warning names it.
+    """
+    saved = encoder_info.get("weights_sha256") if isinstance(encoder_info, dict) else None
+    now = getattr(encoder, "weights_sha256", None)
+    if isinstance(saved, str) and isinstance(now, str) and saved != now:
+        logger.warning(
+            "%s was indexed with encoder weights SHA-256 %s, but the encoder %r now has weights SHA-256 %s (the "
+            "model was retrained or replaced since): search results will be wrong until the store is re-indexed "
+            "with this encoder",
+            where,
+            saved,
+            str(getattr(encoder, "name_or_path", "")) or type(encoder).__name__,
+            now,
+        )
+
+
 def _recorded_backend(encoder_info: Any, *, hint: str = "pass encoder= to choose") -> str | None:
     """The backend (``"torch"`` / ``"onnx"``) a store's encoder ran on, from its config.json record, else ``None``.
 
@@ -717,6 +745,8 @@ class KLStore(GaussianStore):
                                 f"it was saved with {name!r}, which now gives Gaussians of dimension {dim}; its "
                                 f"documents have dimension {self._dim}"
                             )
+                        else:
+                            _warn_if_other_weights(record, encoder, "this store")
                 if problem is not None:
                     self._saved_encoder_problem = f"this store has no encoder to encode text, and {problem}"
                     raise ValueError(self._saved_encoder_problem)
@@ -740,6 +770,9 @@ class KLStore(GaussianStore):
                         "the encoder config holds NaN or Infinity at %s; recorded as null in the store", found
                     )
             encoder_info = {"name_or_path": str(getattr(self.encoder, "name_or_path", "")), "config": cfg_dict}
+            weights = getattr(self.encoder, "weights_sha256", None)
+            if isinstance(weights, str):  # compared at load (_warn_if_other_weights); absent when not known
+                encoder_info["weights_sha256"] = weights
         elif self.saved_encoder:  # loaded without encoder=: the record of the model it was saved with stays
             record = self._saved_encoder_record
             if isinstance(record, dict) and record.get("name_or_path") == self.saved_encoder:
@@ -897,6 +930,8 @@ class KLStore(GaussianStore):
         store._saved_encoder_record = config["encoder"]  # written back by a save without an encoder
         if saved and now and saved != now:
             logger.warning("store was built with encoder %r but is loaded with %r", saved, now)
+        if encoder is not None:
+            _warn_if_other_weights(config["encoder"], encoder, f"the store at {folder}")
         enc_dim = getattr(getattr(encoder, "config", None), "dim", None)
         if dim is not None and isinstance(enc_dim, int) and enc_dim != dim:
             raise ValueError(

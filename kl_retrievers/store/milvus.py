@@ -653,6 +653,8 @@ class MilvusKLStore(GaussianStore):
         #: Rewrites of every row's extra coordinate caused by a document norm above ``M``.
         self.rebuild_count = 0
         self._lock = threading.RLock()
+        self._weights_warned: set[tuple[str | None, str]] = set()  # (collection uid, weights) already warned about
+        self._encoder_weights: str | None = None  # set by _forget, _create and _attach
         self._forget()  # no collection attached yet
         #: Milvus Lite (a local ``.db`` file, or a client connected to one): long ``$in`` / ``$nin`` lists are
         #: resolved to ids (:meth:`_ids_in`) and negated order comparisons evaluated here (:meth:`_ids_matching`).
@@ -715,7 +717,36 @@ class MilvusKLStore(GaussianStore):
             "compression": self.compression,
             "collection_uid": self._uid,
             "encoder": getattr(self.encoder, "name_or_path", None),
+            # the weights the collection's documents were encoded with: the creator's encoder's, kept by every
+            # later publication (compared when a client attaches, see _warn_if_other_weights)
+            "encoder_weights_sha256": self._encoder_weights,
         }
+
+    def _own_weights(self) -> str | None:
+        """This client's encoder's weights SHA-256 (``encoder.weights_sha256``), else ``None``."""
+        weights = getattr(self.encoder, "weights_sha256", None)
+        return weights if isinstance(weights, str) else None
+
+    def _warn_if_other_weights(self, config: Mapping[str, Any]) -> None:
+        """Warn (once per collection) when this client's encoder has other weights than the collection records."""
+        stored = config.get("encoder_weights_sha256")  # absent in collections created before it was recorded
+        self._encoder_weights = stored if isinstance(stored, str) else None
+        own = self._own_weights()
+        if self._encoder_weights is None or own is None or own == self._encoder_weights:
+            return
+        key = (self._uid, self._encoder_weights)
+        if key in self._weights_warned:
+            return
+        self._weights_warned.add(key)
+        logger.warning(
+            "Milvus collection %r was indexed with encoder weights SHA-256 %s, but this client's encoder %r has "
+            "weights SHA-256 %s (the model was retrained or replaced since): search results will be wrong until "
+            "the collection is re-indexed with this encoder",
+            self.collection_name,
+            self._encoder_weights,
+            str(getattr(self.encoder, "name_or_path", "")) or type(self.encoder).__name__,
+            own,
+        )
 
     def _index_params(self) -> tuple[str, dict[str, Any]]:
         kind = _MILVUS_INDEXES[(self.index_type, self.compression)]
@@ -731,6 +762,7 @@ class MilvusKLStore(GaussianStore):
         dt = pymilvus.DataType
         self._dim = k
         self._uid = uuid.uuid4().hex  # tells this collection from one re-created under the same name
+        self._encoder_weights = self._own_weights()  # what its documents are encoded with (recorded in its config)
         schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", dt.VARCHAR, is_primary=True, max_length=MAX_ID_LENGTH)
         schema.add_field("vector", dt.FLOAT_VECTOR, dim=self._vector_dim)
@@ -844,6 +876,7 @@ class MilvusKLStore(GaussianStore):
         self._identity = None  # (collection_id, uid) of the attached collection
         self._text_nullable = False  # a nullable text field keeps "no text" (None) apart from ""
         self._has_added = False  # the collection has the insertion-stamp field (_ADDED_FIELD)
+        self._encoder_weights = None  # the weights SHA-256 the attached collection records
 
     def _sync(self) -> None:
         """Check (one ``describe_collection``) that the collection is still the one attached, and re-read
@@ -913,6 +946,7 @@ class MilvusKLStore(GaussianStore):
         self._has_added = _ADDED_FIELD in fields
         uid = config.get("collection_uid")
         self._uid = uid if isinstance(uid, str) else None
+        self._warn_if_other_weights(config)
         self._identity = self._identity_of(info, config)
         self._adopt(state)
         self._client.load_collection(name, timeout=self.request_timeout)

@@ -24,6 +24,7 @@ Examples:
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -1016,9 +1017,11 @@ class RetrievalEvaluator:
 
     def description(self, encoder: Any | None = None) -> dict[str, Any]:
         """What this evaluator measures, JSON-ready: recorded with each of its evaluations (``"evaluator"``) and
-        compared on resume, so that evaluations of another collection, split, metric, depth or similarity are
-        told apart (:func:`evaluator_description`). The batch size and progress bars change nothing measured and
-        are left out; a subclass is named by its qualified class name (its ``__call__`` may measure otherwise).
+        compared on resume, so that evaluations of another collection, split, subset, metric, depth or similarity
+        are told apart (:func:`evaluator_description`). The data count by their content as well as their folder:
+        a subset of a split (:meth:`~kl_retrievers.datasets.BeirDataset.subset`) or an in-memory dataset is another
+        evaluator. The batch size and progress bars change nothing measured and are left out; a subclass is named
+        by its qualified class name (its ``__call__`` may measure otherwise).
 
         Args:
             encoder: The encoder evaluated: an evaluator built with ``similarity=None`` records the similarity
@@ -1026,7 +1029,8 @@ class RetrievalEvaluator:
                 measurement as one given that similarity explicitly (as the command line does).
 
         Returns:
-            ``{"type", "dataset" (the collection folder, resolved), "split", "metric", "k", "similarity"}``.
+            ``{"type", "dataset" (the collection folder, resolved), "split", "data_sha256" (of the documents,
+            queries and judgements evaluated), "metric", "k", "similarity"}``.
         """
         from kl_retrievers.evaluation import model_similarity
 
@@ -1038,10 +1042,22 @@ class RetrievalEvaluator:
             "type": "RetrievalEvaluator" if kind is RetrievalEvaluator else _callable_name(kind),
             "dataset": os.fspath(Path(self.dataset.path).expanduser().resolve()),
             "split": self.dataset.split,
+            "data_sha256": self._data_sha256(),
             "metric": self.metric,
             "k": int(self.k),
             "similarity": similarity,
         }
+
+    def _data_sha256(self) -> str:
+        """SHA-256 of what this evaluator evaluates on: its documents, queries and judgements (computed once)."""
+        cached = self.__dict__.get("_data_digest")
+        if cached is None:
+            ds = self.dataset
+            qrels = {q: dict(sorted(r.items())) for q, r in sorted(ds.qrels.items())}
+            content = {"corpus": ds.corpus_identity(), "queries": ds.queries_identity(), "qrels": qrels}
+            cached = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+            self.__dict__["_data_digest"] = cached
+        return str(cached)
 
     def features(
         self,
