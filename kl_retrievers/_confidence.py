@@ -475,6 +475,36 @@ MIN_CANDIDATES = 2
 EMPTY_QUERY_REASON = "the query is empty (blank): it asks for nothing, so no document can answer it"
 
 
+def is_blank_query(text: str | None) -> bool:
+    """Whether a query text is empty or whitespace only (``None``, no text, is not).
+
+    Examples:
+        >>> is_blank_query(""), is_blank_query(" \\n\\t"), is_blank_query("a"), is_blank_query(None)
+        (True, True, False, False)
+    """
+    return text is not None and not text.strip()
+
+
+def blank_query_confidence(calibrated: bool) -> tuple[float | None, str | None]:
+    """The confidence of a blank query (:func:`is_blank_query`) and why, whatever its scores.
+
+    A blank query asks for nothing, so with a calibrator its confidence is 0 (a store holding an
+    empty text scores ``""`` at ``-KL`` 0, which a calibrator would read as a sure match), with
+    :data:`EMPTY_QUERY_REASON`. Without a calibrator no query has a confidence, a blank one neither.
+
+    Args:
+        calibrated: Whether the retriever has a confidence calibrator for the query.
+
+    Returns:
+        ``(0.0, EMPTY_QUERY_REASON)`` when ``calibrated``, else ``(None, None)``.
+
+    Examples:
+        >>> blank_query_confidence(True)[0], blank_query_confidence(False)
+        (0.0, (None, None))
+    """
+    return (0.0, EMPTY_QUERY_REASON) if calibrated else (None, None)
+
+
 def abstention_reason(
     confidence: float | None, min_confidence: float | None, candidates: int | None = None
 ) -> str | None:
@@ -585,6 +615,11 @@ def hybrid_search(
     the confidence cannot be computed because only one document is a candidate (a filter or a
     small store; :func:`abstention_reason`): it fails closed.
 
+    A blank ``query`` (:func:`is_blank_query`) has the confidence :func:`blank_query_confidence` gives
+    (0 with a calibrator, ``None`` without); with ``min_confidence`` set it is refused
+    (:data:`EMPTY_QUERY_REASON`) without a search, after the same setup checks as any query (the fusion
+    settings, the calibrator, its stemmer, the adaptive parameters).
+
     Returns:
         ``(hits, confidence, abstained)``: the fused :class:`~kl_retrievers.hybrid.HybridResult`
         list (empty when abstaining), the confidence (``None`` without a calibrator or with fewer
@@ -599,6 +634,11 @@ def hybrid_search(
         check_calibrator_stemmer(cal, store.stemmer)
     if config.mode == "adaptive":
         store.adaptive_params()  # missing parameters fail before any work
+    blank = is_blank_query(query)
+    if blank and min_confidence is not None:  # a calibrator exists (require_calibrator): refused unsearched
+        confidence, reason = blank_query_confidence(True)
+        log_abstention(query, confidence, min_confidence, reason)
+        return [], confidence, reason
     qg = store.encode_queries([query])  # before the lock: writers are not held up by encoding
     with store.consistent():  # candidates and the stored texts of the hits from one state of the store
         cand = store.candidates([query], query_gaussians=qg, filter=filter, depth=max(k, config.candidates))[0]
@@ -609,6 +649,8 @@ def hybrid_search(
             confidence = cal.confidence(dense[: scorer.depth_for(cal)].tolist(), float(cand.uncertainty))
         else:
             confidence = None
+        if blank and dense.size:  # a blank query asks for nothing (no floor here: it is answered)
+            confidence = blank_query_confidence(cal is not None)[0]
         reason = abstention_reason(confidence, min_confidence, int(dense.size))
         if reason is not None:
             log_abstention(query, confidence, min_confidence, reason)

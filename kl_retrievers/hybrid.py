@@ -255,10 +255,24 @@ class FusionConfig:
         return FusionConfig(**fields)
 
     def for_call(
-        self, fusion: str | None = None, weight: float | None = None, normalization: str | None = None
+        self,
+        fusion: str | None = None,
+        weight: float | None = None,
+        normalization: str | None = None,
+        *,
+        what: str = "this call",
     ) -> FusionConfig:
         """The fusion of one search (or retriever): :meth:`replace`, refusing a ``weight`` or ``normalization`` the
         fusion would ignore (given with ``"rrf"`` or ``"adaptive"``).
+
+        Args:
+            fusion: The fusion mode (``None``: this config's).
+            weight: The convex weight given (``None``: not given, this config's).
+            normalization: The convex normalisation given (``None``: not given, this config's).
+            what: What fuses, for the message (``"this call"``, ``"this retriever"``).
+
+        Raises:
+            ValueError: A bad value, or ``weight`` / ``normalization`` given with a fusion other than ``"convex"``.
 
         Examples:
             >>> FusionConfig("convex").for_call(weight=0.3).weight
@@ -268,7 +282,7 @@ class FusionConfig:
             ValueError: weight=0.3 applies to convex fusion only; this call fuses with 'rrf' ...
         """
         config = self.replace(mode=fusion, weight=weight, normalization=normalization)
-        _refuse_convex_only(config.mode, weight, normalization, "this call")
+        _refuse_convex_only(config.mode, weight, normalization, what)
         return config
 
 
@@ -1129,9 +1143,12 @@ class KLHybridStore:
         encoder: Gaussian encoder for texts (documents added without Gaussians, text queries
             without ``query_gaussians``); passed to the KL half.
         fusion: Default fusion mode: ``"rrf"``, ``"convex"`` or ``"adaptive"``.
-        weight: Dense weight of ``"convex"``, in ``[0, 1]`` (``None``: 0.5). Given with another
-            ``fusion`` it raises ``ValueError`` (it would be ignored; pass it per search instead).
-        normalization: ``"minmax"`` or ``"zscore"`` (``"convex"`` only, as ``weight``; ``None``: ``"minmax"``).
+        weight: Dense weight of ``"convex"``, in ``[0, 1]`` (``None``: 0.5): the store's default for every
+            search that fuses with ``"convex"``, also with another default ``fusion`` (then it serves the
+            searches that pass ``fusion="convex"``; it is saved and loaded with the store). A *search* given
+            ``weight=`` with a non-convex fusion raises ``ValueError`` (it would be ignored).
+        normalization: ``"minmax"`` or ``"zscore"`` (``None``: ``"minmax"``): the convex searches'
+            normalisation, kept as ``weight`` is.
         rrf_k: The RRF constant.
         candidates: Documents taken from each half per query.
         adaptive_params: :class:`AdaptiveParams`, a path to their JSON, or ``None``: the ones the
@@ -1152,8 +1169,8 @@ class KLHybridStore:
         **kl_options: Options of a new :class:`KLStore` (``index_type``, ...), when ``kl_store`` is not given.
 
     Raises:
-        ValueError: A bad fusion setting (also ``weight`` or ``normalization`` with a fusion other than
-            ``"convex"``) or an unknown ``stemmer`` language, naming the value and what is allowed.
+        ValueError: A bad fusion setting or an unknown ``stemmer`` language, naming the value and what is
+            allowed.
         ImportError: ``stemmer`` is set and PyStemmer is not installed.
 
     Examples:
@@ -1187,8 +1204,7 @@ class KLHybridStore:
             _DEFAULT_FUSION.normalization if normalization is None else normalization,
             rrf_k,
             candidates,
-        )
-        _refuse_convex_only(self.fusion.mode, weight, normalization, "this store")
+        )  # weight and normalization: the defaults of convex searches, whatever the default fusion
         self.k1, self.b, self._tokenizer = _bm25_settings(k1, b, stopwords, token_pattern, stemmer)
         if adaptive_params is not None and not isinstance(adaptive_params, AdaptiveParams):
             adaptive_params = AdaptiveParams.load(adaptive_params)
@@ -1998,6 +2014,8 @@ class KLHybridStore:
         adaptive = config["adaptive"] or None  # AdaptiveParams (checked by _read_config) or None
         store = cls(
             fusion=fusion["mode"],
+            weight=fusion["weight"],
+            normalization=fusion["normalization"],
             rrf_k=fusion["rrf_k"],
             candidates=fusion["candidates"],
             adaptive_params=adaptive,
@@ -2007,9 +2025,6 @@ class KLHybridStore:
             token_pattern=bm25_cfg["token_pattern"],
             stemmer=bm25_cfg.get("stemmer"),  # a save from before the option has none: no stemming
         )
-        # the saved weight and normalisation, also with another fusion (they serve later convex searches): set
-        # directly, since the constructor refuses them with a non-convex fusion (checked by _read_config)
-        store.fusion = FusionConfig(**{key: fusion[key] for key in store.fusion.to_dict()})
         store._kl = kl
         half.metas = {d.id: d.metadata for d in kl.get_by_ids(half.ids)}
         store._bm25 = half

@@ -76,9 +76,11 @@ from kl_retrievers._confidence import (
     EMPTY_QUERY_REASON,
     ConfidenceScorer,
     abstention_reason,
+    blank_query_confidence,
     check_calibrator,
     check_min_confidence,
     hybrid_search,
+    is_blank_query,
     log_abstention,
     require_calibrator,
 )
@@ -94,7 +96,7 @@ from kl_retrievers.gaussian import (
     kl_query_constant,
     kl_query_vectors,
 )
-from kl_retrievers.hybrid import HybridResult, KLHybridStore
+from kl_retrievers.hybrid import FusionConfig, HybridResult, KLHybridStore
 from kl_retrievers.index import KLStore, SearchResult, StoreFormatError
 from kl_retrievers.store._format import CONFIG as _STORE_CONFIG
 from kl_retrievers.store._format import STORE_FILES as _STORE_FILES
@@ -104,6 +106,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ABSTENTION_EVENT",
     "CONFIDENCE_KEY",
+    "EMPTY_QUERY_REASON",
     "EmbeddingsGaussianEncoder",
     "KLEmbeddings",
     "KLHybridRetriever",
@@ -323,11 +326,6 @@ def _check_query(query: Any) -> str:
     if not isinstance(query, str):
         raise TypeError(f"the query must be a str; got {type(query).__name__}")
     return query
-
-
-def _is_blank(query: str) -> bool:
-    """Whether ``query`` is empty or whitespace only (its confidence is 0; it abstains under ``min_confidence``)."""
-    return not query.strip()
 
 
 _check_k = check_k  # the one check of k, fetch_k, batch_size (kl_retrievers.gaussian)
@@ -1878,9 +1876,11 @@ class _ConfidenceRetriever(BaseRetriever):
         )
 
     def _abstain_on_blank(self, run_manager: CallbackManagerForRetrieverRun, query: str, floor: float) -> None:
-        """Log and signal the abstention on a blank query (:data:`EMPTY_QUERY_REASON`; its confidence is 0)."""
-        log_abstention(query, 0.0, floor, EMPTY_QUERY_REASON)
-        self._signal_abstention(run_manager, query, 0.0, floor, EMPTY_QUERY_REASON)
+        """Log and signal the abstention on a blank query under a floor (which needs a calibrator, so its
+        confidence is 0: :func:`~kl_retrievers._confidence.blank_query_confidence`)."""
+        confidence, reason = blank_query_confidence(True)
+        log_abstention(query, confidence, floor, reason)
+        self._signal_abstention(run_manager, query, confidence, floor, reason)
 
     @staticmethod
     def _signal_abstention(
@@ -1923,8 +1923,9 @@ class KLRetriever(_ConfidenceRetriever):
     scores): without ``min_confidence`` it is answered with ``confidence=None``; with it, it
     **abstains** (fail closed; the log line and the event's ``reason`` say
     ``confidence needs 2 candidates, 1 found``). A blank (empty or whitespace-only) query asks for
-    nothing: its confidence is 0, and with ``min_confidence`` it abstains without a search
-    (``reason``: :data:`EMPTY_QUERY_REASON`); without it, it is answered as LangChain's stores answer ``""``.
+    nothing: its confidence is 0 (``None`` without a calibrator, like any query's), and with
+    ``min_confidence`` it abstains without a search (``reason``: :data:`EMPTY_QUERY_REASON`); without
+    it, it is answered as LangChain's stores answer ``""``. :class:`KLHybridRetriever` does the same.
 
     Attributes:
         vectorstore: The :class:`KLVectorStore` searched.
@@ -2065,8 +2066,8 @@ class KLRetriever(_ConfidenceRetriever):
         kk, flt, floor = self._call_settings(k, filter, min_confidence)
         encoder = self.vectorstore._get_encoder()
         require_calibrator(self._scorer, encoder, floor)
-        blank = _is_blank(_check_query(query))
-        if blank and floor is not None:
+        blank = is_blank_query(_check_query(query))
+        if blank and floor is not None:  # require_calibrator passed: a calibrator exists
             self._abstain_on_blank(run_manager, query, floor)
             return []
         g = self.vectorstore._encode_query(query)
@@ -2076,8 +2077,10 @@ class KLRetriever(_ConfidenceRetriever):
         # the store's hits, not KLVectorStore's Documents: each returned Document is built once, with its scores
         hits = self.vectorstore._hits(g, depth, flt)
         scores = [float(h.score) for h in hits]
-        # a blank query asks for nothing: confidence 0, whatever the calibrator reads from its scores
-        confidence = 0.0 if blank and hits else self._scorer.confidence(encoder, scores, uncertainty)
+        if blank and hits:  # a blank query asks for nothing: confidence 0 with a calibrator, whatever its scores
+            confidence = blank_query_confidence(cal is not None)[0]
+        else:
+            confidence = self._scorer.confidence(encoder, scores, uncertainty)
         reason = abstention_reason(confidence, floor, len(hits))
         if reason is not None:
             log_abstention(query, confidence, floor, reason)
@@ -2183,20 +2186,38 @@ class KLHybridRetriever(_ConfidenceRetriever):
         super().model_post_init(context)
         if not isinstance(self.store, KLHybridStore):
             raise TypeError(f"store must be a KLHybridStore; got {type(self.store).__name__}")
-        # Checked as a call without per-call keywords would use them (search_kwargs before the fields). The
-        # fields weight= and normalization= are for convex calls only: refused with another fusion unless
-        # search_kwargs picks one.
-        fusion = self._default("fusion")
-        mode = fusion or self.store.fusion.mode
-        convex_only = {}  # weight, normalization: likewise
-        for name in ("weight", "normalization"):
-            if mode == "convex" or name in self.search_kwargs or "fusion" not in self.search_kwargs:
-                convex_only[name] = self._default(name)
-            else:
-                convex_only[name] = None
-        self.store.fusion.for_call(fusion, convex_only["weight"], convex_only["normalization"])
+        # checked as a call without per-call keywords would use them (search_kwargs before the fields)
+        self.store.fusion.for_call(*self._fusion_settings(checking=True), what="this retriever")
         # documents already in the store (loaded, or added with the core API) may use a score key: once per store
         self.store._warn_stored_reserved_keys("KLHybridRetriever (documents already stored)")
+
+    def _fusion_settings(
+        self,
+        fusion: str | None = None,
+        weight: float | None = None,
+        normalization: str | None = None,
+        *,
+        checking: bool = False,
+    ) -> tuple[str | None, float | None, str | None]:
+        """``(fusion, weight, normalization)`` of a call: the call's own, else the retriever's defaults
+        (:meth:`_default`); the retriever's ``weight`` and ``normalization`` apply to a convex call only.
+
+        Args:
+            fusion: The call's fusion (``None``: the retriever's, else the store's).
+            weight: The call's convex weight (``None``: the retriever's for a convex call).
+            normalization: The call's convex normalisation (as ``weight``).
+            checking: At construction: the retriever's ``weight`` / ``normalization`` are also returned for a
+                non-convex fusion, to be refused (they would be ignored), unless ``search_kwargs`` picks that
+                fusion and not them (then they serve the calls that switch to ``"convex"``).
+        """
+        fusion = fusion if fusion is not None else self._default("fusion")
+        convex = (fusion or self.store.fusion.mode) == "convex"
+        given: dict[str, Any] = {"weight": weight, "normalization": normalization}
+        for name, value in given.items():
+            kept = checking and (name in self.search_kwargs or "fusion" not in self.search_kwargs)
+            if value is None and (convex or kept):
+                given[name] = self._default(name)
+        return fusion, given["weight"], given["normalization"]
 
     @classmethod
     def from_texts(
@@ -2227,11 +2248,21 @@ class KLHybridRetriever(_ConfidenceRetriever):
             **store_kwargs: The retriever's other fields (``filter``, ``search_kwargs``, ``score_key``,
                 ``tags``...) go to it; the rest to :class:`~kl_retrievers.hybrid.KLHybridStore` (``weight``,
                 ``normalization``, ``rrf_k``, ``k1``, ``b``, ``stemmer``, ``candidates``, ``index_type``...).
+                ``weight`` / ``normalization`` are refused (``ValueError``, before any encoding) unless the
+                retriever fuses with ``"convex"`` (``fusion``, or ``search_kwargs["fusion"]``).
                 ``EnsembleRetriever``'s and ``BM25Retriever``'s options (``weights``, ``c``, ``bm25_params``,
                 ``preprocess_func``...) raise a ``TypeError`` naming the equivalent here.
         """
         check_min_confidence(min_confidence)
         own = cls._retriever_options(store_kwargs, keep=("weight", "normalization"))
+        # weight= / normalization= go to the store; the retriever fuses as it does (or as its search_kwargs
+        # say): refused before any encoding when that fusion is not convex (they would be ignored)
+        search_kwargs = own.get("search_kwargs")
+        searched = search_kwargs.get("fusion") if isinstance(search_kwargs, Mapping) else None
+        retriever_fusion = searched or fusion or "adaptive"
+        FusionConfig().for_call(
+            retriever_fusion, store_kwargs.get("weight"), store_kwargs.get("normalization"), what="this retriever"
+        )
         encoder = _unwrap_encoder(embedding) if embedding is not None else _load_default_encoder()
         store = KLHybridStore(encoder, fusion="adaptive" if fusion is None else fusion, **store_kwargs)
         store.add(_check_texts(texts), ids=ids, metadatas=metadatas)
@@ -2265,16 +2296,9 @@ class KLHybridRetriever(_ConfidenceRetriever):
     ) -> list[Document]:
         self._refuse_call_options(kwargs)
         kk, flt, floor = self._call_settings(k, filter, min_confidence)
-        blank = _is_blank(_check_query(query))
-        fusion = fusion if fusion is not None else self._default("fusion")
-        if (fusion or self.store.fusion.mode) == "convex":  # the retriever's convex settings, for a convex call only
-            weight = self._default("weight") if weight is None else weight
-            normalization = self._default("normalization") if normalization is None else normalization
-        if blank and floor is not None:
-            self.store.fusion.for_call(fusion, weight, normalization)  # a bad setting still fails
-            require_calibrator(self._scorer, self.store.encoder, floor, self.store.stemmer)
-            self._abstain_on_blank(run_manager, query, floor)
-            return []
+        _check_query(query)
+        fusion, weight, normalization = self._fusion_settings(fusion, weight, normalization)
+        # a blank query: confidence 0 with a calibrator; refused unsearched under a floor, after the setup checks
         hits, confidence, reason = hybrid_search(
             self.store,
             query,
@@ -2286,8 +2310,6 @@ class KLHybridRetriever(_ConfidenceRetriever):
             scorer=self._scorer,
             min_confidence=floor,
         )
-        if blank and hits:
-            confidence = 0.0  # a blank query asks for nothing (as KLRetriever)
         if reason is not None:
             self._signal_abstention(run_manager, query, confidence, floor, reason)
             return []

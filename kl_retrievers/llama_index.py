@@ -70,8 +70,10 @@ from kl_retrievers._confidence import (
     MIN_CANDIDATES,
     ConfidenceScorer,
     abstention_reason,
+    blank_query_confidence,
     check_min_confidence,
     hybrid_search,
+    is_blank_query,
 )
 from kl_retrievers.gaussian import (
     SCORE_DIRECTION,
@@ -85,7 +87,7 @@ from kl_retrievers.gaussian import (
     kl_query_vectors,
     neg_kl_matrix,
 )
-from kl_retrievers.hybrid import HybridResult, KLHybridStore, _warn_metadata_keys
+from kl_retrievers.hybrid import FusionConfig, HybridResult, KLHybridStore, _warn_metadata_keys
 from kl_retrievers.index import KLStore
 from kl_retrievers.store import StoredDocument
 
@@ -135,6 +137,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CONFIDENCE_KEY",
+    "EMPTY_QUERY_REASON",
     "QUERY_UNCERTAINTY_KEY",
     "RELEVANCE_FUNCTIONS",
     "SUPPORTED_FILTER_CONDITIONS",
@@ -1103,14 +1106,14 @@ _SCORE_KEYS = frozenset(
 _RESERVED_KEYS_TEXT = ", ".join(sorted(_SCORE_KEYS))
 
 
-def _is_blank(text: str | None) -> bool:
-    """Whether a query text is empty or whitespace only (``None``, no text, is not)."""
-    return text is not None and not text.strip()
-
-
-def _mark_blank_query(nodes: Sequence[BaseNode]) -> None:
-    """Give a blank query's scored nodes confidence 0 and :data:`EMPTY_QUERY_REASON` (kept out of LLM / embed text)."""
-    added = {CONFIDENCE_KEY: 0.0, CONFIDENCE_REASON_KEY: EMPTY_QUERY_REASON}
+def _mark_blank_query(nodes: Sequence[BaseNode], calibrated: bool) -> None:
+    """Give a blank query's scored nodes confidence 0 and :data:`EMPTY_QUERY_REASON` (kept out of LLM / embed text)
+    when a calibrator exists (:func:`~kl_retrievers._confidence.blank_query_confidence`); without one they keep
+    confidence ``None``, as any query's nodes."""
+    confidence, reason = blank_query_confidence(calibrated)
+    if reason is None:
+        return
+    added = {CONFIDENCE_KEY: confidence, CONFIDENCE_REASON_KEY: reason}
     for node in nodes:
         node.metadata.update(added)
         for excluded in (node.excluded_llm_metadata_keys, node.excluded_embed_metadata_keys):
@@ -1472,6 +1475,10 @@ class KLVectorStore(BasePydanticVectorStore):
         )
         return confidence, None
 
+    def _calibrated(self, encoder: Any | None = None) -> bool:
+        """Whether queries encoded by ``encoder`` (default: see :meth:`_confidence_encoder`) get a confidence."""
+        return self._scorer.calibrator(self._confidence_encoder(encoder)) is not None
+
     def _depth(self, k: int, encoder: Any | None = None) -> int:
         """How many nodes to rank so that the confidence sees the scores it reads."""
         cal = self._scorer.calibrator(self._confidence_encoder(encoder))
@@ -1670,7 +1677,7 @@ class KLVectorStore(BasePydanticVectorStore):
             encoder = self.encoder if self.encoder is not None else self._saved_encoder()
             if encoder is not None:
                 return _encode(encoder.encode_queries, [query.query_str], 1)
-            if _is_blank(query.query_str):  # LlamaIndex embeds no empty query string: say so, not "no embedding"
+            if is_blank_query(query.query_str):  # LlamaIndex embeds no empty query string: say so, not "no embedding"
                 raise ValueError(
                     f"the query is empty (query_str={query.query_str!r}): LlamaIndex computes no embedding for an "
                     "empty query, and this store has no encoder to encode it; ask a non-empty question, or give "
@@ -1748,8 +1755,10 @@ class KLVectorStore(BasePydanticVectorStore):
                 node_ids=node_ids,
                 doc_ids=query.doc_ids,
             )
-        if _is_blank(query.query_str):
-            _mark_blank_query(result.nodes or [])  # a blank query asks for nothing: confidence 0
+        # a blank query asks for nothing: confidence 0. Judged from query_str, the text this store encodes (and,
+        # with a query embedding, the one LlamaIndex embedded, unless the bundle had custom embedding strings)
+        if is_blank_query(query.query_str):
+            _mark_blank_query(result.nodes or [], self._calibrated())
         return result
 
     def _stored_non_text_ids(self) -> frozenset[str]:
@@ -2358,7 +2367,7 @@ class KLRetriever(_TopKRetriever):
         if saved is not None:
             self._encoder = saved
             return self._query_gaussian(query_bundle)
-        if _is_blank(_query_text(query_bundle)):
+        if is_blank_query(_query_text(query_bundle)):
             raise ValueError(
                 f"the query is empty ({_query_text(query_bundle)!r}) and KLRetriever has no encoder to encode it "
                 "(LlamaIndex computes no embedding for an empty query); ask a non-empty question, or pass encoder="
@@ -2374,8 +2383,8 @@ class KLRetriever(_TopKRetriever):
             doc_ids=self._doc_ids,
             encoder=self._encoder,
         )
-        if _is_blank(_query_text(query_bundle)):
-            _mark_blank_query(result.nodes or [])  # a blank query asks for nothing: confidence 0
+        if is_blank_query(_query_text(query_bundle)):  # the text encoded (or embedded) for this search
+            _mark_blank_query(result.nodes or [], self._vector_store._calibrated(self._encoder))
         return [
             NodeWithScore(node=node, score=score)
             for node, score in zip(result.nodes or [], result.similarities or [], strict=True)
@@ -2398,10 +2407,15 @@ class KLConfidencePostprocessor(BaseNodePostprocessor):
     below ``min_confidence`` the postprocessor returns ``[]``, which LlamaIndex's response
     synthesizers answer with ``"Empty Response"`` without calling the LLM; it also logs one INFO line.
 
-    A blank query (empty or whitespace only; the query bundle's text, or :data:`EMPTY_QUERY_REASON`
-    on the nodes) asks for nothing: the postprocessor abstains on it at any ``min_confidence``,
-    logging that reason. A query with a single candidate document (a filter that leaves one node, a
-    one-node store) has no confidence: the calibrator reads the top two scores. The KL retrievers then write why under
+    A blank query (empty or whitespace only) asks for nothing: when every node that a KL retriever
+    scored (one carrying ``confidence_key`` or :data:`CONFIDENCE_REASON_KEY`) carries
+    :data:`EMPTY_QUERY_REASON`, the postprocessor abstains at any ``min_confidence``, logging that
+    reason (nodes of several queries, some not blank, are judged by their best confidence, a blank
+    query's being 0). Only when no node comes from a KL retriever is the query bundle read instead:
+    the postprocessor abstains when its query string and its embedding strings are all blank.
+
+    A query with a single candidate document (a filter that leaves one node, a one-node store) has
+    no confidence: the calibrator reads the top two scores. The KL retrievers then write why under
     :data:`CONFIDENCE_REASON_KEY` (``"confidence_reason"``), and the postprocessor abstains on it
     (fail closed, as LangChain's ``min_confidence`` does), logging the reason at INFO. Nodes with
     neither a confidence nor that reason (another retriever, a model with no calibrator, or the
@@ -2451,9 +2465,16 @@ class KLConfidencePostprocessor(BaseNodePostprocessor):
         if not nodes:
             return nodes
         query = query_bundle.query_str if query_bundle is not None else ""
-        if (query_bundle is not None and _is_blank(_query_text(query_bundle))) or any(
-            n.node.metadata.get(CONFIDENCE_REASON_KEY) == EMPTY_QUERY_REASON for n in nodes
-        ):  # a blank query asks for nothing: abstain, whatever the retriever and the floor
+        scored = [
+            n for n in nodes if self.confidence_key in n.node.metadata or CONFIDENCE_REASON_KEY in n.node.metadata
+        ]
+        if scored:  # the KL retrievers judged their own query texts: their reason decides
+            blank = all(n.node.metadata.get(CONFIDENCE_REASON_KEY) == EMPTY_QUERY_REASON for n in scored)
+        else:  # no KL node: the query bundle (what another retriever searched or embedded)
+            blank = query_bundle is not None and all(
+                is_blank_query(t) for t in (query_bundle.query_str, _query_text(query_bundle))
+            )
+        if blank:  # a blank query asks for nothing: abstain, whatever the floor
             logger.info("abstained on %r: %s", query[:80], EMPTY_QUERY_REASON)
             return []
         values = [n.node.metadata.get(self.confidence_key) for n in nodes]
@@ -2522,8 +2543,9 @@ class KLHybridRetriever(_TopKRetriever):
             :attr:`~kl_retrievers.hybrid.KLHybridStore.encoder`).
         similarity_top_k: Nodes per query (>= 1).
         fusion: ``"rrf"``, ``"convex"`` or ``"adaptive"`` (``None``: the store's default).
-        weight: Convex dense weight in ``[0, 1]`` (``None``: the store's).
-        normalization: ``"minmax"`` or ``"zscore"`` (``None``: the store's).
+        weight: Convex dense weight in ``[0, 1]`` (``None``: the store's); for a convex retriever only
+            (refused with another fusion: it would be ignored).
+        normalization: ``"minmax"`` or ``"zscore"`` (``None``: the store's); as ``weight``.
         filters: LlamaIndex ``MetadataFilters`` on the stored metadata, applied to both halves before ranking.
         calibrator: A fitted ``ConfidenceCalibrator`` (kind ``"hybrid"`` or ``"dense"``) or a path
             to its JSON (default: the model's hybrid calibrator, else its dense one).
@@ -2561,7 +2583,7 @@ class KLHybridRetriever(_TopKRetriever):
     ) -> None:
         if not isinstance(store, KLHybridStore):
             raise TypeError(f"store must be a KLHybridStore; got {type(store).__name__}")
-        store.fusion.for_call(fusion, weight, normalization)  # fail early
+        store.fusion.for_call(fusion, weight, normalization, what="this retriever")  # fail early
         self._store = store
         self._similarity_top_k = _check_top_k(similarity_top_k)
         self._fusion, self._weight, self._normalization = fusion, weight, normalization
@@ -2611,7 +2633,8 @@ class KLHybridRetriever(_TopKRetriever):
         Args:
             nodes: Nodes to index.
             documents: Documents to split and index.
-            store: An existing hybrid store (``store_kwargs`` then do not apply).
+            store: An existing hybrid store (``store_kwargs`` then do not apply, except ``weight`` and
+                ``normalization``, which go to the retriever as ``fusion`` does).
             encoder: Gaussian encoder or :class:`KLEmbedding` (with ``store=``, it replaces the store's).
             transformations: Node parsers for ``documents``.
             similarity_top_k: Nodes per query.
@@ -2622,21 +2645,38 @@ class KLHybridRetriever(_TopKRetriever):
             object_map: ``index_id -> object`` for recursive retrieval (default: the objects that the
                 ``IndexNode`` nodes among ``nodes`` / ``documents`` carry).
             **store_kwargs: Passed to a new :class:`~kl_retrievers.hybrid.KLHybridStore` (``weight``,
-                ``candidates``, ``stemmer``...).
+                ``candidates``, ``stemmer``...); its ``weight`` / ``normalization`` only with ``fusion="convex"``
+                (the retriever fuses as the new store does). With ``store=``, ``weight`` and ``normalization``
+                are the retriever's (as in ``KLHybridRetriever(store, fusion=..., weight=...)``).
 
         Raises:
-            ValueError: Not exactly one source given, store options with ``store=``, or a bad fusion setting
-                (also ``weight`` / ``normalization`` with a fusion other than ``"convex"``).
+            ValueError: Not exactly one source given, store options other than ``weight`` / ``normalization``
+                with ``store=``, or a bad fusion setting (also ``weight`` / ``normalization`` when the retriever
+                fuses otherwise than ``"convex"``).
         """
         if sum(x is not None for x in (nodes, documents, store)) != 1:
             raise ValueError("from_defaults needs exactly one of nodes=, documents= or store=")
         encoder = _unwrap_encoder(encoder)
+        convex_only: dict[str, Any] = {
+            name: store_kwargs.pop(name) for name in ("weight", "normalization") if name in store_kwargs
+        }
         if store is not None:
             if store_kwargs:
                 raise ValueError(f"store options {sorted(store_kwargs)} apply only when no store is passed")
             if encoder is not None:
                 store.kl.encoder = encoder
+            own = convex_only  # the retriever's, as fusion (checked by its constructor)
         else:
+            # the new store's weight / normalization; the retriever fuses as the store does, so they are refused
+            # with a fusion other than "convex" (they would be ignored), before anything is encoded
+            FusionConfig().for_call(
+                fusion or "adaptive",
+                convex_only.get("weight"),
+                convex_only.get("normalization"),
+                what="this retriever",
+            )
+            store_kwargs.update(convex_only)
+            own = {}
             encoder = _default_encoder(encoder)
             if documents is not None:
                 nodes = _split_documents(documents, transformations)
@@ -2667,6 +2707,7 @@ class KLHybridRetriever(_TopKRetriever):
             filters=filters,
             calibrator=calibrator,
             object_map=object_map,
+            **own,
         )
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
@@ -2681,13 +2722,10 @@ class KLHybridRetriever(_TopKRetriever):
             scorer=self._scorer,
         )
         reason = None
-        if _is_blank(query_bundle.query_str) and hits:
-            confidence, reason = 0.0, EMPTY_QUERY_REASON  # a blank query asks for nothing (as KLRetriever)
-        elif (
-            confidence is None
-            and hits
-            and self._scorer.calibrator(self._store.encoder, self._store.stemmer) is not None
-        ):
+        calibrated = bool(hits) and self._scorer.calibrator(self._store.encoder, self._store.stemmer) is not None
+        if is_blank_query(query_bundle.query_str):  # the text searched (BM25 and the encoder): confidence 0
+            reason = blank_query_confidence(calibrated)[1]  # hybrid_search gave its confidence
+        elif confidence is None and calibrated:
             # With a calibrator the confidence is missing only when fewer than MIN_CANDIDATES documents were
             # dense candidates, and a hit means at least one was: say so (KLConfidencePostprocessor abstains).
             reason = _too_few_candidates(MIN_CANDIDATES - 1)

@@ -114,6 +114,7 @@ EXPECTED_SUBMODULE_ALL = {
     "langchain": {
         "ABSTENTION_EVENT",
         "CONFIDENCE_KEY",
+        "EMPTY_QUERY_REASON",
         "EmbeddingsGaussianEncoder",
         "KLEmbeddings",
         "KLHybridRetriever",
@@ -128,6 +129,7 @@ EXPECTED_SUBMODULE_ALL = {
     },
     "llama_index": {
         "CONFIDENCE_KEY",
+        "EMPTY_QUERY_REASON",
         "QUERY_UNCERTAINTY_KEY",
         "RELEVANCE_FUNCTIONS",
         "SUPPORTED_FILTER_CONDITIONS",

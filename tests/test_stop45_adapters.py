@@ -4,8 +4,9 @@
   the empty query (LangChain ``KLRetriever`` / ``KLHybridRetriever``, LlamaIndex
   ``KLConfidencePostprocessor``); without a floor it is answered with confidence 0. Before, a store
   holding an empty text answered ``""`` with confidence ~1 (``-KL`` 0).
-* ``weight=`` / ``normalization=`` given with ``fusion="rrf"`` or ``"adaptive"`` raise everywhere
-  (they were silently ignored by constructors); saved stores keep loading.
+* ``weight=`` / ``normalization=`` given with ``fusion="rrf"`` or ``"adaptive"`` raise in searches and
+  retrievers (they were silently ignored); a store keeps them as its convex defaults with any fusion
+  (tests/test_stop45_adapters_review.py); saved stores keep loading.
 * LlamaIndex ``KLHybridRetriever.from_defaults(store=s, fusion=...)`` uses that fusion.
 * LangChain retrievers refuse result keys that collide.
 * LlamaIndex: an empty query without an embedding or encoder says the query is empty.
@@ -183,17 +184,6 @@ def test_llama_index_from_defaults_refuses_weight_with_non_convex_fusion(encoder
     nodes = [TextNode(text=t) for t in HYBRID_TEXTS]
     with pytest.raises(ValueError, match=rf"weight=0.3 applies to convex fusion only; .*'{fusion}'"):
         LIHybrid.from_defaults(nodes=nodes, encoder=encoder, fusion=fusion, weight=0.3)
-
-
-def test_hybrid_store_refuses_weight_and_normalization_with_non_convex_fusion(encoder: Any) -> None:
-    with pytest.raises(ValueError, match=r"weight=0.3 applies to convex fusion only; this store fuses with 'rrf'"):
-        KLHybridStore(encoder, fusion="rrf", weight=0.3)
-    with pytest.raises(ValueError, match=r"normalization='zscore' .* 'rrf', which fuses ranks"):
-        KLHybridStore(encoder, fusion="rrf", normalization="zscore")
-    with pytest.raises(ValueError, match=r"normalization='minmax' .* 'adaptive', .*adaptive parameters were fitted"):
-        KLHybridStore(encoder, normalization="minmax")
-    assert KLHybridStore(encoder).fusion.to_dict() == FusionConfig().to_dict()  # defaults are not "given"
-    assert KLHybridStore(encoder, fusion="convex", weight=0.3, normalization="zscore").fusion.weight == 0.3
 
 
 def test_per_call_normalization_is_refused_with_non_convex_fusion(hybrid_store: KLHybridStore) -> None:
