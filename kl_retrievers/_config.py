@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -26,6 +27,7 @@ from kl_retrievers._io import read_json_object
 __all__ = [
     "CONFIG_NAME",
     "SIMILARITIES",
+    "WEIGHTS_IDENTITY",
     "WEIGHTS_SHA256",
     "GaussianEncoderConfig",
     "NotAnEncoderError",
@@ -43,6 +45,11 @@ __all__ = [
 CONFIG_NAME = "config.json"
 #: Field of a saved encoder's ``config.json``: weights file name -> its SHA-256 (checked on load when present).
 WEIGHTS_SHA256 = "weights_sha256"
+#: Field of a saved encoder's ``config.json``: the SHA-256 identifying its weights (``encoder.weights_sha256``).
+#: The weights file's own SHA-256 when first saved; a re-save of weights unchanged since they were loaded (a
+#: full copy of a delta folder, a delta copy of a full one) keeps the identity of the folder they came from.
+WEIGHTS_IDENTITY = "weights_identity"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _POOLINGS = ("cls", "mean")
 
 
@@ -284,11 +291,14 @@ def check_weights_sha256(meta: dict[str, Any], cfg_file: Path, weights_file: Pat
 
 
 def saved_weights_sha256(meta: dict[str, Any], folder: Path) -> str | None:
-    """The SHA-256 identifying a saved encoder's weights: of its weights file (``config.json`` ``weights``).
+    """The SHA-256 identifying a saved encoder's weights (``config.json`` ``weights_identity``, else its file's).
 
-    The one ``config.json`` records (``weights_sha256``), else the file's own (hashed once, then cached per
-    path, size and modification time). Both backends report it (``encoder.weights_sha256``), and an ONNX
-    export records its source's, so a store can tell whether the model it was indexed with changed since.
+    ``weights_identity`` when ``config.json`` records it (every save since it was added: the SHA-256 of the
+    weights file the weights were first saved to, kept by re-saves of unchanged weights in another form), else
+    the SHA-256 of the weights file (``weights``): the one ``config.json`` records (``weights_sha256``), else the
+    file's own (hashed once, then cached per path, size and modification time; folders saved before either was
+    recorded, the bundled models). Both backends report it (``encoder.weights_sha256``), and an ONNX export
+    records its source's, so a store can tell whether the model it was indexed with changed since.
 
     Args:
         meta: The folder's ``config.json``, as read.
@@ -297,12 +307,25 @@ def saved_weights_sha256(meta: dict[str, Any], folder: Path) -> str | None:
     Returns:
         The hex digest, or ``None`` when the weights file is missing or its name is not a plain file name.
 
+    Raises:
+        NotAnEncoderError: ``weights_identity`` is recorded but is not a SHA-256 (64 lowercase hex digits).
+
     Examples:
         >>> saved_weights_sha256({"weights": "model.safetensors"}, Path("/nonexistent")) is None
         True
+        >>> saved_weights_sha256({"weights_identity": "ab" * 32}, Path("/nonexistent"))[:8]
+        'abababab'
     """
     from kl_retrievers.hub import cached_sha256
 
+    identity = meta.get(WEIGHTS_IDENTITY)
+    if identity is not None:
+        if not isinstance(identity, str) or _SHA256_HEX.fullmatch(identity) is None:
+            raise NotAnEncoderError(
+                f"{Path(folder) / CONFIG_NAME}: field {WEIGHTS_IDENTITY!r} must be a SHA-256 (64 lowercase hex "
+                f"digits) or absent; got {identity!r:.80}"
+            )
+        return identity
     name = meta.get("weights", "model.safetensors")
     if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
         return None

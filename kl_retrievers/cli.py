@@ -432,7 +432,8 @@ def _add_index(sub: Any) -> None:
         type=positive_int,
         default=1024,
         help="ivf: number of lists (default 1024); the index is trained once the store holds 8 x nlist documents "
-        "(searches are exact until then): for a small corpus choose about sqrt(documents)",
+        "(searches are exact until then), so choose at most documents / 8 (FAISS suggests about 4 x sqrt(documents) "
+        "for large corpora)",
     )
     p.add_argument("--nprobe", type=positive_int, default=32, help="ivf: lists probed per query (default 32)")
     p.add_argument("--pq-m", type=positive_int, default=64, help="pq: sub-quantizers (default 64)")

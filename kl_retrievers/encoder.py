@@ -32,6 +32,7 @@ import numpy as np
 
 from kl_retrievers._config import (
     CONFIG_NAME,
+    WEIGHTS_IDENTITY,
     WEIGHTS_SHA256,
     GaussianEncoderConfig,
     NotAnEncoderError,
@@ -266,12 +267,25 @@ class GaussianEncoder(EncoderMixin, nn.Module):
 
     @property
     def weights_sha256(self) -> str | None:
-        """SHA-256 of the weights file these weights were loaded from or last saved to (``None``: not known).
+        """The SHA-256 identifying these weights: of the weights file they were first saved to (``None``: not known).
 
-        ``None`` for an encoder built in memory, and once its weights changed in memory since the load or save
-        (training, ``load_state_dict``). A store records it, and warns when loaded with an encoder whose weights
-        differ (a model folder retrained in place). The ONNX backend reports the same value for an export of the
-        same saved model.
+        Loading a folder takes the identity its ``config.json`` records (``weights_identity``), else the SHA-256 of
+        its weights file (folders saved before the field existed, the bundled models). :meth:`save_pretrained`
+        of weights unchanged since they were loaded or saved keeps their identity (and writes it into the new
+        folder), so a full copy of a delta folder, a delta copy of a full one, or a re-save report the same
+        value; only weights whose identity is not known (built or changed in memory) take the SHA-256 of the new
+        weights file. A store records it, and warns when loaded with an encoder whose weights differ (a model
+        folder retrained in place). The ONNX backend reports the same value for an export of the same model.
+
+        What counts as a change in memory (the identity becomes ``None`` until the next save): anything that
+        bumps a parameter's in-place version counter or replaces a parameter, i.e. an optimizer step,
+        ``load_state_dict`` (also with ``assign=True``), an in-place op on a parameter itself
+        (``with torch.no_grad(): p.add_(x)``, ``p.copy_(x)``), and :func:`copy.deepcopy` (the copy is unknown).
+        Not detected (the old identity stays, and a later save writes it into the new folder, so a store
+        indexed with the old weights would not warn): writes through ``p.data`` (``p.data.add_(x)``,
+        ``p.data.copy_(x)``, ``p.data = x``), and dtype or device round trips that round the values
+        (``.half().float()``); ``.to(device)`` and ``.half()`` keep the identity too. Change weights through the
+        parameters themselves, or use ``load_state_dict``, so that the change is seen.
 
         Examples:
             >>> GaussianEncoder.from_pretrained("my-encoder").weights_sha256  # doctest: +SKIP
@@ -558,7 +572,9 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         """Save to a folder: ``config.json``, safetensors weights and the tokenizer.
 
         ``config.json`` records the SHA-256 of the weights file (``weights_sha256``), which
-        :meth:`from_pretrained` checks, so a damaged or edited weights file is refused.
+        :meth:`from_pretrained` checks, so a damaged or edited weights file is refused, and the identity of the
+        weights (``weights_identity``, :attr:`weights_sha256`): the one they were loaded with when they are
+        unchanged since, else the new weights file's SHA-256.
 
         Args:
             path: Target folder; replaced atomically (an interrupted save keeps the old copy). It may
@@ -593,6 +609,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         """
         target = Path(path)
         check_replace_target(target, is_ours=is_saved_encoder, what="a saved GaussianEncoder", overwrite=overwrite)
+        identity = self.weights_sha256  # weights unchanged since their load or save keep their identity
         state, lora = self._plain_state()
         meta: dict[str, Any] = {
             "library": "kl_retrievers",
@@ -627,6 +644,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         with atomic_dir(target) as tmp:
             save_file(state, os.fspath(tmp / meta["weights"]), metadata={"format": "pt"})
             meta[WEIGHTS_SHA256] = {meta["weights"]: sha256_file(tmp / meta["weights"])}
+            meta[WEIGHTS_IDENTITY] = identity or meta[WEIGHTS_SHA256][meta["weights"]]  # unknown: the new file's
             self.tokenizer.save_pretrained(os.fspath(tmp))
             (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
             for name, content in extras.items():
@@ -634,7 +652,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                     (tmp / name).write_bytes(content)
                 else:
                     (tmp / name).write_text(content, encoding="utf-8")
-        self._remember_weights(meta[WEIGHTS_SHA256][meta["weights"]])  # what a store built now records
+        self._remember_weights(meta[WEIGHTS_IDENTITY])  # what a store built now records
         return target
 
     def export_onnx(

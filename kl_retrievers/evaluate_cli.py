@@ -516,8 +516,8 @@ def _compare_problem(
     absent = [key for key, value in recorded.items() if value is None]
     if absent:
         logger.warning(
-            "--compare %s: its meta records no %s (an older file or a TSV), so it cannot be checked to be from "
-            "the same %s as this run (%s); its queries are paired with this run's by id",
+            "--compare %s: its meta records no %s (an older file, or a TSV or CSV table), so it cannot be checked to "
+            "be from the same %s as this run (%s); its queries are paired with this run's by id",
             name,
             " or ".join(absent),
             " and ".join(absent),

@@ -852,7 +852,7 @@ def load_per_query(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, fl
     """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # a byte-order mark (a CSV saved by Excel) is dropped
     except OSError as exc:
         raise ValueError(f"{p}: cannot read per-query file ({exc})") from None
     if text.lstrip().startswith("{"):

@@ -671,6 +671,36 @@ def make_session_options(
 
 
 # ---------------------------------------------------------------------- inference
+def _shipped_source_weights(folder: Path, source: Any) -> str | None:
+    """The weights identity of the bundled model whose shipped graph ``folder`` is, else ``None``.
+
+    A shipped graph (``kl_retrievers/pretrained/NAME/onnx-int8``) was exported before exports recorded their
+    source's identity; it is its bundled folder's (the torch backend reports the same), provided the graph
+    was exported from that folder's current files (``source.sha256``, as :func:`kl_retrievers.load_model`
+    checks). A few MB hashed, once per load.
+    """
+    from kl_retrievers.hub import BUNDLED_DIR
+
+    try:
+        resolved = folder.resolve()
+    except OSError:
+        return None
+    parent = resolved.parent
+    if parent.parent != BUNDLED_DIR or not isinstance(source, dict):
+        return None
+    from kl_retrievers._config import read_encoder_meta, saved_weights_sha256
+    from kl_retrievers.pretrained import BUNDLED_ONNX, source_sha256
+
+    if resolved.name != BUNDLED_ONNX:
+        return None
+    try:
+        if source.get("sha256") != source_sha256(parent):
+            return None  # a graph not regenerated after its model changed: not that model's weights
+        return saved_weights_sha256(read_encoder_meta(parent), parent)
+    except (OSError, ValueError):  # an unreadable source folder: not known
+        return None
+
+
 class OnnxGaussianEncoder(EncoderMixin):
     """A Gaussian encoder served by ONNX Runtime on CPU, with the interface of the torch encoder.
 
@@ -746,10 +776,14 @@ class OnnxGaussianEncoder(EncoderMixin):
         self.name_or_path = name_or_path or local_reference(path)  # an absolute folder, as the torch encoder records
         source = meta.get("source")
         recorded = source.get("weights_sha256") if isinstance(source, dict) else None
-        #: SHA-256 of the weights file of the saved torch encoder this graph was exported from (``None``: not
-        #: recorded, as in exports made before it was); the torch encoder of that folder reports the same value
-        #: (:attr:`kl_retrievers.encoder.GaussianEncoder.weights_sha256`), so a store can tell when its model changed.
-        self.weights_sha256: str | None = recorded if isinstance(recorded, str) else None
+        #: The identity of the weights of the torch encoder this graph was exported from (its
+        #: :attr:`kl_retrievers.encoder.GaussianEncoder.weights_sha256`, recorded at export as
+        #: ``source.weights_sha256``), so a store can tell when its model changed. A bundled model's shipped graph
+        #: (exported before it was recorded) reports its bundled folder's; ``None``: not recorded (other exports
+        #: made before it was, or of an encoder whose identity was not known).
+        self.weights_sha256: str | None = (
+            recorded if isinstance(recorded, str) else _shipped_source_weights(folder, source)
+        )
 
     @classmethod
     def _from_parts(

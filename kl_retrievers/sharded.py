@@ -1096,7 +1096,7 @@ def _encode_local(encoder: Any, todo: list[ShardSpec], job: dict[str, Any], show
         return
     from tqdm.auto import tqdm
 
-    with tqdm(total=total, desc=f"Encoding {len(todo)} shard{'s' if len(todo) != 1 else ''}", unit="doc") as bar:
+    with tqdm(total=total, desc=f"Encoding {len(todo)} shard{'s' if len(todo) != 1 else ''}", unit="record") as bar:
         for spec in todo:
             bar.update(encode_shard(encoder, spec=spec, show_progress_bar=inner, **job))
 

@@ -222,7 +222,7 @@ def test_streaming_encode_bar_counts_records_and_forwards_the_per_shard_bar(
     monkeypatch.setattr(enc, "encode_documents", spy)
     encode_corpus(corpus, tmp_path / "enc", encoder=enc, shard_size=5, show_progress_bar=True)
     err = capsys.readouterr().err
-    assert "12/12" in err and "doc" in err  # records, not 3 shards
+    assert "12/12" in err and "record" in err  # records, not 3 shards
     assert seen == [None, None, None]  # the encoder's own bar: its terminal rule decides
     encode_corpus(corpus, tmp_path / "enc2", encoder=enc, shard_size=5, show_progress_bar=False)
     assert capsys.readouterr().err == "" and seen[3:] == [False, False, False]

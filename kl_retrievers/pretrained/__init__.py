@@ -615,10 +615,11 @@ def _load_onnx(
 
 
 def _with_source_weights(encoder: OnnxGaussianEncoder, source: Path) -> OnnxGaussianEncoder:
-    """``encoder`` (exported from the saved torch encoder ``source``) reporting ``source``'s weights SHA-256.
+    """``encoder`` (exported from the saved torch encoder ``source``) reporting ``source``'s weights identity.
 
-    Exports made before it was recorded in their ``config.json`` report ``None`` on their own; a shipped graph
-    (checked against its source's files) and a cached export (whose folder name holds their hash) do not need it.
+    Exports made before it was recorded in their ``config.json`` report ``None`` on their own (a shipped graph
+    already reports its bundled folder's, :class:`~kl_retrievers.onnx.OnnxGaussianEncoder`); a cached export
+    (whose folder name holds its source's hash) takes its source's here.
     """
     if encoder.weights_sha256 is None:
         from kl_retrievers._config import read_encoder_meta, saved_weights_sha256

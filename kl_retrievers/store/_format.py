@@ -248,6 +248,50 @@ def _check_file_table(config: dict[str, Any], cfg_path: Path) -> None:
 CENTRE_FIELDS = {"flat": "flat_centre", "hnsw": "index_centre", "ivf": "index_centre"}
 
 
+def encoder_weights(encoder: Any) -> str | None:
+    """``encoder.weights_sha256`` (the identity of its weights) when it is a string, else ``None`` (not known)."""
+    weights = getattr(encoder, "weights_sha256", None)
+    return weights if isinstance(weights, str) else None
+
+
+def warn_if_other_weights(recorded: Any, encoder: Any, where: str, log: logging.Logger = logger) -> bool:
+    """Warn when ``encoder``'s weights are not those a store's documents were encoded with; ``True`` if it warned.
+
+    Compares the weights identity a store records (``encoder.weights_sha256`` in a :class:`KLStore
+    <kl_retrievers.store.faiss.KLStore>` folder's config.json, ``encoder_weights_sha256`` in a Milvus
+    collection's config) with the encoder's own (:attr:`kl_retrievers.encoder.GaussianEncoder.weights_sha256`:
+    the same for the torch backend and an ONNX export of that model). Nothing is said when either is unknown (a
+    store saved before it was recorded, an encoder built or changed in memory, an ONNX export made before
+    exports recorded it). Not a refusal: searching with another model is allowed, but its scores are
+    meaningless. Both stores call it.
+
+    Args:
+        recorded: The identity the store records (anything but a string: not known).
+        encoder: The encoder the store now encodes queries with.
+        where: The store, as the warning names it (``"the store at /x"``, ``"Milvus collection 'c'"``).
+        log: The logger to warn on (the store module's).
+
+    Examples:
+        >>> class Enc:
+        ...     weights_sha256 = "b" * 64
+        ...     name_or_path = "/models/enc"
+        >>> warn_if_other_weights("a" * 64, Enc(), "the store at /s"), warn_if_other_weights(None, Enc(), "x")
+        (True, False)
+    """
+    now = encoder_weights(encoder)
+    if not isinstance(recorded, str) or now is None or recorded == now:
+        return False
+    log.warning(
+        "%s was indexed with encoder weights SHA-256 %s, but the encoder %r now has weights SHA-256 %s (the model "
+        "was retrained or replaced since): search results will be wrong until it is re-indexed with this encoder",
+        where,
+        recorded,
+        str(getattr(encoder, "name_or_path", "")) or type(encoder).__name__,
+        now,
+    )
+    return True
+
+
 def centre_from_config(config: dict[str, Any], cfg_path: Path, field: str, dim: int) -> np.ndarray | None:
     """The centre saved in ``field`` (``dim`` finite numbers, or absent / null: saved before centring).
 

@@ -115,34 +115,6 @@ def _torch_installed() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def _warn_if_other_weights(encoder_info: Any, encoder: Any, where: str) -> None:
-    """Warn when ``encoder``'s weights are not those the store's documents were encoded with.
-
-    Compares the weights SHA-256 recorded at save (``encoder.weights_sha256`` in config.json) with the
-    encoder's own (``weights_sha256``: the SHA-256 of the weights file it was loaded from, the same for the
-    torch backend and an ONNX export of that folder). Nothing is said when either is unknown (a store saved
-    before it was recorded, an encoder built or changed in memory, an ONNX export made before exports
-    recorded it). Not a refusal: searching with another model is allowed, but its scores are meaningless.
-
-    Args:
-        encoder_info: The ``encoder`` record of the store's config.json.
-        encoder: The encoder the store now encodes queries with.
-        where: The store, as the warning names it.
-    """
-    saved = encoder_info.get("weights_sha256") if isinstance(encoder_info, dict) else None
-    now = getattr(encoder, "weights_sha256", None)
-    if isinstance(saved, str) and isinstance(now, str) and saved != now:
-        logger.warning(
-            "%s was indexed with encoder weights SHA-256 %s, but the encoder %r now has weights SHA-256 %s (the "
-            "model was retrained or replaced since): search results will be wrong until the store is re-indexed "
-            "with this encoder",
-            where,
-            saved,
-            str(getattr(encoder, "name_or_path", "")) or type(encoder).__name__,
-            now,
-        )
-
-
 def _recorded_backend(encoder_info: Any, *, hint: str = "pass encoder= to choose") -> str | None:
     """The backend (``"torch"`` / ``"onnx"``) a store's encoder ran on, from its config.json record, else ``None``.
 
@@ -434,6 +406,9 @@ class KLStore(GaussianStore):
         self._saved_encoder_record: dict[str, Any] | None = None  # config.json's encoder record, as loaded
         self._saved_encoder_lock = threading.Lock()  # one thread loads the saved model (_load_saved_encoder)
         self._saved_encoder_problem: str | None = None  # why loading it failed (not retried)
+        # The weights identity (encoder.weights_sha256) the documents were encoded with: the encoder's when the
+        # first documents are added to an empty store, else the one config.json records; kept by every save.
+        self._documents_weights: str | None = None
         #: Bumped by every add, upsert and delete (what a wrapper caching something about the documents checks).
         self.write_count = 0
         self.index_type = index_type
@@ -549,6 +524,8 @@ class KLStore(GaussianStore):
             prepared = self._engine.prepare(mean, var)  # every check before any change
             self._engine.own()
             table = self._table
+            if not len(table):  # the first documents: what they are encoded with (saved, compared at load)
+                self._documents_weights = _format.encoder_weights(self.encoder)
             previous = {doc_id: table.row[doc_id] for doc_id in new.ids if doc_id in table.row}
             start, replaced = table.append(mean, var, new.ids, new.texts, new.metadatas)
             try:
@@ -746,7 +723,7 @@ class KLStore(GaussianStore):
                                 f"documents have dimension {self._dim}"
                             )
                         else:
-                            _warn_if_other_weights(record, encoder, "this store")
+                            _format.warn_if_other_weights(self._documents_weights, encoder, "this store", logger)
                 if problem is not None:
                     self._saved_encoder_problem = f"this store has no encoder to encode text, and {problem}"
                     raise ValueError(self._saved_encoder_problem)
@@ -770,15 +747,20 @@ class KLStore(GaussianStore):
                         "the encoder config holds NaN or Infinity at %s; recorded as null in the store", found
                     )
             encoder_info = {"name_or_path": str(getattr(self.encoder, "name_or_path", "")), "config": cfg_dict}
-            weights = getattr(self.encoder, "weights_sha256", None)
-            if isinstance(weights, str):  # compared at load (_warn_if_other_weights); absent when not known
-                encoder_info["weights_sha256"] = weights
         elif self.saved_encoder:  # loaded without encoder=: the record of the model it was saved with stays
             record = self._saved_encoder_record
             if isinstance(record, dict) and record.get("name_or_path") == self.saved_encoder:
                 encoder_info = dict(record)
             else:
                 encoder_info = {"name_or_path": self.saved_encoder, "config": None}
+        if encoder_info is not None:
+            # The weights the documents were encoded with, kept across saves (a save after loading with a
+            # retrained model must not record the new weights for the old documents); an empty store takes its
+            # encoder's. Compared at load (_format.warn_if_other_weights); absent when not known.
+            weights = self._documents_weights if len(self._table) else _format.encoder_weights(self.encoder)
+            encoder_info.pop("weights_sha256", None)
+            if weights is not None:
+                encoder_info["weights_sha256"] = weights
         return {
             "format": _format.FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -928,10 +910,12 @@ class KLStore(GaussianStore):
         now = str(getattr(encoder, "name_or_path", "")) if encoder is not None else ""
         store.saved_encoder = saved if isinstance(saved, str) and saved else None
         store._saved_encoder_record = config["encoder"]  # written back by a save without an encoder
+        recorded = (config["encoder"] or {}).get("weights_sha256")  # read_config checked: a str or None
+        store._documents_weights = recorded if isinstance(recorded, str) else None
         if saved and now and saved != now:
             logger.warning("store was built with encoder %r but is loaded with %r", saved, now)
         if encoder is not None:
-            _warn_if_other_weights(config["encoder"], encoder, f"the store at {folder}")
+            _format.warn_if_other_weights(store._documents_weights, encoder, f"the store at {folder}", logger)
         enc_dim = getattr(getattr(encoder, "config", None), "dim", None)
         if dim is not None and isinstance(enc_dim, int) and enc_dim != dim:
             raise ValueError(

@@ -124,6 +124,7 @@ from kl_retrievers.store._base import (
     _check_store_args,
     _NewDocuments,
 )
+from kl_retrievers.store._format import encoder_weights, warn_if_other_weights
 
 logger = logging.getLogger(__name__)
 
@@ -723,30 +724,22 @@ class MilvusKLStore(GaussianStore):
         }
 
     def _own_weights(self) -> str | None:
-        """This client's encoder's weights SHA-256 (``encoder.weights_sha256``), else ``None``."""
-        weights = getattr(self.encoder, "weights_sha256", None)
-        return weights if isinstance(weights, str) else None
+        """This client's encoder's weights identity (``encoder.weights_sha256``), else ``None``."""
+        return encoder_weights(self.encoder)
 
     def _warn_if_other_weights(self, config: Mapping[str, Any]) -> None:
-        """Warn (once per collection) when this client's encoder has other weights than the collection records."""
+        """Adopt the weights identity the collection records; warn (once per collection) when this client's
+        encoder has other weights (:func:`kl_retrievers.store._format.warn_if_other_weights`, as a KLStore does).
+
+        The recorded identity is the collection creator's encoder's, which every later publication keeps (a
+        client with a retrained model that adds documents does not make the old documents look re-indexed).
+        """
         stored = config.get("encoder_weights_sha256")  # absent in collections created before it was recorded
-        self._encoder_weights = stored if isinstance(stored, str) else None
-        own = self._own_weights()
-        if self._encoder_weights is None or own is None or own == self._encoder_weights:
+        weights = self._encoder_weights = stored if isinstance(stored, str) else None
+        if weights is None or (self._uid, weights) in self._weights_warned:
             return
-        key = (self._uid, self._encoder_weights)
-        if key in self._weights_warned:
-            return
-        self._weights_warned.add(key)
-        logger.warning(
-            "Milvus collection %r was indexed with encoder weights SHA-256 %s, but this client's encoder %r has "
-            "weights SHA-256 %s (the model was retrained or replaced since): search results will be wrong until "
-            "the collection is re-indexed with this encoder",
-            self.collection_name,
-            self._encoder_weights,
-            str(getattr(self.encoder, "name_or_path", "")) or type(self.encoder).__name__,
-            own,
-        )
+        if warn_if_other_weights(weights, self.encoder, f"Milvus collection {self.collection_name!r}", logger):
+            self._weights_warned.add((self._uid, weights))
 
     def _index_params(self) -> tuple[str, dict[str, Any]]:
         kind = _MILVUS_INDEXES[(self.index_type, self.compression)]

@@ -1049,15 +1049,12 @@ class RetrievalEvaluator:
         }
 
     def _data_sha256(self) -> str:
-        """SHA-256 of what this evaluator evaluates on: its documents, queries and judgements (computed once)."""
-        cached = self.__dict__.get("_data_digest")
-        if cached is None:
-            ds = self.dataset
-            qrels = {q: dict(sorted(r.items())) for q, r in sorted(ds.qrels.items())}
-            content = {"corpus": ds.corpus_identity(), "queries": ds.queries_identity(), "qrels": qrels}
-            cached = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-            self.__dict__["_data_digest"] = cached
-        return str(cached)
+        """SHA-256 of what this evaluator evaluates on: its documents, queries and judgements (grades as floats, so
+        ``1``, ``1.0`` and ``numpy.int64(1)`` hash alike)."""
+        ds = self.dataset
+        qrels = {str(q): {str(d): float(r) for d, r in sorted(rel.items())} for q, rel in sorted(ds.qrels.items())}
+        content = {"corpus": ds.corpus_identity(), "queries": ds.queries_identity(), "qrels": qrels}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     def features(
         self,
