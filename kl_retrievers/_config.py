@@ -14,6 +14,7 @@ Examples:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import numbers
 import re
@@ -49,8 +50,10 @@ WEIGHTS_SHA256 = "weights_sha256"
 #: The weights file's own SHA-256 when first saved; a re-save of weights unchanged since they were loaded (a
 #: full copy of a delta folder, a delta copy of a full one) keeps the identity of the folder they came from.
 WEIGHTS_IDENTITY = "weights_identity"
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 _POOLINGS = ("cls", "mean")
+
+logger = logging.getLogger(__name__)
 
 
 def _is_int(value: object) -> bool:
@@ -304,28 +307,34 @@ def saved_weights_sha256(meta: dict[str, Any], folder: Path) -> str | None:
         meta: The folder's ``config.json``, as read.
         folder: The saved encoder's folder.
 
-    Returns:
-        The hex digest, or ``None`` when the weights file is missing or its name is not a plain file name.
+    A ``weights_identity`` in upper case is taken in lower case. Any other value that is not a SHA-256 (64 hex
+    digits) logs a warning naming the file, the field and the value, and is ignored (the weights file's SHA-256
+    is used): it only feeds the store's warning, so it does not make the model unloadable.
 
-    Raises:
-        NotAnEncoderError: ``weights_identity`` is recorded but is not a SHA-256 (64 lowercase hex digits).
+    Returns:
+        The hex digest (lower case), or ``None`` when the weights file is missing or its name is not a plain
+        file name.
 
     Examples:
         >>> saved_weights_sha256({"weights": "model.safetensors"}, Path("/nonexistent")) is None
         True
-        >>> saved_weights_sha256({"weights_identity": "ab" * 32}, Path("/nonexistent"))[:8]
+        >>> saved_weights_sha256({"weights_identity": "AB" * 32}, Path("/nonexistent"))[:8]
         'abababab'
     """
     from kl_retrievers.hub import cached_sha256
 
     identity = meta.get(WEIGHTS_IDENTITY)
     if identity is not None:
-        if not isinstance(identity, str) or _SHA256_HEX.fullmatch(identity) is None:
-            raise NotAnEncoderError(
-                f"{Path(folder) / CONFIG_NAME}: field {WEIGHTS_IDENTITY!r} must be a SHA-256 (64 lowercase hex "
-                f"digits) or absent; got {identity!r:.80}"
-            )
-        return identity
+        if isinstance(identity, str) and _SHA256_HEX.fullmatch(identity) is not None:
+            return identity.lower()
+        shown = repr(identity)
+        logger.warning(
+            "%s: field %r must be a SHA-256 (64 hex digits) or absent; got %s: ignored (the weights file's "
+            "SHA-256 identifies the weights instead)",
+            Path(folder) / CONFIG_NAME,
+            WEIGHTS_IDENTITY,
+            shown if len(shown) <= 80 else shown[:77] + "...",
+        )
     name = meta.get("weights", "model.safetensors")
     if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
         return None

@@ -275,7 +275,10 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         folder), so a full copy of a delta folder, a delta copy of a full one, or a re-save report the same
         value; only weights whose identity is not known (built or changed in memory) take the SHA-256 of the new
         weights file. A store records it, and warns when loaded with an encoder whose weights differ (a model
-        folder retrained in place). The ONNX backend reports the same value for an export of the same model.
+        folder retrained in place); a store that got its first documents while it was ``None`` records the one a
+        later :meth:`save_pretrained` of those same weights gives (``store.add``, ``save_pretrained``,
+        ``store.save``). The ONNX backend reports the same value for an export of the same model (an export of
+        weights whose identity is not known records none, with a warning).
 
         What counts as a change in memory (the identity becomes ``None`` until the next save): anything that
         bumps a parameter's in-place version counter or replaces a parameter, i.e. an optimizer step,

@@ -1984,7 +1984,8 @@ class KLHybridStore:
         for sub in (_KL_DIR, _BM25_DIR):
             if not (folder / sub).is_dir():
                 raise HybridFormatError(f"{folder}: the {sub}/ half is missing")
-        kl = KLStore.load(folder / _KL_DIR, encoder=encoder, mmap=mmap, verify_checksums=verify_checksums)
+        kl_dir, where = folder / _KL_DIR, f"the hybrid store at {folder}"  # the folder named in a weights warning
+        kl = load_unchanged(kl_dir, lambda: KLStore._load_once(kl_dir, encoder, mmap, verify_checksums, where=where))
         tokenizer = _Tokenizer(bm25_cfg["stopwords"], bm25_cfg["token_pattern"], bm25_cfg.get("stemmer"))
         half = _BM25Half.load(
             folder / _BM25_DIR, tokenizer, bm25_cfg["k1"], bm25_cfg["b"], indexed=config["bm25_indexed"], mmap=mmap

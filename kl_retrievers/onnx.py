@@ -167,6 +167,11 @@ def export_onnx(
     ``overwrite=True``, so that nothing is deleted silently. The encoder's own folder (and any folder that
     holds it) is always refused.
 
+    The export records the identity of the encoder's weights (``encoder.weights_sha256``), which it reports as
+    its own so that a store can tell when its model changed. An encoder whose identity is not known (built or
+    changed in memory since its last load or save) logs a warning and the export records none: call
+    ``save_pretrained`` first, or export the saved folder.
+
     Args:
         encoder: The torch encoder to export (left unchanged, in its train/eval mode).
         folder: Target folder; written atomically (an interrupted export keeps the previous copy).
@@ -204,6 +209,16 @@ def export_onnx(
         raise ModuleNotFoundError(f"the ONNX export needs the onnx package; {TORCH_EXTRA}", name="onnx")
     import torch
 
+    identity = getattr(encoder, "weights_sha256", None)  # before the export (nothing in it changes the weights)
+    if not isinstance(identity, str):
+        logger.warning(
+            "exporting %s to %s: its weights have no known identity (built or changed in memory since their last "
+            "load or save), so the export records none; save_pretrained first, or export the saved folder, so "
+            "stores can tell the model changed",
+            encoder.name_or_path,
+            target,
+        )
+        identity = None
     tokenizer_json = _tokenizer_json(encoder)
     with atomic_dir(target) as tmp:
         traced = tmp / "traced.onnx"
@@ -238,9 +253,9 @@ def export_onnx(
             "source": {
                 "name_or_path": str(encoder.name_or_path),
                 "sha256": source_sha256,
-                # the SHA-256 of the weights file it was loaded from (encoder.weights_sha256), reported by the
-                # export as its own weights_sha256: a store indexed on either backend compares the same value
-                "weights_sha256": getattr(encoder, "weights_sha256", None),
+                # the identity of its weights (encoder.weights_sha256; None, with a warning, when not known),
+                # reported by the export as its own weights_sha256: a store indexed on either backend compares it
+                "weights_sha256": identity,
                 "backbone_config": encoder.backbone.config.to_dict(),
             },
             "outputs": list(OUTPUTS),

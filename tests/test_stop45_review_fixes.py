@@ -38,3 +38,22 @@ def test_a_per_query_csv_with_a_byte_order_mark_reads_back(tmp_path: Path) -> No
     bom = tmp_path / "excel.csv"
     bom.write_bytes(b"\xef\xbb\xbf" + (tmp_path / "pq.csv").read_bytes())
     assert load_per_query(bom) == (pq, {})
+
+
+def test_klstore_lets_the_encoder_decide_its_progress_bar_by_default() -> None:
+    from conftest import make_tiny_encoder
+    from kl_retrievers import KLStore
+
+    encoder = make_tiny_encoder(seed=0)
+    seen: list[object] = []
+    original = encoder.encode_documents
+
+    def spy(texts, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(kwargs.get("show_progress_bar", "absent"))
+        return original(texts, **kwargs)
+
+    encoder.encode_documents = spy  # type: ignore[method-assign]
+    KLStore(encoder).add(["a passage", "another passage"])
+    KLStore(encoder, show_progress_bar=False).add(["a passage"])
+    KLStore(encoder, show_progress_bar=True).add(["a passage"])
+    assert seen == [None, False, True]  # None: the encoder's rule (a terminal and several batches)

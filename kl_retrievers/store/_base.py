@@ -65,7 +65,9 @@ class Encoder(Protocol):
         """Encode queries as numpy Gaussians."""
         ...
 
-    def encode_documents(self, texts: list[str], batch_size: int = ..., show_progress_bar: bool = ...) -> Gaussians:
+    def encode_documents(
+        self, texts: list[str], batch_size: int = ..., show_progress_bar: bool | None = ...
+    ) -> Gaussians:
         """Encode documents as numpy Gaussians."""
         ...
 
@@ -505,7 +507,7 @@ class GaussianStore(ABC):
 
     encoder: Any
     batch_size: int
-    show_progress_bar: bool
+    show_progress_bar: bool | None
     _dim: int | None  # set by the backend: None until the first add (or a dim given up front)
 
     @property

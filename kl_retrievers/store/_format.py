@@ -265,6 +265,10 @@ def warn_if_other_weights(recorded: Any, encoder: Any, where: str, log: logging.
     exports recorded it). Not a refusal: searching with another model is allowed, but its scores are
     meaningless. Both stores call it.
 
+    A store records one identity, its first documents' (taken again only once it is empty): documents added
+    later with another model make a mixed store that still records the first model's, so re-adding every
+    document under its id does not clear the warning; re-index into a new (or emptied) store.
+
     Args:
         recorded: The identity the store records (anything but a string: not known).
         encoder: The encoder the store now encodes queries with.
@@ -283,7 +287,8 @@ def warn_if_other_weights(recorded: Any, encoder: Any, where: str, log: logging.
         return False
     log.warning(
         "%s was indexed with encoder weights SHA-256 %s, but the encoder %r now has weights SHA-256 %s (the model "
-        "was retrained or replaced since): search results will be wrong until it is re-indexed with this encoder",
+        "was retrained or replaced since): search results will be wrong until its documents are re-indexed with "
+        "this encoder into a new (or emptied) store; adding them again to this one keeps the old record",
         where,
         recorded,
         str(getattr(encoder, "name_or_path", "")) or type(encoder).__name__,

@@ -336,7 +336,8 @@ class KLStore(GaussianStore):
             matching documents when at most this many match.
         compact_threshold: Fraction of tombstoned rows above which the index is compacted.
         batch_size: Encoder batch size.
-        show_progress_bar: Passed to the encoder when adding texts.
+        show_progress_bar: Passed to the encoder when adding texts: ``None`` (default) shows its bar when
+            stderr is a terminal and there are several batches, ``True`` always, ``False`` never.
         seed: Seed for the training sample of IVF / SQ / PQ.
 
     The settings are attributes of the same names. Assigning one is checked as the constructor
@@ -375,7 +376,7 @@ class KLStore(GaussianStore):
         exact_threshold: int = 20000,
         compact_threshold: float = 0.3,
         batch_size: int = 32,
-        show_progress_bar: bool = False,
+        show_progress_bar: bool | None = None,
         seed: int = 0,
     ) -> None:
         _check_all(
@@ -409,6 +410,10 @@ class KLStore(GaussianStore):
         # The weights identity (encoder.weights_sha256) the documents were encoded with: the encoder's when the
         # first documents are added to an empty store, else the one config.json records; kept by every save.
         self._documents_weights: str | None = None
+        # When that identity was not known at the first add (an encoder built or trained in memory): the encoder's
+        # parameter versions then, so that a save after encoder.save_pretrained of those same weights records the
+        # identity they got (_documents_identity); None otherwise.
+        self._documents_versions: tuple[tuple[int, int], ...] | None = None
         #: Bumped by every add, upsert and delete (what a wrapper caching something about the documents checks).
         self.write_count = 0
         self.index_type = index_type
@@ -418,7 +423,8 @@ class KLStore(GaussianStore):
         self.rescore_pool, self.rescore_factor = int(rescore_pool), int(rescore_factor)
         self.norm_headroom = float(norm_headroom)
         self.exact_threshold, self.compact_threshold = int(exact_threshold), float(compact_threshold)
-        self.batch_size, self.show_progress_bar, self.seed = int(batch_size), bool(show_progress_bar), int(seed)
+        self.batch_size, self.seed = int(batch_size), int(seed)
+        self.show_progress_bar = None if show_progress_bar is None else bool(show_progress_bar)
         self._lock = _RWLock()
         self._dim: int | None = None
         self._table = DocumentTable()
@@ -526,6 +532,9 @@ class KLStore(GaussianStore):
             table = self._table
             if not len(table):  # the first documents: what they are encoded with (saved, compared at load)
                 self._documents_weights = _format.encoder_weights(self.encoder)
+                self._documents_versions = None
+                if self._documents_weights is None and hasattr(self.encoder, "_parameter_versions"):
+                    self._documents_versions = self.encoder._parameter_versions()  # a later save_pretrained names them
             previous = {doc_id: table.row[doc_id] for doc_id in new.ids if doc_id in table.row}
             start, replaced = table.append(mean, var, new.ids, new.texts, new.metadatas)
             try:
@@ -731,6 +740,21 @@ class KLStore(GaussianStore):
         return self.encoder
 
     # ------------------------------------------------------------ persistence
+    def _documents_identity(self) -> str | None:
+        """The weights identity the documents were encoded with (``None``: not known).
+
+        Known from the first add, or from the loaded config.json; else, when the encoder's identity was not
+        known at the first add (built or trained in memory), the identity its weights got since, provided they
+        are still the very weights the documents were encoded with (the parameter versions of the first add):
+        the common order ``store.add(...)``, ``encoder.save_pretrained(m)``, ``store.save(s)`` records ``m``'s.
+        """
+        if self._documents_weights is None and self._documents_versions is not None:
+            encoder = self.encoder
+            now = _format.encoder_weights(encoder)
+            if now is not None and getattr(encoder, "_parameter_versions", lambda: None)() == self._documents_versions:
+                self._documents_weights, self._documents_versions = now, None
+        return self._documents_weights
+
     def _config(self) -> dict[str, Any]:
         encoder_info = None
         if self.encoder is not None:
@@ -757,7 +781,7 @@ class KLStore(GaussianStore):
             # The weights the documents were encoded with, kept across saves (a save after loading with a
             # retrained model must not record the new weights for the old documents); an empty store takes its
             # encoder's. Compared at load (_format.warn_if_other_weights); absent when not known.
-            weights = self._documents_weights if len(self._table) else _format.encoder_weights(self.encoder)
+            weights = self._documents_identity() if len(self._table) else _format.encoder_weights(self.encoder)
             encoder_info.pop("weights_sha256", None)
             if weights is not None:
                 encoder_info["weights_sha256"] = weights
@@ -890,8 +914,14 @@ class KLStore(GaussianStore):
         return load_unchanged(folder, lambda: cls._load_once(folder, encoder, mmap, verify_checksums))
 
     @classmethod
-    def _load_once(cls, folder: Path, encoder: Any | None, mmap: bool, verify_checksums: bool) -> KLStore:
-        """One read of the folder for :meth:`load` (which repeats it when a save replaced the folder meanwhile)."""
+    def _load_once(
+        cls, folder: Path, encoder: Any | None, mmap: bool, verify_checksums: bool, *, where: str | None = None
+    ) -> KLStore:
+        """One read of the folder for :meth:`load` (which repeats it when a save replaced the folder meanwhile).
+
+        ``where`` names the store in the weights warning (default ``"the store at FOLDER"``): a store that holds
+        this one as a part (the hybrid store) names its own folder, the one its user passed.
+        """
         if not folder.exists() and recover_dir(folder, required=_format.CONFIG):
             logger.warning("loading %s from the copy saved before an interrupted save", folder)
         cfg_path = folder / _format.CONFIG
@@ -915,7 +945,7 @@ class KLStore(GaussianStore):
         if saved and now and saved != now:
             logger.warning("store was built with encoder %r but is loaded with %r", saved, now)
         if encoder is not None:
-            _format.warn_if_other_weights(store._documents_weights, encoder, f"the store at {folder}", logger)
+            _format.warn_if_other_weights(store._documents_weights, encoder, where or f"the store at {folder}", logger)
         enc_dim = getattr(getattr(encoder, "config", None), "dim", None)
         if dim is not None and isinstance(enc_dim, int) and enc_dim != dim:
             raise ValueError(

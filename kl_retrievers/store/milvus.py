@@ -741,6 +741,32 @@ class MilvusKLStore(GaussianStore):
         if warn_if_other_weights(weights, self.encoder, f"Milvus collection {self.collection_name!r}", logger):
             self._weights_warned.add((self._uid, weights))
 
+    def _take_own_weights_if_empty(self) -> None:
+        """Before adding to the attached collection: record this client's encoder's weights identity when the
+        collection is empty (emptied, e.g. to re-index it with a retrained model), as an empty KLStore takes its
+        encoder's; a collection that holds documents keeps its record.
+
+        Only when that identity is known and differs from the recorded one (one count request then). It is
+        stored by a publication (version + 1, the stored centre, ``M`` and offset unchanged, write-then-verify);
+        when another writer publishes at the same time, its record stands.
+        """
+        own = self._own_weights()
+        if own is None or own == self._encoder_weights or self._count("") != 0:
+            return
+        state = self._read_state()
+        if self.metric == "L2" and state.norm_bound is None:
+            self._encoder_weights = own  # the first documents' publication records it
+            return
+        previous, self._encoder_weights = self._encoder_weights, own
+        if not self._publish(state.norm_bound, state.offset, rewrite=state.pending, centre=state.centre):
+            return  # another writer's publication won: _read_state adopted its record
+        logger.info(
+            "Milvus collection %r is empty: it now records this client's encoder weights SHA-256 %s (was %s)",
+            self.collection_name,
+            own,
+            previous,
+        )
+
     def _index_params(self) -> tuple[str, dict[str, Any]]:
         kind = _MILVUS_INDEXES[(self.index_type, self.compression)]
         if self.index_type == "flat":
@@ -858,6 +884,8 @@ class MilvusKLStore(GaussianStore):
             self._forget()
             self._attach(None, info)
             return self._state
+        stored = config.get("encoder_weights_sha256")  # another client may have emptied and re-indexed it
+        self._encoder_weights = stored if isinstance(stored, str) else None
         self._adopt(state)
         return state
 
@@ -945,14 +973,16 @@ class MilvusKLStore(GaussianStore):
         self._client.load_collection(name, timeout=self.request_timeout)
 
     def _publish(
-        self, norm_bound: float, offset: float, *, rewrite: bool, centre: tuple[float, ...] | None = None
+        self, norm_bound: float | None, offset: float, *, rewrite: bool, centre: tuple[float, ...] | None = None
     ) -> bool:
         """Store a new ``M`` (version + 1) before any row uses it; ``False`` if another writer's won.
 
         Milvus has no compare-and-set on collection properties: the value is written, read back and
         compared with this publication's token (write-then-verify).  The caller has just re-read the
         stored state, so the version here is the stored one + 1.  ``centre`` is given with the first
-        documents only; later publications keep the stored one.
+        documents only; later publications keep the stored one.  ``norm_bound`` is ``None`` only where none is
+        stored (metric ``"IP"``), in a publication that records a new weights identity
+        (:meth:`_take_own_weights_if_empty`).
         """
         config = self._config()
         writer = uuid.uuid4().hex
@@ -1052,6 +1082,7 @@ class MilvusKLStore(GaussianStore):
                     self._create(g.dim)
             if g.dim != self._dim:
                 raise ValueError(f"document gaussians have dimension {g.dim}; this store has dimension {self._dim}")
+            self._take_own_weights_if_empty()
             raw = np.asarray(kl_document_vectors(g.astype(np.float64)))
             if self.metric == "IP":
                 self._upsert(self._rows(raw), id_list, text_list, metas)
