@@ -337,7 +337,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         f"indexed {len(store)} documents in a flat KL store (k={store.dim}); score = -KL(query || document), "
         "higher is better\n"
     )
-    from kl_retrievers._confidence import ConfidenceScorer
+    from kl_retrievers._confidence import ConfidenceScorer, blank_query_confidence, is_blank_query
 
     scorer = ConfidenceScorer()  # the model's calibrator, as KLRetriever uses it (None, warned once, without one)
     calibrator = scorer.calibrator(encoder)
@@ -347,8 +347,14 @@ def _run_demo(args: argparse.Namespace) -> int:
     q = encoder.encode_queries(queries, batch_size=_query_batch_size(encoder), show_progress_bar=False)
     uncertainty = q.uncertainty()
     for i, (query, hits) in enumerate(zip(queries, store.search_batch(q, k=depth), strict=True)):
-        conf = scorer.confidence(encoder, [h.score for h in hits], float(uncertainty[i]))
-        shown = "" if conf is None else f", confidence {conf:.2f}"
+        # the adapters' rule, without a floor (demo has none): a blank query is answered, with confidence 0
+        # and the reason where a calibrator exists (its scores would read as a match), None without one
+        conf, reason = (
+            blank_query_confidence(calibrator is not None)
+            if is_blank_query(query)
+            else (scorer.confidence(encoder, [h.score for h in hits], float(uncertainty[i])), None)
+        )
+        shown = "" if conf is None else f", confidence {conf:.2f}" + (f": {reason}" if reason else "")
         print(f"query: {query!r}  (uncertainty: mean log-variance {uncertainty[i]:+.3f}{shown})")
         for rank, hit in enumerate(hits[: args.k], 1):
             print(f"  {rank}. -KL={hit.score:9.4f}  [{hit.id}] {(hit.text or '')[:80]}")
@@ -505,8 +511,18 @@ def _add_search(sub: Any) -> None:
 
 
 def _run_search(args: argparse.Namespace) -> int:
+    from kl_retrievers._confidence import is_blank_query
     from kl_retrievers.index import KLStore
 
+    blank = [i for i, query in enumerate(args.query, 1) if is_blank_query(query)]
+    if blank:  # before any file is read or model loaded; a ranking for nothing would look like an answer
+        which = (
+            f"query {blank[0]} ({args.query[blank[0] - 1]!r})" if len(args.query) > 1 else f"query {args.query[0]!r}"
+        )
+        raise ValueError(
+            f"{which} is blank (empty or whitespace only): it asks for nothing, so no document can answer "
+            "it; give a query with words"
+        )
     config_file = args.store / "config.json"
     if not config_file.is_file():
         if (args.store / "manifest.json").is_file():

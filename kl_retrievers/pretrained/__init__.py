@@ -29,6 +29,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import importlib.util
 import logging
@@ -51,6 +52,7 @@ __all__ = [
     "BACKENDS",
     "BUNDLED_ONNX",
     "DEFAULT_MODEL",
+    "BundledModelNotFoundError",
     "RESEARCH_MODELS",
     "OnnxExportOnTorchError",
     "bundled_model_path",
@@ -110,6 +112,36 @@ class OnnxExportOnTorchError(ValueError):
         return type(self), (self.path,)  # rebuilt from its path, not its message (copy, multiprocessing)
 
 
+class BundledModelNotFoundError(ModelNotFoundError, ValueError):
+    """No bundled model has the name asked for (``kl_retrievers:NAME``, :func:`bundled_model_path`).
+
+    A :class:`~kl_retrievers.hub.ModelNotFoundError`, as every model that cannot be found (so
+    ``except ModelNotFoundError`` catches an unknown bundled name as it does an unknown folder or hub
+    id), and a ``ValueError``, what this error was before (code that catches that keeps working).
+    """
+
+
+def _did_you_mean(name: str) -> str:
+    """`` did you mean 'NAME'?`` for the bundled model closest to ``name``, else ``""`` (for messages).
+
+    Case, ``_`` against ``-`` and surrounding blanks are ignored, so ``minilm_gauss_soup`` and
+    ``MiniLM-Gauss-Soup`` find ``minilm-gauss-soup``, as a typo does.
+
+    Examples:
+        >>> _did_you_mean("minilm-gaus-soup"), _did_you_mean("minilm_gauss_soup"), _did_you_mean("xyz")
+        (" did you mean 'minilm-gauss-soup'?", " did you mean 'minilm-gauss-soup'?", '')
+    """
+
+    def key(text: str) -> str:
+        return text.strip().lower().replace("_", "-")
+
+    names = {key(n): n for n in bundled_models()}
+    match = difflib.get_close_matches(
+        key(name.split(":", 1)[1] if name.startswith("kl_retrievers:") else name), names, n=1
+    )
+    return f" did you mean {names[match[0]]!r}?" if match else ""
+
+
 def bundled_models() -> list[str]:
     """Names of the models shipped inside the package (in a source checkout, also :data:`RESEARCH_MODELS`).
 
@@ -124,7 +156,10 @@ def bundled_model_path(name: str) -> Path:
     """Folder of a bundled model.
 
     Raises:
-        ValueError: ``name`` is not bundled (or is a path, not a name); the message lists what is.
+        BundledModelNotFoundError: ``name`` is not bundled (a ``ValueError`` and a
+            :class:`~kl_retrievers.hub.ModelNotFoundError`); the message suggests the closest bundled
+            name, if any, and lists them all.
+        ValueError: ``name`` is a path, not a name, or a research model that this install (a wheel) lacks.
 
     Examples:
         >>> bundled_model_path("minilm-gauss-soup").name
@@ -142,7 +177,9 @@ def bundled_model_path(name: str) -> Path:
                 "not in the wheel: it needs torch. Install from a checkout of the repository with "
                 f'pip install -e ".[torch]" to load it by name; the wheel ships {bundled_models()}'
             )
-        raise ValueError(f"no bundled model named {name!r}; bundled models: {bundled_models()}")
+        raise BundledModelNotFoundError(
+            f"no bundled model named {name!r};{_did_you_mean(name)} bundled models: {bundled_models()}"
+        )
     return path
 
 
@@ -306,7 +343,11 @@ def load_model(
             (:func:`kl_retrievers.hub.is_path_name`: ``./enc``, ``models/v1/enc``, an absolute path, a path
             object) that does not exist fails before any hub lookup; the message names its absolute path and
             the current directory, as it does, after the hub, for a hub id's form (``models/enc``), which may be
-            a vanished folder.
+            a vanished folder. ``kl_retrievers:NAME`` with a name that is not bundled raises
+            :class:`BundledModelNotFoundError` (a ``ValueError`` too). A name close to a bundled one
+            (a typo, ``_`` for ``-``, another case) is not loaded but named in the message ("did you
+            mean ...?"); a bundled name with surrounding blanks (``"minilm-gauss-soup "``) that is no
+            existing path loads that model.
 
     Examples:
         >>> load_model("minilm-gauss-soup", backend="torch").config.dim  # doctest: +SKIP
@@ -314,7 +355,7 @@ def load_model(
         >>> load_model()  # doctest: +SKIP
         OnnxGaussianEncoder(name_or_path='kl_retrievers:minilm-gauss-soup', dim=384, quantize='int8')
     """
-    text = _name_or_path_text(name_or_path)
+    text = _strip_bundled_name(_name_or_path_text(name_or_path))
     from kl_retrievers.onnx import QUANTIZATIONS
 
     if quantize not in QUANTIZATIONS:
@@ -336,8 +377,10 @@ def load_model(
         return _load(name, text, device=device, backend=backend, quantize=quantize, onnx_options=options)
     except ModelNotFoundError as exc:
         if name is None and text is not None and not Path(text).expanduser().exists():
+            hint = _did_you_mean(text).strip()
             raise ModelNotFoundError(
-                f"{exc} Bundled models (load them by name): {', '.join(bundled_models())}."
+                f"{exc}{' ' + hint[0].upper() + hint[1:] if hint else ''} Bundled models (load them by name): "
+                f"{', '.join(bundled_models())}."
             ) from None
         raise
 
@@ -386,6 +429,23 @@ def _name_or_path_text(name_or_path: object) -> str | None:
         "name_or_path must be a bundled model name, a folder (a str or a path) or None; "
         f"got {type(name_or_path).__name__}"
     )
+
+
+def _strip_bundled_name(text: str | None) -> str | None:
+    """``text`` without its surrounding blanks when that is a bundled name and ``text`` itself no existing path.
+
+    A pasted ``"minilm-gauss-soup "`` loads the bundled model (silently: nothing else could be meant);
+    any other text is left as it is (a folder's name may end with a blank).
+
+    Examples:
+        >>> _strip_bundled_name(" minilm-gauss-soup\\n"), _strip_bundled_name(" nothing ")
+        ('minilm-gauss-soup', ' nothing ')
+    """
+    if text is None or text == text.strip() or Path(text).expanduser().exists():
+        return text
+    stripped = text.strip()
+    name = stripped.split(":", 1)[1] if stripped.startswith("kl_retrievers:") else stripped
+    return stripped if name in bundled_models() else text
 
 
 def _refuse_backbone_name(name_or_path: str) -> None:
