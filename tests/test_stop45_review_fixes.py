@@ -40,7 +40,7 @@ def test_a_per_query_csv_with_a_byte_order_mark_reads_back(tmp_path: Path) -> No
     assert load_per_query(bom) == (pq, {})
 
 
-def test_klstore_lets_the_encoder_decide_its_progress_bar_by_default() -> None:
+def test_klstore_passes_its_progress_bar_setting_to_the_encoder() -> None:
     from conftest import make_tiny_encoder
     from kl_retrievers import KLStore
 
@@ -54,6 +54,6 @@ def test_klstore_lets_the_encoder_decide_its_progress_bar_by_default() -> None:
 
     encoder.encode_documents = spy  # type: ignore[method-assign]
     KLStore(encoder).add(["a passage", "another passage"])
-    KLStore(encoder, show_progress_bar=False).add(["a passage"])
+    KLStore(encoder, show_progress_bar=None).add(["a passage"])
     KLStore(encoder, show_progress_bar=True).add(["a passage"])
-    assert seen == [None, False, True]  # None: the encoder's rule (a terminal and several batches)
+    assert seen == [False, None, True]  # None: the encoder's rule (a terminal and several batches)

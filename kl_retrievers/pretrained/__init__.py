@@ -440,12 +440,18 @@ def _strip_bundled_name(text: str | None) -> str | None:
     Examples:
         >>> _strip_bundled_name(" minilm-gauss-soup\\n"), _strip_bundled_name(" nothing ")
         ('minilm-gauss-soup', ' nothing ')
+        >>> _strip_bundled_name("kl_retrievers: minilm-gauss-soup")
+        'kl_retrievers:minilm-gauss-soup'
     """
-    if text is None or text == text.strip() or Path(text).expanduser().exists():
+    if text is None:
         return text
-    stripped = text.strip()
-    name = stripped.split(":", 1)[1] if stripped.startswith("kl_retrievers:") else stripped
-    return stripped if name in bundled_models() else text
+    name = text.strip()
+    prefix = "kl_retrievers:" if name.startswith("kl_retrievers:") else ""
+    name = name[len(prefix) :].strip()  # blanks after the prefix too: "kl_retrievers: NAME"
+    candidate = prefix + name
+    if candidate == text or name not in bundled_models() or Path(text).expanduser().exists():
+        return text
+    return candidate
 
 
 def _refuse_backbone_name(name_or_path: str) -> None:

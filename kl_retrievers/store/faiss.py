@@ -336,8 +336,9 @@ class KLStore(GaussianStore):
             matching documents when at most this many match.
         compact_threshold: Fraction of tombstoned rows above which the index is compacted.
         batch_size: Encoder batch size.
-        show_progress_bar: Passed to the encoder when adding texts: ``None`` (default) shows its bar when
-            stderr is a terminal and there are several batches, ``True`` always, ``False`` never.
+        show_progress_bar: Passed to the encoder when adding texts: ``False`` (default, as LangChain's and
+            LlamaIndex's embedding wrappers: a server's threads print nothing) never shows its bar, ``True``
+            always, ``None`` when stderr is a terminal and there are several batches.
         seed: Seed for the training sample of IVF / SQ / PQ.
 
     The settings are attributes of the same names. Assigning one is checked as the constructor
@@ -376,7 +377,7 @@ class KLStore(GaussianStore):
         exact_threshold: int = 20000,
         compact_threshold: float = 0.3,
         batch_size: int = 32,
-        show_progress_bar: bool | None = None,
+        show_progress_bar: bool | None = False,
         seed: int = 0,
     ) -> None:
         _check_all(

@@ -748,7 +748,10 @@ class MilvusKLStore(GaussianStore):
 
         Only when that identity is known and differs from the recorded one (one count request then). It is
         stored by a publication (version + 1, the stored centre, ``M`` and offset unchanged, write-then-verify);
-        when another writer publishes at the same time, its record stands.
+        when another writer publishes at the same time, its record stands. Milvus has no compare-and-set: a
+        client of the old model that adds rows between this count and this publication, without publishing
+        anything itself, leaves its rows under the new record, so refill an emptied collection from one client
+        at a time.
         """
         own = self._own_weights()
         if own is None or own == self._encoder_weights or self._count("") != 0:
@@ -758,7 +761,11 @@ class MilvusKLStore(GaussianStore):
             self._encoder_weights = own  # the first documents' publication records it
             return
         previous, self._encoder_weights = self._encoder_weights, own
-        if not self._publish(state.norm_bound, state.offset, rewrite=state.pending, centre=state.centre):
+        lost = (
+            f"another writer updated Milvus collection {self.collection_name!r}'s configuration at the same time; "
+            "its weights record stands"
+        )
+        if not self._publish(state.norm_bound, state.offset, rewrite=state.pending, centre=state.centre, lost=lost):
             return  # another writer's publication won: _read_state adopted its record
         logger.info(
             "Milvus collection %r is empty: it now records this client's encoder weights SHA-256 %s (was %s)",
@@ -973,7 +980,13 @@ class MilvusKLStore(GaussianStore):
         self._client.load_collection(name, timeout=self.request_timeout)
 
     def _publish(
-        self, norm_bound: float | None, offset: float, *, rewrite: bool, centre: tuple[float, ...] | None = None
+        self,
+        norm_bound: float | None,
+        offset: float,
+        *,
+        rewrite: bool,
+        centre: tuple[float, ...] | None = None,
+        lost: str | None = None,
     ) -> bool:
         """Store a new ``M`` (version + 1) before any row uses it; ``False`` if another writer's won.
 
@@ -982,7 +995,8 @@ class MilvusKLStore(GaussianStore):
         stored state, so the version here is the stored one + 1.  ``centre`` is given with the first
         documents only; later publications keep the stored one.  ``norm_bound`` is ``None`` only where none is
         stored (metric ``"IP"``), in a publication that records a new weights identity
-        (:meth:`_take_own_weights_if_empty`).
+        (:meth:`_take_own_weights_if_empty`, which passes ``lost`` for its own message when another writer's
+        publication wins).
         """
         config = self._config()
         writer = uuid.uuid4().hex
@@ -996,6 +1010,9 @@ class MilvusKLStore(GaussianStore):
         )
         state = self._read_state()
         if state.writer != writer:
+            if lost is not None:
+                logger.warning("%s (version %d)", lost, state.version)
+                return False
             logger.warning(
                 "another writer stored the L2-reduction bound M=%s (version %d) at the same time; starting over",
                 state.norm_bound,
