@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "BUNDLED_DIR",
+    "BUNDLED_ONNX",
     "BUNDLED_PREFIX",
     "OfflineCopy",
     "OFFLINE_COPIES",
@@ -45,6 +46,7 @@ __all__ = [
     "bundled_names",
     "resolve_model_path",
     "sha256_file",
+    "source_sha256",
     "file_matches_sha256",
     "cached_sha256",
     "local_reference",
@@ -58,6 +60,34 @@ __all__ = [
 
 #: Folder of the models shipped inside the package (:mod:`kl_retrievers.pretrained`), one sub-folder each.
 BUNDLED_DIR = Path(__file__).resolve().parent / "pretrained"
+#: Sub-folder of a bundled model holding its shipped ONNX int8 export.
+BUNDLED_ONNX = "onnx-int8"
+#: The files of a saved encoder that define what an ONNX export of it computes.
+_SOURCE_FILES = ("config.json", "model.safetensors", "delta.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+def source_sha256(folder: str | os.PathLike[str], recipe: str = "") -> str:
+    """SHA-256 of what defines an ONNX export of a saved encoder: its config, weights and tokenizer (and ``recipe``).
+
+    Recorded in an export's ``config.json`` (``source.sha256``), so that a shipped graph that was not
+    regenerated after its model changed is refused. (Here, below both :mod:`kl_retrievers.onnx` and
+    :mod:`kl_retrievers.pretrained`, which use it.)
+
+    Examples:
+        >>> len(source_sha256(BUNDLED_DIR / "minilm-gauss-soup"))
+        64
+    """
+    h = hashlib.sha256(recipe.encode())
+    for name in _SOURCE_FILES:
+        file = Path(folder) / name
+        if file.is_file():
+            h.update(name.encode())
+            with file.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
 #: Prefix that names a bundled model explicitly (``kl_retrievers:minilm-gauss-soup``).
 BUNDLED_PREFIX = "kl_retrievers:"
 

@@ -704,7 +704,7 @@ def _shipped_source_weights(folder: Path, source: Any) -> str | None:
     if parent.parent != BUNDLED_DIR or not isinstance(source, dict):
         return None
     from kl_retrievers._config import read_encoder_meta, saved_weights_sha256
-    from kl_retrievers.pretrained import BUNDLED_ONNX, source_sha256
+    from kl_retrievers.hub import BUNDLED_ONNX, source_sha256
 
     if resolved.name != BUNDLED_ONNX:
         return None

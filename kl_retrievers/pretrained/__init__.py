@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
 import importlib.util
 import logging
 import os
@@ -40,7 +39,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kl_retrievers.hub import BUNDLED_ONNX as BUNDLED_ONNX
 from kl_retrievers.hub import ModelNotFoundError, local_reference, warn_if_shadowed
+from kl_retrievers.hub import source_sha256 as source_sha256
 
 if TYPE_CHECKING:
     from kl_retrievers.encoder import GaussianEncoder
@@ -76,10 +77,6 @@ RESEARCH_MODELS = ("minilm-gauss-lora", "minilm-gauss-zs", "minilm-unit-variance
 
 #: Inference backends of :func:`load_model`: torch or ONNX Runtime (see :func:`default_backend`).
 BACKENDS = ("torch", "onnx")
-#: Sub-folder of a bundled model holding its shipped ONNX int8 export.
-BUNDLED_ONNX = "onnx-int8"
-#: The files of a saved encoder that define what an ONNX export of it computes.
-_SOURCE_FILES = ("config.json", "model.safetensors", "delta.safetensors", "tokenizer.json", "tokenizer_config.json")
 #: Environment variable naming the folder where :func:`load_model` keeps ONNX exports.
 ONNX_CACHE_ENV = "KL_RETRIEVERS_ONNX_CACHE"
 
@@ -505,27 +502,6 @@ def onnx_cache_dir() -> Path:
     from kl_retrievers._io import user_cache_dir
 
     return user_cache_dir(ONNX_CACHE_ENV, "onnx")
-
-
-def source_sha256(folder: str | os.PathLike[str], recipe: str = "") -> str:
-    """SHA-256 of what defines an ONNX export of a saved encoder: its config, weights and tokenizer (and ``recipe``).
-
-    Recorded in an export's ``config.json`` (``source.sha256``), so that a shipped graph that was not
-    regenerated after its model changed is refused.
-
-    Examples:
-        >>> len(source_sha256(bundled_model_path(DEFAULT_MODEL)))
-        64
-    """
-    h = hashlib.sha256(recipe.encode())
-    for name in _SOURCE_FILES:
-        file = Path(folder) / name
-        if file.is_file():
-            h.update(name.encode())
-            with file.open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()
 
 
 def _bundled_name(name_or_path: str | None) -> str | None:
