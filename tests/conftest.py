@@ -204,6 +204,48 @@ def make_train_world(root: Path) -> TrainWorld:
     return TrainWorld(root, base, tiny_train_beir(root / "beir"), root / "cache")
 
 
+def train_world_with_dev(root: Path) -> TrainWorld:
+    """:func:`make_train_world` whose BEIR folder also has a ``dev`` split (a copy of ``train``'s judgements)."""
+    import shutil
+
+    world = make_train_world(root)
+    shutil.copy(world.beir / "qrels" / "train.tsv", world.beir / "qrels" / "dev.tsv")
+    return world
+
+
+def heads_cached_train_argv(w: TrainWorld, out: Path, *extra: str) -> list[str]:
+    """A fast ``kl-retrievers train`` call on ``w`` (3 steps of the heads on cached features), then ``extra``."""
+    argv = ["train", "--data", str(w.beir), "--out", str(out), "--steps", "3", "--batch-size", "2"]
+    argv += ["--cache-dir", str(w.cache), "--quiet", "--device", "cpu", "--heads-only-cached"]
+    argv += ["--base", str(w.base), "--dim", "8", "--max-length", "32", "--query-max-length", "16"]
+    return [*argv, *extra]
+
+
+#: Four short texts (ids :data:`IDENTITY_IDS`) the model-identity tests index.
+IDENTITY_TEXTS = ["bees dance to share food", "yeast makes bread rise", "tea is a drink", "milvus stores vectors"]
+IDENTITY_IDS = ["a", "b", "c", "d"]
+#: What a store's warning about other model weights says (``store._format.warn_if_other_weights``).
+WEIGHTS_WARNING = "weights SHA-256"
+
+
+def weights_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The warnings ``caplog`` holds about a store's model weights (:data:`WEIGHTS_WARNING`)."""
+    import logging
+
+    return [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and WEIGHTS_WARNING in r.getMessage()
+    ]
+
+
+def retrain_in_place(folder: Path) -> GaussianEncoder:
+    """Change the weights of the model saved in ``folder``, save it over itself (a retrain in place), load it."""
+    enc = GaussianEncoder.from_pretrained(folder)
+    with torch.no_grad():
+        enc.mean_head.weight.add_(0.5)
+    enc.save_pretrained(folder, overwrite=True)
+    return GaussianEncoder.from_pretrained(folder)
+
+
 def fake_hub(monkeypatch: pytest.MonkeyPatch, folder: Path | None) -> list[str]:
     """Replace the hub lookup (``hub._from_hub``) by a recorder returning ``folder`` (``None``: unreachable)."""
     from kl_retrievers import hub

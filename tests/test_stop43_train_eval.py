@@ -19,7 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TrainWorld, make_tiny_encoder, make_train_world, tiny_train_beir, tiny_train_config
+from conftest import (
+    TrainWorld,
+    heads_cached_train_argv,
+    make_tiny_encoder,
+    tiny_train_beir,
+    tiny_train_config,
+    train_world_with_dev,
+)
 from kl_retrievers import GaussianEncoder
 from kl_retrievers.cli import main
 from kl_retrievers.datasets import load_beir
@@ -269,16 +276,10 @@ def test_training_with_the_retrieval_evaluator_records_ndcg(ts: TrainingSet, bei
 # ------------------------------------------------------------------ the command line
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> TrainWorld:
-    w = make_train_world(tmp_path_factory.mktemp("train_eval_cli"))
-    shutil.copy(w.beir / "qrels" / "train.tsv", w.beir / "qrels" / "dev.tsv")
-    return w
+    return train_world_with_dev(tmp_path_factory.mktemp("train_eval_cli"))
 
 
-def _argv(w: TrainWorld, out: Path, *extra: str) -> list[str]:
-    argv = ["train", "--data", str(w.beir), "--out", str(out), "--steps", "3", "--batch-size", "2"]
-    argv += ["--cache-dir", str(w.cache), "--quiet", "--device", "cpu", "--heads-only-cached"]
-    argv += ["--base", str(w.base), "--dim", "8", "--max-length", "32", "--query-max-length", "16"]
-    return [*argv, *extra]
+_argv = heads_cached_train_argv
 
 
 def _boom(*args: Any, **kwargs: Any) -> Any:

@@ -25,7 +25,6 @@ import importlib.util
 import json
 import logging
 import re
-import shutil
 import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -34,7 +33,7 @@ from typing import Any
 import pytest
 
 import kl_retrievers._confidence as confidence_mod
-from conftest import TrainWorld, make_train_world
+from conftest import TrainWorld, heads_cached_train_argv, train_world_with_dev
 from kl_retrievers import GaussianEncoder
 from kl_retrievers._confidence import ConfidenceScorer
 from kl_retrievers.calibration import (
@@ -120,17 +119,11 @@ def test_the_card_table_reads_only_the_current_evaluators_entries() -> None:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> TrainWorld:
-    w = make_train_world(tmp_path_factory.mktemp("f45c_train"))
-    shutil.copy(w.beir / "qrels" / "train.tsv", w.beir / "qrels" / "dev.tsv")
-    return w
+    return train_world_with_dev(tmp_path_factory.mktemp("f45c_train"))
 
 
 def _argv(w: TrainWorld, out: Path, *extra: str) -> list[str]:
-    argv = ["train", "--data", str(w.beir), "--out", str(out), "--steps", "3", "--batch-size", "2"]
-    argv += ["--cache-dir", str(w.cache), "--quiet", "--device", "cpu", "--heads-only-cached"]
-    argv += ["--base", str(w.base), "--dim", "8", "--max-length", "32", "--query-max-length", "16"]
-    argv += ["--eval-data", str(w.beir), "--checkpoint-every", "3"]
-    return [*argv, *extra]
+    return heads_cached_train_argv(w, out, "--eval-data", str(w.beir), "--checkpoint-every", "3", *extra)
 
 
 def _summary(err: str) -> str:

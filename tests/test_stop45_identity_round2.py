@@ -19,32 +19,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_tiny_encoder
+from conftest import IDENTITY_IDS, IDENTITY_TEXTS, make_tiny_encoder, retrain_in_place, weights_warnings
 from kl_retrievers import KLStore
 from kl_retrievers.encoder import GaussianEncoder
 
 REPO = Path(__file__).resolve().parents[1]
-TEXTS = ["bees dance to share food", "yeast makes bread rise", "tea is a drink", "milvus stores vectors"]
-IDS = ["a", "b", "c", "d"]
-WEIGHTS_WARNING = "weights SHA-256"
-
-
-def _weights_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [
-        r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and WEIGHTS_WARNING in r.getMessage()
-    ]
+TEXTS = IDENTITY_TEXTS
+IDS = IDENTITY_IDS
 
 
 def _recorded(store_folder: Path) -> object:
     return json.loads((store_folder / "config.json").read_text())["encoder"].get("weights_sha256")
-
-
-def _retrain_in_place(folder: Path) -> GaussianEncoder:
-    enc = GaussianEncoder.from_pretrained(folder)
-    with torch.no_grad():
-        enc.mean_head.weight.add_(0.5)
-    enc.save_pretrained(folder, overwrite=True)
-    return GaussianEncoder.from_pretrained(folder)
 
 
 # ---------------------------------------------------------------- 1. add, save_pretrained, store.save
@@ -64,10 +49,10 @@ def test_store_built_before_its_model_was_saved_records_the_saved_identity(
     store.save(tmp_path / "store")  # kept by later saves
     assert _recorded(tmp_path / "store") == enc.weights_sha256
 
-    new = _retrain_in_place(tmp_path / "model")
+    new = retrain_in_place(tmp_path / "model")
     caplog.set_level(logging.WARNING)
     KLStore.load(tmp_path / "store", encoder=new)
-    (message,) = _weights_warnings(caplog)
+    (message,) = weights_warnings(caplog)
     assert str(enc.weights_sha256) in message and str(new.weights_sha256) in message
 
 
@@ -95,10 +80,10 @@ def test_warning_says_re_index_into_a_new_or_emptied_store_and_re_adding_keeps_t
     store = KLStore(old)
     store.add(TEXTS, ids=IDS)
     store.save(tmp_path / "store")
-    new = _retrain_in_place(tmp_path / "model")
+    new = retrain_in_place(tmp_path / "model")
     caplog.set_level(logging.WARNING)
     loaded = KLStore.load(tmp_path / "store", encoder=new)
-    (message,) = _weights_warnings(caplog)
+    (message,) = weights_warnings(caplog)
     assert "re-indexed" in message and "into a new (or emptied) store" in message
     assert "adding them again to this one keeps the old record" in message
     loaded.add(TEXTS, ids=IDS)  # every id again, with the new model: still the first model's record (documented)
@@ -108,7 +93,7 @@ def test_warning_says_re_index_into_a_new_or_emptied_store_and_re_adding_keeps_t
     fresh.add(TEXTS, ids=IDS)
     fresh.save(tmp_path / "store2")
     KLStore.load(tmp_path / "store2", encoder=new)
-    assert len(_weights_warnings(caplog)) == 1
+    assert len(weights_warnings(caplog)) == 1
 
 
 # ---------------------------------------------------------------- 3. an emptied Milvus collection
@@ -127,15 +112,15 @@ def test_emptied_milvus_collection_takes_the_identity_of_the_client_that_refills
     first = MilvusKLStore(old, uri=uri, index_type="flat", metric=metric)
     first.add(TEXTS, ids=IDS)
     first.close()
-    new = _retrain_in_place(tmp_path / "model")
+    new = retrain_in_place(tmp_path / "model")
     caplog.set_level(logging.WARNING)
 
     filled = MilvusKLStore(new, uri=uri, index_type="flat", metric=metric)
-    assert len(_weights_warnings(caplog)) == 1
+    assert len(weights_warnings(caplog)) == 1
     filled.add(TEXTS[:1], ids=IDS[:1])  # not empty: the collection keeps the old record
     filled.close()
     MilvusKLStore(new, uri=uri, index_type="flat", metric=metric).close()
-    assert len(_weights_warnings(caplog)) == 2
+    assert len(weights_warnings(caplog)) == 2
 
     exact = KLStore(new)
     exact.add(TEXTS, ids=IDS)
@@ -145,13 +130,13 @@ def test_emptied_milvus_collection_takes_the_identity_of_the_client_that_refills
     refill.add(TEXTS, ids=IDS)  # an emptied collection re-indexed with the new model
     assert [[h.id for h in refill.search(q, k=4)] for q in ("bees dance", "yeast")] == expected
     refill.close()
-    before = len(_weights_warnings(caplog))
+    before = len(weights_warnings(caplog))
     again = MilvusKLStore(new, uri=uri, index_type="flat", metric=metric)
     assert [[h.id for h in again.search(q, k=4)] for q in ("bees dance", "yeast")] == expected
     again.close()
-    assert len(_weights_warnings(caplog)) == before  # the new identity: no warning
+    assert len(weights_warnings(caplog)) == before  # the new identity: no warning
     MilvusKLStore(old, uri=uri, index_type="flat", metric=metric).close()
-    assert len(_weights_warnings(caplog)) == before + 1  # and the old model is now the other one
+    assert len(weights_warnings(caplog)) == before + 1  # and the old model is now the other one
 
 
 # ---------------------------------------------------------------- 4. exporting an encoder of unknown identity
@@ -218,10 +203,10 @@ def test_hybrid_store_warning_names_the_hybrid_folder(tmp_path: Path, caplog: py
     hybrid = KLHybridStore(GaussianEncoder.from_pretrained(tmp_path / "model"))
     hybrid.add(TEXTS, ids=IDS)
     hybrid.save(tmp_path / "hyb")
-    new = _retrain_in_place(tmp_path / "model")
+    new = retrain_in_place(tmp_path / "model")
     caplog.set_level(logging.WARNING)
     KLHybridStore.load(tmp_path / "hyb", encoder=new)
-    (message,) = _weights_warnings(caplog)
+    (message,) = weights_warnings(caplog)
     assert message.startswith(f"the hybrid store at {tmp_path / 'hyb'} was indexed with ")
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import make_tiny_encoder
+from conftest import IDENTITY_TEXTS, make_tiny_encoder, retrain_in_place, weights_warnings
 from kl_retrievers import KLStore, load_model
 from kl_retrievers._config import NotAnEncoderError
 from kl_retrievers.cli import _read_records, main
@@ -22,27 +22,12 @@ from kl_retrievers.onnx import OnnxGaussianEncoder
 from kl_retrievers.sharded import encode_corpus
 from kl_retrievers.store import StoreFormatError
 
-TEXTS = ["bees dance to share food", "yeast makes bread rise", "tea is a drink", "milvus stores vectors"]
-WEIGHTS_WARNING = "weights SHA-256"
-
-
-def _weights_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [
-        r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and WEIGHTS_WARNING in r.getMessage()
-    ]
+TEXTS = IDENTITY_TEXTS
 
 
 def _saved_model(folder: Path, seed: int = 0) -> GaussianEncoder:
     make_tiny_encoder(seed=seed).save_pretrained(folder)
     return GaussianEncoder.from_pretrained(folder)
-
-
-def _retrain_in_place(folder: Path) -> None:
-    """Change the weights of the model saved in ``folder`` and save it over itself (a retrain in place)."""
-    enc = GaussianEncoder.from_pretrained(folder)
-    with torch.no_grad():
-        enc.mean_head.weight.add_(0.5)
-    enc.save_pretrained(folder, overwrite=True)
 
 
 # ---------------------------------------------------------------- 1. weights identity of a store's encoder
@@ -62,13 +47,13 @@ def test_store_loaded_after_its_model_was_retrained_in_place_warns_naming_both_i
 
     caplog.set_level(logging.WARNING)
     KLStore.load(tmp_path / "store", encoder=GaussianEncoder.from_pretrained(model))
-    assert _weights_warnings(caplog) == []  # the same weights: nothing to say
+    assert weights_warnings(caplog) == []  # the same weights: nothing to say
 
-    _retrain_in_place(model)
+    retrain_in_place(model)
     after = GaussianEncoder.from_pretrained(model)
     assert after.weights_sha256 not in (None, before)
     KLStore.load(tmp_path / "store", encoder=after)
-    (message,) = _weights_warnings(caplog)
+    (message,) = weights_warnings(caplog)
     assert before in message and str(after.weights_sha256) in message
     assert "re-indexed" in message and "wrong" in message
 
@@ -80,11 +65,11 @@ def test_store_loaded_without_encoder_warns_when_it_loads_the_retrained_model(
     store = KLStore(_saved_model(model))
     store.add(TEXTS, ids=["a", "b", "c", "d"])
     store.save(tmp_path / "store")
-    _retrain_in_place(model)
+    retrain_in_place(model)
     caplog.set_level(logging.WARNING)
     loaded = KLStore.load(tmp_path / "store")
     loaded._load_saved_encoder()  # what the adapters and the hybrid store do to encode text
-    assert len(_weights_warnings(caplog)) == 1
+    assert len(weights_warnings(caplog)) == 1
 
 
 def test_cli_search_of_a_store_whose_model_was_retrained_warns(
@@ -98,10 +83,10 @@ def test_cli_search_of_a_store_whose_model_was_retrained_warns(
     assert main(["index", str(corpus), "--out", str(store), "--model", str(model), "--no-progress"]) == 0
     caplog.set_level(logging.WARNING)
     assert main(["search", str(store), "bees", "-k", "1"]) == 0
-    assert _weights_warnings(caplog) == []
-    _retrain_in_place(model)
+    assert weights_warnings(caplog) == []
+    retrain_in_place(model)
     assert main(["search", str(store), "bees", "-k", "1"]) == 0
-    assert len(_weights_warnings(caplog)) == 1
+    assert len(weights_warnings(caplog)) == 1
 
 
 def test_torch_store_loaded_with_the_onnx_export_of_the_same_folder_does_not_warn(
@@ -117,14 +102,14 @@ def test_torch_store_loaded_with_the_onnx_export_of_the_same_folder_does_not_war
         store.save(tmp_path / name)
         caplog.set_level(logging.WARNING)
         KLStore.load(tmp_path / name, encoder=loaded)
-    assert _weights_warnings(caplog) == []
+    assert weights_warnings(caplog) == []
     # and the export of a retrained model does warn against a store of the old one
-    _retrain_in_place(model)
+    retrain_in_place(model)
     new_onnx = OnnxGaussianEncoder(
         GaussianEncoder.from_pretrained(model).export_onnx(tmp_path / "onnx2", quantize=None)
     )
     KLStore.load(tmp_path / "torch-built", encoder=new_onnx)
-    assert len(_weights_warnings(caplog)) == 1
+    assert len(weights_warnings(caplog)) == 1
 
 
 def test_bundled_model_by_name_or_folder_on_either_backend_reports_one_identity(
@@ -143,7 +128,7 @@ def test_bundled_model_by_name_or_folder_on_either_backend_reports_one_identity(
     caplog.set_level(logging.WARNING)
     for other in others:
         KLStore.load(tmp_path / "store", encoder=other)
-    assert _weights_warnings(caplog) == []
+    assert weights_warnings(caplog) == []
 
 
 def test_no_identity_no_warning_and_a_bad_record_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -156,10 +141,10 @@ def test_no_identity_no_warning_and_a_bad_record_is_refused(tmp_path: Path, capl
     cfg = json.loads(cfg_file.read_text())
     del cfg["encoder"]["weights_sha256"]  # as a store saved before it was recorded
     cfg_file.write_text(json.dumps(cfg))
-    _retrain_in_place(model)
+    retrain_in_place(model)
     caplog.set_level(logging.WARNING)
     KLStore.load(tmp_path / "store", encoder=GaussianEncoder.from_pretrained(model))
-    assert _weights_warnings(caplog) == []
+    assert weights_warnings(caplog) == []
 
     # weights changed in memory since the load: the identity is unknown, so none is recorded
     changed = GaussianEncoder.from_pretrained(model)
@@ -289,15 +274,15 @@ def test_milvus_collection_attached_with_a_retrained_model_warns_once(
     caplog.set_level(logging.WARNING)
     same = MilvusKLStore(GaussianEncoder.from_pretrained(model), uri=uri, index_type="flat")
     same.close()
-    assert _weights_warnings(caplog) == []
-    _retrain_in_place(model)
+    assert weights_warnings(caplog) == []
+    retrain_in_place(model)
     after = GaussianEncoder.from_pretrained(model)
     other = MilvusKLStore(after, uri=uri, index_type="flat")
     other.add(["a new document"], ids=["e"])  # the record of the old weights stays (the next attach warns)
     other.search("bees", k=1)
     other.close()
-    (message,) = _weights_warnings(caplog)
+    (message,) = weights_warnings(caplog)
     assert str(enc.weights_sha256) in message and str(after.weights_sha256) in message and "re-indexed" in message
     again = MilvusKLStore(after, uri=uri, index_type="flat")
     again.close()
-    assert len(_weights_warnings(caplog)) == 2
+    assert len(weights_warnings(caplog)) == 2

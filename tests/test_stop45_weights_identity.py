@@ -18,32 +18,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_tiny_encoder
+from conftest import IDENTITY_IDS, IDENTITY_TEXTS, make_tiny_encoder, retrain_in_place, weights_warnings
 from kl_retrievers import KLStore, load_model
 from kl_retrievers.encoder import GaussianEncoder
 from kl_retrievers.hub import sha256_file
 from kl_retrievers.onnx import OnnxGaussianEncoder
 
-TEXTS = ["bees dance to share food", "yeast makes bread rise", "tea is a drink", "milvus stores vectors"]
-IDS = ["a", "b", "c", "d"]
-WEIGHTS_WARNING = "weights SHA-256"
-
-
-def _weights_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [
-        r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and WEIGHTS_WARNING in r.getMessage()
-    ]
+TEXTS = IDENTITY_TEXTS
+IDS = IDENTITY_IDS
 
 
 def _config(folder: Path) -> dict[str, object]:
     return json.loads((folder / "config.json").read_text())
-
-
-def _retrain_in_place(folder: Path) -> None:
-    enc = GaussianEncoder.from_pretrained(folder)
-    with torch.no_grad():
-        enc.mean_head.weight.add_(0.5)
-    enc.save_pretrained(folder, overwrite=True)
 
 
 # ---------------------------------------------------------------- 1. re-saving unchanged weights
@@ -77,7 +63,7 @@ def test_resaving_the_bundled_model_full_or_delta_keeps_its_identity_and_no_stor
     caplog.set_level(logging.WARNING)
     KLStore.load(tmp_path / "store", encoder=enc)
     KLStore.load(tmp_path / "store", encoder=full)
-    assert _weights_warnings(caplog) == []
+    assert weights_warnings(caplog) == []
 
 
 def test_only_an_unknown_identity_takes_the_new_files_sha256_and_exports_copy_it(tmp_path: Path) -> None:
@@ -136,17 +122,17 @@ def test_saving_a_store_loaded_with_a_retrained_model_keeps_the_old_identity(
     store = KLStore(old)
     store.add(TEXTS, ids=IDS)
     store.save(tmp_path / "store")
-    _retrain_in_place(model)
+    retrain_in_place(model)
     new = GaussianEncoder.from_pretrained(model)
     caplog.set_level(logging.WARNING)
 
     loaded = KLStore.load(tmp_path / "store", encoder=new)
-    assert len(_weights_warnings(caplog)) == 1
+    assert len(weights_warnings(caplog)) == 1
     loaded.delete(["d"])  # a change that re-indexes nothing
     loaded.save(tmp_path / "store")
     assert _config(tmp_path / "store")["encoder"]["weights_sha256"] == old.weights_sha256  # type: ignore[index]
     KLStore.load(tmp_path / "store", encoder=new)
-    assert len(_weights_warnings(caplog)) == 2  # still the old documents: still a warning
+    assert len(weights_warnings(caplog)) == 2  # still the old documents: still a warning
 
     # an encoder of unknown identity keeps the recorded one too
     unknown = GaussianEncoder.from_pretrained(model)
@@ -161,9 +147,9 @@ def test_saving_a_store_loaded_with_a_retrained_model_keeps_the_old_identity(
     emptied.add(TEXTS[:2], ids=IDS[:2])
     emptied.save(tmp_path / "store")
     assert _config(tmp_path / "store")["encoder"]["weights_sha256"] == new.weights_sha256  # type: ignore[index]
-    before = len(_weights_warnings(caplog))
+    before = len(weights_warnings(caplog))
     KLStore.load(tmp_path / "store", encoder=new)
-    assert len(_weights_warnings(caplog)) == before
+    assert len(weights_warnings(caplog)) == before
 
 
 def test_milvus_and_klstore_give_the_same_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -180,12 +166,12 @@ def test_milvus_and_klstore_give_the_same_warning(tmp_path: Path, caplog: pytest
     store = KLStore(old)
     store.add(TEXTS, ids=IDS)
     store.save(tmp_path / "store")
-    _retrain_in_place(model)
+    retrain_in_place(model)
     new = GaussianEncoder.from_pretrained(model)
     caplog.set_level(logging.WARNING)
     KLStore.load(tmp_path / "store", encoder=new)
     MilvusKLStore(new, uri=uri, index_type="flat").close()
-    faiss_message, milvus_message = _weights_warnings(caplog)
+    faiss_message, milvus_message = weights_warnings(caplog)
     tail = faiss_message.split(" was indexed with ", 1)[1]
     assert milvus_message.startswith("Milvus collection ")
     assert milvus_message.split(" was indexed with ", 1)[1] == tail
