@@ -85,6 +85,7 @@ from kl_retrievers._confidence import (
     require_calibrator,
 )
 from kl_retrievers._encoding import check_texts
+from kl_retrievers._io import load_unchanged
 from kl_retrievers.filters import MetadataFilter
 from kl_retrievers.gaussian import (
     SCORE_NAME,
@@ -1476,7 +1477,8 @@ class KLVectorStore(VectorStore):
             error=LangChainFormatError,
         )
         encoder = _unwrap_encoder(embeddings) if embeddings is not None else None
-        store = KLStore.load(folder / _STORE_DIR, encoder=encoder, mmap=mmap, verify_checksums=verify_checksums)
+        kl_dir, where = folder / _STORE_DIR, f"the LangChain store at {folder}"  # the folder its user passed
+        store = load_unchanged(kl_dir, lambda: KLStore._load_once(kl_dir, encoder, mmap, verify_checksums, where=where))
         saved = manifest.get("encoder")
         if encoder is None and saved:
             if not isinstance(saved, str):

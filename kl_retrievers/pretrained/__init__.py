@@ -353,6 +353,8 @@ def load_model(
         OnnxGaussianEncoder(name_or_path='kl_retrievers:minilm-gauss-soup', dim=384, quantize='int8')
     """
     text = _strip_bundled_name(_name_or_path_text(name_or_path))
+    if text is not None and _bundled_name(text) is None:
+        _check_usable_path(text)
     from kl_retrievers.onnx import QUANTIZATIONS
 
     if quantize not in QUANTIZATIONS:
@@ -402,6 +404,37 @@ def _onnx_options(onnx_options: object, backend: str) -> dict[str, Any]:
 
         make_session_options(**onnx_options)  # bad values fail here, before any file is read or exported
     return dict(onnx_options)
+
+
+def _check_usable_path(text: str) -> None:
+    """Refuse a name the file system cannot even look up (too long, ``~user`` of no user) as not found.
+
+    Without this, such a name fails deep in the lookup with a bare ``OSError`` ("File name too long") or
+    ``RuntimeError`` ("Could not determine home directory").
+
+    Raises:
+        kl_retrievers.hub.ModelNotFoundError: The name, shortened, and why the file system refused it.
+
+    Examples:
+        >>> _check_usable_path("minilm-gauss-soup")
+        >>> _check_usable_path("~no-such-user-kl/enc")
+        Traceback (most recent call last):
+        ...
+        kl_retrievers.hub.ModelNotFoundError: '~no-such-user-kl/enc' is no bundled model, folder or hub id: ...
+    """
+    shown = repr(text) if len(text) <= 80 else f"{text[:60]!r}... ({len(text)} characters)"
+    try:
+        Path(text).expanduser().exists()
+    except RuntimeError as exc:  # expanduser: "~user" of no user, or no home directory
+        why = f"its '~' cannot be expanded ({str(exc).rstrip('.')})"
+    except (OSError, ValueError) as exc:  # e.g. ENAMETOOLONG; ValueError: an embedded NUL
+        why = f"the file system refuses it as a path ({getattr(exc, 'strerror', None) or exc})"
+    else:
+        return
+    raise ModelNotFoundError(
+        f"{shown} is no bundled model, folder or hub id: {why}. Bundled models (load them by name): "
+        f"{', '.join(bundled_models())}."
+    )
 
 
 def _name_or_path_text(name_or_path: object) -> str | None:

@@ -1,0 +1,52 @@
+"""Stop 46: small fixes from the leftovers of stop 45, each pinned by a test that failed before."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from conftest import IDENTITY_IDS, IDENTITY_TEXTS, make_tiny_encoder, retrain_in_place, weights_warnings
+from kl_retrievers import load_model
+from kl_retrievers.encoder import GaussianEncoder
+from kl_retrievers.hub import ModelNotFoundError
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("a" * 300, "refuses it as a path"),
+        ("x/" * 3000, "refuses it as a path"),
+        ("~no-such-user-kl-46", "'~' cannot be expanded"),
+        ("~no-such-user-kl-46/enc", "'~' cannot be expanded"),
+    ],
+)
+def test_load_model_unusable_path_is_not_found(name: str, why: str) -> None:
+    """A name the file system cannot look up is a ModelNotFoundError naming it, not a bare OSError/RuntimeError."""
+    with pytest.raises(ModelNotFoundError) as info:
+        load_model(name)
+    message = str(info.value)
+    assert why in message
+    assert name[:40] in message
+    assert "minilm-gauss-soup" in message  # the bundled names are offered
+    assert len(message) < 600  # a 6,000-character name is shortened, not echoed
+
+
+def test_langchain_load_local_weights_warning_names_the_users_folder(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The retrained-model warning names the folder passed to load_local, not the store part inside it."""
+    pytest.importorskip("langchain_core")
+    from kl_retrievers.langchain import KLEmbeddings, KLVectorStore
+
+    make_tiny_encoder(seed=0).save_pretrained(tmp_path / "model")
+    vs = KLVectorStore.from_texts(
+        IDENTITY_TEXTS, KLEmbeddings(encoder=GaussianEncoder.from_pretrained(tmp_path / "model")), ids=IDENTITY_IDS
+    )
+    vs.save_local(tmp_path / "lc")
+    new = retrain_in_place(tmp_path / "model")
+    caplog.set_level(logging.WARNING)
+    KLVectorStore.load_local(tmp_path / "lc", KLEmbeddings(encoder=new))
+    (message,) = weights_warnings(caplog)
+    assert message.startswith(f"the LangChain store at {tmp_path / 'lc'} was indexed with ")
