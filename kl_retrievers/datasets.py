@@ -222,7 +222,13 @@ class BeirDataset:
     def subset(self, query_ids: Iterable[str], doc_ids: Iterable[str]) -> BeirDataset:
         """A smaller dataset with the given queries and documents (qrels restricted to both).
 
-        Queries left with no judged document are dropped.
+        Queries left with no judged document are dropped. Every id must be one of this dataset's: an
+        unknown query or document id (a typo, or an id of another split) is refused, not skipped, as
+        :func:`load_beir` refuses a judgement naming one.
+
+        Raises:
+            DatasetError: A query id that is not in :attr:`queries` or a document id that is not in
+                :attr:`corpus`; the message names the first few and how many there are.
 
         Examples:
             >>> ds = BeirDataset(Path("."), "test", {"a": {"text": "x"}, "b": {"text": "y"}},
@@ -231,6 +237,10 @@ class BeirDataset:
             >>> small.doc_ids, small.qrels
             (['a'], {'q': {'a': 1}})
         """
+        doc_ids = list(doc_ids)
+        query_ids = list(query_ids)
+        _refuse_unknown("document", doc_ids, self.corpus, self.path, self.split)
+        _refuse_unknown("query", query_ids, self.queries, self.path, self.split)
         docs = {d: self.corpus[d] for d in doc_ids}
         qrels: dict[str, dict[str, int]] = {}
         for q in query_ids:
@@ -246,6 +256,20 @@ class BeirDataset:
             f"BeirDataset(path={str(self.path)!r}, split={self.split!r}, docs={len(self.corpus)}, "
             f"queries={len(self.queries)}, judgements={sum(len(v) for v in self.qrels.values())})"
         )
+
+
+def _refuse_unknown(what: str, ids: list[str], known: dict[str, Any], path: Path, split: str) -> None:
+    """Raise :class:`DatasetError` naming the first few of ``ids`` that are not keys of ``known``."""
+    unknown = [i for i in dict.fromkeys(ids) if i not in known]
+    if not unknown:
+        return
+    shown = ", ".join(repr(i) for i in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+    where = "corpus" if what == "document" else f"queries of split {split!r}"
+    raise DatasetError(
+        f"subset: {len(unknown)} {what} id(s) not in the dataset's {where} ({len(known)} ids): {shown}; "
+        f"pass only ids of this dataset ({'doc_ids' if what == 'document' else 'query_ids'})",
+        path=path,
+    )
 
 
 def _sha256_texts(texts: Iterable[str]) -> str:

@@ -150,6 +150,11 @@ class EncodingCache:
                 if not np.isfinite(arr).all():
                     raise ValueError(f"array {name!r} holds non-finite values")
                 arrays[name] = arr
+            # Each file was hashed, then loaded by its path again: a save that replaced the entry in between (or
+            # between two files) would hand back arrays of two saves (one's means with the other's variances),
+            # which no checksum saw. Every save swaps in a new folder, so an unchanged identity means one save's.
+            if folder_identity(folder) != before:
+                raise FileNotFoundError(f"{folder} was replaced while it was read")
             if adopt:
                 meta["sha256"] = {name: sha256_file(folder / f"{name}.npy") for name in table}
                 with atomic_file(folder / "meta.json") as tmp_meta:
@@ -330,13 +335,27 @@ def _tokenizer_digest(encoder: Any) -> str | None:
     return hashlib.sha256(canonical_json(ident).encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def _pins_weights(config: Any) -> bool:
+    """Whether an encoder config pins its weights by content: a non-empty ``model_sha256`` string (ONNX encoders).
+
+    Everything else that sets such an encoder's output is in the rest of its config, hashed besides: the
+    quantisation, the dimension and token budgets, ``[VAR]`` and padding, the source model's settings and, for
+    adapter heads on a shared graph, the heads' SHA-256 (``encoder.onnx_heads.delta_sha256``).
+    """
+    pinned = config.get("model_sha256") if isinstance(config, Mapping) else None
+    return isinstance(pinned, str) and bool(pinned.strip())
+
+
 def model_fingerprint(encoder: Any) -> str:
     """A short hash identifying an encoder: class, config, tokenizer and weights (or ``name_or_path``).
 
     When the encoder (or its ``.model``) has a torch ``state_dict``, every tensor's bytes
     are hashed, so a fine-tuned model never reuses the encodings of its checkpoint, while the
     same weights loaded by bundled name or by folder path share one cache entry. Without a
-    ``state_dict`` the ``name_or_path`` stands in for the weights. The tokenizer
+    ``state_dict`` the config's ``model_sha256`` stands in for the weights where it records one (an
+    ONNX encoder's: the SHA-256 of its graph, which loading checks the file against, and of an
+    adapter's heads in its ``encoder`` section), so the same graph loaded by bundled name, by folder
+    path or from a copy shares one fingerprint; otherwise the ``name_or_path`` does. The tokenizer
     (:func:`tokenizer_identity`: vocabulary, normalisation, added tokens) is hashed too: the same
     weights behind another tokenizer give other encodings.
 
@@ -346,6 +365,26 @@ def model_fingerprint(encoder: Any) -> str:
         >>> len(model_fingerprint(E()))
         16
     """
+    return _fingerprint(encoder, legacy=False)
+
+
+def _legacy_fingerprint(encoder: Any) -> str | None:
+    """The fingerprint a kl-retrievers before 2026-12-05 gave an encoder whose config pins its weights by
+    ``model_sha256`` (it hashed ``name_or_path`` too); ``None`` where :func:`model_fingerprint` is unchanged.
+
+    Sharded encodings record the fingerprint in their manifest: resuming or checking one written before
+    accepts this one as well, so those folders stay usable.
+    """
+    config = getattr(encoder, "config", None)
+    to_dict = getattr(config, "to_dict", None)
+    config_dict = to_dict() if callable(to_dict) else config
+    if _state_dict_of(encoder) is not None or not _pins_weights(config_dict):
+        return None
+    return _fingerprint(encoder, legacy=True)
+
+
+def _fingerprint(encoder: Any, *, legacy: bool) -> str:
+    """:func:`model_fingerprint`; ``legacy``: with ``name_or_path`` even where the config pins the weights."""
     h = hashlib.sha256()
     config = getattr(encoder, "config", None)
     config_dict: Any = None
@@ -357,7 +396,7 @@ def model_fingerprint(encoder: Any) -> str:
         "class": f"{type(encoder).__module__}.{type(encoder).__qualname__}",
         "config": config_dict,
     }
-    if sd is None:
+    if sd is None and (legacy or not _pins_weights(config_dict)):
         ident["name_or_path"] = str(getattr(encoder, "name_or_path", None))
     tokenizer = _tokenizer_digest(encoder)
     if tokenizer is not None:  # absent (no key at all) for an encoder without a tokenizer

@@ -7,7 +7,8 @@ record as ``kl-retrievers encode`` does, naming its line, and that JSONL ids are
 shard is read, encoded and written on its own, so memory is bounded by one shard per worker.
 The output folder holds:
 
-* ``manifest.json``: the input file's SHA-256 and size, the model and its backend, ``kind``,
+* ``manifest.json``: the input file's SHA-256 and size, the model (its name, fingerprint, backend and,
+  where known, the identity of its weights, ``model_weights_sha256``), ``kind``,
   ``max_length``, ``field``, ``shard_size``, the shard count and the library version (with the
   score's name and direction); for an encoder whose output depends on its batch (an int8 ONNX
   graph: ``batch_invariant`` is ``False``) the ``batch_size`` too;
@@ -22,7 +23,12 @@ the run key existed have none: they are kept and read as before, with a warning 
 them to the manifest.  A folder made from another input (by content: the file name is for
 information) or with other settings is refused with the differing keys named (nothing is overwritten);
 so is resuming an int8 ONNX encoding with another ``batch_size`` (its outputs depend on the batch).
-A run holds a lock on the folder (``flock``, where available), so a second run into it is refused.
+A run holds a lock on the folder (``flock``, where available), so a second run into it is refused
+(a :class:`BlockingIOError`). A folder holding only a manifest (a run that stopped before its first
+shard) takes the new run's manifest, whatever its settings: nothing is overwritten.
+
+:func:`iter_encoded` and :func:`load_encoded` check, when given the ``encoder`` that will search the
+shards and the ``kind`` they must hold, that the manifest names that model and kind.
 
 ``backend="ray"`` runs the missing shards as a Ray Data job: ``map_batches`` over the shard
 list with one encoder actor per CPU (or per GPU with ``device="cuda"``).  Every shard is
@@ -46,6 +52,7 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 from array import array
 from collections.abc import Iterator, Mapping
@@ -184,7 +191,8 @@ def plan_shards(
     record is checked as ``kl-retrievers encode`` checks it (a UTF-8 byte order mark opening the file
     is skipped, as :func:`kl_retrievers.datasets.load_beir` skips it), with the same messages naming the file
     line, so that a bad record fails the run before any shard is encoded: UTF-8, and for JSONL a
-    JSON object with a valid id (``_id`` or ``id``: a non-empty string or an integer, else the
+    JSON object with a valid id (``_id`` or ``id``: a non-empty string without leading or trailing
+    whitespace, as :func:`kl_retrievers.datasets.load_beir` requires, or an integer, else the
     record number; :func:`kl_retrievers._io.row_id`) and a text in ``field`` (``"auto"``: title +
     text). JSONL ids must be unique across the whole file: a repeated one is refused, naming both
     lines. Memory stays small (8 bytes of hash per record).
@@ -312,6 +320,14 @@ def _check_record(line: bytes, row_no: int, where: str, jsonl: bool, field: str)
         return str(row_no)
     row = parse_json_object(text, where)
     doc_id = _check_utf8(row_id(row, row_no, where), "id", where)
+    if doc_id != doc_id.strip():
+        # refused as kl_retrievers.datasets.load_beir refuses it: qrels columns are read stripped, so "d1 " could
+        # never be judged, and stripping it here could merge it with a "d1" elsewhere
+        raise ValueError(
+            f"{where} (record {row_no + 1}): the id {doc_id!r} has leading or trailing whitespace, which ids may "
+            "not have (load_beir refuses it too: qrels columns are read stripped, so it could never be judged); "
+            "remove the spaces"
+        )
     _check_utf8(row_text(row, field, where), "text", where)
     return doc_id
 
@@ -542,6 +558,14 @@ def _shard_ok(out: Path, spec: ShardSpec, run: str, *, log: bool = False) -> boo
     return problem is None
 
 
+class _FolderBusyError(BlockingIOError, RuntimeError):
+    """Another encode run is writing into the ``--out`` folder: a refusal the user resolves by waiting.
+
+    A :class:`BlockingIOError` (an :class:`OSError`, which the command line reports as a user error, one
+    line and exit status 2), and a :class:`RuntimeError` as it was raised before, for callers that catch that.
+    """
+
+
 @contextmanager
 def _folder_lock(folder: Path) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``folder`` while a run writes into it; refuse when another run holds it.
@@ -550,6 +574,9 @@ def _folder_lock(folder: Path) -> Iterator[None]:
     one of them ends with shards of the other. The kernel drops the lock when its process ends (even by
     ``kill -9``), so a crashed run never blocks the next. Where locking is not available (no ``fcntl``,
     as on Windows, or a file system without ``flock``) the run goes on unlocked.
+
+    Raises:
+        BlockingIOError: Another run holds the lock (also a :class:`RuntimeError`, as it was before).
     """
     # The body's own errors must not read as raised while handling a locking failure: every yield
     # below is outside an except block.
@@ -577,7 +604,7 @@ def _folder_lock(folder: Path) -> Iterator[None]:
         except OSError as exc:  # a file system without flock (some network or FUSE mounts)
             logger.warning("cannot lock %s (%s); encoding unlocked (%s)", folder, exc, unlocked)
         if not locked:
-            raise RuntimeError(
+            raise _FolderBusyError(
                 f"another encode run is writing into {folder} (it holds the folder's lock): wait for it to "
                 "finish (rerunning then resumes), or encode into another --out folder"
             )
@@ -664,6 +691,13 @@ def _identity_value(manifest: dict[str, Any], key: str) -> Any:
 
 #: Leftovers of an interrupted manifest write (``_io.atomic_file``): not "other files" in the folder.
 _MANIFEST_LEFTOVER = re.compile(rf"\.{re.escape(_MANIFEST)}\.(tmp|old)-[0-9a-f]+")
+
+
+def _holds_shards(folder: Path) -> bool:
+    """Whether ``folder`` holds anything besides its manifest (and leftovers of writing it): shards, or their
+    leftovers, or a stranger's files. A folder that does not has lost nothing if another manifest replaces its own.
+    """
+    return any(p.name != _MANIFEST and not _MANIFEST_LEFTOVER.fullmatch(p.name) for p in folder.iterdir())
 
 
 class _RayShardWorker:
@@ -914,6 +948,9 @@ def encode_corpus(
         ValueError: Bad options, a bad record or an input without records (found by the planning pass,
             before the model is loaded or any shard is encoded), or ``out`` holds shards of another
             input or other settings.
+        BlockingIOError: Another encode run is writing into ``out`` (it holds the folder's lock), or a shard
+            written by this run failed its check afterwards (another, unlocked run replaced it); both are
+            also :class:`RuntimeError`, as they were before. Rerun once the other run is done.
 
     Examples:
         >>> report = encode_corpus("corpus.jsonl", "encoded/")  # doctest: +SKIP
@@ -945,7 +982,7 @@ def encode_corpus(
         from kl_retrievers.pretrained import load_model
 
         encoder = load_model(model, device=device, backend=model_backend, onnx_options=onnx_options)
-    from kl_retrievers.encoding_cache import model_fingerprint
+    from kl_retrievers.encoding_cache import _legacy_fingerprint, model_fingerprint
 
     if encoder is None:  # backend="ray": the workers load the model; load it once here to know its weights
         from kl_retrievers.pretrained import default_backend, load_model
@@ -958,14 +995,18 @@ def encode_corpus(
             worker_backend = default_backend(model, device=device)
         loaded = load_model(model, backend=worker_backend, onnx_options=onnx_options)
         model_name, fingerprint = getattr(loaded, "name_or_path", None), model_fingerprint(loaded)
-        used_backend = _backend_of(loaded) or model_backend
+        legacy = _legacy_fingerprint(loaded)
+        used_backend = _backend_of(loaded) or worker_backend
         batch_invariant = bool(getattr(loaded, "batch_invariant", True))
+        weights = _weights_of(loaded)
         del loaded
     else:
         model_name, fingerprint = getattr(encoder, "name_or_path", None), model_fingerprint(encoder)
+        legacy = _legacy_fingerprint(encoder)
         used_backend = _backend_of(encoder) or model_backend
         worker_backend = model_backend
         batch_invariant = bool(getattr(encoder, "batch_invariant", True))
+        weights = _weights_of(encoder)
     manifest = {
         "format": _FORMAT_NAME,
         "format_version": _FORMAT_VERSION,
@@ -974,6 +1015,8 @@ def encode_corpus(
         "model": model_name,
         "model_fingerprint": fingerprint,
         "model_backend": used_backend,
+        # for information (not part of the run's identity): what iter_encoded(encoder=...) accepts across backends
+        "model_weights_sha256": weights,
         "kind": kind,
         "field": field,
         "max_length": max_length,
@@ -989,6 +1032,10 @@ def encode_corpus(
         existing = target / _MANIFEST
         if existing.is_file():
             old = _manifest(target)
+            if legacy is not None and old.get("model_fingerprint") == legacy:
+                # written before an ONNX graph's fingerprint left out the name it was loaded by: the same
+                # model; its fingerprint is kept, as the shards' run keys have it
+                fingerprint = manifest["model_fingerprint"] = legacy
             if "model_fingerprint" not in old:  # written before fingerprints: the model's name is all it knows
                 logger.warning(
                     "%s was written without a model fingerprint; reusing its shards on the model name", target
@@ -996,6 +1043,10 @@ def encode_corpus(
                 old["model_fingerprint"] = fingerprint
             if "model_backend" not in old:  # written before the backend was recorded: the fingerprint tells them apart
                 old["model_backend"] = used_backend
+            elif old["model_backend"] is None and old.get("model_fingerprint") == fingerprint:
+                # written when a torch encoder's backend went unrecorded (null): the fingerprint, which covers the
+                # encoder's class, says these shards are this model's; the null is kept, as the shards' run keys have it
+                manifest["model_backend"] = None
             if "batch_size" in manifest and "batch_size" not in old and old.get("model_fingerprint") == fingerprint:
                 # written before the batch size was recorded: kept as it was, unchecked (as shards without a run key)
                 logger.warning(
@@ -1013,6 +1064,13 @@ def encode_corpus(
                 # name as given, e.g. None or "minilm-gauss-soup"): the fingerprint is the model's identity
                 differ.remove("model")
                 manifest["model"] = old.get("model")
+            if differ and not _holds_shards(target):
+                # a run that wrote its manifest and stopped before any shard (e.g. Ray refused --device cuda on
+                # a node without a GPU): nothing would be overwritten, so the rerun its error recommends goes on
+                logger.info(
+                    "%s holds a manifest of other settings (%s differ) but no shard: replacing it", target, differ
+                )
+                differ = []
             if differ == ["batch_size"]:
                 was = old.get("batch_size")
                 raise ValueError(
@@ -1062,7 +1120,7 @@ def encode_corpus(
         problems = {s.index: _shard_problem(target, s, run) for s in todo}
         bad = {index: problem for index, problem in problems.items() if problem is not None}
         if bad:  # e.g. another encode run writing into the same folder replaced them
-            raise RuntimeError(
+            raise _FolderBusyError(
                 f"shards {sorted(bad)} failed their check after encoding ({next(iter(bad.values()))}); is another "
                 f"encode run writing into {target}? Run one at a time per folder, then rerun to redo them"
             )
@@ -1102,13 +1160,81 @@ def _encode_local(encoder: Any, todo: list[ShardSpec], job: dict[str, Any], show
 
 
 def _backend_of(encoder: Any) -> str | None:
-    """The backend an encoder runs on, as its config records it (``"torch"`` / ``"onnx"``), else ``None``."""
+    """The backend an encoder runs on: ``"onnx"`` as its config records it, ``"torch"`` for a
+    :class:`~kl_retrievers.encoder.GaussianEncoder` (whose config records no backend), else ``None``.
+
+    The torch class is looked up only if :mod:`kl_retrievers.encoder` is imported already: an encoder of that
+    class exists only then, and this module must not import torch.
+    """
     to_dict = getattr(getattr(encoder, "config", None), "to_dict", None)
     try:
         recorded = to_dict().get("backend") if callable(to_dict) else None
     except Exception:  # a foreign encoder's config: nothing to learn from it
+        recorded = None
+    if isinstance(recorded, str):
+        return recorded
+    torch_module = sys.modules.get("kl_retrievers.encoder")
+    torch_class = getattr(torch_module, "GaussianEncoder", None) if torch_module is not None else None
+    if isinstance(torch_class, type) and isinstance(encoder, torch_class):
+        return "torch"
+    return None
+
+
+def _weights_of(encoder: Any) -> str | None:
+    """The identity of an encoder's trained weights (``weights_sha256``: the same for a torch model and its ONNX
+    export), or ``None`` when it has none or does not know it."""
+    try:
+        weights = getattr(encoder, "weights_sha256", None)
+    except Exception:  # a foreign encoder's property: nothing to learn from it
         return None
-    return recorded if isinstance(recorded, str) else None
+    return weights if isinstance(weights, str) and weights else None
+
+
+#: The ``kind`` values of :func:`encode_corpus`, which :func:`iter_encoded` can check.
+_KINDS = ("document", "query")
+
+
+def _check_reader(folder: Path, manifest: dict[str, Any], encoder: Any | None, kind: str | None) -> None:
+    """Refuse shards that were not encoded by ``encoder`` or as ``kind`` (see :func:`iter_encoded`)."""
+    recorded_kind = manifest.get("kind")
+    if kind is not None and recorded_kind != kind:
+        raise ValueError(
+            f"{folder} holds {recorded_kind!r} encodings (encoded with kind={recorded_kind!r}), not the {kind!r} "
+            f"encodings asked for (kind={kind!r}): documents and queries are encoded differently; encode the "
+            f"input with kind={kind!r} (--kind {kind}) into another folder"
+        )
+    if encoder is None:
+        return
+    from kl_retrievers.encoding_cache import _legacy_fingerprint, model_fingerprint
+
+    recorded = manifest.get("model_fingerprint")
+    fingerprint = model_fingerprint(encoder)
+    if recorded is not None and recorded in (fingerprint, _legacy_fingerprint(encoder)):
+        return
+    weights, recorded_weights = _weights_of(encoder), manifest.get("model_weights_sha256")
+    if weights is not None and weights == recorded_weights:  # the same trained weights on another backend
+        logger.info(
+            "%s was encoded by %r (%s backend), the given encoder is %r (%s backend): the same weights (SHA-256 "
+            "%s...), read as that model's encodings",
+            folder,
+            manifest.get("model"),
+            manifest.get("model_backend"),
+            getattr(encoder, "name_or_path", None),
+            _backend_of(encoder),
+            weights[:12],
+        )
+        return
+    was = (
+        f"model {manifest.get('model')!r} (fingerprint {recorded}, {manifest.get('model_backend')} backend)"
+        if recorded is not None
+        else f"model {manifest.get('model')!r}, with no model fingerprint recorded (an older kl-retrievers)"
+    )
+    raise ValueError(
+        f"{folder} was encoded by {was}, but the given encoder is {getattr(encoder, 'name_or_path', None)!r} "
+        f"(fingerprint {fingerprint}, {_backend_of(encoder)} backend): its queries would be scored against "
+        "another model's documents. Search with the model that encoded the shards, or encode the input again "
+        "with this encoder (into another folder)"
+    )
 
 
 def _manifest(folder: Path) -> dict[str, Any]:
@@ -1136,8 +1262,17 @@ def _manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def iter_encoded(out: str | os.PathLike[str]) -> Iterator[tuple[list[str], Any]]:
+def iter_encoded(
+    out: str | os.PathLike[str], *, encoder: Any | None = None, kind: str | None = None
+) -> Iterator[tuple[list[str], Any]]:
     """Yield ``(ids, Gaussians)`` shard by shard (bounded memory), checking every checksum.
+
+    Nothing in the Gaussians says which model made them, so shards added to a store whose encoder is
+    another model would be searched with meaningless scores. Pass the store's ``encoder`` to check it:
+    the manifest's model fingerprint (class, config, tokenizer and weights,
+    :func:`~kl_retrievers.encoding_cache.model_fingerprint`) must be that encoder's, or its recorded
+    weights (``weights_sha256``) the encoder's (the same model on the other backend, torch or ONNX);
+    and ``kind="document"`` to check the shards hold documents, not queries.
 
     Before the first shard is yielded, every shard's ``shard.json`` is checked: it exists, with its
     files, its run key is the manifest's (the shard was made from this input, model and settings),
@@ -1148,11 +1283,30 @@ def iter_encoded(out: str | os.PathLike[str]) -> Iterator[tuple[list[str], Any]]
     Shards written by a kl-retrievers from before run keys carry none: they are read as before,
     and one warning says that nothing ties them to the manifest.
 
+    Args:
+        out: The folder :func:`encode_corpus` wrote.
+        encoder: The encoder that will search the shards (``None``: not checked).
+        kind: ``"document"`` or ``"query"``: the kind the shards must hold (``None``: not checked).
+
     Raises:
-        ValueError: A shard is missing, of another run, or corrupt (rerun the encode command to redo it).
+        ValueError: A shard is missing, of another run, or corrupt (rerun the encode command to redo it);
+            the shards were encoded by another model than ``encoder`` or as another ``kind`` (the message
+            names both); ``kind`` is not one of ``"document"``, ``"query"`` or ``None``.
+
+    Examples:
+        >>> for ids, g in iter_encoded("encoded/", encoder=store.encoder, kind="document"):  # doctest: +SKIP
+        ...     store.add(gaussians=g, ids=ids)
     """
-    folder = Path(out)
+    if kind is not None and kind not in _KINDS:
+        raise ValueError(f"kind must be one of {_KINDS} or None; got {kind!r}")
+    return _iter_encoded(Path(out), encoder, kind)
+
+
+def _iter_encoded(folder: Path, encoder: Any | None, kind: str | None) -> Iterator[tuple[list[str], Any]]:
+    """:func:`iter_encoded` after its arguments are checked: the manifest and every ``shard.json`` are checked
+    at the first ``next()``."""
     manifest = _manifest(folder)
+    _check_reader(folder, manifest, encoder, kind)
     specs = _checked_specs(folder, manifest)
     yield from _read_shards(folder, specs, _run_key(manifest))
 
@@ -1242,14 +1396,18 @@ def _read_shards(folder: Path, specs: list[ShardSpec], run: str) -> Iterator[tup
         yield ids, g
 
 
-def load_encoded(out: str | os.PathLike[str]) -> tuple[Any, list[str]]:
+def load_encoded(
+    out: str | os.PathLike[str], *, encoder: Any | None = None, kind: str | None = None
+) -> tuple[Any, list[str]]:
     """All shards concatenated: ``(Gaussians, ids)``.
 
+    ``encoder`` and ``kind`` check that the shards are that encoder's and of that kind, as in :func:`iter_encoded`.
+
     Examples:
-        >>> g, ids = load_encoded("encoded/")  # doctest: +SKIP
+        >>> g, ids = load_encoded("encoded/", encoder=store.encoder, kind="document")  # doctest: +SKIP
     """
 
-    parts = list(iter_encoded(out))
+    parts = list(iter_encoded(out, encoder=encoder, kind=kind))
     ids = [i for part_ids, _ in parts for i in part_ids]
     if not parts:
         return Gaussians(np.zeros((0, 1), np.float32), np.ones((0, 1), np.float32)), ids
