@@ -18,7 +18,7 @@ import numbers
 import sys
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
+from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, Set
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -147,9 +147,10 @@ def check_texts(texts: str | Sequence[str] | None, what: str = "texts", *, allow
     """``texts`` as a list of strings; raises ``TypeError`` naming ``what`` and a bad item.
 
     Containers whose iteration would silently give the wrong strings are refused with a ``TypeError``
-    saying what to pass: a mapping (it iterates over its keys), a set (no order, so rows could not be
-    matched to texts), ``bytes`` (its items are ints) and a table with ``.columns`` such as a pandas
-    DataFrame (it iterates over its column names).
+    saying what to pass: a mapping or its ``keys()`` or ``items()`` view (they give its keys, usually ids,
+    or (key, value) pairs, not its texts), a set (its iteration order is arbitrary, and for strings it
+    changes from one Python process to the next, so a run could not be reproduced), ``bytes`` (its items
+    are ints) and a table with ``.columns`` such as a pandas DataFrame (it iterates over its column names).
 
     A text that cannot be encoded as UTF-8 (a lone surrogate such as ``"\\ud800"``, e.g. from JSON or from
     bytes decoded with ``errors="surrogateescape"``) raises ``ValueError`` naming ``what[i]`` and the
@@ -187,10 +188,16 @@ def check_texts(texts: str | Sequence[str] | None, what: str = "texts", *, allow
             f"{what} is a {kind}, whose iteration gives its keys, not its texts; pass list(d.values()) for the "
             "texts (and list(d) as their ids)"
         )
+    if isinstance(texts, (KeysView, ItemsView)):  # ordered (insertion order), but not a dict's texts
+        items = "keys, which are usually its ids," if isinstance(texts, KeysView) else "(key, value) pairs,"
+        raise TypeError(
+            f"{what} is a {kind}, whose iteration gives a dict's {items} not its texts; pass list(d.values()) for "
+            "the texts (and list(d) as their ids), or list(d) if the keys are the texts"
+        )
     if isinstance(texts, Set):
         raise TypeError(
-            f"{what} is a {kind}, whose order is not defined, so the encoded rows could not be matched to the texts; "
-            "pass a list (e.g. sorted(texts))"
+            f"{what} is a {kind}, whose iteration order is arbitrary (for strings it changes from one Python process "
+            "to the next), so the stored order could not be reproduced; pass a list (e.g. sorted(texts))"
         )
     if hasattr(texts, "columns"):
         raise TypeError(

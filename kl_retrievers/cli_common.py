@@ -109,17 +109,18 @@ _SESSION_FLAGS = (
 
 
 def add_model_session_arguments(
-    p: Any, *, default_note: str = "without --model-backend, it picks that backend"
+    p: Any, *, default_note: str = "without --model-backend, they pick that backend, even on a machine with a GPU"
 ) -> None:
     """``--model-threads N`` and ``--model-spinning``: the ONNX Runtime session of the --model encoder.
 
     They become :func:`kl_retrievers.pretrained.load_model`'s ``onnx_options`` (``num_threads`` and
     ``allow_spinning=True``; see :func:`model_session_options`); on the torch backend the command refuses
-    them (:func:`model_session_problem`).
+    them (:func:`model_session_problem`). The help text of both names ``--device`` only when the parser
+    already has that option (add it first).
 
     Args:
         p: The subcommand's parser.
-        default_note: How they go with the command's default backend, for the help text.
+        default_note: How they go with the command's default backend, for the help text of both flags.
 
     Examples:
         >>> parser = argparse.ArgumentParser()
@@ -128,23 +129,24 @@ def add_model_session_arguments(
         >>> args.model_threads, args.model_spinning
         (2, True)
     """
+    # only a subcommand with its own --device refuses one other than cpu for these flags
+    has_device = "--device" in getattr(p, "_option_string_actions", {})
+    onnx_only = "ONNX backend only, on cpu" + (": a --device other than cpu is refused" if has_device else "")
     p.add_argument(
         "--model-threads",
         dest="model_threads",
         type=positive_int,
         default=None,
         metavar="N",
-        help=f"ONNX Runtime intra-op threads of the model, N >= 1 (ONNX backend only, on cpu: a --device other than "
-        f"cpu is refused; {default_note}, even on a machine with a GPU; default: ONNX Runtime's choice, the physical "
-        "cores)",
+        help=f"ONNX Runtime intra-op threads of the model, N >= 1 ({onnx_only}; {default_note}; default: ONNX "
+        "Runtime's choice, the physical cores)",
     )
     p.add_argument(
         "--model-spinning",
         dest="model_spinning",
         action="store_true",
         help="let ONNX Runtime's idle threads spin (busy-wait) between runs: lower single-query latency on an idle "
-        "machine, a little less batch throughput (ONNX backend only, as --model-threads: without --model-backend it "
-        "picks that backend; default: off; see docs/onnx.md)",
+        f"machine, a little less batch throughput ({onnx_only}; {default_note}; default: off; see docs/onnx.md)",
     )
 
 

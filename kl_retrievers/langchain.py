@@ -88,6 +88,7 @@ from kl_retrievers._encoding import check_texts
 from kl_retrievers._io import load_unchanged
 from kl_retrievers.filters import MetadataFilter
 from kl_retrievers.gaussian import (
+    SCORE_DIRECTION,
     SCORE_NAME,
     Gaussians,
     check_k,
@@ -304,19 +305,33 @@ def _check_saved_encoder_is_bundled(manifest_path: Path) -> None:
 
 
 def _check_add_args(
-    n: int, metadatas: list[dict[str, Any]] | None, ids: list[str] | None, what: str = "texts"
-) -> list[str] | None:
-    """Check ``metadatas`` and ``ids`` against ``n`` items; the ids to store (``None`` entries get a uuid4 hex)."""
-    if metadatas is not None and len(metadatas) != n:
-        raise ValueError(f"got {len(metadatas)} metadatas for {n} {what}; pass one per text")
+    n: int, metadatas: Iterable[dict[str, Any] | None] | None, ids: Iterable[str | None] | None, what: str = "texts"
+) -> tuple[list[dict[str, Any] | None] | None, list[str] | None]:
+    """Check ``metadatas`` and ``ids`` against ``n`` items: the metadatas and the ids to store.
+
+    Each may be any iterable (a generator is read once, here); a single dict of metadata or a single
+    str id is refused. ``None`` ids get a uuid4 hex.
+    """
+    if metadatas is not None:
+        if isinstance(metadatas, (str, bytes, Mapping)) or not isinstance(metadatas, Iterable):
+            raise TypeError(
+                f"metadatas must be an iterable of dicts, one per text (e.g. a list); got a single "
+                f"{type(metadatas).__name__}: {metadatas!r:.80}"
+            )
+        metadatas = list(metadatas)
+        if len(metadatas) != n:
+            raise ValueError(f"got {len(metadatas)} metadatas for {n} {what}; pass one per text")
     if ids is None:
-        return None
-    if isinstance(ids, str):
-        raise TypeError("ids must be a list of str, not a single str")
+        return metadatas, None
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+        raise TypeError(
+            f"ids must be an iterable of str, one per text (e.g. a list); got a single {type(ids).__name__}: "
+            f"{ids!r:.80}"
+        )
     ids = list(ids)
     if len(ids) != n:
         raise ValueError(f"got {len(ids)} ids for {n} {what}; pass one per text")
-    return [str(i) if i is not None else uuid.uuid4().hex for i in ids] if ids else None
+    return metadatas, ([str(i) if i is not None else uuid.uuid4().hex for i in ids] if ids else None)
 
 
 def _check_texts(texts: Any, what: str = "texts") -> list[str]:
@@ -849,31 +864,33 @@ class KLVectorStore(VectorStore):
     def add_texts(
         self,
         texts: Iterable[str],
-        metadatas: list[dict[str, Any]] | None = None,
-        ids: list[str] | None = None,
+        metadatas: Iterable[dict[str, Any] | None] | None = None,
+        ids: Iterable[str | None] | None = None,
         **kwargs: Any,
     ) -> list[str]:
         """Encode and add texts; an existing id is replaced (upsert).
 
         Args:
             texts: Texts to add.
-            metadatas: One JSON-serialisable dict per text.
-            ids: One id per text (``None`` entries get a fresh uuid4 hex); also taken by position,
-                as langchain-community's FAISS takes it.
+            metadatas: One JSON-serialisable dict per text (a list or any other iterable, read once;
+                not a single dict).
+            ids: One id per text (``None`` entries get a fresh uuid4 hex; a list or any other iterable,
+                read once; not a single str); also taken by position, as langchain-community's FAISS
+                takes it.
 
         Returns:
             The ids, in input order.
 
         Raises:
-            TypeError: A text is not a str.
+            TypeError: A text is not a str, or ``metadatas`` / ``ids`` is a single dict / str, not one per text.
             ValueError: ``metadatas`` or ``ids`` do not match ``texts`` in length, or repeated ids.
         """
         items = _check_texts(texts)
-        id_values = _check_add_args(len(items), metadatas, ids)
+        metadata_list, id_values = _check_add_args(len(items), metadatas, ids)
         if not items:
             return []
         self._get_encoder()
-        return self.store.add(items, ids=id_values, metadatas=metadatas)
+        return self.store.add(items, ids=id_values, metadatas=metadata_list)
 
     def upsert(self, documents: Sequence[Document], ids: list[str] | None = None) -> dict[str, list[str]]:
         """Insert or replace documents by id (``Document.id``, or ``ids``).
@@ -957,8 +974,8 @@ class KLVectorStore(VectorStore):
     def add_embeddings(
         self,
         text_embeddings: Iterable[tuple[str, Sequence[float]]],
-        metadatas: list[dict[str, Any]] | None = None,
-        ids: list[str] | None = None,
+        metadatas: Iterable[dict[str, Any] | None] | None = None,
+        ids: Iterable[str | None] | None = None,
         **kwargs: Any,
     ) -> list[str]:
         """Add texts with document vectors computed earlier (FAISS's ``add_embeddings``); nothing is encoded.
@@ -969,8 +986,8 @@ class KLVectorStore(VectorStore):
 
         Args:
             text_embeddings: ``(text, d~)`` pairs.
-            metadatas: One JSON-serialisable dict per pair.
-            ids: One id per pair (``None`` entries get a fresh uuid4 hex).
+            metadatas: One JSON-serialisable dict per pair (a list or any other iterable, read once).
+            ids: One id per pair (``None`` entries get a fresh uuid4 hex; any iterable, read once).
 
         Returns:
             The ids, in input order.
@@ -993,7 +1010,7 @@ class KLVectorStore(VectorStore):
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
                 raise TypeError(f"text_embeddings[{j}] must be a (text, vector) pair; got {type(pair).__name__}")
         items = _check_texts([text for text, _ in pairs], "the texts of text_embeddings")
-        id_values = _check_add_args(len(items), metadatas, ids, "text_embeddings")
+        metadata_list, id_values = _check_add_args(len(items), metadatas, ids, "text_embeddings")
         if not items:
             return []
         what = (
@@ -1030,7 +1047,7 @@ class KLVectorStore(VectorStore):
                 f"the document vectors hold Gaussians of dimension {gaussians.dim} ({2 * gaussians.dim + 1} floats); "
                 f"this store needs dimension {own} ({2 * own + 1} floats): embed them with the store's model"
             )
-        return self.store.add(items, gaussians=gaussians, ids=id_values, metadatas=metadatas)
+        return self.store.add(items, gaussians=gaussians, ids=id_values, metadatas=metadata_list)
 
     def merge_from(self, target: KLVectorStore) -> None:
         """Add every document of ``target`` to this store, as langchain-community's ``FAISS.merge_from`` does.
@@ -1552,6 +1569,7 @@ class KLVectorStore(VectorStore):
                 "format": _FORMAT_NAME,
                 "format_version": _FORMAT_VERSION,
                 "score_name": SCORE_NAME,
+                "score_direction": SCORE_DIRECTION,
                 "relevance": self.relevance if isinstance(self.relevance, str) else None,
                 "batch_size": self.batch_size,
                 "encoder": None if enc is None else str(getattr(enc, "name_or_path", "")),

@@ -892,15 +892,65 @@ class OnnxGaussianEncoder(EncoderMixin):
         """Always ``"cpu"`` (ONNX Runtime's CPU execution provider)."""
         return "cpu"
 
-    def to(self, device: Any) -> OnnxGaussianEncoder:
+    def to(self, *args: Any, **kwargs: Any) -> OnnxGaussianEncoder:
         """``self`` for the cpu (``"cpu"``, ``"cpu:0"``, ``torch.device("cpu")``), as ``torch.nn.Module.to`` (and
         sentence-transformers' ``model.to``) would move it.
 
+        It takes ``torch.nn.Module.to``'s call forms: ``to(device)``, ``to(dtype)``, ``to(device, dtype)``,
+        ``to(tensor)`` (the tensor's device and dtype), each positional or by keyword (``device=``,
+        ``dtype=``), with an optional ``non_blocking`` (ignored: nothing is copied). The graph fixes the
+        precision: ``torch.float32`` is accepted, as a no-op, only by a float32 graph (``quantize=None``,
+        whose weights and outputs are float32); an int8 graph refuses it, as every encoder refuses any
+        other dtype (``torch.float16``, ``torch.bfloat16``...).
+
         Raises:
-            ValueError: Any other device: the ONNX backend runs on cpu only (load with ``backend="torch"``).
-            TypeError: A dtype (``torch.float16``): the graph fixes the precision.
+            ValueError: A device other than the cpu: the ONNX backend runs on cpu only (load with
+                ``backend="torch"``).
+            TypeError: A dtype other than a float32 graph's own (e.g. ``torch.float16``), an unknown
+                keyword, or arguments in none of ``torch.nn.Module.to``'s forms.
+
+        Examples:
+            >>> encoder.to("cpu") is encoder  # doctest: +SKIP
+            True
+            >>> encoder.to(device="cpu", non_blocking=True) is encoder  # doctest: +SKIP
+            True
         """
+        forms = "to(device), to(dtype), to(device, dtype) or to(tensor), with an optional non_blocking"
+        unknown = sorted(set(kwargs) - {"device", "dtype", "non_blocking"})
+        if unknown:
+            raise TypeError(
+                f"OnnxGaussianEncoder.to() got the unknown keyword argument(s) {unknown}; it takes device, dtype "
+                f"and non_blocking ({forms}, as torch.nn.Module.to)"
+            )
+        device, dtype = kwargs.get("device"), kwargs.get("dtype")
+        positional = list(args)
+        if positional and isinstance(positional[-1], bool) and "non_blocking" not in kwargs:
+            positional.pop()  # to(..., non_blocking)
+        if len(positional) > 2:
+            raise TypeError(f"OnnxGaussianEncoder.to() takes {forms}; got {len(args)} positional arguments {args!r}")
+        for value in positional:
+            if type(value).__name__ in ("Tensor", "Parameter"):  # to(tensor): its device and dtype
+                if len(positional) > 1 or device is not None or dtype is not None:
+                    raise TypeError(f"OnnxGaussianEncoder.to(tensor) takes the tensor alone; got {args!r} {kwargs!r}")
+                device, dtype = value.device, value.dtype
+                continue
+            is_dtype = type(value).__name__ == "dtype"  # torch.float16, ...
+            if (dtype if is_dtype else device) is not None:
+                raise TypeError(
+                    f"OnnxGaussianEncoder.to() got two {'dtypes' if is_dtype else 'devices'}: {args!r} {kwargs!r}; "
+                    f"it takes {forms}"
+                )
+            if is_dtype:
+                dtype = value
+            else:
+                device = value
+        if dtype is not None and type(dtype).__name__ != "dtype":
+            raise TypeError(
+                f"OnnxGaussianEncoder.to(): dtype must be a torch.dtype (e.g. torch.float32); got {dtype!r}"
+            )
         self._use_device(device)
+        if dtype is not None and not (str(dtype) == "torch.float32" and self.config.quantize is None):
+            self._use_device(dtype)  # refused there: the graph fixes the precision
         return self
 
     def __repr__(self) -> str:
