@@ -68,6 +68,10 @@ _RESCORE_BLOCK = 1 << 22
 _BUILD_BLOCK = 32768
 # New rows' float32 flat vectors (elements) kept from the check in add() to the index, not recomputed.
 _FLAT_KEEP_ELEMENTS = 1 << 24
+#: Most HNSW nodes its graph cannot reach that are added to every query's candidates (see
+#: ``ApproxEngine._track_duplicates``); with more, none are.
+_RESCUE_MAX = 4096
+_NO_ROWS = np.zeros(0, dtype=np.int64)
 #: Threads for the numpy re-scoring of candidate pools (numpy releases the GIL in its loops).
 _RESCORE_THREADS = max(1, min(4, os.cpu_count() or 1))
 
@@ -126,6 +130,69 @@ def _query_blocks(nq: int, per_query: int, fn: Callable[[int, int], None]) -> No
 def _row_norms(x: np.ndarray) -> np.ndarray:
     """Euclidean norm of each row of ``x``."""
     return np.sqrt(np.einsum("ij,ij->i", x, x))
+
+
+def _row_hashes(*parts: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each row of the float32 values of ``parts`` side by side (same number of rows):
+    identical rows hash alike, distinct ones almost never do.
+
+    Each row's 64-bit words (pairs of float32) times fixed odd 64-bit multipliers, summed modulo
+    ``2^64`` (an integer matrix product: exact, so the same for equal rows in any order); ``-0.0``
+    counts as ``0.0``.
+    """
+    n, w = parts[0].shape[0], sum(part.shape[1] for part in parts)
+    mult = np.random.default_rng(0x6B6C).integers(0, 1 << 62, size=(w + 1) // 2, dtype=np.uint64)
+    mult = mult * np.uint64(2) + np.uint64(1)  # odd
+    out = np.empty(n, dtype=np.uint64)
+    for s in range(0, n, 4096):
+        block = np.zeros((min(n, s + 4096) - s, 2 * mult.size), dtype=np.float32)
+        j = 0
+        for part in parts:
+            block[:, j : j + part.shape[1]] = part[s : s + 4096]
+            j += part.shape[1]
+        block += np.float32(0.0)  # -0.0 -> 0.0
+        out[s : s + 4096] = block.view(np.uint64) @ mult
+    return out
+
+
+def _gaussian_hashes(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """:func:`_row_hashes` of Gaussians as stored (float32): documents with the same mean and variance hash alike."""
+    return _row_hashes(mean, var)
+
+
+def _hnsw_unreached(index: Any) -> np.ndarray | None:
+    """Entries of an HNSW index that no path of its lowest-level links leads to from the entry point.
+
+    A search descends the upper levels greedily and then explores the lowest level's links
+    only, so no search returns such an entry (unless the descent happens to end on it).
+    ``None`` where FAISS does not expose the graph.
+    """
+    faiss = _faiss()
+    idx = faiss.downcast_index(index)
+    if isinstance(idx, faiss.IndexRefine):
+        idx = faiss.downcast_index(idx.base_index)
+    try:
+        hnsw = idx.hnsw
+        neighbors = faiss.vector_to_array(hnsw.neighbors)
+        offsets = faiss.vector_to_array(hnsw.offsets).astype(np.int64)
+        links = np.arange(hnsw.cum_nb_neighbors(0), hnsw.cum_nb_neighbors(1), dtype=np.int64)
+        entry = int(hnsw.entry_point)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        logger.info("cannot read the HNSW graph (%s); its unreachable nodes are not searched separately", exc)
+        return None
+    n = int(index.ntotal)
+    if n == 0 or not 0 <= entry < n or offsets.size < n + 1:
+        return _NO_ROWS
+    seen = np.zeros(n, dtype=bool)
+    seen[entry] = True
+    front = np.array([entry], dtype=np.int64)
+    while front.size:
+        nxt = neighbors[offsets[front, None] + links[None, :]].ravel()
+        nxt = nxt[(nxt >= 0) & (nxt < n)]
+        nxt = np.unique(nxt[~seen[nxt]]).astype(np.int64)
+        seen[nxt] = True
+        front = nxt
+    return np.flatnonzero(~seen)
 
 
 def _sample_rows(n: int) -> np.ndarray:
@@ -600,7 +667,8 @@ class ApproxEngine(FaissEngine):
     Gaussians rises sharply). Every shifted row ``d^`` gets one more coordinate
     ``sqrt(M^2 - ||d^||^2)`` (``M = norm_headroom * max ||d^||``); a query is scaled to norm ``M``.
     A later row whose norm exceeds ``M`` triggers a rebuild. Tombstones stay in the index (HNSW has
-    no ``remove_ids``) until compaction.
+    no ``remove_ids``) until compaction. Where more than ``2 x hnsw_m`` documents are identical, the
+    HNSW rows the graph cannot reach are added to every query's candidates (:meth:`_track_duplicates`).
     """
 
     def __init__(self, settings: Settings, table: DocumentTable) -> None:
@@ -610,6 +678,12 @@ class ApproxEngine(FaissEngine):
         self.centre: np.ndarray | None = None  # subtracted from every mean; None: not built, or saved before centring
         self._loaded_top = 0.0  # on load: the largest shifted d~ norm among the rows read
         self._warned_unbuilt = False  # the "not built yet" warning is logged once per store
+        self._warned_duplicates = False  # the "many identical documents" warning (HNSW) too
+        # HNSW with more than 2 x hnsw_m identical documents (_track_duplicates): a hash per index entry
+        # (None otherwise), and the rows the graph cannot reach, added to every query's candidates
+        self._hashes: np.ndarray | None = None
+        self._rescue = _NO_ROWS
+        self._load_hashes: list[np.ndarray] = []  # per block of rows read by load (HNSW)
 
     @property
     def norm_bound(self) -> float | None:
@@ -631,8 +705,12 @@ class ApproxEngine(FaissEngine):
             return None
         self.centre = centre_from_config(config, cfg_path, CENTRE_FIELDS[self.settings.index_type], k)
         self._loaded_top = 0.0
+        self._load_hashes = []
+        hnsw = self.settings.index_type == "hnsw"
 
         def on_block(mean: np.ndarray, var: np.ndarray, sumlogvar: np.ndarray) -> None:
+            if hnsw:
+                self._load_hashes.append(_gaussian_hashes(mean, var))
             # ||d^||^2 from the blocks of d~ = [-1/2 (sum log var + sum mu^2 / var), -1 / (2 var), mu / var]
             # of the centred means
             m = mean.astype(np.float64)
@@ -674,6 +752,9 @@ class ApproxEngine(FaissEngine):
             )
         if self.table.n_rows:
             self.check_loaded(cfg_path)
+        hashes, self._load_hashes = self._load_hashes, []
+        if hashes:
+            self._track_duplicates(self.index, np.concatenate(hashes))
 
     # ---------------------------------------------------------- the reduction
     @property
@@ -811,17 +892,91 @@ class ApproxEngine(FaissEngine):
     def _add_all(self, index: Any, live: np.ndarray | None = None) -> float:
         """Add the table's rows (``live``: only these, in order; default every row) to ``index``.
 
+        For HNSW, identical documents among them are counted (:meth:`_track_duplicates`).
+
         Returns:
             The largest norm of their centred, shifted ``d~`` (``0`` for none).
         """
         assert self._norm_bound is not None
         table, top = self.table, 0.0
         rows = np.arange(table.n_rows) if live is None else live
+        hnsw = self.settings.index_type == "hnsw"
+        hashes = []
         for sel in self._live_blocks(rows):
             shifted = self._shifted(self._centred(table.doc_vectors(sel)))  # as _reduced, keeping the norms
             top = max(top, float(_row_norms(shifted).max()))
+            if hnsw:
+                hashes.append(_gaussian_hashes(table.mean[sel], table.var[sel]))
             index.add(reduce_document_vectors(shifted, 0.0, self._norm_bound, width=self.width))
+        if hnsw:
+            self._track_duplicates(index, np.concatenate(hashes) if hashes else np.zeros(0, np.uint64), rows)
         return top
+
+    def _track_duplicates(self, index: Any, hashes: np.ndarray, rows: np.ndarray | None = None) -> None:
+        """Where more than ``2 x hnsw_m`` HNSW documents are identical: warn, and search what the graph cannot reach.
+
+        FAISS's HNSW keeps ``2 x hnsw_m`` links per node at its lowest level and prunes a new link
+        that a closer neighbour already covers: copies of one vector, at distance 0 from each other,
+        fill each other's lists, and the links from them to a later document are pruned, so no
+        search may reach it (a distinct document among 100 copies was not found as its own top-1;
+        see ``docs/ann.md``, "Many identical documents"). Then the rows no lowest-level path from
+        the entry point leads to (:func:`_hnsw_unreached`), less copies of a reachable row (they
+        tie with it), are kept in ``_rescue`` and added to every query's candidates (up to
+        ``_RESCUE_MAX`` of them), and the hashes are kept for later adds. One warning per store.
+        IVF scans whole lists and is not affected.
+
+        Args:
+            index: The HNSW index, holding one entry per hash.
+            hashes: :func:`_gaussian_hashes` of its entries' documents, in entry order.
+            rows: The table rows the entries were added from (for the warning's example id; default: the same numbers).
+        """
+        self._hashes, self._rescue = None, _NO_ROWS
+        limit = 2 * self.settings.hnsw_m
+        if hashes.size <= limit:
+            return
+        _, first, counts = np.unique(hashes, return_index=True, return_counts=True)
+        j = int(np.argmax(counts))
+        if counts[j] <= limit:
+            return
+        self._hashes = hashes
+        self._find_unreached(index)
+        if self._warned_duplicates:
+            return
+        self._warned_duplicates = True
+        example = int(first[j]) if rows is None else int(rows[int(first[j])])
+        logger.warning(
+            "%d documents of the hnsw index are copies of one vector (e.g. document %r; %d such group(s) of more "
+            "than %d): more than 2 x hnsw_m = %d, the links an HNSW node keeps, so the graph search misses documents "
+            "(the %d it cannot reach at all are re-scored with every query, but recall still suffers); deduplicate "
+            "the documents (one copy each, the others' ids kept elsewhere), or use index_type='flat' (exact) or "
+            "'ivf', which this does not affect (docs/ann.md, 'Many identical documents')",
+            int(counts[j]),
+            self.table.ids[example],
+            int((counts > limit).sum()),
+            limit,
+            limit,
+            int(self._rescue.size),
+        )
+
+    def _find_unreached(self, index: Any) -> None:
+        """Set ``_rescue`` from the graph of ``index`` and ``_hashes`` (see :meth:`_track_duplicates`)."""
+        assert self._hashes is not None
+        self._rescue = _NO_ROWS
+        unreached = _hnsw_unreached(index)
+        if unreached is None or not unreached.size:
+            return
+        seen = np.ones(self._hashes.size, dtype=bool)
+        seen[unreached] = False
+        unreached = unreached[~np.isin(self._hashes[unreached], self._hashes[seen])]
+        if unreached.size > _RESCUE_MAX:
+            logger.warning(
+                "the hnsw graph cannot reach %d documents, more than the %d added to every query's candidates; "
+                "none are (deduplicate the documents, or use index_type='flat' or 'ivf')",
+                unreached.size,
+                _RESCUE_MAX,
+            )
+            return
+        self._rescue = unreached.astype(np.int64)
 
     def _drop_index(self, n: int, needed: int, forced: bool) -> None:
         """No index (exact searches, as before the first build) for ``n`` live rows, fewer than ``needed``."""
@@ -839,6 +994,7 @@ class ApproxEngine(FaissEngine):
             self.table.compact()
         self.index, self.viewed = None, False
         self._norm_bound, self.offset, self.centre = None, 0.0, None
+        self._hashes, self._rescue = None, _NO_ROWS
         self._warned_unbuilt = True
 
     def rebuild(self, forced: bool = False) -> None:
@@ -868,6 +1024,7 @@ class ApproxEngine(FaissEngine):
             n_train = min(n, max(65536, 64 * s.nlist) if s.index_type == "ivf" else 65536)
         sample = table.doc_vectors(live[np.sort(rng.choice(n, size=n_train, replace=False))])
         before = (self.centre, self.offset, self._norm_bound)
+        tracked = (self._hashes, self._rescue)
         try:
             # The means are centred on the documents' mean (-KL unchanged; see means_centre) where that
             # shrinks the norm bound by half or more, i.e. where a common offset of the means would
@@ -894,6 +1051,7 @@ class ApproxEngine(FaissEngine):
             self._add_all(index, live)
         except BaseException:
             self.centre, self.offset, self._norm_bound = before
+            self._hashes, self._rescue = tracked
             raise
         top_id = table.ids[int(live[top_row])]
         if table.dead():
@@ -948,6 +1106,12 @@ class ApproxEngine(FaissEngine):
             blocks.append(dvec)
         for dvec in blocks:
             self.index.add(self._reduced(dvec))
+        if self.settings.index_type == "hnsw":  # see _track_duplicates
+            new, limit = _gaussian_hashes(table.mean[start:], table.var[start:]), 2 * self.settings.hnsw_m
+            if self._hashes is not None and self._hashes.size == start:
+                self._track_duplicates(self.index, np.concatenate([self._hashes, new]))
+            elif self._hashes is not None or (new.size > limit and np.unique(new, return_counts=True)[1].max() > limit):
+                self._track_duplicates(self.index, _gaussian_hashes(table.mean, table.var))
 
     def remove_rows(self, dead: np.ndarray) -> None:
         """Re-add the (compacted) table's rows; rebuild where ``M`` is now far above every live norm.
@@ -1088,12 +1252,28 @@ class ApproxEngine(FaissEngine):
         if self.index is None or n_allowed <= cand or (filtered and n_allowed <= s.exact_threshold):
             return self._exact_top_k(qg, kk, mask)
         pool, trimmed = self._approx_candidates(qg, cand, mask, n_allowed, keep=keep)
+        # efSearch >= the pool, and at least that many rows are allowed: an HNSW search that returns fewer did
+        # not reach part of the graph (e.g. next to many identical documents; see _track_duplicates), so its
+        # pool may miss the best rows
+        few = (pool >= 0).sum(axis=1) < pool.shape[1] if s.index_type == "hnsw" else np.zeros(len(pool), bool)
+        if self._rescue.size:
+            pool, trimmed = (
+                self._with_rescue(pool),
+                None if trimmed is None else (self._with_rescue(trimmed[0]), trimmed[1]),
+            )
         rows, scores = self._pool_top_k(qg, pool, mask, kk, keep, trimmed)
-        short = np.flatnonzero((rows >= 0).sum(axis=1) < kk)
+        few |= (rows >= 0).sum(axis=1) < kk
+        short = np.flatnonzero(few)
         if short.size:
-            logger.debug("%d query(ies) got fewer than k candidates; searching exactly", short.size)
+            logger.debug("%d query(ies) got fewer candidates than asked for; searching exactly", short.size)
             rows[short], scores[short] = self._exact_top_k(qg[short], kk, mask)
         return rows, scores
+
+    def _with_rescue(self, labels: np.ndarray) -> np.ndarray:
+        """``labels`` (rows per query, ``-1`` padding) and every row of ``_rescue``, each row once."""
+        rescue = self._rescue
+        out = np.where(np.isin(labels, rescue), -1, labels)
+        return np.concatenate([out, np.broadcast_to(rescue.astype(out.dtype), (len(out), rescue.size))], axis=1)
 
     def _approx_candidates(
         self, qg: Gaussians, cand: int, mask: np.ndarray | None, n_allowed: int, keep: int | None = None

@@ -1,0 +1,196 @@
+"""HNSW and many identical documents (kl_retrievers/store/_engines.py, ``ApproxEngine``).
+
+Copies of one vector fill each other's HNSW link lists (2 x ``hnsw_m`` at the lowest level), and
+FAISS prunes the links from them to other documents, which the graph search then never reaches:
+with 100 copies and one distinct document, the distinct document's own Gaussian got a copy as its
+top-1. Now an HNSW index with more than ``2 x hnsw_m`` identical documents logs one warning, and the
+rows its graph cannot reach are added to every query's candidates (kept up to date through adds,
+deletes, compaction, save and load); a graph search that returns fewer candidates than asked for
+falls back to the exact search. Results are compared with exact brute-force -KL (``neg_kl_matrix``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from kl_retrievers.gaussian import Gaussians, neg_kl_matrix
+from kl_retrievers.store import KLStore
+from kl_retrievers.store._engines import ApproxEngine
+
+LOGGER = "kl_retrievers.store._engines"
+K = 4
+QUERY = Gaussians(np.full((1, K), 0.5), np.ones((1, K)))
+
+
+def gaussians(means: np.ndarray) -> Gaussians:
+    return Gaussians(np.asarray(means, dtype=np.float64), np.ones(np.shape(means)))
+
+
+def corpus(copies: int) -> tuple[Gaussians, list[str]]:
+    """``copies`` identical documents (mean 0) and one distinct document (mean 0.5), all variance 1."""
+    mean = np.concatenate([np.zeros((copies, K)), np.full((1, K), 0.5)])
+    return gaussians(mean), [f"dup{i}" for i in range(copies)] + ["distinct"]
+
+
+def check_exact(
+    store: KLStore, queries: Gaussians, k: int, allowed: Callable[[Mapping[str, Any]], bool] | None = None
+) -> list[str]:
+    """``store.search_batch`` scores equal brute-force -KL over the store's (allowed) live documents; top-1 ids."""
+    ids = list(dict.fromkeys(i for i in store._engine.table.ids if i is not None and i in store))  # live, once each
+    if allowed is not None:
+        ids = [i for i in ids if allowed(store.get_by_ids([i])[0].metadata)]
+    docs = store.get_gaussians(ids)
+    want = np.sort(neg_kl_matrix(queries.astype(np.float64), docs.astype(np.float64)), axis=1)[:, ::-1][:, :k]
+    got = store.search_batch(queries, k=k, filter=allowed)
+    for hits, best in zip(got, want, strict=True):
+        np.testing.assert_allclose([h.score for h in hits], best, rtol=0, atol=1e-9)
+    return [hits[0].id for hits in got]
+
+
+def approx(store: KLStore) -> ApproxEngine:
+    engine = store._engine
+    assert isinstance(engine, ApproxEngine)
+    return engine
+
+
+def built(copies: int, **settings: Any) -> KLStore:
+    docs, ids = corpus(copies)
+    store = KLStore(index_type="hnsw", **settings)
+    store.add(gaussians=docs, ids=ids, metadatas=[{"n": i} for i in range(copies + 1)])
+    assert store._engine.index is not None  # the HNSW index answers, not the small-store exact path
+    return store
+
+
+@pytest.mark.parametrize("copies", [100, 200, 600])
+@pytest.mark.parametrize("k", [1, 3])
+def test_distinct_document_among_copies_is_found(copies: int, k: int) -> None:
+    store = built(copies)
+    hits = store.search(QUERY, k=k)
+    assert hits[0].id == "distinct" and hits[0].score == pytest.approx(0.0, abs=1e-12)
+    check_exact(store, QUERY, k)
+
+
+def test_copies_added_first_then_distinct_document() -> None:
+    """The probe's order: the copies in one add, the distinct document in a later one."""
+    docs, ids = corpus(200)
+    store = KLStore(index_type="hnsw")
+    store.add(gaussians=docs[:200], ids=ids[:200])
+    store.add(gaussians=docs[200:], ids=ids[200:])
+    assert check_exact(store, QUERY, 2) == ["distinct"]
+
+
+def test_copies_added_to_a_built_store(tmp_path: Path) -> None:
+    """300 distinct documents, then 200 copies and one more document: the graph is searched, and so is what it
+    cannot reach; also after a save and a load (in memory and memory-mapped)."""
+    rng = np.random.default_rng(0)
+    store = KLStore(index_type="hnsw")
+    others = gaussians(rng.normal(size=(300, K)) * 0.3 + 2.0)
+    store.add(gaussians=others, ids=[f"o{i}" for i in range(300)])
+    docs, ids = corpus(200)
+    store.add(gaussians=docs, ids=ids)
+    queries = Gaussians(np.concatenate([np.full((1, K), 0.5), np.asarray(others.mean)[:20] + 0.01]), np.ones((21, K)))
+    expected = ["distinct"] + [f"o{i}" for i in range(20)]
+    assert check_exact(store, queries, 5) == expected
+    for mmap in (False, True):
+        loaded = KLStore.load(store.save(tmp_path / f"s{mmap}", overwrite=True), mmap=mmap)
+        assert loaded._engine.index is not None
+        assert check_exact(loaded, queries, 5) == expected
+
+
+def test_an_add_after_the_build_keeps_the_rows_current() -> None:
+    """Rows added without a rebuild (their norms fit under M) are tracked too."""
+    store = KLStore(index_type="hnsw")
+    means = np.concatenate([np.zeros((200, K)), np.full((1, K), 3.0)])  # the far document sets M
+    store.add(gaussians=gaussians(means), ids=[f"dup{i}" for i in range(200)] + ["far"])
+    store.add(gaussians=gaussians(np.full((1, K), 0.5)), ids=["distinct"])
+    store.add(gaussians=gaussians(np.full((1, K), 0.25)), ids=["near"])
+    assert store.rebuild_count == 0
+    near = Gaussians(np.full((1, K), 0.25), np.ones((1, K)))
+    assert check_exact(store, QUERY, 3) == ["distinct"]
+    assert check_exact(store, near, 3) == ["near"]
+
+
+def test_filters_deletes_upserts_and_compaction() -> None:
+    store = built(200, exact_threshold=0, compact_threshold=0.9)
+    assert check_exact(store, QUERY, 2, allowed=lambda m: m["n"] % 10 != 3) == ["distinct"]
+    assert check_exact(store, QUERY, 2, allowed=lambda m: m["n"] < 150) != ["distinct"]  # filtered out
+    store.delete([f"dup{i}" for i in range(50)])
+    assert store._engine.table.dead() == 50  # tombstones, still in the graph
+    assert check_exact(store, QUERY, 3) == ["distinct"]
+    store.add(gaussians=gaussians(np.full((1, K), 0.4)), ids=["distinct"])  # upsert: a new row, the old one dead
+    assert check_exact(store, QUERY, 3) == ["distinct"]
+    store.delete(["distinct"])
+    assert check_exact(store, QUERY, 3)[0].startswith("dup")
+    store.add(gaussians=gaussians(np.full((1, K), 0.5)), ids=["back"])
+    store.compact()  # every live row re-added to the graph
+    assert store._engine.table.dead() == 0
+    assert check_exact(store, QUERY, 3) == ["back"]
+
+
+def test_healthy_index_is_unchanged(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Distinct documents: no warning, nothing added to the pools, no query searched exactly."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    docs = Gaussians(rng.normal(size=(n, 8)), np.exp(rng.normal(0, 0.5, (n, 8))))
+    store = KLStore(index_type="hnsw")
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        store.add(gaussians=docs, ids=[str(i) for i in range(n)])
+    assert not caplog.records
+    engine = approx(store)
+    assert engine._hashes is None and engine._rescue.size == 0
+    calls: list[int] = []
+    original = engine._exact_top_k
+
+    def spy(qg: Gaussians, kk: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(len(qg))
+        return original(qg, kk, mask)
+
+    monkeypatch.setattr(engine, "_exact_top_k", spy)
+    queries = Gaussians(np.asarray(docs.mean)[:20] + 0.05, np.asarray(docs.var)[:20])
+    assert check_exact(store, queries, 5) == [str(i) for i in range(20)]
+    assert not calls
+
+
+def test_warning_names_the_copies_and_the_remedy(caplog: pytest.LogCaptureFixture) -> None:
+    docs, ids = corpus(100)
+    store = KLStore(index_type="hnsw")
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        store.add(gaussians=docs, ids=ids)
+    warned = [r.getMessage() for r in caplog.records if "copies of one vector" in r.getMessage()]
+    assert len(warned) == 1
+    message = warned[0]
+    assert message.startswith("100 documents") and "'dup0'" in message and "2 x hnsw_m = 64" in message
+    assert "deduplicate" in message and "index_type='flat'" in message and "'ivf'" in message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):  # once per store: not again at the next build
+        store.rebuild()
+    assert not [r for r in caplog.records if "copies of one vector" in r.getMessage()]
+    assert store.search(QUERY, k=1)[0].id == "distinct"
+
+
+@pytest.mark.parametrize(("index_type", "copies", "settings"), [("hnsw", 64, {}), ("ivf", 300, {"nlist": 4})])
+def test_no_warning_below_the_limit_or_for_ivf(
+    caplog: pytest.LogCaptureFixture, index_type: str, copies: int, settings: dict[str, int]
+) -> None:
+    """64 copies (= 2 x hnsw_m) are not counted; IVF scans whole lists and is not affected."""
+    docs, ids = corpus(copies)
+    store = KLStore(index_type=index_type, **settings)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        store.add(gaussians=docs, ids=ids)
+    assert store._engine.index is not None
+    assert not [r for r in caplog.records if "copies of one vector" in r.getMessage()]
+    assert check_exact(store, QUERY, 2) == ["distinct"]
+
+
+@pytest.mark.parametrize("settings", [{"compression": "sq8"}, {"compression": "sq8", "refine": "fp16"}])
+def test_compressed_and_refined_graphs(settings: dict[str, str]) -> None:
+    """SQ8 codes (and a refine stage): the copies are counted, and results stay exact."""
+    store = built(300, **settings)
+    assert approx(store)._hashes is not None
+    assert check_exact(store, QUERY, 3) == ["distinct"]
