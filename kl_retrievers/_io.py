@@ -141,6 +141,17 @@ def row_id(row: dict[str, Any], position: int, where: str) -> str:
 
     The one id rule of ``kl-retrievers encode`` / ``index`` and of the sharded reader
     (:mod:`kl_retrievers.sharded`); ``_id`` wins when present, even when it is null (refused then).
+    A string id with leading or trailing whitespace (``"d1 "``) is refused, naming the record and
+    the id, as :func:`kl_retrievers.datasets.load_beir` refuses it: qrels columns are read stripped,
+    so such an id could never be judged, and stripping it could merge it with a ``"d1"`` elsewhere.
+
+    Args:
+        row: The parsed JSON object.
+        position: The row's record number from 0 (its id when it has none).
+        where: The file and line, for messages (``"corpus.jsonl, line 3"``).
+
+    Raises:
+        ValueError: A null, empty or non-string, non-integer id, or one with surrounding whitespace.
 
     Examples:
         >>> row_id({"_id": 7}, 0, "c.jsonl, line 1"), row_id({"text": "a"}, 4, "c.jsonl, line 6")
@@ -148,6 +159,9 @@ def row_id(row: dict[str, Any], position: int, where: str) -> str:
         >>> row_id({"_id": None, "id": "x"}, 0, "c.jsonl, line 1")
         Traceback (most recent call last):
         ValueError: c.jsonl, line 1: '_id' must be a string or an integer; got null
+        >>> row_id({"_id": "d1 "}, 1, "c.jsonl, line 2")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: c.jsonl, line 2 (record 2): the id 'd1 ' has leading or trailing whitespace, ...
     """
     key = "_id" if "_id" in row else "id" if "id" in row else None
     if key is None:
@@ -158,6 +172,13 @@ def row_id(row: dict[str, Any], position: int, where: str) -> str:
         raise ValueError(f"{where}: {key!r} must be a string or an integer; got {got}")
     if isinstance(value, str) and not value.strip():
         raise ValueError(f"{where}: {key!r} is empty")
+    if isinstance(value, str) and value != value.strip():
+        record = f"record {position + 1}"
+        at = where if where.endswith(record) else f"{where} ({record})"
+        raise ValueError(
+            f"{at}: the id {value!r} has leading or trailing whitespace, which ids may not have (load_beir refuses "
+            "it too: qrels columns are read stripped, so it could never be judged); remove the spaces"
+        )
     return str(value)
 
 

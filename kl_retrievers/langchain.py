@@ -603,24 +603,41 @@ class KLEmbeddings(Embeddings):
         store explicitly with :func:`check_inner_product_store`.
 
     Args:
-        encoder: A Gaussian encoder (default: :func:`~kl_retrievers.load_default_model`, loaded
-            lazily on first use).
+        encoder: A Gaussian encoder (or a :class:`KLEmbeddings` or LangChain ``Embeddings``, as
+            :class:`KLVectorStore` takes), a model name or folder (a str or a path, loaded here
+            like ``model_name``), or ``None``: ``model_name``, else the default model
+            (:func:`~kl_retrievers.load_default_model`, loaded lazily on first use).
+        model_name: A model to load here with :func:`~kl_retrievers.load_model`, as
+            ``HuggingFaceEmbeddings(model_name=...)`` takes one: a bundled model's name (also
+            ``kl_retrievers:NAME``), a saved encoder folder or a hub id. Give ``encoder`` or
+            ``model_name``, not both. The store records the loaded encoder's ``name_or_path`` when
+            saved (a bundled name, or a folder's absolute path), so ``load_local`` loads it again.
         batch_size: Encoder batch size.
         show_progress_bar: Show the encoder's progress bar for documents.
-        backend: For the default model only: ``"torch"``, ``"onnx"`` (ONNX Runtime with int8
-            weights) or ``None`` (the default: :func:`~kl_retrievers.pretrained.default_backend`,
-            ONNX on CPU; see :func:`~kl_retrievers.load_model`).
+        backend: For a model loaded by name (``model_name``, a name or folder as ``encoder``) or
+            the default model: ``"torch"``, ``"onnx"`` (ONNX Runtime with int8 weights) or ``None``
+            (the default: :func:`~kl_retrievers.pretrained.default_backend`, ONNX on CPU; see
+            :func:`~kl_retrievers.load_model`).
+
+    Raises:
+        ValueError: Both ``encoder`` and ``model_name`` given, or an unknown ``backend``.
+        TypeError: ``model_name`` is not a str or a path, or ``encoder`` is none of the above.
+        kl_retrievers.hub.ModelNotFoundError: No model has that name (from
+            :func:`~kl_retrievers.load_model`, which names it and suggests a close bundled name).
 
     Examples:
         >>> emb = KLEmbeddings()  # doctest: +SKIP
         >>> len(emb.embed_query("what is KL?")) == 2 * emb.dim + 1  # doctest: +SKIP
         True
+        >>> KLEmbeddings(model_name="minilm-unit-variance")  # doctest: +SKIP
+        KLEmbeddings(encoder='kl_retrievers:minilm-unit-variance', batch_size=32)
     """
 
     def __init__(
         self,
-        encoder: Any | None = None,
+        encoder: Any | str | os.PathLike[str] | None = None,
         *,
+        model_name: str | os.PathLike[str] | None = None,
         batch_size: int = 32,
         show_progress_bar: bool = False,
         backend: str | None = None,
@@ -629,10 +646,29 @@ class KLEmbeddings(Embeddings):
 
         if backend is not None and backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+        if encoder is not None and model_name is not None:
+            given = encoder if isinstance(encoder, (str, os.PathLike)) else type(encoder).__name__
+            raise ValueError(
+                f"pass either encoder or model_name, not both; got encoder={given!r} and model_name={model_name!r} "
+                "(model_name loads a model by name or folder; encoder takes a loaded encoder, or a name too)"
+            )
+        if model_name is not None and not isinstance(model_name, (str, os.PathLike)):
+            raise TypeError(
+                "model_name must be a model name or folder (a str or a path, as kl_retrievers.load_model takes); "
+                f"got {type(model_name).__name__}"
+            )
         self.batch_size = _check_k(batch_size, "batch_size")
         self.show_progress_bar = bool(show_progress_bar)
         self.backend = backend
-        self._encoder = _unwrap_encoder(encoder) if encoder is not None else None
+        name = encoder if isinstance(encoder, (str, os.PathLike)) else model_name
+        if name is not None:  # loaded here, so a wrong name fails now and names itself
+            from kl_retrievers.pretrained import load_model
+
+            encoder = load_model(name, backend=backend)
+        try:
+            self._encoder = _unwrap_encoder(encoder) if encoder is not None else None
+        except TypeError as exc:
+            raise TypeError(f"{exc}; KLEmbeddings also takes a model name or folder (a str or a path)") from None
         self._lock = threading.Lock()
 
     @property
