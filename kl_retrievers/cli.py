@@ -56,8 +56,8 @@ def read_texts(path: Path, field: str = "auto") -> tuple[list[str], list[str]]:
 def _read_records(path: Path, field: str) -> tuple[list[str], list[str], list[dict[str, Any]]]:
     """ids, texts and the JSONL rows (empty dicts for a text file), reading the file once.
 
-    A JSONL row's id is its ``_id`` (or ``id``): a non-empty string or an integer; rows without
-    one are numbered from 0. A null, non-string text or a repeated id is refused, naming the line.
+    A JSONL row's id is its ``_id`` (or ``id``): a non-empty string without surrounding whitespace, or an
+    integer; rows without one are numbered from 0. A null, non-string text or a repeated id is refused, naming the line.
     A UTF-8 byte order mark opening the file is skipped (as :func:`kl_retrievers.datasets.load_beir`
     does). Lines end at ``b"\\n"`` only and blank ones (ASCII whitespace) are skipped, as in
     :func:`kl_retrievers.sharded.plan_shards`, so both readers accept, number and refuse alike.

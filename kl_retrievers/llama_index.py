@@ -782,6 +782,11 @@ class KLEmbedding(BaseEmbedding):
             from kl_retrievers.pretrained import load_model
 
             named = kwargs.get("model_name")
+            if encoder is not None and named is not None and str(named) != str(encoder):
+                raise ValueError(
+                    f"pass either encoder or model_name, not both; got encoder={str(encoder)!r} and "
+                    f"model_name={str(named)!r}"
+                )
             if encoder is None and named is not None:  # from_dict, unpickling, KLEmbedding(model_name=...)
                 if not _reloadable_model(str(named)):
                     raise ValueError(_unloadable_model(str(named)))

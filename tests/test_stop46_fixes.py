@@ -50,3 +50,14 @@ def test_langchain_load_local_weights_warning_names_the_users_folder(
     KLVectorStore.load_local(tmp_path / "lc", KLEmbeddings(encoder=new))
     (message,) = weights_warnings(caplog)
     assert message.startswith(f"the LangChain store at {tmp_path / 'lc'} was indexed with ")
+
+
+def test_llama_index_klembedding_refuses_two_different_model_names() -> None:
+    """KLEmbedding("a", model_name="b") loaded a and recorded b, so a reload (from_dict, pickle) got another model."""
+    pytest.importorskip("llama_index.core")
+    from kl_retrievers.llama_index import KLEmbedding
+
+    with pytest.raises(ValueError, match="minilm-gauss-soup.*minilm-unit-variance"):
+        KLEmbedding("minilm-gauss-soup", model_name="minilm-unit-variance")
+    same = KLEmbedding("minilm-gauss-soup", model_name="minilm-gauss-soup")  # the same name twice is one model
+    assert "minilm-gauss-soup" in str(same.model_name)
