@@ -280,6 +280,13 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         ``store.save``). The ONNX backend reports the same value for an export of the same model (an export of
         weights whose identity is not known records none, with a warning).
 
+        For a delta folder (``delta.safetensors``, every bundled model) the identity covers only what was saved
+        over the backbone, not the backbone: two models with byte-identical deltas over different backbones
+        report the same value (``minilm-unit-variance`` and ``bge-small-unit-variance`` do). So a store also
+        compares the SHA-256 of the backbone (``config.backbone_sha256``, kept in the encoder config it records;
+        an ONNX encoder carries the same in ``config.encoder``) and warns when it differs, unless either side
+        does not know it (:func:`kl_retrievers.store._format.warn_if_other_weights`).
+
         What counts as a change in memory (the identity becomes ``None`` until the next save): anything that
         bumps a parameter's in-place version counter or replaces a parameter, i.e. an optimizer step,
         ``load_state_dict`` (also with ``assign=True``), an in-place op on a parameter itself

@@ -18,14 +18,49 @@ key as ``None``, matches it there).  Comparing values of
 incompatible types (``"a" < 1``) is simply false.  An unknown operator raises
 ``ValueError`` naming the allowed ones, when the filter is compiled (before any search).
 
+Dates and times.  The stores keep ``datetime`` / ``date`` / ``time`` metadata as ISO 8601 strings
+(see :func:`stored_form`).  A filter value that is a ``datetime``, a ``date`` or an ``np.datetime64``
+(in ``$eq``, ``$ne``, ``$in``, ``$nin``, a comparison, or a bare value or list) is compared with a
+stored value as a point in time, not as text: the stored string is read back with
+``datetime.fromisoformat`` (a stored value that is no ISO date never matches, as for other
+incompatible types), and
+
+* two timezone-aware values compare as instants: ``2024-01-02T20:00-05:00`` equals
+  ``2024-01-03T01:00+00:00`` and is ``>= datetime(2024, 1, 3, tzinfo=timezone.utc)``;
+* a date stands for midnight at its start (as when SQL casts a date to a timestamp):
+  ``date(2024, 1, 2)`` equals ``datetime(2024, 1, 2)``, is ``<`` ``datetime(2024, 1, 2, 12)``, and
+  ``{"$lte": date(2024, 1, 2)}`` does not match noon that day (write ``{"$lt": date(2024, 1, 3)}``);
+* a naive value (no timezone) and an aware one are never equal and never ordered, as in Python
+  (which raises ``TypeError`` there): the document does not match ``$eq`` / ``$in`` / a comparison,
+  matches ``$ne`` / ``$nin``, and one warning per search names the two values.  Store and filter
+  with the same kind (for instance all in UTC).
+
+A ``time`` filter value is compared with stored times the same way (``time.fromisoformat``).  A
+filter value that is a string is compared as a string, whatever it looks like.  langchain-community's
+FAISS and LlamaIndex's simple store compare the raw Python values: with ``datetime`` objects kept in
+memory they order aware values as instants too, and raise ``TypeError`` for a date against a
+datetime or a naive against an aware value; here every store compares the same way before and after
+a save.  (``MilvusKLStore`` filters inside Milvus, which compares the ISO strings as text.)
+
+A callable filter gets a read-only view of each document's metadata (a ``Mapping``, not a
+``dict``); nested lists and dicts in it are copies, so nothing a filter does to its argument
+changes the stored metadata.  Flat metadata is not copied.
+
 Examples:
     >>> match = compile_filter({"$or": [{"lang": "en"}, {"year": {"$gte": 2020}}]})
     >>> match({"lang": "de", "year": 2021}), match({"lang": "de", "year": 2019})
     (True, False)
+    >>> utc = datetime.timezone.utc
+    >>> after = compile_filter({"t": {"$gte": datetime.datetime(2024, 1, 3, tzinfo=utc)}})
+    >>> after({"t": "2024-01-02T20:00:00-05:00"}), after({"t": "2024-01-02T23:00:00+00:00"})
+    (True, False)
+    >>> compile_filter({"t": datetime.datetime(2024, 1, 2)})({"t": "2024-01-02"})
+    True
 """
 
 from __future__ import annotations
 
+import copy
 import datetime
 import logging
 import operator
@@ -108,6 +143,7 @@ def stored_form(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, (np.generic, np.ndarray)):
         # .item() / .tolist() give Python values, but a datetime64 a date or datetime: convert that too
+        value = _microseconds_at_most(value)
         return stored_form(value.item() if isinstance(value, np.generic) else value.tolist())
     if isinstance(value, (list, tuple, set, frozenset)):
         return [stored_form(v) for v in value]
@@ -116,11 +152,128 @@ def stored_form(value: Any) -> Any:
     return value
 
 
+def _microseconds_at_most(value: np.generic | np.ndarray) -> Any:
+    """A ``datetime64`` value or array of a unit finer than microseconds (``ns``, pandas' unit) in microseconds.
+
+    ``.item()`` / ``.tolist()`` give a ``datetime`` only down to microseconds, an ``int`` of nanoseconds
+    below: ``np.datetime64("2024-01-01T10:00", "ns")`` would be kept as ``1704103200000000000``.
+    Anything else is returned unchanged.
+    """
+    if value.dtype.kind == "M" and value.dtype.name.endswith(("ns]", "ps]", "fs]", "as]")):
+        return value.astype("datetime64[us]")
+    return value
+
+
+# ------------------------------------------------------------------ dates and times (see the module docstring)
+def _temporal_ref(ref: Any) -> datetime.datetime | datetime.time | None:
+    """A filter value as the point in time it compares as (a date: its midnight); ``None``: not a date or time."""
+    if isinstance(ref, np.datetime64):
+        ref = _microseconds_at_most(ref).item()  # a datetime, a date, or None for NaT
+    if isinstance(ref, datetime.datetime):
+        return ref
+    if isinstance(ref, datetime.date):
+        return datetime.datetime.combine(ref, datetime.time())
+    if isinstance(ref, datetime.time):
+        return ref
+    return None
+
+
+def _stored_datetime(value: Any) -> datetime.datetime | None:
+    """A stored value (an ISO 8601 string, or a date / datetime) as a datetime; ``None`` when it is none."""
+    if isinstance(value, str):
+        try:
+            return datetime.datetime.fromisoformat(value)  # a date-only string: its midnight
+        except ValueError:
+            return None
+    if isinstance(value, datetime.datetime):
+        return value
+    if isinstance(value, datetime.date):
+        return datetime.datetime.combine(value, datetime.time())
+    return None
+
+
+def _stored_time(value: Any) -> datetime.time | None:
+    """A stored value (an ISO 8601 time string, or a time) as a time; ``None`` when it is none."""
+    if isinstance(value, str):
+        try:
+            return datetime.time.fromisoformat(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, datetime.time) else None
+
+
+def _aware(value: datetime.datetime | datetime.time) -> bool:
+    return value.utcoffset() is not None
+
+
+class _Temporal:
+    """Comparisons of stored values with one date / time filter value (see the module docstring).
+
+    ``check(value)`` gives the stored value in comparable form, or ``None`` when it cannot be compared
+    with the filter value (not a date or time, or naive against aware: warned once).
+    """
+
+    def __init__(self, ref: datetime.datetime | datetime.time) -> None:
+        self.ref = ref
+        self.parse = _stored_time if isinstance(ref, datetime.time) else _stored_datetime
+        self.aware = _aware(ref)
+        self.warned = False
+
+    def check(self, value: Any) -> datetime.datetime | datetime.time | None:
+        parsed = self.parse(value)
+        if parsed is None:
+            return None
+        if _aware(parsed) != self.aware:
+            if not self.warned:
+                self.warned = True
+                logger.warning(
+                    "metadata filter: the stored value %r is %s and the filter value %s is %s; Python neither "
+                    "orders nor equates such values, so the document does not match (it does match $ne / $nin): "
+                    "store and filter dates with the same kind, both with a timezone (e.g. UTC) or both without",
+                    value,
+                    "naive (no timezone)" if self.aware else "timezone-aware",
+                    self.ref.isoformat(),
+                    "timezone-aware" if self.aware else "naive",
+                )
+            return None
+        return parsed
+
+    def equals(self, value: Any) -> bool:
+        parsed = self.check(value)
+        return parsed is not None and parsed == self.ref
+
+
+def _equality(ref: Any) -> Callable[[Any], bool]:
+    """``value -> bool``: whether a present stored value equals the filter value ``ref``."""
+    temporal = _temporal_ref(ref)
+    if temporal is not None:
+        return _Temporal(temporal).equals
+    stored = stored_form(ref)  # compared in the form the store keeps (a tuple as a list, ...)
+    return lambda v: bool(v == stored)
+
+
 def _field_op(op: str, ref: Any) -> Callable[[Any], bool]:
     """A predicate on one field value (``_MISSING`` when the field is absent)."""
     op = OPERATOR_ALIASES.get(op, op)
+    if op in ("$in", "$nin") and isinstance(ref, (list, tuple, set, frozenset, np.ndarray)):
+        items = ref.tolist() if isinstance(ref, np.ndarray) and ref.dtype.kind != "M" else list(ref)
+        if any(_temporal_ref(x) is not None for x in items):  # a date among them: compared as points in time
+            equals = [_equality(x) for x in items]
+            if op == "$in":
+                return lambda v: v is not _MISSING and any(eq(v) for eq in equals)
+            return lambda v: v is _MISSING or not any(eq(v) for eq in equals)
+    if op in ("$eq", "$ne", *_COMPARISONS):
+        temporal = _temporal_ref(ref)
+        if temporal is not None:
+            point = _Temporal(temporal)
+            if op == "$eq":
+                return lambda v: v is not _MISSING and point.equals(v)
+            if op == "$ne":
+                return lambda v: v is _MISSING or not point.equals(v)
+            fn = _COMPARISONS[op]
+            return lambda v: _compare(fn, point.check(v), temporal)
     if op != "$not":
-        ref = stored_form(ref)  # a date compares with the ISO string the store keeps
+        ref = stored_form(ref)  # a value compares with the form the store keeps (a tuple as a list, ...)
     if op == "$eq":
         return lambda v: v is not _MISSING and bool(v == ref)
     if op == "$ne":
@@ -163,8 +316,8 @@ def _field_condition(cond: Any) -> Callable[[Any], bool]:
     if isinstance(cond, Mapping) and any(isinstance(key, str) and key.startswith("$") for key in cond):
         bad = [key for key in cond if not (isinstance(key, str) and key.startswith("$"))]
         raise ValueError(f"a field condition cannot mix operators and plain keys; got plain keys {bad}")
-    if isinstance(cond, np.ndarray):
-        cond = cond.tolist()  # a 1-D (or deeper) array reads as the list it holds, a 0-d one as its value
+    if isinstance(cond, np.ndarray):  # a 1-D (or deeper) array reads as the list it holds, a 0-d one as its value
+        cond = list(cond) if cond.dtype.kind == "M" and cond.ndim == 1 else cond.tolist()
     if isinstance(cond, list):  # only a list means "one of": a tuple is a value (stored as a list), as in FAISS
         return _field_op("$in", cond)
     return _field_op("$eq", cond)
@@ -212,6 +365,12 @@ def compile_filter(spec: MetadataFilter | None) -> Predicate | None:
         True
         >>> compile_filter({"n": {"$neq": 2}})({"n": 2}), compile_filter({"n": {"$neq": 2}})({})
         (False, True)
+
+        A callable cannot change the metadata it is given, nested values included:
+
+        >>> stored = {"tags": ["x"]}
+        >>> compile_filter(lambda m: m["tags"].append("EVIL") or True)(stored), stored
+        (True, {'tags': ['x']})
     """
     if spec is None:
         return None
@@ -219,8 +378,28 @@ def compile_filter(spec: MetadataFilter | None) -> Predicate | None:
         fn = spec
 
         def _call(m: Mapping[str, Any]) -> bool:
-            # a read-only view: a predicate that assigns to its argument must not rewrite the stored metadata
-            return bool(fn(MappingProxyType(m) if isinstance(m, dict) else m))
+            # a read-only view sharing nothing mutable with the stored metadata: nested lists and dicts are
+            # copied, a flat dict (the usual case) is not (one C-level scan of its value types decides)
+            if isinstance(m, dict):
+                m = MappingProxyType(m if _all_immutable(map(type, m.values())) else _copied(m))
+            return bool(fn(m))
 
         return _call
     return _compile(spec)
+
+
+#: The types of a flat metadata value: nothing in it to change in place, so no copy is needed.
+_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+_all_immutable = _IMMUTABLE.issuperset  # given map(type, values): one C-level pass, stopping at the first other type
+
+
+def _copied(value: Any) -> Any:
+    """A copy of a metadata value sharing nothing mutable with it (stored metadata is JSON: dicts, lists, scalars)."""
+    kind = type(value)
+    if kind in _IMMUTABLE:
+        return value
+    if kind is dict:  # keys are strings (stored metadata) or immutable (a dict key is hashable)
+        return {key: _copied(item) for key, item in value.items()}
+    if kind is list:
+        return [_copied(item) for item in value]
+    return copy.deepcopy(value)  # not stored by a store; a caller's own mapping passed to the predicate

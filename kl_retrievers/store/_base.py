@@ -26,7 +26,7 @@ import math
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -394,7 +394,7 @@ def _metadata_list(metadatas: Sequence[Mapping[Any, Any] | None] | None, n: int)
         loaded_all = json.loads(dumped_all)
     except (TypeError, ValueError):
         loaded_all = None
-    if loaded_all is not None and all(len(a) == len(m) for a, m in zip(loaded_all, out, strict=True)):
+    if loaded_all is not None and _same_json(loaded_all, dumped_all):
         return list(loaded_all)
     kept = []
     for j, m in enumerate(out):
@@ -404,12 +404,51 @@ def _metadata_list(metadatas: Sequence[Mapping[Any, Any] | None] | None, n: int)
             raise TypeError(f"metadatas[{j}] is not JSON-serialisable: {exc}") from None
         _check_utf8(dumped, f"metadatas[{j}] (as JSON)")
         loaded = json.loads(dumped)  # memory keeps what disk keeps
-        if len(loaded) != len(m):
-            keys = sorted(key if isinstance(key, str) else json.dumps(key) for key in m)  # as JSON spells them
-            same = sorted({key for key in keys if keys.count(key) > 1})
-            raise TypeError(f"metadatas[{j}] has keys that are the same once written as JSON strings: {same}")
+        if not _same_json(loaded, dumped):
+            where, same = _colliding_keys(m, f"metadatas[{j}]") or (f"metadatas[{j}]", [])
+            raise TypeError(
+                f"{where} has keys that are the same once written as JSON strings: {same} (JSON keys are strings, "
+                "so a dict cannot hold both 1 and '1', or True and 'true'; rename one of them)"
+            )
         kept.append(loaded)
     return kept
+
+
+def _same_json(loaded: Any, dumped: str) -> bool:
+    """Whether ``loaded = json.loads(dumped)`` lost nothing: no dict, at any depth, had two keys of one JSON spelling.
+
+    Such keys (``1`` and ``"1"``) are written twice and read back once, so the text written again differs;
+    with none, a JSON text read and written again is the same text. One C-level pass, however deep the metadata.
+    """
+    return json.dumps(loaded, allow_nan=False, ensure_ascii=False) == dumped
+
+
+def _colliding_keys(value: Any, path: str) -> tuple[str, list[str]] | None:
+    """The first dict in ``value`` (depth first) with keys of the same JSON spelling: ``(its path, those keys)``.
+
+    Examples:
+        >>> _colliding_keys({"a": [{"m": {1: "int", "1": "str"}}]}, "metadatas[0]")
+        ("metadatas[0]['a'][0]['m']", ['1'])
+        >>> _colliding_keys({"a": [1, 2]}, "metadatas[0]") is None
+        True
+    """
+    if isinstance(value, np.ndarray):
+        value = value.tolist()  # as the store writes it (an object array may hold dicts)
+    if isinstance(value, Mapping):
+        keys = sorted(key if isinstance(key, str) else json.dumps(key) for key in value)  # as JSON spells them
+        same = sorted({key for key in keys if keys.count(key) > 1})
+        if same:
+            return path, same
+        items: Iterable[tuple[Any, Any]] = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _colliding_keys(item, f"{path}[{key!r}]")
+        if found is not None:
+            return found
+    return None
 
 
 def _new_documents(
@@ -428,11 +467,10 @@ def _new_documents(
     if gaussians is None:
         if text_list is None:
             raise ValueError("add needs texts (with an encoder) or gaussians")
-        if store.encoder is None:
-            raise ValueError("adding texts without gaussians needs an encoder")
         if not text_list:
-            return None
-        gaussians = store.encoder.encode_documents(
+            return None  # nothing to encode: no encoder needed (nor loaded)
+        encoder = store._text_encoder("adding texts without gaussians", "pass gaussians= (one per text)")
+        gaussians = encoder.encode_documents(
             text_list, batch_size=store.batch_size, show_progress_bar=store.show_progress_bar
         )
     g = _as_numpy_gaussians(gaussians, "document gaussians")  # type: ignore[arg-type]
@@ -451,19 +489,30 @@ def _new_documents(
 
 
 def _query_gaussians(
-    queries: str | Sequence[str] | Gaussians, *, encoder: Any, batch_size: int, dim: int | None
+    queries: str | Sequence[str] | Gaussians,
+    *,
+    encoder: Any,
+    batch_size: int,
+    dim: int | None,
+    load_encoder: Callable[[], Any] | None = None,
 ) -> Gaussians:
-    """Query texts (encoded) or a Gaussians batch, checked and as float64."""
+    """Query texts (encoded) or a Gaussians batch, checked and as float64.
+
+    ``load_encoder`` gives the encoder when ``encoder`` is ``None`` and there is text to encode (a store's
+    :meth:`GaussianStore._text_encoder`, which raises naming what to pass when there is none).
+    """
     if isinstance(queries, Gaussians):
         g = _as_numpy_gaussians(queries, "query gaussians")
     else:
         texts = [queries] if isinstance(queries, str) else list(queries)
         if not all(isinstance(t, str) for t in texts):
             raise TypeError("queries must be strings or a Gaussians batch")
-        if encoder is None:
-            raise ValueError("searching by text needs an encoder; pass query Gaussians instead")
         if not texts:
             return Gaussians(np.zeros((0, dim or 1)), np.ones((0, dim or 1)), validate=False)
+        if encoder is None and load_encoder is not None:
+            encoder = load_encoder()
+        if encoder is None:
+            raise ValueError("searching by text needs an encoder; pass query Gaussians instead")
         g = _as_numpy_gaussians(
             encoder.encode_queries(texts, batch_size=batch_size, show_progress_bar=False), "query gaussians"
         )
@@ -578,6 +627,39 @@ class GaussianStore(ABC):
         """Whether a text query can be answered without encoding it (nothing to search)."""
         return len(self) == 0
 
+    def _text_encoder(self, task: str, instead: str) -> Any:
+        """The encoder for text that ``task`` must encode; ``ValueError`` naming what to pass when there is none.
+
+        A backend that can load the model a saved store records (``KLStore``) overrides this to load it then.
+
+        Args:
+            task: What needs the encoder, for the message (``"searching by text"``).
+            instead: What the caller can pass instead, for the message (``"pass query Gaussians instead"``).
+        """
+        if self.encoder is None:
+            raise self._no_encoder(task, instead)
+        return self.encoder
+
+    def _no_encoder(self, task: str, instead: str, note: str = "") -> ValueError:
+        """The error for ``task`` on a store without an encoder: how to give it one, or what to pass ``instead``.
+
+        Examples:
+            >>> from kl_retrievers.store import KLStore
+            >>> print(KLStore()._no_encoder("searching by text", "pass query Gaussians instead"))
+            ... # doctest: +NORMALIZE_WHITESPACE
+            searching by text needs an encoder, and this KLStore has none: pass one, as
+            KLStore(encoder=load_model(...)) or KLStore.load(path, encoder=load_model(...))
+            (from kl_retrievers import load_model), or pass query Gaussians instead
+        """
+        name = type(self).__name__
+        ways = f"{name}(encoder=load_model(...))"
+        if callable(getattr(type(self), "load", None)):
+            ways += f" or {name}.load(path, encoder=load_model(...))"
+        return ValueError(
+            f"{task} needs an encoder, and this {name} has none{note}: pass one, as {ways} "
+            f"(from kl_retrievers import load_model), or {instead}"
+        )
+
     # ------------------------------------------------------------ the interface
     def __contains__(self, doc_id: object) -> bool:
         return isinstance(doc_id, str) and bool(self._documents([doc_id]))
@@ -685,7 +767,8 @@ class GaussianStore(ABC):
         """Top-``k`` documents for one query, best first, scored by exact ``-KL(Q || D)``.
 
         Args:
-            query: Query text (needs an encoder) or one query Gaussian.
+            query: Query text (needs an encoder; a ``KLStore`` loaded without one loads the model it
+                was saved with) or one query Gaussian.
             k: Number of results; all matching documents when fewer exist.
             filter: Metadata filter dict (see :mod:`kl_retrievers.filters`) or callable (a
                 backend that filters outside Python, such as Milvus, takes dicts only).
@@ -724,7 +807,13 @@ class GaussianStore(ABC):
             queries = [queries]
         if not isinstance(queries, Gaussians) and self._is_empty():  # nothing to search: encode nothing
             return [[] for _ in queries]
-        qg = _query_gaussians(queries, encoder=self.encoder, batch_size=self.batch_size, dim=self.dim)
+        qg = _query_gaussians(
+            queries,
+            encoder=self.encoder,
+            batch_size=self.batch_size,
+            dim=self.dim,
+            load_encoder=lambda: self._text_encoder("searching by text", "pass query Gaussians instead"),
+        )
         if len(qg) == 0:
             return []
         return self._search(qg, k, prepared)

@@ -254,7 +254,70 @@ def encoder_weights(encoder: Any) -> str | None:
     return weights if isinstance(weights, str) else None
 
 
-def warn_if_other_weights(recorded: Any, encoder: Any, where: str, log: logging.Logger = logger) -> bool:
+def _backbone_of(config: Any) -> tuple[str | None, str | None]:
+    """``(backbone SHA-256, backbone name)`` an encoder config records (a config object or its ``to_dict()``).
+
+    The torch encoder's :class:`~kl_retrievers.encoder.GaussianEncoderConfig` holds ``backbone_sha256`` and
+    ``backbone`` itself; an ONNX encoder's config holds the torch config it was exported from (or, on a shared
+    backbone graph, read from) under ``encoder``. A SHA-256 that is not 64 hex digits counts as not known.
+    """
+    if isinstance(config, dict):
+        inner = config.get("encoder") if config.get("backend") == "onnx" else None
+        fields = inner if isinstance(inner, dict) else config
+        sha, name = fields.get("backbone_sha256"), fields.get("backbone")
+    else:
+        inner = getattr(config, "encoder", None)  # an OnnxEncoderConfig's source config
+        if isinstance(inner, dict):
+            sha, name = inner.get("backbone_sha256"), inner.get("backbone")
+        else:
+            sha, name = getattr(config, "backbone_sha256", None), getattr(config, "backbone", None)
+    known = sha.lower() if isinstance(sha, str) and _SHA256.fullmatch(sha.lower()) else None
+    return known, (name if isinstance(name, str) and name else None)
+
+
+def encoder_backbone(encoder: Any) -> tuple[str | None, str | None]:
+    """``(SHA-256, name)`` of the backbone ``encoder``'s config says it was built on (``None``: not known).
+
+    Examples:
+        >>> class Enc:
+        ...     class config:
+        ...         backbone, backbone_sha256 = "bge-small-en", "A" * 64
+        >>> encoder_backbone(Enc())[0][:4], encoder_backbone(Enc())[1], encoder_backbone(object())
+        ('aaaa', 'bge-small-en', (None, None))
+    """
+    return _backbone_of(getattr(encoder, "config", None))
+
+
+def recorded_backbone(record: Any, weights: str | None) -> tuple[str | None, str | None]:
+    """``(SHA-256, name)`` of the backbone a KLStore's ``config.json`` ``encoder`` record names (``None``: not known).
+
+    Read from the record's encoder config (``encoder.config``: ``backbone_sha256`` for a torch encoder,
+    ``encoder.backbone_sha256`` for an ONNX one), which every store saved since the first release holds; only
+    while the store's documents identity is still the record's ``weights_sha256`` (``weights``), else the record
+    describes other weights.
+
+    Examples:
+        >>> onnx_config = {"backend": "onnx", "encoder": {"backbone_sha256": "b" * 64}}
+        >>> record = {"weights_sha256": "a" * 64, "config": onnx_config}
+        >>> recorded_backbone(record, "a" * 64)[0][:4], recorded_backbone(record, "c" * 64)
+        ('bbbb', (None, None))
+        >>> recorded_backbone(None, None), recorded_backbone({"config": None}, None)
+        ((None, None), (None, None))
+    """
+    if not isinstance(record, dict) or record.get("weights_sha256") != weights:
+        return None, None
+    config = record.get("config")
+    return _backbone_of(config) if isinstance(config, dict) else (None, None)
+
+
+def warn_if_other_weights(
+    recorded: Any,
+    encoder: Any,
+    where: str,
+    log: logging.Logger = logger,
+    *,
+    backbone: Any = None,
+) -> bool:
     """Warn when ``encoder``'s weights are not those a store's documents were encoded with; ``True`` if it warned.
 
     Compares the weights identity a store records (``encoder.weights_sha256`` in a :class:`KLStore
@@ -265,6 +328,15 @@ def warn_if_other_weights(recorded: Any, encoder: Any, where: str, log: logging.
     exports recorded it). Not a refusal: searching with another model is allowed, but its scores are
     meaningless. Both stores call it.
 
+    The weights identity of a model saved as a delta (``delta.safetensors``, every bundled model) covers only
+    what differs from its backbone: two models with byte-identical deltas over different backbones
+    (``minilm-unit-variance`` and ``bge-small-unit-variance``) share it. So when the identities are equal, the
+    SHA-256 of the backbone the store records (``backbone``: the ``encoder.backbone_sha256`` of the config in a
+    KLStore's ``encoder`` record, ``encoder_backbone_sha256`` in a Milvus collection's config) is compared with
+    the encoder's (``config.backbone_sha256``; an ONNX encoder's ``config.encoder.backbone_sha256``), and a
+    difference warns too; again nothing is said when either is unknown, so a store or collection saved before
+    the backbone was recorded is compared by weights alone.
+
     A store records one identity, its first documents' (taken again only once it is empty): documents added
     later with another model make a mixed store that still records the first model's, so re-adding every
     document under its id does not clear the warning; re-index into a new (or emptied) store.
@@ -274,6 +346,8 @@ def warn_if_other_weights(recorded: Any, encoder: Any, where: str, log: logging.
         encoder: The encoder the store now encodes queries with.
         where: The store, as the warning names it (``"the store at /x"``, ``"Milvus collection 'c'"``).
         log: The logger to warn on (the store module's).
+        backbone: The backbone the store records: its SHA-256, or ``(SHA-256, name)`` as
+            :func:`recorded_backbone` gives it (anything else, or a SHA-256 of ``None``: not known).
 
     Examples:
         >>> class Enc:
@@ -281,18 +355,46 @@ def warn_if_other_weights(recorded: Any, encoder: Any, where: str, log: logging.
         ...     name_or_path = "/models/enc"
         >>> warn_if_other_weights("a" * 64, Enc(), "the store at /s"), warn_if_other_weights(None, Enc(), "x")
         (True, False)
+        >>> class OtherBackbone(Enc):
+        ...     class config:
+        ...         backbone, backbone_sha256 = "bge-small-en", "d" * 64
+        >>> warn_if_other_weights("b" * 64, OtherBackbone(), "the store at /s", backbone="c" * 64)
+        True
     """
     now = encoder_weights(encoder)
-    if not isinstance(recorded, str) or now is None or recorded == now:
+    if not isinstance(recorded, str) or now is None:
+        return False
+    name = str(getattr(encoder, "name_or_path", "")) or type(encoder).__name__
+    if recorded != now:
+        log.warning(
+            "%s was indexed with encoder weights SHA-256 %s, but the encoder %r now has weights SHA-256 %s (the "
+            "model was retrained or replaced since): search results will be wrong until its documents are "
+            "re-indexed with this encoder into a new (or emptied) store; adding them again to this one keeps the "
+            "old record",
+            where,
+            recorded,
+            name,
+            now,
+        )
+        return True
+    stored_sha, stored_name = backbone if isinstance(backbone, tuple) else (backbone, None)
+    stored_sha = stored_sha.lower() if isinstance(stored_sha, str) and _SHA256.fullmatch(stored_sha.lower()) else None
+    own_sha, own_name = encoder_backbone(encoder)
+    if stored_sha is None or own_sha is None or stored_sha == own_sha:
         return False
     log.warning(
-        "%s was indexed with encoder weights SHA-256 %s, but the encoder %r now has weights SHA-256 %s (the model "
-        "was retrained or replaced since): search results will be wrong until its documents are re-indexed with "
+        "%s was indexed with encoder weights SHA-256 %s over backbone %sSHA-256 %s, but the encoder %r has weights "
+        "SHA-256 %s over backbone %sSHA-256 %s (another model saved as the same delta over another backbone, e.g. "
+        "a model folder replaced since): search results will be wrong until its documents are re-indexed with "
         "this encoder into a new (or emptied) store; adding them again to this one keeps the old record",
         where,
         recorded,
-        str(getattr(encoder, "name_or_path", "")) or type(encoder).__name__,
+        f"{stored_name!r} " if isinstance(stored_name, str) and stored_name else "",
+        stored_sha,
+        name,
         now,
+        f"{own_name!r} " if own_name else "",
+        own_sha,
     )
     return True
 

@@ -733,12 +733,40 @@ class KLStore(GaussianStore):
                                 f"documents have dimension {self._dim}"
                             )
                         else:
-                            _format.warn_if_other_weights(self._documents_weights, encoder, "this store", logger)
+                            _format.warn_if_other_weights(
+                                self._documents_weights,
+                                encoder,
+                                "this store",
+                                logger,
+                                backbone=_format.recorded_backbone(self._saved_encoder_record, self._documents_weights),
+                            )
                 if problem is not None:
                     self._saved_encoder_problem = f"this store has no encoder to encode text, and {problem}"
                     raise ValueError(self._saved_encoder_problem)
                 self.encoder = encoder
         return self.encoder
+
+    def _text_encoder(self, task: str, instead: str) -> Any:
+        """The encoder, or for a store loaded without one the model it was saved with, loaded now (once).
+
+        A text search or a text add of ``KLStore.load(path)`` encodes with the model ``path`` records
+        (:attr:`saved_encoder`; an info log names it), as the LangChain / LlamaIndex adapters and the
+        hybrid store over it do; nothing is loaded for query or document Gaussians.
+
+        Raises:
+            ValueError: No encoder and none recorded, or the recorded model failed to load (the message
+                names it, and what to pass instead).
+        """
+        try:
+            encoder = self._load_saved_encoder()
+        except ValueError as exc:
+            raise ValueError(
+                f"{exc}: pass encoder= (KLStore.load(path, encoder=load_model(...)), from kl_retrievers import "
+                f"load_model), or {instead}"
+            ) from None
+        if encoder is None:
+            raise self._no_encoder(task, instead, " (nor a recorded model it was saved with)")
+        return encoder
 
     # ------------------------------------------------------------ persistence
     def _documents_identity(self) -> str | None:
@@ -894,7 +922,9 @@ class KLStore(GaussianStore):
         Args:
             path: The store folder.
             encoder: Optional encoder for text queries / additions (a name differing from the
-                saved one logs a warning; another Gaussian dimension is an error).
+                saved one logs a warning; another Gaussian dimension is an error). Without one, the
+                first text search or text add loads the model the store was saved with
+                (:attr:`saved_encoder`, by name, once; an info log names it).
             mmap: Memory-map the Gaussians (read-only ``np.load(mmap_mode="r")``) and, where
                 FAISS supports it, the index codes; they are copied on the first mutation.
             verify_checksums: Check SHA-256 of every file (sizes and every stored value are always
@@ -946,7 +976,13 @@ class KLStore(GaussianStore):
         if saved and now and saved != now:
             logger.warning("store was built with encoder %r but is loaded with %r", saved, now)
         if encoder is not None:
-            _format.warn_if_other_weights(store._documents_weights, encoder, where or f"the store at {folder}", logger)
+            _format.warn_if_other_weights(
+                store._documents_weights,
+                encoder,
+                where or f"the store at {folder}",
+                logger,
+                backbone=_format.recorded_backbone(config["encoder"], store._documents_weights),
+            )
         enc_dim = getattr(getattr(encoder, "config", None), "dim", None)
         if dim is not None and isinstance(enc_dim, int) and enc_dim != dim:
             raise ValueError(

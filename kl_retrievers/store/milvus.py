@@ -124,7 +124,7 @@ from kl_retrievers.store._base import (
     _check_store_args,
     _NewDocuments,
 )
-from kl_retrievers.store._format import encoder_weights, warn_if_other_weights
+from kl_retrievers.store._format import encoder_backbone, encoder_weights, warn_if_other_weights
 
 logger = logging.getLogger(__name__)
 
@@ -654,8 +654,10 @@ class MilvusKLStore(GaussianStore):
         #: Rewrites of every row's extra coordinate caused by a document norm above ``M``.
         self.rebuild_count = 0
         self._lock = threading.RLock()
-        self._weights_warned: set[tuple[str | None, str]] = set()  # (collection uid, weights) already warned about
+        # (collection uid, weights, backbone) already warned about
+        self._weights_warned: set[tuple[str | None, str, str | None]] = set()
         self._encoder_weights: str | None = None  # set by _forget, _create and _attach
+        self._encoder_backbone: str | None = None  # the backbone SHA-256 recorded with it (same places)
         self._forget()  # no collection attached yet
         #: Milvus Lite (a local ``.db`` file, or a client connected to one): long ``$in`` / ``$nin`` lists are
         #: resolved to ids (:meth:`_ids_in`) and negated order comparisons evaluated here (:meth:`_ids_matching`).
@@ -721,46 +723,69 @@ class MilvusKLStore(GaussianStore):
             # the weights the collection's documents were encoded with: the creator's encoder's, kept by every
             # later publication (compared when a client attaches, see _warn_if_other_weights)
             "encoder_weights_sha256": self._encoder_weights,
+            # and the SHA-256 of the backbone under them (a delta model's identity does not cover its backbone)
+            "encoder_backbone_sha256": self._encoder_backbone,
         }
 
     def _own_weights(self) -> str | None:
         """This client's encoder's weights identity (``encoder.weights_sha256``), else ``None``."""
         return encoder_weights(self.encoder)
 
+    def _own_backbone(self) -> str | None:
+        """The SHA-256 of the backbone this client's encoder says it was built on (its config), else ``None``."""
+        return encoder_backbone(self.encoder)[0]
+
+    def _adopt_weights_record(self, config: Mapping[str, Any]) -> None:
+        """Take the weights identity and backbone SHA-256 the collection records (absent in older collections)."""
+        stored = config.get("encoder_weights_sha256")
+        self._encoder_weights = stored if isinstance(stored, str) else None
+        backbone = config.get("encoder_backbone_sha256")  # absent in collections created before it was recorded
+        self._encoder_backbone = backbone if isinstance(backbone, str) and self._encoder_weights is not None else None
+
     def _warn_if_other_weights(self, config: Mapping[str, Any]) -> None:
         """Adopt the weights identity the collection records; warn (once per collection) when this client's
-        encoder has other weights (:func:`kl_retrievers.store._format.warn_if_other_weights`, as a KLStore does).
+        encoder has other weights, or the same over another backbone (both backbone SHA-256s known)
+        (:func:`kl_retrievers.store._format.warn_if_other_weights`, as a KLStore does).
 
         The recorded identity is the collection creator's encoder's, which every later publication keeps (a
         client with a retrained model that adds documents does not make the old documents look re-indexed).
         """
-        stored = config.get("encoder_weights_sha256")  # absent in collections created before it was recorded
-        weights = self._encoder_weights = stored if isinstance(stored, str) else None
-        if weights is None or (self._uid, weights) in self._weights_warned:
+        self._adopt_weights_record(config)  # absent in collections created before it was recorded
+        weights, backbone = self._encoder_weights, self._encoder_backbone
+        if weights is None or (self._uid, weights, backbone) in self._weights_warned:
             return
-        if warn_if_other_weights(weights, self.encoder, f"Milvus collection {self.collection_name!r}", logger):
-            self._weights_warned.add((self._uid, weights))
+        where = f"Milvus collection {self.collection_name!r}"
+        if warn_if_other_weights(weights, self.encoder, where, logger, backbone=backbone):
+            self._weights_warned.add((self._uid, weights, backbone))
+
+    def _records_own_model(self, own: str, own_backbone: str | None) -> bool:
+        """Whether the collection's record is this client's model: the same weights identity, and the same backbone
+        SHA-256 or one of the two not known (a collection created before it was recorded keeps its record)."""
+        recorded = self._encoder_backbone
+        return own == self._encoder_weights and (own_backbone is None or recorded is None or own_backbone == recorded)
 
     def _take_own_weights_if_empty(self) -> None:
         """Before adding to the attached collection: record this client's encoder's weights identity when the
         collection is empty (emptied, e.g. to re-index it with a retrained model), as an empty KLStore takes its
         encoder's; a collection that holds documents keeps its record.
 
-        Only when that identity is known and differs from the recorded one (one count request then). It is
+        Only when that identity is known and differs from the recorded one, or equals it over another backbone
+        (both backbone SHA-256s known and different: a delta model's identity does not cover its backbone), one
+        count request then. The backbone SHA-256 is recorded with it (``encoder_backbone_sha256``). It is
         stored by a publication (version + 1, the stored centre, ``M`` and offset unchanged, write-then-verify);
         when another writer publishes at the same time, its record stands. Milvus has no compare-and-set: a
         client of the old model that adds rows between this count and this publication, without publishing
         anything itself, leaves its rows under the new record, so refill an emptied collection from one client
         at a time.
         """
-        own = self._own_weights()
-        if own is None or own == self._encoder_weights or self._count("") != 0:
+        own, own_backbone = self._own_weights(), self._own_backbone()
+        if own is None or self._records_own_model(own, own_backbone) or self._count("") != 0:
             return
         state = self._read_state()
         if self.metric == "L2" and state.norm_bound is None:
-            self._encoder_weights = own  # the first documents' publication records it
+            self._encoder_weights, self._encoder_backbone = own, own_backbone  # the first publication records them
             return
-        previous, self._encoder_weights = self._encoder_weights, own
+        previous, self._encoder_weights, self._encoder_backbone = self._encoder_weights, own, own_backbone
         lost = (
             f"another writer updated Milvus collection {self.collection_name!r}'s configuration at the same time; "
             "its weights record stands"
@@ -789,6 +814,7 @@ class MilvusKLStore(GaussianStore):
         self._dim = k
         self._uid = uuid.uuid4().hex  # tells this collection from one re-created under the same name
         self._encoder_weights = self._own_weights()  # what its documents are encoded with (recorded in its config)
+        self._encoder_backbone = self._own_backbone()
         schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", dt.VARCHAR, is_primary=True, max_length=MAX_ID_LENGTH)
         schema.add_field("vector", dt.FLOAT_VECTOR, dim=self._vector_dim)
@@ -891,8 +917,7 @@ class MilvusKLStore(GaussianStore):
             self._forget()
             self._attach(None, info)
             return self._state
-        stored = config.get("encoder_weights_sha256")  # another client may have emptied and re-indexed it
-        self._encoder_weights = stored if isinstance(stored, str) else None
+        self._adopt_weights_record(config)  # another client may have emptied and re-indexed it
         self._adopt(state)
         return state
 
@@ -905,6 +930,7 @@ class MilvusKLStore(GaussianStore):
         self._text_nullable = False  # a nullable text field keeps "no text" (None) apart from ""
         self._has_added = False  # the collection has the insertion-stamp field (_ADDED_FIELD)
         self._encoder_weights = None  # the weights SHA-256 the attached collection records
+        self._encoder_backbone = None  # and the backbone SHA-256 recorded with it
 
     def _sync(self) -> None:
         """Check (one ``describe_collection``) that the collection is still the one attached, and re-read
