@@ -8,7 +8,8 @@ shard is read, encoded and written on its own, so memory is bounded by one shard
 The output folder holds:
 
 * ``manifest.json``: the input file's SHA-256 and size, the model (its name, fingerprint, backend and,
-  where known, the identity of its weights, ``model_weights_sha256``), ``kind``,
+  where known, the identity of its weights, ``model_weights_sha256``, its encoder config, ``model_config``,
+  and its tokenizer's SHA-256, ``model_tokenizer_sha256``), ``kind``,
   ``max_length``, ``field``, ``shard_size``, the shard count and the library version (with the
   score's name and direction); for an encoder whose output depends on its batch (an int8 ONNX
   graph: ``batch_invariant`` is ``False``) the ``batch_size`` too;
@@ -24,8 +25,9 @@ them to the manifest.  A folder made from another input (by content: the file na
 information) or with other settings is refused with the differing keys named (nothing is overwritten);
 so is resuming an int8 ONNX encoding with another ``batch_size`` (its outputs depend on the batch).
 A run holds a lock on the folder (``flock``, where available), so a second run into it is refused
-(a :class:`BlockingIOError`). A folder holding only a manifest (a run that stopped before its first
-shard) takes the new run's manifest, whatever its settings: nothing is overwritten.
+(a :class:`BlockingIOError`). A locked folder holding only a manifest (a run that stopped before its first
+shard) takes the new run's manifest, whatever its settings: nothing is overwritten. Where the folder cannot
+be locked, such a folder is refused: the run that wrote the manifest may still be encoding its first shard.
 
 :func:`iter_encoded` and :func:`load_encoded` check, when given the ``encoder`` that will search the
 shards and the ``kind`` they must hold, that the manifest names that model and kind.
@@ -319,15 +321,8 @@ def _check_record(line: bytes, row_no: int, where: str, jsonl: bool, field: str)
     if not jsonl:
         return str(row_no)
     row = parse_json_object(text, where)
+    # row_id refuses an id with surrounding whitespace, as load_beir does, with the one message of both paths
     doc_id = _check_utf8(row_id(row, row_no, where), "id", where)
-    if doc_id != doc_id.strip():
-        # refused as kl_retrievers.datasets.load_beir refuses it: qrels columns are read stripped, so "d1 " could
-        # never be judged, and stripping it here could merge it with a "d1" elsewhere
-        raise ValueError(
-            f"{where} (record {row_no + 1}): the id {doc_id!r} has leading or trailing whitespace, which ids may "
-            "not have (load_beir refuses it too: qrels columns are read stripped, so it could never be judged); "
-            "remove the spaces"
-        )
     _check_utf8(row_text(row, field, where), "text", where)
     return doc_id
 
@@ -566,14 +561,26 @@ class _FolderBusyError(BlockingIOError, RuntimeError):
     """
 
 
+class _ShardsLostError(OSError, RuntimeError):
+    """Shards this run reported written failed their check afterwards (missing, replaced or corrupt).
+
+    An :class:`OSError` (the command line reports it as a user error, one line and exit status 2) and a
+    :class:`RuntimeError` as it was raised before; not a :class:`BlockingIOError`: waiting does not resolve it.
+    """
+
+
 @contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
+def _folder_lock(folder: Path) -> Iterator[bool]:
     """Hold an exclusive ``flock`` on ``folder`` while a run writes into it; refuse when another run holds it.
 
     Two runs writing into one folder replace each other's shards (and manifest): with other settings,
     one of them ends with shards of the other. The kernel drops the lock when its process ends (even by
     ``kill -9``), so a crashed run never blocks the next. Where locking is not available (no ``fcntl``,
     as on Windows, or a file system without ``flock``) the run goes on unlocked.
+
+    Yields:
+        Whether the lock is held: ``False`` when the run goes on unlocked, so another run may be writing
+        into the folder unseen.
 
     Raises:
         BlockingIOError: Another run holds the lock (also a :class:`RuntimeError`, as it was before).
@@ -593,22 +600,23 @@ def _folder_lock(folder: Path) -> Iterator[None]:
         except OSError as exc:
             logger.warning("cannot open %s to lock it (%s); encoding unlocked (%s)", folder, exc, unlocked)
     if fd is None:
-        yield
+        yield False
         return
     try:
-        locked = True
+        busy = taken = False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            taken = True
         except BlockingIOError:
-            locked = False
+            busy = True
         except OSError as exc:  # a file system without flock (some network or FUSE mounts)
             logger.warning("cannot lock %s (%s); encoding unlocked (%s)", folder, exc, unlocked)
-        if not locked:
+        if busy:
             raise _FolderBusyError(
                 f"another encode run is writing into {folder} (it holds the folder's lock): wait for it to "
                 "finish (rerunning then resumes), or encode into another --out folder"
             )
-        yield
+        yield taken
     finally:
         os.close(fd)
 
@@ -948,9 +956,11 @@ def encode_corpus(
         ValueError: Bad options, a bad record or an input without records (found by the planning pass,
             before the model is loaded or any shard is encoded), or ``out`` holds shards of another
             input or other settings.
-        BlockingIOError: Another encode run is writing into ``out`` (it holds the folder's lock), or a shard
-            written by this run failed its check afterwards (another, unlocked run replaced it); both are
-            also :class:`RuntimeError`, as they were before. Rerun once the other run is done.
+        BlockingIOError: Another encode run is writing into ``out`` (it holds the folder's lock); also a
+            :class:`RuntimeError`, as it was before. Rerun once the other run is done.
+        OSError: A shard written by this run failed its check afterwards (with ``backend="ray"``, ``out`` is
+            not on storage every node shares; or something else deleted or replaced it); also a
+            :class:`RuntimeError`, as it was before. Rerun once the cause is fixed.
 
     Examples:
         >>> report = encode_corpus("corpus.jsonl", "encoded/")  # doctest: +SKIP
@@ -982,7 +992,7 @@ def encode_corpus(
         from kl_retrievers.pretrained import load_model
 
         encoder = load_model(model, device=device, backend=model_backend, onnx_options=onnx_options)
-    from kl_retrievers.encoding_cache import _legacy_fingerprint, model_fingerprint
+    from kl_retrievers.encoding_cache import _legacy_fingerprint, _tokenizer_digest, model_fingerprint
 
     if encoder is None:  # backend="ray": the workers load the model; load it once here to know its weights
         from kl_retrievers.pretrained import default_backend, load_model
@@ -998,7 +1008,7 @@ def encode_corpus(
         legacy = _legacy_fingerprint(loaded)
         used_backend = _backend_of(loaded) or worker_backend
         batch_invariant = bool(getattr(loaded, "batch_invariant", True))
-        weights = _weights_of(loaded)
+        weights, config, tokenizer = _weights_of(loaded), _config_of(loaded), _tokenizer_digest(loaded)
         del loaded
     else:
         model_name, fingerprint = getattr(encoder, "name_or_path", None), model_fingerprint(encoder)
@@ -1006,7 +1016,7 @@ def encode_corpus(
         used_backend = _backend_of(encoder) or model_backend
         worker_backend = model_backend
         batch_invariant = bool(getattr(encoder, "batch_invariant", True))
-        weights = _weights_of(encoder)
+        weights, config, tokenizer = _weights_of(encoder), _config_of(encoder), _tokenizer_digest(encoder)
     manifest = {
         "format": _FORMAT_NAME,
         "format_version": _FORMAT_VERSION,
@@ -1015,8 +1025,11 @@ def encode_corpus(
         "model": model_name,
         "model_fingerprint": fingerprint,
         "model_backend": used_backend,
-        # for information (not part of the run's identity): what iter_encoded(encoder=...) accepts across backends
+        # for information (not part of the run's identity): what iter_encoded(encoder=...) compares to accept the
+        # same model on the other backend (torch or ONNX), whose fingerprint differs
         "model_weights_sha256": weights,
+        "model_config": config,
+        "model_tokenizer_sha256": tokenizer,
         "kind": kind,
         "field": field,
         "max_length": max_length,
@@ -1028,10 +1041,11 @@ def encode_corpus(
 
     manifest["score"] = {"name": SCORE_NAME, "direction": SCORE_DIRECTION}
     target.mkdir(parents=True, exist_ok=True)
-    with _folder_lock(target):  # one encode run at a time per folder
+    with _folder_lock(target) as locked:  # one encode run at a time per folder (where flock is available)
         existing = target / _MANIFEST
         if existing.is_file():
             old = _manifest(target)
+            fingerprinted = "model_fingerprint" in old
             if legacy is not None and old.get("model_fingerprint") == legacy:
                 # written before an ONNX graph's fingerprint left out the name it was loaded by: the same
                 # model; its fingerprint is kept, as the shards' run keys have it
@@ -1059,14 +1073,25 @@ def encode_corpus(
                 )
                 del manifest["batch_size"]
             differ = [key for key in _IDENTITY_KEYS if _identity_value(old, key) != _identity_value(manifest, key)]
-            if "model" in differ and old.get("model_fingerprint") == fingerprint:
+            if "model" in differ and fingerprinted and old.get("model_fingerprint") == fingerprint:
                 # the same weights under another spelling of the name (a Ray run before 0.1.0 wrote the
                 # name as given, e.g. None or "minilm-gauss-soup"): the fingerprint is the model's identity
                 differ.remove("model")
                 manifest["model"] = old.get("model")
             if differ and not _holds_shards(target):
+                if not locked:
+                    # without flock a run that is still encoding its first shard looks the same: replacing its
+                    # manifest would leave it writing shards under this run's manifest
+                    raise ValueError(
+                        f"{target} holds only the manifest of a run with other settings ({', '.join(differ)} "
+                        "differ) and no shard yet, and the folder cannot be locked here (no flock on this "
+                        "platform or file system), so that run may still be encoding its first shard: if no "
+                        f"other encode run is writing into it, delete {existing} and rerun, or use another --out "
+                        "folder (nothing was overwritten)"
+                    )
                 # a run that wrote its manifest and stopped before any shard (e.g. Ray refused --device cuda on
-                # a node without a GPU): nothing would be overwritten, so the rerun its error recommends goes on
+                # a node without a GPU): the lock says it is over, nothing would be overwritten, so the rerun
+                # its error recommends goes on
                 logger.info(
                     "%s holds a manifest of other settings (%s differ) but no shard: replacing it", target, differ
                 )
@@ -1119,10 +1144,20 @@ def encode_corpus(
             _encode_local(encoder, todo, job, show_progress_bar)
         problems = {s.index: _shard_problem(target, s, run) for s in todo}
         bad = {index: problem for index, problem in problems.items() if problem is not None}
-        if bad:  # e.g. another encode run writing into the same folder replaced them
-            raise _FolderBusyError(
-                f"shards {sorted(bad)} failed their check after encoding ({next(iter(bad.values()))}); is another "
-                f"encode run writing into {target}? Run one at a time per folder, then rerun to redo them"
+        if bad:  # the workers wrote where this process cannot see, or something replaced what they wrote
+            causes = []
+            if backend == "ray":
+                causes.append(
+                    "with backend='ray' on a cluster, --out must be on storage every node shares (a node-local "
+                    "folder keeps each worker's shards on its own node)"
+                )
+            causes.append(f"something else deleted or replaced files in {target} while this run wrote it")
+            if not locked:
+                causes.append("another encode run wrote into it (the folder could not be locked here)")
+            raise _ShardsLostError(
+                f"shards {sorted(bad)} failed their check after encoding ({next(iter(bad.values()))}); likely "
+                f"causes: {'; or '.join(causes)}. Fix that (and run encodes into a folder one at a time), then "
+                "rerun to redo them (valid shards are kept)"
             )
         return EncodeReport(
             out=target,
@@ -1194,6 +1229,78 @@ def _weights_of(encoder: Any) -> str | None:
 _KINDS = ("document", "query")
 
 
+#: The backends whose encoders of one model (the same weights) :func:`iter_encoded` accepts for each other.
+_TWIN_BACKENDS = {"torch", "onnx"}
+
+
+def _config_of(encoder: Any) -> dict[str, Any] | None:
+    """A torch or ONNX encoder's config as a dictionary (``config.to_dict()``); ``None`` for another encoder, or
+    a config that cannot be written as JSON. The manifest records it (``model_config``) for :func:`iter_encoded`."""
+    to_dict = getattr(getattr(encoder, "config", None), "to_dict", None)
+    if _backend_of(encoder) not in _TWIN_BACKENDS or not callable(to_dict):
+        return None
+    try:
+        config = to_dict()
+        json.dumps(config, allow_nan=False)
+    except Exception:  # a config that is not JSON-ready: nothing to compare
+        return None
+    return dict(config) if isinstance(config, dict) and config else None
+
+
+def _source_fields(config: Any, backend: Any) -> dict[str, Any]:
+    """The :class:`~kl_retrievers.encoder.GaussianEncoderConfig` fields in an encoder config (:func:`_config_of`):
+    a torch encoder's whole config, an ONNX encoder's ``encoder`` section (the torch config it was exported from).
+
+    Both backends of one model give the same fields (an ONNX encoder of adapter heads adds ``onnx_heads``), so
+    :func:`iter_encoded` compares them where the fingerprints, which hash each backend's own config, differ.
+    """
+    if not isinstance(config, dict):
+        return {}
+    if backend == "onnx":
+        inner = config.get("encoder")
+        return inner if isinstance(inner, dict) else {}
+    return config
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:36]}...{text[-1]}"
+
+
+def _differing(recorded: dict[str, Any], own: dict[str, Any], prefix: str = "") -> list[str]:
+    """The keys both dictionaries hold with other values, each with both (one nested level named ``a.b``)."""
+    differ = []
+    for key in sorted(recorded.keys() & own.keys()):
+        was, now = recorded[key], own[key]
+        if was == now:
+            continue
+        if isinstance(was, dict) and isinstance(now, dict) and not prefix:
+            differ.extend(_differing(was, now, f"{key}."))
+        else:
+            differ.append(f"{prefix}{key} {_short(was)} vs {_short(now)}")
+    return differ
+
+
+def _model_differences(manifest: dict[str, Any], encoder: Any, backend: str | None) -> list[str]:
+    """What differs between the model the manifest records and ``encoder`` (on ``backend``), beyond the weights:
+    the config fields both record (across backends, only the :func:`_source_fields` both share) and the
+    tokenizer, each named with both values. What either side does not record is not compared."""
+    from kl_retrievers.encoding_cache import _tokenizer_digest
+
+    recorded, own = manifest.get("model_config"), _config_of(encoder)
+    recorded_backend = manifest.get("model_backend")
+    differ: list[str] = []
+    if isinstance(recorded, dict) and own is not None:
+        if recorded_backend == backend:
+            differ = _differing(recorded, own)
+        else:
+            differ = _differing(_source_fields(recorded, recorded_backend), _source_fields(own, backend))
+    recorded_tokenizer, tokenizer = manifest.get("model_tokenizer_sha256"), _tokenizer_digest(encoder)
+    if isinstance(recorded_tokenizer, str) and tokenizer is not None and recorded_tokenizer != tokenizer:
+        differ.append(f"tokenizer SHA-256 {recorded_tokenizer[:12]}... vs {tokenizer[:12]}...")
+    return differ
+
+
 def _check_reader(folder: Path, manifest: dict[str, Any], encoder: Any | None, kind: str | None) -> None:
     """Refuse shards that were not encoded by ``encoder`` or as ``kind`` (see :func:`iter_encoded`)."""
     recorded_kind = manifest.get("kind")
@@ -1208,32 +1315,50 @@ def _check_reader(folder: Path, manifest: dict[str, Any], encoder: Any | None, k
     from kl_retrievers.encoding_cache import _legacy_fingerprint, model_fingerprint
 
     recorded = manifest.get("model_fingerprint")
+    name, backend = getattr(encoder, "name_or_path", None), _backend_of(encoder)
+    if recorded is None:  # written before fingerprints: nothing says which model it was beyond its name
+        raise ValueError(
+            f"{folder} was encoded by model {manifest.get('model')!r} with a kl-retrievers that recorded no model "
+            f"fingerprint, so whether the given encoder {name!r} is that model cannot be verified. If it is, run "
+            "the encode command again with that model and the same input and settings into this folder: it "
+            "reuses the shards (re-encoding none) and records the model's fingerprint; or pass encoder=None to "
+            "read the shards unchecked"
+        )
     fingerprint = model_fingerprint(encoder)
-    if recorded is not None and recorded in (fingerprint, _legacy_fingerprint(encoder)):
+    if recorded in (fingerprint, _legacy_fingerprint(encoder)):
         return
-    weights, recorded_weights = _weights_of(encoder), manifest.get("model_weights_sha256")
-    if weights is not None and weights == recorded_weights:  # the same trained weights on another backend
+    recorded_backend = manifest.get("model_backend")
+    weights = _weights_of(encoder)
+    same_weights = weights is not None and weights == manifest.get("model_weights_sha256")
+    differ = _model_differences(manifest, encoder, backend) if same_weights else []
+    if weights is not None and same_weights and not differ and {recorded_backend, backend} == _TWIN_BACKENDS:
+        # the same model on the other backend (a torch model and its ONNX export): its fingerprint hashes that
+        # backend's own class and config, so only the weights and the settings both record can tell
         logger.info(
             "%s was encoded by %r (%s backend), the given encoder is %r (%s backend): the same weights (SHA-256 "
-            "%s...), read as that model's encodings",
+            "%s...) and settings, read as that model's encodings",
             folder,
             manifest.get("model"),
-            manifest.get("model_backend"),
-            getattr(encoder, "name_or_path", None),
-            _backend_of(encoder),
+            recorded_backend,
+            name,
+            backend,
             weights[:12],
         )
         return
-    was = (
-        f"model {manifest.get('model')!r} (fingerprint {recorded}, {manifest.get('model_backend')} backend)"
-        if recorded is not None
-        else f"model {manifest.get('model')!r}, with no model fingerprint recorded (an older kl-retrievers)"
-    )
+    if differ:
+        why = f" The weights are the same, but the settings differ (shards vs encoder): {'; '.join(differ)}."
+    elif same_weights:
+        why = (
+            f" The weights are the same, but on the same backend ({backend}) another fingerprint means another "
+            "class, config or tokenizer."
+        )
+    else:
+        why = ""
     raise ValueError(
-        f"{folder} was encoded by {was}, but the given encoder is {getattr(encoder, 'name_or_path', None)!r} "
-        f"(fingerprint {fingerprint}, {_backend_of(encoder)} backend): its queries would be scored against "
-        "another model's documents. Search with the model that encoded the shards, or encode the input again "
-        "with this encoder (into another folder)"
+        f"{folder} was encoded by model {manifest.get('model')!r} (fingerprint {recorded}, {recorded_backend} "
+        f"backend), but the given encoder is {name!r} (fingerprint {fingerprint}, {backend} backend): its queries "
+        f"would be scored against another model's documents.{why} Search with the model that encoded the shards, "
+        "or encode the input again with this encoder (into another folder)"
     )
 
 
@@ -1270,9 +1395,15 @@ def iter_encoded(
     Nothing in the Gaussians says which model made them, so shards added to a store whose encoder is
     another model would be searched with meaningless scores. Pass the store's ``encoder`` to check it:
     the manifest's model fingerprint (class, config, tokenizer and weights,
-    :func:`~kl_retrievers.encoding_cache.model_fingerprint`) must be that encoder's, or its recorded
-    weights (``weights_sha256``) the encoder's (the same model on the other backend, torch or ONNX);
-    and ``kind="document"`` to check the shards hold documents, not queries.
+    :func:`~kl_retrievers.encoding_cache.model_fingerprint`) must be that encoder's. The same model on
+    the other backend (shards encoded with torch read with its ONNX export, or the reverse) has another
+    fingerprint: it is accepted when its weights (``weights_sha256``) are the manifest's and so are the
+    encoder config fields and tokenizer both record (a model with the same weights and another pooling,
+    ``beta``, ``max_length``... is refused, naming the fields; on the same backend, another fingerprint is
+    always refused). A folder written before fingerprints cannot be checked: it is refused, and the message
+    says how to record the fingerprint (rerunning the encode command with that model, which re-encodes
+    nothing) or to read it unchecked (``encoder=None``).
+    Pass ``kind="document"`` to check the shards hold documents, not queries.
 
     Before the first shard is yielded, every shard's ``shard.json`` is checked: it exists, with its
     files, its run key is the manifest's (the shard was made from this input, model and settings),
@@ -1290,8 +1421,9 @@ def iter_encoded(
 
     Raises:
         ValueError: A shard is missing, of another run, or corrupt (rerun the encode command to redo it);
-            the shards were encoded by another model than ``encoder`` or as another ``kind`` (the message
-            names both); ``kind`` is not one of ``"document"``, ``"query"`` or ``None``.
+            the shards were encoded by another model than ``encoder`` (or by a model the manifest gives no
+            fingerprint of) or as another ``kind`` (the message names both); ``kind`` is not one of
+            ``"document"``, ``"query"`` or ``None``.
 
     Examples:
         >>> for ids, g in iter_encoded("encoded/", encoder=store.encoder, kind="document"):  # doctest: +SKIP

@@ -75,9 +75,10 @@ def test_a_shard_that_fails_its_check_after_encoding_is_an_os_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     corpus = _corpus(tmp_path / "c.jsonl", n=4)
-    monkeypatch.setattr(sharded, "_encode_local", lambda *args: None)  # as if another run removed what it wrote
-    with pytest.raises(OSError, match=r"shards \[0, 1\] failed their check after encoding.*another encode run"):
+    monkeypatch.setattr(sharded, "_encode_local", lambda *args: None)  # as if something removed what it wrote
+    with pytest.raises(OSError, match=r"shards \[0, 1\] failed their check after encoding.*deleted or replaced") as e:
         encode_corpus(corpus, tmp_path / "out", encoder=make_tiny_encoder(), shard_size=2, show_progress_bar=False)
+    assert isinstance(e.value, RuntimeError) and not isinstance(e.value, BlockingIOError)  # waiting does not fix it
 
 
 # ---------------------------------------------------------------- 2. a torch encoder's backend is recorded
@@ -308,8 +309,15 @@ def test_sharded_encode_refuses_an_id_with_surrounding_whitespace_as_load_beir_d
     corpus = tmp_path / "corpus.jsonl"
     rows = [{"_id": "d0", "text": "cat"}, {"_id": "d1 ", "text": "sea"}]
     corpus.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    with pytest.raises(ValueError, match=r"corpus\.jsonl, line 2 \(record 2\): the id 'd1 ' has leading or trailing"):
+    with pytest.raises(
+        ValueError, match=r"corpus\.jsonl, line 2 \(record 2\): the id 'd1 ' has leading or trailing"
+    ) as e:
         sharded.plan_shards(corpus, shard_size=1)
+    from kl_retrievers.cli import read_texts
+
+    with pytest.raises(ValueError) as one_shot:  # kl-retrievers encode / index: the same refusal, word for word
+        read_texts(corpus)
+    assert str(one_shot.value) == str(e.value)
     with pytest.raises(ValueError, match=r"line 2 \(record 2\).*'d1 '"):
         encode_corpus(corpus, tmp_path / "out", encoder=make_tiny_encoder(), shard_size=1, show_progress_bar=False)
     (tmp_path / "queries.jsonl").write_text(json.dumps({"_id": "q", "text": "cat"}) + "\n")
