@@ -39,7 +39,7 @@ import threading
 import uuid
 import warnings
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, ItemsView, Iterable, KeysView, Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -304,34 +304,51 @@ def _check_saved_encoder_is_bundled(manifest_path: Path) -> None:
         )
 
 
+def _one_per_item(value: Any, name: str, n: int, what: str, single: type, item: str) -> list[Any] | None:
+    """``value`` (``metadatas`` or ``ids``) as a list of ``n`` items, one per text; ``None`` stays ``None``.
+
+    Any iterable is taken (a generator is read once, here) except one item (a ``single``, a str or
+    bytes) and a set: its iteration order is arbitrary (for strings it changes from one Python process
+    to the next), so its items would be paired with the texts at random. A dict's ``keys()`` view is
+    taken (it keeps the dict's insertion order); its ``items()`` view ((key, value) pairs) is refused.
+    """
+    if value is None:
+        return None
+    kind = type(value).__name__
+    if isinstance(value, (str, bytes, single)) or not isinstance(value, Iterable):
+        raise TypeError(
+            f"{name} must be an iterable of {item}, one per text (e.g. a list); got a single {kind}: {value!r:.80}"
+        )
+    if isinstance(value, ItemsView):
+        raise TypeError(
+            f"{name} is a {kind}, whose items are a dict's (key, value) pairs, not {item}: pass a list, in the "
+            f"order of the {what} (e.g. list(d) for the dict's keys); got {value!r:.80}"
+        )
+    if isinstance(value, Set) and not isinstance(value, KeysView):
+        raise TypeError(
+            f"{name} is a {kind}, whose iteration order is arbitrary (for strings it changes from one Python process "
+            f"to the next), so its items would be paired with the {what} at random: pass a list, in the order of "
+            f"the {what}; got {value!r:.80}"
+        )
+    out = list(value)
+    if len(out) != n:
+        raise ValueError(f"got {len(out)} {name} for {n} {what}; pass one per text")
+    return out
+
+
 def _check_add_args(
     n: int, metadatas: Iterable[dict[str, Any] | None] | None, ids: Iterable[str | None] | None, what: str = "texts"
 ) -> tuple[list[dict[str, Any] | None] | None, list[str] | None]:
     """Check ``metadatas`` and ``ids`` against ``n`` items: the metadatas and the ids to store.
 
-    Each may be any iterable (a generator is read once, here); a single dict of metadata or a single
-    str id is refused. ``None`` ids get a uuid4 hex.
+    Each may be any iterable but a set (see :func:`_one_per_item`); a single dict of metadata or a
+    single str id is refused. ``None`` ids get a uuid4 hex.
     """
-    if metadatas is not None:
-        if isinstance(metadatas, (str, bytes, Mapping)) or not isinstance(metadatas, Iterable):
-            raise TypeError(
-                f"metadatas must be an iterable of dicts, one per text (e.g. a list); got a single "
-                f"{type(metadatas).__name__}: {metadatas!r:.80}"
-            )
-        metadatas = list(metadatas)
-        if len(metadatas) != n:
-            raise ValueError(f"got {len(metadatas)} metadatas for {n} {what}; pass one per text")
-    if ids is None:
-        return metadatas, None
-    if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
-        raise TypeError(
-            f"ids must be an iterable of str, one per text (e.g. a list); got a single {type(ids).__name__}: "
-            f"{ids!r:.80}"
-        )
-    ids = list(ids)
-    if len(ids) != n:
-        raise ValueError(f"got {len(ids)} ids for {n} {what}; pass one per text")
-    return metadatas, ([str(i) if i is not None else uuid.uuid4().hex for i in ids] if ids else None)
+    metadata_list = _one_per_item(metadatas, "metadatas", n, what, Mapping, "dicts")
+    id_list = _one_per_item(ids, "ids", n, what, str, "str")
+    if not id_list:
+        return metadata_list, None
+    return metadata_list, [str(i) if i is not None else uuid.uuid4().hex for i in id_list]
 
 
 def _check_texts(texts: Any, what: str = "texts") -> list[str]:
@@ -909,16 +926,17 @@ class KLVectorStore(VectorStore):
         Args:
             texts: Texts to add.
             metadatas: One JSON-serialisable dict per text (a list or any other iterable, read once;
-                not a single dict).
+                not a single dict, nor a set).
             ids: One id per text (``None`` entries get a fresh uuid4 hex; a list or any other iterable,
-                read once; not a single str); also taken by position, as langchain-community's FAISS
-                takes it.
+                read once, such as a dict's ``keys()``; not a single str, nor a set, whose order is
+                arbitrary); also taken by position, as langchain-community's FAISS takes it.
 
         Returns:
             The ids, in input order.
 
         Raises:
-            TypeError: A text is not a str, or ``metadatas`` / ``ids`` is a single dict / str, not one per text.
+            TypeError: A text is not a str, or ``metadatas`` / ``ids`` is a single dict / str, not one per
+                text, or a set (its order would pair them with the texts at random).
             ValueError: ``metadatas`` or ``ids`` do not match ``texts`` in length, or repeated ids.
         """
         items = _check_texts(texts)
@@ -949,8 +967,8 @@ class KLVectorStore(VectorStore):
     async def aadd_texts(
         self,
         texts: Iterable[str],
-        metadatas: list[dict[str, Any]] | None = None,
-        ids: list[str] | None = None,
+        metadatas: Iterable[dict[str, Any] | None] | None = None,
+        ids: Iterable[str | None] | None = None,
         **kwargs: Any,
     ) -> list[str]:
         """Async :meth:`add_texts` (runs in a worker thread; ``ids`` also by position, as in FAISS)."""
@@ -1022,14 +1040,17 @@ class KLVectorStore(VectorStore):
 
         Args:
             text_embeddings: ``(text, d~)`` pairs.
-            metadatas: One JSON-serialisable dict per pair (a list or any other iterable, read once).
-            ids: One id per pair (``None`` entries get a fresh uuid4 hex; any iterable, read once).
+            metadatas: One JSON-serialisable dict per pair (a list or any other iterable, read once;
+                not a set).
+            ids: One id per pair (``None`` entries get a fresh uuid4 hex; any iterable, read once, but a
+                set).
 
         Returns:
             The ids, in input order.
 
         Raises:
-            TypeError: An item is not a ``(str, vector)`` pair.
+            TypeError: An item is not a ``(str, vector)`` pair, or ``metadatas`` / ``ids`` is a single
+                dict / str or a set.
             ValueError: A vector that is no document vector ``d~`` (an ordinary embedding, a ``q~``
                 query vector, another length than ``2k + 1``), Gaussians of another dimension than this
                 store's documents or encoder, or ``metadatas`` / ``ids`` that do not match in length.
@@ -1378,20 +1399,21 @@ class KLVectorStore(VectorStore):
     @classmethod
     def from_texts(  # type: ignore[override]
         cls,
-        texts: list[str],
+        texts: Iterable[str],
         embedding: Any | None = None,
-        metadatas: list[dict[str, Any]] | None = None,
-        ids: list[str] | None = None,
+        metadatas: Iterable[dict[str, Any] | None] | None = None,
+        ids: Iterable[str | None] | None = None,
         **kwargs: Any,
     ) -> KLVectorStore:
         """Build a store and add ``texts``.
 
         Args:
-            texts: Texts to add.
+            texts: Texts to add (any iterable of str but a set, as in :meth:`add_texts`).
             embedding: A :class:`KLEmbeddings`, a Gaussian encoder or a LangChain ``Embeddings``
                 (default: the package's default model).
-            metadatas: One dict per text.
-            ids: One id per text (also by position, as in langchain-community's FAISS).
+            metadatas: One dict per text (any iterable but a single dict or a set).
+            ids: One id per text (any iterable but a single str or a set; also by position, as in
+                langchain-community's FAISS).
             **kwargs: Passed to :class:`KLVectorStore` (``relevance``, ``batch_size``, ``index_type``...).
         """
         store = cls(embedding, **kwargs)
@@ -1401,10 +1423,10 @@ class KLVectorStore(VectorStore):
     @classmethod
     async def afrom_texts(  # type: ignore[override]
         cls,
-        texts: list[str],
+        texts: Iterable[str],
         embedding: Any | None = None,
-        metadatas: list[dict[str, Any]] | None = None,
-        ids: list[str] | None = None,
+        metadatas: Iterable[dict[str, Any] | None] | None = None,
+        ids: Iterable[str | None] | None = None,
         **kwargs: Any,
     ) -> KLVectorStore:
         """Async :meth:`from_texts` (runs in a worker thread; ``ids`` also by position, as in FAISS)."""
@@ -1417,8 +1439,8 @@ class KLVectorStore(VectorStore):
         cls,
         text_embeddings: Iterable[tuple[str, Sequence[float]]],
         embedding: Any | None,
-        metadatas: list[dict[str, Any]] | None = None,
-        ids: list[str] | None = None,
+        metadatas: Iterable[dict[str, Any] | None] | None = None,
+        ids: Iterable[str | None] | None = None,
         **kwargs: Any,
     ) -> KLVectorStore:
         """Build a store from ``(text, d~)`` pairs computed earlier (FAISS's ``from_embeddings``).
@@ -1429,8 +1451,8 @@ class KLVectorStore(VectorStore):
             text_embeddings: ``(text, d~)`` pairs, the vectors from :meth:`KLEmbeddings.embed_documents`.
             embedding: The encoder the vectors came from (for text queries; required, as in FAISS:
                 ``None`` asks for the default model, which ranks other models' vectors wrongly).
-            metadatas: One dict per pair.
-            ids: One id per pair.
+            metadatas: One dict per pair (any iterable but a single dict or a set).
+            ids: One id per pair (any iterable but a single str or a set).
             **kwargs: Passed to :class:`KLVectorStore` (``relevance``, ``batch_size``, ``index_type``...).
         """
         store = cls(embedding, **kwargs)
@@ -1442,8 +1464,8 @@ class KLVectorStore(VectorStore):
         cls,
         text_embeddings: Iterable[tuple[str, Sequence[float]]],
         embedding: Any | None,
-        metadatas: list[dict[str, Any]] | None = None,
-        ids: list[str] | None = None,
+        metadatas: Iterable[dict[str, Any] | None] | None = None,
+        ids: Iterable[str | None] | None = None,
         **kwargs: Any,
     ) -> KLVectorStore:
         """Async :meth:`from_embeddings` (runs in a worker thread)."""
@@ -2060,10 +2082,10 @@ class KLRetriever(_ConfidenceRetriever):
     @classmethod
     def from_texts(
         cls,
-        texts: list[str],
+        texts: Iterable[str],
         embedding: Any | None = None,
-        metadatas: list[dict[str, Any]] | None = None,
-        ids: list[str] | None = None,
+        metadatas: Iterable[dict[str, Any] | None] | None = None,
+        ids: Iterable[str | None] | None = None,
         *,
         k: int = 4,
         min_confidence: float | None = None,
@@ -2278,10 +2300,10 @@ class KLHybridRetriever(_ConfidenceRetriever):
     @classmethod
     def from_texts(
         cls,
-        texts: list[str],
+        texts: Iterable[str],
         embedding: Any | None = None,
-        metadatas: list[dict[str, Any]] | None = None,
-        ids: list[str] | None = None,
+        metadatas: Iterable[dict[str, Any] | None] | None = None,
+        ids: Iterable[str | None] | None = None,
         *,
         k: int = 4,
         fusion: str | None = None,
@@ -2292,11 +2314,13 @@ class KLHybridRetriever(_ConfidenceRetriever):
         """Index ``texts`` in a new :class:`~kl_retrievers.hybrid.KLHybridStore` and wrap it.
 
         Args:
-            texts: Document texts.
+            texts: Document texts (any iterable of str but a set, as in :meth:`KLVectorStore.add_texts`).
             embedding: A :class:`KLEmbeddings`, Gaussian encoder or LangChain ``Embeddings``
                 (default: the package's default model).
-            metadatas: One dict per text.
-            ids: One id per text (also the fourth positional argument).
+            metadatas: One dict per text (any iterable but a single dict or a set).
+            ids: One id per text (any iterable but a single str or a set; ``None`` entries get a fresh
+                uuid4 hex; also the fourth positional argument). Checked, like ``metadatas``, before any
+                encoding.
             k: Documents per query.
             fusion: The store's fusion mode (``None``: ``"adaptive"``).
             min_confidence: Abstain below this confidence.
@@ -2319,9 +2343,11 @@ class KLHybridRetriever(_ConfidenceRetriever):
         FusionConfig().for_call(
             retriever_fusion, store_kwargs.get("weight"), store_kwargs.get("normalization"), what="this retriever"
         )
+        items = _check_texts(texts)
+        metadata_list, id_values = _check_add_args(len(items), metadatas, ids)
         encoder = _unwrap_encoder(embedding) if embedding is not None else _load_default_encoder()
         store = KLHybridStore(encoder, fusion="adaptive" if fusion is None else fusion, **store_kwargs)
-        store.add(_check_texts(texts), ids=ids, metadatas=metadatas)
+        store.add(items, ids=id_values, metadatas=metadata_list)
         return cls(store=store, k=k, min_confidence=min_confidence, calibrator=calibrator, **own)
 
     @classmethod

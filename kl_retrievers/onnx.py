@@ -898,43 +898,75 @@ class OnnxGaussianEncoder(EncoderMixin):
 
         It takes ``torch.nn.Module.to``'s call forms: ``to(device)``, ``to(dtype)``, ``to(device, dtype)``,
         ``to(tensor)`` (the tensor's device and dtype), each positional or by keyword (``device=``,
-        ``dtype=``), with an optional ``non_blocking`` (ignored: nothing is copied). The graph fixes the
-        precision: ``torch.float32`` is accepted, as a no-op, only by a float32 graph (``quantize=None``,
-        whose weights and outputs are float32); an int8 graph refuses it, as every encoder refuses any
-        other dtype (``torch.float16``, ``torch.bfloat16``...).
+        ``dtype=``), with an optional ``non_blocking`` (positional after them, or by keyword; ignored:
+        nothing is copied) and ``memory_format`` (``torch.contiguous_format`` or ``torch.preserve_format``,
+        no-ops). The graph fixes the precision: ``torch.float32`` is accepted by every graph, as a no-op:
+        the outputs are float32 whatever the graph (what ``encode(precision="float32")`` gives), a float32
+        graph's weights (``quantize=None``) are float32 and an int8 graph's weights stay int8, as
+        ``torch.nn.Module.to(torch.float32)`` leaves the int8 weights of a dynamically quantised module.
+        Any other dtype (``torch.float16``, ``torch.bfloat16``...) is refused: no ONNX graph of that
+        precision is offered (load with ``backend="torch"`` for it).
 
         Raises:
             ValueError: A device other than the cpu: the ONNX backend runs on cpu only (load with
-                ``backend="torch"``).
-            TypeError: A dtype other than a float32 graph's own (e.g. ``torch.float16``), an unknown
-                keyword, or arguments in none of ``torch.nn.Module.to``'s forms.
+                ``backend="torch"``); or a ``memory_format`` other than contiguous / preserve, which does not
+                apply to an ONNX graph.
+            TypeError: A dtype other than ``torch.float32`` (e.g. ``torch.float16``); a numpy dtype or a
+                dtype's name (``np.float32``, ``"float32"``), given positionally or as ``dtype=``: pass the
+                ``torch.dtype``; an unknown keyword; ``non_blocking`` given twice; or arguments in none of
+                ``torch.nn.Module.to``'s forms (such as ``to(True)``).
 
         Examples:
             >>> encoder.to("cpu") is encoder  # doctest: +SKIP
             True
             >>> encoder.to(device="cpu", non_blocking=True) is encoder  # doctest: +SKIP
             True
+            >>> encoder.to("cpu", torch.float32) is encoder  # float32 outputs, on any graph  # doctest: +SKIP
+            True
         """
         forms = "to(device), to(dtype), to(device, dtype) or to(tensor), with an optional non_blocking"
-        unknown = sorted(set(kwargs) - {"device", "dtype", "non_blocking"})
+        unknown = sorted(set(kwargs) - {"device", "dtype", "non_blocking", "memory_format"})
         if unknown:
             raise TypeError(
-                f"OnnxGaussianEncoder.to() got the unknown keyword argument(s) {unknown}; it takes device, dtype "
-                f"and non_blocking ({forms}, as torch.nn.Module.to)"
+                f"OnnxGaussianEncoder.to() got the unknown keyword argument(s) {unknown}; it takes device, dtype, "
+                f"non_blocking and memory_format ({forms}, as torch.nn.Module.to)"
+            )
+        memory_format = kwargs.get("memory_format")
+        if memory_format is not None and str(memory_format) not in ("torch.contiguous_format", "torch.preserve_format"):
+            raise ValueError(
+                f"OnnxGaussianEncoder.to(): memory_format={memory_format!r} does not apply to an ONNX graph (its "
+                "weights have one fixed layout, its inputs are token ids); it accepts torch.contiguous_format and "
+                "torch.preserve_format, as no-ops"
             )
         device, dtype = kwargs.get("device"), kwargs.get("dtype")
+        for name in ("device", "dtype"):
+            if self._is_tensor(kwargs.get(name)):
+                raise TypeError(
+                    f"OnnxGaussianEncoder.to(): {name}= takes a {name}, not a tensor; pass the tensor alone, "
+                    "positionally (to(tensor)), for its device and dtype"
+                )
         positional = list(args)
-        if positional and isinstance(positional[-1], bool) and "non_blocking" not in kwargs:
-            positional.pop()  # to(..., non_blocking)
+        if len(positional) > 1 and isinstance(positional[-1], bool):  # to(device, dtype or tensor..., non_blocking)
+            if "non_blocking" in kwargs:
+                raise TypeError(
+                    f"OnnxGaussianEncoder.to(): non_blocking given twice, by position ({positional[-1]!r}) and by "
+                    f"keyword (non_blocking={kwargs['non_blocking']!r}); pass it once"
+                )
+            positional.pop()
         if len(positional) > 2:
             raise TypeError(f"OnnxGaussianEncoder.to() takes {forms}; got {len(args)} positional arguments {args!r}")
         for value in positional:
-            if type(value).__name__ in ("Tensor", "Parameter"):  # to(tensor): its device and dtype
+            if isinstance(value, bool):
+                raise TypeError(
+                    f"OnnxGaussianEncoder.to() got {value!r}, which is neither a device nor a dtype (non_blocking "
+                    f"comes after a device, dtype or tensor, or by keyword); it takes {forms}"
+                )
+            if self._is_tensor(value):  # to(tensor): its device and dtype
                 if len(positional) > 1 or device is not None or dtype is not None:
                     raise TypeError(f"OnnxGaussianEncoder.to(tensor) takes the tensor alone; got {args!r} {kwargs!r}")
                 device, dtype = value.device, value.dtype
                 continue
-            is_dtype = type(value).__name__ == "dtype"  # torch.float16, ...
+            is_dtype = self._is_dtype_like(value)  # torch.float16, np.float32, "float32"...: not a device
             if (dtype if is_dtype else device) is not None:
                 raise TypeError(
                     f"OnnxGaussianEncoder.to() got two {'dtypes' if is_dtype else 'devices'}: {args!r} {kwargs!r}; "
@@ -944,14 +976,44 @@ class OnnxGaussianEncoder(EncoderMixin):
                 dtype = value
             else:
                 device = value
-        if dtype is not None and type(dtype).__name__ != "dtype":
+        if dtype is not None and not self._is_torch_dtype(dtype):
+            hint = " (a numpy dtype or a dtype's name: pass the torch.dtype)" if self._is_dtype_like(dtype) else ""
             raise TypeError(
-                f"OnnxGaussianEncoder.to(): dtype must be a torch.dtype (e.g. torch.float32); got {dtype!r}"
+                f"OnnxGaussianEncoder.to(): dtype must be a torch.dtype (e.g. torch.float32); got {dtype!r}{hint}"
             )
         self._use_device(device)
-        if dtype is not None and not (str(dtype) == "torch.float32" and self.config.quantize is None):
-            self._use_device(dtype)  # refused there: the graph fixes the precision
+        if dtype is not None and str(dtype) != "torch.float32":
+            self._refuse_precision(dtype)
         return self
+
+    @staticmethod
+    def _is_tensor(value: Any) -> bool:
+        """Whether ``value`` is a torch tensor (or a subclass: ``Parameter``...), without importing torch."""
+        return any(c.__name__ == "Tensor" and c.__module__.startswith("torch") for c in type(value).__mro__)
+
+    @staticmethod
+    def _is_torch_dtype(value: Any) -> bool:
+        """Whether ``value`` is a ``torch.dtype`` (``torch.float16``...), without importing torch."""
+        return type(value).__name__ == "dtype" and type(value).__module__ == "torch"
+
+    @classmethod
+    def _is_dtype_like(cls, value: Any) -> bool:
+        """A torch or numpy dtype, a numpy scalar type (``np.float32``) or a dtype's name (``"float32"``)."""
+        if cls._is_torch_dtype(value) or isinstance(value, np.dtype):
+            return True
+        if isinstance(value, type):
+            return issubclass(value, (np.generic, float, int, complex))
+        if not isinstance(value, str):
+            return False
+        name = value.strip().lower()
+        for prefix in ("torch.", "numpy.", "np."):
+            name = name.removeprefix(prefix)
+        return name in {
+            *("float", "float16", "float32", "float64", "bfloat16", "half", "single", "double", "bool"),
+            *("int", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "short", "long"),
+            *("complex64", "complex128", "cfloat", "cdouble", "chalf", "qint8", "quint8", "qint32"),
+            *("float8_e4m3fn", "float8_e5m2"),
+        }
 
     def __repr__(self) -> str:
         return (
@@ -1014,15 +1076,30 @@ class OnnxGaussianEncoder(EncoderMixin):
         return {k: arrays[k] for k in self._input_names}
 
     def _use_device(self, device: Any) -> None:
-        if type(device).__name__ == "dtype":  # e.g. model.to(torch.float16)
-            raise TypeError(
-                f"the ONNX encoder's precision is fixed by its graph (quantize={self.config.quantize!r}); got "
-                f"{device!r}: export another graph (python -m kl_retrievers.onnx_cli export SOURCE OUT "
-                "--quantize float32) or load with backend='torch'"
-            )
         name = None if device is None else str(device)  # torch.device("cpu") reads "cpu"
         if name is not None and name != "cpu" and not name.startswith("cpu:"):
             raise ValueError(f"the ONNX backend runs on cpu only; got device={device!r} (use backend='torch')")
+
+    def _refuse_precision(self, dtype: Any) -> None:
+        """Refuse a dtype other than float32 (e.g. ``model.to(torch.float16)``), saying what would give it."""
+        quantize = self.config.quantize
+        graph = "float32 weights, quantize=None" if quantize is None else f"{quantize} weights, quantize={quantize!r}"
+        if str(dtype) in ("torch.int8", "torch.qint8", "torch.quint8", "torch.uint8"):
+            advice = (
+                "this graph's weights are already int8 (its outputs are float32)"
+                if quantize == "int8"
+                else "for int8 weights export another graph (python -m kl_retrievers.onnx_cli export SOURCE OUT "
+                "--quantize int8, the default)"
+            )
+        else:
+            advice = (
+                "no ONNX graph of that precision is offered (exports have float32 or int8 weights, and float32 "
+                "outputs): load with backend='torch' for it (e.g. load_model(name, backend='torch').to(torch.float16))"
+            )
+        raise TypeError(
+            f"the ONNX encoder's precision is fixed by its graph ({graph}); to() accepts torch.float32 only, a "
+            f"no-op (every graph's outputs are float32); got {dtype!r}: {advice}"
+        )
 
     def _encode_batches(
         self, texts: list[str], *, max_length: int, batch_size: int, show_bar: bool, desc: str
