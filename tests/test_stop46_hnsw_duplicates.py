@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+import kl_retrievers.store._engines as engines
 from kl_retrievers.gaussian import Gaussians, neg_kl_matrix
 from kl_retrievers.store import KLStore
-from kl_retrievers.store._engines import ApproxEngine
+from kl_retrievers.store._engines import ApproxEngine, _hnsw_reached, _hnsw_reached_new, _hnsw_unreached
 
 LOGGER = "kl_retrievers.store._engines"
 K = 4
@@ -104,15 +105,27 @@ def test_copies_added_to_a_built_store(tmp_path: Path) -> None:
 
 
 def test_an_add_after_the_build_keeps_the_rows_current() -> None:
-    """Rows added without a rebuild (their norms fit under M) are tracked too."""
+    """Rows added without a rebuild are tracked: a distinct row the graph cannot reach is scored, and found.
+
+    The copies and the distinct row come in one add to a built store (their norms fit under M):
+    the graph's entry point moves among the copies, and neither the distinct row nor the earlier
+    rows are reachable from it; only the add's tracking knows.
+    """
+    rng = np.random.default_rng(0)
     store = KLStore(index_type="hnsw")
-    means = np.concatenate([np.zeros((200, K)), np.full((1, K), 3.0)])  # the far document sets M
-    store.add(gaussians=gaussians(means), ids=[f"dup{i}" for i in range(200)] + ["far"])
-    store.add(gaussians=gaussians(np.full((1, K), 0.5)), ids=["distinct"])
-    store.add(gaussians=gaussians(np.full((1, K), 0.25)), ids=["near"])
-    assert store.rebuild_count == 0
-    near = Gaussians(np.full((1, K), 0.25), np.ones((1, K)))
+    store.add(gaussians=gaussians(rng.normal(size=(300, K)) * 2), ids=[f"o{i}" for i in range(300)])
+    engine = approx(store)
+    assert engine._hashes is None and engine._rescue.size == 0  # nothing to track yet
+    store.add(gaussians=corpus(600)[0], ids=corpus(600)[1])
+    assert store.rebuild_count == 0 and engine.index is not None and engine.index.ntotal == 901
+    assert engine._hashes is not None and engine._hashes.size == 901
+    unreached = _hnsw_unreached(engine.index)
+    assert unreached is not None and 900 in unreached  # the distinct row: no path of the graph leads to it
+    assert 900 in engine._rescue
     assert check_exact(store, QUERY, 3) == ["distinct"]
+    near = Gaussians(np.full((1, K), 0.25), np.ones((1, K)))
+    store.add(gaussians=gaussians(np.full((1, K), 0.25)), ids=["near"])
+    assert store.rebuild_count == 0 and engine._hashes.size == 902
     assert check_exact(store, near, 3) == ["near"]
 
 
@@ -194,3 +207,136 @@ def test_compressed_and_refined_graphs(settings: dict[str, str]) -> None:
     store = built(300, **settings)
     assert approx(store)._hashes is not None
     assert check_exact(store, QUERY, 3) == ["distinct"]
+
+
+def test_adds_walk_the_graph_only_as_the_store_grows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Single adds to a store tracking copies read the new rows' links, and walk the whole graph again only
+    once the live rows grew by _REWALK_GROWTH (or an add brings more copies)."""
+    rng = np.random.default_rng(1)
+    store = KLStore(index_type="hnsw")
+    means = np.concatenate([np.zeros((100, K)), rng.normal(size=(900, K)) * 2])
+    store.add(gaussians=gaussians(means), ids=[str(i) for i in range(1000)])
+    engine = approx(store)
+    assert engine._hashes is not None and engine._walked_live == 1000
+    walks: list[int] = []
+    original = engines._hnsw_reached
+
+    def spy(index: Any) -> np.ndarray | None:
+        walks.append(int(index.ntotal))
+        return original(index)
+
+    monkeypatch.setattr(engines, "_hnsw_reached", spy)
+    for i in range(120):
+        store.add(gaussians=gaussians(rng.normal(size=(1, K))), ids=[f"new{i}"])
+    assert store.rebuild_count == 0
+    assert walks == [1100]  # one walk, at 10% growth, not one per add
+    assert engine._hashes.size == engine.index.ntotal == 1120
+    store.add(gaussians=gaussians(np.zeros((1, K))), ids=["another copy"])
+    assert walks == [1100, 1121]  # a copy of the tracked group: walked again
+    queries = Gaussians(rng.normal(size=(20, K)), np.ones((20, K)))
+    check_exact(store, queries, 5)
+
+
+def test_new_rows_reached_from_their_neighbourhoods() -> None:
+    """_hnsw_reached_new, from the old rows' flags and the new rows' links only, agrees with a whole walk
+    on the new rows."""
+    rng = np.random.default_rng(0)
+    store = KLStore(index_type="hnsw")
+    store.add(gaussians=gaussians(rng.normal(size=(300, K)) * 2), ids=[f"o{i}" for i in range(300)])
+    index = approx(store).index
+    before = _hnsw_reached(index)
+    assert before is not None and before.all()
+    docs, ids = corpus(600)
+    store.add(gaussians=docs, ids=ids)
+    whole, local = _hnsw_reached(index), _hnsw_reached_new(index, before)
+    assert whole is not None and local is not None and local.size == whole.size == 901
+    assert not local[900] and not whole[900]  # the distinct row among the copies
+    np.testing.assert_array_equal(local[300:], whole[300:])
+
+
+def test_a_short_graph_pool_is_searched_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An HNSW search returning fewer candidates than asked for (with enough rows allowed) is searched exactly."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    docs = Gaussians(rng.normal(size=(n, 8)), np.exp(rng.normal(0, 0.5, (n, 8))))
+    store = KLStore(index_type="hnsw")
+    store.add(gaussians=docs, ids=[str(i) for i in range(n)])
+    engine = approx(store)
+    calls: list[int] = []
+    exact, candidates = engine._exact_top_k, engine._approx_candidates
+
+    def spy(qg: Gaussians, kk: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(len(qg))
+        return exact(qg, kk, mask)
+
+    def short(
+        qg: Gaussians, cand: int, mask: np.ndarray | None, n_allowed: int, keep: int | None = None
+    ) -> tuple[np.ndarray, Any]:
+        pool, _ = candidates(qg, cand, mask, n_allowed, keep=keep)
+        pool = pool.copy()
+        pool[1:, pool.shape[1] // 2 :] = -1  # every query but the first: half its pool missing
+        return pool, None
+
+    monkeypatch.setattr(engine, "_exact_top_k", spy)
+    monkeypatch.setattr(engine, "_approx_candidates", short)
+    queries = Gaussians(np.asarray(docs.mean)[:6] + 0.05, np.asarray(docs.var)[:6])
+    assert check_exact(store, queries, 5) == [str(i) for i in range(6)]
+    assert calls == [5]
+
+
+def test_many_rescue_rows_search_exactly_and_warn_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rows the graph cannot reach above _RESCUE_SHARE of the allowed rows: exact search; the warning says so
+    once per store, and the counts leave deleted rows out."""
+    monkeypatch.setattr(engines, "_RESCUE_SHARE", 0.0)
+    calls: list[int] = []
+    exact = ApproxEngine._exact_top_k
+
+    def spy(self: ApproxEngine, qg: Gaussians, kk: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(len(qg))
+        return exact(self, qg, kk, mask)
+
+    monkeypatch.setattr(ApproxEngine, "_exact_top_k", spy)
+    rng = np.random.default_rng(0)
+    store = KLStore(index_type="hnsw")
+    means = np.concatenate([np.zeros((5, K)), rng.normal(size=(295, K))])
+    store.add(gaussians=gaussians(means), ids=[f"gone{i}" for i in range(5)] + [f"o{i}" for i in range(295)])
+    store.delete([f"gone{i}" for i in range(5)])  # tombstones: copies of the group below, but not live
+    assert approx(store).table.dead() == 5
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        store.add(gaussians=corpus(600)[0], ids=corpus(600)[1])
+        for i in range(3):
+            store.add(gaussians=gaussians(rng.normal(size=(1, K)) * 0.1), ids=[f"n{i}"])
+        store.rebuild()
+    messages = [r.getMessage() for r in caplog.records]
+    main = [m for m in messages if "copies of one vector" in m]
+    over = [m for m in messages if "queries are searched" in m and "copies of one vector" not in m]
+    assert len(main) == 1 and len(over) == 1, messages
+    assert main[0].startswith("600 documents") and "'dup0'" in main[0]  # live copies only
+    assert "the 0 it cannot reach" not in main[0] and "searched exactly" in main[0]
+    assert "0%" in over[0] and "live documents" in over[0]
+    assert check_exact(store, QUERY, 3) == ["distinct"] and calls
+
+
+def test_rescue_rows_are_scored_apart_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rescue rows are scored by the exact path in blocks of queries, merged with the pools: scores exact."""
+    monkeypatch.setattr(engines, "_RESCUE_QUERY_BLOCK", 7)
+    rng = np.random.default_rng(0)
+    n = 2000
+    docs = Gaussians(rng.normal(size=(n, 8)), np.exp(rng.normal(0, 0.5, (n, 8))))
+    store = KLStore(index_type="hnsw")
+    store.add(gaussians=docs, ids=[str(i) for i in range(n)])
+    engine = approx(store)
+    engine._rescue = np.arange(0, n, 20, dtype=np.int64)  # 5%: under _RESCUE_SHARE
+    blocks: list[int] = []
+    original = engines.exact_top_k
+
+    def spy(queries: Gaussians, *args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+        blocks.append(len(queries))
+        return original(queries, *args, **kwargs)
+
+    monkeypatch.setattr(engines, "exact_top_k", spy)
+    queries = Gaussians(np.asarray(docs.mean)[:30] + 0.05, np.asarray(docs.var)[:30])
+    assert check_exact(store, queries, 5) == [str(i) for i in range(30)]
+    assert blocks == [7, 7, 7, 7, 2]

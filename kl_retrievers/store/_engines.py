@@ -68,10 +68,20 @@ _RESCORE_BLOCK = 1 << 22
 _BUILD_BLOCK = 32768
 # New rows' float32 flat vectors (elements) kept from the check in add() to the index, not recomputed.
 _FLAT_KEEP_ELEMENTS = 1 << 24
-#: Most HNSW nodes its graph cannot reach that are added to every query's candidates (see
-#: ``ApproxEngine._track_duplicates``); with more, none are.
-_RESCUE_MAX = 4096
+#: Where the HNSW rows its graph cannot reach (see ``ApproxEngine._track_duplicates``) are more than
+#: this share of the allowed rows, a query is searched exactly: scoring them with every query would
+#: cost about as much (measured crossover on 20k documents, k = 128: docs/ann.md).
+_RESCUE_SHARE = 0.1
+#: An HNSW store tracking identical documents walks its whole graph again once its live rows grew
+#: by this share since the last walk (or an add brings copies of a tracked group); between walks
+#: only the new rows' neighbourhoods are checked (``ApproxEngine._track_new_rows``).
+_REWALK_GROWTH = 0.1
+#: Graph nodes whose lowest-level links are read at once by a walk (bounds its memory).
+_WALK_BLOCK = 16384
+#: Queries whose rescue rows are scored at once (bounds the memory of a large batch).
+_RESCUE_QUERY_BLOCK = 1024
 _NO_ROWS = np.zeros(0, dtype=np.int64)
+_NO_HASHES = np.zeros(0, dtype=np.uint64)
 #: Threads for the numpy re-scoring of candidate pools (numpy releases the GIL in its loops).
 _RESCORE_THREADS = max(1, min(4, os.cpu_count() or 1))
 
@@ -160,12 +170,12 @@ def _gaussian_hashes(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
     return _row_hashes(mean, var)
 
 
-def _hnsw_unreached(index: Any) -> np.ndarray | None:
-    """Entries of an HNSW index that no path of its lowest-level links leads to from the entry point.
+def _hnsw_graph(index: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+    """The lowest level of an HNSW index's graph: ``(neighbors, offsets, links, entry)``, or ``None``.
 
-    A search descends the upper levels greedily and then explores the lowest level's links
-    only, so no search returns such an entry (unless the descent happens to end on it).
-    ``None`` where FAISS does not expose the graph.
+    ``neighbors[offsets[i] + links]`` are node ``i``'s lowest-level links (``-1`` unused);
+    ``neighbors`` is a view of FAISS's own array where FAISS allows it (no copy). ``None`` where
+    FAISS does not expose the graph.
     """
     faiss = _faiss()
     idx = faiss.downcast_index(index)
@@ -173,26 +183,93 @@ def _hnsw_unreached(index: Any) -> np.ndarray | None:
         idx = faiss.downcast_index(idx.base_index)
     try:
         hnsw = idx.hnsw
-        neighbors = faiss.vector_to_array(hnsw.neighbors)
+        try:  # a view, not a copy (the array is n x 2 hnsw_m int32 and more)
+            neighbors = faiss.rev_swig_ptr(hnsw.neighbors.data(), hnsw.neighbors.size())
+        except (RuntimeError, TypeError, AttributeError, ValueError):
+            neighbors = faiss.vector_to_array(hnsw.neighbors)
         offsets = faiss.vector_to_array(hnsw.offsets).astype(np.int64)
         links = np.arange(hnsw.cum_nb_neighbors(0), hnsw.cum_nb_neighbors(1), dtype=np.int64)
         entry = int(hnsw.entry_point)
     except (RuntimeError, TypeError, AttributeError) as exc:
         logger.info("cannot read the HNSW graph (%s); its unreachable nodes are not searched separately", exc)
         return None
-    n = int(index.ntotal)
-    if n == 0 or not 0 <= entry < n or offsets.size < n + 1:
-        return _NO_ROWS
-    seen = np.zeros(n, dtype=bool)
-    seen[entry] = True
-    front = np.array([entry], dtype=np.int64)
+    return neighbors, offsets, links, entry
+
+
+def _walk(graph: tuple[np.ndarray, np.ndarray, np.ndarray, int], seen: np.ndarray, front: np.ndarray, lo: int) -> None:
+    """Mark in ``seen`` every node at or above ``lo`` that a path of lowest-level links leads to from ``front``.
+
+    The frontier is read ``_WALK_BLOCK`` nodes at a time, so memory stays at ``seen``, the
+    frontier's node ids and one block of links, whatever the size of the graph.
+    """
+    neighbors, offsets, links, _ = graph
+    n = seen.size
     while front.size:
-        nxt = neighbors[offsets[front, None] + links[None, :]].ravel()
-        nxt = nxt[(nxt >= 0) & (nxt < n)]
-        nxt = np.unique(nxt[~seen[nxt]]).astype(np.int64)
-        seen[nxt] = True
-        front = nxt
-    return np.flatnonzero(~seen)
+        found = []
+        for s in range(0, front.size, _WALK_BLOCK):
+            nxt = neighbors[offsets[front[s : s + _WALK_BLOCK], None] + links[None, :]].ravel()
+            nxt = nxt[(nxt >= lo) & (nxt < n)]
+            nxt = np.unique(nxt[~seen[nxt]])
+            seen[nxt] = True
+            found.append(nxt.astype(np.int64))
+        front = np.concatenate(found) if found else _NO_ROWS
+
+
+def _hnsw_reached(index: Any) -> np.ndarray | None:
+    """Which entries of an HNSW index a path of its lowest-level links leads to from the entry point.
+
+    A search descends the upper levels greedily and then explores the lowest level's links
+    only, so no search returns an entry that is not reached (unless the descent happens to end
+    on it). ``None`` where FAISS does not expose the graph.
+    """
+    graph = _hnsw_graph(index)
+    if graph is None:
+        return None
+    n, entry = int(index.ntotal), graph[3]
+    seen = np.zeros(n, dtype=bool)
+    if n == 0 or not 0 <= entry < n or graph[1].size < n + 1:
+        seen[:] = True
+        return seen
+    seen[entry] = True
+    _walk(graph, seen, np.array([entry], dtype=np.int64), 0)
+    return seen
+
+
+def _hnsw_unreached(index: Any) -> np.ndarray | None:
+    """Entries of an HNSW index that no path of its lowest-level links leads to from the entry point
+    (:func:`_hnsw_reached`); ``None`` where FAISS does not expose the graph."""
+    seen = _hnsw_reached(index)
+    return None if seen is None else np.flatnonzero(~seen)
+
+
+def _hnsw_reached_new(index: Any, reached: np.ndarray) -> np.ndarray | None:
+    """``reached`` (one flag per old entry) extended to the entries added since, from their neighbourhoods only.
+
+    A new entry is reached where a reached entry links to it: the entries that can link to it
+    are those it linked to when it was added (FAISS adds the reverse links there, or prunes them)
+    and the other new entries, so only their links are read. Old entries keep their flags (an
+    old entry whose last link in was pruned by an add counts as reached until the next full walk).
+    ``None`` where FAISS does not expose the graph.
+    """
+    graph = _hnsw_graph(index)
+    if graph is None:
+        return None
+    neighbors, offsets, links, entry = graph
+    n, start = int(index.ntotal), reached.size
+    seen = np.concatenate([reached, np.zeros(n - start, dtype=bool)])
+    if offsets.size < n + 1:
+        seen[:] = True
+        return seen
+    if start <= entry < n:
+        seen[entry] = True
+    new = np.arange(start, n, dtype=np.int64)
+    front = [new[seen[new]]]
+    for s in range(0, new.size, _WALK_BLOCK):  # old entries the new ones link to, and that are reached
+        out = neighbors[offsets[new[s : s + _WALK_BLOCK], None] + links[None, :]].ravel()
+        out = out[(out >= 0) & (out < start)]
+        front.append(np.unique(out[seen[out]]).astype(np.int64))
+    _walk(graph, seen, np.concatenate(front), start)
+    return seen
 
 
 def _sample_rows(n: int) -> np.ndarray:
@@ -679,9 +756,15 @@ class ApproxEngine(FaissEngine):
         self._loaded_top = 0.0  # on load: the largest shifted d~ norm among the rows read
         self._warned_unbuilt = False  # the "not built yet" warning is logged once per store
         self._warned_duplicates = False  # the "many identical documents" warning (HNSW) too
-        # HNSW with more than 2 x hnsw_m identical documents (_track_duplicates): a hash per index entry
-        # (None otherwise), and the rows the graph cannot reach, added to every query's candidates
+        self._warned_exact = False  # and the "too many rows the graph cannot reach: exact searches" one
+        # HNSW with more than 2 x hnsw_m identical live documents (_track_duplicates): a hash per index entry
+        # (None otherwise), the hashes of the groups of more than 2 x hnsw_m, which entries the last walk of
+        # the graph reached (None: FAISS does not expose it), the live rows then, and the rows the graph
+        # cannot reach, scored exactly with every query
         self._hashes: np.ndarray | None = None
+        self._groups = _NO_HASHES
+        self._reached: np.ndarray | None = None
+        self._walked_live = 0
         self._rescue = _NO_ROWS
         self._load_hashes: list[np.ndarray] = []  # per block of rows read by load (HNSW)
 
@@ -913,70 +996,125 @@ class ApproxEngine(FaissEngine):
         return top
 
     def _track_duplicates(self, index: Any, hashes: np.ndarray, rows: np.ndarray | None = None) -> None:
-        """Where more than ``2 x hnsw_m`` HNSW documents are identical: warn, and search what the graph cannot reach.
+        """Where more than ``2 x hnsw_m`` live HNSW documents are identical: warn; score what the graph cannot reach.
 
         FAISS's HNSW keeps ``2 x hnsw_m`` links per node at its lowest level and prunes a new link
         that a closer neighbour already covers: copies of one vector, at distance 0 from each other,
         fill each other's lists, and the links from them to a later document are pruned, so no
         search may reach it (a distinct document among 100 copies was not found as its own top-1;
-        see ``docs/ann.md``, "Many identical documents"). Then the rows no lowest-level path from
-        the entry point leads to (:func:`_hnsw_unreached`), less copies of a reachable row (they
-        tie with it), are kept in ``_rescue`` and added to every query's candidates (up to
-        ``_RESCUE_MAX`` of them), and the hashes are kept for later adds. One warning per store.
-        IVF scans whole lists and is not affected.
+        see ``docs/ann.md``, "Many identical documents"). Then the live rows no lowest-level path
+        from the entry point leads to (:func:`_hnsw_reached`), less copies of a reachable live row
+        (they tie with it), are kept in ``_rescue`` and scored exactly with every query
+        (:meth:`_with_rescue`; where they are more than ``_RESCUE_SHARE`` of the allowed rows, the
+        query is searched exactly), and the hashes are kept for later adds
+        (:meth:`_track_new_rows`). One warning per store. IVF scans whole lists and is not affected.
 
         Args:
             index: The HNSW index, holding one entry per hash.
             hashes: :func:`_gaussian_hashes` of its entries' documents, in entry order.
-            rows: The table rows the entries were added from (for the warning's example id; default: the same numbers).
+            rows: The table rows the entries were added from, all live (default: the same numbers,
+                live or not as the table says).
         """
-        self._hashes, self._rescue = None, _NO_ROWS
+        self._hashes, self._groups, self._reached, self._rescue = None, _NO_HASHES, None, _NO_ROWS
         limit = 2 * self.settings.hnsw_m
         if hashes.size <= limit:
             return
-        _, first, counts = np.unique(hashes, return_index=True, return_counts=True)
-        j = int(np.argmax(counts))
-        if counts[j] <= limit:
+        alive = np.ones(hashes.size, dtype=bool) if rows is not None else np.asarray(self.table.alive[: hashes.size])
+        live = np.flatnonzero(alive)
+        if live.size <= limit:
             return
-        self._hashes = hashes
-        self._find_unreached(index)
+        uniq, first, counts = np.unique(hashes[live], return_index=True, return_counts=True)
+        big = counts > limit
+        if not big.any():
+            return
+        self._hashes, self._groups = hashes, uniq[big]
+        self._find_unreached(index, alive)
         if self._warned_duplicates:
             return
         self._warned_duplicates = True
-        example = int(first[j]) if rows is None else int(rows[int(first[j])])
+        j = int(np.argmax(counts))
+        example = int(live[first[j]])
+        example = example if rows is None else int(rows[example])
         logger.warning(
             "%d documents of the hnsw index are copies of one vector (e.g. document %r; %d such group(s) of more "
             "than %d): more than 2 x hnsw_m = %d, the links an HNSW node keeps, so the graph search misses documents "
-            "(the %d it cannot reach at all are re-scored with every query, but recall still suffers); deduplicate "
-            "the documents (one copy each, the others' ids kept elsewhere), or use index_type='flat' (exact) or "
-            "'ivf', which this does not affect (docs/ann.md, 'Many identical documents')",
+            "(%s); deduplicate the documents (one copy each, the others' ids kept elsewhere), or use "
+            "index_type='flat' (exact) or 'ivf', which this does not affect (docs/ann.md, 'Many identical documents')",
             int(counts[j]),
             self.table.ids[example],
-            int((counts > limit).sum()),
+            int(big.sum()),
             limit,
             limit,
-            int(self._rescue.size),
+            self._rescue_note(int(live.size)),
         )
 
-    def _find_unreached(self, index: Any) -> None:
-        """Set ``_rescue`` from the graph of ``index`` and ``_hashes`` (see :meth:`_track_duplicates`)."""
-        assert self._hashes is not None
-        self._rescue = _NO_ROWS
-        unreached = _hnsw_unreached(index)
-        if unreached is None or not unreached.size:
-            return
-        seen = np.ones(self._hashes.size, dtype=bool)
-        seen[unreached] = False
-        unreached = unreached[~np.isin(self._hashes[unreached], self._hashes[seen])]
-        if unreached.size > _RESCUE_MAX:
-            logger.warning(
-                "the hnsw graph cannot reach %d documents, more than the %d added to every query's candidates; "
-                "none are (deduplicate the documents, or use index_type='flat' or 'ivf')",
-                unreached.size,
-                _RESCUE_MAX,
+    def _rescue_note(self, n_live: int) -> str:
+        """What the store does about the rows its graph cannot reach, for the warning of :meth:`_track_duplicates`."""
+        r = int(self._rescue.size)
+        if self._reached is None:
+            return "FAISS does not expose this graph, so the documents it cannot reach are not found"
+        if not r:
+            return "it reaches every document from its entry point, but finds those near the copies less often"
+        if r > _RESCUE_SHARE * n_live:
+            return (
+                f"it cannot reach {r} of the {n_live} live documents at all, more than {_RESCUE_SHARE:.0%}: "
+                "queries are searched exactly, without the index, while that lasts"
             )
+        return f"the {r} it cannot reach at all are scored exactly with every query, but recall still suffers"
+
+    def _find_unreached(self, index: Any, alive: np.ndarray) -> None:
+        """Walk the graph of ``index``: set ``_reached``, ``_walked_live``, ``_rescue`` (:meth:`_track_duplicates`)."""
+        assert self._hashes is not None
+        self._rescue, self._walked_live = _NO_ROWS, int(alive.sum())
+        self._reached = _hnsw_reached(index)
+        if self._reached is None:
             return
-        self._rescue = unreached.astype(np.int64)
+        lost = np.flatnonzero(~self._reached & alive)
+        if lost.size:
+            lost = lost[~np.isin(self._hashes[lost], self._hashes[self._reached & alive])]
+        self._set_rescue(lost)
+
+    def _set_rescue(self, rows: np.ndarray) -> None:
+        """Score ``rows`` (sorted, unique) with every query; warn once per store where there are too many for that."""
+        self._rescue = rows.astype(np.int64)
+        n_live = len(self.table)
+        if rows.size > _RESCUE_SHARE * n_live and not self._warned_exact:
+            self._warned_exact = True
+            logger.warning(
+                "the hnsw graph cannot reach %d of the %d live documents, more than %s: queries are searched "
+                "exactly, without the index, while that lasts (deduplicate the documents, or use index_type='flat' "
+                "or 'ivf'; docs/ann.md, 'Many identical documents')",
+                rows.size,
+                n_live,
+                f"{_RESCUE_SHARE:.0%}",
+            )
+
+    def _track_new_rows(self, start: int, new: np.ndarray) -> None:
+        """After an add of rows ``start:`` (hashes ``new``) to a store tracking identical documents.
+
+        The whole graph is walked again (:meth:`_track_duplicates`) where the add brings a copy of
+        a tracked group, or a new group of more than ``2 x hnsw_m``, or the live rows grew by
+        ``_REWALK_GROWTH`` since the last walk; otherwise only the new rows' neighbourhoods are
+        read (:func:`_hnsw_reached_new`), and the new live rows no reached row links to are scored
+        with every query too. Between walks, an old row that an add left with no link in is not
+        noticed, nor a group that smaller adds build up.
+        """
+        assert self._hashes is not None
+        hashes, limit = np.concatenate([self._hashes, new]), 2 * self.settings.hnsw_m
+        regroup = bool(np.isin(new, self._groups).any()) or (
+            new.size > limit and int(np.unique(new, return_counts=True)[1].max()) > limit
+        )
+        if regroup or self._reached is None or len(self.table) >= (1.0 + _REWALK_GROWTH) * self._walked_live:
+            self._track_duplicates(self.index, hashes)
+            return
+        reached = _hnsw_reached_new(self.index, self._reached)
+        if reached is None:
+            self._track_duplicates(self.index, hashes)
+            return
+        self._hashes, self._reached = hashes, reached
+        lost = start + np.flatnonzero(~reached[start:] & np.asarray(self.table.alive[start : reached.size]))
+        if lost.size:
+            self._set_rescue(np.union1d(self._rescue, lost))
 
     def _drop_index(self, n: int, needed: int, forced: bool) -> None:
         """No index (exact searches, as before the first build) for ``n`` live rows, fewer than ``needed``."""
@@ -994,7 +1132,7 @@ class ApproxEngine(FaissEngine):
             self.table.compact()
         self.index, self.viewed = None, False
         self._norm_bound, self.offset, self.centre = None, 0.0, None
-        self._hashes, self._rescue = None, _NO_ROWS
+        self._hashes, self._groups, self._reached, self._rescue = None, _NO_HASHES, None, _NO_ROWS
         self._warned_unbuilt = True
 
     def rebuild(self, forced: bool = False) -> None:
@@ -1024,7 +1162,7 @@ class ApproxEngine(FaissEngine):
             n_train = min(n, max(65536, 64 * s.nlist) if s.index_type == "ivf" else 65536)
         sample = table.doc_vectors(live[np.sort(rng.choice(n, size=n_train, replace=False))])
         before = (self.centre, self.offset, self._norm_bound)
-        tracked = (self._hashes, self._rescue)
+        tracked = (self._hashes, self._groups, self._reached, self._walked_live, self._rescue)
         try:
             # The means are centred on the documents' mean (-KL unchanged; see means_centre) where that
             # shrinks the norm bound by half or more, i.e. where a common offset of the means would
@@ -1051,7 +1189,7 @@ class ApproxEngine(FaissEngine):
             self._add_all(index, live)
         except BaseException:
             self.centre, self.offset, self._norm_bound = before
-            self._hashes, self._rescue = tracked
+            self._hashes, self._groups, self._reached, self._walked_live, self._rescue = tracked
             raise
         top_id = table.ids[int(live[top_row])]
         if table.dead():
@@ -1109,7 +1247,7 @@ class ApproxEngine(FaissEngine):
         if self.settings.index_type == "hnsw":  # see _track_duplicates
             new, limit = _gaussian_hashes(table.mean[start:], table.var[start:]), 2 * self.settings.hnsw_m
             if self._hashes is not None and self._hashes.size == start:
-                self._track_duplicates(self.index, np.concatenate([self._hashes, new]))
+                self._track_new_rows(start, new)
             elif self._hashes is not None or (new.size > limit and np.unique(new, return_counts=True)[1].max() > limit):
                 self._track_duplicates(self.index, _gaussian_hashes(table.mean, table.var))
 
@@ -1251,17 +1389,25 @@ class ApproxEngine(FaissEngine):
         keep = kk + max(16, 2 * kk)  # candidates that reach the float64 re-scoring
         if self.index is None or n_allowed <= cand or (filtered and n_allowed <= s.exact_threshold):
             return self._exact_top_k(qg, kk, mask)
+        rescue = self._rescue  # read once: an add may replace it meanwhile
+        if rescue.size and mask is not None:
+            rescue = rescue[mask[rescue]]
+        if rescue.size > _RESCUE_SHARE * n_allowed:  # see _track_duplicates: cheaper exactly
+            return self._exact_top_k(qg, kk, mask)
         pool, trimmed = self._approx_candidates(qg, cand, mask, n_allowed, keep=keep)
         # efSearch >= the pool, and at least that many rows are allowed: an HNSW search that returns fewer did
         # not reach part of the graph (e.g. next to many identical documents; see _track_duplicates), so its
         # pool may miss the best rows
         few = (pool >= 0).sum(axis=1) < pool.shape[1] if s.index_type == "hnsw" else np.zeros(len(pool), bool)
-        if self._rescue.size:
-            pool, trimmed = (
-                self._with_rescue(pool),
-                None if trimmed is None else (self._with_rescue(trimmed[0]), trimmed[1]),
-            )
+        if rescue.size:  # scored apart (_with_rescue): out of the pools
+            taken = np.zeros(self.table.n_rows, dtype=bool)
+            taken[rescue] = True
+            pool = np.where(taken[np.maximum(pool, 0)], -1, pool)
+            if trimmed is not None:
+                trimmed = (np.where(taken[np.maximum(trimmed[0], 0)], -1, trimmed[0]), trimmed[1])
         rows, scores = self._pool_top_k(qg, pool, mask, kk, keep, trimmed)
+        if rescue.size:
+            rows, scores = self._with_rescue(qg, rows, scores, rescue)
         few |= (rows >= 0).sum(axis=1) < kk
         short = np.flatnonzero(few)
         if short.size:
@@ -1269,11 +1415,32 @@ class ApproxEngine(FaissEngine):
             rows[short], scores[short] = self._exact_top_k(qg[short], kk, mask)
         return rows, scores
 
-    def _with_rescue(self, labels: np.ndarray) -> np.ndarray:
-        """``labels`` (rows per query, ``-1`` padding) and every row of ``_rescue``, each row once."""
-        rescue = self._rescue
-        out = np.where(np.isin(labels, rescue), -1, labels)
-        return np.concatenate([out, np.broadcast_to(rescue.astype(out.dtype), (len(out), rescue.size))], axis=1)
+    def _with_rescue(
+        self, qg: Gaussians, rows: np.ndarray, scores: np.ndarray, rescue: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each query's top ``(rows, scores)`` merged with the exact top of the ``rescue`` rows (allowed, not in it).
+
+        The rescue rows are scored as the exact search scores every row (:func:`exact_top_k`: a
+        float32 matrix product, re-scored in float64), ``_RESCUE_QUERY_BLOCK`` queries at a time.
+        """
+        nq, kk = rows.shape
+        ranks = self.tie_rank()
+        best = np.full((nq, kk), -1, dtype=np.int64)
+        best_scores = np.full((nq, kk), -np.inf)
+        for s in range(0, nq, _RESCUE_QUERY_BLOCK):
+            e = min(nq, s + _RESCUE_QUERY_BLOCK)
+            r, sc = exact_top_k(
+                qg[s:e],
+                self.table.gaussians,
+                kk,
+                rows=rescue,
+                margin=max(8, kk // 4),
+                doc_sumlogvar=self.table.sumlogvar,
+                tie_rank=ranks,
+                max_block_elements=_RESCORE_BLOCK,
+            )
+            best[s:e, : r.shape[1]], best_scores[s:e, : r.shape[1]] = r, sc
+        return top_k_rows(np.concatenate([scores, best_scores], 1), np.concatenate([rows, best], 1), kk, ranks)
 
     def _approx_candidates(
         self, qg: Gaussians, cand: int, mask: np.ndarray | None, n_allowed: int, keep: int | None = None
