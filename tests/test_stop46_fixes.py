@@ -61,3 +61,22 @@ def test_llama_index_klembedding_refuses_two_different_model_names() -> None:
         KLEmbedding("minilm-gauss-soup", model_name="minilm-unit-variance")
     same = KLEmbedding("minilm-gauss-soup", model_name="minilm-gauss-soup")  # the same name twice is one model
     assert "minilm-gauss-soup" in str(same.model_name)
+
+
+@pytest.mark.parametrize("what", ["ids", "texts"])
+def test_klstore_add_refuses_a_set_of_ids_or_texts(what: str) -> None:
+    """A set pairs with the other arguments in an arbitrary order (LangChain's add_texts already refuses it)."""
+    import numpy as np
+
+    from kl_retrievers import KLStore
+    from kl_retrievers.gaussian import Gaussians
+
+    store = KLStore()
+    g = Gaussians(np.zeros((3, 4)), np.ones((3, 4)))
+    lists = {"ids": ["a", "b", "c"], "texts": ["x", "y", "z"]}
+    kwargs: dict[str, object] = {"gaussians": g, **lists, what: frozenset(lists[what])}
+    with pytest.raises(TypeError, match=f"{what} is a frozenset, whose iteration order is arbitrary"):
+        store.add(**kwargs)  # type: ignore[arg-type]
+    assert len(store) == 0
+    store.add(gaussians=g, ids={"a": 0, "b": 1, "c": 2}.keys())  # a dict's keys keep their order
+    assert store.get_by_ids(["a", "b", "c"]) and len(store) == 3

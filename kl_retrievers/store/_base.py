@@ -26,7 +26,8 @@ import math
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, KeysView, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -334,6 +335,12 @@ def _check_texts_and_ids(
     """``add``'s texts and ids as lists, checked before anything is encoded."""
     if texts is not None and isinstance(texts, str):
         raise ValueError("texts must be a sequence of strings, not a single string")
+    for name, given in (("texts", texts), ("ids", ids)):
+        if isinstance(given, AbstractSet) and not isinstance(given, KeysView):  # a dict's keys keep their order
+            raise TypeError(
+                f"{name} is a {type(given).__name__}, whose iteration order is arbitrary, so it cannot be paired "
+                f"with the other arguments of add: pass a list, in order; got {given!r:.80}"
+            )
     text_list: list[str | None] | None = None
     if texts is not None:
         text_list = list(texts)
