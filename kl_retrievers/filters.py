@@ -21,19 +21,23 @@ incompatible types (``"a" < 1``) is simply false.  An unknown operator raises
 Dates and times.  The stores keep ``datetime`` / ``date`` / ``time`` metadata as ISO 8601 strings
 (see :func:`stored_form`).  A filter value that is a ``datetime``, a ``date`` or an ``np.datetime64``
 (in ``$eq``, ``$ne``, ``$in``, ``$nin``, a comparison, or a bare value or list) is compared with a
-stored value as a point in time, not as text: the stored string is read back with
+stored value as a date or a point in time, not as text: the stored string is read back with
 ``datetime.fromisoformat`` (a stored value that is no ISO date never matches, as for other
-incompatible types), and
+incompatible types; a stored date reads as its midnight), and
 
-* two timezone-aware values compare as instants: ``2024-01-02T20:00-05:00`` equals
+* a ``date`` filter value (or a day-unit ``np.datetime64``) compares with the stored value's calendar
+  date: its own date for a stored date, the date part for a stored datetime, aware or not (the date
+  where it was recorded, ``2024-01-02T20:00-05:00`` is on January 2).  ``date(2024, 1, 2)`` matches
+  any time that day, ``{"$lte": date(2024, 1, 2)}`` includes noon that day, ``$gt`` excludes the day;
+* two timezone-aware datetimes compare as instants: ``2024-01-02T20:00-05:00`` equals
   ``2024-01-03T01:00+00:00`` and is ``>= datetime(2024, 1, 3, tzinfo=timezone.utc)``;
-* a date stands for midnight at its start (as when SQL casts a date to a timestamp):
-  ``date(2024, 1, 2)`` equals ``datetime(2024, 1, 2)``, is ``<`` ``datetime(2024, 1, 2, 12)``, and
-  ``{"$lte": date(2024, 1, 2)}`` does not match noon that day (write ``{"$lt": date(2024, 1, 3)}``);
-* a naive value (no timezone) and an aware one are never equal and never ordered, as in Python
+* a naive datetime (no timezone) and an aware one are never equal and never ordered, as in Python
   (which raises ``TypeError`` there): the document does not match ``$eq`` / ``$in`` / a comparison,
-  matches ``$ne`` / ``$nin``, and one warning per search names the two values.  Store and filter
-  with the same kind (for instance all in UTC).
+  matches ``$ne`` / ``$nin``, and one warning per search (per compiled filter) names the two
+  values.  Store and filter with the same kind (for instance all in UTC).
+
+``NaT`` (``pd.NaT``, stored as the string ``"NaT"``; ``np.datetime64("NaT")``, stored as ``None``) is
+no date: it compares as the value the store keeps for it.
 
 A ``time`` filter value is compared with stored times the same way (``time.fromisoformat``).  A
 filter value that is a string is compared as a string, whatever it looks like.  langchain-community's
@@ -43,8 +47,9 @@ datetime or a naive against an aware value; here every store compares the same w
 a save.  (``MilvusKLStore`` filters inside Milvus, which compares the ISO strings as text.)
 
 A callable filter gets a read-only view of each document's metadata (a ``Mapping``, not a
-``dict``); nested lists and dicts in it are copies, so nothing a filter does to its argument
-changes the stored metadata.  Flat metadata is not copied.
+``dict``); a nested list or dict read from it (by ``[]``, ``get``, ``items``, ``values``, ...) is a
+copy made when it is read, so nothing a filter does to its argument changes the stored metadata.
+Flat metadata is not copied.
 
 Examples:
     >>> match = compile_filter({"$or": [{"lang": "en"}, {"year": {"$gte": 2020}}]})
@@ -56,15 +61,20 @@ Examples:
     (True, False)
     >>> compile_filter({"t": datetime.datetime(2024, 1, 2)})({"t": "2024-01-02"})
     True
+    >>> on_day = compile_filter({"t": {"$lte": datetime.date(2024, 1, 2)}})
+    >>> on_day({"t": "2024-01-02T12:00:00"}), on_day({"t": "2024-01-02T20:00:00-05:00"}), on_day({"t": "2024-01-03"})
+    (True, True, False)
 """
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import datetime
+import functools
 import logging
 import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -165,17 +175,35 @@ def _microseconds_at_most(value: np.generic | np.ndarray) -> Any:
 
 
 # ------------------------------------------------------------------ dates and times (see the module docstring)
-def _temporal_ref(ref: Any) -> datetime.datetime | datetime.time | None:
-    """A filter value as the point in time it compares as (a date: its midnight); ``None``: not a date or time."""
+def _temporal_ref(ref: Any) -> datetime.datetime | datetime.date | datetime.time | None:
+    """A filter value as the date, datetime or time it compares as; ``None``: not one (a string, ``NaT``, ...)."""
     if isinstance(ref, np.datetime64):
         ref = _microseconds_at_most(ref).item()  # a datetime, a date, or None for NaT
-    if isinstance(ref, datetime.datetime):
-        return ref
-    if isinstance(ref, datetime.date):
-        return datetime.datetime.combine(ref, datetime.time())
-    if isinstance(ref, datetime.time):
+    if isinstance(ref, (datetime.date, datetime.time)) and ref == ref:  # pd.NaT (a datetime) equals nothing
         return ref
     return None
+
+
+def _stored_form_of_filter_values(spec: Any) -> Any:
+    """A dict filter with its date, datetime, time and ``np.datetime64`` values as the strings the store keeps.
+
+    For a backend that compares dates as their ISO text (Milvus): the filter is otherwise unchanged, a tuple
+    stays a tuple (a value, where a list means "one of") and a callable is returned as it is.
+
+    Examples:
+        >>> _stored_form_of_filter_values({"t": {"$gte": datetime.date(2024, 1, 2)}, "pos": (1, 2)})
+        {'t': {'$gte': '2024-01-02'}, 'pos': (1, 2)}
+    """
+    if isinstance(spec, Mapping):
+        return {key: _stored_form_of_filter_values(value) for key, value in spec.items()}
+    if isinstance(spec, np.ndarray) and spec.dtype.kind == "M":
+        return stored_form(spec)
+    if isinstance(spec, (list, tuple, set, frozenset)):
+        values = [_stored_form_of_filter_values(value) for value in spec]
+        return tuple(values) if isinstance(spec, tuple) else values
+    if isinstance(spec, (datetime.date, datetime.time, np.datetime64)):
+        return stored_form(spec)
+    return spec
 
 
 def _stored_datetime(value: Any) -> datetime.datetime | None:
@@ -186,7 +214,7 @@ def _stored_datetime(value: Any) -> datetime.datetime | None:
         except ValueError:
             return None
     if isinstance(value, datetime.datetime):
-        return value
+        return value if value == value else None  # not pd.NaT
     if isinstance(value, datetime.date):
         return datetime.datetime.combine(value, datetime.time())
     return None
@@ -206,72 +234,171 @@ def _aware(value: datetime.datetime | datetime.time) -> bool:
     return value.utcoffset() is not None
 
 
-class _Temporal:
-    """Comparisons of stored values with one date / time filter value (see the module docstring).
+class _Dates:
+    """What the date / time conditions of one compiled filter share: the last value parsed, and one warning.
 
-    ``check(value)`` gives the stored value in comparable form, or ``None`` when it cannot be compared
-    with the filter value (not a date or time, or naive against aware: warned once).
+    Every condition on a field parses the stored value it is given; a range (``$gte`` and ``$lt``) on one
+    field gets the same string object twice per row, parsed once (the cache holds one value: a row's).
     """
 
-    def __init__(self, ref: datetime.datetime | datetime.time) -> None:
-        self.ref = ref
-        self.parse = _stored_time if isinstance(ref, datetime.time) else _stored_datetime
-        self.aware = _aware(ref)
+    def __init__(self) -> None:
         self.warned = False
+        self._datetime: tuple[Any, datetime.datetime | None] = (_MISSING, None)
+        self._time: tuple[Any, datetime.time | None] = (_MISSING, None)
 
-    def check(self, value: Any) -> datetime.datetime | datetime.time | None:
-        parsed = self.parse(value)
-        if parsed is None:
-            return None
-        if _aware(parsed) != self.aware:
-            if not self.warned:
-                self.warned = True
-                logger.warning(
-                    "metadata filter: the stored value %r is %s and the filter value %s is %s; Python neither "
-                    "orders nor equates such values, so the document does not match (it does match $ne / $nin): "
-                    "store and filter dates with the same kind, both with a timezone (e.g. UTC) or both without",
-                    value,
-                    "naive (no timezone)" if self.aware else "timezone-aware",
-                    self.ref.isoformat(),
-                    "timezone-aware" if self.aware else "naive",
-                )
-            return None
+    def datetime_of(self, value: Any) -> datetime.datetime | None:
+        last, parsed = self._datetime  # one tuple: read and written at once (a predicate may run in threads)
+        if value is not last:
+            parsed = _stored_datetime(value)
+            self._datetime = (value, parsed)
         return parsed
 
-    def equals(self, value: Any) -> bool:
-        parsed = self.check(value)
-        return parsed is not None and parsed == self.ref
+    def time_of(self, value: Any) -> datetime.time | None:
+        last, parsed = self._time
+        if value is not last:
+            parsed = _stored_time(value)
+            self._time = (value, parsed)
+        return parsed
+
+    def mismatch(self, value: Any, ref: datetime.datetime | datetime.time) -> None:
+        """Warn (once per compiled filter) that the stored ``value`` and the filter value ``ref`` cannot compare."""
+        if self.warned:
+            return
+        self.warned = True
+        aware = _aware(ref)
+        logger.warning(
+            "metadata filter: the stored value %r is %s and the filter value %s is %s; Python neither "
+            "orders nor equates such values, so the document does not match (it does match $ne / $nin): "
+            "store and filter dates with the same kind, both with a timezone (e.g. UTC) or both without",
+            value,
+            "naive (no timezone)" if aware else "timezone-aware",
+            ref.isoformat(),
+            "timezone-aware" if aware else "naive",
+        )
 
 
-def _equality(ref: Any) -> Callable[[Any], bool]:
-    """``value -> bool``: whether a present stored value equals the filter value ``ref``."""
-    temporal = _temporal_ref(ref)
-    if temporal is not None:
-        return _Temporal(temporal).equals
-    stored = stored_form(ref)  # compared in the form the store keeps (a tuple as a list, ...)
-    return lambda v: bool(v == stored)
+#: The :class:`_Dates` of the filter :func:`compile_filter` is compiling in this thread / task (``None``: none).
+_COMPILING: contextvars.ContextVar[_Dates | None] = contextvars.ContextVar("kl_retrievers_filter_dates", default=None)
+
+
+class _OneOf:
+    """Whether a present stored value equals one of a list of filter values, some of them dates or times.
+
+    The stored value is parsed once (not once per filter value) and looked up among the filter values
+    grouped by kind: aware datetimes (a set: Python hashes them by instant), naive datetimes, dates (the
+    stored value's calendar date), aware and naive times; the other filter values compare as the store
+    keeps them (:func:`stored_form`).
+    """
+
+    def __init__(self, refs: list[Any], dates: _Dates) -> None:
+        self.dates = dates
+        self.others: list[Any] = []
+        self.aware: set[datetime.datetime] = set()
+        self.naive: set[datetime.datetime] = set()
+        self.days: set[datetime.date] = set()
+        self.aware_times: set[datetime.time] = set()
+        self.naive_times: set[datetime.time] = set()
+        for ref in refs:
+            point = _temporal_ref(ref)
+            if isinstance(point, datetime.datetime):
+                (self.aware if _aware(point) else self.naive).add(point)
+            elif isinstance(point, datetime.date):
+                self.days.add(point)
+            elif isinstance(point, datetime.time):
+                (self.aware_times if _aware(point) else self.naive_times).add(point)
+            else:
+                self.others.append(stored_form(ref))
+        self.any_datetime = bool(self.aware or self.naive or self.days)
+        self.any_time = bool(self.aware_times or self.naive_times)
+
+    def __call__(self, value: Any) -> bool:
+        if value is _MISSING:
+            return False
+        if self.others and any(value == x for x in self.others):
+            return True
+        if self.any_datetime:
+            parsed = self.dates.datetime_of(value)
+            if parsed is not None:
+                if self.days and parsed.date() in self.days:
+                    return True
+                same, other = (self.aware, self.naive) if _aware(parsed) else (self.naive, self.aware)
+                if parsed in same:
+                    return True
+                if other:
+                    self.dates.mismatch(value, next(iter(other)))
+        if self.any_time:
+            parsed_time = self.dates.time_of(value)
+            if parsed_time is not None:
+                aware = _aware(parsed_time)
+                same_t, other_t = (
+                    (self.aware_times, self.naive_times) if aware else (self.naive_times, self.aware_times)
+                )
+                if parsed_time in same_t:
+                    return True
+                if other_t:
+                    self.dates.mismatch(value, next(iter(other_t)))
+        return False
+
+
+def _temporal_order(
+    fn: Callable[[Any, Any], Any], ref: datetime.datetime | datetime.date | datetime.time, dates: _Dates
+) -> Callable[[Any], bool]:
+    """``value -> bool``: a comparison of a stored value with a date, datetime or time filter value."""
+    if isinstance(ref, datetime.datetime):
+        aware = _aware(ref)
+
+        def instant(value: Any) -> bool:
+            parsed = dates.datetime_of(value)
+            if parsed is None:
+                return False
+            if _aware(parsed) != aware:
+                dates.mismatch(value, ref)
+                return False
+            return bool(fn(parsed, ref))
+
+        return instant
+    if isinstance(ref, datetime.date):
+
+        def day(value: Any) -> bool:  # a date compares with the stored value's own calendar date
+            parsed = dates.datetime_of(value)
+            return parsed is not None and bool(fn(parsed.date(), ref))
+
+        return day
+    time_aware = _aware(ref)
+
+    def time_of_day(value: Any) -> bool:
+        parsed = dates.time_of(value)
+        if parsed is None:
+            return False
+        if _aware(parsed) != time_aware:
+            dates.mismatch(value, ref)
+            return False
+        return bool(fn(parsed, ref))
+
+    return time_of_day
 
 
 def _field_op(op: str, ref: Any) -> Callable[[Any], bool]:
     """A predicate on one field value (``_MISSING`` when the field is absent)."""
     op = OPERATOR_ALIASES.get(op, op)
+    dates = _COMPILING.get() or _Dates()  # shared by the whole filter :func:`compile_filter` is compiling
     if op in ("$in", "$nin") and isinstance(ref, (list, tuple, set, frozenset, np.ndarray)):
         items = ref.tolist() if isinstance(ref, np.ndarray) and ref.dtype.kind != "M" else list(ref)
-        if any(_temporal_ref(x) is not None for x in items):  # a date among them: compared as points in time
-            equals = [_equality(x) for x in items]
+        if any(_temporal_ref(x) is not None for x in items):  # a date among them: compared as dates / instants
+            one_of = _OneOf(items, dates)
             if op == "$in":
-                return lambda v: v is not _MISSING and any(eq(v) for eq in equals)
-            return lambda v: v is _MISSING or not any(eq(v) for eq in equals)
+                return one_of
+            return lambda v: v is _MISSING or not one_of(v)
     if op in ("$eq", "$ne", *_COMPARISONS):
         temporal = _temporal_ref(ref)
         if temporal is not None:
-            point = _Temporal(temporal)
+            if op in _COMPARISONS:
+                order = _temporal_order(_COMPARISONS[op], temporal, dates)
+                return lambda v: v is not _MISSING and order(v)
+            equal = _OneOf([temporal], dates)
             if op == "$eq":
-                return lambda v: v is not _MISSING and point.equals(v)
-            if op == "$ne":
-                return lambda v: v is _MISSING or not point.equals(v)
-            fn = _COMPARISONS[op]
-            return lambda v: _compare(fn, point.check(v), temporal)
+                return equal
+            return lambda v: v is _MISSING or not equal(v)
     if op != "$not":
         ref = stored_form(ref)  # a value compares with the form the store keeps (a tuple as a list, ...)
     if op == "$eq":
@@ -374,23 +501,87 @@ def compile_filter(spec: MetadataFilter | None) -> Predicate | None:
     """
     if spec is None:
         return None
+    if isinstance(spec, _ReadOnlyCall):  # compiled already (a wrapper hands a compiled filter on)
+        return spec
     if callable(spec) and not isinstance(spec, Mapping):
-        fn = spec
-
-        def _call(m: Mapping[str, Any]) -> bool:
-            # a read-only view sharing nothing mutable with the stored metadata: nested lists and dicts are
-            # copied, a flat dict (the usual case) is not (one C-level scan of its value types decides)
-            if isinstance(m, dict):
-                m = MappingProxyType(m if _all_immutable(map(type, m.values())) else _copied(m))
-            return bool(fn(m))
-
-        return _call
-    return _compile(spec)
+        return _ReadOnlyCall(spec)
+    token = _COMPILING.set(_Dates())  # one parse cache and one warning for the whole filter
+    try:
+        return _compile(spec)
+    finally:
+        _COMPILING.reset(token)
 
 
 #: The types of a flat metadata value: nothing in it to change in place, so no copy is needed.
 _IMMUTABLE = frozenset({str, int, float, bool, type(None)})
 _all_immutable = _IMMUTABLE.issuperset  # given map(type, values): one C-level pass, stopping at the first other type
+
+
+def _is_nested(meta: Mapping[str, Any]) -> bool:
+    """Whether a metadata dict holds a value other than a string, number, bool or ``None`` (a list, a dict)."""
+    return not _all_immutable(map(type, meta.values()))
+
+
+def _with_view(fn: Callable[[Mapping[str, Any]], Any], m: Mapping[str, Any]) -> bool:
+    """``fn(m)`` given a read-only view of ``m`` (see :class:`_ReadOnlyCall`)."""
+    if isinstance(m, dict):  # what a store holds (another mapping is the caller's own, passed as it is)
+        m = MappingProxyType(m) if _all_immutable(map(type, m.values())) else _CopyingView(m)  # _is_nested
+    return bool(fn(m))
+
+
+class _ReadOnlyCall(functools.partial[bool]):
+    """What :func:`compile_filter` makes of a callable: it is given a read-only view of each metadata dict.
+
+    Flat metadata (the usual case) is shown through a ``MappingProxyType``; metadata holding lists or dicts
+    through a :class:`_CopyingView`, which copies a nested value each time the callable reads one, so the
+    callable can change nothing stored and pays for a copy only of what it reads.  A store that knows which
+    of its rows are nested calls :meth:`rows` and skips the check per row.  (A ``partial`` of
+    :func:`_with_view`: called once per document, it is called from C, with no Python ``__call__``.)
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, fn: Callable[[Mapping[str, Any]], Any]) -> _ReadOnlyCall:
+        return super().__new__(cls, _with_view, fn)
+
+    @property
+    def fn(self) -> Callable[[Mapping[str, Any]], Any]:
+        """The callable filter."""
+        fn: Callable[[Mapping[str, Any]], Any] = self.args[0]
+        return fn
+
+    def rows(self, metas: Sequence[dict[str, Any]], nested: Sequence[bool], rows: list[int]) -> list[bool]:
+        """The callable's answers for ``metas[r]``, ``r`` in ``rows`` (``nested[r]``: :func:`_is_nested` of it)."""
+        fn, flat, copying = self.fn, MappingProxyType, _CopyingView
+        return [bool(fn(copying(metas[r]) if nested[r] else flat(metas[r]))) for r in rows]
+
+
+class _CopyingView(Mapping[str, Any]):
+    """A read-only view of a metadata mapping whose values are handed out as copies (lists and dicts).
+
+    Every way of reading a value (``[]``, ``get``, ``items``, ``values``, ``==``) goes through
+    ``__getitem__`` (the ``Mapping`` mixins), so none gives out a stored list or dict.
+    """
+
+    __slots__ = ("_m",)
+
+    def __init__(self, m: Mapping[str, Any]) -> None:
+        self._m = m
+
+    def __getitem__(self, key: str) -> Any:
+        return _copied(self._m[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._m)
+
+    def __len__(self) -> int:
+        return len(self._m)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._m
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({dict(self.items())!r})"
 
 
 def _copied(value: Any) -> Any:

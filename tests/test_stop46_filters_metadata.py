@@ -1,9 +1,9 @@
 """Metadata filters and a store loaded without its encoder (stop 46, probes A 2 and B 2-5).
 
 * A callable filter cannot change stored metadata, nested lists and dicts included.
-* A date / datetime filter value compares with the stored ISO strings as a point in time: aware values
-  as instants, a date as its midnight, naive against aware never matching (one warning), the same in
-  memory and after a save and load.
+* A datetime filter value compares with the stored ISO strings as a point in time: aware values as
+  instants, naive against aware never matching (one warning); a date filter value with the stored
+  value's calendar date; the same in memory and after a save and load.
 * Keys that collide once written as JSON strings are refused at any depth, the message naming the path.
 * ``KLStore.load(path)`` without ``encoder=`` searches and adds text with the model the store records,
   loaded lazily once (an info log names it); with none recorded the error names what to pass.
@@ -105,20 +105,24 @@ DATE_CASES: list[tuple[Any, list[str]]] = [
         [datetime.datetime(2024, 1, 2, 18, 0, tzinfo=EST), datetime.datetime(2024, 1, 3, 1, tzinfo=UTC)],
         ["est_evening", "utc_evening"],
     ),
-    # a date is its midnight; naive against aware never matches
+    # a stored date is a naive midnight for a datetime filter value; naive against aware never matches
     ({"$gte": datetime.datetime(2024, 1, 2)}, ["date", "naive_noon"]),
     (datetime.datetime(2024, 1, 2), ["date"]),
-    (datetime.date(2024, 1, 2), ["date"]),
-    ({"$lte": datetime.date(2024, 1, 2)}, ["date"]),
-    ({"$lt": datetime.date(2024, 1, 3)}, ["date", "naive_noon"]),
-    ({"$gt": datetime.date(2024, 1, 2)}, ["naive_noon"]),
-    (np.datetime64("2024-01-02"), ["date"]),
     ({"$gte": np.datetime64("2024-01-02T06:00", "ns")}, ["naive_noon"]),
-    # $ne / $nin match what is not equal: other kinds, other types, a missing key
-    ({"$ne": datetime.date(2024, 1, 2)}, ["est_evening", "naive_noon", "none", "number", "text", "utc_evening"]),
+    # a date filter value compares with the stored value's calendar date (an aware one's own local date)
+    (datetime.date(2024, 1, 2), ["date", "est_evening", "naive_noon", "utc_evening"]),
+    ({"$lte": datetime.date(2024, 1, 2)}, ["date", "est_evening", "naive_noon", "utc_evening"]),
+    ({"$lt": datetime.date(2024, 1, 2)}, []),
+    ({"$gt": datetime.date(2024, 1, 1)}, ["date", "est_evening", "naive_noon", "utc_evening"]),
+    ({"$gt": datetime.date(2024, 1, 2)}, []),
+    (np.datetime64("2024-01-02"), ["date", "est_evening", "naive_noon", "utc_evening"]),
+    ({"$in": [datetime.date(2024, 1, 1), "not a date"]}, ["text"]),
+    # $ne / $nin match what is not equal: other types, a missing key
+    ({"$ne": datetime.date(2024, 1, 2)}, ["none", "number", "text"]),
+    ({"$ne": datetime.datetime(2024, 1, 2)}, ["est_evening", "naive_noon", "none", "number", "text", "utc_evening"]),
     (
-        {"$nin": [datetime.date(2024, 1, 2), datetime.datetime(2024, 1, 2, 12)]},
-        ["est_evening", "none", "number", "text", "utc_evening"],
+        {"$nin": [datetime.date(2024, 1, 1), datetime.datetime(2024, 1, 2, 12)]},
+        ["date", "est_evening", "none", "number", "text", "utc_evening"],
     ),
     (
         {"$not": {"$gte": datetime.datetime(2024, 1, 3, tzinfo=UTC)}},

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from kl_retrievers.filters import _is_nested, _ReadOnlyCall
 from kl_retrievers.gaussian import Gaussians, kl_document_vectors
 from kl_retrievers.store._base import SearchResult, StoredDocument
 
@@ -90,6 +91,8 @@ class DocumentTable:
         self.ids: list[str] = []
         self.texts: list[str | None] = []
         self.metas: list[dict[str, Any]] = []
+        #: Per row: whether its metadata holds a list or a dict (a callable filter then reads copies of them).
+        self.nested: list[bool] = []
         self.row: dict[str, int] = {}
 
     def set_rows(
@@ -102,6 +105,7 @@ class DocumentTable:
         """Hold rows read from a saved store (``arrays``: mean, var, sumlogvar); all alive."""
         self._hold(*arrays, np.ones(len(ids), dtype=bool))
         self.ids, self.texts, self.metas = ids, texts, metas
+        self.nested = [_is_nested(m) for m in metas]
         self.row = {doc_id: j for j, doc_id in enumerate(ids)}
 
     # ------------------------------------------------------------------ arrays
@@ -197,6 +201,7 @@ class DocumentTable:
         self.ids.extend(ids)
         self.texts.extend(texts)
         self.metas.extend(metas)
+        self.nested.extend(_is_nested(m) for m in metas)
         for j, doc_id in enumerate(ids):
             self.row[doc_id] = start + j
         return start, replaced
@@ -210,7 +215,7 @@ class DocumentTable:
         """
         for doc_id in self.ids[start:]:
             self.row.pop(doc_id, None)
-        del self.ids[start:], self.texts[start:], self.metas[start:]
+        del self.ids[start:], self.texts[start:], self.metas[start:], self.nested[start:]
         self._n = start
         for doc_id, row in previous.items():
             self.row[doc_id] = row
@@ -237,6 +242,7 @@ class DocumentTable:
         self.ids = [self.ids[i] for i in keep]
         self.texts = [self.texts[i] for i in keep]
         self.metas = [self.metas[i] for i in keep]
+        self.nested = [self.nested[i] for i in keep]
         self.row = {doc_id: j for j, doc_id in enumerate(self.ids)}
         self.compactions += 1
         return dead
@@ -251,7 +257,11 @@ class DocumentTable:
         if predicate is not None:
             rows = np.flatnonzero(self.alive)
             metas = self.metas
-            keep = np.array([bool(predicate(metas[r])) for r in rows.tolist()], dtype=bool).reshape(-1)
+            if isinstance(predicate, _ReadOnlyCall):  # a callable filter: each row's nestedness is known
+                answers = predicate.rows(metas, self.nested, rows.tolist())
+            else:
+                answers = [bool(predicate(metas[r])) for r in rows.tolist()]
+            keep = np.array(answers, dtype=bool).reshape(-1)
             mask = np.zeros(self.alive.shape, dtype=bool)
             mask[rows[keep]] = True
             return mask, int(np.count_nonzero(keep))
