@@ -1275,8 +1275,9 @@ class KLHybridStore:
 
         Raises:
             ValueError: Loading the saved model failed, or it gives Gaussians of another dimension
-                than the stored documents' (naming the model and what to pass instead); the failure
-                is kept, and raised again without retrying.
+                than the stored documents' (naming the model and what to pass instead). A file, network or
+                hub failure (an ``OSError``) is tried again by the next call; any other is kept, and raised
+                again without retrying.
         """
         encoder = self._kl.encoder
         return encoder if encoder is not None else self._saved_encoder()
@@ -1949,7 +1950,8 @@ class KLHybridStore:
             encoder: Gaussian encoder for text queries and additions. ``None``: the model the store was
                 saved with (:attr:`saved_encoder`: a bundled name, folder or hub id) is loaded by name at
                 the first text search or addition that needs it (once; its dimension is checked, and a
-                failure names the model and is raised again without retrying); nothing is loaded for
+                failure names the model; a file, network or hub failure is tried again by the next call that needs
+                it, any other is raised again without retrying); nothing is loaded for
                 query or document Gaussians. Unless the saved store was given its adaptive parameters,
                 they are looked up from this encoder's model (else the saved model's), as in the constructor.
             mmap: Memory-map the arrays of both halves (copied on the first change).

@@ -36,14 +36,14 @@ def _saved_hybrid(tmp_path: Path, fusion: str = "rrf") -> tuple[GaussianEncoder,
 
 
 def _no_loading(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Make ``load_model`` record its calls and fail."""
+    """Make ``load_model`` record its calls and fail, as no retry can fix (an ``OSError`` is retried)."""
     from kl_retrievers import pretrained
 
     calls: list[str] = []
 
     def failing(name: str, **kwargs: Any) -> Any:
         calls.append(name)
-        raise OSError("no such model")
+        raise ValueError("no such model")
 
     monkeypatch.setattr(pretrained, "load_model", failing)
     return calls

@@ -78,5 +78,5 @@ def test_klstore_add_refuses_a_set_of_ids_or_texts(what: str) -> None:
     with pytest.raises(TypeError, match=f"{what} is a frozenset, whose iteration order is arbitrary"):
         store.add(**kwargs)  # type: ignore[arg-type]
     assert len(store) == 0
-    store.add(gaussians=g, ids={"a": 0, "b": 1, "c": 2}.keys())  # a dict's keys keep their order
+    store.add(gaussians=g, ids={"a": 0, "b": 1, "c": 2}.keys())  # type: ignore[arg-type]  # keys keep their order
     assert store.get_by_ids(["a", "b", "c"]) and len(store) == 3

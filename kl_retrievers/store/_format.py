@@ -212,8 +212,11 @@ def _check_fields(config: dict[str, Any], cfg_path: Path) -> None:
             raise StoreFormatError(f"{cfg_path}: field 'encoder.name_or_path' must be a string")
         if not isinstance(encoder.get("config"), (dict, type(None))):
             raise StoreFormatError(f"{cfg_path}: field 'encoder.config' must be a JSON object or null")
-        if not isinstance(encoder.get("weights_sha256"), (str, type(None))):  # absent in stores saved before it
-            raise StoreFormatError(f"{cfg_path}: field 'encoder.weights_sha256' must be a string or null")
+        for field in ("weights_sha256", "backbone_sha256"):  # absent in stores saved before they were recorded
+            if not isinstance(encoder.get(field), (str, type(None))):
+                raise StoreFormatError(
+                    f"{cfg_path}: field 'encoder.{field}' must be a string or null, not {encoder.get(field)!r}"
+                )
     config["encoder"] = encoder
 
 
@@ -291,23 +294,35 @@ def encoder_backbone(encoder: Any) -> tuple[str | None, str | None]:
 def recorded_backbone(record: Any, weights: str | None) -> tuple[str | None, str | None]:
     """``(SHA-256, name)`` of the backbone a KLStore's ``config.json`` ``encoder`` record names (``None``: not known).
 
-    Read from the record's encoder config (``encoder.config``: ``backbone_sha256`` for a torch encoder,
-    ``encoder.backbone_sha256`` for an ONNX one), which every store saved since the first release holds; only
-    while the store's documents identity is still the record's ``weights_sha256`` (``weights``), else the record
-    describes other weights.
+    The record's ``backbone_sha256`` (beside ``weights_sha256``: the backbone the documents were encoded over,
+    kept by every save as the weights identity is; ``null`` when not known) when the record has that field.
+    A store saved before it was recorded falls back to the record's encoder config (``encoder.config``:
+    ``backbone_sha256`` for a torch encoder, ``encoder.backbone_sha256`` for an ONNX one), which is the saving
+    encoder's: right for a store saved by the model that indexed it. Only while the store's documents identity
+    is still the record's ``weights_sha256`` (``weights``), else the record describes other weights. The
+    backbone's name comes from the config, only when it names the same SHA-256.
 
     Examples:
         >>> onnx_config = {"backend": "onnx", "encoder": {"backbone_sha256": "b" * 64}}
         >>> record = {"weights_sha256": "a" * 64, "config": onnx_config}
         >>> recorded_backbone(record, "a" * 64)[0][:4], recorded_backbone(record, "c" * 64)
         ('bbbb', (None, None))
+        >>> recorded_backbone({**record, "backbone_sha256": "d" * 64}, "a" * 64)[0][:4]  # the field first
+        'dddd'
+        >>> recorded_backbone({**record, "backbone_sha256": None}, "a" * 64)  # recorded as not known
+        (None, None)
         >>> recorded_backbone(None, None), recorded_backbone({"config": None}, None)
         ((None, None), (None, None))
     """
     if not isinstance(record, dict) or record.get("weights_sha256") != weights:
         return None, None
     config = record.get("config")
-    return _backbone_of(config) if isinstance(config, dict) else (None, None)
+    from_config = _backbone_of(config) if isinstance(config, dict) else (None, None)
+    if "backbone_sha256" not in record:  # saved before the field: the saving encoder's config
+        return from_config
+    sha = record["backbone_sha256"]
+    known = sha.lower() if isinstance(sha, str) and _SHA256.fullmatch(sha.lower()) else None
+    return known, (from_config[1] if known is not None and from_config[0] == known else None)
 
 
 def warn_if_other_weights(
@@ -331,8 +346,9 @@ def warn_if_other_weights(
     The weights identity of a model saved as a delta (``delta.safetensors``, every bundled model) covers only
     what differs from its backbone: two models with byte-identical deltas over different backbones
     (``minilm-unit-variance`` and ``bge-small-unit-variance``) share it. So when the identities are equal, the
-    SHA-256 of the backbone the store records (``backbone``: the ``encoder.backbone_sha256`` of the config in a
-    KLStore's ``encoder`` record, ``encoder_backbone_sha256`` in a Milvus collection's config) is compared with
+    SHA-256 of the backbone the store records (``backbone``: ``encoder.backbone_sha256`` in a KLStore's
+    config.json, see :func:`recorded_backbone`; ``encoder_backbone_sha256`` in a Milvus collection's config;
+    both the first documents' backbone, kept as the weights identity is) is compared with
     the encoder's (``config.backbone_sha256``; an ONNX encoder's ``config.encoder.backbone_sha256``), and a
     difference warns too; again nothing is said when either is unknown, so a store or collection saved before
     the backbone was recorded is compared by weights alone.

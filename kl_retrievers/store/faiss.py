@@ -407,10 +407,14 @@ class KLStore(GaussianStore):
         self.saved_encoder: str | None = None
         self._saved_encoder_record: dict[str, Any] | None = None  # config.json's encoder record, as loaded
         self._saved_encoder_lock = threading.Lock()  # one thread loads the saved model (_load_saved_encoder)
-        self._saved_encoder_problem: str | None = None  # why loading it failed (not retried)
+        self._saved_encoder_problem: str | None = None  # why loading it failed, where no retry can help (kept)
         # The weights identity (encoder.weights_sha256) the documents were encoded with: the encoder's when the
         # first documents are added to an empty store, else the one config.json records; kept by every save.
         self._documents_weights: str | None = None
+        # The SHA-256 of the backbone under those weights (a delta model's identity does not cover its backbone):
+        # taken and kept alike, from the encoder's config at the first add or from config.json's record
+        # (encoder.backbone_sha256, else for older saves the recorded encoder config); None when not known.
+        self._documents_backbone: str | None = None
         # When that identity was not known at the first add (an encoder built or trained in memory): the encoder's
         # parameter versions then, so that a save after encoder.save_pretrained of those same weights records the
         # identity they got (_documents_identity); None otherwise.
@@ -533,6 +537,7 @@ class KLStore(GaussianStore):
             table = self._table
             if not len(table):  # the first documents: what they are encoded with (saved, compared at load)
                 self._documents_weights = _format.encoder_weights(self.encoder)
+                self._documents_backbone = _format.encoder_backbone(self.encoder)[0]
                 self._documents_versions = None
                 if self._documents_weights is None and hasattr(self.encoder, "_parameter_versions"):
                     self._documents_versions = self.encoder._parameter_versions()  # a later save_pretrained names them
@@ -688,12 +693,16 @@ class KLStore(GaussianStore):
     def _load_saved_encoder(self) -> Any | None:
         """The encoder; for a store loaded without one, the model it was saved with, loaded by name once.
 
-        ``None`` when there is no encoder and none is recorded. Used by the adapters and the hybrid store
-        when they have text to encode; the caller adds what to pass instead to the error.
+        ``None`` when there is no encoder and none is recorded. Used by a text search or text add, the
+        adapters and the hybrid store when they have text to encode; the caller adds what to pass instead to
+        the error. One thread loads at a time; the others wait and use what it loaded.
 
         Raises:
-            ValueError: Loading the saved model failed (kept: later calls raise it again without retrying, a
-                hub lookup each time otherwise), or it gives Gaussians of another dimension than the documents.
+            ValueError: Loading the saved model failed, or it gives Gaussians of another dimension than the
+                documents. A failure a retry may fix (an ``OSError``: a file or network error, or a hub that
+                could not be reached, :class:`~kl_retrievers.hub.ModelNotFoundError`) is tried again by the
+                next call; any other (a name that cannot be loaded, which is refused without a lookup, another
+                dimension, a model that does not load) is kept, and raised again without retrying.
         """
         if self.encoder is not None:
             return self.encoder
@@ -723,6 +732,11 @@ class KLStore(GaussianStore):
                     )
                     try:
                         encoder = load_model(name, backend=backend)
+                    except OSError as exc:  # a file or network error, an unreachable hub: the next call retries
+                        raise ValueError(
+                            f"this store has no encoder to encode text, and loading the model it was saved with, "
+                            f"{name!r}, failed ({exc}; the next call that needs it tries again)"
+                        ) from None
                     except Exception as exc:
                         problem = f"loading the model it was saved with, {name!r}, failed ({exc})"
                     else:
@@ -734,11 +748,7 @@ class KLStore(GaussianStore):
                             )
                         else:
                             _format.warn_if_other_weights(
-                                self._documents_weights,
-                                encoder,
-                                "this store",
-                                logger,
-                                backbone=_format.recorded_backbone(self._saved_encoder_record, self._documents_weights),
+                                self._documents_weights, encoder, "this store", logger, backbone=self._backbone_record()
                             )
                 if problem is not None:
                     self._saved_encoder_problem = f"this store has no encoder to encode text, and {problem}"
@@ -784,6 +794,13 @@ class KLStore(GaussianStore):
                 self._documents_weights, self._documents_versions = now, None
         return self._documents_weights
 
+    def _backbone_record(self) -> tuple[str | None, str | None]:
+        """``(SHA-256, name)`` of the backbone the documents were encoded over, as :func:`_format.warn_if_other_weights`
+        takes it; the name only where the loaded record's encoder config names that same backbone."""
+        sha = self._documents_backbone
+        recorded_sha, recorded_name = _format.recorded_backbone(self._saved_encoder_record, self._documents_weights)
+        return sha, (recorded_name if sha is not None and recorded_sha == sha else None)
+
     def _config(self) -> dict[str, Any]:
         encoder_info = None
         if self.encoder is not None:
@@ -810,10 +827,17 @@ class KLStore(GaussianStore):
             # The weights the documents were encoded with, kept across saves (a save after loading with a
             # retrained model must not record the new weights for the old documents); an empty store takes its
             # encoder's. Compared at load (_format.warn_if_other_weights); absent when not known.
-            weights = self._documents_identity() if len(self._table) else _format.encoder_weights(self.encoder)
+            # The backbone under them likewise (the encoder config beside it is the saving encoder's, which may
+            # be another model with the same delta identity): null when not known.
+            if len(self._table):
+                weights, backbone = self._documents_identity(), self._documents_backbone
+            else:
+                weights, backbone = _format.encoder_weights(self.encoder), _format.encoder_backbone(self.encoder)[0]
             encoder_info.pop("weights_sha256", None)
+            encoder_info.pop("backbone_sha256", None)
             if weights is not None:
                 encoder_info["weights_sha256"] = weights
+                encoder_info["backbone_sha256"] = backbone
         return {
             "format": _format.FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -973,6 +997,7 @@ class KLStore(GaussianStore):
         store._saved_encoder_record = config["encoder"]  # written back by a save without an encoder
         recorded = (config["encoder"] or {}).get("weights_sha256")  # read_config checked: a str or None
         store._documents_weights = recorded if isinstance(recorded, str) else None
+        store._documents_backbone = _format.recorded_backbone(config["encoder"], store._documents_weights)[0]
         if saved and now and saved != now:
             logger.warning("store was built with encoder %r but is loaded with %r", saved, now)
         if encoder is not None:
@@ -981,7 +1006,7 @@ class KLStore(GaussianStore):
                 encoder,
                 where or f"the store at {folder}",
                 logger,
-                backbone=_format.recorded_backbone(config["encoder"], store._documents_weights),
+                backbone=store._backbone_record(),
             )
         enc_dim = getattr(getattr(encoder, "config", None), "dim", None)
         if dim is not None and isinstance(enc_dim, int) and enc_dim != dim:

@@ -94,7 +94,14 @@ from typing import Any
 import numpy as np
 
 from kl_retrievers._io import library_version
-from kl_retrievers.filters import ALLOWED_OPERATORS, OPERATOR_ALIASES, MetadataFilter, compile_filter, stored_form
+from kl_retrievers.filters import (
+    ALLOWED_OPERATORS,
+    OPERATOR_ALIASES,
+    MetadataFilter,
+    _stored_form_of_filter_values,
+    compile_filter,
+    stored_form,
+)
 from kl_retrievers.filters import _unknown as _filters_unknown
 from kl_retrievers.gaussian import (
     NORM_BOUND_RTOL,
@@ -1466,15 +1473,18 @@ class MilvusKLStore(GaussianStore):
         return _expr(filter.spec, "metadata", self._ids_in)
 
     def _ids_matching(self, spec: Any) -> str:
-        """``id in [...]`` naming the rows the dict filter ``spec`` matches as ``KLStore`` matches them.
+        """``id in [...]`` naming the rows the dict filter ``spec`` matches as a Milvus server matches them.
 
         For a filter that negates an order comparison on Milvus Lite (:func:`_has_negated_order`): Milvus Lite
         calls ``not ("abc" > 2020)`` unknown, so ``{"$not": {"year": {"$gt": "abc"}}}`` dropped every document
         whose ``year`` is a number, where ``KLStore`` returns them (as a Milvus server should: by its source, it
         calls a comparison of mismatched JSON types false).  One scan of every row's metadata, judged by
-        :func:`kl_retrievers.filters.compile_filter`.
+        :func:`kl_retrievers.filters.compile_filter` on the filter with its date, datetime, time and
+        ``np.datetime64`` values in their stored form: ISO strings, compared as text, as every other Milvus
+        filter compares them (:func:`_literal`), so that a filter and its ``$not`` never both leave a document
+        out.
         """
-        predicate = compile_filter(spec)
+        predicate = compile_filter(_stored_form_of_filter_values(spec))
         assert predicate is not None
         matching = [
             str(r["id"]) for page in self._iter_all(["metadata"]) for r in page if predicate(r["metadata"] or {})
