@@ -345,18 +345,7 @@ def _temporal_order(
 ) -> Callable[[Any], bool]:
     """``value -> bool``: a comparison of a stored value with a date, datetime or time filter value."""
     if isinstance(ref, datetime.datetime):
-        aware = _aware(ref)
-
-        def instant(value: Any) -> bool:
-            parsed = dates.datetime_of(value)
-            if parsed is None:
-                return False
-            if _aware(parsed) != aware:
-                dates.mismatch(value, ref)
-                return False
-            return bool(fn(parsed, ref))
-
-        return instant
+        return _same_awareness_order(fn, ref, dates.datetime_of, dates)
     if isinstance(ref, datetime.date):
 
         def day(value: Any) -> bool:  # a date compares with the stored value's own calendar date
@@ -364,18 +353,29 @@ def _temporal_order(
             return parsed is not None and bool(fn(parsed.date(), ref))
 
         return day
-    time_aware = _aware(ref)
+    return _same_awareness_order(fn, ref, dates.time_of, dates)
 
-    def time_of_day(value: Any) -> bool:
-        parsed = dates.time_of(value)
+
+def _same_awareness_order(
+    fn: Callable[[Any, Any], Any],
+    ref: datetime.datetime | datetime.time,
+    parse: Callable[[Any], datetime.datetime | datetime.time | None],
+    dates: _Dates,
+) -> Callable[[Any], bool]:
+    """``value -> bool``: ``fn(parse(value), ref)``; false for a value ``parse`` cannot read, and false with
+    the filter's one warning (:meth:`_Dates.mismatch`) where one of the two is naive and the other aware."""
+    aware = _aware(ref)
+
+    def compare(value: Any) -> bool:
+        parsed = parse(value)
         if parsed is None:
             return False
-        if _aware(parsed) != time_aware:
+        if _aware(parsed) != aware:
             dates.mismatch(value, ref)
             return False
         return bool(fn(parsed, ref))
 
-    return time_of_day
+    return compare
 
 
 def _field_op(op: str, ref: Any) -> Callable[[Any], bool]:
@@ -560,12 +560,15 @@ class _CopyingView(Mapping[str, Any]):
     """A read-only view of a metadata mapping whose values are handed out as copies (lists and dicts).
 
     Every way of reading a value (``[]``, ``get``, ``items``, ``values``, ``==``) goes through
-    ``__getitem__`` (the ``Mapping`` mixins), so none gives out a stored list or dict.
+    ``__getitem__`` (the ``Mapping`` mixins), so none gives out a stored list or dict. What a
+    ``MappingProxyType`` (the view of flat metadata) offers beyond a ``Mapping`` works alike here, so a
+    callable reads nested rows as it reads flat ones: ``copy()``, ``m | other`` and ``other | m`` give new
+    dicts of copied values, ``reversed(m)`` the keys last to first, and ``m |= other`` raises ``TypeError``.
     """
 
     __slots__ = ("_m",)
 
-    def __init__(self, m: Mapping[str, Any]) -> None:
+    def __init__(self, m: dict[str, Any]) -> None:
         self._m = m
 
     def __getitem__(self, key: str) -> Any:
@@ -579,6 +582,25 @@ class _CopyingView(Mapping[str, Any]):
 
     def __contains__(self, key: object) -> bool:
         return key in self._m
+
+    def __reversed__(self) -> Iterator[str]:
+        return reversed(self._m)
+
+    def copy(self) -> dict[str, Any]:
+        """A new dict of the mapping's items, its lists and dicts copied (``MappingProxyType.copy``)."""
+        return {key: _copied(value) for key, value in self._m.items()}
+
+    def __or__(self, other: Any) -> Any:
+        return self.copy() | other  # a dict, or dict's own TypeError naming the other operand's type
+
+    def __ror__(self, other: Any) -> Any:
+        return other | self.copy()
+
+    def __ior__(self, other: Any) -> Any:
+        raise TypeError(f"'|=' is not supported by {type(self).__name__} (a read-only view); use '|' instead")
+
+    def __str__(self) -> str:
+        return str(self.copy())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({dict(self.items())!r})"

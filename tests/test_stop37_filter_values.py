@@ -197,3 +197,38 @@ def test_langchain_filters_agree_with_faiss_on_tuples_and_sets() -> None:
         want = sorted(i for i, m in zip("abc", metas, strict=True) if faiss_match(m))
         got = sorted(str(d.id) for d in vs.similarity_search("cat", k=3, filter=flt))
         assert got == want, flt
+
+
+# A date filter value on a stored datetime: KLStore compares the stored value's calendar date, Milvus the ISO
+# strings as text (docs/milvus.md, "Where MilvusKLStore still differs"). Pinned on both, so that a change to
+# either is noticed (and docs/milvus.md updated with it).
+DAY_METAS: list[dict[str, Any]] = [{"day": TEN_AM}, {"day": D1}]  # stored "2024-01-01T10:00:00", "2024-01-01"
+DAY_IDS = ["ten_am", "day"]
+DATE_VS_DATETIME: list[tuple[dict[str, Any], set[str], set[str]]] = [  # (filter, KLStore's ids, Milvus's ids)
+    ({"day": D1}, {"ten_am", "day"}, {"day"}),
+    ({"day": {"$lte": D1}}, {"ten_am", "day"}, {"day"}),
+    ({"day": {"$gt": D1}}, set(), {"ten_am"}),  # "2024-01-01T10:00:00" > "2024-01-01" as text
+    ({"$not": {"day": {"$gt": D1}}}, {"ten_am", "day"}, {"day"}),  # Milvus Lite's Python path: text, too
+    ({"day": {"$in": [D1, D2]}}, {"ten_am", "day"}, {"day"}),
+]
+
+
+def test_a_date_filter_on_a_stored_datetime_differs_between_klstore_and_milvus(tmp_path: Any) -> None:
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    from kl_retrievers.milvus import MilvusKLStore
+
+    kl = KLStore()
+    mv = MilvusKLStore(uri=str(tmp_path / "days.db"), index_type="flat")
+    try:
+        for store in (kl, mv):
+            store.add(gaussians=random_gaussians(2, K, seed=1), ids=DAY_IDS, metadatas=DAY_METAS)
+        assert [d.metadata["day"] for d in mv.get_by_ids(DAY_IDS)] == ["2024-01-01T10:00:00", "2024-01-01"]
+        got = [(flt, _day_hits(kl, flt), _day_hits(mv, flt)) for flt, _, _ in DATE_VS_DATETIME]
+    finally:
+        mv.close()
+    assert got == DATE_VS_DATETIME
+
+
+def _day_hits(store: Any, flt: Any) -> set[str]:
+    return {h.id for h in store.search(random_gaussians(1, K, seed=2), k=len(DAY_IDS), filter=flt)}

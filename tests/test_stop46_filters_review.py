@@ -8,13 +8,18 @@
 * A callable filter reads nested lists and dicts as copies made when it reads them (never the stored
   objects, by any way of reading), and nothing of flat metadata is copied, in memory, after a
   replacement, a compaction and a load.
+* (round 2, 17d55ae) What ``MappingProxyType`` offers beyond a ``Mapping`` (``copy()``, ``|``, reversed,
+  ``|=`` refused) works alike on flat and nested rows of one store, and changes nothing stored.
+* A load computes no per-row nested flag: the first callable filter does, and every change of the rows
+  (append, undo, compaction, before or after that) keeps them right.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +27,11 @@ import numpy as np
 import pytest
 
 import kl_retrievers.filters as filters
+import kl_retrievers.store._table as table_mod
 from conftest import random_gaussians
-from kl_retrievers.filters import compile_filter
+from kl_retrievers.filters import _is_nested, compile_filter
 from kl_retrievers.store import KLStore
+from kl_retrievers.store._table import DocumentTable
 
 K = 4
 UTC = datetime.timezone.utc
@@ -273,3 +280,151 @@ def test_a_callable_cannot_change_nested_metadata_after_the_rows_change(tmp_path
 
     assert len(store.search(random_gaussians(1, K), k=3, filter=evil)) == (3 if change == "replace" else 2)
     assert store.get_by_ids(["b"])[0].metadata == {"tags": ["x"]}
+
+
+# ------------------------------------------------------------------ 5. the proxy's methods on nested rows too
+FLAT = {"lang": "en", "year": 2020}
+NESTED = {"lang": "en", "year": 2020, "tags": ["a"], "src": {"n": 1}}
+PROXY_WAYS: dict[str, Any] = {
+    "copy": lambda m: m.copy(),
+    "or": lambda m: m | {"x": 1},
+    "ror": lambda m: {"x": 1} | m,
+    "or itself": lambda m: m | m,
+    "reversed": lambda m: list(reversed(m)),
+    "str": lambda m: str(m),
+}
+
+
+@pytest.mark.parametrize("way", list(PROXY_WAYS))
+@pytest.mark.parametrize("meta", [FLAT, NESTED], ids=["flat", "nested"])
+def test_a_callable_reads_flat_and_nested_rows_by_the_proxy_methods(way: str, meta: dict[str, Any]) -> None:
+    stored = copy.deepcopy(meta)
+    got: list[Any] = []
+
+    def evil(m: Any) -> bool:
+        out = PROXY_WAYS[way](m)
+        got.append(copy.deepcopy(out))  # as given, before the changes below
+        for value in out.values() if isinstance(out, dict) else ():
+            if isinstance(value, list):
+                value.append("EVIL")
+            elif isinstance(value, dict):
+                value["n"] = 99
+        if isinstance(out, dict):
+            out["lang"] = "EVIL"
+        return True
+
+    assert compile_filter(evil)(stored) is True  # type: ignore[misc]
+    assert stored == meta  # nothing stored changed, nested values included
+    want: dict[str, Any] = {
+        "copy": meta,
+        "or": {**meta, "x": 1},
+        "ror": {"x": 1, **meta},
+        "or itself": meta,
+        "reversed": list(reversed(list(meta))),
+        "str": str(meta),
+    }
+    out = got[0]
+    if isinstance(out, dict):
+        assert type(out) is dict and list(out) == list(want[way])  # a plain dict, keys in the proxy's order
+        assert {k: v for k, v in out.items() if k != "lang"} == {k: v for k, v in want[way].items() if k != "lang"}
+    else:
+        assert out == want[way]
+
+
+@pytest.mark.parametrize("way", list(PROXY_WAYS))
+def test_a_store_callable_gives_flat_and_nested_rows_the_same_methods(way: str) -> None:
+    store = KLStore()
+    store.add(gaussians=random_gaussians(2, K), ids=["flat", "nested"], metadatas=[FLAT, NESTED])
+    hits = store.search(random_gaussians(1, K), k=2, filter=lambda m: bool(PROXY_WAYS[way](m)))
+    assert sorted(h.id for h in hits) == ["flat", "nested"]
+
+
+@pytest.mark.parametrize("meta", [FLAT, NESTED], ids=["flat", "nested"])
+def test_in_place_or_is_refused_on_flat_and_nested_rows(meta: dict[str, Any]) -> None:
+    stored = copy.deepcopy(meta)
+
+    def ior(m: Any) -> bool:
+        m |= {"lang": "EVIL"}
+        return True
+
+    with pytest.raises(TypeError, match=r"'\|=' is not supported by \w+.*use '\|' instead"):
+        compile_filter(ior)(stored)  # type: ignore[misc]
+    assert stored == meta
+
+
+def test_or_with_a_non_mapping_names_both_types() -> None:
+    for meta in (FLAT, NESTED):
+        with pytest.raises(TypeError, match="unsupported operand type.*'int'"):
+            compile_filter(lambda m: bool(m | 1))(dict(meta))  # type: ignore[misc]
+        with pytest.raises(TypeError, match="unsupported operand type.*'int'"):
+            compile_filter(lambda m: bool(1 | m))(dict(meta))  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------ 6. nested flags: computed when first needed
+@pytest.fixture
+def flag_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
+    """The metadata dicts the table asks ``_is_nested`` about."""
+    seen: list[Any] = []
+
+    def counting(meta: Any) -> bool:
+        seen.append(meta)
+        return _is_nested(meta)
+
+    monkeypatch.setattr(table_mod, "_is_nested", counting)
+    yield seen
+
+
+def test_a_load_computes_no_nested_flag_until_a_callable_filter(tmp_path: Path, flag_calls: list[Any]) -> None:
+    store = KLStore()
+    metas: list[dict[str, Any]] = [{"year": 2020 + i} for i in range(5)] + [{"tags": ["x"]}]
+    store.add(gaussians=random_gaussians(6, K), ids=[str(i) for i in range(6)], metadatas=metas)
+    store.save(tmp_path / "s")
+    flag_calls.clear()
+    loaded = KLStore.load(tmp_path / "s")
+    assert flag_calls == []  # the load pays nothing for callable filters
+    loaded.search(random_gaussians(1, K), k=6, filter={"year": {"$gte": 2022}})
+    assert flag_calls == []  # nor does a dict filter
+    hits = loaded.search(random_gaussians(1, K), k=6, filter=lambda m: m.get("year", 0) >= 2022)
+    assert sorted(h.id for h in hits) == ["2", "3", "4"] and len(flag_calls) == 6
+    loaded.search(random_gaussians(1, K), k=6, filter=lambda m: True)
+    assert len(flag_calls) == 6  # computed once
+
+
+def _check(t: DocumentTable) -> None:
+    assert t.nested == [_is_nested(m) for m in t.metas]
+
+
+@pytest.mark.parametrize("first_use", range(5))
+def test_nested_flags_follow_every_change_of_the_rows(first_use: int) -> None:
+    """Rows loaded, appended (flat replaced by nested), an append undone, compacted: the flags, first read at
+    each step in turn, match the metadata after every later step."""
+    t = DocumentTable(2)
+    metas: list[dict[str, Any]] = [{"n": 1}, {"tags": ["a"]}, {"n": 3}]
+    t.set_rows(
+        (np.zeros((3, 2), np.float32), np.ones((3, 2), np.float32), np.zeros(3)), ["a", "b", "c"], [None] * 3, metas
+    )
+
+    def append(ids: list[str], new: list[dict[str, Any]]) -> tuple[int, list[str]]:
+        n = len(ids)
+        return t.append(np.zeros((n, 2), np.float32), np.ones((n, 2), np.float32), ids, [None] * n, new)
+
+    def append_undone() -> None:  # "c" replaced by a nested row and "e" added, then undone
+        previous = {"c": t.row["c"]}
+        start, _ = append(["c", "e"], [{"s": {"k": 1}}, {"tags": []}])
+        t.undo_append(start, previous)
+
+    steps: list[Callable[[], Any]] = [
+        lambda: append(["a", "d"], [{"tags": ["x"]}, {"n": 4}]),  # flat "a" replaced by a nested row
+        append_undone,
+        lambda: t.tombstone(["b"]),
+        lambda: t.compact(),
+        lambda: append(["b"], [{"n": 2}]),
+    ]
+    for i, step in enumerate(steps):
+        if i >= first_use:
+            _check(t)
+        step()
+        if i >= first_use:
+            _check(t)
+    _check(t)
+    assert [t.ids[r] for r, flag in enumerate(t.nested) if flag] == ["a"]

@@ -210,8 +210,8 @@ def test_compressed_and_refined_graphs(settings: dict[str, str]) -> None:
 
 
 def test_adds_walk_the_graph_only_as_the_store_grows(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Single adds to a store tracking copies read the new rows' links, and walk the whole graph again only
-    once the live rows grew by _REWALK_GROWTH (or an add brings more copies)."""
+    """Single adds away from the copies of a store tracking them read the new rows' links, and walk the whole
+    graph again only once the live rows grew by _REWALK_GROWTH (or an add brings more copies, or links to one)."""
     rng = np.random.default_rng(1)
     store = KLStore(index_type="hnsw")
     means = np.concatenate([np.zeros((100, K)), rng.normal(size=(900, K)) * 2])
@@ -226,15 +226,18 @@ def test_adds_walk_the_graph_only_as_the_store_grows(monkeypatch: pytest.MonkeyP
         return original(index)
 
     monkeypatch.setattr(engines, "_hnsw_reached", spy)
-    for i in range(120):
-        store.add(gaussians=gaussians(rng.normal(size=(1, K))), ids=[f"new{i}"])
+    far = means[100:][np.linalg.norm(means[100:], axis=1) > 4.0]  # far from the copies (at 0)
+    for i in range(120):  # next to a document far from the copies: no new row links to one
+        store.add(gaussians=gaussians(far[i % len(far)][None] + rng.normal(size=(1, K)) * 0.05), ids=[f"new{i}"])
     assert store.rebuild_count == 0
     assert walks == [1100]  # one walk, at 10% growth, not one per add
     assert engine._hashes.size == engine.index.ntotal == 1120
     store.add(gaussians=gaussians(np.zeros((1, K))), ids=["another copy"])
     assert walks == [1100, 1121]  # a copy of the tracked group: walked again
-    queries = Gaussians(rng.normal(size=(20, K)), np.ones((20, K)))
-    check_exact(store, queries, 5)
+    store.add(gaussians=gaussians(np.full((1, K), 0.01)), ids=["next to the copies"])
+    assert walks == [1100, 1121, 1122]  # it links to copies, whose lists FAISS prunes: walked again
+    added = ["next to the copies", "new0", "new60", "new119"]
+    assert check_exact(store, store.get_gaussians(added).astype(np.float64), 3) == added
 
 
 def test_new_rows_reached_from_their_neighbourhoods() -> None:
@@ -340,3 +343,78 @@ def test_rescue_rows_are_scored_apart_in_blocks(monkeypatch: pytest.MonkeyPatch)
     queries = Gaussians(np.asarray(docs.mean)[:30] + 0.05, np.asarray(docs.var)[:30])
     assert check_exact(store, queries, 5) == [str(i) for i in range(30)]
     assert blocks == [7, 7, 7, 7, 2]
+
+
+def test_single_adds_next_to_the_copies_keep_older_rows_findable(tmp_path: Path) -> None:
+    """Distinct documents added one at a time next to a group of copies: FAISS prunes the copies' full link
+    lists for each, which can drop the last link into an earlier one. Such an add walks the whole graph, so
+    every one is found by its own Gaussian in memory, as brute force and a reloaded store find it."""
+    rng = np.random.default_rng(2)
+    store = KLStore(index_type="hnsw", hnsw_m=8)
+    means = np.concatenate([rng.normal(size=(400, K)) * 2, np.zeros((200, K))])
+    store.add(gaussians=gaussians(means), ids=[f"b{i}" for i in range(400)] + [f"c{i}" for i in range(200)])
+    for i in range(8):
+        store.add(gaussians=gaussians(rng.normal(size=(1, K)) * 0.3), ids=[f"n{i}"])
+        if i == 1:
+            store.add(gaussians=gaussians(np.zeros((2, K))), ids=["c200", "c201"])
+    added = [f"n{i}" for i in range(8)]
+    queries = store.get_gaussians(added).astype(np.float64)
+    assert check_exact(store, queries, 3) == added
+    loaded = KLStore.load(store.save(tmp_path / "store"))
+    assert check_exact(loaded, queries, 3) == added
+
+
+def test_a_failed_add_counts_the_live_rows_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An add that fails after its rows reached the index re-adds every row (drop_entries_from); the tracking
+    then counts the live rows, not the tombstones among them."""
+    rng = np.random.default_rng(0)
+    store = KLStore(index_type="hnsw", hnsw_m=8)
+    means = np.concatenate([rng.normal(size=(300, K)) * 2, np.zeros((20, K))])
+    store.add(gaussians=gaussians(means), ids=[f"b{i}" for i in range(300)] + [f"c{i}" for i in range(20)])
+    store.delete([f"b{i}" for i in range(40)])
+    store.add(gaussians=gaussians(np.zeros((10, K))), ids=[f"d{i}" for i in range(10)])  # 30 copies > 16
+    engine = approx(store)
+    assert engine._walked_live == len(store) == 290 and engine.table.n_rows == 330
+
+    def fail(self: ApproxEngine, *args: Any) -> None:
+        raise MemoryError("simulated")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ApproxEngine, "_track_new_rows", fail)
+        with pytest.raises(MemoryError):
+            store.add(gaussians=gaussians(rng.normal(size=(1, K))), ids=["x"])
+    assert "x" not in store and engine.index.ntotal == engine.table.n_rows == 330
+    assert engine._hashes is not None and engine._walked_live == len(store) == 290
+    assert check_exact(store, gaussians(np.zeros((1, K))), 3)[0].startswith(("c", "d"))
+
+
+@pytest.mark.parametrize("how", ["delete", "filter"])
+def test_copies_the_graph_cannot_reach_are_found_without_the_reached_ones(how: str) -> None:
+    """Copies the graph cannot reach tie with those it reaches, and a query that allows a reached copy skips
+    them; where the reached copies are deleted (no compaction) or filtered out, the others are still found."""
+    rng = np.random.default_rng(0)
+    store = KLStore(index_type="hnsw", hnsw_m=8, compact_threshold=0.9, exact_threshold=0)
+    means = np.concatenate([rng.normal(size=(600, K)) * 2 + 3, np.zeros((200, K))])
+    ids = [f"b{i}" for i in range(600)] + [f"c{i}" for i in range(200)]
+    store.add(gaussians=gaussians(means), ids=ids, metadatas=[{"row": i} for i in range(800)])
+    engine = approx(store)
+    unreached = _hnsw_unreached(engine.index)
+    assert unreached is not None
+    lost = set(unreached.tolist())
+    reached_copies = [600 + i for i in range(200) if 600 + i not in lost]
+    assert reached_copies and len(reached_copies) < 200  # some copies reached, some not
+    query = gaussians(np.zeros((1, K)))
+    assert check_exact(store, query, 3)[0].startswith("c")
+    allowed = None
+    if how == "delete":
+        store.delete([ids[r] for r in reached_copies])
+        assert engine.table.dead() == len(reached_copies) and engine.index is not None
+    else:
+        gone = set(reached_copies)
+
+        def allowed(metadata: Mapping[str, Any]) -> bool:
+            return metadata["row"] not in gone
+
+    top = check_exact(store, query, 3, allowed)[0]
+    assert top.startswith("c") and int(top[1:]) + 600 in lost
+    assert engine._rescue_rows(None).size < engine._rescue.size  # tied copies skipped where one is allowed

@@ -82,6 +82,8 @@ _WALK_BLOCK = 16384
 _RESCUE_QUERY_BLOCK = 1024
 _NO_ROWS = np.zeros(0, dtype=np.int64)
 _NO_HASHES = np.zeros(0, dtype=np.uint64)
+#: ``ApproxEngine._ties`` where no rescue row ties with a reached row.
+_NO_TIES = (_NO_ROWS, _NO_ROWS, _NO_ROWS, _NO_ROWS)
 #: Threads for the numpy re-scoring of candidate pools (numpy releases the GIL in its loops).
 _RESCORE_THREADS = max(1, min(4, os.cpu_count() or 1))
 
@@ -242,19 +244,33 @@ def _hnsw_unreached(index: Any) -> np.ndarray | None:
     return None if seen is None else np.flatnonzero(~seen)
 
 
-def _hnsw_reached_new(index: Any, reached: np.ndarray) -> np.ndarray | None:
+def _links_below(graph: tuple[np.ndarray, np.ndarray, np.ndarray, int], nodes: np.ndarray, below: int) -> np.ndarray:
+    """The nodes under ``below`` that ``nodes`` link to at the lowest level (sorted, unique; read in blocks)."""
+    neighbors, offsets, links, _ = graph
+    out = [_NO_ROWS]
+    for s in range(0, nodes.size, _WALK_BLOCK):
+        nxt = neighbors[offsets[nodes[s : s + _WALK_BLOCK], None] + links[None, :]].ravel()
+        out.append(np.unique(nxt[(nxt >= 0) & (nxt < below)]).astype(np.int64))
+    return np.unique(np.concatenate(out))
+
+
+def _hnsw_reached_new(
+    index: Any, reached: np.ndarray, graph: tuple[np.ndarray, np.ndarray, np.ndarray, int] | None = None
+) -> np.ndarray | None:
     """``reached`` (one flag per old entry) extended to the entries added since, from their neighbourhoods only.
 
     A new entry is reached where a reached entry links to it: the entries that can link to it
     are those it linked to when it was added (FAISS adds the reverse links there, or prunes them)
     and the other new entries, so only their links are read. Old entries keep their flags (an
-    old entry whose last link in was pruned by an add counts as reached until the next full walk).
-    ``None`` where FAISS does not expose the graph.
+    old entry whose last link in was pruned by an add counts as reached until the next full walk;
+    ``ApproxEngine._track_new_rows`` walks the whole graph where such pruning is likely).
+    ``graph``: :func:`_hnsw_graph` of ``index`` where the caller has read it. ``None`` where FAISS
+    does not expose the graph.
     """
-    graph = _hnsw_graph(index)
+    graph = _hnsw_graph(index) if graph is None else graph
     if graph is None:
         return None
-    neighbors, offsets, links, entry = graph
+    offsets, entry = graph[1], graph[3]
     n, start = int(index.ntotal), reached.size
     seen = np.concatenate([reached, np.zeros(n - start, dtype=bool)])
     if offsets.size < n + 1:
@@ -263,12 +279,8 @@ def _hnsw_reached_new(index: Any, reached: np.ndarray) -> np.ndarray | None:
     if start <= entry < n:
         seen[entry] = True
     new = np.arange(start, n, dtype=np.int64)
-    front = [new[seen[new]]]
-    for s in range(0, new.size, _WALK_BLOCK):  # old entries the new ones link to, and that are reached
-        out = neighbors[offsets[new[s : s + _WALK_BLOCK], None] + links[None, :]].ravel()
-        out = out[(out >= 0) & (out < start)]
-        front.append(np.unique(out[seen[out]]).astype(np.int64))
-    _walk(graph, seen, np.concatenate(front), start)
+    old = _links_below(graph, new, start)  # old entries the new ones link to: the reached ones lead on
+    _walk(graph, seen, np.concatenate([new[seen[new]], old[seen[old]]]), start)
     return seen
 
 
@@ -745,7 +757,7 @@ class ApproxEngine(FaissEngine):
     ``sqrt(M^2 - ||d^||^2)`` (``M = norm_headroom * max ||d^||``); a query is scaled to norm ``M``.
     A later row whose norm exceeds ``M`` triggers a rebuild. Tombstones stay in the index (HNSW has
     no ``remove_ids``) until compaction. Where more than ``2 x hnsw_m`` documents are identical, the
-    HNSW rows the graph cannot reach are added to every query's candidates (:meth:`_track_duplicates`).
+    HNSW rows the graph cannot reach are scored exactly with every query (:meth:`_track_duplicates`).
     """
 
     def __init__(self, settings: Settings, table: DocumentTable) -> None:
@@ -759,13 +771,16 @@ class ApproxEngine(FaissEngine):
         self._warned_exact = False  # and the "too many rows the graph cannot reach: exact searches" one
         # HNSW with more than 2 x hnsw_m identical live documents (_track_duplicates): a hash per index entry
         # (None otherwise), the hashes of the groups of more than 2 x hnsw_m, which entries the last walk of
-        # the graph reached (None: FAISS does not expose it), the live rows then, and the rows the graph
-        # cannot reach, scored exactly with every query
+        # the graph reached (None: FAISS does not expose it), the live rows then, and the live rows the graph
+        # cannot reach, scored exactly with every query, less (_rescue_rows) those in _ties: the rescue rows that
+        # are copies of a reached live row (they tie with it), each one's group, the reached rows of those groups
+        # and each one's group; a query skips a tied row where it allows a reached row of its group
         self._hashes: np.ndarray | None = None
         self._groups = _NO_HASHES
         self._reached: np.ndarray | None = None
         self._walked_live = 0
         self._rescue = _NO_ROWS
+        self._ties: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] = _NO_TIES
         self._load_hashes: list[np.ndarray] = []  # per block of rows read by load (HNSW)
 
     @property
@@ -975,7 +990,8 @@ class ApproxEngine(FaissEngine):
     def _add_all(self, index: Any, live: np.ndarray | None = None) -> float:
         """Add the table's rows (``live``: only these, in order; default every row) to ``index``.
 
-        For HNSW, identical documents among them are counted (:meth:`_track_duplicates`).
+        For HNSW, identical live documents among them are counted (:meth:`_track_duplicates`;
+        without ``live``, the table says which rows are live).
 
         Returns:
             The largest norm of their centred, shifted ``d~`` (``0`` for none).
@@ -992,7 +1008,7 @@ class ApproxEngine(FaissEngine):
                 hashes.append(_gaussian_hashes(table.mean[sel], table.var[sel]))
             index.add(reduce_document_vectors(shifted, 0.0, self._norm_bound, width=self.width))
         if hnsw:
-            self._track_duplicates(index, np.concatenate(hashes) if hashes else np.zeros(0, np.uint64), rows)
+            self._track_duplicates(index, np.concatenate(hashes) if hashes else _NO_HASHES, live)
         return top
 
     def _track_duplicates(self, index: Any, hashes: np.ndarray, rows: np.ndarray | None = None) -> None:
@@ -1003,11 +1019,12 @@ class ApproxEngine(FaissEngine):
         fill each other's lists, and the links from them to a later document are pruned, so no
         search may reach it (a distinct document among 100 copies was not found as its own top-1;
         see ``docs/ann.md``, "Many identical documents"). Then the live rows no lowest-level path
-        from the entry point leads to (:func:`_hnsw_reached`), less copies of a reachable live row
-        (they tie with it), are kept in ``_rescue`` and scored exactly with every query
-        (:meth:`_with_rescue`; where they are more than ``_RESCUE_SHARE`` of the allowed rows, the
-        query is searched exactly), and the hashes are kept for later adds
-        (:meth:`_track_new_rows`). One warning per store. IVF scans whole lists and is not affected.
+        from the entry point leads to (:func:`_hnsw_reached`) are kept in ``_rescue`` and scored
+        exactly with every query (:meth:`_with_rescue`), less copies of a reachable row the query
+        allows (they tie with it; :meth:`_rescue_rows`); where those it scores so are more than
+        ``_RESCUE_SHARE`` of the allowed rows, the query is searched exactly. The hashes are kept
+        for later adds (:meth:`_track_new_rows`). One warning per store. IVF scans whole lists and
+        is not affected.
 
         Args:
             index: The HNSW index, holding one entry per hash.
@@ -1015,7 +1032,7 @@ class ApproxEngine(FaissEngine):
             rows: The table rows the entries were added from, all live (default: the same numbers,
                 live or not as the table says).
         """
-        self._hashes, self._groups, self._reached, self._rescue = None, _NO_HASHES, None, _NO_ROWS
+        self._hashes, self._groups, self._reached, self._rescue, self._ties = None, _NO_HASHES, None, _NO_ROWS, _NO_TIES
         limit = 2 * self.settings.hnsw_m
         if hashes.size <= limit:
             return
@@ -1050,7 +1067,7 @@ class ApproxEngine(FaissEngine):
 
     def _rescue_note(self, n_live: int) -> str:
         """What the store does about the rows its graph cannot reach, for the warning of :meth:`_track_duplicates`."""
-        r = int(self._rescue.size)
+        r = int(self._rescue.size - self._ties[0].size)
         if self._reached is None:
             return "FAISS does not expose this graph, so the documents it cannot reach are not found"
         if not r:
@@ -1063,41 +1080,73 @@ class ApproxEngine(FaissEngine):
         return f"the {r} it cannot reach at all are scored exactly with every query, but recall still suffers"
 
     def _find_unreached(self, index: Any, alive: np.ndarray) -> None:
-        """Walk the graph of ``index``: set ``_reached``, ``_walked_live``, ``_rescue`` (:meth:`_track_duplicates`)."""
+        """Walk the graph of ``index``: set ``_reached``, ``_walked_live``, ``_rescue``, ``_ties``.
+
+        Every live row the walk does not reach is a rescue row. Those that are copies of a
+        reached live row are also kept in ``_ties`` with the reached rows of their group: a query
+        that allows one of these finds the group through it and skips them (:meth:`_rescue_rows`),
+        and one that does not (the reached copies deleted or filtered out) still scores them. See
+        :meth:`_track_duplicates`.
+        """
         assert self._hashes is not None
-        self._rescue, self._walked_live = _NO_ROWS, int(alive.sum())
+        self._rescue, self._ties, self._walked_live = _NO_ROWS, _NO_TIES, int(alive.sum())
         self._reached = _hnsw_reached(index)
         if self._reached is None:
             return
-        lost = np.flatnonzero(~self._reached & alive)
+        hashes = self._hashes
+        lost, ties = np.flatnonzero(~self._reached & alive), _NO_TIES
         if lost.size:
-            lost = lost[~np.isin(self._hashes[lost], self._hashes[self._reached & alive])]
-        self._set_rescue(lost)
+            found = np.flatnonzero(self._reached & alive)
+            shared = np.intersect1d(hashes[lost], hashes[found])
+            if shared.size:
+                tied, partners = lost[np.isin(hashes[lost], shared)], found[np.isin(hashes[found], shared)]
+                groups = np.searchsorted(shared, hashes[tied]), np.searchsorted(shared, hashes[partners])
+                ties = (tied, groups[0].astype(np.int64), partners, groups[1].astype(np.int64))
+        self._set_rescue(lost, ties)
 
-    def _set_rescue(self, rows: np.ndarray) -> None:
-        """Score ``rows`` (sorted, unique) with every query; warn once per store where there are too many for that."""
-        self._rescue = rows.astype(np.int64)
-        n_live = len(self.table)
-        if rows.size > _RESCUE_SHARE * n_live and not self._warned_exact:
+    def _set_rescue(self, rows: np.ndarray, ties: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> None:
+        """Score ``rows`` (sorted, unique) with every query, less ``ties`` (see :meth:`_find_unreached`); warn once
+        per store where there are too many for that."""
+        self._rescue, self._ties = rows.astype(np.int64), ties
+        n_live, n_rescue = len(self.table), int(rows.size - ties[0].size)
+        if n_rescue > _RESCUE_SHARE * n_live and not self._warned_exact:
             self._warned_exact = True
             logger.warning(
                 "the hnsw graph cannot reach %d of the %d live documents, more than %s: queries are searched "
                 "exactly, without the index, while that lasts (deduplicate the documents, or use index_type='flat' "
                 "or 'ivf'; docs/ann.md, 'Many identical documents')",
-                rows.size,
+                n_rescue,
                 n_live,
                 f"{_RESCUE_SHARE:.0%}",
             )
+
+    def _rescue_rows(self, mask: np.ndarray | None) -> np.ndarray:
+        """The rescue rows a query allowing ``mask`` (``None``: every row, all live) scores apart (sorted).
+
+        A rescue row that ties with a reached row (``_ties``) is skipped where the query allows a
+        reached row of its group: the graph search finds that one, with the same score.
+        """
+        rescue, (tied, group, partners, partner_group) = self._rescue, self._ties
+        if tied.size:
+            covered = np.zeros(int(max(group.max(), partner_group.max())) + 1, dtype=bool)
+            covered[partner_group if mask is None else partner_group[mask[partners]]] = True
+            rescue = np.setdiff1d(rescue, tied[covered[group]], assume_unique=True)
+        if rescue.size and mask is not None:
+            rescue = rescue[mask[rescue]]
+        return rescue
 
     def _track_new_rows(self, start: int, new: np.ndarray) -> None:
         """After an add of rows ``start:`` (hashes ``new``) to a store tracking identical documents.
 
         The whole graph is walked again (:meth:`_track_duplicates`) where the add brings a copy of
         a tracked group, or a new group of more than ``2 x hnsw_m``, or the live rows grew by
-        ``_REWALK_GROWTH`` since the last walk; otherwise only the new rows' neighbourhoods are
-        read (:func:`_hnsw_reached_new`), and the new live rows no reached row links to are scored
-        with every query too. Between walks, an old row that an add left with no link in is not
-        noticed, nor a group that smaller adds build up.
+        ``_REWALK_GROWTH`` since the last walk, or a new row links to a copy of a tracked group:
+        FAISS then adds the reverse link to the copy's full list and prunes one, and the link it
+        prunes may be the last one into an older row near the copies (which no search would reach
+        again). Otherwise only the new rows' neighbourhoods are read (:func:`_hnsw_reached_new`),
+        and the new live rows no reached row links to are scored with every query too. Between
+        walks, an old row that an add away from the copies left with no link in is not noticed,
+        nor a group that smaller adds build up.
         """
         assert self._hashes is not None
         hashes, limit = np.concatenate([self._hashes, new]), 2 * self.settings.hnsw_m
@@ -1107,14 +1156,20 @@ class ApproxEngine(FaissEngine):
         if regroup or self._reached is None or len(self.table) >= (1.0 + _REWALK_GROWTH) * self._walked_live:
             self._track_duplicates(self.index, hashes)
             return
-        reached = _hnsw_reached_new(self.index, self._reached)
-        if reached is None:
+        graph = _hnsw_graph(self.index)
+        if graph is None or graph[1].size < self.index.ntotal + 1:
             self._track_duplicates(self.index, hashes)
             return
+        near = _links_below(graph, np.arange(start, self.index.ntotal, dtype=np.int64), start)
+        if np.isin(self._hashes[near], self._groups).any():  # pruning around the copies: walk it all
+            self._track_duplicates(self.index, hashes)
+            return
+        reached = _hnsw_reached_new(self.index, self._reached, graph)
+        assert reached is not None
         self._hashes, self._reached = hashes, reached
         lost = start + np.flatnonzero(~reached[start:] & np.asarray(self.table.alive[start : reached.size]))
         if lost.size:
-            self._set_rescue(np.union1d(self._rescue, lost))
+            self._set_rescue(np.union1d(self._rescue, lost), self._ties)
 
     def _drop_index(self, n: int, needed: int, forced: bool) -> None:
         """No index (exact searches, as before the first build) for ``n`` live rows, fewer than ``needed``."""
@@ -1132,7 +1187,7 @@ class ApproxEngine(FaissEngine):
             self.table.compact()
         self.index, self.viewed = None, False
         self._norm_bound, self.offset, self.centre = None, 0.0, None
-        self._hashes, self._groups, self._reached, self._rescue = None, _NO_HASHES, None, _NO_ROWS
+        self._hashes, self._groups, self._reached, self._rescue, self._ties = None, _NO_HASHES, None, _NO_ROWS, _NO_TIES
         self._warned_unbuilt = True
 
     def rebuild(self, forced: bool = False) -> None:
@@ -1162,7 +1217,7 @@ class ApproxEngine(FaissEngine):
             n_train = min(n, max(65536, 64 * s.nlist) if s.index_type == "ivf" else 65536)
         sample = table.doc_vectors(live[np.sort(rng.choice(n, size=n_train, replace=False))])
         before = (self.centre, self.offset, self._norm_bound)
-        tracked = (self._hashes, self._groups, self._reached, self._walked_live, self._rescue)
+        tracked = (self._hashes, self._groups, self._reached, self._walked_live, self._rescue, self._ties)
         try:
             # The means are centred on the documents' mean (-KL unchanged; see means_centre) where that
             # shrinks the norm bound by half or more, i.e. where a common offset of the means would
@@ -1189,7 +1244,7 @@ class ApproxEngine(FaissEngine):
             self._add_all(index, live)
         except BaseException:
             self.centre, self.offset, self._norm_bound = before
-            self._hashes, self._groups, self._reached, self._walked_live, self._rescue = tracked
+            self._hashes, self._groups, self._reached, self._walked_live, self._rescue, self._ties = tracked
             raise
         top_id = table.ids[int(live[top_row])]
         if table.dead():
@@ -1389,9 +1444,7 @@ class ApproxEngine(FaissEngine):
         keep = kk + max(16, 2 * kk)  # candidates that reach the float64 re-scoring
         if self.index is None or n_allowed <= cand or (filtered and n_allowed <= s.exact_threshold):
             return self._exact_top_k(qg, kk, mask)
-        rescue = self._rescue  # read once: an add may replace it meanwhile
-        if rescue.size and mask is not None:
-            rescue = rescue[mask[rescue]]
+        rescue = self._rescue_rows(mask)  # read once: an add may replace it meanwhile
         if rescue.size > _RESCUE_SHARE * n_allowed:  # see _track_duplicates: cheaper exactly
             return self._exact_top_k(qg, kk, mask)
         pool, trimmed = self._approx_candidates(qg, cand, mask, n_allowed, keep=keep)

@@ -91,8 +91,7 @@ class DocumentTable:
         self.ids: list[str] = []
         self.texts: list[str | None] = []
         self.metas: list[dict[str, Any]] = []
-        #: Per row: whether its metadata holds a list or a dict (a callable filter then reads copies of them).
-        self.nested: list[bool] = []
+        self._nested: list[bool] | None = []  # see :attr:`nested`; None: not computed since a load
         self.row: dict[str, int] = {}
 
     def set_rows(
@@ -105,7 +104,7 @@ class DocumentTable:
         """Hold rows read from a saved store (``arrays``: mean, var, sumlogvar); all alive."""
         self._hold(*arrays, np.ones(len(ids), dtype=bool))
         self.ids, self.texts, self.metas = ids, texts, metas
-        self.nested = [_is_nested(m) for m in metas]
+        self._nested = None  # computed by the first callable filter (a load of flat rows does not pay for it)
         self.row = {doc_id: j for j, doc_id in enumerate(ids)}
 
     # ------------------------------------------------------------------ arrays
@@ -201,7 +200,8 @@ class DocumentTable:
         self.ids.extend(ids)
         self.texts.extend(texts)
         self.metas.extend(metas)
-        self.nested.extend(_is_nested(m) for m in metas)
+        if self._nested is not None:
+            self._nested.extend(_is_nested(m) for m in metas)
         for j, doc_id in enumerate(ids):
             self.row[doc_id] = start + j
         return start, replaced
@@ -215,7 +215,9 @@ class DocumentTable:
         """
         for doc_id in self.ids[start:]:
             self.row.pop(doc_id, None)
-        del self.ids[start:], self.texts[start:], self.metas[start:], self.nested[start:]
+        del self.ids[start:], self.texts[start:], self.metas[start:]
+        if self._nested is not None:
+            del self._nested[start:]
         self._n = start
         for doc_id, row in previous.items():
             self.row[doc_id] = row
@@ -242,12 +244,25 @@ class DocumentTable:
         self.ids = [self.ids[i] for i in keep]
         self.texts = [self.texts[i] for i in keep]
         self.metas = [self.metas[i] for i in keep]
-        self.nested = [self.nested[i] for i in keep]
+        if self._nested is not None:
+            self._nested = [self._nested[i] for i in keep]
         self.row = {doc_id: j for j, doc_id in enumerate(self.ids)}
         self.compactions += 1
         return dead
 
     # ---------------------------------------------------------------- reading
+    @property
+    def nested(self) -> list[bool]:
+        """Per row: whether its metadata holds a list or a dict (a callable filter then reads copies of them).
+
+        Computed for every row on first use after a load (a store searched with no callable filter never
+        pays for it), then kept in step with :attr:`metas` by each change of the rows.
+        """
+        nested = self._nested
+        if nested is None:  # two searches (read lock) may both compute it: the same list of flags
+            nested = self._nested = [_is_nested(m) for m in self.metas]
+        return nested
+
     def live_ids(self) -> list[str]:
         """Ids of the live rows, in row order."""
         return [i for i, a in zip(self.ids, self.alive, strict=True) if a]
