@@ -10,7 +10,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import logging
 import os
@@ -536,7 +535,8 @@ def _add_search(sub: Any) -> None:
         help="search a saved KL store",
         description="Search a KL store saved by `kl-retrievers index` (or KLStore.save); scores are -KL "
         "(higher is better). The store argument may also be a LangChain KLVectorStore.save_local folder or a "
-        "LlamaIndex persist folder (or its *vector_store.json manifest): the KL store inside is searched. A "
+        "LlamaIndex persist folder, or the manifest file of either (whatever its name, e.g. the path given to "
+        "KLVectorStore.persist): the KL store inside is searched. A "
         "KLHybridStore folder is refused (its results fuse BM25 with -KL); the message names its KL half, which "
         "this command can search.",
     )
@@ -574,6 +574,8 @@ _LANGCHAIN_STORE_DIR = "klstore"
 #: ``KLVectorStore.persist()``'s default path is ``storage/vector_store.json``; LlamaIndex's own loader
 #: (``SimpleVectorStore.from_namespaced_persist_dir``) takes every name ending in ``vector_store.json``. Each
 #: names its ``.klstore`` folder; another store's file (``image__vector_store.json``) fails the format check.
+#: The pattern applies only when scanning a folder: a manifest FILE is recognised by its content whatever its
+#: name (``KLVectorStore.persist("storage/my_index.json")`` writes ``my_index.json``).
 _LLAMA_INDEX_MANIFESTS = "*vector_store.json"
 _LLAMA_INDEX_FORMAT = "kl-retrievers/llama-index-vector-store"
 
@@ -582,7 +584,9 @@ def _kl_store_folder(path: Path) -> Path:
     """The KL store ``kl-retrievers search`` reads for ``path``: itself, or the one inside an adapter's save.
 
     A LangChain ``KLVectorStore.save_local`` folder (``langchain.json``) or a LlamaIndex persist folder (one
-    ``*vector_store.json`` manifest), or that manifest file itself, wraps a KL store that ranks as the
+    ``*vector_store.json`` manifest), or a manifest file of either whatever its name (recognised by its
+    ``format``, e.g. the ``my_index.json`` that ``KLVectorStore.persist("storage/my_index.json")`` writes),
+    wraps a KL store that ranks as the
     framework's store does (by -KL), so the search reads it, and says so at INFO level. A ``KLHybridStore.save``
     folder (``hybrid.json``) is refused: its results fuse BM25 with -KL, and searching its KL half alone would
     give another ranking under the hybrid's name; the message names that half for a -KL search.
@@ -653,9 +657,10 @@ class _DamagedSave(ValueError):
 
 
 def _is_langchain_manifest(path: Path) -> bool:
+    """Whether the file ``path`` holds a LangChain ``KLVectorStore`` manifest (by its ``format``, not its name)."""
     from kl_retrievers._adapters import looks_like_manifest
 
-    return path.name == _LANGCHAIN_MANIFEST and looks_like_manifest(path, _LANGCHAIN_FORMAT)
+    return looks_like_manifest(path, _LANGCHAIN_FORMAT)
 
 
 def _kl_store_of_manifest(path: Path) -> Path:
@@ -671,7 +676,7 @@ def _kl_store_of_manifest(path: Path) -> Path:
     if _is_langchain_manifest(path):
         inner, what = path.parent / _LANGCHAIN_STORE_DIR, "a LangChain KLVectorStore manifest (save_local)"
         again = "save it again with KLVectorStore.save_local"
-    elif fnmatch.fnmatchcase(path.name, _LLAMA_INDEX_MANIFESTS) and looks_like_manifest(path, _LLAMA_INDEX_FORMAT):
+    elif looks_like_manifest(path, _LLAMA_INDEX_FORMAT):  # any name: persist() takes any path
         name = (read_json_object(path) or {}).get("store")
         if not (isinstance(name, str) and name and Path(name).name == name and name not in (".", "..")):
             raise _DamagedSave(
@@ -682,9 +687,10 @@ def _kl_store_of_manifest(path: Path) -> Path:
         again = "persist the store again (StorageContext.persist or KLVectorStore.persist)"
     else:
         raise ValueError(
-            f"{path} is a file, not a KL store: pass a store folder (written by `kl-retrievers index` or "
-            "KLStore.save), a LangChain save_local folder, or a LlamaIndex persist folder or its "
-            "*vector_store.json manifest"
+            f"{path} is a file, not a KL store, and not a LangChain or LlamaIndex KLVectorStore manifest (a JSON "
+            f'object whose "format" is {_LANGCHAIN_FORMAT!r} or {_LLAMA_INDEX_FORMAT!r}): pass a store folder '
+            "(written by `kl-retrievers index` or KLStore.save), a LangChain save_local folder, a LlamaIndex "
+            "persist folder, or the manifest file that save_local or persist wrote (any name)"
         )
     if not (inner / "config.json").is_file():
         state = "is missing" if not inner.exists() else "is not a KL store (config.json is missing)"

@@ -77,7 +77,7 @@ from kl_retrievers.gaussian import is_real_number as _is_real
 from kl_retrievers.hub import sha256_file as _sha256
 from kl_retrievers.index import DeleteReport, KLStore, StoredDocument, StoreFormatError
 from kl_retrievers.runs import top_k
-from kl_retrievers.store._base import _RWLock
+from kl_retrievers.store._base import _check_texts_and_ids, _RWLock
 
 logger = logging.getLogger(__name__)
 
@@ -1276,8 +1276,8 @@ class KLHybridStore:
         Raises:
             ValueError: Loading the saved model failed, or it gives Gaussians of another dimension
                 than the stored documents' (naming the model and what to pass instead). A file, network or
-                hub failure (an ``OSError``) is tried again by the next call; any other is kept, and raised
-                again without retrying.
+                hub failure (an ``OSError``) is kept and raised again without any lookup for 30 seconds, then
+                the next call tries once more; any other is kept, and raised again without retrying.
         """
         encoder = self._kl.encoder
         return encoder if encoder is not None else self._saved_encoder()
@@ -1397,8 +1397,9 @@ class KLHybridStore:
 
         Raises:
             TypeError: ``texts`` is a single string or holds a non-string.
-            ValueError / TypeError: Whatever :meth:`KLStore.add` refuses, or the saved model failed to
-                load (:attr:`encoder`); then neither half changes.
+            ValueError / TypeError: Whatever :meth:`KLStore.add` refuses (its checks of ``texts`` and ``ids``,
+                e.g. a set of ids, run before any text is encoded), or the saved model failed to load
+                (:attr:`encoder`); then neither half changes.
 
         Examples:
             >>> import numpy as np
@@ -1414,7 +1415,9 @@ class KLHybridStore:
                 raise TypeError(
                     f"texts[{j}] must be a str (BM25 indexes every document's text); got {type(text).__name__}"
                 )
-        if not text_list and gaussians is None and not ids and not metadatas:
+        # KLStore.add's rules for texts and ids (a set, a bad, repeated or miscounted id...), before encoding
+        _, id_list = _check_texts_and_ids(text_list, gaussians, ids)
+        if not text_list and gaussians is None and not id_list and not metadatas:
             return []  # nothing to add (and no model to load for it)
         tokens = [self._tokenizer(t) for t in text_list]
         encoder = self.encoder if gaussians is None and text_list else None  # a loaded store: its saved model
@@ -1424,7 +1427,7 @@ class KLHybridStore:
             )
         with self._lock.write():
             self._ensure_tokens()
-            new_ids = self._kl.add(text_list, gaussians=gaussians, ids=ids, metadatas=metadatas)
+            new_ids = self._kl.add(text_list, gaussians=gaussians, ids=id_list, metadatas=metadatas)
             if not new_ids:
                 return []
             metas = [d.metadata for d in self._kl.get_by_ids(new_ids)]
@@ -1950,8 +1953,8 @@ class KLHybridStore:
             encoder: Gaussian encoder for text queries and additions. ``None``: the model the store was
                 saved with (:attr:`saved_encoder`: a bundled name, folder or hub id) is loaded by name at
                 the first text search or addition that needs it (once; its dimension is checked, and a
-                failure names the model; a file, network or hub failure is tried again by the next call that needs
-                it, any other is raised again without retrying); nothing is loaded for
+                failure names the model; a file, network or hub failure is kept for 30 seconds, then tried again
+                by the next call that needs it, any other is raised again without retrying); nothing is loaded for
                 query or document Gaussians. Unless the saved store was given its adaptive parameters,
                 they are looked up from this encoder's model (else the saved model's), as in the constructor.
             mmap: Memory-map the arrays of both halves (copied on the first change).

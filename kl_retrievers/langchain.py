@@ -320,9 +320,11 @@ def _one_per_item(value: Any, name: str, n: int, what: str, single: type, item: 
             f"{name} must be an iterable of {item}, one per text (e.g. a list); got a single {kind}: {value!r:.80}"
         )
     if isinstance(value, ItemsView):
+        # ids are usually a dict's keys, metadatas its values (e.g. {id: metadata})
+        hint = "list(d) for the dict's keys" if name == "ids" else "list(d.values()) for the dict's values"
         raise TypeError(
             f"{name} is a {kind}, whose items are a dict's (key, value) pairs, not {item}: pass a list, in the "
-            f"order of the {what} (e.g. list(d) for the dict's keys); got {value!r:.80}"
+            f"order of the {what} (e.g. {hint}); got {value!r:.80}"
         )
     if isinstance(value, Set) and not isinstance(value, KeysView):
         raise TypeError(
@@ -439,6 +441,16 @@ def _check_default_encoder_fits(store: Any) -> None:
         "Gaussian encoder of the model the documents were encoded with), or load the store with "
         "KLStore.load(path, encoder=...)"
     )
+
+
+def _recorded_encoder_name(store_dir: Path) -> str | None:
+    """The model name a saved KLStore folder records for its documents (``None``: none, or unreadable)."""
+    try:
+        record = json.loads((store_dir / _STORE_CONFIG).read_text(encoding="utf-8")).get("encoder")
+    except (OSError, ValueError, AttributeError):
+        return None
+    name = record.get("name_or_path") if isinstance(record, dict) else None
+    return name if isinstance(name, str) and name else None
 
 
 def _unwrap_encoder(encoder: Any) -> Any:
@@ -1621,6 +1633,9 @@ class KLVectorStore(VectorStore):
         folder.mkdir(parents=True, exist_ok=True)
         self.store.save(folder / _STORE_DIR)
         enc = self.store.encoder
+        # the model the store part records for its documents (KLStore.save keeps the documents' model, not an
+        # attached encoder known to be another one), so that load_local without embeddings loads that model
+        recorded = _recorded_encoder_name(folder / _STORE_DIR) if enc is not None else None
         write_manifest(
             folder / _MANIFEST,
             {
@@ -1630,7 +1645,7 @@ class KLVectorStore(VectorStore):
                 "score_direction": SCORE_DIRECTION,
                 "relevance": self.relevance if isinstance(self.relevance, str) else None,
                 "batch_size": self.batch_size,
-                "encoder": None if enc is None else str(getattr(enc, "name_or_path", "")),
+                "encoder": None if enc is None else recorded or str(getattr(enc, "name_or_path", "")),
             },
         )
         logger.info("saved KLVectorStore (%d documents) to %s", len(self.store), folder)

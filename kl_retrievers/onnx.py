@@ -896,25 +896,32 @@ class OnnxGaussianEncoder(EncoderMixin):
         """``self`` for the cpu (``"cpu"``, ``"cpu:0"``, ``torch.device("cpu")``), as ``torch.nn.Module.to`` (and
         sentence-transformers' ``model.to``) would move it.
 
-        It takes ``torch.nn.Module.to``'s call forms: ``to(device)``, ``to(dtype)``, ``to(device, dtype)``,
-        ``to(tensor)`` (the tensor's device and dtype), each positional or by keyword (``device=``,
-        ``dtype=``), with an optional ``non_blocking`` (positional after them, or by keyword; ignored:
-        nothing is copied) and ``memory_format`` (``torch.contiguous_format`` or ``torch.preserve_format``,
-        no-ops). The graph fixes the precision: ``torch.float32`` is accepted by every graph, as a no-op:
-        the outputs are float32 whatever the graph (what ``encode(precision="float32")`` gives), a float32
-        graph's weights (``quantize=None``) are float32 and an int8 graph's weights stay int8, as
-        ``torch.nn.Module.to(torch.float32)`` leaves the int8 weights of a dynamically quantised module.
-        Any other dtype (``torch.float16``, ``torch.bfloat16``...) is refused: no ONNX graph of that
-        precision is offered (load with ``backend="torch"`` for it).
+        It takes ``torch.nn.Module.to``'s call forms, read as torch's parser reads them: ``to(device)``,
+        ``to(dtype)``, ``to(device, dtype)``, ``to(tensor)`` (the tensor's device and dtype), each positional
+        or (device and dtype) by keyword (``device=``, ``dtype=``); ``None`` for a device or a dtype leaves
+        it as it is. ``non_blocking`` (a bool; ignored: nothing is copied) comes by keyword, or positionally
+        where torch takes it: third in ``to(device, dtype, non_blocking)`` or second after a dtype or a
+        tensor (``to(dtype, non_blocking)``, ``to(tensor, non_blocking)``); after a device alone
+        (``to("cpu", False)``) a bool is refused, as torch refuses it. ``memory_format=`` takes any
+        ``torch.memory_format`` (``torch.contiguous_format``, ``torch.preserve_format``,
+        ``torch.channels_last``, ``torch.channels_last_3d``) as a no-op: an ONNX graph has no memory format
+        (its weights have one fixed layout, its inputs are token ids), as ``torch.nn.Module.to`` leaves the
+        parameters that are not 4-D or 5-D. The graph fixes the precision: ``torch.float32`` is accepted by
+        every graph, as a no-op: the outputs are float32 whatever the graph (what
+        ``encode(precision="float32")`` gives), a float32 graph's weights (``quantize=None``) are float32 and
+        an int8 graph's weights stay int8, as ``torch.nn.Module.to(torch.float32)`` leaves the int8 weights of
+        a dynamically quantised module. Any other dtype (``torch.float16``, ``torch.bfloat16``...) is refused:
+        no ONNX graph of that precision is offered (load with ``backend="torch"`` for it).
 
         Raises:
             ValueError: A device other than the cpu: the ONNX backend runs on cpu only (load with
-                ``backend="torch"``); or a ``memory_format`` other than contiguous / preserve, which does not
-                apply to an ONNX graph.
+                ``backend="torch"``).
             TypeError: A dtype other than ``torch.float32`` (e.g. ``torch.float16``); a numpy dtype or a
                 dtype's name (``np.float32``, ``"float32"``), given positionally or as ``dtype=``: pass the
-                ``torch.dtype``; an unknown keyword; ``non_blocking`` given twice; or arguments in none of
-                ``torch.nn.Module.to``'s forms (such as ``to(True)``).
+                ``torch.dtype``; a ``memory_format`` that is not a ``torch.memory_format`` (such as the string
+                ``"channels_last"``); a ``non_blocking`` that is not a bool, or given twice; an unknown keyword;
+                or arguments in none of ``torch.nn.Module.to``'s forms (such as ``to(True)`` or
+                ``to("cpu", False)``), as torch raises ``TypeError`` for each.
 
         Examples:
             >>> encoder.to("cpu") is encoder  # doctest: +SKIP
@@ -923,8 +930,13 @@ class OnnxGaussianEncoder(EncoderMixin):
             True
             >>> encoder.to("cpu", torch.float32) is encoder  # float32 outputs, on any graph  # doctest: +SKIP
             True
+            >>> encoder.to(memory_format=torch.channels_last) is encoder  # no memory format: a no-op  # doctest: +SKIP
+            True
         """
-        forms = "to(device), to(dtype), to(device, dtype) or to(tensor), with an optional non_blocking"
+        forms = (
+            "to(device), to(dtype), to(device, dtype) or to(tensor), with an optional non_blocking (third after "
+            "a device and a dtype, second after a dtype or a tensor, or by keyword)"
+        )
         unknown = sorted(set(kwargs) - {"device", "dtype", "non_blocking", "memory_format"})
         if unknown:
             raise TypeError(
@@ -932,11 +944,16 @@ class OnnxGaussianEncoder(EncoderMixin):
                 f"non_blocking and memory_format ({forms}, as torch.nn.Module.to)"
             )
         memory_format = kwargs.get("memory_format")
-        if memory_format is not None and str(memory_format) not in ("torch.contiguous_format", "torch.preserve_format"):
-            raise ValueError(
-                f"OnnxGaussianEncoder.to(): memory_format={memory_format!r} does not apply to an ONNX graph (its "
-                "weights have one fixed layout, its inputs are token ids); it accepts torch.contiguous_format and "
-                "torch.preserve_format, as no-ops"
+        if memory_format is not None and not self._is_memory_format(memory_format):
+            raise TypeError(
+                f"OnnxGaussianEncoder.to(): memory_format must be a torch.memory_format (torch.contiguous_format, "
+                f"torch.preserve_format, torch.channels_last or torch.channels_last_3d, each a no-op: an ONNX "
+                f"graph has no memory format), as torch.nn.Module.to takes; got {memory_format!r}"
+            )
+        if "non_blocking" in kwargs and not isinstance(kwargs["non_blocking"], bool):
+            raise TypeError(
+                f"OnnxGaussianEncoder.to(): non_blocking must be a bool (True or False), as torch.nn.Module.to "
+                f"takes; got {kwargs['non_blocking']!r}"
             )
         device, dtype = kwargs.get("device"), kwargs.get("dtype")
         for name in ("device", "dtype"):
@@ -946,20 +963,28 @@ class OnnxGaussianEncoder(EncoderMixin):
                     "positionally (to(tensor)), for its device and dtype"
                 )
         positional = list(args)
-        if len(positional) > 1 and isinstance(positional[-1], bool):  # to(device, dtype or tensor..., non_blocking)
-            if "non_blocking" in kwargs:
-                raise TypeError(
-                    f"OnnxGaussianEncoder.to(): non_blocking given twice, by position ({positional[-1]!r}) and by "
-                    f"keyword (non_blocking={kwargs['non_blocking']!r}); pass it once"
-                )
-            positional.pop()
+        # a bool is non_blocking only where torch's forms put it: third in to(device, dtype, non_blocking), or
+        # second in to(dtype, non_blocking) and to(tensor, non_blocking); not after a device alone
+        if positional and isinstance(positional[-1], bool):
+            first = positional[0]
+            if len(positional) == 3 or (
+                len(positional) == 2 and (self._is_dtype_like(first) or self._is_tensor(first))
+            ):
+                if "non_blocking" in kwargs:
+                    raise TypeError(
+                        f"OnnxGaussianEncoder.to(): non_blocking given twice, by position ({positional[-1]!r}) and "
+                        f"by keyword (non_blocking={kwargs['non_blocking']!r}); pass it once"
+                    )
+                positional.pop()
         if len(positional) > 2:
             raise TypeError(f"OnnxGaussianEncoder.to() takes {forms}; got {len(args)} positional arguments {args!r}")
         for value in positional:
+            if value is None:  # to(None, dtype), to(device, None): that one stays as it is
+                continue
             if isinstance(value, bool):
                 raise TypeError(
-                    f"OnnxGaussianEncoder.to() got {value!r}, which is neither a device nor a dtype (non_blocking "
-                    f"comes after a device, dtype or tensor, or by keyword); it takes {forms}"
+                    f"OnnxGaussianEncoder.to() got {value!r}, which is neither a device nor a dtype, nor a "
+                    f"non_blocking where torch reads one (positional arguments {args!r}); it takes {forms}"
                 )
             if self._is_tensor(value):  # to(tensor): its device and dtype
                 if len(positional) > 1 or device is not None or dtype is not None:
@@ -985,6 +1010,11 @@ class OnnxGaussianEncoder(EncoderMixin):
         if dtype is not None and str(dtype) != "torch.float32":
             self._refuse_precision(dtype)
         return self
+
+    @staticmethod
+    def _is_memory_format(value: Any) -> bool:
+        """Whether ``value`` is a ``torch.memory_format`` (``torch.channels_last``...), without importing torch."""
+        return type(value).__name__ == "memory_format" and type(value).__module__ == "torch"
 
     @staticmethod
     def _is_tensor(value: Any) -> bool:

@@ -219,9 +219,10 @@ def test_onnx_to_accepts_torchs_no_op_memory_formats(onnx_graphs: dict[str, Any]
     assert enc.to(memory_format=torch.contiguous_format) is enc
     assert enc.to(memory_format=torch.preserve_format) is enc
     assert enc.to("cpu", torch.float32, memory_format=torch.contiguous_format) is enc
-    for fmt in (torch.channels_last, torch.channels_last_3d, "channels_last"):
-        with pytest.raises(ValueError, match=r"memory_format=.* does not apply to an ONNX graph.*contiguous_format"):
-            enc.to(memory_format=fmt)
+    for fmt in (torch.channels_last, torch.channels_last_3d):  # any torch.memory_format, as torch takes it
+        assert enc.to(memory_format=fmt) is enc
+    with pytest.raises(TypeError, match=r"memory_format must be a torch.memory_format .*got 'channels_last'"):
+        enc.to(memory_format="channels_last")
 
 
 def test_onnx_to_float32_is_a_no_op_on_an_int8_graph(onnx_graphs: dict[str, Any]) -> None:
@@ -257,10 +258,11 @@ def test_onnx_to_reads_non_blocking_as_torch_does(onnx_graphs: dict[str, Any]) -
     with pytest.raises(TypeError, match=r"got False, which is neither a device nor a dtype"):
         enc.to(False, non_blocking=True)
     with pytest.raises(TypeError, match=r"non_blocking given twice, by position \(True\) and by keyword"):
-        enc.to("cpu", True, non_blocking=True)
+        enc.to("cpu", torch.float32, True, non_blocking=True)
     with pytest.raises(TypeError, match=r"non_blocking given twice"):
         enc.to(torch.float32, False, non_blocking=False)
-    assert enc.to("cpu", True) is enc
+    with pytest.raises(TypeError, match=r"got True, which is neither a device nor a dtype, nor a non_blocking"):
+        enc.to("cpu", True)  # torch reads no non_blocking after a device alone
     assert enc.to("cpu", torch.float32, True) is enc
     assert enc.to(torch.zeros(2), True) is enc
     with pytest.raises(TypeError, match=r"device= takes a device, not a tensor"):

@@ -26,7 +26,7 @@ import math
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, KeysView, Mapping, Sequence
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from kl_retrievers._encoding import check_texts
 from kl_retrievers.filters import MetadataFilter, stored_form
 from kl_retrievers.gaussian import Gaussians, _first_bad, check_float32_scorable, check_k
 
@@ -332,9 +333,23 @@ def _check_utf8(value: str, what: str) -> None:
 def _check_texts_and_ids(
     texts: Sequence[str] | None, gaussians: Gaussians | None, ids: Sequence[str] | None
 ) -> tuple[list[str | None] | None, list[str] | None]:
-    """``add``'s texts and ids as lists, checked before anything is encoded."""
+    """``add``'s texts and ids as lists, checked before anything is encoded.
+
+    A set (its iteration order is arbitrary) is refused for either. For ``texts``, the containers whose
+    iteration gives other strings than the texts are refused as :func:`~kl_retrievers._encoding.check_texts`
+    refuses them, with its message: a dict or its ``keys()`` / ``items()`` view (keys are usually ids),
+    bytes, a table with ``.columns``. For ``ids``, a dict's ``keys()`` view is taken (it keeps the
+    dict's order); its ``items()`` view ((key, value) pairs) is refused.
+    """
     if texts is not None and isinstance(texts, str):
         raise ValueError("texts must be a sequence of strings, not a single string")
+    if isinstance(texts, (Mapping, KeysView, ItemsView, bytes, bytearray, memoryview)) or hasattr(texts, "columns"):
+        check_texts(texts, "texts", allow_str=False)  # raises its TypeError, which says what to pass
+    if isinstance(ids, ItemsView):
+        raise TypeError(
+            f"ids is a {type(ids).__name__}, whose items are a dict's (key, value) pairs, not ids: pass a list, "
+            f"in order (e.g. list(d) for the dict's keys); got {ids!r:.80}"
+        )
     for name, given in (("texts", texts), ("ids", ids)):
         if isinstance(given, AbstractSet) and not isinstance(given, KeysView):  # a dict's keys keep their order
             raise TypeError(
@@ -701,7 +716,12 @@ class GaussianStore(ABC):
                 within the call (named), texts without an encoder, or a text, id or metadata
                 string holding a lone surrogate (it could not be saved as UTF-8).
             TypeError: An id that is not a ``str``, a text that is not a ``str``, or metadata that
-                is not a JSON-serialisable dict (the message names its position).
+                is not a JSON-serialisable dict (the message names its position); a set of texts or ids
+                (its iteration order is arbitrary, so it cannot be paired with the other arguments); a
+                dict, its ``keys()`` or ``items()`` view, bytes or a table (``.columns``) as ``texts``
+                (their iteration gives other strings than the texts); a dict's ``items()`` view as
+                ``ids``. A dict's ``keys()`` view is taken as ``ids`` (it keeps the dict's order).
+                All of these are checked before any text is encoded.
 
         Examples:
             >>> import numpy as np

@@ -70,6 +70,7 @@ import threading
 from collections.abc import Callable, Mapping
 from itertools import compress
 from pathlib import Path
+from time import monotonic
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -109,6 +110,11 @@ __all__ = ["KLStore", "FORMAT_VERSION", "COMPRESSIONS", "REFINES"]
 #: The prefix of the name that :class:`~kl_retrievers.langchain.EmbeddingsGaussianEncoder` records (a LangChain
 #: ``Embeddings`` wrapped as a Gaussian encoder): not a model that can be loaded by name.
 _LANGCHAIN_PREFIX = "langchain:"
+
+#: Seconds a failure to load a store's saved model that a retry may fix (an ``OSError``: a file or network error,
+#: a hub that could not be reached or does not have the model) is kept and raised again without any lookup; the
+#: first call that needs the model after that tries once more (:meth:`KLStore._load_saved_encoder`).
+_SAVED_ENCODER_RETRY_S = 30.0
 
 
 def _torch_installed() -> bool:
@@ -168,6 +174,28 @@ def _unloadable_saved_name(name: str) -> str | None:
     if is_path_name(name) and not Path(name).expanduser().exists():
         return "it names a model folder that no longer exists"
     return None
+
+
+def _encoder_record(encoder: Any) -> tuple[dict[str, Any], list[str]]:
+    """The ``encoder`` record a KLStore's config.json holds for ``encoder`` (``{"name_or_path", "config"}``),
+    and where its config held NaN or Infinity (recorded as null: config.json is standard JSON).
+
+    The config is its ``to_dict()``, or ``None`` when it has none or it is not JSON.
+
+    Examples:
+        >>> class Enc:
+        ...     name_or_path = "models/enc"
+        >>> _encoder_record(Enc())
+        ({'name_or_path': 'models/enc', 'config': None}, [])
+    """
+    cfg = getattr(encoder, "config", None)
+    found: list[str] = []
+    try:
+        cfg_dict = finite_json(cfg.to_dict(), found=found) if cfg is not None else None
+        json.dumps(cfg_dict, allow_nan=False)
+    except (TypeError, ValueError, AttributeError):
+        cfg_dict, found = None, []
+    return {"name_or_path": str(getattr(encoder, "name_or_path", "")), "config": cfg_dict}, found
 
 
 class _TopIds(NamedTuple):
@@ -408,6 +436,9 @@ class KLStore(GaussianStore):
         self._saved_encoder_record: dict[str, Any] | None = None  # config.json's encoder record, as loaded
         self._saved_encoder_lock = threading.Lock()  # one thread loads the saved model (_load_saved_encoder)
         self._saved_encoder_problem: str | None = None  # why loading it failed, where no retry can help (kept)
+        # Why loading it last failed where a retry may help (an OSError), and when (monotonic()): kept and raised
+        # again without a lookup for _SAVED_ENCODER_RETRY_S, then the next call tries once more.
+        self._saved_encoder_failure: tuple[str, float] | None = None
         # The weights identity (encoder.weights_sha256) the documents were encoded with: the encoder's when the
         # first documents are added to an empty store, else the one config.json records; kept by every save.
         self._documents_weights: str | None = None
@@ -415,6 +446,10 @@ class KLStore(GaussianStore):
         # taken and kept alike, from the encoder's config at the first add or from config.json's record
         # (encoder.backbone_sha256, else for older saves the recorded encoder config); None when not known.
         self._documents_backbone: str | None = None
+        # The record ({"name_or_path", "config"}) of the model those documents were encoded with: the encoder's at
+        # the first add, else config.json's. A save by an encoder known to be another model records it, with the
+        # weights and backbone, so that a reload names (and lazily loads) the documents' model; None: not known.
+        self._documents_model: dict[str, Any] | None = None
         # When that identity was not known at the first add (an encoder built or trained in memory): the encoder's
         # parameter versions then, so that a save after encoder.save_pretrained of those same weights records the
         # identity they got (_documents_identity); None otherwise.
@@ -538,6 +573,7 @@ class KLStore(GaussianStore):
             if not len(table):  # the first documents: what they are encoded with (saved, compared at load)
                 self._documents_weights = _format.encoder_weights(self.encoder)
                 self._documents_backbone = _format.encoder_backbone(self.encoder)[0]
+                self._documents_model = None if self.encoder is None else _encoder_record(self.encoder)[0]
                 self._documents_versions = None
                 if self._documents_weights is None and hasattr(self.encoder, "_parameter_versions"):
                     self._documents_versions = self.encoder._parameter_versions()  # a later save_pretrained names them
@@ -699,10 +735,14 @@ class KLStore(GaussianStore):
 
         Raises:
             ValueError: Loading the saved model failed, or it gives Gaussians of another dimension than the
-                documents. A failure a retry may fix (an ``OSError``: a file or network error, or a hub that
-                could not be reached, :class:`~kl_retrievers.hub.ModelNotFoundError`) is tried again by the
-                next call; any other (a name that cannot be loaded, which is refused without a lookup, another
-                dimension, a model that does not load) is kept, and raised again without retrying.
+                documents. A failure a retry may fix (an ``OSError``: a file or network error, a hub that could
+                not be reached, or :class:`~kl_retrievers.hub.ModelNotFoundError`, which a typo'd or deleted hub id
+                raises too) is kept and raised again without any lookup for 30 seconds after it
+                (``_SAVED_ENCODER_RETRY_S``), so that a store whose model is gone does not make one hub round trip
+                (or wait for an offline timeout) per search; the first call after that tries once more (one
+                thread; the others wait and use what it got). Any other failure (a name that cannot be loaded,
+                which is refused without a lookup, another dimension, a model that does not load) is kept for
+                good, and raised again without retrying.
         """
         if self.encoder is not None:
             return self.encoder
@@ -713,6 +753,9 @@ class KLStore(GaussianStore):
             if self.encoder is None:
                 if self._saved_encoder_problem is not None:
                     raise ValueError(self._saved_encoder_problem)
+                failure = self._saved_encoder_failure
+                if failure is not None and monotonic() - failure[1] < _SAVED_ENCODER_RETRY_S:
+                    raise ValueError(failure[0])  # no lookup until the retry delay has passed
                 from kl_retrievers.pretrained import load_model
 
                 record = self._saved_encoder_record
@@ -732,11 +775,14 @@ class KLStore(GaussianStore):
                     )
                     try:
                         encoder = load_model(name, backend=backend)
-                    except OSError as exc:  # a file or network error, an unreachable hub: the next call retries
-                        raise ValueError(
+                    except OSError as exc:  # a file or network error, a hub that failed: retried after a delay
+                        message = (
                             f"this store has no encoder to encode text, and loading the model it was saved with, "
-                            f"{name!r}, failed ({exc}; the next call that needs it tries again)"
-                        ) from None
+                            f"{name!r}, failed ({exc}; kept for {_SAVED_ENCODER_RETRY_S:g} s, then the next call "
+                            "that needs it tries again)"
+                        )
+                        self._saved_encoder_failure = message, monotonic()  # from the end of this lookup
+                        raise ValueError(message) from None
                     except Exception as exc:
                         problem = f"loading the model it was saved with, {name!r}, failed ({exc})"
                     else:
@@ -753,7 +799,7 @@ class KLStore(GaussianStore):
                 if problem is not None:
                     self._saved_encoder_problem = f"this store has no encoder to encode text, and {problem}"
                     raise ValueError(self._saved_encoder_problem)
-                self.encoder = encoder
+                self.encoder, self._saved_encoder_failure = encoder, None
         return self.encoder
 
     def _text_encoder(self, task: str, instead: str) -> Any:
@@ -794,6 +840,17 @@ class KLStore(GaussianStore):
                 self._documents_weights, self._documents_versions = now, None
         return self._documents_weights
 
+    def _encoder_is_other_model(self) -> bool:
+        """Whether the attached encoder is known to be another model than the one the documents were encoded
+        with: both weights identities known and different, or equal over backbones both known and different."""
+        if self.encoder is None:
+            return False
+        documents, own = self._documents_identity(), _format.encoder_weights(self.encoder)
+        if documents is None or own is None:
+            return False
+        backbone, own_backbone = self._documents_backbone, _format.encoder_backbone(self.encoder)[0]
+        return documents != own or (backbone is not None and own_backbone is not None and backbone != own_backbone)
+
     def _backbone_record(self) -> tuple[str | None, str | None]:
         """``(SHA-256, name)`` of the backbone the documents were encoded over, as :func:`_format.warn_if_other_weights`
         takes it; the name only where the loaded record's encoder config names that same backbone."""
@@ -803,20 +860,13 @@ class KLStore(GaussianStore):
 
     def _config(self) -> dict[str, Any]:
         encoder_info = None
-        if self.encoder is not None:
-            cfg = getattr(self.encoder, "config", None)
-            try:
-                found: list[str] = []
-                cfg_dict = finite_json(cfg.to_dict(), found=found) if cfg is not None else None
-                json.dumps(cfg_dict, allow_nan=False)
-            except (TypeError, ValueError, AttributeError):
-                cfg_dict = None
-            else:
-                if found:  # config.json is standard JSON: the (informational) record says null
-                    logger.warning(
-                        "the encoder config holds NaN or Infinity at %s; recorded as null in the store", found
-                    )
-            encoder_info = {"name_or_path": str(getattr(self.encoder, "name_or_path", "")), "config": cfg_dict}
+        documents_model = self._documents_model if len(self._table) and self._encoder_is_other_model() else None
+        if documents_model is not None:  # the documents' model, whose weights and backbone are recorded below
+            encoder_info = dict(documents_model)
+        elif self.encoder is not None:
+            encoder_info, found = _encoder_record(self.encoder)
+            if found:  # config.json is standard JSON: the (informational) record says null
+                logger.warning("the encoder config holds NaN or Infinity at %s; recorded as null in the store", found)
         elif self.saved_encoder:  # loaded without encoder=: the record of the model it was saved with stays
             record = self._saved_encoder_record
             if isinstance(record, dict) and record.get("name_or_path") == self.saved_encoder:
@@ -860,6 +910,18 @@ class KLStore(GaussianStore):
 
         Files are written into a temporary sibling folder which then replaces ``path`` as a whole;
         an interrupted save leaves the previous copy intact.  No pickle is used anywhere.
+
+        ``config.json``'s ``encoder`` record names the model the documents were encoded with, which a
+        :meth:`load` compares with its ``encoder=`` (by name, weights and backbone) and loads by name when
+        given none (as ``kl-retrievers search`` does): the weights identity and backbone SHA-256 of the first
+        documents (``weights_sha256``, ``backbone_sha256``), kept by every save, and beside them the model's
+        ``name_or_path`` and encoder ``config``. These are the attached encoder's, except when it is known to
+        be another model than the documents' (both weights identities known and different, or equal over
+        backbones both known and different: ``bge-small-unit-variance`` attached to a store built with
+        ``minilm-unit-variance``); then the documents' model's are kept too (from the first add, or the
+        loaded record). When either identity is not known (an encoder built or trained in memory, a store
+        saved before identities were recorded), the attached encoder is recorded. A store with no encoder
+        writes back the record it was loaded with; an empty store records its encoder.
 
         Args:
             path: A new or empty folder, or an earlier save of a KLStore (its ``config.json`` has
@@ -998,6 +1060,8 @@ class KLStore(GaussianStore):
         recorded = (config["encoder"] or {}).get("weights_sha256")  # read_config checked: a str or None
         store._documents_weights = recorded if isinstance(recorded, str) else None
         store._documents_backbone = _format.recorded_backbone(config["encoder"], store._documents_weights)[0]
+        if isinstance(config["encoder"], dict):  # the documents' model, kept by a save with another one
+            store._documents_model = {key: config["encoder"].get(key) for key in ("name_or_path", "config")}
         if saved and now and saved != now:
             logger.warning("store was built with encoder %r but is loaded with %r", saved, now)
         if encoder is not None:
