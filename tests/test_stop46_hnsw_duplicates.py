@@ -417,4 +417,36 @@ def test_copies_the_graph_cannot_reach_are_found_without_the_reached_ones(how: s
 
     top = check_exact(store, query, 3, allowed)[0]
     assert top.startswith("c") and int(top[1:]) + 600 in lost
-    assert engine._rescue_rows(None).size < engine._rescue.size  # tied copies skipped where one is allowed
+    assert engine._rescue_rows(None, 1).size < engine._rescue.size  # tied copies skipped where one is allowed
+
+
+@pytest.mark.parametrize("how", ["filter", "delete"])
+def test_fewer_allowed_reachable_copies_than_k_still_fill_the_top_k_with_copies(how: str) -> None:
+    """With one reachable copy allowed and k = 5, the four other places are copies too (they all score 0)."""
+    from kl_retrievers.store._engines import _hnsw_unreached
+
+    rng = np.random.default_rng(0)
+    store = KLStore(index_type="hnsw", hnsw_m=8, compact_threshold=0.9, exact_threshold=0)
+    means = np.concatenate([rng.normal(size=(600, K)) * 2 + 3, np.zeros((200, K))])
+    ids = [f"b{i}" for i in range(600)] + [f"c{i}" for i in range(200)]
+    store.add(gaussians=gaussians(means), ids=ids, metadatas=[{"row": i} for i in range(800)])
+    engine = approx(store)
+    unreachable = _hnsw_unreached(engine.index)
+    assert unreachable is not None  # the graph is exposed
+    lost = set(unreachable.tolist())
+    reached = [600 + i for i in range(200) if 600 + i not in lost]
+    unreached = [600 + i for i in range(200) if 600 + i in lost]
+    assert reached and len(unreached) >= 9
+    query = gaussians(np.zeros((1, K)))
+    allowed = None
+    if how == "filter":
+        keep = {reached[0], *unreached[:9], *range(600)}
+
+        def allowed(metadata: Mapping[str, Any]) -> bool:
+            return metadata["row"] in keep
+
+    else:
+        store.delete([ids[r] for r in reached[1:]])
+    for k in (1, 5, 10):
+        top = check_exact(store, query, k, allowed)
+        assert all(i.startswith("c") for i in top[:k])

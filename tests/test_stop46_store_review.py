@@ -467,3 +467,27 @@ def test_langchain_save_by_the_other_model_names_the_documents_model(tmp_path: P
     again = KLVectorStore.load_local(tmp_path / "b")  # no embeddings: the documents' model is loaded by name
     assert str(again.store.encoder.name_or_path) == str(minilm.name_or_path)
     assert again.similarity_search("tea", k=1)[0].id == "c"
+
+
+def test_a_record_without_a_name_saved_with_another_model_still_loads(tmp_path: Path) -> None:
+    """read_config accepts an encoder record without name_or_path; a save with another model must not write null."""
+    import numpy as np
+
+    from kl_retrievers.gaussian import Gaussians
+
+    class Enc:
+        dim = 4
+        config = None
+
+        def __init__(self, name: str, weights: str) -> None:
+            self.name_or_path, self.weights_sha256 = name, weights
+
+    store = KLStore(encoder=Enc("model-A", "a" * 64))
+    store.add(gaussians=Gaussians(np.zeros((3, 4)), np.ones((3, 4))), ids=["x", "y", "z"])
+    folder = store.save(tmp_path / "s")
+    config = json.loads((folder / "config.json").read_text())
+    del config["encoder"]["name_or_path"]
+    (folder / "config.json").write_text(json.dumps(config))
+    KLStore.load(folder, encoder=Enc("model-B", "b" * 64)).save(tmp_path / "s2")
+    assert _record(tmp_path / "s2")["name_or_path"] == ""
+    assert len(KLStore.load(tmp_path / "s2")) == 3

@@ -1020,11 +1020,11 @@ class ApproxEngine(FaissEngine):
         search may reach it (a distinct document among 100 copies was not found as its own top-1;
         see ``docs/ann.md``, "Many identical documents"). Then the live rows no lowest-level path
         from the entry point leads to (:func:`_hnsw_reached`) are kept in ``_rescue`` and scored
-        exactly with every query (:meth:`_with_rescue`), less copies of a reachable row the query
-        allows (they tie with it; :meth:`_rescue_rows`); where those it scores so are more than
-        ``_RESCUE_SHARE`` of the allowed rows, the query is searched exactly. The hashes are kept
-        for later adds (:meth:`_track_new_rows`). One warning per store. IVF scans whole lists and
-        is not affected.
+        exactly with every query (:meth:`_with_rescue`), less copies of a reachable row where the query
+        allows at least k reachable copies of that group (they tie with them; :meth:`_rescue_rows`);
+        where those it scores so are more than ``_RESCUE_SHARE`` of the allowed rows, the query is
+        searched exactly. The hashes are kept for later adds (:meth:`_track_new_rows`). One warning
+        per store. IVF scans whole lists and is not affected.
 
         Args:
             index: The HNSW index, holding one entry per hash.
@@ -1084,8 +1084,8 @@ class ApproxEngine(FaissEngine):
 
         Every live row the walk does not reach is a rescue row. Those that are copies of a
         reached live row are also kept in ``_ties`` with the reached rows of their group: a query
-        that allows one of these finds the group through it and skips them (:meth:`_rescue_rows`),
-        and one that does not (the reached copies deleted or filtered out) still scores them. See
+        for k results that allows k of these finds them and skips the others (:meth:`_rescue_rows`),
+        and one that allows fewer (reached copies deleted or filtered out) still scores them. See
         :meth:`_track_duplicates`.
         """
         assert self._hashes is not None
@@ -1120,16 +1120,20 @@ class ApproxEngine(FaissEngine):
                 f"{_RESCUE_SHARE:.0%}",
             )
 
-    def _rescue_rows(self, mask: np.ndarray | None) -> np.ndarray:
-        """The rescue rows a query allowing ``mask`` (``None``: every row, all live) scores apart (sorted).
+    def _rescue_rows(self, mask: np.ndarray | None, kk: int) -> np.ndarray:
+        """The rescue rows a query for ``kk`` results allowing ``mask`` (``None``: every row, all live) scores apart.
 
-        A rescue row that ties with a reached row (``_ties``) is skipped where the query allows a
-        reached row of its group: the graph search finds that one, with the same score.
+        A rescue row that ties with a reached row (``_ties``) is skipped where the query allows at least
+        ``kk`` reached rows of its group: the graph search finds those, with the same score, and they fill
+        every place a copy could take. With fewer (a filter or deletes left fewer reached copies than
+        ``kk``), the group's unreached copies are scored too, or the top ``kk`` would miss some.
+        Returns the rows, sorted.
         """
         rescue, (tied, group, partners, partner_group) = self._rescue, self._ties
         if tied.size:
-            covered = np.zeros(int(max(group.max(), partner_group.max())) + 1, dtype=bool)
-            covered[partner_group if mask is None else partner_group[mask[partners]]] = True
+            allowed = partner_group if mask is None else partner_group[mask[partners]]
+            size = int(max(group.max(), partner_group.max())) + 1
+            covered = np.bincount(allowed, minlength=size) >= kk
             rescue = np.setdiff1d(rescue, tied[covered[group]], assume_unique=True)
         if rescue.size and mask is not None:
             rescue = rescue[mask[rescue]]
@@ -1444,7 +1448,7 @@ class ApproxEngine(FaissEngine):
         keep = kk + max(16, 2 * kk)  # candidates that reach the float64 re-scoring
         if self.index is None or n_allowed <= cand or (filtered and n_allowed <= s.exact_threshold):
             return self._exact_top_k(qg, kk, mask)
-        rescue = self._rescue_rows(mask)  # read once: an add may replace it meanwhile
+        rescue = self._rescue_rows(mask, kk)  # read once: an add may replace it meanwhile
         if rescue.size > _RESCUE_SHARE * n_allowed:  # see _track_duplicates: cheaper exactly
             return self._exact_top_k(qg, kk, mask)
         pool, trimmed = self._approx_candidates(qg, cand, mask, n_allowed, keep=keep)

@@ -1060,8 +1060,11 @@ class KLStore(GaussianStore):
         recorded = (config["encoder"] or {}).get("weights_sha256")  # read_config checked: a str or None
         store._documents_weights = recorded if isinstance(recorded, str) else None
         store._documents_backbone = _format.recorded_backbone(config["encoder"], store._documents_weights)[0]
-        if isinstance(config["encoder"], dict):  # the documents' model, kept by a save with another one
-            store._documents_model = {key: config["encoder"].get(key) for key in ("name_or_path", "config")}
+        record = config["encoder"]
+        if isinstance(record, dict) and isinstance(record.get("name_or_path", ""), str):
+            # the documents' model, kept by a save with another one (a record without a name keeps "": read_config
+            # accepts it, and a save must write back what read_config accepts)
+            store._documents_model = {"name_or_path": record.get("name_or_path", ""), "config": record.get("config")}
         if saved and now and saved != now:
             logger.warning("store was built with encoder %r but is loaded with %r", saved, now)
         if encoder is not None:
