@@ -80,3 +80,32 @@ def test_klstore_add_refuses_a_set_of_ids_or_texts(what: str) -> None:
     assert len(store) == 0
     store.add(gaussians=g, ids={"a": 0, "b": 1, "c": 2}.keys())  # type: ignore[arg-type]  # keys keep their order
     assert store.get_by_ids(["a", "b", "c"]) and len(store) == 3
+
+
+@pytest.mark.parametrize(
+    ("settings", "n", "what"),
+    [
+        ({"index_type": "ivf", "nlist": 16}, 200, "624 for 16 lists"),
+        ({"index_type": "ivf", "nlist": 4, "compression": "pq", "pq_m": 4}, 1100, "9,984 for 256 codes"),
+        ({"index_type": "hnsw", "compression": "pq", "pq_m": 4}, 1100, "9,984 for 256 codes"),
+    ],
+)
+def test_few_training_points_are_one_log_warning_not_faiss_stderr_lines(
+    settings: dict[str, object], n: int, what: str, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """FAISS printed one raw stderr line per k-means (4 for pq_m=4); the store logs the advice once instead."""
+    import numpy as np
+
+    from kl_retrievers import KLStore
+    from kl_retrievers.gaussian import Gaussians
+
+    rng = np.random.default_rng(0)
+    store = KLStore(**settings)  # type: ignore[arg-type]
+    caplog.set_level(logging.WARNING, logger="kl_retrievers.store._engines")
+    for _ in range(2):  # a second build of the same store says nothing more
+        g = Gaussians(rng.normal(size=(n, 8)), np.exp(rng.normal(size=(n, 8)) * 0.3))
+        store.add(gaussians=g, ids=[f"{len(store)}-{i}" for i in range(n)])
+        store.rebuild()
+    assert "please provide at least" not in capfd.readouterr().err
+    (message,) = [r.getMessage() for r in caplog.records if "fewer than FAISS recommends" in r.getMessage()]
+    assert what in message and "rebuild()" in message

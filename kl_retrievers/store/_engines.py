@@ -119,6 +119,42 @@ def _disown(*objects: Any) -> None:
         obj.this.disown()
 
 
+#: Training points per k-means centroid below which FAISS warns (its ``min_points_per_centroid`` default).
+_POINTS_PER_CENTROID = 39
+
+
+def _quiet_clustering(index: Any) -> list[tuple[str, int]]:
+    """Turn off FAISS's stderr warning about few training points in each k-means of ``index``.
+
+    Returns:
+        ``(what, number of centroids)`` of each k-means training ``index`` runs: the coarse
+        quantizer of an IVF index (``"lists"``), the product quantizer's sub-quantizers
+        (``"codes per sub-quantizer"``). The store logs the same advice once
+        (``ApproxEngine._warn_few_training_points``).
+    """
+    faiss = _faiss()
+    out: list[tuple[str, int]] = []
+    if not isinstance(index, faiss.Index):  # not a FAISS index (a stand-in): nothing to quieten
+        return out
+    base = faiss.downcast_index(index)
+    if isinstance(base, faiss.IndexRefine):
+        base = faiss.downcast_index(base.base_index)
+    try:
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(base))  # IndexIVFPQ etc., with its pq
+    except RuntimeError:  # not an IVF index
+        ivf = None
+    if ivf is not None:
+        ivf.cp.min_points_per_centroid = 1
+        out.append(("lists", int(ivf.nlist)))
+    storage = getattr(base, "storage", None)  # an HNSW index's codes
+    holder = ivf if ivf is not None else None if storage is None else faiss.downcast_index(storage)
+    pq = getattr(holder, "pq", None)
+    if pq is not None:
+        pq.cp.min_points_per_centroid = 1
+        out.append(("codes per sub-quantizer", int(pq.ksub)))
+    return out
+
+
 def _query_blocks(nq: int, per_query: int, fn: Callable[[int, int], None]) -> None:
     """Call ``fn(start, stop)`` over blocks of queries, on several threads when the work is large.
 
@@ -769,6 +805,7 @@ class ApproxEngine(FaissEngine):
         self._warned_unbuilt = False  # the "not built yet" warning is logged once per store
         self._warned_duplicates = False  # the "many identical documents" warning (HNSW) too
         self._warned_exact = False  # and the "too many rows the graph cannot reach: exact searches" one
+        self._warned_training = False  # and the "few training points for the k-means" one (IVF, PQ)
         # HNSW with more than 2 x hnsw_m identical live documents (_track_duplicates): a hash per index entry
         # (None otherwise), the hashes of the groups of more than 2 x hnsw_m, which entries the last walk of
         # the graph reached (None: FAISS does not expose it), the live rows then, and the live rows the graph
@@ -986,6 +1023,26 @@ class ApproxEngine(FaissEngine):
         index.own_fields = True
         _disown(quantizer)
         return index
+
+    def _warn_few_training_points(self, centroids: list[tuple[str, int]], n_train: int) -> None:
+        """Log once per store when the k-means FAISS is about to run gets fewer points than it recommends.
+
+        FAISS's own warning (a raw line on stderr per k-means, ``WARNING clustering N points to K
+        centroids: please provide at least 39*K training points``, one per product sub-quantizer) is
+        silenced by :func:`_quiet_clustering`; this says the same once, on the store's logger.
+        """
+        short = [(what, k) for what, k in centroids if n_train < _POINTS_PER_CENTROID * k]
+        if not short or self._warned_training:
+            return
+        self._warned_training = True
+        logger.warning(
+            "%s index trained on %d documents, fewer than FAISS recommends (%s; %d per centroid): its "
+            "clustering, and so its recall, may be poor until more documents are added and rebuild() is called",
+            self.settings.index_type,
+            n_train,
+            ", ".join(f"{_POINTS_PER_CENTROID * k:,} for {k} {what}" for what, k in short),
+            _POINTS_PER_CENTROID,
+        )
 
     def _add_all(self, index: Any, live: np.ndarray | None = None) -> float:
         """Add the table's rows (``live``: only these, in order; default every row) to ``index``.
@@ -1243,6 +1300,7 @@ class ApproxEngine(FaissEngine):
                 b += norms.size
             self._norm_bound = s.norm_headroom * max(max_norm, 1e-12)
             if not index.is_trained:
+                self._warn_few_training_points(_quiet_clustering(index), n_train)
                 index.train(self._reduced(sample))
             del sample
             self._add_all(index, live)
