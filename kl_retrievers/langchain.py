@@ -443,16 +443,6 @@ def _check_default_encoder_fits(store: Any) -> None:
     )
 
 
-def _recorded_encoder_name(store_dir: Path) -> str | None:
-    """The model name a saved KLStore folder records for its documents (``None``: none, or unreadable)."""
-    try:
-        record = json.loads((store_dir / _STORE_CONFIG).read_text(encoding="utf-8")).get("encoder")
-    except (OSError, ValueError, AttributeError):
-        return None
-    name = record.get("name_or_path") if isinstance(record, dict) else None
-    return name if isinstance(name, str) and name else None
-
-
 def _unwrap_encoder(encoder: Any) -> Any:
     """A Gaussian encoder from an encoder, a :class:`KLEmbeddings` or any LangChain ``Embeddings``."""
     if isinstance(encoder, KLEmbeddings):
@@ -1635,7 +1625,10 @@ class KLVectorStore(VectorStore):
         enc = self.store.encoder
         # the model the store part records for its documents (KLStore.save keeps the documents' model, not an
         # attached encoder known to be another one), so that load_local without embeddings loads that model
-        recorded = _recorded_encoder_name(folder / _STORE_DIR) if enc is not None else None
+        kept = self.store._kept_documents_model()
+        name = kept.get("name_or_path") if kept is not None else None
+        if enc is not None and not (isinstance(name, str) and name):
+            name = str(getattr(enc, "name_or_path", ""))
         write_manifest(
             folder / _MANIFEST,
             {
@@ -1645,7 +1638,7 @@ class KLVectorStore(VectorStore):
                 "score_direction": SCORE_DIRECTION,
                 "relevance": self.relevance if isinstance(self.relevance, str) else None,
                 "batch_size": self.batch_size,
-                "encoder": None if enc is None else recorded or str(getattr(enc, "name_or_path", "")),
+                "encoder": None if enc is None else name,
             },
         )
         logger.info("saved KLVectorStore (%d documents) to %s", len(self.store), folder)

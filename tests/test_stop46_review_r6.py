@@ -11,26 +11,15 @@ import fnmatch
 import inspect
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import CLI_IDS as IDS
+from conftest import CLI_TEXTS as TEXTS
+from conftest import block_modules as _block
+from conftest import cli_error_line as _error_line
 from kl_retrievers.cli import build_parser, main
-
-TEXTS = ["Bees dance to share where food is.", "Yeast makes bread rise.", "The moon orbits the earth."]
-IDS = ["bees", "bread", "moon"]
-
-
-def _block(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
-    for name in names:
-        monkeypatch.setitem(sys.modules, name, None)
-
-
-def _error_line(capsys: pytest.CaptureFixture[str], command: str) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err and err[-1].startswith(f"kl-retrievers {command}: error:"), err
-    return err[-1]
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,17 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: root / name for name in ("torch", "int8", "f32", "other")}
 
 
+def _rewrite_manifest(out: Path, **changes: Any) -> None:
+    """Change fields of a folder's manifest as an older kl-retrievers wrote them, and its shards' run keys with it."""
+    manifest = {**_manifest(out), **changes}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    run = sharded._run_key(manifest)
+    for meta_path in out.glob("shard-*/shard.json"):
+        meta = json.loads(meta_path.read_text())
+        meta["run"] = run
+        meta_path.write_text(json.dumps(meta))
+
+
 def _manifest(out: Path) -> dict[str, Any]:
     return json.loads((out / "manifest.json").read_text())
 
@@ -104,14 +115,7 @@ def test_a_torch_folder_whose_manifest_recorded_no_backend_still_resumes(
     out = tmp_path / "out"
     kw: dict[str, Any] = {"shard_size": 2, "show_progress_bar": False, "device": "cpu"}
     encode_corpus(corpus, out, model=str(models["torch"]), model_backend="torch", **kw)
-    manifest = _manifest(out)  # as an older kl-retrievers wrote it: model_backend null, in the run keys too
-    manifest["model_backend"] = None
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    run = sharded._run_key(manifest)
-    for meta_path in out.glob("shard-*/shard.json"):
-        meta = json.loads(meta_path.read_text())
-        meta["run"] = run
-        meta_path.write_text(json.dumps(meta))
+    _rewrite_manifest(out, model_backend=None)  # as an older kl-retrievers wrote it, in the run keys too
     report = encode_corpus(corpus, out, model=str(models["torch"]), model_backend="torch", **kw)
     assert report.encoded == [] and report.reused == [0, 1, 2]
     assert len(load_encoded(out)[1]) == 6
@@ -272,14 +276,7 @@ def test_a_folder_fingerprinted_with_the_graph_path_still_resumes(tmp_path: Path
     encode_corpus(corpus, out, **kw)
     legacy = _legacy_fingerprint(load_model(str(models["f32"])))
     assert legacy is not None and legacy != _manifest(out)["model_fingerprint"]
-    manifest = _manifest(out)  # as a kl-retrievers whose ONNX fingerprint hashed the folder path wrote it
-    manifest["model_fingerprint"] = legacy
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    run = sharded._run_key(manifest)
-    for meta_path in out.glob("shard-*/shard.json"):
-        meta = json.loads(meta_path.read_text())
-        meta["run"] = run
-        meta_path.write_text(json.dumps(meta))
+    _rewrite_manifest(out, model_fingerprint=legacy)  # as when the ONNX fingerprint hashed the folder path
     report = encode_corpus(corpus, out, **kw)
     assert report.encoded == [] and report.reused == [0, 1, 2]
     assert len(load_encoded(out, encoder=load_model(str(models["f32"])), kind="document")[1]) == 6

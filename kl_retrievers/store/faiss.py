@@ -858,9 +858,14 @@ class KLStore(GaussianStore):
         recorded_sha, recorded_name = _format.recorded_backbone(self._saved_encoder_record, self._documents_weights)
         return sha, (recorded_name if sha is not None and recorded_sha == sha else None)
 
+    def _kept_documents_model(self) -> dict[str, Any] | None:
+        """The documents' model record (``name_or_path``, ``config``) a save writes in place of the attached
+        encoder's, where that encoder is known to be another model; ``None``: a save records the attached one."""
+        return self._documents_model if len(self._table) and self._encoder_is_other_model() else None
+
     def _config(self) -> dict[str, Any]:
         encoder_info = None
-        documents_model = self._documents_model if len(self._table) and self._encoder_is_other_model() else None
+        documents_model = self._kept_documents_model()
         if documents_model is not None:  # the documents' model, whose weights and backbone are recorded below
             encoder_info = dict(documents_model)
         elif self.encoder is not None:
