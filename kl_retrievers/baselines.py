@@ -37,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kl_retrievers._bm25 import quiet_bm25s_logger
-from kl_retrievers._encoding import missing_modules, require_modules
+from kl_retrievers._encoding import require_modules
 from kl_retrievers.datasets import BeirDataset
 from kl_retrievers.encoding_cache import EncodingCache
 from kl_retrievers.gaussian import check_k
@@ -92,13 +92,7 @@ def _require_minilm(what: str = "the minilm baseline (all-MiniLM-L6-v2 on PyTorc
         >>> _require_minilm()  # doctest: +SKIP
     """
     needed = _MINILM_MODULES if weights else _MINILM_MODULES[:2]
-    missing = [(module, package) for module, package in needed if missing_modules([module])]
-    if missing:
-        raise ModuleNotFoundError(
-            f"{what} needs {', '.join(package for _, package in missing)}, which the core install of kl-retrievers "
-            f'leaves out; install {"them" if len(missing) > 1 else "it"} with: pip install "kl-retrievers[torch]"',
-            name=missing[0][0],
-        )
+    require_modules(what, [module for module, _ in needed], "torch", packages=dict(needed))
 
 
 # --------------------------------------------------------------------------------------
