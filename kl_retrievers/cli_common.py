@@ -39,6 +39,7 @@ __all__ = [
     "model_session_flags",
     "model_session_options",
     "model_session_problem",
+    "non_negative_int",
     "read_folder_config",
     "positive_int",
     "token_budget",
@@ -65,6 +66,7 @@ def _int_at_least(low: int) -> Callable[[str], int]:
 
 #: argparse types shared by the subcommands.
 positive_int = _int_at_least(1)
+non_negative_int = _int_at_least(0)  # a seed
 token_budget = _int_at_least(3)  # what GaussianEncoder accepts as max_length ([CLS], [VAR], [SEP])
 
 
@@ -258,7 +260,7 @@ KLSTORE_FORMAT = "kl-retrievers/klstore"
 
 
 #: ``format`` in the ``manifest.json`` of a folder of encoded shards (``kl-retrievers encode --shard-size``,
-#: ``sharded._FORMAT_NAME``; spelled out for the same reason, and tests/test_stop37_sharded_fixes.py checks it).
+#: ``sharded._FORMAT_NAME``; spelled out for the same reason, and tests/test_sharded_encode_checks.py checks it).
 ENCODED_SHARDS_FORMAT = "kl-retrievers/encoded-shards"
 
 

@@ -41,10 +41,11 @@ from kl_retrievers.cli_common import (
     check_output_path,
     model_session_options,
     model_session_problem,
+    non_negative_int,
     positive_int,
     token_budget,
 )
-from kl_retrievers.datasets import CORPUS_FILE, QRELS_DIR, QUERIES_FILE, DatasetError, load_beir
+from kl_retrievers.datasets import CORPUS_FILE, QRELS_DIR, QUERIES_FILE, BeirDataset, DatasetError, load_beir
 from kl_retrievers.encoding_cache import CACHE_ENV
 from kl_retrievers.evaluation import (
     DEFAULT_METRICS,
@@ -157,6 +158,22 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         metavar="N",
         help="documents taken from each retriever per query before fusion (default: 100)",
     )
+    p.add_argument(
+        "--sample-queries",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="evaluate N queries drawn at random (by --seed; the same N and seed give the same queries) instead of "
+        "all, against the whole corpus: a quick check on a big collection (all of them, with a warning, when "
+        "there are no more than N); --json and the --per-query meta record it under sample",
+    )
+    p.add_argument(
+        "--seed",
+        type=non_negative_int,
+        default=None,
+        metavar="S",
+        help="random seed of --sample-queries (>= 0; default: 0)",
+    )
     p.add_argument("--means-only", action="store_true", help="ablation: rank by -||mu_q - mu_d||^2, ignore variances")
     p.add_argument(
         "--json",
@@ -236,6 +253,34 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
     add_model_session_arguments(p, default_note="evaluate's default backend is torch: give --model-backend onnx too")
     p.set_defaults(func=run_evaluate)
     return p
+
+
+def _sample_queries(dataset: BeirDataset, n: int | None, seed: int | None) -> tuple[BeirDataset, dict[str, int] | None]:
+    """``--sample-queries``: ``n`` of the dataset's queries drawn with ``seed`` (default 0), and what to record.
+
+    The draw depends only on ``n``, ``seed`` and the query ids in file order, so a run repeats exactly; the
+    queries keep their file order and the corpus is whole. With ``n`` at least the number of queries, every
+    query is kept (a warning says so). ``(dataset, None)`` without ``--sample-queries``.
+
+    Examples:
+        >>> ds = BeirDataset(Path("."), "test", {"d": {"text": "x"}}, {"a": "x", "b": "y", "c": "z"},
+        ...                  {"a": {"d": 1}, "b": {"d": 1}, "c": {"d": 1}})
+        >>> small, sample = _sample_queries(ds, 2, 7)
+        >>> len(small.queries), sample
+        (2, {'size': 2, 'of': 3, 'seed': 7})
+    """
+    if n is None:
+        if seed is not None:
+            logger.warning("--seed has no effect without --sample-queries")
+        return dataset, None
+    seed = 0 if seed is None else seed
+    ids = dataset.query_ids
+    if n >= len(ids):
+        logger.warning("--sample-queries %d: the split has %d queries; evaluating all of them", n, len(ids))
+        return dataset, {"size": len(ids), "of": len(ids), "seed": seed}
+    picked = np.sort(np.random.default_rng(seed).choice(len(ids), size=n, replace=False))
+    logger.info("evaluating %d of the %d queries (--sample-queries %d --seed %d)", n, len(ids), n, seed)
+    return dataset.subset([ids[i] for i in picked], dataset.doc_ids), {"size": n, "of": len(ids), "seed": seed}
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -699,6 +744,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"kl-retrievers evaluate: error: {exc}", file=sys.stderr)
         return 2
+    dataset, sample = _sample_queries(dataset, getattr(args, "sample_queries", None), getattr(args, "seed", None))
     other: tuple[dict[str, dict[str, float]], dict[str, Any]] | None = None
     if args.compare:
         try:
@@ -804,6 +850,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "score_direction": SCORE_DIRECTION,
         "depth": args.depth,
         **{k: v for k, v in result.info.items() if k not in ("score", "score_direction", "depth")},
+        **({"sample": sample} if sample is not None else {}),
     }
     summary = result.summary()
     qpp_values: dict[str, dict[str, float]] = {}

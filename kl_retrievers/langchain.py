@@ -444,7 +444,18 @@ def _check_default_encoder_fits(store: Any) -> None:
 
 
 def _unwrap_encoder(encoder: Any) -> Any:
-    """A Gaussian encoder from an encoder, a :class:`KLEmbeddings` or any LangChain ``Embeddings``."""
+    """A Gaussian encoder from an encoder, a :class:`KLEmbeddings` or any LangChain ``Embeddings``.
+
+    A model name or folder (a str or a path) is refused with the call that loads it: LangChain's stores take an
+    ``Embeddings`` object there, and :class:`KLEmbeddings` is the one that loads a model by name.
+    """
+    if isinstance(encoder, (str, os.PathLike)):
+        name = os.fspath(encoder)
+        raise TypeError(
+            f"got the model name or folder {name!r} where an embeddings object is expected: load it with "
+            f"KLEmbeddings(model_name={name!r}) and pass that, e.g. "
+            f"KLVectorStore.from_texts(texts, KLEmbeddings(model_name={name!r}))"
+        )
     if isinstance(encoder, KLEmbeddings):
         return encoder.encoder
     if isinstance(encoder, Embeddings):
@@ -636,10 +647,11 @@ class KLEmbeddings(Embeddings):
         backend: For a model loaded by name (``model_name``, a name or folder as ``encoder``) or
             the default model: ``"torch"``, ``"onnx"`` (ONNX Runtime with int8 weights) or ``None``
             (the default: :func:`~kl_retrievers.pretrained.default_backend`, ONNX on CPU; see
-            :func:`~kl_retrievers.load_model`).
+            :func:`~kl_retrievers.load_model`). Refused with an encoder object, which is already loaded.
 
     Raises:
-        ValueError: Both ``encoder`` and ``model_name`` given, or an unknown ``backend``.
+        ValueError: Both ``encoder`` and ``model_name`` given, an unknown ``backend``, or ``backend`` with
+            an encoder object (it is already loaded, on its own backend; ``backend`` applies to names).
         TypeError: ``model_name`` is not a str or a path, or ``encoder`` is none of the above.
         kl_retrievers.hub.ModelNotFoundError: No model has that name (from
             :func:`~kl_retrievers.load_model`, which names it and suggests a close bundled name).
@@ -670,6 +682,18 @@ class KLEmbeddings(Embeddings):
             raise ValueError(
                 f"pass either encoder or model_name, not both; got encoder={given!r} and model_name={model_name!r} "
                 "(model_name loads a model by name or folder; encoder takes a loaded encoder, or a name too)"
+            )
+        if backend is not None and encoder is not None and not isinstance(encoder, (str, os.PathLike)):
+            name = getattr(encoder, "name_or_path", None)
+            load = (
+                f"KLEmbeddings(model_name={str(name)!r}, backend={backend!r})"
+                if name
+                else "KLEmbeddings(model_name=...)"
+            )
+            raise ValueError(
+                f"backend={backend!r} applies to a model loaded here by name or folder, but encoder is an already "
+                f"loaded {type(encoder).__name__}, which stays on its own backend: leave backend out, or load the "
+                f"model by name on that backend ({load})"
             )
         if model_name is not None and not isinstance(model_name, (str, os.PathLike)):
             raise TypeError(
@@ -818,7 +842,8 @@ class KLVectorStore(VectorStore):
     Args:
         embedding: A :class:`KLEmbeddings`, a Gaussian encoder, or any LangChain ``Embeddings``
             (wrapped by :class:`EmbeddingsGaussianEncoder`: unit variance, i.e. L2 search);
-            default: the package's default model, loaded on first use.
+            default: the package's default model, loaded on first use. A model name or folder is
+            refused (``TypeError``): pass ``KLEmbeddings(model_name=...)``.
         store: An existing :class:`KLStore` or :class:`~kl_retrievers.milvus.MilvusKLStore` to
             wrap (its encoder is replaced by ``embedding``'s when one is given). A store without an
             encoder (``KLStore.load(path)``) and no ``embedding`` gets the default model at the
@@ -1897,7 +1922,12 @@ class _ConfidenceRetriever(BaseRetriever):
     ) -> tuple[int, Any, float | None]:
         """The call's ``k``, filter and floor: an argument left out takes ``search_kwargs``' value, else the
         retriever's field; an explicit ``filter=None`` or ``min_confidence=None`` clears it for this call (as
-        LangChain's ``VectorStoreRetriever`` merges per-call keywords over its ``search_kwargs``)."""
+        LangChain's ``VectorStoreRetriever`` merges per-call keywords over its ``search_kwargs``).
+
+        The metadata keys are checked again here: pydantic assigns a field without validating it
+        (``retriever.score_key = "confidence"``), and one value would then overwrite the other unnoticed.
+        """
+        self._check_result_keys()  # also after an assignment (checked once per call: keys may be swapped one by one)
         unknown = sorted(set(self.search_kwargs) - set(self.search_keys))  # also after an assignment
         if unknown:
             raise TypeError(
@@ -2030,7 +2060,8 @@ class KLRetriever(_ConfidenceRetriever):
         ValueError: ``k < 1``, or ``min_confidence`` not a number in ``[0, 1]`` (at construction,
             naming the value and the range); ``min_confidence`` without a calibrator (at the first query);
             a ``search_type`` other than ``"similarity"``; ``score_key``, ``uncertainty_key`` and
-            ``confidence_key`` not all different (naming the key and the names taken).
+            ``confidence_key`` not all different (naming the key and the names taken; at construction, and
+            at the next query after an assignment such as ``retriever.score_key = ...``).
         TypeError: A keyword that is no field, or a ``search_kwargs`` key a search does not take (the
             message names it, and the equivalent of ``VectorStoreRetriever`` / ``EnsembleRetriever`` /
             ``BM25Retriever`` options such as ``score_threshold``, ``weights``, ``c``, ``bm25_params``).
@@ -2238,7 +2269,8 @@ class KLHybridRetriever(_ConfidenceRetriever):
         ValueError: An unknown fusion mode or normalisation, a weight or ``min_confidence``
             outside ``[0, 1]``, a weight or normalisation with a fusion other than ``"convex"``, or a
             ``score_key`` / ``uncertainty_key`` / ``confidence_key`` that another result field uses
-            (``bm25``, ``neg_kl``...) (at construction; the message names the value and what is allowed).
+            (``bm25``, ``neg_kl``...) (at construction, and at the next query after an assignment; the message
+            names the value and what is allowed).
         TypeError: A keyword that is no field (as in :class:`KLRetriever`; ``EnsembleRetriever``'s
             ``weights``, ``c`` and ``id_key`` are answered with the equivalent here).
 

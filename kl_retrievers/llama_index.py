@@ -1226,6 +1226,25 @@ def _manifest_and_store_paths(persist_path: str | os.PathLike[str]) -> tuple[Pat
     return path, store_dir
 
 
+def _manifest_in_folder(folder: Path) -> Path | None:
+    """The one :meth:`KLVectorStore.persist` manifest in ``folder`` (any name, found by its ``format``), or ``None``.
+
+    ``None`` for a ``KLStore`` folder (``config.json``) or a folder holding no manifest.
+
+    Raises:
+        ValueError: Several manifests in ``folder``: which one is meant is ambiguous; the message names them.
+    """
+    if (folder / "config.json").is_file():
+        return None
+    found = [p for p in sorted(folder.iterdir()) if p.is_file() and adapters.looks_like_manifest(p, _MANIFEST_FORMAT)]
+    if len(found) > 1:
+        raise ValueError(
+            f"{folder} holds {len(found)} KLVectorStore manifests ({', '.join(p.name for p in found)}); pass the "
+            f"one to load, e.g. KLVectorStore.from_persist_path({str(found[0])!r})"
+        )
+    return found[0] if found else None
+
+
 def _calibrator_path(manifest_path: Path) -> Path:
     """Where :meth:`KLVectorStore.persist` writes an explicit calibrator: ``<name>.calibrator.json``.
 
@@ -2039,7 +2058,9 @@ class KLVectorStore(BasePydanticVectorStore):
         store back instead of an empty ``SimpleVectorStore``.
 
         Args:
-            persist_path: The manifest path given to :meth:`persist`, or a ``KLStore`` folder.
+            persist_path: The manifest path given to :meth:`persist`, a folder holding one such
+                manifest (whatever its name: ``persist("storage/my_index.json")`` writes
+                ``my_index.json``), or a ``KLStore`` folder.
             fs: Must be ``None`` or a local filesystem.
             encoder: Optional encoder (see the class docstring).
             mmap: Memory-map the saved arrays (see :meth:`KLStore.load`).
@@ -2051,15 +2072,21 @@ class KLVectorStore(BasePydanticVectorStore):
 
         Raises:
             FileNotFoundError: Nothing at ``persist_path``, or the calibrator file the manifest names is missing.
-            ValueError: The manifest is not a KLVectorStore manifest (or the store or calibrator is corrupted).
+            ValueError: The manifest is not a KLVectorStore manifest (or the store or calibrator is corrupted);
+                a folder holding several manifests (each is named: pass one).
         """
         _check_fs(fs)
         encoder = _unwrap_encoder(encoder)
         path = Path(persist_path)
         if path.is_dir():
-            return cls(
-                KLStore.load(path, encoder=encoder, mmap=mmap, verify_checksums=verify_checksums), calibrator=calibrator
-            )
+            manifest_path = _manifest_in_folder(path)
+            if manifest_path is None:
+                return cls(
+                    KLStore.load(path, encoder=encoder, mmap=mmap, verify_checksums=verify_checksums),
+                    calibrator=calibrator,
+                )
+            logger.info("%s holds one KLVectorStore manifest: loading %s", path, manifest_path.name)
+            path = manifest_path
         if not path.is_file():
             raise FileNotFoundError(f"no KLVectorStore at {path}")
         manifest = adapters.read_manifest(

@@ -898,7 +898,7 @@ class OnnxGaussianEncoder(EncoderMixin):
 
         It takes ``torch.nn.Module.to``'s call forms, read as torch's parser reads them: ``to(device)``,
         ``to(dtype)``, ``to(device, dtype)``, ``to(tensor)`` (the tensor's device and dtype), each positional
-        or (device and dtype) by keyword (``device=``, ``dtype=``); ``None`` for a device or a dtype leaves
+        or by keyword (``device=``, ``dtype=``, ``tensor=``); ``None`` for a device or a dtype leaves
         it as it is. ``non_blocking`` (a bool; ignored: nothing is copied) comes by keyword, or positionally
         where torch takes it: third in ``to(device, dtype, non_blocking)`` or second after a dtype or a
         tensor (``to(dtype, non_blocking)``, ``to(tensor, non_blocking)``); after a device alone
@@ -919,9 +919,10 @@ class OnnxGaussianEncoder(EncoderMixin):
             TypeError: A dtype other than ``torch.float32`` (e.g. ``torch.float16``); a numpy dtype or a
                 dtype's name (``np.float32``, ``"float32"``), given positionally or as ``dtype=``: pass the
                 ``torch.dtype``; a ``memory_format`` that is not a ``torch.memory_format`` (such as the string
-                ``"channels_last"``); a ``non_blocking`` that is not a bool, or given twice; an unknown keyword;
-                or arguments in none of ``torch.nn.Module.to``'s forms (such as ``to(True)`` or
-                ``to("cpu", False)``), as torch raises ``TypeError`` for each.
+                ``"channels_last"``); a ``non_blocking`` that is not a bool, or given twice; a ``tensor=`` that
+                is not a tensor, or comes with a device or a dtype; an unknown keyword; or arguments in none
+                of ``torch.nn.Module.to``'s forms (such as ``to(True)`` or ``to("cpu", False)``), as torch
+                raises ``TypeError`` for each.
 
         Examples:
             >>> encoder.to("cpu") is encoder  # doctest: +SKIP
@@ -937,11 +938,25 @@ class OnnxGaussianEncoder(EncoderMixin):
             "to(device), to(dtype), to(device, dtype) or to(tensor), with an optional non_blocking (third after "
             "a device and a dtype, second after a dtype or a tensor, or by keyword)"
         )
+        if "tensor" in kwargs:  # to(tensor=t), as torch takes it: the positional to(t)
+            kwargs = dict(kwargs)
+            tensor = kwargs.pop("tensor")
+            if not self._is_tensor(tensor):
+                raise TypeError(
+                    f"OnnxGaussianEncoder.to(): tensor= takes a torch tensor (its device and dtype), as "
+                    f"torch.nn.Module.to; got {type(tensor).__name__}"
+                )
+            if args or "device" in kwargs or "dtype" in kwargs:
+                raise TypeError(
+                    f"OnnxGaussianEncoder.to(tensor=...) takes the tensor alone (with non_blocking and memory_format "
+                    f"by keyword), as torch.nn.Module.to; got {args!r} and keywords {sorted(kwargs)}"
+                )
+            args = (tensor,)
         unknown = sorted(set(kwargs) - {"device", "dtype", "non_blocking", "memory_format"})
         if unknown:
             raise TypeError(
                 f"OnnxGaussianEncoder.to() got the unknown keyword argument(s) {unknown}; it takes device, dtype, "
-                f"non_blocking and memory_format ({forms}, as torch.nn.Module.to)"
+                f"tensor, non_blocking and memory_format ({forms}, as torch.nn.Module.to)"
             )
         memory_format = kwargs.get("memory_format")
         if memory_format is not None and not self._is_memory_format(memory_format):
@@ -960,7 +975,7 @@ class OnnxGaussianEncoder(EncoderMixin):
             if self._is_tensor(kwargs.get(name)):
                 raise TypeError(
                     f"OnnxGaussianEncoder.to(): {name}= takes a {name}, not a tensor; pass the tensor alone, "
-                    "positionally (to(tensor)), for its device and dtype"
+                    "positionally (to(tensor)) or as tensor=, for its device and dtype"
                 )
         positional = list(args)
         # a bool is non_blocking only where torch's forms put it: third in to(device, dtype, non_blocking), or

@@ -486,11 +486,14 @@ def _new_documents(
     ``store.show_progress_bar``).
     """
     text_list, id_list = _check_texts_and_ids(texts, gaussians, ids)
+    meta_values: list[dict[str, Any]] | None = None
     if gaussians is None:
         if text_list is None:
             raise ValueError("add needs texts (with an encoder) or gaussians")
         if not text_list:
             return None  # nothing to encode: no encoder needed (nor loaded)
+        # one Gaussian per text: the metadata (lengths, types, JSON) is checked before any text is encoded
+        meta_values = _metadata_list(metadatas, len(text_list))
         encoder = store._text_encoder("adding texts without gaussians", "pass gaussians= (one per text)")
         gaussians = encoder.encode_documents(
             text_list, batch_size=store.batch_size, show_progress_bar=store.show_progress_bar
@@ -504,7 +507,8 @@ def _new_documents(
     id_values = [uuid.uuid4().hex for _ in range(n)] if id_list is None else id_list
     if len(id_values) != n:
         raise ValueError(f"got {len(id_values)} ids but {n} documents")
-    meta_values = _metadata_list(metadatas, n)
+    if meta_values is None:
+        meta_values = _metadata_list(metadatas, n)
     if n == 0:
         return None
     return _NewDocuments(g, text_values, id_values, meta_values)
@@ -721,7 +725,7 @@ class GaussianStore(ABC):
                 dict, its ``keys()`` or ``items()`` view, bytes or a table (``.columns``) as ``texts``
                 (their iteration gives other strings than the texts); a dict's ``items()`` view as
                 ``ids``. A dict's ``keys()`` view is taken as ``ids`` (it keeps the dict's order).
-                All of these are checked before any text is encoded.
+                All of these, and the number of ids and of metadatas, are checked before any text is encoded.
 
         Examples:
             >>> import numpy as np
