@@ -71,10 +71,17 @@ encoded (:func:`calibrator_problem`; e.g. ``minilm-gauss-lora`` ships neither).
 ``--record-threshold`` writes the dense threshold chosen on the training articles into a non-default model's
 dense calibrator (``bge-small-unit-variance``'s 0.27 came from the last example with ``--record-threshold``).
 
+A question whose BM25 half matches none of its candidates gets, as in the hybrid retrievers, the dense
+calibrator's confidence instead of the hybrid one's (:func:`kl_retrievers.calibration.hybrid_confidence`).
+``--count-no-bm25-match`` counts such questions in each halving without encoding anything (BM25 only)
+and exits: none in the training and held-out halvings of seeds 0 to 10, stemmed or not, so the figures
+logged before that rule stand.
+
 Examples:
     python benchmarks/abstention.py --quick
     python benchmarks/abstention.py --hybrid --seeds 10
     python benchmarks/abstention.py --hybrid --model bge-small-unit-variance --backend torch --seeds 10
+    python benchmarks/abstention.py --count-no-bm25-match --seeds 10
 """
 
 from __future__ import annotations
@@ -98,6 +105,7 @@ from hybrid import git_commit  # the benchmarks' one HEAD reader (benchmarks/hyb
 
 from kl_retrievers.calibration import (
     ConfidenceCalibrator,
+    bm25_matches_any,
     default_calibrator,
     default_hybrid_calibrator,
     hybrid_confidence,
@@ -288,15 +296,20 @@ def hybrid_confidences(
 
     Returns:
         ``(hybrid, dense_cal, top1)``: the hybrid calibrator's confidence from each query's
-        candidates (as ``KLHybridRetriever`` computes it), the dense calibrator's from the
-        ``neg_kl`` scores of the fused top ``DEPTH`` (NaN without one), and whether the fused top-1 is relevant.
+        candidates (as ``KLHybridRetriever`` computes it: a query whose BM25 half matches no candidate
+        gets the dense calibrator's, :func:`kl_retrievers.calibration.hybrid_confidence`), the dense
+        calibrator's from the ``neg_kl`` scores of the fused top ``DEPTH`` (NaN without one), and whether
+        the fused top-1 is relevant.
     """
     cands = store.candidates(list(texts), query_gaussians=q)
     conf_h, conf_d = np.empty(len(qids)), np.empty(len(qids))
     top1 = np.zeros(len(qids), dtype=bool)
+    unmatched = sum(not bm25_matches_any(c) for c in cands)
+    if unmatched:  # their confidence is the dense calibrator's (the retrievers' rule)
+        logger.info("%d of %d questions match no BM25 candidate", unmatched, len(cands))
     for i, (c, qid) in enumerate(zip(cands, qids, strict=True)):
         ranked = store.fuse_candidates(c, DEPTH)
-        conf_h[i] = hybrid_confidence(hybrid_cal, c)
+        conf_h[i] = hybrid_confidence(hybrid_cal, c, dense_cal)
         conf_d[i] = (
             np.nan
             if dense_cal is None
@@ -304,6 +317,40 @@ def hybrid_confidences(
         )
         top1[i] = bool(ranked) and ranked[0][0] in qrels[qid]
     return conf_h, conf_d, top1
+
+
+def no_bm25_match_counts(stemmer: str | None, seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """How many questions of each halving match no document of its corpus in BM25 (no encoding needed).
+
+    Such a question's BM25 half is empty among its candidates (no filter here), so the hybrid
+    retrievers rank it by ``-KL`` and give it the dense calibrator's confidence instead of the hybrid
+    one's (:func:`kl_retrievers.calibration.hybrid_confidence`); a group with none has the same
+    figures under both rules. Tokens as the hybrid store's (``stemmer``, English stop words).
+
+    Returns:
+        One row per group (training articles: ``seeds[0]``; held-out articles: every seed):
+        ``group``, ``seed``, ``questions`` and ``no_bm25_match``.
+    """
+    from kl_retrievers.hybrid import KLHybridStore
+
+    ds = load_beir(DATASETS / SQUAD, "test")
+    tokenize = KLHybridStore(stemmer=stemmer)._tokenizer  # the store's tokenizer (documents and queries alike)
+    doc_tokens = dict(zip(ds.doc_ids, (set(tokenize(t)) for t in ds.document_texts(ds.doc_ids)), strict=True))
+    query_tokens = dict(zip(ds.query_ids, (set(tokenize(t)) for t in ds.query_texts(ds.query_ids)), strict=True))
+    held = held_out_articles(ds.doc_ids)
+    groups = {
+        "train": [q for q in ds.query_ids if article_of(next(iter(ds.qrels[q]))) not in held],
+        "held_out": [q for q in ds.query_ids if article_of(next(iter(ds.qrels[q]))) in held],
+    }
+    rows = []
+    for group, seeds_of in (("train", seeds[:1]), ("held_out", seeds)):
+        for seed in seeds_of:
+            h = halve(ds.qrels, groups[group], seed)
+            vocab = set().union(*(toks for d, toks in doc_tokens.items() if d not in h.removed))
+            qids = h.answerable + h.unanswerable
+            blind = sum(not (query_tokens[q] & vocab) for q in qids)
+            rows.append({"group": group, "seed": seed, "questions": len(qids), "no_bm25_match": blind})
+    return rows
 
 
 class Experiment:
@@ -558,6 +605,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="BM25 stemmer of the hybrid store (default english, KLHybridStore's default); none: unstemmed, scored "
         "with the model's hybrid_confidence_calibration.unstemmed.json and its threshold when it ships one",
     )
+    p.add_argument(
+        "--count-no-bm25-match",
+        action="store_true",
+        help="only count the questions that match no document in BM25 (training articles at --seed, held-out "
+        "articles at --seed and the --seeds further ones; no encoding, nothing logged) and exit",
+    )
     p.add_argument("--cache-dir", default=None, help="encoding cache (default: the library's)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -577,9 +630,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--record-threshold: {MODEL}'s threshold is kl_retrievers.calibration.DEFAULT_MIN_CONFIDENCE")
     if not 0.0 <= args.min_answered <= 1.0:
         p.error(f"--min-answered must be in [0, 1]; got {args.min_answered}")
-    if args.stemmer != "english" and not args.hybrid:
+    if args.stemmer != "english" and not (args.hybrid or args.count_no_bm25_match):
         p.error(f"--stemmer {args.stemmer}: only with --hybrid (the dense retriever reads no BM25)")
     stemmer = None if args.stemmer == "none" else args.stemmer
+    if args.count_no_bm25_match:
+        rows = no_bm25_match_counts(stemmer, list(range(args.seed, args.seed + 1 + args.seeds)))
+        for r in rows:
+            blind, n = r["no_bm25_match"], r["questions"]
+            print(f"{r['group']} seed {r['seed']}: {blind} of {n} questions match no BM25 document")
+        print(f"no_bm25_match={sum(r['no_bm25_match'] for r in rows)} stemmer={args.stemmer}")
+        return 0
     problem = calibrator_problem(
         args.model, hybrid=args.hybrid, record_threshold=args.record_threshold, stemmer=stemmer
     )

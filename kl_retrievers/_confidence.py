@@ -14,8 +14,10 @@ Two kinds of calibrator (:attr:`ConfidenceCalibrator.kind`):
 * ``"dense"`` (``confidence_calibration.json``): P(top-1 of the ``-KL`` ranking is relevant), from
   the query's uncertainty and best ``-KL`` scores. Dense retrievers take only this kind.
 * ``"hybrid"`` (``hybrid_confidence_calibration.json``): P(top-1 of a
-  :class:`~kl_retrievers.hybrid.KLHybridStore`'s fused ranking is relevant), from dense and BM25
-  signals of the query's candidates (:func:`~kl_retrievers.calibration.hybrid_query_features`).
+  :class:`~kl_retrievers.hybrid.KLHybridStore`'s ``"adaptive"`` fusion ranking is relevant), from
+  dense and BM25 signals of the query's candidates (:func:`~kl_retrievers.calibration.hybrid_query_features`),
+  the same whatever fusion ranks the results; a query whose BM25 half matches no candidate gets the
+  model's dense calibrator's confidence instead (:func:`hybrid_search`).
   Hybrid retrievers use the model's hybrid calibrator by default; an explicit dense calibrator is
   also accepted there (and, when the model ships no hybrid one, its dense one is used, with one
   WARNING per model): the confidence is then the dense ranking's, read from the dense candidates.
@@ -61,6 +63,7 @@ from kl_retrievers.calibration import (
     NEEDS_REFERENCE,
     ConfidenceCalibrator,
     _hybrid_calibration_path,
+    bm25_matches_any,
     hybrid_confidence,
 )
 from kl_retrievers.gaussian import is_real_number
@@ -363,6 +366,22 @@ def _warn_dense_fallback(model: str, path: Path) -> None:
     )
 
 
+def _warn_fusion(mode: str) -> None:
+    """One WARNING per fusion mode: ``min_confidence`` judges the adaptive ranking's top document, not ``mode``'s."""
+    if not _first_warning(f"hybrid-fusion\0{mode}"):
+        return
+    logger.warning(
+        "min_confidence with fusion=%r: the hybrid confidence is the calibrated probability that the top document "
+        "of the 'adaptive' fusion's ranking is relevant (what the hybrid calibrator was fitted for), computed from "
+        "the query's candidates, so it is the same whatever fusion ranks the results, and the %r ranking's top "
+        "document may differ from the adaptive one's. Use fusion='adaptive' for abstention, or judge the %r "
+        "ranking with a calibrator fitted for it (calibrator=)",
+        mode,
+        mode,
+        mode,
+    )
+
+
 class ConfidenceScorer:
     """Computes a query's confidence for a retriever; resolves the model's calibrator once per encoder.
 
@@ -389,6 +408,7 @@ class ConfidenceScorer:
         self.retriever = retriever
         self.explicit = check_calibrator(calibrator, retriever)
         self._cache: dict[tuple[int, bool], tuple[Any, ConfidenceCalibrator | None]] = {}
+        self._dense_cache: dict[int, tuple[Any, ConfidenceCalibrator | None]] = {}  # see no_bm25_calibrator
         self._checked: dict[int, Any] = {}  # encoders the explicit calibrator was checked against
         self._lock = threading.Lock()
 
@@ -445,6 +465,29 @@ class ConfidenceScorer:
             _warn_once(model)
         elif fallback is not None:  # once per model, not per query (the cache answers the later calls)
             _warn_dense_fallback(model, fallback)
+        return cal
+
+    def no_bm25_calibrator(self, encoder: Any) -> ConfidenceCalibrator | None:
+        """The dense calibrator for a hybrid query whose BM25 half matches none of its candidates; ``None``: none.
+
+        Such a query is ranked as the dense list ranks it (every fusion), so its confidence is the
+        one a dense retriever (``KLRetriever``) gives it: from the model's dense calibrator
+        (``confidence_calibration.json``, the one a dense scorer without an explicit calibrator
+        takes), not from the model's hybrid calibrator, which was fitted on SQuAD questions, where
+        no word in common nearly always meant no answer (see
+        :func:`~kl_retrievers.calibration.hybrid_confidence`). ``None`` for a dense scorer, for an
+        explicit calibrator (it is used for every query, as given) and for a model that ships no
+        dense calibrator (its hybrid calibrator is then used for every query).
+        """
+        if self.retriever != "hybrid" or self.explicit is not None or encoder is None:
+            return None
+        with self._lock:
+            hit = self._dense_cache.get(id(encoder))
+            if hit is not None and hit[0] is encoder:
+                return hit[1]
+            path = model_calibration_path(encoder, CALIBRATION_FILE)
+            cal = check_calibrator(path, "dense") if path is not None else None
+            self._dense_cache[id(encoder)] = (encoder, cal)
         return cal
 
     @property
@@ -605,11 +648,18 @@ def hybrid_search(
     store with ``stemmer=None`` the model's ``hybrid_confidence_calibration.unstemmed.json`` when it
     ships one, else its stemmed one with a warning). With a
     *hybrid* calibrator (the default model ships one, ``hybrid_confidence_calibration.json``) it is
-    P(top-1 of the fused ranking is relevant), from dense and BM25 signals of the query's candidates
-    (:func:`~kl_retrievers.calibration.hybrid_query_features`); it was fitted for the default
-    ``"adaptive"`` fusion with 100 candidates per half, and other settings shift it. With a *dense*
-    calibrator it is read from the query's dense candidate list (its best ``-KL`` scores) and its
-    uncertainty, as for a dense retriever: how well the ``-KL`` side found something.
+    P(top-1 of the ``"adaptive"`` fusion's ranking is relevant), from dense and BM25 signals of the
+    query's candidates (:func:`~kl_retrievers.calibration.hybrid_query_features`): it was fitted for
+    that fusion with 100 candidates per half, and it is the same number whatever ``fusion`` ranks the
+    results (with ``min_confidence`` and another fusion, one WARNING per fusion mode says so); another
+    store ``candidates`` setting shifts it. The features are read from the candidates at the store's
+    ``candidates`` depth whatever ``k`` is (a ``k`` above it ranks deeper candidates, the confidence
+    does not change). A query whose BM25 half matches none of its candidates (no query word in the
+    corpus, or in the documents the filter allows) is ranked as the dense list ranks it, so with the
+    model's hybrid calibrator its confidence is the model's *dense* calibrator's
+    (:meth:`ConfidenceScorer.no_bm25_calibrator`; an explicit calibrator is used as given). With a
+    *dense* calibrator it is read from the query's dense candidate list (its best ``-KL`` scores) and
+    its uncertainty, as for a dense retriever: how well the ``-KL`` side found something.
 
     With ``min_confidence`` set, a query is refused when its confidence is below it, and also when
     the confidence cannot be computed because only one document is a candidate (a filter or a
@@ -632,6 +682,8 @@ def hybrid_search(
     cal = scorer.calibrator(encoder, store.stemmer)
     if cal is not None:
         check_calibrator_stemmer(cal, store.stemmer)
+        if cal.kind == "hybrid" and config.mode != "adaptive" and min_confidence is not None:
+            _warn_fusion(config.mode)
     if config.mode == "adaptive":
         store.adaptive_params()  # missing parameters fail before any work
     blank = is_blank_query(query)
@@ -643,15 +695,21 @@ def hybrid_search(
     with store.consistent():  # candidates and the stored texts of the hits from one state of the store
         cand = store.candidates([query], query_gaussians=qg, filter=filter, depth=max(k, config.candidates))[0]
         dense = np.sort(np.asarray(cand.neg_kl)[np.asarray(cand.dense_rank) > 0])[::-1]
-        if cal is not None and cal.kind == "hybrid":
-            confidence = hybrid_confidence(cal, cand) if dense.size >= 2 else None
-        elif cal is not None and dense.size >= 2:  # a dense calibrator: the query's best -KL scores
-            confidence = cal.confidence(dense[: scorer.depth_for(cal)].tolist(), float(cand.uncertainty))
+        # the confidence reads the candidates at the depth the calibrators were fitted at, whatever k is
+        scored = cand
+        if k > config.candidates and cal is not None:
+            scored = store.candidates([query], query_gaussians=qg, filter=filter, depth=config.candidates)[0]
+        top = dense if scored is cand else np.sort(np.asarray(scored.neg_kl)[np.asarray(scored.dense_rank) > 0])[::-1]
+        if cal is not None and cal.kind == "hybrid" and top.size >= 2:
+            no_bm25 = None if bm25_matches_any(scored) else scorer.no_bm25_calibrator(encoder)
+            confidence = hybrid_confidence(cal, scored, no_bm25)
+        elif cal is not None and top.size >= 2:  # a dense calibrator: the query's best -KL scores
+            confidence = cal.confidence(top[: scorer.depth_for(cal)].tolist(), float(cand.uncertainty))
         else:
             confidence = None
         if blank and dense.size:  # a blank query asks for nothing (no floor here: it is answered)
             confidence = blank_query_confidence(cal is not None)[0]
-        reason = abstention_reason(confidence, min_confidence, int(dense.size))
+        reason = abstention_reason(confidence, min_confidence, int(top.size))
         if reason is not None:
             log_abstention(query, confidence, min_confidence, reason)
             return [], confidence, reason

@@ -76,6 +76,7 @@ __all__ = [
     "reliability_table",
     "default_calibrator",
     "hybrid_query_features",
+    "bm25_matches_any",
     "hybrid_confidence",
     "default_hybrid_calibrator",
     "recommended_min_confidence",
@@ -785,12 +786,45 @@ def hybrid_query_features(candidates: Any, uncertainty: float | None = None, nam
     return np.array([value(n) for n in names], dtype=np.float64)
 
 
-def hybrid_confidence(calibrator: ConfidenceCalibrator, candidates: Any) -> float:
-    """P(top-1 of the hybrid's fused ranking is relevant) for one query, from a hybrid calibrator and its candidates.
+def bm25_matches_any(candidates: Any) -> bool:
+    """Whether the BM25 half matched any of a query's (filtered) candidates (some ``bm25_rank`` is set).
+
+    When it matched none (no query word in the corpus, or none in the documents a filter allows),
+    every fusion ranks the candidates as the dense list does.
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> has, has_not = SimpleNamespace(bm25_rank=np.array([0, 1])), SimpleNamespace(bm25_rank=np.zeros(2))
+        >>> bm25_matches_any(has), bm25_matches_any(has_not)
+        (True, False)
+    """
+    return bool((np.asarray(candidates.bm25_rank) > 0).any())
+
+
+def hybrid_confidence(
+    calibrator: ConfidenceCalibrator, candidates: Any, dense: ConfidenceCalibrator | None = None
+) -> float:
+    """P(top-1 of the hybrid's adaptive ranking is relevant) for one query, from a hybrid calibrator and its candidates.
+
+    The hybrid calibrator was fitted for the top document of the ``"adaptive"`` fusion's ranking (100
+    candidates per half): its value reads the candidates only, so it is the same whatever fusion ranks
+    the results. A query whose BM25 half matches none of its candidates (:func:`bm25_matches_any`) is ranked
+    as the dense list ranks it, by every fusion; with ``dense`` (the model's dense calibrator) its
+    confidence is then ``dense``'s, from the dense candidates' best ``-KL`` scores and the query's
+    uncertainty, as a dense retriever computes it. (The hybrid calibrator, fitted on SQuAD questions,
+    where no word in common nearly always meant no answer, gives such queries a confidence near 0
+    even when the dense top document is right.)
+
+    Args:
+        calibrator: A fitted calibrator of kind ``"hybrid"``.
+        candidates: The query's :class:`~kl_retrievers.hybrid.Candidates` (at the depth the
+            calibrator was fitted at: :attr:`FusionConfig.candidates <kl_retrievers.hybrid.FusionConfig>`).
+        dense: The dense calibrator for queries the BM25 half does not match (``None``: the hybrid
+            calibrator for every query).
 
     Raises:
-        ValueError: ``calibrator`` is not of kind ``"hybrid"``, or the features cannot be computed
-            (:func:`hybrid_query_features`).
+        ValueError: ``calibrator`` is not of kind ``"hybrid"``, ``dense`` not of kind ``"dense"``, or
+            the features cannot be computed (:func:`hybrid_query_features`).
 
     Examples:
         >>> from types import SimpleNamespace
@@ -799,9 +833,18 @@ def hybrid_confidence(calibrator: ConfidenceCalibrator, candidates: Any) -> floa
         >>> cal = ConfidenceCalibrator(["gap12"], kind="hybrid").fit([[0.0], [0.2], [0.4], [0.6]], [0, 0, 1, 1])
         >>> 0.0 < hybrid_confidence(cal, c) < 1.0
         True
+        >>> dense = ConfidenceCalibrator(["gap12"]).fit([[0.0], [0.1], [0.2], [0.3]], [0, 0, 1, 1])
+        >>> no_word = SimpleNamespace(**{**vars(c), "bm25": np.zeros(2), "bm25_rank": np.zeros(2, dtype=int)})
+        >>> hybrid_confidence(cal, no_word, dense) == dense.confidence([-1.0, -1.5], 0.5)
+        True
     """
     if calibrator.kind != "hybrid":
         raise ValueError(f"hybrid_confidence needs a calibrator of kind 'hybrid'; got kind {calibrator.kind!r}")
+    if dense is not None and dense.kind != "dense":
+        raise ValueError(f"hybrid_confidence's dense calibrator must be of kind 'dense'; got kind {dense.kind!r}")
+    if dense is not None and not bm25_matches_any(candidates):
+        neg = np.asarray(candidates.neg_kl, dtype=np.float64)[np.asarray(candidates.dense_rank) > 0]
+        return dense.confidence(np.sort(neg)[::-1], float(candidates.uncertainty))
     return float(calibrator.predict(hybrid_query_features(candidates, None, calibrator.features))[0])
 
 

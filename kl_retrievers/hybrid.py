@@ -55,7 +55,8 @@ import re
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -663,7 +664,9 @@ def fuse(
     """Fused scores of one query's candidates (higher is better) and the dense weight used.
 
     With an empty BM25 list (no query term in the corpus, or none allowed by the filter) the
-    convex and adaptive modes use the dense side alone (weight 1).
+    convex and adaptive modes use the dense side alone (weight 1), and the RRF scores follow the
+    dense ranks: every mode ranks the candidates as the dense list does (and a hybrid retriever's
+    confidence is then its model's dense calibrator's, :func:`~kl_retrievers._confidence.hybrid_search`).
 
     Returns:
         ``(scores, dense_weight)``; ``dense_weight`` is ``None`` for ``"rrf"``.
@@ -1387,7 +1390,8 @@ class KLHybridStore:
 
         Args:
             texts: Document texts (BM25 needs them; encoded by the encoder unless ``gaussians``: for a
-                store loaded without one, the model it was saved with, see :attr:`encoder`).
+                store loaded without one, the model it was saved with, see :attr:`encoder`): a list,
+                a tuple, a numpy array, a pandas Series or a generator, as :meth:`KLStore.add` takes.
             gaussians: Precomputed document Gaussians, one per text.
             ids: Document ids (uuid4 hex when omitted).
             metadatas: One JSON-serialisable dict per document (or ``None``).
@@ -1396,9 +1400,10 @@ class KLHybridStore:
             The ids, in input order.
 
         Raises:
-            TypeError: ``texts`` is a single string or holds a non-string.
+            TypeError: ``texts`` is a single string, not iterable, or holds a non-string.
             ValueError / TypeError: Whatever :meth:`KLStore.add` refuses (its checks of ``texts`` and ``ids``,
-                e.g. a set of ids, run before any text is encoded), or the saved model failed to load
+                e.g. a set of texts or ids, a dict of texts, run before any text is encoded, with its
+                messages), or the saved model failed to load
                 (:attr:`encoder`); then neither half changes.
 
         Examples:
@@ -1407,9 +1412,12 @@ class KLHybridStore:
             >>> s.add(["a b"], gaussians=Gaussians(np.zeros((1, 2)), np.ones((1, 2))), ids=["x"])
             ['x']
         """
-        if isinstance(texts, str) or not isinstance(texts, Sequence):
+        if isinstance(texts, str) or not isinstance(texts, Iterable):
             raise TypeError(f"texts must be a sequence of strings (not one string); got {type(texts).__name__}")
-        text_list = list(texts)
+        refused = (Mapping, KeysView, ItemsView, AbstractSet, bytes, bytearray, memoryview)
+        if isinstance(texts, refused) or hasattr(texts, "columns"):  # a dict, a set, bytes, a table
+            _check_texts_and_ids(texts, gaussians, ids)  # KLStore.add refuses it, with its message
+        text_list = list(texts)  # a list, a tuple, a numpy array, a pandas Series, a generator: as KLStore.add
         for j, text in enumerate(text_list):
             if not isinstance(text, str):
                 raise TypeError(
