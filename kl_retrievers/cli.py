@@ -10,6 +10,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import logging
 import os
@@ -565,17 +566,18 @@ def _add_search(sub: Any) -> None:
 #: The saves of the framework adapters that hold a KL store, as ``kl-retrievers search`` recognises them: the
 #: manifest file, its ``format`` and the KL store's folder beside it. Spelled out because
 #: :mod:`kl_retrievers.langchain` and :mod:`kl_retrievers.llama_index` import their frameworks, which a search
-#: needs not (tests/test_stop46_torch_free_edges.py and tests/test_stop46_review_r6.py check them against those
-#: modules' and LlamaIndex's own constants).
+#: needs not (tests/test_torch_free_messages.py and tests/test_cli_search_adapter_saves_and_install_messages.py
+#: check them against those modules' and LlamaIndex's own constants).
 _LANGCHAIN_MANIFEST = "langchain.json"
 _LANGCHAIN_FORMAT = "kl-retrievers/langchain-klvectorstore"
 _LANGCHAIN_STORE_DIR = "klstore"
 #: LlamaIndex's persist files: ``StorageContext.persist`` writes ``<namespace>__vector_store.json`` and
 #: ``KLVectorStore.persist()``'s default path is ``storage/vector_store.json``; LlamaIndex's own loader
 #: (``SimpleVectorStore.from_namespaced_persist_dir``) takes every name ending in ``vector_store.json``. Each
-#: names its ``.klstore`` folder; another store's file (``image__vector_store.json``) fails the format check.
-#: The pattern applies only when scanning a folder: a manifest FILE is recognised by its content whatever its
-#: name (``KLVectorStore.persist("storage/my_index.json")`` writes ``my_index.json``).
+#: names its ``.klstore`` folder. A search finds a manifest by its content whatever its name, in a folder too
+#: (``KLVectorStore.persist("storage/my_index.json")`` writes ``my_index.json``), as
+#: ``KLVectorStore.from_persist_path(folder)`` does; another name than this pattern is loaded by that, not by
+#: ``load_index_from_storage``, which the log line says.
 _LLAMA_INDEX_MANIFESTS = "*vector_store.json"
 _LLAMA_INDEX_FORMAT = "kl-retrievers/llama-index-vector-store"
 
@@ -584,9 +586,9 @@ def _kl_store_folder(path: Path) -> Path:
     """The KL store ``kl-retrievers search`` reads for ``path``: itself, or the one inside an adapter's save.
 
     A LangChain ``KLVectorStore.save_local`` folder (``langchain.json``) or a LlamaIndex persist folder (one
-    ``*vector_store.json`` manifest), or a manifest file of either whatever its name (recognised by its
-    ``format``, e.g. the ``my_index.json`` that ``KLVectorStore.persist("storage/my_index.json")`` writes),
-    wraps a KL store that ranks as the
+    ``KLVectorStore`` manifest, :func:`_llama_index_manifests`), or a manifest file of either, whatever its
+    name (recognised by its ``format``, e.g. the ``my_index.json`` that
+    ``KLVectorStore.persist("storage/my_index.json")`` writes), wraps a KL store that ranks as the
     framework's store does (by -KL), so the search reads it, and says so at INFO level. A ``KLHybridStore.save``
     folder (``hybrid.json``) is refused: its results fuse BM25 with -KL, and searching its KL half alone would
     give another ranking under the hybrid's name; the message names that half for a -KL search.
@@ -623,21 +625,30 @@ def _kl_store_folder(path: Path) -> Path:
         return inner
     stores: list[tuple[Path, Path]] = []  # (manifest, the KL store it names)
     damaged: list[str] = []  # why each KL manifest's store cannot be read
-    for manifest in sorted(folder.glob(_LLAMA_INDEX_MANIFESTS)):
+    for manifest in _llama_index_manifests(folder):
         try:
             stores.append((manifest, _kl_store_of_manifest(manifest)))
         except _DamagedSave as exc:
             damaged.append(str(exc))
-        except ValueError:  # another store's file (SimpleVectorStore, image__vector_store.json, ...)
-            continue
-    if len(stores) > 1:
+    distinct = {store.resolve() for _, store in stores}  # manifests naming one store (search reads only the store)
+    if len(distinct) > 1:
         raise ValueError(
-            f"{folder} is a LlamaIndex persist folder with {len(stores)} KL stores; pass one of "
-            f"{', '.join(str(store) for _, store in stores)}"
+            f"{folder} is a LlamaIndex persist folder with {len(distinct)} KL stores; pass one of "
+            f"{', '.join(f'{store} (named by {manifest.name})' for manifest, store in stores)}"
         )
     if stores:
-        ((manifest, inner),) = stores
-        logger.info("%s is a LlamaIndex persist folder (%s): searching its KL store %s", folder, manifest.name, inner)
+        manifest, inner = next(
+            (pair for pair in stores if fnmatch.fnmatchcase(pair[0].name, _LLAMA_INDEX_MANIFESTS)), stores[0]
+        )
+        note = (
+            ""
+            if fnmatch.fnmatchcase(manifest.name, _LLAMA_INDEX_MANIFESTS)
+            else f"; not a {_LLAMA_INDEX_MANIFESTS} name: KLVectorStore.from_persist_path loads it, "
+            "load_index_from_storage does not"
+        )
+        logger.info(
+            "%s is a LlamaIndex persist folder (%s%s): searching its KL store %s", folder, manifest.name, note, inner
+        )
         return inner
     if damaged:
         raise ValueError("; ".join(damaged))
@@ -650,6 +661,17 @@ def _kl_store_folder(path: Path) -> Path:
             f"{'one of ' if len(named) > 1 else ''}{shown}"
         )
     return folder
+
+
+def _llama_index_manifests(folder: Path) -> list[Path]:
+    """The LlamaIndex ``KLVectorStore`` manifests in ``folder``, whatever their names (by their ``format``), sorted.
+
+    The rule of ``KLVectorStore.from_persist_path(folder)`` (``kl_retrievers.llama_index._manifest_in_folder``,
+    not imported: that module needs LlamaIndex); another store's file (``image__vector_store.json``) is not one.
+    """
+    from kl_retrievers._adapters import looks_like_manifest
+
+    return [p for p in sorted(folder.iterdir()) if p.is_file() and looks_like_manifest(p, _LLAMA_INDEX_FORMAT)]
 
 
 class _DamagedSave(ValueError):

@@ -489,7 +489,9 @@ def check_inner_product_store(vectorstore: Any, *, warn: bool = True) -> bool | 
     """Check that a third-party vector store ranks by the raw inner product, as :class:`KLEmbeddings` needs.
 
     Looks at the usual attributes (``distance_strategy``, ``_distance_strategy``, ``distance_metric``,
-    ``metric``, ``_normalize_L2``) and at ``InMemoryVectorStore`` (always cosine).
+    ``metric``, ``_normalize_L2``), at the ``metric_type`` of ``index_params`` / ``search_params``
+    (langchain-milvus' ``Milvus``, whose default is ``"L2"``; ``"IP"`` is compatible) and at
+    ``InMemoryVectorStore`` (always cosine).
 
     Args:
         vectorstore: Any LangChain vector store.
@@ -515,11 +517,29 @@ def check_inner_product_store(vectorstore: Any, *, warn: bool = True) -> bool | 
             if v is not None:
                 verdict, reason = v, f"{attr}={getattr(value, 'value', value)!r}"
                 break
+    if verdict is None:
+        verdict, reason = _metric_type_verdict(vectorstore)
     if getattr(vectorstore, "_normalize_L2", False) is True:
         verdict, reason = False, "normalize_L2=True rescales the vectors"
     if verdict is False and warn:
         _warn_incompatible(type(vectorstore).__name__, reason)
     return verdict
+
+
+def _metric_type_verdict(vectorstore: Any) -> tuple[bool | None, str]:
+    """The verdict of a store's ``index_params`` / ``search_params`` ``metric_type`` (langchain-milvus' ``Milvus``).
+
+    Each is a dict or a list of dicts (one per vector field); the index's metric decides, else the search's
+    (a reopened collection's ``index_params`` may hold none). Returns ``(None, "")`` when neither names one.
+    """
+    for attr in ("index_params", "search_params"):
+        params = getattr(vectorstore, attr, None)
+        for entry in params if isinstance(params, (list, tuple)) else [params]:
+            metric = entry.get("metric_type") if isinstance(entry, Mapping) else None
+            verdict = _strategy_verdict(metric) if isinstance(metric, str) else None
+            if verdict is not None:
+                return verdict, f"{attr}['metric_type']={metric!r}"
+    return None, ""
 
 
 def _warn_incompatible(store_name: str, reason: str) -> None:
@@ -1834,6 +1854,8 @@ class _ConfidenceRetriever(BaseRetriever):
     search_keys: ClassVar[tuple[str, ...]] = ("k", "filter", "min_confidence")
 
     _scorer: ConfidenceScorer = PrivateAttr()
+    #: The ``calibrator`` value :attr:`_scorer` was built from (see :meth:`_refresh_scorer`).
+    _scorer_for: Any = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -1887,6 +1909,21 @@ class _ConfidenceRetriever(BaseRetriever):
         super().model_post_init(context)
         self._check_result_keys()
         self._scorer = ConfidenceScorer(self.calibrator, self.calibrator_for)
+        self._scorer_for = self.calibrator
+
+    def _refresh_scorer(self) -> None:
+        """Rebuild the confidence scorer when ``calibrator`` changed since it was built.
+
+        Pydantic assigns a field without validating it, and ``model_copy(update=...)`` keeps the scorer:
+        ``retriever.calibrator = cal`` takes effect at the next query, checked as the constructor checks it.
+
+        Raises:
+            TypeError / ValueError: The new calibrator is refused (:func:`~kl_retrievers._confidence.check_calibrator`).
+        """
+        calibrator = self.calibrator
+        if calibrator is not self._scorer_for:
+            self._scorer = ConfidenceScorer(calibrator, self.calibrator_for)
+            self._scorer_for = calibrator
 
     def _check_result_keys(self) -> None:
         """Refuse a ``score_key`` / ``uncertainty_key`` / ``confidence_key`` that another result field writes too.
@@ -1925,9 +1962,11 @@ class _ConfidenceRetriever(BaseRetriever):
         LangChain's ``VectorStoreRetriever`` merges per-call keywords over its ``search_kwargs``).
 
         The metadata keys are checked again here: pydantic assigns a field without validating it
-        (``retriever.score_key = "confidence"``), and one value would then overwrite the other unnoticed.
+        (``retriever.score_key = "confidence"``), and one value would then overwrite the other unnoticed. So
+        are an assigned ``min_confidence`` and ``calibrator`` (the scorer is rebuilt for a new one).
         """
         self._check_result_keys()  # also after an assignment (checked once per call: keys may be swapped one by one)
+        self._refresh_scorer()
         unknown = sorted(set(self.search_kwargs) - set(self.search_keys))  # also after an assignment
         if unknown:
             raise TypeError(
@@ -1936,7 +1975,8 @@ class _ConfidenceRetriever(BaseRetriever):
             )
         kk = _check_k(self._default("k") if k is None else k)
         flt = self._default("filter") if filter is _UNSET else filter
-        floor = self._default("min_confidence") if min_confidence is _UNSET else check_min_confidence(min_confidence)
+        # the field or search_kwargs' value is checked again too: either may have been assigned since
+        floor = check_min_confidence(self._default("min_confidence") if min_confidence is _UNSET else min_confidence)
         return kk, flt, floor
 
     def _refuse_call_options(self, kwargs: dict[str, Any]) -> None:
@@ -2050,7 +2090,8 @@ class KLRetriever(_ConfidenceRetriever):
             per call (``filter=None``: no filter for that call).
         min_confidence: Abstain below this confidence, in ``[0, 1]`` (``None``: never);
             ``invoke(q, min_confidence=...)`` overrides it per call (``None``: no abstention).
-        calibrator: A fitted ``ConfidenceCalibrator`` or a path to its JSON (default: the model's).
+        calibrator: A fitted ``ConfidenceCalibrator`` or a path to its JSON (default: the model's);
+            ``retriever.calibrator = cal`` after construction is used from the next query on.
         search_kwargs: Per-call defaults as on LangChain's ``VectorStoreRetriever`` (``k``, ``filter``,
             ``min_confidence``): a key here wins over the field, an ``invoke`` keyword over both; a
             ``configurable_fields`` target. ``search_type="similarity"`` is accepted at construction;
@@ -2058,10 +2099,11 @@ class KLRetriever(_ConfidenceRetriever):
 
     Raises:
         ValueError: ``k < 1``, or ``min_confidence`` not a number in ``[0, 1]`` (at construction,
-            naming the value and the range); ``min_confidence`` without a calibrator (at the first query);
-            a ``search_type`` other than ``"similarity"``; ``score_key``, ``uncertainty_key`` and
-            ``confidence_key`` not all different (naming the key and the names taken; at construction, and
-            at the next query after an assignment such as ``retriever.score_key = ...``).
+            naming the value and the range; one assigned later, at the next query); ``min_confidence``
+            without a calibrator (at the first query); a ``search_type`` other than ``"similarity"``;
+            ``score_key``, ``uncertainty_key`` and ``confidence_key`` not all different (naming the key and
+            the names taken; at construction, and at the next query after an assignment such as
+            ``retriever.score_key = ...``).
         TypeError: A keyword that is no field, or a ``search_kwargs`` key a search does not take (the
             message names it, and the equivalent of ``VectorStoreRetriever`` / ``EnsembleRetriever`` /
             ``BM25Retriever`` options such as ``score_threshold``, ``weights``, ``c``, ``bm25_params``).
@@ -2261,7 +2303,8 @@ class KLHybridRetriever(_ConfidenceRetriever):
         min_confidence: Abstain below this confidence (``None``: never); ``invoke(q, min_confidence=...)``
             overrides it per call (``None``: no abstention).
         calibrator: A fitted ``ConfidenceCalibrator`` (kind ``"hybrid"`` or ``"dense"``) or a path
-            to its JSON (default: the model's hybrid calibrator, else its dense one).
+            to its JSON (default: the model's hybrid calibrator, else its dense one); assignable, as in
+            :class:`KLRetriever`.
         search_kwargs: Per-call defaults (``k``, ``filter``, ``min_confidence``, ``fusion``, ``weight``,
             ``normalization``), as in :class:`KLRetriever`.
 

@@ -75,6 +75,7 @@ from kl_retrievers._confidence import (
     hybrid_search,
     is_blank_query,
 )
+from kl_retrievers.calibration import ConfidenceCalibrator
 from kl_retrievers.gaussian import (
     SCORE_DIRECTION,
     SCORE_NAME,
@@ -995,22 +996,25 @@ def _kl_similarity(embedding1: Any, embedding2: Any) -> float | None:
 
 
 # ------------------------------------------------------------------------ vector store
-def _node_text(node: BaseNode) -> str | None:
+def _node_text(node: BaseNode, mode: MetadataMode = MetadataMode.NONE) -> str | None:
+    """The node's content in ``mode`` (``NONE``: its own text; ``EMBED``: what an embedder reads), else ``None``."""
     try:
-        return node.get_content(metadata_mode=MetadataMode.NONE)
+        return node.get_content(metadata_mode=mode)
     except (AttributeError, NotImplementedError, ValueError):
         return None
 
 
-def _stored_metadata(node: BaseNode, flat_metadata: bool = False) -> dict[str, Any]:
-    """What a store keeps as a node's metadata: LlamaIndex's ``node_to_metadata_dict`` without the text.
+def _stored_metadata(node: BaseNode, flat_metadata: bool = False, *, remove_text: bool = True) -> dict[str, Any]:
+    """What a store keeps as a node's metadata: LlamaIndex's ``node_to_metadata_dict`` (by default without the text).
 
     The user's metadata at the top level (what filters see), plus ``ref_doc_id`` / ``doc_id`` /
     ``document_id`` and the node JSON under ``_node_content`` (its class, relationships and
-    excluded metadata keys), which :func:`_to_node` rebuilds the node from.
+    excluded metadata keys), which :func:`_to_node` rebuilds the node from. ``remove_text=False``
+    keeps the node's own text in that JSON: for a store whose document text is another one (a
+    hybrid store indexes the node's ``MetadataMode.EMBED`` content, see :func:`_indexed_text`).
     """
     try:
-        return node_to_metadata_dict(_without_search_scores(node), remove_text=True, flat_metadata=flat_metadata)
+        return node_to_metadata_dict(_without_search_scores(node), remove_text=remove_text, flat_metadata=flat_metadata)
     except ValueError as exc:  # pydantic's PydanticSerializationError is one
         if isinstance(node, IndexNode) and node.obj is not None and not _object_serialises(node):
             raise ValueError(
@@ -1072,9 +1076,59 @@ def _has_node_content(metadata: Mapping[str, Any]) -> bool:
 _REF_DOC_KEY = "ref_doc_id"
 
 
-def _to_node(doc_id: str, text: str | None, metadata: Mapping[str, Any]) -> BaseNode:
+#: The keys ``node_to_metadata_dict`` writes beside a node's own metadata: the node JSON, its class and its
+#: source document id (under three names). The rest of a stored metadata dict is the node's metadata.
+_NODE_DICT_KEYS = frozenset({"_node_content", "_node_type", "document_id", "doc_id", _REF_DOC_KEY})
+
+
+def _indexed_text(metadata: Mapping[str, Any]) -> str:
+    """The text a hybrid store indexes for a node stored as ``metadata`` (:func:`_stored_metadata`): its
+    ``MetadataMode.EMBED`` content, what ``VectorStoreIndex`` embeds and :class:`KLVectorStore` encodes.
+
+    Read from the node as :func:`_to_node` rebuilds it, so that :func:`_to_node` recognises it.
+    """
+    return _node_text(metadata_dict_to_node(dict(metadata)), MetadataMode.EMBED) or ""
+
+
+def _take_stored_metadata(node: BaseNode, metadata: Mapping[str, Any]) -> None:
+    """Give a node rebuilt from its JSON the stored metadata, which filters read.
+
+    They differ after a core-API upsert that copied the stored metadata (the JSON with it) and changed
+    a key: the stored value wins, a key removed there is removed, a key added there is added. A key of
+    the node named like one that ``node_to_metadata_dict`` writes (:data:`_NODE_DICT_KEYS`) keeps the
+    JSON's value (the top-level one is the node's id). A changed ``ref_doc_id`` becomes the node's
+    source document, as filters and ``delete(ref_doc_id)`` see it.
+    """
+    own = node.metadata
+    merged = {k: v for k, v in own.items() if k in _NODE_DICT_KEYS or k in metadata}
+    merged.update((k, v) for k, v in metadata.items() if k not in _NODE_DICT_KEYS)
+    if merged != own:
+        node.metadata = {k: merged[k] for k in [*own, *metadata] if k in merged}  # the node's key order first
+    ref = metadata.get(_REF_DOC_KEY)
+    if ref is not None and str(ref) != (node.ref_doc_id or "None"):
+        if str(ref) == "None":  # what node_to_metadata_dict writes for a node without a source
+            node.relationships.pop(NodeRelationship.SOURCE, None)
+        else:
+            node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=str(ref))
+
+
+def _to_node(doc_id: str, text: str | None, metadata: Mapping[str, Any], *, hybrid: bool = False) -> BaseNode:
+    """The node stored under ``doc_id`` with ``text`` and ``metadata`` (a plain document: a ``TextNode``).
+
+    A node stored through LlamaIndex is rebuilt from its JSON with the stored metadata
+    (:func:`_take_stored_metadata`). Its text is the stored one, except in a hybrid store (``hybrid``),
+    which stores the text it indexed (:func:`_indexed_text`) and keeps the node's own in the JSON:
+    there the stored text replaces it only when it is not what was indexed for that node (a core-API
+    upsert that gave the document a new text).
+    """
     if _has_node_content(metadata):
-        return metadata_dict_to_node(dict(metadata), text=text)
+        node = metadata_dict_to_node(dict(metadata), text=None if hybrid else text)
+        indexed = _node_text(node, MetadataMode.EMBED) if hybrid else None
+        _take_stored_metadata(node, metadata)
+        # a hybrid node saved before the JSON kept its text: the stored text is its own (nothing indexed matches)
+        if hybrid and text is not None and text not in (indexed, _node_text(node, MetadataMode.EMBED)):
+            node.set_content(text)
+        return node
     # A plain document (added with the core API): a TextNode with its metadata, whose "ref_doc_id" key, if any,
     # becomes its source document.
     plain = dict(metadata)
@@ -1195,7 +1249,9 @@ _SCORED_CLASSES: dict[type, type] = {
 }
 
 
-def _scored_node(doc_id: str, text: str | None, metadata: Mapping[str, Any], scores: Mapping[str, Any]) -> BaseNode:
+def _scored_node(
+    doc_id: str, text: str | None, metadata: Mapping[str, Any], scores: Mapping[str, Any], *, hybrid: bool = False
+) -> BaseNode:
     """A stored node rebuilt by :func:`_to_node`, with ``scores`` added to its metadata.
 
     The score keys are appended to the node's own excluded LLM and embedding metadata keys, so the
@@ -1204,9 +1260,9 @@ def _scored_node(doc_id: str, text: str | None, metadata: Mapping[str, Any], sco
     a BM25 retriever's, another query's) by ``node.hash``, which hashes the text and the whole
     metadata, so per-query scores would make every copy look like another document. The class
     is a subclass of the node's own (``TextNode``, ``IndexNode``, ``ImageNode``, or the generic
-    ``Node``) with the same ``class_name()``, so serialised nodes are unchanged.
+    ``Node``) with the same ``class_name()``, so serialised nodes are unchanged. ``hybrid``: see :func:`_to_node`.
     """
-    node = _to_node(doc_id, text, metadata)
+    node = _to_node(doc_id, text, metadata, hybrid=hybrid)
     node.metadata.update(scores)
     for excluded in (node.excluded_llm_metadata_keys, node.excluded_embed_metadata_keys):
         excluded.extend(key for key in scores if key not in excluded)
@@ -2542,10 +2598,13 @@ class KLHybridRetriever(_TopKRetriever):
 
     ``NodeWithScore.score`` is the fused score (its scale depends on the fusion mode, e.g. about
     ``1 / 60`` per list for RRF), so use :class:`KLConfidencePostprocessor` rather than
-    ``SimilarityPostprocessor`` to cut. Nodes are stored as :class:`KLVectorStore` stores them
-    (LlamaIndex's ``node_to_metadata_dict``) and come back as they went in: their class (an
-    ``IndexNode`` stays one), relationships and own excluded metadata keys; filters see the same
-    keys as :class:`KLVectorStore`'s (the node's metadata plus ``ref_doc_id`` / ``doc_id``). Each
+    ``SimilarityPostprocessor`` to cut. Both halves index a node's ``MetadataMode.EMBED`` content (what
+    ``VectorStoreIndex`` embeds and :class:`KLRetriever` encodes: its metadata string, then its text), the
+    store's document text. Nodes are stored as :class:`KLVectorStore` stores them (LlamaIndex's
+    ``node_to_metadata_dict``, with the node's own text in its JSON) and come back as they went in: their
+    text, class (an ``IndexNode`` stays one), relationships and own excluded metadata keys; filters see
+    the same keys as :class:`KLVectorStore`'s (the node's metadata plus ``ref_doc_id`` / ``doc_id``), and
+    a returned node shows the stored metadata (also after a core-API upsert that changed it). Each
     node's metadata carries what both retrievers said (:meth:`~kl_retrievers.hybrid.HybridResult.scores`):
     ``fused_score``, ``fusion``, ``neg_kl`` (the exact ``-KL``), ``bm25``, ``dense_rank`` /
     ``bm25_rank``, ``dense_weight``, the query uncertainty under :data:`QUERY_UNCERTAINTY_KEY`
@@ -2580,7 +2639,8 @@ class KLHybridRetriever(_TopKRetriever):
         normalization: ``"minmax"`` or ``"zscore"`` (``None``: the store's); as ``weight``.
         filters: LlamaIndex ``MetadataFilters`` on the stored metadata, applied to both halves before ranking.
         calibrator: A fitted ``ConfidenceCalibrator`` (kind ``"hybrid"`` or ``"dense"``) or a path
-            to its JSON (default: the model's hybrid calibrator, else its dense one).
+            to its JSON (default: the model's hybrid calibrator, else its dense one); settable later
+            (:attr:`calibrator`).
         callback_manager: LlamaIndex callback manager.
         verbose: LlamaIndex verbosity flag.
         object_map: ``index_id -> object`` for LlamaIndex's recursive retrieval of ``IndexNode`` hits
@@ -2636,6 +2696,19 @@ class KLHybridRetriever(_TopKRetriever):
         """The hybrid store searched."""
         return self._store
 
+    @property
+    def calibrator(self) -> ConfidenceCalibrator | None:
+        """The explicit confidence calibrator (``None``: the model's, found at the first query).
+
+        Settable: ``retriever.calibrator = cal`` (a ``ConfidenceCalibrator``, a path to its JSON or ``None``)
+        is checked as the constructor's ``calibrator=`` and used from the next query on.
+        """
+        return self._scorer.explicit
+
+    @calibrator.setter
+    def calibrator(self, value: Any) -> None:
+        self._scorer = ConfidenceScorer(value, "hybrid")
+
     @classmethod
     def from_defaults(
         cls,
@@ -2657,7 +2730,9 @@ class KLHybridRetriever(_TopKRetriever):
         Exactly one of ``nodes``, ``documents`` and ``store`` is required. Documents are split
         with ``transformations`` (default: ``SentenceSplitter()``); each node is stored under its
         ``node_id`` (a repeated id: the last node wins, as in :meth:`KLVectorStore.add`) with its
-        text (``MetadataMode.NONE``), its metadata and ``ref_doc_id``. The encoder defaults to the
+        metadata and ``ref_doc_id``; both halves index its ``MetadataMode.EMBED`` content, as
+        ``VectorStoreIndex`` and :meth:`KLRetriever.from_defaults` embed it (the returned node keeps its
+        text). The encoder defaults to the
         store's (for ``store=KLHybridStore.load(path)``, the model it was saved with, loaded by name at
         the first query; nothing is loaded when ``encoder`` is given), then, for a new store, the
         package's default model.
@@ -2725,10 +2800,10 @@ class KLHybridRetriever(_TopKRetriever):
                 store._reserved_warned = True  # one warning, this one (not KLHybridStore.add's too)
                 _warn_reserved_keys(reserved, "KLHybridRetriever.from_defaults")
             if node_list:
+                # both halves index what VectorStoreIndex embeds (the EMBED content); the JSON keeps the node's text
+                metadatas = [_stored_metadata(n, remove_text=False) for n in node_list]
                 store.add(
-                    [_node_text(n) or "" for n in node_list],
-                    ids=[n.node_id for n in node_list],
-                    metadatas=[_stored_metadata(n) for n in node_list],
+                    [_indexed_text(m) for m in metadatas], ids=[n.node_id for n in node_list], metadatas=metadatas
                 )
         if object_map is None:
             object_map = _objects_of(nodes) or None
@@ -2767,7 +2842,7 @@ class KLHybridRetriever(_TopKRetriever):
             added = {**hit.scores(), QUERY_UNCERTAINTY_KEY: hit.query_uncertainty, CONFIDENCE_KEY: confidence}
             if reason is not None:
                 added[CONFIDENCE_REASON_KEY] = reason
-            node = _scored_node(hit.id, hit.text, hit.metadata, added)
+            node = _scored_node(hit.id, hit.text, hit.metadata, added, hybrid=True)
             out.append(NodeWithScore(node=node, score=hit.score))
         return out
 
