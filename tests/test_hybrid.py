@@ -591,7 +591,7 @@ def test_adaptive_parameters_come_from_the_encoder_model_folder_first(
     mine = params("zscore", coef=-0.7)
     mine.save(folder / ADAPTIVE_PARAMS_FILE)
     with caplog.at_level("WARNING", logger="kl_retrievers.hybrid"):
-        # stemmer=None: both were fitted on unstemmed BM25 (a stemmed store warns, tests/test_stop42_hybrid_stem.py)
+        # stemmer=None: both were fitted on unstemmed BM25 (a stemmed store warns, tests/test_hybrid_stemmer.py)
         assert KLHybridStore(_Named(str(folder)), fusion="adaptive", stemmer=None).adaptive_params() == mine
         # a bundled model that ships its own: bge-small-unit-variance, fitted for it by benchmarks/hybrid.py --fit
         bge = KLHybridStore(_Named("kl_retrievers:bge-small-unit-variance"), stemmer=None).adaptive_params()

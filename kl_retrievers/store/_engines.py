@@ -12,7 +12,9 @@ An engine owns the FAISS index over the table's rows (index entry ``i`` is row `
   bound on the float32 error allows, then re-scored in float64.
 
 Both fall back to float64 scoring of every allowed row where an index cannot help (few allowed
-rows, an index not built yet). FAISS is imported on first use (:func:`_faiss`), not with this module.
+rows, an index not built yet). An HNSW graph's groups of identical documents, and the rows no search
+of it reaches, are tracked apart (:class:`~kl_retrievers.store._hnsw_copies.HnswCopies`); the engine
+scores those rows with every query. FAISS is imported on first use (:func:`_faiss`), not with this module.
 
 Examples:
     >>> import numpy as np
@@ -59,6 +61,7 @@ from kl_retrievers.gaussian import (
 )
 from kl_retrievers.store._base import StoreFormatError
 from kl_retrievers.store._format import CENTRE_FIELDS, BlockCheck, centre_from_config
+from kl_retrievers.store._hnsw_copies import NO_HASHES, HnswCopies, gaussian_hashes
 from kl_retrievers.store._table import DocumentTable
 
 logger = logging.getLogger(__name__)
@@ -68,22 +71,8 @@ _RESCORE_BLOCK = 1 << 22
 _BUILD_BLOCK = 32768
 # New rows' float32 flat vectors (elements) kept from the check in add() to the index, not recomputed.
 _FLAT_KEEP_ELEMENTS = 1 << 24
-#: Where the HNSW rows its graph cannot reach (see ``ApproxEngine._track_duplicates``) are more than
-#: this share of the allowed rows, a query is searched exactly: scoring them with every query would
-#: cost about as much (measured crossover on 20k documents, k = 128: docs/ann.md).
-_RESCUE_SHARE = 0.1
-#: An HNSW store tracking identical documents walks its whole graph again once its live rows grew
-#: by this share since the last walk (or an add brings copies of a tracked group); between walks
-#: only the new rows' neighbourhoods are checked (``ApproxEngine._track_new_rows``).
-_REWALK_GROWTH = 0.1
-#: Graph nodes whose lowest-level links are read at once by a walk (bounds its memory).
-_WALK_BLOCK = 16384
 #: Queries whose rescue rows are scored at once (bounds the memory of a large batch).
 _RESCUE_QUERY_BLOCK = 1024
-_NO_ROWS = np.zeros(0, dtype=np.int64)
-_NO_HASHES = np.zeros(0, dtype=np.uint64)
-#: ``ApproxEngine._ties`` where no rescue row ties with a reached row.
-_NO_TIES = (_NO_ROWS, _NO_ROWS, _NO_ROWS, _NO_ROWS)
 #: Threads for the numpy re-scoring of candidate pools (numpy releases the GIL in its loops).
 _RESCORE_THREADS = max(1, min(4, os.cpu_count() or 1))
 
@@ -178,146 +167,6 @@ def _query_blocks(nq: int, per_query: int, fn: Callable[[int, int], None]) -> No
 def _row_norms(x: np.ndarray) -> np.ndarray:
     """Euclidean norm of each row of ``x``."""
     return np.sqrt(np.einsum("ij,ij->i", x, x))
-
-
-def _row_hashes(*parts: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each row of the float32 values of ``parts`` side by side (same number of rows):
-    identical rows hash alike, distinct ones almost never do.
-
-    Each row's 64-bit words (pairs of float32) times fixed odd 64-bit multipliers, summed modulo
-    ``2^64`` (an integer matrix product: exact, so the same for equal rows in any order); ``-0.0``
-    counts as ``0.0``.
-    """
-    n, w = parts[0].shape[0], sum(part.shape[1] for part in parts)
-    mult = np.random.default_rng(0x6B6C).integers(0, 1 << 62, size=(w + 1) // 2, dtype=np.uint64)
-    mult = mult * np.uint64(2) + np.uint64(1)  # odd
-    out = np.empty(n, dtype=np.uint64)
-    for s in range(0, n, 4096):
-        block = np.zeros((min(n, s + 4096) - s, 2 * mult.size), dtype=np.float32)
-        j = 0
-        for part in parts:
-            block[:, j : j + part.shape[1]] = part[s : s + 4096]
-            j += part.shape[1]
-        block += np.float32(0.0)  # -0.0 -> 0.0
-        out[s : s + 4096] = block.view(np.uint64) @ mult
-    return out
-
-
-def _gaussian_hashes(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
-    """:func:`_row_hashes` of Gaussians as stored (float32): documents with the same mean and variance hash alike."""
-    return _row_hashes(mean, var)
-
-
-def _hnsw_graph(index: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
-    """The lowest level of an HNSW index's graph: ``(neighbors, offsets, links, entry)``, or ``None``.
-
-    ``neighbors[offsets[i] + links]`` are node ``i``'s lowest-level links (``-1`` unused);
-    ``neighbors`` is a view of FAISS's own array where FAISS allows it (no copy). ``None`` where
-    FAISS does not expose the graph.
-    """
-    faiss = _faiss()
-    idx = faiss.downcast_index(index)
-    if isinstance(idx, faiss.IndexRefine):
-        idx = faiss.downcast_index(idx.base_index)
-    try:
-        hnsw = idx.hnsw
-        try:  # a view, not a copy (the array is n x 2 hnsw_m int32 and more)
-            neighbors = faiss.rev_swig_ptr(hnsw.neighbors.data(), hnsw.neighbors.size())
-        except (RuntimeError, TypeError, AttributeError, ValueError):
-            neighbors = faiss.vector_to_array(hnsw.neighbors)
-        offsets = faiss.vector_to_array(hnsw.offsets).astype(np.int64)
-        links = np.arange(hnsw.cum_nb_neighbors(0), hnsw.cum_nb_neighbors(1), dtype=np.int64)
-        entry = int(hnsw.entry_point)
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        logger.info("cannot read the HNSW graph (%s); its unreachable nodes are not searched separately", exc)
-        return None
-    return neighbors, offsets, links, entry
-
-
-def _walk(graph: tuple[np.ndarray, np.ndarray, np.ndarray, int], seen: np.ndarray, front: np.ndarray, lo: int) -> None:
-    """Mark in ``seen`` every node at or above ``lo`` that a path of lowest-level links leads to from ``front``.
-
-    The frontier is read ``_WALK_BLOCK`` nodes at a time, so memory stays at ``seen``, the
-    frontier's node ids and one block of links, whatever the size of the graph.
-    """
-    neighbors, offsets, links, _ = graph
-    n = seen.size
-    while front.size:
-        found = []
-        for s in range(0, front.size, _WALK_BLOCK):
-            nxt = neighbors[offsets[front[s : s + _WALK_BLOCK], None] + links[None, :]].ravel()
-            nxt = nxt[(nxt >= lo) & (nxt < n)]
-            nxt = np.unique(nxt[~seen[nxt]])
-            seen[nxt] = True
-            found.append(nxt.astype(np.int64))
-        front = np.concatenate(found) if found else _NO_ROWS
-
-
-def _hnsw_reached(index: Any) -> np.ndarray | None:
-    """Which entries of an HNSW index a path of its lowest-level links leads to from the entry point.
-
-    A search descends the upper levels greedily and then explores the lowest level's links
-    only, so no search returns an entry that is not reached (unless the descent happens to end
-    on it). ``None`` where FAISS does not expose the graph.
-    """
-    graph = _hnsw_graph(index)
-    if graph is None:
-        return None
-    n, entry = int(index.ntotal), graph[3]
-    seen = np.zeros(n, dtype=bool)
-    if n == 0 or not 0 <= entry < n or graph[1].size < n + 1:
-        seen[:] = True
-        return seen
-    seen[entry] = True
-    _walk(graph, seen, np.array([entry], dtype=np.int64), 0)
-    return seen
-
-
-def _hnsw_unreached(index: Any) -> np.ndarray | None:
-    """Entries of an HNSW index that no path of its lowest-level links leads to from the entry point
-    (:func:`_hnsw_reached`); ``None`` where FAISS does not expose the graph."""
-    seen = _hnsw_reached(index)
-    return None if seen is None else np.flatnonzero(~seen)
-
-
-def _links_below(graph: tuple[np.ndarray, np.ndarray, np.ndarray, int], nodes: np.ndarray, below: int) -> np.ndarray:
-    """The nodes under ``below`` that ``nodes`` link to at the lowest level (sorted, unique; read in blocks)."""
-    neighbors, offsets, links, _ = graph
-    out = [_NO_ROWS]
-    for s in range(0, nodes.size, _WALK_BLOCK):
-        nxt = neighbors[offsets[nodes[s : s + _WALK_BLOCK], None] + links[None, :]].ravel()
-        out.append(np.unique(nxt[(nxt >= 0) & (nxt < below)]).astype(np.int64))
-    return np.unique(np.concatenate(out))
-
-
-def _hnsw_reached_new(
-    index: Any, reached: np.ndarray, graph: tuple[np.ndarray, np.ndarray, np.ndarray, int] | None = None
-) -> np.ndarray | None:
-    """``reached`` (one flag per old entry) extended to the entries added since, from their neighbourhoods only.
-
-    A new entry is reached where a reached entry links to it: the entries that can link to it
-    are those it linked to when it was added (FAISS adds the reverse links there, or prunes them)
-    and the other new entries, so only their links are read. Old entries keep their flags (an
-    old entry whose last link in was pruned by an add counts as reached until the next full walk;
-    ``ApproxEngine._track_new_rows`` walks the whole graph where such pruning is likely).
-    ``graph``: :func:`_hnsw_graph` of ``index`` where the caller has read it. ``None`` where FAISS
-    does not expose the graph.
-    """
-    graph = _hnsw_graph(index) if graph is None else graph
-    if graph is None:
-        return None
-    offsets, entry = graph[1], graph[3]
-    n, start = int(index.ntotal), reached.size
-    seen = np.concatenate([reached, np.zeros(n - start, dtype=bool)])
-    if offsets.size < n + 1:
-        seen[:] = True
-        return seen
-    if start <= entry < n:
-        seen[entry] = True
-    new = np.arange(start, n, dtype=np.int64)
-    old = _links_below(graph, new, start)  # old entries the new ones link to: the reached ones lead on
-    _walk(graph, seen, np.concatenate([new[seen[new]], old[seen[old]]]), start)
-    return seen
 
 
 def _sample_rows(n: int) -> np.ndarray:
@@ -793,7 +642,8 @@ class ApproxEngine(FaissEngine):
     ``sqrt(M^2 - ||d^||^2)`` (``M = norm_headroom * max ||d^||``); a query is scaled to norm ``M``.
     A later row whose norm exceeds ``M`` triggers a rebuild. Tombstones stay in the index (HNSW has
     no ``remove_ids``) until compaction. Where more than ``2 x hnsw_m`` documents are identical, the
-    HNSW rows the graph cannot reach are scored exactly with every query (:meth:`_track_duplicates`).
+    HNSW rows the graph cannot reach are scored exactly with every query (:attr:`_copies`, an
+    :class:`~kl_retrievers.store._hnsw_copies.HnswCopies`).
     """
 
     def __init__(self, settings: Settings, table: DocumentTable) -> None:
@@ -803,21 +653,9 @@ class ApproxEngine(FaissEngine):
         self.centre: np.ndarray | None = None  # subtracted from every mean; None: not built, or saved before centring
         self._loaded_top = 0.0  # on load: the largest shifted d~ norm among the rows read
         self._warned_unbuilt = False  # the "not built yet" warning is logged once per store
-        self._warned_duplicates = False  # the "many identical documents" warning (HNSW) too
-        self._warned_exact = False  # and the "too many rows the graph cannot reach: exact searches" one
         self._warned_training = False  # and the "few training points for the k-means" one (IVF, PQ)
-        # HNSW with more than 2 x hnsw_m identical live documents (_track_duplicates): a hash per index entry
-        # (None otherwise), the hashes of the groups of more than 2 x hnsw_m, which entries the last walk of
-        # the graph reached (None: FAISS does not expose it), the live rows then, and the live rows the graph
-        # cannot reach, scored exactly with every query, less (_rescue_rows) those in _ties: the rescue rows that
-        # are copies of a reached live row (they tie with it), each one's group, the reached rows of those groups
-        # and each one's group; a query skips a tied row where it allows a reached row of its group
-        self._hashes: np.ndarray | None = None
-        self._groups = _NO_HASHES
-        self._reached: np.ndarray | None = None
-        self._walked_live = 0
-        self._rescue = _NO_ROWS
-        self._ties: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] = _NO_TIES
+        # HNSW groups of more than 2 x hnsw_m identical live documents, and the rows the graph cannot reach
+        self._copies = HnswCopies(settings, table)
         self._load_hashes: list[np.ndarray] = []  # per block of rows read by load (HNSW)
 
     @property
@@ -845,7 +683,7 @@ class ApproxEngine(FaissEngine):
 
         def on_block(mean: np.ndarray, var: np.ndarray, sumlogvar: np.ndarray) -> None:
             if hnsw:
-                self._load_hashes.append(_gaussian_hashes(mean, var))
+                self._load_hashes.append(gaussian_hashes(mean, var))
             # ||d^||^2 from the blocks of d~ = [-1/2 (sum log var + sum mu^2 / var), -1 / (2 var), mu / var]
             # of the centred means
             m = mean.astype(np.float64)
@@ -889,7 +727,7 @@ class ApproxEngine(FaissEngine):
             self.check_loaded(cfg_path)
         hashes, self._load_hashes = self._load_hashes, []
         if hashes:
-            self._track_duplicates(self.index, np.concatenate(hashes))
+            self._copies.track(self.index, np.concatenate(hashes))
 
     # ---------------------------------------------------------- the reduction
     @property
@@ -1047,8 +885,8 @@ class ApproxEngine(FaissEngine):
     def _add_all(self, index: Any, live: np.ndarray | None = None) -> float:
         """Add the table's rows (``live``: only these, in order; default every row) to ``index``.
 
-        For HNSW, identical live documents among them are counted (:meth:`_track_duplicates`;
-        without ``live``, the table says which rows are live).
+        For HNSW, identical live documents among them are counted (:meth:`HnswCopies.track
+        <kl_retrievers.store._hnsw_copies.HnswCopies.track>`; without ``live``, the table says which rows are live).
 
         Returns:
             The largest norm of their centred, shifted ``d~`` (``0`` for none).
@@ -1062,175 +900,11 @@ class ApproxEngine(FaissEngine):
             shifted = self._shifted(self._centred(table.doc_vectors(sel)))  # as _reduced, keeping the norms
             top = max(top, float(_row_norms(shifted).max()))
             if hnsw:
-                hashes.append(_gaussian_hashes(table.mean[sel], table.var[sel]))
+                hashes.append(gaussian_hashes(table.mean[sel], table.var[sel]))
             index.add(reduce_document_vectors(shifted, 0.0, self._norm_bound, width=self.width))
         if hnsw:
-            self._track_duplicates(index, np.concatenate(hashes) if hashes else _NO_HASHES, live)
+            self._copies.track(index, np.concatenate(hashes) if hashes else NO_HASHES, live)
         return top
-
-    def _track_duplicates(self, index: Any, hashes: np.ndarray, rows: np.ndarray | None = None) -> None:
-        """Where more than ``2 x hnsw_m`` live HNSW documents are identical: warn; score what the graph cannot reach.
-
-        FAISS's HNSW keeps ``2 x hnsw_m`` links per node at its lowest level and prunes a new link
-        that a closer neighbour already covers: copies of one vector, at distance 0 from each other,
-        fill each other's lists, and the links from them to a later document are pruned, so no
-        search may reach it (a distinct document among 100 copies was not found as its own top-1;
-        see ``docs/ann.md``, "Many identical documents"). Then the live rows no lowest-level path
-        from the entry point leads to (:func:`_hnsw_reached`) are kept in ``_rescue`` and scored
-        exactly with every query (:meth:`_with_rescue`), less copies of a reachable row where the query
-        allows at least k reachable copies of that group (they tie with them; :meth:`_rescue_rows`);
-        where those it scores so are more than ``_RESCUE_SHARE`` of the allowed rows, the query is
-        searched exactly. The hashes are kept for later adds (:meth:`_track_new_rows`). One warning
-        per store. IVF scans whole lists and is not affected.
-
-        Args:
-            index: The HNSW index, holding one entry per hash.
-            hashes: :func:`_gaussian_hashes` of its entries' documents, in entry order.
-            rows: The table rows the entries were added from, all live (default: the same numbers,
-                live or not as the table says).
-        """
-        self._hashes, self._groups, self._reached, self._rescue, self._ties = None, _NO_HASHES, None, _NO_ROWS, _NO_TIES
-        limit = 2 * self.settings.hnsw_m
-        if hashes.size <= limit:
-            return
-        alive = np.ones(hashes.size, dtype=bool) if rows is not None else np.asarray(self.table.alive[: hashes.size])
-        live = np.flatnonzero(alive)
-        if live.size <= limit:
-            return
-        uniq, first, counts = np.unique(hashes[live], return_index=True, return_counts=True)
-        big = counts > limit
-        if not big.any():
-            return
-        self._hashes, self._groups = hashes, uniq[big]
-        self._find_unreached(index, alive)
-        if self._warned_duplicates:
-            return
-        self._warned_duplicates = True
-        j = int(np.argmax(counts))
-        example = int(live[first[j]])
-        example = example if rows is None else int(rows[example])
-        logger.warning(
-            "%d documents of the hnsw index are copies of one vector (e.g. document %r; %d such group(s) of more "
-            "than %d): more than 2 x hnsw_m = %d, the links an HNSW node keeps, so the graph search misses documents "
-            "(%s); deduplicate the documents (one copy each, the others' ids kept elsewhere), or use "
-            "index_type='flat' (exact) or 'ivf', which this does not affect (docs/ann.md, 'Many identical documents')",
-            int(counts[j]),
-            self.table.ids[example],
-            int(big.sum()),
-            limit,
-            limit,
-            self._rescue_note(int(live.size)),
-        )
-
-    def _rescue_note(self, n_live: int) -> str:
-        """What the store does about the rows its graph cannot reach, for the warning of :meth:`_track_duplicates`."""
-        r = int(self._rescue.size - self._ties[0].size)
-        if self._reached is None:
-            return "FAISS does not expose this graph, so the documents it cannot reach are not found"
-        if not r:
-            return "it reaches every document from its entry point, but finds those near the copies less often"
-        if r > _RESCUE_SHARE * n_live:
-            return (
-                f"it cannot reach {r} of the {n_live} live documents at all, more than {_RESCUE_SHARE:.0%}: "
-                "queries are searched exactly, without the index, while that lasts"
-            )
-        return f"the {r} it cannot reach at all are scored exactly with every query, but recall still suffers"
-
-    def _find_unreached(self, index: Any, alive: np.ndarray) -> None:
-        """Walk the graph of ``index``: set ``_reached``, ``_walked_live``, ``_rescue``, ``_ties``.
-
-        Every live row the walk does not reach is a rescue row. Those that are copies of a
-        reached live row are also kept in ``_ties`` with the reached rows of their group: a query
-        for k results that allows k of these finds them and skips the others (:meth:`_rescue_rows`),
-        and one that allows fewer (reached copies deleted or filtered out) still scores them. See
-        :meth:`_track_duplicates`.
-        """
-        assert self._hashes is not None
-        self._rescue, self._ties, self._walked_live = _NO_ROWS, _NO_TIES, int(alive.sum())
-        self._reached = _hnsw_reached(index)
-        if self._reached is None:
-            return
-        hashes = self._hashes
-        lost, ties = np.flatnonzero(~self._reached & alive), _NO_TIES
-        if lost.size:
-            found = np.flatnonzero(self._reached & alive)
-            shared = np.intersect1d(hashes[lost], hashes[found])
-            if shared.size:
-                tied, partners = lost[np.isin(hashes[lost], shared)], found[np.isin(hashes[found], shared)]
-                groups = np.searchsorted(shared, hashes[tied]), np.searchsorted(shared, hashes[partners])
-                ties = (tied, groups[0].astype(np.int64), partners, groups[1].astype(np.int64))
-        self._set_rescue(lost, ties)
-
-    def _set_rescue(self, rows: np.ndarray, ties: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> None:
-        """Score ``rows`` (sorted, unique) with every query, less ``ties`` (see :meth:`_find_unreached`); warn once
-        per store where there are too many for that."""
-        self._rescue, self._ties = rows.astype(np.int64), ties
-        n_live, n_rescue = len(self.table), int(rows.size - ties[0].size)
-        if n_rescue > _RESCUE_SHARE * n_live and not self._warned_exact:
-            self._warned_exact = True
-            logger.warning(
-                "the hnsw graph cannot reach %d of the %d live documents, more than %s: queries are searched "
-                "exactly, without the index, while that lasts (deduplicate the documents, or use index_type='flat' "
-                "or 'ivf'; docs/ann.md, 'Many identical documents')",
-                n_rescue,
-                n_live,
-                f"{_RESCUE_SHARE:.0%}",
-            )
-
-    def _rescue_rows(self, mask: np.ndarray | None, kk: int) -> np.ndarray:
-        """The rescue rows a query for ``kk`` results allowing ``mask`` (``None``: every row, all live) scores apart.
-
-        A rescue row that ties with a reached row (``_ties``) is skipped where the query allows at least
-        ``kk`` reached rows of its group: the graph search finds those, with the same score, and they fill
-        every place a copy could take. With fewer (a filter or deletes left fewer reached copies than
-        ``kk``), the group's unreached copies are scored too, or the top ``kk`` would miss some.
-        Returns the rows, sorted.
-        """
-        rescue, (tied, group, partners, partner_group) = self._rescue, self._ties
-        if tied.size:
-            allowed = partner_group if mask is None else partner_group[mask[partners]]
-            size = int(max(group.max(), partner_group.max())) + 1
-            covered = np.bincount(allowed, minlength=size) >= kk
-            rescue = np.setdiff1d(rescue, tied[covered[group]], assume_unique=True)
-        if rescue.size and mask is not None:
-            rescue = rescue[mask[rescue]]
-        return rescue
-
-    def _track_new_rows(self, start: int, new: np.ndarray) -> None:
-        """After an add of rows ``start:`` (hashes ``new``) to a store tracking identical documents.
-
-        The whole graph is walked again (:meth:`_track_duplicates`) where the add brings a copy of
-        a tracked group, or a new group of more than ``2 x hnsw_m``, or the live rows grew by
-        ``_REWALK_GROWTH`` since the last walk, or a new row links to a copy of a tracked group:
-        FAISS then adds the reverse link to the copy's full list and prunes one, and the link it
-        prunes may be the last one into an older row near the copies (which no search would reach
-        again). Otherwise only the new rows' neighbourhoods are read (:func:`_hnsw_reached_new`),
-        and the new live rows no reached row links to are scored with every query too. Between
-        walks, an old row that an add away from the copies left with no link in is not noticed,
-        nor a group that smaller adds build up.
-        """
-        assert self._hashes is not None
-        hashes, limit = np.concatenate([self._hashes, new]), 2 * self.settings.hnsw_m
-        regroup = bool(np.isin(new, self._groups).any()) or (
-            new.size > limit and int(np.unique(new, return_counts=True)[1].max()) > limit
-        )
-        if regroup or self._reached is None or len(self.table) >= (1.0 + _REWALK_GROWTH) * self._walked_live:
-            self._track_duplicates(self.index, hashes)
-            return
-        graph = _hnsw_graph(self.index)
-        if graph is None or graph[1].size < self.index.ntotal + 1:
-            self._track_duplicates(self.index, hashes)
-            return
-        near = _links_below(graph, np.arange(start, self.index.ntotal, dtype=np.int64), start)
-        if np.isin(self._hashes[near], self._groups).any():  # pruning around the copies: walk it all
-            self._track_duplicates(self.index, hashes)
-            return
-        reached = _hnsw_reached_new(self.index, self._reached, graph)
-        assert reached is not None
-        self._hashes, self._reached = hashes, reached
-        lost = start + np.flatnonzero(~reached[start:] & np.asarray(self.table.alive[start : reached.size]))
-        if lost.size:
-            self._set_rescue(np.union1d(self._rescue, lost), self._ties)
 
     def _drop_index(self, n: int, needed: int, forced: bool) -> None:
         """No index (exact searches, as before the first build) for ``n`` live rows, fewer than ``needed``."""
@@ -1248,7 +922,7 @@ class ApproxEngine(FaissEngine):
             self.table.compact()
         self.index, self.viewed = None, False
         self._norm_bound, self.offset, self.centre = None, 0.0, None
-        self._hashes, self._groups, self._reached, self._rescue, self._ties = None, _NO_HASHES, None, _NO_ROWS, _NO_TIES
+        self._copies.clear()
         self._warned_unbuilt = True
 
     def rebuild(self, forced: bool = False) -> None:
@@ -1278,7 +952,7 @@ class ApproxEngine(FaissEngine):
             n_train = min(n, max(65536, 64 * s.nlist) if s.index_type == "ivf" else 65536)
         sample = table.doc_vectors(live[np.sort(rng.choice(n, size=n_train, replace=False))])
         before = (self.centre, self.offset, self._norm_bound)
-        tracked = (self._hashes, self._groups, self._reached, self._walked_live, self._rescue, self._ties)
+        tracked = self._copies.snapshot()
         try:
             # The means are centred on the documents' mean (-KL unchanged; see means_centre) where that
             # shrinks the norm bound by half or more, i.e. where a common offset of the means would
@@ -1306,7 +980,7 @@ class ApproxEngine(FaissEngine):
             self._add_all(index, live)
         except BaseException:
             self.centre, self.offset, self._norm_bound = before
-            self._hashes, self._groups, self._reached, self._walked_live, self._rescue, self._ties = tracked
+            self._copies.restore(tracked)
             raise
         top_id = table.ids[int(live[top_row])]
         if table.dead():
@@ -1361,12 +1035,8 @@ class ApproxEngine(FaissEngine):
             blocks.append(dvec)
         for dvec in blocks:
             self.index.add(self._reduced(dvec))
-        if self.settings.index_type == "hnsw":  # see _track_duplicates
-            new, limit = _gaussian_hashes(table.mean[start:], table.var[start:]), 2 * self.settings.hnsw_m
-            if self._hashes is not None and self._hashes.size == start:
-                self._track_new_rows(start, new)
-            elif self._hashes is not None or (new.size > limit and np.unique(new, return_counts=True)[1].max() > limit):
-                self._track_duplicates(self.index, _gaussian_hashes(table.mean, table.var))
+        if self.settings.index_type == "hnsw":
+            self._copies.track_added(self.index, start)
 
     def remove_rows(self, dead: np.ndarray) -> None:
         """Re-add the (compacted) table's rows; rebuild where ``M`` is now far above every live norm.
@@ -1506,12 +1176,12 @@ class ApproxEngine(FaissEngine):
         keep = kk + max(16, 2 * kk)  # candidates that reach the float64 re-scoring
         if self.index is None or n_allowed <= cand or (filtered and n_allowed <= s.exact_threshold):
             return self._exact_top_k(qg, kk, mask)
-        rescue = self._rescue_rows(mask, kk)  # read once: an add may replace it meanwhile
-        if rescue.size > _RESCUE_SHARE * n_allowed:  # see _track_duplicates: cheaper exactly
+        rescue = self._copies.rows(mask, kk)  # read once: an add may replace it meanwhile
+        if rescue.size > self._copies.share * n_allowed:  # see HnswCopies: cheaper exactly
             return self._exact_top_k(qg, kk, mask)
         pool, trimmed = self._approx_candidates(qg, cand, mask, n_allowed, keep=keep)
         # efSearch >= the pool, and at least that many rows are allowed: an HNSW search that returns fewer did
-        # not reach part of the graph (e.g. next to many identical documents; see _track_duplicates), so its
+        # not reach part of the graph (e.g. next to many identical documents; see HnswCopies), so its
         # pool may miss the best rows
         few = (pool >= 0).sum(axis=1) < pool.shape[1] if s.index_type == "hnsw" else np.zeros(len(pool), bool)
         if rescue.size:  # scored apart (_with_rescue): out of the pools

@@ -6,7 +6,7 @@
   holding an empty text answered ``""`` with confidence ~1 (``-KL`` 0).
 * ``weight=`` / ``normalization=`` given with ``fusion="rrf"`` or ``"adaptive"`` raise in searches and
   retrievers (they were silently ignored); a store keeps them as its convex defaults with any fusion
-  (tests/test_stop45_adapters_review.py); saved stores keep loading.
+  (tests/test_adapter_fusion_defaults_and_postprocessor.py); saved stores keep loading.
 * LlamaIndex ``KLHybridRetriever.from_defaults(store=s, fusion=...)`` uses that fusion.
 * LangChain retrievers refuse result keys that collide.
 * LlamaIndex: an empty query without an embedding or encoder says the query is empty.

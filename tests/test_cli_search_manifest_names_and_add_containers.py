@@ -66,14 +66,20 @@ def test_search_takes_a_langchain_manifest_file_whatever_its_name(tmp_path: Path
     assert _kl_store_folder(manifest) == inner
 
 
-def test_the_name_pattern_still_applies_when_scanning_a_folder(tmp_path: Path) -> None:
-    """In a folder only ``*vector_store.json`` files are LlamaIndex manifests (as LlamaIndex's own loader)."""
+def test_a_folder_scan_finds_a_manifest_by_its_content_whatever_its_name(tmp_path: Path) -> None:
+    """LlamaIndex manifests in a folder are found by content, whatever their names; two stores are refused."""
     inner = _small_store(tmp_path / "my_index.klstore")
     payload = {"format": "kl-retrievers/llama-index-vector-store", "format_version": 1, "store": inner.name}
     (tmp_path / "my_index.json").write_text(json.dumps(payload))
-    assert _kl_store_folder(tmp_path) == tmp_path  # not scanned: the folder itself (no config.json: refused later)
-    (tmp_path / "vector_store.json").write_text(json.dumps(payload))
     assert _kl_store_folder(tmp_path) == inner
+    (tmp_path / "vector_store.json").write_text(json.dumps(payload))
+    assert _kl_store_folder(tmp_path) == inner  # two manifests, one store: searching it is unambiguous
+    other = _small_store(tmp_path / "other.klstore")
+    (tmp_path / "vector_store.json").write_text(json.dumps({**payload, "store": other.name}))
+    with pytest.raises(ValueError) as info:
+        _kl_store_folder(tmp_path)
+    message = str(info.value)
+    assert "2 KL stores" in message and "my_index.json" in message and "vector_store.json" in message, message
 
 
 def test_another_file_is_refused_naming_the_formats_and_what_to_pass(tmp_path: Path) -> None:

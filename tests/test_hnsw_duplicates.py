@@ -1,4 +1,4 @@
-"""HNSW and many identical documents (kl_retrievers/store/_engines.py, ``ApproxEngine``).
+"""HNSW and many identical documents (kl_retrievers/store/_hnsw_copies.py ``HnswCopies``, used by ``ApproxEngine``).
 
 Copies of one vector fill each other's HNSW link lists (2 x ``hnsw_m`` at the lowest level), and
 FAISS prunes the links from them to other documents, which the graph search then never reaches:
@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 
 import kl_retrievers.store._engines as engines
+import kl_retrievers.store._hnsw_copies as hnsw_copies
 from kl_retrievers.gaussian import Gaussians, neg_kl_matrix
 from kl_retrievers.store import KLStore
-from kl_retrievers.store._engines import ApproxEngine, _hnsw_reached, _hnsw_reached_new, _hnsw_unreached
+from kl_retrievers.store._engines import ApproxEngine
+from kl_retrievers.store._hnsw_copies import HnswCopies, hnsw_reached, hnsw_reached_new, hnsw_unreached
 
 LOGGER = "kl_retrievers.store._engines"
 K = 4
@@ -115,17 +117,17 @@ def test_an_add_after_the_build_keeps_the_rows_current() -> None:
     store = KLStore(index_type="hnsw")
     store.add(gaussians=gaussians(rng.normal(size=(300, K)) * 2), ids=[f"o{i}" for i in range(300)])
     engine = approx(store)
-    assert engine._hashes is None and engine._rescue.size == 0  # nothing to track yet
+    assert engine._copies.hashes is None and engine._copies.rescue.size == 0  # nothing to track yet
     store.add(gaussians=corpus(600)[0], ids=corpus(600)[1])
     assert store.rebuild_count == 0 and engine.index is not None and engine.index.ntotal == 901
-    assert engine._hashes is not None and engine._hashes.size == 901
-    unreached = _hnsw_unreached(engine.index)
+    assert engine._copies.hashes is not None and engine._copies.hashes.size == 901
+    unreached = hnsw_unreached(engine.index)
     assert unreached is not None and 900 in unreached  # the distinct row: no path of the graph leads to it
-    assert 900 in engine._rescue
+    assert 900 in engine._copies.rescue
     assert check_exact(store, QUERY, 3) == ["distinct"]
     near = Gaussians(np.full((1, K), 0.25), np.ones((1, K)))
     store.add(gaussians=gaussians(np.full((1, K), 0.25)), ids=["near"])
-    assert store.rebuild_count == 0 and engine._hashes.size == 902
+    assert store.rebuild_count == 0 and engine._copies.hashes.size == 902
     assert check_exact(store, near, 3) == ["near"]
 
 
@@ -156,7 +158,7 @@ def test_healthy_index_is_unchanged(monkeypatch: pytest.MonkeyPatch, caplog: pyt
         store.add(gaussians=docs, ids=[str(i) for i in range(n)])
     assert not caplog.records
     engine = approx(store)
-    assert engine._hashes is None and engine._rescue.size == 0
+    assert engine._copies.hashes is None and engine._copies.rescue.size == 0
     calls: list[int] = []
     original = engine._exact_top_k
 
@@ -205,7 +207,7 @@ def test_no_warning_below_the_limit_or_for_ivf(
 def test_compressed_and_refined_graphs(settings: dict[str, str]) -> None:
     """SQ8 codes (and a refine stage): the copies are counted, and results stay exact."""
     store = built(300, **settings)
-    assert approx(store)._hashes is not None
+    assert approx(store)._copies.hashes is not None
     assert check_exact(store, QUERY, 3) == ["distinct"]
 
 
@@ -217,21 +219,21 @@ def test_adds_walk_the_graph_only_as_the_store_grows(monkeypatch: pytest.MonkeyP
     means = np.concatenate([np.zeros((100, K)), rng.normal(size=(900, K)) * 2])
     store.add(gaussians=gaussians(means), ids=[str(i) for i in range(1000)])
     engine = approx(store)
-    assert engine._hashes is not None and engine._walked_live == 1000
+    assert engine._copies.hashes is not None and engine._copies.walked_live == 1000
     walks: list[int] = []
-    original = engines._hnsw_reached
+    original = hnsw_copies.hnsw_reached
 
     def spy(index: Any) -> np.ndarray | None:
         walks.append(int(index.ntotal))
         return original(index)
 
-    monkeypatch.setattr(engines, "_hnsw_reached", spy)
+    monkeypatch.setattr(hnsw_copies, "hnsw_reached", spy)
     far = means[100:][np.linalg.norm(means[100:], axis=1) > 4.0]  # far from the copies (at 0)
     for i in range(120):  # next to a document far from the copies: no new row links to one
         store.add(gaussians=gaussians(far[i % len(far)][None] + rng.normal(size=(1, K)) * 0.05), ids=[f"new{i}"])
     assert store.rebuild_count == 0
     assert walks == [1100]  # one walk, at 10% growth, not one per add
-    assert engine._hashes.size == engine.index.ntotal == 1120
+    assert engine._copies.hashes.size == engine.index.ntotal == 1120
     store.add(gaussians=gaussians(np.zeros((1, K))), ids=["another copy"])
     assert walks == [1100, 1121]  # a copy of the tracked group: walked again
     store.add(gaussians=gaussians(np.full((1, K), 0.01)), ids=["next to the copies"])
@@ -241,17 +243,17 @@ def test_adds_walk_the_graph_only_as_the_store_grows(monkeypatch: pytest.MonkeyP
 
 
 def test_new_rows_reached_from_their_neighbourhoods() -> None:
-    """_hnsw_reached_new, from the old rows' flags and the new rows' links only, agrees with a whole walk
+    """hnsw_reached_new, from the old rows' flags and the new rows' links only, agrees with a whole walk
     on the new rows."""
     rng = np.random.default_rng(0)
     store = KLStore(index_type="hnsw")
     store.add(gaussians=gaussians(rng.normal(size=(300, K)) * 2), ids=[f"o{i}" for i in range(300)])
     index = approx(store).index
-    before = _hnsw_reached(index)
+    before = hnsw_reached(index)
     assert before is not None and before.all()
     docs, ids = corpus(600)
     store.add(gaussians=docs, ids=ids)
-    whole, local = _hnsw_reached(index), _hnsw_reached_new(index, before)
+    whole, local = hnsw_reached(index), hnsw_reached_new(index, before)
     assert whole is not None and local is not None and local.size == whole.size == 901
     assert not local[900] and not whole[900]  # the distinct row among the copies
     np.testing.assert_array_equal(local[300:], whole[300:])
@@ -290,9 +292,8 @@ def test_a_short_graph_pool_is_searched_exactly(monkeypatch: pytest.MonkeyPatch)
 def test_many_rescue_rows_search_exactly_and_warn_once(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Rows the graph cannot reach above _RESCUE_SHARE of the allowed rows: exact search; the warning says so
-    once per store, and the counts leave deleted rows out."""
-    monkeypatch.setattr(engines, "_RESCUE_SHARE", 0.0)
+    """Rows the graph cannot reach above the tracker's share of the allowed rows: exact search; the warning says
+    so once per store, and the counts leave deleted rows out."""
     calls: list[int] = []
     exact = ApproxEngine._exact_top_k
 
@@ -303,6 +304,7 @@ def test_many_rescue_rows_search_exactly_and_warn_once(
     monkeypatch.setattr(ApproxEngine, "_exact_top_k", spy)
     rng = np.random.default_rng(0)
     store = KLStore(index_type="hnsw")
+    approx(store)._copies.share = 0.0
     means = np.concatenate([np.zeros((5, K)), rng.normal(size=(295, K))])
     store.add(gaussians=gaussians(means), ids=[f"gone{i}" for i in range(5)] + [f"o{i}" for i in range(295)])
     store.delete([f"gone{i}" for i in range(5)])  # tombstones: copies of the group below, but not live
@@ -331,7 +333,7 @@ def test_rescue_rows_are_scored_apart_in_blocks(monkeypatch: pytest.MonkeyPatch)
     store = KLStore(index_type="hnsw")
     store.add(gaussians=docs, ids=[str(i) for i in range(n)])
     engine = approx(store)
-    engine._rescue = np.arange(0, n, 20, dtype=np.int64)  # 5%: under _RESCUE_SHARE
+    engine._copies.rescue = np.arange(0, n, 20, dtype=np.int64)  # 5%: under the tracker's share (10%)
     blocks: list[int] = []
     original = engines.exact_top_k
 
@@ -374,17 +376,17 @@ def test_a_failed_add_counts_the_live_rows_only(monkeypatch: pytest.MonkeyPatch)
     store.delete([f"b{i}" for i in range(40)])
     store.add(gaussians=gaussians(np.zeros((10, K))), ids=[f"d{i}" for i in range(10)])  # 30 copies > 16
     engine = approx(store)
-    assert engine._walked_live == len(store) == 290 and engine.table.n_rows == 330
+    assert engine._copies.walked_live == len(store) == 290 and engine.table.n_rows == 330
 
-    def fail(self: ApproxEngine, *args: Any) -> None:
+    def fail(self: HnswCopies, *args: Any) -> None:
         raise MemoryError("simulated")
 
     with monkeypatch.context() as patch:
-        patch.setattr(ApproxEngine, "_track_new_rows", fail)
+        patch.setattr(HnswCopies, "track_added", fail)
         with pytest.raises(MemoryError):
             store.add(gaussians=gaussians(rng.normal(size=(1, K))), ids=["x"])
     assert "x" not in store and engine.index.ntotal == engine.table.n_rows == 330
-    assert engine._hashes is not None and engine._walked_live == len(store) == 290
+    assert engine._copies.hashes is not None and engine._copies.walked_live == len(store) == 290
     assert check_exact(store, gaussians(np.zeros((1, K))), 3)[0].startswith(("c", "d"))
 
 
@@ -398,7 +400,7 @@ def test_copies_the_graph_cannot_reach_are_found_without_the_reached_ones(how: s
     ids = [f"b{i}" for i in range(600)] + [f"c{i}" for i in range(200)]
     store.add(gaussians=gaussians(means), ids=ids, metadatas=[{"row": i} for i in range(800)])
     engine = approx(store)
-    unreached = _hnsw_unreached(engine.index)
+    unreached = hnsw_unreached(engine.index)
     assert unreached is not None
     lost = set(unreached.tolist())
     reached_copies = [600 + i for i in range(200) if 600 + i not in lost]
@@ -417,21 +419,19 @@ def test_copies_the_graph_cannot_reach_are_found_without_the_reached_ones(how: s
 
     top = check_exact(store, query, 3, allowed)[0]
     assert top.startswith("c") and int(top[1:]) + 600 in lost
-    assert engine._rescue_rows(None, 1).size < engine._rescue.size  # tied copies skipped where one is allowed
+    assert engine._copies.rows(None, 1).size < engine._copies.rescue.size  # tied copies skipped where one is allowed
 
 
 @pytest.mark.parametrize("how", ["filter", "delete"])
 def test_fewer_allowed_reachable_copies_than_k_still_fill_the_top_k_with_copies(how: str) -> None:
     """With one reachable copy allowed and k = 5, the four other places are copies too (they all score 0)."""
-    from kl_retrievers.store._engines import _hnsw_unreached
-
     rng = np.random.default_rng(0)
     store = KLStore(index_type="hnsw", hnsw_m=8, compact_threshold=0.9, exact_threshold=0)
     means = np.concatenate([rng.normal(size=(600, K)) * 2 + 3, np.zeros((200, K))])
     ids = [f"b{i}" for i in range(600)] + [f"c{i}" for i in range(200)]
     store.add(gaussians=gaussians(means), ids=ids, metadatas=[{"row": i} for i in range(800)])
     engine = approx(store)
-    unreachable = _hnsw_unreached(engine.index)
+    unreachable = hnsw_unreached(engine.index)
     assert unreachable is not None  # the graph is exposed
     lost = set(unreachable.tolist())
     reached = [600 + i for i in range(200) if 600 + i not in lost]

@@ -1,7 +1,7 @@
 """Review of 5ba7d89 (stop 46, round 6): search on adapter saves, evaluate's and the baselines' install messages,
 the search help, and encode's "a text names a file" warning.
 
-A package is hidden as in tests/test_stop46_torch_free_edges.py: ``sys.modules[name] = None`` makes its import
+A package is hidden as in tests/test_torch_free_messages.py: ``sys.modules[name] = None`` makes its import
 fail and ``importlib.util.find_spec`` return ``None``, as on the core install.
 """
 

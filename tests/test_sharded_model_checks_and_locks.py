@@ -1,4 +1,5 @@
-"""Stop 46 (F8): review of the sharded encodings of b3205ab (findings 2-5; finding 1 is in test_stop46_sharded_cache).
+"""Stop 46 (F8): review of the sharded encodings of b3205ab (findings 2-5; finding 1 is in
+test_sharded_backends_and_cache_fingerprints).
 
 2. ``iter_encoded(encoder=)`` accepted another model on the same backend whose weights were the manifest's.
 3. Without ``flock``, a folder holding only a manifest was taken over while its run could still be encoding.
