@@ -38,6 +38,7 @@ def _metas(n: int, seed: int = 0) -> list[dict[str, object]]:
 
 
 def _store(tmp_path: Path, name: str = "kl.db", **kw: object) -> MilvusKLStore:
+    kw.setdefault("metric", "L2")  # these tests exercise the L2 reduction (flat collections default to IP)
     return MilvusKLStore(uri=str(tmp_path / name), **kw)  # type: ignore[arg-type]
 
 

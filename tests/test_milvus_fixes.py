@@ -23,6 +23,7 @@ LOGGER = "kl_retrievers.store.milvus"
 
 
 def _store(tmp_path: Path, name: str = "kl.db", **kw: Any) -> MilvusKLStore:
+    kw.setdefault("metric", "L2")  # these tests exercise the L2 reduction (flat collections default to IP)
     return MilvusKLStore(uri=str(tmp_path / name), **kw)
 
 

@@ -113,7 +113,7 @@ def test_tied_documents_come_back_in_klstore_s_order_whatever_the_ids(tmp_path: 
 
 
 def test_a_rewrite_of_the_rows_keeps_their_order_among_ties(tmp_path: Path) -> None:
-    store = MilvusKLStore(uri=str(tmp_path / "kl.db"), index_type="flat")
+    store = MilvusKLStore(uri=str(tmp_path / "kl.db"), index_type="flat", metric="L2")  # rewrites: the L2 reduction
     ref = KLStore()
     q = random_gaussians(1, K, seed=7)
     big = random_gaussians(1, K, seed=8).numpy()

@@ -7,7 +7,7 @@ collection instead of a table and a FAISS index.  Each document is stored as one
 (when it was added, for the order of tied scores; collections created before 2026-12-05 have none) and
 a ``FLOAT_VECTOR`` holding the inner-product rewrite ``d~`` of its Gaussian (METHOD.md):
 
-* ``metric="L2"`` (default): the MIPS -> L2 reduction, the very code :class:`KLStore` uses
+* ``metric="L2"`` (the default for HNSW and IVF): the MIPS -> L2 reduction, the very code :class:`KLStore` uses
   (``reduction to L2`` in :mod:`kl_retrievers.gaussian`).  The first coordinate of ``d~`` is
   shifted by an offset ``o`` (the mean first coordinate of the first documents added; it changes
   no ranking, and without it that coordinate's shared part dominates every norm and IVF recall
@@ -19,15 +19,18 @@ a ``FLOAT_VECTOR`` holding the inner-product rewrite ``d~`` of its Gaussian (MET
   norm exceeds ``M`` makes the store raise ``M`` and rewrite every row (logged, counted in
   ``rebuild_count``).  ``M`` and ``o`` are stored in the collection with a version number, so
   several writer processes share them; see *Several writers* below.
-* ``metric="IP"``: ``d~`` as it is, searched by inner product (no norm bound).  Exact with
-  ``index_type="flat"``; with HNSW or IVF it finds almost none of the true neighbours
-  (``benchmarks/milvus.py``), which is why the L2 reduction is the default.
+* ``metric="IP"`` (the default for a new flat collection): ``d~`` as it is, searched by inner product (no
+  norm bound).  Exact with ``index_type="flat"`` (where the L2 reduction loses the documents whose norm ``M``
+  dwarfs in float32); with HNSW or IVF it finds almost none of the true neighbours (``benchmarks/milvus.py``),
+  which is why the L2 reduction is their default.  A client attaching to a collection without ``metric``
+  adopts the collection's.
 
 Milvus returns a candidate pool (``max(rescore_pool, rescore_factor * k)``) with the stored
 vectors; the winners' texts and metadata are fetched with their vectors, and a query whose winner
 changed or vanished in between (a concurrent writer) is searched again with texts returned by the
 search itself, so each hit is one stored version of its document; the Gaussians are recovered
-from ``d~`` exactly (``var = -1 / (2 d~_var)``, ``mu = d~_mu * var``) and re-scored with the exact
+from the float32 ``d~`` (``var = -1 / (2 d~_var)``, ``mu = d~_mu * var``: within about 1e-7 relative) and
+re-scored with the exact
 ``-KL`` in float64, so reported scores are the true ``-KL(Q || D)`` (query constant included):
 **higher is better**.  When HNSW / IVF return fewer than ``k`` hits (a selective filter) and at
 most ``exact_threshold`` rows match, every matching row is scored exactly.  docs/milvus.md,
@@ -45,14 +48,22 @@ compare-and-set on collection properties, so a writer (any :meth:`MilvusKLStore.
 3. it rewrites every row under the stored ``M`` (each from its recovered Gaussian), then marks the
    rewrite done under a separate property key, and inserts its own rows;
 4. it re-reads ``M`` and ``o`` after inserting; if they changed meanwhile it starts over (rewriting
-   its own rows, or every row when it had rewritten others' rows).
+   its own rows, or every row when it had rewritten others' rows);
+5. a row rewrite reads pages and writes them back later, which would undo another client's upsert or
+   delete made in between: before reading any row it stores a new rewrite generation and a mark of its own
+   (updated after every page, dropped at the end); every ``add`` and ``delete`` waits while a mark is
+   there, and reads the generation and marks again after writing: if a rewrite may have overlapped its
+   write, it waits for it to end (at most :data:`_REWRITE_WAIT_S`, then ``RuntimeError``) and writes (or
+   deletes) again.  A mark without progress for :data:`_REWRITE_STALL_S` is an abandoned rewrite: dropped.
 
 Guarantee: once every concurrent ``add`` has returned, every row is reduced with the stored ``M``
 and ``o``, so rankings are exact (flat) or as good as a single writer's (HNSW / IVF).  While adds
 that raise ``M`` overlap, a search can briefly see rows under two bounds (a transient ranking
 error, never a wrong score: scores are always re-computed exactly).  A writer killed after storing
 a raised ``M`` leaves the rewrite pending: the next ``add`` (or :meth:`MilvusKLStore.repair`) by any
-process finishes it.  Concurrent adds that raise ``M`` may rewrite the collection more than once;
+process finishes it.  A write is not undone by a concurrent row rewrite (step 5), unless that rewrite
+stalls longer than :data:`_REWRITE_STALL_S`.  Concurrent adds that raise ``M`` may rewrite the collection
+more than once;
 a re-inserted row of an ``add`` that had to start over can bring back a row another process
 deleted in that window.  Collections written by the previous release (no offset, no version) are
 read as ``o = 0``, version 0; this release stores format version 2, which older releases refuse to
@@ -84,6 +95,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import threading
 import time
 import uuid
@@ -157,6 +169,15 @@ _FORMAT_VERSION = 2
 _CONFIG_KEY = "kl_retrievers.config"
 #: Property key of the last finished row rewrite (``{"version", "writer"}`` of the publication it served).
 _REWRITE_DONE_KEY = "kl_retrievers.rewrite_done"
+#: Property key of the generation of row rewrites: a new random token stored by every rewrite before it reads a row.
+_REWRITE_GEN_KEY = "kl_retrievers.rewrite_gen"
+#: Prefix of the property keys marking a row rewrite in progress (one key per rewrite, dropped when it ends; its
+#: value, the rows rewritten so far, changes after every page).
+_REWRITING_PREFIX = "kl_retrievers.rewriting."
+#: Seconds a writer waits for other writers' row rewrites to finish before it raises.
+_REWRITE_WAIT_S = 600.0
+#: Seconds without progress after which a rewrite mark counts as abandoned (its writer died) and is dropped.
+_REWRITE_STALL_S = 120.0
 #: How often one ``add`` starts over after a concurrent writer changed ``M`` before it gives up.
 _MAX_SYNC_ATTEMPTS = 20
 _EXTRA = "pip install 'kl-retrievers[milvus]'"
@@ -179,6 +200,16 @@ _SHRINK_FACTOR = 2.0
 _ADDED_FIELD = "added"
 _added_lock = threading.Lock()
 _last_added = 0
+#: The rewrite marks of the row rewrites running in this thread: never waited for by a write made from inside one (a
+#: callback or hook would wait for itself), as if absent.
+_own_rewrites = threading.local()
+
+
+def _own_marks() -> set[str]:
+    marks: set[str] | None = getattr(_own_rewrites, "marks", None)
+    if marks is None:
+        marks = _own_rewrites.marks = set()
+    return marks
 
 
 def _next_added(n: int) -> list[int]:
@@ -196,6 +227,35 @@ def _next_added(n: int) -> list[int]:
 
 class MilvusConnectionError(ConnectionError):
     """Milvus could not be reached (or Milvus Lite could not start) within the timeout."""
+
+
+#: Milvus Lite files this process opened through a MilvusKLStore -> how many open stores use each (see close()).
+_lite_users: dict[str, int] = {}
+_lite_lock = threading.Lock()
+
+
+def _lite_file_locked(path: str) -> bool:
+    """Whether another process holds the lock of the Milvus Lite data file ``path`` (``False`` where unknown).
+
+    Milvus Lite locks ``<path>/LOCK`` (``flock``) for as long as a process serves the file.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: not known
+        return False
+    lock = os.path.join(os.path.abspath(path), "LOCK")
+    if not os.path.exists(lock):
+        return False
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def _import_pymilvus() -> Any:
@@ -483,6 +543,8 @@ class _Reduction:
     writer: str | None  # token of the publication (tells two writers of one version apart)
     pending: bool  # a raised M whose row rewrite has not been marked done
     centre: tuple[float, ...] | None = None  # subtracted from every mean (chosen with the first documents)
+    rewrite_gen: str | None = None  # token of the last row rewrite started (None: none yet, or an old collection)
+    rewriting: tuple[tuple[str, str], ...] = ()  # (property key, progress) of each row rewrite marked in progress
 
 
 _NO_REDUCTION = _Reduction(norm_bound=None, offset=0.0, version=0, writer=None, pending=False)
@@ -525,7 +587,8 @@ class MilvusKLStore(GaussianStore):
         dim: Gaussian dimension ``k``; inferred from the first :meth:`add` when ``None``.
         token: Milvus credentials (``"user:password"``) for a server with auth.
         index_type: ``"flat"`` (exact), ``"hnsw"`` or ``"ivf"``.
-        metric: ``"L2"`` (MIPS -> L2 reduction, default) or ``"IP"``.
+        metric: ``"L2"`` (MIPS -> L2 reduction) or ``"IP"``; ``None`` (default): an existing collection's
+            metric, else ``"IP"`` for a new flat collection (exact) and ``"L2"`` for HNSW / IVF.
         compression: ``None`` or ``"sq8"`` (``HNSW_SQ`` / ``IVF_SQ8``).
         hnsw_m: HNSW graph degree ``M`` (at least 2).
         ef_construction: HNSW ``efConstruction``.
@@ -574,7 +637,7 @@ class MilvusKLStore(GaussianStore):
         dim: int | None = None,
         token: str | None = None,
         index_type: str = "hnsw",
-        metric: str = "L2",
+        metric: str | None = None,
         compression: str | None = None,
         hnsw_m: int = 32,
         ef_construction: int = 80,
@@ -593,8 +656,10 @@ class MilvusKLStore(GaussianStore):
         show_progress_bar: bool = False,
         client: Any | None = None,
     ) -> None:
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}; got {metric!r}")
+        if metric is not None and metric not in METRICS:
+            raise ValueError(
+                f"metric must be one of {METRICS} or None (the collection's, else the index's); got {metric!r}"
+            )
         _check_store_args(
             index_type,
             compression,
@@ -637,11 +702,15 @@ class MilvusKLStore(GaussianStore):
                 index_type,
             )
         self.encoder = encoder
+        self._lite_path: str | None = None  # the Milvus Lite file this store opened (released by close())
         self.uri = uri  # unused when a client is given (it is connected already)
         self._client_given = client is not None
         self.collection_name = collection_name
         self.index_type = index_type
-        self.metric = metric
+        self._metric_asked = metric  # None: the attached collection's metric, else the index's default
+        # a flat index compares every row: inner products rank exactly; L2 over the reduction loses the documents
+        # whose norm M dwarfs in float32 (variances spread widely), and graph / cluster indexes need the L2
+        self.metric = metric if metric is not None else ("IP" if index_type == "flat" else "L2")
         self.compression = compression
         self.hnsw_m = int(hnsw_m)
         self.ef_construction = int(ef_construction)
@@ -681,14 +750,26 @@ class MilvusKLStore(GaussianStore):
         kwargs: dict[str, Any] = {"uri": uri, "timeout": self.timeout}
         if token:
             kwargs["token"] = token
+        lite = None if not str(uri).endswith(".db") else os.path.abspath(uri)
         try:
-            return pymilvus.MilvusClient(**kwargs)
+            client = pymilvus.MilvusClient(**kwargs)
         except Exception as exc:
+            if lite is not None and _lite_file_locked(lite):
+                raise MilvusConnectionError(
+                    f"another process holds the Milvus Lite file {uri!r} (its LOCK); Milvus Lite allows one process "
+                    "per file: close the store in the other process (MilvusKLStore.close() releases the file), or "
+                    "use a Milvus server ('http://host:19530') for several writer processes"
+                ) from exc
             raise MilvusConnectionError(
                 f"could not connect to Milvus at {uri!r} within {self.timeout:g} s: {exc}. "
                 "Check the URI (a local file such as './kl.db' starts Milvus Lite, which needs "
                 f"{_EXTRA}; a server looks like 'http://host:19530')."
             ) from exc
+        if lite is not None:
+            with _lite_lock:
+                _lite_users[lite] = _lite_users.get(lite, 0) + 1
+            self._lite_path = lite
+        return client
 
     @property
     def client(self) -> Any:
@@ -725,6 +806,7 @@ class MilvusKLStore(GaussianStore):
             "rewrite": False,
             "index_type": self.index_type,
             "compression": self.compression,
+            "index_build": self._build_params(),  # absent in collections created before 2026-12-06
             "collection_uid": self._uid,
             "encoder": getattr(self.encoder, "name_or_path", None),
             # the weights the collection's documents were encoded with: the creator's encoder's, kept by every
@@ -806,6 +888,46 @@ class MilvusKLStore(GaussianStore):
             previous,
         )
 
+    def _build_params(self) -> dict[str, int]:
+        """The settings the collection's index was built with (recorded in its config, adopted on attach)."""
+        if self.index_type == "hnsw":
+            return {"hnsw_m": self.hnsw_m, "ef_construction": self.ef_construction}
+        return {"nlist": self.nlist} if self.index_type == "ivf" else {}
+
+    def _stored_build(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The build settings of the collection's index: from its config, else (collections created before
+        2026-12-06) from the parameters a Milvus server describes (Milvus Lite describes none: ``{}``)."""
+        build = config.get("index_build")
+        if isinstance(build, Mapping):
+            return dict(build)
+        try:
+            params = self._client.describe_index(self.collection_name, "vector")
+        except Exception:  # pragma: no cover - no index described: keep this client's settings
+            return {}
+        if not isinstance(params, Mapping):
+            return {}
+        names = {"M": "hnsw_m", "efConstruction": "ef_construction", "nlist": "nlist"}
+        return {names[key]: value for key, value in params.items() if key in names}
+
+    def _adopt_build(self, config: Mapping[str, Any]) -> None:
+        """Adopt the collection's index build settings, with a warning when this client asked for others."""
+        differ: list[str] = []
+        for key, value in self._stored_build(config).items():
+            try:
+                stored = int(value)
+            except (TypeError, ValueError):
+                continue  # not a number: this client's setting stays
+            if key in ("hnsw_m", "ef_construction", "nlist") and stored != getattr(self, key):
+                differ.append(f"{key}={stored} (asked: {getattr(self, key)})")
+                setattr(self, key, stored)
+        if differ:
+            logger.warning(
+                "Milvus collection %r was built with %s: using the collection's settings (drop it, or choose another "
+                "collection_name, to build another index)",
+                self.collection_name,
+                ", ".join(differ),
+            )
+
     def _index_params(self) -> tuple[str, dict[str, Any]]:
         kind = _MILVUS_INDEXES[(self.index_type, self.compression)]
         if self.index_type == "flat":
@@ -885,6 +1007,14 @@ class MilvusKLStore(GaussianStore):
             writer,
             pending,
             None if centre is None else tuple(float(c) for c in centre),
+            props.get(_REWRITE_GEN_KEY) or None,  # both absent in collections no rewrite ran on since 2026-12-06
+            tuple(
+                sorted(
+                    (k, str(v))
+                    for k, v in props.items()
+                    if k.startswith(_REWRITING_PREFIX) and v and k not in _own_marks()
+                )
+            ),
         )
         return config, state
 
@@ -970,6 +1100,8 @@ class MilvusKLStore(GaussianStore):
             info = self._client.describe_collection(self.collection_name, timeout=self.timeout)
         name = self.collection_name
         config, state = self._stored_config(info)
+        if self._metric_asked is None and config.get("metric") in METRICS:
+            self.metric = str(config["metric"])  # the collection's, whichever index this client asked for
         if config.get("metric") != self.metric:
             raise ValueError(
                 f"Milvus collection {name!r} was created with metric {config.get('metric')!r}, not {self.metric!r}; "
@@ -1003,6 +1135,7 @@ class MilvusKLStore(GaussianStore):
                 self.compression,
             )
             self.index_type, self.compression = index_type, compression
+        self._adopt_build(config)
         self._text_nullable = bool((fields.get("text") or {}).get("nullable", False))
         self._has_added = _ADDED_FIELD in fields
         uid = config.get("collection_uid")
@@ -1150,8 +1283,10 @@ class MilvusKLStore(GaussianStore):
         need = 0.0  # a norm the bound must cover besides this batch's (a stored row found above M)
         rewrote_all = False  # rows of other writers were rewritten under a bound since replaced
         checked = False  # the batch's norms were compared with the bound (once per add)
+        self._warn_if_inside_rewrite("add")
         for attempt in range(_MAX_SYNC_ATTEMPTS):
-            state = self._read_state()
+            state = self._await_rewrites(self._read_state())  # another writer's rewrite would undo these rows
+            wrote_props = False  # this attempt stored a bound or rewrote rows: the state is read again
             if state.norm_bound is None:  # the collection's first documents: choose the centre, o and M
                 c = means_centre(means)
                 centre = tuple(float(x) for x in c) if worth_centring(raw, c) else None
@@ -1163,6 +1298,7 @@ class MilvusKLStore(GaussianStore):
                 first_bound = reduction_norm_bound(dvec, offset, self.norm_headroom)
                 if not self._publish(first_bound, offset, rewrite=False, centre=centre):
                     continue
+                wrote_props = True
             else:
                 dvec = self._centred(raw)
                 if not checked:
@@ -1170,20 +1306,26 @@ class MilvusKLStore(GaussianStore):
                     checked = True
                 top = max(reduction_norm_bound(dvec, state.offset), need)
                 rewrite = rewrote_all or state.pending
+                previous = None  # the bound this attempt's publication replaces
                 if top > state.norm_bound:
                     if not self._publish(self.norm_headroom * top, state.offset, rewrite=True):
                         continue
-                    rewrite = True
+                    rewrite, previous, wrote_props = True, state.norm_bound, True
                 if rewrite:
                     try:
-                        self._rewrite_rows(state.norm_bound)
+                        self._rewrite_rows(previous)
                     except _NeedsLargerBound as exc:
                         need, rewrote_all = max(need, exc.top), True
                         continue
-                    rewrote_all = True
+                    rewrote_all, wrote_props = True, True
             bound, offset = self._state.norm_bound, self._state.offset
+            before = self._read_state() if wrote_props else state  # the rewrite generation this write starts under
+            if before.rewriting or (before.norm_bound, before.offset) != (bound, offset):
+                continue  # another writer's rewrite began (waited for at the top), or another bound was stored
             self._upsert(self._rows(self._centred(raw)), id_list, texts, metas)
             after = self._read_state()
+            if self._rewrite_overlapped(before, after, "add", attempt):
+                continue  # a rewrite may have written back older copies of these rows: write them again
             if (after.norm_bound, after.offset) == (bound, offset):
                 return
             logger.warning(
@@ -1197,7 +1339,8 @@ class MilvusKLStore(GaussianStore):
         raise RuntimeError(
             f"Milvus collection {self.collection_name!r}: could not agree on the L2-reduction bound with concurrent "
             f"writers in {_MAX_SYNC_ATTEMPTS} attempts; the documents were written but may be ranked under another "
-            "bound: retry the add, or call repair() once the other writers are done"
+            "bound, or overwritten by another writer's row rewrite: retry the add, or call repair() once the other "
+            "writers are done"
         )
 
     def _warn_norm_jump(self, dvec: np.ndarray, offset: float, bound: float | None, id_list: list[str]) -> None:
@@ -1257,46 +1400,149 @@ class MilvusKLStore(GaussianStore):
                 return
             last = str(page[-1]["id"])
 
-    def _rewrite_rows(self, old_bound: float | None) -> None:
+    def _rewrite_rows(self, previous: float | None) -> None:
         """Rewrite every stored row under this client's (just stored) ``M`` and offset, then mark it done.
 
         Each row is rebuilt from the Gaussian recovered from its stored vector, so a row written under
         any earlier bound or offset comes out consistent.  Raises :class:`_NeedsLargerBound` when a
-        stored row does not fit under ``M`` (the caller raises ``M`` and starts over).
+        stored row does not fit under ``M`` (the caller raises ``M`` and starts over).  ``previous`` is the
+        bound this client's publication replaced (``None``: ``M`` is unchanged, a pending rewrite or a repair).
+
+        A page is read, then written back: another writer's upsert or delete of one of its rows in between
+        would be undone by the old copy.  So the rewrite first stores a new rewrite generation and a mark of
+        its own (:data:`_REWRITE_GEN_KEY`, :data:`_REWRITING_PREFIX`) before it reads any row, updates the
+        mark after every page and drops it at the end; every writer compares them before and after its
+        write and writes again once the rewrite is over (:meth:`_rewrite_overlapped`).
         """
         state = self._state
         assert self._dim is not None and state.norm_bound is not None
         bound, offset, version, writer = state.norm_bound, state.offset, state.version, state.writer
-        rewritten = 0
-        for page in self._iter_all(self._fields("id", "vector", "text", "metadata")):
-            g = document_gaussians_from_vectors([r["vector"] for r in page], self._dim)
-            dvec = np.asarray(kl_document_vectors(g))
-            top = reduction_norm_bound(dvec, offset)
-            if top > bound * (1.0 + NORM_BOUND_RTOL):  # beyond the float32 rounding of the stored rows
-                raise _NeedsLargerBound(top)
-            vectors = reduce_document_vectors(dvec, offset, bound, width=self._vector_dim)
-            rows = [
-                {"id": r["id"], "vector": v.tolist(), "text": r["text"], "metadata": r["metadata"]}
-                for r, v in zip(page, vectors, strict=True)
-            ]
-            if self._has_added:  # kept: a rewrite changes no row's place among ties
-                for row, r in zip(rows, page, strict=True):
-                    row[_ADDED_FIELD] = r.get(_ADDED_FIELD)
-            self._client.upsert(self.collection_name, rows, timeout=self.request_timeout)
-            rewritten += len(rows)
-        # a separate key: a late mark can only name its own publication, never hide a newer pending one
-        done = json.dumps({"version": version, "writer": writer})
+        token = uuid.uuid4().hex
+        mark = _REWRITING_PREFIX + token
         self._client.alter_collection_properties(
-            self.collection_name, properties={_REWRITE_DONE_KEY: done}, timeout=self.timeout
+            self.collection_name, properties={_REWRITE_GEN_KEY: token, mark: "0"}, timeout=self.timeout
         )
+        rewritten = 0
+        _own_marks().add(mark)
+        try:
+            for page in self._iter_all(self._fields("id", "vector", "text", "metadata")):
+                g = document_gaussians_from_vectors([r["vector"] for r in page], self._dim)
+                dvec = np.asarray(kl_document_vectors(g))
+                top = reduction_norm_bound(dvec, offset)
+                if top > bound * (1.0 + NORM_BOUND_RTOL):  # beyond the float32 rounding of the stored rows
+                    raise _NeedsLargerBound(top)
+                vectors = reduce_document_vectors(dvec, offset, bound, width=self._vector_dim)
+                rows = [
+                    {"id": r["id"], "vector": v.tolist(), "text": r["text"], "metadata": r["metadata"]}
+                    for r, v in zip(page, vectors, strict=True)
+                ]
+                if self._has_added:  # kept: a rewrite changes no row's place among ties
+                    for row, r in zip(rows, page, strict=True):
+                        row[_ADDED_FIELD] = r.get(_ADDED_FIELD)
+                self._client.upsert(self.collection_name, rows, timeout=self.request_timeout)
+                rewritten += len(rows)
+                # progress: writers waiting for this rewrite tell it from an abandoned one (_REWRITE_STALL_S)
+                self._client.alter_collection_properties(
+                    self.collection_name, properties={mark: str(rewritten)}, timeout=self.timeout
+                )
+            # a separate key: a late mark can only name its own publication, never hide a newer pending one
+            done = json.dumps({"version": version, "writer": writer})
+            self._client.alter_collection_properties(
+                self.collection_name, properties={_REWRITE_DONE_KEY: done}, timeout=self.timeout
+            )
+        finally:
+            _own_marks().discard(mark)
+            self._drop_marks([mark])
         self.rebuild_count += 1
         logger.warning(
-            "rewrote %d rows under the L2-reduction bound M=%.6g (version %d; before: M=%s)",
+            "rewrote %d rows under the L2-reduction bound M=%.6g (version %d; %s)",
             rewritten,
             bound,
             version,
-            old_bound,
+            f"raised from M={previous:.6g}"
+            if previous is not None and previous != bound
+            else "M unchanged: finishing a pending rewrite, or a repair",
         )
+
+    def _drop_marks(self, marks: list[str]) -> None:
+        """Drop rewrite marks (an empty value where the client cannot drop collection properties)."""
+        try:
+            self._client.drop_collection_properties(self.collection_name, property_keys=marks, timeout=self.timeout)
+        except Exception:  # pymilvus / Milvus without drop_collection_properties: an empty mark counts as none
+            logger.debug("could not drop the rewrite marks %s; emptying them", marks, exc_info=True)
+            self._client.alter_collection_properties(
+                self.collection_name, properties=dict.fromkeys(marks, ""), timeout=self.timeout
+            )
+
+    def _await_rewrites(self, state: _Reduction) -> _Reduction:
+        """Wait until no row rewrite is marked in progress (by another writer); the state read then.
+
+        A mark whose progress has not changed for :data:`_REWRITE_STALL_S` seconds (of this client's clock)
+        belongs to a writer that died: it is dropped with a warning (the pending rewrite it leaves is finished
+        by the next ``add`` or :meth:`repair`).
+
+        Raises:
+            RuntimeError: Rewrites still in progress after :data:`_REWRITE_WAIT_S` seconds.
+        """
+        start = time.monotonic()
+        seen: dict[str, tuple[str, float]] = {}  # mark -> (progress, when this client first saw it)
+        delay = 0.01
+        while state.rewriting:
+            now = time.monotonic()
+            for mark, progress in state.rewriting:
+                if mark not in seen or seen[mark][0] != progress:
+                    seen[mark] = (progress, now)
+            stalled = [mark for mark, _ in state.rewriting if now - seen[mark][1] >= _REWRITE_STALL_S]
+            if stalled:
+                logger.warning(
+                    "Milvus collection %r: %d row rewrite(s) made no progress for %g s (the writer died?); "
+                    "dropping their marks",
+                    self.collection_name,
+                    len(stalled),
+                    _REWRITE_STALL_S,
+                )
+                self._drop_marks(stalled)
+            elif now - start >= _REWRITE_WAIT_S:
+                raise RuntimeError(
+                    f"Milvus collection {self.collection_name!r}: another writer's rewrite of every row (the "
+                    f"L2-reduction bound M was raised) was still in progress after {_REWRITE_WAIT_S:g} s; this "
+                    "client waits for it because a rewrite writes back rows it read before and would undo a write "
+                    "made meanwhile. Retry once the other writer is done (a rewrite making no progress for "
+                    f"{_REWRITE_STALL_S:g} s is treated as abandoned)"
+                )
+            else:
+                time.sleep(delay)
+                delay = min(2 * delay, 0.5)
+            state = self._read_state()
+        return state
+
+    def _warn_if_inside_rewrite(self, what: str) -> None:
+        """Warn when a write is made from inside a row rewrite running in this thread (a hook or callback): it
+        cannot wait for that rewrite (it would wait for itself), which may then write back older copies of its rows."""
+        if _own_marks():
+            logger.warning(
+                "Milvus collection %r: this %s runs inside a row rewrite of this thread (a hook or callback) and "
+                "cannot wait for it; the rewrite may write back an older copy of its rows: write from another "
+                "thread or process, or after the rewrite",
+                self.collection_name,
+                what,
+            )
+
+    def _rewrite_overlapped(self, before: _Reduction, after: _Reduction, what: str, attempt: int) -> bool:
+        """Whether a row rewrite may have run between the reads ``before`` and ``after`` of a write (it may then
+        have written back an older copy of a row the write changed: the caller writes again); logged."""
+        if after.rewrite_gen == before.rewrite_gen and not after.rewriting:
+            return False
+        logger.warning(
+            "Milvus collection %r: another writer rewrote the rows (the L2-reduction bound M was raised) while this "
+            "client's %s ran, which can write back an older copy of its rows; writing again once the rewrite is "
+            "done (attempt %d of %d)",
+            self.collection_name,
+            what,
+            attempt + 1,
+            _MAX_SYNC_ATTEMPTS,
+        )
+        return True
 
     def _stored_top(self, offset: float) -> float:
         """The largest shifted norm ``max ||d^||`` over the stored rows (0 for none; a full scan)."""
@@ -1325,7 +1571,7 @@ class MilvusKLStore(GaussianStore):
                 return self._state.version
             need = 0.0
             for _ in range(_MAX_SYNC_ATTEMPTS):
-                state = self._read_state()
+                state = self._await_rewrites(self._read_state())  # also drops the marks of abandoned rewrites
                 if state.norm_bound is None:
                     return state.version
                 top = max(self._stored_top(state.offset), need)
@@ -1343,7 +1589,7 @@ class MilvusKLStore(GaussianStore):
                     if not self._publish(self.norm_headroom * top, state.offset, rewrite=True):
                         continue
                 try:
-                    self._rewrite_rows(state.norm_bound)
+                    self._rewrite_rows(state.norm_bound if self._state.norm_bound != state.norm_bound else None)
                 except _NeedsLargerBound as exc:
                     need = max(need, exc.top)
                     continue
@@ -1362,11 +1608,30 @@ class MilvusKLStore(GaussianStore):
         if self._dim is None or not ids:
             return DeleteReport(deleted=[], missing=ids)
         with self._lock:
+            # another writer's row rewrite can write back a copy of a row read before this delete: with the
+            # L2 reduction, a delete checks the rewrite generation before and after, and deletes again
+            l2 = self.metric == "L2"
+            if l2:
+                self._sync()  # the rewrite generation and marks (a dropped collection: nothing to delete)
+                if self._dim is None:
+                    return DeleteReport(deleted=[], missing=ids)
+                self._warn_if_inside_rewrite("delete")
+            before = self._await_rewrites(self._state) if l2 else self._state
             found = set(self._fetch(ids, []))
             deleted = [i for i in ids if i in found]
-            for s in range(0, len(deleted), _ID_BATCH):
-                chunk = deleted[s : s + _ID_BATCH]
-                self._client.delete(self.collection_name, filter=_id_filter(chunk), timeout=self.request_timeout)
+            for attempt in range(_MAX_SYNC_ATTEMPTS):
+                for s in range(0, len(deleted), _ID_BATCH):
+                    chunk = deleted[s : s + _ID_BATCH]
+                    self._client.delete(self.collection_name, filter=_id_filter(chunk), timeout=self.request_timeout)
+                if not l2 or not self._rewrite_overlapped(before, self._read_state(), "delete", attempt):
+                    break
+                before = self._await_rewrites(self._read_state())
+            else:
+                raise RuntimeError(
+                    f"Milvus collection {self.collection_name!r}: other writers kept rewriting the rows during "
+                    f"{_MAX_SYNC_ATTEMPTS} attempts of this delete; a deleted document may have been written back: "
+                    "retry the delete once the other writers are done"
+                )
         return DeleteReport(deleted=deleted, missing=[i for i in ids if i not in found])
 
     # -------------------------------------------------------------- reading
@@ -1392,7 +1657,8 @@ class MilvusKLStore(GaussianStore):
         return [StoredDocument(i, by_id[i]["text"], dict(by_id[i]["metadata"] or {})) for i in ids if i in by_id]
 
     def _gaussians(self, ids: list[str]) -> Gaussians:
-        """Recovered exactly from the stored float32 vectors; ``KeyError`` for an unknown id."""
+        """Recovered from the stored float32 vectors (within about 1e-7 relative), as float32; ``KeyError`` for an
+        unknown id."""
         with self._lock:
             self._sync()  # the centre of a collection re-created (or first filled) by another client
         by_id = self._fetch(ids, ["vector"])
@@ -1401,12 +1667,12 @@ class MilvusKLStore(GaussianStore):
             raise KeyError(f"{len(missing)} unknown id(s): {missing[:5]}")  # as KLStore
         if not ids:
             k = self._dim or 1
-            return Gaussians(np.zeros((0, k)), np.ones((0, k)))
+            return Gaussians(np.zeros((0, k), np.float32), np.ones((0, k), np.float32))
         vectors = np.asarray([by_id[i]["vector"] for i in ids], dtype=np.float64).reshape(len(ids), -1)
         g = document_gaussians_from_vectors(vectors, self._dim)
-        if self._state.centre is None:
-            return g
-        return Gaussians(g.mean + np.asarray(self._state.centre), g.var, validate=False)  # the stored means are centred
+        mean = np.asarray(g.mean) if self._state.centre is None else g.mean + np.asarray(self._state.centre)
+        # float32, as KLStore returns them (the stored d~ is float32: about 1e-7 relative)
+        return Gaussians(mean.astype(np.float32), np.asarray(g.var).astype(np.float32), validate=False)
 
     @property
     def ids(self) -> list[str]:
@@ -1520,7 +1786,7 @@ class MilvusKLStore(GaussianStore):
             return np.zeros(0, dtype=np.int64), np.zeros(0)
         assert self._dim is not None
         pool = document_gaussians_from_vectors([r["vector"] for r in rows], self._dim)
-        scores = np.asarray(neg_kl(q64, pool))
+        scores = np.asarray(neg_kl(q64, pool)) + 0.0  # + 0.0: a self-score of -0.0 reads 0.0
         # exact ties: the later-added first (the stored insertion stamp, as KLStore's row order); rows without
         # a stamp (collections created before 2026-12-05) after those with one, the greater id first among them
         added = np.asarray([-1 if r.get(_ADDED_FIELD) is None else r[_ADDED_FIELD] for r in rows], dtype=np.int64)
@@ -1662,5 +1928,24 @@ class MilvusKLStore(GaussianStore):
             self._forget()
 
     def close(self) -> None:
-        """Close the client connection."""
+        """Close the client connection; on Milvus Lite, also stop serving the file when no other open
+        ``MilvusKLStore`` of this process uses it, which releases it for another process.
+
+        A ``pymilvus.MilvusClient`` made outside the store on the same file in this process (Milvus Lite serves
+        each file once per process) is cut off as well; a store given ``client=`` leaves the file to its owner.
+        """
         self._client.close()
+        lite, self._lite_path = self._lite_path, None
+        if lite is None:
+            return
+        with _lite_lock:
+            users = _lite_users.get(lite, 1) - 1
+            if users > 0:
+                _lite_users[lite] = users
+                return
+            _lite_users.pop(lite, None)
+        try:
+            from milvus_lite.server_manager import server_manager_instance
+        except ImportError:  # pragma: no cover - another milvus-lite: released when the process exits
+            return
+        server_manager_instance.release_server(lite)
