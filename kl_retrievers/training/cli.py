@@ -13,6 +13,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ import platform
 import re
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,14 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     )
     d.add_argument("--hard-negatives", choices=["bm25", "model", "none"], default="none", help="mine hard negatives")
     d.add_argument("--mine-k", type=positive_int, default=30, help="hard negatives mined per query")
+    d.add_argument(
+        "--mine-mode",
+        choices=["keep", "append", "replace"],
+        default=None,
+        help="what mining does with the negatives a row already has: keep them (and their teacher scores; mine "
+        "only rows without), append mined ones, or replace them (default: append with --loss contrastive, "
+        "keep with the teacher-score losses)",
+    )
     d.add_argument("--teacher", action="store_true", help="score candidates with the int8 cross-encoder teacher")
     m = p.add_argument_group("model")
     m.add_argument("--base", default=DEFAULT_BASE, help="backbone hub id or path")
@@ -197,7 +206,11 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     )
     t.add_argument("--cache-dir", default=None, help="feature / teacher cache root (default ~/.cache/kl_retrievers)")
     t.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars, and no INFO lines of the training (evaluation at step S, mining counts, checkpoints)",
+    )
     # the parser of `kl-retrievers` imports kl_retrievers.evaluation already (the evaluate command): no torch
     from kl_retrievers.evaluation import METRICS
 
@@ -282,7 +295,10 @@ def model_card_text(name: str, info: dict[str, Any]) -> str:
         *[f"- {s}" for s in info.get("data", [])],
         f"- training queries: {info.get('n_queries')} ({info.get('n_query_texts')} unique query texts), "
         f"document pool: {info.get('n_docs')}",
-        f"- hard negatives: {info.get('hard_negatives')}; teacher: {info.get('teacher') or 'none'}",
+        f"- hard negatives: {info.get('hard_negatives')}"
+        + (f" (given negatives: {info['mine_mode']})" if info.get("mine_mode") else "")
+        + f"; teacher: {info.get('teacher') or 'none'}",
+        *[f"- WARNING: {note}" for note in info.get("held_out_warnings") or []],
         *([f"- query prefix (put before every query, in training and at inference): {prefix!r}"] if prefix else []),
         "",
         "## Recipe",
@@ -406,6 +422,22 @@ def _setup_logging(quiet: bool) -> None:
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
+
+
+@contextlib.contextmanager
+def _training_log_level(quiet: bool) -> Iterator[None]:
+    """Unless ``quiet``, show the INFO lines of ``kl_retrievers.training`` (per-step evaluations, mining counts,
+    checkpoints) while the run lasts, even when the command line logs at WARNING (no ``-v``); a level set on
+    that logger already is kept."""
+    training = logging.getLogger("kl_retrievers.training")
+    raise_level = not quiet and training.level == logging.NOTSET and training.getEffectiveLevel() > logging.INFO
+    if raise_level:
+        training.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        if raise_level:
+            training.setLevel(logging.NOTSET)
 
 
 def _needed_modules(args: argparse.Namespace) -> list[str]:
@@ -581,6 +613,23 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(
             f"--time-budget must be a finite number of minutes >= 0 (0: stop after one step); got {args.time_budget}"
         )
+    if getattr(args, "mine_mode", None) is not None and args.hard_negatives == "none":
+        raise ValueError(
+            f"--mine-mode {args.mine_mode} applies to mined negatives, and --hard-negatives is none: add "
+            "--hard-negatives bm25 or model, or drop --mine-mode"
+        )
+    if not args.heads_only_cached:
+        fast = [
+            flag
+            for flag, given in (("--no-full-corpus", args.no_full_corpus), ("--corpus-sample", args.corpus_sample))
+            if given
+        ]
+        if fast:
+            raise ValueError(
+                f"{' and '.join(fast)} appl{'ies' if len(fast) == 1 else 'y'} only to the fast path "
+                "(--heads-only-cached), and this run trains the encoder: drop "
+                f"{'it' if len(fast) == 1 else 'them'}, or add --heads-only-cached"
+            )
     if args.init_from:
         given = [flag for flag, attr, default in _SHAPE_FLAGS if getattr(args, attr) != default]
         if given:
@@ -601,6 +650,29 @@ def _check_args(args: argparse.Namespace) -> None:
                 f"--loss {args.loss} needs hard negatives, and the BEIR folder {beir[0]} has none: add "
                 "--hard-negatives bm25 or model, or use --loss contrastive"
             )
+
+
+def _held_out_notes(args: argparse.Namespace) -> list[str]:
+    """WARNING lines for training on a test split and for evaluating on the training queries; returns them
+    (for the model card). Neither is refused: a user's own data may name its splits otherwise."""
+    notes = []
+    beir = [d for d in args.data if Path(d).is_dir()]
+    if beir and str(args.split).strip().lower() == "test":
+        notes.append(
+            f"trained on the test split of {', '.join(beir)} (--split {args.split}): test splits are for reporting "
+            "only; a model trained on one has seen the queries it would be tested on"
+        )
+    eval_data = getattr(args, "eval_data", None)
+    if eval_data is not None:
+        source = Path(eval_data).expanduser().resolve()
+        if args.eval_split == args.split and any(Path(d).expanduser().resolve() == source for d in beir):
+            notes.append(
+                f"--eval-data {eval_data} --eval-split {args.eval_split} is training data (--data, --split "
+                f"{args.split}): the evaluation during training is on the training queries, not held out"
+            )
+    for note in notes:
+        logger.warning("%s", note)
+    return notes
 
 
 _EVAL_FLAGS: tuple[tuple[str, str, Any], ...] = (
@@ -692,10 +764,18 @@ def _check_resume_early(ckpt: Path, cfg: Any, ts: Any, heads_only: bool, cli_rec
 def run_train(args: argparse.Namespace) -> int:
     """Run ``kl-retrievers train`` with parsed arguments; returns the exit status.
 
+    Unless ``--quiet``, the INFO lines of ``kl_retrievers.training`` (evaluations during training, mining
+    counts, checkpoints) are shown even without ``-v``.
+
     Examples:
         >>> run_train(parser.parse_args(["train", "--data", "ds", "--out", "model"]))  # doctest: +SKIP
         0
     """
+    with _training_log_level(bool(getattr(args, "quiet", False))):
+        return _run_train(args)
+
+
+def _run_train(args: argparse.Namespace) -> int:
     from kl_retrievers.training.data import require_train_extra
 
     # before any import of them, and before hours of feature extraction: one line naming the [train] extra (torch's
@@ -705,7 +785,12 @@ def run_train(args: argparse.Namespace) -> int:
 
     from kl_retrievers.datasets import DatasetError
     from kl_retrievers.encoder import GaussianEncoder
-    from kl_retrievers.training.data import load_training_data, mine_bm25_negatives, mine_negatives_from_scores
+    from kl_retrievers.training.data import (
+        load_training_data,
+        mine_bm25_negatives,
+        mine_negatives_from_scores,
+        unique_data_paths,
+    )
     from kl_retrievers.training.features import compute_features, default_feature_cache_dir
     from kl_retrievers.training.losses import score_matrix
     from kl_retrievers.training.trainer import (
@@ -714,7 +799,9 @@ def run_train(args: argparse.Namespace) -> int:
         _check_negatives_exist,
         _check_teacher,
         _device,
+        _find_checkpoint,
         apply_freezing,
+        check_freeze_layers,
         encode_from_features,
         evaluator_description,
         prefixed_queries,
@@ -730,10 +817,19 @@ def run_train(args: argparse.Namespace) -> int:
     feature_cache = cache_root / "features"
     show = not args.quiet
     try:
+        # a source given twice would count each example twice: dropped with a warning (the card lists it once)
+        args.data = [str(d) for d in unique_data_paths(args.data, args.split)]
         # before loading anything (backbone, data, features), not after hours of training
         overwrite = bool(getattr(args, "overwrite", False))
         out = check_train_out(args.out, [str(d) for d in args.data], overwrite=overwrite)
         ckpt = check_checkpoint_dir(args.checkpoint_dir, out, [str(d) for d in args.data], overwrite=overwrite)
+        if args.resume and args.checkpoint_dir is not None and _find_checkpoint(ckpt) is None:
+            # a named folder without a checkpoint is most likely a typo: no silent restart from step 0
+            what = "holds no checkpoint (no state.json)" if ckpt.exists() else "does not exist"
+            raise ValueError(
+                f"--resume: --checkpoint-dir {args.checkpoint_dir} {what}; give the folder of the checkpoint to "
+                "continue from, or leave out --resume to start from step 0"
+            )
         _check_args(args)
         heads_only = bool(args.heads_only_cached)
         try:
@@ -760,6 +856,7 @@ def run_train(args: argparse.Namespace) -> int:
             else None
         )
         eval_every = int(getattr(args, "eval_every", 0) or 0)
+        held_out_notes = _held_out_notes(args)  # test splits, evaluation on the training queries: warned, recorded
         # a loss that never reads teacher scores (contrastive): scoring every pair would be wasted
         use_teacher = bool(args.teacher) and uses_teacher_scores(args.loss)
         if args.teacher and not use_teacher:
@@ -783,6 +880,11 @@ def run_train(args: argparse.Namespace) -> int:
             "init_from": init_from,
             "split": args.split,
         }
+        # what mining does with given negatives: keep them (and their teacher scores) where a loss reads teacher
+        # scores, append mined ones where it does not; recorded (and checked on --resume) only when mining
+        mine_mode = getattr(args, "mine_mode", None) or ("keep" if uses_teacher_scores(args.loss) else "append")
+        if args.hard_negatives != "none":
+            cli_recipe["mine_mode"] = mine_mode
         # absolute paths: the checkpoint records the sources, and a resume from another folder is the same data
         data = [str(Path(d).expanduser().resolve()) if Path(d).expanduser().exists() else str(d) for d in args.data]
         unknown_docs = getattr(args, "unknown_docs", "error")
@@ -809,6 +911,8 @@ def run_train(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 **shape,
             )
+        if args.freeze_layers:  # refused before features, mining and teacher scores, not after them
+            check_freeze_layers(encoder, args.freeze_layers)
         # the text put before every query at inference (encode_queries): training sees the same query text
         query_prefix = query_prefix_of(encoder.config)
         qf = df = None
@@ -822,7 +926,7 @@ def run_train(args: argparse.Namespace) -> int:
                 show_progress=show, desc="Document features",
             )  # fmt: skip
         if args.hard_negatives == "bm25":
-            mine_bm25_negatives(ts, k=args.mine_k)
+            mine_bm25_negatives(ts, k=args.mine_k, existing=mine_mode)
         elif args.hard_negatives == "model":
             if qf is not None and df is not None:
                 qg, dg = encode_from_features(encoder, qf), encode_from_features(encoder, df)
@@ -835,7 +939,7 @@ def run_train(args: argparse.Namespace) -> int:
             def scores(rows: list[int]) -> Any:
                 return score_matrix(qm[rows], qv[rows], dm, dv, "neg_kl").numpy()
 
-            mine_negatives_from_scores(ts, scores, k=args.mine_k, show_progress=show)
+            mine_negatives_from_scores(ts, scores, k=args.mine_k, existing=mine_mode, show_progress=show)
         teacher_label = None
         if use_teacher:
             from kl_retrievers.training.teacher import CrossEncoderTeacher, add_teacher_scores
@@ -890,6 +994,10 @@ def run_train(args: argparse.Namespace) -> int:
         "seconds": result.seconds,
         "final_loss": round(final, 6) if math.isfinite(final) else None,
     }
+    if args.hard_negatives != "none":
+        info["mine_mode"] = mine_mode
+    if held_out_notes:
+        info["held_out_warnings"] = held_out_notes
     # what each of this run's evaluations records: the card and the summary read only those entries
     description = evaluator_description(evaluator, encoder) if evaluator is not None else None
     if eval_dataset is not None:

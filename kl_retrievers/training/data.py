@@ -261,12 +261,21 @@ def _from_labelled_rows(rows: Iterable[tuple[str, Mapping[str, Any]]], source: s
         query = row.get("query", row.get("anchor"))  # "anchor": sentence-transformers' column name
         if not isinstance(query, str):
             raise ValueError(f"{where}: 'query' (or 'anchor') must be a string (fields: {sorted(row)})")
+        if not query.strip():
+            raise ValueError(f"{where}: the query is empty (or only whitespace); give a query text or drop the row")
         pos = _text_list(row, ("positives", "pos", "positive"), where, required=True)
         neg = _text_list(row, ("negatives", "neg", "negative"), where, required=False)
         numbered = _numbered_negatives(row, where)
         if numbered and neg:
             raise ValueError(f"{where}: give negatives as one list or as negative_1, negative_2, ...; not both")
         neg = neg or numbered
+        for kind, texts in (("positive", pos), ("negative", neg)):
+            empty = [i for i, text in enumerate(texts) if not text.strip()]
+            if empty:
+                raise ValueError(
+                    f"{where}: {kind} {empty[0] + 1} of {len(texts)} is empty (or only whitespace); give a document "
+                    "text or drop it"
+                )
         tpos, tneg = _teacher_fields(row, where)
         if tpos is not None or tneg is not None:
             tpos = _score_list(tpos, len(pos), f"{where}: teacher scores of positives")
@@ -385,12 +394,39 @@ def from_beir(
     return builder.build([f"{path}:{split}"])
 
 
+def unique_data_paths(paths: Sequence[str | os.PathLike[str]], split: str = "train") -> list[str | os.PathLike[str]]:
+    """``paths`` without the ones given before (the same resolved path): each drop is logged as a WARNING.
+
+    The same source given twice would count each of its examples twice (every source is read with the one
+    ``split``).
+
+    Examples:
+        >>> unique_data_paths(["a.jsonl", "./a.jsonl", "b.jsonl"])
+        ['a.jsonl', 'b.jsonl']
+    """
+    seen: dict[Path, str | os.PathLike[str]] = {}
+    for path in paths:
+        key = Path(path).expanduser().resolve()
+        if key in seen:
+            logger.warning(
+                "training data %s is given more than once (as %s%s); its repeat is dropped (each of its examples "
+                "would count twice)",
+                path,
+                seen[key],
+                f", split {split}" if key.is_dir() else "",
+            )
+            continue
+        seen[key] = path
+    return list(seen.values())
+
+
 def load_training_data(
     paths: Sequence[str | os.PathLike[str]], split: str = "train", *, unknown_docs: str = "error"
 ) -> TrainingSet:
     """Load and merge several sources: BEIR folders (``split``) and ``.jsonl`` files.
 
-    ``unknown_docs`` applies to the BEIR folders' qrels (see :func:`from_beir`).
+    ``unknown_docs`` applies to the BEIR folders' qrels (see :func:`from_beir`). A source given twice (the
+    same resolved path) is read once, with a warning (:func:`unique_data_paths`).
 
     Examples:
         >>> ts = load_training_data(["../shared/datasets/scifact"])  # doctest: +SKIP
@@ -398,7 +434,7 @@ def load_training_data(
     if not paths:
         raise ValueError("no training data given")
     result: TrainingSet | None = None
-    for path in paths:
+    for path in unique_data_paths(paths, split):
         p = Path(path)
         if p.is_dir():
             ts = from_beir(p, split, unknown_docs=unknown_docs)
@@ -418,72 +454,148 @@ def load_training_data(
     return result
 
 
+#: What mining does with the negatives a row already has (``existing=`` of the mining functions, ``--mine-mode``).
+MINE_MODES = ("keep", "append", "replace")
+
+
+def _mine_mode(existing: str, replace: bool | None) -> str:
+    """The mining mode: ``existing``, or the one ``replace`` (the older switch) names when it is given."""
+    if replace is not None:
+        return "replace" if replace else "append"
+    if existing not in MINE_MODES:
+        raise ValueError(f"existing must be one of {MINE_MODES}; got {existing!r}")
+    return existing
+
+
+def _rows_to_mine(ts: TrainingSet, mode: str) -> list[TrainExample]:
+    """The examples mining changes: every one, or (``keep``) those without a negative of their own."""
+    return [ex for ex in ts.examples if mode != "keep" or not ex.negatives]
+
+
+def _set_mined(ex: TrainExample, new: list[int], mode: str) -> str:
+    """Give ``ex`` its mined negatives ``new``; returns what happened: ``mined``, ``replaced`` or ``none``.
+
+    ``replace`` drops the given negatives and their teacher scores; ``append`` and ``keep`` (a row without
+    negatives) add the mined ones after them. A row where mining found nothing keeps what it had.
+    """
+    if not new:
+        return "none"
+    had = bool(ex.negatives)
+    ex.negatives = new if mode == "replace" else ex.negatives + new
+    ex.teacher_negatives = None  # the mined negatives have no teacher score yet
+    return "replaced" if had and mode == "replace" else "mined"
+
+
+def _log_mining(what: str, ts: TrainingSet, k: int, mode: str, outcomes: list[str]) -> None:
+    """One INFO line with the counts of a mining pass, and a WARNING for the queries mining found nothing for."""
+    total = len(ts.examples)
+    mined, replaced, none = (outcomes.count(x) for x in ("mined", "replaced", "none"))
+    logger.info(
+        "mined %s negatives (k=%d, existing negatives: %s) for %d of %d queries (%d of them replacing given ones); "
+        "%d kept their given negatives unmined; mining found none for %d",
+        what,
+        k,
+        mode,
+        mined + replaced,
+        total,
+        replaced,
+        total - len(outcomes),
+        none,
+    )
+    if none:
+        logger.warning(
+            "%s mining found no negative for %d of %d queries (e.g. a query that shares no word with the other "
+            "documents); they keep the negatives they had, and a query without any trains with random pool "
+            "documents as negatives",
+            what,
+            none,
+            len(outcomes),
+        )
+
+
 def mine_negatives_from_scores(
     ts: TrainingSet,
     score_fn: Callable[[list[int]], np.ndarray],
     k: int = 30,
     *,
     batch_size: int = 256,
-    replace: bool = True,
+    existing: str = "keep",
+    replace: bool | None = None,
     desc: str = "Mining negatives",
     show_progress: bool = True,
 ) -> None:
-    """Set each example's negatives to the top-``k`` non-positive documents by ``score_fn``.
+    """Mine the top-``k`` non-positive documents by ``score_fn`` as negatives.
+
+    Negatives given with the data are not silently discarded: by default (``existing="keep"``) an example
+    that has negatives keeps them and their teacher scores and is not mined; only examples without any get
+    mined ones. An example where mining finds nothing keeps what it had. The counts are logged.
 
     Args:
-        ts: Training set, changed in place (teacher scores of the negatives are dropped).
+        ts: Training set, changed in place (a mined example's teacher scores of negatives are dropped).
         score_fn: Query indices -> ``(len, n_docs)`` scores (higher is better), e.g. exact -KL.
-        k: Negatives per query.
+        k: Negatives mined per query.
         batch_size: Queries per ``score_fn`` call.
-        replace: Replace existing negatives (``False``: append new ones).
+        existing: What happens to the negatives an example already has: ``"keep"`` them (mine only examples
+            without negatives), ``"append"`` ``k`` mined ones after them, or ``"replace"`` them (and their
+            teacher scores) with the mined ones.
+        replace: The older switch, which wins over ``existing`` when given: ``True`` is ``"replace"``,
+            ``False`` is ``"append"``.
         desc: Progress bar label.
         show_progress: Show the progress bar.
     """
-    examples = ts.examples
+    mode = _mine_mode(existing, replace)
+    examples = _rows_to_mine(ts, mode)
     positives = ts.positives_by_query()  # every judged positive of the query text, over all its examples
+    outcomes: list[str] = []
     batches = range(0, len(examples), batch_size)
     for start in tqdm(batches, desc=desc, unit="batch", leave=False, disable=not show_progress):
         chunk = examples[start : start + batch_size]
         scores = np.asarray(score_fn([ex.query for ex in chunk]), dtype=np.float64)
-        # deep enough for k new ones past the positives and (replace=False) the negatives already held
-        skip = max(len(positives[ex.query]) + (0 if replace else len(ex.negatives)) for ex in chunk)
+        # deep enough for k new ones past the positives and (append) the negatives already held
+        skip = max(len(positives[ex.query]) + (len(ex.negatives) if mode == "append" else 0) for ex in chunk)
         depth = min(scores.shape[1], k + skip)
         top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
         for row, ex in enumerate(chunk):
             cand = top[row][np.argsort(-scores[row, top[row]], kind="stable")]
             pos = positives[ex.query]
-            old = [] if replace else ex.negatives
-            held = set(old)
+            held = set(ex.negatives) if mode == "append" else set()
             new = [int(d) for d in cand if int(d) not in pos and int(d) not in held][:k]
-            ex.negatives = old + new
-            ex.teacher_negatives = None  # new negatives have no teacher score yet
+            outcomes.append(_set_mined(ex, new, mode))
+    _log_mining("model", ts, k, mode, outcomes)
 
 
-def mine_bm25_negatives(ts: TrainingSet, k: int = 30, *, replace: bool = True) -> None:
+def mine_bm25_negatives(ts: TrainingSet, k: int = 30, *, existing: str = "keep", replace: bool | None = None) -> None:
     """Mine hard negatives with BM25 (bm25s, k1 0.9, b 0.4, English stop-words) over the pool.
+
+    Only documents sharing a word with the query are mined. ``existing`` and ``replace`` decide what happens
+    to the negatives an example already has, as in :func:`mine_negatives_from_scores` (default: an example
+    with negatives keeps them and their teacher scores; only examples without any are mined).
 
     Examples:
         >>> mine_bm25_negatives(ts, k=20)  # doctest: +SKIP
     """
+    mode = _mine_mode(existing, replace)
     require_train_extra("mine_bm25_negatives (BM25 hard negatives)", "bm25s")
     import bm25s
 
+    examples = _rows_to_mine(ts, mode)
+    if not examples:
+        _log_mining("BM25", ts, k, mode, [])
+        return
     quiet_bm25s_logger()  # it logs index building at DEBUG (a level the user set is kept)
     tokens = bm25s.tokenize(ts.docs, stopwords="en", show_progress=False)
     retriever = bm25s.BM25(k1=0.9, b=0.4, method="lucene")
     retriever.index(tokens, show_progress=False)
     positives = ts.positives_by_query()  # every judged positive of the query text, over all its examples
-    # deep enough for k new ones past the positives and (replace=False) the negatives already held
-    skip = max((len(positives[ex.query]) + (0 if replace else len(ex.negatives)) for ex in ts.examples), default=1)
+    # deep enough for k new ones past the positives and (append) the negatives already held
+    skip = max(len(positives[ex.query]) + (len(ex.negatives) if mode == "append" else 0) for ex in examples)
     depth = min(len(ts.docs), k + skip)
-    q_tokens = bm25s.tokenize([ts.queries[ex.query] for ex in ts.examples], stopwords="en", show_progress=False)
+    q_tokens = bm25s.tokenize([ts.queries[ex.query] for ex in examples], stopwords="en", show_progress=False)
     idx, scores = retriever.retrieve(q_tokens, k=depth, show_progress=False, n_threads=0)
-    for row, ex in enumerate(ts.examples):
+    outcomes = []
+    for row, ex in enumerate(examples):
         pos = positives[ex.query]
-        old = [] if replace else ex.negatives
-        held = set(old)
+        held = set(ex.negatives) if mode == "append" else set()
         new = [int(d) for d, s in zip(idx[row], scores[row], strict=True) if s > 0 and int(d) not in pos]
-        ex.negatives = old + [d for d in new if d not in held][:k]
-        if replace:
-            ex.teacher_negatives = None
-    logger.info("mined BM25 negatives for %d queries (k=%d)", len(ts.examples), k)
+        outcomes.append(_set_mined(ex, [d for d in new if d not in held][:k], mode))
+    _log_mining("BM25", ts, k, mode, outcomes)

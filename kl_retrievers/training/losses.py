@@ -165,6 +165,9 @@ def listwise_kl_loss(
     """
     if scores.shape != teacher.shape:
         raise ValueError(f"scores and teacher must share a shape; got {scores.shape}, {teacher.shape}")
+    for name, value in (("temperature", temperature), ("teacher_temperature", teacher_temperature)):
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0; got {value!r}")
     log_p_student = F.log_softmax(scores / temperature, dim=-1)
     log_p_teacher = F.log_softmax(teacher.to(scores.dtype) / teacher_temperature, dim=-1)
     return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)

@@ -403,11 +403,23 @@ def _check_teacher(ts: TrainingSet, cfg: TrainConfig) -> bool:
         )
     if not uses_teacher_scores(cfg.loss):
         return False
-    missing = sum(1 for ex in ts.examples if not ex.has_teacher or not ex.negatives)
-    if missing:
+    no_negatives = sum(1 for ex in ts.examples if not ex.negatives)
+    no_scores = sum(1 for ex in ts.examples if ex.negatives and not ex.has_teacher)
+    if no_negatives or no_scores:
+        lacking = []
+        if no_negatives:
+            lacking.append(
+                f"{no_negatives} have no negatives (give them in the data, or mine them with --hard-negatives bm25 "
+                "or model; a query mining finds nothing for stays without)"
+            )
+        if no_scores:
+            lacking.append(
+                f"{no_scores} have negatives but lack teacher scores for some positive or negative (use data with "
+                "teacher_scores, or --teacher)"
+            )
         raise ValueError(
-            f"loss {cfg.loss!r} needs teacher scores for every positive and negative; {missing} of "
-            f"{len(ts.examples)} queries lack them (use data with teacher_scores, or --teacher with hard negatives)"
+            f"loss {cfg.loss!r} needs teacher scores for every positive and negative, and hard negatives; of the "
+            f"{len(ts.examples)} queries, " + "; ".join(lacking)
         )
     return True
 
@@ -1321,13 +1333,49 @@ def _optimise(
 
 
 # ---------------------------------------------------------------------------------- full encoder
+_LAYER_PATTERN = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
+
+
+def backbone_layer_count(encoder: GaussianEncoder) -> int:
+    """The number of numbered transformer layers of ``encoder``'s backbone (what ``freeze_layers`` counts).
+
+    Raises:
+        ValueError: the backbone has no parameters named ``...layer.N...`` / ``...layers.N...``.
+
+    Examples:
+        >>> backbone_layer_count(encoder)  # doctest: +SKIP
+        6
+    """
+    numbers = {int(m.group(1)) for name, _ in encoder.backbone.named_parameters() if (m := _LAYER_PATTERN.search(name))}
+    if not numbers:
+        raise ValueError("freeze_layers: could not find numbered layers in the backbone")
+    return max(numbers) + 1
+
+
+def check_freeze_layers(encoder: GaussianEncoder, freeze_layers: int) -> None:
+    """Refuse ``freeze_layers`` above the backbone's layer count (it would freeze every layer silently).
+
+    Examples:
+        >>> check_freeze_layers(encoder, 99)  # doctest: +SKIP
+        Traceback (most recent call last):
+        ValueError: freeze_layers (--freeze-layers) 99 is more than the backbone's 6 layers; ...
+    """
+    n_layers = backbone_layer_count(encoder)
+    if freeze_layers > n_layers:
+        raise ValueError(
+            f"freeze_layers (--freeze-layers) {freeze_layers} is more than the backbone's {n_layers} layers; "
+            f"give at most {n_layers} (or freeze_backbone, --freeze-backbone, to train the heads only)"
+        )
+
+
 def apply_freezing(
     encoder: GaussianEncoder, *, freeze_backbone: bool = False, freeze_layers: int = 0, lora_r: int = 0
 ) -> None:
     """Choose what trains: everything, the heads only, all but the lower N layers, or a LoRA adapter.
 
     ``freeze_layers=N`` freezes the embeddings (including the ``[VAR]`` row) and transformer
-    layers ``0..N-1``. ``lora_r=R`` wraps the backbone with a peft LoRA adapter of rank ``R``
+    layers ``0..N-1`` (``N`` above the backbone's layer count is refused). ``lora_r=R`` wraps the
+    backbone with a peft LoRA adapter of rank ``R``
     (alpha ``2R``, peft's default target modules for the architecture); the heads train fully.
     :meth:`~kl_retrievers.GaussianEncoder.save_pretrained` stores the adapter as its low-rank
     factors in a delta save (merged in a full save); :func:`merge_lora` folds it in for use.
@@ -1346,18 +1394,14 @@ def apply_freezing(
         for p in encoder.backbone.parameters():
             p.requires_grad_(False)
     elif freeze_layers:
-        pattern = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
-        found = False
+        check_freeze_layers(encoder, int(freeze_layers))
         for name, p in encoder.backbone.named_parameters():
-            m = pattern.search(name)
+            m = _LAYER_PATTERN.search(name)
             if m is not None:
-                found = True
                 if int(m.group(1)) < freeze_layers:
                     p.requires_grad_(False)
             elif "embed" in name:
                 p.requires_grad_(False)
-        if not found:
-            raise ValueError("freeze_layers: could not find numbered layers in the backbone")
     elif lora_r:
         require_train_extra("lora_r (LoRA)", "peft")
         from peft import LoraConfig, get_peft_model
