@@ -71,11 +71,11 @@ encoded (:func:`calibrator_problem`; e.g. ``minilm-gauss-lora`` ships neither).
 ``--record-threshold`` writes the dense threshold chosen on the training articles into a non-default model's
 dense calibrator (``bge-small-unit-variance``'s 0.27 came from the last example with ``--record-threshold``).
 
-A question whose BM25 half matches none of its candidates gets, as in the hybrid retrievers, the dense
-calibrator's confidence instead of the hybrid one's (:func:`kl_retrievers.calibration.hybrid_confidence`).
+A question whose BM25 half matches none of its candidates gets, as in the hybrid retrievers, the hybrid
+calibrator's confidence, near 0 (:func:`kl_retrievers.calibration.hybrid_confidence`).
 ``--count-no-bm25-match`` counts such questions in each halving without encoding anything (BM25 only)
-and exits: none in the training and held-out halvings of seeds 0 to 10, stemmed or not, so the figures
-logged before that rule stand.
+and exits: none in the training and held-out halvings of seeds 0 to 10, stemmed or not, so no figure
+here depends on how such questions are scored.
 
 Examples:
     python benchmarks/abstention.py --quick
@@ -296,20 +296,18 @@ def hybrid_confidences(
 
     Returns:
         ``(hybrid, dense_cal, top1)``: the hybrid calibrator's confidence from each query's
-        candidates (as ``KLHybridRetriever`` computes it: a query whose BM25 half matches no candidate
-        gets the dense calibrator's, :func:`kl_retrievers.calibration.hybrid_confidence`), the dense
-        calibrator's from the ``neg_kl`` scores of the fused top ``DEPTH`` (NaN without one), and whether
-        the fused top-1 is relevant.
+        candidates (as ``KLHybridRetriever`` computes it), the dense calibrator's from the ``neg_kl``
+        scores of the fused top ``DEPTH`` (NaN without one), and whether the fused top-1 is relevant.
     """
     cands = store.candidates(list(texts), query_gaussians=q)
     conf_h, conf_d = np.empty(len(qids)), np.empty(len(qids))
     top1 = np.zeros(len(qids), dtype=bool)
     unmatched = sum(not bm25_matches_any(c) for c in cands)
-    if unmatched:  # their confidence is the dense calibrator's (the retrievers' rule)
+    if unmatched:  # the hybrid calibrator gives them about 0
         logger.info("%d of %d questions match no BM25 candidate", unmatched, len(cands))
     for i, (c, qid) in enumerate(zip(cands, qids, strict=True)):
         ranked = store.fuse_candidates(c, DEPTH)
-        conf_h[i] = hybrid_confidence(hybrid_cal, c, dense_cal)
+        conf_h[i] = hybrid_confidence(hybrid_cal, c)
         conf_d[i] = (
             np.nan
             if dense_cal is None
@@ -323,9 +321,9 @@ def no_bm25_match_counts(stemmer: str | None, seeds: Sequence[int]) -> list[dict
     """How many questions of each halving match no document of its corpus in BM25 (no encoding needed).
 
     Such a question's BM25 half is empty among its candidates (no filter here), so the hybrid
-    retrievers rank it by ``-KL`` and give it the dense calibrator's confidence instead of the hybrid
-    one's (:func:`kl_retrievers.calibration.hybrid_confidence`); a group with none has the same
-    figures under both rules. Tokens as the hybrid store's (``stemmer``, English stop words).
+    retrievers rank it by ``-KL`` and the hybrid calibrator gives it a confidence near 0
+    (:func:`kl_retrievers.calibration.hybrid_confidence`); a group with none has no figure that depends
+    on how such questions are scored. Tokens as the hybrid store's (``stemmer``, English stop words).
 
     Returns:
         One row per group (training articles: ``seeds[0]``; held-out articles: every seed):

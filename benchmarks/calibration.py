@@ -43,10 +43,11 @@ relevant), ``kind="hybrid"``, features from the query's hybrid candidates,
   best abstention F1 on the SQuAD training articles' curve among thresholds answering >= 90%
   (:data:`kl_retrievers.calibration.DEFAULT_HYBRID_MIN_CONFIDENCE`).
 * ``report --hybrid``: its ECE, Brier score and reliability on the four test splits (and the training
-  sets), logged to ``runs/qpp/calibration.jsonl``. As in the hybrid retrievers, a query whose BM25 half
-  matched no candidate gets the model's dense calibrator's confidence (from its dumped dense features);
-  the line records how many (``no_bm25_match``: 15 of NFCorpus test's 323 and 127 of its train's 2,563
-  for the default, stemmed; none on the other sets).
+  sets), logged to ``runs/qpp/calibration.jsonl``. As in the hybrid retrievers, every query gets the
+  hybrid calibrator's confidence, also one whose BM25 half matched no candidate (near 0 with the shipped
+  calibrators); the line records how many such queries there are and how they fare (``no_bm25_match``,
+  ``no_bm25_match_observed_p@1``, ``no_bm25_match_mean_confidence``; e.g. 15 of NFCorpus test's 323 and
+  127 of its train's 2,563 for the default, stemmed; none on the other sets).
 
 ``--stemmer none`` on the three (default ``english``, the store's default) does the same for a store with
 ``stemmer=None`` (unstemmed BM25, as every store saved before the option): ``hybrid-dump`` builds the stores
@@ -745,42 +746,30 @@ def cmd_fit_hybrid(args: argparse.Namespace) -> None:
     print(f"  DEFAULT_HYBRID_FEATURES = {tuple(names)}")
 
 
-def no_bm25_calibrator(explicit: bool) -> ConfidenceCalibrator | None:
-    """The dense calibrator the hybrid retrievers use for a query BM25 does not match; ``None``: none.
+def no_bm25_match_stats(rows: Sequence[Mapping[str, Any]], p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """How many dumped rows match no BM25 candidate (``bm25_max_raw`` 0), their observed P@1 and mean confidence.
 
-    As :meth:`kl_retrievers._confidence.ConfidenceScorer.no_bm25_calibrator`: the model's dense
-    calibrator, for its shipped hybrid calibrator only (an explicit ``--calibrator`` is used as given).
+    Such a query is ranked by ``-KL`` alone; the hybrid calibrator gives it about 0 (``None`` for the two
+    rates when there is none).
     """
-    path = dense_out()
-    return None if explicit or not path.is_file() else ConfidenceCalibrator.load(path)
-
-
-def hybrid_predictions(
-    cal: ConfidenceCalibrator, rows: Sequence[Mapping[str, Any]], dense: ConfidenceCalibrator | None
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """The confidences the hybrid retrievers give dumped rows, their labels and how many rows match no BM25 candidate.
-
-    A row whose BM25 half matched no candidate (``bm25_max_raw`` 0) gets ``dense``'s confidence from its
-    dense features (:func:`kl_retrievers.calibration.hybrid_confidence`), when ``dense`` is given.
-    """
-    x, y = hybrid_xy(rows, cal.features)
-    p = cal.predict(x)
     unmatched = np.array([r["features"]["bm25_max_raw"] == 0 for r in rows], dtype=bool)
-    if dense is not None and unmatched.any():
-        p[unmatched] = dense.predict(
-            hybrid_xy([r for r, u in zip(rows, unmatched, strict=True) if u], dense.features)[0]
-        )
-    return p, y, int(unmatched.sum())
+    n = int(unmatched.sum())
+    return {
+        "no_bm25_match": n,
+        "no_bm25_match_observed_p@1": float(y[unmatched].mean()) if n else None,
+        "no_bm25_match_mean_confidence": float(p[unmatched].mean()) if n else None,
+    }
 
 
 def cmd_report_hybrid(args: argparse.Namespace) -> None:
     path = Path(args.calibrator or hybrid_out())
     cal = ConfidenceCalibrator.load(path)
     recommended = recommended_threshold(cal)
-    dense = no_bm25_calibrator(args.calibrator is not None)
     for spec in [*TEST_SETS, *HYBRID_TRAIN_SETS]:
         rows, meta = read_hybrid(spec)
-        p, y, unmatched = hybrid_predictions(cal, rows, dense)
+        x, y = hybrid_xy(rows, cal.features)
+        p = cal.predict(x)
+        unmatched = no_bm25_match_stats(rows, p, y)
         ece = expected_calibration_error(p, y)
         name, _, split = spec.partition(":")
         record = {
@@ -791,15 +780,13 @@ def cmd_report_hybrid(args: argparse.Namespace) -> None:
             "at_recommended_threshold": at_threshold(p, y, recommended) if recommended is not None else None,
             "per_query_file": str(hybrid_path(spec).relative_to(ROOT)), "encoder": meta["encoder"],
             "model": MODEL, "bm25_stemmer": STEMMER,
-            # queries BM25 matched in no candidate, given the dense calibrator's confidence (None: not applied)
-            "no_bm25_match": unmatched,
-            "no_bm25_calibrator": str(dense_out().resolve().relative_to(ROOT)) if dense is not None else None,
+            **unmatched,  # the queries BM25 matched in no candidate: how many, their P@1 and mean confidence
             **provenance(),
         }  # fmt: skip
         log_line(CALIB_LOG if STEMMER is not None else UNSTEMMED_CALIB_LOG, record)
         print(
             f"{spec:<34} n={len(rows):>5} fused P@1 {y.mean():.4f} mean conf {p.mean():.4f} ECE {ece:.4f} "
-            f"{_at_line(record['at_recommended_threshold'])} no BM25 match {unmatched}",
+            f"{_at_line(record['at_recommended_threshold'])} no BM25 match {unmatched['no_bm25_match']}",
             flush=True,
         )
 

@@ -16,8 +16,8 @@ Two kinds of calibrator (:attr:`ConfidenceCalibrator.kind`):
 * ``"hybrid"`` (``hybrid_confidence_calibration.json``): P(top-1 of a
   :class:`~kl_retrievers.hybrid.KLHybridStore`'s ``"adaptive"`` fusion ranking is relevant), from
   dense and BM25 signals of the query's candidates (:func:`~kl_retrievers.calibration.hybrid_query_features`),
-  the same whatever fusion ranks the results; a query whose BM25 half matches no candidate gets the
-  model's dense calibrator's confidence instead (:func:`hybrid_search`).
+  the same whatever fusion ranks the results (a query whose BM25 half matches no candidate gets about 0:
+  :func:`~kl_retrievers.calibration.hybrid_confidence`).
   Hybrid retrievers use the model's hybrid calibrator by default; an explicit dense calibrator is
   also accepted there (and, when the model ships no hybrid one, its dense one is used, with one
   WARNING per model): the confidence is then the dense ranking's, read from the dense candidates.
@@ -63,7 +63,6 @@ from kl_retrievers.calibration import (
     NEEDS_REFERENCE,
     ConfidenceCalibrator,
     _hybrid_calibration_path,
-    bm25_matches_any,
     hybrid_confidence,
 )
 from kl_retrievers.gaussian import is_real_number
@@ -408,7 +407,6 @@ class ConfidenceScorer:
         self.retriever = retriever
         self.explicit = check_calibrator(calibrator, retriever)
         self._cache: dict[tuple[int, bool], tuple[Any, ConfidenceCalibrator | None]] = {}
-        self._dense_cache: dict[int, tuple[Any, ConfidenceCalibrator | None]] = {}  # see no_bm25_calibrator
         self._checked: dict[int, Any] = {}  # encoders the explicit calibrator was checked against
         self._lock = threading.Lock()
 
@@ -465,29 +463,6 @@ class ConfidenceScorer:
             _warn_once(model)
         elif fallback is not None:  # once per model, not per query (the cache answers the later calls)
             _warn_dense_fallback(model, fallback)
-        return cal
-
-    def no_bm25_calibrator(self, encoder: Any) -> ConfidenceCalibrator | None:
-        """The dense calibrator for a hybrid query whose BM25 half matches none of its candidates; ``None``: none.
-
-        Such a query is ranked as the dense list ranks it (every fusion), so its confidence is the
-        one a dense retriever (``KLRetriever``) gives it: from the model's dense calibrator
-        (``confidence_calibration.json``, the one a dense scorer without an explicit calibrator
-        takes), not from the model's hybrid calibrator, which was fitted on SQuAD questions, where
-        no word in common nearly always meant no answer (see
-        :func:`~kl_retrievers.calibration.hybrid_confidence`). ``None`` for a dense scorer, for an
-        explicit calibrator (it is used for every query, as given) and for a model that ships no
-        dense calibrator (its hybrid calibrator is then used for every query).
-        """
-        if self.retriever != "hybrid" or self.explicit is not None or encoder is None:
-            return None
-        with self._lock:
-            hit = self._dense_cache.get(id(encoder))
-            if hit is not None and hit[0] is encoder:
-                return hit[1]
-            path = model_calibration_path(encoder, CALIBRATION_FILE)
-            cal = check_calibrator(path, "dense") if path is not None else None
-            self._dense_cache[id(encoder)] = (encoder, cal)
         return cal
 
     @property
@@ -651,15 +626,18 @@ def hybrid_search(
     P(top-1 of the ``"adaptive"`` fusion's ranking is relevant), from dense and BM25 signals of the
     query's candidates (:func:`~kl_retrievers.calibration.hybrid_query_features`): it was fitted for
     that fusion with 100 candidates per half, and it is the same number whatever ``fusion`` ranks the
-    results (with ``min_confidence`` and another fusion, one WARNING per fusion mode says so); another
-    store ``candidates`` setting shifts it. The features are read from the candidates at the store's
-    ``candidates`` depth whatever ``k`` is (a ``k`` above it ranks deeper candidates, the confidence
-    does not change). A query whose BM25 half matches none of its candidates (no query word in the
-    corpus, or in the documents the filter allows) is ranked as the dense list ranks it, so with the
-    model's hybrid calibrator its confidence is the model's *dense* calibrator's
-    (:meth:`ConfidenceScorer.no_bm25_calibrator`; an explicit calibrator is used as given). With a
-    *dense* calibrator it is read from the query's dense candidate list (its best ``-KL`` scores) and
-    its uncertainty, as for a dense retriever: how well the ``-KL`` side found something.
+    results (with ``min_confidence``, the model's shipped calibrator and another fusion, one WARNING
+    per fusion mode says so); another store ``candidates`` setting shifts it. The features are read
+    from the candidates at the store's ``candidates`` depth (at least the 2 scores a calibrator
+    needs) whatever ``k`` is (a ``k`` above it ranks deeper candidates, the confidence does not
+    change): one search at the deeper of the two depths, the shallower view taken from it
+    (:meth:`~kl_retrievers.hybrid.Candidates.at_depth`), so a filter is still called once per
+    document. A query whose BM25 half matches none of its candidates (no query word in the corpus,
+    or in the documents the filter allows) is ranked as the dense list ranks it, and the shipped
+    hybrid calibrators give it a confidence near 0 even when that ranking is right
+    (:func:`~kl_retrievers.calibration.hybrid_confidence`). With a *dense* calibrator it is read from
+    the query's dense candidate list (its best ``-KL`` scores) and its uncertainty, as for a dense
+    retriever: how well the ``-KL`` side found something.
 
     With ``min_confidence`` set, a query is refused when its confidence is below it, and also when
     the confidence cannot be computed because only one document is a candidate (a filter or a
@@ -682,7 +660,8 @@ def hybrid_search(
     cal = scorer.calibrator(encoder, store.stemmer)
     if cal is not None:
         check_calibrator_stemmer(cal, store.stemmer)
-        if cal.kind == "hybrid" and config.mode != "adaptive" and min_confidence is not None:
+        shipped = scorer.explicit is None  # an explicit calibrator may have been fitted for this fusion
+        if cal.kind == "hybrid" and config.mode != "adaptive" and min_confidence is not None and shipped:
             _warn_fusion(config.mode)
     if config.mode == "adaptive":
         store.adaptive_params()  # missing parameters fail before any work
@@ -693,16 +672,18 @@ def hybrid_search(
         return [], confidence, reason
     qg = store.encode_queries([query])  # before the lock: writers are not held up by encoding
     with store.consistent():  # candidates and the stored texts of the hits from one state of the store
-        cand = store.candidates([query], query_gaussians=qg, filter=filter, depth=max(k, config.candidates))[0]
+        # the confidence reads the candidates at the depth the calibrators were fitted at (and at least the
+        # scores they need), whatever k is: one search at the deeper depth, the other a view of it
+        ranked_depth = max(k, config.candidates)
+        scored_depth = config.candidates
+        if cal is not None:
+            scored_depth = max(scored_depth, MIN_CANDIDATES if cal.kind == "hybrid" else scorer.depth_for(cal))
+        deep = store.candidates([query], query_gaussians=qg, filter=filter, depth=max(ranked_depth, scored_depth))[0]
+        cand, scored = deep.at_depth(ranked_depth), deep.at_depth(scored_depth)
         dense = np.sort(np.asarray(cand.neg_kl)[np.asarray(cand.dense_rank) > 0])[::-1]
-        # the confidence reads the candidates at the depth the calibrators were fitted at, whatever k is
-        scored = cand
-        if k > config.candidates and cal is not None:
-            scored = store.candidates([query], query_gaussians=qg, filter=filter, depth=config.candidates)[0]
-        top = dense if scored is cand else np.sort(np.asarray(scored.neg_kl)[np.asarray(scored.dense_rank) > 0])[::-1]
+        top = np.sort(np.asarray(scored.neg_kl)[np.asarray(scored.dense_rank) > 0])[::-1]
         if cal is not None and cal.kind == "hybrid" and top.size >= 2:
-            no_bm25 = None if bm25_matches_any(scored) else scorer.no_bm25_calibrator(encoder)
-            confidence = hybrid_confidence(cal, scored, no_bm25)
+            confidence = hybrid_confidence(cal, scored)
         elif cal is not None and top.size >= 2:  # a dense calibrator: the query's best -KL scores
             confidence = cal.confidence(top[: scorer.depth_for(cal)].tolist(), float(cand.uncertainty))
         else:

@@ -78,7 +78,7 @@ from kl_retrievers.gaussian import is_real_number as _is_real
 from kl_retrievers.hub import sha256_file as _sha256
 from kl_retrievers.index import DeleteReport, KLStore, StoredDocument, StoreFormatError
 from kl_retrievers.runs import top_k
-from kl_retrievers.store._base import _check_texts_and_ids, _RWLock
+from kl_retrievers.store._base import _check_texts_and_ids, _metadata_list, _RWLock
 
 logger = logging.getLogger(__name__)
 
@@ -657,6 +657,57 @@ class Candidates:
         """The signals as a vector in the order of ``names``."""
         return np.asarray([self.signals[n] for n in names], dtype=np.float64)
 
+    def at_depth(self, depth: int) -> Candidates:
+        """These candidates as a search ``depth`` documents deep per half finds them, without searching again.
+
+        The top ``depth`` of each half's list (the dense list first, then the BM25-only ones in BM25
+        order, as :meth:`KLHybridStore.candidates` orders them), with the ranks beyond ``depth`` cleared
+        and the :data:`SIGNALS` recomputed from the shorter lists. Equal to a search at ``depth`` (with
+        the same filter: it is not called again) up to ties and an approximate index's recall, whose
+        deeper search is the better one. ``self`` when no list is deeper than ``depth``.
+
+        Examples:
+            >>> c = Candidates(["a", "b", "c"], np.array([-1.0, -2.0, -3.0]), np.array([0.0, 1.0, 2.0]),
+            ...                np.array([1, 2, 0]), np.array([0, 2, 1]), 0.0,
+            ...                {"bm25_coverage": 0.5, "bm25_matched": 1.0})
+            >>> top1 = c.at_depth(1)
+            >>> top1.ids, top1.dense_rank.tolist(), top1.bm25_rank.tolist()
+            (['a', 'c'], [1, 0], [0, 1])
+            >>> c.at_depth(2) is c
+            True
+        """
+        depth = check_k(depth, "depth")
+        d_rank, b_rank = np.asarray(self.dense_rank), np.asarray(self.bm25_rank)
+        if max(int(d_rank.max(initial=0)), int(b_rank.max(initial=0))) <= depth:
+            return self
+        dense_pos = np.flatnonzero((d_rank > 0) & (d_rank <= depth))
+        dense_pos = dense_pos[np.argsort(d_rank[dense_pos], kind="stable")]
+        extra_pos = np.flatnonzero((b_rank > 0) & (b_rank <= depth) & ~((d_rank > 0) & (d_rank <= depth)))
+        extra_pos = extra_pos[np.argsort(b_rank[extra_pos], kind="stable")]
+        pos = np.concatenate([dense_pos, extra_pos]).astype(np.int64)
+        new_d = np.where((d_rank[pos] > 0) & (d_rank[pos] <= depth), d_rank[pos], 0)
+        new_b = np.where((b_rank[pos] > 0) & (b_rank[pos] <= depth), b_rank[pos], 0)
+        neg, bm25 = np.asarray(self.neg_kl)[pos], np.asarray(self.bm25)[pos]
+        bm25_top = np.sort(bm25[new_b > 0])[::-1]
+        dense_ids = {self.ids[j] for j in pos[(new_d > 0) & (new_d <= 10)].tolist()}
+        bm25_ids = {self.ids[j] for j in pos[(new_b > 0) & (new_b <= 10)].tolist()}
+        signals = dict(self.signals)
+        if {"bm25_coverage", "bm25_matched"} <= signals.keys():  # query-level ones, the same at any depth >= 1
+            signals.update(
+                query_signals(
+                    self.uncertainty,
+                    neg[new_d > 0],  # best first: the dense list's order
+                    bm25_top,
+                    bm25_coverage=signals["bm25_coverage"],
+                    bm25_matched=signals["bm25_matched"],
+                    overlap10=len(dense_ids & bm25_ids) / 10.0,
+                )
+            )
+        return Candidates(
+            [self.ids[j] for j in pos.tolist()], neg, bm25, new_d.astype(np.int64), new_b.astype(np.int64),
+            self.uncertainty, signals,
+        )  # fmt: skip
+
 
 def fuse(
     candidates: Candidates, config: FusionConfig, params: AdaptiveParams | None = None
@@ -665,8 +716,7 @@ def fuse(
 
     With an empty BM25 list (no query term in the corpus, or none allowed by the filter) the
     convex and adaptive modes use the dense side alone (weight 1), and the RRF scores follow the
-    dense ranks: every mode ranks the candidates as the dense list does (and a hybrid retriever's
-    confidence is then its model's dense calibrator's, :func:`~kl_retrievers._confidence.hybrid_search`).
+    dense ranks: every mode ranks the candidates as the dense list does.
 
     Returns:
         ``(scores, dense_weight)``; ``dense_weight`` is ``None`` for ``"rrf"``.
@@ -1400,10 +1450,11 @@ class KLHybridStore:
             The ids, in input order.
 
         Raises:
-            TypeError: ``texts`` is a single string, not iterable, or holds a non-string.
-            ValueError / TypeError: Whatever :meth:`KLStore.add` refuses (its checks of ``texts`` and ``ids``,
-                e.g. a set of texts or ids, a dict of texts, run before any text is encoded, with its
-                messages), or the saved model failed to load
+            TypeError: ``texts`` is a single string, not iterable (``None`` too: BM25 needs the texts, also
+                with ``gaussians``), or holds a non-string.
+            ValueError / TypeError: Whatever :meth:`KLStore.add` refuses (its checks of ``texts``, ``ids`` and
+                ``metadatas``, e.g. a set of texts or ids, a dict of texts, a miscounted or non-JSON metadata, run
+                before any text is encoded, with its messages), or the saved model failed to load
                 (:attr:`encoder`); then neither half changes.
 
         Examples:
@@ -1412,8 +1463,15 @@ class KLHybridStore:
             >>> s.add(["a b"], gaussians=Gaussians(np.zeros((1, 2)), np.ones((1, 2))), ids=["x"])
             ['x']
         """
-        if isinstance(texts, str) or not isinstance(texts, Iterable):
-            raise TypeError(f"texts must be a sequence of strings (not one string); got {type(texts).__name__}")
+        if isinstance(texts, str):
+            raise TypeError(
+                f"texts must be a sequence of strings, not one string; got {texts!r:.80}: wrap it in a list"
+            )
+        if not isinstance(texts, Iterable):  # None, a number...: BM25 has nothing to index
+            raise TypeError(
+                "texts must be a sequence of strings (BM25 indexes every document's text, also when gaussians= is "
+                f"given); got {type(texts).__name__}"
+            )
         refused = (Mapping, KeysView, ItemsView, AbstractSet, bytes, bytearray, memoryview)
         if isinstance(texts, refused) or hasattr(texts, "columns"):  # a dict, a set, bytes, a table
             _check_texts_and_ids(texts, gaussians, ids)  # KLStore.add refuses it, with its message
@@ -1428,7 +1486,10 @@ class KLHybridStore:
         if not text_list and gaussians is None and not id_list and not metadatas:
             return []  # nothing to add (and no model to load for it)
         tokens = [self._tokenizer(t) for t in text_list]
-        encoder = self.encoder if gaussians is None and text_list else None  # a loaded store: its saved model
+        encoder = None
+        if gaussians is None and text_list:
+            _metadata_list(metadatas, len(text_list))  # KLStore.add's metadata checks, before any text is encoded
+            encoder = self.encoder  # a loaded store: its saved model
         if encoder is not None:  # encode before the lock: searches go on
             gaussians = encoder.encode_documents(
                 text_list, batch_size=self._kl.batch_size, show_progress_bar=self._kl.show_progress_bar
