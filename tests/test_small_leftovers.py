@@ -2,7 +2,9 @@
 ``backend`` with an encoder object and a model name as ``embedding``, a LlamaIndex folder with one custom-named
 manifest, result keys assigned after construction, and ``evaluate --sample-queries``.
 
-Each test fails on the code before its fix (tiny random encoders or precomputed Gaussians, no download).
+Each test fails on the code before its fix, except three regression guards for behaviour that was already right
+(ids checked before encoding, keys swapped one by one, a plain KLStore folder loading); tiny random encoders or
+precomputed Gaussians, no download.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ from kl_retrievers.gaussian import (
     worth_centring,
 )
 from kl_retrievers.store._base import StoreFormatError
-from kl_retrievers.store._format import CENTRE_FIELDS, BlockCheck, centre_from_config
+from kl_retrievers.store._format import CENTRE_FIELDS, DOCS, MEAN, VAR, BlockCheck, centre_from_config
 from kl_retrievers.store._hnsw_copies import NO_HASHES, HnswCopies, gaussian_hashes
 from kl_retrievers.store._table import DocumentTable
 
@@ -75,6 +75,8 @@ _FLAT_KEEP_ELEMENTS = 1 << 24
 _RESCUE_QUERY_BLOCK = 1024
 #: Threads for the numpy re-scoring of candidate pools (numpy releases the GIL in its loops).
 _RESCORE_THREADS = max(1, min(4, os.cpu_count() or 1))
+#: The largest float16 value: ``refine="fp16"`` copies of reduced vectors (coordinates up to ``M``) above it are inf.
+FLOAT16_MAX = 65504.0
 
 
 def _faiss() -> Any:
@@ -191,8 +193,9 @@ def _index_structure(index: Any) -> dict[str, Any]:
     """What a FAISS index is, in the config's terms: ``index_type``, ``compression``, ``refine`` and sizes.
 
     Keys: ``index_type`` (``"flat"`` / ``"hnsw"`` / ``"ivf"`` or the FAISS class name), ``compression``
-    (``None`` / ``"sq8"`` / ``"pq"`` or a class name), ``refine`` (``None`` / ``"sq8"`` / ``"fp16"`` or
-    a description), and where they apply ``metric``, ``hnsw_m``, ``nlist``, ``pq_m``, ``pq_nbits``.
+    (``None`` / ``"sq8"`` / ``"pq"`` or a class name), ``refine`` (``None`` / ``"sq8"`` / ``"fp16"``,
+    ``"fp32"`` for float32 copies (:meth:`ApproxEngine.refine_codes`), or a description), and where
+    they apply ``metric``, ``hnsw_m``, ``nlist``, ``pq_m``, ``pq_nbits``.
     """
     faiss = _faiss()
     idx = faiss.downcast_index(index)
@@ -202,6 +205,8 @@ def _index_structure(index: Any) -> dict[str, Any]:
         qtypes = {faiss.ScalarQuantizer.QT_8bit: "sq8", faiss.ScalarQuantizer.QT_fp16: "fp16"}
         if isinstance(ref, faiss.IndexScalarQuantizer) and ref.sq.qtype in qtypes:
             out["refine"] = qtypes[ref.sq.qtype]
+        elif isinstance(ref, faiss.IndexFlat):
+            out["refine"] = "fp32"
         else:
             out["refine"] = f"{type(ref).__name__} codes"
         idx = faiss.downcast_index(idx.base_index)
@@ -643,7 +648,8 @@ class ApproxEngine(FaissEngine):
     A later row whose norm exceeds ``M`` triggers a rebuild. Tombstones stay in the index (HNSW has
     no ``remove_ids``) until compaction. Where more than ``2 x hnsw_m`` documents are identical, the
     HNSW rows the graph cannot reach are scored exactly with every query (:attr:`_copies`, an
-    :class:`~kl_retrievers.store._hnsw_copies.HnswCopies`).
+    :class:`~kl_retrievers.store._hnsw_copies.HnswCopies`). ``refine="fp16"`` keeps float32 refine
+    copies instead where ``M`` exceeds float16's range (:meth:`refine_codes`).
     """
 
     def __init__(self, settings: Settings, table: DocumentTable) -> None:
@@ -654,6 +660,7 @@ class ApproxEngine(FaissEngine):
         self._loaded_top = 0.0  # on load: the largest shifted d~ norm among the rows read
         self._warned_unbuilt = False  # the "not built yet" warning is logged once per store
         self._warned_training = False  # and the "few training points for the k-means" one (IVF, PQ)
+        self._warned_fp16 = False  # and the "refine='fp16' keeps float32 copies" one
         # HNSW groups of more than 2 x hnsw_m identical live documents, and the rows the graph cannot reach
         self._copies = HnswCopies(settings, table)
         self._load_hashes: list[np.ndarray] = []  # per block of rows read by load (HNSW)
@@ -665,6 +672,21 @@ class ApproxEngine(FaissEngine):
     @property
     def compacts_at_once(self) -> bool:
         return self.index is None  # an index not built yet holds no tombstones
+
+    def refine_codes(self) -> str | None:
+        """The refine copies the index keeps (or will, at the current ``M``): the ``refine`` setting, but
+        ``"fp32"`` for ``refine="fp16"`` where ``M`` exceeds :data:`FLOAT16_MAX`.
+
+        The reduced vectors' coordinates range up to ``M`` (the appended ``sqrt(M^2 - ||d^||^2)`` too),
+        and float16 overflows to inf above 65504: an ``"fp16"`` refine stage would hold inf copies
+        and re-rank the pool on them (and the saved store could not be loaded). Float32 copies rank
+        as the float16 ones would have (the refine stage only chooses which candidates reach the
+        exact re-scoring), at twice their memory.
+        """
+        s, m = self.settings, self._norm_bound
+        if s.refine == "fp16" and m is not None and m > FLOAT16_MAX:
+            return "fp32"
+        return s.refine
 
     def config(self) -> dict[str, Any]:
         centre = None if self.centre is None else [float(x) for x in self.centre]
@@ -700,7 +722,7 @@ class ApproxEngine(FaissEngine):
 
     def expected_structure(self) -> dict[str, Any]:
         faiss, s = _faiss(), self.settings
-        out: dict[str, Any] = {"index_type": s.index_type, "compression": s.compression, "refine": s.refine}
+        out: dict[str, Any] = {"index_type": s.index_type, "compression": s.compression, "refine": self.refine_codes()}
         if s.index_type == "hnsw":
             out["hnsw_m"] = s.hnsw_m
         else:
@@ -716,6 +738,19 @@ class ApproxEngine(FaissEngine):
         return out
 
     def attach(self, index: Any, viewed: bool, cfg_path: Path) -> None:
+        bound = self._norm_bound
+        if self.refine_codes() == "fp32" and _index_structure(index)["refine"] == "fp16":
+            # saved by a release that kept float16 copies whatever M: those above 65504 are inf
+            raise StoreFormatError(
+                f"{cfg_path}: this refine='fp16' store's norm bound M (field 'norm_bound') is {bound:.6g}, above "
+                f"float16's largest value {FLOAT16_MAX:.0f}, and its index.faiss holds float16 refine copies of the "
+                "reduced vectors (coordinates up to M): those that overflowed are inf, which cannot be repaired (an "
+                "earlier release saved them; this one keeps float32 copies where M exceeds the float16 range). "
+                f"Rebuild the store from its documents: {MEAN}, {VAR} and {DOCS} in {cfg_path.parent} hold them "
+                "intact (numpy.load the arrays; one {'id', 'text', 'metadata'} object a line): add them to a new "
+                "KLStore with these settings (or refine='sq8' / None) and save it (docs/ann.md, 'Float16 refine "
+                "copies and a large M')"
+            )
         super().attach(index, viewed, cfg_path)
         if self.settings.compression == "pq" and _index_structure(index)["metric"] == _faiss().METRIC_L2:
             logger.info(
@@ -810,8 +845,10 @@ class ApproxEngine(FaissEngine):
             return f"4 x 2^pq_nbits={4 << s.pq_nbits} to train the product quantizer"
         return "256 to train the scalar quantizer"
 
-    def _new_index(self) -> Any:
+    def _new_index(self, fp32_refine: bool = False) -> Any:
+        """An empty index for the settings (``fp32_refine``: float32 refine copies, see :meth:`refine_codes`)."""
         faiss, s, d = _faiss(), self.settings, self.width
+        refine = "fp32" if fp32_refine else s.refine
         if s.compression is None:
             storage = "Flat"
         elif s.compression == "sq8":
@@ -825,11 +862,15 @@ class ApproxEngine(FaissEngine):
             index = self._new_ivf_pq(d)
         else:
             index = faiss.index_factory(d, f"IVF{s.nlist},{storage}", faiss.METRIC_L2)
-        if s.refine is not None:
-            # the pool's candidates are re-ranked on 8-bit / float16 copies of the reduced vectors
-            # (C++, multithreaded), so a large pool costs far less than the exact re-scoring
-            qtype = faiss.ScalarQuantizer.QT_8bit if s.refine == "sq8" else faiss.ScalarQuantizer.QT_fp16
-            base, codes = index, faiss.IndexScalarQuantizer(d, qtype, index.metric_type)
+        if refine is not None:
+            # the pool's candidates are re-ranked on 8-bit / float16 (float32: refine_codes) copies of the
+            # reduced vectors (C++, multithreaded), so a large pool costs far less than the exact re-scoring
+            base = index
+            if refine == "fp32":
+                codes = faiss.IndexFlat(d, index.metric_type)
+            else:
+                qtype = faiss.ScalarQuantizer.QT_8bit if refine == "sq8" else faiss.ScalarQuantizer.QT_fp16
+                codes = faiss.IndexScalarQuantizer(d, qtype, index.metric_type)
             index = faiss.IndexRefine(base, codes)
             index.own_fields = True  # the C++ object owns (and frees) both parts
             index.own_refine_index = True
@@ -880,6 +921,21 @@ class ApproxEngine(FaissEngine):
             n_train,
             ", ".join(f"{_POINTS_PER_CENTROID * k:,} for {k} {what}" for what, k in short),
             _POINTS_PER_CENTROID,
+        )
+
+    def _warn_fp16_range(self) -> None:
+        """Log once per store that ``refine="fp16"`` keeps float32 copies (:meth:`refine_codes`)."""
+        if self._warned_fp16:
+            return
+        self._warned_fp16 = True
+        logger.warning(
+            "refine='fp16': the reduced vectors' norm bound M=%.4g exceeds float16's largest value %.0f, so float16 "
+            "copies would be inf; the %s index keeps float32 refine copies instead (twice the memory, %d bytes a "
+            "document). refine='sq8' keeps 8-bit ones; rescaling the Gaussians lowers M (docs/ann.md)",
+            self._norm_bound,
+            FLOAT16_MAX,
+            self.settings.index_type,
+            4 * self.width,
         )
 
     def _add_all(self, index: Any, live: np.ndarray | None = None) -> float:
@@ -973,6 +1029,9 @@ class ApproxEngine(FaissEngine):
                     max_norm, top_row = float(norms[j]), b + j
                 b += norms.size
             self._norm_bound = s.norm_headroom * max(max_norm, 1e-12)
+            if self.refine_codes() != s.refine:  # float16 copies would overflow (refine_codes): float32 ones
+                index = self._new_index(fp32_refine=True)
+                self._warn_fp16_range()
             if not index.is_trained:
                 self._warn_few_training_points(_quiet_clustering(index), n_train)
                 index.train(self._reduced(sample))
@@ -1118,8 +1177,9 @@ class ApproxEngine(FaissEngine):
 
         The expected rows come from :func:`score_vectors_float32` (float32 ``d~`` of the centred
         means, as the flat index checks its own), not from the build's code path. Uncompressed
-        codes are compared to within ``1e-5`` of ``M + |o|`` (float32 rounding); ``refine="fp16"``
-        codes (what an ``IndexRefine`` reconstructs from) to within ``2e-3 M``. SQ8 codes clip
+        codes (and float32 refine copies, :meth:`refine_codes`) are compared to within ``1e-5`` of
+        ``M + |o|`` (float32 rounding); ``refine="fp16"`` codes (what an ``IndexRefine`` reconstructs
+        from) to within ``2e-3 M``. SQ8 codes clip
         values outside the range they were trained on, so the expected rows are first encoded and
         decoded by the index's own SQ8 codec, then compared to within ``0.02 M`` (8 bits over a
         per-dimension range up to ``2 M``: a few quantization steps). PQ codes without a refine
@@ -1128,8 +1188,8 @@ class ApproxEngine(FaissEngine):
         """
         s, bound = self.settings, self._norm_bound
         assert bound is not None
-        codes = s.refine if s.refine is not None else s.compression
-        tol = {None: 1e-5, "fp16": 2e-3, "sq8": 2e-2}.get(codes)
+        codes = self.refine_codes() if s.refine is not None else s.compression
+        tol = {None: 1e-5, "fp32": 1e-5, "fp16": 2e-3, "sq8": 2e-2}.get(codes)
         what = f"{cfg_path}: field 'index_centre' (or 'index_offset') does not match index.faiss"
         if tol is None:
             logger.debug("index_centre not checked against %s codes (lossy)", codes)
@@ -1148,7 +1208,7 @@ class ApproxEngine(FaissEngine):
                 logger.debug("index_centre not checked: the SQ8 codec of this index cannot encode rows")
                 return
             expected = decoded[:, :w].astype(np.float64)
-        atol = tol * (bound + (abs(self.offset) if codes is None else 0.0))
+        atol = tol * (bound + (abs(self.offset) if codes in (None, "fp32") else 0.0))
         _check_rows(recon[:, :w], expected, rows, atol, what)
 
     def _check_centroid_norms(self, bound: float, cfg_path: Path, names: set[str]) -> None:

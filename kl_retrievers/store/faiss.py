@@ -356,6 +356,8 @@ class KLStore(GaussianStore):
         refine: ``None``, ``"sq8"`` or ``"fp16"`` (compressed indexes only): re-rank the pool of
             ``rescore_pool`` candidates inside FAISS on 8-bit / float16 copies of the reduced
             vectors (+``2k + 2`` or ``2 (2k + 2)`` bytes a document) before the exact re-scoring.
+            Where the norm bound ``M`` exceeds float16's range (65504), ``"fp16"`` keeps float32
+            copies (``4 (2k + 2)`` bytes; one warning; docs/ann.md).
         rescore_pool: Minimum candidates re-scored exactly per query on approximate indexes;
             the pool is ``max(rescore_pool, rescore_factor * k)``.
         rescore_factor: See ``rescore_pool``.
