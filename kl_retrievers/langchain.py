@@ -34,6 +34,7 @@ import math
 import os
 import shutil
 import stat
+import sys
 import tempfile
 import threading
 import uuid
@@ -384,6 +385,70 @@ def _warn_ignored(kwargs: dict[str, Any], where: str, takes: str, accepted: tupl
         )
 
 
+def _encoder_backend(encoder: Any) -> str | None:
+    """``"onnx"`` or ``"torch"`` for the package's two encoder classes, else ``None`` (imports nothing)."""
+    for module, name, backend in (
+        ("kl_retrievers.onnx", "OnnxGaussianEncoder", "onnx"),
+        ("kl_retrievers.encoder", "GaussianEncoder", "torch"),
+    ):
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(encoder, cls):
+            return backend
+    return None
+
+
+def _backend_refusal(encoder: Any, backend: str, call: str) -> str | None:
+    """Why ``backend`` cannot apply to the loaded ``encoder``, or ``None`` when it is the encoder's own backend.
+
+    A matching backend is harmless; another one (or any backend for an encoder class that has none) is
+    refused. The message names both backends and the call that loads the model on ``backend``, only
+    when that call loads it: a bundled model's name or an existing absolute folder, never an ONNX
+    export's folder on the torch backend (:class:`~kl_retrievers.pretrained.OnnxExportOnTorchError`;
+    the model it was exported from is named instead). ``call`` formats that call, e.g.
+    ``"KLEmbeddings(model_name={name}, backend={backend})"`` (both filled with ``repr``).
+    """
+    own = _encoder_backend(encoder)
+    if own == backend:
+        return None
+    head = (
+        f"backend={backend!r} applies to a model loaded here by name or folder, but encoder is an already loaded "
+        f"{type(encoder).__name__}"
+    )
+    if own is None:
+        return (
+            f"{head}, which has no backend (only the package's GaussianEncoder, 'torch', and OnnxGaussianEncoder, "
+            "'onnx', have one): leave backend out"
+        )
+    name, note = str(getattr(encoder, "name_or_path", "") or ""), ""
+    if backend == "torch" and _is_onnx_export(name):  # the folder runs on ONNX Runtime only: its source model
+        meta = getattr(encoder, "meta", None)
+        source = meta.get("source") if isinstance(meta, dict) else None
+        exported_from = source.get("name_or_path") if isinstance(source, dict) else None
+        note = f" ({name} is an ONNX export, which runs on ONNX Runtime only"
+        note += f"; it was exported from {exported_from!r})" if isinstance(exported_from, str) else ")"
+        name = exported_from if isinstance(exported_from, str) else ""
+    if name and _loads_anywhere(name) and not (backend == "torch" and _is_onnx_export(name)):
+        load = call.format(name=repr(name), backend=repr(backend))
+    else:
+        load = call.format(name="...", backend=repr(backend)) + " with the name or folder of a model saved on disk"
+    return (
+        f"{head}, which runs on the {own!r} backend: leave backend out (or pass backend={own!r}), or load the "
+        f"model on the {backend!r} backend: {load}{note}"
+    )
+
+
+def _loads_anywhere(name: str) -> bool:
+    """Whether ``load_model(name)`` loads ``name`` (a bundled model's name, or an existing absolute folder)."""
+    from kl_retrievers.hub import bundled_name
+
+    return bundled_name(name) is not None or (os.path.isabs(name) and Path(name).is_dir())
+
+
+def _is_onnx_export(name: str) -> bool:
+    """Whether ``name`` is a folder holding an ONNX export (``model.onnx``), which the torch backend cannot load."""
+    return bool(name) and (Path(name) / "model.onnx").is_file()
+
+
 def _load_default_encoder(backend: str | None = None) -> Any:
     from kl_retrievers.pretrained import load_model
 
@@ -443,18 +508,20 @@ def _check_default_encoder_fits(store: Any) -> None:
     )
 
 
-def _unwrap_encoder(encoder: Any) -> Any:
+def _unwrap_encoder(encoder: Any, call: str = "KLVectorStore.from_texts(texts, {embeddings})", hint: str = "") -> Any:
     """A Gaussian encoder from an encoder, a :class:`KLEmbeddings` or any LangChain ``Embeddings``.
 
     A model name or folder (a str or a path) is refused with the call that loads it: LangChain's stores take an
-    ``Embeddings`` object there, and :class:`KLEmbeddings` is the one that loads a model by name.
+    ``Embeddings`` object there, and :class:`KLEmbeddings` is the one that loads a model by name. ``call`` is the
+    caller's call as the message shows it, ``{embeddings}`` standing for that ``KLEmbeddings(...)``; ``hint``
+    is added to the message (e.g. ``load_local``'s: leave ``embeddings`` out).
     """
     if isinstance(encoder, (str, os.PathLike)):
         name = os.fspath(encoder)
+        load = f"KLEmbeddings(model_name={name!r})"
         raise TypeError(
-            f"got the model name or folder {name!r} where an embeddings object is expected: load it with "
-            f"KLEmbeddings(model_name={name!r}) and pass that, e.g. "
-            f"KLVectorStore.from_texts(texts, KLEmbeddings(model_name={name!r}))"
+            f"got the model name or folder {name!r} where an embeddings object is expected: {hint}load it with "
+            f"{load} and pass that, e.g. {call.format(embeddings=load)}"
         )
     if isinstance(encoder, KLEmbeddings):
         return encoder.encoder
@@ -466,6 +533,15 @@ def _unwrap_encoder(encoder: Any) -> Any:
             f"or a LangChain Embeddings; got {type(encoder).__name__}"
         )
     return encoder
+
+
+def _refuse_model_name(embedding: Any, call: str) -> None:
+    """Refuse a model name or folder given as ``embedding``, the message showing ``call`` (:func:`_unwrap_encoder`).
+
+    For the constructors that pass ``embedding`` on to another one, so that the message shows the call made.
+    """
+    if isinstance(embedding, (str, os.PathLike)):
+        _unwrap_encoder(embedding, call)
 
 
 # --------------------------------------------------------------------------- store checks
@@ -667,11 +743,13 @@ class KLEmbeddings(Embeddings):
         backend: For a model loaded by name (``model_name``, a name or folder as ``encoder``) or
             the default model: ``"torch"``, ``"onnx"`` (ONNX Runtime with int8 weights) or ``None``
             (the default: :func:`~kl_retrievers.pretrained.default_backend`, ONNX on CPU; see
-            :func:`~kl_retrievers.load_model`). Refused with an encoder object, which is already loaded.
+            :func:`~kl_retrievers.load_model`). With an encoder object, which is already loaded, only its
+            own backend is accepted (the same rule as :class:`kl_retrievers.llama_index.KLEmbedding`).
 
     Raises:
         ValueError: Both ``encoder`` and ``model_name`` given, an unknown ``backend``, or ``backend`` with
-            an encoder object (it is already loaded, on its own backend; ``backend`` applies to names).
+            an encoder object on another backend (or of a class that has none); the message names both
+            and the call that loads the model on ``backend``.
         TypeError: ``model_name`` is not a str or a path, or ``encoder`` is none of the above.
         kl_retrievers.hub.ModelNotFoundError: No model has that name (from
             :func:`~kl_retrievers.load_model`, which names it and suggests a close bundled name).
@@ -704,17 +782,11 @@ class KLEmbeddings(Embeddings):
                 "(model_name loads a model by name or folder; encoder takes a loaded encoder, or a name too)"
             )
         if backend is not None and encoder is not None and not isinstance(encoder, (str, os.PathLike)):
-            name = getattr(encoder, "name_or_path", None)
-            load = (
-                f"KLEmbeddings(model_name={str(name)!r}, backend={backend!r})"
-                if name
-                else "KLEmbeddings(model_name=...)"
-            )
-            raise ValueError(
-                f"backend={backend!r} applies to a model loaded here by name or folder, but encoder is an already "
-                f"loaded {type(encoder).__name__}, which stays on its own backend: leave backend out, or load the "
-                f"model by name on that backend ({load})"
-            )
+            # a loaded encoder stays on its own backend: the same backend is harmless, another one is refused
+            loaded = encoder.encoder if isinstance(encoder, KLEmbeddings) else encoder
+            refusal = _backend_refusal(loaded, backend, "KLEmbeddings(model_name={name}, backend={backend})")
+            if refusal is not None:
+                raise ValueError(refusal)
         if model_name is not None and not isinstance(model_name, (str, os.PathLike)):
             raise TypeError(
                 "model_name must be a model name or folder (a str or a path, as kl_retrievers.load_model takes); "
@@ -1525,6 +1597,7 @@ class KLVectorStore(VectorStore):
         cls, documents: list[Document], embedding: Any | None = None, **kwargs: Any
     ) -> KLVectorStore:
         """Build a store from documents (their ``id`` fields are kept)."""
+        _refuse_model_name(embedding, f"{cls.__name__}.from_documents(documents, {{embeddings}})")
         docs = list(documents)
         ids = kwargs.pop("ids", None)
         if ids is None and any(d.id for d in docs):
@@ -1598,10 +1671,15 @@ class KLVectorStore(VectorStore):
             what="KLVectorStore",
             error=LangChainFormatError,
         )
-        encoder = _unwrap_encoder(embeddings) if embeddings is not None else None
+        saved = manifest.get("encoder")
+        hint = ""  # a name given as embeddings: the model the store records loads when they are left out
+        if isinstance(saved, str) and saved and _loads_anywhere(saved):
+            hint = f"leave embeddings out to use the model the store was saved with ({saved!r}, which load_local "
+            hint += "loads), or "
+        call = f"{cls.__name__}.load_local(folder_path, {{embeddings}})"
+        encoder = _unwrap_encoder(embeddings, call, hint) if embeddings is not None else None
         kl_dir, where = folder / _STORE_DIR, f"the LangChain store at {folder}"  # the folder its user passed
         store = load_unchanged(kl_dir, lambda: KLStore._load_once(kl_dir, encoder, mmap, verify_checksums, where=where))
-        saved = manifest.get("encoder")
         if encoder is None and saved:
             if not isinstance(saved, str):
                 raise LangChainFormatError(f"{man_path}: the encoder must be a model name (str); got {saved!r}")
@@ -1940,15 +2018,20 @@ class _ConfidenceRetriever(BaseRetriever):
                 raise ValueError(f"{type(self).__name__}: {field} must be a non-empty str; got {key!r}")
             sharing = [other for other, value in named.items() if value == key and other != field]
             if key in self.written_keys:
-                clash = f"the key of the {key!r} result field the retriever writes"
-            elif sharing:
-                clash = f"also {' and '.join(sharing)}"
+                what = f"{field}={key!r} is the key of the {key!r} result field the retriever writes"
+                pick = "Pick a key"
+                taken = sorted({*self.written_keys, *(v for f, v in named.items() if f != field)})
+            elif sharing:  # the fields that share it, named alike (whichever of them was assigned last)
+                fields = [field, *sharing]
+                both = "both" if len(fields) == 2 else "all"
+                what = f"{', '.join(fields[:-1])} and {fields[-1]} are {both} {key!r}"
+                pick = "Give all but one of them a key" if len(fields) > 2 else "Give one of them a key"
+                taken = sorted({*self.written_keys, *named.values()})
             else:
                 continue
-            taken = sorted({*self.written_keys, *(v for f, v in named.items() if f != field)})
             raise ValueError(
-                f"{type(self).__name__}: {field}={key!r} is {clash}; one value would overwrite the other in each "
-                f"document's metadata. Pick a key other than the names taken: {', '.join(repr(k) for k in taken)}"
+                f"{type(self).__name__}: {what}; one value would overwrite the other in each document's metadata. "
+                f"{pick} other than the names taken: {', '.join(repr(k) for k in taken)}"
             )
 
     def _call_settings(
@@ -2181,6 +2264,7 @@ class KLRetriever(_ConfidenceRetriever):
         """
         check_min_confidence(min_confidence)
         own = cls._retriever_options(kwargs)
+        _refuse_model_name(embedding, f"{cls.__name__}.from_texts(texts, {{embeddings}})")
         return cls(
             vectorstore=KLVectorStore.from_texts(texts, embedding, metadatas, ids=ids, **kwargs),
             k=k,
@@ -2203,6 +2287,7 @@ class KLRetriever(_ConfidenceRetriever):
         """Index ``documents`` in a new :class:`KLVectorStore` and wrap it (keywords as in :meth:`from_texts`)."""
         check_min_confidence(min_confidence)
         own = cls._retriever_options(kwargs)
+        _refuse_model_name(embedding, f"{cls.__name__}.from_documents(documents, {{embeddings}})")
         return cls(
             vectorstore=KLVectorStore.from_documents(documents, embedding, **kwargs),
             k=k,
@@ -2428,7 +2513,10 @@ class KLHybridRetriever(_ConfidenceRetriever):
         )
         items = _check_texts(texts)
         metadata_list, id_values = _check_add_args(len(items), metadatas, ids)
-        encoder = _unwrap_encoder(embedding) if embedding is not None else _load_default_encoder()
+        if embedding is None:
+            encoder = _load_default_encoder()
+        else:
+            encoder = _unwrap_encoder(embedding, f"{cls.__name__}.from_texts(texts, {{embeddings}})")
         store = KLHybridStore(encoder, fusion="adaptive" if fusion is None else fusion, **store_kwargs)
         store.add(items, ids=id_values, metadatas=metadata_list)
         return cls(store=store, k=k, min_confidence=min_confidence, calibrator=calibrator, **own)
@@ -2438,6 +2526,7 @@ class KLHybridRetriever(_ConfidenceRetriever):
         cls, documents: list[Document], embedding: Any | None = None, **kwargs: Any
     ) -> KLHybridRetriever:
         """Index ``documents`` (their ``id`` fields are kept) in a new hybrid store; see :meth:`from_texts`."""
+        _refuse_model_name(embedding, f"{cls.__name__}.from_documents(documents, {{embeddings}})")
         docs = list(documents)
         ids = kwargs.pop("ids", None)
         if ids is None and any(d.id for d in docs):

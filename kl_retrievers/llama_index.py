@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import json
 import logging
 import math
 import operator
@@ -577,6 +578,21 @@ def _mmr_prefetch(top_k: int, kwargs: Mapping[str, Any]) -> int:
 
 
 def _unwrap_encoder(encoder: Any) -> Any:
+    """The Gaussian encoder of an encoder or a :class:`KLEmbedding` (``None`` stays ``None``).
+
+    A model name or folder (a str or a path) is refused with the call that loads it, as
+    :class:`kl_retrievers.langchain.KLVectorStore` refuses one: ``encoder=`` takes a loaded encoder
+    (it would otherwise fail only at the first query), and :class:`KLEmbedding` loads a model by name.
+
+    Raises:
+        TypeError: ``encoder`` is a str or a path.
+    """
+    if isinstance(encoder, (str, os.PathLike)):
+        name = os.fspath(encoder)
+        raise TypeError(
+            f"got the model name or folder {name!r} where an encoder is expected: load it with "
+            f"KLEmbedding({name!r}) (or kl_retrievers.load_model({name!r})) and pass that as encoder"
+        )
     if isinstance(encoder, KLEmbedding):
         return encoder.encoder
     return encoder
@@ -707,6 +723,51 @@ def _encoder_backend(encoder: Any) -> str | None:
     return None
 
 
+def _backend_refusal(encoder: Any, backend: str) -> str | None:
+    """Why ``backend`` cannot apply to the loaded ``encoder``, or ``None`` when it is the encoder's own backend.
+
+    The rule of :class:`kl_retrievers.langchain.KLEmbeddings`: a matching backend is harmless; another
+    one (or any backend for an encoder class that has none) is refused. The message names both backends
+    and the call that loads the model on ``backend``, only when that call loads it: a bundled model's
+    name or an existing absolute folder (:func:`_reloadable_model`), never an ONNX export's folder on
+    the torch backend (:class:`~kl_retrievers.pretrained.OnnxExportOnTorchError`; the model it was
+    exported from is named instead).
+    """
+    own = _encoder_backend(encoder)
+    if own == backend:
+        return None
+    head = (
+        f"backend={backend!r} applies to a model loaded here by name or folder, but encoder is an already loaded "
+        f"{type(encoder).__name__}"
+    )
+    if own is None:
+        return (
+            f"{head}, which has no backend (only the package's GaussianEncoder, 'torch', and OnnxGaussianEncoder, "
+            "'onnx', have one): leave backend out"
+        )
+    name, note = str(getattr(encoder, "name_or_path", "") or ""), ""
+    if backend == "torch" and _is_onnx_export(name):  # the folder runs on ONNX Runtime only: its source model
+        meta = getattr(encoder, "meta", None)
+        source = meta.get("source") if isinstance(meta, dict) else None
+        exported_from = source.get("name_or_path") if isinstance(source, dict) else None
+        note = f" ({name} is an ONNX export, which runs on ONNX Runtime only"
+        note += f"; it was exported from {exported_from!r})" if isinstance(exported_from, str) else ")"
+        name = exported_from if isinstance(exported_from, str) else ""
+    if name and _reloadable_model(name) and not (backend == "torch" and _is_onnx_export(name)):
+        load = f"KLEmbedding({name!r}, backend={backend!r})"
+    else:
+        load = f"KLEmbedding(..., backend={backend!r}) with the name or folder of a model saved on disk"
+    return (
+        f"{head}, which runs on the {own!r} backend: leave backend out (or pass backend={own!r}), or load the "
+        f"model on the {backend!r} backend: {load}{note}"
+    )
+
+
+def _is_onnx_export(name: str) -> bool:
+    """Whether ``name`` is a folder holding an ONNX export (``model.onnx``), which the torch backend cannot load."""
+    return bool(name) and (Path(name) / "model.onnx").is_file()
+
+
 def _unloadable_model(name: str) -> str:
     return (
         f"KLEmbedding has no encoder and cannot load the model {name!r} named by model_name: it is neither a "
@@ -742,8 +803,10 @@ class KLEmbedding(BaseEmbedding):
         backend: When ``encoder`` is a name, a path or ``None``: ``"torch"``, ``"onnx"`` (ONNX
             Runtime with int8 weights) or ``None`` (the default:
             :func:`~kl_retrievers.pretrained.default_backend`; see
-            :func:`~kl_retrievers.pretrained.load_model`). The field records the backend of the
-            encoder in use (``None`` for another encoder class).
+            :func:`~kl_retrievers.pretrained.load_model`). With an encoder object, which is already
+            loaded, only its own backend is accepted (a ``ValueError`` names both and the call that loads
+            the model on the other; the rule of :class:`kl_retrievers.langchain.KLEmbeddings`). The field
+            records the backend of the encoder in use (``None`` for another encoder class).
         **kwargs: Other ``BaseEmbedding`` fields (``num_workers``, ...). ``model_name`` defaults to
             the encoder's ``name_or_path``; with ``encoder=None`` it names the model to load (see below).
 
@@ -798,6 +861,14 @@ class KLEmbedding(BaseEmbedding):
             raise TypeError(
                 f"encoder must have encode_queries / encode_documents (a GaussianEncoder); got {type(encoder).__name__}"
             )
+        if backend is not None:  # a loaded encoder stays on its own backend: the same one is harmless
+            from kl_retrievers.pretrained import BACKENDS
+
+            if backend not in BACKENDS:
+                raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+            refusal = _backend_refusal(encoder, backend)
+            if refusal is not None:
+                raise ValueError(refusal)
         kwargs.setdefault("model_name", str(getattr(encoder, "name_or_path", type(encoder).__name__)))
         super().__init__(
             embed_batch_size=embed_batch_size,
@@ -1299,6 +1370,38 @@ def _manifest_in_folder(folder: Path) -> Path | None:
             f"one to load, e.g. KLVectorStore.from_persist_path({str(found[0])!r})"
         )
     return found[0] if found else None
+
+
+def _no_store_in_folder(folder: Path) -> str:
+    """Why ``folder`` loads as neither form :meth:`KLVectorStore.from_persist_path` takes, and what it holds.
+
+    Names the two forms (a ``KLStore`` folder, a folder holding one manifest), the ``*.json`` files that
+    could not be read as JSON (a damaged manifest is one) and the ``*.klstore`` sub-folders (a store
+    :meth:`KLVectorStore.persist` wrote, whose manifest may be missing: it loads as a ``KLStore`` folder).
+    """
+    unreadable, stores = [], []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir() and entry.name.endswith(_STORE_SUFFIX):
+            stores.append(entry.name)
+        elif entry.is_file() and entry.suffix == ".json":
+            try:
+                json.loads(entry.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+                unreadable.append(f"{entry.name} ({type(exc).__name__})")
+    found = []
+    if unreadable:
+        found.append(f"*.json files that could not be read: {', '.join(unreadable)}")
+    if stores:
+        found.append(
+            f"*{_STORE_SUFFIX} folders, which load as KLStore folders without their manifest's settings: "
+            + ", ".join(f"KLVectorStore.from_persist_path({str(folder / name)!r})" for name in stores)
+        )
+    return (
+        f"{folder} is not a folder KLVectorStore.from_persist_path loads: it takes a KLStore folder (with "
+        f"config.json) or a folder holding one KLVectorStore manifest (what persist wrote, e.g. "
+        f"default__vector_store.json), and this holds neither "
+        f"({'; '.join(found) if found else 'no unreadable *.json file, no *' + _STORE_SUFFIX + ' folder'})"
+    )
 
 
 def _calibrator_path(manifest_path: Path) -> Path:
@@ -2127,7 +2230,9 @@ class KLVectorStore(BasePydanticVectorStore):
                 always checked); ``False`` skips one read of every file (see :meth:`KLStore.load`).
 
         Raises:
-            FileNotFoundError: Nothing at ``persist_path``, or the calibrator file the manifest names is missing.
+            FileNotFoundError: Nothing at ``persist_path``, a folder that is neither form (the message lists
+                its ``*.json`` files that could not be read and its ``*.klstore`` sub-folders), or the
+                calibrator file the manifest names is missing.
             ValueError: The manifest is not a KLVectorStore manifest (or the store or calibrator is corrupted);
                 a folder holding several manifests (each is named: pass one).
         """
@@ -2136,6 +2241,8 @@ class KLVectorStore(BasePydanticVectorStore):
         path = Path(persist_path)
         if path.is_dir():
             manifest_path = _manifest_in_folder(path)
+            if manifest_path is None and not (path / "config.json").is_file():
+                raise FileNotFoundError(_no_store_in_folder(path))
             if manifest_path is None:
                 return cls(
                     KLStore.load(path, encoder=encoder, mmap=mmap, verify_checksums=verify_checksums),
@@ -2593,6 +2700,35 @@ class KLConfidencePostprocessor(BaseNodePostprocessor):
 
 
 # --------------------------------------------------------------------------- hybrid
+_FUSION_WARNED: set[str] = set()  # the fusion modes _warn_hybrid_fusion warned about (this process)
+_FUSION_WARNED_LOCK = threading.Lock()
+
+
+def _warn_hybrid_fusion(mode: str) -> None:
+    """One WARNING per fusion mode: the shipped hybrid confidence judges the adaptive ranking, not ``mode``'s.
+
+    LangChain's hybrid retriever warns so when ``min_confidence`` is used with another fusion; here the
+    confidence is in every node's metadata and :class:`KLConfidencePostprocessor` abstains on it, so the
+    first query of a retriever with another fusion warns.
+    """
+    with _FUSION_WARNED_LOCK:
+        if mode in _FUSION_WARNED:
+            return
+        _FUSION_WARNED.add(mode)
+    logger.warning(
+        "KLHybridRetriever with fusion=%r: the hybrid confidence in the nodes' metadata (%r, what "
+        "KLConfidencePostprocessor abstains on) is the calibrated probability that the top node of the 'adaptive' "
+        "fusion's ranking is relevant (what the hybrid calibrator was fitted for), computed from the query's "
+        "candidates, so it is the same whatever fusion ranks the results, and the %r ranking's top node may differ "
+        "from the adaptive one's. Use fusion='adaptive' for abstention, or judge the %r ranking with a calibrator "
+        "fitted for it (calibrator=)",
+        mode,
+        CONFIDENCE_KEY,
+        mode,
+        mode,
+    )
+
+
 class KLHybridRetriever(_TopKRetriever):
     """LlamaIndex retriever over a :class:`~kl_retrievers.hybrid.KLHybridStore`: BM25 and ``-KL`` fused per query.
 
@@ -2616,8 +2752,10 @@ class KLHybridRetriever(_TopKRetriever):
     probability that the *fused* ranking's top node is relevant, from the hybrid calibrator the
     model ships (``hybrid_confidence_calibration.json``, or ``hybrid_confidence_calibration.unstemmed.json``
     for a store with ``stemmer=None`` when the model ships one: dense and BM25 signals of the query's
-    candidates; fitted for ``"adaptive"`` fusion with 100 candidates per half); an explicit
-    dense ``calibrator=`` gives the dense ranking's instead. To abstain, add
+    candidates; fitted for ``"adaptive"`` fusion with 100 candidates per half, it is the adaptive
+    ranking's whatever ``fusion`` ranks the nodes: with another fusion and that calibrator, one WARNING
+    per fusion mode says so at the first query); an explicit dense ``calibrator=`` gives the dense
+    ranking's instead. To abstain, add
     ``KLConfidencePostprocessor(min_confidence=DEFAULT_HYBRID_MIN_CONFIDENCE)``
     (:data:`kl_retrievers.calibration.DEFAULT_HYBRID_MIN_CONFIDENCE`, the default model's, chosen on training
     data; another model's or an unstemmed store's:
@@ -2829,7 +2967,13 @@ class KLHybridRetriever(_TopKRetriever):
             scorer=self._scorer,
         )
         reason = None
-        calibrated = bool(hits) and self._scorer.calibrator(self._store.encoder, self._store.stemmer) is not None
+        calibrator = self._scorer.calibrator(self._store.encoder, self._store.stemmer)
+        if calibrator is not None and calibrator.kind == "hybrid" and self._scorer.explicit is None:
+            # the model's hybrid calibrator judges the adaptive ranking (an explicit one may fit this fusion)
+            mode = self._store.fusion.for_call(self._fusion, self._weight, self._normalization).mode
+            if mode != "adaptive":
+                _warn_hybrid_fusion(mode)
+        calibrated = bool(hits) and calibrator is not None
         if is_blank_query(query_bundle.query_str):  # the text searched (BM25 and the encoder): confidence 0
             reason = blank_query_confidence(calibrated)[1]  # hybrid_search gave its confidence
         elif confidence is None and calibrated:
