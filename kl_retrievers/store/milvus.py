@@ -29,9 +29,9 @@ Milvus returns a candidate pool (``max(rescore_pool, rescore_factor * k)``) with
 vectors; the winners' texts and metadata are fetched with their vectors, and a query whose winner
 changed or vanished in between (a concurrent writer) is searched again with texts returned by the
 search itself, so each hit is one stored version of its document; the Gaussians are recovered
-from the float32 ``d~`` (``var = -1 / (2 d~_var)``, ``mu = d~_mu * var``: within about 1e-7 relative) and
-re-scored with the exact
-``-KL`` in float64, so reported scores are the true ``-KL(Q || D)`` (query constant included):
+from the float32 ``d~`` (``var = -1 / (2 d~_var)``, ``mu = d~_mu * var``: variances within about 1e-7 relative,
+means within about 1e-7 relative or, in a centred L2 collection, ``1e-7 * |mu - centre|``) and re-scored
+with the exact ``-KL`` in float64, so reported scores are the true ``-KL(Q || D)`` (query constant included):
 **higher is better**.  When HNSW / IVF return fewer than ``k`` hits (a selective filter) and at
 most ``exact_threshold`` rows match, every matching row is scored exactly.  docs/milvus.md,
 *Known differences and limits*, lists what still differs from ``KLStore``.
@@ -53,8 +53,9 @@ compare-and-set on collection properties, so a writer (any :meth:`MilvusKLStore.
    delete made in between: before reading any row it stores a new rewrite generation and a mark of its own
    (updated after every page, dropped at the end); every ``add`` and ``delete`` waits while a mark is
    there, and reads the generation and marks again after writing: if a rewrite may have overlapped its
-   write, it waits for it to end (at most :data:`_REWRITE_WAIT_S`, then ``RuntimeError``) and writes (or
-   deletes) again.  A mark without progress for :data:`_REWRITE_STALL_S` is an abandoned rewrite: dropped.
+   write, it waits for it to end (as long as it progresses; ``RuntimeError`` after :data:`_REWRITE_WAIT_S`
+   without progress) and writes (or deletes) again.  A mark without progress for :data:`_REWRITE_STALL_S` is an
+   abandoned rewrite: dropped.
 
 Guarantee: once every concurrent ``add`` has returned, every row is reduced with the stored ``M``
 and ``o``, so rankings are exact (flat) or as good as a single writer's (HNSW / IVF).  While adds
@@ -92,6 +93,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -174,7 +176,8 @@ _REWRITE_GEN_KEY = "kl_retrievers.rewrite_gen"
 #: Prefix of the property keys marking a row rewrite in progress (one key per rewrite, dropped when it ends; its
 #: value, the rows rewritten so far, changes after every page).
 _REWRITING_PREFIX = "kl_retrievers.rewriting."
-#: Seconds a writer waits for other writers' row rewrites to finish before it raises.
+#: Seconds a writer waits for other writers' row rewrites while none of them makes progress before it raises
+#: (a rewrite that keeps progressing is waited for; one stalled for :data:`_REWRITE_STALL_S` is dropped first).
 _REWRITE_WAIT_S = 600.0
 #: Seconds without progress after which a rewrite mark counts as abandoned (its writer died) and is dropped.
 _REWRITE_STALL_S = 120.0
@@ -198,6 +201,8 @@ _SHRINK_FACTOR = 2.0
 #: exactly tied scores (the later-added first, as ``KLStore``). Rows without it (collections created earlier,
 #: rows an earlier release wrote) rank after those with it, greatest id first.
 _ADDED_FIELD = "added"
+#: The defaults of the index build arguments: a collection built with others adopts its own without a warning.
+_BUILD_DEFAULTS = {"hnsw_m": 32, "ef_construction": 80, "nlist": 1024}
 _added_lock = threading.Lock()
 _last_added = 0
 #: The rewrite marks of the row rewrites running in this thread: never waited for by a write made from inside one (a
@@ -232,6 +237,9 @@ class MilvusConnectionError(ConnectionError):
 #: Milvus Lite files this process opened through a MilvusKLStore -> how many open stores use each (see close()).
 _lite_users: dict[str, int] = {}
 _lite_lock = threading.Lock()
+#: The lock around the collection property alters and drops of every Milvus Lite store of this process (Milvus Lite's
+#: are not thread-safe; one lock for all files: a store given a client does not know its file, and they are rare).
+_lite_properties_lock = threading.RLock()  # re-entered by a write from a hook around a property write
 
 
 def _lite_file_locked(path: str) -> bool:
@@ -627,6 +635,7 @@ class MilvusKLStore(GaussianStore):
     _state: _Reduction
     _uid: str | None
     _identity: tuple[Any, str | None] | None
+    _index_build: dict[str, Any] | None
 
     def __init__(
         self,
@@ -730,6 +739,8 @@ class MilvusKLStore(GaussianStore):
         #: Rewrites of every row's extra coordinate caused by a document norm above ``M``.
         self.rebuild_count = 0
         self._lock = threading.RLock()
+        # waits for other writers' rewrites release the lock meanwhile (searches of this store go on)
+        self._idle = threading.Condition(self._lock)
         # (collection uid, weights, backbone) already warned about
         self._weights_warned: set[tuple[str | None, str, str | None]] = set()
         self._encoder_weights: str | None = None  # set by _forget, _create and _attach
@@ -738,11 +749,18 @@ class MilvusKLStore(GaussianStore):
         #: Milvus Lite (a local ``.db`` file, or a client connected to one): long ``$in`` / ``$nin`` lists are
         #: resolved to ids (:meth:`_ids_in`) and negated order comparisons evaluated here (:meth:`_ids_matching`).
         self._lite = _is_lite_client(client, self.timeout) if client is not None else str(uri).endswith(".db")
+        #: The property key marking this client's row rewrites in progress (:data:`_REWRITING_PREFIX`).
+        self._mark = _REWRITING_PREFIX + uuid.uuid4().hex
         self._client = client if client is not None else self._connect(uri, token)
-        if self._client.has_collection(collection_name, timeout=self.timeout):
-            self._attach(None if dim is None else int(dim))
-        elif dim is not None:
-            self._create(int(dim))
+        try:
+            if self._client.has_collection(collection_name, timeout=self.timeout):
+                self._attach(None if dim is None else int(dim))
+            elif dim is not None:
+                self._create(int(dim))
+        except BaseException:
+            if client is None:  # a refused attach keeps no Milvus Lite file locked (a given client is the caller's)
+                self.close()
+            raise
 
     # ------------------------------------------------------------ connection
     def _connect(self, uri: str, token: str | None) -> Any:
@@ -790,7 +808,7 @@ class MilvusKLStore(GaussianStore):
         return 2 * self._dim + (2 if self.metric == "L2" else 1)
 
     def _config(self) -> dict[str, Any]:
-        return {
+        config = {
             "format": _FORMAT_NAME,
             "format_version": _FORMAT_VERSION,
             "library_version": library_version(),
@@ -806,7 +824,9 @@ class MilvusKLStore(GaussianStore):
             "rewrite": False,
             "index_type": self.index_type,
             "compression": self.compression,
-            "index_build": self._build_params(),  # absent in collections created before 2026-12-06
+            # the settings the index was built with (_create); absent in collections created before 2026-12-06, and
+            # kept absent by later publications (a client's own arguments are not what an old index was built with)
+            "index_build": self._index_build,
             "collection_uid": self._uid,
             "encoder": getattr(self.encoder, "name_or_path", None),
             # the weights the collection's documents were encoded with: the creator's encoder's, kept by every
@@ -815,6 +835,9 @@ class MilvusKLStore(GaussianStore):
             # and the SHA-256 of the backbone under them (a delta model's identity does not cover its backbone)
             "encoder_backbone_sha256": self._encoder_backbone,
         }
+        if self._index_build is None:
+            del config["index_build"]
+        return config
 
     def _own_weights(self) -> str | None:
         """This client's encoder's weights identity (``encoder.weights_sha256``), else ``None``."""
@@ -918,7 +941,8 @@ class MilvusKLStore(GaussianStore):
             except (TypeError, ValueError):
                 continue  # not a number: this client's setting stays
             if key in ("hnsw_m", "ef_construction", "nlist") and stored != getattr(self, key):
-                differ.append(f"{key}={stored} (asked: {getattr(self, key)})")
+                if getattr(self, key) != _BUILD_DEFAULTS[key]:  # a default the caller never passed: adopted silently
+                    differ.append(f"{key}={stored} (asked: {getattr(self, key)})")
                 setattr(self, key, stored)
         if differ:
             logger.warning(
@@ -944,6 +968,7 @@ class MilvusKLStore(GaussianStore):
         self._uid = uuid.uuid4().hex  # tells this collection from one re-created under the same name
         self._encoder_weights = self._own_weights()  # what its documents are encoded with (recorded in its config)
         self._encoder_backbone = self._own_backbone()
+        self._index_build = self._build_params()
         schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", dt.VARCHAR, is_primary=True, max_length=MAX_ID_LENGTH)
         schema.add_field("vector", dt.FLOAT_VECTOR, dim=self._vector_dim)
@@ -1068,6 +1093,7 @@ class MilvusKLStore(GaussianStore):
         self._has_added = False  # the collection has the insertion-stamp field (_ADDED_FIELD)
         self._encoder_weights = None  # the weights SHA-256 the attached collection records
         self._encoder_backbone = None  # and the backbone SHA-256 recorded with it
+        self._index_build = None  # the index build settings the config records (none: an old collection)
 
     def _sync(self) -> None:
         """Check (one ``describe_collection``) that the collection is still the one attached, and re-read
@@ -1136,6 +1162,8 @@ class MilvusKLStore(GaussianStore):
             )
             self.index_type, self.compression = index_type, compression
         self._adopt_build(config)
+        build = config.get("index_build")
+        self._index_build = dict(build) if isinstance(build, Mapping) else None  # republished as stored
         self._text_nullable = bool((fields.get("text") or {}).get("nullable", False))
         self._has_added = _ADDED_FIELD in fields
         uid = config.get("collection_uid")
@@ -1171,9 +1199,7 @@ class MilvusKLStore(GaussianStore):
         )
         if self._state.norm_bound is None:  # the first documents choose the centre
             config["index_centre"] = None if centre is None else list(centre)
-        self._client.alter_collection_properties(
-            self.collection_name, properties={_CONFIG_KEY: json.dumps(config)}, timeout=self.timeout
-        )
+        self._alter_properties({_CONFIG_KEY: json.dumps(config)})
         state = self._read_state()
         if state.writer != writer:
             if lost is not None:
@@ -1283,6 +1309,7 @@ class MilvusKLStore(GaussianStore):
         need = 0.0  # a norm the bound must cover besides this batch's (a stored row found above M)
         rewrote_all = False  # rows of other writers were rewritten under a bound since replaced
         checked = False  # the batch's norms were compared with the bound (once per add)
+        written = False  # some attempt upserted the rows (the error after the last attempt says whether)
         self._warn_if_inside_rewrite("add")
         for attempt in range(_MAX_SYNC_ATTEMPTS):
             state = self._await_rewrites(self._read_state())  # another writer's rewrite would undo these rows
@@ -1323,6 +1350,7 @@ class MilvusKLStore(GaussianStore):
             if before.rewriting or (before.norm_bound, before.offset) != (bound, offset):
                 continue  # another writer's rewrite began (waited for at the top), or another bound was stored
             self._upsert(self._rows(self._centred(raw)), id_list, texts, metas)
+            written = True
             after = self._read_state()
             if self._rewrite_overlapped(before, after, "add", attempt):
                 continue  # a rewrite may have written back older copies of these rows: write them again
@@ -1336,10 +1364,15 @@ class MilvusKLStore(GaussianStore):
                 attempt + 1,
                 _MAX_SYNC_ATTEMPTS,
             )
+        outcome = (
+            "the documents were written but may be ranked under another bound, or overwritten by another writer's "
+            "row rewrite"
+            if written
+            else "none of the documents was written"
+        )
         raise RuntimeError(
             f"Milvus collection {self.collection_name!r}: could not agree on the L2-reduction bound with concurrent "
-            f"writers in {_MAX_SYNC_ATTEMPTS} attempts; the documents were written but may be ranked under another "
-            "bound, or overwritten by another writer's row rewrite: retry the add, or call repair() once the other "
+            f"writers in {_MAX_SYNC_ATTEMPTS} attempts; {outcome}: retry the add, or call repair() once the other "
             "writers are done"
         )
 
@@ -1418,13 +1451,13 @@ class MilvusKLStore(GaussianStore):
         assert self._dim is not None and state.norm_bound is not None
         bound, offset, version, writer = state.norm_bound, state.offset, state.version, state.writer
         token = uuid.uuid4().hex
-        mark = _REWRITING_PREFIX + token
-        self._client.alter_collection_properties(
-            self.collection_name, properties={_REWRITE_GEN_KEY: token, mark: "0"}, timeout=self.timeout
-        )
+        mark = self._mark  # one key per client: where marks cannot be dropped, no empty key is left per rewrite
         rewritten = 0
+        finished = False
         _own_marks().add(mark)
         try:
+            # inside the try: a call that raises after the server applied it (a lost reply) still drops the mark
+            self._alter_properties({_REWRITE_GEN_KEY: token, mark: "0"})
             for page in self._iter_all(self._fields("id", "vector", "text", "metadata")):
                 g = document_gaussians_from_vectors([r["vector"] for r in page], self._dim)
                 dvec = np.asarray(kl_document_vectors(g))
@@ -1442,17 +1475,21 @@ class MilvusKLStore(GaussianStore):
                 self._client.upsert(self.collection_name, rows, timeout=self.request_timeout)
                 rewritten += len(rows)
                 # progress: writers waiting for this rewrite tell it from an abandoned one (_REWRITE_STALL_S)
-                self._client.alter_collection_properties(
-                    self.collection_name, properties={mark: str(rewritten)}, timeout=self.timeout
-                )
+                self._alter_properties({mark: str(rewritten)})
             # a separate key: a late mark can only name its own publication, never hide a newer pending one
             done = json.dumps({"version": version, "writer": writer})
-            self._client.alter_collection_properties(
-                self.collection_name, properties={_REWRITE_DONE_KEY: done}, timeout=self.timeout
-            )
+            self._alter_properties({_REWRITE_DONE_KEY: done})
+            finished = True
         finally:
-            _own_marks().discard(mark)
-            self._drop_marks([mark])
+            try:
+                self._drop_marks([mark])
+            except Exception:
+                if finished:
+                    raise
+                # the rewrite's own error propagates; other writers drop the mark as abandoned (_REWRITE_STALL_S)
+                logger.warning("could not drop the rewrite mark %s", mark, exc_info=True)
+            finally:
+                _own_marks().discard(mark)  # only once the drop was tried: a write of this thread never waits for it
         self.rebuild_count += 1
         logger.warning(
             "rewrote %d rows under the L2-reduction bound M=%.6g (version %d; %s)",
@@ -1467,12 +1504,22 @@ class MilvusKLStore(GaussianStore):
     def _drop_marks(self, marks: list[str]) -> None:
         """Drop rewrite marks (an empty value where the client cannot drop collection properties)."""
         try:
-            self._client.drop_collection_properties(self.collection_name, property_keys=marks, timeout=self.timeout)
+            with self._properties_lock():
+                self._client.drop_collection_properties(self.collection_name, property_keys=marks, timeout=self.timeout)
         except Exception:  # pymilvus / Milvus without drop_collection_properties: an empty mark counts as none
             logger.debug("could not drop the rewrite marks %s; emptying them", marks, exc_info=True)
-            self._client.alter_collection_properties(
-                self.collection_name, properties=dict.fromkeys(marks, ""), timeout=self.timeout
-            )
+            self._alter_properties(dict.fromkeys(marks, ""))
+
+    def _properties_lock(self) -> Any:
+        """The lock around this store's collection property writes: Milvus Lite's are not thread-safe (two stores
+        of one process on one file fail on its ``schema.json``), so :data:`_lite_properties_lock`; none for a
+        server."""
+        return _lite_properties_lock if self._lite else contextlib.nullcontext()
+
+    def _alter_properties(self, properties: dict[str, str]) -> None:
+        """``alter_collection_properties`` under :meth:`_properties_lock`."""
+        with self._properties_lock():
+            self._client.alter_collection_properties(self.collection_name, properties=properties, timeout=self.timeout)
 
     def _await_rewrites(self, state: _Reduction) -> _Reduction:
         """Wait until no row rewrite is marked in progress (by another writer); the state read then.
@@ -1481,10 +1528,13 @@ class MilvusKLStore(GaussianStore):
         belongs to a writer that died: it is dropped with a warning (the pending rewrite it leaves is finished
         by the next ``add`` or :meth:`repair`).
 
+        The store's lock is released while it sleeps (its searches, ``len`` and reads go on); the caller's state is
+        read again after each sleep.
+
         Raises:
-            RuntimeError: Rewrites still in progress after :data:`_REWRITE_WAIT_S` seconds.
+            RuntimeError: No progress of the rewrites in progress for :data:`_REWRITE_WAIT_S` seconds.
         """
-        start = time.monotonic()
+        moved = time.monotonic()  # when a rewrite waited for last made progress (or the wait began)
         seen: dict[str, tuple[str, float]] = {}  # mark -> (progress, when this client first saw it)
         delay = 0.01
         while state.rewriting:
@@ -1492,6 +1542,7 @@ class MilvusKLStore(GaussianStore):
             for mark, progress in state.rewriting:
                 if mark not in seen or seen[mark][0] != progress:
                     seen[mark] = (progress, now)
+                    moved = now
             stalled = [mark for mark, _ in state.rewriting if now - seen[mark][1] >= _REWRITE_STALL_S]
             if stalled:
                 logger.warning(
@@ -1502,16 +1553,17 @@ class MilvusKLStore(GaussianStore):
                     _REWRITE_STALL_S,
                 )
                 self._drop_marks(stalled)
-            elif now - start >= _REWRITE_WAIT_S:
+            elif now - moved >= _REWRITE_WAIT_S:
                 raise RuntimeError(
                     f"Milvus collection {self.collection_name!r}: another writer's rewrite of every row (the "
-                    f"L2-reduction bound M was raised) was still in progress after {_REWRITE_WAIT_S:g} s; this "
+                    f"L2-reduction bound M was raised) made no progress for {_REWRITE_WAIT_S:g} s; this "
                     "client waits for it because a rewrite writes back rows it read before and would undo a write "
                     "made meanwhile. Retry once the other writer is done (a rewrite making no progress for "
                     f"{_REWRITE_STALL_S:g} s is treated as abandoned)"
                 )
             else:
-                time.sleep(delay)
+                with self._idle:
+                    self._idle.wait(delay)  # sleeps without the store's lock (every level of it)
                 delay = min(2 * delay, 0.5)
             state = self._read_state()
         return state
@@ -1657,8 +1709,10 @@ class MilvusKLStore(GaussianStore):
         return [StoredDocument(i, by_id[i]["text"], dict(by_id[i]["metadata"] or {})) for i in ids if i in by_id]
 
     def _gaussians(self, ids: list[str]) -> Gaussians:
-        """Recovered from the stored float32 vectors (within about 1e-7 relative), as float32; ``KeyError`` for an
-        unknown id."""
+        """Recovered from the stored float32 vectors, as float32; ``KeyError`` for an unknown id.
+
+        Variances within about 1e-7 relative; means too, except in a centred L2 collection: within about
+        ``1e-7 * |mu - centre|`` there (docs/milvus.md, *Recovered Gaussians*)."""
         with self._lock:
             self._sync()  # the centre of a collection re-created (or first filled) by another client
         by_id = self._fetch(ids, ["vector"])
