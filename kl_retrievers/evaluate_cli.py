@@ -20,6 +20,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -77,6 +78,11 @@ _NORMALIZATIONS = ("minmax", "zscore")
 BASELINE_SCORES: dict[str, str] = {"bm25": "bm25", "minilm": "cosine", "bge-small": "cosine"}
 #: The direction of every score ``evaluate`` ranks by (``score_direction`` of the summary).
 SCORE_DIRECTION = "higher_is_better"
+#: ``--batch-size`` when none is given.
+_BATCH_SIZE = 32
+#: ``--qpp-bootstrap`` when none is given (:data:`kl_retrievers.qpp.N_BOOT`; spelled out so that building the
+#: parser does not import the QPP module).
+QPP_BOOTSTRAP = 1000
 
 
 def unit_interval(text: str) -> float:
@@ -184,10 +190,20 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--qpp",
         action="store_true",
-        help="query performance prediction: Kendall tau and Pearson r (95%% bootstrap intervals, 1000 resamples) "
+        help="query performance prediction: Kendall tau and Pearson r (95%% bootstrap intervals, --qpp-bootstrap "
+        "resamples) "
         "of each predictor (the model's query uncertainty, max score, NQC, top-2 gap, WIG, average IDF, SCQ) "
         "against per-query nDCG@10, printed after the metrics table (kl_retrievers.qpp); queries with no "
         "relevant document are left out of it. Without --qpp, --json or --per-query it is not computed",
+    )
+    p.add_argument(
+        "--qpp-bootstrap",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help=f"bootstrap resamples of the qpp intervals (default: {QPP_BOOTSTRAP}; 0: no intervals, recorded as "
+        "bootstrap 0 with null intervals). A resample costs O(n log n) per predictor for n queries: 1000 of "
+        "SQuAD's 10,570 take about half a second of CPU per predictor; --json records the QPP time as qpp_seconds",
     )
     p.add_argument(
         "--per-query",
@@ -200,19 +216,21 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         metavar="PER_QUERY_FILE",
         help="the --per-query file of another evaluate run (not a TREC run): paired t-test against it, query by "
         "query (refused when its meta "
-        "names another dataset or split, or it shares fewer than 2 queries with this run)",
+        "names another dataset or split, or another depth below a metric's cutoff, or it shares fewer than 2 "
+        "queries with this run)",
     )
     p.add_argument(
         "--compare-any",
         action="store_true",
         help="compare with a --compare file whose meta names another dataset or split (with a warning): its "
-        "queries are paired with this run's by id alone",
+        "queries are paired with this run's by id alone; also one whose meta names another --depth below the "
+        "cutoff of a metric (e.g. 10 for recall@100), refused otherwise",
     )
     p.add_argument("--save-run", metavar="FILE", help="also write the retrieved run in TREC format")
     p.add_argument(
         "--batch-size",
         type=positive_int,
-        default=32,
+        default=None,  # 32 (_BATCH_SIZE); None tells --baseline bm25 that it was not given
         metavar="N",
         help="encoding batch size (default: 32); int8 models' vectors depend on it (activations are quantised per "
         "batch), so it is part of their encoding cache key and published figures use 32",
@@ -249,18 +267,72 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="no progress bars (log lines are warnings only unless kl-retrievers --verbose is given)",
     )
-    add_model_backend_argument(p, "--backend", default="torch")
+    add_model_backend_argument(p, "--backend", default_help="torch")  # None: not given (a baseline refuses one)
     add_model_session_arguments(p, default_note="evaluate's default backend is torch: give --model-backend onnx too")
     p.set_defaults(func=run_evaluate)
     return p
+
+
+def _baseline_option_problem(args: argparse.Namespace) -> str | None:
+    """Every option given that ``--baseline`` would ignore, refused at once (``None``: none, or no baseline).
+
+    One rule: an option is refused when the baseline does not read it. No baseline reads a Gaussian
+    model's options (``--model-backend``, ``--model-threads``, ``--model-spinning``, ``--query-max-length``,
+    ``--means-only``); BM25 encodes nothing, so it reads none of ``--batch-size``, ``--max-length``,
+    ``--cache-dir`` and ``--no-cache`` either. Read on the parsed options before their defaults are
+    filled in (``--batch-size`` and ``--model-backend`` are ``None`` when not given).
+
+    Examples:
+        >>> args = argparse.Namespace(baseline="bm25", model_backend=None, model_threads=None, model_spinning=False,
+        ...     query_max_length=None, means_only=False, batch_size=7, max_length=None, cache_dir=None, no_cache=False)
+        >>> print(_baseline_option_problem(args))  # doctest: +ELLIPSIS
+        --batch-size does not apply to --baseline bm25, which encodes nothing; the minilm and bge-small ...
+    """
+    baseline = getattr(args, "baseline", None)
+    if not baseline:
+        return None
+    given = [
+        flag
+        for flag, value in (
+            ("--model-backend", getattr(args, "model_backend", None)),
+            ("--model-threads", getattr(args, "model_threads", None)),
+            ("--model-spinning", getattr(args, "model_spinning", False) or None),
+            ("--query-max-length", getattr(args, "query_max_length", None)),
+            ("--means-only", getattr(args, "means_only", False) or None),
+        )
+        if value is not None
+    ]
+    if baseline == "bm25":
+        given += [
+            flag
+            for flag, value in (
+                ("--batch-size", getattr(args, "batch_size", None)),
+                ("--max-length", getattr(args, "max_length", None)),
+                ("--cache-dir", getattr(args, "cache_dir", None)),
+                ("--no-cache", getattr(args, "no_cache", False) or None),
+            )
+            if value is not None
+        ]
+    if not given:
+        return None
+    named = given[0] if len(given) == 1 else f"{', '.join(given[:-1])} and {given[-1]}"
+    verb = "does" if len(given) == 1 else "do"
+    dense = "--batch-size and one token limit, --max-length, for queries and documents (as sentence-transformers' "
+    if baseline == "bm25":
+        why = f"which encodes nothing; the minilm and bge-small baselines take {dense}max_seq_length)"
+    else:
+        why = f"which takes {dense}max_seq_length) and none of a Gaussian --model's options"
+    return f"{named} {verb} not apply to --baseline {baseline}, {why}"
 
 
 def _sample_queries(dataset: BeirDataset, n: int | None, seed: int | None) -> tuple[BeirDataset, dict[str, int] | None]:
     """``--sample-queries``: ``n`` of the dataset's queries drawn with ``seed`` (default 0), and what to record.
 
     The draw depends only on ``n``, ``seed`` and the query ids in file order, so a run repeats exactly; the
-    queries keep their file order and the corpus is whole. With ``n`` at least the number of queries, every
-    query is kept (a warning says so). ``(dataset, None)`` without ``--sample-queries``.
+    queries keep their file order and the corpus is whole. A drawn query keeps its qrels as loaded, even
+    empty (every judgement dropped by ``--unknown-docs drop``: it scores 0, as in a whole evaluation), so
+    ``size`` is the number of queries evaluated. With ``n`` at least the number of queries, every query is
+    kept (a warning says so). ``(dataset, None)`` without ``--sample-queries``.
 
     Examples:
         >>> ds = BeirDataset(Path("."), "test", {"d": {"text": "x"}}, {"a": "x", "b": "y", "c": "z"},
@@ -279,8 +351,13 @@ def _sample_queries(dataset: BeirDataset, n: int | None, seed: int | None) -> tu
         logger.warning("--sample-queries %d: the split has %d queries; evaluating all of them", n, len(ids))
         return dataset, {"size": len(ids), "of": len(ids), "seed": seed}
     picked = np.sort(np.random.default_rng(seed).choice(len(ids), size=n, replace=False))
-    logger.info("evaluating %d of the %d queries (--sample-queries %d --seed %d)", n, len(ids), n, seed)
-    return dataset.subset([ids[i] for i in picked], dataset.doc_ids), {"size": n, "of": len(ids), "seed": seed}
+    chosen = [ids[i] for i in picked]
+    # not BeirDataset.subset, which drops a query left without judgements: load_beir keeps one whose every
+    # judgement --unknown-docs drop removed (it scores 0), and so does a sample of the split
+    qrels = {q: dict(dataset.qrels[q]) for q in chosen if q in dataset.qrels}
+    sampled = dataclasses.replace(dataset, queries={q: dataset.queries[q] for q in chosen}, qrels=qrels)
+    logger.info("evaluating %d of the %d queries (--sample-queries %d --seed %d)", len(qrels), len(ids), n, seed)
+    return sampled, {"size": len(qrels), "of": len(ids), "seed": seed}
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -557,9 +634,11 @@ def _compare_problem(
 ) -> str | None:
     """What forbids ``--compare`` with this file (``None``: nothing), checked before any encoding.
 
-    Refused: a file whose meta names another dataset or split (unless ``--compare-any``: then a
-    warning), and one sharing fewer than 2 queries (with a reported metric) with this run. A meta
-    without ``dataset`` or ``split`` (an older file, a TSV) is compared with a warning.
+    Refused: a file whose meta names another dataset or split, or another depth shallower than the
+    cutoff of a reported metric on one side (:func:`_compare_depth_problem`), unless ``--compare-any``
+    (then a warning); and one sharing fewer than 2 queries (with a reported metric) with this run. A
+    meta without ``dataset`` or ``split`` (an older file, a TSV) is compared with a warning; one
+    without ``depth`` is compared as it is.
     """
     name = args.compare
     recorded = {key: other_meta.get(key) for key in ("dataset", "split")}
@@ -586,6 +665,11 @@ def _compare_problem(
                 "if they were this run's queries. Pass --compare-any to compare anyway"
             )
         logger.warning("%s; compared anyway (--compare-any), pairing queries by id", what)
+    depth_problem = _compare_depth_problem(name, other_meta.get("depth"), args.depth)
+    if depth_problem:
+        if not getattr(args, "compare_any", False):
+            return f"{depth_problem}. Evaluate both at one --depth, or pass --compare-any to compare anyway"
+        logger.warning("%s; compared anyway (--compare-any)", depth_problem)
     metrics = set(DEFAULT_METRICS)
     shared = [qid for qid in dataset.qrels if metrics.intersection(other_pq.get(qid, ()))]
     if len(shared) < 2:
@@ -595,6 +679,33 @@ def _compare_problem(
             f"(the file holds {len(other_pq)} queries: is it from this collection and split?)"
         )
     return None
+
+
+def _compare_depth_problem(name: str, recorded: Any, depth: int) -> str | None:
+    """Why the ``--compare`` file's depth makes some metrics incomparable with this run's (``None``: it does not).
+
+    Runs of two depths score a metric alike only when its cutoff is within both (a shallower run is a
+    prefix of a deeper one): at depths 10 and 100, ``ndcg@10`` compares, ``recall@100`` reads 10
+    documents on one side and 100 on the other, a difference of depth, not of systems. A depth the
+    file does not record (an older file, a TSV) is not checked.
+
+    Examples:
+        >>> _compare_depth_problem("pq.json", 100, 100) is None, _compare_depth_problem("pq.json", 200, 100) is None
+        (True, True)
+        >>> print(_compare_depth_problem("pq.json", 10, 100))  # doctest: +ELLIPSIS
+        --compare pq.json records depth 10 and this run has depth 100: recall@100 and map@100 ...
+    """
+    if isinstance(recorded, bool) or not isinstance(recorded, int) or recorded == depth:
+        return None
+    shallower = min(recorded, depth)
+    short = [m for m in DEFAULT_METRICS if (cutoff := metric_cutoff(m)) is not None and cutoff > shallower]
+    if not short:
+        return None
+    return (
+        f"--compare {name} records depth {recorded} and this run has depth {depth}: {' and '.join(short)} "
+        f"{'reads' if len(short) == 1 else 'read'} the top {shallower} documents on one side and more on the other, "
+        "so a difference would be the depths', not the systems'"
+    )
 
 
 def _looks_like_trec_run(path: Path) -> bool:
@@ -724,8 +835,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    baseline_problem = _baseline_option_problem(args)  # before the defaults below fill in what was not given
+    args.model_backend = getattr(args, "model_backend", None) or "torch"
+    if getattr(args, "batch_size", None) is None:
+        args.batch_size = _BATCH_SIZE
     problem = (
         _hybrid_option_problem(args)
+        or baseline_problem
         or _output_problem(args)
         or _session_problem(args)
         or _missing_package_problem(args)
@@ -772,23 +888,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     score_run: dict[str, dict[str, float]] = {}
     weights: dict[str, float] = {}
     similarity = "neg_kl"  # a model's own score: a vector twin (train --similarity dot|cosine) is ranked by it
-    if args.baseline:
-        if args.means_only:
-            print(
-                "kl-retrievers evaluate: error: --means-only applies to Gaussian models, not baselines", file=sys.stderr
-            )
-            return 2
-        unused = ["--query-max-length"] if args.query_max_length is not None else []
-        if args.baseline == "bm25" and args.max_length is not None:
-            unused.insert(0, "--max-length")
-        if unused:
-            print(
-                f"kl-retrievers evaluate: error: {' and '.join(unused)} do not apply to --baseline {args.baseline}: "
-                "the minilm and bge-small baselines take one token limit, --max-length, for queries and documents "
-                "(as sentence-transformers' max_seq_length); bm25 takes none",
-                file=sys.stderr,
-            )
-            return 2
+    if args.baseline:  # its options were checked before loading (_baseline_option_problem)
         t0 = time.perf_counter()
         run, label = run_baseline(
             args.baseline,
@@ -855,10 +955,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     summary = result.summary()
     qpp_values: dict[str, dict[str, float]] = {}
     # QPP only when something shows it: --json, --qpp, or the per-query file (its predictors and its meta's qpp)
+    n_boot = getattr(args, "qpp_bootstrap", None)
     if args.json or getattr(args, "qpp", False) or args.per_query:
         from kl_retrievers.qpp import qpp_for_run
 
-        summary["qpp"], qpp_values = qpp_for_run(
+        t_qpp = time.perf_counter()
+        qpp_report, qpp_values = qpp_for_run(
             score_run if args.hybrid else result.run,  # a hybrid's score predictors read its -KL list
             result.per_query,
             query_ids=dataset.query_ids,
@@ -875,7 +977,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
             qrels=dataset.qrels,
             # the -KL candidate list of a hybrid is max(depth, candidates) deep
             depth=max(args.depth, args.hybrid_candidates) if args.hybrid else args.depth,
+            n_boot=QPP_BOOTSTRAP if n_boot is None else n_boot,
         )
+        summary["qpp_seconds"] = round(time.perf_counter() - t_qpp, 2)  # outside seconds / encode_s + retrieve_s
+        summary["qpp"] = qpp_report
+    elif n_boot is not None:
+        logger.warning("--qpp-bootstrap has no effect without --qpp, --json or --per-query")
     if args.per_query:
         from kl_retrievers.qpp import per_query_with_predictors
 

@@ -56,7 +56,8 @@ from kl_retrievers.encoding_cache import CACHE_ENV as CACHE_ENV  # re-exported, 
 from kl_retrievers.encoding_cache import EncodingCache, default_cache_dir
 from kl_retrievers.encoding_cache import model_fingerprint as model_fingerprint  # re-exported: it was defined here
 from kl_retrievers.gaussian import Gaussians, check_float32_scorable, check_k, exact_top_k
-from kl_retrievers.runs import Qrels, Run, inner_product_run, run_from_top_k, tie_ranks, top_k
+from kl_retrievers.runs import Qrels, Run, _run_rows, check_unique_ids, inner_product_run, tie_ranks, top_k
+from kl_retrievers.runs import run_from_top_k as run_from_top_k  # re-exported: it was importable here
 
 if TYPE_CHECKING:
     from typing import Unpack  # Python 3.11; only read by type checkers here
@@ -161,7 +162,8 @@ def evaluate_run(
         ignored.
 
     Raises:
-        ValueError: Empty qrels, an unknown metric, or a NaN score (naming the query and document).
+        ValueError: Empty qrels, an unknown metric, a grade that is not an integer (``0.5``; ``1.0``
+            is taken as ``1``) or a NaN score (naming the query and document).
 
     Examples:
         >>> agg, _ = evaluate_run({"q": {"a": 1}}, {"q": {"b": 2.0, "a": 1.0}}, ["ndcg@10"])
@@ -177,7 +179,7 @@ def evaluate_run(
         raise ValueError("qrels are empty: nothing to evaluate")
     measures = {name: _measure(name) for name in metrics}
     by_measure = {str(m): name for name, m in measures.items()}
-    q = {str(qid): {str(d): int(r) for d, r in docs.items()} for qid, docs in qrels.items()}
+    q = {str(qid): {str(d): _grade(qid, d, r) for d, r in docs.items()} for qid, docs in qrels.items()}
     r = {str(qid): _rank_scores(str(qid), docs) for qid, docs in run.items() if str(qid) in q}
     extra = len(run) - len(r)
     if extra:
@@ -191,6 +193,27 @@ def evaluate_run(
             per_query[m.query_id][by_measure[str(m.measure)]] = float(m.value)
     aggregate = {name: float(np.mean([per_query[qid][name] for qid in q])) for name in metrics}
     return aggregate, per_query
+
+
+def _grade(qid: Any, doc: Any, grade: Any) -> int:
+    """A qrels grade as an ``int``: integers and integral numbers (``1.0``, ``"2"``) pass; ``0.5`` is refused.
+
+    Examples:
+        >>> _grade("q", "d", 1.0), _grade("q", "d", "2")
+        (1, 2)
+        >>> _grade("q", "d", 0.5)
+        Traceback (most recent call last):
+        ValueError: qrels: query 'q', document 'd': grade 0.5 is not an integer grade
+    """
+    try:
+        value = int(grade)
+        whole = isinstance(grade, str) or value == grade
+    except (TypeError, ValueError, OverflowError):  # "0.5", None, NaN, inf
+        whole = False
+    if not whole:
+        shown = repr(grade) if isinstance(grade, str) else str(grade)  # 0.5, not np.float64(0.5)
+        raise ValueError(f"qrels: query {qid!r}, document {doc!r}: grade {shown} is not an integer grade")
+    return value
 
 
 def _rank_scores(qid: str, docs: Mapping[str, float]) -> dict[str, float]:
@@ -227,7 +250,9 @@ class PairedTestResult:
         t_statistic: The t statistic (``inf``/``-inf`` when every difference is the same non-zero value;
             ``0`` when every difference is zero, float rounding included: see :func:`paired_test`).
         p_value: Two-sided p-value.
-        method: ``"paired t-test (scipy)"`` or ``"paired t-test (builtin)"``.
+        method: ``"paired t-test (scipy)"`` or ``"paired t-test (builtin)"``: which t distribution gave
+            the p-value; ``"paired t-test (no variation)"`` when the differences do not vary (all 0, or
+            one value throughout) and ``t``, ``p`` follow without one.
     """
 
     metric: str
@@ -368,12 +393,13 @@ def paired_test(
     n = len(diff)
     mean_diff = float(diff.mean())
     sd = float(diff.std(ddof=1))
-    method = "paired t-test (builtin)"
+    method = "paired t-test (no variation)"  # no t distribution read: the differences do not vary
     if not diff.any():
         t, p = 0.0, 1.0
     elif sd == 0.0 or sd < 1e-12 * max(1.0, abs(mean_diff)):  # one non-zero difference throughout
         t, p = math.copysign(math.inf, mean_diff), 0.0
     else:
+        method = "paired t-test (builtin)"
         t = mean_diff / (sd / math.sqrt(n))
         p = float("nan")
         if use_scipy:
@@ -433,8 +459,9 @@ def retrieve_exact(
         Query id -> {document id: score}, the ``min(k, n_d)`` best documents per query.
 
     Raises:
-        ValueError: Ids not matching the Gaussians, ``k`` not a positive integer, or a query or
-            document whose rewrite overflows float32 (naming its row).
+        ValueError: Ids not matching the Gaussians, a repeated query or document id (naming the
+            first), ``k`` not a positive integer, or a query or document whose rewrite overflows
+            float32 (naming its row).
 
     Examples:
         >>> q = Gaussians(np.zeros((1, 2)), np.ones((1, 2)))
@@ -447,6 +474,8 @@ def retrieve_exact(
             f"ids do not match the Gaussians: {len(queries)} queries vs {len(query_ids)} ids, "
             f"{len(documents)} documents vs {len(doc_ids)} ids"
         )
+    check_unique_ids(query_ids, "query")  # a run would merge repeats silently
+    check_unique_ids(doc_ids, "document")
     if queries.dim != documents.dim:
         raise ValueError(f"queries have dimension {queries.dim} but documents {documents.dim}")
     k = check_k(k)
@@ -463,7 +492,7 @@ def retrieve_exact(
             on_block=bar.update,
             tie_rank=tie_ranks(doc_ids),
         )
-    return run_from_top_k(query_ids, doc_ids, idx, vals)
+    return _run_rows(query_ids, doc_ids, idx, vals)
 
 
 # --------------------------------------------------------------------------------------
@@ -667,6 +696,10 @@ def retrieve_vectors(
     max_block_elements: int = 1 << 25,
 ) -> Run:
     """Exact top-``k`` by the dot product (or cosine) of vectors, in float64: how a vector twin ranks.
+
+    Raises:
+        ValueError: An unknown similarity, ids not matching the vectors, a repeated query or
+            document id (naming the first), or ``k`` not a positive integer.
 
     Examples:
         >>> retrieve_vectors(np.array([[1.0, 0.0]]), np.array([[2.0, 0.0], [0.0, 3.0]]), ["q"], ["a", "b"], k=2)

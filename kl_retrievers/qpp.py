@@ -168,8 +168,11 @@ def _kendall(x: np.ndarray, y: np.ndarray) -> float:
     return float(stats.kendalltau(x, y).statistic)
 
 
-#: Up to this many queries the bootstrap taus come from one pairwise-sign matrix (fast); above it, scipy per resample.
+#: Up to this many queries the bootstrap taus come from one pairwise-sign matrix; above it, from
+#: :func:`_kendall_resampled` (O(n log n) per resample, no n x n matrix).
 _PAIRWISE_MAX = 4000
+#: Resamples handled together by :func:`_kendall_resampled` and the bootstrap's Pearson r (bounds their memory).
+_BOOT_CHUNK = 32
 
 
 def _kendall_weighted(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -198,6 +201,84 @@ def _kendall_weighted(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.n
         with np.errstate(invalid="ignore", divide="ignore"):
             out[start : start + 64] = np.where(den > 0, s / den, np.nan)
     return np.clip(out, -1.0, 1.0)
+
+
+def _kendall_resampled(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b of each bootstrap resample ``(x[idx[b]], y[idx[b]])``, as ``scipy.stats.kendalltau`` gives it.
+
+    The counts scipy computes per resample (discordant pairs, ties in ``x``, in ``y`` and in both)
+    are computed exactly, in integers, from each resample's multiplicities of the ``n`` items,
+    which are sorted once by ``(x, y)``: the discordant pairs are the weighted inversions of the
+    ``y`` ranks in that order, counted by a bottom-up merge (each level adds, for every item of a
+    right half, the weight of the larger items in its left half: a cumulative sum and two
+    look-ups, for :data:`_BOOT_CHUNK` resamples at a time). The tau then follows by scipy's own
+    formula, so each value equals scipy's bit for bit (``NaN`` where a resample is constant on a
+    side), in O(n log n) per resample and O(n) memory per resample of a chunk.
+
+    Args:
+        x: The ``n`` predictor values.
+        y: The ``n`` target values.
+        idx: ``(B, n)`` resampled indices into ``x`` and ``y``.
+
+    Returns:
+        ``(B,)`` taus.
+    """
+    n = x.size
+    order = np.lexsort((y, x))  # by x, ties by y: an inversion of y in this order is a discordant pair
+    xs, ys = x[order], y[order]
+    pos = np.empty(n, dtype=np.intp)
+    pos[order] = np.arange(n)
+    rank = np.unique(ys, return_inverse=True)[1].astype(np.int64).ravel()  # dense y rank, in (x, y) order
+    x_start = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    xy_start = np.flatnonzero(np.r_[True, (xs[1:] != xs[:-1]) | (ys[1:] != ys[:-1])])
+    by_y = np.argsort(rank, kind="stable")
+    y_start = np.flatnonzero(np.r_[True, rank[by_y][1:] != rank[by_y][:-1]])
+    span = int(rank.max()) + 1
+    at = np.arange(n)
+    levels = []  # per merge level: the left halves' items by (block, rank); per right item, its larger-left range
+    half = 1
+    while half < n:
+        block = at // (2 * half)
+        is_left = at % (2 * half) < half
+        left, right = np.flatnonzero(is_left), np.flatnonzero(~is_left)
+        key = block[left] * span + rank[left]
+        by_key = np.argsort(key, kind="stable")
+        keys = key[by_key]
+        start = np.searchsorted(keys, block[right] * span + rank[right], side="right")  # first larger rank
+        end = np.searchsorted(keys, (block[right] + 1) * span, side="left")  # end of the block's left half
+        levels.append((left[by_key], right, start, end))
+        half *= 2
+    total = n * (n - 1) // 2
+    taus = np.empty(idx.shape[0])
+    for first in range(0, idx.shape[0], _BOOT_CHUNK):
+        rows = idx[first : first + _BOOT_CHUNK]
+        c = rows.shape[0]
+        # w[i, b]: how often resample b holds the item at place i of the (x, y) order
+        flat = (pos[rows] + n * np.arange(c)[:, None]).ravel()
+        w = np.ascontiguousarray(np.bincount(flat, minlength=n * c).reshape(c, n).T.astype(np.int64))
+        discordant = np.zeros(c, dtype=np.int64)
+        cum = np.zeros((n + 1, c), dtype=np.int64)  # row 0 stays 0; a level fills rows 1..m
+        for left_items, right, start, end in levels:
+            m = left_items.size
+            np.cumsum(w[left_items], axis=0, out=cum[1 : m + 1])
+            discordant += (w[right] * (cum[end] - cum[start])).sum(axis=0)
+
+        def tied(groups: np.ndarray) -> np.ndarray:
+            return (groups * (groups - 1) // 2).sum(axis=0)
+
+        x_ties = tied(np.add.reduceat(w, x_start, axis=0))
+        y_ties = tied(np.add.reduceat(w[by_y], y_start, axis=0))
+        both = tied(np.add.reduceat(w, xy_start, axis=0))
+        con_minus_dis = total - x_ties - y_ties + both - 2 * discordant
+        with np.errstate(invalid="ignore", divide="ignore"):  # scipy's formula, in its order
+            tau = (
+                con_minus_dis
+                / np.sqrt((total - x_ties).astype(np.float64))
+                / np.sqrt((total - y_ties).astype(np.float64))
+            )
+        tau[(x_ties == total) | (y_ties == total)] = np.nan
+        taus[first : first + c] = np.minimum(1.0, np.maximum(-1.0, tau))
+    return taus
 
 
 def _constant_rows(a: np.ndarray) -> np.ndarray:
@@ -298,15 +379,19 @@ def correlation(
     if n_boot > 0:
         rng = np.random.default_rng(seed)
         idx = rng.integers(0, n, size=(n_boot, n))
-        xb, yb = x[idx], y[idx]
         if n <= _PAIRWISE_MAX:
             counts = np.zeros((n_boot, n))
             np.add.at(counts, (np.repeat(np.arange(n_boot), n), idx.ravel()), 1.0)
             taus = _kendall_weighted(x, y, counts)
         else:
-            taus = np.array([_kendall(xb[i], yb[i]) for i in range(n_boot)])
-        pearsons = _pearson_rows(xb, yb)
-        defined = np.isfinite(taus) & np.isfinite(pearsons) & ~_constant_rows(xb) & ~_constant_rows(yb)
+            taus = _kendall_resampled(x, y, idx)
+        defined = np.isfinite(taus)
+        pearsons = np.empty(n_boot)
+        for first in range(0, n_boot, _BOOT_CHUNK):  # resampled values a chunk at a time, not (n_boot, n) at once
+            xb, yb = x[idx[first : first + _BOOT_CHUNK]], y[idx[first : first + _BOOT_CHUNK]]
+            pearsons[first : first + _BOOT_CHUNK] = _pearson_rows(xb, yb)
+            defined[first : first + _BOOT_CHUNK] &= ~_constant_rows(xb) & ~_constant_rows(yb)
+        defined &= np.isfinite(pearsons)
         valid = int(defined.sum())
         if valid >= MIN_BOOT_VALID * n_boot:
             tau_ci = _interval(taus[defined], level)
@@ -894,6 +979,9 @@ def per_query_with_predictors(
 def format_qpp(report: Mapping[str, Any]) -> str:
     """A short text table of a :func:`qpp_report` (or :func:`qpp_for_run` report).
 
+    A predictor without a correlation (constant over its queries) is listed once, under ``missing``
+    with the reason; the report keeps its entry under ``predictors`` too (with ``None`` values).
+
     Examples:
         >>> ndcg = {f"q{i}": i / 10 for i in range(10)}
         >>> rep = qpp_report(ndcg, {"gap12": ndcg}, missing={"x": "why"}, n_boot=0)
@@ -918,13 +1006,16 @@ def format_qpp(report: Mapping[str, Any]) -> str:
         )
     if report.get("excluded_no_relevant"):
         lines.append(f"  {report['excluded_no_relevant']} judged queries without a relevant document left out")
+    missing = report.get("missing", {})
     for name, r in report["predictors"].items():
+        if name in missing:  # no correlation (a constant predictor or target): listed once, with the reason
+            continue
         valid = r.get("bootstrap_valid")
         note = f"  ({valid} of {n_boot} resamples defined)" if n_boot and valid is not None and valid < n_boot else ""
         lines.append(
             f"  {name:<12} tau {num(r['tau'])} {ci(r['tau_ci'])}  r {num(r['pearson'])} {ci(r['pearson_ci'])}  "
             f"n = {r['n']}{note}"
         )
-    for name, why in report.get("missing", {}).items():
+    for name, why in missing.items():
         lines.append(f"  {name:<12} missing: {why}")
     return "\n".join(lines)

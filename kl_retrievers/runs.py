@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["Qrels", "Run", "inner_product_run", "run_from_top_k", "tie_ranks", "top_k"]
+__all__ = ["Qrels", "Run", "check_unique_ids", "inner_product_run", "run_from_top_k", "tie_ranks", "top_k"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,13 +97,54 @@ def top_k(scores: np.ndarray, k: int, tie_rank: np.ndarray | None = None) -> tup
     return np.take_along_axis(part, order, axis=1), np.take_along_axis(vals, order, axis=1)
 
 
+def check_unique_ids(ids: Sequence[str], what: str) -> None:
+    """Refuse a repeated id: a run maps each id to one entry, so a repeat would be merged silently.
+
+    One set pass; the first id seen again is found only when there is one.
+
+    Args:
+        ids: Query or document ids, in row order.
+        what: ``"query"`` or ``"document"`` (for the message).
+
+    Raises:
+        ValueError: Naming the first id seen again and both of its rows.
+
+    Examples:
+        >>> check_unique_ids(["a", "b"], "document")
+        >>> check_unique_ids(["a", "b", "a"], "document")
+        Traceback (most recent call last):
+        ValueError: document id 'a' is repeated (rows 0 and 2); ids must be unique, a run holds one score per id
+    """
+    if len(set(ids)) == len(ids):
+        return
+    first: dict[str, int] = {}
+    for row, ident in enumerate(ids):
+        if ident in first:
+            raise ValueError(
+                f"{what} id {str(ident)!r} is repeated (rows {first[ident]} and {row}); ids must be unique, "
+                "a run holds one score per id"
+            )
+        first[ident] = row
+
+
 def run_from_top_k(query_ids: Sequence[str], doc_ids: Sequence[str], idx: np.ndarray, vals: np.ndarray) -> Run:
     """Build a :data:`Run` from top-k indices and scores.
+
+    Raises:
+        ValueError: A repeated query or document id (:func:`check_unique_ids`): the run would
+            merge them silently.
 
     Examples:
         >>> run_from_top_k(["q"], ["a", "b"], np.array([[1, 0]]), np.array([[2.0, 1.0]]))
         {'q': {'b': 2.0, 'a': 1.0}}
     """
+    check_unique_ids(query_ids, "query")
+    check_unique_ids(doc_ids, "document")
+    return _run_rows(query_ids, doc_ids, idx, vals)
+
+
+def _run_rows(query_ids: Sequence[str], doc_ids: Sequence[str], idx: np.ndarray, vals: np.ndarray) -> Run:
+    """:func:`run_from_top_k` without the id checks (for callers that made them once)."""
     return {
         qid: {doc_ids[int(j)]: float(s) for j, s in zip(idx[i], vals[i], strict=True)}
         for i, qid in enumerate(query_ids)
@@ -124,14 +165,19 @@ def inner_product_run(
     The products are computed in the arrays' own dtype; a block holds at most ``max_block_elements``
     scores.
 
+    Raises:
+        ValueError: A repeated query or document id (:func:`check_unique_ids`), before any scoring.
+
     Examples:
         >>> inner_product_run(np.array([[1.0, 0.0]]), np.array([[2.0, 0.0], [0.0, 3.0]]), ["q"], ["a", "b"], 2)
         {'q': {'a': 2.0, 'b': 0.0}}
     """
+    check_unique_ids(query_ids, "query")
+    check_unique_ids(doc_ids, "document")
     run: Run = {}
     ranks = tie_ranks(doc_ids)
     block = max(1, max_block_elements // max(1, len(doc_ids)))
     for start in range(0, len(query_ids), block):
         idx, vals = top_k(queries[start : start + block] @ documents.T, k, ranks)
-        run.update(run_from_top_k(query_ids[start : start + block], doc_ids, idx, vals))
+        run.update(_run_rows(query_ids[start : start + block], doc_ids, idx, vals))
     return run

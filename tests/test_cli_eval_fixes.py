@@ -324,7 +324,7 @@ def test_a_baseline_refuses_token_limits_it_would_ignore(
     root = _beir(tmp_path / "beir", "q1\td1\t1\n")
     assert main(["evaluate", str(root), "--baseline", baseline, "--quiet", *flags]) == 2
     err = capsys.readouterr().err
-    assert f"{named} do not apply to --baseline {baseline}" in err and "one token limit" in err
+    assert f"{named} does not apply to --baseline {baseline}" in err and "one token limit" in err
 
 
 # ---------------------------------------------------------------- a vector twin is ranked by its own score

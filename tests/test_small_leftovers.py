@@ -235,7 +235,7 @@ def test_evaluate_sample_queries_is_deterministic_and_recorded(
     whole = _evaluate(capsys, root, pq[3])
     assert first["queries"] == 5 and first["sample"] == {"size": 5, "of": 12, "seed": 3}
     assert _queries_of(pq[0]) == _queries_of(pq[1])  # the same N and seed: the same queries
-    assert {**again, "seconds": 0} == {**first, "seconds": 0}
+    assert {**again, "seconds": 0, "qpp_seconds": 0} == {**first, "seconds": 0, "qpp_seconds": 0}
     assert len(_queries_of(pq[2])) == 5 and _queries_of(pq[2]) != _queries_of(pq[0])
     assert other["sample"]["seed"] == 4
     assert whole["queries"] == 12 and "sample" not in whole
