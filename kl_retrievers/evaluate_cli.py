@@ -178,7 +178,8 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         type=non_negative_int,
         default=None,
         metavar="S",
-        help="random seed of --sample-queries (>= 0; default: 0)",
+        help="random seed of --sample-queries (>= 0; default: 0; numpy's default_rng: the same draw for a given "
+        "NumPy version)",
     )
     p.add_argument("--means-only", action="store_true", help="ablation: rank by -||mu_q - mu_d||^2, ignore variances")
     p.add_argument(
@@ -372,7 +373,9 @@ def _setup_logging(quiet: bool) -> None:
 
 def _print_table(summary: Mapping[str, Any], metrics: Iterable[str], compare: Mapping[str, Any] | None) -> None:
     depth = f"  depth: {summary['depth']}" if summary.get("depth") is not None else ""
-    print(f"dataset: {summary['dataset']}  split: {summary['split']}  queries: {summary['queries']}{depth}")
+    sample = summary.get("sample")
+    drawn = f" (a sample of {sample['of']}, seed {sample['seed']})" if isinstance(sample, Mapping) else ""
+    print(f"dataset: {summary['dataset']}  split: {summary['split']}  queries: {summary['queries']}{drawn}{depth}")
     score = summary.get("score")
     direction = str(summary.get("score_direction", SCORE_DIRECTION)).replace("_", " ")
     print(f"model:   {summary['model']}" + (f"  (score: {score}, {direction})" if score else ""))
@@ -1000,9 +1003,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if other is not None:
         other_pq, other_meta = other
         tests: dict[str, Any] = {}
-        for name in DEFAULT_METRICS:
-            try:
-                tests[name] = paired_test(result.per_query, other_pq, name).to_dict()
+        for i, name in enumerate(DEFAULT_METRICS):
+            try:  # the unshared-queries warning once, not once per metric
+                tests[name] = paired_test(result.per_query, other_pq, name, warn_unshared=i == 0).to_dict()
             except ValueError as exc:
                 logger.warning("no paired test for %s: %s", name, exc)
         compare = {

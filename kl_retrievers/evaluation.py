@@ -343,6 +343,7 @@ def paired_test(
     metric: str = "ndcg@10",
     *,
     use_scipy: bool = True,
+    warn_unshared: bool = True,
 ) -> PairedTestResult:
     """Two-sided paired t-test of ``metric`` over the queries both systems were scored on.
 
@@ -358,6 +359,8 @@ def paired_test(
         per_query_b: The same for system B.
         metric: Which metric to compare.
         use_scipy: Use ``scipy.stats.ttest_rel`` when installed (else a builtin t distribution).
+        warn_unshared: Log a warning when some queries are in only one of the two (a caller testing
+            several metrics over the same two systems warns once itself).
 
     Returns:
         The means, their difference (A - B), the t statistic and the p-value.
@@ -380,7 +383,7 @@ def paired_test(
     if len(shared) < 2:
         raise ValueError(f"a paired test needs at least 2 shared queries with {metric!r}; got {len(shared)}")
     only = (len(per_query_a) - len(shared), len(per_query_b) - len(shared))
-    if any(only):
+    if any(only) and warn_unshared:
         logger.warning("paired test on %d shared queries (%d only in A, %d only in B)", len(shared), *only)
     a = np.array([float(per_query_a[q][metric]) for q in shared], dtype=np.float64)
     b = np.array([float(per_query_b[q][metric]) for q in shared], dtype=np.float64)
