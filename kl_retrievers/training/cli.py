@@ -209,7 +209,8 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument(
         "--quiet",
         action="store_true",
-        help="no progress bars, and no INFO lines of the training (evaluation at step S, mining counts, checkpoints)",
+        help="no progress bars, and no INFO lines of the training (evaluation at step S, mining counts, "
+        "checkpoints); a -v before train still shows every INFO line",
     )
     # the parser of `kl-retrievers` imports kl_retrievers.evaluation already (the evaluate command): no torch
     from kl_retrievers.evaluation import METRICS
@@ -638,7 +639,7 @@ def _check_args(args: argparse.Namespace) -> None:
                 "would be ignored; drop them, or start from --base instead of --init-from"
             )
     if args.loss != "contrastive":
-        beir = [d for d in args.data if Path(d).is_dir()]
+        beir = [d for d in args.data if Path(d).expanduser().is_dir()]
         if beir and not args.teacher:
             raise ValueError(
                 f"--loss {args.loss} needs teacher scores for every positive and negative, and the BEIR folder "
@@ -656,7 +657,7 @@ def _held_out_notes(args: argparse.Namespace) -> list[str]:
     """WARNING lines for training on a test split and for evaluating on the training queries; returns them
     (for the model card). Neither is refused: a user's own data may name its splits otherwise."""
     notes = []
-    beir = [d for d in args.data if Path(d).is_dir()]
+    beir = [d for d in args.data if Path(d).expanduser().is_dir()]  # "~/data" included
     if beir and str(args.split).strip().lower() == "test":
         notes.append(
             f"trained on the test split of {', '.join(beir)} (--split {args.split}): test splits are for reporting "
@@ -765,7 +766,8 @@ def run_train(args: argparse.Namespace) -> int:
     """Run ``kl-retrievers train`` with parsed arguments; returns the exit status.
 
     Unless ``--quiet``, the INFO lines of ``kl_retrievers.training`` (evaluations during training, mining
-    counts, checkpoints) are shown even without ``-v``.
+    counts, checkpoints) are shown even without ``-v``; ``-v`` (the whole command's log level) wins over
+    ``--quiet``, which then hides only the progress bars.
 
     Examples:
         >>> run_train(parser.parse_args(["train", "--data", "ds", "--out", "model"]))  # doctest: +SKIP
@@ -928,18 +930,22 @@ def _run_train(args: argparse.Namespace) -> int:
         if args.hard_negatives == "bm25":
             mine_bm25_negatives(ts, k=args.mine_k, existing=mine_mode)
         elif args.hard_negatives == "model":
-            if qf is not None and df is not None:
-                qg, dg = encode_from_features(encoder, qf), encode_from_features(encoder, df)
-            else:
-                qg = encoder.encode_queries(ts.queries, show_progress_bar=show)
-                dg = encoder.encode_documents(ts.docs, show_progress_bar=show)
-            dm, dv = torch.from_numpy(dg.mean), torch.from_numpy(dg.var)
-            qm, qv = torch.from_numpy(qg.mean), torch.from_numpy(qg.var)
+            encoded: list[Any] = []  # encoded at the first call: not at all when no query is mined (keep)
 
             def scores(rows: list[int]) -> Any:
+                if not encoded:
+                    if qf is not None and df is not None:
+                        qg, dg = encode_from_features(encoder, qf), encode_from_features(encoder, df)
+                    else:
+                        qg = encoder.encode_queries(ts.queries, show_progress_bar=show)
+                        dg = encoder.encode_documents(ts.docs, show_progress_bar=show)
+                    encoded.extend(torch.from_numpy(a) for a in (qg.mean, qg.var, dg.mean, dg.var))
+                qm, qv, dm, dv = encoded
                 return score_matrix(qm[rows], qv[rows], dm, dv, "neg_kl").numpy()
 
             mine_negatives_from_scores(ts, scores, k=args.mine_k, existing=mine_mode, show_progress=show)
+        if not use_teacher and args.hard_negatives != "none":
+            _check_teacher(ts, cfg, mined=mine_mode)  # names the mining mode that dropped the data's teacher scores
         teacher_label = None
         if use_teacher:
             from kl_retrievers.training.teacher import CrossEncoderTeacher, add_teacher_scores
@@ -981,7 +987,7 @@ def _run_train(args: argparse.Namespace) -> int:
     final = result.final_loss  # over the whole run, the checkpoint's steps included; NaN when no step is known
     info = {
         "command": command,
-        "data": [f"{x} (split {args.split})" if Path(x).is_dir() else str(x) for x in args.data],
+        "data": [f"{x} (split {args.split})" if Path(x).expanduser().is_dir() else str(x) for x in args.data],
         "n_queries": len(ts.examples),
         "n_query_texts": len({ts.queries[ex.query] for ex in ts.examples}),
         "n_docs": len(ts.docs),

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from kl_retrievers._bm25 import quiet_bm25s_logger
 from kl_retrievers._encoding import require_modules
-from kl_retrievers._io import parse_json_object
+from kl_retrievers._io import parse_json_object, some_names
 
 logger = logging.getLogger(__name__)
 
@@ -353,7 +353,12 @@ def from_beir(
 ) -> TrainingSet:
     """A BEIR split as training data: query -> its judged documents with grade > 0.
 
-    Judged queries without such a document are skipped, with one warning giving the count.
+    Judged queries without such a document are skipped, with one warning giving the count. As
+    :func:`read_jsonl` refuses empty texts, an empty (or whitespace-only) query text or positive document
+    text is not trained on: such a query, or such a positive of a query, is skipped with one warning per
+    file (``queries.jsonl``, ``corpus.jsonl``) giving the count and the ids. A public BEIR folder is not
+    the user's to edit, so it is skipped rather than refused; a query left without a positive is skipped
+    as above.
 
     Args:
         path: BEIR folder.
@@ -374,15 +379,45 @@ def from_beir(
     doc_text = dict(zip(ds.doc_ids, ds.document_texts(), strict=True))
     wanted = set(query_ids) if query_ids is not None else None
     judged_queries = without_positive = 0
+    empty_queries: list[str] = []
+    empty_docs: dict[str, None] = {}  # ids of empty judged positives, in order, once each
+    emptied: list[str] = []  # queries whose every positive is empty
     for qid, judged in ds.qrels.items():
         if wanted is not None and qid not in wanted:
             continue
         judged_queries += 1
-        pos = [doc_text[d] for d, grade in judged.items() if grade > 0]
+        if not ds.queries[qid].strip():
+            empty_queries.append(qid)
+            continue
+        pos = []
+        for d, grade in judged.items():
+            if grade > 0:
+                if doc_text[d].strip():
+                    pos.append(doc_text[d])
+                else:
+                    empty_docs[d] = None
         if pos:
             builder.add(ds.queries[qid], pos, [], None, None)
-        else:
+        elif not any(grade > 0 for grade in judged.values()):
             without_positive += 1
+        else:
+            emptied.append(qid)  # every positive empty: named in the corpus.jsonl warning
+    # as read_jsonl refuses empty texts (nothing to learn from); a BEIR folder is skipped from, not refused
+    if empty_queries:
+        logger.warning(
+            "%s: %d judged queries have an empty text (or only whitespace); skipped: %s",
+            Path(path) / "queries.jsonl",
+            len(empty_queries),
+            some_names(empty_queries),
+        )
+    if empty_docs:
+        logger.warning(
+            "%s: %d judged positives have an empty text (or only whitespace); not trained on: %s%s",
+            Path(path) / "corpus.jsonl",
+            len(empty_docs),
+            some_names(list(empty_docs)),
+            f" ({len(emptied)} queries left without a positive skipped: {some_names(emptied)})" if emptied else "",
+        )
     if without_positive:  # grades 0 and below mark non-relevant documents
         logger.warning(
             "%s, qrels/%s.tsv: %d of %d judged queries have no document with grade > 0 (a positive); skipped",
@@ -458,13 +493,26 @@ def load_training_data(
 MINE_MODES = ("keep", "append", "replace")
 
 
-def _mine_mode(existing: str, replace: bool | None) -> str:
-    """The mining mode: ``existing``, or the one ``replace`` (the older switch) names when it is given."""
-    if replace is not None:
-        return "replace" if replace else "append"
-    if existing not in MINE_MODES:
+def _mine_mode(existing: str | None, replace: bool | None) -> str:
+    """The mining mode: ``existing`` (default ``"keep"``), or the one ``replace`` (the older switch) names.
+
+    Examples:
+        >>> _mine_mode(None, True), _mine_mode("append", False), _mine_mode(None, None)
+        ('replace', 'append', 'keep')
+        >>> _mine_mode("keep", True)
+        Traceback (most recent call last):
+        ValueError: existing='keep' and replace=True (existing='replace') disagree; give one of them
+    """
+    if existing is not None and existing not in MINE_MODES:
         raise ValueError(f"existing must be one of {MINE_MODES}; got {existing!r}")
-    return existing
+    if replace is None:
+        return existing or "keep"
+    if not isinstance(replace, bool):
+        raise ValueError(f"replace must be True, False or None; got {replace!r}")
+    named = "replace" if replace else "append"
+    if existing is not None and existing != named:
+        raise ValueError(f"existing={existing!r} and replace={replace} (existing={named!r}) disagree; give one of them")
+    return named
 
 
 def _rows_to_mine(ts: TrainingSet, mode: str) -> list[TrainExample]:
@@ -487,12 +535,24 @@ def _set_mined(ex: TrainExample, new: list[int], mode: str) -> str:
 
 
 def _log_mining(what: str, ts: TrainingSet, k: int, mode: str, outcomes: list[str]) -> None:
-    """One INFO line with the counts of a mining pass, and a WARNING for the queries mining found nothing for."""
+    """One INFO line with the counts of a mining pass, and a WARNING for the queries mining found nothing (new) for;
+    a WARNING instead when ``keep`` left no query to mine (every one has given negatives)."""
     total = len(ts.examples)
+    if not outcomes and total and mode == "keep":
+        logger.warning(
+            "%s mining changed nothing: all %d queries have given negatives, and existing negatives 'keep' mines "
+            "only queries without any; to add mined negatives use 'append' or 'replace' (--mine-mode "
+            "append|replace, existing= of the mining functions)",
+            what,
+            total,
+        )
+        return
     mined, replaced, none = (outcomes.count(x) for x in ("mined", "replaced", "none"))
+    # append skips the negatives a query holds: finding none of its own is finding nothing new
+    nothing = "nothing new" if mode == "append" else "none"
     logger.info(
         "mined %s negatives (k=%d, existing negatives: %s) for %d of %d queries (%d of them replacing given ones); "
-        "%d kept their given negatives unmined; mining found none for %d",
+        "%d kept their given negatives unmined; mining found %s for %d",
         what,
         k,
         mode,
@@ -500,14 +560,16 @@ def _log_mining(what: str, ts: TrainingSet, k: int, mode: str, outcomes: list[st
         total,
         replaced,
         total - len(outcomes),
+        nothing,
         none,
     )
     if none:
         logger.warning(
-            "%s mining found no negative for %d of %d queries (e.g. a query that shares no word with the other "
+            "%s mining found %s for %d of %d queries (e.g. a query that shares no word with the other "
             "documents); they keep the negatives they had, and a query without any trains with random pool "
             "documents as negatives",
             what,
+            "no new negative" if mode == "append" else "no negative",
             none,
             len(outcomes),
         )
@@ -519,7 +581,7 @@ def mine_negatives_from_scores(
     k: int = 30,
     *,
     batch_size: int = 256,
-    existing: str = "keep",
+    existing: str | None = None,
     replace: bool | None = None,
     desc: str = "Mining negatives",
     show_progress: bool = True,
@@ -535,16 +597,20 @@ def mine_negatives_from_scores(
         score_fn: Query indices -> ``(len, n_docs)`` scores (higher is better), e.g. exact -KL.
         k: Negatives mined per query.
         batch_size: Queries per ``score_fn`` call.
-        existing: What happens to the negatives an example already has: ``"keep"`` them (mine only examples
-            without negatives), ``"append"`` ``k`` mined ones after them, or ``"replace"`` them (and their
-            teacher scores) with the mined ones.
-        replace: The older switch, which wins over ``existing`` when given: ``True`` is ``"replace"``,
-            ``False`` is ``"append"``.
+        existing: What happens to the negatives an example already has: ``"keep"`` them (the default, ``None``:
+            mine only examples without negatives), ``"append"`` ``k`` mined ones after them, or ``"replace"``
+            them (and their teacher scores) with the mined ones. When every example has negatives, ``"keep"``
+            mines nothing (``score_fn`` is not called) and says so in a WARNING.
+        replace: The older switch: ``True`` is ``"replace"``, ``False`` is ``"append"``; given with an
+            ``existing`` that names another mode, it is refused.
         desc: Progress bar label.
         show_progress: Show the progress bar.
     """
     mode = _mine_mode(existing, replace)
     examples = _rows_to_mine(ts, mode)
+    if not examples:  # score_fn is not called (a lazy one encodes nothing)
+        _log_mining("model", ts, k, mode, [])
+        return
     positives = ts.positives_by_query()  # every judged positive of the query text, over all its examples
     outcomes: list[str] = []
     batches = range(0, len(examples), batch_size)
@@ -564,7 +630,9 @@ def mine_negatives_from_scores(
     _log_mining("model", ts, k, mode, outcomes)
 
 
-def mine_bm25_negatives(ts: TrainingSet, k: int = 30, *, existing: str = "keep", replace: bool | None = None) -> None:
+def mine_bm25_negatives(
+    ts: TrainingSet, k: int = 30, *, existing: str | None = None, replace: bool | None = None
+) -> None:
     """Mine hard negatives with BM25 (bm25s, k1 0.9, b 0.4, English stop-words) over the pool.
 
     Only documents sharing a word with the query are mined. ``existing`` and ``replace`` decide what happens

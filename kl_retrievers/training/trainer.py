@@ -395,7 +395,13 @@ def _check_negatives_exist(ts: TrainingSet, cfg: TrainConfig | None) -> None:
         )
 
 
-def _check_teacher(ts: TrainingSet, cfg: TrainConfig) -> bool:
+def _check_teacher(ts: TrainingSet, cfg: TrainConfig, *, mined: str | None = None) -> bool:
+    """Refuse a set without examples, and (a loss reading teacher scores) one lacking negatives or teacher scores.
+
+    ``mined``: the mining mode (``existing=``, ``--mine-mode``) that ran, if any; with ``append`` or ``replace``
+    the message names it as what dropped the data's own teacher scores of negatives. Returns whether the
+    loss reads teacher scores.
+    """
     if not ts.examples:
         raise ValueError(
             f"the training set has no examples (queries with a positive): {len(ts.queries)} queries, "
@@ -412,7 +418,15 @@ def _check_teacher(ts: TrainingSet, cfg: TrainConfig) -> bool:
                 f"{no_negatives} have no negatives (give them in the data, or mine them with --hard-negatives bm25 "
                 "or model; a query mining finds nothing for stays without)"
             )
-        if no_scores:
+        if no_scores and mined in ("append", "replace"):
+            lacking.append(
+                f"{no_scores} have negatives but lack teacher scores for some positive or negative: mining with "
+                f"existing negatives {mined!r} (--mine-mode {mined}) gave them mined negatives, which have no "
+                "teacher score, and dropped the data's own teacher scores of negatives (use --mine-mode keep, the "
+                "default with this loss, to keep them and mine only queries without negatives, or --teacher to "
+                "score the mined ones)"
+            )
+        elif no_scores:
             lacking.append(
                 f"{no_scores} have negatives but lack teacher scores for some positive or negative (use data with "
                 "teacher_scores, or --teacher)"
@@ -615,16 +629,50 @@ def _flatten(recipe: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+#: ``cli.mine_mode`` of a checkpoint that mined and records no mode: made before ``--mine-mode``, whose mining
+#: replaced the given negatives
+_LEGACY_MINE_MODE = "replace"
+#: TrainConfig entries read only by the cached-features fast path: earlier versions recorded what was given
+#: (and ignored) outside it
+_FAST_PATH_ONLY = ("config.full_corpus", "config.corpus_sample")
+
+
 def _recipe_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
-    """``flag (key): checkpoint value -> value now`` for each recipe entry a resume may not change."""
+    """``flag (key): checkpoint value -> value now`` for each recipe entry a resume may not change.
+
+    What older checkpoints recorded otherwise is read as what it meant: a checkpoint that mined
+    (``cli.hard_negatives`` not ``none``) and records no ``cli.mine_mode`` replaced the given negatives
+    (``replace``); the same ``data`` source listed twice is that source once; ``full_corpus`` and
+    ``corpus_sample`` are compared only when a side trained on the fast path (``mode`` ``heads_only_cached``).
+
+    Examples:
+        >>> _recipe_differences({"data": ["a", "a"], "cli": {"hard_negatives": "bm25"}},
+        ...                     {"data": ["a"], "cli": {"hard_negatives": "bm25", "mine_mode": "replace"}})
+        []
+    """
     old, new = _flatten(saved), _flatten(json.loads(json.dumps(now)))  # compared as stored (tuples as lists)
+    legacy_mine = old.get("cli.hard_negatives", "none") != "none" and "cli.mine_mode" not in old
+    if legacy_mine:
+        old["cli.mine_mode"] = _LEGACY_MINE_MODE
+    for recipe in (old, new):  # a source given twice (kept twice by earlier versions) is that source once
+        if isinstance(recipe.get("data"), list):
+            recipe["data"] = list(dict.fromkeys(map(str, recipe["data"])))
+    fast_path = "heads_only_cached" in (old.get("mode"), new.get("mode"))
     diffs = []
     for key in sorted(set(old) | set(new)):
         # warmup_resolved follows --steps when --warmup is not given; a resume keeps the checkpoint's
         if key.rsplit(".", 1)[-1] in RESUMABLE_CHANGES | {"warmup_resolved"} or key.startswith("encoder.extra"):
             continue
+        if key in _FAST_PATH_ONLY and not fast_path:
+            continue
         if old.get(key) != new.get(key):
-            diffs.append(f"{_flag(key)} ({key}): checkpoint {old.get(key)!r}, now {new.get(key)!r}")
+            diff = f"{_flag(key)} ({key}): checkpoint {old.get(key)!r}, now {new.get(key)!r}"
+            if key == "cli.mine_mode" and legacy_mine:
+                diff += (
+                    f" (the checkpoint records no mining mode: it was made before --mine-mode, when mining replaced "
+                    f"the given negatives; give --mine-mode {_LEGACY_MINE_MODE} to resume it)"
+                )
+            diffs.append(diff)
     return diffs
 
 
