@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from kl_retrievers.gaussian import Gaussians
-from kl_retrievers.store import KLStore, StoreFormatError, _engines
+from kl_retrievers.store import KLStore, _engines
 
 FP16_MAX = 65504.0
 SMALL_VAR_SETTINGS = [
@@ -129,20 +129,3 @@ def test_a_later_add_raising_m_past_float16_range_switches_to_float32_copies(tmp
     loaded = KLStore.load(tmp_path / "s")
     assert _top_ids(loaded, docs[:3]) == before
     assert np.isfinite(_refine_copies(loaded)).all()
-
-
-def test_a_folder_saved_with_inf_float16_copies_says_what_happened(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """A store saved by the release that kept float16 copies whatever M: refused, naming M, 65504 and the way out."""
-    with monkeypatch.context() as patch:  # build it as that release did
-        patch.setattr(_engines.ApproxEngine, "refine_codes", lambda self: self.settings.refine, raising=False)
-        store = KLStore(index_type="ivf", nlist=8, compression="sq8", refine="fp16")
-        store.add(gaussians=_small_variance_gaussians(300), ids=[f"d{i}" for i in range(300)])
-        assert not np.isfinite(_refine_copies(store)).all()
-        store.save(tmp_path / "old")
-    with pytest.raises(StoreFormatError) as err:
-        KLStore.load(tmp_path / "old")
-    message = str(err.value)
-    for part in ("norm_bound", f"{store.norm_bound:.6g}", "65504", "inf", "cannot be repaired", "mean.npy", "refine"):
-        assert part in message, part

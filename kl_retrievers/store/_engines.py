@@ -60,7 +60,7 @@ from kl_retrievers.gaussian import (
     worth_centring,
 )
 from kl_retrievers.store._base import StoreFormatError
-from kl_retrievers.store._format import CENTRE_FIELDS, DOCS, MEAN, VAR, BlockCheck, centre_from_config
+from kl_retrievers.store._format import CENTRE_FIELDS, BlockCheck, centre_from_config
 from kl_retrievers.store._hnsw_copies import NO_HASHES, HnswCopies, gaussian_hashes
 from kl_retrievers.store._table import DocumentTable
 
@@ -244,16 +244,25 @@ def _index_structure(index: Any) -> dict[str, Any]:
 def _check_structure(index: Any, expected: dict[str, Any], cfg_path: Path) -> None:
     """``StoreFormatError`` naming the config field, its value and the index's, for the first difference.
 
-    ``expected["metric"]`` is one FAISS metric or a tuple of those accepted.
+    ``expected["metric"]`` is one FAISS metric or a tuple of those accepted; any other value may be a
+    tuple too: the config's value as written first, then the other structures it accepts.
     """
     got = _index_structure(index)
     fields = ("index_type", "compression", "refine", "hnsw_m", "nlist", "pq_m", "pq_nbits")
     for key in fields:
-        if key in expected and got.get(key) != expected[key]:
+        want = expected.get(key)
+        accepted = want if isinstance(want, tuple) else (want,)
+        if key in expected and got.get(key) not in accepted:
             field = key if key == "index_type" else f"index_params.{key}"
+            note = ""
+            if key == "refine" and accepted[0] == "fp16":
+                note = (
+                    f"; a refine='fp16' index holds float16 copies, or float32 ('fp32') ones where field 'norm_bound' "
+                    f"exceeds float16's largest value {FLOAT16_MAX:.0f}"
+                )
             raise StoreFormatError(
-                f"{cfg_path}: field {field!r} is {expected[key]!r}, but index.faiss holds {got.get(key)!r} "
-                f"(a {got['index_type']} index; compression {got['compression']!r}, refine {got['refine']!r})"
+                f"{cfg_path}: field {field!r} is {accepted[0]!r}, but index.faiss holds {got.get(key)!r} "
+                f"(a {got['index_type']} index; compression {got['compression']!r}, refine {got['refine']!r}){note}"
             )
     if "metric" in expected:
         allowed = expected["metric"] if isinstance(expected["metric"], tuple) else (expected["metric"],)
@@ -660,7 +669,7 @@ class ApproxEngine(FaissEngine):
         self._loaded_top = 0.0  # on load: the largest shifted d~ norm among the rows read
         self._warned_unbuilt = False  # the "not built yet" warning is logged once per store
         self._warned_training = False  # and the "few training points for the k-means" one (IVF, PQ)
-        self._warned_fp16 = False  # and the "refine='fp16' keeps float32 copies" one
+        self._held_refine: str | None = None  # the refine copies the index holds (see refine_codes); None: none
         # HNSW groups of more than 2 x hnsw_m identical live documents, and the rows the graph cannot reach
         self._copies = HnswCopies(settings, table)
         self._load_hashes: list[np.ndarray] = []  # per block of rows read by load (HNSW)
@@ -674,14 +683,14 @@ class ApproxEngine(FaissEngine):
         return self.index is None  # an index not built yet holds no tombstones
 
     def refine_codes(self) -> str | None:
-        """The refine copies the index keeps (or will, at the current ``M``): the ``refine`` setting, but
-        ``"fp32"`` for ``refine="fp16"`` where ``M`` exceeds :data:`FLOAT16_MAX`.
+        """The refine copies a (re)build at the current ``M`` keeps: the ``refine`` setting, but ``"fp32"``
+        for ``refine="fp16"`` where ``M`` exceeds :data:`FLOAT16_MAX`.
 
         The reduced vectors' coordinates range up to ``M`` (the appended ``sqrt(M^2 - ||d^||^2)`` too),
         and float16 overflows to inf above 65504: an ``"fp16"`` refine stage would hold inf copies
-        and re-rank the pool on them (and the saved store could not be loaded). Float32 copies rank
-        as the float16 ones would have (the refine stage only chooses which candidates reach the
-        exact re-scoring), at twice their memory.
+        and re-rank the pool on them. Float32 copies rank as the float16 ones would have (the refine
+        stage only chooses which candidates reach the exact re-scoring), at twice their memory. An
+        index loaded from an earlier release may hold float16 copies above 65504 (:meth:`attach`).
         """
         s, m = self.settings, self._norm_bound
         if s.refine == "fp16" and m is not None and m > FLOAT16_MAX:
@@ -722,7 +731,9 @@ class ApproxEngine(FaissEngine):
 
     def expected_structure(self) -> dict[str, Any]:
         faiss, s = _faiss(), self.settings
-        out: dict[str, Any] = {"index_type": s.index_type, "compression": s.compression, "refine": self.refine_codes()}
+        # the settings as written; refine="fp16" holds float32 copies where M exceeds float16's range (attach)
+        refine = ("fp16", "fp32") if s.refine == "fp16" else s.refine
+        out: dict[str, Any] = {"index_type": s.index_type, "compression": s.compression, "refine": refine}
         if s.index_type == "hnsw":
             out["hnsw_m"] = s.hnsw_m
         else:
@@ -738,20 +749,35 @@ class ApproxEngine(FaissEngine):
         return out
 
     def attach(self, index: Any, viewed: bool, cfg_path: Path) -> None:
-        bound = self._norm_bound
-        if self.refine_codes() == "fp32" and _index_structure(index)["refine"] == "fp16":
-            # saved by a release that kept float16 copies whatever M: those above 65504 are inf
-            raise StoreFormatError(
-                f"{cfg_path}: this refine='fp16' store's norm bound M (field 'norm_bound') is {bound:.6g}, above "
-                f"float16's largest value {FLOAT16_MAX:.0f}, and its index.faiss holds float16 refine copies of the "
-                "reduced vectors (coordinates up to M): those that overflowed are inf, which cannot be repaired (an "
-                "earlier release saved them; this one keeps float32 copies where M exceeds the float16 range). "
-                f"Rebuild the store from its documents: {MEAN}, {VAR} and {DOCS} in {cfg_path.parent} hold them "
-                "intact (numpy.load the arrays; one {'id', 'text', 'metadata'} object a line): add them to a new "
-                "KLStore with these settings (or refine='sq8' / None) and save it (docs/ann.md, 'Float16 refine "
-                "copies and a large M')"
-            )
+        """Use the index read from a saved store (:meth:`FaissEngine.attach`), or rebuild an unusable one.
+
+        A ``refine="fp16"`` index holds float16 refine copies, or float32 ones where ``M`` exceeds
+        :data:`FLOAT16_MAX` (:meth:`refine_codes`). Float16 copies with ``M`` above it were saved by
+        an earlier release: where all are finite the index is used as saved (:meth:`add_rows` rebuilds
+        it with float32 copies once a new row's copy would overflow); where some are inf, the index is
+        rebuilt from the stored rows (:meth:`rebuild`, in memory) with one warning.
+        """
+        s, bound = self.settings, self._norm_bound
         super().attach(index, viewed, cfg_path)
+        held = _index_structure(index)["refine"]
+        if s.refine == "fp16" and held == "fp32" and not (bound is not None and bound > FLOAT16_MAX):
+            raise StoreFormatError(
+                f"{cfg_path}: field 'norm_bound' is {bound!r}, but index.faiss holds float32 refine copies, which a "
+                f"refine='fp16' index keeps only where norm_bound exceeds float16's largest value {FLOAT16_MAX:.0f} "
+                "(a damaged or edited config.json?)"
+            )
+        self._held_refine = held
+        if held == "fp16" and bound is not None and bound > FLOAT16_MAX:
+            inf_rows = self._inf_refine_rows()
+            if inf_rows:
+                self._rebuild_inf_copies(inf_rows, cfg_path)
+                return
+        elif held == "fp32" and s.refine == "fp16":
+            logger.info(
+                "%s: refine='fp16' index with float32 refine copies (norm bound M=%.4g exceeds float16's range)",
+                cfg_path.parent,
+                bound,
+            )
         if self.settings.compression == "pq" and _index_structure(index)["metric"] == _faiss().METRIC_L2:
             logger.info(
                 "%s: an IVF-PQ index whose codes are scanned by L2 (saved by an earlier release); it searches as it "
@@ -763,6 +789,40 @@ class ApproxEngine(FaissEngine):
         hashes, self._load_hashes = self._load_hashes, []
         if hashes:
             self._copies.track(self.index, np.concatenate(hashes))
+
+    def _inf_refine_rows(self) -> int:
+        """How many rows of the index's refine copies hold an inf (float16 copies saved by an earlier release)."""
+        faiss = _faiss()
+        ref = faiss.downcast_index(faiss.downcast_index(self.index).refine_index)
+        n, bad = int(ref.ntotal), 0
+        for b in range(0, n, _BUILD_BLOCK):
+            copies = np.asarray(ref.reconstruct_n(b, min(_BUILD_BLOCK, n - b)))
+            bad += int((~np.isfinite(copies)).any(axis=1).sum())
+        return bad
+
+    def _rebuild_inf_copies(self, inf_rows: int, cfg_path: Path) -> None:
+        """Replace a loaded index whose float16 refine copies overflowed by one rebuilt from the stored rows."""
+        bound, viewed = self._norm_bound, self.viewed
+        self._load_hashes = []  # the rebuild counts identical HNSW rows itself
+        self._warned_training = True  # said when the store was built, as a load of any store does not repeat it
+        self.rebuild(forced=True, warn_switch=False)
+        copies = "float32" if self._held_refine == "fp32" else "float16"
+        logger.warning(
+            "%s: index.faiss holds float16 refine copies, %d of %d rows of them inf: it was saved by an earlier "
+            "release, which kept float16 copies although the norm bound M=%.4g exceeds float16's largest value %.0f. "
+            "The %s index was rebuilt from the stored Gaussians, in memory%s, %s; saving the store writes the fixed "
+            "index (docs/ann.md, 'Float16 refine copies and a large M')",
+            cfg_path.parent,
+            inf_rows,
+            self.table.n_rows,
+            bound,
+            FLOAT16_MAX,
+            self.settings.index_type,
+            " (the memory-mapped index was not used)" if viewed else "",
+            "without an index (too few documents; searches are exact)"
+            if self.index is None
+            else f"with {copies} refine copies (M={self._norm_bound:.4g})",
+        )
 
     # ---------------------------------------------------------- the reduction
     @property
@@ -923,14 +983,11 @@ class ApproxEngine(FaissEngine):
             _POINTS_PER_CENTROID,
         )
 
-    def _warn_fp16_range(self) -> None:
-        """Log once per store that ``refine="fp16"`` keeps float32 copies (:meth:`refine_codes`)."""
-        if self._warned_fp16:
-            return
-        self._warned_fp16 = True
+    def _warn_fp32_copies(self) -> None:
+        """Log that a rebuild switched a ``refine="fp16"`` index to float32 copies (:meth:`refine_codes`)."""
         logger.warning(
             "refine='fp16': the reduced vectors' norm bound M=%.4g exceeds float16's largest value %.0f, so float16 "
-            "copies would be inf; the %s index keeps float32 refine copies instead (twice the memory, %d bytes a "
+            "copies would be inf; the %s index now keeps float32 refine copies instead (twice the memory, %d bytes a "
             "document). refine='sq8' keeps 8-bit ones; rescaling the Gaussians lowers M (docs/ann.md)",
             self._norm_bound,
             FLOAT16_MAX,
@@ -976,12 +1033,12 @@ class ApproxEngine(FaissEngine):
             )
         if self.table.dead():
             self.table.compact()
-        self.index, self.viewed = None, False
+        self.index, self.viewed, self._held_refine = None, False, None
         self._norm_bound, self.offset, self.centre = None, 0.0, None
         self._copies.clear()
         self._warned_unbuilt = True
 
-    def rebuild(self, forced: bool = False) -> None:
+    def rebuild(self, forced: bool = False, *, warn_switch: bool = True) -> None:
         """(Re)build the index over every live row, then compact the table's tombstones; callers hold the write lock.
 
         With fewer live rows than :meth:`_min_build_size` (``forced``: :meth:`_min_train_size`, as
@@ -992,7 +1049,8 @@ class ApproxEngine(FaissEngine):
         FAISS fails, the engine and the table are as they were. A rebuild that raises ``M`` more
         than tenfold logs a warning naming the document that set it (one outlier squeezes every
         other document's reduced vector into a tiny cap of the sphere, which costs HNSW and IVF
-        most of their recall; see docs/ann.md).
+        most of their recall; see docs/ann.md). A ``refine="fp16"`` index switched to float32 copies
+        (:meth:`refine_codes`) logs a warning once built (``warn_switch``), each time it switches.
         """
         table, s = self.table, self.settings
         live = np.flatnonzero(table.alive)
@@ -1029,9 +1087,9 @@ class ApproxEngine(FaissEngine):
                     max_norm, top_row = float(norms[j]), b + j
                 b += norms.size
             self._norm_bound = s.norm_headroom * max(max_norm, 1e-12)
-            if self.refine_codes() != s.refine:  # float16 copies would overflow (refine_codes): float32 ones
+            held = self.refine_codes()
+            if held != s.refine:  # float16 copies would overflow (refine_codes): float32 ones
                 index = self._new_index(fp32_refine=True)
-                self._warn_fp16_range()
             if not index.is_trained:
                 self._warn_few_training_points(_quiet_clustering(index), n_train)
                 index.train(self._reduced(sample))
@@ -1044,8 +1102,11 @@ class ApproxEngine(FaissEngine):
         top_id = table.ids[int(live[top_row])]
         if table.dead():
             table.compact()
-        self.index, self.viewed = index, False
+        switched = held == "fp32" and self._held_refine != "fp32"
+        self.index, self.viewed, self._held_refine = index, False, held
         logger.info("built %s index over %d documents (M=%.4g)", s.index_type, n, self._norm_bound)
+        if switched and warn_switch:
+            self._warn_fp32_copies()
         if before[2] is not None and self._norm_bound > 10.0 * before[2]:
             logger.warning(
                 "the %s index's norm bound M grew %.3g-fold (%.4g -> %.4g) because of document %r (row %d): one "
@@ -1077,6 +1138,8 @@ class ApproxEngine(FaissEngine):
                 )
             return
         assert self._norm_bound is not None
+        # float16 refine copies above float16's range, all finite, kept from an earlier release (attach)
+        fp16_over = self._held_refine == "fp16" and self._norm_bound > FLOAT16_MAX
         blocks = []
         for s in range(start, table.n_rows, _BUILD_BLOCK):
             dvec = table.doc_vectors(slice(s, min(table.n_rows, s + _BUILD_BLOCK)))
@@ -1091,9 +1154,18 @@ class ApproxEngine(FaissEngine):
                 self.rebuild()
                 self.rebuild_count += 1
                 return
-            blocks.append(dvec)
-        for dvec in blocks:
-            self.index.add(self._reduced(dvec))
+            reduced = self._reduced(dvec)
+            if fp16_over and float(np.abs(reduced).max()) > FLOAT16_MAX:
+                logger.info(
+                    "a new document's float16 refine copy would overflow (M=%.4g); rebuilding the %s index",
+                    self._norm_bound,
+                    self.settings.index_type,
+                )
+                self.rebuild()
+                return
+            blocks.append(reduced)
+        for reduced in blocks:
+            self.index.add(reduced)
         if self.settings.index_type == "hnsw":
             self._copies.track_added(self.index, start)
 
@@ -1188,7 +1260,7 @@ class ApproxEngine(FaissEngine):
         """
         s, bound = self.settings, self._norm_bound
         assert bound is not None
-        codes = self.refine_codes() if s.refine is not None else s.compression
+        codes = self._held_refine if s.refine is not None else s.compression
         tol = {None: 1e-5, "fp32": 1e-5, "fp16": 2e-3, "sq8": 2e-2}.get(codes)
         what = f"{cfg_path}: field 'index_centre' (or 'index_offset') does not match index.faiss"
         if tol is None:

@@ -357,7 +357,7 @@ class KLStore(GaussianStore):
             ``rescore_pool`` candidates inside FAISS on 8-bit / float16 copies of the reduced
             vectors (+``2k + 2`` or ``2 (2k + 2)`` bytes a document) before the exact re-scoring.
             Where the norm bound ``M`` exceeds float16's range (65504), ``"fp16"`` keeps float32
-            copies (``4 (2k + 2)`` bytes; one warning; docs/ann.md).
+            copies (``4 (2k + 2)`` bytes; a warning when a build switches to them; docs/ann.md).
         rescore_pool: Minimum candidates re-scored exactly per query on approximate indexes;
             the pool is ``max(rescore_pool, rescore_factor * k)``.
         rescore_factor: See ``rescore_pool``.
@@ -1011,6 +1011,10 @@ class KLStore(GaussianStore):
         files are read one by one; the load then notices that the folder changed and reads it
         again (up to 4 times), so it returns one save's complete copy, never a mix of two, and a
         damaged folder that no save replaces still fails at once.
+
+        A ``refine="fp16"`` folder saved by an earlier release with inf float16 refine copies (its
+        ``norm_bound`` above 65504) has its index rebuilt from the stored Gaussians, in memory (also
+        with ``mmap=True``), with one warning; saving the store writes the fixed index (docs/ann.md).
 
         Args:
             path: The store folder.
