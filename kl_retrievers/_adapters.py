@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -38,6 +39,9 @@ __all__ = [
     "DEFAULT_RELEVANCE",
     "RELEVANCE_FUNCTIONS",
     "RelevanceFn",
+    "backend_refusal",
+    "encoder_backend",
+    "loads_anywhere",
     "mmr_select",
     "read_manifest",
     "relevance_exp",
@@ -268,6 +272,94 @@ def warn_incompatible_store(embedding: str, store: str, reason: str, fix: str, *
         f"cosine, L2 or normalised stores return wrong rankings. {fix}",
         UserWarning,
         stacklevel=stacklevel,
+    )
+
+
+def loads_anywhere(name: str) -> bool:
+    """Whether ``load_model(name)`` loads ``name`` in any process: a bundled model's name (also
+    ``kl_retrievers:NAME``) or an existing absolute folder; not a relative folder, a hub id or a label.
+
+    Examples:
+        >>> loads_anywhere("minilm-gauss-soup"), loads_anywhere("kl_retrievers:minilm-gauss-soup")
+        (True, True)
+        >>> loads_anywhere("relative/folder"), loads_anywhere("GaussianEncoder")
+        (False, False)
+    """
+    from kl_retrievers.hub import bundled_name
+
+    return bundled_name(name) is not None or (os.path.isabs(name) and Path(name).is_dir())
+
+
+def encoder_backend(encoder: Any) -> str | None:
+    """``"onnx"`` or ``"torch"`` for the package's two encoder classes, else ``None`` (imports nothing).
+
+    Examples:
+        >>> encoder_backend(object()) is None
+        True
+    """
+    for module, name, backend in (
+        ("kl_retrievers.onnx", "OnnxGaussianEncoder", "onnx"),
+        ("kl_retrievers.encoder", "GaussianEncoder", "torch"),
+    ):
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(encoder, cls):
+            return backend
+    return None
+
+
+def is_onnx_export(name: str) -> bool:
+    """Whether ``name`` is a folder holding an ONNX export (``model.onnx``), which the torch backend cannot load."""
+    return bool(name) and (Path(name) / "model.onnx").is_file()
+
+
+def backend_refusal(encoder: Any, backend: str, call: str) -> str | None:
+    """Why ``backend`` cannot apply to the loaded ``encoder``, or ``None`` when it is the encoder's own backend.
+
+    The one backend rule of both adapters' embeddings given a model object (LangChain's ``KLEmbeddings``,
+    LlamaIndex's ``KLEmbedding``): a matching backend is harmless; another one (or any backend for an
+    encoder class that has none) is refused. The message names both backends and the call that loads
+    the model on ``backend``, only when that call loads it: a bundled model's name or an existing
+    absolute folder (:func:`loads_anywhere`), never an ONNX export's folder on the torch backend
+    (:class:`~kl_retrievers.pretrained.OnnxExportOnTorchError`; the model it was exported from is
+    named instead).
+
+    Args:
+        encoder: The loaded encoder.
+        backend: The backend asked for (``"onnx"`` or ``"torch"``).
+        call: The loading call to suggest, with ``{name}`` and ``{backend}`` placeholders (both filled
+            with ``repr``), e.g. ``"KLEmbeddings(model_name={name}, backend={backend})"``.
+
+    Examples:
+        >>> backend_refusal(object(), "onnx", "KLEmbedding({name}, backend={backend})")[:60]
+        "backend='onnx' applies to a model loaded here by name or fol"
+    """
+    own = encoder_backend(encoder)
+    if own == backend:
+        return None
+    head = (
+        f"backend={backend!r} applies to a model loaded here by name or folder, but encoder is an already loaded "
+        f"{type(encoder).__name__}"
+    )
+    if own is None:
+        return (
+            f"{head}, which has no backend (only the package's GaussianEncoder, 'torch', and OnnxGaussianEncoder, "
+            "'onnx', have one): leave backend out"
+        )
+    name, note = str(getattr(encoder, "name_or_path", "") or ""), ""
+    if backend == "torch" and is_onnx_export(name):  # the folder runs on ONNX Runtime only: its source model
+        meta = getattr(encoder, "meta", None)
+        source = meta.get("source") if isinstance(meta, dict) else None
+        exported_from = source.get("name_or_path") if isinstance(source, dict) else None
+        note = f" ({name} is an ONNX export, which runs on ONNX Runtime only"
+        note += f"; it was exported from {exported_from!r})" if isinstance(exported_from, str) else ")"
+        name = exported_from if isinstance(exported_from, str) else ""
+    if name and loads_anywhere(name) and not (backend == "torch" and is_onnx_export(name)):
+        load = call.format(name=repr(name), backend=repr(backend))
+    else:
+        load = call.format(name="...", backend=repr(backend)) + " with the name or folder of a model saved on disk"
+    return (
+        f"{head}, which runs on the {own!r} backend: leave backend out (or pass backend={own!r}), or load the "
+        f"model on the {backend!r} backend: {load}{note}"
     )
 
 

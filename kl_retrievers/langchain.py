@@ -34,7 +34,6 @@ import math
 import os
 import shutil
 import stat
-import sys
 import tempfile
 import threading
 import uuid
@@ -62,6 +61,8 @@ from kl_retrievers._adapters import (
     DEFAULT_RELEVANCE,
     RELEVANCE_FUNCTIONS,
     RelevanceFn,
+    backend_refusal,
+    loads_anywhere,
     mmr_select,
     present_gaussians,
     read_manifest,
@@ -385,70 +386,6 @@ def _warn_ignored(kwargs: dict[str, Any], where: str, takes: str, accepted: tupl
         )
 
 
-def _encoder_backend(encoder: Any) -> str | None:
-    """``"onnx"`` or ``"torch"`` for the package's two encoder classes, else ``None`` (imports nothing)."""
-    for module, name, backend in (
-        ("kl_retrievers.onnx", "OnnxGaussianEncoder", "onnx"),
-        ("kl_retrievers.encoder", "GaussianEncoder", "torch"),
-    ):
-        cls = getattr(sys.modules.get(module), name, None)
-        if isinstance(cls, type) and isinstance(encoder, cls):
-            return backend
-    return None
-
-
-def _backend_refusal(encoder: Any, backend: str, call: str) -> str | None:
-    """Why ``backend`` cannot apply to the loaded ``encoder``, or ``None`` when it is the encoder's own backend.
-
-    A matching backend is harmless; another one (or any backend for an encoder class that has none) is
-    refused. The message names both backends and the call that loads the model on ``backend``, only
-    when that call loads it: a bundled model's name or an existing absolute folder, never an ONNX
-    export's folder on the torch backend (:class:`~kl_retrievers.pretrained.OnnxExportOnTorchError`;
-    the model it was exported from is named instead). ``call`` formats that call, e.g.
-    ``"KLEmbeddings(model_name={name}, backend={backend})"`` (both filled with ``repr``).
-    """
-    own = _encoder_backend(encoder)
-    if own == backend:
-        return None
-    head = (
-        f"backend={backend!r} applies to a model loaded here by name or folder, but encoder is an already loaded "
-        f"{type(encoder).__name__}"
-    )
-    if own is None:
-        return (
-            f"{head}, which has no backend (only the package's GaussianEncoder, 'torch', and OnnxGaussianEncoder, "
-            "'onnx', have one): leave backend out"
-        )
-    name, note = str(getattr(encoder, "name_or_path", "") or ""), ""
-    if backend == "torch" and _is_onnx_export(name):  # the folder runs on ONNX Runtime only: its source model
-        meta = getattr(encoder, "meta", None)
-        source = meta.get("source") if isinstance(meta, dict) else None
-        exported_from = source.get("name_or_path") if isinstance(source, dict) else None
-        note = f" ({name} is an ONNX export, which runs on ONNX Runtime only"
-        note += f"; it was exported from {exported_from!r})" if isinstance(exported_from, str) else ")"
-        name = exported_from if isinstance(exported_from, str) else ""
-    if name and _loads_anywhere(name) and not (backend == "torch" and _is_onnx_export(name)):
-        load = call.format(name=repr(name), backend=repr(backend))
-    else:
-        load = call.format(name="...", backend=repr(backend)) + " with the name or folder of a model saved on disk"
-    return (
-        f"{head}, which runs on the {own!r} backend: leave backend out (or pass backend={own!r}), or load the "
-        f"model on the {backend!r} backend: {load}{note}"
-    )
-
-
-def _loads_anywhere(name: str) -> bool:
-    """Whether ``load_model(name)`` loads ``name`` (a bundled model's name, or an existing absolute folder)."""
-    from kl_retrievers.hub import bundled_name
-
-    return bundled_name(name) is not None or (os.path.isabs(name) and Path(name).is_dir())
-
-
-def _is_onnx_export(name: str) -> bool:
-    """Whether ``name`` is a folder holding an ONNX export (``model.onnx``), which the torch backend cannot load."""
-    return bool(name) and (Path(name) / "model.onnx").is_file()
-
-
 def _load_default_encoder(backend: str | None = None) -> Any:
     from kl_retrievers.pretrained import load_model
 
@@ -606,16 +543,77 @@ def _metric_type_verdict(vectorstore: Any) -> tuple[bool | None, str]:
     """The verdict of a store's ``index_params`` / ``search_params`` ``metric_type`` (langchain-milvus' ``Milvus``).
 
     Each is a dict or a list of dicts (one per vector field); the index's metric decides, else the search's
-    (a reopened collection's ``index_params`` may hold none). Returns ``(None, "")`` when neither names one.
+    (a reopened collection's ``index_params`` may hold none). With several vector fields the metric is the
+    one of the field a :class:`KLEmbeddings` fills (:func:`_metric_entries`), else the metrics of the
+    fields that can hold its dense vectors (not a sparse index's nor BM25's) when they agree: ``None``
+    when they disagree. Returns ``(None, "")`` when nothing names one.
     """
+    fields = _klembeddings_fields(vectorstore)
     for attr in ("index_params", "search_params"):
-        params = getattr(vectorstore, attr, None)
-        for entry in params if isinstance(params, (list, tuple)) else [params]:
-            metric = entry.get("metric_type") if isinstance(entry, Mapping) else None
+        entries, identified = _metric_entries(vectorstore, attr, fields)
+        verdicts = []
+        for label, entry, note in entries:
+            metric = entry.get("metric_type")
             verdict = _strategy_verdict(metric) if isinstance(metric, str) else None
             if verdict is not None:
-                return verdict, f"{attr}['metric_type']={metric!r}"
+                verdicts.append((verdict, f"{label}['metric_type']={metric!r}{note}"))
+        if not verdicts:
+            continue
+        wrong = [reason for verdict, reason in verdicts if verdict is False]
+        if wrong and len(wrong) < len(verdicts) and not identified:
+            return None, ""  # vector fields that disagree, and which one is the KLEmbeddings' cannot be told
+        return (False, wrong[0]) if wrong else (True, verdicts[0][1])
     return None, ""
+
+
+def _klembeddings_fields(vectorstore: Any) -> list[str]:
+    """The vector fields a :class:`KLEmbeddings` fills in a langchain-milvus ``Milvus`` (``[]``: none known).
+
+    langchain-milvus pairs its ``embedding_func`` (one embedding or a list) with ``_vector_fields_from_embedding``
+    (the field of each, in order).
+    """
+    fields = getattr(vectorstore, "_vector_fields_from_embedding", None)
+    funcs = getattr(vectorstore, "embedding_func", None)
+    if not isinstance(fields, list) or funcs is None:
+        return []
+    funcs = funcs if isinstance(funcs, list) else [funcs]
+    return [field for field, func in zip(fields, funcs, strict=False) if isinstance(func, KLEmbeddings)]
+
+
+def _metric_entries(
+    vectorstore: Any, attr: str, fields: list[str]
+) -> tuple[list[tuple[str, Mapping[str, Any], str]], bool]:
+    """The ``(label, dict, note)`` entries of ``index_params`` or ``search_params`` that can give the KL metric,
+    and whether they are those of the :class:`KLEmbeddings` fields ``fields``.
+
+    A dict, or a list of one, is the store's only field. In a longer list (one dict per vector field) the
+    entries of ``fields`` when they can be found: through langchain-milvus' ``_index_param_map`` (field ->
+    index dict) or the field order (``_vector_field``, when the list has one dict per field); else every
+    entry but a sparse index's or BM25's, which never hold the dense KL vectors.
+    """
+    params = getattr(vectorstore, attr, None)
+    entries = [e if isinstance(e, Mapping) else {} for e in (params if isinstance(params, (list, tuple)) else [params])]
+    if len(entries) <= 1:
+        return [(attr, e, "") for e in entries], False
+    order = getattr(vectorstore, "_vector_field", None)
+    order = order if isinstance(order, list) and len(order) == len(entries) else []
+    param_map = getattr(vectorstore, "_index_param_map", None) if attr == "index_params" else None
+    found = []
+    for field in fields:
+        entry = param_map.get(field) if isinstance(param_map, Mapping) else None
+        at = f"{attr}[{order.index(field)}]" if field in order else attr
+        if not entry and field in order:
+            entry = entries[order.index(field)]
+        if isinstance(entry, Mapping) and entry:
+            found.append((at, entry, f" (vector field {field!r}, the KLEmbeddings')"))
+    if found:
+        return found, True
+    dense = [
+        (f"{attr}[{i}]", e, "")
+        for i, e in enumerate(entries)
+        if not str(e.get("index_type", "")).upper().startswith("SPARSE") and str(e.get("metric_type")).upper() != "BM25"
+    ]
+    return dense, False
 
 
 def _warn_incompatible(store_name: str, reason: str) -> None:
@@ -784,7 +782,7 @@ class KLEmbeddings(Embeddings):
         if backend is not None and encoder is not None and not isinstance(encoder, (str, os.PathLike)):
             # a loaded encoder stays on its own backend: the same backend is harmless, another one is refused
             loaded = encoder.encoder if isinstance(encoder, KLEmbeddings) else encoder
-            refusal = _backend_refusal(loaded, backend, "KLEmbeddings(model_name={name}, backend={backend})")
+            refusal = backend_refusal(loaded, backend, "KLEmbeddings(model_name={name}, backend={backend})")
             if refusal is not None:
                 raise ValueError(refusal)
         if model_name is not None and not isinstance(model_name, (str, os.PathLike)):
@@ -1673,7 +1671,7 @@ class KLVectorStore(VectorStore):
         )
         saved = manifest.get("encoder")
         hint = ""  # a name given as embeddings: the model the store records loads when they are left out
-        if isinstance(saved, str) and saved and _loads_anywhere(saved):
+        if isinstance(saved, str) and saved and loads_anywhere(saved):
             hint = f"leave embeddings out to use the model the store was saved with ({saved!r}, which load_local "
             hint += "loads), or "
         call = f"{cls.__name__}.load_local(folder_path, {{embeddings}})"
@@ -1931,9 +1929,9 @@ class _ConfidenceRetriever(BaseRetriever):
     #: The keys ``search_kwargs`` takes (the per-call keywords of ``_get_relevant_documents``).
     search_keys: ClassVar[tuple[str, ...]] = ("k", "filter", "min_confidence")
 
-    _scorer: ConfidenceScorer = PrivateAttr()
-    #: The ``calibrator`` value :attr:`_scorer` was built from (see :meth:`_refresh_scorer`).
-    _scorer_for: Any = PrivateAttr(default=None)
+    #: The ``calibrator`` value a confidence scorer was built from, and that scorer: one pair, assigned in one
+    #: statement (see :meth:`_refresh_scorer`), so that concurrent queries never pair a scorer with another value.
+    _scorer_state: tuple[Any, ConfidenceScorer] = PrivateAttr()
 
     @model_validator(mode="before")
     @classmethod
@@ -1986,22 +1984,33 @@ class _ConfidenceRetriever(BaseRetriever):
         """Set up the confidence scorer (the model's calibrator is found on first use); check the metadata keys."""
         super().model_post_init(context)
         self._check_result_keys()
-        self._scorer = ConfidenceScorer(self.calibrator, self.calibrator_for)
-        self._scorer_for = self.calibrator
+        calibrator = self.calibrator
+        self._scorer_state = (calibrator, ConfidenceScorer(calibrator, self.calibrator_for))
 
-    def _refresh_scorer(self) -> None:
-        """Rebuild the confidence scorer when ``calibrator`` changed since it was built.
+    @property
+    def _scorer(self) -> ConfidenceScorer:
+        """The confidence scorer built last (a query uses the one :meth:`_refresh_scorer` returned to it)."""
+        return self._scorer_state[1]
+
+    def _refresh_scorer(self) -> ConfidenceScorer:
+        """The confidence scorer for the current ``calibrator``, rebuilt when it changed since it was built.
 
         Pydantic assigns a field without validating it, and ``model_copy(update=...)`` keeps the scorer:
         ``retriever.calibrator = cal`` takes effect at the next query, checked as the constructor checks it.
+        The scorer and the value it was built from are stored as one pair in one assignment, and the
+        caller uses the scorer returned for its whole query: queries running while ``calibrator`` is
+        reassigned each use one scorer, and the pair left behind always says which value its scorer is
+        for (a later query rebuilds it when that is not the field's value).
 
         Raises:
             TypeError / ValueError: The new calibrator is refused (:func:`~kl_retrievers._confidence.check_calibrator`).
         """
         calibrator = self.calibrator
-        if calibrator is not self._scorer_for:
-            self._scorer = ConfidenceScorer(calibrator, self.calibrator_for)
-            self._scorer_for = calibrator
+        built_for, scorer = self._scorer_state
+        if calibrator is not built_for:
+            scorer = ConfidenceScorer(calibrator, self.calibrator_for)
+            self._scorer_state = (calibrator, scorer)
+        return scorer
 
     def _check_result_keys(self) -> None:
         """Refuse a ``score_key`` / ``uncertainty_key`` / ``confidence_key`` that another result field writes too.
@@ -2039,8 +2048,9 @@ class _ConfidenceRetriever(BaseRetriever):
         k: int | None,
         filter: MetadataFilter | _Unset | None,
         min_confidence: float | _Unset | None,
-    ) -> tuple[int, Any, float | None]:
-        """The call's ``k``, filter and floor: an argument left out takes ``search_kwargs``' value, else the
+    ) -> tuple[int, Any, float | None, ConfidenceScorer]:
+        """The call's ``k``, filter, floor and confidence scorer (:meth:`_refresh_scorer`; the query uses it
+        throughout): an argument left out takes ``search_kwargs``' value, else the
         retriever's field; an explicit ``filter=None`` or ``min_confidence=None`` clears it for this call (as
         LangChain's ``VectorStoreRetriever`` merges per-call keywords over its ``search_kwargs``).
 
@@ -2049,7 +2059,7 @@ class _ConfidenceRetriever(BaseRetriever):
         are an assigned ``min_confidence`` and ``calibrator`` (the scorer is rebuilt for a new one).
         """
         self._check_result_keys()  # also after an assignment (checked once per call: keys may be swapped one by one)
-        self._refresh_scorer()
+        scorer = self._refresh_scorer()
         unknown = sorted(set(self.search_kwargs) - set(self.search_keys))  # also after an assignment
         if unknown:
             raise TypeError(
@@ -2060,7 +2070,7 @@ class _ConfidenceRetriever(BaseRetriever):
         flt = self._default("filter") if filter is _UNSET else filter
         # the field or search_kwargs' value is checked again too: either may have been assigned since
         floor = check_min_confidence(self._default("min_confidence") if min_confidence is _UNSET else min_confidence)
-        return kk, flt, floor
+        return kk, flt, floor, scorer
 
     def _refuse_call_options(self, kwargs: dict[str, Any]) -> None:
         """Refuse per-call keywords a search does not take (``invoke(q, fliter=...)``), naming them and those it takes.
@@ -2307,24 +2317,24 @@ class KLRetriever(_ConfidenceRetriever):
         **kwargs: Any,
     ) -> list[Document]:
         self._refuse_call_options(kwargs)
-        kk, flt, floor = self._call_settings(k, filter, min_confidence)
+        kk, flt, floor, scorer = self._call_settings(k, filter, min_confidence)
         encoder = self.vectorstore._get_encoder()
-        require_calibrator(self._scorer, encoder, floor)
+        require_calibrator(scorer, encoder, floor)
         blank = is_blank_query(_check_query(query))
         if blank and floor is not None:  # require_calibrator passed: a calibrator exists
             self._abstain_on_blank(run_manager, query, floor)
             return []
         g = self.vectorstore._encode_query(query)
         uncertainty = float(np.asarray(g.uncertainty())[0])
-        cal = self._scorer.calibrator(encoder)
-        depth = max(kk, self._scorer.depth_for(cal)) if cal is not None else kk
+        cal = scorer.calibrator(encoder)
+        depth = max(kk, scorer.depth_for(cal)) if cal is not None else kk
         # the store's hits, not KLVectorStore's Documents: each returned Document is built once, with its scores
         hits = self.vectorstore._hits(g, depth, flt)
         scores = [float(h.score) for h in hits]
         if blank and hits:  # a blank query asks for nothing: confidence 0 with a calibrator, whatever its scores
             confidence = blank_query_confidence(cal is not None)[0]
         else:
-            confidence = self._scorer.confidence(encoder, scores, uncertainty)
+            confidence = scorer.confidence(encoder, scores, uncertainty)
         reason = abstention_reason(confidence, floor, len(hits))
         if reason is not None:
             log_abstention(query, confidence, floor, reason)
@@ -2549,7 +2559,7 @@ class KLHybridRetriever(_ConfidenceRetriever):
         **kwargs: Any,
     ) -> list[Document]:
         self._refuse_call_options(kwargs)
-        kk, flt, floor = self._call_settings(k, filter, min_confidence)
+        kk, flt, floor, scorer = self._call_settings(k, filter, min_confidence)
         _check_query(query)
         fusion, weight, normalization = self._fusion_settings(fusion, weight, normalization)
         # a blank query: confidence 0 with a calibrator; refused unsearched under a floor, after the setup checks
@@ -2561,7 +2571,7 @@ class KLHybridRetriever(_ConfidenceRetriever):
             fusion=fusion,
             weight=weight,
             normalization=normalization,
-            scorer=self._scorer,
+            scorer=scorer,
             min_confidence=floor,
         )
         if reason is not None:

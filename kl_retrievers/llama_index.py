@@ -53,7 +53,6 @@ import math
 import operator
 import os
 import pickle
-import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from enum import Enum
@@ -693,79 +692,12 @@ def _store_problem(store: BasePydanticVectorStore) -> str | None:
 
 
 # --------------------------------------------------------------------------- embedding
-_BUNDLED_PREFIX = "kl_retrievers:"
 # The pickled encoder in a KLEmbedding's pickled state, when it cannot be loaded again by name.
 _ENCODER_STATE = "kl_retrievers_encoder"
 
 
-def _reloadable_model(name: str) -> bool:
-    """Whether :func:`~kl_retrievers.pretrained.load_model` loads ``name`` anywhere, in any process.
-
-    True for a bundled model's name (also ``kl_retrievers:NAME``) and an existing absolute folder;
-    false for anything else (a relative folder, a hub id, a label such as an in-memory encoder's).
-    """
-    from kl_retrievers.pretrained import bundled_models
-
-    if name.removeprefix(_BUNDLED_PREFIX) in bundled_models():
-        return True
-    return not name.startswith(_BUNDLED_PREFIX) and os.path.isabs(name) and Path(name).is_dir()
-
-
-def _encoder_backend(encoder: Any) -> str | None:
-    """``"onnx"`` or ``"torch"`` for the package's two encoder classes, else ``None`` (imports nothing)."""
-    for module, name, backend in (
-        ("kl_retrievers.onnx", "OnnxGaussianEncoder", "onnx"),
-        ("kl_retrievers.encoder", "GaussianEncoder", "torch"),
-    ):
-        cls = getattr(sys.modules.get(module), name, None)
-        if isinstance(cls, type) and isinstance(encoder, cls):
-            return backend
-    return None
-
-
-def _backend_refusal(encoder: Any, backend: str) -> str | None:
-    """Why ``backend`` cannot apply to the loaded ``encoder``, or ``None`` when it is the encoder's own backend.
-
-    The rule of :class:`kl_retrievers.langchain.KLEmbeddings`: a matching backend is harmless; another
-    one (or any backend for an encoder class that has none) is refused. The message names both backends
-    and the call that loads the model on ``backend``, only when that call loads it: a bundled model's
-    name or an existing absolute folder (:func:`_reloadable_model`), never an ONNX export's folder on
-    the torch backend (:class:`~kl_retrievers.pretrained.OnnxExportOnTorchError`; the model it was
-    exported from is named instead).
-    """
-    own = _encoder_backend(encoder)
-    if own == backend:
-        return None
-    head = (
-        f"backend={backend!r} applies to a model loaded here by name or folder, but encoder is an already loaded "
-        f"{type(encoder).__name__}"
-    )
-    if own is None:
-        return (
-            f"{head}, which has no backend (only the package's GaussianEncoder, 'torch', and OnnxGaussianEncoder, "
-            "'onnx', have one): leave backend out"
-        )
-    name, note = str(getattr(encoder, "name_or_path", "") or ""), ""
-    if backend == "torch" and _is_onnx_export(name):  # the folder runs on ONNX Runtime only: its source model
-        meta = getattr(encoder, "meta", None)
-        source = meta.get("source") if isinstance(meta, dict) else None
-        exported_from = source.get("name_or_path") if isinstance(source, dict) else None
-        note = f" ({name} is an ONNX export, which runs on ONNX Runtime only"
-        note += f"; it was exported from {exported_from!r})" if isinstance(exported_from, str) else ")"
-        name = exported_from if isinstance(exported_from, str) else ""
-    if name and _reloadable_model(name) and not (backend == "torch" and _is_onnx_export(name)):
-        load = f"KLEmbedding({name!r}, backend={backend!r})"
-    else:
-        load = f"KLEmbedding(..., backend={backend!r}) with the name or folder of a model saved on disk"
-    return (
-        f"{head}, which runs on the {own!r} backend: leave backend out (or pass backend={own!r}), or load the "
-        f"model on the {backend!r} backend: {load}{note}"
-    )
-
-
-def _is_onnx_export(name: str) -> bool:
-    """Whether ``name`` is a folder holding an ONNX export (``model.onnx``), which the torch backend cannot load."""
-    return bool(name) and (Path(name) / "model.onnx").is_file()
+_reloadable_model = adapters.loads_anywhere  # whether load_model loads a name in any process
+_encoder_backend = adapters.encoder_backend
 
 
 def _unloadable_model(name: str) -> str:
@@ -866,7 +798,7 @@ class KLEmbedding(BaseEmbedding):
 
             if backend not in BACKENDS:
                 raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
-            refusal = _backend_refusal(encoder, backend)
+            refusal = adapters.backend_refusal(encoder, backend, "KLEmbedding({name}, backend={backend})")
             if refusal is not None:
                 raise ValueError(refusal)
         kwargs.setdefault("model_name", str(getattr(encoder, "name_or_path", type(encoder).__name__)))
@@ -937,6 +869,27 @@ class KLEmbedding(BaseEmbedding):
     def class_name(cls) -> str:
         """Name used in LlamaIndex serialisation."""
         return "KLEmbedding"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **kwargs: Any) -> KLEmbedding:
+        """Rebuild from :meth:`to_dict`'s ``data`` (the model loaded by its recorded name and backend).
+
+        An encoder object given as ``encoder=`` is used as it is: the backend recorded in ``data`` (the
+        one of the encoder saved) is dropped, logged at DEBUG level when it differs from that encoder's,
+        and the field records the given encoder's backend. A ``backend=`` given here too is checked
+        against the encoder as in the constructor.
+        """
+        encoder = kwargs.get("encoder")
+        if encoder is not None and not isinstance(encoder, (str, os.PathLike)) and "backend" not in kwargs:
+            data = dict(data)
+            recorded = data.pop("backend", None)
+            if recorded is not None and recorded != _encoder_backend(encoder):
+                logger.debug(
+                    "KLEmbedding.from_dict: the given %s replaces the recorded model's backend %r",
+                    type(encoder).__name__,
+                    recorded,
+                )
+        return cast(KLEmbedding, super().from_dict(data, **kwargs))
 
     encoder = property(lambda self: self._encoder, doc="The wrapped Gaussian encoder.")
 
@@ -1167,20 +1120,20 @@ def _take_stored_metadata(node: BaseNode, metadata: Mapping[str, Any]) -> None:
     They differ after a core-API upsert that copied the stored metadata (the JSON with it) and changed
     a key: the stored value wins, a key removed there is removed, a key added there is added. A key of
     the node named like one that ``node_to_metadata_dict`` writes (:data:`_NODE_DICT_KEYS`) keeps the
-    JSON's value (the top-level one is the node's id). A changed ``ref_doc_id`` becomes the node's
-    source document, as filters and ``delete(ref_doc_id)`` see it.
+    JSON's value (the top-level one is the node's id). The source document is the stored one, read as
+    ``delete(ref_doc_id)`` and ``doc_ids=`` read it (:func:`_ref_doc_id`: ``ref_doc_id``, else ``doc_id``):
+    a changed one becomes the node's SOURCE relationship, a removed or ``None`` one removes it.
     """
     own = node.metadata
     merged = {k: v for k, v in own.items() if k in _NODE_DICT_KEYS or k in metadata}
     merged.update((k, v) for k, v in metadata.items() if k not in _NODE_DICT_KEYS)
     if merged != own:
         node.metadata = {k: merged[k] for k in [*own, *metadata] if k in merged}  # the node's key order first
-    ref = metadata.get(_REF_DOC_KEY)
-    if ref is not None and str(ref) != (node.ref_doc_id or "None"):
-        if str(ref) == "None":  # what node_to_metadata_dict writes for a node without a source
-            node.relationships.pop(NodeRelationship.SOURCE, None)
-        else:
-            node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=str(ref))
+    ref = _ref_doc_id(metadata)
+    if ref is None or str(ref) == "None":  # "None": what node_to_metadata_dict writes for a node without a source
+        node.relationships.pop(NodeRelationship.SOURCE, None)
+    elif str(ref) != node.ref_doc_id:
+        node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=str(ref))
 
 
 def _to_node(doc_id: str, text: str | None, metadata: Mapping[str, Any], *, hybrid: bool = False) -> BaseNode:
@@ -1628,9 +1581,14 @@ class KLVectorStore(BasePydanticVectorStore):
         return self._store.encoder
 
     @property
-    def calibrator(self) -> Any:
-        """The confidence calibrator in use (the explicit one, else the query encoder's model's; ``None`` if none)."""
-        return self._scorer.calibrator(self._confidence_encoder())
+    def calibrator(self) -> ConfidenceCalibrator | None:
+        """The explicit confidence calibrator (``calibrator=``, or the one :meth:`persist` saved), as the
+        retrievers' ``calibrator`` is; ``None``: the query encoder's model's is used, found at the first query.
+
+        Given at construction or loading only (``KLVectorStore(calibrator=...)``,
+        ``from_persist_dir(..., calibrator=...)``): every retriever and index over the store reads it.
+        """
+        return self._scorer.explicit
 
     def _adopt_query_encoder(self, encoder: Any) -> None:
         """Remember the encoder a :class:`KLEmbedding` embeds queries with (for its model's calibrator)."""
@@ -2480,6 +2438,25 @@ class KLRetriever(_TopKRetriever):
         """The store searched."""
         return self._vector_store
 
+    @property
+    def calibrator(self) -> ConfidenceCalibrator | None:
+        """The explicit confidence calibrator of the store searched (:attr:`KLVectorStore.calibrator`; ``None``:
+        the query encoder's model's).
+
+        Not settable here: the confidence comes from the store, shared by every retriever and index over it.
+        Assigning raises an ``AttributeError`` that says to build the store with ``KLVectorStore(calibrator=...)``.
+        """
+        return self._vector_store.calibrator
+
+    @calibrator.setter
+    def calibrator(self, value: Any) -> None:
+        raise AttributeError(
+            f"KLRetriever.calibrator cannot be set (got {type(value).__name__}): a LlamaIndex KLRetriever's "
+            "confidence comes from its vector store, whose calibrator every retriever and index over it reads. "
+            "Give it to the store: KLVectorStore(calibrator=cal), or KLVectorStore.from_persist_dir(folder, "
+            "calibrator=cal) for a persisted one (KLHybridRetriever's calibrator is settable: it has its own)"
+        )
+
     @classmethod
     def from_defaults(
         cls,
@@ -2956,6 +2933,7 @@ class KLHybridRetriever(_TopKRetriever):
         )
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        scorer = self._scorer  # read once: a calibrator assigned meanwhile applies from the next query
         hits, confidence, _ = hybrid_search(
             self._store,
             query_bundle.query_str,
@@ -2964,11 +2942,11 @@ class KLHybridRetriever(_TopKRetriever):
             fusion=self._fusion,
             weight=self._weight,
             normalization=self._normalization,
-            scorer=self._scorer,
+            scorer=scorer,
         )
         reason = None
-        calibrator = self._scorer.calibrator(self._store.encoder, self._store.stemmer)
-        if calibrator is not None and calibrator.kind == "hybrid" and self._scorer.explicit is None:
+        calibrator = scorer.calibrator(self._store.encoder, self._store.stemmer)
+        if calibrator is not None and calibrator.kind == "hybrid" and scorer.explicit is None:
             # the model's hybrid calibrator judges the adaptive ranking (an explicit one may fit this fusion)
             mode = self._store.fusion.for_call(self._fusion, self._weight, self._normalization).mode
             if mode != "adaptive":
