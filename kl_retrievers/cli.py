@@ -630,12 +630,12 @@ def _kl_store_folder(path: Path) -> Path:
             stores.append((manifest, _kl_store_of_manifest(manifest)))
         except _DamagedSave as exc:
             damaged.append(str(exc))
-    distinct = {store.resolve() for _, store in stores}  # manifests naming one store (search reads only the store)
-    if len(distinct) > 1:
-        raise ValueError(
-            f"{folder} is a LlamaIndex persist folder with {len(distinct)} KL stores; pass one of "
-            f"{', '.join(f'{store} (named by {manifest.name})' for manifest, store in stores)}"
-        )
+    by_store: dict[Path, list[str]] = {}  # manifests naming one store are one store (search reads only the store)
+    for manifest, store in stores:
+        by_store.setdefault(store.resolve(), []).append(manifest.name)
+    if len(by_store) > 1:
+        shown = ", ".join(f"{store} (named by {' and '.join(names)})" for store, names in by_store.items())
+        raise ValueError(f"{folder} is a LlamaIndex persist folder with {len(by_store)} KL stores; pass one of {shown}")
     if stores:
         manifest, inner = next(
             (pair for pair in stores if fnmatch.fnmatchcase(pair[0].name, _LLAMA_INDEX_MANIFESTS)), stores[0]

@@ -151,6 +151,7 @@ def test_explicit_calibrator_survives_persist_and_load(
     loaded = load_index_from_storage(StorageContext.from_defaults(persist_dir=str(tmp_path)), embed_model=embed)
     assert isinstance(loaded, VectorStoreIndex)
     assert isinstance(loaded.vector_store, KLVectorStore)
+    assert loaded.vector_store.calibrator is not None
     assert loaded.vector_store.calibrator.to_dict() == calibrator.to_dict()
     assert _confidences(loaded, HYBRID_TEXTS[0]) == pytest.approx(before)
     post = KLConfidencePostprocessor(min_confidence=0.5)
@@ -159,8 +160,10 @@ def test_explicit_calibrator_survives_persist_and_load(
     # an explicit calibrator= at load time takes precedence
     other = ConfidenceCalibrator(["max_score"]).fit([[-1.0], [-0.5], [-0.2], [0.0]], [0, 0, 1, 1])
     store = KLVectorStore.from_persist_dir(tmp_path, calibrator=other)
+    assert store.calibrator is not None
     assert store.calibrator.to_dict() == other.to_dict()
     path_store = KLVectorStore.from_persist_path(tmp_path / "default__vector_store.json", calibrator=other)
+    assert path_store.calibrator is not None
     assert path_store.calibrator.to_dict() == other.to_dict()
 
     # persisting without an explicit calibrator records none (and drops the stale file)
