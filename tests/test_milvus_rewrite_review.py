@@ -304,3 +304,102 @@ def test_an_upsert_that_raced_a_repair_is_written_again(tmp_path: Path) -> None:
     (doc,) = a.get_by_ids(["x"])
     assert (doc.text, doc.metadata) == ("NEW x", {"v": "new"})
     np.testing.assert_allclose(a.get_gaussians(["x"]).var, np.full((1, DIM), 2.0), rtol=1e-5)
+
+
+def test_a_refused_attach_leaves_the_callers_lite_server_running(tmp_path: Path) -> None:
+    """A store refused on a Milvus Lite file that the caller's own MilvusClient serves stopped that server: the
+    caller's client and a store given it failed ('Fail connecting to server')."""
+    from milvus_lite.server_manager import server_manager_instance
+    from pymilvus import MilvusClient
+
+    uri = str(tmp_path / "kl.db")
+    client = MilvusClient(uri)
+    try:
+        given = MilvusKLStore(client=client, collection_name="c", index_type="flat", dim=DIM)  # metric IP
+        given.add(["x"], gaussians=Gaussians(np.zeros((1, DIM)), np.ones((1, DIM))), ids=["x"])
+        with pytest.raises(ValueError, match="metric 'IP', not 'L2'"):
+            MilvusKLStore(uri=uri, collection_name="c", index_type="flat", metric="L2")
+        assert len(given) == 1 and client.list_collections() == ["c"]
+        opened = MilvusKLStore(uri=uri, collection_name="c")  # the same file by uri, closed before its owner
+        opened.close()
+        assert len(given) == 1 and client.list_collections() == ["c"]
+        assert str(tmp_path / "kl.db") not in milvus_mod._lite_users
+    finally:
+        client.close()
+        server_manager_instance.release_server(uri)
+
+
+def _noop_drops(store: MilvusKLStore, ignore_empty: bool = False) -> dict[str, int]:
+    """Make ``store``'s client accept drops of collection properties without applying them (a server predating the
+    drop's ``delete_keys`` field), and with ``ignore_empty`` also ignore alters emptying a rewrite mark; call counts."""
+    calls = {"drop": 0, "describe": 0}
+    client = store.client
+    describe, alter = client.describe_collection, client.alter_collection_properties
+
+    def counted_describe(*args: Any, **kwargs: Any) -> Any:
+        calls["describe"] += 1
+        return describe(*args, **kwargs)
+
+    def noop_drop(*args: Any, **kwargs: Any) -> None:
+        calls["drop"] += 1
+
+    def partial_alter(name: str, properties: dict[str, str], **kwargs: Any) -> Any:
+        kept = {k: v for k, v in properties.items() if v or not k.startswith(milvus_mod._REWRITING_PREFIX)}
+        return alter(name, properties=kept, **kwargs) if kept else None
+
+    client.describe_collection = counted_describe
+    client.drop_collection_properties = noop_drop
+    if ignore_empty:
+        client.alter_collection_properties = partial_alter
+    return calls
+
+
+def _add_in_thread(store: MilvusKLStore, add: Any, limit: float = 20.0) -> tuple[bool, list[BaseException]]:
+    """Run ``add(store)`` in a daemon thread for at most ``limit`` s: (whether it still runs, its errors)."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            add(store)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)  # daemon: a writer that spins forever ends with pytest
+    thread.start()
+    thread.join(timeout=limit)
+    return thread.is_alive(), errors
+
+
+def test_a_mark_whose_drop_is_ignored_is_emptied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drop accepted but not applied left every rewrite mark; a writer that found one stalled dropped it again
+    and again without sleeping (thousands of calls a second, forever)."""
+    a, b = _pair(tmp_path)
+    monkeypatch.setattr(milvus_mod, "_REWRITE_STALL_S", 0.2)
+    calls = _noop_drops(a)
+    running, errors = _add_in_thread(a, _raise_bound)  # this writer's own rewrite: its mark cannot be dropped
+    assert not running and not errors and "z" in b
+    key = milvus_mod._REWRITING_PREFIX + "someone"  # a dead writer's mark
+    a.client.alter_collection_properties("c", properties={key: "5"})
+    calls.update(drop=0, describe=0)
+    running, errors = _add_in_thread(a, lambda s: _raise_bound(s, "w", 1.0))
+    assert not running and not errors and "w" in b
+    assert calls["drop"] <= 3 and calls["describe"] <= 60
+    assert not any(_marks(a).values())  # emptied: an empty mark counts as none
+
+
+def test_a_mark_that_can_be_neither_dropped_nor_emptied_hits_the_wait_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 600 s limit without progress never applied: a stalled mark was dropped first, each time, with no sleep."""
+    a, _ = _pair(tmp_path)
+    monkeypatch.setattr(milvus_mod, "_REWRITE_STALL_S", 0.2)
+    monkeypatch.setattr(milvus_mod, "_REWRITE_WAIT_S", 1.0)
+    key = milvus_mod._REWRITING_PREFIX + "someone"
+    a.client.alter_collection_properties("c", properties={key: "5"})
+    calls = _noop_drops(a, ignore_empty=True)
+    started = time.monotonic()
+    running, errors = _add_in_thread(a, lambda s: _raise_bound(s, "w", 1.0))
+    assert not running and time.monotonic() - started < 10.0
+    assert len(errors) == 1 and isinstance(errors[0], RuntimeError) and "no progress for 1 s" in str(errors[0])
+    assert calls["drop"] <= 3 and calls["describe"] <= 60
+    assert "w" not in a

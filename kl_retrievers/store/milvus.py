@@ -53,9 +53,11 @@ compare-and-set on collection properties, so a writer (any :meth:`MilvusKLStore.
    delete made in between: before reading any row it stores a new rewrite generation and a mark of its own
    (updated after every page, dropped at the end); every ``add`` and ``delete`` waits while a mark is
    there, and reads the generation and marks again after writing: if a rewrite may have overlapped its
-   write, it waits for it to end (as long as it progresses; ``RuntimeError`` after :data:`_REWRITE_WAIT_S`
-   without progress) and writes (or deletes) again.  A mark without progress for :data:`_REWRITE_STALL_S` is an
-   abandoned rewrite: dropped.
+   write, it waits for it to end (as long as it progresses) and writes (or deletes) again.  A mark without
+   progress for :data:`_REWRITE_STALL_S` is an abandoned rewrite: dropped; one read back unchanged after the drop
+   (a server that accepts the drop without applying it) is emptied (an empty mark counts as none), and a rewrite
+   empties its own before dropping it.  :data:`_REWRITE_WAIT_S` without progress of any mark then raises
+   ``RuntimeError``: the limit applies to a mark that could be neither dropped nor emptied.
 
 Guarantee: once every concurrent ``add`` has returned, every row is reduced with the stored ``M``
 and ``o``, so rankings are exact (flat) or as good as a single writer's (HNSW / IVF).  While adds
@@ -177,7 +179,8 @@ _REWRITE_GEN_KEY = "kl_retrievers.rewrite_gen"
 #: value, the rows rewritten so far, changes after every page).
 _REWRITING_PREFIX = "kl_retrievers.rewriting."
 #: Seconds a writer waits for other writers' row rewrites while none of them makes progress before it raises
-#: (a rewrite that keeps progressing is waited for; one stalled for :data:`_REWRITE_STALL_S` is dropped first).
+#: (a rewrite that keeps progressing is waited for; one stalled for :data:`_REWRITE_STALL_S` is dropped, or emptied
+#: where the drop is not applied, first: the limit applies to a mark that could be neither).
 _REWRITE_WAIT_S = 600.0
 #: Seconds without progress after which a rewrite mark counts as abandoned (its writer died) and is dropped.
 _REWRITE_STALL_S = 120.0
@@ -236,6 +239,9 @@ class MilvusConnectionError(ConnectionError):
 
 #: Milvus Lite files this process opened through a MilvusKLStore -> how many open stores use each (see close()).
 _lite_users: dict[str, int] = {}
+#: Of those, the files Milvus Lite already served when the first of these stores opened them (another client of the
+#: process, e.g. the caller's ``MilvusClient``, started the server): their last store leaves the server running.
+_lite_borrowed: set[str] = set()
 _lite_lock = threading.Lock()
 #: The lock around the collection property alters and drops of every Milvus Lite store of this process (Milvus Lite's
 #: are not thread-safe; one lock for all files: a store given a client does not know its file, and they are rare).
@@ -264,6 +270,16 @@ def _lite_file_locked(path: str) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def _lite_servers() -> tuple[str, ...]:
+    """The Milvus Lite files (absolute paths) this process serves now (none where milvus-lite does not tell)."""
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:  # pragma: no cover - without milvus-lite (or another layout)
+        return ()
+    servers = getattr(server_manager_instance, "_servers", None)  # path -> (server, db, port)
+    return tuple(servers) if isinstance(servers, dict) else ()
 
 
 def _import_pymilvus() -> Any:
@@ -769,6 +785,7 @@ class MilvusKLStore(GaussianStore):
         if token:
             kwargs["token"] = token
         lite = None if not str(uri).endswith(".db") else os.path.abspath(uri)
+        served = lite is not None and lite in _lite_servers()  # started before: by this process's stores or another
         try:
             client = pymilvus.MilvusClient(**kwargs)
         except Exception as exc:
@@ -785,6 +802,8 @@ class MilvusKLStore(GaussianStore):
             ) from exc
         if lite is not None:
             with _lite_lock:
+                if served and not _lite_users.get(lite):
+                    _lite_borrowed.add(lite)  # another client of this process started it: never stopped here
                 _lite_users[lite] = _lite_users.get(lite, 0) + 1
             self._lite_path = lite
         return client
@@ -1482,6 +1501,9 @@ class MilvusKLStore(GaussianStore):
             finished = True
         finally:
             try:
+                # emptied first (an empty mark counts as none): a server that accepts the drop without applying it
+                # (one predating its delete_keys field) would otherwise leave the mark for every writer to wait on
+                self._alter_properties({mark: ""})
                 self._drop_marks([mark])
             except Exception:
                 if finished:
@@ -1526,7 +1548,9 @@ class MilvusKLStore(GaussianStore):
 
         A mark whose progress has not changed for :data:`_REWRITE_STALL_S` seconds (of this client's clock)
         belongs to a writer that died: it is dropped with a warning (the pending rewrite it leaves is finished
-        by the next ``add`` or :meth:`repair`).
+        by the next ``add`` or :meth:`repair`).  A dropped mark read back with the same progress (a server that
+        accepts the drop but does not apply it) is emptied (an empty mark counts as none); one still there after
+        that is waited for like any other, until the :data:`_REWRITE_WAIT_S` limit.
 
         The store's lock is released while it sleeps (its searches, ``len`` and reads go on); the caller's state is
         read again after each sleep.
@@ -1536,6 +1560,8 @@ class MilvusKLStore(GaussianStore):
         """
         moved = time.monotonic()  # when a rewrite waited for last made progress (or the wait began)
         seen: dict[str, tuple[str, float]] = {}  # mark -> (progress, when this client first saw it)
+        dropped: dict[str, str] = {}  # mark -> its progress when this client dropped it
+        emptied: set[str] = set()  # marks dropped, read back unchanged and emptied: waited for until the limit
         delay = 0.01
         while state.rewriting:
             now = time.monotonic()
@@ -1543,7 +1569,18 @@ class MilvusKLStore(GaussianStore):
                 if mark not in seen or seen[mark][0] != progress:
                     seen[mark] = (progress, now)
                     moved = now
-            stalled = [mark for mark, _ in state.rewriting if now - seen[mark][1] >= _REWRITE_STALL_S]
+                    dropped.pop(mark, None)  # it moved: its writer is alive
+                    emptied.discard(mark)
+            stalled = [
+                mark
+                for mark, _ in state.rewriting
+                if now - seen[mark][1] >= _REWRITE_STALL_S and mark not in dropped and mark not in emptied
+            ]
+            back = [
+                mark
+                for mark, progress in state.rewriting
+                if dropped.get(mark) == progress and mark not in emptied  # the drop was accepted, not applied
+            ]
             if stalled:
                 logger.warning(
                     "Milvus collection %r: %d row rewrite(s) made no progress for %g s (the writer died?); "
@@ -1553,18 +1590,28 @@ class MilvusKLStore(GaussianStore):
                     _REWRITE_STALL_S,
                 )
                 self._drop_marks(stalled)
-            elif now - moved >= _REWRITE_WAIT_S:
+                dropped.update((mark, seen[mark][0]) for mark in stalled)
+            if back:
+                logger.warning(
+                    "Milvus collection %r: %d dropped rewrite mark(s) are still there (the server ignored the "
+                    "drop?); emptying them",
+                    self.collection_name,
+                    len(back),
+                )
+                self._alter_properties(dict.fromkeys(back, ""))
+                emptied.update(back)
+            if now - moved >= _REWRITE_WAIT_S:
                 raise RuntimeError(
                     f"Milvus collection {self.collection_name!r}: another writer's rewrite of every row (the "
                     f"L2-reduction bound M was raised) made no progress for {_REWRITE_WAIT_S:g} s; this "
                     "client waits for it because a rewrite writes back rows it read before and would undo a write "
                     "made meanwhile. Retry once the other writer is done (a rewrite making no progress for "
-                    f"{_REWRITE_STALL_S:g} s is treated as abandoned)"
+                    f"{_REWRITE_STALL_S:g} s is treated as abandoned and its mark dropped; this limit applies to a "
+                    "mark that could be neither dropped nor emptied)"
                 )
-            else:
-                with self._idle:
-                    self._idle.wait(delay)  # sleeps without the store's lock (every level of it)
-                delay = min(2 * delay, 0.5)
+            with self._idle:
+                self._idle.wait(delay)  # sleeps without the store's lock (every level of it)
+            delay = min(2 * delay, 0.5)
             state = self._read_state()
         return state
 
@@ -1986,7 +2033,9 @@ class MilvusKLStore(GaussianStore):
         ``MilvusKLStore`` of this process uses it, which releases it for another process.
 
         A ``pymilvus.MilvusClient`` made outside the store on the same file in this process (Milvus Lite serves
-        each file once per process) is cut off as well; a store given ``client=`` leaves the file to its owner.
+        each file once per process) is cut off as well, unless Milvus Lite already served the file when the first of
+        these stores opened it (that client started the server: it is left running); a store given ``client=``
+        leaves the file to its owner.
         """
         self._client.close()
         lite, self._lite_path = self._lite_path, None
@@ -1998,6 +2047,9 @@ class MilvusKLStore(GaussianStore):
                 _lite_users[lite] = users
                 return
             _lite_users.pop(lite, None)
+            if lite in _lite_borrowed:  # the server another client of this process started: left to it
+                _lite_borrowed.discard(lite)
+                return
         try:
             from milvus_lite.server_manager import server_manager_instance
         except ImportError:  # pragma: no cover - another milvus-lite: released when the process exits
