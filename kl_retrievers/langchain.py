@@ -2363,7 +2363,8 @@ class KLHybridRetriever(_ConfidenceRetriever):
     (the exact ``-KL``, higher is better), ``bm25``, ``dense_rank`` / ``bm25_rank`` (1-based,
     ``None`` when the document was not in that list), ``dense_weight`` (the dense share used for
     this query; ``None`` for RRF), ``query_uncertainty`` and ``confidence``: the calibrated
-    probability that the *fused* ranking's top document is relevant, from the hybrid calibrator
+    probability that the *adaptive* ranking's top document is relevant (the same whatever ``fusion`` is),
+    from the hybrid calibrator
     the model ships (``hybrid_confidence_calibration.json``, or ``hybrid_confidence_calibration.unstemmed.json``
     for a store with ``stemmer=None`` when the model ships one: dense and BM25 signals of the
     query's candidates, :func:`~kl_retrievers.calibration.hybrid_query_features`; fitted for the

@@ -2726,7 +2726,8 @@ class KLHybridRetriever(_TopKRetriever):
     calibrator exists); these keys are kept out of the LLM and embedding text, and a node's own
     metadata key of one of these names is shadowed in the returned nodes (``from_defaults`` logs a
     warning naming it). The confidence is the
-    probability that the *fused* ranking's top node is relevant, from the hybrid calibrator the
+    probability that the *adaptive* ranking's top node is relevant (the same whatever ``fusion`` is), from
+    the hybrid calibrator the
     model ships (``hybrid_confidence_calibration.json``, or ``hybrid_confidence_calibration.unstemmed.json``
     for a store with ``stemmer=None`` when the model ships one: dense and BM25 signals of the query's
     candidates; fitted for ``"adaptive"`` fusion with 100 candidates per half, it is the adaptive
