@@ -680,7 +680,7 @@ def hybrid_search(
             scored_depth = max(scored_depth, MIN_CANDIDATES if cal.kind == "hybrid" else scorer.depth_for(cal))
         deep = store.candidates([query], query_gaussians=qg, filter=filter, depth=max(ranked_depth, scored_depth))[0]
         cand, scored = deep.at_depth(ranked_depth), deep.at_depth(scored_depth)
-        dense = np.sort(np.asarray(cand.neg_kl)[np.asarray(cand.dense_rank) > 0])[::-1]
+        has_dense = bool((np.asarray(cand.dense_rank) > 0).any())
         top = np.sort(np.asarray(scored.neg_kl)[np.asarray(scored.dense_rank) > 0])[::-1]
         if cal is not None and cal.kind == "hybrid" and top.size >= 2:
             confidence = hybrid_confidence(cal, scored)
@@ -688,7 +688,7 @@ def hybrid_search(
             confidence = cal.confidence(top[: scorer.depth_for(cal)].tolist(), float(cand.uncertainty))
         else:
             confidence = None
-        if blank and dense.size:  # a blank query asks for nothing (no floor here: it is answered)
+        if blank and has_dense:  # a blank query asks for nothing (no floor here: it is answered)
             confidence = blank_query_confidence(cal is not None)[0]
         reason = abstention_reason(confidence, min_confidence, int(top.size))
         if reason is not None:

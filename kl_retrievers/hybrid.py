@@ -55,8 +55,7 @@ import re
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence
-from collections.abc import Set as AbstractSet
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -78,7 +77,13 @@ from kl_retrievers.gaussian import is_real_number as _is_real
 from kl_retrievers.hub import sha256_file as _sha256
 from kl_retrievers.index import DeleteReport, KLStore, StoredDocument, StoreFormatError
 from kl_retrievers.runs import top_k
-from kl_retrievers.store._base import _check_texts_and_ids, _metadata_list, _RWLock
+from kl_retrievers.store._base import (
+    _check_texts_and_ids,
+    _check_texts_container,
+    _metadata_list,
+    _refuse_unordered,
+    _RWLock,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -1472,9 +1477,8 @@ class KLHybridStore:
                 "texts must be a sequence of strings (BM25 indexes every document's text, also when gaussians= is "
                 f"given); got {type(texts).__name__}"
             )
-        refused = (Mapping, KeysView, ItemsView, AbstractSet, bytes, bytearray, memoryview)
-        if isinstance(texts, refused) or hasattr(texts, "columns"):  # a dict, a set, bytes, a table
-            _check_texts_and_ids(texts, gaussians, ids)  # KLStore.add refuses it, with its message
+        _check_texts_container(texts)  # a dict, bytes, a table: KLStore.add refuses it, with its message
+        _refuse_unordered("texts", texts)  # a set, as KLStore.add
         text_list = list(texts)  # a list, a tuple, a numpy array, a pandas Series, a generator: as KLStore.add
         for j, text in enumerate(text_list):
             if not isinstance(text, str):

@@ -16,27 +16,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from test_milvus_rewrite_race import DIM, LOGGER, _pair  # A and B, two clients of one collection
 
 from kl_retrievers.gaussian import Gaussians
 from kl_retrievers.store import milvus as milvus_mod
 from kl_retrievers.store.milvus import MilvusKLStore
-
-DIM = 4
-LOGGER = "kl_retrievers.store.milvus"
-
-
-def _pair(tmp_path: Path) -> tuple[MilvusKLStore, MilvusKLStore]:
-    """A (with 'x' and 'y' stored) and B, a second client of the same collection."""
-    rng = np.random.default_rng(0)
-    a = MilvusKLStore(uri=str(tmp_path / "kl.db"), collection_name="c", index_type="flat", metric="L2")
-    a.add(
-        ["old x", "y"],
-        gaussians=Gaussians(rng.normal(0, 1, (2, DIM)), np.ones((2, DIM))),
-        ids=["x", "y"],
-        metadatas=[{"v": "old"}, {"v": "y"}],
-    )
-    b = MilvusKLStore(uri=str(tmp_path / "kl.db"), collection_name="c", index_type="flat", metric="L2")
-    return a, b
 
 
 def _raise_bound(store: MilvusKLStore, doc_id: str = "z", var: float = 0.01) -> None:

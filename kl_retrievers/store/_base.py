@@ -330,6 +330,25 @@ def _check_utf8(value: str, what: str) -> None:
         ) from None
 
 
+def _check_texts_container(texts: Any) -> None:
+    """Refuse, for ``add``'s texts, a container whose iteration gives other strings than the texts.
+
+    A dict or its ``keys()`` / ``items()`` view (keys are usually ids), bytes, a table with
+    ``.columns``: refused as :func:`~kl_retrievers._encoding.check_texts` refuses them, with its message.
+    """
+    if isinstance(texts, (Mapping, KeysView, ItemsView, bytes, bytearray, memoryview)) or hasattr(texts, "columns"):
+        check_texts(texts, "texts", allow_str=False)  # raises its TypeError, which says what to pass
+
+
+def _refuse_unordered(name: str, given: object) -> None:
+    """Refuse a set for ``add``'s ``name`` argument: its iteration order is arbitrary (a dict's keys keep theirs)."""
+    if isinstance(given, AbstractSet) and not isinstance(given, KeysView):
+        raise TypeError(
+            f"{name} is a {type(given).__name__}, whose iteration order is arbitrary, so it cannot be paired "
+            f"with the other arguments of add: pass a list, in order; got {given!r:.80}"
+        )
+
+
 def _check_texts_and_ids(
     texts: Sequence[str] | None, gaussians: Gaussians | None, ids: Sequence[str] | None
 ) -> tuple[list[str | None] | None, list[str] | None]:
@@ -343,19 +362,14 @@ def _check_texts_and_ids(
     """
     if texts is not None and isinstance(texts, str):
         raise ValueError("texts must be a sequence of strings, not a single string")
-    if isinstance(texts, (Mapping, KeysView, ItemsView, bytes, bytearray, memoryview)) or hasattr(texts, "columns"):
-        check_texts(texts, "texts", allow_str=False)  # raises its TypeError, which says what to pass
+    _check_texts_container(texts)
     if isinstance(ids, ItemsView):
         raise TypeError(
             f"ids is a {type(ids).__name__}, whose items are a dict's (key, value) pairs, not ids: pass a list, "
             f"in order (e.g. list(d) for the dict's keys); got {ids!r:.80}"
         )
     for name, given in (("texts", texts), ("ids", ids)):
-        if isinstance(given, AbstractSet) and not isinstance(given, KeysView):  # a dict's keys keep their order
-            raise TypeError(
-                f"{name} is a {type(given).__name__}, whose iteration order is arbitrary, so it cannot be paired "
-                f"with the other arguments of add: pass a list, in order; got {given!r:.80}"
-            )
+        _refuse_unordered(name, given)
     text_list: list[str | None] | None = None
     if texts is not None:
         text_list = list(texts)
