@@ -42,6 +42,7 @@ __all__ = [
     "backend_refusal",
     "encoder_backend",
     "loads_anywhere",
+    "manifests_in_folder",
     "mmr_select",
     "read_manifest",
     "relevance_exp",
@@ -387,6 +388,15 @@ def looks_like_manifest(path: str | os.PathLike[str], format_name: str) -> bool:
     except (OSError, ValueError, UnicodeDecodeError):
         return False
     return isinstance(data, dict) and data.get("format") == format_name
+
+
+def manifests_in_folder(folder: str | os.PathLike[str], format_name: str) -> list[Path]:
+    """The files directly in ``folder`` that are manifests of ``format_name``, whatever their names, sorted.
+
+    The one rule of ``KLVectorStore.from_persist_path(folder)`` and ``kl-retrievers search FOLDER``
+    (:func:`looks_like_manifest`): a manifest is found by its content, so any name ``persist`` was given.
+    """
+    return [p for p in sorted(Path(folder).iterdir()) if p.is_file() and looks_like_manifest(p, format_name)]
 
 
 def read_manifest(

@@ -666,12 +666,13 @@ def _kl_store_folder(path: Path) -> Path:
 def _llama_index_manifests(folder: Path) -> list[Path]:
     """The LlamaIndex ``KLVectorStore`` manifests in ``folder``, whatever their names (by their ``format``), sorted.
 
-    The rule of ``KLVectorStore.from_persist_path(folder)`` (``kl_retrievers.llama_index._manifest_in_folder``,
-    not imported: that module needs LlamaIndex); another store's file (``image__vector_store.json``) is not one.
+    The rule of ``KLVectorStore.from_persist_path(folder)`` (both call ``_adapters.manifests_in_folder``;
+    ``kl_retrievers.llama_index`` is not imported: it needs LlamaIndex); another store's file
+    (``image__vector_store.json``) is not one.
     """
-    from kl_retrievers._adapters import looks_like_manifest
+    from kl_retrievers._adapters import manifests_in_folder
 
-    return [p for p in sorted(folder.iterdir()) if p.is_file() and looks_like_manifest(p, _LLAMA_INDEX_FORMAT)]
+    return manifests_in_folder(folder, _LLAMA_INDEX_FORMAT)
 
 
 class _DamagedSave(ValueError):

@@ -1316,7 +1316,7 @@ def _manifest_in_folder(folder: Path) -> Path | None:
     """
     if (folder / "config.json").is_file():
         return None
-    found = [p for p in sorted(folder.iterdir()) if p.is_file() and adapters.looks_like_manifest(p, _MANIFEST_FORMAT)]
+    found = adapters.manifests_in_folder(folder, _MANIFEST_FORMAT)
     if len(found) > 1:
         raise ValueError(
             f"{folder} holds {len(found)} KLVectorStore manifests ({', '.join(p.name for p in found)}); pass the "
