@@ -601,7 +601,10 @@ def reliability_table(prob: Any, labels: Any, n_bins: int = 10) -> list[dict[str
         {'low': 0.0, 'high': 0.5, 'n': 2, 'confidence': 0.125, 'observed': 0.5}
     """
     p, y = _check_probs(prob, labels, n_bins)
-    idx = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    # The bin whose lower edge ``b / n_bins`` is the largest not above p, compared with the same float
+    # edges the rows report: ``(p * n_bins).astype(int)`` put 15/22 in bin 14 (15/22 * 22 = 14.999...).
+    edges = np.arange(n_bins + 1) / n_bins
+    idx = np.minimum(np.searchsorted(edges, p, side="right") - 1, n_bins - 1)
     rows = []
     for b in range(n_bins):
         m = idx == b

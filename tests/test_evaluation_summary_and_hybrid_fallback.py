@@ -1,4 +1,4 @@
-"""Stop 45 follow-ups: the training CLI's evaluation summary and card, the hybrid scorer's dense fallback, the
+"""Follow-ups: the training CLI's evaluation summary and card, the hybrid scorer's dense fallback, the
 calibration benchmark's recommended threshold, ``--max-grad-norm 0``'s message and the training page's example.
 
 1. ``evaluation_summary`` and the model card's evaluation table read only the entries of the run's current

@@ -1,4 +1,4 @@
-"""Stop 45, review fixes outside the stores: an evaluator's data hash with numpy judgements, and a per-query CSV
+"""Review fixes outside the stores: an evaluator's data hash with numpy judgements, and a per-query CSV
 saved with a byte-order mark (as Excel saves one)."""
 
 from __future__ import annotations

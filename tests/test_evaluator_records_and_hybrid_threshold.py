@@ -1,4 +1,4 @@
-"""Stop 45 leftovers: evaluations that say which evaluator made them; the hybrid threshold of a dense-only model.
+"""Evaluations that say which evaluator made them; the hybrid threshold of a dense-only model.
 
 1. Each evaluation of a training run records its evaluator (``"evaluator"``: a :class:`RetrievalEvaluator`'s
    dataset, split, metric, depth and similarity; any other callable's qualified name). A ``resume`` with another

@@ -1,4 +1,4 @@
-"""Stop 43: the hybrid confidence calibrator records its BM25 stemmer; store/hybrid duplication removed."""
+"""The hybrid confidence calibrator records its BM25 stemmer; store/hybrid duplication removed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stop 46 follow-ups: LangChain ``KLEmbeddings`` takes a model by name (``model_name=`` or a str / path
+"""LangChain ``KLEmbeddings`` takes a model by name (``model_name=`` or a str / path
 as ``encoder``) and the saved store records it; the one-shot ``encode`` / ``index`` commands refuse ids
 with surrounding whitespace as ``load_beir`` and the sharded path do; the docs qualify the raw
 inner-product HNSW claim as the FAQ does."""

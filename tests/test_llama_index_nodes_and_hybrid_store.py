@@ -1,4 +1,4 @@
-"""Stop 39 audit of the LlamaIndex store and the hybrid store (tiny random encoder, ``tmp_path`` only).
+"""An audit of the LlamaIndex store and the hybrid store (tiny random encoder, ``tmp_path`` only).
 
 1. ``as_retriever()`` hid every ``TextNode`` once the store held an ``IndexNode`` its index does not list
    (an index reopened with ``from_vector_store``) or the list named a node re-inserted as a ``TextNode``;

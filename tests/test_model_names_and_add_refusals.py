@@ -1,4 +1,4 @@
-"""Stop 46: small fixes from the leftovers of stop 45, each pinned by a test that failed before."""
+"""Small fixes to model names and add refusals, each pinned by a test that failed before."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stop-45 probe fixes: a store warns when its model's weights changed, streaming encode checks every record's
+"""Probe fixes: a store warns when its model's weights changed, streaming encode checks every record's
 UTF-8 before any shard, counts records in its bar, an ONNX export without its graph says so, and per-query
 files refuse a suffix they would not honour (``.csv`` is written as CSV)."""
 

@@ -1,4 +1,4 @@
-"""Stop 46 fixes: the ONNX session flags' help per subcommand, the LangChain manifest's score direction,
+"""The ONNX session flags' help per subcommand, the LangChain manifest's score direction,
 ``add_texts`` with iterables of metadata, dict views refused with an accurate message, the torch call
 forms of ``OnnxGaussianEncoder.to`` and the FAQ's cache table."""
 

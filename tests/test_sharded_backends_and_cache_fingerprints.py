@@ -1,4 +1,4 @@
-"""Stop 46 (F5): sharded encodings, the encoding cache and datasets (probe C, findings 1-7)."""
+"""Sharded encodings, the encoding cache and datasets: fixes of a probe's findings."""
 
 from __future__ import annotations
 

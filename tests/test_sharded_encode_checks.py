@@ -1,4 +1,4 @@
-"""Stop-37 audit of sharded encodings (``kl_retrievers.sharded`` and ``kl-retrievers encode --shard-size``).
+"""Audit of sharded encodings (``kl_retrievers.sharded`` and ``kl-retrievers encode --shard-size``).
 
 Each test names the audit item it covers; every one failed before its fix.
 """

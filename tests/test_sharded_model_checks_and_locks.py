@@ -1,4 +1,4 @@
-"""Stop 46 (F8): review of the sharded encodings of b3205ab (findings 2-5; finding 1 is in
+"""A review of the sharded encodings of b3205ab (findings 2-5; finding 1 is in
 test_sharded_backends_and_cache_fingerprints).
 
 2. ``iter_encoded(encoder=)`` accepted another model on the same backend whose weights were the manifest's.

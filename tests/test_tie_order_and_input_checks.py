@@ -1,4 +1,4 @@
-"""Stop-39 audit of the scoring core, each fix with a test that fails on the previous code.
+"""Audit of the scoring core, each fix with a test that fails on the previous code.
 
 - Exactly tied documents came out in an order that depended on the path a store query took (the
   FAISS flat path gave the highest row first, HNSW / IVF the lowest, the exact path before an index

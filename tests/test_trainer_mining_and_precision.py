@@ -1,4 +1,4 @@
-"""Stop-38 training fixes: the query prefix in training, positives of a repeated query text never
+"""Training fixes: the query prefix in training, positives of a repeated query text never
 negatives, float32 full-corpus scores under bf16 autocast, seed checked, heads back on their
 device, replace=False mining depth, and a divergence check on the weights."""
 

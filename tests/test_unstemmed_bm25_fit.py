@@ -1,4 +1,4 @@
-"""Stop 43: a model folder may ship parameters fitted on unstemmed BM25 beside its stemmed ones (bundled bge does)."""
+"""A model folder may ship parameters fitted on unstemmed BM25 beside its stemmed ones (bundled bge does)."""
 
 from __future__ import annotations
 
