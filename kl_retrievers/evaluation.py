@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from kl_retrievers._config import SIMILARITIES as SIMILARITIES  # re-exported: it was defined here
 from kl_retrievers._config import model_similarity as model_similarity
+from kl_retrievers._encoding import require_modules
 from kl_retrievers._io import atomic_file
 from kl_retrievers._io import finite_json as finite_json  # re-exported: it was defined here
 from kl_retrievers.datasets import BeirDataset
@@ -129,6 +130,11 @@ def __getattr__(name: str) -> Any:
 # --------------------------------------------------------------------------------------
 
 
+def _require_ir_measures(what: str) -> None:
+    """Raise ``ModuleNotFoundError`` naming ``pip install "kl-retrievers[eval]"`` when ir_measures is missing."""
+    require_modules(what, ["ir_measures"], "eval", packages={"ir_measures": "ir-measures"})
+
+
 def _measure(name: str) -> Any:
     import ir_measures
 
@@ -164,6 +170,7 @@ def evaluate_run(
     Raises:
         ValueError: Empty qrels, an unknown metric, a grade that is not an integer (``0.5``; ``1.0``
             is taken as ``1``) or a NaN score (naming the query and document).
+        ModuleNotFoundError: ir_measures is not installed (the ``eval`` extra; the message says how).
 
     Examples:
         >>> agg, _ = evaluate_run({"q": {"a": 1}}, {"q": {"b": 2.0, "a": 1.0}}, ["ndcg@10"])
@@ -173,6 +180,7 @@ def evaluate_run(
         >>> per_query["q"]["mrr@10"]  # tied with "a", "b" ranks first
         0.5
     """
+    _require_ir_measures("evaluate_run (scoring a run)")
     import ir_measures
 
     if not qrels:
@@ -754,6 +762,10 @@ def evaluate_model(
     Returns:
         The aggregate and per-query metrics and the run.
 
+    Raises:
+        ModuleNotFoundError: ir_measures (the ``eval`` extra) is not installed; said before anything is
+            encoded, naming ``pip install "kl-retrievers[eval]"``.
+
     Examples:
         >>> result = evaluate_model(encoder, load_beir("../shared/datasets/scifact"), batch_size=64)  # doctest: +SKIP
         >>> result.aggregate["ndcg@10"]  # doctest: +SKIP
@@ -763,6 +775,7 @@ def evaluate_model(
         raise ValueError(f"similarity must be one of {SIMILARITIES}; got {similarity!r}")
     if means_only and similarity != "neg_kl":
         raise ValueError(f"means_only is an ablation of -KL; the model is ranked by {similarity!r} already")
+    _require_ir_measures("evaluate_model (scoring its run)")  # before encoding the corpus, not after
     t0 = time.perf_counter()
     q, d = encode_dataset(encoder, dataset, show_progress=show_progress, **encode_options)
     t1 = time.perf_counter()
