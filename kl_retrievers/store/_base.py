@@ -125,13 +125,19 @@ class DeleteReport:
 
 
 class _RWLock:
-    """A writer-preferring readers-writer lock, re-entrant per thread.
+    """A phase-fair readers-writer lock, re-entrant per thread.
+
+    Neither side starves: a writer that arrives while searches run waits for them, and searches
+    arriving after it wait for it; when a writer releases the lock, every reader waiting at that
+    moment is admitted (counted as reading before it wakes) ahead of the next writer. A writer-
+    preferring lock without that hand-off let a thread writing in a loop take the lock again before
+    the readers it woke ran (one search waited 5 s behind back-to-back upserts).
 
     A thread that already holds the read lock gets it again at once, even while a writer
     waits (a callable filter that reads the store during a search would otherwise block
     itself and the writer forever); the thread holding the write lock may read and write
-    again. A thread holding only the read lock cannot take the write lock: that upgrade
-    would wait for its own read to end, so it raises ``RuntimeError`` instead.
+    again, except inside :meth:`no_writes`. A thread holding only the read lock cannot take the
+    write lock: that upgrade would wait for its own read to end, so it raises ``RuntimeError`` instead.
 
     Examples:
         >>> lock = _RWLock()
@@ -139,17 +145,30 @@ class _RWLock:
         ...     pass
         >>> with lock.write(), lock.read(), lock.write():
         ...     pass
+        >>> with lock.write(), lock.no_writes(), lock.write():  # doctest: +ELLIPSIS
+        ...     pass
+        Traceback (most recent call last):
+        RuntimeError: this thread is reading the store ...
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
+        self._readers = 0  # threads reading, including those admitted by a writer's release but not yet awake
         self._writer: int | None = None  # thread ident of the writer
         self._waiting_writers = 0
-        self._local = threading.local()  # .reads: read locks this thread holds
+        self._waiting_readers = 0  # readers waiting for the current (or next) writer to release
+        self._phase = 0  # write phases ended: a waiting reader is admitted when it changes
+        self._local = threading.local()  # .reads: read locks this thread holds; .frozen: inside no_writes
 
     def _held_reads(self) -> int:
         return int(getattr(self._local, "reads", 0))
+
+    def _admit_waiting_readers(self) -> None:
+        """End the write phase: every waiting reader now reads (callers hold ``_cond``)."""
+        self._readers += self._waiting_readers
+        self._waiting_readers = 0
+        self._phase += 1
+        self._cond.notify_all()
 
     @contextmanager
     def read(self) -> Iterator[None]:
@@ -158,10 +177,22 @@ class _RWLock:
             return
         held = self._held_reads()
         with self._cond:
-            if not held:
-                while self._writer is not None or self._waiting_writers:
-                    self._cond.wait()
-            self._readers += 1
+            if held or (self._writer is None and not self._waiting_writers):
+                self._readers += 1
+            else:  # wait for the end of the current (or next) write phase, which admits this reader
+                self._waiting_readers += 1
+                phase = self._phase
+                try:
+                    while self._phase == phase:
+                        self._cond.wait()
+                except BaseException:
+                    if self._phase == phase:
+                        self._waiting_readers -= 1
+                    else:  # admitted meanwhile: leave again
+                        self._readers -= 1
+                        if not self._readers:
+                            self._cond.notify_all()
+                    raise
         self._local.reads = held + 1
         try:
             yield
@@ -175,10 +206,10 @@ class _RWLock:
     @contextmanager
     def write(self) -> Iterator[None]:
         me = threading.get_ident()
-        if self._writer == me:  # nested write in the same thread
+        if self._writer == me and not getattr(self._local, "frozen", False):  # nested write in the same thread
             yield
             return
-        if self._held_reads():
+        if self._held_reads() or self._writer == me:
             raise RuntimeError(
                 "this thread is reading the store (e.g. inside a callable filter during a search) and cannot "
                 "modify it there; modify the store after the search returns"
@@ -188,17 +219,29 @@ class _RWLock:
             try:
                 while self._writer is not None or self._readers:
                     self._cond.wait()
+            except BaseException:
+                if self._writer is None and self._waiting_writers == 1 and self._waiting_readers:
+                    self._admit_waiting_readers()  # readers held back by this interrupted wait
+                raise
             finally:
                 self._waiting_writers -= 1
-                if self._writer is None and not self._waiting_writers:
-                    self._cond.notify_all()  # readers held back by this (possibly interrupted) wait
             self._writer = me
         try:
             yield
         finally:
             with self._cond:
                 self._writer = None
-                self._cond.notify_all()
+                self._admit_waiting_readers()
+
+    @contextmanager
+    def no_writes(self) -> Iterator[None]:
+        """Inside the write lock: refuse a nested write (``RuntimeError``), e.g. from a callable filter."""
+        frozen = getattr(self._local, "frozen", False)
+        self._local.frozen = True
+        try:
+            yield
+        finally:
+            self._local.frozen = frozen
 
 
 # ------------------------------------------------------------------ input checks
@@ -578,7 +621,7 @@ class GaussianStore(ABC):
     The public methods check their arguments the same way for every backend, encode texts with
     ``encoder`` and return :class:`SearchResult` / :class:`StoredDocument` / :class:`DeleteReport`.
     A backend sets ``_dim``, implements ``ids``, ``__len__`` and the hooks ``_add_documents``,
-    ``_delete``, ``_documents``, ``_gaussians``, ``_prepare_filter`` and ``_search``, and (when it
+    ``_delete``, ``_delete_matching``, ``_documents``, ``_gaussians``, ``_prepare_filter`` and ``_search``, and (when it
     searches by the reduction of ``-KL`` to L2) ``_reduction``; a hybrid store (another score beside
     ``-KL``) would implement the same.
 
@@ -642,6 +685,11 @@ class GaussianStore(ABC):
     @abstractmethod
     def _delete(self, ids: list[str]) -> DeleteReport:
         """Delete distinct ids; report the deleted and the missing ones."""
+
+    @abstractmethod
+    def _delete_matching(self, ids: list[str] | None, filter: Any) -> DeleteReport:
+        """Delete the documents ``filter`` (from :meth:`_prepare_filter`) matches, among distinct ``ids``
+        (``None``: all), choosing and deleting them in one step; report the deleted and the missing ids."""
 
     @abstractmethod
     def _documents(self, ids: list[str]) -> list[StoredDocument]:
@@ -754,28 +802,54 @@ class GaussianStore(ABC):
         self._add_documents(new)
         return new.ids
 
-    def delete(self, ids: Sequence[str]) -> DeleteReport:
-        """Delete documents by id; unknown ids are reported (warning), never raised.
+    def delete(self, ids: Sequence[str] | None = None, *, filter: MetadataFilter | None = None) -> DeleteReport:
+        """Delete documents by id, by a metadata filter, or both; unknown ids are reported (warning), never raised.
+
+        With ``filter``, the documents to delete are chosen and deleted in one step: a ``KLStore``
+        judges each document's metadata (no text is copied) and deletes the matches under one hold of
+        its write lock, so a document upserted by another thread meanwhile is judged as it is at that
+        moment, never on metadata it no longer has. (A ``MilvusKLStore`` is atomic within its process
+        only: another process may write between its query of the matching ids and their deletion.)
 
         Args:
             ids: Ids to delete: a sequence of ``str``, or one ``str`` (one id, like
-                :meth:`get_by_ids` and :meth:`get_gaussians`).
+                :meth:`get_by_ids` and :meth:`get_gaussians`). With ``filter``: only these ids are
+                considered; ``None``: every stored document is.
+            filter: A metadata filter as :meth:`search` takes it (a dict, see
+                :mod:`kl_retrievers.filters`, or a callable ``metadata -> bool`` where the backend
+                takes one): only the documents it matches are deleted. Ids it does not match are kept
+                and reported neither deleted nor missing.
 
         Returns:
-            A :class:`DeleteReport` with the deleted and the missing ids.
+            A :class:`DeleteReport` with the deleted ids (in the order of ``ids``; without ``ids``, in the
+            backend's order: insertion order for a ``KLStore``) and the missing ones.
 
         Raises:
             TypeError: An id that is not a ``str``.
+            ValueError: Neither ``ids`` nor ``filter`` given (to delete everything, pass ``filter={}``),
+                or a malformed filter.
 
         Examples:
             >>> import numpy as np
             >>> from kl_retrievers.store import KLStore
             >>> s = KLStore()
-            >>> _ = s.add(gaussians=Gaussians(np.zeros((1, 2)), np.ones((1, 2))), ids=["a"])
+            >>> g = Gaussians(np.zeros((3, 2)), np.ones((3, 2)))
+            >>> _ = s.add(gaussians=g, ids=["a", "b", "c"], metadatas=[{"src": "x"}, {"src": "y"}, {"src": "x"}])
             >>> s.delete(["a", "zz"])
             DeleteReport(deleted=['a'], missing=['zz'])
+            >>> s.delete(filter={"src": "x"}), s.ids
+            (DeleteReport(deleted=['c'], missing=[]), ['b'])
         """
-        report = self._delete(list(dict.fromkeys(_id_list(ids))))
+        if ids is None and filter is None:
+            raise ValueError(
+                "delete needs ids, a filter, or both; got neither (to delete every document, pass filter={})"
+            )
+        id_list = None if ids is None else list(dict.fromkeys(_id_list(ids)))
+        if filter is None:
+            assert id_list is not None
+            report = self._delete(id_list)
+        else:
+            report = self._delete_matching(id_list, self._prepare_filter(filter))
         if report.missing:
             logger.warning("delete: %d id(s) not found and ignored: %s", len(report.missing), report.missing[:10])
         return report

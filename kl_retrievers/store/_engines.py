@@ -337,8 +337,14 @@ class FaissEngine(ABC):
 
     @property
     def compacts_at_once(self) -> bool:
-        """Whether tombstones are dropped at once (cheap here) rather than past ``compact_threshold``."""
-        return True
+        """Whether tombstones are dropped at once rather than past ``compact_threshold``.
+
+        Not on the flat index: a compaction rebuilds the table's id, text and metadata lists and its id
+        map, and copies every row (about 0.1 s at 200,000 documents), so a one-document upsert or delete
+        that compacted at once paid that under the write lock every time. Tombstoned rows are left out
+        of its searches by the same selector a metadata filter uses, exactly.
+        """
+        return False
 
     def prepare(self, mean: np.ndarray, var: np.ndarray) -> Any:
         """Check new rows before anything changes (``ValueError`` names a bad row); passed to :meth:`add_rows`."""

@@ -16,6 +16,9 @@ two parts behind the :class:`~kl_retrievers.store.GaussianStore` interface:
     last every row is scored in float64: :func:`kl_retrievers.gaussian.exact_top_k`'s section).
     Rankings are the float64 ones and reported scores the true ``-KL`` (query constant ``c(q)``
     included). Means and variances whose rewrite float32 cannot hold are refused, naming the row.
+    Deletions (and the old rows of upserts) are tombstones here too, left out of searches exactly
+    (the selector a metadata filter uses) and compacted as below: compacting at every one-document
+    write cost about 0.1 s at 200,000 documents under the write lock.
   * ``"hnsw"`` / ``"ivf"`` (approximate, optional ``"sq8"`` or ``"pq"`` compression): built on
     the MIPS -> L2 reduction of METHOD.md.  Every mean (queries too) is first centred on the mean
     of the document means at build time (saved as ``index_centre``), like the flat index: no score
@@ -83,7 +86,7 @@ from kl_retrievers._io import (
     load_unchanged,
     recover_dir,
 )
-from kl_retrievers.filters import MetadataFilter, compile_filter
+from kl_retrievers.filters import MetadataFilter, _ReadOnlyCall, compile_filter
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians
 from kl_retrievers.store import _format
 from kl_retrievers.store._base import (
@@ -335,6 +338,26 @@ def _normalised(name: str, value: Any) -> Any:
     return value
 
 
+def _refuse_model_name(encoder: Any) -> None:
+    """Refuse a model name or folder (a str or a path) given as ``encoder``, naming the call that loads it.
+
+    It would otherwise fail only at the first add or text search (an ``AttributeError``); the framework
+    adapters refuse one with the same words.
+
+    Examples:
+        >>> KLStore("minilm-gauss-soup")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        TypeError: got the model name or folder 'minilm-gauss-soup' where an encoder is expected: ...
+    """
+    if isinstance(encoder, (str, os.PathLike)):
+        name = os.fspath(encoder)
+        raise TypeError(
+            f"got the model name or folder {name!r} where an encoder is expected: load it with "
+            f"kl_retrievers.load_model({name!r}) and pass that as encoder, e.g. "
+            f"KLStore(encoder=load_model({name!r}))"
+        )
+
+
 class KLStore(GaussianStore):
     """A document store ranked by exact ``-KL(Q || D)`` (higher is better), served by FAISS.
 
@@ -364,7 +387,8 @@ class KLStore(GaussianStore):
         norm_headroom: ``M = norm_headroom * max ||d~||`` for the L2 reduction (>= 1).
         exact_threshold: With a filter on an approximate index, search exactly over the
             matching documents when at most this many match.
-        compact_threshold: Fraction of tombstoned rows above which the index is compacted.
+        compact_threshold: Fraction of tombstoned (deleted or replaced) rows above which the table and
+            the index are compacted, on every index type; :meth:`compact` and :meth:`save` compact at once.
         batch_size: Encoder batch size.
         show_progress_bar: Passed to the encoder when adding texts: ``False`` (default, as LangChain's and
             LlamaIndex's embedding wrappers: a server's threads print nothing) never shows its bar, ``True``
@@ -432,6 +456,7 @@ class KLStore(GaussianStore):
             },
             dim,
         )
+        _refuse_model_name(encoder)
         self.encoder = encoder
         #: The encoder a loaded store was saved with (its ``name_or_path``; ``None``: not recorded, or not loaded).
         self.saved_encoder: str | None = None
@@ -615,6 +640,34 @@ class KLStore(GaussianStore):
                 self._maybe_compact()
                 self.write_count += 1
         return DeleteReport(deleted=deleted, missing=missing)
+
+    def _delete_matching(self, ids: list[str] | None, filter: Any) -> DeleteReport:
+        """Delete what ``filter`` (a compiled predicate) matches among ``ids`` (``None``: every live document).
+
+        One hold of the write lock: each candidate's metadata is judged (through the read-only view a
+        callable filter gets; no text is copied) and the matches are deleted before any other thread
+        can write. The filter cannot modify the store (``RuntimeError``), as during a search.
+        """
+        with self._lock.write():
+            table = self._table
+            if ids is None:
+                missing: list[str] = []
+                with self._lock.no_writes():
+                    mask, _ = table.allowed(filter)
+                rows = np.flatnonzero(table.alive if mask is None else mask).tolist()
+            else:
+                missing = [doc_id for doc_id in ids if doc_id not in table.row]
+                rows = [table.row[doc_id] for doc_id in ids if doc_id in table.row]
+                if filter is not None and rows:
+                    metas = table.metas
+                    with self._lock.no_writes():
+                        if isinstance(filter, _ReadOnlyCall):
+                            answers = filter.rows(metas, table.nested, rows)
+                        else:
+                            answers = [bool(filter(metas[r])) for r in rows]
+                    rows = list(compress(rows, answers))
+            report = self._delete([table.ids[r] for r in rows])
+        return DeleteReport(deleted=report.deleted, missing=missing)
 
     def _maybe_compact(self) -> None:
         dead = self._table.dead()

@@ -1733,6 +1733,37 @@ class MilvusKLStore(GaussianStore):
                 )
         return DeleteReport(deleted=deleted, missing=[i for i in ids if i not in found])
 
+    def _delete_matching(self, ids: list[str] | None, filter: str | _LiteFilter) -> DeleteReport:
+        """Delete what the Milvus expression ``filter`` matches among ``ids`` (``None``: every stored row).
+
+        The matching ids are queried (ids only) and deleted under this client's lock, so no other
+        thread of this process writes in between; another process may (Milvus has no transaction): a row it
+        upserts between the query and the delete is deleted by id all the same.
+        """
+        with self._lock:
+            self._sync()  # dropped, or created or re-created by another client since
+            if self._dim is None:
+                return DeleteReport(deleted=[], missing=[] if ids is None else ids)
+            expr = self._resolve_filter(filter)
+            if ids is None:
+                matching = [str(r["id"]) for page in self._iter_all([], filter=expr) for r in page]
+                missing: list[str] = []
+            else:
+                found = self._fetch(ids, [])
+                missing = [i for i in ids if i not in found]
+                hits: set[str] = set()
+                present = [i for i in ids if i in found]
+                for s in range(0, len(present), _ID_BATCH):
+                    part = _id_filter(present[s : s + _ID_BATCH])
+                    hits.update(
+                        str(r["id"])
+                        for page in self._iter_all([], filter=f"({part}) and ({expr})" if expr else part)
+                        for r in page
+                    )
+                matching = [i for i in present if i in hits]
+            report = self._delete(matching)
+        return DeleteReport(deleted=report.deleted, missing=missing)
+
     # -------------------------------------------------------------- reading
     def _fetch(self, ids: list[str], fields: list[str]) -> dict[str, dict[str, Any]]:
         """The stored rows of ``ids`` (``fields`` of each) by id; unknown ids are absent."""
