@@ -369,6 +369,7 @@ class EncoderMixin:
         show_progress_bar: bool | None = None,
         convert_to: Literal["numpy", "torch"] = "numpy",
         device: Any = None,
+        **st_kwargs: Any,
     ) -> Gaussians:
         """Encode queries into Gaussians (one row per text, input order kept).
 
@@ -381,6 +382,10 @@ class EncoderMixin:
             convert_to: ``"numpy"`` or ``"torch"`` (the latter needs torch).
             device: torch backend: ``"cpu"``, ``"cuda"`` or ``"mps"`` (moves the encoder there); the ONNX
                 backend takes only ``None`` or ``"cpu"``.
+            **st_kwargs: sentence-transformers' ``encode`` keywords, handled as :meth:`encode_query` handles
+                them (``convert_to_tensor=True`` gives torch Gaussians; ``normalize_embeddings=True``,
+                ``truncate_dim``... are refused with a ``ValueError`` saying why; unknown ones raise
+                ``TypeError``).
 
         Returns:
             :class:`~kl_retrievers.gaussian.Gaussians` of float32, shape ``(len(texts), dim)``: one row per
@@ -390,6 +395,8 @@ class EncoderMixin:
         Examples:
             >>> q = encoder.encode_queries(["what is -KL?"])  # doctest: +SKIP
         """
+        if st_kwargs:
+            convert_to = _st_convert_to(st_kwargs, convert_to, role="query", method="encode_queries")
         budget = self.config.query_max_length if max_length is None else max_length
         prefix = query_prefix_of(self.config)  # e.g. bge's query instruction (config.extra["query_prefix"])
         if prefix:
@@ -405,6 +412,7 @@ class EncoderMixin:
         show_progress_bar: bool | None = None,
         convert_to: Literal["numpy", "torch"] = "numpy",
         device: Any = None,
+        **st_kwargs: Any,
     ) -> Gaussians:
         """Encode documents into Gaussians; arguments as :meth:`encode_queries`.
 
@@ -413,6 +421,8 @@ class EncoderMixin:
         Examples:
             >>> d = encoder.encode_documents(["a passage", "another passage"])  # doctest: +SKIP
         """
+        if st_kwargs:
+            convert_to = _st_convert_to(st_kwargs, convert_to, role="document", method="encode_documents")
         budget = self.config.max_length if max_length is None else max_length
         return self._encode(texts, budget, batch_size, show_progress_bar, convert_to, device, "Encoding documents")
 
@@ -568,6 +578,18 @@ _ST_WHY = {
     "pool": _NO_POOL,
     "chunk_size": _NO_POOL,
 }
+
+
+def _st_convert_to(st_kwargs: dict[str, Any], convert_to: Any, *, role: str, method: str) -> Any:
+    """``convert_to`` once sentence-transformers' keywords given to ``encode_queries`` / ``encode_documents`` are
+    read as :func:`_our_encode_args` reads them for ``encode_query`` (the same checks and messages).
+
+    Examples:
+        >>> _st_convert_to({"convert_to_tensor": True}, "numpy", role="query", method="encode_queries")
+        'torch'
+    """
+    given = {} if convert_to == "numpy" else {"convert_to": convert_to}  # "numpy" is the default
+    return _our_encode_args({**st_kwargs, **given}, role=role, method=method).get("convert_to", convert_to)
 
 
 def _our_encode_args(kwargs: dict[str, Any], *, role: str, method: str) -> dict[str, Any]:

