@@ -20,7 +20,7 @@ Examples:
     >>> from kl_retrievers.langchain import KLVectorStore
     >>> store = KLVectorStore.from_texts(["a cat sat", "tea and bread"])  # doctest: +SKIP
     >>> store.similarity_search_with_score("cat", k=1)  # doctest: +SKIP
-    [(Document(id='...', metadata={}, page_content='a cat sat'), -0.63...)]
+    [(Document(id='...', metadata={}, page_content='a cat sat'), -0.3735...)]
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ from kl_retrievers._confidence import (
     require_calibrator,
 )
 from kl_retrievers._encoding import check_texts
-from kl_retrievers._io import load_unchanged
+from kl_retrievers._io import LEFTOVER_NAME, atomic_dir, load_unchanged
 from kl_retrievers.filters import MetadataFilter
 from kl_retrievers.gaussian import (
     SCORE_DIRECTION,
@@ -162,6 +162,50 @@ def _index_folder(folder: Path, index_name: Any) -> Path:
     if index_name in (_STORE_DIR, _MANIFEST):
         raise ValueError(f"index_name {index_name!r} is taken by the files of the default index; choose another name")
     return folder / index_name
+
+
+def _carry_other_entries(folder: Path, tmp: Path) -> None:
+    """Move what else ``folder`` holds (named indexes, files of the user's) into ``tmp``, the copy replacing it.
+
+    Only the manifest and the store part are a save's own; the temporary copies of saves in progress
+    (``.NAME.tmp-*``) stay where their saves put them.
+    """
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if entry.name in (_MANIFEST, _STORE_DIR) or LEFTOVER_NAME.fullmatch(entry.name):
+            continue
+        try:
+            entry.rename(tmp / entry.name)
+        except FileNotFoundError:  # removed meanwhile (another save moved it)
+            continue
+
+
+def _explained_filter(filter: Any) -> Any:
+    """A callable ``filter`` that explains the error of one written for LangChain ``Document`` objects.
+
+    The store calls a callable filter with each document's metadata mapping, while
+    ``InMemoryVectorStore`` passes the ``Document`` itself: ``lambda d: d.metadata["k"] == v`` then
+    fails with an ``AttributeError`` on the mapping, re-raised as a ``TypeError`` that says so.
+    A dict filter (or ``None``) is returned as it is.
+    """
+    if not callable(filter) or isinstance(filter, Mapping) or getattr(filter, "_kl_explained", False):
+        return filter
+
+    def explained(metadata: Mapping[str, Any]) -> Any:
+        try:
+            return filter(metadata)
+        except AttributeError as exc:
+            if "metadata" in str(exc) or "page_content" in str(exc):
+                raise TypeError(
+                    f"the filter {getattr(filter, '__name__', filter)!r} failed with {exc}: a callable filter receives "
+                    "each document's metadata mapping, not the Document (as InMemoryVectorStore passes it): write "
+                    'it as lambda m: m["key"] == value'
+                ) from exc
+            raise
+
+    explained._kl_explained = True  # type: ignore[attr-defined]
+    return explained
 
 
 def _pack_folder(folder: Path) -> bytes:
@@ -804,6 +848,20 @@ class KLEmbeddings(Embeddings):
             raise TypeError(f"{exc}; KLEmbeddings also takes a model name or folder (a str or a path)") from None
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The state that ``copy.deepcopy`` and ``pickle`` copy: the attributes without the lock (not copyable).
+
+        The encoder is copied as it is (an encoder that cannot be pickled makes this fail, naming it).
+        """
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`__getstate__`'s state with a new lock."""
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     @property
     def encoder(self) -> Any:
         """The Gaussian encoder (the default model is loaded here on first use)."""
@@ -1297,7 +1355,7 @@ class KLVectorStore(VectorStore):
         k = _check_k(k)
         if len(self.store) == 0:
             return []
-        return self.store.search(query, k=k, filter=filter)
+        return self.store.search(query, k=k, filter=_explained_filter(filter))
 
     def _results(self, query: Gaussians, k: int, filter: MetadataFilter | None) -> list[tuple[Document, float]]:
         return [
@@ -1647,6 +1705,33 @@ class KLVectorStore(VectorStore):
         folder = _index_folder(Path(folder_path), index_name)
         if not folder.is_dir():
             raise FileNotFoundError(f"no KLVectorStore folder at {folder}")
+        call = f"{cls.__name__}.load_local(folder_path, {{embeddings}})"
+        # save_local swaps in the whole folder (manifest and store part) at once: read both from one copy
+        manifest, store, encoder = load_unchanged(
+            folder, lambda: cls._read_folder(folder, embeddings, call, mmap=mmap, verify_checksums=verify_checksums)
+        )
+        man_path, saved = folder / _MANIFEST, manifest.get("encoder")
+        if embeddings is None and saved:
+            if not isinstance(saved, str):
+                raise LangChainFormatError(f"{man_path}: the encoder must be a model name (str); got {saved!r}")
+            # the manifest's name is the one loaded (deserialize_from_bytes checked it); the store's record gives
+            # the backend it was built with (torch or ONNX) when it names the same model
+            store.saved_encoder = saved
+            try:
+                encoder = store._load_saved_encoder()
+            except ValueError as exc:
+                raise ValueError(
+                    f"cannot load the saved encoder {saved!r}: {exc}; pass embeddings= to load_local (the embeddings "
+                    "or Gaussian encoder the store was built with)"
+                ) from exc
+        rel = relevance if relevance is not None else (manifest.get("relevance") or DEFAULT_RELEVANCE)
+        return cls(encoder, store=store, relevance=rel, batch_size=int(manifest.get("batch_size") or 32))
+
+    @classmethod
+    def _read_folder(
+        cls, folder: Path, embeddings: Any | None, call: str, *, mmap: bool, verify_checksums: bool
+    ) -> tuple[dict[str, Any], KLStore, Any]:
+        """The manifest, store part and encoder of a :meth:`save_local` folder (one read; see :meth:`load_local`)."""
         man_path = folder / _MANIFEST
         if not man_path.is_file():
             found = sorted(p.name for p in folder.iterdir())
@@ -1674,25 +1759,10 @@ class KLVectorStore(VectorStore):
         if isinstance(saved, str) and saved and loads_anywhere(saved):
             hint = f"leave embeddings out to use the model the store was saved with ({saved!r}, which load_local "
             hint += "loads), or "
-        call = f"{cls.__name__}.load_local(folder_path, {{embeddings}})"
         encoder = _unwrap_encoder(embeddings, call, hint) if embeddings is not None else None
         kl_dir, where = folder / _STORE_DIR, f"the LangChain store at {folder}"  # the folder its user passed
         store = load_unchanged(kl_dir, lambda: KLStore._load_once(kl_dir, encoder, mmap, verify_checksums, where=where))
-        if encoder is None and saved:
-            if not isinstance(saved, str):
-                raise LangChainFormatError(f"{man_path}: the encoder must be a model name (str); got {saved!r}")
-            # the manifest's name is the one loaded (deserialize_from_bytes checked it); the store's record gives
-            # the backend it was built with (torch or ONNX) when it names the same model
-            store.saved_encoder = saved
-            try:
-                encoder = store._load_saved_encoder()
-            except ValueError as exc:
-                raise ValueError(
-                    f"cannot load the saved encoder {saved!r}: {exc}; pass embeddings= to load_local (the embeddings "
-                    "or Gaussian encoder the store was built with)"
-                ) from exc
-        rel = relevance if relevance is not None else (manifest.get("relevance") or DEFAULT_RELEVANCE)
-        return cls(encoder, store=store, relevance=rel, batch_size=int(manifest.get("batch_size") or 32))
+        return manifest, store, encoder
 
     def save_local(self, folder_path: str | os.PathLike[str], index_name: str = _DEFAULT_INDEX_NAME) -> Path:
         """Save to a folder (JSON, ``.npy`` and a FAISS index; no pickle anywhere).
@@ -1700,6 +1770,11 @@ class KLVectorStore(VectorStore):
         The folder holds ``langchain.json`` (format, library version, relevance, encoder name)
         and ``klstore/`` (:meth:`KLStore.save`).  A callable relevance function is not saved
         (a warning is logged); pass it again to :meth:`load_local`.
+
+        Both are written into a temporary folder that replaces the folder in one swap (anything
+        else in it, such as named indexes, is moved into the new copy): a concurrent save or
+        :meth:`load_local` of the same folder never pairs one save's documents with another's settings,
+        and a save that fails part-way leaves the previous copy whole.
 
         Args:
             folder_path: The folder.
@@ -1741,8 +1816,6 @@ class KLVectorStore(VectorStore):
                 getattr(self.relevance, "__name__", self.relevance),
                 DEFAULT_RELEVANCE,
             )
-        folder.mkdir(parents=True, exist_ok=True)
-        self.store.save(folder / _STORE_DIR)
         enc = self.store.encoder
         # the model the store part records for its documents (KLStore.save keeps the documents' model, not an
         # attached encoder known to be another one), so that load_local without embeddings loads that model
@@ -1750,18 +1823,21 @@ class KLVectorStore(VectorStore):
         name = kept.get("name_or_path") if kept is not None else None
         if enc is not None and not (isinstance(name, str) and name):
             name = str(getattr(enc, "name_or_path", ""))
-        write_manifest(
-            folder / _MANIFEST,
-            {
-                "format": _FORMAT_NAME,
-                "format_version": _FORMAT_VERSION,
-                "score_name": SCORE_NAME,
-                "score_direction": SCORE_DIRECTION,
-                "relevance": self.relevance if isinstance(self.relevance, str) else None,
-                "batch_size": self.batch_size,
-                "encoder": None if enc is None else name,
-            },
-        )
+        manifest = {
+            "format": _FORMAT_NAME,
+            "format_version": _FORMAT_VERSION,
+            "score_name": SCORE_NAME,
+            "score_direction": SCORE_DIRECTION,
+            "relevance": self.relevance if isinstance(self.relevance, str) else None,
+            "batch_size": self.batch_size,
+            "encoder": None if enc is None else name,
+        }
+        # everything is written into a temporary copy that replaces the folder at once: a concurrent save or
+        # load_local never pairs one save's documents with another's settings
+        with atomic_dir(folder) as tmp:
+            self.store.save(tmp / _STORE_DIR)
+            write_manifest(tmp / _MANIFEST, manifest)
+            _carry_other_entries(folder, tmp)
         logger.info("saved KLVectorStore (%d documents) to %s", len(self.store), folder)
         return folder
 
@@ -2070,7 +2146,7 @@ class _ConfidenceRetriever(BaseRetriever):
         flt = self._default("filter") if filter is _UNSET else filter
         # the field or search_kwargs' value is checked again too: either may have been assigned since
         floor = check_min_confidence(self._default("min_confidence") if min_confidence is _UNSET else min_confidence)
-        return kk, flt, floor, scorer
+        return kk, _explained_filter(flt), floor, scorer
 
     def _refuse_call_options(self, kwargs: dict[str, Any]) -> None:
         """Refuse per-call keywords a search does not take (``invoke(q, fliter=...)``), naming them and those it takes.
@@ -2203,8 +2279,8 @@ class KLRetriever(_ConfidenceRetriever):
 
     Examples:
         >>> retriever = KLRetriever.from_texts(["the cat sat", "tea"], k=1)  # doctest: +SKIP
-        >>> retriever.invoke("cat")[0].metadata  # doctest: +SKIP
-        {'neg_kl': -0.61, 'query_uncertainty': -0.0003, 'confidence': 0.42}
+        >>> {key: round(value, 3) for key, value in retriever.invoke("cat")[0].metadata.items()}  # doctest: +SKIP
+        {'neg_kl': -0.362, 'query_uncertainty': 0.0, 'confidence': 0.997}
         >>> KLRetriever.from_texts(["the cat sat", "tea"], min_confidence=0.9).invoke("stock prices")  # doctest: +SKIP
         []
     """

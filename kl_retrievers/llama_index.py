@@ -38,8 +38,8 @@ Examples:
     ...     [Document(text="Gaussians for retrieval")], storage_context=storage, embed_model=embed
     ... )  # doctest: +SKIP
     >>> hit = index.as_retriever(similarity_top_k=1).retrieve("retrieval")[0]  # doctest: +SKIP
-    >>> hit.score, hit.node.metadata["neg_kl"]  # exp(-KL) and -KL  # doctest: +SKIP
-    (0.71, -0.34)
+    >>> round(hit.score, 3), round(hit.node.metadata["neg_kl"], 3)  # exp(-KL) and -KL  # doctest: +SKIP
+    (0.726, -0.32)
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ import operator
 import os
 import pickle
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from enum import Enum
 from pathlib import Path
 from types import FrameType
@@ -75,6 +76,7 @@ from kl_retrievers._confidence import (
     hybrid_search,
     is_blank_query,
 )
+from kl_retrievers._io import atomic_dir, load_unchanged
 from kl_retrievers.calibration import ConfidenceCalibrator
 from kl_retrievers.gaussian import (
     SCORE_DIRECTION,
@@ -189,6 +191,11 @@ _MANIFEST_FORMAT = "kl-retrievers/llama-index-vector-store"
 _MANIFEST_VERSION = 1
 _STORE_SUFFIX = ".klstore"
 _CALIBRATOR_SUFFIX = ".calibrator.json"
+#: Inside the store folder persist writes: the copy of the manifest and the calibrator that loads read.
+_INNER_MANIFEST = "llama_index_manifest.json"
+_INNER_CALIBRATOR = "calibrator.json"
+#: Where persist has the KLStore save its files inside the temporary store folder before moving them up.
+_STAGED_STORE = "klstore-staged"
 _NAMESPACE_SEP = "__"
 _DEFAULT_NAMESPACE = "default"
 # Relative tolerance of the consistency check on d~[0] (float32 round trips stay far below it).
@@ -948,7 +955,7 @@ class KLEmbedding(BaseEmbedding):
             >>> q = embed.get_query_embedding("caffeine")  # doctest: +SKIP
             >>> d = embed.get_text_embedding_batch(["Coffee has caffeine.", "Aspirin lowers fever."])  # doctest: +SKIP
             >>> [round(embed.similarity(q, x), 2) for x in d]  # exp(-KL), as KLVectorStore scores  # doctest: +SKIP
-            [0.62, 0.35]
+            [0.77, 0.45]
         """
         if mode == SimilarityMode.DEFAULT:
             score = _kl_similarity(embedding1, embedding2)
@@ -1367,6 +1374,29 @@ def _calibrator_path(manifest_path: Path) -> Path:
     return stem.with_name(stem.name + _CALIBRATOR_SUFFIX)
 
 
+def _read_persisted(
+    store_dir: Path, encoder: Any, mmap: bool, verify_checksums: bool, *, load_calibrator: bool
+) -> tuple[dict[str, Any] | None, KLStore, ConfidenceCalibrator | None]:
+    """The copy of the manifest, the store and the calibrator in a :meth:`KLVectorStore.persist` store folder.
+
+    One read of ``store_dir`` (persist swaps it in as a whole); the manifest copy is ``None`` in a folder
+    persisted by an earlier release, and the calibrator ``None`` when the copy names none (or when
+    ``load_calibrator`` is false).
+    """
+    inner_path, inner, calibrator = store_dir / _INNER_MANIFEST, None, None
+    if inner_path.is_file():
+        inner = adapters.read_manifest(
+            inner_path, format_name=_MANIFEST_FORMAT, format_version=_MANIFEST_VERSION, what="KLVectorStore"
+        )
+        saved = inner.get("calibrator")
+        if load_calibrator and saved is not None:
+            if saved != _INNER_CALIBRATOR:
+                raise ValueError(f"{inner_path} names an invalid calibrator file {saved!r}")
+            calibrator = ConfidenceCalibrator.load(store_dir / saved)
+    store = KLStore.load(store_dir, encoder=encoder, mmap=mmap, verify_checksums=verify_checksums)
+    return inner, store, calibrator
+
+
 def _is_local_fs(fs: Any) -> bool:
     protocol = "file" if fs is None else getattr(fs, "protocol", "file")
     protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol)
@@ -1701,19 +1731,14 @@ class KLVectorStore(BasePydanticVectorStore):
         self._note_write(before, 1, kept_ids, non_text)
         return ids
 
-    def _matching_ids(self, node_ids: Sequence[str] | None, predicate: Predicate | None) -> list[str]:
-        candidates = self._store.ids if node_ids is None else [str(i) for i in dict.fromkeys(node_ids)]
-        docs = self._store.get_by_ids(candidates)
-        if predicate is None:
-            return [d.id for d in docs]
-        return [d.id for d in docs if predicate(d.metadata)]
-
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
-        """Delete every node whose ``ref_doc_id`` (source document) is ``ref_doc_id``; unknown ids are a no-op."""
+        """Delete every node whose ``ref_doc_id`` (source document) is ``ref_doc_id``; unknown ids are a no-op.
+
+        The nodes are chosen and deleted in one step of the store (no node is copied), so a node
+        upserted meanwhile under another document is never deleted.
+        """
         target = str(ref_doc_id)
-        ids = self._matching_ids(None, lambda m: str(_ref_doc_id(m)) == target)
-        if ids:
-            self._delete_ids(ids)
+        self._delete_where(None, lambda m: str(_ref_doc_id(m)) == target)
 
     def delete_nodes(
         self,
@@ -1723,25 +1748,31 @@ class KLVectorStore(BasePydanticVectorStore):
     ) -> None:
         """Delete nodes by id and / or metadata filter (both: nodes matching both); missing ids are ignored.
 
+        The nodes matching ``filters`` are chosen and deleted in one step of the store, so a node
+        upserted meanwhile with metadata that no longer matches is kept.
+
         Raises:
             ValueError: Neither ``node_ids`` nor ``filters`` given (use :meth:`clear`).
         """
         if node_ids is None and filters is None:
             raise ValueError("delete_nodes needs node_ids and/or filters; call clear() to delete every node")
-        ids = self._matching_ids(node_ids, metadata_filters_to_predicate(filters))
-        if ids:
-            self._delete_ids(ids)
+        # unknown ids are ignored, as LlamaIndex's stores do (the store's delete would warn about them)
+        ids = None if node_ids is None else [d.id for d in self._store.get_by_ids([str(i) for i in node_ids])]
+        if ids is not None and not ids:
+            return
+        predicate = metadata_filters_to_predicate(filters)
+        # filters that match everything (an empty MetadataFilters) with no node_ids: every node, as before
+        self._delete_where(ids, predicate if predicate is not None or ids is not None else {})
 
     def clear(self) -> None:
         """Delete every node (the store's settings and dimension are kept)."""
-        ids = self._store.ids
-        if ids:
-            self._delete_ids(ids)
+        self._delete_where(None, {})
 
-    def _delete_ids(self, ids: list[str]) -> None:
+    def _delete_where(self, ids: list[str] | None, where: Predicate | dict[str, Any] | None) -> None:
+        """``KLStore.delete(ids, filter=where)``: chosen and deleted under one hold of the store's lock."""
         before = self._store.write_count
         try:
-            report = self._store.delete(ids)
+            report = self._store.delete(ids, filter=where) if where is not None else self._store.delete(ids)
         except BaseException:
             with self._non_text_lock:
                 self._non_text = None
@@ -2124,8 +2155,13 @@ class KLVectorStore(BasePydanticVectorStore):
         (:meth:`~kl_retrievers.calibration.ConfidenceCalibrator.save`) to ``<name>.calibrator.json``
         and recorded in the manifest, so abstention survives a reload; a store without one records
         ``None`` (the query encoder's model's calibrator is found again after loading). The manifest
-        also records ``relevance``, ``flat_metadata`` and ``is_embedding_query``.  Everything
-        is written atomically; persisting again overwrites it.
+        also records ``relevance``, ``flat_metadata`` and ``is_embedding_query``.  The store folder
+        holds a copy of the manifest and the calibrator and is swapped into place at once (the manifest
+        and calibrator beside the folder are written after it, for LlamaIndex to find and for earlier
+        releases); :meth:`from_persist_path` reads that copy with the store and uses the manifest
+        beside it only when both come from the same persist, so a concurrent persist or load, or a
+        persist that failed part-way, never pairs one persist's nodes with another's settings.
+        Persisting again overwrites it.
         ``load_index_from_storage(StorageContext.from_defaults(persist_dir=dir))`` loads the
         store back as a :class:`KLVectorStore` (see :meth:`from_persist_path`).
 
@@ -2135,10 +2171,7 @@ class KLVectorStore(BasePydanticVectorStore):
         _check_fs(fs)
         manifest_path, store_dir = _manifest_and_store_paths(persist_path)
         manifest_path.parent.mkdir(parents=True, exist_ok=True)
-        self._store.save(store_dir)
         calibrator, calibrator_path = self._scorer.explicit, _calibrator_path(manifest_path)
-        if calibrator is not None:
-            calibrator.save(calibrator_path)
         manifest = {
             "format": _MANIFEST_FORMAT,
             "format_version": _MANIFEST_VERSION,
@@ -2150,7 +2183,24 @@ class KLVectorStore(BasePydanticVectorStore):
             "is_embedding_query": self.is_embedding_query,
             "calibrator": calibrator_path.name if calibrator is not None else None,
             "embedding_dict": {"kl-retrievers": [_NOT_A_SIMPLE_VECTOR_STORE]},
+            # the same in the copy inside the store folder: from_persist_path tells whether both come from one persist
+            "persist_id": uuid.uuid4().hex,
         }
+        # The store folder, with a copy of the manifest and the calibrator inside it, replaces the previous one in
+        # one swap. from_persist_path reads them together and uses the manifest beside the folder only when its
+        # persist_id is the copy's, so a concurrent persist or load never pairs one persist's nodes with another's
+        # settings.
+        with atomic_dir(store_dir) as tmp:
+            self._store.save(tmp / _STAGED_STORE)
+            for entry in (tmp / _STAGED_STORE).iterdir():
+                entry.rename(tmp / entry.name)
+            (tmp / _STAGED_STORE).rmdir()
+            if calibrator is not None:
+                calibrator.save(tmp / _INNER_CALIBRATOR)
+            inner = {**manifest, "calibrator": _INNER_CALIBRATOR if calibrator is not None else None}
+            adapters.write_manifest(tmp / _INNER_MANIFEST, inner)
+        if calibrator is not None:
+            calibrator.save(calibrator_path)
         adapters.write_manifest(manifest_path, manifest)
         if calibrator is None:
             calibrator_path.unlink(missing_ok=True)  # a calibrator persisted earlier no longer applies
@@ -2216,20 +2266,38 @@ class KLVectorStore(BasePydanticVectorStore):
         name = str(manifest.get("store", ""))
         if not name or Path(name).name != name:
             raise ValueError(f"{path} names an invalid store folder {name!r}")
+        store_dir = path.parent / name
+        # persist swaps in the store folder with a copy of the manifest and the calibrator inside it: read them
+        # from one copy. The manifest beside it applies when it comes from the same persist (the copy's
+        # persist_id; a folder persisted by an earlier release has no copy), else the copy does: the manifest
+        # was written by a concurrent persist, or a persist failed before writing it.
+        inner, store, inner_calibrator = load_unchanged(
+            store_dir,
+            lambda: _read_persisted(store_dir, encoder, mmap, verify_checksums, load_calibrator=calibrator is None),
+        )
+        if inner is not None and inner.get("persist_id") != manifest.get("persist_id"):
+            logger.info(
+                "%s comes from another persist than %s: using the settings persisted with the store", path, name
+            )
+            manifest = inner
         saved = manifest.get("calibrator")
         if calibrator is None and saved is not None:
-            if not isinstance(saved, str) or not saved or Path(saved).name != saved:
-                raise ValueError(f"{path} names an invalid calibrator file {saved!r}")
-            calibrator = path.parent / saved
-            if not calibrator.is_file():
-                raise FileNotFoundError(f"{path} records the calibrator {saved!r}, which is missing from {path.parent}")
+            calibrator = inner_calibrator
+            if calibrator is None:  # persisted by an earlier release: the file beside the manifest
+                if not isinstance(saved, str) or not saved or Path(saved).name != saved:
+                    raise ValueError(f"{path} names an invalid calibrator file {saved!r}")
+                calibrator = path.parent / saved
+                if not calibrator.is_file():
+                    raise FileNotFoundError(
+                        f"{path} records the calibrator {saved!r}, which is missing from {path.parent}"
+                    )
         relevance = manifest.get("relevance") or adapters.DEFAULT_RELEVANCE
         # a manifest written before the field was recorded: LlamaIndex's default, as then
         is_embedding_query = manifest.get("is_embedding_query", True)
         if not isinstance(is_embedding_query, bool):
             raise ValueError(f"{path}: 'is_embedding_query' must be true or false; got {is_embedding_query!r}")
         return cls(
-            KLStore.load(path.parent / name, encoder=encoder, mmap=mmap, verify_checksums=verify_checksums),
+            store,
             relevance=str(relevance),
             calibrator=calibrator,
             flat_metadata=bool(manifest.get("flat_metadata", False)),
@@ -2343,7 +2411,24 @@ def _default_encoder(encoder: Any) -> Any:
 def _split_documents(
     documents: Sequence[Document], transformations: Sequence[TransformComponent] | None
 ) -> list[BaseNode]:
-    """``documents`` run through ``transformations`` (default: ``SentenceSplitter()``), as ``from_defaults`` splits."""
+    """``documents`` run through ``transformations`` (default: ``SentenceSplitter()``), as ``from_defaults`` splits.
+
+    Raises:
+        TypeError: ``documents`` is a string, or holds something else than LlamaIndex ``Document`` (or node)
+            objects, e.g. plain strings.
+    """
+    if isinstance(documents, (str, bytes)) or not isinstance(documents, Iterable):
+        raise TypeError(
+            f"documents must be a list of llama_index Document objects (e.g. [Document(text=...)]); got "
+            f"{type(documents).__name__} {str(documents)[:40]!r}"
+        )
+    documents = list(documents)
+    wrong = next((d for d in documents if not isinstance(d, BaseNode)), None)
+    if wrong is not None:
+        raise TypeError(
+            f"documents must be llama_index Document objects (e.g. Document(text=...)); got a "
+            f"{type(wrong).__name__} ({str(wrong)[:40]!r}): wrap each text as Document(text=text)"
+        )
     from llama_index.core.ingestion import run_transformations
     from llama_index.core.node_parser import SentenceSplitter
 
