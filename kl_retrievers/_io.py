@@ -127,12 +127,19 @@ def parse_json_object(line: str, where: str) -> dict[str, Any]:
     """
     import json
 
+    # a JSON array (a pretty-printed one opens with "[" alone) is a common mistake: say what is read instead
+    array = (
+        "; the file must be JSON Lines (one JSON object per line), not a JSON array: convert it, e.g. "
+        "jq -c '.[]' FILE.json > FILE.jsonl"
+        if line.lstrip().startswith("[")
+        else ""
+    )
     try:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
+        raise ValueError(f"{where}: not valid JSON ({exc.msg}){array}") from None
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}{array}")
     return row
 
 
@@ -228,13 +235,19 @@ def some_names(names: list[str], shown: int = 5) -> str:
     return ", ".join(names[:shown]) + more
 
 
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def _normalise_permissions(folder: Path) -> None:
     """Give written files the usual umask-based mode (some writers create them 0600).
 
     Symbolic links are skipped: ``chmod`` would follow them and change files outside ``folder``.
     """
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = _umask()
     folder.chmod(0o777 & ~umask)
     for path in folder.rglob("*"):
         if path.is_symlink():
@@ -738,7 +751,9 @@ def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Write a file atomically: yield a temporary sibling path to write, then rename it into place.
 
     If the body raises, the temporary file is removed.  Leftovers of earlier interrupted
-    writes of this ``target`` are removed after each successful one.
+    writes of this ``target`` are removed after each successful one. The file gets the usual
+    umask-based mode (``0o666 & ~umask``, e.g. 0644), as :func:`atomic_dir`'s files do, even when the
+    body's writer created it 0600 (``safetensors``' ``save_file`` does).
 
     Examples:
         >>> import tempfile, pathlib
@@ -756,6 +771,8 @@ def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         try:
             yield tmp
+            if not tmp.is_symlink():  # chmod would follow a link the body made
+                tmp.chmod(0o666 & ~_umask())
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, final)
@@ -806,6 +823,60 @@ def is_gaussians_folder(folder: Path) -> bool:
         False
     """
     return is_gaussians_config(read_json_object(folder / "config.json"))
+
+
+def is_gaussians_file(path: Path) -> bool:
+    """Whether ``path`` is a ``.safetensors`` file that :func:`save_gaussians` wrote (its ``config`` header says so).
+
+    Examples:
+        >>> is_gaussians_file(Path("/no/such/g.safetensors"))
+        False
+    """
+    import json
+
+    try:
+        from safetensors import safe_open
+
+        with safe_open(os.fspath(path), framework="np") as fh:
+            header = fh.metadata() or {}
+        config = json.loads(header.get("config", "null"))
+    except Exception:  # not a safetensors file, unreadable, or a header that is not JSON: not ours
+        return False
+    return is_gaussians_config(config if isinstance(config, dict) else None)
+
+
+def check_replace_gaussians_file(
+    target: str | os.PathLike[str], *, overwrite: bool = False, flag: str | None = "overwrite=True"
+) -> None:
+    """Refuse to replace an existing file that does not hold saved Gaussians (:func:`check_replace_target` for files).
+
+    ``save_gaussians("X.safetensors", ...)`` may write a new path or replace an earlier save of Gaussians;
+    any other file (a model's ``model.safetensors``, a user's data) needs ``overwrite``.
+
+    Raises:
+        ValueError: ``target`` exists and is not a ``.safetensors`` file of saved Gaussians (the message
+            names it, why it is not one, and ``flag``).
+
+    Examples:
+        >>> import tempfile
+        >>> weights = Path(tempfile.mkdtemp()) / "model.safetensors"
+        >>> check_replace_gaussians_file(weights)  # a new path
+        >>> _ = weights.write_bytes(b"weights")
+        >>> check_replace_gaussians_file(weights)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: cannot save into ...model.safetensors: the file exists and does not hold saved Gaussians ...
+    """
+    path = Path(target)
+    if overwrite or (not path.exists() and not path.is_symlink()) or path.is_dir():  # a folder: atomic_file says
+        return
+    if is_gaussians_file(path):
+        return
+    raise ValueError(
+        f"cannot save into {path}: the file exists and does not hold saved Gaussians (it is not a .safetensors "
+        "file written by save_gaussians or `kl-retrievers encode`, e.g. it holds model weights); the save would "
+        "replace it. Choose a new path, or delete the file first" + (f" (or pass {flag})" if flag else "") + " to "
+        "replace it"
+    )
 
 
 def refuse_json_constant(where: str = "") -> Callable[[str], Any]:
@@ -890,12 +961,12 @@ def save_gaussians(
         ids: Optional row ids, one string per Gaussian.
         metadata: Optional JSON-ready facts (e.g. the model name); a NaN or infinite number in it
             is written as null, with a warning (files are standard JSON).
-        overwrite: Replace ``path`` even when it is a non-empty folder that does not hold saved
-            Gaussians (its files are deleted).
+        overwrite: Replace ``path`` even when it is a non-empty folder, or an existing file, that does
+            not hold saved Gaussians (its files are deleted).
 
     Raises:
-        ValueError: ``ids`` are not one string per row, or ``path`` is a non-empty folder that
-            does not hold saved Gaussians (without ``overwrite``).
+        ValueError: ``ids`` are not one string per row, or ``path`` is a non-empty folder or an
+            existing file that does not hold saved Gaussians (without ``overwrite``).
 
     Examples:
         >>> import numpy as np, tempfile, pathlib
@@ -944,6 +1015,7 @@ def save_gaussians(
     if target.suffix == ".safetensors":
         from safetensors.numpy import save_file
 
+        check_replace_gaussians_file(target, overwrite=overwrite)
         header = {"config": json.dumps(meta, allow_nan=False)}
         if ids is not None:
             header["ids"] = json.dumps(ids)

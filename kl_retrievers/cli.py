@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from kl_retrievers._io import parse_json_object, read_json_object, read_jsonl_objects
+from kl_retrievers._io import check_replace_gaussians_file, parse_json_object, read_json_object, read_jsonl_objects
 from kl_retrievers._io import row_id as _row_id  # the one id rule, shared with kl_retrievers.sharded
 from kl_retrievers._io import row_text as _row_text
 from kl_retrievers.cli_common import (  # re-exported: they were defined here
@@ -45,10 +45,13 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
 def read_texts(path: Path, field: str = "auto") -> tuple[list[str], list[str]]:
-    """Read ``(ids, texts)`` from a ``.jsonl`` file (BEIR corpus or any text field) or a text file.
+    """Read ``(ids, texts)`` from a ``.jsonl`` file (BEIR corpus or any text field), a ``.tsv`` or a text file.
 
-    ``.jsonl``, ``.ndjson`` and ``.json`` files (any case) are JSON lines, one object per line; any
-    other file gives one text per non-empty line, with ids ``"0"``, ``"1"``, ...
+    ``.jsonl``, ``.ndjson`` and ``.json`` files (any case) are JSON lines, one object per line; a
+    ``.tsv`` file holds MS MARCO-style ``id<TAB>text`` lines (a header line is skipped); a ``.csv``
+    file is refused (convert it to JSON Lines or ``.tsv``); any other file gives one text per
+    non-empty line, with ids ``"0"``, ``"1"``, ... ``field`` other than ``"auto"`` applies to JSON
+    lines only (elsewhere it is refused).
     """
     ids, texts, _ = _read_records(path, field)
     return ids, texts
@@ -65,6 +68,12 @@ def _read_records(path: Path, field: str) -> tuple[list[str], list[str], list[di
     """
     if path.is_dir():
         raise ValueError(f"{path} is a folder; {_INPUT_FILES}")
+    if str(path) == "-" and not path.exists():
+        raise ValueError(
+            "reading the input from stdin (-) is not supported; save it to a file first and pass that file (or, "
+            "for `encode`, pass the texts as arguments)"
+        )
+    _check_input_suffix(path, field)
     if path.exists() and not path.is_file():
         raise ValueError(f"{path} is not a regular file (a pipe, device or socket); save the input to a file first")
     if not path.is_file():
@@ -99,6 +108,9 @@ def _read_records(path: Path, field: str) -> tuple[list[str], list[str], list[di
                     ids.append(doc_id)
                     rows.append(row)
             return ids, texts, rows
+        if path.suffix.lower() == ".tsv":
+            ids, texts = _read_tsv(path)
+            return ids, texts, [{} for _ in texts]
         # lines as the sharded path counts them (kl_retrievers.sharded.split_records): a U+2028 or a form
         # feed inside a line does not split it, so both paths give every text the same id
         texts = [line.decode("utf-8").rstrip("\r") for line in split_records(_without_bom(1, path.read_bytes()))]
@@ -107,10 +119,79 @@ def _read_records(path: Path, field: str) -> tuple[list[str], list[str], list[di
     return [str(i) for i in range(len(texts))], texts, [{} for _ in texts]
 
 
+#: A ``.tsv`` first line whose columns are these names (any case) is a header, skipped.
+_TSV_ID_HEADERS = frozenset({"id", "_id", "pid", "docid", "doc_id", "qid"})
+_TSV_TEXT_HEADERS = frozenset({"text", "passage", "contents", "body"})
+
+
+def _check_input_suffix(path: Path, field: str) -> None:
+    """Refuse a ``.csv`` input, and ``--field`` with an input that is not JSON lines (suffixes in any case).
+
+    Examples:
+        >>> _check_input_suffix(Path("c.jsonl"), "contents"); _check_input_suffix(Path("c.TSV"), "auto")
+        >>> _check_input_suffix(Path("lines.txt"), "contents")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: --field contents: applies to JSON lines input only; lines.txt is ...
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        raise ValueError(
+            f"{path}: .csv files are not read (their quoting and columns vary); convert it to JSON Lines (one "
+            'object per line, e.g. {"_id": "d1", "text": "..."}) or to a .tsv file of id<TAB>text lines'
+        )
+    if field != "auto" and not is_jsonl_path(path):
+        what = "a .tsv file of id<TAB>text lines" if suffix == ".tsv" else "a text file, one text per line"
+        raise ValueError(
+            f"--field {field}: applies to JSON lines input only; {path} is {what}, so there is no field to choose "
+            "(drop --field, or give a .jsonl file)"
+        )
+
+
+def _read_tsv(path: Path) -> tuple[list[str], list[str]]:
+    """ids and texts of an MS MARCO-style ``.tsv`` file: ``id<TAB>text`` lines, exactly two columns each.
+
+    A first line whose columns look like a header (``id`` / ``pid`` / ... and ``text`` / ``passage`` / ...)
+    is skipped (logged at INFO level). Lines end at ``b"\\n"``, a final ``\\r`` is dropped and blank
+    lines are skipped, as in text files. A line with another number of columns, an empty or padded id or
+    a repeated id is refused, naming the line.
+    """
+    ids: list[str] = []
+    texts: list[str] = []
+    first: dict[str, int] = {}
+    seen_line = False
+    for number, whole in enumerate(_without_bom(1, path.read_bytes()).split(b"\n"), 1):
+        if not whole.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            line = whole.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start} of the line)") from None
+        columns = line.split("\t")
+        if len(columns) != 2:
+            raise ValueError(
+                f"{where}: has {len(columns)} tab-separated column{'s' if len(columns) != 1 else ''}; a .tsv input "
+                "holds id<TAB>text lines (exactly two columns, as MS MARCO's collection.tsv)"
+            )
+        if not seen_line:
+            seen_line = True
+            if columns[0].strip().lower() in _TSV_ID_HEADERS and columns[1].strip().lower() in _TSV_TEXT_HEADERS:
+                logger.info("%s: line %d (%r) is a header; skipped", path, number, line)
+                continue
+        doc_id = _row_id({"_id": columns[0]}, len(ids), where)  # the JSONL id rule: non-empty, not padded
+        if doc_id in first:
+            raise ValueError(f"{where}: duplicate id {doc_id!r} (first on line {first[doc_id]})")
+        first[doc_id] = number
+        ids.append(doc_id)
+        texts.append(columns[1])
+    return ids, texts
+
+
 #: What a file input may be (the end of the message for a folder given as one).
 _INPUT_FILES = (
     "folders are not accepted here: give one file, a .jsonl / .ndjson / .json file of JSON lines (a BEIR "
-    "corpus.jsonl, or any text field with --field) or a text file with one text per line"
+    "corpus.jsonl, or any text field with --field), a .tsv file of id<TAB>text lines or a text file with one "
+    "text per line"
 )
 
 
@@ -176,9 +257,12 @@ def _add_encode(sub: Any) -> None:
         "--input",
         "-i",
         type=Path,
-        help="a .jsonl (.ndjson, .json) file of JSON lines (BEIR corpus or --field) or a text file, one per line",
+        help="a .jsonl (.ndjson, .json) file of JSON lines (BEIR corpus or --field), a .tsv file of id<TAB>text "
+        "lines (a header line is skipped) or a text file, one text per line",
     )
-    p.add_argument("--field", default="auto", help="JSONL field with the text (default: title + text)")
+    p.add_argument(
+        "--field", default="auto", help="JSONL field with the text (default: title + text); JSON lines input only"
+    )
     p.add_argument(
         "--out",
         "-o",
@@ -189,7 +273,7 @@ def _add_encode(sub: Any) -> None:
     )
     p.add_argument("--kind", choices=("document", "query"), default="document", help="encode as documents or queries")
     p.add_argument("--model", "-m", help="a saved GaussianEncoder (path or hub id) or a bundled model name")
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32, help="texts encoded at once (default 32)")
     p.add_argument("--max-length", type=token_budget, default=None, help="token budget (default: the model's)")
     p.add_argument(
         "--device",
@@ -209,8 +293,15 @@ def _add_encode(sub: Any) -> None:
         "--shard-size", type=positive_int, default=None, help="records per shard (streaming mode; default 10000)"
     )
     g.add_argument("--backend", choices=("local", "ray"), default="local", help="run shards here or as a Ray Data job")
-    g.add_argument("--num-workers", type=positive_int, default=None, help="Ray actors (default: one per CPU, or GPU)")
-    g.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
+    g.add_argument(
+        "--num-workers",
+        type=positive_int,
+        default=None,
+        help="with --backend ray: Ray actors (default: one per CPU, or GPU)",
+    )
+    g.add_argument(
+        "--ray-address", default=None, help="with --backend ray: an existing Ray cluster (default: start a local one)"
+    )
     p.set_defaults(func=_run_encode)
 
 
@@ -222,6 +313,17 @@ def _run_encode(args: argparse.Namespace) -> int:
     if args.input is not None and args.input.is_dir():
         raise ValueError(f"--input {args.input}: is a folder; {_INPUT_FILES}")
     _check_session_flags(args, args.model_backend, device=args.device)
+    for flag, value in (("--num-workers", args.num_workers), ("--ray-address", args.ray_address)):
+        if value is not None and args.backend != "ray":
+            raise SystemExit(
+                f"{flag} applies to --backend ray only (a Ray Data job); add --backend ray, or drop {flag} "
+                f"(--backend {args.backend} ignores it)"
+            )
+    if args.field != "auto" and args.input is None and args.texts:
+        raise SystemExit(
+            f"--field {args.field}: applies to a JSON lines --input file only; positional texts are encoded as "
+            "given (drop --field)"
+        )
     if args.shard_size is not None or args.backend == "ray":
         return _run_encode_sharded(args)
     if args.input is not None:
@@ -237,6 +339,8 @@ def _run_encode(args: argparse.Namespace) -> int:
     _check_safetensors_case(args.out)
     folder = args.out.suffix != ".safetensors"
     check_output_path(args.out, "--out", folder=folder, gaussians=folder)
+    if not folder:  # an existing file is replaced only when it holds saved Gaussians (not a model's weights)
+        check_replace_gaussians_file(args.out, flag=None)
     if args.input is None:  # after the --out checks: a refused run shows only its error
         _warn_texts_naming_files(texts)
     encoder = _load_encoder(args.model, args.device, args.model_backend, **_session_kwargs(args))
@@ -316,6 +420,14 @@ def _run_encode_sharded(args: argparse.Namespace) -> int:
         raise SystemExit("streaming mode (--shard-size / --backend ray) needs --input FILE")
     if args.shard_size is not None and args.shard_size <= 0:
         raise SystemExit(f"--shard-size must be >= 1; got {args.shard_size}")
+    if str(args.input) == "-" and not args.input.exists():
+        raise ValueError("--input -: reading stdin is not supported; save the input to a file first and pass that")
+    _check_input_suffix(args.input, args.field)
+    if args.input.suffix.lower() == ".tsv":
+        raise ValueError(
+            f"--input {args.input}: streaming mode (--shard-size / --backend ray) reads JSON lines or text files, "
+            "not .tsv: convert it to JSON Lines (one object per line with _id and text), or drop --shard-size"
+        )
     if args.out.suffix.lower() == ".safetensors" and not is_encoded_shards_folder(args.out):  # (resume an old one)
         raise ValueError(
             f"--out {args.out}: streaming mode (--shard-size / --backend ray) writes a folder of shards, not a "
@@ -434,15 +546,70 @@ def _read_corpus(path: Path, field: str) -> tuple[list[str], list[str], list[dic
                 "KLStore.save(FOLDER)"
             )
         else:
+            if field != "auto":
+                raise ValueError(
+                    f"--field {field}: applies to JSON lines input only; {path} is a folder of .txt/.md files, one "
+                    "document each (drop --field, or give a .jsonl file)"
+                )
             return _read_text_folder(path)
     ids, texts, rows = _read_records(path, field)
-    metadatas = [{k: v for k, v in row.items() if k not in ("_id", "id", "text") and _json_scalar(v)} for row in rows]
-    return ids, texts, metadatas
+    return ids, texts, _rows_metadata(path, rows, field)
+
+
+def _rows_metadata(path: Path, rows: list[dict[str, Any]], field: str) -> list[dict[str, Any]]:
+    """Each JSONL row's metadata: its scalar fields but the id and the text (``text``, or the ``--field`` one).
+
+    The scalar values of a top-level ``metadata`` object (BEIR corpora have one) are flattened in; a key
+    that is also a top-level field keeps the top-level value. A store's metadata holds strings, numbers,
+    booleans and nulls only, so any other value (a list, an object) is dropped; both are warned about
+    once per file, naming the fields.
+
+    Examples:
+        >>> _rows_metadata(Path("c.jsonl"), [{"_id": "d", "text": "t", "title": "T", "metadata": {"url": "u"}}], "auto")
+        [{'title': 'T', 'url': 'u'}]
+    """
+    excluded = {"_id", "id", "text"} | ({field} if field != "auto" else set())
+    dropped: dict[str, int] = {}
+    clashes: dict[str, int] = {}
+    metadatas = []
+    for row in rows:
+        meta = {k: v for k, v in row.items() if k not in excluded and _json_scalar(v)}
+        for key, value in row.items():
+            if key in excluded or _json_scalar(value):
+                continue
+            if key != "metadata" or not isinstance(value, dict):
+                dropped[key] = dropped.get(key, 0) + 1
+                continue
+            for inner, inner_value in value.items():
+                if not _json_scalar(inner_value):
+                    dropped[f"metadata.{inner}"] = dropped.get(f"metadata.{inner}", 0) + 1
+                elif inner in row:  # a top-level field of that name wins
+                    clashes[inner] = clashes.get(inner, 0) + 1
+                else:
+                    meta[inner] = inner_value
+        metadatas.append(meta)
+    if clashes:
+        logger.warning(
+            "%s: %d 'metadata' value(s) have the name of a top-level field of their row (%s); the top-level "
+            "value is kept",
+            path,
+            sum(clashes.values()),
+            ", ".join(sorted(clashes)),
+        )
+    if dropped:
+        logger.warning(
+            "%s: %d value(s) that are not strings, numbers, booleans or null are not kept in the documents' "
+            "metadata (fields: %s); a store's metadata holds scalar values only",
+            path,
+            sum(dropped.values()),
+            ", ".join(sorted(dropped)),
+        )
+    return metadatas
 
 
 def _read_text_folder(path: Path) -> tuple[list[str], list[str], list[dict[str, Any]]]:
-    """Every .txt / .md file below ``path``, one document each, with its relative path as id."""
-    files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md") and p.is_file())
+    """Every .txt / .md file below ``path`` (suffix in any case), one document each, with its relative path as id."""
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in (".txt", ".md") and p.is_file())
     if not files:
         raise ValueError(
             f"{path} holds no corpus.jsonl and no .txt or .md files; give a folder of .txt/.md files, a BEIR "
@@ -471,8 +638,8 @@ def _add_index(sub: Any) -> None:
     p.add_argument(
         "corpus",
         type=Path,
-        help="BEIR corpus.jsonl (or a BEIR folder holding one), a JSONL file with a text field, or a folder of "
-        ".txt/.md",
+        help="BEIR corpus.jsonl (or a BEIR folder holding one), a JSONL file with a text field, a .tsv file of "
+        "id<TAB>text lines (a header line is skipped), or a folder of .txt/.md",
     )
     p.add_argument("--out", "-o", type=Path, required=True, help="store folder to write (replaced atomically)")
     p.add_argument("--index-type", choices=("flat", "hnsw", "ivf"), default="flat", help="default: flat (exact)")
@@ -480,23 +647,28 @@ def _add_index(sub: Any) -> None:
     p.add_argument(
         "--nlist",
         type=positive_int,
-        default=1024,
+        default=None,
         help="ivf: number of lists (default 1024); the index is trained once the store holds 8 x nlist documents "
         "(searches are exact until then), so choose at most documents / 8 (FAISS suggests about 4 x sqrt(documents) "
         "for large corpora)",
     )
-    p.add_argument("--nprobe", type=positive_int, default=32, help="ivf: lists probed per query (default 32)")
-    p.add_argument("--pq-m", type=positive_int, default=64, help="pq: sub-quantizers (default 64)")
-    p.add_argument("--pq-nbits", type=int, choices=(4, 8), default=8, help="pq: bits per code; 4 = SIMD fast scan")
+    p.add_argument("--nprobe", type=positive_int, default=None, help="ivf: lists probed per query (default 32)")
+    p.add_argument("--pq-m", type=positive_int, default=None, help="pq: sub-quantizers (default 64)")
+    p.add_argument(
+        "--pq-nbits", type=int, choices=(4, 8), default=None, help="pq: bits per code (default 8); 4 = SIMD fast scan"
+    )
     p.add_argument(
         "--refine", choices=("sq8", "fp16"), default=None, help="compressed indexes: re-rank the pool on these codes"
     )
     p.add_argument(
-        "--pool", type=positive_int, default=100, help="approximate indexes: candidates re-scored (default 100)"
+        "--pool",
+        type=positive_int,
+        default=None,
+        help="approximate indexes (hnsw/ivf): candidates re-scored (default 100)",
     )
     p.add_argument("--model", "-m", help="bundled model name, saved GaussianEncoder folder or hub id")
-    p.add_argument("--field", default="auto", help="JSONL text field (default: title + text)")
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--field", default="auto", help="JSONL text field (default: title + text); JSON lines input only")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="texts encoded at once (default 32)")
     p.add_argument("--device", default=None, help="cpu, cuda or mps")
     add_model_backend_argument(p, "--backend")
     add_model_session_arguments(p)
@@ -504,20 +676,65 @@ def _add_index(sub: Any) -> None:
     p.set_defaults(func=_run_index)
 
 
+#: ``index`` options that apply to some index kinds only: option, the ``--index-type`` values it applies to,
+#: and the ``--compression`` values it needs (``None``: any, or none).
+_INDEX_OPTIONS: tuple[tuple[str, tuple[str, ...], tuple[str, ...] | None], ...] = (
+    ("compression", ("hnsw", "ivf"), None),
+    ("nlist", ("ivf",), None),
+    ("nprobe", ("ivf",), None),
+    ("pool", ("hnsw", "ivf"), None),
+    ("refine", ("hnsw", "ivf"), ("sq8", "pq")),
+    ("pq_m", ("hnsw", "ivf"), ("pq",)),
+    ("pq_nbits", ("hnsw", "ivf"), ("pq",)),
+)
+
+
+def _check_index_options(args: argparse.Namespace) -> None:
+    """Refuse an ``index`` option given for an index kind it does not apply to (a usage error, exit 2).
+
+    Examples:
+        >>> ns = argparse.Namespace(index_type="flat", compression=None, nlist=None, nprobe=3, pool=None,
+        ...                         refine=None, pq_m=None, pq_nbits=None)
+        >>> _check_index_options(ns)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        SystemExit: --nprobe applies to --index-type ivf only; ...
+    """
+    for name, kinds, compressions in _INDEX_OPTIONS:
+        if getattr(args, name) is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if args.index_type not in kinds:
+            exact = " (the flat index is exact)" if args.index_type == "flat" else ""
+            raise SystemExit(
+                f"{flag} applies to --index-type {' or '.join(kinds)} only; --index-type {args.index_type}{exact} "
+                f"does not use it: drop {flag}"
+            )
+        if compressions is not None and args.compression not in compressions:
+            raise SystemExit(
+                f"{flag} applies to --compression {' or '.join(compressions)} only; got "
+                f"{'no --compression' if args.compression is None else '--compression ' + args.compression}: drop "
+                f"{flag} or add --compression {compressions[-1]}"
+            )
+
+
 def _run_index(args: argparse.Namespace) -> int:
     from kl_retrievers.index import KLStore
 
+    _check_index_options(args)
     _check_session_flags(args, args.model_backend, device=args.device)
     ids, texts, metadatas = _read_corpus(args.corpus, args.field)
     if not texts:
         raise ValueError(f"{args.corpus}: holds no documents; nothing to index")
     check_output_path(args.out, "--out", folder=True, store=True)
     encoder = _load_encoder(args.model, args.device, args.model_backend, **_session_kwargs(args))
+    given = args_subset(args, "compression", "nlist", "nprobe", "pq_m", "pq_nbits", "refine")
+    if args.pool is not None:
+        given["rescore_pool"] = args.pool
     store = KLStore(
         encoder,
-        rescore_pool=args.pool,
         show_progress_bar=not args.no_progress,
-        **args_subset(args, "index_type", "compression", "nlist", "nprobe", "pq_m", "pq_nbits", "refine", "batch_size"),
+        **args_subset(args, "index_type", "batch_size"),
+        **{name: value for name, value in given.items() if value is not None},  # the rest: the store's defaults
     )
     store.add(texts, ids=ids, metadatas=metadatas)
     store.save(args.out)
@@ -736,6 +953,10 @@ def _run_search(args: argparse.Namespace) -> int:
         )
     args.store = _kl_store_folder(args.store)
     config_file = args.store / "config.json"
+    if not args.store.exists():
+        raise FileNotFoundError(
+            f"{args.store}: no such folder; give a KL store folder (written by `kl-retrievers index` or KLStore.save)"
+        )
     if not config_file.is_file():
         if (args.store / "manifest.json").is_file():
             raise ValueError(

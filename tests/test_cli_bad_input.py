@@ -217,7 +217,7 @@ CASES: list[Case] = [
         "refine",
     ),
     # ------------------------------------------------------------------ search
-    ("search/missing-store", lambda w: ["search", str(w.root / "no-store"), "cat"], "config.json is missing"),
+    ("search/missing-store", lambda w: ["search", str(w.root / "no-store"), "cat"], "no such folder"),
     (
         "search/config-not-json",
         lambda w: ["search", w.damaged_store("nojson", lambda p: (p / "config.json").write_text("{")), "cat"],

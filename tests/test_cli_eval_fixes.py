@@ -297,7 +297,7 @@ def test_encode_numbers_text_lines_as_the_sharded_path_does(tmp_path: Path) -> N
 
     path = tmp_path / "c.txt"
     path.write_bytes("x\r\n\u00a0\nthe\x0cdog\nsea\u2028shore\n\n  \nlast".encode())
-    ids, texts, _rows = _read_records(path, "text")
+    ids, texts, _rows = _read_records(path, "auto")
     assert texts == ["x", "\u00a0", "the\x0cdog", "sea\u2028shore", "last"]
     for size in (1, 2, 10):
         shards, _info = plan_shards(path, shard_size=size)
