@@ -203,7 +203,8 @@ def plan_shards(
         The shard list and the input's identity (``{"sha256", "size", "records"}``).
 
     Raises:
-        ValueError: ``shard_size`` is not a positive integer, ``path`` is not a regular file (a pipe:
+        ValueError: ``shard_size`` is not a positive integer, ``path`` is a ``.tsv`` or ``.csv`` file (their
+            columns would be read as text lines), ``path`` is not a regular file (a pipe:
             streaming reads the file twice and seeks in it), a bad record (``FILE, line 7: no 'text'
             field ...``) or a JSONL id occurs twice (``FILE, line 4: duplicate id 'x' (first on line 1)``).
         FileNotFoundError: ``path`` does not exist.
@@ -224,6 +225,11 @@ def _plan(
     size = check_k(shard_size, "shard_size")
     source = Path(path)
     _check_input_file(source)
+    if source.suffix.lower() in (".tsv", ".csv"):  # read as text lines, the id column would end up in each text
+        raise ValueError(
+            f"{source}: sharded encoding reads JSON Lines or text files (one text per line), not "
+            f"{source.suffix.lower()}: convert it to JSON Lines (one object per line with _id and text)"
+        )
     digest = hashlib.sha256()
     shard_digest = hashlib.sha256()
     digests: list[str] = []

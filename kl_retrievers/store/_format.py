@@ -384,9 +384,9 @@ def warn_if_other_weights(
     if recorded != now:
         log.warning(
             "%s was indexed with encoder weights SHA-256 %s, but the encoder %r now has weights SHA-256 %s (the "
-            "model was retrained or replaced since): search results will be wrong until its documents are "
-            "re-indexed with this encoder into a new (or emptied) store; adding them again to this one keeps the "
-            "old record",
+            "store's documents were encoded with another model, or this model was retrained or replaced since): "
+            "search results will be wrong until its documents are re-indexed with this encoder into a new (or "
+            "emptied) store; adding them again to this one keeps the old record",
             where,
             recorded,
             name,
