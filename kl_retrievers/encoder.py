@@ -1,10 +1,14 @@
 """The Gaussian encoder: one transformer that maps a text to a diagonal Gaussian.
 
-Design (Zamani and Bendersky, SIGIR 2023, section 4.1): the input is
-``[CLS] [VAR] text [SEP]`` with a new special token ``[VAR]``; the mean is a linear map
-of the pooled representation (``[CLS]``, or the mean of the token states for backbones
-trained that way), and the variance is ``max(softplus_beta(W_S h_[VAR]), floor)``.
-Queries and documents share the encoder.
+The mean is a linear map of the pooled representation and the variance is
+``max(softplus_beta(W_S h), floor)``; queries and documents share the encoder. In the default
+model (``minilm-gauss-soup``: ``"pooling": "mean"``, ``"var_token": false``) the input is
+``[CLS] text [SEP]``, the pooled representation is the masked mean of the token states and the
+variance head reads the same mean-pooled states. As an option, the paper's design (Zamani and
+Bendersky, SIGIR 2023, section 4.1; ``var_token: true``, as in ``minilm-gauss-zs``, and the
+defaults of :class:`GaussianEncoderConfig`) inserts a new special token, input
+``[CLS] [VAR] text [SEP]``, and reads the variance from the ``[VAR]`` state; ``pooling: "cls"``
+pools the ``[CLS]`` state. See docs/concepts.md ("The representation").
 
 Examples:
     >>> from kl_retrievers import GaussianEncoder

@@ -763,6 +763,8 @@ def evaluate_model(
         The aggregate and per-query metrics and the run.
 
     Raises:
+        ValueError: An unknown metric or ``similarity``, ``k`` below 1 or empty qrels; said before anything
+            is encoded.
         ModuleNotFoundError: ir_measures (the ``eval`` extra) is not installed; said before anything is
             encoded, naming ``pip install "kl-retrievers[eval]"``.
 
@@ -776,6 +778,12 @@ def evaluate_model(
     if means_only and similarity != "neg_kl":
         raise ValueError(f"means_only is an ablation of -KL; the model is ranked by {similarity!r} already")
     _require_ir_measures("evaluate_model (scoring its run)")  # before encoding the corpus, not after
+    unknown = [name for name in metrics if name not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric {unknown[0]!r}; choose from {sorted(METRICS)}")
+    k = check_k(k)
+    if not dataset.qrels:
+        raise ValueError(f"{dataset.path} ({dataset.split}): qrels are empty: nothing to evaluate")
     t0 = time.perf_counter()
     q, d = encode_dataset(encoder, dataset, show_progress=show_progress, **encode_options)
     t1 = time.perf_counter()

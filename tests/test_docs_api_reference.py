@@ -61,6 +61,27 @@ def test_roles_become_code_linked_to_documented_targets() -> None:
     assert "<code>ValueError</code>" in out and 'identifier="ValueError"' not in out
 
 
+def test_a_bare_name_does_not_link_to_a_member_of_another_class() -> None:
+    """A bare name matches by its ending only a module-level object (Sphinx searches suffixes for ``.name``)."""
+    page = (
+        '<div class="doc doc-object doc-module"><h2 id="pkg.a" class="doc doc-heading">a</h2>'
+        '<div class="doc doc-object doc-class"><h3 id="pkg.a.Store" class="doc doc-heading">Store</h3>'
+        '<div class="doc doc-object doc-function"><h4 id="pkg.a.Store.load" class="doc doc-heading">load</h4>'
+        "<p>Sets :attr:<code>saved_encoder</code>; see :func:<code>helper</code>.</p></div></div></div>"
+        '<div class="doc doc-object doc-module"><h2 id="pkg.b" class="doc doc-heading">b</h2>'
+        '<div class="doc doc-object doc-class"><h3 id="pkg.b.Other" class="doc doc-heading">Other</h3>'
+        '<div class="doc doc-object doc-attribute">'
+        '<h4 id="pkg.b.Other.saved_encoder" class="doc doc-heading">saved_encoder</h4></div></div>'
+        '<div class="doc doc-object doc-function"><h3 id="pkg.b.helper" class="doc doc-heading">helper</h3></div>'
+        "</div>"
+    )
+    out = _hooks().sphinx_roles(page)
+    # another class's attribute of that name is not what Store.load means: plain code, as Sphinx shows it
+    assert "<code>saved_encoder</code>" in out and 'identifier="pkg.b.Other.saved_encoder"' not in out, out
+    # a module-level object of another documented module is still found by its name
+    assert '<autoref identifier="pkg.b.helper" optional><code>helper</code></autoref>' in out, out
+
+
 def test_the_hook_leaves_other_html_alone_and_is_registered() -> None:
     hooks = _hooks()
     plain = "<p>ratio: 3:1 and <code>a:b:</code>, :class: without code</p><pre><code>:class:`X`</code></pre>"
@@ -82,18 +103,53 @@ def _directives() -> dict[str, list[str] | None]:
 
 DIRECTIVES = _directives()
 
+#: Public modules the API reference need not cover, and why. Every other module of ``kl_retrievers._SUBMODULES``
+#: (and the store backends) is checked, so a new public module needs an entry or a reason here.
+EXEMPT_MODULES = {
+    "kl_retrievers.cli": "the command line; docs/cli.md documents it",
+    "kl_retrievers.cli_common": "argument helpers shared by the command line's subcommands",
+    "kl_retrievers.evaluate_cli": "the evaluate subcommand (docs/cli.md)",
+    "kl_retrievers.onnx_cli": "the kl-retrievers-onnx command (docs/onnx.md)",
+}
 
-def _public_modules() -> list[str]:
-    modules = ["kl_retrievers"]
-    for path in DIRECTIVES:
+
+def _public_modules() -> list[Any]:
+    """``kl_retrievers``, its public submodules and the store backends, as parameters; a module whose optional
+    extra is not installed (langchain, llama-index, torch) is a skipped parameter, as ``importorskip`` would."""
+    import kl_retrievers
+
+    names = ["kl_retrievers", *(f"kl_retrievers.{name}" for name in sorted(kl_retrievers._SUBMODULES))]
+    names += ["kl_retrievers.store.faiss", "kl_retrievers.store.milvus"]
+    params: list[Any] = []
+    for module in names:
+        if module in EXEMPT_MODULES:
+            continue
         try:
-            if isinstance(importlib.import_module(path), ModuleType):
-                modules.append(path)
-        except ModuleNotFoundError as err:
-            if err.name is not None and err.name.startswith("kl_retrievers"):
-                continue  # kl_retrievers.save_gaussians: a function's directive, not a module
-            raise
-    return modules
+            importlib.import_module(module)
+        except ImportError as err:
+            if err.name is not None and err.name.split(".")[0] == "kl_retrievers":
+                raise  # a broken module of this package, not a missing extra
+            reason = f"an optional extra is not installed: {err}"
+            params.append(pytest.param(module, marks=pytest.mark.skip(reason=reason)))
+            continue
+        params.append(module)
+    return params
+
+
+def _constants_table(api: str) -> dict[str, set[str]]:
+    """Module -> the names the "Constants and type aliases" table of ``api`` lists under it (its Module column)."""
+    table = api.split("## Constants and type aliases", 1)[-1].split(":::", 1)[0]
+    listed: dict[str, set[str]] = {}
+    for line in table.splitlines():
+        if not line.startswith("| `"):
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for module in re.findall(r"`([^`]+)`", cells[1]):
+            listed.setdefault(module, set()).update(re.findall(r"`([^`]+)`", cells[0]))
+    return listed
+
+
+CONSTANTS = _constants_table(API)
 
 
 def _rendered(module: str, name: str, obj: Any) -> bool:
@@ -113,16 +169,41 @@ def _rendered(module: str, name: str, obj: Any) -> bool:
     return False
 
 
-def _mentioned(name: str) -> bool:
-    return re.search(rf"`[^`\n]*(?<![\w.]){re.escape(name)}(?!\w)[^`\n]*`", API) is not None
-
-
 @pytest.mark.parametrize("module", _public_modules())
 def test_every_public_name_has_an_api_reference_entry(module: str) -> None:
-    """Each name in a public module's ``__all__`` is rendered by a ``:::`` directive or named in docs/api.md."""
+    """Each name in a public module's ``__all__`` is rendered by a ``:::`` directive or is a row of the constants
+    table whose Module column names that module."""
     mod = importlib.import_module(module)
-    missing = [name for name in mod.__all__ if not (_rendered(module, name, getattr(mod, name)) or _mentioned(name))]
+    listed = CONSTANTS.get(module, set())
+    missing = [name for name in mod.__all__ if not (_rendered(module, name, getattr(mod, name)) or name in listed)]
     assert not missing, f"{module}.__all__ names with no entry in docs/api.md: {missing}"
+
+
+def test_a_name_in_prose_or_under_another_module_is_not_an_entry() -> None:
+    api = (
+        "Use `kl_retrievers.x.LIMIT` with care.\n\n## Constants and type aliases\n\n| Name | Module | What |\n"
+        "| --- | --- | --- |\n| `A`, `B` | `pkg.one`, `pkg.two` | Two (`C` in the text). |\n| `D` | `pkg.two` | d |\n\n"
+        "::: pkg.one\n\n| `E` | `pkg.one` | after the reference: not the table |\n"
+    )
+    assert _constants_table(api) == {"pkg.one": {"A", "B"}, "pkg.two": {"A", "B", "D"}}
+
+
+def test_the_module_list_comes_from_the_package_and_skips_a_missing_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every public submodule is checked (not only those with a directive), and the file still collects on an
+    install without the langchain / llama-index extras: their modules become skipped parameters."""
+    import kl_retrievers
+
+    for extra in [m for m in sys.modules if m.split(".")[0] in ("langchain_core", "llama_index")] + ["langchain_core"]:
+        monkeypatch.setitem(sys.modules, extra, None)  # the extras and their imported submodules: not installed
+    for module in ("kl_retrievers.langchain", "kl_retrievers.llama_index"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    params = _public_modules()
+    skipped = {p.values[0]: p.marks[0].kwargs["reason"] for p in params if not isinstance(p, str)}
+    assert set(skipped) == {"kl_retrievers.langchain", "kl_retrievers.llama_index"}, skipped
+    assert "langchain" in skipped["kl_retrievers.langchain"], skipped
+    checked = {p for p in params if isinstance(p, str)} | set(skipped) | set(EXEMPT_MODULES)
+    assert {f"kl_retrievers.{name}" for name in kl_retrievers._SUBMODULES} <= checked
+    assert {"kl_retrievers.training", "kl_retrievers.runs", "kl_retrievers.store.milvus"} <= checked
 
 
 def test_the_constants_named_by_the_probe_are_listed() -> None:
@@ -156,6 +237,21 @@ def test_getting_started_names_encoder_attributes_that_exist() -> None:
     assert folder is not None
     onnx_config = json.loads((folder / "config.json").read_text())
     assert re.fullmatch(r"[0-9a-f]{64}", onnx_config["onnx"]["encoder"]["backbone_sha256"])
+
+
+def test_getting_started_identity_block_runs_where_the_default_backend_is_torch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The block printing the identities runs on a CUDA machine too, where ``load_default_model()`` is torch."""
+    import kl_retrievers.pretrained as pretrained
+
+    monkeypatch.setattr(pretrained, "_cuda_available", lambda: True)
+    assert pretrained.default_backend() == "torch"  # as on a machine with a CUDA GPU (torch installed)
+    text = (REPO / "docs" / "getting-started.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "backbone_sha256" in b)
+    namespace: dict[str, Any] = {}
+    exec(compile("from kl_retrievers import load_default_model\n" + block, "getting-started.md", "exec"), namespace)
+    assert re.fullmatch(r"[0-9a-f]{64}", namespace["encoder"].config.encoder["backbone_sha256"])
 
 
 def test_concepts_describe_the_default_architecture() -> None:

@@ -1028,6 +1028,8 @@ class RetrievalEvaluator:
 
     Raises:
         ValueError: An unknown ``metric`` or ``similarity``, ``k`` or ``batch_size`` below 1.
+        ModuleNotFoundError: ir_measures (the ``eval`` extra) is not installed; the message names
+            ``pip install "kl-retrievers[eval]"``.
 
     Examples:
         >>> evaluator = RetrievalEvaluator("../shared/datasets/scifact", split="test")  # doctest: +SKIP
@@ -1055,9 +1057,10 @@ class RetrievalEvaluator:
         show_progress: bool = False,
     ) -> None:
         from kl_retrievers.datasets import BeirDataset, load_beir
-        from kl_retrievers.evaluation import METRICS, SIMILARITIES
+        from kl_retrievers.evaluation import METRICS, SIMILARITIES, _require_ir_measures
         from kl_retrievers.gaussian import check_k
 
+        _require_ir_measures("RetrievalEvaluator (scoring each evaluation)")  # now, not at the first evaluation
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {sorted(METRICS)}; got {metric!r}")
         if similarity is not None and similarity not in SIMILARITIES:
