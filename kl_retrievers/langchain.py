@@ -87,7 +87,7 @@ from kl_retrievers._confidence import (
     require_calibrator,
 )
 from kl_retrievers._encoding import check_texts
-from kl_retrievers._io import LEFTOVER_NAME, atomic_dir, load_unchanged
+from kl_retrievers._io import atomic_dir, load_unchanged
 from kl_retrievers.filters import MetadataFilter
 from kl_retrievers.gaussian import (
     SCORE_DIRECTION,
@@ -131,6 +131,10 @@ _FORMAT_NAME = "kl-retrievers/langchain-klvectorstore"
 _FORMAT_VERSION = 1
 _MANIFEST = "langchain.json"
 _STORE_DIR = "klstore"
+#: Inside ``klstore/``: the copy of the manifest that save_local swaps in with the store (see load_local).
+_INNER_MANIFEST = "langchain_manifest.json"
+#: Where save_local has the KLStore save its files inside the temporary store folder before moving them up.
+_STAGED_STORE = "klstore-staged"
 #: ``index_name`` of :meth:`KLVectorStore.save_local` / :meth:`~KLVectorStore.load_local` that means the folder itself.
 _DEFAULT_INDEX_NAME = "index"
 
@@ -164,21 +168,17 @@ def _index_folder(folder: Path, index_name: Any) -> Path:
     return folder / index_name
 
 
-def _carry_other_entries(folder: Path, tmp: Path) -> None:
-    """Move what else ``folder`` holds (named indexes, files of the user's) into ``tmp``, the copy replacing it.
+def _is_document_attribute_error(exc: AttributeError, metadata: Mapping[str, Any]) -> bool:
+    """Whether ``exc`` is the lookup of a ``Document``'s ``metadata`` / ``page_content`` on ``metadata`` itself.
 
-    Only the manifest and the store part are a save's own; the temporary copies of saves in progress
-    (``.NAME.tmp-*``) stay where their saves put them.
+    Only that lookup is explained: an ``AttributeError`` raised elsewhere in the filter (or raised by
+    hand) is the user's own.  Python 3.10+ records the object and the name (``exc.obj``, ``exc.name``);
+    an error without them is recognised by its message only when it names the mapping's type.
     """
-    if not folder.is_dir():
-        return
-    for entry in folder.iterdir():
-        if entry.name in (_MANIFEST, _STORE_DIR) or LEFTOVER_NAME.fullmatch(entry.name):
-            continue
-        try:
-            entry.rename(tmp / entry.name)
-        except FileNotFoundError:  # removed meanwhile (another save moved it)
-            continue
+    names = ("metadata", "page_content")
+    if not hasattr(exc, "obj"):  # pragma: no cover - not on the supported Pythons (3.10+)
+        return any(f"{type(metadata).__name__!r} object has no attribute {n!r}" == str(exc) for n in names)
+    return exc.obj is metadata and exc.name in names
 
 
 def _explained_filter(filter: Any) -> Any:
@@ -196,7 +196,7 @@ def _explained_filter(filter: Any) -> Any:
         try:
             return filter(metadata)
         except AttributeError as exc:
-            if "metadata" in str(exc) or "page_content" in str(exc):
+            if _is_document_attribute_error(exc, metadata):
                 raise TypeError(
                     f"the filter {getattr(filter, '__name__', filter)!r} failed with {exc}: a callable filter receives "
                     "each document's metadata mapping, not the Document (as InMemoryVectorStore passes it): write "
@@ -224,7 +224,9 @@ def _pack_folder(folder: Path) -> bytes:
 
 
 #: The entries :func:`_pack_folder` writes for a :meth:`KLVectorStore.save_local` folder (its folder too).
-_ARCHIVE_NAMES = frozenset({_MANIFEST, _STORE_DIR} | {f"{_STORE_DIR}/{n}" for n in (_STORE_CONFIG, *_STORE_FILES)})
+_ARCHIVE_NAMES = frozenset(
+    {_MANIFEST, _STORE_DIR} | {f"{_STORE_DIR}/{n}" for n in (_STORE_CONFIG, *_STORE_FILES, _INNER_MANIFEST)}
+)
 #: Unpacked bytes always allowed, and the most allowed per archive byte beyond that: the arrays and the
 #: index are stored uncompressed, and only the JSON files are deflated.
 _UNPACK_FLOOR = 64 << 20
@@ -1677,6 +1679,12 @@ class KLVectorStore(VectorStore):
     ) -> KLVectorStore:
         """Load a folder written by :meth:`save_local` (never unpickles anything).
 
+        ``klstore/`` is read with the copy of the manifest that :meth:`save_local` put inside it;
+        ``langchain.json`` applies when its ``save_id`` is the copy's (so a hand edit that keeps the
+        ``save_id`` applies), else the copy does (a concurrent save, a save that failed part-way, or an
+        edited ``langchain.json`` without the ``save_id``). A folder saved by an earlier release (no copy)
+        loads with its ``langchain.json``.
+
         Args:
             folder_path: The folder.
             embeddings: A :class:`KLEmbeddings`, Gaussian encoder or LangChain ``Embeddings``;
@@ -1706,9 +1714,8 @@ class KLVectorStore(VectorStore):
         if not folder.is_dir():
             raise FileNotFoundError(f"no KLVectorStore folder at {folder}")
         call = f"{cls.__name__}.load_local(folder_path, {{embeddings}})"
-        # save_local swaps in the whole folder (manifest and store part) at once: read both from one copy
-        manifest, store, encoder = load_unchanged(
-            folder, lambda: cls._read_folder(folder, embeddings, call, mmap=mmap, verify_checksums=verify_checksums)
+        manifest, store, encoder = cls._read_folder(
+            folder, embeddings, call, mmap=mmap, verify_checksums=verify_checksums
         )
         man_path, saved = folder / _MANIFEST, manifest.get("encoder")
         if embeddings is None and saved:
@@ -1731,9 +1738,17 @@ class KLVectorStore(VectorStore):
     def _read_folder(
         cls, folder: Path, embeddings: Any | None, call: str, *, mmap: bool, verify_checksums: bool
     ) -> tuple[dict[str, Any], KLStore, Any]:
-        """The manifest, store part and encoder of a :meth:`save_local` folder (one read; see :meth:`load_local`)."""
-        man_path = folder / _MANIFEST
-        if not man_path.is_file():
+        """The manifest, store part and encoder of a :meth:`save_local` folder (see :meth:`load_local`).
+
+        ``klstore/`` is read once, with the copy of the manifest inside it (save_local swaps it in as a
+        whole). The ``langchain.json`` beside it applies when it comes from the same save (its ``save_id``
+        is the copy's) or the folder has no copy (saved by an earlier release); else the copy applies: the
+        manifest beside it was written by a concurrent save, a save failed before writing it, or it was
+        edited by hand without its ``save_id``.
+        """
+        man_path, kl_dir = folder / _MANIFEST, folder / _STORE_DIR
+        inner_path = kl_dir / _INNER_MANIFEST
+        if not man_path.is_file() and not inner_path.is_file():
             found = sorted(p.name for p in folder.iterdir())
             hint = ""
             if "config.json" in found and "documents.jsonl" in found:
@@ -1747,22 +1762,37 @@ class KLVectorStore(VectorStore):
             raise LangChainFormatError(
                 f"{folder} was not written by KLVectorStore.save_local (no {_MANIFEST}; found {found[:8]}).{hint}"
             )
-        manifest = read_manifest(
-            man_path,
-            format_name=_FORMAT_NAME,
-            format_version=_FORMAT_VERSION,
-            what="KLVectorStore",
-            error=LangChainFormatError,
-        )
-        saved = manifest.get("encoder")
+
+        def read(path: Path) -> dict[str, Any]:
+            return read_manifest(
+                path,
+                format_name=_FORMAT_NAME,
+                format_version=_FORMAT_VERSION,
+                what="KLVectorStore",
+                error=LangChainFormatError,
+            )
+
+        outer = read(man_path) if man_path.is_file() else None
+        saved = (outer or {}).get("encoder")
         hint = ""  # a name given as embeddings: the model the store records loads when they are left out
         if isinstance(saved, str) and saved and loads_anywhere(saved):
             hint = f"leave embeddings out to use the model the store was saved with ({saved!r}, which load_local "
             hint += "loads), or "
         encoder = _unwrap_encoder(embeddings, call, hint) if embeddings is not None else None
-        kl_dir, where = folder / _STORE_DIR, f"the LangChain store at {folder}"  # the folder its user passed
-        store = load_unchanged(kl_dir, lambda: KLStore._load_once(kl_dir, encoder, mmap, verify_checksums, where=where))
-        return manifest, store, encoder
+        where = f"the LangChain store at {folder}"  # the folder its user passed
+
+        def read_store() -> tuple[dict[str, Any] | None, KLStore]:
+            inner = read(inner_path) if inner_path.is_file() else None
+            return inner, KLStore._load_once(kl_dir, encoder, mmap, verify_checksums, where=where)
+
+        # save_local swaps in klstore/ with the copy of the manifest inside it: read both from one copy
+        inner, store = load_unchanged(kl_dir, read_store)
+        if inner is not None and (outer is None or outer.get("save_id") != inner.get("save_id")):
+            logger.info("%s comes from another save than %s: using the settings saved with the store", man_path, kl_dir)
+            return inner, store, encoder
+        if outer is None:  # the copy vanished meanwhile: klstore/ was replaced by an earlier release's save
+            raise LangChainFormatError(f"{folder} was not written by KLVectorStore.save_local (no {_MANIFEST})")
+        return outer, store, encoder
 
     def save_local(self, folder_path: str | os.PathLike[str], index_name: str = _DEFAULT_INDEX_NAME) -> Path:
         """Save to a folder (JSON, ``.npy`` and a FAISS index; no pickle anywhere).
@@ -1771,10 +1801,13 @@ class KLVectorStore(VectorStore):
         and ``klstore/`` (:meth:`KLStore.save`).  A callable relevance function is not saved
         (a warning is logged); pass it again to :meth:`load_local`.
 
-        Both are written into a temporary folder that replaces the folder in one swap (anything
-        else in it, such as named indexes, is moved into the new copy): a concurrent save or
-        :meth:`load_local` of the same folder never pairs one save's documents with another's settings,
-        and a save that fails part-way leaves the previous copy whole.
+        ``klstore/`` is written with a copy of the manifest inside it (``langchain_manifest.json``,
+        ignored by earlier releases) into a temporary folder that replaces it in one swap; then
+        ``langchain.json`` is written with the same random ``save_id``. Nothing else in the folder
+        (named indexes, files of yours) is moved, replaced or changed. :meth:`load_local` uses
+        ``langchain.json`` only when its ``save_id`` is the copy's, so a concurrent save or load of
+        the same folder never pairs one save's documents with another's settings, and a save that
+        fails part-way leaves the previous copy whole.
 
         Args:
             folder_path: The folder.
@@ -1806,6 +1839,7 @@ class KLVectorStore(VectorStore):
             folder.is_dir()
             and any(folder.iterdir())
             and not (folder / _MANIFEST).is_file()
+            and not (folder / _STORE_DIR / _INNER_MANIFEST).is_file()  # a save that failed before langchain.json
             and not all(p.is_dir() and (p / _MANIFEST).is_file() for p in folder.iterdir())
         ):
             raise ValueError(f"{folder} is not empty and was not written by KLVectorStore.save_local; refusing")
@@ -1831,13 +1865,19 @@ class KLVectorStore(VectorStore):
             "relevance": self.relevance if isinstance(self.relevance, str) else None,
             "batch_size": self.batch_size,
             "encoder": None if enc is None else name,
+            # the same in the copy inside klstore/: load_local tells whether both come from one save
+            "save_id": uuid.uuid4().hex,
         }
-        # everything is written into a temporary copy that replaces the folder at once: a concurrent save or
-        # load_local never pairs one save's documents with another's settings
-        with atomic_dir(folder) as tmp:
-            self.store.save(tmp / _STORE_DIR)
-            write_manifest(tmp / _MANIFEST, manifest)
-            _carry_other_entries(folder, tmp)
+        # Only klstore/, with a copy of the manifest inside it, is swapped in (at once); langchain.json is written
+        # after it. The folder's other entries (named indexes, the user's files) are never touched.
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_dir(folder / _STORE_DIR) as tmp:
+            self.store.save(tmp / _STAGED_STORE)
+            for entry in (tmp / _STAGED_STORE).iterdir():
+                entry.rename(tmp / entry.name)
+            (tmp / _STAGED_STORE).rmdir()
+            write_manifest(tmp / _INNER_MANIFEST, manifest)
+        write_manifest(folder / _MANIFEST, manifest)
         logger.info("saved KLVectorStore (%d documents) to %s", len(self.store), folder)
         return folder
 
@@ -1857,6 +1897,9 @@ class KLVectorStore(VectorStore):
         """
         with tempfile.TemporaryDirectory(prefix="klvectorstore-") as tmp:
             folder = self.save_local(Path(tmp) / "store")
+            # a private copy that no other save touches: the manifest copy is not needed (and earlier releases'
+            # deserialize_from_bytes refuse the entry)
+            (folder / _STORE_DIR / _INNER_MANIFEST).unlink()
             return _pack_folder(folder)
 
     @classmethod
@@ -1913,6 +1956,7 @@ class KLVectorStore(VectorStore):
             _unpack_archive(data, folder)
             if embeddings is None:
                 _check_saved_encoder_is_bundled(folder / _MANIFEST)
+                _check_saved_encoder_is_bundled(folder / _STORE_DIR / _INNER_MANIFEST)
             try:
                 return cls.load_local(folder, embeddings, mmap=False, **kwargs)
             except StoreFormatError as exc:

@@ -2160,7 +2160,8 @@ class KLVectorStore(BasePydanticVectorStore):
         and calibrator beside the folder are written after it, for LlamaIndex to find and for earlier
         releases); :meth:`from_persist_path` reads that copy with the store and uses the manifest
         beside it only when both come from the same persist, so a concurrent persist or load, or a
-        persist that failed part-way, never pairs one persist's nodes with another's settings.
+        persist that failed part-way, never pairs one persist's nodes with another's settings (a manifest
+        edited by hand applies only while it keeps the copy's ``persist_id``; else the copy's settings do).
         Persisting again overwrites it.
         ``load_index_from_storage(StorageContext.from_defaults(persist_dir=dir))`` loads the
         store back as a :class:`KLVectorStore` (see :meth:`from_persist_path`).
@@ -2414,10 +2415,15 @@ def _split_documents(
     """``documents`` run through ``transformations`` (default: ``SentenceSplitter()``), as ``from_defaults`` splits.
 
     Raises:
-        TypeError: ``documents`` is a string, or holds something else than LlamaIndex ``Document`` (or node)
-            objects, e.g. plain strings.
+        TypeError: ``documents`` is a string, a mapping or a single ``Document`` (not in a list), or holds
+            something else than LlamaIndex ``Document`` (or node) objects, e.g. plain strings.
     """
-    if isinstance(documents, (str, bytes)) or not isinstance(documents, Iterable):
+    if isinstance(documents, BaseNode):  # a pydantic model iterates over its fields: "got a tuple" otherwise
+        raise TypeError(
+            f"documents must be a list of llama_index Document objects; got a single {type(documents).__name__} "
+            f"({str(documents)[:40]!r}): pass it in a list, documents=[document]"
+        )
+    if isinstance(documents, (str, bytes, Mapping)) or not isinstance(documents, Iterable):
         raise TypeError(
             f"documents must be a list of llama_index Document objects (e.g. [Document(text=...)]); got "
             f"{type(documents).__name__} {str(documents)[:40]!r}"

@@ -1,8 +1,9 @@
 """LangChain / LlamaIndex adapters: saves that are one swap, loads of one copy, atomic deletes, clearer errors.
 
-* ``save_local`` / ``persist`` write everything into one folder swapped in at once: a save that fails
-  part-way leaves the previous copy whole, and a load that a save interrupts reads the new copy as a
-  whole (never one save's documents with another's settings).
+* ``save_local`` / ``persist`` swap in only the store folder, with a copy of the manifest (and its
+  ``save_id`` / ``persist_id``) inside it, then write the manifest beside it: a save that fails part-way
+  leaves a whole copy, a load that a save interrupts reads one copy (never one save's documents with
+  another's settings), and the folder's other entries (named indexes, the user's files) are never touched.
 * LlamaIndex ``delete_nodes(filters=)`` / ``delete(ref_doc_id)`` choose and delete in one step of the store.
 * ``from_defaults(documents=<str>)``, a callable filter written for ``Document`` objects, and copying
   ``KLEmbeddings`` give clear errors or work.
@@ -14,6 +15,7 @@ import copy
 import json
 import pickle
 import threading
+import types
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +96,7 @@ def test_langchain_default_save_keeps_named_indexes_and_other_entries(tmp_path: 
     _lc_store("B").save_local(folder, index_name="news")
     _lc_store("A").save_local(folder)
     (folder / "notes.txt").write_text("mine")
-    _lc_store("A").save_local(folder)  # replaces the folder as a whole: the rest is carried over
+    _lc_store("A").save_local(folder)  # swaps only klstore/: the rest stays where it is
     assert (folder / "notes.txt").read_text() == "mine"
     assert _tags(lc.KLVectorStore.load_local(folder).store.ids) == {"A"}
     news = lc.KLVectorStore.load_local(folder, index_name="news")
@@ -103,6 +105,103 @@ def test_langchain_default_save_keeps_named_indexes_and_other_entries(tmp_path: 
         (tmp_path / "foreign").mkdir()
         (tmp_path / "foreign" / "x.txt").write_text("x")
         _lc_store("A").save_local(tmp_path / "foreign")
+
+
+def test_langchain_save_never_moves_or_changes_the_folders_other_entries(tmp_path: Path) -> None:
+    folder = tmp_path / "db"
+    _lc_store("A").save_local(folder)
+    _lc_store("B").save_local(folder, index_name="news")
+    secret = folder / "secret.env"
+    secret.write_text("key")
+    secret.chmod(0o600)
+    for name in (".env.old-2024", ".cache.tmp-1", ".klstore.tmp-zz"):  # dotfiles, some like leftover names
+        (folder / name).write_text("x")
+    (folder / "sub").mkdir()
+    before = {p.name: (p.stat().st_ino, p.stat().st_mode) for p in folder.iterdir() if p.name != "klstore"}
+    _lc_store("B").save_local(folder)
+    after = {p.name: (p.stat().st_ino, p.stat().st_mode) for p in folder.iterdir() if p.name != "klstore"}
+    assert before.keys() <= after.keys()
+    assert {n: after[n] for n in before if n != "langchain.json"} == {
+        n: v for n, v in before.items() if n != "langchain.json"
+    }
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert _tags(lc.KLVectorStore.load_local(folder).store.ids) == {"B"}
+    assert _tags(lc.KLVectorStore.load_local(folder, index_name="news").store.ids) == {"B"}
+
+
+def test_langchain_save_keeps_a_symlinked_folder_and_works_from_inside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real, link = tmp_path / "real", tmp_path / "db"
+    real.mkdir()
+    link.symlink_to(real, target_is_directory=True)
+    _lc_store("A").save_local(link)
+    _lc_store("A").save_local(link)
+    assert link.is_symlink() and _tags(lc.KLVectorStore.load_local(real).store.ids) == {"A"}
+    (link / "logs").mkdir()
+    monkeypatch.chdir(link / "logs")
+    _lc_store("B").save_local(link)
+    assert link.is_symlink() and (real / "logs").is_dir() and Path.cwd().samefile(real / "logs")
+    assert _tags(lc.KLVectorStore.load_local(link).store.ids) == {"B"}
+
+
+def test_langchain_save_that_fails_before_the_outer_manifest_loads_the_new_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "db"
+    _lc_store("A").save_local(folder)
+    (folder / "notes.txt").write_text("mine")
+    original = lc.write_manifest
+
+    def fail_outer(path: Any, manifest: Any) -> Any:
+        if Path(path).name == "langchain.json":
+            raise OSError("disk full")
+        return original(path, manifest)
+
+    monkeypatch.setattr(lc, "write_manifest", fail_outer)
+    with pytest.raises(OSError, match="disk full"):
+        _lc_store("B").save_local(folder)
+    monkeypatch.undo()
+    assert (folder / "notes.txt").read_text() == "mine"
+    loaded = lc.KLVectorStore.load_local(folder)  # B's store with B's settings (its copy), not A's manifest
+    assert (_tags(loaded.store.ids), loaded.relevance) == ({"B"}, "inverse")
+    (folder / "langchain.json").unlink()  # a first save that failed there: the copy is enough
+    assert lc.KLVectorStore.load_local(folder).relevance == "inverse"
+    _lc_store("A").save_local(folder)  # and the folder is taken as save_local's again
+    assert lc.KLVectorStore.load_local(folder).relevance == "exp"
+
+
+def test_langchain_hand_edited_manifest_applies_only_with_its_save_id(tmp_path: Path) -> None:
+    folder = tmp_path / "db"
+    _lc_store("A").save_local(folder)
+    path = folder / "langchain.json"
+    manifest = json.loads(path.read_text())
+    manifest["relevance"] = "inverse"
+    path.write_text(json.dumps(manifest))
+    assert lc.KLVectorStore.load_local(folder).relevance == "inverse"  # save_id kept: the edit applies
+    del manifest["save_id"]
+    path.write_text(json.dumps(manifest))
+    assert lc.KLVectorStore.load_local(folder).relevance == "exp"  # the copy saved with the store applies
+
+
+def test_langchain_folders_of_earlier_releases_load_and_new_ones_stay_readable(tmp_path: Path) -> None:
+    folder = tmp_path / "db"
+    _lc_store("B").save_local(folder)
+    assert (folder / "klstore" / "langchain_manifest.json").is_file()
+    assert _tags(KLStore.load(folder / "klstore").ids) == {"B"}  # the copy does not disturb a KLStore load
+    (folder / "klstore" / "langchain_manifest.json").unlink()  # as an earlier release saved it
+    manifest = json.loads((folder / "langchain.json").read_text())
+    del manifest["save_id"]
+    manifest["relevance"] = "exp"
+    (folder / "langchain.json").write_text(json.dumps(manifest))
+    loaded = lc.KLVectorStore.load_local(folder)
+    assert (_tags(loaded.store.ids), loaded.relevance) == ({"B"}, "exp")
+    import io
+    import zipfile
+
+    names = zipfile.ZipFile(io.BytesIO(_lc_store("A").serialize_to_bytes())).namelist()
+    assert not any(n.endswith("langchain_manifest.json") for n in names)  # earlier releases refuse the entry
+    assert lc.KLVectorStore.deserialize_from_bytes(_lc_store("A").serialize_to_bytes()).relevance == "exp"
 
 
 # ------------------------------------------------------------------ 1. LlamaIndex persist / from_persist_path
@@ -278,6 +377,8 @@ def test_from_defaults_refuses_plain_strings_as_documents(
         cls.from_defaults(documents=documents, encoder=tiny_encoder)
     retriever = cls.from_defaults(documents=[LIDocument(text="the cat sat")], encoder=tiny_encoder)
     assert retriever.retrieve("cat")
+    with pytest.raises(TypeError, match=r"got a single Document .*documents=\[document\]"):
+        cls.from_defaults(documents=LIDocument(text="the cat sat"), encoder=tiny_encoder)
 
 
 # ------------------------------------------------------------------ 5. a callable filter written for Documents
@@ -295,6 +396,15 @@ def test_callable_filter_written_for_documents_says_it_gets_metadata(tiny_encode
         retriever.invoke("cat")
     with pytest.raises(AttributeError, match="nothing_here"):  # other AttributeErrors are the user's own
         store.similarity_search("cat", k=2, filter=lambda m: m.nothing_here)
+    other = types.SimpleNamespace()
+    with pytest.raises(AttributeError, match="metadata"):  # the same name looked up on another object
+        store.similarity_search("cat", k=2, filter=lambda m: other.metadata)
+
+    def by_hand(metadata: Any) -> bool:
+        raise AttributeError("page_content is not set")
+
+    with pytest.raises(AttributeError, match="page_content is not set"):
+        store.similarity_search("cat", k=2, filter=by_hand)
 
 
 # ------------------------------------------------------------------ 6. copying KLEmbeddings
