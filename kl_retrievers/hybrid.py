@@ -81,6 +81,7 @@ from kl_retrievers.store._base import (
     _check_texts_and_ids,
     _check_texts_container,
     _metadata_list,
+    _refuse_model_name,
     _refuse_unordered,
     _RWLock,
 )
@@ -1255,6 +1256,7 @@ class KLHybridStore:
         kl_store: KLStore | None = None,
         **kl_options: Any,
     ) -> None:
+        _refuse_model_name(encoder, f"{type(self).__name__}(encoder={{}})")
         require_modules("KLHybridStore's BM25 half", ["bm25s"], "hybrid")
         self.fusion = FusionConfig(
             fusion,
@@ -1521,19 +1523,34 @@ class KLHybridStore:
             raise ValueError("upsert needs ids")
         return self.add(texts, gaussians=gaussians, ids=ids, metadatas=metadatas)
 
-    def delete(self, ids: Sequence[str]) -> DeleteReport:
-        """Delete documents by id from both halves; unknown ids are reported, never raised.
+    def delete(self, ids: Sequence[str] | None = None, *, filter: MetadataFilter | None = None) -> DeleteReport:
+        """Delete documents from both halves by id, by a metadata filter, or both; unknown ids are reported (warning).
+
+        As ``KLStore.delete``: ``filter`` (a dict or a callable
+        ``metadata -> bool``) chooses among ``ids`` (``None``: every document) on the KL half's metadata, and the
+        documents are chosen and deleted from both halves under this store's write lock (its searches wait,
+        also while a callable filter runs). Delete through this store, never through :attr:`kl` (the halves
+        would no longer hold the same documents).
+
+        Raises:
+            TypeError: An id that is not a ``str``.
+            ValueError: Neither ``ids`` nor ``filter`` given (to delete everything, pass ``filter={}``), or a
+                malformed filter.
+            RuntimeError: A callable filter that modifies the store.
 
         Examples:
             >>> import numpy as np
             >>> s = KLHybridStore(fusion="rrf")
-            >>> _ = s.add(["a"], gaussians=Gaussians(np.zeros((1, 2)), np.ones((1, 2))), ids=["x"])
-            >>> s.delete(["x", "y"]).missing, len(s)
-            (['y'], 0)
+            >>> g = Gaussians(np.zeros((3, 2)), np.ones((3, 2)))
+            >>> _ = s.add(["a", "b", "c"], gaussians=g, ids=["x", "y", "z"], metadatas=[{"n": 1}, {"n": 2}, {"n": 1}])
+            >>> s.delete(["x", "w"]).missing, len(s)
+            (['w'], 2)
+            >>> s.delete(filter={"n": 1}).deleted, s.ids
+            (['z'], ['y'])
         """
         with self._lock.write():
             self._ensure_tokens()
-            report = self._kl.delete(ids)
+            report = self._kl.delete(ids, filter=filter)
             if report.deleted:
                 self._bm25.remove(report.deleted)
         return report
@@ -2042,6 +2059,7 @@ class KLHybridStore:
         Examples:
             >>> KLHybridStore.load("/nonexistent")  # doctest: +SKIP
         """
+        _refuse_model_name(encoder, f"{cls.__name__}.load(path, encoder={{}})")  # before any file is read
         require_modules("KLHybridStore's BM25 half", ["bm25s"], "hybrid")
         folder = Path(path)
         if not folder.exists() and recover_dir(folder, required=_CONFIG):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from kl_retrievers.gaussian import Gaussians
-from kl_retrievers.store import KLStore
+from kl_retrievers.store import DeleteReport, GaussianStore, KLStore
 from kl_retrievers.store._base import _RWLock
 
 DIM = 4
@@ -71,8 +71,8 @@ def test_delete_by_filter_reads_no_text(monkeypatch: pytest.MonkeyPatch) -> None
     assert store.delete(filter=lambda m: m["i"] >= 4).deleted == ["d4", "d5"]
 
 
-def test_delete_by_filter_is_one_write_section() -> None:
-    """A writer arriving while the filter runs waits for the delete: it cannot change what is judged."""
+def test_delete_by_filter_is_atomic_against_a_writer() -> None:
+    """A writer arriving while the filter runs waits for it: it cannot change what is judged before the deletion."""
     store = _store()
     upserted = threading.Event()
     writer: list[threading.Thread] = []
@@ -91,7 +91,9 @@ def test_delete_by_filter_is_one_write_section() -> None:
     report = store.delete(filter=flt)
     writer[0].join(10)
     assert upserted.is_set()
-    assert report.deleted == ["d0", "d2", "d4"]
+    # d0 deleted before the upsert (which then stores it again), or judged again after it (kept): never deleted
+    # on the metadata the upsert replaced
+    assert report.deleted in (["d0", "d2", "d4"], ["d2", "d4"])
     assert store.get_by_ids(["d0"])[0].metadata["src"] == "y"  # the later upsert stands, whole
 
 
@@ -102,7 +104,7 @@ def test_delete_filter_cannot_modify_the_store() -> None:
         store.delete(["d1"])
         return True
 
-    with pytest.raises(RuntimeError, match="cannot modify"):
+    with pytest.raises(RuntimeError, match="choosing the documents to delete .* after delete returns"):
         store.delete(filter=flt)
     assert len(store) == 6
     store.delete(["d1"])  # the lock is usable again
@@ -279,3 +281,179 @@ def test_milvus_delete_by_filter_matches_klstore(tmp_path: Path, metric: str) ->
     with pytest.raises(ValueError):
         mv.delete(filter=lambda m: True)  # Milvus filters are dicts
     mv.close()
+
+
+# ------------------------------------------------------------------ second round: save, compaction bound, hooks
+def test_write_then_read_downgrades_atomically() -> None:
+    """A writer waiting during the write section stays out until the downgraded read ends; readers get in."""
+    lock = _RWLock()
+    order: list[str] = []
+
+    def writer() -> None:
+        with lock.write():
+            order.append("writer")
+
+    with lock.write_then_read() as downgrade:
+        w = threading.Thread(target=writer)
+        w.start()
+        _wait_until(lambda: lock._waiting_writers == 1, "the writer never waited")
+        downgrade()
+        assert lock._writer is None and lock._readers == 1
+        with lock.read():  # re-entrant for this thread
+            pass
+        time.sleep(0.05)
+        assert order == []
+        order.append("reader")
+    w.join(10)
+    assert order == ["reader", "writer"]
+
+
+def test_save_writes_under_the_read_lock_while_another_thread_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each compaction lets an upsert in on the old code (three retries, then the write lock): none now."""
+    from kl_retrievers.store import _format
+
+    store = _store(n=40)
+    store.add(["new"], gaussians=_one(), ids=["d0"])  # a tombstone to compact
+    threads: list[threading.Thread] = []
+    compact = store._compact
+
+    def compact_and_start_an_upsert() -> None:
+        compact()
+        i = len(threads)
+        threads.append(threading.Thread(target=lambda: store.add(["u"], gaussians=_one(i), ids=[f"d{i + 1}"])))
+        threads[-1].start()
+        _wait_until(lambda: store._lock._waiting_writers >= 1, "the upsert never waited")
+
+    writing: list[bool] = []
+    write_folder = _format.write_folder
+
+    def record(*args: Any, **kwargs: Any) -> Any:
+        writing.append(store._lock._writer is not None)
+        return write_folder(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_compact", compact_and_start_an_upsert)
+    monkeypatch.setattr(_format, "write_folder", record)
+    store.save(tmp_path / "st")
+    for t in threads:
+        t.join(10)
+    assert writing == [False]  # written under the read lock
+    loaded = KLStore.load(tmp_path / "st")
+    assert len(loaded) == 40 and loaded._table.dead() == 0
+
+
+def test_compact_threshold_one_does_not_grow_without_bound() -> None:
+    store = _store(n=10, compact_threshold=1.0)
+    for i in range(300):
+        store.add(["again"], gaussians=_one(i), ids=[f"d{i % 10}"])
+    assert len(store) == 10 and store._table.n_rows <= 100 and store.compaction_count >= 1
+    assert store.compact_threshold == 1.0  # the setting is kept; 0.9 is the bound used
+    store.delete(filter={})
+    assert len(store) == 0 and store._table.n_rows == 0
+
+
+def test_a_backend_written_to_the_required_hooks_instantiates() -> None:
+    assert "_delete_matching" not in GaussianStore.__abstractmethods__
+    hooks = ["__len__", "_add_documents", "_delete", "_documents", "_gaussians", "_prepare_filter", "_search"]
+    ns: dict[str, Any] = {name: (lambda self, *a, **k: 0) for name in hooks}
+    ns["ids"] = property(lambda self: [])
+    ns["_delete"] = lambda self, ids: DeleteReport(deleted=[], missing=ids)
+    ns["_prepare_filter"] = lambda self, f: f
+    backend = type("MyBackend", (GaussianStore,), ns)()
+    assert backend.delete(["a"]).missing == ["a"]
+    with pytest.raises(NotImplementedError, match="MyBackend does not delete by a filter"):
+        backend.delete(filter={"a": 1})
+
+
+def test_load_refuses_a_model_name_before_reading_any_file(tmp_path: Path) -> None:
+    missing = tmp_path / "no-store-here"
+    with pytest.raises(TypeError, match=r"KLStore\.load\(path, encoder=load_model\('m'\)\)"):
+        KLStore.load(missing, encoder="m")
+    pytest.importorskip("bm25s")
+    from kl_retrievers.hybrid import KLHybridStore
+
+    with pytest.raises(TypeError, match=r"KLHybridStore\.load\(path, encoder=load_model\('m'\)\)"):
+        KLHybridStore.load(missing, encoder="m")
+    with pytest.raises(TypeError, match=r"KLHybridStore\(encoder=load_model\('m'\)\)"):
+        KLHybridStore(encoder="m", fusion="rrf")
+
+
+def test_every_way_of_setting_an_encoder_refuses_a_model_name(tmp_path: Path) -> None:
+    store = _store()
+    with pytest.raises(TypeError, match="where an encoder is expected"):
+        store.encoder = "m"
+    assert store.encoder is None
+    with pytest.raises(TypeError, match="where an encoder is expected"):
+        KLStore(b"m")
+    pytest.importorskip("bm25s")
+    from kl_retrievers.hybrid import KLHybridStore
+
+    with pytest.raises(TypeError, match=r"KLHybridStore\(encoder="):
+        KLHybridStore(kl_store=store, encoder="m", fusion="rrf")
+    hybrid = KLHybridStore(kl_store=store, fusion="rrf")
+    with pytest.raises(TypeError, match="where an encoder is expected"):
+        hybrid.kl.encoder = Path("m")
+    pytest.importorskip("milvus_lite")
+    from kl_retrievers.store import MilvusKLStore
+
+    with pytest.raises(TypeError, match=r"MilvusKLStore\(encoder=load_model\('m'\)\)"):
+        MilvusKLStore("m", uri=str(tmp_path / "kl.db"))
+    assert not (tmp_path / "kl.db").exists()
+
+
+def test_hybrid_delete_by_filter_keeps_the_halves_in_step() -> None:
+    pytest.importorskip("bm25s")
+    from kl_retrievers.hybrid import KLHybridStore
+
+    hybrid = KLHybridStore(kl_store=_store(), fusion="rrf")
+    report = hybrid.delete(filter={"src": "x"})
+    assert report.deleted == ["d0", "d2", "d4"] and hybrid.ids == ["d1", "d3", "d5"]
+    assert hybrid.delete(["d1", "d3", "zz"], filter=lambda m: m["i"] == 3).deleted == ["d3"]
+    hits = hybrid.search("text", k=10, query_gaussians=_one())
+    assert sorted(h.id for h in hits) == ["d1", "d5"]
+    with pytest.raises(ValueError, match="ids, a filter, or both"):
+        hybrid.delete()
+
+
+def test_a_callable_delete_filter_runs_while_searches_go_on() -> None:
+    store = _store(n=20)
+    searched = threading.Event()
+
+    def search() -> None:
+        store.search(_one(), k=3)
+        searched.set()
+
+    thread: list[threading.Thread] = []
+    during: list[bool] = []
+
+    def flt(m: Any) -> bool:
+        if not thread:
+            thread.append(threading.Thread(target=search))
+            thread[0].start()
+            during.append(searched.wait(5))  # the old code held the write lock here: the search waited
+        return bool(m["src"] == "x")
+
+    report = store.delete(filter=flt)
+    thread[0].join(10)
+    assert during == [True] and len(report.deleted) == 10
+    assert len(store) == 10
+
+
+def test_a_delete_filter_is_run_again_when_the_store_changed_meanwhile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a write between the read-lock choice and the write lock changed is judged again."""
+    store = _store()
+    matching = store._matching
+    calls: list[int] = []
+
+    def choose_then_change_d0(ids: Any, flt: Any) -> Any:
+        chosen = matching(ids, flt)
+        calls.append(len(chosen[0]))
+        if len(calls) == 1:  # as an upsert of d0 (to src=y) would between the two locks
+            store._table.metas[store._table.row["d0"]] = {"src": "y", "i": 0}
+            store.write_count += 1
+        return chosen
+
+    monkeypatch.setattr(store, "_matching", choose_then_change_d0)
+    report = store.delete(filter={"src": "x"})
+    assert calls == [3, 2] and report.deleted == ["d2", "d4"] and "d0" in store

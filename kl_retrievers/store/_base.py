@@ -23,6 +23,7 @@ import datetime
 import json
 import logging
 import math
+import os
 import threading
 import uuid
 from abc import ABC, abstractmethod
@@ -209,9 +210,20 @@ class _RWLock:
         if self._writer == me and not getattr(self._local, "frozen", False):  # nested write in the same thread
             yield
             return
+        self._acquire_write(me)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = None
+                self._admit_waiting_readers()
+
+    def _acquire_write(self, me: int) -> None:
+        """Wait for the write lock (not held by this thread in any way)."""
         if self._held_reads() or self._writer == me:
             raise RuntimeError(
-                "this thread is reading the store (e.g. inside a callable filter during a search) and cannot "
+                getattr(self._local, "refusal", None)
+                or "this thread is reading the store (e.g. inside a callable filter during a search) and cannot "
                 "modify it there; modify the store after the search returns"
             )
         with self._cond:
@@ -226,22 +238,72 @@ class _RWLock:
             finally:
                 self._waiting_writers -= 1
             self._writer = me
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = None
-                self._admit_waiting_readers()
 
     @contextmanager
-    def no_writes(self) -> Iterator[None]:
-        """Inside the write lock: refuse a nested write (``RuntimeError``), e.g. from a callable filter."""
+    def write_then_read(self) -> Iterator[Callable[[], None]]:
+        """The write lock, which the callable it yields turns into a read lock at once (no writer gets in between).
+
+        Readers waiting at that moment are admitted with it; the read lock is released at the end of the
+        ``with``. Inside this thread's own write lock it is that write lock throughout (the callable does nothing).
+
+        Examples:
+            >>> lock = _RWLock()
+            >>> with lock.write_then_read() as downgrade:
+            ...     downgrade()
+            ...     with lock.read():
+            ...         lock._writer is None
+            True
+        """
+        me = threading.get_ident()
+        if self._writer == me and not getattr(self._local, "frozen", False):  # nested in this thread's write
+            yield lambda: None
+            return
+        self._acquire_write(me)
+        held = self._held_reads()
+        downgraded = False
+
+        def downgrade() -> None:
+            nonlocal downgraded
+            if downgraded:
+                return
+            with self._cond:
+                self._writer = None
+                self._readers += 1  # this thread, before any writer waiting can take the lock
+                self._admit_waiting_readers()
+            self._local.reads = held + 1
+            downgraded = True
+
+        try:
+            yield downgrade
+        finally:
+            if downgraded:
+                self._local.reads = held
+                with self._cond:
+                    self._readers -= 1
+                    if not self._readers:
+                        self._cond.notify_all()
+            else:
+                with self._cond:
+                    self._writer = None
+                    self._admit_waiting_readers()
+
+    @contextmanager
+    def no_writes(self, refusal: str | None = None) -> Iterator[None]:
+        """Refuse a write by this thread (``RuntimeError``), e.g. from a callable filter, nested or under a read.
+
+        Args:
+            refusal: The error's message (default: worded for a search's filter).
+        """
         frozen = getattr(self._local, "frozen", False)
+        before = getattr(self._local, "refusal", None)
         self._local.frozen = True
+        if refusal is not None:
+            self._local.refusal = refusal
         try:
             yield
         finally:
             self._local.frozen = frozen
+            self._local.refusal = before
 
 
 # ------------------------------------------------------------------ input checks
@@ -614,6 +676,30 @@ def _one_query(query: str | Gaussians) -> list[str] | Gaussians:
     return query if isinstance(query, Gaussians) else [query]
 
 
+def _refuse_model_name(encoder: Any, call: str) -> None:
+    """Refuse a model name or folder (a str, bytes or a path) given as ``encoder``, naming the call that loads it.
+
+    It would otherwise fail only at the first add or text search (an ``AttributeError``); the framework
+    adapters refuse one with the same words.
+
+    Args:
+        encoder: What was given.
+        call: How to pass the loaded model instead, ``{}`` standing for ``load_model(NAME)``
+            (``"KLStore(encoder={})"``).
+
+    Examples:
+        >>> _refuse_model_name("minilm-gauss-soup", "KLStore.load(path, encoder={})")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        TypeError: got the model name or folder 'minilm-gauss-soup' where ... KLStore.load(path, encoder=load_model(...
+    """
+    if isinstance(encoder, (str, bytes, os.PathLike)):
+        name = os.fsdecode(encoder)
+        raise TypeError(
+            f"got the model name or folder {name!r} where an encoder is expected: load it with "
+            f"kl_retrievers.load_model({name!r}) and pass that as encoder, e.g. " + call.format(f"load_model({name!r})")
+        )
+
+
 # ------------------------------------------------------------------ the interface
 class GaussianStore(ABC):
     """The interface of every store: documents ranked by exact ``-KL(Q || D)``, higher is better.
@@ -621,9 +707,9 @@ class GaussianStore(ABC):
     The public methods check their arguments the same way for every backend, encode texts with
     ``encoder`` and return :class:`SearchResult` / :class:`StoredDocument` / :class:`DeleteReport`.
     A backend sets ``_dim``, implements ``ids``, ``__len__`` and the hooks ``_add_documents``,
-    ``_delete``, ``_delete_matching``, ``_documents``, ``_gaussians``, ``_prepare_filter`` and ``_search``, and (when it
-    searches by the reduction of ``-KL`` to L2) ``_reduction``; a hybrid store (another score beside
-    ``-KL``) would implement the same.
+    ``_delete``, ``_documents``, ``_gaussians``, ``_prepare_filter`` and ``_search``, and optionally
+    ``_delete_matching`` (for ``delete(filter=...)``) and (when it searches by the reduction of ``-KL`` to L2)
+    ``_reduction``; a hybrid store (another score beside ``-KL``) would implement the same.
 
     Attributes:
         encoder: Optional encoder with ``encode_queries`` / ``encode_documents`` returning numpy
@@ -637,10 +723,26 @@ class GaussianStore(ABC):
         True
     """
 
-    encoder: Any
     batch_size: int
     show_progress_bar: bool | None
     _dim: int | None  # set by the backend: None until the first add (or a dim given up front)
+
+    @property
+    def encoder(self) -> Any:
+        """The encoder (``None``: none); assigning a model name or folder raises ``TypeError``.
+
+        Examples:
+            >>> from kl_retrievers.store import KLStore
+            >>> KLStore().encoder = "minilm-gauss-soup"  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            TypeError: got the model name or folder 'minilm-gauss-soup' where an encoder is expected: ...
+        """
+        return self.__dict__.get("_encoder")
+
+    @encoder.setter
+    def encoder(self, value: Any) -> None:
+        _refuse_model_name(value, "store.encoder = {}")
+        self.__dict__["_encoder"] = value
 
     @property
     def dim(self) -> int | None:
@@ -686,10 +788,16 @@ class GaussianStore(ABC):
     def _delete(self, ids: list[str]) -> DeleteReport:
         """Delete distinct ids; report the deleted and the missing ones."""
 
-    @abstractmethod
     def _delete_matching(self, ids: list[str] | None, filter: Any) -> DeleteReport:
         """Delete the documents ``filter`` (from :meth:`_prepare_filter`) matches, among distinct ``ids``
-        (``None``: all), choosing and deleting them in one step; report the deleted and the missing ids."""
+        (``None``: all), choosing and deleting them in one step; report the deleted and the missing ids.
+
+        Optional: a backend without it deletes by id only (``delete(filter=...)`` raises ``NotImplementedError``).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not delete by a filter (it implements no _delete_matching): "
+            "delete by ids instead"
+        )
 
     @abstractmethod
     def _documents(self, ids: list[str]) -> list[StoredDocument]:
@@ -808,8 +916,11 @@ class GaussianStore(ABC):
         With ``filter``, the documents to delete are chosen and deleted in one step: a ``KLStore``
         judges each document's metadata (no text is copied) and deletes the matches under one hold of
         its write lock, so a document upserted by another thread meanwhile is judged as it is at that
-        moment, never on metadata it no longer has. (A ``MilvusKLStore`` is atomic within its process
-        only: another process may write between its query of the matching ids and their deletion.)
+        moment, never on metadata it no longer has. A callable filter is first run under the read lock (searches
+        go on meanwhile); when another thread wrote in between, the documents are chosen again under the write lock.
+        (A ``MilvusKLStore`` is atomic only against the other threads using the same ``MilvusKLStore`` object:
+        another object, even over the same collection in the same process, or another process may write between
+        its query of the matching ids and their deletion.)
 
         Args:
             ids: Ids to delete: a sequence of ``str``, or one ``str`` (one id, like
@@ -828,6 +939,8 @@ class GaussianStore(ABC):
             TypeError: An id that is not a ``str``.
             ValueError: Neither ``ids`` nor ``filter`` given (to delete everything, pass ``filter={}``),
                 or a malformed filter.
+            RuntimeError: A callable filter that modifies the store.
+            NotImplementedError: ``filter`` given to a backend that deletes by id only.
 
         Examples:
             >>> import numpy as np

@@ -99,6 +99,7 @@ from kl_retrievers.store._base import (
     _check_store_args,
     _NewDocuments,
     _query_gaussians,
+    _refuse_model_name,
     _RWLock,
 )
 from kl_retrievers.store._engines import _faiss, _read_index, new_engine
@@ -118,6 +119,16 @@ _LANGCHAIN_PREFIX = "langchain:"
 #: a hub that could not be reached or does not have the model) is kept and raised again without any lookup; the
 #: first call that needs the model after that tries once more (:meth:`KLStore._load_saved_encoder`).
 _SAVED_ENCODER_RETRY_S = 30.0
+
+#: The largest share of tombstoned rows a store keeps, whatever its ``compact_threshold`` (at 1.0 no share exceeds
+#: it, and a store upserting the same documents grew without bound).
+_MAX_DEAD_SHARE = 0.9
+
+#: The error for a callable filter of ``delete(filter=...)`` that modifies the store.
+_DELETE_FILTER_WRITES = (
+    "this thread is choosing the documents to delete (inside a callable filter of delete) and cannot modify the "
+    "store there; modify it after delete returns"
+)
 
 
 def _torch_installed() -> bool:
@@ -338,26 +349,6 @@ def _normalised(name: str, value: Any) -> Any:
     return value
 
 
-def _refuse_model_name(encoder: Any) -> None:
-    """Refuse a model name or folder (a str or a path) given as ``encoder``, naming the call that loads it.
-
-    It would otherwise fail only at the first add or text search (an ``AttributeError``); the framework
-    adapters refuse one with the same words.
-
-    Examples:
-        >>> KLStore("minilm-gauss-soup")  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        TypeError: got the model name or folder 'minilm-gauss-soup' where an encoder is expected: ...
-    """
-    if isinstance(encoder, (str, os.PathLike)):
-        name = os.fspath(encoder)
-        raise TypeError(
-            f"got the model name or folder {name!r} where an encoder is expected: load it with "
-            f"kl_retrievers.load_model({name!r}) and pass that as encoder, e.g. "
-            f"KLStore(encoder=load_model({name!r}))"
-        )
-
-
 class KLStore(GaussianStore):
     """A document store ranked by exact ``-KL(Q || D)`` (higher is better), served by FAISS.
 
@@ -389,6 +380,10 @@ class KLStore(GaussianStore):
             matching documents when at most this many match.
         compact_threshold: Fraction of tombstoned (deleted or replaced) rows above which the table and
             the index are compacted, on every index type; :meth:`compact` and :meth:`save` compact at once.
+            Values above 0.9 act as 0.9 (``1.0`` included): a store never holds more than nine dead rows per
+            live one, and one whose documents are all deleted holds no rows. Searches of a flat store with
+            tombstones leave them out with a FAISS selector, a little slower than over a table without any:
+            :meth:`compact` restores the full speed.
         batch_size: Encoder batch size.
         show_progress_bar: Passed to the encoder when adding texts: ``False`` (default, as LangChain's and
             LlamaIndex's embedding wrappers: a server's threads print nothing) never shows its bar, ``True``
@@ -456,7 +451,7 @@ class KLStore(GaussianStore):
             },
             dim,
         )
-        _refuse_model_name(encoder)
+        _refuse_model_name(encoder, f"{type(self).__name__}(encoder={{}})")
         self.encoder = encoder
         #: The encoder a loaded store was saved with (its ``name_or_path``; ``None``: not recorded, or not loaded).
         self.saved_encoder: str | None = None
@@ -644,34 +639,45 @@ class KLStore(GaussianStore):
     def _delete_matching(self, ids: list[str] | None, filter: Any) -> DeleteReport:
         """Delete what ``filter`` (a compiled predicate) matches among ``ids`` (``None``: every live document).
 
-        One hold of the write lock: each candidate's metadata is judged (through the read-only view a
-        callable filter gets; no text is copied) and the matches are deleted before any other thread
-        can write. The filter cannot modify the store (``RuntimeError``), as during a search.
+        Each candidate's metadata is judged (through the read-only view a callable filter gets; no text is
+        copied) under the read lock, so that searches go on while a slow filter runs; then, under the write
+        lock, the matches are deleted if no write happened meanwhile (:attr:`write_count` unchanged), else
+        they are chosen again there. Either way no other thread writes between the choice and the deletion.
+        The filter cannot modify the store (``RuntimeError``), as during a search.
         """
+        with self._lock.read():
+            seen = self.write_count
+            chosen, missing = self._matching(ids, filter)
         with self._lock.write():
-            table = self._table
-            if ids is None:
-                missing: list[str] = []
-                with self._lock.no_writes():
-                    mask, _ = table.allowed(filter)
-                rows = np.flatnonzero(table.alive if mask is None else mask).tolist()
-            else:
-                missing = [doc_id for doc_id in ids if doc_id not in table.row]
-                rows = [table.row[doc_id] for doc_id in ids if doc_id in table.row]
-                if filter is not None and rows:
-                    metas = table.metas
-                    with self._lock.no_writes():
-                        if isinstance(filter, _ReadOnlyCall):
-                            answers = filter.rows(metas, table.nested, rows)
-                        else:
-                            answers = [bool(filter(metas[r])) for r in rows]
-                    rows = list(compress(rows, answers))
-            report = self._delete([table.ids[r] for r in rows])
+            if self.write_count != seen:  # another thread wrote since: choose again, now that none can
+                chosen, missing = self._matching(ids, filter)
+            report = self._delete(chosen)
         return DeleteReport(deleted=report.deleted, missing=missing)
+
+    def _matching(self, ids: list[str] | None, filter: Any) -> tuple[list[str], list[str]]:
+        """The ids ``filter`` matches among ``ids`` (``None``: every live document), and the missing ids; callers
+        hold the lock."""
+        table = self._table
+        with self._lock.no_writes(_DELETE_FILTER_WRITES):
+            if ids is None:
+                mask, _ = table.allowed(filter)
+                rows = np.flatnonzero(table.alive if mask is None else mask).tolist()
+                return [table.ids[r] for r in rows], []
+            missing = [doc_id for doc_id in ids if doc_id not in table.row]
+            rows = [table.row[doc_id] for doc_id in ids if doc_id in table.row]
+            if filter is not None and rows:
+                metas = table.metas
+                if isinstance(filter, _ReadOnlyCall):
+                    answers = filter.rows(metas, table.nested, rows)
+                else:
+                    answers = [bool(filter(metas[r])) for r in rows]
+                rows = list(compress(rows, answers))
+            return [table.ids[r] for r in rows], missing
 
     def _maybe_compact(self) -> None:
         dead = self._table.dead()
-        if dead and (self._engine.compacts_at_once or dead > self.compact_threshold * self._table.n_rows):
+        threshold = min(self.compact_threshold, _MAX_DEAD_SHARE)
+        if dead and (self._engine.compacts_at_once or dead > threshold * self._table.n_rows):
             self._compact()
 
     def _compact(self) -> None:
@@ -681,6 +687,9 @@ class KLStore(GaussianStore):
 
     def compact(self) -> None:
         """Remove tombstoned documents from the index now.
+
+        A flat store's searches leave its tombstones out with a FAISS selector, a little slower than a search
+        over a table without any; compacting restores the full speed.
 
         Examples:
             >>> KLStore().compact()
@@ -1031,22 +1040,13 @@ class KLStore(GaussianStore):
                     self._engine.write if self.is_built else None,
                 )
 
-        # Compact under the write lock, then write the files under the read lock, so that searches go
-        # on during the (long) writing. A delete slipping in between leaves tombstones: compact again;
-        # after a few tries, write under the write lock.
-        for _ in range(3):
-            with self._lock.write():
-                self._engine.own()
-                self._compact()
-            with self._lock.read():
-                if not table.dead():
-                    write_files()
-                    break
-        else:
-            with self._lock.write():
-                self._engine.own()
-                self._compact()
-                write_files()
+        # Compact under the write lock, then turn it into a read lock (no writer gets in between) and write
+        # the files under it, so that searches go on during the (long) writing.
+        with self._lock.write_then_read() as downgrade:
+            self._engine.own()
+            self._compact()
+            downgrade()
+            write_files()
         logger.info("saved %d documents to %s", table.n_rows, target)
         return target
 
@@ -1091,6 +1091,7 @@ class KLStore(GaussianStore):
         Examples:
             >>> KLStore.load("/nonexistent")  # doctest: +SKIP
         """
+        _refuse_model_name(encoder, f"{cls.__name__}.load(path, encoder={{}})")  # before any file is read
         folder = Path(path)
         return load_unchanged(folder, lambda: cls._load_once(folder, encoder, mmap, verify_checksums))
 

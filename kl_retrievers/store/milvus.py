@@ -146,6 +146,7 @@ from kl_retrievers.store._base import (
     StoredDocument,
     _check_store_args,
     _NewDocuments,
+    _refuse_model_name,
 )
 from kl_retrievers.store._format import encoder_backbone, encoder_weights, warn_if_other_weights
 
@@ -681,6 +682,7 @@ class MilvusKLStore(GaussianStore):
         show_progress_bar: bool = False,
         client: Any | None = None,
     ) -> None:
+        _refuse_model_name(encoder, f"{type(self).__name__}(encoder={{}})")  # before anything is connected
         if metric is not None and metric not in METRICS:
             raise ValueError(
                 f"metric must be one of {METRICS} or None (the collection's, else the index's); got {metric!r}"
@@ -1736,9 +1738,10 @@ class MilvusKLStore(GaussianStore):
     def _delete_matching(self, ids: list[str] | None, filter: str | _LiteFilter) -> DeleteReport:
         """Delete what the Milvus expression ``filter`` matches among ``ids`` (``None``: every stored row).
 
-        The matching ids are queried (ids only) and deleted under this client's lock, so no other
-        thread of this process writes in between; another process may (Milvus has no transaction): a row it
-        upserts between the query and the delete is deleted by id all the same.
+        The matching ids are queried (ids only) and deleted under this object's lock, so no other thread
+        using this ``MilvusKLStore`` writes in between; another ``MilvusKLStore`` object (even over the same
+        collection in this process) or another process may (Milvus has no transaction): a row it upserts
+        between the query and the delete is deleted by id all the same.
         """
         with self._lock:
             self._sync()  # dropped, or created or re-created by another client since
