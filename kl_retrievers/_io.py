@@ -10,6 +10,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import sys
 import uuid
 import warnings
@@ -236,7 +237,18 @@ def some_names(names: list[str], shown: int = 5) -> str:
 
 
 def _umask() -> int:
-    """The process's umask (read by setting and restoring it)."""
+    """The process's umask, read without changing it where the OS tells it (Linux's ``/proc/self/status``).
+
+    Elsewhere it is read by setting and restoring it (``os.umask``), which briefly sets it to 0 for
+    every thread of the process.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8) & 0o777
+    except (OSError, ValueError, IndexError):
+        pass
     umask = os.umask(0)
     os.umask(umask)
     return umask
@@ -746,14 +758,26 @@ def check_replace_target(
     )
 
 
+def _replaced_file_mode(final: Path) -> int:
+    """The permission bits for a file written at ``final``: those of the regular file there, else the umask's."""
+    try:
+        st = os.lstat(final)
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISREG(st.st_mode):
+        return stat.S_IMODE(st.st_mode) & 0o777
+    return 0o666 & ~_umask()
+
+
 @contextmanager
 def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Write a file atomically: yield a temporary sibling path to write, then rename it into place.
 
     If the body raises, the temporary file is removed.  Leftovers of earlier interrupted
-    writes of this ``target`` are removed after each successful one. The file gets the usual
+    writes of this ``target`` are removed after each successful one. A new file gets the usual
     umask-based mode (``0o666 & ~umask``, e.g. 0644), as :func:`atomic_dir`'s files do, even when the
-    body's writer created it 0600 (``safetensors``' ``save_file`` does).
+    body's writer created it 0600 (``safetensors``' ``save_file`` does); a regular file it replaces keeps
+    its permission bits (a file the user made 0600 stays so).
 
     Examples:
         >>> import tempfile, pathlib
@@ -772,7 +796,7 @@ def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
         try:
             yield tmp
             if not tmp.is_symlink():  # chmod would follow a link the body made
-                tmp.chmod(0o666 & ~_umask())
+                tmp.chmod(_replaced_file_mode(final))
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, final)
@@ -828,12 +852,17 @@ def is_gaussians_folder(folder: Path) -> bool:
 def is_gaussians_file(path: Path) -> bool:
     """Whether ``path`` is a ``.safetensors`` file that :func:`save_gaussians` wrote (its ``config`` header says so).
 
+    Anything but a regular file (a named pipe, a device) is not one, and is never opened (opening a pipe
+    would wait for a writer).
+
     Examples:
         >>> is_gaussians_file(Path("/no/such/g.safetensors"))
         False
     """
     import json
 
+    if not path.is_file():
+        return False
     try:
         from safetensors import safe_open
 
@@ -871,6 +900,11 @@ def check_replace_gaussians_file(
         return
     if is_gaussians_file(path):
         return
+    if not path.is_file():
+        raise ValueError(
+            f"cannot save into {path}: it exists and is not a regular file (a pipe, device or socket), so it does "
+            "not hold saved Gaussians; choose another path" + (f" (or pass {flag} to replace it)" if flag else "")
+        )
     raise ValueError(
         f"cannot save into {path}: the file exists and does not hold saved Gaussians (it is not a .safetensors "
         "file written by save_gaussians or `kl-retrievers encode`, e.g. it holds model weights); the save would "

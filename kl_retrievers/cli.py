@@ -13,6 +13,7 @@ import argparse
 import fnmatch
 import json
 import logging
+import math
 import os
 import sys
 import warnings
@@ -57,8 +58,12 @@ def read_texts(path: Path, field: str = "auto") -> tuple[list[str], list[str]]:
     return ids, texts
 
 
-def _read_records(path: Path, field: str) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+def _read_records(
+    path: Path, field: str, *, lines: list[int] | None = None
+) -> tuple[list[str], list[str], list[dict[str, Any]]]:
     """ids, texts and the JSONL rows (empty dicts for a text file), reading the file once.
+
+    ``lines``, when given, receives each JSONL row's line number (for messages about the rows).
 
     A JSONL row's id is its ``_id`` (or ``id``): a non-empty string without surrounding whitespace, or an
     integer; rows without one are numbered from 0. A null, non-string text or a repeated id is refused, naming the line.
@@ -107,6 +112,8 @@ def _read_records(path: Path, field: str) -> tuple[list[str], list[str], list[di
                     texts.append(_check_utf8(_row_text(row, field, where), "text", where))
                     ids.append(doc_id)
                     rows.append(row)
+                    if lines is not None:
+                        lines.append(number)
             return ids, texts, rows
         if path.suffix.lower() == ".tsv":
             ids, texts = _read_tsv(path)
@@ -121,7 +128,7 @@ def _read_records(path: Path, field: str) -> tuple[list[str], list[str], list[di
 
 #: A ``.tsv`` first line whose columns are these names (any case) is a header, skipped.
 _TSV_ID_HEADERS = frozenset({"id", "_id", "pid", "docid", "doc_id", "qid"})
-_TSV_TEXT_HEADERS = frozenset({"text", "passage", "contents", "body"})
+_TSV_TEXT_HEADERS = frozenset({"text", "passage", "contents", "content", "body", "query", "title", "sentence"})
 
 
 def _check_input_suffix(path: Path, field: str) -> None:
@@ -137,7 +144,8 @@ def _check_input_suffix(path: Path, field: str) -> None:
     if suffix == ".csv":
         raise ValueError(
             f"{path}: .csv files are not read (their quoting and columns vary); convert it to JSON Lines (one "
-            'object per line, e.g. {"_id": "d1", "text": "..."}) or to a .tsv file of id<TAB>text lines'
+            'object per line, e.g. {"_id": "d1", "text": "..."}), which every input path reads (`index` and '
+            "`encode` without --shard-size also read a .tsv file of id<TAB>text lines)"
         )
     if field != "auto" and not is_jsonl_path(path):
         what = "a .tsv file of id<TAB>text lines" if suffix == ".tsv" else "a text file, one text per line"
@@ -150,10 +158,10 @@ def _check_input_suffix(path: Path, field: str) -> None:
 def _read_tsv(path: Path) -> tuple[list[str], list[str]]:
     """ids and texts of an MS MARCO-style ``.tsv`` file: ``id<TAB>text`` lines, exactly two columns each.
 
-    A first line whose columns look like a header (``id`` / ``pid`` / ... and ``text`` / ``passage`` / ...)
-    is skipped (logged at INFO level). Lines end at ``b"\\n"``, a final ``\\r`` is dropped and blank
-    lines are skipped, as in text files. A line with another number of columns, an empty or padded id or
-    a repeated id is refused, naming the line.
+    A first line whose columns look like a header (``id`` / ``pid`` / ``qid`` / ... and ``text`` / ``passage`` /
+    ``query`` / ...) is skipped, with a warning naming the line and its columns. Lines end at ``b"\\n"``, a
+    final ``\\r`` is dropped and blank lines are skipped, as in text files. A line with another number of
+    columns, an empty or padded id or a repeated id is refused, naming the line.
     """
     ids: list[str] = []
     texts: list[str] = []
@@ -176,8 +184,16 @@ def _read_tsv(path: Path) -> tuple[list[str], list[str]]:
         if not seen_line:
             seen_line = True
             if columns[0].strip().lower() in _TSV_ID_HEADERS and columns[1].strip().lower() in _TSV_TEXT_HEADERS:
-                logger.info("%s: line %d (%r) is a header; skipped", path, number, line)
+                logger.warning(
+                    "%s: line %d (columns %r and %r) is taken for a header and skipped, not read as a document",
+                    path,
+                    number,
+                    columns[0],
+                    columns[1],
+                )
                 continue
+        if not columns[0].strip():
+            raise ValueError(f"{where}: the id column is empty; every id<TAB>text line needs an id")
         doc_id = _row_id({"_id": columns[0]}, len(ids), where)  # the JSONL id rule: non-empty, not padded
         if doc_id in first:
             raise ValueError(f"{where}: duplicate id {doc_id!r} (first on line {first[doc_id]})")
@@ -552,17 +568,26 @@ def _read_corpus(path: Path, field: str) -> tuple[list[str], list[str], list[dic
                     "document each (drop --field, or give a .jsonl file)"
                 )
             return _read_text_folder(path)
-    ids, texts, rows = _read_records(path, field)
-    return ids, texts, _rows_metadata(path, rows, field)
+    lines: list[int] = []
+    ids, texts, rows = _read_records(path, field, lines=lines)
+    return ids, texts, _rows_metadata(path, rows, field, lines)
 
 
-def _rows_metadata(path: Path, rows: list[dict[str, Any]], field: str) -> list[dict[str, Any]]:
+def _rows_metadata(
+    path: Path, rows: list[dict[str, Any]], field: str, lines: Sequence[int] | None = None
+) -> list[dict[str, Any]]:
     """Each JSONL row's metadata: its scalar fields but the id and the text (``text``, or the ``--field`` one).
 
-    The scalar values of a top-level ``metadata`` object (BEIR corpora have one) are flattened in; a key
-    that is also a top-level field keeps the top-level value. A store's metadata holds strings, numbers,
-    booleans and nulls only, so any other value (a list, an object) is dropped; both are warned about
-    once per file, naming the fields.
+    The scalar values of a top-level ``metadata`` object (BEIR corpora have one) are flattened in, but
+    for the id and text names (``_id``, ``id``, ``text``, the ``--field`` one), which are never taken from
+    it. A name that is also a top-level scalar field keeps the top-level value; a top-level value that is
+    not a scalar is dropped, and the ``metadata`` object's scalar of that name is kept instead. A store's
+    metadata holds strings, numbers, booleans and nulls only, so any other value (a list, an object) is
+    dropped; all of these are warned about once per file, naming the fields.
+
+    Raises:
+        ValueError: A kept value is NaN or infinite (not standard JSON; a store cannot save it): the
+            message names the file, the line (``lines``: each row's line number) and the field.
 
     Examples:
         >>> _rows_metadata(Path("c.jsonl"), [{"_id": "d", "text": "t", "title": "T", "metadata": {"url": "u"}}], "auto")
@@ -571,9 +596,13 @@ def _rows_metadata(path: Path, rows: list[dict[str, Any]], field: str) -> list[d
     excluded = {"_id", "id", "text"} | ({field} if field != "auto" else set())
     dropped: dict[str, int] = {}
     clashes: dict[str, int] = {}
+    reserved: dict[str, int] = {}
+    replaced: set[str] = set()
     metadatas = []
-    for row in rows:
+    for position, row in enumerate(rows):
+        where = f"{path}, line {lines[position]}" if lines else f"{path}, record {position + 1}"
         meta = {k: v for k, v in row.items() if k not in excluded and _json_scalar(v)}
+        nested: set[str] = set()
         for key, value in row.items():
             if key in excluded or _json_scalar(value):
                 continue
@@ -581,13 +610,34 @@ def _rows_metadata(path: Path, rows: list[dict[str, Any]], field: str) -> list[d
                 dropped[key] = dropped.get(key, 0) + 1
                 continue
             for inner, inner_value in value.items():
-                if not _json_scalar(inner_value):
+                if inner in excluded:  # the id and the text come from the top level only
+                    reserved[inner] = reserved.get(inner, 0) + 1
+                elif not _json_scalar(inner_value):
                     dropped[f"metadata.{inner}"] = dropped.get(f"metadata.{inner}", 0) + 1
-                elif inner in row:  # a top-level field of that name wins
+                elif inner in row and _json_scalar(row[inner]):  # a top-level scalar of that name wins
                     clashes[inner] = clashes.get(inner, 0) + 1
                 else:
+                    if inner in row and inner != "metadata":  # the top-level value is dropped (not a scalar)
+                        replaced.add(inner)
                     meta[inner] = inner_value
+                    nested.add(inner)
+        bad = next((k for k, v in meta.items() if isinstance(v, float) and not math.isfinite(v)), None)
+        if bad is not None:
+            name = f"metadata.{bad}" if bad in nested else bad
+            value = "NaN" if math.isnan(meta[bad]) else "Infinity" if meta[bad] > 0 else "-Infinity"
+            raise ValueError(
+                f"{where}: field {name!r} is {value}, which is not standard JSON and cannot be kept in a "
+                "store's metadata; replace it with a number or null"
+            )
         metadatas.append(meta)
+    if reserved:
+        logger.warning(
+            "%s: %d 'metadata' value(s) are named like the id or the text (%s); they are not kept (the id and "
+            "text are read from the top-level fields only)",
+            path,
+            sum(reserved.values()),
+            ", ".join(sorted(reserved)),
+        )
     if clashes:
         logger.warning(
             "%s: %d 'metadata' value(s) have the name of a top-level field of their row (%s); the top-level "
@@ -597,12 +647,19 @@ def _rows_metadata(path: Path, rows: list[dict[str, Any]], field: str) -> list[d
             ", ".join(sorted(clashes)),
         )
     if dropped:
+        instead = (
+            f"; for {', '.join(sorted(replaced))}, the 'metadata' object's scalar value of the same name is kept "
+            "instead"
+            if replaced
+            else ""
+        )
         logger.warning(
             "%s: %d value(s) that are not strings, numbers, booleans or null are not kept in the documents' "
-            "metadata (fields: %s); a store's metadata holds scalar values only",
+            "metadata (fields: %s); a store's metadata holds scalar values only%s",
             path,
             sum(dropped.values()),
             ", ".join(sorted(dropped)),
+            instead,
         )
     return metadatas
 

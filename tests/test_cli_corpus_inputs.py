@@ -9,6 +9,8 @@ import json
 import logging
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -305,3 +307,160 @@ def test_streaming_encode_refuses_tsv_and_field_with_text_input(
     assert main(["encode", "-i", str(lines), "--field", "body", *base]) == 2
     assert "--field body" in _err(capsys, "encode")
     assert not (tmp_path / "enc").exists()
+
+
+# ---------------------------------------------------------------- 9. second review of the inputs and outputs
+def _encode_argv(model_dir: Path, out: Path, *extra: str) -> list[str]:
+    return ["encode", *extra, "--out", str(out), "--model", str(model_dir), "--no-progress"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_encode_out_a_named_pipe_is_refused_without_opening_it(tmp_path: Path, model_dir: Path) -> None:
+    import kl_retrievers
+
+    fifo = tmp_path / "g.safetensors"
+    os.mkfifo(fifo)
+    # in a child process: opening the pipe blocks in native code holding the GIL, so a thread could not time out
+    code = "import sys; from kl_retrievers.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "PYTHONPATH": str(Path(kl_retrievers.__file__).resolve().parents[1])}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, *_encode_argv(model_dir, fifo, "hi")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("encode --out NAMED_PIPE.safetensors waited on the pipe")
+    assert done.returncode == 2, done.stderr
+    assert "not a regular file" in done.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # refused, not replaced
+
+
+@pytest.mark.parametrize(
+    ("header", "columns"),
+    [("qid\tquery", ("qid", "query")), ("id\ttext", ("id", "text")), ("docid\tTitle", ("docid", "Title"))],
+)
+def test_tsv_header_is_skipped_with_a_warning_naming_its_columns(
+    tmp_path: Path, model_dir: Path, caplog: pytest.LogCaptureFixture, header: str, columns: tuple[str, str]
+) -> None:
+    corpus = tmp_path / "q.tsv"
+    corpus.write_text(f"\n{header}\n1\twhat is x\n")
+    out = tmp_path / "g.safetensors"
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers.cli"):
+        assert main(_encode_argv(model_dir, out, "--input", str(corpus))) == 0
+    assert load_gaussians(out)[1] == ["1"]
+    warned = [r for r in caplog.records if r.name == "kl_retrievers.cli" and r.levelno == logging.WARNING]
+    assert len(warned) == 1, warned
+    assert "line 2" in warned[0].getMessage() and all(repr(c) in warned[0].getMessage() for c in columns)
+
+
+def test_tsv_with_a_byte_order_mark(tmp_path: Path, model_dir: Path) -> None:
+    headed, bare = tmp_path / "headed.tsv", tmp_path / "bare.tsv"
+    headed.write_bytes("\ufeffpid\tpassage\nd1\tone\n".encode())
+    bare.write_bytes("\ufeffd1\tone\nd2\ttwo\n".encode())
+    for corpus, ids in ((headed, ["d1"]), (bare, ["d1", "d2"])):
+        out = tmp_path / f"{corpus.stem}.safetensors"
+        assert main(_encode_argv(model_dir, out, "--input", str(corpus))) == 0
+        assert load_gaussians(out)[1] == ids
+
+
+def test_tsv_empty_id_says_the_id_column_is_empty(
+    tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = tmp_path / "c.tsv"
+    corpus.write_text("d1\tone\n \thello\n")
+    assert main(_encode_argv(model_dir, tmp_path / "g.safetensors", "--input", str(corpus))) == 2
+    err = _err(capsys, "encode")
+    assert "line 2" in err and "the id column is empty" in err and "'_id'" not in err
+
+
+def test_csv_message_is_right_with_and_without_shard_size(
+    tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = tmp_path / "c.csv"
+    corpus.write_text("id,text\n1,one\n")
+    for extra in ([], ["--shard-size", "1"]):
+        assert main(_encode_argv(model_dir, tmp_path / "enc", "--input", str(corpus), *extra)) == 2
+        err = _err(capsys, "encode")
+        assert "JSON Lines" in err and ".tsv" in err and "without --shard-size" in err
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="the umask is read from /proc on Linux")
+@pytest.mark.usefixtures("umask_022")
+def test_atomic_writes_read_the_umask_without_changing_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kl_retrievers._io import atomic_dir, atomic_file
+
+    calls: list[int] = []
+    real_umask = os.umask
+
+    def spy(mask: int) -> int:
+        calls.append(mask)
+        return real_umask(mask)
+
+    monkeypatch.setattr(os, "umask", spy)
+    with atomic_file(tmp_path / "a.json") as tmp:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_TRUNC, 0o600))
+    with atomic_dir(tmp_path / "folder") as folder:
+        (folder / "b.txt").write_text("b")
+    assert calls == []  # setting it (even briefly to 0) would race with files other threads create
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "folder" / "b.txt").stat().st_mode) == 0o644
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_reencoding_keeps_the_mode_the_user_gave_the_file(tmp_path: Path, model_dir: Path) -> None:
+    out = tmp_path / "g.safetensors"
+    assert main(_encode_argv(model_dir, out, "hello")) == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    out.chmod(0o600)
+    assert main(_encode_argv(model_dir, out, "hello", "world")) == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600 and len(load_gaussians(out)[0]) == 2
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        ('{"_id": "a", "text": "x", "metadata": {"s": NaN}}', "'metadata.s' is NaN"),
+        ('{"_id": "a", "text": "x", "s": Infinity}', "'s' is Infinity"),
+    ],
+)
+def test_index_refuses_non_finite_metadata_naming_file_and_line(
+    tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str], row: str, field: str
+) -> None:
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"_id": "b", "text": "y"}\n\n' + row + "\n")
+    assert _index(corpus, tmp_path / "s", model_dir) == 2
+    err = _err(capsys, "index")
+    assert f"{corpus}, line 3" in err and field in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_index_nested_metadata_never_gives_the_id_or_text_and_fills_a_dropped_field(
+    tmp_path: Path, model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    corpus = tmp_path / "c.jsonl"
+    row = {"_id": "a", "text": "x", "tags": ["l"], "metadata": {"tags": "t", "_id": "z", "id": "inner", "text": "?"}}
+    corpus.write_text(json.dumps(row) + "\n")
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers.cli"):
+        assert _index(corpus, tmp_path / "s", model_dir) == 0
+    (doc,) = _documents(tmp_path / "s")
+    assert (doc["id"], doc["text"], doc["metadata"]) == ("a", "x", {"tags": "t"})
+    warned = " | ".join(r.getMessage() for r in caplog.records if r.name == "kl_retrievers.cli")
+    assert "top-level value is kept" not in warned  # the top-level tags (a list) is not kept
+    assert "_id, id, text" in warned and "for tags, the 'metadata' object's scalar value" in warned
+
+
+@pytest.mark.parametrize("index_type", ["flat", "hnsw", "ivf"])
+def test_index_without_options_records_the_store_defaults(tmp_path: Path, model_dir: Path, index_type: str) -> None:
+    from kl_retrievers.index import KLStore
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"_id": "a", "text": "x"}\n')
+    assert _index(corpus, tmp_path / "cli", model_dir, "--index-type", index_type) == 0
+    store = KLStore(make_tiny_encoder(), index_type=index_type, show_progress_bar=False)
+    store.add(["x"], ids=["a"])
+    store.save(tmp_path / "lib")
+    params = [json.loads((tmp_path / name / "config.json").read_text())["index_params"] for name in ("cli", "lib")]
+    assert params[0] == params[1]
