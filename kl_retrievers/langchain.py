@@ -87,7 +87,7 @@ from kl_retrievers._confidence import (
     require_calibrator,
 )
 from kl_retrievers._encoding import check_texts
-from kl_retrievers._io import atomic_dir, load_unchanged
+from kl_retrievers._io import LEFTOVER_NAME, atomic_dir, load_unchanged
 from kl_retrievers.filters import MetadataFilter
 from kl_retrievers.gaussian import (
     SCORE_DIRECTION,
@@ -166,6 +166,39 @@ def _index_folder(folder: Path, index_name: Any) -> Path:
     if index_name in (_STORE_DIR, _MANIFEST):
         raise ValueError(f"index_name {index_name!r} is taken by the files of the default index; choose another name")
     return folder / index_name
+
+
+def _is_save_leftover(path: Path) -> bool:
+    """A temporary or previous copy of ``klstore/`` or ``langchain.json`` (``.klstore.tmp-HEX``) left by a save.
+
+    A save still running has one, and one killed part-way leaves it; the next save of the folder removes it.
+
+    Examples:
+        >>> _is_save_leftover(Path("db/.klstore.tmp-0123abcd")), _is_save_leftover(Path("db/.notes.tmp-0123abcd"))
+        (True, False)
+    """
+    match = LEFTOVER_NAME.fullmatch(path.name)
+    return match is not None and match["name"] in (_STORE_DIR, _MANIFEST)
+
+
+def _written_by_save_local(folder: Path, *, named: bool = True) -> bool:
+    """Whether ``save_local`` may write into the existing folder ``folder`` (see :meth:`KLVectorStore.save_local`).
+
+    It may when the folder is empty or holds only a save's leftovers (:func:`_is_save_leftover`), or holds
+    ``langchain.json`` or ``klstore/langchain_manifest.json`` (a save that failed before ``langchain.json``);
+    with ``named``, also when its entries are only leftovers and named indexes (sub-folders that pass this
+    check themselves, being saved or saved). The entries are listed first, so that a concurrent save moving
+    its temporary copy into place between the listing and the checks is still seen.
+    """
+    try:
+        entries = list(folder.iterdir())
+    except OSError:  # not a folder (any more)
+        return False
+    if all(_is_save_leftover(p) for p in entries):
+        return True
+    if (folder / _MANIFEST).is_file() or (folder / _STORE_DIR / _INNER_MANIFEST).is_file():
+        return True
+    return named and all(_is_save_leftover(p) or _written_by_save_local(p, named=False) for p in entries)
 
 
 def _is_document_attribute_error(exc: AttributeError, metadata: Mapping[str, Any]) -> bool:
@@ -332,23 +365,32 @@ def _unpack_archive(data: bytes, folder: Path) -> None:
                 raise LangChainFormatError(f"cannot unpack the archive entry {info.filename!r}: {exc}") from exc
 
 
-def _check_saved_encoder_is_bundled(manifest_path: Path) -> None:
+def _check_saved_encoder_is_bundled(folder: Path, entry: str, field: str) -> None:
     """Refuse serialized bytes whose saved encoder is not a bundled model when no ``embeddings`` were given.
 
     Bytes may come from anywhere; without ``embeddings`` the encoder they name would be loaded, and a
-    path or a hub id would load (or download) a model that the bytes chose.
+    path or a hub id would load (or download) a model that the bytes chose. Every record of it is checked:
+    ``langchain.json``'s (and its copy's) ``encoder``, and the store part's ``encoder.name_or_path``, which
+    a search loads when the manifest names none.
+
+    Args:
+        folder: Where the bytes were unpacked.
+        entry: The JSON file, relative to ``folder`` (``"klstore/config.json"``).
+        field: Where the name is in it, dotted (``"encoder.name_or_path"``).
     """
     from kl_retrievers.hub import bundled_name
 
     try:
-        name = json.loads(manifest_path.read_text(encoding="utf-8")).get("encoder")
+        name = json.loads((folder / entry).read_text(encoding="utf-8"))
+        for key in field.split("."):
+            name = name.get(key)
     except (OSError, ValueError, AttributeError):
-        return  # load_local reports the damaged manifest
+        return  # missing (a copy is optional), no record, or damaged: load_local reports a damaged file
     if isinstance(name, str) and name and bundled_name(name) is None:
         raise ValueError(
-            f"the serialized KLVectorStore names the encoder {name!r}, which is not a model bundled with "
-            "kl-retrievers; deserialize_from_bytes loads only bundled models by the name the bytes carry: pass "
-            "embeddings= (the encoder the store was built with)"
+            f"the serialized KLVectorStore ({entry}, field {field!r}) names the encoder {name!r}, which is not a "
+            "model bundled with kl-retrievers; deserialize_from_bytes loads only bundled models by the name the "
+            "bytes carry: pass embeddings= (the encoder the store was built with)"
         )
 
 
@@ -500,7 +542,7 @@ def _unwrap_encoder(encoder: Any, call: str = "KLVectorStore.from_texts(texts, {
     is added to the message (e.g. ``load_local``'s: leave ``embeddings`` out).
     """
     if isinstance(encoder, (str, os.PathLike)):
-        name = os.fspath(encoder)
+        name = str(os.fspath(encoder))  # a str subclass (numpy's str_) would show its own repr
         load = f"KLEmbeddings(model_name={name!r})"
         raise TypeError(
             f"got the model name or folder {name!r} where an embeddings object is expected: {hint}load it with "
@@ -1821,7 +1863,8 @@ class KLVectorStore(VectorStore):
 
         Raises:
             ValueError: ``index_name`` is not a plain folder name, or the folder is not empty and
-                was not written by ``save_local``.
+                was not written by ``save_local`` (the temporary copies of a save running or killed,
+                ``.klstore.tmp-HEX``, and named indexes, saved or being saved, do not count).
         """
         parent = Path(folder_path)
         folder = _index_folder(parent, index_name)
@@ -1834,14 +1877,9 @@ class KLVectorStore(VectorStore):
                 f"{type(self.store).__name__} keeps its documents in its own server (e.g. Milvus); there is nothing "
                 "to save locally. Reconnect later with the same uri and collection_name instead."
             )
-        # a folder that holds only other named indexes (save_local(folder, index_name=...)) takes the default one
-        if (
-            folder.is_dir()
-            and any(folder.iterdir())
-            and not (folder / _MANIFEST).is_file()
-            and not (folder / _STORE_DIR / _INNER_MANIFEST).is_file()  # a save that failed before langchain.json
-            and not all(p.is_dir() and (p / _MANIFEST).is_file() for p in folder.iterdir())
-        ):
+        # a folder that holds only other named indexes (save_local(folder, index_name=...)) takes the default one;
+        # the temporary copies of a save running (or killed) and a named index being saved do not count as foreign
+        if folder.is_dir() and not _written_by_save_local(folder):
             raise ValueError(f"{folder} is not empty and was not written by KLVectorStore.save_local; refusing")
         if not isinstance(self.relevance, str):
             logger.warning(
@@ -1921,8 +1959,9 @@ class KLVectorStore(VectorStore):
         Args:
             serialized: The bytes (``bytes``, ``bytearray`` or ``memoryview``).
             embeddings: As in :meth:`load_local`. Without it, the saved encoder is loaded by name only
-                when it is a bundled model (the bytes could name any path or hub id): pass it for a
-                store built with your own model.
+                when it is a bundled model (the bytes could name any path or hub id): every record of
+                it must be one (``langchain.json``'s ``encoder`` and ``klstore/config.json``'s
+                ``encoder.name_or_path``). Pass it for a store built with your own model.
             allow_dangerous_deserialization: Accepted so that code written for langchain-community's
                 FAISS runs unchanged, and ignored: nothing here is unpickled.
             **kwargs: :meth:`load_local`'s ``relevance`` and ``verify_checksums``.
@@ -1930,7 +1969,8 @@ class KLVectorStore(VectorStore):
         Raises:
             TypeError: ``serialized`` is not bytes, or an unknown keyword argument.
             ValueError: ``mmap=True`` (the temporary folder does not outlive the call), or no
-                ``embeddings`` and the saved encoder is not a bundled model.
+                ``embeddings`` and a record of the saved encoder is not a bundled model (the message
+                names the file, the field and the value).
             LangChainFormatError: (a ``ValueError``) bytes that are not from :meth:`serialize_to_bytes`
                 (langchain-community FAISS's pickle is named as such, not unpickled), an archive entry
                 that is refused (named), or damaged files.
@@ -1955,8 +1995,9 @@ class KLVectorStore(VectorStore):
             folder.mkdir()
             _unpack_archive(data, folder)
             if embeddings is None:
-                _check_saved_encoder_is_bundled(folder / _MANIFEST)
-                _check_saved_encoder_is_bundled(folder / _STORE_DIR / _INNER_MANIFEST)
+                _check_saved_encoder_is_bundled(folder, _MANIFEST, "encoder")
+                _check_saved_encoder_is_bundled(folder, f"{_STORE_DIR}/{_INNER_MANIFEST}", "encoder")
+                _check_saved_encoder_is_bundled(folder, f"{_STORE_DIR}/{_STORE_CONFIG}", "encoder.name_or_path")
             try:
                 return cls.load_local(folder, embeddings, mmap=False, **kwargs)
             except StoreFormatError as exc:

@@ -417,3 +417,128 @@ def test_kl_embeddings_deepcopy_and_pickle(tiny_encoder: GaussianEncoder, how: s
     li_emb = li.KLEmbedding(tiny_encoder)
     li_copied = copy.deepcopy(li_emb) if how == "deepcopy" else pickle.loads(pickle.dumps(li_emb))
     assert li_copied.get_query_embedding("the cat") == pytest.approx(li_emb.get_query_embedding("the cat"))
+
+
+# ------------------------------------------------------------------ save_local beside a save's leftovers
+def test_langchain_save_beside_a_killed_saves_temporary_copy(tmp_path: Path) -> None:
+    folder = tmp_path / "db"
+    leftover = folder / ".klstore.tmp-0123abcd"  # what a first save killed part-way leaves
+    leftover.mkdir(parents=True)
+    (leftover / "config.json").write_text("{}")
+    _lc_store("A").save_local(folder)
+    assert _tags(lc.KLVectorStore.load_local(folder).store.ids) == {"A"}
+    named = tmp_path / "db2" / "news" / ".langchain.json.tmp-00ff"  # the same inside a named index
+    named.parent.mkdir(parents=True)
+    named.write_text("{")
+    _lc_store("A").save_local(tmp_path / "db2")
+    assert _tags(lc.KLVectorStore.load_local(tmp_path / "db2").store.ids) == {"A"}
+    for foreign in (".notes.tmp-0123abcd", "notes.txt"):  # another name stays foreign
+        other = tmp_path / foreign.strip(".")
+        other.mkdir()
+        (other / foreign).write_text("x")
+        with pytest.raises(ValueError, match="not written by KLVectorStore.save_local"):
+            _lc_store("A").save_local(other)
+    (tmp_path / "sub" / "news").mkdir(parents=True)
+    (tmp_path / "sub" / "news" / "x.txt").write_text("x")
+    with pytest.raises(ValueError, match="not written by KLVectorStore.save_local"):
+        _lc_store("A").save_local(tmp_path / "sub")
+
+
+@pytest.mark.parametrize("second", ["index", "news"])
+def test_langchain_save_while_another_first_save_of_the_folder_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, second: str
+) -> None:
+    folder = tmp_path / "db"
+    first, other = _lc_store("A"), _lc_store("B")
+    save = first.store.save
+    seen: list[list[str]] = []
+
+    def save_then_save_the_other(path: Path, *args: Any, **kwargs: Any) -> Any:
+        # the first save's temporary copy is in the folder, its klstore/ and langchain.json are not yet
+        seen.append(sorted(p.name for p in folder.iterdir()))
+        other.save_local(folder, index_name=second)
+        return save(path, *args, **kwargs)
+
+    monkeypatch.setattr(first.store, "save", save_then_save_the_other)
+    first.save_local(folder)
+    assert seen and seen[0][0].startswith(".klstore.tmp-")
+    assert not any(p.name.startswith(".klstore.") for p in folder.iterdir())
+    if second == "news":
+        assert _tags(lc.KLVectorStore.load_local(folder, index_name="news").store.ids) == {"B"}
+    assert _tags(lc.KLVectorStore.load_local(folder).store.ids) == {"A"}
+
+
+def test_langchain_default_save_beside_a_named_index_being_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "db"
+    named = _lc_store("B")
+    save = named.store.save
+
+    def save_then_save_the_default(path: Path, *args: Any, **kwargs: Any) -> Any:
+        _lc_store("A").save_local(folder)  # news/ holds only the named save's temporary copy now
+        return save(path, *args, **kwargs)
+
+    monkeypatch.setattr(named.store, "save", save_then_save_the_default)
+    named.save_local(folder, index_name="news")
+    assert _tags(lc.KLVectorStore.load_local(folder).store.ids) == {"A"}
+    assert _tags(lc.KLVectorStore.load_local(folder, index_name="news").store.ids) == {"B"}
+
+
+def test_langchain_default_save_beside_a_named_index_that_failed_before_its_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "db"
+    write = lc.write_manifest
+
+    def fail_outer(path: Path, *args: Any, **kwargs: Any) -> Any:
+        if Path(path).name == "langchain.json":
+            raise OSError("disk full (simulated)")
+        return write(path, *args, **kwargs)
+
+    monkeypatch.setattr(lc, "write_manifest", fail_outer)
+    with pytest.raises(OSError, match="disk full"):
+        _lc_store("B").save_local(folder, index_name="news")
+    monkeypatch.setattr(lc, "write_manifest", write)
+    assert sorted(p.name for p in (folder / "news").iterdir()) == ["klstore"]
+    (folder / "empty").mkdir()  # an empty sub-folder does not make the folder foreign either
+    _lc_store("A").save_local(folder)
+    assert _tags(lc.KLVectorStore.load_local(folder).store.ids) == {"A"}
+    assert _tags(lc.KLVectorStore.load_local(folder, index_name="news").store.ids) == {"B"}
+
+
+# ------------------------------------------------------------------ deserialize_from_bytes trusts only bundled names
+def test_bytes_whose_store_part_records_a_model_path_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+    import zipfile
+
+    import kl_retrievers.pretrained as pretrained
+
+    loads: list[Any] = []
+    monkeypatch.setattr(pretrained, "load_model", lambda name, *a, **k: loads.append(name))
+    evil = str(tmp_path / "evil-model")
+    data = _lc_store("A").serialize_to_bytes()
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            body = src.read(info)
+            if info.filename == "langchain.json":
+                assert json.loads(body)["encoder"] is None  # the manifest names no encoder ...
+            if info.filename == "klstore/config.json":  # ... but the store part records one
+                config = json.loads(body)
+                config["encoder"] = {"name_or_path": evil, "config": None}
+                body = json.dumps(config).encode()
+            dst.writestr(info, body)
+    with pytest.raises(ValueError, match=r"\(klstore/config\.json, field 'encoder\.name_or_path'\)") as err:
+        lc.KLVectorStore.deserialize_from_bytes(out.getvalue())
+    assert repr(evil) in str(err.value) and "embeddings=" in str(err.value)
+    assert loads == []
+    assert len(lc.KLVectorStore.deserialize_from_bytes(data).store) == 6  # the untouched bytes still load
+
+
+def test_a_numpy_str_model_name_is_shown_as_a_plain_str() -> None:
+    with pytest.raises(TypeError, match=r"got the model name or folder 'm' ") as err:
+        lc.KLVectorStore(np.str_("m"))
+    assert "np.str_" not in str(err.value)

@@ -457,3 +457,9 @@ def test_a_delete_filter_is_run_again_when_the_store_changed_meanwhile(monkeypat
     monkeypatch.setattr(store, "_matching", choose_then_change_d0)
     report = store.delete(filter={"src": "x"})
     assert calls == [3, 2] and report.deleted == ["d2", "d4"] and "d0" in store
+
+
+def test_a_numpy_str_model_name_is_shown_as_a_plain_str() -> None:
+    with pytest.raises(TypeError, match=r"got the model name or folder 'm' ") as err:
+        KLStore(encoder=np.str_("m"))
+    assert "np.str_" not in str(err.value) and "load_model('m')" in str(err.value)

@@ -693,7 +693,7 @@ def _refuse_model_name(encoder: Any, call: str) -> None:
         TypeError: got the model name or folder 'minilm-gauss-soup' where ... KLStore.load(path, encoder=load_model(...
     """
     if isinstance(encoder, (str, bytes, os.PathLike)):
-        name = os.fsdecode(encoder)
+        name = str(os.fsdecode(encoder))  # a str subclass (numpy's str_) would show its own repr
         raise TypeError(
             f"got the model name or folder {name!r} where an encoder is expected: load it with "
             f"kl_retrievers.load_model({name!r}) and pass that as encoder, e.g. " + call.format(f"load_model({name!r})")
@@ -913,11 +913,13 @@ class GaussianStore(ABC):
     def delete(self, ids: Sequence[str] | None = None, *, filter: MetadataFilter | None = None) -> DeleteReport:
         """Delete documents by id, by a metadata filter, or both; unknown ids are reported (warning), never raised.
 
-        With ``filter``, the documents to delete are chosen and deleted in one step: a ``KLStore``
-        judges each document's metadata (no text is copied) and deletes the matches under one hold of
-        its write lock, so a document upserted by another thread meanwhile is judged as it is at that
-        moment, never on metadata it no longer has. A callable filter is first run under the read lock (searches
-        go on meanwhile); when another thread wrote in between, the documents are chosen again under the write lock.
+        With ``filter``, a ``KLStore`` chooses and deletes in two phases, for every kind of filter (a
+        dict or a callable): it judges each document's metadata (no text is copied) under the read lock,
+        so that searches go on meanwhile; then, under the write lock, it deletes the matches if no other
+        thread wrote in between, else it chooses them again there first. Either way no write comes
+        between the final choice and the deletion, so a document upserted by another thread meanwhile is
+        judged as it is when deleted, never on metadata it no longer has (a callable filter may therefore
+        run twice on a document).
         (A ``MilvusKLStore`` is atomic only against the other threads using the same ``MilvusKLStore`` object:
         another object, even over the same collection in the same process, or another process may write between
         its query of the matching ids and their deletion.)
