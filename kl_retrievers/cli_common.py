@@ -2,8 +2,9 @@
 
 The layer under every command module: :mod:`kl_retrievers.cli` (the main parser),
 :mod:`kl_retrievers.evaluate_cli` and :mod:`kl_retrievers.training.cli` import it, and it imports
-from the package only :mod:`kl_retrievers._io` (which imports only the standard library), so the
-command modules never import each other.
+from the package only :mod:`kl_retrievers._io` (which imports only the standard library) at import time,
+and :mod:`kl_retrievers.onnx` only when ``--model-threads`` is parsed (its thread bound), so the command
+modules never import each other.
 
 Examples:
     >>> import argparse
@@ -42,6 +43,7 @@ __all__ = [
     "non_negative_int",
     "read_folder_config",
     "positive_int",
+    "thread_count",
     "token_budget",
 ]
 
@@ -68,6 +70,29 @@ def _int_at_least(low: int) -> Callable[[str], int]:
 positive_int = _int_at_least(1)
 non_negative_int = _int_at_least(0)  # a seed
 token_budget = _int_at_least(3)  # what GaussianEncoder accepts as max_length ([CLS], [VAR], [SEP])
+
+
+def thread_count(text: str) -> int:
+    """An argparse ``type`` for ``--model-threads``: what ``num_threads`` accepts, an int from 1 to
+    :func:`kl_retrievers.onnx.max_threads` (4 per usable CPU core, at least 16), checked as it checks it.
+
+    Examples:
+        >>> thread_count("2")
+        2
+        >>> thread_count("99999")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        argparse.ArgumentTypeError: num_threads must be an int from 1 to ... on this machine ...
+    """
+    value = positive_int(text)
+    from kl_retrievers.onnx import check_num_threads  # at parse time only: the CLI's start stays light
+
+    try:
+        return check_num_threads(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+thread_count.__name__ = "thread count"
 
 
 def add_model_backend_argument(
@@ -137,11 +162,11 @@ def add_model_session_arguments(
     p.add_argument(
         "--model-threads",
         dest="model_threads",
-        type=positive_int,
+        type=thread_count,
         default=None,
         metavar="N",
-        help=f"ONNX Runtime intra-op threads of the model, N >= 1 ({onnx_only}; {default_note}; default: ONNX "
-        "Runtime's choice, the physical cores)",
+        help=f"ONNX Runtime intra-op threads of the model, N from 1 to 4 per usable CPU core, or 16 on "
+        f"a small machine ({onnx_only}; {default_note}; default: ONNX Runtime's choice, the physical cores)",
     )
     p.add_argument(
         "--model-spinning",

@@ -24,6 +24,7 @@ Examples:
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import logging
@@ -81,9 +82,14 @@ QUANTIZATIONS: tuple[str | None, ...] = ("int8", None)
 OUTPUTS = ("mean", "var")
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _OPSET = 17
-#: The most intra-op threads :func:`make_session_options` accepts: ONNX Runtime starts them all at once, each
-#: with its own stack and buffers (tens of thousands took 16 GiB), so a mistyped count could exhaust the machine.
+#: The most intra-op threads :func:`make_session_options` accepts on any machine: ONNX Runtime starts them all at
+#: once, each with its own stack and buffers (tens of thousands took 16 GiB), so a mistyped count could exhaust
+#: the machine. Below it, the bound is relative to the machine: :func:`max_threads`.
 MAX_THREADS = 1024
+#: :func:`max_threads` allows this many intra-op threads per usable CPU core ...
+_THREADS_PER_CORE = 4
+#: ... and at least this many, on any machine.
+_MIN_MAX_THREADS = 16
 #: Batches whose texts are tokenized together when encoding (bounds the memory held by token ids) ...
 _CHUNK_BATCHES = 16
 #: ... fewer when they would hold more texts than this (a large batch_size), but always one batch at least.
@@ -639,6 +645,57 @@ def is_onnx_folder(path: str | os.PathLike[str]) -> bool:
     return (p / MODEL_FILE).is_file() and (p / CONFIG_NAME).is_file()
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one, else ``os.cpu_count()``).
+
+    Examples:
+        >>> usable_cores() >= 1
+        True
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def max_threads() -> int:
+    """The most intra-op threads :func:`make_session_options` (and ``--model-threads``) accepts on this machine.
+
+    4 per usable core (:func:`usable_cores`), at least 16 and at most :data:`MAX_THREADS`. ONNX Runtime starts
+    every thread when the session is created, and a thread it cannot create (or one starved of memory) can
+    leave it hanging instead of raising (onnxruntime 1.32 waits in ``pthread_join``), so a count far beyond the
+    cores is refused before any thread starts.
+
+    Examples:
+        >>> 16 <= max_threads() <= MAX_THREADS
+        True
+    """
+    return min(MAX_THREADS, max(_MIN_MAX_THREADS, _THREADS_PER_CORE * usable_cores()))
+
+
+def check_num_threads(num_threads: Any) -> int:
+    """``num_threads`` as an int, when it is one from 1 to :func:`max_threads`; else a ``ValueError`` saying why.
+
+    Examples:
+        >>> check_num_threads(1)
+        1
+        >>> check_num_threads(0)
+        Traceback (most recent call last):
+        ValueError: num_threads must be an int >= 1; got 0 ...
+    """
+    cap = max_threads()
+    if not _is_int(num_threads) or num_threads < 1:
+        raise ValueError(f"num_threads must be an int >= 1; got {num_threads!r} (the range is 1 to {cap})")
+    if num_threads > cap:
+        raise ValueError(
+            f"num_threads must be an int from 1 to {cap} on this machine ({_THREADS_PER_CORE} per usable CPU core, "
+            f"{usable_cores()} here; at least {_MIN_MAX_THREADS}, at most {MAX_THREADS}); got {num_threads!r}: ONNX "
+            "Runtime starts every thread at once, and one it cannot create can hang the process instead of "
+            "raising; use at most the CPU cores"
+        )
+    return int(num_threads)  # numpy ints too
+
+
 def make_session_options(
     *, num_threads: int | None = None, allow_spinning: bool | None = None, session_options: Any = None
 ) -> Any:
@@ -658,8 +715,9 @@ def make_session_options(
     stays off by default (docs/onnx.md, "Session options: threads and spinning"; ``benchmarks/onnx_session.py``).
 
     Args:
-        num_threads: ONNX Runtime intra-op threads, an int from 1 to :data:`MAX_THREADS` (default: its own
-            choice, the physical cores); more than ``os.cpu_count()`` logs a warning (the threads compete).
+        num_threads: ONNX Runtime intra-op threads, an int from 1 to :func:`max_threads` (4 per usable core, at
+            least 16; default: its own choice, the physical cores); more than the usable cores
+            (:func:`usable_cores`) logs a warning (the threads compete).
         allow_spinning: Whether idle intra-op threads spin (default ``None``: off, as ``False``).
         session_options: An ``onnxruntime.SessionOptions`` used as given, instead of the defaults above.
 
@@ -669,7 +727,7 @@ def make_session_options(
     Raises:
         TypeError: ``session_options`` is not an ``onnxruntime.SessionOptions``, or ``allow_spinning`` is not a
             bool.
-        ValueError: ``num_threads`` is not an int from 1 to :data:`MAX_THREADS`, or ``num_threads`` or
+        ValueError: ``num_threads`` is not an int from 1 to :func:`max_threads`, or ``num_threads`` or
             ``allow_spinning`` is given together with ``session_options``.
 
     Examples:
@@ -682,19 +740,12 @@ def make_session_options(
     """
     ort = onnx_runtime()
     if num_threads is not None:
-        if not _is_int(num_threads) or num_threads < 1:
-            raise ValueError(f"num_threads must be an int >= 1; got {num_threads!r} (the range is 1 to {MAX_THREADS})")
-        if num_threads > MAX_THREADS:
-            raise ValueError(
-                f"num_threads must be an int from 1 to {MAX_THREADS}; got {num_threads!r}: ONNX Runtime would start "
-                "that many threads at once (each with its own memory); use at most the CPU cores"
-            )
-        num_threads = int(num_threads)  # numpy ints too
-        cores = os.cpu_count()
-        if cores is not None and num_threads > cores:
+        num_threads = check_num_threads(num_threads)
+        cores = usable_cores()
+        if num_threads > cores:
             logger.warning(
-                "num_threads=%d is more than this machine's %d CPU cores: ONNX Runtime's threads will compete for "
-                "them (slower, not faster); use at most %d",
+                "num_threads=%d is more than the %d CPU cores this process may use: ONNX Runtime's threads will "
+                "compete for them (slower, not faster); use at most %d",
                 num_threads,
                 cores,
                 cores,
@@ -765,25 +816,43 @@ def _shipped_source_weights(folder: Path, source: Any) -> str | None:
         return None
 
 
-#: Words in an ONNX Runtime error that say it ran out of a resource (threads, memory), not that the graph is bad.
-_RESOURCE_WORDS = ("pthread", "thread", "memory", "alloc", "resource temporarily unavailable")
+#: Phrases in an ONNX Runtime error that say it ran out of a resource (threads, memory), not that the graph is bad.
+_RESOURCE_PHRASES = (
+    "pthread_create",
+    "bad_alloc",
+    "failed to allocate",
+    "out of memory",
+    "resource temporarily unavailable",
+)
+#: ONNX Runtime's exception types for a graph it cannot use: never a resource error, whatever the message says.
+_GRAPH_ERRORS = ("InvalidProtobuf", "InvalidGraph", "InvalidArgument", "NoSuchFile", "NoModel", "NotImplemented")
 
 
-def _is_resource_error(exc: BaseException) -> bool:
+def _is_resource_error(exc: BaseException, *paths: str | os.PathLike[str]) -> bool:
     """Whether creating a session failed for want of threads or memory (not because of the graph).
+
+    The message is matched without ``paths`` (the graph's file and folder, which ONNX Runtime quotes), so a
+    folder named e.g. ``memory-test`` does not make a faulty graph read as a resource error.
 
     Examples:
         >>> _is_resource_error(MemoryError()), _is_resource_error(RuntimeError("pthread_create failed"))
         (True, True)
         >>> _is_resource_error(RuntimeError("[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model failed"))
         False
+        >>> _is_resource_error(RuntimeError("Load model from /out of memory/model.onnx failed"), "/out of memory")
+        False
     """
-    if isinstance(exc, (MemoryError, OSError)):
+    if isinstance(exc, MemoryError):
         return True
-    if type(exc).__name__ in ("InvalidProtobuf", "InvalidGraph", "NoSuchFile", "NoModel", "NotImplemented"):
+    if isinstance(exc, OSError):  # threads (EAGAIN) or memory (ENOMEM), not e.g. a missing file
+        return exc.errno in (errno.EAGAIN, errno.ENOMEM)
+    if type(exc).__name__ in _GRAPH_ERRORS:
         return False
-    text = str(exc).lower()
-    return any(word in text for word in _RESOURCE_WORDS)
+    text = str(exc)
+    for path in sorted({os.fspath(p) for p in paths} | {os.path.abspath(p) for p in paths}, key=len, reverse=True):
+        text = text.replace(path, "")
+    text = text.lower()
+    return any(phrase in text for phrase in _RESOURCE_PHRASES)
 
 
 class OnnxGaussianEncoder(EncoderMixin):
@@ -795,7 +864,8 @@ class OnnxGaussianEncoder(EncoderMixin):
     (at most 2,048 texts, one batch at least) at a time, and tokenizing takes no lock: encoding from
     several threads at once is safe. An encoder can be pickled or copied (``copy.deepcopy``, e.g. for worker
     processes): the copy builds its own session from the graph file, with the same ``num_threads`` and
-    ``allow_spinning`` (not with a caller's ``session_options``, which cannot be copied: a ``TypeError``).
+    ``allow_spinning`` (not with a caller's ``session_options``, which cannot be copied: a ``TypeError``);
+    ``copy.copy`` shares the session and lock instead.
 
     **int8 encodings depend on the batch.** ONNX Runtime's dynamic quantisation picks one activation
     scale per padded batch tensor, so with ``quantize="int8"`` (the shipped graphs) a text's
@@ -824,8 +894,8 @@ class OnnxGaussianEncoder(EncoderMixin):
     Raises:
         OnnxModelError: The folder is not an ONNX export, or its graph does not match its config.
         TypeError: ``session_options`` or ``allow_spinning`` has the wrong type.
-        ValueError: ``num_threads`` is not an int from 1 to 1024, or is given, like ``allow_spinning``, with
-            ``session_options``.
+        ValueError: ``num_threads`` is not an int from 1 to :func:`max_threads`, or is given, like
+            ``allow_spinning``, with ``session_options``.
         RuntimeError: ONNX Runtime could not create the session for want of threads or memory.
 
     Examples:
@@ -905,8 +975,6 @@ class OnnxGaussianEncoder(EncoderMixin):
         """
         from tokenizers import Tokenizer
 
-        if not model.is_file():
-            raise OnnxModelError(f"{where} is missing {model.name}")
         self.config = config
         self._model_file = model
         self._where = where
@@ -928,20 +996,26 @@ class OnnxGaussianEncoder(EncoderMixin):
                     f"{where}: {TOKENIZER_FILE} maps {VAR_TOKEN} to {found}; config.json says {config.var_token_id}"
                 )
 
-    def _start_session(self, options: Any) -> Any:
+    def _start_session(self, options: Any, *, copied: bool = False) -> Any:
         """A new ONNX Runtime session on the graph, checked against the config (its inputs, outputs and SHA-256).
 
+        ``copied``: the session of an unpickled (or deep-copied) encoder, whose graph file may have gone or
+        changed since (the messages say so).
+
         Raises:
-            OnnxModelError: The graph cannot be read, or does not match the config.
+            OnnxModelError: The graph is missing, cannot be read, or does not match the config.
             RuntimeError: ONNX Runtime could not create the session for want of threads or memory (the
                 original error chained): the graph itself was not found faulty.
         """
         ort = onnx_runtime()
         model, where, config = self._model_file, self._where, self.config
+        since = " (it was there when this encoder was pickled or copied; load the encoder again)" if copied else ""
+        if not model.is_file():
+            raise OnnxModelError(f"{where} is missing {model.name}{since}")
         try:
             session = ort.InferenceSession(os.fspath(model), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
-            if _is_resource_error(exc):
+            if _is_resource_error(exc, model, model.parent):
                 raise RuntimeError(
                     f"{where}: ONNX Runtime could not create a session for {model.name}, for want of threads or "
                     f"memory ({type(exc).__name__}: {exc}); the graph was not found faulty. Free memory, or lower "
@@ -953,9 +1027,24 @@ class OnnxGaussianEncoder(EncoderMixin):
             from kl_retrievers.hub import cached_sha256
 
             actual = cached_sha256(model)
+            if actual != config.model_sha256 and copied:
+                raise OnnxModelError(
+                    f"{where}: {model.name} changed since this encoder was pickled or copied (SHA-256 {actual}, was "
+                    f"{config.model_sha256}): the folder was exported again or edited; load the encoder again"
+                )
             if actual != config.model_sha256:
                 raise OnnxModelError(self._sha_mismatch(where, actual, config.model_sha256))
         return session
+
+    def __copy__(self) -> OnnxGaussianEncoder:
+        """A shallow copy (``copy.copy``): it shares this encoder's session, lock and tokenizers.
+
+        Unlike a pickle or ``copy.deepcopy``, no session is built, so any encoder can be copied this way,
+        one made with a caller's ``session_options`` too.
+        """
+        other = type(self).__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        return other
 
     def __getstate__(self) -> dict[str, Any]:
         """What a pickle or ``copy.deepcopy`` keeps: everything but the session, its lock and the tokenizers.
@@ -982,7 +1071,7 @@ class OnnxGaussianEncoder(EncoderMixin):
         self._tokenizers = {}
         self._lock = threading.Lock()
         assert self._session_args is not None  # __getstate__ refuses a caller's session_options
-        self._session = self._start_session(make_session_options(**self._session_args))
+        self._session = self._start_session(make_session_options(**self._session_args), copied=True)
 
     def _sha_mismatch(self, where: str, actual: str, expected: str) -> str:
         """The message for a graph whose SHA-256 is not the pinned one."""

@@ -303,8 +303,8 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
             ``config.json`` records (``weights_sha256``), or the heads' width is not the backbone's hidden size.
         ModuleNotFoundError: The package carrying the graph is not installed (the message names the extra).
         TypeError: ``session_options`` or ``allow_spinning`` has the wrong type.
-        ValueError: ``num_threads`` is not an int from 1 to 1024, or is given, like ``allow_spinning``, with
-            ``session_options``.
+        ValueError: ``num_threads`` is not an int from 1 to :func:`kl_retrievers.onnx.max_threads`, or is
+            given, like ``allow_spinning``, with ``session_options``.
         RuntimeError: ONNX Runtime could not create the session for want of threads or memory.
 
     Examples:

