@@ -49,7 +49,8 @@ def read_texts(path: Path, field: str = "auto") -> tuple[list[str], list[str]]:
     """Read ``(ids, texts)`` from a ``.jsonl`` file (BEIR corpus or any text field), a ``.tsv`` or a text file.
 
     ``.jsonl``, ``.ndjson`` and ``.json`` files (any case) are JSON lines, one object per line; a
-    ``.tsv`` file holds MS MARCO-style ``id<TAB>text`` lines (a header line is skipped); a ``.csv``
+    ``.tsv`` file holds MS MARCO-style ``id<TAB>text`` lines (a first line such as ``id<TAB>text`` or
+    ``pid<TAB>passage`` is taken for a header and skipped); a ``.csv``
     file is refused (convert it to JSON Lines or ``.tsv``); any other file gives one text per
     non-empty line, with ids ``"0"``, ``"1"``, ... ``field`` other than ``"auto"`` applies to JSON
     lines only (elsewhere it is refused).
@@ -274,7 +275,8 @@ def _add_encode(sub: Any) -> None:
         "-i",
         type=Path,
         help="a .jsonl (.ndjson, .json) file of JSON lines (BEIR corpus or --field), a .tsv file of id<TAB>text "
-        "lines (a header line is skipped) or a text file, one text per line",
+        "lines (exactly two columns; a first line such as id<TAB>text is taken for a header and skipped) or a text "
+        "file, one text per line",
     )
     p.add_argument(
         "--field", default="auto", help="JSONL field with the text (default: title + text); JSON lines input only"
@@ -301,7 +303,8 @@ def _add_encode(sub: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     g = p.add_argument_group(
         "streaming and scale-out",
-        "With --shard-size (or --backend ray) the --input file is streamed in shards of N records into the --out "
+        "With --shard-size (or --backend ray) the --input file (JSON lines or a text file; .tsv and .csv are "
+        "refused here) is streamed in shards of N records into the --out "
         "folder (manifest.json + shard-NNNNN/ with .npy files and checksums); rerunning resumes, redoing only "
         "missing or corrupt shards.",
     )
@@ -696,7 +699,8 @@ def _add_index(sub: Any) -> None:
         "corpus",
         type=Path,
         help="BEIR corpus.jsonl (or a BEIR folder holding one), a JSONL file with a text field, a .tsv file of "
-        "id<TAB>text lines (a header line is skipped), or a folder of .txt/.md",
+        "id<TAB>text lines (exactly two columns; a first line such as id<TAB>text is taken for a header and "
+        "skipped), or a folder of .txt/.md",
     )
     p.add_argument("--out", "-o", type=Path, required=True, help="store folder to write (replaced atomically)")
     p.add_argument("--index-type", choices=("flat", "hnsw", "ivf"), default="flat", help="default: flat (exact)")

@@ -165,8 +165,8 @@ def add_model_session_arguments(
         type=thread_count,
         default=None,
         metavar="N",
-        help=f"ONNX Runtime intra-op threads of the model, N from 1 to 4 per usable CPU core, or 16 on "
-        f"a small machine ({onnx_only}; {default_note}; default: ONNX Runtime's choice, the physical cores)",
+        help=f"ONNX Runtime intra-op threads of the model, N from 1 to 4 per usable CPU core (at least 16, at "
+        f"most 1024) ({onnx_only}; {default_note}; default: ONNX Runtime's choice, the physical cores)",
     )
     p.add_argument(
         "--model-spinning",

@@ -1769,7 +1769,10 @@ class KLVectorStore(BasePydanticVectorStore):
         self._delete_where(None, {})
 
     def _delete_where(self, ids: list[str] | None, where: Predicate | dict[str, Any] | None) -> None:
-        """``KLStore.delete(ids, filter=where)``: chosen and deleted under one hold of the store's lock."""
+        """``KLStore.delete(ids, filter=where)``: chosen under the read lock, deleted under the write lock.
+
+        The store chooses again, under the write lock, when another thread wrote in between.
+        """
         before = self._store.write_count
         try:
             report = self._store.delete(ids, filter=where) if where is not None else self._store.delete(ids)

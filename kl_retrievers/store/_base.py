@@ -132,7 +132,7 @@ class _RWLock:
     arriving after it wait for it; when a writer releases the lock, every reader waiting at that
     moment is admitted (counted as reading before it wakes) ahead of the next writer. A writer-
     preferring lock without that hand-off let a thread writing in a loop take the lock again before
-    the readers it woke ran (one search waited 5 s behind back-to-back upserts).
+    the readers it woke ran (one search waited 5 s behind back-to-back upserts, in an unlogged run).
 
     A thread that already holds the read lock gets it again at once, even while a writer
     waits (a callable filter that reads the store during a search would otherwise block
