@@ -431,7 +431,7 @@ def test_model_threads_is_checked_at_parse_time_against_the_same_bound(
     with pytest.raises(SystemExit):
         parser.parse_args(["--model-threads", "99999"])
     assert "from 1 to 16 on this machine" in capsys.readouterr().err
-    assert "per usable CPU core" in parser.format_help()
+    assert "per usable CPU core" in " ".join(parser.format_help().split())  # wrapped at the terminal width
     assert "N >= 1" not in parser.format_help()
 
 
