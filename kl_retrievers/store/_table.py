@@ -271,18 +271,20 @@ class DocumentTable:
         """The rows a search may return: ``(mask or None for every row, how many)``."""
         if predicate is not None:
             rows = np.flatnonzero(self.alive)
-            metas = self.metas
-            if isinstance(predicate, _ReadOnlyCall):  # a callable filter: each row's nestedness is known
-                answers = predicate.rows(metas, self.nested, rows.tolist())
-            else:
-                answers = [bool(predicate(metas[r])) for r in rows.tolist()]
-            keep = np.array(answers, dtype=bool).reshape(-1)
+            keep = np.array(self.judge(predicate, rows.tolist()), dtype=bool).reshape(-1)
             mask = np.zeros(self.alive.shape, dtype=bool)
             mask[rows[keep]] = True
             return mask, int(np.count_nonzero(keep))
         if not self.alive.all():
             return self.alive, len(self.row)
         return None, len(self.row)
+
+    def judge(self, predicate: Callable[[Mapping[str, Any]], bool], rows: list[int]) -> list[bool]:
+        """``predicate``'s answer for each row of ``rows`` (a callable filter gets each row's read-only view)."""
+        if isinstance(predicate, _ReadOnlyCall):  # a callable filter: each row's nestedness is known
+            return predicate.rows(self.metas, self.nested, rows)
+        metas = self.metas
+        return [bool(predicate(metas[r])) for r in rows]
 
     def documents(self, ids: list[str]) -> list[StoredDocument]:
         """Stored documents for ``ids`` in order; unknown ids skipped, metadata copied."""

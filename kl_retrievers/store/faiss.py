@@ -86,7 +86,7 @@ from kl_retrievers._io import (
     load_unchanged,
     recover_dir,
 )
-from kl_retrievers.filters import MetadataFilter, _ReadOnlyCall, compile_filter
+from kl_retrievers.filters import MetadataFilter, compile_filter
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians
 from kl_retrievers.store import _format
 from kl_retrievers.store._base import (
@@ -666,12 +666,7 @@ class KLStore(GaussianStore):
             missing = [doc_id for doc_id in ids if doc_id not in table.row]
             rows = [table.row[doc_id] for doc_id in ids if doc_id in table.row]
             if filter is not None and rows:
-                metas = table.metas
-                if isinstance(filter, _ReadOnlyCall):
-                    answers = filter.rows(metas, table.nested, rows)
-                else:
-                    answers = [bool(filter(metas[r])) for r in rows]
-                rows = list(compress(rows, answers))
+                rows = list(compress(rows, table.judge(filter, rows)))
             return [table.ids[r] for r in rows], missing
 
     def _maybe_compact(self) -> None:
