@@ -86,10 +86,84 @@ def make_tiny_encoder(
     return enc.eval()
 
 
+def write_tiny_shared_backbone(root: Path) -> tuple[GaussianEncoder, Path, Path]:
+    """A tiny heads-only model folder and a float32 ONNX graph of its backbone (``last_hidden_state``).
+
+    Returns the torch encoder, the model folder (``root/model``: heads, config naming backbone ``tiny-bert``,
+    tokenizer) and the graph folder (``root/graph``), as a shared backbone graph with numpy heads reads them.
+    """
+    from safetensors.numpy import save_file
+
+    from kl_retrievers.onnx import _tokenizer_json
+
+    enc = make_tiny_encoder(pooling="mean", normalize_pooled=True, var_token=False, beta=5.0, seed=2)
+    graph_dir, model_dir = root / "graph", root / "model"
+    graph_dir.mkdir()
+    model_dir.mkdir()
+
+    class Backbone(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = enc.backbone
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> Any:
+            return self.bert(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+
+    batch = enc.tokenize(["hello world", "a dog"], 16)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    with torch.no_grad():
+        torch.onnx.export(
+            Backbone().eval(),
+            tuple(batch[n] for n in names),
+            os.fspath(graph_dir / "model.onnx"),
+            input_names=names,
+            output_names=["last_hidden_state"],
+            dynamic_axes={n: {0: "b", 1: "t"} for n in [*names, "last_hidden_state"]},
+            opset_version=17,
+            dynamo=False,
+        )
+    heads = {
+        k: v.detach().numpy().copy()
+        for k, v in enc.state_dict().items()
+        if k.split(".")[0] in ("mean_head", "var_head")
+    }
+    save_file(heads, os.fspath(model_dir / "delta.safetensors"))
+    config = {
+        "encoder": {**enc.config.to_dict(), "backbone": "tiny-bert", "backbone_sha256": "0" * 64},
+        "backbone_config": enc.backbone.config.to_dict(),
+        "var_token_id": None,
+    }
+    (model_dir / "config.json").write_text(json.dumps(config))
+    (model_dir / "tokenizer.json").write_text(_tokenizer_json(enc))
+    return enc, model_dir, graph_dir
+
+
 @pytest.fixture
 def tiny_encoder() -> GaussianEncoder:
     """A fresh tiny random Gaussian encoder (CLS pooling, [VAR] token, k=8)."""
     return make_tiny_encoder()
+
+
+class RecordingEncoder:
+    """A tiny duck-typed encoder that records whether it was asked to encode."""
+
+    name_or_path = "recording"
+    config: Any = None
+    weights_sha256 = None
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def _encode(self, texts: Any, **_: Any) -> Gaussians:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        self.calls.append(len(texts))
+        rng = np.random.default_rng(len(texts))
+        return Gaussians(rng.normal(size=(len(texts), 4)).astype(np.float32), np.ones((len(texts), 4), np.float32))
+
+    encode_queries = _encode
+    encode_documents = _encode
 
 
 def max_score_calibrator() -> ConfidenceCalibrator:

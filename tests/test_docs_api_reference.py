@@ -13,12 +13,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import numpy as np
 import pytest
 
-from conftest import block_modules
+from conftest import RecordingEncoder, block_modules
 from kl_retrievers.datasets import BeirDataset
-from kl_retrievers.gaussian import Gaussians
 
 REPO = Path(__file__).resolve().parents[1]
 API = (REPO / "docs" / "api.md").read_text()
@@ -267,26 +265,6 @@ def test_concepts_describe_the_default_architecture() -> None:
 
 
 # ------------------------------------------------------------------ evaluate_model without the eval extra
-class RecordingEncoder:
-    """A tiny duck-typed encoder that records whether it was asked to encode."""
-
-    name_or_path = "recording"
-    config: Any = None
-    weights_sha256 = None
-
-    def __init__(self) -> None:
-        self.calls: list[int] = []
-
-    def _encode(self, texts: Any, **_: Any) -> Gaussians:
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        self.calls.append(len(texts))
-        rng = np.random.default_rng(len(texts))
-        return Gaussians(rng.normal(size=(len(texts), 4)).astype(np.float32), np.ones((len(texts), 4), np.float32))
-
-    encode_queries = _encode
-    encode_documents = _encode
-
-
 DATASET = BeirDataset(
     Path("."),
     "test",

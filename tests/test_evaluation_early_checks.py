@@ -7,38 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from conftest import block_modules
+from conftest import RecordingEncoder, block_modules
 from kl_retrievers.datasets import BeirDataset
-from kl_retrievers.gaussian import Gaussians
 
 CORPUS = {"d1": {"title": "", "text": "Cats purr."}, "d2": {"title": "", "text": "Dogs bark."}}
 
 
 def _dataset(qrels: dict[str, dict[str, int]]) -> BeirDataset:
     return BeirDataset(Path("."), "test", CORPUS, {"q1": "why do cats purr"}, qrels)
-
-
-class RecordingEncoder:
-    """A tiny duck-typed encoder that records each time it is asked to encode."""
-
-    name_or_path = "recording"
-    config: Any = None
-    weights_sha256 = None
-
-    def __init__(self) -> None:
-        self.calls: list[int] = []
-
-    def _encode(self, texts: Any, **_: Any) -> Gaussians:
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        self.calls.append(len(texts))
-        rng = np.random.default_rng(len(texts))
-        return Gaussians(rng.normal(size=(len(texts), 4)).astype(np.float32), np.ones((len(texts), 4), np.float32))
-
-    encode_queries = _encode
-    encode_documents = _encode
 
 
 @pytest.mark.parametrize(

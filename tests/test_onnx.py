@@ -8,13 +8,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 import kl_retrievers.pretrained as pretrained
-from conftest import make_tiny_encoder
+from conftest import make_tiny_encoder, write_tiny_shared_backbone
 from kl_retrievers import GaussianEncoder, load_default_model, load_model
 from kl_retrievers.cli import main
 from kl_retrievers.onnx import OnnxGaussianEncoder, OnnxModelError, export_onnx, is_onnx_folder
@@ -319,54 +318,7 @@ def test_default_backend(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def shared_tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[GaussianEncoder, Path, Path]:
     """A tiny heads-only model folder and a float32 ONNX graph of its backbone (``last_hidden_state``)."""
-    import torch
-    from safetensors.numpy import save_file
-
-    from kl_retrievers.onnx import _tokenizer_json
-
-    enc = make_tiny_encoder(pooling="mean", normalize_pooled=True, var_token=False, beta=5.0, seed=2).eval()
-    root = tmp_path_factory.mktemp("shared")
-    graph_dir, model_dir = root / "graph", root / "model"
-    graph_dir.mkdir()
-    model_dir.mkdir()
-
-    class Backbone(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.bert = enc.backbone
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> Any:
-            return self.bert(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
-
-    batch = enc.tokenize(["hello world", "a dog"], 16)
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    with torch.no_grad():
-        torch.onnx.export(
-            Backbone().eval(),
-            tuple(batch[n] for n in names),
-            os.fspath(graph_dir / "model.onnx"),
-            input_names=names,
-            output_names=["last_hidden_state"],
-            dynamic_axes={n: {0: "b", 1: "t"} for n in [*names, "last_hidden_state"]},
-            opset_version=17,
-            dynamo=False,
-        )
-    heads = {
-        k: v.detach().numpy().copy()
-        for k, v in enc.state_dict().items()
-        if k.split(".")[0] in ("mean_head", "var_head")
-    }
-    save_file(heads, os.fspath(model_dir / "delta.safetensors"))
-    config = {
-        "encoder": {**enc.config.to_dict(), "backbone": "tiny-bert", "backbone_sha256": "0" * 64},
-        "backbone_config": enc.backbone.config.to_dict(),
-        "var_token_id": None,
-    }
-    (model_dir / "config.json").write_text(json.dumps(config))
-    (model_dir / "tokenizer.json").write_text(_tokenizer_json(enc))
-    return enc, model_dir, graph_dir
+    return write_tiny_shared_backbone(tmp_path_factory.mktemp("shared"))
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ import pytest
 import torch
 
 import kl_retrievers.onnx as onnx_mod
-from conftest import fake_hub, make_tiny_encoder
+from conftest import fake_hub, make_tiny_encoder, write_tiny_shared_backbone
 from kl_retrievers import GaussianEncoder, load_model
 from kl_retrievers.hub import ModelNotFoundError, resolve_model_path
 from kl_retrievers.onnx import (
@@ -152,48 +152,10 @@ _TINY_GRAPH: list[Path] = []
 
 
 def test_a_shared_backbone_encoder_deep_copies_and_pickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from safetensors.numpy import save_file
-
     import kl_retrievers.onnx_heads as onnx_heads
     from kl_retrievers.hub import sha256_file
 
-    enc = make_tiny_encoder(pooling="mean", normalize_pooled=True, var_token=False, beta=5.0, seed=2)
-    graph_dir, model_dir = tmp_path / "graph", tmp_path / "model"
-    graph_dir.mkdir()
-    model_dir.mkdir()
-
-    class Backbone(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.bert = enc.backbone
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> Any:
-            return self.bert(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
-
-    batch = enc.tokenize(["hello world", "a dog"], 16)
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    with torch.no_grad():
-        torch.onnx.export(
-            Backbone().eval(),
-            tuple(batch[n] for n in names),
-            os.fspath(graph_dir / "model.onnx"),
-            input_names=names,
-            output_names=["last_hidden_state"],
-            dynamic_axes={n: {0: "b", 1: "t"} for n in [*names, "last_hidden_state"]},
-            opset_version=17,
-            dynamo=False,
-        )
-    heads = {k: v.detach().numpy().copy() for k, v in enc.state_dict().items() if k.split(".")[0].endswith("_head")}
-    save_file(heads, os.fspath(model_dir / "delta.safetensors"))
-    config = {
-        "encoder": {**enc.config.to_dict(), "backbone": "tiny-bert", "backbone_sha256": "0" * 64},
-        "backbone_config": enc.backbone.config.to_dict(),
-        "var_token_id": None,
-    }
-    (model_dir / "config.json").write_text(json.dumps(config))
-    (model_dir / "tokenizer.json").write_text(_tokenizer_json(enc))
+    _enc, model_dir, graph_dir = write_tiny_shared_backbone(tmp_path)
     monkeypatch.setattr(sys.modules[__name__], "_TINY_GRAPH", [graph_dir])
     backbone = onnx_heads.SharedBackbone(
         "tiny-bert", "0" * 64, sha256_file(graph_dir / "model.onnx"), "pip install tiny-graph", _tiny_graph_dir
