@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from kl_retrievers._io import atomic_file, library_version
+from kl_retrievers._io import atomic_dir, atomic_file, library_version
 from kl_retrievers.gaussian import Gaussians, check_k, neg_kl_matrix
 
 logger = logging.getLogger(__name__)
@@ -377,6 +377,34 @@ def write_manifest(path: str | os.PathLike[str], manifest: Mapping[str, Any]) ->
     with atomic_file(target) as tmp:
         tmp.write_text(json.dumps({"library_version": library_version(), **manifest}, indent=2, sort_keys=True))
     return target
+
+
+#: The subfolder a store is saved into inside the temporary copy before its files move up (``save`` makes its folder).
+_STAGED_STORE = "klstore-staged"
+
+
+def save_store_with_manifest(
+    store: Any,
+    folder: Path,
+    manifest_name: str,
+    manifest: Mapping[str, Any],
+    *,
+    extra: Callable[[Path], object] | None = None,
+) -> None:
+    """Swap in ``folder`` at once, holding ``store``'s saved files and a copy of ``manifest`` (``manifest_name``).
+
+    The adapters' saves (LangChain ``save_local``, LlamaIndex ``persist``) write their store folder this way,
+    so that a load reads the store and the settings of one save together. ``extra(tmp)`` writes more files
+    into the copy before the manifest (LlamaIndex's calibrator).
+    """
+    with atomic_dir(folder) as tmp:
+        store.save(tmp / _STAGED_STORE)
+        for entry in (tmp / _STAGED_STORE).iterdir():
+            entry.rename(tmp / entry.name)
+        (tmp / _STAGED_STORE).rmdir()
+        if extra is not None:
+            extra(tmp)
+        write_manifest(tmp / manifest_name, manifest)
 
 
 def looks_like_manifest(path: str | os.PathLike[str], format_name: str) -> bool:

@@ -70,6 +70,7 @@ from kl_retrievers._adapters import (
     relevance_exp_per_dim,
     relevance_inverse,
     resolve_relevance,
+    save_store_with_manifest,
     warn_incompatible_store,
     write_manifest,
 )
@@ -87,7 +88,7 @@ from kl_retrievers._confidence import (
     require_calibrator,
 )
 from kl_retrievers._encoding import check_texts
-from kl_retrievers._io import LEFTOVER_NAME, atomic_dir, load_unchanged
+from kl_retrievers._io import LEFTOVER_NAME, load_unchanged
 from kl_retrievers.filters import MetadataFilter
 from kl_retrievers.gaussian import (
     SCORE_DIRECTION,
@@ -133,8 +134,6 @@ _MANIFEST = "langchain.json"
 _STORE_DIR = "klstore"
 #: Inside ``klstore/``: the copy of the manifest that save_local swaps in with the store (see load_local).
 _INNER_MANIFEST = "langchain_manifest.json"
-#: Where save_local has the KLStore save its files inside the temporary store folder before moving them up.
-_STAGED_STORE = "klstore-staged"
 #: ``index_name`` of :meth:`KLVectorStore.save_local` / :meth:`~KLVectorStore.load_local` that means the folder itself.
 _DEFAULT_INDEX_NAME = "index"
 
@@ -1909,12 +1908,7 @@ class KLVectorStore(VectorStore):
         # Only klstore/, with a copy of the manifest inside it, is swapped in (at once); langchain.json is written
         # after it. The folder's other entries (named indexes, the user's files) are never touched.
         folder.mkdir(parents=True, exist_ok=True)
-        with atomic_dir(folder / _STORE_DIR) as tmp:
-            self.store.save(tmp / _STAGED_STORE)
-            for entry in (tmp / _STAGED_STORE).iterdir():
-                entry.rename(tmp / entry.name)
-            (tmp / _STAGED_STORE).rmdir()
-            write_manifest(tmp / _INNER_MANIFEST, manifest)
+        save_store_with_manifest(self.store, folder / _STORE_DIR, _INNER_MANIFEST, manifest)
         write_manifest(folder / _MANIFEST, manifest)
         logger.info("saved KLVectorStore (%d documents) to %s", len(self.store), folder)
         return folder

@@ -76,7 +76,7 @@ from kl_retrievers._confidence import (
     hybrid_search,
     is_blank_query,
 )
-from kl_retrievers._io import atomic_dir, load_unchanged
+from kl_retrievers._io import load_unchanged
 from kl_retrievers.calibration import ConfidenceCalibrator
 from kl_retrievers.gaussian import (
     SCORE_DIRECTION,
@@ -194,8 +194,6 @@ _CALIBRATOR_SUFFIX = ".calibrator.json"
 #: Inside the store folder persist writes: the copy of the manifest and the calibrator that loads read.
 _INNER_MANIFEST = "llama_index_manifest.json"
 _INNER_CALIBRATOR = "calibrator.json"
-#: Where persist has the KLStore save its files inside the temporary store folder before moving them up.
-_STAGED_STORE = "klstore-staged"
 _NAMESPACE_SEP = "__"
 _DEFAULT_NAMESPACE = "default"
 # Relative tolerance of the consistency check on d~[0] (float32 round trips stay far below it).
@@ -2194,15 +2192,14 @@ class KLVectorStore(BasePydanticVectorStore):
         # one swap. from_persist_path reads them together and uses the manifest beside the folder only when its
         # persist_id is the copy's, so a concurrent persist or load never pairs one persist's nodes with another's
         # settings.
-        with atomic_dir(store_dir) as tmp:
-            self._store.save(tmp / _STAGED_STORE)
-            for entry in (tmp / _STAGED_STORE).iterdir():
-                entry.rename(tmp / entry.name)
-            (tmp / _STAGED_STORE).rmdir()
-            if calibrator is not None:
-                calibrator.save(tmp / _INNER_CALIBRATOR)
-            inner = {**manifest, "calibrator": _INNER_CALIBRATOR if calibrator is not None else None}
-            adapters.write_manifest(tmp / _INNER_MANIFEST, inner)
+        inner = {**manifest, "calibrator": _INNER_CALIBRATOR if calibrator is not None else None}
+        adapters.save_store_with_manifest(
+            self._store,
+            store_dir,
+            _INNER_MANIFEST,
+            inner,
+            extra=None if calibrator is None else lambda tmp: calibrator.save(tmp / _INNER_CALIBRATOR),
+        )
         if calibrator is not None:
             calibrator.save(calibrator_path)
         adapters.write_manifest(manifest_path, manifest)

@@ -30,7 +30,7 @@ from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
 from llama_index.core.vector_stores.types import MetadataFilter, MetadataFilters
 
 from conftest import max_score_calibrator, random_gaussians
-from kl_retrievers import GaussianEncoder, Gaussians, kl_document_vectors
+from kl_retrievers import GaussianEncoder, Gaussians, _adapters, kl_document_vectors
 from kl_retrievers import langchain as lc
 from kl_retrievers import llama_index as li
 from kl_retrievers.store import KLStore
@@ -66,6 +66,7 @@ def test_langchain_save_that_fails_part_way_leaves_the_previous_copy_whole(
         raise OSError("disk full")
 
     monkeypatch.setattr(lc, "write_manifest", fail)
+    monkeypatch.setattr(_adapters, "write_manifest", fail)  # the copy inside klstore/, written before its swap
     with pytest.raises(OSError, match="disk full"):
         _lc_store("B").save_local(folder)
     monkeypatch.undo()
