@@ -15,8 +15,15 @@ Expanding the square gives an exact inner-product form (``2k + 1`` dimensions)::
     c(q) = 1/2 * sum_i (log var_q_i + 1)
 
 ``c(q)`` depends on the query only, so it never changes a ranking, but adding it back
-reports the true -KL.  Every function here accepts numpy arrays or torch tensors
-(float32 or float64) and returns the same kind.
+reports the true -KL.
+
+numpy and torch: :class:`Gaussians`, :func:`neg_kl`, :func:`neg_kl_matrix`,
+:func:`kl_query_vectors`, :func:`kl_document_vectors` and :func:`kl_query_constant` accept numpy
+arrays or torch tensors (float32 or float64) and return the same kind. :func:`exact_top_k`,
+:func:`float64_top_k`, :func:`check_float32_scorable` and :func:`means_centre` also accept torch
+input but compute and return numpy. The rest (the reduction to L2, :func:`document_gaussians_from_vectors`,
+the re-scoring helpers) work on stored numpy arrays: the reduction functions raise ``TypeError``
+for a tensor.
 
 Examples:
     >>> import numpy as np
@@ -109,7 +116,7 @@ def _check_finite(name: str, x: Array) -> None:
         raise ValueError(f"{name} must be finite; found {bad} NaN or infinite value(s) ({_first_bad(x, mask)})")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Gaussians:
     """A batch of ``n`` diagonal Gaussians in ``k`` dimensions.
 
@@ -124,6 +131,9 @@ class Gaussians:
     bool) become float64 for numpy and float32 for torch (torch's default float, which keeps GPU
     tensors fast). Half precision is never kept: ``-KL`` overflows it. ``k`` must be at least 1.
     Any other dtype (complex, strings, objects) raises ``TypeError`` naming it: nothing is cast.
+
+    Equality is identity (``a == b`` only for the same object) and a batch hashes by identity, as
+    arrays have no single truth value; compare contents with ``np.array_equal`` on ``mean`` and ``var``.
 
     Examples:
         >>> import numpy as np
@@ -427,6 +437,21 @@ def _check_bound(norm_bound: float) -> float:
     return bound
 
 
+def _check_centre(centre: Any, k: int | None) -> np.ndarray:
+    """``centre`` as a finite float64 vector of length ``k`` (``None``: no ``k`` fits); ``ValueError`` otherwise."""
+    c = np.asarray(centre)
+    if c.dtype.kind not in "biuf" or k is None or c.shape != (k,):
+        what = "the documents' dimension k" if k is None else f"({k},), the documents' dimension"
+        raise ValueError(
+            f"centre must be a 1-D array of real numbers of shape {what}; got shape {c.shape}, dtype {c.dtype}"
+            + ("" if k is not None else " (and document vectors of width 2k + 1)")
+        )
+    c = c.astype(np.float64)
+    if not np.isfinite(c).all():
+        raise ValueError(f"centre must be finite; found a NaN or infinite value ({_first_bad(c, ~np.isfinite(c))})")
+    return c
+
+
 def _check_width(width: int | None, needed: int) -> int:
     if width is None:
         return needed
@@ -474,6 +499,8 @@ def shift_document_vectors(dvec: Any, offset: float) -> np.ndarray:
         array([[ 0. , -0.5,  1. ]])
     """
     d = _rows_2d(dvec, "document vectors d~")
+    if not is_real_number(offset) or not math.isfinite(offset):
+        raise ValueError(f"offset must be a finite real number; got {offset!r}")
     if not offset:
         return d
     out = d.copy()
@@ -484,7 +511,7 @@ def shift_document_vectors(dvec: Any, offset: float) -> np.ndarray:
 _CENTRE_BLOCK = 32768  # rows of the means read at a time by means_centre
 
 
-def means_centre(mean: np.ndarray) -> np.ndarray:
+def means_centre(mean: Array) -> np.ndarray:
     """The float64 mean of the rows of ``mean``, the centre an engine subtracts from every mean.
 
     -KL does not change when one vector is subtracted from every query and document mean, but
@@ -497,6 +524,11 @@ def means_centre(mean: np.ndarray) -> np.ndarray:
         >>> means_centre(np.array([[1.0, 2.0], [3.0, 6.0]], dtype=np.float32))
         array([2., 4.])
     """
+    if _is_torch(mean):
+        mean = mean.detach().cpu().numpy()
+    mean = np.asarray(mean)  # a memory-mapped array stays mapped (read below in blocks)
+    if mean.ndim != 2 or mean.dtype.kind not in "biuf":
+        raise ValueError(f"mean must be a 2-D array (n, k) of real numbers; got shape {mean.shape}, dtype {mean.dtype}")
     n = mean.shape[0]
     if n == 0:
         return np.zeros(mean.shape[1])
@@ -519,7 +551,8 @@ def centre_document_vectors(dvec: np.ndarray, centre: np.ndarray | None) -> np.n
     """
     if centre is None:
         return dvec
-    c = np.asarray(centre, dtype=np.float64)
+    dvec = _rows_2d(dvec, "document vectors d~")
+    c = _check_centre(centre, (dvec.shape[1] - 1) // 2 if dvec.shape[1] % 2 else None)
     k = c.shape[0]
     a, b = dvec[:, 1 : k + 1], dvec[:, k + 1 :]
     out = np.empty_like(dvec, dtype=np.float64)
@@ -655,8 +688,15 @@ def reduce_query_vectors(
     bound = _check_bound(norm_bound)
     q = np.asarray(_rows_2d(qvec, "query vectors q~"), dtype=np.float64)
     n, w = q.shape
+    norms = np.linalg.norm(q, axis=1, keepdims=True)
+    bad = ~(np.isfinite(norms[:, 0]) & (norms[:, 0] > 0))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"query vectors q~ must have a finite norm > 0 (q~ starts with 1); row {i} has norm {float(norms[i, 0]):g}"
+        )
     out = np.zeros((n, _check_width(width, w + 1)), dtype=dtype)
-    out[:, :w] = q * (bound / np.linalg.norm(q, axis=1, keepdims=True))
+    out[:, :w] = q * (bound / norms)
     return out
 
 
@@ -698,13 +738,37 @@ def document_gaussians_from_vectors(vectors: Any, dim: int | None = None, *, val
     if k < 1 or width < 2 * k + 1:
         raise ValueError(f"document vectors of dimension k={dim} need width >= 2k + 1 = {2 * k + 1}; got width {width}")
     precision = v[:, 1 : k + 1]
-    if validate and not (precision < 0).all():
-        raise ValueError(
-            "these are not KL document vectors: coordinates 1..k hold -1 / (2 var) and must be < 0; "
-            f"found {int((precision >= 0).sum())} value(s) >= 0 (or NaN)"
+    if validate:
+        _check_inverted(f"coordinates 1..{k} hold -1 / (2 var) and must be < 0", ~(precision < 0), precision, 1)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # checked below (validate)
+        var = -0.5 / precision
+        mean = v[:, k + 1 : 2 * k + 1] * var
+    if validate:
+        _check_inverted(
+            f"coordinates 1..{k} hold -1 / (2 var) and must be < 0 and far enough from 0 for var = -1 / (2 x) "
+            "to be finite",
+            ~np.isfinite(var),
+            precision,
+            1,
         )
-    var = -0.5 / precision
-    return Gaussians(v[:, k + 1 : 2 * k + 1] * var, var, validate=validate)
+        _check_inverted(
+            f"coordinates {k + 1}..{2 * k} hold mu / var and must be finite, with mu = x * var finite",
+            ~np.isfinite(mean),
+            v[:, k + 1 : 2 * k + 1],
+            k + 1,
+        )
+    return Gaussians(mean, var, validate=validate)
+
+
+def _check_inverted(rule: str, bad: np.ndarray, values: np.ndarray, first_coordinate: int) -> None:
+    """Refuse rows that are no document vectors: name the count, the first bad row, coordinate and value."""
+    if not bad.any():
+        return
+    i, j = (int(x) for x in np.argwhere(bad)[0])
+    raise ValueError(
+        f"these are not KL document vectors: {rule}; found {int(bad.sum())} bad value(s), the first at row {i}, "
+        f"coordinate {first_coordinate + j}: {float(values[i, j]):g}"
+    )
 
 
 # ================================================================================ exact top-k
@@ -848,6 +912,19 @@ def _row_tie_rank(n: int, tie_rank: Any) -> np.ndarray:
     return ranks
 
 
+def _check_sumlogvar(doc_sumlogvar: Any, n: int) -> np.ndarray | None:
+    """``doc_sumlogvar`` as float64 of shape ``(n,)`` (or ``None``); ``ValueError`` naming its shape otherwise."""
+    if doc_sumlogvar is None:
+        return None
+    arr = np.asarray(doc_sumlogvar)
+    if arr.shape != (n,) or arr.dtype.kind not in "iuf":
+        raise ValueError(
+            f"doc_sumlogvar must hold one real number per document row, shape ({n},); "
+            f"got shape {arr.shape}, dtype {arr.dtype}"
+        )
+    return arr.astype(np.float64, copy=False)
+
+
 def _numpy_gaussians(g: Gaussians, what: str) -> Gaussians:
     if not isinstance(g, Gaussians):
         raise TypeError(f"{what} must be a Gaussians batch; got {type(g).__name__}")
@@ -915,7 +992,7 @@ def score_vectors_float32(
     mean = np.asarray(g.mean, dtype=np.float64)
     var = np.asarray(g.var, dtype=np.float64)
     if centre is not None:
-        mean = mean - np.asarray(centre, dtype=np.float64)[None, :]
+        mean = mean - _check_centre(centre, mean.shape[1])[None, :]
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         vec64 = _rewrite(mean, var, side, means_only)
         vec = vec64.astype(np.float32)
@@ -1243,8 +1320,8 @@ def float64_top_k(
     first), so a shallower run is a prefix of a deeper one.
 
     Args:
-        queries: Numpy query Gaussians.
-        documents: Numpy document Gaussians (float32 rows are read in float64).
+        queries: Query Gaussians (torch ones are read as numpy).
+        documents: Document Gaussians (torch ones are read as numpy; float32 rows are read in float64).
         k: Results per query.
         rows: The allowed document rows (default: all): a 1-D array of unique integers in
             ``[0, n_documents)``, or a boolean mask of length ``n_documents`` (its ``True`` rows).
@@ -1257,7 +1334,9 @@ def float64_top_k(
         ``(rows, scores)``, shape ``(n_q, k)``, best first, padded with ``-1`` / ``-inf``.
 
     Raises:
-        ValueError: ``rows`` or ``tie_rank`` not as described above (naming the bad value).
+        TypeError: ``queries`` or ``documents`` not :class:`Gaussians`.
+        ValueError: Dimensions differ, or ``rows``, ``tie_rank`` or ``doc_sumlogvar`` not as described
+            above (naming the bad value).
 
     Examples:
         >>> import numpy as np
@@ -1266,9 +1345,14 @@ def float64_top_k(
         >>> float64_top_k(q, d, 2)
         (array([[1, 2]]), array([[-0.5, -2. ]]))
     """
+    queries = _numpy_gaussians(queries, "queries")
+    documents = _numpy_gaussians(documents, "documents")
+    if queries.dim != documents.dim:
+        raise ValueError(f"queries have dimension {queries.dim} but documents {documents.dim}")
     nq = len(queries)
     allowed = np.arange(len(documents)) if rows is None else _allowed_rows(rows, len(documents))
     ranks = _row_tie_rank(len(documents), tie_rank)
+    doc_sumlogvar = _check_sumlogvar(doc_sumlogvar, len(documents))
     q64 = queries.astype(np.float64)
 
     def score(_start: int, block: np.ndarray) -> np.ndarray:
@@ -1282,7 +1366,7 @@ def float64_top_k(
             return sc
         dv = np.asarray(documents.var[block], dtype=np.float64)
         # the same per-row sum as the re-score's (a contiguous float64 row each)
-        sumlog = np.log(dv).sum(axis=1) if doc_sumlogvar is None else np.asarray(doc_sumlogvar)[block]
+        sumlog = np.log(dv).sum(axis=1) if doc_sumlogvar is None else doc_sumlogvar[block]
         local = np.broadcast_to(np.arange(block.size), (nq, block.size))
         return neg_kl_rows(q64, Gaussians(dm, dv, validate=False), local, doc_sumlogvar=sumlog)
 
@@ -1308,8 +1392,9 @@ def refine_top_k(
         n_allowed: Number of documents a query may return.
         margin: The first pool holds ``k + margin`` candidates.
         candidates: ``(query numbers, c) -> (rows, approx, bound)``: the ``c`` best rows per query by
-            the float32 score, best first (``-1`` padding when fewer exist), their float32 scores,
-            and per query a bound on the float32 error of any allowed document's score.
+            the float32 score, best first, their float32 scores, and per query a bound on the float32
+            error of any allowed document's score. ``c <= n_allowed``, so a ``-1`` label (FAISS's for a
+            score that overflowed to ``-inf``) or a bound that is not finite sends the query to ``fallback``.
         rescore: ``(query numbers, rows) -> exact float64 scores`` (``-inf`` at padding).
         fallback: ``query numbers -> (rows, scores)``: the exact top ``k`` in float64 over every
             allowed row, shape ``(m, k)``.
@@ -1332,15 +1417,16 @@ def refine_top_k(
         lab, approx, bound = candidates(todo, want)
         pool = lab[:, :c]
         r, s = top_k_rows(rescore(todo, pool), pool, k, tie_rank)
+        # want <= n_allowed rows exist, so a -1 label among the first want is a row the float32 search
+        # dropped (FAISS returns -1 for a score that overflowed to -inf), never "no more rows"
+        complete = (lab.shape[1] >= want) & (lab[:, :want] >= 0).all(axis=1)
         if want == c:  # the pool is every allowed row
-            ok = np.ones(todo.size, dtype=bool)
+            ok = complete
         else:
-            left = lab[:, c] if lab.shape[1] > c else np.full(todo.size, -1)
             witness = approx[:, c].astype(np.float64) if lab.shape[1] > c else np.full(todo.size, -np.inf)
-            valid = lab[:, :want] >= 0
-            finite = np.where(valid, np.isfinite(approx[:, :want]), True).all(axis=1)
+            finite = np.isfinite(approx[:, :want]).all(axis=1) & np.isfinite(bound)
             with np.errstate(invalid="ignore"):
-                ok = (left < 0) | (finite & (witness + bound + query_shift[todo] < s[:, k - 1]))
+                ok = complete & finite & (witness + bound + query_shift[todo] < s[:, k - 1])
         out_r[todo[ok]], out_s[todo[ok]] = r[ok], s[ok]
         todo = todo[~ok]
         c = min(n_allowed, max(_GROW * c, k + _GROW_MIN))
@@ -1392,8 +1478,9 @@ def exact_top_k(
         their float64 scores.
 
     Raises:
-        ValueError: ``k`` not a positive integer, dimensions differ, ``rows`` or ``tie_rank`` not
-            as described above, or a query or document whose rewrite overflows float32 (naming its row).
+        ValueError: ``k`` not a positive integer, dimensions differ, ``rows``, ``tie_rank``,
+            ``centre`` (shape ``(k,)``, finite) or ``doc_sumlogvar`` (shape ``(n_documents,)``) not as
+            described above, or a query or document whose rewrite overflows float32 (naming its row).
 
     Examples:
         >>> import numpy as np
@@ -1410,6 +1497,9 @@ def exact_top_k(
         raise ValueError(f"queries have dimension {q.dim} but documents {docs.dim}")
     ranks = _row_tie_rank(len(docs), tie_rank)
     allowed = np.arange(len(docs)) if rows is None else _allowed_rows(rows, len(docs))
+    doc_sumlogvar = _check_sumlogvar(doc_sumlogvar, len(docs))
+    if centre is not None:
+        centre = _check_centre(centre, docs.dim)
     nq, n = len(q), int(allowed.size)
     kk = min(k, n)
     if nq == 0 or kk == 0:
@@ -1445,7 +1535,8 @@ def exact_top_k(
         def score(start: int, _block: np.ndarray) -> np.ndarray:
             dv, block_max = doc_block(start)
             block_maxima.append(block_max)
-            return qv[qi] @ dv.T
+            with np.errstate(over="ignore", invalid="ignore"):  # a non-finite score fails the proof: float64
+                return qv[qi] @ dv.T
 
         best_s, best_r = _streamed_top(allowed, _EXACT_ROWS, c, score, qi.size, np.float32)
         dmax = np.maximum.reduce([np.zeros(2 if means_only else 3), *block_maxima])

@@ -82,6 +82,9 @@ class SearchResult:
     Attributes:
         id: The document id.
         score: The exact ``-KL(Q || D)``: higher is better, ``0`` for a document equal to the query.
+            ``D`` is the document as stored: stores keep documents in float32 (:meth:`GaussianStore.add`),
+            so a document added in float64 scores against its rounded copy, e.g. ``-0.0105`` rather
+            than ``0`` against itself with means near 1e3 and variances 1e-6.
         text: The document text (``None`` when only Gaussians were added).
         metadata: A copy of the document's metadata.
 
@@ -885,6 +888,12 @@ class GaussianStore(ABC):
         Returns:
             The ids, in input order.
 
+        Documents are stored in float32 (``KLStore`` keeps the means and variances rounded to float32,
+        ``MilvusKLStore`` their float32 rewrite): searches score, exactly, those rounded documents
+        (:meth:`get_gaussians` returns them), so a score can differ from the float64 ``-KL`` of the
+        Gaussians as given by their rounding; where that matters (means far from 0 next to tiny
+        variances), centre the means (documents and queries by one vector: ``-KL`` is unchanged).
+
         Raises:
             ValueError: Mismatched lengths, wrong dimension, non-finite values, duplicate ids
                 within the call (named), texts without an encoder, or a text, id or metadata
@@ -999,6 +1008,8 @@ class GaussianStore(ABC):
 
     def search(self, query: str | Gaussians, k: int = 10, filter: MetadataFilter | None = None) -> list[SearchResult]:
         """Top-``k`` documents for one query, best first, scored by exact ``-KL(Q || D)``.
+
+        Exact for the documents as stored, in float32 (see :meth:`add`); the query is kept in float64.
 
         Args:
             query: Query text (needs an encoder; a ``KLStore`` loaded without one loads the model it

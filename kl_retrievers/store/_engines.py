@@ -77,6 +77,12 @@ _RESCUE_QUERY_BLOCK = 1024
 _RESCORE_THREADS = max(1, min(4, os.cpu_count() or 1))
 #: The largest float16 value: ``refine="fp16"`` copies of reduced vectors (coordinates up to ``M``) above it are inf.
 FLOAT16_MAX = 65504.0
+#: The largest norm bound ``M`` of an index trained by k-means (IVF, or PQ compression): FAISS computes
+#: float32 squared L2 distances between reduced vectors (norm ``M``) and centroids, up to ``(2M)^2``;
+#: above ``sqrt(float32 max) / 8`` (about 2.3e18) they could overflow, and an overflowing k-means
+#: assignment aborts the process (``invalid cluster assignment``). HNSW (flat or SQ8 codes) trains no
+#: k-means and has no such bound.
+MAX_NORM_BOUND = math.sqrt(float(np.finfo(np.float32).max)) / 8.0
 
 
 def _faiss() -> Any:
@@ -1093,6 +1099,16 @@ class ApproxEngine(FaissEngine):
                     max_norm, top_row = float(norms[j]), b + j
                 b += norms.size
             self._norm_bound = s.norm_headroom * max(max_norm, 1e-12)
+            kmeans = s.index_type == "ivf" or s.compression == "pq"
+            if kmeans and not self._norm_bound <= MAX_NORM_BOUND:  # before FAISS sees a vector (NaN included)
+                raise ValueError(
+                    f"document {table.ids[int(live[top_row])]!r} (row {top_row}) cannot be put in the "
+                    f"{s.index_type} index: its reduced norm {max_norm:.4g} gives the bound M={self._norm_bound:.4g}, "
+                    f"above the {MAX_NORM_BOUND:.4g} at which the float32 squared distances of FAISS's k-means "
+                    "(IVF, PQ) overflow "
+                    "(tiny variances, or a mean far from the others for its variances); delete or re-encode it, or use "
+                    'index_type="flat" (exact) or "hnsw" without PQ'
+                )
             held = self.refine_codes()
             if held != s.refine:  # float16 copies would overflow (refine_codes): float32 ones
                 index = self._new_index(fp32_refine=True)
