@@ -319,7 +319,16 @@ def _unlock_fd(fd: int | None) -> None:
         os.close(fd)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Make a written file's contents durable (flushed to disk).
+
+    The file is opened for writing, as Windows' ``os.fsync`` needs; it must exist.
+    """
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def fsync_dir(folder: Path) -> None:
     """Make a folder's entries (new files, renames) durable; a no-op where folders cannot be opened."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -534,7 +543,7 @@ def recover_dir(target: str | os.PathLike[str], *, required: str | None = None) 
         if final.exists():  # a save (or another loader) put a copy there first
             return False
         raise
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     logger.warning("%s was missing after an interrupted save; restored the previous copy from %s", final, source.name)
     return True
 
@@ -661,12 +670,12 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
         try:
             yield tmp
             _normalise_permissions(tmp)
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             _swap_into_place(tmp, final, _sibling(final, "old", tmp.name.rsplit("-", 1)[1]))
         except BaseException:
             _remove_tree(tmp)  # the body or the swap failed: no hidden copy is left behind
             raise
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         if is_cwd:  # the previous copy, this process's working folder, is gone: work in the new one
             os.chdir(final)
     finally:
@@ -797,13 +806,12 @@ def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
             yield tmp
             if not tmp.is_symlink():  # chmod would follow a link the body made
                 tmp.chmod(_replaced_file_mode(final))
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
+            fsync_file(tmp)
             os.replace(tmp, final)
         except BaseException:
             _remove_tree(tmp)
             raise
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     finally:
         _unlock_fd(guard)
     clean_stale(final)

@@ -66,6 +66,8 @@ from kl_retrievers._encoding import check_texts, require_modules
 from kl_retrievers._io import (
     atomic_dir,
     check_replace_target,
+    fsync_dir,
+    fsync_file,
     library_version,
     load_unchanged,
     read_json_object,
@@ -721,8 +723,9 @@ def fuse(
     """Fused scores of one query's candidates (higher is better) and the dense weight used.
 
     With an empty BM25 list (no query term in the corpus, or none allowed by the filter) the
-    convex and adaptive modes use the dense side alone (weight 1), and the RRF scores follow the
-    dense ranks: every mode ranks the candidates as the dense list does.
+    convex and adaptive modes use the dense side alone (weight 1: ``n(-KL)``, with the same
+    normalisation ``n`` as any other query, so the fused scores keep one scale), and the RRF scores
+    follow the dense ranks: every mode ranks the candidates as the dense list does.
 
     Returns:
         ``(scores, dense_weight)``; ``dense_weight`` is ``None`` for ``"rrf"``.
@@ -735,14 +738,13 @@ def fuse(
     """
     if config.mode == "rrf":
         return rrf_scores(candidates.dense_rank, candidates.bm25_rank, config.rrf_k), None
-    if not (candidates.bm25_rank > 0).any():
-        return normalize_scores(candidates.neg_kl, "minmax"), 1.0
-    if config.mode == "convex":
-        w, norm = config.weight, config.normalization
-    else:
-        if params is None:
-            raise ValueError("adaptive fusion needs AdaptiveParams")
-        w, norm = params.weight(candidates.signals), params.normalization
+    adaptive = params if config.mode == "adaptive" else None
+    if config.mode == "adaptive" and adaptive is None:
+        raise ValueError("adaptive fusion needs AdaptiveParams")
+    norm = adaptive.normalization if adaptive is not None else config.normalization
+    if not (candidates.bm25_rank > 0).any():  # the BM25 side contributes nothing: w = 1
+        return normalize_scores(candidates.neg_kl, norm), 1.0
+    w = adaptive.weight(candidates.signals) if adaptive is not None else config.weight
     return convex_scores(candidates.neg_kl, candidates.bm25, w, norm), w
 
 
@@ -830,9 +832,16 @@ class _Tokenizer:
         self.token_pattern = token_pattern
         self.stemmer = _check_stemmer(stemmer)
         try:
-            self._split = re.compile(token_pattern).findall
+            compiled = re.compile(token_pattern)
         except re.error as exc:
             raise ValueError(f"token_pattern {token_pattern!r} is not a valid regular expression: {exc}") from None
+        if compiled.groups > 1:  # re.findall would return tuples of the groups, not tokens
+            raise ValueError(
+                f"token_pattern {token_pattern!r} has {compiled.groups} capture groups; at most one is allowed "
+                "(a token is the whole match, or the text of its one capture group): make the others "
+                "non-capturing, (?:...)"
+            )
+        self._split = compiled.findall
         self._stop: frozenset[str] | None = None
         # one PyStemmer object per thread (they are not thread-safe), made at the first use: a tokenizer
         # without a stemmer holds no thread-local (it copies and pickles as before)
@@ -1033,6 +1042,9 @@ class _BM25Half:
                 "backend": "numpy",
             }
             (folder / _BM25_PARAMS).write_text(json.dumps(params, indent=4), encoding="utf-8")
+        for path in sorted(folder.iterdir()):  # durable before the hybrid save swaps its folder into place
+            fsync_file(path)
+        fsync_dir(folder)
         return {"count": len(self.ids), "indexed": csc is not None}
 
     @classmethod
@@ -1217,7 +1229,9 @@ class KLHybridStore:
         k1: BM25 ``k1``.
         b: BM25 ``b``.
         stopwords: ``"english"`` (bm25s' list), a list of words, or ``None``.
-        token_pattern: Regular expression of a token (text is lower-cased first).
+        token_pattern: Regular expression of a token (text is lower-cased first), as ``re.findall``
+            reads it: a token is the whole match or, with one capture group, that group's text (a pattern
+            with more capture groups is refused).
         stemmer: A PyStemmer language (default :data:`DEFAULT_STEMMER`, ``"english"``; see
             ``Stemmer.algorithms()``) stemming every token after the stop words are dropped, for the
             documents and the queries alike (saved with the store); ``None``: no stemming (the BM25
@@ -1228,8 +1242,8 @@ class KLHybridStore:
         **kl_options: Options of a new :class:`KLStore` (``index_type``, ...), when ``kl_store`` is not given.
 
     Raises:
-        ValueError: A bad fusion setting or an unknown ``stemmer`` language, naming the value and what is
-            allowed.
+        ValueError: A bad fusion setting, an unknown ``stemmer`` language or a ``token_pattern`` that is not a
+            regular expression or has more than one capture group, naming the value and what is allowed.
         ImportError: ``stemmer`` is set and PyStemmer is not installed.
 
     Examples:
@@ -2002,6 +2016,8 @@ class KLHybridStore:
                     (tmp / sub / _SAVE_TOKEN_FILE).write_text(
                         json.dumps({_SAVE_TOKEN_KEY: token}) + "\n", encoding="utf-8"
                     )
+                    fsync_file(tmp / sub / _SAVE_TOKEN_FILE)
+                    fsync_dir(tmp / sub)  # the new entry (the half's own files are synced by its save)
                 files = {}
                 for rel in [
                     f"{_KL_DIR}/config.json",
@@ -2024,6 +2040,7 @@ class KLHybridStore:
                     }
                 )
                 (tmp / _CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+                fsync_file(tmp / _CONFIG)  # atomic_dir syncs the folder itself before its swap
         logger.info("saved a hybrid store of %d documents to %s", len(kl_ids), target)
         return target
 
@@ -2097,6 +2114,9 @@ class KLHybridStore:
                 f"{_CONFIG} was saved with; the halves come from another save: refusing to load it "
                 "(nothing was changed)"
             )
+        # the halves' save tokens, with or without checksums (three small reads), before the checksums: halves of
+        # two saves are named as such, not as a changed file (the id checks above name the mismatch better still)
+        _check_save_tokens(folder, config)
         if verify_checksums:
             for rel, digest in config["files"].items():
                 p = folder / rel
@@ -2107,7 +2127,6 @@ class KLHybridStore:
                         f"{folder}: {rel} is not the file this save wrote (SHA-256 differs); one half comes from "
                         "another save or was changed: refusing to load it (nothing was changed)"
                     )
-        _check_save_tokens(folder, config)  # also without checksums (the errors above name the mismatch better)
         adaptive = config["adaptive"] or None  # AdaptiveParams (checked by _read_config) or None
         store = cls(
             fusion=fusion["mode"],
@@ -2188,7 +2207,12 @@ def _read_config(cfg_path: Path) -> dict[str, Any]:
     if config.get("format") != _FORMAT_NAME:
         raise HybridFormatError(f"{cfg_path} is not a hybrid store config: field 'format' is {config.get('format')!r}")
     version = config.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise HybridFormatError(
+            f"{cfg_path}: format_version {config.get('format_version', '<missing>')!r} is not a format version: "
+            f"it must be an integer from 1 to {FORMAT_VERSION} (the newest this kl-retrievers reads)"
+        )
+    if version > FORMAT_VERSION:
         raise HybridFormatError(
             f"{cfg_path}: format_version {version!r} is not one this kl-retrievers ({library_version()}) reads "
             f"(up to {FORMAT_VERSION}): upgrade kl-retrievers"
@@ -2218,6 +2242,11 @@ def _read_config(cfg_path: Path) -> dict[str, Any]:
     for key in ("k1", "b", "stopwords", "token_pattern"):
         if key not in bm25:
             raise HybridFormatError(f"{cfg_path}: field 'bm25' lacks {key!r}")
+    if version >= 2 and "stemmer" not in bm25:  # format 2 is the stemmer's: without it the tokens would not match
+        raise HybridFormatError(
+            f"{cfg_path}: field 'bm25' lacks 'stemmer', which format_version {version} always writes (null: not "
+            "stemmed); without it the BM25 half's stemmed index would be searched with unstemmed queries"
+        )
     try:  # the values, checked as the constructor checks them, before either half is read
         _bm25_settings(bm25["k1"], bm25["b"], bm25["stopwords"], bm25["token_pattern"], bm25.get("stemmer"))
     except (TypeError, ValueError) as exc:
