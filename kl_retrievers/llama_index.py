@@ -2685,7 +2685,7 @@ class KLConfidencePostprocessor(BaseNodePostprocessor):
     ``IndexNode`` / ``ImageNode`` hits that ``VectorStoreIndex.as_retriever()`` swaps for its docstore's
     copies) cannot be judged: they are kept, with one logged warning per postprocessor.
 
-    Args:
+    Attributes:
         min_confidence: The threshold, a probability in ``[0, 1]``.
         confidence_key: The node metadata key to read.
 
