@@ -10,7 +10,8 @@ Every figure on the page is read from, or computed from, a JSON line of a log in
   ``runs/qpp/calibration.jsonl`` it also feeds the QPP and calibration section (``benchmarks/results_qpp.py``).
 * ``runs/eval/hybrid.jsonl``: the hybrid section, written by ``benchmarks/hybrid.py`` (``benchmarks/results_more.py``).
 
-The same records also fill the marked part of ``docs/choosing-a-model.md`` (``benchmarks/results_choosing.py``).
+The same records also fill the marked part of ``docs/choosing-a-model.md`` (``benchmarks/results_choosing.py``),
+and the marked parts of ``README.md`` and ``docs/hybrid.md`` (``benchmarks/results_readme.py``).
 
 The page is never edited by hand: ``--check`` exits 1 when it (or that part) differs from what the logs render
 (``tests/test_results_page.py`` runs it). The first round's page, whose logs were not committed, is kept
@@ -40,6 +41,7 @@ from results_choosing import PAGE as CHOOSING_PAGE
 from results_choosing import choosing_region, splice, sync
 from results_more import HYBRID_LOG, bundled_models_section, hybrid_section, ranking_fixes_note
 from results_qpp import qpp_section
+from results_readme import HYBRID_PAGE, README, render_hybrid_page, render_readme
 
 from kl_retrievers.evaluation import load_per_query, paired_test
 from kl_retrievers.pretrained import DEFAULT_MODEL
@@ -276,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--choosing", type=Path, default=ROOT / CHOOSING_PAGE, help="the page whose marked part the logs fill too"
     )
+    p.add_argument("--readme", type=Path, default=ROOT / README, help="the README, whose results part too")
+    p.add_argument("--hybrid-page", type=Path, default=ROOT / HYBRID_PAGE, help="the page of the hybrid tables")
     p.add_argument("--run", nargs="+", choices=list(SYSTEMS), metavar="SYSTEM", help=f"evaluate: {', '.join(SYSTEMS)}")
     p.add_argument("--run-models", nargs="+", default=[], metavar="MODEL", help="evaluate bundled models by name")
     p.add_argument("--backend", choices=["onnx", "torch"], default=None, help="--model-backend of --run-models")
@@ -285,7 +289,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         (ROOT / EVAL_LOG).parent.mkdir(parents=True, exist_ok=True)
         run([*(args.run or []), *args.run_models], args.collections, args.backend)
     choosing = render_choosing(args.choosing)
-    return max(sync(args.page, render(), args.check), sync(args.choosing, choosing, args.check))
+    readme = render_readme(args.readme, load_records(), ROOT, DEFAULT_MODEL)
+    pages = [(args.page, render()), (args.choosing, choosing), (args.readme, readme)]
+    pages.append((args.hybrid_page, render_hybrid_page(args.hybrid_page, ROOT)))
+    return max(sync(path, text, args.check) for path, text in pages)
 
 
 if __name__ == "__main__":

@@ -684,6 +684,29 @@ def _compare_problem(
     return None
 
 
+def _warn_measured_differently(name: str, other_meta: Mapping[str, Any], measured: Mapping[str, Any]) -> None:
+    """Warn when a ``--compare`` file's meta records another backend or other weights than this run's.
+
+    Only what both runs record is compared (an older file records neither); a difference is not an error: a
+    backend or weights comparison is a legitimate one, but its differences are not only the model's.
+
+    Examples:
+        >>> _warn_measured_differently("pq.json", {"backend": "onnx"}, {"backend": "torch"})  # logs a warning
+        >>> _warn_measured_differently("pq.json", {}, {"backend": "torch"})  # an older file: nothing to compare
+    """
+    for key, what in (("backend", "backend"), ("weights_sha256", "model weights (weights_sha256)")):
+        theirs, ours = other_meta.get(key), measured.get(key)
+        if theirs is not None and ours is not None and theirs != ours:
+            logger.warning(
+                "--compare %s was measured with another %s: %s there, %s in this run; its differences are not "
+                "only the systems'",
+                name,
+                what,
+                str(theirs)[:16],
+                str(ours)[:16],
+            )
+
+
 def _compare_depth_problem(name: str, recorded: Any, depth: int) -> str | None:
     """Why the ``--compare`` file's depth makes some metrics incomparable with this run's (``None``: it does not).
 
@@ -890,6 +913,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     use_cache = not args.no_cache
     score_run: dict[str, dict[str, float]] = {}
     weights: dict[str, float] = {}
+    # what measured a model's run: its backend and, when known, the identity of its weights (a baseline's label
+    # already names its model and precision, and its record stays as before)
+    measured: dict[str, Any] = {}
     similarity = "neg_kl"  # a model's own score: a vector twin (train --similarity dot|cosine) is ranked by it
     if args.baseline:  # its options were checked before loading (_baseline_option_problem)
         t0 = time.perf_counter()
@@ -924,6 +950,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"kl-retrievers evaluate: error: {exc}", file=sys.stderr)
             return 2
+        measured = {"backend": backend}
+        sha = getattr(encoder, "weights_sha256", None)
+        if sha:
+            measured["weights_sha256"] = sha
         similarity = model_similarity(encoder)
         if similarity != "neg_kl" and (args.hybrid or args.means_only):
             problem = "--hybrid fuses BM25 with -KL" if args.hybrid else "--means-only is an ablation of -KL"
@@ -952,7 +982,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "score": result.info.get("score"),
         "score_direction": SCORE_DIRECTION,
         "depth": args.depth,
-        **{k: v for k, v in result.info.items() if k not in ("score", "score_direction", "depth")},
+        **measured,
+        **{k: v for k, v in result.info.items() if k not in ("score", "score_direction", "depth", *measured)},
         **({"sample": sample} if sample is not None else {}),
     }
     summary = result.summary()
@@ -1010,11 +1041,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 logger.warning("no paired test for %s: %s", name, exc)
         compare = {
             "file": str(args.compare),
-            "model": other_meta.get("model"),
-            "dataset": other_meta.get("dataset"),
-            "split": other_meta.get("split"),
+            **{key: other_meta.get(key) for key in ("model", "dataset", "split", "backend", "weights_sha256")},
             "tests": tests,
         }
+        _warn_measured_differently(str(args.compare), other_meta, measured)
         summary["compare"] = compare
     if args.json:
         replaced: list[str] = []

@@ -1,0 +1,233 @@
+"""The README's results table and ``docs/hybrid.md``'s benchmark tables, from the logs.
+
+``benchmarks/results.py`` writes each part of those pages between a :func:`begin` and an :func:`end` marker
+(the rest of each page is hand-written); ``--check`` exits 1 when a part differs from what the logs render.
+
+* README, ``results``: the baselines and the default from ``results.load_records`` (``runs/eval/eval.jsonl``,
+  ``runs/qpp/qpp.jsonl``), the two hybrid rows from ``runs/eval/hybrid.jsonl`` (:data:`HYBRIDS`).
+* README prose, :func:`readme_phrases`: the abstention figures (``runs/abstention/abstention.jsonl``: each
+  model's newest stemmed hybrid line) and the default's convex-against-adaptive means must be quoted as logged.
+* ``docs/hybrid.md``, one part per entry of :data:`HYBRID_TABLES`: the newest ``benchmarks/hybrid.py`` test
+  run of that (model, adaptive parameters file, BM25 stemmer).
+
+Typed here, with no log behind them: the row labels and the backend each row was measured on (read from
+the code that logged it: ``kl_retrievers/baselines.py``, ``benchmarks/qpp.py`` and ``benchmarks/hybrid.py``
+load their dense models on torch, float32).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from results_more import HYBRID_LOG, SPLIT
+from results_qpp import _read, _table
+
+README = Path("README.md")
+ABSTENTION_LOG = Path("runs") / "abstention" / "abstention.jsonl"
+HYBRID_PAGE = Path("docs") / "hybrid.md"
+_DEFAULT_PARAMS = "kl_retrievers/data/hybrid_adaptive.json"
+_BGE = "bge-small-unit-variance"
+_BGE_PARAMS = f"kl_retrievers/pretrained/{_BGE}/hybrid_adaptive.json"
+#: README column order and labels.
+README_COLLECTIONS = {
+    "scifact": "SciFact",
+    "trec-dl21-passage-pooled": "TREC DL21 (pooled)",
+    "cranfield": "Cranfield",
+    "nfcorpus-preprocessed": "NFCorpus",
+}
+#: docs/hybrid.md row order and labels.
+HYBRID_COLLECTIONS = {
+    "scifact": "SciFact",
+    "nfcorpus-preprocessed": "NFCorpus (preprocessed)",
+    "cranfield": "Cranfield",
+    "trec-dl21-passage-pooled": "TREC DL21 (pooled)",
+}
+#: README rows from ``results.load_records``: system -> (label, measured on).
+SYSTEM_ROWS = {
+    "bm25": ("BM25 (bm25s)", "bm25s (no model)"),
+    "minilm": ("all-MiniLM-L6-v2 cosine", "torch float32"),
+    "bge-small": ("bge-small-en-v1.5 int8", "ONNX int8"),
+    "default": ("default `{model}` (-KL)", "torch float32"),
+}
+#: README hybrid rows: (model, adaptive parameters file, stemmer) -> (label, measured on).
+HYBRIDS = {
+    ("minilm-gauss-soup", _DEFAULT_PARAMS, "english"): (
+        "hybrid BM25 + default, adaptive (`KLHybridStore`)",
+        "torch float32",
+    ),
+    (_BGE, _BGE_PARAMS, "english"): (f"hybrid BM25 + `{_BGE}` (`[hybrid,bge]` extras)", "torch float32"),
+}
+#: docs/hybrid.md parts: name -> ((model, parameters file, stemmer), dense column label, with the RRF p and queries).
+HYBRID_TABLES = {
+    "default": (("minilm-gauss-soup", _DEFAULT_PARAMS, "english"), "dense (-KL)", True),
+    "bge": ((_BGE, _BGE_PARAMS, "english"), "bge (-KL)", False),
+    "bge-unstemmed": ((_BGE, _BGE_PARAMS, None), "bge (-KL)", False),
+}
+_SYSTEMS = ("bm25", "dense", "rrf", "convex", "adaptive")
+
+
+def begin(name: str) -> str:
+    return f"<!-- Written by `python benchmarks/results.py` from the logs under runs/ ({name}); do not edit. -->"
+
+
+def end(name: str) -> str:
+    return f"<!-- End of the part ({name}) written by benchmarks/results.py. -->"
+
+
+def splice(text: str, name: str, region: Sequence[str], path: Path) -> str:
+    """``text`` with its part between ``begin(name)`` and ``end(name)`` replaced by ``region``.
+
+    Examples:
+        >>> splice(f"a\\n{begin('x')}\\nold\\n{end('x')}\\nb", "x", ["new"], Path("p")).split("\\n")[2:5]
+        ['', 'new', '']
+    """
+    b, e = begin(name), end(name)
+    if text.count(b) != 1 or text.count(e) != 1 or text.index(b) > text.index(e):
+        raise SystemExit(f"{path}: needs one line {b} and, below it, one line {e}, around its rendered part")
+    head, rest = text.split(b)
+    return head + b + "\n\n" + "\n".join(region) + "\n\n" + e + rest.split(e)[1]
+
+
+def newest_hybrids(root: Path) -> dict[tuple[str, str, str | None], dict[str, Any]]:
+    """The newest ``benchmarks/hybrid.py`` test run of each (model, adaptive parameters file, BM25 stemmer)."""
+    newest: dict[tuple[str, str, str | None], dict[str, Any]] = {}
+    for rec in _read(root / HYBRID_LOG):
+        if rec.get("benchmark") == "hybrid" and rec.get("split", SPLIT) == SPLIT:
+            newest[(rec["model"], rec["adaptive_params"]["file"], rec.get("stemmer"))] = rec
+    return newest
+
+
+def _bold(cells: list[str], values: Sequence[float | None]) -> list[str]:
+    """``cells`` with those whose value is the largest in bold."""
+    best = max((v for v in values if v is not None), default=None)
+    return [f"**{c}**" if v is not None and v == best else c for c, v in zip(cells, values, strict=True)]
+
+
+def readme_table(records: Mapping[tuple[str, str], Mapping[str, Any]], root: Path, default_model: str) -> list[str]:
+    """nDCG@10 per collection and the mean of each README row; the best of each column in bold."""
+    rows: list[tuple[str, str, list[float | None]]] = []
+    for system, (label, backend) in SYSTEM_ROWS.items():
+        vals = [records[(system, c)]["ndcg@10"] if (system, c) in records else None for c in README_COLLECTIONS]
+        got = [v for v in vals if v is not None]
+        mean = float(np.mean(got)) if len(got) == len(vals) else None
+        rows.append((label.format(model=default_model), backend, [*vals, mean]))
+    hybrids = newest_hybrids(root)
+    for key, (label, backend) in HYBRIDS.items():
+        rec = hybrids.get(key)
+        vals = [None] * (len(README_COLLECTIONS) + 1)
+        if rec is not None:
+            got = [rec["collections"].get(c, {}).get("adaptive", {}).get("ndcg@10") for c in README_COLLECTIONS]
+            vals = [*got, rec["mean_ndcg@10"]["adaptive"]]
+        rows.append((label, backend, vals))
+    columns = list(zip(*(vals for _, _, vals in rows), strict=True))
+    cells = [[("not run" if v is None else f"{v:.4f}") for v in vals] for _, _, vals in rows]
+    for j, col in enumerate(columns):
+        bolded = _bold([row[j] for row in cells], col)
+        for row, cell in zip(cells, bolded, strict=True):
+            row[j] = cell
+    body = [[label, *row, backend] for (label, backend, _), row in zip(rows, cells, strict=True)]
+    return _table(["system", *README_COLLECTIONS.values(), "mean", "measured on"], body)
+
+
+def _p(value: float) -> str:
+    """Two significant digits, trailing zeros kept; ``1.0e-05`` below 1e-4, as ``docs/hybrid.md`` prints them."""
+    return f"{value:#.2g}"
+
+
+def hybrid_table(rec: Mapping[str, Any], dense: str, full: bool) -> list[str]:
+    """One ``benchmarks/hybrid.py`` run: every system's nDCG@10, the adaptive fusion's gain and p-values."""
+    fixed = rec["fixed_convex_scifact_train"]
+    rows: list[list[str]] = []
+    for coll, label in HYBRID_COLLECTIONS.items():
+        c = rec["collections"].get(coll)
+        if c is None:
+            continue
+        vals = [c[s]["ndcg@10"] for s in _SYSTEMS]
+        cells = _bold([f"{v:.4f}" for v in vals], vals)
+        if full:
+            gain = f"{c['adaptive_minus_better']:+.4f} ({'BM25' if c['better_single'] == 'bm25' else 'dense'})"
+            pvals = [_p(c[k]) for k in ("p_adaptive_vs_better", "p_adaptive_vs_rrf", "p_adaptive_vs_convex")]
+            head = [label, str(c["queries"])]
+        else:
+            gain = f"{c['adaptive']['ndcg@10'] - c['dense']['ndcg@10']:+.4f}"
+            p_dense = c["p_adaptive_vs_better"] if c["better_single"] == "dense" else c.get("p_adaptive_vs_dense")
+            pvals = [_p(p_dense) if p_dense is not None else "not logged", _p(c["p_adaptive_vs_convex"])]
+            head = [label]
+        rows.append([*head, *cells, gain, *pvals, f"{c['adaptive_dense_weight']['mean']:.2f}"])
+    means = [rec["mean_ndcg@10"][s] for s in _SYSTEMS]
+    gain = f"{rec['summary']['hybrid_gain']:+.4f}"
+    rows.append(["mean of the 4", *([""] if full else []), *_bold([f"{v:.4f}" for v in means], means), gain])
+    rows[-1] += [""] * (4 if full else 3)
+    convex = f"convex {fixed['weight']:.2f}"
+    if full:
+        head = ["collection", "queries", "BM25", dense, "RRF", convex, "adaptive", "adaptive - better single"]
+        head += ["p (better)", "p (RRF)", "p (convex)", "w"]
+    else:
+        head = ["collection", "BM25", dense, "RRF", convex, "adaptive", "adaptive - bge", "p (bge)", "p (convex)", "w"]
+    return _table(head, rows)
+
+
+def _abstention(root: Path, model: str) -> dict[str, Any]:
+    """The newest ``benchmarks/abstention.py --hybrid`` line of ``model`` on stemmed BM25 (the shipped setting)."""
+    found = [
+        r
+        for r in _read(root / ABSTENTION_LOG)
+        if r.get("model") == model and r.get("bm25_stemmer") == "english" and "hybrid" in r.get("summary", {})
+    ]
+    if not found:
+        raise SystemExit(f"{ABSTENTION_LOG}: no stemmed hybrid line of {model}, which the README quotes")
+    return found[-1]
+
+
+def readme_phrases(root: Path, default_model: str) -> list[str]:
+    """Phrases of the README's prose whose figures come from the logs (whitespace normalised)."""
+    out = []
+    for model in (default_model, _BGE):
+        rec = _abstention(root, model)
+        hyb, dense = rec["summary"]["hybrid"], rec["summary"]["dense"]
+        at, d_at = hyb["held_out_at_threshold"], dense["held_out_at_threshold"]
+        seeds = (
+            f"mean of seeds 1-{hyb['held_out_other_seeds']['seeds']}: F1 {hyb['held_out_other_seeds']['f1_mean']:.3f}"
+        )
+        if model == default_model:
+            out.append(f"with F1 {at['f1']:.3f} while answering {at['answered']:.0%} of the answerable ones")
+            out.append(f"{seeds}); the dense retriever's confidence reaches only F1 {d_at['f1']:.3f}")
+        else:
+            out.append(f"F1 {at['f1']:.3f} while answering {at['answered']:.1%} at its recorded threshold, ")
+            out.append(f"{hyb['threshold']:.2f} (seed 0; {seeds}), bge's dense retriever F1 {d_at['f1']:.3f} ")
+            out.append(f"while answering {d_at['answered']:.1%}.")
+        everything = rec["held_out"]["hybrid"]["curve"][-1]  # the highest threshold: every question abstained
+        out.append(f"abstaining on every question already gets F1 {everything['f1']:.3f} here")
+    means = newest_hybrids(root)[("minilm-gauss-soup", _DEFAULT_PARAMS, "english")]["mean_ndcg@10"]
+    out.append(
+        f"(mean {means['convex']:.4f}) is above the adaptive per-query fusion of the table ({means['adaptive']:.4f};"
+    )
+    return out
+
+
+def render_readme(path: Path, records: Mapping[tuple[str, str], Mapping[str, Any]], root: Path, model: str) -> str:
+    """The README at ``path`` with its ``results`` part rendered from the logs under ``root``.
+
+    Raises:
+        SystemExit: A figure of its prose (:func:`readme_phrases`) is not quoted as logged: edit the prose.
+    """
+    text = splice(path.read_text(encoding="utf-8"), "results", readme_table(records, root, model), path)
+    flat = " ".join(text.split())
+    missing = [phrase for phrase in readme_phrases(root, model) if " ".join(phrase.split()) not in flat]
+    if missing:
+        raise SystemExit(f"{path}: its prose does not quote the logs as: {'; '.join(map(repr, missing))}")
+    return text
+
+
+def render_hybrid_page(path: Path, root: Path) -> str:
+    """``docs/hybrid.md`` at ``path`` with each of its :data:`HYBRID_TABLES` parts rendered from ``root``'s logs."""
+    text = path.read_text(encoding="utf-8")
+    hybrids = newest_hybrids(root)
+    for name, (key, dense, full) in HYBRID_TABLES.items():
+        rec = hybrids.get(key)
+        region = hybrid_table(rec, dense, full) if rec is not None else [f"Not run: no `{HYBRID_LOG}` line of {key}."]
+        text = splice(text, f"hybrid-{name}", region, path)
+    return text
