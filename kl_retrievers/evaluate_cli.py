@@ -409,10 +409,11 @@ def _hybrid_option_problem(args: argparse.Namespace) -> str | None:
         if value is not None
     ]
     stemmer = getattr(args, "hybrid_stemmer", None)
+    named, plural = " and ".join(convex_only), len(convex_only) > 1
     if mode is None:
         if stemmer is not None:
             return "--hybrid-stemmer needs --hybrid (the --baseline bm25 tokens are never stemmed)"
-        return f"{' and '.join(convex_only)} need --hybrid convex" if convex_only else None
+        return f"{named} {'need' if plural else 'needs'} --hybrid convex" if convex_only else None
     if mode not in HYBRID_MODES:
         return f"unknown fusion mode {mode!r}; allowed modes: {', '.join(HYBRID_MODES)}"
     if args.baseline:
@@ -420,7 +421,7 @@ def _hybrid_option_problem(args: argparse.Namespace) -> str | None:
     if args.means_only:
         return "--means-only applies to the -KL ranking alone, not to --hybrid"
     if mode != "convex" and convex_only:
-        return f"{' and '.join(convex_only)} apply to --hybrid convex only; got --hybrid {mode}"
+        return f"{named} {'apply' if plural else 'applies'} to --hybrid convex only; got --hybrid {mode}"
     from kl_retrievers.hybrid import _check_stemmer
 
     effective = _effective_stemmer(args)  # the store's default when none is given, before any model or encoding

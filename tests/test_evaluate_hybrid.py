@@ -133,9 +133,9 @@ def test_bad_hybrid_options(setup: tuple[Path, Path, Path], capsys: pytest.Captu
     err = capsys.readouterr().err
     assert "[0, 1]" in err and "1.5" in err
     assert main(_evaluate(setup, "--hybrid", "rrf", "--hybrid-weight", "0.3")) == 2
-    assert "--hybrid-weight apply to --hybrid convex only; got --hybrid rrf" in capsys.readouterr().err
+    assert "--hybrid-weight applies to --hybrid convex only; got --hybrid rrf" in capsys.readouterr().err
     assert main(_evaluate(setup, "--hybrid-normalization", "zscore")) == 2
-    assert "need --hybrid convex" in capsys.readouterr().err
+    assert "--hybrid-normalization needs --hybrid convex" in capsys.readouterr().err
     assert main(_evaluate(setup, "--hybrid", "rrf", "--means-only")) == 2
     assert "--means-only" in capsys.readouterr().err
     root = setup[0]
