@@ -38,7 +38,7 @@ from kl_retrievers.cli_common import (  # re-exported: they were defined here
     positive_int,
     token_budget,
 )
-from kl_retrievers.sharded import _check_utf8, _without_bom, is_jsonl_path, split_records
+from kl_retrievers.sharded import _check_utf8, _without_bom, is_jsonl_path, parse_tsv_line, split_records
 
 logger = logging.getLogger(__name__)
 
@@ -127,11 +127,6 @@ def _read_records(
     return [str(i) for i in range(len(texts))], texts, [{} for _ in texts]
 
 
-#: A ``.tsv`` first line whose columns are these names (any case) is a header, skipped.
-_TSV_ID_HEADERS = frozenset({"id", "_id", "pid", "docid", "doc_id", "qid"})
-_TSV_TEXT_HEADERS = frozenset({"text", "passage", "contents", "content", "body", "query", "title", "sentence"})
-
-
 def _check_input_suffix(path: Path, field: str) -> None:
     """Refuse a ``.csv`` input, and ``--field`` with an input that is not JSON lines (suffixes in any case).
 
@@ -146,7 +141,7 @@ def _check_input_suffix(path: Path, field: str) -> None:
         raise ValueError(
             f"{path}: .csv files are not read (their quoting and columns vary); convert it to JSON Lines (one "
             'object per line, e.g. {"_id": "d1", "text": "..."}), which every input path reads (`index` and '
-            "`encode` without --shard-size also read a .tsv file of id<TAB>text lines)"
+            "`encode`, with or without --shard-size, also read a .tsv file of id<TAB>text lines)"
         )
     if field != "auto" and not is_jsonl_path(path):
         what = "a .tsv file of id<TAB>text lines" if suffix == ".tsv" else "a text file, one text per line"
@@ -172,35 +167,23 @@ def _read_tsv(path: Path) -> tuple[list[str], list[str]]:
         if not whole.strip():
             continue
         where = f"{path}, line {number}"
-        try:
-            line = whole.decode("utf-8").rstrip("\r")
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start} of the line)") from None
-        columns = line.split("\t")
-        if len(columns) != 2:
-            raise ValueError(
-                f"{where}: has {len(columns)} tab-separated column{'s' if len(columns) != 1 else ''}; a .tsv input "
-                "holds id<TAB>text lines (exactly two columns, as MS MARCO's collection.tsv)"
+        # the one per-line rule of both paths (kl_retrievers.sharded.plan_shards reads a .tsv with it too)
+        doc_id, text, header = parse_tsv_line(whole, where, first=not seen_line)
+        seen_line = True
+        if header:
+            logger.warning(
+                "%s: line %d (columns %r and %r) is taken for a header and skipped, not read as a document",
+                path,
+                number,
+                doc_id,
+                text,
             )
-        if not seen_line:
-            seen_line = True
-            if columns[0].strip().lower() in _TSV_ID_HEADERS and columns[1].strip().lower() in _TSV_TEXT_HEADERS:
-                logger.warning(
-                    "%s: line %d (columns %r and %r) is taken for a header and skipped, not read as a document",
-                    path,
-                    number,
-                    columns[0],
-                    columns[1],
-                )
-                continue
-        if not columns[0].strip():
-            raise ValueError(f"{where}: the id column is empty; every id<TAB>text line needs an id")
-        doc_id = _row_id({"_id": columns[0]}, len(ids), where)  # the JSONL id rule: non-empty, not padded
+            continue
         if doc_id in first:
             raise ValueError(f"{where}: duplicate id {doc_id!r} (first on line {first[doc_id]})")
         first[doc_id] = number
         ids.append(doc_id)
-        texts.append(columns[1])
+        texts.append(text)
     return ids, texts
 
 
@@ -303,8 +286,8 @@ def _add_encode(sub: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     g = p.add_argument_group(
         "streaming and scale-out",
-        "With --shard-size (or --backend ray) the --input file (JSON lines or a text file; .tsv and .csv are "
-        "refused here) is streamed in shards of N records into the --out "
+        "With --shard-size (or --backend ray) the --input file (JSON lines, a .tsv file of id<TAB>text lines or "
+        "a text file; .csv is refused) is streamed in shards of N records into the --out "
         "folder (manifest.json + shard-NNNNN/ with .npy files and checksums); rerunning resumes, redoing only "
         "missing or corrupt shards.",
     )
@@ -442,11 +425,6 @@ def _run_encode_sharded(args: argparse.Namespace) -> int:
     if str(args.input) == "-" and not args.input.exists():
         raise ValueError("--input -: reading stdin is not supported; save the input to a file first and pass that")
     _check_input_suffix(args.input, args.field)
-    if args.input.suffix.lower() == ".tsv":
-        raise ValueError(
-            f"--input {args.input}: streaming mode (--shard-size / --backend ray) reads JSON lines or text files, "
-            "not .tsv: convert it to JSON Lines (one object per line with _id and text), or drop --shard-size"
-        )
     if args.out.suffix.lower() == ".safetensors" and not is_encoded_shards_folder(args.out):  # (resume an old one)
         raise ValueError(
             f"--out {args.out}: streaming mode (--shard-size / --backend ray) writes a folder of shards, not a "

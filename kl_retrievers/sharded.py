@@ -1,9 +1,10 @@
 """Encode a corpus of any size into shards: streaming, resumable, optionally on Ray.
 
 :func:`encode_corpus` reads a ``.jsonl`` corpus (BEIR ``corpus.jsonl`` or any text field; ``.ndjson``
-and ``.json`` too, any case) or a text file (one text per non-empty line) without loading it:
+and ``.json`` too, any case), an MS MARCO-style ``.tsv`` file (``id<TAB>text`` lines, a header line skipped)
+or a text file (one text per non-empty line) without loading it:
 one pass over the file plans shards of ``shard_size`` records by byte range (and checks every
-record as ``kl-retrievers encode`` does, naming its line, and that JSONL ids are unique), then each
+record as ``kl-retrievers encode`` does, naming its line, and that JSONL and ``.tsv`` ids are unique), then each
 shard is read, encoded and written on its own, so memory is bounded by one shard per worker.
 The output folder holds:
 
@@ -171,6 +172,56 @@ def _without_bom(number: int, line: bytes) -> bytes:
     return line[len(codecs.BOM_UTF8) :] if number == 1 and line.startswith(codecs.BOM_UTF8) else line
 
 
+#: A ``.tsv`` first line whose columns are these names (any case) is a header, skipped.
+TSV_ID_HEADERS = frozenset({"id", "_id", "pid", "docid", "doc_id", "qid"})
+TSV_TEXT_HEADERS = frozenset({"text", "passage", "contents", "content", "body", "query", "title", "sentence"})
+
+
+def is_tsv_path(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is read as MS MARCO-style ``id<TAB>text`` lines (its suffix, any case, is ``.tsv``).
+
+    Examples:
+        >>> is_tsv_path("collection.TSV"), is_tsv_path("c.txt")
+        (True, False)
+    """
+    return Path(path).suffix.lower() == ".tsv"
+
+
+def parse_tsv_line(line: bytes, where: str, *, first: bool = False) -> tuple[str, str, bool]:
+    """One non-blank line of a ``.tsv`` input: ``(id, text, is_header)``.
+
+    The one rule of ``kl-retrievers encode`` / ``index`` and of the sharded path: a final ``\\r`` is dropped, the
+    line holds exactly two tab-separated columns, and its id follows the JSONL id rule (non-empty, not padded;
+    :func:`kl_retrievers._io.row_id`). ``first``: the file's first non-blank line, which is a header (``is_header``
+    ``True``, its id not checked; the caller skips it with a warning) when its columns are header names
+    (:data:`TSV_ID_HEADERS` and :data:`TSV_TEXT_HEADERS`, any case). Uniqueness of ids is the caller's.
+
+    Raises:
+        ValueError: Not UTF-8, another number of columns, an empty or padded id; the message names ``where``.
+
+    Examples:
+        >>> parse_tsv_line(b"7\\tthe cat\\r", "c.tsv, line 2")
+        ('7', 'the cat', False)
+        >>> parse_tsv_line(b"pid\\tpassage", "c.tsv, line 1", first=True)
+        ('pid', 'passage', True)
+    """
+    try:
+        text = line.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start} of the line)") from None
+    columns = text.split("\t")
+    if len(columns) != 2:
+        raise ValueError(
+            f"{where}: has {len(columns)} tab-separated column{'s' if len(columns) != 1 else ''}; a .tsv input "
+            "holds id<TAB>text lines (exactly two columns, as MS MARCO's collection.tsv)"
+        )
+    if first and columns[0].strip().lower() in TSV_ID_HEADERS and columns[1].strip().lower() in TSV_TEXT_HEADERS:
+        return columns[0], columns[1], True
+    if not columns[0].strip():
+        raise ValueError(f"{where}: the id column is empty; every id<TAB>text line needs an id")
+    return row_id({"_id": columns[0]}, 0, where), columns[1], False  # the JSONL id rule: non-empty, not padded
+
+
 def split_records(raw: bytes) -> list[bytes]:
     """A text or JSONL file's records: its lines (ending at ``b"\\n"`` only), blank ones dropped.
 
@@ -189,22 +240,24 @@ def plan_shards(
 ) -> tuple[list[ShardSpec], dict[str, Any]]:
     """Scan ``path`` once, check every record, and cut it into shards of ``shard_size`` records.
 
-    A record is a non-blank line (a JSON object in a ``.jsonl`` file, a text otherwise). Every
+    A record is a non-blank line (a JSON object in a ``.jsonl`` file, an ``id<TAB>text`` line in a ``.tsv`` file,
+    whose first line is skipped with a warning when it is a header, as ``kl-retrievers encode`` reads it:
+    :func:`parse_tsv_line`; a text otherwise). Every
     record is checked as ``kl-retrievers encode`` checks it (a UTF-8 byte order mark opening the file
     is skipped, as :func:`kl_retrievers.datasets.load_beir` skips it), with the same messages naming the file
     line, so that a bad record fails the run before any shard is encoded: UTF-8, and for JSONL a
     JSON object with a valid id (``_id`` or ``id``: a non-empty string without leading or trailing
     whitespace, as :func:`kl_retrievers.datasets.load_beir` requires, or an integer, else the
     record number; :func:`kl_retrievers._io.row_id`) and a text in ``field`` (``"auto"``: title +
-    text). JSONL ids must be unique across the whole file: a repeated one is refused, naming both
+    text). JSONL and ``.tsv`` ids must be unique across the whole file: a repeated one is refused, naming both
     lines. Memory stays small (8 bytes of hash per record).
 
     Returns:
         The shard list and the input's identity (``{"sha256", "size", "records"}``).
 
     Raises:
-        ValueError: ``shard_size`` is not a positive integer, ``path`` is a ``.tsv`` or ``.csv`` file (their
-            columns would be read as text lines), ``path`` is not a regular file (a pipe:
+        ValueError: ``shard_size`` is not a positive integer, ``path`` is a ``.csv`` file (its columns would be
+            read as text lines), ``path`` is not a regular file (a pipe:
             streaming reads the file twice and seeks in it), a bad record (``FILE, line 7: no 'text'
             field ...``) or a JSONL id occurs twice (``FILE, line 4: duplicate id 'x' (first on line 1)``).
         FileNotFoundError: ``path`` does not exist.
@@ -225,10 +278,10 @@ def _plan(
     size = check_k(shard_size, "shard_size")
     source = Path(path)
     _check_input_file(source)
-    if source.suffix.lower() in (".tsv", ".csv"):  # read as text lines, the id column would end up in each text
+    if source.suffix.lower() == ".csv":  # read as text lines, the id column would end up in each text
         raise ValueError(
-            f"{source}: sharded encoding reads JSON Lines or text files (one text per line), not "
-            f"{source.suffix.lower()}: convert it to JSON Lines (one object per line with _id and text)"
+            f"{source}: sharded encoding reads JSON Lines, .tsv (id<TAB>text lines) or text files (one text per "
+            "line), not .csv: convert it to JSON Lines (one object per line with _id and text)"
         )
     digest = hashlib.sha256()
     shard_digest = hashlib.sha256()
@@ -239,15 +292,18 @@ def _plan(
     rows = 0
     first = 0
     jsonl = is_jsonl_path(source)
-    id_hashes = array("q")  # one 64-bit hash of each JSONL record's id, in record order
+    tsv = is_tsv_path(source)
+    seen_line = False  # a .tsv's first non-blank line may be a header
+    id_hashes = array("q")  # one 64-bit hash of each JSONL or .tsv record's id, in record order
     with open(source, "rb") as fh:
         for number, whole in enumerate(fh, 1):
             digest.update(whole)
             line = _without_bom(number, whole)
             offset += len(whole) - len(line)  # a byte order mark belongs to no record
-            if _is_record(line):
-                doc_id = _check_record(line, first + rows, f"{source}, line {number}", jsonl, field)
-                if jsonl:
+            if _is_record(line) and not (tsv and _tsv_header(source, number, line, seen_line, warn=True)):
+                seen_line = True
+                doc_id = _check_record(line, first + rows, f"{source}, line {number}", jsonl, field, tsv=tsv)
+                if jsonl or tsv:
                     id_hashes.append(_id_hash(doc_id))
                 if rows == 0:
                     start = offset
@@ -259,13 +315,15 @@ def _plan(
                     digests.append(shard_digest.hexdigest())
                     first += rows
                     rows = 0
-            elif rows:  # a blank line inside a shard's byte range
-                shard_digest.update(line)
+            else:  # a blank line (inside a shard's byte range when rows), or a .tsv header (before any record)
+                seen_line = seen_line or _is_record(line)
+                if rows:
+                    shard_digest.update(line)
             offset += len(line)
     if rows:
         shards.append(ShardSpec(len(shards), start, offset, first, rows))
         digests.append(shard_digest.hexdigest())
-    if jsonl:
+    if jsonl or tsv:
         _check_unique_ids(source, id_hashes)
     return shards, {"sha256": digest.hexdigest(), "size": offset, "records": first + rows}, digests
 
@@ -318,8 +376,27 @@ def _check_utf8(value: str, what: str, where: str) -> str:
     return value
 
 
-def _check_record(line: bytes, row_no: int, where: str, jsonl: bool, field: str) -> str:
+def _tsv_header(source: Path, number: int, line: bytes, seen_line: bool, *, warn: bool) -> bool:
+    """Whether non-blank line ``number`` of the ``.tsv`` ``source`` is its header (only the first non-blank line
+    may be: ``seen_line`` is ``False``), skipped as ``kl-retrievers encode`` skips it; ``warn``: say so."""
+    if seen_line:
+        return False
+    name, text, header = parse_tsv_line(line, f"{source}, line {number}", first=True)
+    if header and warn:
+        logger.warning(
+            "%s: line %d (columns %r and %r) is taken for a header and skipped, not read as a document",
+            source,
+            number,
+            name,
+            text,
+        )
+    return header
+
+
+def _check_record(line: bytes, row_no: int, where: str, jsonl: bool, field: str, *, tsv: bool = False) -> str:
     """Check one record as ``kl-retrievers encode`` would (errors name ``where``); returns its id."""
+    if tsv:
+        return parse_tsv_line(line, where)[0]
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -359,12 +436,19 @@ def _check_unique_ids(source: Path, id_hashes: array[int]) -> None:
         return
     first_line: dict[str, int] = {}
     record = 0
+    tsv = is_tsv_path(source)
+    seen_line = False
     with open(source, "rb") as fh:
         for number, whole in enumerate(fh, 1):
             line = _without_bom(number, whole)
             if not _is_record(line):
                 continue
-            doc_id = _record_id(line, record, f"{source}, line {number}")
+            header = tsv and _tsv_header(source, number, line, seen_line, warn=False)
+            seen_line = True
+            if header:
+                continue
+            where = f"{source}, line {number}"
+            doc_id = parse_tsv_line(line, where)[0] if tsv else _record_id(line, record, where)
             record += 1
             if _id_hash(doc_id) not in repeated:
                 continue
@@ -381,8 +465,8 @@ def read_shard(
     """The ``(ids, texts)`` of one shard, reading only its byte range.
 
     Ids follow ``kl-retrievers encode``: a JSONL row's ``_id`` (or ``id``, else its record
-    number); for a text file, the record number. :func:`plan_shards` has checked every record
-    (naming its file line); errors here, naming the record, mean the file changed since.
+    number); a ``.tsv`` line's first column; for a text file, the record number. :func:`plan_shards` has checked
+    every record (naming its file line); errors here, naming the record, mean the file changed since.
     ``sha256``: the byte range's SHA-256 when it was planned; other bytes now are refused (the file changed).
     """
     source = Path(path)
@@ -400,6 +484,7 @@ def read_shard(
     texts: list[str] = []
     records = split_records(raw)  # as plan_shards counts them
     jsonl = is_jsonl_path(source)
+    tsv = is_tsv_path(source)
     if len(records) != spec.rows:
         raise ValueError(f"{source}: shard {spec.index} should hold {spec.rows} records, found {len(records)}")
     for offset, record in enumerate(records):
@@ -412,6 +497,10 @@ def read_shard(
             row = parse_json_object(line, f"{source}, record {row_no + 1}")
             ids.append(row_id(row, row_no, f"{source}, record {row_no + 1}"))
             texts.append(row_text(row, field, f"{source}, record {row_no + 1}"))
+        elif tsv:
+            doc_id, text, _ = parse_tsv_line(record, f"{source}, record {row_no + 1}")
+            ids.append(doc_id)
+            texts.append(text)
         else:
             ids.append(str(row_no))
             texts.append(line.rstrip("\r\n"))
@@ -689,14 +778,17 @@ _IDENTITY_KEYS = (
 
 
 def _reads_as(source: dict[str, Any]) -> str:
-    """How an input named as in the manifest's ``input`` is read: ``"jsonl"`` or ``"text"`` (its suffix decides)."""
-    return "jsonl" if is_jsonl_path(str(source.get("name", ""))) else "text"
+    """How an input named as in the manifest's ``input`` is read: ``"jsonl"``, ``"tsv"`` or ``"text"`` (its suffix
+    decides)."""
+    name = str(source.get("name", ""))
+    return "jsonl" if is_jsonl_path(name) else "tsv" if is_tsv_path(name) else "text"
 
 
 def _identity_value(manifest: dict[str, Any], key: str) -> Any:
     """What manifest key ``key`` contributes to a run's identity: the input's name is for information only
     (a byte-identical input under another name is the same input), except for how its suffix says to read
-    it (JSON lines or text lines): a ``.jsonl`` copy renamed ``.txt`` is another input."""
+    it (JSON lines, id<TAB>text lines or text lines): a ``.jsonl`` or ``.tsv`` copy renamed ``.txt`` is another
+    input."""
     value = manifest.get(key)
     if key == "input" and isinstance(value, dict):
         return {**{k: v for k, v in value.items() if k != "name"}, "reads_as": _reads_as(value)}
@@ -925,7 +1017,8 @@ def encode_corpus(
     """Encode ``input`` into a folder of shards, resuming whatever is already there.
 
     Args:
-        input: A ``.jsonl`` corpus or a text file (one text per non-empty line).
+        input: A ``.jsonl`` corpus, a ``.tsv`` file of ``id<TAB>text`` lines (as ``kl-retrievers encode`` reads it)
+            or a text file (one text per non-empty line); ``.csv`` is refused.
         out: The output folder.
         model: A bundled model name, saved encoder folder or hub id (``None``: the default).
             Ray workers load it themselves (and the driver once, to fingerprint it).

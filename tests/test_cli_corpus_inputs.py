@@ -294,14 +294,11 @@ def test_search_of_a_missing_folder_says_so(tmp_path: Path, capsys: pytest.Captu
     assert "no such folder" in err and "config.json" not in err
 
 
-def test_streaming_encode_refuses_tsv_and_field_with_text_input(
+def test_streaming_encode_refuses_field_with_text_input(
     tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    corpus = tmp_path / "c.tsv"
-    corpus.write_text("d1\tone\n")
+    # (a .tsv input is read by the streaming path too: tests/test_sharded_tsv.py)
     base = ["--out", str(tmp_path / "enc"), "--shard-size", "1", "--model", str(model_dir), "--no-progress"]
-    assert main(["encode", "-i", str(corpus), *base]) == 2
-    assert "not .tsv" in _err(capsys, "encode")
     lines = tmp_path / "lines.txt"
     lines.write_text("one\n")
     assert main(["encode", "-i", str(lines), "--field", "body", *base]) == 2

@@ -1,4 +1,5 @@
-"""Sharded encoding refuses ``.tsv`` / ``.csv`` inputs instead of reading their columns as text lines."""
+"""Sharded encoding refuses ``.csv`` inputs instead of reading their columns as text lines; ``.tsv`` is read as
+``id<TAB>text`` lines (tests/test_sharded_tsv.py), never as text lines."""
 
 from __future__ import annotations
 
@@ -6,15 +7,24 @@ from pathlib import Path
 
 import pytest
 
-from kl_retrievers.sharded import plan_shards
+from kl_retrievers.sharded import plan_shards, read_shard
 
 
-@pytest.mark.parametrize("name", ["c.tsv", "c.TSV", "c.csv"])
-def test_plan_shards_refuses_column_files(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize("name", ["c.csv", "c.CSV"])
+def test_plan_shards_refuses_csv_files(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
     path.write_text("7\tthe cat sat\n8\ta dog\n")
-    with pytest.raises(ValueError, match=r"not \.(tsv|csv): convert it to JSON Lines"):
+    with pytest.raises(ValueError, match=r"not \.csv: convert it to JSON Lines"):
         plan_shards(path, shard_size=1)
+
+
+@pytest.mark.parametrize("name", ["c.tsv", "c.TSV"])
+def test_plan_shards_reads_tsv_columns_not_text_lines(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text("7\tthe cat sat\n8\ta dog\n")
+    shards, identity = plan_shards(path, shard_size=1)
+    assert identity["records"] == 2
+    assert [read_shard(path, s) for s in shards] == [(["7"], ["the cat sat"]), (["8"], ["a dog"])]
 
 
 def test_plan_shards_still_reads_text_lines(tmp_path: Path) -> None:
@@ -22,3 +32,4 @@ def test_plan_shards_still_reads_text_lines(tmp_path: Path) -> None:
     path.write_text("7\tthe cat sat\n8\ta dog\n")
     shards, identity = plan_shards(path, shard_size=1)
     assert len(shards) == 2 and identity["records"] == 2
+    assert read_shard(path, shards[0]) == (["0"], ["7\tthe cat sat"])

@@ -234,6 +234,12 @@ def default_backend(name_or_path: str | None = None, *, device: str | None = Non
         >>> default_backend(device="cuda")
         'torch'
     """
+    return _default_backend(name_or_path, device=device)
+
+
+def _default_backend(name_or_path: str | None, *, device: str | None, hashes: dict[Path, str] | None = None) -> str:
+    """:func:`default_backend`; ``hashes`` receives the folder's :func:`source_sha256` where it was computed (to
+    check a shipped ``onnx-int8/``), keyed by the resolved folder, so that the load does not hash it again."""
     if device is not None and str(device).split(":")[0] in ("cuda", "mps"):
         return "torch"
     if device is None and _has_torch() and _cuda_available():
@@ -244,7 +250,7 @@ def default_backend(name_or_path: str | None = None, *, device: str | None = Non
     if name is not None:
         if bundled_onnx_path(name) is not None or _shared_graph_installed(name):
             return "onnx"
-    elif name_or_path is not None and _ships_onnx(Path(name_or_path).expanduser()):
+    elif name_or_path is not None and _ships_onnx(Path(name_or_path).expanduser(), hashes):
         return "onnx"
     return "torch" if _has_torch() else "onnx"
 
@@ -390,8 +396,9 @@ def load_model(
             f"quantize must be one of {QUANTIZATIONS} (or 'float32', as None); got {quantize!r} (it sets the "
             "weights of ONNX exports made here; the torch backend always loads float32 weights)"
         )
+    hashes: dict[Path, str] = {}  # a folder's source_sha256 computed choosing the backend, not computed again
     if backend is None:  # ONNX Runtime settings ask for the ONNX backend, whatever the machine would choose
-        backend = "onnx" if onnx_options else default_backend(text, device=device)
+        backend = "onnx" if onnx_options else _default_backend(text, device=device, hashes=hashes)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None; got {backend!r}")
     options = _onnx_options(onnx_options, backend)
@@ -401,7 +408,7 @@ def load_model(
     if name is not None and text is not None:
         warn_if_shadowed(text, name)
     try:
-        return _load(name, text, device=device, backend=backend, quantize=quantize, onnx_options=options)
+        return _load(name, text, device=device, backend=backend, quantize=quantize, onnx_options=options, hashes=hashes)
     except ModelNotFoundError as exc:
         if name is None and text is not None and not Path(text).expanduser().exists():
             hint = _did_you_mean(text).strip()
@@ -533,9 +540,10 @@ def _load(
     backend: str,
     quantize: str | None,
     onnx_options: Mapping[str, Any],
+    hashes: Mapping[Path, str] | None = None,
 ) -> GaussianEncoder | OnnxGaussianEncoder:
     if backend == "onnx":
-        return _load_onnx(name, name_or_path, device=device, quantize=quantize, options=onnx_options)
+        return _load_onnx(name, name_or_path, device=device, quantize=quantize, options=onnx_options, hashes=hashes)
     if name is None and name_or_path is not None and _is_onnx_export(Path(name_or_path).expanduser()):
         raise OnnxExportOnTorchError(name_or_path)  # before require_torch: installing torch would not help
     from kl_retrievers._encoding import require_torch
@@ -635,11 +643,12 @@ def _is_onnx_export(path: Path) -> bool:
     return (path / "model.onnx").is_file() and (path / "config.json").is_file()
 
 
-def _ships_onnx(path: Path) -> bool:
+def _ships_onnx(path: Path, hashes: dict[Path, str] | None = None) -> bool:
     """Whether ``path`` is an ONNX export, or a saved encoder shipping its int8 export in ``onnx-int8/``.
 
     The export in ``onnx-int8/`` counts only when it was exported from the folder's current files (its
     ``config.json``'s ``source.sha256``, as :func:`load_model` checks): a stale one would not be used.
+    ``hashes``: receives the folder's :func:`source_sha256` (keyed by ``path.resolve()``) when it was computed.
     """
     if _is_onnx_export(path):
         return True
@@ -650,10 +659,15 @@ def _ships_onnx(path: Path) -> bool:
     meta = read_json_object(path / BUNDLED_ONNX / "config.json") or {}
     source = meta.get("source")
     recorded = source.get("sha256") if isinstance(source, dict) else None
+    if not isinstance(recorded, str):
+        return False
     try:
-        return isinstance(recorded, str) and recorded == source_sha256(path)
+        actual = source_sha256(path)
     except OSError:  # an unreadable file of the folder: not usable as shipped
         return False
+    if hashes is not None:
+        hashes[path.resolve()] = actual
+    return recorded == actual
 
 
 def _load_onnx(
@@ -663,7 +677,9 @@ def _load_onnx(
     device: str | None,
     quantize: str | None,
     options: Mapping[str, Any],
+    hashes: Mapping[Path, str] | None = None,
 ) -> OnnxGaussianEncoder:
+    """Load on ONNX Runtime; ``hashes``: folders' :func:`source_sha256` already computed (by the backend choice)."""
     from kl_retrievers._io import library_version
     from kl_retrievers.onnx import (
         EXPORT_RECIPE,
@@ -708,7 +724,9 @@ def _load_onnx(
         if quantize == "int8" and _is_onnx_export(source / BUNDLED_ONNX):  # shipped as the bundled models ship it
             shipped_encoder = OnnxGaussianEncoder(source / BUNDLED_ONNX, name_or_path=display, **options)
             try:
-                _check_shipped(shipped_encoder, source, bundled=bundled is not None)
+                _check_shipped(
+                    shipped_encoder, source, bundled=bundled is not None, actual=(hashes or {}).get(source.resolve())
+                )
             except OnnxModelError as exc:  # not exported from these files: export them as any other folder
                 logger.warning("not using %s: %s", source / BUNDLED_ONNX, exc)
             else:
@@ -777,16 +795,20 @@ def _with_source_weights(encoder: OnnxGaussianEncoder, source: Path) -> OnnxGaus
     return encoder
 
 
-def _check_shipped(encoder: OnnxGaussianEncoder, source: Path, *, bundled: bool = True) -> None:
+def _check_shipped(
+    encoder: OnnxGaussianEncoder, source: Path, *, bundled: bool = True, actual: str | None = None
+) -> None:
     """Refuse a shipped graph exported from other files than its model's (it was not regenerated).
 
     ``bundled``: ``source`` is a bundled model (regenerated with ``onnx_cli bundle NAME``), else a user's
     folder shipping ``onnx-int8/`` (regenerated with ``onnx_cli export FOLDER FOLDER/onnx-int8``).
+    ``actual``: ``source``'s :func:`source_sha256` when already computed (by the backend choice), else computed here.
     """
     from kl_retrievers.onnx import OnnxModelError
 
     recorded = encoder.meta.get("source", {}).get("sha256")
-    actual = source_sha256(source)
+    if actual is None:
+        actual = source_sha256(source)
     if recorded != actual:
         folder = shlex.quote(os.fspath(source))
         command = (
