@@ -846,8 +846,8 @@ def _kl_store_folder(path: Path) -> Path:
     name (recognised by its ``format``, e.g. the ``my_index.json`` that
     ``KLVectorStore.persist("storage/my_index.json")`` writes), wraps a KL store that ranks as the
     framework's store does (by -KL), so the search reads it, and says so at INFO level. A ``KLHybridStore.save``
-    folder (``hybrid.json``) is refused: its results fuse BM25 with -KL, and searching its KL half alone would
-    give another ranking under the hybrid's name; the message names that half for a -KL search.
+    folder (``hybrid.json``, or that file itself) is refused: its results fuse BM25 with -KL, and searching its
+    KL half alone would give another ranking under the hybrid's name; the message names that half for a -KL search.
 
     Raises:
         ValueError: ``path`` is a hybrid store; a LlamaIndex folder with several stores (each is named); an
@@ -858,6 +858,11 @@ def _kl_store_folder(path: Path) -> Path:
         >>> _kl_store_folder(Path("no/such/folder")) == Path("no/such/folder")  # not a save: itself
         True
     """
+    from kl_retrievers.hybrid import _CONFIG as _HYBRID_CONFIG
+    from kl_retrievers.hybrid import _KL_DIR, _is_hybrid_folder
+
+    if path.is_file() and path.name == _HYBRID_CONFIG and _is_hybrid_folder(path.parent):
+        path = path.parent  # a hybrid store's own config file: refused below as its folder is
     if path.is_file():
         inner = _kl_store_of_manifest(path)
         logger.info("%s is a LangChain or LlamaIndex KLVectorStore manifest: searching its KL store %s", path, inner)
@@ -865,8 +870,6 @@ def _kl_store_folder(path: Path) -> Path:
     folder = path
     if (folder / "config.json").is_file() or not folder.is_dir():
         return folder
-    from kl_retrievers.hybrid import _KL_DIR, _is_hybrid_folder
-
     if _is_hybrid_folder(folder):
         raise ValueError(
             f"{folder} is a KLHybridStore (hybrid.json), whose results fuse BM25 with -KL; `kl-retrievers search` "
