@@ -626,9 +626,25 @@ def load_unchanged(folder: str | os.PathLike[str], load: Callable[[], _T], *, at
 
 
 def _make_parent(final: Path) -> None:
-    """Create ``final``'s parent folders; an error names the ancestor that is a file."""
+    """Create ``final``'s missing parent folders, each made durable; an error names the ancestor that is a file.
+
+    Each folder created here is synced into its own parent (``fsync`` of that parent), outermost first, so a
+    crash after the save cannot lose the path to it; folders that already existed cost nothing.
+    """
+    missing: list[Path] = []
+    for folder in (final.parent, *final.parent.parents):
+        if folder.is_dir():
+            break
+        missing.append(folder)
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
+        for folder in reversed(missing):  # outermost first: each one's parent exists when it is made
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                if not folder.is_dir():
+                    raise
+                continue  # made meanwhile by another process (which syncs its own parent)
+            fsync_dir(folder.parent)
     except (FileExistsError, NotADirectoryError):
         blocking = next((p for p in (final.parent, *final.parent.parents) if p.exists() and not p.is_dir()), None)
         if blocking is None:

@@ -727,8 +727,20 @@ def fuse(
     normalisation ``n`` as any other query, so the fused scores keep one scale), and the RRF scores
     follow the dense ranks: every mode ranks the candidates as the dense list does.
 
+    Args:
+        candidates: One query's candidates (:meth:`KLHybridStore.fuse_candidates` gives them).
+        config: The fusion mode and its settings.
+        params: The adaptive weight's parameters; needed by ``"adaptive"``, ignored by the other modes.
+
     Returns:
         ``(scores, dense_weight)``; ``dense_weight`` is ``None`` for ``"rrf"``.
+
+    Raises:
+        ValueError: ``config.mode`` is ``"adaptive"`` and ``params`` is ``None``; the message says where
+            parameters come from (:meth:`AdaptiveParams.default`, :meth:`AdaptiveParams.load`,
+            :func:`fit_adaptive`, :meth:`KLHybridStore.adaptive_params`).
+        TypeError: ``config.mode`` is ``"adaptive"`` and ``params`` is not an :class:`AdaptiveParams` (e.g. a
+            path: read it with :meth:`AdaptiveParams.load`).
 
     Examples:
         >>> c = Candidates(["a", "b"], np.array([-1.0, -2.0]), np.array([0.0, 3.0]),
@@ -739,8 +751,17 @@ def fuse(
     if config.mode == "rrf":
         return rrf_scores(candidates.dense_rank, candidates.bm25_rank, config.rrf_k), None
     adaptive = params if config.mode == "adaptive" else None
-    if config.mode == "adaptive" and adaptive is None:
-        raise ValueError("adaptive fusion needs AdaptiveParams")
+    if config.mode == "adaptive" and not isinstance(adaptive, AdaptiveParams):
+        where = (
+            "AdaptiveParams.default() (the default model's), AdaptiveParams.load(path) (a JSON file such as a model "
+            f"folder's {ADAPTIVE_PARAMS_FILE}), fit_adaptive(...) or a store's adaptive_params()"
+        )
+        if adaptive is None:
+            raise ValueError(
+                f"fusion mode 'adaptive' needs its parameters: params=AdaptiveParams(...); got params=None. Pass "
+                f"{where}, or fuse with mode 'convex' or 'rrf', which need none"
+            )
+        raise TypeError(f"params must be an AdaptiveParams; got {adaptive!r} ({type(adaptive).__name__}): pass {where}")
     norm = adaptive.normalization if adaptive is not None else config.normalization
     if not (candidates.bm25_rank > 0).any():  # the BM25 side contributes nothing: w = 1
         return normalize_scores(candidates.neg_kl, norm), 1.0
@@ -820,6 +841,52 @@ def _check_stemmer(stemmer: Any) -> str | None:
     return name
 
 
+def _token_regex(token_pattern: Any) -> re.Pattern[str]:
+    r"""``token_pattern`` compiled, once checked: a string, an expression, one capture group at most, not matching "".
+
+    Raises:
+        ValueError: ``token_pattern`` is not a string (a compiled ``re.Pattern`` included: the store saves the
+            pattern's text, so pass ``pattern.pattern`` with any flags written inline, e.g. ``(?i)``), is not a
+            regular expression, has more than one capture group, or matches the empty string (``""`` or
+            ``r"\w*"``: empty tokens are dropped, and ``""`` would index nothing). A pattern whose capture
+            group can be empty (``r"(\d*)[a-z]+"``) is accepted; its empty tokens are dropped too. The message
+            names the value.
+
+    Examples:
+        >>> _token_regex(r"(?u)\b\w+\b").findall("Two words")
+        ['Two', 'words']
+        >>> _token_regex(r"\w*")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: token_pattern '\\w*' matches an empty string, ...
+    """
+    if isinstance(token_pattern, re.Pattern):
+        raise ValueError(
+            f"token_pattern must be a string; got the compiled pattern {token_pattern!r}: the store saves the "
+            "pattern's text, so pass pattern.pattern, with any flags written inline, e.g. (?i)"
+        )
+    if not isinstance(token_pattern, str):
+        raise ValueError(
+            f"token_pattern must be a regular expression as a string (e.g. r'{BM25_TOKEN_PATTERN}'); got "
+            f"{token_pattern!r} ({type(token_pattern).__name__})"
+        )
+    try:
+        compiled = re.compile(token_pattern)
+    except re.error as exc:
+        raise ValueError(f"token_pattern {token_pattern!r} is not a valid regular expression: {exc}") from None
+    if compiled.groups > 1:  # re.findall would return tuples of the groups, not tokens
+        raise ValueError(
+            f"token_pattern {token_pattern!r} has {compiled.groups} capture groups; at most one is allowed "
+            "(a token is the whole match, or the text of its one capture group): make the others "
+            "non-capturing, (?:...)"
+        )
+    if compiled.fullmatch("") is not None:  # "" itself: every match empty, nothing indexed
+        raise ValueError(
+            f"token_pattern {token_pattern!r} matches an empty string, so it gives empty tokens (they are "
+            f"dropped); a token needs at least one character: use + instead of * or ?, e.g. r'{BM25_TOKEN_PATTERN}'"
+        )
+    return compiled
+
+
 class _Tokenizer:
     """bm25s' tokenisation (lower-case, regex tokens, stop words dropped, then stemmed when a stemmer is set).
 
@@ -829,19 +896,9 @@ class _Tokenizer:
 
     def __init__(self, stopwords: str | Sequence[str] | None, token_pattern: str, stemmer: str | None = None) -> None:
         self.stopwords_spec: Any = stopwords if stopwords is None or isinstance(stopwords, str) else list(stopwords)
-        self.token_pattern = token_pattern
         self.stemmer = _check_stemmer(stemmer)
-        try:
-            compiled = re.compile(token_pattern)
-        except re.error as exc:
-            raise ValueError(f"token_pattern {token_pattern!r} is not a valid regular expression: {exc}") from None
-        if compiled.groups > 1:  # re.findall would return tuples of the groups, not tokens
-            raise ValueError(
-                f"token_pattern {token_pattern!r} has {compiled.groups} capture groups; at most one is allowed "
-                "(a token is the whole match, or the text of its one capture group): make the others "
-                "non-capturing, (?:...)"
-            )
-        self._split = compiled.findall
+        self._split = _token_regex(token_pattern).findall
+        self.token_pattern = token_pattern
         self._stop: frozenset[str] | None = None
         # one PyStemmer object per thread (they are not thread-safe), made at the first use: a tokenizer
         # without a stemmer holds no thread-local (it copies and pickles as before)
@@ -1229,9 +1286,9 @@ class KLHybridStore:
         k1: BM25 ``k1``.
         b: BM25 ``b``.
         stopwords: ``"english"`` (bm25s' list), a list of words, or ``None``.
-        token_pattern: Regular expression of a token (text is lower-cased first), as ``re.findall``
+        token_pattern: Regular expression of a token (text is lower-cased first), as a string, as ``re.findall``
             reads it: a token is the whole match or, with one capture group, that group's text (a pattern
-            with more capture groups is refused).
+            with more capture groups, or one that can give an empty token, is refused).
         stemmer: A PyStemmer language (default :data:`DEFAULT_STEMMER`, ``"english"``; see
             ``Stemmer.algorithms()``) stemming every token after the stop words are dropped, for the
             documents and the queries alike (saved with the store); ``None``: no stemming (the BM25
@@ -1243,7 +1300,9 @@ class KLHybridStore:
 
     Raises:
         ValueError: A bad fusion setting, an unknown ``stemmer`` language or a ``token_pattern`` that is not a
-            regular expression or has more than one capture group, naming the value and what is allowed.
+            regular expression given as a string (a compiled ``re.Pattern`` is refused: pass its ``.pattern``), has
+            more than one capture group or can give an empty token (it matches an empty string, as ``""`` does, or
+            its capture group can be empty or left out), naming the value and what is allowed.
         ImportError: ``stemmer`` is set and PyStemmer is not installed.
 
     Examples:
@@ -2167,21 +2226,54 @@ def _save_token(path: Path) -> str | None:
 def _check_save_tokens(folder: Path, config: Mapping[str, Any]) -> None:
     """Refuse halves written by different saves (checked with or without checksums: three small reads).
 
-    A folder saved before tokens were written has none anywhere and passes.
+    A folder saved before tokens were written has none anywhere and passes. Otherwise the message names
+    the part whose token differs from the other two (``hybrid.json``, the ``kl/`` or the ``bm25/`` half), or
+    the half whose token file is missing although ``hybrid.json`` holds a token.
     """
-    tokens = {
-        _CONFIG: config.get(_SAVE_TOKEN_KEY),
-        f"{_KL_DIR}/": _save_token(folder / _KL_DIR / _SAVE_TOKEN_FILE),
-        f"{_BM25_DIR}/": _save_token(folder / _BM25_DIR / _SAVE_TOKEN_FILE),
-    }
-    if len(set(tokens.values())) > 1:
-        told = ", ".join(
-            f"{where} {token if token is not None else 'none (an older save)'}" for where, token in tokens.items()
+    config_token = config.get(_SAVE_TOKEN_KEY)
+    halves = {sub: _save_token(folder / sub / _SAVE_TOKEN_FILE) for sub in (_KL_DIR, _BM25_DIR)}
+    tokens = {_CONFIG: config_token, **{f"{sub}/": token for sub, token in halves.items()}}
+    if len(set(tokens.values())) == 1:
+        return
+    told = "save tokens: " + ", ".join(
+        f"{where} {token if token is not None else 'none'}" for where, token in tokens.items()
+    )
+    refusing = "refusing to load it (nothing was changed)"
+    missing = [f"{sub}/{_SAVE_TOKEN_FILE}" for sub, token in halves.items() if token is None]
+    if config_token is not None and missing:
+        are = "is" if len(missing) == 1 else "are"
+        raise HybridFormatError(
+            f"{folder}: {' and '.join(missing)} {are} missing, but {_CONFIG} holds save token {config_token}, which "
+            f"every save also writes into both halves ({told}): the file was deleted, or its half comes from a save "
+            f"made before save tokens; {refusing}"
+        )
+    for odd, token in tokens.items():
+        others = {t for where, t in tokens.items() if where != odd}
+        if len(others) != 1 or token in others:
+            continue
+        if odd == _CONFIG:
+            differs = (
+                f"{_CONFIG} has no {_SAVE_TOKEN_KEY!r}" if token is None else f"{_CONFIG}'s {_SAVE_TOKEN_KEY!r} differs"
+            )
+            raise HybridFormatError(
+                f"{folder}: {_CONFIG} was not written by the same save as its {_KL_DIR}/ and {_BM25_DIR}/ halves "
+                f"({told}): the halves agree and {differs}, so {_CONFIG} comes from another save or was changed; "
+                f"{refusing}"
+            )
+        differs = (
+            f"holds a token where {_CONFIG} and the other half hold none"
+            if others == {None}
+            else f"differs from {_CONFIG} and the other half, which agree"
         )
         raise HybridFormatError(
-            f"{folder}: the {_KL_DIR}/ half and the {_BM25_DIR}/ half were not written by the same save (save "
-            f"tokens: {told}); one half comes from another save: refusing to load it (nothing was changed)"
+            f"{folder}: the {_KL_DIR}/ half and the {_BM25_DIR}/ half were not written by the same save ({told}): "
+            f"{odd}{_SAVE_TOKEN_FILE} {differs}, so the {odd} half comes from another save or its token file was "
+            f"changed; {refusing}"
         )
+    raise HybridFormatError(
+        f"{folder}: no two of {_CONFIG}, the {_KL_DIR}/ half and the {_BM25_DIR}/ half agree on a save token "
+        f"({told}): they come from different saves, or token files were changed; {refusing}"
+    )
 
 
 def _mismatch(where: str, bm25_ids: set[str], kl_ids: set[str], cause: str = "one half comes from another save") -> str:

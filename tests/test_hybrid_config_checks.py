@@ -3,8 +3,11 @@
 * ``hybrid.json``: ``format_version`` must be an integer >= 1; a format-2 config (the stemmer's) must name
   ``bm25.stemmer`` (without it a stemmed index would be searched with unstemmed queries).
 * ``token_pattern`` with more than one capture group is refused at construction (``re.findall`` would return
-  tuples, not tokens).
-* Halves of two saves are named as such (their save tokens) with checksums on, as without them.
+  tuples, not tokens), and so are a value that is not a string (a compiled pattern included) and a pattern
+  that matches the empty string (``""``, ``\\w*``).
+* Halves of two saves are named as such (their save tokens) with checksums on, as without them; the message
+  names the part whose token differs from the other two, or the half whose token file is missing.
+* ``fuse`` in the adaptive mode without parameters says what it got and where parameters come from.
 * With no BM25 hit, convex and adaptive fusion score ``n(-KL)`` with the configured normalisation (w = 1),
   the same scale as any other query.
 """
@@ -12,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -166,3 +170,155 @@ def test_a_store_search_without_bm25_hits_keeps_the_zscore_scale() -> None:
     scores = np.array([h.score for h in hits])
     np.testing.assert_allclose(scores, normalize_scores(np.array([h.neg_kl for h in hits]), "zscore"))
     assert [h.id for h in hits] == [h.id for h in store.search("kiwi", k=4, query_gaussians=q, weight=1.0)]
+
+
+# ------------------------------------------------------------------ which part's save token differs
+def _set_token(folder: Path, half: str, token: str) -> None:
+    (folder / half / "hybrid_save.json").write_text(json.dumps({"save_token": token}), encoding="utf-8")
+
+
+@pytest.mark.parametrize("verify_checksums", [True, False])
+def test_a_hybrid_json_from_another_save_is_named_not_the_halves_that_agree(
+    tmp_path: Path, verify_checksums: bool
+) -> None:
+    a = _saved(tmp_path, "A", stemmer=None)
+    b = _saved(tmp_path, "B", stemmer=None)  # the same ids and texts, another save
+    shutil.copy(b / "hybrid.json", a / "hybrid.json")
+    with pytest.raises(HybridFormatError) as info:
+        KLHybridStore.load(a, verify_checksums=verify_checksums)
+    message = str(info.value)
+    assert "hybrid.json was not written by the same save as its kl/ and bm25/ halves" in message
+    assert "the halves agree and hybrid.json's 'save_token' differs" in message
+    assert "the kl/ half and the bm25/ half were not" not in message
+
+
+def test_a_hybrid_json_without_a_token_beside_halves_with_one_is_named(tmp_path: Path) -> None:
+    folder = _saved(tmp_path, stemmer=None)
+    _edit_config(folder, lambda c: c.pop("save_token"))
+    with pytest.raises(HybridFormatError, match=r"the halves agree and hybrid\.json has no 'save_token'"):
+        KLHybridStore.load(folder, verify_checksums=False)
+
+
+@pytest.mark.parametrize("half", ["kl", "bm25"])
+@pytest.mark.parametrize("verify_checksums", [True, False])
+def test_a_deleted_token_file_is_named_as_missing(tmp_path: Path, half: str, verify_checksums: bool) -> None:
+    folder = _saved(tmp_path, stemmer=None)
+    (folder / half / "hybrid_save.json").unlink()
+    with pytest.raises(HybridFormatError) as info:
+        KLHybridStore.load(folder, verify_checksums=verify_checksums)
+    message = str(info.value)
+    assert f"{half}/hybrid_save.json is missing, but hybrid.json holds save token" in message
+    assert "were not written by the same save" not in message
+
+
+def test_both_deleted_token_files_are_named(tmp_path: Path) -> None:
+    folder = _saved(tmp_path, stemmer=None)
+    for half in ("kl", "bm25"):
+        (folder / half / "hybrid_save.json").unlink()
+    with pytest.raises(HybridFormatError, match=r"kl/hybrid_save\.json and bm25/hybrid_save\.json are missing"):
+        KLHybridStore.load(folder)
+
+
+@pytest.mark.parametrize(("half", "other"), [("kl", "bm25"), ("bm25", "kl")])
+def test_a_changed_token_file_names_its_half_alone(tmp_path: Path, half: str, other: str) -> None:
+    folder = _saved(tmp_path, stemmer=None)
+    _set_token(folder, half, "0" * 32)
+    with pytest.raises(HybridFormatError) as info:
+        KLHybridStore.load(folder, verify_checksums=False)
+    message = str(info.value)
+    assert "the kl/ half and the bm25/ half were not written by the same save" in message
+    assert f"{half}/hybrid_save.json differs from hybrid.json and the other half, which agree" in message
+    assert f"so the {half}/ half comes from another save or its token file was changed" in message
+    assert f"{other}/hybrid_save.json differs" not in message
+
+
+def test_a_bm25_half_of_another_save_with_the_same_ids_is_named(tmp_path: Path) -> None:
+    a = _saved(tmp_path, "A", ("one two", "three four"), stemmer=None)
+    b = _saved(tmp_path, "B", ("one two", "five six"), stemmer=None)
+    shutil.rmtree(a / "bm25")
+    shutil.copytree(b / "bm25", a / "bm25")
+    with pytest.raises(HybridFormatError, match=r"not written by the same save \(save tokens: ") as info:
+        KLHybridStore.load(a)
+    assert "bm25/hybrid_save.json differs from hybrid.json and the other half" in str(info.value)
+    assert "so the bm25/ half comes from another save" in str(info.value)
+
+
+def test_three_different_tokens_are_named_as_such(tmp_path: Path) -> None:
+    folder = _saved(tmp_path, stemmer=None)
+    _set_token(folder, "kl", "1" * 32)
+    _set_token(folder, "bm25", "2" * 32)
+    with pytest.raises(HybridFormatError, match=r"no two of hybrid\.json, the kl/ half and the bm25/ half agree"):
+        KLHybridStore.load(folder, verify_checksums=False)
+
+
+def test_an_unreadable_token_file_is_named(tmp_path: Path) -> None:
+    folder = _saved(tmp_path, stemmer=None)
+    (folder / "kl" / "hybrid_save.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(HybridFormatError, match=r"kl/hybrid_save\.json is not valid JSON"):
+        KLHybridStore.load(folder, verify_checksums=False)
+
+
+def test_a_folder_without_any_save_token_still_loads(tmp_path: Path) -> None:
+    """A save from before the tokens: none in hybrid.json, none in the halves."""
+    folder = _saved(tmp_path, stemmer=None)
+    for half in ("kl", "bm25"):
+        (folder / half / "hybrid_save.json").unlink()
+    _edit_config(
+        folder, lambda c: (c.pop("save_token"), [c["files"].pop(f"{h}/hybrid_save.json") for h in ("kl", "bm25")])
+    )
+    assert KLHybridStore.load(folder).ids == ["a", "b"]
+
+
+# ------------------------------------------------------------------ token_pattern: a string giving non-empty tokens
+@pytest.mark.parametrize("pattern", [None, 5, 1.5, b"\\w+", ["\\w+"]])
+def test_a_token_pattern_that_is_not_a_string_is_refused_naming_it(pattern: Any) -> None:
+    with pytest.raises(ValueError, match="token_pattern must be a regular expression as a string") as info:
+        KLHybridStore(fusion="rrf", stemmer=None, token_pattern=pattern)
+    assert f"got {pattern!r} ({type(pattern).__name__})" in str(info.value)
+
+
+def test_a_compiled_token_pattern_is_refused_with_how_to_pass_it() -> None:
+    compiled = re.compile(r"\w+")
+    with pytest.raises(ValueError, match=r"token_pattern must be a string; got the compiled pattern") as info:
+        KLHybridStore(fusion="rrf", stemmer=None, token_pattern=compiled)  # type: ignore[arg-type]
+    assert repr(compiled) in str(info.value) and "pattern.pattern" in str(info.value)
+
+
+@pytest.mark.parametrize("pattern", ["", r"\w*", r"(?:\w+|)", r"\d?"])
+def test_a_token_pattern_that_matches_the_empty_string_is_refused(pattern: str) -> None:
+    """Empty tokens are dropped: such a pattern gives empty tokens (``""``: only empty ones, nothing indexed)."""
+    with pytest.raises(ValueError, match="matches an empty string") as info:
+        KLHybridStore(fusion="rrf", stemmer=None, token_pattern=pattern)
+    assert f"token_pattern {pattern!r}" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [r"(?u)\b\w\w+\b", r"[\u3040-\u30ff\u3400-\u9fff]|\w+", r"(?:(\w+))+", r"(?:x|y)(\w+)", r"(?>(\w+))"],
+)
+def test_token_patterns_whose_tokens_are_never_empty_are_accepted(pattern: str) -> None:
+    store = KLHybridStore(fusion="rrf", stemmer=None, token_pattern=pattern)
+    store.add(["xalpha ybeta", "xgamma"], gaussians=_g(2), ids=["x", "y"])
+    hits = store.search("xgamma", k=1, query_gaussians=_g(1, seed=3))
+    assert hits[0].id == "y" and hits[0].bm25 > 0
+
+
+def test_a_saved_config_whose_token_pattern_matches_the_empty_string_is_refused(tmp_path: Path) -> None:
+    folder = _saved(tmp_path, stemmer=None)
+    _edit_config(folder, lambda c: c["bm25"].__setitem__("token_pattern", ""))
+    with pytest.raises(HybridFormatError, match=r"field 'bm25' holds an invalid value: token_pattern '' matches"):
+        KLHybridStore.load(folder)
+
+
+# ------------------------------------------------------------------ fuse() without adaptive parameters
+def test_adaptive_fuse_without_parameters_says_what_was_passed_and_where_parameters_come_from() -> None:
+    with pytest.raises(ValueError, match=r"fusion mode 'adaptive' needs its parameters.*got params=None") as info:
+        fuse(_no_bm25_hits(), FusionConfig("adaptive"))
+    for source in ("AdaptiveParams.default()", "AdaptiveParams.load(path)", "fit_adaptive(", "'convex' or 'rrf'"):
+        assert source in str(info.value)
+
+
+def test_adaptive_fuse_with_a_path_instead_of_parameters_is_a_type_error_naming_it(tmp_path: Path) -> None:
+    path = str(tmp_path / "hybrid_adaptive.json")
+    with pytest.raises(TypeError, match=r"params must be an AdaptiveParams; got '.*hybrid_adaptive\.json' \(str\)"):
+        fuse(_no_bm25_hits(), FusionConfig("adaptive"), path)  # type: ignore[arg-type]

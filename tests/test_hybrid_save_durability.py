@@ -3,7 +3,8 @@
 The KL half's files are synced by :meth:`KLStore.save`; the hybrid save's own files (the BM25 half's
 arrays and JSON files, both ``hybrid_save.json`` and ``hybrid.json``) and the folders that gained entries
 (``bm25/``, ``kl/``) must be too, or a crash right after the swap could leave a folder whose files are
-empty or partial.
+empty or partial. Each folder's last sync comes after the files written into it (a sync only makes the
+entries made before it durable).
 """
 
 from __future__ import annotations
@@ -91,3 +92,42 @@ def test_an_unindexed_bm25_half_is_synced_too(tmp_path: Path, monkeypatch: pytes
     synced = _synced_before_swap(events, tmp_path)
     assert {"bm25/ids.json", "bm25/hybrid_save.json", "kl/hybrid_save.json", "hybrid.json", "bm25", "kl"} <= synced
     assert KLHybridStore.load(tmp_path / "h").ids == []
+
+
+def _sync_positions(events: list[str], tmp_path: Path) -> dict[str, list[int]]:
+    """Where (event positions) each path of the hybrid save's temporary folder was synced, before its swap."""
+    swaps = [e[len(_SWAP) :] for e in events if e.startswith(_SWAP)]
+    hybrid_tmp = next(s for s in swaps if Path(s).parent == tmp_path.resolve())
+    positions: dict[str, list[int]] = {}
+    for i, path in enumerate(events[: events.index(_SWAP + hybrid_tmp)]):
+        if path == hybrid_tmp or path.startswith(hybrid_tmp + os.sep):
+            positions.setdefault(os.path.relpath(path, hybrid_tmp), []).append(i)
+    return positions
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_each_folder_is_synced_after_the_files_written_into_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overwrite: bool
+) -> None:
+    """A folder's sync makes its entries durable only for the entries made before it: the last one comes last.
+
+    Syncing ``bm25/`` or ``kl/`` before ``hybrid_save.json`` is written into it (or the save's folder before
+    ``hybrid.json``) would leave the new entry unsynced at the swap, although each path was synced once.
+    """
+    store = _store()
+    target = tmp_path / "h"
+    if overwrite:
+        store.save(target)
+    events = _record_syncs(monkeypatch)
+    store.save(target, overwrite=overwrite)
+    positions = _sync_positions(events, tmp_path)
+
+    files = {rel for rel in positions if (target / rel).is_file()}
+    assert {"hybrid.json", "kl/hybrid_save.json", "bm25/hybrid_save.json", "bm25/ids.json"} <= files
+
+    def last_sync_of_folder(rel: str) -> int:
+        return max(positions.get(os.path.dirname(rel) or ".", [-1]))
+
+    late = [rel for rel in sorted(files) if last_sync_of_folder(rel) < max(positions[rel])]
+    assert late == [], f"these files' folders were last synced before the files were: {late} ({positions})"
+    assert KLHybridStore.load(target).ids == ["a", "p"]
