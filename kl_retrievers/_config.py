@@ -28,6 +28,7 @@ from kl_retrievers._io import read_json_object
 __all__ = [
     "CONFIG_NAME",
     "SIMILARITIES",
+    "TOKENIZER_SHA256",
     "WEIGHTS_IDENTITY",
     "WEIGHTS_SHA256",
     "GaussianEncoderConfig",
@@ -35,6 +36,7 @@ __all__ = [
     "describe_saved_folder",
     "describe_saved_meta",
     "encoder_config",
+    "check_tokenizer_sha256",
     "check_weights_sha256",
     "is_saved_encoder",
     "model_similarity",
@@ -50,6 +52,9 @@ WEIGHTS_SHA256 = "weights_sha256"
 #: The weights file's own SHA-256 when first saved; a re-save of weights unchanged since they were loaded (a
 #: full copy of a delta folder, a delta copy of a full one) keeps the identity of the folder they came from.
 WEIGHTS_IDENTITY = "weights_identity"
+#: Field of a saved encoder's ``config.json`` (and an ONNX export's): tokenizer file name -> its SHA-256, checked
+#: on load when present (folders saved before it was recorded load unchecked).
+TOKENIZER_SHA256 = "tokenizer_sha256"
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 _POOLINGS = ("cls", "mean")
 
@@ -291,6 +296,57 @@ def check_weights_sha256(meta: dict[str, Any], cfg_file: Path, weights_file: Pat
             f"{weights_file} is damaged or was changed after it was saved: its SHA-256 is {actual}, but "
             f"{cfg_file.name} records {expected}; restore the folder or save the encoder again"
         )
+
+
+def check_tokenizer_sha256(
+    meta: dict[str, Any], cfg_file: Path, folder: Path, error: type[Exception] | None = None
+) -> None:
+    """Refuse tokenizer files whose SHA-256 differs from the one ``config.json`` records (when it records them).
+
+    A tokenizer edited after the save (two vocabulary entries swapped, a lower-casing flag flipped) loads
+    without error and gives other outputs; the record (``tokenizer_sha256``: file name -> SHA-256, written by
+    both backends' saves) makes it a refusal. Folders saved before it was recorded are not checked.
+
+    Args:
+        meta: The folder's ``config.json``, as read.
+        cfg_file: That file (for messages).
+        folder: The folder holding the tokenizer files.
+        error: The exception type to raise (default :class:`NotAnEncoderError`; the ONNX backend passes its own).
+
+    Raises:
+        NotAnEncoderError: The field is malformed, or a recorded file is missing or has another SHA-256; the
+            message names the file, the recorded and the actual SHA-256.
+
+    Examples:
+        >>> check_tokenizer_sha256({}, Path("/nonexistent/config.json"), Path("/nonexistent"))  # not recorded
+    """
+    from kl_retrievers.hub import sha256_file
+
+    kind = error or NotAnEncoderError
+    recorded = meta.get(TOKENIZER_SHA256)
+    if recorded is None:
+        return  # saved before tokenizer checksums were recorded
+    if not isinstance(recorded, dict) or not all(
+        isinstance(k, str) and Path(k).name == k and k not in ("", ".", "..") and isinstance(v, str)
+        for k, v in recorded.items()
+    ):
+        raise kind(f"{cfg_file}: field {TOKENIZER_SHA256!r} must map file names to SHA-256s; got {recorded!r:.120}")
+    for name, expected in sorted(recorded.items()):
+        file = Path(folder) / name
+        try:
+            actual = sha256_file(file)
+        except FileNotFoundError:
+            raise kind(
+                f"{file} is missing: {cfg_file.name} records its SHA-256 {expected} ({TOKENIZER_SHA256}); copy the "
+                "whole folder that was saved"
+            ) from None
+        except OSError as exc:
+            raise kind(f"{file} cannot be read: {exc}") from None
+        if actual != expected.lower():
+            raise kind(
+                f"{file} is damaged or was changed after it was saved: its SHA-256 is {actual}, but {cfg_file.name} "
+                f"records {expected} ({TOKENIZER_SHA256}); restore the folder or save the encoder again"
+            )
 
 
 def saved_weights_sha256(meta: dict[str, Any], folder: Path) -> str | None:

@@ -1142,7 +1142,9 @@ def load_gaussians(path: str | os.PathLike[str]) -> tuple[Any, list[str] | None]
 def user_cache_dir(env: str, name: str) -> Path:
     """A kl-retrievers cache folder: ``$env`` when set, else ``~/.cache/kl_retrievers/<name>``.
 
-    ``$XDG_CACHE_HOME`` replaces ``~/.cache`` when set.
+    ``$XDG_CACHE_HOME`` replaces ``~/.cache`` when set. A variable set to an empty or blank value (only
+    spaces) counts as unset, as the XDG convention has it (it would otherwise name a folder ``" "`` in the
+    working folder).
 
     Examples:
         >>> import os
@@ -1152,9 +1154,10 @@ def user_cache_dir(env: str, name: str) -> Path:
         >>> del os.environ["KL_EXAMPLE_CACHE"]
     """
     value = os.environ.get(env)
-    if value:
+    if value and value.strip():
         return Path(value).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = xdg if xdg and xdg.strip() else Path.home() / ".cache"
     return Path(base).expanduser() / "kl_retrievers" / name
 
 

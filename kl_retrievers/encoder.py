@@ -20,6 +20,7 @@ Examples:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -36,6 +37,7 @@ import numpy as np
 
 from kl_retrievers._config import (
     CONFIG_NAME,
+    TOKENIZER_SHA256,
     WEIGHTS_IDENTITY,
     WEIGHTS_SHA256,
     GaussianEncoderConfig,
@@ -46,6 +48,7 @@ from kl_retrievers._config import (
     read_encoder_meta,
     saved_weights_sha256,
 )
+from kl_retrievers._config import check_tokenizer_sha256 as _check_tokenizer_sha256
 from kl_retrievers._config import check_weights_sha256 as _check_weights_sha256
 from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, eval_mode, require_torch
 from kl_retrievers._io import atomic_dir, check_replace_target, check_version, library_version
@@ -56,7 +59,6 @@ from kl_retrievers.hub import (
     bundled_name,
     bundled_names,
     cached_sha256,
-    file_matches_sha256,
     local_reference,
     resolve_model_path,
     retyped,
@@ -90,9 +92,95 @@ DELTA_WEIGHTS = "delta.safetensors"
 _VAR_ROW = "var_token_embedding"
 #: Files of which a saved folder must hold at least one for its tokenizer to load.
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+#: Further files a tokenizer save writes (beside one of :data:`_TOKENIZER_FILES`): never ``extra_files`` names.
+_TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "merges.txt")
 #: Suffixes of a LoRA-adapted weight's factors in ``delta.safetensors``: the weight is
 #: ``W + (B @ A) * scaling`` on top of the backbone's ``W``.
 _LORA_A, _LORA_B, _LORA_SCALING = ".lora_A", ".lora_B", ".lora_scaling"
+
+
+#: Weight file names of a backbone folder other than one ``model.safetensors``, as transformers reads them
+#: (a safetensors checkpoint before a PyTorch one; shards named by their ``.index.json``).
+_SHARDED_SAFETENSORS_INDEX = "model.safetensors.index.json"
+_BIN_WEIGHTS = "pytorch_model.bin"
+_SHARDED_BIN_INDEX = "pytorch_model.bin.index.json"
+#: First line of the digest that pins a backbone stored in several weight files, or as a ``.bin`` file (never
+#: equal to one file's SHA-256, so a pin of a single ``model.safetensors`` keeps its meaning).
+_BACKBONE_FILES_DIGEST = b"kl_retrievers/backbone-weight-files/v1\n"
+
+
+def _backbone_weight_files(folder: Path) -> list[Path]:
+    """The weight files of a Hugging Face backbone folder, in a defined order; ``[]`` when it has none.
+
+    One ``model.safetensors``; else the shards its ``model.safetensors.index.json`` names (else every
+    ``model-*-of-*.safetensors``); else ``pytorch_model.bin``; else the ``.bin`` shards likewise.
+
+    Examples:
+        >>> _backbone_weight_files(Path("/nonexistent"))
+        []
+    """
+    if (folder / FULL_WEIGHTS).is_file():
+        return [folder / FULL_WEIGHTS]
+    safetensors_shards = _indexed_shards(folder, _SHARDED_SAFETENSORS_INDEX, "model-*-of-*.safetensors")
+    if safetensors_shards:
+        return safetensors_shards
+    if (folder / _BIN_WEIGHTS).is_file():
+        return [folder / _BIN_WEIGHTS]
+    return _indexed_shards(folder, _SHARDED_BIN_INDEX, "pytorch_model-*-of-*.bin")
+
+
+def _indexed_shards(folder: Path, index_name: str, pattern: str) -> list[Path]:
+    """The shard files ``folder``'s index (``weight_map`` values) names, sorted; without a readable index, the
+    files matching ``pattern``."""
+    names: set[str] = set()
+    try:
+        index = json.loads((folder / index_name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        index = None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if isinstance(weight_map, dict):
+        names = {v for v in weight_map.values() if isinstance(v, str) and v and Path(v).name == v}
+    return sorted(folder / n for n in names) if names else sorted(folder.glob(pattern))
+
+
+def _backbone_sha256(folder: Path) -> str | None:
+    """The SHA-256 pinning a backbone folder's weights (``config.backbone_sha256``); ``None`` without weights.
+
+    One ``model.safetensors``: that file's SHA-256 (what every pin recorded before others were). Weights in
+    several files or a ``.bin`` file: the SHA-256 of a text naming each file with its SHA-256, in
+    :func:`_backbone_weight_files`' order, after a first line of its own (so it never equals a file's SHA-256:
+    a folder whose weights moved between these forms does not match its earlier pin).
+    """
+    files = _backbone_weight_files(folder)
+    if not files:
+        return None
+    if len(files) == 1 and files[0].name == FULL_WEIGHTS:
+        return cached_sha256(files[0])
+    digest = hashlib.sha256(_BACKBONE_FILES_DIGEST)
+    for file in files:
+        if not file.is_file():
+            return None  # an index naming a missing shard: not a loadable backbone either
+        digest.update(f"{file.name}\0{cached_sha256(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def _check_backbone_pin(path: Path, config: GaussianEncoderConfig, base_path: Path) -> None:
+    """Refuse a delta folder's backbone whose weights do not match the SHA-256 its config records (if any)."""
+    recorded = config.backbone_sha256
+    if not recorded:
+        return
+    files = _backbone_weight_files(base_path)
+    actual = _backbone_sha256(base_path)
+    if actual == recorded.lower():
+        return
+    shown = ", ".join(f.name for f in files[:4]) + (", ..." if len(files) > 4 else "") if files else "no weight files"
+    raise NotAnEncoderError(
+        f"{path} was saved on top of backbone {config.backbone!r} whose weights had SHA-256 {recorded} "
+        f"({CONFIG_NAME} encoder.backbone_sha256), but the backbone folder {base_path} ({shown}) has "
+        f"{actual if actual is not None else 'no weights that can be checked'}; load the exact backbone it was "
+        "trained from (a backbone re-saved in another form, e.g. sharded or as .bin, no longer matches: save the "
+        "encoder with include_backbone=True from a matching copy)"
+    )
 
 
 def _inverse_softplus(value: float, beta: float) -> float:
@@ -145,6 +233,40 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def _load_tokenizer(path: Path) -> Any:
+    """The tokenizer saved in ``path``; damaged tokenizer files are a :class:`NotAnEncoderError` naming them.
+
+    transformers reports a truncated or edited ``tokenizer.json`` / ``tokenizer_config.json`` as a bare
+    ``JSONDecodeError``, ``KeyError`` or ``AttributeError`` that names no file. The message names the first of
+    the folder's tokenizer JSON files that is not a JSON object, else every tokenizer file present.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except ImportError:  # a missing optional package (sentencepiece, ...): its own message says which
+        raise
+    except Exception as exc:  # transformers and tokenizers raise many types for damaged files
+        names = [n for n in (*_TOKENIZER_FILES, *_TOKENIZER_SIDE_FILES) if (path / n).is_file()]
+        culprit = ""
+        for name in names:
+            if not name.endswith(".json"):
+                continue
+            try:
+                parsed = json.loads((path / name).read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as why:
+                culprit = f"{path / name} is not valid JSON ({why})"
+                break
+            if not isinstance(parsed, dict):
+                culprit = f"{path / name} is not a JSON object (it is a {type(parsed).__name__})"
+                break
+        where = culprit or f"its tokenizer files in {path} ({', '.join(names)}) cannot be loaded"
+        raise NotAnEncoderError(
+            f"{where}: {type(exc).__name__}: {exc}; the tokenizer files are damaged or were changed after the save: "
+            "restore the folder or save the encoder again"
+        ) from None
 
 
 def _load_backbone(path: str | os.PathLike[str]) -> Any:
@@ -395,7 +517,6 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         backbone = _load_backbone(path)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         hidden = int(backbone.config.hidden_size)
-        weights = path / FULL_WEIGHTS
         config = GaussianEncoderConfig(
             dim=dim or hidden,
             beta=beta,
@@ -406,7 +527,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
             max_length=max_length,
             query_max_length=query_max_length,
             backbone=local_reference(name_or_path),
-            backbone_sha256=cached_sha256(weights) if weights.is_file() else None,
+            backbone_sha256=_backbone_sha256(Path(path)),
             extra={"query_prefix": prefix} if prefix else {},
         )
         if seed is not None:
@@ -585,8 +706,9 @@ class GaussianEncoder(EncoderMixin, nn.Module):
     ) -> Path:
         """Save to a folder: ``config.json``, safetensors weights and the tokenizer.
 
-        ``config.json`` records the SHA-256 of the weights file (``weights_sha256``), which
-        :meth:`from_pretrained` checks, so a damaged or edited weights file is refused, and the identity of the
+        ``config.json`` records the SHA-256 of the weights file (``weights_sha256``) and of each tokenizer file
+        (``tokenizer_sha256``), which :meth:`from_pretrained` checks, so a damaged or edited weights or
+        tokenizer file is refused, and the identity of the
         weights (``weights_identity``, :attr:`weights_sha256`): the one they were loaded with when they are
         unchanged since, else the new weights file's SHA-256.
 
@@ -594,7 +716,10 @@ class GaussianEncoder(EncoderMixin, nn.Module):
             path: Target folder; replaced atomically (an interrupted save keeps the old copy). It may
                 be a new path, an empty folder or an earlier saved encoder; any other folder (your
                 files, a saved ``KLStore``) is refused unless ``overwrite`` is set. ``"."`` saves into the
-                working folder by its name (a folder that holds the working folder is refused).
+                working folder by its name (a folder that holds the working folder is refused). ``~`` is
+                expanded to the home folder, as :func:`kl_retrievers.load_model` does. A symbolic link at
+                ``path`` is replaced by the saved folder (the link itself, never the folder it points to): for a
+                ``current -> v3`` link, save to a new folder (``v4``) and repoint the link.
             include_backbone: Save every weight (``model.safetensors``). When ``False``, save
                 only what differs from the backbone named in the config (``delta.safetensors``:
                 the heads, the ``[VAR]`` embedding row and any changed backbone tensor), a few MB
@@ -605,7 +730,9 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                 does, so the loaded weights equal the merged ones).
             extra_files: Further files written inside the same atomic swap (file name -> text or
                 bytes), e.g. a ``README.md`` model card: either everything is saved or nothing
-                changes. Names must be plain file names that the save does not write itself.
+                changes. Names must be plain file names that the save does not write itself (``config.json``,
+                the weights, the tokenizer's files such as ``tokenizer.json``, ``tokenizer_config.json``,
+                ``special_tokens_map.json``, ``vocab.txt``).
             overwrite: Replace ``path`` even when it is a non-empty folder that is not a saved encoder
                 (everything in it is deleted).
 
@@ -621,7 +748,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         Examples:
             >>> encoder.save_pretrained("my-encoder")  # doctest: +SKIP
         """
-        target = Path(path)
+        target = Path(path).expanduser()  # "~/x" is the home folder's x, as load_model reads it
         check_replace_target(target, is_ours=is_saved_encoder, what="a saved GaussianEncoder", overwrite=overwrite)
         identity = self.weights_sha256  # weights unchanged since their load or save keep their identity
         state, lora = self._plain_state()
@@ -651,8 +778,11 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         for name, content in extras.items():
             if not isinstance(name, str) or not name or name in (".", "..") or Path(name).name != name:
                 raise ValueError(f"extra_files: {name!r} is not a plain file name")
-            if name in (CONFIG_NAME, meta["weights"]):
-                raise ValueError(f"extra_files: {name!r} is written by save_pretrained itself")
+            if name in self._saved_file_names():
+                raise ValueError(
+                    f"extra_files: {name!r} is written by save_pretrained itself (the config, the weights or the "
+                    "tokenizer); give the file another name"
+                )
             if not isinstance(content, (str, bytes)):
                 raise ValueError(f"extra_files[{name!r}] must be str or bytes; got {type(content).__name__}")
         with atomic_dir(target) as tmp:
@@ -660,14 +790,27 @@ class GaussianEncoder(EncoderMixin, nn.Module):
             meta[WEIGHTS_SHA256] = {meta["weights"]: sha256_file(tmp / meta["weights"])}
             meta[WEIGHTS_IDENTITY] = identity or meta[WEIGHTS_SHA256][meta["weights"]]  # unknown: the new file's
             self.tokenizer.save_pretrained(os.fspath(tmp))
+            written = sorted(f.name for f in tmp.iterdir() if f.is_file() and f.name != meta["weights"])
+            # checked on load: an edited tokenizer (two vocabulary entries swapped) loads silently otherwise
+            meta[TOKENIZER_SHA256] = {name: sha256_file(tmp / name) for name in written}
             (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
             for name, content in extras.items():
+                if (tmp / name).exists():  # a file this tokenizer's save writes that the fixed list lacks
+                    raise ValueError(f"extra_files: {name!r} is written by save_pretrained itself (the tokenizer)")
                 if isinstance(content, bytes):
                     (tmp / name).write_bytes(content)
                 else:
                     (tmp / name).write_text(content, encoding="utf-8")
         self._remember_weights(meta[WEIGHTS_IDENTITY])  # what a store built now records
         return target
+
+    def _saved_file_names(self) -> set[str]:
+        """Names of the files :meth:`save_pretrained` may write itself (never ``extra_files`` names)."""
+        names = {CONFIG_NAME, FULL_WEIGHTS, DELTA_WEIGHTS, *_TOKENIZER_FILES, *_TOKENIZER_SIDE_FILES}
+        vocab_names = getattr(self.tokenizer, "vocab_files_names", None)
+        if isinstance(vocab_names, dict):
+            names.update(v for v in vocab_names.values() if isinstance(v, str))
+        return names
 
     def export_onnx(
         self,
@@ -810,8 +953,6 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         Examples:
             >>> enc = GaussianEncoder.from_pretrained("my-encoder")  # doctest: +SKIP
         """
-        from transformers import AutoTokenizer
-
         if isinstance(name_or_path, str):
             bundled = bundled_name(name_or_path)
             if bundled is not None:
@@ -846,7 +987,8 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                 f"{path} has no tokenizer files (expected one of {', '.join(_TOKENIZER_FILES)}); "
                 "copy the whole folder that save_pretrained wrote"
             )
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        _check_tokenizer_sha256(meta, cfg_file, path)  # before loading: an edited file is named, not misread
+        tokenizer = _load_tokenizer(path)
         state = _read_weights(weights_file)
         if weights_name == FULL_WEIGHTS:
             if not isinstance(meta.get("backbone_config"), dict):
@@ -893,13 +1035,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                 f"({CONFIG_NAME} encoder.backbone), and that backbone cannot be found: {exc}"
             )
             raise retyped(exc, message) from exc.__cause__
-        if config.backbone_sha256:
-            weights = base_path / FULL_WEIGHTS
-            if weights.is_file() and not file_matches_sha256(weights, config.backbone_sha256):
-                raise NotAnEncoderError(
-                    f"{path} was saved on top of backbone {config.backbone!r} with SHA-256 {config.backbone_sha256}, "
-                    f"but {weights} differs; load the exact backbone it was trained from"
-                )
+        _check_backbone_pin(path, config, base_path)
         backbone = _load_backbone(base_path)
         enc = cls(backbone, tokenizer, config, name_or_path=os.fspath(name_or_path))
         var_row = state.pop(_VAR_ROW, None)

@@ -53,7 +53,7 @@ _ARRAY_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def default_cache_dir() -> Path:
-    """``$KL_RETRIEVERS_CACHE`` if set, else ``~/.cache/kl_retrievers/encodings``.
+    """``$KL_RETRIEVERS_CACHE`` if set (empty or blank counts as unset), else ``~/.cache/kl_retrievers/encodings``.
 
     ``$XDG_CACHE_HOME`` replaces ``~/.cache`` when set (as for the other caches,
     :func:`kl_retrievers._io.user_cache_dir`).

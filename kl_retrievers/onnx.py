@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kl_retrievers._config import model_similarity
+from kl_retrievers._config import TOKENIZER_SHA256, check_tokenizer_sha256, model_similarity
 from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, _is_int, eval_mode, require_torch
 from kl_retrievers._io import (
     atomic_dir,
@@ -215,7 +215,7 @@ def export_onnx(
         quantize = None
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {QUANTIZATIONS} (or 'float32', as None); got {quantize!r}")
-    target = Path(folder)
+    target = Path(folder).expanduser()
     _check_export_target(target, source=getattr(encoder, "name_or_path", None), overwrite=overwrite)
     require_torch("the ONNX export")
     if importlib.util.find_spec("onnx") is None:
@@ -274,6 +274,8 @@ def export_onnx(
             },
             "outputs": list(OUTPUTS),
             "onnx": {k: v for k, v in config.to_dict().items() if k != "backend"},
+            # checked on load: an edited tokenizer.json (two vocabulary entries swapped) loads silently otherwise
+            TOKENIZER_SHA256: {TOKENIZER_FILE: _sha256(tmp / TOKENIZER_FILE)},
         }
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     logger.info("exported %s to %s (%s)", encoder.name_or_path, target, quantize or "float32")
@@ -922,9 +924,14 @@ class OnnxGaussianEncoder(EncoderMixin):
         tokenizer_file = folder / TOKENIZER_FILE
         if not tokenizer_file.is_file():
             raise OnnxModelError(f"{folder} is missing {TOKENIZER_FILE}")
+        check_tokenizer_sha256(meta, folder / CONFIG_NAME, folder, error=OnnxModelError)  # when recorded
+        try:
+            tokenizer_text = tokenizer_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise OnnxModelError(f"{tokenizer_file} cannot be read as UTF-8 text: {exc}") from None
         self._setup(
             folder / MODEL_FILE,
-            tokenizer_file.read_text(encoding="utf-8"),
+            tokenizer_text,
             config,
             where=str(folder),
             options=options,

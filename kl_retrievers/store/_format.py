@@ -325,6 +325,64 @@ def recorded_backbone(record: Any, weights: str | None) -> tuple[str | None, str
     return known, (from_config[1] if known is not None and from_config[0] == known else None)
 
 
+#: The :class:`~kl_retrievers.encoder.GaussianEncoderConfig` fields that change an encoder's outputs for the same
+#: weights (``extra.query_prefix`` too): compared by :func:`warn_if_other_weights` when a store's record holds them.
+#: Not ``backbone`` (a path that moves with the folder; its weights are compared by SHA-256) nor ``extra.training``.
+OUTPUT_CONFIG_FIELDS = (
+    "dim",
+    "beta",
+    "pooling",
+    "var_token",
+    "var_floor",
+    "normalize_pooled",
+    "max_length",
+    "query_max_length",
+)
+
+
+def _output_fields(config: Any) -> dict[str, Any] | None:
+    """The output-relevant fields (:data:`OUTPUT_CONFIG_FIELDS`, ``query_prefix``) of an encoder config (an object
+    or its ``to_dict()``; an ONNX encoder's ``encoder`` section); ``None`` when it is not such a config."""
+    if not isinstance(config, dict):
+        to_dict = getattr(config, "to_dict", None)
+        try:
+            config = to_dict() if callable(to_dict) else None
+        except Exception:  # a foreign encoder's config: nothing to compare
+            return None
+        if not isinstance(config, dict):
+            return None
+    if config.get("backend") == "onnx":
+        config = config.get("encoder")
+        if not isinstance(config, dict):
+            return None
+    if "dim" not in config:
+        return None
+    fields = {name: config.get(name) for name in OUTPUT_CONFIG_FIELDS if name in config}
+    extra = config.get("extra")
+    fields["query_prefix"] = extra.get("query_prefix", "") if isinstance(extra, dict) else ""
+    return fields
+
+
+def config_differences(recorded: Any, encoder: Any) -> list[str]:
+    """The output-relevant config fields in which ``encoder`` differs from a store's recorded encoder config.
+
+    Each entry names the field with both values (``"pooling 'cls' vs 'mean'"``). What either side does not
+    record is not compared (a config without the field, a foreign encoder).
+
+    Examples:
+        >>> class Enc:
+        ...     config = {"dim": 8, "pooling": "mean", "beta": 1.0, "extra": {"query_prefix": "q: "}}
+        >>> config_differences({"dim": 8, "pooling": "cls", "beta": 1.0, "extra": {}}, Enc())
+        ["pooling 'cls' vs 'mean'", "query_prefix '' vs 'q: '"]
+        >>> config_differences(None, Enc())
+        []
+    """
+    was, now = _output_fields(recorded), _output_fields(getattr(encoder, "config", None))
+    if was is None or now is None:
+        return []
+    return [f"{k} {was[k]!r:.40} vs {now[k]!r:.40}" for k in was if k in now and was[k] != now[k]]
+
+
 def warn_if_other_weights(
     recorded: Any,
     encoder: Any,
@@ -332,6 +390,7 @@ def warn_if_other_weights(
     log: logging.Logger = logger,
     *,
     backbone: Any = None,
+    config: Any = None,
 ) -> bool:
     """Warn when ``encoder``'s weights are not those a store's documents were encoded with; ``True`` if it warned.
 
@@ -353,6 +412,12 @@ def warn_if_other_weights(
     difference warns too; again nothing is said when either is unknown, so a store or collection saved before
     the backbone was recorded is compared by weights alone.
 
+    When weights and backbone match, the encoder config the store records (``config``: its ``encoder.config``)
+    is compared with the encoder's in the fields that change outputs for the same weights
+    (:func:`config_differences`: pooling, beta, ``var_token``, ``normalize_pooled``, the token budgets, the query
+    prefix, ...), and a difference warns naming each field with both values: a model folder re-saved with another
+    config keeps its weights identity, which names the weights only.
+
     A store records one identity, its first documents' (taken again only once it is empty): documents added
     later with another model make a mixed store that still records the first model's, so re-adding every
     document under its id does not clear the warning; re-index into a new (or emptied) store.
@@ -364,6 +429,7 @@ def warn_if_other_weights(
         log: The logger to warn on (the store module's).
         backbone: The backbone the store records: its SHA-256, or ``(SHA-256, name)`` as
             :func:`recorded_backbone` gives it (anything else, or a SHA-256 of ``None``: not known).
+        config: The encoder config the store records (``None``: not known, not compared).
 
     Examples:
         >>> class Enc:
@@ -397,7 +463,20 @@ def warn_if_other_weights(
     stored_sha = stored_sha.lower() if isinstance(stored_sha, str) and _SHA256.fullmatch(stored_sha.lower()) else None
     own_sha, own_name = encoder_backbone(encoder)
     if stored_sha is None or own_sha is None or stored_sha == own_sha:
-        return False
+        differ = config_differences(config, encoder)
+        if not differ:
+            return False
+        log.warning(
+            "%s was indexed with the same encoder weights (SHA-256 %s) as the encoder %r, but with another "
+            "configuration: %s (recorded vs now); these change the encodings, so search results will be wrong until "
+            "its documents are re-indexed with this encoder into a new (or emptied) store, or the encoder is given "
+            "the recorded configuration",
+            where,
+            now,
+            name,
+            "; ".join(differ),
+        )
+        return True
     log.warning(
         "%s was indexed with encoder weights SHA-256 %s over backbone %sSHA-256 %s, but the encoder %r has weights "
         "SHA-256 %s over backbone %sSHA-256 %s (another model saved as the same delta over another backbone, e.g. "

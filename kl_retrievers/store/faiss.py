@@ -853,7 +853,12 @@ class KLStore(GaussianStore):
                             )
                         else:
                             _format.warn_if_other_weights(
-                                self._documents_weights, encoder, "this store", logger, backbone=self._backbone_record()
+                                self._documents_weights,
+                                encoder,
+                                "this store",
+                                logger,
+                                backbone=self._backbone_record(),
+                                config=(self._documents_model or {}).get("config"),
                             )
                 if problem is not None:
                     self._saved_encoder_problem = f"this store has no encoder to encode text, and {problem}"
@@ -1134,6 +1139,7 @@ class KLStore(GaussianStore):
                 where or f"the store at {folder}",
                 logger,
                 backbone=store._backbone_record(),
+                config=(store._documents_model or {}).get("config"),
             )
         enc_dim = getattr(getattr(encoder, "config", None), "dim", None)
         if dim is not None and isinstance(enc_dim, int) and enc_dim != dim:

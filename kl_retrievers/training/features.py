@@ -61,7 +61,7 @@ def default_feature_cache_dir() -> Path:
         'features'
     """
     env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() / "features" if env else user_cache_dir(CACHE_ENV, "features")
+    return Path(env).expanduser() / "features" if env and env.strip() else user_cache_dir(CACHE_ENV, "features")
 
 
 @dataclass
