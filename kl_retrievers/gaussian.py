@@ -1394,7 +1394,8 @@ def refine_top_k(
         candidates: ``(query numbers, c) -> (rows, approx, bound)``: the ``c`` best rows per query by
             the float32 score, best first, their float32 scores, and per query a bound on the float32
             error of any allowed document's score. ``c <= n_allowed``, so a ``-1`` label (FAISS's for a
-            score that overflowed to ``-inf``) or a bound that is not finite sends the query to ``fallback``.
+            score that overflowed to ``-inf``) or a bound that is not finite sends the query to ``fallback``
+            at once (a wider search would hold them too).
         rescore: ``(query numbers, rows) -> exact float64 scores`` (``-inf`` at padding).
         fallback: ``query numbers -> (rows, scores)``: the exact top ``k`` in float64 over every
             allowed row, shape ``(m, k)``.
@@ -1409,6 +1410,7 @@ def refine_top_k(
     out_r = np.full((nq, k), -1, dtype=np.int64)
     out_s = np.full((nq, k), -np.inf)
     todo = np.arange(nq)
+    hopeless: list[np.ndarray] = []  # queries a wider float32 search cannot prove either: straight to the fallback
     c = min(n_allowed, k + max(0, margin))
     for _ in range(2):
         if not todo.size:
@@ -1421,15 +1423,19 @@ def refine_top_k(
         # dropped (FAISS returns -1 for a score that overflowed to -inf), never "no more rows"
         complete = (lab.shape[1] >= want) & (lab[:, :want] >= 0).all(axis=1)
         if want == c:  # the pool is every allowed row
-            ok = complete
+            ok = usable = complete
         else:
             witness = approx[:, c].astype(np.float64) if lab.shape[1] > c else np.full(todo.size, -np.inf)
             finite = np.isfinite(approx[:, :want]).all(axis=1) & np.isfinite(bound)
+            usable = complete & finite
             with np.errstate(invalid="ignore"):
-                ok = complete & finite & (witness + bound + query_shift[todo] < s[:, k - 1])
+                ok = usable & (witness + bound + query_shift[todo] < s[:, k - 1])
         out_r[todo[ok]], out_s[todo[ok]] = r[ok], s[ok]
-        todo = todo[~ok]
+        # a dropped row (-1), an overflowing float32 score or bound stays in every wider search: give up now
+        hopeless.append(todo[~usable])
+        todo = todo[usable & ~ok]
         c = min(n_allowed, max(_GROW * c, k + _GROW_MIN))
+    todo = np.sort(np.concatenate([todo, *hopeless]))
     if todo.size:
         logger.debug("%d query(ies): float32 candidates not provably enough; scoring in float64", todo.size)
         out_r[todo], out_s[todo] = fallback(todo)

@@ -1102,7 +1102,7 @@ class ApproxEngine(FaissEngine):
             kmeans = s.index_type == "ivf" or s.compression == "pq"
             if kmeans and not self._norm_bound <= MAX_NORM_BOUND:  # before FAISS sees a vector (NaN included)
                 raise ValueError(
-                    f"document {table.ids[int(live[top_row])]!r} (row {top_row}) cannot be put in the "
+                    f"document {table.ids[int(live[top_row])]!r} cannot be put in the "
                     f"{s.index_type} index: its reduced norm {max_norm:.4g} gives the bound M={self._norm_bound:.4g}, "
                     f"above the {MAX_NORM_BOUND:.4g} at which the float32 squared distances of FAISS's k-means "
                     "(IVF, PQ) overflow "
@@ -1131,7 +1131,7 @@ class ApproxEngine(FaissEngine):
             self._warn_fp32_copies()
         if before[2] is not None and self._norm_bound > 10.0 * before[2]:
             logger.warning(
-                "the %s index's norm bound M grew %.3g-fold (%.4g -> %.4g) because of document %r (row %d): one "
+                "the %s index's norm bound M grew %.3g-fold (%.4g -> %.4g) because of document %r: one "
                 "document far from the others costs HNSW / IVF most of their recall while it is in the store; "
                 "deleting it shrinks M again at the next compaction (docs/ann.md, 'One outlier document')",
                 s.index_type,
@@ -1139,7 +1139,6 @@ class ApproxEngine(FaissEngine):
                 before[2],
                 self._norm_bound,
                 top_id,
-                top_row,
             )
 
     def add_rows(self, start: int, prepared: Any) -> None:
@@ -1167,14 +1166,17 @@ class ApproxEngine(FaissEngine):
             dvec = table.doc_vectors(slice(s, min(table.n_rows, s + _BUILD_BLOCK)))
             top = self._max_norm(dvec)
             if top > self._norm_bound:
-                logger.warning(
-                    "a new document's norm %.4g exceeds the index bound M=%.4g; rebuilding the %s index",
-                    top,
-                    self._norm_bound,
-                    self.settings.index_type,
-                )
-                self.rebuild()
+                old = self._norm_bound
+                self.rebuild()  # may refuse the new bound (IVF, PQ): logged once the index holds it
                 self.rebuild_count += 1
+                if self.index is not None:  # else dropped (too few live rows), which rebuild() logs
+                    logger.warning(
+                        "a new document's norm %.4g exceeded the index bound M=%.4g; rebuilt the %s index (M=%.4g)",
+                        top,
+                        old,
+                        self.settings.index_type,
+                        self._norm_bound,
+                    )
                 return
             reduced = self._reduced(dvec)
             if fp16_over and float(np.abs(reduced).max()) > FLOAT16_MAX:

@@ -701,6 +701,12 @@ class KLStore(GaussianStore):
         automatic build waits for (``8 x nlist``, ``4 x 2^pq_nbits``, 256 for SQ8) builds it again.
         If FAISS fails, the store is left as it was.
 
+        Raises:
+            ValueError: An IVF index, or one with ``compression="pq"``, over a document whose reduced norm
+                gives a bound ``M`` above ``_engines.MAX_NORM_BOUND`` (about 2.3e18: FAISS's k-means would
+                overflow float32 and abort the process); the message names the document, and the store
+                is left as it was (docs/ann.md, *One outlier document*).
+
         Examples:
             >>> KLStore(index_type="hnsw").rebuild()
         """

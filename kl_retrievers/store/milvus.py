@@ -148,6 +148,7 @@ from kl_retrievers.store._base import (
     _NewDocuments,
     _refuse_model_name,
 )
+from kl_retrievers.store._engines import MAX_NORM_BOUND
 from kl_retrievers.store._format import encoder_backbone, encoder_weights, warn_if_other_weights
 
 logger = logging.getLogger(__name__)
@@ -1340,19 +1341,22 @@ class MilvusKLStore(GaussianStore):
                 centre = tuple(float(x) for x in c) if worth_centring(raw, c) else None
                 dvec = centre_document_vectors(raw, None if centre is None else np.asarray(centre))
                 offset = reduction_offset(dvec)
+                first_bound = reduction_norm_bound(dvec, offset, self.norm_headroom)
+                self._refuse_kmeans_overflow(dvec, offset, first_bound, id_list)
                 if not checked:
                     self._warn_norm_jump(dvec, offset, None, id_list)
                     checked = True
-                first_bound = reduction_norm_bound(dvec, offset, self.norm_headroom)
                 if not self._publish(first_bound, offset, rewrite=False, centre=centre):
                     continue
                 wrote_props = True
             else:
                 dvec = self._centred(raw)
+                top = max(reduction_norm_bound(dvec, state.offset), need)
+                if top > state.norm_bound:
+                    self._refuse_kmeans_overflow(dvec, state.offset, self.norm_headroom * top, id_list)
                 if not checked:
                     self._warn_norm_jump(dvec, state.offset, state.norm_bound, id_list)
                     checked = True
-                top = max(reduction_norm_bound(dvec, state.offset), need)
                 rewrite = rewrote_all or state.pending
                 previous = None  # the bound this attempt's publication replaces
                 if top > state.norm_bound:
@@ -1395,6 +1399,35 @@ class MilvusKLStore(GaussianStore):
             f"Milvus collection {self.collection_name!r}: could not agree on the L2-reduction bound with concurrent "
             f"writers in {_MAX_SYNC_ATTEMPTS} attempts; {outcome}: retry the add, or call repair() once the other "
             "writers are done"
+        )
+
+    def _refuse_kmeans_overflow(self, dvec: np.ndarray, offset: float, bound: float, id_list: list[str]) -> None:
+        """``ValueError`` where an IVF collection would get the bound ``M=bound`` above :data:`MAX_NORM_BOUND`.
+
+        Milvus trains the IVF lists with FAISS's k-means over float32 squared distances of the reduced vectors
+        (norm ``M``): above the limit they overflow and the process aborts when the index is built (at the
+        latest at ``close()``), and so does every later open of a Milvus Lite file holding the row.  Called
+        before ``M`` is stored or a row written; HNSW and flat collections train no k-means (HNSW's recall
+        suffers instead: docs/milvus.md, *Known differences and limits*).
+        """
+        if self.index_type != "ivf" or bound <= MAX_NORM_BOUND:
+            return
+        norms = np.linalg.norm(shift_document_vectors(dvec, offset), axis=1)
+        worst = int(np.argmax(norms))
+        if self.norm_headroom * float(norms[worst]) > MAX_NORM_BOUND:  # refused before any row is written
+            what, whose = f"document {id_list[worst]!r} cannot be put in", f"its reduced norm {float(norms[worst]):.4g}"
+            outcome = "nothing was added"
+        else:  # a row an earlier release stored needs the bound (a retried add may have written its rows)
+            what, whose = (
+                "documents cannot be added to",
+                f"a stored document's reduced norm {bound / self.norm_headroom:.4g}",
+            )
+            outcome = "the collection already holds it"
+        raise ValueError(
+            f"{what} Milvus collection {self.collection_name!r} (IVF index): {whose} gives the bound M={bound:.4g}, "
+            f"above the {MAX_NORM_BOUND:.4g} at which the float32 squared distances of the IVF index's k-means "
+            f"overflow (tiny variances, or a mean far from the others for its variances); {outcome}: delete or "
+            're-encode it, or keep such documents in a collection with index_type="flat" (exact)'
         )
 
     def _warn_norm_jump(self, dvec: np.ndarray, offset: float, bound: float | None, id_list: list[str]) -> None:

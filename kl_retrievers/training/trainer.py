@@ -1027,7 +1027,9 @@ class RetrievalEvaluator:
         show_progress: Progress bars while encoding and retrieving.
 
     Raises:
-        ValueError: An unknown ``metric`` or ``similarity``, ``k`` or ``batch_size`` below 1.
+        ValueError: An unknown ``metric`` or ``similarity``, ``k`` or ``batch_size`` below 1, or a split where no
+            query has a non-empty judgement set (empty qrels, or judgements only of queries not given): every
+            evaluation would fail or score 0; the message gives the counts of queries, judged queries and both.
         ModuleNotFoundError: ir_measures (the ``eval`` extra) is not installed; the message names
             ``pip install "kl-retrievers[eval]"``.
 
@@ -1068,6 +1070,14 @@ class RetrievalEvaluator:
         k = check_k(k)
         _check_int("batch_size", batch_size, 1)
         self.dataset = dataset if isinstance(dataset, BeirDataset) else load_beir(dataset, split)
+        judged = {str(qid) for qid, rel in self.dataset.qrels.items() if rel}
+        overlap = len(judged & {str(qid) for qid in self.dataset.queries})
+        if not overlap:  # every evaluation would fail (no qrels) or score 0 whatever the weights
+            raise ValueError(
+                f"{self.dataset.path} ({self.dataset.split}): no query has a judgement to evaluate against: "
+                f"{len(self.dataset.queries)} queries given, {len(judged)} with a non-empty judgement set, "
+                f"{overlap} of them among the queries"
+            )
         self.metric = metric
         self.k = k
         self.batch_size = batch_size
