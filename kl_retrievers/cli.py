@@ -168,7 +168,7 @@ def _read_tsv(path: Path) -> tuple[list[str], list[str]]:
             continue
         where = f"{path}, line {number}"
         # the one per-line rule of both paths (kl_retrievers.sharded.plan_shards reads a .tsv with it too)
-        doc_id, text, header = parse_tsv_line(whole, where, first=not seen_line)
+        doc_id, text, header = parse_tsv_line(whole, where, len(ids), first=not seen_line)
         seen_line = True
         if header:
             logger.warning(

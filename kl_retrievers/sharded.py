@@ -187,8 +187,8 @@ def is_tsv_path(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() == ".tsv"
 
 
-def parse_tsv_line(line: bytes, where: str, *, first: bool = False) -> tuple[str, str, bool]:
-    """One non-blank line of a ``.tsv`` input: ``(id, text, is_header)``.
+def parse_tsv_line(line: bytes, where: str, record: int, *, first: bool = False) -> tuple[str, str, bool]:
+    """One non-blank line of a ``.tsv`` input (without its ``b"\\n"``): ``(id, text, is_header)``.
 
     The one rule of ``kl-retrievers encode`` / ``index`` and of the sharded path: a final ``\\r`` is dropped, the
     line holds exactly two tab-separated columns, and its id follows the JSONL id rule (non-empty, not padded;
@@ -196,13 +196,20 @@ def parse_tsv_line(line: bytes, where: str, *, first: bool = False) -> tuple[str
     ``True``, its id not checked; the caller skips it with a warning) when its columns are header names
     (:data:`TSV_ID_HEADERS` and :data:`TSV_TEXT_HEADERS`, any case). Uniqueness of ids is the caller's.
 
+    Args:
+        line: The line's bytes, without its ending ``b"\\n"`` (a final ``b"\\r"`` is dropped here).
+        where: The file and line (or record), for messages (``"c.tsv, line 7"``).
+        record: The line's record number from 0 (headers and blank lines not counted), which a padded id's
+            message names (``"c.tsv, line 7 (record 5)"``).
+        first: The line is the file's first non-blank one, which may be a header.
+
     Raises:
         ValueError: Not UTF-8, another number of columns, an empty or padded id; the message names ``where``.
 
     Examples:
-        >>> parse_tsv_line(b"7\\tthe cat\\r", "c.tsv, line 2")
+        >>> parse_tsv_line(b"7\\tthe cat\\r", "c.tsv, line 2", 0)
         ('7', 'the cat', False)
-        >>> parse_tsv_line(b"pid\\tpassage", "c.tsv, line 1", first=True)
+        >>> parse_tsv_line(b"pid\\tpassage", "c.tsv, line 1", 0, first=True)
         ('pid', 'passage', True)
     """
     try:
@@ -219,7 +226,7 @@ def parse_tsv_line(line: bytes, where: str, *, first: bool = False) -> tuple[str
         return columns[0], columns[1], True
     if not columns[0].strip():
         raise ValueError(f"{where}: the id column is empty; every id<TAB>text line needs an id")
-    return row_id({"_id": columns[0]}, 0, where), columns[1], False  # the JSONL id rule: non-empty, not padded
+    return row_id({"_id": columns[0]}, record, where), columns[1], False  # the JSONL id rule: non-empty, not padded
 
 
 def split_records(raw: bytes) -> list[bytes]:
@@ -300,9 +307,11 @@ def _plan(
             digest.update(whole)
             line = _without_bom(number, whole)
             offset += len(whole) - len(line)  # a byte order mark belongs to no record
-            if _is_record(line) and not (tsv and _tsv_header(source, number, line, seen_line, warn=True)):
+            # the line's record without its b"\n", as the one-file readers see it (messages quote its columns)
+            record = line[:-1] if line.endswith(b"\n") else line
+            if _is_record(line) and not (tsv and _tsv_header(source, number, record, seen_line, warn=True)):
                 seen_line = True
-                doc_id = _check_record(line, first + rows, f"{source}, line {number}", jsonl, field, tsv=tsv)
+                doc_id = _check_record(record, first + rows, f"{source}, line {number}", jsonl, field, tsv=tsv)
                 if jsonl or tsv:
                     id_hashes.append(_id_hash(doc_id))
                 if rows == 0:
@@ -381,7 +390,8 @@ def _tsv_header(source: Path, number: int, line: bytes, seen_line: bool, *, warn
     may be: ``seen_line`` is ``False``), skipped as ``kl-retrievers encode`` skips it; ``warn``: say so."""
     if seen_line:
         return False
-    name, text, header = parse_tsv_line(line, f"{source}, line {number}", first=True)
+    # asked only of the first non-blank line: when it is not a header, it is record 0
+    name, text, header = parse_tsv_line(line, f"{source}, line {number}", 0, first=True)
     if header and warn:
         logger.warning(
             "%s: line %d (columns %r and %r) is taken for a header and skipped, not read as a document",
@@ -396,7 +406,7 @@ def _tsv_header(source: Path, number: int, line: bytes, seen_line: bool, *, warn
 def _check_record(line: bytes, row_no: int, where: str, jsonl: bool, field: str, *, tsv: bool = False) -> str:
     """Check one record as ``kl-retrievers encode`` would (errors name ``where``); returns its id."""
     if tsv:
-        return parse_tsv_line(line, where)[0]
+        return parse_tsv_line(line, where, row_no)[0]
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -440,7 +450,7 @@ def _check_unique_ids(source: Path, id_hashes: array[int]) -> None:
     seen_line = False
     with open(source, "rb") as fh:
         for number, whole in enumerate(fh, 1):
-            line = _without_bom(number, whole)
+            line = _without_bom(number, whole).rstrip(b"\n")  # as _plan reads it
             if not _is_record(line):
                 continue
             header = tsv and _tsv_header(source, number, line, seen_line, warn=False)
@@ -448,7 +458,7 @@ def _check_unique_ids(source: Path, id_hashes: array[int]) -> None:
             if header:
                 continue
             where = f"{source}, line {number}"
-            doc_id = parse_tsv_line(line, where)[0] if tsv else _record_id(line, record, where)
+            doc_id = parse_tsv_line(line, where, record)[0] if tsv else _record_id(line, record, where)
             record += 1
             if _id_hash(doc_id) not in repeated:
                 continue
@@ -498,7 +508,7 @@ def read_shard(
             ids.append(row_id(row, row_no, f"{source}, record {row_no + 1}"))
             texts.append(row_text(row, field, f"{source}, record {row_no + 1}"))
         elif tsv:
-            doc_id, text, _ = parse_tsv_line(record, f"{source}, record {row_no + 1}")
+            doc_id, text, _ = parse_tsv_line(record, f"{source}, record {row_no + 1}", row_no)
             ids.append(doc_id)
             texts.append(text)
         else:
@@ -1080,8 +1090,8 @@ def encode_corpus(
             "(pass its options when loading it, or pass model=NAME_OR_PATH instead of encoder)"
         )
     started = time.perf_counter()
-    source = Path(input)
-    target = Path(out)
+    source = Path(input).expanduser()
+    target = Path(out).expanduser()
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"{target} exists and is not a folder")
     specs, identity, shard_digests = _plan(source, shard_size, field)
@@ -1530,7 +1540,7 @@ def iter_encoded(
     """
     if kind is not None and kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS} or None; got {kind!r}")
-    return _iter_encoded(Path(out), encoder, kind)
+    return _iter_encoded(Path(out).expanduser(), encoder, kind)
 
 
 def _iter_encoded(folder: Path, encoder: Any | None, kind: str | None) -> Iterator[tuple[list[str], Any]]:

@@ -75,3 +75,21 @@ def test_a_stale_shipped_graph_without_torch_is_still_refused_naming_the_export_
     onnx_int8 = shipping_folder / "onnx-int8"
     assert f"python -m kl_retrievers.onnx_cli export {shipping_folder} {onnx_int8} --overwrite" in warning
     assert [len(args) for args in calls] == [1, 2]  # the check's hash (once), then the export cache's key
+
+
+def test_a_folder_changed_after_the_backend_choice_is_hashed_again_and_its_stale_graph_not_loaded(
+    shipping_folder: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real = pretrained._onnx_options
+
+    def change_then(*args: object, **kwargs: object) -> object:  # after the backend choice, before the check
+        config = shipping_folder / "config.json"
+        config.write_text(config.read_text() + "\n")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pretrained, "_onnx_options", change_then)
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers.pretrained"):
+        loaded = load_model(shipping_folder)
+    assert isinstance(loaded, OnnxGaussianEncoder) and loaded.path != shipping_folder / "onnx-int8"
+    warning = " ".join(r.getMessage() for r in caplog.records)
+    assert f"not using {shipping_folder / 'onnx-int8'}" in warning and "the model changed" in warning

@@ -143,3 +143,44 @@ def test_a_tsv_copy_renamed_txt_is_another_input(tmp_path: Path, model_dir: Path
     txt.write_bytes(tsv.read_bytes())
     with pytest.raises(ValueError, match=r"\(input differ\)"):
         encode_corpus(txt, out, model=str(model_dir), shard_size=1, show_progress_bar=False)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("1\ta\n2\tb\n3\tc\n 4\td\n", r"c\.tsv, line 4 \(record 4\): the id ' 4' has leading or trailing whitespace"),
+        ("id\ttext\n\n1\ta\n2 \tb\n", r"c\.tsv, line 4 \(record 2\): the id '2 ' has leading or trailing whitespace"),
+        (" 1\ta\n", r"c\.tsv, line 1 \(record 1\): the id ' 1' has leading or trailing whitespace"),
+    ],
+)
+def test_a_padded_tsv_id_is_refused_naming_its_line_and_record_on_both_paths(
+    tmp_path: Path, content: str, match: str
+) -> None:
+    path = tmp_path / "c.tsv"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match) as one_shot:
+        read_texts(path)
+    for shard_size in (1, 3):
+        with pytest.raises(ValueError, match=match) as streamed:
+            plan_shards(path, shard_size=shard_size)
+        assert str(streamed.value) == str(one_shot.value)
+
+
+@pytest.mark.parametrize("end", ["\n", "\r\n", "\r\r\n"])
+def test_the_tsv_header_warning_reads_alike_on_both_paths(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, end: str
+) -> None:
+    path = tmp_path / "h.tsv"
+    path.write_text(f"pid\tpassage{end}1\ta{end}", newline="")
+    with caplog.at_level(logging.WARNING):
+        read_texts(path)
+    one_shot = [r.getMessage() for r in caplog.records if r.name == "kl_retrievers.cli"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert _sharded(path, 1) == (["1"], ["a"])
+    streamed = [r.getMessage() for r in caplog.records if r.name == "kl_retrievers.sharded"]
+    assert (
+        one_shot
+        == streamed
+        == [f"{path}: line 1 (columns 'pid' and 'passage') is taken for a header and skipped, not read as a document"]
+    )

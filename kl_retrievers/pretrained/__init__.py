@@ -35,13 +35,14 @@ import logging
 import os
 import re
 import shlex
+import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kl_retrievers.hub import _SOURCE_FILES, ModelNotFoundError, local_reference, warn_if_shadowed
 from kl_retrievers.hub import BUNDLED_ONNX as BUNDLED_ONNX
-from kl_retrievers.hub import ModelNotFoundError, local_reference, warn_if_shadowed
 from kl_retrievers.hub import source_sha256 as source_sha256
 
 if TYPE_CHECKING:
@@ -237,9 +238,14 @@ def default_backend(name_or_path: str | None = None, *, device: str | None = Non
     return _default_backend(name_or_path, device=device)
 
 
-def _default_backend(name_or_path: str | None, *, device: str | None, hashes: dict[Path, str] | None = None) -> str:
+#: A folder's :func:`_source_stamp` and its :func:`source_sha256` taken after that stamp.
+_Hashed = tuple[tuple[tuple[int, int, int] | None, ...], str]
+
+
+def _default_backend(name_or_path: str | None, *, device: str | None, hashes: dict[Path, _Hashed] | None = None) -> str:
     """:func:`default_backend`; ``hashes`` receives the folder's :func:`source_sha256` where it was computed (to
-    check a shipped ``onnx-int8/``), keyed by the resolved folder, so that the load does not hash it again."""
+    check a shipped ``onnx-int8/``), with its :func:`_source_stamp` and keyed by the resolved folder, so that the
+    load does not hash it again while its files stay as they were."""
     if device is not None and str(device).split(":")[0] in ("cuda", "mps"):
         return "torch"
     if device is None and _has_torch() and _cuda_available():
@@ -396,7 +402,7 @@ def load_model(
             f"quantize must be one of {QUANTIZATIONS} (or 'float32', as None); got {quantize!r} (it sets the "
             "weights of ONNX exports made here; the torch backend always loads float32 weights)"
         )
-    hashes: dict[Path, str] = {}  # a folder's source_sha256 computed choosing the backend, not computed again
+    hashes: dict[Path, _Hashed] = {}  # a folder's source_sha256 computed choosing the backend, not computed again
     if backend is None:  # ONNX Runtime settings ask for the ONNX backend, whatever the machine would choose
         backend = "onnx" if onnx_options else _default_backend(text, device=device, hashes=hashes)
     if backend not in BACKENDS:
@@ -540,7 +546,7 @@ def _load(
     backend: str,
     quantize: str | None,
     onnx_options: Mapping[str, Any],
-    hashes: Mapping[Path, str] | None = None,
+    hashes: Mapping[Path, _Hashed] | None = None,
 ) -> GaussianEncoder | OnnxGaussianEncoder:
     if backend == "onnx":
         return _load_onnx(name, name_or_path, device=device, quantize=quantize, options=onnx_options, hashes=hashes)
@@ -643,12 +649,30 @@ def _is_onnx_export(path: Path) -> bool:
     return (path / "model.onnx").is_file() and (path / "config.json").is_file()
 
 
-def _ships_onnx(path: Path, hashes: dict[Path, str] | None = None) -> bool:
+def _source_stamp(folder: Path) -> tuple[tuple[int, int, int] | None, ...]:
+    """The size, modification time (ns) and inode of each file :func:`source_sha256` reads (``None``: absent).
+
+    A hash of the folder taken after a stamp holds while the folder gives that stamp again: a file written,
+    replaced, added or removed since changes it (:func:`_check_shipped` hashes the folder again then).
+    """
+    stamps: list[tuple[int, int, int] | None] = []
+    for name in _SOURCE_FILES:
+        try:
+            info = (folder / name).stat()
+        except OSError:
+            stamps.append(None)
+            continue
+        stamps.append((info.st_size, info.st_mtime_ns, info.st_ino) if stat.S_ISREG(info.st_mode) else None)
+    return tuple(stamps)
+
+
+def _ships_onnx(path: Path, hashes: dict[Path, _Hashed] | None = None) -> bool:
     """Whether ``path`` is an ONNX export, or a saved encoder shipping its int8 export in ``onnx-int8/``.
 
     The export in ``onnx-int8/`` counts only when it was exported from the folder's current files (its
     ``config.json``'s ``source.sha256``, as :func:`load_model` checks): a stale one would not be used.
-    ``hashes``: receives the folder's :func:`source_sha256` (keyed by ``path.resolve()``) when it was computed.
+    ``hashes``: receives the folder's :func:`_source_stamp` and :func:`source_sha256` (keyed by ``path.resolve()``)
+    when they were computed.
     """
     if _is_onnx_export(path):
         return True
@@ -662,11 +686,12 @@ def _ships_onnx(path: Path, hashes: dict[Path, str] | None = None) -> bool:
     if not isinstance(recorded, str):
         return False
     try:
+        stamp = _source_stamp(path)  # before hashing: a file changed while it is hashed changes the stamp
         actual = source_sha256(path)
     except OSError:  # an unreadable file of the folder: not usable as shipped
         return False
     if hashes is not None:
-        hashes[path.resolve()] = actual
+        hashes[path.resolve()] = (stamp, actual)
     return recorded == actual
 
 
@@ -677,9 +702,10 @@ def _load_onnx(
     device: str | None,
     quantize: str | None,
     options: Mapping[str, Any],
-    hashes: Mapping[Path, str] | None = None,
+    hashes: Mapping[Path, _Hashed] | None = None,
 ) -> OnnxGaussianEncoder:
-    """Load on ONNX Runtime; ``hashes``: folders' :func:`source_sha256` already computed (by the backend choice)."""
+    """Load on ONNX Runtime; ``hashes``: folders' stamps and :func:`source_sha256` already computed (by the backend
+    choice)."""
     from kl_retrievers._io import library_version
     from kl_retrievers.onnx import (
         EXPORT_RECIPE,
@@ -725,7 +751,7 @@ def _load_onnx(
             shipped_encoder = OnnxGaussianEncoder(source / BUNDLED_ONNX, name_or_path=display, **options)
             try:
                 _check_shipped(
-                    shipped_encoder, source, bundled=bundled is not None, actual=(hashes or {}).get(source.resolve())
+                    shipped_encoder, source, bundled=bundled is not None, known=(hashes or {}).get(source.resolve())
                 )
             except OnnxModelError as exc:  # not exported from these files: export them as any other folder
                 logger.warning("not using %s: %s", source / BUNDLED_ONNX, exc)
@@ -796,19 +822,19 @@ def _with_source_weights(encoder: OnnxGaussianEncoder, source: Path) -> OnnxGaus
 
 
 def _check_shipped(
-    encoder: OnnxGaussianEncoder, source: Path, *, bundled: bool = True, actual: str | None = None
+    encoder: OnnxGaussianEncoder, source: Path, *, bundled: bool = True, known: _Hashed | None = None
 ) -> None:
     """Refuse a shipped graph exported from other files than its model's (it was not regenerated).
 
     ``bundled``: ``source`` is a bundled model (regenerated with ``onnx_cli bundle NAME``), else a user's
     folder shipping ``onnx-int8/`` (regenerated with ``onnx_cli export FOLDER FOLDER/onnx-int8``).
-    ``actual``: ``source``'s :func:`source_sha256` when already computed (by the backend choice), else computed here.
+    ``known``: ``source``'s :func:`_source_stamp` and :func:`source_sha256` when already computed (by the backend
+    choice); the hash is used when the folder's stamp is still the same, else (a file changed since) computed here.
     """
     from kl_retrievers.onnx import OnnxModelError
 
     recorded = encoder.meta.get("source", {}).get("sha256")
-    if actual is None:
-        actual = source_sha256(source)
+    actual = known[1] if known is not None and known[0] == _source_stamp(source) else source_sha256(source)
     if recorded != actual:
         folder = shlex.quote(os.fspath(source))
         command = (
