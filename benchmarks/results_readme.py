@@ -6,9 +6,10 @@
 * README, ``results``: the baselines and the default from ``results.load_records`` (``runs/eval/eval.jsonl``,
   ``runs/qpp/qpp.jsonl``), the two hybrid rows from ``runs/eval/hybrid.jsonl`` (:data:`HYBRIDS`).
 * README prose, :func:`readme_phrases`: the abstention figures (``runs/abstention/abstention.jsonl``: each
-  model's newest stemmed hybrid line) and the default's convex-against-adaptive means must be quoted as logged.
+  model's newest full stemmed hybrid line of seed 0 at its shipped threshold, :func:`_abstention`) and the
+  default's convex-against-adaptive means must be quoted as logged.
 * ``docs/hybrid.md``, one part per entry of :data:`HYBRID_TABLES`: the newest ``benchmarks/hybrid.py`` test
-  run of that (model, adaptive parameters file, BM25 stemmer).
+  run of that (model, adaptive parameters, BM25 stemmer) on all four collections (:func:`newest_hybrids`).
 
 Typed here, with no log behind them: the row labels and the backend each row was measured on (read from
 the code that logged it: ``kl_retrievers/baselines.py``, ``benchmarks/qpp.py`` and ``benchmarks/hybrid.py``
@@ -17,6 +18,8 @@ load their dense models on torch, float32).
 
 from __future__ import annotations
 
+import hashlib
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,12 +28,17 @@ import numpy as np
 from results_more import HYBRID_LOG, SPLIT
 from results_qpp import _read, _table
 
+from kl_retrievers.calibration import recommended_min_confidence
+
+#: The repository, whose parameters files the runs are matched against (by sha256).
+REPO = Path(__file__).resolve().parents[1]
 README = Path("README.md")
 ABSTENTION_LOG = Path("runs") / "abstention" / "abstention.jsonl"
 HYBRID_PAGE = Path("docs") / "hybrid.md"
 _DEFAULT_PARAMS = "kl_retrievers/data/hybrid_adaptive.json"
 _BGE = "bge-small-unit-variance"
 _BGE_PARAMS = f"kl_retrievers/pretrained/{_BGE}/hybrid_adaptive.json"
+_BGE_UNSTEMMED = f"kl_retrievers/pretrained/{_BGE}/hybrid_adaptive.unstemmed.json"
 #: README column order and labels.
 README_COLLECTIONS = {
     "scifact": "SciFact",
@@ -64,7 +72,7 @@ HYBRIDS = {
 HYBRID_TABLES = {
     "default": (("minilm-gauss-soup", _DEFAULT_PARAMS, "english"), "dense (-KL)", True),
     "bge": ((_BGE, _BGE_PARAMS, "english"), "bge (-KL)", False),
-    "bge-unstemmed": ((_BGE, _BGE_PARAMS, None), "bge (-KL)", False),
+    "bge-unstemmed": ((_BGE, _BGE_UNSTEMMED, None), "bge (-KL)", False),
 }
 _SYSTEMS = ("bm25", "dense", "rrf", "convex", "adaptive")
 
@@ -92,11 +100,38 @@ def splice(text: str, name: str, region: Sequence[str], path: Path) -> str:
 
 
 def newest_hybrids(root: Path) -> dict[tuple[str, str, str | None], dict[str, Any]]:
-    """The newest ``benchmarks/hybrid.py`` test run of each (model, adaptive parameters file, BM25 stemmer)."""
+    """The newest ``benchmarks/hybrid.py`` test run of each (model, adaptive parameters file, BM25 stemmer) shown.
+
+    A run counts for a key (of :data:`HYBRIDS` and :data:`HYBRID_TABLES`) when it used that model and stemmer,
+    parameters of the sha256 of that file in the repository now (whatever path it named: a file renamed since
+    is still matched), on every collection of the tables (not a ``--collections`` subset).
+
+    Raises:
+        SystemExit: No run matches a key's file but some run named its path with other parameters (the file
+            changed since, or the run tested others written there): rerun the benchmark with the file.
+    """
+    keys = {*HYBRIDS, *(key for key, _, _ in HYBRID_TABLES.values())}
+    want = {key: hashlib.sha256((REPO / key[1]).read_bytes()).hexdigest() for key in keys}
     newest: dict[tuple[str, str, str | None], dict[str, Any]] = {}
+    other: dict[tuple[str, str, str | None], str] = {}  # the newest other sha256 logged under a key's path
     for rec in _read(root / HYBRID_LOG):
-        if rec.get("benchmark") == "hybrid" and rec.get("split", SPLIT) == SPLIT:
-            newest[(rec["model"], rec["adaptive_params"]["file"], rec.get("stemmer"))] = rec
+        if rec.get("benchmark") != "hybrid" or rec.get("split", SPLIT) != SPLIT:
+            continue
+        if not set(HYBRID_COLLECTIONS) <= set(rec.get("collections", {})):
+            continue  # a partial run: its mean is not that of the tables' collections
+        params = rec.get("adaptive_params") or {}
+        for key, sha in want.items():
+            if (rec.get("model"), rec.get("stemmer")) != (key[0], key[2]):
+                continue
+            if params.get("sha256") == sha:
+                newest[key] = rec
+            elif params.get("file") == key[1]:
+                other[key] = str(params.get("sha256"))
+    for key in want.keys() - newest.keys() & other.keys():
+        raise SystemExit(
+            f"{HYBRID_LOG}: no run of {key} with {key[1]} as it is now (sha256 {want[key]}); the newest run naming "
+            f"that path used parameters of sha256 {other[key]}: rerun benchmarks/hybrid.py with the file"
+        )
     return newest
 
 
@@ -170,15 +205,46 @@ def hybrid_table(rec: Mapping[str, Any], dense: str, full: bool) -> list[str]:
     return _table(head, rows)
 
 
+def _seed(command: str) -> int:
+    """The ``--seed`` of a logged ``benchmarks/abstention.py`` command (the lines record it nowhere else), else 0.
+
+    Examples:
+        >>> _seed("python benchmarks/abstention.py --hybrid --seeds 10"), _seed("x --seed 3"), _seed("x --seed=4")
+        (0, 3, 4)
+    """
+    words = shlex.split(command)
+    for i, word in enumerate(words):
+        if word == "--seed" or word.startswith("--seed="):
+            return int(word[7:] or words[i + 1])
+    return 0
+
+
 def _abstention(root: Path, model: str) -> dict[str, Any]:
-    """The newest ``benchmarks/abstention.py --hybrid`` line of ``model`` on stemmed BM25 (the shipped setting)."""
+    """The newest ``benchmarks/abstention.py --hybrid`` line of ``model`` in the shipped setting.
+
+    That is: stemmed BM25, not ``--quick``, seed 0 and the hybrid threshold recommended for the model now
+    (``recommended_min_confidence``: the library's constant for the default, else the calibrator's recorded one).
+
+    Raises:
+        SystemExit: No such line; or its held-out curve does not end with every question abstained.
+    """
+    threshold = recommended_min_confidence(model, retriever="hybrid", stemmer="english")
     found = [
         r
         for r in _read(root / ABSTENTION_LOG)
-        if r.get("model") == model and r.get("bm25_stemmer") == "english" and "hybrid" in r.get("summary", {})
+        if r.get("model") == model
+        and r.get("bm25_stemmer") == "english"
+        and r.get("quick") is False
+        and _seed(r.get("command", "")) == 0
+        and r.get("summary", {}).get("hybrid", {}).get("threshold") == threshold
     ]
     if not found:
-        raise SystemExit(f"{ABSTENTION_LOG}: no stemmed hybrid line of {model}, which the README quotes")
+        raise SystemExit(
+            f"{ABSTENTION_LOG}: no {model} line as the README quotes (stemmed hybrid, not --quick, "
+            f"seed 0, threshold {threshold})"
+        )
+    if found[-1]["held_out"]["hybrid"]["curve"][-1]["answered"] != 0:
+        raise SystemExit(f"{ABSTENTION_LOG}: the held-out hybrid curve of {model} does not end abstaining on all")
     return found[-1]
 
 

@@ -218,7 +218,8 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         help="the --per-query file of another evaluate run (not a TREC run): paired t-test against it, query by "
         "query (refused when its meta "
         "names another dataset or split, or another depth below a metric's cutoff, or it shares fewer than 2 "
-        "queries with this run)",
+        "queries with this run; a warning when its meta records another backend, or the same model with other "
+        "weights_sha256)",
     )
     p.add_argument(
         "--compare-any",
@@ -685,27 +686,40 @@ def _compare_problem(
     return None
 
 
-def _warn_measured_differently(name: str, other_meta: Mapping[str, Any], measured: Mapping[str, Any]) -> None:
-    """Warn when a ``--compare`` file's meta records another backend or other weights than this run's.
+def _warn_measured_differently(
+    name: str, other_meta: Mapping[str, Any], measured: Mapping[str, Any], model: str
+) -> None:
+    """Warn when a ``--compare`` file's meta records another backend than this run's, or other weights of its model.
 
-    Only what both runs record is compared (an older file records neither); a difference is not an error: a
-    backend or weights comparison is a legitimate one, but its differences are not only the model's.
+    Only what both runs record is compared (an older file records neither). The weights are compared only when
+    both runs name the same ``model`` (two models have other weights by definition: that is the comparison); a
+    difference is not an error: a backend or weights comparison is a legitimate one, but its differences are not
+    only the systems'.
 
     Examples:
-        >>> _warn_measured_differently("pq.json", {"backend": "onnx"}, {"backend": "torch"})  # logs a warning
-        >>> _warn_measured_differently("pq.json", {}, {"backend": "torch"})  # an older file: nothing to compare
+        >>> _warn_measured_differently("pq.json", {"backend": "onnx-int8"}, {"backend": "torch"}, "m")  # warns
+        >>> _warn_measured_differently("pq.json", {}, {"backend": "torch"}, "m")  # an older file: nothing to compare
+        >>> _warn_measured_differently("pq.json", {"model": "a", "weights_sha256": "1"}, {"weights_sha256": "2"}, "b")
     """
-    for key, what in (("backend", "backend"), ("weights_sha256", "model weights (weights_sha256)")):
-        theirs, ours = other_meta.get(key), measured.get(key)
-        if theirs is not None and ours is not None and theirs != ours:
-            logger.warning(
-                "--compare %s was measured with another %s: %s there, %s in this run; its differences are not "
-                "only the systems'",
-                name,
-                what,
-                str(theirs)[:16],
-                str(ours)[:16],
-            )
+    theirs, ours = other_meta.get("backend"), measured.get("backend")
+    if theirs is not None and ours is not None and theirs != ours:
+        logger.warning(
+            "--compare %s was measured on another backend: %s there, %s in this run; its differences are not "
+            "only the systems'",
+            name,
+            theirs,
+            ours,
+        )
+    theirs, ours = other_meta.get("weights_sha256"), measured.get("weights_sha256")
+    if other_meta.get("model") == model and theirs is not None and ours is not None and theirs != ours:
+        logger.warning(
+            "--compare %s names the same model (%s) with other weights: weights_sha256 %s there, %s in this run; "
+            "its differences are not only the systems'",
+            name,
+            model,
+            str(theirs)[:16],
+            str(ours)[:16],
+        )
 
 
 def _compare_depth_problem(name: str, recorded: Any, depth: int) -> str | None:
@@ -951,7 +965,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"kl-retrievers evaluate: error: {exc}", file=sys.stderr)
             return 2
-        measured = {"backend": backend}
+        # an ONNX graph's weights are int8 or float32 (OnnxGaussianEncoder.quantize: "int8" or None)
+        measured = {
+            "backend": f"onnx-{getattr(encoder, 'quantize', None) or 'float32'}" if backend == "onnx" else backend
+        }
         sha = getattr(encoder, "weights_sha256", None)
         if sha:
             measured["weights_sha256"] = sha
@@ -1045,7 +1062,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             **{key: other_meta.get(key) for key in ("model", "dataset", "split", "backend", "weights_sha256")},
             "tests": tests,
         }
-        _warn_measured_differently(str(args.compare), other_meta, measured)
+        _warn_measured_differently(str(args.compare), other_meta, measured, result.model)
         summary["compare"] = compare
     if args.json:
         replaced: list[str] = []

@@ -1,8 +1,9 @@
 """``kl-retrievers evaluate`` records what measured a run: its backend and the model's weights.
 
-For ``--model`` runs, ``--json`` and the ``--per-query`` file's meta carry ``backend`` (and
-``weights_sha256`` when the model knows its weights' identity), and ``--compare`` warns (without
-refusing) when the other file was measured on another backend or with other weights.
+For ``--model`` runs (``--hybrid`` included), ``--json`` and the ``--per-query`` file's meta carry
+``backend`` (``torch``, ``onnx-int8`` or ``onnx-float32``) and ``weights_sha256`` when the model knows its
+weights' identity; ``--compare`` warns (without refusing) when the other file was measured on another
+backend, or names the same model with other weights (not for every comparison of two models).
 """
 
 from __future__ import annotations
@@ -94,8 +95,50 @@ def test_compare_warns_when_the_other_run_was_measured_differently(
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="kl_retrievers"):
         assert main(_evaluate(model, data, "--json", "--compare", str(other))) == 0
-    warned = [r.getMessage() for r in caplog.records if "measured with another" in r.getMessage()]
+    warned = [r.getMessage() for r in caplog.records if "its differences are not only" in r.getMessage()]
     assert len(warned) == 2
-    assert "backend: onnx there, torch in this run" in warned[0]
-    assert "weights_sha256" in warned[1]
+    assert "measured on another backend: onnx there, torch in this run" in warned[0]
+    assert f"names the same model ({model}) with other weights: weights_sha256 ffffffffffffffff there" in warned[1]
     assert json.loads(capsys.readouterr().out)["compare"]["tests"]  # compared all the same
+
+
+def test_comparing_two_models_does_not_warn_about_their_weights(
+    world: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two models have other weights by definition: only the same model with other weights is worth a warning."""
+    model, data, sha = world
+    make_tiny_encoder(seed=1).save_pretrained(tmp_path / "other-model")
+    pq = tmp_path / "other.json"
+    assert main(_evaluate(tmp_path / "other-model", data, "--per-query", str(pq))) == 0
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers"):
+        assert main(_evaluate(model, data, "--json", "--compare", str(pq))) == 0
+    assert not [r for r in caplog.records if "weights" in r.getMessage()], caplog.text
+    compare = json.loads(capsys.readouterr().out)["compare"]
+    assert compare["weights_sha256"] not in (None, sha)  # recorded all the same
+
+
+@pytest.mark.parametrize(("quantize", "backend"), [("int8", "onnx-int8"), (None, "onnx-float32")])
+def test_an_onnx_run_records_its_graphs_precision(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], quantize: str | None, backend: str
+) -> None:
+    enc = make_tiny_encoder(seed=0)
+    enc.save_pretrained(tmp_path / "model")  # a saved encoder knows its weights' identity, and the export records it
+    enc.export_onnx(tmp_path / "graph", quantize=quantize)
+    data = _beir(tmp_path / "data")
+    assert main(_evaluate(tmp_path / "graph", data, "--model-backend", "onnx", "--json")) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["backend"] == backend
+    assert record["weights_sha256"] == enc.weights_sha256  # the export reports the float32 weights' identity
+
+
+def test_a_hybrid_run_records_backend_and_weights(
+    world: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, data, sha = world
+    pq = tmp_path / "hybrid.json"
+    assert main(_evaluate(model, data, "--hybrid", "rrf", "--json", "--per-query", str(pq))) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert (record["backend"], record["weights_sha256"]) == ("torch", sha)
+    meta = load_per_query(pq)[1]
+    assert (meta["backend"], meta["weights_sha256"]) == ("torch", sha)

@@ -6,10 +6,14 @@ stale); each check runs on a copy of the pages under ``tmp_path``.
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import re
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,3 +123,123 @@ def test_a_changed_readme_prose_figure_fails(tmp_path: Path, old: str, new: str)
     readme.write_text(text.replace(old, new), encoding="utf-8")
     with pytest.raises(SystemExit, match="does not quote the logs"):
         results.main(args)
+
+
+# --- which log lines the pages are rendered from (benchmarks/results_readme.py's selection) ---
+
+_UNSTEMMED = "kl_retrievers/pretrained/bge-small-unit-variance/hybrid_adaptive.unstemmed.json"  # as the page names it
+_UNSTEMMED_KEY = ("bge-small-unit-variance", _UNSTEMMED, None)
+_DEFAULT_PARAMS = "kl_retrievers/data/hybrid_adaptive.json"
+_DEFAULT_KEY = ("minilm-gauss-soup", _DEFAULT_PARAMS, "english")
+
+
+def _logs(tmp_path: Path) -> Path:
+    """A root holding a copy of the two logs the selection reads."""
+    for rel in (results_readme.HYBRID_LOG, results_readme.ABSTENTION_LOG):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / rel, tmp_path / rel)
+    return tmp_path
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _append(path: Path, rec: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(rec) + "\n")
+
+
+def _sha(rel: str) -> str:
+    return hashlib.sha256((REPO / rel).read_bytes()).hexdigest()
+
+
+def _newest_test_run(root: Path, model: str, stemmer: str | None) -> dict[str, Any]:
+    runs = [r for r in _lines(root / results_readme.HYBRID_LOG) if r.get("benchmark") == "hybrid"]
+    return copy.deepcopy([r for r in runs if r["model"] == model and r.get("stemmer") == stemmer][-1])
+
+
+def test_the_unstemmed_table_is_the_run_of_the_unstemmed_parameters(tmp_path: Path) -> None:
+    root = _logs(tmp_path)
+    log = root / results_readme.HYBRID_LOG
+    chosen = results_readme.newest_hybrids(root)[_UNSTEMMED_KEY]
+    assert chosen["adaptive_params"]["sha256"] == _sha(_UNSTEMMED)  # logged under its old path
+    # a run with --stemmer none but the shipped stemmed parameters is not the unstemmed table's (case A)
+    stemmed = _newest_test_run(root, "bge-small-unit-variance", "english")
+    stemmed["stemmer"] = None
+    _append(log, stemmed)
+    assert results_readme.newest_hybrids(root)[_UNSTEMMED_KEY] == chosen
+    # a rerun as docs/hybrid.md says (--stemmer none, the unstemmed file by its path) is (case B)
+    rerun = copy.deepcopy(chosen)
+    rerun["adaptive_params"]["file"] = _UNSTEMMED
+    rerun["mean_ndcg@10"]["adaptive"] = 0.25
+    _append(log, rerun)
+    assert results_readme.newest_hybrids(root)[_UNSTEMMED_KEY]["mean_ndcg@10"]["adaptive"] == 0.25
+
+
+def test_a_partial_run_does_not_replace_a_complete_one(tmp_path: Path) -> None:
+    root = _logs(tmp_path)
+    complete = results_readme.newest_hybrids(root)[_DEFAULT_KEY]
+    partial = copy.deepcopy(complete)  # as logged by --collections scifact (case C)
+    partial["collections"] = {"scifact": partial["collections"]["scifact"]}
+    partial["mean_ndcg@10"] = {s: partial["collections"]["scifact"][s]["ndcg@10"] for s in partial["mean_ndcg@10"]}
+    _append(root / results_readme.HYBRID_LOG, partial)
+    assert results_readme.newest_hybrids(root)[_DEFAULT_KEY] == complete
+
+
+def test_a_run_of_other_parameters_under_the_shipped_path_is_not_shown(tmp_path: Path) -> None:
+    root = _logs(tmp_path)
+    log = root / results_readme.HYBRID_LOG
+    shipped = results_readme.newest_hybrids(root)[_DEFAULT_KEY]
+    other = copy.deepcopy(shipped)  # case D: other parameters written to the shipped path for a test
+    other["adaptive_params"]["sha256"] = "0" * 64
+    other["mean_ndcg@10"]["adaptive"] = 0.6
+    _append(log, other)
+    assert results_readme.newest_hybrids(root)[_DEFAULT_KEY] == shipped
+    # with no run of the file as it is now, the page cannot be rendered: the message names both sha256
+    kept = [
+        r for r in _lines(log) if r.get("adaptive_params", {}).get("sha256") != shipped["adaptive_params"]["sha256"]
+    ]
+    log.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    with pytest.raises(SystemExit, match=f"sha256 {_sha(_DEFAULT_PARAMS)}.*sha256 {'0' * 64}"):
+        results_readme.newest_hybrids(root)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"quick": True},
+        {"command": "python benchmarks/abstention.py --hybrid --seed 3 --seeds 10"},
+        {"threshold": 0.3},
+    ],
+)
+def test_the_abstention_prose_quotes_the_shipped_setting_only(tmp_path: Path, change: dict[str, Any]) -> None:
+    """A newer --quick line, one of another --seed or another threshold is not the README's (case E)."""
+    root = _logs(tmp_path)
+    model = results.DEFAULT_MODEL
+    shipped = results_readme._abstention(root, model)
+    assert shipped["summary"]["hybrid"]["threshold"] == 0.16  # kl_retrievers.calibration.DEFAULT_HYBRID_MIN_CONFIDENCE
+    rec = copy.deepcopy(shipped)
+    rec["summary"]["hybrid"]["held_out_at_threshold"]["f1"] = 0.25
+    if "threshold" in change:
+        rec["summary"]["hybrid"]["threshold"] = change["threshold"]
+    else:
+        rec.update(change)
+    _append(root / results_readme.ABSTENTION_LOG, rec)
+    assert results_readme._abstention(root, model) == shipped
+    # the same line in the shipped setting is the newest one, and is quoted
+    _append(
+        root / results_readme.ABSTENTION_LOG,
+        {**rec, "quick": False, "command": shipped["command"]}
+        | {"summary": {**rec["summary"], "hybrid": {**rec["summary"]["hybrid"], "threshold": 0.16}}},
+    )
+    assert results_readme._abstention(root, model)["summary"]["hybrid"]["held_out_at_threshold"]["f1"] == 0.25
+
+
+def test_an_abstention_curve_that_does_not_end_abstaining_on_all_stops(tmp_path: Path) -> None:
+    root = _logs(tmp_path)
+    rec = copy.deepcopy(results_readme._abstention(root, results.DEFAULT_MODEL))
+    rec["held_out"]["hybrid"]["curve"][-1]["answered"] = 0.01
+    _append(root / results_readme.ABSTENTION_LOG, rec)
+    with pytest.raises(SystemExit, match="does not end abstaining"):
+        results_readme._abstention(root, results.DEFAULT_MODEL)
