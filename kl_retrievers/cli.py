@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -219,6 +220,29 @@ def model_reference(model: str | None) -> str | None:
     return str(path.resolve()) if path.exists() else model
 
 
+def _add_progress_arguments(p: Any) -> None:
+    """``--progress`` / ``--no-progress``: force the progress bar on stderr or hide it (default: on a terminal only)."""
+    bars = p.add_mutually_exclusive_group()
+    bars.add_argument(
+        "--progress", action="store_true", help="show the progress bar on stderr even when it is not a terminal"
+    )
+    bars.add_argument(
+        "--no-progress", action="store_true", help="hide the progress bar (default: shown when stderr is a terminal)"
+    )
+
+
+def _progress(args: argparse.Namespace) -> bool | None:
+    """``show_progress_bar`` from ``--progress`` / ``--no-progress``: ``None`` (the library's rule) without either.
+
+    Examples:
+        >>> _progress(argparse.Namespace(progress=False, no_progress=False)) is None
+        True
+    """
+    if args.no_progress:
+        return False
+    return True if args.progress else None
+
+
 def _load_encoder(
     model: str | None,
     device: str | None = None,
@@ -283,7 +307,7 @@ def _add_encode(sub: Any) -> None:
     )
     add_model_backend_argument(p)  # not --backend here: that one picks local or Ray shards
     add_model_session_arguments(p)
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_progress_arguments(p)
     g = p.add_argument_group(
         "streaming and scale-out",
         "With --shard-size (or --backend ray) the --input file (JSON lines, a .tsv file of id<TAB>text lines or "
@@ -326,6 +350,7 @@ def _run_encode(args: argparse.Namespace) -> int:
             f"--field {args.field}: applies to a JSON lines --input file only; positional texts are encoded as "
             "given (drop --field)"
         )
+    _refuse_stdout_output(args.out)
     if args.shard_size is not None or args.backend == "ray":
         return _run_encode_sharded(args)
     if args.input is not None:
@@ -347,10 +372,26 @@ def _run_encode(args: argparse.Namespace) -> int:
         _warn_texts_naming_files(texts)
     encoder = _load_encoder(args.model, args.device, args.model_backend, **_session_kwargs(args))
     encode = encoder.encode_documents if args.kind == "document" else encoder.encode_queries
-    g = encode(texts, batch_size=args.batch_size, max_length=args.max_length, show_progress_bar=not args.no_progress)
+    g = encode(texts, batch_size=args.batch_size, max_length=args.max_length, show_progress_bar=_progress(args))
     out = save_gaussians(args.out, g, ids=ids, metadata={"model": encoder.name_or_path, "kind": args.kind})
     print(f"wrote {len(g)} Gaussians of dimension {g.dim} to {out}")
     return 0
+
+
+def _refuse_stdout_output(out: Path) -> None:
+    """Refuse ``--out -``: the outputs are folders or binary files, never written to stdout.
+
+    Examples:
+        >>> _refuse_stdout_output(Path("g.safetensors"))
+        >>> _refuse_stdout_output(Path("-"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: --out -: writing to stdout is not supported ...
+    """
+    if str(out) == "-":
+        raise ValueError(
+            "--out -: writing to stdout is not supported (the output is a folder or a .safetensors file); give "
+            "a file or folder name (a folder named - can be written as $PWD/-)"
+        )
 
 
 def _warn_texts_naming_files(texts: Sequence[str]) -> None:
@@ -439,7 +480,7 @@ def _run_encode_sharded(args: argparse.Namespace) -> int:
         shard_size=args.shard_size or 10000,
         num_workers=args.num_workers,
         ray_address=args.ray_address,
-        show_progress_bar=not args.no_progress,
+        show_progress_bar=_progress(args),
         **args_subset(args, "model", "kind", "field", "batch_size", "max_length", "device", "backend", "model_backend"),
     )
     print(
@@ -493,7 +534,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from kl_retrievers._confidence import ConfidenceScorer, blank_query_confidence, is_blank_query
 
     scorer = ConfidenceScorer()  # the model's calibrator, as KLRetriever uses it (None, warned once, without one)
-    calibrator = scorer.calibrator(encoder)
+    calibrator = _demo_calibrator(scorer, encoder)
     depth = max(args.k, ConfidenceScorer.depth_for(calibrator))
     if calibrator is not None:
         print("confidence: the calibrated probability that the top result is relevant (fitted on training data)\n")
@@ -508,12 +549,32 @@ def _run_demo(args: argparse.Namespace) -> int:
             else (scorer.confidence(encoder, [h.score for h in hits], float(uncertainty[i])), None)
         )
         shown = "" if conf is None else f", confidence {conf:.2f}" + (f": {reason}" if reason else "")
-        print(f"query: {query!r}  (uncertainty: mean log-variance {uncertainty[i]:+.3f}{shown})")
+        print(f"query: {query!r}  (uncertainty: mean log-variance {_signed(float(uncertainty[i]))}{shown})")
         for rank, hit in enumerate(hits[: args.k], 1):
-            print(f"  {rank}. -KL={hit.score:9.4f}  [{hit.id}] {(hit.text or '')[:80]}")
+            print(f"  {rank}. -KL={hit.score:9.4f}  [{_printable(hit.id)}] {_printable((hit.text or '')[:80])}")
         print()
     print(f"done in {time.perf_counter() - start:.1f}s")
     return 0
+
+
+def _demo_calibrator(scorer: Any, encoder: Any) -> Any:
+    """The model's confidence calibrator for ``demo``, or ``None`` with a warning worded for the command line.
+
+    The library's own warning tells a Python caller to pass ``calibrator=``, which ``demo`` has no flag for.
+    """
+    from kl_retrievers._confidence import CALIBRATION_FILE, _first_warning
+
+    model = str(getattr(encoder, "name_or_path", None) or type(encoder).__name__)
+    due = _first_warning(model)  # taken here, so the library's Python-worded warning is not logged
+    calibrator = scorer.calibrator(encoder)
+    if calibrator is None and due:
+        logger.warning(
+            "the model %r ships no confidence calibration (%s in its folder): demo shows no confidence for it "
+            "(only the -KL scores and the uncertainty)",
+            model,
+            CALIBRATION_FILE,
+        )
+    return calibrator
 
 
 def _query_batch_size(encoder: Any) -> int:
@@ -711,7 +772,7 @@ def _add_index(sub: Any) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or mps")
     add_model_backend_argument(p, "--backend")
     add_model_session_arguments(p)
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_progress_arguments(p)
     p.set_defaults(func=_run_index)
 
 
@@ -760,6 +821,7 @@ def _run_index(args: argparse.Namespace) -> int:
     from kl_retrievers.index import KLStore
 
     _check_index_options(args)
+    _refuse_stdout_output(args.out)
     _check_session_flags(args, args.model_backend, device=args.device)
     ids, texts, metadatas = _read_corpus(args.corpus, args.field)
     if not texts:
@@ -771,7 +833,7 @@ def _run_index(args: argparse.Namespace) -> int:
         given["rescore_pool"] = args.pool
     store = KLStore(
         encoder,
-        show_progress_bar=not args.no_progress,
+        show_progress_bar=_progress(args),
         **args_subset(args, "index_type", "batch_size"),
         **{name: value for name, value in given.items() if value is not None},  # the rest: the store's defaults
     )
@@ -1024,6 +1086,11 @@ def _run_search(args: argparse.Namespace) -> int:
     model = args.model or (saved if isinstance(saved, str) else None)
     if not model:
         raise ValueError(f"{args.store} does not record its encoder; pass --model")
+    if args.model is None and Path(model).is_absolute() and not Path(model).exists():
+        raise FileNotFoundError(
+            f"{args.store}: the store records its encoder as {model} ({config_file}), which no longer exists (moved "
+            "or deleted); pass --model with the model's new location (it overrides the recorded one)"
+        )
     try:
         filt = json.loads(args.filter) if args.filter else None
     except ValueError as exc:
@@ -1053,13 +1120,17 @@ def _run_search(args: argparse.Namespace) -> int:
     encoder = _load_encoder(model, backend=backend, **_session_kwargs(args))
     store = KLStore.load(args.store, encoder=encoder)
     q = encoder.encode_queries(args.query, batch_size=_query_batch_size(encoder), show_progress_bar=False)
-    for i, (query, hits) in enumerate(zip(args.query, store.search_batch(q, k=args.k, filter=filt), strict=True)):
+    uncertainty = q.uncertainty()  # once for the batch, not once per printed query
+    results = store.search_batch(q, k=args.k, filter=filt)
+    if filt is not None and any(len(hits) < min(args.k, len(store)) for hits in results):
+        _warn_absent_filter_keys(store, filt)
+    for i, (query, hits) in enumerate(zip(args.query, results, strict=True)):
         if args.json:
             print(
                 json.dumps(
                     {
                         "query": query,
-                        "uncertainty": float(q.uncertainty()[i]),
+                        "uncertainty": float(uncertainty[i]),
                         "score": "neg_kl",
                         "results": [
                             {"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata} for h in hits
@@ -1068,10 +1139,78 @@ def _run_search(args: argparse.Namespace) -> int:
                 )
             )
             continue
-        print(f"query: {query!r}  (uncertainty {float(q.uncertainty()[i]):+.3f})")
+        print(f"query: {query!r}  (uncertainty {_signed(float(uncertainty[i]))})")
         for rank, h in enumerate(hits, 1):
-            print(f"  {rank:>3}. -KL={h.score:10.4f}  [{h.id}] {(h.text or '')[:80]}")
+            print(f"  {rank:>3}. -KL={h.score:10.4f}  [{_printable(h.id)}] {_printable((h.text or '')[:80])}")
     return 0
+
+
+def _signed(value: float) -> str:
+    """A query's uncertainty for the text output: 4 significant digits, so a small value is not shown as 0.
+
+    Examples:
+        >>> _signed(-0.00017253), _signed(1.5), _signed(-12.34567)
+        ('-0.0001725', '+1.5', '-12.35')
+    """
+    return f"{value:+.4g}"
+
+
+def _printable(text: str) -> str:
+    r"""``text`` on one line for the text output: non-printable characters escaped as ``repr`` writes them.
+
+    A newline in a document would start a line that reads as another result, and an ANSI escape would
+    rewrite the terminal; letters of any script, punctuation and spaces are kept as they are (``--json``
+    keeps the text unchanged).
+
+    Examples:
+        >>> print(_printable("a\tb\nc\x1b[31m \u2028 é"))
+        a\tb\nc\x1b[31m \u2028 é
+    """
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
+
+
+def _filter_keys(spec: Any) -> set[str]:
+    """The metadata keys a JSON ``--filter`` names (inside ``$and`` / ``$or`` / ``$not`` too).
+
+    Examples:
+        >>> sorted(_filter_keys({"$or": [{"lang": "en"}, {"year": {"$gte": 2020}}], "$not": {"draft": True}}))
+        ['draft', 'lang', 'year']
+    """
+    keys: set[str] = set()
+    if isinstance(spec, list):
+        for part in spec:
+            keys |= _filter_keys(part)
+    elif isinstance(spec, dict):
+        for key, value in spec.items():
+            if key in ("$and", "$or", "$not"):
+                keys |= _filter_keys(value)
+            elif isinstance(key, str) and not key.startswith("$"):
+                keys.add(key)
+    return keys
+
+
+def _warn_absent_filter_keys(store: Any, filt: dict[str, Any]) -> None:
+    """Warn (stderr) naming the ``--filter`` keys that no document of ``store`` has in its metadata.
+
+    Called when a query got fewer results than asked: a misspelt key matches nothing, and an empty
+    result would otherwise look like an answer.
+    """
+    wanted = _filter_keys(filt)
+    if not wanted:
+        return
+    present: set[str] = set()
+    for doc in store.get_by_ids(store.ids):
+        present |= wanted & set(doc.metadata)
+        if present == wanted:
+            return
+    absent = sorted(wanted - present)
+    logger.warning(
+        "--filter names metadata key%s %s, which no document in the store has: a condition on %s matches "
+        "no document (check the spelling)",
+        "s" if len(absent) > 1 else "",
+        ", ".join(repr(key) for key in absent),
+        "them" if len(absent) > 1 else "it",
+    )
 
 
 def _recorded_backend(encoder_info: Any) -> str | None:
@@ -1105,7 +1244,30 @@ class _Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose usage errors are one line on stderr (exit status 2, as argparse)."""
 
     def error(self, message: str) -> Any:  # argparse's signature is NoReturn
-        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+        self.exit(
+            2, f"{self.prog}: error: {_one_line(message)}{_usage_hint(self.prog, message)} (see {self.prog} --help)\n"
+        )
+
+
+def _usage_hint(prog: str, message: str) -> str:
+    """A hint for a usage error that a user of another subcommand is likely to make, else ``""``.
+
+    ``encode --backend`` picks local or Ray shards, where the other subcommands' ``--backend`` is the model's.
+
+    Examples:
+        >>> message = "argument --backend: invalid choice: 'onnx' (choose from local, ray)"
+        >>> print(_usage_hint("kl-retrievers encode", message))
+        ; in encode, --backend picks local or Ray shards: for the model's backend pass --model-backend onnx
+        >>> _usage_hint("kl-retrievers search", "argument -k: expected one argument")
+        ''
+    """
+    found = re.match(r"argument --backend: invalid choice: '(torch|onnx)'", message)
+    if prog.endswith(" encode") and found:
+        return (
+            f"; in encode, --backend picks local or Ray shards: for the model's backend pass --model-backend "
+            f"{found.group(1)}"
+        )
+    return ""
 
 
 def _log_warning(
@@ -1149,6 +1311,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for register in _REGISTRARS:
         register(sub)
+    for command in sub.choices.values():  # -v after the subcommand too; SUPPRESS keeps the main parser's value
+        if "--verbose" not in command._option_string_actions:
+            flags = ("--verbose", "-v") if "-v" not in command._option_string_actions else ("--verbose",)
+            command.add_argument(
+                *flags, action="store_true", default=argparse.SUPPRESS, help="log at INFO level to stderr"
+            )
     return parser
 
 
@@ -1168,6 +1336,55 @@ def _stdout_gone() -> bool:
         return False
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is (as Ctrl-C raises ``KeyboardInterrupt``): the same clean-up runs."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+class _OutputError(OSError):
+    """Writing the results to stdout failed (a full disk, a closed descriptor): the message says so."""
+
+
+class _CheckedStdout:
+    """``sys.stdout`` during a command: a failed write or flush (not a closed pipe) names stdout.
+
+    Without it, ``kl-retrievers search ... > /dev/full`` ends with a bare ``[Errno 28] No space left on
+    device``, which reads as if an input or the store were at fault. ``BrokenPipeError`` passes as it is
+    (the reader went away: :func:`main` stops quietly). Everything else is the wrapped stream's.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def _failed(self, exc: OSError) -> _OutputError:
+        return _OutputError(
+            f"writing the output to stdout failed ({exc.strerror or exc}); check where stdout goes (a full disk, "
+            "a closed or read-only descriptor)"
+        )
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status.
 
@@ -1175,17 +1392,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     flag and what is wrong, never a traceback: bad flags (argparse) and bad input (missing or
     malformed files, damaged stores, unwritable outputs: :data:`EXPECTED_ERRORS`) exit with 2;
     anything else is a bug and exits with 1 (``--verbose`` adds its traceback). Log lines
-    (``LEVEL logger: message``) may precede it.
+    (``LEVEL logger: message``) may precede it. Ctrl-C exits with 130 and SIGTERM with 143 (128 +
+    the signal's number, as a shell reports a process killed by it), each after the same clean-up
+    (temporary folders of an interrupted save are removed); a reader of stdout that went away
+    (``| head``) gives 141. Results go to stdout, logs, warnings and progress bars to stderr.
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    import signal
+    import threading
+
+    previous: Any = None
+    handled = threading.current_thread() is threading.main_thread()  # signal.signal works there only
+    if handled:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _main(argv)
+    finally:
+        if handled:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _interrupted(prefix: str, exc: KeyboardInterrupt) -> int:
+    """The line and exit status of Ctrl-C (130) or SIGTERM (143)."""
+    terminated = isinstance(exc, _Terminated)
+    print(f"{prefix} {'terminated (SIGTERM)' if terminated else 'interrupted'}", file=sys.stderr)
+    return 143 if terminated else 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    """:func:`main` under its SIGTERM handler."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt as exc:  # Ctrl-C while the subcommands' modules load
+        return _interrupted("kl-retrievers: error:", exc)
     if args.command is None:
-        parser.print_help()
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: choose a COMMAND (see {parser.prog} --help)", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     prefix = f"kl-retrievers {args.command}: error:"
+    if sys.stdout is None:  # started with stdout closed (`>&-`): the results would be lost without a word
+        print(
+            f"{prefix} stdout is closed, so the output cannot be written; redirect it to a file (or to "
+            f"{os.devnull} to discard it)",
+            file=sys.stderr,
+        )
+        return 2
+    stdout = sys.stdout
+    sys.stdout = _CheckedStdout(stdout)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _log_warning  # one log line each, not the source line too
@@ -1202,8 +1458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # (128 + 13 = 141, what a shell reports for `yes | head -1`); `set -o pipefail` scripts see it too.
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError):  # stdout without a file descriptor (a test's capture)
+            os.dup2(devnull, stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (a test's capture)
             pass
         return 141
     except SystemExit as exc:  # a subcommand's usage error, raise SystemExit("message")
@@ -1211,9 +1467,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{prefix} {_one_line(str(exc.code))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{prefix} interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(prefix, exc)
     except EXPECTED_ERRORS as exc:
         print(f"{prefix} {_error_message(exc)}", file=sys.stderr)
         return 2
@@ -1225,6 +1480,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        if sys.stdout is not stdout and isinstance(sys.stdout, _CheckedStdout):
+            sys.stdout = stdout
 
 
 if __name__ == "__main__":  # pragma: no cover
