@@ -479,17 +479,27 @@ def clean_stale(target: str | os.PathLike[str]) -> list[Path]:
     """Remove the leftovers of interrupted saves of ``target``; return what was removed.
 
     Removes ``.NAME.tmp-*`` and ``.NAME.old-*`` siblings of ``target`` (``NAME`` its exact
-    name), but only while ``target`` itself exists (so a ``.old`` copy that may be the only
-    one left is kept) and only those no running save holds locked.  Without ``fcntl`` (no
-    way to tell a live save from a dead one) nothing is removed.
+    name), but only while ``target`` itself exists as a regular file or a folder (so a ``.old``
+    copy that may be the only one left is kept, and nothing is removed beside a device, a pipe,
+    a socket or a symbolic link, which no save wrote) and only those no running save holds
+    locked.  Without ``fcntl`` (no way to tell a live save from a dead one) nothing is removed.
     """
     final = Path(target)
-    if fcntl is None or not final.exists():
+    if fcntl is None or not _is_file_or_folder(final):
         return []
     removed = [path for path in _siblings(final, ("tmp", "old")) if remove_unless_locked(path)]
     if removed:
         logger.info("removed %d leftover(s) of interrupted saves of %s", len(removed), final)
     return removed
+
+
+def _is_file_or_folder(path: Path) -> bool:
+    """Whether ``path`` itself (a symbolic link not followed) is a regular file or a folder."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
 
 
 def remove_unless_locked(path: Path) -> bool:
@@ -794,6 +804,85 @@ def _replaced_file_mode(final: Path) -> int:
     return 0o666 & ~_umask()
 
 
+def _kind_of(mode: int) -> str:
+    """What a file of this ``st_mode`` is, for messages (``"a named pipe"``)."""
+    kinds = (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+def check_file_target(target: str | os.PathLike[str]) -> None:
+    """Refuse a path that :func:`atomic_file` must not replace: anything there but a regular file.
+
+    A file is written by renaming a new copy onto its path, which would turn a device (``/dev/null``,
+    a terminal), a named pipe or a socket into a regular file and never write to it, and would replace
+    a symbolic link (even ``/dev/stdout``) instead of writing to what it points to. Such a target is
+    refused; the links are not followed, as :func:`atomic_dir` does not follow a link at its target.
+    A missing path (the file is created) and a regular file (replaced) are fine.
+
+    Raises:
+        ValueError: ``target`` is a device, a named pipe, a socket, or a symbolic link (dangling or not);
+            the message names the path, what it is and, for a link, what the link points to.
+        IsADirectoryError: ``target`` is a folder.
+
+    Examples:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> check_file_target(folder / "new.json")  # a new file
+        >>> (folder / "link.json").symlink_to(folder / "nowhere.json")
+        >>> check_file_target(folder / "link.json")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: cannot write ...link.json: it is a dangling symbolic link to ...
+    """
+    final = Path(target)
+    try:
+        mode = os.lstat(final).st_mode
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:  # an ancestor is a file: _make_parent names it
+        return
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(f"{final} is a folder; atomic_file writes a file: remove it or choose another path")
+    if stat.S_ISLNK(mode):
+        try:
+            link = os.readlink(final)
+        except OSError:
+            link = "?"
+        try:
+            pointed = _kind_of(os.stat(final).st_mode)
+        except OSError:
+            pointed = ""
+        if not pointed:
+            raise ValueError(
+                f"cannot write {final}: it is a dangling symbolic link to {link!r} (nothing is there); the file is "
+                "written by replacing the path, which would replace the link rather than create its target. Remove "
+                "the link, or write to another path"
+            )
+        advice = (
+            "Write to the link's target directly, or remove the link first"
+            if pointed == "a regular file"
+            else "Choose a path to a regular file or a new one"
+        )
+        raise ValueError(
+            f"cannot write {final}: it is a symbolic link to {link!r} ({pointed}); the file is written by replacing "
+            f"the path, which would replace the link rather than write to what it points to. {advice}"
+        )
+    raise ValueError(
+        f"cannot write {final}: it is {_kind_of(mode)}, not a regular file; the file is written by renaming a new "
+        f"regular file onto the path, which would replace {_kind_of(mode)} instead of writing to it. Choose a path "
+        "to a regular file or a new one"
+    )
+
+
 @contextmanager
 def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Write a file atomically: yield a temporary sibling path to write, then rename it into place.
@@ -804,6 +893,14 @@ def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
     body's writer created it 0600 (``safetensors``' ``save_file`` does); a regular file it replaces keeps
     its permission bits (a file the user made 0600 stays so).
 
+    Only a new path or a regular file is written: a device, a named pipe, a socket or a symbolic link
+    at ``target`` is refused before the body runs (:func:`check_file_target`), so nothing is written,
+    replaced or cleaned up beside it.
+
+    Raises:
+        ValueError: ``target`` is not a regular file (see :func:`check_file_target`).
+        IsADirectoryError: ``target`` is a folder.
+
     Examples:
         >>> import tempfile, pathlib
         >>> out = pathlib.Path(tempfile.mkdtemp()) / "a.json"
@@ -813,8 +910,7 @@ def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
         '{}'
     """
     final = Path(target)
-    if final.is_dir() and not final.is_symlink():
-        raise IsADirectoryError(f"{final} is a folder; atomic_file writes a file: remove it or choose another path")
+    check_file_target(final)  # before anything is written beside it
     _make_parent(final)
     tmp, guard = _locked_tmp(final, folder=False)
     try:
@@ -823,6 +919,7 @@ def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
             if not tmp.is_symlink():  # chmod would follow a link the body made
                 tmp.chmod(_replaced_file_mode(final))
             fsync_file(tmp)
+            check_file_target(final)  # again: something else may have been put there while the body wrote
             os.replace(tmp, final)
         except BaseException:
             _remove_tree(tmp)
@@ -908,7 +1005,8 @@ def check_replace_gaussians_file(
 
     Raises:
         ValueError: ``target`` exists and is not a ``.safetensors`` file of saved Gaussians (the message
-            names it, why it is not one, and ``flag``).
+            names it, why it is not one, and ``flag``), or it is not a regular file at all (a device, a
+            named pipe, a socket or a symbolic link: :func:`check_file_target`, whatever ``overwrite`` says).
 
     Examples:
         >>> import tempfile
@@ -920,15 +1018,11 @@ def check_replace_gaussians_file(
         ValueError: cannot save into ...model.safetensors: the file exists and does not hold saved Gaussians ...
     """
     path = Path(target)
-    if overwrite or (not path.exists() and not path.is_symlink()) or path.is_dir():  # a folder: atomic_file says
+    if path.is_dir() and not path.is_symlink():  # a folder: atomic_file says
         return
-    if is_gaussians_file(path):
+    check_file_target(path)  # a device, pipe, socket or symbolic link is never replaced, even with overwrite
+    if overwrite or not path.exists() or is_gaussians_file(path):
         return
-    if not path.is_file():
-        raise ValueError(
-            f"cannot save into {path}: it exists and is not a regular file (a pipe, device or socket), so it does "
-            "not hold saved Gaussians; choose another path" + (f" (or pass {flag} to replace it)" if flag else "")
-        )
     raise ValueError(
         f"cannot save into {path}: the file exists and does not hold saved Gaussians (it is not a .safetensors "
         "file written by save_gaussians or `kl-retrievers encode`, e.g. it holds model weights); the save would "
