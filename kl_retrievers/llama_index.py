@@ -2293,6 +2293,17 @@ class KLVectorStore(BasePydanticVectorStore):
                         f"{path} records the calibrator {saved!r}, which is missing from {path.parent}"
                     )
         relevance = manifest.get("relevance") or adapters.DEFAULT_RELEVANCE
+        if "relevance" not in manifest:
+            # persisted by kl-retrievers 0.1.0, whose similarities were the raw -KL: same ranking, other numbers
+            logger.warning(
+                "%s was persisted before the store recorded its relevance (kl-retrievers 0.1.0, whose similarities "
+                "were the raw -KL): similarities are now the relevance %s, exp(-KL) in (0, 1], in the same order; "
+                "the raw -KL is in each node's metadata under %r (no relevance setting reports it as the "
+                "similarity). Persisting the store again records the relevance and ends this warning",
+                path,
+                adapters.DEFAULT_RELEVANCE,
+                SCORE_NAME,
+            )
         # a manifest written before the field was recorded: LlamaIndex's default, as then
         is_embedding_query = manifest.get("is_embedding_query", True)
         if not isinstance(is_embedding_query, bool):

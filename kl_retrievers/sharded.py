@@ -1052,7 +1052,9 @@ def encode_corpus(
             own bar over the batches of the shard being encoded.
         model_backend: Run ``model`` on ``"torch"`` or ``"onnx"`` (ONNX Runtime); ``None``: the
             library's default (:func:`~kl_retrievers.pretrained.load_model`). The backend used is
-            recorded in the manifest (``model_backend``); resuming with another one is refused.
+            recorded in the manifest (``model_backend``); resuming with another one is refused. A folder
+            written before fingerprints and backends were recorded (0.1.0) holds torch encodings: resuming it
+            on ONNX is refused, naming ``--model-backend torch``.
         onnx_options: ONNX Runtime session settings of ``model`` (``num_threads``, ``allow_spinning``,
             ``session_options``; see :func:`~kl_retrievers.pretrained.load_model`, which checks them), for
             this process and every Ray worker; with ``model_backend=None`` they choose ONNX. Not with
@@ -1160,6 +1162,12 @@ def encode_corpus(
                 # model; its fingerprint is kept, as the shards' run keys have it
                 fingerprint = manifest["model_fingerprint"] = legacy
             if "model_fingerprint" not in old:  # written before fingerprints: the model's name is all it knows
+                if "model_backend" not in old and used_backend in _TWIN_BACKENDS:
+                    # and before backends: its shards are a torch encoder's float32 encodings (as a store
+                    # record without a backend counts as torch), never an int8 ONNX graph's
+                    old["model_backend"] = "torch"
+                    if used_backend != "torch":
+                        raise ValueError(_unfingerprinted_backend_message(target, old, used_backend))
                 logger.warning(
                     "%s was written without a model fingerprint; reusing its shards on the model name", target
                 )
@@ -1426,12 +1434,20 @@ def _check_reader(folder: Path, manifest: dict[str, Any], encoder: Any | None, k
     recorded = manifest.get("model_fingerprint")
     name, backend = getattr(encoder, "name_or_path", None), _backend_of(encoder)
     if recorded is None:  # written before fingerprints: nothing says which model it was beyond its name
+        recorded_backend = manifest.get("model_backend", "torch")  # before backends too: torch (float32)
+        on = f" on the {recorded_backend} backend" if recorded_backend else ""
+        if recorded_backend and backend in _TWIN_BACKENDS and backend != recorded_backend:
+            on += (
+                f" (--model-backend {recorded_backend}, or load_model(..., backend={recorded_backend!r}); the given "
+                f"encoder runs on {backend}, whose encodings differ)"
+            )
         raise ValueError(
             f"{folder} was encoded by model {manifest.get('model')!r} with a kl-retrievers that recorded no model "
             f"fingerprint, so whether the given encoder {name!r} is that model cannot be verified. If it is, run "
-            "the encode command again with that model and the same input and settings into this folder: it "
-            "reuses the shards (re-encoding none) and records the model's fingerprint; or pass encoder=None to "
-            "read the shards unchecked"
+            "the encode command again "
+            f"with that model{on} and the same input and settings into this folder: it reuses the shards "
+            "(re-encoding none) and records the model's fingerprint; or pass encoder=None to read the shards "
+            "unchecked"
         )
     fingerprint = model_fingerprint(encoder)
     if recorded in (fingerprint, _legacy_fingerprint(encoder)):
@@ -1468,6 +1484,17 @@ def _check_reader(folder: Path, manifest: dict[str, Any], encoder: Any | None, k
         f"backend), but the given encoder is {name!r} (fingerprint {fingerprint}, {backend} backend): its queries "
         f"would be scored against another model's documents.{why} Search with the model that encoded the shards, "
         "or encode the input again with this encoder (into another folder)"
+    )
+
+
+def _unfingerprinted_backend_message(target: Path, old: dict[str, Any], used_backend: str) -> str:
+    """The refusal to resume, on ``used_backend``, a folder written before fingerprints and backends (torch)."""
+    return (
+        f"{target} was encoded by model {old.get('model')!r} with a kl-retrievers that recorded neither the model's "
+        "fingerprint nor its backend: its shards are torch (float32) encodings, and this run would record the "
+        f"folder as, and encode any missing shard on, the {used_backend} backend, whose encodings differ. Pass "
+        "--model-backend torch (model_backend='torch' or a torch encoder) to resume it and record the model's "
+        "fingerprint, or use another --out folder (nothing was overwritten)"
     )
 
 
@@ -1510,8 +1537,8 @@ def iter_encoded(
     encoder config fields and tokenizer both record (a model with the same weights and another pooling,
     ``beta``, ``max_length``... is refused, naming the fields; on the same backend, another fingerprint is
     always refused). A folder written before fingerprints cannot be checked: it is refused, and the message
-    says how to record the fingerprint (rerunning the encode command with that model, which re-encodes
-    nothing) or to read it unchecked (``encoder=None``).
+    says how to record the fingerprint (rerunning the encode command with that model on the torch backend,
+    which such a folder's shards come from, re-encoding nothing) or to read it unchecked (``encoder=None``).
     Pass ``kind="document"`` to check the shards hold documents, not queries.
 
     Before the first shard is yielded, every shard's ``shard.json`` is checked: it exists, with its

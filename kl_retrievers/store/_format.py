@@ -8,8 +8,13 @@ A folder holds ``config.json`` and exactly the files it lists, each with its siz
   (:mod:`kl_retrievers.store._engines`).
 
 Format version 1 since the first release; fields added since (``index_offset``, ``flat_centre``,
-``index_centre``, some ``index_params``) are optional, so every earlier folder still loads. Nothing here
-imports FAISS.
+``index_centre``, some ``index_params``) are optional, so every earlier folder still loads. A store
+whose ``index.faiss`` holds centred vectors (``flat_centre`` or ``index_centre`` set, not zero: every
+flat store built by this release, an approximate one where centring pays) is written as
+format version 2 (:func:`format_version_for`), which a release reading only version 1 refuses instead of
+searching that index with uncentred queries; every other store is still written as version 1, which
+earlier releases read. This release reads both (and the version-1 folders with a centre written before
+version 2 existed). Nothing here imports FAISS.
 
 The numbers the search engine needs to rebuild a query's vector for the saved index:
 
@@ -52,7 +57,10 @@ from kl_retrievers.store._base import INDEX_TYPES, StoreFormatError, _check_utf8
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+#: The newest store format version this release reads (and writes, for a store with a centre).
+FORMAT_VERSION = 2
+#: The version written for a store without a centre: every release reads it.
+BASE_FORMAT_VERSION = 1
 FORMAT_NAME = "kl-retrievers/klstore"
 CONFIG = "config.json"
 MEAN = "mean.npy"
@@ -93,6 +101,29 @@ def _is_real(value: Any) -> TypeGuard[float]:
 
 
 # ------------------------------------------------------------------ config.json
+def format_version_for(engine_config: dict[str, Any]) -> int:
+    """The ``format_version`` to write for a store whose engine saves ``engine_config``.
+
+    :data:`FORMAT_VERSION` (2) when ``flat_centre`` or ``index_centre`` is set and not all zeros:
+    ``index.faiss`` then holds vectors centred on it, which a release that ignores the centre would
+    search with uncentred queries and rank wrongly without a word; version 2 makes such a release refuse
+    the folder. Otherwise :data:`BASE_FORMAT_VERSION` (1), which every release reads: no centre, or the
+    zero centre a store saved before centring keeps when documents are added to it (it ranks the same
+    without it).
+
+    Examples:
+        >>> format_version_for({"flat_centre": [0.5, 1.0], "index_centre": None})
+        2
+        >>> format_version_for({"flat_centre": [0.0, 0.0], "index_centre": None})
+        1
+        >>> format_version_for({"flat_centre": None, "index_centre": None})
+        1
+    """
+    centres = (engine_config.get(field) for field in ("flat_centre", "index_centre"))
+    centred = any(c is not None and any(x != 0 for x in c) for c in centres)
+    return FORMAT_VERSION if centred else BASE_FORMAT_VERSION
+
+
 def is_store_folder(folder: Path) -> bool:
     """Whether ``folder`` holds a KLStore's ``config.json`` (``format`` :data:`FORMAT_NAME`): a save may replace it.
 
@@ -111,11 +142,11 @@ def read_config(cfg_path: Path) -> dict[str, Any]:
     """Read and validate a store's ``config.json``; every problem is a :class:`StoreFormatError` naming the field.
 
     Stores saved by earlier releases of format version 1 (without ``index_offset`` or some
-    ``index_params``) are accepted; a newer format version or an ``index_params`` key this
-    release does not know (what a newer release would write) is refused. ``NaN`` / ``Infinity``
-    (not standard JSON) are refused, except in ``encoder.config`` (only recorded, never read back:
-    earlier releases wrote an encoder's non-finite settings as they were), where they become null
-    with a warning.
+    ``index_params``) and format version 2 (a centre set) are accepted; a newer format version or an
+    ``index_params`` key this release does not know (what a newer release would write) is refused.
+    ``NaN`` / ``Infinity`` (not standard JSON) are refused, except in ``encoder.config`` (only recorded,
+    never read back: earlier releases wrote an encoder's non-finite settings as they were), where they
+    become null with a warning.
     """
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
@@ -160,9 +191,10 @@ def _check_header(config: dict[str, Any], cfg_path: Path) -> None:
             f"{version}; this kl-retrievers ({library_version()}) reads format_version {FORMAT_VERSION}: "
             "upgrade kl-retrievers to load it"
         )
-    if version != FORMAT_VERSION:
+    if version < BASE_FORMAT_VERSION:
         raise StoreFormatError(
-            f"{cfg_path}: unsupported store format_version {version} (this library reads {FORMAT_VERSION})"
+            f"{cfg_path}: unsupported store format_version {version} (this library reads "
+            f"{BASE_FORMAT_VERSION} to {FORMAT_VERSION})"
         )
     if config.get("score_name") != SCORE_NAME or config.get("score_direction") != SCORE_DIRECTION:
         raise StoreFormatError(
@@ -490,6 +522,68 @@ def warn_if_other_weights(
         now,
         f"{own_name!r} " if own_name else "",
         own_sha,
+    )
+    return True
+
+
+def _config_backend(config: Any) -> str | None:
+    """``"onnx"`` or ``"torch"``: the backend an encoder config (an object or its ``to_dict()``) is of; else ``None``.
+
+    An ONNX encoder's config records ``backend: "onnx"``; a torch encoder's records no backend (but its ``dim``).
+
+    Examples:
+        >>> _config_backend({"backend": "onnx", "dim": 8}), _config_backend({"dim": 8}), _config_backend(None)
+        ('onnx', 'torch', None)
+    """
+    if not isinstance(config, dict):
+        to_dict = getattr(config, "to_dict", None)
+        try:
+            config = to_dict() if callable(to_dict) else None
+        except Exception:  # a foreign encoder's config: nothing to learn from it
+            return None
+        if not isinstance(config, dict):
+            return None
+    if config.get("backend") == "onnx":
+        return "onnx"
+    return "torch" if "backend" not in config and "dim" in config else None
+
+
+def note_if_onnx_over_torch(record: Any, encoder: Any, where: str, log: logging.Logger = logger) -> bool:
+    """Log (INFO) when ``encoder`` is the ONNX export of the torch model a store's documents were encoded with.
+
+    ``record`` is the store's ``encoder`` record (its ``config`` is the torch encoder's, which records no
+    backend, or an ONNX encoder's, which does; and ``weights_sha256``); said only when the weights identities
+    are both known and equal (:func:`warn_if_other_weights` warns otherwise). The query side then runs the
+    (usually int8) ONNX graph against float32 torch documents: scores, and now and then the rank of close
+    documents, differ slightly from torch queries'. ``True`` if it logged.
+
+    Examples:
+        >>> class Onnx:
+        ...     weights_sha256 = "a" * 64
+        ...     config = {"backend": "onnx", "quantize": "int8", "dim": 8}
+        >>> note_if_onnx_over_torch({"config": {"dim": 8}, "weights_sha256": "a" * 64}, Onnx(), "the store at /s")
+        True
+        >>> note_if_onnx_over_torch({"config": {"dim": 8}, "weights_sha256": "b" * 64}, Onnx(), "the store at /s")
+        False
+    """
+    if not isinstance(record, dict) or _config_backend(record.get("config")) != "torch":
+        return False
+    config = getattr(encoder, "config", None)
+    if _config_backend(config) != "onnx":
+        return False
+    recorded, now = record.get("weights_sha256"), encoder_weights(encoder)
+    if not isinstance(recorded, str) or recorded != now:
+        return False
+    quantize = config.get("quantize") if isinstance(config, dict) else getattr(config, "quantize", None)
+    graph = f"{quantize} ONNX" if isinstance(quantize, str) and quantize else "ONNX"
+    log.info(
+        "%s: its documents were encoded by %r on the torch backend (float32), and queries are encoded by %r, the "
+        "%s export of the same weights: scores, and now and then the rank of close documents, differ slightly "
+        "from torch queries'; load the encoder with backend='torch' (load_model(name, backend='torch')) to match",
+        where,
+        record.get("name_or_path"),
+        str(getattr(encoder, "name_or_path", "")) or type(encoder).__name__,
+        graph,
     )
     return True
 

@@ -963,9 +963,11 @@ class KLStore(GaussianStore):
             if weights is not None:
                 encoder_info["weights_sha256"] = weights
                 encoder_info["backbone_sha256"] = backbone
+        engine_config = self._engine.config()  # norm_bound, index_offset, flat_centre, index_centre
         return {
             "format": _format.FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            # 2 when index.faiss holds centred vectors (a release reading only 1 refuses it), else 1
+            "format_version": _format.format_version_for(engine_config),
             "library_version": library_version(),
             "faiss_version": getattr(_faiss(), "__version__", "unknown"),
             "score_name": SCORE_NAME,
@@ -976,7 +978,7 @@ class KLStore(GaussianStore):
             "index_type": self.index_type,
             "index_params": self._index_params(),
             "index_built": self.is_built,
-            **self._engine.config(),  # norm_bound, index_offset, flat_centre
+            **engine_config,
             "encoder": encoder_info,
         }
 
@@ -1147,6 +1149,8 @@ class KLStore(GaussianStore):
                 backbone=store._backbone_record(),
                 config=(store._documents_model or {}).get("config"),
             )
+            if count:
+                _format.note_if_onnx_over_torch(config["encoder"], encoder, where or f"the store at {folder}", logger)
         enc_dim = getattr(getattr(encoder, "config", None), "dim", None)
         if dim is not None and isinstance(enc_dim, int) and enc_dim != dim:
             raise ValueError(
