@@ -841,16 +841,22 @@ def _check_stemmer(stemmer: Any) -> str | None:
     return name
 
 
-def _token_regex(token_pattern: Any) -> re.Pattern[str]:
+def _token_regex(token_pattern: Any, *, saved: bool = False) -> re.Pattern[str]:
     r"""``token_pattern`` compiled, once checked: a string, an expression, one capture group at most, not matching "".
 
+    Args:
+        token_pattern: The pattern.
+        saved: The pattern of a saved store: one that matches the empty string is accepted (stores saved
+            before such patterns were refused worked, their empty tokens dropped); :meth:`KLHybridStore.load`
+            warns about it.
+
     Raises:
-        ValueError: ``token_pattern`` is not a string (a compiled ``re.Pattern`` included: the store saves the
-            pattern's text, so pass ``pattern.pattern`` with any flags written inline, e.g. ``(?i)``), is not a
-            regular expression, has more than one capture group, or matches the empty string (``""`` or
-            ``r"\w*"``: empty tokens are dropped, and ``""`` would index nothing). A pattern whose capture
-            group can be empty (``r"(\d*)[a-z]+"``) is accepted; its empty tokens are dropped too. The message
-            names the value.
+        TypeError: ``token_pattern`` is not a string (a compiled ``re.Pattern`` included: the store saves the
+            pattern's text, so pass ``pattern.pattern`` with any flags written inline, e.g. ``(?i)``).
+        ValueError: ``token_pattern`` is not a regular expression, has more than one capture group, or
+            (unless ``saved``) matches the empty string (``""`` or ``r"\w*"``: empty tokens are dropped, and
+            ``""`` would index nothing). A pattern whose capture group alone can be empty
+            (``r"(\d*)[a-z]+"``) is accepted; its empty tokens are dropped too. The message names the value.
 
     Examples:
         >>> _token_regex(r"(?u)\b\w+\b").findall("Two words")
@@ -860,12 +866,12 @@ def _token_regex(token_pattern: Any) -> re.Pattern[str]:
         ValueError: token_pattern '\\w*' matches an empty string, ...
     """
     if isinstance(token_pattern, re.Pattern):
-        raise ValueError(
+        raise TypeError(
             f"token_pattern must be a string; got the compiled pattern {token_pattern!r}: the store saves the "
             "pattern's text, so pass pattern.pattern, with any flags written inline, e.g. (?i)"
         )
     if not isinstance(token_pattern, str):
-        raise ValueError(
+        raise TypeError(
             f"token_pattern must be a regular expression as a string (e.g. r'{BM25_TOKEN_PATTERN}'); got "
             f"{token_pattern!r} ({type(token_pattern).__name__})"
         )
@@ -879,7 +885,7 @@ def _token_regex(token_pattern: Any) -> re.Pattern[str]:
             "(a token is the whole match, or the text of its one capture group): make the others "
             "non-capturing, (?:...)"
         )
-    if compiled.fullmatch("") is not None:  # "" itself: every match empty, nothing indexed
+    if not saved and compiled.fullmatch("") is not None:  # "" itself: every match empty, nothing indexed
         raise ValueError(
             f"token_pattern {token_pattern!r} matches an empty string, so it gives empty tokens (they are "
             f"dropped); a token needs at least one character: use + instead of * or ?, e.g. r'{BM25_TOKEN_PATTERN}'"
@@ -894,10 +900,17 @@ class _Tokenizer:
     scores and the ``bm25_matched`` / ``bm25_coverage`` signals), so both sides always agree.
     """
 
-    def __init__(self, stopwords: str | Sequence[str] | None, token_pattern: str, stemmer: str | None = None) -> None:
+    def __init__(
+        self,
+        stopwords: str | Sequence[str] | None,
+        token_pattern: str,
+        stemmer: str | None = None,
+        *,
+        saved: bool = False,
+    ) -> None:
         self.stopwords_spec: Any = stopwords if stopwords is None or isinstance(stopwords, str) else list(stopwords)
         self.stemmer = _check_stemmer(stemmer)
-        self._split = _token_regex(token_pattern).findall
+        self._split = _token_regex(token_pattern, saved=saved).findall
         self.token_pattern = token_pattern
         self._stop: frozenset[str] | None = None
         # one PyStemmer object per thread (they are not thread-safe), made at the first use: a tokenizer
@@ -929,13 +942,16 @@ class _Tokenizer:
 
 
 def _bm25_settings(
-    k1: Any, b: Any, stopwords: Any, token_pattern: Any, stemmer: Any = None
+    k1: Any, b: Any, stopwords: Any, token_pattern: Any, stemmer: Any = None, *, saved: bool = False
 ) -> tuple[float, float, _Tokenizer]:
-    """``k1``, ``b`` and the tokenizer, each checked (a bad value fails now, not at the first add)."""
+    """``k1``, ``b`` and the tokenizer, each checked (a bad value fails now, not at the first add).
+
+    ``saved``: the settings of a saved store (a ``token_pattern`` matching "" is accepted, see :func:`_token_regex`).
+    """
     k1 = _check_positive(k1, "k1", integer=False)
     if not _is_real(b) or not 0.0 <= float(b) <= 1.0:
         raise ValueError(f"b must be a number in [0, 1]; got {b!r}")
-    tokenizer = _Tokenizer(stopwords, token_pattern, stemmer)
+    tokenizer = _Tokenizer(stopwords, token_pattern, stemmer, saved=saved)
     _stopword_list(stopwords)
     return float(k1), float(b), tokenizer
 
@@ -1265,7 +1281,7 @@ def _examples(ids: Iterable[str]) -> list[str]:
 
 
 class KLHybridStore:
-    """BM25 and a :class:`~kl_retrievers.index.KLStore` over the same documents, fused per query.
+    r"""BM25 and a :class:`~kl_retrievers.index.KLStore` over the same documents, fused per query.
 
     Args:
         encoder: Gaussian encoder for texts (documents added without Gaussians, text queries
@@ -1288,7 +1304,9 @@ class KLHybridStore:
         stopwords: ``"english"`` (bm25s' list), a list of words, or ``None``.
         token_pattern: Regular expression of a token (text is lower-cased first), as a string, as ``re.findall``
             reads it: a token is the whole match or, with one capture group, that group's text (a pattern
-            with more capture groups, or one that can give an empty token, is refused).
+            with more capture groups, or one that matches the empty string, is refused; the empty tokens of a
+            capture group that can be empty, as in ``r"(\d*)[a-z]+"``, are dropped). A pattern that gives no
+            token for any text of an :meth:`add` is logged (one warning naming it).
         stemmer: A PyStemmer language (default :data:`DEFAULT_STEMMER`, ``"english"``; see
             ``Stemmer.algorithms()``) stemming every token after the stop words are dropped, for the
             documents and the queries alike (saved with the store); ``None``: no stemming (the BM25
@@ -1300,9 +1318,10 @@ class KLHybridStore:
 
     Raises:
         ValueError: A bad fusion setting, an unknown ``stemmer`` language or a ``token_pattern`` that is not a
-            regular expression given as a string (a compiled ``re.Pattern`` is refused: pass its ``.pattern``), has
-            more than one capture group or can give an empty token (it matches an empty string, as ``""`` does, or
-            its capture group can be empty or left out), naming the value and what is allowed.
+            regular expression, has more than one capture group or matches the empty string (as ``""`` and
+            ``r"\w*"`` do; a pattern whose capture group alone can be empty, ``r"(\d*)[a-z]+"``, is accepted and
+            its empty tokens are dropped), naming the value and what is allowed.
+        TypeError: ``token_pattern`` is not a string (a compiled ``re.Pattern`` is refused: pass its ``.pattern``).
         ImportError: ``stemmer`` is set and PyStemmer is not installed.
 
     Examples:
@@ -1565,6 +1584,8 @@ class KLHybridStore:
         if not text_list and gaussians is None and not id_list and not metadatas:
             return []  # nothing to add (and no model to load for it)
         tokens = [self._tokenizer(t) for t in text_list]
+        if not any(tokens):
+            self._warn_no_tokens(text_list)
         encoder = None
         if gaussians is None and text_list:
             _metadata_list(metadatas, len(text_list))  # KLStore.add's metadata checks, before any text is encoded
@@ -1582,6 +1603,25 @@ class KLHybridStore:
             self._bm25.put(new_ids, tokens, metas)
         self._warn_reserved_keys(metas, "KLHybridStore.add")
         return new_ids
+
+    def _warn_no_tokens(self, texts: Sequence[str]) -> None:
+        """One warning when the token pattern itself gives no token for any non-empty text of an add."""
+        written = [t for t in texts if t.strip()]
+        if not written:
+            return
+        pattern = self._tokenizer.token_pattern
+        split = re.compile(pattern).findall
+        if any(token for t in written for token in split(t.lower())):
+            return  # tokens, all stop words: the pattern works
+        logger.warning(
+            "token_pattern %r gave no token for any of the %d non-empty text(s) added (e.g. %r): BM25 indexes "
+            "nothing for them and only the dense half can find them; a token pattern must match the token's "
+            "characters (e.g. r'%s'), not only a position such as r'\\b' or a lookahead",
+            pattern,
+            len(written),
+            written[0][:80],
+            BM25_TOKEN_PATTERN,
+        )
 
     def upsert(
         self,
@@ -2158,7 +2198,8 @@ class KLHybridStore:
                 raise HybridFormatError(f"{folder}: the {sub}/ half is missing")
         kl_dir, where = folder / _KL_DIR, f"the hybrid store at {folder}"  # the folder named in a weights warning
         kl = load_unchanged(kl_dir, lambda: KLStore._load_once(kl_dir, encoder, mmap, verify_checksums, where=where))
-        tokenizer = _Tokenizer(bm25_cfg["stopwords"], bm25_cfg["token_pattern"], bm25_cfg.get("stemmer"))
+        pattern = bm25_cfg["token_pattern"]
+        tokenizer = _Tokenizer(bm25_cfg["stopwords"], pattern, bm25_cfg.get("stemmer"), saved=True)
         half = _BM25Half.load(
             folder / _BM25_DIR, tokenizer, bm25_cfg["k1"], bm25_cfg["b"], indexed=config["bm25_indexed"], mmap=mmap
         )
@@ -2187,6 +2228,19 @@ class KLHybridStore:
                         "another save or was changed: refusing to load it (nothing was changed)"
                     )
         adaptive = config["adaptive"] or None  # AdaptiveParams (checked by _read_config) or None
+        # a pattern matching "" (r"\w*"), saved before the constructor refused it: its store worked (empty tokens
+        # dropped) and still loads, with the saved tokenizer set below (the constructor gets the default pattern)
+        empty_matching = re.compile(pattern).fullmatch("") is not None
+        if empty_matching:
+            logger.warning(
+                "%s: its token_pattern %r matches the empty string; the store loads as it was saved (empty tokens "
+                "are dropped%s), but a new KLHybridStore refuses such a pattern: a token needs at least one "
+                "character (use + instead of * or ?, e.g. r'%s')",
+                folder,
+                pattern,
+                "; this pattern gives no other token, so BM25 indexes nothing" if pattern == "" else "",
+                BM25_TOKEN_PATTERN,
+            )
         store = cls(
             fusion=fusion["mode"],
             weight=fusion["weight"],
@@ -2197,7 +2251,7 @@ class KLHybridStore:
             k1=bm25_cfg["k1"],
             b=bm25_cfg["b"],
             stopwords=bm25_cfg["stopwords"],
-            token_pattern=bm25_cfg["token_pattern"],
+            token_pattern=BM25_TOKEN_PATTERN if empty_matching else pattern,
             stemmer=bm25_cfg.get("stemmer"),  # a save from before the option has none: no stemming
         )
         store._kl = kl
@@ -2228,7 +2282,8 @@ def _check_save_tokens(folder: Path, config: Mapping[str, Any]) -> None:
 
     A folder saved before tokens were written has none anywhere and passes. Otherwise the message names
     the part whose token differs from the other two (``hybrid.json``, the ``kl/`` or the ``bm25/`` half), or
-    the half whose token file is missing although ``hybrid.json`` holds a token.
+    the half whose token file is missing although ``hybrid.json`` holds a token (when the tokens present agree
+    with ``hybrid.json``'s; else the parts come from different saves too, and the message says both).
     """
     config_token = config.get(_SAVE_TOKEN_KEY)
     halves = {sub: _save_token(folder / sub / _SAVE_TOKEN_FILE) for sub in (_KL_DIR, _BM25_DIR)}
@@ -2240,8 +2295,9 @@ def _check_save_tokens(folder: Path, config: Mapping[str, Any]) -> None:
     )
     refusing = "refusing to load it (nothing was changed)"
     missing = [f"{sub}/{_SAVE_TOKEN_FILE}" for sub, token in halves.items() if token is None]
-    if config_token is not None and missing:
-        are = "is" if len(missing) == 1 else "are"
+    are = "is" if len(missing) == 1 else "are"
+    present_agree = all(token in (None, config_token) for token in halves.values())
+    if config_token is not None and missing and present_agree:
         raise HybridFormatError(
             f"{folder}: {' and '.join(missing)} {are} missing, but {_CONFIG} holds save token {config_token}, which "
             f"every save also writes into both halves ({told}): the file was deleted, or its half comes from a save "
@@ -2270,9 +2326,10 @@ def _check_save_tokens(folder: Path, config: Mapping[str, Any]) -> None:
             f"{odd}{_SAVE_TOKEN_FILE} {differs}, so the {odd} half comes from another save or its token file was "
             f"changed; {refusing}"
         )
+    also_missing = f"; {' and '.join(missing)} {are} missing as well" if missing else ""
     raise HybridFormatError(
         f"{folder}: no two of {_CONFIG}, the {_KL_DIR}/ half and the {_BM25_DIR}/ half agree on a save token "
-        f"({told}): they come from different saves, or token files were changed; {refusing}"
+        f"({told}): they come from different saves, or token files were changed{also_missing}; {refusing}"
     )
 
 
@@ -2340,7 +2397,7 @@ def _read_config(cfg_path: Path) -> dict[str, Any]:
             "stemmed); without it the BM25 half's stemmed index would be searched with unstemmed queries"
         )
     try:  # the values, checked as the constructor checks them, before either half is read
-        _bm25_settings(bm25["k1"], bm25["b"], bm25["stopwords"], bm25["token_pattern"], bm25.get("stemmer"))
+        _bm25_settings(bm25["k1"], bm25["b"], bm25["stopwords"], bm25["token_pattern"], bm25.get("stemmer"), saved=True)
     except (TypeError, ValueError) as exc:
         raise HybridFormatError(f"{cfg_path}: field 'bm25' holds an invalid value: {exc}") from None
     if config["adaptive"]:

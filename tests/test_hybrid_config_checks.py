@@ -3,10 +3,13 @@
 * ``hybrid.json``: ``format_version`` must be an integer >= 1; a format-2 config (the stemmer's) must name
   ``bm25.stemmer`` (without it a stemmed index would be searched with unstemmed queries).
 * ``token_pattern`` with more than one capture group is refused at construction (``re.findall`` would return
-  tuples, not tokens), and so are a value that is not a string (a compiled pattern included) and a pattern
-  that matches the empty string (``""``, ``\\w*``).
+  tuples, not tokens), and so are a value that is not a string (a compiled pattern included; ``TypeError``) and
+  a pattern that matches the empty string (``""``, ``\\w*``); a saved store with such a pattern (earlier
+  releases accepted it) loads, with one warning. An add whose texts give no token at all logs one warning
+  naming the pattern (``\\b``, a lookahead, a capture group that stays empty).
 * Halves of two saves are named as such (their save tokens) with checksums on, as without them; the message
-  names the part whose token differs from the other two, or the half whose token file is missing.
+  names the part whose token differs from the other two, or the half whose token file is missing (when the
+  tokens present agree with hybrid.json's; else both).
 * ``fuse`` in the adaptive mode without parameters says what it got and where parameters come from.
 * With no BM25 hit, convex and adaptive fusion score ``n(-KL)`` with the configured normalisation (w = 1),
   the same scale as any other query.
@@ -15,6 +18,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -272,14 +276,14 @@ def test_a_folder_without_any_save_token_still_loads(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ token_pattern: a string giving non-empty tokens
 @pytest.mark.parametrize("pattern", [None, 5, 1.5, b"\\w+", ["\\w+"]])
 def test_a_token_pattern_that_is_not_a_string_is_refused_naming_it(pattern: Any) -> None:
-    with pytest.raises(ValueError, match="token_pattern must be a regular expression as a string") as info:
+    with pytest.raises(TypeError, match="token_pattern must be a regular expression as a string") as info:
         KLHybridStore(fusion="rrf", stemmer=None, token_pattern=pattern)
     assert f"got {pattern!r} ({type(pattern).__name__})" in str(info.value)
 
 
 def test_a_compiled_token_pattern_is_refused_with_how_to_pass_it() -> None:
     compiled = re.compile(r"\w+")
-    with pytest.raises(ValueError, match=r"token_pattern must be a string; got the compiled pattern") as info:
+    with pytest.raises(TypeError, match=r"token_pattern must be a string; got the compiled pattern") as info:
         KLHybridStore(fusion="rrf", stemmer=None, token_pattern=compiled)  # type: ignore[arg-type]
     assert repr(compiled) in str(info.value) and "pattern.pattern" in str(info.value)
 
@@ -303,11 +307,83 @@ def test_token_patterns_whose_tokens_are_never_empty_are_accepted(pattern: str) 
     assert hits[0].id == "y" and hits[0].bm25 > 0
 
 
-def test_a_saved_config_whose_token_pattern_matches_the_empty_string_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pattern", [r"\w*", r"[\u3040-\u30ff\u3400-\u9fff]|\w*", ""])
+def test_a_saved_store_whose_token_pattern_matches_the_empty_string_loads_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, pattern: str
+) -> None:
+    """Earlier releases saved such patterns (their empty tokens dropped): the store loads; only new ones refuse it."""
     folder = _saved(tmp_path, stemmer=None)
-    _edit_config(folder, lambda c: c["bm25"].__setitem__("token_pattern", ""))
-    with pytest.raises(HybridFormatError, match=r"field 'bm25' holds an invalid value: token_pattern '' matches"):
+    _edit_config(folder, lambda c: c["bm25"].__setitem__("token_pattern", pattern))
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers.hybrid"):
+        store = KLHybridStore.load(folder)
+    warned = [r.getMessage() for r in caplog.records if "matches the empty string" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert repr(pattern) in warned[0] and "a new KLHybridStore refuses such a pattern" in warned[0]
+    assert ("BM25 indexes nothing" in warned[0]) == (pattern == "")
+    hits = store.search("cats", k=2, query_gaussians=_g(1, seed=3))
+    if pattern:  # the saved tokenizer serves the queries: "cats" is a token
+        assert hits[0].id == "b" and hits[0].bm25 > 0
+    store.add(["kiwi fruit"], gaussians=_g(1, seed=4), ids=["c"])
+    kiwi = store.search("kiwi", k=3, query_gaussians=_g(1, seed=5))
+    assert (max(h.bm25 for h in kiwi if h.id == "c") > 0) == bool(pattern)
+    again = store.save(tmp_path / "again")  # the saved pattern is kept, not the constructor's default
+    assert json.loads((again / "hybrid.json").read_text(encoding="utf-8"))["bm25"]["token_pattern"] == pattern
+
+
+def test_a_saved_token_pattern_with_two_groups_or_not_a_string_is_still_refused(tmp_path: Path) -> None:
+    folder = _saved(tmp_path, stemmer=None)
+    _edit_config(folder, lambda c: c["bm25"].__setitem__("token_pattern", 5))
+    with pytest.raises(HybridFormatError, match=r"field 'bm25' holds an invalid value: token_pattern must be"):
         KLHybridStore.load(folder)
+
+
+# ------------------------------------------------------------------ patterns that give no token at all
+@pytest.mark.parametrize("pattern", [r"\b", r"\B", r"(?=\w)", r"(?<=\w)", r"(\d*)[a-z]+"])
+@pytest.mark.parametrize("method", ["add", "upsert"])
+def test_an_add_whose_texts_give_no_token_warns_naming_the_pattern(
+    caplog: pytest.LogCaptureFixture, pattern: str, method: str
+) -> None:
+    store = KLHybridStore(fusion="rrf", stemmer=None, token_pattern=pattern)
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers.hybrid"):
+        getattr(store, method)(["running dogs", "cats sleeping", ""], gaussians=_g(3), ids=["a", "b", "c"])
+    warned = [r.getMessage() for r in caplog.records if "gave no token" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert f"token_pattern {pattern!r}" in warned[0] and "2 non-empty text(s)" in warned[0]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "texts"),
+    [
+        (r"(?u)\b\w+\b", ["running dogs", "cats"]),
+        (r"(?u)\b\w+\b", ["the and of", "a"]),  # tokens, all stop words: the pattern works
+        (r"(?u)\b\w+\b", ["", "  "]),  # nothing to tokenise
+        (r"(\d*)[a-z]+", ["4dogs", "cats"]),  # some tokens: one text gave an empty group only
+    ],
+)
+def test_an_add_with_tokens_stop_words_or_blank_texts_does_not_warn(
+    caplog: pytest.LogCaptureFixture, pattern: str, texts: list[str]
+) -> None:
+    store = KLHybridStore(fusion="rrf", stemmer=None, token_pattern=pattern)
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers.hybrid"):
+        store.add(texts, gaussians=_g(2), ids=["a", "b"])
+    assert not [r for r in caplog.records if "gave no token" in r.getMessage()]
+    assert len(store) == 2
+
+
+# ------------------------------------------------------------------ a missing token file beside disagreeing tokens
+@pytest.mark.parametrize(("half", "missing"), [("kl", "bm25"), ("bm25", "kl")])
+def test_a_missing_token_file_beside_a_token_of_another_save_names_both(
+    tmp_path: Path, half: str, missing: str
+) -> None:
+    folder = _saved(tmp_path, stemmer=None)
+    _set_token(folder, half, "1" * 32)
+    (folder / missing / "hybrid_save.json").unlink()
+    with pytest.raises(HybridFormatError) as info:
+        KLHybridStore.load(folder, verify_checksums=False)
+    message = str(info.value)
+    assert "no two of hybrid.json, the kl/ half and the bm25/ half agree on a save token" in message
+    assert f"{missing}/hybrid_save.json is missing as well" in message
+    assert "is missing, but hybrid.json holds save token" not in message
 
 
 # ------------------------------------------------------------------ fuse() without adaptive parameters

@@ -102,3 +102,62 @@ def test_ivf_collection_refuses_overflowing_bound_and_stays_usable(tmp_path: Pat
     again = _child(_REOPEN, uri)
     assert again["len"] == 600
     assert again["hits"] == hits
+
+
+_ADVICE = """
+import json, sys
+import numpy as np
+from kl_retrievers.gaussian import Gaussians
+from kl_retrievers.store import MilvusKLStore
+
+uri = sys.argv[1]
+rng = np.random.default_rng(0)
+k = 16
+docs = Gaussians(rng.normal(size=(40, k)), np.exp(rng.normal(size=(40, k))))
+extreme = Gaussians(np.zeros((1, k)), np.full((1, k), 1e-19))
+out = {}
+try:
+    MilvusKLStore(uri=uri, index_type="ivf", nlist=8, norm_headroom=1e19)
+except ValueError as exc:
+    out["headroom"] = str(exc)
+store = MilvusKLStore(uri=uri, index_type="ivf", nlist=8, collection_name="first")
+try:
+    store.add(gaussians=extreme, ids=["x"])
+except ValueError as exc:
+    out["first"] = str(exc)
+out["left_empty"] = [store.client.has_collection("first"), len(store)]
+store.drop()  # as the refusal advises, then index_type='flat'
+store.close()
+flat = MilvusKLStore(uri=uri, index_type="flat", collection_name="first")
+flat.add(gaussians=extreme, ids=["x"])
+out["flat"] = [flat.index_type, len(flat)]
+flat.close()
+ivf = MilvusKLStore(uri=uri, index_type="ivf", nlist=8, collection_name="second")
+ivf.add(gaussians=docs, ids=[str(i) for i in range(40)])
+try:
+    ivf.add(gaussians=extreme, ids=["x"])
+except ValueError as exc:
+    out["later"] = str(exc)
+out["len_later"] = len(ivf)
+ivf.close()
+print(json.dumps(out))
+"""
+
+
+def test_ivf_refusals_give_advice_that_works_and_name_the_headroom(tmp_path: Path) -> None:
+    out = _child(_ADVICE, str(tmp_path / "kl.db"))
+    headroom = out["headroom"]
+    assert isinstance(headroom, str) and "norm_headroom must be a finite number >= 1 and <= 1e+06" in headroom
+    first, later = out["first"], out["later"]
+    assert isinstance(first, str) and isinstance(later, str)
+    for message in (first, later):
+        assert "'x'" in message and "times norm_headroom=1.1 gives the bound M=" in message
+        assert "nothing was added" in message and "re-encode the document" in message
+        assert "delete or re-encode it" not in message  # the document was never stored
+        assert "index_type='flat'" in message
+    # the first add left an empty IVF collection: a flat client of the same name would get its IVF index
+    assert out["left_empty"] == [True, 0]
+    assert "use another collection_name, or drop() this one, then index_type='flat'" in first
+    assert "another collection (another collection_name) created with index_type='flat'" in later
+    assert out["flat"] == ["flat", 1]  # the advice works: dropped, then created flat, the document is stored
+    assert out["len_later"] == 40

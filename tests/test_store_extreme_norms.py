@@ -220,3 +220,31 @@ def test_flat_search_without_overflow_never_scores_every_row_in_float64(monkeypa
             assert [int(h.id) for h in row] == expected.tolist()
             np.testing.assert_allclose([h.score for h in row], want[expected], rtol=1e-9)
     assert fallbacks == []
+
+
+# ------------------------------------------------------------------ norm_headroom: a sane upper limit
+@pytest.mark.parametrize("headroom", [1e7, 1e19, np.float64(2e6)])
+def test_a_norm_headroom_above_the_limit_is_refused_saying_which_limit_and_why(headroom: float) -> None:
+    """A huge headroom made an ordinary document be blamed by the k-means refusal (M = headroom * its norm)."""
+    with pytest.raises(ValueError, match=r"norm_headroom must be a finite number >= 1 and <= 1e\+06") as info:
+        KLStore(index_type="ivf", nlist=4, norm_headroom=headroom)
+    assert f"got {headroom!r}" in str(info.value) and "float32 precision" in str(info.value)
+
+
+def test_a_norm_headroom_at_the_limit_is_accepted_and_named_in_the_refusal() -> None:
+    rng = np.random.default_rng(0)
+    k = 16
+    store = KLStore(index_type="flat", norm_headroom=1e6)
+    store.add(gaussians=Gaussians(rng.normal(size=(4, k)), np.ones((4, k))), ids=list("abcd"))
+    assert len(store) == 4 and store.norm_headroom == 1e6
+
+
+def test_the_kmeans_refusal_names_the_norm_headroom() -> None:
+    rng = np.random.default_rng(0)
+    k = 16
+    docs = Gaussians(rng.normal(size=(40, k)), np.ones((40, k)))
+    extreme = Gaussians(np.zeros((1, k)), np.full((1, k), 1e-19))
+    store = KLStore(index_type="ivf", nlist=4, norm_headroom=1.5)
+    with pytest.raises(ValueError, match=r"times norm_headroom=1\.5 gives the bound M=") as info:
+        store.add(gaussians=Gaussians.concat([docs, extreme]), ids=[*map(str, range(40)), "x"])
+    assert "'x'" in str(info.value)

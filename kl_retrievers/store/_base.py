@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import math
 import os
 import threading
 import uuid
@@ -365,6 +364,12 @@ def _as_numpy_gaussians(g: Gaussians, what: str) -> Gaussians:
 MAX_INT32 = 2**31 - 1
 
 
+#: The largest ``norm_headroom`` (:func:`_check_store_args`): ``M = norm_headroom * max ||d^||``; far above
+#: any useful headroom (the default is 1.1), the documents' own part of the float32 reduced vectors is lost to
+#: rounding and an ordinary document's ``M`` can pass the k-means limit (``_engines.MAX_NORM_BOUND``).
+MAX_NORM_HEADROOM = 1e6
+
+
 def _check_store_args(
     index_type: str,
     compression: str | None,
@@ -404,9 +409,15 @@ def _check_store_args(
     if (
         isinstance(norm_headroom, bool)
         or not isinstance(norm_headroom, (int, float, np.integer, np.floating))
-        or not 1.0 <= norm_headroom < math.inf
+        or not 1.0 <= norm_headroom <= MAX_NORM_HEADROOM
     ):
-        raise ValueError(f"norm_headroom must be a finite number >= 1; got {norm_headroom!r}")
+        raise ValueError(
+            f"norm_headroom must be a finite number >= 1 and <= {MAX_NORM_HEADROOM:g}; got {norm_headroom!r}: "
+            "M = norm_headroom * the largest document norm, and a larger headroom only buys room for later, larger "
+            "documents at the cost of float32 precision (each document's own part of a reduced vector shrinks as "
+            "1/norm_headroom) and of the k-means limit on M (an ordinary document would be refused by an IVF or "
+            "PQ index)"
+        )
 
 
 @dataclass

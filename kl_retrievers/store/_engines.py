@@ -1103,7 +1103,8 @@ class ApproxEngine(FaissEngine):
             if kmeans and not self._norm_bound <= MAX_NORM_BOUND:  # before FAISS sees a vector (NaN included)
                 raise ValueError(
                     f"document {table.ids[int(live[top_row])]!r} cannot be put in the "
-                    f"{s.index_type} index: its reduced norm {max_norm:.4g} gives the bound M={self._norm_bound:.4g}, "
+                    f"{s.index_type} index: its reduced norm {max_norm:.4g} times norm_headroom="
+                    f"{s.norm_headroom:.4g} gives the bound M={self._norm_bound:.4g}, "
                     f"above the {MAX_NORM_BOUND:.4g} at which the float32 squared distances of FAISS's k-means "
                     "(IVF, PQ) overflow "
                     "(tiny variances, or a mean far from the others for its variances); delete or re-encode it, or use "

@@ -375,7 +375,7 @@ class KLStore(GaussianStore):
         rescore_pool: Minimum candidates re-scored exactly per query on approximate indexes;
             the pool is ``max(rescore_pool, rescore_factor * k)``.
         rescore_factor: See ``rescore_pool``.
-        norm_headroom: ``M = norm_headroom * max ||d~||`` for the L2 reduction (>= 1).
+        norm_headroom: ``M = norm_headroom * max ||d~||`` for the L2 reduction (from 1 to 1e6).
         exact_threshold: With a filter on an approximate index, search exactly over the
             matching documents when at most this many match.
         compact_threshold: Fraction of tombstoned (deleted or replaced) rows above which the table and

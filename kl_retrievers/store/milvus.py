@@ -627,7 +627,7 @@ class MilvusKLStore(GaussianStore):
             filter, or too few IVF lists probed) and at most this many rows match, every matching
             row is fetched and scored exactly, so all matching documents come back when fewer than
             ``k`` exist (as with ``KLStore``).
-        norm_headroom: ``M = norm_headroom * max ||d~||`` for the L2 reduction (>= 1).
+        norm_headroom: ``M = norm_headroom * max ||d~||`` for the L2 reduction (from 1 to 1e6).
         max_text_length: ``max_length`` of the ``text`` field; longer texts raise ``ValueError``.
         timeout: Seconds to wait for the server when connecting and for metadata calls.
         request_timeout: Seconds allowed for each data call (insert, search, get, delete,
@@ -1342,7 +1342,7 @@ class MilvusKLStore(GaussianStore):
                 dvec = centre_document_vectors(raw, None if centre is None else np.asarray(centre))
                 offset = reduction_offset(dvec)
                 first_bound = reduction_norm_bound(dvec, offset, self.norm_headroom)
-                self._refuse_kmeans_overflow(dvec, offset, first_bound, id_list)
+                self._refuse_kmeans_overflow(dvec, offset, first_bound, id_list, first=True)
                 if not checked:
                     self._warn_norm_jump(dvec, offset, None, id_list)
                     checked = True
@@ -1401,33 +1401,48 @@ class MilvusKLStore(GaussianStore):
             "writers are done"
         )
 
-    def _refuse_kmeans_overflow(self, dvec: np.ndarray, offset: float, bound: float, id_list: list[str]) -> None:
+    def _refuse_kmeans_overflow(
+        self, dvec: np.ndarray, offset: float, bound: float, id_list: list[str], *, first: bool = False
+    ) -> None:
         """``ValueError`` where an IVF collection would get the bound ``M=bound`` above :data:`MAX_NORM_BOUND`.
 
         Milvus trains the IVF lists with FAISS's k-means over float32 squared distances of the reduced vectors
         (norm ``M``): above the limit they overflow and the process aborts when the index is built (at the
         latest at ``close()``), and so does every later open of a Milvus Lite file holding the row.  Called
         before ``M`` is stored or a row written; HNSW and flat collections train no k-means (HNSW's recall
-        suffers instead: docs/milvus.md, *Known differences and limits*).
+        suffers instead: docs/milvus.md, *Known differences and limits*).  ``first``: the collection's first
+        documents (it was created with this client's IVF index and holds none).
         """
         if self.index_type != "ivf" or bound <= MAX_NORM_BOUND:
             return
         norms = np.linalg.norm(shift_document_vectors(dvec, offset), axis=1)
         worst = int(np.argmax(norms))
+        headroom = f"norm_headroom={self.norm_headroom:.4g}"
+        flat = "index_type='flat' (exact; a client of an existing collection gets the collection's index)"
         if self.norm_headroom * float(norms[worst]) > MAX_NORM_BOUND:  # refused before any row is written
-            what, whose = f"document {id_list[worst]!r} cannot be put in", f"its reduced norm {float(norms[worst]):.4g}"
-            outcome = "nothing was added"
+            what = f"document {id_list[worst]!r} cannot be put in"
+            whose = f"its reduced norm {float(norms[worst]):.4g} times {headroom}"
+            if first:  # the collection was created (with the IVF index) and stays empty
+                advice = (
+                    f"nothing was added and the collection, created with the IVF index, holds no document: re-encode "
+                    f"the document, or use another collection_name, or drop() this one, then {flat}"
+                )
+            else:
+                advice = (
+                    "nothing was added: re-encode the document, or keep such documents in another collection "
+                    f"(another collection_name) created with {flat}"
+                )
         else:  # a row an earlier release stored needs the bound (a retried add may have written its rows)
-            what, whose = (
-                "documents cannot be added to",
-                f"a stored document's reduced norm {bound / self.norm_headroom:.4g}",
+            what = "documents cannot be added to"
+            whose = f"a stored document's reduced norm {bound / self.norm_headroom:.4g} times {headroom}"
+            advice = (
+                "the collection already holds that document: delete or re-encode it, or keep such documents in "
+                f"another collection (another collection_name) created with {flat}"
             )
-            outcome = "the collection already holds it"
         raise ValueError(
             f"{what} Milvus collection {self.collection_name!r} (IVF index): {whose} gives the bound M={bound:.4g}, "
             f"above the {MAX_NORM_BOUND:.4g} at which the float32 squared distances of the IVF index's k-means "
-            f"overflow (tiny variances, or a mean far from the others for its variances); {outcome}: delete or "
-            're-encode it, or keep such documents in a collection with index_type="flat" (exact)'
+            f"overflow (tiny variances, or a mean far from the others for its variances); {advice}"
         )
 
     def _warn_norm_jump(self, dvec: np.ndarray, offset: float, bound: float | None, id_list: list[str]) -> None:

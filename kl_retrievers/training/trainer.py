@@ -1028,8 +1028,9 @@ class RetrievalEvaluator:
 
     Raises:
         ValueError: An unknown ``metric`` or ``similarity``, ``k`` or ``batch_size`` below 1, or a split where no
-            query has a non-empty judgement set (empty qrels, or judgements only of queries not given): every
-            evaluation would fail or score 0; the message gives the counts of queries, judged queries and both.
+            given query has a judgement with a grade above 0 (empty qrels, judgements only of queries not given,
+            or only grades of 0 or below): every evaluation would fail or score 0 whatever the weights; the
+            message gives the counts of queries, queries with a grade above 0 and both.
         ModuleNotFoundError: ir_measures (the ``eval`` extra) is not installed; the message names
             ``pip install "kl-retrievers[eval]"``.
 
@@ -1070,12 +1071,15 @@ class RetrievalEvaluator:
         k = check_k(k)
         _check_int("batch_size", batch_size, 1)
         self.dataset = dataset if isinstance(dataset, BeirDataset) else load_beir(dataset, split)
-        judged = {str(qid) for qid, rel in self.dataset.qrels.items() if rel}
+        # a query counts as judged when some document has a grade above 0: with grades of 0 or below only, its
+        # nDCG, MRR and recall are 0 whatever the ranking
+        judged = {str(qid) for qid, rel in self.dataset.qrels.items() if any(grade > 0 for grade in rel.values())}
         overlap = len(judged & {str(qid) for qid in self.dataset.queries})
         if not overlap:  # every evaluation would fail (no qrels) or score 0 whatever the weights
             raise ValueError(
-                f"{self.dataset.path} ({self.dataset.split}): no query has a judgement to evaluate against: "
-                f"{len(self.dataset.queries)} queries given, {len(judged)} with a non-empty judgement set, "
+                f"{self.dataset.path} ({self.dataset.split}): no query has a judgement with a grade above 0 to "
+                f"evaluate against (without one every score is 0 whatever the weights): "
+                f"{len(self.dataset.queries)} queries given, {len(judged)} with a grade above 0, "
                 f"{overlap} of them among the queries"
             )
         self.metric = metric
