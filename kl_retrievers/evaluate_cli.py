@@ -24,6 +24,7 @@ import dataclasses
 import json
 import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterable, Mapping
@@ -83,6 +84,13 @@ _BATCH_SIZE = 32
 #: ``--qpp-bootstrap`` when none is given (:data:`kl_retrievers.qpp.N_BOOT`; spelled out so that building the
 #: parser does not import the QPP module).
 QPP_BOOTSTRAP = 1000
+#: How much of an existing ``--save-run`` / ``--per-query`` file is read to tell whether it is an earlier output.
+_PROBE_BYTES = 1 << 16
+#: Suffixes of model weights, arrays, indexes and databases (what model folders and stores hold): never a
+#: ``--save-run`` name, which is a plain-text TREC run.
+_NOT_A_RUN_SUFFIXES = (".safetensors", ".bin", ".onnx", ".pt", ".pth", ".ckpt", ".npy", ".npz", ".faiss", ".db")
+#: A larger existing ``--per-query`` file is not parsed to be recognised (a real one holds a few values a query).
+_PER_QUERY_MAX_BYTES = 256 << 20
 
 
 def unit_interval(text: str) -> float:
@@ -228,7 +236,12 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         "queries are paired with this run's by id alone; also one whose meta names another --depth below the "
         "cutoff of a metric (e.g. 10 for recall@100), refused otherwise",
     )
-    p.add_argument("--save-run", metavar="FILE", help="also write the retrieved run in TREC format")
+    p.add_argument(
+        "--save-run",
+        metavar="FILE",
+        help="also write the retrieved run in TREC format (plain text). An existing file is replaced only when "
+        "it holds a TREC run (and the --per-query file only when it holds per-query results)",
+    )
     p.add_argument(
         "--batch-size",
         type=positive_int,
@@ -443,10 +456,20 @@ def _effective_stemmer(args: argparse.Namespace) -> str | None:
 
 
 def _output_problem(args: argparse.Namespace) -> str | None:
-    """What is wrong with the ``--per-query`` and ``--save-run`` paths (``None``: nothing), checked before any work."""
-    outputs = [
-        (flag, Path(path)) for flag, path in (("--per-query", args.per_query), ("--save-run", args.save_run)) if path
-    ]
+    """What is wrong with the ``--per-query`` and ``--save-run`` paths (``None``: nothing), checked before any work.
+
+    ``-`` is refused (stdout carries the table or ``--json``), as is a ``--save-run`` name with the suffix of
+    model weights or a store file, and an existing file that is not an earlier output of the same kind
+    (:func:`_replace_problem`): a TREC run for ``--save-run``, a per-query file for ``--per-query``.
+    """
+    named = (("--per-query", args.per_query), ("--save-run", args.save_run))
+    for flag, given in named:
+        if given == "-":
+            return (
+                f"{flag} -: writing to stdout is not supported (stdout carries the metrics table or the --json "
+                "summary); give a file name (./- for a file named -)"
+            )
+    outputs = [(flag, Path(path)) for flag, path in named if path]
     for flag, path in outputs:
         try:
             check_output_path(path, flag, folder=False)
@@ -454,13 +477,126 @@ def _output_problem(args: argparse.Namespace) -> str | None:
             return str(exc)
     if args.per_query and (problem := per_query_path_problem(args.per_query)):
         return f"--per-query: {problem}"
+    if args.save_run and Path(args.save_run).suffix.lower() in _NOT_A_RUN_SUFFIXES:
+        return (
+            f"--save-run {args.save_run}: the suffix {Path(args.save_run).suffix} names model weights or a store "
+            "file, not a TREC run (plain text: qid Q0 docid rank score tag); give another name, e.g. run.trec"
+        )
     if len(outputs) == 2 and outputs[0][1].resolve() == outputs[1][1].resolve():
         return f"--per-query and --save-run name the same file {outputs[0][1]}; give two files"
     for flag, path in outputs:
         clash = _input_named_by(path, args)
         if clash:
             return f"{flag} {path} {clash}"
+    for flag, path in outputs:
+        if problem := _replace_problem(flag, path):
+            return problem
     return None
+
+
+def _replace_problem(flag: str, path: Path) -> str | None:
+    """Why writing ``flag``'s file at ``path`` would replace a file that is not an earlier output of its kind.
+
+    ``--save-run`` may replace a TREC run and ``--per-query`` a per-query file (recognised by their
+    content, :func:`_is_trec_run_file` and :func:`_is_per_query_file`), as ``encode --out X.safetensors``
+    replaces saved Gaussians only; any other file (model weights, a tokenizer, a user's data) is refused.
+    A new path, an empty file and anything but a regular file (a link, a named pipe, a device: the write
+    itself refuses those) are not judged here.
+
+    Examples:
+        >>> import tempfile
+        >>> weights = Path(tempfile.mkdtemp()) / "model.safetensors"
+        >>> _replace_problem("--save-run", weights) is None  # a new file
+        True
+        >>> _ = weights.write_bytes(b"\\x00weights")
+        >>> _replace_problem("--save-run", weights)  # doctest: +ELLIPSIS
+        '--save-run ...model.safetensors: the file exists and is not a TREC run ...'
+    """
+    try:
+        st = os.lstat(path)
+    except OSError:  # a new file (or a parent that is not a folder: the checks before and the write name it)
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+        return None
+    run = _is_trec_run_file(path)
+    per_query = not run and _is_per_query_file(path, st.st_size)
+    if (flag == "--save-run" and run) or (flag == "--per-query" and per_query):
+        return None
+    expected = "a TREC run" if flag == "--save-run" else "a per-query results file"
+    found = (
+        "is a per-query results file (a --per-query output), not a TREC run"
+        if per_query
+        else "is a TREC run (a --save-run output), not a per-query results file"
+        if run
+        else f"is not {expected} written by evaluate (e.g. it holds model weights, a tokenizer or other data)"
+    )
+    return (
+        f"{flag} {path}: the file exists and {found}; writing would replace it. Choose a new path, or delete the "
+        "file first to replace it"
+    )
+
+
+def _is_trec_run_file(path: Path) -> bool:
+    """Whether the file ``path`` reads as a TREC run, judged on the whole lines of its first 64 KiB.
+
+    Each non-blank line is ``qid Q0 docid rank score tag`` (six columns, ``Q0``, an integer rank, a
+    number), in UTF-8; a file of blank lines holds no run to lose and counts as one. Read in binary and
+    bounded, so model weights or a large data file cost one short read.
+    """
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(_PROBE_BYTES + 1)
+    except OSError:
+        return False
+    if len(head) > _PROBE_BYTES:  # a longer file: whole lines only
+        end = head.rfind(b"\n", 0, _PROBE_BYTES)
+        if end < 0:
+            return False
+        head = head[: end + 1]
+    try:
+        rows = [line.split() for line in head.decode("utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        return False
+    return all(_is_trec_line(cols) for cols in rows)
+
+
+def _is_trec_line(cols: list[str]) -> bool:
+    """Whether the columns of one line are a TREC run line (``qid Q0 docid rank score tag``).
+
+    Examples:
+        >>> _is_trec_line("q1 Q0 d3 1 -0.25 kl".split()), _is_trec_line("q1 0 d3 1".split())
+        (True, False)
+    """
+    if len(cols) != 6 or cols[1] != "Q0":
+        return False
+    try:
+        int(cols[3])
+        float(cols[4])
+    except ValueError:
+        return False
+    return True
+
+
+def _is_per_query_file(path: Path, size: int) -> bool:
+    """Whether the file ``path`` (``size`` bytes) is a per-query results file (:func:`load_per_query` reads it).
+
+    Only a file that starts like one (a JSON object, or a ``query_id`` header) and is at most 256 MiB
+    is parsed.
+    """
+    if size > _PER_QUERY_MAX_BYTES:
+        return False
+    try:
+        with path.open("rb") as fh:
+            start = fh.read(64).removeprefix(b"\xef\xbb\xbf").lstrip()
+    except OSError:
+        return False
+    if not (start.startswith(b"{") or start.startswith(b"query_id")):
+        return False
+    try:
+        load_per_query(path)
+    except ValueError:
+        return False
+    return True
 
 
 def _same_file(a: Path, b: Path) -> bool:
