@@ -28,7 +28,9 @@ from kl_retrievers._io import read_json_object
 __all__ = [
     "CONFIG_NAME",
     "SIMILARITIES",
+    "TOKENIZER_FILES",
     "TOKENIZER_SHA256",
+    "TOKENIZER_SIDE_FILES",
     "WEIGHTS_IDENTITY",
     "WEIGHTS_SHA256",
     "GaussianEncoderConfig",
@@ -55,6 +57,19 @@ WEIGHTS_IDENTITY = "weights_identity"
 #: Field of a saved encoder's ``config.json`` (and an ONNX export's): tokenizer file name -> its SHA-256, checked
 #: on load when present (folders saved before it was recorded load unchecked).
 TOKENIZER_SHA256 = "tokenizer_sha256"
+#: Files of which a saved folder must hold at least one for its tokenizer to load (transformers' vocabulary files).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
+#: Further files a tokenizer save writes (beside one of :data:`TOKENIZER_FILES`) that change its token ids.
+#: A folder whose ``config.json`` records its tokenizer files refuses any of these two lists it holds but does
+#: not record; a save's ``extra_files`` never takes these names.
+TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "merges.txt")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 _POOLINGS = ("cls", "mean")
 
@@ -305,7 +320,10 @@ def check_tokenizer_sha256(
 
     A tokenizer edited after the save (two vocabulary entries swapped, a lower-casing flag flipped) loads
     without error and gives other outputs; the record (``tokenizer_sha256``: file name -> SHA-256, written by
-    both backends' saves) makes it a refusal. Folders saved before it was recorded are not checked.
+    both backends' saves) makes it a refusal. A tokenizer file added after the save (one of
+    :data:`TOKENIZER_FILES` or :data:`TOKENIZER_SIDE_FILES` present but not recorded, e.g. an
+    ``added_tokens.json`` or ``special_tokens_map.json`` copied in) changes the token ids just as silently and
+    is refused too. Folders saved before it was recorded are not checked.
 
     Args:
         meta: The folder's ``config.json``, as read.
@@ -314,8 +332,9 @@ def check_tokenizer_sha256(
         error: The exception type to raise (default :class:`NotAnEncoderError`; the ONNX backend passes its own).
 
     Raises:
-        NotAnEncoderError: The field is malformed, or a recorded file is missing or has another SHA-256; the
-            message names the file, the recorded and the actual SHA-256.
+        NotAnEncoderError: The field is malformed, a recorded file is missing or has another SHA-256 (the
+            message names the file, the recorded and the actual SHA-256), or a known tokenizer file that is not
+            recorded is present (the message names it).
 
     Examples:
         >>> check_tokenizer_sha256({}, Path("/nonexistent/config.json"), Path("/nonexistent"))  # not recorded
@@ -346,6 +365,14 @@ def check_tokenizer_sha256(
             raise kind(
                 f"{file} is damaged or was changed after it was saved: its SHA-256 is {actual}, but {cfg_file.name} "
                 f"records {expected} ({TOKENIZER_SHA256}); restore the folder or save the encoder again"
+            )
+    for name in (*TOKENIZER_FILES, *TOKENIZER_SIDE_FILES):
+        file = Path(folder) / name
+        if name not in recorded and file.is_file():  # what transformers reads (os.path.isfile)
+            raise kind(
+                f"{file} was added after the save: {cfg_file.name} records the tokenizer files "
+                f"{', '.join(sorted(recorded)) or '(none)'} ({TOKENIZER_SHA256}), and a tokenizer file it does not "
+                "record can change the token ids; remove it, or save the encoder again with the tokenizer you want"
             )
 
 

@@ -48,6 +48,8 @@ from kl_retrievers._config import (
     read_encoder_meta,
     saved_weights_sha256,
 )
+from kl_retrievers._config import TOKENIZER_FILES as _TOKENIZER_FILES
+from kl_retrievers._config import TOKENIZER_SIDE_FILES as _TOKENIZER_SIDE_FILES
 from kl_retrievers._config import check_tokenizer_sha256 as _check_tokenizer_sha256
 from kl_retrievers._config import check_weights_sha256 as _check_weights_sha256
 from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, eval_mode, require_torch
@@ -90,10 +92,6 @@ VAR_TOKEN = "[VAR]"
 FULL_WEIGHTS = "model.safetensors"
 DELTA_WEIGHTS = "delta.safetensors"
 _VAR_ROW = "var_token_embedding"
-#: Files of which a saved folder must hold at least one for its tokenizer to load.
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
-#: Further files a tokenizer save writes (beside one of :data:`_TOKENIZER_FILES`): never ``extra_files`` names.
-_TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "merges.txt")
 #: Suffixes of a LoRA-adapted weight's factors in ``delta.safetensors``: the weight is
 #: ``W + (B @ A) * scaling`` on top of the backbone's ``W``.
 _LORA_A, _LORA_B, _LORA_SCALING = ".lora_A", ".lora_B", ".lora_scaling"
@@ -110,10 +108,13 @@ _BACKBONE_FILES_DIGEST = b"kl_retrievers/backbone-weight-files/v1\n"
 
 
 def _backbone_weight_files(folder: Path) -> list[Path]:
-    """The weight files of a Hugging Face backbone folder, in a defined order; ``[]`` when it has none.
+    """The weight files transformers loads from a Hugging Face backbone folder, in a defined order; ``[]`` when
+    it has none, or when its index names none.
 
-    One ``model.safetensors``; else the shards its ``model.safetensors.index.json`` names (else every
-    ``model-*-of-*.safetensors``); else ``pytorch_model.bin``; else the ``.bin`` shards likewise.
+    transformers' own order: one ``model.safetensors``; else the shards its ``model.safetensors.index.json``
+    names; else ``pytorch_model.bin``; else the shards ``pytorch_model.bin.index.json`` names. Shard files no
+    index names (a stray ``model-00001-of-00002.safetensors`` beside ``pytorch_model.bin``) are not loaded by
+    transformers, so they are not pinned either.
 
     Examples:
         >>> _backbone_weight_files(Path("/nonexistent"))
@@ -121,26 +122,27 @@ def _backbone_weight_files(folder: Path) -> list[Path]:
     """
     if (folder / FULL_WEIGHTS).is_file():
         return [folder / FULL_WEIGHTS]
-    safetensors_shards = _indexed_shards(folder, _SHARDED_SAFETENSORS_INDEX, "model-*-of-*.safetensors")
-    if safetensors_shards:
-        return safetensors_shards
+    if (folder / _SHARDED_SAFETENSORS_INDEX).is_file():
+        return _indexed_shards(folder / _SHARDED_SAFETENSORS_INDEX)
     if (folder / _BIN_WEIGHTS).is_file():
         return [folder / _BIN_WEIGHTS]
-    return _indexed_shards(folder, _SHARDED_BIN_INDEX, "pytorch_model-*-of-*.bin")
+    if (folder / _SHARDED_BIN_INDEX).is_file():
+        return _indexed_shards(folder / _SHARDED_BIN_INDEX)
+    return []
 
 
-def _indexed_shards(folder: Path, index_name: str, pattern: str) -> list[Path]:
-    """The shard files ``folder``'s index (``weight_map`` values) names, sorted; without a readable index, the
-    files matching ``pattern``."""
-    names: set[str] = set()
+def _indexed_shards(index_file: Path) -> list[Path]:
+    """The shard files an index (its ``weight_map`` values) names, sorted as transformers sorts them; ``[]``
+    when the index cannot be read or names no plain file name (transformers cannot load such a folder)."""
     try:
-        index = json.loads((folder / index_name).read_text(encoding="utf-8"))
+        index = json.loads(index_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        index = None
+        return []
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if isinstance(weight_map, dict):
-        names = {v for v in weight_map.values() if isinstance(v, str) and v and Path(v).name == v}
-    return sorted(folder / n for n in names) if names else sorted(folder.glob(pattern))
+    if not isinstance(weight_map, dict):
+        return []
+    names = {v for v in weight_map.values() if isinstance(v, str) and v and Path(v).name == v}
+    return [index_file.parent / n for n in sorted(names)]
 
 
 def _backbone_sha256(folder: Path) -> str | None:
@@ -708,9 +710,9 @@ class GaussianEncoder(EncoderMixin, nn.Module):
 
         ``config.json`` records the SHA-256 of the weights file (``weights_sha256``) and of each tokenizer file
         (``tokenizer_sha256``), which :meth:`from_pretrained` checks, so a damaged or edited weights or
-        tokenizer file is refused, and the identity of the
-        weights (``weights_identity``, :attr:`weights_sha256`): the one they were loaded with when they are
-        unchanged since, else the new weights file's SHA-256.
+        tokenizer file, or a tokenizer file added later (``added_tokens.json``, ...), is refused, and the
+        identity of the weights (``weights_identity``, :attr:`weights_sha256`): the one they were loaded with
+        when they are unchanged since, else the new weights file's SHA-256.
 
         Args:
             path: Target folder; replaced atomically (an interrupted save keeps the old copy). It may

@@ -44,6 +44,7 @@ import numpy as np
 from kl_retrievers._config import (
     CONFIG_NAME,
     NotAnEncoderError,
+    check_tokenizer_sha256,
     check_weights_sha256,
     encoder_config,
     saved_weights_sha256,
@@ -300,7 +301,9 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
             not the pinned one (another SHA-256) or does not fit the model.
         NotAnEncoderError: The saved config is invalid (the torch backend's checks and messages: ``beta``,
             ``var_floor``, ``max_length``...), ``delta.safetensors`` differs from the SHA-256 its
-            ``config.json`` records (``weights_sha256``), or the heads' width is not the backbone's hidden size.
+            ``config.json`` records (``weights_sha256``), a tokenizer file differs from the SHA-256 it records
+            or was added after the save (``tokenizer_sha256``), or the heads' width is not the backbone's hidden
+            size.
         ModuleNotFoundError: The package carrying the graph is not installed (the message names the extra).
         TypeError: ``session_options`` or ``allow_spinning`` has the wrong type.
         ValueError: ``num_threads`` is not an int from 1 to :func:`kl_retrievers.onnx.max_threads`, or is
@@ -371,6 +374,8 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
                 f"(graph {graph}) has hidden size {backbone.hidden_size}; the heads cannot read its states"
             )
         self._checked = checked
+        # as GaussianEncoder.from_pretrained: an edited or added tokenizer file is refused, naming it
+        check_tokenizer_sha256(saved, cfg_file, path)  # when recorded
         try:
             tokenizer = Tokenizer.from_file(os.fspath(path / "tokenizer.json"))
         except Exception as exc:  # tokenizers raises plain Exception subclasses
