@@ -1382,7 +1382,10 @@ class KLHybridStore:
                     f"kl_store holds {len(missing)} document(s) without text (e.g. {_examples(missing)}); "
                     "BM25 needs every document's text"
                 )
-            self._bm25.put(ids, [self._tokenizer(d.text or "") for d in docs], [d.metadata for d in docs])
+            tokens = [self._tokenizer(d.text or "") for d in docs]
+            if not any(tokens):
+                self._warn_no_tokens([d.text or "" for d in docs])
+            self._bm25.put(ids, tokens, [d.metadata for d in docs])
             self._warn_reserved_keys([d.metadata for d in docs], "KLHybridStore(kl_store=...)")
 
     def _warn_reserved_keys(
@@ -1605,14 +1608,22 @@ class KLHybridStore:
         return new_ids
 
     def _warn_no_tokens(self, texts: Sequence[str]) -> None:
-        """One warning when the token pattern itself gives no token for any non-empty text of an add."""
+        """One warning when the token pattern matches the texts but only ever gives empty tokens (r'\\b').
+
+        Texts the pattern does not match at all (punctuation, emoji: no word) are not the pattern's fault, and
+        tokens that are all stop words show that the pattern works: neither is warned about.
+        """
         written = [t for t in texts if t.strip()]
-        if not written:
-            return
         pattern = self._tokenizer.token_pattern
         split = re.compile(pattern).findall
-        if any(token for t in written for token in split(t.lower())):
-            return  # tokens, all stop words: the pattern works
+        matched = False
+        for text in written:
+            for token in split(text.lower()):
+                if token:
+                    return  # tokens (maybe all stop words): the pattern works
+                matched = True
+        if not matched:
+            return
         logger.warning(
             "token_pattern %r gave no token for any of the %d non-empty text(s) added (e.g. %r): BM25 indexes "
             "nothing for them and only the dense half can find them; a token pattern must match the token's "

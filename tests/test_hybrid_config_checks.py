@@ -358,6 +358,7 @@ def test_an_add_whose_texts_give_no_token_warns_naming_the_pattern(
         (r"(?u)\b\w+\b", ["the and of", "a"]),  # tokens, all stop words: the pattern works
         (r"(?u)\b\w+\b", ["", "  "]),  # nothing to tokenise
         (r"(\d*)[a-z]+", ["4dogs", "cats"]),  # some tokens: one text gave an empty group only
+        (r"(?u)\b\w+\b", ["!!!", "???"]),  # no word in the texts: not the pattern's fault
     ],
 )
 def test_an_add_with_tokens_stop_words_or_blank_texts_does_not_warn(
@@ -368,6 +369,16 @@ def test_an_add_with_tokens_stop_words_or_blank_texts_does_not_warn(
         store.add(texts, gaussians=_g(2), ids=["a", "b"])
     assert not [r for r in caplog.records if "gave no token" in r.getMessage()]
     assert len(store) == 2
+
+
+def test_a_hybrid_over_a_kl_store_whose_texts_give_no_token_warns(caplog: pytest.LogCaptureFixture) -> None:
+    from kl_retrievers.index import KLStore
+
+    kl = KLStore()
+    kl.add(["running dogs", "cats sleeping"], gaussians=_g(2), ids=["a", "b"])
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers.hybrid"):
+        KLHybridStore(fusion="rrf", stemmer=None, token_pattern=r"\b", kl_store=kl)
+    assert len([r for r in caplog.records if "gave no token" in r.getMessage()]) == 1
 
 
 # ------------------------------------------------------------------ a missing token file beside disagreeing tokens
