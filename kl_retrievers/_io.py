@@ -635,33 +635,54 @@ def load_unchanged(folder: str | os.PathLike[str], load: Callable[[], _T], *, at
     ) from last_error
 
 
-def _make_parent(final: Path) -> None:
-    """Create ``final``'s missing parent folders, each made durable; an error names the ancestor that is a file.
+def make_dirs(folder: str | os.PathLike[str], *, saving: Path | None = None) -> list[Path]:
+    """Create ``folder`` and its missing parents (like ``mkdir -p``), each made durable in its own parent.
 
-    Each folder created here is synced into its own parent (``fsync`` of that parent), outermost first, so a
-    crash after the save cannot lose the path to it; folders that already existed cost nothing.
+    The missing folders are made outermost first, and each one's parent is synced (``fsync``) once it
+    holds the new entry, so a crash after a save cannot lose the path to what was saved inside. A folder
+    that another process creates meanwhile is synced into its parent too (that process may not have done
+    it). Folders that already existed cost nothing.
+
+    Args:
+        folder: The folder to create; it may exist already.
+        saving: What is saved into ``folder``, for the error message (``folder`` is then its parent).
+
+    Returns:
+        The folders this call created, outermost first.
+
+    Raises:
+        NotADirectoryError: ``folder`` or one of its parents exists and is not a folder (the message names it).
     """
+    path = Path(folder)
     missing: list[Path] = []
-    for folder in (final.parent, *final.parent.parents):
-        if folder.is_dir():
+    for candidate in (path, *path.parents):
+        if candidate.is_dir():
             break
-        missing.append(folder)
+        missing.append(candidate)
+    created: list[Path] = []
     try:
-        for folder in reversed(missing):  # outermost first: each one's parent exists when it is made
+        for candidate in reversed(missing):  # outermost first: each one's parent exists when it is made
             try:
-                folder.mkdir()
+                candidate.mkdir()
+                created.append(candidate)
             except FileExistsError:
-                if not folder.is_dir():
+                if not candidate.is_dir():
                     raise
-                continue  # made meanwhile by another process (which syncs its own parent)
-            fsync_dir(folder.parent)
+                # made meanwhile by another process, which may not have synced its parent: sync it here
+            fsync_dir(candidate.parent)
     except (FileExistsError, NotADirectoryError):
-        blocking = next((p for p in (final.parent, *final.parent.parents) if p.exists() and not p.is_dir()), None)
+        blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
         if blocking is None:
             raise
-        raise NotADirectoryError(
-            f"cannot save {final}: {blocking} is a file, but it must be a folder (the parent of what is saved)"
-        ) from None
+        doing = f"cannot create the folder {path}" if saving is None else f"cannot save {saving}"
+        where = "" if saving is None else " (the parent of what is saved)"
+        raise NotADirectoryError(f"{doing}: {blocking} is a file, but it must be a folder{where}") from None
+    return created
+
+
+def _make_parent(final: Path) -> None:
+    """Create ``final``'s missing parent folders with :func:`make_dirs`; an error names the ancestor that is a file."""
+    make_dirs(final.parent, saving=final)
 
 
 @contextmanager

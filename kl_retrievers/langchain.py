@@ -88,7 +88,7 @@ from kl_retrievers._confidence import (
     require_calibrator,
 )
 from kl_retrievers._encoding import check_texts
-from kl_retrievers._io import LEFTOVER_NAME, load_unchanged
+from kl_retrievers._io import LEFTOVER_NAME, load_unchanged, make_dirs
 from kl_retrievers.filters import MetadataFilter
 from kl_retrievers.gaussian import (
     SCORE_DIRECTION,
@@ -1907,7 +1907,7 @@ class KLVectorStore(VectorStore):
         }
         # Only klstore/, with a copy of the manifest inside it, is swapped in (at once); langchain.json is written
         # after it. The folder's other entries (named indexes, the user's files) are never touched.
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(folder)  # each new folder synced into its parent, as atomic_dir does for its own
         save_store_with_manifest(self.store, folder / _STORE_DIR, _INNER_MANIFEST, manifest)
         write_manifest(folder / _MANIFEST, manifest)
         logger.info("saved KLVectorStore (%d documents) to %s", len(self.store), folder)

@@ -76,7 +76,7 @@ from kl_retrievers._confidence import (
     hybrid_search,
     is_blank_query,
 )
-from kl_retrievers._io import load_unchanged
+from kl_retrievers._io import load_unchanged, make_dirs
 from kl_retrievers.calibration import ConfidenceCalibrator
 from kl_retrievers.gaussian import (
     SCORE_DIRECTION,
@@ -2172,7 +2172,7 @@ class KLVectorStore(BasePydanticVectorStore):
         """
         _check_fs(fs)
         manifest_path, store_dir = _manifest_and_store_paths(persist_path)
-        manifest_path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(manifest_path.parent)  # each new folder synced into its parent
         calibrator, calibrator_path = self._scorer.explicit, _calibrator_path(manifest_path)
         manifest = {
             "format": _MANIFEST_FORMAT,

@@ -70,6 +70,7 @@ from kl_retrievers._io import (
     atomic_dir,
     atomic_file,
     library_version,
+    make_dirs,
     parse_json_object,
     recover_dir,
     row_id,
@@ -1151,7 +1152,7 @@ def encode_corpus(
         manifest["batch_size"] = int(batch_size)
 
     manifest["score"] = {"name": SCORE_NAME, "direction": SCORE_DIRECTION}
-    target.mkdir(parents=True, exist_ok=True)
+    make_dirs(target)  # each new folder synced into its parent
     with _folder_lock(target) as locked:  # one encode run at a time per folder (where flock is available)
         existing = target / _MANIFEST
         if existing.is_file():
