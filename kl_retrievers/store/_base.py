@@ -82,9 +82,8 @@ class SearchResult:
         id: The document id.
         score: The exact ``-KL(Q || D)``: higher is better, ``0`` for a document equal to the query.
             ``D`` is the document as stored: stores keep documents in float32 (:meth:`GaussianStore.add`),
-            so a document added in float64 scores against its rounded copy, e.g. about ``-0.01`` rather
-            than ``0`` against itself with means near 1e3 and variances 1e-6 in 64 dimensions (it grows
-            with the dimension: about ``-0.003`` in 16, ``-0.06`` in 384).
+            so a document added in float64 scores against its rounded copy: with large means and small
+            variances, slightly below ``0`` against itself (more so the more dimensions).
         text: The document text (``None`` when only Gaussians were added).
         metadata: A copy of the document's metadata.
 
