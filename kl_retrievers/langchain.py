@@ -1772,6 +1772,12 @@ class KLVectorStore(VectorStore):
                     f"cannot load the saved encoder {saved!r}: {exc}; pass embeddings= to load_local (the embeddings "
                     "or Gaussian encoder the store was built with)"
                 ) from exc
+        if relevance is None and "relevance" in manifest and manifest["relevance"] is None:
+            logger.warning(
+                "load_local: the store was saved with a callable relevance function, which is not saved; its "
+                "relevance scores now use the default %r: pass relevance= to load_local for the saved behaviour",
+                DEFAULT_RELEVANCE,
+            )
         rel = relevance if relevance is not None else (manifest.get("relevance") or DEFAULT_RELEVANCE)
         return cls(encoder, store=store, relevance=rel, batch_size=int(manifest.get("batch_size") or 32))
 

@@ -1054,8 +1054,9 @@ def encode_corpus(
         model_backend: Run ``model`` on ``"torch"`` or ``"onnx"`` (ONNX Runtime); ``None``: the
             library's default (:func:`~kl_retrievers.pretrained.load_model`). The backend used is
             recorded in the manifest (``model_backend``); resuming with another one is refused. A folder
-            written before fingerprints and backends were recorded (0.1.0) holds torch encodings: resuming it
-            on ONNX is refused, naming ``--model-backend torch``.
+            written before fingerprints and backends were recorded counts as torch encodings (0.1.0 had no
+            ONNX backend; development builds of early December 2026 could also have written ONNX ones without
+            recording it): resuming it on ONNX is refused, naming ``--model-backend torch``.
         onnx_options: ONNX Runtime session settings of ``model`` (``num_threads``, ``allow_spinning``,
             ``session_options``; see :func:`~kl_retrievers.pretrained.load_model`, which checks them), for
             this process and every Ray worker; with ``model_backend=None`` they choose ONNX. Not with
