@@ -17,6 +17,7 @@ import math
 import os
 import re
 import sys
+import unicodedata
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -1155,54 +1156,91 @@ def _signed(value: float) -> str:
     return f"{value:+.4g}"
 
 
-def _printable(text: str) -> str:
-    r"""``text`` on one line for the text output: non-printable characters escaped as ``repr`` writes them.
+# bidirectional controls: they reorder the characters shown after them (a hit's text could reverse the next one)
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
-    A newline in a document would start a line that reads as another result, and an ANSI escape would
-    rewrite the terminal; letters of any script, punctuation and spaces are kept as they are (``--json``
-    keeps the text unchanged).
+
+def _printable(text: str) -> str:
+    r"""``text`` on one line for the text output: control characters escaped as ``repr`` writes them.
+
+    A newline in a document would start a line that reads as another result, an ANSI escape would
+    rewrite the terminal and a bidirectional control would reorder what follows it: control characters
+    (Unicode categories Cc, Zl, Zp), lone surrogates (Cs) and the bidirectional controls are escaped
+    (``\n``, ``\x1b``, ``\u2028``, ``\u202e``), and a backslash is doubled, so the text ``a\nb`` reads
+    ``a\\nb``, not as an escaped newline. Letters of any script, punctuation, every space (a no-break
+    space, U+3000) and the other format characters (a zero-width joiner in an emoji or a Persian word,
+    a soft hyphen) are kept as they are (``--json`` keeps the text unchanged).
 
     Examples:
-        >>> print(_printable("a\tb\nc\x1b[31m \u2028 é"))
-        a\tb\nc\x1b[31m \u2028 é
+        >>> print(_printable("a\tb\nc\x1b[31m \u2028 é \\n"))
+        a\tb\nc\x1b[31m \u2028 é \\n
+        >>> _printable("10\u00a0km \u6771\u3000x co\u00adop") == "10\u00a0km \u6771\u3000x co\u00adop"
+        True
     """
-    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
+    return "".join(_escaped(char) for char in text)
 
 
-def _filter_keys(spec: Any) -> set[str]:
-    """The metadata keys a JSON ``--filter`` names (inside ``$and`` / ``$or`` / ``$not`` too).
+def _escaped(char: str) -> str:
+    """One character of :func:`_printable`'s output."""
+    if char == "\\":
+        return "\\\\"
+    if char in _BIDI_CONTROLS or unicodedata.category(char) in ("Cc", "Zl", "Zp", "Cs"):
+        return char.encode("unicode_escape").decode("ascii")
+    return char
+
+
+def _filter_keys(spec: Any, negated: bool = False) -> set[str]:
+    """The metadata keys of a JSON ``--filter`` whose condition a document without the key never satisfies.
+
+    Keys inside ``$and`` / ``$or`` / ``$not`` count too. A key whose condition a missing key satisfies is
+    left out (``$ne``, ``$nin``, a condition under ``$not``): the filter can match without it.
 
     Examples:
         >>> sorted(_filter_keys({"$or": [{"lang": "en"}, {"year": {"$gte": 2020}}], "$not": {"draft": True}}))
-        ['draft', 'lang', 'year']
+        ['lang', 'year']
+        >>> sorted(_filter_keys({"a": {"$ne": 1}, "b": {"$nin": [1]}, "c": {"$not": {"$eq": 1}}}))
+        []
     """
+    from kl_retrievers.filters import _MISSING, _field_condition
+
     keys: set[str] = set()
     if isinstance(spec, list):
         for part in spec:
-            keys |= _filter_keys(part)
+            keys |= _filter_keys(part, negated)
     elif isinstance(spec, dict):
         for key, value in spec.items():
             if key in ("$and", "$or", "$not"):
-                keys |= _filter_keys(value)
+                keys |= _filter_keys(value, negated != (key == "$not"))
             elif isinstance(key, str) and not key.startswith("$"):
-                keys.add(key)
+                try:
+                    missing_matches = bool(_field_condition(value)(_MISSING))
+                except (ValueError, TypeError):  # the search itself reports a malformed condition
+                    continue
+                if missing_matches == negated:  # the (negated) condition rejects a document without the key
+                    keys.add(key)
     return keys
+
+
+_FILTER_KEY_CHUNK = 512  # documents fetched at a time while looking for --filter's keys
 
 
 def _warn_absent_filter_keys(store: Any, filt: dict[str, Any]) -> None:
     """Warn (stderr) naming the ``--filter`` keys that no document of ``store`` has in its metadata.
 
     Called when a query got fewer results than asked: a misspelt key matches nothing, and an empty
-    result would otherwise look like an answer.
+    result would otherwise look like an answer. The documents are read :data:`_FILTER_KEY_CHUNK` at a
+    time, stopping as soon as every key has been seen.
     """
     wanted = _filter_keys(filt)
     if not wanted:
         return
     present: set[str] = set()
-    for doc in store.get_by_ids(store.ids):
-        present |= wanted & set(doc.metadata)
-        if present == wanted:
-            return
+    ids = list(store.ids)
+    for start in range(0, len(ids), _FILTER_KEY_CHUNK):
+        for doc in store.get_by_ids(ids[start : start + _FILTER_KEY_CHUNK]):
+            present |= wanted & set(doc.metadata)
+            if present == wanted:
+                return
     absent = sorted(wanted - present)
     logger.warning(
         "--filter names metadata key%s %s, which no document in the store has: a condition on %s matches "
@@ -1351,6 +1389,9 @@ class _OutputError(OSError):
 class _CheckedStdout:
     """``sys.stdout`` during a command: a failed write or flush (not a closed pipe) names stdout.
 
+    A character the stream's encoding cannot write (an ``ascii`` stdout) is written escaped (``\\xe9``),
+    as Python writes it to stderr, instead of ending the command.
+
     Without it, ``kl-retrievers search ... > /dev/full`` ends with a bare ``[Errno 28] No space left on
     device``, which reads as if an input or the store were at fault. ``BrokenPipeError`` passes as it is
     (the reader went away: :func:`main` stops quietly). Everything else is the wrapped stream's.
@@ -1367,7 +1408,11 @@ class _CheckedStdout:
 
     def write(self, text: str) -> int:
         try:
-            return int(self._stream.write(text))
+            try:
+                return int(self._stream.write(text))
+            except UnicodeEncodeError:  # a stdout that cannot show it (PYTHONIOENCODING=ascii): escaped, not fatal
+                encoding = getattr(self._stream, "encoding", None) or "utf-8"
+                return int(self._stream.write(text.encode(encoding, "backslashreplace").decode(encoding)))
         except BrokenPipeError:
             raise
         except OSError as exc:
@@ -1395,13 +1440,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     (``LEVEL logger: message``) may precede it. Ctrl-C exits with 130 and SIGTERM with 143 (128 +
     the signal's number, as a shell reports a process killed by it), each after the same clean-up
     (temporary folders of an interrupted save are removed); a reader of stdout that went away
-    (``| head``) gives 141. Results go to stdout, logs, warnings and progress bars to stderr.
+    (``| head``) gives 141. Results go to stdout, logs, warnings and progress bars to stderr. A SIGTERM
+    that the parent process set to be ignored stays ignored.
     """
     import signal
     import threading
 
     previous: Any = None
     handled = threading.current_thread() is threading.main_thread()  # signal.signal works there only
+    # an ignored SIGTERM (SIG_IGN inherited from the parent, as `nohup` and some supervisors set it) stays ignored
+    handled = handled and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN
     if handled:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:

@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kl_retrievers._io import is_gaussians_config, read_json_object
+from kl_retrievers._io import check_file_target, is_gaussians_config, read_json_object
 
 __all__ = [
     "ENCODED_SHARDS_FORMAT",
@@ -43,6 +44,7 @@ __all__ = [
     "non_negative_int",
     "read_folder_config",
     "positive_int",
+    "progress_default",
     "thread_count",
     "token_budget",
 ]
@@ -305,6 +307,23 @@ def is_store_config(config: dict[str, Any] | None) -> bool:
     return config is not None and config.get("format") == KLSTORE_FORMAT
 
 
+def progress_default(quiet: bool) -> bool:
+    """Whether ``evaluate`` / ``train`` show progress bars: never with ``--quiet``, else when stderr is a terminal.
+
+    A log file or a pipe (``2> log``, a CI job) gets no bars, whose redraws would fill it.
+
+    Examples:
+        >>> progress_default(True)
+        False
+    """
+    if quiet:
+        return False
+    try:
+        return bool(sys.stderr is not None and sys.stderr.isatty())
+    except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
+        return False
+
+
 def check_output_path(path: Path, flag: str, *, folder: bool, store: bool = False, gaussians: bool = False) -> None:
     """Fail before any work when ``path`` cannot be written (a message naming ``flag`` and the problem).
 
@@ -317,8 +336,12 @@ def check_output_path(path: Path, flag: str, *, folder: bool, store: bool = Fals
         gaussians: The folder will be replaced by saved Gaussians (``kl-retrievers encode``): an
             existing non-empty folder must hold saved Gaussians (its ``config.json`` says so).
 
+    A file output (``folder=False``) is written by replacing its path (:func:`kl_retrievers._io.atomic_file`),
+    so a symbolic link, a named pipe, a device or a socket there is refused here, before any work.
+
     Raises:
-        ValueError: The path is the wrong kind, a non-empty folder that is not what is replaced, or not writable.
+        ValueError: The path is the wrong kind, a non-empty folder that is not what is replaced, a file path
+            holding something other than a regular file, or not writable.
 
     Examples:
         >>> with tempfile.TemporaryDirectory() as tmp:
@@ -351,6 +374,11 @@ def check_output_path(path: Path, flag: str, *, folder: bool, store: bool = Fals
                     f"{flag} {path}: exists and what it holds is not an encode output (saved Gaussians); "
                     "refusing to replace it: use a new or empty folder"
                 )
+    if not folder:  # a file is written by replacing its path: a link, a pipe or a device there is refused now
+        try:
+            check_file_target(path)
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"{flag} {path}: {exc}") from None
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

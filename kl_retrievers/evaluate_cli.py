@@ -45,6 +45,7 @@ from kl_retrievers.cli_common import (
     model_session_problem,
     non_negative_int,
     positive_int,
+    progress_default,
     token_budget,
 )
 from kl_retrievers.datasets import CORPUS_FILE, QRELS_DIR, QUERIES_FILE, BeirDataset, DatasetError, load_beir
@@ -1005,7 +1006,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         0
     """
     _setup_logging(args.quiet)
-    show = not args.quiet
+    show = progress_default(args.quiet)  # bars on a terminal only, none with --quiet
     if args.depth < 1:
         print(
             f"kl-retrievers evaluate: error: --depth must be an integer >= 1 (documents per query); got {args.depth}",

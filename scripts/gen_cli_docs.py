@@ -48,8 +48,8 @@ SCRIPTING = """
 **Streams.** stdout carries the results only (search hits, `search --json` and `evaluate --json` records, the
 one-line summaries of `encode` and `index`); logs, warnings, errors and progress bars go to stderr. A progress
 bar is shown when stderr is a terminal; `--progress` (`encode`, `index`) shows it anyway, `--no-progress` hides
-it (`evaluate` and `train` have `--quiet`). `--verbose` (`-v`) logs at INFO level; it may come before or after
-the subcommand.
+it (`evaluate` and `train` show bars on a terminal only and have `--quiet`). `--verbose` (`-v`) logs at INFO
+level; it may come before or after the subcommand.
 
 **Exit statuses.**
 
@@ -64,13 +64,21 @@ the subcommand.
 
 A usage error is a bad flag or no subcommand; bad input is a missing or malformed file, a damaged store, an
 output that cannot be written, or stdout closed or full. After 130 or 143, the temporary folders of an
-interrupted save are removed and an earlier output is left whole, as for any other error.
+interrupted save are removed and an earlier output is left whole, as for any other error. Ctrl-C in the
+first fraction of a second, while Python imports the package, may still show a traceback. SIGTERM is handled
+between Python bytecodes: during a long call into native code (a faiss search, an onnxruntime or torch batch)
+the exit waits until that call returns. A SIGTERM that the parent process set to be ignored (`trap '' TERM`
+in a shell, some supervisors) stays ignored.
 
 **Text output.** `search` and `demo` print one line per query (`query: '...'  (uncertainty ...)`) and one
-line per hit (rank, `-KL=` score, `[id]` and the first 80 characters of the text). Control and other
-non-printable characters in ids and texts (newlines, tabs, escape sequences) are shown escaped as Python
-writes them (`\\n`, `\\t`, `\\x1b`), so every hit stays on its line; `--json` keeps them as they are.
-The text output is for reading; parse `--json`.
+line per hit (rank, `-KL=` score, `[id]` and the first 80 characters of the text). Control characters in
+ids and texts (newlines, tabs, escape sequences, line and paragraph separators), lone surrogates and the
+bidirectional controls (U+202A-202E, U+2066-2069, U+200E, U+200F, U+061C) are shown escaped as Python writes
+them (`\\n`, `\\t`, `\\x1b`, `\\u202e`), and a backslash is doubled (`\\\\`), so every hit stays on its
+line and an escape cannot be confused with text; every other character (letters of any script, no-break and
+ideographic spaces, zero-width joiners, soft hyphens) is kept. A character that stdout's encoding cannot write
+(`PYTHONIOENCODING=ascii`) is shown escaped (`\\xe9`). `--json` keeps texts as they are. The text output is for
+reading; parse `--json`.
 
 **`search --json`** prints JSON Lines: one JSON object per query, on its own line, in the order of the
 queries (read it line by line; two queries are two objects, not one JSON document):
@@ -89,6 +97,12 @@ queries (read it line by line; two queries are two objects, not one JSON documen
 
 **`-` is not stdin or stdout.** Inputs are files: `--input -` and `index -` are refused (save the input to
 a file first; `encode` also takes texts as arguments), and so is `--out -` of `encode` and `index`.
+
+**Outputs are replaced, not written through.** A file output (`evaluate --save-run`, `--per-query`) is written
+to a new file that then replaces its path: a symbolic link, a named pipe or a device there is refused before
+any work. A folder output (`encode --out`, `index --out`, `train --out`) replaces its path as a whole: a
+symbolic link to a folder there is replaced by a real folder, and the folder the link pointed to is left as it
+was; give the link's target to update that folder.
 """  # noqa: E501 (a JSON Lines record is one line)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
 import json
 import logging
 import os
@@ -337,3 +338,224 @@ def test_out_dash_is_refused_not_made_a_folder(
     assert main([command, *given, "--out", "-", "--model", str(model_dir), "--no-progress"]) == 2
     assert "--out -: writing to stdout is not supported" in capsys.readouterr().err
     assert not (tmp_path / "-").exists()
+
+
+# ---------------------------------------------------------------- review V6 (text, filters, streams, signals, outputs)
+@pytest.mark.parametrize(
+    "text",
+    [
+        "10\u00a0km",  # no-break space
+        "\u6771\u4eac\u3000\u5927\u962a",  # ideographic space
+        "prix\u202f: 3",  # narrow no-break space
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # zero-width non-joiner (Persian)
+        "\U0001f468\u200d\U0001f469\u200d\U0001f467",  # zero-width joiner (an emoji family)
+        "co\u00adoperate",  # soft hyphen
+        "e\u0301 \u05e9\u05dc\u05d5\u05dd",  # a combining accent, Hebrew
+    ],
+)
+def test_text_output_keeps_spaces_and_format_characters_of_ordinary_text(text: str) -> None:
+    assert cli._printable(text) == text
+
+
+def test_text_output_escapes_controls_bidi_overrides_surrogates_and_doubles_backslashes() -> None:
+    assert cli._printable("a\nb\u2029c\x7f") == "a\\nb\\u2029c\\x7f"
+    assert cli._printable("abc\u202edef\u2066x\u200fy\u061c") == "abc\\u202edef\\u2066x\\u200fy\\u061c"
+    assert cli._printable("x\ud800y") == "x\\ud800y"
+    assert cli._printable("a\\nb") == "a\\\\nb"  # the text backslash-n, not an escaped newline
+    assert cli._printable("a\\nb") != cli._printable("a\nb")
+
+
+@pytest.mark.parametrize(
+    "filt",
+    [
+        '{"year": 1999, "draft": {"$ne": true}}',
+        '{"year": 1999, "$not": {"draft": true}}',
+        '{"year": 1999, "draft": {"$nin": [true]}}',
+        '{"year": 1999, "draft": {"$not": {"$eq": true}}}',
+    ],
+)
+def test_no_filter_key_warning_for_a_condition_a_missing_key_satisfies(
+    filt: str, built: tuple[Path, Path], caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, store = built
+    with caplog.at_level(logging.WARNING):
+        assert main(["search", str(store), "cat", "--json", "--filter", filt]) == 0
+    assert json.loads(capsys.readouterr().out)["results"] == []
+    assert "no document in the store has" not in caplog.text  # 'draft' is absent, which those conditions accept
+
+
+def test_a_negated_negative_condition_on_an_absent_key_is_still_warned_about(
+    built: tuple[Path, Path], caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, store = built
+    with caplog.at_level(logging.WARNING):
+        assert main(["search", str(store), "cat", "--json", "--filter", '{"$not": {"draft": {"$ne": true}}}']) == 0
+    assert "'draft'" in caplog.text and "no document in the store has" in caplog.text
+
+
+class _CountingStore:
+    """A store of ``n`` documents, each with metadata ``{"year": i}``, that records what ``get_by_ids`` is asked."""
+
+    def __init__(self, n: int) -> None:
+        self.ids = [f"d{i}" for i in range(n)]
+        self.asked: list[int] = []
+
+    def get_by_ids(self, ids: list[str]) -> list[Any]:
+        self.asked.append(len(ids))
+        return [argparse.Namespace(id=i, text="a long text " * 100, metadata={"year": 1}) for i in ids]
+
+
+def test_the_filter_key_check_reads_the_store_in_chunks_and_stops_at_the_first_holder(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = _CountingStore(10 * cli._FILTER_KEY_CHUNK)
+    with caplog.at_level(logging.WARNING):
+        cli._warn_absent_filter_keys(store, {"year": 1999})
+    assert store.asked == [cli._FILTER_KEY_CHUNK]  # not the whole store at once
+    assert "no document in the store has" not in caplog.text
+    store = _CountingStore(3 * cli._FILTER_KEY_CHUNK)
+    with caplog.at_level(logging.WARNING):
+        cli._warn_absent_filter_keys(store, {"yeer": 1999})
+    assert store.asked == [cli._FILTER_KEY_CHUNK] * 3
+    assert "'yeer'" in caplog.text
+
+
+def test_text_output_on_an_ascii_stdout_is_escaped_not_an_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = io.BytesIO()
+    ascii_stdout = io.TextIOWrapper(raw, encoding="ascii", errors="strict", write_through=True)
+    monkeypatch.setattr(sys, "stdout", ascii_stdout)
+
+    def command(args: Any) -> int:
+        print(cli._printable("caf\u00e9 \u6771\u4eac"))
+        return 0
+
+    _fake_command(monkeypatch, command)
+    assert main(["search", "store", "q"]) == 0, capsys.readouterr().err
+    assert raw.getvalue() == b"caf\\xe9 \\u6771\\u4eac\n"
+
+
+def test_the_console_script_runs_the_interrupt_safe_entry_point() -> None:
+    import tomllib
+
+    from kl_retrievers.__main__ import run
+
+    config = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    assert config["project"]["scripts"]["kl-retrievers"] == "kl_retrievers.__main__:run"
+    assert callable(run)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or sys.platform == "win32", reason="POSIX signals")
+def test_an_ignored_sigterm_stays_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert threading.current_thread() is threading.main_thread()
+
+    def command(args: Any) -> int:
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGTERM)  # ignored: the command goes on
+        time.sleep(0.05)
+        return 0
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        _fake_command(monkeypatch, command)
+        status = main(["search", "store", "q"])
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert status == 0
+
+
+def _tiny_beir(root: Path) -> Path:
+    ds = root / "ds"
+    (ds / "qrels").mkdir(parents=True)
+    docs = [{"_id": "d1", "text": "alpha beta"}, {"_id": "d2", "text": "gamma delta"}]
+    (ds / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    (ds / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "alpha"}) + "\n", encoding="utf-8")
+    (ds / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n", encoding="utf-8")
+    return ds
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_evaluate_shows_no_progress_bars_when_stderr_is_not_a_terminal(
+    quiet: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import kl_retrievers.evaluate_cli as evaluate_cli
+
+    monkeypatch.setenv("KL_RETRIEVERS_CACHE", str(tmp_path / "cache"))
+    seen: list[Any] = []
+
+    def baseline(*args: Any, show_progress: Any = None, **kwargs: Any) -> Any:
+        seen.append(show_progress)
+        return {"q1": {"d1": 2.0, "d2": 1.0}}, "bm25"
+
+    monkeypatch.setattr(evaluate_cli, "run_baseline", baseline)
+    flags = ["--quiet"] if quiet else []
+    assert main(["evaluate", str(_tiny_beir(tmp_path)), "--baseline", "bm25", "--json", *flags]) == 0
+    assert seen == [False]  # capsys's stderr is no terminal
+
+
+def test_the_progress_default_is_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kl_retrievers.cli_common import progress_default
+
+    class _Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    assert progress_default(False) is True and progress_default(True) is False
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert progress_default(False) is False
+    monkeypatch.setattr(sys, "stderr", None)
+    assert progress_default(False) is False
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_train_shows_no_progress_bars_when_stderr_is_not_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kl_retrievers.training.trainer as trainer
+
+    seen: list[Any] = []
+
+    def config(**kwargs: Any) -> Any:
+        seen.append(kwargs.get("show_progress"))
+        raise _Stop()
+
+    monkeypatch.setattr(trainer, "TrainConfig", config)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"query": "q", "positives": ["a"], "negatives": ["b"]}) + "\n", encoding="utf-8")
+    assert main(["train", "--data", str(rows), "--out", str(tmp_path / "m"), "--steps", "2"]) == 1
+    assert seen == [False]
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+@pytest.mark.parametrize("flag", ["--save-run", "--per-query"])
+def test_evaluate_refuses_a_link_or_pipe_output_before_any_work(
+    kind: str, flag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import kl_retrievers.evaluate_cli as evaluate_cli
+
+    if kind == "fifo" and not hasattr(os, "mkfifo"):
+        pytest.skip("named pipes")
+    target = tmp_path / ("out.trec" if flag == "--save-run" else "out.json")
+    if kind == "symlink":
+        (tmp_path / "real.txt").write_text("keep", encoding="utf-8")
+        target.symlink_to(tmp_path / "real.txt")
+    else:
+        os.mkfifo(target)
+
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the evaluation ran before the output was refused")
+
+    monkeypatch.setattr(evaluate_cli, "run_baseline", never)
+    monkeypatch.setattr(evaluate_cli, "load_beir", never)
+    assert main(["evaluate", str(_tiny_beir(tmp_path)), "--baseline", "bm25", "--quiet", flag, str(target)]) == 2
+    err = capsys.readouterr().err
+    assert flag in err and str(target) in err
+    assert ("symbolic link" if kind == "symlink" else "named pipe") in err, err
+    if kind == "symlink":
+        assert target.is_symlink() and (tmp_path / "real.txt").read_text(encoding="utf-8") == "keep"

@@ -35,6 +35,7 @@ from kl_retrievers.cli_common import (
     args_subset,
     check_output_path,
     positive_int,
+    progress_default,
     token_budget,
 )
 
@@ -817,7 +818,7 @@ def _run_train(args: argparse.Namespace) -> int:
     command = getattr(args, "command_line", None) or shlex.join(["kl-retrievers", *sys.argv[1:]])
     cache_root = Path(args.cache_dir) if args.cache_dir else default_feature_cache_dir().parent
     feature_cache = cache_root / "features"
-    show = not args.quiet
+    show = progress_default(args.quiet)  # bars on a terminal only, none with --quiet
     try:
         # a source given twice would count each example twice: dropped with a warning (the card lists it once)
         args.data = [str(d) for d in unique_data_paths(args.data, args.split)]
