@@ -559,3 +559,13 @@ def test_evaluate_refuses_a_link_or_pipe_output_before_any_work(
     assert ("symbolic link" if kind == "symlink" else "named pipe") in err, err
     if kind == "symlink":
         assert target.is_symlink() and (tmp_path / "real.txt").read_text(encoding="utf-8") == "keep"
+
+
+def test_train_out_dash_is_refused_before_anything_is_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kl_retrievers.training.cli import check_train_out
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="--out -: a trained model is a folder"):
+        check_train_out("-", [str(tmp_path / "data")])
+    assert not (tmp_path / "-").exists()
+    assert check_train_out("./-", [str(tmp_path / "data")]) == tmp_path / "-"

@@ -483,6 +483,8 @@ def check_train_out(out: str | os.PathLike[str], data: list[str], *, overwrite: 
     given = os.fspath(out)
     if not given.strip():
         raise ValueError("--out is empty; give the output folder of the trained model")
+    if given == "-":  # as encode and index: "-" is not stdout here, and a folder named "-" is a surprise
+        raise ValueError("--out -: a trained model is a folder, not a stream; give a folder (./- for one named -)")
     target = Path(given).expanduser().resolve()
     if target == target.parent:
         raise ValueError(f"--out {given}: is the file-system root; give a folder to save the model in")
