@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -78,3 +79,35 @@ def test_klstore_load_with_the_reconfigured_encoder_warns(tmp_path: Path, caplog
     with caplog.at_level(logging.WARNING):  # the settings the documents were encoded with: nothing to say
         KLStore.load(tmp_path / "store", encoder=GaussianEncoder.from_pretrained(tmp_path / "Y"))
     assert "pooling" not in " ".join(r.getMessage() for r in caplog.records)
+
+
+def test_a_recorded_tokenizer_is_compared_when_both_are_known(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from kl_retrievers.store._format import encoder_tokenizer
+
+    enc = make_tiny_encoder()
+    enc.save_pretrained(tmp_path / "X")
+    loaded = GaussianEncoder.from_pretrained(tmp_path / "X")
+    weights, own = loaded.weights_sha256, encoder_tokenizer(loaded)
+    assert isinstance(own, str) and len(own) == 64
+    with caplog.at_level(logging.WARNING):
+        assert not warn_if_other_weights(weights, loaded, "s", tokenizer=own)
+        assert not warn_if_other_weights(weights, loaded, "s", tokenizer=None)  # not recorded: not compared
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING):
+        assert warn_if_other_weights(weights, loaded, "the store at /s", tokenizer="0" * 64)
+    assert f"tokenizer (vocabulary, normalisation, added tokens) SHA-256 {'0' * 16}... vs {own[:16]}..." in (
+        caplog.records[-1].getMessage()
+    )
+
+
+def test_an_onnx_config_is_compared_by_its_own_token_budgets(tmp_path: Path) -> None:
+    recorded, _ = _reconfigured(tmp_path)
+    source = {**recorded, "max_length": 40, "query_max_length": 12}
+
+    onnx_config = {"backend": "onnx", "dim": 8, "max_length": 5, "query_max_length": 12, "encoder": source}
+    onnx = SimpleNamespace(config=onnx_config)
+
+    # the export-time section says 40; the ONNX encoder encodes documents with its own max_length, 5
+    assert config_differences(source, onnx) == ["max_length 40 vs 5"]
+    assert config_differences(onnx_config, onnx) == []
+    assert config_differences({**onnx_config, "max_length": 40}, onnx) == ["max_length 40 vs 5"]

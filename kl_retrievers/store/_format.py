@@ -244,7 +244,8 @@ def _check_fields(config: dict[str, Any], cfg_path: Path) -> None:
             raise StoreFormatError(f"{cfg_path}: field 'encoder.name_or_path' must be a string")
         if not isinstance(encoder.get("config"), (dict, type(None))):
             raise StoreFormatError(f"{cfg_path}: field 'encoder.config' must be a JSON object or null")
-        for field in ("weights_sha256", "backbone_sha256"):  # absent in stores saved before they were recorded
+        # absent in stores saved before they were recorded
+        for field in ("weights_sha256", "backbone_sha256", TOKENIZER_FIELD):
             if not isinstance(encoder.get(field), (str, type(None))):
                 raise StoreFormatError(
                     f"{cfg_path}: field 'encoder.{field}' must be a string or null, not {encoder.get(field)!r}"
@@ -372,9 +373,15 @@ OUTPUT_CONFIG_FIELDS = (
 )
 
 
+#: The :data:`OUTPUT_CONFIG_FIELDS` an ONNX encoder takes from its own config (not from the source config it holds
+#: under ``encoder``, written at export) when it encodes.
+ONNX_OWN_FIELDS = ("dim", "max_length", "query_max_length")
+
+
 def _output_fields(config: Any) -> dict[str, Any] | None:
     """The output-relevant fields (:data:`OUTPUT_CONFIG_FIELDS`, ``query_prefix``) of an encoder config (an object
-    or its ``to_dict()``; an ONNX encoder's ``encoder`` section); ``None`` when it is not such a config."""
+    or its ``to_dict()``; an ONNX encoder's ``encoder`` section, with its own :data:`ONNX_OWN_FIELDS`); ``None`` when
+    it is not such a config."""
     if not isinstance(config, dict):
         to_dict = getattr(config, "to_dict", None)
         try:
@@ -384,9 +391,13 @@ def _output_fields(config: Any) -> dict[str, Any] | None:
         if not isinstance(config, dict):
             return None
     if config.get("backend") == "onnx":
-        config = config.get("encoder")
-        if not isinstance(config, dict):
+        # the source encoder's settings, except the ones an ONNX encoder reads from its own config when it encodes
+        # (the dimension and token budgets: onnx_encoder.config.max_length = 5 changes its documents' encodings)
+        source = config.get("encoder")
+        if not isinstance(source, dict):
             return None
+        own = {name: config[name] for name in ONNX_OWN_FIELDS if _is_int(config.get(name))}
+        config = {**source, **own}
     if "dim" not in config:
         return None
     fields = {name: config.get(name) for name in OUTPUT_CONFIG_FIELDS if name in config}
@@ -415,6 +426,47 @@ def config_differences(recorded: Any, encoder: Any) -> list[str]:
     return [f"{k} {was[k]!r:.40} vs {now[k]!r:.40}" for k in was if k in now and was[k] != now[k]]
 
 
+#: The field of a KLStore's ``config.json`` ``encoder`` record (``tokenizer_sha256`` in a Milvus collection's config
+#: has another meaning) holding the SHA-256 of the documents' tokenizer (:func:`encoder_tokenizer`), kept by every
+#: save as the weights identity is; absent in stores saved before it was recorded (then not compared).
+TOKENIZER_FIELD = "tokenizer_identity_sha256"
+
+
+def encoder_tokenizer(encoder: Any) -> str | None:
+    """SHA-256 of what ``encoder``'s tokenizer turns text into (vocabulary, normalisation, added tokens:
+    :func:`kl_retrievers.encoding_cache.tokenizer_identity`, the same for a torch encoder and its ONNX export);
+    ``None`` when it has none.
+
+    Examples:
+        >>> encoder_tokenizer(object()) is None
+        True
+    """
+    from kl_retrievers.encoding_cache import _tokenizer_digest
+
+    try:
+        return _tokenizer_digest(encoder)
+    except Exception:  # a foreign encoder's tokenizer: not known
+        return None
+
+
+def encoding_differences(config: Any, tokenizer: Any, encoder: Any) -> list[str]:
+    """What, besides its weights, makes ``encoder`` encode otherwise than the model a store records: the
+    :func:`config_differences` from the recorded encoder ``config``, and another tokenizer than the recorded
+    SHA-256 ``tokenizer`` (:func:`encoder_tokenizer`). What either side does not record is not compared.
+
+    Examples:
+        >>> class Enc:
+        ...     config = {"dim": 8, "pooling": "mean"}
+        >>> encoding_differences({"dim": 8, "pooling": "cls"}, "a" * 64, Enc())  # Enc has no tokenizer
+        ["pooling 'cls' vs 'mean'"]
+    """
+    differ = config_differences(config, encoder)
+    now = encoder_tokenizer(encoder) if isinstance(tokenizer, str) else None
+    if now is not None and now != tokenizer:
+        differ.append(f"tokenizer (vocabulary, normalisation, added tokens) SHA-256 {tokenizer:.16}... vs {now:.16}...")
+    return differ
+
+
 def warn_if_other_weights(
     recorded: Any,
     encoder: Any,
@@ -423,6 +475,7 @@ def warn_if_other_weights(
     *,
     backbone: Any = None,
     config: Any = None,
+    tokenizer: Any = None,
 ) -> bool:
     """Warn when ``encoder``'s weights are not those a store's documents were encoded with; ``True`` if it warned.
 
@@ -448,7 +501,9 @@ def warn_if_other_weights(
     is compared with the encoder's in the fields that change outputs for the same weights
     (:func:`config_differences`: pooling, beta, ``var_token``, ``normalize_pooled``, the token budgets, the query
     prefix, ...), and a difference warns naming each field with both values: a model folder re-saved with another
-    config keeps its weights identity, which names the weights only.
+    config keeps its weights identity, which names the weights only. So is the SHA-256 of the tokenizer the store
+    records (``tokenizer``: its ``encoder.tokenizer_identity_sha256``) with the encoder's (:func:`encoder_tokenizer`),
+    when both are known: the same weights behind another vocabulary give other encodings.
 
     A store records one identity, its first documents' (taken again only once it is empty): documents added
     later with another model make a mixed store that still records the first model's, so re-adding every
@@ -462,6 +517,7 @@ def warn_if_other_weights(
         backbone: The backbone the store records: its SHA-256, or ``(SHA-256, name)`` as
             :func:`recorded_backbone` gives it (anything else, or a SHA-256 of ``None``: not known).
         config: The encoder config the store records (``None``: not known, not compared).
+        tokenizer: The tokenizer SHA-256 the store records (anything but a string: not known, not compared).
 
     Examples:
         >>> class Enc:
@@ -495,7 +551,7 @@ def warn_if_other_weights(
     stored_sha = stored_sha.lower() if isinstance(stored_sha, str) and _SHA256.fullmatch(stored_sha.lower()) else None
     own_sha, own_name = encoder_backbone(encoder)
     if stored_sha is None or own_sha is None or stored_sha == own_sha:
-        differ = config_differences(config, encoder)
+        differ = encoding_differences(config, tokenizer, encoder)
         if not differ:
             return False
         log.warning(

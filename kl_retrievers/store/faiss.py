@@ -472,6 +472,9 @@ class KLStore(GaussianStore):
         # the first add, else config.json's. A save by an encoder known to be another model records it, with the
         # weights and backbone, so that a reload names (and lazily loads) the documents' model; None: not known.
         self._documents_model: dict[str, Any] | None = None
+        # The SHA-256 of the tokenizer those documents were encoded with (_format.encoder_tokenizer), taken and kept
+        # alike (config.json's encoder.tokenizer_identity_sha256); None when not known.
+        self._documents_tokenizer: str | None = None
         # When that identity was not known at the first add (an encoder built or trained in memory): the encoder's
         # parameter versions then, so that a save after encoder.save_pretrained of those same weights records the
         # identity they got (_documents_identity); None otherwise.
@@ -596,6 +599,7 @@ class KLStore(GaussianStore):
                 self._documents_weights = _format.encoder_weights(self.encoder)
                 self._documents_backbone = _format.encoder_backbone(self.encoder)[0]
                 self._documents_model = None if self.encoder is None else _encoder_record(self.encoder)[0]
+                self._documents_tokenizer = _format.encoder_tokenizer(self.encoder)
                 self._documents_versions = None
                 if self._documents_weights is None and hasattr(self.encoder, "_parameter_versions"):
                     self._documents_versions = self.encoder._parameter_versions()  # a later save_pretrained names them
@@ -865,6 +869,7 @@ class KLStore(GaussianStore):
                                 logger,
                                 backbone=self._backbone_record(),
                                 config=(self._documents_model or {}).get("config"),
+                                tokenizer=self._documents_tokenizer,
                             )
                 if problem is not None:
                     self._saved_encoder_problem = f"this store has no encoder to encode text, and {problem}"
@@ -911,15 +916,20 @@ class KLStore(GaussianStore):
         return self._documents_weights
 
     def _encoder_is_other_model(self) -> bool:
-        """Whether the attached encoder is known to be another model than the one the documents were encoded
-        with: both weights identities known and different, or equal over backbones both known and different."""
+        """Whether the attached encoder is known to encode otherwise than the model the documents were encoded
+        with: both weights identities known and different, or equal over backbones both known and different, or
+        equal with another output-relevant config or another tokenizer than the documents' (both known:
+        :func:`_format.encoding_differences`, what :func:`_format.warn_if_other_weights` warns about at load)."""
         if self.encoder is None:
             return False
         documents, own = self._documents_identity(), _format.encoder_weights(self.encoder)
         if documents is None or own is None:
             return False
         backbone, own_backbone = self._documents_backbone, _format.encoder_backbone(self.encoder)[0]
-        return documents != own or (backbone is not None and own_backbone is not None and backbone != own_backbone)
+        if documents != own or (backbone is not None and own_backbone is not None and backbone != own_backbone):
+            return True
+        config = (self._documents_model or {}).get("config")
+        return bool(_format.encoding_differences(config, self._documents_tokenizer, self.encoder))
 
     def _backbone_record(self) -> tuple[str | None, str | None]:
         """``(SHA-256, name)`` of the backbone the documents were encoded over, as :func:`_format.warn_if_other_weights`
@@ -954,15 +964,20 @@ class KLStore(GaussianStore):
             # encoder's. Compared at load (_format.warn_if_other_weights); absent when not known.
             # The backbone under them likewise (the encoder config beside it is the saving encoder's, which may
             # be another model with the same delta identity): null when not known.
+            # And the SHA-256 of the tokenizer they were encoded with (null when not known), kept alike.
             if len(self._table):
                 weights, backbone = self._documents_identity(), self._documents_backbone
+                tokenizer = self._documents_tokenizer
             else:
                 weights, backbone = _format.encoder_weights(self.encoder), _format.encoder_backbone(self.encoder)[0]
+                tokenizer = _format.encoder_tokenizer(self.encoder)
             encoder_info.pop("weights_sha256", None)
             encoder_info.pop("backbone_sha256", None)
+            encoder_info.pop(_format.TOKENIZER_FIELD, None)
             if weights is not None:
                 encoder_info["weights_sha256"] = weights
                 encoder_info["backbone_sha256"] = backbone
+                encoder_info[_format.TOKENIZER_FIELD] = tokenizer
         engine_config = self._engine.config()  # norm_bound, index_offset, flat_centre, index_centre
         return {
             "format": _format.FORMAT_NAME,
@@ -992,11 +1007,13 @@ class KLStore(GaussianStore):
         :meth:`load` compares with its ``encoder=`` (by name, weights and backbone) and loads by name when
         given none (as ``kl-retrievers search`` does): the weights identity and backbone SHA-256 of the first
         documents (``weights_sha256``, ``backbone_sha256``), kept by every save, and beside them the model's
-        ``name_or_path`` and encoder ``config``. These are the attached encoder's, except when it is known to
-        be another model than the documents' (both weights identities known and different, or equal over
-        backbones both known and different: ``bge-small-unit-variance`` attached to a store built with
-        ``minilm-unit-variance``); then the documents' model's are kept too (from the first add, or the
-        loaded record). When either identity is not known (an encoder built or trained in memory, a store
+        ``name_or_path`` and encoder ``config``, and the SHA-256 of their tokenizer (``tokenizer_identity_sha256``).
+        These are the attached encoder's, except when it is known to encode otherwise than the documents'
+        model (both weights identities known and different, or equal over backbones both known and different:
+        ``bge-small-unit-variance`` attached to a store built with ``minilm-unit-variance``; or equal with
+        another output-relevant config or tokenizer, such as the model folder re-saved with mean pooling); then
+        the documents' model's are kept too (from the first add, or the loaded record), so the next load still
+        warns. When either identity is not known (an encoder built or trained in memory, a store
         saved before identities were recorded), the attached encoder is recorded. A store with no encoder
         writes back the record it was loaded with; an empty store records its encoder.
 
@@ -1080,7 +1097,9 @@ class KLStore(GaussianStore):
         Args:
             path: The store folder.
             encoder: Optional encoder for text queries / additions (a name differing from the
-                saved one logs a warning; another Gaussian dimension is an error). Without one, the
+                saved one logs a warning, unless the weights identity is the recorded one and neither
+                backbone, config nor tokenizer is known to differ: a folder path of the bundled model;
+                another Gaussian dimension is an error). Without one, the
                 first text search or text add loads the model the store was saved with
                 (:attr:`saved_encoder`, by name, once; an info log names it).
             mmap: Memory-map the Gaussians (read-only ``np.load(mmap_mode="r")``) and, where
@@ -1134,23 +1153,31 @@ class KLStore(GaussianStore):
         store._documents_weights = recorded if isinstance(recorded, str) else None
         store._documents_backbone = _format.recorded_backbone(config["encoder"], store._documents_weights)[0]
         record = config["encoder"]
+        tokenizer = record.get(_format.TOKENIZER_FIELD) if isinstance(record, dict) else None  # checked: str or None
+        store._documents_tokenizer = tokenizer if isinstance(tokenizer, str) and store._documents_weights else None
         if isinstance(record, dict) and isinstance(record.get("name_or_path", ""), str):
             # the documents' model, kept by a save with another one (a record without a name keeps "": read_config
             # accepts it, and a save must write back what read_config accepts)
             store._documents_model = {"name_or_path": record.get("name_or_path", ""), "config": record.get("config")}
-        if saved and now and saved != now:
-            logger.warning("store was built with encoder %r but is loaded with %r", saved, now)
+        other_encoding = False
         if encoder is not None:
-            _format.warn_if_other_weights(
+            other_encoding = _format.warn_if_other_weights(
                 store._documents_weights,
                 encoder,
                 where or f"the store at {folder}",
                 logger,
                 backbone=store._backbone_record(),
                 config=(store._documents_model or {}).get("config"),
+                tokenizer=store._documents_tokenizer,
             )
-            if count:
-                _format.note_if_onnx_over_torch(config["encoder"], encoder, where or f"the store at {folder}", logger)
+        # Another name for the same model (a folder path vs its bundled name: the weights identities equal, and
+        # neither backbone, config nor tokenizer known to differ) is not worth a warning.
+        same_model = not other_encoding and store._documents_weights is not None
+        same_model = same_model and store._documents_weights == _format.encoder_weights(encoder)
+        if saved and now and saved != now and not same_model:
+            logger.warning("store was built with encoder %r but is loaded with %r", saved, now)
+        if encoder is not None and count:
+            _format.note_if_onnx_over_torch(config["encoder"], encoder, where or f"the store at {folder}", logger)
         enc_dim = getattr(getattr(encoder, "config", None), "dim", None)
         if dim is not None and isinstance(enc_dim, int) and enc_dim != dim:
             raise ValueError(

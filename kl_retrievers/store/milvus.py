@@ -879,7 +879,10 @@ class MilvusKLStore(GaussianStore):
     def _warn_if_other_weights(self, config: Mapping[str, Any]) -> None:
         """Adopt the weights identity the collection records; warn (once per collection) when this client's
         encoder has other weights, or the same over another backbone (both backbone SHA-256s known)
-        (:func:`kl_retrievers.store._format.warn_if_other_weights`, as a KLStore does).
+        (:func:`kl_retrievers.store._format.warn_if_other_weights`, as a KLStore does for weights and backbone).
+        Unlike a KLStore, a collection records neither the encoder's config nor its tokenizer, so the same weights
+        re-saved with other settings (pooling, token budgets, query prefix) or behind another tokenizer are not
+        warned about: re-index into a new collection after changing them.
 
         The recorded identity is the collection creator's encoder's, which every later publication keeps (a
         client with a retrained model that adds documents does not make the old documents look re-indexed).
