@@ -153,6 +153,15 @@ def test_torch_documents_queried_by_the_onnx_export_log_one_info(
     with caplog.at_level(logging.INFO, logger="kl_retrievers.store.faiss"):
         KLStore.load(folder, encoder=torch_encoder)
     assert _backend_notes(caplog) == []
+    # a save through the ONNX export keeps the documents' torch record: the note comes again, and a load
+    # without an encoder still loads the torch model
+    loaded.save(tmp_path / "again")
+    record = json.loads((tmp_path / "again" / "config.json").read_text())["encoder"]
+    assert (record["config"] or {}).get("backend") != "onnx"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="kl_retrievers.store.faiss"):
+        KLStore.load(tmp_path / "again", encoder=onnx_encoder)
+    assert len(_backend_notes(caplog)) == 1
 
 
 def test_onnx_documents_queried_by_onnx_log_nothing(
@@ -167,3 +176,26 @@ def test_onnx_documents_queried_by_onnx_log_nothing(
     with caplog.at_level(logging.INFO, logger="kl_retrievers.store.faiss"):
         KLStore.load(folder, encoder=onnx_encoder)
     assert _backend_notes(caplog) == []
+
+
+def test_a_store_saved_with_a_norm_headroom_above_the_limit_loads_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Earlier releases accepted any headroom >= 1; new stores are limited to MAX_NORM_HEADROOM (1e6)."""
+    from conftest import random_gaussians
+    from kl_retrievers.store._base import MAX_NORM_HEADROOM
+
+    store = KLStore(index_type="hnsw")
+    store.add(gaussians=random_gaussians(20, 4), ids=[f"d{i}" for i in range(20)])
+    store.save(tmp_path / "s")
+    cfg = tmp_path / "s" / "config.json"
+    config = json.loads(cfg.read_text())
+    config["index_params"]["norm_headroom"] = 1e7
+    cfg.write_text(json.dumps(config))
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers.store.faiss"):
+        loaded = KLStore.load(tmp_path / "s", verify_checksums=False)
+    assert "norm_headroom=1e+07" in caplog.text
+    assert loaded.norm_headroom == MAX_NORM_HEADROOM
+    assert [r.id for r in loaded.search(random_gaussians(1, 4, seed=3), k=3)]
+    with pytest.raises(ValueError, match="norm_headroom"):
+        KLStore(index_type="hnsw", norm_headroom=1e7)

@@ -91,6 +91,7 @@ from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians
 from kl_retrievers.store import _format
 from kl_retrievers.store._base import (
     MAX_INT32,
+    MAX_NORM_HEADROOM,
     DeleteReport,
     GaussianStore,
     SearchResult,
@@ -918,8 +919,9 @@ class KLStore(GaussianStore):
     def _encoder_is_other_model(self) -> bool:
         """Whether the attached encoder is known to encode otherwise than the model the documents were encoded
         with: both weights identities known and different, or equal over backbones both known and different, or
-        equal with another output-relevant config or another tokenizer than the documents' (both known:
-        :func:`_format.encoding_differences`, what :func:`_format.warn_if_other_weights` warns about at load)."""
+        equal on another backend (torch and ONNX), or equal with another output-relevant config or another
+        tokenizer than the documents' (both known: :func:`_format.encoding_differences`, what
+        :func:`_format.warn_if_other_weights` warns about at load)."""
         if self.encoder is None:
             return False
         documents, own = self._documents_identity(), _format.encoder_weights(self.encoder)
@@ -929,6 +931,9 @@ class KLStore(GaussianStore):
         if documents != own or (backbone is not None and own_backbone is not None and backbone != own_backbone):
             return True
         config = (self._documents_model or {}).get("config")
+        backend, own_backend = _format._config_backend(config), _format._config_backend(self.encoder.config)
+        if backend is not None and own_backend is not None and backend != own_backend:
+            return True  # the same weights on another backend (torch documents, ONNX queries): keep the record
         return bool(_format.encoding_differences(config, self._documents_tokenizer, self.encoder))
 
     def _backbone_record(self) -> tuple[str | None, str | None]:
@@ -1141,8 +1146,25 @@ class KLStore(GaussianStore):
         config = _format.read_config(cfg_path)
         dim, count = config["dim"], config["count"]
         _format.check_files(folder, config["files"], verify_checksums)
+        params = dict(config["index_params"])
+        headroom = params.get("norm_headroom")
+        if (
+            isinstance(headroom, (int, float))
+            and not isinstance(headroom, bool)
+            and MAX_NORM_HEADROOM < headroom < 1e300
+        ):
+            # an earlier release accepted any headroom >= 1: its store loads; later raises of M use the limit
+            logger.warning(
+                "%s was saved with norm_headroom=%g, above the %g a store now accepts; loaded with %g (it only "
+                "sets how far M is raised when a larger document arrives)",
+                folder,
+                headroom,
+                MAX_NORM_HEADROOM,
+                MAX_NORM_HEADROOM,
+            )
+            params["norm_headroom"] = MAX_NORM_HEADROOM
         try:
-            store = cls(encoder=encoder, index_type=config["index_type"], **config["index_params"])
+            store = cls(encoder=encoder, index_type=config["index_type"], **params)
         except (TypeError, ValueError) as exc:
             raise StoreFormatError(f"{cfg_path}: field 'index_params' holds an invalid value: {exc}") from exc
         saved = (config["encoder"] or {}).get("name_or_path")
