@@ -671,12 +671,13 @@ def make_dirs(folder: str | os.PathLike[str], *, saving: Path | None = None) -> 
                 # made meanwhile by another process, which may not have synced its parent: sync it here
             fsync_dir(candidate.parent)
     except (FileExistsError, NotADirectoryError):
-        blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        blocking = next((p for p in (path, *path.parents) if os.path.lexists(p) and not p.is_dir()), None)
         if blocking is None:
             raise
         doing = f"cannot create the folder {path}" if saving is None else f"cannot save {saving}"
         where = "" if saving is None else " (the parent of what is saved)"
-        raise NotADirectoryError(f"{doing}: {blocking} is a file, but it must be a folder{where}") from None
+        what = "a dangling symbolic link" if blocking.is_symlink() and not blocking.exists() else "a file"
+        raise NotADirectoryError(f"{doing}: {blocking} is {what}, but it must be a folder{where}") from None
     return created
 
 

@@ -170,3 +170,11 @@ def test_faq_says_folder_saves_replace_a_link_and_file_writes_refuse_one(tmp_pat
     with pytest.raises(ValueError, match=r"run\.trec: it is a symbolic link to 'real\.trec'"):
         write_trec_run(tmp_path / "run.trec", {"q": {"d": 1.0}})
     assert (tmp_path / "real.trec").read_text(encoding="utf-8") == "old"
+
+
+def test_make_dirs_names_a_dangling_link_in_the_way(tmp_path: Path) -> None:
+    from kl_retrievers._io import make_dirs
+
+    (tmp_path / "dang").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(NotADirectoryError, match="is a dangling symbolic link, but it must be a folder"):
+        make_dirs(tmp_path / "dang" / "sub")

@@ -155,3 +155,32 @@ def test_another_name_for_the_same_model_is_not_warned_about(tmp_path: Path, cap
     with caplog.at_level(logging.WARNING):
         KLStore.load(tmp_path / "store", encoder=GaussianEncoder.from_pretrained(tmp_path / "other"))
     assert "was built with encoder" in _messages(caplog)
+    caplog.clear()
+    cfg = tmp_path / "store" / "config.json"  # a store saved before the tokenizer was recorded: the name still counts
+    config = json.loads(cfg.read_text())
+    del config["encoder"][TOKENIZER_FIELD]
+    cfg.write_text(json.dumps(config))
+    with caplog.at_level(logging.WARNING):
+        KLStore.load(
+            tmp_path / "store", encoder=GaussianEncoder.from_pretrained(tmp_path / "copy"), verify_checksums=False
+        )
+    assert "was built with encoder" in _messages(caplog)
+
+
+def test_a_document_budget_difference_alone_says_searches_are_unaffected(caplog: pytest.LogCaptureFixture) -> None:
+    from kl_retrievers.store._format import warn_if_other_weights
+
+    own = {"dim": 8, "pooling": "mean", "beta": 1.0, "max_length": 64, "query_max_length": 32}
+
+    class Enc:
+        weights_sha256 = "a" * 64
+        config = own
+
+    recorded = dict(own, max_length=120)
+    with caplog.at_level(logging.WARNING):
+        assert warn_if_other_weights("a" * 64, Enc(), "the store at /s", config=recorded)
+    assert "searches are unaffected" in caplog.text and "max_length 120 vs 64" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert warn_if_other_weights("a" * 64, Enc(), "the store at /s", config=dict(recorded, query_max_length=16))
+    assert "search results will be wrong" in caplog.text

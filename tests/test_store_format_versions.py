@@ -178,8 +178,9 @@ def test_onnx_documents_queried_by_onnx_log_nothing(
     assert _backend_notes(caplog) == []
 
 
+@pytest.mark.parametrize("headroom", [1e7, 1e301])
 def test_a_store_saved_with_a_norm_headroom_above_the_limit_loads_with_a_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, headroom: float
 ) -> None:
     """Earlier releases accepted any headroom >= 1; new stores are limited to MAX_NORM_HEADROOM (1e6)."""
     from conftest import random_gaussians
@@ -190,11 +191,11 @@ def test_a_store_saved_with_a_norm_headroom_above_the_limit_loads_with_a_warning
     store.save(tmp_path / "s")
     cfg = tmp_path / "s" / "config.json"
     config = json.loads(cfg.read_text())
-    config["index_params"]["norm_headroom"] = 1e7
+    config["index_params"]["norm_headroom"] = headroom
     cfg.write_text(json.dumps(config))
     with caplog.at_level(logging.WARNING, logger="kl_retrievers.store.faiss"):
         loaded = KLStore.load(tmp_path / "s", verify_checksums=False)
-    assert "norm_headroom=1e+07" in caplog.text
+    assert f"norm_headroom={headroom:g}" in caplog.text
     assert loaded.norm_headroom == MAX_NORM_HEADROOM
     assert [r.id for r in loaded.search(random_gaussians(1, 4, seed=3), k=3)]
     with pytest.raises(ValueError, match="norm_headroom"):

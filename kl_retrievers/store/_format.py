@@ -373,6 +373,10 @@ OUTPUT_CONFIG_FIELDS = (
 )
 
 
+#: The :data:`OUTPUT_CONFIG_FIELDS` that change only how documents are encoded (their token budget), not queries.
+DOCUMENT_ONLY_FIELDS = ("max_length",)
+
+
 #: The :data:`OUTPUT_CONFIG_FIELDS` an ONNX encoder takes from its own config (not from the source config it holds
 #: under ``encoder``, written at export) when it encodes.
 ONNX_OWN_FIELDS = ("dim", "max_length", "query_max_length")
@@ -554,6 +558,17 @@ def warn_if_other_weights(
         differ = encoding_differences(config, tokenizer, encoder)
         if not differ:
             return False
+        if all(item.startswith(f"{name} ") for item in differ for name in DOCUMENT_ONLY_FIELDS):
+            log.warning(  # the documents' token budget alone: queries are encoded as before
+                "%s was indexed with the same encoder weights (SHA-256 %s) as the encoder %r, but with another "
+                "document token budget: %s (recorded vs now); searches are unaffected, but documents added from "
+                "now on are truncated otherwise than the stored ones",
+                where,
+                now,
+                name,
+                "; ".join(differ),
+            )
+            return True
         log.warning(
             "%s was indexed with the same encoder weights (SHA-256 %s) as the encoder %r, but with another "
             "configuration: %s (recorded vs now); these change the encodings, so search results will be wrong until "

@@ -1151,7 +1151,7 @@ class KLStore(GaussianStore):
         if (
             isinstance(headroom, (int, float))
             and not isinstance(headroom, bool)
-            and MAX_NORM_HEADROOM < headroom < 1e300
+            and MAX_NORM_HEADROOM < headroom < float("inf")
         ):
             # an earlier release accepted any headroom >= 1: its store loads; later raises of M use the limit
             logger.warning(
@@ -1196,6 +1196,7 @@ class KLStore(GaussianStore):
         # neither backbone, config nor tokenizer known to differ) is not worth a warning.
         same_model = not other_encoding and store._documents_weights is not None
         same_model = same_model and store._documents_weights == _format.encoder_weights(encoder)
+        same_model = same_model and store._documents_tokenizer is not None  # else a new vocabulary goes unseen
         if saved and now and saved != now and not same_model:
             logger.warning("store was built with encoder %r but is loaded with %r", saved, now)
         if encoder is not None and count:
