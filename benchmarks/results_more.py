@@ -135,17 +135,19 @@ def bundled_models_section(
     """
     found, baseline = bundled_records(root, eval_log, collections)
     gap = int8_gap(found.get(INT8_TWIN[0], {}), baseline)
-    found[default_name] = {c: dict(r) for c, r in default.items()}
+    # the default's row is the one above (runs/qpp); its own runs in eval_log (as shipped, e.g. ONNX int8) follow it
+    entries = [(f"`{default_name}` (default)", {c: dict(r) for c, r in default.items()}, False)]
+    if default_name in found:
+        entries.append((f"`{default_name}` (default, logged by `--run-models`)", found.pop(default_name), True))
+    entries += [(f"`{name}`", found[name], True) for name in sorted(found)]
     rows, commands = [], []
-    for name in sorted(found, key=lambda n: (n != default_name, n)):
-        recs = found[name]
+    for label, recs, listed in entries:
         cells = [f"{recs[c]['ndcg@10']:.4f}" if c in recs else "not run" for c in collections]
         complete = all(c in recs for c in collections)
         mean = f"{sum(recs[c]['ndcg@10'] for c in collections) / len(collections):.4f}" if complete else "incomplete"
         backends = sorted({_backend(r["command"]) if "command" in r else "torch" for r in recs.values()})
-        label = f"`{name}`" + (" (default)" if name == default_name else "")
         rows.append([label, *cells, mean, ", ".join(backends)])
-        commands += [r["command"] for r in recs.values() if "command" in r and name != default_name]
+        commands += [r["command"] for r in recs.values() if "command" in r and listed]
     return [
         "## Every bundled model (test splits)",
         "",
