@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -365,3 +365,18 @@ def cli_error_line(capsys: pytest.CaptureFixture[str], command: str) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert err and err[-1].startswith(f"kl-retrievers {command}: error:"), err
     return err[-1]
+
+
+def record_folder_syncs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, frozenset[str]]]:
+    """Record each folder ``os.fsync`` syncs, with the entries it held then (needs ``/proc/self/fd``)."""
+    synced: list[tuple[Path, frozenset[str]]] = []
+    real_fsync: Callable[[int], None] = os.fsync
+
+    def fsync(fd: int) -> None:
+        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if path.is_dir():
+            synced.append((path, frozenset(os.listdir(path))))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced

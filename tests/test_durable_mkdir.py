@@ -12,34 +12,18 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import make_tiny_encoder, random_gaussians
+from conftest import make_tiny_encoder, random_gaussians, record_folder_syncs
 from kl_retrievers import _io
 from kl_retrievers.store import KLStore
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd to name fds")
 
 Synced = list[tuple[Path, frozenset[str]]]
-
-
-def _record_folder_syncs(monkeypatch: pytest.MonkeyPatch) -> Synced:
-    """Record each synced folder, with the entries it held when it was synced."""
-    synced: Synced = []
-    real_fsync: Callable[[int], None] = os.fsync
-
-    def fsync(fd: int) -> None:
-        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
-        if path.is_dir():
-            synced.append((path, frozenset(os.listdir(path))))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    return synced
 
 
 def _not_synced(synced: Synced, root: Path, *chain: str) -> list[str]:
@@ -62,7 +46,7 @@ def _kl_store() -> KLStore:
 # ------------------------------------------------------------------ make_dirs itself
 def test_make_dirs_syncs_each_created_folder_into_its_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path.resolve()
-    synced = _record_folder_syncs(monkeypatch)
+    synced = record_folder_syncs(monkeypatch)
     created = _io.make_dirs(root / "new" / "sub" / "leaf")
     assert created == [root / "new", root / "new" / "sub", root / "new" / "sub" / "leaf"]
     assert (root / "new" / "sub" / "leaf").is_dir()
@@ -71,7 +55,7 @@ def test_make_dirs_syncs_each_created_folder_into_its_parent(tmp_path: Path, mon
 
 def test_make_dirs_syncs_nothing_when_the_folder_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "old").mkdir()
-    synced = _record_folder_syncs(monkeypatch)
+    synced = record_folder_syncs(monkeypatch)
     assert _io.make_dirs(tmp_path / "old") == []
     assert synced == []
 
@@ -101,7 +85,7 @@ def _made_meanwhile(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
 def test_atomic_dir_syncs_a_parent_folder_made_meanwhile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path.resolve()
     _made_meanwhile(monkeypatch, root / "new")
-    synced = _record_folder_syncs(monkeypatch)
+    synced = record_folder_syncs(monkeypatch)
     with _io.atomic_dir(root / "new" / "h") as tmp:
         (tmp / "a.txt").write_text("x", encoding="utf-8")
     assert (root / "new" / "h" / "a.txt").read_text(encoding="utf-8") == "x"
@@ -111,7 +95,7 @@ def test_atomic_dir_syncs_a_parent_folder_made_meanwhile(tmp_path: Path, monkeyp
 def test_make_dirs_syncs_a_folder_made_meanwhile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path.resolve()
     _made_meanwhile(monkeypatch, root / "new" / "sub")
-    synced = _record_folder_syncs(monkeypatch)
+    synced = record_folder_syncs(monkeypatch)
     assert _io.make_dirs(root / "new" / "sub") == [root / "new"]
     assert _not_synced(synced, root, "new", "sub") == []
 
@@ -122,7 +106,7 @@ def test_langchain_save_local_syncs_the_folders_it_creates(tmp_path: Path, monke
     from kl_retrievers import langchain as lc
 
     root = tmp_path.resolve()
-    synced = _record_folder_syncs(monkeypatch)
+    synced = record_folder_syncs(monkeypatch)
     lc.KLVectorStore(store=_kl_store()).save_local(root / "new" / "sub")
     assert (root / "new" / "sub" / "langchain.json").is_file()
     assert _not_synced(synced, root, "new", "sub", "klstore") == []
@@ -133,7 +117,7 @@ def test_llama_index_persist_syncs_the_folders_it_creates(tmp_path: Path, monkey
     from kl_retrievers import llama_index as li
 
     root = tmp_path.resolve()
-    synced = _record_folder_syncs(monkeypatch)
+    synced = record_folder_syncs(monkeypatch)
     li.KLVectorStore(_kl_store()).persist(str(root / "new" / "sub" / "default__vector_store.json"))
     assert (root / "new" / "sub" / "default__vector_store.json").is_file()
     assert _not_synced(synced, root, "new", "sub", "default__vector_store.klstore") == []
@@ -147,7 +131,7 @@ def test_encode_corpus_syncs_the_output_folders_it_creates(tmp_path: Path, monke
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps({"_id": f"d{i}", "text": f"text {i}"}) + "\n" for i in range(3)))
     root = tmp_path.resolve()
-    synced = _record_folder_syncs(monkeypatch)
+    synced = record_folder_syncs(monkeypatch)
     encode_corpus(corpus, root / "new" / "out", model=str(model), shard_size=2, show_progress_bar=False)
     assert (root / "new" / "out" / "manifest.json").is_file()
     assert _not_synced(synced, root, "new", "out", "manifest.json") == []

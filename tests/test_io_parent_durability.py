@@ -8,30 +8,15 @@ existed are not synced again (the check stays cheap).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from conftest import record_folder_syncs
 from kl_retrievers._io import atomic_dir, atomic_file
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd to name fds")
-
-
-def _record_folder_syncs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, frozenset[str]]]:
-    """Record each synced folder, with the entries it held when it was synced."""
-    synced: list[tuple[Path, frozenset[str]]] = []
-    real_fsync: Callable[[int], None] = os.fsync
-
-    def fsync(fd: int) -> None:
-        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
-        if path.is_dir():
-            synced.append((path, frozenset(os.listdir(path))))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    return synced
 
 
 def _synced_holding(synced: list[tuple[Path, frozenset[str]]], folder: Path, entry: str) -> bool:
@@ -53,7 +38,7 @@ def test_each_new_parent_folder_is_synced_into_its_parent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: Callable[[Path], None]
 ) -> None:
     root = tmp_path.resolve()
-    synced = _record_folder_syncs(monkeypatch)
+    synced = record_folder_syncs(monkeypatch)
     write(root / "new" / "sub" / "h")
     assert (root / "new" / "sub" / "h").exists()
     missing = [
@@ -70,7 +55,7 @@ def test_existing_parents_are_not_synced_again(
 ) -> None:
     root = tmp_path.resolve()
     (root / "old").mkdir()
-    synced = _record_folder_syncs(monkeypatch)
+    synced = record_folder_syncs(monkeypatch)
     write(root / "old" / "h")
     outside = {path for path, _ in synced if not path.is_relative_to(root / "old")}
     assert outside == set(), f"folders synced although nothing was created in them: {sorted(outside)}"

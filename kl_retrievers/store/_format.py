@@ -558,26 +558,20 @@ def warn_if_other_weights(
         differ = encoding_differences(config, tokenizer, encoder)
         if not differ:
             return False
-        if all(item.startswith(f"{name} ") for item in differ for name in DOCUMENT_ONLY_FIELDS):
-            log.warning(  # the documents' token budget alone: queries are encoded as before
-                "%s was indexed with the same encoder weights (SHA-256 %s) as the encoder %r, but with another "
-                "document token budget: %s (recorded vs now); searches are unaffected, but documents added from "
-                "now on are truncated otherwise than the stored ones",
-                where,
-                now,
-                name,
-                "; ".join(differ),
-            )
-            return True
+        # the documents' token budget alone leaves queries encoded as before
+        budget_only = all(any(item.startswith(f"{field} ") for field in DOCUMENT_ONLY_FIELDS) for item in differ)
         log.warning(
-            "%s was indexed with the same encoder weights (SHA-256 %s) as the encoder %r, but with another "
-            "configuration: %s (recorded vs now); these change the encodings, so search results will be wrong until "
-            "its documents are re-indexed with this encoder into a new (or emptied) store, or the encoder is given "
-            "the recorded configuration",
+            "%s was indexed with the same encoder weights (SHA-256 %s) as the encoder %r, but with another %s: %s "
+            "(recorded vs now); %s",
             where,
             now,
             name,
+            "document token budget" if budget_only else "configuration",
             "; ".join(differ),
+            "searches are unaffected, but documents added from now on are truncated otherwise than the stored ones"
+            if budget_only
+            else "these change the encodings, so search results will be wrong until its documents are re-indexed "
+            "with this encoder into a new (or emptied) store, or the encoder is given the recorded configuration",
         )
         return True
     log.warning(
