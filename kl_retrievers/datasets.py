@@ -695,6 +695,8 @@ def _extract_beir_zip(archive: Path, name: str, dest: Path) -> None:
     """Unpack the BEIR folder inside ``archive`` (``<name>/...`` or the files at the top) into ``dest``."""
     import zipfile
 
+    from kl_retrievers._io import make_dirs
+
     if not zipfile.is_zipfile(archive):
         raise DatasetError("not a zip file (the server sent something else)", path=archive)
     with zipfile.ZipFile(archive) as zf:
@@ -710,7 +712,7 @@ def _extract_beir_zip(archive: Path, name: str, dest: Path) -> None:
             target = (dest / member.filename[len(prefix) :]).resolve()
             if root not in target.parents:
                 raise DatasetError(f"unsafe path {member.filename!r} in the archive", path=archive)
-            target.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(target.parent)  # qrels/ made durable in the folder that is swapped into place
             with zf.open(member) as src, target.open("wb") as out:
                 while chunk := src.read(1 << 20):
                     out.write(chunk)
@@ -781,9 +783,9 @@ def fetch_beir(
     import urllib.error
     import urllib.request
 
-    from kl_retrievers._io import atomic_dir
+    from kl_retrievers._io import atomic_dir, make_dirs
 
-    base.mkdir(parents=True, exist_ok=True)
+    make_dirs(base)  # each new folder synced into its parent: a crash cannot lose the path to the download
     logger.info("%s: downloading %s into %s", name, source, target)
     with tempfile.TemporaryDirectory(dir=base, prefix=f".{name}.download-") as tmp:
         archive = Path(tmp) / f"{name}.zip"

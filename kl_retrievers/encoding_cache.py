@@ -36,6 +36,7 @@ from kl_retrievers._io import (
     atomic_dir,
     atomic_file,
     folder_identity,
+    make_dirs,
     remove_unless_locked,
     user_cache_dir,
 )
@@ -188,7 +189,7 @@ class EncodingCache:
                     raise ValueError(
                         f"array {name!r} has dtype {np.asarray(value).dtype}; the cache holds floating-point arrays"
                     )
-            self.root.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.root)  # each new folder synced into its parent: a crash cannot lose the path
             self._remove_stale_tmp()
             with atomic_dir(folder) as tmp:  # readers see the previous or the new complete entry, never none
                 shapes: dict[str, list[int]] = {}

@@ -149,7 +149,15 @@ from kl_retrievers.store._base import (
     _refuse_model_name,
 )
 from kl_retrievers.store._engines import MAX_NORM_BOUND
-from kl_retrievers.store._format import encoder_backbone, encoder_weights, warn_if_other_weights
+from kl_retrievers.store._format import (
+    TOKENIZER_FIELD,
+    config_differences,
+    encoder_backbone,
+    encoder_tokenizer,
+    encoder_weights,
+    warn_if_other_weights,
+)
+from kl_retrievers.store.faiss import _encoder_record
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +214,9 @@ _SHRINK_FACTOR = 2.0
 #: exactly tied scores (the later-added first, as ``KLStore``). Rows without it (collections created earlier,
 #: rows an earlier release wrote) rank after those with it, greatest id first.
 _ADDED_FIELD = "added"
+#: Config field of the SHA-256 of the documents' tokenizer (a KLStore record's ``tokenizer_identity_sha256``), beside
+#: ``encoder_weights_sha256``; ``encoder_config`` holds their encoder's config (a KLStore record's ``config``).
+_TOKENIZER_KEY = "encoder_" + TOKENIZER_FIELD
 #: The defaults of the index build arguments: a collection built with others adopts its own without a warning.
 _BUILD_DEFAULTS = {"hnsw_m": 32, "ef_construction": 80, "nlist": 1024}
 _added_lock = threading.Lock()
@@ -764,6 +775,10 @@ class MilvusKLStore(GaussianStore):
         self._weights_warned: set[tuple[str | None, str, str | None]] = set()
         self._encoder_weights: str | None = None  # set by _forget, _create and _attach
         self._encoder_backbone: str | None = None  # the backbone SHA-256 recorded with it (same places)
+        self._encoder_config: dict[str, Any] | None = None  # and the encoder config (same places)
+        self._encoder_tokenizer: str | None = None  # and the tokenizer SHA-256 (same places)
+        # (encoder, its tokenizer SHA-256): computed once per encoder, not at every add (_records_own_model)
+        self._own_tokenizer_of: tuple[Any, str | None] | None = None
         self._forget()  # no collection attached yet
         #: Milvus Lite (a local ``.db`` file, or a client connected to one): long ``$in`` / ``$nin`` lists are
         #: resolved to ids (:meth:`_ids_in`) and negated order comparisons evaluated here (:meth:`_ids_matching`).
@@ -856,6 +871,11 @@ class MilvusKLStore(GaussianStore):
             "encoder_weights_sha256": self._encoder_weights,
             # and the SHA-256 of the backbone under them (a delta model's identity does not cover its backbone)
             "encoder_backbone_sha256": self._encoder_backbone,
+            # and, as a KLStore records them, that encoder's config and its tokenizer's SHA-256 (the same weights
+            # give other encodings with another pooling, token budget, ... or vocabulary); both absent in
+            # collections created before 2026-12-06
+            "encoder_config": self._encoder_config,
+            _TOKENIZER_KEY: self._encoder_tokenizer,
         }
         if self._index_build is None:
             del config["index_build"]
@@ -869,20 +889,37 @@ class MilvusKLStore(GaussianStore):
         """The SHA-256 of the backbone this client's encoder says it was built on (its config), else ``None``."""
         return encoder_backbone(self.encoder)[0]
 
+    def _own_config(self) -> dict[str, Any] | None:
+        """This client's encoder's config as a KLStore records it (its ``to_dict()``), else ``None``."""
+        return None if self.encoder is None else _encoder_record(self.encoder)[0]["config"]
+
+    def _own_tokenizer(self) -> str | None:
+        """The SHA-256 of this client's encoder's tokenizer (:func:`~kl_retrievers.store._format.encoder_tokenizer`),
+        else ``None``; computed once per encoder."""
+        if self._own_tokenizer_of is None or self._own_tokenizer_of[0] is not self.encoder:
+            self._own_tokenizer_of = self.encoder, encoder_tokenizer(self.encoder)
+        return self._own_tokenizer_of[1]
+
     def _adopt_weights_record(self, config: Mapping[str, Any]) -> None:
-        """Take the weights identity and backbone SHA-256 the collection records (absent in older collections)."""
+        """Take the weights identity the collection records, with the backbone SHA-256, encoder config and
+        tokenizer SHA-256 recorded beside it (each absent in older collections: then not known)."""
         stored = config.get("encoder_weights_sha256")
         self._encoder_weights = stored if isinstance(stored, str) else None
+        known = self._encoder_weights is not None
         backbone = config.get("encoder_backbone_sha256")  # absent in collections created before it was recorded
-        self._encoder_backbone = backbone if isinstance(backbone, str) and self._encoder_weights is not None else None
+        self._encoder_backbone = backbone if isinstance(backbone, str) and known else None
+        encoder_config = config.get("encoder_config")
+        self._encoder_config = encoder_config if isinstance(encoder_config, dict) and known else None
+        tokenizer = config.get(_TOKENIZER_KEY)
+        self._encoder_tokenizer = tokenizer if isinstance(tokenizer, str) and known else None
 
     def _warn_if_other_weights(self, config: Mapping[str, Any]) -> None:
         """Adopt the weights identity the collection records; warn (once per collection) when this client's
-        encoder has other weights, or the same over another backbone (both backbone SHA-256s known)
-        (:func:`kl_retrievers.store._format.warn_if_other_weights`, as a KLStore does for weights and backbone).
-        Unlike a KLStore, a collection records neither the encoder's config nor its tokenizer, so the same weights
-        re-saved with other settings (pooling, token budgets, query prefix) or behind another tokenizer are not
-        warned about: re-index into a new collection after changing them.
+        encoder has other weights, or the same over another backbone (both backbone SHA-256s known), or the same
+        with another output-relevant config (pooling, beta, token budgets, query prefix, ...) or tokenizer than
+        the recorded ones (:func:`kl_retrievers.store._format.warn_if_other_weights`, as a KLStore does). A
+        collection created before its encoder config and tokenizer were recorded (2026-12-06) is compared by
+        weights and backbone alone.
 
         The recorded identity is the collection creator's encoder's, which every later publication keeps (a
         client with a retrained model that adds documents does not make the old documents look re-indexed).
@@ -892,14 +929,23 @@ class MilvusKLStore(GaussianStore):
         if weights is None or (self._uid, weights, backbone) in self._weights_warned:
             return
         where = f"Milvus collection {self.collection_name!r}"
-        if warn_if_other_weights(weights, self.encoder, where, logger, backbone=backbone):
+        config_record, tokenizer = self._encoder_config, self._encoder_tokenizer
+        if warn_if_other_weights(
+            weights, self.encoder, where, logger, backbone=backbone, config=config_record, tokenizer=tokenizer
+        ):
             self._weights_warned.add((self._uid, weights, backbone))
 
     def _records_own_model(self, own: str, own_backbone: str | None) -> bool:
-        """Whether the collection's record is this client's model: the same weights identity, and the same backbone
-        SHA-256 or one of the two not known (a collection created before it was recorded keeps its record)."""
+        """Whether the collection's record is this client's model: the same weights identity, the same backbone
+        SHA-256 or one of the two not known (a collection created before it was recorded keeps its record), and
+        no known difference in output-relevant config or tokenizer (what :meth:`_warn_if_other_weights` warns of)."""
         recorded = self._encoder_backbone
-        return own == self._encoder_weights and (own_backbone is None or recorded is None or own_backbone == recorded)
+        if own != self._encoder_weights or not (own_backbone is None or recorded is None or own_backbone == recorded):
+            return False
+        if config_differences(self._encoder_config, self.encoder):
+            return False
+        own_tokenizer = self._own_tokenizer() if self._encoder_tokenizer is not None else None
+        return own_tokenizer is None or own_tokenizer == self._encoder_tokenizer
 
     def _take_own_weights_if_empty(self) -> None:
         """Before adding to the attached collection: record this client's encoder's weights identity when the
@@ -907,8 +953,10 @@ class MilvusKLStore(GaussianStore):
         encoder's; a collection that holds documents keeps its record.
 
         Only when that identity is known and differs from the recorded one, or equals it over another backbone
-        (both backbone SHA-256s known and different: a delta model's identity does not cover its backbone), one
-        count request then. The backbone SHA-256 is recorded with it (``encoder_backbone_sha256``). It is
+        (both backbone SHA-256s known and different: a delta model's identity does not cover its backbone) or with
+        another output-relevant config or tokenizer (both known), one count request then. The backbone SHA-256,
+        the encoder config and the tokenizer SHA-256 are recorded with it (``encoder_backbone_sha256``,
+        ``encoder_config``, ``encoder_tokenizer_identity_sha256``). It is
         stored by a publication (version + 1, the stored centre, ``M`` and offset unchanged, write-then-verify);
         when another writer publishes at the same time, its record stands. Milvus has no compare-and-set: a
         client of the old model that adds rows between this count and this publication, without publishing
@@ -919,10 +967,12 @@ class MilvusKLStore(GaussianStore):
         if own is None or self._records_own_model(own, own_backbone) or self._count("") != 0:
             return
         state = self._read_state()
+        previous = self._encoder_weights
+        # the first publication records them where none is stored yet (metric "L2" before the first documents)
+        self._encoder_weights, self._encoder_backbone = own, own_backbone
+        self._encoder_config, self._encoder_tokenizer = self._own_config(), self._own_tokenizer()
         if self.metric == "L2" and state.norm_bound is None:
-            self._encoder_weights, self._encoder_backbone = own, own_backbone  # the first publication records them
             return
-        previous, self._encoder_weights, self._encoder_backbone = self._encoder_weights, own, own_backbone
         lost = (
             f"another writer updated Milvus collection {self.collection_name!r}'s configuration at the same time; "
             "its weights record stands"
@@ -930,7 +980,8 @@ class MilvusKLStore(GaussianStore):
         if not self._publish(state.norm_bound, state.offset, rewrite=state.pending, centre=state.centre, lost=lost):
             return  # another writer's publication won: _read_state adopted its record
         logger.info(
-            "Milvus collection %r is empty: it now records this client's encoder weights SHA-256 %s (was %s)",
+            "Milvus collection %r is empty: it now records this client's encoder weights SHA-256 %s (was %s), "
+            "with its config and tokenizer",
             self.collection_name,
             own,
             previous,
@@ -993,6 +1044,7 @@ class MilvusKLStore(GaussianStore):
         self._uid = uuid.uuid4().hex  # tells this collection from one re-created under the same name
         self._encoder_weights = self._own_weights()  # what its documents are encoded with (recorded in its config)
         self._encoder_backbone = self._own_backbone()
+        self._encoder_config, self._encoder_tokenizer = self._own_config(), self._own_tokenizer()
         self._index_build = self._build_params()
         schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", dt.VARCHAR, is_primary=True, max_length=MAX_ID_LENGTH)
@@ -1118,6 +1170,8 @@ class MilvusKLStore(GaussianStore):
         self._has_added = False  # the collection has the insertion-stamp field (_ADDED_FIELD)
         self._encoder_weights = None  # the weights SHA-256 the attached collection records
         self._encoder_backbone = None  # and the backbone SHA-256 recorded with it
+        self._encoder_config = None  # and the encoder config
+        self._encoder_tokenizer = None  # and the tokenizer SHA-256
         self._index_build = None  # the index build settings the config records (none: an old collection)
 
     def _sync(self) -> None:

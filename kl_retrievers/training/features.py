@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from kl_retrievers._encoding import eval_mode
-from kl_retrievers._io import user_cache_dir
+from kl_retrievers._io import make_dirs, user_cache_dir
 from kl_retrievers.encoder import GaussianEncoder
 from kl_retrievers.encoding_cache import CACHE_ENV, tokenizer_identity
 
@@ -178,7 +178,7 @@ class FeatureCache:
         """Write a new shard (atomically: files are renamed into place)."""
         if not keys:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.dir)  # each new folder synced into its parent: a crash cannot lose the path to the shard
         sid = uuid.uuid4().hex[:12]
         arrays = {"pooled": feats.pooled, "var": feats.var_state, "keys": np.asarray(list(keys), dtype="S32")}
         for name, arr in arrays.items():  # keys last: a shard without keys is ignored

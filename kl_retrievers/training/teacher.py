@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from kl_retrievers._io import make_dirs
 from kl_retrievers.training.data import TrainingSet
 
 logger = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ class CrossEncoderTeacher:
     def _save(self, keys: list[bytes], vals: list[float]) -> None:
         if self.cache_dir is None or not keys:
             return
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.cache_dir)  # each new folder synced into its parent: a crash cannot lose the path to the scores
         sid = uuid.uuid4().hex[:12]
         for name, arr in (("scores", np.asarray(vals, np.float32)), ("keys", np.asarray(keys, dtype="S32"))):
             tmp = self.cache_dir / f".{name}-{sid}.tmp.npy"
