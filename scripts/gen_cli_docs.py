@@ -5,6 +5,7 @@ tests/test_docs.py checks that the committed page matches the parser.
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 from contextlib import redirect_stdout
@@ -106,6 +107,13 @@ was; give the link's target to update that folder.
 """  # noqa: E501 (a JSON Lines record is one line)
 
 
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=OUT, help="the page to write (default: %(default)s)")
+    args = parser.parse_args(argv)
+    args.out.write_text(render())
+    print(f"wrote {args.out}")
+
+
 if __name__ == "__main__":
-    OUT.write_text(render())
-    print(f"wrote {OUT}")
+    main()
