@@ -11,11 +11,10 @@ Every figure on the page is read from, or computed from, a JSON line of a log in
 * ``runs/eval/hybrid.jsonl``: the hybrid section, written by ``benchmarks/hybrid.py`` (``benchmarks/results_more.py``).
 
 The same records also fill the marked part of ``docs/choosing-a-model.md`` (``benchmarks/results_choosing.py``),
-and the marked parts of ``README.md`` and ``docs/hybrid.md`` (``benchmarks/results_readme.py``).
+the marked parts of ``README.md`` and ``docs/hybrid.md`` and its last section (``benchmarks/results_readme.py``).
 
-The page is never edited by hand: ``--check`` exits 1 when it (or that part) differs from what the logs render
-(``tests/test_results_page.py`` runs it). The first round's page, whose logs were not committed, is kept
-as ``docs/results-archive.md``.
+The page is never edited by hand: ``--check`` exits 1 when it (or a part) differs from what the logs render
+(``tests/test_results_page.py``); the first round's page, whose logs were not committed, is ``docs/results-archive.md``.
 
 Examples:
     python benchmarks/results.py                              # write docs/results.md
@@ -41,7 +40,7 @@ from results_choosing import PAGE as CHOOSING_PAGE
 from results_choosing import choosing_region, splice, sync
 from results_more import HYBRID_LOG, bundled_models_section, hybrid_section, ranking_fixes_note
 from results_qpp import qpp_section
-from results_readme import HYBRID_PAGE, README, render_hybrid_page, render_readme
+from results_readme import HYBRID_PAGE, README, readme_notes, render_hybrid_page, render_readme
 
 from kl_retrievers.evaluation import load_per_query, paired_test
 from kl_retrievers.pretrained import DEFAULT_MODEL
@@ -228,6 +227,7 @@ def render(root: Path = ROOT) -> str:
         ),
         *hybrid_section(root, COLLECTIONS),
         *qpp_section(root),
+        *readme_notes(root, DEFAULT_MODEL),
     ]
     return "\n".join(out)
 
