@@ -5,7 +5,10 @@ used by langchain-community's FAISS store:
 
 * equality: ``{"lang": "en"}`` (a list value means "one of": ``{"lang": ["en", "de"]}``, and so
   does a 1-D numpy array; a tuple is a value, compared with the list the store keeps for a tuple:
-  ``{"pos": (1, 2)}`` matches a document added with ``pos=(1, 2)``, as in langchain-community's FAISS);
+  ``{"pos": (1, 2)}`` matches a document added with ``pos=(1, 2)``, as in langchain-community's FAISS;
+  a set or frozenset is accepted only as the values of ``$in`` / ``$nin``: anywhere else, a bare
+  value, ``$eq``, ``$ne``, a comparison or inside a list or tuple, it has no order to compare as a
+  value and raises ``ValueError`` naming the key: write a list for "one of");
 * field operators: ``{"year": {"$gte": 2020, "$lt": 2024}}`` with ``$eq``, ``$ne``, ``$in``,
   ``$nin``, ``$gt``, ``$gte``, ``$lt``, ``$lte`` and ``$not`` (``{"year": {"$not": {"$gt": 3}}}``);
   ``$neq`` (langchain-community FAISS's spelling of not-equal) is an alias of ``$ne``;
@@ -450,6 +453,43 @@ def _field_condition(cond: Any) -> Callable[[Any], bool]:
     return _field_op("$eq", cond)
 
 
+def _refuse_sets(key: str, cond: Any) -> None:
+    """Raise ``ValueError`` for a set or frozenset in the condition on ``key`` other than an ``$in`` / ``$nin`` list.
+
+    A set has no order: compared as a value (the list :func:`stored_form` makes of it, in an order that
+    depends on ``PYTHONHASHSEED`` for strings) it would match nothing or match by chance, so it is refused
+    on every store rather than guessed at; ``$in`` / ``$nin`` take its elements, where order does not matter.
+
+    Examples:
+        >>> _refuse_sets("n", {"$in": {1, 2}, "$nin": [{3}]})
+        Traceback (most recent call last):
+        ...
+        ValueError: filter on 'n': {3} is a set, which has no order to compare as a value; for "one of" write ...
+    """
+    if isinstance(cond, Mapping) and any(isinstance(op, str) and op.startswith("$") for op in cond):
+        for op, ref in cond.items():
+            if op == "$not":
+                _refuse_sets(key, ref)
+            elif OPERATOR_ALIASES.get(op, op) in ("$in", "$nin") and isinstance(ref, (set, frozenset)):
+                _refuse_sets(key, list(ref))  # its elements are values (a frozenset among them is refused)
+            else:
+                _refuse_sets(key, ref)
+        return
+    if isinstance(cond, (set, frozenset)):
+        values = sorted(cond, key=repr)  # a stable order for the message
+        raise ValueError(
+            f"filter on {key!r}: {cond!r} is a set, which has no order to compare as a value; for "
+            f'"one of" write a list ({ {key: values}!r}) or { {key: {"$in": values}}!r} (a set is accepted as '
+            "the values of $in / $nin only)"
+        )
+    if isinstance(cond, (list, tuple)):
+        for value in cond:
+            _refuse_sets(key, value)
+    elif isinstance(cond, Mapping):
+        for value in cond.values():
+            _refuse_sets(key, value)
+
+
 def _compile(spec: Any) -> Predicate:
     if not isinstance(spec, Mapping):
         raise ValueError(f"a filter must be a dict or a callable; got {type(spec).__name__}")
@@ -470,6 +510,7 @@ def _compile(spec: Any) -> Predicate:
             else:
                 raise _unknown(key)
         else:
+            _refuse_sets(key, value)
             cond = _field_condition(value)
             parts.append(lambda m, key=key, cond=cond: cond(m.get(key, _MISSING)))  # type: ignore[misc]
     return _all_of(parts)
@@ -485,7 +526,8 @@ def compile_filter(spec: MetadataFilter | None) -> Predicate | None:
         A predicate, or ``None`` when there is no filter.
 
     Raises:
-        ValueError: For an unknown operator or a malformed filter.
+        ValueError: For an unknown operator or a malformed filter (a set where a value is compared, not
+            as the values of ``$in`` / ``$nin``).
 
     Examples:
         >>> compile_filter({"n": {"$in": [1, 2]}})({"n": 2})

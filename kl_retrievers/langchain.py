@@ -50,7 +50,7 @@ try:
     from langchain_core.documents import Document
     from langchain_core.embeddings import Embeddings
     from langchain_core.retrievers import BaseRetriever
-    from langchain_core.vectorstores import VectorStore
+    from langchain_core.vectorstores import VectorStore, VectorStoreRetriever
     from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 except ImportError as exc:  # pragma: no cover - exercised with langchain-core absent
     raise ImportError(
@@ -1115,6 +1115,27 @@ class KLVectorStore(VectorStore):
         """
         return [type(self).__name__, KLEmbeddings.__name__]
 
+    def as_retriever(self, **kwargs: Any) -> VectorStoreRetriever:
+        """LangChain's ``VectorStoreRetriever`` over this store, with a warning for a search option passed outside
+        ``search_kwargs``.
+
+        ``as_retriever(filter={...})`` (or ``k=``, ``fetch_k=``, ...) is dropped by LangChain without a word, so
+        the retriever would search unfiltered; it is still dropped (LangChain's behaviour is unchanged), with a
+        ``UserWarning`` naming it and ``search_kwargs={"filter": ...}``.
+
+        Args:
+            **kwargs: ``VectorStoreRetriever``'s fields: ``search_type``, ``search_kwargs`` (``k``, ``filter``,
+                ``fetch_k``, ``lambda_mult``, ``score_threshold``), ``tags``, ``metadata`` and ``name``.
+        """
+        _warn_ignored(
+            kwargs,
+            "as_retriever",
+            "search_type, search_kwargs, tags, metadata and name; search options go in search_kwargs, e.g. "
+            'as_retriever(search_kwargs={"filter": ..., "k": ...})',
+            accepted=tuple(VectorStoreRetriever.model_fields),
+        )
+        return super().as_retriever(**kwargs)
+
     @property
     def dim(self) -> int | None:
         """Gaussian dimension ``k`` of the stored documents (``None`` while empty)."""
@@ -1396,9 +1417,11 @@ class KLVectorStore(VectorStore):
     def _hits(self, query: Gaussians, k: int, filter: MetadataFilter | None) -> list[SearchResult]:
         """The store's top-``k`` hits (their metadata already the store's copy; empty for an empty store)."""
         k = _check_k(k)
+        filter = _explained_filter(filter)
         if len(self.store) == 0:
+            self.store._prepare_filter(filter)  # a malformed filter raises as on a filled store
             return []
-        return self.store.search(query, k=k, filter=_explained_filter(filter))
+        return self.store.search(query, k=k, filter=filter)
 
     def _results(self, query: Gaussians, k: int, filter: MetadataFilter | None) -> list[tuple[Document, float]]:
         return [

@@ -333,6 +333,7 @@ def _id_filter(ids: Sequence[str]) -> str:
 
 
 def _literal(value: Any, where: str) -> str:
+    given = value
     value = stored_form(value)  # a date compares with the ISO string the store keeps
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -342,6 +343,12 @@ def _literal(value: Any, where: str) -> str:
         return repr(value)
     if isinstance(value, str):
         return _string_literal(value)
+    if isinstance(given, (set, frozenset)):  # as kl_retrievers.filters refuses it, not "got list"
+        raise ValueError(
+            f"{where}: the Milvus backend can filter on str, int, float or bool values; got the set {given!r}, "
+            'which has no order to compare as a value: for "one of" write a list or {"$in": [...]} (a set is '
+            "accepted as the values of $in / $nin only)"
+        )
     raise ValueError(
         f"{where}: the Milvus backend can filter on str, int, float or bool values; got {type(value).__name__}"
     )
