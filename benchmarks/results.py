@@ -4,7 +4,7 @@ Every figure on the page is read from, or computed from, a JSON line of a log in
 
 * ``runs/eval/eval.jsonl``: one line per (system, collection, split), written by ``--run``: the JSON that
   ``kl-retrievers evaluate --json`` printed, plus the exact command, the commit and the time. Per-query
-  metrics (for the paired tests) are in ``runs/eval/pq/``.
+  metrics (for the paired tests) are in ``runs/eval/pq/``, in a file of each run's own (its line names it).
 * ``runs/qpp/qpp.jsonl``: the package default's lines, written by ``benchmarks/qpp.py`` through the same
   exact -KL evaluation (per-query files in ``runs/qpp/``). A default logged in ``runs/eval/`` wins. With
   ``runs/qpp/calibration.jsonl`` it also feeds the QPP and calibration section (``benchmarks/results_qpp.py``).
@@ -14,7 +14,8 @@ The same records also fill the marked part of ``docs/choosing-a-model.md`` (``be
 the marked parts of ``README.md`` and ``docs/hybrid.md`` and its last section (``benchmarks/results_readme.py``).
 
 The page is never edited by hand: ``--check`` exits 1 when it (or a part) differs from what the logs render
-(``tests/test_results_page.py``); the first round's page, whose logs were not committed, is ``docs/results-archive.md``.
+(``tests/test_results_page.py``) or a line it renders has a per-query file whose means are not the line's figures;
+the first round's page, whose logs were not committed, is ``docs/results-archive.md``.
 
 Examples:
     python benchmarks/results.py                              # write docs/results.md
@@ -40,7 +41,7 @@ from results_choosing import PAGE as CHOOSING_PAGE
 from results_choosing import choosing_region, splice, sync
 from results_more import HYBRID_LOG, bundled_models_section, hybrid_section, ranking_fixes_note
 from results_qpp import qpp_section
-from results_readme import HYBRID_PAGE, README, readme_notes, render_hybrid_page, render_readme
+from results_readme import HYBRID_PAGE, README, readme_notes, render_hybrid_page, render_readme, stale_per_query
 
 from kl_retrievers.evaluation import load_per_query, paired_test
 from kl_retrievers.pretrained import DEFAULT_MODEL
@@ -176,6 +177,7 @@ def render(root: Path = ROOT) -> str:
     systems = systems_present(records)
     ordered = [records[(s, c)] for s in systems for c in COLLECTIONS if (s, c) in records]
     commands = list(dict.fromkeys(r["command"] for r in ordered))
+    default = {c: records[("default", c)] for c in COLLECTIONS if ("default", c) in records}
     out = [
         "# Results",
         "",
@@ -218,13 +220,7 @@ def render(root: Path = ROOT) -> str:
         "```",
         "",
         *ranking_fixes_note({k: records[k] for k in sorted(records)}, SYSTEMS, COLLECTIONS),
-        *bundled_models_section(
-            root,
-            EVAL_LOG,
-            COLLECTIONS,
-            {c: records[("default", c)] for c in COLLECTIONS if ("default", c) in records},
-            DEFAULT_MODEL,
-        ),
+        *bundled_models_section(root, EVAL_LOG, COLLECTIONS, default, DEFAULT_MODEL),
         *hybrid_section(root, COLLECTIONS),
         *qpp_section(root),
         *readme_notes(root, DEFAULT_MODEL),
@@ -247,19 +243,23 @@ def run(systems: Sequence[str], collections: Sequence[str], backend: str | None 
     """Evaluate each system on each collection's test split with the CLI and append its JSON to the log.
 
     A system that is not in :data:`SYSTEMS` is a bundled model's name (``--model NAME``), run on
-    ``backend`` (``--model-backend``) when one is given.
+    ``backend`` (``--model-backend``) when one is given. Each run writes a per-query file of its own, named by
+    its system (and a model's backend), collection and UTC start; one that exists already is never overwritten.
     """
     exe = Path(sys.executable).with_name("kl-retrievers")
     for system in systems:
         for coll in collections:
-            pq = f"runs/eval/pq/{system}.{coll}.{SPLIT}.json"
+            t0 = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())  # UTC, the clock of the log's other lines
+            name = system if system in SYSTEMS else f"{system}.{backend or 'torch'}"  # evaluate's default: torch
+            pq = f"runs/eval/pq/{name}.{coll}.{SPLIT}.{t0.replace('-', '').replace(':', '')}Z.json"
+            if (ROOT / pq).exists():  # another line's file (older lines named one file per system and collection)
+                raise SystemExit(f"{pq} exists: not overwriting the per-query file of an earlier run")
             args = ["evaluate", f"../shared/datasets/{coll}", "--split", SPLIT]
             if system in SYSTEMS:
                 args += [] if system == "default" else ["--baseline", system]
             else:
                 args += ["--model", system] + (["--model-backend", backend] if backend else [])
             args += ["--json", "--quiet", "--per-query", pq]
-            t0 = time.strftime("%Y-%m-%dT%H:%M:%S")
             proc = subprocess.run([str(exe), *args], cwd=ROOT, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 raise SystemExit(f"kl-retrievers {shlex.join(args)} failed:\n{proc.stderr[-3000:]}")
@@ -275,9 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--check", action="store_true", help="exit 1 if a page differs from what the logs render")
     p.add_argument("--page", type=Path, default=PAGE, help="the page (default: docs/results.md)")
-    p.add_argument(
-        "--choosing", type=Path, default=ROOT / CHOOSING_PAGE, help="the page whose marked part the logs fill too"
-    )
+    p.add_argument("--choosing", type=Path, default=ROOT / CHOOSING_PAGE, help="the page of the model-choice table")
     p.add_argument("--readme", type=Path, default=ROOT / README, help="the README, whose results part too")
     p.add_argument("--hybrid-page", type=Path, default=ROOT / HYBRID_PAGE, help="the page of the hybrid tables")
     p.add_argument("--run", nargs="+", choices=list(SYSTEMS), metavar="SYSTEM", help=f"evaluate: {', '.join(SYSTEMS)}")
@@ -292,7 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     readme = render_readme(args.readme, load_records(), ROOT, DEFAULT_MODEL)
     pages = [(args.page, render()), (args.choosing, choosing), (args.readme, readme)]
     pages.append((args.hybrid_page, render_hybrid_page(args.hybrid_page, ROOT)))
-    return max(sync(path, text, args.check) for path, text in pages)
+    stale = stale_per_query(ROOT, load_records(), DEFAULT_MODEL) if args.check else []
+    sys.stderr.writelines(f"per-query file does not match: {line}\n" for line in stale)
+    return max(int(bool(stale)), *(sync(path, text, args.check) for path, text in pages))
 
 
 if __name__ == "__main__":

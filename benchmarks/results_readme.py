@@ -5,10 +5,10 @@
 
 * README, ``results``: the baselines and the default from ``results.load_records`` (``runs/eval/eval.jsonl``,
   ``runs/qpp/qpp.jsonl``), the two hybrid rows from ``runs/eval/hybrid.jsonl`` (:data:`HYBRIDS`).
-* README prose, :func:`readme_phrases`: the default's int8 ONNX figures against its torch row
-  (``runs/eval/eval.jsonl``), its abstention figures (``runs/abstention/abstention.jsonl``: the newest full
-  stemmed hybrid line of seed 0 at its shipped threshold, :func:`_abstention`) and its convex-against-adaptive
-  means must be quoted as logged.
+* README prose, :func:`readme_phrases`: the default's int8 ONNX figures (:func:`int8_records`) against its torch
+  row, its abstention figures (``runs/abstention/abstention.jsonl``: the newest full stemmed hybrid line of seed 0
+  at its shipped threshold, :func:`_abstention`) and its convex-against-adaptive means must be quoted as logged.
+* ``results.py --check``, :func:`stale_per_query`: each rendered line's per-query file reproduces its figures.
 * ``docs/results.md``'s section on the README's table, :func:`readme_notes`: the figures the README leaves out.
 * ``docs/hybrid.md``, one part per entry of :data:`HYBRID_TABLES`: the newest ``benchmarks/hybrid.py`` test
   run of that (model, adaptive parameters, BM25 stemmer) on all four collections (:func:`newest_hybrids`).
@@ -31,6 +31,7 @@ from results_more import HYBRID_LOG, SPLIT, bundled_records
 from results_qpp import CALIB_LOG, _read, _table
 
 from kl_retrievers.calibration import recommended_min_confidence
+from kl_retrievers.evaluation import DEFAULT_METRICS, load_per_query
 
 #: The repository, whose parameters files the runs are matched against (by sha256).
 REPO = Path(__file__).resolve().parents[1]
@@ -251,6 +252,38 @@ def _abstention(root: Path, model: str) -> dict[str, Any]:
     return found[-1]
 
 
+def int8_records(root: Path, model: str) -> dict[str, dict[str, Any]]:
+    """The newest ``runs/eval/eval.jsonl`` test line of ``model`` per README collection recorded as ``onnx-int8``.
+
+    Raises:
+        SystemExit: A collection has none (a newer torch or float32 ONNX run of it is not the README's int8 figure).
+    """
+    key = (model, SPLIT, "onnx-int8")  # the backend kl-retrievers evaluate --json records for a model's run
+    found = {r["collection"]: r for r in _read(root / EVAL_LOG) if (r["system"], r["split"], r.get("backend")) == key}
+    if missing := [c for c in README_COLLECTIONS if c not in found]:
+        raise SystemExit(f"{EVAL_LOG}: no onnx-int8 {SPLIT} line of {model} on {', '.join(missing)}")
+    return {c: found[c] for c in README_COLLECTIONS}
+
+
+def stale_per_query(root: Path, records: Mapping[Any, Mapping[str, Any]], model: str) -> list[str]:
+    """The rendered lines (``records``: ``results.load_records``'s; the bundled models' and :func:`int8_records`')
+    whose per-query file is unreadable or whose means differ from the line's logged figures by over 1e-4, named."""
+    found, twin = bundled_records(root, EVAL_LOG, README_COLLECTIONS)
+    out, groups = [], [*found.values(), twin, int8_records(root, model), records]  # records last: they name their log
+    lines = {(r.get("per_query_file"), r.get("started") or r.get("time")): r for g in groups for r in g.values()}
+    for (file, when), rec in lines.items():
+        line = f"{rec.get('log', EVAL_LOG)}: the line of {rec.get('system', rec['model'])} on {rec['collection']}"
+        line += f" logged {when}, per-query file {file}:"
+        try:
+            pq = load_per_query(root / rec["per_query_file"])[0]
+            means = {m: float(np.mean([q[m] for q in pq.values()])) for m in DEFAULT_METRICS if m in rec}
+        except (KeyError, ValueError) as exc:
+            out.append(f"{line} {exc!r}")
+            continue
+        out += [f"{line} {m} {rec[m]} logged, {v:.6f} in the file" for m, v in means.items() if abs(v - rec[m]) > 1e-4]
+    return out
+
+
 def readme_phrases(root: Path, model: str, records: Mapping[tuple[str, str], Mapping[str, Any]]) -> list[str]:
     """Phrases of the README's prose whose figures come from the logs (whitespace normalised)."""
     rec = _abstention(root, model)
@@ -258,7 +291,7 @@ def readme_phrases(root: Path, model: str, records: Mapping[tuple[str, str], Map
     everything = rec["held_out"]["hybrid"]["curve"][-1]  # the highest threshold: every question abstained
     means = newest_hybrids(root)[("minilm-gauss-soup", _DEFAULT_PARAMS, "english")]["mean_ndcg@10"]
     torch = [records[("default", c)]["ndcg@10"] for c in README_COLLECTIONS]
-    int8 = [bundled_records(root, EVAL_LOG, README_COLLECTIONS)[0][model][c]["ndcg@10"] for c in README_COLLECTIONS]
+    int8 = [r["ndcg@10"] for r in int8_records(root, model).values()]
     gap = max(abs(a - b) for a, b in zip(int8, torch, strict=True))
     return [
         f"within {gap:.4f} of the torch row on each collection (mean {np.mean(int8):.4f} against {np.mean(torch):.4f})",
