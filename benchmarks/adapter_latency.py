@@ -189,17 +189,25 @@ def _paths(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=50_000, help="documents (default 50,000)")
-    parser.add_argument("--texts", type=int, default=2_000, help="texts encoded and tiled (default 2,000)")
+    parser.add_argument("--n", type=int, default=None, help="documents (default 50,000; --quick: 5,000)")
+    parser.add_argument("--texts", type=int, default=None, help="texts encoded and tiled (default 2,000; --quick: 300)")
     parser.add_argument("--queries", type=int, default=3, help="scifact queries, each path timed on each")
-    parser.add_argument("--repeat", type=int, default=7, help="interleaved rounds; the best counts (default 7)")
-    parser.add_argument("--quick", action="store_true", help="5,000 documents, 300 texts, 3 rounds")
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="interleaved rounds; the best counts (default 7; --quick: 3)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="5,000 documents, 300 texts, 3 rounds (flags given explicitly win)"
+    )
     parser.add_argument("--only", default="", help="time only the paths whose name contains this")
     parser.add_argument("--profile", default="", help="profile the first path whose name contains this")
     parser.add_argument("--dump", default="", help="write every path's result rows to this JSON file")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.n, args.texts, args.repeat = 5_000, 300, 3
+    for name, full, quick in (("n", 50_000, 5_000), ("texts", 2_000, 300), ("repeat", 7, 3)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    for name in ("n", "texts", "queries", "repeat"):  # checked here: an older checkout lacks cli_common.positive_int
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1; got {getattr(args, name)}")
     import logging
 
     logging.disable(logging.INFO)  # the abstention INFO lines would otherwise be formatted on a root handler

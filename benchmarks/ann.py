@@ -40,6 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from kl_retrievers.cli_common import positive_int
 from kl_retrievers.gaussian import (
     Gaussians,
     kl_document_vectors,
@@ -413,23 +414,31 @@ def _time(fn: Any) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="100k synthetic documents only")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--queries", type=int, default=500)
-    parser.add_argument("--hnsw-m", type=int, default=16)
-    parser.add_argument("--ef-construction", type=int, default=40)
-    parser.add_argument("--ef-search", type=int, default=256)
-    parser.add_argument("--sweep-ef", type=int, nargs="*", default=[64, 128, 512])
-    parser.add_argument("--pool", type=int, default=100)
-    parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default 256 with --quick, else 1024)")
-    parser.add_argument("--nprobe", type=int, default=32)
+    parser.add_argument(
+        "--quick", action="store_true", help="100k synthetic documents only (unless --sizes is given; it wins)"
+    )
+    parser.add_argument(
+        "--sizes", type=positive_int, nargs="+", default=None, help="synthetic corpus sizes (default 100000 1000000)"
+    )
+    parser.add_argument("--dim", type=positive_int, default=384)
+    parser.add_argument("--queries", type=positive_int, default=500)
+    parser.add_argument("--hnsw-m", type=positive_int, default=16)
+    parser.add_argument("--ef-construction", type=positive_int, default=40)
+    parser.add_argument("--ef-search", type=positive_int, default=256)
+    parser.add_argument("--sweep-ef", type=positive_int, nargs="*", default=[64, 128, 512])
+    parser.add_argument("--pool", type=positive_int, default=100)
+    parser.add_argument(
+        "--nlist", type=positive_int, default=None, help="IVF lists (default 256 with --quick, else 1024)"
+    )
+    parser.add_argument("--nprobe", type=positive_int, default=32)
     parser.add_argument(
         "--compare-centring",
         action="store_true",
         help="also build the IVF on the plain reduction (first coordinate not shifted)",
     )
-    parser.add_argument("--sweep-nprobe", type=int, nargs="*", default=[8, 16], help="more nprobe on the same IVF")
+    parser.add_argument(
+        "--sweep-nprobe", type=positive_int, nargs="*", default=[8, 16], help="more nprobe on the same IVF"
+    )
     parser.add_argument(
         "--types",
         nargs="+",
@@ -439,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--pq-m",
-        type=int,
+        type=positive_int,
         nargs="+",
         default=[96],
         help="sub-quantizers of the ivf+pq index (4-bit fast scan), one index each",
@@ -448,12 +457,12 @@ def main(argv: list[str] | None = None) -> int:
         "--refine", choices=["sq8", "fp16"], default=None, help="the ivf+pq index re-ranks its pool on these codes"
     )
     parser.add_argument(
-        "--sweep-pool", type=int, nargs="*", default=[], help="more re-scoring pools on the ivf+pq index"
+        "--sweep-pool", type=positive_int, nargs="*", default=[], help="more re-scoring pools on the ivf+pq index"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--repeats",
-        type=int,
+        type=positive_int,
         default=3,
         help="timed searches per searcher after one warm-up; the best is reported (same for every searcher)",
     )
@@ -474,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     faiss.omp_set_num_threads(max(1, faiss.omp_get_max_threads()))
-    sizes = [100_000] if args.quick else args.sizes
+    sizes = args.sizes or ([100_000] if args.quick else [100_000, 1_000_000])
     if args.nlist is None:
         args.nlist = 256 if args.quick else 1024
     print(f"faiss {faiss.__version__}, threads {faiss.omp_get_max_threads()}, sizes {sizes}", flush=True)

@@ -29,12 +29,12 @@ from kl_retrievers.baselines import bm25_run
 from kl_retrievers.evaluation import evaluate_run, paired_test
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hybrid import git_commit, load_split  # benchmarks/hybrid.py: the same splits
+from hybrid import ROOT, git_commit, load_split  # benchmarks/hybrid.py: the same splits
 
 logger = logging.getLogger(__name__)
 
 SETS = ("scifact:train", "nfcorpus-preprocessed:train", "squad:train")
-LOG = Path("runs/eval/bm25_stemming.jsonl")
+LOG = ROOT / "runs" / "eval" / "bm25_stemming.jsonl"
 
 
 def measure(spec: str, show_progress: bool = False) -> dict[str, object]:

@@ -6,6 +6,10 @@ runs interleaved so machine noise hits every side alike; the best round of each 
     python benchmarks/encode.py --quick      # 1,000 docs, batch 32; last line: throughput_ratio=... (see below)
     python benchmarks/encode.py              # also batch sizes 8/16/32/64 -> docs/encode.md
 
+The full run rewrites only the generated part of ``--out`` (from its start to the line with the
+import time); what follows that line (notes written by hand, the ``--models`` table) is kept.
+``--quick`` writes a page only when ``--out`` is given.
+
 The Gaussian side is the package default model (all-MiniLM-L6-v2 + heads) on torch float32. A
 second row measures a fresh encoder with the paper's [VAR] token (one extra token per text). Two
 more rows run the default model on ONNX Runtime: int8 (the graph shipped in the package,
@@ -54,6 +58,25 @@ FLOAT32_SIDE = "ONNX float32 (default model)"
 TORCH_SIDE = "GaussianEncoder (default model)"
 #: docs/encode.md from this line on (the per-model table of ``--models``) is kept when the full run rewrites the page.
 KEEP_MARKER = "<!-- kept by benchmarks/encode.py: per-model table (--models) -->"
+#: How the last line of the generated part starts; what follows it on the page is kept.
+GENERATED_LAST = '`python -c "import kl_retrievers"`:'
+
+
+def merge_page(previous: str, generated: str) -> str:
+    """``generated`` followed by what ``previous`` holds after its generated part.
+
+    The generated part ends with the line starting with :data:`GENERATED_LAST`; a page without that line
+    keeps what follows :data:`KEEP_MARKER` (marker included), and one with neither keeps nothing.
+    """
+    lines = previous.splitlines(keepends=True)
+    end = next((i for i, line in enumerate(lines) if line.startswith(GENERATED_LAST)), None)
+    if end is not None:
+        kept = "".join(lines[end + 1 :]).lstrip("\n")
+    elif KEEP_MARKER in previous:
+        kept = previous[previous.index(KEEP_MARKER) :]
+    else:
+        kept = ""
+    return generated + ("\n" + kept if kept else "")
 
 
 def load_docs(n: int) -> list[str]:
@@ -212,7 +235,7 @@ def models_speed(
         print(f"| `{name}` | {backend} | {torch_free(name, backend)} | {rate:.1f} |")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="batch size 32 only, 2 rounds, a SciFact subset")
     parser.add_argument("--quality-only", action="store_true", help="whole SciFact and NFCorpus quality, no timing")
@@ -220,11 +243,21 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=1000)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "encode.md")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="the page to write (default: docs/encode.md for the full run; --quick writes one only when given); "
+        "its text after the generated part is kept",
+    )
     parser.add_argument("--models", nargs="+", default=None, help="bundled models to time side by side, or 'all'")
     parser.add_argument("--backends", nargs="+", default=["onnx"], choices=["onnx", "torch"])
     parser.add_argument("--batch-size", type=int, default=32, help="with --models")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.out is not None and (args.models or args.quality_only or args.ratio_only):
+        parser.error("--out writes the page of the timing run; --models, --quality-only and --ratio-only only print")
+    if args.out is None and not args.quick:
+        args.out = REPO / "docs" / "encode.md"
     if args.models:
         models_speed(args.models, args.backends, args.docs, args.rounds or 2, args.max_length, args.batch_size)
         return
@@ -308,11 +341,10 @@ def main() -> None:
     lines += [f'`python -c "import kl_retrievers"`: {import_s:.2f} s (best of 3).']
     text = "\n".join(lines) + "\n"
     print(text)
-    if not args.quick:
+    if args.out is not None:
         previous = args.out.read_text() if args.out.is_file() else ""
-        kept = previous[previous.index(KEEP_MARKER) :] if KEEP_MARKER in previous else ""
-        args.out.write_text(text + ("\n" + kept if kept else ""))
-        print(f"wrote {args.out}")
+        args.out.write_text(merge_page(previous, text))
+        print(f"wrote {args.out} (the text after its generated part is kept: review it against this run)")
     ratio = next(r for bs, n, _, r in rows if bs == 32 and n == TORCH_SIDE)
     print(
         f"uncertainty_spearman={q['uncertainty_spearman']:.4f} ndcg_torch={q['ndcg_torch']:.4f} "

@@ -744,8 +744,10 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="run: 2 steps per job on a slice (a dry run)")
     p.add_argument("--only", nargs="*", help="run: only jobs whose name starts with one of these")
     p.add_argument("--from", dest="source", default="gpu_out", help="collect: the run's output folder")
-    p.add_argument("--log", default="runs/gpu_lora.jsonl")
-    p.add_argument("--per-query-dir", default="runs/gpu_lora")
+    p.add_argument("--log", default=str(ROOT / "runs" / "gpu_lora.jsonl"), help="default: runs/gpu_lora.jsonl")
+    p.add_argument(
+        "--per-query-dir", default=str(ROOT / "runs" / "gpu_lora"), help="default: runs/gpu_lora (of the repository)"
+    )
     p.add_argument("--export", nargs=2, metavar=("JOB", "DIR"))
     p.add_argument("--reference", default="bge-untrained", help="report: the system the paired tests compare with")
     p.add_argument("--job", nargs="+", help="wise: the finished jobs (of --from) to interpolate")

@@ -6,8 +6,12 @@ Two jobs:
 train and a seeded sample of 3,000 SQuAD queries of the train articles (every 10th article held
 out, as the default model's training split them; the sample ``benchmarks/calibration.py`` uses).
 The score normalisation (min-max or z-score) is chosen by leave-one-collection-out
-cross-validation on those three sets; the final parameters, fitted on all three, are written to
-``kl_retrievers/data/hybrid_adaptive.json`` (readable JSON) and a ``hybrid-fit`` line is logged.
+cross-validation on those three sets; the final parameters, fitted on all three, are written
+(readable JSON) to ``--params-out``, by default the file a ``KLHybridStore`` of that model and
+stemmer reads (:func:`default_params_out`): the default model's ``kl_retrievers/data/hybrid_adaptive.json``
+(``--stemmer none``: ``hybrid_adaptive.unstemmed.json`` beside it), another model's
+``hybrid_adaptive.json`` (or ``hybrid_adaptive.unstemmed.json``) in its folder; another stemmer (or a
+hub model) needs ``--params-out``. A ``hybrid-fit`` line is logged.
 
 Without ``--fit`` it evaluates the test splits of scifact, nfcorpus-preprocessed, cranfield and
 trec-dl21-passage-pooled with the default model (encodings from the shared evaluation cache):
@@ -49,6 +53,7 @@ import numpy as np
 
 from kl_retrievers.datasets import BeirDataset, load_beir
 from kl_retrievers.hybrid import (
+    ADAPTIVE_PARAMS_FILE,
     ADAPTIVE_PARAMS_PATH,
     DEFAULT_STEMMER,
     SIGNALS,
@@ -77,6 +82,35 @@ GRID_SIZE = 21
 #: Signal sets compared by --fit (the query uncertainty with the list statistics, and without it).
 SIGNAL_SETS = {"all": SIGNALS, "no-uncertainty": tuple(s for s in SIGNALS if s != "uncertainty")}
 ALPHA = 0.05
+#: A folder's parameters fitted on unstemmed BM25, which a store with ``stemmer=None`` reads (kl_retrievers.hybrid).
+UNSTEMMED_PARAMS_FILE = "hybrid_adaptive.unstemmed.json"
+
+
+def default_params_out(model: str, stemmer: str | None) -> Path | None:
+    """Where ``--fit`` writes by default: the file a ``KLHybridStore`` of ``model`` and ``stemmer`` reads.
+
+    The default model's go to the package's ``data`` folder (``hybrid_adaptive.json``, with ``stemmer=None``
+    ``hybrid_adaptive.unstemmed.json``), another model's to its own folder under the same names. ``None``
+    for a stemmer other than :data:`DEFAULT_STEMMER` and ``None`` (no store reads such a file by default), and
+    for a model that is neither bundled nor a local folder (a hub id).
+
+    Examples:
+        >>> default_params_out(MODEL, DEFAULT_STEMMER) == ADAPTIVE_PARAMS_PATH
+        True
+        >>> default_params_out("bge-small-unit-variance", None).parts[-2:]
+        ('bge-small-unit-variance', 'hybrid_adaptive.unstemmed.json')
+        >>> default_params_out(MODEL, "porter") is None
+        True
+    """
+    from kl_retrievers.pretrained import bundled_model_path, bundled_models
+
+    if stemmer not in (DEFAULT_STEMMER, None):
+        return None
+    name = ADAPTIVE_PARAMS_FILE if stemmer is not None else UNSTEMMED_PARAMS_FILE
+    if model == MODEL:
+        return ADAPTIVE_PARAMS_PATH.with_name(name)
+    folder = bundled_model_path(model) if model in bundled_models() else Path(model).expanduser()
+    return folder / name if folder.is_dir() else None
 
 
 def git_commit() -> str | None:
@@ -534,7 +568,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=MODEL, help=f"bundled Gaussian model (default {MODEL})")
     p.add_argument("--collections", nargs="+", default=list(COLLECTIONS), choices=COLLECTIONS)
     p.add_argument("--params", default=str(ADAPTIVE_PARAMS_PATH), help="adaptive parameters to evaluate")
-    p.add_argument("--params-out", default=str(ADAPTIVE_PARAMS_PATH), help="where --fit writes them")
+    p.add_argument(
+        "--params-out",
+        default=None,
+        help="where --fit writes them (default: the file a KLHybridStore of --model and --stemmer reads: "
+        "kl_retrievers/data/hybrid_adaptive.json for the default model, hybrid_adaptive.json in another model's "
+        "folder; with --stemmer none, hybrid_adaptive.unstemmed.json there; another stemmer or a hub model needs "
+        "--params-out)",
+    )
     p.add_argument(
         "--stemmer",
         type=lambda v: None if v.strip().lower() == "none" else v,
@@ -554,7 +595,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.fit and args.params_out is None:
+        args.params_out = default_params_out(args.model, args.stemmer)
+        if args.params_out is None:
+            parser.error(
+                f"--fit --model {args.model} --stemmer {args.stemmer} needs --params-out: by default the parameters "
+                f"go where a store reads them, a bundled model's or a local model folder, for --stemmer "
+                f"{DEFAULT_STEMMER} or none"
+            )
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("bm25s").setLevel(logging.WARNING)
     if args.fit:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from store_filters import _best  # the same best-of-N timer (this folder is on sys.path when run as a script)
 
+from kl_retrievers.cli_common import positive_int
 from kl_retrievers.gaussian import Gaussians
 from kl_retrievers.hybrid import FUSION_MODES, KLHybridStore
 
@@ -68,21 +69,18 @@ def build_store(n: int, dim: int, seed: int = 0) -> KLHybridStore:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--n", type=int, default=None, help="documents (default 20,000; --quick: 5,000)")
-    parser.add_argument("--dim", type=int, default=None, help="Gaussian dimension (default 384; --quick: 128)")
+    parser.add_argument("--n", type=positive_int, default=None, help="documents (default 20,000; --quick: 5,000)")
+    parser.add_argument("--dim", type=positive_int, default=None, help="Gaussian dimension (default 384; --quick: 128)")
     parser.add_argument(
-        "--queries", type=int, default=None, help="searches per measurement (default 200; --quick: 100)"
+        "--queries", type=positive_int, default=None, help="searches per measurement (default 200; --quick: 100)"
     )
-    parser.add_argument("--repeats", type=int, default=3, help="best of this many runs (default 3)")
-    parser.add_argument("--k", type=int, default=10, help="results per search (default 10)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="best of this many runs (default 3)")
+    parser.add_argument("--k", type=positive_int, default=10, help="results per search (default 10)")
     parser.add_argument("--quick", action="store_true", help="a smaller corpus: under a minute")
     args = parser.parse_args(argv)
-    n = args.n or (5_000 if args.quick else 20_000)
-    dim = args.dim or (128 if args.quick else 384)
-    n_queries = args.queries or (100 if args.quick else 200)
-    for name, value in (("--n", n), ("--dim", dim), ("--queries", n_queries), ("--repeats", args.repeats)):
-        if value < 1:
-            parser.error(f"{name} must be at least 1; got {value}")
+    n = args.n if args.n is not None else (5_000 if args.quick else 20_000)
+    dim = args.dim if args.dim is not None else (128 if args.quick else 384)
+    n_queries = args.queries if args.queries is not None else (100 if args.quick else 200)
 
     store = build_store(n, dim)
     rng = np.random.default_rng(1)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kl_retrievers.cli_common import non_negative_int, positive_int
 from kl_retrievers.onnx import OnnxGaussianEncoder
 
 if TYPE_CHECKING:
@@ -73,26 +74,22 @@ def _burn(stop: Event) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 rounds, 300 queries, 128 texts (about a minute)")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; --quick: 3)")
-    parser.add_argument("--reps", type=int, default=None, help="queries per round (default 500; --quick: 300)")
-    parser.add_argument("--docs", type=int, default=None, help="texts per throughput round (default 256; --quick: 128)")
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="num_threads values (default 1 2)")
-    parser.add_argument("--busy", type=int, default=0, help="CPU-bound processes to run alongside (default 0)")
+    parser.add_argument("--rounds", type=positive_int, default=None, help="interleaved rounds (default 5; --quick: 3)")
+    parser.add_argument("--reps", type=positive_int, default=None, help="queries per round (default 500; --quick: 300)")
+    parser.add_argument(
+        "--docs", type=positive_int, default=None, help="texts per throughput round (default 256; --quick: 128)"
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, nargs="+", default=[1, 2], help="num_threads values (default 1 2)"
+    )
+    parser.add_argument(
+        "--busy", type=non_negative_int, default=0, help="CPU-bound processes to run alongside (default 0)"
+    )
     parser.add_argument("--model", type=Path, default=MODEL, help=f"ONNX export folder (default: {MODEL})")
     args = parser.parse_args(argv)
-    rounds = args.rounds or (3 if args.quick else 5)
-    reps = args.reps or (300 if args.quick else 500)
-    n_docs = args.docs or (128 if args.quick else 256)
-    for name, value, least in (
-        ("--rounds", rounds, 1),
-        ("--reps", reps, 1),
-        ("--docs", n_docs, 1),
-        ("--busy", args.busy, 0),
-    ):
-        if value < least:
-            parser.error(f"{name} must be >= {least}; got {value}")
-    if any(t < 1 for t in args.threads):
-        parser.error(f"--threads must be ints >= 1; got {args.threads}")
+    rounds = args.rounds if args.rounds is not None else (3 if args.quick else 5)
+    reps = args.reps if args.reps is not None else (300 if args.quick else 500)
+    n_docs = args.docs if args.docs is not None else (128 if args.quick else 256)
 
     settings = [(t, spin) for t in args.threads for spin in (False, True)]
     encoders = {s: OnnxGaussianEncoder(args.model, num_threads=s[0], allow_spinning=s[1]) for s in settings}

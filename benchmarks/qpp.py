@@ -17,8 +17,10 @@ Logs (small, committed): one JSON line per (model, collection, split) in ``runs/
 (aggregate metrics, the QPP report, the command) and one per-query file
 ``runs/qpp/<model>.<collection>.<split>.json`` (each query's metrics and raw predictor values,
 the uncertainty included). ``--quick`` reuses a logged result of the same model and split
-when there is one, and evaluates only what is missing; without it every collection is
-evaluated again (encodings still come from the cache).
+when there is one (it prints the newest logged line, recomputing nothing), and evaluates and
+logs only what is missing; without it every collection is evaluated again and logged (encodings
+still come from the cache). A ``--split`` that a collection to evaluate lacks, or a ``--model``
+that does not load, stops the run before anything is evaluated (exit status 2).
 
 Examples:
     python benchmarks/qpp.py --quick
@@ -29,6 +31,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import re
@@ -42,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from kl_retrievers.datasets import BeirDataset, load_beir
+from kl_retrievers.datasets import BeirDataset, DatasetError, available_splits, load_beir
 from kl_retrievers.evaluation import (
     evaluate_run,
     load_per_query,
@@ -168,12 +171,19 @@ def evaluate_gaussians(
     return record
 
 
+@functools.lru_cache(maxsize=2)
+def load_encoder(model: str) -> Any:
+    """The torch encoder of ``model`` (the logged runs are the torch encoder's, float32), loaded once per run."""
+    from kl_retrievers.pretrained import load_model
+
+    return load_model(model, backend="torch")
+
+
 def evaluate_model_name(model: str, collection: str, split: str, *, log_dir: Path, batch_size: int) -> dict[str, Any]:
     """Encode (through the cache) and evaluate one model on one collection split."""
     from kl_retrievers.evaluation import encode_dataset
-    from kl_retrievers.pretrained import load_model
 
-    encoder = load_model(model, backend="torch")  # the logged runs are the torch encoder's (float32)
+    encoder = load_encoder(model)
     dataset = load_beir(DATASETS / collection, split)
     t0 = time.perf_counter()
     q, d = encode_dataset(encoder, dataset, batch_size=batch_size, show_progress=False)
@@ -188,6 +198,42 @@ def get_record(model: str, collection: str, split: str, *, quick: bool, log_dir:
         if rec is not None:
             return rec
     return evaluate_model_name(model, collection, split, log_dir=log_dir, batch_size=batch_size)
+
+
+def check_inputs(
+    parser: argparse.ArgumentParser,
+    models: Sequence[str],
+    collections: Sequence[str],
+    split: str,
+    *,
+    quick: bool,
+    log_dir: Path,
+) -> None:
+    """Exit through ``parser.error`` (status 2) when a run would fail after loading or evaluating anything.
+
+    Only what :func:`get_record` will evaluate is checked (``quick`` reuses logged records; the first of
+    ``models`` follows ``quick``, the others, the reference, always reuse): each such collection must have
+    ``split``, and each such model must load.
+    """
+    records = read_log(log_dir)
+    todo = [
+        (model, coll)
+        for i, model in enumerate(models)
+        for coll in collections
+        if not ((quick or i > 0) and latest(records, model, coll, split) is not None)
+    ]
+    for coll in dict.fromkeys(c for _, c in todo):
+        try:
+            splits = available_splits(DATASETS / coll)
+        except DatasetError as exc:
+            parser.error(f"{coll}: {exc}")
+        if split not in splits:
+            parser.error(f"--split {split!r}: {coll} has no such qrels split; available splits: {splits}")
+    for model in dict.fromkeys(m for m, _ in todo):
+        try:
+            load_encoder(model)
+        except (OSError, ValueError) as exc:  # ModelNotFoundError is an OSError, NotAnEncoderError a ValueError
+            parser.error(f"--model {model!r} does not load: {str(exc).splitlines()[0]}")
 
 
 def summarise(
@@ -215,7 +261,12 @@ def summarise(
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="reuse logged results of the same model and split")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="print the newest logged result of the same model, collection and split where there is one (nothing "
+        "is recomputed); evaluate and log only the missing ones. Without it every collection is evaluated again",
+    )
     p.add_argument("--model", default=REFERENCE_MODEL, help=f"bundled name or folder (default: {REFERENCE_MODEL})")
     p.add_argument("--collections", nargs="+", default=list(COLLECTIONS), choices=COLLECTIONS, metavar="NAME")
     p.add_argument("--split", default="test", help="qrels split (default: test)")
@@ -224,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--verbose", action="store_true", help="print each collection's full QPP table")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    models = [args.model] + ([REFERENCE_MODEL] if args.model != REFERENCE_MODEL else [])
+    check_inputs(p, models, args.collections, args.split, quick=args.quick, log_dir=args.log_dir)
 
     records: dict[str, dict[str, Any]] = {}
     refs: dict[str, dict[str, Any]] = {}

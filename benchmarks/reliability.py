@@ -1224,14 +1224,21 @@ CATEGORIES = {
 }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer probes per category (under two minutes)")
-    parser.add_argument("--only", choices=sorted(CATEGORIES), action="append", help="run only these categories")
+    parser.add_argument(
+        "--only",
+        choices=sorted(CATEGORIES),
+        nargs="+",
+        action="extend",
+        metavar="CATEGORY",
+        help=f"run only these categories (several after one --only, or --only repeated): {', '.join(CATEGORIES)}",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill delays")
     parser.add_argument("--json", type=Path, default=None, help="also write the counts and failures here")
     parser.add_argument("--verbose", action="store_true", help="print every failure (default: the first 10 each)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.ERROR)  # warnings of refused inputs are expected; keep the report readable
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -168,11 +168,16 @@ def bundled_models_section(
 def hybrid_section(root: Path, collections: Mapping[str, str]) -> list[str]:
     """The newest ``benchmarks/hybrid.py`` test run of each (model, adaptive parameters, BM25 stemmer), every system.
 
-    A line without ``stemmer`` (before stop 42) was run unstemmed; the newest runs come first.
+    A line without ``stemmer`` (before stop 42) was run unstemmed; the newest runs come first. A run that lacks
+    any of ``collections`` (``hybrid.py --collections``) is skipped: its means are not those of the table.
     """
     newest: dict[tuple[str, str, str | None], dict[str, Any]] = {}
     for rec in _read(root / HYBRID_LOG):
-        if rec.get("benchmark") == "hybrid" and rec.get("split", SPLIT) == SPLIT:
+        if (
+            rec.get("benchmark") == "hybrid"
+            and rec.get("split", SPLIT) == SPLIT
+            and all(c in rec.get("collections", {}) for c in collections)
+        ):
             key = (rec["model"], rec["adaptive_params"]["file"], rec.get("stemmer"))
             newest.pop(key, None)
             newest[key] = rec

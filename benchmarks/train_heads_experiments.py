@@ -29,7 +29,8 @@ from kl_retrievers.training.features import default_feature_cache_dir
 from kl_retrievers.training.trainer import train_heads_cached
 
 logger = logging.getLogger(__name__)
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ROOT.parent / "shared" / "datasets"
 BASE = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -128,7 +129,7 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--eval", nargs="+", default=["scifact:test"])
     p.add_argument("--save", default=None, help="save the (last) trained model here")
-    p.add_argument("--log", default="runs/train_heads.jsonl")
+    p.add_argument("--log", default=str(ROOT / "runs" / "train_heads.jsonl"), help="default: runs/train_heads.jsonl")
     p.add_argument(
         "--holdout",
         type=float,

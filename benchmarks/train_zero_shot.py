@@ -253,7 +253,7 @@ def cmd_dev(args: argparse.Namespace, cache: Path) -> None:
     """The sweep on zero-shot dev data."""
     ts = training_set(args, cache)
     evals = [(n, s, load_eval(n, s, args)) for n, s in DEV]
-    log = Path(args.log or "runs/zs_dev.jsonl")
+    log = Path(args.log or ROOT / "runs" / "zs_dev.jsonl")
     base = recipe(args)
     if args.untrained:
         enc = make_encoder(1.0, args.max_length)
@@ -283,7 +283,7 @@ def cmd_final(args: argparse.Namespace, cache: Path) -> None:
     ts = training_set(args, cache)
     out = Path(args.per_query_dir)
     out.mkdir(parents=True, exist_ok=True)
-    log = Path(args.log or "runs/zs_final.jsonl")
+    log = Path(args.log or ROOT / "runs" / "zs_final.jsonl")
     common = recipe(args) | {"beta": args.beta, "temperature": args.temperature, "lr": args.lr, "loss": args.loss,
                              "var_lr": args.var_lr}  # fmt: skip
     systems: list[tuple[str, GaussianEncoder, str, bool, float | None]] = [
@@ -359,8 +359,8 @@ def main() -> None:
     p.add_argument("--save", default=None)
     p.add_argument("--tests", nargs="*", help="final: evaluate only these data names (default: all)")
     p.add_argument("--compute-missing", action="store_true", help="final: compute features not yet cached")
-    p.add_argument("--per-query-dir", default="runs/zs_final")
-    p.add_argument("--log", default=None)
+    p.add_argument("--per-query-dir", default=str(ROOT / "runs" / "zs_final"), help="default: runs/zs_final")
+    p.add_argument("--log", default=None, help="default: runs/zs_dev.jsonl (dev), runs/zs_final.jsonl (final)")
     args = p.parse_args()
     global VAR_TOKEN
     VAR_TOKEN = args.var_token == "on"

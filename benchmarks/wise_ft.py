@@ -42,8 +42,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_lora import ROOT
 
 logger = logging.getLogger("wise_ft")
+
+
+def _shown(path: Path) -> Path:
+    """``path`` as a command records it: relative to the repository root when inside it."""
+    return path.relative_to(ROOT) if path.is_absolute() and path.is_relative_to(ROOT) else path
 
 
 def interpolate(job: dict[str, Any], adapters: dict[str, Any], alpha: float, backbone: str | None = None) -> Any:
@@ -152,7 +158,7 @@ def cmd_export(args: argparse.Namespace) -> None:
             command = (
                 f"python benchmarks/wise_ft.py export --from {src} --job {' '.join(members)}"
                 + (" --soup" if args.soup else "")
-                + f" --alphas {alpha:g} --out-dir {args.out_dir}"
+                + f" --alphas {alpha:g} --out-dir {_shown(Path(args.out_dir))}"
                 + (f" --name {args.name}" if args.name else "")
             )
             info = training_info(first, pack)
@@ -188,7 +194,7 @@ def main() -> None:
     p.add_argument("--job", nargs="+", required=True, help="job names in that run")
     p.add_argument("--alphas", nargs="+", type=float, required=True, help="interpolation weights in [0, 1]")
     p.add_argument("--soup", action="store_true", help="average the jobs' WiSE-FT models into one model per alpha")
-    p.add_argument("--out-dir", default="runs/wise")
+    p.add_argument("--out-dir", default=str(ROOT / "runs" / "wise"), help="default: runs/wise (of the repository)")
     p.add_argument("--name", help="folder name under --out-dir (one alpha; one job unless --soup; default JOB-aALPHA)")
     args = p.parse_args()
     if args.name and (1 if args.soup else len(args.job)) * len(args.alphas) != 1:
