@@ -551,12 +551,16 @@ def _call_encode(fn: Any, texts: list[str], batch_size: int, max_length: int | N
 
 
 def _encode_sorted(
-    fn: Any, texts: list[str], batch_size: int, max_length: int | None, show_progress: bool
+    fn: Any, texts: list[str], batch_size: int, max_length: int | None, show_progress: bool, presort: bool = True
 ) -> Gaussians:
-    """Encode longest first (less padding per batch), then restore the input order."""
+    """Encode longest first (less padding per batch), then restore the input order.
+
+    ``presort=False`` encodes in the input order (for an encoder whose output depends on its batch, so that
+    the batches are the ones a single encode call of ``texts`` makes).
+    """
     if not texts:
         raise ValueError("nothing to encode")
-    order = np.argsort([-len(t) for t in texts], kind="stable")
+    order = np.argsort([-len(t) for t in texts], kind="stable") if presort else np.arange(len(texts))
     g = _call_encode(fn, [texts[i] for i in order], batch_size, max_length, show_progress).numpy()
     if len(g) != len(texts):
         raise ValueError(f"encoder returned {len(g)} Gaussians for {len(texts)} texts")
@@ -580,14 +584,22 @@ def encode_dataset(
 
     Documents are cached by (model fingerprint, SHA-256 of the document texts and the doc
     ids, max_length); queries by (model fingerprint, SHA-256 of the query texts, split and
-    query ids, max_length): a copied or re-mounted collection hits, an edited one misses. For an
-    encoder whose ``batch_invariant`` is ``False`` (an int8 ONNX graph quantises activations per
-    batch), the batch size is part of both keys.
+    query ids, max_length): a copied or re-mounted collection hits, an edited one misses.
+
+    An encoder whose ``batch_invariant`` is ``False`` (an int8 ONNX graph quantises activations per
+    batch, so a text's Gaussian depends on the texts encoded with it) is used as the serving paths use
+    it: queries are encoded one at a time (batch size 1, as ``KLStore.search`` / ``search_batch`` and
+    ``kl-retrievers search`` encode them), and documents in the dataset's order at ``batch_size``, without
+    the longest-first pre-sort, so that they equal the encodings of one ``KLStore.add`` (or
+    ``kl-retrievers index``) of ``dataset.document_texts()`` in that order at that batch size. The batch
+    size actually used is then part of both cache keys (and the documents' key records their order, so
+    entries encoded pre-sorted by an earlier release are not reused). Batch-invariant encoders encode
+    both sides longest first (less padding per batch).
 
     Args:
         encoder: An object with ``encode_queries``/``encode_documents`` returning :class:`Gaussians`.
         dataset: The loaded split.
-        batch_size: Encoding batch size.
+        batch_size: Encoding batch size (documents; queries too unless the encoder is not batch-invariant).
         max_length: Document token limit passed to the encoder when it accepts one (``None``: the
             encoder's default); part of the document cache key.
         query_max_length: The same for queries.
@@ -604,6 +616,7 @@ def encode_dataset(
     """
     cache = EncodingCache(cache_dir) if use_cache else None
     fp = model_fingerprint(encoder)
+    batch_dependent = not getattr(encoder, "batch_invariant", True)  # int8 ONNX: a text's vector depends on its batch
     results: list[Gaussians] = []
     for kind, ids, texts_fn, fn, ident, limit in (
         (
@@ -624,15 +637,18 @@ def encode_dataset(
         ),
     ):
         key: dict[str, Any] = {"model": fp, "data": ident(), "max_length": limit}
-        if not getattr(encoder, "batch_invariant", True):
-            key["batch_size"] = batch_size  # int8 ONNX: a text's vector depends on its batch
+        size = 1 if batch_dependent and kind == "queries" else batch_size  # queries alone, as searches encode them
+        if batch_dependent:
+            key["batch_size"] = size
+            if kind == "documents":
+                key["order"] = "input"  # not pre-sorted: as one KLStore.add of the corpus
         cached = cache.load(f"gauss-{kind}", key, ids) if cache is not None else None
         if cached is not None:
             results.append(Gaussians(cached["mean"], cached["var"]))
             continue
         logger.info("encoding %d %s", len(ids), kind)
         t0 = time.perf_counter()
-        g = _encode_sorted(fn, texts_fn(), batch_size, limit, show_progress)
+        g = _encode_sorted(fn, texts_fn(), size, limit, show_progress, presort=not batch_dependent)
         logger.info("encoded %d %s in %.1f s", len(ids), kind, time.perf_counter() - t0)
         if cache is not None:
             cache.save(f"gauss-{kind}", key, ids, {"mean": np.asarray(g.mean), "var": np.asarray(g.var)})

@@ -83,6 +83,7 @@ from kl_retrievers.store._base import (
     _check_texts_and_ids,
     _check_texts_container,
     _metadata_list,
+    _query_batch_size,
     _refuse_model_name,
     _refuse_unordered,
     _RWLock,
@@ -1708,7 +1709,9 @@ class KLHybridStore:
                 )
             if not texts:
                 return Gaussians(np.zeros((0, self._kl.dim or 1)), np.ones((0, self._kl.dim or 1)), validate=False)
-            query_gaussians = encoder.encode_queries(texts, batch_size=self._kl.batch_size, show_progress_bar=False)
+            query_gaussians = encoder.encode_queries(  # one at a time on int8: results independent of the others
+                texts, batch_size=_query_batch_size(encoder, self._kl.batch_size), show_progress_bar=False
+            )
         if not isinstance(query_gaussians, Gaussians):
             raise TypeError(f"query_gaussians must be a Gaussians batch; got {type(query_gaussians).__name__}")
         g = query_gaussians.numpy()

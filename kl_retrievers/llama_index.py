@@ -76,6 +76,7 @@ from kl_retrievers._confidence import (
     hybrid_search,
     is_blank_query,
 )
+from kl_retrievers._encoding import check_texts
 from kl_retrievers._io import load_unchanged, make_dirs
 from kl_retrievers.calibration import ConfidenceCalibrator
 from kl_retrievers.gaussian import (
@@ -93,6 +94,7 @@ from kl_retrievers.gaussian import (
 from kl_retrievers.hybrid import FusionConfig, HybridResult, KLHybridStore, _warn_metadata_keys
 from kl_retrievers.index import KLStore
 from kl_retrievers.store import StoredDocument
+from kl_retrievers.store._base import _query_batch_size
 
 _INSTALL_HINT = (
     'kl_retrievers.llama_index needs llama-index-core; install it with: pip install "kl-retrievers[llama-index]"'
@@ -916,13 +918,24 @@ class KLEmbedding(BaseEmbedding):
             stacklevel=5,
         )
 
-    def query_gaussians(self, queries: list[str]) -> Gaussians:
-        """Encode queries as float64 Gaussians (one encoder call)."""
-        return _encode(self._encoder.encode_queries, list(queries), self.embed_batch_size)
+    def query_gaussians(self, queries: str | Sequence[str]) -> Gaussians:
+        """Encode queries as float64 Gaussians (one encoder call).
 
-    def document_gaussians(self, texts: list[str]) -> Gaussians:
-        """Encode documents as float64 Gaussians (one encoder call)."""
-        return _encode(self._encoder.encode_documents, list(texts), self.embed_batch_size)
+        ``queries`` is checked as the encoder checks it: a bare string is one query; a mapping, a set or
+        ``bytes`` is refused with a ``TypeError``. An encoder whose output depends on its batch (int8 ONNX:
+        ``batch_invariant`` is ``False``) encodes them one at a time, so a query's Gaussian does not depend
+        on the others (what :class:`KLVectorStore` and ``KLStore.search`` give it).
+        """
+        texts = check_texts(queries, "queries")
+        return _encode(self._encoder.encode_queries, texts, _query_batch_size(self._encoder, self.embed_batch_size))
+
+    def document_gaussians(self, texts: str | Sequence[str]) -> Gaussians:
+        """Encode documents as float64 Gaussians (one encoder call).
+
+        ``texts`` is checked as the encoder checks it: a bare string is one document; a mapping, a set or
+        ``bytes`` is refused with a ``TypeError``.
+        """
+        return _encode(self._encoder.encode_documents, check_texts(texts, "texts"), self.embed_batch_size)
 
     def similarity(
         self,
@@ -962,6 +975,8 @@ class KLEmbedding(BaseEmbedding):
         return super().similarity(embedding1, embedding2, mode=mode)
 
     def _query_vector(self, query: str) -> Embedding:
+        if not isinstance(query, str):  # a list would otherwise fail as "texts[0] is list"
+            raise TypeError(f"query must be a str (one query); got {type(query).__name__}")
         return [float(x) for x in kl_query_vectors(self.query_gaussians([query]))[0]]
 
     def _document_vectors(self, texts: list[str]) -> list[Embedding]:

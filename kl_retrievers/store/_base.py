@@ -647,6 +647,22 @@ def _new_documents(
     return _NewDocuments(g, text_values, id_values, meta_values)
 
 
+def _query_batch_size(encoder: Any, batch_size: int) -> int:
+    """The batch size to encode queries at: 1 when a text's encoding depends on its batch, else ``batch_size``.
+
+    An int8 ONNX encoder (``batch_invariant`` ``False``) quantises activations per batch, so a query
+    encoded with others would score differently than alone; one at a time, ``search_batch`` gives each
+    query what ``search`` gives it, whatever the other queries (the CLI's rule too).
+
+    Examples:
+        >>> class Int8:
+        ...     batch_invariant = False
+        >>> _query_batch_size(Int8(), 32), _query_batch_size(object(), 32)
+        (1, 32)
+    """
+    return batch_size if getattr(encoder, "batch_invariant", True) else 1
+
+
 def _query_gaussians(
     queries: str | Sequence[str] | Gaussians,
     *,
@@ -673,7 +689,8 @@ def _query_gaussians(
         if encoder is None:
             raise ValueError("searching by text needs an encoder; pass query Gaussians instead")
         g = _as_numpy_gaussians(
-            encoder.encode_queries(texts, batch_size=batch_size, show_progress_bar=False), "query gaussians"
+            encoder.encode_queries(texts, batch_size=_query_batch_size(encoder, batch_size), show_progress_bar=False),
+            "query gaussians",
         )
     if dim is not None and g.dim != dim:
         raise ValueError(f"query gaussians have dimension {g.dim}; this store has dimension {dim}")

@@ -1,0 +1,223 @@
+"""A query's Gaussian must not depend on what else is encoded with it, when the encoder's output does.
+
+An int8 ONNX graph quantises activations per batch (``batch_invariant`` is ``False``): a text's Gaussian
+depends on the other texts of its batch. Every path that encodes several queries (``KLStore.search_batch``,
+``KLHybridStore.search_batch``, ``KLEmbedding.query_gaussians``, ``evaluation.encode_dataset``) encodes them
+one at a time then, so each query gets what ``search(query)`` gives it; ``encode_dataset`` encodes
+documents in the corpus order (no pre-sort), as one ``KLStore.add`` of the corpus does.
+
+The encoder here is the tiny random torch encoder made batch-dependent the way int8 is: each batch's means
+are shifted by a multiple of the batch's mean (a per-batch activation scale), batches cut in input order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import make_tiny_encoder
+from kl_retrievers import Gaussians
+from kl_retrievers.datasets import load_beir
+from kl_retrievers.encoding_cache import EncodingCache, model_fingerprint
+from kl_retrievers.evaluation import encode_dataset
+from kl_retrievers.index import KLStore
+
+DOCS = [
+    "the cat sat on the mat",
+    "a dog in the sun and the moon and the star over black rock",
+    "green tea",
+    "the moon and the star",
+    "water on black rock in the sea at the train and the bread",
+    "a train at sea",
+    "bee",
+    "hello world of the long gaussian document text",
+]
+QUERIES = ["green tea", "the cat on the mat", "a bee in the sun", "moon"]
+
+
+class BatchDependent:
+    """A tiny encoder whose Gaussians depend on their batch (like int8 ONNX), ``batch_invariant`` ``False``."""
+
+    batch_invariant = False
+
+    def __init__(self) -> None:
+        self.inner = make_tiny_encoder()
+        self.query_batch_sizes: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def _batched(self, fn: Any, texts: Any, batch_size: int) -> Gaussians:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        means, variances = [], []
+        for s in range(0, len(texts), batch_size):
+            g = fn(texts[s : s + batch_size], show_progress_bar=False)
+            mean = np.asarray(g.mean, dtype=np.float32)
+            means.append(mean + np.float32(0.3) * mean.mean(axis=0))  # a per-batch activation scale
+            variances.append(np.asarray(g.var, dtype=np.float32))
+        return Gaussians(np.concatenate(means), np.concatenate(variances))
+
+    def encode_queries(self, texts: Any, *, batch_size: int = 32, **_: Any) -> Gaussians:
+        self.query_batch_sizes.append(batch_size)
+        return self._batched(self.inner.encode_queries, texts, batch_size)
+
+    def encode_documents(self, texts: Any, *, batch_size: int = 32, **_: Any) -> Gaussians:
+        return self._batched(self.inner.encode_documents, texts, batch_size)
+
+
+@pytest.fixture
+def encoder() -> BatchDependent:
+    return BatchDependent()
+
+
+def test_the_fake_encoder_is_batch_dependent(encoder: BatchDependent) -> None:
+    """The premise: encoded together, a query gets another Gaussian than alone."""
+    together = encoder.encode_queries(QUERIES, batch_size=32).mean
+    alone = np.concatenate([encoder.encode_queries([q], batch_size=32).mean for q in QUERIES])
+    assert np.abs(together - alone).max() > 1e-3
+
+
+def test_klstore_search_batch_scores_each_query_as_search_does(encoder: BatchDependent) -> None:
+    store = KLStore(encoder, batch_size=32)
+    store.add(DOCS)
+    batch = store.search_batch(QUERIES, k=len(DOCS))
+    for query, hits in zip(QUERIES, batch, strict=True):
+        alone = store.search(query, k=len(DOCS))
+        assert [h.id for h in hits] == [h.id for h in alone]
+        np.testing.assert_allclose([h.score for h in hits], [h.score for h in alone], rtol=1e-9, atol=0)
+    assert set(encoder.query_batch_sizes) == {1}
+
+
+def test_klstore_keeps_its_batch_size_for_a_batch_invariant_encoder() -> None:
+    inner = make_tiny_encoder()
+    sizes: list[int] = []
+
+    class Recording:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(inner, name)
+
+        def encode_queries(self, texts: Any, *, batch_size: int = 32, **kw: Any) -> Gaussians:
+            sizes.append(batch_size)
+            return inner.encode_queries(texts, batch_size=batch_size, **kw)
+
+    store = KLStore(Recording(), batch_size=7)
+    store.add(DOCS)
+    store.search_batch(QUERIES, k=2)
+    assert sizes == [7]
+
+
+def test_hybrid_search_batch_scores_each_query_as_search_does(encoder: BatchDependent) -> None:
+    pytest.importorskip("bm25s")
+    from kl_retrievers.hybrid import KLHybridStore
+
+    store = KLHybridStore(encoder, fusion="convex", weight=0.5)
+    store.add(DOCS)
+    batch = store.search_batch(QUERIES, k=len(DOCS))
+    for query, hits in zip(QUERIES, batch, strict=True):
+        alone = store.search(query, k=len(DOCS))
+        assert [h.id for h in hits] == [h.id for h in alone]
+        np.testing.assert_allclose([h.neg_kl for h in hits], [h.neg_kl for h in alone], rtol=1e-9, atol=0)
+        np.testing.assert_allclose([h.score for h in hits], [h.score for h in alone], rtol=1e-9, atol=0)
+    np.testing.assert_array_equal(
+        store.encode_queries(QUERIES).mean,
+        np.concatenate([store.encode_queries([q]).mean for q in QUERIES]),
+    )
+
+
+def test_llama_index_query_gaussians_encode_each_query_alone(encoder: BatchDependent) -> None:
+    pytest.importorskip("llama_index.core")
+    from kl_retrievers.llama_index import KLEmbedding
+
+    emb = KLEmbedding(encoder, embed_batch_size=32)
+    together = emb.query_gaussians(QUERIES)
+    alone = [emb.query_gaussians([q]) for q in QUERIES]
+    np.testing.assert_array_equal(together.mean, np.concatenate([g.mean for g in alone]))
+    np.testing.assert_array_equal(together.var, np.concatenate([g.var for g in alone]))
+
+
+def _beir(root: Path) -> Path:
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": f"d{i}", "title": "", "text": t}) + "\n" for i, t in enumerate(DOCS))
+    )
+    (root / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": f"q{i}", "text": t}) + "\n" for i, t in enumerate(QUERIES))
+    )
+    rows = "".join(f"q{i}\td{i}\t1\n" for i in range(len(QUERIES)))
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + rows)
+    return root
+
+
+def test_encode_dataset_encodes_queries_as_search_does(tmp_path: Path, encoder: BatchDependent) -> None:
+    ds = load_beir(_beir(tmp_path / "beir"), "test")
+    q, _ = encode_dataset(encoder, ds, batch_size=3, use_cache=False, show_progress=False)
+    alone = np.concatenate([encoder.encode_queries([t], batch_size=3).mean for t in ds.query_texts()])
+    np.testing.assert_array_equal(q.mean, alone)
+    store = KLStore(encoder, batch_size=3)
+    store.add(ds.document_texts(), ids=ds.doc_ids)
+    for i, text in enumerate(ds.query_texts()):  # and each query's scores are what search gives
+        np.testing.assert_allclose(
+            store.search_batch(q[i : i + 1], k=3)[0][0].score, store.search(text, k=3)[0].score, rtol=1e-9
+        )
+
+
+def test_encode_dataset_encodes_documents_as_one_store_add(tmp_path: Path, encoder: BatchDependent) -> None:
+    """Documents as one ``KLStore.add`` of the corpus in its order at the same batch size (no pre-sort)."""
+    ds = load_beir(_beir(tmp_path / "beir"), "test")
+    _, d = encode_dataset(encoder, ds, batch_size=3, use_cache=False, show_progress=False)
+    store = KLStore(encoder, batch_size=3)
+    store.add(ds.document_texts(), ids=ds.doc_ids)
+    added = store.get_gaussians(ds.doc_ids)
+    np.testing.assert_allclose(d.mean, added.mean, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(d.var, added.var, rtol=1e-6, atol=1e-7)
+
+
+def test_encode_dataset_reuses_no_batched_or_presorted_cache_entry(tmp_path: Path, encoder: BatchDependent) -> None:
+    """Entries an earlier release wrote (queries batched, documents pre-sorted, keyed on batch_size) miss."""
+    ds = load_beir(_beir(tmp_path / "beir"), "test")
+    cache_dir = tmp_path / "cache"
+    fp = model_fingerprint(encoder)
+    cache = EncodingCache(cache_dir)
+    for kind, ids, ident in (
+        ("queries", ds.query_ids, ds.queries_identity),
+        ("documents", ds.doc_ids, ds.corpus_identity),
+    ):
+        old_key = {"model": fp, "data": ident(), "max_length": None, "batch_size": 3}
+        junk = np.full((len(ids), 8), 7.0, dtype=np.float32)
+        cache.save(f"gauss-{kind}", old_key, ids, {"mean": junk, "var": np.ones_like(junk)})
+    q, d = encode_dataset(encoder, ds, batch_size=3, cache_dir=cache_dir, show_progress=False)
+    fresh_q, fresh_d = encode_dataset(encoder, ds, batch_size=3, use_cache=False, show_progress=False)
+    np.testing.assert_array_equal(q.mean, fresh_q.mean)
+    np.testing.assert_array_equal(d.mean, fresh_d.mean)
+    # the new entries are used again, and another batch size re-encodes the documents only
+    encoder.query_batch_sizes.clear()
+    q2, _ = encode_dataset(encoder, ds, batch_size=5, cache_dir=cache_dir, show_progress=False)
+    assert encoder.query_batch_sizes == []
+    np.testing.assert_array_equal(q2.mean, q.mean)
+
+
+def test_encode_dataset_presorts_only_for_a_batch_invariant_encoder(tmp_path: Path) -> None:
+    """Longest first saves padding where it changes nothing; a batch-dependent encoder gets the corpus order."""
+    ds = load_beir(_beir(tmp_path / "beir"), "test")
+    inner = make_tiny_encoder()
+    seen: list[list[str]] = []
+
+    class Recording:
+        def __init__(self, invariant: bool) -> None:
+            self.batch_invariant = invariant
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(inner, name)
+
+        def encode_documents(self, texts: Any, **kw: Any) -> Gaussians:
+            seen.append(list(texts))
+            return inner.encode_documents(texts, **kw)
+
+    encode_dataset(Recording(True), ds, batch_size=3, use_cache=False, show_progress=False)
+    encode_dataset(Recording(False), ds, batch_size=3, use_cache=False, show_progress=False)
+    texts = ds.document_texts()
+    assert seen == [sorted(texts, key=len, reverse=True), texts]
