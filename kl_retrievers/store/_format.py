@@ -414,7 +414,8 @@ def config_differences(recorded: Any, encoder: Any) -> list[str]:
     """The output-relevant config fields in which ``encoder`` differs from a store's recorded encoder config.
 
     Each entry names the field with both values (``"pooling 'cls' vs 'mean'"``). What either side does not
-    record is not compared (a config without the field, a foreign encoder).
+    record is not compared (a config without the field, a foreign encoder), nor a recorded ``None`` where the
+    encoder's value is NaN or Infinity: a store records those as ``null`` (standard JSON).
 
     Examples:
         >>> class Enc:
@@ -423,16 +424,30 @@ def config_differences(recorded: Any, encoder: Any) -> list[str]:
         ["pooling 'cls' vs 'mean'", "query_prefix '' vs 'q: '"]
         >>> config_differences(None, Enc())
         []
+        >>> class Inf:
+        ...     config = {"dim": 8, "beta": float("inf")}
+        >>> config_differences({"dim": 8, "beta": None}, Inf())  # inf was recorded as null
+        []
     """
     was, now = _output_fields(recorded), _output_fields(getattr(encoder, "config", None))
     if was is None or now is None:
         return []
-    return [f"{k} {was[k]!r:.40} vs {now[k]!r:.40}" for k in was if k in now and was[k] != now[k]]
+    return [
+        f"{k} {was[k]!r:.40} vs {now[k]!r:.40}"
+        for k in was
+        if k in now and was[k] != now[k] and not (was[k] is None and _is_non_finite(now[k]))
+    ]
 
 
-#: The field of a KLStore's ``config.json`` ``encoder`` record (``tokenizer_sha256`` in a Milvus collection's config
-#: has another meaning) holding the SHA-256 of the documents' tokenizer (:func:`encoder_tokenizer`), kept by every
-#: save as the weights identity is; absent in stores saved before it was recorded (then not compared).
+def _is_non_finite(value: Any) -> bool:
+    """Whether ``value`` is a float NaN or Infinity (what a store's standard-JSON record holds as ``null``)."""
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+#: The field of a KLStore's ``config.json`` ``encoder`` record holding the SHA-256 of the documents' tokenizer
+#: (:func:`encoder_tokenizer`), kept by every save as the weights identity is; absent in stores saved before it was
+#: recorded (then not compared). A Milvus collection's config holds it as ``encoder_tokenizer_identity_sha256``.
+#: Not a saved encoder's ``tokenizer_sha256`` (tokenizer file name -> that file's SHA-256, checked on load).
 TOKENIZER_FIELD = "tokenizer_identity_sha256"
 
 
@@ -501,13 +516,15 @@ def warn_if_other_weights(
     difference warns too; again nothing is said when either is unknown, so a store or collection saved before
     the backbone was recorded is compared by weights alone.
 
-    When weights and backbone match, the encoder config the store records (``config``: its ``encoder.config``)
-    is compared with the encoder's in the fields that change outputs for the same weights
-    (:func:`config_differences`: pooling, beta, ``var_token``, ``normalize_pooled``, the token budgets, the query
-    prefix, ...), and a difference warns naming each field with both values: a model folder re-saved with another
-    config keeps its weights identity, which names the weights only. So is the SHA-256 of the tokenizer the store
-    records (``tokenizer``: its ``encoder.tokenizer_identity_sha256``) with the encoder's (:func:`encoder_tokenizer`),
-    when both are known: the same weights behind another vocabulary give other encodings.
+    When weights and backbone match, the encoder config the store records (``config``: its ``encoder.config``;
+    ``encoder_config`` in a Milvus collection's config) is compared with the encoder's in the fields that change
+    outputs for the same weights (:func:`config_differences`: pooling, beta, ``var_token``, ``normalize_pooled``,
+    the token budgets, the query prefix, ...), and a difference warns naming each field with both values: a model
+    folder re-saved with another config keeps its weights identity, which names the weights only. So is the
+    SHA-256 of the tokenizer the store records (``tokenizer``: its ``encoder.tokenizer_identity_sha256``;
+    ``encoder_tokenizer_identity_sha256`` in a Milvus collection's config) with the encoder's
+    (:func:`encoder_tokenizer`), when both are known: the same weights behind another vocabulary give other
+    encodings.
 
     A store records one identity, its first documents' (taken again only once it is empty): documents added
     later with another model make a mixed store that still records the first model's, so re-adding every

@@ -155,6 +155,7 @@ from kl_retrievers.store._format import (
     encoder_backbone,
     encoder_tokenizer,
     encoder_weights,
+    encoding_differences,
     warn_if_other_weights,
 )
 from kl_retrievers.store.faiss import _encoder_record
@@ -778,14 +779,18 @@ class MilvusKLStore(GaussianStore):
         self._lock = threading.RLock()
         # waits for other writers' rewrites release the lock meanwhile (searches of this store go on)
         self._idle = threading.Condition(self._lock)
-        # (collection uid, weights, backbone) already warned about
-        self._weights_warned: set[tuple[str | None, str, str | None]] = set()
+        # (collection uid, weights, backbone, encoder config as JSON, tokenizer) already warned about: once per record
+        self._weights_warned: set[tuple[str | None, str, str | None, str, str | None]] = set()
         self._encoder_weights: str | None = None  # set by _forget, _create and _attach
         self._encoder_backbone: str | None = None  # the backbone SHA-256 recorded with it (same places)
         self._encoder_config: dict[str, Any] | None = None  # and the encoder config (same places)
         self._encoder_tokenizer: str | None = None  # and the tokenizer SHA-256 (same places)
-        # (encoder, its tokenizer SHA-256): computed once per encoder, not at every add (_records_own_model)
-        self._own_tokenizer_of: tuple[Any, str | None] | None = None
+        # (encoder, its tokenizer, the tokenizer's length, its SHA-256): what _records_own_model compares at every
+        # add, computed again when one of the first three changed (tokenizer.add_tokens), not at every add
+        self._own_tokenizer_of: tuple[Any, Any, int, str | None] | None = None
+        # (collection uid, state version) at which an add last counted a collection whose record lacks the encoder
+        # config, tokenizer or backbone (created before they were recorded): counted once per version (set by _forget)
+        self._incomplete_counted: tuple[str | None, int] | None = None
         self._forget()  # no collection attached yet
         #: Milvus Lite (a local ``.db`` file, or a client connected to one): long ``$in`` / ``$nin`` lists are
         #: resolved to ids (:meth:`_ids_in`) and negated order comparisons evaluated here (:meth:`_ids_matching`).
@@ -897,15 +902,61 @@ class MilvusKLStore(GaussianStore):
         return encoder_backbone(self.encoder)[0]
 
     def _own_config(self) -> dict[str, Any] | None:
-        """This client's encoder's config as a KLStore records it (its ``to_dict()``), else ``None``."""
-        return None if self.encoder is None else _encoder_record(self.encoder)[0]["config"]
+        """This client's encoder's config as a KLStore records it (its ``to_dict()``, NaN and Infinity as ``None``),
+        else ``None``; warns where it holds NaN or Infinity, as a KLStore's save does (the record is JSON)."""
+        if self.encoder is None:
+            return None
+        record, found = _encoder_record(self.encoder)
+        if found:  # the collection's config is standard JSON: the (informational) record says null
+            logger.warning(
+                "the encoder config holds NaN or Infinity at %s; recorded as null in Milvus collection %r",
+                found,
+                self.collection_name,
+            )
+        return record["config"]
 
-    def _own_tokenizer(self) -> str | None:
+    def _own_tokenizer(self, fresh: bool = False) -> str | None:
         """The SHA-256 of this client's encoder's tokenizer (:func:`~kl_retrievers.store._format.encoder_tokenizer`),
-        else ``None``; computed once per encoder."""
-        if self._own_tokenizer_of is None or self._own_tokenizer_of[0] is not self.encoder:
-            self._own_tokenizer_of = self.encoder, encoder_tokenizer(self.encoder)
-        return self._own_tokenizer_of[1]
+        else ``None``.
+
+        Computed again when ``fresh`` (where a record is written) or when the encoder, its tokenizer object or the
+        tokenizer's length changed (``tokenizer.add_tokens``); else the last one (the comparison at every add,
+        :meth:`_records_own_model`). A tokenizer changed in place without changing its length is seen where a
+        record is written, not by that comparison.
+        """
+        encoder = self.encoder
+        tokenizer = getattr(encoder, "tokenizer", None)
+        if tokenizer is None:
+            tokenizer = getattr(encoder, "_tokenizer_json", None)  # an ONNX encoder's tokenizer.json text
+        try:
+            size = len(tokenizer) if tokenizer is not None else -1
+        except Exception:  # a foreign tokenizer without a length
+            size = -1
+        cached = self._own_tokenizer_of
+        if fresh or cached is None or cached[0] is not encoder or cached[1] is not tokenizer or cached[2] != size:
+            cached = self._own_tokenizer_of = encoder, tokenizer, size, encoder_tokenizer(encoder)
+        return cached[3]
+
+    def _record(self) -> tuple[str | None, str | None, dict[str, Any] | None, str | None]:
+        """The adopted record: weights identity, backbone SHA-256, encoder config and tokenizer SHA-256."""
+        return self._encoder_weights, self._encoder_backbone, self._encoder_config, self._encoder_tokenizer
+
+    def _differences_from(self, record: tuple[str | None, str | None, dict[str, Any] | None, str | None]) -> list[str]:
+        """How this client's encoder differs from a :meth:`_record` (each ``recorded vs now``): other weights, or
+        the same over another backbone, with another output-relevant config or tokenizer; and what the record lacks
+        (a collection created before it was recorded)."""
+        weights, backbone, config, tokenizer = record
+        own, own_backbone = self._own_weights(), self._own_backbone()
+        if weights != own:
+            return [f"weights SHA-256 {weights} vs {own}"]
+        differ = []
+        if backbone is not None and own_backbone is not None and backbone != own_backbone:
+            differ.append(f"backbone SHA-256 {backbone} vs {own_backbone}")
+        differ += encoding_differences(config, tokenizer, self.encoder)
+        lacks = [name for name, v in (("encoder config", config), ("tokenizer SHA-256", tokenizer)) if v is None]
+        if lacks:
+            differ.append(f"{' and '.join(lacks)} not recorded")
+        return differ
 
     def _adopt_weights_record(self, config: Mapping[str, Any]) -> None:
         """Take the weights identity the collection records, with the backbone SHA-256, encoder config and
@@ -921,8 +972,9 @@ class MilvusKLStore(GaussianStore):
         self._encoder_tokenizer = tokenizer if isinstance(tokenizer, str) and known else None
 
     def _warn_if_other_weights(self, config: Mapping[str, Any]) -> None:
-        """Adopt the weights identity the collection records; warn (once per collection) when this client's
-        encoder has other weights, or the same over another backbone (both backbone SHA-256s known), or the same
+        """Adopt the weights identity the collection records; warn (once per collection and record: again when
+        another client refills it with another model, :meth:`_read_state`) when this client's encoder has other
+        weights, or the same over another backbone (both backbone SHA-256s known), or the same
         with another output-relevant config (pooling, beta, token budgets, query prefix, ...) or tokenizer than
         the recorded ones (:func:`kl_retrievers.store._format.warn_if_other_weights`, as a KLStore does). A
         collection created before its encoder config and tokenizer were recorded (2026-12-06) is compared by
@@ -933,14 +985,17 @@ class MilvusKLStore(GaussianStore):
         """
         self._adopt_weights_record(config)  # absent in collections created before it was recorded
         weights, backbone = self._encoder_weights, self._encoder_backbone
-        if weights is None or (self._uid, weights, backbone) in self._weights_warned:
+        config_record, tokenizer = self._encoder_config, self._encoder_tokenizer
+        if weights is None:
+            return
+        key = (self._uid, weights, backbone, json.dumps(config_record, sort_keys=True, default=str), tokenizer)
+        if key in self._weights_warned:  # once per distinct record (another client may refill the collection)
             return
         where = f"Milvus collection {self.collection_name!r}"
-        config_record, tokenizer = self._encoder_config, self._encoder_tokenizer
         if warn_if_other_weights(
             weights, self.encoder, where, logger, backbone=backbone, config=config_record, tokenizer=tokenizer
         ):
-            self._weights_warned.add((self._uid, weights, backbone))
+            self._weights_warned.add(key)
 
     def _records_own_model(self, own: str, own_backbone: str | None) -> bool:
         """Whether the collection's record is this client's model: the same weights identity, the same backbone
@@ -963,35 +1018,53 @@ class MilvusKLStore(GaussianStore):
         (both backbone SHA-256s known and different: a delta model's identity does not cover its backbone) or with
         another output-relevant config or tokenizer (both known), one count request then. The backbone SHA-256,
         the encoder config and the tokenizer SHA-256 are recorded with it (``encoder_backbone_sha256``,
-        ``encoder_config``, ``encoder_tokenizer_identity_sha256``). It is
+        ``encoder_config``, ``encoder_tokenizer_identity_sha256``), computed afresh. A record that lacks one of
+        these three (a collection created before it was recorded) is completed the same way once the collection
+        is empty, counted at most once per attach and state version (and again after this client deletes). It is
         stored by a publication (version + 1, the stored centre, ``M`` and offset unchanged, write-then-verify);
-        when another writer publishes at the same time, its record stands. Milvus has no compare-and-set: a
+        when another writer publishes at the same time, its record stands (a warning names how it differs from
+        this client's encoder). Milvus has no compare-and-set: a
         client of the old model that adds rows between this count and this publication, without publishing
         anything itself, leaves its rows under the new record, so refill an emptied collection from one client
         at a time.
         """
         own, own_backbone = self._own_weights(), self._own_backbone()
-        if own is None or self._records_own_model(own, own_backbone) or self._count("") != 0:
+        if own is None:
             return
-        state = self._read_state()
-        previous = self._encoder_weights
+        if self._records_own_model(own, own_backbone):
+            incomplete = self._encoder_config is None or self._encoder_tokenizer is None
+            if not (incomplete or (self._encoder_backbone is None and own_backbone is not None)):
+                return
+            counted = (self._uid, self._state.version)  # a record without them: counted once per state version
+            if counted == self._incomplete_counted:
+                return
+            self._incomplete_counted = counted
+        if self._count("") != 0:
+            return
+        state = self._read_state(warn=False)  # a record another client left is replaced, not warned about
+        previous = self._record()
         # the first publication records them where none is stored yet (metric "L2" before the first documents)
         self._encoder_weights, self._encoder_backbone = own, own_backbone
-        self._encoder_config, self._encoder_tokenizer = self._own_config(), self._own_tokenizer()
-        if self.metric == "L2" and state.norm_bound is None:
+        self._encoder_config, self._encoder_tokenizer = self._own_config(), self._own_tokenizer(fresh=True)
+        if self._record() == previous or (self.metric == "L2" and state.norm_bound is None):
             return
-        lost = (
-            f"another writer updated Milvus collection {self.collection_name!r}'s configuration at the same time; "
-            "its weights record stands"
-        )
+
+        def lost() -> str:  # after _read_state adopted the record that stands
+            differ = "; ".join(self._differences_from(self._record()))
+            return (
+                f"another writer updated Milvus collection {self.collection_name!r}'s configuration at the same "
+                "time; its weights record stands"
+                + (f", which differs from this client's encoder: {differ} (recorded vs now)" if differ else "")
+            )
+
         if not self._publish(state.norm_bound, state.offset, rewrite=state.pending, centre=state.centre, lost=lost):
             return  # another writer's publication won: _read_state adopted its record
         logger.info(
-            "Milvus collection %r is empty: it now records this client's encoder weights SHA-256 %s (was %s), "
-            "with its config and tokenizer",
+            "Milvus collection %r is empty: it now records this client's encoder (weights SHA-256 %s) in place of "
+            "the previous record, which differed in %s (was vs now)",
             self.collection_name,
             own,
-            previous,
+            "; ".join(self._differences_from(previous)) or "nothing compared",
         )
 
     def _build_params(self) -> dict[str, int]:
@@ -1051,7 +1124,7 @@ class MilvusKLStore(GaussianStore):
         self._uid = uuid.uuid4().hex  # tells this collection from one re-created under the same name
         self._encoder_weights = self._own_weights()  # what its documents are encoded with (recorded in its config)
         self._encoder_backbone = self._own_backbone()
-        self._encoder_config, self._encoder_tokenizer = self._own_config(), self._own_tokenizer()
+        self._encoder_config, self._encoder_tokenizer = self._own_config(), self._own_tokenizer(fresh=True)
         self._index_build = self._build_params()
         schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", dt.VARCHAR, is_primary=True, max_length=MAX_ID_LENGTH)
@@ -1146,8 +1219,9 @@ class MilvusKLStore(GaussianStore):
         """
         return info.get("collection_id"), config.get("collection_uid")
 
-    def _read_state(self) -> _Reduction:
-        """Re-read ``M``, the offset and their version from the collection, and adopt them.
+    def _read_state(self, warn: bool = True) -> _Reduction:
+        """Re-read ``M``, the offset and their version from the collection, and adopt them, with the weights record
+        (a warning as on attach, unless not ``warn``, when it changed and this client's encoder is not its model).
 
         When the collection was dropped and re-created (by any client) since this one attached, its
         whole configuration (centre, ``M``, dimension, index) is read again instead, with a warning.
@@ -1163,7 +1237,10 @@ class MilvusKLStore(GaussianStore):
             self._forget()
             self._attach(None, info)
             return self._state
+        before = self._record()
         self._adopt_weights_record(config)  # another client may have emptied and re-indexed it
+        if warn and self._record() != before:  # warned as on attach where this client's encoder is not its model
+            self._warn_if_other_weights(config)
         self._adopt(state)
         return state
 
@@ -1179,6 +1256,7 @@ class MilvusKLStore(GaussianStore):
         self._encoder_backbone = None  # and the backbone SHA-256 recorded with it
         self._encoder_config = None  # and the encoder config
         self._encoder_tokenizer = None  # and the tokenizer SHA-256
+        self._incomplete_counted = None  # an incomplete record is counted again after an attach
         self._index_build = None  # the index build settings the config records (none: an old collection)
 
     def _sync(self) -> None:
@@ -1266,7 +1344,7 @@ class MilvusKLStore(GaussianStore):
         *,
         rewrite: bool,
         centre: tuple[float, ...] | None = None,
-        lost: str | None = None,
+        lost: Callable[[], str] | None = None,
     ) -> bool:
         """Store a new ``M`` (version + 1) before any row uses it; ``False`` if another writer's won.
 
@@ -1275,8 +1353,8 @@ class MilvusKLStore(GaussianStore):
         stored state, so the version here is the stored one + 1.  ``centre`` is given with the first
         documents only; later publications keep the stored one.  ``norm_bound`` is ``None`` only where none is
         stored (metric ``"IP"``), in a publication that records a new weights identity
-        (:meth:`_take_own_weights_if_empty`, which passes ``lost`` for its own message when another writer's
-        publication wins).
+        (:meth:`_take_own_weights_if_empty`, which passes ``lost``, called once the stored state is re-read, for its
+        own message when another writer's publication wins).
         """
         config = self._config()
         writer = uuid.uuid4().hex
@@ -1289,7 +1367,7 @@ class MilvusKLStore(GaussianStore):
         state = self._read_state()
         if state.writer != writer:
             if lost is not None:
-                logger.warning("%s (version %d)", lost, state.version)
+                logger.warning("%s (version %d)", lost(), state.version)
                 return False
             logger.warning(
                 "another writer stored the L2-reduction bound M=%s (version %d) at the same time; starting over",
@@ -1821,6 +1899,7 @@ class MilvusKLStore(GaussianStore):
         if self._dim is None or not ids:
             return DeleteReport(deleted=[], missing=ids)
         with self._lock:
+            self._incomplete_counted = None  # an incomplete record is completed if this empties the collection
             # another writer's row rewrite can write back a copy of a row read before this delete: with the
             # L2 reduction, a delete checks the rewrite generation before and after, and deletes again
             l2 = self.metric == "L2"
@@ -1859,6 +1938,7 @@ class MilvusKLStore(GaussianStore):
             self._sync()  # dropped, or created or re-created by another client since
             if self._dim is None:
                 return DeleteReport(deleted=[], missing=[] if ids is None else ids)
+            self._incomplete_counted = None  # an incomplete record is completed if this empties the collection
             expr = self._resolve_filter(filter)
             if ids is None:
                 matching = [str(r["id"]) for page in self._iter_all([], filter=expr) for r in page]
