@@ -6,9 +6,13 @@ used by langchain-community's FAISS store:
 * equality: ``{"lang": "en"}`` (a list value means "one of": ``{"lang": ["en", "de"]}``, and so
   does a 1-D numpy array; a tuple is a value, compared with the list the store keeps for a tuple:
   ``{"pos": (1, 2)}`` matches a document added with ``pos=(1, 2)``, as in langchain-community's FAISS;
-  a set or frozenset is accepted only as the values of ``$in`` / ``$nin``: anywhere else, a bare
-  value, ``$eq``, ``$ne``, a comparison or inside a list or tuple, it has no order to compare as a
-  value and raises ``ValueError`` naming the key: write a list for "one of");
+  a set, a frozenset or a set-like view (``dict.keys()``, any ``collections.abc.Set``) is accepted
+  only as the values of ``$in`` / ``$nin`` (its elements): anywhere else, a bare value, ``$eq``,
+  ``$ne``, a comparison or inside a list, tuple, dict or object array, it has no order to compare as
+  a value and raises ``ValueError`` naming the key: write a list for "one of"; another iterable that
+  is not a str, list, tuple, dict or numpy array (a generator, a ``range``, ``dict.values()``,
+  ``bytes``) is no value either and raises ``ValueError`` naming the key and its type (write
+  ``list(...)`` of it), as do ``$in`` / ``$nin`` values that are no list, tuple, set or numpy array);
 * field operators: ``{"year": {"$gte": 2020, "$lt": 2024}}`` with ``$eq``, ``$ne``, ``$in``,
   ``$nin``, ``$gt``, ``$gte``, ``$lt``, ``$lte`` and ``$not`` (``{"year": {"$not": {"$gt": 3}}}``);
   ``$neq`` (langchain-community FAISS's spelling of not-equal) is an alias of ``$ne``;
@@ -77,7 +81,8 @@ import datetime
 import functools
 import logging
 import operator
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from types import MappingProxyType
 from typing import Any
 
@@ -385,6 +390,8 @@ def _field_op(op: str, ref: Any) -> Callable[[Any], bool]:
     """A predicate on one field value (``_MISSING`` when the field is absent)."""
     op = OPERATOR_ALIASES.get(op, op)
     dates = _COMPILING.get() or _Dates()  # shared by the whole filter :func:`compile_filter` is compiling
+    if op in ("$in", "$nin") and isinstance(ref, AbstractSet):
+        ref = list(ref)  # a set or a set-like view (dict.keys()): its elements, in whatever order
     if op in ("$in", "$nin") and isinstance(ref, (list, tuple, set, frozenset, np.ndarray)):
         items = ref.tolist() if isinstance(ref, np.ndarray) and ref.dtype.kind != "M" else list(ref)
         if any(_temporal_ref(x) is not None for x in items):  # a date among them: compared as dates / instants
@@ -453,41 +460,98 @@ def _field_condition(cond: Any) -> Callable[[Any], bool]:
     return _field_op("$eq", cond)
 
 
-def _refuse_sets(key: str, cond: Any) -> None:
-    """Raise ``ValueError`` for a set or frozenset in the condition on ``key`` other than an ``$in`` / ``$nin`` list.
+def _is_other_iterable(value: Any) -> bool:
+    """Whether ``value`` is an iterable that is no filter value: not a str, list, tuple, numpy array, mapping or set.
 
-    A set has no order: compared as a value (the list :func:`stored_form` makes of it, in an order that
-    depends on ``PYTHONHASHSEED`` for strings) it would match nothing or match by chance, so it is refused
-    on every store rather than guessed at; ``$in`` / ``$nin`` take its elements, where order does not matter.
+    A generator, a ``range``, ``dict.values()``, ``bytes``, a pandas ``Series``, ...: compared as a value it
+    matched nothing (the stores keep JSON), so :func:`_check_values` refuses it.
+    """
+    return isinstance(value, Iterable) and not isinstance(value, (str, list, tuple, np.ndarray, Mapping, AbstractSet))
+
+
+def _set_error(key: str, found: Any, whole: Any, hint: str) -> ValueError:
+    kind = "a set" if isinstance(found, (set, frozenset)) else f"set-like ({type(found).__name__})"
+    where = "" if whole is found else f" in {whole!r}"
+    return ValueError(
+        f"filter on {key!r}: {found!r}{where} is {kind}, which has no order to compare as a value; {hint} (a set "
+        "is accepted as the values of $in / $nin only)"
+    )
+
+
+def _set_hint(key: str, found: Any, op: str | None, whole_condition: bool) -> str:
+    """What to write instead of the set ``found`` given to ``op`` (``None``: as the condition, a bare value)."""
+    values = sorted(found, key=repr)  # a stable order for the message
+    if op is None and whole_condition:
+        return f'for "one of" write a list ({ {key: values}!r}) or { {key: {"$in": values}}!r}'
+    if op is None:  # under $not: the suggestion replaces the set where it stands
+        return f'for "one of" write a list ({values!r}) or { {"$in": values}!r}'
+    if op == "$eq":
+        return f'for "one of" write { {"$in": values}!r} in place of {op}'
+    if op in ("$ne", "$neq"):
+        return f'for "none of" write { {"$nin": values}!r} in place of {op}'
+    return f"{op} compares with a single value"
+
+
+def _check_value(key: str, value: Any, whole: Any, hint: str | None) -> None:
+    """Raise ``ValueError`` for a set or another iterable that is no value in ``value`` (itself or an element).
+
+    ``whole`` is the value given (``value`` or what holds it), ``hint`` the advice for a set that is ``value``
+    itself (``None``: an element, advised generically: no literal would be right for the whole value).
+    """
+    if isinstance(value, AbstractSet):
+        if hint is None:
+            hint = "write its elements in a list or a tuple instead"
+        raise _set_error(key, value, whole, hint)
+    if isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.dtype == object):
+        for item in value.ravel() if isinstance(value, np.ndarray) else value:
+            _check_value(key, item, whole, None)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _check_value(key, item, whole, None)
+    elif _is_other_iterable(value):
+        where = "" if whole is value else f" in {whole!r}"
+        raise ValueError(
+            f"filter on {key!r}: {value!r}{where} is a {type(value).__name__}, which is no value to compare: an "
+            'iterable filter value is a list ("one of"), a tuple, a dict or a numpy array (write list(...) of it)'
+        )
+
+
+def _check_values(key: str, cond: Any, negated: bool = False) -> None:
+    """Raise ``ValueError`` naming ``key`` for a value in the condition on ``key`` that cannot be compared.
+
+    A set, a frozenset or a set-like view (``dict.keys()``, any ``collections.abc.Set``) has no order: compared
+    as a value (the list :func:`stored_form` makes of it, in an order that depends on ``PYTHONHASHSEED`` for
+    strings) it would match nothing or match by chance, so it is refused on every store rather than guessed at;
+    ``$in`` / ``$nin`` take its elements, where order does not matter.  Another iterable that is not a list,
+    tuple, numpy array or mapping (a generator, a ``range``, ``dict.values()``, ...) is refused too (it matched
+    nothing), and so are ``$in`` / ``$nin`` values that are no list, tuple, set or numpy array of values.  An
+    object array is checked element by element, like a list.  ``negated``: ``cond`` is under a field's ``$not``.
 
     Examples:
-        >>> _refuse_sets("n", {"$in": {1, 2}, "$nin": [{3}]})
+        >>> _check_values("n", {"$in": {1, 2}, "$nin": [{3}]})
         Traceback (most recent call last):
         ...
-        ValueError: filter on 'n': {3} is a set, which has no order to compare as a value; for "one of" write ...
+        ValueError: filter on 'n': {3} in [{3}] is a set, which has no order to compare as a value; write its ...
     """
     if isinstance(cond, Mapping) and any(isinstance(op, str) and op.startswith("$") for op in cond):
         for op, ref in cond.items():
-            if op == "$not":
-                _refuse_sets(key, ref)
-            elif OPERATOR_ALIASES.get(op, op) in ("$in", "$nin") and isinstance(ref, (set, frozenset)):
-                _refuse_sets(key, list(ref))  # its elements are values (a frozenset among them is refused)
-            else:
-                _refuse_sets(key, ref)
+            name = OPERATOR_ALIASES.get(op, op)
+            if name == "$not":
+                _check_values(key, ref, negated=True)
+            elif name in ("$in", "$nin"):
+                if isinstance(ref, (list, tuple, AbstractSet)) or (isinstance(ref, np.ndarray) and ref.ndim):
+                    for item in ref.ravel() if isinstance(ref, np.ndarray) else ref:
+                        _check_value(key, item, ref, None)  # its elements are values (a set among them is refused)
+                else:
+                    raise ValueError(
+                        f"filter on {key!r}: {op} needs a list, tuple, set (or set-like view, such as dict.keys()) or "
+                        f"1-D numpy array of values; got {ref!r} ({type(ref).__name__})"
+                    )
+            elif name in FIELD_OPERATORS:  # an unknown operator is named when the filter is compiled
+                _check_value(key, ref, ref, _set_hint(key, ref, op, False) if isinstance(ref, AbstractSet) else None)
         return
-    if isinstance(cond, (set, frozenset)):
-        values = sorted(cond, key=repr)  # a stable order for the message
-        raise ValueError(
-            f"filter on {key!r}: {cond!r} is a set, which has no order to compare as a value; for "
-            f'"one of" write a list ({ {key: values}!r}) or { {key: {"$in": values}}!r} (a set is accepted as '
-            "the values of $in / $nin only)"
-        )
-    if isinstance(cond, (list, tuple)):
-        for value in cond:
-            _refuse_sets(key, value)
-    elif isinstance(cond, Mapping):
-        for value in cond.values():
-            _refuse_sets(key, value)
+    hint = _set_hint(key, cond, None, not negated) if isinstance(cond, AbstractSet) else None
+    _check_value(key, cond, cond, hint)
 
 
 def _compile(spec: Any) -> Predicate:
@@ -510,7 +574,7 @@ def _compile(spec: Any) -> Predicate:
             else:
                 raise _unknown(key)
         else:
-            _refuse_sets(key, value)
+            _check_values(key, value)
             cond = _field_condition(value)
             parts.append(lambda m, key=key, cond=cond: cond(m.get(key, _MISSING)))  # type: ignore[misc]
     return _all_of(parts)
@@ -527,7 +591,7 @@ def compile_filter(spec: MetadataFilter | None) -> Predicate | None:
 
     Raises:
         ValueError: For an unknown operator or a malformed filter (a set where a value is compared, not
-            as the values of ``$in`` / ``$nin``).
+            as the values of ``$in`` / ``$nin``; another iterable that is no value, such as a generator).
 
     Examples:
         >>> compile_filter({"n": {"$in": [1, 2]}})({"n": 2})

@@ -5,6 +5,11 @@ to be compared as the list of its elements in iteration order, which for strings
 ``PYTHONHASHSEED``: it matched nothing on a scalar field and, on a list field, matched by chance. It now
 raises ``ValueError`` naming the key and the set on every store; MilvusKLStore named a "list" it was not
 given.
+
+The same holds for a numpy object array holding sets (read as the list of its elements) and for set-like
+views (``dict.keys()``, any ``collections.abc.Set``): a view is taken as ``$in`` / ``$nin`` values and
+refused elsewhere. Another iterable that is no value (a generator, a ``range``, ``dict.values()``) silently
+matched nothing as a value and now raises naming the key and its type, as ``$in`` / ``$nin`` values do.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ def _ids(results: list[Any]) -> list[str]:
 
 @pytest.mark.parametrize(("flt", "key"), REFUSED)
 def test_set_compared_as_a_value_is_refused_naming_the_key_and_set(flt: dict[str, Any], key: str) -> None:
-    with pytest.raises(ValueError, match=rf"filter on {key!r}: .*is a set.*write a list") as info:
+    with pytest.raises(ValueError, match=rf"filter on {key!r}: .*is a set") as info:
         compile_filter(flt)
     assert "$in" in str(info.value)
     with pytest.raises(ValueError, match=rf"filter on {key!r}: .*is a set"):
@@ -141,7 +146,7 @@ def test_milvus_names_the_set_not_a_list() -> None:
     from kl_retrievers.milvus import to_milvus_expr
 
     for flt in ({"lang": {"en", "de"}}, {"lang": {"$eq": frozenset({"en"})}}, {"tags": [{"en"}]}):
-        with pytest.raises(ValueError, match=r"filter on '(lang|tags)': .*got the set .*write a list") as info:
+        with pytest.raises(ValueError, match=r"filter on '(lang|tags)': .*is a set") as info:
             to_milvus_expr(flt)
         assert "got list" not in str(info.value)
     assert to_milvus_expr({"lang": {"$in": {"en"}}}) == to_milvus_expr({"lang": {"$in": ["en"]}})
@@ -156,6 +161,159 @@ def test_milvus_store_refuses_a_bare_set(tmp_path: Path) -> None:
 
     store = MilvusKLStore(uri=str(tmp_path / "sets.db"), collection_name="c", index_type="flat")
     store.add(gaussians=Gaussians(np.zeros((3, 2)), np.ones((3, 2))), ids=IDS, metadatas=METAS)
-    with pytest.raises(ValueError, match=r"filter on 'lang': .*got the set"):
+    with pytest.raises(ValueError, match=r"filter on 'lang': .*is a set"):
         store.search(QUERY, k=3, filter={"lang": {"en", "de"}})
     assert _ids(store.search(QUERY, k=3, filter={"lang": {"$in": {"en", "de"}}})) == ["a", "b"]
+
+
+def _lang_keys() -> Any:
+    return {"en": 1, "de": 2}.keys()
+
+
+#: Filters holding a set-like view, another iterable that is no value, or a set in an object array.
+NO_VALUE: list[tuple[Any, str, str]] = [
+    (lambda: {"tags": np.array([{"en", "de"}, {"fr"}], dtype=object)}, "tags", "is a set"),
+    (lambda: {"tags": {"$in": np.array([{"en", "de"}, {"fr"}], dtype=object)}}, "tags", "is a set"),
+    (lambda: {"tags": {"$eq": np.array([{"en", "de"}], dtype=object)}}, "tags", "is a set"),
+    (lambda: {"lang": _lang_keys()}, "lang", r"set-like \(dict_keys\)"),
+    (lambda: {"lang": {"$eq": {"en": 1}.items()}}, "lang", r"set-like \(dict_items\)"),
+    (lambda: {"tags": ["fr", _lang_keys()]}, "tags", r"set-like \(dict_keys\)"),
+    (lambda: {"lang": (x for x in ["en"])}, "lang", "is a generator"),
+    (lambda: {"n": range(0, 3)}, "n", "is a range"),
+    (lambda: {"lang": {"en": 1}.values()}, "lang", "is a dict_values"),
+    (lambda: {"lang": {"$ne": range(2)}}, "lang", "is a range"),
+    (lambda: {"tags": ["en", iter(["de"])]}, "tags", "is a list_iterator"),
+    (lambda: {"n": {"$in": range(0, 3)}}, "n", r"\$in needs a list.*got range\(0, 3\)"),
+    (lambda: {"lang": {"$nin": (x for x in ["en"])}}, "lang", r"\$nin needs a list.*\(generator\)"),
+    (lambda: {"lang": {"$in": "en"}}, "lang", r"\$in needs a list.*\(str\)"),
+    (lambda: {"n": {"$in": np.array(1)}}, "n", r"\$in needs a list.*\(ndarray\)"),
+    (lambda: {"lang": {"$in": [_lang_keys()]}}, "lang", r"set-like \(dict_keys\)"),
+]
+
+
+@pytest.mark.parametrize(("make", "key", "says"), NO_VALUE)
+def test_iterable_that_is_no_value_is_refused_naming_the_key(make: Any, key: str, says: str) -> None:
+    with pytest.raises(ValueError, match=rf"filter on {key!r}: .*{says}"):
+        compile_filter(make())
+    with pytest.raises(ValueError, match=rf"filter on {key!r}: .*{says}"):
+        _store().search(QUERY, k=3, filter=make())
+    with pytest.raises(ValueError, match=rf"filter on {key!r}: .*{says}"):
+        KLStore(dim=2).search(QUERY, k=3, filter=make())  # empty: checked before anything is searched
+
+
+def test_object_array_of_sets_is_refused_whatever_the_hash_seed(tmp_path: Path) -> None:
+    code = (
+        "import numpy as np\n"
+        "from kl_retrievers.filters import compile_filter\n"
+        "for f in ({'tags': np.array([{'en', 'de'}, {'fr'}], dtype=object)},\n"
+        "          {'tags': {'$in': np.array([{'en', 'de'}], dtype=object)}}):\n"
+        "    try:\n"
+        "        print(compile_filter(f)({'tags': ['de', 'en']}))\n"
+        "    except ValueError:\n"
+        "        print('refused')\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    outputs = set()
+    for seed in ("0", "1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(root)}
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+        )
+        outputs.add(done.stdout)
+    assert outputs == {"refused\nrefused\n"}
+
+
+def test_object_array_is_checked_element_by_element() -> None:
+    store = _store()
+    with pytest.raises(ValueError, match=r"filter on 'n': \{1\} in array\(\[\{1\}, 2\], dtype=object\) is a set"):
+        store.search(QUERY, k=3, filter={"n": np.array([{1}, 2], dtype=object)})
+    # without a set in it, an object array still reads as the list it holds ("one of")
+    assert _ids(store.search(QUERY, k=3, filter={"n": np.array([1, "x", None], dtype=object)})) == ["a"]
+    assert _ids(store.search(QUERY, k=3, filter={"tags": np.array([["fr"], "x"], dtype=object)})) == ["c"]
+
+
+def test_set_like_views_are_in_and_nin_values() -> None:
+    store = _store()
+    assert _ids(store.search(QUERY, k=3, filter={"lang": {"$in": _lang_keys()}})) == ["a", "b"]
+    assert _ids(store.search(QUERY, k=3, filter={"lang": {"$nin": _lang_keys()}})) == ["c"]
+    assert _ids(store.search(QUERY, k=3, filter={"lang": {"$not": {"$in": _lang_keys()}}})) == ["c"]
+    assert _ids(store.search(QUERY, k=3, filter={"n": {"$in": {1: "x", 3: "y"}.keys()}})) == ["a", "c"]
+
+
+def _message(flt: dict[str, Any]) -> str:
+    with pytest.raises(ValueError) as info:
+        compile_filter(flt)
+    return str(info.value)
+
+
+def test_set_hint_follows_the_operator() -> None:
+    gt = _message({"n": {"$gt": {1}}})
+    assert "$gt compares with a single value" in gt
+    assert "one of" not in gt and "{'n': [1]}" not in gt
+    eq = _message({"lang": {"$eq": {"en", "de"}}})
+    assert "write {'$in': ['de', 'en']} in place of $eq" in eq
+    ne = _message({"lang": {"$neq": {"en"}}})
+    assert """"none of" write {'$nin': ['en']} in place of $neq""" in ne and '"one of"' not in ne
+    negated = _message({"lang": {"$not": {"en"}}})  # the suggestion replaces the set under $not
+    assert "{'lang': ['en']}" not in negated and "['en']" in negated
+
+
+def test_set_inside_a_list_shows_the_whole_value_without_a_partial_suggestion() -> None:
+    message = _message({"tags": [{"en"}, "fr"]})
+    assert "{'en'} in [{'en'}, 'fr'] is a set" in message
+    assert "{'tags': ['en']}" not in message and "{'$in': ['en']}" not in message
+    message = _message({"tags": {"$in": ["de", frozenset({"en"})]}})
+    assert "frozenset({'en'}) in ['de', frozenset({'en'})] is a set" in message
+
+
+def test_hybrid_and_langchain_stores_refuse_views_and_iterables() -> None:
+    from kl_retrievers.hybrid import KLHybridStore
+
+    hybrid = KLHybridStore(make_tiny_encoder())
+    hybrid.add(["the cat", "a dog", "tea"], ids=IDS, metadatas=METAS)
+    with pytest.raises(ValueError, match=r"filter on 'lang': .*set-like \(dict_keys\)"):
+        hybrid.search("cat", k=3, filter={"lang": _lang_keys()})
+    with pytest.raises(ValueError, match=r"filter on 'n': .*is a range"):
+        hybrid.search("cat", k=3, filter={"n": range(3)})
+    assert _ids(hybrid.search("cat", k=3, filter={"lang": {"$in": _lang_keys()}})) == ["a", "b"]
+    pytest.importorskip("langchain_core")
+    from kl_retrievers.langchain import KLEmbeddings, KLVectorStore
+
+    vs = KLVectorStore(KLEmbeddings(make_tiny_encoder()))
+    with pytest.raises(ValueError, match=r"filter on 'lang': .*is a generator"):
+        vs.similarity_search("cat", k=3, filter={"lang": (x for x in ["en"])})  # empty
+    vs.add_texts(["the cat", "a dog", "tea"], METAS, ids=IDS)
+    with pytest.raises(ValueError, match=r"filter on 'lang': .*set-like \(dict_keys\)"):
+        vs.similarity_search("cat", k=3, filter={"lang": _lang_keys()})
+    found = vs.similarity_search("cat", k=3, filter={"lang": {"$in": _lang_keys()}})
+    assert sorted(str(d.id) for d in found) == ["a", "b"]
+
+
+def test_milvus_expressions_refuse_views_and_iterables_naming_the_key() -> None:
+    pytest.importorskip("pymilvus")
+    from kl_retrievers.milvus import to_milvus_expr
+
+    for make, key, says in NO_VALUE:
+        with pytest.raises(ValueError, match=rf"filter on {key!r}: .*{says}"):
+            to_milvus_expr(make())
+    with pytest.raises(ValueError, match=r"filter on 'tags': \{'en'\} in \('de', \{'en'\}\) is a set") as info:
+        to_milvus_expr({"tags": ("de", {"en"})})
+    assert "got list" not in str(info.value)
+    with pytest.raises(ValueError, match=r"\$gt compares with a single value"):
+        to_milvus_expr({"n": {"$gt": {1}}})
+    assert to_milvus_expr({"lang": {"$in": _lang_keys()}}) == to_milvus_expr({"lang": {"$in": ["en", "de"]}})
+    assert to_milvus_expr({"lang": {"$nin": _lang_keys()}}) == to_milvus_expr({"lang": {"$nin": ["en", "de"]}})
+
+
+def test_milvus_store_takes_a_view_as_in_values(tmp_path: Path) -> None:
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    from kl_retrievers.store import MilvusKLStore
+
+    store = MilvusKLStore(uri=str(tmp_path / "views.db"), collection_name="c", index_type="flat")
+    store.add(gaussians=Gaussians(np.zeros((3, 2)), np.ones((3, 2))), ids=IDS, metadatas=METAS)
+    assert _ids(store.search(QUERY, k=3, filter={"lang": {"$in": _lang_keys()}})) == ["a", "b"]
+    many = {f"x{i}": i for i in range(200)} | {"fr": 0}  # a long $in list: resolved to ids on Milvus Lite
+    assert _ids(store.search(QUERY, k=3, filter={"lang": {"$in": many.keys()}})) == ["c"]
+    with pytest.raises(ValueError, match=r"filter on 'lang': .*set-like \(dict_keys\)"):
+        store.search(QUERY, k=3, filter={"lang": _lang_keys()})

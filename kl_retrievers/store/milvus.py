@@ -104,6 +104,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +115,7 @@ from kl_retrievers.filters import (
     ALLOWED_OPERATORS,
     OPERATOR_ALIASES,
     MetadataFilter,
+    _check_values,
     _stored_form_of_filter_values,
     compile_filter,
     stored_form,
@@ -394,7 +396,7 @@ def _unknown(op: str) -> ValueError:
 def _values(op: str, value: Any) -> list[Any]:
     if isinstance(value, np.ndarray) and op in ("$in", "$nin"):
         value = value.tolist()  # as KLStore takes an array of values (a 0-d array holds no list: refused)
-    if not isinstance(value, (list, tuple, set, frozenset)):
+    if not isinstance(value, (list, tuple, AbstractSet)):  # a set or a set-like view (dict.keys()): its elements
         raise ValueError(f"filter operator {op!r} needs a list of values; got {type(value).__name__}")
     return list(value)
 
@@ -466,6 +468,7 @@ def _entry_expr(key: Any, value: Any, field: str, hook: _InHook | None = None) -
         return f"(not {_expr(value, field, hook)})"
     if key.startswith("$"):
         raise _unknown(key)
+    _check_values(key, value)  # as KLStore: a set or another iterable that is no value, named before any conversion
     return _condition_expr(_field_ref(field, key), value, f"filter on {key!r}", key, hook)
 
 
@@ -517,10 +520,10 @@ def _has_long_in(spec: Any) -> bool:
         spec = list(spec.values())
     elif isinstance(spec, np.ndarray):
         spec = spec.tolist()
-    if not isinstance(spec, (list, tuple, set, frozenset)):
+    if not isinstance(spec, (list, tuple, AbstractSet)):
         return False
     return len(spec) > _IN_LOCAL_MIN or any(
-        _has_long_in(v) for v in spec if isinstance(v, (Mapping, list, tuple, set, frozenset, np.ndarray))
+        _has_long_in(v) for v in spec if isinstance(v, (Mapping, list, tuple, AbstractSet, np.ndarray))
     )
 
 
