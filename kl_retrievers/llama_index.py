@@ -56,6 +56,7 @@ import pickle
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from enum import Enum
 from pathlib import Path
 from types import FrameType
@@ -466,6 +467,58 @@ _ORDERINGS: dict[str, Callable[[Any, Any], Any]] = {
 }
 
 
+#: The operators that compare the filter's value as one value, where a set (no order) is refused.
+_ONE_VALUE_OPERATORS = ("==", "!=", *_ORDERINGS, "contains")
+
+
+def _refuse_set_value(key: str, op: str, value: Any) -> None:
+    """Raise ``ValueError`` for a set (or set-like view) where ``op`` compares the filter's value as one value.
+
+    A set has no order: compared as a value it matches nothing (the stored metadata is JSON, which has no
+    sets), so it is refused here as :mod:`kl_retrievers.filters` refuses one, naming the key and what to
+    write; ``in`` / ``nin`` / ``any`` / ``all`` take its elements, where order does not matter. LlamaIndex's
+    ``MetadataFilter`` turns a set given to its constructor into a list in the set's iteration order (for
+    strings, one that depends on ``PYTHONHASHSEED``), which cannot be told from a list here; a set assigned
+    afterwards (``f.value = {...}``) stays a set and is caught.
+
+    Examples:
+        >>> _refuse_set_value("n", "==", [1, 2]), _refuse_set_value("n", "in", {1, 2})
+        (None, None)
+        >>> _refuse_set_value("n", ">", {3})
+        Traceback (most recent call last):
+        ...
+        ValueError: filter on 'n': {3} is a set, which has no order to compare as a value; > compares with ...
+    """
+    if op not in _ONE_VALUE_OPERATORS:
+        return
+    if isinstance(value, AbstractSet):
+        found: Any = value
+    elif isinstance(value, (list, tuple)):
+        found = next((v for v in value if isinstance(v, AbstractSet)), None)
+    else:
+        found = None
+    if found is None:
+        return
+    values = sorted(found, key=repr)  # a stable order for the message
+    if found is not value:
+        hint = "write its elements in a list instead"
+    elif op == "==":
+        hint = (
+            f'for "one of" write MetadataFilter(key={key!r}, value={values!r}, operator="in") ("any" / "all" for '
+            "a list field: any or all of them), or a list in the stored order for =="
+        )
+    elif op == "!=":
+        hint = f'for "none of" write MetadataFilter(key={key!r}, value={values!r}, operator="nin")'
+    else:
+        hint = f"{op} compares with a single value"
+    kind = "a set" if isinstance(found, (set, frozenset)) else f"set-like ({type(found).__name__})"
+    where = "" if found is value else f" in {value!r}"
+    raise ValueError(
+        f"filter on {key!r}: {found!r}{where} is {kind}, which has no order to compare as a value; {hint} (a set is "
+        "accepted as the value of in / nin / any / all only)"
+    )
+
+
 def _compile_one(f: MetadataFilter) -> Predicate:
     op = _enum_value(f.operator)
     if op not in SUPPORTED_FILTER_OPERATORS:
@@ -473,6 +526,7 @@ def _compile_one(f: MetadataFilter) -> Predicate:
             f"unsupported filter operator {op!r} on key {f.key!r}; "
             f"supported operators are: {', '.join(SUPPORTED_FILTER_OPERATORS)}"
         )
+    _refuse_set_value(f.key, op, f.value)
     return _field_predicate(f.key, op, f.value)
 
 
@@ -531,7 +585,9 @@ def metadata_filters_to_predicate(filters: MetadataFilters | None) -> Predicate 
 
     Raises:
         ValueError: An operator or condition outside :data:`SUPPORTED_FILTER_OPERATORS` /
-            :data:`SUPPORTED_FILTER_CONDITIONS` (the message lists them).
+            :data:`SUPPORTED_FILTER_CONDITIONS` (the message lists them), or a set as the value of
+            ``==``, ``!=``, an ordering or ``contains`` (no order to compare; accepted by ``in`` / ``nin`` /
+            ``any`` / ``all``).
 
     Examples:
         >>> from llama_index.core.vector_stores import MetadataFilter, MetadataFilters
@@ -2141,7 +2197,11 @@ class KLVectorStore(BasePydanticVectorStore):
     def _search_among(
         self, query: Gaussians, k: int, node_ids: Sequence[str], predicate: Predicate | None
     ) -> tuple[list[str], list[float], list[str | None], list[dict[str, Any]]]:
-        """Exact -KL over an explicit set of node ids (float64, like KLStore's re-scoring)."""
+        """Exact -KL over an explicit set of node ids (float64, like KLStore's re-scoring).
+
+        Tied scores are ranked as the store ranks them (docs/ann.md, "Tied scores"): the later added first,
+        not in the order of ``node_ids``. The insertion order is read only when two scores tie.
+        """
         docs = self._store.get_by_ids([str(i) for i in dict.fromkeys(node_ids)])
         if predicate is not None:
             docs = [d for d in docs if predicate(d.metadata)]
@@ -2149,7 +2209,13 @@ class KLVectorStore(BasePydanticVectorStore):
             return [], [], [], []
         g = self._store.get_gaussians([d.id for d in docs]).astype(np.float64)
         scores = neg_kl_matrix(query.numpy().astype(np.float64), g)[0]
-        order = np.argsort(-scores, kind="stable")[:k]
+        if np.unique(scores).size < scores.size:
+            # KLStore.ids lists the live documents in insertion order (its rows; compaction keeps the order)
+            position = {doc_id: j for j, doc_id in enumerate(self._store.ids)}
+            later_first = np.array([-position.get(d.id, -1) for d in docs], dtype=np.int64)
+            order = np.lexsort((later_first, -scores))[:k]
+        else:
+            order = np.argsort(-scores, kind="stable")[:k]
         return (
             [docs[i].id for i in order],
             [float(scores[i]) for i in order],
@@ -2435,6 +2501,29 @@ def _default_encoder(encoder: Any) -> Any:
     return load_default_model()
 
 
+def _embed_model_encoder(where: str, encoder: Any, embed_model: Any) -> Any:
+    """``encoder``, or the :class:`KLEmbedding` given as ``embed_model`` (LlamaIndex's name for it) to ``where``.
+
+    Raises:
+        TypeError: ``embed_model`` is no :class:`KLEmbedding` (another embedding gives no Gaussians to rank by -KL).
+        ValueError: Both are given, naming different encoders.
+    """
+    if embed_model is None:
+        return encoder
+    if not isinstance(embed_model, KLEmbedding):
+        raise TypeError(
+            f"{where}: embed_model must be a KLEmbedding (the retriever ranks by -KL between Gaussians, which "
+            f"another embedding model does not give); got {type(embed_model).__name__}: pass "
+            "embed_model=KLEmbedding(...), or a Gaussian encoder as encoder="
+        )
+    if encoder is not None and _unwrap_encoder(encoder) is not embed_model.encoder:
+        raise ValueError(
+            f"{where}: got both encoder= and embed_model=, with different encoders; pass one (embed_model= takes "
+            "a KLEmbedding, encoder= a Gaussian encoder or a KLEmbedding)"
+        )
+    return embed_model
+
+
 def _split_documents(
     documents: Sequence[Document], transformations: Sequence[TransformComponent] | None
 ) -> list[BaseNode]:
@@ -2586,6 +2675,7 @@ class KLRetriever(_TopKRetriever):
         transformations: Sequence[TransformComponent] | None = None,
         similarity_top_k: int = DEFAULT_SIMILARITY_TOP_K,
         filters: MetadataFilters | None = None,
+        embed_model: KLEmbedding | None = None,
         **kwargs: Any,
     ) -> KLRetriever:
         """Build a retriever from nodes, documents, a ``VectorStoreIndex`` or a :class:`KLVectorStore`.
@@ -2607,11 +2697,12 @@ class KLRetriever(_TopKRetriever):
             transformations: Node parsers for ``documents``.
             similarity_top_k: Number of nodes to return.
             filters: Metadata filters.
+            embed_model: A :class:`KLEmbedding`, LlamaIndex's name for ``encoder`` (give one of the two).
             **kwargs: Passed to :class:`KLRetriever` (``node_ids``, ``doc_ids``, ``object_map``, ...).
 
         Raises:
-            ValueError: Not exactly one source given.
-            TypeError: ``index`` does not use a :class:`KLVectorStore`.
+            ValueError: Not exactly one source given, or ``encoder`` and ``embed_model`` naming different encoders.
+            TypeError: ``index`` does not use a :class:`KLVectorStore`, or ``embed_model`` is no :class:`KLEmbedding`.
 
         Examples:
             >>> KLRetriever.from_defaults(nodes=nodes, encoder=my_encoder)  # doctest: +SKIP
@@ -2619,6 +2710,7 @@ class KLRetriever(_TopKRetriever):
         sources = [x is not None for x in (nodes, documents, index, vector_store)]
         if sum(sources) != 1:
             raise ValueError("from_defaults needs exactly one of nodes=, documents=, index= or vector_store=")
+        encoder = _embed_model_encoder("KLRetriever.from_defaults", encoder, embed_model)
         encoder = _unwrap_encoder(encoder) if encoder is not None else None
         if kwargs.get("object_map") is None and kwargs.get("objects") is None:
             # as VectorStoreIndex.as_retriever passes index._object_map (the index's IndexNode objects)
@@ -2956,6 +3048,7 @@ class KLHybridRetriever(_TopKRetriever):
         filters: MetadataFilters | None = None,
         calibrator: Any = None,
         object_map: dict[str, Any] | None = None,
+        embed_model: KLEmbedding | None = None,
         **store_kwargs: Any,
     ) -> KLHybridRetriever:
         """Build a hybrid retriever from nodes, documents or an existing :class:`~kl_retrievers.hybrid.KLHybridStore`.
@@ -2984,6 +3077,7 @@ class KLHybridRetriever(_TopKRetriever):
             calibrator: Confidence calibrator (default: the model's).
             object_map: ``index_id -> object`` for recursive retrieval (default: the objects that the
                 ``IndexNode`` nodes among ``nodes`` / ``documents`` carry).
+            embed_model: A :class:`KLEmbedding`, LlamaIndex's name for ``encoder`` (give one of the two).
             **store_kwargs: Passed to a new :class:`~kl_retrievers.hybrid.KLHybridStore` (``weight``,
                 ``candidates``, ``stemmer``...); its ``weight`` / ``normalization`` only with ``fusion="convex"``
                 (the retriever fuses as the new store does). With ``store=``, ``weight`` and ``normalization``
@@ -2991,12 +3085,24 @@ class KLHybridRetriever(_TopKRetriever):
 
         Raises:
             ValueError: Not exactly one source given, store options other than ``weight`` / ``normalization``
-                with ``store=``, or a bad fusion setting (also ``weight`` / ``normalization`` when the retriever
-                fuses otherwise than ``"convex"``).
+                with ``store=``, a bad fusion setting (also ``weight`` / ``normalization`` when the retriever
+                fuses otherwise than ``"convex"``), ``node_ids`` / ``doc_ids`` (not supported: the message says
+                how to restrict the search), or ``encoder`` and ``embed_model`` naming different encoders.
+            TypeError: ``embed_model`` is no :class:`KLEmbedding`.
         """
         if sum(x is not None for x in (nodes, documents, store)) != 1:
             raise ValueError("from_defaults needs exactly one of nodes=, documents= or store=")
-        encoder = _unwrap_encoder(encoder)
+        restrict = sorted(name for name in ("doc_ids", "node_ids") if name in store_kwargs)
+        if restrict:
+            raise ValueError(
+                f"KLHybridRetriever.from_defaults: {' and '.join(n + '=' for n in restrict)} "
+                f"{'is' if len(restrict) == 1 else 'are'} not supported (the hybrid "
+                "retriever searches every stored node, the filters' matches); restrict to source documents with a "
+                "filter, filters=MetadataFilters(filters=[MetadataFilter(key='ref_doc_id', value=[...], "
+                "operator='in')]), or to nodes with a filter on a metadata key of theirs, or build the retriever "
+                "from those nodes only (nodes=[...]); KLRetriever takes node_ids= / doc_ids="
+            )
+        encoder = _unwrap_encoder(_embed_model_encoder("KLHybridRetriever.from_defaults", encoder, embed_model))
         convex_only: dict[str, Any] = {
             name: store_kwargs.pop(name) for name in ("weight", "normalization") if name in store_kwargs
         }
