@@ -14,7 +14,10 @@ stemmer reads (:func:`default_params_out`): the default model's ``kl_retrievers/
 hub model) needs ``--params-out``. A ``hybrid-fit`` line is logged.
 
 Without ``--fit`` it evaluates the test splits of scifact, nfcorpus-preprocessed, cranfield and
-trec-dl21-passage-pooled with the default model (encodings from the shared evaluation cache):
+trec-dl21-passage-pooled with ``--model`` (default: the default model; encodings from the shared evaluation
+cache) and the adaptive parameters of ``--params``, by default the file a ``KLHybridStore`` of that model and
+stemmer reads (:func:`default_params`: the model folder's own, else the default model's; logged runs without
+``--params`` from before this default read the default model's, whatever the model). It compares
 BM25 alone, the dense ``-KL`` alone, RRF (k = 60), the best fixed convex weight (weight and
 normalisation chosen on SciFact TRAIN) and the adaptive fusion, with paired t-tests (scipy) of
 the adaptive fusion against the better single retriever, RRF and the fixed convex fusion, and
@@ -32,6 +35,7 @@ collections. Every run appends a JSON line to ``runs/eval/hybrid.jsonl`` (the co
 Examples:
     python benchmarks/hybrid.py --fit
     python benchmarks/hybrid.py --quick
+    python benchmarks/hybrid.py --quick --model bge-small-unit-variance   # bge's own hybrid_adaptive.json
 """
 
 from __future__ import annotations
@@ -111,6 +115,33 @@ def default_params_out(model: str, stemmer: str | None) -> Path | None:
         return ADAPTIVE_PARAMS_PATH.with_name(name)
     folder = bundled_model_path(model) if model in bundled_models() else Path(model).expanduser()
     return folder / name if folder.is_dir() else None
+
+
+def default_params(model: str, stemmer: str | None) -> Path:
+    """What evaluation reads without ``--params``: the file a ``KLHybridStore`` of ``model`` and ``stemmer`` reads.
+
+    As :meth:`KLHybridStore.adaptive_params` finds it for a store given no parameters: the model folder's
+    ``hybrid_adaptive.unstemmed.json`` (``stemmer=None`` only) or ``hybrid_adaptive.json``
+    (:func:`kl_retrievers.pretrained.model_file`, for a bundled name or a local folder), else the default model's
+    (:meth:`AdaptiveParams.default`: ``hybrid_adaptive.unstemmed.json`` beside ``kl_retrievers/data/
+    hybrid_adaptive.json`` for ``stemmer=None``, when it is there, else the latter).
+
+    Examples:
+        >>> default_params(MODEL, DEFAULT_STEMMER) == ADAPTIVE_PARAMS_PATH
+        True
+        >>> default_params("bge-small-unit-variance", DEFAULT_STEMMER).parts[-2:]
+        ('bge-small-unit-variance', 'hybrid_adaptive.json')
+        >>> default_params("minilm-gauss-lora", DEFAULT_STEMMER) == ADAPTIVE_PARAMS_PATH  # ships none
+        True
+    """
+    from kl_retrievers.pretrained import model_file
+
+    own = model_file(model, UNSTEMMED_PARAMS_FILE) if stemmer is None else None
+    own = own or model_file(model, ADAPTIVE_PARAMS_FILE)
+    if own is not None:
+        return own
+    unstemmed = ADAPTIVE_PARAMS_PATH.with_name(UNSTEMMED_PARAMS_FILE)
+    return unstemmed if stemmer is None and unstemmed.is_file() else ADAPTIVE_PARAMS_PATH
 
 
 def git_commit() -> str | None:
@@ -567,7 +598,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="time fewer queries (quality is always on every test query)")
     p.add_argument("--model", default=MODEL, help=f"bundled Gaussian model (default {MODEL})")
     p.add_argument("--collections", nargs="+", default=list(COLLECTIONS), choices=COLLECTIONS)
-    p.add_argument("--params", default=str(ADAPTIVE_PARAMS_PATH), help="adaptive parameters to evaluate")
+    p.add_argument(
+        "--params",
+        default=None,
+        help="adaptive parameters to evaluate (default: the file a KLHybridStore of --model and --stemmer reads: "
+        "the model folder's hybrid_adaptive.json, with --stemmer none its hybrid_adaptive.unstemmed.json first, "
+        "else the default model's kl_retrievers/data/hybrid_adaptive.json, or with --stemmer none "
+        "hybrid_adaptive.unstemmed.json beside it; logged runs without --params from before this default read "
+        "the default model's file, whatever --model was)",
+    )
     p.add_argument(
         "--params-out",
         default=None,
@@ -605,6 +644,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"go where a store reads them, a bundled model's or a local model folder, for --stemmer "
                 f"{DEFAULT_STEMMER} or none"
             )
+    if not args.fit and args.params is None:
+        args.params = str(default_params(args.model, args.stemmer))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("bm25s").setLevel(logging.WARNING)
     if args.fit:

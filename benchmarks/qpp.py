@@ -14,13 +14,15 @@ post-retrieval predictors (max_score, nqc, gap12, wig) on the same runs; Z: the 
 change of the model against today's default (``minilm-gauss-soup``; 0 for the default itself).
 
 Logs (small, committed): one JSON line per (model, collection, split) in ``runs/qpp/qpp.jsonl``
-(aggregate metrics, the QPP report, the command) and one per-query file
-``runs/qpp/<model>.<collection>.<split>.json`` (each query's metrics and raw predictor values,
-the uncertainty included). ``--quick`` reuses a logged result of the same model and split
-when there is one (it prints the newest logged line, recomputing nothing), and evaluates and
-logs only what is missing; without it every collection is evaluated again and logged (encodings
-still come from the cache). A ``--split`` that a collection to evaluate lacks, or a ``--model``
-that does not load, stops the run before anything is evaluated (exit status 2).
+(aggregate metrics, the QPP report, the command) and a per-query file of that run's own,
+``runs/qpp/<model>.<collection>.<split>.<UTC start>Z.json`` (each query's metrics and raw predictor
+values, the uncertainty included), which the line names (``per_query_file``); an existing file is never
+overwritten (lines logged before this naming name ``runs/qpp/<model>.<collection>.<split>.json``, which each
+run then rewrote). ``--quick`` reuses a logged result of the same model and split when there is one (it
+prints the newest logged line, recomputing nothing), and evaluates and logs only what is missing; without it
+every collection is evaluated again and logged (encodings still come from the cache). A ``--split`` that a
+collection to evaluate lacks, or a ``--model`` that does not load, stops the run before anything is evaluated
+(exit status 2).
 
 Examples:
     python benchmarks/qpp.py --quick
@@ -81,6 +83,16 @@ def git_commit() -> str | None:
     return out.stdout.strip()
 
 
+def per_query_path(log_dir: Path, label: str, collection: str, split: str, started: time.struct_time) -> Path:
+    """The per-query file of one run: its label, collection, split and UTC start (one file per run).
+
+    Examples:
+        >>> per_query_path(Path("runs/qpp"), "m+mc20", "scifact", "test", time.gmtime(0)).name
+        'm_mc20.scifact.test.19700101T000000Z.json'
+    """
+    return log_dir / f"{slug(label)}.{collection}.{split}.{time.strftime('%Y%m%dT%H%M%S', started)}Z.json"
+
+
 def read_log(log_dir: Path) -> list[dict[str, Any]]:
     """Every record of ``qpp.jsonl`` (oldest first)."""
     path = log_dir / "qpp.jsonl"
@@ -118,15 +130,22 @@ def evaluate_gaussians(
         queries: Query Gaussians in ``dataset.query_ids`` order.
         documents: Document Gaussians in ``dataset.doc_ids`` order.
         k: Retrieval depth.
-        log_dir: Where ``qpp.jsonl`` and the per-query file go.
+        log_dir: Where ``qpp.jsonl`` and the per-query file (:func:`per_query_path`: named by the run's
+            UTC start) go.
         extra: Extra fields of the record (e.g. the model fingerprint, the recipe).
         extra_predictors: More predictors (name -> {query id: value}), reported beside the standard ones.
         directions: Their orientation (+1: higher predicts better, the default; -1: lower does).
 
     Returns:
         The record written to ``qpp.jsonl``.
+
+    Raises:
+        FileExistsError: The run's per-query file exists already (another run of the same label, collection and
+            split started in the same second); nothing is written.
     """
     collection = Path(dataset.path).name
+    pq_file = per_query_path(log_dir, label, collection, dataset.split, time.gmtime())
+    _refuse_existing(pq_file)
     t0 = time.perf_counter()
     stats = gaussian_query_stats(queries, documents, dataset.query_ids)
     run = retrieve_exact(queries, documents, dataset.query_ids, dataset.doc_ids, k)
@@ -163,12 +182,18 @@ def evaluate_gaussians(
     }
     log_dir.mkdir(parents=True, exist_ok=True)
     pq = per_query_with_predictors(per_query, {n: {q: round(x, 8) for q, x in v.items()} for n, v in values.items()})
-    pq_file = log_dir / f"{slug(label)}.{collection}.{dataset.split}.json"
+    _refuse_existing(pq_file)
     save_per_query(pq_file, pq, meta={k: v for k, v in record.items() if k != "qpp"})
     record["per_query_file"] = str(pq_file.relative_to(ROOT)) if pq_file.is_relative_to(ROOT) else str(pq_file)
     with (log_dir / "qpp.jsonl").open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(record) + "\n")
     return record
+
+
+def _refuse_existing(path: Path) -> None:
+    """Raise ``FileExistsError`` when ``path`` exists: the per-query file of an earlier run is never overwritten."""
+    if path.exists():
+        raise FileExistsError(f"{path} exists: not overwriting the per-query file of an earlier run")
 
 
 @functools.lru_cache(maxsize=2)

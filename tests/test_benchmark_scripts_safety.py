@@ -8,11 +8,13 @@ import argparse
 import json
 import logging
 import sys
+import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +35,11 @@ import train_heads_experiments  # noqa: E402
 import train_zero_shot  # noqa: E402
 import wise_ft  # noqa: E402
 
-from kl_retrievers.hybrid import ADAPTIVE_PARAMS_PATH  # noqa: E402
+from conftest import make_tiny_encoder, random_gaussians  # noqa: E402
+from kl_retrievers.datasets import BeirDataset, load_beir  # noqa: E402
+from kl_retrievers.evaluation import load_per_query  # noqa: E402
+from kl_retrievers.gaussian import Gaussians  # noqa: E402
+from kl_retrievers.hybrid import ADAPTIVE_PARAMS_PATH, AdaptiveParams, KLHybridStore  # noqa: E402
 from kl_retrievers.pretrained import bundled_model_path, load_model  # noqa: E402
 
 COLLECTIONS = {
@@ -455,3 +461,136 @@ def test_default_outputs_are_under_the_repository_whatever_the_working_folder(
 def test_wise_ft_records_the_default_out_dir_relative_to_the_repository() -> None:
     assert wise_ft._shown(REPO / "runs" / "wise") == Path("runs/wise")
     assert wise_ft._shown(Path("elsewhere")) == Path("elsewhere")
+
+
+# ------------------------------------------------------------------ hybrid.py: --params follows --model
+
+
+@pytest.fixture
+def eval_args(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """``hybrid.main`` stops where the evaluation would start; the namespace it got is kept."""
+    seen: dict[str, Any] = {}
+
+    def spy(args: argparse.Namespace) -> None:
+        seen["args"] = args
+        raise _Reached
+
+    monkeypatch.setattr(hybrid, "cmd_eval", spy)
+    return seen
+
+
+_BGE = bundled_model_path("bge-small-unit-variance")
+
+
+def test_hybrid_eval_params_default_to_the_file_the_models_store_reads(eval_args: dict[str, Any]) -> None:
+    """Evaluating ``--model X`` used to read the default model's parameters unless --params was given."""
+    cases = [
+        ([], ADAPTIVE_PARAMS_PATH),
+        (["--stemmer", "none"], ADAPTIVE_PARAMS_PATH.with_name("hybrid_adaptive.unstemmed.json")),
+        (["--model", "bge-small-unit-variance"], _BGE / "hybrid_adaptive.json"),
+        (["--model", "bge-small-unit-variance", "--stemmer", "none"], _BGE / "hybrid_adaptive.unstemmed.json"),
+        (["--model", "minilm-gauss-lora"], ADAPTIVE_PARAMS_PATH),  # ships none: the default model's, as a store
+        (["--model", "bge-small-unit-variance", "--params", "p.json"], Path("p.json")),  # explicit wins
+    ]
+    got = []
+    for flags, _ in cases:
+        with pytest.raises(_Reached):
+            hybrid.main(flags)
+        got.append(Path(eval_args["args"].params))
+    assert got == [expected for _, expected in cases]
+
+
+def test_hybrid_eval_default_params_are_the_ones_a_store_reads(tmp_path: Path) -> None:
+    """:func:`hybrid.default_params` finds the file :meth:`KLHybridStore.adaptive_params` loads, case by case."""
+    folder = tmp_path / "model"  # a local model folder with stemmed parameters only, unlike every shipped file
+    folder.mkdir()
+    own = AdaptiveParams.load(ADAPTIVE_PARAMS_PATH).to_dict()
+    own["bias"] = own["bias"] + 1.25
+    (folder / "hybrid_adaptive.json").write_text(json.dumps(own))
+    cases = [
+        (name, stemmer) for name in ("minilm-gauss-soup", "bge-small-unit-variance") for stemmer in ("english", None)
+    ]
+    cases += [("minilm-gauss-lora", "english"), ("minilm-gauss-lora", None), (str(folder), None)]
+    seen = set()
+    for name, stemmer in cases:
+        encoder = make_tiny_encoder()
+        encoder.name_or_path = name
+        read = KLHybridStore(encoder, stemmer=stemmer).adaptive_params().to_dict()
+        path = hybrid.default_params(name, stemmer)
+        assert AdaptiveParams.load(path).to_dict() == read, (name, stemmer, path)
+        seen.add(path)
+    assert folder / "hybrid_adaptive.json" in seen and len(seen) == 5, seen
+
+
+def test_hybrid_help_and_page_say_what_params_defaults_to(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        hybrid.main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--params PARAMS adaptive parameters to evaluate (default: the file a KLHybridStore of --model" in help_text
+    page = " ".join((REPO / "docs" / "hybrid.md").read_text().split())
+    assert "Without `--params` it evaluates the adaptive parameters a store of that `--model` and `--stemmer`" in page
+
+
+# ------------------------------------------------------------------ qpp.py: one per-query file per run
+
+
+@pytest.fixture
+def qpp_tiny(tmp_path: Path) -> tuple[BeirDataset, Gaussians, Gaussians]:
+    """A three-document, two-query BEIR split and random Gaussians of its queries and documents."""
+    folder = tmp_path / "tiny"
+    (folder / "qrels").mkdir(parents=True)
+    docs = {"d1": "gaussian retrieval of text", "d2": "bm25 ranks words", "d3": "another text about words"}
+    (folder / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": i, "title": "", "text": t}) + "\n" for i, t in docs.items())
+    )
+    queries = {"q1": "gaussian text", "q2": "ranking words"}
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in queries.items()))
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n")
+    return load_beir(folder, "test"), random_gaussians(2, 4, seed=1), random_gaussians(3, 4, seed=2)
+
+
+def _start_clock(monkeypatch: pytest.MonkeyPatch, seconds: list[int]) -> None:
+    """``time.gmtime()`` (the current UTC time, no argument) gives these instants in turn."""
+    real, starts = time.gmtime, iter(seconds)
+    monkeypatch.setattr(time, "gmtime", lambda *args: real(*args) if args else real(next(starts)))
+
+
+@pytest.mark.filterwarnings("ignore:only 2 judged queries", "ignore:too few bootstrap resamples")
+def test_qpp_each_run_writes_a_per_query_file_of_its_own(
+    qpp_tiny: tuple[BeirDataset, Gaussians, Gaussians], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Each run used to rewrite ``<model>.<collection>.<split>.json``, the file the older lines still named."""
+    dataset, queries, documents = qpp_tiny
+    log = tmp_path / "log"
+    log.mkdir()
+    legacy = log / "m.tiny.test.json"  # a committed file of the old naming: left as it is
+    legacy.write_text("not touched\n")
+    _start_clock(monkeypatch, [0, 1])
+    first = qpp.evaluate_gaussians("m", dataset, queries, documents, log_dir=log)
+    second = qpp.evaluate_gaussians("m", dataset, queries, documents, log_dir=log)
+    assert legacy.read_text() == "not touched\n"
+    files = [Path(r["per_query_file"]) for r in (first, second)]
+    assert [f.name for f in files] == ["m.tiny.test.19700101T000000Z.json", "m.tiny.test.19700101T000001Z.json"]
+    logged = [json.loads(line) for line in (log / "qpp.jsonl").read_text().splitlines()]
+    assert [Path(r["per_query_file"]) for r in logged] == files
+    for rec, path in zip(logged, files, strict=True):
+        per_query, _ = load_per_query(path)
+        assert rec["ndcg@10"] == pytest.approx(float(np.mean([m["ndcg@10"] for m in per_query.values()])), abs=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:only 2 judged queries", "ignore:too few bootstrap resamples")
+def test_qpp_never_overwrites_a_per_query_file(
+    qpp_tiny: tuple[BeirDataset, Gaussians, Gaussians], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A run that would write an existing per-query file stops before any work: no file rewritten, no line."""
+    dataset, queries, documents = qpp_tiny
+    log = tmp_path / "log"
+    _start_clock(monkeypatch, [0, 0])
+    first = qpp.evaluate_gaussians("m", dataset, queries, documents, log_dir=log)
+    path = Path(first["per_query_file"])
+    before = path.read_bytes()
+    monkeypatch.setattr(qpp, "retrieve_exact", _reached)
+    with pytest.raises(FileExistsError, match="not overwriting the per-query file of an earlier run"):
+        qpp.evaluate_gaussians("m", dataset, queries, documents, log_dir=log)
+    assert path.read_bytes() == before
+    assert len((log / "qpp.jsonl").read_text().splitlines()) == 1
