@@ -7,7 +7,9 @@ on top of the pinned backbone. With unit variances, -KL = cos - 1: it ranks exac
 Run: ``python scripts/build_bge_unit_variance.py`` (``--out FOLDER`` to write elsewhere).
 
 Only the model's own files (config, weights, tokenizer) are rewritten: every other file in the
-folder (the model card, the confidence and hybrid calibrations fitted on this model) is kept as it is.
+folder (the model card, the confidence and hybrid calibrations fitted on this model) is kept as it is, with its
+permission bits. ``--out`` takes a saved model folder or a new or empty one, holding regular files only (a
+symbolic link or a sub-folder is refused before anything is built).
 """
 
 from __future__ import annotations
@@ -15,32 +17,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from _common import model_folder_entries, out_path, save_keeping_files  # scripts/_common.py
+
 from kl_retrievers.backbones import BGE_QUERY_PREFIX
 from kl_retrievers.encoder import GaussianEncoder
 
 OUT = Path(__file__).resolve().parents[1] / "kl_retrievers" / "pretrained" / "bge-small-unit-variance"
 
 
-def folder_files(folder: Path) -> dict[str, bytes]:
-    """The files of an existing model folder (name -> bytes); ``{}`` when it does not exist yet.
-
-    Raises:
-        SystemExit: ``folder`` holds a sub-folder, which the save would delete.
-    """
-    if not folder.is_dir():
-        return {}
-    entries = sorted(folder.iterdir())
-    folders = [p.name for p in entries if p.is_dir()]
-    if folders:
-        raise SystemExit(f"{folder} holds the folders {folders}, which a rebuild would delete; move them first")
-    return {p.name: p.read_bytes() for p in entries}
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=OUT, help="the model folder to (re)write (default: %(default)s)")
+    parser.add_argument(
+        "--out",
+        type=out_path,
+        default=OUT,
+        help="the model folder to (re)write: a saved model, or a new or empty folder (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
-    before = folder_files(args.out)
+    names = model_folder_entries(args.out, default=OUT)  # before anything is built or read
     encoder = GaussianEncoder.from_backbone(
         "bge-small-en",
         pooling="cls",
@@ -52,10 +46,8 @@ def main(argv: list[str] | None = None) -> None:
         query_max_length=512,
         query_prefix=BGE_QUERY_PREFIX,
     )
-    own = encoder._saved_file_names()  # config, weights, tokenizer: rewritten; everything else is kept
-    kept = {name: data for name, data in before.items() if name not in own}
-    encoder.save_pretrained(args.out, include_backbone=False, extra_files=kept)
-    print(f"wrote {args.out}: {sorted(p.name for p in args.out.iterdir())} (kept as they were: {sorted(kept)})")
+    kept = save_keeping_files(encoder, args.out, names)
+    print(f"wrote {args.out}: {sorted(p.name for p in args.out.iterdir())} (kept as they were: {kept})")
 
 
 if __name__ == "__main__":

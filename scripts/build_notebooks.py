@@ -1,8 +1,16 @@
 """Write (and optionally execute) the notebooks in notebooks/ from the cell lists below.
 
-    python scripts/build_notebooks.py            # write the .ipynb files without outputs
+    python scripts/build_notebooks.py            # write the .ipynb files, keeping the outputs of unchanged cells
     python scripts/build_notebooks.py --execute  # also run them and keep their (small) outputs
     python scripts/build_notebooks.py --execute --only 04_train_your_own.ipynb  # one notebook
+    python scripts/build_notebooks.py --out /tmp/nb  # write elsewhere
+
+Without ``--execute``, a notebook that already exists keeps the outputs (and cell ids) of every cell whose
+source did not change: the docs site shows the notebooks as last run, so a rebuild after an edit to one
+cell does not strip the others. The edited or added cells have no output until ``--execute`` runs the
+notebook again (the kept outputs of later cells may also be stale then, if they depend on the edited one).
+``--execute`` runs each notebook in notebooks/ (where nbmake runs it: notebook 05 reads ``../runs/qpp``),
+whatever ``--out`` is.
 
 CI runs every notebook top to bottom with nbmake (`pytest --nbmake notebooks`).
 """
@@ -10,6 +18,7 @@ CI runs every notebook top to bottom with nbmake (`pytest --nbmake notebooks`).
 from __future__ import annotations
 
 import argparse
+import difflib
 from pathlib import Path
 
 import nbformat
@@ -447,8 +456,43 @@ NOTEBOOKS["05_uncertainty.ipynb"] = [
 ]
 
 
-def build(execute: bool, only: list[str] | None = None) -> None:
-    OUT.mkdir(exist_ok=True)
+def keep_unchanged_outputs(new: nbformat.NotebookNode, old: nbformat.NotebookNode) -> tuple[int, int]:
+    """Give ``new`` the cells of ``old`` whose type and source are unchanged (outputs, ids), and its metadata.
+
+    Cells are matched in order (:class:`difflib.SequenceMatcher` over (type, source) pairs), so inserting,
+    deleting or editing a cell keeps the outputs of all the others.
+
+    Returns:
+        The number of code cells that kept their outputs, and the number of code cells of ``old`` with
+        outputs that were dropped (their source changed or they were removed).
+    """
+
+    def key(cell: nbformat.NotebookNode) -> tuple[str, str]:
+        return cell.cell_type, cell.source
+
+    matcher = difflib.SequenceMatcher(None, [key(c) for c in old.cells], [key(c) for c in new.cells], autojunk=False)
+    matched = set()
+    for i, j, size in matcher.get_matching_blocks():
+        for k in range(size):
+            new.cells[j + k] = old.cells[i + k]
+            matched.add(i + k)
+    new.metadata = nbformat.NotebookNode({**old.metadata, **new.metadata})  # language_info of the last run
+    kept = sum(1 for i in matched if old.cells[i].cell_type == "code" and old.cells[i].get("outputs"))
+    dropped = sum(1 for i, c in enumerate(old.cells) if i not in matched and c.cell_type == "code" and c.get("outputs"))
+    return kept, dropped
+
+
+def build(execute: bool, only: list[str] | None = None, out: Path | None = None) -> None:
+    """Write the notebooks (those named in ``only``, else all) into ``out`` (default: notebooks/).
+
+    Args:
+        execute: Run each notebook (in notebooks/) and write it with its new outputs; otherwise a notebook
+            already at the target keeps the outputs of its unchanged cells (:func:`keep_unchanged_outputs`).
+        only: Names of the notebooks to write.
+        out: The folder to write into; made when missing.
+    """
+    folder = OUT if out is None else out
+    folder.mkdir(parents=True, exist_ok=True)
     for name, cells in NOTEBOOKS.items():
         if only and name not in only:
             continue
@@ -456,17 +500,35 @@ def build(execute: bool, only: list[str] | None = None) -> None:
             cells=[new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in cells],
             metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
         )
+        target = folder / name
+        note = "without outputs"
         if execute:
             from nbclient import NotebookClient
 
             NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(OUT)}}).execute()
-        nbformat.write(nb, OUT / name)
-        print(f"wrote {OUT / name}")
+            note = "executed"
+        elif target.exists():
+            kept, dropped = keep_unchanged_outputs(nb, nbformat.read(target, as_version=4))
+            note = f"kept the outputs of {kept} unchanged code cells"
+            if dropped:
+                note += f"; {dropped} changed or removed code cells lost theirs: run with --execute"
+        nbformat.write(nb, target)
+        print(f"wrote {target} ({note})")
+
+
+def _folder(text: str) -> Path:
+    """The ``--out`` argument; an empty path (the working folder, by accident) is refused."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is an empty path; give the folder to write the notebooks into")
+    return Path(text).expanduser()
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--execute", action="store_true")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--execute", action="store_true", help="run each notebook and write its new outputs")
     parser.add_argument("--only", nargs="+", choices=list(NOTEBOOKS), metavar="NAME", help="these notebooks only")
+    parser.add_argument(
+        "--out", type=_folder, default=OUT, help="the folder to write the notebooks into (default: %(default)s)"
+    )
     args = parser.parse_args()
-    build(args.execute, args.only)
+    build(args.execute, args.only, args.out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import runpy
 import shlex
 import shutil
@@ -37,14 +38,22 @@ def _layout(root: Path, script: str, model: str) -> tuple[Path, Path]:
     """A copy of ``script`` and of the shipped model folder, laid out as in the repository."""
     (root / "scripts").mkdir(parents=True)
     shutil.copy(REPO / "scripts" / script, root / "scripts" / script)
+    for helper in (REPO / "scripts").glob("_*.py"):  # what the scripts import (scripts/_common.py)
+        shutil.copy(helper, root / "scripts" / helper.name)
     folder = root / "kl_retrievers" / "pretrained" / model
     shutil.copytree(PRETRAINED / model, folder)
     return root / "scripts" / script, folder
 
 
 def _run_script(path: Path, *args: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run ``path`` as ``python <path> <args>`` does: its folder first on ``sys.path`` (for scripts/_common.py)."""
     monkeypatch.setattr(sys, "argv", [str(path), *args])
-    runpy.run_path(str(path), run_name="__main__")
+    monkeypatch.syspath_prepend(str(path.parent))
+    monkeypatch.delitem(sys.modules, "_common", raising=False)  # the copy's, not another test's
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    finally:
+        sys.modules.pop("_common", None)
 
 
 @pytest.fixture
@@ -134,6 +143,117 @@ def test_a_model_build_script_refuses_a_folder_it_would_delete_before_building(
     assert (folder / "runs").is_dir()
 
 
+@pytest.mark.parametrize(("script", "model"), BUILDS)
+@pytest.mark.parametrize("broken", [False, True], ids=["link", "broken-link"])
+def test_a_model_build_script_refuses_a_symbolic_link_in_the_folder_before_building(
+    script: str,
+    model: str,
+    broken: bool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    backbone_calls: list[tuple[Any, dict[str, Any]]],
+) -> None:
+    """A link would come back as a copy of its target (or fail as a raw FileNotFoundError when broken)."""
+    path, folder = _layout(tmp_path / "repo", script, model)
+    (tmp_path / "notes.txt").write_text("kept elsewhere\n")
+    (folder / "notes.txt").symlink_to(tmp_path / ("missing.txt" if broken else "notes.txt"))
+    before = _files(folder)
+    with pytest.raises(SystemExit, match=r"symbolic links \['notes.txt'\]"):
+        _run_script(path, monkeypatch=monkeypatch)
+    assert backbone_calls == []
+    assert _files(folder) == before
+    assert (folder / "notes.txt").is_symlink()
+
+
+@pytest.mark.parametrize(("script", "model"), BUILDS)
+def test_a_model_rebuild_keeps_the_permission_bits_and_reads_only_the_files_it_keeps(
+    script: str,
+    model: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    backbone_calls: list[tuple[Any, dict[str, Any]]],
+) -> None:
+    path, folder = _layout(tmp_path / "repo", script, model)
+    (folder / "refit.sh").write_text("#!/bin/sh\necho refit\n")
+    (folder / "refit.sh").chmod(0o750)
+    (folder / "README.md").chmod(0o604)
+    kept = {p.name for p in folder.iterdir()} - {
+        "config.json",
+        "delta.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    }
+    read: list[str] = []
+    real_read_bytes = Path.read_bytes
+
+    def read_bytes(self: Path) -> bytes:
+        if self.parent == folder:
+            read.append(self.name)
+        return real_read_bytes(self)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "read_bytes", read_bytes)
+        _run_script(path, monkeypatch=monkeypatch)
+    assert len(backbone_calls) == 1
+    assert sorted(read) == sorted(kept)  # not the weights, config or tokenizer it rewrites
+    assert (folder / "refit.sh").stat().st_mode & 0o777 == 0o750
+    assert (folder / "README.md").stat().st_mode & 0o777 == 0o604
+    assert GaussianEncoder.from_pretrained(folder).config.dim == 8
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        ("file", r"--out .*exists and is not a folder"),
+        ("folder", r"--out .*is not a saved model and is not empty \(mine\.txt\)"),
+        ("link", r"--out .*is a symbolic link"),
+    ],
+)
+def test_a_model_build_script_refuses_an_out_it_cannot_replace_before_building(
+    make: str,
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    backbone_calls: list[tuple[Any, dict[str, Any]]],
+) -> None:
+    path, folder = _layout(tmp_path / "repo", *BUILDS[1])
+    shipped = _files(folder)
+    out = tmp_path / "out"
+    if make == "file":
+        out.write_text("mine\n")
+    elif make == "folder":
+        out.mkdir()
+        (out / "mine.txt").write_text("mine\n")
+    else:
+        out.symlink_to(folder)
+    with pytest.raises(SystemExit, match=message) as info:
+        _run_script(path, "--out", str(out), monkeypatch=monkeypatch)
+    assert "overwrite=True" not in str(info.value)  # the library's option, not the script's
+    assert "--out takes a saved model folder" in str(info.value)
+    assert backbone_calls == []
+    if make == "folder":
+        assert _files(out) == {"mine.txt": b"mine\n"}
+    assert _files(folder) == shipped
+
+
+def test_a_model_build_script_refuses_an_empty_out(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    backbone_calls: list[tuple[Any, dict[str, Any]]],
+) -> None:
+    path, folder = _layout(tmp_path / "repo", *BUILDS[0])
+    shipped = _files(folder)
+    monkeypatch.chdir(tmp_path)  # '' would be the working folder
+    with pytest.raises(SystemExit) as info:
+        _run_script(path, "--out", "", monkeypatch=monkeypatch)
+    assert info.value.code == 2
+    assert "argument --out: '' is an empty path" in capsys.readouterr().err
+    assert backbone_calls == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo", "tiny-backbone"]
+    assert _files(folder) == shipped
+
+
 def test_gen_cli_docs_answers_help_without_writing_and_writes_without_arguments(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -175,6 +295,80 @@ def test_the_notebook_generator_writes_the_committed_cells(tmp_path: Path, monke
         assert cells(tmp_path / name) == cells(REPO / "notebooks" / name), name
 
 
+def _notebook_layout(root: Path) -> tuple[Path, Path]:
+    """A copy of build_notebooks.py and of the committed notebooks, laid out as in the repository."""
+    (root / "scripts").mkdir(parents=True)
+    shutil.copy(REPO / "scripts" / "build_notebooks.py", root / "scripts")
+    shutil.copytree(REPO / "notebooks", root / "notebooks")
+    return root / "scripts" / "build_notebooks.py", root / "notebooks"
+
+
+def _outputs(path: Path) -> list[list[Any]]:
+    return [c.get("outputs", []) for c in json.loads(path.read_text(encoding="utf-8"))["cells"]]
+
+
+def test_the_notebook_generator_keeps_the_committed_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The documented plain command rewrites the committed notebooks as they are, outputs included."""
+    path, folder = _notebook_layout(tmp_path / "repo")
+    committed = {p.name: p.read_bytes() for p in folder.glob("*.ipynb")}
+    assert sum(1 for name in committed for out in _outputs(folder / name) if out) >= 20
+    with pytest.raises(SystemExit) as info:
+        _run_script(path, "--help", monkeypatch=monkeypatch)
+    assert info.value.code == 0
+    assert "--out" in capsys.readouterr().out
+    _run_script(path, monkeypatch=monkeypatch)  # python scripts/build_notebooks.py
+    assert {p.name: p.read_bytes() for p in folder.glob("*.ipynb")} == committed
+    _run_script(path, "--out", str(tmp_path / "elsewhere"), monkeypatch=monkeypatch)
+    assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == sorted(committed)
+    assert all(not out for p in (tmp_path / "elsewhere").iterdir() for out in _outputs(p))  # nothing to keep there
+    assert {p.name: p.read_bytes() for p in folder.glob("*.ipynb")} == committed
+
+
+def test_the_notebook_generator_drops_only_the_outputs_of_changed_cells(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, folder = _notebook_layout(tmp_path / "repo")
+    spec = importlib.util.spec_from_file_location("build_notebooks", REPO / "scripts" / "build_notebooks.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "OUT", folder)
+    name = "01_quick_start.ipynb"
+    cells = list(module.NOTEBOOKS[name])
+    changed = next(i for i, (kind, src) in enumerate(cells) if kind == "code" and "np.round(exact, 4)" in src)
+    cells[changed] = ("code", cells[changed][1] + "\nprint('edited')")
+    cells.insert(1, ("md", "An added note."))
+    monkeypatch.setitem(module.NOTEBOOKS, name, cells)
+    before = _outputs(folder / name)
+    assert before[changed]
+    module.build(False, [name])
+    after = _outputs(folder / name)
+    assert after[changed + 1] == []  # edited: no output until --execute
+    assert after[1] == []
+    assert after[:1] + after[2 : changed + 1] + after[changed + 2 :] == before[:changed] + before[changed + 1 :]
+
+
+def test_notebook_01_note_quotes_the_scores_its_cells_printed() -> None:
+    """The note on ONNX batch dependence quotes the bees query's score from the matrix and from the store."""
+    nb = json.loads((REPO / "notebooks" / "01_quick_start.ipynb").read_text(encoding="utf-8"))
+    cells = [
+        ("".join(c["source"]), "".join("".join(o.get("text", "")) for o in c.get("outputs", []))) for c in nb["cells"]
+    ]
+    matrix = next(out for src, out in cells if "print(np.round(exact, 4))" in src)
+    searched = next(out for src, out in cells if "store.search('how do bees share information?', k=2)" in src)
+    # the first query (bees) against the first document (bees): the matrix's first entry
+    in_matrix = re.match(r"\[\[\s*(-?\d+\.\d*)\s", matrix)
+    in_store = re.match(r"\s*(-?\d+\.\d{4})\s+bees\s", searched)
+    assert in_matrix and in_store, (matrix, searched)
+    note = next(src for src, _ in cells if "The bees query scores" in src)
+    quoted = re.search(r"The bees query scores (-?\d+\.\d+) here but (-?\d+\.\d+) in the matrix above", note)
+    assert quoted, note
+    assert quoted.group(1) == in_store.group(1)
+    assert float(quoted.group(2)) == float(in_matrix.group(1))
+
+
 def _make(*args: str) -> str:
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
@@ -191,6 +385,7 @@ def test_make_test_fast_leaves_out_the_notebooks() -> None:
     assert paths, f"no paths: pytest would run pyproject's testpaths, notebooks included: {args}"
     assert all((REPO / p).is_dir() and "notebooks" not in Path(p).parts for p in paths), paths
     assert "tests" in paths
+    assert "kl_retrievers" in paths  # the doctests
 
 
 def test_make_help_lists_every_target_with_one_line() -> None:
