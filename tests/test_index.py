@@ -313,15 +313,19 @@ def test_delete_every_type(index_type: str, kw: dict[str, Any], caplog: pytest.L
     assert len(store.search(docs[0], k=5000)) == 1198
 
 
-def test_hnsw_tombstones_are_compacted_on_save(tmp_path: Path) -> None:
+def test_hnsw_tombstones_are_saved_as_they_are_and_compacted_on_request(tmp_path: Path) -> None:
     docs = gaussians(600, 8, seed=14)
     store = make_store("hnsw", {"hnsw_m": 8}, docs)
     store.delete([str(i) for i in range(10)])
     assert store._index.ntotal == 600  # tombstoned, not removed
-    store.save(tmp_path / "s")
-    assert store._index.ntotal == 590
+    store.save(tmp_path / "s")  # below the compaction threshold: saved with its tombstones, no graph rebuild
+    assert store._index.ntotal == 600
     loaded = KLStore.load(tmp_path / "s")
-    assert len(loaded) == 590 and loaded._index.ntotal == 590
+    assert len(loaded) == 590 and loaded._index.ntotal == 600 and loaded._table.dead() == 10
+    store.compact()
+    store.save(tmp_path / "c")
+    loaded = KLStore.load(tmp_path / "c")
+    assert len(loaded) == 590 and loaded._index.ntotal == 590 and loaded._table.dead() == 0
 
 
 # ---------------------------------------------------------------- persistence

@@ -181,8 +181,13 @@ def test_ivf_outlier_deleted_then_saved_restores_the_lists(tmp_path: Path) -> No
     m0 = store.norm_bound
     store.add(gaussians=Gaussians(np.full((1, K), 50.0), np.full((1, K), 1e-3)), ids=["outlier"])
     store.delete(["outlier"])
-    loaded = KLStore.load(store.save(tmp_path / "s"))  # save compacts
+    kept = KLStore.load(store.save(tmp_path / "t"))  # saved with its tombstone, as the store holds it
+    assert kept.norm_bound == store.norm_bound and kept._table.dead() == 1
+    store.compact()  # compacting drops the outlier and restores the lists
+    loaded = KLStore.load(store.save(tmp_path / "s"))
     assert m0 is not None and loaded.norm_bound is not None and loaded.norm_bound < 2 * m0
+    kept.compact()  # so does compacting the loaded copy
+    assert kept.norm_bound is not None and kept.norm_bound < 2 * m0
 
 
 def test_compaction_keeps_m_when_the_index_cannot_be_retrained() -> None:

@@ -316,6 +316,7 @@ def test_save_writes_under_the_read_lock_while_another_thread_writes(
 
     store = _store(n=40)
     store.add(["new"], gaussians=_one(), ids=["d0"])  # a tombstone to compact
+    store.compact_threshold = 0.0  # so that the save compacts it (below the threshold it is saved as it is)
     threads: list[threading.Thread] = []
     compact = store._compact
 

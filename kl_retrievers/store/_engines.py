@@ -39,6 +39,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from kl_retrievers.gaussian import (
+    CENTRE_GAIN,
     FLOAT32_UNIT_ROUNDOFF,
     Gaussians,
     centre_document_vectors,
@@ -57,7 +58,6 @@ from kl_retrievers.gaussian import (
     score_vectors_float32,
     shift_document_vectors,
     top_k_rows,
-    worth_centring,
 )
 from kl_retrievers.store._base import StoreFormatError
 from kl_retrievers.store._format import CENTRE_FIELDS, BlockCheck, centre_from_config
@@ -73,8 +73,12 @@ _BUILD_BLOCK = 32768
 _FLAT_KEEP_ELEMENTS = 1 << 24
 #: Queries whose rescue rows are scored at once (bounds the memory of a large batch).
 _RESCUE_QUERY_BLOCK = 1024
-#: Threads for the numpy re-scoring of candidate pools (numpy releases the GIL in its loops).
-_RESCORE_THREADS = max(1, min(4, os.cpu_count() or 1))
+#: Most threads for the numpy re-scoring of candidate pools (numpy releases the GIL in its loops); fewer
+#: where the process may run on fewer CPUs or FAISS uses fewer OpenMP threads (:func:`_rescore_threads`).
+_RESCORE_THREADS = 4
+#: Values (rows x vector length) per block where a float64 rewrite of rows is computed (an approximate
+#: index's training sample, the flat index's vectors): each float64 temporary of a block is 32 MB.
+_BLOCK_ELEMENTS = 1 << 22
 #: The largest float16 value: ``refine="fp16"`` copies of reduced vectors (coordinates up to ``M``) above it are inf.
 FLOAT16_MAX = 65504.0
 #: The largest norm bound ``M`` of an index trained by k-means (IVF, or PQ compression): FAISS computes
@@ -152,6 +156,21 @@ def _quiet_clustering(index: Any) -> list[tuple[str, int]]:
     return out
 
 
+def _rescore_threads() -> int:
+    """Threads for re-scoring, read at each use: at most :data:`_RESCORE_THREADS`, the CPUs this process may
+    run on (``os.sched_getaffinity``: ``taskset``, a container's CPU set) and ``faiss.omp_get_max_threads()``
+    (``OMP_NUM_THREADS``, or ``faiss.omp_set_num_threads``), so one setting limits FAISS and the re-scoring."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    try:
+        omp = int(_faiss().omp_get_max_threads())
+    except (ImportError, AttributeError):
+        omp = cpus
+    return max(1, min(_RESCORE_THREADS, cpus, omp))
+
+
 def _query_blocks(nq: int, per_query: int, fn: Callable[[int, int], None]) -> None:
     """Call ``fn(start, stop)`` over blocks of queries, on several threads when the work is large.
 
@@ -159,7 +178,7 @@ def _query_blocks(nq: int, per_query: int, fn: Callable[[int, int], None]) -> No
     ``_RESCORE_BLOCK`` of them. Blocks write disjoint rows of their output, so they can run at once.
     """
     step = max(1, _RESCORE_BLOCK // max(1, per_query))
-    threads = _RESCORE_THREADS if nq * per_query >= 1 << 20 else 1
+    threads = _rescore_threads() if nq * per_query >= 1 << 20 else 1
     if threads > 1:
         step = min(step, -(-nq // threads))
     starts = range(0, nq, step)
@@ -170,6 +189,18 @@ def _query_blocks(nq: int, per_query: int, fn: Callable[[int, int], None]) -> No
     with ThreadPoolExecutor(max_workers=min(threads, len(starts))) as pool:
         for _ in pool.map(lambda s: fn(s, min(nq, s + step)), starts):
             pass
+
+
+def _block_rows(width: int) -> int:
+    """Rows per block of vectors of length ``width`` (:data:`_BLOCK_ELEMENTS`)."""
+    return max(1, _BLOCK_ELEMENTS // max(1, width))
+
+
+def _shifted_bound(first: np.ndarray, rest: np.ndarray) -> float:
+    """The largest norm of ``d~`` rows after their first coordinate is shifted by its mean (as
+    :func:`~kl_retrievers.gaussian.worth_centring` measures it), from each row's first coordinate and the
+    squared norm of its other coordinates."""
+    return float(np.sqrt(((first - first.mean()) ** 2 + rest).max()))
 
 
 def _row_norms(x: np.ndarray) -> np.ndarray:
@@ -357,10 +388,21 @@ class FaissEngine(ABC):
         return None
 
     def own(self) -> None:
-        """Replace a memory-mapped index by an owned copy before mutating it."""
+        """Replace a memory-mapped index by an owned copy before mutating it.
+
+        The index is written to an in-memory buffer that is then read back (not ``faiss.clone_index``:
+        its copy still views the mapped file, and FAISS aborts the process when it changes one). The
+        buffer is handed from the writer to the reader, so the copy costs the buffer and the new
+        index (``faiss.serialize_index`` / ``deserialize_index`` copy the buffer twice more, as numpy).
+        """
         if self.index is not None and self.viewed:
             faiss = _faiss()
-            self.index = faiss.deserialize_index(faiss.serialize_index(self.index))
+            writer = faiss.VectorIOWriter()
+            faiss.write_index(self.index, writer)
+            reader = faiss.VectorIOReader()
+            reader.data.swap(writer.data)
+            del writer
+            self.index = faiss.read_index(reader)
             self.viewed = False
 
     @abstractmethod
@@ -562,12 +604,13 @@ class FlatEngine(FaissEngine):
         g = Gaussians(mean, var, validate=False)
         return score_vectors_float32(g, "document", centre=centre, row_numbers=np.arange(first, first + len(g)))
 
-    def prepare(self, mean: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def prepare(self, mean: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
         """Check new rows (float32 means and variances) before anything changes.
 
         Returns:
-            ``(centre, largest norm of each block of their d~, the float32 d~ rows when small enough
-            to keep, else None)``.
+            ``(centre, largest norm of each block of their d~, the float32 d~ rows in blocks
+            (:func:`_block_rows`) when small enough to keep, else None)``: :meth:`add_rows` adds the
+            blocks one by one, so the batch's vectors are never concatenated (which held them twice).
 
         Raises:
             ValueError: A row whose centred ``d~`` overflows float32 (its number in this batch).
@@ -577,12 +620,13 @@ class FlatEngine(FaissEngine):
         keep = n * (2 * mean.shape[1] + 1) <= _FLAT_KEEP_ELEMENTS
         blocks: list[np.ndarray] = []
         top = np.zeros(3)
-        for s in range(0, n, _BUILD_BLOCK):
-            v = self._block_vectors(mean[s : s + _BUILD_BLOCK], var[s : s + _BUILD_BLOCK], centre, s)
+        step = _block_rows(self.width)
+        for s in range(0, n, step):
+            v = self._block_vectors(mean[s : s + step], var[s : s + step], centre, s)
             top = np.maximum(top, rewrite_block_norms(v).max(axis=0))
             if keep:
                 blocks.append(v)
-        return centre, top, (np.concatenate(blocks) if keep and blocks else None)
+        return centre, top, (blocks if keep else None)
 
     def add_rows(self, start: int, prepared: Any) -> None:
         table = self.table
@@ -591,10 +635,13 @@ class FlatEngine(FaissEngine):
         if self.index.ntotal == 0:  # a fresh start: the new rows' norms are all there is
             self._flat_norm = (id(self.index), np.zeros(3))
         if vectors is not None:
-            self.index.add(vectors)
+            vectors.reverse()
+            while vectors:  # each block is let go once the index holds its copy
+                self.index.add(vectors.pop())
         else:
-            for s in range(0, mean.shape[0], _BUILD_BLOCK):
-                self.index.add(self._block_vectors(mean[s : s + _BUILD_BLOCK], var[s : s + _BUILD_BLOCK], centre, s))
+            step = _block_rows(self.width)
+            for s in range(0, mean.shape[0], step):
+                self.index.add(self._block_vectors(mean[s : s + step], var[s : s + step], centre, s))
         self.centre = centre
         if self._flat_norm is not None and self._flat_norm[0] == id(self.index):
             self._flat_norm = (id(self.index), np.maximum(self._flat_norm[1], top))
@@ -615,8 +662,9 @@ class FlatEngine(FaissEngine):
             n, d = index.ntotal, index.d
             xb = _faiss().rev_swig_ptr(index.get_xb(), n * d).reshape(n, d) if n else np.zeros((0, d), np.float32)
             top = np.zeros(3)
-            for s in range(0, n, _BUILD_BLOCK):
-                top = np.maximum(top, rewrite_block_norms(xb[s : s + _BUILD_BLOCK]).max(axis=0))
+            step = _block_rows(d)
+            for s in range(0, n, step):
+                top = np.maximum(top, rewrite_block_norms(xb[s : s + step]).max(axis=0))
             self._flat_norm = (id(index), top)
         return self._flat_norm[1]
 
@@ -1050,6 +1098,34 @@ class ApproxEngine(FaissEngine):
         self._copies.clear()
         self._warned_unbuilt = True
 
+    def _sample_blocks(self, n: int) -> list[tuple[int, int]]:
+        """``(start, stop)`` of the blocks of ``n`` sampled rows whose float64 ``d~`` is built at once."""
+        step = _block_rows(2 * self.table.mean.shape[1] + 1)
+        return [(b, min(n, b + step)) for b in range(0, n, step)]
+
+    def _sample_parts(
+        self, rows: np.ndarray, centre: np.ndarray
+    ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """Per sampled row: ``d~``'s first coordinate and the squared norm of the others, for the means as
+        stored and centred on ``centre``: all that :func:`~kl_retrievers.gaussian.worth_centring` and the
+        offset read from the sample (``||d^||^2 = (d_0 - o)^2 + rest``), without the sample's float64 ``d~``."""
+        n = rows.size
+        plain, centred = (np.empty(n), np.empty(n)), (np.empty(n), np.empty(n))
+        for s, e in self._sample_blocks(n):
+            dvec = self.table.doc_vectors(rows[s:e])
+            for (first, rest), d in ((plain, dvec), (centred, centre_document_vectors(dvec, centre))):
+                first[s:e] = d[:, 0]
+                rest[s:e] = np.einsum("ij,ij->i", d[:, 1:], d[:, 1:])
+        return plain, centred
+
+    def _training_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The float32 reduced vectors of the sampled ``rows`` that train the index, built block by block
+        (:meth:`_sample_blocks`; float64 only within a block): 4 bytes per coordinate of the sample."""
+        out = np.empty((rows.size, self.width), dtype=np.float32)
+        for s, e in self._sample_blocks(rows.size):
+            out[s:e] = self._reduced(self.table.doc_vectors(rows[s:e]))
+        return out
+
     def rebuild(self, forced: bool = False, *, warn_switch: bool = True) -> None:
         """(Re)build the index over every live row, then compact the table's tombstones; callers hold the write lock.
 
@@ -1076,7 +1152,7 @@ class ApproxEngine(FaissEngine):
             n_train = min(n, 16384)
         else:
             n_train = min(n, max(65536, 64 * s.nlist) if s.index_type == "ivf" else 65536)
-        sample = table.doc_vectors(live[np.sort(rng.choice(n, size=n_train, replace=False))])
+        sample = live[np.sort(rng.choice(n, size=n_train, replace=False))]  # its rows (d~ built in blocks)
         before = (self.centre, self.offset, self._norm_bound)
         tracked = self._copies.snapshot()
         try:
@@ -1084,13 +1160,15 @@ class ApproxEngine(FaissEngine):
             # shrinks the norm bound by half or more, i.e. where a common offset of the means would
             # otherwise shape the index (worth_centring).
             centre = means_centre(table.mean if n == table.n_rows else table.mean[live])
-            self.centre = centre if worth_centring(sample, centre) else None
+            plain, centred = self._sample_parts(sample, centre)
+            self.centre = centre if _shifted_bound(*centred) <= CENTRE_GAIN * _shifted_bound(*plain) else None
             # The first coordinate of d~, -1/2 sum_i (log var_i + mu_i^2 / var_i), is a sum over all k
             # dimensions: its shared offset (about -270 for k = 384 synthetic Gaussians) would dominate
             # ||d~||, the extra coordinate and hence the index's geometry. Shifting it changes no
             # ranking, since the query's first coordinate is 1. Only this coordinate is shifted:
             # centring all of d~ (not the means) cut IVF recall on real SciFact Gaussians (0.88 -> 0.55, nprobe 32).
-            self.offset = float(self._centred(sample)[:, 0].mean())
+            self.offset = float((plain if self.centre is None else centred)[0].mean())
+            del plain, centred
             max_norm, top_row, b = 0.0, 0, 0
             for sel in self._live_blocks(live):
                 norms = self._norms(table.doc_vectors(sel))
@@ -1115,7 +1193,7 @@ class ApproxEngine(FaissEngine):
                 index = self._new_index(fp32_refine=True)
             if not index.is_trained:
                 self._warn_few_training_points(_quiet_clustering(index), n_train)
-                index.train(self._reduced(sample))
+                index.train(self._training_vectors(sample))
             del sample
             self._add_all(index, live)
         except BaseException:
@@ -1127,7 +1205,16 @@ class ApproxEngine(FaissEngine):
             table.compact()
         switched = held == "fp32" and self._held_refine != "fp32"
         self.index, self.viewed, self._held_refine = index, False, held
-        logger.info("built %s index over %d documents (M=%.4g)", s.index_type, n, self._norm_bound)
+        logger.info(
+            "built %s index over %d documents (M=%.4g)%s",
+            s.index_type,
+            n,
+            self._norm_bound,
+            f"; its k-means trained on {n_train} of them and is not retrained as documents are added: call "
+            "rebuild() once the store has grown well past that (docs/ann.md, 'Memory and threads at scale')"
+            if kmeans
+            else "",
+        )
         if switched and warn_switch:
             self._warn_fp32_copies()
         if before[2] is not None and self._norm_bound > 10.0 * before[2]:

@@ -5,7 +5,11 @@ A folder holds ``config.json`` and exactly the files it lists, each with its siz
 * ``mean.npy`` / ``var.npy``: float32 ``(count, dim)`` arrays (no pickle);
 * ``documents.jsonl``: one ``{"id", "text", "metadata"}`` object per row, in row order;
 * ``index.faiss``: the FAISS index (when ``index_built``), written and read by the search engine
-  (:mod:`kl_retrievers.store._engines`).
+  (:mod:`kl_retrievers.store._engines`);
+* ``tombstones.npy``: only in a store saved with deleted (or replaced) rows it had not compacted yet
+  (``tombstones`` in the config, their number): the int64 row numbers of those rows, ascending. Their
+  Gaussians and index entries are saved as they are, their id without text or metadata
+  (:func:`read_tombstones`).
 
 Format version 1 since the first release; fields added since (``index_offset``, ``flat_centre``,
 ``index_centre``, some ``index_params``) are optional, so every earlier folder still loads. A store
@@ -14,7 +18,9 @@ flat store built by this release, an approximate one where centring pays) is wri
 format version 2 (:func:`format_version_for`), which a release reading only version 1 refuses instead of
 searching that index with uncentred queries; every other store is still written as version 1, which
 earlier releases read. This release reads both (and the version-1 folders with a centre written before
-version 2 existed). Nothing here imports FAISS.
+version 2 existed). A store saved with tombstones is written as format version 3
+(:data:`TOMBSTONES_FORMAT_VERSION`): a release that does not know them would search their rows as live
+documents. Nothing here imports FAISS.
 
 The numbers the search engine needs to rebuild a query's vector for the saved index:
 
@@ -45,6 +51,7 @@ import math
 import os
 import re
 from collections.abc import Callable
+from itertools import compress
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -57,8 +64,12 @@ from kl_retrievers.store._base import INDEX_TYPES, StoreFormatError, _check_utf8
 
 logger = logging.getLogger(__name__)
 
-#: The newest store format version this release reads (and writes, for a store with a centre).
-FORMAT_VERSION = 2
+#: The newest store format version this release reads (and writes, for a store saved with tombstones).
+FORMAT_VERSION = 3
+#: The version written for a store saved with tombstones (``tombstones.npy``), whatever its centre.
+TOMBSTONES_FORMAT_VERSION = 3
+#: The version written for a store with a centre and no tombstones.
+CENTRED_FORMAT_VERSION = 2
 #: The version written for a store without a centre: every release reads it.
 BASE_FORMAT_VERSION = 1
 FORMAT_NAME = "kl-retrievers/klstore"
@@ -67,8 +78,9 @@ MEAN = "mean.npy"
 VAR = "var.npy"
 DOCS = "documents.jsonl"
 INDEX = "index.faiss"
+TOMBSTONES = "tombstones.npy"
 #: The only files a store folder holds (besides config.json); load() reads nothing else.
-STORE_FILES = (MEAN, VAR, DOCS, INDEX)
+STORE_FILES = (MEAN, VAR, DOCS, INDEX, TOMBSTONES)
 #: The ``index_params`` keys this release writes (and so reads): KLStore's constructor settings.
 INDEX_PARAMS = (
     "hnsw_m",
@@ -101,10 +113,12 @@ def _is_real(value: Any) -> TypeGuard[float]:
 
 
 # ------------------------------------------------------------------ config.json
-def format_version_for(engine_config: dict[str, Any]) -> int:
-    """The ``format_version`` to write for a store whose engine saves ``engine_config``.
+def format_version_for(engine_config: dict[str, Any], tombstones: int = 0) -> int:
+    """The ``format_version`` to write for a store whose engine saves ``engine_config``, with ``tombstones`` dead rows.
 
-    :data:`FORMAT_VERSION` (2) when ``flat_centre`` or ``index_centre`` is set and not all zeros:
+    :data:`TOMBSTONES_FORMAT_VERSION` (3) when the store is saved with tombstones: a release that does not
+    know them would return their rows as live documents. Else :data:`CENTRED_FORMAT_VERSION` (2) when
+    ``flat_centre`` or ``index_centre`` is set and not all zeros:
     ``index.faiss`` then holds vectors centred on it, which a release that ignores the centre would
     search with uncentred queries and rank wrongly without a word; version 2 makes such a release refuse
     the folder. Otherwise :data:`BASE_FORMAT_VERSION` (1), which every release reads: no centre, or the
@@ -118,10 +132,14 @@ def format_version_for(engine_config: dict[str, Any]) -> int:
         1
         >>> format_version_for({"flat_centre": None, "index_centre": None})
         1
+        >>> format_version_for({"flat_centre": None, "index_centre": None}, tombstones=2)
+        3
     """
+    if tombstones:
+        return TOMBSTONES_FORMAT_VERSION
     centres = (engine_config.get(field) for field in ("flat_centre", "index_centre"))
     centred = any(c is not None and any(x != 0 for x in c) for c in centres)
-    return FORMAT_VERSION if centred else BASE_FORMAT_VERSION
+    return CENTRED_FORMAT_VERSION if centred else BASE_FORMAT_VERSION
 
 
 def is_store_folder(folder: Path) -> bool:
@@ -142,7 +160,7 @@ def read_config(cfg_path: Path) -> dict[str, Any]:
     """Read and validate a store's ``config.json``; every problem is a :class:`StoreFormatError` naming the field.
 
     Stores saved by earlier releases of format version 1 (without ``index_offset`` or some
-    ``index_params``) and format version 2 (a centre set) are accepted; a newer format version or an
+    ``index_params``), format version 2 (a centre set) and 3 (tombstones) are accepted; a newer format version or an
     ``index_params`` key this release does not know (what a newer release would write) is refused.
     ``NaN`` / ``Infinity`` (not standard JSON) are refused, except in ``encoder.config`` (only recorded,
     never read back: earlier releases wrote an encoder's non-finite settings as they were), where they
@@ -210,6 +228,14 @@ def _check_fields(config: dict[str, Any], cfg_path: Path) -> None:
         raise _bad(config, cfg_path, "dim", "a positive integer (or null for an empty store)")
     if not (_is_int(config.get("count")) and config["count"] >= 0):
         raise _bad(config, cfg_path, "count", "a non-negative integer")
+    tombstones = config.setdefault("tombstones", 0)  # absent: none (every store saved before version 3)
+    if not (_is_int(tombstones) and 0 <= tombstones <= config["count"]):
+        raise _bad(config, cfg_path, "tombstones", f"an integer from 0 to 'count' ({config['count']})")
+    if tombstones and config["format_version"] < TOMBSTONES_FORMAT_VERSION:
+        raise StoreFormatError(
+            f"{cfg_path}: field 'tombstones' is {tombstones}, but a store of format_version "
+            f"{config['format_version']} holds none (they came with format_version {TOMBSTONES_FORMAT_VERSION})"
+        )
     if config.get("dtype", "float32") != "float32":
         raise _bad(config, cfg_path, "dtype", "'float32'")
     if config.get("index_type") not in INDEX_TYPES:
@@ -273,11 +299,14 @@ def _check_file_table(config: dict[str, Any], cfg_path: Path) -> None:
             raise StoreFormatError(
                 f"{cfg_path}: field 'files.{name}.sha256' must be 64 lowercase hex digits; got {info.get('sha256')!r}"
             )
-    for name in [MEAN, VAR, DOCS] + ([INDEX] if config["index_built"] else []):
+    tombstones = config["tombstones"]
+    for name in [MEAN, VAR, DOCS] + ([INDEX] if config["index_built"] else []) + ([TOMBSTONES] if tombstones else []):
         if name not in files:
             raise StoreFormatError(f"{cfg_path}: field 'files' has no entry for required file {name}")
     if INDEX in files and not config["index_built"]:
         raise StoreFormatError(f"{cfg_path}: field 'files' lists {INDEX} but 'index_built' is false")
+    if TOMBSTONES in files and not tombstones:
+        raise StoreFormatError(f"{cfg_path}: field 'files' lists {TOMBSTONES} but field 'tombstones' is 0")
 
 
 #: The config field holding the centre subtracted from every mean, per kind of index (see the module docstring).
@@ -767,8 +796,41 @@ def read_gaussians(
     return mean, var, sumlogvar
 
 
-def read_documents(path: Path, count: int) -> tuple[list[str], list[str | None], list[dict[str, Any]]]:
-    """Ids, texts and metadata from ``documents.jsonl``, checked against ``count``."""
+def read_tombstones(folder: Path, count: int, dead: int) -> np.ndarray | None:
+    """The rows saved as tombstones (``tombstones.npy``): ``dead`` int64 row numbers, ascending, below ``count``.
+
+    ``None`` when ``dead`` is 0 (no file: every store saved without tombstones). A tombstone's row keeps
+    its Gaussian and index entry (the index numbers its entries by row) and its id; it has no text or
+    metadata, is never returned, and is dropped at the store's next compaction.
+
+    Raises:
+        StoreFormatError: Not a 1-D int64 array of ``dead`` distinct ascending rows in ``[0, count)``.
+    """
+    if not dead:
+        return None
+    path = folder / TOMBSTONES
+    try:
+        rows = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise StoreFormatError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(rows, np.ndarray) or rows.shape != (dead,) or rows.dtype != np.dtype(np.int64):
+        raise StoreFormatError(
+            f"{path.name} has shape {getattr(rows, 'shape', None)} and dtype {getattr(rows, 'dtype', None)}; "
+            f"config says ({dead},) int64 (field 'tombstones')"
+        )
+    if rows[0] < 0 or rows[-1] >= count or (dead > 1 and not (np.diff(rows) > 0).all()):
+        raise StoreFormatError(f"{path} must hold distinct row numbers from 0 to {count - 1}, ascending")
+    return rows
+
+
+def read_documents(
+    path: Path, count: int, tombstones: np.ndarray | None = None
+) -> tuple[list[str], list[str | None], list[dict[str, Any]]]:
+    """Ids, texts and metadata from ``documents.jsonl``, checked against ``count``.
+
+    The ids of the live rows (all but ``tombstones``) must be distinct; a tombstone's id may be a live one's
+    (the old row of an upserted document).
+    """
     ids: list[str] = []
     texts: list[str | None] = []
     metas: list[dict[str, Any]] = []
@@ -798,9 +860,14 @@ def read_documents(path: Path, count: int) -> tuple[list[str], list[str | None],
         raise StoreFormatError(f"{path} is not UTF-8 text: {exc}") from exc
     if len(ids) != count:
         raise StoreFormatError(f"{DOCS} has {len(ids)} documents; the config says {count}")
-    if len(set(ids)) != count:
+    live = ids
+    if tombstones is not None:
+        alive = np.ones(count, dtype=bool)
+        alive[tombstones] = False
+        live = list(compress(ids, alive.tolist()))
+    if len(set(live)) != len(live):
         seen: set[str] = set()
-        dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+        dup = next(i for i in live if i in seen or seen.add(i))  # type: ignore[func-returns-value]
         raise StoreFormatError(f"{DOCS} contains duplicate id {dup!r}")
     return ids, texts, metas
 
@@ -844,6 +911,7 @@ def write_folder(
     arrays: tuple[np.ndarray, np.ndarray],
     documents: tuple[list[str], list[str | None], list[dict[str, Any]]],
     write_index: Callable[[Path], None] | None,
+    tombstones: np.ndarray | None = None,
 ) -> None:
     """Write every file of a store into the (temporary) folder ``tmp``, then ``config.json`` listing them.
 
@@ -856,12 +924,15 @@ def write_folder(
         arrays: ``(mean, var)``.
         documents: ``(ids, texts, metadatas)``.
         write_index: Writes the index file to the path it is given (``None``: no index).
+        tombstones: The int64 row numbers of the tombstones, ascending (``None``: none, no file).
     """
     _write_npy(tmp / MEAN, arrays[0])
     _write_npy(tmp / VAR, arrays[1])
     _write_jsonl(tmp / DOCS, *documents)
     if write_index is not None:
         write_index(tmp / INDEX)
+    if tombstones is not None:
+        _write_npy(tmp / TOMBSTONES, np.asarray(tombstones, dtype=np.int64))
     files: dict[str, Any] = {}
     for name in STORE_FILES:
         p = tmp / name

@@ -26,12 +26,14 @@ from typing import Any
 import numpy as np
 
 from kl_retrievers.filters import _is_nested, _ReadOnlyCall
-from kl_retrievers.gaussian import Gaussians, kl_document_vectors
+from kl_retrievers.gaussian import Gaussians
 from kl_retrievers.store._base import SearchResult, StoredDocument
 
 logger = logging.getLogger(__name__)
 
 _SCALARS = (str, int, float, bool, type(None))
+#: Rows whose ``sum log var`` :meth:`DocumentTable.append` computes at a time (float64 copies of one block only).
+_LOG_BLOCK = 8192
 
 
 def _copy_metadata(meta: dict[str, Any]) -> dict[str, Any]:
@@ -100,12 +102,19 @@ class DocumentTable:
         ids: list[str],
         texts: list[str | None],
         metas: list[dict[str, Any]],
+        tombstones: np.ndarray | None = None,
     ) -> None:
-        """Hold rows read from a saved store (``arrays``: mean, var, sumlogvar); all alive."""
-        self._hold(*arrays, np.ones(len(ids), dtype=bool))
+        """Hold rows read from a saved store (``arrays``: mean, var, sumlogvar); alive but the ``tombstones`` rows."""
+        alive = np.ones(len(ids), dtype=bool)
+        if tombstones is not None:
+            alive[tombstones] = False
+        self._hold(*arrays, alive)
         self.ids, self.texts, self.metas = ids, texts, metas
         self._nested = None  # computed by the first callable filter (a load of flat rows does not pay for it)
-        self.row = {doc_id: j for j, doc_id in enumerate(ids)}
+        if tombstones is None:
+            self.row = {doc_id: j for j, doc_id in enumerate(ids)}
+        else:
+            self.row = {ids[j]: j for j in np.flatnonzero(alive).tolist()}
 
     # ------------------------------------------------------------------ arrays
     # The four arrays are the first ``_n`` rows of buffers with spare capacity, so that appending a
@@ -174,9 +183,26 @@ class DocumentTable:
         return Gaussians(self.mean, self.var, validate=False)
 
     def doc_vectors(self, rows: np.ndarray | slice) -> np.ndarray:
-        """Float64 ``d~`` of the given rows."""
-        g = Gaussians(self.mean[rows].astype(np.float64), self.var[rows].astype(np.float64), validate=False)
-        return np.asarray(kl_document_vectors(g))
+        """Float64 ``d~`` of the given rows (:func:`~kl_retrievers.gaussian.kl_document_vectors`, the same values).
+
+        Computed in place in the output and in float64 copies of the rows' means and variances (no
+        other temporaries), so a block of rows costs about twice its ``d~``; callers pass blocks of rows.
+        """
+        m = np.asarray(self.mean[rows], dtype=np.float64)
+        v = np.array(self.var[rows], dtype=np.float64)
+        k = m.shape[1]
+        out = np.empty((m.shape[0], 2 * k + 1))
+        prec, mid = out[:, k + 1 :], out[:, 1 : k + 1]
+        np.divide(1.0, v, out=prec)  # 1 / var
+        np.log(v, out=v)
+        np.multiply(m, m, out=mid)
+        np.multiply(mid, prec, out=mid)  # mu^2 / var
+        np.add(v, mid, out=v)
+        np.multiply(v, -0.5, out=v)
+        out[:, 0] = v.sum(axis=1)  # -1/2 sum(log var + mu^2 / var)
+        np.multiply(prec, -0.5, out=mid)  # -1 / (2 var)
+        np.multiply(m, prec, out=prec)  # mu / var
+        return out
 
     # --------------------------------------------------------------- mutation
     def append(
@@ -194,7 +220,10 @@ class DocumentTable:
         self._room_for(m)
         self._mean[start : start + m] = mean
         self._var[start : start + m] = var
-        self._sumlogvar[start : start + m] = np.log(var.astype(np.float64)).sum(axis=1)
+        for s in range(0, m, _LOG_BLOCK):  # in blocks: a float64 copy of a large batch would double its memory
+            self._sumlogvar[start + s : start + min(m, s + _LOG_BLOCK)] = np.log(
+                var[s : s + _LOG_BLOCK].astype(np.float64)
+            ).sum(axis=1)
         self._alive[start : start + m] = True
         self._n = start + m
         self.ids.extend(ids)

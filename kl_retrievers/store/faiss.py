@@ -34,8 +34,9 @@ two parts behind the :class:`~kl_retrievers.store.GaussianStore` interface:
     in float32 first only as far as a bound on the float32 error proves it harmless).  A later
     document whose norm exceeds ``M`` triggers a rebuild (logged, counted in ``rebuild_count``).
     Deletions are tombstones (HNSW has no ``remove_ids``), excluded at search time with an
-    ``IDSelector`` and compacted on :meth:`KLStore.save`, :meth:`KLStore.compact`, a rebuild,
-    or when more than ``compact_threshold`` of the rows are dead.
+    ``IDSelector`` and compacted (every live row re-added) on :meth:`KLStore.compact`, a rebuild,
+    or when more than ``compact_threshold`` of the rows are dead; :meth:`KLStore.save` writes them as
+    they are (``tombstones.npy``).
   * ``compression="pq"`` on ``"ivf"``: lists are still chosen by L2 on the reduced vectors, but
     the PQ codes are scanned by inner product (the same ranking: every reduced document has norm
     ``M``), because L2 lookup tables spend their precision on the constant ``2 M^2``;
@@ -380,7 +381,8 @@ class KLStore(GaussianStore):
         exact_threshold: With a filter on an approximate index, search exactly over the
             matching documents when at most this many match.
         compact_threshold: Fraction of tombstoned (deleted or replaced) rows above which the table and
-            the index are compacted, on every index type; :meth:`compact` and :meth:`save` compact at once.
+            the index are compacted, on every index type; :meth:`compact` compacts at once, and :meth:`save`
+            writes the tombstones below it as they are (a store past it compacts first).
             Values above 0.9 act as 0.9 (``1.0`` included): a store never holds more than nine dead rows per
             live one, and one whose documents are all deleted holds no rows. Searches of a flat store with
             tombstones leave them out with a FAISS selector, a little slower than over a table without any:
@@ -689,7 +691,9 @@ class KLStore(GaussianStore):
         """Remove tombstoned documents from the index now.
 
         A flat store's searches leave its tombstones out with a FAISS selector, a little slower than a search
-        over a table without any; compacting restores the full speed.
+        over a table without any; compacting restores the full speed. An HNSW or IVF index is reset and every
+        live row re-added (HNSW builds its graph again), under the write lock. :meth:`save` keeps tombstones
+        below ``compact_threshold``; compact first to save a folder without them.
 
         Examples:
             >>> KLStore().compact()
@@ -984,10 +988,12 @@ class KLStore(GaussianStore):
                 encoder_info["backbone_sha256"] = backbone
                 encoder_info[_format.TOKENIZER_FIELD] = tokenizer
         engine_config = self._engine.config()  # norm_bound, index_offset, flat_centre, index_centre
+        dead = self._table.dead()
         return {
             "format": _format.FORMAT_NAME,
-            # 2 when index.faiss holds centred vectors (a release reading only 1 refuses it), else 1
-            "format_version": _format.format_version_for(engine_config),
+            # 3 with tombstones, else 2 when index.faiss holds centred vectors (a release reading only 1 refuses
+            # it), else 1
+            "format_version": _format.format_version_for(engine_config, dead),
             "library_version": library_version(),
             "faiss_version": getattr(_faiss(), "__version__", "unknown"),
             "score_name": SCORE_NAME,
@@ -1000,13 +1006,22 @@ class KLStore(GaussianStore):
             "index_built": self.is_built,
             **engine_config,
             "encoder": encoder_info,
+            **({"tombstones": dead} if dead else {}),  # absent without: such a folder is written as before
         }
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-        """Save atomically to the folder ``path`` (tombstones are compacted first).
+        """Save atomically to the folder ``path``, tombstones included.
 
         Files are written into a temporary sibling folder which then replaces ``path`` as a whole;
         an interrupted save leaves the previous copy intact.  No pickle is used anywhere.
+
+        Deleted and replaced documents not compacted yet (fewer than ``compact_threshold`` of the rows: a
+        store past it compacts first, as a write would) are saved as tombstones: their rows keep their
+        Gaussians and index entries, their ids lose text and metadata, and ``tombstones.npy`` lists them, so
+        a save costs only its writes (compacting an HNSW or IVF index re-adds every live row) and a load
+        searches exactly as the saved store did. Such a folder is written as ``format_version`` 3, which
+        earlier releases refuse; :meth:`compact` first to save without them (and to leave deleted
+        documents' Gaussians out of the folder).
 
         ``config.json``'s ``encoder`` record names the model the documents were encoded with, which a
         :meth:`load` compares with its ``encoder=`` (by name, weights and backbone) and loads by name when
@@ -1053,7 +1068,7 @@ class KLStore(GaussianStore):
         )
         table = self._table
 
-        def write_files() -> None:
+        def write_files(documents: tuple[list[str], list[str | None], list[dict[str, Any]]], dead: Any) -> None:
             index = self._engine.index
             if index is not None and index.ntotal != table.n_rows:  # load() would refuse the folder
                 raise RuntimeError(
@@ -1066,18 +1081,26 @@ class KLStore(GaussianStore):
                     tmp,
                     self._config(),
                     (table.mean, table.var),
-                    (table.ids, table.texts, table.metas),
+                    documents,
                     self._engine.write if self.is_built else None,
+                    dead,
                 )
 
-        # Compact under the write lock, then turn it into a read lock (no writer gets in between) and write
-        # the files under it, so that searches go on during the (long) writing.
+        # Compact (only past the threshold) under the write lock, then turn it into a read lock (no writer gets
+        # in between) and write the files under it, so that searches go on during the (long) writing.
         with self._lock.write_then_read() as downgrade:
             self._engine.own()
-            self._compact()
+            self._maybe_compact()
             downgrade()
-            write_files()
-        logger.info("saved %d documents to %s", table.n_rows, target)
+            dead = np.flatnonzero(~table.alive) if table.dead() else None
+            documents = table.ids, table.texts, table.metas
+            if dead is not None:  # a tombstone is never returned: only its id is kept
+                alive = table.alive.tolist()
+                texts = [text if live else None for text, live in zip(table.texts, alive, strict=True)]
+                metas = [meta if live else {} for meta, live in zip(table.metas, alive, strict=True)]
+                documents = table.ids, texts, metas
+            write_files(documents, dead)
+        logger.info("saved %d documents (%d tombstones) to %s", len(table), table.n_rows - len(table), target)
         return target
 
     @classmethod
@@ -1215,7 +1238,8 @@ class KLStore(GaussianStore):
         store._init_dim(dim)
         check = store._engine.restore(config, cfg_path)  # before the rows: its check runs as they are read
         arrays = _format.read_gaussians(folder, mmap, count, dim, on_block=check)
-        store._table.set_rows(arrays, *_format.read_documents(folder / _format.DOCS, count))
+        dead = _format.read_tombstones(folder, count, config["tombstones"])
+        store._table.set_rows(arrays, *_format.read_documents(folder / _format.DOCS, count, dead), dead)
         if config["index_built"]:
             store._engine.attach(*_read_index(folder / _format.INDEX, mmap), cfg_path)
         elif store.index_type == "flat":
