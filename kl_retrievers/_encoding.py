@@ -37,6 +37,7 @@ __all__ = [
     "eval_mode",
     "missing_modules",
     "missing_torch",
+    "query_batch_size",
     "require_modules",
     "require_torch",
     "show_progress",
@@ -259,6 +260,23 @@ def check_encode_args(*, batch_size: Any, max_length: Any, convert_to: Any) -> N
         raise ValueError(f"convert_to must be 'numpy' or 'torch'; got {convert_to!r}")
 
 
+def _require_torch_tensors(what: str) -> None:
+    """Raise ``ModuleNotFoundError`` naming the ``torch`` extra when torch cannot be imported (for torch Gaussians).
+
+    Args:
+        what: What asked for them, for the message (e.g. ``"Encoding queries"``).
+    """
+    try:
+        importlib.import_module("torch")
+    except ImportError as exc:
+        raise ModuleNotFoundError(
+            f"{what or 'encoding'} with convert_to='torch' (or convert_to_tensor=True) returns torch tensors, "
+            f"which need torch, left out of the core install; {TORCH_EXTRA}, or leave convert_to at 'numpy' "
+            f"({exc})",
+            name="torch",
+        ) from exc
+
+
 def _is_int(value: Any) -> bool:
     """Whether ``value`` is an integer (``numbers.Integral``: ``int``, ``numpy.int64``...), but not a bool.
 
@@ -267,6 +285,24 @@ def _is_int(value: Any) -> bool:
         (True, False, False)
     """
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def query_batch_size(encoder: Any, batch_size: int) -> int:
+    """The batch size to encode queries at: 1 when a text's encoding depends on its batch, else ``batch_size``.
+
+    An int8 ONNX encoder (``batch_invariant`` ``False``) quantises activations per batch, so a query
+    encoded with others would score differently than alone; one at a time, a query's Gaussian does not
+    depend on the other queries sent with it (``KLStore.search_batch`` gives each query what ``search``
+    gives it). The one rule of every path that encodes several queries: the stores, the CLI and the
+    LangChain and LlamaIndex embeddings.
+
+    Examples:
+        >>> class Int8:
+        ...     batch_invariant = False
+        >>> query_batch_size(Int8(), 32), query_batch_size(object(), 32)
+        (1, 32)
+    """
+    return batch_size if getattr(encoder, "batch_invariant", True) else 1
 
 
 def show_progress(show_progress_bar: bool | None, n_texts: int, batch_size: int) -> bool:
@@ -333,6 +369,8 @@ class EncoderMixin:
         """Check the arguments, then encode with the backend's ``_encode_batches``."""
         items = check_texts(texts)
         check_encode_args(batch_size=batch_size, max_length=max_length, convert_to=convert_to)
+        if convert_to == "torch":  # checked before any batch is encoded, not after the whole input
+            _require_torch_tensors(desc)
         batch_size, max_length = int(batch_size), int(max_length)  # numpy integers become plain ints
         self._use_device(device)
         if items:

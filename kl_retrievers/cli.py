@@ -45,6 +45,9 @@ from kl_retrievers.sharded import _check_utf8, _without_bom, is_jsonl_path, pars
 logger = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
+#: Queries per encoder call for ``demo`` and ``search`` on a batch-invariant encoder (1 on int8 ONNX:
+#: :func:`kl_retrievers._encoding.query_batch_size`, so a query's results equal ``KLStore.search(query)``'s).
+_QUERY_BATCH_SIZE = 32
 
 
 def read_texts(path: Path, field: str = "auto") -> tuple[list[str], list[str]]:
@@ -512,6 +515,7 @@ def _add_demo(sub: Any) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     import time
 
+    from kl_retrievers._encoding import query_batch_size
     from kl_retrievers.index import KLStore
 
     if args.k < 1:
@@ -539,7 +543,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     depth = max(args.k, ConfidenceScorer.depth_for(calibrator))
     if calibrator is not None:
         print("confidence: the calibrated probability that the top result is relevant (fitted on training data)\n")
-    q = encoder.encode_queries(queries, batch_size=_query_batch_size(encoder), show_progress_bar=False)
+    q = encoder.encode_queries(
+        queries, batch_size=query_batch_size(encoder, _QUERY_BATCH_SIZE), show_progress_bar=False
+    )
     uncertainty = q.uncertainty()
     for i, (query, hits) in enumerate(zip(queries, store.search_batch(q, k=depth), strict=True)):
         # the adapters' rule, without a floor (demo has none): a blank query is answered, with confidence 0
@@ -576,16 +582,6 @@ def _demo_calibrator(scorer: Any, encoder: Any) -> Any:
             CALIBRATION_FILE,
         )
     return calibrator
-
-
-def _query_batch_size(encoder: Any) -> int:
-    """The batch size for encoding queries: 1 when a text's encoding depends on its batch, else the default.
-
-    An int8 ONNX encoder (``batch_invariant`` ``False``) quantises activations per batch, so a query
-    encoded with others would score differently than alone; one at a time, a query's results do not
-    depend on the other queries and equal ``KLStore.search(query)``'s.
-    """
-    return 32 if getattr(encoder, "batch_invariant", True) else 1
 
 
 # ---------------------------------------------------------------- index / search
@@ -1045,6 +1041,7 @@ def _kl_store_of_manifest(path: Path) -> Path:
 
 def _run_search(args: argparse.Namespace) -> int:
     from kl_retrievers._confidence import is_blank_query
+    from kl_retrievers._encoding import query_batch_size
     from kl_retrievers.index import KLStore
 
     blank = [i for i, query in enumerate(args.query, 1) if is_blank_query(query)]
@@ -1120,7 +1117,9 @@ def _run_search(args: argparse.Namespace) -> int:
     )
     encoder = _load_encoder(model, backend=backend, **_session_kwargs(args))
     store = KLStore.load(args.store, encoder=encoder)
-    q = encoder.encode_queries(args.query, batch_size=_query_batch_size(encoder), show_progress_bar=False)
+    q = encoder.encode_queries(
+        args.query, batch_size=query_batch_size(encoder, _QUERY_BATCH_SIZE), show_progress_bar=False
+    )
     uncertainty = q.uncertainty()  # once for the batch, not once per printed query
     results = store.search_batch(q, k=args.k, filter=filt)
     if filt is not None and any(len(hits) < min(args.k, len(store)) for hits in results):

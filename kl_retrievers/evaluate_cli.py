@@ -249,7 +249,9 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         default=None,  # 32 (_BATCH_SIZE); None tells --baseline bm25 that it was not given
         metavar="N",
         help="encoding batch size (default: 32); int8 models' vectors depend on it (activations are quantised per "
-        "batch), so it is part of their encoding cache key and published figures use 32",
+        "batch), so it is part of their encoding cache key and published figures use 32. Such batch-dependent "
+        "models encode queries one at a time (as searches do) and documents in corpus order at this size (as "
+        "one kl-retrievers index of the corpus does)",
     )
     p.add_argument(
         "--max-length",

@@ -87,7 +87,7 @@ from kl_retrievers._confidence import (
     log_abstention,
     require_calibrator,
 )
-from kl_retrievers._encoding import check_texts
+from kl_retrievers._encoding import check_texts, query_batch_size
 from kl_retrievers._io import LEFTOVER_NAME, load_unchanged, make_dirs
 from kl_retrievers.filters import MetadataFilter
 from kl_retrievers.gaussian import (
@@ -776,25 +776,48 @@ class EmbeddingsGaussianEncoder:
         self.variance = float(variance)
         self.name_or_path = f"langchain:{type(embeddings).__name__}"
         self.config = None
+        self._dim: int | None = None  # the vectors' length, once seen (for empty inputs)
 
     def _gaussians(self, vectors: list[list[float]]) -> Gaussians:
         mean = np.asarray(vectors, dtype=np.float32)
         if mean.ndim != 2:
             mean = mean.reshape(len(vectors), -1)
+        self._dim = int(mean.shape[1])
         return Gaussians(mean, np.full_like(mean, self.variance))
 
+    def _empty(self) -> Gaussians:
+        """No Gaussians, at the vectors' dimension.
+
+        A LangChain ``Embeddings`` does not say its dimension: it is the length of a vector this wrapper
+        returned before, else of one ``embed_query`` call made here (once; later calls remember it).
+        """
+        if self._dim is None:
+            self._dim = int(self._gaussians([self.embeddings.embed_query("dimension")]).dim)
+        empty = np.zeros((0, self._dim), np.float32)
+        return Gaussians(empty, np.full_like(empty, self.variance), validate=False)
+
     def encode_queries(self, texts: Sequence[str], batch_size: int = 32, show_progress_bar: bool = False) -> Gaussians:
-        """Embed each query with ``embed_query``."""
+        """Embed each query with ``embed_query``.
+
+        No queries give no Gaussians, shape ``(0, dim)``: see :meth:`encode_documents`.
+        """
         items = _check_texts(texts)
+        if not items:
+            return self._empty()
         return self._gaussians([self.embeddings.embed_query(t) for t in items])
 
     def encode_documents(
         self, texts: Sequence[str], batch_size: int = 32, show_progress_bar: bool = False
     ) -> Gaussians:
-        """Embed documents with ``embed_documents``."""
+        """Embed documents with ``embed_documents``.
+
+        No texts give no Gaussians of the vectors' dimension, shape ``(0, dim)``, as the Gaussian encoders
+        return: the dimension is that of the vectors returned before, else learnt from one ``embed_query``
+        call (a LangChain ``Embeddings`` does not say its dimension otherwise).
+        """
         items = _check_texts(texts)
         if not items:
-            return Gaussians(np.zeros((0, 1), np.float32), np.ones((0, 1), np.float32), validate=False)
+            return self._empty()
         return self._gaussians(self.embeddings.embed_documents(items))
 
 
@@ -823,7 +846,8 @@ class KLEmbeddings(Embeddings):
             ``kl_retrievers:NAME``), a saved encoder folder or a hub id. Give ``encoder`` or
             ``model_name``, not both. The store records the loaded encoder's ``name_or_path`` when
             saved (a bundled name, or a folder's absolute path), so ``load_local`` loads it again.
-        batch_size: Encoder batch size.
+        batch_size: Encoder batch size (queries are encoded one at a time on an encoder whose output depends
+            on its batch: int8 ONNX, ``batch_invariant`` ``False``).
         show_progress_bar: Show the encoder's progress bar for documents.
         backend: For a model loaded by name (``model_name``, a name or folder as ``encoder``) or
             the default model: ``"torch"``, ``"onnx"`` (ONNX Runtime with int8 weights) or ``None``
@@ -926,9 +950,15 @@ class KLEmbeddings(Embeddings):
 
     # -- Gaussians
     def encode_queries(self, texts: Sequence[str]) -> Gaussians:
-        """Query Gaussians (numpy) for ``texts``."""
+        """Query Gaussians (numpy) for ``texts``.
+
+        An encoder whose output depends on its batch (int8 ONNX: ``batch_invariant`` is ``False``) encodes
+        them one at a time, so a query's Gaussian does not depend on the others (what :meth:`embed_query`
+        and ``KLStore.search`` give it); other encoders at ``batch_size``.
+        """
         items = _check_texts(texts)
-        return self.encoder.encode_queries(items, batch_size=self.batch_size, show_progress_bar=False).numpy()
+        size = query_batch_size(self.encoder, self.batch_size)
+        return self.encoder.encode_queries(items, batch_size=size, show_progress_bar=False).numpy()
 
     def encode_documents(self, texts: Sequence[str]) -> Gaussians:
         """Document Gaussians (numpy) for ``texts``."""

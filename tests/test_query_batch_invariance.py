@@ -139,6 +139,40 @@ def test_llama_index_query_gaussians_encode_each_query_alone(encoder: BatchDepen
     np.testing.assert_array_equal(together.var, np.concatenate([g.var for g in alone]))
 
 
+def test_langchain_encode_queries_encode_each_query_alone(encoder: BatchDependent) -> None:
+    """KLEmbeddings.encode_queries (a list at its batch_size) gives each query what embed_query gives it."""
+    pytest.importorskip("langchain_core")
+    from kl_retrievers.langchain import KLEmbeddings
+
+    emb = KLEmbeddings(encoder, batch_size=32)
+    together = emb.encode_queries(QUERIES)
+    alone = [emb.encode_queries([q]) for q in QUERIES]
+    np.testing.assert_array_equal(together.mean, np.concatenate([g.mean for g in alone]))
+    np.testing.assert_array_equal(together.var, np.concatenate([g.var for g in alone]))
+    assert set(encoder.query_batch_sizes) == {1}
+    vector = emb.embed_query(QUERIES[0])  # the same Gaussian through the LangChain API
+    np.testing.assert_allclose(emb.decode_query(vector).mean[0], together.mean[0], rtol=1e-6, atol=1e-6)
+
+
+def test_langchain_keeps_its_batch_size_for_a_batch_invariant_encoder() -> None:
+    pytest.importorskip("langchain_core")
+    from kl_retrievers.langchain import KLEmbeddings
+
+    inner = make_tiny_encoder()
+    sizes: list[int] = []
+
+    class Recording:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(inner, name)
+
+        def encode_queries(self, texts: Any, *, batch_size: int = 32, **kw: Any) -> Gaussians:
+            sizes.append(batch_size)
+            return inner.encode_queries(texts, batch_size=batch_size, **kw)
+
+    KLEmbeddings(Recording(), batch_size=7).encode_queries(QUERIES)
+    assert sizes == [7]
+
+
 def _beir(root: Path) -> Path:
     (root / "qrels").mkdir(parents=True)
     (root / "corpus.jsonl").write_text(

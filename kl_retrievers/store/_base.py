@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from kl_retrievers._encoding import check_texts
+from kl_retrievers._encoding import query_batch_size as _query_batch_size  # hybrid, llama_index import it here
 from kl_retrievers.filters import MetadataFilter, stored_form
 from kl_retrievers.gaussian import Gaussians, _first_bad, check_float32_scorable, check_k
 
@@ -645,22 +646,6 @@ def _new_documents(
     if n == 0:
         return None
     return _NewDocuments(g, text_values, id_values, meta_values)
-
-
-def _query_batch_size(encoder: Any, batch_size: int) -> int:
-    """The batch size to encode queries at: 1 when a text's encoding depends on its batch, else ``batch_size``.
-
-    An int8 ONNX encoder (``batch_invariant`` ``False``) quantises activations per batch, so a query
-    encoded with others would score differently than alone; one at a time, ``search_batch`` gives each
-    query what ``search`` gives it, whatever the other queries (the CLI's rule too).
-
-    Examples:
-        >>> class Int8:
-        ...     batch_invariant = False
-        >>> _query_batch_size(Int8(), 32), _query_batch_size(object(), 32)
-        (1, 32)
-    """
-    return batch_size if getattr(encoder, "batch_invariant", True) else 1
 
 
 def _query_gaussians(
