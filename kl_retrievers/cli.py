@@ -375,8 +375,13 @@ def _run_encode(args: argparse.Namespace) -> int:
     if args.input is None:  # after the --out checks: a refused run shows only its error
         _warn_texts_naming_files(texts)
     encoder = _load_encoder(args.model, args.device, args.model_backend, **_session_kwargs(args))
-    encode = encoder.encode_documents if args.kind == "document" else encoder.encode_queries
-    g = encode(texts, batch_size=args.batch_size, max_length=args.max_length, show_progress_bar=_progress(args))
+    from kl_retrievers._encoding import query_batch_size
+
+    if args.kind == "document":
+        encode, batch_size = encoder.encode_documents, args.batch_size
+    else:  # on an int8 graph one at a time, so each query's Gaussian is what search(query) encodes
+        encode, batch_size = encoder.encode_queries, query_batch_size(encoder, args.batch_size)
+    g = encode(texts, batch_size=batch_size, max_length=args.max_length, show_progress_bar=_progress(args))
     out = save_gaussians(args.out, g, ids=ids, metadata={"model": encoder.name_or_path, "kind": args.kind})
     print(f"wrote {len(g)} Gaussians of dimension {g.dim} to {out}")
     return 0

@@ -227,6 +227,33 @@ def test_search_results_do_not_depend_on_the_other_queries(
     np.testing.assert_allclose([s for _, s in api], [s for _, s in alone], rtol=1e-9)
 
 
+def test_encode_kind_query_encodes_each_query_alone(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``encode --kind query`` on an int8-like encoder: each saved Gaussian is what ``search(query)`` encodes."""
+    import kl_retrievers.cli as cli
+    from kl_retrievers import load_gaussians
+
+    fake = _BatchDependent(cli._load_encoder(str(model_dir)))
+    monkeypatch.setattr(cli, "_load_encoder", lambda *a, **kw: fake)
+    queries = ["green tea", "hello world", "the cat sat on the mat"]
+    src = tmp_path / "q.jsonl"
+    src.write_text("".join(json.dumps({"id": f"q{i}", "text": q}) + "\n" for i, q in enumerate(queries)))
+    out = tmp_path / "q.safetensors"
+    assert (
+        main(
+            ["encode", "--input", str(src), "--kind", "query", "--out", str(out), "--batch-size", "8", "--no-progress"]
+        )
+        == 0
+    )
+    assert fake.batch_sizes == [1]
+    saved, ids = load_gaussians(out)
+    assert ids == ["q0", "q1", "q2"]
+    for i, q in enumerate(queries):
+        alone = fake.encode_queries([q], batch_size=1)
+        np.testing.assert_allclose(np.asarray(saved.mean)[i], np.asarray(alone.mean)[0], rtol=1e-6, atol=1e-6)
+
+
 # ---------------------------------------------------------------- 6. sharded encode and --model-backend
 class _OnnxLike:
     """The tiny torch encoder under an ONNX encoder's recorded config (``backend: "onnx"``)."""
