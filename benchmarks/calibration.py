@@ -89,7 +89,17 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from qpp import COLLECTIONS, DATASETS, LOG_DIR, REFERENCE_MODEL, git_commit
+from qpp import (
+    COLLECTIONS,
+    DATASETS,
+    LOG_DIR,
+    REFERENCE_MODEL,
+    _refuse_existing,
+    git_commit,
+    latest,
+    per_query_path,
+    read_log,
+)
 
 from kl_retrievers.calibration import (
     _UNSTEMMED_HYBRID_CALIBRATION_FILE,
@@ -212,13 +222,21 @@ def cmd_dump(args: argparse.Namespace) -> None:
 
 
 def cmd_from_log(args: argparse.Namespace) -> None:
-    """Per-query files from the committed ``benchmarks/qpp.py`` logs (top-2 scores only: ``s_2 = s_1 - gap12``)."""
+    """Per-query files from the committed ``benchmarks/qpp.py`` logs (top-2 scores only: ``s_2 = s_1 - gap12``).
+
+    Each set's source is the per-query file that the newest ``qpp.jsonl`` line of the default on that
+    collection and split names (``per_query_file``; each run writes a file of its own).
+    """
     from kl_retrievers.evaluation import load_per_query
 
     CALIB_DIR.mkdir(parents=True, exist_ok=True)
+    records = read_log(LOG_DIR)
     for spec in args.sets:
         name, _, split = spec.partition(":")
-        source = LOG_DIR / f"{REFERENCE_MODEL}.{name}.{split or 'test'}.json"
+        line = latest(records, REFERENCE_MODEL, name, split or "test")
+        if line is None or not line.get("per_query_file"):
+            raise SystemExit(f"{LOG_DIR / 'qpp.jsonl'}: no line of {REFERENCE_MODEL} on {spec} naming a per-query file")
+        source = ROOT / line["per_query_file"]  # relative to the repository root, or absolute
         per_query, meta = load_per_query(source)
         out = {}
         for qid, m in per_query.items():
@@ -238,7 +256,7 @@ def cmd_from_log(args: argparse.Namespace) -> None:
             "fingerprint": meta.get("fingerprint"),
             "set": spec,
             "queries": len(out),
-            "source": str(source.relative_to(ROOT)),
+            "source": line["per_query_file"],
             "source_command": meta.get("command"),
             "ndcg@10": float(np.mean([v["ndcg@10"] for v in out.values()])),
             "p@1": float(np.mean([v["top1_relevant"] for v in out.values()])),
@@ -490,7 +508,8 @@ def cmd_combined(args: argparse.Namespace) -> None:
             "calibrator": str(Path(args.calibrator).resolve().relative_to(ROOT)),
             **provenance(),
         }  # fmt: skip
-        pq_file = LOG_DIR / f"{COMBINED_LABEL.replace('+', '_')}.{name}.{split}.json"
+        pq_file = per_query_path(LOG_DIR, COMBINED_LABEL, name, split, time.gmtime())  # this run's own file
+        _refuse_existing(pq_file)  # claimed atomically; never overwrites an earlier run's
         rounded = {n: {q: round(x, 8) for q, x in v.items()} for n, v in values.items()}
         pq = per_query_with_predictors({q: {"ndcg@10": v} for q, v in ndcg.items()}, rounded)
         save_per_query(pq_file, pq, meta={k: v for k, v in record.items() if k != "qpp"})

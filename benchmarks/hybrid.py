@@ -105,9 +105,13 @@ def default_params_out(model: str, stemmer: str | None) -> Path | None:
         ('bge-small-unit-variance', 'hybrid_adaptive.unstemmed.json')
         >>> default_params_out(MODEL, "porter") is None
         True
+        >>> default_params_out("kl_retrievers:bge-small-unit-variance", None) == default_params_out(
+        ...     "bge-small-unit-variance", None)
+        True
     """
     from kl_retrievers.pretrained import bundled_model_path, bundled_models
 
+    model = model.removeprefix("kl_retrievers:")  # a bundled name as load_model takes it too
     if stemmer not in (DEFAULT_STEMMER, None):
         return None
     name = ADAPTIVE_PARAMS_FILE if stemmer is not None else UNSTEMMED_PARAMS_FILE

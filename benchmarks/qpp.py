@@ -191,9 +191,24 @@ def evaluate_gaussians(
 
 
 def _refuse_existing(path: Path) -> None:
-    """Raise ``FileExistsError`` when ``path`` exists: the per-query file of an earlier run is never overwritten."""
-    if path.exists():
-        raise FileExistsError(f"{path} exists: not overwriting the per-query file of an earlier run")
+    """Claim ``path`` for this run, or raise ``FileExistsError``: a per-query file is never overwritten.
+
+    The claim is atomic (``open(path, "x")``): a placeholder naming this process and thread, which the run's
+    per-query file then replaces, so that of two runs starting in the same second only one gets the name. A
+    second call from the thread that claimed it passes while the placeholder is there (:func:`evaluate_gaussians`
+    checks before evaluating and again before writing); a run that fails in between leaves the placeholder.
+    """
+    import os
+    import threading
+
+    claim = f"claimed by process {os.getpid()} thread {threading.get_ident()}\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with path.open("x", encoding="utf-8") as fh:
+            fh.write(claim)
+    except FileExistsError:
+        if path.read_text(encoding="utf-8", errors="replace") != claim:
+            raise FileExistsError(f"{path} exists: not overwriting the per-query file of an earlier run") from None
 
 
 @functools.lru_cache(maxsize=2)

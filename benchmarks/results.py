@@ -40,6 +40,7 @@ import numpy as np
 from results_choosing import PAGE as CHOOSING_PAGE
 from results_choosing import choosing_region, splice, sync
 from results_more import HYBRID_LOG, bundled_models_section, hybrid_section, ranking_fixes_note
+from results_qpp import _read as read_jsonl  # every JSON line of a log, oldest first
 from results_qpp import qpp_section
 from results_readme import HYBRID_PAGE, README, readme_notes, render_hybrid_page, render_readme, stale_per_query
 
@@ -65,13 +66,6 @@ SYSTEMS = {
     "default": f"default `{DEFAULT_MODEL}` (-KL)",
 }
 BASELINES = [s for s in SYSTEMS if s != "default"]
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every JSON line of a log (oldest first); none when the log does not exist."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def load_records(root: Path = ROOT) -> dict[tuple[str, str], dict[str, Any]]:
@@ -244,16 +238,19 @@ def run(systems: Sequence[str], collections: Sequence[str], backend: str | None 
 
     A system that is not in :data:`SYSTEMS` is a bundled model's name (``--model NAME``), run on
     ``backend`` (``--model-backend``) when one is given. Each run writes a per-query file of its own, named by
-    its system (and a model's backend), collection and UTC start; one that exists already is never overwritten.
+    its system (and a model's backend), collection and UTC start, claimed atomically (an empty file that
+    evaluate replaces): one that exists already, e.g. of a run started in the same second, is never overwritten.
     """
     exe = Path(sys.executable).with_name("kl-retrievers")
     for system in systems:
         for coll in collections:
-            t0 = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())  # UTC, the clock of the log's other lines
+            t0 = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())  # UTC (qpp.py and hybrid.py log local time)
             name = system if system in SYSTEMS else f"{system}.{backend or 'torch'}"  # evaluate's default: torch
             pq = f"runs/eval/pq/{name}.{coll}.{SPLIT}.{t0.replace('-', '').replace(':', '')}Z.json"
-            if (ROOT / pq).exists():  # another line's file (older lines named one file per system and collection)
-                raise SystemExit(f"{pq} exists: not overwriting the per-query file of an earlier run")
+            try:  # claim the name: of two runs started in the same second, the second stops here
+                (ROOT / pq).open("x").close()
+            except FileExistsError:
+                raise SystemExit(f"{pq} exists: not overwriting the per-query file of an earlier run") from None
             args = ["evaluate", f"../shared/datasets/{coll}", "--split", SPLIT]
             if system in SYSTEMS:
                 args += [] if system == "default" else ["--baseline", system]
@@ -262,6 +259,7 @@ def run(systems: Sequence[str], collections: Sequence[str], backend: str | None 
             args += ["--json", "--quiet", "--per-query", pq]
             proc = subprocess.run([str(exe), *args], cwd=ROOT, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
+                (ROOT / pq).unlink(missing_ok=True)  # the claim, or what the failed run left there
                 raise SystemExit(f"kl-retrievers {shlex.join(args)} failed:\n{proc.stderr[-3000:]}")
             record = json.loads(proc.stdout)
             record.update(system=system, collection=coll, per_query_file=pq, started=t0)
@@ -283,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--backend", choices=["onnx", "torch"], default=None, help="--model-backend of --run-models")
     p.add_argument("--collections", nargs="+", choices=list(COLLECTIONS), default=list(COLLECTIONS), metavar="NAME")
     args = p.parse_args(argv)
+    if named := [m for m in args.run_models if m in SYSTEMS]:
+        p.error(f"--run-models {' '.join(named)}: a system of --run ({', '.join(SYSTEMS)}), not a model name")
     if args.run or args.run_models:
         (ROOT / EVAL_LOG).parent.mkdir(parents=True, exist_ok=True)
         run([*(args.run or []), *args.run_models], args.collections, args.backend)

@@ -11,7 +11,7 @@ Both read committed logs only (``benchmarks/results.py`` calls them; ``--check``
 from __future__ import annotations
 
 import shlex
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,20 @@ def _backend(command: str) -> str:
     if "--model-backend" in tokens:
         return tokens[tokens.index("--model-backend") + 1]
     return "torch"
+
+
+def _seed(command: str) -> int:
+    """The ``--seed`` of a logged ``benchmarks/abstention.py`` command (the lines record it nowhere else), else 0.
+
+    Examples:
+        >>> _seed("python benchmarks/abstention.py --hybrid --seeds 10"), _seed("x --seed 3"), _seed("x --seed=4")
+        (0, 3, 4)
+    """
+    words = shlex.split(command)
+    for i, word in enumerate(words):
+        if word == "--seed" or word.startswith("--seed="):
+            return int(word[7:] or words[i + 1])
+    return 0
 
 
 def int8_gap(twin: Mapping[str, Mapping[str, Any]], baseline: Mapping[str, Mapping[str, Any]]) -> float | None:
@@ -100,6 +114,46 @@ def ranking_fixes_note(
     ]
 
 
+def onnx_int8_records(root: Path, eval_log: Path, model: str) -> dict[str, dict[str, Any]]:
+    """The newest test line of ``model`` per collection in ``eval_log`` recorded as ``onnx-int8``.
+
+    ``onnx-int8`` is the backend ``kl-retrievers evaluate --json`` records for a model's int8 ONNX run (the
+    default as shipped); its torch and float32 ONNX lines are left out.
+    """
+    key = (model, SPLIT, "onnx-int8")
+    return {r["collection"]: r for r in _read(root / eval_log) if (r["system"], r["split"], r.get("backend")) == key}
+
+
+#: Qualitative claims of the README's prose that :func:`contradicted_claims` checks against its table's rows.
+README_CLAIMS = (
+    "does **not** beat bge-small on any of the four collections",
+    "The best row's gain comes from BM25 fusion",
+)
+
+
+def contradicted_claims(
+    flat: str, default: Sequence[float | None], bge: Sequence[float | None], means: Sequence[float | None], hybrids: int
+) -> list[str]:
+    """The :data:`README_CLAIMS` that ``flat`` (the README, whitespace normalised) makes and its rows contradict.
+
+    ``default`` and ``bge``: those rows' nDCG@10 per collection (None: not run); ``means``: each row's mean
+    (None: incomplete), the last ``hybrids`` the hybrid rows'. The first claim fails when the default is not
+    below bge-small on a collection, the second when the best mean is not a hybrid row's.
+
+    Examples:
+        >>> flat = "It does **not** beat bge-small on any of the four collections."
+        >>> contradicted_claims(flat, [0.5, 0.4], [0.6, 0.4], [0.5, 0.6], 1)
+        ['does **not** beat bge-small on any of the four collections']
+        >>> contradicted_claims("The best row's gain comes from BM25 fusion", [], [], [0.6, 0.5], 1)
+        ["The best row's gain comes from BM25 fusion"]
+    """
+    beats = any(d is not None and b is not None and d >= b for d, b in zip(default, bge, strict=True))
+    cut = len(means) - hybrids
+    singles, fused = [m for m in means[:cut] if m is not None], [m for m in means[cut:] if m is not None]
+    not_fusion = not fused or (bool(singles) and max(singles) >= max(fused))
+    return [claim for claim, broken in zip(README_CLAIMS, (beats, not_fusion), strict=True) if broken and claim in flat]
+
+
 def bundled_records(
     root: Path, eval_log: Path, collections: Collection[str]
 ) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, dict[str, Any]]]:
@@ -135,10 +189,12 @@ def bundled_models_section(
     """
     found, baseline = bundled_records(root, eval_log, collections)
     gap = int8_gap(found.get(INT8_TWIN[0], {}), baseline)
-    # the default's row is the one above (runs/qpp); its own runs in eval_log (as shipped, e.g. ONNX int8) follow it
+    # the default's row is the one above (runs/qpp); its ONNX int8 runs in eval_log (as shipped) follow it, its
+    # other --run-models lines (torch, float32 ONNX) are not shown: the docs call that row the int8 one
     entries = [(f"`{default_name}` (default)", {c: dict(r) for c, r in default.items()}, False)]
-    if default_name in found:
-        entries.append((f"`{default_name}` (default, logged by `--run-models`)", found.pop(default_name), True))
+    found.pop(default_name, None)
+    if int8 := {c: r for c, r in onnx_int8_records(root, eval_log, default_name).items() if c in collections}:
+        entries.append((f"`{default_name}` (default, logged by `--run-models`)", int8, True))
     entries += [(f"`{name}`", found[name], True) for name in sorted(found)]
     rows, commands = [], []
     for label, recs, listed in entries:

@@ -8,7 +8,8 @@
 * README prose, :func:`readme_phrases`: the default's int8 ONNX figures (:func:`int8_records`) against its torch
   row, its abstention figures (``runs/abstention/abstention.jsonl``: the newest full stemmed hybrid line of seed 0
   at its shipped threshold, :func:`_abstention`) and its convex-against-adaptive means must be quoted as logged.
-* ``results.py --check``, :func:`stale_per_query`: each rendered line's per-query file reproduces its figures.
+* ``results.py --check``, :func:`stale_per_query`: each rendered eval or qpp line's per-query file holds its
+  queries and reproduces its figures (hybrid, abstention and calibration lines have none: not recomputed).
 * ``docs/results.md``'s section on the README's table, :func:`readme_notes`: the figures the README leaves out.
 * ``docs/hybrid.md``, one part per entry of :data:`HYBRID_TABLES`: the newest ``benchmarks/hybrid.py`` test
   run of that (model, adaptive parameters, BM25 stemmer) on all four collections (:func:`newest_hybrids`).
@@ -21,13 +22,12 @@ load their dense models on torch, float32).
 from __future__ import annotations
 
 import hashlib
-import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from results_more import HYBRID_LOG, SPLIT, bundled_records
+from results_more import HYBRID_LOG, SPLIT, _seed, bundled_records, contradicted_claims, onnx_int8_records
 from results_qpp import CALIB_LOG, _read, _table
 
 from kl_retrievers.calibration import recommended_min_confidence
@@ -145,8 +145,10 @@ def _bold(cells: list[str], values: Sequence[float | None]) -> list[str]:
     return [f"**{c}**" if v is not None and v == best else c for c, v in zip(cells, values, strict=True)]
 
 
-def readme_table(records: Mapping[tuple[str, str], Mapping[str, Any]], root: Path, default_model: str) -> list[str]:
-    """nDCG@10 per collection and the mean of each README row; the best of each column in bold."""
+def readme_table(
+    records: Mapping[tuple[str, str], Mapping[str, Any]], root: Path, default_model: str
+) -> tuple[list[str], list[float | None]]:
+    """nDCG@10 per collection and the mean of each README row, the best of each column in bold; the row means."""
     rows: list[tuple[str, str, list[float | None]]] = []
     for system, (label, backend) in SYSTEM_ROWS.items():
         vals = [records[(system, c)]["ndcg@10"] if (system, c) in records else None for c in README_COLLECTIONS]
@@ -168,7 +170,7 @@ def readme_table(records: Mapping[tuple[str, str], Mapping[str, Any]], root: Pat
         for row, cell in zip(cells, bolded, strict=True):
             row[j] = cell
     body = [[label, *row, backend] for (label, backend, _), row in zip(rows, cells, strict=True)]
-    return _table(["system", *README_COLLECTIONS.values(), "mean", "measured on"], body)
+    return _table(["system", *README_COLLECTIONS.values(), "mean", "measured on"], body), [v[-1] for _, _, v in rows]
 
 
 def _p(value: float) -> str:
@@ -209,20 +211,6 @@ def hybrid_table(rec: Mapping[str, Any], dense: str, full: bool) -> list[str]:
     return _table(head, rows)
 
 
-def _seed(command: str) -> int:
-    """The ``--seed`` of a logged ``benchmarks/abstention.py`` command (the lines record it nowhere else), else 0.
-
-    Examples:
-        >>> _seed("python benchmarks/abstention.py --hybrid --seeds 10"), _seed("x --seed 3"), _seed("x --seed=4")
-        (0, 3, 4)
-    """
-    words = shlex.split(command)
-    for i, word in enumerate(words):
-        if word == "--seed" or word.startswith("--seed="):
-            return int(word[7:] or words[i + 1])
-    return 0
-
-
 def _abstention(root: Path, model: str) -> dict[str, Any]:
     """The newest ``benchmarks/abstention.py --hybrid`` line of ``model`` in the shipped setting.
 
@@ -258,16 +246,17 @@ def int8_records(root: Path, model: str) -> dict[str, dict[str, Any]]:
     Raises:
         SystemExit: A collection has none (a newer torch or float32 ONNX run of it is not the README's int8 figure).
     """
-    key = (model, SPLIT, "onnx-int8")  # the backend kl-retrievers evaluate --json records for a model's run
-    found = {r["collection"]: r for r in _read(root / EVAL_LOG) if (r["system"], r["split"], r.get("backend")) == key}
+    found = onnx_int8_records(root, EVAL_LOG, model)
     if missing := [c for c in README_COLLECTIONS if c not in found]:
         raise SystemExit(f"{EVAL_LOG}: no onnx-int8 {SPLIT} line of {model} on {', '.join(missing)}")
     return {c: found[c] for c in README_COLLECTIONS}
 
 
 def stale_per_query(root: Path, records: Mapping[Any, Mapping[str, Any]], model: str) -> list[str]:
-    """The rendered lines (``records``: ``results.load_records``'s; the bundled models' and :func:`int8_records`')
-    whose per-query file is unreadable or whose means differ from the line's logged figures by over 1e-4, named."""
+    """The rendered eval and qpp lines (``records``: ``results.load_records``'s; the bundled models' and
+    :func:`int8_records`') whose per-query file is unreadable, has no queries or another number than the line's
+    ``queries``, or means that differ from the line's figures by over 1e-4, named (the hybrid, abstention and
+    calibration lines have no such file: their figures are not recomputed)."""
     found, twin = bundled_records(root, EVAL_LOG, README_COLLECTIONS)
     out, groups = [], [*found.values(), twin, int8_records(root, model), records]  # records last: they name their log
     lines = {(r.get("per_query_file"), r.get("started") or r.get("time")): r for g in groups for r in g.values()}
@@ -276,6 +265,8 @@ def stale_per_query(root: Path, records: Mapping[Any, Mapping[str, Any]], model:
         line += f" logged {when}, per-query file {file}:"
         try:
             pq = load_per_query(root / rec["per_query_file"])[0]
+            if not pq or len(pq) != rec["queries"]:
+                raise ValueError(f"{len(pq)} queries in the file, {rec['queries']} logged")
             means = {m: float(np.mean([q[m] for q in pq.values()])) for m in DEFAULT_METRICS if m in rec}
         except (KeyError, ValueError) as exc:
             out.append(f"{line} {exc!r}")
@@ -377,13 +368,20 @@ def render_readme(path: Path, records: Mapping[tuple[str, str], Mapping[str, Any
     """The README at ``path`` with its ``results`` part rendered from the logs under ``root``.
 
     Raises:
-        SystemExit: A figure of its prose (:func:`readme_phrases`) is not quoted as logged: edit the prose.
+        SystemExit: A figure of its prose (:func:`readme_phrases`) is not quoted as logged, or the table's rows
+            contradict a claim of it (``results_more.contradicted_claims``): edit the prose.
     """
-    text = splice(path.read_text(encoding="utf-8"), "results", readme_table(records, root, model), path)
+    table, means = readme_table(records, root, model)
+    text = splice(path.read_text(encoding="utf-8"), "results", table, path)
     flat = " ".join(text.split())
     missing = [phrase for phrase in readme_phrases(root, model, records) if " ".join(phrase.split()) not in flat]
     if missing:
         raise SystemExit(f"{path}: its prose does not quote the logs as: {'; '.join(map(repr, missing))}")
+    row = {
+        s: [records[(s, c)]["ndcg@10"] if (s, c) in records else None for c in README_COLLECTIONS] for s in SYSTEM_ROWS
+    }
+    if wrong := contradicted_claims(flat, row["default"], row["bge-small"], means, len(HYBRIDS)):
+        raise SystemExit(f"{path}: the logged rows contradict its prose: {'; '.join(map(repr, wrong))}")
     return text
 
 

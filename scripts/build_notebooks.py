@@ -381,8 +381,10 @@ NOTEBOOKS["05_uncertainty.ipynb"] = [
     ("md", "## nDCG@10 by predictor quintile, SciFact test (300 queries)"),
     (
         "code",
-        "pq, _ = load_per_query(RUNS / 'minilm-gauss-soup.scifact.test.json')\n"
-        "comb, _ = load_per_query(RUNS / 'minilm-gauss-soup_combined.scifact.test.json')\n"
+        "def per_query_of(model, collection):  # the file its newest qpp.jsonl line names (each run has its own)\n"
+        "    return load_per_query(RUNS.parent.parent / newest[(model, collection)]['per_query_file'])[0]\n\n\n"
+        "pq = per_query_of('minilm-gauss-soup', 'scifact')\n"
+        "comb = per_query_of('minilm-gauss-soup+combined', 'scifact')\n"
         "qids = sorted(pq)\nndcg = np.array([pq[q]['ndcg@10'] for q in qids])\n"
         "signals = {\n"
         "    'uncertainty (negated)': -np.array([pq[q]['uncertainty'] for q in qids]),\n"

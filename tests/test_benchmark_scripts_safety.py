@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 import time
 import types
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import adapter_latency  # noqa: E402
 import ann  # noqa: E402
 import bm25_stemming  # noqa: E402
+import calibration  # noqa: E402
 import encode  # noqa: E402
 import gpu_lora  # noqa: E402
 import hybrid  # noqa: E402
@@ -594,3 +596,119 @@ def test_qpp_never_overwrites_a_per_query_file(
         qpp.evaluate_gaussians("m", dataset, queries, documents, log_dir=log)
     assert path.read_bytes() == before
     assert len((log / "qpp.jsonl").read_text().splitlines()) == 1
+
+
+def test_qpp_claims_a_per_query_file_atomically(tmp_path: Path) -> None:
+    """Two runs starting in the same second both passed the exists() check: now one claims the name, one stops."""
+    path = tmp_path / "log" / "m.tiny.test.19700101T000000Z.json"
+    barrier, refused = threading.Barrier(2), []
+
+    def claim() -> None:
+        barrier.wait()
+        try:
+            qpp._refuse_existing(path)
+        except FileExistsError as exc:
+            refused.append(str(exc))
+
+    threads = [threading.Thread(target=claim) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(refused) == 1 and "not overwriting" in refused[0] and path.exists()
+    other = tmp_path / "other.json"
+    other.write_text("claimed by process 1 thread 2\n")  # another process's claim, its run not written yet
+    with pytest.raises(FileExistsError, match="not overwriting"):
+        qpp._refuse_existing(other)
+
+
+def _qpp_log(log: Path, files: list[Path]) -> None:
+    """``qpp.jsonl`` lines of the default on SciFact test naming ``files``, oldest first (nDCG@10: the index)."""
+    log.mkdir(parents=True, exist_ok=True)
+    for i, path in enumerate(files):
+        row = {"ndcg@10": float(i), "mrr@10": 1.0, "uncertainty": 0.5, "qpp.max_score": -1.0, "qpp.gap12": 0.25}
+        path.write_text(json.dumps({"meta": {"command": f"run {i}"}, "per_query": {"q1": row}}), encoding="utf-8")
+        line = {"model": qpp.REFERENCE_MODEL, "collection": "scifact", "split": "test", "per_query_file": str(path)}
+        with (log / "qpp.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line) + "\n")
+
+
+def test_calibration_from_log_reads_the_file_the_newest_qpp_line_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It read the fixed ``runs/qpp/minilm-gauss-soup.scifact.test.json``, which newer runs no longer write."""
+    log = tmp_path / "qpp"
+    legacy, newer = log / f"{qpp.REFERENCE_MODEL}.scifact.test.json", log / "newer.json"
+    _qpp_log(log, [legacy, newer])
+    monkeypatch.setattr(calibration, "LOG_DIR", log)
+    monkeypatch.setattr(calibration, "CALIB_DIR", log / "calib")
+    calibration.cmd_from_log(argparse.Namespace(sets=["scifact:test"]))
+    meta = json.loads((log / "calib" / "scifact.test.json").read_text(encoding="utf-8"))["meta"]
+    assert meta["source"] == str(newer) and meta["ndcg@10"] == 1.0 and meta["source_command"] == "run 1"
+    with pytest.raises(SystemExit, match="no line of .* on cranfield:test"):
+        calibration.cmd_from_log(argparse.Namespace(sets=["cranfield:test"]))
+
+
+class _Fitted:
+    def __init__(self) -> None:
+        self.info: dict[str, Any] = {}
+
+    def save(self, path: Path) -> None:
+        pass
+
+
+@pytest.mark.filterwarnings("ignore:only 2 judged queries")
+def test_calibration_combined_writes_a_per_query_file_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``combined`` overwrote ``minilm-gauss-soup_combined.<collection>.<split>.json`` and logged a line naming it."""
+    import kl_retrievers.qpp
+
+    root = tmp_path.resolve()
+    log = root / "runs" / "qpp"
+    log.mkdir(parents=True)
+    legacy = log / "minilm-gauss-soup_combined.scifact.test.json"
+    legacy.write_text("not touched\n")
+    rows = {q: {"uncertainty": u, "ndcg@10": u} for q, u in (("q1", 0.25), ("q2", 0.75))}
+    for name, value in {
+        "ROOT": root,
+        "LOG_DIR": log,
+        "COMBINED_FILE": log / "c.json",
+        "TEST_SETS": ("scifact:test",),
+    }.items():
+        monkeypatch.setattr(calibration, name, value)
+    monkeypatch.setattr(calibration, "COMBINED_CANDIDATES", {"c": ("uncertainty",)})
+    monkeypatch.setattr(calibration, "choose", lambda *a: ("c", {}))
+    monkeypatch.setattr(calibration, "training_arrays", lambda *a: {})
+    monkeypatch.setattr(calibration, "train_info", lambda *a: [])
+    monkeypatch.setattr(calibration, "fit_pooled", lambda *a: _Fitted())
+    monkeypatch.setattr(calibration, "read_calib", lambda spec: (rows, {}))
+    monkeypatch.setattr(calibration, "features_of", lambda r, f: np.zeros((len(r), 1)))
+    conf = types.SimpleNamespace(features=[], predict=lambda x: np.full(len(x), 0.5))
+    monkeypatch.setattr(calibration, "ConfidenceCalibrator", types.SimpleNamespace(load=lambda path: conf))
+    monkeypatch.setattr(kl_retrievers.qpp, "fitted_predictor", lambda values, model: dict(values["uncertainty"]))
+    monkeypatch.setattr(kl_retrievers.qpp, "qpp_report", lambda *a, **k: {"predictors": {}})
+    args = argparse.Namespace(l2=1.0, calibrator=root / "cal.json", verbose=False)
+    _start_clock(monkeypatch, [0, 1, 1])
+    calibration.cmd_combined(args)
+    calibration.cmd_combined(args)
+    with pytest.raises(FileExistsError, match="not overwriting"):
+        calibration.cmd_combined(args)  # started in the same second as the one before
+    assert legacy.read_text() == "not touched\n"
+    logged = [json.loads(line) for line in (log / "qpp.jsonl").read_text().splitlines()]
+    files = [Path(r["per_query_file"]).name for r in logged]
+    stamps = ["19700101T000000Z", "19700101T000001Z"]
+    assert files == [f"minilm-gauss-soup_combined.scifact.test.{t}.json" for t in stamps]
+    for rec in logged:
+        assert load_per_query(root / rec["per_query_file"])[0]["q2"]["qpp.combined"] == 0.75
+
+
+def test_hybrid_fit_writes_beside_a_model_named_with_the_kl_retrievers_prefix() -> None:
+    """``--fit --model kl_retrievers:bge-small-unit-variance`` needed ``--params-out``."""
+    folder = bundled_model_path("bge-small-unit-variance")
+    assert (
+        hybrid.default_params_out("kl_retrievers:bge-small-unit-variance", "english") == folder / "hybrid_adaptive.json"
+    )
+    assert hybrid.default_params_out(f"kl_retrievers:{hybrid.MODEL}", None) == hybrid.default_params_out(
+        hybrid.MODEL, None
+    )

@@ -403,3 +403,41 @@ def test_make_help_lists_every_target_with_one_line() -> None:
     assert all(listed[t] for t in phony), listed
     for target in ("lint", "typecheck", "check", "docs", "test-fast", "bench-encode", "install", "clean"):
         assert f"`make {target}`" in (REPO / "docs" / "getting-started.md").read_text(), target
+
+
+def test_notebook_05_reads_the_per_query_files_its_newest_qpp_lines_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It loaded the fixed ``runs/qpp/<model>.scifact.test.json``, which benchmarks/qpp.py runs no longer write."""
+    spec = importlib.util.spec_from_file_location("build_notebooks", REPO / "scripts" / "build_notebooks.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    runs = tmp_path / "repo" / "runs" / "qpp"
+    runs.mkdir(parents=True)
+    names = ["uncertainty", "max_score", "nqc", "gap12", "wig", "combined"]
+    predictors = {"predictors": {n: {"tau": 0.125} for n in names}}
+    lines = []
+    for model, label in (
+        ("minilm-gauss-soup", "minilm-gauss-soup"),
+        ("minilm-gauss-soup+combined", "minilm-gauss-soup_combined"),
+    ):
+        for coll in ("scifact", "nfcorpus-preprocessed", "cranfield", "trec-dl21-passage-pooled"):
+            for when, value in (("old", 0.0), ("new", 1.0)):  # the older line names the fixed file
+                rel = (
+                    f"runs/qpp/{label}.{coll}.test.json" if when == "old" else f"runs/qpp/{label}.{coll}.test.new.json"
+                )
+                row = {"ndcg@10": value, "uncertainty": value, "qpp.max_score": value, "qpp.combined": value}
+                per_query = {f"q{i}": dict(row) for i in range(5)}
+                (tmp_path / "repo" / rel).write_text(json.dumps({"meta": {}, "per_query": per_query}), encoding="utf-8")
+                lines.append(
+                    {"model": model, "collection": coll, "split": "test", "qpp": predictors, "per_query_file": rel}
+                )
+    (runs / "qpp.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    code = [source for kind, source in module.NOTEBOOKS["05_uncertainty.ipynb"] if kind == "code"]
+    monkeypatch.chdir(tmp_path / "repo")  # as from the repository root (no ../runs/qpp)
+    namespace: dict[str, Any] = {}
+    for source in code[:3]:  # the logs, the mean taus, the quintiles of SciFact
+        exec(source, namespace)
+    assert {q: m["ndcg@10"] for q, m in namespace["pq"].items()} == {f"q{i}": 1.0 for i in range(5)}
+    assert {q: m["qpp.combined"] for q, m in namespace["comb"].items()} == {f"q{i}": 1.0 for i in range(5)}

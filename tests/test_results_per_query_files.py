@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import results  # noqa: E402
+import results_more  # noqa: E402
 import results_readme  # noqa: E402
 
 MODEL = results.DEFAULT_MODEL
@@ -151,7 +153,10 @@ def test_check_names_a_rendered_line_whose_per_query_file_does_not_match(tmp_pat
 
 
 def test_check_exits_1_on_a_stale_per_query_file(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    """Self-contained: no page is rendered (the live README's prose may be mid-edit), only the stale check counts."""
     monkeypatch.setattr(results, "sync", lambda path, text, check: 0)  # the pages themselves match
+    for name in ("render", "render_choosing", "render_readme", "render_hybrid_page"):
+        monkeypatch.setattr(results, name, lambda *args, **kwargs: "")
     monkeypatch.setattr(results, "stale_per_query", lambda root, records, model: ["L: ndcg@10 0.5 logged, 0.4"])
     assert results.main(["--check"]) == 1
     assert "per-query file does not match: L: ndcg@10 0.5 logged, 0.4" in capsys.readouterr().err
@@ -197,3 +202,99 @@ def test_the_readme_int8_figures_need_an_onnx_int8_line_of_each_collection(tmp_p
     log.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
     with pytest.raises(SystemExit, match=f"no onnx-int8 test line of {MODEL} on cranfield"):
         results_readme.readme_phrases(root, MODEL, results.load_records(REPO))
+
+
+def test_two_runs_started_in_the_same_second_do_not_share_a_per_query_file(
+    fake_root: tuple[Path, _FakeCli], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The name is claimed atomically: of two runs passing the old exists() check together, one stops."""
+    root, fake = fake_root
+    same = time.gmtime(1_800_000_000)
+    monkeypatch.setattr(results.time, "gmtime", lambda *_: same)
+    real, barrier = fake.__call__, threading.Barrier(2)
+
+    def slow(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        if argv[0] != "git":
+            time.sleep(0.3)  # evaluating: the other run checks the name meanwhile
+        return real(argv, **kwargs)
+
+    monkeypatch.setattr(results.subprocess, "run", slow)
+    stopped: list[str] = []
+
+    def go() -> None:
+        barrier.wait()
+        try:
+            results.run(["bm25"], ["scifact"])
+        except SystemExit as exc:
+            stopped.append(str(exc))
+
+    threads = [threading.Thread(target=go) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    logged = _lines(root / results.EVAL_LOG)[1:]
+    assert len(logged) == 1 and len(fake.evaluated) == 1, logged
+    assert len(stopped) == 1 and "not overwriting" in stopped[0]
+    got = json.loads((root / logged[0]["per_query_file"]).read_text(encoding="utf-8"))["per_query"]["q1"]["ndcg@10"]
+    assert got == logged[0]["ndcg@10"]
+
+
+def test_a_failed_run_gives_its_claimed_name_back(
+    fake_root: tuple[Path, _FakeCli], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, _ = fake_root
+    same = time.gmtime(1_800_000_000)
+    monkeypatch.setattr(results.time, "gmtime", lambda *_: same)
+    monkeypatch.setattr(results.subprocess, "run", lambda argv, **kw: subprocess.CompletedProcess(argv, 1, "", "boom"))
+    with pytest.raises(SystemExit, match="boom"):
+        results.run(["bm25"], ["scifact"])
+    assert sorted(p.name for p in (root / "runs/eval/pq").iterdir()) == ["bm25.scifact.test.json"]
+
+
+def test_run_models_refuses_a_system_name(fake_root: tuple[Path, _FakeCli], capsys: Any) -> None:
+    """``--run-models default --backend onnx`` ran the default without --backend and logged it as ``default``."""
+    _, fake = fake_root
+    with pytest.raises(SystemExit) as exc:
+        results.main(["--run-models", "default", "bge-small", "--backend", "onnx"])
+    assert exc.value.code == 2 and fake.evaluated == []
+    assert "--run-models default bge-small: a system of --run" in capsys.readouterr().err
+
+
+def _rewrite_file(path: Path, change: Any) -> None:
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    doc["per_query"] = change(doc["per_query"])
+    path.write_text(json.dumps(doc), encoding="utf-8")
+
+
+@pytest.mark.filterwarnings("ignore:Mean of empty slice", "ignore:invalid value encountered")
+def test_check_names_a_per_query_file_with_no_or_other_queries(tmp_path: Path) -> None:
+    """An emptied file (mean of no queries: NaN, which compared as equal) or one with more queries (same means)."""
+    records = _copy_rendered(tmp_path)
+    rec = records[("bm25", "scifact")]
+    path = tmp_path / rec["per_query_file"]
+    _rewrite_file(path, lambda pq: {})
+    stale = results_readme.stale_per_query(tmp_path, records, MODEL)
+    assert len(stale) == 1 and "the line of bm25 on scifact" in stale[0], stale
+    assert f"0 queries in the file, {rec['queries']} logged" in stale[0]
+    shutil.copy(REPO / rec["per_query_file"], path)
+    _rewrite_file(path, lambda pq: {**pq, **{f"{q}_again": v for q, v in pq.items()}})  # every query twice
+    stale = results_readme.stale_per_query(tmp_path, records, MODEL)
+    assert len(stale) == 1 and f"{2 * rec['queries']} queries in the file, {rec['queries']} logged" in stale[0]
+
+
+def test_the_bundled_table_row_of_the_default_is_its_int8_lines(tmp_path: Path) -> None:
+    """A newer torch ``--run-models`` line of the default does not turn the row the docs call int8 into torch."""
+    log = tmp_path / results.EVAL_LOG
+    log.parent.mkdir(parents=True)
+    base = {"system": MODEL, "split": "test", "queries": 1, "per_query_file": "x"}
+    for coll in results.COLLECTIONS:
+        onnx = f"kl-retrievers evaluate {coll} --model {MODEL} --model-backend onnx"
+        _append(log, {**base, "collection": coll, "ndcg@10": 0.375, "backend": "onnx-int8", "command": onnx})
+    for coll in results.COLLECTIONS:
+        torch = f"kl-retrievers evaluate {coll} --model {MODEL}"
+        _append(log, {**base, "collection": coll, "ndcg@10": 0.875, "backend": "torch", "command": torch})
+    lines = results_more.bundled_models_section(tmp_path, results.EVAL_LOG, results.COLLECTIONS, {}, MODEL)
+    row = [line for line in lines if "logged by `--run-models`" in line]
+    assert len(row) == 1 and row[0].count("0.3750") == 5 and row[0].endswith("| onnx |"), row
+    assert not any("0.8750" in line for line in lines)

@@ -310,3 +310,32 @@ def test_an_abstention_curve_that_does_not_end_abstaining_on_all_stops(tmp_path:
     _append(root / results_readme.ABSTENTION_LOG, rec)
     with pytest.raises(SystemExit, match="does not end abstaining"):
         results_readme._abstention(root, results.DEFAULT_MODEL)
+
+
+@pytest.mark.parametrize(
+    ("system", "value", "claim"),
+    [
+        ("bge-small", 0.5, "does **not** beat bge-small on any of the four collections"),  # default beats it on one
+        ("bm25", 0.99, "The best row's gain comes from BM25 fusion"),  # a row that is no hybrid is the best
+    ],
+)
+def test_a_readme_claim_the_rows_contradict_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, system: str, value: float, claim: str
+) -> None:
+    """The README's qualitative claims were not checked: logs contradicting them rendered the same prose."""
+    monkeypatch.setattr(results_readme, "readme_phrases", lambda *args: [])  # the figures' phrases: checked above
+    readme = tmp_path / "README.md"
+    shutil.copy(REPO / "README.md", readme)
+    records = results.load_records(REPO)
+    model = results.DEFAULT_MODEL
+    assert claim in " ".join(readme.read_text(encoding="utf-8").split())
+    results_readme.render_readme(readme, records, REPO, model)  # the logged rows bear both claims out
+    changed = copy.deepcopy(records)
+    for coll in results_readme.README_COLLECTIONS if system == "bm25" else ["scifact"]:
+        changed[(system, coll)]["ndcg@10"] = value
+    with pytest.raises(SystemExit, match="the logged rows contradict its prose") as exc:
+        results_readme.render_readme(readme, changed, REPO, model)
+    assert claim in str(exc.value)
+    flat = " ".join(readme.read_text(encoding="utf-8").split())
+    readme.write_text(flat.replace(claim, "(claim removed)"), encoding="utf-8")  # prose that no longer claims it
+    results_readme.render_readme(readme, changed, REPO, model)
