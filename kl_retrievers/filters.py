@@ -81,6 +81,7 @@ import datetime
 import functools
 import logging
 import operator
+import reprlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from types import MappingProxyType
@@ -469,11 +470,28 @@ def _is_other_iterable(value: Any) -> bool:
     return isinstance(value, Iterable) and not isinstance(value, (str, list, tuple, np.ndarray, Mapping, AbstractSet))
 
 
+#: Shortens the values quoted in an error: a bad element of a 100k-element ``$in`` list does not repeat the list.
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel = 4
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxset = _SHORT.maxfrozenset = _SHORT.maxdict = 10
+_SHORT.maxstring = _SHORT.maxother = 120
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, shortened for an error message (long containers and strings end in ``...``).
+
+    Examples:
+        >>> _short(list(range(100)))
+        '[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ...]'
+    """
+    return _SHORT.repr(value)
+
+
 def _set_error(key: str, found: Any, whole: Any, hint: str) -> ValueError:
     kind = "a set" if isinstance(found, (set, frozenset)) else f"set-like ({type(found).__name__})"
-    where = "" if whole is found else f" in {whole!r}"
+    where = "" if whole is found else f" in {_short(whole)}"
     return ValueError(
-        f"filter on {key!r}: {found!r}{where} is {kind}, which has no order to compare as a value; {hint} (a set "
+        f"filter on {key!r}: {_short(found)}{where} is {kind}, which has no order to compare as a value; {hint} (a set "
         "is accepted as the values of $in / $nin only)"
     )
 
@@ -509,9 +527,9 @@ def _check_value(key: str, value: Any, whole: Any, hint: str | None) -> None:
         for item in value.values():
             _check_value(key, item, whole, None)
     elif _is_other_iterable(value):
-        where = "" if whole is value else f" in {whole!r}"
+        where = "" if whole is value else f" in {_short(whole)}"
         raise ValueError(
-            f"filter on {key!r}: {value!r}{where} is a {type(value).__name__}, which is no value to compare: an "
+            f"filter on {key!r}: {_short(value)}{where} is a {type(value).__name__}, which is no value to compare: an "
             'iterable filter value is a list ("one of"), a tuple, a dict or a numpy array (write list(...) of it)'
         )
 
@@ -539,13 +557,17 @@ def _check_values(key: str, cond: Any, negated: bool = False) -> None:
             if name == "$not":
                 _check_values(key, ref, negated=True)
             elif name in ("$in", "$nin"):
-                if isinstance(ref, (list, tuple, AbstractSet)) or (isinstance(ref, np.ndarray) and ref.ndim):
-                    for item in ref.ravel() if isinstance(ref, np.ndarray) else ref:
+                if isinstance(ref, np.ndarray) and ref.ndim:
+                    if ref.dtype == object:  # only an object array can hold a set: a numeric one needs no walk
+                        for item in ref.ravel():
+                            _check_value(key, item, ref, None)
+                elif isinstance(ref, (list, tuple, AbstractSet)):
+                    for item in ref:
                         _check_value(key, item, ref, None)  # its elements are values (a set among them is refused)
                 else:
                     raise ValueError(
                         f"filter on {key!r}: {op} needs a list, tuple, set (or set-like view, such as dict.keys()) or "
-                        f"1-D numpy array of values; got {ref!r} ({type(ref).__name__})"
+                        f"1-D numpy array of values; got {_short(ref)} ({type(ref).__name__})"
                     )
             elif name in FIELD_OPERATORS:  # an unknown operator is named when the filter is compiled
                 _check_value(key, ref, ref, _set_hint(key, ref, op, False) if isinstance(ref, AbstractSet) else None)

@@ -53,6 +53,7 @@ import math
 import operator
 import os
 import pickle
+import reprlib
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -78,6 +79,7 @@ from kl_retrievers._confidence import (
     is_blank_query,
 )
 from kl_retrievers._encoding import check_texts
+from kl_retrievers._encoding import query_batch_size as _query_batch_size
 from kl_retrievers._io import load_unchanged, make_dirs
 from kl_retrievers.calibration import ConfidenceCalibrator
 from kl_retrievers.gaussian import (
@@ -95,7 +97,6 @@ from kl_retrievers.gaussian import (
 from kl_retrievers.hybrid import FusionConfig, HybridResult, KLHybridStore, _warn_metadata_keys
 from kl_retrievers.index import KLStore
 from kl_retrievers.store import StoredDocument
-from kl_retrievers.store._base import _query_batch_size
 
 _INSTALL_HINT = (
     'kl_retrievers.llama_index needs llama-index-core; install it with: pip install "kl-retrievers[llama-index]"'
@@ -474,6 +475,10 @@ _ONE_VALUE_OPERATORS = ("==", "!=", *_ORDERINGS, "contains")
 def _refuse_set_value(key: str, op: str, value: Any) -> None:
     """Raise ``ValueError`` for a set (or set-like view) where ``op`` compares the filter's value as one value.
 
+    Also for a set as the value of ``text_match`` / ``text_match_insensitive`` (which take a string): it matched
+    nothing. Their other values that are no string (a number, a list: LlamaIndex's model accepts them) still
+    compile and match nothing, as before.
+
     A set has no order: compared as a value it matches nothing (the stored metadata is JSON, which has no
     sets), so it is refused here as :mod:`kl_retrievers.filters` refuses one, naming the key and what to
     write; ``in`` / ``nin`` / ``any`` / ``all`` take its elements, where order does not matter. LlamaIndex's
@@ -489,6 +494,11 @@ def _refuse_set_value(key: str, op: str, value: Any) -> None:
         ...
         ValueError: filter on 'n': {3} is a set, which has no order to compare as a value; > compares with ...
     """
+    if op in ("text_match", "text_match_insensitive") and isinstance(value, AbstractSet):
+        raise ValueError(
+            f"filter on {key!r}: {op} takes a string (matched as a substring of the field's text); got "
+            f"{type(value).__name__} {reprlib.repr(value)}"
+        )
     if op not in _ONE_VALUE_OPERATORS:
         return
     if isinstance(value, AbstractSet):
@@ -2210,9 +2220,11 @@ class KLVectorStore(BasePydanticVectorStore):
         g = self._store.get_gaussians([d.id for d in docs]).astype(np.float64)
         scores = neg_kl_matrix(query.numpy().astype(np.float64), g)[0]
         if np.unique(scores).size < scores.size:
-            # KLStore.ids lists the live documents in insertion order (its rows; compaction keeps the order)
-            position = {doc_id: j for j, doc_id in enumerate(self._store.ids)}
-            later_first = np.array([-position.get(d.id, -1) for d in docs], dtype=np.int64)
+            # the store's rows follow the insertion order (compaction keeps it): read only these documents' rows
+            store = self._store
+            with store._lock.read():
+                row = store._table.row
+                later_first = np.array([-row.get(d.id, -1) for d in docs], dtype=np.int64)
             order = np.lexsort((later_first, -scores))[:k]
         else:
             order = np.argsort(-scores, kind="stable")[:k]
@@ -2492,9 +2504,17 @@ def _objects_of(nodes: Sequence[BaseNode] | None) -> dict[str, Any]:
 
 
 def _default_encoder(encoder: Any) -> Any:
-    """``encoder``, or the package's default model (loaded, and logged) when it is ``None``."""
+    """``encoder``; when it is ``None``, ``Settings.embed_model``'s encoder if that is a :class:`KLEmbedding`, else
+    the package's default model (loaded, and logged)."""
     if encoder is not None:
         return encoder
+    from llama_index.core import Settings
+
+    # the private attribute: reading Settings.embed_model resolves (and loads) LlamaIndex's default, OpenAI
+    embed_model = getattr(Settings, "_embed_model", None)
+    if isinstance(embed_model, KLEmbedding):
+        logger.info("no encoder given; using Settings.embed_model's (a KLEmbedding)")
+        return embed_model.encoder
     from kl_retrievers.pretrained import load_default_model
 
     logger.info("no encoder given; loading the default model")
@@ -2683,7 +2703,8 @@ class KLRetriever(_TopKRetriever):
         Exactly one of ``nodes``, ``documents``, ``index`` and ``vector_store`` is required.
         Documents are split with ``transformations`` (default: ``SentenceSplitter()``); nodes
         without embeddings are encoded with ``encoder``.  The encoder defaults to the store's,
-        then the index's :class:`KLEmbedding`'s, then the package's default model.  Unless
+        then the index's :class:`KLEmbedding`'s, then ``Settings.embed_model``'s when that is a
+        :class:`KLEmbedding`, then the package's default model.  Unless
         ``object_map`` (or ``objects``) is given, the retriever resolves ``IndexNode`` hits as
         ``index.as_retriever()`` does: through the index's object map (``index=``), or the objects
         that the ``IndexNode`` nodes given as ``nodes=`` carry.
@@ -3060,8 +3081,8 @@ class KLHybridRetriever(_TopKRetriever):
         ``VectorStoreIndex`` and :meth:`KLRetriever.from_defaults` embed it (the returned node keeps its
         text). The encoder defaults to the
         store's (for ``store=KLHybridStore.load(path)``, the model it was saved with, loaded by name at
-        the first query; nothing is loaded when ``encoder`` is given), then, for a new store, the
-        package's default model.
+        the first query; nothing is loaded when ``encoder`` is given), then, for a new store,
+        ``Settings.embed_model``'s when that is a :class:`KLEmbedding`, then the package's default model.
 
         Args:
             nodes: Nodes to index.

@@ -66,6 +66,7 @@ from typing import Any
 
 import numpy as np
 
+from kl_retrievers._encoding import query_batch_size
 from kl_retrievers._io import (
     atomic_dir,
     atomic_file,
@@ -746,11 +747,15 @@ def encode_shard(
     ``shard_sha256``: every shard's planned SHA-256 (by index, from the planning pass); the shard's bytes
     must still match it. An encoder that returns another number of rows than the shard's texts is refused.
     ``show_progress_bar``: the encoder's own bar over the shard's batches (``None``: when stderr is a
-    terminal and the shard has several batches).
+    terminal and the shard has several batches). Queries (``kind="query"``) of an encoder that is not
+    batch-invariant (int8 ONNX) are encoded one at a time (:func:`~kl_retrievers._encoding.query_batch_size`),
+    so that each gets the Gaussian a search of it gives.
     """
     digest = shard_sha256[spec.index] if shard_sha256 is not None else None
     ids, texts = read_shard(path, spec, field, sha256=digest)
     encode = encoder.encode_documents if kind == "document" else encoder.encode_queries
+    if kind != "document":  # queries alone where a text's Gaussian depends on its batch, as a search encodes one
+        batch_size = query_batch_size(encoder, batch_size)
     g = encode(texts, batch_size=batch_size, max_length=max_length, show_progress_bar=show_progress_bar).numpy()
     shape = (np.shape(g.mean), np.shape(g.var))
     if shape[0] != shape[1] or len(shape[0]) != 2 or shape[0][0] != len(ids):
@@ -1041,7 +1046,8 @@ def encode_corpus(
         shard_size: Records per shard (an ``int``; a string or float is refused).
         batch_size: Encoder batch size (an ``int``). For an encoder that is not batch-invariant (an int8
             ONNX graph, whose output depends on its batch) the manifest records it, and resuming with
-            another one is refused, naming both.
+            another one is refused, naming both; such an encoder's queries (``kind="query"``) are encoded one
+            at a time, whatever ``batch_size`` (the manifest records 1).
         max_length: Token budget (``None``: the model's).
         device: ``cpu``, ``cuda`` or ``mps`` (``None``: the best available); with ``backend="ray"`` only
             ``None``, ``cpu`` or ``cuda`` (refused before Ray starts, see :data:`RAY_DEVICES`).
@@ -1150,7 +1156,8 @@ def encode_corpus(
         "shards": len(specs),
     }
     if not batch_invariant:  # int8 ONNX: a text's Gaussian depends on its batch, so on batch_size
-        manifest["batch_size"] = int(batch_size)
+        # queries are encoded one at a time then (encode_shard): the batch size they are encoded at
+        manifest["batch_size"] = 1 if kind == "query" else int(batch_size)
 
     manifest["score"] = {"name": SCORE_NAME, "direction": SCORE_DIRECTION}
     make_dirs(target)  # each new folder synced into its parent
@@ -1215,6 +1222,13 @@ def encode_corpus(
                     "%s holds a manifest of other settings (%s differ) but no shard: replacing it", target, differ
                 )
                 differ = []
+            if differ == ["batch_size"] and kind == "query":
+                raise ValueError(
+                    f"{target} holds queries encoded with batch_size {old.get('batch_size')!r}; this encoder's "
+                    "output depends on its batch (batch_invariant is False: an int8 ONNX graph), so its queries are "
+                    "now encoded one at a time (batch_size 1), as a search encodes a query: encode them into another "
+                    "--out folder or delete it (nothing was overwritten)"
+                )
             if differ == ["batch_size"]:
                 was = old.get("batch_size")
                 raise ValueError(

@@ -317,3 +317,42 @@ def test_milvus_store_takes_a_view_as_in_values(tmp_path: Path) -> None:
     assert _ids(store.search(QUERY, k=3, filter={"lang": {"$in": many.keys()}})) == ["c"]
     with pytest.raises(ValueError, match=r"filter on 'lang': .*set-like \(dict_keys\)"):
         store.search(QUERY, k=3, filter={"lang": _lang_keys()})
+
+
+# --------------------------------------------------------------- large values in messages and checks
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"k": {"$in": [*range(100_000), {1}]}}, "{1} in [0, 1, 2,"),
+        ({"k": [*range(100_000), {1}]}, "{1} in [0, 1, 2,"),
+        ({"k": {"$in": [*range(100_000), (x for x in [1])]}}, "is a generator"),
+        ({"k": {"$nin": dict.fromkeys(range(100_000), 0).values()}}, "got dict_values([0, 0, 0,"),
+    ],
+)
+def test_an_error_on_a_large_value_quotes_it_shortened(spec: dict[str, Any], expected: str) -> None:
+    """A bad element of a 100k-element list is named without repeating the list (it made a 689,070-char message)."""
+    with pytest.raises(ValueError, match="filter on 'k'") as info:
+        compile_filter(spec)
+    message = str(info.value)
+    assert expected in message
+    assert len(message) < 1000 and "..." in message
+
+
+def test_a_numeric_array_of_in_values_is_not_walked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only an object array can hold a set: a numeric one is not checked element by element."""
+    import kl_retrievers.filters as filters
+
+    calls: list[Any] = []
+    check = filters._check_value
+
+    def counting(*args: Any) -> None:
+        calls.append(args[1])
+        check(*args)
+
+    monkeypatch.setattr(filters, "_check_value", counting)
+    predicate = compile_filter({"n": {"$in": np.arange(1000)}})
+    assert calls == []
+    assert predicate is not None and predicate({"n": 3}) and not predicate({"n": 1000})
+    with pytest.raises(ValueError, match=r"\{3\} in .* is a set"):  # an object array is still walked
+        compile_filter({"n": {"$in": np.array([1, {3}], dtype=object)}})
+    assert calls

@@ -205,3 +205,51 @@ def test_hybrid_ref_doc_id_filter_restricts_to_source_documents(embed: KLEmbeddi
     hits = retriever.retrieve("the cat sat on the mat")
     assert sorted(h.node.node_id for h in hits) == ["n1", "n3", "n5"]
     assert {h.node.ref_doc_id for h in hits} == {"doc1"}
+
+
+# ----------------------------------------------------------------- review leftovers
+def test_node_ids_ties_read_only_the_restricted_rows(embed: KLEmbedding, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tie rule reads the restricted nodes' rows, not every live id (KLStore.ids: 102 ms a query at 500k)."""
+    from kl_retrievers.index import KLStore
+
+    vs = _tied_store(embed, n=6)
+
+    def every_id(self: Any) -> list[str]:
+        raise AssertionError("KLStore.ids read for a node_ids query")
+
+    monkeypatch.setattr(KLStore, "ids", property(every_id))
+    assert _ids(vs, embed, node_ids=["n1", "n4", "n2"]) == ["n4", "n2", "n1"]
+
+
+@pytest.mark.parametrize("operator", ["text_match", "text_match_insensitive"])
+@pytest.mark.parametrize("value", [{"cat"}, frozenset({"cat"}), {"cat": 1}.keys()])
+def test_text_match_with_a_set_is_refused(operator: str, value: Any) -> None:
+    """A set assigned after construction matched nothing (text_match takes a string)."""
+    with pytest.raises(ValueError, match=rf"filter on 'tags': {operator} takes a string") as info:
+        metadata_filters_to_predicate(_filters("tags", operator, value))
+    assert type(value).__name__ in str(info.value)
+    matches = metadata_filters_to_predicate(_filters("tags", operator, "Cat"))
+    assert matches is not None and matches({"tags": "a Cat sat"})
+
+
+def test_from_defaults_uses_a_kl_embedding_in_settings(embed: KLEmbedding, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings.embed_model = KLEmbedding(...) is the encoder when none is given (before the package's default)."""
+    from llama_index.core import Settings
+
+    import kl_retrievers.pretrained as pretrained
+
+    def no_default(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the package's default model was loaded")
+
+    monkeypatch.setattr(pretrained, "load_default_model", no_default)
+    monkeypatch.setattr(Settings, "_embed_model", embed)
+    retriever = KLRetriever.from_defaults(nodes=_nodes(), similarity_top_k=3)
+    assert retriever._encoder is embed.encoder
+    assert _hit_ids(retriever) == _hit_ids(KLRetriever.from_defaults(nodes=_nodes(), encoder=embed, similarity_top_k=3))
+    pytest.importorskip("bm25s")  # the hybrid extra
+    hybrid = KLHybridRetriever.from_defaults(nodes=_nodes(), similarity_top_k=3)
+    assert hybrid._store.kl.encoder is embed.encoder
+    # another global embedding is not used (nor is OpenAI resolved): the package's default model is
+    monkeypatch.setattr(Settings, "_embed_model", MockEmbedding(embed_dim=8))
+    with pytest.raises(AssertionError, match="the package's default model was loaded"):
+        KLRetriever.from_defaults(nodes=_nodes())

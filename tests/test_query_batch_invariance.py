@@ -255,3 +255,116 @@ def test_encode_dataset_presorts_only_for_a_batch_invariant_encoder(tmp_path: Pa
     encode_dataset(Recording(False), ds, batch_size=3, use_cache=False, show_progress=False)
     texts = ds.document_texts()
     assert seen == [sorted(texts, key=len, reverse=True), texts]
+
+
+class BatchDependentDense:
+    """A dense baseline encoder whose unit vectors depend on their batch (like bge-small int8)."""
+
+    label = "batch-dependent dense"
+    batch_invariant = False
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str], int]] = []
+
+    def identity(self) -> dict[str, Any]:
+        return {"encoder": "batch-dependent-dense"}
+
+    def _encode(self, kind: str, texts: Any, batch_size: int) -> np.ndarray:
+        texts = list(texts)
+        self.calls.append((kind, texts, batch_size))
+        out = []
+        for s in range(0, len(texts), batch_size):  # batches cut in input order
+            rngs = [np.random.default_rng(sum(t.encode()) + 7 * len(t)) for t in texts[s : s + batch_size]]
+            base = np.stack([rng.normal(size=8) for rng in rngs])
+            out.append(base + 0.3 * base.mean(axis=0))  # a per-batch activation scale
+        x = np.concatenate(out).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def encode_queries(self, texts: Any, batch_size: int = 64, show_progress: bool = True) -> np.ndarray:
+        return self._encode("queries", texts, batch_size)
+
+    def encode_documents(self, texts: Any, batch_size: int = 32, show_progress: bool = True) -> np.ndarray:
+        return self._encode("documents", texts, batch_size)
+
+
+def test_dense_run_encodes_queries_alone_and_documents_in_corpus_order(tmp_path: Path) -> None:
+    """dense_run (evaluate --baseline bge-small) on a batch-dependent encoder, as encode_dataset does."""
+    from kl_retrievers.baselines import dense_run
+
+    ds = load_beir(_beir(tmp_path / "beir"), "test")
+    enc = BatchDependentDense()
+    run = dense_run(enc, ds, k=len(DOCS), batch_size=3, use_cache=False, show_progress=False)
+    assert [(kind, size) for kind, _, size in enc.calls] == [("queries", 1), ("documents", 3)]
+    assert enc.calls[1][1] == ds.document_texts()
+    docs = enc.encode_documents(ds.document_texts(), batch_size=3)
+    for qid, text in zip(ds.query_ids, ds.query_texts(), strict=True):
+        alone = enc.encode_queries([text], batch_size=3)[0]  # a batch of one, whatever the batch size
+        expected = docs @ alone
+        got = np.array([run[qid][d] for d in ds.doc_ids])
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_dense_run_reuses_no_batched_cache_entry(tmp_path: Path) -> None:
+    """Entries keyed as an earlier release keyed them (queries batched at batch_size) are not read."""
+    import hashlib
+
+    from kl_retrievers.baselines import dense_run
+
+    ds = load_beir(_beir(tmp_path / "beir"), "test")
+    enc = BatchDependentDense()
+    cache = EncodingCache(tmp_path / "cache")
+    model_id = hashlib.sha256(repr(sorted(enc.identity().items())).encode()).hexdigest()[:16]
+    for kind, ids, ident in (
+        ("queries", ds.query_ids, ds.queries_identity),
+        ("documents", ds.doc_ids, ds.corpus_identity),
+    ):
+        for size in (1, 3):  # written by `--batch-size 1` or `--batch-size 3` runs
+            old_key = {"model": model_id, "identity": enc.identity(), "data": ident(), "batch_size": size}
+            junk = np.zeros((len(ids), 8), dtype=np.float32)
+            junk[:, 0] = 1.0
+            cache.save(f"dense-{kind}", old_key, ids, {"emb": junk})
+    cached = dense_run(enc, ds, k=len(DOCS), batch_size=3, cache_dir=tmp_path / "cache", show_progress=False)
+    fresh = dense_run(enc, ds, k=len(DOCS), batch_size=3, use_cache=False, show_progress=False)
+    assert cached == fresh
+
+
+def test_bge_small_baseline_is_batch_dependent_and_batches_in_input_order() -> None:
+    """bge-small int8 says it is batch-dependent and cuts its batches in the order it is given the texts."""
+    from types import SimpleNamespace
+
+    from kl_retrievers.baselines import BgeSmallOnnxEncoder
+
+    assert BgeSmallOnnxEncoder.batch_invariant is False
+    seen: list[list[str]] = []
+
+    class Tokenizer:
+        def encode_batch(self, texts: list[str]) -> list[Any]:
+            seen.append(texts)
+            return [SimpleNamespace(ids=[len(t)], attention_mask=[1], type_ids=[0]) for t in texts]
+
+    class Session:
+        def run(self, names: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            ids = feeds["input_ids"].astype(np.float32)
+            return [np.concatenate([ids, np.ones_like(ids)], axis=1)[:, None, :]]
+
+    enc: Any = object.__new__(BgeSmallOnnxEncoder)  # no model files: a fake tokenizer and session
+    enc.tokenizer, enc.session = Tokenizer(), Session()
+    texts = ["a", "ccc", "bb", "dddd", "e"]
+    enc.encode_documents(texts, batch_size=2, show_progress=False)
+    assert seen == [["a", "ccc"], ["bb", "dddd"], ["e"]]
+
+
+def test_sharded_query_encoding_encodes_each_query_alone(tmp_path: Path, encoder: BatchDependent) -> None:
+    """encode_corpus(kind="query") gives each query what a search encodes; the manifest records batch_size 1."""
+    from kl_retrievers.sharded import encode_corpus, load_encoded
+
+    source = tmp_path / "queries.jsonl"
+    source.write_text("".join(json.dumps({"_id": f"q{i}", "text": t}) + "\n" for i, t in enumerate(QUERIES)))
+    out = tmp_path / "encoded"
+    encode_corpus(source, out, encoder=encoder, kind="query", field="text", batch_size=3, show_progress_bar=False)
+    assert set(encoder.query_batch_sizes) == {1}
+    assert json.loads((out / "manifest.json").read_text())["batch_size"] == 1
+    g, ids = load_encoded(out)
+    assert list(ids) == [f"q{i}" for i in range(len(QUERIES))]
+    alone = np.concatenate([encoder.encode_queries([q], batch_size=3).mean for q in QUERIES])
+    np.testing.assert_array_equal(np.asarray(g.mean), alone)
