@@ -9,14 +9,17 @@ compacts first, as a write would. A store without tombstones is written as befor
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from conftest import random_gaussians
+from conftest import HYBRID_TEXTS, make_tiny_encoder, random_gaussians
 from kl_retrievers.gaussian import Gaussians
 from kl_retrievers.hub import sha256_file
 from kl_retrievers.store import KLStore, StoreFormatError, _format
@@ -30,6 +33,8 @@ TYPES = [
     ("hnsw", {"hnsw_m": 8, "ef_construction": 40}),
     ("ivf", {"nlist": 16, "nprobe": 4}),
     ("ivf", {"nlist": 16, "nprobe": 4, "compression": "sq8"}),
+    ("hnsw", {"hnsw_m": 8, "compression": "pq", "pq_m": 2, "pq_nbits": 4}),
+    ("ivf", {"nlist": 16, "nprobe": 4, "compression": "pq", "pq_m": 2, "pq_nbits": 4}),
 ]
 DELETED = [f"d{i}" for i in range(0, 300, 7)]
 UPSERTED = ["d1", "d2"]
@@ -203,3 +208,87 @@ def test_a_hybrid_store_keeps_the_tombstones_of_its_kl_half(tmp_path: Path) -> N
     after = loaded.search_batch(["word5 text", "word9"], k=5, query_gaussians=q)
     assert [[(h.id, h.score) for h in r] for r in after] == [[(h.id, h.score) for h in r] for r in before]
     assert "d3" not in loaded and len(loaded) == 198
+
+
+@pytest.mark.parametrize(("index_type", "kw"), TYPES[:3])
+def test_a_delete_and_a_save_leave_a_memory_mapped_index_mapped(
+    index_type: str, kw: dict[str, Any], tmp_path: Path
+) -> None:
+    """Neither a tombstone nor a save with nothing to compact changes the index: no copy of it into memory."""
+    folder = _tombstoned(index_type, kw).save(tmp_path / "s")
+    loaded = KLStore.load(folder, mmap=True)
+    index = loaded._index
+    assert loaded._engine.viewed
+    loaded.delete(["d500"])
+    assert loaded._engine.viewed and loaded._index is index and index.ntotal == loaded._table.n_rows
+    before = _answers(loaded)
+    other = loaded.save(tmp_path / "other")
+    assert loaded._engine.viewed and loaded._index is index and _answers(loaded) == before
+    assert (other / "index.faiss").read_bytes() == (folder / "index.faiss").read_bytes()
+    assert loaded.save(folder) == folder  # over the folder it maps (written from the mapping, then swapped)
+    assert loaded._engine.viewed and _answers(loaded) == before
+    assert _answers(KLStore.load(folder)) == _answers(KLStore.load(other, mmap=True)) == before
+    # a write that changes the index copies it first: an upsert, and a compaction
+    loaded.add(gaussians=_docs()[[3]], ids=["d3"])
+    assert not loaded._engine.viewed and loaded._index.ntotal == loaded._table.n_rows
+    mapped, in_memory = KLStore.load(folder, mmap=True), KLStore.load(folder)
+    mapped.compact()
+    in_memory.compact()
+    assert not mapped._engine.viewed and mapped._index.ntotal == len(mapped) == len(before[3])
+    assert _answers(mapped) == _answers(in_memory)
+
+
+def test_damaged_tombstones_are_named_with_the_row_and_the_path(tmp_path: Path) -> None:
+    folder = _tombstoned("flat", {}).save(tmp_path / "s")
+    good = np.load(folder / "tombstones.npy")
+    count = json.loads((folder / "config.json").read_text())["count"]
+    path = str(folder / "tombstones.npy")
+    cases = [
+        (np.concatenate([good[:-1], [count + 5]]), f"entry {good.size - 1} is {count + 5}"),
+        (np.concatenate([[-1], good[1:]]), "entry 0 is -1"),
+        (good[[1, 0, *range(2, good.size)]], f"entries 0 and 1 are {good[1]} and {good[0]}"),
+        (good[[0, 0, *range(2, good.size)]], f"entries 0 and 1 are {good[0]} and {good[0]}"),
+        (good.reshape(1, -1), r"has shape \(1, \d+\)"),
+    ]
+    for rows, named in cases:
+        _rewrite_tombstones(folder, rows.astype(np.int64))
+        with pytest.raises(StoreFormatError, match=named) as err:
+            KLStore.load(folder)
+        assert str(err.value).startswith(path)
+
+
+def test_the_load_log_counts_live_documents_and_tombstones(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = KLStore()
+    store.add(gaussians=random_gaussians(100, DIM, seed=5), ids=[f"d{i}" for i in range(100)])
+    store.delete([f"d{i}" for i in range(20)])
+    folder = store.save(tmp_path / "s")
+    with caplog.at_level(logging.INFO, logger="kl_retrievers.store.faiss"):
+        assert len(KLStore.load(folder)) == 80
+    assert f"loaded 80 documents (20 tombstones) from {folder}" in caplog.messages
+
+
+def test_a_langchain_store_keeps_its_tombstones_in_a_folder_and_in_bytes(tmp_path: Path) -> None:
+    from kl_retrievers.langchain import KLEmbeddings, KLVectorStore
+
+    embeddings = KLEmbeddings(make_tiny_encoder(seed=1))
+    ids = [f"d{i}" for i in range(len(HYBRID_TEXTS))]
+    store = KLVectorStore.from_texts(HYBRID_TEXTS, embeddings, [{"n": i} for i in range(len(ids))], ids=ids)
+    store.delete(["d1"])
+    store.add_texts([HYBRID_TEXTS[2] + " changed"], metadatas=[{"n": 99}], ids=["d2"])
+    assert store.store._table.dead() == 2
+
+    def answers(vs: KLVectorStore) -> list[Any]:
+        hits = [vs.similarity_search_with_score(q, k=4) for q in ("cat", "tea and bread")]
+        return [[(d.id, d.page_content, d.metadata, score) for d, score in r] for r in hits]
+
+    before = answers(store)
+    folder = store.save_local(tmp_path / "lc")
+    assert (folder / "klstore" / "tombstones.npy").is_file()
+    assert HYBRID_TEXTS[1] not in (folder / "klstore" / "documents.jsonl").read_text()
+    loaded = KLVectorStore.load_local(folder, embeddings)
+    assert answers(loaded) == before and loaded.store._table.dead() == 2 and "d1" not in loaded.store
+    data = store.serialize_to_bytes()
+    assert "klstore/tombstones.npy" in zipfile.ZipFile(io.BytesIO(data)).namelist()
+    restored = KLVectorStore.deserialize_from_bytes(data, embeddings)
+    assert answers(restored) == before and restored.store._table.dead() == 2
+    assert restored.get_by_ids(["d1", "d2"])[0].page_content == HYBRID_TEXTS[2] + " changed"

@@ -945,7 +945,8 @@ class GaussianStore(ABC):
         thread wrote in between, else it chooses them again there first. Either way no write comes
         between the final choice and the deletion, so a document upserted by another thread meanwhile is
         judged as it is when deleted, never on metadata it no longer has (a callable filter may therefore
-        run twice on a document).
+        run twice on a document). A ``KLStore`` keeps a deleted document's id and Gaussian (not its text or
+        metadata) until it compacts, in a saved folder too: ``compact()`` before ``save()`` to leave them out.
         (A ``MilvusKLStore`` is atomic only against the other threads using the same ``MilvusKLStore`` object:
         another object, even over the same collection in the same process, or another process may write between
         its query of the matching ids and their deletion.)

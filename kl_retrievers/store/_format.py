@@ -815,11 +815,20 @@ def read_tombstones(folder: Path, count: int, dead: int) -> np.ndarray | None:
         raise StoreFormatError(f"cannot read {path}: {exc}") from exc
     if not isinstance(rows, np.ndarray) or rows.shape != (dead,) or rows.dtype != np.dtype(np.int64):
         raise StoreFormatError(
-            f"{path.name} has shape {getattr(rows, 'shape', None)} and dtype {getattr(rows, 'dtype', None)}; "
+            f"{path} has shape {getattr(rows, 'shape', None)} and dtype {getattr(rows, 'dtype', None)}; "
             f"config says ({dead},) int64 (field 'tombstones')"
         )
-    if rows[0] < 0 or rows[-1] >= count or (dead > 1 and not (np.diff(rows) > 0).all()):
-        raise StoreFormatError(f"{path} must hold distinct row numbers from 0 to {count - 1}, ascending")
+    allowed = f"distinct row numbers from 0 to {count - 1}, ascending"
+    outside = np.flatnonzero((rows < 0) | (rows >= count))
+    if outside.size:
+        i = int(outside[0])
+        raise StoreFormatError(f"{path} must hold {allowed}; entry {i} is {int(rows[i])}")
+    unordered = np.flatnonzero(np.diff(rows) <= 0)
+    if unordered.size:
+        i = int(unordered[0])
+        raise StoreFormatError(
+            f"{path} must hold {allowed}; entries {i} and {i + 1} are {int(rows[i])} and {int(rows[i + 1])}"
+        )
     return rows
 
 

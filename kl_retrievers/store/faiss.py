@@ -637,8 +637,7 @@ class KLStore(GaussianStore):
     def _delete(self, ids: list[str]) -> DeleteReport:
         with self._lock.write():
             deleted, missing = self._table.tombstone(ids)
-            if deleted:
-                self._engine.own()
+            if deleted:  # a tombstone leaves the index (a memory-mapped one mapped); remove_rows copies it
                 self._maybe_compact()
                 self.write_count += 1
         return DeleteReport(deleted=deleted, missing=missing)
@@ -1088,8 +1087,8 @@ class KLStore(GaussianStore):
 
         # Compact (only past the threshold) under the write lock, then turn it into a read lock (no writer gets
         # in between) and write the files under it, so that searches go on during the (long) writing.
+        # A memory-mapped index is written from the mapping: only a compaction copies it (remove_rows owns it first).
         with self._lock.write_then_read() as downgrade:
-            self._engine.own()
             self._maybe_compact()
             downgrade()
             dead = np.flatnonzero(~table.alive) if table.dead() else None
@@ -1244,5 +1243,5 @@ class KLStore(GaussianStore):
             store._engine.attach(*_read_index(folder / _format.INDEX, mmap), cfg_path)
         elif store.index_type == "flat":
             raise StoreFormatError(f"{cfg_path}: field 'index_built' is false, but a flat store always has its index")
-        logger.info("loaded %d documents from %s", count, folder)
+        logger.info("loaded %d documents (%d tombstones) from %s", len(store._table), count - len(store._table), folder)
         return store
