@@ -340,7 +340,9 @@ def readme_notes(root: Path, model: str) -> list[str]:
         "`benchmarks/qpp.py`, while as shipped, int8 ONNX, it is the bundled models' table's row), the two hybrids "
         "the `adaptive` columns of the hybrid section (torch float32, `benchmarks/hybrid.py`), whose fusion was "
         "fitted on the training splits of SciFact and NFCorpus and a SQuAD training sample. all-MiniLM-L6-v2 and "
-        "bge-small are their authors' pretrained models; the default was distilled on SQuAD.",
+        "bge-small are their authors' pretrained models; the default was distilled on SQuAD. No model was trained "
+        "on these test queries and judgements, but the pretrained all-MiniLM-L6-v2 and bge-small (and the "
+        "default's MiniLM backbone) saw MS MARCO, which TREC DL21's passages come from.",
         "",
         "**bge's fusion**: its shipped weight, chosen on training data, is in effect one constant weight (the "
         f"median per-query dense weight is {' to '.join(dict.fromkeys([weights[0], weights[-1]]))} on each "
