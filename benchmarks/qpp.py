@@ -145,58 +145,67 @@ def evaluate_gaussians(
     """
     collection = Path(dataset.path).name
     pq_file = per_query_path(log_dir, label, collection, dataset.split, time.gmtime())
-    _refuse_existing(pq_file)
-    t0 = time.perf_counter()
-    stats = gaussian_query_stats(queries, documents, dataset.query_ids)
-    run = retrieve_exact(queries, documents, dataset.query_ids, dataset.doc_ids, k)
-    aggregate, per_query = evaluate_run(dataset.qrels, run)
-    report, values = qpp_for_run(
-        run,
-        per_query,
-        query_ids=dataset.query_ids,
-        query_texts=dataset.query_texts(),
-        corpus_texts=dataset.document_texts(),
-        query_stats=stats,
-        qrels=dataset.qrels,
-        depth=k,
-    )
-    if extra_predictors:
-        from kl_retrievers.qpp import qpp_report
+    claim = _refuse_existing(pq_file)
+    try:
+        t0 = time.perf_counter()
+        stats = gaussian_query_stats(queries, documents, dataset.query_ids)
+        run = retrieve_exact(queries, documents, dataset.query_ids, dataset.doc_ids, k)
+        aggregate, per_query = evaluate_run(dataset.qrels, run)
+        report, values = qpp_for_run(
+            run,
+            per_query,
+            query_ids=dataset.query_ids,
+            query_texts=dataset.query_texts(),
+            corpus_texts=dataset.document_texts(),
+            query_stats=stats,
+            qrels=dataset.qrels,
+            depth=k,
+        )
+        if extra_predictors:
+            from kl_retrievers.qpp import qpp_report
 
-        more = qpp_report({q: m["ndcg@10"] for q, m in per_query.items()}, extra_predictors, directions=directions)
-        report["predictors"].update(more["predictors"])
-        report["missing"].update(more["missing"])
-        values.update({n: dict(v) for n, v in extra_predictors.items()})
-    record: dict[str, Any] = {
-        "model": label,
-        "collection": collection,
-        "split": dataset.split,
-        "queries": len(per_query),
-        **{name: round(v, 6) for name, v in aggregate.items()},
-        "qpp": report,
-        "seconds": round(time.perf_counter() - t0, 2),
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "commit": git_commit(),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        **dict(extra or {}),
-    }
-    log_dir.mkdir(parents=True, exist_ok=True)
-    pq = per_query_with_predictors(per_query, {n: {q: round(x, 8) for q, x in v.items()} for n, v in values.items()})
-    _refuse_existing(pq_file)
-    save_per_query(pq_file, pq, meta={k: v for k, v in record.items() if k != "qpp"})
-    record["per_query_file"] = str(pq_file.relative_to(ROOT)) if pq_file.is_relative_to(ROOT) else str(pq_file)
-    with (log_dir / "qpp.jsonl").open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
-    return record
+            more = qpp_report({q: m["ndcg@10"] for q, m in per_query.items()}, extra_predictors, directions=directions)
+            report["predictors"].update(more["predictors"])
+            report["missing"].update(more["missing"])
+            values.update({n: dict(v) for n, v in extra_predictors.items()})
+        record: dict[str, Any] = {
+            "model": label,
+            "collection": collection,
+            "split": dataset.split,
+            "queries": len(per_query),
+            **{name: round(v, 6) for name, v in aggregate.items()},
+            "qpp": report,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+            "commit": git_commit(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **dict(extra or {}),
+        }
+        log_dir.mkdir(parents=True, exist_ok=True)
+        pq = per_query_with_predictors(
+            per_query, {n: {q: round(x, 8) for q, x in v.items()} for n, v in values.items()}
+        )
+        _refuse_existing(pq_file)
+        save_per_query(pq_file, pq, meta={k: v for k, v in record.items() if k != "qpp"})
+        record["per_query_file"] = str(pq_file.relative_to(ROOT)) if pq_file.is_relative_to(ROOT) else str(pq_file)
+        with (log_dir / "qpp.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        return record
+    finally:  # a run that raised (or was interrupted) leaves no placeholder behind
+        _release_claim(pq_file, claim)
 
 
-def _refuse_existing(path: Path) -> None:
+def _refuse_existing(path: Path) -> str:
     """Claim ``path`` for this run, or raise ``FileExistsError``: a per-query file is never overwritten.
 
     The claim is atomic (``open(path, "x")``): a placeholder naming this process and thread, which the run's
     per-query file then replaces, so that of two runs starting in the same second only one gets the name. A
     second call from the thread that claimed it passes while the placeholder is there (:func:`evaluate_gaussians`
-    checks before evaluating and again before writing); a run that fails in between leaves the placeholder.
+    checks before evaluating and again before writing); a run that fails in between removes it
+    (:func:`_release_claim`).
+
+    Returns:
+        The placeholder's text, for :func:`_release_claim`.
     """
     import os
     import threading
@@ -209,6 +218,19 @@ def _refuse_existing(path: Path) -> None:
     except FileExistsError:
         if path.read_text(encoding="utf-8", errors="replace") != claim:
             raise FileExistsError(f"{path} exists: not overwriting the per-query file of an earlier run") from None
+    return claim
+
+
+def _release_claim(path: Path, claim: str) -> None:
+    """Remove ``path`` if it still holds this run's placeholder ``claim`` (or is empty), e.g. after a run that raised.
+
+    A per-query file the run wrote (or another run's claim) stays.
+    """
+    try:
+        if path.read_text(encoding="utf-8", errors="replace") in (claim, ""):
+            path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 @functools.lru_cache(maxsize=2)

@@ -65,7 +65,6 @@ SYSTEMS = {
     "minilm": "MiniLM cosine",
     "default": f"default `{DEFAULT_MODEL}` (-KL)",
 }
-BASELINES = [s for s in SYSTEMS if s != "default"]
 
 
 def load_records(root: Path = ROOT) -> dict[tuple[str, str], dict[str, Any]]:
@@ -179,11 +178,9 @@ def render(root: Path = ROOT) -> str:
         "",
         f"Every figure on this page is read from a JSON line of `{EVAL_LOG.as_posix()}`, "
         f"`{HYBRID_LOG.as_posix()}`, `{QPP_LOG.as_posix()}` or `runs/qpp/calibration.jsonl`, or computed from the "
-        "files those lines name; "
-        "`python benchmarks/results.py --check` fails when the page and the logs disagree. "
-        "The first round of experiments (training recipes, dev choices, the in-domain protocol) is on "
-        "[Results, round 1 (archive)](results-archive.md); its logs were not committed, so its figures "
-        "cannot be re-derived here.",
+        "files those lines name; `python benchmarks/results.py --check` fails when the page and the logs disagree. "
+        "The first round of experiments (training recipes, dev choices, the in-domain protocol) is on [Results, round "
+        "1 (archive)](results-archive.md); its logs were not committed, so its figures cannot be re-derived here.",
         "",
         "## Zero-shot: the test splits of the four dev collections",
         "",
@@ -236,10 +233,10 @@ def git_commit() -> str | None:
 def run(systems: Sequence[str], collections: Sequence[str], backend: str | None = None) -> None:
     """Evaluate each system on each collection's test split with the CLI and append its JSON to the log.
 
-    A system that is not in :data:`SYSTEMS` is a bundled model's name (``--model NAME``), run on
-    ``backend`` (``--model-backend``) when one is given. Each run writes a per-query file of its own, named by
-    its system (and a model's backend), collection and UTC start, claimed atomically (an empty file that
-    evaluate replaces): one that exists already, e.g. of a run started in the same second, is never overwritten.
+    A system that is not in :data:`SYSTEMS` is a bundled model's name (``--model NAME``), run on ``backend``
+    (``--model-backend``) when one is given. Each run writes a per-query file of its own, named by its system (and a
+    model's backend), collection and UTC start, claimed atomically (an empty file that evaluate replaces; gone if
+    the run fails or raises): one that exists already, e.g. of a run started in the same second, is not overwritten.
     """
     exe = Path(sys.executable).with_name("kl-retrievers")
     for system in systems:
@@ -252,12 +249,15 @@ def run(systems: Sequence[str], collections: Sequence[str], backend: str | None 
             except FileExistsError:
                 raise SystemExit(f"{pq} exists: not overwriting the per-query file of an earlier run") from None
             args = ["evaluate", f"../shared/datasets/{coll}", "--split", SPLIT]
-            if system in SYSTEMS:
-                args += [] if system == "default" else ["--baseline", system]
-            else:
+            args += ["--baseline", system] if system in SYSTEMS and system != "default" else []
+            if system not in SYSTEMS:
                 args += ["--model", system] + (["--model-backend", backend] if backend else [])
             args += ["--json", "--quiet", "--per-query", pq]
-            proc = subprocess.run([str(exe), *args], cwd=ROOT, capture_output=True, text=True, check=False)
+            try:
+                proc = subprocess.run([str(exe), *args], cwd=ROOT, capture_output=True, text=True, check=False)
+            finally:  # a run that raised (e.g. interrupted) leaves no claim behind: the file while it is still empty
+                if (ROOT / pq).is_file() and not (ROOT / pq).stat().st_size:
+                    (ROOT / pq).unlink()
             if proc.returncode != 0:
                 (ROOT / pq).unlink(missing_ok=True)  # the claim, or what the failed run left there
                 raise SystemExit(f"kl-retrievers {shlex.join(args)} failed:\n{proc.stderr[-3000:]}")

@@ -756,6 +756,11 @@ class EmbeddingsGaussianEncoder:
     with no uncertainty.  This lets :class:`KLVectorStore` accept any embedding model (and the
     fakes that LangChain's test suites use); it is *not* how the Gaussian models are meant to run.
 
+    Empty input (no queries, no documents) gives no Gaussians of the vectors' dimension, shape ``(0, dim)``.
+    A LangChain ``Embeddings`` does not say its dimension: while this wrapper has returned no vector yet,
+    empty input makes one ``embed_query("dimension")`` call to learn it (then remembered; an ``Embeddings``
+    whose synchronous methods raise, e.g. an async-only one, raises here too).
+
     Args:
         embeddings: A LangChain ``Embeddings``.
         variance: The constant variance of every dimension (> 0).

@@ -53,7 +53,6 @@ import math
 import operator
 import os
 import pickle
-import reprlib
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -82,6 +81,7 @@ from kl_retrievers._encoding import check_texts
 from kl_retrievers._encoding import query_batch_size as _query_batch_size
 from kl_retrievers._io import load_unchanged, make_dirs
 from kl_retrievers.calibration import ConfidenceCalibrator
+from kl_retrievers.filters import _short
 from kl_retrievers.gaussian import (
     SCORE_DIRECTION,
     SCORE_NAME,
@@ -497,7 +497,7 @@ def _refuse_set_value(key: str, op: str, value: Any) -> None:
     if op in ("text_match", "text_match_insensitive") and isinstance(value, AbstractSet):
         raise ValueError(
             f"filter on {key!r}: {op} takes a string (matched as a substring of the field's text); got "
-            f"{type(value).__name__} {reprlib.repr(value)}"
+            f"{type(value).__name__} {_short(value)}"
         )
     if op not in _ONE_VALUE_OPERATORS:
         return
@@ -514,18 +514,18 @@ def _refuse_set_value(key: str, op: str, value: Any) -> None:
         hint = "write its elements in a list instead"
     elif op == "==":
         hint = (
-            f'for "one of" write MetadataFilter(key={key!r}, value={values!r}, operator="in") ("any" / "all" for '
+            f'for "one of" write MetadataFilter(key={key!r}, value={_short(values)}, operator="in") ("any" / "all" for '
             "a list field: any or all of them), or a list in the stored order for =="
         )
     elif op == "!=":
-        hint = f'for "none of" write MetadataFilter(key={key!r}, value={values!r}, operator="nin")'
+        hint = f'for "none of" write MetadataFilter(key={key!r}, value={_short(values)}, operator="nin")'
     else:
         hint = f"{op} compares with a single value"
     kind = "a set" if isinstance(found, (set, frozenset)) else f"set-like ({type(found).__name__})"
-    where = "" if found is value else f" in {value!r}"
+    where = "" if found is value else f" in {_short(value)}"
     raise ValueError(
-        f"filter on {key!r}: {found!r}{where} is {kind}, which has no order to compare as a value; {hint} (a set is "
-        "accepted as the value of in / nin / any / all only)"
+        f"filter on {key!r}: {_short(found)}{where} is {kind}, which has no order to compare as a value; {hint} (a "
+        "set is accepted as the value of in / nin / any / all only)"
     )
 
 

@@ -1187,7 +1187,18 @@ def encode_corpus(
                 # written when a torch encoder's backend went unrecorded (null): the fingerprint, which covers the
                 # encoder's class, says these shards are this model's; the null is kept, as the shards' run keys have it
                 manifest["model_backend"] = None
-            if "batch_size" in manifest and "batch_size" not in old and old.get("model_fingerprint") == fingerprint:
+            unrecorded = "batch_size" in manifest and "batch_size" not in old
+            if unrecorded and old.get("model_fingerprint") == fingerprint and kind == "query" and _holds_shards(target):
+                # written before the batch size was recorded: its queries were encoded in batches then (of an unknown
+                # size), while this encoder's are now encoded one at a time; resuming would mix the two
+                raise ValueError(
+                    f"{target} holds queries encoded without a recorded batch_size (an older release, which encoded "
+                    "them in batches); this encoder's output depends on its batch (batch_invariant is False: an int8 "
+                    "ONNX graph), so its queries are now encoded one at a time (batch_size 1), as a search encodes a "
+                    "query, and its shards would not match: encode them into another --out folder or delete it "
+                    "(nothing was overwritten)"
+                )
+            if unrecorded and old.get("model_fingerprint") == fingerprint and kind != "query":
                 # written before the batch size was recorded: kept as it was, unchecked (as shards without a run key)
                 logger.warning(
                     "%s was written without its batch_size, which this encoder's output depends on "

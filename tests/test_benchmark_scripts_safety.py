@@ -712,3 +712,65 @@ def test_hybrid_fit_writes_beside_a_model_named_with_the_kl_retrievers_prefix() 
     assert hybrid.default_params_out(f"kl_retrievers:{hybrid.MODEL}", None) == hybrid.default_params_out(
         hybrid.MODEL, None
     )
+
+
+# ------------------------------------------------------------------ claims of runs that raise
+
+
+@pytest.mark.filterwarnings("ignore:only 2 judged queries", "ignore:too few bootstrap resamples")
+@pytest.mark.parametrize("step", ["gaussian_query_stats", "save_per_query"])
+def test_qpp_run_that_raises_leaves_no_placeholder(
+    step: str, qpp_tiny: tuple[BeirDataset, Gaussians, Gaussians], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A run that raised between its claim and its per-query file left the placeholder under the run's name."""
+    dataset, queries, documents = qpp_tiny
+    log = tmp_path / "log"
+    _start_clock(monkeypatch, [0, 0])
+    monkeypatch.setattr(qpp, step, _reached)
+    with pytest.raises(_Reached):
+        qpp.evaluate_gaussians("m", dataset, queries, documents, log_dir=log)
+    assert list(log.rglob("*")) == []
+    monkeypatch.undo()
+    _start_clock(monkeypatch, [0])  # the same second: the name is free again
+    record = qpp.evaluate_gaussians("m", dataset, queries, documents, log_dir=log)
+    assert Path(record["per_query_file"]).name == "m.tiny.test.19700101T000000Z.json"
+
+
+def test_qpp_release_keeps_a_written_file_or_another_runs_claim(tmp_path: Path) -> None:
+    """Only this run's placeholder (or an empty file) is removed; a per-query file or another claim stays."""
+    mine, written, other, empty = (tmp_path / f"{n}.json" for n in ("mine", "written", "other", "empty"))
+    claim = qpp._refuse_existing(mine)
+    written.write_text('{"per_query": {}}')
+    other.write_text("claimed by process 1 thread 2\n")
+    empty.write_text("")
+    for path in (mine, written, other, empty, tmp_path / "missing.json"):
+        qpp._release_claim(path, claim)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.json", "written.json"]
+    assert written.read_text() == '{"per_query": {}}'
+
+
+@pytest.mark.parametrize("writes", [False, True])
+def test_results_run_that_raises_leaves_no_empty_claim(
+    writes: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """results.py run(): an interrupted evaluate left its empty claim; a per-query file it wrote stays."""
+    import results
+
+    pq_dir = tmp_path / "runs" / "eval" / "pq"
+    pq_dir.mkdir(parents=True)
+
+    def interrupted(cmd: list[str], **_: Any) -> Any:
+        if writes:
+            (tmp_path / cmd[cmd.index("--per-query") + 1]).write_text('{"per_query": {}}')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(results, "ROOT", tmp_path)
+    monkeypatch.setattr(results.subprocess, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        results.run(["bm25"], ["scifact"])
+    left = list(pq_dir.iterdir())
+    if writes:
+        assert len(left) == 1 and left[0].read_text() == '{"per_query": {}}'
+    else:
+        assert left == []
+    assert not (tmp_path / "runs" / "eval" / "eval.jsonl").exists()

@@ -253,3 +253,23 @@ def test_from_defaults_uses_a_kl_embedding_in_settings(embed: KLEmbedding, monke
     monkeypatch.setattr(Settings, "_embed_model", MockEmbedding(embed_dim=8))
     with pytest.raises(AssertionError, match="the package's default model was loaded"):
         KLRetriever.from_defaults(nodes=_nodes())
+
+
+@pytest.mark.parametrize(
+    ("operator", "value", "hint"),
+    [
+        ("==", set(range(100_000)), 'operator="in"'),
+        ("!=", set(range(100_000)), 'operator="nin"'),
+        (">", set(range(100_000)), "> compares with a single value"),
+        ("==", [*range(100_000), {1}], "write its elements in a list"),
+        ("text_match", set(range(100_000)), "text_match takes a string"),
+    ],
+)
+def test_set_value_error_message_is_shortened(operator: str, value: Any, hint: str) -> None:
+    """A large set (or a long list holding one) is shortened in the message, as kl_retrievers.filters does."""
+    with pytest.raises(ValueError, match="filter on 'tags'") as info:
+        metadata_filters_to_predicate(_filters("tags", operator, value))
+    message = str(info.value)
+    assert hint in message
+    assert len(message) < 1_000, len(message)
+    assert "..." in message

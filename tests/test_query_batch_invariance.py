@@ -368,3 +368,29 @@ def test_sharded_query_encoding_encodes_each_query_alone(tmp_path: Path, encoder
     assert list(ids) == [f"q{i}" for i in range(len(QUERIES))]
     alone = np.concatenate([encoder.encode_queries([q], batch_size=3).mean for q in QUERIES])
     np.testing.assert_array_equal(np.asarray(g.mean), alone)
+
+
+def test_sharded_query_folder_without_batch_size_is_refused(
+    tmp_path: Path, encoder: BatchDependent, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A query folder an older release wrote (no batch_size: batched queries) is refused, not resumed one at a time."""
+    from kl_retrievers.sharded import encode_corpus
+
+    source = tmp_path / "queries.jsonl"
+    source.write_text("".join(json.dumps({"_id": f"q{i}", "text": t}) + "\n" for i, t in enumerate(QUERIES * 3)))
+    out = tmp_path / "encoded"
+    kw: dict[str, Any] = dict(encoder=encoder, kind="query", field="text", batch_size=3, shard_size=2)
+    encode_corpus(source, out, show_progress_bar=False, **kw)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["batch_size"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    shards = sorted(p.name for p in out.iterdir() if p.name.startswith("shard-"))
+    before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*")}
+    encoder.query_batch_sizes.clear()
+    with pytest.raises(ValueError, match="without a recorded batch_size") as err:
+        encode_corpus(source, out, show_progress_bar=False, **kw)
+    assert "one at a time (batch_size 1)" in str(err.value)
+    assert encoder.query_batch_sizes == []
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("shard-")) == shards
+    assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    assert "resuming with batch_size 3" not in caplog.text
