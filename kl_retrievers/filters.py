@@ -498,15 +498,15 @@ def _set_error(key: str, found: Any, whole: Any, hint: str) -> ValueError:
 
 def _set_hint(key: str, found: Any, op: str | None, whole_condition: bool) -> str:
     """What to write instead of the set ``found`` given to ``op`` (``None``: as the condition, a bare value)."""
-    values = sorted(found, key=repr)  # a stable order for the message
+    values = sorted(found, key=repr)  # a stable order for the message (shortened: a set may be huge)
     if op is None and whole_condition:
-        return f'for "one of" write a list ({ {key: values}!r}) or { {key: {"$in": values}}!r}'
+        return f'for "one of" write a list ({_short({key: values})}) or {_short({key: {"$in": values}})}'
     if op is None:  # under $not: the suggestion replaces the set where it stands
-        return f'for "one of" write a list ({values!r}) or { {"$in": values}!r}'
+        return f'for "one of" write a list ({_short(values)}) or {_short({"$in": values})}'
     if op == "$eq":
-        return f'for "one of" write { {"$in": values}!r} in place of {op}'
+        return f'for "one of" write {_short({"$in": values})} in place of {op}'
     if op in ("$ne", "$neq"):
-        return f'for "none of" write { {"$nin": values}!r} in place of {op}'
+        return f'for "none of" write {_short({"$nin": values})} in place of {op}'
     return f"{op} compares with a single value"
 
 

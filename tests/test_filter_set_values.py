@@ -356,3 +356,11 @@ def test_a_numeric_array_of_in_values_is_not_walked(monkeypatch: pytest.MonkeyPa
     with pytest.raises(ValueError, match=r"\{3\} in .* is a set"):  # an object array is still walked
         compile_filter({"n": {"$in": np.array([1, {3}], dtype=object)}})
     assert calls
+
+
+@pytest.mark.parametrize("spec", [{"n": set(range(100_000))}, {"n": {"$eq": set(range(100_000))}}])
+def test_a_huge_set_gets_a_short_message(spec: dict[str, Any]) -> None:
+    """The hint quotes a shortened value: a 100k-element set gave a message of about 1.4 million characters."""
+    with pytest.raises(ValueError, match=r"is a set") as info:
+        compile_filter(spec)
+    assert len(str(info.value)) < 1000 and "..." in str(info.value)
