@@ -30,6 +30,23 @@ def out_path(text: str) -> Path:
     return Path(text).expanduser()
 
 
+def parse_out(argv: list[str] | None, *, description: str | None, default: Path) -> tuple[Path, list[str]]:
+    """Parse a model build's command line (``--help``, ``--out``) and check ``--out`` before anything is built.
+
+    Returns:
+        The folder to (re)write and its names (:func:`model_folder_entries`).
+    """
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--out",
+        type=out_path,
+        default=default,
+        help="the model folder to (re)write: a saved model, or a new or empty folder (default: %(default)s)",
+    )
+    out = parser.parse_args(argv).out
+    return out, model_folder_entries(out, default=default)
+
+
 def model_folder_entries(folder: Path, *, default: Path) -> list[str]:
     """The names in ``folder``, checked before anything is built or read; ``[]`` for a new path.
 

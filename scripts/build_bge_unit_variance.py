@@ -14,10 +14,9 @@ symbolic link or a sub-folder is refused before anything is built).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from _common import model_folder_entries, out_path, save_keeping_files  # scripts/_common.py
+from _common import parse_out, save_keeping_files  # scripts/_common.py
 
 from kl_retrievers.backbones import BGE_QUERY_PREFIX
 from kl_retrievers.encoder import GaussianEncoder
@@ -26,15 +25,7 @@ OUT = Path(__file__).resolve().parents[1] / "kl_retrievers" / "pretrained" / "bg
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--out",
-        type=out_path,
-        default=OUT,
-        help="the model folder to (re)write: a saved model, or a new or empty folder (default: %(default)s)",
-    )
-    args = parser.parse_args(argv)
-    names = model_folder_entries(args.out, default=OUT)  # before anything is built or read
+    out, names = parse_out(argv, description=__doc__, default=OUT)  # before anything is built or read
     encoder = GaussianEncoder.from_backbone(
         "bge-small-en",
         pooling="cls",
@@ -46,8 +37,8 @@ def main(argv: list[str] | None = None) -> None:
         query_max_length=512,
         query_prefix=BGE_QUERY_PREFIX,
     )
-    kept = save_keeping_files(encoder, args.out, names)
-    print(f"wrote {args.out}: {sorted(p.name for p in args.out.iterdir())} (kept as they were: {kept})")
+    kept = save_keeping_files(encoder, out, names)
+    print(f"wrote {out}: {sorted(p.name for p in out.iterdir())} (kept as they were: {kept})")
 
 
 if __name__ == "__main__":

@@ -12,10 +12,9 @@ symbolic link or a sub-folder is refused before anything is built).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from _common import model_folder_entries, out_path, save_keeping_files  # scripts/_common.py
+from _common import parse_out, save_keeping_files  # scripts/_common.py
 
 from kl_retrievers.encoder import GaussianEncoder
 
@@ -23,15 +22,7 @@ OUT = Path(__file__).resolve().parents[1] / "kl_retrievers" / "pretrained" / "mi
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--out",
-        type=out_path,
-        default=OUT,
-        help="the model folder to (re)write: a saved model, or a new or empty folder (default: %(default)s)",
-    )
-    args = parser.parse_args(argv)
-    names = model_folder_entries(args.out, default=OUT)  # before anything is built or read
+    out, names = parse_out(argv, description=__doc__, default=OUT)  # before anything is built or read
     encoder = GaussianEncoder.from_backbone(
         "sentence-transformers/all-MiniLM-L6-v2",
         pooling="mean",
@@ -42,8 +33,8 @@ def main(argv: list[str] | None = None) -> None:
         max_length=256,
         query_max_length=64,
     )
-    kept = save_keeping_files(encoder, args.out, names)
-    print(f"wrote {args.out}: {sorted(p.name for p in args.out.iterdir())} (kept as they were: {kept})")
+    kept = save_keeping_files(encoder, out, names)
+    print(f"wrote {out}: {sorted(p.name for p in out.iterdir())} (kept as they were: {kept})")
 
 
 if __name__ == "__main__":

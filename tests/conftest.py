@@ -380,3 +380,15 @@ def record_folder_syncs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, fro
 
     monkeypatch.setattr(os, "fsync", fsync)
     return synced
+
+
+def folders_not_synced(synced: list[tuple[Path, frozenset[str]]], root: Path, *chain: str) -> list[str]:
+    """The folders along ``root/chain[0]/chain[1]/...`` that :func:`record_folder_syncs` never saw synced
+    while holding their next entry."""
+    missing = []
+    folder = root
+    for entry in chain:
+        if not any(path == folder and entry in names for path, names in synced):
+            missing.append(f"{folder} (gained {entry})")
+        folder = folder / entry
+    return missing

@@ -16,22 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import record_folder_syncs
+from conftest import folders_not_synced, record_folder_syncs
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd to name fds")
-
-Synced = list[tuple[Path, frozenset[str]]]
-
-
-def _not_synced(synced: Synced, root: Path, *chain: str) -> list[str]:
-    """The folders along ``root/chain[0]/chain[1]/...`` never synced while holding their next entry."""
-    missing = []
-    folder = root
-    for entry in chain:
-        if not any(path == folder and entry in names for path, names in synced):
-            missing.append(f"{folder} (gained {entry})")
-        folder = folder / entry
-    return missing
 
 
 def test_encoding_cache_syncs_the_folders_it_creates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -43,7 +30,7 @@ def test_encoding_cache_syncs_the_folders_it_creates(tmp_path: Path, monkeypatch
     cache.save("docs", {"model": "m"}, ["a"], {"mean": np.ones((1, 2), np.float32)})
     loaded = cache.load("docs", {"model": "m"}, ["a"])
     assert loaded is not None and np.array_equal(loaded["mean"], np.ones((1, 2), np.float32))
-    assert _not_synced(synced, root, "new", "cache", cache.entry_dir("docs", {"model": "m"}).name) == []
+    assert folders_not_synced(synced, root, "new", "cache", cache.entry_dir("docs", {"model": "m"}).name) == []
 
 
 def test_feature_cache_syncs_the_folders_it_creates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,7 +41,7 @@ def test_feature_cache_syncs_the_folders_it_creates(tmp_path: Path, monkeypatch:
     synced = record_folder_syncs(monkeypatch)
     cache.add([b"k" * 32], Features(np.ones((1, 4), np.float32), np.zeros((1, 4), np.float32)))
     assert any(p.name.startswith("keys-") for p in (root / "new" / "features" / "fp").iterdir())
-    assert _not_synced(synced, root, "new", "features", "fp") == []
+    assert folders_not_synced(synced, root, "new", "features", "fp") == []
 
 
 def test_teacher_score_cache_syncs_the_folders_it_creates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,7 +53,7 @@ def test_teacher_score_cache_syncs_the_folders_it_creates(tmp_path: Path, monkey
     synced = record_folder_syncs(monkeypatch)
     teacher._save([b"k" * 32], [0.5])
     assert any(p.name.startswith("scores-") for p in teacher.cache_dir.iterdir())
-    assert _not_synced(synced, root, "new", "teacher", "identity") == []
+    assert folders_not_synced(synced, root, "new", "teacher", "identity") == []
 
 
 def test_fetch_beir_syncs_the_folders_it_creates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -84,6 +71,6 @@ def test_fetch_beir_syncs_the_folders_it_creates(tmp_path: Path, monkeypatch: py
     synced = record_folder_syncs(monkeypatch)
     folder = fetch_beir("scifact", root / "new" / "data", url=archive.as_uri(), timeout=10)
     assert folder == root / "new" / "data" / "scifact" and (folder / "extra" / "deeper" / "notes.txt").is_file()
-    assert _not_synced(synced, root, "new", "data", "scifact") == []
+    assert folders_not_synced(synced, root, "new", "data", "scifact") == []
     # the nested folders were made in the temporary copy swapped into place: "extra" synced holding "deeper"
     assert any(path.name == "extra" and "deeper" in names for path, names in synced)

@@ -17,24 +17,11 @@ from typing import Any
 
 import pytest
 
-from conftest import make_tiny_encoder, random_gaussians, record_folder_syncs
+from conftest import folders_not_synced, make_tiny_encoder, random_gaussians, record_folder_syncs
 from kl_retrievers import _io
 from kl_retrievers.store import KLStore
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd to name fds")
-
-Synced = list[tuple[Path, frozenset[str]]]
-
-
-def _not_synced(synced: Synced, root: Path, *chain: str) -> list[str]:
-    """The folders along ``root/chain[0]/chain[1]/...`` never synced while holding their next entry."""
-    missing = []
-    folder = root
-    for entry in chain:
-        if not any(path == folder and entry in names for path, names in synced):
-            missing.append(f"{folder} (gained {entry})")
-        folder = folder / entry
-    return missing
 
 
 def _kl_store() -> KLStore:
@@ -50,7 +37,7 @@ def test_make_dirs_syncs_each_created_folder_into_its_parent(tmp_path: Path, mon
     created = _io.make_dirs(root / "new" / "sub" / "leaf")
     assert created == [root / "new", root / "new" / "sub", root / "new" / "sub" / "leaf"]
     assert (root / "new" / "sub" / "leaf").is_dir()
-    assert _not_synced(synced, root, "new", "sub", "leaf") == []
+    assert folders_not_synced(synced, root, "new", "sub", "leaf") == []
 
 
 def test_make_dirs_syncs_nothing_when_the_folder_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,7 +76,7 @@ def test_atomic_dir_syncs_a_parent_folder_made_meanwhile(tmp_path: Path, monkeyp
     with _io.atomic_dir(root / "new" / "h") as tmp:
         (tmp / "a.txt").write_text("x", encoding="utf-8")
     assert (root / "new" / "h" / "a.txt").read_text(encoding="utf-8") == "x"
-    assert _not_synced(synced, root, "new", "h") == []
+    assert folders_not_synced(synced, root, "new", "h") == []
 
 
 def test_make_dirs_syncs_a_folder_made_meanwhile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,7 +84,7 @@ def test_make_dirs_syncs_a_folder_made_meanwhile(tmp_path: Path, monkeypatch: py
     _made_meanwhile(monkeypatch, root / "new" / "sub")
     synced = record_folder_syncs(monkeypatch)
     assert _io.make_dirs(root / "new" / "sub") == [root / "new"]
-    assert _not_synced(synced, root, "new", "sub") == []
+    assert folders_not_synced(synced, root, "new", "sub") == []
 
 
 # ------------------------------------------------------------------ the save paths that create folders
@@ -109,7 +96,7 @@ def test_langchain_save_local_syncs_the_folders_it_creates(tmp_path: Path, monke
     synced = record_folder_syncs(monkeypatch)
     lc.KLVectorStore(store=_kl_store()).save_local(root / "new" / "sub")
     assert (root / "new" / "sub" / "langchain.json").is_file()
-    assert _not_synced(synced, root, "new", "sub", "klstore") == []
+    assert folders_not_synced(synced, root, "new", "sub", "klstore") == []
 
 
 def test_llama_index_persist_syncs_the_folders_it_creates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -120,7 +107,7 @@ def test_llama_index_persist_syncs_the_folders_it_creates(tmp_path: Path, monkey
     synced = record_folder_syncs(monkeypatch)
     li.KLVectorStore(_kl_store()).persist(str(root / "new" / "sub" / "default__vector_store.json"))
     assert (root / "new" / "sub" / "default__vector_store.json").is_file()
-    assert _not_synced(synced, root, "new", "sub", "default__vector_store.klstore") == []
+    assert folders_not_synced(synced, root, "new", "sub", "default__vector_store.klstore") == []
 
 
 def test_encode_corpus_syncs_the_output_folders_it_creates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,7 +121,7 @@ def test_encode_corpus_syncs_the_output_folders_it_creates(tmp_path: Path, monke
     synced = record_folder_syncs(monkeypatch)
     encode_corpus(corpus, root / "new" / "out", model=str(model), shard_size=2, show_progress_bar=False)
     assert (root / "new" / "out" / "manifest.json").is_file()
-    assert _not_synced(synced, root, "new", "out", "manifest.json") == []
+    assert folders_not_synced(synced, root, "new", "out", "manifest.json") == []
 
 
 # ------------------------------------------------------------------ the FAQ on saving onto a symbolic link
