@@ -51,6 +51,19 @@ REFUSED: list[tuple[dict[str, Any], str]] = [
 ]
 
 
+def _outputs_under_hash_seeds(code: str, cwd: Path) -> set[str]:
+    """The distinct outputs of ``python -c code`` run under four ``PYTHONHASHSEED`` values."""
+    root = Path(__file__).resolve().parents[1]
+    outputs = set()
+    for seed in ("0", "1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(root)}
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, check=True
+        )
+        outputs.add(done.stdout)
+    return outputs
+
+
 def _store() -> KLStore:
     store = KLStore()
     store.add(gaussians=Gaussians(np.zeros((3, 2)), np.ones((3, 2))), ids=IDS, metadatas=METAS)
@@ -102,14 +115,7 @@ def test_refusal_does_not_depend_on_the_hash_seed(tmp_path: Path) -> None:
         "m = compile_filter({'tags': {'$in': {'en', 'de'}}})\n"
         "print(m({'tags': 'de'}), m({'tags': ['de', 'en']}), m({'tags': ['en', 'de']}))\n"
     )
-    root = Path(__file__).resolve().parents[1]
-    outputs = set()
-    for seed in ("0", "1", "2", "3"):
-        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(root)}
-        done = subprocess.run(
-            [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
-        )
-        outputs.add(done.stdout)
+    outputs = _outputs_under_hash_seeds(code, tmp_path)
     assert outputs == {"refused\nrefused\nTrue False False\n"}
 
 
@@ -212,14 +218,7 @@ def test_object_array_of_sets_is_refused_whatever_the_hash_seed(tmp_path: Path) 
         "    except ValueError:\n"
         "        print('refused')\n"
     )
-    root = Path(__file__).resolve().parents[1]
-    outputs = set()
-    for seed in ("0", "1", "2", "3"):
-        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(root)}
-        done = subprocess.run(
-            [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
-        )
-        outputs.add(done.stdout)
+    outputs = _outputs_under_hash_seeds(code, tmp_path)
     assert outputs == {"refused\nrefused\n"}
 
 
