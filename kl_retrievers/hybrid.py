@@ -62,7 +62,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from kl_retrievers._encoding import check_texts, require_modules
+from kl_retrievers._encoding import check_texts, query_batch_size, require_modules
 from kl_retrievers._io import (
     atomic_dir,
     check_replace_target,
@@ -83,7 +83,6 @@ from kl_retrievers.store._base import (
     _check_texts_and_ids,
     _check_texts_container,
     _metadata_list,
-    _query_batch_size,
     _refuse_model_name,
     _refuse_unordered,
     _RWLock,
@@ -1710,7 +1709,7 @@ class KLHybridStore:
             if not texts:
                 return Gaussians(np.zeros((0, self._kl.dim or 1)), np.ones((0, self._kl.dim or 1)), validate=False)
             query_gaussians = encoder.encode_queries(  # one at a time on int8: results independent of the others
-                texts, batch_size=_query_batch_size(encoder, self._kl.batch_size), show_progress_bar=False
+                texts, batch_size=query_batch_size(encoder, self._kl.batch_size), show_progress_bar=False
             )
         if not isinstance(query_gaussians, Gaussians):
             raise TypeError(f"query_gaussians must be a Gaussians batch; got {type(query_gaussians).__name__}")

@@ -33,9 +33,11 @@ def test_query_batch_size_is_one_only_on_a_batch_dependent_encoder() -> None:
 
 def test_the_stores_and_the_cli_use_the_one_rule() -> None:
     import kl_retrievers.cli as cli
+    from kl_retrievers import hybrid, llama_index
     from kl_retrievers.store import _base
 
-    assert _base._query_batch_size is query_batch_size  # what KLStore, the hybrid store and LlamaIndex call
+    # what KLStore, the hybrid store and LlamaIndex call
+    assert _base.query_batch_size is hybrid.query_batch_size is llama_index._query_batch_size is query_batch_size
     assert not hasattr(cli, "_query_batch_size")  # no copy of the rule left in the CLI
     assert cli._QUERY_BATCH_SIZE == 32  # the CLI's batch size on a batch-invariant encoder, as before
 

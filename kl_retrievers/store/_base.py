@@ -34,8 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from kl_retrievers._encoding import check_texts
-from kl_retrievers._encoding import query_batch_size as _query_batch_size  # hybrid, llama_index import it here
+from kl_retrievers._encoding import check_texts, query_batch_size
 from kl_retrievers.filters import MetadataFilter, stored_form
 from kl_retrievers.gaussian import Gaussians, _first_bad, check_float32_scorable, check_k
 
@@ -674,7 +673,7 @@ def _query_gaussians(
         if encoder is None:
             raise ValueError("searching by text needs an encoder; pass query Gaussians instead")
         g = _as_numpy_gaussians(
-            encoder.encode_queries(texts, batch_size=_query_batch_size(encoder, batch_size), show_progress_bar=False),
+            encoder.encode_queries(texts, batch_size=query_batch_size(encoder, batch_size), show_progress_bar=False),
             "query gaussians",
         )
     if dim is not None and g.dim != dim:
