@@ -10,6 +10,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
 import logging
@@ -19,7 +20,7 @@ import re
 import sys
 import unicodedata
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -1481,9 +1482,38 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: choose a COMMAND (see {parser.prog} --help)", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    with _cli_logging(args.verbose):
+        return _run_command(args)
+
+
+@contextlib.contextmanager
+def _cli_logging(verbose: bool) -> Iterator[None]:
+    """Log lines (``LEVEL logger: message``) on stderr, at INFO with ``--verbose`` else WARNING, for one command.
+
+    Only when the root logger has no handler (a program that configured logging keeps its own configuration,
+    as with :func:`logging.basicConfig`); the handler and level installed are removed again when the command
+    ends, so that a later in-process :func:`main` call configures its own (``-v`` then raises the level) and
+    the caller's process is left as it was.
+    """
+    root = logging.getLogger()
+    if root.handlers:
+        yield
+        return
+    handler = logging.StreamHandler()  # sys.stderr as it is now
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """:func:`_main` once the arguments are parsed and logging is set up."""
     prefix = f"kl-retrievers {args.command}: error:"
     if sys.stdout is None:  # started with stdout closed (`>&-`): the results would be lost without a word
         print(

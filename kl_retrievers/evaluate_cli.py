@@ -27,6 +27,7 @@ import os
 import stat
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,8 @@ from kl_retrievers.datasets import CORPUS_FILE, QRELS_DIR, QUERIES_FILE, BeirDat
 from kl_retrievers.encoding_cache import CACHE_ENV
 from kl_retrievers.evaluation import (
     DEFAULT_METRICS,
-    METRICS,
     EvaluationResult,
+    _depth_warning,
     check_trec_ids,
     evaluate_model,
     evaluate_run,
@@ -65,6 +66,7 @@ from kl_retrievers.evaluation import (
     save_per_query,
     write_trec_run,
 )
+from kl_retrievers.evaluation import metric_cutoff as metric_cutoff  # re-exported: it was defined here
 
 __all__ = ["HYBRID_MODES", "add_evaluate_command", "run_evaluate"]
 
@@ -710,36 +712,6 @@ def _evaluate_hybrid(
     return result, dense_run, weights
 
 
-def metric_cutoff(name: str) -> int | None:
-    """The rank cutoff of a reported metric (``10`` of ``ndcg@10``), ``None`` when it has none.
-
-    Examples:
-        >>> metric_cutoff("recall@100"), metric_cutoff("ndcg@10")
-        (100, 10)
-    """
-    _, _, cutoff = METRICS.get(name, name).partition("@")
-    return int(cutoff) if cutoff.isdigit() else None
-
-
-def _depth_warning(depth: int, metrics: Iterable[str]) -> str | None:
-    """The warning for a ``--depth`` below the cutoff of some reported metrics (``None``: none is).
-
-    Examples:
-        >>> _depth_warning(100, ["ndcg@10", "recall@100"]) is None
-        True
-        >>> print(_depth_warning(50, ["ndcg@10", "recall@100"]))  # doctest: +ELLIPSIS
-        --depth 50 is below the cutoff of recall@100: ... a run of 50 documents per query ...
-    """
-    short = [name for name in metrics if (cutoff := metric_cutoff(name)) is not None and depth < cutoff]
-    if not short:
-        return None
-    return (
-        f"--depth {depth} is below the cutoff of {', '.join(short)}: {'it is' if len(short) == 1 else 'they are'} "
-        f"computed on a run of {depth} documents per query (a document ranked past {depth} counts as not retrieved), "
-        "not comparable with figures at the default depth 100"
-    )
-
-
 def _same_dataset(recorded: Any, path: Path) -> bool:
     """Whether a ``meta.dataset`` recorded in a per-query file names the folder ``path``.
 
@@ -1060,7 +1032,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             return 2
     elif getattr(args, "compare_any", False):
         logger.warning("--compare-any has no effect without --compare")
-    depth_warning = _depth_warning(args.depth, DEFAULT_METRICS)
+    depth_warning = _depth_warning(args.depth, DEFAULT_METRICS, "--depth")  # evaluate_model's k= warning, as a flag
     if depth_warning:
         logger.warning("%s", depth_warning)
     cache_dir = args.cache_dir
@@ -1125,15 +1097,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if args.hybrid:
             result, score_run, weights = _evaluate_hybrid(args, encoder, dataset, show_progress=show)
         else:
-            result = evaluate_model(
-                encoder,
-                dataset,
-                k=args.depth,
-                cache_dir=cache_dir,
-                use_cache=use_cache,
-                show_progress=show,
-                **args_subset(args, "means_only", "batch_size", "max_length", "query_max_length"),
-            )
+            with warnings.catch_warnings():  # its k= warning is the --depth one logged above
+                warnings.filterwarnings("ignore", message=r"k=\d+ is below the cutoff ", category=UserWarning)
+                result = evaluate_model(
+                    encoder,
+                    dataset,
+                    k=args.depth,
+                    cache_dir=cache_dir,
+                    use_cache=use_cache,
+                    show_progress=show,
+                    **args_subset(args, "means_only", "batch_size", "max_length", "query_max_length"),
+                )
     # every mode: what the run is ranked by, its direction and its depth (in --json, the per-query meta, the table)
     result.info = {
         "score": result.info.get("score"),

@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,78 @@ def _require_ir_measures(what: str) -> None:
     require_modules(what, ["ir_measures"], "eval", packages={"ir_measures": "ir-measures"})
 
 
+#: ir_measures' spellings of the reported metrics, lower-cased (``ndcg@10``, ``rr@10``, ``r@100``, ``ap@100``).
+_IR_MEASURES_NAMES: dict[str, str] = {measure.lower(): name for name, measure in METRICS.items()}
+
+
+def _metric_names(metrics: str | Iterable[str]) -> list[str]:
+    """The reported names of ``metrics``: one name (a bare string) or several, in order, repeats dropped.
+
+    A bare string is one metric (``"ndcg@10"``), as ``ranx.evaluate`` takes one, not the letters of a
+    sequence. Names are matched case-insensitively, and ir_measures' spelling of a reported metric
+    (``nDCG@10``, ``RR@10``, ``R@100``, ``AP@100``: the table in the module docstring) names it too; the
+    results are keyed by the reported name (``ndcg@10``).
+
+    Raises:
+        ValueError: An unknown metric (naming it and the reported names).
+
+    Examples:
+        >>> _metric_names("ndcg@10"), _metric_names(["nDCG@10", "R@100", "ndcg@10"])
+        (['ndcg@10'], ['ndcg@10', 'recall@100'])
+        >>> _metric_names(["P@10"])
+        Traceback (most recent call last):
+        ValueError: unknown metric 'P@10'; choose from ['map@100', 'mrr@10', 'ndcg@10', 'recall@100'] ...
+    """
+    out: list[str] = []
+    for name in [metrics] if isinstance(metrics, str) else metrics:
+        key = name.lower() if isinstance(name, str) else None
+        reported = key if key in METRICS else _IR_MEASURES_NAMES.get(key or "")
+        if reported is None:
+            raise ValueError(
+                f"unknown metric {name!r}; choose from {sorted(METRICS)} (any case; ir_measures' "
+                f"{', '.join(METRICS.values())} name them too)"
+            )
+        if reported not in out:
+            out.append(reported)
+    return out
+
+
+def metric_cutoff(name: str) -> int | None:
+    """The rank cutoff of a reported metric (``10`` of ``ndcg@10``), ``None`` when it has none.
+
+    Examples:
+        >>> metric_cutoff("recall@100"), metric_cutoff("ndcg@10")
+        (100, 10)
+    """
+    _, _, cutoff = METRICS.get(name, name).partition("@")
+    return int(cutoff) if cutoff.isdigit() else None
+
+
+def _depth_warning(depth: int, metrics: Iterable[str], option: str = "k") -> str | None:
+    """The warning for a retrieval depth below the cutoff of some reported metrics (``None``: none is).
+
+    One text for :func:`evaluate_model` (``option="k"``: ``k=50``) and ``kl-retrievers evaluate``
+    (``option="--depth"``: ``--depth 50``).
+
+    Examples:
+        >>> _depth_warning(100, ["ndcg@10", "recall@100"]) is None
+        True
+        >>> print(_depth_warning(50, ["ndcg@10", "recall@100"]))  # doctest: +ELLIPSIS
+        k=50 is below the cutoff of recall@100: ... a run of 50 documents per query ...
+        >>> print(_depth_warning(50, ["ndcg@10", "recall@100"], "--depth"))  # doctest: +ELLIPSIS
+        --depth 50 is below the cutoff of recall@100: ...
+    """
+    short = [name for name in metrics if (cutoff := metric_cutoff(name)) is not None and depth < cutoff]
+    if not short:
+        return None
+    shown = f"{option} {depth}" if option.startswith("-") else f"{option}={depth}"
+    return (
+        f"{shown} is below the cutoff of {', '.join(short)}: {'it is' if len(short) == 1 else 'they are'} "
+        f"computed on a run of {depth} documents per query (a document ranked past {depth} counts as not retrieved), "
+        "not comparable with figures at the default depth 100"
+    )
+
+
 def _measure(name: str) -> Any:
     import ir_measures
 
@@ -146,7 +219,7 @@ def _measure(name: str) -> Any:
 def evaluate_run(
     qrels: Mapping[str, Mapping[str, int]],
     run: Mapping[str, Mapping[str, float]],
-    metrics: Sequence[str] = DEFAULT_METRICS,
+    metrics: str | Sequence[str] = DEFAULT_METRICS,
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Score a run against qrels.
 
@@ -159,7 +232,9 @@ def evaluate_run(
     Args:
         qrels: Query id -> {document id: grade}.
         run: Query id -> {document id: score}; higher is better.
-        metrics: Reported metric names (keys of :data:`METRICS`).
+        metrics: Reported metric names (keys of :data:`METRICS`), or one name as a bare string
+            (``"ndcg@10"``); any case, and ir_measures' spellings (``nDCG@10``, ``R@100``) name them too,
+            reported under the names of :data:`METRICS`.
 
     Returns:
         ``(aggregate, per_query)``: the mean of each metric over every query in ``qrels``,
@@ -183,6 +258,7 @@ def evaluate_run(
     _require_ir_measures("evaluate_run (scoring a run)")
     import ir_measures
 
+    metrics = _metric_names(metrics)
     if not qrels:
         raise ValueError("qrels are empty: nothing to evaluate")
     measures = {name: _measure(name) for name in metrics}
@@ -682,7 +758,7 @@ class EvaluationResult:
     split: str
     model: str
     aggregate: dict[str, float]
-    per_query: dict[str, dict[str, float]]
+    per_query: dict[str, dict[str, float]] = field(repr=False)  # one row per query: thousands of them
     run: Run = field(repr=False)
     info: dict[str, Any] = field(default_factory=dict)
     query_stats: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
@@ -756,7 +832,7 @@ def evaluate_model(
     means_only: bool = False,
     similarity: str | None = None,
     show_progress: bool = True,
-    metrics: Sequence[str] = DEFAULT_METRICS,
+    metrics: str | Sequence[str] = DEFAULT_METRICS,
     **encode_options: Unpack[EncodeOptions],
 ) -> EvaluationResult:
     """Encode, retrieve exactly by -KL (or means only) and score a Gaussian encoder.
@@ -764,13 +840,16 @@ def evaluate_model(
     Args:
         encoder: Duck-typed Gaussian encoder (see :class:`GaussianEncoderLike`).
         dataset: The loaded split.
-        k: Retrieval depth.
+        k: Retrieval depth: documents retrieved per query, the run the metrics read. Below a metric's cutoff
+            (``k=10`` with ``recall@100``) that metric counts a document ranked past ``k`` as not retrieved,
+            so it is not comparable with figures at the default depth 100: a ``UserWarning`` says so (the
+            ``kl-retrievers evaluate --depth`` warning), and the metrics are computed anyway.
         means_only: Ablation: rank by ``-||mu_q - mu_d||^2`` ignoring variances.
         similarity: ``"neg_kl"``, ``"dot"`` or ``"cosine"`` (the latter two on the means);
             ``None``: what the model was trained for (:func:`model_similarity`), so a vector twin
             from ``kl-retrievers train --similarity dot`` is ranked by its dot product.
         show_progress: Progress bars on stderr.
-        metrics: Metric names to report.
+        metrics: Metric names to report, or one as a bare string; as in :func:`evaluate_run`.
         **encode_options: ``batch_size``, ``max_length`` (document token limit, if the encoder
             accepts one; ``None``: its default), ``query_max_length``, ``cache_dir`` and
             ``use_cache``: as in :func:`encode_dataset`.
@@ -794,12 +873,13 @@ def evaluate_model(
     if means_only and similarity != "neg_kl":
         raise ValueError(f"means_only is an ablation of -KL; the model is ranked by {similarity!r} already")
     _require_ir_measures("evaluate_model (scoring its run)")  # before encoding the corpus, not after
-    unknown = [name for name in metrics if name not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown metric {unknown[0]!r}; choose from {sorted(METRICS)}")
+    metrics = _metric_names(metrics)
     k = check_k(k)
     if not dataset.qrels:
         raise ValueError(f"{dataset.path} ({dataset.split}): qrels are empty: nothing to evaluate")
+    shallow = _depth_warning(k, metrics)
+    if shallow:  # computed anyway: a deliberate shallow run is the caller's choice
+        warnings.warn(shallow, UserWarning, stacklevel=2)
     t0 = time.perf_counter()
     q, d = encode_dataset(encoder, dataset, show_progress=show_progress, **encode_options)
     t1 = time.perf_counter()

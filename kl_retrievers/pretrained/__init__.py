@@ -39,7 +39,7 @@ import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from kl_retrievers.hub import _SOURCE_FILES, ModelNotFoundError, local_reference, warn_if_shadowed
 from kl_retrievers.hub import BUNDLED_ONNX as BUNDLED_ONNX
@@ -279,6 +279,32 @@ def _bundled_folder_name(path: Path) -> str | None:
     return resolved.name if resolved.name in bundled_models() else None
 
 
+# The backend names the class returned, so a type checker narrows load_model(backend="torch") to GaussianEncoder
+# (save_pretrained, training) and backend="onnx" to OnnxGaussianEncoder; backend=None is either (default_backend).
+@overload
+def load_default_model(
+    name: str = ...,
+    *,
+    device: str | None = ...,
+    backend: Literal["torch"],
+    onnx_options: Mapping[str, Any] | None = ...,
+) -> GaussianEncoder: ...
+@overload
+def load_default_model(
+    name: str = ...,
+    *,
+    device: str | None = ...,
+    backend: Literal["onnx"],
+    onnx_options: Mapping[str, Any] | None = ...,
+) -> OnnxGaussianEncoder: ...
+@overload
+def load_default_model(
+    name: str = ...,
+    *,
+    device: str | None = ...,
+    backend: str | None = ...,
+    onnx_options: Mapping[str, Any] | None = ...,
+) -> GaussianEncoder | OnnxGaussianEncoder: ...
 def load_default_model(
     name: str = DEFAULT_MODEL,
     *,
@@ -306,7 +332,8 @@ def load_default_model(
     Args:
         name: A bundled model name (see :func:`bundled_models`).
         device: ``"cpu"``, ``"cuda"`` or ``"mps"`` (default: the best available; torch only).
-        backend: ``"onnx"``, ``"torch"`` or ``None`` (:func:`default_backend`).
+        backend: ``"onnx"``, ``"torch"`` or ``None`` (:func:`default_backend`); type checkers read the class
+            returned from it, as for :func:`load_model`.
         onnx_options: ONNX Runtime session settings, as for :func:`load_model`.
 
     Returns:
@@ -323,6 +350,33 @@ def load_default_model(
     return load_model(name, device=device, backend=backend, onnx_options=onnx_options)
 
 
+@overload
+def load_model(
+    name_or_path: str | os.PathLike[str] | None = ...,
+    *,
+    device: str | None = ...,
+    backend: Literal["torch"],
+    quantize: str | None = ...,
+    onnx_options: Mapping[str, Any] | None = ...,
+) -> GaussianEncoder: ...
+@overload
+def load_model(
+    name_or_path: str | os.PathLike[str] | None = ...,
+    *,
+    device: str | None = ...,
+    backend: Literal["onnx"],
+    quantize: str | None = ...,
+    onnx_options: Mapping[str, Any] | None = ...,
+) -> OnnxGaussianEncoder: ...
+@overload
+def load_model(
+    name_or_path: str | os.PathLike[str] | None = ...,
+    *,
+    device: str | None = ...,
+    backend: str | None = ...,
+    quantize: str | None = ...,
+    onnx_options: Mapping[str, Any] | None = ...,
+) -> GaussianEncoder | OnnxGaussianEncoder: ...
 def load_model(
     name_or_path: str | os.PathLike[str] | None = None,
     *,
@@ -349,7 +403,8 @@ def load_model(
             model's own folder does). With ``"onnx"``, a folder that holds ``model.onnx`` (or ``onnx-int8/``)
             and a bundled model that ships its graph load as they are; any other model is exported on
             first use (torch needed) into :func:`onnx_cache_dir`, keyed by name, library version,
-            quantisation and weights.
+            quantisation and weights. Type checkers read the class returned from a literal ``"torch"`` or
+            ``"onnx"`` (overloads); from ``None`` or another ``str`` it is either.
         quantize: ONNX exports made here: ``"int8"`` (dynamic int8 weights) or ``None`` (float32; also
             ``"float32"``, as the CLI names it). The
             torch backend always loads the saved float32 weights and does not quantise: any other value

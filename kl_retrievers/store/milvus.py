@@ -659,6 +659,9 @@ class MilvusKLStore(GaussianStore):
         show_progress_bar: Show bars while encoding and inserting.
         client: An existing ``pymilvus.MilvusClient`` to use instead of ``uri``.
 
+    A context manager: ``with MilvusKLStore(...) as store:`` calls :meth:`close` on leaving the block (an
+    exception raised inside it propagates). Closing twice does nothing.
+
     Raises:
         MilvusConnectionError: The server cannot be reached within ``timeout``.
         ValueError: Bad options, or an existing collection with another dimension or metric,
@@ -668,6 +671,10 @@ class MilvusKLStore(GaussianStore):
         >>> import tempfile, os
         >>> store = MilvusKLStore(uri=os.path.join(tempfile.mkdtemp(), "kl.db"), dim=4)
         >>> len(store)
+        0
+        >>> store.close()
+        >>> with MilvusKLStore(uri=os.path.join(tempfile.mkdtemp(), "kl.db"), dim=4) as store:
+        ...     len(store)
         0
     """
 
@@ -753,6 +760,7 @@ class MilvusKLStore(GaussianStore):
             )
         self.encoder = encoder
         self._lite_path: str | None = None  # the Milvus Lite file this store opened (released by close())
+        self._closed = False  # close() done: a second close does nothing
         self.uri = uri  # unused when a client is given (it is connected already)
         self._client_given = client is not None
         self.collection_name = collection_name
@@ -2265,7 +2273,12 @@ class MilvusKLStore(GaussianStore):
         each file once per process) is cut off as well, unless Milvus Lite already served the file when the first of
         these stores opened it (that client started the server: it is left running); a store given ``client=``
         leaves the file to its owner.
+
+        Closing a closed store does nothing (also on leaving a ``with`` block: see :meth:`__exit__`).
         """
+        if self._closed:
+            return
+        self._closed = True
         self._client.close()
         lite, self._lite_path = self._lite_path, None
         if lite is None:
@@ -2284,3 +2297,11 @@ class MilvusKLStore(GaussianStore):
         except ImportError:  # pragma: no cover - another milvus-lite: released when the process exits
             return
         server_manager_instance.release_server(lite)
+
+    def __enter__(self) -> MilvusKLStore:
+        """The store itself, for ``with MilvusKLStore(...) as store:``."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """:meth:`close` the store on leaving the ``with`` block; an exception raised in it propagates."""
+        self.close()
