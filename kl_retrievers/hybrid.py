@@ -1313,7 +1313,9 @@ class KLHybridStore:
             baseline's tokens, and every hybrid store saved before stop 42). Needs ``PyStemmer``
             (the ``hybrid`` extra).
         kl_store: An existing (possibly filled) KLStore to use as the KL half; its texts are
-            indexed by BM25, so every document needs one. Mutate it only through this object.
+            indexed by BM25, so every document needs one. It becomes this store's: its ``add`` / ``delete``
+            raise ``RuntimeError`` from then on unless this store calls them (a store that is already another
+            hybrid store's KL half is refused, ``ValueError``).
         **kl_options: Options of a new :class:`KLStore` (``index_type``, ...), when ``kl_store`` is not given.
 
     Raises:
@@ -1366,6 +1368,8 @@ class KLHybridStore:
             raise ValueError(f"give either kl_store or KLStore options, not both; got options {sorted(kl_options)}")
         if kl_store is not None and not isinstance(kl_store, KLStore):
             raise TypeError(f"kl_store must be a KLStore; got {type(kl_store).__name__}")
+        if kl_store is not None:
+            kl_store._refuse_second_owner()  # before anything changes it
         self._kl = kl_store if kl_store is not None else KLStore(encoder=encoder, **kl_options)
         if encoder is not None and kl_store is not None:
             self._kl.encoder = encoder
@@ -1387,6 +1391,7 @@ class KLHybridStore:
                 self._warn_no_tokens([d.text or "" for d in docs])
             self._bm25.put(ids, tokens, [d.metadata for d in docs])
             self._warn_reserved_keys([d.metadata for d in docs], "KLHybridStore(kl_store=...)")
+        self._kl._set_owner(type(self).__name__)  # its add / delete refuse from now on unless made by this store
 
     def _warn_reserved_keys(
         self,
@@ -1416,7 +1421,11 @@ class KLHybridStore:
     # ------------------------------------------------------------------ basics
     @property
     def kl(self) -> KLStore:
-        """The KL half (read it freely; change documents only through this hybrid store)."""
+        """The KL half: read it freely; its ``add`` / ``delete`` raise ``RuntimeError`` unless this store calls them.
+
+        A change through it alone (also through a LangChain or LlamaIndex vector store wrapping it) would leave
+        the BM25 half stale: change documents through :meth:`add`, :meth:`upsert` and :meth:`delete`.
+        """
         return self._kl
 
     @property
@@ -1599,7 +1608,8 @@ class KLHybridStore:
             )
         with self._lock.write():
             self._ensure_tokens()
-            new_ids = self._kl.add(text_list, gaussians=gaussians, ids=id_list, metadatas=metadatas)
+            with self._kl._owner_writes():
+                new_ids = self._kl.add(text_list, gaussians=gaussians, ids=id_list, metadatas=metadatas)
             if not new_ids:
                 return []
             metas = [d.metadata for d in self._kl.get_by_ids(new_ids)]
@@ -1674,7 +1684,8 @@ class KLHybridStore:
         """
         with self._lock.write():
             self._ensure_tokens()
-            report = self._kl.delete(ids, filter=filter)
+            with self._kl._owner_writes():
+                report = self._kl.delete(ids, filter=filter)
             if report.deleted:
                 self._bm25.remove(report.deleted)
         return report
@@ -2267,6 +2278,7 @@ class KLHybridStore:
             token_pattern=BM25_TOKEN_PATTERN if empty_matching else pattern,
             stemmer=bm25_cfg.get("stemmer"),  # a save from before the option has none: no stemming
         )
+        kl._set_owner(cls.__name__)  # the loaded half is read-only on its own too
         store._kl = kl
         half.metas = {d.id: d.metadata for d in kl.get_by_ids(half.ids)}
         store._bm25 = half

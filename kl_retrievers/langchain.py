@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -1050,6 +1051,79 @@ class KLEmbeddings(Embeddings):
 _STORE_METHODS = ("add", "delete", "get_by_ids", "get_gaussians", "search")
 
 
+def _delete_by_ids(store: Any, ids: Any, delete_all: bool, owner: str) -> bool:
+    """``owner.delete(ids, delete_all=...)`` on ``store`` (a KLStore, MilvusKLStore or KLHybridStore): ``True``.
+
+    Ids already absent are not a failure (logged at DEBUG level): LangChain's ``index(cleanup=...)`` deletes
+    every id its record manager holds, also one a person deleted by hand meanwhile, and raises on ``False``.
+
+    Raises:
+        ValueError: No ids and no ``delete_all=True``, or both.
+        TypeError: ``ids`` is a single str.
+    """
+    if ids is None:
+        if not delete_all:
+            raise ValueError(
+                f"{owner}.delete() needs the ids to delete (got ids=None); to delete every document "
+                "call delete(delete_all=True) or clear()"
+            )
+        store.delete(store.ids)  # every document: none can be absent (nothing read back first)
+        return True
+    if delete_all:
+        raise ValueError(f"pass either ids or delete_all=True to {owner}.delete, not both")
+    if isinstance(ids, str):
+        raise TypeError("ids must be a list of str, not a single str")
+    wanted = list(dict.fromkeys(str(i) for i in ids))
+    present = {d.id for d in store.get_by_ids(wanted)} if wanted else set()
+    absent = [i for i in wanted if i not in present]
+    if absent:  # not a failure; left out of the store's delete, which would log a WARNING about them
+        logger.debug("%s.delete: %d id(s) were already absent: %s", owner, len(absent), absent[:10])
+    if len(absent) < len(wanted):
+        store.delete([i for i in wanted if i in present])
+    return True
+
+
+def _document_fields(
+    documents: Iterable[Document], ids: Iterable[str | None] | None
+) -> tuple[list[str], list[dict[str, Any]], Iterable[str | None] | None]:
+    """``(texts, metadatas, ids)`` of ``documents``, as ``VectorStore.add_documents`` passes them to ``add_texts``.
+
+    ``ids`` given wins; else the documents' ``id`` fields when any is set (a document without one gets a
+    uuid4 hex, :func:`_check_add_args`); else ``None``.
+    """
+    docs = list(documents)
+    if ids is None and any(d.id for d in docs):
+        ids = [d.id for d in docs]
+    return [d.page_content for d in docs], [dict(d.metadata) for d in docs], ids
+
+
+def _store_texts(
+    store: Any, items: list[str], metadatas: list[dict[str, Any] | None] | None, ids: list[str] | None
+) -> list[str]:
+    """``store.add(items, ids=ids, metadatas=metadatas)``, a refused metadata naming its document id."""
+    try:
+        return list(store.add(items, ids=ids, metadatas=metadatas))
+    except (TypeError, ValueError) as exc:
+        named = _name_the_document(exc, ids)
+        if named is exc:
+            raise
+        raise named from exc
+
+
+def _name_the_document(exc: TypeError | ValueError, ids: Sequence[str] | None) -> TypeError | ValueError:
+    """``exc`` (a store's refusal of ``metadatas[j]``) naming the document id ``ids[j]`` too, when known.
+
+    A batch of LangChain's ``index()`` is any slice of the documents: the row within it alone does not say
+    which document it is.
+    """
+    found = re.match(r"metadatas\[(\d+)\]", str(exc))
+    if found is None or not ids or int(found.group(1)) >= len(ids):
+        return exc
+    end = found.end()
+    message = str(exc)
+    return type(exc)(f"{message[:end]} (document id {ids[int(found.group(1))]!r}){message[end:]}")
+
+
 class KLVectorStore(VectorStore):
     """A LangChain vector store ranked by exact ``-KL(Q || D)`` (higher is better) over :class:`KLStore`.
 
@@ -1218,7 +1292,7 @@ class KLVectorStore(VectorStore):
         if not items:
             return []
         self._get_encoder()
-        return self.store.add(items, ids=id_values, metadatas=metadata_list)
+        return _store_texts(self.store, items, metadata_list, id_values)
 
     def upsert(self, documents: Sequence[Document], ids: list[str] | None = None) -> dict[str, list[str]]:
         """Insert or replace documents by id (``Document.id``, or ``ids``).
@@ -1251,7 +1325,7 @@ class KLVectorStore(VectorStore):
         return await run_in_executor(None, self.add_texts, texts, metadatas, ids, **kwargs)
 
     def delete(self, ids: list[str] | None = None, *, delete_all: bool = False, **kwargs: Any) -> bool | None:
-        """Delete documents by id; unknown ids are ignored.
+        """Delete documents by id; ids already absent are ignored (idempotent, as ``InMemoryVectorStore``).
 
         ``delete()`` with no ids refuses (a forgotten argument must not wipe the store); empty the
         store with ``delete(delete_all=True)`` or :meth:`clear`.
@@ -1262,7 +1336,9 @@ class KLVectorStore(VectorStore):
             **kwargs: Ignored.
 
         Returns:
-            ``True`` when every given id existed, ``False`` when some were missing.
+            ``True``: every given id is absent afterwards (the ids that were already absent are logged at
+            DEBUG level). LangChain's ``index(cleanup=...)`` reads ``False`` as a failed deletion and
+            raises, so an id deleted by hand between two syncs must not give ``False``.
 
         Raises:
             ValueError: No ids and no ``delete_all=True``, or both.
@@ -1271,19 +1347,7 @@ class KLVectorStore(VectorStore):
             >>> store.delete(["a", "b"])  # doctest: +SKIP
             True
         """
-        if ids is None:
-            if not delete_all:
-                raise ValueError(
-                    "KLVectorStore.delete() needs the ids to delete (got ids=None); to delete every document "
-                    "call delete(delete_all=True) or clear()"
-                )
-            ids = self.store.ids
-        elif delete_all:
-            raise ValueError("pass either ids or delete_all=True to KLVectorStore.delete, not both")
-        if isinstance(ids, str):
-            raise TypeError("ids must be a list of str, not a single str")
-        report = self.store.delete([str(i) for i in ids])
-        return not report.missing
+        return _delete_by_ids(self.store, ids, delete_all, "KLVectorStore")
 
     def clear(self) -> None:
         """Delete every document (the store's settings are kept); same as ``delete(delete_all=True)``."""
@@ -2757,13 +2821,55 @@ class KLHybridRetriever(_ConfidenceRetriever):
     ) -> KLHybridRetriever:
         """Index ``documents`` (their ``id`` fields are kept) in a new hybrid store; see :meth:`from_texts`."""
         _refuse_model_name(embedding, f"{cls.__name__}.from_documents(documents, {{embeddings}})")
-        docs = list(documents)
-        ids = kwargs.pop("ids", None)
-        if ids is None and any(d.id for d in docs):
-            ids = [d.id or uuid.uuid4().hex for d in docs]
-        return cls.from_texts(
-            [d.page_content for d in docs], embedding, [dict(d.metadata) for d in docs], ids=ids, **kwargs
-        )
+        texts, metadatas, ids = _document_fields(documents, kwargs.pop("ids", None))
+        return cls.from_texts(texts, embedding, metadatas, ids=ids, **kwargs)
+
+    # -- writing: both halves of the store, as KLVectorStore writes (the store's add, upsert and delete)
+    def add_documents(self, documents: Iterable[Document], ids: Iterable[str | None] | None = None) -> list[str]:
+        """Add documents to both halves of :attr:`store`; an existing id is replaced in both (upsert).
+
+        Documents map to the store as :meth:`KLVectorStore.add_documents` maps them: ``page_content`` is the
+        text (BM25 indexes it, the encoder encodes it), ``metadata`` the metadata, ``ids`` (else the documents'
+        ``id`` fields, when any is set; a document without one gets a uuid4 hex) the ids. Checked as
+        :meth:`KLVectorStore.add_texts` checks them, before anything is encoded.
+
+        Returns:
+            The ids, in input order.
+
+        Raises:
+            TypeError / ValueError: What :meth:`KLVectorStore.add_texts` refuses (a metadata that is not JSON
+                names its document id); then neither half changes.
+        """
+        texts, metadatas, id_values = _document_fields(documents, ids)
+        items = _check_texts(texts, "documents")
+        metadata_list, id_list = _check_add_args(len(items), metadatas, id_values, "documents")
+        if not items:
+            return []
+        return _store_texts(self.store, items, metadata_list, id_list)
+
+    async def aadd_documents(self, documents: Iterable[Document], ids: Iterable[str | None] | None = None) -> list[str]:
+        """Async :meth:`add_documents` (runs in a worker thread)."""
+        from langchain_core.runnables.config import run_in_executor
+
+        return await run_in_executor(None, self.add_documents, documents, ids)
+
+    def delete(self, ids: list[str] | None = None, *, delete_all: bool = False) -> bool:
+        """Delete documents from both halves of :attr:`store` by id, as :meth:`KLVectorStore.delete` does.
+
+        Ids already absent are ignored (logged at DEBUG level): the result is ``True`` whenever every given id
+        is absent afterwards. ``delete()`` with no ids refuses; ``delete(delete_all=True)`` empties the store.
+
+        Raises:
+            ValueError: No ids and no ``delete_all=True``, or both.
+            TypeError: ``ids`` is a single str.
+        """
+        return _delete_by_ids(self.store, ids, delete_all, type(self).__name__)
+
+    async def adelete(self, ids: list[str] | None = None, *, delete_all: bool = False) -> bool:
+        """Async :meth:`delete` (runs in a worker thread)."""
+        from langchain_core.runnables.config import run_in_executor
+
+        return await run_in_executor(None, self.delete, ids, delete_all=delete_all)
 
     def _get_relevant_documents(
         self,

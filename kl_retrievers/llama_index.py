@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
 import inspect
 import json
 import logging
@@ -783,6 +784,10 @@ def _unloadable_model(name: str) -> str:
     )
 
 
+#: The key of :meth:`KLEmbedding.to_dict` holding what the embeddings depend on besides the model name.
+_IDENTITY_KEY = "encoder_identity"
+
+
 class KLEmbedding(BaseEmbedding):
     """LlamaIndex embedding model giving the exact inner-product rewrite of ``-KL(Q || D)``.
 
@@ -815,7 +820,9 @@ class KLEmbedding(BaseEmbedding):
         **kwargs: Other ``BaseEmbedding`` fields (``num_workers``, ...). ``model_name`` defaults to
             the encoder's ``name_or_path``; with ``encoder=None`` it names the model to load (see below).
 
-    Serialisation: ``model_name`` and ``backend`` are fields, so ``to_dict()`` records the model and
+    Serialisation: ``model_name`` and ``backend`` are fields, so ``to_dict()`` records the model (and,
+    under ``"encoder_identity"``, its weights' SHA-256 and config: ``IngestionPipeline``'s cache key, see
+    :meth:`to_dict`) and
     ``KLEmbedding.from_dict(embed.to_dict())`` (or ``KLEmbedding(model_name=...)``) loads it again
     with :func:`~kl_retrievers.pretrained.load_model`, when it is a bundled model (also
     ``kl_retrievers:NAME``) or an existing absolute folder (what ``load_model(folder)`` records);
@@ -838,6 +845,8 @@ class KLEmbedding(BaseEmbedding):
 
     _encoder: Any = PrivateAttr()
     _warned: set[str] = PrivateAttr(default_factory=set)
+    # the digest of in-memory weights (no weights_sha256) and the parameter versions it is right for
+    _weights_digest: tuple[Any, str | None] | None = PrivateAttr(default=None)
 
     def __init__(
         self,
@@ -943,6 +952,50 @@ class KLEmbedding(BaseEmbedding):
         """Name used in LlamaIndex serialisation."""
         return "KLEmbedding"
 
+    def to_dict(self, **kwargs: Any) -> dict[str, Any]:
+        """The fields, and under ``"encoder_identity"`` what the embeddings depend on besides the model name.
+
+        ``IngestionPipeline`` keys its cache by this dict: ``encoder_identity`` holds the weights' SHA-256
+        (``encoder.weights_sha256``; for weights changed in memory, whose identity is not known, a SHA-256 of
+        the parameters, ``"parameters:..."``) and the encoder config (``max_length``, ``query_max_length``,
+        the query prefix in ``extra``...), so a model retrained in the same folder, or another token budget,
+        gets a new cache key instead of the old embeddings. :meth:`from_dict` ignores it (the model is loaded
+        by ``model_name``).
+        """
+        data = super().to_dict(**kwargs)
+        data[_IDENTITY_KEY] = self._encoder_identity()
+        return data
+
+    def _encoder_identity(self) -> dict[str, Any]:
+        """``{"weights_sha256", "config"}`` of the encoder (``None`` where it does not say)."""
+        to_dict = getattr(getattr(self._encoder, "config", None), "to_dict", None)
+        config = to_dict() if callable(to_dict) else None
+        return {"weights_sha256": self._weights_identity(), "config": config}
+
+    def _weights_identity(self) -> str | None:
+        """``encoder.weights_sha256``, else (weights changed in memory) a SHA-256 of its parameters, else ``None``."""
+        encoder = self._encoder
+        known = getattr(encoder, "weights_sha256", None)
+        if isinstance(known, str):
+            return known
+        state_dict = getattr(encoder, "state_dict", None)
+        if not callable(state_dict):
+            return None
+        versions = getattr(encoder, "_parameter_versions", None)
+        version = versions() if callable(versions) else None
+        cached = self._weights_digest
+        if version is not None and cached is not None and cached[0] == version:
+            return cached[1]
+        import torch
+
+        digest = hashlib.sha256()
+        for name, tensor in state_dict().items():
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        identity = f"parameters:{digest.hexdigest()}"
+        self._weights_digest = (version, identity)
+        return identity
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], **kwargs: Any) -> KLEmbedding:
         """Rebuild from :meth:`to_dict`'s ``data`` (the model loaded by its recorded name and backend).
@@ -952,9 +1005,9 @@ class KLEmbedding(BaseEmbedding):
         and the field records the given encoder's backend. A ``backend=`` given here too is checked
         against the encoder as in the constructor.
         """
+        data = {key: value for key, value in data.items() if key != _IDENTITY_KEY}  # to_dict's, for the cache key
         encoder = kwargs.get("encoder")
         if encoder is not None and not isinstance(encoder, (str, os.PathLike)) and "backend" not in kwargs:
-            data = dict(data)
             recorded = data.pop("backend", None)
             if recorded is not None and recorded != _encoder_backend(encoder):
                 logger.debug(
@@ -2911,6 +2964,29 @@ _FUSION_WARNED: set[str] = set()  # the fusion modes _warn_hybrid_fusion warned 
 _FUSION_WARNED_LOCK = threading.Lock()
 
 
+def _add_nodes_to_hybrid(store: KLHybridStore, nodes: Sequence[BaseNode], where: str) -> list[str]:
+    """Add ``nodes`` to both halves of ``store`` as :class:`KLVectorStore` stores them; their ids in input order.
+
+    The node JSON (:func:`_stored_metadata`, keeping the node's text) is the metadata; both halves index what
+    ``VectorStoreIndex`` embeds (the EMBED content, :func:`_indexed_text`). The last occurrence of a repeated
+    id wins, as in :meth:`KLVectorStore.add` (``KLHybridStore.add`` refuses repeats); objects that ``IndexNode``
+    nodes carry are left out of the JSON (:func:`_detach_objects`).
+    """
+    node_list = _detach_objects(list(nodes))
+    keep = _last_occurrences(
+        [n.node_id for n in node_list], f"{where}: %d repeated node id(s); the last occurrence wins"
+    )
+    node_list = [node_list[i] for i in keep]
+    reserved = _reserved_keys_in(node_list)
+    if reserved and not store._reserved_warned:
+        store._reserved_warned = True  # one warning, this one (not KLHybridStore.add's too)
+        _warn_reserved_keys(reserved, f"KLHybridRetriever.{where}")
+    if not node_list:
+        return []
+    metadatas = [_stored_metadata(n, remove_text=False) for n in node_list]
+    return store.add([_indexed_text(m) for m in metadatas], ids=[n.node_id for n in node_list], metadatas=metadatas)
+
+
 def _warn_hybrid_fusion(mode: str) -> None:
     """One WARNING per fusion mode: the shipped hybrid confidence judges the adaptive ranking, not ``mode``'s.
 
@@ -3149,22 +3225,7 @@ class KLHybridRetriever(_TopKRetriever):
                 nodes = _split_documents(documents, transformations)
             store = KLHybridStore(encoder, fusion="adaptive" if fusion is None else fusion, **store_kwargs)
             fusion = None  # the new store's: the retriever follows it
-            node_list = _detach_objects(list(nodes or []))  # their objects go to object_map (below)
-            # The last occurrence of a repeated id wins, as in KLVectorStore.add (KLHybridStore.add refuses repeats).
-            keep = _last_occurrences(
-                [n.node_id for n in node_list], "from_defaults: %d repeated node id(s); the last occurrence wins"
-            )
-            node_list = [node_list[i] for i in keep]
-            reserved = _reserved_keys_in(node_list)
-            if reserved:
-                store._reserved_warned = True  # one warning, this one (not KLHybridStore.add's too)
-                _warn_reserved_keys(reserved, "KLHybridRetriever.from_defaults")
-            if node_list:
-                # both halves index what VectorStoreIndex embeds (the EMBED content); the JSON keeps the node's text
-                metadatas = [_stored_metadata(n, remove_text=False) for n in node_list]
-                store.add(
-                    [_indexed_text(m) for m in metadatas], ids=[n.node_id for n in node_list], metadatas=metadatas
-                )
+            _add_nodes_to_hybrid(store, nodes or [], "from_defaults")
         if object_map is None:
             object_map = _objects_of(nodes) or None
         return cls(
@@ -3176,6 +3237,42 @@ class KLHybridRetriever(_TopKRetriever):
             object_map=object_map,
             **own,
         )
+
+    # ------------------------------------------------------------------ keeping the store in sync
+    def add_nodes(self, nodes: Sequence[BaseNode]) -> list[str]:
+        """Add (or replace, by ``node_id``) nodes in both halves of :attr:`store`, as :meth:`from_defaults` adds them.
+
+        Each node is stored as :class:`KLVectorStore` stores it (its metadata, ``ref_doc_id`` and relationships
+        in LlamaIndex's node JSON), so it comes back from a search as it went in; both halves index its
+        ``MetadataMode.EMBED`` content. A repeated ``node_id`` within the call: the last node wins. An
+        ``IndexNode`` carrying an object adds that object to the retriever's ``object_map``.
+
+        Args:
+            nodes: Nodes (e.g. ``SentenceSplitter().get_nodes_from_documents(documents)``); their embeddings
+                are not used (the store's encoder encodes the EMBED content, as for ``from_defaults``).
+
+        Returns:
+            The ids stored, in input order (a repeated id once, at its last position).
+        """
+        node_list = list(nodes)
+        ids = _add_nodes_to_hybrid(self._store, node_list, "add_nodes")
+        objects = _objects_of(node_list)
+        if objects:
+            self.object_map.update(objects)
+        return ids
+
+    def delete_ref_doc(self, ref_doc_id: str) -> list[str]:
+        """Delete, from both halves of :attr:`store`, every node whose source document is ``ref_doc_id``.
+
+        As :meth:`KLVectorStore.delete` (and ``VectorStoreIndex.delete_ref_doc``): the nodes are chosen by
+        their ``ref_doc_id`` and deleted in one step of the store; an unknown ``ref_doc_id`` deletes nothing.
+        Replacing a changed document is ``delete_ref_doc(doc.doc_id)`` then :meth:`add_nodes` of its new nodes.
+
+        Returns:
+            The ids of the nodes deleted.
+        """
+        target = str(ref_doc_id)
+        return self._store.delete(filter=lambda m: str(_ref_doc_id(m)) == target).deleted
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         scorer = self._scorer  # read once: a calibrator assigned meanwhile applies from the next query

@@ -871,6 +871,52 @@ class GaussianStore(ABC):
             f"(from kl_retrievers import load_model), or {instead}"
         )
 
+    # ------------------------------------------------------------ the owner's guard
+    def _set_owner(self, owner: str) -> None:
+        """Make this store the half of a composite store named ``owner`` (e.g. ``"KLHybridStore"``).
+
+        From then on :meth:`add` and :meth:`delete` refuse (``RuntimeError``) unless the owner calls them, inside
+        :meth:`_owner_writes`: a write to this half alone would leave the owner's other half (BM25) stale.
+
+        Raises:
+            ValueError: This store already belongs to a composite store (two owners would each miss the
+                other's writes).
+        """
+        self._refuse_second_owner()
+        self.__dict__["_owner"] = owner
+
+    def _refuse_second_owner(self) -> None:
+        """Raise ``ValueError`` when this store already belongs to a composite store (see :meth:`_set_owner`)."""
+        if self.__dict__.get("_owner") is not None:
+            raise ValueError(
+                f"this {type(self).__name__} is already the KL half of a {self.__dict__['_owner']}; a store can "
+                "be the half of one hybrid store only (each would miss the other's writes): give this one a "
+                f"{type(self).__name__} of its own"
+            )
+
+    @contextmanager
+    def _owner_writes(self) -> Iterator[None]:
+        """Let the owner's :meth:`add` / :meth:`delete` calls through, in this thread (the owner's write lock)."""
+        previous = self.__dict__.get("_owner_writer")
+        self.__dict__["_owner_writer"] = threading.get_ident()
+        try:
+            yield
+        finally:
+            self.__dict__["_owner_writer"] = previous
+
+    def _check_writable(self, method: str) -> None:
+        """Refuse ``method`` (a write) on the half of a composite store unless its owner makes it."""
+        owner = self.__dict__.get("_owner")
+        if owner is None or self.__dict__.get("_owner_writer") == threading.get_ident():
+            return
+        raise RuntimeError(
+            f"{type(self).__name__}.{method}: this store is the KL half of a {owner}, which is read-only on its "
+            f"own: {method} here would leave the {owner}'s BM25 half stale. Change documents through the "
+            f"{owner} ({owner}.add / upsert / delete; LangChain's KLHybridRetriever.add_documents / delete; "
+            "LlamaIndex's KLHybridRetriever.add_nodes / delete_ref_doc). Searching this half (also wrapped in a "
+            "vector store) is fine"
+        )
+
     # ------------------------------------------------------------ the interface
     def __contains__(self, doc_id: object) -> bool:
         return isinstance(doc_id, str) and bool(self._documents([doc_id]))
@@ -929,6 +975,7 @@ class GaussianStore(ABC):
             >>> s.add(["x"], gaussians=Gaussians(np.zeros((1, 3)), np.ones((1, 3))), ids=["x1"])
             ['x1']
         """
+        self._check_writable("add")
         new = _new_documents(self, texts, gaussians, ids, metadatas)
         if new is None:
             return []
@@ -981,6 +1028,7 @@ class GaussianStore(ABC):
             >>> s.delete(filter={"src": "x"}), s.ids
             (DeleteReport(deleted=['c'], missing=[]), ['b'])
         """
+        self._check_writable("delete")
         if ids is None and filter is None:
             raise ValueError(
                 "delete needs ids, a filter, or both; got neither (to delete every document, pass filter={})"
