@@ -3,7 +3,7 @@
 Every query and document is a diagonal Gaussian; the score is ``-KL(Q || D)`` (higher is
 better), served exactly by any inner-product engine through a ``2k + 1``-dimensional rewrite.
 
-The public names below are loaded lazily, on first use: ``import kl_retrievers`` imports
+The public names below (``__version__`` too) are loaded lazily, on first use: ``import kl_retrievers`` imports
 neither torch nor faiss (the torch encoder and the FAISS store load them when they are used).
 Without torch (the core install), ``GaussianEncoder`` is a placeholder whose use raises
 ``ModuleNotFoundError`` naming ``pip install "kl-retrievers[torch]"``; everything else works.
@@ -21,11 +21,9 @@ import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
-from kl_retrievers._io import library_version
-
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from kl_retrievers._config import GaussianEncoderConfig, NotAnEncoderError
-    from kl_retrievers._io import load_gaussians, save_gaussians
+    from kl_retrievers._io import __version__, load_gaussians, save_gaussians
     from kl_retrievers.encoder import GaussianEncoder
     from kl_retrievers.gaussian import (
         SCORE_DIRECTION,
@@ -43,8 +41,6 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from kl_retrievers.pretrained import bundled_models, load_default_model, load_model
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
-
-__version__ = library_version()
 
 #: Each lazily loaded public name and the module that defines it.
 _LAZY: dict[str, str] = {
@@ -143,6 +139,11 @@ if not TYPE_CHECKING:  # type checkers see the names imported above, and flag an
         A public submodule (``kl_retrievers.onnx``) is imported too; any other name is an ``AttributeError``.
         Without torch, ``GaussianEncoder`` is :class:`kl_retrievers._torch_free.TorchFreeGaussianEncoder`.
         """
+        if name == "__version__":  # read on first access: importlib.metadata would double the import's time
+            from kl_retrievers._io import library_version
+
+            globals()[name] = version = library_version()
+            return version
         module = _LAZY.get(name)
         if module is None:
             if name in _SUBMODULES:

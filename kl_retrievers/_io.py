@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import logging
 import math
 import os
@@ -16,9 +17,8 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 try:
     import fcntl as _fcntl
@@ -30,8 +30,21 @@ except ImportError:  # pragma: no cover - Windows: no locks, so stale copies are
 logger = logging.getLogger(__name__)
 
 
+if TYPE_CHECKING:
+    #: ``kl_retrievers.__version__`` as type checkers see it; at run time the package reads it on first access,
+    #: with :func:`library_version` (declared here because the package's module ``__getattr__`` is hidden from them).
+    __version__: str
+
+
+@functools.cache
 def library_version() -> str:
-    """The installed version of kl-retrievers (``0+unknown`` when run from a bare checkout)."""
+    """The installed version of kl-retrievers (``0+unknown`` when run from a bare checkout).
+
+    Read from the installed package's metadata once per process (``importlib.metadata``, imported here on
+    first use: it costs about as much as the rest of ``import kl_retrievers``), then cached.
+    """
+    from importlib import metadata as importlib_metadata
+
     try:
         return importlib_metadata.version("kl-retrievers")
     except importlib_metadata.PackageNotFoundError:

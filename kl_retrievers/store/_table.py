@@ -25,22 +25,26 @@ from typing import Any
 
 import numpy as np
 
-from kl_retrievers.filters import _is_nested, _ReadOnlyCall
+from kl_retrievers.filters import _all_immutable, _is_nested, _ReadOnlyCall
 from kl_retrievers.gaussian import Gaussians
 from kl_retrievers.store._base import SearchResult, StoredDocument
 
 logger = logging.getLogger(__name__)
 
-_SCALARS = (str, int, float, bool, type(None))
 #: Rows whose ``sum log var`` :meth:`DocumentTable.append` computes at a time (float64 copies of one block only).
 _LOG_BLOCK = 8192
 
 
-def _copy_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+def _copy_metadata(meta: dict[str, Any], nested: bool | None = None) -> dict[str, Any]:
     """A copy of one document's metadata that shares nothing mutable with the stored dict.
 
     Flat metadata (the usual case) is copied shallowly; nested lists and dicts are copied level by
     level (stored metadata is plain JSON: dicts, lists and scalars, so no ``copy.deepcopy`` is needed).
+
+    Args:
+        meta: The stored metadata.
+        nested: :func:`~kl_retrievers.filters._is_nested` of ``meta`` when the caller knows it (a table's
+            per-row flags); ``None``: found here.
 
     Examples:
         >>> stored = {"tags": ["a"], "lang": "en"}
@@ -49,9 +53,9 @@ def _copy_metadata(meta: dict[str, Any]) -> dict[str, Any]:
         >>> stored
         {'tags': ['a'], 'lang': 'en'}
     """
-    if all(isinstance(v, _SCALARS) for v in meta.values()):
-        return dict(meta)
-    return _copy_json(meta)
+    if nested is None:  # what _is_nested says (that name computes the table's per-row flags)
+        nested = not _all_immutable(map(type, meta.values()))
+    return _copy_json(meta) if nested else dict(meta)
 
 
 def _copy_json(value: Any) -> Any:
@@ -321,8 +325,16 @@ class DocumentTable:
         for doc_id in ids:
             row = self.row.get(doc_id)
             if row is not None:
-                out.append(StoredDocument(self.ids[row], self.texts[row], _copy_metadata(self.metas[row])))
+                out.append(StoredDocument(self.ids[row], self.texts[row], self._metadata_copy(row)))
         return out
+
+    def _metadata_copy(self, row: int) -> dict[str, Any]:
+        """A copy of ``row``'s metadata (:func:`_copy_metadata`), told the row's :attr:`nested` flag when known.
+
+        The flags are not computed here: after a load they exist only once a callable filter asked for them.
+        """
+        flags = self._nested
+        return _copy_metadata(self.metas[row], None if flags is None else flags[row])
 
     def gaussians_of(self, ids: list[str]) -> Gaussians:
         """Copies of the stored Gaussians of ``ids``, in order; ``KeyError`` naming unknown ids."""
@@ -336,9 +348,10 @@ class DocumentTable:
 
     def results(self, rows: np.ndarray, scores: np.ndarray) -> list[list[SearchResult]]:
         """Search results for each query's ranked rows (row ``-1`` is padding and skipped)."""
+        copy = self._metadata_copy
         return [
             [
-                SearchResult(self.ids[r], float(s), self.texts[r], _copy_metadata(self.metas[r]))
+                SearchResult(self.ids[r], float(s), self.texts[r], copy(r))
                 for r, s in zip(rows_q.tolist(), scores_q.tolist(), strict=True)
                 if r >= 0
             ]
