@@ -47,6 +47,13 @@ test: check docs torch-free-check ## check, docs, torch-free-check, then the who
 torch-free-check: ## A built wheel in a fresh torch-free venv (needs a package index for its dependencies).
 	PYTHON=$(PYTHON) .ci/torch_free_check.sh
 
+## Every core, [langchain], [llama-index] and [hybrid] dependency pinned to the floor pyproject.toml declares
+## (read from it), in a throwaway torch-free venv, then a smoke test of the installed package (load_model,
+## KLStore, KLHybridStore, both adapters). Needs a package index with those releases; not part of `make test`.
+.PHONY: lowest-deps-check
+lowest-deps-check: ## Every dependency at its declared floor in a throwaway venv, then a smoke test.
+	$(PYTHON) scripts/lowest_deps_check.py --python $(PYTHON)
+
 ## The suite without the integration tests (real MiniLM, data slices) and without the notebooks: the paths
 ## replace pyproject's testpaths, which include notebooks/ (--ignore does not drop a testpaths entry).
 test-fast: install ## The tests without the integration tests and the notebooks (tests/ and the doctests).

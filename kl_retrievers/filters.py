@@ -29,8 +29,9 @@ Dates and times.  The stores keep ``datetime`` / ``date`` / ``time`` metadata as
 (see :func:`stored_form`).  A filter value that is a ``datetime``, a ``date`` or an ``np.datetime64``
 (in ``$eq``, ``$ne``, ``$in``, ``$nin``, a comparison, or a bare value or list) is compared with a
 stored value as a date or a point in time, not as text: the stored string is read back with
-``datetime.fromisoformat`` (a stored value that is no ISO date never matches, as for other
-incompatible types; a stored date reads as its midnight), and
+``datetime.fromisoformat`` (a trailing ``Z`` reads as UTC on every Python, 3.10 included; a stored
+value that is no ISO date never matches, as for other incompatible types; a stored date reads as its
+midnight), and
 
 * a ``date`` filter value (or a day-unit ``np.datetime64``) compares with the stored value's calendar
   date: its own date for a stored date, the date part for a stored datetime, aware or not (the date
@@ -215,11 +216,24 @@ def _stored_form_of_filter_values(spec: Any) -> Any:
     return spec
 
 
+def _utc_suffix(text: str) -> str:
+    """``text`` with a trailing ``Z`` (UTC, as JSON APIs and JavaScript's ``toISOString`` write it) as ``+00:00``.
+
+    ``datetime.fromisoformat`` reads the ``Z`` only from Python 3.11; on 3.10 a stored
+    ``"2024-01-02T10:00:00Z"`` would be no date, and never match a date filter.
+
+    Examples:
+        >>> _utc_suffix("2024-01-02T10:00:00Z"), _utc_suffix("10:00z"), _utc_suffix("2024-01-02")
+        ('2024-01-02T10:00:00+00:00', '10:00+00:00', '2024-01-02')
+    """
+    return text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text
+
+
 def _stored_datetime(value: Any) -> datetime.datetime | None:
     """A stored value (an ISO 8601 string, or a date / datetime) as a datetime; ``None`` when it is none."""
     if isinstance(value, str):
         try:
-            return datetime.datetime.fromisoformat(value)  # a date-only string: its midnight
+            return datetime.datetime.fromisoformat(_utc_suffix(value))  # a date-only string: its midnight
         except ValueError:
             return None
     if isinstance(value, datetime.datetime):
@@ -233,7 +247,7 @@ def _stored_time(value: Any) -> datetime.time | None:
     """A stored value (an ISO 8601 time string, or a time) as a time; ``None`` when it is none."""
     if isinstance(value, str):
         try:
-            return datetime.time.fromisoformat(value)
+            return datetime.time.fromisoformat(_utc_suffix(value))
         except ValueError:
             return None
     return value if isinstance(value, datetime.time) else None

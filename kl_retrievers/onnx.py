@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import inspect
 import json
 import logging
 import os
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -425,11 +426,50 @@ def _torch_export(encoder: GaussianEncoder, path: Path) -> None:
                 dynamic_axes=axes,
                 opset_version=_OPSET,
                 do_constant_folding=True,
-                dynamo=False,
+                **_exporter_options(torch.onnx.export),
             )
     finally:
         if switched and callable(switch):
             switch(previous)
+
+
+def _exporter_options(export: Callable[..., Any]) -> dict[str, Any]:
+    """``dynamo=False`` (the TorchScript exporter this module traces with) when ``export`` takes ``dynamo``.
+
+    torch 2.5 added the keyword (and 2.9 made the dynamo exporter the default); older releases, which the
+    ``[torch]`` extra admits (torch 2.1 and later), have only the TorchScript exporter and reject it.
+
+    Examples:
+        >>> _exporter_options(lambda model, args, f, *, dynamo=True: None)
+        {'dynamo': False}
+        >>> _exporter_options(lambda model, args, f, opset_version=None: None)
+        {}
+    """
+    try:
+        parameters = inspect.signature(export).parameters
+    except (TypeError, ValueError):  # no signature to read: torch's own functions have one
+        return {}
+    return {"dynamo": False} if "dynamo" in parameters else {}
+
+
+def _import_failure(exc: BaseException) -> str:
+    """What failed in an import: each exception of the chain as ``Type: message`` (``Type`` alone when empty).
+
+    Examples:
+        >>> _import_failure(ModuleNotFoundError("No module named 'ml_dtypes'", name="ml_dtypes"))
+        "ModuleNotFoundError: No module named 'ml_dtypes'"
+        >>> _import_failure(ImportError())
+        'ImportError (no message)'
+    """
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(parts) < 4:
+        seen.add(id(current))
+        text = str(current).strip()
+        parts.append(f"{type(current).__name__}: {text}" if text else f"{type(current).__name__} (no message)")
+        current = current.__cause__ or current.__context__
+    return "; caused by ".join(parts)
 
 
 def _verify_export(encoder: GaussianEncoder, path: Path, tokenizer_json: str) -> None:
@@ -525,8 +565,19 @@ def _quantize_int8(source: Path, target: Path, *, per_channel: bool, fused: bool
     """
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
-    except ImportError as exc:  # onnxruntime.quantization needs the onnx package
-        raise ImportError(f"int8 export needs onnxruntime and onnx ({exc}); {TORCH_EXTRA}") from exc
+    except ImportError as exc:  # onnxruntime.quantization needs the onnx package (and onnx's ml_dtypes)
+        missing = (exc.name or "").partition(".")[0]
+        if missing in ("", "onnx", "onnxruntime"):
+            raise ImportError(
+                f"int8 export needs onnxruntime and onnx, and onnxruntime.quantization failed to import "
+                f"({_import_failure(exc)}); {TORCH_EXTRA}"
+            ) from exc
+        raise ModuleNotFoundError(  # installed onnx / onnxruntime, but a package they import is missing
+            f"int8 export needs onnxruntime.quantization, which failed to import: {_import_failure(exc)}. "
+            f"{missing} is missing; install it (pip install {missing}), or an onnx that requires it "
+            f'(pip install -U "kl-retrievers[onnx]")',
+            name=missing,
+        ) from exc
     with _quiet_root_logger("pre-processing before quantization"):
         quantize_dynamic(
             source,
@@ -625,15 +676,39 @@ def _quiet_root_logger(text: str) -> Iterator[None]:
 
 
 def onnx_runtime() -> Any:
-    """The ``onnxruntime`` module; an ``ImportError`` that says it is a core requirement when it is missing."""
+    """The ``onnxruntime`` module; an ``ImportError`` saying why it cannot be imported.
+
+    Not installed: it is a core requirement, so the message says to reinstall. Installed but failing to
+    import (for instance an onnxruntime built for numpy 1 beside numpy 2): the message gives the failure,
+    its type and message, and the versions of onnxruntime and numpy.
+    """
     try:
         import onnxruntime
     except ImportError as exc:
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise ImportError(
+                f"the ONNX backend needs onnxruntime, a core requirement of kl-retrievers, which is not installed "
+                f'({_import_failure(exc)}); reinstall it: pip install "kl-retrievers"'
+            ) from exc
         raise ImportError(
-            f"the ONNX backend needs onnxruntime and tokenizers, core requirements of kl-retrievers ({exc}); "
-            'reinstall it: pip install "kl-retrievers"'
+            f"the ONNX backend needs onnxruntime, which is installed ({_installed_versions()}) but failed to "
+            f"import: {_import_failure(exc)}. An onnxruntime built for numpy 1 fails this way beside numpy 2 "
+            "(kl-retrievers needs onnxruntime 1.18.1 or later); upgrade it: pip install -U onnxruntime"
         ) from exc
     return onnxruntime
+
+
+def _installed_versions() -> str:
+    """``onnxruntime X, numpy Y``: the installed versions of what an onnxruntime import needs."""
+    from importlib import metadata
+
+    found = []
+    for name in ("onnxruntime", "numpy"):
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{name} not found")
+    return ", ".join(found)
 
 
 def is_onnx_folder(path: str | os.PathLike[str]) -> bool:

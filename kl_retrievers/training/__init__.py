@@ -7,7 +7,7 @@ path), :mod:`~kl_retrievers.training.trainer` (loops) and :mod:`~kl_retrievers.t
 
 The public names below are imported on first access (PEP 562), so that importing
 :mod:`kl_retrievers.training.cli` (which ``kl-retrievers --help`` does, to list ``train``) needs no torch;
-the names that need it raise torch's ``ModuleNotFoundError`` when it is not installed.
+the names that need it raise ``ModuleNotFoundError`` naming the ``[train]`` extra when it is not installed.
 
 Examples:
     >>> from kl_retrievers.training import TrainConfig
@@ -136,7 +136,15 @@ def __getattr__(name: str) -> Any:
         if name in _SUBMODULES:  # e.g. kl_retrievers.training.losses, which the eager version bound here
             return importlib.import_module(f"{__name__}.{name}")
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    try:
+        imported = importlib.import_module(module)
+    except ModuleNotFoundError as exc:  # torch, transformers...: name the extra, as the other torch features do
+        from kl_retrievers.training.data import require_train_extra
+
+        if exc.name:
+            require_train_extra(f"kl_retrievers.training.{name}", exc.name.partition(".")[0])
+        raise  # the module is there (something inside it is missing): the original error says what
+    value = getattr(imported, name)
     globals()[name] = value
     return value
 
