@@ -52,7 +52,7 @@ from kl_retrievers._config import TOKENIZER_FILES as _TOKENIZER_FILES
 from kl_retrievers._config import TOKENIZER_SIDE_FILES as _TOKENIZER_SIDE_FILES
 from kl_retrievers._config import check_tokenizer_sha256 as _check_tokenizer_sha256
 from kl_retrievers._config import check_weights_sha256 as _check_weights_sha256
-from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, eval_mode, require_torch
+from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, eval_mode, progress_bar, require_torch
 from kl_retrievers._io import atomic_dir, check_replace_target, check_version, library_version
 from kl_retrievers.gaussian import SCORE_DIRECTION, Gaussians
 from kl_retrievers.hub import (
@@ -682,18 +682,18 @@ class GaussianEncoder(EncoderMixin, nn.Module):
     def _encode_batches(
         self, texts: list[str], *, max_length: int, batch_size: int, show_bar: bool, desc: str
     ) -> Gaussians:
-        from tqdm import tqdm
-
         order = np.argsort([-len(t) for t in texts], kind="stable")
         means, vars_ = [], []
+        n_batches = -(-len(texts) // batch_size)
         # Eval mode (no dropout), shared with concurrent encodings: see kl_retrievers._encoding.eval_mode.
-        with eval_mode(self), torch.inference_mode():
-            for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not show_bar, unit="batch"):
+        with eval_mode(self), torch.inference_mode(), progress_bar(n_batches, desc=desc, show=show_bar) as bar:
+            for start in range(0, len(texts), batch_size):
                 chunk = [texts[i] for i in order[start : start + batch_size]]
                 batch = {k: v.to(self.device) for k, v in self.tokenize(chunk, max_length).items()}
                 mean, var = self(**batch)
                 means.append(mean.float().cpu())
                 vars_.append(var.float().cpu())
+                bar.update(1)
         inverse = torch.from_numpy(np.argsort(order))
         return Gaussians(torch.cat(means)[inverse], torch.cat(vars_)[inverse], validate=False)
 

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kl_retrievers._config import TOKENIZER_SHA256, check_tokenizer_sha256, model_similarity
-from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, _is_int, eval_mode, require_torch
+from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, _is_int, eval_mode, progress_bar, require_torch
 from kl_retrievers._io import (
     atomic_dir,
     check_version,
@@ -1456,8 +1456,6 @@ class OnnxGaussianEncoder(EncoderMixin):
     def _encode_batches(
         self, texts: list[str], *, max_length: int, batch_size: int, show_bar: bool, desc: str
     ) -> Gaussians:
-        from tqdm import tqdm
-
         dim = self.config.dim
         max_length = self._clamp_length(max_length)
         n = len(texts)
@@ -1476,7 +1474,7 @@ class OnnxGaussianEncoder(EncoderMixin):
         order = np.argsort(-counts, kind="stable")
         mean = np.empty((n, dim), np.float32)
         var = np.empty((n, dim), np.float32)
-        with tqdm(total=-(-n // batch_size), desc=desc, disable=not show_bar, unit="batch") as bar:
+        with progress_bar(-(-n // batch_size), desc=desc, show=show_bar) as bar:
             for chunk_start in range(0, n, chunk):
                 chunk_idx = order[chunk_start : chunk_start + chunk]
                 if rows is None:

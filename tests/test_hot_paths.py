@@ -135,6 +135,30 @@ def test_progress_bar_builds_no_tqdm_when_hidden(monkeypatch: pytest.MonkeyPatch
     assert built == [3]
 
 
+@pytest.mark.parametrize("backend", ["torch", "int8", "float32"])
+def test_encoding_without_a_bar_builds_no_tqdm(
+    backend: str, graphs: dict[str, OnnxGaussianEncoder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both backends' batch loops go through ``progress_bar``: a hidden bar builds no tqdm, a shown one builds one."""
+    import tqdm
+
+    built: list[int] = []
+
+    class Counting(tqdm.tqdm):  # type: ignore[type-arg]
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            built.append(kw.get("total", -1))
+            super().__init__(*args, **{**kw, "disable": True})
+
+    monkeypatch.setattr(tqdm, "tqdm", Counting)
+    encoder: Any = make_tiny_encoder() if backend == "torch" else graphs[backend]
+    texts = _queries(5)
+    hidden = encoder.encode_documents(texts, batch_size=2, show_progress_bar=False)
+    assert built == []
+    shown = encoder.encode_documents(texts, batch_size=2, show_progress_bar=True)
+    assert built == [3]  # one bar of ceil(5 / 2) batches
+    np.testing.assert_array_equal(np.asarray(hidden.mean), np.asarray(shown.mean))
+
+
 # ------------------------------------------------------------------ 3. one JSON decoder for documents.jsonl
 def _write_lines(path: Path, lines: list[str]) -> Path:
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
