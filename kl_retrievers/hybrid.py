@@ -83,6 +83,7 @@ from kl_retrievers.store._base import (
     _check_texts_and_ids,
     _check_texts_container,
     _metadata_list,
+    _NotCopyable,
     _refuse_model_name,
     _refuse_unordered,
     _RWLock,
@@ -661,6 +662,22 @@ class Candidates:
     uncertainty: float
     signals: dict[str, float]
 
+    def __repr__(self) -> str:
+        """A short summary (the arrays hold one value per candidate): the count, the first ids and the list sizes.
+
+        Examples:
+            >>> Candidates(["a", "b", "c", "d"], np.zeros(4), np.zeros(4), np.array([1, 2, 3, 0]),
+            ...            np.array([0, 1, 0, 2]), -0.5, {"bm25_matched": 1.0})
+            Candidates(4 ids ['a', 'b', 'c', ...], in dense list: 3, in BM25 list: 2, uncertainty=-0.5, signals: 1)
+        """
+        ids = ", ".join(repr(doc_id) for doc_id in self.ids[:3]) + (", ..." if len(self.ids) > 3 else "")
+        in_dense = int(np.count_nonzero(np.asarray(self.dense_rank) > 0))
+        in_bm25 = int(np.count_nonzero(np.asarray(self.bm25_rank) > 0))
+        return (
+            f"Candidates({len(self.ids)} ids [{ids}], in dense list: {in_dense}, in BM25 list: {in_bm25}, "
+            f"uncertainty={self.uncertainty:.4g}, signals: {len(self.signals)})"
+        )
+
     def signal_vector(self, names: Sequence[str] = SIGNALS) -> np.ndarray:
         """The signals as a vector in the order of ``names``."""
         return np.asarray([self.signals[n] for n in names], dtype=np.float64)
@@ -1203,6 +1220,8 @@ class HybridResult:
         query_uncertainty: Mean log-variance of the query Gaussian (higher: more uncertain).
         fusion: The fusion mode.
 
+    Frozen, compared by value, and unhashable (``metadata`` is a dict): key a dict or set by ``id``.
+
     Examples:
         >>> HybridResult("d1", 0.8, "text", {}, -3.5, 2.0, 1, 4, 0.6, -1.2, "adaptive").neg_kl
         -3.5
@@ -1219,6 +1238,8 @@ class HybridResult:
     dense_weight: float | None
     query_uncertainty: float
     fusion: str
+
+    __hash__ = None  # type: ignore[assignment]  # frozen, but equal by a dict: unhashable (Hashable says so)
 
     #: The keys of :meth:`scores`, in its order, and the attribute each one reads.
     SCORE_KEYS: ClassVar[tuple[tuple[str, str], ...]] = (
@@ -1280,7 +1301,7 @@ def _examples(ids: Iterable[str]) -> list[str]:
     return sorted(ids)[:_EXAMPLES]
 
 
-class KLHybridStore:
+class KLHybridStore(_NotCopyable):
     r"""BM25 and a :class:`~kl_retrievers.index.KLStore` over the same documents, fused per query.
 
     Args:
@@ -2001,13 +2022,29 @@ class KLHybridStore:
         """Top-``k`` fused results for each query text.
 
         Args:
-            queries: Query texts.
-            k: Results per query.
+            queries: Query texts (BM25 reads them; the encoder encodes them unless ``query_gaussians`` is given).
+            k: Results per query, a positive integer; fewer when fewer candidates exist.
             filter: Metadata filter (dict or callable) applied to both halves before ranking.
             query_gaussians: One precomputed query Gaussian per text (else the encoder encodes them).
             fusion: Override the store's fusion mode for this call.
             weight: Override the convex dense weight (in ``[0, 1]``).
             normalization: Override the convex normalisation.
+
+        Returns:
+            One list of :class:`HybridResult` per query, in the order of ``queries``, best first by the fused
+            ``score``: **higher is better**, on a scale set by the fusion mode (fused scores of different
+            modes are not comparable):
+
+            * ``"rrf"``: ``1 / (rrf_k + dense rank) + 1 / (rrf_k + BM25 rank)``, a rank absent from a list adding
+              nothing: above 0, at most ``2 / (rrf_k + 1)``;
+            * ``"convex"``: ``weight * n(-KL) + (1 - weight) * n(BM25)``, ``n`` the normalisation over the
+              query's candidates: in ``[0, 1]`` with ``"minmax"``, centred on 0 with ``"zscore"``;
+            * ``"adaptive"``: the convex score with a dense weight fitted per query (reported as
+              ``dense_weight``) and the adaptive parameters' normalisation.
+
+            Ties are broken by ``-KL``. Each hit also reports both retrievers' own scores: ``neg_kl``, the exact
+            ``-KL(Q || D)`` (higher is better, at most 0), and ``bm25`` (higher is better, 0 when no query term
+            occurs in the document), with the document's rank in each candidate list.
 
         Raises:
             ValueError: A bad ``k``, fusion mode, weight or normalisation (naming the value and
@@ -2042,8 +2079,35 @@ class KLHybridStore:
     ) -> list[HybridResult]:
         """Top-``k`` fused results for one query text (see :meth:`search_batch`).
 
+        Args:
+            query: The query text (BM25 reads it; the encoder encodes it unless ``query_gaussians`` is given).
+            k: Number of results, a positive integer; fewer when fewer candidates exist.
+            filter: Metadata filter (a dict, see :mod:`kl_retrievers.filters`, or a callable ``metadata ->
+                bool``) applied to both halves before ranking.
+            query_gaussians: The query's precomputed Gaussian (one row), else the encoder encodes ``query``.
+            fusion: Override the store's fusion mode for this call (``"rrf"``, ``"convex"``, ``"adaptive"``).
+            weight: Override the convex dense weight (in ``[0, 1]``; ``"convex"`` only).
+            normalization: Override the convex normalisation (``"minmax"`` or ``"zscore"``; ``"convex"`` only).
+
+        Returns:
+            :class:`HybridResult` hits, best first by the fused ``score``: **higher is better**, on the fusion
+            mode's scale (see :meth:`search_batch`; ``"convex"`` with ``"minmax"`` in ``[0, 1]``). Each hit
+            also carries ``neg_kl``, the exact ``-KL(Q || D)`` (higher is better, at most 0), and ``bm25``.
+
+        Raises:
+            TypeError: ``query`` is not a string.
+            ValueError: As :meth:`search_batch`.
+
         Examples:
-            >>> qg = Gaussians(np.zeros((1, 2)), np.ones((1, 2)))
+            >>> import numpy as np
+            >>> from kl_retrievers import Gaussians
+            >>> from kl_retrievers.hybrid import KLHybridStore
+            >>> store = KLHybridStore(fusion="rrf")
+            >>> _ = store.add(["x y", "y z"], gaussians=Gaussians(np.eye(2), np.ones((2, 2))), ids=["a", "b"])
+            >>> qg = Gaussians(np.eye(2)[1:], np.ones((1, 2)))
+            >>> hits = store.search("z", k=2, query_gaussians=qg)
+            >>> [(hit.id, round(hit.score, 4), round(hit.neg_kl, 2)) for hit in hits]
+            [('b', 0.0328, 0.0), ('a', 0.0161, -1.0)]
             >>> KLHybridStore(fusion="rrf").search("anything", query_gaussians=qg)
             []
         """

@@ -340,9 +340,9 @@ def test_dense_candidates_build_no_full_results(monkeypatch: pytest.MonkeyPatch)
     copies = [0]
     copy = _table._copy_metadata
 
-    def counted(meta: dict[str, Any]) -> dict[str, Any]:
+    def counted(meta: dict[str, Any], nested: bool | None = None) -> dict[str, Any]:
         copies[0] += 1
-        return copy(meta)
+        return copy(meta, nested)
 
     monkeypatch.setattr(_table, "_copy_metadata", counted)
     qg = random_gaussians(1, K, seed=9)

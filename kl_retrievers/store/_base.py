@@ -87,6 +87,8 @@ class SearchResult:
         text: The document text (``None`` when only Gaussians were added).
         metadata: A copy of the document's metadata.
 
+    Frozen, compared by value, and unhashable (``metadata`` is a dict): key a dict or set by ``id``.
+
     Examples:
         >>> SearchResult("d1", -3.5, "some text", {"lang": "en"}).score
         -3.5
@@ -97,12 +99,15 @@ class SearchResult:
     text: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    __hash__ = None  # type: ignore[assignment]  # frozen, but equal by a dict: unhashable (Hashable says so)
+
 
 @dataclass(frozen=True)
 class StoredDocument:
     """A stored document as :meth:`GaussianStore.get_by_ids` returns it.
 
-    Its ``metadata`` is a copy: changing it changes nothing in the store.
+    Its ``metadata`` is a copy: changing it changes nothing in the store. Frozen, compared by value, and
+    unhashable (``metadata`` is a dict): key a dict or set by ``id``.
 
     Examples:
         >>> StoredDocument("d1", "text", {"lang": "en"}).metadata
@@ -113,10 +118,14 @@ class StoredDocument:
     text: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    __hash__ = None  # type: ignore[assignment]  # frozen, but equal by a dict: unhashable (Hashable says so)
+
 
 @dataclass(frozen=True)
 class DeleteReport:
     """Outcome of :meth:`GaussianStore.delete`: ``deleted`` ids were removed, ``missing`` ones were not there.
+
+    Frozen, compared by value, and unhashable (its fields are lists).
 
     Examples:
         >>> DeleteReport(deleted=["a"], missing=["b"]).missing
@@ -125,6 +134,8 @@ class DeleteReport:
 
     deleted: list[str]
     missing: list[str]
+
+    __hash__ = None  # type: ignore[assignment]  # frozen, but equal by lists: unhashable (Hashable says so)
 
 
 class _RWLock:
@@ -691,21 +702,37 @@ def _one_query(query: str | Gaussians) -> list[str] | Gaussians:
     return query if isinstance(query, Gaussians) else [query]
 
 
-def _refuse_model_name(encoder: Any, call: str) -> None:
-    """Refuse a model name or folder (a str, bytes or a path) given as ``encoder``, naming the call that loads it.
+#: What a store reads from its encoder (duck-typed, see :class:`Encoder`): the methods that encode text, and the
+#: name a save records. An object with none of them can serve a store for nothing (:func:`_refuse_model_name`);
+#: one is enough: an encoder of queries alone serves a store whose documents are added as Gaussians.
+_ENCODER_ATTRIBUTES = ("encode_queries", "encode_documents", "name_or_path")
 
-    It would otherwise fail only at the first add or text search (an ``AttributeError``); the framework
-    adapters refuse one with the same words.
+
+def _refuse_model_name(encoder: Any, call: str) -> None:
+    """Refuse, as ``encoder``, a model name or folder (a str, bytes or a path) or anything that is not an encoder.
+
+    A model name or folder is refused naming the call that loads it. Anything else that is neither ``None``
+    nor an object with ``encode_queries``, ``encode_documents`` or at least ``name_or_path`` (what a store
+    reads from an encoder: :data:`_ENCODER_ATTRIBUTES`) is refused naming its value: a dimension
+    (``KLStore(384)``, as FAISS's ``IndexFlatIP(384)``) is pointed at ``dim=``, a LangChain ``Embeddings``
+    at its wrapper. Either would otherwise fail only at the first add or text search (an ``AttributeError``);
+    the framework adapters refuse a model name with the same words.
 
     Args:
         encoder: What was given.
         call: How to pass the loaded model instead, ``{}`` standing for ``load_model(NAME)``
             (``"KLStore(encoder={})"``).
 
+    Raises:
+        TypeError: ``encoder`` is a model name or folder, or not an encoder.
+
     Examples:
         >>> _refuse_model_name("minilm-gauss-soup", "KLStore.load(path, encoder={})")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         TypeError: got the model name or folder 'minilm-gauss-soup' where ... KLStore.load(path, encoder=load_model(...
+        >>> _refuse_model_name(384, "KLStore(encoder={})")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        TypeError: encoder must be a Gaussian encoder ... or None; got int 384: ... pass KLStore(dim=384)
     """
     if isinstance(encoder, (str, bytes, os.PathLike)):
         name = str(os.fsdecode(encoder))  # a str subclass (numpy's str_) would show its own repr
@@ -713,10 +740,66 @@ def _refuse_model_name(encoder: Any, call: str) -> None:
             f"got the model name or folder {name!r} where an encoder is expected: load it with "
             f"kl_retrievers.load_model({name!r}) and pass that as encoder, e.g. " + call.format(f"load_model({name!r})")
         )
+    if encoder is None or any(hasattr(encoder, name) for name in _ENCODER_ATTRIBUTES):
+        return
+    hint = ""
+    constructor = call.endswith("(encoder={})") and ".load(" not in call
+    if constructor and isinstance(encoder, (int, np.integer)) and not isinstance(encoder, bool):
+        hint = f": to set the Gaussian dimension, pass {call[: -len('(encoder={})')]}(dim={int(encoder)})"
+    elif callable(getattr(encoder, "embed_documents", None)):
+        hint = ": a LangChain Embeddings is wrapped by kl_retrievers.langchain.EmbeddingsGaussianEncoder(embeddings)"
+    raise TypeError(
+        "encoder must be a Gaussian encoder (an object with encode_queries / encode_documents, such as "
+        "kl_retrievers.load_model(...) returns: " + call.format("load_model(...)") + ") or None; got "
+        f"{type(encoder).__name__} {encoder!r:.80}{hint}"
+    )
+
+
+class _NotCopyable:
+    """Refuses ``copy.copy``, ``copy.deepcopy`` and pickling with a ``TypeError`` that says what to do instead.
+
+    A store holds locks, an index and (Milvus) a connection: ``copy.copy`` shared all of them with the
+    original (an add on the copy changed the original too), and a deep copy or a pickle failed on a lock
+    (``cannot pickle '_thread.lock' object``). The library never pickles: :meth:`save` and :meth:`load`
+    make an independent copy.
+
+    Examples:
+        >>> import copy
+        >>> from kl_retrievers.store import KLStore
+        >>> copy.copy(KLStore())  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        TypeError: a KLStore cannot be copied with copy.copy: ... KLStore.load(store.save(path)) ...
+    """
+
+    def _copy_refusal(self, how: str) -> TypeError:
+        """The error for ``how`` (``"copy.copy"``, ``"copy.deepcopy"`` or ``"pickle"``)."""
+        name = type(self).__name__
+        if how == "copy.copy":
+            why = (
+                f"a {name} cannot be copied with copy.copy: the copy would share the original's locks, index and "
+                "documents, so that a change to the copy would change the original"
+            )
+        else:
+            what = "deep-copied (copy.deepcopy)" if how == "copy.deepcopy" else "pickled"
+            why = f"a {name} cannot be {what}: it holds locks and an index, and the library never pickles a store"
+        if callable(getattr(type(self), "save", None)) and callable(getattr(type(self), "load", None)):
+            instead = f"save it and load the copy, {name}.load(store.save(path)) (mmap=True maps the files read-only)"
+        else:
+            instead = f"its documents live in its backend: open another {name} over the same collection"
+        return TypeError(f"{why}. For an independent copy, {instead}")
+
+    def __copy__(self) -> Any:
+        raise self._copy_refusal("copy.copy")
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        raise self._copy_refusal("copy.deepcopy")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise self._copy_refusal("pickle")
 
 
 # ------------------------------------------------------------------ the interface
-class GaussianStore(ABC):
+class GaussianStore(_NotCopyable, ABC):
     """The interface of every store: documents ranked by exact ``-KL(Q || D)``, higher is better.
 
     The public methods check their arguments the same way for every backend, encode texts with
@@ -725,6 +808,9 @@ class GaussianStore(ABC):
     ``_delete``, ``_documents``, ``_gaussians``, ``_prepare_filter`` and ``_search``, and optionally
     ``_delete_matching`` (for ``delete(filter=...)``) and (when it searches by the reduction of ``-KL`` to L2)
     ``_reduction``; a hybrid store (another score beside ``-KL``) would implement the same.
+
+    A store cannot be copied (``copy.copy`` / ``copy.deepcopy``) or pickled (``TypeError``): ``save`` it
+    and ``load`` the copy, where the backend has them.
 
     Attributes:
         encoder: Optional encoder with ``encode_queries`` / ``encode_documents`` returning numpy
@@ -1072,19 +1158,24 @@ class GaussianStore(ABC):
         return self._gaussians(_id_list(ids))
 
     def search(self, query: str | Gaussians, k: int = 10, filter: MetadataFilter | None = None) -> list[SearchResult]:
-        """Top-``k`` documents for one query, best first, scored by exact ``-KL(Q || D)``.
+        """Top-``k`` documents for one query, best first, scored by exact ``-KL(Q || D)``: higher is better.
 
         Exact for the documents as stored, in float32 (see :meth:`add`); the query is kept in float64.
 
         Args:
             query: Query text (needs an encoder; a ``KLStore`` loaded without one loads the model it
                 was saved with) or one query Gaussian.
-            k: Number of results; all matching documents when fewer exist.
-            filter: Metadata filter dict (see :mod:`kl_retrievers.filters`) or callable (a
-                backend that filters outside Python, such as Milvus, takes dicts only).
+            k: Number of results, a positive integer; all matching documents when fewer exist.
+            filter: Only documents whose metadata it matches are ranked (``None``: all): a dict in the
+                operator syntax of :mod:`kl_retrievers.filters` (``{"lang": "en"}``,
+                ``{"year": {"$gte": 2020}}``) or a callable ``metadata -> bool`` (a backend that filters
+                outside Python, such as Milvus, takes dicts only).
 
         Returns:
-            Ranked :class:`SearchResult` objects (empty for an empty store).
+            Ranked :class:`SearchResult` objects, best first (empty for an empty store). Each ``score`` is
+            ``-KL(Q || D)`` (:data:`~kl_retrievers.gaussian.SCORE_NAME` ``"neg_kl"``), so **higher is
+            better**: never above ``0``, which only a document equal to the query scores, and not bounded
+            below (a score is not a similarity in ``[0, 1]``).
 
         Raises:
             ValueError: ``k`` not a positive integer (or above the backend's limit), wrong
@@ -1092,8 +1183,13 @@ class GaussianStore(ABC):
 
         Examples:
             >>> import numpy as np
-            >>> from kl_retrievers.store import KLStore
-            >>> KLStore().search(Gaussians(np.zeros((1, 2)), np.ones((1, 2))))
+            >>> from kl_retrievers import Gaussians, KLStore
+            >>> store = KLStore()
+            >>> _ = store.add(gaussians=Gaussians(np.zeros((2, 2)), np.array([[1.0, 1.0], [2.0, 2.0]])), ids=["a", "b"])
+            >>> query = Gaussians(np.zeros((1, 2)), np.ones((1, 2)))
+            >>> [(hit.id, round(hit.score, 3)) for hit in store.search(query, k=2)]
+            [('a', 0.0), ('b', -0.193)]
+            >>> KLStore().search(query)
             []
         """
         return self.search_batch(_one_query(query), k=k, filter=filter)[0]
@@ -1102,6 +1198,15 @@ class GaussianStore(ABC):
         self, queries: Sequence[str] | Gaussians, k: int = 10, filter: MetadataFilter | None = None
     ) -> list[list[SearchResult]]:
         """Top-``k`` results for each of several queries (texts or a Gaussians batch); see :meth:`search`.
+
+        Args:
+            queries: Query texts (encoded in one batch) or a batch of query Gaussians.
+            k: Results per query; see :meth:`search`.
+            filter: A metadata filter applied to every query; see :meth:`search`.
+
+        Returns:
+            One ranked list of :class:`SearchResult` per query, in the order of ``queries``, each as
+            :meth:`search` returns it (scores ``-KL(Q || D)``, higher is better).
 
         Examples:
             >>> import numpy as np

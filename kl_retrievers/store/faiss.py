@@ -71,6 +71,7 @@ import json
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Callable, Mapping
 from itertools import compress
 from pathlib import Path
@@ -212,6 +213,51 @@ def _encoder_record(encoder: Any) -> tuple[dict[str, Any], list[str]]:
     except (TypeError, ValueError, AttributeError):
         cfg_dict, found = None, []
     return {"name_or_path": str(getattr(encoder, "name_or_path", "")), "config": cfg_dict}, found
+
+
+#: :meth:`KLStore.load`'s options after ``path`` and ``encoder``, in their former positional order.
+_LOAD_OPTIONS = ("mmap", "verify_checksums")
+
+
+def _positional_load_options(
+    name: str, positional: tuple[Any, ...], mmap: bool, verify_checksums: bool
+) -> tuple[bool, bool]:
+    """``(mmap, verify_checksums)`` of a :meth:`KLStore.load` call that gave them by position (deprecated).
+
+    Warns (``DeprecationWarning``, naming each keyword) and takes them, as the signature before they became
+    keyword-only did.
+
+    Raises:
+        TypeError: More than :data:`_LOAD_OPTIONS` given by position, or one given by position and (with another
+            value than its default) by keyword.
+
+    Examples:
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     _positional_load_options("KLStore", (True,), False, True)
+        (True, True)
+    """
+    if len(positional) > len(_LOAD_OPTIONS):
+        raise TypeError(
+            f"{name}.load() takes at most 4 positional arguments (path, encoder, and the deprecated mmap and "
+            f"verify_checksums); got {2 + len(positional)}"
+        )
+    given = {"mmap": mmap, "verify_checksums": verify_checksums}
+    defaults = {"mmap": False, "verify_checksums": True}
+    for option, value in zip(_LOAD_OPTIONS, positional, strict=False):
+        if given[option] != defaults[option]:
+            raise TypeError(f"{name}.load() got multiple values for argument {option!r} (by position and by keyword)")
+        given[option] = value
+    keywords = ", ".join(f"{option}={value!r}" for option, value in zip(_LOAD_OPTIONS, positional, strict=False))
+    warnings.warn(
+        f"{name}.load(path, encoder, {', '.join(repr(v) for v in positional)}): passing "
+        f"{' and '.join(_LOAD_OPTIONS[: len(positional)])} by position is deprecated (keyword-only from the next "
+        f"release, as in KLHybridStore.load); pass {name}.load(path, encoder, {keywords})",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return given["mmap"], given["verify_checksums"]
 
 
 class _TopIds(NamedTuple):
@@ -1107,6 +1153,7 @@ class KLStore(GaussianStore):
         cls,
         path: str | os.PathLike[str],
         encoder: Any | None = None,
+        *positional: bool,
         mmap: bool = False,
         verify_checksums: bool = True,
     ) -> KLStore:
@@ -1134,6 +1181,9 @@ class KLStore(GaussianStore):
             verify_checksums: Check SHA-256 of every file (sizes and every stored value are always
                 checked). It reads each file once more, ``mmap=True`` or not: ``False`` loads a
                 large store you trust faster.
+            *positional: Deprecated: ``mmap`` and ``verify_checksums`` given by position, as before they
+                became keyword-only (as in :meth:`KLHybridStore.load <kl_retrievers.hybrid.KLHybridStore.load>`):
+                still taken, with a ``DeprecationWarning`` naming the keyword; refused in the next release.
 
         Raises:
             FileNotFoundError: ``path`` or its config is missing.
@@ -1141,10 +1191,13 @@ class KLStore(GaussianStore):
                 dimensions not matching the config, or an unreadable index.
             ValueError: ``encoder`` gives Gaussians of another dimension than the stored ones.
             OSError: Other saves of ``path`` replaced it during every load attempt (see above).
+            TypeError: More than four positional arguments, or an option given both by position and by keyword.
 
         Examples:
             >>> KLStore.load("/nonexistent")  # doctest: +SKIP
         """
+        if positional:
+            mmap, verify_checksums = _positional_load_options(cls.__name__, positional, mmap, verify_checksums)
         _refuse_model_name(encoder, f"{cls.__name__}.load(path, encoder={{}})")  # before any file is read
         folder = Path(path)
         return load_unchanged(folder, lambda: cls._load_once(folder, encoder, mmap, verify_checksums))
