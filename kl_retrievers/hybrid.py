@@ -984,13 +984,23 @@ class _CSC:
 
 
 class _BM25Half:
-    """Tokens, metadata and a BM25 index (built by ``bm25s``) over the same ids as the KL half."""
+    """Term counts, metadata and a BM25 index (Lucene BM25 as ``bm25s`` computes it) over the same ids as the KL half.
+
+    Each document's tokens are counted when it is put (its distinct terms, numbered in a vocabulary that grows
+    as documents come, and their counts: one small int32 array), so that :meth:`build` computes the whole
+    index in a few vectorised passes over those counts (:func:`kl_retrievers._bm25.lucene_index`, bm25s'
+    weights bit for bit) instead of ``bm25s.BM25.index``'s Python loops over every token of every document.
+    """
 
     def __init__(self, tokenizer: _Tokenizer, k1: float, b: float) -> None:
         self.tokenizer = tokenizer
         self.k1 = k1
         self.b = b
-        self.tokens: dict[str, list[str]] | None = {}  # None: not in memory (loaded), rebuilt from texts on demand
+        # id -> int32 array of shape (distinct terms, 2): each term's number in _vocab and its count; None: not
+        # in memory (a loaded half), counted again from the texts on demand (see the tokens property)
+        self._counts: dict[str, np.ndarray] | None = {}
+        self._vocab: dict[str, int] = {}  # term -> number, in order of first use; terms no document holds any
+        # more stay until build() finds them the majority (they never reach the index)
         self.metas: dict[str, dict[str, Any]] = {}
         self.csc: _CSC | None = None  # None when empty or no document has a token
         self.ids: list[str] = []  # the index's row order
@@ -1001,46 +1011,86 @@ class _BM25Half:
     def __len__(self) -> int:
         return len(self.metas)
 
+    @property
+    def tokens(self) -> Mapping[str, Any] | None:
+        """Each document's counted terms (``None``: not in memory, as in a loaded half).
+
+        Setting it to ``{id: tokens}`` (every document, in row order) counts them all afresh; ``None`` drops them.
+        """
+        return self._counts
+
+    @tokens.setter
+    def tokens(self, tokens: Mapping[str, Any] | None) -> None:
+        self._vocab = {}
+        self._counts = None if tokens is None else {doc_id: self._count(toks) for doc_id, toks in tokens.items()}
+
+    def _count(self, tokens: Sequence[str]) -> np.ndarray:
+        """One document's distinct terms (numbered in ``_vocab``, new ones added) beside their counts, as int32."""
+        counts = Counter(tokens)
+        vocab = self._vocab
+        pairs = np.empty((len(counts), 2), dtype=np.int32)
+        pairs[:, 0] = [vocab.setdefault(term, len(vocab)) for term in counts]
+        pairs[:, 1] = list(counts.values())
+        return pairs
+
     def put(self, ids: Sequence[str], tokens: Sequence[list[str]], metas: Sequence[dict[str, Any]]) -> None:
-        assert self.tokens is not None
+        assert self._counts is not None
         for doc_id, toks, meta in zip(ids, tokens, metas, strict=True):
-            self.tokens.pop(doc_id, None)  # an upsert moves to the end, like the KL half
+            self._counts.pop(doc_id, None)  # an upsert moves to the end, like the KL half
             self.metas.pop(doc_id, None)
-            self.tokens[doc_id] = toks
+            self._counts[doc_id] = self._count(toks)
             self.metas[doc_id] = meta
         self.dirty = True
 
     def remove(self, ids: Iterable[str]) -> None:
-        assert self.tokens is not None
+        assert self._counts is not None
         for doc_id in ids:
-            self.tokens.pop(doc_id, None)
+            self._counts.pop(doc_id, None)
             self.metas.pop(doc_id, None)
         self.dirty = True
 
     def build(self) -> None:
-        """Rebuild the index from the tokens in memory with ``bm25s`` (Lucene BM25)."""
-        assert self.tokens is not None
-        ids = list(self.tokens)
-        corpus = [self.tokens[i] for i in ids]
-        self.ids, self.row = ids, {doc_id: j for j, doc_id in enumerate(ids)}
-        self.csc = None
-        if any(corpus):
-            import bm25s
+        """Rebuild the index from the term counts in memory (Lucene BM25, as ``bm25s.BM25.index`` builds it).
 
-            from kl_retrievers._bm25 import quiet_bm25s_logger
+        The vocabulary is the live documents' terms (bm25s' after the same changes); its column order, unlike
+        bm25s', does not depend on the hash seed.
+        """
+        assert self._counts is not None
+        ids = list(self._counts)
+        arrays = list(self._counts.values())
+        sizes = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
+        csc = None
+        if sizes.any():
+            from kl_retrievers._bm25 import lucene_index
 
-            quiet_bm25s_logger()
-            index = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
-            index.index(corpus, create_empty_token=False, show_progress=False)
-            scores = index.scores
-            self.csc = _CSC(
-                np.asarray(scores["data"]),
-                np.asarray(scores["indices"]),
-                np.asarray(scores["indptr"]),
-                index.vocab_dict,
-            )
+            terms, tf = np.concatenate(arrays).T
+            live = np.bincount(terms, minlength=len(self._vocab)) > 0
+            if live.all():
+                vocab = dict(self._vocab)
+            else:  # terms that only deleted or replaced documents held: not in the index (nor in bm25s')
+                number = (np.cumsum(live) - 1).astype(np.int32)  # each live term's column
+                terms = number[terms]
+                if 2 * int(np.count_nonzero(live)) < live.size:  # mostly dead: renumber the documents' terms
+                    self._compact(live, number, arrays)
+                    vocab = dict(self._vocab)
+                else:
+                    names = list(self._vocab)
+                    vocab = {names[g]: j for j, g in enumerate(np.flatnonzero(live).tolist())}
+            data, indices, indptr = lucene_index(terms, tf, sizes, len(vocab), self.k1, self.b)
+            csc = _CSC(data, indices, indptr, vocab)
+        else:
+            self._vocab = {}  # no document holds a term
+        self.ids, self.row = ids, dict(zip(ids, range(len(ids)), strict=True))
+        self.csc = csc
         self._set_idf()
         self.dirty = False
+
+    def _compact(self, live: np.ndarray, number: np.ndarray, arrays: list[np.ndarray]) -> None:
+        """Renumber the vocabulary to its ``live`` terms (``number``: each old number's new one) in every document."""
+        names = list(self._vocab)
+        self._vocab = {names[g]: j for j, g in enumerate(np.flatnonzero(live).tolist())}
+        for pairs in arrays:
+            pairs[:, 0] = number[pairs[:, 0]]
 
     def _set_idf(self) -> None:
         if self.csc is None:
