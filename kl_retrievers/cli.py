@@ -41,7 +41,6 @@ from kl_retrievers.cli_common import (  # re-exported: they were defined here
     positive_int,
     token_budget,
 )
-from kl_retrievers.sharded import _check_utf8, _without_bom, is_jsonl_path, parse_tsv_line, split_records
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +77,9 @@ def _read_records(
     does). Lines end at ``b"\\n"`` only and blank ones (ASCII whitespace) are skipped, as in
     :func:`kl_retrievers.sharded.plan_shards`, so both readers accept, number and refuse alike.
     """
+    # the sharded reader's rules, imported here: kl_retrievers.sharded imports numpy, which --help needs not
+    from kl_retrievers.sharded import _check_utf8, _without_bom, is_jsonl_path, split_records
+
     if path.is_dir():
         raise ValueError(f"{path} is a folder; {_INPUT_FILES}")
     if str(path) == "-" and not path.exists():
@@ -142,6 +144,8 @@ def _check_input_suffix(path: Path, field: str) -> None:
         Traceback (most recent call last):
         ValueError: --field contents: applies to JSON lines input only; lines.txt is ...
     """
+    from kl_retrievers.sharded import is_jsonl_path  # not at module level: it imports numpy
+
     suffix = path.suffix.lower()
     if suffix == ".csv":
         raise ValueError(
@@ -165,6 +169,8 @@ def _read_tsv(path: Path) -> tuple[list[str], list[str]]:
     final ``\\r`` is dropped and blank lines are skipped, as in text files. A line with another number of
     columns, an empty or padded id or a repeated id is refused, naming the line.
     """
+    from kl_retrievers.sharded import _without_bom, parse_tsv_line  # not at module level: it imports numpy
+
     ids: list[str] = []
     texts: list[str] = []
     first: dict[str, int] = {}
@@ -867,7 +873,12 @@ def _add_search(sub: Any) -> None:
         type=Path,
         help="KL store folder, or a LangChain save_local folder, a LlamaIndex persist folder or its manifest",
     )
-    p.add_argument("query", nargs="+", help="one or more queries")
+    p.add_argument(
+        "query",
+        nargs="+",
+        help="one or more queries; a blank one (empty or whitespace only) asks for nothing and is refused, exit "
+        "status 2, before the store is read (evaluate ranks a blank query of its collection, with a warning)",
+    )
     p.add_argument("-k", type=positive_int, default=10, help="results per query (default 10)")
     p.add_argument("--filter", default=None, help='metadata filter as JSON, e.g. \'{"year": {"$gte": 2020}}\'')
     p.add_argument("--model", "-m", help="encoder for the queries (default: the one the store was built with)")

@@ -28,14 +28,10 @@ import stat
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from kl_retrievers._encoding import missing_modules
-from kl_retrievers.baselines import run_baseline
 from kl_retrievers.cli_common import (
     add_model_backend_argument,
     add_model_session_arguments,
@@ -50,30 +46,65 @@ from kl_retrievers.cli_common import (
     token_budget,
 )
 from kl_retrievers.datasets import CORPUS_FILE, QRELS_DIR, QUERIES_FILE, BeirDataset, DatasetError, load_beir
-from kl_retrievers.encoding_cache import CACHE_ENV
-from kl_retrievers.evaluation import (
-    DEFAULT_METRICS,
-    EvaluationResult,
-    _depth_warning,
-    check_trec_ids,
-    evaluate_model,
-    evaluate_run,
-    finite_json,
-    load_per_query,
-    model_similarity,
-    paired_test,
-    per_query_path_problem,
-    save_per_query,
-    write_trec_run,
-)
-from kl_retrievers.evaluation import metric_cutoff as metric_cutoff  # re-exported: it was defined here
+
+if TYPE_CHECKING:
+    from kl_retrievers.evaluation import EvaluationResult
 
 __all__ = ["HYBRID_MODES", "add_evaluate_command", "run_evaluate"]
 
 logger = logging.getLogger(__name__)
 
+# numpy and the modules that import it (kl_retrievers.evaluation, .baselines, .encoding_cache) are imported
+# where they are used, not here: `kl-retrievers --help` builds this command's parser, and needs none of them.
+
+#: Names this module re-exports from :mod:`kl_retrievers.evaluation` (they were defined here), loaded on first use.
+_FROM_EVALUATION = ("metric_cutoff",)
+
+
+def __getattr__(name: str) -> Any:
+    """``metric_cutoff``, from :mod:`kl_retrievers.evaluation` (PEP 562: importing this module imports no numpy).
+
+    Examples:
+        >>> from kl_retrievers.evaluate_cli import metric_cutoff
+        >>> metric_cutoff("recall@100")
+        100
+    """
+    if name in _FROM_EVALUATION:
+        from kl_retrievers import evaluation
+
+        return getattr(evaluation, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def missing_modules(names: Sequence[str]) -> list[str]:
+    """:func:`kl_retrievers._encoding.missing_modules` (which of ``names`` are not installed), imported on use."""
+    from kl_retrievers._encoding import missing_modules as missing
+
+    return missing(names)
+
+
+def run_baseline(*args: Any, **kwargs: Any) -> tuple[dict[str, dict[str, float]], str]:
+    """:func:`kl_retrievers.baselines.run_baseline`, imported when a baseline runs (it imports numpy)."""
+    from kl_retrievers.baselines import run_baseline as run
+
+    return run(*args, **kwargs)
+
 
 _EVALUATE_HELP = "Evaluate a Gaussian model (exact -KL), a BM25 + -KL hybrid or a baseline on a BEIR folder."
+#: The end of ``evaluate --help``: what the ``--save-run`` file's scores mean, how ties are ranked, blank queries.
+_EVALUATE_EPILOG = (
+    "The --save-run file holds one line per retrieved document, qid Q0 docid rank score tag, best first. Its "
+    "score is what the run was ranked by: the model's -KL (higher is better; with --means-only minus the squared "
+    "distance of the means; a vector twin's own similarity), or a baseline's BM25 or cosine score; with --hybrid "
+    "it is depth - rank (100, 99, ... at --depth 100), in the hybrid store's fused order (fused score, ties by "
+    "-KL), not the fused score, which ties often and which an evaluator would order by its own tie rule: so "
+    "trec_eval or ir_measures read from the file exactly the metrics evaluate reports, in every mode. Tied "
+    "scores of a model or a baseline are ranked by document id, descending (the rule of trec_eval and of these "
+    "metrics, also at the --depth cut), whereas KLStore.search and kl-retrievers search return exactly tied "
+    "documents (duplicate texts) later-added first: the two can order such documents differently. A blank "
+    "query in the collection (empty or whitespace only) is ranked like any other, with a warning naming it "
+    "(kl-retrievers search refuses one)."
+)
 #: Fusion modes of ``--hybrid`` (:data:`kl_retrievers.hybrid.FUSION_MODES`; spelled out so that
 #: building the parser does not import the hybrid module).
 HYBRID_MODES: tuple[str, ...] = ("rrf", "convex", "adaptive")
@@ -82,6 +113,9 @@ _NORMALIZATIONS = ("minmax", "zscore")
 BASELINE_SCORES: dict[str, str] = {"bm25": "bm25", "minilm": "cosine", "bge-small": "cosine"}
 #: The direction of every score ``evaluate`` ranks by (``score_direction`` of the summary).
 SCORE_DIRECTION = "higher_is_better"
+#: The environment variable naming the encoding cache (:data:`kl_retrievers.encoding_cache.CACHE_ENV`; spelled
+#: out so that building the parser does not import that module, which imports numpy).
+CACHE_ENV = "KL_RETRIEVERS_CACHE"
 #: ``--batch-size`` when none is given.
 _BATCH_SIZE = 32
 #: ``--qpp-bootstrap`` when none is given (:data:`kl_retrievers.qpp.N_BOOT`; spelled out so that building the
@@ -130,7 +164,7 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         >>> parser.parse_args(["evaluate", "data", "--baseline", "bm25"]).baseline
         'bm25'
     """
-    p = subparsers.add_parser("evaluate", help=_EVALUATE_HELP, description=_EVALUATE_HELP)
+    p = subparsers.add_parser("evaluate", help=_EVALUATE_HELP, description=_EVALUATE_HELP, epilog=_EVALUATE_EPILOG)
     p.add_argument("dataset_dir", metavar="DATASET_DIR", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
     p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
     which = p.add_mutually_exclusive_group()
@@ -242,8 +276,9 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--save-run",
         metavar="FILE",
-        help="also write the retrieved run in TREC format (plain text). An existing file is replaced only when "
-        "it holds a TREC run (and the --per-query file only when it holds per-query results)",
+        help="also write the retrieved run in TREC format (plain text; its scores and tie order: see the end of "
+        "this help). An existing file is replaced only when it holds a TREC run (and the --per-query file only "
+        "when it holds per-query results)",
     )
     p.add_argument(
         "--batch-size",
@@ -370,6 +405,8 @@ def _sample_queries(dataset: BeirDataset, n: int | None, seed: int | None) -> tu
     if n >= len(ids):
         logger.warning("--sample-queries %d: the split has %d queries; evaluating all of them", n, len(ids))
         return dataset, {"size": len(ids), "of": len(ids), "seed": seed}
+    import numpy as np
+
     picked = np.sort(np.random.default_rng(seed).choice(len(ids), size=n, replace=False))
     chosen = [ids[i] for i in picked]
     # not BeirDataset.subset, which drops a query left without judgements: load_beir keeps one whose every
@@ -378,6 +415,39 @@ def _sample_queries(dataset: BeirDataset, n: int | None, seed: int | None) -> tu
     sampled = dataclasses.replace(dataset, queries={q: dataset.queries[q] for q in chosen}, qrels=qrels)
     logger.info("evaluating %d of the %d queries (--sample-queries %d --seed %d)", len(qrels), len(ids), n, seed)
     return sampled, {"size": len(qrels), "of": len(ids), "seed": seed}
+
+
+#: How many blank queries' ids the warning of :func:`_warn_blank_queries` names.
+_BLANK_IDS_SHOWN = 5
+
+
+def _warn_blank_queries(dataset: BeirDataset) -> None:
+    """Warn when queries to be evaluated are blank (empty or whitespace only): their number and first ids.
+
+    ``kl-retrievers search`` refuses a blank query (it asks for nothing); an evaluation ranks it like any
+    other and counts its metrics in the means, which a collection with such queries may not intend.
+
+    Examples:
+        >>> ds = BeirDataset(Path("."), "test", {"d": {"text": "x"}}, {"a": "x", "b": " ", "c": ""},
+        ...                  {"a": {"d": 1}, "b": {"d": 1}, "c": {"d": 1}})
+        >>> _warn_blank_queries(ds)  # logs: 2 of the 3 queries evaluated are blank ...: b, c; ...
+    """
+    from kl_retrievers._confidence import is_blank_query
+
+    blank = [qid for qid, text in dataset.queries.items() if is_blank_query(text)]
+    if not blank:
+        return
+    shown = ", ".join(blank[:_BLANK_IDS_SHOWN]) + (", ..." if len(blank) > _BLANK_IDS_SHOWN else "")
+    logger.warning(
+        "%d of the %d queries evaluated %s blank (empty or whitespace only): %s; %s ranked like any other query "
+        "and %s metrics count in the means (kl-retrievers search refuses a blank query)",
+        len(blank),
+        len(dataset.queries),
+        "is" if len(blank) == 1 else "are",
+        shown,
+        "it is" if len(blank) == 1 else "each is",
+        "its" if len(blank) == 1 else "their",
+    )
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -480,6 +550,8 @@ def _output_problem(args: argparse.Namespace) -> str | None:
             check_output_path(path, flag, folder=False)
         except ValueError as exc:
             return str(exc)
+    from kl_retrievers.evaluation import per_query_path_problem
+
     if args.per_query and (problem := per_query_path_problem(args.per_query)):
         return f"--per-query: {problem}"
     if args.save_run and Path(args.save_run).suffix.lower() in _NOT_A_RUN_SUFFIXES:
@@ -597,6 +669,8 @@ def _is_per_query_file(path: Path, size: int) -> bool:
         return False
     if not (start.startswith(b"{") or start.startswith(b"query_id")):
         return False
+    from kl_retrievers.evaluation import load_per_query
+
     try:
         load_per_query(path)
     except ValueError:
@@ -650,7 +724,9 @@ def _evaluate_hybrid(
         candidate list of each query (what the score-based predictors read) and each query's dense
         weight (convex and adaptive modes).
     """
-    from kl_retrievers.evaluation import encode_dataset, evaluate_run, model_label
+    import numpy as np
+
+    from kl_retrievers.evaluation import DEFAULT_METRICS, EvaluationResult, encode_dataset, evaluate_run, model_label
     from kl_retrievers.hybrid import KLHybridStore
     from kl_retrievers.qpp import gaussian_query_stats
 
@@ -786,6 +862,8 @@ def _compare_problem(
         if not getattr(args, "compare_any", False):
             return f"{depth_problem}. Evaluate both at one --depth, or pass --compare-any to compare anyway"
         logger.warning("%s; compared anyway (--compare-any)", depth_problem)
+    from kl_retrievers.evaluation import DEFAULT_METRICS
+
     metrics = set(DEFAULT_METRICS)
     shared = [qid for qid in dataset.qrels if metrics.intersection(other_pq.get(qid, ()))]
     if len(shared) < 2:
@@ -849,6 +927,8 @@ def _compare_depth_problem(name: str, recorded: Any, depth: int) -> str | None:
     """
     if isinstance(recorded, bool) or not isinstance(recorded, int) or recorded == depth:
         return None
+    from kl_retrievers.evaluation import DEFAULT_METRICS, metric_cutoff
+
     shallower = min(recorded, depth)
     short = [m for m in DEFAULT_METRICS if (cutoff := metric_cutoff(m)) is not None and cutoff > shallower]
     if not short:
@@ -979,6 +1059,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
         >>> run_evaluate(args)  # doctest: +SKIP
         0
     """
+    from kl_retrievers.evaluation import (
+        DEFAULT_METRICS,
+        EvaluationResult,
+        _depth_warning,
+        check_trec_ids,
+        evaluate_model,
+        evaluate_run,
+        finite_json,
+        load_per_query,
+        model_similarity,
+        paired_test,
+        save_per_query,
+        write_trec_run,
+    )
+
     _setup_logging(args.quiet)
     show = progress_default(args.quiet)  # bars on a terminal only, none with --quiet
     if args.depth < 1:
@@ -1013,6 +1108,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"kl-retrievers evaluate: error: {exc}", file=sys.stderr)
         return 2
     dataset, sample = _sample_queries(dataset, getattr(args, "sample_queries", None), getattr(args, "seed", None))
+    _warn_blank_queries(dataset)
     other: tuple[dict[str, dict[str, float]], dict[str, Any]] | None = None
     if args.compare:
         try:
