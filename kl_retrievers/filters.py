@@ -80,6 +80,7 @@ import contextvars
 import copy
 import datetime
 import functools
+import json
 import logging
 import operator
 import reprlib
@@ -657,6 +658,44 @@ def compile_filter(spec: MetadataFilter | None) -> Predicate | None:
 #: The types of a flat metadata value: nothing in it to change in place, so no copy is needed.
 _IMMUTABLE = frozenset({str, int, float, bool, type(None)})
 _all_immutable = _IMMUTABLE.issuperset  # given map(type, values): one C-level pass, stopping at the first other type
+
+
+def _filter_key(spec: Any) -> str | None:
+    """A canonical text of a dict filter made only of plain JSON values, for caching what it matches.
+
+    Two filters with the same key match the same documents: the key is the filter as compact JSON with
+    sorted keys (the conditions of one dict are combined with AND, in any order) and each value's type
+    kept apart (``1``, ``1.0``, ``True`` and ``"1"`` give different keys). ``None`` for any other filter:
+    a callable (it may read anything), and a dict holding a value other than a ``str``, ``int``, ``float``,
+    ``bool``, ``None``, ``list`` or ``dict`` with string keys (a date or datetime, a tuple, a set, a numpy
+    value, a subclass of one of those types): such a filter is compiled and run each time.
+
+    Examples:
+        >>> _filter_key({"year": {"$lt": 2024, "$gte": 2020}, "lang": ["en", "de"]})
+        '{"lang":["en","de"],"year":{"$gte":2020,"$lt":2024}}'
+        >>> _filter_key({"t": datetime.date(2024, 1, 2)}) is None, _filter_key(lambda m: True) is None
+        (True, True)
+    """
+    if type(spec) is not dict:
+        return None
+    try:
+        if not _plain_json(spec):
+            return None
+    except RecursionError:  # nested deeper than a filter sensibly is: not cached
+        return None
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+def _plain_json(value: Any) -> bool:
+    """Whether ``value`` is a ``str``, ``int``, ``float``, ``bool`` or ``None``, or a list or str-keyed dict of such."""
+    kind = type(value)
+    if kind in _IMMUTABLE:
+        return True
+    if kind is list:
+        return all(map(_plain_json, value))
+    if kind is dict:
+        return all(type(key) is str and _plain_json(item) for key, item in value.items())
+    return False
 
 
 def _is_nested(meta: Mapping[str, Any]) -> bool:

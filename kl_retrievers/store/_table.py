@@ -6,6 +6,12 @@ order; a deleted or replaced document's row stays as a tombstone (``alive`` fals
 :meth:`DocumentTable.compact` drops every tombstone at once and renumbers the rows. A search
 engine numbers its index entries by these rows, so the store compacts both together.
 
+Every change of the rows (:meth:`DocumentTable.append`, :meth:`~DocumentTable.undo_append`,
+:meth:`~DocumentTable.tombstone`, :meth:`~DocumentTable.compact`, :meth:`~DocumentTable.set_rows`,
+:meth:`~DocumentTable.reset`) bumps :attr:`DocumentTable.version`. The rows a dict filter allows are
+cached under ``(version, the filter's key)`` (:class:`KeyedFilter`), so a search repeating a filter
+(a tenant's, say) calls no predicate until the rows change.
+
 Examples:
     >>> import numpy as np
     >>> t = DocumentTable(2)
@@ -19,9 +25,12 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -33,6 +42,53 @@ logger = logging.getLogger(__name__)
 
 #: Rows whose ``sum log var`` :meth:`DocumentTable.append` computes at a time (float64 copies of one block only).
 _LOG_BLOCK = 8192
+
+#: Masks of allowed rows :meth:`DocumentTable.allowed` keeps (the most recently used; one bool per row each).
+MASK_CACHE_SIZE = 8
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+class KeyedFilter:
+    """A compiled dict filter and its canonical key (:func:`~kl_retrievers.filters._filter_key`).
+
+    Called like the predicate it holds. A :class:`DocumentTable` given one keeps the rows it allows, so
+    the same filter in a later search calls no predicate while the rows are unchanged.
+
+    Args:
+        predicate: The compiled filter.
+        key: Its key: two filters with one key match the same documents.
+
+    Examples:
+        >>> f = KeyedFilter(lambda m: m.get("n") == 1, '{"n":1}')
+        >>> f({"n": 1}), f
+        (True, KeyedFilter('{"n":1}'))
+    """
+
+    __slots__ = ("key", "predicate")
+
+    def __init__(self, predicate: Callable[[Mapping[str, Any]], bool], key: str) -> None:
+        self.predicate = predicate
+        self.key = key
+
+    def __call__(self, metadata: Mapping[str, Any]) -> bool:
+        return bool(self.predicate(metadata))
+
+    def __repr__(self) -> str:
+        return f"KeyedFilter({self.key!r})"
+
+
+def _changes_rows(method: _Method) -> _Method:
+    """Mark a :class:`DocumentTable` method that changes rows: each call (even one that fails) bumps the version."""
+
+    @functools.wraps(method)
+    def changing(self: DocumentTable, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._changed()
+
+    return cast(_Method, changing)
 
 
 def _copy_metadata(meta: dict[str, Any], nested: bool | None = None) -> dict[str, Any]:
@@ -80,12 +136,26 @@ class DocumentTable:
         alive: ``False`` for tombstones.
         row: Live id -> row number.
         compactions: How many times tombstones were dropped.
+        version: Bumped by every change of the rows (the methods marked ``_changes_rows``; nothing else
+            writes the arrays and lists above).
     """
 
     def __init__(self, k: int = 0) -> None:
         self.compactions = 0
+        self.version = 0
+        # (version, filter key) -> (read-only mask, allowed rows), least recently used first. Searches read
+        # it concurrently (under the store's read lock), so every access holds _masks_lock.
+        self._masks: OrderedDict[tuple[int, str], tuple[np.ndarray, int]] = OrderedDict()
+        self._masks_lock = threading.Lock()
         self.reset(k)
 
+    def _changed(self) -> None:
+        """The rows changed: a new :attr:`version`, and no cached mask (each was for an older version)."""
+        with self._masks_lock:
+            self.version += 1
+            self._masks.clear()
+
+    @_changes_rows
     def reset(self, k: int) -> None:
         """Drop every row; the table now holds ``k``-dimensional Gaussians."""
         self._hold(
@@ -100,6 +170,7 @@ class DocumentTable:
         self._nested: list[bool] | None = []  # see :attr:`nested`; None: not computed since a load
         self.row: dict[str, int] = {}
 
+    @_changes_rows
     def set_rows(
         self,
         arrays: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -209,6 +280,7 @@ class DocumentTable:
         return out
 
     # --------------------------------------------------------------- mutation
+    @_changes_rows
     def append(
         self, mean: np.ndarray, var: np.ndarray, ids: list[str], texts: list[str | None], metas: list[dict[str, Any]]
     ) -> tuple[int, list[str]]:
@@ -239,6 +311,7 @@ class DocumentTable:
             self.row[doc_id] = start + j
         return start, replaced
 
+    @_changes_rows
     def undo_append(self, start: int, previous: dict[str, int]) -> None:
         """Undo the last :meth:`append`, whose first new row was ``start``.
 
@@ -256,6 +329,7 @@ class DocumentTable:
             self.row[doc_id] = row
             self.alive[row] = True
 
+    @_changes_rows
     def tombstone(self, ids: list[str]) -> tuple[list[str], list[str]]:
         """Mark distinct ``ids`` deleted; returns ``(deleted, missing)``."""
         deleted: list[str] = []
@@ -269,6 +343,7 @@ class DocumentTable:
                 deleted.append(doc_id)
         return deleted, missing
 
+    @_changes_rows
     def compact(self) -> np.ndarray:
         """Drop every tombstone (rows renumbered in order); returns the dropped rows' old numbers."""
         keep = np.flatnonzero(self.alive)
@@ -301,19 +376,63 @@ class DocumentTable:
         return [i for i, a in zip(self.ids, self.alive, strict=True) if a]
 
     def allowed(self, predicate: Callable[[Mapping[str, Any]], bool] | None) -> tuple[np.ndarray | None, int]:
-        """The rows a search may return: ``(mask or None for every row, how many)``."""
-        if predicate is not None:
-            rows = np.flatnonzero(self.alive)
-            keep = np.array(self.judge(predicate, rows.tolist()), dtype=bool).reshape(-1)
-            mask = np.zeros(self.alive.shape, dtype=bool)
-            mask[rows[keep]] = True
-            return mask, int(np.count_nonzero(keep))
-        if not self.alive.all():
-            return self.alive, len(self.row)
-        return None, len(self.row)
+        """The rows a search may return: ``(mask or None for every row, how many)``.
+
+        A :class:`KeyedFilter`'s mask is kept (read-only) for the next search with the same key, while the
+        rows stay unchanged (:data:`MASK_CACHE_SIZE` of them, the most recently used): the predicate is
+        then not called at all. Another predicate is called once per live row.
+        """
+        if predicate is None:
+            if not self.alive.all():
+                return self.alive, len(self.row)
+            return None, len(self.row)
+        key, version = None, self.version
+        if isinstance(predicate, KeyedFilter):
+            key = predicate.key
+            hit = self._cached_mask(version, key)
+            if hit is not None:
+                return hit
+            predicate = predicate.predicate
+        rows = np.flatnonzero(self.alive)
+        keep = np.array(self.judge(predicate, rows.tolist()), dtype=bool).reshape(-1)
+        mask = np.zeros(self.alive.shape, dtype=bool)
+        mask[rows[keep]] = True
+        found = mask, int(np.count_nonzero(keep))
+        if key is not None:
+            mask.flags.writeable = False  # shared by the searches that find it cached
+            self._keep_mask(version, key, found)
+        return found
+
+    def _cached_mask(self, version: int, key: str) -> tuple[np.ndarray, int] | None:
+        """The cached ``(mask, allowed rows)`` of filter ``key`` at ``version`` (now the most recently used)."""
+        with self._masks_lock:
+            hit = self._masks.get((version, key))
+            if hit is not None:
+                self._masks.move_to_end((version, key))
+            return hit
+
+    def _keep_mask(self, version: int, key: str, found: tuple[np.ndarray, int]) -> None:
+        """Cache ``found`` for filter ``key``, unless the rows changed since ``version`` (then it is stale)."""
+        with self._masks_lock:
+            if version != self.version:
+                return
+            self._masks[(version, key)] = found
+            self._masks.move_to_end((version, key))
+            while len(self._masks) > MASK_CACHE_SIZE:
+                self._masks.popitem(last=False)
 
     def judge(self, predicate: Callable[[Mapping[str, Any]], bool], rows: list[int]) -> list[bool]:
-        """``predicate``'s answer for each row of ``rows`` (a callable filter gets each row's read-only view)."""
+        """``predicate``'s answer for each row of ``rows`` (a callable filter gets each row's read-only view).
+
+        A :class:`KeyedFilter` whose mask :meth:`allowed` cached answers live rows from it, without a call.
+        """
+        if isinstance(predicate, KeyedFilter):
+            hit = self._cached_mask(self.version, predicate.key)
+            if hit is not None:
+                picked = np.asarray(rows, dtype=np.int64)
+                if self.alive[picked].all():  # the mask holds the predicate's answers for live rows only
+                    return hit[0][picked].tolist()  # type: ignore[no-any-return]
+            predicate = predicate.predicate
         if isinstance(predicate, _ReadOnlyCall):  # a callable filter: each row's nestedness is known
             return predicate.rows(self.metas, self.nested, rows)
         metas = self.metas

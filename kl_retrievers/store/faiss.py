@@ -88,7 +88,7 @@ from kl_retrievers._io import (
     load_unchanged,
     recover_dir,
 )
-from kl_retrievers.filters import MetadataFilter, compile_filter
+from kl_retrievers.filters import MetadataFilter, _filter_key, compile_filter
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians
 from kl_retrievers.store import _format
 from kl_retrievers.store._base import (
@@ -107,7 +107,7 @@ from kl_retrievers.store._base import (
 )
 from kl_retrievers.store._engines import _faiss, _read_index, new_engine
 from kl_retrievers.store._format import FORMAT_VERSION, INDEX_PARAMS
-from kl_retrievers.store._table import DocumentTable
+from kl_retrievers.store._table import DocumentTable, KeyedFilter
 
 logger = logging.getLogger(__name__)
 
@@ -710,6 +710,8 @@ class KLStore(GaussianStore):
         """The ids ``filter`` matches among ``ids`` (``None``: every live document), and the missing ids; callers
         hold the lock."""
         table = self._table
+        if isinstance(filter, KeyedFilter):  # a delete judges afresh (it changes the rows): no cached mask
+            filter = filter.predicate
         with self._lock.no_writes(_DELETE_FILTER_WRITES):
             if ids is None:
                 mask, _ = table.allowed(filter)
@@ -778,7 +780,14 @@ class KLStore(GaussianStore):
             return self._table.gaussians_of(ids)
 
     def _prepare_filter(self, filter: MetadataFilter | None) -> Any:
-        return compile_filter(filter)
+        """The compiled filter; a dict of plain JSON values comes with its key, so the table caches its rows.
+
+        A callable, or a dict holding a date, a tuple, a numpy value, ..., has no key
+        (:func:`~kl_retrievers.filters._filter_key`): it is called once per live document in every search.
+        """
+        predicate = compile_filter(filter)
+        key = None if predicate is None else _filter_key(filter)
+        return predicate if key is None or predicate is None else KeyedFilter(predicate, key)
 
     def _rank(self, queries: Gaussians, k: int, predicate: Callable[[Mapping[str, Any]], bool] | None) -> _Ranking:
         """The one ranking :meth:`_search` and :meth:`_top_ids` report; callers hold the read lock.
@@ -812,8 +821,9 @@ class KLStore(GaussianStore):
         The same checks and the same ranking as ``search_batch(queries, k, filter)`` with ``predicate =
         compile_filter(filter)``, but no :class:`SearchResult` is built (no text, no metadata copy): the
         hybrid store needs only ids and scores from its dense candidates. With a predicate it also returns
-        which live documents the predicate allowed (called once per live document, as ``search_batch``
-        does), so the caller can restrict another ranking without calling it again.
+        which live documents the predicate allowed (called once per live document; not at all for a
+        :class:`~kl_retrievers.store._table.KeyedFilter` whose rows the table cached, as in ``search_batch``),
+        so the caller can restrict another ranking without calling it again.
 
         Args:
             queries: Query Gaussians (checked as :meth:`search_batch` checks them).
