@@ -73,7 +73,7 @@ from kl_retrievers._io import (
     read_json_object,
     recover_dir,
 )
-from kl_retrievers.filters import MetadataFilter, compile_filter
+from kl_retrievers.filters import MetadataFilter
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians, check_k, neg_kl
 from kl_retrievers.gaussian import is_real_number as _is_real
 from kl_retrievers.hub import sha256_file as _sha256
@@ -1814,7 +1814,8 @@ class KLHybridStore(_NotCopyable):
             queries: Query texts (BM25 reads them; encoded unless ``query_gaussians`` is given).
             query_gaussians: One query Gaussian per text.
             filter: Metadata filter applied to both halves before ranking (called once per document:
-                the BM25 half reuses what it allowed in the KL half).
+                the BM25 half reuses what it allowed in the KL half; a dict of plain JSON values repeated
+                on an unchanged store is not called again, see :meth:`KLStore.search`).
             depth: Documents from each half (default: the store's ``candidates``).
 
         Returns:
@@ -1822,7 +1823,9 @@ class KLHybridStore(_NotCopyable):
         """
         texts = _query_texts(queries)
         depth = self.fusion.candidates if depth is None else check_k(depth, "depth")
-        predicate = compile_filter(filter)
+        predicate = self._kl._prepare_filter(
+            filter
+        )  # a plain-JSON dict filter's rows are cached by the KL half's table
         qg = self._query_gaussians(texts, query_gaussians)
         with self._lock.read():
             self._ensure_index()

@@ -101,6 +101,28 @@ def test_repeated_dict_filter_calls_no_predicate_the_second_time(calls: list[int
     assert calls[0] == 0
 
 
+def test_the_hybrid_store_reuses_the_cached_rows(calls: list[int]) -> None:
+    """KLHybridStore filters through its KL half's table, so a repeated dict filter is not called again."""
+    from conftest import make_tiny_encoder
+    from kl_retrievers.hybrid import KLHybridStore
+
+    words = ["sun", "moon", "star", "sea", "tree", "rock"]
+    store = KLHybridStore(make_tiny_encoder())
+    texts = [f"{words[i % 6]} {words[(i * 5) % 6]} {i}" for i in range(N)]
+    store.add(texts, ids=[f"d{i}" for i in range(N)], metadatas=[_meta(i) for i in range(N)])
+    first = store.search("sun moon", k=5, filter={"tenant": "t1"})
+    assert calls[0] == N  # once per live document, shared by both halves
+    calls[0] = 0
+    again = store.search("sun moon", k=5, filter={"tenant": "t1"})
+    assert calls[0] == 0
+    assert [(r.id, r.score) for r in again] == [(r.id, r.score) for r in first]
+    assert {r.metadata["tenant"] for r in again} == {"t1"}
+    store.add(["sun sun"], ids=["new"], metadatas=[{"tenant": "t1", "year": 2001, "tags": []}])
+    calls[0] = 0
+    assert "new" in {r.id for r in store.search("sun", k=N + 1, filter={"tenant": "t1"})}
+    assert calls[0] == N + 1  # the change bumped the table's version: judged afresh
+
+
 def test_a_delete_by_filter_judges_afresh(calls: list[int]) -> None:
     store = _store()
     store.search(QUERY[0], k=5, filter={"tenant": "t1"})
