@@ -50,9 +50,11 @@ torch-free-check: ## A built wheel in a fresh torch-free venv (needs a package i
 ## Every core, [langchain], [llama-index] and [hybrid] dependency pinned to the floor pyproject.toml declares
 ## (read from it), in a throwaway torch-free venv, then a smoke test of the installed package (load_model,
 ## KLStore, KLHybridStore, both adapters). Needs a package index with those releases; not part of `make test`.
+## PYTHON names the venv's interpreter only (PYTHON=python3.10 needs no tomli there): the script runs on
+## .venv's Python, or python3 before `make install`.
 .PHONY: lowest-deps-check
 lowest-deps-check: ## Every dependency at its declared floor in a throwaway venv, then a smoke test.
-	$(PYTHON) scripts/lowest_deps_check.py --python $(PYTHON)
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) scripts/lowest_deps_check.py --python $(PYTHON)
 
 ## The suite without the integration tests (real MiniLM, data slices) and without the notebooks: the paths
 ## replace pyproject's testpaths, which include notebooks/ (--ignore does not drop a testpaths entry).

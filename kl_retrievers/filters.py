@@ -29,9 +29,8 @@ Dates and times.  The stores keep ``datetime`` / ``date`` / ``time`` metadata as
 (see :func:`stored_form`).  A filter value that is a ``datetime``, a ``date`` or an ``np.datetime64``
 (in ``$eq``, ``$ne``, ``$in``, ``$nin``, a comparison, or a bare value or list) is compared with a
 stored value as a date or a point in time, not as text: the stored string is read back with
-``datetime.fromisoformat`` (a trailing ``Z`` reads as UTC on every Python, 3.10 included; a stored
-value that is no ISO date never matches, as for other incompatible types; a stored date reads as its
-midnight), and
+``datetime.fromisoformat`` (a stored value that is no ISO date never matches, as for other
+incompatible types; a stored date reads as its midnight), and
 
 * a ``date`` filter value (or a day-unit ``np.datetime64``) compares with the stored value's calendar
   date: its own date for a stored date, the date part for a stored datetime, aware or not (the date
@@ -46,6 +45,14 @@ midnight), and
 
 ``NaT`` (``pd.NaT``, stored as the string ``"NaT"``; ``np.datetime64("NaT")``, stored as ``None``) is
 no date: it compares as the value the store keeps for it.
+
+Python 3.10's ``fromisoformat`` reads less than 3.11's.  A stored datetime (a date, ``T`` or a space,
+and a time) or time in the extended format reads the same on 3.10 with a ``Z`` / ``z`` (UTC), an offset
+without a colon or minutes (``+0530``, ``+05``) or a fraction of any length (cut or padded to 6 digits,
+as 3.11 does).  What still reads only from 3.11 (on 3.10 it is no date, and never matches): the basic
+format (``20240102``, ``20240102T100000Z``), week and ordinal dates (``2024-W01-2``, ``2024-002``),
+and a comma before the fraction (``10:00:00,5``).  A date-only ``2024-01-02Z`` is no date on any
+Python (a ``Z`` needs a time).
 
 A ``time`` filter value is compared with stored times the same way (``time.fromisoformat``).  A
 filter value that is a string is compared as a string, whatever it looks like.  langchain-community's
@@ -83,6 +90,7 @@ import functools
 import json
 import logging
 import operator
+import re
 import reprlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -217,26 +225,59 @@ def _stored_form_of_filter_values(spec: Any) -> Any:
     return spec
 
 
-def _utc_suffix(text: str) -> str:
-    """``text`` with a trailing ``Z`` (UTC, as JSON APIs and JavaScript's ``toISOString`` write it) as ``+00:00``.
+#: An ISO 8601 time in the extended format: ``HH[:MM[:SS[.fraction]]]``, then ``Z`` / ``z``, ``+HH[[:]MM]`` or nothing.
+_ISO_TIME = (
+    r"(?P<clock>\d\d(?::\d\d(?::\d\d)?)?)(?:\.(?P<fraction>\d+))?"
+    r"(?:(?P<utc>[Zz])|(?P<sign>[+-])(?P<hours>\d\d)(?::?(?P<minutes>\d\d))?)?"
+)
+_ISO_DATETIME_RE = re.compile(r"(?P<date>\d{4}-\d\d-\d\d[Tt ])" + _ISO_TIME)  # a date WITH a time part
+_ISO_TIME_RE = re.compile(_ISO_TIME)
 
-    ``datetime.fromisoformat`` reads the ``Z`` only from Python 3.11; on 3.10 a stored
-    ``"2024-01-02T10:00:00Z"`` would be no date, and never match a date filter.
+
+def _iso_for_python310(text: str, *, date: bool = True) -> str:
+    """``text`` in the subset of ISO 8601 that Python 3.10's ``fromisoformat`` reads, where that is cheap and safe.
+
+    Python 3.11 reads more: a ``Z`` (UTC, as JSON APIs and JavaScript's ``toISOString`` write it), a fraction
+    of any number of digits (Go and .NET write 7 or 9), an offset without a colon (``+0000``, as ``%z`` writes
+    it) or without minutes (``+00``). A datetime (``date=True``: ``YYYY-MM-DD``, then ``T``, ``t`` or a space,
+    then a time) or a time (``date=False``) with one of those is rewritten the way 3.11 reads it: the ``Z``
+    as ``+00:00``, the fraction cut or padded to 6 digits, the offset as ``+HH:MM``. Anything else is returned
+    unchanged: a date-only ``"2024-01-02Z"`` (no time, so no UTC to keep: no date on 3.11 either).
 
     Examples:
-        >>> _utc_suffix("2024-01-02T10:00:00Z"), _utc_suffix("10:00z"), _utc_suffix("2024-01-02")
-        ('2024-01-02T10:00:00+00:00', '10:00+00:00', '2024-01-02')
+        >>> _iso_for_python310("2024-01-02T10:00:00.1234567Z"), _iso_for_python310("2024-01-02 10:00+0530")
+        ('2024-01-02T10:00:00.123456+00:00', '2024-01-02 10:00+05:30')
+        >>> _iso_for_python310("10:00:00.5z", date=False), _iso_for_python310("2024-01-02Z")
+        ('10:00:00.500000+00:00', '2024-01-02Z')
     """
-    return text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text
+    match = (_ISO_DATETIME_RE if date else _ISO_TIME_RE).fullmatch(text)
+    if match is None:
+        return text
+    parts = match.groupdict()
+    fraction = parts["fraction"]
+    rewritten = (parts.get("date") or "") + parts["clock"]
+    if fraction is not None:
+        rewritten += "." + fraction[:6].ljust(6, "0")  # 3.11 drops the digits past microseconds too
+    if parts["utc"]:
+        rewritten += "+00:00"
+    elif parts["sign"]:
+        rewritten += f"{parts['sign']}{parts['hours']}:{parts['minutes'] or '00'}"
+    return rewritten
 
 
 def _stored_datetime(value: Any) -> datetime.datetime | None:
     """A stored value (an ISO 8601 string, or a date / datetime) as a datetime; ``None`` when it is none."""
     if isinstance(value, str):
         try:
-            return datetime.datetime.fromisoformat(_utc_suffix(value))  # a date-only string: its midnight
-        except ValueError:
-            return None
+            return datetime.datetime.fromisoformat(value)  # a date-only string: its midnight
+        except ValueError:  # Python 3.10 (or a lowercase "z"): once more as 3.11 would read it
+            rewritten = _iso_for_python310(value)
+            if rewritten == value:
+                return None
+            try:
+                return datetime.datetime.fromisoformat(rewritten)
+            except ValueError:
+                return None
     if isinstance(value, datetime.datetime):
         return value if value == value else None  # not pd.NaT
     if isinstance(value, datetime.date):
@@ -248,9 +289,15 @@ def _stored_time(value: Any) -> datetime.time | None:
     """A stored value (an ISO 8601 time string, or a time) as a time; ``None`` when it is none."""
     if isinstance(value, str):
         try:
-            return datetime.time.fromisoformat(_utc_suffix(value))
-        except ValueError:
-            return None
+            return datetime.time.fromisoformat(value)
+        except ValueError:  # Python 3.10 (or a lowercase "z"): once more as 3.11 would read it
+            rewritten = _iso_for_python310(value, date=False)
+            if rewritten == value:
+                return None
+            try:
+                return datetime.time.fromisoformat(rewritten)
+            except ValueError:
+                return None
     return value if isinstance(value, datetime.time) else None
 
 

@@ -437,7 +437,7 @@ def _exporter_options(export: Callable[..., Any]) -> dict[str, Any]:
     """``dynamo=False`` (the TorchScript exporter this module traces with) when ``export`` takes ``dynamo``.
 
     torch 2.5 added the keyword (and 2.9 made the dynamo exporter the default); older releases, which the
-    ``[torch]`` extra admits (torch 2.1 and later), have only the TorchScript exporter and reject it.
+    ``[torch]`` extra admits (torch 2.3 and 2.4), have only the TorchScript exporter and reject it.
 
     Examples:
         >>> _exporter_options(lambda model, args, f, *, dynamo=True: None)
@@ -470,6 +470,35 @@ def _import_failure(exc: BaseException) -> str:
         parts.append(f"{type(current).__name__}: {text}" if text else f"{type(current).__name__} (no message)")
         current = current.__cause__ or current.__context__
     return "; caused by ".join(parts)
+
+
+#: Import names whose distribution (what pip installs) is named otherwise, for a module that is missing (whose
+#: metadata cannot say): what onnxruntime and onnx import.
+_DISTRIBUTIONS = {"google.protobuf": "protobuf", "yaml": "PyYAML"}
+
+
+def _distributions_of(module: str) -> list[str]:
+    """The distributions that provide the import ``module`` (``google.protobuf`` -> ``["protobuf"]``).
+
+    The installed ones first (``importlib.metadata.packages_distributions``: an ``onnxruntime`` import may
+    come from ``onnxruntime-gpu``), then a short table for modules that are not installed, then the import
+    name itself.
+
+    Examples:
+        >>> _distributions_of("google.protobuf.message"), _distributions_of("yaml"), _distributions_of("no_such_x")
+        (['protobuf'], ['PyYAML'], ['no_such_x'])
+    """
+    from importlib import metadata
+
+    top = module.partition(".")[0]
+    for name, distribution in _DISTRIBUTIONS.items():
+        if module == name or module.startswith(name + "."):
+            return [distribution]
+    try:
+        installed = metadata.packages_distributions().get(top, [])
+    except Exception:  # pragma: no cover - unreadable metadata: the import name is the best guess
+        installed = []
+    return sorted(set(installed)) or [top]
 
 
 def _verify_export(encoder: GaussianEncoder, path: Path, tokenizer_json: str) -> None:
@@ -566,17 +595,28 @@ def _quantize_int8(source: Path, target: Path, *, per_channel: bool, fused: bool
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as exc:  # onnxruntime.quantization needs the onnx package (and onnx's ml_dtypes)
-        missing = (exc.name or "").partition(".")[0]
-        if missing in ("", "onnx", "onnxruntime"):
+        module = exc.name or ""
+        top = module.partition(".")[0]
+        failure = _import_failure(exc)
+        if not isinstance(exc, ModuleNotFoundError):  # installed, but too old ("cannot import name ...") or broken
+            names = " ".join(_distributions_of(module)) if module else "onnx onnxruntime"
+            raise ImportError(
+                f"int8 export needs onnxruntime.quantization, which failed to import: {failure}. "
+                f"{module or 'What it imports'} is installed but lacks what is imported from it (too old, or "
+                f"broken); upgrade it: pip install -U {names}",
+                name=exc.name,
+            ) from exc
+        if top in ("", "onnx", "onnxruntime"):
             raise ImportError(
                 f"int8 export needs onnxruntime and onnx, and onnxruntime.quantization failed to import "
-                f"({_import_failure(exc)}); {TORCH_EXTRA}"
+                f"({failure}); {TORCH_EXTRA}"
             ) from exc
+        names = " ".join(_distributions_of(module))
         raise ModuleNotFoundError(  # installed onnx / onnxruntime, but a package they import is missing
-            f"int8 export needs onnxruntime.quantization, which failed to import: {_import_failure(exc)}. "
-            f"{missing} is missing; install it (pip install {missing}), or an onnx that requires it "
+            f"int8 export needs onnxruntime.quantization, which failed to import: {failure}. "
+            f"{module} is missing; install it (pip install {names}), or an onnx that requires it "
             f'(pip install -U "kl-retrievers[onnx]")',
-            name=missing,
+            name=exc.name,
         ) from exc
     with _quiet_root_logger("pre-processing before quantization"):
         quantize_dynamic(
@@ -690,20 +730,28 @@ def onnx_runtime() -> Any:
                 f"the ONNX backend needs onnxruntime, a core requirement of kl-retrievers, which is not installed "
                 f'({_import_failure(exc)}); reinstall it: pip install "kl-retrievers"'
             ) from exc
+        failure = _import_failure(exc)
+        names = _distributions_of("onnxruntime")  # onnxruntime, onnxruntime-gpu, ...
+        numpy_related = "numpy" in failure.lower() or "(no message)" in failure  # 1.17 beside numpy 2: no message
+        advice = (
+            f"An onnxruntime built for numpy 1 fails this way beside numpy 2 (kl-retrievers needs onnxruntime "
+            f"1.18.1 or later); upgrade it: pip install -U {' '.join(names)}"
+            if numpy_related
+            else f"Reinstall or upgrade it (pip install -U {' '.join(names)}), or install what the failure names"
+        )
         raise ImportError(
-            f"the ONNX backend needs onnxruntime, which is installed ({_installed_versions()}) but failed to "
-            f"import: {_import_failure(exc)}. An onnxruntime built for numpy 1 fails this way beside numpy 2 "
-            "(kl-retrievers needs onnxruntime 1.18.1 or later); upgrade it: pip install -U onnxruntime"
+            f"the ONNX backend needs onnxruntime, which is installed ({_installed_versions(names, numpy_related)}) "
+            f"but failed to import: {failure}. {advice}"
         ) from exc
     return onnxruntime
 
 
-def _installed_versions() -> str:
-    """``onnxruntime X, numpy Y``: the installed versions of what an onnxruntime import needs."""
+def _installed_versions(distributions: list[str], numpy: bool = True) -> str:
+    """``onnxruntime-gpu X, numpy Y``: the installed versions of ``distributions`` (and of numpy)."""
     from importlib import metadata
 
     found = []
-    for name in ("onnxruntime", "numpy"):
+    for name in [*distributions, *(["numpy"] if numpy else [])]:
         try:
             found.append(f"{name} {metadata.version(name)}")
         except metadata.PackageNotFoundError:

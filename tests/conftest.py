@@ -94,7 +94,7 @@ def write_tiny_shared_backbone(root: Path) -> tuple[GaussianEncoder, Path, Path]
     """
     from safetensors.numpy import save_file
 
-    from kl_retrievers.onnx import _tokenizer_json
+    from kl_retrievers.onnx import _exporter_options, _tokenizer_json
 
     enc = make_tiny_encoder(pooling="mean", normalize_pooled=True, var_token=False, beta=5.0, seed=2)
     graph_dir, model_dir = root / "graph", root / "model"
@@ -122,7 +122,7 @@ def write_tiny_shared_backbone(root: Path) -> tuple[GaussianEncoder, Path, Path]
             output_names=["last_hidden_state"],
             dynamic_axes={n: {0: "b", 1: "t"} for n in [*names, "last_hidden_state"]},
             opset_version=17,
-            dynamo=False,
+            **_exporter_options(torch.onnx.export),  # dynamo=False where taken (torch 2.5+; the floor is 2.3)
         )
     heads = {
         k: v.detach().numpy().copy()

@@ -7,7 +7,9 @@ path), :mod:`~kl_retrievers.training.trainer` (loops) and :mod:`~kl_retrievers.t
 
 The public names below are imported on first access (PEP 562), so that importing
 :mod:`kl_retrievers.training.cli` (which ``kl-retrievers --help`` does, to list ``train``) needs no torch;
-the names that need it raise ``ModuleNotFoundError`` naming the ``[train]`` extra when it is not installed.
+the names that need it, and the submodules read as attributes (``training.trainer``, ``from
+kl_retrievers.training import losses``), raise ``ModuleNotFoundError`` naming the ``[train]`` extra when it
+is not installed (``import kl_retrievers.training.trainer`` raises the plain error of the missing module).
 
 Examples:
     >>> from kl_retrievers.training import TrainConfig
@@ -129,22 +131,35 @@ __all__ = [
 ]
 
 
+def _import_submodule(module: str, what: str) -> Any:
+    """``importlib.import_module(module)``; a missing torch, transformers, ... raises naming the extra.
+
+    The ``ModuleNotFoundError`` names the ``[train]`` extra, as the other torch features do, and is chained
+    (``from``) to the original error. A module missing inside the submodule itself (not a dependency that
+    is not installed) raises the original error, which says what.
+    """
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        from kl_retrievers.training.data import require_train_extra
+
+        if not exc.name:
+            raise
+        try:
+            require_train_extra(what, exc.name.partition(".")[0])
+        except ModuleNotFoundError as named:
+            raise named from exc
+        raise  # the module is there (something inside it is missing): the original error says what
+
+
 def __getattr__(name: str) -> Any:
     """Import a public name's submodule on first access (PEP 562) and cache the name here."""
     module = _LAZY.get(name)
     if module is None:
         if name in _SUBMODULES:  # e.g. kl_retrievers.training.losses, which the eager version bound here
-            return importlib.import_module(f"{__name__}.{name}")
+            return _import_submodule(f"{__name__}.{name}", f"{__name__}.{name}")
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    try:
-        imported = importlib.import_module(module)
-    except ModuleNotFoundError as exc:  # torch, transformers...: name the extra, as the other torch features do
-        from kl_retrievers.training.data import require_train_extra
-
-        if exc.name:
-            require_train_extra(f"kl_retrievers.training.{name}", exc.name.partition(".")[0])
-        raise  # the module is there (something inside it is missing): the original error says what
-    value = getattr(imported, name)
+    value = getattr(_import_submodule(module, f"{__name__}.{name}"), name)
     globals()[name] = value
     return value
 
