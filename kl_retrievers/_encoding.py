@@ -452,7 +452,8 @@ class EncoderMixin:
                 batches the queries, faster, but a query's Gaussian then depends on the others in its batch.
             max_length: Token budget, an int >= 3 (default ``config.query_max_length``); longer texts
                 are truncated. Above :attr:`max_tokens` it is clamped to that, with a warning.
-            show_progress_bar: Show a tqdm bar (default: when stderr is a terminal and there are several batches).
+            show_progress_bar: Show a tqdm bar (default: when stderr is a terminal and there are several batches;
+                with ``batch_size`` left at its default, several batches of 32, on int8 graphs too).
             convert_to: ``"numpy"`` or ``"torch"`` (the latter needs torch); default ``None``: numpy, or what
                 sentence-transformers' ``convert_to_tensor`` / ``convert_to_numpy`` ask for (given with them, it
                 must agree).
@@ -489,7 +490,7 @@ class EncoderMixin:
         self,
         texts: str | Sequence[str],
         *,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         max_length: int | None = None,
         show_progress_bar: bool | None = None,
         convert_to: Literal["numpy", "torch"] | None = None,
@@ -498,7 +499,8 @@ class EncoderMixin:
     ) -> Gaussians:
         """Encode documents into Gaussians; arguments as :meth:`encode_queries`.
 
-        ``max_length`` defaults to ``config.max_length``.
+        ``batch_size`` defaults (``None``) to 32 on every encoder, int8 graphs included (a document's Gaussian
+        there depends on the documents batched with it); ``max_length`` defaults to ``config.max_length``.
 
         Examples:
             >>> d = encoder.encode_documents(["a passage", "another passage"])  # doctest: +SKIP
@@ -507,6 +509,7 @@ class EncoderMixin:
             convert_to = _st_convert_to(st_kwargs, convert_to, role="document", method="encode_documents")
         convert_to = "numpy" if convert_to is None else convert_to
         budget = self.config.max_length if max_length is None else max_length
+        batch_size = _DOCUMENT_BATCH_SIZE if batch_size is None else batch_size
         return self._encode(texts, budget, batch_size, show_progress_bar, convert_to, device, "Encoding documents")
 
     # ------------------------------------------------------------------ sentence-transformers' names
@@ -633,6 +636,8 @@ def _row_norms(x: Any) -> Any:
 
 #: ``encode_queries``' batch size when none is given and the encoder is batch-invariant (else 1).
 _QUERY_BATCH_SIZE = 32
+#: ``encode_documents``' batch size when none is given (``None``), on every encoder.
+_DOCUMENT_BATCH_SIZE = 32
 #: ``prompt_name`` values that sentence-transformers' ``encode_document`` tries, in order.
 _DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
 #: Our own ``encode_*`` keywords, passed through as given.

@@ -479,9 +479,21 @@ class BgeSmallOnnxEncoder:
         assert out is not None
         return _l2_normalise(out)
 
-    def encode_queries(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = True) -> np.ndarray:
-        """Unit vectors for queries (with the instruction prefix)."""
-        return self._encode([BGE_QUERY_PREFIX + t for t in texts], batch_size, show_progress, "bge queries")
+    def encode_queries(
+        self, texts: Sequence[str], batch_size: int | None = None, show_progress: bool = True
+    ) -> np.ndarray:
+        """Unit vectors for queries (with the instruction prefix).
+
+        Args:
+            texts: The queries.
+            batch_size: Queries per forward pass. Default ``None``: one at a time
+                (:func:`~kl_retrievers._encoding.query_batch_size`; the graph is int8, so a query batched with
+                others would get another vector than alone, as :func:`dense_run` encodes it). Given
+                explicitly, it is used as given.
+            show_progress: Show a tqdm bar.
+        """
+        size = query_batch_size(self, 64) if batch_size is None else batch_size
+        return self._encode([BGE_QUERY_PREFIX + t for t in texts], size, show_progress, "bge queries")
 
     def encode_documents(self, texts: Sequence[str], batch_size: int = 32, show_progress: bool = True) -> np.ndarray:
         """Unit vectors for documents."""

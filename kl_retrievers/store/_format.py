@@ -50,6 +50,7 @@ import logging
 import math
 import os
 import re
+import sys
 from collections.abc import Callable
 from itertools import compress
 from pathlib import Path
@@ -839,12 +840,17 @@ def read_documents(
 
     The ids of the live rows (all but ``tombstones``) must be distinct; a tombstone's id may be a live one's
     (the old row of an upserted document).
+
+    Raises:
+        StoreFormatError: A line is not a JSON object of the documented fields, holds a number that is not
+            finite (``NaN``, ``Infinity`` or one beyond float's range such as ``1e400``: what ``add`` refuses)
+            or is nested too deeply to decode; the message names the line.
     """
     ids: list[str] = []
     texts: list[str | None] = []
     metas: list[dict[str, Any]] = []
     # One decoder for every line: json.loads(line, parse_constant=...) would build one per line (half the time).
-    decode = json.JSONDecoder(parse_constant=refuse_json_constant()).decode
+    decode = json.JSONDecoder(parse_constant=refuse_json_constant(), parse_float=_finite_float).decode
     try:
         with open(path, encoding="utf-8") as f:
             for line_no, line in enumerate(f, 1):
@@ -854,6 +860,11 @@ def read_documents(
                     rec = decode(line)
                 except ValueError as exc:
                     raise StoreFormatError(f"{path} line {line_no} is malformed: {exc}") from exc
+                except RecursionError:  # the C decoder recurses once per level of nesting
+                    raise StoreFormatError(
+                        f"{path} line {line_no} is malformed: nested too deeply to decode (more levels of arrays "
+                        f"and objects than Python's recursion limit, {sys.getrecursionlimit()})"
+                    ) from None
                 if not isinstance(rec, dict):
                     raise StoreFormatError(f"{path} line {line_no} is malformed: not a JSON object")
                 doc_id, text, meta = rec.get("id"), rec.get("text"), rec.get("metadata")
@@ -882,6 +893,25 @@ def read_documents(
         dup = next(i for i in live if i in seen or seen.add(i))  # type: ignore[func-returns-value]
         raise StoreFormatError(f"{DOCS} contains duplicate id {dup!r}")
     return ids, texts, metas
+
+
+def _finite_float(text: str) -> float:
+    """A JSON number's float (``parse_float``), refusing one beyond float's range, which would read as ``inf``.
+
+    Examples:
+        >>> _finite_float("1.5")
+        1.5
+        >>> _finite_float("-1e400")
+        Traceback (most recent call last):
+        ValueError: holds the number -1e400, beyond float's range (it would read as -inf; only finite numbers are)
+    """
+    value = float(text)
+    if not math.isfinite(value):
+        shown = text if len(text) <= 40 else f"{text[:20]}...{text[-10:]}"
+        raise ValueError(
+            f"holds the number {shown}, beyond float's range (it would read as {value}; only finite numbers are)"
+        )
+    return value
 
 
 def _check_line_utf8(path: Path, line_no: int, doc_id: str, text: str | None, meta: dict[str, Any] | None) -> None:
