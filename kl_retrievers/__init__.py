@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from kl_retrievers._config import GaussianEncoderConfig, NotAnEncoderError
-    from kl_retrievers._io import __version__, load_gaussians, save_gaussians
+    from kl_retrievers._io import load_gaussians, save_gaussians
     from kl_retrievers.encoder import GaussianEncoder
     from kl_retrievers.gaussian import (
         SCORE_DIRECTION,
@@ -39,6 +39,10 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from kl_retrievers.index import DeleteReport, KLStore, SearchResult, StoredDocument, StoreFormatError
     from kl_retrievers.onnx import OnnxGaussianEncoder
     from kl_retrievers.pretrained import bundled_models, load_default_model, load_model
+
+    #: The installed version; at run time read on first access (``__getattr__``, hidden from type checkers),
+    #: with :func:`kl_retrievers._io.library_version`.
+    __version__: str
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 try:
     import fcntl as _fcntl
@@ -28,12 +28,6 @@ except ImportError:  # pragma: no cover - Windows: no locks, so stale copies are
     fcntl = None
 
 logger = logging.getLogger(__name__)
-
-
-if TYPE_CHECKING:
-    #: ``kl_retrievers.__version__`` as type checkers see it; at run time the package reads it on first access,
-    #: with :func:`library_version` (declared here because the package's module ``__getattr__`` is hidden from them).
-    __version__: str
 
 
 @functools.cache

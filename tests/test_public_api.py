@@ -255,6 +255,11 @@ def test_type_checkers_see_every_public_name_and_no_module_getattr() -> None:
                 if isinstance(imp, ast.ImportFrom)
                 for alias in imp.names
             }
+            seen |= {  # plain declarations (``__version__: str``)
+                ann.target.id
+                for ann in node.body
+                if isinstance(ann, ast.AnnAssign) and isinstance(ann.target, ast.Name)
+            }
         if isinstance(node, ast.Assign):
             seen |= {target.id for target in node.targets if isinstance(target, ast.Name)}
     hidden = [
