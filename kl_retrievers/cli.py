@@ -18,6 +18,7 @@ import math
 import os
 import re
 import sys
+import threading
 import unicodedata
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -1504,23 +1505,55 @@ def _cli_logging(verbose: bool) -> Iterator[None]:
     Only when the root logger has no handler (a program that configured logging keeps its own configuration,
     as with :func:`logging.basicConfig`); the handler and level installed are removed again when the command
     ends, so that a later in-process :func:`main` call configures its own (``-v`` then raises the level) and
-    the caller's process is left as it was.
+    the caller's process is left as it was. Commands running at once (threads, or one inside another) share
+    one handler: the first to start installs it, the last to end removes it and restores the root level the
+    first found; meanwhile the level is INFO while any of them was given ``--verbose``.
     """
     root = logging.getLogger()
-    if root.handlers:
+    with _cli_log.lock:
+        if not _cli_log.users and root.handlers:  # the program's own configuration: left alone
+            shared = False
+        else:
+            shared = True
+            if not _cli_log.users:
+                _cli_log.handler = logging.StreamHandler()  # sys.stderr as it is now
+                _cli_log.handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+                _cli_log.level = root.level
+                root.addHandler(_cli_log.handler)
+            _cli_log.users += 1
+            _cli_log.verbose += bool(verbose)
+            root.setLevel(logging.INFO if _cli_log.verbose else logging.WARNING)
+    if not shared:
         yield
         return
-    handler = logging.StreamHandler()  # sys.stderr as it is now
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO if verbose else logging.WARNING)
     try:
         yield
     finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
-        handler.close()
+        with _cli_log.lock:
+            _cli_log.users -= 1
+            _cli_log.verbose -= bool(verbose)
+            if _cli_log.users:
+                root.setLevel(logging.INFO if _cli_log.verbose else logging.WARNING)
+            else:
+                handler, _cli_log.handler = _cli_log.handler, None
+                if handler is not None:
+                    root.removeHandler(handler)
+                    handler.close()
+                root.setLevel(_cli_log.level)
+
+
+class _CliLog:
+    """The log handler of the commands running in this process (:func:`_cli_logging`), under :attr:`lock`."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0  # commands running with the handler installed
+        self.verbose = 0  # of them, those given --verbose
+        self.handler: logging.Handler | None = None
+        self.level = logging.NOTSET  # the root logger's level when the first of them started
+
+
+_cli_log = _CliLog()
 
 
 def _run_command(args: argparse.Namespace) -> int:

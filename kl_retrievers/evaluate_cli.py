@@ -450,16 +450,6 @@ def _warn_blank_queries(dataset: BeirDataset) -> None:
     )
 
 
-def _setup_logging(quiet: bool) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(
-            level=logging.WARNING if quiet else logging.INFO,
-            stream=sys.stderr,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
-
-
 def _print_table(summary: Mapping[str, Any], metrics: Iterable[str], compare: Mapping[str, Any] | None) -> None:
     depth = f"  depth: {summary['depth']}" if summary.get("depth") is not None else ""
     sample = summary.get("sample")
@@ -1062,6 +1052,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from kl_retrievers.evaluation import (
         DEFAULT_METRICS,
         EvaluationResult,
+        ShallowRunWarning,
         _depth_warning,
         check_trec_ids,
         evaluate_model,
@@ -1074,7 +1065,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         write_trec_run,
     )
 
-    _setup_logging(args.quiet)
+    # logging is the caller's: kl-retrievers' main() sets it up for each command (cli._cli_logging)
     show = progress_default(args.quiet)  # bars on a terminal only, none with --quiet
     if args.depth < 1:
         print(
@@ -1128,7 +1119,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             return 2
     elif getattr(args, "compare_any", False):
         logger.warning("--compare-any has no effect without --compare")
-    depth_warning = _depth_warning(args.depth, DEFAULT_METRICS, "--depth")  # evaluate_model's k= warning, as a flag
+    # evaluate_model's k= warning, as a flag; none when the run holds every document of the corpus
+    depth_warning = _depth_warning(args.depth, DEFAULT_METRICS, "--depth", n_docs=len(dataset.corpus))
     if depth_warning:
         logger.warning("%s", depth_warning)
     cache_dir = args.cache_dir
@@ -1194,7 +1186,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             result, score_run, weights = _evaluate_hybrid(args, encoder, dataset, show_progress=show)
         else:
             with warnings.catch_warnings():  # its k= warning is the --depth one logged above
-                warnings.filterwarnings("ignore", message=r"k=\d+ is below the cutoff ", category=UserWarning)
+                warnings.simplefilter("ignore", ShallowRunWarning)
                 result = evaluate_model(
                     encoder,
                     dataset,

@@ -84,6 +84,7 @@ __all__ = [
     "EvaluationResult",
     "EncodeOptions",
     "evaluate_model",
+    "ShallowRunWarning",
     "save_per_query",
     "load_per_query",
     "PER_QUERY_SUFFIXES",
@@ -149,7 +150,8 @@ def _metric_names(metrics: str | Iterable[str]) -> list[str]:
     results are keyed by the reported name (``ndcg@10``).
 
     Raises:
-        ValueError: An unknown metric (naming it and the reported names).
+        ValueError: An unknown metric, or none (naming it and the reported names).
+        TypeError: ``metrics`` is neither a string nor an iterable of strings (``None``, ``b"ndcg@10"``).
 
     Examples:
         >>> _metric_names("ndcg@10"), _metric_names(["nDCG@10", "R@100", "ndcg@10"])
@@ -158,17 +160,21 @@ def _metric_names(metrics: str | Iterable[str]) -> list[str]:
         Traceback (most recent call last):
         ValueError: unknown metric 'P@10'; choose from ['map@100', 'mrr@10', 'ndcg@10', 'recall@100'] ...
     """
+    allowed = f"{sorted(METRICS)} (any case; ir_measures' {', '.join(METRICS.values())} name them too)"
+    if isinstance(metrics, (bytes, bytearray)) or not isinstance(metrics, (str, Iterable)):
+        raise TypeError(f"metrics must be a metric name or a sequence of names, not {metrics!r}; choose from {allowed}")
     out: list[str] = []
     for name in [metrics] if isinstance(metrics, str) else metrics:
-        key = name.lower() if isinstance(name, str) else None
-        reported = key if key in METRICS else _IR_MEASURES_NAMES.get(key or "")
+        if not isinstance(name, str):
+            raise TypeError(f"a metric name must be a str, not {name!r}; choose from {allowed}")
+        key = name.lower()
+        reported = key if key in METRICS else _IR_MEASURES_NAMES.get(key)
         if reported is None:
-            raise ValueError(
-                f"unknown metric {name!r}; choose from {sorted(METRICS)} (any case; ir_measures' "
-                f"{', '.join(METRICS.values())} name them too)"
-            )
+            raise ValueError(f"unknown metric {name!r}; choose from {allowed}")
         if reported not in out:
             out.append(reported)
+    if not out:
+        raise ValueError(f"no metric given (metrics={metrics!r}); choose at least one of {allowed}")
     return out
 
 
@@ -183,20 +189,34 @@ def metric_cutoff(name: str) -> int | None:
     return int(cutoff) if cutoff.isdigit() else None
 
 
-def _depth_warning(depth: int, metrics: Iterable[str], option: str = "k") -> str | None:
+class ShallowRunWarning(UserWarning):
+    """A run shallower than a reported metric's cutoff: :func:`evaluate_model` with ``k=10`` and ``recall@100``.
+
+    That metric counts a document ranked past ``k`` as not retrieved, so it is not comparable with figures at
+    the default depth 100; the metrics are computed anyway. Silence it for a deliberately shallow run with
+    ``warnings.simplefilter("ignore", ShallowRunWarning)`` (in a ``warnings.catch_warnings()`` block).
+    """
+
+
+def _depth_warning(depth: int, metrics: Iterable[str], option: str = "k", n_docs: int | None = None) -> str | None:
     """The warning for a retrieval depth below the cutoff of some reported metrics (``None``: none is).
 
     One text for :func:`evaluate_model` (``option="k"``: ``k=50``) and ``kl-retrievers evaluate``
-    (``option="--depth"``: ``--depth 50``).
+    (``option="--depth"``: ``--depth 50``). ``None`` too when ``depth`` reaches ``n_docs``, the number of
+    documents in the corpus: the run then holds every document, as deep a run would.
 
     Examples:
         >>> _depth_warning(100, ["ndcg@10", "recall@100"]) is None
+        True
+        >>> _depth_warning(10, ["recall@100"], n_docs=10) is None  # the run holds the whole corpus
         True
         >>> print(_depth_warning(50, ["ndcg@10", "recall@100"]))  # doctest: +ELLIPSIS
         k=50 is below the cutoff of recall@100: ... a run of 50 documents per query ...
         >>> print(_depth_warning(50, ["ndcg@10", "recall@100"], "--depth"))  # doctest: +ELLIPSIS
         --depth 50 is below the cutoff of recall@100: ...
     """
+    if n_docs is not None and depth >= n_docs:
+        return None
     short = [name for name in metrics if (cutoff := metric_cutoff(name)) is not None and depth < cutoff]
     if not short:
         return None
@@ -842,8 +862,10 @@ def evaluate_model(
         dataset: The loaded split.
         k: Retrieval depth: documents retrieved per query, the run the metrics read. Below a metric's cutoff
             (``k=10`` with ``recall@100``) that metric counts a document ranked past ``k`` as not retrieved,
-            so it is not comparable with figures at the default depth 100: a ``UserWarning`` says so (the
-            ``kl-retrievers evaluate --depth`` warning), and the metrics are computed anyway.
+            so it is not comparable with figures at the default depth 100: a :class:`ShallowRunWarning` (a
+            ``UserWarning``) says so (the ``kl-retrievers evaluate --depth`` warning), and the metrics are
+            computed anyway. No warning when ``k`` reaches the number of documents in the corpus (the run holds
+            them all).
         means_only: Ablation: rank by ``-||mu_q - mu_d||^2`` ignoring variances.
         similarity: ``"neg_kl"``, ``"dot"`` or ``"cosine"`` (the latter two on the means);
             ``None``: what the model was trained for (:func:`model_similarity`), so a vector twin
@@ -877,9 +899,9 @@ def evaluate_model(
     k = check_k(k)
     if not dataset.qrels:
         raise ValueError(f"{dataset.path} ({dataset.split}): qrels are empty: nothing to evaluate")
-    shallow = _depth_warning(k, metrics)
+    shallow = _depth_warning(k, metrics, n_docs=len(dataset.corpus))
     if shallow:  # computed anyway: a deliberate shallow run is the caller's choice
-        warnings.warn(shallow, UserWarning, stacklevel=2)
+        warnings.warn(shallow, ShallowRunWarning, stacklevel=2)
     t0 = time.perf_counter()
     q, d = encode_dataset(encoder, dataset, show_progress=show_progress, **encode_options)
     t1 = time.perf_counter()

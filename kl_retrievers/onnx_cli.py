@@ -12,7 +12,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -77,12 +76,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_bundle.add_argument("names", nargs="*", default=[DEFAULT_MODEL])
     p_bundle.add_argument("--check", action="store_true", help="compare with the shipped graph; write nothing")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    try:
-        return _run(args)
-    except (ValueError, OSError, ImportError) as exc:  # a bad name or folder: one line, not a traceback
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
+    # kl-retrievers' log lines for this command only: removed again when it ends (the caller's process keeps its
+    # own logging; a program that configured logging keeps its configuration)
+    from kl_retrievers.cli import _cli_logging
+
+    with _cli_logging(args.verbose):
+        try:
+            return _run(args)
+        except (ValueError, OSError, ImportError) as exc:  # a bad name or folder: one line, not a traceback
+            print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+            return 2
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -69,7 +69,9 @@ def test_a_depth_below_a_cutoff_warns_naming_the_metrics_and_is_recorded(
     named: list[str],
     not_named: list[str],
 ) -> None:
-    root = _beir(tmp_path / "beir")
+    # more documents than the depth: a depth reaching the whole corpus does not warn (the run holds every document)
+    filler = [{"_id": f"x{i}", "title": "", "text": f"filler {i}"} for i in range(60)]
+    root = _beir(tmp_path / "beir", corpus=CORPUS + filler)
     caplog.set_level(logging.WARNING)
     assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--json", "--depth", str(depth)]) == 0
     summary = json.loads(capsys.readouterr().out)

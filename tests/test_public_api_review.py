@@ -99,12 +99,13 @@ def test_cli_evaluate_warns_about_its_depth_once(
     make_tiny_encoder().save_pretrained(model)
     root = _beir(tmp_path / "beir")
     caplog.set_level(logging.WARNING)
-    argv = ["evaluate", str(root), "--model", str(model), "--json", "--quiet", "--no-cache", "--depth", "5"]
+    # below the 4 documents of the corpus: a depth reaching them all does not warn (test_public_api_review_round2)
+    argv = ["evaluate", str(root), "--model", str(model), "--json", "--quiet", "--no-cache", "--depth", "3"]
     assert main(argv) == 0
-    assert json.loads(capsys.readouterr().out)["depth"] == 5
+    assert json.loads(capsys.readouterr().out)["depth"] == 3
     messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert sum("--depth 5 is below the cutoff" in m for m in messages) == 1
-    assert not any("k=5" in m for m in messages), messages  # evaluate_model's own text is the same warning
+    assert sum("--depth 3 is below the cutoff" in m for m in messages) == 1
+    assert not any("k=3" in m for m in messages), messages  # evaluate_model's own text is the same warning
 
 
 # ---------------------------------------------------------------- 2. EvaluationResult's repr

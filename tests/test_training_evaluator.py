@@ -30,7 +30,7 @@ from conftest import (
 from kl_retrievers import GaussianEncoder
 from kl_retrievers.cli import main
 from kl_retrievers.datasets import load_beir
-from kl_retrievers.evaluation import evaluate_model
+from kl_retrievers.evaluation import ShallowRunWarning, evaluate_model
 from kl_retrievers.training import (
     TrainingSet,
     from_beir,
@@ -250,8 +250,11 @@ def test_retrieval_evaluator_matches_evaluate_model(beir: Path) -> None:
     dataset = load_beir(beir, "dev")
     expected = evaluate_model(enc, dataset, show_progress=False, use_cache=False).aggregate
     assert retrieval_evaluator(beir)(enc) == {"ndcg@10": pytest.approx(expected["ndcg@10"], abs=1e-12)}
-    got = retrieval_evaluator(dataset, metric="mrr@10", k=5)(enc)
-    short = evaluate_model(enc, dataset, k=5, show_progress=False, use_cache=False).aggregate
+    with pytest.warns(ShallowRunWarning, match="k=5 is below the cutoff of mrr@10"):  # shallow on purpose
+        shallow = retrieval_evaluator(dataset, metric="mrr@10", k=5)
+    got = shallow(enc)
+    with pytest.warns(ShallowRunWarning, match="k=5 is below the cutoff"):
+        short = evaluate_model(enc, dataset, k=5, show_progress=False, use_cache=False).aggregate
     assert got == {"mrr@10": pytest.approx(short["mrr@10"], abs=1e-12)}
     assert 0.0 < expected["ndcg@10"] <= 1.0
 

@@ -253,6 +253,22 @@ class MilvusConnectionError(ConnectionError):
     """Milvus could not be reached (or Milvus Lite could not start) within the timeout."""
 
 
+class _ClosedClient:
+    """The client of a closed :class:`MilvusKLStore`: any use raises a ``RuntimeError`` saying the store is closed
+    (rather than pymilvus' ``should create connection first``, or a call on a given client the caller closed since).
+    """
+
+    def __init__(self, store: str) -> None:
+        self._store = store
+
+    def error(self) -> RuntimeError:
+        """The error any use of the closed store raises."""
+        return RuntimeError(f"{self._store} is closed (close() or the end of its with block); open a new store")
+
+    def __getattr__(self, name: str) -> Any:
+        raise self.error()
+
+
 #: Milvus Lite files this process opened through a MilvusKLStore -> how many open stores use each (see close()).
 _lite_users: dict[str, int] = {}
 #: Of those, the files Milvus Lite already served when the first of these stores opened them (another client of the
@@ -657,10 +673,12 @@ class MilvusKLStore(GaussianStore):
         batch_size: Encoder batch size.
         insert_batch: Rows per insert request.
         show_progress_bar: Show bars while encoding and inserting.
-        client: An existing ``pymilvus.MilvusClient`` to use instead of ``uri``.
+        client: An existing ``pymilvus.MilvusClient`` to use instead of ``uri``; it stays the caller's:
+            :meth:`close` leaves it open.
 
     A context manager: ``with MilvusKLStore(...) as store:`` calls :meth:`close` on leaving the block (an
-    exception raised inside it propagates). Closing twice does nothing.
+    exception raised inside it propagates). Closing twice does nothing; using a closed store raises
+    ``RuntimeError``.
 
     Raises:
         MilvusConnectionError: The server cannot be reached within ``timeout``.
@@ -763,6 +781,7 @@ class MilvusKLStore(GaussianStore):
         self._closed = False  # close() done: a second close does nothing
         self.uri = uri  # unused when a client is given (it is connected already)
         self._client_given = client is not None
+        self._client_class = type(client).__name__  # for repr, also once closed
         self.collection_name = collection_name
         self.index_type = index_type
         self._metric_asked = metric  # None: the attached collection's metric, else the index's default
@@ -1397,7 +1416,7 @@ class MilvusKLStore(GaussianStore):
 
     def __repr__(self) -> str:
         # a given client is connected elsewhere: the uri argument (its default included) says nothing then
-        where = f"client={type(self._client).__name__}" if self._client_given else f"uri={self.uri!r}"
+        where = f"client={self._client_class}" if self._client_given else f"uri={self.uri!r}"
         return (
             f"MilvusKLStore({where}, collection={self.collection_name!r}, index_type={self.index_type!r}, "
             f"metric={self.metric!r}, dim={self._dim})"
@@ -2266,20 +2285,24 @@ class MilvusKLStore(GaussianStore):
             self._forget()
 
     def close(self) -> None:
-        """Close the client connection; on Milvus Lite, also stop serving the file when no other open
-        ``MilvusKLStore`` of this process uses it, which releases it for another process.
+        """Close the client connection the store opened; on Milvus Lite, also stop serving the file when no other
+        open ``MilvusKLStore`` of this process uses it, which releases it for another process. A client given as
+        ``client=`` is left open: it is the caller's to close.
 
         A ``pymilvus.MilvusClient`` made outside the store on the same file in this process (Milvus Lite serves
         each file once per process) is cut off as well, unless Milvus Lite already served the file when the first of
         these stores opened it (that client started the server: it is left running); a store given ``client=``
         leaves the file to its owner.
 
-        Closing a closed store does nothing (also on leaving a ``with`` block: see :meth:`__exit__`).
+        Closing a closed store does nothing (also on leaving a ``with`` block: see :meth:`__exit__`); any other use
+        of it raises ``RuntimeError`` (the store is closed).
         """
         if self._closed:
             return
         self._closed = True
-        self._client.close()
+        client, self._client = self._client, _ClosedClient(f"MilvusKLStore(collection={self.collection_name!r})")
+        if not self._client_given:
+            client.close()
         lite, self._lite_path = self._lite_path, None
         if lite is None:
             return
@@ -2299,7 +2322,13 @@ class MilvusKLStore(GaussianStore):
         server_manager_instance.release_server(lite)
 
     def __enter__(self) -> MilvusKLStore:
-        """The store itself, for ``with MilvusKLStore(...) as store:``."""
+        """The store itself, for ``with MilvusKLStore(...) as store:``.
+
+        Raises:
+            RuntimeError: The store is closed.
+        """
+        if isinstance(self._client, _ClosedClient):
+            raise self._client.error()
         return self
 
     def __exit__(self, *exc_info: object) -> None:

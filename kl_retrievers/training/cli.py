@@ -421,6 +421,9 @@ def evaluation_summary(
 
 
 def _setup_logging(quiet: bool) -> None:
+    """Log lines on stderr for ``python -m kl_retrievers.training.cli`` run as a program (:func:`main` as
+    ``__main__``): :func:`run_train` itself leaves logging to its caller (``kl-retrievers train`` sets it up per
+    command), and so does a :func:`main` imported and called in-process."""
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
@@ -698,7 +701,7 @@ def _load_eval_data(args: argparse.Namespace, out: Path, ckpt: Path) -> Any:
             reported ones, or ``--out`` / the checkpoint folder being or holding ``--eval-data``.
     """
     from kl_retrievers.datasets import DatasetError, load_beir
-    from kl_retrievers.evaluation import METRICS
+    from kl_retrievers.evaluation import METRICS, _metric_names
 
     folder = getattr(args, "eval_data", None)
     if folder is None:
@@ -713,8 +716,16 @@ def _load_eval_data(args: argparse.Namespace, out: Path, ckpt: Path) -> Any:
         if getattr(args, attr, None) is None:
             setattr(args, attr, default)
     metric = args.eval_metric
-    if metric not in METRICS:  # argparse's choices refuse it already; a Namespace built in code may not
-        raise ValueError(f"--eval-metric must be one of {sorted(METRICS)}; got {metric!r}")
+    reported = None
+    if isinstance(metric, str):  # argparse's choices refuse others already; a Namespace built in code may not
+        with contextlib.suppress(ValueError):
+            reported = _metric_names(metric)[0]  # nDCG@10 -> ndcg@10, as RetrievalEvaluator and evaluate_model
+    if reported is None:
+        raise ValueError(
+            f"--eval-metric must be one of {sorted(METRICS)} (any case, or ir_measures' "
+            f"{', '.join(METRICS.values())}); got {metric!r}"
+        )
+    args.eval_metric = reported  # recorded in the card and the evaluations under the reported name
     if not str(folder).strip():
         raise ValueError("--eval-data is empty; give a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
     source = Path(folder).expanduser().resolve()
@@ -816,7 +827,6 @@ def _run_train(args: argparse.Namespace) -> int:
         uses_teacher_scores,
     )
 
-    _setup_logging(args.quiet)
     command = getattr(args, "command_line", None) or shlex.join(["kl-retrievers", *sys.argv[1:]])
     cache_root = Path(args.cache_dir) if args.cache_dir else default_feature_cache_dir().parent
     feature_cache = cache_root / "features"
@@ -1048,6 +1058,8 @@ def main(argv: list[str] | None = None) -> int:
     add_train_command(sub)
     args = parser.parse_args(argv)
     args.command_line = shlex.join(["kl-retrievers", *(argv if argv is not None else sys.argv[1:])])
+    if __name__ == "__main__":  # run as a program (python -m): its process, so its logging; not when imported
+        _setup_logging(args.quiet)
     return int(args.func(args))
 
 

@@ -31,8 +31,9 @@ import math
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -1018,8 +1019,11 @@ class RetrievalEvaluator:
     Args:
         dataset: A loaded :class:`~kl_retrievers.datasets.BeirDataset`, or a BEIR folder (loaded here).
         split: The qrels split read when ``dataset`` is a folder.
-        metric: A name of :data:`kl_retrievers.evaluation.METRICS` (``ndcg@10``, ``mrr@10``, ...).
-        k: Retrieval depth.
+        metric: A name of :data:`kl_retrievers.evaluation.METRICS` (``ndcg@10``, ``mrr@10``, ...), in any case, or
+            ir_measures' spelling of one (``nDCG@10``, ``R@100``), as :func:`~kl_retrievers.evaluation.evaluate_run`
+            takes them; recorded and reported under the name of ``METRICS``.
+        k: Retrieval depth. Below the metric's cutoff (``k=10`` with ``recall@100``) a
+            :class:`~kl_retrievers.evaluation.ShallowRunWarning` says so once, here, not at every evaluation.
         batch_size: Encoding (and feature) batch size.
         similarity: ``"neg_kl"``, ``"dot"`` or ``"cosine"``; ``None``: what the encoder records
             (:func:`~kl_retrievers.evaluation.model_similarity`). Give the training run's similarity
@@ -1060,12 +1064,27 @@ class RetrievalEvaluator:
         show_progress: bool = False,
     ) -> None:
         from kl_retrievers.datasets import BeirDataset, load_beir
-        from kl_retrievers.evaluation import METRICS, SIMILARITIES, _require_ir_measures
+        from kl_retrievers.evaluation import (
+            METRICS,
+            SIMILARITIES,
+            ShallowRunWarning,
+            _depth_warning,
+            _metric_names,
+            _require_ir_measures,
+        )
         from kl_retrievers.gaussian import check_k
 
         _require_ir_measures("RetrievalEvaluator (scoring each evaluation)")  # now, not at the first evaluation
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {sorted(METRICS)}; got {metric!r}")
+        reported = None
+        if isinstance(metric, str):
+            with suppress(ValueError):
+                reported = _metric_names(metric)[0]  # nDCG@10 -> ndcg@10, as evaluate_model reads it
+        if reported is None:
+            raise ValueError(
+                f"metric must be one of {sorted(METRICS)} (any case, or ir_measures' {', '.join(METRICS.values())}); "
+                f"got {metric!r}"
+            )
+        metric = reported
         if similarity is not None and similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES} or None; got {similarity!r}")
         k = check_k(k)
@@ -1087,6 +1106,9 @@ class RetrievalEvaluator:
         self.batch_size = batch_size
         self.similarity = similarity
         self.show_progress = show_progress
+        shallow = _depth_warning(k, [metric], n_docs=len(self.dataset.corpus))
+        if shallow:  # once, where the evaluator is made; each evaluation is silent (_score)
+            warnings.warn(shallow, ShallowRunWarning, stacklevel=2)
 
     def __call__(self, encoder: GaussianEncoder) -> dict[str, float]:
         """``{metric: value}`` of ``encoder``'s current weights (no encoding cache: the weights change)."""
@@ -1189,18 +1211,20 @@ class RetrievalEvaluator:
         return self._score(view)
 
     def _score(self, encoder: Any) -> dict[str, float]:
-        from kl_retrievers.evaluation import evaluate_model
+        from kl_retrievers.evaluation import ShallowRunWarning, evaluate_model
 
-        result = evaluate_model(
-            encoder,
-            self.dataset,
-            k=self.k,
-            similarity=self.similarity,
-            show_progress=self.show_progress,
-            metrics=(self.metric,),
-            batch_size=self.batch_size,
-            use_cache=False,
-        )
+        with warnings.catch_warnings():  # said once when the evaluator was made, not at every evaluation
+            warnings.simplefilter("ignore", ShallowRunWarning)
+            result = evaluate_model(
+                encoder,
+                self.dataset,
+                k=self.k,
+                similarity=self.similarity,
+                show_progress=self.show_progress,
+                metrics=(self.metric,),
+                batch_size=self.batch_size,
+                use_cache=False,
+            )
         return {self.metric: float(result.aggregate[self.metric])}
 
     def __repr__(self) -> str:
@@ -1223,7 +1247,12 @@ def retrieval_evaluator(dataset: Any, **options: Any) -> RetrievalEvaluator:
         >>> train_heads_cached(encoder, ts, cfg, evaluator=evaluator, eval_every=100).evaluations  # doctest: +SKIP
         [{'step': 100, 'ndcg@10': 0.61}, ...]
     """
-    return RetrievalEvaluator(dataset, **options)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        evaluator = RetrievalEvaluator(dataset, **options)
+    for caught in seen:  # a shallow k (ShallowRunWarning): said at the caller's line, not at this one
+        warnings.warn(caught.message, caught.category, stacklevel=2)
+    return evaluator
 
 
 def _checked_checkpoint(
