@@ -48,7 +48,7 @@ def test_bad_onnx_options_are_refused_before_loading() -> None:
     with pytest.raises(ValueError, match=r"apply to backend='onnx' only; got backend='torch'"):
         load_model("minilm-gauss-soup", backend="torch", onnx_options={"allow_spinning": True})
     with pytest.raises(TypeError, match="onnx_options must be a mapping"):
-        load_model("minilm-gauss-soup", backend="onnx", onnx_options=[("allow_spinning", True)])  # type: ignore[arg-type]
+        load_model("minilm-gauss-soup", backend="onnx", onnx_options=[("allow_spinning", True)])  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="allow_spinning"):
         load_model("minilm-gauss-soup", backend="onnx", onnx_options={"allow_spinning": "0"})
     with pytest.raises(ValueError, match="num_threads"):  # the encoder's own check, before any file is read

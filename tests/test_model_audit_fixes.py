@@ -188,7 +188,7 @@ def test_from_backbone_explicit_pooling_wins_and_unsupported_pooling_warns(
 def test_load_model_takes_a_path_object_and_refuses_other_types(saved: Path) -> None:
     assert load_model(saved, backend="torch").name_or_path == str(saved.resolve())
     with pytest.raises(TypeError, match="int"):
-        load_model(123)  # type: ignore[arg-type]
+        load_model(123)  # type: ignore[call-overload]
 
 
 def test_load_model_refuses_an_unknown_quantize_on_the_torch_backend(saved: Path) -> None:

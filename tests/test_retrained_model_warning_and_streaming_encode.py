@@ -119,7 +119,7 @@ def test_bundled_model_by_name_or_folder_on_either_backend_reports_one_identity(
 
     folder = str(bundled_model_path(DEFAULT_MODEL))
     torch_enc = load_model(DEFAULT_MODEL, backend="torch")
-    others = [load_model(DEFAULT_MODEL, backend="onnx"), load_model(folder, backend="torch")]
+    others: list[Any] = [load_model(DEFAULT_MODEL, backend="onnx"), load_model(folder, backend="torch")]
     assert torch_enc.weights_sha256 is not None
     assert {e.weights_sha256 for e in others} == {torch_enc.weights_sha256}
     store = KLStore(torch_enc)
