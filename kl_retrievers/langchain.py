@@ -102,7 +102,7 @@ from kl_retrievers.gaussian import (
     kl_query_constant,
     kl_query_vectors,
 )
-from kl_retrievers.hybrid import FusionConfig, HybridResult, KLHybridStore
+from kl_retrievers.hybrid import FusionConfig, HybridResult, KLHybridStore, _warn_metadata_keys
 from kl_retrievers.index import KLStore, SearchResult, StoreFormatError
 from kl_retrievers.store._format import CONFIG as _STORE_CONFIG
 from kl_retrievers.store._format import STORE_FILES as _STORE_FILES
@@ -1049,6 +1049,12 @@ class KLEmbeddings(Embeddings):
 
 # --------------------------------------------------------------------------- vector store
 _STORE_METHODS = ("add", "delete", "get_by_ids", "get_gaussians", "search")
+#: Why a KLVectorStore does not pickle or deep-copy, and what to do (the LlamaIndex store's message, for LangChain).
+_NO_COPY_STORE = (
+    "a KLVectorStore cannot be pickled or deep-copied (its store holds locks and an index): save it with "
+    "store.save_local(folder) (or store.serialize_to_bytes()), and load it with KLVectorStore.load_local(folder) "
+    "(or KLVectorStore.deserialize_from_bytes(data, embeddings)); share the object itself between threads"
+)
 
 
 def _delete_by_ids(store: Any, ids: Any, delete_all: bool, owner: str) -> bool:
@@ -1150,8 +1156,15 @@ class KLVectorStore(VectorStore):
             first text query, only if its documents have the default model's dimension; otherwise
             that query raises a ``ValueError`` asking for ``embedding=``.
         relevance: Relevance function (see above).
-        batch_size: Encoder batch size.
+        batch_size: Encoder batch size (``None``: a :class:`KLEmbeddings` ``embedding``'s, else 32). A new
+            :class:`KLStore` encodes documents at it, and, when not given in ``store_kwargs``, with the
+            :class:`KLEmbeddings`' ``show_progress_bar``.
         **store_kwargs: Passed to :class:`KLStore` when ``store`` is not given (e.g. ``index_type``).
+
+    :attr:`embeddings` is the :class:`KLEmbeddings` given as ``embedding`` (the same object), else one made
+    once over the store's encoder. The store does not pickle or deep-copy (a ``TypeError``): save it with
+    :meth:`save_local` (or :meth:`serialize_to_bytes`) and load it with :meth:`load_local`; ``copy.copy``
+    gives a second view of the same documents.
 
     Examples:
         >>> store = KLVectorStore.from_texts(["the cat sat", "tea"], KLEmbeddings())  # doctest: +SKIP
@@ -1165,11 +1178,14 @@ class KLVectorStore(VectorStore):
         *,
         store: Any | None = None,
         relevance: str | RelevanceFn = DEFAULT_RELEVANCE,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         **store_kwargs: Any,
     ) -> None:
         resolve_relevance(relevance)
         self.relevance = relevance
+        given = embedding if isinstance(embedding, KLEmbeddings) else None
+        if batch_size is None:
+            batch_size = given.batch_size if given is not None else 32
         self.batch_size = _check_k(batch_size, "batch_size")
         if store is not None and store_kwargs:
             raise ValueError(f"pass either store or KLStore options, not both; got {sorted(store_kwargs)}")
@@ -1181,7 +1197,11 @@ class KLVectorStore(VectorStore):
                     f"got {type(store).__name__}, which lacks {', '.join(missing)}"
                 )
         self._encoder: Any = _unwrap_encoder(embedding) if embedding is not None else None
+        #: the KLEmbeddings that `embeddings` returns: the one given, else one made at the first use
+        self._embeddings: KLEmbeddings | None = given
         if store is None:
+            if given is not None:
+                store_kwargs.setdefault("show_progress_bar", given.show_progress_bar)
             store = KLStore(encoder=self._encoder, batch_size=self.batch_size, **store_kwargs)
         elif self._encoder is not None:
             store.encoder = self._encoder
@@ -1213,8 +1233,32 @@ class KLVectorStore(VectorStore):
 
     @property
     def embeddings(self) -> KLEmbeddings:
-        """A :class:`KLEmbeddings` over this store's encoder (``q~`` / ``d~`` of the rewrite)."""
-        return KLEmbeddings(self._get_encoder(), batch_size=self.batch_size)
+        """The :class:`KLEmbeddings` given as ``embedding``, else one over this store's encoder, made once
+        (``q~`` / ``d~`` of the rewrite); the same object at every access."""
+        if self._embeddings is None:
+            made = KLEmbeddings(self._get_encoder(), batch_size=self.batch_size)
+            with self._lock:
+                if self._embeddings is None:
+                    self._embeddings = made
+        return self._embeddings
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Refuse to pickle: the wrapped store holds locks and an index (see :data:`_NO_COPY_STORE`).
+
+        Raises:
+            TypeError: Always; it says to use :meth:`save_local` / :meth:`load_local`.
+        """
+        raise TypeError(_NO_COPY_STORE)
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> KLVectorStore:
+        """Refuse to deep-copy (the wrapped store holds locks and an index); see :meth:`__getstate__`."""
+        raise TypeError(_NO_COPY_STORE)
+
+    def __copy__(self) -> KLVectorStore:
+        """A shallow copy: another view of the same store (as before :meth:`__getstate__` refused pickling)."""
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        return copy
 
     def _get_retriever_tags(self) -> list[str]:
         """``VectorStore``'s retriever tags (the store's and the embeddings' class names) without loading the model.
@@ -2245,9 +2289,10 @@ class _ConfidenceRetriever(BaseRetriever):
             value["min_confidence"] = check_min_confidence(value["min_confidence"])
         return value
 
-    @field_validator("k")
+    @field_validator("k", mode="before")
     @classmethod
-    def _valid_k(cls, value: int) -> int:
+    def _valid_k(cls, value: Any) -> int:
+        # before pydantic's coercion (True, 2.0 and "2" would become ints): the check of invoke(k=...)
         return _check_k(value)
 
     @field_validator("min_confidence", mode="before")
@@ -2378,6 +2423,29 @@ class _ConfidenceRetriever(BaseRetriever):
     def _searched_store(self) -> Any:
         raise NotImplementedError  # pragma: no cover - each retriever names its store
 
+    #: How to save and load the store a retriever searches (for the message of a refused pickle or deep copy).
+    saving: ClassVar[str] = ""
+
+    def _no_copy(self) -> TypeError:
+        """The error of a refused pickle or deep copy (the LlamaIndex store's wording): how to save and load."""
+        return TypeError(
+            f"a {type(self).__name__} cannot be pickled or deep-copied (its store holds locks and an index): "
+            f"{self.saving}; share the object itself between threads (copy.copy and model_copy() share the store)"
+        )
+
+    def __getstate__(self) -> dict[Any, Any]:
+        """Refuse to pickle: the store searched holds locks and an index.
+
+        Raises:
+            TypeError: Always; it says how to save and load the store (``copy.copy`` and ``model_copy()``, which
+                share the store, work).
+        """
+        raise self._no_copy()
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Any:
+        """Refuse to deep-copy (the store searched holds locks and an index); see :meth:`__getstate__`."""
+        raise self._no_copy()
+
     @classmethod
     def _retriever_options(cls, kwargs: dict[str, Any], keep: tuple[str, ...] = ()) -> dict[str, Any]:
         """Take the retriever's own fields (``filter``, ``search_kwargs``, ``tags``...) out of a constructor's
@@ -2494,8 +2562,33 @@ class KLRetriever(_ConfidenceRetriever):
 
     vectorstore: KLVectorStore
 
+    saving: ClassVar[str] = (
+        "save its store with retriever.vectorstore.save_local(folder) and wrap KLVectorStore.load_local(folder) "
+        "again (KLRetriever.from_store)"
+    )
+
+    #: Whether a warning said that the documents found use the keys the retriever writes its scores under.
+    _warned_reserved: bool = PrivateAttr(default=False)
+
     def _searched_store(self) -> Any:
         return self.vectorstore
+
+    def _warn_reserved_keys(self, hits: Sequence[SearchResult]) -> None:
+        """Warn once per retriever when the documents found use ``score_key`` / ``uncertainty_key`` /
+        ``confidence_key`` in their own metadata: the returned documents carry the score under that name."""
+        if self._warned_reserved:
+            return
+        reserved = {self.score_key, self.uncertainty_key, self.confidence_key}
+        found = sorted({key for hit in hits for key in reserved.intersection(hit.metadata)})
+        if found:
+            self._warned_reserved = True
+            _warn_metadata_keys(
+                logger,
+                "KLRetriever (documents found in its store)",
+                found,
+                "the documents it returns carry the score under that name, not your value",
+                ", ".join(sorted(reserved)) + " (score_key, uncertainty_key and confidence_key)",
+            )
 
     @classmethod
     def from_store(cls, store: KLVectorStore | KLStore, **kwargs: Any) -> KLRetriever:
@@ -2623,6 +2716,7 @@ class KLRetriever(_ConfidenceRetriever):
             log_abstention(query, confidence, floor, reason)
             self._signal_abstention(run_manager, query, confidence, floor, reason)
             return []
+        self._warn_reserved_keys(hits[:kk])
         return [
             Document(
                 id=hit.id,
@@ -2707,6 +2801,11 @@ class KLHybridRetriever(_ConfidenceRetriever):
     weight: float | None = None
     normalization: str | None = None
     score_key: str = "fused_score"
+
+    saving: ClassVar[str] = (
+        "save its store with retriever.store.save(folder) and wrap KLHybridStore.load(folder) again "
+        "(KLHybridRetriever(store=...))"
+    )
 
     #: The result fields written under fixed keys (:meth:`~kl_retrievers.hybrid.HybridResult.scores` less the
     #: fused score and the query uncertainty, whose keys are ``score_key`` and ``uncertainty_key``).

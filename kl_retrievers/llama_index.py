@@ -108,7 +108,10 @@ try:
     from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding, SimilarityMode
     from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
     from llama_index.core.callbacks.base import CallbackManager
+    from llama_index.core.callbacks.schema import CBEventType, EventPayload
     from llama_index.core.constants import DEFAULT_SIMILARITY_TOP_K
+    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index.core.instrumentation.events.embedding import EmbeddingEndEvent, EmbeddingStartEvent
     from llama_index.core.postprocessor.types import BaseNodePostprocessor
     from llama_index.core.schema import (
         BaseNode,
@@ -142,6 +145,8 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 
 
 logger = logging.getLogger(__name__)
+# LlamaIndex's instrumentation: KLEmbedding's batch methods send the embedding events its base class sends
+_dispatcher = get_dispatcher(__name__)
 
 __all__ = [
     "CONFIDENCE_KEY",
@@ -650,15 +655,17 @@ def _mmr_prefetch(top_k: int, kwargs: Mapping[str, Any]) -> int:
     return int(top_k * float(factor))
 
 
-def _unwrap_encoder(encoder: Any) -> Any:
+def _unwrap_encoder(encoder: Any, hint: str = "") -> Any:
     """The Gaussian encoder of an encoder or a :class:`KLEmbedding` (``None`` stays ``None``).
 
     A model name or folder (a str or a path) is refused with the call that loads it, as
     :class:`kl_retrievers.langchain.KLVectorStore` refuses one: ``encoder=`` takes a loaded encoder
     (it would otherwise fail only at the first query), and :class:`KLEmbedding` loads a model by name.
 
+    ``hint`` is added to the message of an object that is no encoder.
+
     Raises:
-        TypeError: ``encoder`` is a str or a path.
+        TypeError: ``encoder`` is a str or a path, or (not ``None``) has no ``encode_queries`` / ``encode_documents``.
     """
     if isinstance(encoder, (str, os.PathLike)):
         name = os.fspath(encoder)
@@ -668,13 +675,18 @@ def _unwrap_encoder(encoder: Any) -> Any:
         )
     if isinstance(encoder, KLEmbedding):
         return encoder.encoder
+    if encoder is not None and not (hasattr(encoder, "encode_queries") and hasattr(encoder, "encode_documents")):
+        raise TypeError(
+            f"encoder must be a Gaussian encoder (encode_queries / encode_documents), a KLEmbedding or None; got "
+            f"{type(encoder).__name__} {_short(encoder)}{hint}"
+        )
     return encoder
 
 
-def _encode(fn: Callable[..., Gaussians], texts: list[str], batch_size: int) -> Gaussians:
+def _encode(fn: Callable[..., Gaussians], texts: list[str], batch_size: int, show_progress: bool = False) -> Gaussians:
     # No lock here: calls on different stores / encoders (and concurrent aretrieve / aquery calls) overlap.
     # Encoders guard their own shared state (the ONNX encoder is thread-safe; GaussianEncoder locks its tokenizer).
-    g = fn(texts, batch_size=max(1, batch_size), show_progress_bar=False)
+    g = fn(texts, batch_size=max(1, batch_size), show_progress_bar=show_progress)
     return g.numpy().astype(np.float64)
 
 
@@ -786,6 +798,9 @@ def _unloadable_model(name: str) -> str:
 
 #: The key of :meth:`KLEmbedding.to_dict` holding what the embeddings depend on besides the model name.
 _IDENTITY_KEY = "encoder_identity"
+#: ``show_progress`` of the :meth:`KLEmbedding.get_text_embedding_batch` call running in this context: the
+#: encoder's progress bar (LlamaIndex's cache path calls ``_get_text_embeddings`` without it).
+_SHOW_PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar("kl_retrievers_show_progress", default=False)
 
 
 class KLEmbedding(BaseEmbedding):
@@ -804,11 +819,19 @@ class KLEmbedding(BaseEmbedding):
     ``SentenceEmbeddingOptimizer`` and ``SemanticSplitterNodeParser`` call) is a KL relevance,
     not cosine.
 
+    ``get_text_embedding_batch`` (what ``VectorStoreIndex`` and ``IngestionPipeline`` call) encodes its whole
+    list in one encoder call, as ``KLStore.add`` does (LlamaIndex's cuts it into calls of ``embed_batch_size``
+    texts): on an encoder whose output depends on its batch (int8 ONNX, ``batch_invariant`` ``False``) a text
+    then gets the Gaussian ``KLStore.add`` of the same list (with ``batch_size=embed_batch_size``) gives it.
+    The call sends one LlamaIndex embedding event (callbacks and instrumentation) for the list, and
+    ``show_progress=True`` shows the encoder's progress bar.
+
     Args:
         encoder: A :class:`~kl_retrievers.encoder.GaussianEncoder` (or anything with
             ``encode_queries`` / ``encode_documents``), a model name / path for
             :func:`~kl_retrievers.pretrained.load_model`, or ``None`` for the default model.
-        embed_batch_size: Texts encoded per encoder call (each batch is one call).
+        embed_batch_size: Texts per forward pass of the encoder (``batch_size`` of its ``encode_documents``,
+            which sorts the texts by length first), as ``KLStore``'s ``batch_size``.
         callback_manager: LlamaIndex callback manager.
         backend: When ``encoder`` is a name, a path or ``None``: ``"torch"``, ``"onnx"`` (ONNX
             Runtime with int8 weights) or ``None`` (the default:
@@ -1019,11 +1042,17 @@ class KLEmbedding(BaseEmbedding):
 
     encoder = property(lambda self: self._encoder, doc="The wrapped Gaussian encoder.")
 
-    def _check_store(self) -> None:
-        """Warn (once per store type) when embedding for a store that does not rank by inner product."""
+    def _check_store(self, documents: bool = False) -> None:
+        """Warn (once per store type) when embedding for a store that does not rank by inner product.
+
+        A :class:`KLVectorStore` found on the stack learns the encoder (for its model's calibrator; with
+        ``documents``, to record it as the documents' model, see :meth:`KLVectorStore.add`).
+        """
         store = _caller_vector_store()
         if isinstance(store, KLVectorStore):
             store._adopt_query_encoder(self._encoder)
+            if documents:
+                store._adopt_document_encoder(self._encoder)
         problem = None if store is None else _store_problem(store)
         if store is None or problem is None or type(store).__name__ in self._warned:
             return
@@ -1054,7 +1083,9 @@ class KLEmbedding(BaseEmbedding):
         ``texts`` is checked as the encoder checks it: a bare string is one document; a mapping, a set or
         ``bytes`` is refused with a ``TypeError``.
         """
-        return _encode(self._encoder.encode_documents, check_texts(texts, "texts"), self.embed_batch_size)
+        return _encode(
+            self._encoder.encode_documents, check_texts(texts, "texts"), self.embed_batch_size, _SHOW_PROGRESS.get()
+        )
 
     def similarity(
         self,
@@ -1112,20 +1143,88 @@ class KLEmbedding(BaseEmbedding):
         return await asyncio.to_thread(self._query_vector, query)
 
     def _get_text_embedding(self, text: str) -> Embedding:
-        self._check_store()
+        self._check_store(documents=True)
         return self._document_vectors([text])[0]
 
     async def _aget_text_embedding(self, text: str) -> Embedding:
-        self._check_store()
+        self._check_store(documents=True)
         return (await asyncio.to_thread(self._document_vectors, [text]))[0]
 
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        self._check_store()
+        self._check_store(documents=True)
         return self._document_vectors(texts)
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        self._check_store()
+        self._check_store(documents=True)
         return await asyncio.to_thread(self._document_vectors, texts)
+
+    def _event_payload(self) -> dict[str, Any]:
+        """What LlamaIndex's embedding events carry: ``to_payload()`` where it exists, else ``to_dict()`` (0.14.0)."""
+        to_payload = getattr(self, "to_payload", None)
+        return dict(to_payload() if callable(to_payload) else self.to_dict())
+
+    def get_text_embedding_batch(self, texts: list[str], show_progress: bool = False, **kwargs: Any) -> list[Embedding]:
+        """Document vectors ``d~`` of ``texts``, all in one encoder call (see the class docstring).
+
+        LlamaIndex's version encodes ``embed_batch_size`` texts per call, in input order; this one hands the
+        whole list to the encoder (which sorts it by length, then batches it), as ``KLStore.add`` does, so a
+        ``VectorStoreIndex`` stores what ``KLStore.add`` of the same texts stores, also on an int8 encoder.
+        As LlamaIndex's: an ``EMBEDDING`` callback event and the instrumentation's start and end events (one
+        each, for the whole list), the rate limiter and the embeddings cache (the texts not cached are
+        encoded in one call); ``show_progress`` shows the encoder's progress bar.
+        """
+        texts = list(texts)
+        if not texts:
+            return []
+        model_dict = self._event_payload()
+        _dispatcher.event(EmbeddingStartEvent(model_dict=model_dict))
+        with self.callback_manager.event(CBEventType.EMBEDDING, payload={EventPayload.SERIALIZED: model_dict}) as event:
+            limiter = getattr(self, "rate_limiter", None)  # LlamaIndex's fields (not in every 0.14 release)
+            if limiter is not None:
+                limiter.acquire()
+            token = _SHOW_PROGRESS.set(bool(show_progress))
+            try:
+                if getattr(self, "embeddings_cache", None) is not None:
+                    embeddings = self._get_text_embeddings_cached(texts)
+                else:
+                    embeddings = self._get_text_embeddings(texts)
+            finally:
+                _SHOW_PROGRESS.reset(token)
+            event.on_end(payload={EventPayload.CHUNKS: texts, EventPayload.EMBEDDINGS: embeddings})
+        _dispatcher.event(EmbeddingEndEvent(chunks=texts, embeddings=embeddings))
+        return embeddings
+
+    async def aget_text_embedding_batch(
+        self, texts: list[str], show_progress: bool = False, **kwargs: Any
+    ) -> list[Embedding]:
+        """Async :meth:`get_text_embedding_batch`: one encoder call, in a worker thread (the event loop keeps
+        running); the same events, rate limiter and cache as LlamaIndex's async version."""
+        texts = list(texts)
+        if not texts:
+            return []
+        model_dict = self._event_payload()
+        _dispatcher.event(EmbeddingStartEvent(model_dict=model_dict))
+        event_id = self.callback_manager.on_event_start(
+            CBEventType.EMBEDDING, payload={EventPayload.SERIALIZED: model_dict}
+        )
+        token = _SHOW_PROGRESS.set(bool(show_progress))  # asyncio.to_thread copies it into the worker thread
+        try:
+            if getattr(self, "embeddings_cache", None) is not None:
+                embeddings = await self._aget_text_embeddings_cached(texts)
+            else:
+                limiter = getattr(self, "rate_limiter", None)
+                if limiter is not None:
+                    await limiter.async_acquire()
+                embeddings = await self._aget_text_embeddings(texts)
+        finally:
+            _SHOW_PROGRESS.reset(token)
+        _dispatcher.event(EmbeddingEndEvent(chunks=texts, embeddings=embeddings))
+        self.callback_manager.on_event_end(
+            CBEventType.EMBEDDING,
+            payload={EventPayload.CHUNKS: texts, EventPayload.EMBEDDINGS: embeddings},
+            event_id=event_id,
+        )
+        return embeddings
 
 
 def _kl_gaussian(vector: Any) -> tuple[bool, Gaussians] | None:
@@ -1635,6 +1734,8 @@ class KLVectorStore(BasePydanticVectorStore):
     _store: KLStore = PrivateAttr()
     _scorer: ConfidenceScorer = PrivateAttr()
     _query_encoder: Any = PrivateAttr(default=None)
+    # the encoder a KLEmbedding embedded texts for this store with (see _adopt_document_encoder)
+    _document_encoder: Any = PrivateAttr(default=None)
     _warned_reserved: bool = PrivateAttr(default=False)
     # The ids of the stored IndexNode / ImageNode nodes and the store's write_count they are right for (None:
     # unknown): kept up to date by add / delete through this object, rescanned when the store was changed
@@ -1730,6 +1831,20 @@ class KLVectorStore(BasePydanticVectorStore):
         """Refuse to deep-copy (the wrapped :class:`KLStore` holds locks and an index); see :meth:`__getstate__`."""
         raise TypeError(_NO_PICKLE)
 
+    def __repr__(self) -> str:
+        """The wrapped store (its index type, dimension and document count) and the settings that are not defaults.
+
+        Examples:
+            >>> KLVectorStore()
+            KLVectorStore(KLStore(index_type='flat', dim=None, documents=0), relevance='exp')
+        """
+        extra = "".join(
+            f", {name}={getattr(self, name)!r}"
+            for name, default in (("flat_metadata", False), ("is_embedding_query", True))
+            if getattr(self, name) != default
+        )
+        return f"KLVectorStore({self._store!r}, relevance={self.relevance!r}{extra})"
+
     @property
     def kl_store(self) -> KLStore:
         """The underlying :class:`KLStore` (also :attr:`client`)."""
@@ -1756,6 +1871,26 @@ class KLVectorStore(BasePydanticVectorStore):
         """Remember the encoder a :class:`KLEmbedding` embeds queries with (for its model's calibrator)."""
         if self._query_encoder is None:
             self._query_encoder = encoder
+
+    def _adopt_document_encoder(self, encoder: Any) -> None:
+        """Remember the encoder a :class:`KLEmbedding` embeds texts for this store with (found on the call stack:
+        ``VectorStoreIndex``, an ingestion pipeline), which :meth:`add` records as the documents' model."""
+        if self._document_encoder is None:
+            self._document_encoder = encoder
+
+    def _record_document_encoder(self, k: int | None) -> None:
+        """Give a store without an encoder the one a :class:`KLEmbedding` embedded the nodes with, before its
+        first documents are added, when its dimension is ``k`` (the nodes'): the store then records that model,
+        as ``KLStore.add`` of texts records its encoder, so that a persisted store names it (``kl-retrievers
+        search FOLDER`` needs no ``--model``, ``is_embedding_query=False`` queries load it)."""
+        encoder = self._document_encoder
+        if encoder is None or self._store.encoder is not None or len(self._store):
+            return
+        dim = getattr(getattr(encoder, "config", None), "dim", None)
+        if k is not None and dim != k:
+            return  # the embeddings are not this encoder's
+        self._store.encoder = encoder
+        logger.debug("KLVectorStore: recording %s, which embedded the nodes, as the store's encoder", type(encoder))
 
     def _confidence_encoder(self, encoder: Any | None = None) -> Any:
         if encoder is not None:
@@ -1838,6 +1973,8 @@ class KLVectorStore(BasePydanticVectorStore):
                 mean = np.zeros((len(nodes), k))
                 var = np.ones((len(nodes), k))
             mean[missing], var[missing] = g.mean, g.var
+        if not missing:  # every node embedded: by the KLEmbedding that embedded texts for this store, if any
+            self._record_document_encoder(k)
         ids = [n.node_id for n in nodes]
         keep = _last_occurrences(ids, "add: %d repeated node id(s) in one call; the last occurrence wins")
         if not self._warned_reserved:
@@ -2704,7 +2841,9 @@ class KLRetriever(_TopKRetriever):
         if not isinstance(vector_store, KLVectorStore):
             raise TypeError(f"vector_store must be a KLVectorStore; got {type(vector_store).__name__}")
         self._vector_store = vector_store
-        self._encoder = _unwrap_encoder(encoder) if encoder is not None else vector_store.encoder
+        # the second positional argument is encoder here, similarity_top_k in KLHybridRetriever
+        hint = f" (for similarity_top_k={encoder!r}, pass it by keyword)" if is_real_number(encoder) else ""
+        self._encoder = _unwrap_encoder(encoder, hint) if encoder is not None else vector_store.encoder
         self._similarity_top_k = _check_top_k(similarity_top_k)
         metadata_filters_to_predicate(filters)  # fail early on unsupported operators
         self._filters = filters
@@ -2716,6 +2855,15 @@ class KLRetriever(_TopKRetriever):
     def vector_store(self) -> KLVectorStore:
         """The store searched."""
         return self._vector_store
+
+    def __repr__(self) -> str:
+        """``similarity_top_k``, the store searched and the restrictions given (filters, node and document ids)."""
+        extra = "".join(
+            f", {name}={_short(value)}"
+            for name, value in (("filters", self._filters), ("node_ids", self._node_ids), ("doc_ids", self._doc_ids))
+            if value is not None
+        )
+        return f"KLRetriever(similarity_top_k={self._similarity_top_k}, vector_store={self._vector_store!r}{extra})"
 
     @property
     def calibrator(self) -> ConfidenceCalibrator | None:
@@ -3102,6 +3250,7 @@ class KLHybridRetriever(_TopKRetriever):
         self._similarity_top_k = _check_top_k(similarity_top_k)
         self._fusion, self._weight, self._normalization = fusion, weight, normalization
         self._predicate = metadata_filters_to_predicate(filters)
+        self._filters = filters
         self._scorer = ConfidenceScorer(calibrator, "hybrid")
         super().__init__(callback_manager=callback_manager, object_map=object_map, objects=objects, verbose=verbose)
         # documents already in the store (loaded, or added with the core API) may use a score key: once per store
@@ -3117,6 +3266,21 @@ class KLHybridRetriever(_TopKRetriever):
     def store(self) -> KLHybridStore:
         """The hybrid store searched."""
         return self._store
+
+    def __repr__(self) -> str:
+        """``similarity_top_k``, the store searched and the retriever's own fusion settings (``None``: the store's)."""
+        extra = "".join(
+            f", {name}={value!r}"
+            for name, value in (
+                ("fusion", self._fusion),
+                ("weight", self._weight),
+                ("normalization", self._normalization),
+            )
+            if value is not None
+        )
+        if self._filters is not None:
+            extra += f", filters={_short(self._filters)}"
+        return f"KLHybridRetriever(similarity_top_k={self._similarity_top_k}, store={self._store!r}{extra})"
 
     @property
     def calibrator(self) -> ConfidenceCalibrator | None:

@@ -24,7 +24,7 @@ from uuid import UUID
 
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
-from llama_index.core import StorageContext, VectorStoreIndex
+from llama_index.core import VectorStoreIndex
 from llama_index.core.schema import QueryBundle, TextNode
 
 from conftest import HYBRID_TEXTS, make_tiny_encoder, max_score_calibrator
@@ -151,12 +151,14 @@ def test_llama_index_hybrid_blank_query_has_confidence_zero(encoder: Any, calibr
 
 
 def test_llama_index_empty_query_without_embedding_says_the_query_is_empty(encoder: Any) -> None:
-    nodes = [TextNode(text=t, id_=i) for t, i in zip(HYBRID_TEXTS, IDS, strict=False)]
-    index = VectorStoreIndex(
-        nodes,
-        embed_model=KLEmbedding(encoder),
-        storage_context=StorageContext.from_defaults(vector_store=LIVectorStore()),
-    )
+    embed = KLEmbedding(encoder)
+    n = min(len(HYBRID_TEXTS), len(IDS))
+    texts, ids = HYBRID_TEXTS[:n], IDS[:n]
+    vectors = embed.get_text_embedding_batch(texts)  # embedded outside the store: it learns no encoder
+    store = LIVectorStore()
+    store.add([TextNode(text=t, id_=i, embedding=v) for t, i, v in zip(texts, ids, vectors, strict=True)])
+    assert store.encoder is None
+    index = VectorStoreIndex.from_vector_store(store, embed_model=embed)
     assert index.as_retriever(similarity_top_k=1).retrieve(HYBRID_TEXTS[0])  # a real query works
     with pytest.raises(ValueError, match="query is empty") as info:
         index.as_retriever(similarity_top_k=1).retrieve("")

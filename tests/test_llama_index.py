@@ -164,7 +164,8 @@ def test_embedding_is_the_exact_rewrite(encoder: GaussianEncoder, embed: KLEmbed
     assert embed.model_name == "tiny-random"
 
 
-def test_text_embeddings_are_batched_not_one_by_one(encoder: GaussianEncoder) -> None:
+def test_text_embeddings_are_encoded_in_one_call_not_one_by_one(encoder: GaussianEncoder) -> None:
+    """The whole list goes to the encoder at once (which batches it by length, as KLStore.add does)."""
     sizes: list[int] = []
 
     class Spy:
@@ -180,7 +181,7 @@ def test_text_embeddings_are_batched_not_one_by_one(encoder: GaussianEncoder) ->
 
     embed = KLEmbedding(Spy(), embed_batch_size=3)
     out = embed.get_text_embedding_batch(TEXTS)
-    assert sizes == [3, 3, 2] and len(out) == len(TEXTS)
+    assert sizes == [len(TEXTS)] and len(out) == len(TEXTS)
 
 
 def test_async_embedding_matches_sync(embed: KLEmbedding) -> None:
@@ -595,11 +596,14 @@ def test_retriever_from_defaults_validates_sources(embed: KLEmbedding) -> None:
 
 
 def test_retriever_without_encoder_uses_the_query_embedding(encoder: GaussianEncoder, embed: KLEmbedding) -> None:
-    from llama_index.core.schema import QueryBundle
+    from llama_index.core.schema import QueryBundle, TextNode
 
-    index = _index(embed)
-    vs = index.vector_store
-    assert isinstance(vs, KLVectorStore) and vs.encoder is None
+    recorded = _index(embed).vector_store
+    assert isinstance(recorded, KLVectorStore) and recorded.encoder is not None  # an index's KLEmbedding is kept
+    vectors = embed.get_text_embedding_batch(TEXTS)  # embedded outside any index: the store learns no encoder
+    vs = KLVectorStore()
+    vs.add([TextNode(text=t, id_=f"n{i}", embedding=v) for i, (t, v) in enumerate(zip(TEXTS, vectors, strict=True))])
+    assert vs.encoder is None
     retriever = KLRetriever(vs, similarity_top_k=2)
     bundle = QueryBundle(query_str=QUERY, embedding=embed.get_query_embedding(QUERY))
     hits = retriever.retrieve(bundle)
