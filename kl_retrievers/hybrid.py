@@ -28,8 +28,10 @@ better, and ``bm25``), its rank in each list, the dense weight used and the quer
 so a caller can threshold, calibrate or explain a result.
 
 BM25 statistics (IDF, average length) depend on the whole corpus, so after a change the BM25
-index is rebuilt at the next search (from tokens kept in memory): add documents in batches.
-``bm25s`` is imported only when a BM25 index is built (or its English stop words are first needed).
+index is rebuilt at the next search, from each document's term counts kept in memory (a loaded store
+counts its stored texts again at its first change): add documents in batches. The index (bm25s' Lucene
+weights, computed with numpy, and scipy where installed) is saved in ``bm25s``' file layout, which
+``bm25s.BM25.load`` reads; ``bm25s`` itself is imported only for its English stop words.
 
 Examples:
     >>> import numpy as np
@@ -986,8 +988,9 @@ class _CSC:
 class _BM25Half:
     """Term counts, metadata and a BM25 index (Lucene BM25 as ``bm25s`` computes it) over the same ids as the KL half.
 
-    Each document's tokens are counted when it is put (its distinct terms, numbered in a vocabulary that grows
-    as documents come, and their counts: one small int32 array), so that :meth:`build` computes the whole
+    Each document's tokens are counted as soon as its text is tokenised (:meth:`count`, outside the store's lock)
+    and numbered when it is put (its distinct terms, numbered in a vocabulary that grows as documents come,
+    and their counts: one small int32 array), so that :meth:`build` computes the whole
     index in a few vectorised passes over those counts (:func:`kl_retrievers._bm25.lucene_index`, bm25s'
     weights bit for bit) instead of ``bm25s.BM25.index``'s Python loops over every token of every document.
     """
@@ -997,7 +1000,7 @@ class _BM25Half:
         self.k1 = k1
         self.b = b
         # id -> int32 array of shape (distinct terms, 2): each term's number in _vocab and its count; None: not
-        # in memory (a loaded half), counted again from the texts on demand (see the tokens property)
+        # in memory (a loaded half), counted again from the texts on demand (recount)
         self._counts: dict[str, np.ndarray] | None = {}
         self._vocab: dict[str, int] = {}  # term -> number, in order of first use; terms no document holds any
         # more stay until build() finds them the majority (they never reach the index)
@@ -1012,33 +1015,45 @@ class _BM25Half:
         return len(self.metas)
 
     @property
-    def tokens(self) -> Mapping[str, Any] | None:
-        """Each document's counted terms (``None``: not in memory, as in a loaded half).
-
-        Setting it to ``{id: tokens}`` (every document, in row order) counts them all afresh; ``None`` drops them.
-        """
+    def counts(self) -> Mapping[str, np.ndarray] | None:
+        """Each document's counted terms, read-only (``None``: not in memory, as in a loaded half: :meth:`recount`)."""
         return self._counts
 
-    @tokens.setter
-    def tokens(self, tokens: Mapping[str, Any] | None) -> None:
-        self._vocab = {}
-        self._counts = None if tokens is None else {doc_id: self._count(toks) for doc_id, toks in tokens.items()}
+    def count(self, text: str) -> Counter[str]:
+        """The tokens of one text, counted: what :meth:`put` numbers (no state is read: callable without a lock)."""
+        return Counter(self.tokenizer(text))
 
-    def _count(self, tokens: Sequence[str]) -> np.ndarray:
-        """One document's distinct terms (numbered in ``_vocab``, new ones added) beside their counts, as int32."""
-        counts = Counter(tokens)
-        vocab = self._vocab
-        pairs = np.empty((len(counts), 2), dtype=np.int32)
-        pairs[:, 0] = [vocab.setdefault(term, len(vocab)) for term in counts]
-        pairs[:, 1] = list(counts.values())
+    def recount(self, texts: Mapping[str, str]) -> None:
+        """Count every document afresh from ``{id: text}`` (in row order), each text as soon as it is tokenised.
+
+        The new counts and vocabulary replace the old ones together, once all are counted.
+        """
+        vocab: dict[str, int] = {}
+        counts = {doc_id: self._number(self.count(text), vocab) for doc_id, text in texts.items()}
+        self._counts, self._vocab = counts, vocab
+
+    @staticmethod
+    def _number(counted: Counter[str], vocab: dict[str, int]) -> np.ndarray:
+        """One document's distinct terms (numbered in ``vocab``, new ones added) beside their counts, as int32."""
+        pairs = np.empty((len(counted), 2), dtype=np.int32)
+        pairs[:, 0] = [vocab.setdefault(term, len(vocab)) for term in counted]
+        pairs[:, 1] = list(counted.values())
         return pairs
 
-    def put(self, ids: Sequence[str], tokens: Sequence[list[str]], metas: Sequence[dict[str, Any]]) -> None:
+    def put(self, ids: Sequence[str], counted: list[Counter[str] | None], metas: Sequence[dict[str, Any]]) -> None:
+        """Put documents with their counted tokens (:meth:`count`), numbered now; ``counted``'s items become None.
+
+        Each document's :class:`~collections.Counter` is dropped from ``counted`` once numbered, so that the
+        counters of a large batch and its numbered arrays are not all in memory at once.
+        """
         assert self._counts is not None
-        for doc_id, toks, meta in zip(ids, tokens, metas, strict=True):
+        for j, (doc_id, meta) in enumerate(zip(ids, metas, strict=True)):
+            tally = counted[j]
+            counted[j] = None
+            assert tally is not None
             self._counts.pop(doc_id, None)  # an upsert moves to the end, like the KL half
             self.metas.pop(doc_id, None)
-            self._counts[doc_id] = self._count(toks)
+            self._counts[doc_id] = self._number(tally, self._vocab)
             self.metas[doc_id] = meta
         self.dirty = True
 
@@ -1071,7 +1086,7 @@ class _BM25Half:
                 number = (np.cumsum(live) - 1).astype(np.int32)  # each live term's column
                 terms = number[terms]
                 if 2 * int(np.count_nonzero(live)) < live.size:  # mostly dead: renumber the documents' terms
-                    self._compact(live, number, arrays)
+                    self._compact(live, number)
                     vocab = dict(self._vocab)
                 else:
                     names = list(self._vocab)
@@ -1085,12 +1100,21 @@ class _BM25Half:
         self._set_idf()
         self.dirty = False
 
-    def _compact(self, live: np.ndarray, number: np.ndarray, arrays: list[np.ndarray]) -> None:
-        """Renumber the vocabulary to its ``live`` terms (``number``: each old number's new one) in every document."""
+    def _compact(self, live: np.ndarray, number: np.ndarray) -> None:
+        """Renumber the vocabulary to its ``live`` terms (``number``: each old number's new one) in every document.
+
+        The renumbered arrays are new ones, and they replace the counts together with the new vocabulary at the
+        end: an interruption part-way (``KeyboardInterrupt``, ``MemoryError``) leaves both as they were.
+        """
         names = list(self._vocab)
-        self._vocab = {names[g]: j for j, g in enumerate(np.flatnonzero(live).tolist())}
-        for pairs in arrays:
-            pairs[:, 0] = number[pairs[:, 0]]
+        vocab = {names[g]: j for j, g in enumerate(np.flatnonzero(live).tolist())}
+        assert self._counts is not None
+        counts: dict[str, np.ndarray] = {}
+        for doc_id, pairs in self._counts.items():
+            renumbered = pairs.copy()
+            renumbered[:, 0] = number[pairs[:, 0]]
+            counts[doc_id] = renumbered
+        self._counts, self._vocab = counts, vocab
 
     def _set_idf(self) -> None:
         if self.csc is None:
@@ -1190,7 +1214,7 @@ class _BM25Half:
     @classmethod
     def load(cls, folder: Path, tokenizer: _Tokenizer, k1: float, b: float, *, indexed: bool, mmap: bool) -> _BM25Half:
         half = cls(tokenizer, k1, b)
-        half.tokens = None
+        half._counts = None  # counted again from the stored texts at the first change (recount)
         ids = _read_json(folder / _BM25_IDS)
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise HybridFormatError(f"{folder / _BM25_IDS} must hold a JSON list of string ids")
@@ -1457,10 +1481,10 @@ class KLHybridStore(_NotCopyable):
                     f"kl_store holds {len(missing)} document(s) without text (e.g. {_examples(missing)}); "
                     "BM25 needs every document's text"
                 )
-            tokens = [self._tokenizer(d.text or "") for d in docs]
-            if not any(tokens):
+            counted: list[Counter[str] | None] = [self._bm25.count(d.text or "") for d in docs]
+            if not any(counted):
                 self._warn_no_tokens([d.text or "" for d in docs])
-            self._bm25.put(ids, tokens, [d.metadata for d in docs])
+            self._bm25.put(ids, counted, [d.metadata for d in docs])
             self._warn_reserved_keys([d.metadata for d in docs], "KLHybridStore(kl_store=...)")
         self._kl._set_owner(type(self).__name__)  # its add / delete refuse from now on unless made by this store
 
@@ -1666,8 +1690,9 @@ class KLHybridStore(_NotCopyable):
         _, id_list = _check_texts_and_ids(text_list, gaussians, ids)
         if not text_list and gaussians is None and not id_list and not metadatas:
             return []  # nothing to add (and no model to load for it)
-        tokens = [self._tokenizer(t) for t in text_list]
-        if not any(tokens):
+        # each text counted as soon as it is tokenised (outside the lock), its terms numbered under it (put)
+        counted: list[Counter[str] | None] = [self._bm25.count(t) for t in text_list]
+        if not any(counted):
             self._warn_no_tokens(text_list)
         encoder = None
         if gaussians is None and text_list:
@@ -1684,7 +1709,7 @@ class KLHybridStore(_NotCopyable):
             if not new_ids:
                 return []
             metas = [d.metadata for d in self._kl.get_by_ids(new_ids)]
-            self._bm25.put(new_ids, tokens, metas)
+            self._bm25.put(new_ids, counted, metas)
         self._warn_reserved_keys(metas, "KLHybridStore.add")
         return new_ids
 
@@ -1762,11 +1787,11 @@ class KLHybridStore(_NotCopyable):
         return report
 
     def _ensure_tokens(self) -> None:
-        """A loaded store keeps no tokens until it is changed: tokenise the stored texts again."""
-        if self._bm25.tokens is not None:
+        """A loaded store keeps no term counts until it is changed: count the stored texts again."""
+        if self._bm25.counts is not None:
             return
         docs = self._kl.get_by_ids(self._bm25.ids)
-        self._bm25.tokens = {d.id: self._tokenizer(d.text or "") for d in docs}
+        self._bm25.recount({d.id: d.text or "" for d in docs})
 
     def _ensure_index(self) -> None:
         """Rebuild the BM25 index after a change; called under the read (or write) lock.
