@@ -1486,7 +1486,7 @@ class KLHybridStore(_NotCopyable):
                 self._warn_no_tokens([d.text or "" for d in docs])
             self._bm25.put(ids, counted, [d.metadata for d in docs])
             self._warn_reserved_keys([d.metadata for d in docs], "KLHybridStore(kl_store=...)")
-        self._kl._set_owner(type(self).__name__)  # its add / delete refuse from now on unless made by this store
+        self._kl._set_owner(self)  # its add / delete refuse from now on unless made by this store (while it lives)
 
     def _warn_reserved_keys(
         self,
@@ -2420,7 +2420,7 @@ class KLHybridStore(_NotCopyable):
             token_pattern=BM25_TOKEN_PATTERN if empty_matching else pattern,
             stemmer=bm25_cfg.get("stemmer"),  # a save from before the option has none: no stemming
         )
-        kl._set_owner(cls.__name__)  # the loaded half is read-only on its own too
+        kl._set_owner(store)  # the loaded half is read-only on its own too
         store._kl = kl
         half.metas = {d.id: d.metadata for d in kl.get_by_ids(half.ids)}
         store._bm25 = half

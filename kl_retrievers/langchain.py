@@ -1080,7 +1080,10 @@ def _delete_by_ids(store: Any, ids: Any, delete_all: bool, owner: str) -> bool:
     if isinstance(ids, str):
         raise TypeError("ids must be a list of str, not a single str")
     wanted = list(dict.fromkeys(str(i) for i in ids))
-    present = {d.id for d in store.get_by_ids(wanted)} if wanted else set()
+    if isinstance(store, (KLStore, KLHybridStore)):  # ids held in memory: a membership test, no document read
+        present = {i for i in wanted if i in store}
+    else:  # MilvusKLStore (whose `in` is a query per id): one read of them all
+        present = {d.id for d in store.get_by_ids(wanted)} if wanted else set()
     absent = [i for i in wanted if i not in present]
     if absent:  # not a failure; left out of the store's delete, which would log a WARNING about them
         logger.debug("%s.delete: %d id(s) were already absent: %s", owner, len(absent), absent[:10])
@@ -1101,6 +1104,18 @@ def _document_fields(
     if ids is None and any(d.id for d in docs):
         ids = [d.id for d in docs]
     return [d.page_content for d in docs], [dict(d.metadata) for d in docs], ids
+
+
+def _without_search_scores(metadata: dict[str, Any], keys: Set[str]) -> dict[str, Any]:
+    """``metadata`` without ``keys`` when it holds every one of them, else itself.
+
+    ``keys`` are those a retriever writes on every document it returns (its scores): a returned document
+    added again carries them all, and they are left out, as LlamaIndex's ``KLHybridRetriever.add_nodes``
+    leaves out the scores its search added; a document holding only some is the user's, kept as it is.
+    """
+    if not keys or not keys <= metadata.keys():
+        return metadata
+    return {key: value for key, value in metadata.items() if key not in keys}
 
 
 def _store_texts(
@@ -2930,7 +2945,11 @@ class KLHybridRetriever(_ConfidenceRetriever):
         Documents map to the store as :meth:`KLVectorStore.add_documents` maps them: ``page_content`` is the
         text (BM25 indexes it, the encoder encodes it), ``metadata`` the metadata, ``ids`` (else the documents'
         ``id`` fields, when any is set; a document without one gets a uuid4 hex) the ids. Checked as
-        :meth:`KLVectorStore.add_texts` checks them, before anything is encoded.
+        :meth:`KLVectorStore.add_texts` checks them, before anything is encoded. A document this retriever
+        returned (its metadata holds every key a search writes: :attr:`written_keys`, ``score_key``,
+        ``neg_kl``, ``uncertainty_key`` and ``confidence_key``) is stored without those scores, which belong
+        to one query (as LlamaIndex's ``add_nodes`` stores a returned node); a document with only some of those
+        keys keeps them (its own metadata; ``KLHybridStore.add`` warns once that results shadow them).
 
         Returns:
             The ids, in input order.
@@ -2940,11 +2959,17 @@ class KLHybridRetriever(_ConfidenceRetriever):
                 names its document id); then neither half changes.
         """
         texts, metadatas, id_values = _document_fields(documents, ids)
+        scores = self._result_keys()
+        metadatas = [_without_search_scores(m, scores) for m in metadatas]  # a returned document added again
         items = _check_texts(texts, "documents")
         metadata_list, id_list = _check_add_args(len(items), metadatas, id_values, "documents")
         if not items:
             return []
         return _store_texts(self.store, items, metadata_list, id_list)
+
+    def _result_keys(self) -> frozenset[str]:
+        """The metadata keys a search of this retriever writes on every document it returns."""
+        return frozenset({*self.written_keys, self.score_key, SCORE_NAME, self.uncertainty_key, self.confidence_key})
 
     async def aadd_documents(self, documents: Iterable[Document], ids: Iterable[str | None] | None = None) -> list[str]:
         """Async :meth:`add_documents` (runs in a worker thread)."""

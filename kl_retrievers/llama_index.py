@@ -780,6 +780,9 @@ def _store_problem(store: BasePydanticVectorStore) -> str | None:
 # --------------------------------------------------------------------------- embedding
 # The pickled encoder in a KLEmbedding's pickled state, when it cannot be loaded again by name.
 _ENCODER_STATE = "kl_retrievers_encoder"
+# The pickled encoder's weights identity (``weights_sha256``), next to it: the unpickled encoder's parameters are
+# new objects, which its weights record does not know, though they hold the same weights.
+_WEIGHTS_STATE = "kl_retrievers_weights_sha256"
 
 
 _reloadable_model = adapters.loads_anywhere  # whether load_model loads a name in any process
@@ -801,6 +804,26 @@ _IDENTITY_KEY = "encoder_identity"
 #: ``show_progress`` of the :meth:`KLEmbedding.get_text_embedding_batch` call running in this context: the
 #: encoder's progress bar (LlamaIndex's cache path calls ``_get_text_embeddings`` without it).
 _SHOW_PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar("kl_retrievers_show_progress", default=False)
+
+
+def _warn_embeddings_cache(cache: Any) -> None:
+    """Warn that ``BaseEmbedding.embeddings_cache`` (``None``: nothing to say) is keyed by the text alone.
+
+    LlamaIndex keeps its entries in one collection (``"embeddings"``) under the text, whatever the model and
+    whether the text was embedded as a query or as a document, and ``BaseEmbedding`` offers no hook to key them
+    otherwise: another model sharing the cache, or a query with the text of a cached document (``q~`` and
+    ``d~`` differ), gets the wrong embedding.
+    """
+    if cache is None:
+        return
+    logger.warning(
+        "KLEmbedding(embeddings_cache=%s): LlamaIndex keys that cache by the text alone, so a query whose text "
+        "is a cached document's gets that document's embedding (KLEmbedding embeds queries and documents "
+        "differently), and another model (or a retrained one) sharing the cache gets this model's embeddings. "
+        "Use it for one model's documents only, with queries embedded without it; IngestionPipeline(cache=...), "
+        "keyed by KLEmbedding.to_dict() (which holds the encoder's identity), caches ingestion safely",
+        type(cache).__name__,
+    )
 
 
 class KLEmbedding(BaseEmbedding):
@@ -842,6 +865,10 @@ class KLEmbedding(BaseEmbedding):
             records the backend of the encoder in use (``None`` for another encoder class).
         **kwargs: Other ``BaseEmbedding`` fields (``num_workers``, ...). ``model_name`` defaults to
             the encoder's ``name_or_path``; with ``encoder=None`` it names the model to load (see below).
+            ``embeddings_cache`` logs a WARNING (also when assigned later): LlamaIndex keys that cache by
+            the text alone, with no hook to add the model or whether the text was a query, so another model
+            sharing it, or a query with a cached document's text, gets a wrong embedding;
+            ``IngestionPipeline(cache=...)``, keyed by :meth:`to_dict`, caches ingestion correctly.
 
     Serialisation: ``model_name`` and ``backend`` are fields, so ``to_dict()`` records the model (and,
     under ``"encoder_identity"``, its weights' SHA-256 and config: ``IngestionPipeline``'s cache key, see
@@ -852,9 +879,10 @@ class KLEmbedding(BaseEmbedding):
     another name (an in-memory encoder's) raises a ``ValueError`` naming it, never loading the
     default model in its place. Pickling (``IngestionPipeline(num_workers=...)`` pickles its
     transformations) stores such a loadable name and the backend, or else the pickled encoder
-    itself; an encoder that neither has a loadable name nor pickles (an ONNX encoder whose folder
-    was moved, an encoder of your own holding a lock or a session) raises a ``TypeError`` naming
-    the model when pickled.
+    itself with its weights' identity (``weights_sha256``, so that an unpickled copy's
+    :meth:`to_dict`, the pipeline's cache key, is the original's); an encoder that neither has a
+    loadable name nor pickles (an ONNX encoder whose folder was moved, an encoder of your own
+    holding a lock or a session) raises a ``TypeError`` naming the model when pickled.
 
     Examples:
         >>> embed = KLEmbedding()  # doctest: +SKIP
@@ -906,6 +934,7 @@ class KLEmbedding(BaseEmbedding):
             refusal = adapters.backend_refusal(encoder, backend, "KLEmbedding({name}, backend={backend})")
             if refusal is not None:
                 raise ValueError(refusal)
+        _warn_embeddings_cache(kwargs.get("embeddings_cache"))
         kwargs.setdefault("model_name", str(getattr(encoder, "name_or_path", type(encoder).__name__)))
         super().__init__(
             embed_batch_size=embed_batch_size,
@@ -914,6 +943,12 @@ class KLEmbedding(BaseEmbedding):
             **kwargs,
         )
         self._encoder = encoder
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Set a field; an ``embeddings_cache`` warns as in the constructor (see :func:`_warn_embeddings_cache`)."""
+        if name == "embeddings_cache":
+            _warn_embeddings_cache(value)
+        super().__setattr__(name, value)
 
     def __getstate__(self) -> dict[Any, Any]:
         """The pickled state: the fields, and the encoder by name when it can be loaded again, else itself.
@@ -943,6 +978,7 @@ class KLEmbedding(BaseEmbedding):
             and _reloadable_model(name)
         ):
             return out  # __setstate__ loads it by name, with the recorded backend
+        known = getattr(self._encoder, "weights_sha256", None)  # read before: it holds for the weights pickled
         try:
             out[_ENCODER_STATE] = pickle.dumps(self._encoder, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # whatever pickling raises
@@ -953,6 +989,8 @@ class KLEmbedding(BaseEmbedding):
                 "encoder.save_pretrained(folder) and use KLEmbedding(kl_retrievers.load_model(folder)), or "
                 "do not pickle it (e.g. IngestionPipeline.run without num_workers)"
             ) from exc
+        if isinstance(known, str):
+            out[_WEIGHTS_STATE] = known  # so that to_dict() (the cache key) is the same in the unpickled copy
         return out
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
@@ -968,6 +1006,10 @@ class KLEmbedding(BaseEmbedding):
         # comes from a pickle made by LlamaIndex's __getstate__ that kept it
         private = state.get("__pydantic_private__") or {}
         encoder = pickle.loads(blob) if blob is not None else private.get("_encoder")
+        known = state.get(_WEIGHTS_STATE)
+        remember = getattr(encoder, "_remember_weights", None)
+        if isinstance(known, str) and callable(remember) and getattr(encoder, "weights_sha256", None) is None:
+            remember(known)  # the weights pickled, whose identity was known: the same cache key as the original's
         self.__init__(encoder, **fields)  # type: ignore[misc]
 
     @classmethod

@@ -9,12 +9,30 @@
   save / load, and through the adapters' vector stores), while searching it stays allowed.
 - The hybrid retrievers take updates: LlamaIndex ``add_nodes`` / ``delete_ref_doc``, LangChain
   ``add_documents`` / ``delete``.
+
+Second round (review of those changes):
+
+- A pickled ``KLEmbedding`` (``IngestionPipeline(num_workers=...)``'s workers) keeps its encoder's weights
+  identity, so ``to_dict()`` (the cache key) is the parent's; ``to_dict()`` is the same in another process.
+- ``KLEmbedding(embeddings_cache=...)`` warns: LlamaIndex keys that cache by the text alone.
+- The KL half's guard holds against another thread while the hybrid store writes, and after a refused add
+  or a raising delete filter; the hybrid store's claim ends when it is garbage-collected.
+- A LangChain hybrid hit added again is stored without its search scores (as LlamaIndex ``add_nodes``); an
+  ``IndexNode`` with an object added through ``add_nodes`` resolves on retrieve.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
 import logging
+import os
+import pickle
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +43,10 @@ from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.indexing import InMemoryRecordManager, index
 from langchain_core.vectorstores import InMemoryVectorStore
 from llama_index.core.ingestion.pipeline import get_transformation_hash
+from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import Document as LIDocument
-from llama_index.core.schema import NodeRelationship, TextNode
+from llama_index.core.schema import IndexNode, NodeRelationship, NodeWithScore, QueryBundle, TextNode
+from llama_index.core.storage.kvstore import SimpleKVStore
 from llama_index.core.vector_stores import VectorStoreQuery
 
 from conftest import HYBRID_TEXTS, make_tiny_encoder
@@ -271,3 +291,209 @@ def test_langchain_hybrid_retriever_adds_and_deletes_documents(encoder: Gaussian
     with pytest.raises(ValueError, match=r"delete\(delete_all=True\)"):
         r.delete()
     assert r.delete(delete_all=True) is True and len(r.store) == 0
+
+
+# ---------------------------------------------------------------- second round: the cache key across processes
+def test_a_pickled_embedding_keeps_its_cache_key(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    make_tiny_encoder(seed=0).save_pretrained(folder)
+    embed = KLEmbedding(load_model(str(folder)))
+    known = embed.encoder.weights_sha256
+    assert isinstance(known, str)
+    worker = pickle.loads(pickle.dumps(embed))  # what IngestionPipeline.run(num_workers=2) sends each worker
+    assert worker.encoder is not embed.encoder and worker.encoder.weights_sha256 == known
+    assert worker.to_dict() == embed.to_dict()  # was a "parameters:..." digest in the worker
+    node = [TextNode(text="the cat sat on the mat", id_="n")]
+    assert get_transformation_hash(node, worker) == get_transformation_hash(node, embed)
+    # weights changed in memory have no identity: the copy says so too (the same parameters' digest)
+    changed = load_model(str(folder))
+    assert isinstance(changed, GaussianEncoder)
+    with torch.no_grad():
+        changed.mean_head.weight.add_(1.0)
+    moved = KLEmbedding(changed)
+    copy = pickle.loads(pickle.dumps(moved))
+    assert copy.encoder.weights_sha256 is None and copy.to_dict() == moved.to_dict() != embed.to_dict()
+
+
+_TO_DICT_SCRIPT = """
+import json, logging, sys
+logging.disable(logging.WARNING)
+from kl_retrievers import load_model
+from kl_retrievers.llama_index import KLEmbedding
+print(json.dumps(KLEmbedding(load_model(sys.argv[1])).to_dict(), sort_keys=True))
+"""
+
+
+def test_to_dict_is_the_same_in_another_process(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    make_tiny_encoder(seed=0).save_pretrained(folder)
+    root = Path(__file__).resolve().parents[1]  # this checkout's package, not an installed one
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(
+        [sys.executable, "-c", _TO_DICT_SCRIPT, str(folder)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    ).stdout
+    here = json.loads(json.dumps(KLEmbedding(load_model(str(folder))).to_dict(), sort_keys=True))
+    assert json.loads(out.strip().splitlines()[-1]) == here
+    assert isinstance(here["encoder_identity"]["weights_sha256"], str)
+
+
+def test_the_embeddings_cache_keyed_by_text_alone_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers.llama_index"):
+        KLEmbedding(make_tiny_encoder(seed=0), embeddings_cache=SimpleKVStore())
+    assert "embeddings_cache=SimpleKVStore" in caplog.text and "by the text alone" in caplog.text
+    caplog.clear()
+    embed = KLEmbedding(make_tiny_encoder(seed=0))
+    assert not caplog.text  # no cache: nothing to say
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers.llama_index"):
+        embed.embeddings_cache = SimpleKVStore()
+    assert "IngestionPipeline(cache=...)" in caplog.text and embed.embeddings_cache is not None
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers.llama_index"):
+        embed.embeddings_cache = None
+        embed.embed_batch_size = 5  # other fields are set as before
+    assert not caplog.text and embed.embed_batch_size == 5
+
+
+# ---------------------------------------------------------------- second round: the KL half's guard
+def test_another_thread_cannot_write_the_kl_half_while_the_hybrid_store_writes(
+    encoder: GaussianEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = filled_hybrid(encoder)
+    kl = store.kl
+    inside, release = threading.Event(), threading.Event()
+    real_add = kl.add
+
+    def slow_add(*args: Any, **kwargs: Any) -> Any:  # the hybrid store's write, paused inside the guard
+        inside.set()
+        release.wait(30)
+        return real_add(*args, **kwargs)
+
+    monkeypatch.setattr(kl, "add", slow_add)
+    writer = threading.Thread(target=lambda: store.add(["sun moon"], ids=["t1"]))
+    writer.start()
+    try:
+        assert inside.wait(30)
+        with pytest.raises(RuntimeError, match="KL half of a KLHybridStore"):
+            real_add(["rock"], ids=["evil"])  # this thread, while the owner's write lets its own thread through
+        with pytest.raises(RuntimeError, match="KL half of a KLHybridStore"):
+            kl.delete(["d0"])
+    finally:
+        release.set()
+        writer.join(30)
+    monkeypatch.undo()
+    assert "t1" in kl and "evil" not in kl and "d0" in kl
+    store.check_sync()
+    assert_read_only(kl)
+
+
+def test_the_guard_stays_after_a_refused_add_or_a_raising_filter(encoder: GaussianEncoder) -> None:
+    store = filled_hybrid(encoder)
+    with pytest.raises(TypeError):
+        store.add(["x"], ids=["d0"], metadatas=[{"n": float("nan")}])
+    assert_read_only(store.kl)
+
+    def broken(metadata: Mapping[str, Any]) -> bool:
+        raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        store.delete(filter=broken)
+    assert_read_only(store.kl)
+    store.check_sync()
+    assert sorted(store.ids) == sorted(IDS) and store.kl.get_by_ids(["d0"])[0].text == HYBRID_TEXTS[0]
+
+
+def test_a_dead_owner_is_no_owner(encoder: GaussianEncoder) -> None:
+    class Owner:  # a composite store, as KLHybridStore claims its KL half
+        pass
+
+    kl = KLStore(encoder=encoder)
+    owner = Owner()
+    kl._set_owner(owner)
+    with pytest.raises(RuntimeError, match="KL half of a Owner"):
+        kl.add(["x"], ids=["x"])
+    with pytest.raises(ValueError, match="already the KL half of a Owner"):
+        kl._set_owner(Owner())
+    del owner
+    gc.collect()
+    assert kl.add(["x"], ids=["x"]) == ["x"]  # nothing is left to go stale
+    kl._set_owner(Owner.__name__)  # a name: a claim for good
+    with pytest.raises(RuntimeError, match="KL half of a Owner"):
+        kl.delete(["x"])
+
+
+def test_the_kl_half_of_a_collected_hybrid_store_is_free_again(encoder: GaussianEncoder, tmp_path: Path) -> None:
+    kl = KLStore(encoder=encoder)
+    kl.add(HYBRID_TEXTS[:2], ids=["a", "b"])
+    hybrid = KLHybridStore(fusion="rrf", stemmer=None, kl_store=kl)
+    assert_read_only(kl)
+    folder = hybrid.save(tmp_path / "h")
+    del hybrid
+    gc.collect()
+    assert kl.add(["c text"], ids=["c"]) == ["c"]  # was still refused, with no hybrid store left
+    again = KLHybridStore(fusion="rrf", stemmer=None, kl_store=kl)  # was refused as a second owner
+    assert_read_only(kl)
+    again.check_sync()
+    loaded_kl = KLHybridStore.load(folder, encoder=encoder).kl  # the loaded store itself is gone at once
+    gc.collect()
+    assert loaded_kl.delete(["a"]).deleted == ["a"]
+
+
+# ---------------------------------------------------------------- second round: hybrid retrievers' updates
+def test_a_langchain_hybrid_hit_added_again_leaves_its_scores_out(encoder: GaussianEncoder) -> None:
+    r = LCHybridRetriever.from_texts(
+        HYBRID_TEXTS, encoder, [{"src": i} for i in range(len(HYBRID_TEXTS))], ids=IDS, k=3, fusion="rrf", stemmer=None
+    )
+    top = r.invoke("sun")[0]
+    assert {"bm25", "fused_score", "neg_kl", "confidence", "query_uncertainty"} <= top.metadata.keys()
+    top.page_content += " edited"
+    assert top.id is not None and r.add_documents([top]) == [top.id]
+    [stored] = r.store.get_by_ids([top.id])
+    assert stored.metadata == {"src": IDS.index(top.id)} and stored.text == top.page_content
+    # a document with only some of those keys: its own metadata, kept
+    own = LCDocument(page_content="tea", metadata={"bm25": "mine", "src": 9}, id="own")
+    r.add_documents([own])
+    assert r.store.get_by_ids(["own"])[0].metadata == {"bm25": "mine", "src": 9}
+    # a retriever writing under other key names leaves those out
+    named = LCHybridRetriever(store=r.store, k=1, score_key="s", confidence_key="c", uncertainty_key="u")
+    hit = named.invoke("moon")[0]
+    assert {"s", "c", "u", "bm25"} <= hit.metadata.keys() and "fused_score" not in hit.metadata
+    before = r.store.get_by_ids([str(hit.id)])[0].metadata
+    named.add_documents([hit])
+    assert r.store.get_by_ids([str(hit.id)])[0].metadata == {"src": before["src"]}
+
+
+def test_an_index_node_added_through_add_nodes_resolves_on_retrieve(encoder: GaussianEncoder) -> None:
+    class Inner(BaseRetriever):
+        def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+            return [NodeWithScore(node=TextNode(text="INNER", id_="inner"), score=1.0)]
+
+    r = LIHybridRetriever.from_defaults(store=KLHybridStore(encoder, fusion="rrf", stemmer=None), encoder=encoder)
+    inner = Inner()
+    node = IndexNode(text="tea pot", id_="i1", index_id="sub", obj=inner)
+    assert r.add_nodes([TextNode(text="sun moon", id_="n1"), node]) == ["n1", "i1"]
+    assert node.obj is inner  # the input is not changed
+    ids = [h.node.node_id for h in r.retrieve("tea pot")]
+    assert "inner" in ids and "i1" not in ids  # the object was asked, as VectorStoreIndex's retriever does
+
+
+def test_delete_by_ids_reads_no_documents_from_an_in_memory_store(
+    encoder: GaussianEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vs = LCVectorStore.from_texts(HYBRID_TEXTS[:3], KLEmbeddings(encoder=encoder), ids=["a", "b", "c"])
+    r = LCHybridRetriever.from_texts(HYBRID_TEXTS[:3], encoder, ids=["a", "b", "c"], fusion="rrf", stemmer=None)
+    for store in (vs.store, r.store):
+
+        def no_reads(ids: Any) -> Any:
+            raise AssertionError("read whole documents to learn which ids exist")
+
+        monkeypatch.setattr(store, "get_by_ids", no_reads)
+    assert vs.delete(["a", "gone"]) is True and r.delete(["b", "gone"]) is True
+    monkeypatch.undo()
+    assert sorted(vs.store.ids) == ["b", "c"] and sorted(r.store.ids) == ["a", "c"]
+    r.store.check_sync()

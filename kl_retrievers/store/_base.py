@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 import uuid
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -958,24 +959,39 @@ class GaussianStore(_NotCopyable, ABC):
         )
 
     # ------------------------------------------------------------ the owner's guard
-    def _set_owner(self, owner: str) -> None:
-        """Make this store the half of a composite store named ``owner`` (e.g. ``"KLHybridStore"``).
+    def _set_owner(self, owner: object) -> None:
+        """Make this store the half of the composite store ``owner`` (a :class:`~kl_retrievers.hybrid.KLHybridStore`).
 
         From then on :meth:`add` and :meth:`delete` refuse (``RuntimeError``) unless the owner calls them, inside
-        :meth:`_owner_writes`: a write to this half alone would leave the owner's other half (BM25) stale.
+        :meth:`_owner_writes`: a write to this half alone would leave the owner's other half (BM25) stale. The
+        owner is held by a weak reference: once it is garbage-collected this store has no owner (nothing is left
+        to go stale), so it takes writes again and may become the half of another composite store. A str
+        ``owner`` (a composite store's class name) makes the ownership permanent.
 
         Raises:
-            ValueError: This store already belongs to a composite store (two owners would each miss the
+            ValueError: This store already belongs to a live composite store (two owners would each miss the
                 other's writes).
         """
         self._refuse_second_owner()
-        self.__dict__["_owner"] = owner
+        if isinstance(owner, str):
+            self.__dict__["_owner"] = owner
+        else:
+            self.__dict__["_owner"] = (type(owner).__name__, weakref.ref(owner))
+
+    def _owner_name(self) -> str | None:
+        """The class name of the live composite store this store is the half of (``None``: none, or it is gone)."""
+        owner = self.__dict__.get("_owner")
+        if owner is None or isinstance(owner, str):
+            return owner
+        name, ref = owner
+        return name if ref() is not None else None
 
     def _refuse_second_owner(self) -> None:
         """Raise ``ValueError`` when this store already belongs to a composite store (see :meth:`_set_owner`)."""
-        if self.__dict__.get("_owner") is not None:
+        owner = self._owner_name()
+        if owner is not None:
             raise ValueError(
-                f"this {type(self).__name__} is already the KL half of a {self.__dict__['_owner']}; a store can "
+                f"this {type(self).__name__} is already the KL half of a {owner}; a store can "
                 "be the half of one hybrid store only (each would miss the other's writes): give this one a "
                 f"{type(self).__name__} of its own"
             )
@@ -992,7 +1008,7 @@ class GaussianStore(_NotCopyable, ABC):
 
     def _check_writable(self, method: str) -> None:
         """Refuse ``method`` (a write) on the half of a composite store unless its owner makes it."""
-        owner = self.__dict__.get("_owner")
+        owner = self._owner_name()
         if owner is None or self.__dict__.get("_owner_writer") == threading.get_ident():
             return
         raise RuntimeError(
