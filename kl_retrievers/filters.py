@@ -95,11 +95,12 @@ import reprlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 __all__ = [
     "FIELD_OPERATORS",
@@ -268,16 +269,7 @@ def _iso_for_python310(text: str, *, date: bool = True) -> str:
 def _stored_datetime(value: Any) -> datetime.datetime | None:
     """A stored value (an ISO 8601 string, or a date / datetime) as a datetime; ``None`` when it is none."""
     if isinstance(value, str):
-        try:
-            return datetime.datetime.fromisoformat(value)  # a date-only string: its midnight
-        except ValueError:  # Python 3.10 (or a lowercase "z"): once more as 3.11 would read it
-            rewritten = _iso_for_python310(value)
-            if rewritten == value:
-                return None
-            try:
-                return datetime.datetime.fromisoformat(rewritten)
-            except ValueError:
-                return None
+        return _read_iso(value, datetime.datetime.fromisoformat, date=True)  # a date-only string: its midnight
     if isinstance(value, datetime.datetime):
         return value if value == value else None  # not pd.NaT
     if isinstance(value, datetime.date):
@@ -285,19 +277,24 @@ def _stored_datetime(value: Any) -> datetime.datetime | None:
     return None
 
 
+def _read_iso(value: str, parse: Callable[[str], _T], *, date: bool) -> _T | None:
+    """``parse(value)``, else (Python 3.10, or a lowercase "z") ``parse`` of it as 3.11 reads it; else ``None``."""
+    try:
+        return parse(value)
+    except ValueError:
+        rewritten = _iso_for_python310(value, date=date)
+        if rewritten == value:
+            return None
+        try:
+            return parse(rewritten)
+        except ValueError:
+            return None
+
+
 def _stored_time(value: Any) -> datetime.time | None:
     """A stored value (an ISO 8601 time string, or a time) as a time; ``None`` when it is none."""
     if isinstance(value, str):
-        try:
-            return datetime.time.fromisoformat(value)
-        except ValueError:  # Python 3.10 (or a lowercase "z"): once more as 3.11 would read it
-            rewritten = _iso_for_python310(value, date=False)
-            if rewritten == value:
-                return None
-            try:
-                return datetime.time.fromisoformat(rewritten)
-            except ValueError:
-                return None
+        return _read_iso(value, datetime.time.fromisoformat, date=False)
     return value if isinstance(value, datetime.time) else None
 
 
