@@ -39,6 +39,7 @@ import tempfile
 import threading
 import uuid
 import warnings
+import weakref
 import zipfile
 from collections.abc import Callable, ItemsView, Iterable, KeysView, Mapping, Sequence, Set
 from pathlib import Path
@@ -102,7 +103,7 @@ from kl_retrievers.gaussian import (
     kl_query_constant,
     kl_query_vectors,
 )
-from kl_retrievers.hybrid import FusionConfig, HybridResult, KLHybridStore, _warn_metadata_keys
+from kl_retrievers.hybrid import FusionConfig, HybridResult, KLHybridStore
 from kl_retrievers.index import KLStore, SearchResult, StoreFormatError
 from kl_retrievers.store._format import CONFIG as _STORE_CONFIG
 from kl_retrievers.store._format import STORE_FILES as _STORE_FILES
@@ -1145,6 +1146,12 @@ def _name_the_document(exc: TypeError | ValueError, ids: Sequence[str] | None) -
     return type(exc)(f"{message[:end]} (document id {ids[int(found.group(1))]!r}){message[end:]}")
 
 
+# The reserved metadata keys a dense KLRetriever warned about, per KLVectorStore searched (see
+# KLRetriever._warn_reserved_keys): once per store and key, whichever retriever object searched it.
+_WARNED_RESERVED: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+_WARNED_RESERVED_LOCK = threading.Lock()
+
+
 class KLVectorStore(VectorStore):
     """A LangChain vector store ranked by exact ``-KL(Q || D)`` (higher is better) over :class:`KLStore`.
 
@@ -1960,7 +1967,8 @@ class KLVectorStore(VectorStore):
                 DEFAULT_RELEVANCE,
             )
         rel = relevance if relevance is not None else (manifest.get("relevance") or DEFAULT_RELEVANCE)
-        return cls(encoder, store=store, relevance=rel, batch_size=int(manifest.get("batch_size") or 32))
+        given = embeddings if isinstance(embeddings, KLEmbeddings) else encoder  # the same object as `embeddings`
+        return cls(given, store=store, relevance=rel, batch_size=int(manifest.get("batch_size") or 32))
 
     @classmethod
     def _read_folder(
@@ -2582,26 +2590,34 @@ class KLRetriever(_ConfidenceRetriever):
         "again (KLRetriever.from_store)"
     )
 
-    #: Whether a warning said that the documents found use the keys the retriever writes its scores under.
-    _warned_reserved: bool = PrivateAttr(default=False)
-
     def _searched_store(self) -> Any:
         return self.vectorstore
 
     def _warn_reserved_keys(self, hits: Sequence[SearchResult]) -> None:
-        """Warn once per retriever when the documents found use ``score_key`` / ``uncertainty_key`` /
-        ``confidence_key`` in their own metadata: the returned documents carry the score under that name."""
-        if self._warned_reserved:
-            return
+        """Warn once per store and key when the documents found use ``score_key`` / ``uncertainty_key`` /
+        ``confidence_key`` in their own metadata: the returned documents carry the score under that name.
+
+        Once per store (:data:`_WARNED_RESERVED`), not per retriever: ``configurable_fields`` and
+        ``from_store`` make a new retriever per call over the same store.
+        """
         reserved = {self.score_key, self.uncertainty_key, self.confidence_key}
         found = sorted({key for hit in hits for key in reserved.intersection(hit.metadata)})
-        if found:
-            self._warned_reserved = True
-            _warn_metadata_keys(
-                logger,
-                "KLRetriever (documents found in its store)",
-                found,
-                "the documents it returns carry the score under that name, not your value",
+        if not found:
+            return
+        with _WARNED_RESERVED_LOCK:
+            try:
+                warned = _WARNED_RESERVED.setdefault(self.vectorstore, set())
+            except TypeError:  # a store that takes no weak reference: warn for this retriever's calls
+                warned = self.__dict__.setdefault("_kl_warned_reserved", set())
+            new = [key for key in found if key not in warned]
+            warned.update(found)
+        if new:
+            logger.warning(
+                "KLRetriever: the returned documents' metadata uses the key(s) %s, which a search writes its scores "
+                "under: the documents it returns carry the score under that name, not your value; the stored "
+                "metadata, which filters see, keeps it. Rename the key(s) (or set score_key / uncertainty_key / "
+                "confidence_key) to keep them in results. Reserved keys: %s",
+                ", ".join(repr(k) for k in found),
                 ", ".join(sorted(reserved)) + " (score_key, uncertainty_key and confidence_key)",
             )
 

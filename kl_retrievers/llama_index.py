@@ -767,6 +767,11 @@ def _index_retriever_verdict(store: BasePydanticVectorStore, node_ids: Sequence[
         del frame
 
 
+def _vector_hash(vector: Sequence[float]) -> int:
+    """A hash of an embedding's values (a node's embedding against those a :class:`KLEmbedding` gave)."""
+    return hash(tuple(float(x) for x in vector))
+
+
 def _store_problem(store: BasePydanticVectorStore) -> str | None:
     """Why ``store`` cannot rank ``q~`` / ``d~`` by inner product, or ``None`` (fine, or cannot tell)."""
     if isinstance(store, SimpleVectorStore):
@@ -1084,20 +1089,19 @@ class KLEmbedding(BaseEmbedding):
 
     encoder = property(lambda self: self._encoder, doc="The wrapped Gaussian encoder.")
 
-    def _check_store(self, documents: bool = False) -> None:
+    def _check_store(self) -> KLVectorStore | None:
         """Warn (once per store type) when embedding for a store that does not rank by inner product.
 
-        A :class:`KLVectorStore` found on the stack learns the encoder (for its model's calibrator; with
-        ``documents``, to record it as the documents' model, see :meth:`KLVectorStore.add`).
+        Returns the :class:`KLVectorStore` found on the stack, if any, which learns the encoder (for its
+        model's calibrator); the caller hands it the document vectors it then embeds (see
+        :meth:`KLVectorStore._adopt_document_encoder`).
         """
         store = _caller_vector_store()
         if isinstance(store, KLVectorStore):
             store._adopt_query_encoder(self._encoder)
-            if documents:
-                store._adopt_document_encoder(self._encoder)
         problem = None if store is None else _store_problem(store)
         if store is None or problem is None or type(store).__name__ in self._warned:
-            return
+            return store if isinstance(store, KLVectorStore) else None
         self._warned.add(type(store).__name__)
         adapters.warn_incompatible_store(
             "KLEmbedding",
@@ -1107,6 +1111,14 @@ class KLEmbedding(BaseEmbedding):
             "configured for inner product.",
             stacklevel=5,
         )
+        return store if isinstance(store, KLVectorStore) else None
+
+    def _embedded_for(self, store: KLVectorStore | None, vectors: list[Embedding]) -> list[Embedding]:
+        """``vectors``, the document vectors of texts embedded for ``store``, noted by it (see
+        :meth:`KLVectorStore._adopt_document_encoder`)."""
+        if store is not None:
+            store._adopt_document_encoder(self._encoder, vectors)
+        return vectors
 
     def query_gaussians(self, queries: str | Sequence[str]) -> Gaussians:
         """Encode queries as float64 Gaussians (one encoder call).
@@ -1185,20 +1197,20 @@ class KLEmbedding(BaseEmbedding):
         return await asyncio.to_thread(self._query_vector, query)
 
     def _get_text_embedding(self, text: str) -> Embedding:
-        self._check_store(documents=True)
-        return self._document_vectors([text])[0]
+        store = self._check_store()
+        return self._embedded_for(store, self._document_vectors([text]))[0]
 
     async def _aget_text_embedding(self, text: str) -> Embedding:
-        self._check_store(documents=True)
-        return (await asyncio.to_thread(self._document_vectors, [text]))[0]
+        store = self._check_store()
+        return self._embedded_for(store, await asyncio.to_thread(self._document_vectors, [text]))[0]
 
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        self._check_store(documents=True)
-        return self._document_vectors(texts)
+        store = self._check_store()
+        return self._embedded_for(store, self._document_vectors(texts))
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        self._check_store(documents=True)
-        return await asyncio.to_thread(self._document_vectors, texts)
+        store = self._check_store()
+        return self._embedded_for(store, await asyncio.to_thread(self._document_vectors, texts))
 
     def _event_payload(self) -> dict[str, Any]:
         """What LlamaIndex's embedding events carry: ``to_payload()`` where it exists, else ``to_dict()`` (0.14.0)."""
@@ -1776,8 +1788,12 @@ class KLVectorStore(BasePydanticVectorStore):
     _store: KLStore = PrivateAttr()
     _scorer: ConfidenceScorer = PrivateAttr()
     _query_encoder: Any = PrivateAttr(default=None)
-    # the encoder a KLEmbedding embedded texts for this store with (see _adopt_document_encoder)
-    _document_encoder: Any = PrivateAttr(default=None)
+    # The encoders KLEmbedding objects embedded texts for this store with since the last add, while it was empty
+    # and without an encoder, each with the hashes of the vectors it gave; and the encoder add recorded from them
+    # (see _adopt_document_encoder)
+    _embedded_by: list[tuple[Any, set[int]]] = PrivateAttr(default_factory=list)
+    _recorded_encoder: Any = PrivateAttr(default=None)
+    _adopt_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _warned_reserved: bool = PrivateAttr(default=False)
     # The ids of the stored IndexNode / ImageNode nodes and the store's write_count they are right for (None:
     # unknown): kept up to date by add / delete through this object, rescanned when the store was changed
@@ -1914,25 +1930,59 @@ class KLVectorStore(BasePydanticVectorStore):
         if self._query_encoder is None:
             self._query_encoder = encoder
 
-    def _adopt_document_encoder(self, encoder: Any) -> None:
-        """Remember the encoder a :class:`KLEmbedding` embeds texts for this store with (found on the call stack:
-        ``VectorStoreIndex``, an ingestion pipeline), which :meth:`add` records as the documents' model."""
-        if self._document_encoder is None:
-            self._document_encoder = encoder
-
-    def _record_document_encoder(self, k: int | None) -> None:
-        """Give a store without an encoder the one a :class:`KLEmbedding` embedded the nodes with, before its
-        first documents are added, when its dimension is ``k`` (the nodes'): the store then records that model,
-        as ``KLStore.add`` of texts records its encoder, so that a persisted store names it (``kl-retrievers
-        search FOLDER`` needs no ``--model``, ``is_embedding_query=False`` queries load it)."""
-        encoder = self._document_encoder
-        if encoder is None or self._store.encoder is not None or len(self._store):
+    def _adopt_document_encoder(self, encoder: Any, vectors: Sequence[Sequence[float]]) -> None:
+        """Note that a :class:`KLEmbedding` found this store on the call stack (``VectorStoreIndex``, an
+        ingestion pipeline) and embedded ``vectors`` for it with ``encoder``; :meth:`add` may record that
+        encoder as the documents' model (see :meth:`_record_document_encoder`). Noted only while the store
+        is empty and has no encoder; forgotten at each :meth:`add` and when the store is emptied."""
+        if self._store.encoder is not None or len(self._store):
             return
+        hashes = {_vector_hash(v) for v in vectors}
+        with self._adopt_lock:
+            for known, seen in self._embedded_by:
+                if known is encoder:
+                    seen.update(hashes)
+                    return
+            self._embedded_by.append((encoder, hashes))
+
+    def _forget_document_encoders(self) -> list[tuple[Any, set[int]]]:
+        """The encoders noted by :meth:`_adopt_document_encoder` since the last call, forgotten."""
+        with self._adopt_lock:
+            noted, self._embedded_by = self._embedded_by, []
+        return noted
+
+    def _record_document_encoder(
+        self, noted: list[tuple[Any, set[int]]], nodes: Sequence[BaseNode], k: int | None
+    ) -> None:
+        """Give an empty store without an encoder the one a :class:`KLEmbedding` embedded ``nodes`` with, before
+        they are added: the store then records that model, as ``KLStore.add`` of texts records its encoder, so
+        that a persisted store names it (``kl-retrievers search FOLDER`` needs no ``--model``,
+        ``is_embedding_query=False`` queries load it).
+
+        Only when that is certain: exactly one encoder embedded texts for this store since the last add
+        (``noted``; two, e.g. a ``SemanticSplitterNodeParser``'s and the pipeline's, record none), every node's
+        embedding is one it gave, and its dimension is ``k`` (the nodes'). Otherwise the store records no
+        encoder, as a store filled with vectors does (a wrong model recorded is worse than none).
+        """
+        if len(noted) != 1 or self._store.encoder is not None or len(self._store):
+            return
+        encoder, seen = noted[0]
         dim = getattr(getattr(encoder, "config", None), "dim", None)
-        if k is not None and dim != k:
+        if k is None or dim != k:
             return  # the embeddings are not this encoder's
+        if not all(n.embedding is not None and _vector_hash(n.embedding) in seen for n in nodes):
+            return  # some nodes were embedded otherwise (before, elsewhere): their model is unknown
         self._store.encoder = encoder
+        self._recorded_encoder = encoder
         logger.debug("KLVectorStore: recording %s, which embedded the nodes, as the store's encoder", type(encoder))
+
+    def _forget_recorded_encoder(self) -> None:
+        """After the store was emptied (or its first add failed): drop the encoder :meth:`_record_document_encoder`
+        gave it (an encoder given by the user stays), and the encoders noted since."""
+        self._forget_document_encoders()
+        recorded, self._recorded_encoder = self._recorded_encoder, None
+        if recorded is not None and not len(self._store) and self._store.encoder is recorded:
+            self._store.encoder = None
 
     def _confidence_encoder(self, encoder: Any | None = None) -> Any:
         if encoder is not None:
@@ -1978,6 +2028,7 @@ class KLVectorStore(BasePydanticVectorStore):
                 not a KL document vector, or a dimension different from the store's.
         """
         nodes = list(nodes)
+        noted = self._forget_document_encoders()  # the encoders that embedded texts for this store, this add's
         if not nodes:
             return []
         missing = [i for i, n in enumerate(nodes) if n.embedding is None]
@@ -2015,8 +2066,6 @@ class KLVectorStore(BasePydanticVectorStore):
                 mean = np.zeros((len(nodes), k))
                 var = np.ones((len(nodes), k))
             mean[missing], var[missing] = g.mean, g.var
-        if not missing:  # every node embedded: by the KLEmbedding that embedded texts for this store, if any
-            self._record_document_encoder(k)
         ids = [n.node_id for n in nodes]
         keep = _last_occurrences(ids, "add: %d repeated node id(s) in one call; the last occurrence wins")
         if not self._warned_reserved:
@@ -2028,6 +2077,8 @@ class KLVectorStore(BasePydanticVectorStore):
         metadatas = [_stored_metadata(nodes[i], self.flat_metadata) for i in keep]
         before = self._store.write_count
         try:
+            if not missing:  # every node embedded: by the KLEmbedding that embedded texts for this store, if any
+                self._record_document_encoder(noted, nodes, k)
             self._store.add(
                 [_node_text(nodes[i]) or "" for i in keep],
                 gaussians=Gaussians(mean[keep], var[keep]),
@@ -2037,6 +2088,7 @@ class KLVectorStore(BasePydanticVectorStore):
         except BaseException:
             with self._non_text_lock:
                 self._non_text = None  # a failed add changes nothing, but do not rely on it
+            self._forget_recorded_encoder()  # an encoder recorded for these nodes, when the store is still empty
             raise
         non_text = [i for i, m in zip(kept_ids, metadatas, strict=True) if m.get("_node_type") in _NON_TEXT_NODE_TYPES]
         self._note_write(before, 1, kept_ids, non_text)
@@ -2092,6 +2144,8 @@ class KLVectorStore(BasePydanticVectorStore):
                 self._non_text = None
             raise
         self._note_write(before, 1 if report.deleted else 0, report.deleted)
+        if not len(self._store):
+            self._forget_recorded_encoder()  # emptied: the next nodes may be another model's
 
     # The async variants run the sync method in a worker thread (LlamaIndex's base class would run it on the
     # event loop, stalling it for the whole encode / search / scan); the KLStore is thread-safe.

@@ -171,8 +171,64 @@ def test_vector_store_index_records_the_klembedding_model(
 
 def test_an_encoder_of_another_dimension_is_not_recorded(encoder: GaussianEncoder) -> None:
     store = kli.KLVectorStore()
-    store._adopt_document_encoder(make_tiny_encoder(dim=4))
     vectors = kli.KLEmbedding(encoder).get_text_embedding_batch(TEXTS[:2])
+    store._adopt_document_encoder(make_tiny_encoder(dim=4), vectors)  # noted as if it gave these vectors
+    store.add([TextNode(text=t, id_=t, embedding=v) for t, v in zip(TEXTS[:2], vectors, strict=True)])
+    assert store.kl_store.encoder is None
+
+
+def test_two_encoders_embedding_for_one_store_record_none(encoder: GaussianEncoder) -> None:
+    from llama_index.core import Document
+    from llama_index.core.ingestion import IngestionPipeline
+    from llama_index.core.node_parser import SemanticSplitterNodeParser
+
+    other = make_tiny_encoder(seed=11)
+    store = kli.KLVectorStore()
+    splitter = SemanticSplitterNodeParser(embed_model=kli.KLEmbedding(other))
+    pipeline = IngestionPipeline(transformations=[splitter, kli.KLEmbedding(encoder)], vector_store=store)
+    pipeline.run(documents=[Document(text="the cat sat on the mat. green tea. the moon and the star. bee.")])
+    assert len(store.kl_store) and store.kl_store.encoder is None  # the splitter's or the pipeline's: unknown
+
+
+def test_clear_forgets_the_recorded_encoder(encoder: GaussianEncoder) -> None:
+    other = make_tiny_encoder(seed=12)
+    store = _index(kli.KLEmbedding(encoder))
+    assert store.kl_store.encoder is encoder
+    store.clear()
+    assert store.kl_store.encoder is None
+    nodes = [TextNode(text=t, id_=t) for t in TEXTS[:2]]
+    VectorStoreIndex(
+        nodes, embed_model=kli.KLEmbedding(other), storage_context=StorageContext.from_defaults(vector_store=store)
+    )
+    assert store.kl_store.encoder is other
+    store.delete_nodes([t for t in TEXTS[:2]])  # emptied by deletes: forgotten too
+    assert store.kl_store.encoder is None
+    given = kli.KLVectorStore(encoder=encoder)  # an encoder the user gave stays
+    given.add([TextNode(text="x", id_="x")])
+    given.clear()
+    assert given.kl_store.encoder is encoder
+
+
+def test_a_failed_build_leaves_no_encoder_for_later_nodes(encoder: GaussianEncoder) -> None:
+    other = make_tiny_encoder(seed=13)
+    store = kli.KLVectorStore()
+    with pytest.raises(Exception, match="serialize"):
+        VectorStoreIndex(
+            [TextNode(text="the cat", metadata={"x": object()})],
+            embed_model=kli.KLEmbedding(encoder),
+            storage_context=StorageContext.from_defaults(vector_store=store),
+        )
+    assert store.kl_store.encoder is None and not len(store.kl_store)
+    embed = kli.KLEmbedding(other)
+    nodes = [TextNode(text=t, id_=t, embedding=embed.get_text_embedding(t)) for t in TEXTS[:2]]
+    VectorStoreIndex(nodes, embed_model=embed, storage_context=StorageContext.from_defaults(vector_store=store))
+    assert len(store.kl_store) == 2 and store.kl_store.encoder is None  # embedded elsewhere: model unknown
+
+
+def test_nodes_embedded_by_another_encoder_are_not_recorded(encoder: GaussianEncoder) -> None:
+    store = kli.KLVectorStore()
+    store._adopt_document_encoder(encoder, kli.KLEmbedding(encoder).get_text_embedding_batch(TEXTS[:2]))
+    vectors = kli.KLEmbedding(make_tiny_encoder(seed=14)).get_text_embedding_batch(TEXTS[:2])
     store.add([TextNode(text=t, id_=t, embedding=v) for t, v in zip(TEXTS[:2], vectors, strict=True)])
     assert store.kl_store.encoder is None
 
@@ -219,6 +275,22 @@ def test_langchain_store_uses_the_klembeddings_batch_size(encoder: GaussianEncod
     assert klc.KLVectorStore(embeddings, batch_size=3).batch_size == 3  # an explicit batch_size wins
 
 
+def test_langchain_loading_keeps_the_klembeddings_given(encoder: GaussianEncoder, tmp_path: Path) -> None:
+    embeddings = klc.KLEmbeddings(encoder, batch_size=5)
+    store = klc.KLVectorStore.from_texts(TEXTS, embeddings)
+    store.save_local(tmp_path / "lc")
+    for loaded in (
+        klc.KLVectorStore.load_local(tmp_path / "lc", embeddings),
+        klc.KLVectorStore.load_local(tmp_path / "lc", embeddings=embeddings),
+        klc.KLVectorStore.deserialize_from_bytes(store.serialize_to_bytes(), embeddings),
+    ):
+        assert loaded.embeddings is embeddings and loaded.batch_size == 5
+        assert (
+            loaded.similarity_search("moon", k=1)[0].page_content
+            == store.similarity_search("moon", k=1)[0].page_content
+        )
+
+
 def test_langchain_store_returns_one_embeddings_object(encoder: GaussianEncoder) -> None:
     store = klc.KLVectorStore(encoder)
     assert store.embeddings is store.embeddings
@@ -251,6 +323,23 @@ def test_langchain_dense_retriever_warns_once_about_reserved_keys(
     warned = [r.getMessage() for r in caplog.records if "which a search writes its scores under" in r.getMessage()]
     assert len(warned) == 1
     assert "'confidence', 'neg_kl'" in warned[0] and "query_uncertainty" in warned[0]
+
+
+def test_langchain_reserved_key_warning_is_once_per_store(
+    encoder: GaussianEncoder, caplog: pytest.LogCaptureFixture
+) -> None:
+    metadatas = [{"neg_kl": "mine"} for _ in TEXTS]
+    retriever = klc.KLRetriever.from_texts(TEXTS, encoder, metadatas=metadatas, k=2)
+    configurable = retriever.configurable_fields(k=ConfigurableField(id="top_k"))
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers.langchain"):
+        for _ in range(3):  # a new retriever per invoke
+            configurable.invoke("cat", config={"configurable": {"top_k": 1}})
+        retriever.invoke("tea")
+        klc.KLRetriever.from_store(retriever.vectorstore).invoke("bee")
+    warned = [r.getMessage() for r in caplog.records if "which a search writes its scores under" in r.getMessage()]
+    assert len(warned) == 1
+    assert "the returned documents' metadata uses the key(s) 'neg_kl'" in warned[0]
+    assert "added document metadata" not in warned[0]
 
 
 def test_langchain_retriever_with_other_keys_does_not_warn(
