@@ -416,9 +416,14 @@ def test_make_and_pip_lines_name_real_targets_and_extras() -> None:
     for doc in ALL_COMMANDS:
         tokens = shlex.split(doc.command)
         if kind(doc.command) == "make":
-            assert len(tokens) == 2 and re.search(rf"^{re.escape(tokens[1])}:", makefile, re.M), (
+            targets = [t for t in tokens[1:] if "=" not in t]  # make VAR=value target: the variable is no target
+            assert len(targets) == 1 and re.search(rf"^{re.escape(targets[0])}:", makefile, re.M), (
                 f"{doc.where}: `{doc.command}`: no such Makefile target"
             )
+            for assignment in (t for t in tokens[1:] if "=" in t):  # a variable the Makefile reads
+                assert re.search(rf"\$\({re.escape(assignment.split('=')[0])}\)", makefile), (
+                    f"{doc.where}: `{doc.command}`: the Makefile reads no {assignment.split('=')[0]}"
+                )
         elif kind(doc.command) == "pip":
             if tokens[:3] == ["pip", "install", "torch"]:  # a CPU-only torch, the one other package named
                 assert tokens[3:] == ["--index-url", "https://download.pytorch.org/whl/cpu"], f"{doc.where}"
