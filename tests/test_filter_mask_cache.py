@@ -7,6 +7,7 @@ key; callables and filters holding dates (no key) are compiled and called every 
 from __future__ import annotations
 
 import datetime
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -133,17 +134,6 @@ def test_a_delete_by_filter_judges_afresh(calls: list[int]) -> None:
     calls[0] = 0
     assert len(store.delete(filter={"tenant": "t1"}).deleted) == len(range(1, N, 3)) - 2
     assert calls[0] == N - 2
-
-
-def test_judge_answers_live_rows_from_a_cached_mask() -> None:
-    t = _table()
-    keyed = KeyedFilter(lambda m: m["n"] % 2 == 1, "odd")
-    t.allowed(keyed)
-    keyed.predicate = lambda m: pytest.fail("called")  # type: ignore[assignment]  # the cached mask answers
-    assert t.judge(keyed, [3, 0, 1]) == [True, False, True]
-    t.alive[1] = False  # row 1 dead (behind the version's back): the mask no longer speaks for it
-    keyed.predicate = lambda m: m["n"] % 2 == 1  # type: ignore[assignment]
-    assert t.judge(keyed, [1, 2]) == [True, False]
 
 
 def test_the_cache_keeps_the_most_recent_filters(calls: list[int]) -> None:
@@ -335,3 +325,46 @@ def test_concurrent_filtered_searches_match_serial_ones() -> None:
         results = list(pool.map(run, range(12 * len(specs))))
     for j, got in results:
         assert got == serial[j]
+
+
+def test_searches_with_a_repeated_filter_stay_right_while_a_writer_upserts_and_compacts() -> None:
+    n, rounds = 200, 150
+    store = KLStore()
+    store.add(gaussians=_gaussians(n, 0), ids=[f"d{i}" for i in range(n)], metadatas=[{"g": i % 2} for i in range(n)])
+    wrong: list[tuple[str, Any]] = []
+    searches = [0]
+    done = threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            for hits in store.search_batch(QUERY, k=n, filter={"g": 1}):
+                wrong.extend((h.id, h.metadata) for h in hits if h.metadata.get("g") != 1)
+            searches[0] += 1
+
+    def writer() -> None:
+        rng = np.random.default_rng(1)
+        try:
+            for it in range(rounds):
+                i = int(rng.integers(n))  # an upsert: the same id, new Gaussian, perhaps another group
+                store.add(gaussians=_gaussians(1, 1000 + it), ids=[f"d{i}"], metadatas=[{"g": int(rng.integers(2))}])
+                if it % 25 == 0:
+                    store.compact()
+        finally:
+            done.set()
+
+    threads = [threading.Thread(target=reader) for _ in range(2)] + [threading.Thread(target=writer)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert searches[0] > 0 and not wrong, wrong[:3]
+    # at the end: the cached filter agrees with a serial brute force over the final documents
+    chosen = [doc.id for doc in store.get_by_ids(store.ids) if doc.metadata["g"] == 1]
+    brute = KLStore(index_type="flat")
+    brute.add(gaussians=store.get_gaussians(chosen), ids=chosen)
+    expected = _ranked(brute, None)
+    for _ in range(2):  # the first search fills the cache, the second reads it
+        got = _ranked(store, {"g": 1})
+        assert [[i for i, _ in hits] for hits in got] == [[i for i, _ in hits] for hits in expected]
+        assert np.allclose([[s for _, s in hits] for hits in got], [[s for _, s in hits] for hits in expected])

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import kl_retrievers.store.faiss as faiss_module
 from conftest import random_gaussians
 from kl_retrievers import DeleteReport, Gaussians, KLStore, SearchResult, StoredDocument
 from kl_retrievers.store import GaussianStore, MilvusKLStore
@@ -102,6 +103,52 @@ def test_encoders_and_none_are_still_taken(tiny_encoder: Any) -> None:
         name_or_path = "some-model"
 
     assert KLStore(Named()).encoder.name_or_path == "some-model"
+
+
+@pytest.mark.parametrize("part", ["backbone", "tokenizer"])
+def test_a_hugging_face_model_or_tokenizer_is_refused_pointing_at_the_gaussian_encoder(
+    tiny_encoder: Any, part: str
+) -> None:
+    bad = getattr(tiny_encoder, part)  # a BertModel / BertTokenizer: it has a name_or_path, and no encode method
+    assert hasattr(bad, "name_or_path")
+    for call in (lambda: KLStore(bad), lambda: KLStore(encoder=bad), lambda: MilvusKLStore(bad)):
+        with pytest.raises(
+            TypeError, match=rf"got {type(bad).__name__} .*Hugging Face.*load_model.*GaussianEncoder\.from_backbone"
+        ):
+            call()
+
+
+def test_a_named_stand_in_is_taken_unless_it_looks_like_a_transformers_object() -> None:
+    class Named:  # the name a save records, and nothing else
+        name_or_path = "some-model"
+
+    class Saver(Named):  # a transformers-like object: it saves or loads weights, it encodes no text
+        def save_pretrained(self, folder: str) -> None:  # pragma: no cover - never called
+            raise AssertionError
+
+    class Loader(Named):
+        @classmethod
+        def from_pretrained(cls, name: str) -> Loader:  # pragma: no cover - never called
+            raise AssertionError
+
+    class SavingEncoder(Saver, _QueriesOnly):  # a Gaussian encoder that also saves: taken
+        pass
+
+    assert KLStore(Named()).encoder.name_or_path == "some-model"
+    assert isinstance(KLStore(SavingEncoder()).encoder, SavingEncoder)
+    for bad in (Saver(), Loader()):
+        with pytest.raises(TypeError, match=rf"got {type(bad).__name__} .*Hugging Face"):
+            KLStore(bad)
+
+
+def test_a_llama_index_kl_embedding_is_pointed_at_its_encoder(tiny_encoder: Any) -> None:
+    pytest.importorskip("llama_index.core")
+    from kl_retrievers.llama_index import KLEmbedding
+
+    embedding = KLEmbedding(tiny_encoder)
+    with pytest.raises(TypeError, match=r"got KLEmbedding .*pass kl_embedding\.encoder"):
+        KLStore(embedding)
+    assert KLStore(embedding.encoder).encoder is tiny_encoder
 
 
 # ------------------------------------------------------------------ copies
@@ -197,6 +244,47 @@ def test_an_option_given_twice_or_too_many_positional_arguments_are_refused(tmp_
         KLStore.load(folder, None, False, mmap=True)
     with pytest.raises(TypeError, match="at most 4 positional arguments"):
         KLStore.load(folder, None, False, True, True)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("positional", "keywords", "option"),
+    [
+        ((True,), {"mmap": False}, "mmap"),  # the keyword repeating the default still clashes
+        ((False,), {"mmap": False}, "mmap"),
+        ((False, False), {"verify_checksums": True}, "verify_checksums"),
+        ((True, True), {"mmap": True, "verify_checksums": True}, "mmap"),
+    ],
+)
+def test_an_option_given_by_position_and_by_keyword_is_refused_whatever_the_keyword_says(
+    tmp_path: Path, positional: tuple[bool, ...], keywords: dict[str, bool], option: str
+) -> None:
+    folder = _filled_store().save(tmp_path / "s")
+    with pytest.raises(TypeError, match=f"multiple values for argument {option!r}"):
+        KLStore.load(folder, None, *positional, **keywords)
+
+
+def test_load_shows_its_plain_defaults_and_takes_them_when_nothing_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = inspect.signature(KLStore.load).parameters
+    assert repr(params["mmap"].default) == "False" and repr(params["verify_checksums"].default) == "True"
+    assert "mmap: 'bool' = False" in str(inspect.signature(KLStore.load))
+    folder = _filled_store().save(tmp_path / "s")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not isinstance(KLStore.load(folder)._table.mean, np.memmap)
+        assert isinstance(KLStore.load(folder, None, mmap=True)._table.mean, np.memmap)
+    seen: list[Any] = []
+    real = faiss_module._format.check_files
+
+    def recording(folder: Path, files: dict[str, Any], verify_checksums: Any) -> None:
+        seen.append(verify_checksums)
+        real(folder, files, verify_checksums)
+
+    monkeypatch.setattr(faiss_module._format, "check_files", recording)
+    KLStore.load(folder)
+    KLStore.load(folder, verify_checksums=False)
+    assert seen == [True, False]  # not given: the default itself, not its stand-in
 
 
 # ------------------------------------------------------------------ repr and help

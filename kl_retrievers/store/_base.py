@@ -705,19 +705,27 @@ def _one_query(query: str | Gaussians) -> list[str] | Gaussians:
 
 #: What a store reads from its encoder (duck-typed, see :class:`Encoder`): the methods that encode text, and the
 #: name a save records. An object with none of them can serve a store for nothing (:func:`_refuse_model_name`);
-#: one is enough: an encoder of queries alone serves a store whose documents are added as Gaussians.
+#: one is enough: an encoder of queries alone serves a store whose documents are added as Gaussians, and an
+#: object with ``name_or_path`` alone names the model of a store whose Gaussians are computed elsewhere.
 _ENCODER_ATTRIBUTES = ("encode_queries", "encode_documents", "name_or_path")
+
+#: What a Hugging Face ``transformers`` model or tokenizer has (beside its ``name_or_path``): such an object without
+#: an encode method is a backbone or tokenizer passed for the Gaussian encoder built on it, not a named stand-in.
+_PRETRAINED_ATTRIBUTES = ("from_pretrained", "save_pretrained")
 
 
 def _refuse_model_name(encoder: Any, call: str) -> None:
     """Refuse, as ``encoder``, a model name or folder (a str, bytes or a path) or anything that is not an encoder.
 
-    A model name or folder is refused naming the call that loads it. Anything else that is neither ``None``
-    nor an object with ``encode_queries``, ``encode_documents`` or at least ``name_or_path`` (what a store
-    reads from an encoder: :data:`_ENCODER_ATTRIBUTES`) is refused naming its value: a dimension
-    (``KLStore(384)``, as FAISS's ``IndexFlatIP(384)``) is pointed at ``dim=``, a LangChain ``Embeddings``
-    at its wrapper. Either would otherwise fail only at the first add or text search (an ``AttributeError``);
-    the framework adapters refuse a model name with the same words.
+    A model name or folder is refused naming the call that loads it. Taken are ``None``, an object with
+    ``encode_queries`` or ``encode_documents``, and an object with only ``name_or_path`` (what a store reads from
+    an encoder: :data:`_ENCODER_ATTRIBUTES`; a named stand-in for a store whose Gaussians come from elsewhere)
+    unless it looks like a Hugging Face model or tokenizer (:data:`_PRETRAINED_ATTRIBUTES`). Anything else is
+    refused naming its value, with a hint where one is known: a dimension (``KLStore(384)``, as FAISS's
+    ``IndexFlatIP(384)``) is pointed at ``dim=``, a LangChain ``Embeddings`` at its wrapper, a LlamaIndex
+    ``KLEmbedding`` at its ``encoder``, a ``transformers`` model or tokenizer at ``load_model`` and
+    ``GaussianEncoder.from_backbone``. Each would otherwise fail only at the first add or text search (an
+    ``AttributeError``); the framework adapters refuse a model name with the same words.
 
     Args:
         encoder: What was given.
@@ -741,18 +749,33 @@ def _refuse_model_name(encoder: Any, call: str) -> None:
             f"got the model name or folder {name!r} where an encoder is expected: load it with "
             f"kl_retrievers.load_model({name!r}) and pass that as encoder, e.g. " + call.format(f"load_model({name!r})")
         )
-    if encoder is None or any(hasattr(encoder, name) for name in _ENCODER_ATTRIBUTES):
+    if encoder is None or hasattr(encoder, "encode_queries") or hasattr(encoder, "encode_documents"):
         return
+    pretrained = any(hasattr(encoder, name) for name in _PRETRAINED_ATTRIBUTES)
+    if hasattr(encoder, "name_or_path") and not pretrained:
+        return  # a named stand-in: what a save records, for Gaussians added as such
     hint = ""
     constructor = call.endswith("(encoder={})") and ".load(" not in call
     if constructor and isinstance(encoder, (int, np.integer)) and not isinstance(encoder, bool):
         hint = f": to set the Gaussian dimension, pass {call[: -len('(encoder={})')]}(dim={int(encoder)})"
     elif callable(getattr(encoder, "embed_documents", None)):
         hint = ": a LangChain Embeddings is wrapped by kl_retrievers.langchain.EmbeddingsGaussianEncoder(embeddings)"
+    elif callable(getattr(encoder, "get_text_embedding", None)):
+        inner = getattr(encoder, "encoder", None)
+        if hasattr(inner, "encode_queries") or hasattr(inner, "encode_documents"):
+            hint = ": a LlamaIndex KLEmbedding wraps its Gaussian encoder: pass kl_embedding.encoder"
+        else:
+            hint = ": a LlamaIndex embedding model gives vectors, not Gaussians (pass kl_retrievers.load_model(...))"
+    elif pretrained:
+        hint = (
+            ": a Hugging Face model or tokenizer is not a Gaussian encoder; load one with kl_retrievers.load_model("
+            "name), or start one on this backbone with kl_retrievers.GaussianEncoder.from_backbone(name_or_path)"
+        )
+    shown = " ".join(repr(encoder).split())  # a torch module's repr spans many lines
     raise TypeError(
         "encoder must be a Gaussian encoder (an object with encode_queries / encode_documents, such as "
         "kl_retrievers.load_model(...) returns: " + call.format("load_model(...)") + ") or None; got "
-        f"{type(encoder).__name__} {encoder!r:.80}{hint}"
+        f"{type(encoder).__name__} {shown:.80}{hint}"
     )
 
 

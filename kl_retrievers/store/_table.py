@@ -424,15 +424,9 @@ class DocumentTable:
     def judge(self, predicate: Callable[[Mapping[str, Any]], bool], rows: list[int]) -> list[bool]:
         """``predicate``'s answer for each row of ``rows`` (a callable filter gets each row's read-only view).
 
-        A :class:`KeyedFilter` whose mask :meth:`allowed` cached answers live rows from it, without a call.
+        Always a fresh call per row: callers pass a :class:`KeyedFilter`'s ``predicate`` (only :meth:`allowed`
+        reads and keeps cached masks; a delete judges the rows it removes afresh).
         """
-        if isinstance(predicate, KeyedFilter):
-            hit = self._cached_mask(self.version, predicate.key)
-            if hit is not None:
-                picked = np.asarray(rows, dtype=np.int64)
-                if self.alive[picked].all():  # the mask holds the predicate's answers for live rows only
-                    return hit[0][picked].tolist()  # type: ignore[no-any-return]
-            predicate = predicate.predicate
         if isinstance(predicate, _ReadOnlyCall):  # a callable filter: each row's nestedness is known
             return predicate.rows(self.metas, self.nested, rows)
         metas = self.metas

@@ -219,24 +219,43 @@ def _encoder_record(encoder: Any) -> tuple[dict[str, Any], list[str]]:
 _LOAD_OPTIONS = ("mmap", "verify_checksums")
 
 
-def _positional_load_options(
-    name: str, positional: tuple[Any, ...], mmap: bool, verify_checksums: bool
-) -> tuple[bool, bool]:
-    """``(mmap, verify_checksums)`` of a :meth:`KLStore.load` call that gave them by position (deprecated).
+class _Default:
+    """A load option's default when no keyword gave it, so that a positional value beside *any* keyword is refused.
 
-    Warns (``DeprecationWarning``, naming each keyword) and takes them, as the signature before they became
-    keyword-only did.
+    Its repr is the default's, so ``help(KLStore.load)`` shows ``mmap: bool = False``.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bool) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+_MMAP_DEFAULT: Any = _Default(False)
+_VERIFY_DEFAULT: Any = _Default(True)
+
+
+def _load_options(name: str, positional: tuple[Any, ...], mmap: Any, verify_checksums: Any) -> tuple[bool, bool]:
+    """``(mmap, verify_checksums)`` of a :meth:`KLStore.load` call, some perhaps given by position (deprecated).
+
+    Options given by position warn (``DeprecationWarning``, naming each keyword) and are taken, as the signature
+    before they became keyword-only did; options not given at all take their defaults.
 
     Raises:
-        TypeError: More than :data:`_LOAD_OPTIONS` given by position, or one given by position and (with another
-            value than its default) by keyword.
+        TypeError: More than :data:`_LOAD_OPTIONS` given by position, or one given both by position and by
+            keyword (whatever the keyword's value, as Python's own "multiple values" error).
 
     Examples:
         >>> import warnings
         >>> with warnings.catch_warnings():
         ...     warnings.simplefilter("ignore")
-        ...     _positional_load_options("KLStore", (True,), False, True)
+        ...     _load_options("KLStore", (True,), _MMAP_DEFAULT, _VERIFY_DEFAULT)
         (True, True)
+        >>> _load_options("KLStore", (), _MMAP_DEFAULT, False)
+        (False, False)
     """
     if len(positional) > len(_LOAD_OPTIONS):
         raise TypeError(
@@ -244,20 +263,21 @@ def _positional_load_options(
             f"verify_checksums); got {2 + len(positional)}"
         )
     given = {"mmap": mmap, "verify_checksums": verify_checksums}
-    defaults = {"mmap": False, "verify_checksums": True}
     for option, value in zip(_LOAD_OPTIONS, positional, strict=False):
-        if given[option] != defaults[option]:
+        if not isinstance(given[option], _Default):
             raise TypeError(f"{name}.load() got multiple values for argument {option!r} (by position and by keyword)")
         given[option] = value
-    keywords = ", ".join(f"{option}={value!r}" for option, value in zip(_LOAD_OPTIONS, positional, strict=False))
-    warnings.warn(
-        f"{name}.load(path, encoder, {', '.join(repr(v) for v in positional)}): passing "
-        f"{' and '.join(_LOAD_OPTIONS[: len(positional)])} by position is deprecated (keyword-only from the next "
-        f"release, as in KLHybridStore.load); pass {name}.load(path, encoder, {keywords})",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    return given["mmap"], given["verify_checksums"]
+    if positional:
+        keywords = ", ".join(f"{option}={value!r}" for option, value in zip(_LOAD_OPTIONS, positional, strict=False))
+        warnings.warn(
+            f"{name}.load(path, encoder, {', '.join(repr(v) for v in positional)}): passing "
+            f"{' and '.join(_LOAD_OPTIONS[: len(positional)])} by position is deprecated (keyword-only from the next "
+            f"release, as in KLHybridStore.load); pass {name}.load(path, encoder, {keywords})",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+    resolved = {option: value.value if isinstance(value, _Default) else value for option, value in given.items()}
+    return resolved["mmap"], resolved["verify_checksums"]
 
 
 class _TopIds(NamedTuple):
@@ -1164,8 +1184,8 @@ class KLStore(GaussianStore):
         path: str | os.PathLike[str],
         encoder: Any | None = None,
         *positional: bool,
-        mmap: bool = False,
-        verify_checksums: bool = True,
+        mmap: bool = _MMAP_DEFAULT,
+        verify_checksums: bool = _VERIFY_DEFAULT,
     ) -> KLStore:
         """Load a store written by :meth:`save`.
 
@@ -1206,8 +1226,7 @@ class KLStore(GaussianStore):
         Examples:
             >>> KLStore.load("/nonexistent")  # doctest: +SKIP
         """
-        if positional:
-            mmap, verify_checksums = _positional_load_options(cls.__name__, positional, mmap, verify_checksums)
+        mmap, verify_checksums = _load_options(cls.__name__, positional, mmap, verify_checksums)
         _refuse_model_name(encoder, f"{cls.__name__}.load(path, encoder={{}})")  # before any file is read
         folder = Path(path)
         return load_unchanged(folder, lambda: cls._load_once(folder, encoder, mmap, verify_checksums))
