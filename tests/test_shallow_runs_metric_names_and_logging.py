@@ -1,4 +1,4 @@
-"""Second review of the public API review (part A): what its fixes left.
+"""Shallow-run warnings, metric names, the CLI's logging across threads and Milvus' close (a second review round).
 
 Each test fails on the code before its fix: ``MilvusKLStore.close()`` (and so leaving a ``with`` block) closed
 a client the caller passed as ``client=``, and a closed store failed with pymilvus' "should create connection

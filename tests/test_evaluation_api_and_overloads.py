@@ -1,4 +1,4 @@
-"""Findings of a review of the public API as a sentence-transformers / ir-measures user meets it.
+"""A review of the public API as a sentence-transformers / ir-measures user meets it (evaluation, typing, logging).
 
 Each test fails on the code before its fix: ``evaluate_model(k=1)`` reporting recall@100 read from a depth-1
 run without a word (the CLI's ``--depth`` warns), ``EvaluationResult``'s repr printing every query's metrics,
@@ -99,7 +99,7 @@ def test_cli_evaluate_warns_about_its_depth_once(
     make_tiny_encoder().save_pretrained(model)
     root = _beir(tmp_path / "beir")
     caplog.set_level(logging.WARNING)
-    # below the 4 documents of the corpus: a depth reaching them all does not warn (test_public_api_review_round2)
+    # below the 4 documents of the corpus: a depth reaching them all does not warn (see the shallow-runs tests)
     argv = ["evaluate", str(root), "--model", str(model), "--json", "--quiet", "--no-cache", "--depth", "3"]
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["depth"] == 3
