@@ -325,7 +325,7 @@ def test_bad_evaluation_flags_exit_2_before_loading(
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        (["--eval-metric", "ndcg@5"], "--eval-metric: invalid choice: 'ndcg@5' (choose from"),
+        (["--eval-metric", "ndcg@5"], "--eval-metric: unknown metric 'ndcg@5'; choose from"),
         (["--eval-every", "-1"], "--eval-every: must be >= 0; got -1"),
     ],
 )

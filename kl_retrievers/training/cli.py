@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from kl_retrievers._config import is_saved_encoder
-from kl_retrievers._encoding import query_prefix_of
 from kl_retrievers._io import check_replace_target, finite_json, is_within, some_names
 from kl_retrievers.cli_common import (
     _int_at_least,
@@ -88,6 +87,26 @@ class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "(default" in text or action.default is None or isinstance(action.default, bool):
             return action.help
         return super()._get_help_string(action)
+
+
+#: The metrics ``--eval-metric`` names in its help (``kl_retrievers.evaluation.METRICS``, spelled out so that
+#: building the parser imports no numpy; a test keeps the two equal).
+_EVAL_METRICS = ("ndcg@10", "mrr@10", "recall@100", "map@100")
+
+
+def _eval_metric(text: str) -> str:
+    """An argparse ``type``: a reported metric name (any case, or ir_measures' spelling), as reported.
+
+    Examples:
+        >>> _eval_metric("nDCG@10")
+        'ndcg@10'
+    """
+    from kl_retrievers.evaluation import _metric_names
+
+    try:
+        return _metric_names(text)[0]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -213,9 +232,6 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
         help="no progress bars, and no INFO lines of the training (evaluation at step S, mining counts, "
         "checkpoints); a -v before train still shows every INFO line",
     )
-    # the parser of `kl-retrievers` imports kl_retrievers.evaluation already (the evaluate command): no torch
-    from kl_retrievers.evaluation import METRICS
-
     e = p.add_argument_group("evaluation during training")
     e.add_argument(
         "--eval-data",
@@ -233,7 +249,14 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
         metavar="N",
         help="evaluate every N optimiser steps and at the end (default: 0, only at the end)",
     )
-    e.add_argument("--eval-metric", choices=sorted(METRICS), default=None, help="metric reported (default: ndcg@10)")
+    e.add_argument(
+        "--eval-metric",
+        type=_eval_metric,
+        default=None,
+        metavar="METRIC",
+        help=f"metric reported: {', '.join(_EVAL_METRICS)} (any case; ir_measures' nDCG@10, RR@10, R@100 and AP@100 "
+        "name them too; default: ndcg@10)",
+    )
     p.set_defaults(func=run_train)
     p._negative_number_matcher = _NEGATIVE_NUMBER
     return p
@@ -929,6 +952,8 @@ def _run_train(args: argparse.Namespace) -> int:
         if args.freeze_layers:  # refused before features, mining and teacher scores, not after them
             check_freeze_layers(encoder, args.freeze_layers)
         # the text put before every query at inference (encode_queries): training sees the same query text
+        from kl_retrievers._encoding import query_prefix_of  # numpy: not imported to build the parser
+
         query_prefix = query_prefix_of(encoder.config)
         qf = df = None
         if heads_only:
