@@ -296,6 +296,44 @@ def heads_cached_train_argv(w: TrainWorld, out: Path, *extra: str) -> list[str]:
 
 
 #: Four short texts (ids :data:`IDENTITY_IDS`) the model-identity tests index.
+#: A four-document BEIR collection with three queries (``write_tiny_beir``).
+TINY_BEIR_CORPUS: list[dict[str, Any]] = [
+    {"_id": "d1", "title": "", "text": "the cat sat on the mat"},
+    {"_id": "d2", "title": "", "text": "green tea and bread"},
+    {"_id": "d3", "title": "", "text": "a dog and a cat"},
+    {"_id": "d4", "title": "", "text": "the sun and the moon"},
+]
+TINY_BEIR_QUERIES = [{"_id": "1", "text": "cat mat"}, {"_id": "2", "text": "green tea"}, {"_id": "3", "text": "moon"}]
+
+
+def write_tiny_beir(
+    root: Path,
+    qrels: str = "1\td1\t1\n2\td2\t1\n3\td4\t1\n",
+    corpus: list[dict[str, Any]] = TINY_BEIR_CORPUS,
+    split: str = "test",
+) -> Path:
+    """``root`` as a BEIR folder of ``corpus``, the three tiny queries and ``qrels`` (lines without the header)."""
+    (root / "qrels").mkdir(parents=True, exist_ok=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus), encoding="utf-8")
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in TINY_BEIR_QUERIES), encoding="utf-8")
+    (root / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + qrels, encoding="utf-8")
+    return root
+
+
+def milvus_lite_locked(path: str) -> bool:
+    """Whether a Milvus Lite file at ``path`` is held (its ``LOCK`` taken by a running server)."""
+    import fcntl
+
+    fd = os.open(os.path.join(path, "LOCK"), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing the descriptor releases a lock taken through it
+    return False
+
+
 IDENTITY_TEXTS = ["bees dance to share food", "yeast makes bread rise", "tea is a drink", "milvus stores vectors"]
 IDENTITY_IDS = ["a", "b", "c", "d"]
 #: What a store's warning about other model weights says (``store._format.warn_if_other_weights``).

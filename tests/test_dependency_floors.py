@@ -262,7 +262,9 @@ def test_a_date_filter_matches_stored_z_datetimes_without_python_311s_parser() -
 # Finding: without torch, the training names raised a bare "No module named 'torch'".
 
 
-def test_training_names_without_torch_name_the_extra(tmp_path: Path) -> None:
+def _run_training_without_torch(tmp_path: Path, body: str) -> str:
+    """Stdout of ``body`` run in a fresh interpreter where torch and transformers cannot be imported, with this
+    checkout's ``kl_retrievers.training`` imported as ``training``."""
     code = textwrap.dedent(
         f"""
         import sys
@@ -271,17 +273,25 @@ def test_training_names_without_torch_name_the_extra(tmp_path: Path) -> None:
         sys.modules["transformers"] = None
         import kl_retrievers.training as training
         assert training.__file__.startswith({str(REPO)!r}), training.__file__
+        """
+    ) + textwrap.dedent(body)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=True
+    ).stdout
+
+
+def test_training_names_without_torch_name_the_extra(tmp_path: Path) -> None:
+    out = _run_training_without_torch(
+        tmp_path,
+        """
         print(training.TrainExample.__name__)  # torch-free names still import
         try:
             from kl_retrievers.training import TrainConfig
         except ModuleNotFoundError as exc:
             print("name:", exc.name)
             print("message:", exc)
-        """
+        """,
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=True
-    ).stdout
     assert "TrainExample" in out
     assert "name: torch" in out
     assert 'pip install "kl-retrievers[train]"' in out, out
@@ -572,14 +582,9 @@ def test_an_onnxruntime_failing_on_numpy_says_so(failing_import: Any) -> None:
 
 
 def test_training_submodules_without_torch_name_the_extra(tmp_path: Path) -> None:
-    code = textwrap.dedent(
-        f"""
-        import sys
-        sys.path.insert(0, {str(REPO)!r})
-        sys.modules["torch"] = None  # as if torch were not installed
-        sys.modules["transformers"] = None
-        import kl_retrievers.training as training
-        assert training.__file__.startswith({str(REPO)!r}), training.__file__
+    out = _run_training_without_torch(
+        tmp_path,
+        """
         for read in (lambda: training.trainer, lambda: training.losses, lambda: training.train_encoder):
             try:
                 read()
@@ -589,11 +594,8 @@ def test_training_submodules_without_torch_name_the_extra(tmp_path: Path) -> Non
             from kl_retrievers.training import features
         except ModuleNotFoundError as exc:
             print("name:", exc.name, "cause:", type(exc.__cause__).__name__, "message:", exc)
-        """
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=True
-    ).stdout.splitlines()
+        """,
+    ).splitlines()
     assert len(out) == 4, out
     for line, what in zip(out, ("trainer", "losses", "train_encoder", "features"), strict=True):
         assert line.startswith("name: torch cause: ModuleNotFoundError message:"), line

@@ -18,27 +18,13 @@ from typing import Any
 
 import pytest
 
-from conftest import make_tiny_encoder
+from conftest import TINY_BEIR_CORPUS, make_tiny_encoder, write_tiny_beir
 from kl_retrievers.cli import main
 from kl_retrievers.datasets import DatasetError, load_beir
 from kl_retrievers.evaluation import load_per_query, paired_test, save_per_query
 
-CORPUS = [
-    {"_id": "d1", "title": "", "text": "the cat sat on the mat"},
-    {"_id": "d2", "title": "", "text": "green tea and bread"},
-    {"_id": "d3", "title": "", "text": "a dog and a cat"},
-    {"_id": "d4", "title": "", "text": "the sun and the moon"},
-]
-QUERIES = [{"_id": "1", "text": "cat mat"}, {"_id": "2", "text": "green tea"}, {"_id": "3", "text": "moon"}]
-QRELS = "1\td1\t1\n2\td2\t1\n3\td4\t1\n"
-
-
-def _beir(root: Path, qrels: str = QRELS, corpus: list[dict[str, Any]] = CORPUS, split: str = "test") -> Path:
-    (root / "qrels").mkdir(parents=True, exist_ok=True)
-    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus), encoding="utf-8")
-    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in QUERIES), encoding="utf-8")
-    (root / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + qrels, encoding="utf-8")
-    return root
+CORPUS = TINY_BEIR_CORPUS
+_beir = write_tiny_beir  # (root, qrels lines, corpus, split)
 
 
 def _strict_json(text: str) -> Any:

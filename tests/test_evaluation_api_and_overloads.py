@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import sys
 import typing
 import warnings
@@ -23,7 +22,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from conftest import make_tiny_encoder
+from conftest import make_tiny_encoder, milvus_lite_locked, write_tiny_beir
 from kl_retrievers.cli import main
 from kl_retrievers.datasets import BeirDataset, load_beir
 from kl_retrievers.encoder import GaussianEncoder
@@ -41,22 +40,12 @@ else:  # pragma: no cover - Python 3.10: no static check at run time either way
         return value
 
 
-CORPUS = [
-    {"_id": "d1", "title": "", "text": "the cat sat on the mat"},
-    {"_id": "d2", "title": "", "text": "green tea and bread"},
-    {"_id": "d3", "title": "", "text": "a dog and a cat"},
-    {"_id": "d4", "title": "", "text": "the sun and the moon"},
-]
-QUERIES = [{"_id": "1", "text": "cat mat"}, {"_id": "2", "text": "green tea"}, {"_id": "3", "text": "moon"}]
-QRELS = "query-id\tcorpus-id\tscore\n1\td1\t1\n1\td3\t1\n2\td2\t1\n3\td4\t1\n"
+#: The tiny collection's judgements (``write_tiny_beir``): query 1 has two relevant documents.
+QRELS = "1\td1\t1\n1\td3\t1\n2\td2\t1\n3\td4\t1\n"
 
 
 def _beir(root: Path) -> Path:
-    (root / "qrels").mkdir(parents=True)
-    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in CORPUS), encoding="utf-8")
-    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in QUERIES), encoding="utf-8")
-    (root / "qrels" / "test.tsv").write_text(QRELS, encoding="utf-8")
-    return root
+    return write_tiny_beir(root, QRELS)
 
 
 @pytest.fixture
@@ -166,19 +155,6 @@ def test_evaluate_model_takes_a_bare_metric_name_and_checks_it_before_encoding(d
 # ---------------------------------------------------------------- 4. MilvusKLStore as a context manager
 
 
-def _locked(path: str) -> bool:
-    import fcntl
-
-    fd = os.open(os.path.join(path, "LOCK"), os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def test_milvus_store_closes_on_leaving_a_with_block_and_a_second_close_does_nothing(tmp_path: Path) -> None:
     pytest.importorskip("milvus_lite")
     from kl_retrievers.milvus import MilvusKLStore
@@ -186,21 +162,21 @@ def test_milvus_store_closes_on_leaving_a_with_block_and_a_second_close_does_not
     path = str(tmp_path / "kl.db")
     with MilvusKLStore(uri=path, collection_name="c", index_type="flat", dim=4) as store:
         assert isinstance(store, MilvusKLStore) and len(store) == 0
-        assert _locked(path)
-    assert not _locked(path)  # closed: another process may open the file now
+        assert milvus_lite_locked(path)
+    assert not milvus_lite_locked(path)  # closed: another process may open the file now
     store.close()  # closing twice does nothing
     # an exception inside the block propagates, and the store is closed all the same
     with pytest.raises(KeyError, match="raised inside"), MilvusKLStore(uri=path, collection_name="c") as again:
         assert again.dim == 4
         raise KeyError("raised inside")
-    assert not _locked(path)
+    assert not milvus_lite_locked(path)
     first = MilvusKLStore(uri=path, collection_name="c")
     second = MilvusKLStore(uri=path, collection_name="c")  # the same file, served once in this process
     first.close()
     first.close()  # a second close does not count as the second store's
-    assert _locked(path) and len(second) == 0
+    assert milvus_lite_locked(path) and len(second) == 0
     second.close()
-    assert not _locked(path)
+    assert not milvus_lite_locked(path)
 
 
 # ---------------------------------------------------------------- 5. load_model's type follows its backend

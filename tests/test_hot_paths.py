@@ -196,10 +196,10 @@ def test_bge_small_encodes_queries_one_at_a_time_by_default(monkeypatch: pytest.
 
 
 # ------------------------------------------------------------------ 2. no tqdm without a bar
-def test_progress_bar_builds_no_tqdm_when_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def tqdm_built(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ``total`` of every tqdm bar built from now on (each built disabled, so nothing is drawn)."""
     import tqdm
-
-    from kl_retrievers._encoding import progress_bar
 
     built: list[int] = []
 
@@ -209,6 +209,13 @@ def test_progress_bar_builds_no_tqdm_when_hidden(monkeypatch: pytest.MonkeyPatch
             super().__init__(*args, **{**kw, "disable": True})
 
     monkeypatch.setattr(tqdm, "tqdm", Counting)
+    return built
+
+
+def test_progress_bar_builds_no_tqdm_when_hidden(tqdm_built: list[int]) -> None:
+    from kl_retrievers._encoding import progress_bar
+
+    built = tqdm_built
     with progress_bar(3, desc="Encoding queries", show=False) as bar:
         for _ in range(3):
             bar.update(1)
@@ -220,19 +227,10 @@ def test_progress_bar_builds_no_tqdm_when_hidden(monkeypatch: pytest.MonkeyPatch
 
 @pytest.mark.parametrize("backend", ["torch", "int8", "float32"])
 def test_encoding_without_a_bar_builds_no_tqdm(
-    backend: str, graphs: dict[str, OnnxGaussianEncoder], monkeypatch: pytest.MonkeyPatch
+    backend: str, graphs: dict[str, OnnxGaussianEncoder], tqdm_built: list[int]
 ) -> None:
     """Both backends' batch loops go through ``progress_bar``: a hidden bar builds no tqdm, a shown one builds one."""
-    import tqdm
-
-    built: list[int] = []
-
-    class Counting(tqdm.tqdm):  # type: ignore[type-arg]
-        def __init__(self, *args: Any, **kw: Any) -> None:
-            built.append(kw.get("total", -1))
-            super().__init__(*args, **{**kw, "disable": True})
-
-    monkeypatch.setattr(tqdm, "tqdm", Counting)
+    built = tqdm_built
     encoder: Any = make_tiny_encoder() if backend == "torch" else graphs[backend]
     texts = _queries(5)
     hidden = encoder.encode_documents(texts, batch_size=2, show_progress_bar=False)

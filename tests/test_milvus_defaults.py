@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import milvus_lite_locked
 from kl_retrievers.gaussian import Gaussians, neg_kl_matrix
 from kl_retrievers.store.milvus import MilvusConnectionError, MilvusKLStore
 
@@ -75,25 +76,14 @@ def test_reattaching_reports_the_collections_build_settings(tmp_path: Path, capl
     assert same.hnsw_m == 8 and not [r for r in caplog.records if "was built with" in r.getMessage()]
 
 
-def _locked(path: str) -> bool:
-    fd = os.open(os.path.join(path, "LOCK"), os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # closing the descriptor releases a lock taken through it
-    return False
-
-
 def test_close_releases_the_milvus_lite_file_and_a_held_file_is_named(tmp_path: Path) -> None:
     path = str(tmp_path / "kl.db")
     first = MilvusKLStore(uri=path, collection_name="c", dim=4)
     second = MilvusKLStore(uri=path, collection_name="c")  # the same file, served once in this process
     first.close()
-    assert _locked(path) and len(second) == 0  # still in use by the second store
+    assert milvus_lite_locked(path) and len(second) == 0  # still in use by the second store
     second.close()
-    assert not _locked(path)  # another process may open it now
+    assert not milvus_lite_locked(path)  # another process may open it now
     # another process holding the file (its lock): the error says so, not "check the URI"
     fd = os.open(os.path.join(path, "LOCK"), os.O_RDWR)
     try:

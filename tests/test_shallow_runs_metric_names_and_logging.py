@@ -25,27 +25,17 @@ from typing import Any
 import pytest
 
 import kl_retrievers.evaluation as evaluation
-from conftest import make_tiny_encoder
+from conftest import make_tiny_encoder, write_tiny_beir
 from kl_retrievers.cli import _cli_logging, build_parser, main
 from kl_retrievers.datasets import BeirDataset, load_beir
 from kl_retrievers.evaluation import evaluate_model, evaluate_run
 
-CORPUS = [
-    {"_id": "d1", "title": "", "text": "the cat sat on the mat"},
-    {"_id": "d2", "title": "", "text": "green tea and bread"},
-    {"_id": "d3", "title": "", "text": "a dog and a cat"},
-    {"_id": "d4", "title": "", "text": "the sun and the moon"},
-]
-QUERIES = [{"_id": "1", "text": "cat mat"}, {"_id": "2", "text": "green tea"}, {"_id": "3", "text": "moon"}]
-QRELS = "query-id\tcorpus-id\tscore\n1\td1\t1\n1\td3\t1\n2\td2\t1\n3\td4\t1\n"
+#: The tiny collection's judgements (``write_tiny_beir``): query 1 has two relevant documents.
+QRELS = "1\td1\t1\n1\td3\t1\n2\td2\t1\n3\td4\t1\n"
 
 
 def _beir(root: Path) -> Path:
-    (root / "qrels").mkdir(parents=True)
-    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in CORPUS), encoding="utf-8")
-    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in QUERIES), encoding="utf-8")
-    (root / "qrels" / "test.tsv").write_text(QRELS, encoding="utf-8")
-    return root
+    return write_tiny_beir(root, QRELS)
 
 
 @pytest.fixture
