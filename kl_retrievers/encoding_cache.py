@@ -2,8 +2,8 @@
 
 :func:`kl_retrievers.evaluation.encode_dataset` caches Gaussian encodings in it and
 :func:`kl_retrievers.baselines.dense_run` the dense baselines' vectors. From the package it
-imports only :func:`kl_retrievers.hub.sha256_file` and :mod:`kl_retrievers._io` (neither imports
-anything from the package).
+imports only :func:`kl_retrievers.hub.sha256_file` / :func:`~kl_retrievers.hub.cached_sha256` and
+:mod:`kl_retrievers._io` (neither imports anything from the package).
 
 Examples:
     >>> import tempfile
@@ -40,15 +40,25 @@ from kl_retrievers._io import (
     remove_unless_locked,
     user_cache_dir,
 )
-from kl_retrievers.hub import sha256_file
+from kl_retrievers.hub import cached_sha256, sha256_file
 
-__all__ = ["CACHE_ENV", "EncodingCache", "canonical_json", "default_cache_dir", "model_fingerprint"]
+__all__ = [
+    "CACHE_ENV",
+    "EncodingCache",
+    "canonical_json",
+    "default_cache_dir",
+    "files_fingerprint",
+    "model_fingerprint",
+]
 
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "KL_RETRIEVERS_CACHE"
 _CACHE_FORMAT = 1
 _STALE_TMP_SECONDS = 3600  # a ``.tmp-*`` folder untouched this long is a killed save's
+#: Part of every :func:`files_fingerprint`: raised whenever what the loaders make of the same files may change
+#: (their code), so that keys taken before miss.
+_FILES_REVISION = 1
 #: An array's name: its file is ``NAME.npy`` inside the entry (no separator, no ``..``).
 _ARRAY_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -417,3 +427,40 @@ def _fingerprint(encoder: Any, *, legacy: bool) -> str:
             else:
                 h.update(repr(value).encode())
     return h.hexdigest()[:16]
+
+
+def files_fingerprint(folders: Sequence[str | os.PathLike[str]], settings: Mapping[str, Any]) -> str:
+    """A hash of a model's files, taken without loading it: every file directly in ``folders``, and ``settings``.
+
+    Each regular file (links followed) directly inside each folder, in the order given, is hashed by name
+    and SHA-256 content (once per process while its size and modification time stay,
+    :func:`~kl_retrievers.hub.cached_sha256`); subfolders are not read. ``settings`` (JSON data) holds the
+    rest of what sets the model's output: its backend and the backend's options, the quantisation, the versions
+    of the packages that compute it. A revision of the loaders is hashed too (raised when
+    what they make of the same files changes). Unlike
+    :func:`model_fingerprint`, nothing is loaded, so ``kl-retrievers evaluate`` keys its encodings by it
+    (``model_files``, a key field of its own: such keys never equal one made by :func:`model_fingerprint`)
+    and finds them without loading the model. A file added to, removed from or changed in a folder (even a
+    model card) changes it: a miss, never a wrong hit.
+
+    Raises:
+        OSError: A folder or one of its files cannot be read.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = (Path(tmp) / "config.json").write_text("{}")
+        ...     a = files_fingerprint([tmp], {"backend": "torch"})
+        ...     b = files_fingerprint([tmp], {"backend": "onnx"})
+        ...     _ = (Path(tmp) / "config.json").write_text('{"dim": 8}')
+        ...     c = files_fingerprint([tmp], {"backend": "torch"})
+        >>> len(a), a == b, a == c
+        (32, False, False)
+    """
+    listing: list[list[list[str]]] = []
+    for folder in folders:
+        with os.scandir(folder) as scan:
+            entries = sorted(scan, key=lambda e: e.name)
+        listing.append([[e.name, cached_sha256(e.path)] for e in entries if e.is_file()])
+    ident = {"revision": _FILES_REVISION, "settings": settings, "files": listing}
+    return hashlib.sha256(canonical_json(ident).encode("utf-8", "surrogatepass")).hexdigest()[:32]

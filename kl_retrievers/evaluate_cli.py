@@ -314,7 +314,12 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         "metric reads a shorter run, with a warning; NQC in the qpp object reads the top min(100, K) "
         "scores, and a baseline's NQC and WIG reference score is the mean of all K)",
     )
-    p.add_argument("--cache-dir", default=None, help=f"encoding cache (default: ${CACHE_ENV} or ~/.cache/...)")
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help=f"encoding cache (default: ${CACHE_ENV} or ~/.cache/...); a --model run keys it by the model's files "
+        "(bundled, saved or ONNX export folder), so one whose encodings are all cached does not load the model",
+    )
     p.add_argument("--no-cache", action="store_true", help="do not read or write the encoding cache")
     add_unknown_docs_argument(p, help="qrels naming documents outside the corpus: fail (default) or drop them")
     p.add_argument(
@@ -1033,6 +1038,163 @@ def _missing_package_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class _ModelFacts:
+    """What a ``--model`` run reports of its model: its label, similarity, backend, weights; and its batching."""
+
+    label: str
+    similarity: str
+    backend: str  # torch, onnx-int8 or onnx-float32
+    weights_sha256: str | None
+    batch_invariant: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class _FilesPlan:
+    """A model known by its files without loading it: their fingerprint and the facts they give.
+
+    ``shadowed``: ``(text, name)`` when a bundled name was given (the load warns when a folder of that name
+    is in the working folder; a run that loads nothing warns the same).
+    """
+
+    fingerprint: str
+    facts: _ModelFacts
+    shadowed: tuple[str, str] | None
+
+
+#: The packages whose versions are part of a model's files fingerprint, by backend: what turns its files into
+#: encodings (a tokenizer read another way, another kernel), beside the files themselves.
+_COMPUTING_PACKAGES = {
+    "torch": ("torch", "transformers", "tokenizers", "safetensors"),
+    "onnx": ("onnxruntime", "tokenizers", "numpy"),
+}
+
+
+def _facts_of(encoder: Any, backend: str) -> _ModelFacts:
+    """The :class:`_ModelFacts` of a loaded encoder (as this command has always reported them)."""
+    from kl_retrievers.evaluation import model_label, model_similarity
+
+    return _ModelFacts(
+        label=model_label(encoder),
+        similarity=model_similarity(encoder),
+        # an ONNX graph's weights are int8 or float32 (OnnxGaussianEncoder.quantize: "int8" or None)
+        backend=f"onnx-{getattr(encoder, 'quantize', None) or 'float32'}" if backend == "onnx" else backend,
+        weights_sha256=getattr(encoder, "weights_sha256", None) or None,
+        batch_invariant=bool(getattr(encoder, "batch_invariant", True)),
+    )
+
+
+def _files_plan(model: str | None, backend: str, options: Mapping[str, Any] | None) -> _FilesPlan | None:
+    """The files fingerprint and facts of ``--model`` without loading it; ``None`` where the files cannot tell.
+
+    Known by its files: a bundled model or a saved encoder folder on torch (a delta folder only when its
+    ``config.json`` pins its backbone, ``backbone_sha256``, which loading checks), and, on ONNX, a bundled model's
+    shipped int8 graph or an ONNX export folder. Anything else (a hub id, a graph exported on first use, a shared
+    backbone graph of another package) is loaded as before. What the fingerprint hashes: every file of the
+    folders read (:func:`kl_retrievers.encoding_cache.files_fingerprint`; for a shipped graph its model's folder
+    too, which its load checks it against), the backend, its session options, the graph's quantisation and the
+    versions of the packages that compute (:data:`_COMPUTING_PACKAGES`) and of this library. Whatever the files
+    say here is checked against the loaded model before anything is cached under their fingerprint
+    (:func:`run_evaluate`), so a cache entry found by it was written by a run that loaded these very files.
+    Never raises: anything unexpected means the model is loaded as before (which reports any problem).
+    """
+    try:
+        return _files_plan_or_none(model, backend, options)
+    except Exception as exc:  # never a reason to fail: the load says what is wrong, as it always did
+        logger.debug("model files not fingerprinted (%s): loading %s", exc, model)
+        return None
+
+
+def _files_plan_or_none(model: str | None, backend: str, options: Mapping[str, Any] | None) -> _FilesPlan | None:
+    import importlib.metadata
+    import types
+
+    from kl_retrievers import pretrained
+    from kl_retrievers._config import encoder_config, model_similarity, read_encoder_meta, saved_weights_sha256
+    from kl_retrievers._io import library_version
+    from kl_retrievers.encoding_cache import files_fingerprint
+    from kl_retrievers.hub import BUNDLED_DIR, local_reference
+
+    if backend not in _COMPUTING_PACKAGES:
+        return None
+    if options and not all(isinstance(v, (bool, int, float, str)) for v in options.values()):
+        return None  # only plain session settings can be hashed (a SessionOptions object cannot)
+    text = pretrained._strip_bundled_name(pretrained._name_or_path_text(model))  # as load_model reads it
+    name = pretrained._bundled_name(text)
+    if name is not None:
+        folder, label = pretrained.bundled_model_path(name), f"kl_retrievers:{name}"
+    else:
+        assert text is not None  # None is the default model, a bundled one
+        pretrained._check_usable_path(text)
+        folder = Path(text).expanduser()
+        if not folder.is_dir():  # a hub id (or nothing): only its load can say what it is
+            return None
+        label = local_reference(text)
+    if backend == "torch":
+        if options or (name is None and pretrained._is_onnx_export(folder)):
+            return None  # refused by the load, which says why
+        meta = read_encoder_meta(folder)
+        config = encoder_config(meta, folder / "config.json")
+        weights = meta.get("weights", "model.safetensors")
+        if weights not in ("model.safetensors", "delta.safetensors"):
+            return None
+        if weights == "delta.safetensors" and not config.backbone_sha256:
+            return None  # its backbone lies outside the folder, and nothing pins its weights
+        folders = [folder]
+        quantize = None
+        facts = _ModelFacts(
+            label=label,
+            similarity=model_similarity(types.SimpleNamespace(config=config)),
+            backend="torch",
+            weights_sha256=saved_weights_sha256(meta, folder),
+            batch_invariant=True,
+        )
+    else:
+        from kl_retrievers.onnx import _config_from_meta, _read_meta, _shipped_source_weights
+
+        if name is not None:  # load_model(name, backend="onnx"): its shipped int8 graph, checked against the model
+            graph = pretrained.bundled_onnx_path(name)
+            if graph is None:
+                return None  # a shared backbone graph, or an export made on first use
+            folders = [graph, folder]
+        elif pretrained._is_onnx_export(folder):
+            graph, folders = folder, [folder]
+            if folder.resolve().parent.parent == BUNDLED_DIR.resolve():  # a shipped graph: its weights are its model's
+                folders.append(folder.resolve().parent)
+        else:
+            return None  # a saved torch encoder: a shipped onnx-int8/ or an export made on first use
+        meta = _read_meta(graph)
+        onnx_config = _config_from_meta(meta, graph)
+        source = meta.get("source")
+        recorded = source.get("weights_sha256") if isinstance(source, dict) else None
+        weights_sha256 = recorded if isinstance(recorded, str) else _shipped_source_weights(graph, source)
+        if weights_sha256 is None and name is not None:  # as load_model's _with_source_weights
+            weights_sha256 = saved_weights_sha256(read_encoder_meta(folder), folder)
+        quantize = onnx_config.quantize
+        facts = _ModelFacts(
+            label=label,
+            similarity=model_similarity(types.SimpleNamespace(config=onnx_config)),
+            backend=f"onnx-{quantize or 'float32'}",
+            weights_sha256=weights_sha256 or None,
+            batch_invariant=quantize is None,
+        )
+    versions: dict[str, str | None] = {}
+    for package in _COMPUTING_PACKAGES[backend]:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    settings = {
+        "backend": backend,
+        "session": dict(options or {}),
+        "quantize": quantize,
+        "packages": versions,
+        "kl_retrievers": library_version(),
+    }
+    fingerprint = files_fingerprint(folders, settings)
+    return _FilesPlan(fingerprint, facts, (text, name) if name is not None and text is not None else None)
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run ``kl-retrievers evaluate`` from parsed arguments.
 
@@ -1055,11 +1217,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         ShallowRunWarning,
         _depth_warning,
         check_trec_ids,
-        evaluate_model,
         evaluate_run,
         finite_json,
         load_per_query,
-        model_similarity,
         paired_test,
         save_per_query,
         write_trec_run,
@@ -1149,29 +1309,61 @@ def run_evaluate(args: argparse.Namespace) -> int:
         }
         result = EvaluationResult(str(dataset.path), dataset.split, label, aggregate, per_query, run, info)
     else:
+        from kl_retrievers.evaluation import _cached_encodings, _dataset_identities, _evaluate_model
         from kl_retrievers.pretrained import OnnxExportOnTorchError, load_model
 
         backend = getattr(args, "model_backend", "torch")
         options = model_session_options(args)
-        try:
-            if options:  # --model-threads / --model-spinning
-                encoder = load_model(args.model, backend=backend, onnx_options=options)
-            else:
-                encoder = load_model(args.model, backend=backend)
-        except OnnxExportOnTorchError as exc:  # this command's own advice, not the Python keyword's
-            print(f"kl-retrievers evaluate: error: {_ONNX_EXPORT_ON_TORCH.format(path=exc.path)}", file=sys.stderr)
-            return 2
-        except ValueError as exc:
-            print(f"kl-retrievers evaluate: error: {exc}", file=sys.stderr)
-            return 2
-        # an ONNX graph's weights are int8 or float32 (OnnxGaussianEncoder.quantize: "int8" or None)
-        measured = {
-            "backend": f"onnx-{getattr(encoder, 'quantize', None) or 'float32'}" if backend == "onnx" else backend
-        }
-        sha = getattr(encoder, "weights_sha256", None)
-        if sha:
-            measured["weights_sha256"] = sha
-        similarity = model_similarity(encoder)
+        # Encodings cached under the model's files are found without loading it (loading is most of such a run).
+        plan = _files_plan(args.model, backend, options) if use_cache and not args.hybrid else None
+        identities: dict[str, dict[str, Any]] | None = None
+        cached: dict[str, Any] = {}
+        if plan is not None:
+            identities = _dataset_identities(dataset)
+            cached = _cached_encodings(
+                dataset,
+                plan.fingerprint,
+                batch_invariant=plan.facts.batch_invariant,
+                identities=identities,
+                cache_dir=cache_dir,
+                **args_subset(args, "batch_size", "max_length", "query_max_length"),
+            )
+        encoder: Any = None
+        if plan is not None and len(cached) == 2:
+            facts = plan.facts
+            if plan.shadowed is not None:
+                from kl_retrievers.hub import warn_if_shadowed
+
+                warn_if_shadowed(*plan.shadowed)  # as its load would
+            logger.info("%s: every encoding is cached under its files; the model is not loaded", facts.label)
+        else:
+            try:
+                if options:  # --model-threads / --model-spinning
+                    encoder = load_model(args.model, backend=backend, onnx_options=options)
+                else:
+                    encoder = load_model(args.model, backend=backend)
+            except OnnxExportOnTorchError as exc:  # this command's own advice, not the Python keyword's
+                print(f"kl-retrievers evaluate: error: {_ONNX_EXPORT_ON_TORCH.format(path=exc.path)}", file=sys.stderr)
+                return 2
+            except ValueError as exc:
+                print(f"kl-retrievers evaluate: error: {exc}", file=sys.stderr)
+                return 2
+            facts = _facts_of(encoder, backend)
+            # Nothing is keyed by the files unless the loaded model is what they said, and they did not change while
+            # it was loaded (hashed again: each file whose size and time stamp stayed is not read again).
+            if plan is not None and (facts != plan.facts or _files_plan(args.model, backend, options) != plan):
+                logger.info(
+                    "%s: its files say %s, the loaded model %s (or its files changed while it was loaded); its "
+                    "encodings are keyed by the model",
+                    args.model,
+                    plan.facts,
+                    facts,
+                )
+                plan, cached = None, {}
+        measured = {"backend": facts.backend}
+        if facts.weights_sha256:
+            measured["weights_sha256"] = facts.weights_sha256
+        similarity = facts.similarity
         if similarity != "neg_kl" and (args.hybrid or args.means_only):
             problem = "--hybrid fuses BM25 with -KL" if args.hybrid else "--means-only is an ablation of -KL"
             print(
@@ -1187,14 +1379,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
         else:
             with warnings.catch_warnings():  # its k= warning is the --depth one logged above
                 warnings.simplefilter("ignore", ShallowRunWarning)
-                result = evaluate_model(
+                result = _evaluate_model(
                     encoder,
                     dataset,
                     k=args.depth,
+                    means_only=args.means_only,
+                    similarity=similarity,
+                    show_progress=show,
+                    metrics=DEFAULT_METRICS,
+                    label=facts.label,
+                    files=plan.fingerprint if plan is not None else None,
+                    cached=cached,
+                    identities=identities,
                     cache_dir=cache_dir,
                     use_cache=use_cache,
-                    show_progress=show,
-                    **args_subset(args, "means_only", "batch_size", "max_length", "query_max_length"),
+                    **args_subset(args, "batch_size", "max_length", "query_max_length"),
                 )
     # every mode: what the run is ranked by, its direction and its depth (in --json, the per-query meta, the table)
     result.info = {

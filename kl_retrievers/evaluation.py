@@ -710,8 +710,107 @@ def encode_dataset(
     Examples:
         >>> q, d = encode_dataset(encoder, load_beir("../shared/datasets/scifact"))  # doctest: +SKIP
     """
+    return _encode_dataset(
+        encoder,
+        dataset,
+        batch_size=batch_size,
+        max_length=max_length,
+        query_max_length=query_max_length,
+        cache_dir=cache_dir,
+        use_cache=use_cache,
+        show_progress=show_progress,
+    )
+
+
+def _encoding_key(
+    model: Mapping[str, Any],
+    kind: str,
+    identity: Mapping[str, Any],
+    *,
+    batch_dependent: bool,
+    batch_size: int,
+    limit: int | None,
+) -> tuple[dict[str, Any], int]:
+    """The cache key of one side (``kind``: ``"queries"`` or ``"documents"``) and the batch size it is encoded at.
+
+    ``model``: ``{"model": model_fingerprint(encoder)}``, or ``{"model_files": files_fingerprint(...)}`` (the
+    command line's key, taken without loading the model).
+    """
+    key: dict[str, Any] = {**model, "data": identity, "max_length": limit}
+    size = 1 if batch_dependent and kind == "queries" else batch_size  # queries alone, as searches encode them
+    if batch_dependent:
+        key["batch_size"] = size
+        if kind == "documents":
+            key["order"] = "input"  # not pre-sorted: as one KLStore.add of the corpus
+    return key, size
+
+
+def _dataset_identities(dataset: BeirDataset) -> dict[str, dict[str, Any]]:
+    """Each side's :meth:`~kl_retrievers.datasets.BeirDataset.queries_identity` / ``corpus_identity`` (hashed once)."""
+    return {"queries": dataset.queries_identity(), "documents": dataset.corpus_identity()}
+
+
+def _cached_encodings(
+    dataset: BeirDataset,
+    files: str,
+    *,
+    batch_invariant: bool,
+    identities: Mapping[str, Mapping[str, Any]],
+    batch_size: int = 32,
+    max_length: int | None = None,
+    query_max_length: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Gaussians]:
+    """The sides (``"queries"``, ``"documents"``) cached under a model's files fingerprint (``model_files``).
+
+    What ``kl-retrievers evaluate`` looks up before loading its model
+    (:func:`kl_retrievers.encoding_cache.files_fingerprint`): with both sides cached it loads none.
+    ``batch_invariant``: the encoder's, as its files say it (an int8 ONNX graph's is ``False``).
+    """
+    cache = EncodingCache(cache_dir)
+    found: dict[str, Gaussians] = {}
+    for kind, ids, limit in (
+        ("documents", dataset.doc_ids, max_length),
+        ("queries", dataset.query_ids, query_max_length),
+    ):
+        key, _ = _encoding_key(
+            {"model_files": files},
+            kind,
+            identities[kind],
+            batch_dependent=not batch_invariant,
+            batch_size=batch_size,
+            limit=limit,
+        )
+        cached = cache.load(f"gauss-{kind}", key, ids)
+        if cached is not None:
+            found[kind] = Gaussians(cached["mean"], cached["var"])
+    return found
+
+
+def _encode_dataset(
+    encoder: GaussianEncoderLike,
+    dataset: BeirDataset,
+    *,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    query_max_length: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    use_cache: bool = True,
+    show_progress: bool = True,
+    files: str | None = None,
+    cached: Mapping[str, Gaussians] | None = None,
+    identities: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[Gaussians, Gaussians]:
+    """:func:`encode_dataset`; the command line's extras, for an encoder checked against what its files say.
+
+    ``files``: the model's files fingerprint; what is encoded here, or found under the ``model`` key (written
+    by earlier releases, or by :func:`encode_dataset`), is saved under ``model_files`` instead (where the next
+    run finds it without loading the model). ``cached``: sides already found under ``model_files``
+    (:func:`_cached_encodings`), not looked up again. ``identities``: :func:`_dataset_identities`, when taken.
+    """
     cache = EncodingCache(cache_dir) if use_cache else None
-    fp = model_fingerprint(encoder)
+    cached = cached or {}
+    fp = model_fingerprint(encoder) if len(cached) < 2 else ""
     batch_dependent = not getattr(encoder, "batch_invariant", True)  # int8 ONNX: a text's vector depends on its batch
     results: list[Gaussians] = []
     for kind, ids, texts_fn, fn, ident, limit in (
@@ -732,22 +831,25 @@ def encode_dataset(
             max_length,
         ),
     ):
-        key: dict[str, Any] = {"model": fp, "data": ident(), "max_length": limit}
-        size = 1 if batch_dependent and kind == "queries" else batch_size  # queries alone, as searches encode them
-        if batch_dependent:
-            key["batch_size"] = size
-            if kind == "documents":
-                key["order"] = "input"  # not pre-sorted: as one KLStore.add of the corpus
-        cached = cache.load(f"gauss-{kind}", key, ids) if cache is not None else None
-        if cached is not None:
-            results.append(Gaussians(cached["mean"], cached["var"]))
+        if kind in cached:
+            results.append(cached[kind])
+            continue
+        identity = identities[kind] if identities is not None else ident()
+        options: dict[str, Any] = {"batch_dependent": batch_dependent, "batch_size": batch_size, "limit": limit}
+        key, size = _encoding_key({"model": fp}, kind, identity, **options)
+        save_key = _encoding_key({"model_files": files}, kind, identity, **options)[0] if files else key
+        found = cache.load(f"gauss-{kind}", key, ids) if cache is not None else None
+        if found is not None:
+            if cache is not None and save_key is not key:  # found by the model: keyed by its files from now on
+                cache.save(f"gauss-{kind}", save_key, ids, found)
+            results.append(Gaussians(found["mean"], found["var"]))
             continue
         logger.info("encoding %d %s", len(ids), kind)
         t0 = time.perf_counter()
         g = _encode_sorted(fn, texts_fn(), size, limit, show_progress, presort=not batch_dependent)
         logger.info("encoded %d %s in %.1f s", len(ids), kind, time.perf_counter() - t0)
         if cache is not None:
-            cache.save(f"gauss-{kind}", key, ids, {"mean": np.asarray(g.mean), "var": np.asarray(g.var)})
+            cache.save(f"gauss-{kind}", save_key, ids, {"mean": np.asarray(g.mean), "var": np.asarray(g.var)})
         results.append(g)
     return results[0], results[1]
 
@@ -889,7 +991,39 @@ def evaluate_model(
         >>> result = evaluate_model(encoder, load_beir("../shared/datasets/scifact"), batch_size=64)  # doctest: +SKIP
         >>> result.aggregate["ndcg@10"]  # doctest: +SKIP
     """
-    similarity = model_similarity(encoder) if similarity is None else similarity
+    return _evaluate_model(
+        encoder,
+        dataset,
+        k=k,
+        means_only=means_only,
+        similarity=model_similarity(encoder) if similarity is None else similarity,
+        show_progress=show_progress,
+        metrics=metrics,
+        label=model_label(encoder),
+        **encode_options,
+    )
+
+
+def _evaluate_model(
+    encoder: GaussianEncoderLike | None,
+    dataset: BeirDataset,
+    *,
+    k: int,
+    means_only: bool,
+    similarity: str,
+    show_progress: bool,
+    metrics: str | Sequence[str],
+    label: str,
+    files: str | None = None,
+    cached: Mapping[str, Gaussians] | None = None,
+    identities: Mapping[str, Mapping[str, Any]] | None = None,
+    **encode_options: Unpack[EncodeOptions],
+) -> EvaluationResult:
+    """:func:`evaluate_model`, given the model's ``label`` and ``similarity``; the rest as :func:`_encode_dataset`.
+
+    ``encoder`` may be ``None`` when ``cached`` holds both sides (``kl-retrievers evaluate`` found them by the
+    model's files and loaded no model).
+    """
     if similarity not in SIMILARITIES:
         raise ValueError(f"similarity must be one of {SIMILARITIES}; got {similarity!r}")
     if means_only and similarity != "neg_kl":
@@ -901,9 +1035,22 @@ def evaluate_model(
         raise ValueError(f"{dataset.path} ({dataset.split}): qrels are empty: nothing to evaluate")
     shallow = _depth_warning(k, metrics, n_docs=len(dataset.corpus))
     if shallow:  # computed anyway: a deliberate shallow run is the caller's choice
-        warnings.warn(shallow, ShallowRunWarning, stacklevel=2)
+        warnings.warn(shallow, ShallowRunWarning, stacklevel=3)  # evaluate_model's caller
     t0 = time.perf_counter()
-    q, d = encode_dataset(encoder, dataset, show_progress=show_progress, **encode_options)
+    if cached is not None and "queries" in cached and "documents" in cached:
+        q, d = cached["queries"], cached["documents"]
+    elif encoder is None:
+        raise ValueError("an encoder is needed: the cache does not hold both sides")
+    else:
+        q, d = _encode_dataset(
+            encoder,
+            dataset,
+            show_progress=show_progress,
+            files=files,
+            cached=cached,
+            identities=identities,
+            **encode_options,
+        )
     t1 = time.perf_counter()
     from kl_retrievers.qpp import gaussian_query_stats
 
@@ -919,7 +1066,7 @@ def evaluate_model(
         run = retrieve_vectors(qn.mean, dn.mean, dataset.query_ids, dataset.doc_ids, k, similarity=similarity)
     t2 = time.perf_counter()
     aggregate, per_query = evaluate_run(dataset.qrels, run, metrics)
-    label = model_label(encoder) + (" [means only]" if means_only else "")
+    label += " [means only]" if means_only else ""
     label += f" [{similarity}]" if similarity != "neg_kl" else ""
     info = {
         "score": "neg_sq_l2_means" if means_only else similarity,
