@@ -2327,8 +2327,10 @@ class KLHybridStore(_NotCopyable):
                 the first text search or addition that needs it (once; its dimension is checked, and a
                 failure names the model; a file, network or hub failure is kept for 30 seconds, then tried again
                 by the next call that needs it, any other is raised again without retrying); nothing is loaded for
-                query or document Gaussians. Unless the saved store was given its adaptive parameters,
-                they are looked up from this encoder's model (else the saved model's), as in the constructor.
+                query or document Gaussians. Stores of this process that load the same model share one copy of it
+                while any holds it, as :meth:`KLStore.load <kl_retrievers.store.faiss.KLStore.load>`'s do. Unless
+                the saved store was given its adaptive parameters, they are looked up from this encoder's model
+                (else the saved model's), as in the constructor.
             mmap: Memory-map the arrays of both halves (copied on the first change).
             verify_checksums: Check every file's SHA-256 against the config. Without it the halves'
                 ids and save tokens are still checked (a folder saved before tokens has none and loads).

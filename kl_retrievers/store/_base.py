@@ -31,6 +31,7 @@ from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, M
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -701,6 +702,72 @@ def _one_query(query: str | Gaussians) -> list[str] | Gaussians:
     if not isinstance(query, (str, Gaussians)):
         raise TypeError(f"query must be a string or Gaussians; got {type(query).__name__}")
     return query if isinstance(query, Gaussians) else [query]
+
+
+#: The models stores loaded by name (:func:`_shared_saved_model`), each while anything holds it: key -> model.
+_SHARED_MODELS: weakref.WeakValueDictionary[tuple[Any, ...], Any] = weakref.WeakValueDictionary()
+_SHARED_MODELS_LOCK = threading.Lock()  # guards the two dicts
+_SHARED_MODEL_LOADS: dict[tuple[Any, ...], threading.Lock] = {}  # one lock per key: one thread loads a model
+
+
+def _folder_stamp(name: str) -> tuple[Any, ...] | None:
+    """For a name that is a local folder: its absolute path, and the size, modification time (ns) and inode of
+    each entry in it (a model saved again in place gives another stamp); ``None`` for any other name."""
+    try:
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            return None
+        stats = []
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                info = entry.stat()
+                stats.append((entry.name, info.st_size, info.st_mtime_ns, info.st_ino))
+        return (str(folder.resolve()), tuple(sorted(stats)))
+    except (OSError, ValueError):  # unreadable, or not a path at all: keyed by the name alone
+        return None
+
+
+def _shared_saved_model(name: str, backend: str | None, weights: str | None = None) -> Any:
+    """``load_model(name, backend=backend)``, shared by every store that loads the same model while any holds it.
+
+    A process-wide cache of weak references (thread-safe; one thread loads a given model, the others wait
+    and get it) keyed by what decides what the model computes: ``name``, ``backend``, the folder a name
+    of a local folder resolves to with the size, time and inode of its entries (a relative name read from
+    another working folder, or a model saved again in place, is another key), the weights identity the
+    store records (stores encoded with other weights never share), and the loader itself. A model no
+    store holds any more is freed as before, and the next store to need it loads it again. Every
+    holder shares the one object: what one store's user changes in it (moving it to another device,
+    training it) every store that shares it sees.
+
+    Args:
+        name: The model's recorded ``name_or_path`` (a bundled name, a folder or a hub id).
+        backend: ``"torch"``, ``"onnx"`` or ``None`` (:func:`kl_retrievers.pretrained.default_backend`).
+        weights: The weights identity the store records for its documents (``None``: not known).
+
+    Raises:
+        Exception: What :func:`kl_retrievers.load_model` raises (nothing is kept then; the next call loads again).
+    """
+    from kl_retrievers import pretrained
+
+    loader = pretrained.load_model  # looked up at each call, as before (a stand-in loads under another key)
+    key = (name, backend, _folder_stamp(name), weights, loader)
+    with _SHARED_MODELS_LOCK:
+        model = _SHARED_MODELS.get(key)
+        if model is not None:
+            return model
+        lock = _SHARED_MODEL_LOADS.setdefault(key[:4], threading.Lock())
+    with lock:
+        with _SHARED_MODELS_LOCK:
+            model = _SHARED_MODELS.get(key)
+        if model is not None:  # another thread loaded it meanwhile
+            return model
+        model = loader(name, backend=backend)
+        try:
+            with _SHARED_MODELS_LOCK:
+                _SHARED_MODELS[key] = model
+        except TypeError:  # an object that cannot be referenced weakly is not shared
+            logger.debug("the model %r (%s) cannot be shared between stores", name, type(model).__name__)
+    return model
 
 
 #: What a store reads from its encoder (duck-typed, see :class:`Encoder`): the methods that encode text, and the

@@ -373,6 +373,11 @@ class FaissEngine(ABC):
         return None
 
     @property
+    def index_offset(self) -> float:
+        """The shift ``o`` of the first coordinate of the centred ``d~`` (``0`` for the flat index)."""
+        return 0.0
+
+    @property
     def compacts_at_once(self) -> bool:
         """Whether tombstones are dropped at once rather than past ``compact_threshold``.
 
@@ -545,6 +550,7 @@ class FlatEngine(FaissEngine):
         self.centre: np.ndarray | None = None  # None: not chosen yet, or a store saved before centring
         # (id of the flat index, largest norm of each block of a d~ row in it): see _flat_norm_max
         self._flat_norm: tuple[int, np.ndarray] | None = None
+        self._saved_norm: np.ndarray | None = None  # flat_norm_max of the config being loaded (restore -> attach)
 
     @property
     def width(self) -> int:
@@ -555,12 +561,19 @@ class FlatEngine(FaissEngine):
         self.index = _faiss().IndexFlatIP(self.width)
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "flat_centre": None if self.centre is None else [float(x) for x in self.centre]}
+        """The base numbers, ``flat_centre`` and ``flat_norm_max``: the largest norm of each block of the ``d~``
+        rows in the index (an upper bound after deletions), which a load of verified files takes instead of
+        reading every row of the index at its first search (:meth:`attach`)."""
+        centre = None if self.centre is None else [float(x) for x in self.centre]
+        bound = None if self.index is None else [float(x) for x in self._flat_norm_max()]
+        return {**super().config(), "flat_centre": centre, "flat_norm_max": bound}
 
     def restore(self, config: dict[str, Any], cfg_path: Path) -> BlockCheck | None:
         k = self.table.mean.shape[1]
         centre_from_config(config, cfg_path, "index_centre", k)  # null in a flat store
         self.centre = centre_from_config(config, cfg_path, "flat_centre", k)
+        saved = config.get("flat_norm_max")  # validated by read_config; None: not saved, or files not verified
+        self._saved_norm = None if saved is None else np.asarray(saved, dtype=np.float64)
         return None
 
     def expected_structure(self) -> dict[str, Any]:
@@ -575,8 +588,11 @@ class FlatEngine(FaissEngine):
         otherwise load and rank wrongly, since every query is centred on it.
         """
         super().attach(index, viewed, cfg_path)
+        saved, self._saved_norm = self._saved_norm, None
         n = self.table.n_rows
         if not n:
+            if saved is not None:
+                self._flat_norm = (id(self.index), saved)
             return
         rows = _sample_rows(n)
         recon = _reconstruct(self.index, rows)
@@ -587,6 +603,19 @@ class FlatEngine(FaissEngine):
         expected = self._block_vectors(np.asarray(self.table.mean[rows]), np.asarray(self.table.var[rows]), centre, 0)
         scale = np.abs(expected.astype(np.float64)).max(axis=1, keepdims=True)
         _check_rows(recon, expected, rows, 1e-5 * scale, f"{cfg_path}: field 'flat_centre' does not match index.faiss")
+        if saved is not None:
+            # Written by the save that wrote these (verified) files. The rows read above must lie under it: a
+            # cheap check of a damaged or edited value (one below a row's norm would leave searches inexact).
+            norms = rewrite_block_norms(recon)
+            over = np.argwhere(norms > saved * (1.0 + 1e-9))  # room for the last bit of another summation order
+            if over.size:
+                i, b = (int(x) for x in over[0])
+                raise StoreFormatError(
+                    f"{cfg_path}: field 'flat_norm_max' holds {float(saved[b]):.17g} for block {b} of d~, below its "
+                    f"norm {float(norms[i, b]):.17g} in row {int(rows[i])} of index.faiss (a damaged or edited "
+                    "config.json?)"
+                )
+            self._flat_norm = (id(self.index), saved)
 
     def _flat_centre(self, batch_mean: np.ndarray | None = None) -> np.ndarray:
         """The vector every mean is centred on before its ``d~`` enters the index (see the class docstring)."""
@@ -645,6 +674,13 @@ class FlatEngine(FaissEngine):
         self.centre = centre
         if self._flat_norm is not None and self._flat_norm[0] == id(self.index):
             self._flat_norm = (id(self.index), np.maximum(self._flat_norm[1], top))
+
+    def own(self) -> None:
+        """As :meth:`FaissEngine.own`; the copy holds the same rows, so their norms' bound carries over."""
+        before, known = id(self.index), self._flat_norm
+        super().own()
+        if known is not None and known[0] == before:
+            self._flat_norm = (id(self.index), known[1])
 
     def remove_rows(self, dead: np.ndarray) -> None:
         if self.index is not None:
@@ -737,6 +773,10 @@ class ApproxEngine(FaissEngine):
     @property
     def norm_bound(self) -> float | None:
         return self._norm_bound
+
+    @property
+    def index_offset(self) -> float:
+        return self.offset
 
     @property
     def compacts_at_once(self) -> bool:

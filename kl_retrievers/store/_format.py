@@ -32,6 +32,13 @@ The numbers the search engine needs to rebuild a query's vector for the saved in
   store saved before centring (centre 0: such a store loads and ranks exactly as before).
 * ``index_offset``, ``norm_bound``: the shift ``o`` of the first coordinate of the centred ``d~``
   and the bound ``M`` of the MIPS -> L2 reduction (approximate stores).
+* ``flat_norm_max`` (flat stores): the largest norm of each of the three blocks of the float32 ``d~`` rows
+  in ``index.faiss`` (an upper bound after deletions), which bounds the float32 error of every search
+  (:func:`~kl_retrievers.gaussian.float32_score_bound`). Absent / null in a store saved before it was
+  written: the first search computes it from every row of the index, as it does when the folder is
+  loaded without ``verify_checksums`` (the saved value is only taken over files whose checksums were
+  verified, and it must lie above the rows the load checks). Earlier releases ignore the field, so the
+  format version does not change for it.
 
 ``config.json`` is not covered by the checksums, so on load a few rows of the index are rebuilt
 from the stored Gaussians with these numbers and compared with the index's own (see
@@ -259,6 +266,18 @@ def _check_fields(config: dict[str, Any], cfg_path: Path) -> None:
         if not (_is_real(norm_bound) and norm_bound > 0):
             raise _bad(config, cfg_path, "norm_bound", "a positive finite number")
         config["norm_bound"] = float(norm_bound)
+    flat_norm = config.setdefault("flat_norm_max", None)  # absent in stores saved before it: computed at need
+    if flat_norm is not None:
+        if not (
+            config["index_type"] == "flat"
+            and isinstance(flat_norm, list)
+            and len(flat_norm) == 3
+            and all(_is_real(x) and x >= 0 for x in flat_norm)
+        ):
+            raise _bad(
+                config, cfg_path, "flat_norm_max", "null or, in a flat store, a list of 3 non-negative finite numbers"
+            )
+        config["flat_norm_max"] = [float(x) for x in flat_norm]
     config.setdefault("index_offset", 0.0)  # absent in stores saved before the shift
     if not _is_real(config["index_offset"]):
         raise _bad(config, cfg_path, "index_offset", "a finite number")

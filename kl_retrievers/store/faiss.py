@@ -104,6 +104,7 @@ from kl_retrievers.store._base import (
     _query_gaussians,
     _refuse_model_name,
     _RWLock,
+    _shared_saved_model,
 )
 from kl_retrievers.store._engines import _faiss, _read_index, new_engine
 from kl_retrievers.store._format import FORMAT_VERSION, INDEX_PARAMS
@@ -614,7 +615,7 @@ class KLStore(GaussianStore):
         return self._engine.index is not None
 
     def _reduction(self) -> tuple[float | None, float]:
-        return self._engine.norm_bound, float(self._engine.config()["index_offset"])  # (None, 0.0) for flat
+        return self._engine.norm_bound, float(self._engine.index_offset)  # (None, 0.0) for flat
 
     @property
     def rebuild_count(self) -> int:
@@ -905,8 +906,6 @@ class KLStore(GaussianStore):
                 failure = self._saved_encoder_failure
                 if failure is not None and monotonic() - failure[1] < _SAVED_ENCODER_RETRY_S:
                     raise ValueError(failure[0])  # no lookup until the retry delay has passed
-                from kl_retrievers.pretrained import load_model
-
                 record = self._saved_encoder_record
                 unloadable = _unloadable_saved_name(name)  # no lookup can help: none is made
                 problem = (
@@ -923,7 +922,8 @@ class KLStore(GaussianStore):
                         backend or "default",
                     )
                     try:
-                        encoder = load_model(name, backend=backend)
+                        # one copy per process for every store that needs this model (while any holds it)
+                        encoder = _shared_saved_model(name, backend, self._documents_weights)
                     except OSError as exc:  # a file or network error, a hub that failed: retried after a delay
                         message = (
                             f"this store has no encoder to encode text, and loading the model it was saved with, "
@@ -1205,7 +1205,8 @@ class KLStore(GaussianStore):
                 backbone, config nor tokenizer is known to differ: a folder path of the bundled model;
                 another Gaussian dimension is an error). Without one, the
                 first text search or text add loads the model the store was saved with
-                (:attr:`saved_encoder`, by name, once; an info log names it).
+                (:attr:`saved_encoder`, by name, once; an info log names it); stores of this process that load
+                the same model (name, backend, folder, recorded weights) share one copy of it while any holds it.
             mmap: Memory-map the Gaussians (read-only ``np.load(mmap_mode="r")``) and, where
                 FAISS supports it, the index codes; they are copied on the first mutation.
             verify_checksums: Check SHA-256 of every file (sizes and every stored value are always
@@ -1250,6 +1251,8 @@ class KLStore(GaussianStore):
         config = _format.read_config(cfg_path)
         dim, count = config["dim"], config["count"]
         _format.check_files(folder, config["files"], verify_checksums)
+        if not verify_checksums:  # the flat index's saved norm bound is taken over verified files only
+            config["flat_norm_max"] = None
         params = dict(config["index_params"])
         headroom = params.get("norm_headroom")
         if (
