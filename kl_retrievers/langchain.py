@@ -956,22 +956,48 @@ class KLEmbeddings(Embeddings):
         return f"KLEmbeddings(encoder={name!r}, batch_size={self.batch_size})"
 
     # -- Gaussians
-    def encode_queries(self, texts: Sequence[str]) -> Gaussians:
-        """Query Gaussians (numpy) for ``texts``.
+    @property
+    def batch_invariant(self) -> bool:
+        """The encoder's ``batch_invariant`` (``True`` when it has none): whether a text's Gaussian is the same
+        in any batch. ``False`` (int8 ONNX) makes a store encode queries one at a time, as for the encoder."""
+        return bool(getattr(self.encoder, "batch_invariant", True))
 
-        An encoder whose output depends on its batch (int8 ONNX: ``batch_invariant`` is ``False``) encodes
-        them one at a time, so a query's Gaussian does not depend on the others (what :meth:`embed_query`
-        and ``KLStore.search`` give it); other encoders at ``batch_size``.
+    def encode_queries(
+        self, texts: Sequence[str], *, batch_size: int | None = None, show_progress_bar: bool | None = False
+    ) -> Gaussians:
+        """Query Gaussians (numpy) for ``texts``; the keywords as the encoder's ``encode_queries`` takes them.
+
+        So this object serves a ``KLStore`` as its encoder does (``KLStore(KLEmbeddings(enc))`` encodes
+        as ``KLStore(enc)``; the store passes its ``batch_size`` and ``show_progress_bar``).
+
+        Args:
+            texts: The queries.
+            batch_size: Queries per forward pass, used as given (``None``: this object's ``batch_size``, or 1 on
+                an encoder whose output depends on its batch, int8 ONNX (``batch_invariant`` ``False``), so a
+                query's Gaussian does not depend on the others: what :meth:`embed_query` and ``KLStore.search``
+                give it).
+            show_progress_bar: The encoder's progress bar (``None``: when stderr is a terminal and there are
+                several batches).
         """
         items = _check_texts(texts)
-        size = query_batch_size(self.encoder, self.batch_size)
-        return self.encoder.encode_queries(items, batch_size=size, show_progress_bar=False).numpy()
+        size = query_batch_size(self.encoder, self.batch_size) if batch_size is None else batch_size
+        return self.encoder.encode_queries(items, batch_size=size, show_progress_bar=show_progress_bar).numpy()
 
-    def encode_documents(self, texts: Sequence[str]) -> Gaussians:
-        """Document Gaussians (numpy) for ``texts``."""
+    def encode_documents(
+        self, texts: Sequence[str], *, batch_size: int | None = None, show_progress_bar: bool | None = None
+    ) -> Gaussians:
+        """Document Gaussians (numpy) for ``texts``; the keywords as the encoder's ``encode_documents`` takes them.
+
+        Args:
+            texts: The documents.
+            batch_size: Documents per forward pass (``None``: this object's ``batch_size``).
+            show_progress_bar: The encoder's progress bar (``None``: this object's ``show_progress_bar``).
+        """
         items = _check_texts(texts)
         return self.encoder.encode_documents(
-            items, batch_size=self.batch_size, show_progress_bar=self.show_progress_bar
+            items,
+            batch_size=self.batch_size if batch_size is None else batch_size,
+            show_progress_bar=self.show_progress_bar if show_progress_bar is None else show_progress_bar,
         ).numpy()
 
     # -- LangChain API

@@ -16,7 +16,9 @@ Install with ``pip install "kl-retrievers[llama-index]"``.  The pieces:
   :func:`~kl_retrievers._adapters.relevance_exp`), so LlamaIndex's postprocessors
   (``SimilarityPostprocessor(similarity_cutoff=...)``) work; the exact ``-KL`` is in each node's
   metadata under ``"neg_kl"``.  Metadata filters (all LlamaIndex operators, AND / OR / NOT,
-  nested) are applied before ranking; ``vector_store_query_mode="mmr"`` runs KL-based MMR.
+  nested) are applied before ranking; those made only of ``==``, ``!=``, orderings, ``in`` and ``nin``
+  on JSON values reach the store in its JSON filter form, whose allowed rows it caches for the next
+  query; ``vector_store_query_mode="mmr"`` runs KL-based MMR.
   Persistence is ``KLStore.save`` plus a small JSON manifest (no pickle), and the plain
   ``load_index_from_storage(StorageContext.from_defaults(persist_dir=...))`` loads it back.
 * :class:`KLRetriever` (a ``BaseRetriever``): encodes the query string itself, returns
@@ -82,7 +84,7 @@ from kl_retrievers._encoding import check_texts
 from kl_retrievers._encoding import query_batch_size as _query_batch_size
 from kl_retrievers._io import load_unchanged, make_dirs
 from kl_retrievers.calibration import ConfidenceCalibrator
-from kl_retrievers.filters import _short
+from kl_retrievers.filters import _plain_json, _short
 from kl_retrievers.gaussian import (
     SCORE_DIRECTION,
     SCORE_NAME,
@@ -618,6 +620,114 @@ def metadata_filters_to_predicate(filters: MetadataFilters | None) -> Predicate 
     if not isinstance(filters, MetadataFilters):
         raise TypeError(f"filters must be llama_index MetadataFilters; got {type(filters).__name__}")
     return _compile_filters(filters)
+
+
+#: The operators with an exact equivalent in the package's JSON filter form (:mod:`kl_retrievers.filters`),
+#: for a filter value that is plain JSON and no ``None`` (see :func:`_json_leaf`).
+_JSON_OPERATORS = {
+    "==": "$eq",
+    "!=": "$ne",
+    ">": "$gt",
+    ">=": "$gte",
+    "<": "$lt",
+    "<=": "$lte",
+    "in": "$in",
+    "nin": "$nin",
+}
+
+
+def _exact_in_json(op: str, ref: Any) -> bool:
+    """Whether ``{key: {op: ref}}`` (a JSON operator) allows what the LlamaIndex filter it was made from allows.
+
+    The two differ only on a stored ``None``, which satisfies LlamaIndex's ``!=`` / ``nin`` and never its
+    ``==`` / ``in`` (as a missing field), where the JSON form compares it as a value: a ``None`` filter value
+    (or one among the values of ``$in`` / ``$nin``) has no equivalent. A value that is no plain JSON (a
+    tuple, a set, a date, a numpy value, a subclass) is compared in the JSON form as the store keeps it,
+    not as LlamaIndex compares it: none either.
+    """
+    try:
+        if ref is None or not _plain_json(ref):
+            return False
+    except RecursionError:  # nested deeper than a filter value sensibly is: the predicate
+        return False
+    return op not in ("$in", "$nin") or all(x is not None for x in ref)
+
+
+def _json_leaf(f: MetadataFilter) -> dict[str, Any] | None:
+    """``f`` in the package's JSON filter form, ``{key: {op: value}}``; ``None`` where that is not exact.
+
+    ``in`` / ``nin`` hold the filter's own list (read when the store compiles the filter, as the predicate
+    reads it at each call); a single value is a list of one, a tuple a list of its values.
+    """
+    op = _JSON_OPERATORS.get(_enum_value(f.operator))
+    key, ref = f.key, cast(Any, f.value)  # any value: LlamaIndex validates only the constructor's
+    if op is None or type(key) is not str or key.startswith("$"):  # a "$" key would read as an operator
+        return None
+    if op in ("$in", "$nin"):
+        if type(ref) is tuple:
+            ref = list(ref)
+        elif isinstance(ref, (list, tuple, set, frozenset)):
+            if type(ref) is not list:  # a set (no order to keep) or a subclass: the predicate
+                return None
+        else:
+            ref = [ref]
+    return {key: {op: ref}} if _exact_in_json(op, ref) else None
+
+
+def _json_filters(filters: MetadataFilters) -> dict[str, Any] | None:
+    """``filters`` (checked) in the package's JSON filter form, nested; ``None`` where a leaf has no exact form."""
+    parts: list[dict[str, Any]] = []
+    for f in filters.filters:
+        part = _json_filters(f) if isinstance(f, MetadataFilters) else _json_leaf(f)
+        if part is None:
+            return None
+        parts.append(part)
+    condition = _enum_value(filters.condition or FilterCondition.AND)
+    one = parts[0] if len(parts) == 1 else None
+    if condition == "and" or (not parts and condition == "or"):  # an empty OR allows every document, as AND
+        return one if one is not None else {"$and": parts}
+    if condition == "or":
+        return one if one is not None else {"$or": parts}
+    return {"$not": one if one is not None else {"$or": parts}}  # "not": none of the filters matches
+
+
+def _json_exact(spec: Mapping[str, Any]) -> bool:
+    """Whether a filter :func:`_json_filters` made is still exact (its lists, the filter's own, may have changed)."""
+    for key, value in spec.items():
+        if key in ("$and", "$or"):
+            if not all(_json_exact(part) for part in value):
+                return False
+        elif key == "$not":
+            if not _json_exact(value):
+                return False
+        elif not all(_exact_in_json(op, ref) for op, ref in value.items()):
+            return False
+    return True
+
+
+def _store_filter(filters: MetadataFilters | None, predicate: Predicate | None) -> dict[str, Any] | Predicate | None:
+    """What a search passes to the store for ``filters``: their JSON filter form where it is exact, else ``predicate``.
+
+    ``predicate`` is :func:`metadata_filters_to_predicate` of ``filters`` (which checked them). ``==``, ``!=``,
+    the orderings, ``in`` and ``nin`` on plain JSON values other than ``None``, in any AND / OR / NOT nesting,
+    have an exact JSON form: the store caches the rows such a filter allows (keyed by its JSON), so a
+    repeated filter is not called again per document on an unchanged store. ``contains``, ``text_match``,
+    ``text_match_insensitive``, ``is_empty``, ``any`` and ``all`` (and ``None`` or non-JSON values) have
+    none: filters holding one are passed as the predicate, called per document.
+
+    Examples:
+        >>> from llama_index.core.vector_stores import MetadataFilter, MetadataFilters
+        >>> years = MetadataFilters(filters=[MetadataFilter(key="year", value=2020, operator=">=")])
+        >>> _store_filter(years, metadata_filters_to_predicate(years))
+        {'year': {'$gte': 2020}}
+        >>> text = MetadataFilters(filters=[MetadataFilter(key="t", value="x", operator="contains")])
+        >>> callable(_store_filter(text, metadata_filters_to_predicate(text)))
+        True
+    """
+    if predicate is None or filters is None:
+        return predicate
+    spec = _json_filters(filters)
+    return predicate if spec is None else spec
 
 
 def _all_of(checks: Sequence[Predicate]) -> Predicate:
@@ -2462,7 +2572,9 @@ class KLVectorStore(BasePydanticVectorStore):
             predicate = _and(predicate, lambda m: str(_ref_doc_id(m)) in wanted)
         if node_ids is not None:
             return self._search_among(query, k, node_ids, predicate)
-        hits = self._store.search(query, k=k, filter=predicate)
+        # filters with an exact JSON form go as that: the store caches the rows they allow
+        where = predicate if doc_ids is not None else _store_filter(filters, predicate)
+        hits = self._store.search(query, k=k, filter=where)
         return [h.id for h in hits], [float(h.score) for h in hits], [h.text for h in hits], [h.metadata for h in hits]
 
     def _result(
@@ -3346,6 +3458,9 @@ class KLHybridRetriever(_TopKRetriever):
         self._similarity_top_k = _check_top_k(similarity_top_k)
         self._fusion, self._weight, self._normalization = fusion, weight, normalization
         self._predicate = metadata_filters_to_predicate(filters)
+        # the JSON form, where exact: the store caches the rows it allows (see _store_filter)
+        where = _store_filter(filters, self._predicate)
+        self._where = where if isinstance(where, dict) else None
         self._filters = filters
         self._scorer = ConfidenceScorer(calibrator, "hybrid")
         super().__init__(callback_manager=callback_manager, object_map=object_map, objects=objects, verbose=verbose)
@@ -3540,7 +3655,7 @@ class KLHybridRetriever(_TopKRetriever):
             self._store,
             query_bundle.query_str,
             self._similarity_top_k,
-            filter=self._predicate,
+            filter=self._where if self._where is not None and _json_exact(self._where) else self._predicate,
             fusion=self._fusion,
             weight=self._weight,
             normalization=self._normalization,

@@ -9,7 +9,7 @@ The public names below are imported on first access (PEP 562), so that importing
 :mod:`kl_retrievers.training.cli` (which ``kl-retrievers --help`` does, to list ``train``) needs no torch;
 the names that need it, and the submodules read as attributes (``training.trainer``, ``from
 kl_retrievers.training import losses``), raise ``ModuleNotFoundError`` naming the ``[train]`` extra when it
-is not installed (``import kl_retrievers.training.trainer`` raises the plain error of the missing module).
+is not installed, as does ``import kl_retrievers.training.trainer``.
 
 Examples:
     >>> from kl_retrievers.training import TrainConfig
@@ -131,6 +131,31 @@ __all__ = [
 ]
 
 
+def _extra_error(exc: ModuleNotFoundError, what: str) -> ModuleNotFoundError | None:
+    """The error naming the ``[train]`` extra for ``exc``, a dependency of ``what`` that is not installed.
+
+    ``None`` when the module ``exc`` names is installed (something inside it is missing: ``exc`` says what)
+    or ``exc`` names none. Raise the result ``from exc``, as :func:`_import_submodule` and the import of
+    :mod:`kl_retrievers.training.trainer` itself do.
+
+    Examples:
+        >>> missing = ModuleNotFoundError("No module named 'no_such_module_here'", name="no_such_module_here")
+        >>> print(_extra_error(missing, "kl_retrievers.training.trainer"))  # doctest: +ELLIPSIS
+        kl_retrievers.training.trainer needs no_such_module_here, ...: pip install "kl-retrievers[train]"
+        >>> _extra_error(ModuleNotFoundError("No module named 'numpy.x'", name="numpy.x"), "x") is None
+        True
+    """
+    from kl_retrievers.training.data import require_train_extra
+
+    if not exc.name:
+        return None
+    try:
+        require_train_extra(what, exc.name.partition(".")[0])
+    except ModuleNotFoundError as named:
+        return named
+    return None
+
+
 def _import_submodule(module: str, what: str) -> Any:
     """``importlib.import_module(module)``; a missing torch, transformers, ... raises naming the extra.
 
@@ -141,15 +166,10 @@ def _import_submodule(module: str, what: str) -> Any:
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        from kl_retrievers.training.data import require_train_extra
-
-        if not exc.name:
-            raise
-        try:
-            require_train_extra(what, exc.name.partition(".")[0])
-        except ModuleNotFoundError as named:
-            raise named from exc
-        raise  # the module is there (something inside it is missing): the original error says what
+        named = _extra_error(exc, what)
+        if named is None:
+            raise  # the module is there (something inside it is missing): the original error says what
+        raise named from exc
 
 
 def __getattr__(name: str) -> Any:

@@ -39,18 +39,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
 from tqdm import tqdm
 
 from kl_retrievers._encoding import query_prefix_of
 from kl_retrievers._io import atomic_dir, atomic_file, finite_json, recover_dir
-from kl_retrievers.encoder import GaussianEncoder
 from kl_retrievers.gaussian import Gaussians, is_real_number
-from kl_retrievers.training import losses as loss_fns
+from kl_retrievers.training import _extra_error
 from kl_retrievers.training.data import TrainExample, TrainingSet, require_train_extra
-from kl_retrievers.training.features import Features, compute_features, heads_forward
+
+try:  # the [train] extra: without it, importing this module names the extra (as training.trainer does)
+    import torch
+    from safetensors.torch import load_file, save_file
+    from torch import nn
+
+    from kl_retrievers.encoder import GaussianEncoder
+    from kl_retrievers.training import losses as loss_fns
+    from kl_retrievers.training.features import Features, compute_features, heads_forward
+except ModuleNotFoundError as _missing:
+    _named = _extra_error(_missing, __name__)
+    if _named is None:
+        raise  # the module is there (something inside it is missing): the original error says what
+    raise _named from _missing
 
 if TYPE_CHECKING:
     from kl_retrievers.datasets import BeirDataset
