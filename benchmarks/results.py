@@ -11,7 +11,8 @@ Every figure on the page is read from, or computed from, a JSON line of a log in
 * ``runs/eval/hybrid.jsonl``: the hybrid section, written by ``benchmarks/hybrid.py`` (``benchmarks/results_more.py``).
 
 The same records also fill the marked part of ``docs/choosing-a-model.md`` (``benchmarks/results_choosing.py``),
-the marked parts of ``README.md`` and ``docs/hybrid.md`` and its last section (``benchmarks/results_readme.py``).
+the marked parts of ``README.md`` and ``docs/hybrid.md`` and its last section (``benchmarks/results_readme.py``),
+and the bge table of ``docs/backbones.md`` (``benchmarks/results_backbones.py``; its paired cell is this page's too).
 
 The page is never edited by hand: ``--check`` exits 1 when it (or a part) differs from what the logs render
 (``tests/test_results_page.py``) or a line it renders has a per-query file whose means are not the line's figures;
@@ -37,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from results_backbones import PAGE as BACKBONES_PAGE
+from results_backbones import paired_cell, paired_ndcg, render_backbones
 from results_choosing import PAGE as CHOOSING_PAGE
 from results_choosing import choosing_region, splice, sync
 from results_more import HYBRID_LOG, bundled_models_section, hybrid_section, ranking_fixes_note
@@ -44,7 +47,6 @@ from results_qpp import _read as read_jsonl  # every JSON line of a log, oldest 
 from results_qpp import qpp_section
 from results_readme import HYBRID_PAGE, README, readme_notes, render_hybrid_page, render_readme, stale_per_query
 
-from kl_retrievers.evaluation import load_per_query, paired_test
 from kl_retrievers.pretrained import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,14 +85,6 @@ def num(value: float) -> str:
     return f"{value:.4f}"
 
 
-def signed(value: float) -> str:
-    return f"{value:+.4f}"
-
-
-def pval(value: float) -> str:
-    return f"{value:.2g}"
-
-
 def table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
 
@@ -119,10 +113,6 @@ def score_table(records: Mapping[tuple[str, str], dict[str, Any]], systems: Sequ
     return table(["data", "split", "queries", *(SYSTEMS[s] for s in systems)], rows)
 
 
-def per_query(record: Mapping[str, Any], root: Path) -> dict[str, dict[str, float]]:
-    return load_per_query(root / record["per_query_file"])[0]
-
-
 def paired_table(records: Mapping[tuple[str, str], dict[str, Any]], systems: Sequence[str], root: Path) -> list[str]:
     """The default minus each baseline: nDCG@10 difference and two-sided paired t-test p over the queries."""
     others = [s for s in systems if s != "default"]
@@ -134,8 +124,7 @@ def paired_table(records: Mapping[tuple[str, str], dict[str, Any]], systems: Seq
             if a is None or b is None:
                 cells.append("not run")
                 continue
-            res = paired_test(per_query(a, root), per_query(b, root), "ndcg@10")
-            cells.append(f"{signed(res.mean_diff)} (p = {pval(res.p_value)}, n = {res.n})")
+            cells.append(paired_cell(paired_ndcg(a, b, root)))
         rows.append([name, *cells])
     return table(["data", *(f"default minus {SYSTEMS[s]}" for s in others)], rows)
 
@@ -276,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--choosing", type=Path, default=ROOT / CHOOSING_PAGE, help="the page of the model-choice table")
     p.add_argument("--readme", type=Path, default=ROOT / README, help="the README, whose results part too")
     p.add_argument("--hybrid-page", type=Path, default=ROOT / HYBRID_PAGE, help="the page of the hybrid tables")
+    p.add_argument("--backbones-page", type=Path, default=ROOT / BACKBONES_PAGE, help="the page of the bge table")
     p.add_argument("--run", nargs="+", choices=list(SYSTEMS), metavar="SYSTEM", help=f"evaluate: {', '.join(SYSTEMS)}")
     p.add_argument("--run-models", nargs="+", default=[], metavar="MODEL", help="evaluate bundled models by name")
     p.add_argument("--backend", choices=["onnx", "torch"], default=None, help="--model-backend of --run-models")
@@ -290,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     readme = render_readme(args.readme, load_records(), ROOT, DEFAULT_MODEL)
     pages = [(args.page, render()), (args.choosing, choosing), (args.readme, readme)]
     pages.append((args.hybrid_page, render_hybrid_page(args.hybrid_page, ROOT)))
+    pages.append((args.backbones_page, render_backbones(args.backbones_page, load_records(), ROOT)))
     stale = stale_per_query(ROOT, load_records(), DEFAULT_MODEL) if args.check else []
     sys.stderr.writelines(f"per-query file does not match: {line}\n" for line in stale)
     return max(int(bool(stale)), *(sync(path, text, args.check) for path, text in pages))
