@@ -43,6 +43,7 @@ __all__ = [
     "is_saved_encoder",
     "model_similarity",
     "read_encoder_meta",
+    "remote_code_refusal",
     "saved_weights_sha256",
 ]
 
@@ -188,12 +189,16 @@ def read_encoder_meta(path: Path) -> dict[str, Any]:
         NotAnEncoderError: ... is not a saved GaussianEncoder (its config.json was not written by kl_retrievers); ...
     """
     cfg_file = path / CONFIG_NAME
+    if cfg_file.exists() and not cfg_file.is_file():  # a named pipe would block the read: never opened
+        raise NotAnEncoderError(f"{cfg_file} is not a regular file (a folder, named pipe, device or socket)")
     try:
         meta = json.loads(cfg_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise NotAnEncoderError(f"{path} is not a saved GaussianEncoder: {CONFIG_NAME} is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise NotAnEncoderError(f"{cfg_file} is not valid JSON: {exc}") from None
+    except (RecursionError, MemoryError) as exc:  # nested too deep (or too large) for the JSON parser
+        raise NotAnEncoderError(f"{cfg_file} is not a JSON file kl_retrievers wrote: {type(exc).__name__}") from None
     if not isinstance(meta, dict) or meta.get("library") != "kl_retrievers" or "encoder" not in meta:
         missing = _missing_onnx_graph(path, meta)
         if missing is not None:
@@ -262,14 +267,66 @@ def describe_saved_meta(meta: dict[str, Any]) -> str | None:
 def describe_saved_folder(folder: Path) -> str | None:
     """:func:`describe_saved_meta` of ``folder``'s ``config.json``; ``None`` without one kl_retrievers wrote.
 
-    A missing, unreadable, non-JSON or non-object ``config.json`` is ``None`` too (:func:`read_json_object`).
+    A missing, unreadable, non-JSON or non-object ``config.json`` is ``None`` too (:func:`read_json_object`), and
+    so is one that is not a regular file (a named pipe is never opened: its read would block).
     """
+    if not (Path(folder) / CONFIG_NAME).is_file():
+        return None
     meta = read_json_object(Path(folder) / CONFIG_NAME)
     if meta is None:
         return None
     if _missing_onnx_graph(Path(folder), meta) is not None:
         return f"an ONNX export of a Gaussian encoder whose {Path(folder) / 'model.onnx'} is missing"
     return describe_saved_meta(meta)
+
+
+#: The JSON files of a model folder in which transformers looks for ``auto_map`` (classes defined by the folder's code).
+_AUTO_MAP_FILES = ("tokenizer_config.json", CONFIG_NAME)
+
+
+def remote_code_refusal(folder: str | Path) -> str | None:
+    """Why transformers refuses ``folder``: its ``auto_map`` names Python code in it (``None``: no ``auto_map``).
+
+    A ``tokenizer_config.json`` or ``config.json`` (a saved encoder's ``backbone_config`` too) with an
+    ``auto_map`` asks transformers to import the folder's own ``.py`` files; kl_retrievers loads every model with
+    ``trust_remote_code=False``, so such a folder is refused (never run, never asked about), and this message says
+    which file and code.
+
+    Examples:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "tokenizer_config.json").write_text('{"auto_map": {"AutoTokenizer": [null, "tok.Tok"]}}')
+        >>> remote_code_refusal(folder)  # doctest: +ELLIPSIS
+        "...tokenizer_config.json: field 'auto_map' names Python code in the folder (tok.py: tok.Tok); ..."
+    """
+    for name in _AUTO_MAP_FILES:
+        file = Path(folder) / name
+        if not file.is_file():
+            continue
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError, MemoryError):
+            continue  # the loader's own error names a file that cannot be read
+        if not isinstance(data, dict):
+            continue
+        for field_name, holder in (("auto_map", data), ("backbone_config.auto_map", data.get("backbone_config"))):
+            auto_map = holder.get("auto_map") if isinstance(holder, dict) else None
+            if not auto_map:
+                continue
+            values = auto_map.values() if isinstance(auto_map, dict) else [auto_map]
+            refs = [
+                ref
+                for value in values
+                for ref in (value if isinstance(value, list) else [value])
+                if isinstance(ref, str) and ref
+            ]
+            shown = ", ".join(f"{ref.split('--')[-1].rsplit('.', 1)[0]}.py: {ref}" for ref in refs[:4])
+            return (
+                f"{file}: field {field_name!r} names Python code in the folder ({shown or repr(auto_map)[:120]}); "
+                "kl_retrievers never runs a model folder's code (it loads models with trust_remote_code=False): "
+                "use a model whose classes transformers ships, or remove 'auto_map' if the folder does not need it"
+            )
+    return None
 
 
 def encoder_config(meta: dict[str, Any], cfg_file: Path) -> GaussianEncoderConfig:
@@ -352,6 +409,8 @@ def check_tokenizer_sha256(
         raise kind(f"{cfg_file}: field {TOKENIZER_SHA256!r} must map file names to SHA-256s; got {recorded!r:.120}")
     for name, expected in sorted(recorded.items()):
         file = Path(folder) / name
+        if file.exists() and not file.is_file():  # a named pipe would block the read: never opened
+            raise kind(f"{file} is not a regular file (a folder, named pipe, device or socket)")
         try:
             actual = sha256_file(file)
         except FileNotFoundError:

@@ -233,6 +233,16 @@ def _l2_normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+def _refuse_remote_code(folder: Path) -> None:
+    """Raise a ``ValueError`` naming the ``auto_map`` when ``folder`` asks transformers to run its own code (the
+    models here load with ``trust_remote_code=False``, so transformers refused it); else return."""
+    from kl_retrievers._config import remote_code_refusal
+
+    message = remote_code_refusal(folder)
+    if message is not None:
+        raise ValueError(message) from None
+
+
 def _clamp_max_length(max_length: int, limit: int, name: str) -> int:
     """A dense baseline's token limit: an int >= 1, clamped (with a warning) to the model's ``limit``.
 
@@ -317,15 +327,24 @@ class MiniLMEncoder:
         self.device = device
         from transformers.utils import logging as hf_logging
 
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_path), local_files_only=True)
+        try:  # never the folder's own code (an auto_map): transformers refuses it instead of asking
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                str(self.model_path), local_files_only=True, trust_remote_code=False
+            )
+        except (ValueError, OSError):
+            _refuse_remote_code(self.model_path)
+            raise
         previous = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the checkpoint's unused pooler weights are expected
         quiet = contextlib.nullcontext() if show_progress else _transformers_progress_bars_off()
         try:
             with quiet:
                 self.model = AutoModel.from_pretrained(
-                    str(self.model_path), local_files_only=True, add_pooling_layer=False
+                    str(self.model_path), local_files_only=True, add_pooling_layer=False, trust_remote_code=False
                 )
+        except (ValueError, OSError):
+            _refuse_remote_code(self.model_path)
+            raise
         finally:
             hf_logging.set_verbosity(previous)
         self.model.eval().to(device)

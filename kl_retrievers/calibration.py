@@ -560,11 +560,17 @@ class ConfidenceCalibrator:
             FileNotFoundError: No such file.
             ValueError: Not JSON, or not a valid calibrator (naming the field).
         """
+        if Path(path).exists() and not Path(path).is_file():  # a named pipe would block the read: never opened
+            raise ValueError(f"{path} is not a regular file (a folder, named pipe, device or socket)")
         text = Path(path).read_text(encoding="utf-8")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path} is not JSON: {exc}") from exc
+        except (RecursionError, MemoryError) as exc:  # nested too deep (or too large) for the JSON parser
+            raise ValueError(
+                f"{path} is not a calibrator: {type(exc).__name__} (nested too deep or too large)"
+            ) from None
         return cls.from_dict(data)
 
     def __repr__(self) -> str:

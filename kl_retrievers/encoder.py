@@ -52,6 +52,7 @@ from kl_retrievers._config import TOKENIZER_FILES as _TOKENIZER_FILES
 from kl_retrievers._config import TOKENIZER_SIDE_FILES as _TOKENIZER_SIDE_FILES
 from kl_retrievers._config import check_tokenizer_sha256 as _check_tokenizer_sha256
 from kl_retrievers._config import check_weights_sha256 as _check_weights_sha256
+from kl_retrievers._config import remote_code_refusal as _remote_code_refusal
 from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, eval_mode, progress_bar, require_torch
 from kl_retrievers._io import atomic_dir, check_replace_target, check_version, library_version
 from kl_retrievers.gaussian import SCORE_DIRECTION, Gaussians
@@ -136,7 +137,7 @@ def _indexed_shards(index_file: Path) -> list[Path]:
     when the index cannot be read or names no plain file name (transformers cannot load such a folder)."""
     try:
         index = json.loads(index_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError, MemoryError):
         return []
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict):
@@ -237,20 +238,39 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def _inside_model_folder(file: Path, folder: Path) -> bool:
+    """Whether ``file`` (a symbolic link followed) lies directly in ``folder``, as :meth:`KLStore.load` requires of
+    a store's files; a Hugging Face cache snapshot's links to the cache's ``blobs`` folder are the exception.
+
+    Examples:
+        >>> _inside_model_folder(Path("/nonexistent/enc/model.safetensors"), Path("/nonexistent/enc"))
+        True
+    """
+    target, root = file.resolve(), folder.resolve()
+    if target.parent == root:
+        return True
+    return root.parent.name == "snapshots" and target.parent == root.parent.parent / "blobs"
+
+
 def _load_tokenizer(path: Path) -> Any:
     """The tokenizer saved in ``path``; damaged tokenizer files are a :class:`NotAnEncoderError` naming them.
 
     transformers reports a truncated or edited ``tokenizer.json`` / ``tokenizer_config.json`` as a bare
     ``JSONDecodeError``, ``KeyError`` or ``AttributeError`` that names no file. The message names the first of
-    the folder's tokenizer JSON files that is not a JSON object, else every tokenizer file present.
+    the folder's tokenizer JSON files that is not a JSON object, else every tokenizer file present. A folder whose
+    ``tokenizer_config.json`` has an ``auto_map`` (Python code of its own) is refused, naming it: the folder's code
+    is never run, and transformers never asks whether to run it (``trust_remote_code=False``).
     """
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+        return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except ImportError:  # a missing optional package (sentencepiece, ...): its own message says which
         raise
     except Exception as exc:  # transformers and tokenizers raise many types for damaged files
+        remote = _remote_code_refusal(path)
+        if remote is not None:
+            raise NotAnEncoderError(remote) from None
         names = [n for n in (*_TOKENIZER_FILES, *_TOKENIZER_SIDE_FILES) if (path / n).is_file()]
         culprit = ""
         for name in names:
@@ -272,13 +292,23 @@ def _load_tokenizer(path: Path) -> Any:
 
 
 def _load_backbone(path: str | os.PathLike[str]) -> Any:
+    """The Hugging Face model in ``path``, never running the folder's own code (``trust_remote_code=False``): a
+    folder whose ``config.json`` has an ``auto_map`` transformers refuses is a :class:`NotAnEncoderError` naming it."""
     from transformers import AutoModel
 
     with _quiet_transformers():
         try:
-            return AutoModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False)
-        except TypeError:  # models without a pooling layer reject the argument
-            return AutoModel.from_pretrained(path, local_files_only=True)
+            try:
+                return AutoModel.from_pretrained(
+                    path, local_files_only=True, add_pooling_layer=False, trust_remote_code=False
+                )
+            except TypeError:  # models without a pooling layer reject the argument
+                return AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        except (ValueError, OSError):
+            remote = _remote_code_refusal(Path(path))
+            if remote is not None:
+                raise NotAnEncoderError(remote) from None
+            raise
 
 
 def _backbone_from_config(config_dict: dict[str, Any]) -> Any:
@@ -288,9 +318,9 @@ def _backbone_from_config(config_dict: dict[str, Any]) -> Any:
     model_type = config_dict.pop("model_type")
     config = AutoConfig.for_model(model_type, **config_dict)
     try:
-        return AutoModel.from_config(config, add_pooling_layer=False)
+        return AutoModel.from_config(config, add_pooling_layer=False, trust_remote_code=False)
     except TypeError:
-        return AutoModel.from_config(config)
+        return AutoModel.from_config(config, trust_remote_code=False)
 
 
 def _pick_device(device: str | torch.device | None) -> torch.device:
@@ -517,7 +547,13 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         if not isinstance(prefix, str):
             raise TypeError(f"query_prefix must be a str or None; got {type(prefix).__name__}")
         backbone = _load_backbone(path)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        except (ValueError, OSError):
+            remote = _remote_code_refusal(path)
+            if remote is not None:
+                raise NotAnEncoderError(remote) from None
+            raise
         hidden = int(backbone.config.hidden_size)
         config = GaussianEncoderConfig(
             dim=dim or hidden,
@@ -984,6 +1020,11 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         weights_file = path / weights_name
         if not weights_file.is_file():
             raise NotAnEncoderError(f"{path} is missing its weights file {weights_name}")
+        if not _inside_model_folder(weights_file, path):  # as KLStore.load: a link may not lead out of the folder
+            raise NotAnEncoderError(
+                f"{weights_file} resolves to {weights_file.resolve()}, outside the model folder; copy the file "
+                "into the folder instead of linking to it"
+            )
         if not any((path / name).is_file() for name in _TOKENIZER_FILES):
             raise NotAnEncoderError(
                 f"{path} has no tokenizer files (expected one of {', '.join(_TOKENIZER_FILES)}); "

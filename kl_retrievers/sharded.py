@@ -520,13 +520,37 @@ def read_shard(
 
 
 def _read_json(path: Path) -> Any:
-    """Parse a JSON file; errors name the file."""
+    """Parse a JSON file; errors name the file (one that is not a regular file, e.g. a named pipe, is not opened)."""
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} is not a regular file (a folder, named pipe, device or socket)")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    except (RecursionError, MemoryError) as exc:  # nested too deep (or too large) for the JSON parser
+        raise ValueError(f"{path} is not valid JSON: {type(exc).__name__} (nested too deep or too large)") from None
+
+
+def _outside_problem(out: Path, name: str) -> str | None:
+    """Why shard folder ``name`` of ``out`` leads out of ``out`` (``None``: it does not).
+
+    As :meth:`~kl_retrievers.store.KLStore.load` with a store's files: the shard folder must resolve to a folder
+    directly in ``out``, and its ``shard.json`` and :data:`_SHARD_FILES` (symbolic links followed) to files directly
+    in the shard folder; a link elsewhere is refused, never followed.
+    """
+    root = out.resolve()
+    shard = out / name
+    if not (shard.exists() or shard.is_symlink()):
+        return None
+    if shard.resolve().parent != root:
+        return f"{shard} resolves to {shard.resolve()}, outside the encoding folder {out}"
+    for file in (_SHARD_META, *_SHARD_FILES):
+        path = shard / file
+        if (path.exists() or path.is_symlink()) and path.resolve().parent != shard.resolve():
+            return f"{path} resolves to {path.resolve()}, outside its shard folder"
+    return None
 
 
 def _run_key(manifest: dict[str, Any]) -> str:
@@ -593,6 +617,9 @@ def _shard_problem(out: Path, spec: ShardSpec, run: str) -> str | None:
     folder = out / spec.name
     if not folder.exists():
         recover_dir(folder, required=_SHARD_META)
+    outside = _outside_problem(out, spec.name)
+    if outside is not None:
+        return outside
     meta_path = folder / _SHARD_META
     if not meta_path.is_file():
         return f"{meta_path} is missing"
@@ -1621,6 +1648,9 @@ def _checked_specs(folder: Path, manifest: dict[str, Any]) -> list[ShardSpec]:
         shard = folder / f"shard-{index:05d}"
         if not shard.exists():
             recover_dir(shard, required=_SHARD_META)
+        outside = _outside_problem(folder, shard.name)
+        if outside is not None:
+            raise ValueError(f"{outside}; a link out of the folder is not followed: copy the shard into it")
         try:
             meta = _read_json(shard / _SHARD_META)
             spec = ShardSpec(**meta["spec"])
@@ -1676,7 +1706,7 @@ def _read_shards(folder: Path, specs: list[ShardSpec], run: str) -> Iterator[tup
         try:
             mean = np.load(shard / "mean.npy", allow_pickle=False)
             var = np.load(shard / "var.npy", allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
+        except (OSError, ValueError, EOFError, MemoryError) as exc:
             raise ValueError(f"{shard}: cannot read its Gaussians: {exc}") from None
         if not (isinstance(ids, list) and len(ids) == spec.rows and all(isinstance(i, str) for i in ids)):
             raise ValueError(f"{shard / 'ids.json'} must be a list of {spec.rows} string ids")
@@ -1691,6 +1721,27 @@ def _read_shards(folder: Path, specs: list[ShardSpec], run: str) -> Iterator[tup
         yield ids, g
 
 
+def _check_unique_shard_ids(folder: Path, shard_ids: list[list[str]]) -> None:
+    """Refuse an id held twice by the shards of ``folder`` (``shard_ids``: each shard's ids, in shard order).
+
+    Examples:
+        >>> _check_unique_shard_ids(Path("enc"), [["a", "b"], ["b"]])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: enc: id 'b' is in both shard-00000 and shard-00001; ids must be unique ...
+    """
+    first: dict[str, int] = {}
+    for index, ids in enumerate(shard_ids):
+        for doc_id in ids:
+            seen = first.get(doc_id)
+            if seen is not None:
+                where = f"both shard-{seen:05d} and shard-{index:05d}" if seen != index else f"shard-{index:05d} twice"
+                raise ValueError(
+                    f"{folder}: id {doc_id!r} is in {where}; ids must be unique (the encode command refuses a "
+                    "repeated id): encode the input again into a new folder"
+                )
+            first[doc_id] = index
+
+
 def load_encoded(
     out: str | os.PathLike[str], *, encoder: Any | None = None, kind: str | None = None
 ) -> tuple[Any, list[str]]:
@@ -1698,12 +1749,17 @@ def load_encoded(
 
     ``encoder`` and ``kind`` check that the shards are that encoder's and of that kind, as in :func:`iter_encoded`.
 
+    Raises:
+        ValueError: As :func:`iter_encoded`; also an id that two shards (or one shard twice) hold: the message
+            names the id and both shards (the encode command refuses a repeated id, so its folders hold none).
+
     Examples:
         >>> g, ids = load_encoded("encoded/", encoder=store.encoder, kind="document")  # doctest: +SKIP
     """
 
     parts = list(iter_encoded(out, encoder=encoder, kind=kind))
     ids = [i for part_ids, _ in parts for i in part_ids]
+    _check_unique_shard_ids(Path(out).expanduser(), [part_ids for part_ids, _ in parts])
     if not parts:
         return Gaussians(np.zeros((0, 1), np.float32), np.ones((0, 1), np.float32)), ids
     return Gaussians.concat([g for _, g in parts]), ids

@@ -739,25 +739,198 @@ def _warn_fresh_over_checkpoint(folder: Path) -> None:
     )
 
 
+_DAMAGED = "the checkpoint is damaged: restore it, or start afresh with another --checkpoint-dir (or without --resume)"
+
+
+def _state_error(state_file: Path, field: str, what: str, got: Any) -> ValueError:
+    """The refusal of a ``state.json`` field: names the file, the field, what it must be and what it is."""
+    shown = repr(got)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return ValueError(f"--resume: {state_file}: field {field!r} must be {what}; got {shown}; {_DAMAGED}")
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _read_checkpoint_state(folder: Path) -> dict[str, Any]:
+    """The checkpoint's ``state.json``, its fields' types checked (what :func:`_load_checkpoint` reads).
+
+    Raises:
+        ValueError: The file cannot be read, is not JSON (or nested too deep for the parser) or not an object, or
+            a field is missing or of another type; the message names the file and the field.
+    """
+    state_file = folder / "state.json"
+    try:
+        meta = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError, MemoryError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ValueError(
+            f"--resume: {state_file} cannot be read as JSON ({type(exc).__name__}: {str(exc)[:200]}); {_DAMAGED}"
+        ) from None
+    if not isinstance(meta, dict):
+        raise ValueError(
+            f"--resume: {state_file} must hold a JSON object; got a JSON {type(meta).__name__}; {_DAMAGED}"
+        )
+    for key in ("step", "param_names", "param_groups", "optimizer_scalars", "scheduler", "losses"):
+        if key not in meta:
+            raise ValueError(f"--resume: {state_file} lacks the field {key!r}; {_DAMAGED}")
+    step = meta.get("step")
+    if not _is_index(step):
+        raise _state_error(state_file, "step", "a non-negative integer", step)
+    names = meta.get("param_names")
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise _state_error(state_file, "param_names", "a list of parameter names", names)
+    groups = meta.get("param_groups")
+    if not (
+        isinstance(groups, list)
+        and groups
+        and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)
+        and all(_is_index(i) for g in groups for i in g["params"])
+    ):
+        raise _state_error(
+            state_file, "param_groups", "a list of optimiser groups, each with its 'params' indices", groups
+        )
+    for g in groups:
+        for key in ("lr", "initial_lr", "weight_decay", "eps"):
+            if key in g and not (is_real_number(g[key]) and math.isfinite(g[key])):
+                raise _state_error(state_file, f"param_groups.{key}", "a finite number", g[key])
+    scalars = meta.get("optimizer_scalars")
+    if not (
+        isinstance(scalars, dict)
+        and all(k.isdigit() and isinstance(v, dict) for k, v in scalars.items())
+        and all(is_real_number(x) and math.isfinite(x) for v in scalars.values() for x in v.values())
+    ):
+        raise _state_error(
+            state_file, "optimizer_scalars", "an object of parameter index -> {name: finite number}", scalars
+        )
+    if not isinstance(meta.get("scheduler"), dict):
+        raise _state_error(
+            state_file, "scheduler", "an object (the learning-rate scheduler's state)", meta.get("scheduler")
+        )
+    losses = meta.get("losses")
+    if not (isinstance(losses, list) and all(is_real_number(x) and math.isfinite(x) for x in losses)):
+        raise _state_error(state_file, "losses", "a list of finite numbers", losses)
+    if meta.get("recipe") is not None and not isinstance(meta["recipe"], dict):
+        raise _state_error(state_file, "recipe", "an object or null", meta["recipe"])
+    return meta
+
+
+def _read_checkpoint_tensors(file: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's safetensors file; ``ValueError`` naming it when it cannot be read."""
+    try:
+        return load_file(os.fspath(file))
+    except FileNotFoundError:
+        raise ValueError(f"--resume: {file} is missing; {_DAMAGED}") from None
+    except Exception as exc:  # safetensors' SafetensorError, OSError, MemoryError of a lying header, ...
+        raise ValueError(
+            f"--resume: {file} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); {_DAMAGED}"
+        ) from None
+
+
+def _optimizer_state(
+    file: Path, state_file: Path, meta: Mapping[str, Any], params: list[nn.Parameter]
+) -> dict[int, dict[str, Any]]:
+    """The optimiser's per-parameter state from ``optimizer.safetensors`` (tensors ``INDEX.NAME``) and ``state.json``
+    (``optimizer_scalars``), checked against the parameters: ``ValueError`` naming the file and the entry."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in _read_checkpoint_tensors(file).items():
+        idx, _, name = key.partition(".")
+        if not (idx.isdigit() and int(idx) < len(params) and name):
+            raise ValueError(
+                f"--resume: {file}: tensor {key!r} is not named PARAMETER_INDEX.NAME with an index below "
+                f"{len(params)}; {_DAMAGED}"
+            )
+        param = params[int(idx)]
+        moment = name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+        if (moment and value.shape != param.shape) or (name == "step" and value.numel() != 1):
+            want = tuple(param.shape) if moment else "one value"
+            raise ValueError(
+                f"--resume: {file}: tensor {key!r} has shape {tuple(value.shape)}; the parameter needs {want}; "
+                f"{_DAMAGED}"
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"--resume: {file}: tensor {key!r} holds NaN or infinite values; {_DAMAGED}")
+        state.setdefault(int(idx), {})[name] = value
+    for idx, sc in meta["optimizer_scalars"].items():
+        if int(idx) >= len(params):
+            raise _state_error(state_file, "optimizer_scalars", f"keyed by parameter indices below {len(params)}", idx)
+        state.setdefault(int(idx), {}).update(sc)
+    return state
+
+
+def _check_scheduler_state(state_file: Path, saved: Mapping[str, Any], sched: Any, n_groups: int) -> None:
+    """Refuse a ``scheduler`` entry this scheduler does not have, or one of another type than its own."""
+    own = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
+    for key, value in saved.items():
+        if key not in own:
+            raise _state_error(
+                state_file, f"scheduler.{key}", f"absent (the scheduler's entries: {sorted(own)})", value
+            )
+        mine = own[key]
+        if isinstance(mine, list):
+            ok = (
+                isinstance(value, list)
+                and len(value) == n_groups
+                and all(is_real_number(x) and math.isfinite(x) for x in value)
+            )
+            what = f"a list of {n_groups} finite numbers"
+        elif isinstance(mine, bool):
+            ok, what = isinstance(value, bool), "true or false"
+        elif isinstance(mine, int):
+            ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(mine, float):
+            ok, what = is_real_number(value) and math.isfinite(value), "a finite number"
+        else:
+            ok, what = value is None or isinstance(value, type(mine)), f"null or a {type(mine).__name__}"
+        if not ok:
+            raise _state_error(state_file, f"scheduler.{key}", what, value)
+
+
 def _load_checkpoint(
     folder: Path, meta: Mapping[str, Any], module: nn.Module, opt: torch.optim.Optimizer, sched: Any
 ) -> tuple[int, list[float]]:
-    """Restore the trainable weights, optimiser and scheduler from ``folder`` (``meta``: its ``state.json``)."""
+    """Restore the trainable weights, optimiser and scheduler from ``folder`` (``meta``: its ``state.json``, as
+    :func:`_read_checkpoint_state` checked it); a damaged file or entry is a ``ValueError`` naming it."""
+    state_file = folder / "state.json"
     params = _trainable(module)
     if list(params) != meta["param_names"]:
         raise ValueError(f"checkpoint {folder} was written for other trainable parameters; cannot resume")
-    weights = load_file(os.fspath(folder / "trainable.safetensors"))
+    weights_file = folder / "trainable.safetensors"
+    weights = _read_checkpoint_tensors(weights_file)
+    for n, p in params.items():
+        if n not in weights:
+            raise ValueError(f"--resume: {weights_file} lacks the tensor {n!r}; {_DAMAGED}")
+        if weights[n].shape != p.shape:
+            raise ValueError(
+                f"--resume: {weights_file}: tensor {n!r} has shape {tuple(weights[n].shape)}; the model's is "
+                f"{tuple(p.shape)}; {_DAMAGED}"
+            )
+        if weights[n].is_floating_point() and not bool(torch.isfinite(weights[n]).all()):
+            raise ValueError(f"--resume: {weights_file}: tensor {n!r} holds NaN or infinite values; {_DAMAGED}")
+    unknown = sorted(set(weights) - set(params))
+    if unknown:
+        raise ValueError(f"--resume: {weights_file} has tensors the model does not train: {unknown[:5]}; {_DAMAGED}")
+    own_groups = opt.state_dict()["param_groups"]
+    groups = meta["param_groups"]
+    if [g["params"] for g in groups] != [g["params"] for g in own_groups]:
+        raise _state_error(
+            state_file,
+            "param_groups",
+            f"{len(own_groups)} group(s) over the parameters {[g['params'] for g in own_groups]}"[:200],
+            groups,
+        )
+    state = _optimizer_state(folder / "optimizer.safetensors", state_file, meta, list(params.values()))
+    _check_scheduler_state(state_file, meta["scheduler"], sched, len(own_groups))
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(weights[n].to(p.device))
-    tensors = load_file(os.fspath(folder / "optimizer.safetensors"))
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
-    for idx, sc in meta["optimizer_scalars"].items():
-        state.setdefault(int(idx), {}).update(sc)
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    try:
+        opt.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise ValueError(
+            f"--resume: {state_file} (param_groups, optimizer_scalars) and {folder / 'optimizer.safetensors'} do not "
+            f"make an optimiser state ({type(exc).__name__}: {exc}); {_DAMAGED}"
+        ) from None
     sched.load_state_dict({**meta["scheduler"], "lr_lambdas": [None] * len(opt.param_groups)})
     return int(meta["step"]), list(meta["losses"])
 
@@ -1272,7 +1445,7 @@ def _checked_checkpoint(
     found = _find_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
     if found is None:
         return None, {}
-    meta = json.loads((found / "state.json").read_text())
+    meta = _read_checkpoint_state(found)  # ValueError naming the file and the field of a damaged one
     _check_resume_recipe(found, meta, recipe)
     _check_resume_steps(found, meta, steps)
     return found, meta
