@@ -50,6 +50,7 @@ import logging
 import math
 import os
 import threading
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,8 @@ CONFIDENCE_KEY = "confidence"
 
 _WARNED: set[str] = set()
 _WARN_LOCK = threading.Lock()
+# Unicode categories of the characters that count as blank in a query (is_blank_query), with whitespace.
+_INVISIBLE = frozenset({"Cc", "Cf", "Co"})
 # Scores a feature reads (the deepest feature sets how many results are fetched).
 _DEPTH = {"uncertainty": 0, "max_score": 1, "gap12": 2, "gap1_10": 10, "std10": 10}
 
@@ -494,13 +497,22 @@ EMPTY_QUERY_REASON = "the query is empty (blank): it asks for nothing, so no doc
 
 
 def is_blank_query(text: str | None) -> bool:
-    """Whether a query text is empty or whitespace only (``None``, no text, is not).
+    """Whether a query text is blank: empty, or only whitespace and invisible characters (``None``, no text, is not).
+
+    Invisible characters are controls, format characters and private-use code points (Unicode categories
+    ``Cc``, ``Cf`` and ``Co``: ``"\\x00"``, a zero-width space or joiner, a byte-order mark, ``U+2060``...).
+    The bundled models' tokenizers (BERT's normaliser) drop them all, as they drop whitespace, so such a
+    text encodes as the empty one; and BM25's token pattern finds no word in it either. (Those
+    tokenizers also drop a lone combining mark, which is not blank here: a tokenizer that keeps
+    accents reads it.)
 
     Examples:
         >>> is_blank_query(""), is_blank_query(" \\n\\t"), is_blank_query("a"), is_blank_query(None)
         (True, True, False, False)
+        >>> is_blank_query("\\u200b"), is_blank_query("\\ufeff \\x00"), is_blank_query("a\\u200d")
+        (True, True, False)
     """
-    return text is not None and not text.strip()
+    return text is not None and all(ch.isspace() or unicodedata.category(ch) in _INVISIBLE for ch in text)
 
 
 def blank_query_confidence(calibrated: bool) -> tuple[float | None, str | None]:

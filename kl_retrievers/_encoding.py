@@ -430,6 +430,39 @@ class EncoderMixin:
             )
         return limit
 
+    def _unknown_token(self) -> tuple[int, np.ndarray] | None:
+        """The unknown token's id (``[UNK]``) and the other special tokens' ids; ``None``: the backend cannot tell."""
+        return None
+
+    def _warn_unknown_only(self, texts: Sequence[str], rows: Iterable[np.ndarray]) -> None:
+        """Warn, once per encoder, when a text encodes to unknown tokens only (``[CLS] [UNK] [SEP]``).
+
+        Such a text (a script or emoji the model's vocabulary lacks: the bundled models read English)
+        gets the Gaussian that every such text gets, so its ``-KL`` scores say nothing about it. ``rows``
+        holds each text's token ids (special tokens and padding may be among them).
+        """
+        if self.__dict__.get("_warned_unknown_only"):
+            return
+        token = self._unknown_token()
+        if token is None:
+            return
+        unk, special = token
+        for text, ids in zip(texts, rows, strict=True):
+            if not (ids == unk).any():  # the common case, cheap
+                continue
+            words = ids[~np.isin(ids, special)]
+            if words.size and bool((words == unk).all()):
+                self.__dict__["_warned_unknown_only"] = True
+                logger.warning(
+                    "%s encodes a text to unknown tokens only ([UNK]), e.g. %r: its vocabulary has none of the "
+                    "text's words (the bundled models read English; other scripts and emoji become [UNK], see "
+                    "docs/choosing-a-model.md), so every such text gets the same Gaussian and its -KL scores "
+                    "say nothing about it; warned once per encoder",
+                    self.name_or_path or type(self).__name__,
+                    text if len(text) <= 60 else text[:60] + "...",
+                )
+                return
+
     def encode_queries(
         self,
         texts: str | Sequence[str],

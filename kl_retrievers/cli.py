@@ -370,6 +370,7 @@ def _run_encode(args: argparse.Namespace) -> int:
         if not texts:
             raise ValueError(f"--input {args.input}: holds no texts; nothing to encode")
     elif args.texts:
+        _check_argument_texts(args.texts, "text")
         texts = list(args.texts)
         ids = [str(i) for i in range(len(texts))]
     else:
@@ -536,6 +537,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     _check_session_flags(args, args.model_backend)
     start = time.perf_counter()
     corpus = read_jsonl_objects(DATA_DIR / "demo_corpus.jsonl")
+    _check_argument_texts(args.queries, "query")
     queries = list(args.queries) or [r["text"] for r in read_jsonl_objects(DATA_DIR / "demo_queries.jsonl")]
     encoder = _load_encoder(args.model, backend=args.model_backend, **_session_kwargs(args))
     print(f"model: {encoder!r}")
@@ -569,7 +571,7 @@ def _run_demo(args: argparse.Namespace) -> int:
             else (scorer.confidence(encoder, [h.score for h in hits], float(uncertainty[i])), None)
         )
         shown = "" if conf is None else f", confidence {conf:.2f}" + (f": {reason}" if reason else "")
-        print(f"query: {query!r}  (uncertainty: mean log-variance {_signed(float(uncertainty[i]))}{shown})")
+        print(f"query: '{_printable(query)}'  (uncertainty: mean log-variance {_signed(float(uncertainty[i]))}{shown})")
         for rank, hit in enumerate(hits[: args.k], 1):
             print(f"  {rank}. -KL={hit.score:9.4f}  [{_printable(hit.id)}] {_printable((hit.text or '')[:80])}")
         print()
@@ -716,6 +718,30 @@ def _rows_metadata(
     return metadatas
 
 
+def _check_argument_texts(values: Sequence[str], what: str) -> None:
+    r"""Refuse a command-line text that is not valid UTF-8, naming the argument and the byte.
+
+    Python reads such an argument with its bytes kept as lone surrogates (``\udcff`` for the byte ``\xff``),
+    which no model can encode and which the library would report as ``texts[0]``.
+
+    Examples:
+        >>> _check_argument_texts(["bread", "Ünïcode"], "query")  # valid UTF-8: nothing to say
+        >>> _check_argument_texts(["bread \udcff"], "query")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: query 1 on the command line is not valid UTF-8 text (byte 0xff at character 6 of ...
+    """
+    for number, value in enumerate(values, 1):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            char = value[exc.start]
+            byte = f"byte 0x{ord(char) - 0xDC00:02x}" if 0xDC80 <= ord(char) <= 0xDCFF else f"{char!r}"
+            raise ValueError(
+                f"{what} {number} on the command line is not valid UTF-8 text ({byte} at character {exc.start} "
+                f"of '{_printable(value)}'); give it in UTF-8 (check the terminal's or the locale's encoding)"
+            ) from None
+
+
 def _read_text_folder(path: Path) -> tuple[list[str], list[str], list[dict[str, Any]]]:
     """Every .txt / .md file below ``path`` (suffix in any case), one document each, with its relative path as id."""
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in (".txt", ".md") and p.is_file())
@@ -725,6 +751,15 @@ def _read_text_folder(path: Path) -> tuple[list[str], list[str], list[dict[str, 
             "folder (with corpus.jsonl) or a .jsonl file"
         )
     ids = [str(p.relative_to(path)) for p in files]
+    for doc_id in ids:  # an id is written as UTF-8: a file name in another encoding cannot be one
+        try:
+            doc_id.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"{path}: the file name {os.fsencode(doc_id)!r} is not valid UTF-8, and a file's name below the "
+                "folder is its document id; rename the file to a UTF-8 name (convmv renames a whole folder's), or "
+                "move it out of the folder"
+            ) from None
     texts = []
     for p in files:
         try:
@@ -878,7 +913,8 @@ def _add_search(sub: Any) -> None:
         "query",
         nargs="+",
         help="one or more queries; a blank one (empty or whitespace only) asks for nothing and is refused, exit "
-        "status 2, before the store is read (evaluate ranks a blank query of its collection, with a warning)",
+        "status 2, before the store is read; invisible characters such as a zero-width space count as whitespace "
+        "(evaluate ranks a blank query of its collection, with a warning)",
     )
     p.add_argument("-k", type=positive_int, default=10, help="results per query (default 10)")
     p.add_argument("--filter", default=None, help='metadata filter as JSON, e.g. \'{"year": {"$gte": 2020}}\'')
@@ -1062,14 +1098,16 @@ def _run_search(args: argparse.Namespace) -> int:
     from kl_retrievers._encoding import query_batch_size
     from kl_retrievers.index import KLStore
 
+    _check_argument_texts(args.query, "query")
     blank = [i for i, query in enumerate(args.query, 1) if is_blank_query(query)]
     if blank:  # before any file is read or model loaded; a ranking for nothing would look like an answer
         which = (
             f"query {blank[0]} ({args.query[blank[0] - 1]!r})" if len(args.query) > 1 else f"query {args.query[0]!r}"
         )
+        invisible = ", invisible characters counted as whitespace" if args.query[blank[0] - 1].strip() else ""
         raise ValueError(
-            f"{which} is blank (empty or whitespace only): it asks for nothing, so no document can answer "
-            "it; give a query with words"
+            f"{which} is blank (empty or whitespace only{invisible}): it asks for nothing, so no document can "
+            "answer it; give a query with words"
         )
     args.store = _kl_store_folder(args.store)
     config_file = args.store / "config.json"
@@ -1157,7 +1195,7 @@ def _run_search(args: argparse.Namespace) -> int:
                 )
             )
             continue
-        print(f"query: {query!r}  (uncertainty {_signed(float(uncertainty[i]))})")
+        print(f"query: '{_printable(query)}'  (uncertainty {_signed(float(uncertainty[i]))})")
         for rank, h in enumerate(hits, 1):
             print(f"  {rank:>3}. -KL={h.score:10.4f}  [{_printable(h.id)}] {_printable((h.text or '')[:80])}")
     return 0

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -372,7 +373,8 @@ def _get_id(obj: dict[str, Any], path: Path, lineno: int) -> str:
         raise DatasetError('missing "_id" field', path=path, line=lineno)
     ident = obj["_id"]
     if isinstance(ident, bool) or not isinstance(ident, (str, int)):
-        raise DatasetError(f'"_id" must be a string, got {type(ident).__name__}', path=path, line=lineno)
+        got = "null" if ident is None else type(ident).__name__
+        raise DatasetError(f'"_id" must be a string or an integer, got {got}', path=path, line=lineno)
     ident = str(ident)
     if not ident.strip():
         raise DatasetError('"_id" is empty', path=path, line=lineno)
@@ -488,6 +490,37 @@ def _qrels_columns(cols: list[str], trec: bool | None, has_header: bool, path: P
     )
 
 
+def _near_miss(ident: str, known: Iterable[str]) -> str:
+    """A hint naming the id of ``known`` that ``ident`` misses only by its form, or ``""`` when there is none.
+
+    Ids are compared exactly as written; the hint names an id that is the same after Unicode NFC
+    normalisation, after case folding, or (a number) without its leading zeros.
+
+    Examples:
+        >>> _near_miss("07", ["7", "8"])
+        "; did you mean '7'? (the same number with other leading zeros; ids are compared as written)"
+        >>> _near_miss("cafe\u0301", ["caf\u00e9"])[:61]
+        "; did you mean 'café'? (the same id in another Unicode normal"
+        >>> _near_miss("x", ["y"])
+        ''
+    """
+    nfc = unicodedata.normalize("NFC", ident)
+    folded = nfc.casefold()
+    number = ident.lstrip("0") or "0" if ident.isascii() and ident.isdigit() else None
+    for other in known:
+        other_nfc = unicodedata.normalize("NFC", other)
+        if other_nfc == nfc:
+            why = "the same id in another Unicode normal form, NFC against NFD: ids are compared as written"
+        elif other_nfc.casefold() == folded:
+            why = "the same id in another case; ids are compared as written"
+        elif number is not None and other.isascii() and other.isdigit() and (other.lstrip("0") or "0") == number:
+            why = "the same number with other leading zeros; ids are compared as written"
+        else:
+            continue
+        return f"; did you mean {other!r}? ({why})"
+    return ""
+
+
 def _load_qrels(
     path: Path,
     queries: dict[str, str],
@@ -530,7 +563,9 @@ def _load_qrels(
                 raise DatasetError(f"score {score_s!r} is not an integer grade", path=path, line=lineno) from None
             score = int(score_f)
         if qid not in queries:
-            raise DatasetError(f"unknown query id {qid!r} (not in {QUERIES_FILE})", path=path, line=lineno)
+            raise DatasetError(
+                f"unknown query id {qid!r} (not in {QUERIES_FILE}){_near_miss(qid, queries)}", path=path, line=lineno
+            )
         if doc_id not in corpus:
             if unknown_docs == "drop":
                 dropped += 1
@@ -538,7 +573,7 @@ def _load_qrels(
                     emptied.add(qid)
                 continue
             raise DatasetError(
-                f"unknown document id {doc_id!r} (not in {CORPUS_FILE})",
+                f"unknown document id {doc_id!r} (not in {CORPUS_FILE}){_near_miss(doc_id, corpus)}",
                 path=path,
                 line=lineno,
                 option=("unknown_docs", "drop"),

@@ -715,6 +715,13 @@ class GaussianEncoder(EncoderMixin, nn.Module):
             if target != self.device:
                 self.to(target)
 
+    def _unknown_token(self) -> tuple[int, np.ndarray] | None:
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        if not isinstance(unk, int):
+            return None
+        special = [i for i in [*getattr(self.tokenizer, "all_special_ids", ()), self.var_token_id] if i != unk]
+        return unk, np.asarray([i for i in special if i is not None], np.int64)
+
     def _encode_batches(
         self, texts: list[str], *, max_length: int, batch_size: int, show_bar: bool, desc: str
     ) -> Gaussians:
@@ -725,7 +732,9 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         with eval_mode(self), torch.inference_mode(), progress_bar(n_batches, desc=desc, show=show_bar) as bar:
             for start in range(0, len(texts), batch_size):
                 chunk = [texts[i] for i in order[start : start + batch_size]]
-                batch = {k: v.to(self.device) for k, v in self.tokenize(chunk, max_length).items()}
+                tokens = self.tokenize(chunk, max_length)
+                self._warn_unknown_only(chunk, tokens["input_ids"].numpy())
+                batch = {k: v.to(self.device) for k, v in tokens.items()}
                 mean, var = self(**batch)
                 means.append(mean.float().cpu())
                 vars_.append(var.float().cpu())

@@ -1440,6 +1440,25 @@ class OnnxGaussianEncoder(EncoderMixin):
                     self._tokenizers[budget] = tokenizer
         return tokenizer
 
+    def _unknown_token(self) -> tuple[int, np.ndarray] | None:
+        if "_unknown_token_ids" not in self.__dict__:  # read from tokenizer.json once
+            found: tuple[int, np.ndarray] | None = None
+            try:
+                spec = json.loads(self._tokenizer_json)
+                model, added = spec.get("model") or {}, spec.get("added_tokens") or []
+                unk = model.get("unk_id") if model.get("type") == "Unigram" else None  # WordPiece, BPE: by name
+                if unk is None and isinstance(model.get("unk_token"), str):
+                    ids = {t["content"]: t["id"] for t in added}
+                    unk = ids.get(model["unk_token"], (model.get("vocab") or {}).get(model["unk_token"]))
+                if isinstance(unk, int):
+                    special = [t["id"] for t in added if t.get("special") and t["id"] != unk]
+                    found = unk, np.asarray(special, np.int64)
+            except (ValueError, TypeError, KeyError, AttributeError):  # an unusual tokenizer.json: no check
+                found = None
+            self.__dict__["_unknown_token_ids"] = found
+        result: tuple[int, np.ndarray] | None = self.__dict__["_unknown_token_ids"]
+        return result
+
     def _token_ids(self, texts: list[str], max_length: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Token ids and type ids of each text, truncated so that ``[VAR]`` still fits in ``max_length``."""
         encodings = self._tokenizer_for(max_length).encode_batch(texts)
@@ -1529,6 +1548,8 @@ class OnnxGaussianEncoder(EncoderMixin):
                     chunk_rows = self._token_ids([texts[i] for i in chunk_idx], max_length)
                 else:
                     chunk_rows = [rows[i] for i in chunk_idx]
+                if not self.__dict__.get("_warned_unknown_only"):
+                    self._warn_unknown_only([texts[i] for i in chunk_idx], [ids for ids, _ in chunk_rows])
                 for start in range(0, len(chunk_idx), batch_size):
                     idx = chunk_idx[start : start + batch_size]
                     out_mean, out_var = self._run_batch(self._batch_arrays(chunk_rows[start : start + batch_size]))

@@ -1,0 +1,240 @@
+"""Unusual text: invisible-only queries, unknown-token texts, odd command-line bytes and near-miss ids.
+
+* A query of only invisible characters (a zero-width space, a BOM, ``"\\x00"``...) is blank, as an
+  empty one: the bundled tokenizers drop those characters, so it would match an empty document at
+  ``-KL`` 0 and read as a sure answer. The CLI refuses it, the adapters give it confidence 0 and
+  ``evaluate`` warns about it (:func:`~kl_retrievers._confidence.is_blank_query`).
+* A text that encodes to ``[UNK]`` tokens only (a script or emoji missing from the vocabulary) is
+  warned about once per encoder, on both backends.
+* The CLI names a non-UTF-8 file name or command-line argument in its own terms, not the Python API's.
+* ``load_beir`` names the near-miss of an unknown id (NFC/NFD, case, leading zeros).
+* ``search``'s query line escapes only what the hits' lines escape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import make_tiny_encoder, max_score_calibrator
+from kl_retrievers._confidence import EMPTY_QUERY_REASON, is_blank_query
+from kl_retrievers.cli import main
+from kl_retrievers.datasets import BeirDataset, DatasetError, load_beir
+
+INVISIBLE = ["\u200b", "\ufeff", "\u200d", "\x00", "\u2060", " \u200b\t\ufeff ", "\ue000"]
+TEXTS = ["the cat sat on the mat", "green tea and bread", "water on black rock", ""]
+IDS = [f"d{i}" for i in range(len(TEXTS))]
+UNK_WARNING = "unknown tokens only ([UNK])"
+
+
+@pytest.fixture(scope="module")
+def encoder() -> Any:
+    return make_tiny_encoder(seed=1)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_encoder().save_pretrained(tmp_path_factory.mktemp("unusual_model") / "model")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("unusual")
+    model = model_dir
+    corpus = root / "corpus.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in zip(IDS[:3], TEXTS[:3], strict=True))
+    )
+    out = root / "store"
+    assert main(["index", str(corpus), "--out", str(out), "--model", str(model), "--no-progress"]) == 0
+    return out
+
+
+def _warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and text in r.getMessage()]
+
+
+# ------------------------------------------------------------------ F1: invisible-only queries are blank
+@pytest.mark.parametrize("query", INVISIBLE)
+def test_an_invisible_only_query_is_blank(query: str) -> None:
+    assert is_blank_query(query)
+
+
+@pytest.mark.parametrize("query", ["a\u200b", "\u200bcat", "\u0301", "\u3000x", "😀"])
+def test_a_query_with_a_visible_character_is_not_blank(query: str) -> None:
+    assert not is_blank_query(query)
+
+
+def test_the_tokenizer_reads_an_invisible_only_query_as_the_empty_text(encoder: Any) -> None:
+    """Why such a query is blank: the encoder reads it as it reads the empty text (the same tokens)."""
+    ids = encoder.tokenize(["", *INVISIBLE], 32)["input_ids"].tolist()
+    assert all(row == ids[0] for row in ids[1:]), ids
+
+
+def test_langchain_gives_an_invisible_query_confidence_zero(encoder: Any) -> None:
+    from kl_retrievers.langchain import KLEmbeddings, KLRetriever, KLVectorStore
+
+    vs = KLVectorStore.from_texts(TEXTS, KLEmbeddings(encoder), ids=IDS)
+    retriever = KLRetriever(vectorstore=vs, k=2, calibrator=max_score_calibrator())
+    assert retriever.invoke(TEXTS[1])[0].metadata["confidence"] > 0.5  # the calibrator: an exact match is sure
+    for query in ("\u200b", "\ufeff\x00"):
+        docs = retriever.invoke(query)  # before: the empty document at -KL 0, confidence ~1
+        assert docs and {d.metadata["confidence"] for d in docs} == {0.0}, query
+
+
+def test_llama_index_gives_an_invisible_query_confidence_zero(encoder: Any) -> None:
+    from llama_index.core.schema import TextNode
+
+    from kl_retrievers.llama_index import CONFIDENCE_KEY, CONFIDENCE_REASON_KEY
+    from kl_retrievers.llama_index import KLRetriever as LIRetriever
+    from kl_retrievers.llama_index import KLVectorStore as LIVectorStore
+
+    vs = LIVectorStore(encoder=encoder, calibrator=max_score_calibrator())
+    vs.add([TextNode(text=t, id_=i) for t, i in zip(TEXTS, IDS, strict=True)])
+    nodes = LIRetriever(vs, similarity_top_k=2).retrieve("\u2060")
+    assert nodes and {n.node.metadata[CONFIDENCE_KEY] for n in nodes} == {0.0}
+    assert {n.node.metadata[CONFIDENCE_REASON_KEY] for n in nodes} == {EMPTY_QUERY_REASON}
+
+
+def test_search_refuses_an_invisible_only_query(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["search", str(store), "cat", "\u200b"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "query 2 ('\\u200b') is blank" in lines[0], captured.err
+    assert "invisible characters counted as whitespace" in lines[0]
+
+
+def test_evaluate_warns_about_an_invisible_only_query(caplog: pytest.LogCaptureFixture) -> None:
+    from kl_retrievers.evaluate_cli import _warn_blank_queries
+
+    ds = BeirDataset(Path("."), "test", {"d": {"text": "x"}}, {"a": "x", "b": "\ufeff"}, {"a": {"d": 1}, "b": {"d": 1}})
+    with caplog.at_level(logging.WARNING):
+        _warn_blank_queries(ds)
+    assert any("1 of the 2 queries" in m and ": b;" in m for m in _warnings(caplog, "blank")), caplog.text
+
+
+# ------------------------------------------------------------------ F2: [UNK]-only texts, warned once per encoder
+def test_torch_encoder_warns_once_about_a_text_of_unknown_tokens(caplog: pytest.LogCaptureFixture) -> None:
+    enc = make_tiny_encoder()
+    with caplog.at_level(logging.WARNING):
+        enc.encode_documents(["the cat", "green tea กรุงเทพ", "", "\u200b"])  # a known word beside: no warning
+        assert _warnings(caplog, UNK_WARNING) == []
+        enc.encode_documents(["the cat", "กรุงเทพมหานคร"])
+        enc.encode_queries(["😀 😀"])
+    (message,) = _warnings(caplog, UNK_WARNING)
+    assert "'กรุงเทพมหานคร'" in message and "once per encoder" in message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        make_tiny_encoder().encode_queries(["😀"])  # another encoder warns on its own
+    assert len(_warnings(caplog, UNK_WARNING)) == 1
+
+
+def test_onnx_encoder_warns_once_about_a_text_of_unknown_tokens(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kl_retrievers.onnx import OnnxGaussianEncoder, export_onnx
+
+    enc = OnnxGaussianEncoder(export_onnx(make_tiny_encoder(), tmp_path / "f32", quantize=None, verify=False))
+    with caplog.at_level(logging.WARNING):
+        enc.encode_documents(["the cat", "tea 😀"])
+        assert _warnings(caplog, UNK_WARNING) == []
+        enc.encode_documents(["ພາສາລາວ", "the cat"])
+        enc.encode_queries(["😀"])
+    (message,) = _warnings(caplog, UNK_WARNING)
+    assert "'ພາສາລາວ'" in message
+
+
+# ------------------------------------------------------------------ F6: non-UTF-8 names and arguments
+@pytest.mark.skipif(os.name != "posix", reason="a file name of arbitrary bytes needs a POSIX file system")
+def test_index_names_a_file_whose_name_is_not_utf8(
+    tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "plain.txt").write_text("plain text")
+    try:
+        with open(os.fsencode(folder) + b"/caf\xe9.txt", "wb") as fh:
+            fh.write(b"a latin-1 file name")
+    except OSError:
+        pytest.skip("this file system refuses a non-UTF-8 file name")
+    assert main(["index", str(folder), "--out", str(tmp_path / "st"), "--model", str(model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "the file name b'caf\\xe9.txt' is not valid UTF-8" in err and "rename the file" in err, err
+    assert "ids[0]" not in err and "errors=" not in err
+
+
+@pytest.mark.parametrize("command", ["search", "demo", "encode"])
+def test_a_command_line_text_that_is_not_utf8_is_named(
+    command: str, store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = os.fsdecode(b"bread \xff")  # what Python makes of such an argument (surrogateescape)
+    argv = {
+        "search": ["search", str(store), "cat", bad],
+        "demo": ["demo", "cat", bad],
+        "encode": ["encode", "cat", bad, "--out", str(tmp_path / "g.safetensors")],
+    }[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    what = "text" if command == "encode" else "query"
+    assert f"{what} 2 on the command line is not valid UTF-8 text (byte 0xff at character 6" in err, err
+    assert "texts[" not in err and "errors=" not in err
+
+
+# ------------------------------------------------------------------ F7: near-miss ids
+def _beir(root: Path, query_id: str, doc_id: str, qrels: str) -> Path:
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text(f'{{"_id": {doc_id}, "text": "bees"}}\n{{"_id": "d9", "text": "x"}}\n')
+    (root / "queries.jsonl").write_text(f'{{"_id": {query_id}, "text": "bees"}}\n')
+    (root / "qrels" / "test.tsv").write_text(f"query-id\tcorpus-id\tscore\n{qrels}\t1\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("query_id", "doc_id", "qrels", "hint"),
+    [
+        ("7", '"d0"', "07\td0", "unknown query id '07' (not in queries.jsonl); did you mean '7'? (the same number"),
+        ('"07"', '"d0"', "7\td0", "unknown query id '7' (not in queries.jsonl); did you mean '07'?"),
+        (
+            '"q"',
+            '"caf\u00e9"',
+            "q\tcafe\u0301",
+            "did you mean 'caf\u00e9'? (the same id in another Unicode normal form",
+        ),
+        ('"Q1"', '"d0"', "q1\td0", "unknown query id 'q1' (not in queries.jsonl); did you mean 'Q1'? (the same id in"),
+    ],
+)
+def test_an_unknown_id_names_its_near_miss(tmp_path: Path, query_id: str, doc_id: str, qrels: str, hint: str) -> None:
+    with pytest.raises(DatasetError) as err:
+        load_beir(_beir(tmp_path, query_id, doc_id, qrels))
+    assert hint in str(err.value)
+
+
+def test_an_unknown_id_without_a_near_miss_has_no_hint(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="unknown query id 'q2'") as err:
+        load_beir(_beir(tmp_path, '"q1"', '"d0"', "q2\td0"))
+    assert "did you mean" not in str(err.value)
+
+
+def test_a_float_id_is_refused_saying_strings_and_integers_are_allowed(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match='"_id" must be a string or an integer, got float'):
+        load_beir(_beir(tmp_path, "1.0", '"d0"', "1.0\td0"))
+
+
+# ------------------------------------------------------------------ F8: the query line follows the hits' rule
+def test_search_query_line_keeps_what_hits_keep(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    query = "cat\u200dtea\u00a0mat\u3000rock"  # a zero-width joiner, a no-break space, an ideographic space
+    capsys.readouterr()
+    assert main(["search", str(store), query, "-k", "1"]) == 0
+    out = capsys.readouterr().out
+    head = next(line for line in out.splitlines() if line.startswith("query: "))
+    assert head.startswith(f"query: '{query}'  (uncertainty"), head
+    assert main(["search", str(store), "cat\x1b[31m", "-k", "1"]) == 0  # a control character is still escaped
+    head = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("query: "))
+    assert head.startswith("query: 'cat\\x1b[31m'"), head
