@@ -122,7 +122,7 @@ def read_jsonl_objects(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         >>> read_jsonl_objects(p)
         [{'a': 1}, {'a': 2}]
     """
-    with open(path, encoding="utf-8") as fh:
+    with open(user_path(path), encoding="utf-8") as fh:
         return [parse_json_object(line, f"{path}, line {number}") for number, line in enumerate(fh, 1) if line.strip()]
 
 
@@ -243,6 +243,20 @@ def some_names(names: list[str], shown: int = 5) -> str:
     return ", ".join(names[:shown]) + more
 
 
+def user_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded, as a shell would (``"~/st"`` is ``$HOME/st``).
+
+    Unlike :meth:`pathlib.Path.expanduser` it never raises: where the home folder is unknown (``HOME`` unset
+    and no password-database entry) the path is kept as given.
+
+    Examples:
+        >>> import os
+        >>> user_path("~/st") == Path(os.path.expanduser("~")) / "st", user_path("a/~b")
+        (True, PosixPath('a/~b'))
+    """
+    return Path(os.path.expanduser(os.fspath(path)))
+
+
 def _umask() -> int:
     """The process's umask, read without changing it where the OS tells it (Linux's ``/proc/self/status``).
 
@@ -261,17 +275,48 @@ def _umask() -> int:
     return umask
 
 
-def _normalise_permissions(folder: Path) -> None:
-    """Give written files the usual umask-based mode (some writers create them 0600).
+def _normalise_permissions(folder: Path, replaced: Path | None = None) -> None:
+    """Give a written folder and its entries their modes (some writers create files 0600).
 
-    Symbolic links are skipped: ``chmod`` would follow them and change files outside ``folder``.
+    An entry that replaces one of the same kind (a folder or a regular file) and the same owner at the same
+    place in ``replaced`` (the folder the save replaces) keeps that one's permission bits, as
+    :func:`atomic_file` keeps a replaced file's: a store folder its owner made 0700 stays so when it is saved
+    again (another user's entry in a shared folder sets nothing). Any other entry gets the usual umask-based
+    mode (``0o777 & ~umask`` for a folder, ``0o666 & ~umask`` for a file). A folder keeps the setgid bit
+    ``mkdir`` gave it in a setgid (group-shared) parent, so its new entries keep taking the group as they
+    would in a folder made by hand. Symbolic links are skipped: ``chmod`` would follow them and change
+    files outside ``folder``.
+
+    Args:
+        folder: The written folder.
+        replaced: The folder it replaces; by default, for :func:`atomic_dir`'s temporary copy
+            ``.NAME.tmp-TOKEN``, ``NAME`` beside it.
     """
+    if replaced is None:
+        match = LEFTOVER_NAME.fullmatch(folder.name)
+        replaced = folder.parent / match["name"] if match is not None and match["kind"] == "tmp" else None
     umask = _umask()
-    folder.chmod(0o777 & ~umask)
-    for path in folder.rglob("*"):
-        if path.is_symlink():
+    for path in (folder, *folder.rglob("*")):
+        try:
+            st = os.lstat(path)
+        except OSError:
             continue
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if not is_dir and not stat.S_ISREG(st.st_mode):
+            continue  # a symbolic link (or something else no chmod should touch)
+        mode = (0o777 if is_dir else 0o666) & ~umask
+        if replaced is not None:
+            try:
+                old = os.lstat(replaced / path.relative_to(folder))
+            except (OSError, ValueError):
+                old = None
+            same_kind = old is not None and (stat.S_ISDIR(old.st_mode) if is_dir else stat.S_ISREG(old.st_mode))
+            if old is not None and same_kind and old.st_uid == st.st_uid:
+                mode = stat.S_IMODE(old.st_mode) & (0o3777 if is_dir else 0o777)  # never set-user-id
+        if is_dir:
+            mode |= stat.S_IMODE(st.st_mode) & stat.S_ISGID  # inherited from a setgid parent, as mkdir does
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.chmod(path, mode)
 
 
 def _sibling(final: Path, kind: str, token: str) -> Path:
@@ -373,6 +418,48 @@ def _locked_tmp(final: Path, *, folder: bool) -> tuple[Path, int | None]:
             pass
         _unlock_fd(fd)
     raise OSError(f"could not create a temporary copy beside {final}")
+
+
+def _tmp_beside(final: Path, *, folder: bool) -> tuple[Path, int | None]:
+    """:func:`_locked_tmp`; a parent that cannot be written is named as the cause, with what to do instead.
+
+    A save replaces its target through a temporary copy beside it, so it needs to write the target's
+    parent even when the target itself is writable (a volume mounted at the store's path).
+
+    Raises:
+        PermissionError: The parent cannot be written (also on a read-only file system); the message names
+            the target, the parent and, for a folder that exists, a sub-folder to save into instead.
+    """
+    try:
+        return _locked_tmp(final, folder=folder)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        what = "folder" if folder else "file"
+        advice = (
+            f"save into a sub-folder of it instead (e.g. {final / 'store'}), as for a volume mounted at {final}, "
+            f"or make {final.parent} writable"
+            if folder and final.is_dir()
+            else f"make {final.parent} writable, or save elsewhere"
+        )
+        error = PermissionError(
+            f"cannot save {final}: a save replaces the {what} as a whole through a temporary copy beside it in "
+            f"{final.parent}, which this process cannot write ({exc.strerror}); {advice}"
+        )
+        error.errno = exc.errno  # str(error) stays the message (no filename set)
+        raise error from None
+
+
+def _mount_point_error(final: Path, exc: BaseException) -> OSError | None:
+    """The error to raise when a folder swap failed because ``final`` is a mount point (``EBUSY``), else ``None``."""
+    if not isinstance(exc, OSError) or exc.errno != errno.EBUSY or not os.path.ismount(final):
+        return None
+    error = OSError(
+        f"cannot save {final}: it is a mount point, which cannot be replaced, and a save replaces the folder as a "
+        f"whole (through a temporary copy beside it); save into a sub-folder of it instead (e.g. {final / 'store'})"
+    )
+    error.errno = exc.errno
+    return error
 
 
 def _remove_tree(path: Path) -> None:
@@ -490,8 +577,9 @@ def clean_stale(target: str | os.PathLike[str]) -> list[Path]:
     copy that may be the only one left is kept, and nothing is removed beside a device, a pipe,
     a socket or a symbolic link, which no save wrote) and only those no running save holds
     locked.  Without ``fcntl`` (no way to tell a live save from a dead one) nothing is removed.
+    What cannot be removed (another user's copies in a shared folder) is skipped silently.
     """
-    final = Path(target)
+    final = user_path(target)
     if fcntl is None or not _is_file_or_folder(final):
         return []
     removed = [path for path in _siblings(final, ("tmp", "old")) if remove_unless_locked(path)]
@@ -514,18 +602,23 @@ def remove_unless_locked(path: Path) -> bool:
 
     A running save keeps its copy locked (``flock``; the kernel drops the lock when the process dies,
     even by ``kill -9``), so a copy that can be locked belongs to a save that ended. Without ``fcntl``
-    there is no telling, and the copy is removed: the caller decides by its age.
+    there is no telling, and the copy is removed: the caller decides by its age. A copy this process may
+    not remove (another user's, in a folder shared between users) is left as it is, without a warning
+    (every later save would repeat it): its owner's next save removes it.
 
     Returns:
-        Whether it was removed.
+        Whether it was removed (``False`` also when it could not be, wholly or in part).
     """
     fd = _lock_fd(path, wait=False)
     if fd is None and fcntl is not None:
-        return False  # a save in progress holds it (or it just vanished)
+        return False  # a save in progress holds it, it just vanished, or it cannot be opened (another user's)
     try:
         _remove_tree(path)
     finally:
         _unlock_fd(fd)
+    if os.path.lexists(path):
+        logger.debug("could not remove %s (left by an interrupted save; another user's?): skipped", path)
+        return False
     return True
 
 
@@ -539,9 +632,11 @@ def recover_dir(target: str | os.PathLike[str], *, required: str | None = None) 
     Returns:
         Whether a copy was restored.
     """
-    final = Path(target)
+    final = user_path(target)
     if final.exists():
         return False
+    if final.is_symlink():  # a dangling link: atomic_dir saves (and leaves copies) where it points
+        final = Path(os.path.realpath(final))
     candidates = []
     for path in _siblings(final, ("old",)):
         if not path.is_dir() or (required is not None and not (path / required).is_file()):
@@ -578,7 +673,7 @@ def folder_identity(folder: str | os.PathLike[str]) -> tuple[int, int, int, int]
     that reuses a deleted one's inode).  ``None`` when nothing is at ``folder``.
     """
     try:
-        st = os.stat(folder)
+        st = os.stat(user_path(folder))
     except OSError:
         return None
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
@@ -660,7 +755,7 @@ def make_dirs(folder: str | os.PathLike[str], *, saving: Path | None = None) -> 
     Raises:
         NotADirectoryError: ``folder`` or one of its parents exists and is not a folder (the message names it).
     """
-    path = Path(folder)
+    path = user_path(folder)
     missing: list[Path] = []
     for candidate in (path, *path.parents):
         if candidate.is_dir():
@@ -704,9 +799,16 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     this ``target`` are removed after each successful one, and so is the temporary folder of
     a save whose final swap failed.
 
-    ``target`` is made absolute first, so ``"."`` (the working folder) is saved as the folder it
-    names, and this process then works in the new copy; a folder that holds the working folder
-    is refused (``ValueError``).
+    ``target`` is made absolute first (a leading ``~`` expanded), so ``"."`` (the working folder) is saved
+    as the folder it names, and this process then works in the new copy; a folder that holds the working
+    folder is refused (``ValueError``). A symbolic link at ``target`` (``current -> store-v3``) is followed:
+    the folder it points to is replaced atomically and the link is kept. The new folder keeps the
+    permission bits of the folder it replaces (and each of its files those of the file of the same name
+    there); a new one gets the umask's, and the setgid bit ``mkdir`` gives it in a setgid parent.
+
+    Raises:
+        PermissionError: The target's parent cannot be written (the save writes its temporary copy there).
+        OSError: The target is a mount point (it cannot be replaced; the message says to save into a sub-folder).
 
     Examples:
         >>> import tempfile, pathlib
@@ -720,15 +822,18 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     if final.exists() and not final.is_dir():
         raise NotADirectoryError(f"{final} exists and is not a folder")
     _make_parent(final)
-    tmp, guard = _locked_tmp(final, folder=True)  # the lock marks it as in use for clean_stale elsewhere
+    tmp, guard = _tmp_beside(final, folder=True)  # the lock marks it as in use for clean_stale elsewhere
     try:
         try:
             yield tmp
-            _normalise_permissions(tmp)
+            _normalise_permissions(tmp)  # the modes of what it replaces, if anything
             fsync_dir(tmp)
             _swap_into_place(tmp, final, _sibling(final, "old", tmp.name.rsplit("-", 1)[1]))
-        except BaseException:
+        except BaseException as exc:
             _remove_tree(tmp)  # the body or the swap failed: no hidden copy is left behind
+            mount_point = _mount_point_error(final, exc)
+            if mount_point is not None:
+                raise mount_point from None
             raise
         fsync_dir(final.parent)
         if is_cwd:  # the previous copy, this process's working folder, is gone: work in the new one
@@ -741,9 +846,10 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
 def _absolute_target(target: str | os.PathLike[str]) -> tuple[Path, bool]:
     """``target`` as an absolute path (``"."`` becomes a named folder), and whether it is the working folder.
 
-    The path is made absolute lexically (``os.path.abspath``), so a symbolic link at ``target`` is
-    still replaced as a link, never followed. The OS refuses to rename ``"."`` (``EBUSY``), which the
-    absolute name avoids; :func:`atomic_dir` then moves this process into the new copy.
+    A leading ``~`` is expanded (:func:`user_path`) and the path made absolute lexically
+    (``os.path.abspath``); a symbolic link at ``target`` is then resolved (``os.path.realpath``), so the
+    save replaces the folder it points to and the link stays. The OS refuses to rename ``"."`` (``EBUSY``),
+    which the absolute name avoids; :func:`atomic_dir` then moves this process into the new copy.
 
     Raises:
         ValueError: ``target`` holds the current working folder (the save would delete it).
@@ -752,13 +858,15 @@ def _absolute_target(target: str | os.PathLike[str]) -> tuple[Path, bool]:
         >>> _absolute_target("/a/b/../c")
         (PosixPath('/a/c'), False)
     """
-    final = Path(os.path.abspath(os.fspath(target)))
+    final = Path(os.path.abspath(user_path(target)))
+    if final.is_symlink():
+        final = Path(os.path.realpath(final))
     try:
         cwd = Path(os.getcwd())
     except OSError:  # the working folder was deleted: nothing to protect
         return final, False
     # the working folder's name has its links resolved: compare it with the target's real location (its parent
-    # resolved; a link at the target itself is replaced, not followed)
+    # resolved; a link at the target itself was resolved above)
     real = Path(os.path.realpath(final.parent)) / final.name
     if cwd != real and is_within(cwd, real):
         raise ValueError(
@@ -802,7 +910,7 @@ def check_replace_target(
         Traceback (most recent call last):
         ValueError: cannot save into ...: the folder is not empty (notes.txt) and is not a model; ...
     """
-    path = Path(target)
+    path = user_path(target)
     if not path.exists() and not path.is_symlink():
         return
     if not path.is_dir():
@@ -870,7 +978,7 @@ def check_file_target(target: str | os.PathLike[str]) -> None:
         Traceback (most recent call last):
         ValueError: cannot write ...link.json: it is a dangling symbolic link to ...
     """
-    final = Path(target)
+    final = user_path(target)
     try:
         mode = os.lstat(final).st_mode
     except FileNotFoundError:
@@ -938,10 +1046,10 @@ def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
         >>> out.read_text()
         '{}'
     """
-    final = Path(target)
+    final = user_path(target)
     check_file_target(final)  # before anything is written beside it
     _make_parent(final)
-    tmp, guard = _locked_tmp(final, folder=False)
+    tmp, guard = _tmp_beside(final, folder=False)
     try:
         try:
             yield tmp
@@ -1046,7 +1154,7 @@ def check_replace_gaussians_file(
         Traceback (most recent call last):
         ValueError: cannot save into ...model.safetensors: the file exists and does not hold saved Gaussians ...
     """
-    path = Path(target)
+    path = user_path(target)
     if path.is_dir() and not path.is_symlink():  # a folder: atomic_file says
         return
     check_file_target(path)  # a device, pipe, socket or symbolic link is never replaced, even with overwrite
@@ -1192,7 +1300,7 @@ def save_gaussians(
         "dtype": str(g.mean.dtype),
         "metadata": clean_metadata,
     }
-    target = Path(path)
+    target = user_path(path)
     if target.suffix == ".safetensors":
         from safetensors.numpy import save_file
 
@@ -1229,7 +1337,7 @@ def load_gaussians(path: str | os.PathLike[str]) -> tuple[Any, list[str] | None]
 
     from kl_retrievers.gaussian import Gaussians
 
-    source = Path(path)
+    source = user_path(path)
     ids: Any = None
     if source.suffix == ".safetensors":
         from safetensors import safe_open
@@ -1269,6 +1377,11 @@ def user_cache_dir(env: str, name: str) -> Path:
     spaces) counts as unset, as the XDG convention has it (it would otherwise name a folder ``" "`` in the
     working folder).
 
+    Raises:
+        CacheFolderError: Neither variable is set and the home folder is unknown (``HOME`` unset and no
+            password-database entry, as in a container run under an arbitrary user id); an ``OSError`` whose
+            message names ``env``. Where a cache is optional, treat it as an unwritable cache.
+
     Examples:
         >>> import os
         >>> os.environ["KL_EXAMPLE_CACHE"] = "/tmp/kl-example"
@@ -1278,10 +1391,30 @@ def user_cache_dir(env: str, name: str) -> Path:
     """
     value = os.environ.get(env)
     if value and value.strip():
-        return Path(value).expanduser()
+        return user_path(value)
     xdg = os.environ.get("XDG_CACHE_HOME")
-    base = xdg if xdg and xdg.strip() else Path.home() / ".cache"
-    return Path(base).expanduser() / "kl_retrievers" / name
+    if xdg and xdg.strip():
+        return user_path(xdg) / "kl_retrievers" / name
+    home = os.path.expanduser("~")
+    if home == "~":  # Path.home() would raise RuntimeError("Could not determine home directory.")
+        raise CacheFolderError(
+            f"no folder for the kl-retrievers {name} cache: {env} and XDG_CACHE_HOME are not set, and the home "
+            f"folder is unknown (HOME is not set and user id {_uid()} has no entry in the password database); set "
+            f"{env} to a writable folder (or XDG_CACHE_HOME, or HOME)"
+        )
+    return Path(home) / ".cache" / "kl_retrievers" / name
+
+
+class CacheFolderError(OSError):
+    """No cache folder can be named: its variable and ``XDG_CACHE_HOME`` are unset, and the home folder is unknown.
+
+    An ``OSError``, so code that treats an unwritable cache as no cache treats this one so too.
+    """
+
+
+def _uid() -> str:
+    getuid = getattr(os, "getuid", None)
+    return str(getuid()) if getuid is not None else "?"
 
 
 def finite_json(obj: Any, where: str = "", found: list[str] | None = None) -> Any:

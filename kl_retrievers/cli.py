@@ -1636,6 +1636,14 @@ def _run_command(args: argparse.Namespace) -> int:
     except EXPECTED_ERRORS as exc:
         print(f"{prefix} {_error_message(exc)}", file=sys.stderr)
         return 2
+    except Warning as exc:  # a warning that a filter turned into an error (-W error, PYTHONWARNINGS=error): no bug
+        logger.info("traceback of the warning raised as an error:", exc_info=True)
+        print(
+            f"{prefix} {type(exc).__name__} raised as an error by the warnings filter (-W error or "
+            f"PYTHONWARNINGS): {_one_line(str(exc))} (run without that filter to see it as a warning and go on)",
+            file=sys.stderr,
+        )
+        return 2
     except Exception as exc:
         logger.info("traceback of the internal error:", exc_info=True)
         print(

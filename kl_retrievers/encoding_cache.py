@@ -39,6 +39,7 @@ from kl_retrievers._io import (
     make_dirs,
     remove_unless_locked,
     user_cache_dir,
+    user_path,
 )
 from kl_retrievers.hub import cached_sha256, sha256_file
 
@@ -61,6 +62,14 @@ _STALE_TMP_SECONDS = 3600  # a ``.tmp-*`` folder untouched this long is a killed
 _FILES_REVISION = 1
 #: An array's name: its file is ``NAME.npy`` inside the entry (no separator, no ``..``).
 _ARRAY_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+_NO_FOLDER_WARNED = False
+
+
+def _warn_once() -> None:
+    global _NO_FOLDER_WARNED
+    _NO_FOLDER_WARNED = True
 
 
 def default_cache_dir() -> Path:
@@ -98,8 +107,12 @@ class EncodingCache:
     before checksums were recorded is checked as it used to be (shapes, finite values) and, if
     it passes, its checksums are recorded then, so caches that took hours to fill stay usable.
 
+    Where no default folder can be named (``$KL_RETRIEVERS_CACHE``, ``$XDG_CACHE_HOME`` and ``HOME`` unset, and
+    the user has no password-database entry) the cache is off, with a warning (once a process): every load misses and
+    nothing is saved (``root`` is ``None``), as with a cache folder that cannot be written.
+
     Args:
-        cache_dir: Root folder; defaults to :func:`default_cache_dir`.
+        cache_dir: Root folder (a leading ``~`` is expanded); defaults to :func:`default_cache_dir`.
 
     Examples:
         >>> import tempfile
@@ -114,7 +127,17 @@ class EncodingCache:
     """
 
     def __init__(self, cache_dir: str | os.PathLike[str] | None = None) -> None:
-        self.root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        self.root: Path | None
+        if cache_dir is not None:
+            self.root = user_path(cache_dir)
+        else:
+            try:
+                self.root = default_cache_dir()
+            except OSError as exc:  # no home folder to put it in: a cache is optional
+                log = logger.info if _NO_FOLDER_WARNED else logger.warning  # once a process, not once a cache
+                log("%s; encodings are not cached", exc)
+                _warn_once()
+                self.root = None
         self.hits = 0
         self.misses = 0
 
@@ -122,6 +145,8 @@ class EncodingCache:
         """Folder of the entry for ``(kind, key)``; ``kind`` is a plain name (letters, digits, ``-``, ``_``)."""
         if not isinstance(kind, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", kind):
             raise ValueError(f"kind must be a plain name of letters, digits, '-' or '_' (a folder name); got {kind!r}")
+        if self.root is None:
+            raise OSError("the encoding cache is off: no folder could be named for it (set KL_RETRIEVERS_CACHE)")
         digest = hashlib.sha256(
             canonical_json({"kind": kind, "key": key, "format": _CACHE_FORMAT}).encode()
         ).hexdigest()
@@ -129,6 +154,9 @@ class EncodingCache:
 
     def load(self, kind: str, key: Mapping[str, Any], ids: Sequence[str]) -> dict[str, np.ndarray] | None:
         """The cached arrays for ``(kind, key)`` whose rows are ``ids``, or ``None`` on a miss."""
+        if self.root is None:  # the cache is off (no folder for it)
+            self.misses += 1
+            return None
         folder = self.entry_dir(kind, key)
         before = folder_identity(folder)
         if before is None or not folder.is_dir():
@@ -175,6 +203,14 @@ class EncodingCache:
             if isinstance(exc, FileNotFoundError) or folder_identity(folder) != before:
                 logger.info("encoding cache entry %s was replaced while it was read (%s); recomputing", folder, exc)
                 return None
+            if isinstance(exc, PermissionError):  # another user's entry: not ours to delete
+                logger.warning(
+                    "encoding cache entry %s cannot be read (%s); recomputing. A cache shared between users needs a "
+                    "common group and umask 002 (see the FAQ)",
+                    folder,
+                    exc,
+                )
+                return None
             logger.warning("encoding cache entry %s is unusable (%s); recomputing", folder, exc)
             self._remove_entry(folder, before)
             return None
@@ -188,8 +224,11 @@ class EncodingCache:
         Its temporary folder is always removed; leftovers of saves killed over an hour ago (of any
         entry, not only this one) are removed first.
         An array name that is not a plain name (letters, digits, ``-``, ``_``) or an array that is not
-        floating-point (what :meth:`load` refuses) is not written (a warning, as for any failure).
+        floating-point (what :meth:`load` refuses) is not written (a warning, as for any failure). Nothing is
+        written when the cache is off (``root`` is ``None``).
         """
+        if self.root is None:
+            return
         folder = self.entry_dir(kind, key)
         try:
             for name, value in arrays.items():  # what load() would refuse is not written
@@ -248,8 +287,11 @@ class EncodingCache:
         ``.NAME.old-TOKEN`` copies :func:`~kl_retrievers._io.atomic_dir` makes (a killed save of one
         entry leaves a whole entry behind, which only a later save of that same entry would remove);
         those are removed only when no running save holds them locked, as
-        :func:`~kl_retrievers._io.clean_stale` decides.
+        :func:`~kl_retrievers._io.clean_stale` decides. What this process may not remove (another user's
+        leftovers in a shared cache) is skipped without a word, every time.
         """
+        if self.root is None:
+            return
         cutoff = time.time() - _STALE_TMP_SECONDS
         try:
             entries = list(self.root.iterdir())
@@ -268,7 +310,7 @@ class EncodingCache:
                 if remove_unless_locked(path):
                     logger.info("removed %s, left by an interrupted encoding cache save", path)
             else:
-                shutil.rmtree(path, ignore_errors=True)
+                shutil.rmtree(path, ignore_errors=True)  # what cannot be removed is skipped
 
 
 def _state_dict_of(encoder: Any) -> Mapping[str, Any] | None:

@@ -50,9 +50,9 @@ Python 3.10's ``fromisoformat`` reads less than 3.11's.  A stored datetime (a da
 and a time) or time in the extended format reads the same on 3.10 with a ``Z`` / ``z`` (UTC), an offset
 without a colon or minutes (``+0530``, ``+05``) or a fraction of any length (cut or padded to 6 digits,
 as 3.11 does).  What still reads only from 3.11 (on 3.10 it is no date, and never matches): the basic
-format (``20240102``, ``20240102T100000Z``), week and ordinal dates (``2024-W01-2``, ``2024-002``),
-and a comma before the fraction (``10:00:00,5``).  A date-only ``2024-01-02Z`` is no date on any
-Python (a ``Z`` needs a time).
+format (``20240102``, ``20240102T100000Z``), week dates (``2024-W01-2``), and a comma before the
+fraction (``10:00:00,5``).  A date-only ``2024-01-02Z`` and an ordinal date (``2024-002``) are no date
+on any Python (a ``Z`` needs a time; 3.11 to 3.13 refuse ordinal dates).
 
 A ``time`` filter value is compared with stored times the same way (``time.fromisoformat``).  A
 filter value that is a string is compared as a string, whatever it looks like.  langchain-community's

@@ -81,7 +81,7 @@ def default_query_prefix(folder: str | os.PathLike[str], name: str = "") -> str:
     """
     file = Path(folder) / "config_sentence_transformers.json"
     try:
-        prompts = json.loads(file.read_text()).get("prompts")
+        prompts = json.loads(file.read_text(encoding="utf-8")).get("prompts")
     except (OSError, ValueError, AttributeError):
         prompts = None
     if isinstance(prompts, dict) and isinstance(prompts.get("query"), str) and prompts["query"]:
