@@ -57,8 +57,10 @@ class RebuiltBgeEncoder:
         from transformers import AutoModel, AutoTokenizer
 
         self.path = resolve_model_path(name)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(self.path, local_files_only=True, add_pooling_layer=False).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True, trust_remote_code=False)
+        self.model = AutoModel.from_pretrained(
+            self.path, local_files_only=True, add_pooling_layer=False, trust_remote_code=False
+        ).eval()
         self.max_length = max_length
 
     def identity(self) -> dict[str, Any]:

@@ -102,8 +102,8 @@ _EVALUATE_EPILOG = (
     "scores of a model or a baseline are ranked by document id, descending (the rule of trec_eval and of these "
     "metrics, also at the --depth cut), whereas KLStore.search and kl-retrievers search return exactly tied "
     "documents (duplicate texts) later-added first: the two can order such documents differently. A blank "
-    "query in the collection (empty or whitespace only) is ranked like any other, with a warning naming it "
-    "(kl-retrievers search refuses one)."
+    "query in the collection (empty, or only whitespace and invisible characters such as a zero-width space) is "
+    "ranked like any other, with a warning naming it (kl-retrievers search refuses one)."
 )
 #: Fusion modes of ``--hybrid`` (:data:`kl_retrievers.hybrid.FUSION_MODES`; spelled out so that
 #: building the parser does not import the hybrid module).
@@ -427,7 +427,8 @@ _BLANK_IDS_SHOWN = 5
 
 
 def _warn_blank_queries(dataset: BeirDataset) -> None:
-    """Warn when queries to be evaluated are blank (empty or whitespace only): their number and first ids.
+    """Warn when queries to be evaluated are blank (:func:`~kl_retrievers._confidence.is_blank_query`: empty, or only
+    whitespace and invisible characters): their number and first ids.
 
     ``kl-retrievers search`` refuses a blank query (it asks for nothing); an evaluation ranks it like any
     other and counts its metrics in the means, which a collection with such queries may not intend.
@@ -443,12 +444,15 @@ def _warn_blank_queries(dataset: BeirDataset) -> None:
     if not blank:
         return
     shown = ", ".join(blank[:_BLANK_IDS_SHOWN]) + (", ..." if len(blank) > _BLANK_IDS_SHOWN else "")
+    # as kl-retrievers search says it: a zero-width space or a BOM is not whitespace to a reader
+    invisible = any(dataset.queries[qid].strip() for qid in blank)
     logger.warning(
-        "%d of the %d queries evaluated %s blank (empty or whitespace only): %s; %s ranked like any other query "
+        "%d of the %d queries evaluated %s blank (empty or whitespace only%s): %s; %s ranked like any other query "
         "and %s metrics count in the means (kl-retrievers search refuses a blank query)",
         len(blank),
         len(dataset.queries),
         "is" if len(blank) == 1 else "are",
+        ", invisible characters counted as whitespace" if invisible else "",
         shown,
         "it is" if len(blank) == 1 else "each is",
         "its" if len(blank) == 1 else "their",

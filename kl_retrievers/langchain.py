@@ -2571,10 +2571,11 @@ class KLRetriever(_ConfidenceRetriever):
     that leaves one, or a one-document store) has no confidence (the calibrator reads the top two
     scores): without ``min_confidence`` it is answered with ``confidence=None``; with it, it
     **abstains** (fail closed; the log line and the event's ``reason`` say
-    ``confidence needs 2 candidates, 1 found``). A blank (empty or whitespace-only) query asks for
-    nothing: its confidence is 0 (``None`` without a calibrator, like any query's), and with
-    ``min_confidence`` it abstains without a search (``reason``: :data:`EMPTY_QUERY_REASON`); without
-    it, it is answered as LangChain's stores answer ``""``. :class:`KLHybridRetriever` does the same.
+    ``confidence needs 2 candidates, 1 found``). A blank query (empty, or only whitespace and
+    invisible characters such as a zero-width space) asks for nothing: its confidence is 0 (``None``
+    without a calibrator, like any query's), and with ``min_confidence`` it abstains without a search
+    (``reason``: :data:`EMPTY_QUERY_REASON`); without it, it is answered as LangChain's stores answer ``""``.
+    :class:`KLHybridRetriever` does the same.
 
     Attributes:
         vectorstore: The :class:`KLVectorStore` searched.

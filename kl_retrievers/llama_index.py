@@ -3009,8 +3009,8 @@ class KLRetriever(_TopKRetriever):
     returned nodes (see :class:`KLVectorStore`). Over a ``VectorStoreIndex`` that holds ``IndexNode``
     or ``ImageNode`` nodes, ``KLRetriever.from_defaults(index=index)`` returns them with their scores,
     where ``index.as_retriever()`` swaps in LlamaIndex's docstore copies without them. A blank query
-    (empty or whitespace only) asks for nothing: its nodes carry confidence 0 and
-    :data:`EMPTY_QUERY_REASON` (:class:`KLConfidencePostprocessor` abstains on it).
+    (empty, or only whitespace and invisible characters such as a zero-width space) asks for nothing: its
+    nodes carry confidence 0 and :data:`EMPTY_QUERY_REASON` (:class:`KLConfidencePostprocessor` abstains on it).
 
     Args:
         vector_store: The store to search.
@@ -3218,8 +3218,8 @@ class KLConfidencePostprocessor(BaseNodePostprocessor):
     below ``min_confidence`` the postprocessor returns ``[]``, which LlamaIndex's response
     synthesizers answer with ``"Empty Response"`` without calling the LLM; it also logs one INFO line.
 
-    A blank query (empty or whitespace only) asks for nothing: when every node that a KL retriever
-    scored (one carrying ``confidence_key`` or :data:`CONFIDENCE_REASON_KEY`) carries
+    A blank query (empty, or only whitespace and invisible characters) asks for nothing: when every node
+    that a KL retriever scored (one carrying ``confidence_key`` or :data:`CONFIDENCE_REASON_KEY`) carries
     :data:`EMPTY_QUERY_REASON`, the postprocessor abstains at any ``min_confidence``, logging that
     reason (nodes of several queries, some not blank, are judged by their best confidence, a blank
     query's being 0). Only when no node comes from a KL retriever is the query bundle read instead:

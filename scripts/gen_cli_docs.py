@@ -73,7 +73,7 @@ in a shell, some supervisors) stays ignored.
 
 **Text output.** `search` and `demo` print one line per query (`query: '...'  (uncertainty ...)`) and one
 line per hit (rank, `-KL=` score, `[id]` and the first 80 characters of the text). Control characters in
-ids and texts (newlines, tabs, escape sequences, line and paragraph separators), lone surrogates and the
+queries, ids and texts (newlines, tabs, escape sequences, line and paragraph separators), lone surrogates and the
 bidirectional controls (U+202A-202E, U+2066-2069, U+200E, U+200F, U+061C) are shown escaped as Python writes
 them (`\\n`, `\\t`, `\\x1b`, `\\u202e`), and a backslash is doubled (`\\\\`), so every hit stays on its
 line and an escape cannot be confused with text; every other character (letters of any script, no-break and

@@ -777,25 +777,28 @@ def _check_resume_early(ckpt: Path, cfg: Any, ts: Any, heads_only: bool, cli_rec
         _check_resume_recipe,
         _check_resume_steps,
         _find_checkpoint,
+        _read_checkpoint_state,
+        _state_error,
         training_recipe,
     )
 
     found = _find_checkpoint(ckpt)
     if found is None:
         return None
-    try:
-        meta = json.loads((found / "state.json").read_text())
-    except (OSError, ValueError):
-        return None  # the trainer reports an unreadable checkpoint
-    if isinstance(meta, dict):
-        _check_resume_steps(found, meta, cfg.steps)  # a checkpoint past --steps: refused before the backbone
-    saved = meta.get("recipe") if isinstance(meta, dict) else None
-    if not isinstance(saved, dict):
+    # a damaged state.json (unreadable, nested too deep, a field of another type) is refused here as the trainer
+    # refuses it: a ValueError naming the file and the field
+    meta = _read_checkpoint_state(found)
+    _check_resume_steps(found, meta, cfg.steps)  # a checkpoint past --steps: refused before the backbone
+    saved = meta.get("recipe")
+    if saved is None:
         return None  # an older checkpoint: the trainer warns that it cannot be checked
+    config = saved.get("config")
+    if "config" in saved and not isinstance(config, dict):  # not a recipe difference: the file is damaged
+        raise _state_error(found / "state.json", "recipe.config", "an object (the run's TrainConfig)", config)
     # the encoder's shape is left out on both sides: the trainer compares it once the encoder is loaded
     now = training_recipe(cfg, ts, None, mode="heads_only_cached" if heads_only else "encoder", cli=cli_recipe)
     _check_resume_recipe(found, {"recipe": {k: v for k, v in saved.items() if k != "encoder"}}, now)
-    warmup = (saved.get("config") or {}).get("warmup_resolved")
+    warmup = config.get("warmup_resolved") if isinstance(config, dict) else None
     return warmup if isinstance(warmup, int) and not isinstance(warmup, bool) else None
 
 

@@ -45,6 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kl_retrievers._bm25 import quiet_bm25s_logger
+from kl_retrievers._confidence import is_blank_query
 from kl_retrievers._encoding import require_modules
 from kl_retrievers._io import parse_json_object, some_names
 
@@ -261,8 +262,11 @@ def _from_labelled_rows(rows: Iterable[tuple[str, Mapping[str, Any]]], source: s
         query = row.get("query", row.get("anchor"))  # "anchor": sentence-transformers' column name
         if not isinstance(query, str):
             raise ValueError(f"{where}: 'query' (or 'anchor') must be a string (fields: {sorted(row)})")
-        if not query.strip():
-            raise ValueError(f"{where}: the query is empty (or only whitespace); give a query text or drop the row")
+        if is_blank_query(query):  # invisible characters too (a zero-width space): the tokenizer drops them all
+            raise ValueError(
+                f"{where}: the query is empty (or only whitespace and invisible characters); give a query text or "
+                "drop the row"
+            )
         pos = _text_list(row, ("positives", "pos", "positive"), where, required=True)
         neg = _text_list(row, ("negatives", "neg", "negative"), where, required=False)
         numbered = _numbered_negatives(row, where)
@@ -270,11 +274,11 @@ def _from_labelled_rows(rows: Iterable[tuple[str, Mapping[str, Any]]], source: s
             raise ValueError(f"{where}: give negatives as one list or as negative_1, negative_2, ...; not both")
         neg = neg or numbered
         for kind, texts in (("positive", pos), ("negative", neg)):
-            empty = [i for i, text in enumerate(texts) if not text.strip()]
+            empty = [i for i, text in enumerate(texts) if is_blank_query(text)]
             if empty:
                 raise ValueError(
-                    f"{where}: {kind} {empty[0] + 1} of {len(texts)} is empty (or only whitespace); give a document "
-                    "text or drop it"
+                    f"{where}: {kind} {empty[0] + 1} of {len(texts)} is empty (or only whitespace and invisible "
+                    "characters); give a document text or drop it"
                 )
         tpos, tneg = _teacher_fields(row, where)
         if tpos is not None or tneg is not None:
@@ -354,9 +358,10 @@ def from_beir(
     """A BEIR split as training data: query -> its judged documents with grade > 0.
 
     Judged queries without such a document are skipped, with one warning giving the count. As
-    :func:`read_jsonl` refuses empty texts, an empty (or whitespace-only) query text or positive document
-    text is not trained on: such a query, or such a positive of a query, is skipped with one warning per
-    file (``queries.jsonl``, ``corpus.jsonl``) giving the count and the ids. A public BEIR folder is not
+    :func:`read_jsonl` refuses empty texts, an empty query text or positive document text (or one of only
+    whitespace and invisible characters such as a zero-width space: :func:`~kl_retrievers._confidence.is_blank_query`)
+    is not trained on: such a query, or such a positive of a query, is skipped with one warning per file
+    (``queries.jsonl``, ``corpus.jsonl``) giving the count and the ids. A public BEIR folder is not
     the user's to edit, so it is skipped rather than refused; a query left without a positive is skipped
     as above.
 
@@ -386,13 +391,13 @@ def from_beir(
         if wanted is not None and qid not in wanted:
             continue
         judged_queries += 1
-        if not ds.queries[qid].strip():
+        if is_blank_query(ds.queries[qid]):
             empty_queries.append(qid)
             continue
         pos = []
         for d, grade in judged.items():
             if grade > 0:
-                if doc_text[d].strip():
+                if not is_blank_query(doc_text[d]):
                     pos.append(doc_text[d])
                 else:
                     empty_docs[d] = None
@@ -405,14 +410,15 @@ def from_beir(
     # as read_jsonl refuses empty texts (nothing to learn from); a BEIR folder is skipped from, not refused
     if empty_queries:
         logger.warning(
-            "%s: %d judged queries have an empty text (or only whitespace); skipped: %s",
+            "%s: %d judged queries have an empty text (or only whitespace and invisible characters); skipped: %s",
             Path(path) / "queries.jsonl",
             len(empty_queries),
             some_names(empty_queries),
         )
     if empty_docs:
         logger.warning(
-            "%s: %d judged positives have an empty text (or only whitespace); not trained on: %s%s",
+            "%s: %d judged positives have an empty text (or only whitespace and invisible characters); not trained "
+            "on: %s%s",
             Path(path) / "corpus.jsonl",
             len(empty_docs),
             some_names(list(empty_docs)),
