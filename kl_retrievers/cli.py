@@ -303,7 +303,7 @@ def _add_encode(sub: Any) -> None:
     p.add_argument(
         "--out",
         "-o",
-        type=Path,
+        type=_user_path,
         required=True,
         help="output: NAME.safetensors, or a folder of .npy files (an existing folder is replaced only when it "
         "holds an earlier encode output)",
@@ -394,6 +394,16 @@ def _run_encode(args: argparse.Namespace) -> int:
     out = save_gaussians(args.out, g, ids=ids, metadata={"model": encoder.name_or_path, "kind": args.kind})
     print(f"wrote {len(g)} Gaussians of dimension {g.dim} to {out}")
     return 0
+
+
+def _user_path(text: str) -> Path:
+    """An output path argument with a leading ``~`` (quoted, so the shell kept it) read as the home folder.
+
+    Examples:
+        >>> _user_path("~/st") == Path.home() / "st"
+        True
+    """
+    return Path(text).expanduser()
 
 
 def _refuse_stdout_output(out: Path) -> None:
@@ -786,7 +796,7 @@ def _add_index(sub: Any) -> None:
         "id<TAB>text lines (exactly two columns; a first line such as id<TAB>text is taken for a header and "
         "skipped), or a folder of .txt/.md",
     )
-    p.add_argument("--out", "-o", type=Path, required=True, help="store folder to write (replaced atomically)")
+    p.add_argument("--out", "-o", type=_user_path, required=True, help="store folder to write (replaced atomically)")
     p.add_argument("--index-type", choices=("flat", "hnsw", "ivf"), default="flat", help="default: flat (exact)")
     p.add_argument("--compression", choices=("sq8", "pq"), default=None, help="hnsw/ivf vector compression")
     p.add_argument(

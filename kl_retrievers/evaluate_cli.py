@@ -254,6 +254,7 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--per-query",
         metavar="FILE",
+        type=os.path.expanduser,  # a quoted "~/x" is the home folder's x
         help="save per-query metrics and each query's QPP predictors (uncertainty, qpp.*): .json (with the summary "
         "and its qpp object under meta), or a .tsv or .csv table, by suffix (another suffix is refused)",
     )
@@ -276,6 +277,7 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--save-run",
         metavar="FILE",
+        type=os.path.expanduser,  # a quoted "~/x" is the home folder's x
         help="also write the retrieved run in TREC format (plain text; its scores and tie order: see the end of "
         "this help). An existing file is replaced only when it holds a TREC run (and the --per-query file only "
         "when it holds per-query results)",
@@ -1219,6 +1221,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         DEFAULT_METRICS,
         EvaluationResult,
         ShallowRunWarning,
+        _check_table_ids,
         _depth_warning,
         check_trec_ids,
         evaluate_run,
@@ -1256,6 +1259,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if args.save_run:  # before any encoding: the run file could not hold these ids
             check_trec_ids(dataset.query_ids, "query", "--save-run")
             check_trec_ids(dataset.doc_ids, "document", "--save-run")
+        if args.per_query:  # nor a .tsv / .csv per-query file these
+            _check_table_ids(Path(args.per_query), dataset.query_ids)
     except DatasetError as exc:  # an option it names (unknown_docs='drop') is this command's flag
         print(f"kl-retrievers evaluate: error: {exc.describe(_cli_option)}", file=sys.stderr)
         return 2

@@ -1114,7 +1114,9 @@ def save_per_query(
 
     JSON: ``{"meta": {...}, "per_query": {qid: {metric: value}}}``. TSV: a header
     ``query_id<TAB>metric...`` then one row per query; CSV: the same table, comma-separated (quoted where
-    needed, by Python's ``csv`` module); both leave ``meta`` out. Another suffix raises ``ValueError``
+    needed, by Python's ``csv`` module); both leave ``meta`` out. A query id these tables cannot hold, one
+    with a tab, a line feed or a carriage return in a TSV file or a carriage return in a CSV file, raises
+    ``ValueError`` naming it (nothing is written; JSON holds any id). Another suffix raises ``ValueError``
     (:func:`per_query_path_problem`; nothing is written). The file is standard JSON: a per-query value
     that is not a finite number raises ``ValueError`` (naming the query and metric; nothing is
     written), as :func:`load_per_query` would refuse it, and a non-finite number in ``meta`` is
@@ -1139,6 +1141,7 @@ def save_per_query(
                 )
     p = Path(path)
     if p.suffix.lower() in (".tsv", ".csv"):
+        _check_table_ids(p, per_query.keys())
         names: list[str] = []
         for values in per_query.values():
             names.extend(n for n in values if n not in names)
@@ -1158,6 +1161,28 @@ def save_per_query(
         tmp.write_text(text, encoding="utf-8")
 
 
+#: Characters a query id may not hold in each table format (:func:`save_per_query`): a TSV line is split at tabs
+#: and ends at a line feed (a carriage return before it is dropped, as Windows tools write it); the ``csv`` module
+#: quotes a line feed but not a lone carriage return, which its reader then takes for the end of the row.
+_TABLE_ID_CHARS = {".tsv": "\t\n\r", ".csv": "\r"}
+
+
+def _check_table_ids(path: Path, ids: Iterable[Any]) -> None:
+    """Refuse a query id that a ``.tsv`` / ``.csv`` per-query file ``path`` cannot hold (:func:`load_per_query`
+    reads every other id back), naming the id, as :func:`check_trec_ids` does for a run file; another suffix
+    (``.json``: any id) passes."""
+    suffix = path.suffix.lower()
+    refused = _TABLE_ID_CHARS.get(suffix, "")
+    for qid in ids if refused else ():
+        bad = next((c for c in str(qid) if c in refused), None)
+        if bad is not None:
+            other = ".json or .csv" if suffix == ".tsv" and bad != "\r" else ".json"
+            raise ValueError(
+                f"per-query file {path}: query id {qid!r} contains {bad!r}, which a {suffix} table cannot hold; "
+                f"save as {other} instead"
+            )
+
+
 def load_per_query(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Read a file written by :func:`save_per_query` (JSON, TSV or CSV, detected from the content).
 
@@ -1173,8 +1198,10 @@ def load_per_query(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, fl
         >>> load_per_query("runs/bm25.scifact.json")  # doctest: +SKIP
     """
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8-sig")  # a byte-order mark (a CSV saved by Excel) is dropped
+    try:  # a byte-order mark (a CSV saved by Excel) is dropped; line ends are kept as they are (the csv reader
+        # takes a quoted line feed as part of its field; a TSV line ends at "\n" alone, see below)
+        with p.open(encoding="utf-8-sig", newline="") as fh:
+            text = fh.read()
     except OSError as exc:
         raise ValueError(f"{p}: cannot read per-query file ({exc})") from None
     if text.lstrip().startswith("{"):
@@ -1191,7 +1218,8 @@ def load_per_query(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, fl
     if text.startswith("query_id,"):  # CSV (save_per_query with a .csv suffix): quoted fields, one row a line
         rows = [row for row in csv.reader(io.StringIO(text, newline=""))]
     else:
-        lines = [ln for ln in text.splitlines()]
+        # split at "\n" alone (str.splitlines also splits at \x1c, \x85, U+2028, ... which an id may hold)
+        lines = [ln.removesuffix("\r") for ln in text.split("\n")]
         if not lines or not lines[0].startswith("query_id"):
             raise ValueError(f"{p}, line 1: expected a TSV header starting with 'query_id' (or a CSV one)")
         rows = [line.split("\t") if line.strip() else [] for line in lines]

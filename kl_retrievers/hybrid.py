@@ -48,13 +48,16 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import math
 import os
 import re
+import sys
 import threading
+import unicodedata
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -90,6 +93,7 @@ from kl_retrievers.store._base import (
     _refuse_unordered,
     _RWLock,
 )
+from kl_retrievers.store._format import check_npy_header
 
 logger = logging.getLogger(__name__)
 
@@ -486,13 +490,15 @@ class AdaptiveParams:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> AdaptiveParams:
         """Read parameters from a JSON file."""
-        source = Path(path)
+        source = Path(path).expanduser()
         try:
             data = json.loads(source.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise FileNotFoundError(f"no adaptive fusion parameters at {source}") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise ValueError(f"{source} is not valid JSON: {exc}") from None
+        except RecursionError:  # the C decoder recurses once per level of nesting
+            raise ValueError(f"{source} nests JSON arrays or objects too deeply to read") from None
         if not isinstance(data, dict):
             raise ValueError(f"{source} must hold a JSON object")
         return cls.from_dict(data, str(source))
@@ -501,7 +507,7 @@ class AdaptiveParams:
         """Write :meth:`to_dict` as indented JSON."""
         from kl_retrievers._io import atomic_file
 
-        target = Path(path)
+        target = Path(path).expanduser()
         with atomic_file(target) as tmp:
             tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
         return target
@@ -1227,13 +1233,27 @@ class _BM25Half:
         return half
 
 
+def _check_store_file(path: Path) -> None:
+    """Refuse a store file that is missing, not a regular file (a FIFO would block the read), or a link to a
+    file outside its own folder (the rule :class:`KLStore` applies to its files)."""
+    if not path.exists():
+        raise HybridFormatError(f"{path} is missing")
+    if path.resolve().parent != path.parent.resolve():
+        raise HybridFormatError(f"{path} resolves to {path.resolve()}, outside the store folder")
+    if not path.is_file():
+        raise HybridFormatError(f"{path} is not a regular file")
+
+
 def _read_json(path: Path) -> Any:
+    _check_store_file(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise HybridFormatError(f"{path} is missing") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise HybridFormatError(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:  # the C decoder recurses once per level of nesting
+        raise HybridFormatError(f"{path} nests JSON arrays or objects too deeply to read") from None
 
 
 def _load_csc(folder: Path, count: int, k1: float, b: float, mmap: bool) -> _CSC:
@@ -1248,6 +1268,11 @@ def _load_csc(folder: Path, count: int, k1: float, b: float, mmap: bool) -> _CSC
         raise HybridFormatError(f"{folder / _BM25_VOCAB} must map each token to an integer column")
     arrays = []
     for name in _BM25_FILES:
+        _check_store_file(folder / name)
+        try:
+            check_npy_header(folder / name, None, None, name)  # a header claiming a huge array: refused unread
+        except StoreFormatError as exc:
+            raise HybridFormatError(str(exc)) from None
         try:
             arrays.append(np.load(folder / name, allow_pickle=False, mmap_mode="r" if mmap else None))
         except (OSError, ValueError) as exc:
@@ -2259,7 +2284,7 @@ class KLHybridStore(_NotCopyable):
             ...     KLHybridStore.load(s.save(Path(d) / "h")).ids
             ['x']
         """
-        target = Path(path)
+        target = Path(path).expanduser()  # "~/x" is the home folder's x, as load_model reads it
         check_replace_target(
             target,
             is_ours=_is_hybrid_folder,
@@ -2345,7 +2370,7 @@ class KLHybridStore(_NotCopyable):
         """
         _refuse_model_name(encoder, f"{cls.__name__}.load(path, encoder={{}})")  # before any file is read
         require_modules("KLHybridStore's BM25 half", ["bm25s"], "hybrid")
-        folder = Path(path)
+        folder = Path(path).expanduser()
         if not folder.exists() and recover_dir(folder, required=_CONFIG):
             logger.warning("loading %s from the copy saved before an interrupted save", folder)
         if not folder.is_dir():
@@ -2361,12 +2386,25 @@ class KLHybridStore(_NotCopyable):
             raise FileNotFoundError(f"{folder} has no {_CONFIG}; not a hybrid store folder")
         config = _read_config(cfg_path)
         bm25_cfg, fusion = config["bm25"], config["fusion"]
+        root = folder.resolve()
         for sub in (_KL_DIR, _BM25_DIR):
             if not (folder / sub).is_dir():
                 raise HybridFormatError(f"{folder}: the {sub}/ half is missing")
+            if (folder / sub).resolve() != root / sub:  # KLStore's rule for its files, applied to the halves
+                raise HybridFormatError(
+                    f"{folder / sub} resolves to {(folder / sub).resolve()}, outside the store folder (a link)"
+                )
         kl_dir, where = folder / _KL_DIR, f"the hybrid store at {folder}"  # the folder named in a weights warning
         kl = load_unchanged(kl_dir, lambda: KLStore._load_once(kl_dir, encoder, mmap, verify_checksums, where=where))
         pattern = bm25_cfg["token_pattern"]
+        if not _documented_pattern(pattern):
+            logger.warning(
+                "%s: its saved token_pattern %r is not one the documentation gives; it is run on every document "
+                "and query, so a pattern that backtracks catastrophically can make every search hang: load "
+                "hybrid stores only from sources you trust (docs/hybrid.md, saving and loading)",
+                folder,
+                pattern[:200],
+            )
         tokenizer = _Tokenizer(bm25_cfg["stopwords"], pattern, bm25_cfg.get("stemmer"), saved=True)
         half = _BM25Half.load(
             folder / _BM25_DIR, tokenizer, bm25_cfg["k1"], bm25_cfg["b"], indexed=config["bm25_indexed"], mmap=mmap
@@ -2429,6 +2467,34 @@ class KLHybridStore(_NotCopyable):
         store._tokenizer = tokenizer
         logger.info("loaded a hybrid store of %d documents from %s", len(kl_ids), folder)
         return store
+
+
+#: Token patterns docs/hybrid.md gives (besides the marks-keeping ones, :func:`_documented_pattern`): the default,
+#: bm25s' own (two or more characters) and the one making kana, CJK ideographs and Thai one token a character.
+_DOCUMENTED_PATTERNS = frozenset(
+    {BM25_TOKEN_PATTERN, r"(?u)\b\w\w+\b", r"[\u3040-\u30ff\u3400-\u9fff\u0e00-\u0e7f]|\w+"}
+)
+
+
+@functools.cache
+def _combining_marks() -> str:
+    """Every combining mark (Unicode categories Mn, Mc, Me), as docs/hybrid.md computes them."""
+    return "".join(chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) in ("Mn", "Mc", "Me"))
+
+
+def _documented_pattern(pattern: str) -> bool:
+    r"""Whether a saved token pattern is one docs/hybrid.md gives (no warning at load).
+
+    Examples:
+        >>> _documented_pattern(BM25_TOKEN_PATTERN), _documented_pattern(r"(\w+\s?)+!")
+        (True, False)
+    """
+    if pattern in _DOCUMENTED_PATTERNS:
+        return True
+    for head in (r"\w[\w", r"[\u3040-\u30ff\u3400-\u9fff\u0e00-\u0e7f]|\w[\w"):  # words keeping their marks
+        if pattern.startswith(head) and pattern.endswith("]*"):
+            return pattern[len(head) : -2] == _combining_marks()
+    return False
 
 
 def _query_texts(queries: Any) -> list[str]:

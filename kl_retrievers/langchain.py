@@ -435,13 +435,14 @@ def _check_add_args(
     """Check ``metadatas`` and ``ids`` against ``n`` items: the metadatas and the ids to store.
 
     Each may be any iterable but a set (see :func:`_one_per_item`); a single dict of metadata or a
-    single str id is refused. ``None`` ids get a uuid4 hex.
+    single str id is refused. ``None`` and empty (``""``) ids get a uuid4 hex, as a ``Document`` with
+    ``id=""`` does.
     """
     metadata_list = _one_per_item(metadatas, "metadatas", n, what, Mapping, "dicts")
     id_list = _one_per_item(ids, "ids", n, what, str, "str")
     if not id_list:
         return metadata_list, None
-    return metadata_list, [str(i) if i is not None else uuid.uuid4().hex for i in id_list]
+    return metadata_list, [str(i) if i is not None and i != "" else uuid.uuid4().hex for i in id_list]
 
 
 def _check_texts(texts: Any, what: str = "texts") -> list[str]:
@@ -1367,7 +1368,7 @@ class KLVectorStore(VectorStore):
             texts: Texts to add.
             metadatas: One JSON-serialisable dict per text (a list or any other iterable, read once;
                 not a single dict, nor a set).
-            ids: One id per text (``None`` entries get a fresh uuid4 hex; a list or any other iterable,
+            ids: One id per text (``None`` and ``""`` entries get a fresh uuid4 hex; a list or any other iterable,
                 read once, such as a dict's ``keys()``; not a single str, nor a set, whose order is
                 arbitrary); also taken by position, as langchain-community's FAISS takes it.
 
@@ -1472,7 +1473,7 @@ class KLVectorStore(VectorStore):
             text_embeddings: ``(text, d~)`` pairs.
             metadatas: One JSON-serialisable dict per pair (a list or any other iterable, read once;
                 not a set).
-            ids: One id per pair (``None`` entries get a fresh uuid4 hex; any iterable, read once, but a
+            ids: One id per pair (``None`` and ``""`` entries get a fresh uuid4 hex; any iterable, read once, but a
                 set).
 
         Returns:
@@ -1965,7 +1966,7 @@ class KLVectorStore(VectorStore):
                 (e.g. langchain-community FAISS), by a raw :meth:`KLStore.save`, or by an
                 unsupported format version.
         """
-        folder = _index_folder(Path(folder_path), index_name)
+        folder = _index_folder(Path(folder_path).expanduser(), index_name)
         if not folder.is_dir():
             raise FileNotFoundError(f"no KLVectorStore folder at {folder}")
         call = f"{cls.__name__}.load_local(folder_path, {{embeddings}})"
@@ -2086,7 +2087,7 @@ class KLVectorStore(VectorStore):
                 was not written by ``save_local`` (the temporary copies of a save running or killed,
                 ``.klstore.tmp-HEX``, and named indexes, saved or being saved, do not count).
         """
-        parent = Path(folder_path)
+        parent = Path(folder_path).expanduser()
         folder = _index_folder(parent, index_name)
         if parent.exists() and not parent.is_dir():
             raise ValueError(f"{parent} exists and is not a folder")

@@ -96,22 +96,63 @@ def _faiss() -> Any:
     return faiss
 
 
+def _native_path(path: Path) -> str | None:
+    """``str(path)`` where FAISS can open it by name, else ``None``.
+
+    FAISS takes a file name as a UTF-8 ``char *``: a name that is not valid UTF-8 on disk (``os.fsdecode``
+    keeps its bytes as lone surrogates, e.g. a latin-1 ``\\xe9``) cannot reach it, nor can one whose
+    file-system encoding is not UTF-8. Such files are opened here and passed as a stream (or a
+    ``/proc/self/fd`` name where FAISS must map the file itself).
+    """
+    name = str(path)
+    try:
+        return name if name.encode("utf-8") == os.fsencode(name) else None
+    except UnicodeError:
+        return None
+
+
 def _read_index(path: Path, mmap: bool) -> tuple[Any, bool]:
-    """Read a FAISS index (memory-mapped where FAISS can); ``(index, viewed)``; FAISS errors are StoreFormatError."""
+    """Read a FAISS index (memory-mapped where FAISS can); ``(index, viewed)``; FAISS errors are StoreFormatError.
+
+    A name FAISS cannot take (:func:`_native_path`) is read through a Python stream, or memory-mapped
+    through its ``/proc/self/fd`` name; where there is no such name, ``mmap=True`` raises StoreFormatError.
+    """
     faiss = _faiss()
+    name = _native_path(path)
     if mmap:
+        if name is None and not os.path.isdir("/proc/self/fd"):
+            raise StoreFormatError(
+                f"cannot memory-map FAISS index {path!r}: FAISS maps files by name, and this name is not "
+                "valid UTF-8; load with mmap=False or move the store to a folder whose name is UTF-8"
+            )
+        fd = None if name is not None else os.open(path, os.O_RDONLY)
         try:
-            return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC), True
+            return faiss.read_index(name or f"/proc/self/fd/{fd}", faiss.IO_FLAG_MMAP_IFC), True
         except (RuntimeError, AttributeError) as exc:
             logger.info("memory-mapped index read not supported (%s); reading into memory", exc)
+        finally:
+            if fd is not None:
+                os.close(fd)
     try:
-        return faiss.read_index(str(path)), False
+        if name is not None:
+            return faiss.read_index(name), False
+        with open(path, "rb") as f:
+            return faiss.read_index(faiss.PyCallbackIOReader(f.read)), False
     except RuntimeError as exc:
         raise StoreFormatError(f"cannot read FAISS index {path}: {str(exc).splitlines()[0][:300]}") from exc
 
 
 def _write_index(path: Path, index: Any) -> None:
-    _faiss().write_index(index, str(path))
+    """Write ``index`` to ``path``; a name FAISS cannot take (:func:`_native_path`) through a Python stream."""
+    faiss = _faiss()
+    name = _native_path(path)
+    if name is not None:
+        faiss.write_index(index, name)
+        return
+    with open(path, "wb") as f:
+        writer = faiss.PyCallbackIOWriter(f.write)
+        faiss.write_index(index, writer)
+        del writer  # flushes its buffer into f
 
 
 def _disown(*objects: Any) -> None:

@@ -178,10 +178,15 @@ def read_config(cfg_path: Path) -> dict[str, Any]:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise StoreFormatError(f"{cfg_path} is not valid JSON: {exc}") from exc
+    except RecursionError:  # the C decoder recurses once per level of nesting
+        raise StoreFormatError(f"{cfg_path} nests JSON arrays or objects too deeply to read") from None
     if not isinstance(config, dict):
         raise StoreFormatError(f"{cfg_path} must hold a JSON object; got a JSON {type(config).__name__}")
     found: list[str] = []
-    config = finite_json(config, found=found)
+    try:
+        config = finite_json(config, found=found)
+    except RecursionError:  # nesting the decoder took, but not this (recursive, Python) walk
+        raise StoreFormatError(f"{cfg_path} nests JSON arrays or objects too deeply to read") from None
     refused = [where for where in found if not where.startswith("encoder.config.")]
     if refused:
         raise StoreFormatError(
@@ -759,8 +764,37 @@ def check_files(folder: Path, files: dict[str, Any], verify_checksums: bool) -> 
             raise StoreFormatError(f"{p} does not match its SHA-256 checksum in the config (corrupted?)")
 
 
+def check_npy_header(path: Path, shape: tuple[int, ...] | None, dtype: Any, field: str) -> None:
+    """Refuse an ``.npy`` file whose header is not ``shape`` and ``dtype``, or whose size is not what they make.
+
+    Read before the array, so that a header claiming a huge shape (the checksums updated to match) is a
+    :class:`StoreFormatError`, not a ``MemoryError`` from allocating it. ``field`` names the config field the
+    expected shape comes from; ``shape`` and ``dtype`` ``None``: only the size is checked against the header.
+    """
+    from numpy.lib import format as npy_format
+
+    expected = f"config says {shape} {np.dtype(dtype).name} ({field})" if shape is not None else ""
+    try:
+        with open(path, "rb") as fh:
+            version = npy_format.read_magic(fh)
+            read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+            got_shape, _, got_dtype = read(fh)
+            offset = fh.tell()
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        raise StoreFormatError(f"cannot read {path}: {exc}") from exc
+    if shape is not None and (tuple(got_shape) != shape or got_dtype != np.dtype(dtype)):
+        raise StoreFormatError(f"{path} has shape {tuple(got_shape)} and dtype {got_dtype}; {expected}")
+    size, needed = path.stat().st_size, offset + math.prod(got_shape) * got_dtype.itemsize
+    if size != needed:
+        raise StoreFormatError(
+            f"{path} has {size} bytes, not the {needed} of its header ({tuple(got_shape)} {got_dtype.name}); "
+            "truncated or edited?"
+        )
+
+
 def _read_array(path: Path, mmap: bool, count: int, dim: int) -> np.ndarray:
-    """A ``(count, dim)`` float32 array from ``path`` (no pickle)."""
+    """A ``(count, dim)`` float32 array from ``path`` (no pickle; its header checked first)."""
+    check_npy_header(path, (count, dim), np.float32, "fields 'count' and 'dim'")
     try:
         arr = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except (ValueError, OSError, EOFError) as exc:
@@ -829,6 +863,7 @@ def read_tombstones(folder: Path, count: int, dead: int) -> np.ndarray | None:
     if not dead:
         return None
     path = folder / TOMBSTONES
+    check_npy_header(path, (dead,), np.int64, "field 'tombstones'")
     try:
         rows = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:

@@ -1134,7 +1134,7 @@ class KLStore(GaussianStore):
             ...     len(KLStore.load(s.save(Path(d) / "store")))
             2
         """
-        target = Path(path)
+        target = Path(path).expanduser()  # "~/x" is the home folder's x, as load_model reads it
         check_replace_target(
             target,
             is_ours=_format.is_store_folder,
@@ -1229,7 +1229,7 @@ class KLStore(GaussianStore):
         """
         mmap, verify_checksums = _load_options(cls.__name__, positional, mmap, verify_checksums)
         _refuse_model_name(encoder, f"{cls.__name__}.load(path, encoder={{}})")  # before any file is read
-        folder = Path(path)
+        folder = Path(path).expanduser()
         return load_unchanged(folder, lambda: cls._load_once(folder, encoder, mmap, verify_checksums))
 
     @classmethod
