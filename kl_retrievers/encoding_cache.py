@@ -59,7 +59,7 @@ _CACHE_FORMAT = 1
 _STALE_TMP_SECONDS = 3600  # a ``.tmp-*`` folder untouched this long is a killed save's
 #: Part of every :func:`files_fingerprint`: raised whenever what the loaders make of the same files may change
 #: (their code), so that keys taken before miss.
-_FILES_REVISION = 1
+_FILES_REVISION = 2  # 2: files in sub-folders hashed too
 #: An array's name: its file is ``NAME.npy`` inside the entry (no separator, no ``..``).
 _ARRAY_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -410,7 +410,9 @@ def model_fingerprint(encoder: Any) -> str:
     adapter's heads in its ``encoder`` section), so the same graph loaded by bundled name, by folder
     path or from a copy shares one fingerprint; otherwise the ``name_or_path`` does. The tokenizer
     (:func:`tokenizer_identity`: vocabulary, normalisation, added tokens) is hashed too: the same
-    weights behind another tokenizer give other encodings.
+    weights behind another tokenizer give other encodings. So is a torch encoder's backbone config
+    (``encoder.backbone.config``, its name left out): the same weights under another activation or norm
+    epsilon give other encodings too (hashed since 2026-12-06: encodings cached before miss once).
 
     Examples:
         >>> class E:
@@ -431,9 +433,27 @@ def _legacy_fingerprint(encoder: Any) -> str | None:
     config = getattr(encoder, "config", None)
     to_dict = getattr(config, "to_dict", None)
     config_dict = to_dict() if callable(to_dict) else config
-    if _state_dict_of(encoder) is not None or not _pins_weights(config_dict):
+    if _state_dict_of(encoder) is not None:  # before 2026-12-06 its backbone's config was not hashed
+        return _fingerprint(encoder, legacy=True) if _backbone_config_of(encoder) is not None else None
+    if not _pins_weights(config_dict):
         return None
     return _fingerprint(encoder, legacy=True)
+
+
+def _backbone_config_of(encoder: Any) -> Any:
+    """The config of an encoder's transformers backbone (``encoder.backbone.config``) as JSON-ready data, or
+    ``None`` without one. The same weights under another config (an activation, a norm's epsilon) encode
+    otherwise; the name it was loaded by (``_name_or_path``) is left out, so copies of one model agree."""
+    to_dict = getattr(getattr(getattr(encoder, "backbone", None), "config", None), "to_dict", None)
+    if not callable(to_dict):
+        return None
+    try:
+        config = to_dict()
+    except Exception:  # a fingerprint must never fail: the weights and the rest still count
+        return None
+    if not isinstance(config, dict):
+        return None
+    return {k: v for k, v in config.items() if k != "_name_or_path"}
 
 
 def _fingerprint(encoder: Any, *, legacy: bool) -> str:
@@ -451,6 +471,9 @@ def _fingerprint(encoder: Any, *, legacy: bool) -> str:
     }
     if sd is None and (legacy or not _pins_weights(config_dict)):
         ident["name_or_path"] = str(getattr(encoder, "name_or_path", None))
+    backbone = None if legacy else _backbone_config_of(encoder)
+    if backbone is not None:  # absent (no key at all) for an encoder without a transformers backbone
+        ident["backbone_config"] = backbone
     tokenizer = _tokenizer_digest(encoder)
     if tokenizer is not None:  # absent (no key at all) for an encoder without a tokenizer
         ident["tokenizer"] = tokenizer
@@ -472,18 +495,20 @@ def _fingerprint(encoder: Any, *, legacy: bool) -> str:
 
 
 def files_fingerprint(folders: Sequence[str | os.PathLike[str]], settings: Mapping[str, Any]) -> str:
-    """A hash of a model's files, taken without loading it: every file directly in ``folders``, and ``settings``.
+    """A hash of a model's files, taken without loading it: every file in ``folders``, and ``settings``.
 
-    Each regular file (links followed) directly inside each folder, in the order given, is hashed by name
-    and SHA-256 content (once per process while its size and modification time stay,
-    :func:`~kl_retrievers.hub.cached_sha256`); subfolders are not read. ``settings`` (JSON data) holds the
+    Each regular file (links followed) inside each folder or any of its sub-folders (an ONNX graph's external
+    data, a shipped ``onnx-int8/``), folder by folder in the order given, is hashed by its path relative to the
+    folder and its SHA-256 content (once per process while the file's size, times and inode stay,
+    :func:`~kl_retrievers.hub.cached_sha256`). A sub-folder linked into one of its own parents raises
+    ``OSError`` (no end to its files). ``settings`` (JSON data) holds the
     rest of what sets the model's output: its backend and the backend's options, the quantisation, the versions
     of the packages that compute it. A revision of the loaders is hashed too (raised when
     what they make of the same files changes). Unlike
-    :func:`model_fingerprint`, nothing is loaded, so ``kl-retrievers evaluate`` keys its encodings by it
-    (``model_files``, a key field of its own: such keys never equal one made by :func:`model_fingerprint`)
-    and finds them without loading the model. A file added to, removed from or changed in a folder (even a
-    model card) changes it: a miss, never a wrong hit.
+    :func:`model_fingerprint`, nothing is loaded, so ``kl-retrievers evaluate`` records, once a load confirmed
+    the files, which :func:`model_fingerprint` they are (a ``model-files`` entry keyed by it) and then finds the
+    encodings, keyed by the model as ever, without loading it. A file added to, removed from or changed in a
+    folder (even a model card) changes it: a miss, never a wrong hit.
 
     Raises:
         OSError: A folder or one of its files cannot be read.
@@ -501,8 +526,24 @@ def files_fingerprint(folders: Sequence[str | os.PathLike[str]], settings: Mappi
     """
     listing: list[list[list[str]]] = []
     for folder in folders:
-        with os.scandir(folder) as scan:
-            entries = sorted(scan, key=lambda e: e.name)
-        listing.append([[e.name, cached_sha256(e.path)] for e in entries if e.is_file()])
+        files: list[list[str]] = []
+        _list_files(os.fspath(folder), "", [], files)
+        listing.append(files)
     ident = {"revision": _FILES_REVISION, "settings": settings, "files": listing}
     return hashlib.sha256(canonical_json(ident).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _list_files(folder: str, prefix: str, parents: list[tuple[int, int]], out: list[list[str]]) -> None:
+    """Append ``[relative path, SHA-256]`` of every regular file under ``folder`` to ``out``, sorted by name at each
+    level; ``parents``: the (device, inode) of the folders above, to refuse a folder linked into its own parent."""
+    st = os.stat(folder)
+    ident = (st.st_dev, st.st_ino)
+    if ident in parents:
+        raise OSError(f"{folder} is linked into one of its own parent folders")
+    with os.scandir(folder) as scan:
+        entries = sorted(scan, key=lambda e: e.name)
+    for entry in entries:
+        if entry.is_dir():
+            _list_files(entry.path, f"{prefix}{entry.name}/", [*parents, ident], out)
+        elif entry.is_file():
+            out.append([prefix + entry.name, cached_sha256(entry.path)])

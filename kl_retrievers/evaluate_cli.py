@@ -320,7 +320,9 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         "--cache-dir",
         default=None,
         help=f"encoding cache (default: ${CACHE_ENV} or ~/.cache/...); a --model run keys it by the model's files "
-        "(bundled, saved or ONNX export folder), so one whose encodings are all cached does not load the model",
+        "(bundled, saved or ONNX export folder), so one whose encodings are all cached does not load the model; "
+        "the backbone weights a delta model pins (backbone_sha256) are then known by their name, size and "
+        "modification time, not read again",
     )
     p.add_argument("--no-cache", action="store_true", help="do not read or write the encoding cache")
     add_unknown_docs_argument(p, help="qrels naming documents outside the corpus: fail (default) or drop them")
@@ -1094,14 +1096,16 @@ def _files_plan(model: str | None, backend: str, options: Mapping[str, Any] | No
     """The files fingerprint and facts of ``--model`` without loading it; ``None`` where the files cannot tell.
 
     Known by its files: a bundled model or a saved encoder folder on torch (a delta folder only when its
-    ``config.json`` pins its backbone, ``backbone_sha256``, which loading checks), and, on ONNX, a bundled model's
-    shipped int8 graph or an ONNX export folder. Anything else (a hub id, a graph exported on first use, a shared
-    backbone graph of another package) is loaded as before. What the fingerprint hashes: every file of the
-    folders read (:func:`kl_retrievers.encoding_cache.files_fingerprint`; for a shipped graph its model's folder
-    too, which its load checks it against), the backend, its session options, the graph's quantisation and the
-    versions of the packages that compute (:data:`_COMPUTING_PACKAGES`) and of this library. Whatever the files
-    say here is checked against the loaded model before anything is cached under their fingerprint
-    (:func:`run_evaluate`), so a cache entry found by it was written by a run that loaded these very files.
+    ``config.json`` pins its backbone, ``backbone_sha256``, which loading checks, and that backbone is found without
+    loading it, :func:`_backbone_files`), and, on ONNX, a bundled model's shipped int8 graph or an ONNX export
+    folder. Anything else (a hub id, a graph exported on first use, a shared backbone graph of another package) is
+    loaded as before. What the fingerprint hashes: every file of the folders read, sub-folders included
+    (:func:`kl_retrievers.encoding_cache.files_fingerprint`; for a shipped graph its model's folder too, which its
+    load checks it against), a delta folder's backbone (:func:`_backbone_files`), the backend, its session
+    options, the graph's quantisation and the versions of the packages that compute (:data:`_COMPUTING_PACKAGES`)
+    and of this library. Whatever the files say here is checked against the loaded model before their fingerprint
+    is recorded as its model's (:func:`run_evaluate`), so encodings found by it were those of a run that loaded
+    these very files.
     Never raises: anything unexpected means the model is loaded as before (which reports any problem).
     """
     try:
@@ -1147,6 +1151,7 @@ def _files_plan_or_none(model: str | None, backend: str, options: Mapping[str, A
         if weights == "delta.safetensors" and not config.backbone_sha256:
             return None  # its backbone lies outside the folder, and nothing pins its weights
         folders = [folder]
+        backbone = _backbone_files(config.backbone) if weights == "delta.safetensors" else None
         quantize = None
         facts = _ModelFacts(
             label=label,
@@ -1169,6 +1174,7 @@ def _files_plan_or_none(model: str | None, backend: str, options: Mapping[str, A
                 folders.append(folder.resolve().parent)
         else:
             return None  # a saved torch encoder: a shipped onnx-int8/ or an export made on first use
+        backbone = None  # an ONNX graph holds its whole model
         meta = _read_meta(graph)
         onnx_config = _config_from_meta(meta, graph)
         source = meta.get("source")
@@ -1196,9 +1202,45 @@ def _files_plan_or_none(model: str | None, backend: str, options: Mapping[str, A
         "quantize": quantize,
         "packages": versions,
         "kl_retrievers": library_version(),
+        "backbone": backbone,
     }
     fingerprint = files_fingerprint(folders, settings)
     return _FilesPlan(fingerprint, facts, (text, name) if name is not None and text is not None else None)
+
+
+def _backbone_files(backbone: Any) -> dict[str, Any]:
+    """What a delta folder's backbone adds to its files fingerprint, found without loading it.
+
+    The backbone folder is the one its load takes (:func:`~kl_retrievers.hub.resolve_model_path` of
+    ``config.backbone``, as :meth:`~kl_retrievers.encoder.GaussianEncoder.from_pretrained` resolves it): its
+    resolved path; each file directly in it other than the pinned weights by name and SHA-256 (``config.json``,
+    the architecture the weights are read into; tokenizer files); the weight files by name, size and modification
+    time only (their SHA-256 is the delta's ``backbone_sha256``, hashed with its ``config.json`` and checked by
+    every load: a backbone rewritten with other weights is a miss, loaded and refused).
+
+    Raises:
+        Exception: The backbone cannot be found (or has no weights) without loading: the model is loaded as before.
+    """
+    from kl_retrievers.encoder import _backbone_weight_files
+    from kl_retrievers.hub import cached_sha256, resolve_model_path
+
+    base = resolve_model_path(backbone)
+    pinned = {p.name for p in _backbone_weight_files(base)}
+    if not pinned:
+        raise ValueError(f"backbone {backbone!r} ({base}) has no weight files")  # its load says so
+    files: list[list[str]] = []
+    weights: list[list[Any]] = []
+    with os.scandir(base) as scan:
+        entries = sorted(scan, key=lambda e: e.name)
+    for entry in entries:
+        if entry.name in pinned:
+            st = os.stat(entry.path)
+            weights.append([entry.name, st.st_size, st.st_mtime_ns])
+        elif entry.is_file():
+            files.append([entry.name, cached_sha256(entry.path)])
+    if len(weights) != len(pinned):
+        raise ValueError(f"backbone {backbone!r} ({base}) lacks weight files its index names")
+    return {"folder": os.fspath(base.resolve()), "files": files, "weights": weights}
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

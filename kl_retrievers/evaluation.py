@@ -733,8 +733,8 @@ def _encoding_key(
 ) -> tuple[dict[str, Any], int]:
     """The cache key of one side (``kind``: ``"queries"`` or ``"documents"``) and the batch size it is encoded at.
 
-    ``model``: ``{"model": model_fingerprint(encoder)}``, or ``{"model_files": files_fingerprint(...)}`` (the
-    command line's key, taken without loading the model).
+    ``model``: ``{"model": model_fingerprint(encoder)}`` (found without loading the model by the command line
+    through :func:`_model_of_files`).
     """
     key: dict[str, Any] = {**model, "data": identity, "max_length": limit}
     size = 1 if batch_dependent and kind == "queries" else batch_size  # queries alone, as searches encode them
@@ -743,6 +743,30 @@ def _encoding_key(
         if kind == "documents":
             key["order"] = "input"  # not pre-sorted: as one KLStore.add of the corpus
     return key, size
+
+
+#: Cache kind of the entry that maps a model's files fingerprint (``model_files``,
+#: :func:`kl_retrievers.encoding_cache.files_fingerprint`) to its :func:`model_fingerprint`: its one row
+#: (``_FILES_ROW``) holds the fingerprint's 8 bytes as floats. ``kl-retrievers evaluate`` saves it only after a
+#: load confirmed what the files said, and then finds the encodings under the model's own key without loading it
+#: (the key :func:`encode_dataset` and ``--hybrid`` use: one entry serves all three).
+_FILES_KIND = "model-files"
+_FILES_ROW = "model_fingerprint"
+
+
+def _model_of_files(cache: EncodingCache, files: str) -> str | None:
+    """The :func:`model_fingerprint` recorded for a model's files fingerprint; ``None`` where none is."""
+    found = cache.load(_FILES_KIND, {"model_files": files}, [_FILES_ROW])
+    raw = found.get("fingerprint") if found is not None else None
+    if raw is None or raw.shape != (1, 8) or not all(float(v).is_integer() and 0 <= v <= 255 for v in raw[0]):
+        return None
+    return bytes(int(v) for v in raw[0]).hex()
+
+
+def _save_model_of_files(cache: EncodingCache, files: str, fingerprint: str) -> None:
+    """Record that the files fingerprint ``files`` is the model ``fingerprint`` (16 hex digits)."""
+    row = np.frombuffer(bytes.fromhex(fingerprint), dtype=np.uint8).astype(np.float64)[None, :]
+    cache.save(_FILES_KIND, {"model_files": files}, [_FILES_ROW], {"fingerprint": row})
 
 
 def _dataset_identities(dataset: BeirDataset) -> dict[str, dict[str, Any]]:
@@ -761,20 +785,24 @@ def _cached_encodings(
     query_max_length: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Gaussians]:
-    """The sides (``"queries"``, ``"documents"``) cached under a model's files fingerprint (``model_files``).
+    """The sides (``"queries"``, ``"documents"``) cached for the model a files fingerprint was recorded as.
 
     What ``kl-retrievers evaluate`` looks up before loading its model
-    (:func:`kl_retrievers.encoding_cache.files_fingerprint`): with both sides cached it loads none.
-    ``batch_invariant``: the encoder's, as its files say it (an int8 ONNX graph's is ``False``).
+    (:func:`kl_retrievers.encoding_cache.files_fingerprint`, then :func:`_model_of_files`): with both sides
+    cached it loads none. ``batch_invariant``: the encoder's, as its files say it (an int8 ONNX graph's is
+    ``False``).
     """
     cache = EncodingCache(cache_dir)
     found: dict[str, Gaussians] = {}
+    model = _model_of_files(cache, files)
+    if model is None:  # no run that loaded these files recorded their model yet
+        return found
     for kind, ids, limit in (
         ("documents", dataset.doc_ids, max_length),
         ("queries", dataset.query_ids, query_max_length),
     ):
         key, _ = _encoding_key(
-            {"model_files": files},
+            {"model": model},
             kind,
             identities[kind],
             batch_dependent=not batch_invariant,
@@ -803,9 +831,9 @@ def _encode_dataset(
 ) -> tuple[Gaussians, Gaussians]:
     """:func:`encode_dataset`; the command line's extras, for an encoder checked against what its files say.
 
-    ``files``: the model's files fingerprint; what is encoded here, or found under the ``model`` key (written
-    by earlier releases, or by :func:`encode_dataset`), is saved under ``model_files`` instead (where the next
-    run finds it without loading the model). ``cached``: sides already found under ``model_files``
+    ``files``: the model's files fingerprint, recorded as this encoder's :func:`model_fingerprint`
+    (:func:`_save_model_of_files`: the next run finds its encodings without loading the model); the encodings
+    themselves are keyed by the model, as :func:`encode_dataset` keys them. ``cached``: sides already found
     (:func:`_cached_encodings`), not looked up again. ``identities``: :func:`_dataset_identities`, when taken.
     """
     cache = EncodingCache(cache_dir) if use_cache else None
@@ -837,11 +865,8 @@ def _encode_dataset(
         identity = identities[kind] if identities is not None else ident()
         options: dict[str, Any] = {"batch_dependent": batch_dependent, "batch_size": batch_size, "limit": limit}
         key, size = _encoding_key({"model": fp}, kind, identity, **options)
-        save_key = _encoding_key({"model_files": files}, kind, identity, **options)[0] if files else key
         found = cache.load(f"gauss-{kind}", key, ids) if cache is not None else None
         if found is not None:
-            if cache is not None and save_key is not key:  # found by the model: keyed by its files from now on
-                cache.save(f"gauss-{kind}", save_key, ids, found)
             results.append(Gaussians(found["mean"], found["var"]))
             continue
         logger.info("encoding %d %s", len(ids), kind)
@@ -849,8 +874,10 @@ def _encode_dataset(
         g = _encode_sorted(fn, texts_fn(), size, limit, show_progress, presort=not batch_dependent)
         logger.info("encoded %d %s in %.1f s", len(ids), kind, time.perf_counter() - t0)
         if cache is not None:
-            cache.save(f"gauss-{kind}", save_key, ids, {"mean": np.asarray(g.mean), "var": np.asarray(g.var)})
+            cache.save(f"gauss-{kind}", key, ids, {"mean": np.asarray(g.mean), "var": np.asarray(g.var)})
         results.append(g)
+    if cache is not None and files and fp:  # the files' model, as loaded: their next run loads none
+        _save_model_of_files(cache, files, fp)
     return results[0], results[1]
 
 

@@ -296,16 +296,20 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-@lru_cache(maxsize=32)
-def _digest(path: str, size: int, mtime_ns: int) -> str:
-    del size, mtime_ns  # part of the cache key only
+@lru_cache(maxsize=4096)  # a model folder's every file (an evaluate run hashes each twice: before and after its load)
+def _digest(path: str, size: int, mtime_ns: int, ino: int, ctime_ns: int) -> str:
+    del size, mtime_ns, ino, ctime_ns  # part of the cache key only
     return sha256_file(path)
 
 
 def cached_sha256(path: str | os.PathLike[str]) -> str:
-    """:func:`sha256_file`, cached per path, size and modification time."""
+    """:func:`sha256_file`, cached per path, size, modification time, inode and status-change time.
+
+    A file rewritten in place with its size and modification time restored (``os.utime``) still changes its
+    status-change time, and one replaced by another file its inode: either is hashed again.
+    """
     stat = os.stat(path)
-    return _digest(os.fspath(path), stat.st_size, stat.st_mtime_ns)
+    return _digest(os.fspath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
 
 
 def file_matches_sha256(path: str | os.PathLike[str], expected: str) -> bool:

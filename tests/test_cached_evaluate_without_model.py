@@ -198,3 +198,245 @@ def test_the_default_bundled_model_is_found_by_its_files(
     monkeypatch.setattr(pretrained, "load_model", lambda *a, **k: loads.append(a))
     assert main(argv) == 0 and loads == []
     assert _record(capsys) == first
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# What the files key must also follow: a delta folder's backbone, files in sub-folders; and whom it shares entries with
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _delta_world(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """A delta folder (``delta.safetensors``) on a saved tiny backbone its config pins, the tiny BEIR collection and
+    an empty cache folder: ``(delta, backbone, data, cache)``."""
+    import torch
+
+    from kl_retrievers.encoder import GaussianEncoder
+
+    base = tmp_path / "base"
+    tiny = make_tiny_encoder(seed=0)
+    tiny.backbone.save_pretrained(base)
+    tiny.tokenizer.save_pretrained(base)
+    enc = GaussianEncoder.from_backbone(str(base), dim=8, max_length=64, query_max_length=32)
+    with torch.no_grad():
+        enc.mean_head.weight.add_(0.1)
+    enc.save_pretrained(tmp_path / "delta", include_backbone=False)
+    assert (tmp_path / "delta" / "delta.safetensors").is_file() and enc.config.backbone_sha256
+    return tmp_path / "delta", base, write_tiny_beir(tmp_path / "data"), tmp_path / "cache"
+
+
+def test_a_delta_folder_whose_backbone_config_changed_misses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backbone's config.json (its activation, a norm's epsilon) sets the output as much as the weights it pins."""
+    delta, base, data, cache = _delta_world(tmp_path)
+    first = _first_run(_argv(delta, data, cache), capsys)
+    loads: list[Any] = []
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        loads.append(args)
+        return _REAL_LOAD_MODEL(*args, **kwargs)
+
+    monkeypatch.setattr(pretrained, "load_model", counting)
+    assert _first_run(_argv(delta, data, cache), capsys) == first and loads == []  # unchanged: a hit
+    config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    config.update(hidden_act="relu", layer_norm_eps=0.5)
+    (base / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    second = _first_run(_argv(delta, data, cache), capsys)
+    assert len(loads) == 1  # the files key missed: the model was loaded
+    truth = _first_run(_argv(delta, data, cache, "--no-cache"), capsys)
+    assert second == truth != first  # and the model's own key missed too: encoded anew
+
+
+def test_model_fingerprint_follows_the_backbone_config(tmp_path: Path) -> None:
+    from kl_retrievers.encoder import GaussianEncoder
+    from kl_retrievers.encoding_cache import _legacy_fingerprint, model_fingerprint
+
+    delta, base, _, _ = _delta_world(tmp_path)
+    before = GaussianEncoder.from_pretrained(delta)
+    config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    config["hidden_act"] = "relu"
+    (base / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    after = GaussianEncoder.from_pretrained(delta)
+    assert model_fingerprint(before) != model_fingerprint(after)
+    # the fingerprint before the backbone config counted, which sharded encodings' manifests still accept
+    assert _legacy_fingerprint(before) == _legacy_fingerprint(after) != model_fingerprint(before)
+    # the same model loaded by another path (its backbone's _name_or_path differs) keeps its fingerprint
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in delta.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    assert model_fingerprint(GaussianEncoder.from_pretrained(copy)) == model_fingerprint(after)
+
+
+def test_a_swapped_pinned_backbone_misses(tmp_path: Path, capsys: pytest.CaptureFixture[str], loads: list[Any]) -> None:
+    """Backbone weights rewritten (no longer what the delta pins) are a miss: the load then refuses them."""
+    delta, base, data, cache = _delta_world(tmp_path)
+    _with_real_loader(lambda: _first_run(_argv(delta, data, cache), capsys))
+    assert main(_argv(delta, data, cache)) == 0 and loads == []
+    capsys.readouterr()
+    make_tiny_encoder(seed=1).backbone.save_pretrained(base)
+    assert _needs_the_model(_argv(delta, data, cache), loads)
+
+
+def test_a_file_in_a_sub_folder_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str], loads: list[Any]) -> None:
+    """An ONNX graph whose weights are external data in a sub-folder (data/weights.bin): editing them is a miss."""
+    import numpy as np
+    import onnx
+
+    from kl_retrievers.hub import sha256_file
+
+    graph, data, cache = tmp_path / "graph", write_tiny_beir(tmp_path / "data"), tmp_path / "cache"
+    make_tiny_encoder(seed=0).export_onnx(graph, quantize=None)
+    (graph / "data").mkdir()
+    onnx.save_model(
+        onnx.load(str(graph / "model.onnx")),
+        str(graph / "model.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="data/weights.bin",
+        size_threshold=0,
+    )
+    config = json.loads((graph / "config.json").read_text(encoding="utf-8"))
+    config["onnx"]["model_sha256"] = sha256_file(graph / "model.onnx")  # the graph, without its weights
+    (graph / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    argv = _argv(graph, data, cache, "--model-backend", "onnx")
+    assert _with_real_loader(lambda: _first_run(argv, capsys))["backend"] == "onnx-float32"
+    assert main(argv) == 0 and loads == []
+    capsys.readouterr()
+    weights = graph / "data" / "weights.bin"
+    floats = np.frombuffer(weights.read_bytes(), dtype=np.float32) * 1.5  # same size, other values
+    weights.write_bytes(floats.tobytes())
+    assert _needs_the_model(argv, loads)
+
+
+def test_files_fingerprint_reads_sub_folders(tmp_path: Path) -> None:
+    import os
+
+    from kl_retrievers.encoding_cache import files_fingerprint
+
+    (tmp_path / "m" / "onnx").mkdir(parents=True)
+    (tmp_path / "m" / "config.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "m" / "onnx" / "model.onnx").write_bytes(b"graph")
+    before = files_fingerprint([tmp_path / "m"], {})
+    (tmp_path / "m" / "onnx" / "model.onnx").write_bytes(b"other")
+    assert files_fingerprint([tmp_path / "m"], {}) != before
+    os.symlink(tmp_path / "m", tmp_path / "m" / "onnx" / "loop")  # a folder linked into itself: no end of files
+    with pytest.raises(OSError, match="linked into"):
+        files_fingerprint([tmp_path / "m"], {})
+
+
+def test_a_plain_run_shares_its_encodings_with_hybrid_runs_and_the_library(
+    world: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from kl_retrievers.datasets import load_beir
+    from kl_retrievers.encoder import GaussianEncoder
+    from kl_retrievers.evaluation import encode_dataset
+
+    model, data, cache = world
+    _first_run(_argv(model, data, cache), capsys)
+    with caplog.at_level(logging.INFO, logger="kl_retrievers.evaluation"):
+        assert main(_argv(model, data, cache, "--hybrid", "rrf")) == 0
+        capsys.readouterr()
+        encode_dataset(GaussianEncoder.from_pretrained(model), load_beir(data), cache_dir=cache, show_progress=False)
+    encoded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("encoding ")]
+    assert encoded == []  # neither encoded anything: the plain run's entries served both
+
+
+def test_a_library_run_s_encodings_serve_the_command_which_then_loads_no_model(
+    world: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str], loads: list[Any]
+) -> None:
+    from kl_retrievers.datasets import load_beir
+    from kl_retrievers.encoder import GaussianEncoder
+    from kl_retrievers.evaluation import encode_dataset
+
+    model, data, cache = world
+    encoder = GaussianEncoder.from_pretrained(model)
+    encode_dataset(encoder, load_beir(data), cache_dir=cache, show_progress=False)
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("every encoding is cached: nothing is encoded")
+
+    encoder.encode_queries = encoder.encode_documents = refuse  # type: ignore[method-assign]
+    _with_real_loader(lambda: _with_loaded(encoder, lambda: _first_run(_argv(model, data, cache), capsys)))
+    assert loads == []
+    assert main(_argv(model, data, cache)) == 0 and loads == []  # recorded by the run that loaded it
+
+
+def _with_loaded(encoder: Any, run: Any) -> Any:
+    """Call ``run`` with load_model returning ``encoder`` (counted nowhere), then put the loader back."""
+    real = pretrained.load_model
+    pretrained.load_model = lambda *a, **k: encoder
+    try:
+        return run()
+    finally:
+        pretrained.load_model = real
+
+
+def test_the_backend_and_session_options_are_in_the_files_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No two plans of different backends read the same folders, so only what is hashed can show the backend counts."""
+    import kl_retrievers.encoding_cache as encoding_cache
+    from kl_retrievers.evaluate_cli import _files_plan
+
+    enc = make_tiny_encoder(seed=0)
+    enc.save_pretrained(tmp_path / "model")
+    enc.export_onnx(tmp_path / "graph", quantize="int8")
+    seen: list[tuple[Any, dict[str, Any]]] = []
+    real = encoding_cache.files_fingerprint
+
+    def recording(folders: Any, settings: Any) -> str:
+        seen.append((list(folders), dict(settings)))
+        return real(folders, settings)
+
+    monkeypatch.setattr(encoding_cache, "files_fingerprint", recording)
+    for model, backend, options in (
+        (tmp_path / "model", "torch", None),
+        (tmp_path / "graph", "onnx", None),
+        (tmp_path / "graph", "onnx", {"num_threads": 1}),
+    ):
+        seen.clear()
+        plan = _files_plan(str(model), backend, options)
+        assert plan is not None and len(seen) == 1
+        folders, settings = seen[0]
+        assert settings["backend"] == backend and settings["session"] == dict(options or {})
+        assert settings["quantize"] == ("int8" if backend == "onnx" else None)
+        assert plan.fingerprint == real(folders, settings)
+        assert real(folders, {**settings, "backend": "torch" if backend == "onnx" else "onnx"}) != plan.fingerprint
+
+
+def test_cached_sha256_sees_a_file_rewritten_with_its_size_and_time_restored(tmp_path: Path) -> None:
+    import os
+
+    from kl_retrievers.hub import cached_sha256, sha256_file
+
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(b"a" * 64)
+    st = f.stat()
+    first = cached_sha256(f)
+    f.write_bytes(b"b" * 64)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert cached_sha256(f) == sha256_file(f) != first
+
+
+def test_a_miss_run_hashes_the_weights_once_in_a_folder_of_many_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    import kl_retrievers.hub as hub
+
+    make_tiny_encoder(seed=0).save_pretrained(
+        tmp_path / "model", extra_files={f"note{i:02d}.md": "x" for i in range(40)}
+    )
+    data, cache = write_tiny_beir(tmp_path / "data"), tmp_path / "cache"
+    hashed: list[str] = []
+    real = hub.sha256_file
+
+    def counting(path: Any) -> str:
+        hashed.append(os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(hub, "sha256_file", counting)
+    _first_run(_argv(tmp_path / "model", data, cache), capsys)
+    assert sum(h.endswith("model.safetensors") for h in hashed) == 1
