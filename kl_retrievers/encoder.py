@@ -20,6 +20,7 @@ Examples:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -53,8 +54,16 @@ from kl_retrievers._config import TOKENIZER_SIDE_FILES as _TOKENIZER_SIDE_FILES
 from kl_retrievers._config import check_tokenizer_sha256 as _check_tokenizer_sha256
 from kl_retrievers._config import check_weights_sha256 as _check_weights_sha256
 from kl_retrievers._config import remote_code_refusal as _remote_code_refusal
-from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, eval_mode, progress_bar, require_torch
-from kl_retrievers._io import atomic_dir, check_replace_target, check_version, library_version
+from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, cut_long_texts, eval_mode, progress_bar, require_torch
+from kl_retrievers._io import (
+    atomic_dir,
+    check_replace_target,
+    check_version,
+    library_version,
+    load_unchanged,
+    recover_dir,
+    user_path,
+)
 from kl_retrievers.gaussian import SCORE_DIRECTION, Gaussians
 from kl_retrievers.hub import (
     BUNDLED_DIR,
@@ -639,14 +648,18 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         """Tokenize (padding on the right) and insert ``[VAR]`` right after the first token (``[CLS]``).
 
         ``max_length`` counts every token, ``[VAR]`` included; above :attr:`max_tokens` it is
-        clamped to it (with a warning).
+        clamped to it (with a warning). A long text is cut before tokenizing, to a prefix with the same
+        token ids (see :func:`~kl_retrievers._encoding.cut_long_texts`; fast tokenizers truncating on the right).
         """
         max_length = self._clamp_length(max_length)
         budget = max_length - 1 if self.var_token_id is not None else max_length
         with _TOKENIZER_LOCK:  # a fast tokenizer keeps its truncation setting in shared state: one call at a time
             # Forced again in case the caller switched it since construction: see __init__.
             self.tokenizer.padding_side = "right"
-            batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=budget, return_tensors="pt")
+            texts = list(texts)
+            if getattr(self.tokenizer, "is_fast", False) and self.tokenizer.truncation_side == "right":
+                texts = cut_long_texts(texts, budget, self._word_ids)
+            batch = self.tokenizer(texts, padding=True, truncation=True, max_length=budget, return_tensors="pt")
         batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         if self.var_token_id is not None:
             n = batch["input_ids"].shape[0]
@@ -655,6 +668,11 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                 col = torch.full((n, 1), fill, dtype=value.dtype)
                 batch[key] = torch.cat([value[:, :1], col, value[:, 1:]], dim=1)
         return batch
+
+    def _word_ids(self, texts: list[str]) -> list[list[int | None]]:
+        """Each text's tokens' word indices, without special tokens or truncation (a fast tokenizer's)."""
+        batch = self.tokenizer(texts, add_special_tokens=False, truncation=False, padding=False, verbose=False)
+        return [batch.word_ids(i) for i in range(len(texts))]
 
     def forward(
         self,
@@ -833,7 +851,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
             if not isinstance(content, (str, bytes)):
                 raise ValueError(f"extra_files[{name!r}] must be str or bytes; got {type(content).__name__}")
         with atomic_dir(target) as tmp:
-            save_file(state, os.fspath(tmp / meta["weights"]), metadata={"format": "pt"})
+            save_safetensors(state, tmp / meta["weights"], saving=target, metadata={"format": "pt"})
             meta[WEIGHTS_SHA256] = {meta["weights"]: sha256_file(tmp / meta["weights"])}
             meta[WEIGHTS_IDENTITY] = identity or meta[WEIGHTS_SHA256][meta["weights"]]  # unknown: the new file's
             self.tokenizer.save_pretrained(os.fspath(tmp))
@@ -987,6 +1005,12 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         added), the weights file is checked against it once the weights are read (a file too damaged to read
         gives the read error instead).
 
+        A save of the same folder in another thread or process (:meth:`save_pretrained` swaps in a new copy) may
+        replace it while it is read: the folder is then read again (at most four times), so the files of two saves
+        are never mixed. A folder that a save killed mid-swap left missing, where the swap is not atomic (macOS,
+        some file systems), is restored from the previous copy the save left beside it (``.NAME.old-*``), with a
+        warning.
+
         Raises:
             NotAnEncoderError: The folder is not a saved Gaussian encoder (the message says what it is
                 when kl_retrievers wrote it: a store, saved Gaussians, an ONNX export), or its weights
@@ -996,6 +1020,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                 object, or a str that can only be a folder (:func:`kl_retrievers.hub.is_path_name`:
                 ``./enc``, ``models/v1/enc``), that does not exist fails before any hub lookup; the message names
                 its absolute path and the current directory (as it does after the hub for ``models/enc``).
+            OSError: Saves replaced the folder during each of the reads.
 
         Examples:
             >>> enc = GaussianEncoder.from_pretrained("my-encoder")  # doctest: +SKIP
@@ -1014,8 +1039,22 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                 )
         given = name_or_path  # a path object stays one: resolve_model_path never takes it for a hub id
         name_or_path = _model_reference(name_or_path)
-        path = resolve_model_path(given)
-        reference = local_reference(name_or_path)
+        local = user_path(name_or_path)
+
+        def load() -> GaussianEncoder:
+            # Where a folder swap is not atomic (macOS), a save killed between its two renames leaves only the
+            # previous copy, beside the folder (.NAME.old-*): put it back, as KLStore.load does.
+            recover_dir(local, required=CONFIG_NAME)
+            path = resolve_model_path(given)
+            return cls._load_folder(path, local_reference(name_or_path), device)
+
+        # A save of the same folder meanwhile swaps it between two reads (the config of one save, the weights of
+        # the next: a checksum mismatch): read it again then.
+        return load_unchanged(local, load)
+
+    @classmethod
+    def _load_folder(cls, path: Path, reference: str, device: str | torch.device | None) -> GaussianEncoder:
+        """One read of the model folder ``path`` for :meth:`from_pretrained` (repeated when a save replaced it)."""
         cfg_file = path / CONFIG_NAME
         meta = read_encoder_meta(path)  # NotAnEncoderError naming the folder (kl_retrievers._config, torch-free)
         check_version(meta, what=f"encoder at {path}", format_version=FORMAT_VERSION)
@@ -1146,6 +1185,50 @@ def _model_reference(name_or_path: object) -> str:
         if isinstance(text, str):
             return text
     raise TypeError(f"name_or_path must be a str or a path; got {type(name_or_path).__name__}")
+
+
+def save_safetensors(
+    tensors: dict[str, torch.Tensor], file: Path, *, saving: Path, metadata: dict[str, str] | None = None
+) -> None:
+    """safetensors' ``save_file``, a failed write raised as an ``OSError`` that names ``saving`` and ``file``.
+
+    safetensors raises its own ``SafetensorError`` (no ``OSError``) when the write fails, e.g. ``Error while
+    serializing: I/O error: No space left on device (os error 28)`` on a full disk, which callers (the CLI) would
+    take for a bug. The ``OSError`` carries the error number the message gives (``errno.ENOSPC`` there).
+
+    Args:
+        tensors: What to save.
+        file: The file to write (inside the temporary copy of a save).
+        saving: What is being saved (the folder the user named), for the message.
+        metadata: safetensors' text metadata.
+
+    Raises:
+        OSError: The write failed.
+    """
+    try:
+        save_file(tensors, os.fspath(file), metadata=metadata)
+    except SafetensorError as exc:
+        raise _write_error(exc, file, saving) from exc
+
+
+def _write_error(exc: Exception, file: Path, saving: Path) -> OSError:
+    """The ``OSError`` for safetensors' error ``exc`` writing ``file`` of ``saving``, with the errno it names.
+
+    Examples:
+        >>> full = ValueError("Error while serializing: I/O error: No space left on device (os error 28)")
+        >>> error = _write_error(full, Path("tmp/w.safetensors"), Path("model"))
+        >>> error.errno == errno.ENOSPC, str(error).split(";")[0]
+        (True, 'cannot save model: writing w.safetensors failed (No space left on device)')
+    """
+    text = str(exc)
+    found = re.search(r"os error (\d+)|code: (\d+)", text)  # "(os error 28)"; older releases "Os { code: 28, ..."
+    code = int(found[1] or found[2]) if found else (errno.ENOSPC if "No space left on device" in text else None)
+    reason = os.strerror(code) if code is not None else text
+    full = code in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))  # disk, file size, quota
+    advice = "free some space there and save again; nothing was replaced" if full else "nothing was replaced"
+    error = OSError(f"cannot save {saving}: writing {file.name} failed ({reason}); {advice}")
+    error.errno = code  # str(error) stays the message
+    return error
 
 
 def _read_weights(weights_file: Path) -> dict[str, torch.Tensor]:

@@ -41,7 +41,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kl_retrievers._config import TOKENIZER_SHA256, check_tokenizer_sha256, model_similarity
-from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, _is_int, eval_mode, progress_bar, require_torch
+from kl_retrievers._encoding import (
+    TORCH_EXTRA,
+    EncoderMixin,
+    _is_int,
+    cut_long_texts,
+    eval_mode,
+    progress_bar,
+    require_torch,
+)
 from kl_retrievers._io import (
     atomic_dir,
     check_version,
@@ -1117,7 +1125,7 @@ class OnnxGaussianEncoder(EncoderMixin):
         self._tokenizer_json = tokenizer_json
         # One tokenizer per token budget, each with its truncation set once: tokenizing needs no lock, so a query
         # encoded in one thread does not wait for a bulk encode's tokenization in another.
-        self._tokenizers: dict[int, Any] = {}
+        self._tokenizers: dict[int | None, Any] = {}
         self._lock = threading.Lock()
         if config.var_token_id is not None:
             found = tokenizer.token_to_id(VAR_TOKEN)
@@ -1422,9 +1430,16 @@ class OnnxGaussianEncoder(EncoderMixin):
         )
 
     # ------------------------------------------------------------------ encoding
-    def _tokenizer_for(self, max_length: int) -> Any:
-        """A tokenizer that truncates so that ``[VAR]`` still fits in ``max_length`` (one per budget, kept)."""
-        budget = max_length - 1 if self.config.var_token_id is not None else max_length
+    def _budget(self, max_length: int) -> int:
+        """The tokens the tokenizer keeps so that ``[VAR]`` still fits in ``max_length``."""
+        return max_length - 1 if self.config.var_token_id is not None else max_length
+
+    def _tokenizer_for(self, max_length: int | None) -> Any:
+        """A tokenizer that truncates so that ``[VAR]`` still fits in ``max_length`` (one per budget, kept).
+
+        ``None``: one that does not truncate.
+        """
+        budget = None if max_length is None else self._budget(max_length)
         tokenizer = self._tokenizers.get(budget)
         if tokenizer is None:
             from tokenizers import Tokenizer
@@ -1434,7 +1449,10 @@ class OnnxGaussianEncoder(EncoderMixin):
                 if tokenizer is None:
                     tokenizer = Tokenizer.from_str(self._tokenizer_json)
                     tokenizer.no_padding()
-                    tokenizer.enable_truncation(max_length=budget)
+                    if budget is None:
+                        tokenizer.no_truncation()
+                    else:
+                        tokenizer.enable_truncation(max_length=budget)
                     if len(self._tokenizers) >= _TOKENIZERS_KEPT:  # a few budgets are used; bound the rest
                         self._tokenizers.pop(next(iter(self._tokenizers)))
                     self._tokenizers[budget] = tokenizer
@@ -1461,6 +1479,7 @@ class OnnxGaussianEncoder(EncoderMixin):
 
     def _token_ids(self, texts: list[str], max_length: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Token ids and type ids of each text, truncated so that ``[VAR]`` still fits in ``max_length``."""
+        texts = cut_long_texts(texts, self._budget(max_length), self._word_ids)
         encodings = self._tokenizer_for(max_length).encode_batch(texts)
         return [(np.asarray(e.ids, np.int64), np.asarray(e.type_ids, np.int64)) for e in encodings]
 
@@ -1470,8 +1489,13 @@ class OnnxGaussianEncoder(EncoderMixin):
         encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # same ids, no offsets
         counts = np.empty(len(texts), np.int64)
         for start in range(0, len(texts), _TOKENIZE_CHUNK):
-            counts[start : start + _TOKENIZE_CHUNK] = [len(e) for e in encode(texts[start : start + _TOKENIZE_CHUNK])]
+            some = cut_long_texts(texts[start : start + _TOKENIZE_CHUNK], self._budget(max_length), self._word_ids)
+            counts[start : start + _TOKENIZE_CHUNK] = [len(e) for e in encode(some)]
         return counts
+
+    def _word_ids(self, texts: list[str]) -> list[list[int | None]]:
+        """Each text's tokens' word indices, without special tokens or truncation (for cutting long texts)."""
+        return [e.word_ids for e in self._tokenizer_for(None).encode_batch(texts, add_special_tokens=False)]
 
     def _batch_arrays(self, rows: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
         """Pad one batch and insert ``[VAR]`` after the first token (as the torch encoder does)."""

@@ -49,10 +49,10 @@ from kl_retrievers.training.data import TrainExample, TrainingSet, require_train
 
 try:  # the [train] extra: without it, importing this module names the extra (as training.trainer does)
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     from torch import nn
 
-    from kl_retrievers.encoder import GaussianEncoder
+    from kl_retrievers.encoder import GaussianEncoder, save_safetensors
     from kl_retrievers.training import losses as loss_fns
     from kl_retrievers.training.features import Features, compute_features, heads_forward
 except ModuleNotFoundError as _missing:
@@ -572,8 +572,8 @@ def _save_checkpoint(
         "evaluations": finite_json(list(evaluations or [])),  # NaN/inf metrics as null: standard JSON
     }
     with atomic_dir(folder) as tmp:  # a crash leaves the previous checkpoint (or a copy recover_dir restores)
-        save_file(weights, os.fspath(tmp / "trainable.safetensors"))
-        save_file(tensors, os.fspath(tmp / "optimizer.safetensors"))
+        save_safetensors(weights, tmp / "trainable.safetensors", saving=folder)  # a full disk: an OSError
+        save_safetensors(tensors, tmp / "optimizer.safetensors", saving=folder)
         (tmp / "state.json").write_text(json.dumps(meta, indent=1, allow_nan=False) + "\n")
     logger.info("checkpoint at step %d -> %s", step, folder)
 
