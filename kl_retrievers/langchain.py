@@ -946,6 +946,11 @@ class KLEmbeddings(Embeddings):
                     self._encoder = _load_default_encoder(self.backend)
         return self._encoder
 
+    def _recorded_encoder(self) -> Any:
+        """The Gaussian encoder (:attr:`encoder`) whose name, config and weights identities a ``KLStore`` holding
+        this object records and compares, so ``KLStore(KLEmbeddings(enc))`` saves what ``KLStore(enc)`` does."""
+        return self.encoder
+
     @property
     def dim(self) -> int | None:
         """The Gaussian dimension ``k`` when the encoder exposes it (vectors have ``2k + 1`` floats)."""

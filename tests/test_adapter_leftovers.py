@@ -7,7 +7,9 @@
   of ``metadata_filters_to_predicate`` (the former path), on missing keys, ``None`` and mismatched types.
 * LangChain's ``KLEmbeddings`` passed ``KLStore``'s encoder check but its ``encode_documents`` took no
   ``batch_size``: ``KLStore(KLEmbeddings(enc)).add(texts)`` raised ``TypeError``. It takes the store's
-  ``batch_size`` / ``show_progress_bar`` (and tells the store whether the encoder is batch-invariant).
+  ``batch_size`` / ``show_progress_bar`` (and tells the store whether the encoder is batch-invariant). A save
+  of such a store recorded no model (no name, config or weights identity): it records its encoder's, as
+  ``KLStore(enc)`` does, so the reloaded store loads that model to encode text.
 * ``import kl_retrievers.training.trainer`` without torch raised the bare "No module named 'torch'"; it names
   the ``[train]`` extra, as ``kl_retrievers.training.trainer`` read as an attribute does.
 """
@@ -319,6 +321,29 @@ def test_a_store_encodes_queries_one_at_a_time_through_klembeddings_of_a_batch_d
     store.search_batch(["a cat", "eel"], k=1)
     assert int8.calls[-1] == ("queries", 1, False)  # as KLStore(int8) encodes them
     assert KLEmbeddings(_Encoder()).batch_invariant is True
+
+
+def test_a_store_saved_through_klembeddings_records_its_model(tmp_path: Path) -> None:
+    pytest.importorskip("langchain_core")
+    import json
+
+    from conftest import make_tiny_encoder
+    from kl_retrievers import GaussianEncoder
+    from kl_retrievers.langchain import KLEmbeddings
+
+    make_tiny_encoder(seed=3).save_pretrained(tmp_path / "enc")
+    encoder = GaussianEncoder.from_pretrained(tmp_path / "enc")
+    records = {}
+    for label, given in (("plain", encoder), ("wrapped", KLEmbeddings(encoder))):
+        store = KLStore(encoder=given)
+        store.add(["a b", "c d"], ids=["1", "2"])
+        path = store.save(tmp_path / label)
+        records[label] = json.loads((path / "config.json").read_text())["encoder"]
+        loaded = KLStore.load(path)
+        assert loaded.saved_encoder == str((tmp_path / "enc").resolve())
+        assert [h.id for h in loaded.search("a b", k=1)] == ["1"]  # the reloaded store encodes text
+    assert records["wrapped"] == records["plain"]
+    assert records["wrapped"]["weights_sha256"] == encoder.weights_sha256
 
 
 # ------------------------------------------------------------------ training.trainer without torch

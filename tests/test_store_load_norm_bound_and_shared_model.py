@@ -3,10 +3,15 @@
 1. A flat store saves the largest norm of each block of its index's ``d~`` rows (``flat_norm_max`` in
    ``config.json``), which bounds the float32 error of every search: a load of verified files takes it instead
    of reading every row of the index at the first search. It equals the bound computed from the index, a
-   damaged value is refused, a folder saved without it (an earlier release) loads and searches identically, and
-   the bound stays an exact upper bound through add, upsert and delete (and an mmap copy).
+   damaged value is refused (its checksum, ``flat_norm_max_sha256``, binds it to ``index.faiss``: a value too low
+   in rows the load does not check is refused too), a folder saved without it (an earlier release) loads and
+   searches identically, the bound stays an exact upper bound through add, upsert and delete (and an mmap copy),
+   and a compaction computes it again (a deleted large row does not leave a loose bound saved for good).
 2. Stores loaded without an encoder load the model they were saved with through one process-wide cache of weak
-   references: stores of the same model share one object while any holds it, and a freed model is not kept.
+   references: stores of the same model share one object while any holds it, and a freed model is not kept; a
+   model changed since it was loaded (in place, ``.half()``) is not handed to a later store, and no load lock is
+   kept once its load is over.
+3. ``KLStore(KLEmbeddings(enc))`` records the model ``KLStore(enc)`` records (tests/test_adapter_leftovers.py).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import pytest
 from conftest import make_tiny_encoder, random_gaussians
 from kl_retrievers import GaussianEncoder, KLStore
 from kl_retrievers.gaussian import Gaussians
-from kl_retrievers.store import _engines
+from kl_retrievers.store import _base, _engines, _format
 from kl_retrievers.store._base import StoreFormatError
 
 IDS = [f"d{i}" for i in range(300)]
@@ -142,9 +147,72 @@ def test_a_damaged_bound_is_refused_by_name(tmp_path: Path, value: Any, match: s
     _flat_store().save(tmp_path / "s")
     config = _config(tmp_path / "s")
     config["flat_norm_max"] = value
+    if isinstance(value, list) and len(value) == 3:  # its checksum written to match: the rows the load reads refuse it
+        config["flat_norm_max_sha256"] = _format.flat_norm_digest(value, config["files"]["index.faiss"]["sha256"])
     _write_config(tmp_path / "s", config)
     with pytest.raises(StoreFormatError, match=match):
         KLStore.load(tmp_path / "s")
+
+
+def _outlier_store(row: int) -> KLStore:
+    """A flat store of 300 rows whose row ``row`` is far larger than the others."""
+    g = random_gaussians(300, 8, seed=1)
+    mean = g.mean + 3.0
+    mean[row] *= 50.0
+    store = KLStore()
+    store.add(ids=IDS, gaussians=Gaussians(mean, g.var))
+    return store
+
+
+def test_a_low_bound_in_rows_the_load_does_not_check_is_refused(tmp_path: Path) -> None:
+    sampled = _engines._sample_rows(300)
+    row = next(i for i in range(300) if i not in set(sampled.tolist()))
+    store = _outlier_store(row)
+    path = store.save(tmp_path / "s")
+    config = _config(path)
+    saved = config["flat_norm_max"]
+    index = _flat(store).index
+    low = _engines.rewrite_block_norms(np.stack([index.reconstruct(int(i)) for i in sampled])).max(axis=0)
+    assert (low < np.asarray(config["flat_norm_max"])).any()  # too low, but above every row the load reads
+    config["flat_norm_max"] = low.tolist()
+    _write_config(path, config)
+    with pytest.raises(StoreFormatError, match=r"field 'flat_norm_max' .* does not match its checksum"):
+        KLStore.load(path)
+    loaded = KLStore.load(path, verify_checksums=False)  # not taken over unverified files: computed
+    assert np.array_equal(_flat(loaded)._flat_norm_max(), _recomputed(store))
+    assert config["flat_norm_max_sha256"] == _format.flat_norm_digest(saved, config["files"]["index.faiss"]["sha256"])
+
+
+def test_a_bound_without_its_checksum_is_computed_from_the_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _outlier_store(5)
+    path = store.save(tmp_path / "s")
+    config = _config(path)
+    config.pop("flat_norm_max_sha256", None)  # as the commit that wrote the bound alone did
+    config["flat_norm_max"] = [0.0, 0.0, 0.0]
+    _write_config(path, config)
+    loaded = KLStore.load(path)
+    calls = _count_index_reads(monkeypatch)
+    queries = random_gaussians(4, 8, seed=8)
+    assert _hits(loaded, queries) == _hits(store, queries)
+    assert calls  # the bound is read from the index
+    assert np.array_equal(_flat(loaded)._flat_norm_max(), _recomputed(store))
+
+
+def test_a_compaction_computes_the_bound_again(tmp_path: Path) -> None:
+    g = random_gaussians(400, 8, seed=1)
+    store = KLStore()
+    store.add(ids=IDS[:300] + [f"e{i}" for i in range(100)], gaussians=Gaussians(g.mean + 3.0, g.var))
+    tight = _recomputed(store)
+    store.add(ids=["outlier"], gaussians=Gaussians(g.mean[:1] * 1e4, g.var[:1]))
+    assert (_flat(store)._flat_norm_max() > 100 * tight).any()
+    store.delete(["outlier"])
+    store.compact()
+    assert np.array_equal(_flat(store)._flat_norm_max(), tight)
+    path = store.save(tmp_path / "s")
+    assert _config(path)["flat_norm_max"] == tight.tolist()
+    assert np.array_equal(_flat(KLStore.load(path))._flat_norm_max(), tight)
 
 
 def test_an_approximate_store_refuses_a_flat_bound(tmp_path: Path) -> None:
@@ -321,3 +389,42 @@ def test_hybrid_stores_share_the_model_they_load(tmp_path: Path, monkeypatch: py
     assert plain.search("tea for breakfast", k=1)[0].id == "b"
     assert len(calls) == 1
     assert hybrids[0].encoder is hybrids[1].encoder is plain.encoder
+
+
+def test_a_model_changed_through_one_store_is_not_handed_to_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    _, paths = _saved_stores(tmp_path, 4)
+    calls = _counting_loader(monkeypatch)
+    first = KLStore.load(paths[0])
+    want = [(h.id, h.score) for h in first.search("tea for breakfast", k=3)]
+    with torch.no_grad():
+        for p in first.encoder.parameters():
+            p.mul_(-3.0)  # edited in place (as a training step does)
+    second = KLStore.load(paths[0])
+    assert [(h.id, h.score) for h in second.search("tea for breakfast", k=3)] == want
+    assert second.encoder is not first.encoder and len(calls) == 2
+    third = KLStore.load(paths[1])
+    third.search("tea", k=1)
+    assert third.encoder is second.encoder and len(calls) == 2  # an unchanged model is still shared
+    third.encoder.half()  # another dtype
+    fourth = KLStore.load(paths[2])
+    fourth.search("tea", k=1)
+    assert fourth.encoder is not third.encoder and len(calls) == 3
+    assert next(fourth.encoder.parameters()).dtype == torch.float32
+
+
+def test_no_load_lock_is_kept_after_its_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kl_retrievers import pretrained
+
+    class Model:
+        pass
+
+    monkeypatch.setattr(pretrained, "load_model", lambda name, backend=None: Model())
+    before = len(_base._SHARED_MODEL_LOADS)
+    for i in range(200):
+        _base._shared_saved_model(f"org/model-{i}", "torch", f"w{i}")
+    gc.collect()
+    assert len(_base._SHARED_MODEL_LOADS) == before

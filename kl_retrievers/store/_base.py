@@ -706,8 +706,12 @@ def _one_query(query: str | Gaussians) -> list[str] | Gaussians:
 
 #: The models stores loaded by name (:func:`_shared_saved_model`), each while anything holds it: key -> model.
 _SHARED_MODELS: weakref.WeakValueDictionary[tuple[Any, ...], Any] = weakref.WeakValueDictionary()
-_SHARED_MODELS_LOCK = threading.Lock()  # guards the two dicts
-_SHARED_MODEL_LOADS: dict[tuple[Any, ...], threading.Lock] = {}  # one lock per key: one thread loads a model
+#: What each shared model was when loaded (:func:`_model_state`): a changed one is not handed out again.
+_SHARED_MODEL_STATES: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+_SHARED_MODELS_LOCK = threading.Lock()  # guards the dicts
+#: One lock per key while a thread loads (or waits to load) that model, with the number of those threads: the
+#: last one out removes it, so a process that loads many models keeps no lock for each.
+_SHARED_MODEL_LOADS: dict[tuple[Any, ...], list[Any]] = {}
 
 
 def _folder_stamp(name: str) -> tuple[Any, ...] | None:
@@ -727,6 +731,23 @@ def _folder_stamp(name: str) -> tuple[Any, ...] | None:
         return None
 
 
+def _model_state(model: Any) -> tuple[Any, ...]:
+    """What decides whether a shared model is still the one loaded: for each of its torch parameters and buffers,
+    its identity, in-place version counter (an optimizer step, ``load_state_dict`` or an in-place edit bumps it),
+    dtype, device and data pointer (``.half()``, ``.to()``, a ``.data`` swap). Empty for a model without torch
+    tensors (ONNX), whose weights cannot be changed in place."""
+    state: list[Any] = []
+    for attr in ("parameters", "buffers"):
+        tensors = getattr(model, attr, None)
+        if not callable(tensors):
+            continue
+        try:
+            state.extend((id(t), int(t._version), str(t.dtype), str(t.device), int(t.data_ptr())) for t in tensors())
+        except (AttributeError, RuntimeError, TypeError):  # not torch tensors: nothing to compare there
+            continue
+    return tuple(state)
+
+
 def _shared_saved_model(name: str, backend: str | None, weights: str | None = None) -> Any:
     """``load_model(name, backend=backend)``, shared by every store that loads the same model while any holds it.
 
@@ -735,9 +756,10 @@ def _shared_saved_model(name: str, backend: str | None, weights: str | None = No
     of a local folder resolves to with the size, time and inode of its entries (a relative name read from
     another working folder, or a model saved again in place, is another key), the weights identity the
     store records (stores encoded with other weights never share), and the loader itself. A model no
-    store holds any more is freed as before, and the next store to need it loads it again. Every
-    holder shares the one object: what one store's user changes in it (moving it to another device,
-    training it) every store that shares it sees.
+    store holds any more is freed as before, and the next store to need it loads it again. A model changed
+    since it was loaded (a parameter edited in place or trained, ``.half()``, ``.to()``: :func:`_model_state`)
+    is not handed out again: the next store loads its own copy, which later ones share. Stores that share a
+    model see what their users do to it meanwhile.
 
     Args:
         name: The model's recorded ``name_or_path`` (a bundled name, a folder or a hub id).
@@ -751,23 +773,56 @@ def _shared_saved_model(name: str, backend: str | None, weights: str | None = No
 
     loader = pretrained.load_model  # looked up at each call, as before (a stand-in loads under another key)
     key = (name, backend, _folder_stamp(name), weights, loader)
+
+    def unchanged() -> Any:  # the cached model if it is still what was loaded (caller holds _SHARED_MODELS_LOCK)
+        cached = _SHARED_MODELS.get(key)
+        if cached is None:
+            return None
+        try:
+            loaded = _SHARED_MODEL_STATES.get(cached)
+        except TypeError:  # not hashable: never cached (see below)
+            return None
+        if loaded is not None and _model_state(cached) == loaded:
+            return cached
+        logger.debug("the shared model %r changed since it was loaded: loading it again", name)
+        del _SHARED_MODELS[key]
+        return None
+
     with _SHARED_MODELS_LOCK:
-        model = _SHARED_MODELS.get(key)
+        model = unchanged()
         if model is not None:
             return model
-        lock = _SHARED_MODEL_LOADS.setdefault(key[:4], threading.Lock())
-    with lock:
-        with _SHARED_MODELS_LOCK:
-            model = _SHARED_MODELS.get(key)
-        if model is not None:  # another thread loaded it meanwhile
-            return model
-        model = loader(name, backend=backend)
-        try:
+        entry = _SHARED_MODEL_LOADS.setdefault(key[:4], [threading.Lock(), 0])
+        entry[1] += 1  # this thread holds or waits on the lock
+    try:
+        with entry[0]:
             with _SHARED_MODELS_LOCK:
-                _SHARED_MODELS[key] = model
-        except TypeError:  # an object that cannot be referenced weakly is not shared
-            logger.debug("the model %r (%s) cannot be shared between stores", name, type(model).__name__)
-    return model
+                model = unchanged()
+            if model is not None:  # another thread loaded it meanwhile
+                return model
+            model = loader(name, backend=backend)
+            state = _model_state(model)
+            try:
+                with _SHARED_MODELS_LOCK:
+                    _SHARED_MODEL_STATES[model] = state
+                    _SHARED_MODELS[key] = model
+            except TypeError:  # an object that cannot be referenced weakly (or hashed) is not shared
+                logger.debug("the model %r (%s) cannot be shared between stores", name, type(model).__name__)
+            return model
+    finally:
+        with _SHARED_MODELS_LOCK:
+            entry[1] -= 1
+            if not entry[1]:
+                _SHARED_MODEL_LOADS.pop(key[:4], None)
+
+
+def _identity_encoder(encoder: Any) -> Any:
+    """The object a store reads its model's identity from (name, config, weights, backbone and tokenizer identities)
+    and records: ``encoder``, or the Gaussian encoder a wrapper holds (an object with ``_recorded_encoder()``, as
+    :class:`kl_retrievers.langchain.KLEmbeddings` has), so ``KLStore(KLEmbeddings(enc))`` records what
+    ``KLStore(enc)`` does."""
+    inner = getattr(encoder, "_recorded_encoder", None)
+    return inner() if callable(inner) else encoder
 
 
 #: What a store reads from its encoder (duck-typed, see :class:`Encoder`): the methods that encode text, and the

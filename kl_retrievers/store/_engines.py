@@ -727,6 +727,9 @@ class FlatEngine(FaissEngine):
         if self.index is not None:
             self.own()
             self.index.remove_ids(_faiss().IDSelectorBatch(dead.astype(np.int64)))
+            # the bound of the rows before may be far above those left (a large row deleted): computed again from
+            # the rows at the next search or save, so a loose bound neither slows searches nor is saved
+            self._flat_norm = None
 
     def _flat_norm_max(self) -> np.ndarray:
         """The largest norm of each block of the ``d~`` rows in the index (an upper bound after deletions).

@@ -36,9 +36,11 @@ The numbers the search engine needs to rebuild a query's vector for the saved in
   in ``index.faiss`` (an upper bound after deletions), which bounds the float32 error of every search
   (:func:`~kl_retrievers.gaussian.float32_score_bound`). Absent / null in a store saved before it was
   written: the first search computes it from every row of the index, as it does when the folder is
-  loaded without ``verify_checksums`` (the saved value is only taken over files whose checksums were
-  verified, and it must lie above the rows the load checks). Earlier releases ignore the field, so the
-  format version does not change for it.
+  loaded without ``verify_checksums``. The saved value is only taken over files whose checksums were
+  verified and with ``flat_norm_max_sha256``, the SHA-256 of the bound and of ``index.faiss``'s checksum
+  (:func:`flat_norm_digest`: a bound edited in, or damaged in, config.json is refused; one without it is
+  computed), and it must lie above the rows the load checks. Earlier releases ignore both fields, so the
+  format version does not change for them.
 
 ``config.json`` is not covered by the checksums, so on load a few rows of the index are rebuilt
 from the stored Gaussians with these numbers and compared with the index's own (see
@@ -52,6 +54,7 @@ Examples:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -283,6 +286,9 @@ def _check_fields(config: dict[str, Any], cfg_path: Path) -> None:
                 config, cfg_path, "flat_norm_max", "null or, in a flat store, a list of 3 non-negative finite numbers"
             )
         config["flat_norm_max"] = [float(x) for x in flat_norm]
+    digest = config.setdefault(FLAT_NORM_DIGEST, None)  # absent: the bound is not taken (flat_norm_from_config)
+    if digest is not None and not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
+        raise _bad(config, cfg_path, FLAT_NORM_DIGEST, "null or 64 lowercase hex digits")
     config.setdefault("index_offset", 0.0)  # absent in stores saved before the shift
     if not _is_real(config["index_offset"]):
         raise _bad(config, cfg_path, "index_offset", "a finite number")
@@ -747,6 +753,48 @@ def centre_from_config(config: dict[str, Any], cfg_path: Path, field: str, dim: 
     return np.asarray(value, dtype=np.float64)
 
 
+#: The config field that binds ``flat_norm_max`` to the checksum of ``index.faiss`` (:func:`flat_norm_digest`).
+FLAT_NORM_DIGEST = "flat_norm_max_sha256"
+
+
+def flat_norm_digest(bound: list[float], index_sha256: str) -> str:
+    """The SHA-256 a save records beside ``flat_norm_max``: of the bound's float64 values and the SHA-256 of the
+    ``index.faiss`` it bounds, so that the bound is as covered by ``verify_checksums`` as the files are (a bound
+    edited or damaged in config.json, or one left beside another index, no longer matches).
+
+    Examples:
+        >>> flat_norm_digest([1.0, 2.0, 3.0], "a" * 64) == flat_norm_digest([1.0, 2.0, 3.0], "a" * 64)
+        True
+        >>> flat_norm_digest([1.0, 2.0, 3.0], "a" * 64) == flat_norm_digest([1.0, 2.0, 2.9], "a" * 64)
+        False
+    """
+    h = hashlib.sha256(b"kl-retrievers flat_norm_max\0")
+    h.update(index_sha256.encode("ascii"))
+    h.update(np.asarray(bound, dtype="<f8").tobytes())
+    return h.hexdigest()
+
+
+def flat_norm_from_config(config: dict[str, Any], cfg_path: Path, verified: bool) -> list[float] | None:
+    """The saved ``flat_norm_max`` a load may take, else ``None`` (the first search computes it from the index).
+
+    Taken only over files whose checksums were verified (``verified``) and when its digest
+    (:data:`FLAT_NORM_DIGEST`) matches the bound and the checksum of ``index.faiss``; a folder without the digest
+    (written before it) computes the bound.
+
+    Raises:
+        StoreFormatError: The digest does not match (config.json damaged or edited).
+    """
+    bound, digest, index = config.get("flat_norm_max"), config.get(FLAT_NORM_DIGEST), config["files"].get(INDEX)
+    if not verified or bound is None or digest is None or index is None:
+        return None
+    if flat_norm_digest(bound, index["sha256"]) != digest:
+        raise StoreFormatError(
+            f"{cfg_path}: field 'flat_norm_max' ({bound}) does not match its checksum in field {FLAT_NORM_DIGEST!r} "
+            f"and that of {INDEX} (a damaged or edited config.json?)"
+        )
+    return [float(x) for x in bound]
+
+
 # ------------------------------------------------------------------ reading
 def check_files(folder: Path, files: dict[str, Any], verify_checksums: bool) -> None:
     """Every listed file is a regular file inside ``folder`` with the recorded size (and SHA-256)."""
@@ -1035,6 +1083,12 @@ def write_folder(
         if p.exists():
             _fsync(p)
             files[name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+    bound = config.get("flat_norm_max")
+    if bound is not None:  # bound to the index it bounds, so verify_checksums covers it (flat_norm_from_config)
+        config = {
+            **config,
+            FLAT_NORM_DIGEST: flat_norm_digest(bound, files[INDEX]["sha256"]) if INDEX in files else None,
+        }
     with open(tmp / CONFIG, "w", encoding="utf-8") as f:
         json.dump({**config, "files": files}, f, indent=2, sort_keys=True, allow_nan=False)
         f.flush()

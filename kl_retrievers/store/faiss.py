@@ -100,6 +100,7 @@ from kl_retrievers.store._base import (
     StoredDocument,
     StoreFormatError,
     _check_store_args,
+    _identity_encoder,
     _NewDocuments,
     _query_gaussians,
     _refuse_model_name,
@@ -666,13 +667,14 @@ class KLStore(GaussianStore):
             self._engine.own()
             table = self._table
             if not len(table):  # the first documents: what they are encoded with (saved, compared at load)
-                self._documents_weights = _format.encoder_weights(self.encoder)
-                self._documents_backbone = _format.encoder_backbone(self.encoder)[0]
-                self._documents_model = None if self.encoder is None else _encoder_record(self.encoder)[0]
-                self._documents_tokenizer = _format.encoder_tokenizer(self.encoder)
+                model = self._model
+                self._documents_weights = _format.encoder_weights(model)
+                self._documents_backbone = _format.encoder_backbone(model)[0]
+                self._documents_model = None if model is None else _encoder_record(model)[0]
+                self._documents_tokenizer = _format.encoder_tokenizer(model)
                 self._documents_versions = None
-                if self._documents_weights is None and hasattr(self.encoder, "_parameter_versions"):
-                    self._documents_versions = self.encoder._parameter_versions()  # a later save_pretrained names them
+                if self._documents_weights is None and hasattr(model, "_parameter_versions"):
+                    self._documents_versions = model._parameter_versions()  # a later save_pretrained names them
             previous = {doc_id: table.row[doc_id] for doc_id in new.ids if doc_id in table.row}
             start, replaced = table.append(mean, var, new.ids, new.texts, new.metadatas)
             try:
@@ -980,6 +982,12 @@ class KLStore(GaussianStore):
         return encoder
 
     # ------------------------------------------------------------ persistence
+    @property
+    def _model(self) -> Any:
+        """The encoder whose identity a save records and compares: :attr:`encoder`, or the Gaussian encoder of a
+        wrapper such as :class:`kl_retrievers.langchain.KLEmbeddings` (:func:`_identity_encoder`)."""
+        return _identity_encoder(self.encoder)
+
     def _documents_identity(self) -> str | None:
         """The weights identity the documents were encoded with (``None``: not known).
 
@@ -989,7 +997,7 @@ class KLStore(GaussianStore):
         the common order ``store.add(...)``, ``encoder.save_pretrained(m)``, ``store.save(s)`` records ``m``'s.
         """
         if self._documents_weights is None and self._documents_versions is not None:
-            encoder = self.encoder
+            encoder = self._model
             now = _format.encoder_weights(encoder)
             if now is not None and getattr(encoder, "_parameter_versions", lambda: None)() == self._documents_versions:
                 self._documents_weights, self._documents_versions = now, None
@@ -1001,19 +1009,20 @@ class KLStore(GaussianStore):
         equal on another backend (torch and ONNX), or equal with another output-relevant config or another
         tokenizer than the documents' (both known: :func:`_format.encoding_differences`, what
         :func:`_format.warn_if_other_weights` warns about at load)."""
-        if self.encoder is None:
+        model = self._model
+        if model is None:
             return False
-        documents, own = self._documents_identity(), _format.encoder_weights(self.encoder)
+        documents, own = self._documents_identity(), _format.encoder_weights(model)
         if documents is None or own is None:
             return False
-        backbone, own_backbone = self._documents_backbone, _format.encoder_backbone(self.encoder)[0]
+        backbone, own_backbone = self._documents_backbone, _format.encoder_backbone(model)[0]
         if documents != own or (backbone is not None and own_backbone is not None and backbone != own_backbone):
             return True
         config = (self._documents_model or {}).get("config")
-        backend, own_backend = _format._config_backend(config), _format._config_backend(self.encoder.config)
+        backend, own_backend = _format._config_backend(config), _format._config_backend(getattr(model, "config", None))
         if backend is not None and own_backend is not None and backend != own_backend:
             return True  # the same weights on another backend (torch documents, ONNX queries): keep the record
-        return bool(_format.encoding_differences(config, self._documents_tokenizer, self.encoder))
+        return bool(_format.encoding_differences(config, self._documents_tokenizer, model))
 
     def _backbone_record(self) -> tuple[str | None, str | None]:
         """``(SHA-256, name)`` of the backbone the documents were encoded over, as :func:`_format.warn_if_other_weights`
@@ -1033,7 +1042,7 @@ class KLStore(GaussianStore):
         if documents_model is not None:  # the documents' model, whose weights and backbone are recorded below
             encoder_info = dict(documents_model)
         elif self.encoder is not None:
-            encoder_info, found = _encoder_record(self.encoder)
+            encoder_info, found = _encoder_record(self._model)
             if found:  # config.json is standard JSON: the (informational) record says null
                 logger.warning("the encoder config holds NaN or Infinity at %s; recorded as null in the store", found)
         elif self.saved_encoder:  # loaded without encoder=: the record of the model it was saved with stays
@@ -1053,8 +1062,9 @@ class KLStore(GaussianStore):
                 weights, backbone = self._documents_identity(), self._documents_backbone
                 tokenizer = self._documents_tokenizer
             else:
-                weights, backbone = _format.encoder_weights(self.encoder), _format.encoder_backbone(self.encoder)[0]
-                tokenizer = _format.encoder_tokenizer(self.encoder)
+                model = self._model
+                weights, backbone = _format.encoder_weights(model), _format.encoder_backbone(model)[0]
+                tokenizer = _format.encoder_tokenizer(model)
             encoder_info.pop("weights_sha256", None)
             encoder_info.pop("backbone_sha256", None)
             encoder_info.pop(_format.TOKENIZER_FIELD, None)
@@ -1206,7 +1216,9 @@ class KLStore(GaussianStore):
                 another Gaussian dimension is an error). Without one, the
                 first text search or text add loads the model the store was saved with
                 (:attr:`saved_encoder`, by name, once; an info log names it); stores of this process that load
-                the same model (name, backend, folder, recorded weights) share one copy of it while any holds it.
+                the same model (name, backend, folder, recorded weights) share one copy of it while any holds it
+                (one whose parameters were changed since, in place, by ``.half()`` or ``.to()``, is not handed
+                to a store loaded later: that one loads its own).
             mmap: Memory-map the Gaussians (read-only ``np.load(mmap_mode="r")``) and, where
                 FAISS supports it, the index codes; they are copied on the first mutation.
             verify_checksums: Check SHA-256 of every file (sizes and every stored value are always
@@ -1251,8 +1263,8 @@ class KLStore(GaussianStore):
         config = _format.read_config(cfg_path)
         dim, count = config["dim"], config["count"]
         _format.check_files(folder, config["files"], verify_checksums)
-        if not verify_checksums:  # the flat index's saved norm bound is taken over verified files only
-            config["flat_norm_max"] = None
+        # the flat index's saved norm bound is taken over verified files only, with its checksum
+        config["flat_norm_max"] = _format.flat_norm_from_config(config, cfg_path, verify_checksums)
         params = dict(config["index_params"])
         headroom = params.get("norm_headroom")
         if (
@@ -1275,7 +1287,8 @@ class KLStore(GaussianStore):
         except (TypeError, ValueError) as exc:
             raise StoreFormatError(f"{cfg_path}: field 'index_params' holds an invalid value: {exc}") from exc
         saved = (config["encoder"] or {}).get("name_or_path")
-        now = str(getattr(encoder, "name_or_path", "")) if encoder is not None else ""
+        model = _identity_encoder(encoder)  # a KLEmbeddings' Gaussian encoder: what its saves record
+        now = str(getattr(model, "name_or_path", "")) if model is not None else ""
         store.saved_encoder = saved if isinstance(saved, str) and saved else None
         store._saved_encoder_record = config["encoder"]  # written back by a save without an encoder
         recorded = (config["encoder"] or {}).get("weights_sha256")  # read_config checked: a str or None
@@ -1292,7 +1305,7 @@ class KLStore(GaussianStore):
         if encoder is not None:
             other_encoding = _format.warn_if_other_weights(
                 store._documents_weights,
-                encoder,
+                model,
                 where or f"the store at {folder}",
                 logger,
                 backbone=store._backbone_record(),
@@ -1302,13 +1315,13 @@ class KLStore(GaussianStore):
         # Another name for the same model (a folder path vs its bundled name: the weights identities equal, and
         # neither backbone, config nor tokenizer known to differ) is not worth a warning.
         same_model = not other_encoding and store._documents_weights is not None
-        same_model = same_model and store._documents_weights == _format.encoder_weights(encoder)
+        same_model = same_model and store._documents_weights == _format.encoder_weights(model)
         same_model = same_model and store._documents_tokenizer is not None  # else a new vocabulary goes unseen
         if saved and now and saved != now and not same_model:
             logger.warning("store was built with encoder %r but is loaded with %r", saved, now)
         if encoder is not None and count:
-            _format.note_if_onnx_over_torch(config["encoder"], encoder, where or f"the store at {folder}", logger)
-        enc_dim = getattr(getattr(encoder, "config", None), "dim", None)
+            _format.note_if_onnx_over_torch(config["encoder"], model, where or f"the store at {folder}", logger)
+        enc_dim = getattr(getattr(model, "config", None), "dim", None)
         if dim is not None and isinstance(enc_dim, int) and enc_dim != dim:
             raise ValueError(
                 f"the encoder {now or type(encoder).__name__!r} gives Gaussians of dimension {enc_dim}, but the "
