@@ -233,11 +233,14 @@ def _l2_normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def _refuse_remote_code(folder: Path) -> None:
-    """Raise a ``ValueError`` naming the ``auto_map`` when ``folder`` asks transformers to run its own code (the
-    models here load with ``trust_remote_code=False``, so transformers refused it); else return."""
+def _refuse_remote_code(folder: Path, exc: BaseException) -> None:
+    """Raise a ``ValueError`` naming the ``auto_map`` when ``exc`` is transformers refusing to run ``folder``'s own
+    code (the models here load with ``trust_remote_code=False``); else return, so the caller re-raises ``exc``."""
     from kl_retrievers._config import remote_code_refusal
 
+    text = str(exc)
+    if "trust_remote_code" not in text and "custom code" not in text:
+        return
     message = remote_code_refusal(folder)
     if message is not None:
         raise ValueError(message) from None
@@ -331,8 +334,8 @@ class MiniLMEncoder:
             self.tokenizer = AutoTokenizer.from_pretrained(
                 str(self.model_path), local_files_only=True, trust_remote_code=False
             )
-        except (ValueError, OSError):
-            _refuse_remote_code(self.model_path)
+        except (ValueError, OSError) as exc:
+            _refuse_remote_code(self.model_path, exc)
             raise
         previous = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the checkpoint's unused pooler weights are expected
@@ -342,8 +345,8 @@ class MiniLMEncoder:
                 self.model = AutoModel.from_pretrained(
                     str(self.model_path), local_files_only=True, add_pooling_layer=False, trust_remote_code=False
                 )
-        except (ValueError, OSError):
-            _refuse_remote_code(self.model_path)
+        except (ValueError, OSError) as exc:
+            _refuse_remote_code(self.model_path, exc)
             raise
         finally:
             hf_logging.set_verbosity(previous)

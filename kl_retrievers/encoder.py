@@ -261,6 +261,20 @@ def _inside_model_folder(file: Path, folder: Path) -> bool:
     return root.parent.name == "snapshots" and target.parent == root.parent.parent / "blobs"
 
 
+def _remote_code_error(path: Path, exc: BaseException) -> str | None:
+    """The message naming ``path``'s ``auto_map`` when ``exc`` is transformers refusing to run remote code, else
+    ``None`` (the original error stands: a harmless ``auto_map`` beside a missing weights file is not the cause).
+
+    Examples:
+        >>> _remote_code_error(Path("/nonexistent"), OSError("no file named model.safetensors")) is None
+        True
+    """
+    text = str(exc)
+    if "trust_remote_code" not in text and "custom code" not in text:
+        return None
+    return _remote_code_refusal(path)
+
+
 def _load_tokenizer(path: Path) -> Any:
     """The tokenizer saved in ``path``; damaged tokenizer files are a :class:`NotAnEncoderError` naming them.
 
@@ -277,7 +291,7 @@ def _load_tokenizer(path: Path) -> Any:
     except ImportError:  # a missing optional package (sentencepiece, ...): its own message says which
         raise
     except Exception as exc:  # transformers and tokenizers raise many types for damaged files
-        remote = _remote_code_refusal(path)
+        remote = _remote_code_error(path, exc)
         if remote is not None:
             raise NotAnEncoderError(remote) from None
         names = [n for n in (*_TOKENIZER_FILES, *_TOKENIZER_SIDE_FILES) if (path / n).is_file()]
@@ -313,8 +327,8 @@ def _load_backbone(path: str | os.PathLike[str]) -> Any:
                 )
             except TypeError:  # models without a pooling layer reject the argument
                 return AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-        except (ValueError, OSError):
-            remote = _remote_code_refusal(Path(path))
+        except (ValueError, OSError) as exc:
+            remote = _remote_code_error(Path(path), exc)
             if remote is not None:
                 raise NotAnEncoderError(remote) from None
             raise
@@ -558,8 +572,8 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         backbone = _load_backbone(path)
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-        except (ValueError, OSError):
-            remote = _remote_code_refusal(path)
+        except (ValueError, OSError) as exc:
+            remote = _remote_code_error(path, exc)
             if remote is not None:
                 raise NotAnEncoderError(remote) from None
             raise
@@ -1070,8 +1084,9 @@ class GaussianEncoder(EncoderMixin, nn.Module):
             raise NotAnEncoderError(f"{path} is missing its weights file {weights_name}")
         if not _inside_model_folder(weights_file, path):  # as KLStore.load: a link may not lead out of the folder
             raise NotAnEncoderError(
-                f"{weights_file} resolves to {weights_file.resolve()}, outside the model folder; copy the file "
-                "into the folder instead of linking to it"
+                f"{weights_file} resolves to {weights_file.resolve()}, not to a file directly in the model folder "
+                f"{path} (a link must not lead elsewhere; a Hugging Face cache snapshot's links to its blobs are "
+                "fine); copy the file into the folder instead of linking to it"
             )
         if not any((path / name).is_file() for name in _TOKENIZER_FILES):
             raise NotAnEncoderError(

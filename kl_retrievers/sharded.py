@@ -1283,6 +1283,13 @@ def encode_corpus(
                 )
         elif target.is_dir() and any(not _MANIFEST_LEFTOVER.fullmatch(p.name) for p in target.iterdir()):
             raise ValueError(f"{target} is not empty and has no {_MANIFEST}; use an empty or new folder")
+        for spec in specs:  # a shard linked out of --out: encoding it again would write through the link
+            outside = _outside_problem(target, spec.name)
+            if outside is not None:
+                raise ValueError(
+                    f"{outside}; a link out of the folder is not followed: copy the shard into it, or delete the "
+                    "link to encode that shard again (nothing was encoded)"
+                )
         _write_manifest(target, manifest)
         run = _run_key(manifest)
         todo = [s for s in specs if not _shard_ok(target, s, run, log=True)]

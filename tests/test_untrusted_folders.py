@@ -4,7 +4,8 @@ A folder whose ``tokenizer_config.json`` or ``config.json`` has an ``auto_map`` 
 without transformers asking whether to run it, and its code never runs; a named pipe in place of a folder's JSON
 file is never opened; JSON nested too deep for the parser, a damaged checkpoint, shard links leading out of the
 encoding folder, ids repeated across shards and model weights linked from outside the model folder are refused with
-messages naming the file (and the field).
+messages naming the file (and the field). A harmless ``auto_map`` is not blamed for another fault, and a checkpoint
+of another torch version resumes.
 """
 
 from __future__ import annotations
@@ -245,7 +246,7 @@ def test_weights_linked_from_outside_the_model_folder_are_refused(saved_model: P
     outside = tmp_path / "elsewhere.safetensors"
     (folder / "model.safetensors").rename(outside)
     (folder / "model.safetensors").symlink_to(outside)
-    with pytest.raises(NotAnEncoderError, match=r"model\.safetensors resolves to .*outside the model folder"):
+    with pytest.raises(NotAnEncoderError, match=r"model\.safetensors resolves to .*not to a file directly in the"):
         GaussianEncoder.from_pretrained(folder)
 
 
@@ -414,8 +415,8 @@ def test_intact_checkpoint_resumes(checkpoint: Path, tmp_path: Path) -> None:
             r"state\.json: field 'param_groups' must be",
         ),
         (
-            lambda f: _edit_state(f, lambda m: m["scheduler"].update(optimizer=1)),
-            r"state\.json: field 'scheduler\.optimizer' must be absent",
+            lambda f: _edit_state(f, lambda m: m["scheduler"].pop("last_epoch")),
+            r"state\.json lacks the field 'scheduler\.last_epoch'",
         ),
         (
             lambda f: _edit_state(f, lambda m: m["scheduler"].update(base_lrs="x")),
@@ -446,6 +447,16 @@ def test_intact_checkpoint_resumes(checkpoint: Path, tmp_path: Path) -> None:
             r"optimizer\.safetensors: tensor '0\.exp_avg' has shape",
         ),
         (lambda f: (f / "optimizer.safetensors").write_bytes(b"\x00" * 3), r"optimizer\.safetensors cannot be read"),
+        (
+            lambda f: _edit_state(f, lambda m: m["optimizer_scalars"].update({"\u00b2": {}})),
+            r"state\.json: field 'optimizer_scalars' must be",
+        ),
+        (
+            lambda f: _edit_tensors(
+                f / "optimizer.safetensors", lambda t: t.update({"\u00b2.exp_avg": t["0.exp_avg"].clone()})
+            ),
+            r"optimizer\.safetensors: tensor '\u00b2\.exp_avg' is not named PARAMETER_INDEX\.NAME",
+        ),
     ],
     ids=[
         "not-json",
@@ -455,7 +466,7 @@ def test_intact_checkpoint_resumes(checkpoint: Path, tmp_path: Path) -> None:
         "step-a-string",
         "recipe-a-list",
         "param-groups",
-        "scheduler-unknown-entry",
+        "scheduler-no-last-epoch",
         "scheduler-base-lrs",
         "weights-missing-tensor",
         "weights-wrong-shape",
@@ -463,6 +474,8 @@ def test_intact_checkpoint_resumes(checkpoint: Path, tmp_path: Path) -> None:
         "optimizer-key-without-index",
         "optimizer-moment-wrong-shape",
         "optimizer-file-truncated",
+        "optimizer-scalars-superscript-index",
+        "optimizer-tensor-superscript-index",
     ],
 )
 def test_damaged_checkpoint_is_a_value_error_naming_file_and_field(
@@ -473,3 +486,172 @@ def test_damaged_checkpoint_is_a_value_error_naming_file_and_field(
     with pytest.raises(ValueError, match=message) as caught:
         _resume(folder)
     assert str(folder) in str(caught.value)
+
+
+# ------------------------------------------------------------------ a harmless auto_map is not blamed
+
+
+def _harmless_auto_map(folder: Path) -> None:
+    """An ``auto_map`` beside a ``model_type`` transformers ships (it loads its own class, nothing runs), naming
+    code in another hub repository, as some published configs do."""
+    cfg_file = folder / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["auto_map"] = {"AutoModel": "org/impl--modeling_bert.BertModel"}
+    cfg_file.write_text(json.dumps(cfg))
+
+
+def test_harmless_auto_map_loads_and_is_not_blamed_for_missing_weights(
+    tmp_path: Path, prompts: list[tuple[Any, ...]]
+) -> None:
+    from kl_retrievers.baselines import MiniLMEncoder
+
+    folder = _plain_backbone(tmp_path / "bert")
+    _harmless_auto_map(folder)
+    assert GaussianEncoder.from_backbone(folder, dim=8).config.dim == 8
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(OSError, match=r"model\.safetensors") as caught:
+        GaussianEncoder.from_backbone(folder, dim=8)
+    assert "field 'auto_map'" not in str(caught.value)
+    with pytest.raises(OSError, match=r"model\.safetensors") as caught:
+        MiniLMEncoder(model_path=folder, show_progress=False)
+    assert "field 'auto_map'" not in str(caught.value)
+    assert prompts == []
+
+
+def test_harmless_auto_map_is_not_blamed_for_a_damaged_tokenizer(tmp_path: Path) -> None:
+    from kl_retrievers.encoder import _load_tokenizer
+
+    folder = _plain_backbone(tmp_path / "bert")
+    _harmless_auto_map(folder)
+    tc_file = folder / "tokenizer_config.json"
+    tc = json.loads(tc_file.read_text())
+    tc["auto_map"] = {"AutoTokenizer": [None, "org/impl--tok.Tok"]}
+    tc_file.write_text(json.dumps(tc))
+    (folder / "tokenizer.json").write_text("{not json")
+    with pytest.raises(NotAnEncoderError, match=r"tokenizer\.json is not valid JSON") as caught:
+        _load_tokenizer(folder)
+    assert "field 'auto_map'" not in str(caught.value)
+
+
+# ------------------------------------------------------------------ links, FIFOs and other torch versions
+
+
+def test_weights_linked_into_a_sub_folder_are_refused_naming_the_rule(saved_model: Path, tmp_path: Path) -> None:
+    folder = _copy(saved_model, tmp_path / "enc")
+    (folder / "versions").mkdir()
+    (folder / "model.safetensors").rename(folder / "versions" / "model.safetensors")
+    (folder / "model.safetensors").symlink_to(Path("versions") / "model.safetensors")
+    with pytest.raises(NotAnEncoderError, match=r"not to a file directly in the model folder") as caught:
+        GaussianEncoder.from_pretrained(folder)
+    assert "outside" not in str(caught.value)
+
+
+def test_resume_over_a_shard_linked_out_of_the_folder_is_refused_before_encoding(
+    encoded: Path, saved_model: Path, tmp_path: Path
+) -> None:
+    from kl_retrievers.sharded import encode_corpus
+
+    out = _copy(encoded, tmp_path / "out")
+    outside = tmp_path / "elsewhere"
+    (out / "shard-00001").rename(outside)
+    (out / "shard-00001").symlink_to(outside)
+    (outside / "shard.json").write_text("{}")  # damaged: a resume would encode this shard again
+    before = {p.name: p.read_bytes() for p in outside.iterdir()}
+    with pytest.raises(ValueError, match=r"shard-00001 resolves to .*outside the encoding folder.*nothing was"):
+        encode_corpus(
+            encoded.parent / "corpus.jsonl", out, model=str(saved_model), shard_size=2, show_progress_bar=False
+        )
+    assert {p.name: p.read_bytes() for p in outside.iterdir()} == before  # nothing written through the link
+    assert (out / "shard-00001").is_symlink()
+
+
+@contextmanager
+def _fed_by_a_process_if_opened(fifo: Path, content: bytes, opened: Path) -> Iterator[None]:
+    """As :func:`_fed_if_opened`, from another process (a reader that blocks in C holding the GIL, as safetensors'
+    ``load_file`` does, would stop a thread from feeding it); ``opened`` is created once a reader has opened it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys, time\n"
+        "fifo, opened, content = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3])\n"
+        "for _ in range(2400):\n"
+        "    try:\n"
+        "        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)\n"
+        "    except OSError:\n"
+        "        time.sleep(0.05)\n"
+        "        continue\n"
+        "    open(opened, 'w').close()\n"
+        "    os.write(fd, content)\n"
+        "    os.close(fd)\n"
+        "    break\n"
+    )
+    feeder = subprocess.Popen([sys.executable, "-c", code, str(fifo), str(opened), content.hex()])
+    try:
+        yield
+    finally:
+        feeder.kill()
+        feeder.wait(10)
+
+
+@pytest.mark.parametrize("name", ["trainable.safetensors", "optimizer.safetensors"])
+def test_named_pipe_as_checkpoint_tensors_is_refused_unopened(checkpoint: Path, tmp_path: Path, name: str) -> None:
+    folder = _copy(checkpoint, tmp_path / "ck")
+    _make_fifo(folder / name)
+    opened = tmp_path / "OPENED"
+    with (
+        _fed_by_a_process_if_opened(folder / name, b"\x00" * 8, opened),
+        pytest.raises(ValueError, match=rf"{name.replace('.', '[.]')} is a FIFO"),
+    ):
+        _resume(folder)
+    assert not opened.exists()
+
+
+def test_named_pipe_as_checkpoint_state_is_refused_not_a_fresh_start(checkpoint: Path, tmp_path: Path) -> None:
+    folder = _copy(checkpoint, tmp_path / "ck")
+    _make_fifo(folder / "state.json")
+    with (
+        _fed_if_opened(folder / "state.json", b"{}") as opened,
+        pytest.raises(ValueError, match=r"state\.json is a FIFO"),
+    ):
+        _resume(folder)
+    assert opened == []
+
+
+def test_checkpoint_of_another_torch_version_resumes(checkpoint: Path, tmp_path: Path) -> None:
+    """LambdaLR's state has ``verbose`` in torch 2.3 to 2.x and ``_is_initial`` in later versions."""
+    folder = _copy(checkpoint, tmp_path / "ck")
+    _edit_state(folder, lambda m: m["scheduler"].update(verbose=False))
+    _edit_state(folder, lambda m: m["scheduler"].pop("_is_initial", None))
+    result = _resume(folder)
+    assert (result.resumed_from, result.steps_done) == (1, 3)
+
+
+def test_deeply_nested_state_json_does_not_crash_a_fresh_run(
+    checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kl_retrievers.training.trainer import _record_evaluations
+
+    folder = _copy(checkpoint, tmp_path / "ck")
+    (folder / "state.json").write_text(DEEP)
+    with caplog.at_level("WARNING", logger="kl_retrievers.training.trainer"):
+        _record_evaluations(folder, [{"step": 1}])  # nothing readable to record in: a warning
+        result = _train(folder)
+    assert result.steps_done == 3
+    assert "step unknown" in caplog.text
+
+
+def test_model_card_is_utf8_under_a_c_locale(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        f"import sys; sys.path.insert(0, {str(root)!r})\n"
+        "from kl_retrievers.training.cli import write_model_card\n"
+        f"write_model_card({str(tmp_path)!r}, {{'command': 'train --data donn\\u00e9es.jsonl', 'data': []}})\n"
+    )
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert "donn\u00e9es.jsonl" in (tmp_path / "README.md").read_text(encoding="utf-8")

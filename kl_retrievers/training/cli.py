@@ -295,7 +295,7 @@ def write_model_card(folder: str | os.PathLike[str], info: dict[str, Any]) -> Pa
         >>> write_model_card("out", {"command": "kl-retrievers train ...", "data": []})  # doctest: +SKIP
     """
     path = Path(folder) / "README.md"
-    path.write_text(model_card_text(Path(folder).name, info))
+    path.write_text(model_card_text(Path(folder).name, info), encoding="utf-8")
     return path
 
 

@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import re
+import stat
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -587,7 +588,7 @@ def _record_evaluations(folder: Path, evaluations: list[dict[str, Any]]) -> None
     state_file = folder / "state.json"
     try:
         meta = json.loads(state_file.read_text())
-    except (OSError, ValueError):  # no checkpoint there (e.g. an interrupted save): nothing to record in
+    except (OSError, ValueError, RecursionError, MemoryError):  # no (readable) checkpoint there: nothing to record in
         logger.warning("could not record the evaluations in %s", state_file)
         return
     meta["evaluations"] = finite_json(list(evaluations))
@@ -596,7 +597,13 @@ def _record_evaluations(folder: Path, evaluations: list[dict[str, Any]]) -> None
 
 
 def _find_checkpoint(folder: Path) -> Path | None:
-    """The checkpoint to resume from: ``folder``, or the copy an interrupted save left beside it."""
+    """The checkpoint to resume from: ``folder``, or the copy an interrupted save left beside it.
+
+    A ``state.json`` that is there but not a regular file (a FIFO, a folder) is ``folder``'s checkpoint, which
+    :func:`_read_checkpoint_state` refuses: not "no checkpoint", which would start a resume afresh.
+    """
+    if (folder / "state.json").exists() and not (folder / "state.json").is_file():
+        return folder
     if not (folder / "state.json").is_file():
         recover_dir(folder, required="state.json")
     if (folder / "state.json").is_file():
@@ -729,7 +736,7 @@ def _warn_fresh_over_checkpoint(folder: Path) -> None:
     try:
         meta = json.loads(state.read_text())
         step = meta.get("step") if isinstance(meta, dict) else None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError, MemoryError):  # nested too deep: the step is unknown
         step = None
     logger.warning(
         "%s holds the checkpoint of an earlier run (step %s); this run starts from step 0 (no --resume) and its "
@@ -753,6 +760,19 @@ def _is_index(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _not_regular_file(file: Path) -> str | None:
+    """Why ``file`` (a symbolic link followed) is not a regular file to read, e.g. a FIFO whose read would wait
+    forever (``None``: it is one, or it is missing: the reader's own error says so)."""
+    try:
+        mode = file.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+    return f"--resume: {file} is {kind}, not a checkpoint file; {_DAMAGED}"
+
+
 def _read_checkpoint_state(folder: Path) -> dict[str, Any]:
     """The checkpoint's ``state.json``, its fields' types checked (what :func:`_load_checkpoint` reads).
 
@@ -761,6 +781,9 @@ def _read_checkpoint_state(folder: Path) -> dict[str, Any]:
             a field is missing or of another type; the message names the file and the field.
     """
     state_file = folder / "state.json"
+    special = _not_regular_file(state_file)
+    if special is not None:
+        raise ValueError(special)
     try:
         meta = json.loads(state_file.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError, MemoryError) as exc:  # UnicodeDecodeError is a ValueError
@@ -797,7 +820,7 @@ def _read_checkpoint_state(folder: Path) -> dict[str, Any]:
     scalars = meta.get("optimizer_scalars")
     if not (
         isinstance(scalars, dict)
-        and all(k.isdigit() and isinstance(v, dict) for k, v in scalars.items())
+        and all(k.isascii() and k.isdigit() and isinstance(v, dict) for k, v in scalars.items())
         and all(is_real_number(x) and math.isfinite(x) for v in scalars.values() for x in v.values())
     ):
         raise _state_error(
@@ -816,7 +839,10 @@ def _read_checkpoint_state(folder: Path) -> dict[str, Any]:
 
 
 def _read_checkpoint_tensors(file: Path) -> dict[str, torch.Tensor]:
-    """A checkpoint's safetensors file; ``ValueError`` naming it when it cannot be read."""
+    """A checkpoint's safetensors file; ``ValueError`` naming it when it cannot be read (or is a FIFO, ...)."""
+    special = _not_regular_file(file)
+    if special is not None:
+        raise ValueError(special)
     try:
         return load_file(os.fspath(file))
     except FileNotFoundError:
@@ -835,7 +861,7 @@ def _optimizer_state(
     state: dict[int, dict[str, Any]] = {}
     for key, value in _read_checkpoint_tensors(file).items():
         idx, _, name = key.partition(".")
-        if not (idx.isdigit() and int(idx) < len(params) and name):
+        if not (idx.isascii() and idx.isdigit() and int(idx) < len(params) and name):
             raise ValueError(
                 f"--resume: {file}: tensor {key!r} is not named PARAMETER_INDEX.NAME with an index below "
                 f"{len(params)}; {_DAMAGED}"
@@ -858,14 +884,27 @@ def _optimizer_state(
     return state
 
 
-def _check_scheduler_state(state_file: Path, saved: Mapping[str, Any], sched: Any, n_groups: int) -> None:
-    """Refuse a ``scheduler`` entry this scheduler does not have, or one of another type than its own."""
+# the scheduler entries every torch's LambdaLR state has; the others differ across torch versions
+_SCHEDULER_REQUIRED = ("base_lrs", "last_epoch")
+
+
+def _check_scheduler_state(state_file: Path, saved: Mapping[str, Any], sched: Any, n_groups: int) -> dict[str, Any]:
+    """The ``scheduler`` entries this scheduler has, each checked to be of its own entry's type.
+
+    Entries this torch's scheduler does not have are dropped (logged at debug level): torch versions differ in
+    them (``verbose`` in 2.3 to 2.x, ``_is_initial`` in later ones), so a checkpoint written under another torch
+    resumes; of the others, only ``base_lrs`` and ``last_epoch`` must be there.
+    """
     own = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
+    for key in _SCHEDULER_REQUIRED:
+        if key in own and key not in saved:
+            raise ValueError(f"--resume: {state_file} lacks the field 'scheduler.{key}'; {_DAMAGED}")
+    kept: dict[str, Any] = {}
     for key, value in saved.items():
         if key not in own:
-            raise _state_error(
-                state_file, f"scheduler.{key}", f"absent (the scheduler's entries: {sorted(own)})", value
-            )
+            logger.debug("--resume: %s: dropping scheduler entry %r (not one of this torch's)", state_file, key)
+            continue
+        kept[key] = value
         mine = own[key]
         if isinstance(mine, list):
             ok = (
@@ -884,6 +923,7 @@ def _check_scheduler_state(state_file: Path, saved: Mapping[str, Any], sched: An
             ok, what = value is None or isinstance(value, type(mine)), f"null or a {type(mine).__name__}"
         if not ok:
             raise _state_error(state_file, f"scheduler.{key}", what, value)
+    return kept
 
 
 def _load_checkpoint(
@@ -920,7 +960,7 @@ def _load_checkpoint(
             groups,
         )
     state = _optimizer_state(folder / "optimizer.safetensors", state_file, meta, list(params.values()))
-    _check_scheduler_state(state_file, meta["scheduler"], sched, len(own_groups))
+    scheduler = _check_scheduler_state(state_file, meta["scheduler"], sched, len(own_groups))
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(weights[n].to(p.device))
@@ -931,7 +971,7 @@ def _load_checkpoint(
             f"--resume: {state_file} (param_groups, optimizer_scalars) and {folder / 'optimizer.safetensors'} do not "
             f"make an optimiser state ({type(exc).__name__}: {exc}); {_DAMAGED}"
         ) from None
-    sched.load_state_dict({**meta["scheduler"], "lr_lambdas": [None] * len(opt.param_groups)})
+    sched.load_state_dict({**scheduler, "lr_lambdas": [None] * len(opt.param_groups)})
     return int(meta["step"]), list(meta["losses"])
 
 
