@@ -35,6 +35,7 @@ __all__ = [
     "check_encode_args",
     "check_texts",
     "cut_long_texts",
+    "longest_added_token",
     "eval_mode",
     "missing_modules",
     "missing_torch",
@@ -253,7 +254,10 @@ _CUT_GROWTH = 4
 
 
 def cut_long_texts(
-    texts: list[str], budget: int, word_ids: Callable[[list[str]], Sequence[Sequence[int | None]]]
+    texts: list[str],
+    budget: int,
+    word_ids: Callable[[list[str]], Sequence[tuple[Sequence[int | None], Sequence[tuple[int, int]]]]],
+    longest_added: Callable[[], int] = lambda: 0,
 ) -> list[str]:
     """Each text, or a prefix of it whose first ``budget`` tokens are those of the whole text.
 
@@ -264,26 +268,31 @@ def cut_long_texts(
     prefix's last word. Tokenizers normalise characters where they are and split text into words, each
     tokenized on its own (every ``tokenizers``-library model does), so only the prefix's last word can
     differ from the whole text's (a word cut in two, a long word that becomes one ``[UNK]`` whole...), and
-    truncating the prefix to ``budget`` tokens (special tokens included) gives the whole text's ids. A text
-    with no such prefix (whitespace or one word to its end) is kept whole. Shorter texts are not looked at:
-    ``texts`` itself is returned when none is longer.
+    truncating the prefix to ``budget`` tokens (special tokens included) gives the whole text's ids. An
+    added token (``<|reserved_special_token_0|>``) is matched before the text is split into words, so one
+    cut in two is several words: the word after the budget's last word must also end at least the longest
+    added token's length before the prefix's end. A text with no such prefix (whitespace or one word to its
+    end) is kept whole. Shorter texts are not looked at: ``texts`` itself is returned when none is longer.
 
     Args:
         texts: The texts, as they will be tokenized (a query prefix included).
         budget: The most tokens the tokenizer keeps per text, special tokens included.
         word_ids: Tokenizes texts without special tokens or truncation; each text's tokens' word indices
-            (``tokenizers.Encoding.word_ids``).
+            and character offsets (``tokenizers.Encoding.word_ids`` and ``offsets``).
+        longest_added: The length in characters of the tokenizer's longest added token (asked only when a
+            text is long).
     """
     limit = _CUT_CHARS_PER_TOKEN * budget
     todo = [i for i, text in enumerate(texts) if len(text) > limit]
     if not todo:
         return texts
     out = list(texts)
+    margin = longest_added()
     while todo:
         pieces = [texts[i][:limit] for i in todo]
         left = []
-        for i, piece, words in zip(todo, pieces, word_ids(pieces), strict=True):
-            if _fills_budget(words, budget):
+        for i, piece, (words, offsets) in zip(todo, pieces, word_ids(pieces), strict=True):
+            if _fills_budget(words, budget, [end for _, end in offsets], len(piece) - margin):
                 out[i] = piece
             elif len(texts[i]) > limit * _CUT_GROWTH:  # else the next cut would be the whole text: kept
                 left.append(i)
@@ -291,12 +300,25 @@ def cut_long_texts(
     return out
 
 
-def _fills_budget(words: Sequence[int | None], budget: int) -> bool:
-    """Whether a prefix's first ``budget`` tokens all come from words at least two before its last word."""
+def _fills_budget(
+    words: Sequence[int | None], budget: int, ends: Sequence[int] | None = None, before: int | None = None
+) -> bool:
+    """Whether a prefix's first ``budget`` tokens all come from words at least two before its last word,
+    and (given the tokens' end offsets ``ends``) the word after the budget's last ends by ``before``."""
     known = [w for w in words if w is not None]
     if len(words) <= budget or len(known) < len(words):
         return False
-    return max(known[:budget]) + 2 <= max(known)
+    after = max(known[:budget]) + 1
+    if after + 1 > max(known):
+        return False
+    if ends is None or before is None:
+        return True
+    return max(end for word, end in zip(known, ends, strict=True) if word <= after) <= before
+
+
+def longest_added_token(contents: Iterable[str]) -> int:
+    """The length of the longest of a tokenizer's added tokens (``0``: none), for :func:`cut_long_texts`."""
+    return max(map(len, contents), default=0)
 
 
 def check_encode_args(*, batch_size: Any, max_length: Any, convert_to: Any) -> None:
@@ -488,12 +510,28 @@ class EncoderMixin:
         """The unknown token's id (``[UNK]``) and the other special tokens' ids; ``None``: the backend cannot tell."""
         return None
 
+    def _plain_token_ids(self, text: str) -> list[int] | None:
+        """``text``'s token ids without special tokens or truncation; ``None``: the backend cannot tell."""
+        return None
+
+    def _query_prefix_ids(self) -> np.ndarray:
+        """The token ids of the query prefix (:func:`query_prefix_of`; none without one), read once per prefix."""
+        prefix = query_prefix_of(self.config)
+        cached = self.__dict__.get("_query_prefix_token_ids")
+        if cached is None or cached[0] != prefix:
+            ids = self._plain_token_ids(prefix) if prefix else None
+            cached = self.__dict__["_query_prefix_token_ids"] = (prefix, np.asarray(ids or [], np.int64))
+        result: np.ndarray = cached[1]
+        return result
+
     def _warn_unknown_only(self, texts: Sequence[str], rows: Iterable[np.ndarray]) -> None:
         """Warn, once per encoder, when a text encodes to unknown tokens only (``[CLS] [UNK] [SEP]``).
 
         Such a text (a script or emoji the model's vocabulary lacks: the bundled models read English)
         gets the Gaussian that every such text gets, so its ``-KL`` scores say nothing about it. ``rows``
-        holds each text's token ids (special tokens and padding may be among them).
+        holds each text's token ids (special tokens and padding may be among them). A query prefix's
+        tokens (bge's instruction) at the start of a text are not counted: the query is what follows.
+        The flag is claimed atomically, so concurrent encodings warn once between them.
         """
         if self.__dict__.get("_warned_unknown_only"):
             return
@@ -505,8 +543,14 @@ class EncoderMixin:
             if not (ids == unk).any():  # the common case, cheap
                 continue
             words = ids[~np.isin(ids, special)]
+            prefix = self._query_prefix_ids()
+            if prefix.size and words.size > prefix.size and np.array_equal(words[: prefix.size], prefix):
+                words = words[prefix.size :]
+                text = text.removeprefix(query_prefix_of(self.config))
             if words.size and bool((words == unk).all()):
-                self.__dict__["_warned_unknown_only"] = True
+                claim = object()
+                if self.__dict__.setdefault("_warned_unknown_only", claim) is not claim:
+                    return  # another thread warned first
                 logger.warning(
                     "%s encodes a text to unknown tokens only ([UNK]), e.g. %r: its vocabulary has none of the "
                     "text's words (the bundled models read English; other scripts and emoji become [UNK], see "

@@ -281,7 +281,8 @@ def _normalise_permissions(folder: Path, replaced: Path | None = None) -> None:
     An entry that replaces one of the same kind (a folder or a regular file) and the same owner at the same
     place in ``replaced`` (the folder the save replaces) keeps that one's permission bits, as
     :func:`atomic_file` keeps a replaced file's: a store folder its owner made 0700 stays so when it is saved
-    again (another user's entry in a shared folder sets nothing). Any other entry gets the usual umask-based
+    again; another owner's entry of the same kind caps the umask-based mode at its bits (root re-saving a user's
+    0700 store keeps it 0700, never widens it). Any other entry gets the usual umask-based
     mode (``0o777 & ~umask`` for a folder, ``0o666 & ~umask`` for a file). A folder keeps the setgid bit
     ``mkdir`` gave it in a setgid (group-shared) parent, so its new entries keep taking the group as they
     would in a folder made by hand. Symbolic links are skipped: ``chmod`` would follow them and change
@@ -295,6 +296,8 @@ def _normalise_permissions(folder: Path, replaced: Path | None = None) -> None:
     if replaced is None:
         match = LEFTOVER_NAME.fullmatch(folder.name)
         replaced = folder.parent / match["name"] if match is not None and match["kind"] == "tmp" else None
+    if replaced is not None and replaced.is_symlink():
+        replaced = None  # a link the save replaces (not followed): the folder it points to gives no modes
     umask = _umask()
     for path in (folder, *folder.rglob("*")):
         try:
@@ -313,6 +316,8 @@ def _normalise_permissions(folder: Path, replaced: Path | None = None) -> None:
             same_kind = old is not None and (stat.S_ISDIR(old.st_mode) if is_dir else stat.S_ISREG(old.st_mode))
             if old is not None and same_kind and old.st_uid == st.st_uid:
                 mode = stat.S_IMODE(old.st_mode) & (0o3777 if is_dir else 0o777)  # never set-user-id
+            elif old is not None and same_kind:  # another owner's (root re-saving a user's 0700 store): never wider
+                mode &= stat.S_IMODE(old.st_mode)
         if is_dir:
             mode |= stat.S_IMODE(st.st_mode) & stat.S_ISGID  # inherited from a setgid parent, as mkdir does
         if stat.S_IMODE(st.st_mode) != mode:
@@ -462,12 +467,52 @@ def _mount_point_error(final: Path, exc: BaseException) -> OSError | None:
     return error
 
 
+def _naming_target(exc: BaseException, final: Path) -> OSError | None:
+    """An ``OSError`` like ``exc`` (same class and errno) whose message names ``final``, the path being saved.
+
+    A failed write inside a save (a full disk: ``[Errno 28] No space left on device``) would otherwise reach the
+    user without saying what was being saved. ``None`` (``exc`` stands) when it is no built-in ``OSError`` class (a
+    library's own error keeps its class and message), has no errno, or already says what was being saved.
+
+    Examples:
+        >>> error = _naming_target(OSError(errno.ENOSPC, "No space left on device"), Path("/data/store"))
+        >>> error.errno == errno.ENOSPC, str(error)  # doctest: +ELLIPSIS
+        (True, 'cannot save /data/store: No space left on device; free some space there and save again; ...')
+    """
+    if not isinstance(exc, OSError) or type(exc).__module__ != "builtins" or exc.errno is None:
+        return None
+    if os.fspath(final) in str(exc) or str(exc).startswith("cannot save "):  # e.g. safetensors_write_error's
+        return None
+    reason = exc.strerror or str(exc)
+    if exc.filename is not None:
+        reason = f"{reason} ({Path(os.fsdecode(exc.filename)).name})"
+    full = exc.errno in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))  # disk, file size, quota
+    advice = "free some space there and save again; nothing was replaced" if full else "nothing was replaced"
+    error = type(exc)(f"cannot save {final}: {reason}; {advice}")  # a PermissionError stays one
+    error.errno = exc.errno  # str(error) stays the message
+    return error
+
+
 def _remove_tree(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
+        if os.path.lexists(path):  # a write-protected folder (a read-only store, 0555): make ours writable, retry
+            _make_writable(path)
+            shutil.rmtree(path, ignore_errors=True)
     else:
         with contextlib.suppress(FileNotFoundError, IsADirectoryError):
             path.unlink()
+
+
+def _make_writable(folder: Path) -> None:
+    """Add ``u+w`` to ``folder`` and the folders below it that this process owns (links are not followed)."""
+    uid = getattr(os, "getuid", lambda: None)()
+    for here, dirs, _files in os.walk(folder):  # top down: each folder is writable before its entries are listed
+        with contextlib.suppress(OSError):
+            st = os.lstat(here)
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & stat.S_IWUSR:
+                os.chmod(here, stat.S_IMODE(st.st_mode) | stat.S_IWUSR | stat.S_IXUSR)
+        dirs[:] = [name for name in dirs if not os.path.islink(os.path.join(here, name))]
 
 
 _RENAME_EXCHANGE = 2
@@ -522,7 +567,7 @@ def _swap_into_place(tmp: Path, final: Path, old: Path) -> None:
     writer wins, as when ``final`` already existed.
     """
     for _ in range(_SWAP_ATTEMPTS):
-        if not final.exists():
+        if not os.path.lexists(final):  # a dangling link at `final` is exchanged (and removed) below
             try:
                 os.replace(tmp, final)
                 return
@@ -631,6 +676,9 @@ def recover_dir(target: str | os.PathLike[str], *, required: str | None = None) 
 
     Returns:
         Whether a copy was restored.
+
+    Raises:
+        OSError: The copy cannot be put back because the place is read-only (the message names the copy).
     """
     final = user_path(target)
     if final.exists():
@@ -651,9 +699,18 @@ def recover_dir(target: str | os.PathLike[str], *, required: str | None = None) 
     source = max(candidates)[1]
     try:
         os.replace(source, final)
-    except OSError:
+    except OSError as exc:
         if final.exists():  # a save (or another loader) put a copy there first
             return False
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            place = "is on a read-only file system" if exc.errno == errno.EROFS else "cannot be written here"
+            error = type(exc)(
+                f"{final} is missing (a save was interrupted mid-swap); a previous copy exists at {source}, but the "
+                f"folder cannot be restored because {final.parent} {place} ({exc.strerror}): make it writable "
+                f"and load again (the copy is put back then), or copy {source} elsewhere and load the copy"
+            )
+            error.errno = exc.errno
+            raise error from exc
         raise
     fsync_dir(final.parent)
     logger.warning("%s was missing after an interrupted save; restored the previous copy from %s", final, source.name)
@@ -789,7 +846,7 @@ def _make_parent(final: Path) -> None:
 
 
 @contextmanager
-def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_dir(target: str | os.PathLike[str], *, follow_link: bool = False) -> Iterator[Path]:
     """Write a folder atomically: yield a temporary sibling, then swap it into place.
 
     If the body raises, the temporary folder is removed and ``target`` is untouched.  A
@@ -801,14 +858,18 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
 
     ``target`` is made absolute first (a leading ``~`` expanded), so ``"."`` (the working folder) is saved
     as the folder it names, and this process then works in the new copy; a folder that holds the working
-    folder is refused (``ValueError``). A symbolic link at ``target`` (``current -> store-v3``) is followed:
-    the folder it points to is replaced atomically and the link is kept. The new folder keeps the
+    folder is refused (``ValueError``). A symbolic link at ``target`` is replaced by the new folder (the folder
+    it points to is left as it is), unless ``follow_link``: then (``current -> store-v3``) the folder it points
+    to is replaced atomically and the link is kept; only saves to a folder the user names pass it, never one
+    into a cache, where another user could plant a link to a folder of yours. The new folder keeps the
     permission bits of the folder it replaces (and each of its files those of the file of the same name
     there); a new one gets the umask's, and the setgid bit ``mkdir`` gives it in a setgid parent.
 
     Raises:
         PermissionError: The target's parent cannot be written (the save writes its temporary copy there).
         OSError: The target is a mount point (it cannot be replaced; the message says to save into a sub-folder).
+            A write that fails in the body or the swap (a full disk) is raised as an ``OSError`` of the same class
+            and errno whose message names the target (the original chained).
 
     Examples:
         >>> import tempfile, pathlib
@@ -818,7 +879,7 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
         >>> (out / "a.txt").read_text()
         'hello'
     """
-    final, is_cwd = _absolute_target(target)
+    final, is_cwd = _absolute_target(target, follow_link=follow_link)
     if final.exists() and not final.is_dir():
         raise NotADirectoryError(f"{final} exists and is not a folder")
     _make_parent(final)
@@ -834,6 +895,9 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
             mount_point = _mount_point_error(final, exc)
             if mount_point is not None:
                 raise mount_point from None
+            named = _naming_target(exc, final)
+            if named is not None:  # a full disk: say what was being saved
+                raise named from exc
             raise
         fsync_dir(final.parent)
         if is_cwd:  # the previous copy, this process's working folder, is gone: work in the new one
@@ -843,13 +907,14 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     clean_stale(final)
 
 
-def _absolute_target(target: str | os.PathLike[str]) -> tuple[Path, bool]:
+def _absolute_target(target: str | os.PathLike[str], *, follow_link: bool = False) -> tuple[Path, bool]:
     """``target`` as an absolute path (``"."`` becomes a named folder), and whether it is the working folder.
 
     A leading ``~`` is expanded (:func:`user_path`) and the path made absolute lexically
-    (``os.path.abspath``); a symbolic link at ``target`` is then resolved (``os.path.realpath``), so the
-    save replaces the folder it points to and the link stays. The OS refuses to rename ``"."`` (``EBUSY``),
-    which the absolute name avoids; :func:`atomic_dir` then moves this process into the new copy.
+    (``os.path.abspath``); with ``follow_link`` a symbolic link at ``target`` is then resolved
+    (``os.path.realpath``), so the save replaces the folder it points to and the link stays; otherwise the
+    link itself is replaced. The OS refuses to rename ``"."`` (``EBUSY``), which the absolute name avoids;
+    :func:`atomic_dir` then moves this process into the new copy.
 
     Raises:
         ValueError: ``target`` holds the current working folder (the save would delete it).
@@ -859,14 +924,15 @@ def _absolute_target(target: str | os.PathLike[str]) -> tuple[Path, bool]:
         (PosixPath('/a/c'), False)
     """
     final = Path(os.path.abspath(user_path(target)))
-    if final.is_symlink():
+    if follow_link and final.is_symlink():
+        check_dangling_link(final)
         final = Path(os.path.realpath(final))
     try:
         cwd = Path(os.getcwd())
     except OSError:  # the working folder was deleted: nothing to protect
         return final, False
     # the working folder's name has its links resolved: compare it with the target's real location (its parent
-    # resolved; a link at the target itself was resolved above)
+    # resolved; a link at the target itself was resolved above, or is replaced, not followed)
     real = Path(os.path.realpath(final.parent)) / final.name
     if cwd != real and is_within(cwd, real):
         raise ValueError(
@@ -876,6 +942,27 @@ def _absolute_target(target: str | os.PathLike[str]) -> tuple[Path, bool]:
     return final, cwd == real
 
 
+def check_dangling_link(path: Path) -> None:
+    """Refuse a dangling symbolic link at ``path`` that a save following it could not save through.
+
+    A save that follows a link (:func:`atomic_dir`'s ``follow_link``) writes a dangling link's target as a
+    new folder, as it would a new path; it never creates missing folders along the link, nor saves into a loop.
+
+    Raises:
+        ValueError: ``path`` is a dangling link whose target's folder does not exist, or a link loop.
+    """
+    if not path.is_symlink() or path.exists():
+        return
+    real = Path(os.path.realpath(path))
+    if real.is_symlink():  # realpath stops in a loop
+        raise ValueError(f"cannot save into {path}: it is a symbolic link loop; remove it or point it at a folder")
+    if not real.parent.is_dir():
+        raise ValueError(
+            f"cannot save into {path}: it is a dangling symbolic link to {real}, whose folder {real.parent} does "
+            "not exist; create that folder, or point the link elsewhere"
+        )
+
+
 def check_replace_target(
     target: str | os.PathLike[str],
     *,
@@ -883,6 +970,7 @@ def check_replace_target(
     what: str,
     overwrite: bool = False,
     flag: str = "overwrite=True",
+    follow_link: bool = False,
 ) -> None:
     """Refuse to replace a folder that holds something else than an earlier save of the same kind.
 
@@ -896,10 +984,13 @@ def check_replace_target(
         what: What an earlier save is, for the message (e.g. ``"a saved GaussianEncoder"``).
         overwrite: Replace any folder.
         flag: How to ask for ``overwrite``, for the message.
+        follow_link: The save follows a symbolic link at ``target`` (:func:`atomic_dir`'s ``follow_link``):
+            a dangling one is then a new path (:func:`check_dangling_link`); otherwise it is replaced only
+            with ``overwrite``.
 
     Raises:
         ValueError: ``target`` is a non-empty folder that ``is_ours`` refuses (the message names it, a few
-            of its entries, and ``flag``), or it exists and is not a folder.
+            of its entries, and ``flag``), or it exists and is not a folder, or it is a dangling link.
 
     Examples:
         >>> import tempfile
@@ -911,7 +1002,17 @@ def check_replace_target(
         ValueError: cannot save into ...: the folder is not empty (notes.txt) and is not a model; ...
     """
     path = user_path(target)
-    if not path.exists() and not path.is_symlink():
+    if path.is_symlink() and not path.exists():  # a dangling link
+        if follow_link:
+            check_dangling_link(path)
+            return  # its target is saved as a new folder
+        if overwrite:
+            return  # the link itself is replaced
+        raise ValueError(
+            f"cannot save into {path}: it is a dangling symbolic link (to {os.readlink(path)}); pass {flag} to "
+            "replace the link"
+        )
+    if not path.exists():
         return
     if not path.is_dir():
         if overwrite:
@@ -1037,6 +1138,7 @@ def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
     Raises:
         ValueError: ``target`` is not a regular file (see :func:`check_file_target`).
         IsADirectoryError: ``target`` is a folder.
+        OSError: A write failed (a full disk): the same class and errno, the message naming the target.
 
     Examples:
         >>> import tempfile, pathlib
@@ -1058,13 +1160,55 @@ def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
             fsync_file(tmp)
             check_file_target(final)  # again: something else may have been put there while the body wrote
             os.replace(tmp, final)
-        except BaseException:
+        except BaseException as exc:
             _remove_tree(tmp)
+            named = _naming_target(exc, final)
+            if named is not None:  # a full disk: say what was being saved
+                raise named from exc
             raise
         fsync_dir(final.parent)
     finally:
         _unlock_fd(guard)
     clean_stale(final)
+
+
+def safetensors_write_error(exc: Exception, file: Path, saving: Path) -> OSError:
+    """The ``OSError`` for safetensors' error ``exc`` writing ``file`` of ``saving``, with the errno it names.
+
+    safetensors raises its own ``SafetensorError`` (no ``OSError``) when a write fails, e.g. ``Error while
+    serializing: I/O error: No space left on device (os error 28)`` on a full disk, which callers (the CLI) would
+    take for a bug. The ``OSError`` carries the error number the message gives (``errno.ENOSPC`` there).
+
+    Examples:
+        >>> full = ValueError("Error while serializing: I/O error: No space left on device (os error 28)")
+        >>> error = safetensors_write_error(full, Path("tmp/w.safetensors"), Path("model"))
+        >>> error.errno == errno.ENOSPC, str(error).split(";")[0]
+        (True, 'cannot save model: writing w.safetensors failed (No space left on device)')
+    """
+    text = str(exc)
+    found = re.search(r"os error (\d+)|code: (\d+)", text)  # "(os error 28)"; older releases "Os { code: 28, ..."
+    code = int(found[1] or found[2]) if found else (errno.ENOSPC if "No space left on device" in text else None)
+    reason = os.strerror(code) if code is not None else text
+    full = code in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))  # disk, file size, quota
+    advice = "free some space there and save again; nothing was replaced" if full else "nothing was replaced"
+    error = OSError(f"cannot save {saving}: writing {file.name} failed ({reason}); {advice}")
+    error.errno = code  # str(error) stays the message
+    return error
+
+
+@contextmanager
+def safetensors_writing(file: Path, saving: Path) -> Iterator[None]:
+    """Run a safetensors write of ``file`` (for the save of ``saving``); its failure is :func:`safetensors_write_error`.
+
+    Raises:
+        OSError: The write failed (a full disk: ``errno.ENOSPC``); the message names ``saving`` and ``file``.
+    """
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as exc:
+        raise safetensors_write_error(exc, file, saving) from exc
 
 
 #: The newest format :func:`save_gaussians` writes (and :func:`load_gaussians` reads).
@@ -1073,6 +1217,9 @@ GAUSSIANS_FORMAT_VERSION = 1
 
 def read_json_object(path: Path) -> dict[str, Any] | None:
     """The JSON object in the file ``path``, or ``None`` when it is missing, unreadable, not JSON or not an object.
+
+    Only a regular file (links followed) is read: a named pipe, a device or a folder is ``None`` at once (never
+    waited on), and so is JSON nested too deep to parse.
 
     What the saves read to tell an earlier save of their own kind (a folder they may replace) from anything else.
 
@@ -1083,8 +1230,16 @@ def read_json_object(path: Path) -> dict[str, Any] | None:
     import json
 
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+        # O_NONBLOCK: opening a named pipe must not wait for a writer; anything but a regular file is not a config
+        fd = os.open(user_path(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        with open(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None
+            config = json.loads(fh.read().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; deep nesting recurses
         return None
     return config if isinstance(config, dict) else None
 
@@ -1308,13 +1463,17 @@ def save_gaussians(
         header = {"config": json.dumps(meta, allow_nan=False)}
         if ids is not None:
             header["ids"] = json.dumps(ids)
-        with atomic_file(target) as tmp:
+        with atomic_file(target) as tmp, safetensors_writing(target, target):
             save_file({"mean": np.ascontiguousarray(g.mean), "var": np.ascontiguousarray(g.var)}, tmp, metadata=header)
         return target
     check_replace_target(
-        target, is_ours=is_gaussians_folder, what="saved Gaussians (a save_gaussians folder)", overwrite=overwrite
+        target,
+        is_ours=is_gaussians_folder,
+        what="saved Gaussians (a save_gaussians folder)",
+        overwrite=overwrite,
+        follow_link=True,
     )
-    with atomic_dir(target) as tmp_dir:
+    with atomic_dir(target, follow_link=True) as tmp_dir:  # a link you name (current -> v3) is followed
         np.save(tmp_dir / "mean.npy", g.mean, allow_pickle=False)
         np.save(tmp_dir / "var.npy", g.var, allow_pickle=False)
         if ids is not None:
@@ -1326,7 +1485,11 @@ def save_gaussians(
 def load_gaussians(path: str | os.PathLike[str]) -> tuple[Any, list[str] | None]:
     """Load what :func:`save_gaussians` wrote: ``(Gaussians, ids or None)``.
 
+    A folder is read again when a save replaces it meanwhile (:func:`load_unchanged`), so the arrays of two saves
+    are never mixed; one that a save killed mid-swap left missing is restored first (:func:`recover_dir`).
+
     Raises:
+        OSError: Saves replaced the folder during each of the reads.
         ValueError: A file is missing, the config is not that of saved Gaussians (another ``kind``, a
             newer ``format_version``), or the ids are not a list of strings, one per row (the message
             names the file).
@@ -1355,19 +1518,29 @@ def load_gaussians(path: str | os.PathLike[str]) -> tuple[Any, list[str] | None]
                 raise ValueError(f"{where} is not valid JSON: {exc}") from None
             ids = _checked_ids(ids, len(g), where)
         return g, ids
-    for name in ("mean.npy", "var.npy", "config.json"):
-        if not (source / name).is_file():
-            raise ValueError(f"{source} is not a saved Gaussians folder: {name} is missing")
-    _gaussians_meta((source / "config.json").read_text(encoding="utf-8"), str(source / "config.json"))
-    g = Gaussians(np.load(source / "mean.npy", allow_pickle=False), np.load(source / "var.npy", allow_pickle=False))
-    ids_path = source / "ids.json"
-    if ids_path.is_file():
-        try:
-            ids = json.loads(ids_path.read_text(encoding="utf-8"), parse_constant=refuse_json_constant())
-        except ValueError as exc:
-            raise ValueError(f"{ids_path} is not valid JSON: {exc}") from None
-        ids = _checked_ids(ids, len(g), str(ids_path))
-    return g, ids
+    # Where a folder swap is not atomic (macOS), a save killed between its two renames leaves only the previous
+    # copy beside the folder (.NAME.old-*): put it back first, as KLStore.load does.
+    recover_dir(source, required="config.json")
+
+    def load() -> tuple[Any, list[str] | None]:
+        ids: Any = None
+        for name in ("mean.npy", "var.npy", "config.json"):
+            if not (source / name).is_file():
+                raise ValueError(f"{source} is not a saved Gaussians folder: {name} is missing")
+        _gaussians_meta((source / "config.json").read_text(encoding="utf-8"), str(source / "config.json"))
+        g = Gaussians(np.load(source / "mean.npy", allow_pickle=False), np.load(source / "var.npy", allow_pickle=False))
+        ids_path = source / "ids.json"
+        if ids_path.is_file():
+            try:
+                ids = json.loads(ids_path.read_text(encoding="utf-8"), parse_constant=refuse_json_constant())
+            except ValueError as exc:
+                raise ValueError(f"{ids_path} is not valid JSON: {exc}") from None
+            ids = _checked_ids(ids, len(g), str(ids_path))
+        return g, ids
+
+    # The files are read one by one: a save of the same folder meanwhile (in another thread or process) swaps in
+    # its copy between two reads, and the means of one save would meet the variances of the next: read again then.
+    return load_unchanged(source, load)
 
 
 def user_cache_dir(env: str, name: str) -> Path:

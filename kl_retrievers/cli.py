@@ -28,6 +28,7 @@ from typing import Any
 from kl_retrievers._io import check_replace_gaussians_file, parse_json_object, read_json_object, read_jsonl_objects
 from kl_retrievers._io import row_id as _row_id  # the one id rule, shared with kl_retrievers.sharded
 from kl_retrievers._io import row_text as _row_text
+from kl_retrievers._io import user_path as _expand_user
 from kl_retrievers.cli_common import (  # re-exported: they were defined here
     KLSTORE_FORMAT,
     add_model_backend_argument,
@@ -130,7 +131,18 @@ def _read_records(
             return ids, texts, [{} for _ in texts]
         # lines as the sharded path counts them (kl_retrievers.sharded.split_records): a U+2028 or a form
         # feed inside a line does not split it, so both paths give every text the same id
-        texts = [line.decode("utf-8").rstrip("\r") for line in split_records(_without_bom(1, path.read_bytes()))]
+        raw = _without_bom(1, path.read_bytes())
+        try:
+            texts = [line.decode("utf-8").rstrip("\r") for line in split_records(raw)]
+        except UnicodeDecodeError:  # name the line, as the JSONL branch and the sharded path do
+            for number, record in enumerate(raw.split(b"\n"), 1):
+                try:
+                    record.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise ValueError(
+                        f"{path}, line {number}: not UTF-8 text ({exc.reason} at byte {exc.start} of the line)"
+                    ) from None
+            raise
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return [str(i) for i in range(len(texts))], texts, [{} for _ in texts]
@@ -399,11 +411,13 @@ def _run_encode(args: argparse.Namespace) -> int:
 def _user_path(text: str) -> Path:
     """An output path argument with a leading ``~`` (quoted, so the shell kept it) read as the home folder.
 
+    A ``~user`` of no user, or ``~`` where the home folder is unknown, is kept as given (a folder of that name).
+
     Examples:
-        >>> _user_path("~/st") == Path.home() / "st"
-        True
+        >>> _user_path("~/st") == Path.home() / "st", _user_path("~no-such-user-xyz")
+        (True, PosixPath('~no-such-user-xyz'))
     """
-    return Path(text).expanduser()
+    return _expand_user(text)
 
 
 def _refuse_stdout_output(out: Path) -> None:
@@ -728,11 +742,12 @@ def _rows_metadata(
     return metadatas
 
 
-def _check_argument_texts(values: Sequence[str], what: str) -> None:
+def _check_argument_texts(values: Sequence[str], what: str, *, numbered: bool = True) -> None:
     r"""Refuse a command-line text that is not valid UTF-8, naming the argument and the byte.
 
     Python reads such an argument with its bytes kept as lone surrogates (``\udcff`` for the byte ``\xff``),
-    which no model can encode and which the library would report as ``texts[0]``.
+    which no model can encode and which the library would report as ``texts[0]``. ``numbered=False`` names
+    the argument by ``what`` alone (an option's value, such as ``--filter``).
 
     Examples:
         >>> _check_argument_texts(["bread", "Ünïcode"], "query")  # valid UTF-8: nothing to say
@@ -747,9 +762,19 @@ def _check_argument_texts(values: Sequence[str], what: str) -> None:
             char = value[exc.start]
             byte = f"byte 0x{ord(char) - 0xDC00:02x}" if 0xDC80 <= ord(char) <= 0xDCFF else f"{char!r}"
             raise ValueError(
-                f"{what} {number} on the command line is not valid UTF-8 text ({byte} at character {exc.start} "
-                f"of '{_printable(value)}'); give it in UTF-8 (check the terminal's or the locale's encoding)"
+                f"{what}{f' {number}' if numbered else ''} on the command line is not valid UTF-8 text ({byte} at "
+                f"character {exc.start} of '{_printable(value)}'); give it in UTF-8 (check the terminal's or the "
+                "locale's encoding)"
             ) from None
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` is valid UTF-8 (no lone surrogates: bytes that a file name in another encoding kept)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _read_text_folder(path: Path) -> tuple[list[str], list[str], list[dict[str, Any]]]:
@@ -765,10 +790,14 @@ def _read_text_folder(path: Path) -> tuple[list[str], list[str], list[dict[str, 
         try:
             doc_id.encode("utf-8")
         except UnicodeEncodeError:
+            parts = Path(doc_id).parts
+            bad = next(i for i, part in enumerate(parts) if not _is_utf8(part))
+            kind = "file" if bad == len(parts) - 1 else "folder"
+            within = f" (in {os.fsencode(doc_id)!r})" if len(parts) > 1 else ""
             raise ValueError(
-                f"{path}: the file name {os.fsencode(doc_id)!r} is not valid UTF-8, and a file's name below the "
-                "folder is its document id; rename the file to a UTF-8 name (convmv renames a whole folder's), or "
-                "move it out of the folder"
+                f"{path}: the {kind} name {os.fsencode(parts[bad])!r}{within} is not valid "
+                f"UTF-8, and a file's path below the folder is its document id; rename the {kind} to a UTF-8 name "
+                f"(convmv renames a whole folder's), or move it out of the folder"
             ) from None
     texts = []
     for p in files:
@@ -1109,6 +1138,8 @@ def _run_search(args: argparse.Namespace) -> int:
     from kl_retrievers.index import KLStore
 
     _check_argument_texts(args.query, "query")
+    if args.filter is not None:  # a JSON text: a non-UTF-8 byte in it would be a filter value no document holds
+        _check_argument_texts([args.filter], "--filter", numbered=False)
     blank = [i for i, query in enumerate(args.query, 1) if is_blank_query(query)]
     if blank:  # before any file is read or model loaded; a ranking for nothing would look like an answer
         which = (

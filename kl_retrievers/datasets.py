@@ -490,34 +490,49 @@ def _qrels_columns(cols: list[str], trec: bool | None, has_header: bool, path: P
     )
 
 
-def _near_miss(ident: str, known: Iterable[str]) -> str:
-    """A hint naming the id of ``known`` that ``ident`` misses only by its form, or ``""`` when there is none.
+def _near_miss(ident: str, known: Iterable[str], source: str = "the file of ids") -> str:
+    """A hint naming the id of ``known`` that ``ident`` misses only by its form, and the fix; ``""`` when none.
 
     Ids are compared exactly as written; the hint names an id that is the same after Unicode NFC
-    normalisation, after case folding, or (a number) without its leading zeros.
+    normalisation, else one that is the same after case folding (``"Straße"`` against ``"strasse"``),
+    else (a number) one without its leading zeros. An id with a character outside ASCII is also shown
+    as ``ascii()`` writes it (``known``'s as in ``source``), so that two ids that look alike can be told apart.
 
     Examples:
         >>> _near_miss("07", ["7", "8"])
-        "; did you mean '7'? (the same number with other leading zeros; ids are compared as written)"
-        >>> _near_miss("cafe\u0301", ["caf\u00e9"])[:61]
-        "; did you mean 'café'? (the same id in another Unicode normal"
+        "; did you mean '7'? (the same number with other leading zeros; ids are compared as written: write them alike)"
+        >>> _near_miss("cafe\u0301", ["CAFÉ", "caf\u00e9"])[:95]
+        "; did you mean 'café'? ('caf\\\\xe9' in the file of ids, 'cafe\\\\u0301' here: the same id in another"
         >>> _near_miss("x", ["y"])
         ''
     """
+    known = list(known)
     nfc = unicodedata.normalize("NFC", ident)
     folded = nfc.casefold()
-    number = ident.lstrip("0") or "0" if ident.isascii() and ident.isdigit() else None
-    for other in known:
-        other_nfc = unicodedata.normalize("NFC", other)
-        if other_nfc == nfc:
-            why = "the same id in another Unicode normal form, NFC against NFD: ids are compared as written"
-        elif other_nfc.casefold() == folded:
-            why = "the same id in another case; ids are compared as written"
-        elif number is not None and other.isascii() and other.isdigit() and (other.lstrip("0") or "0") == number:
-            why = "the same number with other leading zeros; ids are compared as written"
-        else:
-            continue
-        return f"; did you mean {other!r}? ({why})"
+    number = (ident.lstrip("0") or "0") if ident.isascii() and ident.isdigit() else None
+    tests = (
+        (
+            lambda other: unicodedata.normalize("NFC", other) == nfc,
+            "the same id in another Unicode normal form (NFC against NFD), and ids are compared as written: "
+            "normalise the ids of both files to one form, e.g. unicodedata.normalize('NFC', id)",
+        ),
+        (
+            lambda other: unicodedata.normalize("NFC", other).casefold() == folded,
+            "the same id when case-folded (another case, or a letter such as 'ß' written 'ss'); ids are compared "
+            "as written: write them alike",
+        ),
+        (
+            lambda other: (
+                number is not None and other.isascii() and other.isdigit() and (other.lstrip("0") or "0") == number
+            ),
+            "the same number with other leading zeros; ids are compared as written: write them alike",
+        ),
+    )
+    for matches, why in tests:
+        for other in known:
+            if other != ident and matches(other):
+                shown = "" if ident.isascii() and other.isascii() else f"{other!a} in {source}, {ident!a} here: "
+                return f"; did you mean {other!r}? ({shown}{why})"
     return ""
 
 
@@ -564,7 +579,9 @@ def _load_qrels(
             score = int(score_f)
         if qid not in queries:
             raise DatasetError(
-                f"unknown query id {qid!r} (not in {QUERIES_FILE}){_near_miss(qid, queries)}", path=path, line=lineno
+                f"unknown query id {qid!r} (not in {QUERIES_FILE}){_near_miss(qid, queries, QUERIES_FILE)}",
+                path=path,
+                line=lineno,
             )
         if doc_id not in corpus:
             if unknown_docs == "drop":
@@ -572,12 +589,14 @@ def _load_qrels(
                 if qid not in qrels:
                     emptied.add(qid)
                 continue
+            hint = _near_miss(doc_id, corpus, CORPUS_FILE)
             raise DatasetError(
-                f"unknown document id {doc_id!r} (not in {CORPUS_FILE}){_near_miss(doc_id, corpus)}",
+                f"unknown document id {doc_id!r} (not in {CORPUS_FILE}){hint}",
                 path=path,
                 line=lineno,
                 option=("unknown_docs", "drop"),
-                option_effect="to skip judgements of documents outside the corpus",
+                option_effect="to skip judgements of documents outside the corpus"
+                + (" instead (this one would be lost)" if hint else ""),
             )
         key = (qid, doc_id)
         if key in seen and qrels[qid][doc_id] != score:
@@ -797,18 +816,26 @@ def fetch_beir(
     """
     if not name or "/" in name or "\\" in name or name.startswith("."):
         raise ValueError(f"name must be a BEIR collection name such as 'scifact', got {name!r}")
-    base = Path(root) if root is not None else _download_root()
+    from kl_retrievers._io import CacheFolderError, user_path
+
+    no_root: CacheFolderError | None = None
+    try:
+        base = Path(root) if root is not None else _download_root()
+    except CacheFolderError as exc:  # no home folder: a local copy still does, and the error is raised after them
+        base, no_root = Path(), exc
     target = base / name
-    if _is_beir_folder(target):
+    if no_root is None and _is_beir_folder(target):
         logger.info("%s: using %s", name, target)
         return target
     candidates = [Path(local_copy)] if local_copy is not None else []
     if os.environ.get(LOCAL_COPY_ENV):
-        candidates.append(Path(os.environ[LOCAL_COPY_ENV]).expanduser() / name)
+        candidates.append(user_path(os.environ[LOCAL_COPY_ENV]) / name)
     for candidate in candidates:
         if _is_beir_folder(candidate):
             logger.info("%s: using the local copy %s", name, candidate)
             return candidate
+    if no_root is not None:
+        raise no_root
     source = url or BEIR_URL.format(name=name)
     where = f"give a local copy with local_copy=... or ${LOCAL_COPY_ENV}=<folder holding {name}/>"
     if (env := _offline()) is not None:

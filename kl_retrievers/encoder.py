@@ -20,7 +20,6 @@ Examples:
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -54,7 +53,15 @@ from kl_retrievers._config import TOKENIZER_SIDE_FILES as _TOKENIZER_SIDE_FILES
 from kl_retrievers._config import check_tokenizer_sha256 as _check_tokenizer_sha256
 from kl_retrievers._config import check_weights_sha256 as _check_weights_sha256
 from kl_retrievers._config import remote_code_refusal as _remote_code_refusal
-from kl_retrievers._encoding import TORCH_EXTRA, EncoderMixin, cut_long_texts, eval_mode, progress_bar, require_torch
+from kl_retrievers._encoding import (
+    TORCH_EXTRA,
+    EncoderMixin,
+    cut_long_texts,
+    eval_mode,
+    longest_added_token,
+    progress_bar,
+    require_torch,
+)
 from kl_retrievers._io import (
     atomic_dir,
     check_replace_target,
@@ -62,6 +69,7 @@ from kl_retrievers._io import (
     library_version,
     load_unchanged,
     recover_dir,
+    safetensors_write_error,
     user_path,
 )
 from kl_retrievers.gaussian import SCORE_DIRECTION, Gaussians
@@ -672,7 +680,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
             self.tokenizer.padding_side = "right"
             texts = list(texts)
             if getattr(self.tokenizer, "is_fast", False) and self.tokenizer.truncation_side == "right":
-                texts = cut_long_texts(texts, budget, self._word_ids)
+                texts = cut_long_texts(texts, budget, self._word_ids, self._longest_added)
             batch = self.tokenizer(texts, padding=True, truncation=True, max_length=budget, return_tensors="pt")
         batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         if self.var_token_id is not None:
@@ -683,10 +691,14 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                 batch[key] = torch.cat([value[:, :1], col, value[:, 1:]], dim=1)
         return batch
 
-    def _word_ids(self, texts: list[str]) -> list[list[int | None]]:
-        """Each text's tokens' word indices, without special tokens or truncation (a fast tokenizer's)."""
+    def _word_ids(self, texts: list[str]) -> list[tuple[list[int | None], list[tuple[int, int]]]]:
+        """Each text's tokens' word indices and offsets, without special tokens or truncation (a fast tokenizer's)."""
         batch = self.tokenizer(texts, add_special_tokens=False, truncation=False, padding=False, verbose=False)
-        return [batch.word_ids(i) for i in range(len(texts))]
+        return [(e.word_ids, e.offsets) for e in batch.encodings]
+
+    def _longest_added(self) -> int:
+        """The length of the tokenizer's longest added token (special tokens included)."""
+        return longest_added_token(self.tokenizer.get_added_vocab())
 
     def forward(
         self,
@@ -753,6 +765,11 @@ class GaussianEncoder(EncoderMixin, nn.Module):
             return None
         special = [i for i in [*getattr(self.tokenizer, "all_special_ids", ()), self.var_token_id] if i != unk]
         return unk, np.asarray([i for i in special if i is not None], np.int64)
+
+    def _plain_token_ids(self, text: str) -> list[int] | None:
+        with _TOKENIZER_LOCK:  # a fast tokenizer keeps its truncation setting in shared state
+            ids = self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+        return [int(i) for i in ids]
 
     def _encode_batches(
         self, texts: list[str], *, max_length: int, batch_size: int, show_bar: bool, desc: str
@@ -1223,27 +1240,7 @@ def save_safetensors(
     try:
         save_file(tensors, os.fspath(file), metadata=metadata)
     except SafetensorError as exc:
-        raise _write_error(exc, file, saving) from exc
-
-
-def _write_error(exc: Exception, file: Path, saving: Path) -> OSError:
-    """The ``OSError`` for safetensors' error ``exc`` writing ``file`` of ``saving``, with the errno it names.
-
-    Examples:
-        >>> full = ValueError("Error while serializing: I/O error: No space left on device (os error 28)")
-        >>> error = _write_error(full, Path("tmp/w.safetensors"), Path("model"))
-        >>> error.errno == errno.ENOSPC, str(error).split(";")[0]
-        (True, 'cannot save model: writing w.safetensors failed (No space left on device)')
-    """
-    text = str(exc)
-    found = re.search(r"os error (\d+)|code: (\d+)", text)  # "(os error 28)"; older releases "Os { code: 28, ..."
-    code = int(found[1] or found[2]) if found else (errno.ENOSPC if "No space left on device" in text else None)
-    reason = os.strerror(code) if code is not None else text
-    full = code in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))  # disk, file size, quota
-    advice = "free some space there and save again; nothing was replaced" if full else "nothing was replaced"
-    error = OSError(f"cannot save {saving}: writing {file.name} failed ({reason}); {advice}")
-    error.errno = code  # str(error) stays the message
-    return error
+        raise safetensors_write_error(exc, file, saving) from exc
 
 
 def _read_weights(weights_file: Path) -> dict[str, torch.Tensor]:

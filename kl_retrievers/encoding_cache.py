@@ -502,13 +502,16 @@ def files_fingerprint(folders: Sequence[str | os.PathLike[str]], settings: Mappi
     folder and its SHA-256 content (once per process while the file's size, times and inode stay,
     :func:`~kl_retrievers.hub.cached_sha256`). A sub-folder linked into one of its own parents raises
     ``OSError`` (no end to its files). ``settings`` (JSON data) holds the
-    rest of what sets the model's output: its backend and the backend's options, the quantisation, the versions
-    of the packages that compute it. A revision of the loaders is hashed too (raised when
+    rest of what the load makes of the files: its backend and the backend's options, the quantisation, the
+    versions of the packages that load it. A revision of the loaders is hashed too (raised when
     what they make of the same files changes). Unlike
     :func:`model_fingerprint`, nothing is loaded, so ``kl-retrievers evaluate`` records, once a load confirmed
     the files, which :func:`model_fingerprint` they are (a ``model-files`` entry keyed by it) and then finds the
     encodings, keyed by the model as ever, without loading it. A file added to, removed from or changed in a
-    folder (even a model card) changes it: a miss, never a wrong hit.
+    folder (even a model card) changes it: a miss, never a wrong hit. Other settings are a miss of this
+    fingerprint only: the load they take finds the same model, whose encodings are shared (as every run with
+    that model shares them: ONNX session options such as the thread count and package versions do not key
+    encodings; an int8 graph gives the same vectors on 1 thread as on 4).
 
     Raises:
         OSError: A folder or one of its files cannot be read.

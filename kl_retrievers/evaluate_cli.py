@@ -321,8 +321,8 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help=f"encoding cache (default: ${CACHE_ENV} or ~/.cache/...); a --model run keys it by the model's files "
         "(bundled, saved or ONNX export folder), so one whose encodings are all cached does not load the model; "
-        "the backbone weights a delta model pins (backbone_sha256) are then known by their name, size and "
-        "modification time, not read again",
+        "the backbone weights a delta model pins (backbone_sha256) are then known by their name, size, "
+        "modification and change times and inode, not read again",
     )
     p.add_argument("--no-cache", action="store_true", help="do not read or write the encoding cache")
     add_unknown_docs_argument(p, help="qrels naming documents outside the corpus: fail (default) or drop them")
@@ -1214,9 +1214,10 @@ def _backbone_files(backbone: Any) -> dict[str, Any]:
     The backbone folder is the one its load takes (:func:`~kl_retrievers.hub.resolve_model_path` of
     ``config.backbone``, as :meth:`~kl_retrievers.encoder.GaussianEncoder.from_pretrained` resolves it): its
     resolved path; each file directly in it other than the pinned weights by name and SHA-256 (``config.json``,
-    the architecture the weights are read into; tokenizer files); the weight files by name, size and modification
-    time only (their SHA-256 is the delta's ``backbone_sha256``, hashed with its ``config.json`` and checked by
-    every load: a backbone rewritten with other weights is a miss, loaded and refused).
+    the architecture the weights are read into; tokenizer files); the weight files by name, size, modification
+    and change times and inode only (their SHA-256 is the delta's ``backbone_sha256``, hashed with its
+    ``config.json`` and checked by every load: a backbone rewritten with other weights is a miss, loaded and
+    refused, even when its modification time is restored, ``cp -p``, as that changes the change time).
 
     Raises:
         Exception: The backbone cannot be found (or has no weights) without loading: the model is loaded as before.
@@ -1235,7 +1236,7 @@ def _backbone_files(backbone: Any) -> dict[str, Any]:
     for entry in entries:
         if entry.name in pinned:
             st = os.stat(entry.path)
-            weights.append([entry.name, st.st_size, st.st_mtime_ns])
+            weights.append([entry.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
         elif entry.is_file():
             files.append([entry.name, cached_sha256(entry.path)])
     if len(weights) != len(pinned):
@@ -1369,9 +1370,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         plan = _files_plan(args.model, backend, options) if use_cache and not args.hybrid else None
         identities: dict[str, dict[str, Any]] | None = None
         cached: dict[str, Any] = {}
+        cached_model: str | None = None  # the model fingerprint the cached sides were found under
         if plan is not None:
             identities = _dataset_identities(dataset)
-            cached = _cached_encodings(
+            cached, cached_model = _cached_encodings(
                 dataset,
                 plan.fingerprint,
                 batch_invariant=plan.facts.batch_invariant,
@@ -1441,6 +1443,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                     label=facts.label,
                     files=plan.fingerprint if plan is not None else None,
                     cached=cached,
+                    cached_model=cached_model,
                     identities=identities,
                     cache_dir=cache_dir,
                     use_cache=use_cache,

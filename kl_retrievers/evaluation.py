@@ -784,19 +784,20 @@ def _cached_encodings(
     max_length: int | None = None,
     query_max_length: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
-) -> dict[str, Gaussians]:
-    """The sides (``"queries"``, ``"documents"``) cached for the model a files fingerprint was recorded as.
+) -> tuple[dict[str, Gaussians], str | None]:
+    """The sides (``"queries"``, ``"documents"``) cached for the model a files fingerprint was recorded as,
+    and that model's fingerprint (``None``: none recorded, no sides).
 
     What ``kl-retrievers evaluate`` looks up before loading its model
     (:func:`kl_retrievers.encoding_cache.files_fingerprint`, then :func:`_model_of_files`): with both sides
-    cached it loads none. ``batch_invariant``: the encoder's, as its files say it (an int8 ONNX graph's is
-    ``False``).
+    cached it loads none; with one, :func:`_encode_dataset` uses it only if the loaded model is that model.
+    ``batch_invariant``: the encoder's, as its files say it (an int8 ONNX graph's is ``False``).
     """
     cache = EncodingCache(cache_dir)
     found: dict[str, Gaussians] = {}
     model = _model_of_files(cache, files)
     if model is None:  # no run that loaded these files recorded their model yet
-        return found
+        return found, None
     for kind, ids, limit in (
         ("documents", dataset.doc_ids, max_length),
         ("queries", dataset.query_ids, query_max_length),
@@ -812,7 +813,7 @@ def _cached_encodings(
         cached = cache.load(f"gauss-{kind}", key, ids)
         if cached is not None:
             found[kind] = Gaussians(cached["mean"], cached["var"])
-    return found
+    return found, model
 
 
 def _encode_dataset(
@@ -828,17 +829,23 @@ def _encode_dataset(
     files: str | None = None,
     cached: Mapping[str, Gaussians] | None = None,
     identities: Mapping[str, Mapping[str, Any]] | None = None,
+    cached_model: str | None = None,
 ) -> tuple[Gaussians, Gaussians]:
     """:func:`encode_dataset`; the command line's extras, for an encoder checked against what its files say.
 
     ``files``: the model's files fingerprint, recorded as this encoder's :func:`model_fingerprint`
     (:func:`_save_model_of_files`: the next run finds its encodings without loading the model); the encodings
     themselves are keyed by the model, as :func:`encode_dataset` keys them. ``cached``: sides already found
-    (:func:`_cached_encodings`), not looked up again. ``identities``: :func:`_dataset_identities`, when taken.
+    (:func:`_cached_encodings`), not looked up again; ``cached_model``: the model fingerprint they were found
+    under, when known (sides of another model than ``encoder`` are dropped, encoded again). ``identities``:
+    :func:`_dataset_identities`, when taken.
     """
     cache = EncodingCache(cache_dir) if use_cache else None
     cached = cached or {}
     fp = model_fingerprint(encoder) if len(cached) < 2 else ""
+    if cached and fp and cached_model is not None and cached_model != fp:
+        logger.info("the cached %s are of model %s, not the loaded %s: encoded again", sorted(cached), cached_model, fp)
+        cached = {}
     batch_dependent = not getattr(encoder, "batch_invariant", True)  # int8 ONNX: a text's vector depends on its batch
     results: list[Gaussians] = []
     for kind, ids, texts_fn, fn, ident, limit in (
@@ -1044,6 +1051,7 @@ def _evaluate_model(
     files: str | None = None,
     cached: Mapping[str, Gaussians] | None = None,
     identities: Mapping[str, Mapping[str, Any]] | None = None,
+    cached_model: str | None = None,
     **encode_options: Unpack[EncodeOptions],
 ) -> EvaluationResult:
     """:func:`evaluate_model`, given the model's ``label`` and ``similarity``; the rest as :func:`_encode_dataset`.
@@ -1076,6 +1084,7 @@ def _evaluate_model(
             files=files,
             cached=cached,
             identities=identities,
+            cached_model=cached_model,
             **encode_options,
         )
     t1 = time.perf_counter()

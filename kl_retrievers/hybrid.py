@@ -48,14 +48,12 @@ Examples:
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import logging
 import math
 import os
 import re
-import sys
 import threading
 import unicodedata
 import uuid
@@ -77,6 +75,7 @@ from kl_retrievers._io import (
     load_unchanged,
     read_json_object,
     recover_dir,
+    user_path,
 )
 from kl_retrievers.filters import MetadataFilter
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians, check_k, neg_kl
@@ -490,7 +489,7 @@ class AdaptiveParams:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> AdaptiveParams:
         """Read parameters from a JSON file."""
-        source = Path(path).expanduser()
+        source = user_path(path)
         try:
             data = json.loads(source.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -507,7 +506,7 @@ class AdaptiveParams:
         """Write :meth:`to_dict` as indented JSON."""
         from kl_retrievers._io import atomic_file
 
-        target = Path(path).expanduser()
+        target = user_path(path)
         with atomic_file(target) as tmp:
             tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
         return target
@@ -2284,17 +2283,18 @@ class KLHybridStore(_NotCopyable):
             ...     KLHybridStore.load(s.save(Path(d) / "h")).ids
             ['x']
         """
-        target = Path(path).expanduser()  # "~/x" is the home folder's x, as load_model reads it
+        target = user_path(path)  # "~/x" is the home folder's x, as load_model reads it ("~nobody" stays as given)
         check_replace_target(
             target,
             is_ours=_is_hybrid_folder,
             what=f"a hybrid store folder (an earlier save: its {_CONFIG} has format {_FORMAT_NAME!r})",
             overwrite=overwrite,
+            follow_link=True,
         )
         with self._lock.read():
             self._ensure_index()
             config = self._config()
-            with atomic_dir(target) as tmp:
+            with atomic_dir(target, follow_link=True) as tmp:  # a link you name (current -> v3) is followed
                 self._kl.save(tmp / _KL_DIR)
                 kl_ids = set(self._kl.ids)
                 bm25_info = self._bm25.save(tmp / _BM25_DIR)
@@ -2370,7 +2370,7 @@ class KLHybridStore(_NotCopyable):
         """
         _refuse_model_name(encoder, f"{cls.__name__}.load(path, encoder={{}})")  # before any file is read
         require_modules("KLHybridStore's BM25 half", ["bm25s"], "hybrid")
-        folder = Path(path).expanduser()
+        folder = user_path(path)
         if not folder.exists() and recover_dir(folder, required=_CONFIG):
             logger.warning("loading %s from the copy saved before an interrupted save", folder)
         if not folder.is_dir():
@@ -2476,24 +2476,43 @@ _DOCUMENTED_PATTERNS = frozenset(
 )
 
 
-@functools.cache
-def _combining_marks() -> str:
-    """Every combining mark (Unicode categories Mn, Mc, Me), as docs/hybrid.md computes them."""
-    return "".join(chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) in ("Mn", "Mc", "Me"))
+#: A ``\uXXXX`` escape in a pattern's text (not itself escaped: ``\\u0041`` is a backslash and ``u0041``).
+_UNICODE_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u([0-9a-fA-F]{4})")
+
+
+def _unescaped(pattern: str) -> str:
+    r"""``pattern`` with its ``\uXXXX`` escapes written as the characters (the same regular expression).
+
+    Examples:
+        >>> _unescaped(r"[\u3040-\u30ff]|\w+") == "[\u3040-\u30ff]|\\w+"
+        True
+    """
+    return _UNICODE_ESCAPE.sub(lambda m: m[1] + chr(int(m[2], 16)), pattern)
+
+
+_MARKS = ("Mn", "Mc", "Me")
 
 
 def _documented_pattern(pattern: str) -> bool:
     r"""Whether a saved token pattern is one docs/hybrid.md gives (no warning at load).
 
+    The ``\uXXXX`` escapes of the CJK pattern may be written as the characters (a non-raw string). The
+    marks-keeping patterns (``\w[\w<marks>]*``, alone or after the CJK class) count whatever Unicode version
+    listed their marks: every character of the class must be a combining mark (Mn, Mc, Me) or one this
+    Python's Unicode does not know yet (Cn), as a newer Python's marks are.
+
     Examples:
         >>> _documented_pattern(BM25_TOKEN_PATTERN), _documented_pattern(r"(\w+\s?)+!")
         (True, False)
+        >>> _documented_pattern("\\w[\\w\u0300\u0301]*"), _documented_pattern("\\w[\\w\u0300a]*")
+        (True, False)
     """
-    if pattern in _DOCUMENTED_PATTERNS:
+    text = _unescaped(pattern)
+    if text in {_unescaped(documented) for documented in _DOCUMENTED_PATTERNS}:
         return True
-    for head in (r"\w[\w", r"[\u3040-\u30ff\u3400-\u9fff\u0e00-\u0e7f]|\w[\w"):  # words keeping their marks
-        if pattern.startswith(head) and pattern.endswith("]*"):
-            return pattern[len(head) : -2] == _combining_marks()
+    for head in (r"\w[\w", _unescaped(r"[\u3040-\u30ff\u3400-\u9fff\u0e00-\u0e7f]|\w[\w")):  # words keeping marks
+        if text.startswith(head) and text.endswith("]*"):
+            return all(unicodedata.category(char) in (*_MARKS, "Cn") for char in text[len(head) : -2])
     return False
 
 

@@ -90,7 +90,7 @@ from kl_retrievers._confidence import (
     require_calibrator,
 )
 from kl_retrievers._encoding import check_texts, query_batch_size
-from kl_retrievers._io import LEFTOVER_NAME, load_unchanged, make_dirs
+from kl_retrievers._io import LEFTOVER_NAME, check_dangling_link, load_unchanged, make_dirs, user_path
 from kl_retrievers.filters import MetadataFilter
 from kl_retrievers.gaussian import (
     SCORE_DIRECTION,
@@ -1971,7 +1971,7 @@ class KLVectorStore(VectorStore):
                 (e.g. langchain-community FAISS), by a raw :meth:`KLStore.save`, or by an
                 unsupported format version.
         """
-        folder = _index_folder(Path(folder_path).expanduser(), index_name)
+        folder = _index_folder(user_path(folder_path), index_name)
         if not folder.is_dir():
             raise FileNotFoundError(f"no KLVectorStore folder at {folder}")
         call = f"{cls.__name__}.load_local(folder_path, {{embeddings}})"
@@ -2092,8 +2092,10 @@ class KLVectorStore(VectorStore):
                 was not written by ``save_local`` (the temporary copies of a save running or killed,
                 ``.klstore.tmp-HEX``, and named indexes, saved or being saved, do not count).
         """
-        parent = Path(folder_path).expanduser()
+        parent = user_path(folder_path)
         folder = _index_folder(parent, index_name)
+        for link in (parent, folder):  # a dangling link is followed as a new path, as KLStore.save follows it
+            check_dangling_link(link)
         if parent.exists() and not parent.is_dir():
             raise ValueError(f"{parent} exists and is not a folder")
         if folder.exists() and not folder.is_dir():
@@ -2134,7 +2136,7 @@ class KLVectorStore(VectorStore):
         }
         # Only klstore/, with a copy of the manifest inside it, is swapped in (at once); langchain.json is written
         # after it. The folder's other entries (named indexes, the user's files) are never touched.
-        make_dirs(folder)  # each new folder synced into its parent, as atomic_dir does for its own
+        make_dirs(os.path.realpath(folder))  # each new folder synced into its parent, as atomic_dir does for its own
         save_store_with_manifest(self.store, folder / _STORE_DIR, _INNER_MANIFEST, manifest)
         write_manifest(folder / _MANIFEST, manifest)
         logger.info("saved KLVectorStore (%d documents) to %s", len(self.store), folder)

@@ -82,7 +82,7 @@ from kl_retrievers._confidence import (
 )
 from kl_retrievers._encoding import check_texts
 from kl_retrievers._encoding import query_batch_size as _query_batch_size
-from kl_retrievers._io import load_unchanged, make_dirs
+from kl_retrievers._io import load_unchanged, make_dirs, user_path
 from kl_retrievers.calibration import ConfidenceCalibrator
 from kl_retrievers.filters import _plain_json, _short
 from kl_retrievers.gaussian import (
@@ -1703,7 +1703,8 @@ def _ref_doc_id(metadata: Mapping[str, Any]) -> Any:
 
 
 def _manifest_and_store_paths(persist_path: str | os.PathLike[str]) -> tuple[Path, Path]:
-    path = Path(persist_path)
+    """The manifest and store folder of ``persist_path`` (a leading ``~`` expanded, as a shell would)."""
+    path = user_path(persist_path)
     store_dir = path.with_suffix(_STORE_SUFFIX) if path.suffix == ".json" else Path(str(path) + _STORE_SUFFIX)
     return path, store_dir
 
@@ -2738,7 +2739,7 @@ class KLVectorStore(BasePydanticVectorStore):
         """
         _check_fs(fs)
         encoder = _unwrap_encoder(encoder)
-        path = Path(persist_path)
+        path = user_path(persist_path)  # "~/storage/x.json" is under the home folder, as persist saves it
         if path.is_dir():
             manifest_path = _manifest_in_folder(path)
             if manifest_path is None and not (path / "config.json").is_file():
@@ -2842,7 +2843,7 @@ class KLVectorStore(BasePydanticVectorStore):
                 )
         fname = f"{namespace}{_NAMESPACE_SEP}{DEFAULT_PERSIST_FNAME}"
         return cls.from_persist_path(
-            Path(persist_dir) / fname,
+            user_path(persist_dir) / fname,
             fs=fs,
             encoder=encoder,
             mmap=mmap,
@@ -2877,7 +2878,7 @@ def _install_simple_vector_store_loader() -> None:
         if (
             cls is SimpleVectorStore
             and _is_local_fs(fs)
-            and adapters.looks_like_manifest(persist_path, _MANIFEST_FORMAT)
+            and adapters.looks_like_manifest(user_path(persist_path), _MANIFEST_FORMAT)
         ):
             logger.info("%s is a KLVectorStore manifest; loading it as a KLVectorStore", persist_path)
             return KLVectorStore.from_persist_path(persist_path, fs=fs)

@@ -47,6 +47,7 @@ from kl_retrievers._encoding import (
     _is_int,
     cut_long_texts,
     eval_mode,
+    longest_added_token,
     progress_bar,
     require_torch,
 )
@@ -55,8 +56,10 @@ from kl_retrievers._io import (
     check_version,
     is_within,
     library_version,
+    load_unchanged,
     parse_json_object,
     read_json_object,
+    recover_dir,
     some_names,
 )
 from kl_retrievers.gaussian import SCORE_DIRECTION, Gaussians
@@ -64,6 +67,8 @@ from kl_retrievers.hub import local_reference
 from kl_retrievers.hub import sha256_file as _sha256
 
 if TYPE_CHECKING:
+    import mmap
+
     import onnxruntime
 
     from kl_retrievers.encoder import GaussianEncoder
@@ -143,6 +148,10 @@ class OnnxEncoderConfig:
             ``"left"`` is read but ignored (left padding moved ``[VAR]`` and the CLS token).
         model_sha256: SHA-256 of ``model.onnx`` (identifies the weights, e.g. for encoding caches).
         encoder: The source :class:`~kl_retrievers.encoder.GaussianEncoderConfig` as a dictionary.
+        external_data_sha256: SHA-256 of each file that holds weights of the graph outside ``model.onnx`` (ONNX
+            external data), by its location as the graph names it; read when the graph is loaded (never saved:
+            empty in an export, and then left out of :meth:`to_dict`), so that what identifies the encoder's
+            weights (:func:`kl_retrievers.encoding_cache.model_fingerprint` hashes this config) covers them too.
     """
 
     dim: int
@@ -155,10 +164,14 @@ class OnnxEncoderConfig:
     padding_side: str
     model_sha256: str
     encoder: dict[str, Any] = field(default_factory=dict)
+    external_data_sha256: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary (with ``backend: "onnx"``)."""
-        return {"backend": BACKEND, **asdict(self)}
+        """A JSON-ready dictionary (with ``backend: "onnx"``; ``external_data_sha256`` only when the graph has some)."""
+        data = {"backend": BACKEND, **asdict(self)}
+        if not data["external_data_sha256"]:  # the same dictionary as before it existed, for graphs without any
+            del data["external_data_sha256"]
+        return data
 
     @property
     def beta(self) -> float | None:
@@ -1030,6 +1043,8 @@ class OnnxGaussianEncoder(EncoderMixin):
         ValueError: ``num_threads`` is not an int from 1 to :func:`max_threads`, or is given, like
             ``allow_spinning``, with ``session_options``.
         RuntimeError: ONNX Runtime could not create the session for want of threads or memory.
+        OSError: Exports replaced the folder during each of the reads (an export of the same folder meanwhile
+            makes it read again; a folder an export killed mid-swap left missing is restored first, with a warning).
 
     Examples:
         >>> enc = OnnxGaussianEncoder("my-encoder-onnx")  # doctest: +SKIP
@@ -1050,26 +1065,36 @@ class OnnxGaussianEncoder(EncoderMixin):
             num_threads=num_threads, allow_spinning=allow_spinning, session_options=session_options
         )
         folder = Path(path)
-        meta = _read_meta(folder)
-        config = _config_from_meta(meta, folder)
-        tokenizer_file = folder / TOKENIZER_FILE
-        if not tokenizer_file.is_file():
-            raise OnnxModelError(f"{folder} is missing {TOKENIZER_FILE}")
-        check_tokenizer_sha256(meta, folder / CONFIG_NAME, folder, error=OnnxModelError)  # when recorded
-        try:
-            tokenizer_text = tokenizer_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise OnnxModelError(f"{tokenizer_file} cannot be read as UTF-8 text: {exc}") from None
-        self._setup(
-            folder / MODEL_FILE,
-            tokenizer_text,
-            config,
-            where=str(folder),
-            options=options,
-            session_args=None
-            if session_options is not None
-            else {"num_threads": num_threads, "allow_spinning": allow_spinning},
-        )
+        # Where a folder swap is not atomic (macOS), an export killed between its two renames leaves only the
+        # previous copy beside the folder (.NAME.old-*): put it back, as GaussianEncoder.from_pretrained does.
+        recover_dir(folder, required=CONFIG_NAME)
+
+        def load() -> dict[str, Any]:
+            meta = _read_meta(folder)
+            config = _config_from_meta(meta, folder)
+            tokenizer_file = folder / TOKENIZER_FILE
+            if not tokenizer_file.is_file():
+                raise OnnxModelError(f"{folder} is missing {TOKENIZER_FILE}")
+            check_tokenizer_sha256(meta, folder / CONFIG_NAME, folder, error=OnnxModelError)  # when recorded
+            try:
+                tokenizer_text = tokenizer_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise OnnxModelError(f"{tokenizer_file} cannot be read as UTF-8 text: {exc}") from None
+            self._setup(
+                folder / MODEL_FILE,
+                tokenizer_text,
+                config,
+                where=str(folder),
+                options=options,
+                session_args=None
+                if session_options is not None
+                else {"num_threads": num_threads, "allow_spinning": allow_spinning},
+            )
+            return meta
+
+        # The files are read one by one: an export of the same folder meanwhile swaps in its copy between two
+        # reads (the config of one export, the graph of the next: a checksum mismatch): read it again then.
+        meta = load_unchanged(folder, load)
         self.path = folder
         self.meta = meta
         self.name_or_path = name_or_path or local_reference(path)  # an absolute folder, as the torch encoder records
@@ -1172,6 +1197,14 @@ class OnnxGaussianEncoder(EncoderMixin):
                 )
             if actual != config.model_sha256:
                 raise OnnxModelError(self._sha_mismatch(where, actual, config.model_sha256))
+        # model_sha256 covers model.onnx only: weights kept as external data in other files are identified here
+        external = _external_data_sha256(model, where)
+        if copied and external != config.external_data_sha256:
+            raise OnnxModelError(
+                f"{where}: the external-data files of {model.name} changed since this encoder was pickled or copied "
+                f"(SHA-256 {external}, was {config.external_data_sha256}); load the encoder again"
+            )
+        config.external_data_sha256 = external
         return session
 
     def __copy__(self) -> OnnxGaussianEncoder:
@@ -1477,9 +1510,12 @@ class OnnxGaussianEncoder(EncoderMixin):
         result: tuple[int, np.ndarray] | None = self.__dict__["_unknown_token_ids"]
         return result
 
+    def _plain_token_ids(self, text: str) -> list[int] | None:
+        return list(self._tokenizer_for(None).encode(text, add_special_tokens=False).ids)
+
     def _token_ids(self, texts: list[str], max_length: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Token ids and type ids of each text, truncated so that ``[VAR]`` still fits in ``max_length``."""
-        texts = cut_long_texts(texts, self._budget(max_length), self._word_ids)
+        texts = cut_long_texts(texts, self._budget(max_length), self._word_ids, self._longest_added)
         encodings = self._tokenizer_for(max_length).encode_batch(texts)
         return [(np.asarray(e.ids, np.int64), np.asarray(e.type_ids, np.int64)) for e in encodings]
 
@@ -1489,13 +1525,20 @@ class OnnxGaussianEncoder(EncoderMixin):
         encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # same ids, no offsets
         counts = np.empty(len(texts), np.int64)
         for start in range(0, len(texts), _TOKENIZE_CHUNK):
-            some = cut_long_texts(texts[start : start + _TOKENIZE_CHUNK], self._budget(max_length), self._word_ids)
+            some = texts[start : start + _TOKENIZE_CHUNK]
+            some = cut_long_texts(some, self._budget(max_length), self._word_ids, self._longest_added)
             counts[start : start + _TOKENIZE_CHUNK] = [len(e) for e in encode(some)]
         return counts
 
-    def _word_ids(self, texts: list[str]) -> list[list[int | None]]:
-        """Each text's tokens' word indices, without special tokens or truncation (for cutting long texts)."""
-        return [e.word_ids for e in self._tokenizer_for(None).encode_batch(texts, add_special_tokens=False)]
+    def _word_ids(self, texts: list[str]) -> list[tuple[list[int | None], list[tuple[int, int]]]]:
+        """Each text's tokens' word indices and offsets, without special tokens or truncation (to cut long texts)."""
+        encodings = self._tokenizer_for(None).encode_batch(texts, add_special_tokens=False)
+        return [(e.word_ids, e.offsets) for e in encodings]
+
+    def _longest_added(self) -> int:
+        """The length of the tokenizer's longest added token (special tokens included)."""
+        added = self._tokenizer_for(None).get_added_tokens_decoder().values()
+        return longest_added_token(token.content for token in added)
 
     def _batch_arrays(self, rows: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
         """Pad one batch and insert ``[VAR]`` after the first token (as the torch encoder does)."""
@@ -1650,6 +1693,141 @@ def _config_from_meta(meta: dict[str, Any], folder: Path) -> OnnxEncoderConfig:
         model_sha256=str(section.get("model_sha256", "")),
         encoder=encoder,
     )
+
+
+def _external_data_sha256(model: Path, where: str) -> dict[str, str]:
+    """SHA-256 of each external-data file the ONNX graph ``model`` names (by its location), ``{}`` without any.
+
+    Raises:
+        OnnxModelError: The graph cannot be read, or a file it names cannot be hashed.
+    """
+    import mmap
+
+    from kl_retrievers.hub import cached_sha256
+
+    try:
+        with open(model, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            # every external-data entry holds the key "location": a graph without the word has none (the common case)
+            locations = _external_data_locations(data) if data.find(b"location") >= 0 else []
+    except (OSError, ValueError) as exc:  # ValueError: not a protobuf message, or an empty file (mmap)
+        raise OnnxModelError(f"{where}: {model.name} cannot be read for its external data ({exc})") from None
+    found: dict[str, str] = {}
+    for location in locations:
+        file = model.parent / location
+        try:
+            found[location] = cached_sha256(file)
+        except OSError as exc:
+            raise OnnxModelError(
+                f"{where}: {model.name} keeps weights in the external-data file {location!r}, which cannot be "
+                f"read ({exc})"
+            ) from None
+    return found
+
+
+# The protobuf fields of onnx.proto that lead to tensors: ModelProto.graph / functions, FunctionProto.node,
+# GraphProto.node / initializer / sparse_initializer, NodeProto.attribute, AttributeProto.t / g / tensors / graphs /
+# sparse_tensor / sparse_tensors, SparseTensorProto.values / indices.
+_MODEL_FIELDS = {7: "graph", 25: "function"}
+_FUNCTION_FIELDS = {7: "node"}
+_GRAPH_FIELDS = {1: "node", 5: "tensor", 15: "sparse"}
+_NODE_FIELDS = {5: "attribute"}
+_ATTRIBUTE_FIELDS = {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"}
+_SPARSE_FIELDS = {1: "tensor", 2: "tensor"}
+_MESSAGE_FIELDS = {
+    "graph": _GRAPH_FIELDS,
+    "function": _FUNCTION_FIELDS,
+    "node": _NODE_FIELDS,
+    "attribute": _ATTRIBUTE_FIELDS,
+    "sparse": _SPARSE_FIELDS,
+}
+_TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION, _EXTERNAL = 13, 14, 1
+
+
+def _external_data_locations(data: bytes | mmap.mmap) -> list[str]:
+    """The external-data file locations of the tensors in a serialised ONNX ``ModelProto`` (read without ``onnx``).
+
+    Examples:
+        >>> entry = b"\\x0a\\x08location\\x12\\x05w.bin"  # StringStringEntryProto(key="location", value="w.bin")
+        >>> tensor = b"\\x6a" + bytes([len(entry)]) + entry + b"\\x70\\x01"  # external_data, data_location=EXTERNAL
+        >>> graph = b"\\x2a" + bytes([len(tensor)]) + tensor  # GraphProto.initializer
+        >>> _external_data_locations(b"\\x3a" + bytes([len(graph)]) + graph)  # ModelProto.graph
+        ['w.bin']
+    """
+    with memoryview(data) as view:
+        return _locations_in(view)
+
+
+def _locations_in(view: memoryview) -> list[str]:
+    """:func:`_external_data_locations` of the bytes ``view``."""
+    found: list[str] = []
+    # (start, end, kind): messages still to read, without recursion (graphs nest in attributes)
+    pending: list[tuple[int, int, str]] = [(0, len(view), "model")]
+    while pending:
+        start, end, kind = pending.pop()
+        if kind == "tensor":
+            location, external = None, False
+            for number, value in _proto_fields(view, start, end):
+                if number == _TENSOR_DATA_LOCATION and isinstance(value, int):
+                    external = value == _EXTERNAL
+                elif number == _TENSOR_EXTERNAL_DATA and isinstance(value, tuple):
+                    entry = dict(_proto_strings(view, *value))
+                    if entry.get(1) == "location" and 2 in entry:
+                        location = entry[2]
+            if external and location is not None and location not in found:
+                found.append(location)
+            continue
+        fields = _MODEL_FIELDS if kind == "model" else _MESSAGE_FIELDS[kind]
+        for number, value in _proto_fields(view, start, end):
+            if number in fields and isinstance(value, tuple):
+                pending.append((*value, fields[number]))
+    return found
+
+
+def _proto_strings(view: memoryview, start: int, end: int) -> Iterator[tuple[int, str]]:
+    """The length-delimited fields of the message ``view[start:end]`` as text, by field number."""
+    for number, value in _proto_fields(view, start, end):
+        if isinstance(value, tuple):
+            yield number, bytes(view[value[0] : value[1]]).decode("utf-8", errors="replace")
+
+
+def _proto_fields(view: memoryview, start: int, end: int) -> Iterator[tuple[int, int | tuple[int, int] | None]]:
+    """The fields of the protobuf message ``view[start:end]``: ``(number, value)``, a varint's value, a
+    length-delimited field's ``(start, end)``, ``None`` for fixed-size ones.
+
+    Raises:
+        ValueError: The bytes are not a protobuf message.
+    """
+    position = start
+    while position < end:
+        key, position = _varint(view, position, end)
+        number, wire = key >> 3, key & 7
+        value: int | tuple[int, int] | None
+        if wire == 0:
+            value, position = _varint(view, position, end)
+        elif wire == 2:
+            size, position = _varint(view, position, end)
+            value, position = (position, position + size), position + size
+        elif wire in (1, 5):
+            value, position = None, position + (8 if wire == 1 else 4)
+        else:  # groups (3, 4) are not in onnx.proto
+            raise ValueError(f"protobuf wire type {wire} at byte {position}")
+        if position > end:
+            raise ValueError(f"a protobuf field runs past its message (byte {position} > {end})")
+        yield number, value
+
+
+def _varint(view: memoryview, position: int, end: int) -> tuple[int, int]:
+    """The protobuf varint at ``position`` and the position after it."""
+    value = shift = 0
+    while True:
+        if position >= end or shift > 63:
+            raise ValueError(f"a protobuf varint runs past its message at byte {position}")
+        byte = view[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
 
 
 def _check_graph(session: Any, config: OnnxEncoderConfig, where: str) -> tuple[str, ...]:

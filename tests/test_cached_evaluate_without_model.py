@@ -1,10 +1,13 @@
 """``kl-retrievers evaluate --model`` with every encoding cached loads no model.
 
-Its encodings are keyed by the model's files (``encoding_cache.files_fingerprint``: every file of the model
-folder, the backend and its session options, the packages that compute), taken without loading it; a
-second run on the same collection finds both sides under that key, does not call ``load_model`` and reports
-exactly what the first did. Any change the model's output could follow (a weight byte, the backend, the token
-budget, an ONNX session option) is a miss: the model is loaded, as before.
+The model's files are fingerprinted without loading it (``encoding_cache.files_fingerprint``: every file of
+the model folder, the backend and its session options, the packages that load it); a run that loads the
+model records which model fingerprint those files are, and its encodings are keyed by that model. A second
+run on the same collection finds both sides through that record, does not call ``load_model`` and reports
+exactly what the first did. Any change in the files or settings (a weight byte, the backend, an ONNX session
+option) is a files miss: the model is loaded, as before; the encodings are then those of the model it loads,
+so a run differing only in ONNX session options or package versions shares the first run's encodings (the
+same model), while a change of the token budget is a miss of the encodings themselves.
 """
 
 from __future__ import annotations
@@ -440,3 +443,81 @@ def test_a_miss_run_hashes_the_weights_once_in_a_folder_of_many_files(
     monkeypatch.setattr(hub, "sha256_file", counting)
     _first_run(_argv(tmp_path / "model", data, cache), capsys)
     assert sum(h.endswith("model.safetensors") for h in hashed) == 1
+
+
+def test_backbone_weights_swapped_with_size_and_time_restored_miss(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], loads: list[Any]
+) -> None:
+    """Other weights of the same size given the old modification time (``cp -p``, ``rsync -t``) are a miss."""
+    import os
+
+    delta, base, data, cache = _delta_world(tmp_path)
+    _with_real_loader(lambda: _first_run(_argv(delta, data, cache), capsys))
+    assert main(_argv(delta, data, cache)) == 0 and loads == []
+    capsys.readouterr()
+    weights = base / "model.safetensors"
+    st = os.stat(weights)
+    make_tiny_encoder(seed=1).backbone.save_pretrained(base)  # other weights, the same architecture and size
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(weights).st_size == st.st_size and os.stat(weights).st_mtime_ns == st.st_mtime_ns
+    assert _needs_the_model(_argv(delta, data, cache), loads)  # was a hit: the first weights' scores
+
+
+def test_a_run_with_other_session_options_shares_the_model_s_encodings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Session options are in the files key (the model is loaded) but not in the encodings' (the same model)."""
+    import kl_retrievers.evaluation as evaluation
+
+    graph, data, cache = tmp_path / "graph", write_tiny_beir(tmp_path / "data"), tmp_path / "cache"
+    make_tiny_encoder(seed=0).export_onnx(graph, quantize="int8")
+    argv = _argv(graph, data, cache, "--model-backend", "onnx")
+    first = _first_run(argv, capsys)
+    # an int8 graph gives the same vectors on one thread as on the default threads: sharing is sound
+    assert _first_run([*argv, "--no-cache", "--model-threads", "1"], capsys) == first
+    encoded: list[Any] = []
+    real = evaluation._encode_sorted
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        encoded.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "_encode_sorted", counting)
+    assert _first_run([*argv, "--model-threads", "1"], capsys) == first
+    assert encoded == []  # both sides were the default-threads run's
+
+
+def test_a_cached_side_of_another_model_is_not_used_next_to_the_loaded_one(tmp_path: Path) -> None:
+    """One side found through the files' record is dropped when the loaded model is not the recorded one."""
+    import numpy as np
+
+    from kl_retrievers.datasets import load_beir
+    from kl_retrievers.encoding_cache import EncodingCache, model_fingerprint
+    from kl_retrievers.evaluation import _cached_encodings, _dataset_identities, _encode_dataset, _save_model_of_files
+    from kl_retrievers.gaussian import Gaussians
+
+    dataset = load_beir(write_tiny_beir(tmp_path / "data"))
+    encoder = make_tiny_encoder(seed=0)
+    fp = model_fingerprint(encoder)
+    cache = tmp_path / "cache"
+    assert _cached_encodings(dataset, "f" * 32, batch_invariant=True, identities=_dataset_identities(dataset),
+                             cache_dir=cache) == ({}, None)  # fmt: skip
+    _save_model_of_files(EncodingCache(cache), "f" * 32, fp)
+    found = _cached_encodings(
+        dataset, "f" * 32, batch_invariant=True, identities=_dataset_identities(dataset), cache_dir=cache
+    )
+    assert found == ({}, fp)  # the record's model, no sides cached yet
+    n = len(dataset.query_ids)
+    stale = Gaussians(np.full((n, 8), 7.0, np.float32), np.ones((n, 8), np.float32))
+    other = "0" * 16 if fp != "0" * 16 else "1" * 16
+    q, _ = _encode_dataset(
+        encoder, dataset, cached={"queries": stale}, cached_model=other, use_cache=False, show_progress=False
+    )
+    assert not np.array_equal(np.asarray(q.mean), stale.mean)  # encoded by the loaded model instead
+    np.testing.assert_allclose(
+        np.asarray(q.mean), np.asarray(encoder.encode_queries(dataset.query_texts()).mean), atol=1e-5
+    )
+    q, _ = _encode_dataset(
+        encoder, dataset, cached={"queries": stale}, cached_model=fp, use_cache=False, show_progress=False
+    )
+    assert np.array_equal(np.asarray(q.mean), stale.mean)  # the loaded model's own: used

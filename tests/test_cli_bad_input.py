@@ -146,7 +146,7 @@ CASES: list[Case] = [
     (
         "encode/not-utf8",
         lambda w: _enc(w, "--input", w.file("latin1.txt", "caf\xe9\n".encode("latin-1")), "--out", "o"),
-        "latin1.txt: not UTF-8",
+        "latin1.txt, line 1: not UTF-8",
     ),
     ("encode/empty-input", lambda w: _enc(w, "--input", w.file("empty.txt", "\n\n"), "--out", "o"), "holds no texts"),
     ("encode/nothing", lambda w: _enc(w, "--out", "o"), "nothing to encode"),

@@ -153,6 +153,9 @@ class _Spy:
         self._check(texts)
         return self._inner.encode_batch_fast(texts, *args, **kwargs)
 
+    def get_added_tokens_decoder(self) -> Any:
+        return self._inner.get_added_tokens_decoder()
+
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_a_20_mb_text_reaches_the_tokenizer_cut(
@@ -221,3 +224,107 @@ def test_cut_long_texts_keeps_short_lists_as_they_are() -> None:
     assert _encoding._fills_budget(words[0], 3)
     assert not _encoding._fills_budget([0, 1, 2, 3], 3)  # the last kept word is next to the last
     assert not _encoding._fills_budget([0, 1, None, 5], 2)
+
+
+#: Added tokens of several words (as GPT-style and Llama vocabularies have): cut in two, each is several words.
+ADDED_SPECIAL = ["</s>", "<|endoftext|>", "<|reserved_special_token_0|>", "[unused_a_b_c]"]
+ADDED_PLAIN = ["tea-pot time", "x.y.z"]  # not special: normalised and matched anywhere, even inside a word
+
+
+@pytest.fixture(scope="module")
+def added_encoders(tmp_path_factory: pytest.TempPathFactory) -> tuple[GaussianEncoder, OnnxGaussianEncoder]:
+    """The bundled MiniLM tokenizer with multi-word added tokens, in a tiny torch encoder and its ONNX export."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = os.fspath(bundled_model_path("minilm-gauss-soup"))
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tokenizer.add_special_tokens({"additional_special_tokens": ADDED_SPECIAL})  # type: ignore[dict-item]
+    tokenizer.add_tokens(ADDED_PLAIN)
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=len(tokenizer) + 1,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=128,
+    )
+    config = GaussianEncoderConfig(dim=4, var_token=True, max_length=64)
+    enc = GaussianEncoder(BertModel(cfg, add_pooling_layer=False), tokenizer, config, name_or_path="added").eval()
+    folder = tmp_path_factory.mktemp("added-tokens") / "onnx"
+    return enc, OnnxGaussianEncoder(export_onnx(enc, folder, quantize=None, verify=False))
+
+
+def test_an_added_token_across_the_default_cut_is_kept_whole(
+    added_encoders: tuple[GaussianEncoder, OnnxGaussianEncoder],
+) -> None:
+    """The review's case: the default cut (48 characters, 3 tokens) fell inside ``<|reserved_special_token_0|>``,
+    whose pieces (``<``, ``|``, ``reserved``...) were far enough from the prefix's last word to be kept."""
+    enc, onnx_enc = added_encoders
+    special = "<|reserved_special_token_0|>"
+    text = " " * 35 + special + " tea" * 10
+    with cut_at(10**9):
+        expected = torch_ids(enc, [text], 4)
+    assert enc.tokenizer.convert_ids_to_tokens(expected[0]) == ["[CLS]", special, "[SEP]"]
+    assert torch_ids(enc, [text], 4) == expected
+    assert onnx_ids(onnx_enc, [text], 4) == expected
+    assert onnx_enc._token_counts([text], 4).tolist() == [3]
+    for special in ADDED_SPECIAL + ADDED_PLAIN:  # every place an added token can fall across a cut
+        for pad in range(0, 30):
+            text = "." * pad + special + " tea" * 40
+            for max_length in (3, 5, 8):
+                with cut_at(10**9):
+                    expected = torch_ids(enc, [text], max_length)
+                for per_token in (1, 2, 3, 5):
+                    with cut_at(per_token):
+                        assert torch_ids(enc, [text], max_length) == expected, (special, pad, max_length, per_token)
+
+
+ADDED = st.sampled_from(ADDED_SPECIAL + ADDED_PLAIN)
+ADDED_PIECES = st.one_of(PIECES, ADDED, ADDED, st.sampled_from(["<|", "|>", "tea-", " tea", "."]))
+#: An added token early in the text (among the kept tokens, where a cut inside it changed them), then anything.
+ADDED_TEXTS = st.tuples(
+    st.lists(st.one_of(SPACES, INVISIBLE, PUNCT), max_size=6), ADDED, st.lists(ADDED_PIECES, max_size=50)
+).map(lambda parts: "".join(parts[0]) + parts[1] + "".join(parts[2]))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    texts=st.lists(ADDED_TEXTS, min_size=1, max_size=4),
+    max_length=st.integers(3, 8),
+    per_token=st.integers(1, 3),
+)
+def test_cut_texts_with_added_tokens_give_the_whole_texts_ids(
+    added_encoders: tuple[GaussianEncoder, OnnxGaussianEncoder], texts: list[str], max_length: int, per_token: int
+) -> None:
+    enc, onnx_enc = added_encoders
+    with cut_at(10**9):
+        expected = torch_ids(enc, texts, max_length)
+        assert onnx_ids(onnx_enc, texts, max_length) == expected
+    with cut_at(per_token):
+        assert torch_ids(enc, texts, max_length) == expected
+        assert onnx_ids(onnx_enc, texts, max_length) == expected
+
+
+def test_the_margin_for_added_tokens() -> None:
+    """The word after the budget's last must end the longest added token's length before the prefix's end."""
+    words: list[int | None] = [0, 1, 2, 3, 4]
+    ends = [3, 5, 9, 12, 15]  # budget 2: words 0 and 1, then word 2 ends at 9
+    assert _encoding._fills_budget(words, 2, ends, 9)
+    assert not _encoding._fills_budget(words, 2, ends, 8)
+    calls: list[int] = []
+
+    def longest(margin: int) -> Any:
+        def ask() -> int:
+            calls.append(margin)
+            return margin
+
+        return ask
+
+    texts = ["tea " * 10, "x"]  # 40 characters: cut to 32 (16 a token of 2)
+    tokens = [([0, 1, 2, 3, 4, 5, 6, 7], [(4 * w, 4 * w + 3) for w in range(8)])]  # word 2 ends at 11
+    assert _encoding.cut_long_texts(texts, 2, lambda pieces: tokens, longest(21)) == ["tea " * 8, "x"]
+    assert _encoding.cut_long_texts(texts, 2, lambda pieces: tokens, longest(22)) == texts  # 11 > 32 - 22
+    assert calls == [21, 22]  # asked once a call
+    assert _encoding.cut_long_texts(["x"], 2, lambda pieces: tokens, longest(99)) == ["x"]
+    assert calls == [21, 22]  # not asked: no long text

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from conftest import make_tiny_encoder, max_score_calibrator
@@ -65,9 +66,59 @@ def test_an_invisible_only_query_is_blank(query: str) -> None:
     assert is_blank_query(query)
 
 
-@pytest.mark.parametrize("query", ["a\u200b", "\u200bcat", "\u0301", "\u3000x", "😀"])
+@pytest.mark.parametrize("query", ["a\u200b", "\u200bcat", "e\u0301", "\u3000x", "😀", "\u20dd", "\u0301x"])
 def test_a_query_with_a_visible_character_is_not_blank(query: str) -> None:
     assert not is_blank_query(query)
+
+
+# What errors="replace" leaves, variation selectors, a grapheme joiner, Mongolian and Khmer fillers, lone marks.
+DROPPED = ["\ufffd", "\ufe0f", "\ufe00", "\U000e0100", "\u034f", "\u180b", "\u17b4", "\u0301", "\u0301\ufe0f \ufffd"]
+
+
+@pytest.mark.parametrize("query", DROPPED)
+def test_a_query_of_characters_the_tokenizer_drops_is_blank(query: str) -> None:
+    assert is_blank_query(query)
+
+
+@pytest.mark.parametrize("name", ["minilm-gauss-soup", "bge-small-unit-variance"])
+def test_is_blank_query_is_what_the_bundled_tokenizer_reads_as_the_empty_text(name: str) -> None:
+    """Each BMP code point (and some beyond) is blank exactly when the bundled tokenizer drops it.
+
+    The only exceptions are marks and format characters newer than the tokenizer's Unicode tables,
+    which it reads as ``[UNK]``: a query of only those counts as blank all the same.
+    """
+    import unicodedata
+
+    tokenizers = pytest.importorskip("tokenizers")
+    from kl_retrievers.pretrained import bundled_model_path
+
+    tok = tokenizers.Tokenizer.from_file(os.fspath(bundled_model_path(name) / "tokenizer.json"))
+    tok.no_padding()
+    tok.no_truncation()
+    empty = tok.encode("").ids
+    unknown = tok.encode("\U0001f600").ids  # an emoji: [CLS] [UNK] [SEP]
+    sample = [chr(c) for c in range(0x10000) if not 0xD800 <= c < 0xE000]
+    sample += [
+        *(c for c in DROPPED if len(c) == 1),
+        "\U000e0001",
+        "\U000e007f",
+        "\U000f0000",
+        "\U0001d173",
+        "\U0001bca0",
+        "\U000e0080",
+    ]
+    categories = {unicodedata.category(c) for c in sample}
+    assert {"Mn", "Me", "Mc", "Cc", "Cf", "Co", "Cn", "So", "Zs", "Lo"} <= categories  # every kind is in the sample
+    wrong, newer = [], []
+    for ch, encoding in zip(sample, tok.encode_batch(sample), strict=True):
+        dropped = encoding.ids == empty
+        if is_blank_query(ch) != dropped:
+            if dropped or encoding.ids != unknown or unicodedata.category(ch) not in ("Mn", "Cf"):
+                wrong.append(f"U+{ord(ch):04X} ({unicodedata.category(ch)}, dropped={dropped})")
+            else:
+                newer.append(ch)
+    assert wrong == [], wrong[:20]
+    assert len(newer) < 400, len(newer)  # the tokenizer's tables lag Python's by a few hundred marks
 
 
 def test_the_tokenizer_reads_an_invisible_only_query_as_the_empty_text(encoder: Any) -> None:
@@ -85,6 +136,16 @@ def test_langchain_gives_an_invisible_query_confidence_zero(encoder: Any) -> Non
     for query in ("\u200b", "\ufeff\x00"):
         docs = retriever.invoke(query)  # before: the empty document at -KL 0, confidence ~1
         assert docs and {d.metadata["confidence"] for d in docs} == {0.0}, query
+
+
+@pytest.mark.parametrize("query", ["\ufffd", "\ufe0f", "\u0301"])
+def test_langchain_gives_a_query_the_tokenizer_drops_confidence_zero(encoder: Any, query: str) -> None:
+    from kl_retrievers.langchain import KLEmbeddings, KLRetriever, KLVectorStore
+
+    vs = KLVectorStore.from_texts(TEXTS, KLEmbeddings(encoder), ids=IDS)
+    retriever = KLRetriever(vectorstore=vs, k=2, calibrator=max_score_calibrator())
+    docs = retriever.invoke(query)  # before: the empty document, confidence ~0.98
+    assert docs and {d.metadata["confidence"] for d in docs} == {0.0}
 
 
 def test_llama_index_gives_an_invisible_query_confidence_zero(encoder: Any) -> None:
@@ -151,6 +212,58 @@ def test_onnx_encoder_warns_once_about_a_text_of_unknown_tokens(
     assert "'ພາສາລາວ'" in message
 
 
+def _onnx_or_torch(backend: str, tmp_path: Path, **kw: Any) -> Any:
+    enc = make_tiny_encoder(**kw)
+    if backend == "torch":
+        return enc
+    from kl_retrievers.onnx import OnnxGaussianEncoder, export_onnx
+
+    return OnnxGaussianEncoder(export_onnx(enc, tmp_path / "f32", quantize=None, verify=False))
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_a_query_of_unknown_tokens_is_warned_about_despite_a_query_prefix(
+    backend: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A query prefix (bge's instruction) is known words: the query after it is what is checked."""
+    enc = _onnx_or_torch(backend, tmp_path, extra={"query_prefix": "green tea "})
+    with caplog.at_level(logging.WARNING):
+        enc.encode_queries(["the cat", "mat 😀", "green tea"])  # a known word: no warning
+        assert _warnings(caplog, UNK_WARNING) == []
+        enc.encode_queries(["😀"])  # before: the prefix's words hid its [UNK]
+    (message,) = _warnings(caplog, UNK_WARNING)
+    assert "'😀'" in message and "green tea" not in message, message
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_concurrent_encodings_warn_once_about_unknown_tokens(
+    backend: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Threads that all find the flag unset before any sets it still warn once (the flag is claimed)."""
+    import threading
+
+    enc = _onnx_or_torch(backend, tmp_path)
+    token = enc._unknown_token()
+    assert token is not None
+    threads = 4
+    barrier = threading.Barrier(threads, timeout=10)
+
+    def unknown_token_after_all_threads_checked() -> Any:
+        barrier.wait()  # every thread has read the flag (unset) before any goes on
+        return token
+
+    monkeypatch.setattr(enc, "_unknown_token", unknown_token_after_all_threads_checked)
+    unk = token[0]
+    rows = [np.asarray([unk], dtype=np.int64)]
+    with caplog.at_level(logging.WARNING):
+        workers = [threading.Thread(target=enc._warn_unknown_only, args=(["😀"], rows)) for _ in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(timeout=20)
+    assert len(_warnings(caplog, UNK_WARNING)) == 1
+
+
 # ------------------------------------------------------------------ F6: non-UTF-8 names and arguments
 @pytest.mark.skipif(os.name != "posix", reason="a file name of arbitrary bytes needs a POSIX file system")
 def test_index_names_a_file_whose_name_is_not_utf8(
@@ -187,6 +300,43 @@ def test_a_command_line_text_that_is_not_utf8_is_named(
     assert "texts[" not in err and "errors=" not in err
 
 
+def test_encode_names_the_line_of_a_text_file_that_is_not_utf8(
+    tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"ok\n" * 50 + b"\ncaf\xe9\n")
+    assert main(["encode", "-i", str(source), "--out", str(tmp_path / "g.safetensors"), "--model", str(model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"{source}, line 52: not UTF-8 text (" in err and "at byte 3 of the line)" in err, err
+
+
+def test_search_refuses_a_filter_that_is_not_utf8(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    bad = os.fsdecode(b'{"lang": "\xff"}')
+    assert main(["search", str(store), "cat", "--filter", bad]) == 2
+    err = capsys.readouterr().err
+    assert "--filter on the command line is not valid UTF-8 text (byte 0xff at character 10" in err, err
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a folder name of arbitrary bytes needs a POSIX file system")
+def test_index_names_a_folder_whose_name_is_not_utf8(
+    tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "plain.txt").write_text("plain text")
+    try:
+        os.makedirs(os.fsencode(folder) + b"/sub\xe9")
+        with open(os.fsencode(folder) + b"/sub\xe9/a.txt", "wb") as fh:
+            fh.write(b"nested")
+    except OSError:
+        pytest.skip("this file system refuses a non-UTF-8 folder name")
+    assert main(["index", str(folder), "--out", str(tmp_path / "st"), "--model", str(model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "the folder name b'sub\\xe9' (in b'sub\\xe9/a.txt') is not valid UTF-8" in err, err
+    assert "rename the folder" in err and "rename the file" not in err, err
+
+
 # ------------------------------------------------------------------ F7: near-miss ids
 def _beir(root: Path, query_id: str, doc_id: str, qrels: str) -> Path:
     (root / "qrels").mkdir(parents=True)
@@ -205,15 +355,50 @@ def _beir(root: Path, query_id: str, doc_id: str, qrels: str) -> Path:
             '"q"',
             '"caf\u00e9"',
             "q\tcafe\u0301",
-            "did you mean 'caf\u00e9'? (the same id in another Unicode normal form",
+            "did you mean 'caf\u00e9'? ('caf\\xe9' in corpus.jsonl, 'cafe\\u0301' here: the same id in another "
+            "Unicode normal form",
         ),
-        ('"Q1"', '"d0"', "q1\td0", "unknown query id 'q1' (not in queries.jsonl); did you mean 'Q1'? (the same id in"),
+        (
+            '"Q1"',
+            '"d0"',
+            "q1\td0",
+            "unknown query id 'q1' (not in queries.jsonl); did you mean 'Q1'? (the same id when case-folded",
+        ),
     ],
 )
 def test_an_unknown_id_names_its_near_miss(tmp_path: Path, query_id: str, doc_id: str, qrels: str, hint: str) -> None:
     with pytest.raises(DatasetError) as err:
         load_beir(_beir(tmp_path, query_id, doc_id, qrels))
     assert hint in str(err.value)
+
+
+def test_a_near_miss_of_another_normal_form_puts_the_fix_before_dropping(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError) as err:
+        load_beir(_beir(tmp_path, '"q"', '"caf\u00e9"', "q\tcafe\u0301"))
+    message = str(err.value)
+    fix = message.index("normalise the ids of both files to one form")
+    assert fix < message.index("unknown_docs='drop'"), message
+    assert "instead (this one would be lost)" in message
+
+
+def test_a_near_miss_prefers_the_same_id_in_another_normal_form(tmp_path: Path) -> None:
+    """An id equal after NFC is named before one equal only after case folding, whichever comes first."""
+    root = _beir(tmp_path, '"q"', '"CAF\u00c9"', "q\tCafe\u0301")
+    with open(root / "corpus.jsonl", "a", encoding="utf-8") as fh:
+        fh.write('{"_id": "Caf\u00e9", "text": "x"}\n')
+    with pytest.raises(DatasetError, match="did you mean 'Caf\u00e9'\\? \\('Caf\\\\xe9' in corpus.jsonl"):
+        load_beir(root)
+
+
+def test_a_case_folded_near_miss_is_called_so(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError) as err:
+        load_beir(_beir(tmp_path, '"q"', '"Stra\u00dfe"', "q\tstrasse"))
+    message = str(err.value)
+    assert (
+        "did you mean 'Stra\u00dfe'? ('Stra\\xdfe' in corpus.jsonl, 'strasse' here: the same id when case-folded"
+        in (message)
+    ), message
+    assert "another case;" not in message
 
 
 def test_an_unknown_id_without_a_near_miss_has_no_hint(tmp_path: Path) -> None:

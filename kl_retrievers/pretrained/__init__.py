@@ -760,7 +760,36 @@ def _load_onnx(
     hashes: Mapping[Path, _Hashed] | None = None,
 ) -> OnnxGaussianEncoder:
     """Load on ONNX Runtime; ``hashes``: folders' stamps and :func:`source_sha256` already computed (by the backend
-    choice)."""
+    choice).
+
+    A local folder is read as :meth:`kl_retrievers.encoder.GaussianEncoder.from_pretrained` reads one: a folder
+    that a save killed mid-swap left missing (where the swap is not atomic) is restored from the previous copy
+    beside it first, and the folder is read again when a save swaps it meanwhile (the files of two saves are
+    never mixed).
+    """
+
+    def load() -> OnnxGaussianEncoder:
+        return _load_onnx_once(name, name_or_path, device=device, quantize=quantize, options=options, hashes=hashes)
+
+    if name is not None or name_or_path is None:  # a bundled model: its files are not saved over
+        return load()
+    from kl_retrievers._io import load_unchanged, recover_dir, user_path
+
+    local = user_path(name_or_path)
+    recover_dir(local, required="config.json")
+    return load_unchanged(local, load)
+
+
+def _load_onnx_once(
+    name: str | None,
+    name_or_path: str | None,
+    *,
+    device: str | None,
+    quantize: str | None,
+    options: Mapping[str, Any],
+    hashes: Mapping[Path, _Hashed] | None = None,
+) -> OnnxGaussianEncoder:
+    """One read of the model for :func:`_load_onnx` (repeated when a save replaced its folder)."""
     from kl_retrievers._io import library_version
     from kl_retrievers.onnx import (
         EXPORT_RECIPE,

@@ -87,6 +87,7 @@ from kl_retrievers._io import (
     library_version,
     load_unchanged,
     recover_dir,
+    user_path,
 )
 from kl_retrievers.filters import MetadataFilter, _filter_key, compile_filter
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians
@@ -1144,12 +1145,13 @@ class KLStore(GaussianStore):
             ...     len(KLStore.load(s.save(Path(d) / "store")))
             2
         """
-        target = Path(path).expanduser()  # "~/x" is the home folder's x, as load_model reads it
+        target = user_path(path)  # "~/x" is the home folder's x, as load_model reads it ("~nobody" stays as given)
         check_replace_target(
             target,
             is_ours=_format.is_store_folder,
             what=f"a KLStore folder (an earlier save: its config.json has format {_format.FORMAT_NAME!r})",
             overwrite=overwrite,
+            follow_link=True,
         )
         table = self._table
 
@@ -1161,7 +1163,7 @@ class KLStore(GaussianStore):
                     f"has {table.n_rows} rows (an update that failed part-way?); the folder is left as it was. "
                     "rebuild() rebuilds an approximate index from the stored rows"
                 )
-            with atomic_dir(target) as tmp:
+            with atomic_dir(target, follow_link=True) as tmp:  # a link you name (current -> v3) is followed
                 _format.write_folder(
                     tmp,
                     self._config(),
@@ -1241,7 +1243,7 @@ class KLStore(GaussianStore):
         """
         mmap, verify_checksums = _load_options(cls.__name__, positional, mmap, verify_checksums)
         _refuse_model_name(encoder, f"{cls.__name__}.load(path, encoder={{}})")  # before any file is read
-        folder = Path(path).expanduser()
+        folder = user_path(path)
         return load_unchanged(folder, lambda: cls._load_once(folder, encoder, mmap, verify_checksums))
 
     @classmethod

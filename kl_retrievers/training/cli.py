@@ -854,8 +854,7 @@ def _run_train(args: argparse.Namespace) -> int:
     )
 
     command = getattr(args, "command_line", None) or shlex.join(["kl-retrievers", *sys.argv[1:]])
-    cache_root = Path(args.cache_dir) if args.cache_dir else default_feature_cache_dir().parent
-    feature_cache = cache_root / "features"
+    cache_root = Path(args.cache_dir) if args.cache_dir else None  # the default only where a cache is used (below)
     show = progress_default(args.quiet)  # bars on a terminal only, none with --quiet
     try:
         # a source given twice would count each example twice: dropped with a warning (the card lists it once)
@@ -900,6 +899,10 @@ def _run_train(args: argparse.Namespace) -> int:
         held_out_notes = _held_out_notes(args)  # test splits, evaluation on the training queries: warned, recorded
         # a loss that never reads teacher scores (contrastive): scoring every pair would be wasted
         use_teacher = bool(args.teacher) and uses_teacher_scores(args.loss)
+        # only heads-only training (features) and teacher scores use a cache: full training needs no home folder
+        if cache_root is None and (heads_only or use_teacher):
+            cache_root = default_feature_cache_dir().parent
+        feature_cache = None if cache_root is None else cache_root / "features"
         if args.teacher and not use_teacher:
             logger.warning("--teacher is ignored with --loss contrastive, which does not use teacher scores")
         mode = (
@@ -991,7 +994,7 @@ def _run_train(args: argparse.Namespace) -> int:
         if use_teacher:
             from kl_retrievers.training.teacher import CrossEncoderTeacher, add_teacher_scores
 
-            teacher = CrossEncoderTeacher(cache_dir=cache_root / "teacher")
+            teacher = CrossEncoderTeacher(cache_dir=None if cache_root is None else cache_root / "teacher")
             add_teacher_scores(ts, teacher, show_progress=show)
             teacher_label = teacher.label
         if heads_only:
