@@ -948,8 +948,11 @@ class KLEmbeddings(Embeddings):
 
     def _recorded_encoder(self) -> Any:
         """The Gaussian encoder (:attr:`encoder`) whose name, config and weights identities a ``KLStore`` holding
-        this object records and compares, so ``KLStore(KLEmbeddings(enc))`` saves what ``KLStore(enc)`` does."""
-        return self.encoder
+        this object records and compares, so ``KLStore(KLEmbeddings(enc))`` saves what ``KLStore(enc)`` does.
+
+        Asking never loads the default model: before its first use this object itself stands for it (it names no
+        model), so ``KLStore.load(path, encoder=KLEmbeddings())`` loads no model until a text needs encoding."""
+        return self._encoder if self._encoder is not None else self
 
     @property
     def dim(self) -> int | None:

@@ -362,3 +362,25 @@ def test_importing_the_trainer_without_torch_names_the_extra(tmp_path: Path) -> 
     assert len(out) == 1, out
     assert out[0].startswith("name: torch cause: ModuleNotFoundError message:"), out
     assert "kl_retrievers.training.trainer needs torch" in out[0] and 'pip install "kl-retrievers[train]"' in out[0]
+
+
+def test_loading_a_store_with_an_unloaded_klembeddings_loads_no_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KLStore.load(path, encoder=KLEmbeddings()) loads the default model only when a text needs encoding."""
+    import kl_retrievers.langchain as lc
+    from kl_retrievers.gaussian import Gaussians
+    from kl_retrievers.store import KLStore
+
+    rng = np.random.default_rng(0)
+    store = KLStore()
+    store.add(["a", "b", "c"], gaussians=Gaussians(rng.normal(size=(3, 4)), np.ones((3, 4))), ids=["a", "b", "c"])
+    store.save(tmp_path / "st")
+
+    def refuse(backend: object = None) -> None:
+        raise ImportError("no model may be loaded here")
+
+    monkeypatch.setattr(lc, "_load_default_encoder", refuse)
+    loaded = KLStore.load(tmp_path / "st", encoder=lc.KLEmbeddings())
+    hits = loaded.search(Gaussians(rng.normal(size=(1, 4)), np.ones((1, 4))), k=2)
+    assert len(hits) == 2
