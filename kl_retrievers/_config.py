@@ -284,13 +284,31 @@ def describe_saved_folder(folder: Path) -> str | None:
 _AUTO_MAP_FILES = ("tokenizer_config.json", CONFIG_NAME)
 
 
+def _code_places(refs: list[str]) -> str:
+    """Where ``auto_map`` references (``module.Class`` or ``org/repo--module.Class``) put their code, for a message.
+
+    A plain reference is a ``.py`` file of the folder itself; one with ``--`` is a file of another hub repository
+    (the part before ``--``). Up to four references are shown, grouped by place in their order.
+
+    Examples:
+        >>> _code_places(["tok.Tok", "org/impl--modeling.Model"])
+        'in the folder (tok.py: tok.Tok) and in the hub repository org/impl (modeling.py: modeling.Model)'
+    """
+    places: dict[str, list[str]] = {}
+    for ref in refs[:4]:
+        repo, sep, code = ref.rpartition("--")
+        place = f"in the hub repository {repo}" if sep else "in the folder"
+        places.setdefault(place, []).append(f"{code.rsplit('.', 1)[0]}.py: {code}")
+    return " and ".join(f"{place} ({', '.join(shown)})" for place, shown in places.items())
+
+
 def remote_code_refusal(folder: str | Path) -> str | None:
-    """Why transformers refuses ``folder``: its ``auto_map`` names Python code in it (``None``: no ``auto_map``).
+    """Why transformers refuses ``folder``: its ``auto_map`` names Python code (``None``: no ``auto_map``).
 
     A ``tokenizer_config.json`` or ``config.json`` (a saved encoder's ``backbone_config`` too) with an
     ``auto_map`` asks transformers to import the folder's own ``.py`` files; kl_retrievers loads every model with
     ``trust_remote_code=False``, so such a folder is refused (never run, never asked about), and this message says
-    which file and code.
+    which file and code (a reference ``org/repo--module.Class`` names code in another hub repository).
 
     Examples:
         >>> import tempfile
@@ -320,9 +338,9 @@ def remote_code_refusal(folder: str | Path) -> str | None:
                 for ref in (value if isinstance(value, list) else [value])
                 if isinstance(ref, str) and ref
             ]
-            shown = ", ".join(f"{ref.split('--')[-1].rsplit('.', 1)[0]}.py: {ref}" for ref in refs[:4])
+            where = _code_places(refs) or f"in the folder ({repr(auto_map)[:120]})"
             return (
-                f"{file}: field {field_name!r} names Python code in the folder ({shown or repr(auto_map)[:120]}); "
+                f"{file}: field {field_name!r} names Python code {where}; "
                 "kl_retrievers never runs a model folder's code (it loads models with trust_remote_code=False): "
                 "use a model whose classes transformers ships, or remove 'auto_map' if the folder does not need it"
             )

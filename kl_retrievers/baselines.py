@@ -28,6 +28,7 @@ import functools
 import hashlib
 import logging
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -38,7 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kl_retrievers._bm25 import quiet_bm25s_logger
-from kl_retrievers._encoding import query_batch_size, require_modules
+from kl_retrievers._encoding import cut_long_texts, longest_added_token, query_batch_size, require_modules
 from kl_retrievers.datasets import BeirDataset
 from kl_retrievers.encoding_cache import EncodingCache
 from kl_retrievers.gaussian import check_k
@@ -352,6 +353,8 @@ class MiniLMEncoder:
             hf_logging.set_verbosity(previous)
         self.model.eval().to(device)
         self._torch = torch
+        # a fast tokenizer keeps its truncation setting in shared state: one tokenization at a time
+        self._tokenizer_lock = threading.Lock()
         self.max_length = _clamp_max_length(max_length, int(self.model.config.max_position_embeddings), "MiniLM")
 
     def identity(self) -> dict[str, Any]:
@@ -368,18 +371,32 @@ class MiniLMEncoder:
         _, batches = _batches_longest_first(texts, batch_size)
         with torch.inference_mode():
             for batch in tqdm(batches, desc=desc, unit="batch", disable=not show_progress):
-                enc = self.tokenizer(
-                    [texts[i] for i in batch],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                ).to(self.device)
+                enc = self._tokenize([texts[i] for i in batch]).to(self.device)
                 hidden = self.model(**enc).last_hidden_state
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 out[batch] = pooled.float().cpu().numpy()
         return _l2_normalise(out)
+
+    def _tokenize(self, texts: list[str]) -> Any:
+        """The batch's ``max_length`` tokens per text; a long text is cut first, to a prefix with the same ids.
+
+        See :func:`~kl_retrievers._encoding.cut_long_texts` (fast tokenizers truncating on the right), as
+        :meth:`kl_retrievers.encoder.GaussianEncoder.tokenize` does: a multi-MB text is not tokenized whole.
+        """
+        with self._tokenizer_lock:
+            if getattr(self.tokenizer, "is_fast", False) and self.tokenizer.truncation_side == "right":
+                texts = cut_long_texts(texts, self.max_length, self._word_ids, self._longest_added)
+            return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+
+    def _word_ids(self, texts: list[str]) -> list[tuple[list[int | None], list[tuple[int, int]]]]:
+        """Each text's tokens' word indices and offsets, without special tokens or truncation."""
+        batch = self.tokenizer(texts, add_special_tokens=False, truncation=False, padding=False, verbose=False)
+        return [(e.word_ids, e.offsets) for e in batch.encodings]
+
+    def _longest_added(self) -> int:
+        """The length of the tokenizer's longest added token (special tokens included)."""
+        return longest_added_token(self.tokenizer.get_added_vocab())
 
     def encode_queries(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = True) -> np.ndarray:
         """Unit vectors for queries."""

@@ -135,13 +135,7 @@ def _read_records(
         try:
             texts = [line.decode("utf-8").rstrip("\r") for line in split_records(raw)]
         except UnicodeDecodeError:  # name the line, as the JSONL branch and the sharded path do
-            for number, record in enumerate(raw.split(b"\n"), 1):
-                try:
-                    record.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise ValueError(
-                        f"{path}, line {number}: not UTF-8 text ({exc.reason} at byte {exc.start} of the line)"
-                    ) from None
+            _refuse_non_utf8_line(path, raw)
             raise
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
@@ -240,7 +234,7 @@ def model_reference(model: str | None) -> str | None:
     name = model.split(":", 1)[1] if model.startswith("kl_retrievers:") else model
     if name in bundled_models():  # a bundled name wins over a folder of that name, as load_model decides
         return model
-    path = Path(model).expanduser()
+    path = _expand_user(model)
     return str(path.resolve()) if path.exists() else model
 
 
@@ -777,6 +771,17 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
+def _refuse_non_utf8_line(path: Path, raw: bytes) -> None:
+    """Raise ``ValueError`` naming ``path``'s first line (of its contents ``raw``) that is not UTF-8, if any."""
+    for number, record in enumerate(raw.split(b"\n"), 1):
+        try:
+            record.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                f"{path}, line {number}: not UTF-8 text ({exc.reason} at byte {exc.start} of the line)"
+            ) from None
+
+
 def _read_text_folder(path: Path) -> tuple[list[str], list[str], list[dict[str, Any]]]:
     """Every .txt / .md file below ``path`` (suffix in any case), one document each, with its relative path as id."""
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in (".txt", ".md") and p.is_file())
@@ -804,6 +809,7 @@ def _read_text_folder(path: Path) -> tuple[list[str], list[str], list[dict[str, 
         try:
             texts.append(p.read_text(encoding="utf-8"))
         except UnicodeDecodeError as exc:
+            _refuse_non_utf8_line(p, p.read_bytes())  # the file and line, as ``encode -i`` names them
             raise ValueError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return ids, texts, [{"source": i} for i in ids]
 

@@ -844,7 +844,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         Examples:
             >>> encoder.save_pretrained("my-encoder")  # doctest: +SKIP
         """
-        target = Path(path).expanduser()  # "~/x" is the home folder's x, as load_model reads it
+        target = user_path(path)  # "~/x" is the home folder's x, as load_model reads it
         check_replace_target(target, is_ours=is_saved_encoder, what="a saved GaussianEncoder", overwrite=overwrite)
         identity = self.weights_sha256  # weights unchanged since their load or save keep their identity
         state, lora = self._plain_state()

@@ -61,6 +61,7 @@ from kl_retrievers._io import (
     read_json_object,
     recover_dir,
     some_names,
+    user_path,
 )
 from kl_retrievers.gaussian import SCORE_DIRECTION, Gaussians
 from kl_retrievers.hub import local_reference
@@ -237,7 +238,7 @@ def export_onnx(
         quantize = None
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {QUANTIZATIONS} (or 'float32', as None); got {quantize!r}")
-    target = Path(folder).expanduser()
+    target = user_path(folder)
     _check_export_target(target, source=getattr(encoder, "name_or_path", None), overwrite=overwrite)
     require_torch("the ONNX export")
     if importlib.util.find_spec("onnx") is None:

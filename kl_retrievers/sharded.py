@@ -76,6 +76,7 @@ from kl_retrievers._io import (
     recover_dir,
     row_id,
     row_text,
+    user_path,
 )
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians, check_k
 from kl_retrievers.hub import sha256_file as _sha256
@@ -1127,8 +1128,8 @@ def encode_corpus(
             "(pass its options when loading it, or pass model=NAME_OR_PATH instead of encoder)"
         )
     started = time.perf_counter()
-    source = Path(input).expanduser()
-    target = Path(out).expanduser()
+    source = user_path(input)
+    target = user_path(out)
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"{target} exists and is not a folder")
     specs, identity, shard_digests = _plan(source, shard_size, field)
@@ -1628,7 +1629,7 @@ def iter_encoded(
     """
     if kind is not None and kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS} or None; got {kind!r}")
-    return _iter_encoded(Path(out).expanduser(), encoder, kind)
+    return _iter_encoded(user_path(out), encoder, kind)
 
 
 def _iter_encoded(folder: Path, encoder: Any | None, kind: str | None) -> Iterator[tuple[list[str], Any]]:
@@ -1766,7 +1767,7 @@ def load_encoded(
 
     parts = list(iter_encoded(out, encoder=encoder, kind=kind))
     ids = [i for part_ids, _ in parts for i in part_ids]
-    _check_unique_shard_ids(Path(out).expanduser(), [part_ids for part_ids, _ in parts])
+    _check_unique_shard_ids(user_path(out), [part_ids for part_ids, _ in parts])
     if not parts:
         return Gaussians(np.zeros((0, 1), np.float32), np.ones((0, 1), np.float32)), ids
     return Gaussians.concat([g for _, g in parts]), ids

@@ -147,6 +147,7 @@ from kl_retrievers.store._base import (
     SearchResult,
     StoredDocument,
     _check_store_args,
+    _identity_encoder,
     _NewDocuments,
     _refuse_model_name,
 )
@@ -907,7 +908,7 @@ class MilvusKLStore(GaussianStore):
             # kept absent by later publications (a client's own arguments are not what an old index was built with)
             "index_build": self._index_build,
             "collection_uid": self._uid,
-            "encoder": getattr(self.encoder, "name_or_path", None),
+            "encoder": getattr(self._model, "name_or_path", None),
             # the weights the collection's documents were encoded with: the creator's encoder's, kept by every
             # later publication (compared when a client attaches, see _warn_if_other_weights)
             "encoder_weights_sha256": self._encoder_weights,
@@ -923,20 +924,27 @@ class MilvusKLStore(GaussianStore):
             del config["index_build"]
         return config
 
+    @property
+    def _model(self) -> Any:
+        """The encoder whose identity the collection records and compares: :attr:`encoder`, or the Gaussian encoder
+        of a wrapper such as :class:`kl_retrievers.langchain.KLEmbeddings` (:func:`_identity_encoder`), as a
+        KLStore reads it."""
+        return _identity_encoder(self.encoder)
+
     def _own_weights(self) -> str | None:
         """This client's encoder's weights identity (``encoder.weights_sha256``), else ``None``."""
-        return encoder_weights(self.encoder)
+        return encoder_weights(self._model)
 
     def _own_backbone(self) -> str | None:
         """The SHA-256 of the backbone this client's encoder says it was built on (its config), else ``None``."""
-        return encoder_backbone(self.encoder)[0]
+        return encoder_backbone(self._model)[0]
 
     def _own_config(self) -> dict[str, Any] | None:
         """This client's encoder's config as a KLStore records it (its ``to_dict()``, NaN and Infinity as ``None``),
         else ``None``; warns where it holds NaN or Infinity, as a KLStore's save does (the record is JSON)."""
-        if self.encoder is None:
+        if self._model is None:
             return None
-        record, found = _encoder_record(self.encoder)
+        record, found = _encoder_record(self._model)
         if found:  # the collection's config is standard JSON: the (informational) record says null
             logger.warning(
                 "the encoder config holds NaN or Infinity at %s; recorded as null in Milvus collection %r",
@@ -954,7 +962,7 @@ class MilvusKLStore(GaussianStore):
         :meth:`_records_own_model`). A tokenizer changed in place without changing its length is seen where a
         record is written, not by that comparison.
         """
-        encoder = self.encoder
+        encoder = self._model
         tokenizer = getattr(encoder, "tokenizer", None)
         if tokenizer is None:
             tokenizer = getattr(encoder, "_tokenizer_json", None)  # an ONNX encoder's tokenizer.json text
@@ -982,7 +990,7 @@ class MilvusKLStore(GaussianStore):
         differ = []
         if backbone is not None and own_backbone is not None and backbone != own_backbone:
             differ.append(f"backbone SHA-256 {backbone} vs {own_backbone}")
-        differ += encoding_differences(config, tokenizer, self.encoder)
+        differ += encoding_differences(config, tokenizer, self._model)
         lacks = [name for name, v in (("encoder config", config), ("tokenizer SHA-256", tokenizer)) if v is None]
         if lacks:
             differ.append(f"{' and '.join(lacks)} not recorded")
@@ -1023,7 +1031,7 @@ class MilvusKLStore(GaussianStore):
             return
         where = f"Milvus collection {self.collection_name!r}"
         if warn_if_other_weights(
-            weights, self.encoder, where, logger, backbone=backbone, config=config_record, tokenizer=tokenizer
+            weights, self._model, where, logger, backbone=backbone, config=config_record, tokenizer=tokenizer
         ):
             self._weights_warned.add(key)
 
@@ -1034,7 +1042,7 @@ class MilvusKLStore(GaussianStore):
         recorded = self._encoder_backbone
         if own != self._encoder_weights or not (own_backbone is None or recorded is None or own_backbone == recorded):
             return False
-        if config_differences(self._encoder_config, self.encoder):
+        if config_differences(self._encoder_config, self._model):
             return False
         own_tokenizer = self._own_tokenizer() if self._encoder_tokenizer is not None else None
         return own_tokenizer is None or own_tokenizer == self._encoder_tokenizer

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kl_retrievers._config import is_saved_encoder
-from kl_retrievers._io import check_replace_target, finite_json, is_within, some_names
+from kl_retrievers._io import check_replace_target, finite_json, is_within, some_names, user_path
 from kl_retrievers.cli_common import (
     _int_at_least,
     add_unknown_docs_argument,
@@ -482,7 +482,7 @@ def _refuse_over_data(target: Path, data: list[str], named: str, replaces: str) 
     """Refuse a resolved folder that is or holds a ``--data`` path (a folder inside one is fine: only the
     folder itself is replaced); ``named`` starts the message (``"--out X"``), ``replaces`` says why."""
     for item in data:
-        source = Path(item).expanduser().resolve()
+        source = user_path(item).resolve()
         if is_within(source, target):
             what = "is" if source == target else "holds"
             raise ValueError(
@@ -511,7 +511,7 @@ def check_train_out(out: str | os.PathLike[str], data: list[str], *, overwrite: 
         raise ValueError("--out is empty; give the output folder of the trained model")
     if given == "-":  # as encode and index: "-" is not stdout here, and a folder named "-" is a surprise
         raise ValueError("--out -: a trained model is a folder, not a stream; give a folder (./- for one named -)")
-    target = Path(given).expanduser().resolve()
+    target = user_path(given).resolve()
     if target == target.parent:
         raise ValueError(f"--out {given}: is the file-system root; give a folder to save the model in")
     _refuse_over_data(target, data, f"--out {given}", "the save replaces --out as a whole")
@@ -563,7 +563,7 @@ def check_checkpoint_dir(
         given = os.fspath(checkpoint_dir)
         if not given.strip():
             raise ValueError("--checkpoint-dir is empty; give a folder for the checkpoints (or leave it out)")
-        folder = Path(given).expanduser()
+        folder = user_path(given)
         flag = "--checkpoint-dir"
     target = folder.resolve()
     if target == target.parent:
@@ -668,7 +668,7 @@ def _check_args(args: argparse.Namespace) -> None:
                 "would be ignored; drop them, or start from --base instead of --init-from"
             )
     if args.loss != "contrastive":
-        beir = [d for d in args.data if Path(d).expanduser().is_dir()]
+        beir = [d for d in args.data if user_path(d).is_dir()]
         if beir and not args.teacher:
             raise ValueError(
                 f"--loss {args.loss} needs teacher scores for every positive and negative, and the BEIR folder "
@@ -686,7 +686,7 @@ def _held_out_notes(args: argparse.Namespace) -> list[str]:
     """WARNING lines for training on a test split and for evaluating on the training queries; returns them
     (for the model card). Neither is refused: a user's own data may name its splits otherwise."""
     notes = []
-    beir = [d for d in args.data if Path(d).expanduser().is_dir()]  # "~/data" included
+    beir = [d for d in args.data if user_path(d).is_dir()]  # "~/data" included
     if beir and str(args.split).strip().lower() == "test":
         notes.append(
             f"trained on the test split of {', '.join(beir)} (--split {args.split}): test splits are for reporting "
@@ -694,8 +694,8 @@ def _held_out_notes(args: argparse.Namespace) -> list[str]:
         )
     eval_data = getattr(args, "eval_data", None)
     if eval_data is not None:
-        source = Path(eval_data).expanduser().resolve()
-        if args.eval_split == args.split and any(Path(d).expanduser().resolve() == source for d in beir):
+        source = user_path(eval_data).resolve()
+        if args.eval_split == args.split and any(user_path(d).resolve() == source for d in beir):
             notes.append(
                 f"--eval-data {eval_data} --eval-split {args.eval_split} is training data (--data, --split "
                 f"{args.split}): the evaluation during training is on the training queries, not held out"
@@ -751,8 +751,8 @@ def _load_eval_data(args: argparse.Namespace, out: Path, ckpt: Path) -> Any:
     args.eval_metric = reported  # recorded in the card and the evaluations under the reported name
     if not str(folder).strip():
         raise ValueError("--eval-data is empty; give a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
-    source = Path(folder).expanduser().resolve()
-    for target, named in ((out, f"--out {args.out}"), (ckpt.expanduser().resolve(), f"the checkpoint folder {ckpt}")):
+    source = user_path(folder).resolve()
+    for target, named in ((out, f"--out {args.out}"), (user_path(ckpt).resolve(), f"the checkpoint folder {ckpt}")):
         if is_within(source, target):
             what = "is" if source == target else "holds"
             raise ValueError(
@@ -912,7 +912,7 @@ def _run_train(args: argparse.Namespace) -> int:
         )
         init_from = None
         if args.init_from:
-            local = Path(args.init_from).expanduser()
+            local = user_path(args.init_from)
             init_from = str(local.resolve()) if local.exists() else str(args.init_from)
         cli_recipe = {
             "mode": mode,
@@ -930,7 +930,7 @@ def _run_train(args: argparse.Namespace) -> int:
         if args.hard_negatives != "none":
             cli_recipe["mine_mode"] = mine_mode
         # absolute paths: the checkpoint records the sources, and a resume from another folder is the same data
-        data = [str(Path(d).expanduser().resolve()) if Path(d).expanduser().exists() else str(d) for d in args.data]
+        data = [str(user_path(d).resolve()) if user_path(d).exists() else str(d) for d in args.data]
         unknown_docs = getattr(args, "unknown_docs", "error")
         if unknown_docs != "error":  # recorded (and checked on --resume) only when given: older checkpoints lack it
             cli_recipe["unknown_docs"] = unknown_docs
@@ -1031,7 +1031,7 @@ def _run_train(args: argparse.Namespace) -> int:
     final = result.final_loss  # over the whole run, the checkpoint's steps included; NaN when no step is known
     info = {
         "command": command,
-        "data": [f"{x} (split {args.split})" if Path(x).expanduser().is_dir() else str(x) for x in args.data],
+        "data": [f"{x} (split {args.split})" if user_path(x).is_dir() else str(x) for x in args.data],
         "n_queries": len(ts.examples),
         "n_query_texts": len({ts.queries[ex.query] for ex in ts.examples}),
         "n_docs": len(ts.docs),
@@ -1052,7 +1052,7 @@ def _run_train(args: argparse.Namespace) -> int:
     description = evaluator_description(evaluator, encoder) if evaluator is not None else None
     if eval_dataset is not None:
         info["evaluation"] = {
-            "data": str(Path(args.eval_data).expanduser().resolve()),
+            "data": str(user_path(args.eval_data).resolve()),
             "split": args.eval_split,
             "metric": args.eval_metric,
             "every": eval_every,
