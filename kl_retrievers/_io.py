@@ -282,9 +282,11 @@ def _normalise_permissions(folder: Path, replaced: Path | None = None) -> None:
     place in ``replaced`` (the folder the save replaces) keeps that one's permission bits, as
     :func:`atomic_file` keeps a replaced file's: a store folder its owner made 0700 stays so when it is saved
     again; another owner's entry of the same kind caps the umask-based mode at its bits (root re-saving a user's
-    0700 store keeps it 0700, never widens it). Any other entry gets the usual umask-based
-    mode (``0o777 & ~umask`` for a folder, ``0o666 & ~umask`` for a file). A folder keeps the setgid bit
-    ``mkdir`` gave it in a setgid (group-shared) parent, so its new entries keep taking the group as they
+    0700 store keeps it 0700, never widens it). Run as root, entries that replace another owner's are given to that
+    owner (its uid and gid), and so are new ones below a replaced folder of another owner, so that root re-saving a
+    user's store leaves it the user's (best effort: a refused ``chown`` leaves root's). Any other entry gets the
+    usual umask-based mode (``0o777 & ~umask`` for a folder, ``0o666 & ~umask`` for a file). A folder keeps the
+    setgid bit ``mkdir`` gave it in a setgid (group-shared) parent, so its new entries keep taking the group as they
     would in a folder made by hand. Symbolic links are skipped: ``chmod`` would follow them and change
     files outside ``folder``.
 
@@ -299,6 +301,8 @@ def _normalise_permissions(folder: Path, replaced: Path | None = None) -> None:
     if replaced is not None and replaced.is_symlink():
         replaced = None  # a link the save replaces (not followed): the folder it points to gives no modes
     umask = _umask()
+    as_root = getattr(os, "geteuid", lambda: None)() == 0
+    owner: tuple[int, int] | None = None  # root re-saving another owner's folder: the owner of new entries
     for path in (folder, *folder.rglob("*")):
         try:
             st = os.lstat(path)
@@ -314,6 +318,16 @@ def _normalise_permissions(folder: Path, replaced: Path | None = None) -> None:
             except (OSError, ValueError):
                 old = None
             same_kind = old is not None and (stat.S_ISDIR(old.st_mode) if is_dir else stat.S_ISREG(old.st_mode))
+            if as_root and path == folder and old is not None and same_kind and old.st_uid != st.st_uid:
+                owner = (old.st_uid, old.st_gid)
+            another = old is not None and same_kind and old.st_uid != st.st_uid
+            give = (old.st_uid, old.st_gid) if old is not None and another else owner if old is None else None
+            if as_root and give is not None and give != (st.st_uid, st.st_gid):
+                try:
+                    os.chown(path, *give, follow_symlinks=False)  # the owner keeps their store
+                    st = os.lstat(path)
+                except OSError:  # EPERM (a file system that refuses it): root's it stays, the mode capped below
+                    pass
             if old is not None and same_kind and old.st_uid == st.st_uid:
                 mode = stat.S_IMODE(old.st_mode) & (0o3777 if is_dir else 0o777)  # never set-user-id
             elif old is not None and same_kind:  # another owner's (root re-saving a user's 0700 store): never wider
@@ -467,30 +481,55 @@ def _mount_point_error(final: Path, exc: BaseException) -> OSError | None:
     return error
 
 
-def _naming_target(exc: BaseException, final: Path) -> OSError | None:
+def _naming_target(exc: BaseException, final: Path, tmp: Path) -> OSError | None:
     """An ``OSError`` like ``exc`` (same class and errno) whose message names ``final``, the path being saved.
 
     A failed write inside a save (a full disk: ``[Errno 28] No space left on device``) would otherwise reach the
-    user without saying what was being saved. ``None`` (``exc`` stands) when it is no built-in ``OSError`` class (a
-    library's own error keeps its class and message), has no errno, or already says what was being saved.
+    user without saying what was being saved. The new error keeps ``exc``'s file name (``.filename``, with
+    ``.strerror`` its message) where it has one, a path in ``tmp`` (the save's temporary copy) given as the path
+    it would have had in ``final``; a message of a nested save naming a path in ``tmp`` (``cannot save
+    /data/.hybrid.tmp-1a2b/kl: ...``) names it in ``final`` instead (``cannot save /data/hybrid/kl: ...``).
+
+    ``None`` (``exc`` stands) when it is no built-in ``OSError`` class (a library's own error keeps its class and
+    message), has no errno, concerns a file outside ``tmp`` and ``final`` (a source the save failed to read keeps
+    its message and file name), or already says what was being saved.
 
     Examples:
-        >>> error = _naming_target(OSError(errno.ENOSPC, "No space left on device"), Path("/data/store"))
+        >>> error = _naming_target(OSError(errno.ENOSPC, "No space left on device"), Path("/data/store"), Path("/t"))
         >>> error.errno == errno.ENOSPC, str(error)  # doctest: +ELLIPSIS
         (True, 'cannot save /data/store: No space left on device; free some space there and save again; ...')
+        >>> _naming_target(FileNotFoundError(errno.ENOENT, "No such file", "/src/a"), Path("/data/store"), Path("/t"))
     """
     if not isinstance(exc, OSError) or type(exc).__module__ != "builtins" or exc.errno is None:
         return None
-    if os.fspath(final) in str(exc) or str(exc).startswith("cannot save "):  # e.g. safetensors_write_error's
-        return None
-    reason = exc.strerror or str(exc)
-    if exc.filename is not None:
-        reason = f"{reason} ({Path(os.fsdecode(exc.filename)).name})"
-    full = exc.errno in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))  # disk, file size, quota
-    advice = "free some space there and save again; nothing was replaced" if full else "nothing was replaced"
-    error = type(exc)(f"cannot save {final}: {reason}; {advice}")  # a PermissionError stays one
-    error.errno = exc.errno  # str(error) stays the message
-    return error
+    tmp_text, final_text = os.path.abspath(tmp), os.path.abspath(final)
+
+    def in_final(name: Any) -> str | None:
+        """``name`` (a file name of ``exc``) as a path in ``final`` (where it lies in ``tmp``); ``None``: elsewhere."""
+        if name is None:
+            return None
+        path = os.path.abspath(os.fsdecode(name))
+        if is_within(Path(path), Path(tmp_text)):
+            return final_text + path[len(tmp_text) :]
+        return path if is_within(Path(path), Path(final_text)) else None
+
+    filename, filename2 = in_final(exc.filename), in_final(exc.filename2)
+    if exc.filename is not None and filename is None:
+        return None  # a file elsewhere (a source the body reads): its own error says what failed
+    message = exc.strerror if exc.strerror is not None else str(exc)
+    if message.startswith("cannot save ") or final_text in message:  # a nested save's, safetensors_write_error's
+        if tmp_text not in message and filename == exc.filename:
+            return None
+        reason = message.replace(tmp_text, final_text)
+    else:
+        full = exc.errno in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))  # disk, size, quota
+        advice = "free some space there and save again; nothing was replaced" if full else "nothing was replaced"
+        reason = f"cannot save {final}: {message.replace(tmp_text, final_text)}; {advice}"
+    if filename is None:
+        error = type(exc)(reason)  # a PermissionError stays one
+        error.errno = exc.errno  # str(error) stays the message
+        return error
+    return type(exc)(exc.errno, reason, filename, None, filename2)
 
 
 def _remove_tree(path: Path) -> None:
@@ -869,7 +908,8 @@ def atomic_dir(target: str | os.PathLike[str], *, follow_link: bool = False) -> 
         PermissionError: The target's parent cannot be written (the save writes its temporary copy there).
         OSError: The target is a mount point (it cannot be replaced; the message says to save into a sub-folder).
             A write that fails in the body or the swap (a full disk) is raised as an ``OSError`` of the same class
-            and errno whose message names the target (the original chained).
+            and errno whose message names the target (the original chained; its file name kept, as in the target,
+            not the temporary copy); an error about a file elsewhere (a source the body reads) is raised as it is.
 
     Examples:
         >>> import tempfile, pathlib
@@ -895,7 +935,7 @@ def atomic_dir(target: str | os.PathLike[str], *, follow_link: bool = False) -> 
             mount_point = _mount_point_error(final, exc)
             if mount_point is not None:
                 raise mount_point from None
-            named = _naming_target(exc, final)
+            named = _naming_target(exc, final, tmp)
             if named is not None:  # a full disk: say what was being saved
                 raise named from exc
             raise
@@ -1162,7 +1202,7 @@ def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
             os.replace(tmp, final)
         except BaseException as exc:
             _remove_tree(tmp)
-            named = _naming_target(exc, final)
+            named = _naming_target(exc, final, tmp)
             if named is not None:  # a full disk: say what was being saved
                 raise named from exc
             raise

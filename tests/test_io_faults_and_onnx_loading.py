@@ -4,11 +4,14 @@
   variances of another), and restores a folder that a save killed mid-swap left missing.
 - ``save_gaussians("X.safetensors")`` on a full disk is an ``OSError`` naming the file (safetensors raises its own
   error type); the conversion lives in ``_io`` (torch-free) and the torch encoder uses the same one.
-- A write that fails inside ``atomic_dir`` / ``atomic_file`` (a full disk) names what was being saved.
+- A write that fails inside ``atomic_dir`` / ``atomic_file`` (a full disk) names what was being saved, keeping the
+  file name (in the target, not the temporary copy); a nested save's message names the target too; a failed read
+  of a file elsewhere (a source the save copies) keeps its own error. The bge cache on a full disk is an ``OSError``.
 - ``recover_dir`` where the previous copy cannot be put back (a read-only place) says that a copy exists, and where.
 - ``read_json_object`` never waits on a named pipe and turns JSON nested too deep into ``None``.
 - ``OnnxGaussianEncoder(folder)`` and ``load_model(folder, backend="onnx")`` restore a folder a killed export left
-  missing and read the folder again when an export swaps it mid-load.
+  missing and read the folder again when an export swaps it mid-load (``load_model`` without a retry loop inside
+  another: one session per attempt).
 - An ONNX graph whose weights are external data: the encoder's fingerprint covers those files.
 - The LlamaIndex adapter expands ``~`` in persist / from_persist_path / from_persist_dir paths.
 """
@@ -331,3 +334,101 @@ def test_llama_index_persist_paths_expand_the_home_folder(tmp_path: Path, monkey
         KLVectorStore.from_persist_dir("~/storage"),
     ):
         assert sorted(n.node_id for n in loaded.get_nodes()) == ["n0", "n1", "n2"]
+
+
+# ------------------------------------------------------------------ which errors a save names as its own
+def test_a_failed_read_of_another_file_in_a_save_keeps_its_error(tmp_path: Path) -> None:
+    source = tmp_path / "elsewhere" / "config.json"  # a missing source the body reads: not the save's failure
+    with pytest.raises(FileNotFoundError) as info, atomic_dir(tmp_path / "store") as tmp:
+        (tmp / "config.json").write_text(source.read_text())
+    with pytest.raises(FileNotFoundError) as in_file, atomic_file(tmp_path / "a.json") as tmp:
+        tmp.write_text(source.read_text())
+    for error in (info.value, in_file.value):
+        assert error.filename == str(source) and error.strerror == "No such file or directory"
+        assert "cannot save" not in str(error) and error.__cause__ is None
+    with pytest.raises(PermissionError) as denied, atomic_dir(tmp_path / "store"):
+        raise PermissionError(errno.EACCES, "the token file cannot be read: fix its mode", "/etc/token-kl")
+    assert str(denied.value) == "[Errno 13] the token file cannot be read: fix its mode: '/etc/token-kl'"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_write_in_a_save_keeps_its_file_name_in_the_target(tmp_path: Path) -> None:
+    folder, file = tmp_path / "store", tmp_path / "a.json"
+    with pytest.raises(OSError) as info, atomic_dir(folder) as tmp:
+        raise OSError(errno.ENOSPC, "No space left on device", os.fspath(tmp / "mean.npy"))
+    assert info.value.errno == errno.ENOSPC and info.value.filename == os.fspath(folder / "mean.npy")
+    assert info.value.strerror is not None and info.value.strerror.startswith(f"cannot save {folder}: No space")
+    assert ".store.tmp-" not in str(info.value)
+    with pytest.raises(OSError) as written, atomic_file(file) as tmp:
+        raise OSError(errno.EIO, "Input/output error", os.fspath(tmp))
+    assert written.value.errno == errno.EIO and written.value.filename == os.fspath(file)
+    assert str(written.value).startswith(f"[Errno 5] cannot save {file}: Input/output error")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_nested_save_names_the_target_not_the_temporary_copy(tmp_path: Path) -> None:
+    folder = tmp_path / "hybrid"  # KLHybridStore.save saves its KL half into its own temporary copy
+    with pytest.raises(OSError) as info, atomic_dir(folder) as tmp, atomic_dir(tmp / "kl") as inner:
+        raise OSError(errno.ENOSPC, "No space left on device", os.fspath(inner / "mean.npy"))
+    message = str(info.value)
+    assert message.startswith(f"[Errno 28] cannot save {folder / 'kl'}: No space left on device"), message
+    assert ".tmp-" not in message and info.value.filename == os.fspath(folder / "kl" / "mean.npy")
+    written = OSError(f"cannot save {tmp_path / '.x.tmp-0'}: never")  # a message naming another path is kept
+    written.errno = errno.ENOSPC
+    with pytest.raises(OSError) as kept, atomic_dir(tmp_path / "x"):
+        raise written
+    assert kept.value is written
+    with pytest.raises(OSError) as safetensors_error, atomic_dir(folder) as tmp:  # safetensors_write_error's
+        raise _io.safetensors_write_error(ValueError(FULL_DISK), tmp / "w.safetensors", tmp)
+    assert str(safetensors_error.value).startswith(f"cannot save {folder}: writing w.safetensors failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_bge_cache_on_a_full_disk_is_an_oserror_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("onnx")
+    import onnx
+    import safetensors.numpy
+
+    from kl_retrievers.backbones import bge
+
+    source = tmp_path / "src" / "model.onnx"
+    source.parent.mkdir()
+    source.write_bytes(b"not read: onnx.load is replaced")
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise SafetensorError(FULL_DISK)
+
+    monkeypatch.setattr(onnx, "load", lambda *args, **kwargs: object())
+    monkeypatch.setattr(bge, "dequantized_bert_state", lambda model, config: {"w": np.zeros(2, np.float32)})
+    monkeypatch.setattr(bge, "_check_vocab", lambda folder, size: None)
+    monkeypatch.setattr(safetensors.numpy, "save_file", full)
+    target = tmp_path / "bge-f32"
+    with pytest.raises(OSError) as info:
+        bge.convert_int8_bert_onnx(source, target, expected_sha256=None, tokenizer_sha256={})
+    assert info.value.errno == errno.ENOSPC and str(info.value).startswith(f"cannot save {target}: writing")
+    assert isinstance(info.value.__cause__, SafetensorError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+@onnx_needs
+def test_load_model_of_an_onnx_folder_that_keeps_changing_tries_each_attempt_once(
+    tmp_path: Path, exports: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kl_retrievers import load_model
+    from kl_retrievers.onnx import OnnxGaussianEncoder
+
+    folder = tmp_path / "model-onnx"
+    shutil.copytree(exports[0], folder)
+    looks = iter(range(10_000))
+    monkeypatch.setattr(_io, "folder_identity", lambda path: next(looks))  # every look sees another save
+    setups: list[Any] = []
+    real = OnnxGaussianEncoder._setup
+
+    def setup(self: Any, *args: Any, **kwargs: Any) -> Any:
+        setups.append(args[0])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(OnnxGaussianEncoder, "_setup", setup)
+    with pytest.raises(OSError, match="replaced by other saves"):
+        load_model(folder, backend="onnx")
+    assert len(setups) == _io.LOAD_ATTEMPTS  # not LOAD_ATTEMPTS ** 2 (a retry loop inside another)

@@ -4,7 +4,7 @@ Only the saves of a folder the user names (a store, ``save_gaussians``, LangChai
 link at their target; a cache entry, a checkpoint or a download replaces a link planted there and never
 deletes the folder it points to. ``~nosuchuser`` and ``~`` without a home folder are kept as given (no
 ``RuntimeError``). A read-only store re-saved by its owner leaves no copy behind; root re-saving another
-user's private store keeps it private. Full training and a local BEIR copy need no home folder.
+user's private store keeps it private and the user's. Full training and a local BEIR copy need no home folder.
 """
 
 from __future__ import annotations
@@ -226,6 +226,28 @@ def test_root_resaving_another_users_private_store_keeps_it_private(tmp_path: Pa
         os.umask(old)
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o700
     assert {stat.S_IMODE(os.stat(p).st_mode) for p in target.iterdir()} == {0o600}
+    # ... and leaves it the user's: they can still list and read it (root-owned 0700, they could not)
+    assert {(os.stat(p).st_uid, os.stat(p).st_gid) for p in (target, *target.iterdir())} == {(1000, 1000)}
+    os.chmod(tmp_path, 0o711)  # the user may pass through tmp_path (its parents are reached through a descriptor)
+    parent = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child, as the user: exit 0 when every file of the store can be read
+            code = 1
+            try:
+                os.setgroups([])
+                os.setgid(1000)
+                os.setuid(1000)
+                folder = os.open("alice", os.O_RDONLY | os.O_DIRECTORY, dir_fd=parent)
+                for name in os.listdir(folder):
+                    os.close(os.open(name, os.O_RDONLY, dir_fd=folder))
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(parent)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 # ------------------------------------------------------------------ 5. no home folder

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from kl_retrievers._io import atomic_dir, check_replace_target, is_within
+from kl_retrievers._io import atomic_dir, check_replace_target, is_within, safetensors_writing
 from kl_retrievers.backbones import BGE_QUERY_PREFIX, backbone_cache_dir
 from kl_retrievers.hub import ModelNotFoundError, cached_sha256, sha256_file
 
@@ -389,6 +389,7 @@ def convert_int8_bert_onnx(
         BackboneConversionError: Another SHA-256 (file named, both digests given), an unexpected graph
             (what differs named), or tokenizer files that differ.
         FileNotFoundError: A source file is missing.
+        OSError: A write failed (a full disk: ``errno.ENOSPC``); the message names ``out_dir``.
         ValueError: ``out_dir`` is a non-empty folder that is not an earlier conversion (without ``overwrite``).
             Also, even with ``overwrite``: ``out_dir`` is or holds the folder of ``onnx_path`` or
             ``tokenizer_dir`` (checked before anything is read; a new folder inside it is fine).
@@ -434,7 +435,8 @@ def convert_int8_bert_onnx(
         "weights": "float32, dequantised from int8 as (q - zero_point) * scale",
     }
     with atomic_dir(target) as tmp:
-        save_file(state, os.fspath(tmp / _WEIGHTS), metadata={"format": "pt"})
+        with safetensors_writing(tmp / _WEIGHTS, target):  # a full disk: an OSError naming the cache folder
+            save_file(state, os.fspath(tmp / _WEIGHTS), metadata={"format": "pt"})
         for name in tok_pins:
             shutil.copyfile(tok_dir / name, tmp / name)
         for name, content in _text_files(config, query_prefix, source.name, sha).items():

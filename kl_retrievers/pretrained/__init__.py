@@ -765,7 +765,7 @@ def _load_onnx(
     A local folder is read as :meth:`kl_retrievers.encoder.GaussianEncoder.from_pretrained` reads one: a folder
     that a save killed mid-swap left missing (where the swap is not atomic) is restored from the previous copy
     beside it first, and the folder is read again when a save swaps it meanwhile (the files of two saves are
-    never mixed).
+    never mixed); an ONNX export folder by :class:`~kl_retrievers.onnx.OnnxGaussianEncoder` alone, which does so.
     """
 
     def load() -> OnnxGaussianEncoder:
@@ -777,6 +777,8 @@ def _load_onnx(
 
     local = user_path(name_or_path)
     recover_dir(local, required="config.json")
+    if _is_onnx_export(local):  # OnnxGaussianEncoder reads it again itself (not attempts x attempts sessions)
+        return load()
     return load_unchanged(local, load)
 
 
