@@ -410,7 +410,7 @@ def test_index_folder_names_a_file_that_is_not_utf8(
     (docs / "latin1.md").write_bytes("caf\xe9 au lait".encode("latin-1"))
     assert main(["index", str(docs), "--out", str(tmp_path / "s"), "--model", str(model_dir)]) == 2
     err = _error(capsys)
-    assert f"{docs / 'latin1.md'}: not UTF-8" in err, err
+    assert f"{docs / 'latin1.md'}, line 1: not UTF-8" in err, err
 
 
 # ---------------------------------------------------------------- 11. folders given where files are read, and back
