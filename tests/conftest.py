@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -430,3 +432,55 @@ def folders_not_synced(synced: list[tuple[Path, frozenset[str]]], root: Path, *c
             missing.append(f"{folder} (gained {entry})")
         folder = folder / entry
     return missing
+
+
+@contextmanager
+def fed_if_opened(fifo: Path, content: bytes) -> Iterator[list[bool]]:
+    """Write ``content`` to the named pipe ``fifo`` once a reader opens it (code that reads the pipe gets an answer
+    instead of hanging the test); yields a list that holds ``True`` once a reader has opened it."""
+    opened: list[bool] = []
+    stop = threading.Event()
+
+    def feed() -> None:
+        while not stop.is_set():
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: no reader yet
+                stop.wait(0.05)
+                continue
+            opened.append(True)
+            try:
+                os.write(fd, content)
+            finally:
+                os.close(fd)
+            return
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    try:
+        yield opened
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def count_compiled_filter_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make every predicate the FAISS store compiles count its calls in the returned list's ``[0]``."""
+    from kl_retrievers.store import faiss as faiss_module
+
+    counter = [0]
+    real = faiss_module.compile_filter
+
+    def counting_compile(spec: Any) -> Any:
+        predicate = real(spec)
+        if predicate is None:
+            return None
+
+        def counting(m: Any) -> bool:
+            counter[0] += 1
+            return bool(predicate(m))
+
+        return counting
+
+    monkeypatch.setattr(faiss_module, "compile_filter", counting_compile)
+    return counter

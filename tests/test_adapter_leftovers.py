@@ -17,12 +17,14 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+
+from conftest import count_compiled_filter_calls
 
 pytest.importorskip("llama_index.core")
 
@@ -34,7 +36,6 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQuery,
 )
 
-import kl_retrievers.store.faiss as faiss_module
 from kl_retrievers.filters import compile_filter
 from kl_retrievers.gaussian import Gaussians, kl_query_vectors
 from kl_retrievers.hybrid import KLHybridStore
@@ -174,22 +175,7 @@ def test_conditions_and_nesting_allow_what_the_predicate_allows(condition: str, 
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts the calls of every predicate the stores compile (``calls[0]``)."""
-    counter = [0]
-    real = faiss_module.compile_filter
-
-    def counting_compile(spec: Any) -> Any:
-        predicate = real(spec)
-        if predicate is None:
-            return None
-
-        def counting(m: Mapping[str, Any]) -> bool:
-            counter[0] += 1
-            return bool(predicate(m))
-
-        return counting
-
-    monkeypatch.setattr(faiss_module, "compile_filter", counting_compile)
-    return counter
+    return count_compiled_filter_calls(monkeypatch)
 
 
 def _vector_store(metas: list[dict[str, Any]]) -> tuple[KLVectorStore, list[float]]:

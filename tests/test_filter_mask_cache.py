@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-import kl_retrievers.store.faiss as faiss_module
+from conftest import count_compiled_filter_calls
 from kl_retrievers import Gaussians, KLStore
 from kl_retrievers.filters import _filter_key, compile_filter
 from kl_retrievers.store._table import MASK_CACHE_SIZE, DocumentTable, KeyedFilter
@@ -52,22 +52,7 @@ FILTERS: list[dict[str, Any]] = [
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts the calls of every predicate KLStore compiles (``calls[0]``)."""
-    counter = [0]
-    real = faiss_module.compile_filter
-
-    def counting_compile(spec: Any) -> Any:
-        predicate = real(spec)
-        if predicate is None:
-            return None
-
-        def counting(m: Mapping[str, Any]) -> bool:
-            counter[0] += 1
-            return bool(predicate(m))
-
-        return counting
-
-    monkeypatch.setattr(faiss_module, "compile_filter", counting_compile)
-    return counter
+    return count_compiled_filter_calls(monkeypatch)
 
 
 def _ranked(store: KLStore, flt: Any) -> list[list[tuple[str, float]]]:

@@ -14,16 +14,13 @@ import logging
 import os
 import re
 import sys
-import threading
 import unicodedata
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import make_tiny_encoder, random_gaussians, write_tiny_beir
+from conftest import fed_if_opened, make_tiny_encoder, random_gaussians, write_tiny_beir
 from kl_retrievers import Gaussians, KLStore
 from kl_retrievers.evaluation import load_per_query, save_per_query
 from kl_retrievers.hub import sha256_file
@@ -207,33 +204,6 @@ def test_deeply_nested_hybrid_json_is_a_hybrid_format_error(hybrid_folder: Path,
         KLHybridStore.load(hybrid_folder, verify_checksums=False)
 
 
-@contextmanager
-def _fed_if_opened(fifo: Path, content: bytes) -> Iterator[None]:
-    """Write ``content`` to ``fifo`` once a reader opens it, so code that reads the pipe does not hang the test."""
-    stop = threading.Event()
-
-    def feed() -> None:
-        while not stop.is_set():
-            try:
-                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:  # ENXIO: no reader yet
-                stop.wait(0.05)
-                continue
-            try:
-                os.write(fd, content)
-            finally:
-                os.close(fd)
-            return
-
-    thread = threading.Thread(target=feed, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(5)
-
-
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
 def test_named_pipe_as_bm25_ids_is_refused_unread(hybrid_folder: Path) -> None:
     from kl_retrievers.hybrid import HybridFormatError, KLHybridStore
@@ -242,7 +212,7 @@ def test_named_pipe_as_bm25_ids_is_refused_unread(hybrid_folder: Path) -> None:
     content = ids.read_bytes()
     ids.unlink()
     os.mkfifo(ids)
-    with _fed_if_opened(ids, content), pytest.raises(HybridFormatError, match=r"ids\.json is not a regular file"):
+    with fed_if_opened(ids, content), pytest.raises(HybridFormatError, match=r"ids\.json is not a regular file"):
         KLHybridStore.load(hybrid_folder, verify_checksums=False)
 
 

@@ -14,7 +14,6 @@ import builtins
 import json
 import os
 import shutil
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +24,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from conftest import make_tiny_encoder, make_tokenizer
+from conftest import fed_if_opened, make_tiny_encoder, make_tokenizer
 from kl_retrievers import GaussianEncoder, KLStore
 from kl_retrievers._config import NotAnEncoderError
 from kl_retrievers.hub import sha256_file
@@ -90,36 +89,6 @@ def _plain_backbone(folder: Path) -> Path:
     enc.backbone.save_pretrained(folder)
     make_tokenizer().save_pretrained(folder)  # type: ignore[attr-defined]
     return folder
-
-
-@contextmanager
-def _fed_if_opened(fifo: Path, content: bytes) -> Iterator[list[bool]]:
-    """Write ``content`` to ``fifo`` once a reader opens it (code that reads the pipe gets an answer instead of
-    hanging the test); yields a list that holds ``True`` once a reader has opened it."""
-    opened: list[bool] = []
-    stop = threading.Event()
-
-    def feed() -> None:
-        while not stop.is_set():
-            try:
-                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:  # ENXIO: no reader yet
-                stop.wait(0.05)
-                continue
-            opened.append(True)
-            try:
-                os.write(fd, content)
-            finally:
-                os.close(fd)
-            return
-
-    thread = threading.Thread(target=feed, daemon=True)
-    thread.start()
-    try:
-        yield opened
-    finally:
-        stop.set()
-        thread.join(5)
 
 
 def _make_fifo(path: Path) -> None:
@@ -192,7 +161,7 @@ def test_named_pipe_as_model_config_is_refused_unopened(saved_model: Path, tmp_p
     folder = _copy(saved_model, tmp_path / "enc")
     _make_fifo(folder / "config.json")
     with (
-        _fed_if_opened(folder / "config.json", b"{}") as opened,
+        fed_if_opened(folder / "config.json", b"{}") as opened,
         pytest.raises(NotAnEncoderError, match=r"config\.json is not a regular file"),
     ):
         GaussianEncoder.from_pretrained(folder)
@@ -203,7 +172,7 @@ def test_named_pipe_as_recorded_tokenizer_file_is_refused_unopened(saved_model: 
     folder = _copy(saved_model, tmp_path / "enc")
     _make_fifo(folder / "tokenizer_config.json")
     with (
-        _fed_if_opened(folder / "tokenizer_config.json", b"{}") as opened,
+        fed_if_opened(folder / "tokenizer_config.json", b"{}") as opened,
         pytest.raises(NotAnEncoderError, match=r"tokenizer_config\.json is not a regular file"),
     ):
         GaussianEncoder.from_pretrained(folder)
@@ -215,7 +184,7 @@ def test_named_pipe_as_calibrator_is_refused_unopened(tmp_path: Path) -> None:
 
     path = tmp_path / "cal.json"
     os.mkfifo(path)
-    with _fed_if_opened(path, b"{}") as opened, pytest.raises(ValueError, match=r"cal\.json is not a regular file"):
+    with fed_if_opened(path, b"{}") as opened, pytest.raises(ValueError, match=r"cal\.json is not a regular file"):
         ConfidenceCalibrator.load(path)
     assert opened == []
 
@@ -339,7 +308,7 @@ def test_named_pipe_as_shard_json_is_refused_unopened(encoded: Path, tmp_path: P
     out = _copy(encoded, tmp_path / "out")
     _make_fifo(out / "shard-00001" / "shard.json")
     with (
-        _fed_if_opened(out / "shard-00001" / "shard.json", b"{}") as opened,
+        fed_if_opened(out / "shard-00001" / "shard.json", b"{}") as opened,
         pytest.raises(ValueError, match=r"shard-00001"),
     ):
         load_encoded(out)
@@ -567,7 +536,7 @@ def test_resume_over_a_shard_linked_out_of_the_folder_is_refused_before_encoding
 
 @contextmanager
 def _fed_by_a_process_if_opened(fifo: Path, content: bytes, opened: Path) -> Iterator[None]:
-    """As :func:`_fed_if_opened`, from another process (a reader that blocks in C holding the GIL, as safetensors'
+    """As :func:`fed_if_opened`, from another process (a reader that blocks in C holding the GIL, as safetensors'
     ``load_file`` does, would stop a thread from feeding it); ``opened`` is created once a reader has opened it."""
     import subprocess
     import sys
@@ -611,7 +580,7 @@ def test_named_pipe_as_checkpoint_state_is_refused_not_a_fresh_start(checkpoint:
     folder = _copy(checkpoint, tmp_path / "ck")
     _make_fifo(folder / "state.json")
     with (
-        _fed_if_opened(folder / "state.json", b"{}") as opened,
+        fed_if_opened(folder / "state.json", b"{}") as opened,
         pytest.raises(ValueError, match=r"state\.json is a FIFO"),
     ):
         _resume(folder)
