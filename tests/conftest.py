@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -484,3 +485,21 @@ def count_compiled_filter_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(faiss_module, "compile_filter", counting_compile)
     return counter
+
+
+@contextmanager
+def bare_root_logger() -> Iterator[logging.Logger]:
+    """The root logger without handlers, as in a plain program (pytest's capture handlers put back after)."""
+    root = logging.getLogger()
+    saved, level = list(root.handlers), root.level
+    for handler in saved:
+        root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
+    try:
+        yield root
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved:
+            root.addHandler(handler)
+        root.setLevel(level)

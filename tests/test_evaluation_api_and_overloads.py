@@ -10,19 +10,17 @@ refused, ``MilvusKLStore`` not usable in a ``with`` block, ``load_model``'s retu
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sys
 import typing
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from conftest import make_tiny_encoder, milvus_lite_locked, write_tiny_beir
+from conftest import bare_root_logger, make_tiny_encoder, milvus_lite_locked, write_tiny_beir
 from kl_retrievers.cli import main
 from kl_retrievers.datasets import BeirDataset, load_beir
 from kl_retrievers.encoder import GaussianEncoder
@@ -210,29 +208,11 @@ def test_load_model_returns_the_class_its_overload_names(tmp_path: Path) -> None
 # ---------------------------------------------------------------- 6. in-process cli.main() and logging
 
 
-@contextlib.contextmanager
-def _bare_root_logger() -> Iterator[logging.Logger]:
-    """The root logger without handlers, as in a plain program (pytest's capture handlers put back after)."""
-    root = logging.getLogger()
-    saved, level = list(root.handlers), root.level
-    for handler in saved:
-        root.removeHandler(handler)
-    root.setLevel(logging.WARNING)
-    try:
-        yield root
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in saved:
-            root.addHandler(handler)
-        root.setLevel(level)
-
-
 def test_in_process_cli_calls_each_honour_verbose_and_leave_logging_as_found(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["evaluate", str(_beir(tmp_path / "beir")), "--baseline", "bm25", "--per-query", str(tmp_path / "pq.json")]
-    with _bare_root_logger() as root:
+    with bare_root_logger() as root:
         for _ in range(2):
             assert main(argv) == 0
             assert "per-query results written" not in capsys.readouterr().err  # INFO: not shown without -v
@@ -247,7 +227,7 @@ def test_a_program_that_configured_logging_keeps_its_configuration(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     beir = str(_beir(tmp_path / "beir"))
-    with _bare_root_logger() as root:
+    with bare_root_logger() as root:
         mine = logging.StreamHandler(sys.stdout)
         root.addHandler(mine)
         root.setLevel(logging.ERROR)

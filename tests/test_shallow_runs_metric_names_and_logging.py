@@ -13,19 +13,17 @@ depth warning fired when the run held the whole corpus; bad ``metrics`` values r
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import threading
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import kl_retrievers.evaluation as evaluation
-from conftest import make_tiny_encoder, write_tiny_beir
+from conftest import bare_root_logger, make_tiny_encoder, write_tiny_beir
 from kl_retrievers.cli import _cli_logging, build_parser, main
 from kl_retrievers.datasets import BeirDataset, load_beir
 from kl_retrievers.evaluation import evaluate_model, evaluate_run
@@ -45,24 +43,6 @@ def dataset(tmp_path: Path) -> BeirDataset:
 
 def _depth_messages(seen: list[warnings.WarningMessage]) -> list[str]:
     return [str(w.message) for w in seen if "below the cutoff" in str(w.message)]
-
-
-@contextlib.contextmanager
-def _bare_root_logger() -> Iterator[logging.Logger]:
-    """The root logger without handlers, as in a plain program (pytest's capture handlers put back after)."""
-    root = logging.getLogger()
-    saved, level = list(root.handlers), root.level
-    for handler in saved:
-        root.removeHandler(handler)
-    root.setLevel(logging.WARNING)
-    try:
-        yield root
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in saved:
-            root.addHandler(handler)
-        root.setLevel(level)
 
 
 # ---------------------------------------------------------------- 1. MilvusKLStore and a caller's client
@@ -126,7 +106,7 @@ def test_two_overlapping_cli_commands_keep_their_log_lines(capsys: pytest.Captur
         except BaseException as exc:  # reported by the test's thread
             failures.append(exc)
 
-    with _bare_root_logger() as root:
+    with bare_root_logger() as root:
         threads = [threading.Thread(target=guarded, args=(f,)) for f in (command_a, command_b)]
         for thread in threads:
             thread.start()
@@ -141,7 +121,7 @@ def test_two_overlapping_cli_commands_keep_their_log_lines(capsys: pytest.Captur
 
 def test_nested_cli_logging_keeps_the_handler_until_the_outer_call_ends(capsys: pytest.CaptureFixture[str]) -> None:
     log = logging.getLogger("kl_retrievers.demo_round2")
-    with _bare_root_logger() as root:
+    with bare_root_logger() as root:
         root.setLevel(logging.ERROR)
         with _cli_logging(True):
             with _cli_logging(False):
@@ -225,7 +205,7 @@ def test_run_evaluate_called_directly_leaves_the_root_logger_alone(tmp_path: Pat
     from kl_retrievers.evaluate_cli import run_evaluate
 
     args = build_parser().parse_args(["evaluate", str(tmp_path / "none"), "--baseline", "bm25", "--quiet"])
-    with _bare_root_logger() as root:
+    with bare_root_logger() as root:
         assert run_evaluate(args) == 2
         assert root.handlers == [] and root.level == logging.WARNING
 
@@ -234,7 +214,7 @@ def test_training_main_in_process_leaves_the_root_logger_alone(tmp_path: Path) -
     pytest.importorskip("torch")
     from kl_retrievers.training.cli import main as train_main
 
-    with _bare_root_logger() as root:
+    with bare_root_logger() as root:
         assert train_main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "out")]) == 2
         assert root.handlers == [] and root.level == logging.WARNING
 
@@ -242,7 +222,7 @@ def test_training_main_in_process_leaves_the_root_logger_alone(tmp_path: Path) -
 def test_onnx_cli_main_in_process_leaves_the_root_logger_alone(tmp_path: Path) -> None:
     from kl_retrievers.onnx_cli import main as onnx_main
 
-    with _bare_root_logger() as root:
+    with bare_root_logger() as root:
         assert onnx_main(["export", str(tmp_path / "no-such-model"), str(tmp_path / "out")]) == 2
         assert root.handlers == [] and root.level == logging.WARNING
 
