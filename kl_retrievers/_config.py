@@ -43,6 +43,7 @@ __all__ = [
     "is_saved_encoder",
     "model_similarity",
     "read_encoder_meta",
+    "refused_remote_code",
     "remote_code_refusal",
     "saved_weights_sha256",
 ]
@@ -300,6 +301,21 @@ def _code_places(refs: list[str]) -> str:
         place = f"in the hub repository {repo}" if sep else "in the folder"
         places.setdefault(place, []).append(f"{code.rsplit('.', 1)[0]}.py: {code}")
     return " and ".join(f"{place} ({', '.join(shown)})" for place, shown in places.items())
+
+
+def refused_remote_code(folder: str | Path, exc: BaseException) -> str | None:
+    """The message naming ``folder``'s ``auto_map`` (:func:`remote_code_refusal`) when ``exc`` is transformers
+    refusing to run remote code, else ``None``: the original error stands (a harmless ``auto_map`` beside a missing
+    weights file is not the cause).
+
+    Examples:
+        >>> refused_remote_code(Path("/nonexistent"), OSError("no file named model.safetensors")) is None
+        True
+    """
+    text = str(exc)
+    if "trust_remote_code" not in text and "custom code" not in text:
+        return None
+    return remote_code_refusal(folder)
 
 
 def remote_code_refusal(folder: str | Path) -> str | None:

@@ -237,12 +237,9 @@ def _l2_normalise(x: np.ndarray) -> np.ndarray:
 def _refuse_remote_code(folder: Path, exc: BaseException) -> None:
     """Raise a ``ValueError`` naming the ``auto_map`` when ``exc`` is transformers refusing to run ``folder``'s own
     code (the models here load with ``trust_remote_code=False``); else return, so the caller re-raises ``exc``."""
-    from kl_retrievers._config import remote_code_refusal
+    from kl_retrievers._config import refused_remote_code
 
-    text = str(exc)
-    if "trust_remote_code" not in text and "custom code" not in text:
-        return
-    message = remote_code_refusal(folder)
+    message = refused_remote_code(folder, exc)
     if message is not None:
         raise ValueError(message) from None
 

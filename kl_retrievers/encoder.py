@@ -46,13 +46,13 @@ from kl_retrievers._config import (
     is_saved_encoder,
     model_similarity,
     read_encoder_meta,
+    refused_remote_code,
     saved_weights_sha256,
 )
 from kl_retrievers._config import TOKENIZER_FILES as _TOKENIZER_FILES
 from kl_retrievers._config import TOKENIZER_SIDE_FILES as _TOKENIZER_SIDE_FILES
 from kl_retrievers._config import check_tokenizer_sha256 as _check_tokenizer_sha256
 from kl_retrievers._config import check_weights_sha256 as _check_weights_sha256
-from kl_retrievers._config import remote_code_refusal as _remote_code_refusal
 from kl_retrievers._encoding import (
     TORCH_EXTRA,
     EncoderMixin,
@@ -269,20 +269,6 @@ def _inside_model_folder(file: Path, folder: Path) -> bool:
     return root.parent.name == "snapshots" and target.parent == root.parent.parent / "blobs"
 
 
-def _remote_code_error(path: Path, exc: BaseException) -> str | None:
-    """The message naming ``path``'s ``auto_map`` when ``exc`` is transformers refusing to run remote code, else
-    ``None`` (the original error stands: a harmless ``auto_map`` beside a missing weights file is not the cause).
-
-    Examples:
-        >>> _remote_code_error(Path("/nonexistent"), OSError("no file named model.safetensors")) is None
-        True
-    """
-    text = str(exc)
-    if "trust_remote_code" not in text and "custom code" not in text:
-        return None
-    return _remote_code_refusal(path)
-
-
 def _load_tokenizer(path: Path) -> Any:
     """The tokenizer saved in ``path``; damaged tokenizer files are a :class:`NotAnEncoderError` naming them.
 
@@ -299,7 +285,7 @@ def _load_tokenizer(path: Path) -> Any:
     except ImportError:  # a missing optional package (sentencepiece, ...): its own message says which
         raise
     except Exception as exc:  # transformers and tokenizers raise many types for damaged files
-        remote = _remote_code_error(path, exc)
+        remote = refused_remote_code(path, exc)
         if remote is not None:
             raise NotAnEncoderError(remote) from None
         names = [n for n in (*_TOKENIZER_FILES, *_TOKENIZER_SIDE_FILES) if (path / n).is_file()]
@@ -336,7 +322,7 @@ def _load_backbone(path: str | os.PathLike[str]) -> Any:
             except TypeError:  # models without a pooling layer reject the argument
                 return AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=False)
         except (ValueError, OSError) as exc:
-            remote = _remote_code_error(Path(path), exc)
+            remote = refused_remote_code(Path(path), exc)
             if remote is not None:
                 raise NotAnEncoderError(remote) from None
             raise
@@ -581,7 +567,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
         except (ValueError, OSError) as exc:
-            remote = _remote_code_error(path, exc)
+            remote = refused_remote_code(path, exc)
             if remote is not None:
                 raise NotAnEncoderError(remote) from None
             raise
