@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from kl_retrievers._io import user_path
 from kl_retrievers.calibration import (
     _UNSTEMMED_HYBRID_CALIBRATION_FILE,
     CALIBRATION_FILE,
@@ -222,7 +223,7 @@ def encoder_model_names(encoder: Any) -> frozenset[str] | None:
         return frozenset({_model_name(reference)}) if reference.startswith("kl_retrievers:") else None
     if bundled is not None:
         return frozenset({bundled})
-    folder = Path(reference).expanduser()
+    folder = user_path(reference)
     try:
         if not folder.is_dir():
             return None

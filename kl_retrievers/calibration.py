@@ -57,7 +57,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from kl_retrievers._io import atomic_file, finite_json, library_version
+from kl_retrievers._io import atomic_file, finite_json, library_version, user_path
 
 __all__ = [
     "FEATURES",
@@ -939,7 +939,7 @@ def recommended_min_confidence(
         else model_file(model or DEFAULT_MODEL, file)
     )
     if path is None:
-        if model is not None and _bundled_name(model) is None and not Path(str(model)).expanduser().is_dir():
+        if model is not None and _bundled_name(model) is None and not user_path(str(model)).is_dir():
             from kl_retrievers.pretrained import bundled_models
 
             raise ValueError(

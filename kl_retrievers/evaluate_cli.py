@@ -1121,7 +1121,7 @@ def _files_plan_or_none(model: str | None, backend: str, options: Mapping[str, A
 
     from kl_retrievers import pretrained
     from kl_retrievers._config import encoder_config, model_similarity, read_encoder_meta, saved_weights_sha256
-    from kl_retrievers._io import library_version
+    from kl_retrievers._io import library_version, user_path
     from kl_retrievers.encoding_cache import files_fingerprint
     from kl_retrievers.hub import BUNDLED_DIR, local_reference
 
@@ -1136,7 +1136,7 @@ def _files_plan_or_none(model: str | None, backend: str, options: Mapping[str, A
     else:
         assert text is not None  # None is the default model, a bundled one
         pretrained._check_usable_path(text)
-        folder = Path(text).expanduser()
+        folder = user_path(text)
         if not folder.is_dir():  # a hub id (or nothing): only its load can say what it is
             return None
         label = local_reference(text)

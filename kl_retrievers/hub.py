@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from kl_retrievers._io import user_path
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -124,7 +126,7 @@ def warn_if_shadowed(name_or_path: str, name: str) -> None:
     """
     if name_or_path.startswith(BUNDLED_PREFIX):
         return
-    local = Path(name_or_path).expanduser()
+    local = user_path(name_or_path)
     if local.is_dir():
         logger.warning(
             "%r names the bundled model %s%s, which is loaded; the working folder also holds a folder %s, "
@@ -148,7 +150,7 @@ def local_reference(name_or_path: str | os.PathLike[str]) -> str:
         'sentence-transformers/no-such-model'
     """
     text = os.fspath(name_or_path)
-    local = Path(text).expanduser()
+    local = user_path(text)
     return str(local.resolve()) if local.is_dir() else text
 
 
@@ -212,7 +214,7 @@ def check_model_folder(name_or_path: str, *, is_path: bool = False) -> None:
         Traceback (most recent call last):
         kl_retrievers.hub.ModelNotFoundError: cannot find model './no-such-enc': no folder ... exists ...
     """
-    if (is_path or is_path_name(name_or_path)) and not Path(name_or_path).expanduser().exists():
+    if (is_path or is_path_name(name_or_path)) and not user_path(name_or_path).exists():
         raise ModelNotFoundError(f"cannot find model {name_or_path!r}: {missing_folder(name_or_path)}.")
 
 
@@ -228,7 +230,7 @@ def missing_folder_note(name_or_path: str) -> str:
         >>> missing_folder_note("./no-such-enc")  # a path: check_model_folder's error says it
         ''
     """
-    if is_path_name(name_or_path) or Path(name_or_path).expanduser().exists():
+    if is_path_name(name_or_path) or user_path(name_or_path).exists():
         return ""
     return f" N{missing_folder(name_or_path)[1:]}."
 
@@ -453,7 +455,7 @@ def resolve_model_path(name_or_path: str | os.PathLike[str], *, use_hub: bool = 
     text = os.fspath(name_or_path)
     if not text.strip():
         raise ModelNotFoundError("model name_or_path is empty; give a local folder or a hub id")
-    local = Path(text).expanduser()
+    local = user_path(text)
     if local.is_dir():
         return local
     is_path = not isinstance(name_or_path, str)  # a path object is a folder, never a hub id

@@ -513,9 +513,9 @@ def _check_default_encoder_fits(store: Any) -> None:
             name = _bundled_name(model)
         except ValueError:
             name = None
-        if name is None and Path(model).expanduser().exists():  # a path to the bundled default's folder
+        if name is None and user_path(model).exists():  # a path to the bundled default's folder
             default_path = bundled_model_path(DEFAULT_MODEL).resolve()
-            name = DEFAULT_MODEL if is_within(Path(model).expanduser().resolve(), default_path) else None
+            name = DEFAULT_MODEL if is_within(user_path(model).resolve(), default_path) else None
         if name == DEFAULT_MODEL:
             return
         raise ValueError(

@@ -41,7 +41,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-from kl_retrievers.hub import _SOURCE_FILES, ModelNotFoundError, local_reference, warn_if_shadowed
+from kl_retrievers._io import user_path
+from kl_retrievers.hub import _SOURCE_FILES, ModelNotFoundError, local_reference, missing_folder, warn_if_shadowed
 from kl_retrievers.hub import BUNDLED_ONNX as BUNDLED_ONNX
 from kl_retrievers.hub import source_sha256 as source_sha256
 
@@ -200,7 +201,7 @@ def model_file(name_or_path: str | None, file: str) -> Path | None:
         return None
     try:
         bundled = _bundled_name(name_or_path)  # ValueError: a research model a wheel lacks, so no file either
-        path = (_HERE / bundled if bundled else Path(name_or_path).expanduser()) / file
+        path = (_HERE / bundled if bundled else user_path(name_or_path)) / file
         return path if path.is_file() else None
     except (OSError, ValueError):
         return None
@@ -252,11 +253,11 @@ def _default_backend(name_or_path: str | None, *, device: str | None, hashes: di
         return "torch"
     name = _bundled_name(name_or_path)
     if name is None and name_or_path is not None:
-        name = _bundled_folder_name(Path(name_or_path).expanduser())  # a bundled model's own folder: as its name
+        name = _bundled_folder_name(user_path(name_or_path))  # a bundled model's own folder: as its name
     if name is not None:
         if bundled_onnx_path(name) is not None or _shared_graph_installed(name):
             return "onnx"
-    elif name_or_path is not None and _ships_onnx(Path(name_or_path).expanduser(), hashes):
+    elif name_or_path is not None and _ships_onnx(user_path(name_or_path), hashes):
         return "onnx"
     return "torch" if _has_torch() else "onnx"
 
@@ -471,7 +472,7 @@ def load_model(
     try:
         return _load(name, text, device=device, backend=backend, quantize=quantize, onnx_options=options, hashes=hashes)
     except ModelNotFoundError as exc:
-        if name is None and text is not None and not Path(text).expanduser().exists():
+        if name is None and text is not None and not user_path(text).exists():
             hint = _did_you_mean(text).strip()
             raise ModelNotFoundError(
                 f"{exc}{' ' + hint[0].upper() + hint[1:] if hint else ''} Bundled models (load them by name): "
@@ -503,13 +504,16 @@ def _onnx_options(onnx_options: object, backend: str) -> dict[str, Any]:
 
 
 def _check_usable_path(text: str) -> None:
-    """Refuse a name the file system cannot even look up (too long, ``~user`` of no user) as not found.
+    """Refuse a name the file system cannot even look up (too long, an embedded NUL) as not found, and a missing
+    one whose ``~`` cannot be expanded (``~user`` of no user, ``~`` without a home folder), saying so.
 
-    Without this, such a name fails deep in the lookup with a bare ``OSError`` ("File name too long") or
-    ``RuntimeError`` ("Could not determine home directory").
+    Without this, such a name fails deep in the lookup with a bare ``OSError`` ("File name too long"). A ``~``
+    that cannot be expanded is kept as given (:func:`kl_retrievers._io.user_path`, as saves do): the folder of
+    that name in the current directory, which loads when it exists.
 
     Raises:
-        kl_retrievers.hub.ModelNotFoundError: The name, shortened, and why the file system refused it.
+        kl_retrievers.hub.ModelNotFoundError: The name, shortened, and why the file system refused it (or why its
+            ``~`` was not expanded, and where no folder of that name exists).
 
     Examples:
         >>> _check_usable_path("minilm-gauss-soup")
@@ -520,13 +524,16 @@ def _check_usable_path(text: str) -> None:
     """
     shown = repr(text) if len(text) <= 80 else f"{text[:60]!r}... ({len(text)} characters)"
     try:
-        Path(text).expanduser().exists()
-    except RuntimeError as exc:  # expanduser: "~user" of no user, or no home directory
-        why = f"its '~' cannot be expanded ({str(exc).rstrip('.')})"
+        if user_path(text).exists():
+            return
     except (OSError, ValueError) as exc:  # e.g. ENAMETOOLONG; ValueError: an embedded NUL
         why = f"the file system refuses it as a path ({getattr(exc, 'strerror', None) or exc})"
     else:
-        return
+        if not text.startswith("~") or os.path.expanduser(text) != text:
+            return  # the lookup says what is missing
+        user = re.split(r"[/\\]", text[1:], maxsplit=1)[0]
+        unknown = f"no user {user!r} exists" if user else "no home folder is known: HOME is unset"
+        why = f"its '~' cannot be expanded ({unknown}), and {missing_folder(text)}"
     raise ModelNotFoundError(
         f"{shown} is no bundled model, folder or hub id: {why}. Bundled models (load them by name): "
         f"{', '.join(bundled_models())}."
@@ -575,7 +582,7 @@ def _strip_bundled_name(text: str | None) -> str | None:
     prefix = "kl_retrievers:" if name.startswith("kl_retrievers:") else ""
     name = name[len(prefix) :].strip()  # blanks after the prefix too: "kl_retrievers: NAME"
     candidate = prefix + name
-    if candidate == text or name not in bundled_models() or Path(text).expanduser().exists():
+    if candidate == text or name not in bundled_models() or user_path(text).exists():
         return text
     return candidate
 
@@ -584,7 +591,7 @@ def _refuse_backbone_name(name_or_path: str) -> None:
     """A backbone's name (``all-MiniLM-L6-v2``, ``bge-small-en``...) is no Gaussian model: say what to load."""
     from kl_retrievers.hub import OFFLINE_COPIES
 
-    if name_or_path not in OFFLINE_COPIES or Path(name_or_path).expanduser().exists():
+    if name_or_path not in OFFLINE_COPIES or user_path(name_or_path).exists():
         return
     raise ModelNotFoundError(
         f"{name_or_path!r} is a backbone (a plain sentence encoder), not a Gaussian model: load a bundled model "
@@ -605,7 +612,7 @@ def _load(
 ) -> GaussianEncoder | OnnxGaussianEncoder:
     if backend == "onnx":
         return _load_onnx(name, name_or_path, device=device, quantize=quantize, options=onnx_options, hashes=hashes)
-    if name is None and name_or_path is not None and _is_onnx_export(Path(name_or_path).expanduser()):
+    if name is None and name_or_path is not None and _is_onnx_export(user_path(name_or_path)):
         raise OnnxExportOnTorchError(name_or_path)  # before require_torch: installing torch would not help
     from kl_retrievers._encoding import require_torch
 
@@ -648,7 +655,7 @@ def _bundled_name(name_or_path: str | None) -> str | None:
         return name
     if name_or_path.startswith("kl_retrievers:"):
         bundled_model_path(name)  # not bundled: the error lists what is
-    if name in RESEARCH_MODELS and not Path(name_or_path).expanduser().exists():
+    if name in RESEARCH_MODELS and not user_path(name_or_path).exists():
         bundled_model_path(name)  # a research model outside a checkout (a wheel): the error says where it is
     return None
 
@@ -773,7 +780,7 @@ def _load_onnx(
 
     if name is not None or name_or_path is None:  # a bundled model: its files are not saved over
         return load()
-    from kl_retrievers._io import load_unchanged, recover_dir, user_path
+    from kl_retrievers._io import load_unchanged, recover_dir
 
     local = user_path(name_or_path)
     recover_dir(local, required="config.json")

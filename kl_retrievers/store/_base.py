@@ -31,12 +31,12 @@ from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, M
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from kl_retrievers._encoding import check_texts, query_batch_size
+from kl_retrievers._io import user_path
 from kl_retrievers.filters import MetadataFilter, stored_form
 from kl_retrievers.gaussian import Gaussians, _first_bad, check_float32_scorable, check_k
 
@@ -718,7 +718,7 @@ def _folder_stamp(name: str) -> tuple[Any, ...] | None:
     """For a name that is a local folder: its absolute path, and the size, modification time (ns) and inode of
     each entry in it (a model saved again in place gives another stamp); ``None`` for any other name."""
     try:
-        folder = Path(name).expanduser()
+        folder = user_path(name)
         if not folder.is_dir():
             return None
         stats = []

@@ -191,7 +191,7 @@ def _unloadable_saved_name(name: str) -> str | None:
         return "it names a LangChain Embeddings, which is not saved with the store and cannot be loaded by name"
     from kl_retrievers.hub import is_path_name  # ./enc, models/v1/enc, an absolute path: never a hub id
 
-    if is_path_name(name) and not Path(name).expanduser().exists():
+    if is_path_name(name) and not user_path(name).exists():
         return "it names a model folder that no longer exists"
     return None
 

@@ -47,7 +47,7 @@ from tqdm import tqdm
 from kl_retrievers._bm25 import quiet_bm25s_logger
 from kl_retrievers._confidence import is_blank_query
 from kl_retrievers._encoding import require_modules
-from kl_retrievers._io import parse_json_object, some_names
+from kl_retrievers._io import parse_json_object, some_names, user_path
 
 logger = logging.getLogger(__name__)
 
@@ -447,7 +447,7 @@ def unique_data_paths(paths: Sequence[str | os.PathLike[str]], split: str = "tra
     """
     seen: dict[Path, str | os.PathLike[str]] = {}
     for path in paths:
-        key = Path(path).expanduser().resolve()
+        key = user_path(path).resolve()
         if key in seen:
             logger.warning(
                 "training data %s is given more than once (as %s%s); its repeat is dropped (each of its examples "

@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from kl_retrievers._encoding import eval_mode
-from kl_retrievers._io import make_dirs, user_cache_dir
+from kl_retrievers._io import make_dirs, user_cache_dir, user_path
 from kl_retrievers.encoder import GaussianEncoder
 from kl_retrievers.encoding_cache import CACHE_ENV, tokenizer_identity
 
@@ -61,7 +61,7 @@ def default_feature_cache_dir() -> Path:
         'features'
     """
     env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() / "features" if env and env.strip() else user_cache_dir(CACHE_ENV, "features")
+    return user_path(env) / "features" if env and env.strip() else user_cache_dir(CACHE_ENV, "features")
 
 
 @dataclass

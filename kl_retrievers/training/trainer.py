@@ -43,7 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kl_retrievers._encoding import query_prefix_of
-from kl_retrievers._io import atomic_dir, atomic_file, finite_json, recover_dir
+from kl_retrievers._io import LEFTOVER_NAME, atomic_dir, atomic_file, finite_json, recover_dir, user_path
 from kl_retrievers.gaussian import Gaussians, is_real_number
 from kl_retrievers.training import _extra_error
 from kl_retrievers.training.data import TrainExample, TrainingSet, require_train_extra
@@ -600,7 +600,11 @@ def _find_checkpoint(folder: Path) -> Path | None:
     """The checkpoint to resume from: ``folder``, or the copy an interrupted save left beside it.
 
     A ``state.json`` that is there but not a regular file (a FIFO, a folder) is ``folder``'s checkpoint, which
-    :func:`_read_checkpoint_state` refuses: not "no checkpoint", which would start a resume afresh.
+    :func:`_read_checkpoint_state` refuses: not "no checkpoint", which would start a resume afresh. A previous
+    copy whose ``state.json`` is not a regular file is refused too (:func:`_refuse_special_previous_state`).
+
+    Raises:
+        ValueError: No checkpoint is at ``folder``, and a previous copy's ``state.json`` is not a regular file.
     """
     if (folder / "state.json").exists() and not (folder / "state.json").is_file():
         return folder
@@ -612,7 +616,40 @@ def _find_checkpoint(folder: Path) -> Path | None:
     if (legacy / "state.json").is_file():
         logger.warning("%s is missing or incomplete; resuming from the previous checkpoint %s", folder, legacy)
         return legacy
+    _refuse_special_previous_state(folder, legacy)
     return None
+
+
+def _refuse_special_previous_state(folder: Path, legacy: Path) -> None:
+    """Refuse a previous copy of the checkpoint ``folder`` (``.NAME.old-*`` of an interrupted save, or the
+    ``legacy`` ``NAME.old``) whose ``state.json`` is there but not a regular file (a FIFO, a folder).
+
+    Neither :func:`~kl_retrievers._io.recover_dir` nor the legacy check takes such a copy, so without this a
+    resume would start afresh over it; the file is never opened (a FIFO's read would wait for a writer).
+
+    Raises:
+        ValueError: Names the copy's ``state.json`` and what it is instead of a regular file.
+    """
+    where = folder
+    if not folder.exists() and folder.is_symlink():  # a dangling link: the copies are beside where it points
+        where = Path(os.path.realpath(folder))
+    try:
+        entries = sorted(where.parent.iterdir())
+    except OSError:
+        entries = []
+    copies = [legacy]
+    for entry in entries:
+        match = LEFTOVER_NAME.fullmatch(entry.name)
+        if match is not None and match["name"] == where.name and match["kind"] == "old":
+            copies.append(entry)
+    for copy in copies:
+        state_file = copy / "state.json"
+        kind = _special_kind(state_file)
+        if kind is not None:
+            raise ValueError(
+                f"--resume: {folder} holds no checkpoint, and the previous copy an interrupted save left beside it "
+                f"holds {state_file}, which is {kind}, not a regular file; {_DAMAGED}"
+            )
 
 
 # recipe entries a resume may change: they do not change what a step computes
@@ -763,14 +800,20 @@ def _is_index(value: Any) -> bool:
 def _not_regular_file(file: Path) -> str | None:
     """Why ``file`` (a symbolic link followed) is not a regular file to read, e.g. a FIFO whose read would wait
     forever (``None``: it is one, or it is missing: the reader's own error says so)."""
+    kind = _special_kind(file)
+    return None if kind is None else f"--resume: {file} is {kind}, not a checkpoint file; {_DAMAGED}"
+
+
+def _special_kind(file: Path) -> str | None:
+    """What ``file`` (a symbolic link followed) is when it is there but not a regular file (``"a FIFO"``), else
+    ``None`` (a regular file, or nothing there)."""
     try:
         mode = file.stat().st_mode
     except OSError:
         return None
     if stat.S_ISREG(mode):
         return None
-    kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
-    return f"--resume: {file} is {kind}, not a checkpoint file; {_DAMAGED}"
+    return "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a special file"
 
 
 def _read_checkpoint_state(folder: Path) -> dict[str, Any]:
@@ -1361,7 +1404,7 @@ class RetrievalEvaluator:
             similarity = model_similarity(encoder)
         return {
             "type": "RetrievalEvaluator" if kind is RetrievalEvaluator else _callable_name(kind),
-            "dataset": os.fspath(Path(self.dataset.path).expanduser().resolve()),
+            "dataset": os.fspath(user_path(self.dataset.path).resolve()),
             "split": self.dataset.split,
             "data_sha256": self._data_sha256(),
             "metric": self.metric,
