@@ -920,7 +920,7 @@ def atomic_dir(target: str | os.PathLike[str], *, follow_link: bool = False) -> 
         'hello'
     """
     final, is_cwd = _absolute_target(target, follow_link=follow_link)
-    if final.exists() and not final.is_dir():
+    if final.exists() and not final.is_dir() and not final.is_symlink():  # a link not followed is replaced
         raise NotADirectoryError(f"{final} exists and is not a folder")
     _make_parent(final)
     tmp, guard = _tmp_beside(final, folder=True)  # the lock marks it as in use for clean_stale elsewhere
@@ -1025,12 +1025,14 @@ def check_replace_target(
         overwrite: Replace any folder.
         flag: How to ask for ``overwrite``, for the message.
         follow_link: The save follows a symbolic link at ``target`` (:func:`atomic_dir`'s ``follow_link``):
-            a dangling one is then a new path (:func:`check_dangling_link`); otherwise it is replaced only
-            with ``overwrite``.
+            what the link points to is judged, and a dangling one is a new path (:func:`check_dangling_link`).
+            Otherwise the link itself is what the save replaces, so a link (dangling or not) is replaced only
+            with ``overwrite``, whatever it points to.
 
     Raises:
         ValueError: ``target`` is a non-empty folder that ``is_ours`` refuses (the message names it, a few
-            of its entries, and ``flag``), or it exists and is not a folder, or it is a dangling link.
+            of its entries, and ``flag``), or it exists and is not a folder, or it is a symbolic link that the
+            save would replace (not following it) or a dangling link it cannot save through.
 
     Examples:
         >>> import tempfile
@@ -1052,12 +1054,22 @@ def check_replace_target(
             f"cannot save into {path}: it is a dangling symbolic link (to {os.readlink(path)}); pass {flag} to "
             "replace the link"
         )
+    if path.is_symlink() and not follow_link:  # the link is what is replaced, never what it points to: judge it
+        if overwrite:
+            return
+        pointed = _kind_of(path.stat().st_mode)
+        raise ValueError(
+            f"cannot save into {path}: it is a symbolic link (to {os.readlink(path)}, {pointed}), which this save "
+            "replaces by a folder (it does not write into what the link points to, which is left as it is); pass "
+            f"{flag} to replace the link, or save into the link's target"
+        )
     if not path.exists():
         return
     if not path.is_dir():
         if overwrite:
             return
-        raise ValueError(f"cannot save into {path}: it exists and is not a folder")
+        link = f" (a symbolic link to {os.path.realpath(path)})" if path.is_symlink() else ""
+        raise ValueError(f"cannot save into {path}{link}: it exists and is not a folder")
     try:
         names = sorted(entry.name for entry in path.iterdir())
     except OSError as exc:
@@ -1217,13 +1229,18 @@ def safetensors_write_error(exc: Exception, file: Path, saving: Path) -> OSError
 
     safetensors raises its own ``SafetensorError`` (no ``OSError``) when a write fails, e.g. ``Error while
     serializing: I/O error: No space left on device (os error 28)`` on a full disk, which callers (the CLI) would
-    take for a bug. The ``OSError`` carries the error number the message gives (``errno.ENOSPC`` there).
+    take for a bug. The ``OSError`` carries the error number the message gives (``errno.ENOSPC`` there), and is of
+    that number's class, as ``OSError(errno, ...)`` makes it (``PermissionError`` for ``EACCES``, ...); its message
+    names ``saving`` and the file.
 
     Examples:
         >>> full = ValueError("Error while serializing: I/O error: No space left on device (os error 28)")
         >>> error = safetensors_write_error(full, Path("tmp/w.safetensors"), Path("model"))
         >>> error.errno == errno.ENOSPC, str(error).split(";")[0]
         (True, 'cannot save model: writing w.safetensors failed (No space left on device)')
+        >>> denied = ValueError("Error while serializing: I/O error: Permission denied (os error 13)")
+        >>> type(safetensors_write_error(denied, Path("tmp/w.safetensors"), Path("model"))).__name__
+        'PermissionError'
     """
     text = str(exc)
     found = re.search(r"os error (\d+)|code: (\d+)", text)  # "(os error 28)"; older releases "Os { code: 28, ..."
@@ -1231,8 +1248,11 @@ def safetensors_write_error(exc: Exception, file: Path, saving: Path) -> OSError
     reason = os.strerror(code) if code is not None else text
     full = code in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))  # disk, file size, quota
     advice = "free some space there and save again; nothing was replaced" if full else "nothing was replaced"
-    error = OSError(f"cannot save {saving}: writing {file.name} failed ({reason}); {advice}")
-    error.errno = code  # str(error) stays the message
+    # OSError(code, ...) picks the class of the error number (PermissionError for EACCES, ...), so that
+    # `except PermissionError` catches it; built from the message alone, str(error) stays the message
+    kind = type(OSError(code, "")) if code is not None else OSError
+    error = kind(f"cannot save {saving}: writing {file.name} failed ({reason}); {advice}")
+    error.errno = code
     return error
 
 

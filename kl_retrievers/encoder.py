@@ -800,8 +800,10 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                 files, a saved ``KLStore``) is refused unless ``overwrite`` is set. ``"."`` saves into the
                 working folder by its name (a folder that holds the working folder is refused). ``~`` is
                 expanded to the home folder, as :func:`kl_retrievers.load_model` does. A symbolic link at
-                ``path`` is replaced by the saved folder (the link itself, never the folder it points to): for a
-                ``current -> v3`` link, save to a new folder (``v4``) and repoint the link.
+                ``path`` is followed, as :meth:`KLStore.save <kl_retrievers.store.KLStore.save>` follows one: for
+                a ``current -> v3`` link, ``v3`` is replaced atomically (judged as above) and the link is kept;
+                a dangling link is saved through as a new folder (its target's parent folder must exist). To
+                switch versions instead, save to a new folder (``v4``) and repoint the link.
             include_backbone: Save every weight (``model.safetensors``). When ``False``, save
                 only what differs from the backbone named in the config (``delta.safetensors``:
                 the heads, the ``[VAR]`` embedding row and any changed backbone tensor), a few MB
@@ -824,14 +826,16 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         Raises:
             ValueError: ``config.json`` would hold NaN or infinity (not valid JSON), e.g. in
                 ``config.extra``; an ``extra_files`` name is not a plain new file name; or ``path``
-                is a non-empty folder that is not a saved encoder (without ``overwrite``), or it holds
-                the working folder.
+                is a non-empty folder that is not a saved encoder (without ``overwrite``), it holds
+                the working folder, or it is a dangling link into a missing folder (or a link loop).
 
         Examples:
             >>> encoder.save_pretrained("my-encoder")  # doctest: +SKIP
         """
         target = user_path(path)  # "~/x" is the home folder's x, as load_model reads it
-        check_replace_target(target, is_ours=is_saved_encoder, what="a saved GaussianEncoder", overwrite=overwrite)
+        check_replace_target(
+            target, is_ours=is_saved_encoder, what="a saved GaussianEncoder", overwrite=overwrite, follow_link=True
+        )
         identity = self.weights_sha256  # weights unchanged since their load or save keep their identity
         state, lora = self._plain_state()
         meta: dict[str, Any] = {
@@ -867,7 +871,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                 )
             if not isinstance(content, (str, bytes)):
                 raise ValueError(f"extra_files[{name!r}] must be str or bytes; got {type(content).__name__}")
-        with atomic_dir(target) as tmp:
+        with atomic_dir(target, follow_link=True) as tmp:  # a link you name (current -> v3) is followed
             save_safetensors(state, tmp / meta["weights"], saving=target, metadata={"format": "pt"})
             meta[WEIGHTS_SHA256] = {meta["weights"]: sha256_file(tmp / meta["weights"])}
             meta[WEIGHTS_IDENTITY] = identity or meta[WEIGHTS_SHA256][meta["weights"]]  # unknown: the new file's
@@ -908,7 +912,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         ``var``, everything after the tokenizer inside the graph), ``tokenizer.json`` and ``config.json``.
 
         Args:
-            folder: Target folder (written atomically).
+            folder: Target folder (written atomically; a symbolic link there is followed and kept).
             quantize: ``"int8"`` (dynamic int8 weights, ONNX Runtime) or ``None`` (float32).
             per_channel: int8 only: one weight scale per output channel.
             overwrite: Replace a non-empty folder that is not an earlier ONNX export (refused

@@ -53,6 +53,7 @@ from kl_retrievers._encoding import (
 )
 from kl_retrievers._io import (
     atomic_dir,
+    check_dangling_link,
     check_version,
     is_within,
     library_version,
@@ -61,6 +62,7 @@ from kl_retrievers._io import (
     read_json_object,
     recover_dir,
     some_names,
+    user_cache_dir,
     user_path,
 )
 from kl_retrievers.gaussian import SCORE_DIRECTION, Gaussians
@@ -208,7 +210,12 @@ def export_onnx(
         encoder: The torch encoder to export (left unchanged, in its train/eval mode). A float16 or bfloat16
             encoder is exported from a float32 copy of its weights (logged at INFO): the graph computes in
             float32, as ``encoder.float()`` does.
-        folder: Target folder; written atomically (an interrupted export keeps the previous copy).
+        folder: Target folder; written atomically (an interrupted export keeps the previous copy). A symbolic
+            link there is followed, as :meth:`GaussianEncoder.save_pretrained
+            <kl_retrievers.encoder.GaussianEncoder.save_pretrained>` follows one: for ``current -> v3``, ``v3``
+            is replaced (judged as above) and the link is kept; a dangling link is exported through as a new
+            folder. A link into the ONNX cache of :func:`kl_retrievers.load_model` is refused (its entries are
+            that cache's own, which never follows a link at an entry).
         quantize: ``"int8"`` (dynamic quantisation of the weights with ONNX Runtime's
             ``quantize_dynamic``) or ``None`` (also ``"float32"``, as the CLI names it) for float32.
         per_channel: int8 only: one scale per output channel of each weight (closer to float32).
@@ -225,7 +232,8 @@ def export_onnx(
 
     Raises:
         ValueError: ``quantize`` is not one of :data:`QUANTIZATIONS`; or ``folder`` is the encoder's own
-            folder (or holds it), or it is not empty and not a previous ONNX export (without ``overwrite``).
+            folder (or holds it), or it is not empty and not a previous ONNX export (without ``overwrite``), or
+            it is a link into the ONNX cache, a dangling link into a missing folder, or a link loop.
         RuntimeError: The exported graph does not reproduce the torch encoder.
         ModuleNotFoundError: torch, transformers or onnx is missing (the message names the extra,
             ``pip install "kl-retrievers[torch]"``).
@@ -234,12 +242,42 @@ def export_onnx(
         >>> encoder.export_onnx("my-encoder-onnx")  # doctest: +SKIP
         >>> OnnxGaussianEncoder("my-encoder-onnx").encode_queries("what is -KL?")  # doctest: +SKIP
     """
+    return _export_onnx(
+        encoder,
+        folder,
+        quantize=quantize,
+        per_channel=per_channel,
+        verify=verify,
+        source_sha256=source_sha256,
+        overwrite=overwrite,
+        follow_link=True,
+    )
+
+
+def _export_onnx(
+    encoder: GaussianEncoder,
+    folder: str | os.PathLike[str],
+    *,
+    quantize: str | None,
+    per_channel: bool,
+    verify: bool,
+    source_sha256: str | None,
+    overwrite: bool,
+    follow_link: bool,
+) -> Path:
+    """:func:`export_onnx`; ``follow_link=False`` replaces a symbolic link at ``folder`` instead of following it.
+
+    :func:`kl_retrievers.load_model`'s ONNX cache exports with ``follow_link=False``: a link planted at a cache
+    entry (a shared cache) is replaced by the export, and the folder it points to is left as it is.
+    """
     if quantize == "float32":  # the name the CLI and the docs use for float32 weights
         quantize = None
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {QUANTIZATIONS} (or 'float32', as None); got {quantize!r}")
     target = user_path(folder)
-    _check_export_target(target, source=getattr(encoder, "name_or_path", None), overwrite=overwrite)
+    _check_export_target(
+        target, source=getattr(encoder, "name_or_path", None), overwrite=overwrite, follow_link=follow_link
+    )
     require_torch("the ONNX export")
     if importlib.util.find_spec("onnx") is None:
         raise ModuleNotFoundError(f"the ONNX export needs the onnx package; {TORCH_EXTRA}", name="onnx")
@@ -257,7 +295,7 @@ def export_onnx(
         identity = None
     encoder = _float32_encoder(encoder)
     tokenizer_json = _tokenizer_json(encoder)
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, follow_link=follow_link) as tmp:  # a link you name (current -> v3) is followed
         traced = tmp / "traced.onnx"
         with eval_mode(encoder):  # shared with concurrent encodings, which restore the mode only when all end
             _torch_export(encoder, traced)
@@ -343,13 +381,23 @@ def _export_meta(folder: Path) -> dict[str, Any] | None:
 
 
 def _check_export_target(
-    folder: str | os.PathLike[str], *, source: str | os.PathLike[str] | None = None, overwrite: bool = False
+    folder: str | os.PathLike[str],
+    *,
+    source: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    follow_link: bool = True,
 ) -> None:
     """Raise ``ValueError`` when exporting into ``folder`` would delete something that is not an old export.
 
     ``folder`` may be absent, an empty folder, or a previous ONNX export made by kl_retrievers holding only
     :data:`EXPORT_FILES`; other content needs ``overwrite=True``. A ``folder`` that is, or holds, the
     ``source`` folder (the encoder's own files) is always refused.
+
+    A symbolic link at ``folder`` is judged as the export treats it: followed (``follow_link``, as
+    :func:`export_onnx` does), what it points to is judged, a dangling one is a new folder (its folder must
+    exist), and one into the ONNX cache is refused; not followed (the ONNX cache's own export), the link is what
+    is replaced, which needs ``overwrite=True`` (as a dangling link does for
+    :func:`~kl_retrievers._io.check_replace_target`).
 
     Examples:
         >>> _check_export_target("no-such-folder", source="my-encoder")
@@ -358,8 +406,20 @@ def _check_export_target(
         ValueError: cannot export into .: it is the folder of the encoder being exported ...
     """
     target = Path(folder)
+    replaced_link = target.is_symlink() and not follow_link
+    if target.is_symlink() and follow_link:
+        check_dangling_link(target)  # a missing folder along it, or a loop
+        real, cache = Path(os.path.realpath(target)), _onnx_cache_dir()
+        if cache is not None and is_within(real, Path(os.path.realpath(cache))):
+            raise ValueError(
+                f"cannot export into {target}: it is a symbolic link into the ONNX cache of load_model ({real}), "
+                "whose entries are the exports load_model made of the models their names hash, and which it reuses "
+                "as such; export into a folder of your own"
+            )
     if source is not None and os.fspath(source) and Path(source).is_dir():
-        resolved, own = target.resolve(), Path(source).resolve()
+        own = Path(source).resolve()
+        # a link the export replaces is judged where it lies (its folder resolved), not where it points
+        resolved = Path(os.path.realpath(target.parent)) / target.name if replaced_link else target.resolve()
         if is_within(own, resolved):
             what = "the folder of" if own == resolved else "a folder that holds"
             raise ValueError(
@@ -367,10 +427,19 @@ def _check_export_target(
                 "replaces its target folder as a whole; choose a new folder, e.g. a sibling such as "
                 f"{own.name}-onnx"
             )
+    if replaced_link:
+        if overwrite:
+            return  # the link itself is replaced; what it points to is left as it is
+        raise ValueError(
+            f"cannot export into {target}: it is a symbolic link (to {os.readlink(target)}), which this export "
+            "replaces by a folder (it does not write into what the link points to); pass overwrite=True "
+            "(--overwrite) to replace the link"
+        )
     if not target.exists():
         return
     if not target.is_dir():
-        raise ValueError(f"cannot export into {target}: it exists and is not a folder")
+        link = f" (a symbolic link to {os.path.realpath(target)})" if target.is_symlink() else ""
+        raise ValueError(f"cannot export into {target}{link}: it exists and is not a folder")
     names = sorted(p.name for p in target.iterdir())
     if not names or overwrite:
         return
@@ -386,6 +455,19 @@ def _check_export_target(
             f"cannot export into {target}: it is an earlier ONNX export but also holds {some_names(extra)}, which a "
             "new export would delete; move them away, or pass overwrite=True (--overwrite) to replace the folder"
         )
+
+
+#: The variable naming the ONNX cache of :func:`kl_retrievers.load_model` (``kl_retrievers.pretrained.ONNX_CACHE_ENV``,
+#: which imports this module: this one may not import it back).
+_ONNX_CACHE_ENV = "KL_RETRIEVERS_ONNX_CACHE"
+
+
+def _onnx_cache_dir() -> Path | None:
+    """:func:`kl_retrievers.pretrained.onnx_cache_dir`, or ``None`` where no cache folder can be named."""
+    try:
+        return user_cache_dir(_ONNX_CACHE_ENV, "onnx")
+    except OSError:  # CacheFolderError: no home folder and no variable set, so there is no cache to protect
+        return None
 
 
 def _tokenizer_json(encoder: GaussianEncoder) -> str:

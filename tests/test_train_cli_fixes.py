@@ -280,8 +280,8 @@ def test_card_and_losses_are_written_inside_the_atomic_save(
     inside: list[list[str]] = []
 
     @contextmanager
-    def spy(target: Any) -> Iterator[Path]:
-        with real(target) as tmp:
+    def spy(target: Any, **kwargs: Any) -> Iterator[Path]:
+        with real(target, **kwargs) as tmp:
             yield tmp
             inside.append(sorted(p.name for p in tmp.iterdir()))
 

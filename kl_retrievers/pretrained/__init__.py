@@ -805,7 +805,7 @@ def _load_onnx_once(
         QUANTIZATIONS,
         OnnxGaussianEncoder,
         OnnxModelError,
-        export_onnx,
+        _export_onnx,
         onnx_runtime,
     )
 
@@ -888,10 +888,17 @@ def _load_onnx_once(
 
     logger.info("exporting %s to ONNX (%s) into %s; later loads reuse it", display, quantize or "float32", cache)
     torch_encoder = GaussianEncoder.from_pretrained(source, device="cpu")
-    try:
-        export_onnx(
-            torch_encoder, cache, quantize=quantize, source_sha256=source_sha256(source), overwrite=True
-        )  # our own cache folder
+    try:  # our own cache folder: a link planted at the entry is replaced, never followed into the folder it names
+        _export_onnx(
+            torch_encoder,
+            cache,
+            quantize=quantize,
+            per_channel=True,
+            verify=True,
+            source_sha256=source_sha256(source),
+            overwrite=True,
+            follow_link=False,
+        )
     except OSError as exc:
         raise OSError(
             f"cannot write the ONNX export of {display} into {cache} ({exc}); set {ONNX_CACHE_ENV} to a writable folder"
