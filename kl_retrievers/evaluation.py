@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import time
+import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -1284,7 +1285,9 @@ def load_per_query(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, fl
 
 
 def check_trec_ids(ids: Iterable[Any], what: str, flag: str | None = None) -> None:
-    """Refuse ids a TREC run file cannot hold: empty, or containing whitespace (its column separator).
+    """Refuse ids a TREC run file cannot hold: empty, containing whitespace (its column separator), or a
+    control character (Unicode category ``Cc``: NUL, ESC, DEL...), which corrupts the line for ``trec_eval``
+    and terminals.
 
     Args:
         ids: Query or document ids.
@@ -1299,13 +1302,22 @@ def check_trec_ids(ids: Iterable[Any], what: str, flag: str | None = None) -> No
         >>> check_trec_ids(["d 1"], "document")
         Traceback (most recent call last):
         ValueError: document id 'd 1' contains whitespace, the TREC column separator; a run file cannot hold it
+        >>> check_trec_ids(["d\\x001"], "document")
+        Traceback (most recent call last):
+        ValueError: document id 'd\\x001' contains a control character ('\\x00'); a run file holds ids of ...
     """
     for ident in ids:
         text = str(ident)
+        prefix = f"{flag}: " if flag else ""
         if text.split() != [text]:
             problem = "is empty" if not text.strip() else "contains whitespace, the TREC column separator"
-            prefix = f"{flag}: " if flag else ""
             raise ValueError(f"{prefix}{what} id {text!r} {problem}; a run file cannot hold it")
+        bad = None if text.isprintable() else next((c for c in text if unicodedata.category(c) == "Cc"), None)
+        if bad is not None:
+            raise ValueError(
+                f"{prefix}{what} id {text!r} contains a control character ({bad!r}); a run file holds ids of "
+                "printable characters without whitespace"
+            )
 
 
 def _per_query_numbers(path: Path, per_query: Mapping[str, Any]) -> dict[str, dict[str, float]]:
@@ -1342,8 +1354,9 @@ def write_trec_run(path: str | os.PathLike[str], run: Mapping[str, Mapping[str, 
     folders are created. Scores are written as Python floats (``0.5``, also for numpy scalars).
 
     Raises:
-        ValueError: A query or document id that is empty or contains whitespace, or a score that is
-            not a finite number (naming the query and document); nothing is written then.
+        ValueError: A query or document id that is empty or contains whitespace or a control character
+            (:func:`check_trec_ids`), or a score that is not a finite number (naming the query and
+            document); nothing is written then.
 
     Examples:
         >>> import tempfile
@@ -1361,7 +1374,7 @@ def write_trec_run(path: str | os.PathLike[str], run: Mapping[str, Mapping[str, 
                 raise ValueError(
                     f"run: query {qid!r}, document {doc!r} has score {score}; a TREC run holds finite numbers only"
                 )
-    tag = "_".join(tag.split()) or "run"
+    tag = "".join("_" if unicodedata.category(c) == "Cc" else c for c in "_".join(tag.split())) or "run"
     with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8") as fh:  # parents created; no torn file
         for qid, docs in run.items():
             ranked = sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)

@@ -177,7 +177,7 @@ _MILVUS_INDEXES: dict[tuple[str, str | None], str] = {
     ("ivf", None): "IVF_FLAT",
     ("ivf", "sq8"): "IVF_SQ8",
 }
-#: Longest id (characters) the collection's VARCHAR primary key holds.
+#: Longest id (UTF-8 bytes: Milvus' VARCHAR ``max_length`` counts bytes) the collection's primary key holds.
 MAX_ID_LENGTH = 512
 #: Largest ``limit`` (top-k) Milvus accepts for one search.
 MAX_TOPK = 16384
@@ -1474,15 +1474,18 @@ class MilvusKLStore(GaussianStore):
             self._client.upsert(self.collection_name, rows, timeout=self.request_timeout)
 
     def _add_documents(self, new: _NewDocuments) -> None:
-        """Upsert; also ``ValueError`` for a text longer than ``max_text_length`` (UTF-8 bytes) or an id
-        longer than :data:`MAX_ID_LENGTH`, and for metadata Milvus' JSON field cannot hold, before anything
-        is written."""
+        """Upsert; also ``ValueError`` for a text longer than ``max_text_length`` or an id longer than
+        :data:`MAX_ID_LENGTH` (both in UTF-8 bytes, as Milvus counts them), and for metadata Milvus' JSON field
+        cannot hold, before anything is written."""
         g, id_list, text_list = new.gaussians, new.ids, new.texts
         for doc_id, text in zip(id_list, text_list, strict=True):
             if text is not None and len(text.encode("utf-8")) > self.max_text_length:
                 raise ValueError(f"text of document {doc_id!r} is longer than max_text_length={self.max_text_length}")
-            if len(doc_id) > MAX_ID_LENGTH:
-                raise ValueError(f"id {doc_id[:40]!r}... has {len(doc_id)} characters; Milvus ids hold {MAX_ID_LENGTH}")
+            if len(doc_id) > MAX_ID_LENGTH // 4 and (size := len(doc_id.encode("utf-8"))) > MAX_ID_LENGTH:
+                raise ValueError(
+                    f"id {doc_id[:40]!r}... has {len(doc_id)} characters; Milvus ids hold {MAX_ID_LENGTH} bytes in "
+                    f"UTF-8 (its VARCHAR max_length counts bytes), this one {size}"
+                )
         metas = [_milvus_metadata(m, doc_id) for m, doc_id in zip(new.metadatas, id_list, strict=True)]
         with self._lock:
             self._sync()  # the collection may have been dropped (and re-created) by another client

@@ -24,12 +24,14 @@ import hashlib
 import logging
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from kl_retrievers import _encoding
+from kl_retrievers._encoding import cut_long_texts, longest_added_token
 from kl_retrievers._io import make_dirs
 from kl_retrievers.training.data import TrainingSet
 
@@ -118,6 +120,10 @@ class CrossEncoderTeacher:
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=max_length)
         self.tokenizer.no_padding()
+        # the same tokenizer without truncation: long texts are cut by their tokens' words before tokenizing
+        self._plain = Tokenizer.from_str(self.tokenizer.to_str())
+        self._plain.no_truncation()
+        self.max_length = int(max_length)
         self.batch_size = batch_size
         # one subfolder per model file, tokenizer and token budget: scores of another teacher are never reused
         self.cache_dir = Path(cache_dir) / teacher_identity(folder, max_length) if cache_dir is not None else None
@@ -131,7 +137,7 @@ class CrossEncoderTeacher:
                     self._cache.update(zip(keys, vals, strict=True))
 
     def _run(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        enc = self.tokenizer.encode_batch([(q, p) for q, p in pairs])
+        enc = self.tokenizer.encode_batch(self._cut_pairs(pairs))
         width = max(len(e.ids) for e in enc)
         ids = np.zeros((len(enc), width), np.int64)
         mask = np.zeros_like(ids)
@@ -142,6 +148,71 @@ class CrossEncoderTeacher:
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         logits = self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})[0]
         return np.asarray(logits, dtype=np.float32).reshape(len(pairs), -1)[:, 0]
+
+    def _cut_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The pairs with each long text cut to a prefix that gives the pair the token ids of the whole texts.
+
+        Tokenizing a multi-MB passage whole costs hundreds of MB and seconds, whatever ``max_length`` (and a
+        pair of two long texts far more: truncation lists every pairing of their overflowing pieces). A text
+        longer than :func:`~kl_retrievers._encoding.cut_long_texts`'s limit is cut to a prefix whose first
+        ``budget`` tokens are the whole text's and that has more than ``budget`` of them. The pair is then
+        truncated ``longest_first`` as before: each side keeps a prefix of its tokens, of a length that depends
+        on the other side's count and, once both exceed the pair's room (``max_length`` less the special
+        tokens), on which side is longer (it keeps the odd token of an odd room). So a long text beside a short
+        one is cut with ``budget`` at least ``max_length`` and the short one's token count: the cut side stays
+        the longer. Of two long texts, both are cut with ``budget=max_length`` when the room is even; when it
+        is odd, the one with fewer tokens (the query on a tie) is cut first and the other with its cut's count
+        in the budget, which needs both whole texts' token counts (one tokenization of each, without the pair).
+        """
+        limit = _encoding._CUT_CHARS_PER_TOKEN * self.max_length  # the length cut_long_texts looks at
+        out = [(q, p) for q, p in pairs]
+        todo = [i for i, (q, p) in enumerate(out) if len(q) > limit or len(p) > limit]
+        if not todo:
+            return out
+        odd = (self.max_length - self._plain.num_special_tokens_to_add(True)) % 2 == 1
+        counts: dict[str, int] = {}
+
+        def count(text: str) -> int:
+            if text not in counts:
+                counts[text] = len(self._plain.encode(text, add_special_tokens=False).ids)
+            return counts[text]
+
+        first: list[tuple[int, int]] = []  # (pair, side) cut with budget max_length
+        then: list[tuple[int, int]] = []  # (pair, side) cut after the other side, as the longer of the two
+        for i in todo:
+            q, p = out[i]
+            if len(q) > limit and len(p) > limit:
+                if odd:
+                    shorter = 1 if count(q) > count(p) else 0
+                    first.append((i, shorter))
+                    then.append((i, 1 - shorter))
+                else:
+                    first += [(i, 0), (i, 1)]
+            else:
+                then.append((i, 0 if len(q) > limit else 1))
+        self._cut_sides(out, first, lambda i, side: self.max_length)
+        self._cut_sides(out, then, lambda i, side: max(self.max_length, count(out[i][1 - side])))
+        return out
+
+    def _cut_sides(
+        self, out: list[tuple[str, str]], sides: list[tuple[int, int]], budget: Callable[[int, int], int]
+    ) -> None:
+        """Cut side ``side`` (0: query, 1: passage) of each pair ``out[i]`` in place, with ``budget(i, side)``."""
+        groups: dict[int, list[tuple[int, int]]] = {}
+        for i, side in sides:
+            groups.setdefault(budget(i, side), []).append((i, side))
+        for tokens, group in groups.items():
+            texts = cut_long_texts([out[i][side] for i, side in group], tokens, self._word_ids, self._longest_added)
+            for (i, side), text in zip(group, texts, strict=True):
+                out[i] = (text, out[i][1]) if side == 0 else (out[i][0], text)
+
+    def _word_ids(self, texts: list[str]) -> list[tuple[list[int | None], list[tuple[int, int]]]]:
+        """Each text's tokens' word indices and offsets, without special tokens or truncation (to cut long texts)."""
+        return [(e.word_ids, e.offsets) for e in self._plain.encode_batch(texts, add_special_tokens=False)]
+
+    def _longest_added(self) -> int:
+        """The length of the tokenizer's longest added token (special tokens included)."""
+        return longest_added_token(token.content for token in self._plain.get_added_tokens_decoder().values())
 
     def score(self, pairs: Sequence[tuple[str, str]], *, show_progress: bool = True) -> np.ndarray:
         """Teacher scores of ``(query, passage)`` pairs (float32, higher is more relevant).
