@@ -52,7 +52,9 @@ def model_folder_entries(folder: Path, *, default: Path) -> list[str]:
 
     A rebuild may replace a saved model folder (or fill a new or empty one) that holds regular files only:
     a sub-folder would be deleted, and a symbolic link would come back as a copy of the file it points to
-    (or fail to, when it is broken).
+    (or fail to, when it is broken). ``folder`` itself must not be a symbolic link: the save
+    (:meth:`GaussianEncoder.save_pretrained`) would follow it and rewrite the folder it points to, which a
+    rebuild does only when that folder is named.
 
     Args:
         folder: The ``--out`` folder.
@@ -64,10 +66,11 @@ def model_folder_entries(folder: Path, *, default: Path) -> list[str]:
             regular file (the message names them and what ``--out`` takes).
     """
     takes = f"--out takes a saved model folder (default: {default}) or a new or empty folder"
-    if folder.is_symlink():
+    if folder.is_symlink():  # save_pretrained would follow it: a rebuild rewrites only a folder it is named
+        real = os.path.realpath(folder)
         raise SystemExit(
-            f"--out {folder} is a symbolic link (to {os.readlink(folder)}); the rebuild would replace the link "
-            f"by a folder. Give the folder itself or a new path ({takes})"
+            f"--out {folder} is a symbolic link (to {os.readlink(folder)}); a rebuild writes only a folder named "
+            f"directly, and would write {real} through the link. Give that folder itself or a new path ({takes})"
         )
     if not folder.exists():
         return []

@@ -99,11 +99,18 @@ queries (read it line by line; two queries are two objects, not one JSON documen
 **`-` is not stdin or stdout.** Inputs are files: `--input -` and `index -` are refused (save the input to
 a file first; `encode` also takes texts as arguments), and so is `--out -` of `encode` and `index`.
 
-**Outputs are replaced, not written through.** A file output (`evaluate --save-run`, `--per-query`) is written
-to a new file that then replaces its path: a symbolic link, a named pipe or a device there is refused before
-any work. A folder output (`encode --out`, `index --out`, `train --out`) replaces its path as a whole: a
-symbolic link to a folder there is replaced by a real folder, and the folder the link pointed to is left as it
-was; give the link's target to update that folder.
+**Outputs are replaced whole; a folder's link is followed.** A file output (`evaluate --save-run`,
+`--per-query`, `encode --out NAME.safetensors`) is written to a new file that then replaces its path: a
+symbolic link (dangling or not), a named pipe or a device there is refused before any work. A folder output
+(`encode --out`, `index --out`, `train --out`) is replaced as a whole, atomically, and a symbolic link there
+is followed, as `KLStore.save` and `save_pretrained` follow one: for `current -> v3`, `v3` is replaced (judged
+as if it were given: new, empty or an earlier output of the same kind, else refused) and the link is kept;
+`train --out current` also names its default checkpoint folder after the target (`v3.checkpoint`).
+`encode --shard-size` writes its shards into the folder the link points to. A dangling link is written
+through as a new folder; its target's folder must exist (`train` creates it), and `encode --shard-size`
+refuses a dangling link. To switch versions instead, write a new folder (`v4`) and repoint the link. The
+checkpoint folder (`train --checkpoint-dir`) is never followed: a link there is refused, and `--overwrite`
+replaces the link itself, leaving the folder it pointed to as it was.
 """  # noqa: E501 (a JSON Lines record is one line)
 
 
