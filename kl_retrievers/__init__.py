@@ -8,6 +8,12 @@ neither torch nor faiss (the torch encoder and the FAISS store load them when th
 Without torch (the core install), ``GaussianEncoder`` is a placeholder whose use raises
 ``ModuleNotFoundError`` naming ``pip install "kl-retrievers[torch]"``; everything else works.
 
+Logging: the modules log to ``logging.getLogger("kl_retrievers.<module>")`` and no handler is added
+anywhere, so an application's own setup decides what is shown. Where it set up nothing (a plain script, a
+notebook), warnings (a store loaded with another model than it was built with, ...) reach stderr
+through Python's last-resort handler (the logging HOWTO's default for a library; a ``NullHandler`` would
+hide them). ``logging.getLogger("kl_retrievers").setLevel(logging.ERROR)`` silences them.
+
 Examples:
     >>> import kl_retrievers
     >>> kl_retrievers.SCORE_NAME, kl_retrievers.SCORE_DIRECTION
@@ -17,7 +23,6 @@ Examples:
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -43,8 +48,6 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     #: The installed version; at run time read on first access (``__getattr__``, hidden from type checkers),
     #: with :func:`kl_retrievers._io.library_version`.
     __version__: str
-
-logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 #: Each lazily loaded public name and the module that defines it.
 _LAZY: dict[str, str] = {

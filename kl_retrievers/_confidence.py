@@ -625,11 +625,17 @@ def require_calibrator(
 def log_abstention(
     query: str, confidence: float | None, min_confidence: float | None, reason: str | None = None
 ) -> None:
-    """One INFO line for an abstention (the query is shortened), saying why (``reason``: :func:`abstention_reason`)."""
+    """One DEBUG line for an abstention (the query is shortened), saying why (``reason``: :func:`abstention_reason`).
+
+    DEBUG, not INFO: the line holds the user's query text (private data in a service's logs), and comes on
+    every abstaining query.
+    """
+    if not logger.isEnabledFor(logging.DEBUG):
+        return
     short = query if len(query) <= 80 else query[:77] + "..."
     if reason is None:
         reason = abstention_reason(confidence, min_confidence) or "abstained"
-    logger.info("abstained on %r: %s", short, reason)
+    logger.debug("abstained on %r: %s", short, reason)
 
 
 def hybrid_search(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import numbers
+import os
 import sys
 import threading
 import weakref
@@ -40,6 +41,8 @@ __all__ = [
     "missing_modules",
     "missing_torch",
     "progress_bar",
+    "progress_disabled",
+    "progress_enabled",
     "query_batch_size",
     "require_modules",
     "require_torch",
@@ -382,11 +385,37 @@ def query_batch_size(encoder: Any, batch_size: int) -> int:
     return batch_size if getattr(encoder, "batch_invariant", True) else 1
 
 
+def progress_disabled() -> bool:
+    """Whether the environment turns every progress bar off: ``TQDM_DISABLE`` set to anything but ``""``.
+
+    Read as tqdm reads it (any non-empty value, ``"0"`` included, disables), but at each call, and so that it
+    wins over an explicit ``show_progress_bar=True`` / ``show_progress=True`` / ``--progress`` too: tqdm's own
+    reading only changes the default of a bar built without ``disable=``, which none of this package's is.
+    """
+    return bool(os.environ.get("TQDM_DISABLE"))
+
+
+def progress_enabled(show: bool | None) -> bool:
+    """Whether a bar asked for with ``show`` is drawn: ``show`` is true and ``TQDM_DISABLE`` is not set.
+
+    Every progress bar of the package goes through this rule (``tqdm(..., disable=not progress_enabled(show))``
+    or :func:`progress_bar`).
+
+    Examples:
+        >>> progress_enabled(False)
+        False
+    """
+    return bool(show) and not progress_disabled()
+
+
 def show_progress(show_progress_bar: bool | None, n_texts: int, batch_size: int) -> bool:
-    """The progress-bar choice: as asked, else when there are several batches and stderr is a terminal."""
+    """The progress-bar choice: as asked, else when there are several batches and stderr is a terminal.
+
+    Never a bar when ``TQDM_DISABLE`` is set (:func:`progress_disabled`).
+    """
     if show_progress_bar is None:
-        return n_texts > batch_size and sys.stderr.isatty()
-    return bool(show_progress_bar)
+        return n_texts > batch_size and sys.stderr.isatty() and not progress_disabled()
+    return progress_enabled(show_progress_bar)
 
 
 class _NoBar:
@@ -401,11 +430,22 @@ class _NoBar:
 _NO_BAR = _NoBar()
 
 
-def progress_bar(total: int, *, desc: str, show: bool) -> Any:
-    """A context manager giving a bar of ``total`` batches (``bar.update(1)`` after each) for ``_encode_batches``.
+def progress_bar(total: int, *, desc: str, show: bool, unit: str = "batch", leave: bool | None = None) -> Any:
+    """A context manager giving a bar of ``total`` units (``bar.update(n)`` as they are done).
 
-    A tqdm bar when ``show``; otherwise a no-op, without building a disabled tqdm (``tqdm(disable=True)``
-    still registers and unregisters an instance under a lock: about 1% of a one-query search).
+    A tqdm bar when ``show`` (and ``TQDM_DISABLE`` is not set: :func:`progress_enabled`); otherwise a no-op,
+    without building a disabled tqdm (``tqdm(disable=True)`` still registers and unregisters an instance
+    under a lock: about 1% of a one-query search).
+
+    Args:
+        total: How many units the bar counts.
+        desc: Its label.
+        show: Whether to show it.
+        unit: What it counts (``"batch"``, ``"query"``, ``"record"``).
+        leave: Keep the finished bar's line. ``None`` (tqdm's rule): only for a bar not nested in another
+            (tqdm gives a bar opened while another is open the next line, and clears that line when it
+            ends), so an encoder's bar under a shard bar or an evaluation's under a training bar leaves
+            nothing behind.
 
     Examples:
         >>> with progress_bar(3, desc="Encoding queries", show=False) as bar:
@@ -413,11 +453,11 @@ def progress_bar(total: int, *, desc: str, show: bool) -> Any:
         >>> type(bar).__name__
         '_NoBar'
     """
-    if not show:
+    if not progress_enabled(show):
         return nullcontext(_NO_BAR)
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="batch")
+    return tqdm(total=total, desc=desc, unit=unit, leave=leave)
 
 
 class EncoderMixin:

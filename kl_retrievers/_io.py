@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kl_retrievers._warn import warn
+
 try:
     import fcntl as _fcntl
 
@@ -105,11 +107,7 @@ def check_version(meta: dict[str, Any], *, what: str, format_version: int) -> No
     ours = library_version()
     saved_key, our_key = _version_key(saved), _version_key(ours)
     if saved_key is not None and our_key is not None and saved_key > our_key:  # an unparsable version: no warning
-        warnings.warn(
-            f"{what} was written by kl-retrievers {saved}, newer than this {ours}; it may not load correctly",
-            UserWarning,
-            stacklevel=3,
-        )
+        warn(f"{what} was written by kl-retrievers {saved}, newer than this {ours}; it may not load correctly")
 
 
 def read_jsonl_objects(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -1003,6 +1001,22 @@ def check_dangling_link(path: Path) -> None:
         )
 
 
+def check_bool(value: Any, name: str, *, allow_none: bool = False) -> None:
+    """Refuse a flag that is not a ``bool`` (or numpy's), e.g. the string ``"no"``, which is true in an ``if``.
+
+    Examples:
+        >>> check_bool(False, "overwrite")
+        >>> check_bool("no", "overwrite")
+        Traceback (most recent call last):
+        TypeError: overwrite must be a bool; got 'no'
+    """
+    if (value is None and allow_none) or isinstance(value, bool):
+        return
+    if type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"):  # numpy not imported here
+        return
+    raise TypeError(f"{name} must be {'a bool or None' if allow_none else 'a bool'}; got {value!r:.80}")
+
+
 def check_replace_target(
     target: str | os.PathLike[str],
     *,
@@ -1033,6 +1047,7 @@ def check_replace_target(
         ValueError: ``target`` is a non-empty folder that ``is_ours`` refuses (the message names it, a few
             of its entries, and ``flag``), or it exists and is not a folder, or it is a symbolic link that the
             save would replace (not following it) or a dangling link it cannot save through.
+        TypeError: ``overwrite`` is not a bool (the string ``"no"`` is true).
 
     Examples:
         >>> import tempfile
@@ -1043,6 +1058,7 @@ def check_replace_target(
         Traceback (most recent call last):
         ValueError: cannot save into ...: the folder is not empty (notes.txt) and is not a model; ...
     """
+    check_bool(overwrite, "overwrite")  # "no" would replace the folder
     path = user_path(target)
     if path.is_symlink() and not path.exists():  # a dangling link
         if follow_link:
@@ -1359,6 +1375,7 @@ def check_replace_gaussians_file(
         ValueError: ``target`` exists and is not a ``.safetensors`` file of saved Gaussians (the message
             names it, why it is not one, and ``flag``), or it is not a regular file at all (a device, a
             named pipe, a socket or a symbolic link: :func:`check_file_target`, whatever ``overwrite`` says).
+        TypeError: ``overwrite`` is not a bool.
 
     Examples:
         >>> import tempfile
@@ -1369,6 +1386,7 @@ def check_replace_gaussians_file(
         Traceback (most recent call last):
         ValueError: cannot save into ...model.safetensors: the file exists and does not hold saved Gaussians ...
     """
+    check_bool(overwrite, "overwrite")
     path = user_path(target)
     if path.is_dir() and not path.is_symlink():  # a folder: atomic_file says
         return
@@ -1469,6 +1487,8 @@ def save_gaussians(
             not hold saved Gaussians (its files are deleted).
 
     Raises:
+        TypeError: ``gaussians`` is not a Gaussians batch, or the arguments come in ``torch.save``'s
+            order (``save_gaussians(gaussians, path)``).
         ValueError: ``ids`` are not one string per row, or ``path`` is a non-empty folder or an
             existing file that does not hold saved Gaussians (without ``overwrite``).
 
@@ -1485,9 +1505,14 @@ def save_gaussians(
 
     import numpy as np
 
-    from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME
+    from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians, _require_gaussians
 
-    g = gaussians.numpy()
+    if isinstance(path, Gaussians):
+        raise TypeError(
+            "save_gaussians takes the path first: save_gaussians(path, gaussians), not torch.save's order "
+            f"(got Gaussians, then {type(gaussians).__name__})"
+        )
+    g = _require_gaussians(gaussians, "gaussians").numpy()
     if ids is not None:
         if isinstance(ids, str):
             raise ValueError("ids must be a list of strings (one per row), not a single string")

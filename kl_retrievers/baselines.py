@@ -39,7 +39,14 @@ import numpy as np
 from tqdm import tqdm
 
 from kl_retrievers._bm25 import quiet_bm25s_logger
-from kl_retrievers._encoding import cut_long_texts, longest_added_token, query_batch_size, require_modules
+from kl_retrievers._encoding import (
+    cut_long_texts,
+    longest_added_token,
+    progress_bar,
+    progress_enabled,
+    query_batch_size,
+    require_modules,
+)
 from kl_retrievers.datasets import BeirDataset
 from kl_retrievers.encoding_cache import EncodingCache
 from kl_retrievers.gaussian import check_k
@@ -142,6 +149,7 @@ def bm25_run(
     sw: Any = stopwords if stopwords is not None else []
     tokenize = functools.partial(bm25s.tokenize, stopwords=sw, stemmer=stemmer, token_pattern=token_pattern)
     t0 = time.perf_counter()
+    show_progress = progress_enabled(show_progress)  # bm25s' own bars too: TQDM_DISABLE turns every bar off
     corpus_tokens = tokenize(dataset.document_texts(), show_progress=show_progress)
     query_ids = dataset.query_ids
     if not any(len(ids) for ids in corpus_tokens.ids):
@@ -164,7 +172,7 @@ def bm25_run(
     ranks = tie_ranks(doc_ids)
     block = max(1, _BM25_BLOCK_ELEMENTS // max(1, len(doc_ids)))
     run: Run = {}
-    with tqdm(total=len(query_ids), desc="BM25 retrieval", unit="query", disable=not show_progress) as bar:
+    with progress_bar(len(query_ids), desc="BM25 retrieval", unit="query", show=show_progress) as bar:
         for start in range(0, len(query_ids), block):
             tokens = query_tokens[start : start + block]
             scores = np.stack([_bm25_scores(retriever, t, len(doc_ids)) for t in tokens])
@@ -337,7 +345,7 @@ class MiniLMEncoder:
             raise
         previous = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the checkpoint's unused pooler weights are expected
-        quiet = contextlib.nullcontext() if show_progress else _transformers_progress_bars_off()
+        quiet = contextlib.nullcontext() if progress_enabled(show_progress) else _transformers_progress_bars_off()
         try:
             with quiet:
                 self.model = AutoModel.from_pretrained(
@@ -367,7 +375,7 @@ class MiniLMEncoder:
         out = np.zeros((len(texts), int(self.model.config.hidden_size)), dtype=np.float32)
         _, batches = _batches_longest_first(texts, batch_size)
         with torch.inference_mode():
-            for batch in tqdm(batches, desc=desc, unit="batch", disable=not show_progress):
+            for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress_enabled(show_progress)):
                 enc = self._tokenize([texts[i] for i in batch]).to(self.device)
                 hidden = self.model(**enc).last_hidden_state
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -500,7 +508,7 @@ class BgeSmallOnnxEncoder:
         _, batches = _batches_longest_first(texts, batch_size, presort=False)  # batch-dependent: input order
         if not batches:  # no texts: an empty (0, dim) result, as MiniLM gives
             return np.zeros((0, self._dim()), dtype=np.float32)
-        for batch in tqdm(batches, desc=desc, unit="batch", disable=not show_progress):
+        for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress_enabled(show_progress)):
             encs = self.tokenizer.encode_batch([texts[i] for i in batch])
             feeds = {
                 "input_ids": np.array([e.ids for e in encs], dtype=np.int64),

@@ -533,7 +533,8 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                 equals the hidden size); otherwise it is initialised at random.
             max_length: Document token budget.
             query_max_length: Query token budget.
-            seed: Seed for the random head initialisation (``None``: do not seed).
+            seed: Seed for the random head initialisation (``None``: do not seed, draw from torch's global
+                RNG). A seed leaves torch's global RNG as it was.
             query_prefix: Text put before every query (kept in ``config.extra["query_prefix"]``);
                 ``None``: what the backbone expects (bge's instruction for ``bge-small-en``, else none;
                 see :func:`kl_retrievers.backbones.default_query_prefix`).
@@ -585,10 +586,12 @@ class GaussianEncoder(EncoderMixin, nn.Module):
             backbone_sha256=_backbone_sha256(Path(path)),
             extra={"query_prefix": prefix} if prefix else {},
         )
-        if seed is not None:
-            torch.manual_seed(seed)
-        enc = cls(backbone, tokenizer, config, name_or_path=local_reference(name_or_path))
-        enc.reset_heads(init_variance=init_variance, identity_mean=identity_mean)
+        # a seed draws the random initialisation from its own stream: torch's global RNG is left as it was
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            enc = cls(backbone, tokenizer, config, name_or_path=local_reference(name_or_path))
+            enc.reset_heads(init_variance=init_variance, identity_mean=identity_mean)
         return enc.eval()
 
     def reset_heads(self, *, init_variance: float = 1.0, identity_mean: bool | None = None) -> None:

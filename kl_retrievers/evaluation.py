@@ -47,18 +47,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 import numpy as np
-from tqdm import tqdm
 
 from kl_retrievers._config import SIMILARITIES as SIMILARITIES  # re-exported: it was defined here
 from kl_retrievers._config import model_similarity as model_similarity
-from kl_retrievers._encoding import require_modules
+from kl_retrievers._encoding import progress_bar, require_modules
 from kl_retrievers._io import atomic_file
 from kl_retrievers._io import finite_json as finite_json  # re-exported: it was defined here
 from kl_retrievers.datasets import BeirDataset
 from kl_retrievers.encoding_cache import CACHE_ENV as CACHE_ENV  # re-exported, like the cache and run names
 from kl_retrievers.encoding_cache import EncodingCache, default_cache_dir
 from kl_retrievers.encoding_cache import model_fingerprint as model_fingerprint  # re-exported: it was defined here
-from kl_retrievers.gaussian import Gaussians, check_float32_scorable, check_k, exact_top_k
+from kl_retrievers.gaussian import Gaussians, _require_gaussians, check_float32_scorable, check_k, exact_top_k
 from kl_retrievers.runs import Qrels, Run, _run_rows, check_unique_ids, inner_product_run, tie_ranks, top_k
 from kl_retrievers.runs import run_from_top_k as run_from_top_k  # re-exported: it was importable here
 
@@ -567,6 +566,9 @@ def retrieve_exact(
         Query id -> {document id: score}, the ``min(k, n_d)`` best documents per query.
 
     Raises:
+        TypeError: ``queries`` or ``documents`` not :class:`Gaussians` (wrap arrays as ``Gaussians(mean, var)``), or
+            a query or document id that is not a str (``1``, ``np.int64(1)``: a run is keyed by str ids, as qrels
+            are), naming its position.
         ValueError: Ids not matching the Gaussians, a repeated query or document id (naming the
             first), ``k`` not a positive integer, or a query or document whose rewrite overflows
             float32 (naming its row).
@@ -577,11 +579,17 @@ def retrieve_exact(
         >>> retrieve_exact(q, d, ["q"], ["far", "near"], k=2)
         {'q': {'near': -0.5, 'far': -4.5}}
     """
+    _require_gaussians(queries, "queries")
+    _require_gaussians(documents, "documents")
     if len(queries) != len(query_ids) or len(documents) != len(doc_ids):
         raise ValueError(
             f"ids do not match the Gaussians: {len(queries)} queries vs {len(query_ids)} ids, "
             f"{len(documents)} documents vs {len(doc_ids)} ids"
         )
+    for what, ids in (("query_ids", query_ids), ("doc_ids", doc_ids)):
+        row = next((i for i, ident in enumerate(ids) if not isinstance(ident, str)), None)
+        if row is not None:  # an int id would key the run by int, matching no qrels entry
+            raise TypeError(f"{what}[{row}] must be a str; got {type(ids[row]).__name__} {ids[row]!r:.80}")
     check_unique_ids(query_ids, "query")  # a run would merge repeats silently
     check_unique_ids(doc_ids, "document")
     if queries.dim != documents.dim:
@@ -589,7 +597,7 @@ def retrieve_exact(
     k = check_k(k)
     check_float32_scorable(documents, "document")  # a document to blame is named before the queries
     check_float32_scorable(queries, "query")
-    with tqdm(total=len(queries), desc="exact retrieval", unit="query", disable=not show_progress) as bar:
+    with progress_bar(len(queries), desc="exact retrieval", unit="query", show=show_progress) as bar:
         idx, vals = exact_top_k(
             queries,
             documents,
@@ -958,8 +966,11 @@ def retrieve_vectors(
     """Exact top-``k`` by the dot product (or cosine) of vectors, in float64: how a vector twin ranks.
 
     Raises:
-        ValueError: An unknown similarity, ids not matching the vectors, a repeated query or
-            document id (naming the first), or ``k`` not a positive integer.
+        TypeError: ``queries`` or ``documents`` is a :class:`Gaussians` batch (rank Gaussians with
+            :func:`retrieve_exact`, or pass their means).
+        ValueError: An unknown similarity, vectors that are not 2-D or whose widths differ, ids not
+            matching the vectors, a repeated query or document id (naming the first), or ``k`` not a
+            positive integer.
 
     Examples:
         >>> retrieve_vectors(np.array([[1.0, 0.0]]), np.array([[2.0, 0.0], [0.0, 3.0]]), ["q"], ["a", "b"], k=2)
@@ -967,8 +978,19 @@ def retrieve_vectors(
     """
     if similarity not in ("dot", "cosine"):
         raise ValueError(f"similarity must be 'dot' or 'cosine'; got {similarity!r}")
+    for what, given in (("queries", queries), ("documents", documents)):
+        if isinstance(given, Gaussians):
+            raise TypeError(
+                f"{what} must be an array of vectors (n, dim); got a Gaussians batch: rank Gaussians by -KL with "
+                "retrieve_exact, or pass their means (g.mean) for the vector ranking"
+            )
     q = np.asarray(queries, dtype=np.float64)
     d = np.asarray(documents, dtype=np.float64)
+    if q.ndim != 2 or d.ndim != 2 or q.shape[1] != d.shape[1]:
+        raise ValueError(
+            f"queries and documents must be 2-D arrays of vectors of one width (n, dim); got queries of shape "
+            f"{q.shape} and documents of shape {d.shape}"
+        )
     if len(q) != len(query_ids) or len(d) != len(doc_ids):
         raise ValueError(
             f"ids do not match the vectors: {len(q)} queries vs {len(query_ids)} ids, "

@@ -40,8 +40,9 @@ incompatible types; a stored date reads as its midnight), and
   ``2024-01-03T01:00+00:00`` and is ``>= datetime(2024, 1, 3, tzinfo=timezone.utc)``;
 * a naive datetime (no timezone) and an aware one are never equal and never ordered, as in Python
   (which raises ``TypeError`` there): the document does not match ``$eq`` / ``$in`` / a comparison,
-  matches ``$ne`` / ``$nin``, and one warning per search (per compiled filter) names the two
-  values.  Store and filter with the same kind (for instance all in UTC).
+  matches ``$ne`` / ``$nin``, and a warning names the two values (the first search of the process that
+  meets such a pair; later ones log it at DEBUG, once per search).  Store and filter with the same
+  kind (for instance all in UTC).
 
 ``NaT`` (``pd.NaT``, stored as the string ``"NaT"``; ``np.datetime64("NaT")``, stored as ``None``) is
 no date: it compares as the value the store keeps for it.
@@ -92,6 +93,7 @@ import logging
 import operator
 import re
 import reprlib
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from types import MappingProxyType
@@ -329,20 +331,35 @@ class _Dates:
         return parsed
 
     def mismatch(self, value: Any, ref: datetime.datetime | datetime.time) -> None:
-        """Warn (once per compiled filter) that the stored ``value`` and the filter value ``ref`` cannot compare."""
+        """Log that the stored ``value`` and the filter value ``ref`` cannot compare (once per compiled filter).
+
+        A WARNING the first time this process meets that kind of mismatch (:data:`_MISMATCH_WARNED`), DEBUG
+        after: a service that runs the same filter on every search would otherwise repeat it on each.
+        """
         if self.warned:
             return
         self.warned = True
         aware = _aware(ref)
-        logger.warning(
+        kind = (type(ref).__name__, aware)
+        with _MISMATCH_LOCK:
+            first = kind not in _MISMATCH_WARNED
+            _MISMATCH_WARNED.add(kind)
+        (logger.warning if first else logger.debug)(
             "metadata filter: the stored value %r is %s and the filter value %s is %s; Python neither "
             "orders nor equates such values, so the document does not match (it does match $ne / $nin): "
-            "store and filter dates with the same kind, both with a timezone (e.g. UTC) or both without",
+            "store and filter dates with the same kind, both with a timezone (e.g. UTC) or both without "
+            "(warned once per process; later searches log this at DEBUG)",
             value,
             "naive (no timezone)" if aware else "timezone-aware",
             ref.isoformat(),
             "timezone-aware" if aware else "naive",
         )
+
+
+#: The naive / aware mismatches :meth:`_Dates.mismatch` warned about in this process, as ``(filter value type
+#: name, filter value aware)``: at most four (datetime or time, either way round); later ones log at DEBUG.
+_MISMATCH_WARNED: set[tuple[str, bool]] = set()
+_MISMATCH_LOCK = threading.Lock()
 
 
 #: The :class:`_Dates` of the filter :func:`compile_filter` is compiling in this thread / task (``None``: none).

@@ -257,7 +257,29 @@ class Gaussians:
         return cls(np.concatenate([p.mean for p in parts]), np.concatenate([p.var for p in parts]), validate=False)
 
 
+def _require_gaussians(g: Any, what: str) -> Gaussians:
+    """``g`` when it is a :class:`Gaussians` batch; else a ``TypeError`` naming its type and how to wrap arrays.
+
+    The one check of the public functions that take Gaussians: an array passed instead would fail deep
+    inside with an unrelated message (an ndarray's ``var`` is its variance *method*).
+
+    Examples:
+        >>> _require_gaussians(np.zeros((2, 3)), "queries")
+        Traceback (most recent call last):
+        ...
+        TypeError: queries must be a Gaussians batch; got ndarray: wrap the means and variances as Gaussians(mean, var)
+    """
+    if not isinstance(g, Gaussians):
+        raise TypeError(
+            f"{what} must be a Gaussians batch; got {type(g).__name__}: wrap the means and variances as "
+            "Gaussians(mean, var)"
+        )
+    return g
+
+
 def _same_kind(q: Gaussians, d: Gaussians) -> None:
+    _require_gaussians(q, "queries")
+    _require_gaussians(d, "documents")
     if q.is_torch != d.is_torch:
         raise TypeError("queries and documents must both be numpy or both torch; convert with .numpy() or .torch()")
     if q.dim != d.dim:
@@ -349,30 +371,13 @@ def _cat(parts: list[Array]) -> Array:
     return torch.cat(parts, dim=1) if _is_torch(parts[0]) else np.concatenate(parts, axis=1)
 
 
-def kl_query_vectors(queries: Gaussians) -> Array:
-    """Query side ``q~ = [1, var_q + mu_q^2, mu_q]`` of the rewrite, shape ``(n, 2k + 1)``.
-
-    Examples:
-        >>> import numpy as np
-        >>> kl_query_vectors(Gaussians(np.array([[2.0]]), np.array([[0.5]])))
-        array([[1. , 4.5, 2. ]])
-    """
+def _query_rewrite(queries: Gaussians) -> Array:
     m, v = queries.mean, queries.var
     ones = torch.ones_like(m[:, :1]) if _is_torch(m) else np.ones_like(m[:, :1])
     return _cat([ones, v + m**2, m])
 
 
-def kl_document_vectors(documents: Gaussians) -> Array:
-    """Document side ``d~`` of the rewrite, shape ``(n, 2k + 1)``.
-
-    ``d~ = [-1/2 * sum(log var_d + mu_d^2 / var_d), -1 / (2 var_d), mu_d / var_d]``, so that
-    ``<q~, d~> + c(q) = -KL(Q || D)`` exactly.
-
-    Examples:
-        >>> import numpy as np
-        >>> kl_document_vectors(Gaussians(np.array([[2.0]]), np.array([[1.0]])))
-        array([[-2. , -0.5,  2. ]])
-    """
+def _document_rewrite(documents: Gaussians) -> Array:
     m, v = documents.mean, documents.var
     inv = 1.0 / v
     first = -0.5 * (_log(v) + m**2 * inv)
@@ -380,15 +385,103 @@ def kl_document_vectors(documents: Gaussians) -> Array:
     return _cat([first, -0.5 * inv, m * inv])
 
 
+def _overflow_message(side: str, row: int, coordinate: int, value: float, dtype: Any, facts: str) -> str:
+    """The refusal of a row whose rewrite does not fit ``dtype``: the stores' and the public functions' words."""
+    name = "q~" if side == "query" else "d~"
+    kind = np.dtype(dtype)
+    return (
+        f"{side} {row} cannot be scored in {kind.name}: coordinate {coordinate} of its rewrite {name} is "
+        f"{value:.4g} ({kind.name} holds magnitudes up to {float(np.finfo(kind).max):.3g}; {facts})"
+    )
+
+
+def _check_rewrite_finite(vectors: Array, g: Gaussians, side: str) -> Array:
+    """``vectors`` (the rewrite of ``g``) when every value is finite; else ``ValueError`` naming the first bad row.
+
+    The value named is the coordinate computed in float64, the first that the output's dtype cannot
+    hold (as :func:`check_float32_scorable` words it for a store).
+    """
+    if _is_torch(vectors):
+        if bool(torch.isfinite(vectors).all()):
+            return vectors
+        vec = vectors.detach().cpu().numpy()
+        mean, var = g.mean.detach().cpu().numpy(), g.var.detach().cpu().numpy()
+    else:
+        if bool(np.isfinite(vectors).all()):
+            return vectors
+        vec, mean, var = vectors, np.asarray(g.mean), np.asarray(g.var)
+    row = int(np.flatnonzero(~np.isfinite(vec).all(axis=1))[0])
+    m64 = mean[row : row + 1].astype(np.float64)
+    v64 = var[row : row + 1].astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        exact = _rewrite(m64, v64, side, False)[0]
+        too_big = ~np.isfinite(exact.astype(vec.dtype))
+    bad = too_big if too_big.any() else ~np.isfinite(vec[row])
+    bad = np.flatnonzero(np.roll(bad, -1))  # coordinate 0 (a sum over the others) last: name a cause first
+    j = (int(bad[0]) + 1) % vec.shape[1]
+    value = float(exact[j]) if too_big.any() else float(vec[row, j])
+    advice = "; pass float64 Gaussians (g.astype(np.float64)) for a float64 rewrite" if vec.dtype == np.float32 else ""
+    raise ValueError(_overflow_message(side, row, j, value, vec.dtype, _row_facts(m64, v64, False)) + advice)
+
+
+def kl_query_vectors(queries: Gaussians) -> Array:
+    """Query side ``q~ = [1, var_q + mu_q^2, mu_q]`` of the rewrite, shape ``(n, 2k + 1)``.
+
+    Computed in the Gaussians' dtype (see :class:`Gaussians`), like :func:`kl_document_vectors`.
+
+    Raises:
+        TypeError: ``queries`` is not a :class:`Gaussians` batch (wrap arrays as ``Gaussians(mean, var)``).
+        ValueError: A query whose ``q~`` is not finite in that dtype (``var + mu^2`` overflows),
+            naming the row and the value; :class:`~kl_retrievers.KLStore` refuses the same queries.
+
+    Examples:
+        >>> import numpy as np
+        >>> kl_query_vectors(Gaussians(np.array([[2.0]]), np.array([[0.5]])))
+        array([[1. , 4.5, 2. ]])
+    """
+    _require_gaussians(queries, "queries")
+    with np.errstate(over="ignore", invalid="ignore"):  # refused below, naming the row
+        vectors = _query_rewrite(queries)
+    return _check_rewrite_finite(vectors, queries, "query")
+
+
+def kl_document_vectors(documents: Gaussians) -> Array:
+    """Document side ``d~`` of the rewrite, shape ``(n, 2k + 1)``.
+
+    ``d~ = [-1/2 * sum(log var_d + mu_d^2 / var_d), -1 / (2 var_d), mu_d / var_d]``, so that
+    ``<q~, d~> + c(q) = -KL(Q || D)`` exactly in exact arithmetic. Computed in the Gaussians' dtype:
+    float32 Gaussians give float32 vectors, whose inner product in a float32 engine is not exact
+    (its terms cancel; see the re-scoring advice in ``docs/method.md``).
+
+    Raises:
+        TypeError: ``documents`` is not a :class:`Gaussians` batch (wrap arrays as ``Gaussians(mean, var)``).
+        ValueError: A document whose ``d~`` is not finite in that dtype (a variance so small, or a
+            mean so large, that ``1 / var`` or ``mu^2 / var`` overflows), naming the row and the value;
+            :class:`~kl_retrievers.KLStore` refuses the same documents.
+
+    Examples:
+        >>> import numpy as np
+        >>> kl_document_vectors(Gaussians(np.array([[2.0]]), np.array([[1.0]])))
+        array([[-2. , -0.5,  2. ]])
+    """
+    _require_gaussians(documents, "documents")
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # refused below, naming the row
+        vectors = _document_rewrite(documents)
+    return _check_rewrite_finite(vectors, documents, "document")
+
+
 def kl_query_constant(queries: Gaussians) -> Array:
     """The query-only term ``c(q) = 1/2 * sum(log var_q + 1)``, shape ``(n,)``.
+
+    Raises:
+        TypeError: ``queries`` is not a :class:`Gaussians` batch (wrap arrays as ``Gaussians(mean, var)``).
 
     Examples:
         >>> import numpy as np
         >>> kl_query_constant(Gaussians(np.zeros((1, 4)), np.ones((1, 4))))
         array([2.])
     """
-    t = _log(queries.var) + 1.0
+    t = _log(_require_gaussians(queries, "queries").var) + 1.0
     return 0.5 * t.sum(-1) if _is_torch(t) else 0.5 * t.sum(axis=1)
 
 
@@ -926,9 +1019,7 @@ def _check_sumlogvar(doc_sumlogvar: Any, n: int) -> np.ndarray | None:
 
 
 def _numpy_gaussians(g: Gaussians, what: str) -> Gaussians:
-    if not isinstance(g, Gaussians):
-        raise TypeError(f"{what} must be a Gaussians batch; got {type(g).__name__}")
-    return g.numpy()
+    return _require_gaussians(g, what).numpy()
 
 
 def _row_facts(mean: np.ndarray, var: np.ndarray, centred: bool) -> str:
@@ -944,7 +1035,7 @@ def _rewrite(mean: np.ndarray, var: np.ndarray, side: str, means_only: bool) -> 
             return np.concatenate([np.ones((n, 1)), 2.0 * mean], axis=1)
         return np.concatenate([-np.einsum("ij,ij->i", mean, mean)[:, None], mean], axis=1)
     g = Gaussians(mean, var, validate=False)
-    return np.asarray(kl_query_vectors(g) if side == "query" else kl_document_vectors(g))
+    return np.asarray(_query_rewrite(g) if side == "query" else _document_rewrite(g))
 
 
 def _first_bad_row(vectors: np.ndarray) -> int | None:
@@ -1000,12 +1091,8 @@ def score_vectors_float32(
     if bad is not None:
         j = int(np.flatnonzero(~np.isfinite(vec[bad]))[0])
         row = bad if row_numbers is None else int(row_numbers[bad])
-        name = "q~" if side == "query" else "d~"
-        raise ValueError(
-            f"{side} {row} cannot be scored in float32: coordinate {j} of its rewrite {name} is "
-            f"{float(vec64[bad, j]):.4g} (float32 holds magnitudes up to {_FLOAT32_MAX:.3g}; "
-            f"{_row_facts(mean[bad], var[bad], centre is not None)})"
-        )
+        facts = _row_facts(mean[bad], var[bad], centre is not None)
+        raise ValueError(_overflow_message(side, row, j, float(vec64[bad, j]), np.float32, facts))
     return vec
 
 

@@ -86,6 +86,7 @@ from kl_retrievers.runs import top_k
 from kl_retrievers.store._base import (
     _check_texts_and_ids,
     _check_texts_container,
+    _id_list,
     _metadata_list,
     _NotCopyable,
     _refuse_model_name,
@@ -2052,8 +2053,9 @@ class KLHybridStore(_NotCopyable):
         as the store does, ties included (the fused scores of RRF often tie).
 
         Raises:
-            TypeError: ``query_ids`` is one string instead of a sequence of ids.
-            ValueError: Not one id per query, or an id repeats (as a string: ``1`` and ``"1"`` are the same id).
+            TypeError: ``query_ids`` is one string instead of a sequence of ids, or holds an id that is not a str
+                (``1`` is not coerced to ``"1"``; naming its position), or a query is not a str.
+            ValueError: Not one id per query, or an id repeats.
 
         Examples:
             >>> s = KLHybridStore(fusion="rrf")
@@ -2064,15 +2066,16 @@ class KLHybridStore(_NotCopyable):
         k = check_k(k)
         if isinstance(query_ids, str):
             raise TypeError(f"query_ids must be a sequence of ids, not one string; got {query_ids!r}")
-        if len(query_ids) != len(queries):
-            raise ValueError(f"give one query id per query; got {len(query_ids)} ids for {len(queries)} queries")
-        keys = [str(q) for q in query_ids]
+        keys = _id_list(query_ids, "query_ids")  # never coerced with str(): 1 would become "1"
+        texts = _query_texts(queries)  # each read once (generators too)
+        if len(keys) != len(texts):
+            raise ValueError(f"give one query id per query; got {len(keys)} ids for {len(texts)} queries")
         repeated = [q for q, n in Counter(keys).items() if n > 1]
         if repeated:
             raise ValueError(f"query ids must be unique (a run maps each id to one ranking); {repeated[0]!r} repeats")
         config = self.fusion.for_call(fusion, weight, normalization)
         run: dict[str, dict[str, float]] = {}
-        for qid, (_, ranked) in zip(keys, self._ranked(queries, k, filter, query_gaussians, config), strict=True):
+        for qid, (_, ranked) in zip(keys, self._ranked(texts, k, filter, query_gaussians, config), strict=True):
             run[qid] = {doc_id: float(k - r) for r, (doc_id, *_) in enumerate(ranked)}
         return run
 
@@ -2162,11 +2165,10 @@ class KLHybridStore(_NotCopyable):
         """
         k = check_k(k)
         config = self.fusion.for_call(fusion, weight, normalization)
-        qg = self._query_gaussians(_query_texts(queries), query_gaussians)  # encoded before the lock
+        texts = _query_texts(queries)  # read once: a generator is not read again by the search
+        qg = self._query_gaussians(texts, query_gaussians)  # encoded before the lock
         with self._lock.read():  # candidates, fusion and the stored texts from one state of the store
-            return [
-                self.to_results(c, ranked, config.mode) for c, ranked in self._ranked(queries, k, filter, qg, config)
-            ]
+            return [self.to_results(c, ranked, config.mode) for c, ranked in self._ranked(texts, k, filter, qg, config)]
 
     def search(
         self,

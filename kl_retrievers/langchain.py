@@ -38,7 +38,6 @@ import stat
 import tempfile
 import threading
 import uuid
-import warnings
 import weakref
 import zipfile
 from collections.abc import Callable, ItemsView, Iterable, KeysView, Mapping, Sequence, Set
@@ -91,6 +90,7 @@ from kl_retrievers._confidence import (
 )
 from kl_retrievers._encoding import check_texts, query_batch_size
 from kl_retrievers._io import LEFTOVER_NAME, check_dangling_link, load_unchanged, make_dirs, user_path
+from kl_retrievers._warn import user_stacklevel, warn
 from kl_retrievers.filters import MetadataFilter
 from kl_retrievers.gaussian import (
     SCORE_DIRECTION,
@@ -442,7 +442,25 @@ def _check_add_args(
     id_list = _one_per_item(ids, "ids", n, what, str, "str")
     if not id_list:
         return metadata_list, None
-    return metadata_list, [str(i) if i is not None and i != "" else uuid.uuid4().hex for i in id_list]
+    _str_ids(id_list, none=True)
+    return metadata_list, [i if i is not None and i != "" else uuid.uuid4().hex for i in id_list]
+
+
+def _str_ids(ids: Iterable[Any], *, none: bool = False) -> list[str]:
+    """``ids`` as a list, each a str (or ``None`` where ``none``): never coerced with ``str()`` (``b"a"`` would
+    become ``"b'a'"``, ``1.0`` the id ``"1.0"``), as the core stores refuse them; else a ``TypeError`` naming the
+    position and value, as theirs does.
+
+    Examples:
+        >>> _str_ids(iter(["a", 1]))
+        Traceback (most recent call last):
+        TypeError: ids[1] must be a str; got int 1
+    """
+    out = list(ids)
+    for j, doc_id in enumerate(out):
+        if not (isinstance(doc_id, str) or (none and doc_id is None)):
+            raise TypeError(f"ids[{j}] must be a str; got {type(doc_id).__name__} {doc_id!r:.80}")
+    return out
 
 
 def _check_texts(texts: Any, what: str = "texts") -> list[str]:
@@ -465,15 +483,24 @@ def _check_unit(value: Any, name: str) -> float:
     return float(value)
 
 
-def _warn_ignored(kwargs: dict[str, Any], where: str, takes: str, accepted: tuple[str, ...] = ()) -> None:
-    """Warn about keyword arguments a search method ignores (e.g. a misspelt ``filter``), naming what it takes."""
+def _warn_ignored(kwargs: dict[str, Any], where: str, takes: str, accepted: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Warn about keyword arguments a method ignores (e.g. a misspelt ``filter``), naming what it takes.
+
+    The warning points at the user's line (:func:`kl_retrievers._warn.warn`), however deep LangChain calls it.
+
+    Returns:
+        The ``accepted`` ones of ``kwargs``: what a method that checked them passes on (so that the method it
+        calls does not warn again, naming itself).
+    """
     ignored = sorted(set(kwargs) - set(accepted))
     if ignored:
-        warnings.warn(
-            f"KLVectorStore.{where} ignores the keyword argument(s) {ignored}; it takes {takes}",
-            UserWarning,
-            stacklevel=3,
-        )
+        warn(f"KLVectorStore.{where} ignores the keyword argument(s) {ignored}; it takes {takes}")
+    return {key: value for key, value in kwargs.items() if key in accepted}
+
+
+#: What ``similarity_search_with_relevance_scores`` takes besides ``query`` and ``k``, and its words for them.
+_RELEVANCE_KWARGS = ("filter", "fetch_k", "score_threshold")
+_RELEVANCE_TAKES = "query, k, filter and score_threshold"
 
 
 def _load_default_encoder(backend: str | None = None) -> Any:
@@ -609,6 +636,14 @@ def check_inner_product_store(vectorstore: Any, *, warn: bool = True) -> bool | 
         >>> check_inner_product_store(Store(), warn=False)
         False
     """
+    verdict, reason = _store_verdict(vectorstore)
+    if verdict is False and warn:
+        _warn_incompatible(type(vectorstore).__name__, reason)
+    return verdict
+
+
+def _store_verdict(vectorstore: Any) -> tuple[bool | None, str]:
+    """:func:`check_inner_product_store`'s verdict on ``vectorstore`` and its reason (no warning)."""
     verdict: bool | None = None
     reason = ""
     if type(vectorstore).__name__ == "InMemoryVectorStore":
@@ -624,9 +659,7 @@ def check_inner_product_store(vectorstore: Any, *, warn: bool = True) -> bool | 
         verdict, reason = _metric_type_verdict(vectorstore)
     if getattr(vectorstore, "_normalize_L2", False) is True:
         verdict, reason = False, "normalize_L2=True rescales the vectors"
-    if verdict is False and warn:
-        _warn_incompatible(type(vectorstore).__name__, reason)
-    return verdict
+    return verdict, reason
 
 
 def _metric_type_verdict(vectorstore: Any) -> tuple[bool | None, str]:
@@ -713,12 +746,23 @@ def _warn_incompatible(store_name: str, reason: str) -> None:
         reason,
         "Use an inner-product store (e.g. FAISS(distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT)) or "
         "KLVectorStore.",
-        stacklevel=5,
+        stacklevel=user_stacklevel(1),  # the user's line (warnings.warn runs one call down)
     )
 
 
-def _detect_caller_store() -> None:
-    """Warn when the calling vector store (found on the stack) is known to break the rewrite."""
+def _detect_caller_store(embeddings: KLEmbeddings) -> None:
+    """Warn when the calling vector store (found on the stack) is known to break the rewrite.
+
+    Once per store type and ``embeddings`` object (a store embeds at every add and search). A warning
+    raised as an error (``-W error``) propagates; any other failure of this best-effort check is logged.
+    """
+    warned: set[str] = embeddings.__dict__.setdefault("_kl_warned_stores", set())
+
+    def incompatible(store_name: str, reason: str) -> None:
+        if store_name not in warned:
+            warned.add(store_name)
+            _warn_incompatible(store_name, reason)
+
     frame = inspect.currentframe()
     try:
         f = frame.f_back.f_back if frame and frame.f_back else None
@@ -730,21 +774,25 @@ def _detect_caller_store() -> None:
             if isinstance(owner, VectorStore):
                 if isinstance(owner, KLVectorStore):
                     return
-                check_inner_product_store(owner, warn=True)
+                verdict, reason = _store_verdict(owner)
+                if verdict is False:
+                    incompatible(type(owner).__name__, reason)
                 return
             kwargs = loc.get("kwargs")
             cls = loc.get("cls")
             if isinstance(cls, type) and issubclass(cls, VectorStore) and isinstance(kwargs, dict):
                 if kwargs.get("normalize_L2") is True:
-                    _warn_incompatible(cls.__name__, "normalize_L2=True rescales the vectors")
+                    incompatible(cls.__name__, "normalize_L2=True rescales the vectors")
                     return
                 strategy = kwargs.get("distance_strategy")
                 if strategy is None and cls.__name__ == "FAISS":
                     strategy = "EUCLIDEAN_DISTANCE (the FAISS default)"
                 if _strategy_verdict(strategy) is False:
-                    _warn_incompatible(cls.__name__, f"distance_strategy={getattr(strategy, 'value', strategy)!r}")
+                    incompatible(cls.__name__, f"distance_strategy={getattr(strategy, 'value', strategy)!r}")
                 return
             f = f.f_back
+    except Warning:  # our own warning, raised as an error (warnings filter "error"): the user asked for it
+        raise
     except Exception:  # pragma: no cover - a best-effort check must never break embedding
         logger.debug("vector store compatibility check failed", exc_info=True)
     finally:
@@ -1017,7 +1065,7 @@ class KLEmbeddings(Embeddings):
             TypeError: A text is not a str.
         """
         items = _check_texts(texts)
-        _detect_caller_store()
+        _detect_caller_store(self)
         if not items:
             return []
         g = self.encode_documents(items).astype(np.float64)
@@ -1030,7 +1078,7 @@ class KLEmbeddings(Embeddings):
             TypeError: ``text`` is not a str.
         """
         _check_query(text)
-        _detect_caller_store()
+        _detect_caller_store(self)
         g = self.encode_queries([text]).astype(np.float64)
         return np.asarray(kl_query_vectors(g), dtype=np.float64)[0].tolist()
 
@@ -1038,14 +1086,14 @@ class KLEmbeddings(Embeddings):
         """Async :meth:`embed_documents` (runs in a worker thread)."""
         from langchain_core.runnables.config import run_in_executor
 
-        _detect_caller_store()  # here: the worker thread's stack does not hold the calling store
+        _detect_caller_store(self)  # here: the worker thread's stack does not hold the calling store
         return await run_in_executor(None, self.embed_documents, texts)
 
     async def aembed_query(self, text: str) -> list[float]:
         """Async :meth:`embed_query` (runs in a worker thread)."""
         from langchain_core.runnables.config import run_in_executor
 
-        _detect_caller_store()  # here: the worker thread's stack does not hold the calling store
+        _detect_caller_store(self)  # here: the worker thread's stack does not hold the calling store
         return await run_in_executor(None, self.embed_query, text)
 
     def query_constant(self, text: str) -> float:
@@ -1101,8 +1149,11 @@ def _delete_by_ids(store: Any, ids: Any, delete_all: bool, owner: str) -> bool:
 
     Raises:
         ValueError: No ids and no ``delete_all=True``, or both.
-        TypeError: ``ids`` is a single str.
+        TypeError: ``ids`` is a single str, an id is not a str, or ``delete_all`` is not a bool (a string
+            such as ``"no"`` is true: it would empty the store).
     """
+    if not isinstance(delete_all, bool):
+        raise TypeError(f"delete_all must be a bool; got {delete_all!r:.80}")
     if ids is None:
         if not delete_all:
             raise ValueError(
@@ -1115,7 +1166,7 @@ def _delete_by_ids(store: Any, ids: Any, delete_all: bool, owner: str) -> bool:
         raise ValueError(f"pass either ids or delete_all=True to {owner}.delete, not both")
     if isinstance(ids, str):
         raise TypeError("ids must be a list of str, not a single str")
-    wanted = list(dict.fromkeys(str(i) for i in ids))
+    wanted = list(dict.fromkeys(_str_ids(ids)))
     if isinstance(store, (KLStore, KLHybridStore)):  # ids held in memory: a membership test, no document read
         present = {i for i in wanted if i in store}
     else:  # MilvusKLStore (whose `in` is a query per id): one read of them all
@@ -1135,8 +1186,21 @@ def _document_fields(
 
     ``ids`` given wins; else the documents' ``id`` fields when any is set (a document without one gets a
     uuid4 hex, :func:`_check_add_args`); else ``None``.
+
+    Raises:
+        TypeError: ``documents`` is no iterable of ``Document`` objects (e.g. of strings: use ``from_texts``).
     """
+    if isinstance(documents, (str, bytes, Document)) or not isinstance(documents, Iterable):
+        raise TypeError(
+            f"documents must be an iterable of langchain_core Document objects; got a single {type(documents).__name__}"
+        )
     docs = list(documents)
+    for j, doc in enumerate(docs):
+        if not isinstance(doc, Document):
+            hint = " (for plain texts use from_texts or add_texts)" if isinstance(doc, str) else ""
+            raise TypeError(
+                f"documents[{j}] must be a langchain_core Document; got {type(doc).__name__} {doc!r:.80}{hint}"
+            )
     if ids is None and any(d.id for d in docs):
         ids = [d.id for d in docs]
     return [d.page_content for d in docs], [dict(d.metadata) for d in docs], ids
@@ -1385,9 +1449,10 @@ class KLVectorStore(VectorStore):
 
         Raises:
             TypeError: A text is not a str, or ``metadatas`` / ``ids`` is a single dict / str, not one per
-                text, or a set (its order would pair them with the texts at random).
+                text, or a set (its order would pair them with the texts at random), or an id is not a str.
             ValueError: ``metadatas`` or ``ids`` do not match ``texts`` in length, or repeated ids.
         """
+        _warn_ignored(kwargs, "add_texts", "texts, metadatas and ids")
         items = _check_texts(texts)
         metadata_list, id_values = _check_add_args(len(items), metadatas, ids)
         if not items:
@@ -1423,7 +1488,8 @@ class KLVectorStore(VectorStore):
         """Async :meth:`add_texts` (runs in a worker thread; ``ids`` also by position, as in FAISS)."""
         from langchain_core.runnables.config import run_in_executor
 
-        return await run_in_executor(None, self.add_texts, texts, metadatas, ids, **kwargs)
+        _warn_ignored(kwargs, "aadd_texts", "texts, metadatas and ids")
+        return await run_in_executor(None, self.add_texts, texts, metadatas, ids)
 
     def delete(self, ids: list[str] | None = None, *, delete_all: bool = False, **kwargs: Any) -> bool | None:
         """Delete documents by id; ids already absent are ignored (idempotent, as ``InMemoryVectorStore``).
@@ -1433,8 +1499,8 @@ class KLVectorStore(VectorStore):
 
         Args:
             ids: The ids to delete.
-            delete_all: Delete every document (``ids`` must then be ``None``).
-            **kwargs: Ignored.
+            delete_all: Delete every document (``ids`` must then be ``None``); a bool.
+            **kwargs: Ignored, with a warning; ``filter`` is refused (this store deletes by id only).
 
         Returns:
             ``True``: every given id is absent afterwards (the ids that were already absent are logged at
@@ -1443,11 +1509,18 @@ class KLVectorStore(VectorStore):
 
         Raises:
             ValueError: No ids and no ``delete_all=True``, or both.
+            TypeError: ``delete_all`` is not a bool, an id is not a str, or a ``filter`` is given.
 
         Examples:
             >>> store.delete(["a", "b"])  # doctest: +SKIP
             True
         """
+        if "filter" in kwargs:
+            raise TypeError(
+                f"KLVectorStore.delete deletes by id and takes no filter (got filter={kwargs['filter']!r:.80}): find "
+                "the ids first (e.g. [d.id for d in store.similarity_search(query, k, filter=...)]) and pass them"
+            )
+        _warn_ignored(kwargs, "delete", "ids and delete_all")
         return _delete_by_ids(self.store, ids, delete_all, "KLVectorStore")
 
     def clear(self) -> None:
@@ -1610,7 +1683,7 @@ class KLVectorStore(VectorStore):
             raise TypeError(f"ids must be a list of str, not a single str; got {ids!r}")
         return [
             Document(id=d.id, page_content=d.text or "", metadata=dict(d.metadata))
-            for d in self.store.get_by_ids([str(i) for i in ids])
+            for d in self.store.get_by_ids(_str_ids(ids))
         ]
 
     # -- searching
@@ -1645,7 +1718,7 @@ class KLVectorStore(VectorStore):
                 ignored with a warning (e.g. ``filters=``, or FAISS' ``score_threshold``: use
                 :meth:`similarity_search_with_relevance_scores` for a threshold in ``[0, 1]``).
         """
-        _warn_ignored(kwargs, "similarity_search", "query, k and filter", accepted=("fetch_k",))
+        _warn_ignored(kwargs, "similarity_search_with_score", "query, k and filter", accepted=("fetch_k",))
         k = _check_k(k)
         return self._results(self._encode_query(query), k, filter)
 
@@ -1653,7 +1726,13 @@ class KLVectorStore(VectorStore):
         self, query: str, k: int = 4, filter: MetadataFilter | None = None, **kwargs: Any
     ) -> list[Document]:
         """Top-``k`` documents by ``-KL``; see :meth:`similarity_search_with_score`."""
+        kwargs = _warn_ignored(kwargs, "similarity_search", "query, k and filter", accepted=("fetch_k",))
         return [doc for doc, _ in self.similarity_search_with_score(query, k, filter=filter, **kwargs)]
+
+    async def asimilarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
+        """Async :meth:`similarity_search` (runs in a worker thread; an ignored keyword warns before, here)."""
+        kwargs = _warn_ignored(kwargs, "asimilarity_search", "query, k and filter", accepted=("fetch_k", "filter"))
+        return await super().asimilarity_search(query, k, **kwargs)
 
     def _vector_to_gaussian(self, embedding: Any) -> Gaussians:
         if isinstance(embedding, Gaussians):
@@ -1684,7 +1763,9 @@ class KLVectorStore(VectorStore):
         Raises:
             ValueError: Not a ``q~`` vector (e.g. a document vector ``d~``), or the wrong size.
         """
-        _warn_ignored(kwargs, "similarity_search_by_vector", "embedding, k and filter", accepted=("fetch_k",))
+        _warn_ignored(
+            kwargs, "similarity_search_with_score_by_vector", "embedding, k and filter", accepted=("fetch_k",)
+        )
         k = _check_k(k)
         return self._results(self._vector_to_gaussian(embedding), k, filter)
 
@@ -1694,6 +1775,9 @@ class KLVectorStore(VectorStore):
         """Async :meth:`similarity_search_with_score_by_vector` (runs in a worker thread; FAISS has it too)."""
         from langchain_core.runnables.config import run_in_executor
 
+        kwargs = _warn_ignored(
+            kwargs, "asimilarity_search_with_score_by_vector", "embedding, k and filter", accepted=("fetch_k",)
+        )
         return await run_in_executor(
             None, self.similarity_search_with_score_by_vector, embedding, k, filter=filter, **kwargs
         )
@@ -1702,6 +1786,7 @@ class KLVectorStore(VectorStore):
         self, embedding: Sequence[float] | Gaussians, k: int = 4, filter: MetadataFilter | None = None, **kwargs: Any
     ) -> list[Document]:  # type: ignore[override]
         """Documents for a ``q~`` vector or a query Gaussian; see :meth:`similarity_search_with_score_by_vector`."""
+        kwargs = _warn_ignored(kwargs, "similarity_search_by_vector", "embedding, k and filter", accepted=("fetch_k",))
         return [doc for doc, _ in self.similarity_search_with_score_by_vector(embedding, k, filter=filter, **kwargs)]
 
     def similarity_search_with_relevance_scores(
@@ -1716,6 +1801,7 @@ class KLVectorStore(VectorStore):
         Raises:
             ValueError: ``score_threshold`` is not a number in ``[0, 1]``.
         """
+        kwargs = _warn_ignored(kwargs, "similarity_search_with_relevance_scores", _RELEVANCE_TAKES, _RELEVANCE_KWARGS)
         if kwargs.get("score_threshold") is not None:
             _check_unit(kwargs["score_threshold"], "score_threshold")
         return super().similarity_search_with_relevance_scores(query, k, **kwargs)
@@ -1724,6 +1810,7 @@ class KLVectorStore(VectorStore):
         self, query: str, k: int = 4, **kwargs: Any
     ) -> list[tuple[Document, float]]:
         """Async :meth:`similarity_search_with_relevance_scores` (the same checks)."""
+        kwargs = _warn_ignored(kwargs, "asimilarity_search_with_relevance_scores", _RELEVANCE_TAKES, _RELEVANCE_KWARGS)
         if kwargs.get("score_threshold") is not None:
             _check_unit(kwargs["score_threshold"], "score_threshold")
         return await super().asimilarity_search_with_relevance_scores(query, k, **kwargs)
@@ -1806,6 +1893,11 @@ class KLVectorStore(VectorStore):
         """Async :meth:`max_marginal_relevance_search_with_score_by_vector` (runs in a worker thread)."""
         from langchain_core.runnables.config import run_in_executor
 
+        kwargs = _warn_ignored(
+            kwargs,
+            "amax_marginal_relevance_search_with_score_by_vector",
+            "embedding, k, fetch_k, lambda_mult and filter",
+        )
         return await run_in_executor(
             None,
             self.max_marginal_relevance_search_with_score_by_vector,
@@ -1920,13 +2012,8 @@ class KLVectorStore(VectorStore):
     ) -> KLVectorStore:
         """Build a store from documents (their ``id`` fields are kept)."""
         _refuse_model_name(embedding, f"{cls.__name__}.from_documents(documents, {{embeddings}})")
-        docs = list(documents)
-        ids = kwargs.pop("ids", None)
-        if ids is None and any(d.id for d in docs):
-            ids = [d.id for d in docs]
-        return cls.from_texts(
-            [d.page_content for d in docs], embedding, [dict(d.metadata) for d in docs], ids=ids, **kwargs
-        )
+        texts, metadatas, ids = _document_fields(documents, kwargs.pop("ids", None))
+        return cls.from_texts(texts, embedding, metadatas, ids=ids, **kwargs)
 
     # -- persistence
     @classmethod

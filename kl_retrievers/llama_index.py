@@ -58,6 +58,7 @@ import os
 import pickle
 import threading
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from enum import Enum
@@ -83,6 +84,7 @@ from kl_retrievers._confidence import (
 from kl_retrievers._encoding import check_texts
 from kl_retrievers._encoding import query_batch_size as _query_batch_size
 from kl_retrievers._io import load_unchanged, make_dirs, user_path
+from kl_retrievers._warn import user_stacklevel
 from kl_retrievers.calibration import ConfidenceCalibrator
 from kl_retrievers.filters import _plain_json, _short
 from kl_retrievers.gaussian import (
@@ -100,6 +102,7 @@ from kl_retrievers.gaussian import (
 from kl_retrievers.hybrid import FusionConfig, HybridResult, KLHybridStore, _warn_metadata_keys
 from kl_retrievers.index import KLStore
 from kl_retrievers.store import StoredDocument
+from kl_retrievers.store._base import _metadata_list
 
 _INSTALL_HINT = (
     'kl_retrievers.llama_index needs llama-index-core; install it with: pip install "kl-retrievers[llama-index]"'
@@ -810,6 +813,95 @@ def _last_occurrences(ids: Sequence[str], warning: str) -> list[int]:
     return keep
 
 
+def _id_restriction(ids: Any, name: str) -> list[str] | None:
+    """``node_ids`` / ``doc_ids`` as a list of ``str`` (``None`` stays ``None``), read once.
+
+    A bare string is refused, not read as its characters (``delete_nodes("ab")`` would delete ``"a"`` and ``"b"``).
+
+    Raises:
+        TypeError: ``ids`` is a string, bytes, a mapping or no iterable.
+
+    Examples:
+        >>> _id_restriction(("a", "b"), "node_ids"), _id_restriction(None, "doc_ids")
+        (['a', 'b'], None)
+        >>> _id_restriction("ab", "node_ids")
+        Traceback (most recent call last):
+        TypeError: node_ids must be a list of str, not a single str; got 'ab' (for one id pass ['ab'])
+    """
+    if ids is None:
+        return None
+    if isinstance(ids, (str, bytes, bytearray)):
+        raise TypeError(
+            f"{name} must be a list of str, not a single {type(ids).__name__}; got {ids!r:.80} "
+            f"(for one id pass [{ids!r:.80}])"
+        )
+    if isinstance(ids, Mapping) or not isinstance(ids, Iterable):
+        raise TypeError(f"{name} must be a list of str; got {type(ids).__name__} {ids!r:.80}")
+    return [str(i) for i in ids]
+
+
+def _check_query_ids(query: VectorStoreQuery) -> None:
+    """Refuse a ``VectorStoreQuery`` whose ``node_ids`` / ``doc_ids`` is a bare string (see :func:`_id_restriction`)."""
+    _id_restriction(query.node_ids, "VectorStoreQuery.node_ids")
+    _id_restriction(query.doc_ids, "VectorStoreQuery.doc_ids")
+
+
+#: The keyword arguments :meth:`KLVectorStore.query` reads (LlamaIndex's ``vector_store_kwargs``).
+_QUERY_KWARGS = ("mmr_threshold", "mmr_prefetch_k", "mmr_prefetch_factor")
+
+
+def _warn_ignored_query_kwargs(kwargs: Mapping[str, Any], where: str) -> None:
+    """Warn about keyword arguments ``KLVectorStore.query`` ignores (e.g. ``top_k=``), naming what it reads.
+
+    ``stacklevel=3``: the caller of :meth:`KLVectorStore.query` / :meth:`KLVectorStore.aquery`.
+    """
+    ignored = sorted(set(kwargs) - set(_QUERY_KWARGS))
+    if ignored:
+        warnings.warn(
+            f"KLVectorStore.{where} ignores the keyword argument(s) {ignored}; it reads {list(_QUERY_KWARGS)} "
+            "(the number of results is VectorStoreQuery.similarity_top_k, the filters VectorStoreQuery.filters)",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _check_mmr_threshold(value: Any) -> float:
+    """The MMR lambda ``mmr_threshold``: a real number in ``[0, 1]`` (not a bool or a string)."""
+    if not is_real_number(value) or not math.isfinite(float(value)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(
+            f"the MMR lambda (mmr_threshold) must be in [0, 1], a number (1: pure relevance, 0: most diverse); "
+            f"got {value!r:.80}"
+        )
+    return float(value)
+
+
+def _node_list(nodes: Any, what: str, hint: str = "") -> list[BaseNode]:
+    """``nodes`` as a list of LlamaIndex nodes, read once (a generator is consumed here, and only here).
+
+    Raises:
+        TypeError: ``nodes`` is a single node, a string, a mapping or no iterable, or holds something else
+            than ``BaseNode`` objects (e.g. plain strings); ``hint`` is added to the message.
+    """
+    if isinstance(nodes, BaseNode):  # a pydantic model iterates over its fields: "got a tuple" otherwise
+        raise TypeError(
+            f"{what} must be a list of llama_index nodes; got a single {type(nodes).__name__} "
+            f"({str(nodes)[:40]!r}): pass it in a list, [node]"
+        )
+    if isinstance(nodes, (str, bytes, Mapping)) or not isinstance(nodes, Iterable):
+        raise TypeError(
+            f"{what} must be a list of llama_index nodes (e.g. [TextNode(text=...)]); got "
+            f"{type(nodes).__name__} {str(nodes)[:40]!r}{hint}"
+        )
+    node_list = list(nodes)
+    for j, node in enumerate(node_list):
+        if not isinstance(node, BaseNode):
+            raise TypeError(
+                f"{what} must hold llama_index nodes (e.g. TextNode(text=...)); {what}[{j}] is a "
+                f"{type(node).__name__} ({str(node)[:40]!r}): wrap each text as TextNode(text=text){hint}"
+            )
+    return node_list
+
+
 def _caller_selves(frame: FrameType | None) -> Iterator[dict[str, Any]]:
     """The attributes (``__dict__``) of ``self`` in ``frame`` and its callers, nearest first, up to
     :data:`_STACK_DEPTH` frames (frames without such a ``self`` are skipped)."""
@@ -939,6 +1031,17 @@ def _warn_embeddings_cache(cache: Any) -> None:
         "keyed by KLEmbedding.to_dict() (which holds the encoder's identity), caches ingestion safely",
         type(cache).__name__,
     )
+
+
+def _text_list(texts: Any, where: str) -> list[str]:
+    """``texts`` as a list; a bare string is refused, not embedded character by character (LlamaIndex takes a list)."""
+    if isinstance(texts, (str, bytes)):
+        one = "aget_text_embedding" if where.startswith("a") else "get_text_embedding"
+        raise TypeError(
+            f"KLEmbedding.{where} takes a list of texts, not a single {type(texts).__name__}; got {texts!r:.80} "
+            f"(pass [text], or call {one}(text) for one text)"
+        )
+    return list(texts)
 
 
 class KLEmbedding(BaseEmbedding):
@@ -1219,7 +1322,7 @@ class KLEmbedding(BaseEmbedding):
             problem,
             "Use KLVectorStore (StorageContext.from_defaults(vector_store=KLVectorStore())) or a store "
             "configured for inner product.",
-            stacklevel=5,
+            stacklevel=user_stacklevel(1),  # the user's line (warnings.warn runs one call down)
         )
         return store if isinstance(store, KLVectorStore) else None
 
@@ -1336,8 +1439,11 @@ class KLEmbedding(BaseEmbedding):
         As LlamaIndex's: an ``EMBEDDING`` callback event and the instrumentation's start and end events (one
         each, for the whole list), the rate limiter and the embeddings cache (the texts not cached are
         encoded in one call); ``show_progress`` shows the encoder's progress bar.
+
+        Raises:
+            TypeError: ``texts`` is a single string (pass a list; ``get_text_embedding`` embeds one text).
         """
-        texts = list(texts)
+        texts = _text_list(texts, "get_text_embedding_batch")
         if not texts:
             return []
         model_dict = self._event_payload()
@@ -1363,7 +1469,7 @@ class KLEmbedding(BaseEmbedding):
     ) -> list[Embedding]:
         """Async :meth:`get_text_embedding_batch`: one encoder call, in a worker thread (the event loop keeps
         running); the same events, rate limiter and cache as LlamaIndex's async version."""
-        texts = list(texts)
+        texts = _text_list(texts, "aget_text_embedding_batch")
         if not texts:
             return []
         model_dict = self._event_payload()
@@ -1439,8 +1545,9 @@ def _stored_metadata(node: BaseNode, flat_metadata: bool = False, *, remove_text
     keeps the node's own text in that JSON: for a store whose document text is another one (a
     hybrid store indexes the node's ``MetadataMode.EMBED`` content, see :func:`_indexed_text`).
     """
+    node = _with_checked_metadata(_without_search_scores(node))
     try:
-        return node_to_metadata_dict(_without_search_scores(node), remove_text=remove_text, flat_metadata=flat_metadata)
+        return node_to_metadata_dict(node, remove_text=remove_text, flat_metadata=flat_metadata)
     except ValueError as exc:  # pydantic's PydanticSerializationError is one
         if isinstance(node, IndexNode) and node.obj is not None and not _object_serialises(node):
             raise ValueError(
@@ -1450,6 +1557,23 @@ def _stored_metadata(node: BaseNode, flat_metadata: bool = False, *, remove_text
                 "nodes=[...]) / KLHybridRetriever.from_defaults(nodes=[...]), or object_map={index_id: obj}"
             ) from exc
         raise
+
+
+def _with_checked_metadata(node: BaseNode) -> BaseNode:
+    """A copy of ``node`` with its metadata as ``KLStore.add`` keeps metadata, else ``KLStore.add``'s error.
+
+    ``KLStore.add``'s check (:func:`~kl_retrievers.store._base._metadata_list`): numpy scalars and arrays
+    and dates become JSON values; what JSON cannot hold (``Decimal``, a set, bytes, NaN...) raises the
+    ``TypeError`` it raises, naming the node, instead of pydantic's silent conversion (or its error).
+    """
+    try:
+        (checked,) = _metadata_list([node.metadata], 1)
+    except (TypeError, ValueError) as exc:
+        message = str(exc).replace("metadatas[0]", f"the metadata of node {node.node_id!r:.80}")
+        if "is not JSON-serialisable" in message:
+            message += " (stores keep metadata as JSON, which cannot serialize it: convert the value or drop the key)"
+        raise type(exc)(message) from None
+    return node.model_copy(update={"metadata": checked})  # even when equal: np.float32(1) == 1.0, but pydantic fails
 
 
 def _object_serialises(node: IndexNode) -> bool:
@@ -2135,13 +2259,25 @@ class KLVectorStore(BasePydanticVectorStore):
             **add_kwargs: Ignored (LlamaIndex API).
 
         Raises:
+            TypeError: ``nodes`` is not a list of nodes (a single node, a string, strings), or a node's
+                metadata holds a value JSON cannot hold (as ``KLStore.add`` refuses it).
             ValueError: A node without an embedding and no encoder, an embedding that is
                 not a KL document vector, or a dimension different from the store's.
         """
-        nodes = list(nodes)
+        nodes = _node_list(nodes, "nodes", " (KLVectorStore.add takes nodes, as VectorStoreIndex passes them)")
         noted = self._forget_document_encoders()  # the encoders that embedded texts for this store, this add's
         if not nodes:
             return []
+        ids = [n.node_id for n in nodes]
+        keep = _last_occurrences(ids, "add: %d repeated node id(s) in one call; the last occurrence wins")
+        if not self._warned_reserved:
+            reserved = _reserved_keys_in([nodes[i] for i in keep])
+            if reserved:
+                self._warned_reserved = True
+                _warn_reserved_keys(reserved, "KLVectorStore.add")
+        kept_ids = [ids[i] for i in keep]
+        # before any text is encoded: metadata JSON cannot hold fails first, as in KLStore.add
+        metadatas = [_stored_metadata(nodes[i], self.flat_metadata) for i in keep]
         missing = [i for i, n in enumerate(nodes) if n.embedding is None]
         if missing and self.encoder is None and self._saved_encoder() is None:
             raise ValueError(
@@ -2177,15 +2313,6 @@ class KLVectorStore(BasePydanticVectorStore):
                 mean = np.zeros((len(nodes), k))
                 var = np.ones((len(nodes), k))
             mean[missing], var[missing] = g.mean, g.var
-        ids = [n.node_id for n in nodes]
-        keep = _last_occurrences(ids, "add: %d repeated node id(s) in one call; the last occurrence wins")
-        if not self._warned_reserved:
-            reserved = _reserved_keys_in([nodes[i] for i in keep])
-            if reserved:
-                self._warned_reserved = True
-                _warn_reserved_keys(reserved, "KLVectorStore.add")
-        kept_ids = [ids[i] for i in keep]
-        metadatas = [_stored_metadata(nodes[i], self.flat_metadata) for i in keep]
         before = self._store.write_count
         try:
             if not missing:  # every node embedded: by the KLEmbedding that embedded texts for this store, if any
@@ -2226,12 +2353,14 @@ class KLVectorStore(BasePydanticVectorStore):
         upserted meanwhile with metadata that no longer matches is kept.
 
         Raises:
+            TypeError: ``node_ids`` is a single string (pass a list: ``["id"]``).
             ValueError: Neither ``node_ids`` nor ``filters`` given (use :meth:`clear`).
         """
-        if node_ids is None and filters is None:
+        wanted = _id_restriction(node_ids, "node_ids")
+        if wanted is None and filters is None:
             raise ValueError("delete_nodes needs node_ids and/or filters; call clear() to delete every node")
         # unknown ids are ignored, as LlamaIndex's stores do (the store's delete would warn about them)
-        ids = None if node_ids is None else [d.id for d in self._store.get_by_ids([str(i) for i in node_ids])]
+        ids = None if wanted is None else [d.id for d in self._store.get_by_ids(wanted)]
         if ids is not None and not ids:
             return
         predicate = metadata_filters_to_predicate(filters)
@@ -2286,9 +2415,13 @@ class KLVectorStore(BasePydanticVectorStore):
         """Stored nodes by id (in the given order; unknown ids skipped) and / or filter.
 
         Returned nodes carry ``d~`` embeddings recomputed from the stored float32 Gaussians.
+
+        Raises:
+            TypeError: ``node_ids`` is a single string (pass a list: ``["id"]``).
         """
+        wanted = _id_restriction(node_ids, "node_ids")
         predicate = metadata_filters_to_predicate(filters)
-        candidates = self._store.ids if node_ids is None else [str(i) for i in node_ids]
+        candidates = self._store.ids if wanted is None else wanted
         docs = [d for d in self._store.get_by_ids(candidates) if predicate is None or predicate(d.metadata)]
         if not docs:
             return []
@@ -2347,14 +2480,20 @@ class KLVectorStore(BasePydanticVectorStore):
         ``mmr_threshold`` (keyword, else ``query.mmr_threshold``, else 0.5) and
         ``mmr_prefetch_k`` or ``mmr_prefetch_factor`` (default 4) candidates per result.
 
+        Other keyword arguments are ignored, with a ``UserWarning`` naming them.
+
         Raises:
+            TypeError: ``query.node_ids`` or ``query.doc_ids`` is a single string.
             ValueError: ``similarity_top_k < 1``, a query mode outside :data:`SUPPORTED_QUERY_MODES`,
-                an unsupported filter operator, or a query embedding that is not a KL query vector.
+                an unsupported filter operator, a query embedding that is not a KL query vector, or
+                ``mmr_threshold`` that is no number in ``[0, 1]``.
         """
         known = _AS_RETRIEVER_LIST.get()  # what aquery found on the event loop's thread's stack (see there)
-        if known is not None and known[0] is self and known[1] is query:
+        if known is not None and known[0] is self and known[1] is query:  # aquery checked query and kwargs
             unrestricted = self._as_retriever_lists(query, known[2])
         else:
+            _warn_ignored_query_kwargs(kwargs, "query")
+            _check_query_ids(query)
             unrestricted = self._as_retriever_lists(query, self._stack_verdict(query))
         return self._query(query, unrestricted, **kwargs)
 
@@ -2447,6 +2586,8 @@ class KLVectorStore(BasePydanticVectorStore):
 
     async def aquery(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """:meth:`query` in a worker thread (the event loop keeps running while the query is encoded and ranked)."""
+        _warn_ignored_query_kwargs(kwargs, "aquery")
+        _check_query_ids(query)
         # Decided here: the worker thread's stack holds no retriever. to_thread copies this context into it.
         token = _AS_RETRIEVER_LIST.set((self, query, self._stack_verdict(query)))
         try:
@@ -2518,6 +2659,7 @@ class KLVectorStore(BasePydanticVectorStore):
             []
         """
         k = _check_top_k(similarity_top_k)
+        mmr_threshold = _check_mmr_threshold(mmr_threshold)
         fetch = max(k, _check_top_k(prefetch_k if prefetch_k is not None else int(k * _MMR_PREFETCH_FACTOR)))
         ids, scores, texts, metas = self._ranked(query, max(fetch, self._depth(k)), filters, node_ids, doc_ids)
         confidence, reason = self._confidence(query, scores)  # from the deeper ranking the calibrator reads
@@ -2555,8 +2697,8 @@ class KLVectorStore(BasePydanticVectorStore):
         k = _check_top_k(similarity_top_k)
         # VectorStoreIndex.as_retriever passes node_ids=[] for stores that keep the text
         # (its index struct lists no nodes): an empty list means "no restriction".
-        node_ids = node_ids or None
-        doc_ids = doc_ids or None
+        node_ids = _id_restriction(node_ids, "node_ids") or None
+        doc_ids = _id_restriction(doc_ids, "doc_ids") or None
         if len(query) != 1:
             raise ValueError(f"search_gaussian takes one query Gaussian; got {len(query)}")
         dim = self._store.dim
@@ -2893,6 +3035,10 @@ _install_simple_vector_store_loader()
 
 
 # --------------------------------------------------------------------------- retriever
+#: Added to from_defaults' message for ``nodes=`` that are not nodes.
+_NODES_HINT = ", or pass the texts as documents=[Document(text=text), ...]"
+
+
 def _objects_of(nodes: Sequence[BaseNode] | None) -> dict[str, Any]:
     """``index_id -> obj`` of the ``IndexNode`` nodes that carry an object (what ``VectorStoreIndex`` records).
 
@@ -3056,8 +3202,8 @@ class KLRetriever(_TopKRetriever):
         self._similarity_top_k = _check_top_k(similarity_top_k)
         metadata_filters_to_predicate(filters)  # fail early on unsupported operators
         self._filters = filters
-        self._node_ids = node_ids
-        self._doc_ids = doc_ids
+        self._node_ids = _id_restriction(node_ids, "node_ids")  # a list: a generator would restrict one query only
+        self._doc_ids = _id_restriction(doc_ids, "doc_ids")
         super().__init__(callback_manager=callback_manager, object_map=object_map, objects=objects, verbose=verbose)
 
     @property
@@ -3141,6 +3287,8 @@ class KLRetriever(_TopKRetriever):
         sources = [x is not None for x in (nodes, documents, index, vector_store)]
         if sum(sources) != 1:
             raise ValueError("from_defaults needs exactly one of nodes=, documents=, index= or vector_store=")
+        if nodes is not None:  # read once: the object map and the store both need them
+            nodes = _node_list(nodes, "nodes", _NODES_HINT)
         encoder = _embed_model_encoder("KLRetriever.from_defaults", encoder, embed_model)
         encoder = _unwrap_encoder(encoder) if encoder is not None else None
         if kwargs.get("object_map") is None and kwargs.get("objects") is None:
@@ -3287,7 +3435,7 @@ class KLConfidencePostprocessor(BaseNodePostprocessor):
                 is_blank_query(t) for t in (query_bundle.query_str, _query_text(query_bundle))
             )
         if blank:  # a blank query asks for nothing: abstain, whatever the floor
-            logger.info("abstained on %r: %s", query[:80], EMPTY_QUERY_REASON)
+            logger.debug("abstained on %r: %s", query[:80], EMPTY_QUERY_REASON)
             return []
         values = [n.node.metadata.get(self.confidence_key) for n in nodes]
         known = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -3296,7 +3444,7 @@ class KLConfidencePostprocessor(BaseNodePostprocessor):
                 (r for n in nodes if isinstance(r := n.node.metadata.get(CONFIDENCE_REASON_KEY), str) and r), None
             )
             if reason is not None:  # a calibrator exists but could not judge the query: fail closed
-                logger.info("abstained on %r: %s", query[:80], reason)
+                logger.debug("abstained on %r: %s", query[:80], reason)
                 return []
             if not self._warned:
                 self._warned = True
@@ -3309,7 +3457,7 @@ class KLConfidencePostprocessor(BaseNodePostprocessor):
             return nodes
         confidence = max(known)
         if confidence < self.min_confidence:
-            logger.info(
+            logger.debug(
                 "abstained on %r: confidence %.3f < min_confidence %.3f", query[:80], confidence, self.min_confidence
             )
             return []
@@ -3565,6 +3713,8 @@ class KLHybridRetriever(_TopKRetriever):
         """
         if sum(x is not None for x in (nodes, documents, store)) != 1:
             raise ValueError("from_defaults needs exactly one of nodes=, documents= or store=")
+        if nodes is not None:  # read once: the store and the object map both need them
+            nodes = _node_list(nodes, "nodes", _NODES_HINT)
         restrict = sorted(name for name in ("doc_ids", "node_ids") if name in store_kwargs)
         if restrict:
             raise ValueError(
@@ -3630,7 +3780,7 @@ class KLHybridRetriever(_TopKRetriever):
         Returns:
             The ids stored, in input order (a repeated id once, at its last position).
         """
-        node_list = list(nodes)
+        node_list = _node_list(nodes, "nodes")
         ids = _add_nodes_to_hybrid(self._store, node_list, "add_nodes")
         objects = _objects_of(node_list)
         if objects:

@@ -89,7 +89,14 @@ from typing import Any
 
 import numpy as np
 
-from kl_retrievers.gaussian import Gaussians, kl_document_vectors, kl_query_constant, kl_query_vectors
+from kl_retrievers._warn import warn
+from kl_retrievers.gaussian import (
+    Gaussians,
+    _require_gaussians,
+    kl_document_vectors,
+    kl_query_constant,
+    kl_query_vectors,
+)
 
 __all__ = [
     "PREDICTORS",
@@ -367,11 +374,7 @@ def correlation(
         raise ValueError(f"level must be in (0, 1); got {level!r}")
     n = int(x.size)
     if n < MIN_QUERIES:
-        warnings.warn(
-            f"a correlation over {n} queries (fewer than {MIN_QUERIES}) is meaningless; it is computed anyway",
-            UserWarning,
-            stacklevel=2,
-        )
+        warn(f"a correlation over {n} queries (fewer than {MIN_QUERIES}) is meaningless; it is computed anyway")
     tau = _kendall(x, y)
     pearson = float(_pearson_rows(x, y))
     tau_ci = pearson_ci = None
@@ -425,6 +428,7 @@ def uncertainty_predictor(queries: Gaussians, query_ids: Sequence[str]) -> dict[
     """Each query's :meth:`Gaussians.uncertainty` (mean log-variance; higher is more uncertain).
 
     Raises:
+        TypeError: ``queries`` is not a :class:`Gaussians` batch.
         ValueError: If the ids do not match the Gaussians, or a value is not finite (naming the
             query index and id).
 
@@ -433,6 +437,7 @@ def uncertainty_predictor(queries: Gaussians, query_ids: Sequence[str]) -> dict[
         >>> uncertainty_predictor(g, ["a", "b"])
         {'a': 0.0, 'b': 1.0}
     """
+    _require_gaussians(queries, "queries")
     if len(queries) != len(query_ids):
         raise ValueError(f"{len(queries)} query Gaussians but {len(query_ids)} query ids")
     g = queries.numpy()
@@ -457,6 +462,8 @@ def corpus_mean_scores(queries: Gaussians, documents: Gaussians, *, means_only: 
         >>> corpus_mean_scores(q, d).tolist()  # -KL is -0.5 and -4.5
         [-2.5]
     """
+    _require_gaussians(queries, "queries")
+    _require_gaussians(documents, "documents")
     if queries.dim != documents.dim:
         raise ValueError(f"queries have dimension {queries.dim} but documents {documents.dim}")
     if len(documents) == 0:
@@ -759,19 +766,15 @@ def qpp_report(
         "missing": dict(missing or {}),
     }
     if n_excluded:
-        warnings.warn(
+        warn(
             f"{n_excluded} of the {len(target)} judged queries have no relevant document (no grade > 0): their "
-            f"{metric} is undefined (the metric means score it 0); they are left out of the QPP correlations",
-            UserWarning,
-            stacklevel=2,
+            f"{metric} is undefined (the metric means score it 0); they are left out of the QPP correlations"
         )
     if len(qids) < MIN_QUERIES:
         # one warning for the whole report (the per-predictor ones are silenced below)
-        warnings.warn(
+        warn(
             f"only {len(qids)} judged queries{' with a relevant document' if n_excluded else ''} (fewer than "
-            f"{MIN_QUERIES}): the QPP correlations are meaningless; they are computed anyway",
-            UserWarning,
-            stacklevel=2,
+            f"{MIN_QUERIES}): the QPP correlations are meaningless; they are computed anyway"
         )
     few: list[str] = []
     no_interval: list[str] = []
@@ -807,18 +810,14 @@ def qpp_report(
         elif n_boot > 0 and res["tau_ci"] is None:
             no_interval.append(f"{name} ({res['bootstrap_valid']} of {n_boot})")
     if few:
-        warnings.warn(
+        warn(
             f"fewer than {MIN_QUERIES} judged queries have a value of {', '.join(few)}: "
-            "those correlations are meaningless; they are computed anyway",
-            UserWarning,
-            stacklevel=2,
+            "those correlations are meaningless; they are computed anyway"
         )
     if no_interval:
-        warnings.warn(
+        warn(
             f"too few bootstrap resamples with a defined correlation (under {MIN_BOOT_VALID:.0%}) for an "
-            f"interval: {', '.join(no_interval)} (few queries, or a nearly constant predictor or target)",
-            UserWarning,
-            stacklevel=2,
+            f"interval: {', '.join(no_interval)} (few queries, or a nearly constant predictor or target)"
         )
     return out
 
@@ -881,11 +880,9 @@ def qpp_for_run(
         ref_note = (
             "" if reference is not None else f", and the reference score of NQC and WIG is the mean of those {depth}"
         )
-        warnings.warn(
+        warn(
             f"the run retrieves {depth} documents per query, fewer than NQC's {NQC_K}: NQC reads the top {depth} "
-            f"scores only{ref_note}; nqc and wig are not comparable with runs of depth >= {NQC_K}",
-            UserWarning,
-            stacklevel=2,
+            f"scores only{ref_note}; nqc and wig are not comparable with runs of depth >= {NQC_K}"
         )
     values.update(post_retrieval_predictors(run, reference=reference, nqc_k=nqc_k, wig_k=wig_k))
     if "nqc" not in values:  # the run-mean reference is no scale for this run's scores

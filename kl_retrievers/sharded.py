@@ -1039,6 +1039,31 @@ def _run_ray(
         raise RuntimeError(f"the Ray job encoded shards {finished}, expected {expected}")
 
 
+def _check_encoder(encoder: Any, kind: str) -> None:
+    """Refuse, as :func:`encode_corpus`'s ``encoder``, a model name (pointed at ``model=``) or an object without
+    the method ``kind`` needs (``encode_documents`` / ``encode_queries``), before anything is read.
+
+    Examples:
+        >>> _check_encoder("minilm-gauss-soup", "document")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        TypeError: encoder takes a loaded encoder; got the model name or folder 'minilm-gauss-soup': pass ...
+    """
+    if encoder is None:
+        return
+    if isinstance(encoder, (str, bytes, os.PathLike)):
+        name = os.fsdecode(encoder)
+        raise TypeError(
+            f"encoder takes a loaded encoder; got the model name or folder {name!r}: pass model={name!r} "
+            f"(encode_corpus loads it), or encoder=kl_retrievers.load_model({name!r})"
+        )
+    method = "encode_documents" if kind == "document" else "encode_queries"
+    if not callable(getattr(encoder, method, None)):
+        raise TypeError(
+            f"encoder must be a Gaussian encoder with {method} (such as kl_retrievers.load_model(...) returns); "
+            f"got {type(encoder).__name__} {' '.join(repr(encoder).split()):.80}"
+        )
+
+
 def encode_corpus(
     input: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -1100,6 +1125,8 @@ def encode_corpus(
         An :class:`EncodeReport` with the shards encoded now and those reused.
 
     Raises:
+        TypeError: ``input`` or ``out`` not a path (a list of texts), or ``encoder`` a model name (pass it as
+            ``model``) or an object without ``encode_documents`` (``encode_queries`` for ``kind="query"``).
         ValueError: Bad options, a bad record or an input without records (found by the planning pass,
             before the model is loaded or any shard is encoded), or ``out`` holds shards of another
             input or other settings.
@@ -1117,6 +1144,13 @@ def encode_corpus(
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
     if kind not in ("document", "query"):
         raise ValueError(f"kind must be 'document' or 'query'; got {kind!r}")
+    in_memory = ": encode_corpus reads a corpus file; encode texts in memory with encoder.encode_documents(texts)"
+    for name, given, hint in (("input", input, in_memory), ("out", out, "")):
+        if not isinstance(given, (str, os.PathLike)):
+            raise TypeError(
+                f"{name} must be a path (str or os.PathLike); got {type(given).__name__} {given!r:.80}{hint}"
+            )
+    _check_encoder(encoder, kind)
     batch_size = check_k(batch_size, "batch_size")
     if backend == "ray" and encoder is not None:
         raise ValueError("backend='ray' loads the model in each worker: pass model=NAME_OR_PATH, not encoder")
@@ -1355,9 +1389,10 @@ def _encode_local(encoder: Any, todo: list[ShardSpec], job: dict[str, Any], show
     The bar (``show_progress_bar``: ``True`` shows it, ``None`` when stderr is a terminal, ``False`` never)
     counts the records of ``todo`` and advances by each shard's rows as it is written; while a shard is
     encoded, the encoder's own bar shows its batches (only on a terminal, and when it has several), so that
-    one large shard does not sit at 0 for minutes.
+    one large shard does not sit at 0 for minutes; it is nested under the shard bar, so it clears its line
+    when the shard is done (no line left per shard). ``TQDM_DISABLE`` hides both.
     """
-    from kl_retrievers._encoding import show_progress
+    from kl_retrievers._encoding import progress_bar, show_progress
 
     total = sum(spec.rows for spec in todo)
     show = show_progress(show_progress_bar, total, 0)
@@ -1366,9 +1401,8 @@ def _encode_local(encoder: Any, todo: list[ShardSpec], job: dict[str, Any], show
         for spec in todo:
             encode_shard(encoder, spec=spec, **job)
         return
-    from tqdm.auto import tqdm
-
-    with tqdm(total=total, desc=f"Encoding {len(todo)} shard{'s' if len(todo) != 1 else ''}", unit="record") as bar:
+    desc = f"Encoding {len(todo)} shard{'s' if len(todo) != 1 else ''}"
+    with progress_bar(total, desc=desc, show=True, unit="record") as bar:  # the encoder's bar under it: not kept
         for spec in todo:
             bar.update(encode_shard(encoder, spec=spec, show_progress_bar=inner, **job))
 

@@ -143,6 +143,18 @@ def write_tiny_shared_backbone(root: Path) -> tuple[GaussianEncoder, Path, Path]
     return enc, model_dir, graph_dir
 
 
+@pytest.fixture(autouse=True)
+def _fresh_filter_warnings() -> Iterator[None]:
+    """Each test starts with the date filter's once-per-process warnings unsaid (no test depends on another's)."""
+    import kl_retrievers.filters as filters
+
+    saved = set(filters._MISMATCH_WARNED)
+    filters._MISMATCH_WARNED.clear()
+    yield
+    filters._MISMATCH_WARNED.clear()
+    filters._MISMATCH_WARNED.update(saved)
+
+
 @pytest.fixture
 def tiny_encoder() -> GaussianEncoder:
     """A fresh tiny random Gaussian encoder (CLS pooling, [VAR] token, k=8)."""

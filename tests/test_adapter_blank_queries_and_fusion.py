@@ -86,7 +86,7 @@ def test_langchain_dense_blank_query_abstains_naming_the_empty_query(
     retriever = KLRetriever.from_store(lc_store, k=2, calibrator=calibrator, min_confidence=0.5)
     assert retriever.invoke(TEXTS[2])  # a real query equal to a stored text is still answered
     handler = _Events()
-    with caplog.at_level(logging.INFO, logger="kl_retrievers"):
+    with caplog.at_level(logging.DEBUG, logger="kl_retrievers"):
         assert retriever.invoke(query, config={"callbacks": [handler]}) == []
     [(name, data)] = handler.events
     assert name == ABSTENTION_EVENT and "empty" in data["reason"] and data["confidence"] == 0.0

@@ -118,7 +118,7 @@ def test_a_compiled_filter_warns_once_about_naive_against_aware(
         assert "naive" in _warnings(caplog)[0] and "2024-01-02T10:00:00" in _warnings(caplog)[0]
         compile_filter(spec)(naive_rows[0])  # type: ignore[misc]
     assert answers == ([True, True] if "$or" in cond else [False, False])  # $or: the naive branch matches
-    assert len(_warnings(caplog)) == 2  # the next search (a new compiled filter) warns again
+    assert len(_warnings(caplog)) == 1  # once per process for this kind of mismatch: the next search is quiet
 
 
 # ------------------------------------------------------------------ 2. a date filter value: the calendar date

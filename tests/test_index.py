@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -300,7 +301,8 @@ def test_get_by_ids_preserves_order_and_skips_missing() -> None:
 def test_delete_every_type(index_type: str, kw: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
     docs = gaussians(1200, 16, seed=13)
     store = make_store(index_type, kw, docs)
-    report = store.delete(["5", "6", "missing-id"])
+    with caplog.at_level(logging.INFO, logger="kl_retrievers.store._base"):
+        report = store.delete(["5", "6", "missing-id"])
     assert report.deleted == ["5", "6"] and report.missing == ["missing-id"]
     assert "missing-id" in caplog.text
     assert len(store) == 1198 and "5" not in store

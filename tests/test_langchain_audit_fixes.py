@@ -83,7 +83,7 @@ class _Events(BaseCallbackHandler):
 # ------------------------------------------------------------------ 1. one candidate: fail closed
 def _check_fail_closed(retriever: Any, query: str, caplog: pytest.LogCaptureFixture, **call: Any) -> None:
     handler = _Events()
-    with caplog.at_level(logging.INFO, logger="kl_retrievers._confidence"):
+    with caplog.at_level(logging.DEBUG, logger="kl_retrievers._confidence"):
         refused = retriever.invoke(query, config={"callbacks": [handler]}, min_confidence=0.0, **call)
     assert refused == []  # even a floor of 0 cannot pass a query that has no confidence
     assert any(f"abstained on {query!r}: {REASON}" == r.getMessage() for r in caplog.records)

@@ -148,7 +148,7 @@ def test_min_confidence_abstains_with_empty_list_log_and_event(
 ) -> None:
     retriever = KLRetriever.from_store(store, k=2, calibrator=calibrator, min_confidence=0.5)
     handler = _Events()
-    with caplog.at_level(logging.INFO, logger="kl_retrievers._confidence"):
+    with caplog.at_level(logging.DEBUG, logger="kl_retrievers._confidence"):
         refused = retriever.invoke(UNRELATED, config={"callbacks": [handler]})
     assert refused == []
     assert any("abstained on 'hello world query'" in r.getMessage() for r in caplog.records)

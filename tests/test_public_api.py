@@ -62,13 +62,15 @@ import kl_retrievers
 for name in sys.argv[1:]:
     __import__("kl_retrievers." + name)
 problems = []
-if (list(root.handlers), root.level) != before:
+if root.handlers or (list(root.handlers), root.level) != before:
     problems.append(f"root logger changed: {before} -> {(root.handlers, root.level)}")
 package = logging.getLogger("kl_retrievers")
-if [type(h) for h in package.handlers] != [logging.NullHandler] or package.level != logging.NOTSET:
+if package.handlers or package.level != logging.NOTSET:  # no NullHandler: warnings reach stderr via lastResort
     problems.append(f"kl_retrievers logger: handlers {package.handlers}, level {package.level}")
 if not package.propagate:
     problems.append("kl_retrievers logger does not propagate")
+if logging.lastResort is None:
+    problems.append("logging.lastResort was turned off")
 for name, logger in logging.root.manager.loggerDict.items():
     if name.startswith("kl_retrievers.") and isinstance(logger, logging.Logger):
         if logger.handlers or logger.level != logging.NOTSET or not logger.propagate:
@@ -78,7 +80,10 @@ print(problems)
 
 
 def test_import_configures_no_logging() -> None:
-    """Importing the package and its submodules adds no handler anywhere but the package's one NullHandler.
+    """Importing the package and its submodules adds no handler anywhere, not even a NullHandler.
+
+    Without one, the package's warnings reach stderr through Python's last-resort handler in an
+    application that configured no logging (a NullHandler on the package logger would hide them).
 
     Run in a fresh interpreter: pytest's own logging plugin puts handlers on the root logger here.
     """

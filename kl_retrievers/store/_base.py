@@ -676,9 +676,7 @@ def _query_gaussians(
     if isinstance(queries, Gaussians):
         g = _as_numpy_gaussians(queries, "query gaussians")
     else:
-        texts = [queries] if isinstance(queries, str) else list(queries)
-        if not all(isinstance(t, str) for t in texts):
-            raise TypeError("queries must be strings or a Gaussians batch")
+        texts = _query_texts(queries)
         if not texts:
             return Gaussians(np.zeros((0, dim or 1)), np.ones((0, dim or 1)), validate=False)
         if encoder is None and load_encoder is not None:
@@ -693,6 +691,24 @@ def _query_gaussians(
         raise ValueError(f"query gaussians have dimension {g.dim}; this store has dimension {dim}")
     check_float32_scorable(g, "query")  # q~ is searched in float32: names the row
     return g.astype(np.float64)
+
+
+def _query_texts(queries: Any) -> list[str]:
+    """Query texts as a list, read once (a generator too), each checked: raises naming a bad item's position.
+
+    A dict (its keys, not a BEIR ``{qid: text}``'s texts), a set (arbitrary order), a table (its column
+    names) or bytes are refused as :func:`~kl_retrievers._encoding.check_texts` refuses them.
+
+    Examples:
+        >>> _query_texts(q for q in ["a", "b"])
+        ['a', 'b']
+        >>> _query_texts(["a", None])
+        Traceback (most recent call last):
+        TypeError: queries[1] is NoneType; every text must be a str
+    """
+    if queries is None or not hasattr(queries, "__iter__"):
+        raise TypeError(f"queries must be query texts or a Gaussians batch; got {type(queries).__name__}")
+    return check_texts(queries, "queries")
 
 
 def _one_query(query: str | Gaussians) -> list[str] | Gaussians:
@@ -1000,6 +1016,7 @@ class GaussianStore(_NotCopyable, ABC):
     def norm_bound(self) -> float | None:
         """``M`` of the MIPS -> L2 reduction, the same for every backend that uses it.
 
+        A bound on the norms of the shifted rows ``d^`` of the *centred* means (see :attr:`index_offset`).
         ``None`` before the first add and where no reduction is used (a flat ``KLStore``, a
         ``MilvusKLStore`` with ``metric="IP"``).
         """
@@ -1007,9 +1024,12 @@ class GaussianStore(_NotCopyable, ABC):
 
     @property
     def index_offset(self) -> float:
-        """The offset ``o`` subtracted from the first coordinate of ``d~`` before the L2 reduction.
+        """The offset ``o`` subtracted from the first coordinate of the centred ``d~`` before the L2 reduction.
 
-        ``0`` where no reduction is used, and before an approximate ``KLStore`` index is built.
+        The centred ``d~`` is that of the means minus the backend's centre of the document means (where it
+        centres them: -KL is unchanged), not :func:`~kl_retrievers.gaussian.kl_document_vectors` of the stored
+        Gaussians; the centre is internal, so ``o`` and :attr:`norm_bound` do not reduce vectors made outside
+        the store. ``0`` where no reduction is used, and before an approximate ``KLStore`` index is built.
         """
         return self._reduction()[1]
 
@@ -1287,7 +1307,7 @@ class GaussianStore(_NotCopyable, ABC):
         else:
             report = self._delete_matching(id_list, self._prepare_filter(filter))
         if report.missing:
-            logger.warning("delete: %d id(s) not found and ignored: %s", len(report.missing), report.missing[:10])
+            logger.info("delete: %d id(s) not found and ignored: %s", len(report.missing), report.missing[:10])
         return report
 
     def get_by_ids(self, ids: Sequence[str]) -> list[StoredDocument]:
@@ -1361,13 +1381,19 @@ class GaussianStore(_NotCopyable, ABC):
         """Top-``k`` results for each of several queries (texts or a Gaussians batch); see :meth:`search`.
 
         Args:
-            queries: Query texts (encoded in one batch) or a batch of query Gaussians.
+            queries: Query texts (a list or other ordered iterable of str, encoded in one batch) or a batch of
+                query Gaussians.
             k: Results per query; see :meth:`search`.
             filter: A metadata filter applied to every query; see :meth:`search`.
 
         Returns:
             One ranked list of :class:`SearchResult` per query, in the order of ``queries``, each as
             :meth:`search` returns it (scores ``-KL(Q || D)``, higher is better).
+
+        Raises:
+            TypeError: A query that is not a str (naming its position), or a container whose iteration
+                gives other strings than its texts: a dict (its keys: pass ``list(d.values())``), a set
+                (arbitrary order), a table such as a DataFrame (its column names), bytes; also on an empty store.
 
         Examples:
             >>> import numpy as np
@@ -1379,8 +1405,8 @@ class GaussianStore(_NotCopyable, ABC):
         """
         k = self._check_k(k)
         prepared = self._prepare_filter(filter)
-        if isinstance(queries, str):
-            queries = [queries]
+        if not isinstance(queries, Gaussians):
+            queries = _query_texts(queries)  # checked (and a generator read once) before the empty-store shortcut
         if not isinstance(queries, Gaussians) and self._is_empty():  # nothing to search: encode nothing
             return [[] for _ in queries]
         qg = _query_gaussians(

@@ -66,6 +66,7 @@ Examples:
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import json
 import logging
@@ -82,6 +83,7 @@ import numpy as np
 
 from kl_retrievers._io import (
     atomic_dir,
+    check_bool,
     check_replace_target,
     finite_json,
     library_version,
@@ -333,6 +335,17 @@ BUILD_SETTINGS = ("index_type", "hnsw_m", "nlist", "compression", "pq_m", "pq_nb
 #: The saved index parameters that do not shape the index (in their order), and ``batch_size`` (not saved).
 TUNABLE_SETTINGS = (*(name for name in INDEX_PARAMS if name not in BUILD_SETTINGS), "batch_size")
 _SETTINGS = frozenset(BUILD_SETTINGS + TUNABLE_SETTINGS)
+#: Settings read by one kind of index only: (setting, what it needs) -> assigning one to a store of another kind
+#: warns (the constructor takes every setting, at its default, for every kind).
+_KIND_SETTINGS = {
+    "hnsw_m": ("index_type", "hnsw"),
+    "ef_search": ("index_type", "hnsw"),
+    "ef_construction": ("index_type", "hnsw"),
+    "nlist": ("index_type", "ivf"),
+    "nprobe": ("index_type", "ivf"),
+    "pq_m": ("compression", "pq"),
+    "pq_nbits": ("compression", "pq"),
+}
 
 
 def _check_settings(
@@ -466,7 +479,9 @@ class KLStore(GaussianStore):
     checks it; the search-time ones (``nprobe``, ``ef_search``, ``rescore_pool``, ... :data:`TUNABLE_SETTINGS`)
     apply from the next search, while those that shape the index (``index_type``, ``hnsw_m``,
     ``nlist``, ``compression``, ``pq_m``, ``pq_nbits``, ``refine``: :data:`BUILD_SETTINGS`) can
-    change only before the first document is added.
+    change only before the first document is added. Changing one that the store's kind does not read
+    (``nprobe`` on an HNSW store, ``ef_search`` on an IVF one) warns; assigning a name that is no
+    setting or attribute (FAISS's ``efSearch``) raises ``AttributeError`` naming the closest one.
 
     Examples:
         >>> import numpy as np
@@ -523,6 +538,7 @@ class KLStore(GaussianStore):
             },
             dim,
         )
+        check_bool(show_progress_bar, "show_progress_bar", allow_none=True)
         _refuse_model_name(encoder, f"{type(self).__name__}(encoder={{}})")
         self.encoder = encoder
         #: The encoder a loaded store was saved with (its ``name_or_path``; ``None``: not recorded, or not loaded).
@@ -575,11 +591,39 @@ class KLStore(GaussianStore):
         self._engine.reset(k)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        """A setting assigned after construction is checked first (:meth:`_set_setting`); other attributes as usual."""
-        if name in _SETTINGS and "_engine" in self.__dict__:
-            self._set_setting(name, value)
-        else:
-            super().__setattr__(name, value)
+        """A setting assigned after construction is checked first (:meth:`_set_setting`); other attributes as usual,
+        except that a public name the store does not have is refused (:meth:`_check_public_name`)."""
+        if "_engine" in self.__dict__:  # constructed
+            if name in _SETTINGS:
+                self._set_setting(name, value)
+                return
+            if not name.startswith("_"):
+                self._check_public_name(name)
+                if name == "show_progress_bar":
+                    check_bool(value, name, allow_none=True)
+        super().__setattr__(name, value)
+
+    def _check_public_name(self, name: str) -> None:
+        """Refuse assigning a public attribute the store does not have (FAISS's ``efSearch`` for ``ef_search``):
+        it would only add an attribute that nothing reads. A subclass may add its own attributes: on one, only a
+        name close to a setting's is refused.
+
+        Raises:
+            AttributeError: Naming the closest setting or attribute, where there is one.
+        """
+        if name in self.__dict__ or hasattr(type(self), name):
+            return
+        known = sorted(_SETTINGS | {n for n in (*self.__dict__, *dir(type(self))) if not n.startswith("_")})
+        folded = {n.replace("_", "").lower(): n for n in known}
+        close = [folded[key]] if (key := name.replace("_", "").lower()) in folded else []
+        close = close or difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.75)
+        if type(self) is not KLStore and not (close and close[0] in _SETTINGS):
+            return  # a subclass's own attribute
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise AttributeError(
+            f"{type(self).__name__} has no setting or attribute {name!r}{hint} (assigning it would add an attribute "
+            f"that nothing reads). Its settings: {', '.join(sorted(_SETTINGS))}"
+        )
 
     def _set_setting(self, name: str, value: Any) -> None:
         """Assign a setting after construction, with the constructor's checks.
@@ -589,14 +633,27 @@ class KLStore(GaussianStore):
         no rows (a new, empty engine takes them); afterwards the index on hand and a saved copy
         would no longer match them (a folder :meth:`load` refuses, or a search failing inside FAISS).
 
+        A change to a setting that this kind of store does not read (``nprobe`` on an HNSW store,
+        :data:`_KIND_SETTINGS`) is taken, as the constructor takes it (an empty store may still change
+        ``index_type``), with a ``UserWarning``.
+
         Raises:
             ValueError: The value the constructor would refuse (same message), or a change to a
                 setting in :data:`BUILD_SETTINGS` of a store holding documents.
         """
         _check_all({**{key: getattr(self, key) for key in _SETTINGS}, name: value})
         value = _normalised(name, value)
+        needs = _KIND_SETTINGS.get(name)
+        unused = None
+        if needs is not None and getattr(self, needs[0]) != needs[1] and value != getattr(self, name):
+            unused = (
+                f"{name}={value!r} has no effect on this store: it applies to {needs[0]}={needs[1]!r}, and this "
+                f"store has {needs[0]}={getattr(self, needs[0])!r}"
+            )
         if name not in BUILD_SETTINGS or value == getattr(self, name):
             object.__setattr__(self, name, value)
+            if unused:
+                warnings.warn(unused, UserWarning, stacklevel=3)
             return
         with self._lock.write():
             if self._table.n_rows:
@@ -609,6 +666,8 @@ class KLStore(GaussianStore):
             self._engine = new_engine(self, self._table)
             if self._dim is not None:
                 self._engine.reset(self._dim)
+        if unused:
+            warnings.warn(unused, UserWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ state
     @property
@@ -686,7 +745,7 @@ class KLStore(GaussianStore):
             self._maybe_compact()
             self.write_count += 1
         if replaced:
-            logger.info("replaced %d existing document(s)", len(replaced))
+            logger.debug("replaced %d existing document(s)", len(replaced))
 
     def _undo_add(self, start: int, m: int, previous: dict[str, int]) -> None:
         """After the engine failed to index ``m`` rows appended at ``start``: the table and index as before.
@@ -1236,12 +1295,15 @@ class KLStore(GaussianStore):
                 dimensions not matching the config, or an unreadable index.
             ValueError: ``encoder`` gives Gaussians of another dimension than the stored ones.
             OSError: Other saves of ``path`` replaced it during every load attempt (see above).
-            TypeError: More than four positional arguments, or an option given both by position and by keyword.
+            TypeError: More than four positional arguments, an option given both by position and by keyword, or
+                ``mmap`` / ``verify_checksums`` not a bool (the string ``"no"`` is true).
 
         Examples:
             >>> KLStore.load("/nonexistent")  # doctest: +SKIP
         """
         mmap, verify_checksums = _load_options(cls.__name__, positional, mmap, verify_checksums)
+        check_bool(mmap, "mmap")
+        check_bool(verify_checksums, "verify_checksums")
         _refuse_model_name(encoder, f"{cls.__name__}.load(path, encoder={{}})")  # before any file is read
         folder = user_path(path)
         return load_unchanged(folder, lambda: cls._load_once(folder, encoder, mmap, verify_checksums))

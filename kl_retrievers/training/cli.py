@@ -840,13 +840,13 @@ def _run_train(args: argparse.Namespace) -> int:
         TrainingDivergedError,
         _check_negatives_exist,
         _check_teacher,
-        _device,
         _find_checkpoint,
         apply_freezing,
         check_freeze_layers,
         encode_from_features,
         evaluator_description,
         prefixed_queries,
+        record_training,
         retrieval_evaluator,
         train_encoder,
         train_heads_cached,
@@ -863,13 +863,18 @@ def _run_train(args: argparse.Namespace) -> int:
         overwrite = bool(getattr(args, "overwrite", False))
         out = check_train_out(args.out, [str(d) for d in args.data], overwrite=overwrite)
         ckpt = check_checkpoint_dir(args.checkpoint_dir, out, [str(d) for d in args.data], overwrite=overwrite)
-        if args.resume and args.checkpoint_dir is not None and _find_checkpoint(ckpt) is None:
-            # a named folder without a checkpoint is most likely a typo: no silent restart from step 0
-            what = "holds no checkpoint (no state.json)" if ckpt.exists() else "does not exist"
-            raise ValueError(
-                f"--resume: --checkpoint-dir {args.checkpoint_dir} {what}; give the folder of the checkpoint to "
-                "continue from, or leave out --resume to start from step 0"
-            )
+        resume = bool(args.resume)
+        if resume and _find_checkpoint(ckpt) is None:
+            if args.checkpoint_dir is not None:
+                # a named folder without a checkpoint is most likely a typo: no silent restart from step 0
+                what = "holds no checkpoint (no state.json)" if ckpt.exists() else "does not exist"
+                raise ValueError(
+                    f"--resume: --checkpoint-dir {args.checkpoint_dir} {what}; give the folder of the checkpoint to "
+                    "continue from, or leave out --resume to start from step 0"
+                )
+            # the default folder (<--out>.checkpoint): a job rerun with --resume starts afresh when there is none
+            logger.warning("--resume: no checkpoint at %s; starting from step 0", ckpt)
+            resume = False
         _check_args(args)
         heads_only = bool(args.heads_only_cached)
         try:
@@ -938,8 +943,8 @@ def _run_train(args: argparse.Namespace) -> int:
             ts = load_training_data(data, split=args.split, unknown_docs=unknown_docs)
         except DatasetError as exc:  # the load_beir option it names (unknown_docs='drop') is a flag here
             raise ValueError(exc.describe(lambda keyword, value: f"--{keyword.replace('_', '-')} {value}")) from None
-        # the warm-up a resume keeps (the checkpoint's); refuses a changed recipe before the backbone and features
-        resumed_warmup = _check_resume_early(ckpt, cfg, ts, heads_only, cli_recipe) if args.resume else None
+        if resume:  # refuses a changed recipe (or changed data) before the backbone and features
+            _check_resume_early(ckpt, cfg, ts, heads_only, cli_recipe)
         _check_negatives_exist(ts, None)  # mining draws from the same pool: data without a possible negative fails now
         if not use_teacher and args.hard_negatives == "none":
             _check_teacher(ts, cfg)  # the data is final: a distillation loss without teacher scores fails now
@@ -957,10 +962,6 @@ def _run_train(args: argparse.Namespace) -> int:
             )
         if args.freeze_layers:  # refused before features, mining and teacher scores, not after them
             check_freeze_layers(encoder, args.freeze_layers)
-        # the text put before every query at inference (encode_queries): training sees the same query text
-        from kl_retrievers._encoding import query_prefix_of  # numpy: not imported to build the parser
-
-        query_prefix = query_prefix_of(encoder.config)
         qf = df = None
         if heads_only:
             qf = compute_features(
@@ -999,17 +1000,18 @@ def _run_train(args: argparse.Namespace) -> int:
             teacher_label = teacher.label
         if heads_only:
             result = train_heads_cached(
-                encoder, ts, cfg, checkpoint_dir=ckpt, resume=args.resume, query_features=qf, doc_features=df,
+                encoder, ts, cfg, checkpoint_dir=ckpt, resume=resume, query_features=qf, doc_features=df,
                 recipe={"cli": cli_recipe}, evaluator=evaluator, eval_every=eval_every,
                 cache_dir=feature_cache,  # the --eval-data split's features (the training data's are given)
+                overwrite=overwrite,  # check_checkpoint_dir has refused what --overwrite does not allow
             )  # fmt: skip
         else:
             apply_freezing(
                 encoder, freeze_backbone=args.freeze_backbone, freeze_layers=args.freeze_layers, lora_r=args.lora_r
             )
             result = train_encoder(
-                encoder, ts, cfg, checkpoint_dir=ckpt, resume=args.resume, recipe={"cli": cli_recipe},
-                evaluator=evaluator, eval_every=eval_every,
+                encoder, ts, cfg, checkpoint_dir=ckpt, resume=resume, recipe={"cli": cli_recipe},
+                evaluator=evaluator, eval_every=eval_every, overwrite=overwrite,
             )  # fmt: skip
     except TrainingDivergedError as exc:
         print(f"kl-retrievers train: error: {exc}", file=sys.stderr)
@@ -1017,32 +1019,13 @@ def _run_train(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"kl-retrievers train: error: {exc}", file=sys.stderr)
         return 2
-    device = _device(cfg)
-    recipe = {
-        **cfg.to_dict(),
-        # what the run used where the flag was left to a default (null in TrainConfig)
-        "warmup_steps": resumed_warmup if resumed_warmup is not None else cfg.warmup_steps_resolved(),
-        "bf16": bool((cfg.bf16 if cfg.bf16 is not None else device.type == "cuda") and device.type == "cuda"),
-        "device": str(device),
-        **cli_recipe,
-        # the training record is not repeated; the query prefix (put before every query) is shown
-        "encoder": encoder.config.to_dict() | {"extra": {"query_prefix": query_prefix} if query_prefix else {}},
-    }
     final = result.final_loss  # over the whole run, the checkpoint's steps included; NaN when no step is known
-    info = {
+    info: dict[str, Any] = {
         "command": command,
         "data": [f"{x} (split {args.split})" if user_path(x).is_dir() else str(x) for x in args.data],
-        "n_queries": len(ts.examples),
-        "n_query_texts": len({ts.queries[ex.query] for ex in ts.examples}),
-        "n_docs": len(ts.docs),
         "hard_negatives": args.hard_negatives,
         "teacher": teacher_label,
-        "recipe": recipe,
         "hardware": hardware_description(),
-        "steps_done": result.steps_done,
-        "stopped": result.stopped,
-        "seconds": result.seconds,
-        "final_loss": round(final, 6) if math.isfinite(final) else None,
     }
     if args.hard_negatives != "none":
         info["mine_mode"] = mine_mode
@@ -1061,7 +1044,8 @@ def _run_train(args: argparse.Namespace) -> int:
             _EVALUATOR_KEY: description,
         }
         info["evaluations"] = finite_json(result.evaluations)  # every evaluation, the checkpoint's included
-    encoder.config.extra["training"] = {k: v for k, v in info.items() if k != "recipe"} | {"recipe": recipe}
+    # the record the Python functions write, with this command's entries (the one shared function)
+    info = record_training(encoder, cfg, ts, result, recipe=cli_recipe, **info)
     extra_files: dict[str, str | bytes] = {
         "training_losses.json": json.dumps(result.all_losses) + "\n",  # every step, the checkpoint's included
         "README.md": model_card_text(out.name, info),

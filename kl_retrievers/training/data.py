@@ -31,7 +31,9 @@ Examples:
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 import math
 import os
@@ -46,7 +48,7 @@ from tqdm import tqdm
 
 from kl_retrievers._bm25 import quiet_bm25s_logger
 from kl_retrievers._confidence import is_blank_query
-from kl_retrievers._encoding import require_modules
+from kl_retrievers._encoding import progress_enabled, require_modules
 from kl_retrievers._io import parse_json_object, some_names, user_path
 
 logger = logging.getLogger(__name__)
@@ -121,6 +123,30 @@ class TrainingSet:
 
     def __repr__(self) -> str:
         return f"TrainingSet(queries={len(self.queries)}, docs={len(self.docs)}, examples={len(self.examples)})"
+
+    def data_sha256(self) -> str:
+        """SHA-256 of the training data's content: its query texts, its document pool and each example's query and
+        judged positives (what :class:`~kl_retrievers.training.RetrievalEvaluator` records of its split, as
+        ``data_sha256``, for the training data).
+
+        A checkpoint records it, so that a resume refuses data whose content changed at the same path. Negatives
+        and teacher scores are left out: mining and teacher scoring add them after loading, and a resume redoes both.
+
+        Examples:
+            >>> a = TrainingSet.from_rows([{"query": "q", "positives": ["a"]}])
+            >>> a.data_sha256() == TrainingSet.from_rows([{"query": "q", "positives": ["a"]}], "other").data_sha256()
+            True
+            >>> a.data_sha256() == TrainingSet.from_rows([{"query": "q", "positives": ["b"]}]).data_sha256()
+            False
+        """
+        from kl_retrievers.datasets import _sha256_texts  # numpy-free; imported here as from_beir imports it
+
+        content = {
+            "queries": _sha256_texts(self.queries),
+            "docs": _sha256_texts(self.docs),
+            "examples": [[ex.query, sorted(int(d) for d in ex.positives)] for ex in self.examples],
+        }
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     def positives_by_query(self) -> dict[int, frozenset[int]]:
         """Every judged positive of each query text: the union over all examples of that query (one pass).
@@ -521,6 +547,18 @@ def _mine_mode(existing: str | None, replace: bool | None) -> str:
     return named
 
 
+def _check_mine_k(k: Any) -> None:
+    """Refuse a mining depth ``k`` that is not an integer >= 1 (bool and float included).
+
+    Examples:
+        >>> _check_mine_k(2.5)
+        Traceback (most recent call last):
+        ValueError: k (negatives mined per query) must be an integer >= 1; got 2.5
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k (negatives mined per query) must be an integer >= 1; got {k!r}")
+
+
 def _rows_to_mine(ts: TrainingSet, mode: str) -> list[TrainExample]:
     """The examples mining changes: every one, or (``keep``) those without a negative of their own."""
     return [ex for ex in ts.examples if mode != "keep" or not ex.negatives]
@@ -612,6 +650,7 @@ def mine_negatives_from_scores(
         desc: Progress bar label.
         show_progress: Show the progress bar.
     """
+    _check_mine_k(k)
     mode = _mine_mode(existing, replace)
     examples = _rows_to_mine(ts, mode)
     if not examples:  # score_fn is not called (a lazy one encodes nothing)
@@ -620,7 +659,7 @@ def mine_negatives_from_scores(
     positives = ts.positives_by_query()  # every judged positive of the query text, over all its examples
     outcomes: list[str] = []
     batches = range(0, len(examples), batch_size)
-    for start in tqdm(batches, desc=desc, unit="batch", leave=False, disable=not show_progress):
+    for start in tqdm(batches, desc=desc, unit="batch", leave=False, disable=not progress_enabled(show_progress)):
         chunk = examples[start : start + batch_size]
         scores = np.asarray(score_fn([ex.query for ex in chunk]), dtype=np.float64)
         # deep enough for k new ones past the positives and (append) the negatives already held
@@ -648,6 +687,7 @@ def mine_bm25_negatives(
     Examples:
         >>> mine_bm25_negatives(ts, k=20)  # doctest: +SKIP
     """
+    _check_mine_k(k)
     mode = _mine_mode(existing, replace)
     require_train_extra("mine_bm25_negatives (BM25 hard negatives)", "bm25s")
     import bm25s

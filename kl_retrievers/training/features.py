@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kl_retrievers._encoding import eval_mode
+from kl_retrievers._encoding import eval_mode, progress_enabled
 from kl_retrievers._io import make_dirs, user_cache_dir, user_path
 from kl_retrievers.encoder import GaussianEncoder
 from kl_retrievers.encoding_cache import CACHE_ENV, tokenizer_identity
@@ -247,7 +247,11 @@ def compute_features(
         done = 0
         with eval_mode(encoder):  # shared with concurrent encodings (no dropout, mode restored)
             for start in tqdm(
-                range(0, len(order), batch_size), desc=desc, disable=not show_progress, unit="batch", leave=False
+                range(0, len(order), batch_size),
+                desc=desc,
+                disable=not progress_enabled(show_progress),
+                unit="batch",
+                leave=False,
             ):
                 idx = order[start : start + batch_size]
                 f = _backbone_features(encoder, [new_texts[i] for i in idx], max_length)

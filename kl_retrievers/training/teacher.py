@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kl_retrievers import _encoding
-from kl_retrievers._encoding import cut_long_texts, longest_added_token
+from kl_retrievers._encoding import cut_long_texts, longest_added_token, progress_enabled
 from kl_retrievers._io import make_dirs
 from kl_retrievers.training.data import TrainingSet
 
@@ -229,7 +229,10 @@ class CrossEncoderTeacher:
             new_keys: list[bytes] = []
             new_vals: list[float] = []
             for start in tqdm(
-                range(0, len(order), self.batch_size), desc="Teacher (int8)", disable=not show_progress, leave=False
+                range(0, len(order), self.batch_size),
+                desc="Teacher (int8)",
+                disable=not progress_enabled(show_progress),
+                leave=False,
             ):
                 chunk = order[start : start + self.batch_size]
                 vals = self._run([pairs[i] for i in chunk])

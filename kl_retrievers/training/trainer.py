@@ -42,8 +42,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from kl_retrievers._encoding import query_prefix_of
-from kl_retrievers._io import LEFTOVER_NAME, atomic_dir, atomic_file, finite_json, recover_dir, user_path
+from kl_retrievers._encoding import progress_enabled, query_prefix_of
+from kl_retrievers._io import (
+    LEFTOVER_NAME,
+    atomic_dir,
+    atomic_file,
+    check_replace_target,
+    finite_json,
+    recover_dir,
+    user_path,
+)
 from kl_retrievers.gaussian import Gaussians, is_real_number
 from kl_retrievers.training import _extra_error
 from kl_retrievers.training.data import TrainExample, TrainingSet, require_train_extra
@@ -78,6 +86,7 @@ __all__ = [
     "evaluator_description",
     "merge_lora",
     "prefixed_queries",
+    "record_training",
     "retrieval_evaluator",
     "train_encoder",
     "train_heads_cached",
@@ -299,6 +308,8 @@ class TrainResult:
             ``None`` after a resume); empty without an evaluator. ``"evaluator"`` describes what produced the
             entry (:func:`evaluator_description`), so that a resume with another evaluator keeps the earlier
             entries apart from its own; entries written before stop 45 have none.
+        warmup_steps: The warm-up the run used (a resume keeps its checkpoint's); ``None`` for results built
+            without it.
     """
 
     steps_done: int
@@ -308,6 +319,7 @@ class TrainResult:
     resumed_from: int | None = None
     history: list[float] | None = None
     evaluations: list[dict[str, Any]] = field(default_factory=list)
+    warmup_steps: int | None = None
 
     @property
     def all_losses(self) -> list[float]:
@@ -596,6 +608,55 @@ def _record_evaluations(folder: Path, evaluations: list[dict[str, Any]]) -> None
         tmp.write_text(json.dumps(meta, indent=1, allow_nan=False) + "\n")
 
 
+def check_checkpoint_folder(folder: Path, *, overwrite: bool = False) -> None:
+    """Refuse a ``checkpoint_dir`` that a checkpoint would replace although it holds something else.
+
+    Each checkpoint replaces its folder as a whole (:func:`~kl_retrievers._io.atomic_dir`): a new path, an empty
+    folder or an earlier checkpoint (a ``state.json``) is fine; any other folder (the training data, a user's
+    files) only with ``overwrite``. A resume checks its checkpoint instead (:func:`_checked_checkpoint`).
+
+    Raises:
+        ValueError: Names the folder, a few of its entries, and how to proceed.
+
+    Examples:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "notes.txt").write_text("mine")
+        >>> check_checkpoint_folder(folder)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: checkpoint_dir ...: each checkpoint replaces the folder as a whole: cannot save into ...
+    """
+    try:
+        check_replace_target(
+            folder,
+            # any state.json (a damaged one included, which a resume refuses with its own message)
+            is_ours=lambda path: os.path.lexists(path / "state.json"),
+            what="a training checkpoint (it has no state.json)",
+            overwrite=overwrite,
+            flag="overwrite=True",
+        )
+    except ValueError as exc:
+        raise ValueError(f"checkpoint_dir {folder}: each checkpoint replaces the folder as a whole: {exc}") from None
+
+
+def _check_inputs(ts: Any, cfg: Any) -> None:
+    """Refuse training data that is not a :class:`TrainingSet` and a config that is not a :class:`TrainConfig`.
+
+    Examples:
+        >>> _check_inputs([], TrainConfig())  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        TypeError: ts must be a TrainingSet (load_training_data, from_beir, read_jsonl, ...); got list
+    """
+    if not isinstance(ts, TrainingSet):
+        raise TypeError(
+            "ts must be a TrainingSet (load_training_data, from_beir, read_jsonl, or TrainingSet.from_rows for rows "
+            f"of dicts); got {type(ts).__name__}"
+        )
+    if not isinstance(cfg, TrainConfig):
+        hint = " (TrainConfig(**d) builds one from a dict)" if isinstance(cfg, Mapping) else ""
+        raise TypeError(f"cfg must be a TrainConfig{hint}; got {type(cfg).__name__}")
+
+
 def _find_checkpoint(folder: Path) -> Path | None:
     """The checkpoint to resume from: ``folder``, or the copy an interrupted save left beside it.
 
@@ -668,9 +729,24 @@ _FLAGS = {
 }
 
 
+#: what the recipe entries that no flag sets are, for the messages (what trains, as apply_freezing chose it)
+_LABELS = {
+    "encoder.trainable.lora_r": "LoRA rank, 0: none",
+    "encoder.trainable.frozen_parameters": "frozen parameter tensors",
+}
+#: recipe entries later versions record: compared only when the checkpoint records them too
+_ADDED_LATER = ("encoder.trainable.",)
+
+
 def _flag(key: str) -> str:
     name = key.rsplit(".", 1)[-1]
     return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def _entry_name(key: str) -> str:
+    """How a message names recipe entry ``key``: its flag and the entry, or the entry and what it is (no flag)."""
+    label = _LABELS.get(key)
+    return f"{key} ({label})" if label else f"{_flag(key)} ({key})"
 
 
 def _flatten(recipe: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -697,7 +773,8 @@ def _recipe_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> lis
     What older checkpoints recorded otherwise is read as what it meant: a checkpoint that mined
     (``cli.hard_negatives`` not ``none``) and records no ``cli.mine_mode`` replaced the given negatives
     (``replace``); the same ``data`` source listed twice is that source once; ``full_corpus`` and
-    ``corpus_sample`` are compared only when a side trained on the fast path (``mode`` ``heads_only_cached``).
+    ``corpus_sample`` are compared only when a side trained on the fast path (``mode`` ``heads_only_cached``);
+    entries later versions added (what trains, ``encoder.trainable``) only when the checkpoint records them.
 
     Examples:
         >>> _recipe_differences({"data": ["a", "a"], "cli": {"hard_negatives": "bm25"}},
@@ -719,8 +796,10 @@ def _recipe_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> lis
             continue
         if key in _FAST_PATH_ONLY and not fast_path:
             continue
+        if key.startswith(_ADDED_LATER) and key not in old:
+            continue
         if old.get(key) != new.get(key):
-            diff = f"{_flag(key)} ({key}): checkpoint {old.get(key)!r}, now {new.get(key)!r}"
+            diff = f"{_entry_name(key)}: checkpoint {old.get(key)!r}, now {new.get(key)!r}"
             if key == "cli.mine_mode" and legacy_mine:
                 diff += (
                     f" (the checkpoint records no mining mode: it was made before --mine-mode, when mining replaced "
@@ -731,19 +810,42 @@ def _recipe_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> lis
 
 
 def _check_resume_recipe(folder: Path, meta: Mapping[str, Any], recipe: Mapping[str, Any] | None) -> None:
-    """Refuse to resume ``folder`` with a recipe that differs in anything but steps, budget, checkpoints, device."""
+    """Refuse to resume ``folder`` with a recipe that differs in anything but steps, budget, checkpoints, device,
+    or with training data whose content changed (``data_sha256``, :meth:`TrainingSet.data_sha256`; checked when
+    the checkpoint records it). A recipe with a ``cli`` entry (the command line's) is told how to proceed in flags,
+    another in the Python functions' arguments."""
     saved = meta.get("recipe")
     if recipe is None:
         return
+    cli = "cli" in recipe
+    resume = "--resume" if cli else "resume"
     if saved is None:
-        logger.warning("--resume: %s records no recipe (an older checkpoint); cannot check it matches this run", folder)
+        logger.warning(
+            "%s: %s records no recipe (an older checkpoint); cannot check it matches this run", resume, folder
+        )
         return
-    diffs = _recipe_differences(saved, recipe)
-    if diffs:
+    saved, now = dict(saved), dict(recipe)
+    saved_sha, now_sha = saved.pop("data_sha256", None), now.pop("data_sha256", None)
+    if saved_sha is not None and now_sha is not None and saved_sha != now_sha:
+        sources = ", ".join(map(str, now.get("data") or [])) or "the training data"
         raise ValueError(
-            f"--resume: the checkpoint {folder} was trained with a different recipe: " + "; ".join(diffs) + ". "
-            "A resume may change only --steps, --time-budget, --checkpoint-every, --quiet and --device; rerun "
-            "with the checkpoint's values, or start afresh with another --checkpoint-dir (or without --resume)"
+            f"{resume}: the training data {sources} is not the data the checkpoint {folder} was trained on: its "
+            f"content changed (queries, documents or judgements; data_sha256 checkpoint {str(saved_sha)[:12]}..., "
+            f"now {str(now_sha)[:12]}...). Resume with the checkpoint's data, or start afresh with another "
+            + ("--checkpoint-dir (or without --resume)" if cli else "checkpoint_dir (or resume=False)")
+        )
+    diffs = _recipe_differences(saved, now)
+    if diffs:
+        allowed = (
+            "--steps, --time-budget, --checkpoint-every, --quiet and --device; rerun with the checkpoint's values, or "
+            "start afresh with another --checkpoint-dir (or without --resume)"
+            if cli
+            else "steps, time_budget_s, checkpoint_every, show_progress, device and bf16; rerun with the checkpoint's "
+            "values, or start afresh with another checkpoint_dir (or resume=False)"
+        )
+        raise ValueError(
+            f"{resume}: the checkpoint {folder} was trained with a different recipe: " + "; ".join(diffs) + ". "
+            f"A resume may change only {allowed}"
         )
 
 
@@ -1032,15 +1134,93 @@ def _param_groups(named: dict[str, nn.Parameter], cfg: TrainConfig) -> list[dict
 def training_recipe(cfg: TrainConfig, ts: TrainingSet, encoder: GaussianEncoder | None, **extra: Any) -> dict[str, Any]:
     """What a checkpoint records so that ``resume`` can refuse a changed recipe (JSON-ready).
 
-    The training config (with the warm-up actually used), the data sources, the encoder's shape
-    (left out when ``encoder`` is ``None``: the CLI checks the rest before loading the encoder)
-    and any ``extra`` entries (e.g. the CLI's mining and freezing options).
+    The training config (with the warm-up actually used), the data sources and the SHA-256 of their content
+    (:meth:`TrainingSet.data_sha256`), the encoder's shape (left out when ``encoder`` is ``None``: the CLI checks
+    the rest before loading the encoder) and any ``extra`` entries (e.g. the CLI's mining and freezing options).
     """
     config = cfg.to_dict() | {"warmup_resolved": cfg.warmup_steps_resolved()}
-    recipe: dict[str, Any] = {"config": config, "data": [str(s) for s in ts.sources]}
+    recipe: dict[str, Any] = {
+        "config": config,
+        "data": [str(s) for s in ts.sources],
+        "data_sha256": ts.data_sha256(),  # a resume refuses data whose content changed at the same path
+    }
     if encoder is not None:
         recipe["encoder"] = {k: v for k, v in encoder.config.to_dict().items() if k not in ("extra", "backbone_sha256")}
     return recipe | extra
+
+
+def record_training(
+    encoder: GaussianEncoder,
+    cfg: TrainConfig,
+    ts: TrainingSet,
+    result: TrainResult | None = None,
+    *,
+    recipe: Mapping[str, Any] | None = None,
+    **info: Any,
+) -> dict[str, Any]:
+    """Record how ``encoder`` was trained in ``encoder.config.extra["training"]`` (what ``save_pretrained`` writes).
+
+    The record's ``recipe`` holds the training config (``similarity`` included: a vector twin is saved, evaluated
+    and ranked by its own score, :func:`~kl_retrievers.evaluation.model_similarity`), the warm-up, bf16 and device
+    the run used, the ``recipe`` entries given and the encoder's shape. :func:`train_encoder` and
+    :func:`train_heads_cached` call it before their first step (without ``result``) and at the end; the command
+    line calls it with its own entries.
+
+    Args:
+        encoder: The trained encoder; its ``config.extra["training"]`` is replaced.
+        cfg: The run's recipe.
+        ts: The training data (its sources and sizes are recorded).
+        result: What the run did (steps, stop, time, final loss, evaluations); ``None``: before the run.
+        recipe: Further recipe entries (e.g. the command line's mining and freezing options).
+        **info: Further (or replacing) entries of the record, e.g. ``command`` or a formatted ``data``.
+
+    Returns:
+        The record, with its ``recipe`` (JSON-ready).
+    """
+    from kl_retrievers._encoding import query_prefix_of
+
+    device = _device(cfg)
+    warmup = result.warmup_steps if result is not None and result.warmup_steps is not None else None
+    prefix = query_prefix_of(encoder.config)
+    full_recipe = {
+        **cfg.to_dict(),
+        # what the run used where the config left it to a default (None in TrainConfig)
+        "warmup_steps": warmup if warmup is not None else cfg.warmup_steps_resolved(),
+        "bf16": bool((cfg.bf16 if cfg.bf16 is not None else device.type == "cuda") and device.type == "cuda"),
+        "device": str(device),
+        **dict(recipe or {}),
+        # the training record is not repeated; the query prefix (put before every query) is shown
+        "encoder": encoder.config.to_dict() | {"extra": {"query_prefix": prefix} if prefix else {}},
+    }
+    record: dict[str, Any] = {
+        "data": [str(s) for s in ts.sources],
+        "n_queries": len(ts.examples),
+        "n_query_texts": len({ts.queries[ex.query] for ex in ts.examples}),
+        "n_docs": len(ts.docs),
+    }
+    if result is not None:
+        final = result.final_loss  # over the whole run, the checkpoint's steps included; NaN when none is known
+        record |= {
+            "steps_done": result.steps_done,
+            "stopped": result.stopped,
+            "seconds": result.seconds,
+            "final_loss": round(final, 6) if math.isfinite(final) else None,
+        }
+        if result.evaluations:
+            record["evaluations"] = finite_json(result.evaluations)
+    record |= info
+    encoder.config.extra["training"] = {k: v for k, v in record.items() if k != "recipe"} | {"recipe": full_recipe}
+    return record | {"recipe": full_recipe}
+
+
+def _trainable_description(encoder: GaussianEncoder) -> dict[str, Any]:
+    """What :func:`apply_freezing` chose, for the recipe: the LoRA rank (0: none) and the frozen tensors' count."""
+    peft_config = getattr(encoder.backbone, "peft_config", None)
+    lora_r = 0
+    if isinstance(peft_config, Mapping) and peft_config:
+        lora_r = int(getattr(next(iter(peft_config.values())), "r", 0) or 0)
+    frozen = sum(1 for p in encoder.parameters() if not p.requires_grad)
+    return {"lora_r": lora_r, "frozen_parameters": frozen}
 
 
 # ---------------------------------------------------------------------------------- evaluation during training
@@ -1522,12 +1702,26 @@ def retrieval_evaluator(dataset: Any, **options: Any) -> RetrievalEvaluator:
 
 def _checked_checkpoint(
     checkpoint_dir: Path | None, recipe: Mapping[str, Any] | None, steps: int
-) -> tuple[Path | None, dict[str, Any]]:
-    """The checkpoint a resume continues and its ``state.json`` (``(None, {})``: none), refused when it was written
-    with another recipe or is past ``steps`` (:func:`_check_resume_recipe`, :func:`_check_resume_steps`)."""
-    found = _find_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint a resume continues and its ``state.json``, refused when it was written with another recipe or
+    is past ``steps`` (:func:`_check_resume_recipe`, :func:`_check_resume_steps`).
+
+    Raises:
+        ValueError: No ``checkpoint_dir`` was given, or it holds no checkpoint (a mistyped folder would otherwise
+            train from step 0 in silence); the message names the folder.
+    """
+    if checkpoint_dir is None:
+        raise ValueError(
+            "resume=True needs checkpoint_dir, the folder of the checkpoint to continue from (it is None); give it, "
+            "or leave out resume to start from step 0"
+        )
+    found = _find_checkpoint(checkpoint_dir)
     if found is None:
-        return None, {}
+        what = "holds no checkpoint (no state.json)" if checkpoint_dir.exists() else "does not exist"
+        raise ValueError(
+            f"resume=True: checkpoint_dir {checkpoint_dir} {what}; give the folder of the checkpoint to continue "
+            "from, or leave out resume to start from step 0"
+        )
     meta = _read_checkpoint_state(found)  # ValueError naming the file and the field of a damaged one
     _check_resume_recipe(found, meta, recipe)
     _check_resume_steps(found, meta, steps)
@@ -1576,12 +1770,9 @@ def _optimise(
     meta: dict[str, Any] = {}
     if resume:
         found, meta = _checked_checkpoint(checkpoint_dir, recipe, cfg.steps)
-        if found is None:
-            logger.warning("--resume: no checkpoint at %s; starting from step 0", checkpoint_dir)
-        else:
-            saved = (meta.get("recipe") or {}).get("config") or {}
-            if isinstance(saved.get("warmup_resolved"), int):  # keep the warm-up the run started with
-                warmup = saved["warmup_resolved"]
+        saved = (meta.get("recipe") or {}).get("config") or {}
+        if isinstance(saved.get("warmup_resolved"), int):  # keep the warm-up the run started with
+            warmup = saved["warmup_resolved"]
     elif checkpoint_dir is not None:
         _warn_fresh_over_checkpoint(checkpoint_dir)
     if warmup >= cfg.steps:
@@ -1623,7 +1814,7 @@ def _optimise(
     losses: list[float] = []
     stopped = "finished"
     step = start
-    bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not cfg.show_progress, unit="step")
+    bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not progress_enabled(cfg.show_progress), unit="step")
     try:
         for step in range(start, cfg.steps):
             opt.zero_grad(set_to_none=True)
@@ -1688,7 +1879,7 @@ def _optimise(
         evaluations.append(run_evaluation(done))
         if checkpoint_dir is not None and (losses or found is not None):
             _record_evaluations(checkpoint_dir, evaluations)
-    return TrainResult(done, stopped, losses, time.monotonic() - t0, resumed_from, history, evaluations)
+    return TrainResult(done, stopped, losses, time.monotonic() - t0, resumed_from, history, evaluations, warmup)
 
 
 # ---------------------------------------------------------------------------------- full encoder
@@ -1791,6 +1982,7 @@ def train_encoder(
     recipe: Mapping[str, Any] | None = None,
     evaluator: Evaluator | None = None,
     eval_every: int = 0,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train the whole encoder (respecting what :func:`apply_freezing` froze) on texts.
 
@@ -1799,13 +1991,21 @@ def train_encoder(
     query against every candidate in the batch (in-batch negatives) unless ``in_batch`` is off.
 
     Args:
-        encoder: The model, changed in place (left in evaluation mode).
-        ts: Training data.
-        cfg: Recipe.
-        checkpoint_dir: Where checkpoints go (``None``: none).
-        resume: Continue from the checkpoint in ``checkpoint_dir``; refused (``ValueError``) when the
-            checkpoint was written with another recipe (anything but ``steps``, ``time_budget_s``,
-            ``checkpoint_every``, ``show_progress``, ``device``), other data or another encoder shape.
+        encoder: The model, changed in place (left in evaluation mode). How it was trained (the recipe,
+            ``similarity`` included, and the data's sizes) is recorded in ``config.extra["training"]``
+            (:func:`record_training`) before the first step, so that an ``evaluator`` and a later
+            ``save_pretrained`` score a vector twin by its similarity, not -KL.
+        ts: Training data (a :class:`~kl_retrievers.training.TrainingSet`).
+        cfg: Recipe (a :class:`TrainConfig`).
+        checkpoint_dir: Where checkpoints go (``None``: none). Each checkpoint replaces the folder as a whole:
+            a non-empty folder that is not a checkpoint is refused (``ValueError``) before anything runs, unless
+            ``overwrite``.
+        resume: Continue from the checkpoint in ``checkpoint_dir``; refused (``ValueError``) when there is no
+            ``checkpoint_dir`` or it holds no checkpoint, and when the checkpoint was written with another recipe
+            (anything but ``steps``, ``time_budget_s``, ``checkpoint_every``, ``show_progress``, ``device``),
+            other data (its sources, or their content: :meth:`~kl_retrievers.training.TrainingSet.data_sha256`),
+            another encoder shape or another choice of what trains (:func:`apply_freezing`: the LoRA rank, the
+            frozen tensors).
         recipe: Further JSON-ready entries recorded in checkpoints and checked on resume.
         evaluator: Called with the encoder (its current weights, in evaluation mode, under
             ``torch.no_grad``; its modes are restored afterwards) every ``eval_every`` optimiser steps and
@@ -1817,6 +2017,7 @@ def train_encoder(
             with another evaluator keeps the checkpoint's evaluations, warns naming both evaluators, and counts
             only its own evaluator's as done (a finished checkpoint is evaluated once by it).
         eval_every: Steps between evaluations (0: only at the end).
+        overwrite: Let checkpoints replace a non-empty ``checkpoint_dir`` that is not a checkpoint.
 
     Returns:
         A :class:`TrainResult`.
@@ -1824,12 +2025,22 @@ def train_encoder(
     Examples:
         >>> result = train_encoder(encoder, ts, TrainConfig(steps=10, batch_size=4))  # doctest: +SKIP
     """
+    _check_inputs(ts, cfg)
     cfg.check_trains(fast_path=False)
     _check_evaluator(evaluator, eval_every)
     need_teacher = _check_teacher(ts, cfg)
     _check_negatives_exist(ts, cfg)
     device = _device(cfg)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     full_recipe = training_recipe(cfg, ts, encoder, mode="encoder", **dict(recipe or {}))
+    trainable = _trainable_description(encoder)  # a resume with another LoRA rank or freezing is refused
+    full_recipe["encoder"]["trainable"] = trainable
+    if resume:  # refused (no checkpoint, another recipe) before the encoder moves or the record changes
+        _checked_checkpoint(ckpt, full_recipe, cfg.steps)
+    elif ckpt is not None:
+        check_checkpoint_folder(ckpt, overwrite=overwrite)
+    record_recipe = {"mode": "encoder", **trainable}
+    record_training(encoder, cfg, ts, recipe=record_recipe)  # evaluations score a vector twin by its similarity
     encoder.to(device)
     encoder.train()
     qlen, dlen = encoder.config.query_max_length, encoder.config.max_length
@@ -1853,9 +2064,8 @@ def train_encoder(
         assert evaluator is not None
         return _run_evaluation(encoder, evaluator, step)
 
-    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     try:
-        return _optimise(
+        result = _optimise(
             encoder,
             cfg,
             micro_loss,
@@ -1869,6 +2079,8 @@ def train_encoder(
         )
     finally:
         encoder.eval()
+    record_training(encoder, cfg, ts, result, recipe=record_recipe)
+    return result
 
 
 # ---------------------------------------------------------------------------------- fast path
@@ -1915,6 +2127,7 @@ def train_heads_cached(
     recipe: Mapping[str, Any] | None = None,
     evaluator: Evaluator | None = None,
     eval_every: int = 0,
+    overwrite: bool = False,
 ) -> TrainResult:
     """The fast path: frozen backbone, features computed once (cached), only the heads train.
 
@@ -1927,9 +2140,10 @@ def train_heads_cached(
         cfg: Recipe (``lr`` around 1e-3 suits the heads).
         cache_dir: Feature cache (see :func:`compute_features`), of the training data and of a
             :class:`RetrievalEvaluator`'s split.
-        checkpoint_dir: Checkpoint folder.
-        resume: Continue from its checkpoint (refused when it was written with another recipe,
-            as in :func:`train_encoder`).
+        checkpoint_dir: Checkpoint folder (a non-empty folder that is not a checkpoint is refused unless
+            ``overwrite``, as in :func:`train_encoder`).
+        resume: Continue from its checkpoint (refused when there is none, or when it was written with another
+            recipe or other data, as in :func:`train_encoder`).
         query_features: Precomputed features of ``prefixed_queries(encoder, ts.queries)`` (the queries behind
             the encoder's query prefix, as ``encode_queries`` sees them; skips :func:`compute_features`).
         doc_features: Precomputed features of ``ts.docs``.
@@ -1942,6 +2156,10 @@ def train_heads_cached(
             whose heads hold the current weights (moved back beside the backbone for the call), so it encodes
             texts through the backbone.
         eval_every: Steps between evaluations (0: only at the end).
+        overwrite: As in :func:`train_encoder`.
+
+    The training record (``config.extra["training"]``, :func:`record_training`) is written as in
+    :func:`train_encoder`.
 
     Returns:
         A :class:`TrainResult`.
@@ -1949,13 +2167,19 @@ def train_heads_cached(
     Examples:
         >>> result = train_heads_cached(encoder, ts, TrainConfig(steps=500, lr=1e-3))  # doctest: +SKIP
     """
+    _check_inputs(ts, cfg)
     _check_evaluator(evaluator, eval_every)
     need_teacher = _check_teacher(ts, cfg)
     _check_negatives_exist(ts, cfg)
     device = _device(cfg)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     full_recipe = training_recipe(cfg, ts, encoder, mode="heads_only_cached", **dict(recipe or {}))
     if resume:  # a resume refused for another recipe is refused before any backbone pass (_optimise checks again)
-        _checked_checkpoint(Path(checkpoint_dir) if checkpoint_dir is not None else None, full_recipe, cfg.steps)
+        _checked_checkpoint(ckpt, full_recipe, cfg.steps)
+    elif ckpt is not None:  # before any backbone pass
+        check_checkpoint_folder(ckpt, overwrite=overwrite)
+    record_recipe = {"mode": "heads_only_cached"}
+    record_training(encoder, cfg, ts, recipe=record_recipe)  # evaluations score a vector twin by its similarity
     if query_features is None:  # the prefixed texts, as encode_queries sees them
         query_features = compute_features(
             encoder,
@@ -2040,14 +2264,13 @@ def train_heads_cached(
         finally:
             heads.to(device)
 
-    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     trainable = [(p, p.requires_grad) for p in encoder.parameters()]  # the caller's freezing, given back at the end
     try:
         for p in encoder.parameters():
             p.requires_grad_(False)
         for p in heads.parameters():
             p.requires_grad_(True)
-        return _optimise(
+        result = _optimise(
             heads,
             cfg,
             micro_loss,
@@ -2066,3 +2289,5 @@ def train_heads_cached(
         for p, was in trainable:
             p.requires_grad_(was)
         encoder.eval()
+    record_training(encoder, cfg, ts, result, recipe=record_recipe)
+    return result

@@ -1,0 +1,83 @@
+"""Warnings that point at the user's line: the ``stacklevel`` past this package and the frameworks it plugs into.
+
+A fixed ``stacklevel`` is right for one call path only: the same check runs under a public function, a
+method of an adapter called by LangChain or LlamaIndex, or a loader two calls down, so a fixed count
+lands on a line of this package or of a third-party package. Such a warning shows the wrong line,
+and a filter on the third party's module (``filterwarnings("ignore", module="langchain_community")``)
+would hide it too. :func:`user_stacklevel` walks the stack instead, past the frames of this package,
+of LangChain (``langchain*``), LlamaIndex (``llama_index*``), pydantic, and the ``functools``,
+``asyncio``, ``threading`` and ``concurrent`` plumbing between them, to the first other frame: the
+user's. It walks on every Python version (3.12's ``skip_file_prefixes`` skips by file, which cannot
+name a namespace package such as ``llama_index`` spread over several folders, and has no use in a
+helper that another function's ``warnings.warn`` must be given a level for).
+
+Imports only the standard library, so any module of the package may use it.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from types import FrameType
+
+__all__ = ["user_stacklevel", "warn"]
+
+#: Top-level modules whose frames a warning skips (besides names starting with ``langchain`` or ``llama_index``).
+SKIPPED_MODULES = frozenset(
+    {"kl_retrievers", "pydantic", "pydantic_core", "functools", "asyncio", "threading", "concurrent", "contextlib"}
+)
+#: Prefixes of top-level module names whose frames a warning skips.
+SKIPPED_PREFIXES = ("langchain", "llama_index")
+
+
+def _skipped(frame: FrameType) -> bool:
+    """Whether ``frame`` runs code of this package, of a framework it plugs into, or of their plumbing."""
+    name = frame.f_globals.get("__name__")
+    if not isinstance(name, str):
+        return False
+    top = name.partition(".")[0]
+    return top in SKIPPED_MODULES or top.startswith(SKIPPED_PREFIXES)
+
+
+def _internal(frame: FrameType) -> bool:
+    """An import machinery frame, which ``warnings.warn`` does not count (CPython's ``_is_internal_frame``)."""
+    filename = frame.f_code.co_filename
+    return "importlib" in filename and "_bootstrap" in filename
+
+
+def user_stacklevel(depth: int = 0) -> int:
+    """The ``stacklevel`` that makes a ``warnings.warn`` point at the first frame outside the skipped modules.
+
+    Args:
+        depth: How many calls below the caller of this function ``warnings.warn`` runs (``0``: the caller
+            calls it itself; ``1``: a helper it calls does).
+
+    Returns:
+        The level, counted as ``warnings.warn`` counts it. When every frame of the stack is skipped
+        (a warning raised in a worker thread that runs library code only), the level of the line that
+        called the caller of this function (the package's line that asked for the check).
+
+    Examples:
+        >>> user_stacklevel() >= 2
+        True
+    """
+    frame: FrameType | None = sys._getframe(1)
+    level = 1 + depth
+    while frame is not None and _skipped(frame):
+        frame = frame.f_back
+        if frame is not None and not _internal(frame):
+            level += 1
+    return level if frame is not None else 2 + depth
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn(message, category)`` at the user's line (see :func:`user_stacklevel`).
+
+    Examples:
+        >>> with warnings.catch_warnings(record=True) as seen:
+        ...     warnings.simplefilter("always")
+        ...     warn("careful")
+        >>> str(seen[0].message)
+        'careful'
+    """
+    warnings.warn(message, category, stacklevel=user_stacklevel())

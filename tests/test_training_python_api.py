@@ -1,0 +1,218 @@
+"""The Python training API: checkpoint folders, vector twins' records, resume checks and input checks.
+
+1. ``checkpoint_dir=`` pointing at a non-empty folder that is not a checkpoint (the training data, a user's
+   folder) is refused before training, naming the folder; it used to be replaced silently.
+2. A twin trained in Python (``TrainConfig(similarity="dot")``) records its similarity in
+   ``config.extra["training"]`` (``record_training``): the in-training evaluator and ``save_pretrained`` score it
+   by ``dot``; it used to be labelled and evaluated as -KL.
+3. A resume whose training data changed at the same path is refused (``TrainingSet.data_sha256``), in Python and
+   on the command line.
+4. ``resume=True`` without a checkpoint (a mistyped folder, ``checkpoint_dir=None``) is a ``ValueError``.
+5. A resume with another LoRA rank names the rank; the Python functions' refusals say how to proceed in their
+   arguments (``resume=False``, ``checkpoint_dir``), not in flags.
+6. ``mine_bm25_negatives`` refuses a ``k`` that is not an integer >= 1.
+7. ``GaussianEncoder.from_backbone(seed=...)`` leaves torch's global RNG alone.
+9. A list as data or a dict as config is a ``TypeError`` naming what is expected.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from conftest import heads_cached_train_argv, make_tiny_encoder, make_train_world, write_tiny_beir
+from kl_retrievers import GaussianEncoder
+from kl_retrievers.cli import main
+from kl_retrievers.evaluation import model_similarity
+from kl_retrievers.training import (
+    TrainConfig,
+    TrainingSet,
+    apply_freezing,
+    evaluator_description,
+    mine_bm25_negatives,
+    read_jsonl,
+    retrieval_evaluator,
+    train_encoder,
+    train_heads_cached,
+)
+
+ROWS = [
+    {"query": "cat", "positives": ["the cat sat on the mat"], "negatives": ["a dog in the sun"]},
+    {"query": "tea", "positives": ["green tea and bread"], "negatives": ["water on black rock"]},
+    {"query": "moon", "positives": ["the moon and the star"], "negatives": ["a train at sea"]},
+]
+
+
+def _cfg(**kw: Any) -> TrainConfig:
+    base: dict[str, Any] = {"steps": 2, "batch_size": 2, "lr": 1e-3, "negatives": 1, "show_progress": False}
+    return TrainConfig(**(base | {"device": "cpu"} | kw))
+
+
+def _jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _listing(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+# ------------------------------------------------------------------ 1: checkpoint_dir over another folder
+@pytest.mark.parametrize("trainer", ["heads", "encoder"])
+def test_checkpoint_dir_that_is_not_a_checkpoint_is_refused_before_training(tmp_path: Path, trainer: str) -> None:
+    data = tmp_path / "mydata"
+    data.mkdir()
+    ts = read_jsonl(_jsonl(data / "train.jsonl", ROWS))
+    (data / "notes.txt").write_text("my precious notes")
+    before = _listing(data)
+    enc = make_tiny_encoder(pooling="mean")
+    heads_before = enc.mean_head.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"checkpoint_dir .*mydata.*not empty.*training checkpoint") as info:
+        if trainer == "heads":
+            train_heads_cached(enc, ts, _cfg(), checkpoint_dir=data)
+        else:
+            train_encoder(enc, ts, _cfg(), checkpoint_dir=data)
+    assert "overwrite=True" in str(info.value)
+    assert _listing(data) == before  # nothing replaced
+    assert torch.equal(enc.mean_head.weight, heads_before)  # refused before any step
+    # overwrite=True lets the checkpoint replace it; an earlier checkpoint (state.json) is fine without it
+    ck = tmp_path / "other"
+    ck.mkdir()
+    (ck / "thesis.tex").write_text("x")
+    train_heads_cached(make_tiny_encoder(pooling="mean"), ts, _cfg(), checkpoint_dir=ck, overwrite=True)
+    assert (ck / "state.json").is_file() and not (ck / "thesis.tex").exists()
+    train_heads_cached(make_tiny_encoder(pooling="mean"), ts, _cfg(), checkpoint_dir=ck)
+    assert (ck / "state.json").is_file()
+
+
+# ------------------------------------------------------------------ 2: a twin trained in Python is a twin
+def test_python_twin_records_its_similarity_for_evaluation_and_save(tmp_path: Path) -> None:
+    ts = read_jsonl(_jsonl(tmp_path / "train.jsonl", ROWS))
+    enc = make_tiny_encoder(pooling="mean")
+    seen: list[str] = []
+
+    def evaluator(encoder: Any) -> dict[str, float]:
+        seen.append(model_similarity(encoder))  # what RetrievalEvaluator(similarity=None) ranks by
+        return {"calls": float(len(seen))}
+
+    result = train_heads_cached(enc, ts, _cfg(similarity="dot"), evaluator=evaluator, eval_every=1)
+    assert seen == ["dot"] * 2 and len(result.evaluations) == 2
+    described = evaluator_description(retrieval_evaluator(write_tiny_beir(tmp_path / "beir"), split="test"), enc)
+    assert described["similarity"] == "dot"  # what a RetrievalEvaluator records and ranks by
+    record = enc.config.extra["training"]
+    assert record["recipe"]["similarity"] == "dot" and record["recipe"]["mode"] == "heads_only_cached"
+    assert record["steps_done"] == 2 and record["n_queries"] == 3 and record["recipe"]["warmup_steps"] == 0
+    saved = json.loads((enc.save_pretrained(tmp_path / "twin") / "config.json").read_text())
+    assert saved["score"]["name"] == "dot"
+    # the full loop records it too, and a later -KL run replaces the record
+    full = make_tiny_encoder(pooling="mean")
+    train_encoder(full, ts, _cfg(similarity="cosine"))
+    assert model_similarity(full) == "cosine"
+    train_encoder(full, ts, _cfg())
+    assert model_similarity(full) == "neg_kl"
+
+
+# ------------------------------------------------------------------ 3: resume on changed data
+def test_resume_refuses_training_data_changed_at_the_same_path(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "train.jsonl", ROWS)
+    ck = tmp_path / "ck"
+    train_heads_cached(make_tiny_encoder(pooling="mean"), read_jsonl(path), _cfg(time_budget_s=0.0), checkpoint_dir=ck)
+    _jsonl(path, [*ROWS[:2], {**ROWS[2], "positives": ["the moon and the sun"]}])
+    with pytest.raises(ValueError, match=r"training data .*train\.jsonl.* content changed") as info:
+        train_heads_cached(make_tiny_encoder(pooling="mean"), read_jsonl(path), _cfg(), checkpoint_dir=ck, resume=True)
+    assert "--" not in str(info.value).split("content changed")[1]  # Python names no flags
+    # the same content (a rewritten file) resumes
+    _jsonl(path, ROWS)
+    result = train_heads_cached(
+        make_tiny_encoder(pooling="mean"), read_jsonl(path), _cfg(), checkpoint_dir=ck, resume=True
+    )
+    assert (result.resumed_from, result.steps_done) == (1, 2)
+
+
+def test_cli_resume_refuses_changed_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    world = make_train_world(tmp_path)
+    argv = heads_cached_train_argv(world, tmp_path / "m", "--checkpoint-dir", str(tmp_path / "ck"))
+    assert main([*argv, "--time-budget", "0"]) == 0
+    qrels = world.beir / "qrels" / "train.tsv"
+    lines = qrels.read_text().splitlines()
+    qrels.write_text("\n".join(lines[:-1]) + "\n")  # one judgement fewer
+    capsys.readouterr()
+    assert main([*argv, "--resume", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "content changed" in err and str(world.beir) in err and "--checkpoint-dir" in err
+
+
+# ------------------------------------------------------------------ 4: resume without a checkpoint
+def test_resume_without_a_checkpoint_raises(tmp_path: Path) -> None:
+    ts = read_jsonl(_jsonl(tmp_path / "train.jsonl", ROWS))
+    with pytest.raises(ValueError, match=r"checkpoint_dir .*ck-typo does not exist"):
+        train_heads_cached(make_tiny_encoder(), ts, _cfg(), checkpoint_dir=tmp_path / "ck-typo", resume=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"empty holds no checkpoint"):
+        train_encoder(make_tiny_encoder(), ts, _cfg(), checkpoint_dir=tmp_path / "empty", resume=True)
+    with pytest.raises(ValueError, match=r"resume=True needs checkpoint_dir"):
+        train_encoder(make_tiny_encoder(), ts, _cfg(), resume=True)
+    assert not (tmp_path / "ck-typo").exists()
+
+
+# ------------------------------------------------------------------ 5: LoRA rank and Python wording
+def test_resume_with_another_lora_rank_names_the_rank(tmp_path: Path) -> None:
+    ts = read_jsonl(_jsonl(tmp_path / "train.jsonl", ROWS))
+    ck = tmp_path / "ck"
+
+    def lora(r: int) -> GaussianEncoder:
+        enc = make_tiny_encoder()
+        if r:
+            apply_freezing(enc, lora_r=r)
+        return enc
+
+    train_encoder(lora(2), ts, _cfg(time_budget_s=0.0), checkpoint_dir=ck)
+    with pytest.raises(
+        ValueError, match=r"encoder\.trainable\.lora_r \(LoRA rank, 0: none\): checkpoint 2, now 4"
+    ) as info:
+        train_encoder(lora(4), ts, _cfg(), checkpoint_dir=ck, resume=True)
+    message = str(info.value)
+    assert message.startswith("resume: ") and "--" not in message
+    with pytest.raises(ValueError, match=r"lora_r \(LoRA rank, 0: none\): checkpoint 2, now 0"):
+        train_encoder(lora(0), ts, _cfg(), checkpoint_dir=ck, resume=True)
+    with pytest.raises(
+        ValueError, match=r"--lr \(config\.lr\): checkpoint 0\.001, now 0\.5.* only steps, time_budget_s"
+    ):
+        train_encoder(lora(2), ts, _cfg(lr=0.5), checkpoint_dir=ck, resume=True)
+    assert train_encoder(lora(2), ts, _cfg(), checkpoint_dir=ck, resume=True).resumed_from == 1
+
+
+# ------------------------------------------------------------------ 6: mining depth
+@pytest.mark.parametrize("k", [0, -3, 2.5, True, "5"])
+def test_mine_bm25_negatives_refuses_a_bad_k(k: Any) -> None:
+    ts = TrainingSet.from_rows(ROWS)
+    with pytest.raises(ValueError, match=r"k \(negatives mined per query\) must be an integer >= 1"):
+        mine_bm25_negatives(ts, k=k)
+
+
+# ------------------------------------------------------------------ 7: from_backbone's seed
+def test_from_backbone_seed_leaves_the_global_rng_alone(tmp_path: Path) -> None:
+    tiny = make_tiny_encoder()
+    base = tmp_path / "base"
+    tiny.backbone.save_pretrained(base)
+    tiny.tokenizer.save_pretrained(base)  # type: ignore[attr-defined]
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a = GaussianEncoder.from_backbone(base, dim=4, max_length=32, query_max_length=16, seed=0)
+    assert torch.equal(torch.rand(3), expected)
+    b = GaussianEncoder.from_backbone(base, dim=4, max_length=32, query_max_length=16, seed=0)
+    assert torch.equal(a.mean_head.weight, b.mean_head.weight)  # still reproducible
+
+
+# ------------------------------------------------------------------ 9: wrong input types
+def test_wrong_input_types_are_type_errors(tmp_path: Path) -> None:
+    ts = TrainingSet.from_rows(ROWS)
+    with pytest.raises(TypeError, match=r"ts must be a TrainingSet .*got list"):
+        train_heads_cached(make_tiny_encoder(), ROWS, _cfg())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"cfg must be a TrainConfig \(TrainConfig\(\*\*d\).*got dict"):
+        train_encoder(make_tiny_encoder(), ts, {"steps": 2})  # type: ignore[arg-type]
