@@ -1,4 +1,5 @@
-"""What the LangChain and LlamaIndex adapters share: relevance in ``(0, 1]``, KL-based MMR, store warnings, manifests.
+"""What the LangChain and LlamaIndex adapters share: relevance in ``(0, 1]``, KL-based MMR, store warnings, manifests,
+async writes that a cancelled caller leaves undone.
 
 Nothing here imports a framework; :mod:`kl_retrievers.langchain` and
 :mod:`kl_retrievers.llama_index` re-export the relevance functions.
@@ -18,15 +19,18 @@ Examples:
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import logging
 import math
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -40,6 +44,8 @@ __all__ = [
     "RELEVANCE_FUNCTIONS",
     "RelevanceFn",
     "backend_refusal",
+    "cancellable_write",
+    "encode_for_write",
     "encoder_backend",
     "loads_anywhere",
     "manifests_in_folder",
@@ -50,11 +56,20 @@ __all__ = [
     "relevance_inverse",
     "resolve_relevance",
     "warn_incompatible_store",
+    "write_cancelled",
     "write_manifest",
 ]
 
 #: A relevance function: ``f(neg_kl, dim) -> float`` in ``[0, 1]``, higher is more relevant.
 RelevanceFn = Callable[[float, int | None], float]
+
+_T = TypeVar("_T")
+
+#: The cancellation flag of the async write whose worker thread runs in this context (:func:`cancellable_write`
+#: sets it; ``None`` outside one, e.g. in a sync call).
+_WRITE_CANCELLED: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "kl_retrievers_write_cancelled", default=None
+)
 
 # A manifest is a few hundred bytes; anything much larger is not one (see looks_like_manifest).
 _MANIFEST_MAX_BYTES = 1 << 16
@@ -462,3 +477,60 @@ def read_manifest(
             f"format_version {format_version}"
         )
     return data
+
+
+# --------------------------------------------------------------------------- cancellable async writes
+async def cancellable_write(fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+    """``fn(*args, **kwargs)`` (a sync write) in a worker thread; a cancelled caller leaves it undone if it can.
+
+    A worker thread cannot be stopped: without this a cancelled or timed-out ``aadd_*`` would still write its
+    documents later, possibly over a newer write of the same ids. Here a cancellation (``asyncio.wait_for``'s
+    timeout too) sets a flag that the write reads (:func:`write_cancelled`) after encoding, before it takes the
+    store's write lock: from then on it writes nothing, as LangChain's ``InMemoryVectorStore`` does. A write
+    already past that point (it holds the lock) completes.
+    """
+    cancelled = threading.Event()
+    token = _WRITE_CANCELLED.set(cancelled)  # asyncio.to_thread copies this context into the worker thread
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except asyncio.CancelledError:
+        cancelled.set()
+        raise
+    finally:
+        _WRITE_CANCELLED.reset(token)
+
+
+def write_cancelled(what: str) -> bool:
+    """Whether the async call running this write (``what``, for the log) was cancelled: then write nothing.
+
+    Always ``False`` outside :func:`cancellable_write` (a sync call).
+    """
+    flag = _WRITE_CANCELLED.get()
+    if flag is None or not flag.is_set():
+        return False
+    logger.debug("%s: the async call was cancelled before the write; nothing written", what)
+    return True
+
+
+def encode_for_write(store: Any, texts: Sequence[str], metadatas: Any) -> Gaussians | None:
+    """In a cancellable async write, ``texts`` encoded as ``store.add(texts)`` would encode them; else ``None``.
+
+    Encoding first lets the write check :func:`write_cancelled` after the encoding, the long part, before the
+    store takes its write lock (``store.add(texts, gaussians=...)`` then encodes nothing). ``None`` (the store
+    encodes, as always): outside a cancellable write, with no text, with a store that has no encoder or batch
+    size, or when the call was cancelled already. ``metadatas`` is checked first, as ``store.add`` checks it
+    before encoding (the same errors).
+    """
+    if _WRITE_CANCELLED.get() is None or not texts:
+        return None
+    half = getattr(store, "kl", store)  # a KLHybridStore encodes at its KL half's settings
+    batch_size = getattr(half, "batch_size", None)
+    encoder = getattr(store, "encoder", None)  # a KLHybridStore's loads the model it was saved with
+    if encoder is None or not isinstance(batch_size, int) or write_cancelled("encoding"):
+        return None
+    from kl_retrievers.store._base import _metadata_list
+
+    _metadata_list(metadatas, len(texts))
+    show = bool(getattr(half, "show_progress_bar", False))
+    encoded: Gaussians = encoder.encode_documents(list(texts), batch_size=batch_size, show_progress_bar=show)
+    return encoded

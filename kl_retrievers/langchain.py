@@ -63,6 +63,8 @@ from kl_retrievers._adapters import (
     RELEVANCE_FUNCTIONS,
     RelevanceFn,
     backend_refusal,
+    cancellable_write,
+    encode_for_write,
     loads_anywhere,
     mmr_select,
     present_gaussians,
@@ -73,6 +75,7 @@ from kl_retrievers._adapters import (
     resolve_relevance,
     save_store_with_manifest,
     warn_incompatible_store,
+    write_cancelled,
     write_manifest,
 )
 from kl_retrievers._confidence import (
@@ -1160,7 +1163,8 @@ def _delete_by_ids(store: Any, ids: Any, delete_all: bool, owner: str) -> bool:
                 f"{owner}.delete() needs the ids to delete (got ids=None); to delete every document "
                 "call delete(delete_all=True) or clear()"
             )
-        store.delete(store.ids)  # every document: none can be absent (nothing read back first)
+        if not write_cancelled(f"{owner}.adelete"):
+            store.delete(store.ids)  # every document: none can be absent (nothing read back first)
         return True
     if delete_all:
         raise ValueError(f"pass either ids or delete_all=True to {owner}.delete, not both")
@@ -1174,7 +1178,7 @@ def _delete_by_ids(store: Any, ids: Any, delete_all: bool, owner: str) -> bool:
     absent = [i for i in wanted if i not in present]
     if absent:  # not a failure; left out of the store's delete, which would log a WARNING about them
         logger.debug("%s.delete: %d id(s) were already absent: %s", owner, len(absent), absent[:10])
-    if len(absent) < len(wanted):
+    if len(absent) < len(wanted) and not write_cancelled(f"{owner}.adelete"):
         store.delete([i for i in wanted if i in present])
     return True
 
@@ -1221,8 +1225,17 @@ def _without_search_scores(metadata: dict[str, Any], keys: Set[str]) -> dict[str
 def _store_texts(
     store: Any, items: list[str], metadatas: list[dict[str, Any] | None] | None, ids: list[str] | None
 ) -> list[str]:
-    """``store.add(items, ids=ids, metadatas=metadatas)``, a refused metadata naming its document id."""
+    """``store.add(items, ids=ids, metadatas=metadatas)``, a refused metadata naming its document id.
+
+    In a cancelled async write (:func:`~kl_retrievers._adapters.cancellable_write`) nothing is written: the
+    texts are encoded here first, and the cancellation is checked before the store takes its write lock.
+    """
     try:
+        gaussians = encode_for_write(store, items, metadatas)
+        if write_cancelled(f"{type(store).__name__}.add"):
+            return []
+        if gaussians is not None:
+            return list(store.add(items, gaussians=gaussians, ids=ids, metadatas=metadatas))
         return list(store.add(items, ids=ids, metadatas=metadatas))
     except (TypeError, ValueError) as exc:
         named = _name_the_document(exc, ids)
@@ -1473,10 +1486,8 @@ class KLVectorStore(VectorStore):
         return {"succeeded": done, "failed": []}
 
     async def aupsert(self, documents: Sequence[Document], ids: list[str] | None = None) -> dict[str, list[str]]:
-        """Async :meth:`upsert`."""
-        from langchain_core.runnables.config import run_in_executor
-
-        return await run_in_executor(None, self.upsert, documents, ids)
+        """Async :meth:`upsert`; a cancelled call writes nothing if it can (see :meth:`aadd_texts`)."""
+        return await cancellable_write(self.upsert, documents, ids)
 
     async def aadd_texts(
         self,
@@ -1485,11 +1496,15 @@ class KLVectorStore(VectorStore):
         ids: Iterable[str | None] | None = None,
         **kwargs: Any,
     ) -> list[str]:
-        """Async :meth:`add_texts` (runs in a worker thread; ``ids`` also by position, as in FAISS)."""
-        from langchain_core.runnables.config import run_in_executor
+        """Async :meth:`add_texts` (runs in a worker thread; ``ids`` also by position, as in FAISS).
 
+        A cancelled call (``asyncio.wait_for``'s timeout too) writes nothing, as ``InMemoryVectorStore``: the
+        worker thread goes on encoding, then stops before the store's write lock; a write that holds the lock
+        already completes (:func:`~kl_retrievers._adapters.cancellable_write`). ``aadd_documents`` and
+        :meth:`aupsert` come here too.
+        """
         _warn_ignored(kwargs, "aadd_texts", "texts, metadatas and ids")
-        return await run_in_executor(None, self.add_texts, texts, metadatas, ids)
+        return await cancellable_write(self.add_texts, texts, metadatas, ids)
 
     def delete(self, ids: list[str] | None = None, *, delete_all: bool = False, **kwargs: Any) -> bool | None:
         """Delete documents by id; ids already absent are ignored (idempotent, as ``InMemoryVectorStore``).
@@ -1522,6 +1537,10 @@ class KLVectorStore(VectorStore):
             )
         _warn_ignored(kwargs, "delete", "ids and delete_all")
         return _delete_by_ids(self.store, ids, delete_all, "KLVectorStore")
+
+    async def adelete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
+        """Async :meth:`delete` (runs in a worker thread); a call cancelled before it deletes deletes nothing."""
+        return await cancellable_write(self.delete, ids, **kwargs)
 
     def clear(self) -> None:
         """Delete every document (the store's settings are kept); same as ``delete(delete_all=True)``."""
@@ -2400,7 +2419,7 @@ class _ConfidenceRetriever(BaseRetriever):
     search_type: str = "similarity"
     #: The retriever kind whose calibrators are accepted (``"dense"``: dense calibrators only).
     calibrator_for: ClassVar[str] = "dense"
-    #: The keys ``search_kwargs`` takes (the per-call keywords of ``_get_relevant_documents``).
+    #: The keys ``search_kwargs`` takes (the per-call keywords of ``_search_documents``).
     search_keys: ClassVar[tuple[str, ...]] = ("k", "filter", "min_confidence")
 
     #: The ``calibrator`` value a confidence scorer was built from, and that scorer: one pair, assigned in one
@@ -2604,41 +2623,60 @@ class _ConfidenceRetriever(BaseRetriever):
         )
         return own
 
+    def _search_documents(self, query: str, **kwargs: Any) -> tuple[list[Document], dict[str, Any] | None]:
+        """The documents for ``query`` and, when the retriever abstains, the :data:`ABSTENTION_EVENT` data.
+
+        The search itself (each retriever's), with no callback: the sync and async paths send the event
+        from the thread and event loop their callbacks expect.
+        """
+        raise NotImplementedError  # pragma: no cover - each retriever searches its store
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        """The documents for ``query`` with the per-call settings ``kwargs`` (``k``, ``filter``, ...);
+        an abstention is sent to the run's callbacks (:data:`ABSTENTION_EVENT`)."""
+        documents, abstention = self._search_documents(query, **kwargs)
+        if abstention is not None:
+            self._signal_abstention(run_manager, abstention)
+        return documents
+
     async def _aget_relevant_documents(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
         """Async retrieval with the same per-call settings as the sync one (``k``, ``filter``, ...).
 
         LangChain's default takes no keyword arguments, yet ``ainvoke``/``abatch`` pass them on because
-        :meth:`_get_relevant_documents` declares them; the sync path runs in a worker thread.
+        :meth:`_get_relevant_documents` takes them. The search runs in a worker thread; an abstention is
+        sent afterwards on the caller's event loop, through the async run manager, so an async callback
+        handler runs there (awaiting the caller's queues, as ``astream_events`` does), as for a native async
+        retriever.
         """
         from langchain_core.runnables.config import run_in_executor
 
-        return await run_in_executor(
-            None,
-            self._get_relevant_documents,  # type: ignore[attr-defined]
-            query,
-            run_manager=run_manager.get_sync(),
-            **kwargs,
-        )
-
-    def _abstain_on_blank(self, run_manager: CallbackManagerForRetrieverRun, query: str, floor: float) -> None:
-        """Log and signal the abstention on a blank query under a floor (which needs a calibrator, so its
-        confidence is 0: :func:`~kl_retrievers._confidence.blank_query_confidence`)."""
-        confidence, reason = blank_query_confidence(True)
-        log_abstention(query, confidence, floor, reason)
-        self._signal_abstention(run_manager, query, confidence, floor, reason)
+        documents, abstention = await run_in_executor(None, self._search_documents, query, **kwargs)
+        if abstention is not None:
+            try:
+                await run_manager.get_child().on_custom_event(ABSTENTION_EVENT, abstention, run_id=run_manager.run_id)
+            except Exception:  # pragma: no cover - a callback handler must never break retrieval
+                logger.debug("abstention event not delivered", exc_info=True)
+        return documents
 
     @staticmethod
-    def _signal_abstention(
-        run_manager: CallbackManagerForRetrieverRun,
-        query: str,
-        confidence: float | None,
-        floor: float | None,
-        reason: str | None = None,
-    ) -> None:
+    def _abstention(query: str, confidence: float | None, floor: float | None, reason: str | None) -> dict[str, Any]:
+        """The :data:`ABSTENTION_EVENT` data: the query, its confidence, the floor and why it was refused."""
+        return {"query": query, "confidence": confidence, "min_confidence": floor, "reason": reason}
+
+    def _abstain_on_blank(self, query: str, floor: float) -> dict[str, Any]:
+        """Log the abstention on a blank query under a floor (which needs a calibrator, so its confidence is 0:
+        :func:`~kl_retrievers._confidence.blank_query_confidence`); the event's data."""
+        confidence, reason = blank_query_confidence(True)
+        log_abstention(query, confidence, floor, reason)
+        return self._abstention(query, confidence, floor, reason)
+
+    @staticmethod
+    def _signal_abstention(run_manager: CallbackManagerForRetrieverRun, data: dict[str, Any]) -> None:
         """Tell the run's callbacks (``astream_events``: an ``on_custom_event``) that the query was refused, and why."""
-        data = {"query": query, "confidence": confidence, "min_confidence": floor, "reason": reason}
         try:
             run_manager.get_child().on_custom_event(ABSTENTION_EVENT, data, run_id=run_manager.run_id)
         except Exception:  # pragma: no cover - a callback handler must never break retrieval
@@ -2838,24 +2876,22 @@ class KLRetriever(_ConfidenceRetriever):
             **own,
         )
 
-    def _get_relevant_documents(
+    def _search_documents(
         self,
         query: str,
         *,
-        run_manager: CallbackManagerForRetrieverRun,
         k: int | None = None,
         filter: MetadataFilter | _Unset | None = _UNSET,
         min_confidence: float | _Unset | None = _UNSET,
         **kwargs: Any,
-    ) -> list[Document]:
+    ) -> tuple[list[Document], dict[str, Any] | None]:
         self._refuse_call_options(kwargs)
         kk, flt, floor, scorer = self._call_settings(k, filter, min_confidence)
         encoder = self.vectorstore._get_encoder()
         require_calibrator(scorer, encoder, floor)
         blank = is_blank_query(_check_query(query))
         if blank and floor is not None:  # require_calibrator passed: a calibrator exists
-            self._abstain_on_blank(run_manager, query, floor)
-            return []
+            return [], self._abstain_on_blank(query, floor)
         g = self.vectorstore._encode_query(query)
         uncertainty = float(np.asarray(g.uncertainty())[0])
         cal = scorer.calibrator(encoder)
@@ -2870,8 +2906,7 @@ class KLRetriever(_ConfidenceRetriever):
         reason = abstention_reason(confidence, floor, len(hits))
         if reason is not None:
             log_abstention(query, confidence, floor, reason)
-            self._signal_abstention(run_manager, query, confidence, floor, reason)
-            return []
+            return [], self._abstention(query, confidence, floor, reason)
         self._warn_reserved_keys(hits[:kk])
         return [
             Document(
@@ -2885,7 +2920,7 @@ class KLRetriever(_ConfidenceRetriever):
                 },
             )
             for hit, score in zip(hits[:kk], scores[:kk], strict=True)
-        ]
+        ], None
 
 
 class KLHybridRetriever(_ConfidenceRetriever):
@@ -3113,10 +3148,9 @@ class KLHybridRetriever(_ConfidenceRetriever):
         return frozenset({*self.written_keys, self.score_key, SCORE_NAME, self.uncertainty_key, self.confidence_key})
 
     async def aadd_documents(self, documents: Iterable[Document], ids: Iterable[str | None] | None = None) -> list[str]:
-        """Async :meth:`add_documents` (runs in a worker thread)."""
-        from langchain_core.runnables.config import run_in_executor
-
-        return await run_in_executor(None, self.add_documents, documents, ids)
+        """Async :meth:`add_documents` (runs in a worker thread); a cancelled call writes nothing if it can, as
+        :meth:`KLVectorStore.aadd_texts`."""
+        return await cancellable_write(self.add_documents, documents, ids)
 
     def delete(self, ids: list[str] | None = None, *, delete_all: bool = False) -> bool:
         """Delete documents from both halves of :attr:`store` by id, as :meth:`KLVectorStore.delete` does.
@@ -3131,16 +3165,13 @@ class KLHybridRetriever(_ConfidenceRetriever):
         return _delete_by_ids(self.store, ids, delete_all, type(self).__name__)
 
     async def adelete(self, ids: list[str] | None = None, *, delete_all: bool = False) -> bool:
-        """Async :meth:`delete` (runs in a worker thread)."""
-        from langchain_core.runnables.config import run_in_executor
+        """Async :meth:`delete` (runs in a worker thread); a call cancelled before it deletes deletes nothing."""
+        return await cancellable_write(self.delete, ids, delete_all=delete_all)
 
-        return await run_in_executor(None, self.delete, ids, delete_all=delete_all)
-
-    def _get_relevant_documents(
+    def _search_documents(
         self,
         query: str,
         *,
-        run_manager: CallbackManagerForRetrieverRun,
         k: int | None = None,
         filter: MetadataFilter | _Unset | None = _UNSET,
         min_confidence: float | _Unset | None = _UNSET,
@@ -3148,7 +3179,7 @@ class KLHybridRetriever(_ConfidenceRetriever):
         weight: float | None = None,
         normalization: str | None = None,
         **kwargs: Any,
-    ) -> list[Document]:
+    ) -> tuple[list[Document], dict[str, Any] | None]:
         self._refuse_call_options(kwargs)
         kk, flt, floor, scorer = self._call_settings(k, filter, min_confidence)
         _check_query(query)
@@ -3166,8 +3197,7 @@ class KLHybridRetriever(_ConfidenceRetriever):
             min_confidence=floor,
         )
         if reason is not None:
-            self._signal_abstention(run_manager, query, confidence, floor, reason)
-            return []
+            return [], self._abstention(query, confidence, floor, reason)
         out = []
         for hit in hits:
             scores = hit.scores()
@@ -3187,4 +3217,4 @@ class KLHybridRetriever(_ConfidenceRetriever):
                     },
                 )
             )
-        return out
+        return out, None

@@ -2303,6 +2303,8 @@ class KLVectorStore(BasePydanticVectorStore):
             mean = np.zeros((len(nodes), k))
             var = np.ones((len(nodes), k))
             mean[with_embedding], var[with_embedding] = g.mean, g.var
+        if missing and adapters.write_cancelled("KLVectorStore.async_add"):  # cancelled before encoding
+            return []
         if missing:
             texts = [nodes[i].get_content(metadata_mode=MetadataMode.EMBED) for i in missing]
             g = _encode(self.encoder.encode_documents, texts, self._store.batch_size)
@@ -2313,6 +2315,8 @@ class KLVectorStore(BasePydanticVectorStore):
                 mean = np.zeros((len(nodes), k))
                 var = np.ones((len(nodes), k))
             mean[missing], var[missing] = g.mean, g.var
+        if adapters.write_cancelled("KLVectorStore.async_add"):  # encoded; the write lock is not taken yet
+            return []
         before = self._store.write_count
         try:
             if not missing:  # every node embedded: by the KLEmbedding that embedded texts for this store, if any
@@ -2374,8 +2378,11 @@ class KLVectorStore(BasePydanticVectorStore):
     def _delete_where(self, ids: list[str] | None, where: Predicate | dict[str, Any] | None) -> None:
         """``KLStore.delete(ids, filter=where)``: chosen under the read lock, deleted under the write lock.
 
-        The store chooses again, under the write lock, when another thread wrote in between.
+        The store chooses again, under the write lock, when another thread wrote in between. A cancelled async
+        call (:meth:`adelete`, :meth:`adelete_nodes`, :meth:`aclear`) that has not started deleting deletes nothing.
         """
+        if adapters.write_cancelled("KLVectorStore's async delete"):
+            return
         before = self._store.write_count
         try:
             report = self._store.delete(ids, filter=where) if where is not None else self._store.delete(ids)
@@ -2388,14 +2395,19 @@ class KLVectorStore(BasePydanticVectorStore):
             self._forget_recorded_encoder()  # emptied: the next nodes may be another model's
 
     # The async variants run the sync method in a worker thread (LlamaIndex's base class would run it on the
-    # event loop, stalling it for the whole encode / search / scan); the KLStore is thread-safe.
+    # event loop, stalling it for the whole encode / search / scan); the KLStore is thread-safe. A cancelled
+    # write (asyncio.wait_for's timeout too) writes nothing unless it holds the store's write lock already.
     async def async_add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> list[str]:
-        """:meth:`add` in a worker thread (the event loop keeps running while nodes are encoded and added)."""
-        return await asyncio.to_thread(self.add, nodes, **add_kwargs)
+        """:meth:`add` in a worker thread (the event loop keeps running while nodes are encoded and added).
+
+        A cancelled call writes nothing: the worker thread finishes encoding, then stops before the store's
+        write lock (a write that holds the lock already completes).
+        """
+        return await adapters.cancellable_write(self.add, nodes, **add_kwargs)
 
     async def adelete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
-        """:meth:`delete` in a worker thread."""
-        await asyncio.to_thread(self.delete, ref_doc_id, **delete_kwargs)
+        """:meth:`delete` in a worker thread; a call cancelled before it deletes deletes nothing."""
+        await adapters.cancellable_write(self.delete, ref_doc_id, **delete_kwargs)
 
     async def adelete_nodes(
         self,
@@ -2403,12 +2415,12 @@ class KLVectorStore(BasePydanticVectorStore):
         filters: MetadataFilters | None = None,
         **delete_kwargs: Any,
     ) -> None:
-        """:meth:`delete_nodes` in a worker thread."""
-        await asyncio.to_thread(self.delete_nodes, node_ids, filters, **delete_kwargs)
+        """:meth:`delete_nodes` in a worker thread; a call cancelled before it deletes deletes nothing."""
+        await adapters.cancellable_write(self.delete_nodes, node_ids, filters, **delete_kwargs)
 
     async def aclear(self) -> None:
-        """:meth:`clear` in a worker thread."""
-        await asyncio.to_thread(self.clear)
+        """:meth:`clear` in a worker thread; a call cancelled before it deletes deletes nothing."""
+        await adapters.cancellable_write(self.clear)
 
     # ------------------------------------------------------------------ reading
     def get_nodes(self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None) -> list[BaseNode]:
@@ -3489,7 +3501,14 @@ def _add_nodes_to_hybrid(store: KLHybridStore, nodes: Sequence[BaseNode], where:
     if not node_list:
         return []
     metadatas = [_stored_metadata(n, remove_text=False) for n in node_list]
-    return store.add([_indexed_text(m) for m in metadatas], ids=[n.node_id for n in node_list], metadatas=metadatas)
+    texts = [_indexed_text(m) for m in metadatas]
+    ids = [n.node_id for n in node_list]
+    gaussians = adapters.encode_for_write(store, texts, metadatas)  # None outside a cancellable async write
+    if adapters.write_cancelled(f"KLHybridRetriever.async_{where}"):  # encoded; the write lock is not taken yet
+        return []
+    if gaussians is not None:
+        return store.add(texts, gaussians=gaussians, ids=ids, metadatas=metadatas)
+    return store.add(texts, ids=ids, metadatas=metadatas)
 
 
 def _warn_hybrid_fusion(mode: str) -> None:
@@ -3783,7 +3802,7 @@ class KLHybridRetriever(_TopKRetriever):
         node_list = _node_list(nodes, "nodes")
         ids = _add_nodes_to_hybrid(self._store, node_list, "add_nodes")
         objects = _objects_of(node_list)
-        if objects:
+        if objects and ids:  # none stored: a cancelled async_add_nodes
             self.object_map.update(objects)
         return ids
 
@@ -3798,7 +3817,22 @@ class KLHybridRetriever(_TopKRetriever):
             The ids of the nodes deleted.
         """
         target = str(ref_doc_id)
+        if adapters.write_cancelled("KLHybridRetriever.adelete_ref_doc"):
+            return []
         return self._store.delete(filter=lambda m: str(_ref_doc_id(m)) == target).deleted
+
+    async def async_add_nodes(self, nodes: Sequence[BaseNode]) -> list[str]:
+        """:meth:`add_nodes` in a worker thread (the event loop keeps running while the nodes are encoded).
+
+        A cancelled call (``asyncio.wait_for``'s timeout too) writes nothing, as :meth:`KLVectorStore.async_add`:
+        the worker thread finishes encoding, then stops before the store's write lock (a write that holds the
+        lock already completes).
+        """
+        return await adapters.cancellable_write(self.add_nodes, nodes)
+
+    async def adelete_ref_doc(self, ref_doc_id: str) -> list[str]:
+        """:meth:`delete_ref_doc` in a worker thread; a call cancelled before it deletes deletes nothing."""
+        return await adapters.cancellable_write(self.delete_ref_doc, ref_doc_id)
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         scorer = self._scorer  # read once: a calibrator assigned meanwhile applies from the next query
