@@ -591,14 +591,17 @@ class EncoderMixin:
                 claim = object()
                 if self.__dict__.setdefault("_warned_unknown_only", claim) is not claim:
                     return  # another thread warned first
+                # the text stays out of the warning (it reaches stderr and shared logs): its length only; the
+                # text itself is logged at DEBUG
                 logger.warning(
-                    "%s encodes a text to unknown tokens only ([UNK]), e.g. %r: its vocabulary has none of the "
-                    "text's words (the bundled models read English; other scripts and emoji become [UNK], see "
-                    "docs/choosing-a-model.md), so every such text gets the same Gaussian and its -KL scores "
-                    "say nothing about it; warned once per encoder",
+                    "%s encodes a text of length %d (logged at DEBUG) to unknown tokens only ([UNK]): its "
+                    "vocabulary has none of the text's words (the bundled models read English; other scripts and "
+                    "emoji become [UNK], see docs/choosing-a-model.md), so every such text gets the same Gaussian "
+                    "and its -KL scores say nothing about it; warned once per encoder",
                     self.name_or_path or type(self).__name__,
-                    text if len(text) <= 60 else text[:60] + "...",
+                    len(text),
                 )
+                logger.debug("the text that encodes to unknown tokens only: %r", text[:200])
                 return
 
     def encode_queries(

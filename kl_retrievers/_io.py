@@ -1025,7 +1025,7 @@ def check_replace_target(
     overwrite: bool = False,
     flag: str = "overwrite=True",
     follow_link: bool = False,
-) -> None:
+) -> Path:
     """Refuse to replace a folder that holds something else than an earlier save of the same kind.
 
     A save that replaces its target folder as a whole (:func:`atomic_dir`) may go to a new path, an
@@ -1043,16 +1043,25 @@ def check_replace_target(
             Otherwise the link itself is what the save replaces, so a link (dangling or not) is replaced only
             with ``overwrite``, whatever it points to.
 
+    Returns:
+        The folder the save replaces, for :func:`atomic_dir` (without ``follow_link``): ``target`` (``~``
+        expanded), or with ``follow_link`` the folder a link there points to, resolved once, here: a link
+        re-pointed after this check is then replaced as a link, never followed to a folder that was not judged.
+
     Raises:
         ValueError: ``target`` is a non-empty folder that ``is_ours`` refuses (the message names it, a few
             of its entries, and ``flag``), or it exists and is not a folder, or it is a symbolic link that the
-            save would replace (not following it) or a dangling link it cannot save through.
+            save would replace (not following it), a dangling link it cannot save through, or a link followed
+            to a folder that holds the link itself (``cur -> .``: the save would delete it with the rest).
+        NotADirectoryError: With ``overwrite``, a link followed points to a file (the message names the link;
+            without ``overwrite`` it is the ``ValueError`` of a file at ``target``).
         TypeError: ``overwrite`` is not a bool (the string ``"no"`` is true).
 
     Examples:
         >>> import tempfile
         >>> folder = Path(tempfile.mkdtemp())
-        >>> check_replace_target(folder / "new", is_ours=lambda p: False, what="a model")
+        >>> check_replace_target(folder / "new", is_ours=lambda p: False, what="a model") == folder / "new"
+        True
         >>> _ = (folder / "notes.txt").write_text("mine")
         >>> check_replace_target(folder, is_ours=lambda p: False, what="a model")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
@@ -1060,19 +1069,33 @@ def check_replace_target(
     """
     check_bool(overwrite, "overwrite")  # "no" would replace the folder
     path = user_path(target)
+    shown = path  # the path messages name (the link, where one is followed)
+    if follow_link and path.is_symlink():  # resolved once: the folder judged is the folder saved
+        check_dangling_link(path)
+        real = Path(os.path.realpath(path))
+        if real.exists() and not real.is_dir():  # the type the save itself would raise, the link named
+            raise (NotADirectoryError if overwrite else ValueError)(
+                f"cannot save into {path} (a symbolic link to {real}): it exists and is not a folder; a save "
+                "through a link replaces the folder it points to. Point the link at a folder, or remove it"
+            )
+        if is_within(Path(os.path.realpath(path.parent)), real):
+            raise ValueError(
+                f"cannot save into {path}: it is a symbolic link to {real}, which holds the link itself, and a save "
+                "replaces the folder it points to as a whole (the link with it); point the link at another folder"
+            )
+        if not real.exists():
+            return real  # a dangling link: its target is saved as a new folder
+        path = real
     if path.is_symlink() and not path.exists():  # a dangling link
-        if follow_link:
-            check_dangling_link(path)
-            return  # its target is saved as a new folder
         if overwrite:
-            return  # the link itself is replaced
+            return path  # the link itself is replaced
         raise ValueError(
             f"cannot save into {path}: it is a dangling symbolic link (to {os.readlink(path)}); pass {flag} to "
             "replace the link"
         )
-    if path.is_symlink() and not follow_link:  # the link is what is replaced, never what it points to: judge it
+    if path.is_symlink():  # the link is what is replaced, never what it points to: judge it
         if overwrite:
-            return
+            return path
         pointed = _kind_of(path.stat().st_mode)
         raise ValueError(
             f"cannot save into {path}: it is a symbolic link (to {os.readlink(path)}, {pointed}), which this save "
@@ -1080,20 +1103,19 @@ def check_replace_target(
             f"{flag} to replace the link, or save into the link's target"
         )
     if not path.exists():
-        return
+        return path
     if not path.is_dir():
         if overwrite:
-            return
-        link = f" (a symbolic link to {os.path.realpath(path)})" if path.is_symlink() else ""
-        raise ValueError(f"cannot save into {path}{link}: it exists and is not a folder")
+            return path
+        raise ValueError(f"cannot save into {path}: it exists and is not a folder")
     try:
         names = sorted(entry.name for entry in path.iterdir())
     except OSError as exc:
-        raise ValueError(f"cannot save into {path}: its entries cannot be listed ({exc})") from None
+        raise ValueError(f"cannot save into {shown}: its entries cannot be listed ({exc})") from None
     if not names or overwrite or is_ours(path):
-        return
+        return path
     raise ValueError(
-        f"cannot save into {path}: the folder is not empty ({some_names(names)}) and is not {what}; the save "
+        f"cannot save into {shown}: the folder is not empty ({some_names(names)}) and is not {what}; the save "
         f"replaces the folder as a whole and would delete them. Choose a new or empty folder, or pass {flag} "
         "to replace it"
     )
@@ -1551,14 +1573,14 @@ def save_gaussians(
         with atomic_file(target) as tmp, safetensors_writing(target, target):
             save_file({"mean": np.ascontiguousarray(g.mean), "var": np.ascontiguousarray(g.var)}, tmp, metadata=header)
         return target
-    check_replace_target(
+    final = check_replace_target(  # a link you name (current -> v3) is resolved once, here: v3 is saved
         target,
         is_ours=is_gaussians_folder,
         what="saved Gaussians (a save_gaussians folder)",
         overwrite=overwrite,
         follow_link=True,
     )
-    with atomic_dir(target, follow_link=True) as tmp_dir:  # a link you name (current -> v3) is followed
+    with atomic_dir(final) as tmp_dir:
         np.save(tmp_dir / "mean.npy", g.mean, allow_pickle=False)
         np.save(tmp_dir / "var.npy", g.var, allow_pickle=False)
         if ids is not None:

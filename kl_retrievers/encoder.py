@@ -587,9 +587,10 @@ class GaussianEncoder(EncoderMixin, nn.Module):
             extra={"query_prefix": prefix} if prefix else {},
         )
         # a seed draws the random initialisation from its own stream: torch's global RNG is left as it was
+        # (the CPU generator only: the heads are built on the CPU, and torch.manual_seed would reseed CUDA too)
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
-                torch.manual_seed(seed)
+                torch.random.default_generator.manual_seed(seed)
             enc = cls(backbone, tokenizer, config, name_or_path=local_reference(name_or_path))
             enc.reset_heads(init_variance=init_variance, identity_mean=identity_mean)
         return enc.eval()
@@ -836,7 +837,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
             >>> encoder.save_pretrained("my-encoder")  # doctest: +SKIP
         """
         target = user_path(path)  # "~/x" is the home folder's x, as load_model reads it
-        check_replace_target(
+        final = check_replace_target(  # a link you name (current -> v3) is resolved once, here: v3 is saved
             target, is_ours=is_saved_encoder, what="a saved GaussianEncoder", overwrite=overwrite, follow_link=True
         )
         identity = self.weights_sha256  # weights unchanged since their load or save keep their identity
@@ -874,7 +875,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                 )
             if not isinstance(content, (str, bytes)):
                 raise ValueError(f"extra_files[{name!r}] must be str or bytes; got {type(content).__name__}")
-        with atomic_dir(target, follow_link=True) as tmp:  # a link you name (current -> v3) is followed
+        with atomic_dir(final) as tmp:
             save_safetensors(state, tmp / meta["weights"], saving=target, metadata={"format": "pt"})
             meta[WEIGHTS_SHA256] = {meta["weights"]: sha256_file(tmp / meta["weights"])}
             meta[WEIGHTS_IDENTITY] = identity or meta[WEIGHTS_SHA256][meta["weights"]]  # unknown: the new file's

@@ -58,7 +58,16 @@ from kl_retrievers.encoding_cache import CACHE_ENV as CACHE_ENV  # re-exported, 
 from kl_retrievers.encoding_cache import EncodingCache, default_cache_dir
 from kl_retrievers.encoding_cache import model_fingerprint as model_fingerprint  # re-exported: it was defined here
 from kl_retrievers.gaussian import Gaussians, _require_gaussians, check_float32_scorable, check_k, exact_top_k
-from kl_retrievers.runs import Qrels, Run, _run_rows, check_unique_ids, inner_product_run, tie_ranks, top_k
+from kl_retrievers.runs import (
+    Qrels,
+    Run,
+    _check_str_ids,
+    _run_rows,
+    check_unique_ids,
+    inner_product_run,
+    tie_ranks,
+    top_k,
+)
 from kl_retrievers.runs import run_from_top_k as run_from_top_k  # re-exported: it was importable here
 
 if TYPE_CHECKING:
@@ -566,9 +575,9 @@ def retrieve_exact(
         Query id -> {document id: score}, the ``min(k, n_d)`` best documents per query.
 
     Raises:
-        TypeError: ``queries`` or ``documents`` not :class:`Gaussians` (wrap arrays as ``Gaussians(mean, var)``), or
-            a query or document id that is not a str (``1``, ``np.int64(1)``: a run is keyed by str ids, as qrels
-            are), naming its position.
+        TypeError: ``queries`` or ``documents`` not :class:`Gaussians` (wrap arrays as ``Gaussians(mean, var)``),
+            ids that are not a sequence (a set: arbitrary order), or a query or document id that is not a str
+            (``1``, ``np.int64(1)``: a run is keyed by str ids, as qrels are), naming its position.
         ValueError: Ids not matching the Gaussians, a repeated query or document id (naming the
             first), ``k`` not a positive integer, or a query or document whose rewrite overflows
             float32 (naming its row).
@@ -586,10 +595,8 @@ def retrieve_exact(
             f"ids do not match the Gaussians: {len(queries)} queries vs {len(query_ids)} ids, "
             f"{len(documents)} documents vs {len(doc_ids)} ids"
         )
-    for what, ids in (("query_ids", query_ids), ("doc_ids", doc_ids)):
-        row = next((i for i, ident in enumerate(ids) if not isinstance(ident, str)), None)
-        if row is not None:  # an int id would key the run by int, matching no qrels entry
-            raise TypeError(f"{what}[{row}] must be a str; got {type(ids[row]).__name__} {ids[row]!r:.80}")
+    _check_str_ids(query_ids, "query_ids")  # an int id would key the run by int, matching no qrels entry
+    _check_str_ids(doc_ids, "doc_ids")
     check_unique_ids(query_ids, "query")  # a run would merge repeats silently
     check_unique_ids(doc_ids, "document")
     if queries.dim != documents.dim:
@@ -967,7 +974,9 @@ def retrieve_vectors(
 
     Raises:
         TypeError: ``queries`` or ``documents`` is a :class:`Gaussians` batch (rank Gaussians with
-            :func:`retrieve_exact`, or pass their means).
+            :func:`retrieve_exact`, or pass their means), ids that are not a sequence (a set: arbitrary order), or
+            an id that is not a str (``1``, ``np.int64(1)``: a run is keyed by str ids, as qrels are), naming its
+            position.
         ValueError: An unknown similarity, vectors that are not 2-D or whose widths differ, ids not
             matching the vectors, a repeated query or document id (naming the first), or ``k`` not a
             positive integer.
@@ -996,6 +1005,8 @@ def retrieve_vectors(
             f"ids do not match the vectors: {len(q)} queries vs {len(query_ids)} ids, "
             f"{len(d)} documents vs {len(doc_ids)} ids"
         )
+    _check_str_ids(query_ids, "query_ids")  # as retrieve_exact: a run is keyed by str ids, as qrels are
+    _check_str_ids(doc_ids, "doc_ids")
     k = check_k(k)
     if similarity == "cosine":  # as the training loss: F.normalize (norms clamped at 1e-12)
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
@@ -1306,10 +1317,15 @@ def load_per_query(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, fl
     return out, {}
 
 
+#: The Unicode categories of characters a TREC id may not hold: control characters, which corrupt the line for
+#: ``trec_eval`` and terminals, and lone surrogates (``"\\ud800"`` from a JSON escape), which UTF-8 cannot write.
+_BAD_ID = {"Cc": "a control character", "Cs": "a lone surrogate, which UTF-8 cannot encode"}
+
+
 def check_trec_ids(ids: Iterable[Any], what: str, flag: str | None = None) -> None:
-    """Refuse ids a TREC run file cannot hold: empty, containing whitespace (its column separator), or a
+    """Refuse ids a TREC run file cannot hold: empty, containing whitespace (its column separator), a
     control character (Unicode category ``Cc``: NUL, ESC, DEL...), which corrupts the line for ``trec_eval``
-    and terminals.
+    and terminals, or a lone surrogate (``Cs``), which cannot be written as UTF-8.
 
     Args:
         ids: Query or document ids.
@@ -1334,10 +1350,11 @@ def check_trec_ids(ids: Iterable[Any], what: str, flag: str | None = None) -> No
         if text.split() != [text]:
             problem = "is empty" if not text.strip() else "contains whitespace, the TREC column separator"
             raise ValueError(f"{prefix}{what} id {text!r} {problem}; a run file cannot hold it")
-        bad = None if text.isprintable() else next((c for c in text if unicodedata.category(c) == "Cc"), None)
+        bad = None if text.isprintable() else next((c for c in text if unicodedata.category(c) in _BAD_ID), None)
         if bad is not None:
+            kind = _BAD_ID[unicodedata.category(bad)]
             raise ValueError(
-                f"{prefix}{what} id {text!r} contains a control character ({bad!r}); a run file holds ids of "
+                f"{prefix}{what} id {text!r} contains {kind} ({bad!r}); a run file holds ids of "
                 "printable characters without whitespace"
             )
 

@@ -249,9 +249,16 @@ class Gaussians:
 
     @classmethod
     def concat(cls, parts: list[Gaussians]) -> Gaussians:
-        """Concatenate batches along the first axis."""
+        """Concatenate batches along the first axis.
+
+        Raises:
+            ValueError: ``parts`` is empty.
+            TypeError: A part is not a :class:`Gaussians` batch (naming its position).
+        """
         if not parts:
             raise ValueError("concat needs at least one Gaussians batch; got an empty list")
+        for i, part in enumerate(parts):
+            _require_gaussians(part, f"parts[{i}]")
         if parts[0].is_torch:
             return cls(torch.cat([p.mean for p in parts]), torch.cat([p.var for p in parts]), validate=False)
         return cls(np.concatenate([p.mean for p in parts]), np.concatenate([p.var for p in parts]), validate=False)
@@ -420,7 +427,8 @@ def _check_rewrite_finite(vectors: Array, g: Gaussians, side: str) -> Array:
     bad = np.flatnonzero(np.roll(bad, -1))  # coordinate 0 (a sum over the others) last: name a cause first
     j = (int(bad[0]) + 1) % vec.shape[1]
     value = float(exact[j]) if too_big.any() else float(vec[row, j])
-    advice = "; pass float64 Gaussians (g.astype(np.float64)) for a float64 rewrite" if vec.dtype == np.float32 else ""
+    cast = "g.astype(torch.float64)" if g.is_torch else "g.astype(np.float64)"
+    advice = f"; pass float64 Gaussians ({cast}) for a float64 rewrite" if vec.dtype == np.float32 else ""
     raise ValueError(_overflow_message(side, row, j, value, vec.dtype, _row_facts(m64, v64, False)) + advice)
 
 
@@ -432,7 +440,9 @@ def kl_query_vectors(queries: Gaussians) -> Array:
     Raises:
         TypeError: ``queries`` is not a :class:`Gaussians` batch (wrap arrays as ``Gaussians(mean, var)``).
         ValueError: A query whose ``q~`` is not finite in that dtype (``var + mu^2`` overflows),
-            naming the row and the value; :class:`~kl_retrievers.KLStore` refuses the same queries.
+            naming the row and the value. :class:`~kl_retrievers.KLStore` refuses a query whose ``q~`` does not
+            fit float32 (:func:`check_float32_scorable`): not always the same queries (float64 Gaussians are
+            checked here in float64, there in float32).
 
     Examples:
         >>> import numpy as np
@@ -456,8 +466,11 @@ def kl_document_vectors(documents: Gaussians) -> Array:
     Raises:
         TypeError: ``documents`` is not a :class:`Gaussians` batch (wrap arrays as ``Gaussians(mean, var)``).
         ValueError: A document whose ``d~`` is not finite in that dtype (a variance so small, or a
-            mean so large, that ``1 / var`` or ``mu^2 / var`` overflows), naming the row and the value;
-            :class:`~kl_retrievers.KLStore` refuses the same documents.
+            mean so large, that ``1 / var`` or ``mu^2 / var`` overflows), naming the row and the value.
+            :class:`~kl_retrievers.KLStore`, which stores documents in float32, refuses a document whose ``d~``
+            does not fit float32 (:func:`check_float32_scorable`): not always the same documents (float64
+            Gaussians are checked here in float64, there in float32: a mean of 1e10 with a variance of 1e-20
+            passes here and is refused there).
 
     Examples:
         >>> import numpy as np
@@ -1070,6 +1083,7 @@ def score_vectors_float32(
         Shape ``(n, 2k + 1)`` (``(n, k + 1)`` with ``means_only``), float32.
 
     Raises:
+        TypeError: ``g`` is not a :class:`Gaussians` batch (wrap arrays as ``Gaussians(mean, var)``).
         ValueError: A row whose rewrite overflows float32, naming the row and the value.
 
     Examples:
@@ -1080,6 +1094,7 @@ def score_vectors_float32(
     """
     if side not in ("query", "document"):
         raise ValueError(f"side must be 'query' or 'document'; got {side!r}")
+    _require_gaussians(g, "queries" if side == "query" else "documents")
     mean = np.asarray(g.mean, dtype=np.float64)
     var = np.asarray(g.var, dtype=np.float64)
     if centre is not None:
@@ -1273,6 +1288,10 @@ def neg_kl_rows(
     Returns:
         Shape ``(m, c)``, float64; ``-inf`` at padding.
 
+    Raises:
+        TypeError: ``queries`` or ``documents`` is not a :class:`Gaussians` batch (wrap arrays as
+            ``Gaussians(mean, var)``).
+
     Examples:
         >>> import numpy as np
         >>> q = Gaussians(np.zeros((1, 2)), np.ones((1, 2)))
@@ -1280,6 +1299,8 @@ def neg_kl_rows(
         >>> neg_kl_rows(q, d, np.array([[1, 0, -1]]))
         array([[ -2.,   0., -inf]])
     """
+    _require_gaussians(queries, "queries")
+    _require_gaussians(documents, "documents")
     m, c = rows.shape
     k = int(queries.dim)
     out = np.full((m, c), -np.inf)

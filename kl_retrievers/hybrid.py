@@ -68,6 +68,7 @@ import numpy as np
 from kl_retrievers._encoding import check_texts, query_batch_size, require_modules
 from kl_retrievers._io import (
     atomic_dir,
+    check_bool,
     check_replace_target,
     fsync_dir,
     fsync_file,
@@ -2286,7 +2287,7 @@ class KLHybridStore(_NotCopyable):
             ['x']
         """
         target = user_path(path)  # "~/x" is the home folder's x, as load_model reads it ("~nobody" stays as given)
-        check_replace_target(
+        final = check_replace_target(  # a link you name (current -> v3) is resolved once, here: v3 is saved
             target,
             is_ours=_is_hybrid_folder,
             what=f"a hybrid store folder (an earlier save: its {_CONFIG} has format {_FORMAT_NAME!r})",
@@ -2296,7 +2297,7 @@ class KLHybridStore(_NotCopyable):
         with self._lock.read():
             self._ensure_index()
             config = self._config()
-            with atomic_dir(target, follow_link=True) as tmp:  # a link you name (current -> v3) is followed
+            with atomic_dir(final) as tmp:
                 self._kl.save(tmp / _KL_DIR)
                 kl_ids = set(self._kl.ids)
                 bm25_info = self._bm25.save(tmp / _BM25_DIR)
@@ -2366,10 +2367,13 @@ class KLHybridStore(_NotCopyable):
             FileNotFoundError: No hybrid store at ``path``.
             HybridFormatError: A bad config or file, or halves that disagree (ids, or a file
                 not written by the same save); the message names the mismatch.
+            TypeError: ``mmap`` or ``verify_checksums`` is not a bool (the string ``"no"`` is true).
 
         Examples:
             >>> KLHybridStore.load("/nonexistent")  # doctest: +SKIP
         """
+        check_bool(mmap, "mmap")  # KLStore._load_once checks them too, but only once this folder's config is read
+        check_bool(verify_checksums, "verify_checksums")
         _refuse_model_name(encoder, f"{cls.__name__}.load(path, encoder={{}})")  # before any file is read
         require_modules("KLHybridStore's BM25 half", ["bm25s"], "hybrid")
         folder = user_path(path)

@@ -275,7 +275,7 @@ def _export_onnx(
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {QUANTIZATIONS} (or 'float32', as None); got {quantize!r}")
     target = user_path(folder)
-    _check_export_target(
+    final = _check_export_target(  # a link you name (current -> v3) is resolved once, here: v3 is written
         target, source=getattr(encoder, "name_or_path", None), overwrite=overwrite, follow_link=follow_link
     )
     require_torch("the ONNX export")
@@ -295,7 +295,7 @@ def _export_onnx(
         identity = None
     encoder = _float32_encoder(encoder)
     tokenizer_json = _tokenizer_json(encoder)
-    with atomic_dir(target, follow_link=follow_link) as tmp:  # a link you name (current -> v3) is followed
+    with atomic_dir(final) as tmp:
         traced = tmp / "traced.onnx"
         with eval_mode(encoder):  # shared with concurrent encodings, which restore the mode only when all end
             _torch_export(encoder, traced)
@@ -386,7 +386,7 @@ def _check_export_target(
     source: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     follow_link: bool = True,
-) -> None:
+) -> Path:
     """Raise ``ValueError`` when exporting into ``folder`` would delete something that is not an old export.
 
     ``folder`` may be absent, an empty folder, or a previous ONNX export made by kl_retrievers holding only
@@ -397,25 +397,47 @@ def _check_export_target(
     :func:`export_onnx` does), what it points to is judged, a dangling one is a new folder (its folder must
     exist), and one into the ONNX cache is refused; not followed (the ONNX cache's own export), the link is what
     is replaced, which needs ``overwrite=True`` (as a dangling link does for
-    :func:`~kl_retrievers._io.check_replace_target`).
+    :func:`~kl_retrievers._io.check_replace_target`). A followed link is resolved once, here, and the folder it
+    points to returned for :func:`~kl_retrievers._io.atomic_dir` (without ``follow_link``): a link re-pointed
+    after this check is replaced, never followed to a folder that was not judged. A followed link whose own folder
+    lies in what it points to (``cur -> .``) is refused, and so is any export (``follow_link``) whose folder,
+    its links resolved, lies in the ONNX cache.
+
+    Returns:
+        The folder the export replaces.
 
     Examples:
-        >>> _check_export_target("no-such-folder", source="my-encoder")
+        >>> _check_export_target("no-such-folder", source="my-encoder")  # doctest: +ELLIPSIS
+        PosixPath('.../no-such-folder')
         >>> _check_export_target(".", source=".")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ValueError: cannot export into .: it is the folder of the encoder being exported ...
     """
-    target = Path(folder)
+    target = Path(os.path.abspath(folder))
+    shown = Path(folder)  # the path messages name (the link, where one is followed)
     replaced_link = target.is_symlink() and not follow_link
-    if target.is_symlink() and follow_link:
-        check_dangling_link(target)  # a missing folder along it, or a loop
+    if follow_link:
+        if target.is_symlink():
+            check_dangling_link(target)  # a missing folder along it, or a loop
         real, cache = Path(os.path.realpath(target)), _onnx_cache_dir()
         if cache is not None and is_within(real, Path(os.path.realpath(cache))):
+            how = "a symbolic link into" if target.is_symlink() else "a folder in"
             raise ValueError(
-                f"cannot export into {target}: it is a symbolic link into the ONNX cache of load_model ({real}), "
-                "whose entries are the exports load_model made of the models their names hash, and which it reuses "
-                "as such; export into a folder of your own"
+                f"cannot export into {shown}: it is {how} the ONNX cache of load_model ({real}), whose entries are "
+                "the exports load_model made of the models their names hash, and which it reuses as such; export "
+                "into a folder of your own"
             )
+        if target.is_symlink():
+            if real.exists() and not real.is_dir():
+                raise ValueError(
+                    f"cannot export into {shown} (a symbolic link to {real}): it exists and is not a folder"
+                )
+            if is_within(Path(os.path.realpath(target.parent)), real):
+                raise ValueError(
+                    f"cannot export into {shown}: it is a symbolic link to {real}, which holds the link itself, and an "
+                    "export replaces the folder it points to as a whole (the link with it); point the link elsewhere"
+                )
+            target = real  # resolved once: the folder judged is the folder written
     if source is not None and os.fspath(source) and Path(source).is_dir():
         own = Path(source).resolve()
         # a link the export replaces is judged where it lies (its folder resolved), not where it points
@@ -423,38 +445,39 @@ def _check_export_target(
         if is_within(own, resolved):
             what = "the folder of" if own == resolved else "a folder that holds"
             raise ValueError(
-                f"cannot export into {target}: it is {what} the encoder being exported ({source}), and an export "
+                f"cannot export into {shown}: it is {what} the encoder being exported ({source}), and an export "
                 "replaces its target folder as a whole; choose a new folder, e.g. a sibling such as "
                 f"{own.name}-onnx"
             )
     if replaced_link:
         if overwrite:
-            return  # the link itself is replaced; what it points to is left as it is
+            return target  # the link itself is replaced; what it points to is left as it is
         raise ValueError(
-            f"cannot export into {target}: it is a symbolic link (to {os.readlink(target)}), which this export "
+            f"cannot export into {shown}: it is a symbolic link (to {os.readlink(target)}), which this export "
             "replaces by a folder (it does not write into what the link points to); pass overwrite=True "
             "(--overwrite) to replace the link"
         )
     if not target.exists():
-        return
+        return target
     if not target.is_dir():
         link = f" (a symbolic link to {os.path.realpath(target)})" if target.is_symlink() else ""
-        raise ValueError(f"cannot export into {target}{link}: it exists and is not a folder")
+        raise ValueError(f"cannot export into {shown}{link}: it exists and is not a folder")
     names = sorted(p.name for p in target.iterdir())
     if not names or overwrite:
-        return
+        return target
     if _export_meta(target) is None:
         raise ValueError(
-            f"cannot export into {target}: it is not empty ({some_names(names)}) and is not an ONNX export made by "
+            f"cannot export into {shown}: it is not empty ({some_names(names)}) and is not an ONNX export made by "
             "kl_retrievers; an export replaces its target folder as a whole and would delete them. Choose a new or "
             "empty folder, or pass overwrite=True (--overwrite) to replace it"
         )
     extra = [name for name in names if name not in EXPORT_FILES]
     if extra:
         raise ValueError(
-            f"cannot export into {target}: it is an earlier ONNX export but also holds {some_names(extra)}, which a "
+            f"cannot export into {shown}: it is an earlier ONNX export but also holds {some_names(extra)}, which a "
             "new export would delete; move them away, or pass overwrite=True (--overwrite) to replace the folder"
         )
+    return target
 
 
 #: The variable naming the ONNX cache of :func:`kl_retrievers.load_model` (``kl_retrievers.pretrained.ONNX_CACHE_ENV``,

@@ -17,7 +17,9 @@ Examples:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from typing import Any
 
 import numpy as np
 
@@ -125,6 +127,32 @@ def check_unique_ids(ids: Sequence[str], what: str) -> None:
                 "a run holds one score per id"
             )
         first[ident] = row
+
+
+def _check_str_ids(ids: Any, name: str) -> None:
+    """Refuse ids a run cannot be keyed by, naming the argument: ``ids`` must be a sequence (one id per row, in
+    row order) of ``str``.
+
+    A set's order is arbitrary (its ids would be paired with rows at random) and a dict gives its keys; an id that
+    is not a str (``1``, ``np.int64(1)``) would key the run by a number, which matches no qrels entry.
+
+    Raises:
+        TypeError: Naming ``name``, and the position of an id that is not a str.
+
+    Examples:
+        >>> _check_str_ids(["a", "b"], "doc_ids")
+        >>> _check_str_ids(["a", 1], "doc_ids")
+        Traceback (most recent call last):
+        TypeError: doc_ids[1] must be a str; got int 1
+    """
+    if isinstance(ids, (AbstractSet, Mapping)) or not hasattr(ids, "__getitem__"):
+        unordered = ", whose iteration order is arbitrary" if isinstance(ids, AbstractSet) else ""
+        raise TypeError(
+            f"{name} must be a sequence of str ids (a list, in row order); got a {type(ids).__name__}{unordered}"
+        )
+    row = next((i for i, ident in enumerate(ids) if not isinstance(ident, str)), None)
+    if row is not None:
+        raise TypeError(f"{name}[{row}] must be a str; got {type(ids[row]).__name__} {ids[row]!r:.80}")
 
 
 def run_from_top_k(query_ids: Sequence[str], doc_ids: Sequence[str], idx: np.ndarray, vals: np.ndarray) -> Run:

@@ -25,10 +25,12 @@ from kl_retrievers import (
 )
 from kl_retrievers.evaluation import retrieve_exact, retrieve_vectors
 from kl_retrievers.gaussian import (
+    neg_kl_rows,
     reduce_document_vectors,
     reduce_query_vectors,
     reduction_norm_bound,
     reduction_offset,
+    score_vectors_float32,
 )
 from kl_retrievers.qpp import corpus_mean_scores, uncertainty_predictor
 
@@ -49,6 +51,9 @@ CALLS: dict[str, Callable[[Any], object]] = {
     "retrieve_exact": lambda x: retrieve_exact(x, G, ["q1", "q2"], ["a", "b"], k=1),
     "uncertainty_predictor": lambda x: uncertainty_predictor(x, ["q1", "q2"]),
     "corpus_mean_scores": lambda x: corpus_mean_scores(x, G),
+    "neg_kl_rows": lambda x: neg_kl_rows(x, G, np.array([[0], [1]])),
+    "score_vectors_float32": lambda x: score_vectors_float32(x, "query"),
+    "Gaussians.concat": lambda x: Gaussians.concat([G, x]),
 }
 NOT_GAUSSIANS = {"ndarray": MEAN, "tuple": (MEAN, VAR), "Tensor": torch.zeros(2, 4)}
 
@@ -65,6 +70,12 @@ def test_documents_side_is_named() -> None:
         neg_kl_matrix(G, MEAN)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="documents " + WRAP.format("tuple")):
         retrieve_exact(G, (MEAN, VAR), ["q1", "q2"], ["a", "b"], k=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="documents " + WRAP.format("ndarray")):
+        neg_kl_rows(G, MEAN, np.array([[0], [1]]))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="documents " + WRAP.format("tuple")):
+        score_vectors_float32((MEAN, VAR), "document")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"parts\[1\] " + WRAP.format("ndarray")):
+        Gaussians.concat([G, MEAN])  # type: ignore[list-item]
 
 
 def test_save_gaussians_in_torch_save_order_is_refused(tmp_path: Path) -> None:
@@ -105,6 +116,39 @@ def test_document_vectors_that_overflow_are_refused_like_the_store() -> None:
         KLStore().add(gaussians=docs, ids=["a", "b", "c"])
     wide = kl_document_vectors(docs.astype(np.float64))  # float64 holds it
     assert np.isfinite(wide).all() and wide[2, 2] == pytest.approx(-5e38, rel=1e-6)
+
+
+def test_overflow_advice_names_the_cast_that_works_for_torch() -> None:
+    """The advice said ``g.astype(np.float64)`` also for torch Gaussians, where that cast fails."""
+    docs = _tiny_variance_documents(np.float32)
+    with pytest.raises(ValueError, match=r"pass float64 Gaussians \(g\.astype\(torch\.float64\)\)"):
+        kl_document_vectors(docs.torch())
+    with pytest.raises(ValueError, match=r"pass float64 Gaussians \(g\.astype\(np\.float64\)\)"):
+        kl_document_vectors(docs)
+    assert bool(torch.isfinite(kl_document_vectors(docs.torch().astype(torch.float64))).all())  # the advice works
+    queries = Gaussians(torch.full((1, 2), 1e20), torch.ones(1, 2))
+    with pytest.raises(ValueError, match=r"query 0 .*\(g\.astype\(torch\.float64\)\)"):
+        kl_query_vectors(queries)
+
+
+def test_document_vectors_and_the_store_refuse_in_their_own_dtype() -> None:
+    """The docstring said the store refuses "the same documents": float64 Gaussians pass here, not there."""
+    g64 = Gaussians(np.full((1, 2), 1e10), np.full((1, 2), 1e-20))
+    assert np.isfinite(kl_document_vectors(g64)).all()
+    with pytest.raises(ValueError, match="document 0 cannot be scored in float32"):
+        KLStore().add(gaussians=g64, ids=["a"])
+    doc = " ".join((kl_document_vectors.__doc__ or "").split())
+    assert "refuses the same documents" not in doc and "not always the same documents" in doc
+
+
+def test_docs_say_which_stores_are_exact_and_what_runs_in_float32() -> None:
+    faq = " ".join((REPO / "docs" / "faq.md").read_text(encoding="utf-8").split())
+    assert "adapters in this package are always exact" not in faq
+    assert "`KLStore`, `MilvusKLStore` and the `KLVectorStore` adapters" in faq
+    assert "`KLEmbeddings` (LlamaIndex: `KLEmbedding`) in a third-party float32 store are not" in faq
+    method = " ".join(METHOD.read_text(encoding="utf-8").split())
+    assert "re-scored as above in float32" not in method
+    assert "searched in float32, its candidates re-scored in float64" in method
 
 
 def test_query_vectors_that_overflow_are_refused() -> None:

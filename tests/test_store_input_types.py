@@ -9,6 +9,12 @@
    read (``nprobe`` on HNSW) warns.
 5. ``sharded.encode_corpus`` refuses a model name as ``encoder`` and a list of texts as ``input``.
 6. ``evaluation.retrieve_exact`` refuses non-str ids.
+7. ``KLHybridStore.load`` and LangChain's ``load_local`` refuse non-bool ``mmap`` / ``verify_checksums`` as
+   ``KLStore.load`` does; ``MilvusKLStore`` refuses a non-bool ``show_progress_bar``.
+8. A set of query ids is refused where ids pair with queries by position (ids only looked up may be a set); a
+   subclass may add attributes close to a setting's name, not respell one; the warning of a setting for another
+   index kind says an empty store may still change kind; arrays given as queries hint at ``Gaussians``.
+9. ``retrieve_vectors`` refuses non-str ids as ``retrieve_exact`` does; both refuse a set of ids by name.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import pytest
 
 from conftest import make_tiny_encoder
 from kl_retrievers._io import save_gaussians
-from kl_retrievers.evaluation import retrieve_exact
+from kl_retrievers.evaluation import retrieve_exact, retrieve_vectors
 from kl_retrievers.gaussian import Gaussians
 from kl_retrievers.hybrid import KLHybridStore
 from kl_retrievers.sharded import encode_corpus
@@ -252,3 +258,137 @@ def test_retrieve_exact_refuses_non_str_ids(bad: object) -> None:
         retrieve_exact(queries, docs, ["q0", "q1"], [bad, "b", "c"], k=2)  # type: ignore[list-item]
     run = retrieve_exact(queries, docs, ["q0", "q1"], np.array(["a", "b", "c"]), k=2)  # type: ignore[arg-type]
     assert list(run) == ["q0", "q1"] and all(isinstance(doc, str) for hits in run.values() for doc in hits)
+
+
+# --------------------------------------------------------------- 7. every loader checks its flags; Milvus too
+
+
+@pytest.mark.parametrize(("option", "value"), [("mmap", "no"), ("verify_checksums", 0), ("mmap", 1)])
+def test_hybrid_load_refuses_non_bool_flags(tmp_path: Path, option: str, value: object) -> None:
+    """``KLHybridStore.load`` called ``KLStore._load_once`` directly: ``verify_checksums=0`` skipped the checks."""
+    folder = _hybrid().save(tmp_path / "h")
+    with pytest.raises(TypeError, match=rf"{option} must be a bool; got {value!r}"):
+        KLHybridStore.load(folder, **{option: value})  # type: ignore[arg-type]
+    assert len(KLHybridStore.load(folder, **{option: np.False_})) == 2  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("option", "value"), [("mmap", "no"), ("verify_checksums", 0)])
+def test_langchain_load_local_refuses_non_bool_flags(tmp_path: Path, option: str, value: object) -> None:
+    pytest.importorskip("langchain_core")
+    from kl_retrievers.langchain import KLEmbeddings, KLVectorStore
+
+    embeddings = KLEmbeddings(make_tiny_encoder())
+    store = KLVectorStore(embeddings)
+    store.add_texts(["the cat", "a dog"], ids=["a", "b"])
+    folder = store.save_local(tmp_path / "kl")
+    with pytest.raises(TypeError, match=rf"{option} must be a bool; got {value!r}"):
+        KLVectorStore.load_local(folder, embeddings, **{option: value})  # type: ignore[arg-type]
+    assert len(KLVectorStore.load_local(folder, embeddings, **{option: False}).store) == 2  # type: ignore[arg-type]
+
+
+def test_milvus_store_refuses_a_non_bool_show_progress_bar(tmp_path: Path) -> None:
+    """``MilvusKLStore`` took ``bool(show_progress_bar)``: ``"no"`` showed bars."""
+    milvus = pytest.importorskip("kl_retrievers.store.milvus")
+    uri = tmp_path / "kl.db"
+    with pytest.raises(TypeError, match="show_progress_bar must be a bool; got 'no'"):
+        milvus.MilvusKLStore(uri=str(uri), dim=4, show_progress_bar="no")
+    assert not uri.exists()  # refused before connecting
+
+
+# -------------------------------------------------------------- 8. sets of ids, subclass attributes, hints
+
+
+def test_hybrid_search_run_refuses_a_set_of_query_ids(hybrid_with_encoder: KLHybridStore) -> None:
+    """A set of query ids was paired with the queries in its (arbitrary) iteration order."""
+    with pytest.raises(TypeError, match="query_ids is a set, whose iteration order is arbitrary.*pass a list"):
+        hybrid_with_encoder.search_run({"q1", "q2"}, ["the cat", "dog"], k=1)  # type: ignore[arg-type]
+    ordered = {"q1": "the cat", "q2": "dog"}
+    run = hybrid_with_encoder.search_run(ordered.keys(), list(ordered.values()), k=1)  # type: ignore[arg-type]
+    assert list(run) == ["q1", "q2"]  # a dict's keys keep its order
+
+
+def test_unpaired_ids_may_still_be_a_set() -> None:
+    store = KLStore()
+    store.add(gaussians=_gaussians(3), ids=["a", "b", "c"])
+    assert sorted(d.id for d in store.get_by_ids({"a", "b"})) == ["a", "b"]  # type: ignore[arg-type]
+    assert len(store.get_gaussians(frozenset({"c"}))) == 1  # type: ignore[arg-type]
+    assert sorted(store.delete({"a", "zz"}).deleted) == ["a"] and store.ids == ["b", "c"]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["compressed", "refined", "seeded", "batch_sizes", "nlists", "batchsize_hint"])
+def test_a_subclass_may_add_attributes_close_to_a_setting(name: str) -> None:
+    """A subclass's own ``nlists`` was refused as a misspelt ``nlist`` (difflib cutoff 0.75)."""
+
+    class Mine(KLStore):
+        pass
+
+    store = Mine()
+    setattr(store, name, 1)
+    assert vars(store)[name] == 1
+    with pytest.raises(AttributeError, match=r"did you mean '(compression|refine|seed|batch_size|nlist)'"):
+        setattr(KLStore(), name, 1)  # the plain store still refuses them
+
+
+@pytest.mark.parametrize("name", ["efSearch", "efsearch", "EF_SEARCH", "n_list"])
+def test_a_subclass_may_not_respell_a_setting(name: str) -> None:
+    class Mine(KLStore):
+        pass
+
+    with pytest.raises(AttributeError, match=r"Mine has no setting or attribute .*; did you mean '(ef_search|nlist)'"):
+        setattr(Mine(), name, 1)
+
+
+def test_a_setting_for_another_kind_warns_that_an_empty_store_may_still_change_kind() -> None:
+    """On an empty flat store, ``ef_search = 128`` then ``index_type = "hnsw"`` ends with ef_search in effect."""
+    store = KLStore()
+    with pytest.warns(UserWarning, match="unless index_type is changed to 'hnsw' before the first add"):
+        store.ef_search = 128
+    store.index_type = "hnsw"
+    assert (store.index_type, store.ef_search) == ("hnsw", 128)
+    filled = _klstore()
+    with pytest.warns(UserWarning, match="has no effect on this store") as caught:
+        filled.ef_search = 128
+    assert "unless" not in str(caught[0].message)  # its kind can no longer change
+
+
+@pytest.mark.parametrize("shape", ["means", "pair", "tensor"])
+def test_search_batch_of_arrays_hints_at_gaussians(shape: str) -> None:
+    mean, var = np.zeros((2, 3)), np.ones((2, 3))
+    queries: object = {"means": mean, "pair": (mean, var), "tensor": None}[shape]
+    if shape == "tensor":
+        torch = pytest.importorskip("torch")
+        queries = torch.zeros(2, 3)
+    with pytest.raises(TypeError, match=r"every text must be a str: pass query Gaussians as Gaussians\(mean, var\)"):
+        _klstore().search_batch(queries, k=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"queries\[1\] is NoneType; every text must be a str$"):
+        _klstore().search_batch(["the cat", None], k=1)  # type: ignore[list-item]
+
+
+# ------------------------------------------------------------ 9. retrieve_vectors ids, a set of retrieve ids
+
+
+@pytest.mark.parametrize("bad", [0, np.int64(0)])
+def test_retrieve_vectors_refuses_non_str_ids(bad: object) -> None:
+    """``retrieve_vectors`` keyed its run by int ids, which match no qrels entry."""
+    queries, docs = np.eye(2), np.eye(2)
+    with pytest.raises(TypeError, match=rf"query_ids\[0\] must be a str; got {type(bad).__name__}"):
+        retrieve_vectors(queries, docs, [bad, "q1"], ["a", "b"], k=1)  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"doc_ids\[1\] must be a str"):
+        retrieve_vectors(queries, docs, ["q0", "q1"], ["a", bad], k=1)  # type: ignore[list-item]
+    assert retrieve_vectors(queries, docs, ["q0", "q1"], np.array(["a", "b"]), k=1) == {  # type: ignore[arg-type]
+        "q0": {"a": 1.0},
+        "q1": {"b": 1.0},
+    }
+
+
+@pytest.mark.parametrize("which", ["query_ids", "doc_ids"])
+def test_retrieve_refuses_a_set_of_ids_naming_the_argument(which: str) -> None:
+    """``retrieve_exact(doc_ids={...})`` failed inside runs.py: "'set' object is not subscriptable"."""
+    queries, docs = _gaussians(2, seed=1), _gaussians(3, seed=2)
+    ids = {"query_ids": ["q0", "q1"], "doc_ids": ["a", "b", "c"]}
+    ids[which] = set(ids[which])  # type: ignore[assignment]
+    message = rf"{which} must be a sequence of str ids \(a list, in row order\); got a set, whose iteration order"
+    with pytest.raises(TypeError, match=message):
+        retrieve_exact(queries, docs, ids["query_ids"], ids["doc_ids"], k=1)
+    with pytest.raises(TypeError, match=message):
+        retrieve_vectors(queries.mean, docs.mean, ids["query_ids"], ids["doc_ids"], k=1)

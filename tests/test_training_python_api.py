@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from kl_retrievers.training import (
     TrainingSet,
     apply_freezing,
     evaluator_description,
+    load_training_data,
     mine_bm25_negatives,
     read_jsonl,
     retrieval_evaluator,
@@ -216,3 +218,116 @@ def test_wrong_input_types_are_type_errors(tmp_path: Path) -> None:
         train_heads_cached(make_tiny_encoder(), ROWS, _cfg())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"cfg must be a TrainConfig \(TrainConfig\(\*\*d\).*got dict"):
         train_encoder(make_tiny_encoder(), ts, {"steps": 2})  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ 10: a call failing before any step keeps the record
+def _boom(*args: Any, **kwargs: Any) -> Any:
+    raise KeyboardInterrupt("Ctrl-C while the features are computed")
+
+
+@pytest.mark.parametrize("failure", ["interrupted_features", "nothing_to_train"])
+def test_a_call_that_fails_before_its_first_step_keeps_the_previous_record(
+    failure: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The weights did not change: a vector twin stays a twin (its record was replaced by the -KL run's)."""
+    import kl_retrievers.training.trainer as trainer
+
+    ts = TrainingSet.from_rows(ROWS)
+    enc = make_tiny_encoder(pooling="mean")
+    train_heads_cached(enc, ts, _cfg(similarity="dot"))
+    before = json.loads(json.dumps(enc.config.extra["training"]))
+    weights = enc.mean_head.weight.detach().clone()
+    if failure == "interrupted_features":
+        monkeypatch.setattr(trainer, "compute_features", _boom)
+        with pytest.raises(KeyboardInterrupt):
+            train_heads_cached(enc, ts, _cfg())
+    else:
+        for p in enc.parameters():
+            p.requires_grad_(False)
+        with pytest.raises(ValueError, match="nothing to train"):
+            train_encoder(enc, ts, _cfg())
+    assert torch.equal(enc.mean_head.weight, weights)
+    assert enc.config.extra["training"] == before and model_similarity(enc) == "dot"
+    # an encoder that had no record has none after such a call
+    fresh = make_tiny_encoder(pooling="mean")
+    for p in fresh.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="nothing to train"):
+        train_encoder(fresh, ts, _cfg(similarity="dot"))
+    assert "training" not in fresh.config.extra
+
+
+def test_a_call_that_fails_after_a_step_keeps_the_new_record() -> None:
+    """Once a step has changed the weights, the record says how they were trained (no result: it failed)."""
+    ts = TrainingSet.from_rows(ROWS)
+    enc = make_tiny_encoder(pooling="mean")
+    train_heads_cached(enc, ts, _cfg(similarity="dot"))
+
+    def failing(encoder: Any) -> dict[str, float]:
+        raise RuntimeError("the evaluator failed")
+
+    with pytest.raises(RuntimeError, match="evaluator failed"):
+        train_heads_cached(enc, ts, _cfg(), evaluator=failing, eval_every=1)
+    record = enc.config.extra["training"]
+    assert model_similarity(enc) == "neg_kl" and "steps_done" not in record
+
+
+# ------------------------------------------------------------------ 11: resume refusals name what differs
+def test_resume_with_reordered_sources_names_the_order_and_the_other_changes(tmp_path: Path) -> None:
+    a = _jsonl(tmp_path / "a.jsonl", ROWS[:2])
+    b = _jsonl(tmp_path / "b.jsonl", ROWS[2:])
+    ck = tmp_path / "ck"
+    train_heads_cached(
+        make_tiny_encoder(pooling="mean"), load_training_data([a, b]), _cfg(time_budget_s=0.0), checkpoint_dir=ck
+    )
+    with pytest.raises(ValueError, match="different recipe") as info:
+        train_heads_cached(
+            make_tiny_encoder(pooling="mean"), load_training_data([b, a]), _cfg(lr=0.5), checkpoint_dir=ck, resume=True
+        )
+    message = str(info.value)
+    assert "content changed" not in message  # the sources' order differs, not their content
+    assert "data_sha256" in message and str(b) in message.split("now")[1]
+    assert "lr" in message and "0.5" in message
+    # the same sources with changed content and another lr: the content change, and the lr too
+    _jsonl(b, [{**ROWS[2], "positives": ["the moon and the sun"]}])
+    with pytest.raises(ValueError, match="content changed") as info:
+        train_heads_cached(
+            make_tiny_encoder(pooling="mean"), load_training_data([a, b]), _cfg(lr=0.5), checkpoint_dir=ck, resume=True
+        )
+    assert "lr" in str(info.value) and "0.5" in str(info.value)
+
+
+# ------------------------------------------------------------------ 12: Python runs' messages name no flags
+def test_python_runs_log_their_arguments_not_flags(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ts = TrainingSet.from_rows(ROWS)
+    ck = tmp_path / "ck"
+    train_heads_cached(make_tiny_encoder(pooling="mean"), ts, _cfg(), checkpoint_dir=ck)
+    with caplog.at_level(logging.DEBUG, logger="kl_retrievers"):
+        train_heads_cached(make_tiny_encoder(pooling="mean"), ts, _cfg(warmup_steps=5), checkpoint_dir=ck)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    fresh = [m for m in warnings if "holds the checkpoint of an earlier run" in m]
+    warm = [m for m in warnings if "warmup_steps" in m]
+    assert len(fresh) == 1 and "resume=True" in fresh[0] and "--" not in fresh[0]
+    assert len(warm) == 1 and "--" not in warm[0]
+    # a time-budget stop is expected: INFO, not a warning
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="kl_retrievers"):
+        result = train_heads_cached(make_tiny_encoder(pooling="mean"), ts, _cfg(time_budget_s=0.0))
+    assert result.stopped == "time_budget"
+    budget = [r for r in caplog.records if "time budget" in r.getMessage()]
+    assert [r.levelno for r in budget] == [logging.INFO]
+
+
+# ------------------------------------------------------------------ 13: a seed does not reseed CUDA
+def test_from_backbone_seed_reseeds_no_cuda_generator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fork_rng(devices=[]) restores the CPU generator only: torch.manual_seed would reseed every CUDA device."""
+    tiny = make_tiny_encoder()
+    base = tmp_path / "base"
+    tiny.backbone.save_pretrained(base)
+    tiny.tokenizer.save_pretrained(base)  # type: ignore[attr-defined]
+    seeded: list[int] = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", seeded.append)
+    a = GaussianEncoder.from_backbone(base, dim=4, max_length=32, query_max_length=16, seed=0)
+    b = GaussianEncoder.from_backbone(base, dim=4, max_length=32, query_max_length=16, seed=0)
+    assert seeded == []
+    assert torch.equal(a.mean_head.weight, b.mean_head.weight)

@@ -858,9 +858,16 @@ def _load_onnx_once(
     recipe = f"{EXPORT_RECIPE}-onnxruntime{ort.__version__}"
     key = f"{slug}-{library_version()}-{quantize or 'float32'}-{source_sha256(source, recipe)[:12]}"
     cache = onnx_cache_dir() / key
-    if _is_onnx_export(cache):
+    if cache.is_symlink():  # never read through: the export below replaces the link (not what it points to)
+        logger.warning(
+            "the ONNX cache entry %s is a symbolic link, not an export of this cache; exporting again", cache
+        )
+    elif _is_onnx_export(cache):
         try:
-            return _with_source_weights(OnnxGaussianEncoder(cache, name_or_path=display, **options), source)
+            cached = OnnxGaussianEncoder(cache, name_or_path=display, **options)
+            # an export of another model's files (a folder planted at this entry) is not this model's
+            _check_shipped(cached, source, bundled=False, known=(hashes or {}).get(source.resolve()))
+            return _with_source_weights(cached, source)
         except OnnxModelError as exc:
             logger.warning("the cached ONNX export %s does not load (%s); exporting it again", cache, exc)
     from kl_retrievers._encoding import TORCH_EXTRA, require_torch

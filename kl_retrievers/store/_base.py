@@ -322,11 +322,14 @@ class _RWLock:
 
 
 # ------------------------------------------------------------------ input checks
-def _id_list(ids: Any, what: str = "ids") -> list[str]:
+def _id_list(ids: Any, what: str = "ids", *, ordered: bool = True) -> list[str]:
     """``ids`` as a list of ``str``: a bare string is ONE id; otherwise an iterable of strings.
 
     Ids are never coerced with ``str()`` (``None`` would become ``"None"`` and ``b"ab"`` the ids
     ``"97"``, ``"98"``): anything but a string raises ``TypeError`` naming its position and type.
+    A set is refused, as a dict is, unless ``ordered=False`` (ids that are not paired with anything
+    by position, as :meth:`GaussianStore.delete`'s): its iteration order is arbitrary. A dict's
+    ``keys()`` view keeps the dict's order and is taken.
 
     Examples:
         >>> _id_list("ab"), _id_list(["a", "b"])
@@ -334,11 +337,19 @@ def _id_list(ids: Any, what: str = "ids") -> list[str]:
         >>> _id_list(["a", None])
         Traceback (most recent call last):
         TypeError: ids[1] must be a str; got NoneType None
+        >>> _id_list({"a"}, "query_ids")
+        Traceback (most recent call last):
+        TypeError: query_ids is a set, whose iteration order is arbitrary, ... pass a list, in order; got {'a'}
     """
     if isinstance(ids, str):
         return [ids]
     if isinstance(ids, (bytes, bytearray, memoryview, Mapping)) or not isinstance(ids, Iterable):
         raise TypeError(f"{what} must be a str or a sequence of str; got {type(ids).__name__}")
+    if ordered and isinstance(ids, AbstractSet) and not isinstance(ids, KeysView):
+        raise TypeError(
+            f"{what} is a {type(ids).__name__}, whose iteration order is arbitrary, so it cannot be paired with the "
+            f"other arguments by position: pass a list, in order; got {ids!r:.80}"
+        )
     out = list(ids)
     for j, doc_id in enumerate(out):
         if not isinstance(doc_id, str):
@@ -697,7 +708,8 @@ def _query_texts(queries: Any) -> list[str]:
     """Query texts as a list, read once (a generator too), each checked: raises naming a bad item's position.
 
     A dict (its keys, not a BEIR ``{qid: text}``'s texts), a set (arbitrary order), a table (its column
-    names) or bytes are refused as :func:`~kl_retrievers._encoding.check_texts` refuses them.
+    names) or bytes are refused as :func:`~kl_retrievers._encoding.check_texts` refuses them. Arrays of numbers
+    (query means, or a ``(mean, var)`` pair) are refused with a hint to wrap them as ``Gaussians(mean, var)``.
 
     Examples:
         >>> _query_texts(q for q in ["a", "b"])
@@ -708,7 +720,14 @@ def _query_texts(queries: Any) -> list[str]:
     """
     if queries is None or not hasattr(queries, "__iter__"):
         raise TypeError(f"queries must be query texts or a Gaussians batch; got {type(queries).__name__}")
-    return check_texts(queries, "queries")
+    try:
+        return check_texts(queries, "queries")
+    except TypeError as exc:
+        # an array of numbers (means, or a tensor), or arrays in a list or tuple ((mean, var)): Gaussians meant
+        numeric = hasattr(queries, "ndim") and getattr(getattr(queries, "dtype", None), "kind", None) != "O"
+        if numeric or (isinstance(queries, (list, tuple)) and any(getattr(q, "ndim", 0) >= 1 for q in queries)):
+            raise TypeError(f"{exc}: pass query Gaussians as Gaussians(mean, var)") from None
+        raise
 
 
 def _one_query(query: str | Gaussians) -> list[str] | Gaussians:
@@ -1300,7 +1319,7 @@ class GaussianStore(_NotCopyable, ABC):
             raise ValueError(
                 "delete needs ids, a filter, or both; got neither (to delete every document, pass filter={})"
             )
-        id_list = None if ids is None else list(dict.fromkeys(_id_list(ids)))
+        id_list = None if ids is None else list(dict.fromkeys(_id_list(ids, ordered=False)))
         if filter is None:
             assert id_list is not None
             report = self._delete(id_list)
@@ -1320,7 +1339,7 @@ class GaussianStore(_NotCopyable, ABC):
             >>> KLStore().get_by_ids(["nope"])
             []
         """
-        return self._documents(_id_list(ids))
+        return self._documents(_id_list(ids, ordered=False))
 
     def get_gaussians(self, ids: Sequence[str]) -> Gaussians:
         """Stored Gaussians for the given (existing) ids, in order; unknown ids raise ``KeyError``.
@@ -1336,7 +1355,7 @@ class GaussianStore(_NotCopyable, ABC):
             >>> s.get_gaussians(["a"]).dim, len(s.get_gaussians("a"))
             (2, 1)
         """
-        return self._gaussians(_id_list(ids))
+        return self._gaussians(_id_list(ids, ordered=False))
 
     def search(self, query: str | Gaussians, k: int = 10, filter: MetadataFilter | None = None) -> list[SearchResult]:
         """Top-``k`` documents for one query, best first, scored by exact ``-KL(Q || D)``: higher is better.

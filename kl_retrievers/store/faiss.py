@@ -606,7 +606,8 @@ class KLStore(GaussianStore):
     def _check_public_name(self, name: str) -> None:
         """Refuse assigning a public attribute the store does not have (FAISS's ``efSearch`` for ``ef_search``):
         it would only add an attribute that nothing reads. A subclass may add its own attributes: on one, only a
-        name close to a setting's is refused.
+        setting's name in other case or underscores (``efSearch``, ``efsearch``) is refused (``nlists`` or
+        ``batch_sizes`` may be the subclass's own).
 
         Raises:
             AttributeError: Naming the closest setting or attribute, where there is one.
@@ -616,9 +617,11 @@ class KLStore(GaussianStore):
         known = sorted(_SETTINGS | {n for n in (*self.__dict__, *dir(type(self))) if not n.startswith("_")})
         folded = {n.replace("_", "").lower(): n for n in known}
         close = [folded[key]] if (key := name.replace("_", "").lower()) in folded else []
-        close = close or difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.75)
-        if type(self) is not KLStore and not (close and close[0] in _SETTINGS):
-            return  # a subclass's own attribute
+        if type(self) is not KLStore:
+            if not (close and close[0] in _SETTINGS):
+                return  # a subclass's own attribute: only a setting's own name, spelt otherwise, is refused
+        else:
+            close = close or difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.75)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise AttributeError(
             f"{type(self).__name__} has no setting or attribute {name!r}{hint} (assigning it would add an attribute "
@@ -650,6 +653,8 @@ class KLStore(GaussianStore):
                 f"{name}={value!r} has no effect on this store: it applies to {needs[0]}={needs[1]!r}, and this "
                 f"store has {needs[0]}={getattr(self, needs[0])!r}"
             )
+            if not self._table.n_rows:  # the kind may still change: the setting is kept for it
+                unused += f", unless {needs[0]} is changed to {needs[1]!r} before the first add"
         if name not in BUILD_SETTINGS or value == getattr(self, name):
             object.__setattr__(self, name, value)
             if unused:
@@ -1205,7 +1210,7 @@ class KLStore(GaussianStore):
             2
         """
         target = user_path(path)  # "~/x" is the home folder's x, as load_model reads it ("~nobody" stays as given)
-        check_replace_target(
+        final = check_replace_target(  # a link you name (current -> v3) is resolved once, here: v3 is saved
             target,
             is_ours=_format.is_store_folder,
             what=f"a KLStore folder (an earlier save: its config.json has format {_format.FORMAT_NAME!r})",
@@ -1222,7 +1227,7 @@ class KLStore(GaussianStore):
                     f"has {table.n_rows} rows (an update that failed part-way?); the folder is left as it was. "
                     "rebuild() rebuilds an approximate index from the stored rows"
                 )
-            with atomic_dir(target, follow_link=True) as tmp:  # a link you name (current -> v3) is followed
+            with atomic_dir(final) as tmp:
                 _format.write_folder(
                     tmp,
                     self._config(),
@@ -1302,8 +1307,6 @@ class KLStore(GaussianStore):
             >>> KLStore.load("/nonexistent")  # doctest: +SKIP
         """
         mmap, verify_checksums = _load_options(cls.__name__, positional, mmap, verify_checksums)
-        check_bool(mmap, "mmap")
-        check_bool(verify_checksums, "verify_checksums")
         _refuse_model_name(encoder, f"{cls.__name__}.load(path, encoder={{}})")  # before any file is read
         folder = user_path(path)
         return load_unchanged(folder, lambda: cls._load_once(folder, encoder, mmap, verify_checksums))
@@ -1316,7 +1319,15 @@ class KLStore(GaussianStore):
 
         ``where`` names the store in the weights warning (default ``"the store at FOLDER"``): a store that holds
         this one as a part (the hybrid store) names its own folder, the one its user passed.
+
+        The flags are checked here, before any file is read, so that every loader of a store folder (the hybrid
+        store's, LangChain's ``load_local``) refuses ``verify_checksums=0`` as :meth:`load` does.
+
+        Raises:
+            TypeError: ``mmap`` or ``verify_checksums`` is not a bool (the string ``"no"`` is true).
         """
+        check_bool(mmap, "mmap")
+        check_bool(verify_checksums, "verify_checksums")
         if not folder.exists() and recover_dir(folder, required=_format.CONFIG):
             logger.warning("loading %s from the copy saved before an interrupted save", folder)
         cfg_path = folder / _format.CONFIG

@@ -110,7 +110,8 @@ from typing import Any
 
 import numpy as np
 
-from kl_retrievers._io import library_version
+from kl_retrievers._encoding import progress_bar
+from kl_retrievers._io import check_bool, library_version
 from kl_retrievers.filters import (
     ALLOWED_OPERATORS,
     OPERATOR_ALIASES,
@@ -685,6 +686,7 @@ class MilvusKLStore(GaussianStore):
         MilvusConnectionError: The server cannot be reached within ``timeout``.
         ValueError: Bad options, or an existing collection with another dimension or metric,
             or one not created by kl-retrievers (it is never overwritten).
+        TypeError: ``show_progress_bar`` is not a bool (the string ``"no"`` is true).
 
     Examples:
         >>> import tempfile, os
@@ -770,6 +772,7 @@ class MilvusKLStore(GaussianStore):
             raise ValueError(f"request_timeout must be positive (seconds) or None; got {request_timeout!r}")
         if not isinstance(collection_name, str) or not collection_name:
             raise ValueError(f"collection_name must be a non-empty string; got {collection_name!r}")
+        check_bool(show_progress_bar, "show_progress_bar")  # bool("no") would be True
         if metric == "IP" and index_type != "flat":
             logger.warning(
                 "metric='IP' with index_type=%r: graph and cluster indexes over the raw KL vectors find almost none "
@@ -1457,21 +1460,25 @@ class MilvusKLStore(GaussianStore):
 
     def _upsert(self, vectors: np.ndarray, id_list: Sequence[str], texts: Sequence[Any], metas: Sequence[Any]) -> None:
         added = _next_added(len(id_list)) if self._has_added else None
-        rng: Any = range(0, len(id_list), self.insert_batch)
-        if self.show_progress_bar:
-            from tqdm.auto import tqdm
-
-            rng = tqdm(rng, desc="Inserting into Milvus", unit="batch")
-        for s in rng:
-            e = min(len(id_list), s + self.insert_batch)
-            rows = [
-                {"id": id_list[i], "vector": vectors[i].tolist(), "text": self._text(texts[i]), "metadata": metas[i]}
-                for i in range(s, e)
-            ]
-            if added is not None:
-                for i, row in enumerate(rows, start=s):
-                    row[_ADDED_FIELD] = added[i]
-            self._client.upsert(self.collection_name, rows, timeout=self.request_timeout)
+        starts = range(0, len(id_list), self.insert_batch)
+        # the package's bar rule (TQDM_DISABLE wins; plain tqdm): _encoding.progress_bar
+        with progress_bar(len(starts), desc="Inserting into Milvus", show=bool(self.show_progress_bar)) as bar:
+            for s in starts:
+                e = min(len(id_list), s + self.insert_batch)
+                rows = [
+                    {
+                        "id": id_list[i],
+                        "vector": vectors[i].tolist(),
+                        "text": self._text(texts[i]),
+                        "metadata": metas[i],
+                    }
+                    for i in range(s, e)
+                ]
+                if added is not None:
+                    for i, row in enumerate(rows, start=s):
+                        row[_ADDED_FIELD] = added[i]
+                self._client.upsert(self.collection_name, rows, timeout=self.request_timeout)
+                bar.update(1)
 
     def _add_documents(self, new: _NewDocuments) -> None:
         """Upsert; also ``ValueError`` for a text longer than ``max_text_length`` or an id longer than

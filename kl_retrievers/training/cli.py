@@ -538,6 +538,7 @@ def check_checkpoint_dir(
     data: list[str],
     *,
     overwrite: bool = False,
+    resume: bool = False,
 ) -> Path:
     """Resolve the checkpoint folder and refuse it when a checkpoint would delete something else.
 
@@ -545,7 +546,9 @@ def check_checkpoint_dir(
     ``None``). A folder that is or holds a ``--data`` path, that is, holds or lies inside ``out`` (the
     resolved ``--out``) is always refused; a non-empty folder that is not a training checkpoint (no
     ``state.json``) needs ``overwrite`` (``--overwrite``). A new folder, an empty one or an earlier
-    checkpoint (what ``--resume`` reads) is fine.
+    checkpoint (what ``--resume`` reads) is fine. A symbolic link is replaced by the first checkpoint, not
+    followed, so it needs ``overwrite``, unless ``resume`` continues from the checkpoint it points to (as
+    ``train_encoder(..., resume=True)`` does).
 
     Returns:
         The folder to pass to the trainer (``~`` expanded; not resolved, so a link is replaced, not followed).
@@ -577,6 +580,8 @@ def check_checkpoint_dir(
             "the checkpoint. Choose a folder beside --out (the default is <--out>.checkpoint)"
         )
     check_output_path(target, flag, folder=True)
+    if resume and folder.is_symlink() and _is_checkpoint(folder):
+        return folder  # --resume reads the checkpoint the link names; --overwrite is not needed (nor lifted)
     try:
         check_replace_target(
             folder,
@@ -862,7 +867,9 @@ def _run_train(args: argparse.Namespace) -> int:
         # before loading anything (backbone, data, features), not after hours of training
         overwrite = bool(getattr(args, "overwrite", False))
         out = check_train_out(args.out, [str(d) for d in args.data], overwrite=overwrite)
-        ckpt = check_checkpoint_dir(args.checkpoint_dir, out, [str(d) for d in args.data], overwrite=overwrite)
+        ckpt = check_checkpoint_dir(
+            args.checkpoint_dir, out, [str(d) for d in args.data], overwrite=overwrite, resume=bool(args.resume)
+        )
         resume = bool(args.resume)
         if resume and _find_checkpoint(ckpt) is None:
             if args.checkpoint_dir is not None:

