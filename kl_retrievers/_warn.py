@@ -5,7 +5,7 @@ method of an adapter called by LangChain or LlamaIndex, or a loader two calls do
 lands on a line of this package or of a third-party package. Such a warning shows the wrong line,
 and a filter on the third party's module (``filterwarnings("ignore", module="langchain_community")``)
 would hide it too. :func:`user_stacklevel` walks the stack instead, past the frames of this package,
-of LangChain (``langchain*``), LlamaIndex (``llama_index*``), pydantic, and the ``functools``,
+of LangChain and LlamaIndex (the packages named in :data:`FRAMEWORK_PACKAGES`), pydantic, and the ``functools``,
 ``asyncio``, ``threading`` and ``concurrent`` plumbing between them, to the first other frame: the
 user's. It walks on every Python version (3.12's ``skip_file_prefixes`` skips by file, which cannot
 name a namespace package such as ``llama_index`` spread over several folders, and has no use in a
@@ -22,12 +22,38 @@ from types import FrameType
 
 __all__ = ["user_stacklevel", "warn"]
 
-#: Top-level modules whose frames a warning skips (besides names starting with ``langchain`` or ``llama_index``).
-SKIPPED_MODULES = frozenset(
+#: The top-level packages of LangChain and LlamaIndex whose frames a warning skips: exact names, so that a
+#: user's own ``langchain_app`` or ``llama_index_tools`` package is not taken for the framework. LangChain's
+#: core packages and its partner packages that call embeddings and vector stores (the names their
+#: distributions install); ``llama_index`` is one namespace package (``llama_index.core``,
+#: ``llama_index.vector_stores.*``...), ``llama_index_instrumentation`` wraps its retrievers' calls.
+FRAMEWORK_PACKAGES = frozenset(
+    {
+        "langchain",
+        "langchain_core",
+        "langchain_community",
+        "langchain_classic",
+        "langchain_text_splitters",
+        "langchain_experimental",
+        "langchain_chroma",
+        "langchain_elasticsearch",
+        "langchain_huggingface",
+        "langchain_milvus",
+        "langchain_mongodb",
+        "langchain_openai",
+        "langchain_pinecone",
+        "langchain_postgres",
+        "langchain_qdrant",
+        "langchain_redis",
+        "langchain_weaviate",
+        "llama_index",
+        "llama_index_instrumentation",
+    }
+)
+#: Top-level modules whose frames a warning skips.
+SKIPPED_MODULES = FRAMEWORK_PACKAGES | frozenset(
     {"kl_retrievers", "pydantic", "pydantic_core", "functools", "asyncio", "threading", "concurrent", "contextlib"}
 )
-#: Prefixes of top-level module names whose frames a warning skips.
-SKIPPED_PREFIXES = ("langchain", "llama_index")
 
 
 def _skipped(frame: FrameType) -> bool:
@@ -35,8 +61,7 @@ def _skipped(frame: FrameType) -> bool:
     name = frame.f_globals.get("__name__")
     if not isinstance(name, str):
         return False
-    top = name.partition(".")[0]
-    return top in SKIPPED_MODULES or top.startswith(SKIPPED_PREFIXES)
+    return name.partition(".")[0] in SKIPPED_MODULES
 
 
 def _internal(frame: FrameType) -> bool:
@@ -61,17 +86,25 @@ def user_stacklevel(depth: int = 0) -> int:
         >>> user_stacklevel() >= 2
         True
     """
-    frame: FrameType | None = sys._getframe(1)
+    level = _user_level(sys._getframe(1), depth)
+    return level if level is not None else 2 + depth
+
+
+def _user_level(frame: FrameType | None, depth: int) -> int | None:
+    """:func:`user_stacklevel` from ``frame`` (the frame that asks), ``None`` when every frame is skipped."""
     level = 1 + depth
     while frame is not None and _skipped(frame):
         frame = frame.f_back
         if frame is not None and not _internal(frame):
             level += 1
-    return level if frame is not None else 2 + depth
+    return level if frame is not None else None
 
 
 def warn(message: str, category: type[Warning] = UserWarning) -> None:
     """``warnings.warn(message, category)`` at the user's line (see :func:`user_stacklevel`).
+
+    When every frame is skipped (a worker thread running library code only), at the line that called the
+    caller of this function: the package's line that asked for the check (not the checking helper's own line).
 
     Examples:
         >>> with warnings.catch_warnings(record=True) as seen:
@@ -80,4 +113,5 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
         >>> str(seen[0].message)
         'careful'
     """
-    warnings.warn(message, category, stacklevel=user_stacklevel())
+    level = _user_level(sys._getframe(0), 0)
+    warnings.warn(message, category, stacklevel=level if level is not None else 3)

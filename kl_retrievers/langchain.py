@@ -501,6 +501,19 @@ def _warn_ignored(kwargs: dict[str, Any], where: str, takes: str, accepted: tupl
     return {key: value for key, value in kwargs.items() if key in accepted}
 
 
+def _check_delete_kwargs(kwargs: dict[str, Any], where: str) -> None:
+    """Refuse a ``filter`` (this store deletes by id only); warn about any other keyword (see :func:`_warn_ignored`)."""
+    if "filter" in kwargs:
+        raise TypeError(
+            f"KLVectorStore.{where} deletes by id and takes no filter (got filter={kwargs['filter']!r:.80}): find "
+            "the ids first (e.g. [d.id for d in store.similarity_search(query, k, filter=...)]) and pass them"
+        )
+    _warn_ignored(kwargs, where, "ids and delete_all")
+
+
+#: What ``add_texts`` accepts besides its parameters: LangChain's ``index()`` passes ``batch_size`` (not used).
+_ADD_KWARGS = ("batch_size",)
+
 #: What ``similarity_search_with_relevance_scores`` takes besides ``query`` and ``k``, and its words for them.
 _RELEVANCE_KWARGS = ("filter", "fetch_k", "score_threshold")
 _RELEVANCE_TAKES = "query, k, filter and score_threshold"
@@ -763,8 +776,8 @@ def _detect_caller_store(embeddings: KLEmbeddings) -> None:
 
     def incompatible(store_name: str, reason: str) -> None:
         if store_name not in warned:
-            warned.add(store_name)
             _warn_incompatible(store_name, reason)
+            warned.add(store_name)  # after: a warning raised as an error (-W error) is raised again next time
 
     frame = inspect.currentframe()
     try:
@@ -1456,6 +1469,9 @@ class KLVectorStore(VectorStore):
             ids: One id per text (``None`` and ``""`` entries get a fresh uuid4 hex; a list or any other iterable,
                 read once, such as a dict's ``keys()``; not a single str, nor a set, whose order is
                 arbitrary); also taken by position, as langchain-community's FAISS takes it.
+            **kwargs: ``batch_size`` (which LangChain's ``index()``, ``aindex()`` and ``add_documents(docs,
+                batch_size=...)`` pass) is accepted and not used: the texts of one call are written together,
+                encoded in batches of this store's ``batch_size``. Anything else is ignored with a warning.
 
         Returns:
             The ids, in input order.
@@ -1465,7 +1481,7 @@ class KLVectorStore(VectorStore):
                 text, or a set (its order would pair them with the texts at random), or an id is not a str.
             ValueError: ``metadatas`` or ``ids`` do not match ``texts`` in length, or repeated ids.
         """
-        _warn_ignored(kwargs, "add_texts", "texts, metadatas and ids")
+        _warn_ignored(kwargs, "add_texts", "texts, metadatas and ids", accepted=_ADD_KWARGS)
         items = _check_texts(texts)
         metadata_list, id_values = _check_add_args(len(items), metadatas, ids)
         if not items:
@@ -1503,7 +1519,7 @@ class KLVectorStore(VectorStore):
         already completes (:func:`~kl_retrievers._adapters.cancellable_write`). ``aadd_documents`` and
         :meth:`aupsert` come here too.
         """
-        _warn_ignored(kwargs, "aadd_texts", "texts, metadatas and ids")
+        _warn_ignored(kwargs, "aadd_texts", "texts, metadatas and ids", accepted=_ADD_KWARGS)
         return await cancellable_write(self.add_texts, texts, metadatas, ids)
 
     def delete(self, ids: list[str] | None = None, *, delete_all: bool = False, **kwargs: Any) -> bool | None:
@@ -1530,17 +1546,16 @@ class KLVectorStore(VectorStore):
             >>> store.delete(["a", "b"])  # doctest: +SKIP
             True
         """
-        if "filter" in kwargs:
-            raise TypeError(
-                f"KLVectorStore.delete deletes by id and takes no filter (got filter={kwargs['filter']!r:.80}): find "
-                "the ids first (e.g. [d.id for d in store.similarity_search(query, k, filter=...)]) and pass them"
-            )
-        _warn_ignored(kwargs, "delete", "ids and delete_all")
+        _check_delete_kwargs(kwargs, "delete")
         return _delete_by_ids(self.store, ids, delete_all, "KLVectorStore")
 
-    async def adelete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
-        """Async :meth:`delete` (runs in a worker thread); a call cancelled before it deletes deletes nothing."""
-        return await cancellable_write(self.delete, ids, **kwargs)
+    async def adelete(self, ids: list[str] | None = None, *, delete_all: bool = False, **kwargs: Any) -> bool | None:
+        """Async :meth:`delete` (runs in a worker thread); a call cancelled before it deletes deletes nothing.
+
+        The keywords are checked here, before, so that a warning names ``adelete`` and the caller's line.
+        """
+        _check_delete_kwargs(kwargs, "adelete")
+        return await cancellable_write(self.delete, ids, delete_all=delete_all)
 
     def clear(self) -> None:
         """Delete every document (the store's settings are kept); same as ``delete(delete_all=True)``."""
@@ -1753,6 +1768,15 @@ class KLVectorStore(VectorStore):
         kwargs = _warn_ignored(kwargs, "asimilarity_search", "query, k and filter", accepted=("fetch_k", "filter"))
         return await super().asimilarity_search(query, k, **kwargs)
 
+    async def asimilarity_search_with_score(  # type: ignore[override]
+        self, query: str, k: int = 4, filter: MetadataFilter | None = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        """Async :meth:`similarity_search_with_score` (runs in a worker thread; an ignored keyword warns before)."""
+        from langchain_core.runnables.config import run_in_executor
+
+        kwargs = _warn_ignored(kwargs, "asimilarity_search_with_score", "query, k and filter", accepted=("fetch_k",))
+        return await run_in_executor(None, self.similarity_search_with_score, query, k, filter=filter, **kwargs)
+
     def _vector_to_gaussian(self, embedding: Any) -> Gaussians:
         if isinstance(embedding, Gaussians):
             g = embedding.numpy()
@@ -1807,6 +1831,15 @@ class KLVectorStore(VectorStore):
         """Documents for a ``q~`` vector or a query Gaussian; see :meth:`similarity_search_with_score_by_vector`."""
         kwargs = _warn_ignored(kwargs, "similarity_search_by_vector", "embedding, k and filter", accepted=("fetch_k",))
         return [doc for doc, _ in self.similarity_search_with_score_by_vector(embedding, k, filter=filter, **kwargs)]
+
+    async def asimilarity_search_by_vector(  # type: ignore[override]
+        self, embedding: Sequence[float] | Gaussians, k: int = 4, filter: MetadataFilter | None = None, **kwargs: Any
+    ) -> list[Document]:
+        """Async :meth:`similarity_search_by_vector` (runs in a worker thread; an ignored keyword warns before)."""
+        from langchain_core.runnables.config import run_in_executor
+
+        kwargs = _warn_ignored(kwargs, "asimilarity_search_by_vector", "embedding, k and filter", accepted=("fetch_k",))
+        return await run_in_executor(None, self.similarity_search_by_vector, embedding, k, filter=filter, **kwargs)
 
     def similarity_search_with_relevance_scores(
         self, query: str, k: int = 4, **kwargs: Any
@@ -1880,6 +1913,42 @@ class KLVectorStore(VectorStore):
             kwargs, "max_marginal_relevance_search_by_vector", "embedding, k, fetch_k, lambda_mult and filter"
         )
         return self._mmr(self._vector_to_gaussian(embedding), k, fetch_k, lambda_mult, filter)
+
+    async def amax_marginal_relevance_search(
+        self,
+        query: str,
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        filter: MetadataFilter | None = None,
+        **kwargs: Any,
+    ) -> list[Document]:
+        """Async :meth:`max_marginal_relevance_search` (runs in a worker thread; an ignored keyword warns before)."""
+        from langchain_core.runnables.config import run_in_executor
+
+        _warn_ignored(kwargs, "amax_marginal_relevance_search", "query, k, fetch_k, lambda_mult and filter")
+        return await run_in_executor(
+            None, self.max_marginal_relevance_search, query, k, fetch_k, lambda_mult, filter=filter
+        )
+
+    async def amax_marginal_relevance_search_by_vector(  # type: ignore[override]
+        self,
+        embedding: Sequence[float] | Gaussians,
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        filter: MetadataFilter | None = None,
+        **kwargs: Any,
+    ) -> list[Document]:
+        """Async :meth:`max_marginal_relevance_search_by_vector` (runs in a worker thread; keywords checked before)."""
+        from langchain_core.runnables.config import run_in_executor
+
+        _warn_ignored(
+            kwargs, "amax_marginal_relevance_search_by_vector", "embedding, k, fetch_k, lambda_mult and filter"
+        )
+        return await run_in_executor(
+            None, self.max_marginal_relevance_search_by_vector, embedding, k, fetch_k, lambda_mult, filter=filter
+        )
 
     def max_marginal_relevance_search_with_score_by_vector(
         self,

@@ -62,7 +62,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from enum import Enum
-from pathlib import Path
+from pathlib import Path, PurePath
 from types import FrameType
 from typing import Any, cast
 
@@ -819,7 +819,7 @@ def _id_restriction(ids: Any, name: str) -> list[str] | None:
     A bare string is refused, not read as its characters (``delete_nodes("ab")`` would delete ``"a"`` and ``"b"``).
 
     Raises:
-        TypeError: ``ids`` is a string, bytes, a mapping or no iterable.
+        TypeError: ``ids`` is a string, bytes, a mapping or no iterable, or one of its ids is not a str.
 
     Examples:
         >>> _id_restriction(("a", "b"), "node_ids"), _id_restriction(None, "doc_ids")
@@ -837,7 +837,11 @@ def _id_restriction(ids: Any, name: str) -> list[str] | None:
         )
     if isinstance(ids, Mapping) or not isinstance(ids, Iterable):
         raise TypeError(f"{name} must be a list of str; got {type(ids).__name__} {ids!r:.80}")
-    return [str(i) for i in ids]
+    out = list(ids)
+    for j, one in enumerate(out):  # never str(): [2] would delete "2", [b"a"] look up "b'a'", [2.0] miss "2"
+        if not isinstance(one, str):
+            raise TypeError(f"{name}[{j}] must be a str; got {type(one).__name__} {one!r:.80}")
+    return out
 
 
 def _check_query_ids(query: VectorStoreQuery) -> None:
@@ -853,7 +857,7 @@ _QUERY_KWARGS = ("mmr_threshold", "mmr_prefetch_k", "mmr_prefetch_factor")
 def _warn_ignored_query_kwargs(kwargs: Mapping[str, Any], where: str) -> None:
     """Warn about keyword arguments ``KLVectorStore.query`` ignores (e.g. ``top_k=``), naming what it reads.
 
-    ``stacklevel=3``: the caller of :meth:`KLVectorStore.query` / :meth:`KLVectorStore.aquery`.
+    At the user's line (:func:`~kl_retrievers._warn.user_stacklevel`), past LlamaIndex's retriever and query engine.
     """
     ignored = sorted(set(kwargs) - set(_QUERY_KWARGS))
     if ignored:
@@ -861,7 +865,7 @@ def _warn_ignored_query_kwargs(kwargs: Mapping[str, Any], where: str) -> None:
             f"KLVectorStore.{where} ignores the keyword argument(s) {ignored}; it reads {list(_QUERY_KWARGS)} "
             "(the number of results is VectorStoreQuery.similarity_top_k, the filters VectorStoreQuery.filters)",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
 
 
@@ -1315,7 +1319,6 @@ class KLEmbedding(BaseEmbedding):
         problem = None if store is None else _store_problem(store)
         if store is None or problem is None or type(store).__name__ in self._warned:
             return store if isinstance(store, KLVectorStore) else None
-        self._warned.add(type(store).__name__)
         adapters.warn_incompatible_store(
             "KLEmbedding",
             type(store).__name__,
@@ -1324,6 +1327,7 @@ class KLEmbedding(BaseEmbedding):
             "configured for inner product.",
             stacklevel=user_stacklevel(1),  # the user's line (warnings.warn runs one call down)
         )
+        self._warned.add(type(store).__name__)  # after: a warning raised as an error (-W error) is raised again
         return store if isinstance(store, KLVectorStore) else None
 
     def _embedded_for(self, store: KLVectorStore | None, vectors: list[Embedding]) -> list[Embedding]:
@@ -1559,21 +1563,61 @@ def _stored_metadata(node: BaseNode, flat_metadata: bool = False, *, remove_text
         raise
 
 
+def _pydantic_json_values(value: Any) -> Any:
+    """``value`` with each ``uuid.UUID`` and path as its str and each ``Enum`` as its value, as pydantic's JSON
+    mode stored them before 2026-12-06 (a ``Path`` from ``SimpleDirectoryReader(file_metadata=...)``), in
+    nested dicts, lists and tuples too; anything else is left to :func:`_metadata_list`'s check."""
+    if isinstance(value, Enum):
+        return _pydantic_json_values(value.value)
+    if isinstance(value, (uuid.UUID, PurePath)):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _pydantic_json_values(item) for key, item in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_pydantic_json_values(item) for item in value)
+    return value
+
+
+def _checked_metadata(metadata: dict[str, Any], whose: str) -> dict[str, Any]:
+    """``metadata`` as ``KLStore.add`` keeps it (:func:`_with_checked_metadata`), else its error naming ``whose``."""
+    try:
+        (checked,) = _metadata_list([_pydantic_json_values(metadata)], 1)
+    except (TypeError, ValueError) as exc:
+        message = str(exc).replace("metadatas[0]", f"the metadata of {whose}")
+        if "is not JSON-serialisable" in message:
+            message += " (stores keep metadata as JSON, which cannot serialize it: convert the value or drop the key)"
+        raise type(exc)(message) from None
+    return cast("dict[str, Any]", checked)
+
+
 def _with_checked_metadata(node: BaseNode) -> BaseNode:
     """A copy of ``node`` with its metadata as ``KLStore.add`` keeps metadata, else ``KLStore.add``'s error.
 
     ``KLStore.add``'s check (:func:`~kl_retrievers.store._base._metadata_list`): numpy scalars and arrays
     and dates become JSON values; what JSON cannot hold (``Decimal``, a set, bytes, NaN...) raises the
-    ``TypeError`` it raises, naming the node, instead of pydantic's silent conversion (or its error).
+    ``TypeError`` it raises, naming the node and its document, instead of pydantic's silent conversion (or
+    its error). A ``uuid.UUID`` or a path becomes its str and an ``Enum`` its value, as pydantic stored them.
+    The metadata copied into the node's relationships (a split node's ``SOURCE``: its document's metadata)
+    is converted the same way.
     """
-    try:
-        (checked,) = _metadata_list([node.metadata], 1)
-    except (TypeError, ValueError) as exc:
-        message = str(exc).replace("metadatas[0]", f"the metadata of node {node.node_id!r:.80}")
-        if "is not JSON-serialisable" in message:
-            message += " (stores keep metadata as JSON, which cannot serialize it: convert the value or drop the key)"
-        raise type(exc)(message) from None
-    return node.model_copy(update={"metadata": checked})  # even when equal: np.float32(1) == 1.0, but pydantic fails
+    whose = f"node {node.node_id!r:.80}"
+    if node.ref_doc_id is not None:
+        whose += f" (document {node.ref_doc_id!r:.80})"
+    checked = _checked_metadata(node.metadata, whose)
+    relationships: dict[Any, Any] = {}
+    for kind, related in node.relationships.items():
+        infos = related if isinstance(related, list) else [related]
+        copies = [
+            info.model_copy(
+                update={"metadata": _checked_metadata(info.metadata, f"{whose}'s related node {info.node_id!r:.80}")}
+            )
+            if info.metadata
+            else info
+            for info in infos
+        ]
+        relationships[kind] = copies if isinstance(related, list) else copies[0]
+    # even when equal: np.float32(1) == 1.0, but pydantic fails
+    return node.model_copy(update={"metadata": checked, "relationships": relationships})
 
 
 def _object_serialises(node: IndexNode) -> bool:

@@ -6,7 +6,12 @@ from __future__ import annotations
 import asyncio
 import datetime
 import decimal
+import os
+import re
+import uuid
 import warnings
+from enum import Enum
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -181,3 +186,102 @@ def test_query_warns_about_keywords_it_ignores(encoder: GaussianEncoder) -> None
         warnings.simplefilter("error")
         vs.query(query, mmr_threshold=0.5, mmr_prefetch_k=3)  # what it reads: no warning
         asyncio.run(vs.aquery(query, mmr_prefetch_factor=2))
+
+
+# ------------------------------------------------------------------ 7. uuid, path and Enum metadata
+class _Colour(Enum):
+    RED = "red"
+
+
+def test_add_stores_uuid_path_and_enum_metadata_as_pydantic_did(encoder: GaussianEncoder) -> None:
+    key = uuid.UUID(int=1)
+    meta = {"u": key, "p": Path("/tmp/x"), "e": _Colour.RED, "nested": {"p": [PurePosixPath("a/b"), _Colour.RED]}}
+    vs = KLVectorStore(encoder=encoder)
+    vs.add([TextNode(text="the cat", id_="m", metadata=meta)])
+    stored = vs.get_nodes(["m"])[0].metadata
+    assert stored == {"u": str(key), "p": "/tmp/x", "e": "red", "nested": {"p": ["a/b", "red"]}}
+    assert meta["p"] == Path("/tmp/x")  # the input node is not modified
+
+
+def test_documents_numpy_metadata_reaches_the_store(encoder: GaussianEncoder) -> None:
+    from llama_index.core import Document, StorageContext, VectorStoreIndex
+
+    vs = KLVectorStore(encoder=encoder)
+    doc = Document(text="the cat sat on the mat", id_="d1", metadata={"score": np.float32(0.5), "file": Path("a.txt")})
+    VectorStoreIndex.from_documents(
+        [doc], storage_context=StorageContext.from_defaults(vector_store=vs), embed_model=KLEmbedding(encoder=encoder)
+    )
+    (node,) = vs.get_nodes()
+    assert node.metadata == {"score": 0.5, "file": "a.txt"}
+    assert node.source_node is not None and node.source_node.metadata == {"score": 0.5, "file": "a.txt"}
+    assert node.ref_doc_id == "d1"
+
+
+def test_refused_metadata_names_the_document(encoder: GaussianEncoder) -> None:
+    from llama_index.core import Document, StorageContext, VectorStoreIndex
+
+    vs = KLVectorStore(encoder=encoder)
+    doc = Document(text="the cat sat on the mat", id_="d1", metadata={"p": decimal.Decimal("1.5")})
+    with pytest.raises(TypeError, match=r"the metadata of node '[^']+' \(document 'd1'\) is not JSON-serialisable"):
+        VectorStoreIndex.from_documents(
+            [doc],
+            storage_context=StorageContext.from_defaults(vector_store=vs),
+            embed_model=KLEmbedding(encoder=encoder),
+        )
+    assert len(vs.kl_store) == 0
+
+
+# ------------------------------------------------------------------ 8. ids that are not str
+@pytest.mark.parametrize(("bad", "shown"), [(2, "int 2"), (2.0, "float 2.0"), (b"a", "bytes b'a'")])
+def test_non_str_ids_in_lists_are_refused_not_coerced(encoder: GaussianEncoder, bad: Any, shown: str) -> None:
+    vs = KLVectorStore(encoder=encoder)
+    vs.add([TextNode(text=t, id_=i) for t, i in [("the cat", "2"), ("a dog", "2.0"), ("tea", "b'a'")]])
+    with pytest.raises(TypeError, match=rf"node_ids\[1\] must be a str; got {re.escape(shown)}"):
+        vs.delete_nodes(["x", bad])
+    with pytest.raises(TypeError, match=rf"node_ids\[0\] must be a str; got {re.escape(shown)}"):
+        vs.get_nodes([bad])
+    with pytest.raises(TypeError, match=rf"doc_ids\[0\] must be a str; got {re.escape(shown)}"):
+        KLRetriever(vs, doc_ids=[bad])
+    assert sorted(vs.kl_store.ids) == ["2", "2.0", "b'a'"]
+
+
+# ------------------------------------------------------------------ 9. warning locations and -W error
+def test_ignored_query_keyword_warns_at_the_callers_line(encoder: GaussianEncoder) -> None:
+    from llama_index.core import StorageContext, VectorStoreIndex
+
+    vs = KLVectorStore(encoder=encoder)
+    nodes = [TextNode(text=t, id_=str(i)) for i, t in enumerate(TEXTS)]
+    index = VectorStoreIndex(
+        nodes, storage_context=StorageContext.from_defaults(vector_store=vs), embed_model=KLEmbedding(encoder=encoder)
+    )
+    for run in (
+        lambda: index.as_retriever(vector_store_kwargs={"top_k": 2}).retrieve("cat"),
+        lambda: asyncio.run(index.as_retriever(vector_store_kwargs={"top_k": 2}).aretrieve("cat")),
+    ):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            run()
+        (ours,) = [w for w in seen if "ignores the keyword" in str(w.message)]
+        assert os.path.abspath(ours.filename) == os.path.abspath(__file__), (ours.filename, ours.lineno)
+
+
+def test_incompatible_store_warning_raises_again_under_the_error_filter(encoder: GaussianEncoder) -> None:
+    from llama_index.core import StorageContext, VectorStoreIndex
+    from llama_index.core.vector_stores import SimpleVectorStore
+
+    embedding = KLEmbedding(encoder=encoder)
+
+    def build() -> None:
+        context = StorageContext.from_defaults(vector_store=SimpleVectorStore())
+        VectorStoreIndex([TextNode(text="the cat")], storage_context=context, embed_model=embedding)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="KLEmbedding used with")
+        for _ in range(2):  # the second time too: the once-guard counts only a warning that was shown
+            with pytest.raises(UserWarning, match="SimpleVectorStore"):
+                build()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        build()
+        build()
+    assert len([w for w in seen if "KLEmbedding used with" in str(w.message)]) == 1

@@ -263,3 +263,108 @@ def test_warnings_tolerate_frames_outside_any_module(store: KLVectorStore) -> No
     code = compile("seen.extend(recorded(lambda: store.similarity_search('cat', filtr=1)))", HERE, "exec")
     exec(code, {"seen": seen, "recorded": recorded, "store": store})
     assert_here(seen, "similarity_search ignores")
+
+
+# ------------------------------------------------------------------ LangChain's own keywords, async methods, -W error
+def test_langchain_index_and_add_documents_batch_size_do_not_warn(store: KLVectorStore) -> None:
+    from langchain_core.indexing import InMemoryRecordManager, aindex, index
+
+    docs = [Document(page_content=f"text {i}", metadata={"source": f"s{i}"}) for i in range(3)]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*ignores the keyword")  # LangChain passes batch_size
+        manager = InMemoryRecordManager("sync")
+        manager.create_schema()
+        assert index(docs, manager, store, cleanup="full", key_encoder="sha256")["num_added"] == 3
+        manager = InMemoryRecordManager("async")
+        manager.create_schema()
+        result = asyncio.run(
+            aindex(docs, manager, store, cleanup="incremental", source_id_key="source", key_encoder="sha256")
+        )
+        assert result["num_skipped"] + result["num_added"] + result["num_updated"] == 3
+        assert len(store.add_documents([Document(page_content="x", id="x")], batch_size=64)) == 1
+        assert len(asyncio.run(store.aadd_documents([Document(page_content="y", id="y")], batch_size=64))) == 1
+    assert store.get_by_ids(["x", "y"])[1].page_content == "y"
+
+
+ASYNC_IGNORED: dict[str, tuple[Callable[[KLVectorStore], Any], str]] = {
+    "with_score": (lambda s: s.asimilarity_search_with_score("cat", k=2, filtr=1), "asimilarity_search_with_score"),
+    "by_vector": (
+        lambda s: s.asimilarity_search_by_vector(s.embeddings.embed_query("cat"), k=2, filtr=1),
+        "asimilarity_search_by_vector",
+    ),
+    "mmr": (lambda s: s.amax_marginal_relevance_search("cat", k=2, filtr=1), "amax_marginal_relevance_search"),
+    "mmr_by_vector": (
+        lambda s: s.amax_marginal_relevance_search_by_vector(s.embeddings.embed_query("cat"), k=2, filtr=1),
+        "amax_marginal_relevance_search_by_vector",
+    ),
+    "adelete": (lambda s: s.adelete(["zz"], foo=1), "adelete"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ASYNC_IGNORED))
+def test_async_ignored_keyword_warns_at_the_callers_line_naming_the_async_method(
+    store: KLVectorStore, case: str
+) -> None:
+    call, method = ASYNC_IGNORED[case]
+    seen = recorded(lambda: asyncio.run(call(store)))
+    assert_here(seen, f"KLVectorStore.{method} ignores")
+    assert len([w for w in seen if "ignores the keyword" in str(w.message)]) == 1
+
+
+def test_async_search_keeps_the_filter_and_adelete_refuses_one(store: KLVectorStore) -> None:
+    docs = asyncio.run(store.amax_marginal_relevance_search("cat", k=2, filter={"i": 1}))
+    assert [d.id for d in docs] == ["b"]
+    found = asyncio.run(store.asimilarity_search_with_score("cat", k=4, filter={"i": 2}))
+    assert [d.id for d, _ in found] == ["c"]
+    with pytest.raises(TypeError, match="adelete deletes by id and takes no filter"):
+        asyncio.run(store.adelete(["a"], filter={"i": 0}))
+    assert asyncio.run(store.adelete(["a"])) is True and len(store) == 3
+
+
+def test_worker_thread_warning_falls_back_to_the_line_that_asked(store: KLVectorStore) -> None:
+    import concurrent.futures
+    import linecache
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # the worker's stack: library frames only
+        seen = recorded(lambda: pool.submit(store.similarity_search, "cat", 2, None, filtr=1).result())
+    (ours,) = [w for w in seen if "similarity_search ignores" in str(w.message)]
+    assert ours.filename.endswith(os.path.join("kl_retrievers", "langchain.py"))
+    assert '_warn_ignored(kwargs, "similarity_search"' in linecache.getline(ours.filename, ours.lineno)
+
+
+@pytest.mark.parametrize(
+    ("module", "skipped"),
+    [
+        ("langchain_app", False),
+        ("langchainx.tools", False),
+        ("llama_index_tools", False),
+        ("langchain_core.fake", True),
+        ("langchain_community.fake", True),
+        ("langchain", True),
+        ("llama_index.core.fake", True),
+    ],
+)
+def test_user_packages_named_like_the_frameworks_are_the_users(module: str, skipped: bool) -> None:
+    namespace: dict[str, Any] = {"__name__": module, "user_stacklevel": user_stacklevel}
+    exec("def ask():\n    return user_stacklevel()\n", namespace)
+    assert namespace["ask"]() == (2 if skipped else 1)  # 1: the frame that warns is the user's own
+
+
+def test_user_package_named_langchain_app_gets_the_warning(store: KLVectorStore) -> None:
+    seen: list[Any] = []
+    path = os.path.join(os.path.dirname(HERE), "langchain_app", "__init__.py")  # never written: a name only
+    code = compile("seen.extend(recorded(lambda: store.similarity_search('cat', filtr=1)))", path, "exec")
+    exec(code, {"__name__": "langchain_app", "seen": seen, "recorded": recorded, "store": store})
+    (ours,) = [w for w in seen if "similarity_search ignores" in str(w.message)]
+    assert ours.filename == path
+
+
+def test_incompatible_store_warning_raises_again_under_the_error_filter(encoder: Any) -> None:
+    embeddings = KLEmbeddings(encoder)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="KLEmbeddings used with")
+        for _ in range(2):  # the second time too: the once-guard counts only a warning that was shown
+            with pytest.raises(UserWarning, match="InMemoryVectorStore"):
+                InMemoryVectorStore.from_texts(TEXTS, embeddings)
+    assert len([w for w in recorded(lambda: InMemoryVectorStore.from_texts(TEXTS, embeddings))]) == 1
+    assert recorded(lambda: InMemoryVectorStore.from_texts(TEXTS, embeddings)) == []
