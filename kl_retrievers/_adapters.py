@@ -487,7 +487,8 @@ async def cancellable_write(fn: Callable[..., _T], /, *args: Any, **kwargs: Any)
     documents later, possibly over a newer write of the same ids. Here a cancellation (``asyncio.wait_for``'s
     timeout too) sets a flag that the write reads (:func:`write_cancelled`) after encoding, before it takes the
     store's write lock: from then on it writes nothing, as LangChain's ``InMemoryVectorStore`` does. A write
-    already past that point (it holds the lock) completes.
+    already past that point (waiting for the lock behind another write, or holding it) completes, possibly
+    after the cancelled caller has returned.
     """
     cancelled = threading.Event()
     token = _WRITE_CANCELLED.set(cancelled)  # asyncio.to_thread copies this context into the worker thread

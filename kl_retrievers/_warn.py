@@ -26,7 +26,8 @@ __all__ = ["user_stacklevel", "warn"]
 #: user's own ``langchain_app`` or ``llama_index_tools`` package is not taken for the framework. LangChain's
 #: core packages and its partner packages that call embeddings and vector stores (the names their
 #: distributions install); ``llama_index`` is one namespace package (``llama_index.core``,
-#: ``llama_index.vector_stores.*``...), ``llama_index_instrumentation`` wraps its retrievers' calls.
+#: ``llama_index.vector_stores.*``...), ``llama_index_instrumentation`` wraps its retrievers' calls. LlamaIndex's
+#: ``workflows`` package is left out: its name is too common not to be a user's own.
 FRAMEWORK_PACKAGES = frozenset(
     {
         "langchain",
@@ -34,6 +35,9 @@ FRAMEWORK_PACKAGES = frozenset(
         "langchain_community",
         "langchain_classic",
         "langchain_text_splitters",
+        "langchain_tests",
+        "langchain_protocol",
+        "langgraph",
         "langchain_experimental",
         "langchain_chroma",
         "langchain_elasticsearch",
@@ -48,6 +52,7 @@ FRAMEWORK_PACKAGES = frozenset(
         "langchain_weaviate",
         "llama_index",
         "llama_index_instrumentation",
+        "llama_agents",
     }
 )
 #: Top-level modules whose frames a warning skips.

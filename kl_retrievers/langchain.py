@@ -2719,10 +2719,16 @@ class _ConfidenceRetriever(BaseRetriever):
         :meth:`_get_relevant_documents` takes them. The search runs in a worker thread; an abstention is
         sent afterwards on the caller's event loop, through the async run manager, so an async callback
         handler runs there (awaiting the caller's queues, as ``astream_events`` does), as for a native async
-        retriever.
+        retriever. A subclass that overrides :meth:`_get_relevant_documents` (and not this method) has its
+        override run in the worker thread, as LangChain's default async path runs it.
         """
         from langchain_core.runnables.config import run_in_executor
 
+        if type(self)._get_relevant_documents is not _ConfidenceRetriever._get_relevant_documents:
+            # a subclass's own sync retrieval: run it, as LangChain's default async path does
+            return await run_in_executor(
+                None, self._get_relevant_documents, query, run_manager=run_manager.get_sync(), **kwargs
+            )
         documents, abstention = await run_in_executor(None, self._search_documents, query, **kwargs)
         if abstention is not None:
             try:

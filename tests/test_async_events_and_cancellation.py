@@ -347,3 +347,22 @@ async def test_llama_index_hybrid_cancelled_async_add_nodes_writes_nothing() -> 
             encoder.gate.set()
         await within(drain(loop))
     assert retriever.store.ids == ["cat"]
+
+
+@pytest.mark.parametrize("kind", ["dense", "hybrid"])
+async def test_a_subclass_overriding_the_sync_retrieval_is_used_by_ainvoke_and_abatch(kind: str) -> None:
+    """A user subclass that post-filters in ``_get_relevant_documents`` gets the same answer through ``ainvoke``."""
+    embeddings = KLEmbeddings(encoder=make_tiny_encoder())
+    base = KLRetriever if kind == "dense" else KLHybridRetriever
+
+    class KeepOne(base):  # type: ignore[valid-type, misc]
+        def _get_relevant_documents(self, query: str, *, run_manager: Any, **kwargs: Any) -> list[Document]:
+            return super()._get_relevant_documents(query, run_manager=run_manager, **kwargs)[:1]
+
+    if kind == "dense":
+        retriever = KeepOne.from_store(KLVectorStore.from_texts(HYBRID_TEXTS, embeddings), k=3)
+    else:
+        retriever = KeepOne.from_texts(HYBRID_TEXTS, embeddings, k=3)
+    assert len(retriever.invoke(HYBRID_TEXTS[0])) == 1
+    assert len(await within(retriever.ainvoke(HYBRID_TEXTS[0]))) == 1
+    assert [len(d) for d in await within(retriever.abatch([HYBRID_TEXTS[0], HYBRID_TEXTS[1]]))] == [1, 1]
