@@ -143,6 +143,21 @@ def write_tiny_shared_backbone(root: Path) -> tuple[GaussianEncoder, Path, Path]
     return enc, model_dir, graph_dir
 
 
+@pytest.fixture
+def no_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ``HOME`` and no password-database entry: ``~`` cannot be expanded (``Path.expanduser`` raises)."""
+    import pwd
+
+    for name in ("HOME", "XDG_CACHE_HOME", "KL_RETRIEVERS_CACHE", "KL_RETRIEVERS_DATASET_CACHE", "KL_RETRIEVERS_DATA"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_entry(uid: int) -> Any:
+        raise KeyError(uid)
+
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    assert os.path.expanduser("~") == "~"
+
+
 @pytest.fixture(autouse=True)
 def _fresh_filter_warnings() -> Iterator[None]:
     """Each test starts with the date filter's once-per-process warnings unsaid (no test depends on another's)."""

@@ -12,12 +12,10 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import pwd
 import stat
 import sys
 import unicodedata
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -33,19 +31,6 @@ def _kl_store() -> KLStore:
     store = KLStore()
     store.add(["a", "b"], gaussians=random_gaussians(2, 4), ids=["a", "b"])
     return store
-
-
-@pytest.fixture
-def no_home(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No ``HOME`` and no password-database entry: ``~`` cannot be expanded (``Path.expanduser`` raises)."""
-    for name in ("HOME", "XDG_CACHE_HOME", "KL_RETRIEVERS_CACHE", "KL_RETRIEVERS_DATASET_CACHE", "KL_RETRIEVERS_DATA"):
-        monkeypatch.delenv(name, raising=False)
-
-    def no_entry(uid: int) -> Any:
-        raise KeyError(uid)
-
-    monkeypatch.setattr(pwd, "getpwuid", no_entry)
-    assert os.path.expanduser("~") == "~"
 
 
 # ------------------------------------------------------------------ 1. only user-facing saves follow a link

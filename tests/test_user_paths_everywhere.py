@@ -89,21 +89,6 @@ ENTRY_POINTS: dict[str, tuple[Callable[[str], Any], type[BaseException]]] = {
 }
 
 
-@pytest.fixture
-def no_home(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No ``HOME`` and no password-database entry: ``~`` cannot be expanded (``Path.expanduser`` raises)."""
-    import pwd
-
-    for name in ("HOME", "XDG_CACHE_HOME", "KL_RETRIEVERS_CACHE", "KL_RETRIEVERS_DATASET_CACHE", "KL_RETRIEVERS_DATA"):
-        monkeypatch.delenv(name, raising=False)
-
-    def no_entry(uid: int) -> Any:
-        raise KeyError(uid)
-
-    monkeypatch.setattr(pwd, "getpwuid", no_entry)
-    assert os.path.expanduser("~") == "~"
-
-
 @pytest.mark.parametrize("entry", list(ENTRY_POINTS))
 def test_a_missing_tilde_path_of_no_user_is_not_found(
     entry: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
