@@ -1392,9 +1392,12 @@ def write_trec_run(path: str | os.PathLike[str], run: Mapping[str, Mapping[str, 
     The file is written atomically (a failed write leaves a previous file whole) and its parent
     folders are created. Scores are written as Python floats (``0.5``, also for numpy scalars).
 
+    The tag's whitespace and control characters are replaced with ``_`` (an empty tag is ``run``).
+
     Raises:
-        ValueError: A query or document id that is empty or contains whitespace or a control character
-            (:func:`check_trec_ids`), or a score that is not a finite number (naming the query and
+        ValueError: A query or document id that is empty or contains whitespace, a control character
+            or a lone surrogate (:func:`check_trec_ids`), a tag holding a lone surrogate (``"\\ud800"``,
+            which UTF-8 cannot encode), or a score that is not a finite number (naming the query and
             document); nothing is written then.
 
     Examples:
@@ -1413,6 +1416,12 @@ def write_trec_run(path: str | os.PathLike[str], run: Mapping[str, Mapping[str, 
                 raise ValueError(
                     f"run: query {qid!r}, document {doc!r} has score {score}; a TREC run holds finite numbers only"
                 )
+    bad = next((c for c in tag if unicodedata.category(c) == "Cs"), None)
+    if bad is not None:  # from a name decoded with errors="surrogateescape": the file could not be written
+        raise ValueError(
+            f"run tag {tag!r} contains {_BAD_ID['Cs']} ({bad!r}); a run file's tag holds characters UTF-8 can "
+            "encode (its whitespace and control characters are written as '_')"
+        )
     tag = "".join("_" if unicodedata.category(c) == "Cc" else c for c in "_".join(tag.split())) or "run"
     with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8") as fh:  # parents created; no torn file
         for qid, docs in run.items():

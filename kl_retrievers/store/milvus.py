@@ -148,6 +148,7 @@ from kl_retrievers.store._base import (
     SearchResult,
     StoredDocument,
     _check_store_args,
+    _check_utf8,
     _identity_encoder,
     _NewDocuments,
     _refuse_model_name,
@@ -351,6 +352,19 @@ def _id_filter(ids: Sequence[str]) -> str:
         id in ["O'Brien", "c\\d"]
     """
     return "id in [" + ", ".join(_string_literal(i) for i in ids) + "]"
+
+
+def _check_sendable_ids(ids: Sequence[str], method: str) -> None:
+    """Refuse, as ``add`` refuses it (:func:`~kl_retrievers.store._base._check_utf8`), an id that cannot be sent to
+    Milvus: one holding a lone surrogate, which UTF-8 cannot encode (pymilvus raised a bare ``MilvusException``).
+
+    Examples:
+        >>> _check_sendable_ids(["a", "b\\udce9"], "delete")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: delete: id holds a lone surrogate '\\udce9' at character 1, which cannot be saved as UTF-8; ...
+    """
+    for doc_id in ids:
+        _check_utf8(doc_id, f"{method}: id")
 
 
 def _literal(value: Any, where: str) -> str:
@@ -1944,6 +1958,7 @@ class MilvusKLStore(GaussianStore):
             >>> MilvusKLStore(uri=os.path.join(tempfile.mkdtemp(), "kl.db")).delete(["x"]).missing
             ['x']
         """
+        _check_sendable_ids(ids, "delete")  # an empty store too, as add refuses such an id
         if self._dim is None or not ids:
             return DeleteReport(deleted=[], missing=ids)
         with self._lock:
@@ -1982,6 +1997,7 @@ class MilvusKLStore(GaussianStore):
         collection in this process) or another process may (Milvus has no transaction): a row it upserts
         between the query and the delete is deleted by id all the same.
         """
+        _check_sendable_ids(ids or [], "delete")
         with self._lock:
             self._sync()  # dropped, or created or re-created by another client since
             if self._dim is None:
@@ -2026,6 +2042,7 @@ class MilvusKLStore(GaussianStore):
         return out
 
     def _documents(self, ids: list[str]) -> list[StoredDocument]:
+        _check_sendable_ids(ids, "get_by_ids")
         by_id = self._fetch(ids, ["text", "metadata"])
         return [StoredDocument(i, by_id[i]["text"], dict(by_id[i]["metadata"] or {})) for i in ids if i in by_id]
 
@@ -2034,6 +2051,7 @@ class MilvusKLStore(GaussianStore):
 
         Variances within about 1e-7 relative; means too, except in a centred L2 collection: within about
         ``1e-7 * |mu - centre|`` there (docs/milvus.md, *Recovered Gaussians*)."""
+        _check_sendable_ids(ids, "get_gaussians")
         with self._lock:
             self._sync()  # the centre of a collection re-created (or first filled) by another client
         by_id = self._fetch(ids, ["vector"])

