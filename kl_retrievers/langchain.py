@@ -2253,7 +2253,10 @@ class KLVectorStore(VectorStore):
         (named indexes, files of yours) is moved, replaced or changed. :meth:`load_local` uses
         ``langchain.json`` only when its ``save_id`` is the copy's, so a concurrent save or load of
         the same folder never pairs one save's documents with another's settings, and a save that
-        fails part-way leaves the previous copy whole.
+        fails part-way leaves the previous copy whole. A symbolic link given as the folder (``current ->
+        v3``, or a link above it) is followed, as :meth:`KLStore.save` follows one: it is resolved once,
+        before anything is written, and both parts go into ``v3`` (the link is kept), even if the link
+        is re-pointed during the save.
 
         Args:
             folder_path: The folder.
@@ -2274,9 +2277,12 @@ class KLVectorStore(VectorStore):
         folder = _index_folder(parent, index_name)
         for link in (parent, folder):  # a dangling link is followed as a new path, as KLStore.save follows it
             check_dangling_link(link)
+        # a link (current -> v3, at the folder or above it) is resolved once, here, as KLStore.save resolves it:
+        # the folder judged below is the one both parts are written into, even if the link is re-pointed meanwhile
+        real = Path(os.path.realpath(folder))
         if parent.exists() and not parent.is_dir():
             raise ValueError(f"{parent} exists and is not a folder")
-        if folder.exists() and not folder.is_dir():
+        if real.exists() and not real.is_dir():
             raise ValueError(f"{folder} exists and is not a folder")
         if not callable(getattr(self.store, "save", None)):
             raise NotImplementedError(
@@ -2285,7 +2291,7 @@ class KLVectorStore(VectorStore):
             )
         # a folder that holds only other named indexes (save_local(folder, index_name=...)) takes the default one;
         # the temporary copies of a save running (or killed) and a named index being saved do not count as foreign
-        if folder.is_dir() and not _written_by_save_local(folder):
+        if real.is_dir() and not _written_by_save_local(real):
             raise ValueError(f"{folder} is not empty and was not written by KLVectorStore.save_local; refusing")
         if not isinstance(self.relevance, str):
             logger.warning(
@@ -2314,9 +2320,9 @@ class KLVectorStore(VectorStore):
         }
         # Only klstore/, with a copy of the manifest inside it, is swapped in (at once); langchain.json is written
         # after it. The folder's other entries (named indexes, the user's files) are never touched.
-        make_dirs(os.path.realpath(folder))  # each new folder synced into its parent, as atomic_dir does for its own
-        save_store_with_manifest(self.store, folder / _STORE_DIR, _INNER_MANIFEST, manifest)
-        write_manifest(folder / _MANIFEST, manifest)
+        make_dirs(real)  # each new folder synced into its parent, as atomic_dir does for its own
+        save_store_with_manifest(self.store, real / _STORE_DIR, _INNER_MANIFEST, manifest)
+        write_manifest(real / _MANIFEST, manifest)
         logger.info("saved KLVectorStore (%d documents) to %s", len(self.store), folder)
         return folder
 

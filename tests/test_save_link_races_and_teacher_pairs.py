@@ -6,9 +6,10 @@
   left behind (:func:`teacher_identity` names the pair version). Both texts were also tokenized whole to count them.
 * Saves through a link judged the link's target, then :func:`~kl_retrievers._io.atomic_dir` resolved the link
   again: a link re-pointed in between replaced a folder that was never judged. It is resolved once now.
-* ``train --resume --checkpoint-dir LINK`` needed ``--overwrite``; the ONNX cache read a link (or another model's
-  export) at an entry; ``export_onnx`` wrote into the cache through a plain path or a linked parent; a link inside
-  the folder it points to (``cur -> .``) replaced its own folder; lone surrogates passed the TREC id check.
+* ``train --resume --checkpoint-dir LINK`` needs ``--overwrite`` as a new run does (it was let through for a while,
+  and its first checkpoint then replaced the link); the ONNX cache read a link (or another model's export) at an
+  entry; ``export_onnx`` wrote into the cache through a plain path or a linked parent; a link inside the folder it
+  points to (``cur -> .``) replaced its own folder; lone surrogates passed the TREC id check.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import heads_cached_train_argv, make_tiny_encoder, make_train_world, random_gaussians
+from conftest import make_tiny_encoder, random_gaussians
 
 MINILM_TOKENIZER = Path(__file__).resolve().parents[1] / "kl_retrievers/pretrained/minilm-unit-variance/tokenizer.json"
 
@@ -306,33 +307,25 @@ def test_the_onnx_cache_does_not_read_another_models_export_at_an_entry(
 
 
 # ------------------------------------------------------------------ 4: --resume through a linked checkpoint folder
-def test_resume_through_a_linked_checkpoint_dir_needs_no_overwrite(tmp_path: Path) -> None:
+# (since F1, a link there is refused with --resume as without it, as docs/cli.md says: its checkpoints would replace
+# the link, not the folder it points to; the runs are in test_f1_save_local_and_resume_links.py)
+def test_resume_through_a_linked_checkpoint_dir_is_refused_as_a_new_run(tmp_path: Path) -> None:
     from kl_retrievers.training.cli import check_checkpoint_dir
 
     (tmp_path / "ck").mkdir()
     (tmp_path / "ck" / "state.json").write_text("{}")
     (tmp_path / "ck-link").symlink_to("ck")
     link = os.fspath(tmp_path / "ck-link")
-    assert check_checkpoint_dir(link, tmp_path / "out", [], resume=True) == tmp_path / "ck-link"
+    with pytest.raises(ValueError, match=r"symbolic link.*pass that folder: --checkpoint-dir .*ck$"):
+        check_checkpoint_dir(link, tmp_path / "out", [], resume=True)
     with pytest.raises(ValueError, match="symbolic link"):  # a new run replaces the link: --overwrite
         check_checkpoint_dir(link, tmp_path / "out", [])
+    assert check_checkpoint_dir(link, tmp_path / "out", [], resume=True, overwrite=True) == tmp_path / "ck-link"
+    assert check_checkpoint_dir(os.fspath(tmp_path / "ck"), tmp_path / "out", [], resume=True) == tmp_path / "ck"
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty-link").symlink_to("empty")
     with pytest.raises(ValueError, match="symbolic link"):  # no checkpoint to resume from through it
         check_checkpoint_dir(os.fspath(tmp_path / "empty-link"), tmp_path / "out", [], resume=True)
-
-
-def test_train_resume_through_a_linked_checkpoint_dir_runs_without_overwrite(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from kl_retrievers.cli import main
-
-    world = make_train_world(tmp_path)
-    assert main(heads_cached_train_argv(world, tmp_path / "m1", "--checkpoint-dir", os.fspath(tmp_path / "ck"))) == 0
-    (tmp_path / "ck-link").symlink_to("ck")
-    argv = heads_cached_train_argv(world, tmp_path / "m2", "--checkpoint-dir", os.fspath(tmp_path / "ck-link"))
-    assert main([*argv, "--resume"]) == 0, capsys.readouterr().err
-    assert (tmp_path / "m2" / "config.json").is_file()
 
 
 # ------------------------------------------------------------------ 8: lone surrogates in ids

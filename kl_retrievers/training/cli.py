@@ -547,8 +547,8 @@ def check_checkpoint_dir(
     resolved ``--out``) is always refused; a non-empty folder that is not a training checkpoint (no
     ``state.json``) needs ``overwrite`` (``--overwrite``). A new folder, an empty one or an earlier
     checkpoint (what ``--resume`` reads) is fine. A symbolic link is replaced by the first checkpoint, not
-    followed, so it needs ``overwrite``, unless ``resume`` continues from the checkpoint it points to (as
-    ``train_encoder(..., resume=True)`` does).
+    followed, so it needs ``overwrite``, with ``resume`` too (as ``train_encoder(..., resume=True)`` refuses
+    it): the refusal of a resume names the folder the link points to, which ``--checkpoint-dir`` may name instead.
 
     Returns:
         The folder to pass to the trainer (``~`` expanded; not resolved, so a link is replaced, not followed).
@@ -580,9 +580,7 @@ def check_checkpoint_dir(
             "the checkpoint. Choose a folder beside --out (the default is <--out>.checkpoint)"
         )
     check_output_path(target, flag, folder=True)
-    if resume and folder.is_symlink() and _is_checkpoint(folder):
-        return folder  # --resume reads the checkpoint the link names; --overwrite is not needed (nor lifted)
-    try:
+    try:  # a link is judged alike with --resume: its checkpoints would replace the link, not write where it points
         check_replace_target(
             folder,
             is_ours=_is_checkpoint,
@@ -591,7 +589,10 @@ def check_checkpoint_dir(
             flag="--overwrite",
         )
     except ValueError as exc:
-        raise ValueError(f"{flag} {given}: {exc}") from None
+        hint = ""
+        if resume and folder.is_symlink():
+            hint = f"; to resume from the checkpoint the link points to, pass that folder: --checkpoint-dir {target}"
+        raise ValueError(f"{flag} {given}: {exc}{hint}") from None
     return folder
 
 

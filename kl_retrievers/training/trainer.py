@@ -609,15 +609,18 @@ def _record_evaluations(folder: Path, evaluations: list[dict[str, Any]]) -> None
         tmp.write_text(json.dumps(meta, indent=1, allow_nan=False) + "\n")
 
 
-def check_checkpoint_folder(folder: Path, *, overwrite: bool = False) -> None:
+def check_checkpoint_folder(folder: Path, *, overwrite: bool = False, resume: bool = False) -> None:
     """Refuse a ``checkpoint_dir`` that a checkpoint would replace although it holds something else.
 
     Each checkpoint replaces its folder as a whole (:func:`~kl_retrievers._io.atomic_dir`): a new path, an empty
     folder or an earlier checkpoint (a ``state.json``) is fine; any other folder (the training data, a user's
-    files) only with ``overwrite``. A resume checks its checkpoint instead (:func:`_checked_checkpoint`).
+    files) only with ``overwrite``. A symbolic link there is never followed: the first checkpoint would replace
+    the link itself, so it is refused unless ``overwrite`` (which replaces it, leaving the folder it points to as
+    it was), for a resume (``resume``, whose checkpoint :func:`_checked_checkpoint` checks first) as for a new run.
 
     Raises:
-        ValueError: Names the folder, a few of its entries, and how to proceed.
+        ValueError: Names the folder, a few of its entries, and how to proceed (for a resume through a link, the
+            folder it points to, which a resume may be given instead).
 
     Examples:
         >>> import tempfile
@@ -637,7 +640,15 @@ def check_checkpoint_folder(folder: Path, *, overwrite: bool = False) -> None:
             flag="overwrite=True",
         )
     except ValueError as exc:
-        raise ValueError(f"checkpoint_dir {folder}: each checkpoint replaces the folder as a whole: {exc}") from None
+        hint = ""
+        if resume and folder.is_symlink():
+            hint = (
+                f"; to resume from the checkpoint the link points to, pass that folder, checkpoint_dir="
+                f"{os.fspath(os.path.realpath(folder))!r}"
+            )
+        raise ValueError(
+            f"checkpoint_dir {folder}: each checkpoint replaces the folder as a whole: {exc}{hint}"
+        ) from None
 
 
 def _check_inputs(ts: Any, cfg: Any) -> None:
@@ -1859,7 +1870,16 @@ def _optimise(
     losses: list[float] = []
     stopped = "finished"
     step = start
-    bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not progress_enabled(cfg.show_progress), unit="step")
+    # leave=None, the rule of the package's other bars (progress_bar): the finished bar's line is kept only when no
+    # other bar is open (a bar nested in a caller's loop clears its line instead of leaving a stale one)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=start,
+        desc=desc,
+        disable=not progress_enabled(cfg.show_progress),
+        unit="step",
+        leave=None,
+    )
     try:
         for step in range(start, cfg.steps):
             opt.zero_grad(set_to_none=True)
@@ -2047,8 +2067,9 @@ def train_encoder(
         ts: Training data (a :class:`~kl_retrievers.training.TrainingSet`).
         cfg: Recipe (a :class:`TrainConfig`).
         checkpoint_dir: Where checkpoints go (``None``: none). Each checkpoint replaces the folder as a whole:
-            a non-empty folder that is not a checkpoint is refused (``ValueError``) before anything runs, unless
-            ``overwrite``.
+            a non-empty folder that is not a checkpoint, or a symbolic link (never followed: the first checkpoint
+            would replace the link itself), is refused (``ValueError``) before anything runs, unless ``overwrite``;
+            with ``resume`` too (give the folder the link points to instead).
         resume: Continue from the checkpoint in ``checkpoint_dir``; refused (``ValueError``) when there is no
             ``checkpoint_dir`` or it holds no checkpoint, and when the checkpoint was written with another recipe
             (anything but ``steps``, ``time_budget_s``, ``checkpoint_every``, ``show_progress``, ``device``),
@@ -2066,7 +2087,8 @@ def train_encoder(
             with another evaluator keeps the checkpoint's evaluations, warns naming both evaluators, and counts
             only its own evaluator's as done (a finished checkpoint is evaluated once by it).
         eval_every: Steps between evaluations (0: only at the end).
-        overwrite: Let checkpoints replace a non-empty ``checkpoint_dir`` that is not a checkpoint.
+        overwrite: Let checkpoints replace a non-empty ``checkpoint_dir`` that is not a checkpoint, or a link
+            there (the link itself: the folder it points to is left as it was).
 
     Returns:
         A :class:`TrainResult`.
@@ -2086,8 +2108,8 @@ def train_encoder(
     full_recipe["encoder"]["trainable"] = trainable
     if resume:  # refused (no checkpoint, another recipe) before the encoder moves or the record changes
         _checked_checkpoint(ckpt, full_recipe, cfg.steps)
-    elif ckpt is not None:
-        check_checkpoint_folder(ckpt, overwrite=overwrite)
+    if ckpt is not None:  # a resume's too: its checkpoints replace the folder (a link there is refused, not replaced)
+        check_checkpoint_folder(ckpt, overwrite=overwrite, resume=resume)
     record_recipe = {"mode": "encoder", **trainable}
     encoder.to(device)
     encoder.train()
@@ -2194,8 +2216,8 @@ def train_heads_cached(
         cfg: Recipe (``lr`` around 1e-3 suits the heads).
         cache_dir: Feature cache (see :func:`compute_features`), of the training data and of a
             :class:`RetrievalEvaluator`'s split.
-        checkpoint_dir: Checkpoint folder (a non-empty folder that is not a checkpoint is refused unless
-            ``overwrite``, as in :func:`train_encoder`).
+        checkpoint_dir: Checkpoint folder (a non-empty folder that is not a checkpoint, or a symbolic link, is
+            refused unless ``overwrite``, with ``resume`` too, as in :func:`train_encoder`).
         resume: Continue from its checkpoint (refused when there is none, or when it was written with another
             recipe or other data, as in :func:`train_encoder`).
         query_features: Precomputed features of ``prefixed_queries(encoder, ts.queries)`` (the queries behind
@@ -2230,8 +2252,8 @@ def train_heads_cached(
     full_recipe = training_recipe(cfg, ts, encoder, mode="heads_only_cached", **dict(recipe or {}))
     if resume:  # a resume refused for another recipe is refused before any backbone pass (_optimise checks again)
         _checked_checkpoint(ckpt, full_recipe, cfg.steps)
-    elif ckpt is not None:  # before any backbone pass
-        check_checkpoint_folder(ckpt, overwrite=overwrite)
+    if ckpt is not None:  # before any backbone pass; a resume's too (a link there is refused, not replaced)
+        check_checkpoint_folder(ckpt, overwrite=overwrite, resume=resume)
     record_recipe = {"mode": "heads_only_cached"}
     if query_features is None:  # the prefixed texts, as encode_queries sees them
         query_features = compute_features(
