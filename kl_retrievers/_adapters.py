@@ -45,6 +45,7 @@ __all__ = [
     "RelevanceFn",
     "backend_refusal",
     "cancellable_write",
+    "check_write_ids",
     "encode_for_write",
     "encoder_backend",
     "loads_anywhere",
@@ -513,14 +514,34 @@ def write_cancelled(what: str) -> bool:
     return True
 
 
-def encode_for_write(store: Any, texts: Sequence[str], metadatas: Any) -> Gaussians | None:
+def check_write_ids(ids: Sequence[str] | None) -> list[str] | None:
+    """``ids`` of a write as a list, checked as the stores' ``add`` checks them before it encodes; ``None`` stays.
+
+    An id that is not a ``str``, a lone surrogate in an id (it could not be saved as UTF-8), a repeated id, a set
+    or a dict's ``items()`` view: the store's error, with its message. The async writes call it on the caller's
+    thread, before the worker thread encodes anything: a bad id fails at once, not after the encoding.
+
+    Examples:
+        >>> check_write_ids(["a", "a"])
+        Traceback (most recent call last):
+        ValueError: ids must be unique within one add call; 'a' is at positions 0 and 1
+    """
+    from kl_retrievers.store._base import _check_texts_and_ids
+
+    return None if ids is None else _check_texts_and_ids(None, None, ids)[1]
+
+
+def encode_for_write(
+    store: Any, texts: Sequence[str], metadatas: Any, ids: Sequence[str] | None = None
+) -> Gaussians | None:
     """In a cancellable async write, ``texts`` encoded as ``store.add(texts)`` would encode them; else ``None``.
 
     Encoding first lets the write check :func:`write_cancelled` after the encoding, the long part, before the
     store takes its write lock (``store.add(texts, gaussians=...)`` then encodes nothing). ``None`` (the store
     encodes, as always): outside a cancellable write, with no text, with a store that has no encoder or batch
-    size, or when the call was cancelled already. ``metadatas`` is checked first, as ``store.add`` checks it
-    before encoding (the same errors).
+    size, or when the call was cancelled already. What ``store.add`` checks before it encodes is checked first,
+    with the same errors: the texts, ``ids`` (types, lone surrogates, repeats, their number) and ``metadatas``;
+    a bad id never waits for the encoding.
     """
     if _WRITE_CANCELLED.get() is None or not texts:
         return None
@@ -529,8 +550,9 @@ def encode_for_write(store: Any, texts: Sequence[str], metadatas: Any) -> Gaussi
     encoder = getattr(store, "encoder", None)  # a KLHybridStore's loads the model it was saved with
     if encoder is None or not isinstance(batch_size, int) or write_cancelled("encoding"):
         return None
-    from kl_retrievers.store._base import _metadata_list
+    from kl_retrievers.store._base import _check_texts_and_ids, _metadata_list
 
+    _check_texts_and_ids(texts, None, ids)
     _metadata_list(metadatas, len(texts))
     show = bool(getattr(half, "show_progress_bar", False))
     encoded: Gaussians = encoder.encode_documents(list(texts), batch_size=batch_size, show_progress_bar=show)

@@ -2217,7 +2217,8 @@ class KLHybridStore(_NotCopyable):
             []
         """
         if not isinstance(query, str):
-            raise TypeError(f"query must be a string (BM25 reads it); got {type(query).__name__}")
+            hint = f": {_QUERY_GAUSSIANS_HINT}" if _gaussians_meant(query) else ""
+            raise TypeError(f"query must be a string (BM25 reads it); got {type(query).__name__}{hint}")
         return self.search_batch(
             [query],
             k,
@@ -2522,8 +2523,41 @@ def _documented_pattern(pattern: str) -> bool:
     return False
 
 
+#: What a hybrid store's search says to a query given as Gaussians (BM25 needs the texts).
+_QUERY_GAUSSIANS_HINT = (
+    "a KLHybridStore searches query texts (BM25 ranks their words): pass the texts, and precomputed query "
+    "Gaussians beside them as query_gaussians=Gaussians(mean, var), one per text"
+)
+
+
 def _query_texts(queries: Any) -> list[str]:
-    return check_texts(queries, "queries")
+    """Query texts as a list, read once (a generator too), each checked as ``KLStore.search_batch`` checks them.
+
+    Query Gaussians given as the queries (a ``Gaussians`` batch, an array of means, or a ``(mean, var)`` pair) are
+    refused with a hint to pass the texts and the Gaussians as ``query_gaussians=``, as ``KLStore``'s hint says
+    to wrap arrays as ``Gaussians(mean, var)``.
+
+    Examples:
+        >>> _query_texts((np.zeros((1, 2)), np.ones((1, 2))))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        TypeError: queries[0] is ndarray; every text must be a str: a KLHybridStore searches query texts ...
+    """
+    try:
+        return check_texts(queries, "queries")
+    except TypeError as exc:
+        if _gaussians_meant(queries):
+            raise TypeError(f"{exc}: {_QUERY_GAUSSIANS_HINT}") from None
+        raise
+
+
+def _gaussians_meant(queries: Any) -> bool:
+    """Whether ``queries`` (refused as texts) look like query Gaussians: a ``Gaussians`` batch, an array of numbers
+    (means, or a tensor), or arrays in a list or tuple (``(mean, var)``), as ``KLStore``'s check tells them."""
+    if isinstance(queries, Gaussians):
+        return True
+    if hasattr(queries, "ndim") and getattr(getattr(queries, "dtype", None), "kind", None) != "O":
+        return True
+    return isinstance(queries, (list, tuple)) and any(getattr(q, "ndim", 0) >= 1 for q in queries)
 
 
 def _save_token(path: Path) -> str | None:

@@ -64,6 +64,7 @@ from kl_retrievers._adapters import (
     RelevanceFn,
     backend_refusal,
     cancellable_write,
+    check_write_ids,
     encode_for_write,
     loads_anywhere,
     mmr_select,
@@ -1241,10 +1242,11 @@ def _store_texts(
     """``store.add(items, ids=ids, metadatas=metadatas)``, a refused metadata naming its document id.
 
     In a cancelled async write (:func:`~kl_retrievers._adapters.cancellable_write`) nothing is written: the
-    texts are encoded here first, and the cancellation is checked before the store takes its write lock.
+    texts are encoded here first (after the checks of ``ids`` and ``metadatas`` that ``store.add`` makes before
+    encoding), and the cancellation is checked before the store takes its write lock.
     """
     try:
-        gaussians = encode_for_write(store, items, metadatas)
+        gaussians = encode_for_write(store, items, metadatas, ids)
         if write_cancelled(f"{type(store).__name__}.add"):
             return []
         if gaussians is not None:
@@ -1502,8 +1504,13 @@ class KLVectorStore(VectorStore):
         return {"succeeded": done, "failed": []}
 
     async def aupsert(self, documents: Sequence[Document], ids: list[str] | None = None) -> dict[str, list[str]]:
-        """Async :meth:`upsert`; a cancelled call writes nothing if it can (see :meth:`aadd_texts`)."""
-        return await cancellable_write(self.upsert, documents, ids)
+        """Async :meth:`upsert`; a cancelled call writes nothing if it can, and bad ids fail before anything is
+        encoded (see :meth:`aadd_texts`)."""
+        docs = list(documents)
+        if ids is None:
+            ids = [d.id or uuid.uuid4().hex for d in docs]
+        done = await self.aadd_texts([d.page_content for d in docs], [dict(d.metadata) for d in docs], ids=ids)
+        return {"succeeded": done, "failed": []}
 
     async def aadd_texts(
         self,
@@ -1517,10 +1524,15 @@ class KLVectorStore(VectorStore):
         A cancelled call (``asyncio.wait_for``'s timeout too) writes nothing, as ``InMemoryVectorStore``: the
         worker thread goes on encoding, then stops before the store's write lock; a write that holds the lock
         already completes (:func:`~kl_retrievers._adapters.cancellable_write`). ``aadd_documents`` and
-        :meth:`aupsert` come here too.
+        :meth:`aupsert` come here too. The texts, metadatas and ids are read and checked here, on the caller's
+        thread, as :meth:`add_texts` checks them: a bad id (not a str, repeated, a lone surrogate) fails at once,
+        before anything is encoded.
         """
         _warn_ignored(kwargs, "aadd_texts", "texts, metadatas and ids", accepted=_ADD_KWARGS)
-        return await cancellable_write(self.add_texts, texts, metadatas, ids)
+        items = _check_texts(texts)
+        metadata_list, id_values = _check_add_args(len(items), metadatas, ids)
+        check_write_ids(id_values)
+        return await cancellable_write(self.add_texts, items, metadata_list, id_values)
 
     def delete(self, ids: list[str] | None = None, *, delete_all: bool = False, **kwargs: Any) -> bool | None:
         """Delete documents by id; ids already absent are ignored (idempotent, as ``InMemoryVectorStore``).
@@ -3230,8 +3242,13 @@ class KLHybridRetriever(_ConfidenceRetriever):
 
     async def aadd_documents(self, documents: Iterable[Document], ids: Iterable[str | None] | None = None) -> list[str]:
         """Async :meth:`add_documents` (runs in a worker thread); a cancelled call writes nothing if it can, as
-        :meth:`KLVectorStore.aadd_texts`."""
-        return await cancellable_write(self.add_documents, documents, ids)
+        :meth:`KLVectorStore.aadd_texts`. The documents and ids are read and the ids checked here, on the caller's
+        thread: a bad id fails at once, before anything is encoded."""
+        if isinstance(documents, Iterable) and not isinstance(documents, (str, bytes, Document)):
+            documents = list(documents)  # read once, here (a generator too)
+        texts, _, id_values = _document_fields(documents, ids)
+        _, id_list = _check_add_args(len(texts), None, id_values, "documents")
+        return await cancellable_write(self.add_documents, documents, check_write_ids(id_list))
 
     def delete(self, ids: list[str] | None = None, *, delete_all: bool = False) -> bool:
         """Delete documents from both halves of :attr:`store` by id, as :meth:`KLVectorStore.delete` does.

@@ -102,7 +102,7 @@ from kl_retrievers.gaussian import (
 from kl_retrievers.hybrid import FusionConfig, HybridResult, KLHybridStore, _warn_metadata_keys
 from kl_retrievers.index import KLStore
 from kl_retrievers.store import StoredDocument
-from kl_retrievers.store._base import _metadata_list
+from kl_retrievers.store._base import _check_utf8, _metadata_list
 
 _INSTALL_HINT = (
     'kl_retrievers.llama_index needs llama-index-core; install it with: pip install "kl-retrievers[llama-index]"'
@@ -852,6 +852,8 @@ def _check_query_ids(query: VectorStoreQuery) -> None:
 
 #: The keyword arguments :meth:`KLVectorStore.query` reads (LlamaIndex's ``vector_store_kwargs``).
 _QUERY_KWARGS = ("mmr_threshold", "mmr_prefetch_k", "mmr_prefetch_factor")
+#: What :meth:`KLVectorStore.add` (and ``async_add``) adds to a refusal of its ``nodes`` argument.
+_ADD_HINT = " (KLVectorStore.add takes nodes, as VectorStoreIndex passes them)"
 
 
 def _warn_ignored_query_kwargs(kwargs: Mapping[str, Any], where: str) -> None:
@@ -904,6 +906,19 @@ def _node_list(nodes: Any, what: str, hint: str = "") -> list[BaseNode]:
                 f"{type(node).__name__} ({str(node)[:40]!r}): wrap each text as TextNode(text=text){hint}"
             )
     return node_list
+
+
+def _check_node_ids(nodes: Sequence[BaseNode], what: str = "nodes") -> None:
+    """Refuse, before anything is encoded, a node id the store would refuse: not a ``str`` (a node built with
+    ``model_construct``), or holding a lone surrogate (it could not be saved as UTF-8); the message names the node.
+
+    A repeated id is no error: the last occurrence wins (:func:`_last_occurrences`).
+    """
+    for j, node in enumerate(nodes):
+        node_id = node.node_id
+        if not isinstance(node_id, str):
+            raise TypeError(f"{what}[{j}].node_id must be a str; got {type(node_id).__name__} {node_id!r:.80}")
+        _check_utf8(node_id, f"{what}[{j}].node_id")
 
 
 def _caller_selves(frame: FrameType | None) -> Iterator[dict[str, Any]]:
@@ -1563,19 +1578,54 @@ def _stored_metadata(node: BaseNode, flat_metadata: bool = False, *, remove_text
         raise
 
 
-def _pydantic_json_values(value: Any) -> Any:
+def _pydantic_json_values(value: Any, where: str = "metadatas[0]") -> Any:
     """``value`` with each ``uuid.UUID`` and path as its str and each ``Enum`` as its value, as pydantic's JSON
     mode stored them before 2026-12-06 (a ``Path`` from ``SimpleDirectoryReader(file_metadata=...)``), in
-    nested dicts, lists and tuples too; anything else is left to :func:`_metadata_list`'s check."""
+    nested dicts, lists and tuples too, and as dict keys too (``{uuid: ...}`` as ``{str(uuid): ...}``, as
+    LlamaIndex's own node JSON writes such a key: ``TextNode`` refuses it at construction, not in a dict set or
+    changed later); anything else is left to :func:`_metadata_list`'s check.
+
+    Raises:
+        TypeError: Two keys of one dict that are the same once converted (``uuid`` and ``str(uuid)``, an ``Enum``
+            and its value), naming where (``where``): JSON would keep one of them.
+
+    Examples:
+        >>> _pydantic_json_values({uuid.UUID(int=1): [PurePath("a")]})
+        {'00000000-0000-0000-0000-000000000001': ['a']}
+    """
     if isinstance(value, Enum):
-        return _pydantic_json_values(value.value)
+        return _pydantic_json_values(value.value, where)
     if isinstance(value, (uuid.UUID, PurePath)):
         return str(value)
     if isinstance(value, dict):
-        return {key: _pydantic_json_values(item) for key, item in value.items()}
+        converted = {_pydantic_json_key(key): (key, item) for key, item in value.items()}
+        if len(converted) < len(value):
+            spellings = [_pydantic_json_key(key) for key in value]
+            same = sorted({repr(key) for key, new in zip(value, spellings, strict=True) if spellings.count(new) > 1})
+            raise TypeError(
+                f"{where} has keys that are the same once written as JSON strings: {', '.join(same)} (a UUID or "
+                "path key is written as its str and an Enum key as its value, as LlamaIndex's node JSON writes "
+                "them; rename one of them)"
+            )
+        return {new: _pydantic_json_values(item, f"{where}[{key!r}]") for new, (key, item) in converted.items()}
     if type(value) in (list, tuple):
-        return type(value)(_pydantic_json_values(item) for item in value)
+        return type(value)(_pydantic_json_values(item, f"{where}[{i}]") for i, item in enumerate(value))
     return value
+
+
+def _pydantic_json_key(key: Any) -> Any:
+    """A dict key as pydantic's JSON mode writes it, where that differs from ``json.dumps``: a ``uuid.UUID`` or
+    a path as its str, an ``Enum`` as its value (converted the same way); any other key as it is."""
+    new = key
+    while isinstance(new, Enum):
+        new = new.value
+    if isinstance(new, (uuid.UUID, PurePath)):
+        return str(new)
+    try:
+        hash(new)
+    except TypeError:  # an Enum whose value is a list: no key (JSON refuses the Enum key, as before)
+        return key
+    return new
 
 
 def _checked_metadata(metadata: dict[str, Any], whose: str) -> dict[str, Any]:
@@ -1596,9 +1646,9 @@ def _with_checked_metadata(node: BaseNode) -> BaseNode:
     ``KLStore.add``'s check (:func:`~kl_retrievers.store._base._metadata_list`): numpy scalars and arrays
     and dates become JSON values; what JSON cannot hold (``Decimal``, a set, bytes, NaN...) raises the
     ``TypeError`` it raises, naming the node and its document, instead of pydantic's silent conversion (or
-    its error). A ``uuid.UUID`` or a path becomes its str and an ``Enum`` its value, as pydantic stored them.
-    The metadata copied into the node's relationships (a split node's ``SOURCE``: its document's metadata)
-    is converted the same way.
+    its error). A ``uuid.UUID`` or a path becomes its str and an ``Enum`` its value, as pydantic stored them,
+    as a value or as a dict key (:func:`_pydantic_json_values`). The metadata copied into the node's
+    relationships (a split node's ``SOURCE``: its document's metadata) is converted the same way.
     """
     whose = f"node {node.node_id!r:.80}"
     if node.ref_doc_id is not None:
@@ -2213,7 +2263,8 @@ class KLVectorStore(BasePydanticVectorStore):
         """Note that a :class:`KLEmbedding` found this store on the call stack (``VectorStoreIndex``, an
         ingestion pipeline) and embedded ``vectors`` for it with ``encoder``; :meth:`add` may record that
         encoder as the documents' model (see :meth:`_record_document_encoder`). Noted only while the store
-        is empty and has no encoder; forgotten at each :meth:`add` and when the store is emptied."""
+        is empty and has no encoder; forgotten at each :meth:`add` (but one cancelled before it writes) and when
+        the store is emptied."""
         if self._store.encoder is not None or len(self._store):
             return
         hashes = {_vector_hash(v) for v in vectors}
@@ -2308,59 +2359,68 @@ class KLVectorStore(BasePydanticVectorStore):
             ValueError: A node without an embedding and no encoder, an embedding that is
                 not a KL document vector, or a dimension different from the store's.
         """
-        nodes = _node_list(nodes, "nodes", " (KLVectorStore.add takes nodes, as VectorStoreIndex passes them)")
-        noted = self._forget_document_encoders()  # the encoders that embedded texts for this store, this add's
+        nodes = _node_list(nodes, "nodes", _ADD_HINT)
         if not nodes:
+            self._forget_document_encoders()
             return []
-        ids = [n.node_id for n in nodes]
-        keep = _last_occurrences(ids, "add: %d repeated node id(s) in one call; the last occurrence wins")
-        if not self._warned_reserved:
-            reserved = _reserved_keys_in([nodes[i] for i in keep])
-            if reserved:
-                self._warned_reserved = True
-                _warn_reserved_keys(reserved, "KLVectorStore.add")
-        kept_ids = [ids[i] for i in keep]
-        # before any text is encoded: metadata JSON cannot hold fails first, as in KLStore.add
-        metadatas = [_stored_metadata(nodes[i], self.flat_metadata) for i in keep]
-        missing = [i for i, n in enumerate(nodes) if n.embedding is None]
-        if missing and self.encoder is None and self._saved_encoder() is None:
-            raise ValueError(
-                f"{len(missing)} node(s) have no embedding (first: {nodes[missing[0]].node_id!r}) and this "
-                "KLVectorStore has no encoder to embed them; embed them with KLEmbedding (e.g. "
-                "VectorStoreIndex(..., embed_model=KLEmbedding(...)) or an IngestionPipeline ending in "
-                "KLEmbedding), or create KLVectorStore(encoder=...)"
-            )
-        k = self._store.dim
-        mean = np.zeros((len(nodes), 0))
-        var = np.ones((len(nodes), 0))
-        with_embedding = [i for i, n in enumerate(nodes) if n.embedding is not None]
-        if with_embedding:
-            rows = _as_2d(
-                [nodes[i].embedding for i in with_embedding],
-                "node embeddings",
-                labels=[nodes[i].node_id for i in with_embedding],
-            )
-            g = document_gaussians_from_embeddings(rows)
-            k = g.dim if k is None else k
-            if g.dim != k:
-                raise ValueError(f"node embeddings have k={g.dim} (length {2 * g.dim + 1}); this store has k={k}")
-            mean = np.zeros((len(nodes), k))
-            var = np.ones((len(nodes), k))
-            mean[with_embedding], var[with_embedding] = g.mean, g.var
-        if missing and adapters.write_cancelled("KLVectorStore.async_add"):  # cancelled before encoding
-            return []
-        if missing:
-            texts = [nodes[i].get_content(metadata_mode=MetadataMode.EMBED) for i in missing]
-            g = _encode(self.encoder.encode_documents, texts, self._store.batch_size)
-            k = g.dim if k is None else k
-            if g.dim != k:
-                raise ValueError(f"the encoder gives k={g.dim}; this store has k={k}")
-            if mean.shape[1] != k:
+        # Checked (the ids first), then encoded, then the cancellation checked, then written. Every add forgets the
+        # encoders noted for its nodes (_adopt_document_encoder) except one cancelled before it writes: a retry of
+        # the same embedded nodes may still record their encoder.
+        try:
+            _check_node_ids(nodes)  # before anything is encoded (KLStore.add would refuse them after the encoding)
+            ids = [n.node_id for n in nodes]
+            keep = _last_occurrences(ids, "add: %d repeated node id(s) in one call; the last occurrence wins")
+            if not self._warned_reserved:
+                reserved = _reserved_keys_in([nodes[i] for i in keep])
+                if reserved:
+                    self._warned_reserved = True
+                    _warn_reserved_keys(reserved, "KLVectorStore.add")
+            kept_ids = [ids[i] for i in keep]
+            # before any text is encoded: metadata JSON cannot hold fails first, as in KLStore.add
+            metadatas = [_stored_metadata(nodes[i], self.flat_metadata) for i in keep]
+            missing = [i for i, n in enumerate(nodes) if n.embedding is None]
+            if missing and self.encoder is None and self._saved_encoder() is None:
+                raise ValueError(
+                    f"{len(missing)} node(s) have no embedding (first: {nodes[missing[0]].node_id!r}) and this "
+                    "KLVectorStore has no encoder to embed them; embed them with KLEmbedding (e.g. "
+                    "VectorStoreIndex(..., embed_model=KLEmbedding(...)) or an IngestionPipeline ending in "
+                    "KLEmbedding), or create KLVectorStore(encoder=...)"
+                )
+            k = self._store.dim
+            mean = np.zeros((len(nodes), 0))
+            var = np.ones((len(nodes), 0))
+            with_embedding = [i for i, n in enumerate(nodes) if n.embedding is not None]
+            if with_embedding:
+                rows = _as_2d(
+                    [nodes[i].embedding for i in with_embedding],
+                    "node embeddings",
+                    labels=[nodes[i].node_id for i in with_embedding],
+                )
+                g = document_gaussians_from_embeddings(rows)
+                k = g.dim if k is None else k
+                if g.dim != k:
+                    raise ValueError(f"node embeddings have k={g.dim} (length {2 * g.dim + 1}); this store has k={k}")
                 mean = np.zeros((len(nodes), k))
                 var = np.ones((len(nodes), k))
-            mean[missing], var[missing] = g.mean, g.var
+                mean[with_embedding], var[with_embedding] = g.mean, g.var
+            if missing and adapters.write_cancelled("KLVectorStore.async_add"):  # cancelled before encoding
+                return []
+            if missing:
+                texts = [nodes[i].get_content(metadata_mode=MetadataMode.EMBED) for i in missing]
+                g = _encode(self.encoder.encode_documents, texts, self._store.batch_size)
+                k = g.dim if k is None else k
+                if g.dim != k:
+                    raise ValueError(f"the encoder gives k={g.dim}; this store has k={k}")
+                if mean.shape[1] != k:
+                    mean = np.zeros((len(nodes), k))
+                    var = np.ones((len(nodes), k))
+                mean[missing], var[missing] = g.mean, g.var
+        except BaseException:
+            self._forget_document_encoders()  # a refused add
+            raise
         if adapters.write_cancelled("KLVectorStore.async_add"):  # encoded; the write lock is not taken yet
-            return []
+            return []  # nothing changed: the encoders noted for these nodes stay noted
+        noted = self._forget_document_encoders()  # the encoders that embedded texts for this store, this add's
         before = self._store.write_count
         try:
             if not missing:  # every node embedded: by the KLEmbedding that embedded texts for this store, if any
@@ -2445,9 +2505,12 @@ class KLVectorStore(BasePydanticVectorStore):
         """:meth:`add` in a worker thread (the event loop keeps running while nodes are encoded and added).
 
         A cancelled call writes nothing: the worker thread finishes encoding, then stops before the store's
-        write lock (a write that holds the lock already completes).
+        write lock (a write that holds the lock already completes). The nodes are read and their ids checked
+        here, on the caller's thread: a bad id fails at once, before anything is encoded.
         """
-        return await adapters.cancellable_write(self.add, nodes, **add_kwargs)
+        node_list = _node_list(nodes, "nodes", _ADD_HINT)
+        _check_node_ids(node_list)
+        return await adapters.cancellable_write(self.add, node_list, **add_kwargs)
 
     async def adelete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
         """:meth:`delete` in a worker thread; a call cancelled before it deletes deletes nothing."""
@@ -3538,6 +3601,7 @@ def _add_nodes_to_hybrid(store: KLHybridStore, nodes: Sequence[BaseNode], where:
         [n.node_id for n in node_list], f"{where}: %d repeated node id(s); the last occurrence wins"
     )
     node_list = [node_list[i] for i in keep]
+    _check_node_ids(node_list)  # before anything is encoded or serialised
     reserved = _reserved_keys_in(node_list)
     if reserved and not store._reserved_warned:
         store._reserved_warned = True  # one warning, this one (not KLHybridStore.add's too)
@@ -3547,7 +3611,7 @@ def _add_nodes_to_hybrid(store: KLHybridStore, nodes: Sequence[BaseNode], where:
     metadatas = [_stored_metadata(n, remove_text=False) for n in node_list]
     texts = [_indexed_text(m) for m in metadatas]
     ids = [n.node_id for n in node_list]
-    gaussians = adapters.encode_for_write(store, texts, metadatas)  # None outside a cancellable async write
+    gaussians = adapters.encode_for_write(store, texts, metadatas, ids)  # None outside a cancellable async write
     if adapters.write_cancelled(f"KLHybridRetriever.async_{where}"):  # encoded; the write lock is not taken yet
         return []
     if gaussians is not None:
@@ -3870,9 +3934,12 @@ class KLHybridRetriever(_TopKRetriever):
 
         A cancelled call (``asyncio.wait_for``'s timeout too) writes nothing, as :meth:`KLVectorStore.async_add`:
         the worker thread finishes encoding, then stops before the store's write lock (a write that holds the
-        lock already completes).
+        lock already completes). The nodes are read and their ids checked here, on the caller's thread: a bad id
+        fails at once, before anything is encoded.
         """
-        return await adapters.cancellable_write(self.add_nodes, nodes)
+        node_list = _node_list(nodes, "nodes")
+        _check_node_ids(node_list)
+        return await adapters.cancellable_write(self.add_nodes, node_list)
 
     async def adelete_ref_doc(self, ref_doc_id: str) -> list[str]:
         """:meth:`delete_ref_doc` in a worker thread; a call cancelled before it deletes deletes nothing."""
