@@ -28,6 +28,7 @@ import hashlib
 import importlib
 import logging
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -75,19 +76,43 @@ def source_sha256(folder: str | os.PathLike[str], recipe: str = "") -> str:
     regenerated after its model changed is refused. (Here, below both :mod:`kl_retrievers.onnx` and
     :mod:`kl_retrievers.pretrained`, which use it.)
 
+    The files are read once while they stay as they were: the digest is kept per folder, ``recipe`` and each
+    file's size, modification time, inode and status-change time (as :func:`cached_sha256` keeps a file's), so
+    that the checks of one load (the shipped graph's weights identity, then its source) share one read.
+
     Examples:
         >>> len(source_sha256(BUNDLED_DIR / "minilm-gauss-soup"))
         64
     """
-    h = hashlib.sha256(recipe.encode())
+    stamps: list[tuple[int, int, int, int] | None] = []
     for name in _SOURCE_FILES:
-        file = Path(folder) / name
-        if file.is_file():
+        try:
+            info = (Path(folder) / name).stat()
+        except OSError:  # absent (or unreadable: left out, as a missing file is)
+            stamps.append(None)
+            continue
+        regular = stat.S_ISREG(info.st_mode)
+        stamps.append((info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns) if regular else None)
+    # taken before the files are read: a file changed while it is read changes the next call's stamps
+    return _source_digest(os.fspath(folder), recipe, tuple(stamps))
+
+
+@lru_cache(maxsize=64)
+def _source_digest(folder: str, recipe: str, stamps: tuple[tuple[int, int, int, int] | None, ...]) -> str:
+    """:func:`source_sha256` read from the files (``stamps``: their state when asked, part of the cache key only)."""
+    h = hashlib.sha256(recipe.encode())
+    for name, stamp in zip(_SOURCE_FILES, stamps, strict=True):
+        if stamp is not None:
             h.update(name.encode())
-            with file.open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
+            _hash_file_into(h, Path(folder) / name)
     return h.hexdigest()
+
+
+def _hash_file_into(h: hashlib._Hash, file: Path) -> None:
+    """Feed ``file``'s bytes to the hash ``h``, 1 MiB at a time."""
+    with file.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
 
 
 #: Prefix that names a bundled model explicitly (``kl_retrievers:minilm-gauss-soup``).

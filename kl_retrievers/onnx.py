@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kl_retrievers._config import TOKENIZER_SHA256, check_tokenizer_sha256, model_similarity
+from kl_retrievers._config import _SHA256_HEX, TOKENIZER_SHA256, check_tokenizer_sha256, model_similarity
 from kl_retrievers._encoding import (
     TORCH_EXTRA,
     EncoderMixin,
@@ -152,9 +152,12 @@ class OnnxEncoderConfig:
         model_sha256: SHA-256 of ``model.onnx`` (identifies the weights, e.g. for encoding caches).
         encoder: The source :class:`~kl_retrievers.encoder.GaussianEncoderConfig` as a dictionary.
         external_data_sha256: SHA-256 of each file that holds weights of the graph outside ``model.onnx`` (ONNX
-            external data), by its location as the graph names it; read when the graph is loaded (never saved:
-            empty in an export, and then left out of :meth:`to_dict`), so that what identifies the encoder's
-            weights (:func:`kl_retrievers.encoding_cache.model_fingerprint` hashes this config) covers them too.
+            external data), by its location as the graph names it. An export records them (``onnx.external_data_sha256``
+            in ``config.json``) when its graph has any, and a graph whose ``model_sha256`` is pinned is refused on load
+            unless its external-data files match them, as ``model.onnx`` must match ``model_sha256``: the latter covers
+            the graph file only. Empty for a graph without external data (the usual export), and then left out of
+            :meth:`to_dict`; after a load, the files' own, so that what identifies the encoder's weights
+            (:func:`kl_retrievers.encoding_cache.model_fingerprint` hashes this config) covers them too.
     """
 
     dim: int
@@ -312,6 +315,8 @@ def _export_onnx(
             leftover.unlink(missing_ok=True)
         (tmp / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
         config = _onnx_config(encoder, quantize=quantize, model_sha256=_sha256(tmp / MODEL_FILE))
+        # weights kept outside model.onnx (a graph over 2 GB): pinned too, as model_sha256 pins the graph file
+        config.external_data_sha256 = _external_data_sha256(tmp / MODEL_FILE, f"the export of {encoder.name_or_path!r}")
         meta = {
             "library": "kl_retrievers",
             "library_version": library_version(),
@@ -1310,6 +1315,8 @@ class OnnxGaussianEncoder(EncoderMixin):
                 f"{where}: the external-data files of {model.name} changed since this encoder was pickled or copied "
                 f"(SHA-256 {external}, was {config.external_data_sha256}); load the encoder again"
             )
+        if not copied and config.model_sha256 and external != config.external_data_sha256:
+            raise OnnxModelError(self._external_mismatch(where, model, external, config.external_data_sha256))
         config.external_data_sha256 = external
         return session
 
@@ -1349,6 +1356,21 @@ class OnnxGaussianEncoder(EncoderMixin):
         self._lock = threading.Lock()
         assert self._session_args is not None  # __getstate__ refuses a caller's session_options
         self._session = self._start_session(make_session_options(**self._session_args), copied=True)
+
+    def _external_mismatch(self, where: str, model: Path, actual: dict[str, str], expected: dict[str, str]) -> str:
+        """The message for external-data files that are not the pinned ones (or not pinned, where the graph is)."""
+        if not expected:
+            pin = json.dumps({"external_data_sha256": actual}, sort_keys=True)
+            return (
+                f"{where}: {model.name} keeps weights in external-data files ({', '.join(sorted(actual))}) that "
+                f"{CONFIG_NAME} does not pin (onnx.model_sha256 covers {model.name} only, so edited weights would "
+                f"load unnoticed); add them to its 'onnx' section ({pin}), or export it again"
+            )
+        return (
+            f"{where}: the external-data files of {model.name} have SHA-256 {actual}, but {CONFIG_NAME} "
+            f"(onnx.external_data_sha256) says {expected}: the weights are not the ones its config describes; "
+            "export it again"
+        )
 
     def _sha_mismatch(self, where: str, actual: str, expected: str) -> str:
         """The message for a graph whose SHA-256 is not the pinned one."""
@@ -1798,7 +1820,28 @@ def _config_from_meta(meta: dict[str, Any], folder: Path) -> OnnxEncoderConfig:
         padding_side=padding_side,
         model_sha256=str(section.get("model_sha256", "")),
         encoder=encoder,
+        external_data_sha256=_recorded_external_data(section, where),
     )
+
+
+def _recorded_external_data(section: dict[str, Any], where: Path) -> dict[str, str]:
+    """``onnx.external_data_sha256`` of a ``config.json`` (``{}`` when absent), checked: locations to SHA-256s.
+
+    Examples:
+        >>> _recorded_external_data({"external_data_sha256": {"w.bin": "AB" * 32}}, Path("config.json"))
+        {'w.bin': 'abababababababababababababababababababababababababababababababab'}
+        >>> _recorded_external_data({}, Path("config.json"))
+        {}
+    """
+    value = section.get("external_data_sha256", {})
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and k and isinstance(v, str) and _SHA256_HEX.fullmatch(v) for k, v in value.items()
+    ):
+        raise OnnxModelError(
+            f"{where}: field 'onnx.external_data_sha256' must be an object mapping each external-data file's "
+            f"location to its SHA-256 (64 hex digits); got {value!r}"
+        )
+    return {k: v.lower() for k, v in value.items()}
 
 
 def _external_data_sha256(model: Path, where: str) -> dict[str, str]:

@@ -301,6 +301,7 @@ def test_a_file_in_a_sub_folder_counts(tmp_path: Path, capsys: pytest.CaptureFix
     )
     config = json.loads((graph / "config.json").read_text(encoding="utf-8"))
     config["onnx"]["model_sha256"] = sha256_file(graph / "model.onnx")  # the graph, without its weights
+    config["onnx"]["external_data_sha256"] = {"data/weights.bin": sha256_file(graph / "data" / "weights.bin")}
     (graph / "config.json").write_text(json.dumps(config), encoding="utf-8")
     argv = _argv(graph, data, cache, "--model-backend", "onnx")
     assert _with_real_loader(lambda: _first_run(argv, capsys))["backend"] == "onnx-float32"

@@ -281,14 +281,19 @@ def test_onnx_fingerprint_covers_external_data(tmp_path: Path, exports: tuple[Pa
         size_threshold=0,
     )
     config = json.loads((folder / "config.json").read_text())
-    config["onnx"]["model_sha256"] = sha256_file(folder / "model.onnx")
-    (folder / "config.json").write_text(json.dumps(config))
     weights = folder / "data" / "weights.bin"
+    config["onnx"]["model_sha256"] = sha256_file(folder / "model.onnx")
+    config["onnx"]["external_data_sha256"] = {"data/weights.bin": sha256_file(weights)}  # pinned as model.onnx is
+    (folder / "config.json").write_text(json.dumps(config))
 
     before = OnnxGaussianEncoder(folder)
     pickled = pickle.dumps(before)
     data = np.frombuffer(weights.read_bytes(), dtype=np.float32).copy()
     weights.write_bytes((data * 1.5).tobytes())  # other weights, same graph file
+    with pytest.raises(OnnxModelError, match="external-data files"):  # not the pinned weights
+        OnnxGaussianEncoder(folder)
+    config["onnx"]["external_data_sha256"] = {"data/weights.bin": sha256_file(weights)}  # pinned again
+    (folder / "config.json").write_text(json.dumps(config))
     after = OnnxGaussianEncoder(folder)
     assert model_fingerprint(after) != model_fingerprint(before)
     assert after.config.external_data_sha256 == {"data/weights.bin": sha256_file(weights)}

@@ -810,6 +810,7 @@ def _load_onnx_once(
     )
 
     ort = onnx_runtime()
+    known = dict(hashes or {})  # a source's hash, computed once: each check and the cache's key use it
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {QUANTIZATIONS}; got {quantize!r}")
     if device not in (None, "cpu"):
@@ -843,9 +844,7 @@ def _load_onnx_once(
         if quantize == "int8" and _is_onnx_export(source / BUNDLED_ONNX):  # shipped as the bundled models ship it
             shipped_encoder = OnnxGaussianEncoder(source / BUNDLED_ONNX, name_or_path=display, **options)
             try:
-                _check_shipped(
-                    shipped_encoder, source, bundled=bundled is not None, known=(hashes or {}).get(source.resolve())
-                )
+                _check_shipped(shipped_encoder, source, bundled=bundled is not None, known=_hashed(source, known))
             except OnnxModelError as exc:  # not exported from these files: export them as any other folder
                 logger.warning("not using %s: %s", source / BUNDLED_ONNX, exc)
             else:
@@ -856,7 +855,8 @@ def _load_onnx_once(
         encoder_config(read_encoder_meta(source), source / "config.json")
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", source.resolve().name) or "model"
     recipe = f"{EXPORT_RECIPE}-onnxruntime{ort.__version__}"
-    key = f"{slug}-{library_version()}-{quantize or 'float32'}-{source_sha256(source, recipe)[:12]}"
+    digest = _hashed(source, known)[1]  # the files are read once: the key and the entry's check both use it
+    key = f"{slug}-{library_version()}-{quantize or 'float32'}-{_cache_digest(digest, recipe)}"
     cache = onnx_cache_dir() / key
     if cache.is_symlink():  # never read through: the export below replaces the link (not what it points to)
         logger.warning(
@@ -865,11 +865,24 @@ def _load_onnx_once(
     elif _is_onnx_export(cache):
         try:
             cached = OnnxGaussianEncoder(cache, name_or_path=display, **options)
-            # an export of another model's files (a folder planted at this entry) is not this model's
-            _check_shipped(cached, source, bundled=False, known=(hashes or {}).get(source.resolve()))
-            return _with_source_weights(cached, source)
         except OnnxModelError as exc:
             logger.warning("the cached ONNX export %s does not load (%s); exporting it again", cache, exc)
+        else:
+            recorded = _recorded_source_sha256(cached)
+            if recorded == digest:
+                return _with_source_weights(cached, source)
+            # The entry's name hashes these very files, so the model did not change: the folder there is an export
+            # of other files (another model's export copied or planted there). Our own cache: replaced below.
+            logger.warning(
+                "the ONNX cache entry %s is not an export of %s: its config.json says it was exported from files "
+                "with SHA-256 %s, and %s gives %s; exporting %s into it again",
+                cache,
+                display,
+                recorded,
+                source,
+                digest,
+                display,
+            )
     from kl_retrievers._encoding import TORCH_EXTRA, require_torch
 
     what = "float32 " if quantize is None else ""
@@ -902,7 +915,7 @@ def _load_onnx_once(
             quantize=quantize,
             per_channel=True,
             verify=True,
-            source_sha256=source_sha256(source),
+            source_sha256=_hashed(source, known)[1],  # hashed again only if a file changed since
             overwrite=True,
             follow_link=False,
         )
@@ -911,6 +924,35 @@ def _load_onnx_once(
             f"cannot write the ONNX export of {display} into {cache} ({exc}); set {ONNX_CACHE_ENV} to a writable folder"
         ) from exc
     return OnnxGaussianEncoder(cache, name_or_path=display, **options)
+
+
+def _hashed(source: Path, hashes: dict[Path, _Hashed]) -> _Hashed:
+    """``source``'s :func:`_source_stamp` and :func:`source_sha256`, from ``hashes`` while its files keep the stamp
+    they had when hashed there, else hashed now (the stamp taken first) and stored in ``hashes``."""
+    key = source.resolve()
+    stamp = _source_stamp(source)  # before hashing: a file changed while it is hashed changes the stamp
+    known = hashes.get(key)
+    if known is None or known[0] != stamp:
+        known = hashes[key] = (stamp, source_sha256(source))
+    return known
+
+
+def _cache_digest(source_digest: str, recipe: str) -> str:
+    """The hash in an ONNX cache entry's name: of the source's :func:`source_sha256` and the export ``recipe``.
+
+    Examples:
+        >>> len(_cache_digest("0" * 64, "recipe")), _cache_digest("0" * 64, "a") != _cache_digest("0" * 64, "b")
+        (12, True)
+    """
+    import hashlib
+
+    return hashlib.sha256(f"{recipe}\0{source_digest}".encode()).hexdigest()[:12]
+
+
+def _recorded_source_sha256(encoder: OnnxGaussianEncoder) -> object:
+    """The ``source.sha256`` an export's ``config.json`` records (``None`` when it records none)."""
+    source = encoder.meta.get("source")
+    return source.get("sha256") if isinstance(source, dict) else None
 
 
 def _with_source_weights(encoder: OnnxGaussianEncoder, source: Path) -> OnnxGaussianEncoder:
@@ -951,5 +993,6 @@ def _check_shipped(
         )
         raise OnnxModelError(
             f"{encoder.path}: config.json says the graph was exported from files with SHA-256 {recorded}, but "
-            f"{source} now gives {actual}: the model changed and its graph was not regenerated; run {command}"
+            f"{source} now gives {actual}: the model changed and its graph was not regenerated (or the graph is "
+            f"another model's export); run {command}"
         )
