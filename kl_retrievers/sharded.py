@@ -1608,11 +1608,10 @@ def _manifest(folder: Path) -> dict[str, Any]:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ValueError(f"{path}: field 'format_version' must be a positive integer; got {version!r}")
     if version > _FORMAT_VERSION:
-        raise ValueError(
-            f"{path} was written by a newer kl-retrievers ({manifest.get('library_version', 'unknown')}) in "
-            f"format_version {version}; this kl-retrievers ({library_version()}) reads format_version "
-            f"{_FORMAT_VERSION}: upgrade kl-retrievers"
-        )
+        from kl_retrievers.store._format import too_new_message
+
+        writer = manifest.get("library_version")
+        raise ValueError(too_new_message(str(path), writer, "format_version", version, _FORMAT_VERSION))
     shards = manifest.get("shards")
     if isinstance(shards, bool) or not isinstance(shards, int) or shards < 0:
         raise ValueError(f"{path}: field 'shards' must be a non-negative integer; got {shards!r}")

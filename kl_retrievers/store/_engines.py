@@ -4,8 +4,9 @@ An engine owns the FAISS index over the table's rows (index entry ``i`` is row `
 "the exact top ``k`` of these allowed rows" with float64 ``-KL`` scores:
 
 * :class:`FlatEngine` (``"flat"``): ``IndexFlatIP`` over the float32 rewrite ``d~`` of every mean
-  centred on the first batch's mean; candidates re-scored in float64 and proven complete by the
-  float32 error bound (:func:`~kl_retrievers.gaussian.refine_top_k`), so results are exact.
+  centred on the documents' mean (the first batch's, chosen again where that pays); candidates re-scored
+  in float64 and proven complete by the float32 error bound (:func:`~kl_retrievers.gaussian.refine_top_k`),
+  so results are exact.
 * :class:`ApproxEngine` (``"hnsw"`` / ``"ivf"``, optional ``"sq8"`` / ``"pq"`` compression and
   ``refine``): the MIPS -> L2 reduction of METHOD.md (shared with Milvus, ``reduction to L2`` in
   :mod:`kl_retrievers.gaussian`), a candidate pool per query, trimmed in float32 only as far as a
@@ -87,6 +88,8 @@ FLOAT16_MAX = 65504.0
 #: assignment aborts the process (``invalid cluster assignment``). HNSW (flat or SQ8 codes) trains no
 #: k-means and has no such bound.
 MAX_NORM_BOUND = math.sqrt(float(np.finfo(np.float32).max)) / 8.0
+#: Live rows (spread over the table) whose float32 error bounds decide whether a new flat centre pays.
+_RECENTRE_SAMPLE = 2048
 
 
 def _faiss() -> Any:
@@ -252,6 +255,15 @@ def _row_norms(x: np.ndarray) -> np.ndarray:
 def _sample_rows(n: int) -> np.ndarray:
     """Up to 8 row numbers spread over ``n`` rows (first and last included): the rows checked on load."""
     return np.unique(np.linspace(0, n - 1, num=min(n, 8)).astype(np.int64))
+
+
+def _overflows(g: Gaussians, centre: np.ndarray) -> bool:
+    """Whether the float32 ``d~`` of ``g`` around ``centre`` overflows (:func:`score_vectors_float32` refuses it)."""
+    try:
+        score_vectors_float32(g, "document", centre=centre)
+    except ValueError:
+        return True
+    return False
 
 
 def _check_rows(got: np.ndarray, expected: np.ndarray, rows: np.ndarray, atol: float | np.ndarray, what: str) -> None:
@@ -581,9 +593,17 @@ class FlatEngine(FaissEngine):
     """Exact search: ``IndexFlatIP`` over the centred float32 ``d~``, made exact by the float32 error bound.
 
     -KL does not change when one vector is subtracted from every mean (queries too), so the rows
-    are centred on the mean of the first batch added to the empty index (kept for the index's
-    lifetime and saved as ``flat_centre``), which keeps ``q~``, ``d~`` and their float32 error small.
-    A store saved before centring has its vectors centred on 0.
+    are centred on the mean of the first batch added to the empty index (saved as ``flat_centre``),
+    which keeps ``q~``, ``d~`` and their float32 error small. A store saved before centring has its
+    vectors centred on 0. The float32 error bound of a search grows with the largest ``d~`` in the index,
+    so documents far from the centre (one is enough) make it large, and searches fall back to float64
+    scoring of every row (exact, but about 20 times slower). Once the documents that set the centre
+    are deleted, the centre is chosen again, as the live documents' mean: by :meth:`rebuild` (always),
+    and at a compaction where that at least halves the float32 error bound of a sample of the documents
+    searched as queries (:meth:`_maybe_recentre`); each row's ``d~`` is then computed again into a new
+    index (as costly as adding every document again). A loaded index centred on 0 (written as format
+    version 1, which releases before centring read) is centred again only by :meth:`rebuild`, so that
+    it stays readable by them. No centre helps while far-apart documents are all in the store.
     """
 
     def __init__(self, settings: Settings, table: DocumentTable) -> None:
@@ -592,6 +612,9 @@ class FlatEngine(FaissEngine):
         # (id of the flat index, largest norm of each block of a d~ row in it): see _flat_norm_max
         self._flat_norm: tuple[int, np.ndarray] | None = None
         self._saved_norm: np.ndarray | None = None  # flat_norm_max of the config being loaded (restore -> attach)
+        # False for a loaded index centred on 0 (format version 1, which releases before centring read): only
+        # rebuild() centres it, so that adding to it keeps it readable by them
+        self._auto_centre = True
 
     @property
     def width(self) -> int:
@@ -613,6 +636,7 @@ class FlatEngine(FaissEngine):
         k = self.table.mean.shape[1]
         centre_from_config(config, cfg_path, "index_centre", k)  # null in a flat store
         self.centre = centre_from_config(config, cfg_path, "flat_centre", k)
+        self._auto_centre = self.centre is not None and bool(self.centre.any())
         saved = config.get("flat_norm_max")  # validated by read_config; None: not saved, or files not verified
         self._saved_norm = None if saved is None else np.asarray(saved, dtype=np.float64)
         return None
@@ -704,6 +728,7 @@ class FlatEngine(FaissEngine):
         centre, top, vectors = prepared if prepared is not None else self.prepare(mean, var)
         if self.index.ntotal == 0:  # a fresh start: the new rows' norms are all there is
             self._flat_norm = (id(self.index), np.zeros(3))
+            self._auto_centre = True
         if vectors is not None:
             vectors.reverse()
             while vectors:  # each block is let go once the index holds its copy
@@ -730,6 +755,110 @@ class FlatEngine(FaissEngine):
             # the bound of the rows before may be far above those left (a large row deleted): computed again from
             # the rows at the next search or save, so a loose bound neither slows searches nor is saved
             self._flat_norm = None
+            self._maybe_recentre()  # the deleted rows may have held the documents' mean far from the centre
+
+    def rebuild(self, forced: bool = False) -> None:
+        """Centre the index on the live documents' mean, every ``d~`` computed again, and drop the tombstones.
+
+        The remedy for a centre far from the documents (see the class docstring); the index, its centre
+        and the table change only once the new index holds every live row.
+
+        Raises:
+            ValueError: A document whose ``d~`` around the new centre overflows float32 (the store is
+                left as it was).
+        """
+        if self.index is None or not len(self.table):
+            return
+        centre = self._live_mean()
+        try:
+            self._recentre(centre, compact=True)
+        except ValueError as exc:
+            raise ValueError(
+                f"the flat index cannot be centred on the live documents' mean (norm {np.linalg.norm(centre):.4g}): "
+                f"{exc}; the store is unchanged"
+            ) from exc
+        logger.info("flat index centred on the mean of its %d documents", len(self.table))
+
+    def _live_mean(self) -> np.ndarray:
+        """float64 mean of the live rows' means (read in blocks, no copy of the table)."""
+        table = self.table
+        alive = table.alive
+        n = int(np.count_nonzero(alive))
+        if n == alive.size:
+            return means_centre(table.mean)
+        total = np.zeros(table.mean.shape[1])
+        for s in range(0, alive.size, _BUILD_BLOCK):
+            total += np.asarray(table.mean[s : s + _BUILD_BLOCK][alive[s : s + _BUILD_BLOCK]], np.float64).sum(axis=0)
+        return total / max(n, 1)
+
+    def _error_bound(self, rows: np.ndarray, centre: np.ndarray) -> float:
+        """The largest float32 error bound of ``rows`` searched as queries among themselves around ``centre``.
+
+        Scores do not depend on the centre, so this compares what centres cost in float32 precision
+        (``inf`` where a row's rewrite overflows float32 around it).
+        """
+        g = Gaussians(np.asarray(self.table.mean[rows]), np.asarray(self.table.var[rows]), validate=False)
+        try:
+            docs = score_vectors_float32(g, "document", centre=centre, row_numbers=rows)
+            queries = score_vectors_float32(g, "query", centre=centre, row_numbers=rows)
+        except ValueError:
+            return math.inf
+        return float(float32_score_bound(queries, rewrite_block_norms(docs).max(axis=0)).max())
+
+    def _maybe_recentre(self) -> None:
+        """Centre the index on the live documents' mean where that at least halves the float32 error bound.
+
+        The bound is that of :data:`_RECENTRE_SAMPLE` live rows spread over the table, searched as
+        queries among themselves (:meth:`_error_bound`), around the current centre and around the
+        live mean. Re-centring changes no result: it only spares searches the float64 fallback.
+        """
+        live = np.flatnonzero(self.table.alive)
+        if not self._auto_centre or self.index is None or self.index.ntotal == 0 or not live.size:
+            return
+        centre = self._live_mean()
+        sample = live[np.unique(np.linspace(0, live.size - 1, num=min(live.size, _RECENTRE_SAMPLE)).astype(np.int64))]
+        now, then = self._error_bound(sample, self._flat_centre()), self._error_bound(sample, centre)
+        if not (math.isfinite(then) and then <= CENTRE_GAIN * now):
+            return
+        try:
+            self._recentre(centre, compact=False)
+        except ValueError as exc:  # a row overflows float32 around the new centre: keep the old one
+            logger.debug("flat index not re-centred: %s", exc)
+            return
+        logger.info(
+            "flat index centred again on the mean of its %d documents (float32 error bound of a sample %.3g -> %.3g)",
+            live.size,
+            now,
+            then,
+        )
+
+    def _recentre(self, centre: np.ndarray, *, compact: bool) -> None:
+        """Replace the index by one of every row's ``d~`` around ``centre`` (``compact``: the live rows', the
+        table then compacted). Nothing changes unless every row is in the new index."""
+        table = self.table
+        rows = np.flatnonzero(table.alive) if compact and table.dead() else None
+        n = table.n_rows if rows is None else int(rows.size)
+        index = _faiss().IndexFlatIP(self.width)
+        top = np.zeros(3)
+        step = _block_rows(self.width)
+        for s in range(0, n, step):
+            e = min(n, s + step)
+            numbers = np.arange(s, e) if rows is None else rows[s:e]
+            part: slice | np.ndarray = slice(s, e) if rows is None else numbers
+            g = Gaussians(np.asarray(table.mean[part]), np.asarray(table.var[part]), validate=False)
+            try:
+                vectors = score_vectors_float32(g, "document", centre=centre, row_numbers=numbers)
+            except ValueError as exc:  # name the document (the message gives its row)
+                bad = next((j for j in range(len(g)) if _overflows(g[j : j + 1], centre)), 0)
+                raise ValueError(f"document {table.ids[int(numbers[bad])]!r}: {exc}") from exc
+            top = np.maximum(top, rewrite_block_norms(vectors).max(axis=0))
+            index.add(vectors)
+            del vectors
+        if rows is not None:
+            table.compact()
+        self.index, self.viewed, self.centre = index, False, np.asarray(centre, dtype=np.float64)
+        self._flat_norm = (id(index), top)
+        self._auto_centre = True
 
     def _flat_norm_max(self) -> np.ndarray:
         """The largest norm of each block of the ``d~`` rows in the index (an upper bound after deletions).

@@ -25,7 +25,8 @@ documents. Nothing here imports FAISS.
 The numbers the search engine needs to rebuild a query's vector for the saved index:
 
 * ``flat_centre`` (flat stores): the vector subtracted from every mean (queries too) before the
-  rewrite ``d~`` enters the index, the mean of the first batch's means; null for an approximate
+  rewrite ``d~`` enters the index, the mean of the first batch's means (of the live documents' means
+  after a ``rebuild()``, or a compaction that centred the index again); null for an approximate
   store, absent / null in a flat store saved before centring (centre 0).
 * ``index_centre`` (``"hnsw"`` / ``"ivf"`` stores): the same for the approximate index, the mean of
   every document mean at its last (re)build; null before the index is built, absent / null in a
@@ -68,7 +69,7 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
-from kl_retrievers._io import finite_json, library_version, read_json_object, refuse_json_constant
+from kl_retrievers._io import _version_key, finite_json, library_version, read_json_object, refuse_json_constant
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME
 from kl_retrievers.hub import sha256_file
 from kl_retrievers.store._base import INDEX_TYPES, StoreFormatError, _check_utf8
@@ -206,6 +207,50 @@ def read_config(cfg_path: Path) -> dict[str, Any]:
     return config
 
 
+def too_new_message(where: str, writer: Any, what: str, found: int, newest: int) -> str:
+    """The refusal of a folder in a format version above the newest this kl-retrievers reads, true of its writer.
+
+    The writer is called newer only when its recorded ``library_version`` is a later version than this one:
+    two builds of the same version (development builds) can write different format versions, and a folder
+    may not record its writer at all.
+
+    Args:
+        where: The folder or file refused.
+        writer: The ``library_version`` it records (``None``: none).
+        what: The name of the version field as the message should say it (``"store format_version"``).
+        found: The version it holds.
+        newest: The newest version this library reads.
+
+    Examples:
+        >>> too_new_message("s", library_version(), "store format_version", 4, 3)  # doctest: +ELLIPSIS
+        's was written in store format_version 4 by kl-retrievers ..., another build of this same version...'
+    """
+    ours = library_version()
+    reads = f"this kl-retrievers ({ours}) reads {what} {newest} and earlier"
+    if not isinstance(writer, str) or not writer.strip():
+        return (
+            f"{where} was written in {what} {found} by a kl-retrievers whose version it does not record; {reads}: "
+            f"load it with a kl-retrievers that reads {what} {found} (a later release)"
+        )
+    writer_key, our_key = _version_key(writer), _version_key(ours)
+    if writer_key is not None and our_key is not None and writer_key > our_key:
+        return (
+            f"{where} was written in {what} {found} by a newer kl-retrievers ({writer}); {reads}: upgrade "
+            "kl-retrievers to load it"
+        )
+    if writer == ours or (writer_key is not None and writer_key == our_key):
+        return (
+            f"{where} was written in {what} {found} by kl-retrievers {writer}, another build of this same version "
+            f"(a development build from another commit?); this build reads {what} {newest} and earlier: load it "
+            f"with the build that wrote it, or with a later release that reads {what} {found}"
+        )
+    return (
+        f"{where} was written in {what} {found} by kl-retrievers {writer}, which is not a later version than this "
+        f"one (a development build?); {reads}: load it with the build that wrote it, or with a later release "
+        f"that reads {what} {found}"
+    )
+
+
 def _bad(config: dict[str, Any], cfg_path: Path, field: str, what: str) -> StoreFormatError:
     got = config.get(field, "<missing>")
     return StoreFormatError(f"{cfg_path}: field {field!r} must be {what}; got {got!r}")
@@ -215,26 +260,25 @@ def _check_header(config: dict[str, Any], cfg_path: Path) -> None:
     """Format name and version, and the score the store serves."""
     if config.get("format") != FORMAT_NAME:
         raise StoreFormatError(f"{cfg_path} is not a KLStore config: field 'format' is {config.get('format')!r}")
-    saved_version = config.get("library_version", "unknown")
+    saved_version = config.get("library_version")
     version = config.get("format_version")
     if not _is_int(version):
         raise _bad(config, cfg_path, "format_version", "an integer")
     if version > FORMAT_VERSION:
         raise StoreFormatError(
-            f"{cfg_path.parent} was written by a newer kl-retrievers ({saved_version}) in store format_version "
-            f"{version}; this kl-retrievers ({library_version()}) reads format_version {FORMAT_VERSION}: "
-            "upgrade kl-retrievers to load it"
+            too_new_message(str(cfg_path.parent), saved_version, "store format_version", version, FORMAT_VERSION)
         )
     if version < BASE_FORMAT_VERSION:
         raise StoreFormatError(
             f"{cfg_path}: unsupported store format_version {version} (this library reads "
             f"{BASE_FORMAT_VERSION} to {FORMAT_VERSION})"
         )
-    if config.get("score_name") != SCORE_NAME or config.get("score_direction") != SCORE_DIRECTION:
-        raise StoreFormatError(
-            f"{cfg_path}: field 'score_name' is {config.get('score_name')!r} "
-            f"({config.get('score_direction')!r}); this library serves {SCORE_NAME!r} ({SCORE_DIRECTION!r})"
-        )
+    for field, served in (("score_name", SCORE_NAME), ("score_direction", SCORE_DIRECTION)):
+        if config.get(field) != served:
+            raise StoreFormatError(
+                f"{cfg_path}: field {field!r} is {config.get(field, '<missing>')!r}; it must be {served!r} (this "
+                f"library serves the score {SCORE_NAME!r}, {SCORE_DIRECTION!r})"
+            )
 
 
 def _check_fields(config: dict[str, Any], cfg_path: Path) -> None:

@@ -837,19 +837,24 @@ class KLStore(GaussianStore):
             self._compact()
 
     def rebuild(self) -> None:
-        """Rebuild (and retrain) an approximate index from the stored Gaussians.
+        """Rebuild (and retrain) an approximate index from the stored Gaussians; centre a flat one again.
 
-        Useful after many additions to an IVF / PQ index trained on an early sample. With fewer
-        documents than FAISS can train the index on (``nlist`` for IVF, ``2^pq_nbits`` for PQ) the
-        index is dropped instead: searches are exact, and the add that reaches the number an
-        automatic build waits for (``8 x nlist``, ``4 x 2^pq_nbits``, 256 for SQ8) builds it again.
-        If FAISS fails, the store is left as it was.
+        Useful after many additions to an IVF / PQ index trained on an early sample. A flat index is
+        centred on its live documents' mean (the centre its float32 candidate search subtracts from every
+        mean; the first documents' mean until then), each document's vector computed again, and its
+        tombstones dropped: the remedy for a flat store whose searches fall back to float64 scoring
+        because the documents that set the centre were deleted (docs/ann.md, *A flat store's centre*).
+        Results do not change. With fewer documents than FAISS can train an approximate index on
+        (``nlist`` for IVF, ``2^pq_nbits`` for PQ) the index is dropped instead: searches are exact,
+        and the add that reaches the number an automatic build waits for (``8 x nlist``,
+        ``4 x 2^pq_nbits``, 256 for SQ8) builds it again. If FAISS fails, the store is left as it was.
 
         Raises:
             ValueError: An IVF index, or one with ``compression="pq"``, over a document whose reduced norm
                 gives a bound ``M`` above ``_engines.MAX_NORM_BOUND`` (about 2.3e18: FAISS's k-means would
                 overflow float32 and abort the process); the message names the document, and the store
-                is left as it was (docs/ann.md, *One outlier document*).
+                is left as it was (docs/ann.md, *One outlier document*). A flat index with a document whose
+                vector overflows float32 around the new centre (the store is left as it was).
 
         Examples:
             >>> KLStore(index_type="hnsw").rebuild()
