@@ -35,6 +35,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from kl_retrievers._io import atomic_dir, atomic_file, library_version
+from kl_retrievers._score import check_score_fields
+from kl_retrievers._warn import warn
 from kl_retrievers.gaussian import Gaussians, check_k, neg_kl_matrix
 
 logger = logging.getLogger(__name__)
@@ -462,7 +464,8 @@ def read_manifest(
 
     Raises:
         FileNotFoundError: No such file.
-        ValueError: (``error``) not JSON, another format, or another format version.
+        ValueError: (``error``) not JSON, another format, another format version, or another score
+            (``score_name`` / ``score_direction``, when recorded, other than ``neg_kl`` / ``higher_is_better``).
     """
     p = Path(path)
     try:
@@ -477,7 +480,96 @@ def read_manifest(
             f"{data.get('library_version')!r}); this version ({library_version()}) reads "
             f"format_version {format_version}"
         )
+    check_score_fields(data, p, error=error)  # score_name / score_direction, when recorded (0.1.0 wrote no direction)
     return data
+
+
+# --------------------------------------------------------------------------- q~ query vectors given by the caller
+#: Unit roundoff of the floating-point types a q~ vector may come in below float64 (numpy or torch dtype names).
+_LOW_PRECISION = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+#: A q~ that came in below float64 warns when a decoded query variance may be off by more than this (relative).
+QUERY_VAR_RTOL = 1e-3
+
+
+def _low_precision(raw: Any, q: np.ndarray) -> tuple[str, float] | None:
+    """How a q~ came in when it is below float64 (a description and its unit roundoff), else ``None``.
+
+    A numpy array or torch tensor names its dtype. Plain numbers (a list) carry none: they count as float32
+    when every one of them is a float32 number, as a float32 vector turned into a list is (a float64 ``q~``
+    from ``var + mu^2`` is almost never one, coordinate by coordinate).
+    """
+    dtype = str(getattr(raw, "dtype", "")).removeprefix("torch.")
+    if dtype in _LOW_PRECISION:
+        return f"as a {dtype} array", _LOW_PRECISION[dtype]
+    with np.errstate(over="ignore"):
+        if np.array_equal(q.astype(np.float32).astype(np.float64), q):
+            return "as float32 numbers (every value is a float32 number, as a float32 vector's are)", 2.0**-24
+    return None
+
+
+def query_precision_hint(raw: Any, q: np.ndarray) -> str:
+    """For a refusal of a q~ that came in below float64: a sentence naming its precision (``""`` for float64).
+
+    Args:
+        raw: The vector(s) as the caller passed them (a list, a numpy array, a tensor).
+        q: The same as a float64 array of shape ``(n, 2k + 1)``.
+    """
+    found = _low_precision(raw, q)
+    if found is None:
+        return ""
+    how, unit = found
+    return (
+        f"; it came {how}, which keeps var + mu^2 to about {-math.log10(unit):.0f} significant digits: pass the "
+        "q~ in float64 (KLEmbeddings.embed_query and KLEmbedding.get_query_embedding return float64 numbers) or "
+        "the query Gaussians"
+    )
+
+
+def warn_unreliable_query_variance(raw: Any, q: np.ndarray, call: str) -> None:
+    """Warn when a q~ came in below float64 and a query variance decoded from it is unreliable.
+
+    ``var = q~[1:k+1] - mu^2`` subtracts two numbers of the size of ``mu^2``: in float64 the result is exact up
+    to round-off (a relative error of about ``1e-16 * (var + mu^2) / var``), but ``var + mu^2`` rounded to
+    float32 loses ``var`` where it is small beside ``mu^2`` (``|mu|`` 98, ``var`` 2.6e-4: half of it). Such a
+    vector warns (a ``UserWarning`` at the caller's line, so once per line under Python's default filter) when
+    the bound on a decoded variance's relative error, ``u * (|var + mu^2| + 2 mu^2) / var`` with ``u`` the
+    type's unit roundoff, exceeds :data:`QUERY_VAR_RTOL`, or a variance decodes to ``<= 0``. It is not refused:
+    a float32 ``q~`` is what ``kl_query_vectors`` gives for float32 Gaussians, and where ``var`` is not small
+    beside ``mu^2`` it decodes within float32's precision.
+
+    Args:
+        raw: The vector(s) as the caller passed them (a list, a numpy array, a tensor).
+        q: The same as a float64 array of shape ``(n, 2k + 1)``.
+        call: The call named in the warning (``"similarity_search_by_vector"``).
+    """
+    found = _low_precision(raw, q)
+    if found is None:
+        return
+    how, unit = found
+    k = (q.shape[1] - 1) // 2
+    second, mean = q[:, 1 : k + 1], q[:, k + 1 :]
+    var = second - mean**2
+    positive = var > 0
+    bound = np.full(var.shape, np.inf)
+    bound[positive] = unit * (np.abs(second[positive]) + 2 * mean[positive] ** 2) / var[positive]
+    row, col = (int(i) for i in np.unravel_index(int(np.argmax(bound)), bound.shape))
+    rel = float(bound[row, col])
+    if rel <= QUERY_VAR_RTOL:
+        return
+    if not positive[row, col]:
+        off = "more than its own value (it decodes to a variance <= 0, raised to a tiny floor)"
+    elif rel >= 1:
+        off = f"more than its own value, up to {rel:.3g} times it"
+    else:
+        off = f"up to {rel:.1%} of its value"
+    at = f"coordinate {col}" + (f" of row {row}" if len(q) > 1 else "")
+    warn(
+        f"{call}: the q~ query vector came {how}, which keeps var + mu^2 to about {-math.log10(unit):.0f} "
+        f"significant digits, so a query variance decoded from it (var = q~[1:k+1] - mu^2) may be off by {off} "
+        f"({at}: mu {mean[row, col]:.4g}, var {var[row, col]:.3g}); the -KL scores use it. Pass the q~ in float64 "
+        "(KLEmbeddings.embed_query and KLEmbedding.get_query_embedding return float64 numbers; numpy: compute it "
+        "from float64 Gaussians, a float32 vector cast up keeps its rounding), or the query Gaussians"
+    )
 
 
 # --------------------------------------------------------------------------- cancellable async writes

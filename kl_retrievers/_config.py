@@ -18,12 +18,13 @@ import logging
 import math
 import numbers
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from kl_retrievers._io import read_json_object
+from kl_retrievers._score import check_score
 
 __all__ = [
     "CONFIG_NAME",
@@ -35,6 +36,7 @@ __all__ = [
     "WEIGHTS_SHA256",
     "GaussianEncoderConfig",
     "NotAnEncoderError",
+    "check_saved_score",
     "describe_saved_folder",
     "describe_saved_meta",
     "encoder_config",
@@ -367,14 +369,47 @@ def encoder_config(meta: dict[str, Any], cfg_file: Path) -> GaussianEncoderConfi
     """The :class:`GaussianEncoderConfig` in a saved encoder's ``config.json`` (``meta``, read from ``cfg_file``).
 
     Raises:
-        NotAnEncoderError: Its ``encoder`` field is not an object or not a valid config; the message names the file.
+        NotAnEncoderError: Its ``encoder`` field is not an object or not a valid config, or its ``score`` is not the
+            model's (:func:`check_saved_score`); the message names the file.
     """
     if not isinstance(meta["encoder"], dict):
         raise NotAnEncoderError(f"{cfg_file}: field 'encoder' must be an object; got {type(meta['encoder']).__name__}")
     try:
-        return GaussianEncoderConfig.from_dict(meta["encoder"])
+        config = GaussianEncoderConfig.from_dict(meta["encoder"])
     except (TypeError, ValueError) as exc:
         raise NotAnEncoderError(f"{cfg_file}: field 'encoder' is invalid: {exc}") from None
+    check_saved_score(meta, cfg_file, NotAnEncoderError)
+    return config
+
+
+def check_saved_score(meta: Mapping[str, Any], cfg_file: Path, error: Callable[[str], Exception]) -> None:
+    """Refuse a saved encoder's or ONNX export's ``config.json`` whose ``score`` is not the model's (when recorded).
+
+    The model's score is ``neg_kl``, or a vector twin's similarity (``dot`` / ``cosine``: its training recipe's,
+    :func:`model_similarity`); the direction is ``higher_is_better``. The recipe is the one in ``encoder.extra``
+    (a saved encoder) or ``onnx.encoder.extra`` (an ONNX export). A twin recorded as ``neg_kl`` loads: releases
+    before 0.2.0 recorded that name for every model (the recipe decides what it serves). :func:`encoder_config`
+    calls it.
+
+    Raises:
+        Exception: (``error``) ``score.name`` or ``score.direction`` is another score; the message names the file.
+
+    Examples:
+        >>> check_saved_score({"score": {"name": "dot"}}, Path("config.json"), ValueError)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: config.json: field 'score.name' is 'dot'; this library serves 'neg_kl' ('higher_is_better') ...
+    """
+    source = meta.get("encoder")
+    onnx = meta.get("onnx")
+    if not isinstance(source, Mapping) and isinstance(onnx, Mapping):
+        source = onnx.get("encoder")
+    extra = source.get("extra") if isinstance(source, Mapping) else None
+    similarity = _recipe_similarity(extra)
+    score = meta.get("score")
+    if isinstance(score, Mapping) and score.get("name") == "neg_kl":
+        similarity = "neg_kl"  # releases before 0.2.0 recorded neg_kl for every model, a vector twin's too
+    note = " for this model (the similarity of its training recipe)"
+    check_score(meta, cfg_file, name=similarity, error=error, note=note)
 
 
 def check_weights_sha256(meta: dict[str, Any], cfg_file: Path, weights_file: Path) -> None:
@@ -545,6 +580,11 @@ def model_similarity(encoder: Any) -> str:
     source = getattr(config, "encoder", None)  # an ONNX export keeps its source's config (extra included)
     if extra is None and isinstance(source, Mapping):
         extra = source.get("extra")
+    return _recipe_similarity(extra)
+
+
+def _recipe_similarity(extra: Any) -> str:
+    """:func:`model_similarity` of a config's ``extra``: its training recipe's similarity, else ``"neg_kl"``."""
     training = extra.get("training") if isinstance(extra, Mapping) else None
     recipe = training.get("recipe") if isinstance(training, Mapping) else None
     similarity = recipe.get("similarity", "neg_kl") if isinstance(recipe, Mapping) else "neg_kl"

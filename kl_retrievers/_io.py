@@ -1445,6 +1445,8 @@ def refuse_json_constant(where: str = "") -> Callable[[str], Any]:
 def _gaussians_meta(text: str, where: str) -> dict[str, Any]:
     """The config of saved Gaussians, checked: a JSON object of kind ``gaussians`` in a format this release reads.
 
+    Its ``score``, when recorded, must be the one this library serves (:func:`kl_retrievers._score.check_score`).
+
     ``NaN`` / ``Infinity`` are refused outside ``metadata`` (only recorded, never returned: earlier releases
     wrote a caller's non-finite values there as they were).
     """
@@ -1466,6 +1468,9 @@ def _gaussians_meta(text: str, where: str) -> dict[str, Any]:
             f"{where}: field 'kind' is {meta.get('kind')!r}, not 'gaussians'; this is not what save_gaussians writes"
         )
     check_version(meta, what=f"the saved Gaussians at {where}", format_version=GAUSSIANS_FORMAT_VERSION)
+    from kl_retrievers._score import check_score  # neg_kl / higher_is_better, when recorded
+
+    check_score(meta, where)
     return meta
 
 
@@ -1598,8 +1603,8 @@ def load_gaussians(path: str | os.PathLike[str]) -> tuple[Any, list[str] | None]
     Raises:
         OSError: Saves replaced the folder during each of the reads.
         ValueError: A file is missing, the config is not that of saved Gaussians (another ``kind``, a
-            newer ``format_version``), or the ids are not a list of strings, one per row (the message
-            names the file).
+            newer ``format_version``, another ``score`` name or direction than ``neg_kl``, ``higher_is_better``),
+            or the ids are not a list of strings, one per row (the message names the file).
     """
     import json
 

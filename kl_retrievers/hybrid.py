@@ -78,6 +78,7 @@ from kl_retrievers._io import (
     recover_dir,
     user_path,
 )
+from kl_retrievers._score import check_score
 from kl_retrievers.filters import MetadataFilter
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians, check_k, neg_kl
 from kl_retrievers.gaussian import is_real_number as _is_real
@@ -2678,9 +2679,14 @@ def _read_config(cfg_path: Path) -> dict[str, Any]:
         if not isinstance(rel, str) or rel.startswith("/") or ".." in Path(rel).parts:
             raise HybridFormatError(f"{cfg_path}: field 'files' names {rel!r}, which is not a path inside the folder")
     try:
-        FusionConfig(**config["fusion"])
+        mode = FusionConfig(**config["fusion"]).mode
     except (TypeError, ValueError) as exc:
         raise HybridFormatError(f"{cfg_path}: field 'fusion' holds an invalid value: {exc}") from None
+    # the scores it serves (every release wrote them; a config without them loads, as in the other formats)
+    higher, fused = "higher_is_better", f" (the fused score of fusion mode {mode!r})"
+    check_score(config, cfg_path, name=f"fused_{mode}", direction=higher, error=HybridFormatError, note=fused)
+    check_score(config, cfg_path, field="score.components.dense", error=HybridFormatError)
+    check_score(config, cfg_path, field="score.components.bm25", name="bm25", direction=higher, error=HybridFormatError)
     bm25 = config["bm25"]
     for key in ("k1", "b", "stopwords", "token_pattern"):
         if key not in bm25:

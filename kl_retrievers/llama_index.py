@@ -325,8 +325,12 @@ def document_gaussians_from_embeddings(embeddings: Any, *, check: bool = True) -
 def query_gaussians_from_embeddings(embeddings: Any) -> Gaussians:
     """Recover query Gaussians from ``q~ = [1, var + mu^2, mu]`` (the inverse of ``kl_query_vectors``).
 
-    ``mu = q~[k+1:]`` and ``var = q~[1:k+1] - mu^2``: exact up to float64 rounding for the
-    float64 vectors :class:`KLEmbedding` returns.
+    ``mu = q~[k+1:]`` and ``var = q~[1:k+1] - mu^2``: exact up to the float64 round-off of ``var + mu^2`` (a
+    relative error of about ``1e-16 * (var + mu^2) / var``) for the float64 vectors :class:`KLEmbedding` returns.
+    A vector that came in float32 (a float32 array, or numbers that are all float32 numbers, as a float32 vector
+    turned into a list is) keeps ``var + mu^2`` to about 7 digits only: it is decoded all the same, with a
+    ``UserWarning`` naming the precision and saying to pass float64, when a decoded variance may be off by more
+    than 0.1% (see :func:`kl_retrievers._adapters.warn_unreliable_query_variance`).
 
     Args:
         embeddings: One vector or an ``(n, 2k + 1)`` array / list of lists.
@@ -353,8 +357,9 @@ def query_gaussians_from_embeddings(embeddings: Any) -> Gaussians:
     if not (var > 0).all():
         raise ValueError(
             "query embeddings give a variance <= 0 (var = q~[1:k+1] - mu^2); the vector is not a KL query "
-            "vector or lost precision (keep it in float64)"
+            f"vector or lost precision (keep it in float64){adapters.query_precision_hint(embeddings, q)}"
         )
+    adapters.warn_unreliable_query_variance(embeddings, q, "query_gaussians_from_embeddings (a query_embedding q~)")
     return Gaussians(mean, var)
 
 

@@ -1783,6 +1783,9 @@ def _read_meta(folder: Path) -> dict[str, Any]:
         check_version(meta, what=f"ONNX encoder at {folder}", format_version=FORMAT_VERSION)
     except ValueError as exc:
         raise OnnxModelError(str(exc)) from None
+    from kl_retrievers._config import check_saved_score  # the score it serves, as a saved encoder's is checked
+
+    check_saved_score(meta, cfg_file, OnnxModelError)
     return meta
 
 

@@ -78,6 +78,7 @@ from kl_retrievers._io import (
     row_text,
     user_path,
 )
+from kl_retrievers._score import check_score
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians, check_k
 from kl_retrievers.hub import sha256_file as _sha256
 
@@ -1615,6 +1616,7 @@ def _manifest(folder: Path) -> dict[str, Any]:
     shards = manifest.get("shards")
     if isinstance(shards, bool) or not isinstance(shards, int) or shards < 0:
         raise ValueError(f"{path}: field 'shards' must be a non-negative integer; got {shards!r}")
+    check_score(manifest, path)  # neg_kl / higher_is_better, when recorded
     return manifest
 
 
