@@ -19,21 +19,31 @@ a ``FLOAT_VECTOR`` holding the inner-product rewrite ``d~`` of its Gaussian (MET
   norm exceeds ``M`` makes the store raise ``M`` and rewrite every row (logged, counted in
   ``rebuild_count``).  ``M`` and ``o`` are stored in the collection with a version number, so
   several writer processes share them; see *Several writers* below.
-* ``metric="IP"`` (the default for a new flat collection): ``d~`` as it is, searched by inner product (no
-  norm bound).  Exact with ``index_type="flat"`` (where the L2 reduction loses the documents whose norm ``M``
-  dwarfs in float32); with HNSW or IVF it finds almost none of the true neighbours (``benchmarks/milvus.py``),
-  which is why the L2 reduction is their default.  A client attaching to a collection without ``metric``
-  adopts the collection's.
+* ``metric="IP"`` (the default for a new flat collection): ``d~`` searched by inner product (no norm bound), of
+  the means centred on the mean of the first documents' means (``index_centre``, kept by later writers), as
+  ``KLStore``'s flat index centres them: ``-KL`` does not change, and a common offset of the means no longer
+  swamps the float32 inner products (means ``30 + 0.01 N(0, 1)``: recall@10 0.215 uncentred).  Collections of
+  format version 3; an inner-product collection of an earlier format keeps its uncentred rows.  With HNSW or IVF
+  it finds almost none of the true neighbours (``benchmarks/milvus.py``), which is why the L2 reduction is their
+  default.  A client attaching to a collection without ``metric`` adopts the collection's.
 
 Milvus returns a candidate pool (``max(rescore_pool, rescore_factor * k)``) with the stored
 vectors; the winners' texts and metadata are fetched with their vectors, and a query whose winner
 changed or vanished in between (a concurrent writer) is searched again with texts returned by the
 search itself, so each hit is one stored version of its document; the Gaussians are recovered
 from the float32 ``d~`` (``var = -1 / (2 d~_var)``, ``mu = d~_mu * var``: variances within about 1e-7 relative,
-means within about 1e-7 relative or, in a centred L2 collection, ``1e-7 * |mu - centre|``) and re-scored
-with the exact ``-KL`` in float64, so reported scores are the true ``-KL(Q || D)`` (query constant included):
-**higher is better**.  When HNSW / IVF return fewer than ``k`` hits (a selective filter) and at
-most ``exact_threshold`` rows match, every matching row is scored exactly.  docs/milvus.md,
+means within about 1e-7 relative or, in a centred collection, ``1e-7 * |mu - centre|``) and re-scored
+in float64: a reported score is the ``-KL(Q || D)`` (query constant included) of the query and the Gaussian ``D``
+recovered from the stored row, **higher is better**.  That ``D`` is not ``KLStore``'s float32 copy of the
+document, so scores differ from ``KLStore``'s by the two roundings (docs/milvus.md, *Scores*).
+
+``index_type="flat"`` is exact for those Gaussians, with either metric, as ``KLStore``'s flat index is: Milvus
+ranks every matching row by its float32 score, and a pool is kept only where its last float32 score, plus a bound
+on the float32 error of any row that could beat the ``k``-th (from the query and that ``k``-th score alone:
+:func:`_flat_error_bound`), stays below the ``k``-th float64 score.  A query whose pool is not proven so is searched
+again with 8 times the pool, then scores every matching row in float64 when at most ``max(k, exact_threshold)``
+rows match (above that: a warning, and the pool's top ``k``).  When HNSW / IVF return fewer than ``k`` hits (a
+selective filter) and at most ``exact_threshold`` rows match, every matching row is scored exactly.  docs/milvus.md,
 *Known differences and limits*, lists what still differs from ``KLStore``.
 
 Several writers: every row of the collection must be reduced with the same ``M`` and ``o``, or the
@@ -70,7 +80,13 @@ more than once;
 a re-inserted row of an ``add`` that had to start over can bring back a row another process
 deleted in that window.  Collections written by the previous release (no offset, no version) are
 read as ``o = 0``, version 0; this release stores format version 2, which older releases refuse to
-write to (they do not follow this protocol).
+write to (they do not follow this protocol), and version 3 for an inner-product collection it creates (its rows are
+centred), which releases before it refuse to open (they would add uncentred rows to it).
+
+The centre of an inner-product collection is chosen by its first ``add`` and stored before any row is written
+(write-then-verify, as ``M``); an ``add`` that stored it reads it back after writing its rows and writes them again
+under the stored one where another writer's first ``add`` replaced it meanwhile (not covered: a replacement stored
+after that read).
 
 Dict filters in :mod:`kl_retrievers.filters` syntax are translated to Milvus boolean
 expressions over the JSON field by :func:`to_milvus_expr` and applied by Milvus before
@@ -123,6 +139,7 @@ from kl_retrievers.filters import (
 )
 from kl_retrievers.filters import _unknown as _filters_unknown
 from kl_retrievers.gaussian import (
+    FLOAT32_UNIT_ROUNDOFF,
     NORM_BOUND_RTOL,
     SCORE_DIRECTION,
     SCORE_NAME,
@@ -130,6 +147,7 @@ from kl_retrievers.gaussian import (
     centre_document_vectors,
     document_gaussians_from_vectors,
     kl_document_vectors,
+    kl_query_constant,
     kl_query_vectors,
     means_centre,
     neg_kl,
@@ -184,8 +202,15 @@ MAX_ID_LENGTH = 512
 #: Largest ``limit`` (top-k) Milvus accepts for one search.
 MAX_TOPK = 16384
 _FORMAT_NAME = "kl-retrievers/milvus"
-#: 2: the first coordinate is shifted by ``index_offset``; ``M`` carries a version (1 had neither).
-_FORMAT_VERSION = 2
+#: 2: the first coordinate is shifted by ``index_offset``; ``M`` carries a version (1 had neither). Written for every
+#: collection but a centred inner-product one (:data:`_FORMAT_VERSION`), so that releases reading version 2 at most
+#: keep reading (and writing) them.
+_BASE_FORMAT_VERSION = 2
+#: 3 (the newest this release reads): a ``metric="IP"`` collection whose rows hold ``d~`` of the means centred on
+#: ``index_centre`` (chosen by its first ``add``, as ``KLStore``'s flat index does). Releases that read version 2 at
+#: most refuse it: they would add uncentred rows to it. An inner-product collection of an earlier version keeps
+#: uncentred rows (``index_centre`` stays null).
+_FORMAT_VERSION = 3
 _CONFIG_KEY = "kl_retrievers.config"
 #: Property key of the last finished row rewrite (``{"version", "writer"}`` of the publication it served).
 _REWRITE_DONE_KEY = "kl_retrievers.rewrite_done"
@@ -367,9 +392,38 @@ def _check_sendable_ids(ids: Sequence[str], method: str) -> None:
         _check_utf8(doc_id, f"{method}: id")
 
 
-def _literal(value: Any, where: str) -> str:
+def _surrogate_at(text: str) -> int | None:
+    """Where ``text`` holds its first lone surrogate (a code point U+D800 to U+DFFF), else ``None``.
+
+    UTF-8 cannot encode such a string, so no stored value or key holds one (``add`` refuses them), and Milvus cannot be
+    sent one (pymilvus raised a bare ``MilvusException``).
+
+    Examples:
+        >>> _surrogate_at("caf\\udce9"), _surrogate_at("café")
+        (3, None)
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return int(exc.start)
+    return None
+
+
+#: The first code point after the surrogates (U+D800 to U+DFFF), which no stored string holds.
+_AFTER_SURROGATES = "\ue000"
+
+
+def _literal(value: Any, where: str) -> str | None:
+    """The Milvus literal of a filter value; ``None`` for a string holding a lone surrogate, which no stored value
+    equals (as in ``KLStore``, where it matches nothing): the caller decides what that means for its operator.
+
+    Raises:
+        ValueError: A value Milvus cannot compare (not a str, int, float or bool), or a number that is not finite.
+    """
     given = value
     value = stored_form(value)  # a date compares with the ISO string the store keeps
+    if isinstance(value, str) and _surrogate_at(value) is not None:
+        return None
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -449,14 +503,20 @@ def _field_expr(ref: str, op: str, value: Any, where: str, key: str = "", hook: 
     """One operator applied to the field ``ref`` (the metadata key ``key``)."""
     op = OPERATOR_ALIASES.get(op, op)  # $neq: langchain-community FAISS's spelling of $ne
     if op == "$eq":
-        return _present(ref, f"{ref} == {_literal(value, where)}")
+        literal = _literal(value, where)
+        return _FALSE if literal is None else _present(ref, f"{ref} == {literal}")
     if op == "$ne":
         return f"(not {_field_expr(ref, '$eq', value, where)})"
     if op in ("$in", "$nin"):
         values = _values(op, value)
         if not values:
             return _FALSE if op == "$in" else _TRUE
-        literals = [_literal(v, where) for v in values]  # checked whichever form is sent
+        checked = [(v, _literal(v, where)) for v in values]  # checked whichever form is sent
+        # a string holding a lone surrogate equals no stored value: left out (KLStore's "matches nothing")
+        values = [v for v, lit in checked if lit is not None]
+        literals = [lit for _, lit in checked if lit is not None]
+        if not literals:
+            return _FALSE if op == "$in" else _TRUE
         expr = hook(key, values) if hook is not None and len(values) > _IN_LOCAL_MIN else None
         if expr is None:
             expr = _present(ref, "(" + " or ".join(f"{ref} == {lit}" for lit in literals) + ")")
@@ -464,10 +524,32 @@ def _field_expr(ref: str, op: str, value: Any, where: str, key: str = "", hook: 
     if op in _COMPARE:
         if isinstance(value, bool):
             raise ValueError(f"{where}: {op} needs a number or a string; got a bool")
-        return _present(ref, f"{ref} {_COMPARE[op]} {_literal(value, where)}")
+        literal = _literal(value, where)
+        if literal is None:  # text.encode fails: an equivalent bound Milvus can be sent (_order_bound)
+            return _present(ref, _order_bound(ref, op, stored_form(value)))
+        return _present(ref, f"{ref} {_COMPARE[op]} {literal}")
     if op == "$not":
         return f"(not {_condition_expr(ref, value, where, key, hook)})"
     raise _unknown(op)
+
+
+def _order_bound(ref: str, op: str, text: str) -> str:
+    """``ref op text`` for a string ``text`` holding a lone surrogate, as a comparison with a string Milvus can be sent.
+
+    No stored string holds a surrogate, and strings compare by code point (Python, as ``KLStore``) or by UTF-8 bytes
+    (Milvus: the same order for strings without surrogates). With ``p`` the part of ``text`` before its first
+    surrogate, a stored string ``v`` is below ``text`` exactly when it is below ``p + "\\ue000"`` (the first code point
+    after the surrogates), and never equal to it: ``$lt`` and ``$lte`` become ``< p + "\\ue000"``, ``$gt`` and ``$gte``
+    ``>= p + "\\ue000"``.
+
+    Examples:
+        >>> _order_bound('m["c"]', "$gt", "ab\\udce9z")
+        'm["c"] >= "ab\\ue000"'
+    """
+    at = _surrogate_at(text)
+    assert at is not None
+    bound = _string_literal(text[:at] + _AFTER_SURROGATES)
+    return f"{ref} {'<' if op in ('$lt', '$lte') else '>='} {bound}"
 
 
 def _condition_expr(ref: str, cond: Any, where: str, key: str = "", hook: _InHook | None = None) -> str:
@@ -501,6 +583,13 @@ def _entry_expr(key: Any, value: Any, field: str, hook: _InHook | None = None) -
     if key.startswith("$"):
         raise _unknown(key)
     _check_values(key, value)  # as KLStore: a set or another iterable that is no value, named before any conversion
+    if _surrogate_at(key) is not None:
+        # no stored metadata holds such a key (add refuses it) and Milvus cannot be sent one: the condition is checked
+        # as any other (on a stand-in key), then judged, as KLStore judges it, on a missing key
+        _condition_expr(_field_ref(field, "key"), value, f"filter on {key!r}", "key")
+        predicate = compile_filter({key: value})
+        assert predicate is not None
+        return _TRUE if predicate({}) else _FALSE
     return _condition_expr(_field_ref(field, key), value, f"filter on {key!r}", key, hook)
 
 
@@ -612,6 +701,94 @@ class _LiteFilter:
     spec: Any
 
 
+# ------------------------------------------------------------------ exact flat search
+#: A flat query whose first candidate pool is not proven to hold its top ``k`` is searched again with this many times
+#: the pool (at most :data:`MAX_TOPK`) before every matching row is scored (:meth:`MilvusKLStore._exact_flat`).
+_FLAT_WIDEN = 8
+
+
+def _ratio_bound(t: np.ndarray) -> np.ndarray:
+    """An upper bound on the root ``x >= 1`` of ``x - 1 - log x = t`` (``t >= 0``): Newton's steps from above.
+
+    ``f(x) = x - 1 - log x - t`` is convex and increasing for ``x > 1``, so Newton's iterates from a point above
+    the root stay above it; the start ``2 (t + log 2) + 1`` is above it (``log x <= x / 2 + log 2 - 1``).
+
+    Examples:
+        >>> r = _ratio_bound(np.array([0.0, 1.0, 100.0]))
+        >>> bool(np.all(r >= [1.0, 3.146, 105.66])), bool(np.all(r < [1.0 + 2e-9, 3.1462, 105.67]))
+        (True, True)
+    """
+    x = 2.0 * (t + math.log(2.0)) + 1.0
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for _ in range(60):
+            step = (x - 1.0 - np.log(x) - t) / (1.0 - 1.0 / x)
+            x = np.where(np.isfinite(step) & (step > 0), x - step, x)
+    return x * (1.0 + 1e-9)  # the rounding of the last steps
+
+
+def _flat_error_bound(
+    queries: Gaussians, kl: np.ndarray, norm_bound: float | None = None, centre: np.ndarray | None = None
+) -> np.ndarray:
+    """Per query, a bound on how far Milvus' float32 score of a stored row, read as ``-KL``, can be from the row's
+    float64 ``-KL`` (what the store reports), for every row whose float64 ``-KL`` to the query is ``-kl`` or more.
+
+    Milvus compares the float32 query vector with the float32 row by a float32 inner product (``norm_bound`` None:
+    ``metric="IP"``) or squared L2 distance of the reduced vectors (``M = norm_bound``); the store re-scores the
+    Gaussian recovered from the row (its precisions and ``mu / var`` as stored, its first coordinate recomputed).
+    With ``n`` terms, each float32 sum is off by at most ``gamma_(n+2)`` (rounding of the inputs included) times
+    the sum of the terms' magnitudes (``sum_j |q~_j d~_j|``; for L2, ``(2 M)^2``). A row that scores ``-kl`` or
+    more has, in every dimension, ``t = x - 1 - log x + (mu_q - mu_d)^2 / var_d <= 2 kl`` (``x = var_q / var_d``),
+    so ``x`` lies below :func:`_ratio_bound` of ``2 kl``, ``|log x| <= max(1 + 2 kl, log x_max)`` and
+    ``(|mu_q| + |mu_d|)^2 / var_d <= 8 mu_q^2 x_max / var_q + 4 kl``: the magnitudes are bounded by the query and
+    ``kl`` alone, whatever the stored rows (no statistics of the collection are needed). Means are those of the
+    store's centred frame (``queries`` centred like the rows). An L2 collection's rows are centred from the ``d~`` of
+    the means as given (:func:`centre_document_vectors`), whose float64 rounding follows the uncentred magnitudes:
+    ``centre`` adds that term.
+
+    Args:
+        queries: float64 query Gaussians (centred), shape ``(n, k)``.
+        kl: Per query, the ``KL`` of its ``k``-th candidate (``-score``; negative values count as 0).
+        norm_bound: ``M`` of an L2 collection; ``None`` for inner product.
+        centre: The centre an L2 collection's rows were centred on from their uncentred ``d~`` (``None``: none).
+
+    Returns:
+        float64, shape ``(n,)`` (``inf`` where ``kl`` is too large for a finite bound).
+
+    Examples:
+        >>> q = Gaussians(np.zeros((1, 4)), np.ones((1, 4)))
+        >>> b = _flat_error_bound(q, np.array([0.5]))
+        >>> bool(0 < b[0] < 1e-4)
+        True
+    """
+    mean = np.asarray(queries.mean, dtype=np.float64)
+    var = np.asarray(queries.var, dtype=np.float64)
+    u = FLOAT32_UNIT_ROUNDOFF
+    terms_n = 2 * mean.shape[1] + (2 if norm_bound is not None else 1) + 2  # + 2: the rounding of both inputs
+    gamma = terms_n * u / (1.0 - terms_n * u) * (1.0 + 1e-6)
+    with np.errstate(over="ignore", invalid="ignore"):
+        t = 2.0 * np.maximum(np.asarray(kl, dtype=np.float64), 0.0)[:, None]
+        x_max = _ratio_bound(t)
+        log_var_d = np.abs(np.log(var)) + np.maximum(1.0 + t, np.log(x_max))  # bounds |log var_d|
+        mu_q = mean * mean * x_max / var  # bounds mu_q^2 / var_d
+        # sum_j |q~_j d~_j|: per dimension |log var_d| / 2 + x / 2 + (|mu_q| + |mu_d|)^2 / (2 var_d)
+        magnitude = (0.5 * log_var_d + 0.5 * x_max + 4.0 * mu_q + t).sum(axis=1)
+        # the stored first coordinate against the recovered Gaussian's (float32 rounding of the row, ~3 u per
+        # dimension of mu^2 / var and u per log var): |log var_d| / 2 + 2 mu_d^2 / var_d + 1 / 2 per dimension
+        first = 1.02 * u * (0.5 * log_var_d + 4.0 * mu_q + 4.0 * t + 0.5).sum(axis=1)
+        if norm_bound is None:
+            bound = gamma * (magnitude + first) + first
+        else:
+            qnorm = np.linalg.norm(np.asarray(kl_query_vectors(queries), dtype=np.float64), axis=1)
+            # (2 M)^2 (gamma + 2 u) of squared distance, times |q~| / (2 M); the recovered row: u |q~_j d~_j|
+            bound = (2.0 * gamma + 8.0 * u) * float(norm_bound) * qnorm * (1.0 + 1e-6) + u * magnitude + first
+        bound = bound + 1e-12 * magnitude  # the float64 re-scoring
+        if centre is not None:  # float64 rounding of d0 + <c, b> + <c^2, a>, with mu = (mu - c) + c
+            c2 = np.asarray(centre, dtype=np.float64) ** 2
+            eps = 2.0 * (2 * mean.shape[1] + 3) * float(np.finfo(np.float64).eps)
+            bound = bound + eps * (0.5 * log_var_d + 16.0 * mu_q + 16.0 * t + 6.0 * c2 * x_max / var).sum(axis=1)
+    return np.where(np.isfinite(bound), bound, np.inf)
+
+
 # ------------------------------------------------------------------ store
 @dataclass(frozen=True)
 class _Reduction:
@@ -666,7 +843,7 @@ class MilvusKLStore(GaussianStore):
         collection_name: The Milvus collection.
         dim: Gaussian dimension ``k``; inferred from the first :meth:`add` when ``None``.
         token: Milvus credentials (``"user:password"``) for a server with auth.
-        index_type: ``"flat"`` (exact), ``"hnsw"`` or ``"ivf"``.
+        index_type: ``"flat"`` (exact for the stored Gaussians: see the module docstring), ``"hnsw"`` or ``"ivf"``.
         metric: ``"L2"`` (MIPS -> L2 reduction) or ``"IP"``; ``None`` (default): an existing collection's
             metric, else ``"IP"`` for a new flat collection (exact) and ``"L2"`` for HNSW / IVF.
         compression: ``None`` or ``"sq8"`` (``HNSW_SQ`` / ``IVF_SQ8``).
@@ -680,7 +857,8 @@ class MilvusKLStore(GaussianStore):
         exact_threshold: When HNSW / IVF returns fewer than ``k`` hits for a query (a selective
             filter, or too few IVF lists probed) and at most this many rows match, every matching
             row is fetched and scored exactly, so all matching documents come back when fewer than
-            ``k`` exist (as with ``KLStore``).
+            ``k`` exist (as with ``KLStore``). A flat query whose candidates float32 cannot prove to hold
+            its top ``k`` scores every matching row in float64 when at most this many match (else a warning).
         norm_headroom: ``M = norm_headroom * max ||d~||`` for the L2 reduction (from 1 to 1e6).
         max_text_length: ``max_length`` of the ``text`` field; longer texts raise ``ValueError``.
         timeout: Seconds to wait for the server when connecting and for metadata calls.
@@ -718,6 +896,7 @@ class MilvusKLStore(GaussianStore):
     _uid: str | None
     _identity: tuple[Any, str | None] | None
     _index_build: dict[str, Any] | None
+    _ip_centred: bool
 
     def __init__(
         self,
@@ -907,7 +1086,7 @@ class MilvusKLStore(GaussianStore):
     def _config(self) -> dict[str, Any]:
         config = {
             "format": _FORMAT_NAME,
-            "format_version": _FORMAT_VERSION,
+            "format_version": _FORMAT_VERSION if self._ip_centred else _BASE_FORMAT_VERSION,
             "library_version": library_version(),
             "score": {"name": SCORE_NAME, "direction": SCORE_DIRECTION},
             "dim": self._dim,
@@ -1181,6 +1360,7 @@ class MilvusKLStore(GaussianStore):
         self._encoder_backbone = self._own_backbone()
         self._encoder_config, self._encoder_tokenizer = self._own_config(), self._own_tokenizer(fresh=True)
         self._index_build = self._build_params()
+        self._ip_centred = self.metric == "IP"  # centred on the first documents' mean (format version 3)
         schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", dt.VARCHAR, is_primary=True, max_length=MAX_ID_LENGTH)
         schema.add_field("vector", dt.FLOAT_VECTOR, dim=self._vector_dim)
@@ -1313,6 +1493,7 @@ class MilvusKLStore(GaussianStore):
         self._encoder_tokenizer = None  # and the tokenizer SHA-256
         self._incomplete_counted = None  # an incomplete record is counted again after an attach
         self._index_build = None  # the index build settings the config records (none: an old collection)
+        self._ip_centred = False  # an inner-product collection of format version 3: its rows are centred
 
     def _sync(self) -> None:
         """Check (one ``describe_collection``) that the collection is still the one attached, and re-read
@@ -1385,6 +1566,8 @@ class MilvusKLStore(GaussianStore):
         self._index_build = dict(build) if isinstance(build, Mapping) else None  # republished as stored
         self._text_nullable = bool((fields.get("text") or {}).get("nullable", False))
         self._has_added = _ADDED_FIELD in fields
+        # an inner-product collection of an earlier format holds uncentred rows: kept so (no centre is chosen)
+        self._ip_centred = self.metric == "IP" and int(config.get("format_version", 0)) >= _FORMAT_VERSION
         uid = config.get("collection_uid")
         self._uid = uid if isinstance(uid, str) else None
         self._warn_if_other_weights(config)
@@ -1406,10 +1589,11 @@ class MilvusKLStore(GaussianStore):
         Milvus has no compare-and-set on collection properties: the value is written, read back and
         compared with this publication's token (write-then-verify).  The caller has just re-read the
         stored state, so the version here is the stored one + 1.  ``centre`` is given with the first
-        documents only; later publications keep the stored one.  ``norm_bound`` is ``None`` only where none is
-        stored (metric ``"IP"``), in a publication that records a new weights identity
-        (:meth:`_take_own_weights_if_empty`, which passes ``lost``, called once the stored state is re-read, for its
-        own message when another writer's publication wins).
+        documents only; later publications keep the stored one (metric ``"IP"``, which stores no ``M``: the
+        caller passes the stored centre).  ``norm_bound`` is ``None`` only where none is stored (metric ``"IP"``),
+        in a publication that records a new weights identity (:meth:`_take_own_weights_if_empty`) or the centre of
+        an inner-product collection's first documents (:meth:`_add_inner_product`); both pass ``lost``, called
+        once the stored state is re-read, for their own message when another writer's publication wins.
         """
         config = self._config()
         writer = uuid.uuid4().hex
@@ -1518,11 +1702,64 @@ class MilvusKLStore(GaussianStore):
             if g.dim != self._dim:
                 raise ValueError(f"document gaussians have dimension {g.dim}; this store has dimension {self._dim}")
             self._take_own_weights_if_empty()
-            raw = np.asarray(kl_document_vectors(g.astype(np.float64)))
+            g64 = g.astype(np.float64)
+            raw = np.asarray(kl_document_vectors(g64))  # refuses a row whose d~ is not finite, before any write
             if self.metric == "IP":
-                self._upsert(self._rows(raw), id_list, text_list, metas)
+                self._add_inner_product(g64, id_list, text_list, metas)
             else:
                 self._add_reduced(raw, np.asarray(g.mean), id_list, text_list, metas)
+
+    def _add_inner_product(self, g64: Gaussians, id_list: list[str], texts: list[Any], metas: list[Any]) -> None:
+        """Insert ``metric="IP"`` rows: ``d~`` of the means centred on the stored centre (none: as they are).
+
+        In a collection of format version 3 (:data:`_FORMAT_VERSION`), the first documents choose the centre, the
+        mean of their means (as ``KLStore``'s flat index does: the float32 ``d~`` and inner products then no longer
+        depend on where the origin of the means lies), stored before any row is written (write-then-verify, as
+        ``M``); later writers keep it. The centre is read again after the rows are written: where another writer's
+        centre replaced the one used (two first adds at once), the rows are written again under it. An inner-product
+        collection of an earlier format holds uncentred rows and keeps doing so.
+
+        The rows are ``d~`` of the centred Gaussians (``mu - centre`` in float64), computed from them rather than from
+        the ``d~`` of the means as given (:func:`centre_document_vectors`), whose float64 rounding follows the
+        uncentred magnitudes: each row's first coordinate then agrees with the Gaussian its other coordinates hold
+        within float32 rounding, which the exact flat search relies on (:func:`_flat_error_bound`).
+        """
+        for attempt in range(_MAX_SYNC_ATTEMPTS):
+            state = self._state  # re-read by _sync just before, or by the previous attempt
+            if self._ip_centred and state.centre is None:
+                state = self._read_state()  # right before choosing: another writer may have just stored one
+            if self._ip_centred and state.centre is None:
+                centre = tuple(float(x) for x in means_centre(np.asarray(g64.mean)))
+
+                def lost() -> str:
+                    return (
+                        f"another writer stored the centre of Milvus collection {self.collection_name!r} at the same "
+                        "time; using it"
+                    )
+
+                if not self._publish(None, 0.0, rewrite=False, centre=centre, lost=lost):
+                    continue  # another writer's centre won: _read_state adopted it
+            used = self._state.centre
+            centred = (
+                g64 if used is None else Gaussians(np.asarray(g64.mean) - np.asarray(used), g64.var, validate=False)
+            )
+            self._upsert(self._rows(np.asarray(kl_document_vectors(centred))), id_list, texts, metas)
+            if not self._ip_centred or state.centre is not None:
+                return  # the centre was stored before this attempt began: it does not change
+            if self._read_state().centre == used:
+                return
+            logger.warning(
+                "another writer replaced the centre of Milvus collection %r while this add ran; writing its rows "
+                "again under the stored centre (attempt %d of %d)",
+                self.collection_name,
+                attempt + 1,
+                _MAX_SYNC_ATTEMPTS,
+            )
+        raise RuntimeError(
+            f"Milvus collection {self.collection_name!r}: could not agree on the centre of the means with concurrent "
+            f"writers in {_MAX_SYNC_ATTEMPTS} attempts; the documents may be stored under another centre: retry the "
+            "add once the other writers are done"
+        )
 
     def _add_reduced(
         self, raw: np.ndarray, means: np.ndarray, id_list: list[str], texts: list[Any], metas: list[Any]
@@ -1652,7 +1889,8 @@ class MilvusKLStore(GaussianStore):
     def _warn_norm_jump(self, dvec: np.ndarray, offset: float, bound: float | None, id_list: list[str]) -> None:
         """Log a document whose norm dwarfs the bound ``M`` in force (or, for the first documents, the
         batch's median norm) by more than :data:`_NORM_JUMP_WARN`: ``M`` follows it and float32 L2 can
-        then no longer rank the other documents (scores stay exact, the candidate pool does not)."""
+        then no longer rank the other documents (scores stay exact, the candidate pool does not: HNSW / IVF
+        lose recall, a flat search scores every matching row, :meth:`_exact_flat`)."""
         norms = np.linalg.norm(shift_document_vectors(dvec, offset), axis=1)
         if bound is not None:
             ref, what = bound, f"the bound M={bound:.3g} in force"
@@ -1666,7 +1904,8 @@ class MilvusKLStore(GaussianStore):
             logger.warning(
                 "document %r has a reduced norm %.3g, %.3g times %s (a tiny variance or a huge mean): the "
                 "L2-reduction bound M grows to cover it, and float32 L2 search can then barely tell the other "
-                "documents apart (flat recall drops far below 1; scores stay exact). M does not shrink when it "
+                "documents apart (HNSW / IVF recall drops far below 1, and a flat search scores every matching row "
+                "in float64 to stay exact; scores stay exact). M does not shrink when it "
                 "is deleted: delete it and call repair() to lower M, or keep such documents in another collection",
                 id_list[worst],
                 float(norms[worst]),
@@ -2049,7 +2288,7 @@ class MilvusKLStore(GaussianStore):
     def _gaussians(self, ids: list[str]) -> Gaussians:
         """Recovered from the stored float32 vectors, as float32; ``KeyError`` for an unknown id.
 
-        Variances within about 1e-7 relative; means too, except in a centred L2 collection: within about
+        Variances within about 1e-7 relative; means too, except in a centred collection: within about
         ``1e-7 * |mu - centre|`` there (docs/milvus.md, *Recovered Gaussians*)."""
         _check_sendable_ids(ids, "get_gaussians")
         with self._lock:
@@ -2206,6 +2445,7 @@ class MilvusKLStore(GaussianStore):
             data = self._query_vectors(qg)
             q64 = self._query_centred(qg)  # the pool's recovered Gaussians are centred too
             index_type = self.index_type
+            state = self._state  # the M, offset and centre the query vectors were made with
         filter = self._resolve_filter(filter)  # long $in lists on Milvus Lite: the matching ids, read now
         if k > MAX_TOPK:  # one Milvus search returns at most MAX_TOPK hits: enough when no more rows match
             count = self._count(filter)
@@ -2222,18 +2462,18 @@ class MilvusKLStore(GaussianStore):
         elif index_type == "ivf":
             params = {"nprobe": self.nprobe}
 
-        def search(vectors: np.ndarray, fields: list[str]) -> list[list[dict[str, Any]]]:
+        def search(vectors: np.ndarray, fields: list[str], limit: int = pool) -> list[list[dict[str, Any]]]:
             hits = self._client.search(
                 self.collection_name,
                 data=vectors.tolist(),
-                limit=pool,
+                limit=limit,
                 filter=filter,
                 output_fields=fields,
                 search_params={"metric_type": self.metric, "params": params},
                 anns_field="vector",
                 timeout=self.request_timeout,
             )
-            return [[{"id": h["id"], **h["entity"]} for h in row] for row in hits]
+            return [[{"id": h["id"], **h["entity"], "distance": h["distance"]} for h in row] for row in hits]
 
         # The pool comes with its vectors only (texts are long; a pool is 10 x k); the winners' text and
         # metadata are fetched with their vectors, and a winner whose vector changed or vanished in
@@ -2241,11 +2481,18 @@ class MilvusKLStore(GaussianStore):
         # too, so every hit is one stored version of its document: never torn, never dropped.
         rows = search(data, self._fields("vector"))
         tops = [self._top(q64[i], row, k) for i, row in enumerate(rows)]
-        stored = self._fetch(list({rows[i][j]["id"] for i, (order, _) in enumerate(tops) for j in order}),
-                             ["vector", "text", "metadata"])  # fmt: skip
+        limits = [pool] * len(rows)  # the pool each query's rows came from (widened where not proven, flat)
+        scanned: dict[int, list[SearchResult]] = {}  # flat queries answered by scoring every matching row
+        if index_type == "flat":
+            scanned = self._exact_flat(q64, data, k, filter, state, search, rows, tops, limits)
+        winners = {rows[i][j]["id"] for i, (order, _) in enumerate(tops) if i not in scanned for j in order}
+        stored = self._fetch(list(winners), ["vector", "text", "metadata"])
         results: list[list[SearchResult]] = []
         stale: list[int] = []
         for i, (order, scores) in enumerate(tops):
+            if i in scanned:  # one stored version of each row, read with its text by the scan
+                results.append(scanned[i])
+                continue
             hits = []
             for j in order:
                 row, now = rows[i][j], stored.get(rows[i][j]["id"])
@@ -2256,15 +2503,116 @@ class MilvusKLStore(GaussianStore):
                     break
                 hits.append(SearchResult(str(row["id"]), float(scores[j]), now["text"], dict(now["metadata"] or {})))
             results.append(hits)
-        if stale:
-            again = search(data[stale], self._fields("vector", "text", "metadata"))
-            for i, row in zip(stale, again, strict=True):
+        for limit in sorted({limits[i] for i in stale}):
+            group = [i for i in stale if limits[i] == limit]
+            again = search(data[group], self._fields("vector", "text", "metadata"), limit)
+            for i, row in zip(group, again, strict=True):
                 rows[i] = row
                 results[i] = self._rank(q64[i], row, k)
         short = [i for i, row in enumerate(rows) if len(row) < k]
         if short and index_type != "flat":
             self._exact_when_short(q64, k, filter, short, min(len(rows[i]) for i in short), results)
         return results
+
+    def _unproven(
+        self,
+        q64: Gaussians,
+        k: int,
+        state: _Reduction,
+        rows: list[list[dict[str, Any]]],
+        tops: list[Any],
+        limit: int,
+        among: list[int],
+    ) -> list[int]:
+        """The queries of ``among`` whose flat candidate pool (``limit`` rows asked) is not proven to hold their top
+        ``k``.
+
+        Milvus' flat search ranks every matching row by its float32 score, so a row left out of the pool scores at
+        most the pool's last (the witness) in float32. A pool that came back short holds every matching row. Else
+        the pool holds the top ``k`` when the witness, read as ``-KL`` and raised by :func:`_flat_error_bound` for
+        rows that could beat the ``k``-th, stays below the ``k``-th float64 score: no row left out can reach it
+        (strictly, so rows tied with the ``k``-th are all in the pool and the tie order decides).
+        """
+        todo = [i for i in among if len(rows[i]) >= limit]
+        if not todo:
+            return []
+        kth = np.asarray([tops[i][1][tops[i][0][k - 1]] for i in todo], dtype=np.float64)
+        queries = q64[np.asarray(todo)]
+        shift = np.asarray(kl_query_constant(queries), dtype=np.float64)
+        if self.metric == "IP":
+            witness = np.asarray([min(float(r["distance"]) for r in rows[i]) for i in todo]) + shift
+            bound = _flat_error_bound(queries, -kth)
+        else:
+            m = state.norm_bound
+            assert m is not None
+            dist = np.asarray([max(float(r["distance"]) for r in rows[i]) for i in todo])
+            qnorm = np.linalg.norm(np.asarray(kl_query_vectors(queries), dtype=np.float64), axis=1)
+            # ||x_q - x_d||^2 = 2 M^2 - 2 (M / |q~|) <q~, d^>, and <q~, d~> = <q~, d^> + o
+            witness = (2.0 * m * m - dist) * qnorm / (2.0 * m) + state.offset + shift
+            centre = None if state.centre is None else np.asarray(state.centre)
+            bound = _flat_error_bound(queries, -kth, m, centre)
+        with np.errstate(invalid="ignore"):
+            proven = witness + bound < kth
+        return [i for i, ok in zip(todo, proven, strict=True) if not ok]
+
+    def _exact_flat(
+        self,
+        q64: Gaussians,
+        data: np.ndarray,
+        k: int,
+        filter: str,
+        state: _Reduction,
+        search: Callable[..., list[list[dict[str, Any]]]],
+        rows: list[list[dict[str, Any]]],
+        tops: list[Any],
+        limits: list[int],
+    ) -> dict[int, list[SearchResult]]:
+        """Make a flat search exact: the queries whose pool is not proven to hold their top ``k``
+        (:meth:`_unproven`) are searched again with :data:`_FLAT_WIDEN` times the pool (``rows``, ``tops`` and
+        ``limits`` updated), and those still not proven score every matching row in float64 when at most
+        ``max(k, exact_threshold)`` match (their results returned by query number); above that, a warning.
+        Where the matching rows are no more than the widened pools would return (one scan serves every query),
+        they are scored at once.
+        """
+        todo = self._unproven(q64, k, state, rows, tops, limits[0], list(range(len(rows))))
+        if not todo:
+            return {}
+        count = self._count(filter)
+        wide = min(MAX_TOPK, _FLAT_WIDEN * limits[0])
+        scan = count <= max(k, self.exact_threshold)
+        if wide > limits[0] and not (scan and count <= wide * len(todo)):
+            again = search(data[todo], self._fields("vector"), wide)
+            for i, row in zip(todo, again, strict=True):
+                rows[i], tops[i], limits[i] = row, self._top(q64[i], row, k), wide
+            todo = self._unproven(q64, k, state, rows, tops, wide, todo)
+            if not todo:
+                return {}
+        if not scan:
+            logger.warning(
+                "flat search: the float32 candidates of %d query(ies) are not provably enough for the exact top k=%d "
+                "(float32 rounding is too coarse for their documents' scores), and %d rows match, above "
+                "exact_threshold=%d: those results may miss documents (raise exact_threshold to score every matching "
+                "row exactly)",
+                len(todo),
+                k,
+                count,
+                self.exact_threshold,
+            )
+            return {}
+        logger.info(
+            "flat search: the float32 candidates of %d query(ies) are not provably enough for the exact top k=%d; "
+            "scoring all %d matching rows in float64",
+            len(todo),
+            k,
+            count,
+        )
+        best: dict[int, list[dict[str, Any]]] = {i: [] for i in todo}
+        for page in self._iter_all(self._fields("vector", "text", "metadata"), filter=filter):
+            for i in todo:
+                merged = best[i] + page
+                order, _ = self._top(q64[i], merged, k)
+                best[i] = [merged[j] for j in order]
+        return {i: self._rank(q64[i], best[i], k) for i in todo}
 
     def _exact_when_short(
         self, q64: Gaussians, k: int, filter: str, short: list[int], fewest: int, results: list[list[SearchResult]]
