@@ -12,7 +12,11 @@ machine noise hits every one alike:
 
 ``--busy N`` runs N CPU-bound processes (pure Python loops) alongside, to measure a shared machine.
 
-    python benchmarks/onnx_session.py --quick          # about a minute: 3 rounds, 300 queries, 128 texts
+``--quick`` takes about a minute on an idle 2-core machine and several minutes under load (two runs beside
+other work took 4 min 49 s and 6 min 27 s, the second at a load average of 11.6); the full run does about
+three times its work.
+
+    python benchmarks/onnx_session.py --quick          # 3 rounds, 300 queries, 128 texts (see above)
     python benchmarks/onnx_session.py                  # 5 rounds, 500 queries, 256 texts
     python benchmarks/onnx_session.py --busy 1         # the same with one busy process beside it
 
@@ -73,7 +77,11 @@ def _burn(stop: Event) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="3 rounds, 300 queries, 128 texts (about a minute)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="3 rounds, 300 queries, 128 texts (about a minute on an idle 2-core machine, several minutes under load)",
+    )
     parser.add_argument("--rounds", type=positive_int, default=None, help="interleaved rounds (default 5; --quick: 3)")
     parser.add_argument("--reps", type=positive_int, default=None, help="queries per round (default 500; --quick: 300)")
     parser.add_argument(

@@ -340,6 +340,49 @@ def check_encode_args(*, batch_size: Any, max_length: Any, convert_to: Any) -> N
         raise ValueError(f"convert_to must be 'numpy' or 'torch'; got {convert_to!r}")
 
 
+#: The kinds of device the encoders know (the torch backend runs on each; the ONNX backend on the cpu only).
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def bad_device(device: Any) -> ValueError:
+    """The error for a ``device`` that is none of :data:`DEVICE_TYPES` (both backends raise it, in the same words).
+
+    Examples:
+        >>> bad_device("tpu")
+        ValueError("device must be cpu, cuda or mps; got 'tpu'")
+    """
+    return ValueError(f"device must be cpu, cuda or mps; got {device!r}")
+
+
+def device_type(device: Any) -> str:
+    """The kind of ``device`` (``"cpu"``, ``"cuda"`` or ``"mps"``), read as ``torch.device`` reads it, without torch.
+
+    ``device`` is a ``torch.device`` or its name: ``cpu``, ``cuda`` or ``mps`` in lower case, with an optional
+    ``:N`` (a device index, no leading zero). Other spellings are refused as ``torch.device`` refuses them
+    (``"CPU"``, ``"cuda:01"``, ``" cpu"``), and so are other kinds (``"tpu"``, ``"xla"``), as the torch
+    backend refuses them. The ONNX backend reads the device with it before refusing one other than the cpu,
+    so a name that is no device at all gets the same message on either backend.
+
+    Raises:
+        ValueError: ``device`` is not such a device (:func:`bad_device`).
+
+    Examples:
+        >>> device_type("cuda:1"), device_type("cpu:0"), device_type("mps")
+        ('cuda', 'cpu', 'mps')
+        >>> device_type("CPU")
+        Traceback (most recent call last):
+        ValueError: device must be cpu, cuda or mps; got 'CPU'
+    """
+    is_torch_device = type(device).__name__ == "device" and type(device).__module__ == "torch"
+    text = str(device) if is_torch_device else device
+    if isinstance(text, str):
+        kind, colon, index = text.partition(":")
+        plain_index = index.isascii() and index.isdigit() and (index == "0" or not index.startswith("0"))
+        if kind in DEVICE_TYPES and (not colon or plain_index):
+            return kind
+    raise bad_device(device)
+
+
 def _require_torch_tensors(what: str) -> None:
     """Raise ``ModuleNotFoundError`` naming the ``torch`` extra when torch cannot be imported (for torch Gaussians).
 
@@ -386,17 +429,19 @@ def query_batch_size(encoder: Any, batch_size: int) -> int:
 
 
 def progress_disabled() -> bool:
-    """Whether the environment turns every progress bar off: ``TQDM_DISABLE`` set to anything but ``""``.
+    """Whether every progress bar is off: ``TQDM_DISABLE`` set to anything but ``""``, or no ``sys.stderr``.
 
-    Read as tqdm reads it (any non-empty value, ``"0"`` included, disables), but at each call, and so that it
-    wins over an explicit ``show_progress_bar=True`` / ``show_progress=True`` / ``--progress`` too: tqdm's own
-    reading only changes the default of a bar built without ``disable=``, which none of this package's is.
+    ``TQDM_DISABLE`` is read as tqdm reads it (any non-empty value, ``"0"`` included, disables), but at each
+    call, and so that it wins over an explicit ``show_progress_bar=True`` / ``show_progress=True`` /
+    ``--progress`` too: tqdm's own reading only changes the default of a bar built without ``disable=``, which
+    none of this package's is. A process started with stderr closed (``2>&-``, a ``pythonw`` program) has
+    ``sys.stderr`` ``None``, where a bar (tqdm writes to ``sys.stderr``) would fail at its first write.
     """
-    return bool(os.environ.get("TQDM_DISABLE"))
+    return bool(os.environ.get("TQDM_DISABLE")) or sys.stderr is None
 
 
 def progress_enabled(show: bool | None) -> bool:
-    """Whether a bar asked for with ``show`` is drawn: ``show`` is true and ``TQDM_DISABLE`` is not set.
+    """Whether a bar asked for with ``show`` is drawn: ``show`` is true and :func:`progress_disabled` is not.
 
     Every progress bar of the package goes through this rule (``tqdm(..., disable=not progress_enabled(show))``
     or :func:`progress_bar`).
@@ -411,10 +456,10 @@ def progress_enabled(show: bool | None) -> bool:
 def show_progress(show_progress_bar: bool | None, n_texts: int, batch_size: int) -> bool:
     """The progress-bar choice: as asked, else when there are several batches and stderr is a terminal.
 
-    Never a bar when ``TQDM_DISABLE`` is set (:func:`progress_disabled`).
+    Never a bar when ``TQDM_DISABLE`` is set or stderr is closed (:func:`progress_disabled`).
     """
     if show_progress_bar is None:
-        return n_texts > batch_size and sys.stderr.isatty() and not progress_disabled()
+        return not progress_disabled() and n_texts > batch_size and sys.stderr.isatty()
     return progress_enabled(show_progress_bar)
 
 
@@ -433,9 +478,9 @@ _NO_BAR = _NoBar()
 def progress_bar(total: int, *, desc: str, show: bool, unit: str = "batch", leave: bool | None = None) -> Any:
     """A context manager giving a bar of ``total`` units (``bar.update(n)`` as they are done).
 
-    A tqdm bar when ``show`` (and ``TQDM_DISABLE`` is not set: :func:`progress_enabled`); otherwise a no-op,
-    without building a disabled tqdm (``tqdm(disable=True)`` still registers and unregisters an instance
-    under a lock: about 1% of a one-query search).
+    A tqdm bar when ``show`` (and neither ``TQDM_DISABLE`` is set nor stderr closed: :func:`progress_enabled`);
+    otherwise a no-op, without building a disabled tqdm (``tqdm(disable=True)`` still registers and
+    unregisters an instance under a lock: about 1% of a one-query search).
 
     Args:
         total: How many units the bar counts.

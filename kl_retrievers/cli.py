@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import sys
 import threading
 import unicodedata
@@ -41,6 +42,7 @@ from kl_retrievers.cli_common import (  # re-exported: they were defined here
     model_session_options,
     model_session_problem,
     positive_int,
+    stdin_problem,
     token_budget,
 )
 
@@ -281,7 +283,19 @@ def _session_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _check_session_flags(args: argparse.Namespace, backend: str | None, **kwargs: Any) -> None:
-    """Refuse ``--model-threads`` / ``--model-spinning`` where they cannot apply (a usage error, exit 2)."""
+    """Refuse ``--model-threads`` / ``--model-spinning`` where they cannot apply (a usage error, exit 2).
+
+    First a ``--device`` (``device=``) that is no device (``tpu``, ``CPU``: the torch backend's message, whatever
+    the backend) or, with ``--model-backend onnx``, not the cpu: the message names the flag that runs on it.
+    """
+    from kl_retrievers._encoding import device_type
+
+    device = kwargs.get("device")
+    if device is not None and device_type(device) != "cpu" and backend == "onnx":
+        raise SystemExit(
+            f"the ONNX backend (--model-backend onnx) runs on cpu only; got --device {device} (pass --model-backend "
+            f"torch to run on {device}, or --device cpu)"
+        )
     problem = model_session_problem(args, backend, **kwargs)
     if problem:
         raise SystemExit(problem)
@@ -376,8 +390,7 @@ def _run_encode(args: argparse.Namespace) -> int:
         if not texts:
             raise ValueError(f"--input {args.input}: holds no texts; nothing to encode")
     elif args.texts:
-        _check_argument_texts(args.texts, "text")
-        texts = list(args.texts)
+        texts = _check_argument_texts(args.texts, "text")
         ids = [str(i) for i in range(len(texts))]
     else:
         raise SystemExit("nothing to encode: give texts or --input FILE")
@@ -555,8 +568,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     _check_session_flags(args, args.model_backend)
     start = time.perf_counter()
     corpus = read_jsonl_objects(DATA_DIR / "demo_corpus.jsonl")
-    _check_argument_texts(args.queries, "query")
-    queries = list(args.queries) or [r["text"] for r in read_jsonl_objects(DATA_DIR / "demo_queries.jsonl")]
+    queries = _check_argument_texts(args.queries, "query") or [
+        r["text"] for r in read_jsonl_objects(DATA_DIR / "demo_queries.jsonl")
+    ]
     encoder = _load_encoder(args.model, backend=args.model_backend, **_session_kwargs(args))
     print(f"model: {encoder!r}")
     store = KLStore(encoder)
@@ -736,30 +750,56 @@ def _rows_metadata(
     return metadatas
 
 
-def _check_argument_texts(values: Sequence[str], what: str, *, numbered: bool = True) -> None:
-    r"""Refuse a command-line text that is not valid UTF-8, naming the argument and the byte.
+def _check_argument_texts(values: Sequence[str], what: str, *, numbered: bool = True) -> list[str]:
+    r"""The command-line texts ``values`` as UTF-8 text; refuse one that is not valid UTF-8, naming it and the byte.
 
-    Python reads such an argument with its bytes kept as lone surrogates (``\udcff`` for the byte ``\xff``),
-    which no model can encode and which the library would report as ``texts[0]``. ``numbered=False`` names
-    the argument by ``what`` alone (an option's value, such as ``--filter``).
+    Python reads an argument with its bytes kept as lone surrogates (``\udcff`` for the byte ``\xff``) where
+    they do not decode in the locale's encoding. Under an ASCII locale (``LC_ALL=C`` with ``PYTHONUTF8=0``)
+    that is every non-ASCII character, though the bytes are valid UTF-8 (``café`` reads ``caf\udcc3\udca9``):
+    such a text is decoded again as UTF-8 (:func:`os.fsencode` gives its bytes back). What is still not
+    valid UTF-8 no model can encode, and the library would report it as ``texts[0]``: refused. ``numbered=False``
+    names the argument by ``what`` alone (an option's value, such as ``--filter``).
+
+    Returns:
+        ``values``, each valid UTF-8 text (as it was, or its bytes decoded as UTF-8).
 
     Examples:
-        >>> _check_argument_texts(["bread", "Ünïcode"], "query")  # valid UTF-8: nothing to say
+        >>> _check_argument_texts(["bread", "Ünïcode"], "query")  # valid UTF-8: as they are
+        ['bread', 'Ünïcode']
         >>> _check_argument_texts(["bread \udcff"], "query")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ValueError: query 1 on the command line is not valid UTF-8 text (byte 0xff at character 6 of ...
     """
+    texts: list[str] = []
     for number, value in enumerate(values, 1):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            char = value[exc.start]
-            byte = f"byte 0x{ord(char) - 0xDC00:02x}" if 0xDC80 <= ord(char) <= 0xDCFF else f"{char!r}"
-            raise ValueError(
-                f"{what}{f' {number}' if numbered else ''} on the command line is not valid UTF-8 text ({byte} at "
-                f"character {exc.start} of '{_printable(value)}'); give it in UTF-8 (check the terminal's or the "
-                "locale's encoding)"
-            ) from None
+        text = _as_utf8_text(value)
+        if text is not None:
+            texts.append(text)
+            continue
+        bad = next(i for i, char in enumerate(value) if not _is_utf8(char))
+        char = value[bad]
+        byte = f"byte 0x{ord(char) - 0xDC00:02x}" if 0xDC80 <= ord(char) <= 0xDCFF else f"{char!r}"
+        raise ValueError(
+            f"{what}{f' {number}' if numbered else ''} on the command line is not valid UTF-8 text ({byte} at "
+            f"character {bad} of '{_printable(value)}'); give it in UTF-8 (check the terminal's or the "
+            "locale's encoding)"
+        )
+    return texts
+
+
+def _as_utf8_text(value: str) -> str | None:
+    r"""``value`` when it is valid UTF-8, else its bytes (:func:`os.fsencode`) decoded as UTF-8, else ``None``.
+
+    Examples:
+        >>> _as_utf8_text("café"), _as_utf8_text("bread \udcff")
+        ('café', None)
+    """
+    if _is_utf8(value):
+        return value
+    try:  # the locale's decoding kept UTF-8 bytes as surrogates (an ASCII locale): they decode as UTF-8
+        return os.fsencode(value).decode("utf-8")
+    except UnicodeError:  # not UTF-8 bytes, or a text that is not the locale's decoding of any bytes
+        return None
 
 
 def _is_utf8(text: str) -> bool:
@@ -1031,8 +1071,8 @@ def _kl_store_folder(path: Path) -> Path:
     if _is_hybrid_folder(folder):
         raise ValueError(
             f"{folder} is a KLHybridStore (hybrid.json), whose results fuse BM25 with -KL; `kl-retrievers search` "
-            f"ranks by -KL alone: pass {folder / _KL_DIR} to search its KL half by -KL, or search the hybrid in "
-            f"Python (KLHybridStore.load({str(folder)!r}).search(...))"
+            f"ranks by -KL alone: pass {shlex.quote(str(folder / _KL_DIR))} to search its KL half by -KL, or search "
+            f"the hybrid in Python (KLHybridStore.load({str(folder)!r}).search(...))"
         )
     if _is_langchain_manifest(folder / _LANGCHAIN_MANIFEST):
         inner = _kl_store_of_manifest(folder / _LANGCHAIN_MANIFEST)
@@ -1051,7 +1091,9 @@ def _kl_store_folder(path: Path) -> Path:
     for manifest, store in stores:
         by_store.setdefault(store.resolve(), []).append(manifest.name)
     if len(by_store) > 1:
-        shown = ", ".join(f"{store} (named by {' and '.join(names)})" for store, names in by_store.items())
+        shown = ", ".join(
+            f"{shlex.quote(str(store))} (named by {' and '.join(names)})" for store, names in by_store.items()
+        )
         raise ValueError(f"{folder} is a LlamaIndex persist folder with {len(by_store)} KL stores; pass one of {shown}")
     if stores:
         manifest, inner = next(
@@ -1071,7 +1113,7 @@ def _kl_store_folder(path: Path) -> Path:
         raise ValueError("; ".join(damaged))
     named = [sub for sub in sorted(folder.iterdir()) if _is_langchain_manifest(sub / _LANGCHAIN_MANIFEST)]
     if named:
-        shown = ", ".join(str(sub) for sub in named[:8]) + (", ..." if len(named) > 8 else "")
+        shown = ", ".join(shlex.quote(str(sub)) for sub in named[:8]) + (", ..." if len(named) > 8 else "")
         raise ValueError(
             f"{folder} is not a KL store, but holds {len(named)} LangChain KLVectorStore index"
             f"{'es' if len(named) > 1 else ''} saved with save_local({str(folder)!r}, index_name=...): pass "
@@ -1143,9 +1185,9 @@ def _run_search(args: argparse.Namespace) -> int:
     from kl_retrievers._encoding import query_batch_size
     from kl_retrievers.index import KLStore
 
-    _check_argument_texts(args.query, "query")
+    args.query = _check_argument_texts(args.query, "query")
     if args.filter is not None:  # a JSON text: a non-UTF-8 byte in it would be a filter value no document holds
-        _check_argument_texts([args.filter], "--filter", numbered=False)
+        args.filter = _check_argument_texts([args.filter], "--filter", numbered=False)[0]
     blank = [i for i, query in enumerate(args.query, 1) if is_blank_query(query)]
     if blank:  # before any file is read or model loaded; a ranking for nothing would look like an answer
         which = (
@@ -1156,6 +1198,9 @@ def _run_search(args: argparse.Namespace) -> int:
             f"{which} is blank (empty or whitespace only{invisible}): it asks for nothing, so no document can "
             "answer it; give a query with words"
         )
+    problem = stdin_problem(args.store, "store", "give a KL store folder (written by `kl-retrievers index`)")
+    if problem:
+        raise ValueError(problem)
     args.store = _kl_store_folder(args.store)
     config_file = args.store / "config.json"
     if not args.store.exists():
@@ -1327,30 +1372,184 @@ _FILTER_KEY_CHUNK = 512  # documents fetched at a time while looking for --filte
 
 
 def _warn_absent_filter_keys(store: Any, filt: dict[str, Any]) -> None:
-    """Warn (stderr) naming the ``--filter`` keys that no document of ``store`` has in its metadata.
+    """Warn (stderr) naming the ``--filter`` keys that no document of ``store`` has in its metadata, and the
+    values a condition compares with that no stored value of their key can equal or order with.
 
-    Called when a query got fewer results than asked: a misspelt key matches nothing, and an empty
-    result would otherwise look like an answer. The documents are read :data:`_FILTER_KEY_CHUNK` at a
-    time, stopping as soon as every key has been seen.
+    Called when a query got fewer results than asked: a misspelt key matches nothing, nor does a value of
+    another JSON type than the stored ones (``{"year": {"$gte": "2020"}}`` where every stored year is a
+    number: :func:`_mistyped_filter_values`), and an empty result would otherwise look like an answer. The
+    documents are read :data:`_FILTER_KEY_CHUNK` at a time, stopping as soon as every key has been seen with
+    a value of each type the filter compares with.
     """
     wanted = _filter_keys(filt)
-    if not wanted:
+    compared = _filter_values(filt)
+    typed: dict[str, set[str]] = {}  # key -> the JSON types of the values the filter compares it with
+    for key, _, value in compared:
+        if (kind := _json_type(value)) is not None:
+            typed.setdefault(key, set()).add(kind)
+    if not wanted and not typed:
         return
     present: set[str] = set()
+    stored: dict[str, set[str]] = {key: set() for key in typed}  # key -> the JSON types of its stored values
     ids = list(store.ids)
+
+    def done() -> bool:
+        return present == wanted and all(
+            _comparable_types(kind) & stored[key] for key, kinds in typed.items() for kind in kinds
+        )
+
     for start in range(0, len(ids), _FILTER_KEY_CHUNK):
         for doc in store.get_by_ids(ids[start : start + _FILTER_KEY_CHUNK]):
             present |= wanted & set(doc.metadata)
-            if present == wanted:
-                return
+            for key, kinds in stored.items():
+                if key in doc.metadata and (kind := _json_type(doc.metadata[key])) is not None:
+                    kinds.add(kind)
+        if done():
+            return
     absent = sorted(wanted - present)
-    logger.warning(
-        "--filter names metadata key%s %s, which no document in the store has: a condition on %s matches "
-        "no document (check the spelling)",
-        "s" if len(absent) > 1 else "",
-        ", ".join(repr(key) for key in absent),
-        "them" if len(absent) > 1 else "it",
-    )
+    if absent:
+        logger.warning(
+            "--filter names metadata key%s %s, which no document in the store has: a condition on %s matches "
+            "no document (check the spelling)",
+            "s" if len(absent) > 1 else "",
+            ", ".join(repr(key) for key in absent),
+            "them" if len(absent) > 1 else "it",
+        )
+    for message in _mistyped_filter_values(compared, stored):
+        logger.warning("%s", message)
+
+
+#: The field operators whose value (each value of ``$in`` / ``$nin``) is compared with a stored value.
+_VALUE_OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin")
+
+
+def _filter_values(spec: Any) -> list[tuple[str, str, Any]]:
+    """``(key, operator, value)`` for each value a JSON ``--filter`` compares a metadata key with.
+
+    The operators of :data:`_VALUE_OPERATORS` (``$neq`` as ``$ne``), one entry per value of ``$in`` / ``$nin``;
+    a bare value is ``$eq``, a bare list ``$in``; inside ``$and`` / ``$or`` / ``$not`` too. A malformed
+    filter gives what it can (the search itself reports what is wrong).
+
+    Examples:
+        >>> _filter_values({"$or": [{"lang": ["en", "de"]}, {"year": {"$not": {"$gte": "2020"}}}]})
+        [('lang', '$in', 'en'), ('lang', '$in', 'de'), ('year', '$gte', '2020')]
+    """
+    from kl_retrievers.filters import OPERATOR_ALIASES
+
+    found: list[tuple[str, str, Any]] = []
+
+    def condition(key: str, cond: Any) -> None:
+        if isinstance(cond, dict) and cond and all(isinstance(op, str) and op.startswith("$") for op in cond):
+            for op, value in cond.items():
+                op = OPERATOR_ALIASES.get(op, op)
+                if op == "$not":
+                    condition(key, value)
+                elif op in ("$in", "$nin") and isinstance(value, list):
+                    found.extend((key, op, item) for item in value)
+                elif op in _VALUE_OPERATORS:
+                    found.append((key, op, value))
+        elif isinstance(cond, list):
+            found.extend((key, "$in", item) for item in cond)
+        else:
+            found.append((key, "$eq", cond))
+
+    def walk(part: Any) -> None:
+        if isinstance(part, list):
+            for item in part:
+                walk(item)
+        elif isinstance(part, dict):
+            for key, value in part.items():
+                if key in ("$and", "$or", "$not"):
+                    walk(value)
+                elif isinstance(key, str) and not key.startswith("$"):
+                    condition(key, value)
+
+    walk(spec)
+    return found
+
+
+_JSON_TYPES = {
+    "string": "a string",
+    "number": "a number",
+    "boolean": "a boolean",
+    "array": "an array",
+    "object": "an object",
+}
+
+
+def _json_type(value: Any) -> str | None:
+    """The JSON type of a metadata or filter value (``None``: null, or no JSON value).
+
+    Examples:
+        >>> _json_type("2020"), _json_type(2020), _json_type(True), _json_type(None)
+        ('string', 'number', 'boolean', None)
+    """
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return None
+
+
+def _comparable_types(kind: str) -> set[str]:
+    """The JSON types of the stored values a filter value of type ``kind`` can equal or order with (Python
+    compares a boolean as the number 0 or 1)."""
+    return {"number", "boolean"} if kind in ("number", "boolean") else {kind}
+
+
+def _mistyped_filter_values(compared: list[tuple[str, str, Any]], stored: dict[str, set[str]]) -> list[str]:
+    """One message per key and JSON type of the filter values that no stored value of the key can equal or order
+    with (``stored``: each key's stored types; a key never stored, or stored as null only, is left out).
+
+    Examples:
+        >>> message = _mistyped_filter_values([("year", "$gte", "2020")], {"year": {"number"}})[0]
+        >>> "every stored 'year' is a number" in message, message.endswith("(did you mean 2020?)")
+        (True, True)
+    """
+    groups: dict[tuple[str, str], tuple[list[str], list[Any]]] = {}
+    for key, op, value in compared:
+        kind = _json_type(value)
+        if kind is None or not stored.get(key) or _comparable_types(kind) & stored[key]:
+            continue
+        ops, values = groups.setdefault((key, kind), ([], []))
+        if op not in ops:
+            ops.append(op)
+        if value not in values:
+            values.append(value)
+    messages = []
+    for (key, kind), (ops, values) in groups.items():
+        shown = ", ".join(json.dumps(v, ensure_ascii=False) for v in values[:3]) + (", ..." if len(values) > 3 else "")
+        have = " or ".join(_JSON_TYPES[t] for t in sorted(stored[key]))
+        messages.append(
+            f"--filter compares {key!r} with the {kind}{'s' if len(values) > 1 else ''} {shown} ({', '.join(ops)}), "
+            f"but every stored {key!r} is {have}: values of different JSON types never match"
+            f"{_filter_value_hint(values[0], stored[key])}"
+        )
+    return messages
+
+
+def _filter_value_hint(value: Any, stored: set[str]) -> str:
+    """`` (did you mean ...?)``: ``value`` as a stored type would write it (the string ``"2020"`` as the number
+    ``2020``, a number as a string), else ``""``."""
+    if isinstance(value, str):
+        try:
+            meant = json.loads(value)
+        except ValueError:
+            return ""
+        kind = _json_type(meant)
+        finite = not isinstance(meant, float) or math.isfinite(meant)
+        if kind is not None and finite and _comparable_types(kind) & stored:
+            return f" (did you mean {json.dumps(meant, ensure_ascii=False)}?)"
+        return ""
+    if "string" in stored and isinstance(value, (bool, int, float)):
+        return f" (did you mean {json.dumps(json.dumps(value))}?)"
+    return ""
 
 
 def _recorded_backend(encoder_info: Any) -> str | None:
@@ -1381,12 +1580,60 @@ _REGISTRARS: list[Callable[[Any], None]] = [_add_demo, _add_encode, _add_index, 
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose usage errors are one line on stderr (exit status 2, as argparse)."""
+    """An ``ArgumentParser`` whose usage errors are one line on stderr (exit status 2, as argparse).
+
+    ``--help`` and ``--version`` honour stdout as the subcommands do (:func:`_print_to_stdout`): closed or
+    full, exit status 2 with one line on stderr; a reader that went away, 141.
+    """
 
     def error(self, message: str) -> Any:  # argparse's signature is NoReturn
         self.exit(
             2, f"{self.prog}: error: {_one_line(message)}{_usage_hint(self.prog, message)} (see {self.prog} --help)\n"
         )
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        # argparse passes sys.stdout for --help and --version and sys.stderr for usage errors, either of which
+        # may be None (a closed descriptor): a None that stderr is not is stdout. argparse's own version drops
+        # any OSError (exit status 0 with nothing written) and writes to stderr when stdout is closed.
+        if message and (file is sys.stdout or (file is None and sys.stderr is not None)):
+            _print_to_stdout(self, message)
+        else:
+            super()._print_message(message, file)
+
+
+def _print_to_stdout(parser: argparse.ArgumentParser, message: str) -> None:
+    """Write ``--help`` / ``--version`` output to stdout, flushed; exit as a subcommand does when it cannot.
+
+    Closed (``>&-``) or failing (``> /dev/full``): one line on stderr, exit status 2; a reader that went
+    away (``--help | head -1``): exit status 141 in silence (:func:`_run_command`'s rules).
+    """
+    stream = sys.stdout
+    if stream is None:
+        parser.exit(
+            2,
+            f"{parser.prog}: error: stdout is closed, so the output cannot be written; redirect it to a file (or to "
+            f"{os.devnull} to discard it)\n",
+        )
+    try:
+        stream.write(message)
+        stream.flush()
+    except BrokenPipeError:  # nothing but stdout is written here: its reader went away
+        _silence_stdout(stream)
+        sys.exit(141)
+    except OSError as exc:
+        _silence_stdout(stream)  # the interpreter's final flush would fail again ("Exception ignored ...")
+        parser.exit(2, f"{parser.prog}: error: {_CheckedStdout(stream)._failed(exc)}\n")
+
+
+def _silence_stdout(stream: Any) -> None:
+    """Point stdout's file descriptor at the null device: the interpreter's final flush of what could not be
+    written goes nowhere (the recipe of Python's signal docs for a closed pipe)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (a test's capture)
+        pass
 
 
 def _usage_hint(prog: str, message: str) -> str:
@@ -1548,6 +1795,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     import signal
     import threading
 
+    if sys.stderr is None:  # started with stderr closed (2>&-): messages go nowhere, not print()'s stdout
+        with open(os.devnull, "w", encoding="utf-8") as devnull:
+            sys.stderr = devnull
+            try:
+                return main(argv)
+            finally:
+                sys.stderr = None
     previous: Any = None
     handled = threading.current_thread() is threading.main_thread()  # signal.signal works there only
     # an ignored SIGTERM (SIG_IGN inherited from the parent, as `nohup` and some supervisors set it) stays ignored
@@ -1592,7 +1846,8 @@ def _cli_logging(verbose: bool) -> Iterator[None]:
     ends, so that a later in-process :func:`main` call configures its own (``-v`` then raises the level) and
     the caller's process is left as it was. Commands running at once (threads, or one inside another) share
     one handler: the first to start installs it, the last to end removes it and restores the root level the
-    first found; meanwhile the level is INFO while any of them was given ``--verbose``.
+    first found; meanwhile the level is INFO while any of them was given ``--verbose``, and faiss's loader
+    logs warnings only (:data:`_FAISS_LOADER`; its level is left alone when the program set one).
     """
     root = logging.getLogger()
     with _cli_log.lock:
@@ -1605,6 +1860,12 @@ def _cli_logging(verbose: bool) -> Iterator[None]:
                 _cli_log.handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
                 _cli_log.level = root.level
                 root.addHandler(_cli_log.handler)
+                # faiss's loader logs at INFO each build it could not load ("Could not load library with AVX512
+                # support ..."), which reads as a failure under -v: its warnings only, unless the program set a level
+                loader = logging.getLogger(_FAISS_LOADER)
+                _cli_log.loader_level = loader.level
+                if loader.level == logging.NOTSET:
+                    loader.setLevel(logging.WARNING)
             _cli_log.users += 1
             _cli_log.verbose += bool(verbose)
             root.setLevel(logging.INFO if _cli_log.verbose else logging.WARNING)
@@ -1625,6 +1886,11 @@ def _cli_logging(verbose: bool) -> Iterator[None]:
                     root.removeHandler(handler)
                     handler.close()
                 root.setLevel(_cli_log.level)
+                logging.getLogger(_FAISS_LOADER).setLevel(_cli_log.loader_level)
+
+
+#: The logger of faiss's library loader, kept at WARNING while a command logs (:func:`_cli_logging`).
+_FAISS_LOADER = "faiss.loader"
 
 
 class _CliLog:
@@ -1636,6 +1902,7 @@ class _CliLog:
         self.verbose = 0  # of them, those given --verbose
         self.handler: logging.Handler | None = None
         self.level = logging.NOTSET  # the root logger's level when the first of them started
+        self.loader_level = logging.NOTSET  # faiss's loader logger's level then (_FAISS_LOADER)
 
 
 _cli_log = _CliLog()
@@ -1667,11 +1934,7 @@ def _run_command(args: argparse.Namespace) -> int:
         # signal docs. Further writes (the interpreter's final flush) go to /dev/null. The status is
         # non-zero, as `python -m json.tool` exits (with errno 32) and as a C tool killed by SIGPIPE
         # (128 + 13 = 141, what a shell reports for `yes | head -1`); `set -o pipefail` scripts see it too.
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, stdout.fileno())
-        except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (a test's capture)
-            pass
+        _silence_stdout(stdout)
         return 141
     except SystemExit as exc:  # a subcommand's usage error, raise SystemExit("message")
         if exc.code is None or isinstance(exc.code, int):

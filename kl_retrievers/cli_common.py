@@ -251,7 +251,9 @@ def model_session_problem(
             f"{named} {verb} to the ONNX backend only (an ONNX Runtime session setting), and the model runs on "
             f"torch ({why}): pass --model-backend onnx, or leave {named} out"
         )
-    if backend is None and device not in (None, "cpu"):
+    from kl_retrievers._encoding import device_type
+
+    if backend is None and device is not None and device_type(device) != "cpu":  # "cpu:0" is the cpu too
         return (
             f"{named} {verb} to the ONNX backend only, which runs on cpu; got --device {device} (pass --device cpu, "
             f"or leave {named} out to run on {device})"
@@ -305,6 +307,24 @@ def read_folder_config(folder: Path) -> dict[str, Any] | None:
 def is_store_config(config: dict[str, Any] | None) -> bool:
     """Whether a folder's ``config.json`` (see :func:`read_folder_config`) is a KL store's."""
     return config is not None and config.get("format") == KLSTORE_FORMAT
+
+
+def stdin_problem(given: str | os.PathLike[str], named: str, instead: str) -> str | None:
+    """Why the input ``given`` cannot be read (``None``: it is not ``-``, or a file or folder named ``-`` exists).
+
+    ``-`` reads stdin in many tools, but not here: the message says so, as ``encode --input -`` does,
+    where "not found" would send the user looking for a file. ``named`` names the argument, ``instead``
+    says what to give.
+
+    Examples:
+        >>> print(stdin_problem("-", "--data", "give a BEIR folder or a .jsonl file"))
+        --data -: reading stdin is not supported; give a BEIR folder or a .jsonl file
+        >>> stdin_problem("data", "--data", "give a BEIR folder") is None
+        True
+    """
+    if os.fspath(given) != "-" or os.path.lexists("-"):
+        return None
+    return f"{named} -: reading stdin is not supported; {instead}"
 
 
 def progress_default(quiet: bool) -> bool:

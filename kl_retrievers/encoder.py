@@ -54,8 +54,10 @@ from kl_retrievers._config import TOKENIZER_SIDE_FILES as _TOKENIZER_SIDE_FILES
 from kl_retrievers._config import check_tokenizer_sha256 as _check_tokenizer_sha256
 from kl_retrievers._config import check_weights_sha256 as _check_weights_sha256
 from kl_retrievers._encoding import (
+    DEVICE_TYPES,
     TORCH_EXTRA,
     EncoderMixin,
+    bad_device,
     cut_long_texts,
     eval_mode,
     longest_added_token,
@@ -345,9 +347,9 @@ def _pick_device(device: str | torch.device | None) -> torch.device:
         try:
             dev = torch.device(device)
         except (RuntimeError, TypeError):  # TypeError: not a str or device at all (e.g. a list of devices)
-            raise ValueError(f"device must be cpu, cuda or mps; got {device!r}") from None
-        if dev.type not in ("cpu", "cuda", "mps"):
-            raise ValueError(f"device must be cpu, cuda or mps; got {device!r}")
+            raise bad_device(device) from None
+        if dev.type not in DEVICE_TYPES:
+            raise bad_device(device)
         _check_available(dev, device)
         return dev
     if torch.cuda.is_available():

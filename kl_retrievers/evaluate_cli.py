@@ -43,6 +43,7 @@ from kl_retrievers.cli_common import (
     non_negative_int,
     positive_int,
     progress_default,
+    stdin_problem,
     token_budget,
 )
 from kl_retrievers.datasets import CORPUS_FILE, QRELS_DIR, QUERIES_FILE, BeirDataset, DatasetError, load_beir
@@ -1288,7 +1289,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if getattr(args, "batch_size", None) is None:
         args.batch_size = _BATCH_SIZE
     problem = (
-        _hybrid_option_problem(args)
+        stdin_problem(args.dataset_dir, "DATASET_DIR", "give a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
+        or _hybrid_option_problem(args)
         or baseline_problem
         or _output_problem(args)
         or _session_problem(args)

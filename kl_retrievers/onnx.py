@@ -1690,8 +1690,23 @@ class OnnxGaussianEncoder(EncoderMixin):
         return {k: arrays[k] for k in self._input_names}
 
     def _use_device(self, device: Any) -> None:
-        name = None if device is None else str(device)  # torch.device("cpu") reads "cpu"
-        if name is not None and name != "cpu" and not name.startswith("cpu:"):
+        self._check_device(device)
+
+    @staticmethod
+    def _check_device(device: Any) -> None:
+        """Refuse a ``device`` other than ``None`` or the cpu (``"cpu"``, ``"cpu:N"``, ``torch.device("cpu")``).
+
+        A name that is no device at all (``"tpu"``, ``"CPU"``) is refused first, in the torch backend's words
+        (:func:`kl_retrievers._encoding.device_type`); a GPU (``"cuda"``, ``"mps"``) saying to load with
+        ``backend='torch'`` for it. :func:`kl_retrievers.load_model` checks the device with it too, before the
+        model loads.
+
+        Raises:
+            ValueError: ``device`` is no device, or not the cpu.
+        """
+        from kl_retrievers._encoding import device_type
+
+        if device is not None and device_type(device) != "cpu":
             raise ValueError(f"the ONNX backend runs on cpu only; got device={device!r} (use backend='torch')")
 
     def _refuse_precision(self, dtype: Any) -> None:

@@ -59,9 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m kl_retrievers.onnx_cli", description="Export Gaussian encoders to ONNX."
     )
-    parser.add_argument(
-        "--verbose", "-v", action="store_true", help="log at INFO level (ONNX Runtime's optimiser and quantiser)"
-    )
+    verbose_help = "log at INFO level (ONNX Runtime's optimiser and quantiser)"
+    parser.add_argument("--verbose", "-v", action="store_true", help=verbose_help)
     sub = parser.add_subparsers(dest="command", required=True)
     p_export = sub.add_parser("export", help="export an encoder to an ONNX folder")
     p_export.add_argument("source", help="bundled model name, saved encoder folder or hub id")
@@ -75,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_bundle = sub.add_parser("bundle", help="export bundled models into their shipped onnx-int8/ folder")
     p_bundle.add_argument("names", nargs="*", default=[DEFAULT_MODEL])
     p_bundle.add_argument("--check", action="store_true", help="compare with the shipped graph; write nothing")
+    for command in (p_export, p_bundle):  # -v after the subcommand too, as kl-retrievers takes it
+        command.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
     args = parser.parse_args(argv)
     # kl-retrievers' log lines for this command only: removed again when it ends (the caller's process keeps its
     # own logging; a program that configured logging keeps its configuration)
@@ -130,11 +131,28 @@ def _source_folder(name_or_path: str) -> Path:
     Raises:
         ValueError: The folder is an ONNX export (there is no torch model in it to export).
     """
-    from kl_retrievers.hub import resolve_model_path
-    from kl_retrievers.pretrained import _bundled_name, bundled_model_path
+    from kl_retrievers._io import user_path
+    from kl_retrievers.hub import ModelNotFoundError, resolve_model_path
+    from kl_retrievers.pretrained import (
+        _bundled_name,
+        _did_you_mean,
+        _strip_bundled_name,
+        bundled_model_path,
+        bundled_models,
+    )
 
+    name_or_path = _strip_bundled_name(name_or_path) or name_or_path  # " minilm-gauss-soup": as load_model reads it
     bundled = _bundled_name(name_or_path)  # also kl_retrievers:NAME; an unknown such name lists the bundled ones
-    folder = bundled_model_path(bundled) if bundled is not None else resolve_model_path(name_or_path)
+    try:
+        folder = bundled_model_path(bundled) if bundled is not None else resolve_model_path(name_or_path)
+    except ModelNotFoundError as exc:  # as load_model (so kl-retrievers) says it: the closest, every bundled name
+        if bundled is not None or user_path(name_or_path).exists():
+            raise
+        hint = _did_you_mean(name_or_path).strip()
+        raise ModelNotFoundError(
+            f"{exc}{' ' + hint[0].upper() + hint[1:] if hint else ''} Bundled models (load them by name): "
+            f"{', '.join(bundled_models())}."
+        ) from None
     meta = _export_meta(folder)
     if meta is not None:
         source = meta.get("source")

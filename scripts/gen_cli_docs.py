@@ -47,10 +47,11 @@ SCRIPTING = """
 ## Scripting
 
 **Streams.** stdout carries the results only (search hits, `search --json` and `evaluate --json` records, the
-one-line summaries of `encode` and `index`); logs, warnings, errors and progress bars go to stderr. A progress
-bar is shown when stderr is a terminal; `--progress` (`encode`, `index`) shows it anyway, `--no-progress` hides
-it (`evaluate` and `train` show bars on a terminal only and have `--quiet`). `--verbose` (`-v`) logs at INFO
-level; it may come before or after the subcommand.
+one-line summaries of `encode` and `index`, `train`'s `saved ...` line and its `evaluation on ...` line,
+`--help` and `--version`); logs, warnings, errors and progress bars go to stderr. A progress bar is shown when
+stderr is a terminal; `--progress` (`encode`, `index`) shows it anyway, `--no-progress` hides it (`evaluate`
+and `train` show bars on a terminal only and have `--quiet`); with stderr closed (`2>&-`) there is none.
+`--verbose` (`-v`) logs at INFO level; it may come before or after the subcommand.
 
 **Exit statuses.**
 
@@ -64,8 +65,8 @@ level; it may come before or after the subcommand.
 | 143 | terminated (SIGTERM) |
 
 A usage error is a bad flag or no subcommand; bad input is a missing or malformed file, a damaged store, an
-output that cannot be written, or stdout closed or full. After 130 or 143, the temporary folders of an
-interrupted save are removed and an earlier output is left whole, as for any other error. Ctrl-C in the
+output that cannot be written, or stdout closed or full (`--help` and `--version` too). After 130 or 143, the
+temporary folders of an interrupted save are removed and an earlier output is left whole, as for any other error. Ctrl-C in the
 first fraction of a second, while Python imports the package, may still show a traceback. SIGTERM is handled
 between Python bytecodes: during a long call into native code (a faiss search, an onnxruntime or torch batch)
 the exit waits until that call returns. A SIGTERM that the parent process set to be ignored (`trap '' TERM`

@@ -138,7 +138,7 @@ def test_a_resume_with_another_metric_summarises_and_tabulates_its_own_entries(
     capsys.readouterr()
     # the finished checkpoint resumed with another metric: evaluated once by it
     assert main(_argv(world, out, "--eval-metric", "mrr@10", "--resume")) == 0
-    line = _summary(capsys.readouterr().err)
+    line = _summary(capsys.readouterr().out)  # the summary is on stdout, as encode's and index's
     training = json.loads((out / "config.json").read_text())["encoder"]["extra"]["training"]
     entries = training["evaluations"]
     assert [(e["step"], e["evaluator"]["metric"]) for e in entries] == [(3, "ndcg@10"), (3, "mrr@10")]
@@ -150,7 +150,7 @@ def test_a_resume_with_another_metric_summarises_and_tabulates_its_own_entries(
     assert re.findall(r"^\| (\d+) \| (\S+) \|$", card, re.M) == [("3", f"{mrr:.4f}")], card
     # back to the first metric: its entry exists, nothing runs; the summary reads it, not the last (mrr) entry
     assert main(_argv(world, out, "--eval-metric", "ndcg@10", "--resume")) == 0
-    line = _summary(capsys.readouterr().err)
+    line = _summary(capsys.readouterr().out)  # the summary is on stdout, as encode's and index's
     ndcg = entries[0]["ndcg@10"]
     assert f"ndcg@10 {ndcg:.4f} at the end (step 3)" in line and "(1 evaluation; 1 not" in line, line
     card = (out / "README.md").read_text()

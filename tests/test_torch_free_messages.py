@@ -121,7 +121,7 @@ def test_the_named_export_command_parses(tmp_path: Path, capsys: pytest.CaptureF
         onnx_main(["export", "--help"])
     assert info.value.code == 0
     usage = " ".join(capsys.readouterr().out.split())
-    assert "export [-h] [--quantize {int8,float32}] [--overwrite] source out" in usage, usage
+    assert "export [-h] [--quantize {int8,float32}] [--overwrite] [--verbose] source out" in usage, usage
 
 
 # ------------------------------------------------------------------ 5. search on an adapter's save

@@ -364,8 +364,8 @@ def test_cli_records_the_evaluations_and_prints_a_summary(
     assert evaluations[-1]["ndcg@10"] == pytest.approx(score.aggregate["ndcg@10"], abs=1e-6)
     card = (out / "README.md").read_text()
     assert "## Evaluation during training" in card and f"| 3 | {evaluations[-1]['ndcg@10']:.4f} |" in card
-    err = capsys.readouterr().err
-    line = next(x for x in err.splitlines() if x.startswith("evaluation on "))
+    printed = capsys.readouterr().out  # the command's summary lines are on stdout
+    line = next(x for x in printed.splitlines() if x.startswith("evaluation on "))
     assert f"ndcg@10 {evaluations[-1]['ndcg@10']:.4f} at the end (step 3)" in line and "(2 evaluations)" in line
     # the checkpoint records them too
     assert [e["step"] for e in json.loads((tmp_path / "m.checkpoint" / "state.json").read_text())["evaluations"]] == [

@@ -813,8 +813,7 @@ def _load_onnx_once(
     known = dict(hashes or {})  # a source's hash, computed once: each check and the cache's key use it
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {QUANTIZATIONS}; got {quantize!r}")
-    if device not in (None, "cpu"):
-        raise ValueError(f"the ONNX backend runs on cpu only; got device={device!r} (use backend='torch')")
+    OnnxGaussianEncoder._check_device(device)  # "cpu:0" as the encoder's own encode(device=) takes it
     why = ""
     if name is not None:
         source, display, slug = bundled_model_path(name), f"kl_retrievers:{name}", name

@@ -35,6 +35,7 @@ from kl_retrievers.cli_common import (
     check_output_path,
     positive_int,
     progress_default,
+    stdin_problem,
     token_budget,
 )
 
@@ -222,7 +223,8 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue from the last checkpoint (same recipe; only --steps, --time-budget, --checkpoint-every, "
-        "--quiet, --device may change)",
+        "--quiet, --device may change); refused when the checkpoint folder holds none (drop --resume to start "
+        "from step 0)",
     )
     t.add_argument("--cache-dir", default=None, help="feature / teacher cache root (default ~/.cache/kl_retrievers)")
     t.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -591,7 +593,10 @@ def check_checkpoint_dir(
     except ValueError as exc:
         hint = ""
         if resume and folder.is_symlink():
-            hint = f"; to resume from the checkpoint the link points to, pass that folder: --checkpoint-dir {target}"
+            hint = (
+                "; to resume from the checkpoint the link points to, pass that folder: --checkpoint-dir "
+                f"{shlex.quote(str(target))}"
+            )
         raise ValueError(f"{flag} {given}: {exc}{hint}") from None
     return folder
 
@@ -863,6 +868,9 @@ def _run_train(args: argparse.Namespace) -> int:
     cache_root = Path(args.cache_dir) if args.cache_dir else None  # the default only where a cache is used (below)
     show = progress_default(args.quiet)  # bars on a terminal only, none with --quiet
     try:
+        for given in args.data:
+            if problem := stdin_problem(given, "--data", "give a BEIR folder or a .jsonl file"):
+                raise ValueError(problem)
         # a source given twice would count each example twice: dropped with a warning (the card lists it once)
         args.data = [str(d) for d in unique_data_paths(args.data, args.split)]
         # before loading anything (backbone, data, features), not after hours of training
@@ -873,16 +881,17 @@ def _run_train(args: argparse.Namespace) -> int:
         )
         resume = bool(args.resume)
         if resume and _find_checkpoint(ckpt) is None:
-            if args.checkpoint_dir is not None:
-                # a named folder without a checkpoint is most likely a typo: no silent restart from step 0
-                what = "holds no checkpoint (no state.json)" if ckpt.exists() else "does not exist"
-                raise ValueError(
-                    f"--resume: --checkpoint-dir {args.checkpoint_dir} {what}; give the folder of the checkpoint to "
-                    "continue from, or leave out --resume to start from step 0"
-                )
-            # the default folder (<--out>.checkpoint): a job rerun with --resume starts afresh when there is none
-            logger.warning("--resume: no checkpoint at %s; starting from step 0", ckpt)
-            resume = False
+            # as train_encoder(resume=True): a typo in a folder would otherwise restart from step 0 in silence
+            what = "holds no checkpoint (no state.json)" if ckpt.exists() else "does not exist"
+            named = (
+                f"--checkpoint-dir {shlex.quote(str(args.checkpoint_dir))}"
+                if args.checkpoint_dir is not None
+                else f"the checkpoint folder {shlex.quote(str(ckpt))} (the default, <--out>.checkpoint)"
+            )
+            raise ValueError(
+                f"--resume: {named} {what}; give the folder of the checkpoint to continue from with "
+                "--checkpoint-dir, or drop --resume to start from step 0"
+            )
         _check_args(args)
         heads_only = bool(args.heads_only_cached)
         try:
@@ -1066,11 +1075,12 @@ def _run_train(args: argparse.Namespace) -> int:
     # check_train_out has already refused what --overwrite does not allow; one atomic swap
     encoder.save_pretrained(out, include_backbone=include_backbone, extra_files=extra_files, overwrite=True)
     loss_text = f"{final:.4f}" if math.isfinite(final) else "n/a (no step recorded)"
-    print(f"saved {out} after {result.steps_done} steps ({result.stopped}); final loss {loss_text}", file=sys.stderr)
+    # the command's result on stdout, as encode's and index's one-line summaries
+    print(f"saved {out} after {result.steps_done} steps ({result.stopped}); final loss {loss_text}")
     if eval_dataset is not None:
         where = f"{args.eval_data} (split {args.eval_split})"
         summary = evaluation_summary(result.evaluations, args.eval_metric, description)
-        print(f"evaluation on {where}: {summary}", file=sys.stderr)
+        print(f"evaluation on {where}: {summary}")
     return 0
 
 
