@@ -2553,12 +2553,21 @@ def _query_texts(queries: Any) -> list[str]:
 
 def _gaussians_meant(queries: Any) -> bool:
     """Whether ``queries`` (refused as texts) look like query Gaussians: a ``Gaussians`` batch, an array of numbers
-    (means, or a tensor), or arrays in a list or tuple (``(mean, var)``), as ``KLStore``'s check tells them."""
+    (means, or a tensor), or arrays of numbers in a list or tuple (``(mean, var)``), as ``KLStore``'s check tells
+    them. An array of bytes or strings (``np.array([b"x"])``) is not: it holds texts, of the wrong type or shape."""
+
+    def numeric(array: Any) -> bool:  # numpy's bool, int, uint and float kinds; a tensor's dtype has no kind
+        dtype = getattr(array, "dtype", None)
+        if dtype is None or not hasattr(array, "ndim"):
+            return False
+        kind = getattr(dtype, "kind", None)
+        return kind is None or kind in ("b", "i", "u", "f")
+
     if isinstance(queries, Gaussians):
         return True
-    if hasattr(queries, "ndim") and getattr(getattr(queries, "dtype", None), "kind", None) != "O":
+    if numeric(queries):
         return True
-    return isinstance(queries, (list, tuple)) and any(getattr(q, "ndim", 0) >= 1 for q in queries)
+    return isinstance(queries, (list, tuple)) and any(numeric(q) and q.ndim >= 1 for q in queries)
 
 
 def _save_token(path: Path) -> str | None:

@@ -40,7 +40,7 @@ import threading
 import uuid
 import weakref
 import zipfile
-from collections.abc import Callable, ItemsView, Iterable, KeysView, Mapping, Sequence, Set
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -463,6 +463,8 @@ def _str_ids(ids: Iterable[Any], *, none: bool = False) -> list[str]:
         TypeError: ids[1] must be a str; got int 1
     """
     out = list(ids)
+    if set(map(type, out)) <= ({str, type(None)} if none else {str}):
+        return out  # the common case in one C loop (an async write checks them on the event loop's thread)
     for j, doc_id in enumerate(out):
         if not (isinstance(doc_id, str) or (none and doc_id is None)):
             raise TypeError(f"ids[{j}] must be a str; got {type(doc_id).__name__} {doc_id!r:.80}")
@@ -471,6 +473,19 @@ def _str_ids(ids: Iterable[Any], *, none: bool = False) -> list[str]:
 
 def _check_texts(texts: Any, what: str = "texts") -> list[str]:
     return check_texts(texts, what, allow_str=False)
+
+
+def _read_texts(texts: Any) -> list[Any]:
+    """``texts`` read into a list, with the checks :func:`_check_texts` makes of the container but not of its items.
+
+    For an async write's event-loop thread: a list, tuple or iterator (a generator) is read as it is (a copy of
+    its references); anything else gets every check of :func:`_check_texts` (a refused container, such as a
+    single str, a set or a dict, raises before any item is read). Checking each text (a str that UTF-8 can
+    encode) is left to the worker thread, which checks them all again (:meth:`KLVectorStore.add_texts`).
+    """
+    if isinstance(texts, (list, tuple, Iterator)) and not hasattr(texts, "columns"):
+        return list(texts)
+    return _check_texts(texts)
 
 
 def _check_query(query: Any) -> str:
@@ -1517,13 +1532,18 @@ class KLVectorStore(VectorStore):
         return {"succeeded": done, "failed": []}
 
     async def aupsert(self, documents: Sequence[Document], ids: list[str] | None = None) -> dict[str, list[str]]:
-        """Async :meth:`upsert`; a cancelled call writes nothing if it can, and bad ids fail before anything is
-        encoded (see :meth:`aadd_texts`)."""
+        """Async :meth:`upsert` (a subclass's too), in a worker thread; a cancelled call writes nothing if it can,
+        and bad ids fail before anything is encoded (see :meth:`aadd_texts`).
+
+        The documents and ids are read here, on the caller's thread, and the ids checked as :meth:`add_texts`
+        checks them (``ids``, else each document's ``id``; ``None`` and ``""`` get a uuid4 hex in :meth:`upsert`).
+        """
         docs = list(documents)
-        if ids is None:
-            ids = [d.id or uuid.uuid4().hex for d in docs]
-        done = await self.aadd_texts([d.page_content for d in docs], [dict(d.metadata) for d in docs], ids=ids)
-        return {"succeeded": done, "failed": []}
+        if isinstance(ids, Iterator):  # a generator: read once, here, and the same ids handed to upsert
+            ids = list(ids)
+        given = ids if ids is not None else [getattr(d, "id", None) for d in docs]
+        check_write_ids(_check_add_args(len(docs), None, given)[1])
+        return await cancellable_write(self.upsert, docs, ids)
 
     async def aadd_texts(
         self,
@@ -1536,13 +1556,15 @@ class KLVectorStore(VectorStore):
 
         A cancelled call (``asyncio.wait_for``'s timeout too) writes nothing, as ``InMemoryVectorStore``: the
         worker thread goes on encoding, then stops before the store's write lock; a write that holds the lock
-        already completes (:func:`~kl_retrievers._adapters.cancellable_write`). ``aadd_documents`` and
-        :meth:`aupsert` come here too. The texts, metadatas and ids are read and checked here, on the caller's
-        thread, as :meth:`add_texts` checks them: a bad id (not a str, repeated, a lone surrogate) fails at once,
-        before anything is encoded.
+        already completes (:func:`~kl_retrievers._adapters.cancellable_write`). ``aadd_documents`` comes here
+        too. The texts, metadatas and ids are read here, on the caller's thread, and the ids checked as
+        :meth:`add_texts` checks them: a bad id (not a str, repeated, a lone surrogate) fails at once, before
+        anything is encoded. Each text is checked in the worker thread (a str, that UTF-8 can encode), as
+        :meth:`add_texts` checks it, so that many texts do not hold the event loop; a container that is not
+        texts (a single str, a set, a dict) is refused here.
         """
         _warn_ignored(kwargs, "aadd_texts", "texts, metadatas and ids", accepted=_ADD_KWARGS)
-        items = _check_texts(texts)
+        items = _read_texts(texts)  # each text is checked in the worker thread (add_texts): it costs the loop time
         metadata_list, id_values = _check_add_args(len(items), metadatas, ids)
         check_write_ids(id_values)
         return await cancellable_write(self.add_texts, items, metadata_list, id_values)

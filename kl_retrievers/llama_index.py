@@ -2921,7 +2921,9 @@ class KLVectorStore(BasePydanticVectorStore):
         beside it only when both come from the same persist, so a concurrent persist or load, or a
         persist that failed part-way, never pairs one persist's nodes with another's settings (a manifest
         edited by hand applies only while it keeps the copy's ``persist_id``; else the copy's settings do).
-        Persisting again overwrites it.
+        Persisting again overwrites it. A symbolic link in ``persist_path``'s folder (``current -> v3``, or a link
+        above it) is followed: it is resolved once, before anything is written, and every part goes into ``v3``
+        (the link is kept), even if the link is re-pointed during the persist.
         ``load_index_from_storage(StorageContext.from_defaults(persist_dir=dir))`` loads the
         store back as a :class:`KLVectorStore` (see :meth:`from_persist_path`).
 
@@ -2929,8 +2931,12 @@ class KLVectorStore(BasePydanticVectorStore):
             NotImplementedError: ``fs`` is not a local filesystem.
         """
         _check_fs(fs)
-        manifest_path, store_dir = _manifest_and_store_paths(persist_path)
-        make_dirs(manifest_path.parent)  # each new folder synced into its parent
+        given, store_dir = _manifest_and_store_paths(persist_path)
+        # a link (current -> v3, at the manifest's folder or above it) is resolved once, here, as KLStore.save and
+        # LangChain's save_local resolve it: every part goes into that folder, even if the link is re-pointed meanwhile
+        folder = Path(os.path.realpath(given.parent))
+        manifest_path, store_dir = folder / given.name, folder / store_dir.name
+        make_dirs(folder)  # each new folder synced into its parent
         calibrator, calibrator_path = self._scorer.explicit, _calibrator_path(manifest_path)
         manifest = {
             "format": _MANIFEST_FORMAT,
@@ -2963,7 +2969,7 @@ class KLVectorStore(BasePydanticVectorStore):
         adapters.write_manifest(manifest_path, manifest)
         if calibrator is None:
             calibrator_path.unlink(missing_ok=True)  # a calibrator persisted earlier no longer applies
-        logger.info("persisted %d nodes to %s (+ %s)", len(self._store), manifest_path, store_dir.name)
+        logger.info("persisted %d nodes to %s (+ %s)", len(self._store), given, store_dir.name)
 
     @classmethod
     def from_persist_path(

@@ -221,8 +221,9 @@ class CrossEncoderTeacher:
         piece starts two words before the first word not yet counted. Where a piece has no such words (one
         word longer than the piece) the piece grows, for that piece only: the next one has the usual length again
         (a piece grown for a long word can be cheap, the word being one ``[UNK]`` token, but as many characters of
-        ordinary words cost about 120 bytes a character). Where the counted word is not found at its place in the
-        next piece, the text is tokenized whole.
+        ordinary words cost about 120 bytes a character), or twice the length of the two words it starts with where
+        that is longer (two long words before the first word not counted: else that word would lie outside it).
+        Where the counted word is not found at its place in the next piece, the text is tokenized whole.
         """
         usual = max(_COUNT_CHARS, _encoding._CUT_CHARS_PER_TOKEN * self.max_length)
         size = usual
@@ -258,7 +259,9 @@ class CrossEncoderTeacher:
                 continue
             total += sum(1 for w in known if first <= w < stop)
             start, skip = start + begins[stop - 2], begins[stop] - begins[stop - 2]
-            size = usual  # grown for a long word: the pieces after it have the usual length again
+            # the usual length again after a piece grown for a long word, but at least twice `skip`: the next piece
+            # starts with the two words before the first one not counted, which can be longer than a usual piece
+            size = max(usual, 2 * skip)
 
     def _cut_sides(
         self, out: list[tuple[str, str]], sides: list[tuple[int, int]], budget: Callable[[int, int], int]
