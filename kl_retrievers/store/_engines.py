@@ -749,13 +749,17 @@ class FlatEngine(FaissEngine):
             self._flat_norm = (id(self.index), known[1])
 
     def remove_rows(self, dead: np.ndarray) -> None:
-        if self.index is not None:
-            self.own()
-            self.index.remove_ids(_faiss().IDSelectorBatch(dead.astype(np.int64)))
-            # the bound of the rows before may be far above those left (a large row deleted): computed again from
-            # the rows at the next search or save, so a loose bound neither slows searches nor is saved
-            self._flat_norm = None
-            self._maybe_recentre()  # the deleted rows may have held the documents' mean far from the centre
+        if self.index is None:
+            return
+        # the deleted rows may have held the documents' mean far from the centre: a re-centred index is built
+        # from the (already compacted) table's rows alone, so the dead rows need not be removed first
+        if self._maybe_recentre():
+            return
+        self.own()
+        self.index.remove_ids(_faiss().IDSelectorBatch(dead.astype(np.int64)))
+        # the bound of the rows before may be far above those left (a large row deleted): computed again from
+        # the rows at the next search or save, so a loose bound neither slows searches nor is saved
+        self._flat_norm = None
 
     def rebuild(self, forced: bool = False) -> None:
         """Centre the index on the live documents' mean, every ``d~`` computed again, and drop the tombstones.
@@ -805,32 +809,50 @@ class FlatEngine(FaissEngine):
             return math.inf
         return float(float32_score_bound(queries, rewrite_block_norms(docs).max(axis=0)).max())
 
-    def _maybe_recentre(self) -> None:
+    def _maybe_recentre(self) -> bool:
         """Centre the index on the live documents' mean where that at least halves the float32 error bound.
 
         The bound is that of :data:`_RECENTRE_SAMPLE` live rows spread over the table, searched as
         queries among themselves (:meth:`_error_bound`), around the current centre and around the
-        live mean. Re-centring changes no result: it only spares searches the float64 fallback.
+        live mean. Re-centring changes no result: it only spares searches the float64 fallback. Called by
+        :meth:`remove_rows` once the table is compacted (the new index holds its rows only); being an
+        optimisation, it never fails the write that called it: any error (``MemoryError`` building the new
+        index included) keeps the old index and centre, with a warning.
+
+        Returns:
+            Whether the index was replaced by one of the table's rows around the new centre.
         """
         live = np.flatnonzero(self.table.alive)
         if not self._auto_centre or self.index is None or self.index.ntotal == 0 or not live.size:
-            return
-        centre = self._live_mean()
-        sample = live[np.unique(np.linspace(0, live.size - 1, num=min(live.size, _RECENTRE_SAMPLE)).astype(np.int64))]
-        now, then = self._error_bound(sample, self._flat_centre()), self._error_bound(sample, centre)
-        if not (math.isfinite(then) and then <= CENTRE_GAIN * now):
-            return
+            return False
         try:
+            centre = self._live_mean()
+            sample = live[
+                np.unique(np.linspace(0, live.size - 1, num=min(live.size, _RECENTRE_SAMPLE)).astype(np.int64))
+            ]
+            now, then = self._error_bound(sample, self._flat_centre()), self._error_bound(sample, centre)
+            if not (math.isfinite(then) and then <= CENTRE_GAIN * now):
+                return False
             self._recentre(centre, compact=False)
         except ValueError as exc:  # a row overflows float32 around the new centre: keep the old one
             logger.debug("flat index not re-centred: %s", exc)
-            return
+            return False
+        except Exception as exc:  # an optimisation only: the write that compacted has happened
+            logger.warning(
+                "flat index not re-centred on the mean of its %d documents (%s: %s); it keeps its centre "
+                "(results are unchanged; searches may fall back to float64 until rebuild())",
+                live.size,
+                type(exc).__name__,
+                exc,
+            )
+            return False
         logger.info(
             "flat index centred again on the mean of its %d documents (float32 error bound of a sample %.3g -> %.3g)",
             live.size,
             now,
             then,
         )
+        return True
 
     def _recentre(self, centre: np.ndarray, *, compact: bool) -> None:
         """Replace the index by one of every row's ``d~`` around ``centre`` (``compact``: the live rows', the

@@ -227,10 +227,15 @@ def too_new_message(where: str, writer: Any, what: str, found: int, newest: int)
     """
     ours = library_version()
     reads = f"this kl-retrievers ({ours}) reads {what} {newest} and earlier"
-    if not isinstance(writer, str) or not writer.strip():
+    if writer is None or (isinstance(writer, str) and not writer.strip()):
         return (
             f"{where} was written in {what} {found} by a kl-retrievers whose version it does not record; {reads}: "
             f"load it with a kl-retrievers that reads {what} {found} (a later release)"
+        )
+    if not isinstance(writer, str):
+        return (
+            f"{where} was written in {what} {found} by a kl-retrievers whose recorded library_version {writer!r} is "
+            f"not a version string; {reads}: load it with a kl-retrievers that reads {what} {found} (a later release)"
         )
     writer_key, our_key = _version_key(writer), _version_key(ours)
     if writer_key is not None and our_key is not None and writer_key > our_key:
@@ -243,6 +248,13 @@ def too_new_message(where: str, writer: Any, what: str, found: int, newest: int)
             f"{where} was written in {what} {found} by kl-retrievers {writer}, another build of this same version "
             f"(a development build from another commit?); this build reads {what} {newest} and earlier: load it "
             f"with the build that wrote it, or with a later release that reads {what} {found}"
+        )
+    if writer_key is None or our_key is None:
+        unreadable = writer if writer_key is None else ours
+        return (
+            f"{where} was written in {what} {found} by kl-retrievers {writer!r}, a version that cannot be compared "
+            f"with this one ({unreadable!r} is not a version number); {reads}: load it with the build that wrote "
+            f"it, or with a later release that reads {what} {found}"
         )
     return (
         f"{where} was written in {what} {found} by kl-retrievers {writer}, which is not a later version than this "

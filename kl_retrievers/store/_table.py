@@ -348,13 +348,16 @@ class DocumentTable:
         """Drop every tombstone (rows renumbered in order); returns the dropped rows' old numbers."""
         keep = np.flatnonzero(self.alive)
         dead = np.flatnonzero(~self.alive)
-        self._hold(self.mean[keep], self.var[keep], self.sumlogvar[keep], np.ones(keep.size, dtype=bool))
-        self.ids = [self.ids[i] for i in keep]
-        self.texts = [self.texts[i] for i in keep]
-        self.metas = [self.metas[i] for i in keep]
-        if self._nested is not None:
-            self._nested = [self._nested[i] for i in keep]
-        self.row = {doc_id: j for j, doc_id in enumerate(self.ids)}
+        # everything new is built first, then held at once: a failure (MemoryError) leaves the table as it was
+        arrays = (self.mean[keep], self.var[keep], self.sumlogvar[keep], np.ones(keep.size, dtype=bool))
+        rows = keep.tolist()
+        ids = [self.ids[i] for i in rows]
+        texts = [self.texts[i] for i in rows]
+        metas = [self.metas[i] for i in rows]
+        nested = None if self._nested is None else [self._nested[i] for i in rows]
+        row = {doc_id: j for j, doc_id in enumerate(ids)}
+        self._hold(*arrays)
+        self.ids, self.texts, self.metas, self._nested, self.row = ids, texts, metas, nested, row
         self.compactions += 1
         return dead
 
