@@ -29,6 +29,7 @@ import importlib
 import logging
 import os
 import stat
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -78,7 +79,10 @@ def source_sha256(folder: str | os.PathLike[str], recipe: str = "") -> str:
 
     The files are read once while they stay as they were: the digest is kept per folder, ``recipe`` and each
     file's size, modification time, inode and status-change time (as :func:`cached_sha256` keeps a file's), so
-    that the checks of one load (the shipped graph's weights identity, then its source) share one read.
+    that the checks of one load (the shipped graph's weights identity, then its source) share one read. As git
+    does for its index ("racy clean"), a digest is not kept while any file's modification or status-change time
+    is within :data:`_RACY_NS` of now (or ahead of it): on a file system with coarse timestamps an edit of the
+    same size in the same tick would leave every stamp as it was.
 
     Examples:
         >>> len(source_sha256(BUNDLED_DIR / "minilm-gauss-soup"))
@@ -94,7 +98,16 @@ def source_sha256(folder: str | os.PathLike[str], recipe: str = "") -> str:
         regular = stat.S_ISREG(info.st_mode)
         stamps.append((info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns) if regular else None)
     # taken before the files are read: a file changed while it is read changes the next call's stamps
-    return _source_digest(os.fspath(folder), recipe, tuple(stamps))
+    key = (os.fspath(folder), recipe, tuple(stamps))
+    recent = time.time_ns() - _RACY_NS
+    if any(s is not None and max(s[1], s[3]) >= recent for s in stamps):  # a later edit may keep these stamps
+        return _source_digest.__wrapped__(*key)
+    return _source_digest(*key)
+
+
+#: How recent (ns) a file's modification or status-change time must be for :func:`source_sha256` not to keep
+#: its digest: 2 s, the coarsest timestamp in use (FAT), as git's "racy clean" rule allows for.
+_RACY_NS = 2_000_000_000
 
 
 @lru_cache(maxsize=64)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import glob
 import importlib.util
 import logging
 import os
@@ -855,7 +856,8 @@ def _load_onnx_once(
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", source.resolve().name) or "model"
     recipe = f"{EXPORT_RECIPE}-onnxruntime{ort.__version__}"
     digest = _hashed(source, known)[1]  # the files are read once: the key and the entry's check both use it
-    key = f"{slug}-{library_version()}-{quantize or 'float32'}-{_cache_digest(digest, recipe)}"
+    prefix = f"{slug}-{library_version()}-{quantize or 'float32'}-"
+    key = f"{prefix}{_cache_digest(digest, recipe)}"
     cache = onnx_cache_dir() / key
     if cache.is_symlink():  # never read through: the export below replaces the link (not what it points to)
         logger.warning(
@@ -882,6 +884,17 @@ def _load_onnx_once(
                 digest,
                 display,
             )
+    legacy = _legacy_cache_entry(onnx_cache_dir(), prefix, source, recipe, skip=key)
+    if legacy is not None:  # exported under this version's earlier entry name: the same checks as a hit above
+        try:
+            cached = OnnxGaussianEncoder(legacy, name_or_path=display, **options)
+        except OnnxModelError as exc:
+            logger.info("not using the ONNX cache entry %s under its earlier name: it does not load (%s)", legacy, exc)
+        else:
+            if _recorded_source_sha256(cached) == digest:
+                logger.debug("using the ONNX export of %s cached under its earlier name %s", display, legacy)
+                return _with_source_weights(cached, source)
+            logger.info("not using the ONNX cache entry %s under its earlier name: not an export of %s", legacy, source)
     from kl_retrievers._encoding import TORCH_EXTRA, require_torch
 
     what = "float32 " if quantize is None else ""
@@ -946,6 +959,26 @@ def _cache_digest(source_digest: str, recipe: str) -> str:
     import hashlib
 
     return hashlib.sha256(f"{recipe}\0{source_digest}".encode()).hexdigest()[:12]
+
+
+def _legacy_cache_entry(cache_dir: Path, prefix: str, source: Path, recipe: str, *, skip: str) -> Path | None:
+    """The ONNX cache entry of ``source`` under the name this version gave it first, if one is there.
+
+    That name ended in ``source_sha256(source, recipe)[:12]`` (the recipe hashed before the files, so it cannot be
+    derived from the files' own digest): the files are hashed that way only when ``cache_dir`` holds some entry
+    starting with ``prefix`` (the slug, version and quantization) that could be it (``skip``: the entry's name
+    now, already tried).
+    """
+    try:
+        names = {p.name for p in cache_dir.glob(f"{glob.escape(prefix)}*")} - {skip}
+    except OSError:
+        return None
+    if not names:
+        return None
+    entry = cache_dir / f"{prefix}{source_sha256(source, recipe)[:12]}"
+    if entry.name not in names or entry.is_symlink() or not _is_onnx_export(entry):
+        return None
+    return entry
 
 
 def _recorded_source_sha256(encoder: OnnxGaussianEncoder) -> object:
