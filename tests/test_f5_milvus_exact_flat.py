@@ -100,7 +100,7 @@ def test_an_uncentred_inner_product_collection_of_the_previous_format_keeps_work
             for n, (i, v) in enumerate(zip(ids[:500], raw, strict=True))
         ]
         made.client.upsert(made.collection_name, rows)
-    with MilvusKLStore(uri=path, index_type="flat") as old:
+    with MilvusKLStore(uri=path, index_type="flat", prove_flat=True) as old:
         assert old.metric == "IP" and old._state.centre is None
         # float32 inner products of these uncentred rows cannot rank them: the pool is not proven, every row is scored
         # exactly, as stored (the float32 d~ of means near 30 hold them within about 2e-6: another top 10 than the
@@ -169,7 +169,12 @@ def test_an_unproven_pool_is_widened_then_every_matching_row_scored(
     flat = KLStore()
     flat.add(gaussians=docs, ids=ids, metadatas=metas)
     with MilvusKLStore(
-        uri=str(tmp_path / "kl.db"), index_type="flat", metric=metric, rescore_pool=10, rescore_factor=1
+        uri=str(tmp_path / "kl.db"),
+        index_type="flat",
+        metric=metric,
+        rescore_pool=10,
+        rescore_factor=1,
+        prove_flat=True,
     ) as store:
         store.add(gaussians=docs, ids=ids, metadatas=metas)
         for flt, matching in ((None, 600), ({"even": True}, 300)):
@@ -274,3 +279,21 @@ def test_delete_by_a_filter_holding_a_lone_surrogate(tmp_path: Path) -> None:
             assert sorted(store.delete(filter=flt).deleted) == sorted(flat.delete(filter=flt).deleted)
             assert sorted(store.ids) == sorted(flat.ids)
         assert len(store) == 0
+
+
+def test_prove_flat_is_off_by_default_and_must_be_a_bool(tmp_path: Path) -> None:
+    docs, queries, ids = _wide_case(600)
+    with MilvusKLStore(uri=str(tmp_path / "kl.db"), index_type="flat", rescore_pool=10, rescore_factor=1) as store:
+        assert store.prove_flat is False
+        store.add(gaussians=docs, ids=ids)
+        calls: list[int] = []
+
+        def counting(*args: Any, **kwargs: Any) -> dict[int, Any]:
+            calls.append(1)
+            return {}
+
+        store._exact_flat = counting  # type: ignore[method-assign]
+        assert len(store.search_batch(queries, k=10)[0]) == 10
+        assert calls == []  # no proof, no widening, no scan by default
+    with pytest.raises(TypeError, match="prove_flat must be True or False; got 'yes'"):
+        MilvusKLStore(uri=str(tmp_path / "other.db"), index_type="flat", prove_flat="yes")  # type: ignore[arg-type]

@@ -308,7 +308,7 @@ def test_an_outlier_raising_the_bound_is_logged_and_repair_lowers_it_after_its_d
     docs = random_gaussians(n, K, seed=9)
     queries = random_gaussians(20, K, seed=10)
     ids = [f"d{i}" for i in range(n)]
-    store = _store(tmp_path, index_type="flat")
+    store = _store(tmp_path, index_type="flat", prove_flat=True)
     store.add(gaussians=docs, ids=ids)
     bound = store.norm_bound
     assert bound is not None and _recall(store, queries, docs, ids) == 1.0
