@@ -105,8 +105,9 @@ def source_sha256(folder: str | os.PathLike[str], recipe: str = "") -> str:
     return _source_digest(*key)
 
 
-#: How recent (ns) a file's modification or status-change time must be for :func:`source_sha256` not to keep
-#: its digest: 2 s, the coarsest timestamp in use (FAT), as git's "racy clean" rule allows for.
+#: How recent (ns) a file's modification or status-change time must be for :func:`source_sha256` (and
+#: :func:`cached_sha256`) not to keep its digest: 2 s, the coarsest timestamp in use (FAT), as git's "racy
+#: clean" rule allows for.
 _RACY_NS = 2_000_000_000
 
 
@@ -346,10 +347,16 @@ def cached_sha256(path: str | os.PathLike[str]) -> str:
     """:func:`sha256_file`, cached per path, size, modification time, inode and status-change time.
 
     A file rewritten in place with its size and modification time restored (``os.utime``) still changes its
-    status-change time, and one replaced by another file its inode: either is hashed again.
+    status-change time, and one replaced by another file its inode: either is hashed again. As for
+    :func:`source_sha256` (git's "racy clean" rule), the digest is not kept while the file's modification or
+    status-change time is within :data:`_RACY_NS` of now (or ahead of it): on a file system with coarse
+    timestamps an edit of the same size in the same tick would leave every stamp as it was.
     """
     stat = os.stat(path)
-    return _digest(os.fspath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
+    key = (os.fspath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
+    if max(stat.st_mtime_ns, stat.st_ctime_ns) >= time.time_ns() - _RACY_NS:  # a later edit may keep these stamps
+        return _digest.__wrapped__(*key)
+    return _digest(*key)
 
 
 def file_matches_sha256(path: str | os.PathLike[str], expected: str) -> bool:
