@@ -397,6 +397,8 @@ def _run_encode(args: argparse.Namespace) -> int:
     # a NAME.safetensors file is replaced as named; a folder only when it already holds saved Gaussians
     _check_safetensors_case(args.out)
     folder = args.out.suffix != ".safetensors"
+    if folder:
+        _warn_out_suffix_names_a_file(args.out)
     check_output_path(args.out, "--out", folder=folder, gaussians=folder)
     if not folder:  # an existing file is replaced only when it holds saved Gaussians (not a model's weights)
         check_replace_gaussians_file(args.out, flag=None)
@@ -484,6 +486,30 @@ def _warn_texts_naming_files(texts: Sequence[str]) -> None:
         )
 
 
+#: ``--out`` suffixes that read as one file, though ``encode`` writes a folder there (``.safetensors`` aside,
+#: which one-shot ``encode`` writes as a file and streaming refuses).
+_FILE_SUFFIXES = (".npy", ".npz", ".json", ".jsonl", ".txt", ".csv", ".tsv", ".pt", ".pkl", ".safetensors")
+
+
+def _warn_out_suffix_names_a_file(out: Path) -> None:
+    """Warn (stderr) when a new ``encode --out`` folder has a file's suffix (``-o g.npy``): the output is a folder.
+
+    Only a warning, so a script that writes such a folder keeps working; an existing ``--out`` (a rerun that
+    replaces or resumes it) is not warned about again.
+
+    Examples:
+        >>> _warn_out_suffix_names_a_file(Path("no-such-dir-xyz/g"))  # no suffix: nothing to say
+    """
+    if out.suffix.lower() not in _FILE_SUFFIXES or out.exists():
+        return
+    logger.warning(
+        "--out %s: the output is a FOLDER of that name (of .npy and .json files), not one %s file; for one file "
+        "give NAME.safetensors (without --shard-size / --backend ray), or give the folder a name without a suffix",
+        out,
+        out.suffix,
+    )
+
+
 def _check_safetensors_case(out: Path) -> None:
     """Refuse ``--out NAME.SAFETENSORS`` (the suffix in any case but lower) in one-shot ``encode``.
 
@@ -520,6 +546,7 @@ def _run_encode_sharded(args: argparse.Namespace) -> int:
             f"--out {args.out}: streaming mode (--shard-size / --backend ray) writes a folder of shards, not a "
             ".safetensors file; give a folder name (or drop --shard-size to write one .safetensors file)"
         )
+    _warn_out_suffix_names_a_file(args.out)
     check_output_path(args.out, "--out", folder=True)
     args.model = model_reference(args.model)  # the manifest records it: absolute for a local folder
     report = encode_corpus(
@@ -549,7 +576,12 @@ def _add_demo(sub: Any) -> None:
         "top results with their -KL scores (higher is better), each query's uncertainty and, for a model that "
         "ships a calibrator, its confidence (the probability that the top result is relevant).",
     )
-    p.add_argument("queries", nargs="*", help="your own queries (default: the bundled ones)")
+    p.add_argument(
+        "queries",
+        nargs="*",
+        help="your own queries (default: the bundled ones); a blank one (empty or whitespace only) is refused, "
+        "exit 2, as in search",
+    )
     p.add_argument("--model", "-m", help="a saved GaussianEncoder or a bundled model name (default: the default)")
     p.add_argument("-k", type=positive_int, default=3, help="results per query (default 3)")
     add_model_backend_argument(p, "--backend")
@@ -568,9 +600,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     _check_session_flags(args, args.model_backend)
     start = time.perf_counter()
     corpus = read_jsonl_objects(DATA_DIR / "demo_corpus.jsonl")
-    queries = _check_argument_texts(args.queries, "query") or [
-        r["text"] for r in read_jsonl_objects(DATA_DIR / "demo_queries.jsonl")
-    ]
+    queries = _check_argument_texts(args.queries, "query")
+    _refuse_blank_queries(queries)  # as search does, before the model loads
+    queries = queries or [r["text"] for r in read_jsonl_objects(DATA_DIR / "demo_queries.jsonl")]
     encoder = _load_encoder(args.model, backend=args.model_backend, **_session_kwargs(args))
     print(f"model: {encoder!r}")
     store = KLStore(encoder)
@@ -583,7 +615,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         f"indexed {len(store)} documents in a flat KL store (k={store.dim}); score = -KL(query || document), "
         "higher is better\n"
     )
-    from kl_retrievers._confidence import ConfidenceScorer, blank_query_confidence, is_blank_query
+    from kl_retrievers._confidence import ConfidenceScorer
 
     scorer = ConfidenceScorer()  # the model's calibrator, as KLRetriever uses it (None, warned once, without one)
     calibrator = _demo_calibrator(scorer, encoder)
@@ -595,14 +627,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     )
     uncertainty = q.uncertainty()
     for i, (query, hits) in enumerate(zip(queries, store.search_batch(q, k=depth), strict=True)):
-        # the adapters' rule, without a floor (demo has none): a blank query is answered, with confidence 0
-        # and the reason where a calibrator exists (its scores would read as a match), None without one
-        conf, reason = (
-            blank_query_confidence(calibrator is not None)
-            if is_blank_query(query)
-            else (scorer.confidence(encoder, [h.score for h in hits], float(uncertainty[i])), None)
-        )
-        shown = "" if conf is None else f", confidence {conf:.2f}" + (f": {reason}" if reason else "")
+        conf = scorer.confidence(encoder, [h.score for h in hits], float(uncertainty[i]))  # no blank query here
+        shown = "" if conf is None else f", confidence {conf:.2f}"
         print(f"query: '{_printable(query)}'  (uncertainty: mean log-variance {_signed(float(uncertainty[i]))}{shown})")
         for rank, hit in enumerate(hits[: args.k], 1):
             print(f"  {rank}. -KL={hit.score:9.4f}  [{_printable(hit.id)}] {_printable((hit.text or '')[:80])}")
@@ -1180,24 +1206,40 @@ def _kl_store_of_manifest(path: Path) -> Path:
     return inner
 
 
-def _run_search(args: argparse.Namespace) -> int:
+def _refuse_blank_queries(queries: Sequence[str]) -> None:
+    """Refuse a blank query (empty or whitespace only) of ``search`` or ``demo``, naming the first one.
+
+    A ranking for nothing would look like an answer, so the command stops (exit 2, one line) before any
+    file is read or model loaded.
+
+    Examples:
+        >>> _refuse_blank_queries(["cat"])
+        >>> _refuse_blank_queries(["cat", " "])
+        Traceback (most recent call last):
+        ValueError: query 2 (' ') is blank (empty or whitespace only): it asks for nothing, ...
+    """
     from kl_retrievers._confidence import is_blank_query
+
+    blank = [i for i, query in enumerate(queries, 1) if is_blank_query(query)]
+    if not blank:
+        return
+    query = queries[blank[0] - 1]
+    which = f"query {blank[0]} ({query!r})" if len(queries) > 1 else f"query {query!r}"
+    invisible = ", invisible characters counted as whitespace" if query.strip() else ""
+    raise ValueError(
+        f"{which} is blank (empty or whitespace only{invisible}): it asks for nothing, so no document can "
+        "answer it; give a query with words"
+    )
+
+
+def _run_search(args: argparse.Namespace) -> int:
     from kl_retrievers._encoding import query_batch_size
     from kl_retrievers.index import KLStore
 
     args.query = _check_argument_texts(args.query, "query")
     if args.filter is not None:  # a JSON text: a non-UTF-8 byte in it would be a filter value no document holds
         args.filter = _check_argument_texts([args.filter], "--filter", numbered=False)[0]
-    blank = [i for i, query in enumerate(args.query, 1) if is_blank_query(query)]
-    if blank:  # before any file is read or model loaded; a ranking for nothing would look like an answer
-        which = (
-            f"query {blank[0]} ({args.query[blank[0] - 1]!r})" if len(args.query) > 1 else f"query {args.query[0]!r}"
-        )
-        invisible = ", invisible characters counted as whitespace" if args.query[blank[0] - 1].strip() else ""
-        raise ValueError(
-            f"{which} is blank (empty or whitespace only{invisible}): it asks for nothing, so no document can "
-            "answer it; give a query with words"
-        )
+    _refuse_blank_queries(args.query)  # before any file is read or model loaded
     problem = stdin_problem(args.store, "store", "give a KL store folder (written by `kl-retrievers index`)")
     if problem:
         raise ValueError(problem)

@@ -66,7 +66,7 @@ from typing import Any
 
 import numpy as np
 
-from kl_retrievers._encoding import query_batch_size
+from kl_retrievers._encoding import device_type, query_batch_size
 from kl_retrievers._io import (
     atomic_dir,
     atomic_file,
@@ -946,8 +946,9 @@ def _ray_workers(
     return max(1, min(int(num_workers or available), available, shards))
 
 
-#: The devices ``backend="ray"`` runs on (``None``: each actor picks its best, as ``load_model`` does).
-RAY_DEVICES = ("cpu", "cuda", "cuda:0")
+#: The devices ``backend="ray"`` runs on (``None``: each actor picks its best, as ``load_model`` does); the cpu
+#: under any name :func:`~kl_retrievers._encoding.device_type` reads as the cpu (``"cpu:0"``, as ``load_model``).
+RAY_DEVICES = ("cpu", "cpu:N", "cuda", "cuda:0")
 
 
 def _check_ray_device(device: str | None) -> None:
@@ -960,22 +961,29 @@ def _check_ray_device(device: str | None) -> None:
     a device no actor has.
 
     Examples:
-        >>> _check_ray_device("cuda")
+        >>> _check_ray_device("cuda"), _check_ray_device("cpu:0")
+        (None, None)
         >>> _check_ray_device("mps")
         Traceback (most recent call last):
         ValueError: device 'mps' cannot run backend='ray' ...
+        >>> _check_ray_device("CPU")
+        Traceback (most recent call last):
+        ValueError: device must be cpu, cuda or mps; got 'CPU'
     """
-    if device is None or str(device) in RAY_DEVICES:
+    if device is None:
         return
+    kind = device_type(device)  # the one device check of load_model: "tpu" and "CPU" are refused as there
     text = str(device)
-    if text.split(":")[0] == "mps":
+    if kind == "cpu" or text in RAY_DEVICES:
+        return
+    if kind == "mps":
         raise ValueError(
             f"device {text!r} cannot run backend='ray' (allowed: None, {', '.join(map(repr, RAY_DEVICES))}): Ray "
             "schedules no Apple GPU, so every actor (one per CPU) would load the model onto the one MPS device, "
             "and an actor that cannot reach it fails inside Ray; use backend='local' with device 'mps' "
             "(--backend local), or device 'cpu' with Ray"
         )
-    if text.split(":")[0] == "cuda":
+    if kind == "cuda":
         raise ValueError(
             f"device {text!r} cannot run backend='ray' (allowed: None, {', '.join(map(repr, RAY_DEVICES))}): each "
             "GPU actor sees only the GPU Ray gives it, as 'cuda:0'; use device 'cuda' (one actor per GPU)"

@@ -1,8 +1,7 @@
 """Probe g45 fixes: a blank query on the command line, and near-miss bundled model names.
 
 * ``kl-retrievers search STORE ""`` is refused (exit 2, one line naming the query), before any file
-  is read; ``kl-retrievers demo ""`` applies the adapters' rule without a floor: the blank query is
-  answered with confidence 0 and :data:`~kl_retrievers._confidence.EMPTY_QUERY_REASON`.
+  is read; so is ``kl-retrievers demo ""`` (before the model loads).
 * ``load_model`` suggests the closest bundled name for a typo, ``_`` for ``-`` or another case,
   loads a bundled name with surrounding blanks, and ``kl_retrievers:UNKNOWN`` raises a
   :class:`~kl_retrievers.hub.ModelNotFoundError` that is still a ``ValueError``.
@@ -55,15 +54,13 @@ def test_search_still_answers_a_query_with_words(store: Path, capsys: pytest.Cap
     assert row["query"] == "cat" and len(row["results"]) == 1
 
 
-def test_demo_gives_a_blank_query_confidence_zero_with_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "", "  ", "why does bread rise", "-k", "1"]) == 0
-    out = capsys.readouterr().out
-    headers = [line for line in out.splitlines() if line.startswith("query: ")]
-    assert len(headers) == 3, out
-    for header in headers[:2]:  # the default model ships a calibrator: 0 and why, as the adapters give
-        assert header.endswith(f"confidence 0.00: {EMPTY_QUERY_REASON})"), header
-    assert "confidence 0.00" not in headers[2] and EMPTY_QUERY_REASON not in headers[2], headers[2]
-    assert ", confidence " in headers[2]
+def test_demo_refuses_a_blank_query_as_search_does(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "", "  ", "why does bread rise", "-k", "1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no ranking at all, not even for the good query
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("kl-retrievers demo: error:"), captured.err
+    assert "query 1 ('') is blank" in lines[0] and EMPTY_QUERY_REASON not in lines[0]
 
 
 @pytest.mark.parametrize("name", ["minilm-gaus-soup", "minilm_gauss_soup", "MiniLM-Gauss-Soup"])
