@@ -308,7 +308,7 @@ def test_the_onnx_cache_does_not_read_another_models_export_at_an_entry(
 
 # ------------------------------------------------------------------ 4: --resume through a linked checkpoint folder
 # (since F1, a link there is refused with --resume as without it, as docs/cli.md says: its checkpoints would replace
-# the link, not the folder it points to; the runs are in test_f1_save_local_and_resume_links.py)
+# the link, not the folder it points to; the runs are in test_save_local_and_resume_links.py)
 def test_resume_through_a_linked_checkpoint_dir_is_refused_as_a_new_run(tmp_path: Path) -> None:
     from kl_retrievers.training.cli import check_checkpoint_dir
 

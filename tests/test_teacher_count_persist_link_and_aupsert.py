@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import test_teacher_cut_and_id_checks as cut_checks
 from langchain_core.documents import Document
-from test_f4_async_and_adapter_leftovers import CountingEncoder, own_executor, within
+from test_async_add_order_and_metadata_keys import CountingEncoder, own_executor, within
 
 import kl_retrievers.langchain as klc
 from conftest import max_score_calibrator, random_gaussians

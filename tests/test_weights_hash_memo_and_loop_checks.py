@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from langchain_core.documents import Document
 from llama_index.core.schema import TextNode
-from test_f4_async_and_adapter_leftovers import CountingEncoder, own_executor, within
+from test_async_add_order_and_metadata_keys import CountingEncoder, own_executor, within
 
 import kl_retrievers._encoding as encoding
 import kl_retrievers.hub as hub
