@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pytest
@@ -266,6 +269,26 @@ def tiny_train_config(steps: int, **kw: Any) -> Any:
 
     base: dict[str, Any] = {"steps": steps, "batch_size": 2, "negatives": 1, "lr": 1e-2, "show_progress": False}
     return TrainConfig(**(base | {"device": "cpu"} | kw))
+
+
+#: Three training rows in the tiny vocabulary (a query, one positive, one negative each) for the Python API tests.
+TINY_TRAIN_ROWS: list[dict[str, Any]] = [
+    {"query": "cat", "positives": ["the cat sat on the mat"], "negatives": ["a dog in the sun"]},
+    {"query": "tea", "positives": ["green tea and bread"], "negatives": ["water on black rock"]},
+    {"query": "moon", "positives": ["the moon and the star"], "negatives": ["a train at sea"]},
+]
+
+
+def rows_train_config(**kw: Any) -> Any:
+    """The ``TrainConfig`` of the tests on :data:`TINY_TRAIN_ROWS`: :func:`tiny_train_config` with 2 steps and
+    lr 1e-3 (``kw`` overrides any field, ``steps`` and ``lr`` included)."""
+    return tiny_train_config(**({"steps": 2, "lr": 1e-3} | kw))
+
+
+def write_train_jsonl(path: Path, rows: list[dict[str, Any]] = TINY_TRAIN_ROWS) -> Path:
+    """Write ``rows`` to ``path`` as a JSON Lines training file (one row a line) and return ``path``."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
 def tiny_train_beir(root: Path) -> Path:
@@ -530,3 +553,74 @@ def bare_root_logger() -> Iterator[logging.Logger]:
         for handler in saved:
             root.addHandler(handler)
         root.setLevel(level)
+
+
+# --------------------------------------------------------------------------- async adapters' tests
+T = TypeVar("T")
+#: Seconds: the ceiling of every wait in the async tests (a regression fails, never hangs).
+ASYNC_LIMIT = 20.0
+#: How many threads :func:`own_executor`'s pool has (and :func:`drain` meets).
+EXECUTOR_WORKERS = 2
+
+
+async def within(coro: Awaitable[T]) -> T:
+    """Await ``coro`` for at most :data:`ASYNC_LIMIT` seconds (``TimeoutError`` past it)."""
+    return await asyncio.wait_for(coro, ASYNC_LIMIT)
+
+
+class CountingPool(ThreadPoolExecutor):
+    """A pool of :data:`EXECUTOR_WORKERS` threads that counts the jobs given to it (``submitted``)."""
+
+    def __init__(self) -> None:
+        super().__init__(EXECUTOR_WORKERS)
+        self.submitted = 0
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+@contextmanager
+def own_executor(loop: asyncio.AbstractEventLoop) -> Iterator[CountingPool]:
+    """The loop's default executor (``asyncio.to_thread``'s, LangChain's ``run_in_executor``'s) is a fresh
+    :class:`CountingPool` for the block; it is shut down after (queued jobs cancelled, running ones not waited for:
+    :func:`drain` first where the test needs them finished)."""
+    pool = CountingPool()
+    loop.set_default_executor(pool)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def drain(loop: asyncio.AbstractEventLoop) -> None:
+    """Return once every job given to the executor before has finished (all its workers meet at a barrier)."""
+    barrier = threading.Barrier(EXECUTOR_WORKERS, timeout=ASYNC_LIMIT)
+    await asyncio.gather(*(loop.run_in_executor(None, barrier.wait) for _ in range(EXECUTOR_WORKERS)))
+
+
+class CountingEncoder:
+    """A duck-typed encoder (k=4, a text's Gaussian from its crc32) counting its ``encode_documents`` calls.
+
+    Subclasses hook :meth:`_gaussians` (every encoding goes through it).
+    """
+
+    name_or_path = "counting"
+    config: Any = None
+    weights_sha256 = None
+
+    def __init__(self) -> None:
+        self.documents_encoded = 0
+
+    def _gaussians(self, texts: Any) -> Gaussians:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        rows = [np.random.default_rng(zlib.crc32(t.encode("utf-8", "surrogatepass"))).normal(size=4) for t in texts]
+        mean = np.array(rows, dtype=np.float32).reshape(len(texts), 4)
+        return Gaussians(mean, np.ones_like(mean))
+
+    def encode_queries(self, texts: Any, **_: Any) -> Gaussians:
+        return self._gaussians(texts)
+
+    def encode_documents(self, texts: Any, **_: Any) -> Gaussians:
+        self.documents_encoded += 1
+        return self._gaussians(texts)

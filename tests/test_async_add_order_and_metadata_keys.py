@@ -23,12 +23,9 @@ import json
 import threading
 import uuid
 import warnings
-import zlib
-from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,73 +34,12 @@ from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
 
 import kl_retrievers._adapters as adapters
 import kl_retrievers.langchain as klc
-from conftest import make_tiny_encoder
+from conftest import ASYNC_LIMIT, CountingEncoder, drain, make_tiny_encoder, own_executor, within
 from kl_retrievers.gaussian import Gaussians
 from kl_retrievers.hybrid import KLHybridStore
 from kl_retrievers.llama_index import KLEmbedding
 from kl_retrievers.llama_index import KLHybridRetriever as LIHybridRetriever
 from kl_retrievers.llama_index import KLVectorStore as LIVectorStore
-
-T = TypeVar("T")
-LIMIT = 20.0  # seconds: every async test's ceiling (a regression fails, never hangs)
-WORKERS = 2
-
-
-async def within(coro: Awaitable[T]) -> T:
-    return await asyncio.wait_for(coro, LIMIT)
-
-
-class CountingPool(ThreadPoolExecutor):
-    """The loop's default executor (``asyncio.to_thread``'s): ``WORKERS`` threads, counting the jobs given."""
-
-    def __init__(self) -> None:
-        super().__init__(WORKERS)
-        self.submitted = 0
-
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        self.submitted += 1
-        return super().submit(fn, *args, **kwargs)
-
-
-@contextmanager
-def own_executor(loop: asyncio.AbstractEventLoop) -> Iterator[CountingPool]:
-    pool = CountingPool()
-    loop.set_default_executor(pool)
-    try:
-        yield pool
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-async def drain(loop: asyncio.AbstractEventLoop) -> None:
-    """Return once every job given to the executor before has finished (all its workers meet at a barrier)."""
-    barrier = threading.Barrier(WORKERS, timeout=LIMIT)
-    await asyncio.gather(*(loop.run_in_executor(None, barrier.wait) for _ in range(WORKERS)))
-
-
-class CountingEncoder:
-    """A duck-typed encoder (k=4, a text's Gaussian from its crc32) counting its document encodings."""
-
-    name_or_path = "counting"
-    config: Any = None
-    weights_sha256 = None
-
-    def __init__(self) -> None:
-        self.documents_encoded = 0
-
-    @staticmethod
-    def _gaussians(texts: Any) -> Gaussians:
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        rows = [np.random.default_rng(zlib.crc32(t.encode("utf-8", "surrogatepass"))).normal(size=4) for t in texts]
-        mean = np.array(rows, dtype=np.float32).reshape(len(texts), 4)
-        return Gaussians(mean, np.ones_like(mean))
-
-    def encode_queries(self, texts: Any, **_: Any) -> Gaussians:
-        return self._gaussians(texts)
-
-    def encode_documents(self, texts: Any, **_: Any) -> Gaussians:
-        self.documents_encoded += 1
-        return self._gaussians(texts)
 
 
 # --------------------------------------------------------------------------- 1. cancelled async deletes
@@ -121,7 +57,7 @@ class CheckGate:
             self.calls += 1
             if self.calls == 1:
                 self.entered.set()
-                assert self.gate.wait(LIMIT)
+                assert self.gate.wait(ASYNC_LIMIT)
             return original(what)
 
         monkeypatch.setattr(adapters, "write_cancelled", gated)  # the LlamaIndex adapter's

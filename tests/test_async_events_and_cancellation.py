@@ -16,19 +16,24 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import zlib
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
-import numpy as np
 import pytest
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.documents import Document
 from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
 
-from conftest import HYBRID_TEXTS, make_tiny_encoder, max_score_calibrator
+from conftest import (
+    ASYNC_LIMIT,
+    HYBRID_TEXTS,
+    CountingEncoder,
+    drain,
+    make_tiny_encoder,
+    max_score_calibrator,
+    own_executor,
+    within,
+)
 from kl_retrievers.gaussian import Gaussians
 from kl_retrievers.index import KLStore
 from kl_retrievers.langchain import ABSTENTION_EVENT, KLEmbeddings, KLHybridRetriever, KLRetriever, KLVectorStore
@@ -36,31 +41,6 @@ from kl_retrievers.llama_index import KLHybridRetriever as LIHybridRetriever
 from kl_retrievers.llama_index import KLVectorStore as LIVectorStore
 
 pytestmark = pytest.mark.asyncio
-
-T = TypeVar("T")
-LIMIT = 20.0  # seconds: every test's ceiling (a regression fails, never hangs)
-WORKERS = 2
-
-
-async def within(coro: Awaitable[T]) -> T:
-    return await asyncio.wait_for(coro, LIMIT)
-
-
-@contextmanager
-def own_executor(loop: asyncio.AbstractEventLoop) -> Iterator[ThreadPoolExecutor]:
-    """The loop's default executor (asyncio.to_thread's, LangChain's run_in_executor's) is ``WORKERS`` threads."""
-    pool = ThreadPoolExecutor(WORKERS)
-    loop.set_default_executor(pool)
-    try:
-        yield pool
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-async def drain(loop: asyncio.AbstractEventLoop) -> None:
-    """Return once every job given to the executor before has finished (all its workers meet at a barrier)."""
-    barrier = threading.Barrier(WORKERS, timeout=LIMIT)
-    await asyncio.gather(*(loop.run_in_executor(None, barrier.wait) for _ in range(WORKERS)))
 
 
 async def until(event: threading.Event) -> None:
@@ -159,28 +139,22 @@ async def test_answered_async_query_sends_no_event(retrievers: dict[str, Any]) -
 
 
 # --------------------------------------------------------------------------- 2. cancelled writes
-class GatedEncoder:
-    """A duck-typed encoder (k=4, a text's Gaussian from its crc32) that holds texts with "slow" at a gate."""
+class GatedEncoder(CountingEncoder):
+    """:class:`~conftest.CountingEncoder` that holds texts with "slow" at a gate (queries and documents alike)."""
 
     name_or_path = "gated"
-    config: Any = None
-    weights_sha256 = None
 
     def __init__(self) -> None:
+        super().__init__()
         self.entered = threading.Event()
         self.gate = threading.Event()
 
-    def _encode(self, texts: Any, **_: Any) -> Gaussians:
+    def _gaussians(self, texts: Any) -> Gaussians:
         texts = [texts] if isinstance(texts, str) else list(texts)
         if any("slow" in t for t in texts):
             self.entered.set()
-            assert self.gate.wait(LIMIT)
-        rows = [np.random.default_rng(zlib.crc32(t.encode())).normal(size=4) for t in texts]
-        mean = np.array(rows, dtype=np.float32).reshape(len(texts), 4)
-        return Gaussians(mean, np.ones_like(mean))
-
-    encode_queries = _encode
-    encode_documents = _encode
+            assert self.gate.wait(ASYNC_LIMIT)
+        return super()._gaussians(texts)
 
 
 async def cancel_while_encoding(encoder: GatedEncoder, write: Awaitable[Any]) -> None:
@@ -249,7 +223,7 @@ class GatedReads:
 
     def get_by_ids(self, ids: Sequence[str]) -> Any:
         self.entered.set()
-        assert self.gate.wait(LIMIT)
+        assert self.gate.wait(ASYNC_LIMIT)
         return self.inner.get_by_ids(ids)
 
     def __getattr__(self, name: str) -> Any:
@@ -303,7 +277,7 @@ async def test_llama_index_cancelled_adelete_nodes_deletes_nothing(monkeypatch: 
 
     def gated_read(ids: Any) -> Any:
         entered.set()
-        assert gate.wait(LIMIT)
+        assert gate.wait(ASYNC_LIMIT)
         return read(ids)
 
     monkeypatch.setattr(store.kl_store, "get_by_ids", gated_read)

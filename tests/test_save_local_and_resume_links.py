@@ -22,27 +22,17 @@ import pytest
 import torch
 import tqdm as tqdm_module
 
-from conftest import heads_cached_train_argv, make_tiny_encoder, make_train_world, random_gaussians
+from conftest import (
+    heads_cached_train_argv,
+    make_tiny_encoder,
+    make_train_world,
+    random_gaussians,
+    rows_train_config,
+    write_train_jsonl,
+)
 from kl_retrievers.cli import main
 from kl_retrievers.store import KLStore
-from kl_retrievers.training import TrainConfig, read_jsonl, train_encoder, train_heads_cached
-
-ROWS = [
-    {"query": "cat", "positives": ["the cat sat on the mat"], "negatives": ["a dog in the sun"]},
-    {"query": "tea", "positives": ["green tea and bread"], "negatives": ["water on black rock"]},
-    {"query": "moon", "positives": ["the moon and the star"], "negatives": ["a train at sea"]},
-]
-
-
-def _cfg(**kw: Any) -> TrainConfig:
-    base: dict[str, Any] = {"steps": 2, "batch_size": 2, "lr": 1e-3, "negatives": 1, "show_progress": False}
-    return TrainConfig(**(base | {"device": "cpu"} | kw))
-
-
-def _training_set(tmp_path: Path) -> Any:
-    path = tmp_path / "train.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    return read_jsonl(path)
+from kl_retrievers.training import read_jsonl, train_encoder, train_heads_cached
 
 
 def _kl_store() -> KLStore:
@@ -137,9 +127,11 @@ def test_train_resume_refuses_a_linked_checkpoint_dir_as_a_new_run_does(
 @pytest.mark.parametrize("trainer", ["heads", "encoder"])
 def test_python_resume_refuses_a_linked_checkpoint_dir_as_a_new_run_does(tmp_path: Path, trainer: str) -> None:
     train = train_heads_cached if trainer == "heads" else train_encoder
-    ts = _training_set(tmp_path)
+    ts = read_jsonl(write_train_jsonl(tmp_path / "train.jsonl"))
     ck = tmp_path / "ck"
-    train(make_tiny_encoder(pooling="mean"), ts, _cfg(time_budget_s=0.0), checkpoint_dir=ck)  # stops at step 1
+    train(
+        make_tiny_encoder(pooling="mean"), ts, rows_train_config(time_budget_s=0.0), checkpoint_dir=ck
+    )  # stops at step 1
     before = _listing(ck)
     link = tmp_path / "ck-link"
     link.symlink_to("ck")
@@ -147,7 +139,7 @@ def test_python_resume_refuses_a_linked_checkpoint_dir_as_a_new_run_does(tmp_pat
     heads_before = enc.mean_head.weight.detach().clone()
     for resume in (False, True):
         with pytest.raises(ValueError, match=r"checkpoint_dir .*ck-link: .*it is a symbolic link") as info:
-            train(enc, ts, _cfg(), checkpoint_dir=link, resume=resume)
+            train(enc, ts, rows_train_config(), checkpoint_dir=link, resume=resume)
         assert "pass overwrite=True to replace the link" in str(info.value)
         assert link.is_symlink() and _listing(ck) == before
         assert torch.equal(enc.mean_head.weight, heads_before)  # refused before any step
@@ -155,7 +147,7 @@ def test_python_resume_refuses_a_linked_checkpoint_dir_as_a_new_run_does(tmp_pat
         info.value
     )
     # the folder the link points to resumes
-    assert train(enc, ts, _cfg(), checkpoint_dir=ck, resume=True).resumed_from == 1
+    assert train(enc, ts, rows_train_config(), checkpoint_dir=ck, resume=True).resumed_from == 1
 
 
 # ------------------------------------------------------------------ 3: the training bar's line
@@ -175,8 +167,8 @@ def test_training_bar_keeps_its_line_only_when_no_other_bar_is_open(
 
     monkeypatch.setattr(trainer_module, "tqdm", RecordingBar)
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
-    ts = _training_set(tmp_path)
-    cfg = _cfg(show_progress=True)
+    ts = read_jsonl(write_train_jsonl(tmp_path / "train.jsonl"))
+    cfg = rows_train_config(show_progress=True)
     train_heads_cached(make_tiny_encoder(pooling="mean"), ts, cfg, cache_dir=tmp_path / "cache")
     with tqdm_module.tqdm(total=1, desc="a user's loop") as outer:  # the caller's own bar, still open
         train_heads_cached(make_tiny_encoder(pooling="mean"), ts, cfg, cache_dir=tmp_path / "cache")
