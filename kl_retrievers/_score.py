@@ -7,9 +7,11 @@ it serves: a ``KLStore``'s ``config.json`` (``score_name``, ``score_direction``)
 manifests (the same two fields), and a hybrid store's ``hybrid.json``, a saved encoder's or ONNX export's
 ``config.json``, saved Gaussians and an encoded-shards ``manifest.json`` (a ``score`` object with ``name``
 and ``direction``). A load that finds another name or direction refuses the file (an edited file, or one
-another program wrote): the error names the field, the value found and the value this library serves, as
-``KLStore.load``'s does. A field that is absent passes: older releases did not write every one of them
-(kl-retrievers 0.1.0's LangChain manifest has no ``score_direction``).
+another program wrote): the error names the field, the value found and the score this library serves, in one
+wording for every format (:func:`check_score_fields` words them all). A field that is absent passes: older
+releases did not write every one of them (kl-retrievers 0.1.0's LangChain manifest has no
+``score_direction``); a ``KLStore``'s ``config.json`` has always recorded both, and is refused without either
+(``required=True``).
 
 Examples:
     >>> check_score({"score": {"name": "neg_kl", "direction": "higher_is_better"}}, "x.json")
@@ -20,6 +22,9 @@ Examples:
     >>> check_score_fields({"score_name": "cosine"}, "m.json")
     Traceback (most recent call last):
     ValueError: m.json: field 'score_name' is 'cosine'; this library serves 'neg_kl' ('higher_is_better')
+    >>> check_score_fields({"score_name": "neg_kl"}, "config.json", required=True)
+    Traceback (most recent call last):
+    ValueError: config.json: field 'score_direction' is missing; this library serves 'neg_kl' ('higher_is_better')
 """
 
 from __future__ import annotations
@@ -40,8 +45,11 @@ def check_score_fields(
     direction: str | None = None,
     error: Callable[[str], Exception] = ValueError,
     note: str = "",
+    required: bool = False,
 ) -> None:
-    """Refuse a score name or direction in ``record`` other than ``name`` and ``direction``; absent keys pass.
+    """Refuse a score name or direction in ``record`` other than ``name`` and ``direction``.
+
+    Absent keys pass unless ``required``: every score refusal of every saved format is worded here.
 
     Args:
         record: The saved JSON object holding the two fields.
@@ -52,9 +60,11 @@ def check_score_fields(
         direction: Its direction (default ``SCORE_DIRECTION``).
         error: The exception class (or factory) to raise, given the message.
         note: Appended to the message (e.g. what the served name depends on).
+        required: Refuse a record that lacks either key (a format that has always written both).
 
     Raises:
-        Exception: (``error``) a recorded name or direction differs from the served one.
+        Exception: (``error``) a recorded name or direction differs from the served one, or (``required``)
+            one is absent.
     """
     if name is None or direction is None:  # imported here: gaussian imports numpy, and the CLI's --help must not
         from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME
@@ -62,11 +72,15 @@ def check_score_fields(
         name = SCORE_NAME if name is None else name
         direction = SCORE_DIRECTION if direction is None else direction
     for key, served in zip(keys, (name, direction), strict=True):
-        if key in record and record[key] != served:
-            raise error(
-                f"{where}: field {prefix + key!r} is {record[key]!r}; this library serves {name!r} ({direction!r})"
-                f"{note}"
-            )
+        if key in record:
+            if record[key] == served:
+                continue
+            found = repr(record[key])
+        elif required:
+            found = "missing"
+        else:  # saved before the field was written
+            continue
+        raise error(f"{where}: field {prefix + key!r} is {found}; this library serves {name!r} ({direction!r}){note}")
 
 
 def check_score(

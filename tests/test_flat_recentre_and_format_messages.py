@@ -231,13 +231,13 @@ def test_a_wrong_score_direction_names_that_field_and_the_allowed_value(saved: P
         KLStore.load(saved)
     message = str(info.value)
     assert "field 'score_direction' is 'lower_is_better'" in message
-    assert "must be 'higher_is_better'" in message
+    assert "this library serves 'neg_kl' ('higher_is_better')" in message
     assert "field 'score_name'" not in message
 
 
 def test_a_wrong_score_name_names_that_field(saved: Path) -> None:
     _edit(saved, score_name="cosine")
-    with pytest.raises(StoreFormatError, match=r"field 'score_name' is 'cosine'; it must be 'neg_kl'"):
+    with pytest.raises(StoreFormatError, match=r"field 'score_name' is 'cosine'; this library serves 'neg_kl'"):
         KLStore.load(saved)
 
 

@@ -36,15 +36,14 @@ import logging
 import os
 import re
 import shlex
-import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from kl_retrievers._io import user_path
-from kl_retrievers.hub import _SOURCE_FILES, ModelNotFoundError, local_reference, missing_folder, warn_if_shadowed
 from kl_retrievers.hub import BUNDLED_ONNX as BUNDLED_ONNX
+from kl_retrievers.hub import ModelNotFoundError, local_reference, missing_folder, warn_if_shadowed
 from kl_retrievers.hub import source_sha256 as source_sha256
 
 if TYPE_CHECKING:
@@ -240,14 +239,12 @@ def default_backend(name_or_path: str | None = None, *, device: str | None = Non
     return _default_backend(name_or_path, device=device)
 
 
-#: A folder's :func:`_source_stamp` and its :func:`source_sha256` taken after that stamp.
-_Hashed = tuple[tuple[tuple[int, int, int] | None, ...], str]
+def _default_backend(name_or_path: str | None, *, device: str | None) -> str:
+    """:func:`default_backend`.
 
-
-def _default_backend(name_or_path: str | None, *, device: str | None, hashes: dict[Path, _Hashed] | None = None) -> str:
-    """:func:`default_backend`; ``hashes`` receives the folder's :func:`source_sha256` where it was computed (to
-    check a shipped ``onnx-int8/``), with its :func:`_source_stamp` and keyed by the resolved folder, so that the
-    load does not hash it again while its files stay as they were."""
+    Checking a folder's shipped ``onnx-int8/`` hashes the folder (:func:`source_sha256`); the load that follows
+    asks for the same hash, which :mod:`kl_retrievers.hub` keeps while the files stay as they were.
+    """
     if device is not None and str(device).split(":")[0] in ("cuda", "mps"):
         return "torch"
     if device is None and _has_torch() and _cuda_available():
@@ -258,7 +255,7 @@ def _default_backend(name_or_path: str | None, *, device: str | None, hashes: di
     if name is not None:
         if bundled_onnx_path(name) is not None or _shared_graph_installed(name):
             return "onnx"
-    elif name_or_path is not None and _ships_onnx(user_path(name_or_path), hashes):
+    elif name_or_path is not None and _ships_onnx(user_path(name_or_path)):
         return "onnx"
     return "torch" if _has_torch() else "onnx"
 
@@ -459,9 +456,8 @@ def load_model(
             f"quantize must be one of {QUANTIZATIONS} (or 'float32', as None); got {quantize!r} (it sets the "
             "weights of ONNX exports made here; the torch backend always loads float32 weights)"
         )
-    hashes: dict[Path, _Hashed] = {}  # a folder's source_sha256 computed choosing the backend, not computed again
     if backend is None:  # ONNX Runtime settings ask for the ONNX backend, whatever the machine would choose
-        backend = "onnx" if onnx_options else _default_backend(text, device=device, hashes=hashes)
+        backend = "onnx" if onnx_options else _default_backend(text, device=device)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None; got {backend!r}")
     options = _onnx_options(onnx_options, backend)
@@ -471,7 +467,7 @@ def load_model(
     if name is not None and text is not None:
         warn_if_shadowed(text, name)
     try:
-        return _load(name, text, device=device, backend=backend, quantize=quantize, onnx_options=options, hashes=hashes)
+        return _load(name, text, device=device, backend=backend, quantize=quantize, onnx_options=options)
     except ModelNotFoundError as exc:
         if name is None and text is not None and not user_path(text).exists():
             hint = _did_you_mean(text).strip()
@@ -609,10 +605,9 @@ def _load(
     backend: str,
     quantize: str | None,
     onnx_options: Mapping[str, Any],
-    hashes: Mapping[Path, _Hashed] | None = None,
 ) -> GaussianEncoder | OnnxGaussianEncoder:
     if backend == "onnx":
-        return _load_onnx(name, name_or_path, device=device, quantize=quantize, options=onnx_options, hashes=hashes)
+        return _load_onnx(name, name_or_path, device=device, quantize=quantize, options=onnx_options)
     if name is None and name_or_path is not None and _is_onnx_export(user_path(name_or_path)):
         raise OnnxExportOnTorchError(name_or_path)  # before require_torch: installing torch would not help
     from kl_retrievers._encoding import require_torch
@@ -712,30 +707,11 @@ def _is_onnx_export(path: Path) -> bool:
     return (path / "model.onnx").is_file() and (path / "config.json").is_file()
 
 
-def _source_stamp(folder: Path) -> tuple[tuple[int, int, int] | None, ...]:
-    """The size, modification time (ns) and inode of each file :func:`source_sha256` reads (``None``: absent).
-
-    A hash of the folder taken after a stamp holds while the folder gives that stamp again: a file written,
-    replaced, added or removed since changes it (:func:`_check_shipped` hashes the folder again then).
-    """
-    stamps: list[tuple[int, int, int] | None] = []
-    for name in _SOURCE_FILES:
-        try:
-            info = (folder / name).stat()
-        except OSError:
-            stamps.append(None)
-            continue
-        stamps.append((info.st_size, info.st_mtime_ns, info.st_ino) if stat.S_ISREG(info.st_mode) else None)
-    return tuple(stamps)
-
-
-def _ships_onnx(path: Path, hashes: dict[Path, _Hashed] | None = None) -> bool:
+def _ships_onnx(path: Path) -> bool:
     """Whether ``path`` is an ONNX export, or a saved encoder shipping its int8 export in ``onnx-int8/``.
 
     The export in ``onnx-int8/`` counts only when it was exported from the folder's current files (its
     ``config.json``'s ``source.sha256``, as :func:`load_model` checks): a stale one would not be used.
-    ``hashes``: receives the folder's :func:`_source_stamp` and :func:`source_sha256` (keyed by ``path.resolve()``)
-    when they were computed.
     """
     if _is_onnx_export(path):
         return True
@@ -749,12 +725,9 @@ def _ships_onnx(path: Path, hashes: dict[Path, _Hashed] | None = None) -> bool:
     if not isinstance(recorded, str):
         return False
     try:
-        stamp = _source_stamp(path)  # before hashing: a file changed while it is hashed changes the stamp
-        actual = source_sha256(path)
+        actual = source_sha256(path)  # kept by hub while the files stay as they are: the load's check reuses it
     except OSError:  # an unreadable file of the folder: not usable as shipped
         return False
-    if hashes is not None:
-        hashes[path.resolve()] = (stamp, actual)
     return recorded == actual
 
 
@@ -765,10 +738,8 @@ def _load_onnx(
     device: str | None,
     quantize: str | None,
     options: Mapping[str, Any],
-    hashes: Mapping[Path, _Hashed] | None = None,
 ) -> OnnxGaussianEncoder:
-    """Load on ONNX Runtime; ``hashes``: folders' stamps and :func:`source_sha256` already computed (by the backend
-    choice).
+    """Load on ONNX Runtime.
 
     A local folder is read as :meth:`kl_retrievers.encoder.GaussianEncoder.from_pretrained` reads one: a folder
     that a save killed mid-swap left missing (where the swap is not atomic) is restored from the previous copy
@@ -777,7 +748,7 @@ def _load_onnx(
     """
 
     def load() -> OnnxGaussianEncoder:
-        return _load_onnx_once(name, name_or_path, device=device, quantize=quantize, options=options, hashes=hashes)
+        return _load_onnx_once(name, name_or_path, device=device, quantize=quantize, options=options)
 
     if name is not None or name_or_path is None:  # a bundled model: its files are not saved over
         return load()
@@ -797,9 +768,13 @@ def _load_onnx_once(
     device: str | None,
     quantize: str | None,
     options: Mapping[str, Any],
-    hashes: Mapping[Path, _Hashed] | None = None,
 ) -> OnnxGaussianEncoder:
-    """One read of the model for :func:`_load_onnx` (repeated when a save replaced its folder)."""
+    """One read of the model for :func:`_load_onnx` (repeated when a save replaced its folder).
+
+    The source folder's :func:`source_sha256` is asked for where it is needed (the shipped graph's check, the
+    cache entry's name, the export's record): :mod:`kl_retrievers.hub` keeps it while the files stay as they
+    were, so they are read once, and again only after a change.
+    """
     from kl_retrievers._io import library_version
     from kl_retrievers.onnx import (
         EXPORT_RECIPE,
@@ -811,7 +786,6 @@ def _load_onnx_once(
     )
 
     ort = onnx_runtime()
-    known = dict(hashes or {})  # a source's hash, computed once: each check and the cache's key use it
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {QUANTIZATIONS}; got {quantize!r}")
     OnnxGaussianEncoder._check_device(device)  # "cpu:0" as the encoder's own encode(device=) takes it
@@ -844,7 +818,7 @@ def _load_onnx_once(
         if quantize == "int8" and _is_onnx_export(source / BUNDLED_ONNX):  # shipped as the bundled models ship it
             shipped_encoder = OnnxGaussianEncoder(source / BUNDLED_ONNX, name_or_path=display, **options)
             try:
-                _check_shipped(shipped_encoder, source, bundled=bundled is not None, known=_hashed(source, known))
+                _check_shipped(shipped_encoder, source, bundled=bundled is not None)
             except OnnxModelError as exc:  # not exported from these files: export them as any other folder
                 logger.warning("not using %s: %s", source / BUNDLED_ONNX, exc)
             else:
@@ -855,7 +829,7 @@ def _load_onnx_once(
         encoder_config(read_encoder_meta(source), source / "config.json")
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", source.resolve().name) or "model"
     recipe = f"{EXPORT_RECIPE}-onnxruntime{ort.__version__}"
-    digest = _hashed(source, known)[1]  # the files are read once: the key and the entry's check both use it
+    digest = source_sha256(source)  # the key and the entry's check both use it
     prefix = f"{slug}-{library_version()}-{quantize or 'float32'}-"
     key = f"{prefix}{_cache_digest(digest, recipe)}"
     cache = onnx_cache_dir() / key
@@ -927,7 +901,7 @@ def _load_onnx_once(
             quantize=quantize,
             per_channel=True,
             verify=True,
-            source_sha256=_hashed(source, known)[1],  # hashed again only if a file changed since
+            source_sha256=source_sha256(source),  # hashed again only if a file changed since
             overwrite=True,
             follow_link=False,
         )
@@ -936,17 +910,6 @@ def _load_onnx_once(
             f"cannot write the ONNX export of {display} into {cache} ({exc}); set {ONNX_CACHE_ENV} to a writable folder"
         ) from exc
     return OnnxGaussianEncoder(cache, name_or_path=display, **options)
-
-
-def _hashed(source: Path, hashes: dict[Path, _Hashed]) -> _Hashed:
-    """``source``'s :func:`_source_stamp` and :func:`source_sha256`, from ``hashes`` while its files keep the stamp
-    they had when hashed there, else hashed now (the stamp taken first) and stored in ``hashes``."""
-    key = source.resolve()
-    stamp = _source_stamp(source)  # before hashing: a file changed while it is hashed changes the stamp
-    known = hashes.get(key)
-    if known is None or known[0] != stamp:
-        known = hashes[key] = (stamp, source_sha256(source))
-    return known
 
 
 def _cache_digest(source_digest: str, recipe: str) -> str:
@@ -1002,20 +965,16 @@ def _with_source_weights(encoder: OnnxGaussianEncoder, source: Path) -> OnnxGaus
     return encoder
 
 
-def _check_shipped(
-    encoder: OnnxGaussianEncoder, source: Path, *, bundled: bool = True, known: _Hashed | None = None
-) -> None:
+def _check_shipped(encoder: OnnxGaussianEncoder, source: Path, *, bundled: bool = True) -> None:
     """Refuse a shipped graph exported from other files than its model's (it was not regenerated).
 
     ``bundled``: ``source`` is a bundled model (regenerated with ``onnx_cli bundle NAME``), else a user's
     folder shipping ``onnx-int8/`` (regenerated with ``onnx_cli export FOLDER FOLDER/onnx-int8``).
-    ``known``: ``source``'s :func:`_source_stamp` and :func:`source_sha256` when already computed (by the backend
-    choice); the hash is used when the folder's stamp is still the same, else (a file changed since) computed here.
     """
     from kl_retrievers.onnx import OnnxModelError
 
     recorded = encoder.meta.get("source", {}).get("sha256")
-    actual = known[1] if known is not None and known[0] == _source_stamp(source) else source_sha256(source)
+    actual = source_sha256(source)  # the backend choice's hash when the files are as they were then
     if recorded != actual:
         folder = shlex.quote(os.fspath(source))
         command = (

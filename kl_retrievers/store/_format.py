@@ -70,7 +70,7 @@ from typing import Any, TypeGuard
 import numpy as np
 
 from kl_retrievers._io import _version_key, finite_json, library_version, read_json_object, refuse_json_constant
-from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME
+from kl_retrievers._score import check_score_fields
 from kl_retrievers.hub import sha256_file
 from kl_retrievers.store._base import INDEX_TYPES, StoreFormatError, _check_utf8
 
@@ -285,12 +285,7 @@ def _check_header(config: dict[str, Any], cfg_path: Path) -> None:
             f"{cfg_path}: unsupported store format_version {version} (this library reads "
             f"{BASE_FORMAT_VERSION} to {FORMAT_VERSION})"
         )
-    for field, served in (("score_name", SCORE_NAME), ("score_direction", SCORE_DIRECTION)):
-        if config.get(field) != served:
-            raise StoreFormatError(
-                f"{cfg_path}: field {field!r} is {config.get(field, '<missing>')!r}; it must be {served!r} (this "
-                f"library serves the score {SCORE_NAME!r}, {SCORE_DIRECTION!r})"
-            )
+    check_score_fields(config, cfg_path, error=StoreFormatError, required=True)  # always written: both required
 
 
 def _check_fields(config: dict[str, Any], cfg_path: Path) -> None:

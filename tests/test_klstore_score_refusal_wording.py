@@ -1,0 +1,84 @@
+"""A ``KLStore`` config with another score, or none, is refused in the wording of every other saved format.
+
+``store/_format._check_header`` asks :func:`kl_retrievers._score.check_score_fields` (with ``required=True``: a
+``KLStore``'s ``config.json`` has always recorded both fields), which words every score refusal: the field, the
+value found (or ``missing``) and the score this library serves, ``'neg_kl' ('higher_is_better')``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from kl_retrievers import Gaussians, KLStore
+from kl_retrievers._score import check_score_fields
+from kl_retrievers.store._format import StoreFormatError
+
+SERVES = "this library serves 'neg_kl' ('higher_is_better')"
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    mean = rng.normal(size=(4, 6)).astype(np.float32)
+    var = np.exp(rng.normal(0.0, 0.5, size=(4, 6))).astype(np.float32)
+    store = KLStore()
+    store.add(gaussians=Gaussians(mean, var), ids=[f"d{i}" for i in range(4)])
+    return store.save(tmp_path / "store")
+
+
+def _edit(folder: Path, **changes: Any) -> Path:
+    """Set (``None``: drop) fields of ``folder``'s ``config.json``; the path of that file."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    path.write_text(json.dumps(config), encoding="utf-8")
+    return path
+
+
+def _shared_wording(record: dict[str, Any], where: Path, *, required: bool) -> str:
+    """The message :func:`check_score_fields` gives for ``record`` (what every other format's load says)."""
+    with pytest.raises(ValueError) as info:
+        check_score_fields(record, where, required=required)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"score_direction": "lower_is_better"}, "field 'score_direction' is 'lower_is_better'"),
+        ({"score_name": "cosine"}, "field 'score_name' is 'cosine'"),
+        ({"score_name": None}, "field 'score_name' is missing"),
+        ({"score_direction": None}, "field 'score_direction' is missing"),
+        ({"score_name": None, "score_direction": None}, "field 'score_name' is missing"),
+    ],
+    ids=["wrong-direction", "wrong-name", "no-name", "no-direction", "neither"],
+)
+def test_a_klstore_config_with_another_score_or_none_is_refused_in_the_shared_wording(
+    saved: Path, changes: dict[str, Any], expected: str
+) -> None:
+    cfg = _edit(saved, **changes)
+    with pytest.raises(StoreFormatError) as info:
+        KLStore.load(saved)
+    message = str(info.value)
+    assert message == f"{cfg}: {expected}; {SERVES}"
+    record = json.loads(cfg.read_text(encoding="utf-8"))
+    assert message == _shared_wording(record, cfg, required=True)
+
+
+def test_a_wrong_direction_reads_as_a_langchain_manifests_refusal_does(saved: Path) -> None:
+    """The same bad field and value give the same words in a KLStore config and in a manifest (absent passes)."""
+    cfg = _edit(saved, score_direction="lower_is_better")
+    with pytest.raises(StoreFormatError) as info:
+        KLStore.load(saved)
+    manifest = _shared_wording({"score_direction": "lower_is_better"}, cfg, required=False)
+    assert str(info.value) == manifest
+    check_score_fields({}, cfg)  # a manifest saved before the fields existed still passes
