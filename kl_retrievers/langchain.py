@@ -31,6 +31,7 @@ import io
 import json
 import logging
 import math
+import operator
 import os
 import re
 import shutil
@@ -1236,20 +1237,41 @@ def _document_fields(
     Raises:
         TypeError: ``documents`` is no iterable of ``Document`` objects (e.g. of strings: use ``from_texts``).
     """
+    docs, ids = _document_list(documents, ids)
+    return [d.page_content for d in docs], [dict(d.metadata) for d in docs], ids
+
+
+def _document_list(
+    documents: Iterable[Document], ids: Iterable[str | None] | None
+) -> tuple[list[Document], Iterable[str | None] | None]:
+    """``documents`` read into a list, each checked to be a ``Document``, and the ids :func:`_document_fields` gives.
+
+    Reads no ``page_content`` or ``metadata``: an async add calls it on the event loop's thread (the documents'
+    types and ids in a few C loops), and leaves the texts and the metadata copies to its worker thread.
+
+    Raises:
+        TypeError: ``documents`` is no iterable of ``Document`` objects (e.g. of strings: use ``from_texts``).
+    """
     if isinstance(documents, (str, bytes, Document)) or not isinstance(documents, Iterable):
         raise TypeError(
             f"documents must be an iterable of langchain_core Document objects; got a single {type(documents).__name__}"
         )
     docs = list(documents)
-    for j, doc in enumerate(docs):
-        if not isinstance(doc, Document):
-            hint = " (for plain texts use from_texts or add_texts)" if isinstance(doc, str) else ""
-            raise TypeError(
-                f"documents[{j}] must be a langchain_core Document; got {type(doc).__name__} {doc!r:.80}{hint}"
-            )
-    if ids is None and any(d.id for d in docs):
-        ids = [d.id for d in docs]
-    return [d.page_content for d in docs], [dict(d.metadata) for d in docs], ids
+    if not all(issubclass(kind, Document) for kind in set(map(type, docs))):
+        for j, doc in enumerate(docs):
+            if not isinstance(doc, Document):
+                hint = " (for plain texts use from_texts or add_texts)" if isinstance(doc, str) else ""
+                raise TypeError(
+                    f"documents[{j}] must be a langchain_core Document; got {type(doc).__name__} {doc!r:.80}{hint}"
+                )
+    if ids is None:
+        own = list(map(_DOCUMENT_ID, docs))
+        if any(own):
+            ids = own
+    return docs, ids
+
+
+_DOCUMENT_ID = operator.attrgetter("id")
 
 
 def _without_search_scores(metadata: dict[str, Any], keys: Set[str]) -> dict[str, Any]:
@@ -3277,13 +3299,13 @@ class KLHybridRetriever(_ConfidenceRetriever):
 
     async def aadd_documents(self, documents: Iterable[Document], ids: Iterable[str | None] | None = None) -> list[str]:
         """Async :meth:`add_documents` (runs in a worker thread); a cancelled call writes nothing if it can, as
-        :meth:`KLVectorStore.aadd_texts`. The documents and ids are read and the ids checked here, on the caller's
-        thread: a bad id fails at once, before anything is encoded."""
-        if isinstance(documents, Iterable) and not isinstance(documents, (str, bytes, Document)):
-            documents = list(documents)  # read once, here (a generator too)
-        texts, _, id_values = _document_fields(documents, ids)
-        _, id_list = _check_add_args(len(texts), None, id_values, "documents")
-        return await cancellable_write(self.add_documents, documents, check_write_ids(id_list))
+        :meth:`KLVectorStore.aadd_texts`. The documents (a generator too) and ids are read and the ids checked here,
+        on the caller's thread: a bad id, or an item that is not a ``Document``, fails at once, before anything is
+        encoded. The texts and the metadata copies are made in the worker thread (:meth:`add_documents`), so that
+        many documents do not hold the event loop."""
+        docs, id_values = _document_list(documents, ids)
+        _, id_list = _check_add_args(len(docs), None, id_values, "documents")
+        return await cancellable_write(self.add_documents, docs, check_write_ids(id_list))
 
     def delete(self, ids: list[str] | None = None, *, delete_all: bool = False) -> bool:
         """Delete documents from both halves of :attr:`store` by id, as :meth:`KLVectorStore.delete` does.

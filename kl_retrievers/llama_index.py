@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import hashlib
 import inspect
 import json
@@ -111,7 +112,7 @@ _INSTALL_HINT = (
 try:
     from llama_index.core.base.base_retriever import BaseRetriever
     from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding, SimilarityMode
-    from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+    from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, field_validator
     from llama_index.core.callbacks.base import CallbackManager
     from llama_index.core.callbacks.schema import CBEventType, EventPayload
     from llama_index.core.constants import DEFAULT_SIMILARITY_TOP_K
@@ -1586,17 +1587,21 @@ def _stored_metadata(node: BaseNode, flat_metadata: bool = False, *, remove_text
 def _pydantic_json_values(value: Any, where: str = "metadatas[0]") -> Any:
     """``value`` with each ``uuid.UUID`` and path as its str and each ``Enum`` as its value, as pydantic's JSON
     mode stored them before 2026-12-06 (a ``Path`` from ``SimpleDirectoryReader(file_metadata=...)``), in
-    nested dicts, lists and tuples too, and as dict keys too (``{uuid: ...}`` as ``{str(uuid): ...}``, as
-    LlamaIndex's own node JSON writes such a key: ``TextNode`` refuses it at construction, not in a dict set or
-    changed later); anything else is left to :func:`_metadata_list`'s check.
+    nested dicts, lists and tuples too; each dict key as LlamaIndex's own node JSON writes it
+    (:func:`_pydantic_json_key`: ``{uuid: ...}`` as ``{str(uuid): ...}``, ``{(1, 2): ...}`` as ``{"1,2": ...}``,
+    a date as its ISO text; ``TextNode`` refuses such a key at construction, not in a dict set or changed later);
+    anything else is left to :func:`_metadata_list`'s check.
 
     Raises:
         TypeError: Two keys of one dict that are the same once converted (``uuid`` and ``str(uuid)``, an ``Enum``
-            and its value), naming where (``where``): JSON would keep one of them.
+            and its value, ``(1, 2)`` and ``"1,2"``), naming where (``where``): JSON would keep one of them.
 
     Examples:
         >>> _pydantic_json_values({uuid.UUID(int=1): [PurePath("a")]})
         {'00000000-0000-0000-0000-000000000001': ['a']}
+        >>> import datetime
+        >>> _pydantic_json_values({(1, 2): {datetime.date(2024, 5, 1): "d"}})
+        {'1,2': {'2024-05-01': 'd'}}
     """
     if isinstance(value, Enum):
         return _pydantic_json_values(value.value, where)
@@ -1609,8 +1614,8 @@ def _pydantic_json_values(value: Any, where: str = "metadatas[0]") -> Any:
             same = sorted({repr(key) for key, new in zip(value, spellings, strict=True) if spellings.count(new) > 1})
             raise TypeError(
                 f"{where} has keys that are the same once written as JSON strings: {', '.join(same)} (a UUID or "
-                "path key is written as its str and an Enum key as its value, as LlamaIndex's node JSON writes "
-                "them; rename one of them)"
+                "path key is written as its str, an Enum key as its value, a tuple key as its items joined by "
+                "commas and a date key as its ISO text, as LlamaIndex's node JSON writes them; rename one of them)"
             )
         return {new: _pydantic_json_values(item, f"{where}[{key!r}]") for new, (key, item) in converted.items()}
     if type(value) in (list, tuple):
@@ -1620,7 +1625,20 @@ def _pydantic_json_values(value: Any, where: str = "metadatas[0]") -> Any:
 
 def _pydantic_json_key(key: Any) -> Any:
     """A dict key as pydantic's JSON mode writes it, where that differs from ``json.dumps``: a ``uuid.UUID`` or
-    a path as its str, an ``Enum`` as its value (converted the same way); any other key as it is."""
+    a path as its str, an ``Enum`` as its value (converted the same way); a key ``json.dumps`` refuses as
+    LlamaIndex's node JSON (``node.model_dump(mode="json")``, what ``SimpleVectorStore`` stores) writes it: a
+    tuple as its items joined by commas (``(1, 2)`` as ``"1,2"``), a date, time or datetime as its ISO text
+    (pydantic's: ``...Z`` for UTC), a ``timedelta`` as ISO 8601 (``"PT3S"``), ``bytes`` as UTF-8 text, a
+    ``Decimal`` as its str. A str, int, float, bool or ``None`` key is left to ``json.dumps``, and a key pydantic
+    cannot write either (a frozenset, a numpy scalar) to :func:`_metadata_list`'s check, which names it.
+
+    Examples:
+        >>> import datetime
+        >>> [_pydantic_json_key(k) for k in [(1, "a"), datetime.date(2024, 5, 1), 3, "x"]]
+        ['1,a', '2024-05-01', 3, 'x']
+    """
+    if type(key) is str:
+        return key
     new = key
     while isinstance(new, Enum):
         new = new.value
@@ -1630,7 +1648,19 @@ def _pydantic_json_key(key: Any) -> Any:
         hash(new)
     except TypeError:  # an Enum whose value is a list: no key (JSON refuses the Enum key, as before)
         return key
-    return new
+    if new is None or isinstance(new, (str, int, float)):
+        return new
+    try:
+        (spelled,) = _json_mode_dict().dump_python({new: None}, mode="json", warnings=False)
+    except (TypeError, ValueError):  # pydantic's PydanticSerializationError is a ValueError
+        return key
+    return spelled
+
+
+@functools.cache
+def _json_mode_dict() -> TypeAdapter[dict[str, Any]]:
+    """A ``dict[str, Any]`` as pydantic serialises ``BaseNode.metadata`` (built on first use)."""
+    return TypeAdapter(dict[str, Any])
 
 
 def _checked_metadata(metadata: dict[str, Any], whose: str) -> dict[str, Any]:
@@ -1652,7 +1682,8 @@ def _with_checked_metadata(node: BaseNode) -> BaseNode:
     and dates become JSON values; what JSON cannot hold (``Decimal``, a set, bytes, NaN...) raises the
     ``TypeError`` it raises, naming the node and its document, instead of pydantic's silent conversion (or
     its error). A ``uuid.UUID`` or a path becomes its str and an ``Enum`` its value, as pydantic stored them,
-    as a value or as a dict key (:func:`_pydantic_json_values`). The metadata copied into the node's
+    as a value or as a dict key; a dict key JSON refuses (a tuple, a date...) is written as LlamaIndex's node
+    JSON writes it (``"1,2"``, ISO text: :func:`_pydantic_json_key`). The metadata copied into the node's
     relationships (a split node's ``SOURCE``: its document's metadata) is converted the same way.
     """
     whose = f"node {node.node_id!r:.80}"
