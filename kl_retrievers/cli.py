@@ -1307,6 +1307,8 @@ def _run_search(args: argparse.Namespace) -> int:
     )
     encoder = _load_encoder(model, backend=backend, **_session_kwargs(args))
     store = KLStore.load(args.store, encoder=encoder)
+    if filt is not None:  # before searching: a mistyped $ne / $nin matches everything, so no short result shows it
+        _warn_mistyped_filter_values(store, filt)
     q = encoder.encode_queries(
         args.query, batch_size=query_batch_size(encoder, _QUERY_BATCH_SIZE), show_progress_bar=False
     )
@@ -1410,54 +1412,71 @@ def _filter_keys(spec: Any, negated: bool = False) -> set[str]:
     return keys
 
 
-_FILTER_KEY_CHUNK = 512  # documents fetched at a time while looking for --filter's keys
+_FILTER_KEY_CHUNK = 512  # documents fetched at a time while looking for --filter's keys and their value types
+#: At most this many documents, spread evenly over the store, are read for the JSON types of --filter's keys.
+_FILTER_TYPE_SAMPLE = 8192
 
 
 def _warn_absent_filter_keys(store: Any, filt: dict[str, Any]) -> None:
-    """Warn (stderr) naming the ``--filter`` keys that no document of ``store`` has in its metadata, and the
-    values a condition compares with that no stored value of their key can equal or order with.
+    """Warn (stderr) naming the ``--filter`` keys that no document of ``store`` has in its metadata.
 
-    Called when a query got fewer results than asked: a misspelt key matches nothing, nor does a value of
-    another JSON type than the stored ones (``{"year": {"$gte": "2020"}}`` where every stored year is a
-    number: :func:`_mistyped_filter_values`), and an empty result would otherwise look like an answer. The
-    documents are read :data:`_FILTER_KEY_CHUNK` at a time, stopping as soon as every key has been seen with
-    a value of each type the filter compares with.
+    Called when a query got fewer results than asked: a misspelt key matches nothing, and an empty result
+    would otherwise look like an answer. The documents are read :data:`_FILTER_KEY_CHUNK` at a time,
+    stopping as soon as every key has been seen. (Values of another JSON type than the stored ones are
+    warned about before the search: :func:`_warn_mistyped_filter_values`.)
     """
     wanted = _filter_keys(filt)
+    if not wanted:
+        return
+    present: set[str] = set()
+    ids = list(store.ids)
+    for start in range(0, len(ids), _FILTER_KEY_CHUNK):
+        for doc in store.get_by_ids(ids[start : start + _FILTER_KEY_CHUNK]):
+            present |= wanted & set(doc.metadata)
+        if present == wanted:
+            return
+    absent = sorted(wanted - present)
+    logger.warning(
+        "--filter names metadata key%s %s, which no document in the store has: a condition on %s matches "
+        "no document (check the spelling)",
+        "s" if len(absent) > 1 else "",
+        ", ".join(repr(key) for key in absent),
+        "them" if len(absent) > 1 else "it",
+    )
+
+
+def _warn_mistyped_filter_values(store: Any, filt: dict[str, Any]) -> None:
+    """Warn (stderr) naming the values a ``--filter`` compares a key with that no stored value of the key can
+    equal or order with (:func:`_mistyped_filter_values`): checked once, before the search.
+
+    Such a condition is false for every document: ``{"year": {"$gte": "2020"}}`` over numeric years matches
+    nothing, and ``{"year": {"$ne": "2020"}}`` (or a ``$nin`` / ``$not`` of it) excludes nothing, which no
+    short result would reveal. The stored types are read from at most :data:`_FILTER_TYPE_SAMPLE` documents
+    spread evenly over the store (all of them in a smaller store; the warning says when it read a sample),
+    :data:`_FILTER_KEY_CHUNK` at a time, stopping as soon as every key has been seen with a value of each
+    type the filter compares it with, so a well-typed filter costs one chunk or so.
+    """
     compared = _filter_values(filt)
     typed: dict[str, set[str]] = {}  # key -> the JSON types of the values the filter compares it with
     for key, _, value in compared:
         if (kind := _json_type(value)) is not None:
             typed.setdefault(key, set()).add(kind)
-    if not wanted and not typed:
+    if not typed:
         return
-    present: set[str] = set()
-    stored: dict[str, set[str]] = {key: set() for key in typed}  # key -> the JSON types of its stored values
     ids = list(store.ids)
-
-    def done() -> bool:
-        return present == wanted and all(
-            _comparable_types(kind) & stored[key] for key, kinds in typed.items() for kind in kinds
-        )
-
+    total = len(ids)
+    if total > _FILTER_TYPE_SAMPLE:
+        ids = [ids[i * total // _FILTER_TYPE_SAMPLE] for i in range(_FILTER_TYPE_SAMPLE)]
+    stored: dict[str, set[str]] = {key: set() for key in typed}  # key -> the JSON types of its stored values
     for start in range(0, len(ids), _FILTER_KEY_CHUNK):
         for doc in store.get_by_ids(ids[start : start + _FILTER_KEY_CHUNK]):
-            present |= wanted & set(doc.metadata)
             for key, kinds in stored.items():
                 if key in doc.metadata and (kind := _json_type(doc.metadata[key])) is not None:
                     kinds.add(kind)
-        if done():
+        if all(_comparable_types(kind) & stored[key] for key, kinds in typed.items() for kind in kinds):
             return
-    absent = sorted(wanted - present)
-    if absent:
-        logger.warning(
-            "--filter names metadata key%s %s, which no document in the store has: a condition on %s matches "
-            "no document (check the spelling)",
-            "s" if len(absent) > 1 else "",
-            ", ".join(repr(key) for key in absent),
-            "them" if len(absent) > 1 else "it",
-        )
-    for message in _mistyped_filter_values(compared, stored):
+    sampled = (len(ids), total) if len(ids) < total else None
+    for message in _mistyped_filter_values(compared, stored, sampled=sampled):
         logger.warning("%s", message)
 
 
@@ -1545,14 +1564,24 @@ def _comparable_types(kind: str) -> set[str]:
     return {"number", "boolean"} if kind in ("number", "boolean") else {kind}
 
 
-def _mistyped_filter_values(compared: list[tuple[str, str, Any]], stored: dict[str, set[str]]) -> list[str]:
+def _mistyped_filter_values(
+    compared: list[tuple[str, str, Any]], stored: dict[str, set[str]], *, sampled: tuple[int, int] | None = None
+) -> list[str]:
     """One message per key and JSON type of the filter values that no stored value of the key can equal or order
     with (``stored``: each key's stored types; a key never stored, or stored as null only, is left out).
+
+    ``sampled``: ``(read, documents)`` when ``stored`` was read from a sample of the store, which the message
+    then says. Such a value in ``$ne`` / ``$nin`` excludes no document, which the message says too.
 
     Examples:
         >>> message = _mistyped_filter_values([("year", "$gte", "2020")], {"year": {"number"}})[0]
         >>> "every stored 'year' is a number" in message, message.endswith("(did you mean 2020?)")
         (True, True)
+        >>> sampled = _mistyped_filter_values([("year", "$ne", "2020")], {"year": {"number"}}, sampled=(8, 20))[0]
+        >>> "every 'year' in 8 documents sampled evenly from the store's 20" in sampled
+        True
+        >>> sampled.endswith("never match, so in $ne it excludes no document (did you mean 2020?)")
+        True
     """
     groups: dict[tuple[str, str], tuple[list[str], list[Any]]] = {}
     for key, op, value in compared:
@@ -1568,9 +1597,20 @@ def _mistyped_filter_values(compared: list[tuple[str, str, Any]], stored: dict[s
     for (key, kind), (ops, values) in groups.items():
         shown = ", ".join(json.dumps(v, ensure_ascii=False) for v in values[:3]) + (", ..." if len(values) > 3 else "")
         have = " or ".join(_JSON_TYPES[t] for t in sorted(stored[key]))
+        where = (
+            f"every stored {key!r}"
+            if sampled is None
+            else f"every {key!r} in {sampled[0]:,} documents sampled evenly from the store's {sampled[1]:,}"
+        )
+        negative = [op for op in ops if op in ("$ne", "$nin")]
+        excludes = ""
+        if negative:  # never equal to a stored value: $ne / $nin of it keep every document
+            excludes = (
+                f", so in {' or '.join(negative)} {'they exclude' if len(values) > 1 else 'it excludes'} no document"
+            )
         messages.append(
             f"--filter compares {key!r} with the {kind}{'s' if len(values) > 1 else ''} {shown} ({', '.join(ops)}), "
-            f"but every stored {key!r} is {have}: values of different JSON types never match"
+            f"but {where} is {have}: values of different JSON types never match{excludes}"
             f"{_filter_value_hint(values[0], stored[key])}"
         )
     return messages

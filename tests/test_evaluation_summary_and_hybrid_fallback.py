@@ -321,6 +321,9 @@ def test_the_evaluation_example_binds_every_name_it_uses() -> None:
     bound = set(dir(builtins))
     unbound = []
     for node in tree.body:  # statement by statement, as a reader runs it
+        for sub in ast.walk(node):  # a comprehension's variables are bound inside it
+            if isinstance(sub, ast.comprehension):
+                bound.update(name.id for name in ast.walk(sub.target) if isinstance(name, ast.Name))
         for sub in ast.walk(node):
             if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load) and sub.id not in bound:
                 unbound.append(sub.id)
