@@ -10,7 +10,8 @@ source did not change: the docs site shows the notebooks as last run, so a rebui
 cell does not strip the others. The edited or added cells have no output until ``--execute`` runs the
 notebook again (the kept outputs of later cells may also be stale then, if they depend on the edited one).
 ``--execute`` runs each notebook in notebooks/ (where nbmake runs it: notebook 05 reads ``../runs/qpp``),
-whatever ``--out`` is.
+whatever ``--out`` is. 04 downloads SciFact unless ``KL_RETRIEVERS_DATA`` names a folder holding a copy
+(offline here: ``KL_RETRIEVERS_DATA=$PWD/../shared/datasets``, an absolute path, as the kernel runs in notebooks/).
 
 CI runs every notebook top to bottom with nbmake (`pytest --nbmake notebooks`).
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import difflib
 from pathlib import Path
+from typing import Any
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
@@ -27,6 +29,13 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 OUT = Path(__file__).resolve().parents[1] / "notebooks"
 
 NOTEBOOKS: dict[str, list[tuple[str, str]]] = {}
+
+#: Each cell's time limit in seconds, written into the notebook's metadata (``execution.timeout``), where nbmake
+#: reads it in place of its default (300 s, or ``--nbmake-timeout``); ``--execute`` honours it too. 04 trains two
+#: models in one cell: about 4 minutes on a loaded 2-core machine, too close to nbmake's default.
+TIMEOUTS: dict[str, int] = {"04_train_your_own.ipynb": 900}
+#: The time limit per cell of ``--execute`` for a notebook without one in :data:`TIMEOUTS`.
+DEFAULT_TIMEOUT = 600
 
 NOTEBOOKS["01_quick_start.ipynb"] = [
     (
@@ -85,18 +94,35 @@ NOTEBOOKS["01_quick_start.ipynb"] = [
     ),
     (
         "md",
-        "The bees query scores -0.3962 here but -0.403 in the matrix above: the default model runs int8 on ONNX "
-        "Runtime, whose encodings depend slightly on the batch a text is encoded in (there the two queries were "
-        "encoded together, here one alone). Near ties can rank differently; `docs/onnx.md`, section *int8 encodings "
-        "depend on the batch* (`docs/onnx.md#int8-encodings-depend-on-the-batch`), explains why, and that float32 "
-        "graphs (`quantize=None`) and the torch encoder do not.",
+        "The bees query scores here what it scored in the matrix above. The default model runs int8 on ONNX "
+        "Runtime, and there queries are encoded one at a time, so a query gets the same Gaussian alone or in a batch "
+        "(`encode_queries`, `search` and `search_batch` agree). Documents are encoded in batches, and on an int8 graph "
+        "a document's Gaussian depends slightly on the other texts of its batch: the store and the matrix above "
+        "encoded the same four documents in one call, so they agree, but the bees document encoded on its own "
+        "scores a little differently:",
     ),
     (
         "code",
-        "import tempfile, pathlib\nfolder = pathlib.Path(tempfile.mkdtemp()) / 'store'\nstore.save(folder)\n"
-        "print(sorted(p.name for p in folder.iterdir()))\n"
-        "again = KLStore.load(folder, encoder=encoder)\n"
-        "assert [h.id for h in again.search('trains', k=1)] == [h.id for h in store.search('trains', k=1)]",
+        "bees = Q[:1].astype(np.float64)  # the bees query\n"
+        "alone = encoder.encode_documents(docs[:1])  # the bees document in a batch of its own\n"
+        "for how, d in [('with the other three', D[:1]), ('alone', alone)]:\n"
+        "    print(f'bees document encoded {how}:', round(float(neg_kl_matrix(bees, d.astype(np.float64))[0, 0]), 4))",
+    ),
+    (
+        "md",
+        "Near ties can therefore rank differently when the same documents are indexed one by one rather than in "
+        "bulk. [ONNX, *int8 encodings depend on the batch*]"
+        "(https://github.com/kl-retrievers/kl-retrievers/blob/main/docs/onnx.md#int8-encodings-depend-on-the-batch) "
+        "explains why, and that float32 graphs (`quantize=None`) and the torch encoder do not depend on the batch.",
+    ),
+    (
+        "code",
+        "import pathlib, tempfile\n\n"
+        "with tempfile.TemporaryDirectory() as tmp:  # removed, with the saved store, at the end of the block\n"
+        "    folder = pathlib.Path(tmp) / 'store'\n    store.save(folder)\n"
+        "    print(sorted(p.name for p in folder.iterdir()))\n"
+        "    again = KLStore.load(folder, encoder=encoder)\n"
+        "    assert [h.id for h in again.search('trains', k=1)] == [h.id for h in store.search('trains', k=1)]",
     ),
 ]
 
@@ -109,7 +135,10 @@ NOTEBOOKS["04_train_your_own.ipynb"] = [
         "only the mean and variance heads train, so it runs on two CPU cores. Slices this small give noisy numbers: "
         "the point is the workflow, not the verdict (see the results page for that). SciFact is the public BEIR "
         "collection: `fetch_beir('scifact')` downloads its zip once into `~/.cache/kl_retrievers/datasets`; offline, "
-        "set `KL_RETRIEVERS_DATA` to a folder holding a copy as `scifact/`.",
+        "set `KL_RETRIEVERS_DATA` to a folder holding a copy as `scifact/`.\n\n"
+        "It needs the `[train]` extra (torch, transformers, peft; a CPU-only torch is enough) and the `[eval]` extra "
+        '(ir-measures, which `evaluate_model` scores with): `pip install "kl-retrievers[train,eval]"`. Everything '
+        "it writes goes into one temporary folder, removed by the last cell.",
     ),
     (
         "code",
@@ -117,7 +146,8 @@ NOTEBOOKS["04_train_your_own.ipynb"] = [
         "from kl_retrievers import GaussianEncoder, load_model\n"
         "from kl_retrievers.datasets import fetch_beir, load_beir\nfrom kl_retrievers.evaluation import evaluate_model\n\n"
         "SCIFACT = fetch_beir('scifact')  # downloaded once into ~/.cache/kl_retrievers/datasets (or a local copy)\n"
-        "work = Path(tempfile.mkdtemp())\nprint(work)",
+        "tmp = tempfile.TemporaryDirectory()  # the data slice, the feature cache and both models; see the last cell\n"
+        "work = Path(tmp.name)\nprint(work)",
     ),
     ("md", "## A small BEIR folder: 120 train queries, 60 test queries, their relevant documents and 150 others"),
     (
@@ -183,6 +213,7 @@ NOTEBOOKS["04_train_your_own.ipynb"] = [
         "ablation, is refused for a twin). The full comparison, with seeds and significance tests, is on "
         "the results page.",
     ),
+    ("code", "tmp.cleanup()  # remove the work folder (copy the models out first to keep them)"),
 ]
 
 NOTEBOOKS["02_langchain_rag.ipynb"] = [
@@ -196,6 +227,9 @@ NOTEBOOKS["02_langchain_rag.ipynb"] = [
     ),
     (
         "code",
+        "import warnings\n\n"
+        "# langchain-community warns on import that it is being sunset; this notebook needs only its FAISS store\n"
+        "warnings.filterwarnings('ignore', message='`langchain-community` is being sunset', category=DeprecationWarning)\n"
         "from langchain_community.vectorstores import FAISS\n"
         "from langchain_community.vectorstores.utils import DistanceStrategy\n"
         "from langchain_core.language_models import FakeListChatModel\n"
@@ -277,7 +311,8 @@ NOTEBOOKS["03_llama_index.ipynb"] = [
         "# 03 · LlamaIndex\n\nA `VectorStoreIndex` over `KLVectorStore` with a query engine (`MockLLM`, so no "
         "API key), metadata filters, and a persist / reload round trip. Node scores are the relevance exp(-KL), "
         "in (0, 1] (higher is better, 1 only for identical Gaussians); the exact -KL is in each node's metadata "
-        "under `neg_kl`, beside `query_uncertainty` and `confidence`.",
+        "under `neg_kl`, beside `query_uncertainty` and `confidence`. It needs the `[llama-index]` extra: "
+        '`pip install "kl-retrievers[llama-index]"`.',
     ),
     (
         "code",
@@ -313,11 +348,12 @@ NOTEBOOKS["03_llama_index.ipynb"] = [
     ("md", "## Persist and reload (no pickle)"),
     (
         "code",
-        "folder = Path(tempfile.mkdtemp()) / 'index'\nindex.storage_context.persist(persist_dir=str(folder))\n"
-        "print(sorted(p.name for p in folder.iterdir()))\n"
-        "again = load_index_from_storage(\n"
-        "    StorageContext.from_defaults(persist_dir=str(folder), vector_store=KLVectorStore.from_persist_dir(str(folder))),\n"
-        "    embed_model=embed)\n"
+        "with tempfile.TemporaryDirectory() as tmp:  # removed, with the saved index, at the end of the block\n"
+        "    folder = Path(tmp) / 'index'\n    index.storage_context.persist(persist_dir=str(folder))\n"
+        "    print(sorted(p.name for p in folder.iterdir()))\n"
+        "    vector_store = KLVectorStore.from_persist_dir(str(folder))\n"
+        "    again = load_index_from_storage(\n"
+        "        StorageContext.from_defaults(persist_dir=str(folder), vector_store=vector_store), embed_model=embed)\n"
         "a = [n.node_id for n in index.as_retriever(similarity_top_k=3).retrieve('trains')]\n"
         "b = [n.node_id for n in again.as_retriever(similarity_top_k=3).retrieve('trains')]\nassert a == b\nprint(a == b)",
     ),
@@ -340,11 +376,12 @@ NOTEBOOKS["05_uncertainty.ipynb"] = [
         "md",
         "# 05 · Uncertainty, query performance prediction and calibrated confidence\n\n"
         "Does the query Gaussian's variance tell how well a query will be answered? The paper reports a "
-        "correlation of about 0.27 on TREC DL19/20. This notebook reads the per-query logs committed under "
-        "`runs/qpp/` (written by `benchmarks/qpp.py` and `benchmarks/calibration.py` with the default model "
-        "`minilm-gauss-soup` on the four dev collections' test splits) and shows, plainly: what the default's "
+        "Pearson correlation of about 0.27 with per-query effectiveness on TREC DL19/20. This notebook reads the "
+        "per-query logs committed under `runs/qpp/` (written by `benchmarks/qpp.py` and "
+        "`benchmarks/calibration.py` with the default model `minilm-gauss-soup` on the four dev collections' test splits) and shows, plainly: what the default's "
         "uncertainty predicts, what the best score statistic predicts, and how well the shipped calibrated "
-        "confidence (the probability that the top-ranked document is relevant) matches what happens.",
+        "confidence (the probability that the top-ranked document is relevant) matches what happens. Its two "
+        "charts need matplotlib (`pip install matplotlib`); the rest runs on the core install.",
     ),
     (
         "code",
@@ -365,7 +402,7 @@ NOTEBOOKS["05_uncertainty.ipynb"] = [
         "## Which predictor is best?\n\nKendall tau of each predictor against per-query nDCG@10, averaged over the "
         "four test splits (oriented: positive means it ranks queries like their nDCG@10; the uncertainty enters "
         "negated). `combined` is a logistic model on the uncertainty and the score statistics, fitted to nDCG@10 on "
-        "training sets only.",
+        "training sets only. The best post-retrieval baseline differs from one collection to the next.",
     ),
     (
         "code",
@@ -376,19 +413,40 @@ NOTEBOOKS["05_uncertainty.ipynb"] = [
         "taus['combined'] = mean_tau('minilm-gauss-soup+combined', 'combined')\n"
         "best = max(POST, key=taus.get)\n"
         "for name, tau in taus.items():\n    print(f'{name:12s} mean tau {tau:+.3f}')\n"
-        "print('best post-retrieval predictor:', best)",
+        "print('best post-retrieval predictor by mean tau over the four:', best)\n"
+        "for c in COLLECTIONS:\n"
+        "    own = newest[('minilm-gauss-soup', c)]['qpp']['predictors']\n"
+        "    print(f'  best on {c}: {max(POST, key=lambda n: own[n][\"tau\"])}')",
     ),
-    ("md", "## nDCG@10 by predictor quintile, SciFact test (300 queries)"),
+    (
+        "md",
+        "## Compared with the paper: Pearson r\n\nThe paper's figure is a Pearson correlation; here is ours for the "
+        "default's uncertainty (negated, as above), computed from the per-query logs.",
+    ),
     (
         "code",
         "def per_query_of(model, collection):  # the file its newest qpp.jsonl line names (each run has its own)\n"
         "    return load_per_query(RUNS.parent.parent / newest[(model, collection)]['per_query_file'])[0]\n\n\n"
+        "pearson = {}\n"
+        "for c in COLLECTIONS:\n"
+        "    pq = per_query_of('minilm-gauss-soup', c)\n"
+        "    u, y = (np.array([pq[q][key] for q in sorted(pq)]) for key in ('uncertainty', 'ndcg@10'))\n"
+        "    pearson[c] = float(np.corrcoef(-u, y)[0, 1])\n"
+        "    print(f'{c:26s} Pearson r {pearson[c]:+.3f}  ({len(pq)} queries)')\n"
+        "print(f'{\"mean\":26s} Pearson r {np.mean(list(pearson.values())):+.3f}  (the paper: about 0.27, TREC DL19/20)')",
+    ),
+    ("md", "## nDCG@10 by predictor quintile, SciFact test (300 queries)"),
+    (
+        "code",
+        "# SciFact's own best post-retrieval baseline (not the best by the four-collection mean)\n"
+        "scifact_taus = newest[('minilm-gauss-soup', 'scifact')]['qpp']['predictors']\n"
+        "best_here = max(POST, key=lambda n: scifact_taus[n]['tau'])\n"
         "pq = per_query_of('minilm-gauss-soup', 'scifact')\n"
         "comb = per_query_of('minilm-gauss-soup+combined', 'scifact')\n"
         "qids = sorted(pq)\nndcg = np.array([pq[q]['ndcg@10'] for q in qids])\n"
         "signals = {\n"
         "    'uncertainty (negated)': -np.array([pq[q]['uncertainty'] for q in qids]),\n"
-        "    f'{best} (best baseline)': np.array([pq[q][f'qpp.{best}'] for q in qids]),\n"
+        "    f'{best_here} (best on SciFact)': np.array([pq[q][f'qpp.{best_here}'] for q in qids]),\n"
         "    'combined': np.array([comb[q]['qpp.combined'] for q in qids]),\n"
         "}\n\n\n"
         "def quintile_means(signal):\n"
@@ -440,7 +498,8 @@ NOTEBOOKS["05_uncertainty.ipynb"] = [
     ),
     (
         "code",
-        "from kl_retrievers import load_default_model, neg_kl_matrix\n\n"
+        "from kl_retrievers import load_default_model, neg_kl_matrix\n"
+        "from kl_retrievers.calibration import DEFAULT_MIN_CONFIDENCE\n\n"
         "encoder = load_default_model()\n"
         "docs = ['Bees collect nectar and turn it into honey in the hive.', 'Honey bees communicate by dancing.',\n"
         "        'The stock market fell sharply on Monday.', 'Rain forests hold much of the planet\\'s species.',\n"
@@ -453,7 +512,19 @@ NOTEBOOKS["05_uncertainty.ipynb"] = [
         "    Q = encoder.encode_queries([query])\n"
         "    scores = np.asarray(neg_kl_matrix(Q, D))[0]\n"
         "    confidence = cal.confidence(scores, float(Q.uncertainty()[0]))\n"
-        "    print(f'{query!r}: top document {docs[int(scores.argmax())][:40]!r}, confidence {confidence:.2f}')",
+        "    print(f'{query!r}: top document {docs[int(scores.argmax())][:40]!r}, confidence {confidence:.2f}')\n"
+        "print('DEFAULT_MIN_CONFIDENCE:', DEFAULT_MIN_CONFIDENCE)",
+    ),
+    (
+        "md",
+        "The off-topic query still gets a confidence above `DEFAULT_MIN_CONFIDENCE`, the recommended threshold "
+        "below which a retriever given `min_confidence` abstains (returns nothing). On a store this small that is "
+        "expected: the calibrator was fitted on full collections and reads the gap between the top two scores, "
+        "which in a store of a dozen unrelated documents is wide for almost any query, so the confidence is "
+        "unreliable on tiny stores and weak for nonsense queries ([FAQ, *Does the default model carry uncertainty?*]"
+        "(https://github.com/kl-retrievers/kl-retrievers/blob/main/docs/faq.md#does-the-default-model-carry-uncertainty)). "
+        "How `min_confidence` abstention does on real collections: [Hybrid retrieval, *Abstention*]"
+        "(https://github.com/kl-retrievers/kl-retrievers/blob/main/docs/hybrid.md#abstention).",
     ),
 ]
 
@@ -498,16 +569,22 @@ def build(execute: bool, only: list[str] | None = None, out: Path | None = None)
     for name, cells in NOTEBOOKS.items():
         if only and name not in only:
             continue
+        metadata: dict[str, Any] = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+        if name in TIMEOUTS:
+            metadata["execution"] = {"timeout": TIMEOUTS[name]}
         nb = new_notebook(
             cells=[new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in cells],
-            metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+            metadata=metadata,
         )
         target = folder / name
         note = "without outputs"
         if execute:
             from nbclient import NotebookClient
 
-            NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(OUT)}}).execute()
+            timeout = TIMEOUTS.get(name, DEFAULT_TIMEOUT)
+            NotebookClient(
+                nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(OUT)}}
+            ).execute()
             note = "executed"
         elif target.exists():
             kept, dropped = keep_unchanged_outputs(nb, nbformat.read(target, as_version=4))
