@@ -93,10 +93,57 @@ _RECENTRE_SAMPLE = 2048
 
 
 def _faiss() -> Any:
-    """The ``faiss`` module, imported on first use (typed ``Any``: the SWIG stubs miss keyword arguments)."""
+    """The ``faiss`` module, imported on first use (typed ``Any``: the SWIG stubs miss keyword arguments).
+
+    The first call also registers a fork handler (:func:`_register_fork_handler`, once per process), so
+    a search of ours in a child made by ``fork`` cannot hang on the parent's OpenMP threads.
+    """
     import faiss
 
+    if not _FORK_HANDLER[0]:
+        _register_fork_handler(faiss)
     return faiss
+
+
+#: ``[True]`` once :func:`_register_fork_handler` has run in this process (a forked child inherits both
+#: the flag and the registration). No lock: a lock held by another thread at a fork would stay held in
+#: the child, while two threads racing here at most register the (idempotent) handler twice.
+_FORK_HANDLER = [False]
+
+
+def _register_fork_handler(faiss: Any) -> None:
+    """Run ``faiss.omp_set_num_threads(1)`` in every child this process forks from now on.
+
+    FAISS's OpenMP runtime (the ``libgomp`` bundled with faiss-cpu) keeps a pool of worker threads
+    once the parent has used it (a flat search over 10,000+ documents, a batch of queries, building an
+    HNSW or IVF index). A ``fork`` copies only the calling thread, so the child's first parallel FAISS
+    region waits forever for workers that do not exist (``multiprocessing``'s default ``fork`` start
+    method on Linux, ``gunicorn --preload``). On one thread each parallel region runs on the calling
+    thread alone and the pool is never woken; two threads still hang. So the child's FAISS (and the
+    store's re-scoring, :func:`_rescore_threads`) runs on one thread. Raising it again in the child
+    (``faiss.omp_set_num_threads(n)``, ``n > 1``) can bring the hang back: a child that needs threaded
+    FAISS should be started with the ``spawn`` method. Registered at our first use of FAISS (even where
+    the user imported ``faiss`` before us), which precedes any index or search of ours, so it covers
+    every fork after which the parent could have started the pool through us; a fork before that, after
+    the user's own threaded FAISS calls, is not covered.
+    A no-op where ``os.register_at_fork`` does not exist (not POSIX).
+
+    Args:
+        faiss: The imported ``faiss`` module.
+    """
+    _FORK_HANDLER[0] = True
+    set_threads = getattr(faiss, "omp_set_num_threads", None)
+    register = getattr(os, "register_at_fork", None)
+    if set_threads is None or register is None:
+        return
+
+    def _fork_handler() -> None:
+        # In the child, right after fork: no logging (its lock may be held by a thread that no longer
+        # exists) and no import; an exception here would only be printed, so none is raised.
+        with contextlib.suppress(Exception):
+            set_threads(1)
+
+    register(after_in_child=_fork_handler)
 
 
 def _native_path(path: Path) -> str | None:
