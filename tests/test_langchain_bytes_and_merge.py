@@ -215,7 +215,9 @@ def test_serialize_of_a_server_store_says_why(encoder: Any) -> None:
 def test_merge_from_copies_documents_and_gaussians(store: KLVectorStore, encoder: Any) -> None:
     other_enc = make_tiny_encoder(seed=7)  # another encoder of the same dimension: nothing is re-encoded
     other = KLVectorStore.from_texts(
-        ["merged one", "merged two"], KLEmbeddings(other_enc), [{"m": 1}, {}], ids=["m1", "m2"]
+        # texts in the tiny vocabulary, so the two differ (two texts of unknown words only would get the
+        # same Gaussian, and the search below would be an exact tie, broken later-added first)
+        ["green tea", "black sun"], KLEmbeddings(other_enc), [{"m": 1}, {}], ids=["m1", "m2"]
     )
     other.store.add(gaussians=Gaussians(np.full((1, 8), 0.3), np.full((1, 8), 2.0)), ids=["g"], metadatas=[{"g": 1}])
     before = other.store.get_gaussians(["m1", "m2", "g"])
@@ -223,8 +225,8 @@ def test_merge_from_copies_documents_and_gaussians(store: KLVectorStore, encoder
     assert len(store) == len(TEXTS) + 3 and len(other) == 3
     got = store.get_by_ids(["m1", "m2", "g"])
     assert [(d.id, d.page_content, d.metadata) for d in got] == [
-        ("m1", "merged one", {"m": 1}),
-        ("m2", "merged two", {}),
+        ("m1", "green tea", {"m": 1}),
+        ("m2", "black sun", {}),
         ("g", "", {"g": 1}),
     ]
     after = store.store.get_gaussians(["m1", "m2", "g"])
