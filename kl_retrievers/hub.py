@@ -77,28 +77,34 @@ def source_sha256(folder: str | os.PathLike[str], recipe: str = "") -> str:
     regenerated after its model changed is refused. (Here, below both :mod:`kl_retrievers.onnx` and
     :mod:`kl_retrievers.pretrained`, which use it.)
 
-    The files are read once while they stay as they were: the digest is kept per folder, ``recipe`` and each
-    file's size, modification time, inode and status-change time (as :func:`cached_sha256` keeps a file's), so
-    that the checks of one load (the shipped graph's weights identity, then its source) share one read. As git
-    does for its index ("racy clean"), a digest is not kept while any file's modification or status-change time
-    is within :data:`_RACY_NS` of now (or ahead of it): on a file system with coarse timestamps an edit of the
-    same size in the same tick would leave every stamp as it was.
+    The files are read once while they stay as they were: the digest is kept per resolved folder (a relative
+    path, or a symbolic link to the folder, shares the digest of the folder it names), ``recipe`` and each file's
+    size, modification time, inode and status-change time (as :func:`cached_sha256` keeps a file's), so that the
+    checks of one load (the shipped graph's weights identity, then its source) share one read. As git does for
+    its index ("racy clean"), a digest is not kept while any file's modification or status-change time is within
+    :data:`_RACY_NS` of now (or ahead of it): on a file system with coarse timestamps an edit of the same size in
+    the same tick would leave every stamp as it was. So a folder written less than 2 s before it is loaded is
+    read again by each check of the load that asks for its digest: two or three times (at most four), not once.
 
     Examples:
         >>> len(source_sha256(BUNDLED_DIR / "minilm-gauss-soup"))
         64
     """
+    try:  # the memo's key: a link retargeted to another folder resolves elsewhere (and its files' stamps differ)
+        where = Path(folder).resolve()
+    except (OSError, RuntimeError):  # a loop of links: its files are absent, and the digest is the recipe's alone
+        where = Path(os.path.abspath(folder))
     stamps: list[tuple[int, int, int, int] | None] = []
     for name in _SOURCE_FILES:
         try:
-            info = (Path(folder) / name).stat()
+            info = (where / name).stat()
         except OSError:  # absent (or unreadable: left out, as a missing file is)
             stamps.append(None)
             continue
         regular = stat.S_ISREG(info.st_mode)
         stamps.append((info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns) if regular else None)
     # taken before the files are read: a file changed while it is read changes the next call's stamps
-    key = (os.fspath(folder), recipe, tuple(stamps))
+    key = (os.fspath(where), recipe, tuple(stamps))
     recent = time.time_ns() - _RACY_NS
     if any(s is not None and max(s[1], s[3]) >= recent for s in stamps):  # a later edit may keep these stamps
         return _source_digest.__wrapped__(*key)

@@ -1578,7 +1578,7 @@ class KLVectorStore(VectorStore):
 
         A cancelled call (``asyncio.wait_for``'s timeout too) writes nothing, as ``InMemoryVectorStore``: the
         worker thread goes on encoding, then stops before the store's write lock; a write that holds the lock
-        already completes (:func:`~kl_retrievers._adapters.cancellable_write`). ``aadd_documents`` comes here
+        already completes (:func:`~kl_retrievers._adapters.cancellable_write`); :meth:`aadd_documents` writes so
         too. The texts, metadatas and ids are read here, on the caller's thread, and the ids checked as
         :meth:`add_texts` checks them: a bad id (not a str, repeated, a lone surrogate) fails at once, before
         anything is encoded. Each text is checked in the worker thread (a str, that UTF-8 can encode), as
@@ -1590,6 +1590,23 @@ class KLVectorStore(VectorStore):
         metadata_list, id_values = _check_add_args(len(items), metadatas, ids)
         check_write_ids(id_values)
         return await cancellable_write(self.add_texts, items, metadata_list, id_values)
+
+    async def aadd_documents(self, documents: Iterable[Document], **kwargs: Any) -> list[str]:
+        """Async ``add_documents`` (runs in a worker thread); a cancelled call writes nothing if it can, as
+        :meth:`aadd_texts`.
+
+        The documents (a generator too) and the ids (``ids=``, else the documents' ``id`` fields when any is set)
+        are read, and the ids checked, here, on the caller's thread: a bad id, or an item that is not a
+        ``Document``, fails at once, before anything is encoded. The texts and the metadata are read in the worker
+        thread (``add_documents``, then :meth:`add_texts`), so that many documents do not hold the event loop.
+        ``batch_size`` is accepted and not used, as :meth:`add_texts` takes it; any other keyword is ignored with
+        a warning.
+        """
+        ids = kwargs.pop("ids", None)
+        passed = _warn_ignored(kwargs, "aadd_documents", "documents and ids", accepted=_ADD_KWARGS)
+        docs, id_values = _document_list(documents, ids)  # no page_content or metadata read here
+        _, id_list = _check_add_args(len(docs), None, id_values, "documents")
+        return await cancellable_write(self.add_documents, docs, ids=check_write_ids(id_list), **passed)
 
     def delete(self, ids: list[str] | None = None, *, delete_all: bool = False, **kwargs: Any) -> bool | None:
         """Delete documents by id; ids already absent are ignored (idempotent, as ``InMemoryVectorStore``).

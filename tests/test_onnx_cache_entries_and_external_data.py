@@ -13,8 +13,10 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -207,17 +209,26 @@ def test_a_bundled_models_shipped_graph_reads_its_source_files_once(monkeypatch:
     assert {Path(file).parent for file in reads} == {folder}
 
 
-def test_a_source_file_changed_since_it_was_hashed_is_read_again(tmp_path: Path) -> None:
+def test_a_source_file_changed_since_it_was_hashed_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its digest kept (the folder aged past the 2 s in which none is kept), then an in-place edit of the same
+    size with its modification time put back: only the status-change time tells, and the file is read again."""
     folder = make_tiny_encoder(dim=6, seed=2).save_pretrained(tmp_path / "B")
+    reads = _count_reads(monkeypatch)
+    monkeypatch.setattr(hub, "time", SimpleNamespace(time_ns=lambda: time.time_ns() + 10 * 10**9))  # aged 10 s
     before = hub.source_sha256(folder)
+    assert hub.source_sha256(folder) == before and reads[os.fspath(folder / "config.json")] == 1  # kept
     config = folder / "config.json"
     info = config.stat()
     text = config.read_text(encoding="utf-8")
     assert '"dim": 6' in text
     config.write_text(text.replace('"dim": 6', '"dim": 7'), encoding="utf-8")  # same size, in place
     os.utime(config, ns=(info.st_atime_ns, info.st_mtime_ns))  # modification time put back: still seen
+    edited = config.stat()  # only its status-change time differs
+    assert (edited.st_size, edited.st_mtime_ns, edited.st_ino) == (info.st_size, info.st_mtime_ns, info.st_ino)
     after = hub.source_sha256(folder)
-    assert after != before
+    assert after != before and reads[os.fspath(folder / "config.json")] == 2
     hub._source_digest.cache_clear()
     assert hub.source_sha256(folder) == after
 

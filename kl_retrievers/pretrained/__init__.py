@@ -243,7 +243,8 @@ def _default_backend(name_or_path: str | None, *, device: str | None) -> str:
     """:func:`default_backend`.
 
     Checking a folder's shipped ``onnx-int8/`` hashes the folder (:func:`source_sha256`); the load that follows
-    asks for the same hash, which :mod:`kl_retrievers.hub` keeps while the files stay as they were.
+    asks for the same hash, which :mod:`kl_retrievers.hub` keeps while the files stay as they were and are older
+    than 2 s (a folder written just before it is loaded is read again by the load).
     """
     if device is not None and str(device).split(":")[0] in ("cuda", "mps"):
         return "torch"
@@ -725,7 +726,7 @@ def _ships_onnx(path: Path) -> bool:
     if not isinstance(recorded, str):
         return False
     try:
-        actual = source_sha256(path)  # kept by hub while the files stay as they are: the load's check reuses it
+        actual = source_sha256(path)  # kept by hub while the files stay as they are (and are older than 2 s)
     except OSError:  # an unreadable file of the folder: not usable as shipped
         return False
     return recorded == actual
@@ -773,7 +774,11 @@ def _load_onnx_once(
 
     The source folder's :func:`source_sha256` is asked for where it is needed (the shipped graph's check, the
     cache entry's name, the export's record): :mod:`kl_retrievers.hub` keeps it while the files stay as they
-    were, so they are read once, and again only after a change.
+    were and are older than 2 s, so each file is read once, and again only after a change. Of a folder written
+    less than 2 s before it is loaded no digest is kept: each ask reads its files, at most three times in one
+    load (the backend choice or the shipped graph's check, whose digest also names the cache entry; the cache
+    entry's earlier name, hashed with the recipe; the export's record); four for a bundled model's own folder
+    loaded by its path, whose stale shipped graph also hashes it for its weights identity (``OnnxGaussianEncoder``).
     """
     from kl_retrievers._io import library_version
     from kl_retrievers.onnx import (
@@ -790,12 +795,13 @@ def _load_onnx_once(
         raise ValueError(f"quantize must be one of {QUANTIZATIONS}; got {quantize!r}")
     OnnxGaussianEncoder._check_device(device)  # "cpu:0" as the encoder's own encode(device=) takes it
     why = ""
+    checked: str | None = None  # the source's digest, when the shipped graph's check computed it
     if name is not None:
         source, display, slug = bundled_model_path(name), f"kl_retrievers:{name}", name
         shipped = bundled_onnx_path(name)
         if shipped is not None and quantize == "int8":
             encoder = OnnxGaussianEncoder(shipped, name_or_path=display, **options)
-            _check_shipped(encoder, source)
+            _check_shipped(encoder, source, source_sha256(source))
             return _with_source_weights(encoder, source)
         from kl_retrievers.onnx_heads import OnnxHeadsGaussianEncoder, shared_backbone_for, why_no_shared_graph
 
@@ -817,8 +823,9 @@ def _load_onnx_once(
             return OnnxHeadsGaussianEncoder(source, name_or_path=display, **options)
         if quantize == "int8" and _is_onnx_export(source / BUNDLED_ONNX):  # shipped as the bundled models ship it
             shipped_encoder = OnnxGaussianEncoder(source / BUNDLED_ONNX, name_or_path=display, **options)
+            checked = source_sha256(source)  # the backend choice's when kept; the cache entry's name if refused
             try:
-                _check_shipped(shipped_encoder, source, bundled=bundled is not None)
+                _check_shipped(shipped_encoder, source, checked, bundled=bundled is not None)
             except OnnxModelError as exc:  # not exported from these files: export them as any other folder
                 logger.warning("not using %s: %s", source / BUNDLED_ONNX, exc)
             else:
@@ -829,7 +836,8 @@ def _load_onnx_once(
         encoder_config(read_encoder_meta(source), source / "config.json")
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", source.resolve().name) or "model"
     recipe = f"{EXPORT_RECIPE}-onnxruntime{ort.__version__}"
-    digest = source_sha256(source)  # the key and the entry's check both use it
+    # the key and the entry's check both use it (a folder written < 2 s ago is not kept by hub: not read again)
+    digest = source_sha256(source) if checked is None else checked
     prefix = f"{slug}-{library_version()}-{quantize or 'float32'}-"
     key = f"{prefix}{_cache_digest(digest, recipe)}"
     cache = onnx_cache_dir() / key
@@ -965,16 +973,16 @@ def _with_source_weights(encoder: OnnxGaussianEncoder, source: Path) -> OnnxGaus
     return encoder
 
 
-def _check_shipped(encoder: OnnxGaussianEncoder, source: Path, *, bundled: bool = True) -> None:
+def _check_shipped(encoder: OnnxGaussianEncoder, source: Path, actual: str, *, bundled: bool = True) -> None:
     """Refuse a shipped graph exported from other files than its model's (it was not regenerated).
 
+    ``actual``: ``source``'s :func:`source_sha256` now (the backend choice's when the files are as they were then).
     ``bundled``: ``source`` is a bundled model (regenerated with ``onnx_cli bundle NAME``), else a user's
     folder shipping ``onnx-int8/`` (regenerated with ``onnx_cli export FOLDER FOLDER/onnx-int8``).
     """
     from kl_retrievers.onnx import OnnxModelError
 
     recorded = encoder.meta.get("source", {}).get("sha256")
-    actual = source_sha256(source)  # the backend choice's hash when the files are as they were then
     if recorded != actual:
         folder = shlex.quote(os.fspath(source))
         command = (

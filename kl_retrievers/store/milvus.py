@@ -129,6 +129,7 @@ import numpy as np
 
 from kl_retrievers._encoding import progress_bar
 from kl_retrievers._io import check_bool, library_version
+from kl_retrievers._score import check_score
 from kl_retrievers.filters import (
     ALLOWED_OPERATORS,
     OPERATOR_ALIASES,
@@ -1409,6 +1410,7 @@ class MilvusKLStore(GaussianStore):
         config = json.loads(raw)
         if config.get("format") != _FORMAT_NAME or int(config.get("format_version", 0)) > _FORMAT_VERSION:
             raise ValueError(f"Milvus collection {name!r} has an unsupported format: {config.get('format')!r}")
+        check_score(config, f"Milvus collection {name!r}")  # neg_kl / higher_is_better, when recorded
         bound, offset = config.get("norm_bound"), config.get("index_offset", 0.0)  # both absent before version 2
         for what, value in (("norm_bound", bound), ("index_offset", offset)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
