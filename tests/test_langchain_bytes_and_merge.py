@@ -217,7 +217,10 @@ def test_merge_from_copies_documents_and_gaussians(store: KLVectorStore, encoder
     other = KLVectorStore.from_texts(
         # texts in the tiny vocabulary, so the two differ (two texts of unknown words only would get the
         # same Gaussian, and the search below would be an exact tie, broken later-added first)
-        ["green tea", "black sun"], KLEmbeddings(other_enc), [{"m": 1}, {}], ids=["m1", "m2"]
+        ["green tea", "black sun"],
+        KLEmbeddings(other_enc),
+        [{"m": 1}, {}],
+        ids=["m1", "m2"],
     )
     other.store.add(gaussians=Gaussians(np.full((1, 8), 0.3), np.full((1, 8), 2.0)), ids=["g"], metadatas=[{"g": 1}])
     before = other.store.get_gaussians(["m1", "m2", "g"])
