@@ -51,6 +51,10 @@ from kl_retrievers.datasets import CORPUS_FILE, QRELS_DIR, QUERIES_FILE, BeirDat
 if TYPE_CHECKING:
     from kl_retrievers.evaluation import EvaluationResult
 
+    # re-exported from kl_retrievers.evaluation, loaded on first use by ``__getattr__`` (hidden from type checkers,
+    # so that they flag a typo)
+    from kl_retrievers.evaluation import metric_cutoff as metric_cutoff
+
 __all__ = ["HYBRID_MODES", "add_evaluate_command", "run_evaluate"]
 
 logger = logging.getLogger(__name__)
@@ -62,19 +66,21 @@ logger = logging.getLogger(__name__)
 _FROM_EVALUATION = ("metric_cutoff",)
 
 
-def __getattr__(name: str) -> Any:
-    """``metric_cutoff``, from :mod:`kl_retrievers.evaluation` (PEP 562: importing this module imports no numpy).
+if not TYPE_CHECKING:  # type checkers see the names imported above, and flag any other (a typo) as an error
 
-    Examples:
-        >>> from kl_retrievers.evaluate_cli import metric_cutoff
-        >>> metric_cutoff("recall@100")
-        100
-    """
-    if name in _FROM_EVALUATION:
-        from kl_retrievers import evaluation
+    def __getattr__(name: str) -> Any:
+        """``metric_cutoff``, from :mod:`kl_retrievers.evaluation` (PEP 562: importing this module imports no numpy).
 
-        return getattr(evaluation, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        Examples:
+            >>> from kl_retrievers.evaluate_cli import metric_cutoff
+            >>> metric_cutoff("recall@100")
+            100
+        """
+        if name in _FROM_EVALUATION:
+            from kl_retrievers import evaluation
+
+            return getattr(evaluation, name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def missing_modules(names: Sequence[str]) -> list[str]:

@@ -73,6 +73,11 @@ from kl_retrievers.runs import run_from_top_k as run_from_top_k  # re-exported: 
 if TYPE_CHECKING:
     from typing import Unpack  # Python 3.11; only read by type checkers here
 
+    # the names moved to the command line's module, loaded on first use by ``__getattr__`` (hidden from type
+    # checkers, so that they flag a typo such as ``evaluate_modle``)
+    from kl_retrievers.evaluate_cli import add_evaluate_command as add_evaluate_command
+    from kl_retrievers.evaluate_cli import run_evaluate as run_evaluate
+
 __all__ = [
     "Run",
     "Qrels",
@@ -90,6 +95,7 @@ __all__ = [
     "default_cache_dir",
     "model_fingerprint",
     "encode_dataset",
+    "GaussianEncoderLike",
     "EvaluationResult",
     "EncodeOptions",
     "evaluate_model",
@@ -118,22 +124,24 @@ METRICS: dict[str, str] = {
 DEFAULT_METRICS: tuple[str, ...] = tuple(METRICS)
 
 
-def __getattr__(name: str) -> Any:
-    """``add_evaluate_command`` and ``run_evaluate``, from :mod:`kl_retrievers.evaluate_cli` (PEP 562).
+if not TYPE_CHECKING:  # type checkers see the names imported above, and flag any other (a typo) as an error
 
-    A deferred re-export: the command line imports this module, so this module imports it only
-    when one of its old names is asked for.
+    def __getattr__(name: str) -> Any:
+        """``add_evaluate_command`` and ``run_evaluate``, from :mod:`kl_retrievers.evaluate_cli` (PEP 562).
 
-    Examples:
-        >>> from kl_retrievers.evaluation import run_evaluate
-        >>> run_evaluate.__module__
-        'kl_retrievers.evaluate_cli'
-    """
-    if name in _MOVED_TO_CLI:
-        from kl_retrievers import evaluate_cli
+        A deferred re-export: the command line imports this module, so this module imports it only
+        when one of its old names is asked for.
 
-        return getattr(evaluate_cli, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        Examples:
+            >>> from kl_retrievers.evaluation import run_evaluate
+            >>> run_evaluate.__module__
+            'kl_retrievers.evaluate_cli'
+        """
+        if name in _MOVED_TO_CLI:
+            from kl_retrievers import evaluate_cli
+
+            return getattr(evaluate_cli, name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ Install with ``pip install "kl-retrievers[llama-index]"``.  The pieces:
   ``<q~, d~> + c(q) = -KL(Q || D)`` exactly (see :mod:`kl_retrievers.gaussian`).  Only stores
   that rank by **inner product** preserve the -KL ranking with these vectors; cosine or L2
   stores silently rank something else.
-* :class:`KLVectorStore` (a ``BasePydanticVectorStore``) over :class:`~kl_retrievers.index.KLStore`:
+* :class:`KLVectorStore` (a ``BasePydanticVectorStore``) over :class:`~kl_retrievers.index.KLStore` (or a
+  ``MilvusKLStore``):
   both rewrites are exactly invertible (``var = -1 / (2 d~[1:k+1])``, ``mu = d~[k+1:] * var``;
   ``mu = q~[k+1:]``, ``var = q~[1:k+1] - mu^2``), so the store recovers every Gaussian from the
   embeddings LlamaIndex hands it and ranks by the exact ``-KL`` (query constant included).
@@ -102,7 +103,7 @@ from kl_retrievers.gaussian import (
 )
 from kl_retrievers.hybrid import FusionConfig, HybridResult, KLHybridStore, _warn_metadata_keys
 from kl_retrievers.index import KLStore
-from kl_retrievers.store import StoredDocument
+from kl_retrievers.store import DeleteReport, GaussianStore, StoredDocument
 from kl_retrievers.store._base import _check_utf8, _metadata_list
 
 _INSTALL_HINT = (
@@ -1325,7 +1326,11 @@ class KLEmbedding(BaseEmbedding):
                 )
         return cast(KLEmbedding, super().from_dict(data, **kwargs))
 
-    encoder = property(lambda self: self._encoder, doc="The wrapped Gaussian encoder.")
+    @property
+    def encoder(self) -> Any:
+        """The wrapped Gaussian encoder (a ``GaussianEncoder``, ``OnnxGaussianEncoder`` or any object with
+        ``encode_queries`` / ``encode_documents`` returning :class:`~kl_retrievers.gaussian.Gaussians`)."""
+        return self._encoder
 
     def _check_store(self) -> KLVectorStore | None:
         """Warn (once per store type) when embedding for a store that does not rank by inner product.
@@ -1956,6 +1961,14 @@ def _ref_doc_id(metadata: Mapping[str, Any]) -> Any:
     return metadata.get("ref_doc_id", metadata.get("doc_id"))
 
 
+def _write_count(store: GaussianStore) -> int | None:
+    """``store.write_count`` for a :class:`KLStore` (bumped by every write to it); ``None`` for a store without one.
+
+    A ``MilvusKLStore`` has none: other clients write to its collection unseen, so nothing read from it is cached.
+    """
+    return store.write_count if isinstance(store, KLStore) else None
+
+
 def _manifest_and_store_paths(persist_path: str | os.PathLike[str]) -> tuple[Path, Path]:
     """The manifest and store folder of ``persist_path`` (a leading ``~`` expanded, as a shell would)."""
     path = user_path(persist_path)
@@ -2061,7 +2074,7 @@ def _check_fs(fs: Any) -> None:
 
 
 class KLVectorStore(BasePydanticVectorStore):
-    """A LlamaIndex vector store ranked by exact ``-KL(Q || D)``, backed by a :class:`KLStore`.
+    """A LlamaIndex vector store ranked by exact ``-KL(Q || D)``, backed by a :class:`KLStore` or a ``MilvusKLStore``.
 
     Nodes carry ``d~`` embeddings from :class:`KLEmbedding`; the store recovers each
     document Gaussian from ``d~`` exactly (see :func:`document_gaussians_from_embeddings`),
@@ -2113,7 +2126,10 @@ class KLVectorStore(BasePydanticVectorStore):
     ``StorageContext.persist``) and load it (:meth:`from_persist_dir`, ``load_index_from_storage``).
 
     Args:
-        store: An existing :class:`KLStore` to wrap (a fresh flat one by default).
+        store: An existing :class:`KLStore` or :class:`~kl_retrievers.milvus.MilvusKLStore` to wrap (a fresh flat
+            ``KLStore`` by default). Over a ``MilvusKLStore``, filters with a JSON form run in Milvus; a filter
+            with none, ``doc_ids`` and ``delete(ref_doc_id)`` are judged here on every stored node (a read of
+            the whole collection), and :meth:`persist` writes nothing (the nodes are in Milvus).
         encoder: Optional Gaussian encoder or :class:`KLEmbedding` (see above).
         relevance: A name in :data:`RELEVANCE_FUNCTIONS`: ``"exp"`` (default), ``"inverse"``
             (``1 / (1 + KL)``) or ``"exp_per_dim"`` (``exp(-KL / k)``).
@@ -2150,7 +2166,7 @@ class KLVectorStore(BasePydanticVectorStore):
     flat_metadata: bool = False
     relevance: str = adapters.DEFAULT_RELEVANCE
 
-    _store: KLStore = PrivateAttr()
+    _store: GaussianStore = PrivateAttr()
     _scorer: ConfidenceScorer = PrivateAttr()
     _query_encoder: Any = PrivateAttr(default=None)
     # The encoders KLEmbedding objects embedded texts for this store with since the last add, while it was empty
@@ -2168,7 +2184,7 @@ class KLVectorStore(BasePydanticVectorStore):
 
     def __init__(
         self,
-        store: KLStore | None = None,
+        store: GaussianStore | None = None,
         *,
         encoder: Any | None = None,
         relevance: str = adapters.DEFAULT_RELEVANCE,
@@ -2192,8 +2208,12 @@ class KLVectorStore(BasePydanticVectorStore):
         if store is None:
             store = KLStore(encoder=encoder, **store_kwargs)
         else:
-            if not isinstance(store, KLStore):
-                raise TypeError(f"store must be a KLStore; got {type(store).__name__}")
+            if not isinstance(store, GaussianStore):
+                hint = " (a KLHybridStore goes to KLHybridRetriever)" if isinstance(store, KLHybridStore) else ""
+                raise TypeError(
+                    f"store must be a KLStore or a MilvusKLStore (a kl_retrievers.store.GaussianStore); "
+                    f"got {type(store).__name__}{hint}"
+                )
             if store_kwargs:
                 raise ValueError(f"store options {sorted(store_kwargs)} apply only when no store is passed")
             if encoder is not None:
@@ -2203,8 +2223,14 @@ class KLVectorStore(BasePydanticVectorStore):
         self._scan_stored_nodes()
 
     def _scan_stored_nodes(self) -> None:
-        """Read the wrapped store's documents once: the non-text node ids, and a warning for reserved keys."""
-        version = self._store.write_count
+        """Read the wrapped store's documents once: the non-text node ids, and a warning for reserved keys.
+
+        Only a :class:`KLStore` (in memory) is read here: the collection of a ``MilvusKLStore`` may be large and
+        is read only by what needs it (see :meth:`_stored_non_text_ids`).
+        """
+        version = _write_count(self._store)
+        if version is None:
+            return
         docs = self._store.get_by_ids(self._store.ids) if len(self._store) else []
         self._cache_non_text(version, docs)
         reserved = sorted({key for d in docs for key in _SCORE_KEYS.intersection(d.metadata)})
@@ -2212,16 +2238,17 @@ class KLVectorStore(BasePydanticVectorStore):
             self._warned_reserved = True
             _warn_reserved_keys(reserved, "KLVectorStore(store=...) (documents already stored)")
 
-    def _cache_non_text(self, version: int, docs: Sequence[StoredDocument]) -> frozenset[str]:
+    def _cache_non_text(self, version: int | None, docs: Sequence[StoredDocument]) -> frozenset[str]:
         """The ids of the ``IndexNode`` / ``ImageNode`` nodes among ``docs`` (every stored document, read
-        at the store's ``write_count`` ``version``), cached unless a write landed during the read."""
+        at the store's ``write_count`` ``version``), cached unless a write landed during the read (never
+        cached for a store without a ``write_count``, a ``MilvusKLStore``: ``version`` ``None``)."""
         found = frozenset(d.id for d in docs if d.metadata.get("_node_type") in _NON_TEXT_NODE_TYPES)
         with self._non_text_lock:
-            if self._store.write_count == version:  # no write landed during the scan
+            if version is not None and _write_count(self._store) == version:  # no write landed during the scan
                 self._non_text = (version, found)
         return found
 
-    def _note_write(self, before: int, bumps: int, removed: Sequence[str], non_text: Sequence[str] = ()) -> None:
+    def _note_write(self, before: int | None, bumps: int, removed: Sequence[str], non_text: Sequence[str] = ()) -> None:
         """After a write through this object: update the non-text ids instead of scanning the store again.
 
         ``before`` is the store's ``write_count`` read before the write and ``bumps`` how often the
@@ -2230,8 +2257,8 @@ class KLVectorStore(BasePydanticVectorStore):
         """
         with self._non_text_lock:
             cached = self._non_text
-            after = self._store.write_count
-            if cached is None or cached[0] != before or after != before + bumps:
+            after = _write_count(self._store)
+            if cached is None or before is None or after is None or cached[0] != before or after != before + bumps:
                 self._non_text = None
                 return
             self._non_text = (after, (cached[1] - frozenset(removed)) | frozenset(non_text))
@@ -2269,8 +2296,8 @@ class KLVectorStore(BasePydanticVectorStore):
         return f"KLVectorStore({self._store!r}, relevance={self.relevance!r}{extra})"
 
     @property
-    def kl_store(self) -> KLStore:
-        """The underlying :class:`KLStore` (also :attr:`client`)."""
+    def kl_store(self) -> GaussianStore:
+        """The underlying store, a :class:`KLStore` or a ``MilvusKLStore`` (also :attr:`client`)."""
         return self._store
 
     client = kl_store
@@ -2457,7 +2484,7 @@ class KLVectorStore(BasePydanticVectorStore):
         if adapters.write_cancelled("KLVectorStore.async_add"):  # encoded; the write lock is not taken yet
             return []  # nothing changed: the encoders noted for these nodes stay noted
         noted = self._forget_document_encoders()  # the encoders that embedded texts for this store, this add's
-        before = self._store.write_count
+        before = _write_count(self._store)
         try:
             if not missing:  # every node embedded: by the KLEmbedding that embedded texts for this store, if any
                 self._record_document_encoder(noted, nodes, k)
@@ -2508,8 +2535,10 @@ class KLVectorStore(BasePydanticVectorStore):
         if ids is not None and not ids:
             return
         predicate = metadata_filters_to_predicate(filters)
+        # a store that takes no callable filter (MilvusKLStore) gets the filters' JSON form where it is exact
+        where = predicate if isinstance(self._store, KLStore) else _store_filter(filters, predicate)
         # filters that match everything (an empty MetadataFilters) with no node_ids: every node, as before
-        self._delete_where(ids, predicate if predicate is not None or ids is not None else {})
+        self._delete_where(ids, where if where is not None or ids is not None else {})
 
     def clear(self) -> None:
         """Delete every node (the store's settings and dimension are kept)."""
@@ -2520,12 +2549,20 @@ class KLVectorStore(BasePydanticVectorStore):
 
         The store chooses again, under the write lock, when another thread wrote in between. A cancelled async
         call (:meth:`adelete`, :meth:`adelete_nodes`, :meth:`aclear`) that has not started deleting deletes nothing.
+        A store that takes no callable filter (``MilvusKLStore``) gets a callable ``where`` judged here, on every
+        document among ``ids`` (``None``: every stored one), and the ids it matches deleted: a write from another
+        client between the reading and the deletion is not seen.
         """
         if adapters.write_cancelled("KLVectorStore's async delete"):
             return
-        before = self._store.write_count
+        before = _write_count(self._store)
         try:
-            report = self._store.delete(ids, filter=where) if where is not None else self._store.delete(ids)
+            if callable(where) and not isinstance(self._store, KLStore):
+                report = self._delete_matching_here(ids, where)
+            elif where is not None:
+                report = self._store.delete(ids, filter=where)
+            else:
+                report = self._store.delete(ids)
         except BaseException:
             with self._non_text_lock:
                 self._non_text = None
@@ -2533,6 +2570,16 @@ class KLVectorStore(BasePydanticVectorStore):
         self._note_write(before, 1 if report.deleted else 0, report.deleted)
         if not len(self._store):
             self._forget_recorded_encoder()  # emptied: the next nodes may be another model's
+
+    def _delete_matching_here(self, ids: list[str] | None, where: Predicate) -> DeleteReport:
+        """Delete the documents among ``ids`` (``None``: all) whose metadata ``where`` matches, judged here.
+
+        For a store that filters outside Python (``MilvusKLStore`` takes JSON filters only): each document is
+        read, ``where`` called on its metadata, and the matching ids deleted.
+        """
+        store = self._store
+        chosen = [d.id for d in store.get_by_ids(store.ids if ids is None else ids) if where(d.metadata)]
+        return store.delete(chosen) if chosen else DeleteReport(deleted=[], missing=[])
 
     # The async variants run the sync method in a worker thread (LlamaIndex's base class would run it on the
     # event loop, stalling it for the whole encode / search / scan); the KLStore is thread-safe. A cancelled
@@ -2716,8 +2763,8 @@ class KLVectorStore(BasePydanticVectorStore):
         """
         with self._non_text_lock:
             cached = self._non_text
-        version = self._store.write_count
-        if cached is not None and cached[0] == version:
+        version = _write_count(self._store)
+        if cached is not None and version is not None and cached[0] == version:
             return cached[1]
         return self._cache_non_text(version, self._store.get_by_ids(self._store.ids))
 
@@ -2872,6 +2919,9 @@ class KLVectorStore(BasePydanticVectorStore):
             return self._search_among(query, k, node_ids, predicate)
         # filters with an exact JSON form go as that: the store caches the rows they allow
         where = predicate if doc_ids is not None else _store_filter(filters, predicate)
+        if callable(where) and not isinstance(self._store, KLStore):
+            # a store that filters outside Python (MilvusKLStore: JSON filters only): judged here, on every document
+            return self._search_among(query, k, self._store.ids, where)
         hits = self._store.search(query, k=k, filter=where)
         return [h.id for h in hits], [float(h.score) for h in hits], [h.text for h in hits], [h.metadata for h in hits]
 
@@ -2905,8 +2955,9 @@ class KLVectorStore(BasePydanticVectorStore):
     ) -> tuple[list[str], list[float], list[str | None], list[dict[str, Any]]]:
         """Exact -KL over an explicit set of node ids (float64, like KLStore's re-scoring).
 
-        Tied scores are ranked as the store ranks them (docs/ann.md, "Tied scores"): the later added first,
-        not in the order of ``node_ids``. The insertion order is read only when two scores tie.
+        Tied scores are ranked as a ``KLStore`` ranks them (docs/ann.md, "Tied scores"): the later added first,
+        not in the order of ``node_ids``. The insertion order is read only when two scores tie. Over another
+        store (``MilvusKLStore``, whose insertion order is not read here) they keep the order of ``node_ids``.
         """
         docs = self._store.get_by_ids([str(i) for i in dict.fromkeys(node_ids)])
         if predicate is not None:
@@ -2915,9 +2966,9 @@ class KLVectorStore(BasePydanticVectorStore):
             return [], [], [], []
         g = self._store.get_gaussians([d.id for d in docs]).astype(np.float64)
         scores = neg_kl_matrix(query.numpy().astype(np.float64), g)[0]
-        if np.unique(scores).size < scores.size:
+        store = self._store
+        if np.unique(scores).size < scores.size and isinstance(store, KLStore):
             # the store's rows follow the insertion order (compaction keeps it): read only these documents' rows
-            store = self._store
             with store._lock.read():
                 row = store._table.row
                 later_first = np.array([-row.get(d.id, -1) for d in docs], dtype=np.int64)
@@ -2958,9 +3009,21 @@ class KLVectorStore(BasePydanticVectorStore):
         ``load_index_from_storage(StorageContext.from_defaults(persist_dir=dir))`` loads the
         store back as a :class:`KLVectorStore` (see :meth:`from_persist_path`).
 
+        A store over a ``MilvusKLStore`` writes nothing (logged at INFO level), as LlamaIndex's own stores over a
+        server do: its nodes are in the Milvus collection already, and ``StorageContext.persist`` still writes the
+        docstore and index store. Reopen it with ``KLVectorStore(store=MilvusKLStore(uri, collection_name=...))``.
+
         Raises:
             NotImplementedError: ``fs`` is not a local filesystem.
         """
+        if not isinstance(self._store, KLStore):
+            logger.info(
+                "KLVectorStore.persist: the %s keeps its nodes in its own server; nothing written to %s (reconnect "
+                "with the same uri and collection_name instead)",
+                type(self._store).__name__,
+                persist_path,
+            )
+            return
         _check_fs(fs)
         given, store_dir = _manifest_and_store_paths(persist_path)
         # a link (current -> v3, at the manifest's folder or above it) is resolved once, here, as KLStore.save and

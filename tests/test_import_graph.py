@@ -43,6 +43,10 @@ def _is_type_checking(test: ast.expr) -> bool:
     )
 
 
+def _is_not_type_checking(test: ast.expr) -> bool:
+    return isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not) and _is_type_checking(test.operand)
+
+
 def _imports(node: ast.AST, in_getattr: bool = False) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
     """Every import statement under ``node`` that can run, and whether it sits in a module ``__getattr__``."""
     for child in ast.iter_child_nodes(node):
@@ -54,6 +58,19 @@ def _imports(node: ast.AST, in_getattr: bool = False) -> Iterator[tuple[ast.Impo
             continue
         if isinstance(child, (ast.Import, ast.ImportFrom)):
             yield child, in_getattr
+        if isinstance(node, ast.Module) and isinstance(child, ast.If) and _is_not_type_checking(child.test):
+            # ``if not TYPE_CHECKING: def __getattr__...``: still the module's own ``__getattr__`` (hidden from
+            # type checkers so that a misspelt name is an error there)
+            for sub in child.body:
+                if isinstance(sub, (ast.Import, ast.ImportFrom)):
+                    yield sub, in_getattr
+                getattr_def = isinstance(sub, ast.FunctionDef) and sub.name == "__getattr__"
+                yield from _imports(sub, in_getattr or getattr_def)
+            for sub in child.orelse:
+                if isinstance(sub, (ast.Import, ast.ImportFrom)):
+                    yield sub, in_getattr
+                yield from _imports(sub, in_getattr)
+            continue
         deferred = in_getattr or (
             isinstance(node, ast.Module) and isinstance(child, ast.FunctionDef) and child.name == "__getattr__"
         )

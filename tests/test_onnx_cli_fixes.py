@@ -87,7 +87,7 @@ def test_the_training_package_is_lazy_and_keeps_its_names() -> None:
         assert getattr(training, name).__name__ == name
     assert training.losses.__name__ == "kl_retrievers.training.losses"  # submodules, as when imported eagerly
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        _ = training.nope
+        _ = training.nope  # type: ignore[attr-defined]  # mypy flags it too: its __getattr__ is hidden from it
     code = (
         "import kl_retrievers.training.cli, kl_retrievers.training as t\n"
         "try:\n    t.TrainConfig\nexcept ModuleNotFoundError as exc:\n    print('refused', exc.name)\n"

@@ -175,16 +175,18 @@ def _import_submodule(module: str, what: str) -> Any:
         raise named from exc
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's submodule on first access (PEP 562) and cache the name here."""
-    module = _LAZY.get(name)
-    if module is None:
-        if name in _SUBMODULES:  # e.g. kl_retrievers.training.losses, which the eager version bound here
-            return _import_submodule(f"{__name__}.{name}", f"{__name__}.{name}")
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_import_submodule(module, f"{__name__}.{name}"), name)
-    globals()[name] = value
-    return value
+if not TYPE_CHECKING:  # type checkers see the names imported above, and flag any other (a typo) as an error
+
+    def __getattr__(name: str) -> Any:
+        """Import a public name's submodule on first access (PEP 562) and cache the name here."""
+        module = _LAZY.get(name)
+        if module is None:
+            if name in _SUBMODULES:  # e.g. kl_retrievers.training.losses, which the eager version bound here
+                return _import_submodule(f"{__name__}.{name}", f"{__name__}.{name}")
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(_import_submodule(module, f"{__name__}.{name}"), name)
+        globals()[name] = value
+        return value
 
 
 def __dir__() -> list[str]:
