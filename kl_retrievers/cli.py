@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import re
 import shlex
 import sys
 import threading
@@ -30,8 +29,12 @@ from kl_retrievers._io import check_replace_gaussians_file, parse_json_object, r
 from kl_retrievers._io import row_id as _row_id  # the one id rule, shared with kl_retrievers.sharded
 from kl_retrievers._io import row_text as _row_text
 from kl_retrievers._io import user_path as _expand_user
-from kl_retrievers.cli_common import (  # re-exported: they were defined here
+from kl_retrievers.cli_common import (  # re-exported: defined here before (the parser class: shared with training.cli)
     KLSTORE_FORMAT,
+    _CheckedStdout,
+    _one_line,
+    _Parser,
+    _silence_stdout,
     add_model_backend_argument,
     add_model_session_arguments,
     args_subset,
@@ -1661,94 +1664,11 @@ def _add_train(sub: Any) -> None:
 _REGISTRARS: list[Callable[[Any], None]] = [_add_demo, _add_encode, _add_index, _add_search, _add_evaluate, _add_train]
 
 
-class _Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose usage errors are one line on stderr (exit status 2, as argparse).
-
-    ``--help`` and ``--version`` honour stdout as the subcommands do (:func:`_print_to_stdout`): closed or
-    full, exit status 2 with one line on stderr; a reader that went away, 141.
-    """
-
-    def error(self, message: str) -> Any:  # argparse's signature is NoReturn
-        self.exit(
-            2, f"{self.prog}: error: {_one_line(message)}{_usage_hint(self.prog, message)} (see {self.prog} --help)\n"
-        )
-
-    def _print_message(self, message: str, file: Any = None) -> None:
-        # argparse passes sys.stdout for --help and --version and sys.stderr for usage errors, either of which
-        # may be None (a closed descriptor): a None that stderr is not is stdout. argparse's own version drops
-        # any OSError (exit status 0 with nothing written) and writes to stderr when stdout is closed.
-        if message and (file is sys.stdout or (file is None and sys.stderr is not None)):
-            _print_to_stdout(self, message)
-        else:
-            super()._print_message(message, file)
-
-
-def _print_to_stdout(parser: argparse.ArgumentParser, message: str) -> None:
-    """Write ``--help`` / ``--version`` output to stdout, flushed; exit as a subcommand does when it cannot.
-
-    Closed (``>&-``) or failing (``> /dev/full``): one line on stderr, exit status 2; a reader that went
-    away (``--help | head -1``): exit status 141 in silence (:func:`_run_command`'s rules).
-    """
-    stream = sys.stdout
-    if stream is None:
-        parser.exit(
-            2,
-            f"{parser.prog}: error: stdout is closed, so the output cannot be written; redirect it to a file (or to "
-            f"{os.devnull} to discard it)\n",
-        )
-    try:
-        stream.write(message)
-        stream.flush()
-    except BrokenPipeError:  # nothing but stdout is written here: its reader went away
-        _silence_stdout(stream)
-        sys.exit(141)
-    except OSError as exc:
-        _silence_stdout(stream)  # the interpreter's final flush would fail again ("Exception ignored ...")
-        parser.exit(2, f"{parser.prog}: error: {_CheckedStdout(stream)._failed(exc)}\n")
-
-
-def _silence_stdout(stream: Any) -> None:
-    """Point stdout's file descriptor at the null device: the interpreter's final flush of what could not be
-    written goes nowhere (the recipe of Python's signal docs for a closed pipe)."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, stream.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (a test's capture)
-        pass
-
-
-def _usage_hint(prog: str, message: str) -> str:
-    """A hint for a usage error that a user of another subcommand is likely to make, else ``""``.
-
-    ``encode --backend`` picks local or Ray shards, where the other subcommands' ``--backend`` is the model's.
-
-    Examples:
-        >>> message = "argument --backend: invalid choice: 'onnx' (choose from local, ray)"
-        >>> print(_usage_hint("kl-retrievers encode", message))
-        ; in encode, --backend picks local or Ray shards: for the model's backend pass --model-backend onnx
-        >>> _usage_hint("kl-retrievers search", "argument -k: expected one argument")
-        ''
-    """
-    found = re.match(r"argument --backend: invalid choice: '(torch|onnx)'", message)
-    if prog.endswith(" encode") and found:
-        return (
-            f"; in encode, --backend picks local or Ray shards: for the model's backend pass --model-backend "
-            f"{found.group(1)}"
-        )
-    return ""
-
-
 def _log_warning(
     message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
 ) -> None:
     """``warnings.showwarning`` for the command line: a ``WARNING py.warnings: ...`` log line."""
     logging.getLogger("py.warnings").warning("%s: %s", category.__name__, _one_line(str(message)))
-
-
-def _one_line(text: str) -> str:
-    """``text`` on one line (a multi-line message joined with ``; ``)."""
-    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip()) or "(no message)"
 
 
 def _error_message(exc: BaseException) -> str:
@@ -1811,54 +1731,6 @@ class _Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise _Terminated()
-
-
-class _OutputError(OSError):
-    """Writing the results to stdout failed (a full disk, a closed descriptor): the message says so."""
-
-
-class _CheckedStdout:
-    """``sys.stdout`` during a command: a failed write or flush (not a closed pipe) names stdout.
-
-    A character the stream's encoding cannot write (an ``ascii`` stdout) is written escaped (``\\xe9``),
-    as Python writes it to stderr, instead of ending the command.
-
-    Without it, ``kl-retrievers search ... > /dev/full`` ends with a bare ``[Errno 28] No space left on
-    device``, which reads as if an input or the store were at fault. ``BrokenPipeError`` passes as it is
-    (the reader went away: :func:`main` stops quietly). Everything else is the wrapped stream's.
-    """
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-
-    def _failed(self, exc: OSError) -> _OutputError:
-        return _OutputError(
-            f"writing the output to stdout failed ({exc.strerror or exc}); check where stdout goes (a full disk, "
-            "a closed or read-only descriptor)"
-        )
-
-    def write(self, text: str) -> int:
-        try:
-            try:
-                return int(self._stream.write(text))
-            except UnicodeEncodeError:  # a stdout that cannot show it (PYTHONIOENCODING=ascii): escaped, not fatal
-                encoding = getattr(self._stream, "encoding", None) or "utf-8"
-                return int(self._stream.write(text.encode(encoding, "backslashreplace").decode(encoding)))
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise self._failed(exc) from None
-
-    def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise self._failed(exc) from None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1087,11 +1087,11 @@ def _run_train(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry point (``python -m kl_retrievers.training.cli train ...``).
 
-    Its parser is ``kl-retrievers``' own kind (:class:`kl_retrievers.cli._Parser`): ``--help`` honours stdout as
+    Its parser is ``kl-retrievers``' own kind (``kl_retrievers.cli_common._Parser``): ``--help`` honours stdout as
     ``kl-retrievers train --help`` does (closed or full: one line on stderr, exit status 2; a reader that went
     away, 141) and a usage error is one line on stderr (exit status 2).
     """
-    from kl_retrievers.cli import _Parser  # not at import: kl_retrievers.cli imports this module for its `train`
+    from kl_retrievers.cli_common import _Parser
 
     parser = _Parser(prog="kl-retrievers")
     sub = parser.add_subparsers(dest="command", required=True)
