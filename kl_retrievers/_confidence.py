@@ -50,13 +50,13 @@ import logging
 import math
 import os
 import threading
-import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from kl_retrievers._encoding import is_blank_text
 from kl_retrievers._io import user_path
 from kl_retrievers.calibration import (
     _UNSTEMMED_HYBRID_CALIBRATION_FILE,
@@ -76,13 +76,6 @@ CONFIDENCE_KEY = "confidence"
 
 _WARNED: set[str] = set()
 _WARN_LOCK = threading.Lock()
-# Unicode categories of the characters that count as blank in a query (is_blank_query), with whitespace: those
-# the bundled tokenizers (BERT's normaliser) drop. Nonspacing marks (Mn: a combining accent, a variation selector)
-# are dropped with the accents; enclosing marks (Me) are kept.
-_INVISIBLE = frozenset({"Cc", "Cf", "Co", "Mn"})
-# Characters of other categories those tokenizers drop as well: U+FFFD (the replacement character, what
-# errors="replace" leaves) and U+1734 (a mark that is Mc since Unicode 14, Mn in the tokenizers' tables).
-_DROPPED = frozenset({"\ufffd", "\u1734"})
 # Scores a feature reads (the deepest feature sets how many results are fetched).
 _DEPTH = {"uncertainty": 0, "max_score": 1, "gap12": 2, "gap1_10": 10, "std10": 10}
 
@@ -505,29 +498,14 @@ EMPTY_QUERY_REASON = "the query is empty (blank): it asks for nothing, so no doc
 def is_blank_query(text: str | None) -> bool:
     """Whether a query text is blank: empty, or only whitespace and characters the tokenizers drop (``None`` is not).
 
-    Those are the characters the bundled models' tokenizers (BERT's normaliser) drop, as they drop
-    whitespace, so that such a text encodes as the empty one (and BM25's token pattern finds no word in
-    it either): controls, format characters and private-use code points (Unicode categories ``Cc``,
-    ``Cf`` and ``Co``: ``"\\x00"``, a zero-width space or joiner, a byte-order mark, ``U+2060``...),
-    nonspacing marks (``Mn``: a lone combining accent, a variation selector such as ``U+FE0F``,
-    ``U+034F``, ``U+180B``, ``U+17B4``), and the replacement character ``U+FFFD`` that
-    ``errors="replace"`` leaves. Enclosing marks (``Me``) are kept by those tokenizers and are not blank.
-    A few marks and format characters newer than the tokenizers' Unicode tables (``U+0898``...) become
-    ``[UNK]`` there; a text of only those counts as blank all the same.
+    :func:`kl_retrievers._encoding.is_blank_text` (the one rule for queries and documents), which lists those
+    characters.
 
     Examples:
-        >>> is_blank_query(""), is_blank_query(" \\n\\t"), is_blank_query("a"), is_blank_query(None)
-        (True, True, False, False)
-        >>> is_blank_query("\\u200b"), is_blank_query("\\ufeff \\x00"), is_blank_query("a\\u200d")
-        (True, True, False)
-        >>> is_blank_query("\\ufffd"), is_blank_query("\\u0301\\ufe0f"), is_blank_query("e\\u0301")
-        (True, True, False)
-        >>> is_blank_query("\\u20dd")  # an enclosing mark (Me): the tokenizers keep it
-        False
+        >>> is_blank_query(""), is_blank_query(" \\n\\t"), is_blank_query("\\u200b"), is_blank_query("a")
+        (True, True, True, False)
     """
-    return text is not None and all(
-        ch.isspace() or unicodedata.category(ch) in _INVISIBLE or ch in _DROPPED for ch in text
-    )
+    return is_blank_text(text)
 
 
 def blank_query_confidence(calibrated: bool) -> tuple[float | None, str | None]:

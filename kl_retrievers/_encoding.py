@@ -18,6 +18,7 @@ import numbers
 import os
 import sys
 import threading
+import unicodedata
 import weakref
 from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, Set
 from contextlib import contextmanager, nullcontext
@@ -26,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from kl_retrievers._config import model_similarity
+from kl_retrievers._warn import warn
 from kl_retrievers.gaussian import Gaussians, neg_kl_matrix
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ __all__ = [
     "check_encode_args",
     "check_texts",
     "cut_long_texts",
+    "is_blank_text",
     "longest_added_token",
     "eval_mode",
     "missing_modules",
@@ -47,6 +50,7 @@ __all__ = [
     "require_modules",
     "require_torch",
     "show_progress",
+    "warn_blank_documents",
 ]
 
 #: What to install for the torch backend, ``GaussianEncoder.from_backbone``, ONNX exports and training.
@@ -228,6 +232,82 @@ def check_texts(texts: str | Sequence[str] | None, what: str = "texts", *, allow
                     f'be encoded as UTF-8; got {text!r:.80} (decode its bytes with errors="replace", or fix them)'
                 ) from None
     return out
+
+
+# Unicode categories of the characters that count as blank in a text (is_blank_text), with whitespace: those
+# the bundled tokenizers (BERT's normaliser) drop. Nonspacing marks (Mn: a combining accent, a variation selector)
+# are dropped with the accents; enclosing marks (Me) are kept.
+_INVISIBLE = frozenset({"Cc", "Cf", "Co", "Mn"})
+# Characters of other categories those tokenizers drop as well: U+FFFD (the replacement character, what
+# errors="replace" leaves) and U+1734 (a mark that is Mc since Unicode 14, Mn in the tokenizers' tables).
+_DROPPED = frozenset({"\ufffd", "\u1734"})
+#: How many positions of blank documents the warning of :func:`warn_blank_documents` names.
+_BLANK_POSITIONS_SHOWN = 5
+
+
+def is_blank_text(text: str | None) -> bool:
+    """Whether a text is blank: empty, or only whitespace and characters the tokenizers drop (``None`` is not).
+
+    Those are the characters the bundled models' tokenizers (BERT's normaliser) drop, as they drop
+    whitespace, so that such a text encodes as the empty one (and BM25's token pattern finds no word in
+    it either): controls, format characters and private-use code points (Unicode categories ``Cc``,
+    ``Cf`` and ``Co``: ``"\\x00"``, a zero-width space or joiner, a byte-order mark, ``U+2060``...),
+    nonspacing marks (``Mn``: a lone combining accent, a variation selector such as ``U+FE0F``,
+    ``U+034F``, ``U+180B``, ``U+17B4``), and the replacement character ``U+FFFD`` that
+    ``errors="replace"`` leaves. Enclosing marks (``Me``) are kept by those tokenizers and are not blank.
+    A few marks and format characters newer than the tokenizers' Unicode tables (``U+0898``...) become
+    ``[UNK]`` there; a text of only those counts as blank all the same. A blank query is
+    :func:`~kl_retrievers._confidence.is_blank_query`; a blank document is warned about
+    (:func:`warn_blank_documents`).
+
+    Examples:
+        >>> is_blank_text(""), is_blank_text(" \\n\\t"), is_blank_text("a"), is_blank_text(None)
+        (True, True, False, False)
+        >>> is_blank_text("\\u200b"), is_blank_text("\\ufeff \\x00"), is_blank_text("a\\u200d")
+        (True, True, False)
+        >>> is_blank_text("\\ufffd"), is_blank_text("\\u0301\\ufe0f"), is_blank_text("e\\u0301")
+        (True, True, False)
+        >>> is_blank_text("\\u20dd")  # an enclosing mark (Me): the tokenizers keep it
+        False
+    """
+    return text is not None and all(
+        ch.isspace() or unicodedata.category(ch) in _INVISIBLE or ch in _DROPPED for ch in text
+    )
+
+
+def warn_blank_documents(texts: Sequence[str]) -> None:
+    """Warn, once for ``texts``, when some documents are blank (:func:`is_blank_text`), naming how many and where.
+
+    Every blank document encodes as the empty text, so they all get one Gaussian, which can rank high for
+    queries it does not answer (a query the model reads as vague sits close to it). The warning gives their
+    number and their first positions in ``texts`` (counted from 0) and suggests dropping them; they are still
+    encoded. It points at the user's line (:func:`kl_retrievers._warn.warn`). ``encode_documents`` calls
+    this once per call, whatever its batches, so ``KLStore.add``, ``KLHybridStore.add`` and the LangChain
+    and LlamaIndex adds that encode texts warn once per call.
+
+    Examples:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as seen:
+        ...     warnings.simplefilter("always")
+        ...     warn_blank_documents(["a passage", "", "another", " \\n"])
+        >>> print(seen[0].message)  # doctest: +ELLIPSIS
+        2 of the 4 documents are blank (empty, or only whitespace and invisible characters), at positions 1, 3 ...
+        >>> warn_blank_documents(["a passage"])  # nothing blank: no warning
+    """
+    # a letter or digit first (almost every text) is never blank: the full check only for the rest
+    blank = [i for i, text in enumerate(texts) if not text[:1].isalnum() and is_blank_text(text)]
+    if not blank:
+        return
+    shown = ", ".join(str(i) for i in blank[:_BLANK_POSITIONS_SHOWN]) + (
+        ", ..." if len(blank) > _BLANK_POSITIONS_SHOWN else ""
+    )
+    one = len(blank) == 1
+    warn(
+        f"{len(blank)} of the {len(texts)} documents {'is' if one else 'are'} blank (empty, or only whitespace and "
+        f"invisible characters), at position{'' if one else 's'} {shown} (counted from 0): every blank document "
+        "gets the same Gaussian, the empty text's, which can rank high for queries it does not answer; drop "
+        f"{'it' if one else 'them'} (with {'its id' if one else 'their ids'} and metadata) before encoding or adding"
+    )
 
 
 def query_prefix_of(config: Any) -> str:
@@ -558,14 +638,22 @@ class EncoderMixin:
         convert_to: str = "numpy",
         device: Any = None,
         desc: str = "",
+        *,
+        documents: bool = False,
     ) -> Gaussians:
-        """Check the arguments, then encode with the backend's ``_encode_batches``."""
+        """Check the arguments, then encode with the backend's ``_encode_batches``.
+
+        ``documents``: warn once about blank texts (:func:`warn_blank_documents`), after the checks and before
+        the first batch (``encode_documents`` asks for it; the backends' batches do not warn again).
+        """
         items = check_texts(texts)
         check_encode_args(batch_size=batch_size, max_length=max_length, convert_to=convert_to)
         if convert_to == "torch":  # checked before any batch is encoded, not after the whole input
             _require_torch_tensors(desc)
         batch_size, max_length = int(batch_size), int(max_length)  # numpy integers become plain ints
         self._use_device(device)
+        if documents:
+            warn_blank_documents(items)
         if items:
             show_bar = show_progress(show_progress_bar, len(items), batch_size)
             g = self._encode_batches(items, max_length=max_length, batch_size=batch_size, show_bar=show_bar, desc=desc)
@@ -721,6 +809,10 @@ class EncoderMixin:
         ``batch_size`` defaults (``None``) to 32 on every encoder, int8 graphs included (a document's Gaussian
         there depends on the documents batched with it); ``max_length`` defaults to ``config.max_length``.
 
+        Blank documents (empty, or only whitespace and invisible characters: :func:`is_blank_text`) are
+        encoded, with one ``UserWarning`` per call naming how many there are and their first positions: they
+        all get the empty text's Gaussian, which can rank high for queries it does not answer; drop them.
+
         Examples:
             >>> d = encoder.encode_documents(["a passage", "another passage"])  # doctest: +SKIP
         """
@@ -729,7 +821,9 @@ class EncoderMixin:
         convert_to = "numpy" if convert_to is None else convert_to
         budget = self.config.max_length if max_length is None else max_length
         batch_size = _DOCUMENT_BATCH_SIZE if batch_size is None else batch_size
-        return self._encode(texts, budget, batch_size, show_progress_bar, convert_to, device, "Encoding documents")
+        return self._encode(
+            texts, budget, batch_size, show_progress_bar, convert_to, device, "Encoding documents", documents=True
+        )
 
     # ------------------------------------------------------------------ sentence-transformers' names
     def encode_query(self, texts: str | Sequence[str], **kwargs: Any) -> Gaussians:
