@@ -29,9 +29,10 @@ so a caller can threshold, calibrate or explain a result.
 
 BM25 statistics (IDF, average length) depend on the whole corpus, so after a change the BM25
 index is rebuilt at the next search, from each document's term counts kept in memory (a loaded store
-counts its stored texts again at its first change): add documents in batches. The index (bm25s' Lucene
-weights, computed with numpy, and scipy where installed) is saved in ``bm25s``' file layout, which
-``bm25s.BM25.load`` reads; ``bm25s`` itself is imported only for its English stop words.
+counts its stored texts again at its first change, while searches go on): add documents in batches.
+The index (bm25s' Lucene weights, computed with numpy, and scipy where installed) is saved in
+``bm25s``' file layout, which ``bm25s.BM25.load`` reads; ``bm25s`` itself is imported only for its
+English stop words.
 
 Examples:
     >>> import numpy as np
@@ -796,9 +797,35 @@ def fuse(
     return convex_scores(candidates.neg_kl, candidates.bm25, w, norm), w
 
 
-def _order(scores: np.ndarray, neg_kl_scores: np.ndarray) -> np.ndarray:
-    """Candidate positions best first: fused score, ties broken by ``-KL``."""
-    return np.lexsort((-neg_kl_scores, -scores))
+def _order(
+    scores: np.ndarray,
+    neg_kl_scores: np.ndarray,
+    ids: Sequence[str] | None = None,
+    row: Mapping[str, int] | None = None,
+) -> np.ndarray:
+    """Candidate positions best first: fused score, ties broken by ``-KL``, then the later added first.
+
+    Args:
+        scores: The fused scores.
+        neg_kl_scores: Each candidate's ``-KL``.
+        ids: The candidates' ids, with ``row``: read only when two candidates tie on both scores.
+        row: The store's row of each id (rows follow the order of addition): of candidates tied on both scores,
+            the higher row (the later added) first, as :class:`~kl_retrievers.index.KLStore` ranks tied ``-KL``
+            scores; an id it lacks goes last. ``None``: such ties keep the candidates' order.
+
+    Examples:
+        >>> _order(np.array([1.0, 1.0, 2.0]), np.zeros(3), ["a", "b", "c"], {"a": 0, "b": 1, "c": 2}).tolist()
+        [2, 1, 0]
+    """
+    order = np.lexsort((-neg_kl_scores, -scores))
+    if ids is None or row is None or order.size < 2:
+        return order
+    s, n = scores[order], neg_kl_scores[order]
+    if not ((s[1:] == s[:-1]) & (n[1:] == n[:-1])).any():
+        return order
+    last = np.iinfo(np.int64).max  # an id the store lacks
+    later_first = np.fromiter((-row[i] if i in row else last for i in ids), dtype=np.int64, count=len(ids))
+    return np.lexsort((later_first, -neg_kl_scores, -scores))
 
 
 def ndcg_at_k(ranked_ids: Sequence[str], qrels: Mapping[str, int], k: int = 10) -> float:
@@ -1036,9 +1063,16 @@ class _BM25Half:
 
         The new counts and vocabulary replace the old ones together, once all are counted.
         """
+        self._counts, self._vocab = self.counted(texts)
+
+    def counted(self, texts: Mapping[str, str]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """What :meth:`recount` installs for ``{id: text}``: each document's numbered counts and their vocabulary.
+
+        Reads no state of the half (callable without a lock, on texts read under one).
+        """
         vocab: dict[str, int] = {}
         counts = {doc_id: self._number(self.count(text), vocab) for doc_id, text in texts.items()}
-        self._counts, self._vocab = counts, vocab
+        return counts, vocab
 
     @staticmethod
     def _number(counted: Counter[str], vocab: dict[str, int]) -> np.ndarray:
@@ -1497,6 +1531,7 @@ class KLHybridStore(_NotCopyable):
             self._kl.encoder = encoder
         self._lock = _RWLock()  # searches share it; add, upsert and delete take it alone
         self._build_lock = threading.Lock()  # one reader rebuilds a stale BM25 index, the others wait for it
+        self._count_lock = threading.Lock()  # one writer counts a loaded store's texts, the others wait for it
         self._bm25 = _BM25Half(self._tokenizer, self.k1, self.b)
         self._reserved_warned = False  # see _warn_reserved_keys: one warning per store
         if len(self._kl):
@@ -1729,8 +1764,10 @@ class KLHybridStore(_NotCopyable):
             gaussians = encoder.encode_documents(
                 text_list, batch_size=self._kl.batch_size, show_progress_bar=self._kl.show_progress_bar
             )
+        self._ensure_tokens()  # a loaded store's first change: its texts counted while searches go on
         with self._lock.write():
-            self._ensure_tokens()
+            if self._bm25.counts is None:  # a write nested in this thread's own (see _ensure_tokens)
+                self._count_stored_texts()
             with self._kl._owner_writes():
                 new_ids = self._kl.add(text_list, gaussians=gaussians, ids=id_list, metadatas=metadatas)
             if not new_ids:
@@ -1805,18 +1842,58 @@ class KLHybridStore(_NotCopyable):
             >>> s.delete(filter={"n": 1}).deleted, s.ids
             (['z'], ['y'])
         """
+        if not self._deletes_nothing(ids, filter):
+            self._ensure_tokens()  # a loaded store's first change: its texts counted while searches go on
         with self._lock.write():
-            self._ensure_tokens()
+            if self._bm25.counts is None and not self._deletes_nothing(ids, filter):
+                self._count_stored_texts()  # a write nested in this thread's own (see _ensure_tokens)
             with self._kl._owner_writes():
                 report = self._kl.delete(ids, filter=filter)
             if report.deleted:
                 self._bm25.remove(report.deleted)
         return report
 
+    def _deletes_nothing(self, ids: Any, filter: Any) -> bool:
+        """Whether ``delete(ids, filter)`` deletes nothing for sure: a list or tuple of ids, no filter, none stored.
+
+        Such a delete needs no term counts (a loaded store is not counted for it); anything else (a filter, ids in
+        another container, a non-string id, which the KL half refuses) is not judged here.
+        """
+        if filter is not None or not isinstance(ids, list | tuple) or not all(isinstance(i, str) for i in ids):
+            return False
+        metas = self._bm25.metas
+        return not any(doc_id in metas for doc_id in ids)
+
     def _ensure_tokens(self) -> None:
-        """A loaded store keeps no term counts until it is changed: count the stored texts again."""
-        if self._bm25.counts is not None:
+        """A loaded store keeps no term counts until it is changed: count its stored texts again, without
+        holding searches off; :meth:`add` and :meth:`delete` call it before they take the write lock.
+
+        The texts are read under the read lock (searches go on), counted with no lock held, and the counts
+        installed under the write lock, unless another writer installed them meanwhile (writers count one at a
+        time, ``_count_lock``: a second one waits for the first one's counts). No write changes a store whose
+        counts are not in memory (every change of a half needs them, :meth:`_BM25Half.put` and ``remove``), so
+        texts read while they were missing are still the store's when the counts are installed. A thread that
+        already reads the store (inside :meth:`consistent`: its write refuses, ``RuntimeError``) or writes it counts
+        nothing here (the write counts under its lock, :meth:`_count_stored_texts`).
+        """
+        lock = self._lock
+        if self._bm25.counts is not None or lock._held_reads() or lock._writer == threading.get_ident():
             return
+        with self._count_lock:
+            with self._lock.read():
+                half = self._bm25
+                if half.counts is not None:  # another writer counted them while this one waited
+                    return
+                texts = {d.id: d.text or "" for d in self._kl.get_by_ids(half.ids)}
+            counts, vocab = half.counted(texts)
+            del texts
+            with self._lock.write():
+                if self._bm25 is half and half.counts is None:
+                    half._counts, half._vocab = counts, vocab
+
+    def _count_stored_texts(self) -> None:
+        """Count the stored texts again under the write lock (searches wait): what :meth:`_ensure_tokens` does
+        without holding them off, for a write that finds the counts still missing."""
         docs = self._kl.get_by_ids(self._bm25.ids)
         self._bm25.recount({d.id: d.text or "" for d in docs})
 
@@ -1993,7 +2070,7 @@ class KLHybridStore(_NotCopyable):
         config = fusion or self.fusion
         params = self.adaptive_params() if config.mode == "adaptive" else None
         scores, w = fuse(candidates, config, params)
-        order = _order(scores, candidates.neg_kl)[:k]
+        order = _order(scores, candidates.neg_kl, candidates.ids, self._bm25.row)[:k]
         return [(candidates.ids[j], float(scores[j]), int(j), w) for j in order]
 
     def to_results(
@@ -2149,7 +2226,8 @@ class KLHybridStore(_NotCopyable):
             * ``"adaptive"``: the convex score with a dense weight fitted per query (reported as
               ``dense_weight``) and the adaptive parameters' normalisation.
 
-            Ties are broken by ``-KL``. Each hit also reports both retrievers' own scores: ``neg_kl``, the exact
+            Ties are broken by ``-KL``, then the later added document first (as :class:`KLStore` ranks tied
+            ``-KL`` scores). Each hit also reports both retrievers' own scores: ``neg_kl``, the exact
             ``-KL(Q || D)`` (higher is better, at most 0), and ``bm25`` (higher is better, 0 when no query term
             occurs in the document), with the document's rank in each candidate list.
 

@@ -1,0 +1,67 @@
+"""The hybrid store's order of exactly tied hits: fused score, then ``-KL``, then the later added first.
+
+KLStore ranks exactly tied ``-KL`` scores the later added first (``FaissEngine.tie_rank``); the hybrid's
+fused order breaks a tie on both the fused score and ``-KL`` the same way, whichever list (dense or BM25)
+brought the tied documents in. Before, such ties kept the candidates' order, and the BM25 list orders its
+ties the earlier added first: two duplicate documents that only BM25 found came back earlier first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kl_retrievers.gaussian import Gaussians
+from kl_retrievers.hybrid import KLHybridStore, _order
+
+pytest.importorskip("bm25s")
+
+
+def _g(*means: float) -> Gaussians:
+    m = np.array([[x, 0.0] for x in means])
+    return Gaussians(m, np.ones_like(m))
+
+
+def _store(**kw: object) -> KLHybridStore:
+    """Z1 and Z2 near the query (no query word); X and Y: one text, one Gaussian, far from it; X added first."""
+    store = KLHybridStore(**kw)  # type: ignore[arg-type]
+    store.add(
+        ["plum fig", "pear fig", "kiwi grape", "kiwi grape", "apple"],
+        gaussians=_g(0.0, 0.1, 5.0, 5.0, 9.0),
+        ids=["z1", "z2", "x", "y", "w"],
+    )
+    return store
+
+
+@pytest.mark.parametrize("normalization", ["minmax", "zscore"])
+def test_duplicates_only_bm25_found_rank_the_later_added_first(normalization: str) -> None:
+    """X and Y tie on every score; only the BM25 list holds them (the dense list is 2 deep): Y, the later, first."""
+    store = _store(fusion="convex", weight=0.2, normalization=normalization, candidates=2)
+    hits = store.search("kiwi", k=2, query_gaussians=_g(0.0))
+    cands = store.candidates(["kiwi"], query_gaussians=_g(0.0), depth=2)[0]
+    assert cands.ids == ["z1", "z2", "x", "y"]  # X before Y among the candidates (the BM25 list's order)
+    assert {h.id for h in hits} == {"x", "y"}
+    assert hits[0].score == hits[1].score and hits[0].neg_kl == hits[1].neg_kl and hits[0].bm25 == hits[1].bm25
+    assert [h.id for h in hits] == ["y", "x"]
+    assert [h.id for h in store.kl.search(_g(5.0), k=2)] == ["y", "x"]  # as KLStore ranks them
+
+
+@pytest.mark.parametrize("fusion", ["rrf", "convex", "adaptive"])
+def test_duplicates_in_both_lists_rank_the_later_added_first(fusion: str) -> None:
+    """Duplicates found by both lists: the later added first in every fusion mode, as in the KL half."""
+    store = KLHybridStore(fusion=fusion)
+    store.add(["kiwi grape", "kiwi grape", "apple"], gaussians=_g(1.0, 1.0, 3.0), ids=["x", "y", "w"])
+    hits = store.search("kiwi", k=3, query_gaussians=_g(0.0))
+    assert [h.id for h in hits][:2] == ["y", "x"]
+    assert [h.id for h in store.kl.search(_g(0.0), k=2)] == ["y", "x"]
+
+
+def test_the_order_reads_rows_only_for_candidates_tied_on_both_scores() -> None:
+    """Fused score first, then -KL; rows decide only what both leave tied, an id without a row going last."""
+    scores, neg = np.array([1.0, 1.0, 1.0, 2.0]), np.array([-1.0, -1.0, -0.5, -3.0])
+    row = {"a": 0, "b": 1, "c": 2, "d": 3}
+    assert _order(scores, neg, ["a", "b", "c", "d"], row).tolist() == [3, 2, 1, 0]
+    assert _order(scores, neg).tolist() == [3, 2, 0, 1]  # without rows: the candidates' order
+    assert _order(scores, neg, ["a", "gone", "c", "d"], row).tolist() == [3, 2, 0, 1]
+    untied = np.array([4.0, 3.0, 2.0, 1.0])
+    assert _order(untied, neg, ["a", "b", "c", "d"], {}).tolist() == [0, 1, 2, 3]
