@@ -87,6 +87,7 @@ from kl_retrievers.hub import sha256_file as _sha256
 from kl_retrievers.index import DeleteReport, KLStore, StoredDocument, StoreFormatError
 from kl_retrievers.runs import top_k
 from kl_retrievers.store._base import (
+    EncoderLike,
     _check_texts_and_ids,
     _check_texts_container,
     _id_list,
@@ -1374,7 +1375,7 @@ class HybridResult:
     query_uncertainty: float
     fusion: str
 
-    __hash__ = None  # type: ignore[assignment]  # frozen, but equal by a dict: unhashable (Hashable says so)
+    __hash__: ClassVar[None] = None  # type: ignore[assignment]  # frozen, but equal by a dict: unhashable
 
     #: The keys of :meth:`scores`, in its order, and the attribute each one reads.
     SCORE_KEYS: ClassVar[tuple[tuple[str, str], ...]] = (
@@ -1490,7 +1491,7 @@ class KLHybridStore(_NotCopyable):
 
     def __init__(
         self,
-        encoder: Any | None = None,
+        encoder: EncoderLike | None = None,
         *,
         fusion: str = "adaptive",
         weight: float | None = None,
@@ -2421,7 +2422,7 @@ class KLHybridStore(_NotCopyable):
     def load(
         cls,
         path: str | os.PathLike[str],
-        encoder: Any | None = None,
+        encoder: EncoderLike | None = None,
         *,
         mmap: bool = False,
         verify_checksums: bool = True,
@@ -2465,7 +2466,7 @@ class KLHybridStore(_NotCopyable):
         return load_unchanged(folder, lambda: cls._load_once(folder, encoder, mmap, verify_checksums))
 
     @classmethod
-    def _load_once(cls, folder: Path, encoder: Any | None, mmap: bool, verify_checksums: bool) -> KLHybridStore:
+    def _load_once(cls, folder: Path, encoder: EncoderLike | None, mmap: bool, verify_checksums: bool) -> KLHybridStore:
         """One read of a hybrid store folder (:meth:`load` repeats it when a save replaced the folder meanwhile)."""
         cfg_path = folder / _CONFIG
         if not cfg_path.is_file():

@@ -27,7 +27,7 @@ def _bundled(name: str, backend: str = "torch") -> Any:
     return load_model(name, backend="onnx") if backend == "onnx" else load_model(name, backend="torch", device="cpu")
 
 
-def _index(encoder: object, folder: Path) -> None:
+def _index(encoder: Any, folder: Path) -> None:
     store = KLStore(encoder)
     store.add(IDENTITY_TEXTS, ids=IDENTITY_IDS)
     store.save(folder)

@@ -545,7 +545,7 @@ def test_ndcg_at_k_matches_the_evaluation_module() -> None:
 
 
 # ------------------------------------------------------------------ with an encoder, and lazily imported
-def test_text_search_with_an_encoder(tiny_encoder: object) -> None:
+def test_text_search_with_an_encoder(tiny_encoder: Any) -> None:
     ids, texts, _, metas = corpus(12)
     store = KLHybridStore(tiny_encoder, fusion="convex", weight=0.5)
     store.add(texts, ids=ids, metadatas=metas)

@@ -370,14 +370,14 @@ def test_a_backend_written_to_the_required_hooks_instantiates() -> None:
 def test_load_refuses_a_model_name_before_reading_any_file(tmp_path: Path) -> None:
     missing = tmp_path / "no-store-here"
     with pytest.raises(TypeError, match=r"KLStore\.load\(path, encoder=load_model\('m'\)\)"):
-        KLStore.load(missing, encoder="m")
+        KLStore.load(missing, encoder="m")  # type: ignore[arg-type]  # refused at run time
     pytest.importorskip("bm25s")
     from kl_retrievers.hybrid import KLHybridStore
 
     with pytest.raises(TypeError, match=r"KLHybridStore\.load\(path, encoder=load_model\('m'\)\)"):
-        KLHybridStore.load(missing, encoder="m")
+        KLHybridStore.load(missing, encoder="m")  # type: ignore[arg-type]  # refused at run time
     with pytest.raises(TypeError, match=r"KLHybridStore\(encoder=load_model\('m'\)\)"):
-        KLHybridStore(encoder="m", fusion="rrf")
+        KLHybridStore(encoder="m", fusion="rrf")  # type: ignore[arg-type]  # refused at run time
 
 
 def test_every_way_of_setting_an_encoder_refuses_a_model_name(tmp_path: Path) -> None:
@@ -386,12 +386,12 @@ def test_every_way_of_setting_an_encoder_refuses_a_model_name(tmp_path: Path) ->
         store.encoder = "m"
     assert store.encoder is None
     with pytest.raises(TypeError, match="where an encoder is expected"):
-        KLStore(b"m")
+        KLStore(b"m")  # type: ignore[arg-type]  # refused at run time
     pytest.importorskip("bm25s")
     from kl_retrievers.hybrid import KLHybridStore
 
     with pytest.raises(TypeError, match=r"KLHybridStore\(encoder="):
-        KLHybridStore(kl_store=store, encoder="m", fusion="rrf")
+        KLHybridStore(kl_store=store, encoder="m", fusion="rrf")  # type: ignore[arg-type]  # refused at run time
     hybrid = KLHybridStore(kl_store=store, fusion="rrf")
     with pytest.raises(TypeError, match="where an encoder is expected"):
         hybrid.kl.encoder = Path("m")
@@ -399,7 +399,7 @@ def test_every_way_of_setting_an_encoder_refuses_a_model_name(tmp_path: Path) ->
     from kl_retrievers.store import MilvusKLStore
 
     with pytest.raises(TypeError, match=r"MilvusKLStore\(encoder=load_model\('m'\)\)"):
-        MilvusKLStore("m", uri=str(tmp_path / "kl.db"))
+        MilvusKLStore("m", uri=str(tmp_path / "kl.db"))  # type: ignore[arg-type]  # refused at run time
     assert not (tmp_path / "kl.db").exists()
 
 
@@ -462,5 +462,5 @@ def test_a_delete_filter_is_run_again_when_the_store_changed_meanwhile(monkeypat
 
 def test_a_numpy_str_model_name_is_shown_as_a_plain_str() -> None:
     with pytest.raises(TypeError, match=r"got the model name or folder 'm' ") as err:
-        KLStore(encoder=np.str_("m"))
+        KLStore(encoder=np.str_("m"))  # type: ignore[arg-type]  # refused at run time
     assert "np.str_" not in str(err.value) and "load_model('m')" in str(err.value)

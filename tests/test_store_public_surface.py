@@ -88,7 +88,7 @@ def test_a_langchain_embeddings_is_pointed_at_its_wrapper() -> None:
             return [[0.0] for _ in texts]
 
     with pytest.raises(TypeError, match="EmbeddingsGaussianEncoder"):
-        KLStore(Embeddings())
+        KLStore(Embeddings())  # type: ignore[arg-type]  # refused at run time
 
 
 def test_encoders_and_none_are_still_taken(tiny_encoder: Any) -> None:
@@ -147,7 +147,7 @@ def test_a_llama_index_kl_embedding_is_pointed_at_its_encoder(tiny_encoder: Any)
 
     embedding = KLEmbedding(tiny_encoder)
     with pytest.raises(TypeError, match=r"got KLEmbedding .*pass kl_embedding\.encoder"):
-        KLStore(embedding)
+        KLStore(embedding)  # type: ignore[arg-type]  # refused at run time
     assert KLStore(embedding.encoder).encoder is tiny_encoder
 
 

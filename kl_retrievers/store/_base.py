@@ -31,7 +31,7 @@ from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, M
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol, TypeAlias
 
 import numpy as np
 
@@ -60,20 +60,63 @@ class StoreFormatError(ValueError):
     """A saved store folder is incomplete, inconsistent or corrupted."""
 
 
-class Encoder(Protocol):
-    """What a store needs from an encoder (duck-typed)."""
+class QueryEncoder(Protocol):
+    """An encoder of queries, as a store calls it: ``encode_queries(texts, batch_size=..., show_progress_bar=False)``.
 
-    name_or_path: str
+    The texts (a ``list[str]``) by position, the options by keyword, so an encoder whose options are
+    keyword-only (the package's) or positional-or-keyword (``batch_size: int = 32``) both satisfy it.
+    """
 
-    def encode_queries(self, texts: list[str], batch_size: int = ..., show_progress_bar: bool = ...) -> Gaussians:
-        """Encode queries as numpy Gaussians."""
+    def encode_queries(self, texts: list[str], /, *, batch_size: int, show_progress_bar: bool) -> Gaussians:
+        """Encode queries as numpy Gaussians, one row per text."""
         ...
 
-    def encode_documents(
-        self, texts: list[str], batch_size: int = ..., show_progress_bar: bool | None = ...
-    ) -> Gaussians:
-        """Encode documents as numpy Gaussians."""
+
+class DocumentEncoder(Protocol):
+    """An encoder of documents, as a store calls it: ``encode_documents(texts, batch_size=..., show_progress_bar=...)``.
+
+    ``show_progress_bar`` is the store's own: a bool, or ``None`` only for a ``KLStore(show_progress_bar=None)``,
+    which asks an encoder that takes ``None`` (the package's do) for its default bar.
+    """
+
+    def encode_documents(self, texts: list[str], /, *, batch_size: int, show_progress_bar: bool) -> Gaussians:
+        """Encode documents as numpy Gaussians, one row per text."""
         ...
+
+
+class Encoder(QueryEncoder, DocumentEncoder, Protocol):
+    """What a store needs from an encoder of text (duck-typed): both methods, as a store calls them.
+
+    :class:`~kl_retrievers.encoder.GaussianEncoder` and :class:`~kl_retrievers.onnx.OnnxGaussianEncoder`
+    (keyword-only options, more of them, ``None`` defaults), LangChain's ``KLEmbeddings`` and
+    ``EmbeddingsGaussianEncoder``, and a simple encoder of your own all satisfy it::
+
+        class MyEncoder:
+            def encode_queries(self, texts: list[str], batch_size=32, show_progress_bar=False) -> Gaussians:
+                ...
+
+            def encode_documents(self, texts: list[str], batch_size=32, show_progress_bar=False) -> Gaussians:
+                ...
+
+    What a store reads beside the methods is optional: ``name_or_path`` and ``config`` (the model a save
+    records), ``batch_invariant`` (``False``: queries encoded one at a time).
+    """
+
+
+class NamedModel(Protocol):
+    """A stand-in for the model of a store whose Gaussians are computed elsewhere: the name a save records."""
+
+    @property
+    def name_or_path(self) -> str:
+        """The model's name or folder."""
+        ...
+
+
+#: What a store's ``encoder`` argument takes (besides ``None``): an :class:`Encoder`, or one of queries alone
+#: (it serves a store whose documents are added as Gaussians), of documents alone, or a :class:`NamedModel`
+#: stand-in. At run time anything else (a model name, a Hugging Face model or tokenizer, a LangChain
+#: ``Embeddings``) is refused with a ``TypeError`` saying what to pass (:func:`_refuse_model_name`).
+EncoderLike: TypeAlias = Encoder | QueryEncoder | DocumentEncoder | NamedModel
 
 
 @dataclass(frozen=True)
@@ -101,7 +144,7 @@ class SearchResult:
     text: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
 
-    __hash__ = None  # type: ignore[assignment]  # frozen, but equal by a dict: unhashable (Hashable says so)
+    __hash__: ClassVar[None] = None  # type: ignore[assignment]  # frozen, but equal by a dict: unhashable
 
 
 @dataclass(frozen=True)
@@ -120,7 +163,7 @@ class StoredDocument:
     text: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
 
-    __hash__ = None  # type: ignore[assignment]  # frozen, but equal by a dict: unhashable (Hashable says so)
+    __hash__: ClassVar[None] = None  # type: ignore[assignment]  # frozen, but equal by a dict: unhashable
 
 
 @dataclass(frozen=True)
@@ -137,7 +180,7 @@ class DeleteReport:
     deleted: list[str]
     missing: list[str]
 
-    __hash__ = None  # type: ignore[assignment]  # frozen, but equal by lists: unhashable (Hashable says so)
+    __hash__: ClassVar[None] = None  # type: ignore[assignment]  # frozen, but equal by lists: unhashable
 
 
 class _RWLock:

@@ -98,6 +98,7 @@ from kl_retrievers.store._base import (
     MAX_INT32,
     MAX_NORM_HEADROOM,
     DeleteReport,
+    EncoderLike,
     GaussianStore,
     SearchResult,
     StoredDocument,
@@ -494,7 +495,7 @@ class KLStore(GaussianStore):
 
     def __init__(
         self,
-        encoder: Any | None = None,
+        encoder: EncoderLike | None = None,
         dim: int | None = None,
         *,
         index_type: str = "flat",
@@ -1263,7 +1264,7 @@ class KLStore(GaussianStore):
     def load(
         cls,
         path: str | os.PathLike[str],
-        encoder: Any | None = None,
+        encoder: EncoderLike | None = None,
         *positional: bool,
         mmap: bool = _MMAP_DEFAULT,
         verify_checksums: bool = _VERIFY_DEFAULT,
@@ -1318,7 +1319,7 @@ class KLStore(GaussianStore):
 
     @classmethod
     def _load_once(
-        cls, folder: Path, encoder: Any | None, mmap: bool, verify_checksums: bool, *, where: str | None = None
+        cls, folder: Path, encoder: EncoderLike | None, mmap: bool, verify_checksums: bool, *, where: str | None = None
     ) -> KLStore:
         """One read of the folder for :meth:`load` (which repeats it when a save replaced the folder meanwhile).
 

@@ -164,6 +164,7 @@ from kl_retrievers.runs import tie_ranks
 from kl_retrievers.store._base import (
     INDEX_TYPES,
     DeleteReport,
+    EncoderLike,
     GaussianStore,
     SearchResult,
     StoredDocument,
@@ -908,7 +909,7 @@ class MilvusKLStore(GaussianStore):
 
     def __init__(
         self,
-        encoder: Any | None = None,
+        encoder: EncoderLike | None = None,
         *,
         uri: str = "./kl_retrievers.db",
         collection_name: str = "kl_retrievers",
