@@ -35,8 +35,10 @@ from kl_retrievers.cli_common import (  # re-exported: defined here before (the 
     _one_line,
     _Parser,
     _silence_stdout,
+    add_global_arguments,
     add_model_backend_argument,
     add_model_session_arguments,
+    add_verbose_to_commands,
     args_subset,
     check_output_path,
     is_encoded_shards_folder,
@@ -1288,6 +1290,10 @@ def _run_search(args: argparse.Namespace) -> int:
         raise ValueError(f"--filter is not valid JSON ({exc})") from None
     if filt is not None and not isinstance(filt, dict):
         raise ValueError(f"--filter must be a JSON object; got {type(filt).__name__}")
+    if filt is not None:  # a malformed filter is refused now, before the model loads and any warning about it
+        from kl_retrievers.filters import compile_filter
+
+        compile_filter(filt)  # the error the search would raise (it compiles the same filter)
     # the store's backend applies to the store's own model; another --model picks its own (its folder says)
     same_model = args.model is None or args.model == saved
     backend = args.model_backend or (_recorded_backend(encoder_info) if same_model else None)
@@ -1432,7 +1438,7 @@ def _warn_absent_filter_keys(store: Any, filt: dict[str, Any]) -> None:
     if not wanted:
         return
     present: set[str] = set()
-    ids = list(store.ids)
+    ids = store.ids  # a fresh list already: no copy
     for start in range(0, len(ids), _FILTER_KEY_CHUNK):
         for doc in store.get_by_ids(ids[start : start + _FILTER_KEY_CHUNK]):
             present |= wanted & set(doc.metadata)
@@ -1452,13 +1458,23 @@ def _warn_mistyped_filter_values(store: Any, filt: dict[str, Any]) -> None:
     """Warn (stderr) naming the values a ``--filter`` compares a key with that no stored value of the key can
     equal or order with (:func:`_mistyped_filter_values`): checked once, before the search.
 
-    Such a condition is false for every document: ``{"year": {"$gte": "2020"}}`` over numeric years matches
-    nothing, and ``{"year": {"$ne": "2020"}}`` (or a ``$nin`` / ``$not`` of it) excludes nothing, which no
-    short result would reveal. The stored types are read from at most :data:`_FILTER_TYPE_SAMPLE` documents
-    spread evenly over the store (all of them in a smaller store; the warning says when it read a sample),
-    :data:`_FILTER_KEY_CHUNK` at a time, stopping as soon as every key has been seen with a value of each
-    type the filter compares it with, so a well-typed filter costs one chunk or so.
+    Such a condition has the same result for every document: ``{"year": {"$gte": "2020"}}`` over numeric years
+    matches nothing, and ``{"year": {"$ne": "2020"}}`` (or a ``$nin`` of it, or a ``$not`` of ``$eq``) excludes
+    nothing, which no short result would reveal. The stored types are read from at most
+    :data:`_FILTER_TYPE_SAMPLE` documents spread evenly over the store (all of them in a smaller store; the
+    warning says when it read a sample), :data:`_FILTER_KEY_CHUNK` at a time, stopping as soon as every key
+    has been seen with a value of each type the filter compares it with, so a well-typed filter costs one
+    chunk or so.
+
+    A malformed filter (one :func:`kl_retrievers.filters.compile_filter` refuses) gets no warning and costs
+    no read: the search reports what is wrong with it.
     """
+    from kl_retrievers.filters import compile_filter
+
+    try:
+        compile_filter(filt)
+    except (ValueError, TypeError):
+        return
     compared = _filter_values(filt)
     typed: dict[str, set[str]] = {}  # key -> the JSON types of the values the filter compares it with
     for key, _, value in compared:
@@ -1466,7 +1482,7 @@ def _warn_mistyped_filter_values(store: Any, filt: dict[str, Any]) -> None:
             typed.setdefault(key, set()).add(kind)
     if not typed:
         return
-    ids = list(store.ids)
+    ids = store.ids  # a fresh list already (only read here): no copy
     total = len(ids)
     if total > _FILTER_TYPE_SAMPLE:
         ids = [ids[i * total // _FILTER_TYPE_SAMPLE] for i in range(_FILTER_TYPE_SAMPLE)]
@@ -1491,44 +1507,52 @@ def _filter_values(spec: Any) -> list[tuple[str, str, Any]]:
     """``(key, operator, value)`` for each value a JSON ``--filter`` compares a metadata key with.
 
     The operators of :data:`_VALUE_OPERATORS` (``$neq`` as ``$ne``), one entry per value of ``$in`` / ``$nin``;
-    a bare value is ``$eq``, a bare list ``$in``; inside ``$and`` / ``$or`` / ``$not`` too. A malformed
-    filter gives what it can (the search itself reports what is wrong).
+    a bare value is ``$eq``, a bare list ``$in``; inside ``$and`` / ``$or`` / ``$not`` too. The operator of a
+    condition under an odd number of ``$not`` (field or logical) reads ``"$not $eq"`` (two cancel out). A
+    malformed filter gives what it can (the search itself reports what is wrong).
 
     Examples:
         >>> _filter_values({"$or": [{"lang": ["en", "de"]}, {"year": {"$not": {"$gte": "2020"}}}]})
-        [('lang', '$in', 'en'), ('lang', '$in', 'de'), ('year', '$gte', '2020')]
+        [('lang', '$in', 'en'), ('lang', '$in', 'de'), ('year', '$not $gte', '2020')]
+        >>> _filter_values({"$not": {"year": {"$not": {"$ne": 1}}}})
+        [('year', '$ne', 1)]
     """
     from kl_retrievers.filters import OPERATOR_ALIASES
 
     found: list[tuple[str, str, Any]] = []
 
-    def condition(key: str, cond: Any) -> None:
+    def condition(key: str, cond: Any, negated: bool) -> None:
+        def add(op: str, value: Any) -> None:
+            found.append((key, f"$not {op}" if negated else op, value))
+
         if isinstance(cond, dict) and cond and all(isinstance(op, str) and op.startswith("$") for op in cond):
             for op, value in cond.items():
                 op = OPERATOR_ALIASES.get(op, op)
                 if op == "$not":
-                    condition(key, value)
+                    condition(key, value, not negated)
                 elif op in ("$in", "$nin") and isinstance(value, list):
-                    found.extend((key, op, item) for item in value)
+                    for item in value:
+                        add(op, item)
                 elif op in _VALUE_OPERATORS:
-                    found.append((key, op, value))
+                    add(op, value)
         elif isinstance(cond, list):
-            found.extend((key, "$in", item) for item in cond)
+            for item in cond:
+                add("$in", item)
         else:
-            found.append((key, "$eq", cond))
+            add("$eq", cond)
 
-    def walk(part: Any) -> None:
+    def walk(part: Any, negated: bool) -> None:
         if isinstance(part, list):
             for item in part:
-                walk(item)
+                walk(item, negated)
         elif isinstance(part, dict):
             for key, value in part.items():
                 if key in ("$and", "$or", "$not"):
-                    walk(value)
+                    walk(value, negated != (key == "$not"))
                 elif isinstance(key, str) and not key.startswith("$"):
-                    condition(key, value)
+                    condition(key, value, negated)
 
-    walk(spec)
+    walk(spec, False)
     return found
 
 
@@ -1574,16 +1598,21 @@ def _mistyped_filter_values(
     with (``stored``: each key's stored types; a key never stored, or stored as null only, is left out).
 
     ``sampled``: ``(read, documents)`` when ``stored`` was read from a sample of the store, which the message
-    then says. Such a value in ``$ne`` / ``$nin`` excludes no document, which the message says too.
+    then says. The message says what follows for a condition whose result such a value fixes: in ``$ne`` /
+    ``$nin`` (or ``$not $eq``, ``$not $in``, ...) it excludes no document, in ``$not $ne`` / ``$not $nin`` it
+    matches no document (:func:`_filter_values` writes the operator of a negated condition ``"$not $ne"``).
+    Read from a sample, that holds for the sampled documents: a document outside it may store another type.
 
     Examples:
         >>> message = _mistyped_filter_values([("year", "$gte", "2020")], {"year": {"number"}})[0]
         >>> "every stored 'year' is a number" in message, message.endswith("(did you mean 2020?)")
         (True, True)
+        >>> _mistyped_filter_values([("year", "$not $ne", "2020")], {"year": {"number"}})[0].split(", so ")[1]
+        'in $not $ne it matches no document (did you mean 2020?)'
         >>> sampled = _mistyped_filter_values([("year", "$ne", "2020")], {"year": {"number"}}, sampled=(8, 20))[0]
         >>> "every 'year' in 8 documents sampled evenly from the store's 20" in sampled
         True
-        >>> sampled.endswith("never match, so in $ne it excludes no document (did you mean 2020?)")
+        >>> sampled.endswith("never match, so in $ne it excludes none of the sampled documents (did you mean 2020?)")
         True
     """
     groups: dict[tuple[str, str], tuple[list[str], list[Any]]] = {}
@@ -1605,18 +1634,48 @@ def _mistyped_filter_values(
             if sampled is None
             else f"every {key!r} in {sampled[0]:,} documents sampled evenly from the store's {sampled[1]:,}"
         )
-        negative = [op for op in ops if op in ("$ne", "$nin")]
-        excludes = ""
-        if negative:  # never equal to a stored value: $ne / $nin of it keep every document
-            excludes = (
-                f", so in {' or '.join(negative)} {'they exclude' if len(values) > 1 else 'it excludes'} no document"
-            )
         messages.append(
             f"--filter compares {key!r} with the {kind}{'s' if len(values) > 1 else ''} {shown} ({', '.join(ops)}), "
-            f"but {where} is {have}: values of different JSON types never match{excludes}"
+            f"but {where} is {have}: values of different JSON types never match"
+            f"{_fixed_result(ops, plural=len(values) > 1, sampled=sampled is not None)}"
             f"{_filter_value_hint(values[0], stored[key])}"
         )
     return messages
+
+
+def _fixed_result(ops: list[str], *, plural: bool, sampled: bool) -> str:
+    """``, so in $ne it excludes no document``: what a value that never equals a stored one makes of the conditions
+    ``ops`` (as :func:`_filter_values` writes them) whose result it fixes, else ``""``.
+
+    Never equal: ``$ne`` / ``$nin`` of it are true for every document, so they (and ``$not`` of ``$eq``, ``$in``,
+    ``$gt``, ...) exclude none, and ``$not`` of ``$ne`` / ``$nin`` is false for every document, so it matches none.
+    A plain ``$eq`` / ``$gte`` matches none too, which "never match" says already. ``sampled``: only the
+    sampled documents are known to be so.
+
+    Examples:
+        >>> _fixed_result(["$ne", "$not $eq", "$not $nin"], plural=False, sampled=False)
+        ', so in $ne or $not $eq it excludes no document and in $not $nin it matches no document'
+        >>> _fixed_result(["$eq", "$gte"], plural=False, sampled=False)
+        ''
+        >>> _fixed_result(["$nin"], plural=True, sampled=True)
+        ', so in $nin they exclude none of the sampled documents'
+    """
+    keep_all, keep_none = [], []
+    for op in ops:
+        negated = op.startswith("$not ")
+        if (op.removeprefix("$not ") in ("$ne", "$nin")) != negated:
+            keep_all.append(op)
+        elif negated:
+            keep_none.append(op)
+    documents = "none of the sampled documents" if sampled else "no document"
+    clauses = []
+    if keep_all:
+        verb = "they exclude" if plural else "it excludes"
+        clauses.append(f"in {' or '.join(keep_all)} {verb} {documents}")
+    if keep_none:
+        verb = "they match" if plural else "it matches"
+        clauses.append(f"in {' or '.join(keep_none)} {verb} {documents}")
+    return f", so {' and '.join(clauses)}" if clauses else ""
 
 
 def _filter_value_hint(value: Any, stored: set[str]) -> str:
@@ -1689,23 +1748,15 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, KeyEr
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    from kl_retrievers._io import library_version
-
     parser = _Parser(
         prog="kl-retrievers",
         description="Dense retrieval with Gaussian representations scored by -KL divergence (higher is better).",
     )
-    parser.add_argument("--version", action="version", version=f"kl-retrievers {library_version()}")
-    parser.add_argument("--verbose", "-v", action="store_true", help="log at INFO level to stderr")
+    add_global_arguments(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for register in _REGISTRARS:
         register(sub)
-    for command in sub.choices.values():  # -v after the subcommand too; SUPPRESS keeps the main parser's value
-        if "--verbose" not in command._option_string_actions:
-            flags = ("--verbose", "-v") if "-v" not in command._option_string_actions else ("--verbose",)
-            command.add_argument(
-                *flags, action="store_true", default=argparse.SUPPRESS, help="log at INFO level to stderr"
-            )
+    add_verbose_to_commands(sub)  # -v after the subcommand too
     return parser
 
 

@@ -32,8 +32,10 @@ from kl_retrievers._io import check_file_target, is_gaussians_config, read_json_
 __all__ = [
     "ENCODED_SHARDS_FORMAT",
     "KLSTORE_FORMAT",
+    "add_global_arguments",
     "add_model_backend_argument",
     "add_model_session_arguments",
+    "add_verbose_to_commands",
     "args_subset",
     "check_output_path",
     "is_encoded_shards_folder",
@@ -437,6 +439,32 @@ class _Parser(argparse.ArgumentParser):
             _print_to_stdout(self, message)
         else:
             super()._print_message(message, file)
+
+
+def add_global_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags ``kl-retrievers`` takes before its subcommand: ``--version`` and ``--verbose`` / ``-v``.
+
+    Shared by ``kl-retrievers`` and ``python -m kl_retrievers.training.cli``, so both accept and list the same;
+    :func:`add_verbose_to_commands` lets ``--verbose`` come after the subcommand too.
+    """
+    from kl_retrievers._io import library_version
+
+    parser.add_argument("--version", action="version", version=f"kl-retrievers {library_version()}")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log at INFO level to stderr")
+
+
+def add_verbose_to_commands(sub: Any) -> None:
+    """``--verbose`` (and ``-v`` where the command has no ``-v`` of its own) on every subcommand of ``sub``.
+
+    ``default=SUPPRESS``: a subcommand not given it keeps the value the main parser set
+    (:func:`add_global_arguments`), so ``-v train`` and ``train -v`` both set ``args.verbose``.
+    """
+    for command in sub.choices.values():
+        if "--verbose" not in command._option_string_actions:
+            flags = ("--verbose", "-v") if "-v" not in command._option_string_actions else ("--verbose",)
+            command.add_argument(
+                *flags, action="store_true", default=argparse.SUPPRESS, help="log at INFO level to stderr"
+            )
 
 
 def _print_to_stdout(parser: argparse.ArgumentParser, message: str) -> None:

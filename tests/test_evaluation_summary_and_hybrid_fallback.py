@@ -315,23 +315,73 @@ def _example() -> str:
     return found.group(1)
 
 
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)
+
+
+def _target_names(target: ast.AST) -> set[str]:
+    return {name.id for name in ast.walk(target) if isinstance(name, ast.Name)}
+
+
+def _unbound_names(code: str) -> list[str]:
+    """The names ``code`` reads before (or without) binding them, statement by statement as a reader runs it.
+
+    A comprehension's variables are bound inside that comprehension only (its first iterable is read outside
+    them), a lambda's parameters inside its body; a walrus binds in the statement's scope.
+    """
+    bound = set(dir(builtins))
+    unbound: list[str] = []
+
+    def reads(node: ast.AST, local: frozenset[str]) -> None:
+        if isinstance(node, _COMPREHENSIONS):
+            inner = local
+            for i, generator in enumerate(node.generators):
+                reads(generator.iter, local if i == 0 else inner)
+                inner = inner | _target_names(generator.target)
+                for condition in generator.ifs:
+                    reads(condition, inner)
+            for part in (node.key, node.value) if isinstance(node, ast.DictComp) else (node.elt,):
+                reads(part, inner)
+            return
+        if isinstance(node, ast.Lambda):
+            for default in [*node.args.defaults, *node.args.kw_defaults]:
+                if default is not None:
+                    reads(default, local)
+            params = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs, node.args.vararg, node.args.kwarg]
+            reads(node.body, local | {arg.arg for arg in params if arg is not None})
+            return
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id not in bound | local:
+            unbound.append(node.id)
+        for child in ast.iter_child_nodes(node):
+            reads(child, local)
+
+    def binds(node: ast.AST, scoped: bool = False) -> None:
+        if isinstance(node, ast.NamedExpr):  # binds in the enclosing scope, even inside a comprehension
+            bound.update(_target_names(node.target))
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and not scoped:
+            bound.add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+        for child in ast.iter_child_nodes(node):
+            binds(child, scoped or isinstance(node, (*_COMPREHENSIONS, ast.Lambda)))
+
+    for statement in ast.parse(code).body:  # also: it is Python
+        reads(statement, frozenset())
+        binds(statement)
+    return unbound
+
+
+def test_the_binding_check_scopes_comprehension_variables_to_their_comprehension() -> None:
+    assert _unbound_names("ids = [1]\nrows = [q for q in ids if q]\nprint(q)\n") == ["q"]
+    assert _unbound_names("rows = {q: r for q in [1] for r in range(q)}\nprint(r)\n") == ["r"]
+    assert _unbound_names("f = lambda q: q\nprint(q)\n") == ["q"]
+    assert _unbound_names("x = [q for q in q]\n") == ["q"]  # the first iterable is read outside
+    assert _unbound_names("ids = [1]\nrows = [q for q in ids]\n[(y := q) for q in ids]\nprint(y)\n") == []
+
+
 def test_the_evaluation_example_binds_every_name_it_uses() -> None:
     code = _example()
     tree = ast.parse(code)  # also: it is Python
-    bound = set(dir(builtins))
-    unbound = []
-    for node in tree.body:  # statement by statement, as a reader runs it
-        for sub in ast.walk(node):  # a comprehension's variables are bound inside it
-            if isinstance(sub, ast.comprehension):
-                bound.update(name.id for name in ast.walk(sub.target) if isinstance(name, ast.Name))
-        for sub in ast.walk(node):
-            if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load) and sub.id not in bound:
-                unbound.append(sub.id)
-        for sub in ast.walk(node):
-            if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
-                bound.add(sub.id)
-            elif isinstance(sub, (ast.Import, ast.ImportFrom)):
-                bound.update((a.asname or a.name).split(".")[0] for a in sub.names)
+    unbound = _unbound_names(code)
     assert unbound == [], f"docs/training.md's example uses names it never binds: {unbound}"
     assert "../shared" not in code  # a folder of this project only; the page's data comes from fetch_beir
     assert "fetch_beir(" in code

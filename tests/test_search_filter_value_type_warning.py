@@ -45,7 +45,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ('{"year": {"$ne": "2020"}}', ['the string "2020" ($ne)', "so in $ne it excludes no document", "2020?"]),
         ('{"year": {"$nin": ["2020", "2021"]}}', ['"2020", "2021" ($nin)', "so in $nin they exclude no document"]),
         ('{"lang": {"$neq": 1}}', ["every stored 'lang' is a string", "in $ne it excludes", 'did you mean "1"?']),
-        ('{"year": {"$not": {"$eq": "2020"}}}', ['the string "2020" ($eq)', "never match"]),
+        (
+            '{"year": {"$not": {"$eq": "2020"}}}',
+            ['the string "2020" ($not $eq)', "in $not $eq it excludes no document"],
+        ),
+        ('{"$not": {"year": "2020"}}', ['the string "2020" ($not $eq)', "in $not $eq it excludes no document"]),
     ],
 )
 def test_a_mistyped_value_that_excludes_nothing_is_warned_about(
@@ -107,3 +111,67 @@ def test_the_type_check_reads_a_bounded_sample_spread_over_the_store(caplog: pyt
         cli._warn_mistyped_filter_values(small, {"year": {"$ne": "7"}})
     assert sum(len(chunk) for chunk in small.asked) == cli._FILTER_KEY_CHUNK + 1
     assert "every stored 'year' is a number" in caplog.text, caplog.text
+
+
+# ---------------------------------------------------------------- review R2 follow-ups
+@pytest.mark.parametrize(
+    ("filt", "error"),
+    [
+        ('{"year": {"$in": "2020"}}', "$in needs a list"),
+        ('{"year": {"$gte": "2020", "$foo": 1}}', "unknown filter operator '$foo'"),
+    ],
+)
+def test_a_malformed_filter_is_refused_before_any_type_warning(
+    filt: str,
+    error: str,
+    store: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def no_model(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the model was loaded for a malformed --filter")
+
+    monkeypatch.setattr(cli, "_load_encoder", no_model)
+    with caplog.at_level(logging.WARNING):
+        assert main(["search", str(store), "cat", "--filter", filt]) == 2
+    err = capsys.readouterr().err
+    assert error in err, err
+    assert "--filter compares" not in caplog.text + err, caplog.text
+    # called on its own, the check reads no document of a malformed filter and warns about nothing
+    caplog.clear()
+    counting = _CountingStore(10)
+    with caplog.at_level(logging.WARNING):
+        cli._warn_mistyped_filter_values(counting, json.loads(filt))
+    assert counting.asked == [] and caplog.text == ""
+
+
+def test_a_sampled_check_does_not_state_the_consequence_for_the_whole_store(caplog: pytest.LogCaptureFixture) -> None:
+    n = 2 * cli._FILTER_TYPE_SAMPLE
+    with caplog.at_level(logging.WARNING):
+        cli._warn_mistyped_filter_values(_CountingStore(n), {"year": {"$ne": "7"}})
+    assert "sampled evenly" in caplog.text, caplog.text
+    assert "so in $ne it excludes none of the sampled documents" in caplog.text, caplog.text
+    assert "excludes no document" not in caplog.text, caplog.text
+
+
+def test_the_consequence_under_not_follows_its_polarity(
+    store: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # $not of a $ne that excludes nothing matches nothing: the message must not say it "excludes no document"
+    with caplog.at_level(logging.WARNING):
+        assert (
+            main(["search", str(store), "cat", "--json", "-k", "3", "--filter", '{"year": {"$not": {"$ne": "2020"}}}'])
+            == 0
+        )
+    assert json.loads(capsys.readouterr().out)["results"] == []
+    assert "($not $ne)" in caplog.text and "in $not $ne it matches no document" in caplog.text, caplog.text
+    assert "excludes no document" not in caplog.text, caplog.text
+    # $not of an $eq that never matches keeps every document, and the message says so
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(["search", str(store), "cat", "--json", "-k", "3", "--filter", '{"year": {"$not": "2020"}}']) == 0
+    assert len(json.loads(capsys.readouterr().out)["results"]) == 3
+    assert "($not $eq)" in caplog.text and "in $not $eq it excludes no document" in caplog.text, caplog.text
+    # two $not cancel out: a plain $ne again
+    assert cli._filter_values({"$not": {"year": {"$not": {"$ne": "2020"}}}}) == [("year", "$ne", "2020")]

@@ -445,13 +445,15 @@ def evaluation_summary(
     return text + f" ({n} evaluation{'s' if n != 1 else ''}{others})"
 
 
-def _setup_logging(quiet: bool) -> None:
+def _setup_logging(quiet: bool, verbose: bool = False) -> None:
     """Log lines on stderr for ``python -m kl_retrievers.training.cli`` run as a program (:func:`main` as
     ``__main__``): :func:`run_train` itself leaves logging to its caller (``kl-retrievers train`` sets it up per
-    command), and so does a :func:`main` imported and called in-process."""
+    command), and so does a :func:`main` imported and called in-process. INFO unless ``quiet`` (WARNING);
+    ``verbose`` (``-v``) keeps INFO under ``quiet`` too, as with ``kl-retrievers -v train --quiet``."""
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
+        level = logging.WARNING if quiet and not verbose else logging.INFO
+        logging.basicConfig(level=level, format="%(levelname)s %(message)s")
 
 
 @contextlib.contextmanager
@@ -1091,15 +1093,17 @@ def main(argv: list[str] | None = None) -> int:
     ``kl-retrievers train --help`` does (closed or full: one line on stderr, exit status 2; a reader that went
     away, 141) and a usage error is one line on stderr (exit status 2).
     """
-    from kl_retrievers.cli_common import _Parser
+    from kl_retrievers.cli_common import _Parser, add_global_arguments, add_verbose_to_commands
 
     parser = _Parser(prog="kl-retrievers")
+    add_global_arguments(parser)  # --version, --verbose / -v: as kl-retrievers takes them, before or after train
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_command(sub)
+    add_verbose_to_commands(sub)
     args = parser.parse_args(argv)
     args.command_line = shlex.join(["kl-retrievers", *(argv if argv is not None else sys.argv[1:])])
     if __name__ == "__main__":  # run as a program (python -m): its process, so its logging; not when imported
-        _setup_logging(args.quiet)
+        _setup_logging(args.quiet, args.verbose)
     return int(args.func(args))
 
 
