@@ -351,7 +351,7 @@ def test_the_notebook_generator_drops_only_the_outputs_of_changed_cells(
 
 
 def test_notebook_01_note_quotes_the_scores_its_cells_printed() -> None:
-    """The note on ONNX batch dependence quotes the bees query's score from the matrix and from the store."""
+    """The note on ONNX batch dependence says what the cells printed: the bees query scores the same in both."""
     nb = json.loads((REPO / "notebooks" / "01_quick_start.ipynb").read_text(encoding="utf-8"))
     cells = [
         ("".join(c["source"]), "".join("".join(o.get("text", "")) for o in c.get("outputs", []))) for c in nb["cells"]
@@ -362,11 +362,11 @@ def test_notebook_01_note_quotes_the_scores_its_cells_printed() -> None:
     in_matrix = re.match(r"\[\[\s*(-?\d+\.\d*)\s", matrix)
     in_store = re.match(r"\s*(-?\d+\.\d{4})\s+bees\s", searched)
     assert in_matrix and in_store, (matrix, searched)
+    # queries are encoded one at a time on int8 graphs (8ecd167): the note says the store's score is the
+    # matrix's, and the cells printed the same score
     note = next(src for src, _ in cells if "The bees query scores" in src)
-    quoted = re.search(r"The bees query scores (-?\d+\.\d+) here but (-?\d+\.\d+) in the matrix above", note)
-    assert quoted, note
-    assert quoted.group(1) == in_store.group(1)
-    assert float(quoted.group(2)) == float(in_matrix.group(1))
+    assert "The bees query scores here what it scored in the matrix above" in note, note
+    assert float(in_store.group(1)) == round(float(in_matrix.group(1)), 4)
 
 
 def _make(*args: str) -> str:
@@ -437,7 +437,7 @@ def test_notebook_05_reads_the_per_query_files_its_newest_qpp_lines_name(
     code = [source for kind, source in module.NOTEBOOKS["05_uncertainty.ipynb"] if kind == "code"]
     monkeypatch.chdir(tmp_path / "repo")  # as from the repository root (no ../runs/qpp)
     namespace: dict[str, Any] = {}
-    for source in code[:3]:  # the logs, the mean taus, the quintiles of SciFact
+    for source in code[:4]:  # the logs, the mean taus, the Pearson r, the quintiles of SciFact
         exec(source, namespace)
     assert {q: m["ndcg@10"] for q, m in namespace["pq"].items()} == {f"q{i}": 1.0 for i in range(5)}
     assert {q: m["qpp.combined"] for q, m in namespace["comb"].items()} == {f"q{i}": 1.0 for i in range(5)}
