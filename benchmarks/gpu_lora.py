@@ -467,7 +467,7 @@ def cmd_run(args: argparse.Namespace) -> None:
                 beta=job["beta"], max_length=256, query_max_length=64, seed=job["seed"],
             ).float()  # fmt: skip
             if job["steps"] > 0:
-                apply_freezing(enc, lora_r=LORA_R)
+                apply_freezing(enc, lora_r=LORA_R, seed=job["seed"])  # the adapter from the job's seed too
                 cfg = TrainConfig(
                     similarity=job["similarity"], loss=job["loss"], steps=job["steps"],
                     batch_size=job["batch_size"], negatives=7, lr=job["lr"], var_lr=job["var_lr"],

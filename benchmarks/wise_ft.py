@@ -72,7 +72,7 @@ def interpolate(job: dict[str, Any], adapters: dict[str, Any], alpha: float, bac
         backbone or spec["name"], pooling=spec["pooling"], normalize_pooled=True, var_token=False,
         beta=job["beta"], max_length=256, query_max_length=64, seed=job["seed"],
     )  # fmt: skip
-    apply_freezing(init, lora_r=LORA_R)
+    apply_freezing(init, lora_r=LORA_R, seed=job["seed"])  # the adapter the job started from
     p0 = {n: p.detach().clone() for n, p in init.named_parameters() if p.requires_grad}
     with torch.no_grad():
         for n, p in trained.named_parameters():

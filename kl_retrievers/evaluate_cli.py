@@ -123,6 +123,9 @@ SCORE_DIRECTION = "higher_is_better"
 #: The environment variable naming the encoding cache (:data:`kl_retrievers.encoding_cache.CACHE_ENV`; spelled
 #: out so that building the parser does not import that module, which imports numpy).
 CACHE_ENV = "KL_RETRIEVERS_CACHE"
+#: ``--relevance-level`` when none is given (:data:`kl_retrievers.evaluation.DEFAULT_RELEVANCE_LEVEL`; spelled out so
+#: that building the parser does not import that module, which imports numpy).
+RELEVANCE_LEVEL = 1
 #: ``--batch-size`` when none is given.
 _BATCH_SIZE = 32
 #: ``--qpp-bootstrap`` when none is given (:data:`kl_retrievers.qpp.N_BOOT`; spelled out so that building the
@@ -235,6 +238,16 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--means-only", action="store_true", help="ablation: rank by -||mu_q - mu_d||^2, ignore variances")
     p.add_argument(
+        "--relevance-level",
+        type=positive_int,
+        default=RELEVANCE_LEVEL,
+        metavar="N",
+        help=f"lowest grade that the binary metrics mrr@10, recall@100 and map@100 count as relevant (default: "
+        f"{RELEVANCE_LEVEL}, any grade > 0, as trec_eval's default -l 1 and the published figures; ndcg@10 reads the "
+        "grades and does not depend on it). TREC DL's convention (grades 0-3, grade 1 'related') is "
+        "--relevance-level 2, as trec_eval -l 2. --json and the --per-query meta record it as relevance_level",
+    )
+    p.add_argument(
         "--json",
         action="store_true",
         help="print exactly one JSON object on stdout; it always holds the qpp object (query performance "
@@ -269,8 +282,9 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         "--compare",
         metavar="PER_QUERY_FILE",
         help="the --per-query file of another evaluate run (not a TREC run): paired t-test against it, query by "
-        "query (refused when its meta "
-        "names another dataset or split, or another depth below a metric's cutoff, or it shares fewer than 2 "
+        "query, over the queries both hold (refused when its meta "
+        "names another dataset or split, another depth below a metric's cutoff or another --relevance-level (a "
+        "JSON file from before the option: level 1), or it shares fewer than 2 "
         "queries with this run; a warning when its meta records another backend, or the same model with other "
         "weights_sha256)",
     )
@@ -279,7 +293,7 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="compare with a --compare file whose meta names another dataset or split (with a warning): its "
         "queries are paired with this run's by id alone; also one whose meta names another --depth below the "
-        "cutoff of a metric (e.g. 10 for recall@100), refused otherwise",
+        "cutoff of a metric (e.g. 10 for recall@100) or another --relevance-level, refused otherwise",
     )
     p.add_argument(
         "--save-run",
@@ -472,6 +486,9 @@ def _warn_blank_queries(dataset: BeirDataset) -> None:
 
 def _print_table(summary: Mapping[str, Any], metrics: Iterable[str], compare: Mapping[str, Any] | None) -> None:
     depth = f"  depth: {summary['depth']}" if summary.get("depth") is not None else ""
+    level = summary.get("relevance_level")
+    if level is not None:  # what the binary metrics count as relevant
+        depth += f"  relevant: grade >= {level}"
     sample = summary.get("sample")
     drawn = f" (a sample of {sample['of']}, seed {sample['seed']})" if isinstance(sample, Mapping) else ""
     print(f"dataset: {summary['dataset']}  split: {summary['split']}  queries: {summary['queries']}{drawn}{depth}")
@@ -483,9 +500,16 @@ def _print_table(summary: Mapping[str, Any], metrics: Iterable[str], compare: Ma
     if compare:
         print(f"compared with {compare['file']} ({compare.get('model') or 'unnamed'}):")
         for name, res in compare["tests"].items():
+            # the means of the shared queries only: not the headline above when some are unshared
             print(
                 f"  {name:<11} {res['mean_a']:.4f} vs {res['mean_b']:.4f}  diff {res['mean_diff']:+.4f}  "
-                f"p = {res['p_value']:.4g}  (n = {res['n']})"
+                f"p = {res['p_value']:.4g}  (means over the {res['n']} shared quer{'y' if res['n'] == 1 else 'ies'})"
+            )
+        unshared = compare.get("unshared_queries")
+        if isinstance(unshared, Mapping) and any(unshared.values()):
+            print(
+                f"  not compared: {unshared.get('this_run', 0)} queries only in this run, "
+                f"{unshared.get('compare_file', 0)} only in the compared file"
             )
 
 
@@ -773,7 +797,8 @@ def _evaluate_hybrid(
         if ranked and ranked[0][3] is not None:
             weights[qid] = float(ranked[0][3])
     t2 = time.perf_counter()
-    aggregate, per_query = evaluate_run(dataset.qrels, run, DEFAULT_METRICS)
+    level = getattr(args, "relevance_level", RELEVANCE_LEVEL)
+    aggregate, per_query = evaluate_run(dataset.qrels, run, DEFAULT_METRICS, relevance_level=level)
     fusion = store.fusion.to_dict()
     if args.hybrid != "convex":
         fusion.pop("weight")
@@ -872,6 +897,11 @@ def _compare_problem(
         if not getattr(args, "compare_any", False):
             return f"{depth_problem}. Evaluate both at one --depth, or pass --compare-any to compare anyway"
         logger.warning("%s; compared anyway (--compare-any)", depth_problem)
+    level_problem = _compare_level_problem(name, other_meta, getattr(args, "relevance_level", RELEVANCE_LEVEL))
+    if level_problem:
+        if not getattr(args, "compare_any", False):
+            return f"{level_problem}. Evaluate both at one --relevance-level, or pass --compare-any to compare anyway"
+        logger.warning("%s; compared anyway (--compare-any)", level_problem)
     from kl_retrievers.evaluation import DEFAULT_METRICS
 
     metrics = set(DEFAULT_METRICS)
@@ -919,6 +949,43 @@ def _warn_measured_differently(
             str(theirs)[:16],
             str(ours)[:16],
         )
+
+
+def _compare_level_problem(name: str, other_meta: Mapping[str, Any], level: int) -> str | None:
+    """Why the ``--compare`` file's relevance level makes its binary metrics incomparable with this run's.
+
+    A JSON file whose meta records no ``relevance_level`` was written before ``--relevance-level`` existed, at
+    level 1; a table (``.tsv`` / ``.csv``, no meta) cannot be checked: a warning, and it is compared as it is.
+
+    Examples:
+        >>> _compare_level_problem("pq.json", {"relevance_level": 2}, 2) is None
+        True
+        >>> _compare_level_problem("pq.json", {"depth": 100}, 1) is None  # an older file: level 1
+        True
+        >>> print(_compare_level_problem("pq.json", {"depth": 100}, 2))  # doctest: +ELLIPSIS
+        --compare pq.json was scored at relevance level 1 (recorded by a file from before --relevance-level) ...
+    """
+    from kl_retrievers.evaluation import BINARY_METRICS
+
+    recorded = other_meta.get("relevance_level")
+    if recorded is None and not other_meta:
+        if level != RELEVANCE_LEVEL:
+            logger.warning(
+                "--compare %s: a table records no relevance level, so it cannot be checked to be scored at this run's "
+                "--relevance-level %d; compared as it is",
+                name,
+                level,
+            )
+        return None
+    note = ""
+    if recorded is None:
+        recorded, note = RELEVANCE_LEVEL, " (recorded by a file from before --relevance-level)"
+    if recorded == level:
+        return None
+    return (
+        f"--compare {name} was scored at relevance level {recorded}{note} and this run at {level}: "
+        f"{', '.join(BINARY_METRICS)} count other grades as relevant on the two sides"
+    )
 
 
 def _compare_depth_problem(name: str, recorded: Any, depth: int) -> str | None:
@@ -1294,6 +1361,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     args.model_backend = getattr(args, "model_backend", None) or "torch"
     if getattr(args, "batch_size", None) is None:
         args.batch_size = _BATCH_SIZE
+    if getattr(args, "relevance_level", None) is None:  # a namespace built without the parser
+        args.relevance_level = RELEVANCE_LEVEL
     problem = (
         stdin_problem(args.dataset_dir, "DATASET_DIR", "give a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
         or _hybrid_option_problem(args)
@@ -1362,7 +1431,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             show_progress=show,
             **args_subset(args, "batch_size", "max_length"),
         )
-        aggregate, per_query = evaluate_run(dataset.qrels, run)
+        aggregate, per_query = evaluate_run(dataset.qrels, run, relevance_level=args.relevance_level)
         info = {
             "score": BASELINE_SCORES.get(args.baseline, args.baseline),
             "seconds": round(time.perf_counter() - t0, 2),
@@ -1448,6 +1517,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                     similarity=similarity,
                     show_progress=show,
                     metrics=DEFAULT_METRICS,
+                    relevance_level=args.relevance_level,
                     label=facts.label,
                     files=plan.fingerprint if plan is not None else None,
                     cached=cached,
@@ -1457,13 +1527,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
                     use_cache=use_cache,
                     **args_subset(args, "batch_size", "max_length", "query_max_length"),
                 )
-    # every mode: what the run is ranked by, its direction and its depth (in --json, the per-query meta, the table)
+    # every mode: what the run is ranked by, its direction, its depth and the grade counted as relevant (in --json,
+    # the per-query meta, the table)
+    fixed = ("score", "score_direction", "depth", "relevance_level")
     result.info = {
         "score": result.info.get("score"),
         "score_direction": SCORE_DIRECTION,
         "depth": args.depth,
+        "relevance_level": args.relevance_level,
         **measured,
-        **{k: v for k, v in result.info.items() if k not in ("score", "score_direction", "depth", *measured)},
+        **{k: v for k, v in result.info.items() if k not in (*fixed, *measured)},
         **({"sample": sample} if sample is not None else {}),
     }
     summary = result.summary()
@@ -1519,9 +1592,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 tests[name] = paired_test(result.per_query, other_pq, name, warn_unshared=i == 0).to_dict()
             except ValueError as exc:
                 logger.warning("no paired test for %s: %s", name, exc)
+        shared = sum(1 for qid in result.per_query if qid in other_pq)
         compare = {
             "file": str(args.compare),
             **{key: other_meta.get(key) for key in ("model", "dataset", "split", "backend", "weights_sha256")},
+            # the other file's level as read (a JSON file from before the option: 1; a table: null)
+            "relevance_level": other_meta.get("relevance_level", RELEVANCE_LEVEL if other_meta else None),
+            # each test's means are over its shared queries (its n), not the headline means over all of them
+            "shared_queries": shared,
+            "unshared_queries": {"this_run": len(result.per_query) - shared, "compare_file": len(other_pq) - shared},
             "tests": tests,
         }
         _warn_measured_differently(str(args.compare), other_meta, measured, result.model)

@@ -18,7 +18,10 @@ reported name           ir_measures measure
 ======================  =======================
 
 Every query in the qrels counts (a query missing from the run scores 0, like
-``trec_eval -c``); grades >= 1 count as relevant for the binary measures.
+``trec_eval -c``). The binary measures (``mrr@10``, ``recall@100``, ``map@100``) count a document as
+relevant when its grade is at least ``relevance_level``: 1 by default (any grade > 0, ``trec_eval``'s
+default ``-l 1``); TREC DL's convention for its 0-3 grades is 2 (grade 1 is "related", not relevant), as
+``trec_eval -l 2`` and ir_measures' ``AP(rel=2)@100``. ``ndcg@10`` reads the grades themselves.
 
 Examples:
     >>> from kl_retrievers.evaluation import evaluate_run
@@ -38,6 +41,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import unicodedata
 import warnings
@@ -50,9 +54,10 @@ import numpy as np
 
 from kl_retrievers._config import SIMILARITIES as SIMILARITIES  # re-exported: it was defined here
 from kl_retrievers._config import model_similarity as model_similarity
-from kl_retrievers._encoding import progress_bar, require_modules
+from kl_retrievers._encoding import _BLANK_POSITIONS_SHOWN, is_blank_text, progress_bar, require_modules
 from kl_retrievers._io import atomic_file
 from kl_retrievers._io import finite_json as finite_json  # re-exported: it was defined here
+from kl_retrievers._warn import warn
 from kl_retrievers.datasets import BeirDataset
 from kl_retrievers.encoding_cache import CACHE_ENV as CACHE_ENV  # re-exported, like the cache and run names
 from kl_retrievers.encoding_cache import EncodingCache, default_cache_dir
@@ -84,6 +89,7 @@ __all__ = [
     "METRICS",
     "DEFAULT_METRICS",
     "evaluate_run",
+    "check_relevance_level",
     "PairedTestResult",
     "paired_test",
     "top_k",
@@ -122,6 +128,12 @@ METRICS: dict[str, str] = {
     "map@100": "AP@100",
 }
 DEFAULT_METRICS: tuple[str, ...] = tuple(METRICS)
+#: The reported metrics that are binary: they count a document as relevant when its grade is at least the
+#: relevance level (``relevance_level=`` of :func:`evaluate_run`); ``ndcg@10`` reads the grades.
+BINARY_METRICS: tuple[str, ...] = ("mrr@10", "recall@100", "map@100")
+#: The default relevance level: any grade > 0 counts as relevant (``trec_eval``'s default ``-l 1``; the
+#: published figures). TREC DL's convention is 2.
+DEFAULT_RELEVANCE_LEVEL = 1
 
 
 if not TYPE_CHECKING:  # type checkers see the names imported above, and flag any other (a typo) as an error
@@ -245,18 +257,81 @@ def _depth_warning(depth: int, metrics: Iterable[str], option: str = "k", n_docs
     )
 
 
-def _measure(name: str) -> Any:
+def check_relevance_level(relevance_level: Any) -> int:
+    """``relevance_level`` as an ``int`` >= 1: the lowest grade a binary metric counts as relevant.
+
+    Raises:
+        TypeError: Not an integer (``2.0``, ``"2"``, ``True``), naming it.
+        ValueError: Below 1 (grade 0 is "not relevant" in every qrels), naming it.
+
+    Examples:
+        >>> check_relevance_level(2)
+        2
+        >>> check_relevance_level(0)
+        Traceback (most recent call last):
+        ValueError: relevance_level must be an integer >= 1 (the lowest grade counted as relevant by mrr@10, ...
+    """
+    allowed = (
+        f"an integer >= 1 (the lowest grade counted as relevant by {', '.join(BINARY_METRICS)}; "
+        f"default {DEFAULT_RELEVANCE_LEVEL}, TREC DL's convention 2)"
+    )
+    if isinstance(relevance_level, bool) or not hasattr(relevance_level, "__index__"):
+        raise TypeError(f"relevance_level must be {allowed}; got {relevance_level!r}")
+    level = int(relevance_level.__index__())
+    if level < 1:
+        raise ValueError(f"relevance_level must be {allowed}; got {level}")
+    return level
+
+
+def _measure(name: str, relevance_level: int = DEFAULT_RELEVANCE_LEVEL) -> Any:
+    """The ir_measures measure of a reported metric; a binary one at ``relevance_level`` (``AP(rel=2)@100``).
+
+    Examples:
+        >>> str(_measure("map@100", 2)), str(_measure("ndcg@10", 2)), str(_measure("mrr@10"))
+        ('AP(rel=2)@100', 'nDCG@10', 'RR@10')
+    """
     import ir_measures
 
     if name not in METRICS:
         raise ValueError(f"unknown metric {name!r}; choose from {sorted(METRICS)}")
-    return ir_measures.parse_measure(METRICS[name])
+    spec = METRICS[name]
+    if name in BINARY_METRICS and relevance_level != DEFAULT_RELEVANCE_LEVEL:
+        measure, cutoff = spec.split("@")
+        spec = f"{measure}(rel={relevance_level})@{cutoff}"
+    return ir_measures.parse_measure(spec)
+
+
+def _check_id_collisions(ids: Iterable[Any], where: str, consequence: str) -> None:
+    """Refuse ids that are one id as text (``1`` and ``"1"``): runs, qrels and TREC files compare ids as ``str``.
+
+    ``where``: what holds the ids, for the message (``"run: query 'q', document"``); ``consequence``: what
+    would happen to them.
+
+    Examples:
+        >>> _check_id_collisions({"a": 1, "b": 2}, "run: query", "merged")
+        >>> _check_id_collisions({1: 0.5, "1": 2.0}, "run: query 'q', document", "merged")
+        Traceback (most recent call last):
+        ValueError: run: query 'q', document ids 1 and '1' are one id as text ('1'): ids are compared as str, ...
+    """
+    if isinstance(ids, Mapping) and all(type(key) is str for key in ids):
+        return  # distinct str keys of a mapping (almost every run): none can collide
+    seen: dict[str, Any] = {}
+    for key in ids:
+        text = str(key)
+        if text in seen:
+            raise ValueError(
+                f"{where} ids {seen[text]!r} and {key!r} are one id as text ({text!r}): ids are compared as str, "
+                f"so the two would be {consequence}; give each a distinct id"
+            )
+        seen[text] = key
 
 
 def evaluate_run(
     qrels: Mapping[str, Mapping[str, int]],
     run: Mapping[str, Mapping[str, float]],
     metrics: str | Sequence[str] = DEFAULT_METRICS,
+    *,
+    relevance_level: int = DEFAULT_RELEVANCE_LEVEL,
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Score a run against qrels.
 
@@ -272,6 +347,10 @@ def evaluate_run(
         metrics: Reported metric names (keys of :data:`METRICS`), or one name as a bare string
             (``"ndcg@10"``); any case, and ir_measures' spellings (``nDCG@10``, ``R@100``) name them too,
             reported under the names of :data:`METRICS`.
+        relevance_level: The lowest grade the binary metrics (``mrr@10``, ``recall@100``, ``map@100``:
+            :data:`BINARY_METRICS`) count as relevant: 1 (the default, ``trec_eval``'s ``-l 1``: any grade > 0)
+            or higher; TREC DL's convention for its 0-3 grades is 2 (ir_measures' ``AP(rel=2)@100``,
+            ``trec_eval -l 2``). ``ndcg@10`` reads the grades and does not depend on it.
 
     Returns:
         ``(aggregate, per_query)``: the mean of each metric over every query in ``qrels``,
@@ -281,7 +360,10 @@ def evaluate_run(
 
     Raises:
         ValueError: Empty qrels, an unknown metric, a grade that is not an integer (``0.5``; ``1.0``
-            is taken as ``1``) or a NaN score (naming the query and document).
+            is taken as ``1``) or a NaN score (naming the query and document), ``relevance_level`` below 1, or
+            two query ids (of the qrels or the run) or two document ids of one query that are one id as text
+            (``1`` and ``"1"``: ids are compared as ``str``), naming them.
+        TypeError: ``relevance_level`` is not an integer.
         ModuleNotFoundError: ir_measures is not installed (the ``eval`` extra; the message says how).
 
     Examples:
@@ -291,15 +373,24 @@ def evaluate_run(
         >>> _, per_query = evaluate_run({"q": {"a": 1}}, {"q": {"a": 1.0, "b": 1.0}}, ["mrr@10"])
         >>> per_query["q"]["mrr@10"]  # tied with "a", "b" ranks first
         0.5
+        >>> graded = {"q": {"a": 1, "b": 2}}
+        >>> evaluate_run(graded, {"q": {"a": 2.0, "b": 1.0}}, "mrr@10", relevance_level=2)[0]  # "a" is grade 1
+        {'mrr@10': 0.5}
     """
     _require_ir_measures("evaluate_run (scoring a run)")
     import ir_measures
 
     metrics = _metric_names(metrics)
+    relevance_level = check_relevance_level(relevance_level)
     if not qrels:
         raise ValueError("qrels are empty: nothing to evaluate")
-    measures = {name: _measure(name) for name in metrics}
+    measures = {name: _measure(name, relevance_level) for name in metrics}
     by_measure = {str(m): name for name, m in measures.items()}
+    _check_id_collisions(qrels, "qrels: query", "merged")
+    _check_id_collisions(run, "run: query", "merged")
+    for what, given in (("qrels", qrels), ("run", run)):
+        for qid, docs in given.items():
+            _check_id_collisions(docs, f"{what}: query {qid!r}, document", "merged")
     q = {str(qid): {str(d): _grade(qid, d, r) for d, r in docs.items()} for qid, docs in qrels.items()}
     r = {str(qid): _rank_scores(str(qid), docs) for qid, docs in run.items() if str(qid) in q}
     extra = len(run) - len(r)
@@ -689,6 +780,33 @@ def _encode_sorted(
     return Gaussians(g.mean[inverse], g.var[inverse], validate=False)
 
 
+#: The start of the encoder's own blank-document warning (:func:`kl_retrievers._encoding.warn_blank_documents`),
+#: which names positions in the texts it was given: :func:`_encode_dataset` hands it the corpus longest first,
+#: so it warns itself instead, naming document ids (:func:`_warn_blank_documents`), and filters this one out.
+_ENCODER_BLANK_WARNING = r"\d+ of the \d+ documents (is|are) blank \("
+
+
+def _warn_blank_documents(dataset: BeirDataset, ids: Sequence[str], texts: Sequence[str]) -> None:
+    """Warn once when some of the corpus's documents are blank (:func:`~kl_retrievers._encoding.is_blank_text`),
+    naming how many and the ids of the first few (at the user's line).
+
+    What the encoder's own warning says, by document id rather than by position in the texts it was given
+    (the corpus sorted longest first, not the corpus's order).
+    """
+    blank = [doc_id for doc_id, text in zip(ids, texts, strict=True) if not text[:1].isalnum() and is_blank_text(text)]
+    if not blank:
+        return
+    shown = ", ".join(repr(doc_id) for doc_id in blank[:_BLANK_POSITIONS_SHOWN])
+    shown += ", ..." if len(blank) > _BLANK_POSITIONS_SHOWN else ""
+    one = len(blank) == 1
+    warn(
+        f"{len(blank)} of the {len(texts)} documents of {dataset.path} {'is' if one else 'are'} blank (empty, or "
+        f"only whitespace and invisible characters): document id{'' if one else 's'} {shown}. Every blank document "
+        "gets the same Gaussian, the empty text's, which can rank high for queries it does not answer; "
+        f"{'it is' if one else 'they are'} evaluated as the corpus holds {'it' if one else 'them'}"
+    )
+
+
 def encode_dataset(
     encoder: GaussianEncoderLike,
     dataset: BeirDataset,
@@ -902,7 +1020,13 @@ def _encode_dataset(
             continue
         logger.info("encoding %d %s", len(ids), kind)
         t0 = time.perf_counter()
-        g = _encode_sorted(fn, texts_fn(), size, limit, show_progress, presort=not batch_dependent)
+        texts = texts_fn()
+        if kind == "documents":  # by id, not by position in the (sorted) texts the encoder is given
+            _warn_blank_documents(dataset, ids, texts)
+        with warnings.catch_warnings():
+            if kind == "documents":
+                warnings.filterwarnings("ignore", message=_ENCODER_BLANK_WARNING, category=UserWarning)
+            g = _encode_sorted(fn, texts, size, limit, show_progress, presort=not batch_dependent)
         logger.info("encoded %d %s in %.1f s", len(ids), kind, time.perf_counter() - t0)
         if cache is not None:
             cache.save(f"gauss-{kind}", key, ids, {"mean": np.asarray(g.mean), "var": np.asarray(g.var)})
@@ -1031,6 +1155,7 @@ def evaluate_model(
     similarity: str | None = None,
     show_progress: bool = True,
     metrics: str | Sequence[str] = DEFAULT_METRICS,
+    relevance_level: int = DEFAULT_RELEVANCE_LEVEL,
     **encode_options: Unpack[EncodeOptions],
 ) -> EvaluationResult:
     """Encode, retrieve exactly by -KL (or means only) and score a Gaussian encoder.
@@ -1050,6 +1175,8 @@ def evaluate_model(
             from ``kl-retrievers train --similarity dot`` is ranked by its dot product.
         show_progress: Progress bars on stderr.
         metrics: Metric names to report, or one as a bare string; as in :func:`evaluate_run`.
+        relevance_level: The lowest grade the binary metrics count as relevant, as in :func:`evaluate_run`
+            (default 1: any grade > 0; TREC DL's convention is 2); recorded in ``info["relevance_level"]``.
         **encode_options: ``batch_size``, ``max_length`` (document token limit, if the encoder
             accepts one; ``None``: its default), ``query_max_length``, ``cache_dir`` and
             ``use_cache``: as in :func:`encode_dataset`.
@@ -1058,8 +1185,8 @@ def evaluate_model(
         The aggregate and per-query metrics and the run.
 
     Raises:
-        ValueError: An unknown metric or ``similarity``, ``k`` below 1 or empty qrels; said before anything
-            is encoded.
+        ValueError: An unknown metric or ``similarity``, ``k`` or ``relevance_level`` below 1 or empty qrels;
+            said before anything is encoded.
         ModuleNotFoundError: ir_measures (the ``eval`` extra) is not installed; said before anything is
             encoded, naming ``pip install "kl-retrievers[eval]"``.
 
@@ -1075,6 +1202,7 @@ def evaluate_model(
         similarity=model_similarity(encoder) if similarity is None else similarity,
         show_progress=show_progress,
         metrics=metrics,
+        relevance_level=relevance_level,
         label=model_label(encoder),
         **encode_options,
     )
@@ -1090,6 +1218,7 @@ def _evaluate_model(
     show_progress: bool,
     metrics: str | Sequence[str],
     label: str,
+    relevance_level: int = DEFAULT_RELEVANCE_LEVEL,
     files: str | None = None,
     cached: Mapping[str, Gaussians] | None = None,
     identities: Mapping[str, Mapping[str, Any]] | None = None,
@@ -1108,6 +1237,7 @@ def _evaluate_model(
     _require_ir_measures("evaluate_model (scoring its run)")  # before encoding the corpus, not after
     metrics = _metric_names(metrics)
     k = check_k(k)
+    relevance_level = check_relevance_level(relevance_level)
     if not dataset.qrels:
         raise ValueError(f"{dataset.path} ({dataset.split}): qrels are empty: nothing to evaluate")
     shallow = _depth_warning(k, metrics, n_docs=len(dataset.corpus))
@@ -1143,12 +1273,13 @@ def _evaluate_model(
         qn, dn = q.numpy(), d.numpy()
         run = retrieve_vectors(qn.mean, dn.mean, dataset.query_ids, dataset.doc_ids, k, similarity=similarity)
     t2 = time.perf_counter()
-    aggregate, per_query = evaluate_run(dataset.qrels, run, metrics)
+    aggregate, per_query = evaluate_run(dataset.qrels, run, metrics, relevance_level=relevance_level)
     label += " [means only]" if means_only else ""
     label += f" [{similarity}]" if similarity != "neg_kl" else ""
     info = {
         "score": "neg_sq_l2_means" if means_only else similarity,
         "depth": k,
+        "relevance_level": relevance_level,
         "encode_s": round(t1 - t0, 2),
         "retrieve_s": round(t2 - t1, 2),
     }
@@ -1268,9 +1399,10 @@ def load_per_query(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, fl
         ``(per_query, meta)``; ``meta`` is empty for TSV and CSV files.
 
     Raises:
-        ValueError: If the file is not a per-query results file (message names file and line), or
-            holds a value that is not a finite number (``NaN``, ``Infinity``: naming the query and
-            metric).
+        ValueError: If the file is not a per-query results file (message names file and line), holds
+            a value that is not a finite number (``NaN``, ``Infinity``: naming the query and metric), or
+            holds a query twice: a repeated row of a table or a repeated key of a JSON object (a query id,
+            a metric of one query, a meta field), naming it and its line; the last would win silently.
 
     Examples:
         >>> load_per_query("runs/bm25.scifact.json")  # doctest: +SKIP
@@ -1284,9 +1416,11 @@ def load_per_query(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, fl
         raise ValueError(f"{p}: cannot read per-query file ({exc})") from None
     if text.lstrip().startswith("{"):
         try:
-            doc = json.loads(text)
+            doc = json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{p}, line {exc.lineno}: malformed JSON ({exc.msg})") from None
+        except _DuplicateKeyError as exc:
+            raise ValueError(exc.describe(p, text)) from None
         if not isinstance(doc, dict) or not isinstance(doc.get("per_query"), dict):
             raise ValueError(f'{p}: expected a JSON object with a "per_query" mapping')
         meta = doc.get("meta")
@@ -1303,11 +1437,18 @@ def load_per_query(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, fl
         rows = [line.split("\t") if line.strip() else [] for line in lines]
     names = rows[0][1:]
     out: dict[str, dict[str, float]] = {}
+    first_line: dict[str, int] = {}
     for lineno, cols in enumerate(rows[1:], start=2):
         if not cols:
             continue
         if len(cols) != len(names) + 1:
             raise ValueError(f"{p}, line {lineno}: expected {len(names) + 1} columns, got {len(cols)}")
+        if cols[0] in first_line:
+            raise ValueError(
+                f"{p}, line {lineno}: query {cols[0]!r} repeats line {first_line[cols[0]]}; a per-query file holds "
+                "one row per query (the last row would win silently)"
+            )
+        first_line[cols[0]] = lineno
         row: dict[str, float] = {}
         for name, v in zip(names, cols[1:], strict=True):
             if v == "":
@@ -1323,6 +1464,41 @@ def load_per_query(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, fl
             row[name] = value
         out[cols[0]] = row
     return out, {}
+
+
+class _DuplicateKeyError(ValueError):
+    """A key repeated in one object of a JSON per-query file (:func:`_unique_keys`)."""
+
+    def __init__(self, key: str, value: Any) -> None:
+        super().__init__(key)
+        self.key = key
+        self.is_object = isinstance(value, dict)  # a query's row (or the meta's qpp): an object
+
+    def describe(self, path: Path, text: str) -> str:
+        """The message: the key, what it is, and for a query id the line of its second row when it can be found."""
+        lines: list[int] = []
+        if self.is_object:  # a query's row: the key followed by an object (a metric's is followed by a number)
+            for spelling in dict.fromkeys((json.dumps(self.key), json.dumps(self.key, ensure_ascii=False))):
+                found = re.finditer(re.escape(spelling) + r"\s*:\s*\{", text)
+                lines = [text.count("\n", 0, m.start()) + 1 for m in found]
+                if len(lines) >= 2:
+                    break
+        where = f", line {lines[1]}" if len(lines) >= 2 else ""
+        what = f"query id {self.key!r}" if self.is_object else f"key {self.key!r}"
+        return (
+            f"{path}{where}: {what} appears twice in one JSON object; a per-query file holds each query once, and "
+            "each metric of a query and each meta field once (the last would win silently)"
+        )
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``' ``object_pairs_hook``: the object as a dict, refusing a repeated key."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKeyError(key, value)
+        out[key] = value
+    return out
 
 
 #: The Unicode categories of characters a TREC id may not hold: control characters, which corrupt the line for
@@ -1394,8 +1570,9 @@ def _per_query_numbers(path: Path, per_query: Mapping[str, Any]) -> dict[str, di
 def write_trec_run(path: str | os.PathLike[str], run: Mapping[str, Mapping[str, float]], tag: str = "kl") -> None:
     """Write a run in TREC format (``qid Q0 docid rank score tag``), best first.
 
-    Tied scores are ranked by document id descending, the order :func:`evaluate_run` and
-    ``trec_eval`` read them in, so the rank column is the rank that was scored.
+    Tied scores are ranked by document id descending, compared as text (``"9"`` before ``"10"``, also for
+    ``int`` ids), the order :func:`evaluate_run` and ``trec_eval`` read them in, so the rank column is the
+    rank that was scored.
 
     The file is written atomically (a failed write leaves a previous file whole) and its parent
     folders are created. Scores are written as Python floats (``0.5``, also for numpy scalars).
@@ -1405,8 +1582,9 @@ def write_trec_run(path: str | os.PathLike[str], run: Mapping[str, Mapping[str, 
     Raises:
         ValueError: A query or document id that is empty or contains whitespace, a control character
             or a lone surrogate (:func:`check_trec_ids`), a tag holding a lone surrogate (``"\\ud800"``,
-            which UTF-8 cannot encode), or a score that is not a finite number (naming the query and
-            document); nothing is written then.
+            which UTF-8 cannot encode), a score that is not a finite number (naming the query and
+            document), or two query ids, or two document ids of one query, that are one id as text (``1``
+            and ``"1"``: the file would hold it twice, which ``trec_eval`` refuses); nothing is written then.
 
     Examples:
         >>> import tempfile
@@ -1417,8 +1595,10 @@ def write_trec_run(path: str | os.PathLike[str], run: Mapping[str, Mapping[str, 
         'q Q0 b 1 2.0 t'
     """
     check_trec_ids(run, "query")
+    _check_id_collisions(run, "run: query", "written as one query")
     for qid, docs in run.items():
         check_trec_ids(docs, "document")
+        _check_id_collisions(docs, f"run: query {qid!r}, document", "written twice for one query")
         for doc, score in docs.items():
             if not math.isfinite(score):
                 raise ValueError(
@@ -1433,6 +1613,7 @@ def write_trec_run(path: str | os.PathLike[str], run: Mapping[str, Mapping[str, 
     tag = "".join("_" if unicodedata.category(c) == "Cc" else c for c in "_".join(tag.split())) or "run"
     with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8") as fh:  # parents created; no torn file
         for qid, docs in run.items():
-            ranked = sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
+            # ties by id descending as text, as evaluate_run and trec_eval rank them (an int id sorts as its str)
+            ranked = sorted(docs.items(), key=lambda kv: (float(kv[1]), str(kv[0])), reverse=True)
             for rank, (doc, score) in enumerate(ranked, start=1):
                 fh.write(f"{qid} Q0 {doc} {rank} {float(score)!r} {tag}\n")  # 0.5, not np.float32(0.5)

@@ -58,7 +58,7 @@ and `train` show bars on a terminal only and have `--quiet`); with stderr closed
 | status | meaning |
 |---|---|
 | 0 | done |
-| 1 | an internal error (a bug): one line on stderr, `--verbose` adds the traceback |
+| 1 | an internal error (a bug): one line on stderr, `--verbose` adds the traceback; and `train` whose training diverged (a NaN or infinite loss or weights, `TrainingDivergedError`): one line on stderr naming the step; no model is saved |
 | 2 | a usage error or bad input: one line on stderr naming what is wrong |
 | 130 | interrupted (Ctrl-C) |
 | 141 | the reader of stdout went away (a pipe into `head`); nothing more is printed |

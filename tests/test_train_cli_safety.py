@@ -148,7 +148,8 @@ def test_query_prefix_reaches_the_query_features_and_the_card(
 
     monkeypatch.setattr(features_module, "compute_features", spy)
     out = tmp_path / "m"
-    argv = _argv(world, out, "--init-from", str(saved), "--heads-only-cached", "--hard-negatives", "model", shape=False)
+    fast = ("--heads-only-cached", "--hard-negatives", "model", "--no-full-corpus")  # mined negatives in the loss
+    argv = _argv(world, out, "--init-from", str(saved), *fast, shape=False)
     assert main(argv) == 0
     queries, docs = seen  # queries first, then the document pool
     assert queries and all(q.startswith(prefix) for q in queries)

@@ -413,6 +413,7 @@ def test_cli_train_heads_only_writes_model_card_and_command(tmp_path: Path) -> N
     out = tmp_path / "model"
     argv = ["train", "--data", str(data), "--data", str(beir), "--out", str(out), "--base", str(base),
             "--heads-only-cached", "--steps", "20", "--batch-size", "4", "--dim", "8", "--hard-negatives", "bm25",
+            "--corpus-sample", "4",
             "--cache-dir", str(tmp_path / "cache"), "--seed", "3", "--var-lr", "1e-4", "--quiet",
             "--max-length", "32"]  # fmt: skip
     assert main(argv) == 0

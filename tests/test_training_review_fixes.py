@@ -57,10 +57,14 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 # ------------------------------------------------------------------ 2. checkpoints made before --mine-mode
+#: model mining on the fast path, with the in-batch softmax that reads the mined negatives
+_MINED = ("--hard-negatives", "model", "--mine-k", "2", "--no-full-corpus")
+
+
 def _make_old_checkpoint(world: TrainWorld, out: Path) -> Path:
     """A fast-path checkpoint (2 steps, model mining) rewritten as the earlier version recorded it: no
     ``cli.mine_mode`` and the ``--data`` source listed twice (it kept a repeated --data)."""
-    assert main(heads_cached_train_argv(world, out, "--steps", "2", "--hard-negatives", "model", "--mine-k", "2")) == 0
+    assert main(heads_cached_train_argv(world, out, "--steps", "2", *_MINED)) == 0
     state = out.with_name(out.name + ".checkpoint") / "state.json"
     meta = json.loads(state.read_text())
     del meta["recipe"]["cli"]["mine_mode"]
@@ -74,7 +78,7 @@ def test_checkpoint_without_mine_mode_resumes_with_replace(
 ) -> None:
     out = tmp_path / "m"
     _make_old_checkpoint(world, out)
-    resume = heads_cached_train_argv(world, out, "--steps", "3", "--hard-negatives", "model", "--mine-k", "2")
+    resume = heads_cached_train_argv(world, out, "--steps", "3", *_MINED)
     assert main([*resume, "--resume"]) == 2  # contrastive's default mode is append: refused, saying how
     err = capsys.readouterr().err
     assert "cli.mine_mode" in err and "give --mine-mode replace to resume it" in err, err

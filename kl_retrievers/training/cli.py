@@ -58,6 +58,11 @@ DEFAULT_BASE = "sentence-transformers/all-MiniLM-L6-v2"
 #: Retrieval depth of ``--eval-data`` evaluations (documents per query, as ``kl-retrievers evaluate``'s default).
 EVAL_DEPTH = 100
 
+#: ``--negatives`` and ``--mine-k`` when not given (``TrainConfig.negatives``'s default, and mining's); their
+#: parsed default is ``None``, so that a flag given where it would be ignored can be refused (``_check_args``)
+_NEGATIVES = 7
+_MINE_K = 30
+
 # the flags that shape a new encoder (from --base), their attribute and default: --init-from loads the saved
 # encoder's shape, so giving any of them with it is refused instead of silently ignored
 _SHAPE_FLAGS: tuple[tuple[str, str, Any], ...] = (
@@ -132,7 +137,9 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
         d, help="BEIR qrels naming documents outside the corpus: fail (default) or drop them with a warning"
     )
     d.add_argument("--hard-negatives", choices=["bm25", "model", "none"], default="none", help="mine hard negatives")
-    d.add_argument("--mine-k", type=positive_int, default=30, help="hard negatives mined per query")
+    d.add_argument(
+        "--mine-k", type=positive_int, default=None, help=f"hard negatives mined per query (default: {_MINE_K})"
+    )
     d.add_argument(
         "--mine-mode",
         choices=["keep", "append", "replace"],
@@ -192,7 +199,9 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--steps", type=positive_int, default=1000, help="optimiser steps")
     t.add_argument("--batch-size", type=positive_int, default=32, help="queries per step")
     t.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches accumulated per step")
-    t.add_argument("--negatives", type=int, default=7, help="hard negatives sampled per query and step")
+    t.add_argument(
+        "--negatives", type=int, default=None, help=f"hard negatives sampled per query and step (default: {_NEGATIVES})"
+    )
     t.add_argument("--lr", type=float, default=None, help="peak lr (default 1e-3 heads-only, else 2e-5)")
     t.add_argument(
         "--var-lr", type=float, default=None, help="peak lr of the variance head (default: --lr; 0 keeps it fixed)"
@@ -656,11 +665,13 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(
             f"--time-budget must be a finite number of minutes >= 0 (0: stop after one step); got {args.time_budget}"
         )
-    if getattr(args, "mine_mode", None) is not None and args.hard_negatives == "none":
-        raise ValueError(
-            f"--mine-mode {args.mine_mode} applies to mined negatives, and --hard-negatives is none: add "
-            "--hard-negatives bm25 or model, or drop --mine-mode"
-        )
+    for flag, value in (("--mine-mode", getattr(args, "mine_mode", None)), ("--mine-k", args.mine_k)):
+        if value is not None and args.hard_negatives == "none":
+            raise ValueError(
+                f"{flag} {value} applies to mined negatives, and --hard-negatives is none: add "
+                f"--hard-negatives bm25 or model, or drop {flag}"
+            )
+    _refuse_flags_the_pool_softmax_ignores(args)
     if not args.heads_only_cached:
         fast = [
             flag
@@ -693,6 +704,45 @@ def _check_args(args: argparse.Namespace) -> None:
                 f"--loss {args.loss} needs hard negatives, and the BEIR folder {beir[0]} has none: add "
                 "--hard-negatives bm25 or model, or use --loss contrastive"
             )
+
+
+def _refuse_flags_the_pool_softmax_ignores(args: argparse.Namespace) -> None:
+    """Refuse the negatives' flags where the fast path's contrastive softmax over the pool never reads them.
+
+    With ``--heads-only-cached``, ``--loss contrastive`` and the full-corpus softmax (no ``--no-full-corpus``),
+    every query is scored against the pool: the whole of it (``--corpus-sample 0``, the default), so the batch's
+    hard negatives (``--negatives``, mined ones: ``--hard-negatives``, ``--mine-k``, ``--mine-mode``) never
+    enter the loss; or ``--corpus-sample N`` random documents plus every candidate of the batch, so
+    ``--no-in-batch`` (own candidates only) does not apply. Given there, they would be ignored (the weights
+    the same, mining's time spent for nothing), as ``--corpus-sample`` and ``--no-full-corpus`` would be
+    outside the fast path.
+    """
+    if not args.heads_only_cached or args.loss != "contrastive" or args.no_full_corpus:
+        return
+    if not args.corpus_sample:
+        given = [
+            f"{flag} {value}"
+            for flag, value in (
+                ("--hard-negatives", None if args.hard_negatives == "none" else args.hard_negatives),
+                ("--mine-k", args.mine_k),
+                ("--mine-mode", getattr(args, "mine_mode", None)),
+                ("--negatives", args.negatives),
+            )
+            if value is not None
+        ]
+        if given:
+            raise ValueError(
+                f"{' and '.join(given)} would be ignored: with --heads-only-cached the contrastive softmax runs over "
+                "every document of the pool (--corpus-sample 0, the default), so the batch's hard negatives never "
+                "enter the loss; add --corpus-sample N (N random pool documents plus the batch's candidates) or "
+                f"--no-full-corpus (in-batch and hard negatives), or drop {'it' if len(given) == 1 else 'them'}"
+            )
+    if args.no_in_batch:
+        raise ValueError(
+            "--no-in-batch would be ignored: with --heads-only-cached the contrastive softmax runs over the pool "
+            "(every document, or --corpus-sample N of them plus every candidate of the batch), whichever query a "
+            "candidate came with; add --no-full-corpus (each query's own candidates only), or drop --no-in-batch"
+        )
 
 
 def _held_out_notes(args: argparse.Namespace) -> list[str]:
@@ -895,6 +945,9 @@ def _run_train(args: argparse.Namespace) -> int:
                 "--checkpoint-dir, or drop --resume to start from step 0"
             )
         _check_args(args)
+        # not given (None, so that _check_args could refuse them where they would be ignored): their defaults
+        args.negatives = _NEGATIVES if args.negatives is None else args.negatives
+        args.mine_k = _MINE_K if args.mine_k is None else args.mine_k
         heads_only = bool(args.heads_only_cached)
         try:
             cfg = TrainConfig(  # checks the recipe before any data loading, feature extraction or mining
@@ -1025,8 +1078,12 @@ def _run_train(args: argparse.Namespace) -> int:
                 overwrite=overwrite,  # check_checkpoint_dir has refused what --overwrite does not allow
             )  # fmt: skip
         else:
-            apply_freezing(
-                encoder, freeze_backbone=args.freeze_backbone, freeze_layers=args.freeze_layers, lora_r=args.lora_r
+            apply_freezing(  # the LoRA adapter's initialisation from --seed too: the same command, the same weights
+                encoder,
+                freeze_backbone=args.freeze_backbone,
+                freeze_layers=args.freeze_layers,
+                lora_r=args.lora_r,
+                seed=cfg.seed,
             )
             result = train_encoder(
                 encoder, ts, cfg, checkpoint_dir=ckpt, resume=resume, recipe={"cli": cli_recipe},

@@ -18,7 +18,9 @@ text (:meth:`TrainingSet.positives_by_query`). Two readers fill it:
        "teacher_scores": {"positives": [float], "negatives": [float]}}   # optional;
                                            # aliases "pos_scores" / "neg_scores" (FlagEmbedding)
 
-  Other fields (FlagEmbedding's ``prompt``, ``type``) are ignored. The pool is every text seen.
+  Other fields (FlagEmbedding's ``prompt``, ``type``) are ignored. A row giving one field under two of its
+  names (``positives`` and ``positive``, ``query`` and ``anchor``, ``teacher_scores`` and ``pos_scores``) is
+  refused, naming the line and both fields. The pool is every text seen.
 
 Negatives can be mined with BM25 (:func:`mine_bm25_negatives`, bm25s) or with a model's exact
 scores (:func:`mine_negatives_from_scores`).
@@ -251,7 +253,19 @@ def _drop_positive_negatives(ts: TrainingSet) -> None:
         )
 
 
+def _one_alias(row: Mapping[str, Any], names: tuple[str, ...], where: str) -> None:
+    """Refuse a row that gives one field under two of its names (``positives`` and ``positive``): one would be
+    dropped in silence. A name whose value is ``null`` does not count."""
+    given = [name for name in names if row.get(name) is not None]
+    if len(given) > 1:
+        raise ValueError(
+            f"{where}: {' and '.join(repr(n) for n in given)} name the same field ({' / '.join(names)}); give one "
+            "of them (merge the lists)"
+        )
+
+
 def _text_list(row: Mapping[str, Any], names: tuple[str, ...], where: str, *, required: bool) -> list[str]:
+    _one_alias(row, names, where)
     for name in names:
         if name in row:
             value = row[name]
@@ -285,6 +299,7 @@ def _from_labelled_rows(rows: Iterable[tuple[str, Mapping[str, Any]]], source: s
     n_rows = skipped = 0
     for where, row in rows:
         n_rows += 1
+        _one_alias(row, ("query", "anchor"), where)
         query = row.get("query", row.get("anchor"))  # "anchor": sentence-transformers' column name
         if not isinstance(query, str):
             raise ValueError(f"{where}: 'query' (or 'anchor') must be a string (fields: {sorted(row)})")
@@ -334,6 +349,12 @@ def _teacher_fields(row: Mapping[str, Any], where: str) -> tuple[Any, Any]:
         if unknown or not scores:
             raise ValueError(
                 f"{where}: 'teacher_scores' may hold only the keys 'positives' and 'negatives'; got {sorted(scores)}"
+            )
+        flat = [name for name in ("pos_scores", "neg_scores") if row.get(name) is not None]
+        if flat:
+            raise ValueError(
+                f"{where}: 'teacher_scores' and {' and '.join(repr(n) for n in flat)} both give teacher scores; give "
+                "them one way ('teacher_scores' with 'positives' / 'negatives', or 'pos_scores' / 'neg_scores')"
             )
         return scores.get("positives"), scores.get("negatives")
     return row.get("pos_scores"), row.get("neg_scores")

@@ -126,7 +126,8 @@ class TrainConfig:
         steps: Optimiser steps.
         batch_size: Queries per micro-batch.
         grad_accum: Micro-batches per optimiser step.
-        negatives: Hard negatives sampled per query (random pool documents when a query has none).
+        negatives: Hard negatives sampled per query (random pool documents when a query has none). The fast
+            path's contrastive softmax over the whole pool (``full_corpus``, ``corpus_sample`` 0) does not use them.
         lr: Peak learning rate.
         var_lr: Peak learning rate of the variance head (``None``: ``lr``). A lower value (or 0,
             which keeps the initial variances) stops the variance head from memorising the
@@ -135,13 +136,15 @@ class TrainConfig:
         warmup_steps: Linear warm-up steps (``None``: 10% of ``steps``); then linear decay to 0.
         temperature: Softmax temperature of the contrastive and listwise losses.
         teacher_temperature: Temperature applied to teacher scores in the listwise loss.
-        in_batch: Contrastive loss also uses the other queries' documents as negatives.
+        in_batch: Contrastive loss also uses the other queries' documents as negatives. The fast path's
+            ``full_corpus`` softmax always does, so :func:`train_heads_cached` refuses ``in_batch=False`` with it.
         full_corpus: Fast path only: contrastive softmax over the whole document pool.
         corpus_sample: Fast path with ``full_corpus``: when > 0, the softmax runs over this many
             random pool documents (re-drawn each step) plus the batch's own candidates instead of
             the whole pool (large-batch sampled softmax; cheaper on a CPU).
         max_grad_norm: Clip the gradient norm (``None``: no clipping).
-        seed: Seed of the data order, dropout and head initialisation.
+        seed: Seed of the data order, dropout and head initialisation (give it to :func:`apply_freezing`'s
+            ``seed`` too, for a LoRA adapter's initialisation, as ``kl-retrievers train --seed`` does).
         time_budget_s: Stop (and save) after this many seconds of this invocation's optimiser loop
             (``None``: no limit; 0: stop after one step). The clock starts when the first step
             starts: loading, feature extraction, mining and teacher scoring are not counted.
@@ -1986,7 +1989,12 @@ def check_freeze_layers(encoder: GaussianEncoder, freeze_layers: int) -> None:
 
 
 def apply_freezing(
-    encoder: GaussianEncoder, *, freeze_backbone: bool = False, freeze_layers: int = 0, lora_r: int = 0
+    encoder: GaussianEncoder,
+    *,
+    freeze_backbone: bool = False,
+    freeze_layers: int = 0,
+    lora_r: int = 0,
+    seed: int | None = 0,
 ) -> None:
     """Choose what trains: everything, the heads only, all but the lower N layers, or a LoRA adapter.
 
@@ -1997,12 +2005,29 @@ def apply_freezing(
     :meth:`~kl_retrievers.GaussianEncoder.save_pretrained` stores the adapter as its low-rank
     factors in a delta save (merged in a full save); :func:`merge_lora` folds it in for use.
 
+    Args:
+        encoder: Its parameters' ``requires_grad`` are set (and, with ``lora_r``, its backbone wrapped) in place.
+        freeze_backbone: Train the heads only.
+        freeze_layers: Freeze the embeddings and the lower ``N`` transformer layers (0: off).
+        lora_r: Rank of a LoRA adapter on the backbone (0: off).
+        seed: Seed of the adapter's random initialisation (peft draws ``lora_A`` at random; ``lora_B`` starts at
+            zero), as ``seed`` of :meth:`~kl_retrievers.GaussianEncoder.from_backbone` seeds the heads: the same
+            seed gives the same adapter, and torch's global RNG is left as it was. Pass the training's seed
+            (``TrainConfig.seed``, ``kl-retrievers train --seed``). ``None``: draw from torch's global RNG.
+
+    Raises:
+        ValueError: ``freeze_layers`` or ``lora_r`` is not an integer >= 0, ``seed`` is not ``None`` or an
+            integer >= 0, more than one way of freezing is chosen, or ``freeze_layers`` exceeds the layer count.
+
     Examples:
         >>> apply_freezing(encoder, freeze_layers=4)  # doctest: +SKIP
+        >>> apply_freezing(encoder, lora_r=8, seed=cfg.seed)  # doctest: +SKIP
     """
     for name, value in (("freeze_layers", freeze_layers), ("lora_r", lora_r)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
             raise ValueError(f"{name} must be an integer >= 0 (0: off); got {value!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ValueError(f"seed must be an integer >= 0, or None (torch's global RNG); got {seed!r}")
     if sum(bool(x) for x in (freeze_backbone, freeze_layers, lora_r)) > 1:
         raise ValueError("choose one of freeze_backbone, freeze_layers and lora_r")
     for p in encoder.parameters():
@@ -2024,11 +2049,20 @@ def apply_freezing(
         from peft import LoraConfig, get_peft_model
 
         config = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, bias="none")
-        try:
-            encoder.backbone = get_peft_model(encoder.backbone, config)
-        except ValueError:  # architecture without a peft default: adapt every linear layer
-            config = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, target_modules="all-linear")
-            encoder.backbone = get_peft_model(encoder.backbone, config)
+        # the adapter's random lora_A from its own stream, as from_backbone's heads: torch's global RNG is left as
+        # it was (the CPU generator, and the CUDA ones of the devices the backbone is on: no other device's)
+        cuda = sorted({p.device.index or 0 for p in encoder.backbone.parameters() if p.device.type == "cuda"})
+        with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
+            if seed is not None:
+                torch.random.default_generator.manual_seed(int(seed))
+                for index in cuda:
+                    with torch.cuda.device(index):
+                        torch.cuda.manual_seed(int(seed))
+            try:
+                encoder.backbone = get_peft_model(encoder.backbone, config)
+            except ValueError:  # architecture without a peft default: adapt every linear layer
+                config = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, target_modules="all-linear")
+                encoder.backbone = get_peft_model(encoder.backbone, config)
 
 
 def merge_lora(encoder: GaussianEncoder) -> None:
@@ -2244,6 +2278,13 @@ def train_heads_cached(
         >>> result = train_heads_cached(encoder, ts, TrainConfig(steps=500, lr=1e-3))  # doctest: +SKIP
     """
     _check_inputs(ts, cfg)
+    if cfg.loss == "contrastive" and cfg.full_corpus and not cfg.in_batch:
+        raise ValueError(
+            "in_batch=False (--no-in-batch) would be ignored: with full_corpus (the default) train_heads_cached's "
+            "contrastive softmax runs over the pool (every document, or corpus_sample of them plus every candidate "
+            "of the batch), whichever query a candidate came with; set full_corpus=False (--no-full-corpus) for each "
+            "query's own candidates only, or leave in_batch on"
+        )
     _check_evaluator(evaluator, eval_every)
     need_teacher = _check_teacher(ts, cfg)
     _check_negatives_exist(ts, cfg)
