@@ -11,32 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any
 
 import pytest
 from langchain_core.documents import Document
 
+# the document that records its readers' threads, shared with the plain store's test
+from test_langchain_aadd_documents_off_the_event_loop import READS, docs
+
 import kl_retrievers.langchain as klc
 from conftest import CountingEncoder, own_executor, within
 from kl_retrievers.hybrid import KLHybridStore
-
-READS: list[threading.Thread] = []  # the thread of each read of a WatchedDocument's page_content or metadata
-
-
-class WatchedDocument(Document):
-    """A ``Document`` recording the thread of each read of its ``page_content`` and ``metadata``."""
-
-    def __getattribute__(self, name: str) -> Any:
-        if name in ("page_content", "metadata"):
-            READS.append(threading.current_thread())
-        return super().__getattribute__(name)
-
-
-def docs(*names: str, ids: bool = False) -> list[Document]:
-    return [
-        WatchedDocument(page_content=f"text {n}", metadata={"name": n, "tags": [n]}, id=n if ids else None)
-        for n in names
-    ]
 
 
 @pytest.fixture
