@@ -2536,7 +2536,7 @@ class KLVectorStore(BasePydanticVectorStore):
             return
         predicate = metadata_filters_to_predicate(filters)
         # a store that takes no callable filter (MilvusKLStore) gets the filters' JSON form where it is exact
-        where = predicate if isinstance(self._store, KLStore) else _store_filter(filters, predicate)
+        where = predicate if isinstance(self._store, KLStore) else self._server_filter(filters, predicate)
         # filters that match everything (an empty MetadataFilters) with no node_ids: every node, as before
         self._delete_where(ids, where if where is not None or ids is not None else {})
 
@@ -2570,6 +2570,23 @@ class KLVectorStore(BasePydanticVectorStore):
         self._note_write(before, 1 if report.deleted else 0, report.deleted)
         if not len(self._store):
             self._forget_recorded_encoder()  # emptied: the next nodes may be another model's
+
+    def _server_filter(
+        self, filters: MetadataFilters | None, predicate: Predicate | None
+    ) -> dict[str, Any] | Predicate | None:
+        """:func:`_store_filter`, kept as the predicate where the store cannot take that JSON form.
+
+        A ``MilvusKLStore`` filters on str, int, float and bool values only: a filter LlamaIndex allows with a
+        list value (``tags == ["a", "b"]``, ``!=``, an ordering) is judged here, per document, as over a
+        ``KLStore`` (it raised ``ValueError`` in Milvus's filter translation before).
+        """
+        where = _store_filter(filters, predicate)
+        if isinstance(where, dict) and not isinstance(self._store, KLStore):
+            try:
+                cast(Any, self._store)._prepare_filter(where)  # the server's form: what it cannot hold raises
+            except ValueError:
+                return predicate
+        return where
 
     def _delete_matching_here(self, ids: list[str] | None, where: Predicate) -> DeleteReport:
         """Delete the documents among ``ids`` (``None``: all) whose metadata ``where`` matches, judged here.
@@ -2918,7 +2935,7 @@ class KLVectorStore(BasePydanticVectorStore):
         if node_ids is not None:
             return self._search_among(query, k, node_ids, predicate)
         # filters with an exact JSON form go as that: the store caches the rows they allow
-        where = predicate if doc_ids is not None else _store_filter(filters, predicate)
+        where = predicate if doc_ids is not None else self._server_filter(filters, predicate)
         if callable(where) and not isinstance(self._store, KLStore):
             # a store that filters outside Python (MilvusKLStore: JSON filters only): judged here, on every document
             return self._search_among(query, k, self._store.ids, where)

@@ -201,3 +201,22 @@ def test_kl_embedding_encoder_is_a_typed_property() -> None:
     assert isinstance(prop, property) and prop.fget is not None
     assert prop.fget.__annotations__ == {"return": "Any"}
     assert prop.__doc__ and "encoder" in prop.__doc__
+
+
+LIST_VALUED = {
+    "==": MetadataFilters(filters=[MetadataFilter(key="tags", value=["a", "b"], operator=FilterOperator.EQ)]),
+    "!=": MetadataFilters(filters=[MetadataFilter(key="tags", value=["c"], operator=FilterOperator.NE)]),
+}
+
+
+@pytest.mark.parametrize("op", sorted(LIST_VALUED))
+def test_a_list_valued_filter_is_judged_here_over_milvus(stores: tuple[KLVectorStore, KLVectorStore], op: str) -> None:
+    """``tags == ["a", "b"]`` is a valid LlamaIndex filter; Milvus filters on scalars only: it raised there."""
+    local, over_milvus = stores
+    filters = LIST_VALUED[op]
+    ids = _same_answer(local, over_milvus, _query(k=N, filters=filters))
+    assert 0 < len(ids) < N, ids
+    over_milvus.delete_nodes(filters=filters)
+    local.delete_nodes(filters=filters)
+    left = sorted(n.node_id for n in over_milvus.get_nodes())
+    assert left == sorted(n.node_id for n in local.get_nodes()) and 0 < len(left) < N
