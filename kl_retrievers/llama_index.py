@@ -2506,8 +2506,10 @@ class KLVectorStore(BasePydanticVectorStore):
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
         """Delete every node whose ``ref_doc_id`` (source document) is ``ref_doc_id``; unknown ids are a no-op.
 
-        The nodes are chosen and deleted in one step of the store (no node is copied), so a node
-        upserted meanwhile under another document is never deleted.
+        Over a :class:`KLStore` the nodes are chosen and deleted in one step of the store (no node is copied),
+        so a node upserted meanwhile under another document is never deleted. Over a ``MilvusKLStore`` every
+        node is read, the matching ones chosen here and deleted by id: a write from another client in between
+        is not seen.
         """
         target = str(ref_doc_id)
         self._delete_where(None, lambda m: str(_ref_doc_id(m)) == target)
@@ -2520,8 +2522,10 @@ class KLVectorStore(BasePydanticVectorStore):
     ) -> None:
         """Delete nodes by id and / or metadata filter (both: nodes matching both); missing ids are ignored.
 
-        The nodes matching ``filters`` are chosen and deleted in one step of the store, so a node
-        upserted meanwhile with metadata that no longer matches is kept.
+        Over a :class:`KLStore` the nodes matching ``filters`` are chosen and deleted in one step of the
+        store, so a node upserted meanwhile with metadata that no longer matches is kept. Over a
+        ``MilvusKLStore`` a filter with a JSON form is applied by the server in one delete; any other is judged
+        here on the nodes read back, and the matching ids deleted (another client's write in between is not seen).
 
         Raises:
             TypeError: ``node_ids`` is a single string (pass a list: ``["id"]``).
