@@ -1206,7 +1206,7 @@ def _delete_by_ids(store: Any, ids: Any, delete_all: bool, owner: str) -> bool:
                 f"{owner}.delete() needs the ids to delete (got ids=None); to delete every document "
                 "call delete(delete_all=True) or clear()"
             )
-        if not write_cancelled(f"{owner}.adelete"):
+        if not _write_cancelled_after_count(store, f"{owner}.adelete"):
             store.delete(store.ids)  # every document: none can be absent (nothing read back first)
         return True
     if delete_all:
@@ -1221,7 +1221,7 @@ def _delete_by_ids(store: Any, ids: Any, delete_all: bool, owner: str) -> bool:
     absent = [i for i in wanted if i not in present]
     if absent:  # not a failure; left out of the store's delete, which would log a WARNING about them
         logger.debug("%s.delete: %d id(s) were already absent: %s", owner, len(absent), absent[:10])
-    if len(absent) < len(wanted) and not write_cancelled(f"{owner}.adelete"):
+    if len(absent) < len(wanted) and not _write_cancelled_after_count(store, f"{owner}.adelete"):
         store.delete([i for i in wanted if i in present])
     return True
 
@@ -1286,6 +1286,22 @@ def _without_search_scores(metadata: dict[str, Any], keys: Set[str]) -> dict[str
     return {key: value for key, value in metadata.items() if key not in keys}
 
 
+def _write_cancelled_after_count(store: Any, what: str) -> bool:
+    """:func:`~kl_retrievers._adapters.write_cancelled`, asked after a loaded ``KLHybridStore`` counted its texts.
+
+    A loaded hybrid store's first write counts every stored text (seconds on a large store) before it takes its
+    write lock (``KLHybridStore._ensure_tokens``); counted here first, a cancellation during the count is seen
+    by the check after it, and the write changes nothing. A store already counted, or any other store: only
+    the check. Outside an async write the count is the one ``store.add`` / ``store.delete`` would make next.
+    """
+    if write_cancelled(what):
+        return True
+    if not isinstance(store, KLHybridStore):
+        return False
+    store._ensure_tokens()  # no lock held meanwhile: searches go on
+    return write_cancelled(what)
+
+
 def _store_texts(
     store: Any, items: list[str], metadatas: list[dict[str, Any] | None] | None, ids: list[str] | None
 ) -> list[str]:
@@ -1293,11 +1309,12 @@ def _store_texts(
 
     In a cancelled async write (:func:`~kl_retrievers._adapters.cancellable_write`) nothing is written: the
     texts are encoded here first (after the checks of ``ids`` and ``metadatas`` that ``store.add`` makes before
-    encoding), and the cancellation is checked before the store takes its write lock.
+    encoding), a loaded ``KLHybridStore``'s stored texts counted (:func:`_write_cancelled_after_count`), and the
+    cancellation is checked before the store takes its write lock.
     """
     try:
         gaussians = encode_for_write(store, items, metadatas, ids)
-        if write_cancelled(f"{type(store).__name__}.add"):
+        if _write_cancelled_after_count(store, f"{type(store).__name__}.add"):
             return []
         if gaussians is not None:
             return list(store.add(items, gaussians=gaussians, ids=ids, metadatas=metadatas))

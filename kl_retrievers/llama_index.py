@@ -3714,6 +3714,20 @@ _FUSION_WARNED: set[str] = set()  # the fusion modes _warn_hybrid_fusion warned 
 _FUSION_WARNED_LOCK = threading.Lock()
 
 
+def _hybrid_write_cancelled(store: KLHybridStore, what: str) -> bool:
+    """:func:`~kl_retrievers._adapters.write_cancelled`, asked after a loaded ``store`` counted its stored texts.
+
+    A loaded hybrid store's first write counts every stored text (seconds on a large store) before it takes its
+    write lock (``KLHybridStore._ensure_tokens``); counted here first, a cancellation during the count is seen
+    by the check after it, and the write changes nothing. Outside an async write the count is the one
+    ``store.add`` / ``store.delete`` would make next.
+    """
+    if adapters.write_cancelled(what):
+        return True
+    store._ensure_tokens()  # no lock held meanwhile: searches go on
+    return adapters.write_cancelled(what)
+
+
 def _add_nodes_to_hybrid(store: KLHybridStore, nodes: Sequence[BaseNode], where: str) -> list[str]:
     """Add ``nodes`` to both halves of ``store`` as :class:`KLVectorStore` stores them; their ids in input order.
 
@@ -3738,7 +3752,7 @@ def _add_nodes_to_hybrid(store: KLHybridStore, nodes: Sequence[BaseNode], where:
     texts = [_indexed_text(m) for m in metadatas]
     ids = [n.node_id for n in node_list]
     gaussians = adapters.encode_for_write(store, texts, metadatas, ids)  # None outside a cancellable async write
-    if adapters.write_cancelled(f"KLHybridRetriever.async_{where}"):  # encoded; the write lock is not taken yet
+    if _hybrid_write_cancelled(store, f"KLHybridRetriever.async_{where}"):  # encoded; the write lock is not taken yet
         return []
     if gaussians is not None:
         return store.add(texts, gaussians=gaussians, ids=ids, metadatas=metadatas)
@@ -4051,7 +4065,7 @@ class KLHybridRetriever(_TopKRetriever):
             The ids of the nodes deleted.
         """
         target = str(ref_doc_id)
-        if adapters.write_cancelled("KLHybridRetriever.adelete_ref_doc"):
+        if _hybrid_write_cancelled(self._store, "KLHybridRetriever.adelete_ref_doc"):
             return []
         return self._store.delete(filter=lambda m: str(_ref_doc_id(m)) == target).deleted
 

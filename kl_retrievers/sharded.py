@@ -57,16 +57,17 @@ import os
 import re
 import sys
 import time
+import warnings
 from array import array
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kl_retrievers._encoding import device_type, query_batch_size
+from kl_retrievers._encoding import device_type, is_blank_text, query_batch_size
 from kl_retrievers._io import (
     atomic_dir,
     atomic_file,
@@ -79,6 +80,7 @@ from kl_retrievers._io import (
     user_path,
 )
 from kl_retrievers._score import check_score
+from kl_retrievers._warn import warn
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians, check_k
 from kl_retrievers.hub import sha256_file as _sha256
 
@@ -757,6 +759,43 @@ def _folder_lock(folder: Path) -> Iterator[bool]:
         os.close(fd)
 
 
+#: The start of the encoder's per-call warning about blank documents
+#: (:func:`kl_retrievers._encoding.warn_blank_documents`), which a shard's encoding leaves out (a regex, matched at
+#: the message's start, as ``warnings.filterwarnings`` matches it).
+_BLANK_WARNING = r"\d+ of the \d+ documents (is|are) blank \("
+#: How many ids of blank documents :func:`encode_corpus`'s warning names.
+_BLANK_IDS_SHOWN = 5
+
+
+@dataclass
+class _BlankDocuments:
+    """The blank documents of an encode run's shards: per shard index, how many and the first few ids."""
+
+    shards: dict[int, tuple[int, list[str]]] = field(default_factory=dict)
+
+    def add(self, index: int, count: int, ids: list[str]) -> None:
+        """Note shard ``index``'s ``count`` blank documents, whose ids begin with ``ids``."""
+        if count:
+            self.shards[index] = (count, list(ids[:_BLANK_IDS_SHOWN]))
+
+    def warn(self, encoded: int) -> None:
+        """One ``UserWarning`` for the run (none without a blank document): how many of the ``encoded`` documents
+        are blank, in how many shards, and the first ids (in corpus order)."""
+        if not self.shards:
+            return
+        total = sum(count for count, _ in self.shards.values())
+        first = [i for index in sorted(self.shards) for i in self.shards[index][1]][:_BLANK_IDS_SHOWN]
+        shown = ", ".join(repr(i) for i in first) + (", ..." if total > len(first) else "")
+        one = total == 1
+        shards = len(self.shards)
+        warn(
+            f"{total} of the {encoded} documents encoded {'is' if one else 'are'} blank (empty, or only whitespace "
+            f"and invisible characters), in {shards} shard{'' if shards == 1 else 's'}: id{'' if one else 's'} "
+            f"{shown}; every blank document gets the same Gaussian, the empty text's, which can rank high for "
+            f"queries it does not answer; drop {'it' if one else 'them'} from the corpus before encoding"
+        )
+
+
 def encode_shard(
     encoder: Any,
     path: str | os.PathLike[str],
@@ -770,6 +809,7 @@ def encode_shard(
     run: str,
     shard_sha256: list[str] | None = None,
     show_progress_bar: bool | None = False,
+    blank: list[str] | None = None,
 ) -> int:
     """Read, encode and atomically write one shard of run ``run`` (:func:`_run_key`); returns its row count.
 
@@ -778,14 +818,22 @@ def encode_shard(
     ``show_progress_bar``: the encoder's own bar over the shard's batches (``None``: when stderr is a
     terminal and the shard has several batches). Queries (``kind="query"``) of an encoder that is not
     batch-invariant (int8 ONNX) are encoded one at a time (:func:`~kl_retrievers._encoding.query_batch_size`),
-    so that each gets the Gaussian a search of it gives.
+    so that each gets the Gaussian a search of it gives. ``blank`` (documents only): the ids of the shard's blank
+    texts (:func:`~kl_retrievers._encoding.is_blank_text`) are appended to it, and the encoder's own warning about
+    them, which counts positions within the shard, is left out (:func:`encode_corpus` warns once for the run).
     """
     digest = shard_sha256[spec.index] if shard_sha256 is not None else None
     ids, texts = read_shard(path, spec, field, sha256=digest)
     encode = encoder.encode_documents if kind == "document" else encoder.encode_queries
     if kind != "document":  # queries alone where a text's Gaussian depends on its batch, as a search encodes one
         batch_size = query_batch_size(encoder, batch_size)
-    g = encode(texts, batch_size=batch_size, max_length=max_length, show_progress_bar=show_progress_bar).numpy()
+    quiet = blank is not None and kind == "document"
+    if blank is not None and quiet:  # as warn_blank_documents tests it: a letter or digit first is never blank
+        blank.extend(i for i, t in zip(ids, texts, strict=True) if not t[:1].isalnum() and is_blank_text(t))
+    with warnings.catch_warnings() if quiet else nullcontext():
+        if quiet:
+            warnings.filterwarnings("ignore", message=_BLANK_WARNING, category=UserWarning)
+        g = encode(texts, batch_size=batch_size, max_length=max_length, show_progress_bar=show_progress_bar).numpy()
     shape = (np.shape(g.mean), np.shape(g.var))
     if shape[0] != shape[1] or len(shape[0]) != 2 or shape[0][0] != len(ids):
         raise ValueError(
@@ -868,16 +916,24 @@ class _RayShardWorker:
         self.job = job
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        done, errors = [], []
+        done, errors, blank_counts, blank_ids = [], [], [], []
         for i in range(len(batch["index"])):
             spec = ShardSpec(**{k: int(batch[k][i]) for k in ("index", "start", "end", "first_row", "rows")})
+            blank: list[str] = []  # a worker's warnings never reach the caller: its blank documents are sent back
             try:
-                encode_shard(self.encoder, spec=spec, **self.job)
+                encode_shard(self.encoder, spec=spec, blank=blank, **self.job)
                 errors.append("")
             except (ValueError, OSError) as exc:  # bad input: sent back as data, Ray would bury it in a traceback
                 errors.append(f"{type(exc).__name__}: {exc}")
             done.append(spec.index)
-        return {"index": np.asarray(done, dtype=np.int64), "error": np.asarray(errors, dtype=object)}
+            blank_counts.append(len(blank))
+            blank_ids.append(json.dumps(blank[:_BLANK_IDS_SHOWN]))
+        return {
+            "index": np.asarray(done, dtype=np.int64),
+            "error": np.asarray(errors, dtype=object),
+            "blank": np.asarray(blank_counts, dtype=np.int64),
+            "blank_ids": np.asarray(blank_ids, dtype=object),
+        }
 
 
 #: Attempts at starting a local Ray node: on a loaded machine its raylet can miss Ray's fixed 30 s start-up window.
@@ -1001,6 +1057,7 @@ def _run_ray(
     ray_address: str | None,
     model_backend: str | None = None,
     onnx_options: dict[str, Any] | None = None,
+    blanks: _BlankDocuments | None = None,
 ) -> None:
     try:
         import ray
@@ -1042,6 +1099,9 @@ def _run_ray(
         if len(failed) > 1:
             message += f" (and {len(failed) - 1} more failed shard(s): {[i for i, _ in failed[1:]]})"
         raise (OSError if kind != "ValueError" else ValueError)(message)
+    if blanks is not None:
+        for row in rows:
+            blanks.add(int(row["index"]), int(row.get("blank", 0)), json.loads(str(row.get("blank_ids", "[]"))))
     finished = sorted(int(row["index"]) for row in rows)
     expected = [s.index for s in todo]
     if finished != expected:
@@ -1351,6 +1411,7 @@ def encode_corpus(
             "run": run,
             "shard_sha256": shard_digests,
         }
+        blanks = _BlankDocuments() if kind == "document" else None
         if todo and backend == "ray":
             _run_ray(
                 todo,
@@ -1361,9 +1422,12 @@ def encode_corpus(
                 ray_address=ray_address,
                 model_backend=worker_backend,
                 onnx_options=dict(onnx_options) if onnx_options else None,
+                blanks=blanks,
             )
         elif todo:
-            _encode_local(encoder, todo, job, show_progress_bar)
+            _encode_local(encoder, todo, job, show_progress_bar, blanks)
+        if blanks is not None:
+            blanks.warn(sum(s.rows for s in todo))
         problems = {s.index: _shard_problem(target, s, run) for s in todo}
         bad = {index: problem for index, problem in problems.items() if problem is not None}
         if bad:  # the workers wrote where this process cannot see, or something replaced what they wrote
@@ -1392,28 +1456,42 @@ def encode_corpus(
         )
 
 
-def _encode_local(encoder: Any, todo: list[ShardSpec], job: dict[str, Any], show_progress_bar: bool | None) -> None:
+def _encode_local(
+    encoder: Any,
+    todo: list[ShardSpec],
+    job: dict[str, Any],
+    show_progress_bar: bool | None,
+    blanks: _BlankDocuments | None = None,
+) -> None:
     """Encode the shards ``todo`` in this process, with a bar counting records.
 
     The bar (``show_progress_bar``: ``True`` shows it, ``None`` when stderr is a terminal, ``False`` never)
     counts the records of ``todo`` and advances by each shard's rows as it is written; while a shard is
     encoded, the encoder's own bar shows its batches (only on a terminal, and when it has several), so that
     one large shard does not sit at 0 for minutes; it is nested under the shard bar, so it clears its line
-    when the shard is done (no line left per shard). ``TQDM_DISABLE`` hides both.
+    when the shard is done (no line left per shard). ``TQDM_DISABLE`` hides both. ``blanks``: each shard's
+    blank documents noted there (the encoder's warning per shard left out).
     """
     from kl_retrievers._encoding import progress_bar, show_progress
+
+    def encode(spec: ShardSpec, **kw: Any) -> int:
+        blank: list[str] | None = None if blanks is None else []
+        rows = encode_shard(encoder, spec=spec, blank=blank, **kw, **job)
+        if blanks is not None and blank:
+            blanks.add(spec.index, len(blank), blank)
+        return rows
 
     total = sum(spec.rows for spec in todo)
     show = show_progress(show_progress_bar, total, 0)
     inner = None if show else False  # the encoder's rule: a terminal and several batches
     if not show:
         for spec in todo:
-            encode_shard(encoder, spec=spec, **job)
+            encode(spec)
         return
     desc = f"Encoding {len(todo)} shard{'s' if len(todo) != 1 else ''}"
     with progress_bar(total, desc=desc, show=True, unit="record") as bar:  # the encoder's bar under it: not kept
         for spec in todo:
-            bar.update(encode_shard(encoder, spec=spec, show_progress_bar=inner, **job))
+            bar.update(encode(spec, show_progress_bar=inner))
 
 
 def _backend_of(encoder: Any) -> str | None:
