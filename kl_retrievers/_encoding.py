@@ -275,6 +275,12 @@ def is_blank_text(text: str | None) -> bool:
     )
 
 
+#: The start of :func:`warn_blank_documents`'s message, as a regex matched at the message's start (as
+#: ``warnings.filterwarnings(message=...)`` matches): callers that warn by document id themselves
+#: (evaluation, sharded encoding) filter the encoder's position-based warning out with it.
+BLANK_DOCUMENTS_WARNING = r"\d+ of the \d+ documents (is|are) blank \("
+
+
 def warn_blank_documents(texts: Sequence[str]) -> None:
     """Warn, once for ``texts``, when some documents are blank (:func:`is_blank_text`), naming how many and where.
 
@@ -292,6 +298,9 @@ def warn_blank_documents(texts: Sequence[str]) -> None:
         ...     warn_blank_documents(["a passage", "", "another", " \\n"])
         >>> print(seen[0].message)  # doctest: +ELLIPSIS
         2 of the 4 documents are blank (empty, or only whitespace and invisible characters), at positions 1, 3 ...
+        >>> import re
+        >>> bool(re.match(BLANK_DOCUMENTS_WARNING, str(seen[0].message)))  # what callers filter on
+        True
         >>> warn_blank_documents(["a passage"])  # nothing blank: no warning
     """
     # a letter or digit first (almost every text) is never blank: the full check only for the rest

@@ -54,7 +54,13 @@ import numpy as np
 
 from kl_retrievers._config import SIMILARITIES as SIMILARITIES  # re-exported: it was defined here
 from kl_retrievers._config import model_similarity as model_similarity
-from kl_retrievers._encoding import _BLANK_POSITIONS_SHOWN, is_blank_text, progress_bar, require_modules
+from kl_retrievers._encoding import (
+    _BLANK_POSITIONS_SHOWN,
+    BLANK_DOCUMENTS_WARNING,
+    is_blank_text,
+    progress_bar,
+    require_modules,
+)
 from kl_retrievers._io import atomic_file
 from kl_retrievers._io import finite_json as finite_json  # re-exported: it was defined here
 from kl_retrievers._warn import warn
@@ -780,10 +786,10 @@ def _encode_sorted(
     return Gaussians(g.mean[inverse], g.var[inverse], validate=False)
 
 
-#: The start of the encoder's own blank-document warning (:func:`kl_retrievers._encoding.warn_blank_documents`),
-#: which names positions in the texts it was given: :func:`_encode_dataset` hands it the corpus longest first,
-#: so it warns itself instead, naming document ids (:func:`_warn_blank_documents`), and filters this one out.
-_ENCODER_BLANK_WARNING = r"\d+ of the \d+ documents (is|are) blank \("
+#: The start of the encoder's own blank-document warning, which names positions in the texts it was given:
+#: :func:`_encode_dataset` hands it the corpus longest first, so it warns itself instead, naming document ids
+#: (:func:`_warn_blank_documents`), and filters this one out.
+_ENCODER_BLANK_WARNING = BLANK_DOCUMENTS_WARNING
 
 
 def _warn_blank_documents(dataset: BeirDataset, ids: Sequence[str], texts: Sequence[str]) -> None:

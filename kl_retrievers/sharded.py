@@ -67,7 +67,7 @@ from typing import Any
 
 import numpy as np
 
-from kl_retrievers._encoding import device_type, is_blank_text, query_batch_size
+from kl_retrievers._encoding import BLANK_DOCUMENTS_WARNING, device_type, is_blank_text, query_batch_size
 from kl_retrievers._io import (
     atomic_dir,
     atomic_file,
@@ -759,10 +759,9 @@ def _folder_lock(folder: Path) -> Iterator[bool]:
         os.close(fd)
 
 
-#: The start of the encoder's per-call warning about blank documents
-#: (:func:`kl_retrievers._encoding.warn_blank_documents`), which a shard's encoding leaves out (a regex, matched at
-#: the message's start, as ``warnings.filterwarnings`` matches it).
-_BLANK_WARNING = r"\d+ of the \d+ documents (is|are) blank \("
+#: The start of the encoder's per-call warning about blank documents, which a shard's encoding leaves out
+#: (:data:`kl_retrievers._encoding.BLANK_DOCUMENTS_WARNING`).
+_BLANK_WARNING = BLANK_DOCUMENTS_WARNING
 #: How many ids of blank documents :func:`encode_corpus`'s warning names.
 _BLANK_IDS_SHOWN = 5
 
