@@ -136,12 +136,16 @@ def test_write_trec_run_refuses_a_score_that_is_not_finite(tmp_path: Path, bad: 
 
 
 class _FailingScore(float):
-    """A score that cannot be compared: sorting a query's documents fails mid-write (a stand-in for a full disk)."""
+    """A score that cannot be compared or converted: ranking a query's documents fails mid-write (a stand-in
+    for a full disk). The finiteness check before the write reads the value without either."""
 
     def __lt__(self, other: Any) -> bool:
         raise OSError("no space left on device")
 
     __gt__ = __lt__
+
+    def __float__(self) -> float:  # write_trec_run ranks by float(score)
+        raise OSError("no space left on device")
 
 
 def test_a_failed_trec_run_write_leaves_the_previous_file_whole(tmp_path: Path) -> None:
