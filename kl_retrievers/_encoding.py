@@ -275,6 +275,19 @@ def is_blank_text(text: str | None) -> bool:
     )
 
 
+def blank_positions(texts: Sequence[str]) -> list[int]:
+    """The positions of the blank texts (:func:`is_blank_text`) in ``texts``, in order.
+
+    A text starting with a letter or digit (almost every one) is never blank, so only the rest get the full
+    check. :func:`warn_blank_documents`, evaluation and sharded encoding (which name ids) share it.
+
+    Examples:
+        >>> blank_positions(["a passage", "", "another", " \\n"])
+        [1, 3]
+    """
+    return [i for i, text in enumerate(texts) if not text[:1].isalnum() and is_blank_text(text)]
+
+
 #: The start of :func:`warn_blank_documents`'s message, as a regex matched at the message's start (as
 #: ``warnings.filterwarnings(message=...)`` matches): callers that warn by document id themselves
 #: (evaluation, sharded encoding) filter the encoder's position-based warning out with it.
@@ -303,8 +316,7 @@ def warn_blank_documents(texts: Sequence[str]) -> None:
         True
         >>> warn_blank_documents(["a passage"])  # nothing blank: no warning
     """
-    # a letter or digit first (almost every text) is never blank: the full check only for the rest
-    blank = [i for i, text in enumerate(texts) if not text[:1].isalnum() and is_blank_text(text)]
+    blank = blank_positions(texts)
     if not blank:
         return
     shown = ", ".join(str(i) for i in blank[:_BLANK_POSITIONS_SHOWN]) + (

@@ -57,7 +57,7 @@ from kl_retrievers._config import model_similarity as model_similarity
 from kl_retrievers._encoding import (
     _BLANK_POSITIONS_SHOWN,
     BLANK_DOCUMENTS_WARNING,
-    is_blank_text,
+    blank_positions,
     progress_bar,
     require_modules,
 )
@@ -799,7 +799,7 @@ def _warn_blank_documents(dataset: BeirDataset, ids: Sequence[str], texts: Seque
     What the encoder's own warning says, by document id rather than by position in the texts it was given
     (the corpus sorted longest first, not the corpus's order).
     """
-    blank = [doc_id for doc_id, text in zip(ids, texts, strict=True) if not text[:1].isalnum() and is_blank_text(text)]
+    blank = [ids[i] for i in blank_positions(texts)]
     if not blank:
         return
     shown = ", ".join(repr(doc_id) for doc_id in blank[:_BLANK_POSITIONS_SHOWN])

@@ -67,7 +67,7 @@ from typing import Any
 
 import numpy as np
 
-from kl_retrievers._encoding import BLANK_DOCUMENTS_WARNING, device_type, is_blank_text, query_batch_size
+from kl_retrievers._encoding import BLANK_DOCUMENTS_WARNING, blank_positions, device_type, query_batch_size
 from kl_retrievers._io import (
     atomic_dir,
     atomic_file,
@@ -827,8 +827,8 @@ def encode_shard(
     if kind != "document":  # queries alone where a text's Gaussian depends on its batch, as a search encodes one
         batch_size = query_batch_size(encoder, batch_size)
     quiet = blank is not None and kind == "document"
-    if blank is not None and quiet:  # as warn_blank_documents tests it: a letter or digit first is never blank
-        blank.extend(i for i, t in zip(ids, texts, strict=True) if not t[:1].isalnum() and is_blank_text(t))
+    if blank is not None and quiet:
+        blank.extend(ids[i] for i in blank_positions(texts))
     with warnings.catch_warnings() if quiet else nullcontext():
         if quiet:
             warnings.filterwarnings("ignore", message=_BLANK_WARNING, category=UserWarning)
