@@ -1317,7 +1317,7 @@ def _run_search(args: argparse.Namespace) -> int:
     encoder = _load_encoder(model, backend=backend, **_session_kwargs(args))
     store = KLStore.load(args.store, encoder=encoder)
     if filt is not None:  # before searching: a mistyped $ne / $nin matches everything, so no short result shows it
-        _warn_mistyped_filter_values(store, filt)
+        _warn_mistyped_filter_values(store, filt, well_formed=True)  # compiled above
     q = encoder.encode_queries(
         args.query, batch_size=query_batch_size(encoder, _QUERY_BATCH_SIZE), show_progress_bar=False
     )
@@ -1454,7 +1454,7 @@ def _warn_absent_filter_keys(store: Any, filt: dict[str, Any]) -> None:
     )
 
 
-def _warn_mistyped_filter_values(store: Any, filt: dict[str, Any]) -> None:
+def _warn_mistyped_filter_values(store: Any, filt: dict[str, Any], *, well_formed: bool = False) -> None:
     """Warn (stderr) naming the values a ``--filter`` compares a key with that no stored value of the key can
     equal or order with (:func:`_mistyped_filter_values`): checked once, before the search.
 
@@ -1467,14 +1467,17 @@ def _warn_mistyped_filter_values(store: Any, filt: dict[str, Any]) -> None:
     chunk or so.
 
     A malformed filter (one :func:`kl_retrievers.filters.compile_filter` refuses) gets no warning and costs
-    no read: the search reports what is wrong with it.
+    no read: the search reports what is wrong with it. ``well_formed=True`` says the caller compiled ``filt``
+    already (``search`` refuses a malformed one before loading the model), so it is not compiled again here;
+    a direct caller leaves it ``False``.
     """
-    from kl_retrievers.filters import compile_filter
+    if not well_formed:
+        from kl_retrievers.filters import compile_filter
 
-    try:
-        compile_filter(filt)
-    except (ValueError, TypeError):
-        return
+        try:
+            compile_filter(filt)
+        except (ValueError, TypeError):
+            return
     compared = _filter_values(filt)
     typed: dict[str, set[str]] = {}  # key -> the JSON types of the values the filter compares it with
     for key, _, value in compared:

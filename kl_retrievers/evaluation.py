@@ -46,6 +46,7 @@ import time
 import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict
@@ -56,8 +57,8 @@ from kl_retrievers._config import SIMILARITIES as SIMILARITIES  # re-exported: i
 from kl_retrievers._config import model_similarity as model_similarity
 from kl_retrievers._encoding import (
     _BLANK_POSITIONS_SHOWN,
-    BLANK_DOCUMENTS_WARNING,
     blank_positions,
+    blank_warning_suppressed,
     progress_bar,
     require_modules,
 )
@@ -786,18 +787,13 @@ def _encode_sorted(
     return Gaussians(g.mean[inverse], g.var[inverse], validate=False)
 
 
-#: The start of the encoder's own blank-document warning, which names positions in the texts it was given:
-#: :func:`_encode_dataset` hands it the corpus longest first, so it warns itself instead, naming document ids
-#: (:func:`_warn_blank_documents`), and filters this one out.
-_ENCODER_BLANK_WARNING = BLANK_DOCUMENTS_WARNING
-
-
 def _warn_blank_documents(dataset: BeirDataset, ids: Sequence[str], texts: Sequence[str]) -> None:
     """Warn once when some of the corpus's documents are blank (:func:`~kl_retrievers._encoding.is_blank_text`),
     naming how many and the ids of the first few (at the user's line).
 
     What the encoder's own warning says, by document id rather than by position in the texts it was given
-    (the corpus sorted longest first, not the corpus's order).
+    (the corpus sorted longest first, not the corpus's order): :func:`_encode_dataset` leaves that one out
+    (:func:`~kl_retrievers._encoding.blank_warning_suppressed`, in its own thread only).
     """
     blank = [ids[i] for i in blank_positions(texts)]
     if not blank:
@@ -1029,9 +1025,8 @@ def _encode_dataset(
         texts = texts_fn()
         if kind == "documents":  # by id, not by position in the (sorted) texts the encoder is given
             _warn_blank_documents(dataset, ids, texts)
-        with warnings.catch_warnings():
-            if kind == "documents":
-                warnings.filterwarnings("ignore", message=_ENCODER_BLANK_WARNING, category=UserWarning)
+        # the encoder's own warning names positions in the sorted texts: left out (in this thread only)
+        with blank_warning_suppressed() if kind == "documents" else nullcontext():
             g = _encode_sorted(fn, texts, size, limit, show_progress, presort=not batch_dependent)
         logger.info("encoded %d %s in %.1f s", len(ids), kind, time.perf_counter() - t0)
         if cache is not None:

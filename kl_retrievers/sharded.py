@@ -57,7 +57,6 @@ import os
 import re
 import sys
 import time
-import warnings
 from array import array
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
@@ -67,7 +66,7 @@ from typing import Any
 
 import numpy as np
 
-from kl_retrievers._encoding import BLANK_DOCUMENTS_WARNING, blank_positions, device_type, query_batch_size
+from kl_retrievers._encoding import blank_positions, blank_warning_suppressed, device_type, query_batch_size
 from kl_retrievers._io import (
     atomic_dir,
     atomic_file,
@@ -759,9 +758,6 @@ def _folder_lock(folder: Path) -> Iterator[bool]:
         os.close(fd)
 
 
-#: The start of the encoder's per-call warning about blank documents, which a shard's encoding leaves out
-#: (:data:`kl_retrievers._encoding.BLANK_DOCUMENTS_WARNING`).
-_BLANK_WARNING = BLANK_DOCUMENTS_WARNING
 #: How many ids of blank documents :func:`encode_corpus`'s warning names.
 _BLANK_IDS_SHOWN = 5
 
@@ -819,7 +815,8 @@ def encode_shard(
     batch-invariant (int8 ONNX) are encoded one at a time (:func:`~kl_retrievers._encoding.query_batch_size`),
     so that each gets the Gaussian a search of it gives. ``blank`` (documents only): the ids of the shard's blank
     texts (:func:`~kl_retrievers._encoding.is_blank_text`) are appended to it, and the encoder's own warning about
-    them, which counts positions within the shard, is left out (:func:`encode_corpus` warns once for the run).
+    them, which counts positions within the shard, is left out (:func:`encode_corpus` warns once for the run;
+    :func:`~kl_retrievers._encoding.blank_warning_suppressed`: other threads' encodings still warn).
     """
     digest = shard_sha256[spec.index] if shard_sha256 is not None else None
     ids, texts = read_shard(path, spec, field, sha256=digest)
@@ -829,9 +826,7 @@ def encode_shard(
     quiet = blank is not None and kind == "document"
     if blank is not None and quiet:
         blank.extend(ids[i] for i in blank_positions(texts))
-    with warnings.catch_warnings() if quiet else nullcontext():
-        if quiet:
-            warnings.filterwarnings("ignore", message=_BLANK_WARNING, category=UserWarning)
+    with blank_warning_suppressed() if quiet else nullcontext():  # in this thread only
         g = encode(texts, batch_size=batch_size, max_length=max_length, show_progress_bar=show_progress_bar).numpy()
     shape = (np.shape(g.mean), np.shape(g.var))
     if shape[0] != shape[1] or len(shape[0]) != 2 or shape[0][0] != len(ids):
