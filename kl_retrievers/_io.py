@@ -380,12 +380,85 @@ def _lock_fd(path: Path, *, wait: bool) -> int | None:
     except OSError:
         os.close(fd)
         return None
+    except BaseException:  # interrupted while waiting (Ctrl-C): the descriptor is not kept
+        os.close(fd)
+        raise
     return fd
 
 
 def _unlock_fd(fd: int | None) -> None:
     if fd is not None:
         os.close(fd)
+
+
+@contextmanager
+def lock_file(path: str | os.PathLike[str], *, purpose: str) -> Iterator[bool]:
+    """Hold an exclusive lock on the file ``path`` while the body runs: one process at a time does ``purpose``.
+
+    The file is created (empty; its folder must exist) and removed when the lock is released. The lock is an
+    ``flock`` (:func:`_lock_fd`), which the kernel releases when its process ends, even by ``kill -9``: a lock
+    file left by a killed process is taken at once, never waited for. A process that finds the lock held logs
+    at INFO that it waits, then waits until the holder releases it. Where no lock can be taken (no ``fcntl``,
+    as on Windows; a file system without ``flock``; a folder where the file cannot be created) the body runs
+    unlocked, logged at DEBUG.
+
+    Yields:
+        Whether another process held the lock first and this one waited for it (what ``purpose`` names may have
+        been done meanwhile).
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> lock = pathlib.Path(tempfile.mkdtemp()) / ".entry.lock"
+        >>> with lock_file(lock, purpose="writing entry") as waited:
+        ...     waited
+        False
+        >>> lock.exists()
+        False
+    """
+    file = Path(path)
+    fd, waited = (None, False) if fcntl is None else _take_lock_file(file, purpose)
+    if fcntl is None:
+        logger.debug("no flock on this platform: %s runs unlocked", purpose)
+    try:
+        yield waited
+    finally:
+        if fd is not None:
+            with contextlib.suppress(OSError):  # before unlocking: a process waiting on this inode then retries
+                file.unlink()
+            _unlock_fd(fd)
+
+
+def _take_lock_file(file: Path, purpose: str) -> tuple[int | None, bool]:
+    """:func:`lock_file`'s lock: the descriptor holding it (``None``: none could be taken) and whether it waited.
+
+    A holder removes the file before it unlocks it, so a lock taken on an inode no longer at ``file`` is
+    dropped, and the new file locked instead.
+    """
+    waited = False
+    for _ in range(100):
+        try:
+            os.close(os.open(file, os.O_RDONLY | os.O_CREAT, 0o666))
+        except OSError as exc:
+            logger.debug("cannot create the lock file %s (%s): %s runs unlocked", file, exc, purpose)
+            return None, waited
+        fd = _lock_fd(file, wait=False)
+        if fd is None and file.exists():  # another process holds it (or the file system has no flock)
+            logger.info("waiting for %s: another process holds %s", purpose, file)
+            waited = True
+            fd = _lock_fd(file, wait=True)
+            if fd is None and file.exists():
+                logger.debug("cannot lock %s (a file system without flock?): %s runs unlocked", file, purpose)
+                return None, waited
+        if fd is None:
+            continue  # removed by its holder meanwhile
+        try:
+            if os.stat(file).st_ino == os.fstat(fd).st_ino:
+                return fd, waited
+        except FileNotFoundError:
+            pass
+        _unlock_fd(fd)
+    logger.debug("could not lock %s (removed and created again by others each time): %s runs unlocked", file, purpose)
+    return None, waited
 
 
 def fsync_file(path: Path) -> None:

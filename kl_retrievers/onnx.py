@@ -58,6 +58,8 @@ from kl_retrievers._io import (
     is_within,
     library_version,
     load_unchanged,
+    lock_file,
+    make_dirs,
     parse_json_object,
     read_json_object,
     recover_dir,
@@ -218,7 +220,9 @@ def export_onnx(
             <kl_retrievers.encoder.GaussianEncoder.save_pretrained>` follows one: for ``current -> v3``, ``v3``
             is replaced (judged as above) and the link is kept; a dangling link is exported through as a new
             folder. A link into the ONNX cache of :func:`kl_retrievers.load_model` is refused (its entries are
-            that cache's own, which never follows a link at an entry).
+            that cache's own, which never follows a link at an entry). Exports into one folder run one at a time
+            (a lock file ``.NAME.lock`` beside it, removed after); one that waited for another process's export of
+            the same files (``source_sha256``), weights and settings uses that export instead of exporting again.
         quantize: ``"int8"`` (dynamic quantisation of the weights with ONNX Runtime's
             ``quantize_dynamic``) or ``None`` (also ``"float32"``, as the CLI names it) for float32.
         per_channel: int8 only: one scale per output channel of each weight (closer to float32).
@@ -284,8 +288,6 @@ def _export_onnx(
     require_torch("the ONNX export")
     if importlib.util.find_spec("onnx") is None:
         raise ModuleNotFoundError(f"the ONNX export needs the onnx package; {TORCH_EXTRA}", name="onnx")
-    import torch
-
     identity = getattr(encoder, "weights_sha256", None)  # before the export (nothing in it changes the weights)
     if not isinstance(identity, str):
         logger.warning(
@@ -296,6 +298,84 @@ def _export_onnx(
             target,
         )
         identity = None
+    make_dirs(final.parent, saving=final)  # the lock file lies beside the export
+    # One export at a time into a folder (load_model's cache entry, first loaded by several processes at once): a
+    # process that waited for another's export of the same weights with the same versions uses it.
+    with lock_file(_sibling_lock(final), purpose=f"the ONNX export into {final}") as waited:
+        if waited and _same_export(
+            final, quantize=quantize, per_channel=per_channel, source_sha256=source_sha256, identity=identity
+        ):
+            logger.info(
+                "another process exported %s to %s (%s) while this one waited; using its export",
+                encoder.name_or_path,
+                target,
+                quantize or "float32",
+            )
+            return target
+        _write_export(
+            encoder,
+            final,
+            quantize=quantize,
+            per_channel=per_channel,
+            verify=verify,
+            source_sha256=source_sha256,
+            identity=identity,
+        )
+    logger.info("exported %s to %s (%s)", encoder.name_or_path, target, quantize or "float32")
+    return target
+
+
+def _sibling_lock(final: Path) -> Path:
+    """The lock file of exports into ``final``: ``.NAME.lock`` beside it (removed when the export ends)."""
+    return final.parent / f".{final.name}.lock"
+
+
+def _same_export(
+    folder: Path, *, quantize: str | None, per_channel: bool, source_sha256: str | None, identity: str | None
+) -> bool:
+    """Whether ``folder`` holds the export :func:`_write_export` would write: same files, weights and settings.
+
+    Asked of the export another process made while this one waited for it: its ``config.json`` records the same
+    source files (``source_sha256``, which must be known), weights identity, quantisation and versions (this
+    library, the export format, the opset, torch, onnx and onnxruntime). A symbolic link at ``folder`` is never
+    read through (the export replaces it).
+    """
+    import torch
+
+    meta = None if source_sha256 is None or folder.is_symlink() else _export_meta(folder)
+    if meta is None or not (folder / MODEL_FILE).is_file():
+        return False
+    source = meta.get("source")
+    expected = {
+        "library_version": library_version(),
+        "format_version": FORMAT_VERSION,
+        "quantize": quantize,
+        "per_channel": bool(per_channel) if quantize else None,
+        "onnx_opset": _OPSET,
+        "torch_version": torch.__version__,
+        "onnx_versions": _onnx_versions(),
+    }
+    return (
+        isinstance(source, dict)
+        and source.get("sha256") == source_sha256
+        and source.get("weights_sha256") == identity
+        and all(meta.get(key) == value for key, value in expected.items())
+    )
+
+
+def _write_export(
+    encoder: GaussianEncoder,
+    final: Path,
+    *,
+    quantize: str | None,
+    per_channel: bool,
+    verify: bool,
+    source_sha256: str | None,
+    identity: str | None,
+) -> None:
+    """Export ``encoder`` into the folder ``final`` (replaced atomically), as :func:`export_onnx` describes."""
+    import torch
+
     encoder = _float32_encoder(encoder)
     tokenizer_json = _tokenizer_json(encoder)
     with atomic_dir(final) as tmp:
@@ -344,8 +424,6 @@ def _export_onnx(
             TOKENIZER_SHA256: {TOKENIZER_FILE: _sha256(tmp / TOKENIZER_FILE)},
         }
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    logger.info("exported %s to %s (%s)", encoder.name_or_path, target, quantize or "float32")
-    return target
 
 
 def _float32_encoder(encoder: GaussianEncoder) -> GaussianEncoder:
