@@ -48,6 +48,7 @@ Examples:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import hashlib
@@ -58,6 +59,7 @@ import math
 import operator
 import os
 import pickle
+import shutil
 import threading
 import uuid
 import warnings
@@ -85,7 +87,7 @@ from kl_retrievers._confidence import (
 )
 from kl_retrievers._encoding import check_texts
 from kl_retrievers._encoding import query_batch_size as _query_batch_size
-from kl_retrievers._io import load_unchanged, make_dirs, user_path
+from kl_retrievers._io import clean_stale, fsync_dir, load_unchanged, make_dirs, user_path
 from kl_retrievers._warn import user_stacklevel
 from kl_retrievers.calibration import ConfidenceCalibrator
 from kl_retrievers.filters import _plain_json, _short
@@ -1827,6 +1829,8 @@ def _to_node(doc_id: str, text: str | None, metadata: Mapping[str, Any], *, hybr
 #: ``_node_type`` of the nodes that ``VectorStoreIndex`` keeps in its docstore and index struct for a store that
 #: keeps the text, and swaps back in for the store's copy of them.
 _NON_TEXT_NODE_TYPES = frozenset({IndexNode.class_name(), ImageNode.class_name()})
+#: The JSON filter (:mod:`kl_retrievers.filters`) matching those nodes, by the ``_node_type`` LlamaIndex stores.
+_NON_TEXT_FILTER = {"_node_type": {"$in": sorted(_NON_TEXT_NODE_TYPES)}}
 
 #: Node metadata key on nodes whose confidence could not be computed although a calibrator exists: fewer
 #: than two candidate documents (a filter or a small store), the reason as text (see
@@ -1961,6 +1965,40 @@ def _ref_doc_id(metadata: Mapping[str, Any]) -> Any:
     return metadata.get("ref_doc_id", metadata.get("doc_id"))
 
 
+def _ref_doc_filter(targets: Iterable[str]) -> dict[str, Any] | None:
+    """A JSON filter (:mod:`kl_retrievers.filters`) matching every node whose ``str(_ref_doc_id(metadata))`` is one of
+    ``targets``, for a store to evaluate; it may match a few more nodes, which callers judge with that test.
+
+    LlamaIndex stores a node's source document as a string under ``ref_doc_id`` and ``doc_id``; a document added with
+    the core API may hold another JSON value there whose ``str()`` is a target (``5``, ``5.0``, ``True``), asked for
+    too. ``None`` (no such filter: every node is judged) for a target only a null, a list or an object would give.
+
+    Examples:
+        >>> _ref_doc_filter(["d1", "7"])
+        {'$or': [{'ref_doc_id': {'$in': ['d1', '7', 7]}}, {'doc_id': {'$in': ['d1', '7', 7]}}]}
+        >>> _ref_doc_filter(["None"]) is None
+        True
+    """
+    values: list[Any] = []
+    for target in targets:
+        if target == "None" or target[:1] in ("[", "{"):
+            return None
+        values.append(target)
+        if target in ("True", "False"):
+            values.append(target == "True")
+        with contextlib.suppress(ValueError):
+            number = int(target)
+            if str(number) == target:
+                if not -(2**63) <= number < 2**63:  # beyond a JSON number of the stores: judged on every node
+                    return None
+                values.append(number)
+        with contextlib.suppress(ValueError):
+            real = float(target)
+            if math.isfinite(real) and str(real) == target:
+                values.append(real)
+    return {"$or": [{key: {"$in": values}} for key in ("ref_doc_id", "doc_id")]}
+
+
 def _write_count(store: GaussianStore) -> int | None:
     """``store.write_count`` for a :class:`KLStore` (bumped by every write to it); ``None`` for a store without one.
 
@@ -2024,6 +2062,41 @@ def _no_store_in_folder(folder: Path) -> str:
         f"config.json) or a folder holding one KLVectorStore manifest (what persist wrote, e.g. "
         f"default__vector_store.json), and this holds neither "
         f"({'; '.join(found) if found else 'no unreadable *.json file, no *' + _STORE_SUFFIX + ' folder'})"
+    )
+
+
+def _persisted_paths(persist_path: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
+    """The manifest, store folder and calibrator file :meth:`KLVectorStore.persist` writes for ``persist_path``.
+
+    A link (``current -> v3``, at the manifest's folder or above it) is resolved once, here, as ``KLStore.save``
+    and LangChain's ``save_local`` resolve it: every part goes into that folder, even if the link is re-pointed
+    meanwhile.
+    """
+    given, store_dir = _manifest_and_store_paths(persist_path)
+    folder = Path(os.path.realpath(given.parent))
+    manifest_path = folder / given.name
+    return manifest_path, folder / store_dir.name, _calibrator_path(manifest_path)
+
+
+def _remove_persisted(persist_path: str | os.PathLike[str]) -> None:
+    """Remove what :meth:`KLVectorStore.persist` of a store over a ``KLStore`` wrote at ``persist_path``, if anything.
+
+    For a store over a ``MilvusKLStore`` persisted to the same place (it writes nothing there): a later load
+    (``load_index_from_storage``) would otherwise find the earlier nodes. The manifest, which every load starts
+    from, goes first, in one step (a file at ``persist_path`` that is no such manifest is kept, and so is all else);
+    then the store folder and the calibrator, which nothing loads without it.
+    """
+    manifest_path, store_dir, calibrator_path = _persisted_paths(persist_path)
+    if not adapters.looks_like_manifest(manifest_path, _MANIFEST_FORMAT):
+        return
+    manifest_path.unlink(missing_ok=True)
+    fsync_dir(manifest_path.parent)
+    calibrator_path.unlink(missing_ok=True)
+    if store_dir.is_dir() and not store_dir.is_symlink():
+        clean_stale(store_dir)  # copies an interrupted persist left, which a load of the folder could put back
+        shutil.rmtree(store_dir, ignore_errors=True)
+    logger.info(
+        "KLVectorStore.persist: removed the KLStore-backed store persisted earlier at %s (%s)", manifest_path, store_dir
     )
 
 
@@ -2127,9 +2200,10 @@ class KLVectorStore(BasePydanticVectorStore):
 
     Args:
         store: An existing :class:`KLStore` or :class:`~kl_retrievers.milvus.MilvusKLStore` to wrap (a fresh flat
-            ``KLStore`` by default). Over a ``MilvusKLStore``, filters with a JSON form run in Milvus; a filter
-            with none, ``doc_ids`` and ``delete(ref_doc_id)`` are judged here on every stored node (a read of
-            the whole collection), and :meth:`persist` writes nothing (the nodes are in Milvus).
+            ``KLStore`` by default). Over a ``MilvusKLStore``, filters with a JSON form run in Milvus; ``doc_ids``
+            and ``delete(ref_doc_id)`` read only the nodes Milvus finds by their ``ref_doc_id`` (judged here), a
+            ``node_ids`` list only those nodes, and a filter with no JSON form is judged here on every stored
+            node (a read of the whole collection); :meth:`persist` writes no nodes (they are in Milvus).
         encoder: Optional Gaussian encoder or :class:`KLEmbedding` (see above).
         relevance: A name in :data:`RELEVANCE_FUNCTIONS`: ``"exp"`` (default), ``"inverse"``
             (``1 / (1 + KL)``) or ``"exp_per_dim"`` (``exp(-KL / k)``).
@@ -2239,9 +2313,10 @@ class KLVectorStore(BasePydanticVectorStore):
             _warn_reserved_keys(reserved, "KLVectorStore(store=...) (documents already stored)")
 
     def _cache_non_text(self, version: int | None, docs: Sequence[StoredDocument]) -> frozenset[str]:
-        """The ids of the ``IndexNode`` / ``ImageNode`` nodes among ``docs`` (every stored document, read
-        at the store's ``write_count`` ``version``), cached unless a write landed during the read (never
-        cached for a store without a ``write_count``, a ``MilvusKLStore``: ``version`` ``None``)."""
+        """The ids of the ``IndexNode`` / ``ImageNode`` nodes among ``docs`` (every stored document, or those
+        :data:`_NON_TEXT_FILTER` matches, read at the store's ``write_count`` ``version``), cached unless a write
+        landed during the read (never cached for a store without a ``write_count``, a ``MilvusKLStore``: ``version``
+        ``None``)."""
         found = frozenset(d.id for d in docs if d.metadata.get("_node_type") in _NON_TEXT_NODE_TYPES)
         with self._non_text_lock:
             if version is not None and _write_count(self._store) == version:  # no write landed during the scan
@@ -2507,12 +2582,12 @@ class KLVectorStore(BasePydanticVectorStore):
         """Delete every node whose ``ref_doc_id`` (source document) is ``ref_doc_id``; unknown ids are a no-op.
 
         Over a :class:`KLStore` the nodes are chosen and deleted in one step of the store (no node is copied),
-        so a node upserted meanwhile under another document is never deleted. Over a ``MilvusKLStore`` every
-        node is read, the matching ones chosen here and deleted by id: a write from another client in between
-        is not seen.
+        so a node upserted meanwhile under another document is never deleted. Over a ``MilvusKLStore`` only the
+        nodes Milvus finds by their ``ref_doc_id`` (or ``doc_id``) are read, the matching ones chosen here and
+        deleted by id: a write from another client in between is not seen.
         """
         target = str(ref_doc_id)
-        self._delete_where(None, lambda m: str(_ref_doc_id(m)) == target)
+        self._delete_where(None, lambda m: str(_ref_doc_id(m)) == target, narrow=_ref_doc_filter([target]))
 
     def delete_nodes(
         self,
@@ -2548,21 +2623,24 @@ class KLVectorStore(BasePydanticVectorStore):
         """Delete every node (the store's settings and dimension are kept)."""
         self._delete_where(None, {})
 
-    def _delete_where(self, ids: list[str] | None, where: Predicate | dict[str, Any] | None) -> None:
+    def _delete_where(
+        self, ids: list[str] | None, where: Predicate | dict[str, Any] | None, narrow: dict[str, Any] | None = None
+    ) -> None:
         """``KLStore.delete(ids, filter=where)``: chosen under the read lock, deleted under the write lock.
 
         The store chooses again, under the write lock, when another thread wrote in between. A cancelled async
         call (:meth:`adelete`, :meth:`adelete_nodes`, :meth:`aclear`) that has not started deleting deletes nothing.
-        A store that takes no callable filter (``MilvusKLStore``) gets a callable ``where`` judged here, on every
-        document among ``ids`` (``None``: every stored one), and the ids it matches deleted: a write from another
-        client between the reading and the deletion is not seen.
+        A store that takes no callable filter (``MilvusKLStore``) gets a callable ``where`` judged here, on the
+        documents among ``ids`` (``None``: every stored one) that the JSON filter ``narrow`` matches (``None``: all of
+        them; the store evaluates it), and the ids it matches deleted: a write from another client between the
+        reading and the deletion is not seen.
         """
         if adapters.write_cancelled("KLVectorStore's async delete"):
             return
         before = _write_count(self._store)
         try:
             if callable(where) and not isinstance(self._store, KLStore):
-                report = self._delete_matching_here(ids, where)
+                report = self._delete_matching_here(ids, where, narrow)
             elif where is not None:
                 report = self._store.delete(ids, filter=where)
             else:
@@ -2592,15 +2670,32 @@ class KLVectorStore(BasePydanticVectorStore):
                 return predicate
         return where
 
-    def _delete_matching_here(self, ids: list[str] | None, where: Predicate) -> DeleteReport:
+    def _delete_matching_here(
+        self, ids: list[str] | None, where: Predicate, narrow: dict[str, Any] | None = None
+    ) -> DeleteReport:
         """Delete the documents among ``ids`` (``None``: all) whose metadata ``where`` matches, judged here.
 
-        For a store that filters outside Python (``MilvusKLStore`` takes JSON filters only): each document is
-        read, ``where`` called on its metadata, and the matching ids deleted.
+        For a store that filters outside Python (``MilvusKLStore`` takes JSON filters only): each document that
+        ``narrow`` matches (:meth:`_documents_where`) is read, ``where`` called on its metadata, and the matching
+        ids deleted.
+        """
+        chosen = [d.id for d in self._documents_where(ids, where, narrow)]
+        return self._store.delete(chosen) if chosen else DeleteReport(deleted=[], missing=[])
+
+    def _documents_where(
+        self, ids: list[str] | None, where: Predicate | dict[str, Any] | None, narrow: dict[str, Any] | None = None
+    ) -> list[StoredDocument]:
+        """The stored documents among ``ids`` (``None``: every one) that ``where`` matches (``None``: all).
+
+        Read with :meth:`~kl_retrievers.store.GaussianStore.get_by_filter`, so that the store reads only the
+        matching documents. A store that takes no callable filter (``MilvusKLStore``) gets a callable ``where``
+        judged here, on the documents the JSON filter ``narrow`` matches (the store evaluates it; it may match
+        more than ``where``, never less; ``None``: every document among ``ids``).
         """
         store = self._store
-        chosen = [d.id for d in store.get_by_ids(store.ids if ids is None else ids) if where(d.metadata)]
-        return store.delete(chosen) if chosen else DeleteReport(deleted=[], missing=[])
+        if callable(where) and not isinstance(store, KLStore):
+            return [d for d in store.get_by_filter(narrow or {}, ids) if where(d.metadata)]
+        return store.get_by_filter({} if where is None else where, ids)
 
     # The async variants run the sync method in a worker thread (LlamaIndex's base class would run it on the
     # event loop, stalling it for the whole encode / search / scan); the KLStore is thread-safe. A cancelled
@@ -2643,9 +2738,7 @@ class KLVectorStore(BasePydanticVectorStore):
             TypeError: ``node_ids`` is a single string (pass a list: ``["id"]``).
         """
         wanted = _id_restriction(node_ids, "node_ids")
-        predicate = metadata_filters_to_predicate(filters)
-        candidates = self._store.ids if wanted is None else wanted
-        docs = [d for d in self._store.get_by_ids(candidates) if predicate is None or predicate(d.metadata)]
+        docs = self._documents_where(wanted, self._server_filter(filters, metadata_filters_to_predicate(filters)))
         if not docs:
             return []
         vectors = kl_document_vectors(self._store.get_gaussians([d.id for d in docs]).astype(np.float64))
@@ -2729,8 +2822,8 @@ class KLVectorStore(BasePydanticVectorStore):
 
         ``verdict`` is :meth:`_stack_verdict`'s answer; when no retriever was on the stack
         (``None``), a list of exactly the stored ``IndexNode`` / ``ImageNode`` nodes counts too
-        (:meth:`_lists_the_non_text_nodes`, which may read every stored document: never called on
-        the event loop's thread by :meth:`aquery`).
+        (:meth:`_lists_the_non_text_nodes`, which may read the stored ``IndexNode`` / ``ImageNode`` nodes:
+        never called on the event loop's thread by :meth:`aquery`).
         """
         node_ids = query.node_ids
         if not node_ids:
@@ -2787,7 +2880,9 @@ class KLVectorStore(BasePydanticVectorStore):
         version = _write_count(self._store)
         if cached is not None and version is not None and cached[0] == version:
             return cached[1]
-        return self._cache_non_text(version, self._store.get_by_ids(self._store.ids))
+        if version is None:  # a MilvusKLStore, asked at every call: only those nodes, found by Milvus (_node_type)
+            return self._cache_non_text(version, self._store.get_by_filter(_NON_TEXT_FILTER))
+        return self._cache_non_text(version, self._store.get_by_ids(self._store.ids))  # in memory, rarely
 
     def _lists_the_non_text_nodes(self, node_ids: Sequence[str]) -> bool:
         """The guess for a query no ``VectorStoreIndex`` retriever sent (see :meth:`_as_retriever_lists`).
@@ -2941,8 +3036,10 @@ class KLVectorStore(BasePydanticVectorStore):
         # filters with an exact JSON form go as that: the store caches the rows they allow
         where = predicate if doc_ids is not None else self._server_filter(filters, predicate)
         if callable(where) and not isinstance(self._store, KLStore):
-            # a store that filters outside Python (MilvusKLStore: JSON filters only): judged here, on every document
-            return self._search_among(query, k, self._store.ids, where)
+            # a store that filters outside Python (MilvusKLStore: JSON filters only): judged here, on the nodes of
+            # those source documents (the store finds them by their ref_doc_id), else on every node
+            narrow = None if doc_ids is None else _ref_doc_filter(doc_ids)
+            return self._rank_documents(query, k, self._documents_where(None, where, narrow))
         hits = self._store.search(query, k=k, filter=where)
         return [h.id for h in hits], [float(h.score) for h in hits], [h.text for h in hits], [h.metadata for h in hits]
 
@@ -2983,6 +3080,13 @@ class KLVectorStore(BasePydanticVectorStore):
         docs = self._store.get_by_ids([str(i) for i in dict.fromkeys(node_ids)])
         if predicate is not None:
             docs = [d for d in docs if predicate(d.metadata)]
+        return self._rank_documents(query, k, docs)
+
+    def _rank_documents(
+        self, query: Gaussians, k: int, docs: Sequence[StoredDocument]
+    ) -> tuple[list[str], list[float], list[str | None], list[dict[str, Any]]]:
+        """The top ``k`` of ``docs`` by exact -KL (see :meth:`_search_among`; ties kept in the order of ``docs``
+        over a store other than a ``KLStore``)."""
         if not docs:
             return [], [], [], []
         g = self._store.get_gaussians([d.id for d in docs]).astype(np.float64)
@@ -3033,6 +3137,8 @@ class KLVectorStore(BasePydanticVectorStore):
         A store over a ``MilvusKLStore`` writes nothing (logged at INFO level), as LlamaIndex's own stores over a
         server do: its nodes are in the Milvus collection already, and ``StorageContext.persist`` still writes the
         docstore and index store. Reopen it with ``KLVectorStore(store=MilvusKLStore(uri, collection_name=...))``.
+        What a store over a ``KLStore`` persisted at ``persist_path`` earlier (its manifest, store folder and
+        calibrator) is removed, the manifest first, in one step: no load then finds those nodes instead.
 
         Raises:
             NotImplementedError: ``fs`` is not a local filesystem.
@@ -3044,15 +3150,14 @@ class KLVectorStore(BasePydanticVectorStore):
                 type(self._store).__name__,
                 persist_path,
             )
+            if _is_local_fs(fs):  # a KLStore persists to a local filesystem only: nothing of its elsewhere
+                _remove_persisted(persist_path)
             return
         _check_fs(fs)
-        given, store_dir = _manifest_and_store_paths(persist_path)
-        # a link (current -> v3, at the manifest's folder or above it) is resolved once, here, as KLStore.save and
-        # LangChain's save_local resolve it: every part goes into that folder, even if the link is re-pointed meanwhile
-        folder = Path(os.path.realpath(given.parent))
-        manifest_path, store_dir = folder / given.name, folder / store_dir.name
-        make_dirs(folder)  # each new folder synced into its parent
-        calibrator, calibrator_path = self._scorer.explicit, _calibrator_path(manifest_path)
+        given = user_path(persist_path)
+        manifest_path, store_dir, calibrator_path = _persisted_paths(persist_path)
+        make_dirs(manifest_path.parent)  # each new folder synced into its parent
+        calibrator = self._scorer.explicit
         manifest = {
             "format": _MANIFEST_FORMAT,
             "format_version": _MANIFEST_VERSION,

@@ -1132,6 +1132,17 @@ class GaussianStore(_NotCopyable, ABC):
     def _documents(self, ids: list[str]) -> list[StoredDocument]:
         """Stored documents for ``ids`` in order, unknown ids skipped."""
 
+    def _documents_matching(self, ids: list[str] | None, filter: Any) -> list[StoredDocument]:
+        """The stored documents ``filter`` (from :meth:`_prepare_filter`) matches, among distinct ``ids`` (``None``:
+        all), in the order of ``ids`` (unknown ids skipped), else in the backend's order.
+
+        Optional: a backend without it reads documents by id only (``get_by_filter`` raises ``NotImplementedError``).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not read documents by a filter (it implements no _documents_matching): "
+            "read them by ids instead (get_by_ids)"
+        )
+
     @abstractmethod
     def _gaussians(self, ids: list[str]) -> Gaussians:
         """Stored Gaussians for ``ids`` in order; ``KeyError`` for an unknown id."""
@@ -1383,6 +1394,40 @@ class GaussianStore(_NotCopyable, ABC):
             []
         """
         return self._documents(_id_list(ids, ordered=False))
+
+    def get_by_filter(self, filter: MetadataFilter, ids: Sequence[str] | None = None) -> list[StoredDocument]:
+        """The documents whose metadata ``filter`` matches, among ``ids`` (``None``: every stored document).
+
+        Only the matching documents are read: a ``MilvusKLStore`` sends ``filter`` to Milvus, which returns the
+        matching rows alone (on Milvus Lite a filter that :meth:`search` resolves to ids first, one with a long
+        ``$in`` list or a negated order comparison, reads the metadata it needs for that, as a search does), and a
+        ``KLStore`` judges the stored metadata without copying the other documents.
+
+        Args:
+            filter: A metadata filter as :meth:`search` takes it (a dict, see :mod:`kl_retrievers.filters`, or a
+                callable ``metadata -> bool`` where the backend takes one; ``{}`` matches every document).
+            ids: Only these ids are considered (a sequence of ``str``, or one ``str``; unknown ids are skipped).
+
+        Returns:
+            The matching documents, as :meth:`get_by_ids` returns them: in the order of ``ids``, else in the
+            backend's order (insertion order for a ``KLStore``, primary-key order for a ``MilvusKLStore``).
+
+        Raises:
+            TypeError: An id that is not a ``str``.
+            ValueError: A malformed filter (or a callable one, for a backend that filters outside Python).
+            NotImplementedError: A backend that reads documents by id only.
+
+        Examples:
+            >>> import numpy as np
+            >>> from kl_retrievers.store import KLStore
+            >>> s = KLStore()
+            >>> g = Gaussians(np.zeros((3, 2)), np.ones((3, 2)))
+            >>> _ = s.add(gaussians=g, ids=["a", "b", "c"], metadatas=[{"src": "x"}, {"src": "y"}, {"src": "x"}])
+            >>> [d.id for d in s.get_by_filter({"src": "x"})], [d.id for d in s.get_by_filter({}, ids=["c", "b"])]
+            (['a', 'c'], ['c', 'b'])
+        """
+        id_list = None if ids is None else list(dict.fromkeys(_id_list(ids, ordered=False)))
+        return self._documents_matching(id_list, self._prepare_filter(filter))
 
     def get_gaussians(self, ids: Sequence[str]) -> Gaussians:
         """Stored Gaussians for the given (existing) ids, in order; unknown ids raise ``KeyError``.

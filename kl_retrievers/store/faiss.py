@@ -795,13 +795,16 @@ class KLStore(GaussianStore):
             report = self._delete(chosen)
         return DeleteReport(deleted=report.deleted, missing=missing)
 
-    def _matching(self, ids: list[str] | None, filter: Any) -> tuple[list[str], list[str]]:
+    def _matching(
+        self, ids: list[str] | None, filter: Any, refusal: str | None = _DELETE_FILTER_WRITES
+    ) -> tuple[list[str], list[str]]:
         """The ids ``filter`` matches among ``ids`` (``None``: every live document), and the missing ids; callers
-        hold the lock."""
+        hold the lock. ``refusal`` is the error for a callable filter that writes (default: a delete's; ``None``: a
+        search's)."""
         table = self._table
         if isinstance(filter, KeyedFilter):  # a delete judges afresh (it changes the rows): no cached mask
             filter = filter.predicate
-        with self._lock.no_writes(_DELETE_FILTER_WRITES):
+        with self._lock.no_writes(refusal):
             if ids is None:
                 mask, _ = table.allowed(filter)
                 rows = np.flatnonzero(table.alive if mask is None else mask).tolist()
@@ -868,6 +871,12 @@ class KLStore(GaussianStore):
     def _documents(self, ids: list[str]) -> list[StoredDocument]:
         with self._lock.read():
             return self._table.documents(ids)
+
+    def _documents_matching(self, ids: list[str] | None, filter: Any) -> list[StoredDocument]:
+        """The documents ``filter`` matches (judged under the read lock, as in a search), read without the others."""
+        with self._lock.read():
+            chosen, _ = self._matching(ids, filter, refusal=None)
+            return self._table.documents(chosen)
 
     def _gaussians(self, ids: list[str]) -> Gaussians:
         with self._lock.read():

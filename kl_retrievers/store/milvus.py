@@ -129,7 +129,7 @@ import numpy as np
 
 from kl_retrievers._encoding import progress_bar
 from kl_retrievers._io import check_bool, library_version
-from kl_retrievers._score import check_score
+from kl_retrievers._score import check_score, check_score_fields
 from kl_retrievers.filters import (
     ALLOWED_OPERATORS,
     OPERATOR_ALIASES,
@@ -1411,7 +1411,10 @@ class MilvusKLStore(GaussianStore):
         config = json.loads(raw)
         if config.get("format") != _FORMAT_NAME or int(config.get("format_version", 0)) > _FORMAT_VERSION:
             raise ValueError(f"Milvus collection {name!r} has an unsupported format: {config.get('format')!r}")
-        check_score(config, f"Milvus collection {name!r}")  # neg_kl / higher_is_better, when recorded
+        where = f"Milvus collection {name!r}"
+        check_score(config, where)  # neg_kl / higher_is_better, when recorded (a score that is no object is refused)
+        if "score" in config:  # absent before the field was written; it has always been written with both parts
+            check_score_fields(config["score"], where, keys=("name", "direction"), prefix="score.", required=True)
         bound, offset = config.get("norm_bound"), config.get("index_offset", 0.0)  # both absent before version 2
         for what, value in (("norm_bound", bound), ("index_offset", offset)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
@@ -2258,23 +2261,28 @@ class MilvusKLStore(GaussianStore):
             self._incomplete_counted = None  # an incomplete record is completed if this empties the collection
             expr = self._resolve_filter(filter)
             if ids is None:
-                matching = [str(r["id"]) for page in self._iter_all([], filter=expr) for r in page]
+                matching = [str(r["id"]) for r in self._rows_matching(None, expr, [])]
                 missing: list[str] = []
             else:
                 found = self._fetch(ids, [])
                 missing = [i for i in ids if i not in found]
-                hits: set[str] = set()
                 present = [i for i in ids if i in found]
-                for s in range(0, len(present), _ID_BATCH):
-                    part = _id_filter(present[s : s + _ID_BATCH])
-                    hits.update(
-                        str(r["id"])
-                        for page in self._iter_all([], filter=f"({part}) and ({expr})" if expr else part)
-                        for r in page
-                    )
+                hits = {str(r["id"]) for r in self._rows_matching(present, expr, [])}
                 matching = [i for i in present if i in hits]
             report = self._delete(matching)
         return DeleteReport(deleted=report.deleted, missing=missing)
+
+    def _rows_matching(self, ids: list[str] | None, expr: str, fields: list[str]) -> Iterator[dict[str, Any]]:
+        """The rows (``id`` and ``fields``) the Milvus expression ``expr`` matches, among ``ids`` (``None``: every row;
+        asked by id in batches of :data:`_ID_BATCH`), as Milvus returns them: nothing else is read."""
+        if ids is None:
+            for page in self._iter_all(fields, filter=expr):
+                yield from page
+            return
+        for s in range(0, len(ids), _ID_BATCH):
+            part = _id_filter(ids[s : s + _ID_BATCH])
+            for page in self._iter_all(fields, filter=f"({part}) and ({expr})" if expr else part):
+                yield from page
 
     # -------------------------------------------------------------- reading
     def _fetch(self, ids: list[str], fields: list[str]) -> dict[str, dict[str, Any]]:
@@ -2298,6 +2306,18 @@ class MilvusKLStore(GaussianStore):
         _check_sendable_ids(ids, "get_by_ids")
         by_id = self._fetch(ids, ["text", "metadata"])
         return [StoredDocument(i, by_id[i]["text"], dict(by_id[i]["metadata"] or {})) for i in ids if i in by_id]
+
+    def _documents_matching(self, ids: list[str] | None, filter: str | _LiteFilter) -> list[StoredDocument]:
+        """The documents the Milvus expression ``filter`` matches among ``ids`` (``None``: every row): Milvus
+        evaluates it and returns only those rows (their text and metadata)."""
+        _check_sendable_ids(ids or [], "get_by_filter")
+        with self._lock:
+            self._sync()  # dropped, or created or re-created by another client since
+        if self._dim is None or ids == []:
+            return []
+        rows = self._rows_matching(ids, self._resolve_filter(filter), ["text", "metadata"])
+        docs = {str(r["id"]): StoredDocument(str(r["id"]), r["text"], dict(r["metadata"] or {})) for r in rows}
+        return list(docs.values()) if ids is None else [docs[i] for i in ids if i in docs]
 
     def _gaussians(self, ids: list[str]) -> Gaussians:
         """Recovered from the stored float32 vectors, as float32; ``KeyError`` for an unknown id.
