@@ -51,6 +51,7 @@ __all__ = [
     "require_modules",
     "require_torch",
     "show_progress",
+    "stderr_is_terminal",
     "warn_blank_documents",
 ]
 
@@ -584,13 +585,32 @@ def progress_enabled(show: bool | None) -> bool:
     return bool(show) and not progress_disabled()
 
 
+def stderr_is_terminal() -> bool:
+    """Whether ``sys.stderr`` is a terminal: the test of every "bars on a terminal only" default.
+
+    No stderr (``None``), a stream with no ``isatty`` (an embedding host's or a GUI shell's object with
+    only ``write`` and ``flush``) and a closed one (``isatty`` raises ``ValueError``) count as no terminal.
+
+    Examples:
+        >>> import contextlib, io
+        >>> with contextlib.redirect_stderr(io.StringIO()):
+        ...     stderr_is_terminal()
+        False
+    """
+    try:
+        return bool(sys.stderr is not None and sys.stderr.isatty())
+    except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
+        return False
+
+
 def show_progress(show_progress_bar: bool | None, n_texts: int, batch_size: int) -> bool:
     """The progress-bar choice: as asked, else when there are several batches and stderr is a terminal.
 
-    Never a bar when ``TQDM_DISABLE`` is set or stderr is closed (:func:`progress_disabled`).
+    Never a bar when ``TQDM_DISABLE`` is set or stderr is closed (:func:`progress_disabled`); the default
+    draws none on a stderr that is not a terminal or cannot say (:func:`stderr_is_terminal`).
     """
     if show_progress_bar is None:
-        return not progress_disabled() and n_texts > batch_size and sys.stderr.isatty()
+        return not progress_disabled() and n_texts > batch_size and stderr_is_terminal()
     return progress_enabled(show_progress_bar)
 
 

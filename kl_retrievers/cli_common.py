@@ -333,18 +333,16 @@ def stdin_problem(given: str | os.PathLike[str], named: str, instead: str) -> st
 def progress_default(quiet: bool) -> bool:
     """Whether ``evaluate`` / ``train`` show progress bars: never with ``--quiet``, else when stderr is a terminal.
 
-    A log file or a pipe (``2> log``, a CI job) gets no bars, whose redraws would fill it.
+    A log file or a pipe (``2> log``, a CI job) gets no bars, whose redraws would fill it; nor does a stderr that
+    is missing, closed or has no ``isatty`` (the library's test, :func:`kl_retrievers._encoding.stderr_is_terminal`).
 
     Examples:
         >>> progress_default(True)
         False
     """
-    if quiet:
-        return False
-    try:
-        return bool(sys.stderr is not None and sys.stderr.isatty())
-    except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
-        return False
+    from kl_retrievers._encoding import stderr_is_terminal  # the library's rule (numpy: imported when run)
+
+    return not quiet and stderr_is_terminal()
 
 
 def check_output_path(path: Path, flag: str, *, folder: bool, store: bool = False, gaussians: bool = False) -> None:

@@ -83,7 +83,8 @@ from kl_retrievers.runs import (
 from kl_retrievers.runs import run_from_top_k as run_from_top_k  # re-exported: it was importable here
 
 if TYPE_CHECKING:
-    from typing import Unpack  # Python 3.11; only read by type checkers here
+    # typing.Unpack is Python 3.11+; type checkers read typing_extensions (typeshed ships it) on 3.10 too
+    from typing_extensions import Unpack
 
     # the names moved to the command line's module, loaded on first use by ``__getattr__`` (hidden from type
     # checkers, so that they flag a typo such as ``evaluate_modle``)
