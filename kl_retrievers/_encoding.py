@@ -305,8 +305,11 @@ def blank_warning_suppressed() -> Iterator[None]:
     :class:`contextvars.ContextVar`, not a warnings filter: another thread's encoding still warns, and the
     process-wide filter list is left alone (``warnings.catch_warnings`` swaps it, which is not thread-safe).
     The encoder warns in the thread that calls ``encode_documents``; a thread or task started with a copy
-    of this context (``asyncio.to_thread``, ``contextvars.copy_context().run``) is silenced too. A custom
-    encoder's own warnings are not affected.
+    of this context (``asyncio.to_thread``, ``contextvars.copy_context().run``, and a ``threading.Thread``
+    started inside the block where ``sys.flags.thread_inherit_context`` is set, as on free-threaded Python
+    3.14) is silenced too. ``concurrent.futures`` pools and ``loop.run_in_executor`` do not copy the
+    context: an encoder that hands its encoding to one should submit ``contextvars.copy_context().run(fn,
+    ...)``, or its blank-document warning comes back. A custom encoder's own warnings are not affected.
 
     Examples:
         >>> import warnings
