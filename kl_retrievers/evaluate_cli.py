@@ -346,7 +346,13 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         "modification and change times and inode, not read again",
     )
     p.add_argument("--no-cache", action="store_true", help="do not read or write the encoding cache")
-    add_unknown_docs_argument(p, help="qrels naming documents outside the corpus: fail (default) or drop them")
+    add_unknown_docs_argument(
+        p,
+        help="qrels naming documents outside the corpus: fail (default) or drop them, with a warning; the metrics "
+        "are then relative to the judged documents in the corpus (recall@100, map@100 and ndcg@10 can only be higher "
+        "than against the full qrels): the table says how many judgements were dropped, --json and the --per-query "
+        "meta record it as unknown_docs",
+    )
     p.add_argument(
         "--quiet",
         action="store_true",
@@ -484,6 +490,142 @@ def _warn_blank_queries(dataset: BeirDataset) -> None:
     )
 
 
+def _warn_queries_without_relevant(qrels: Mapping[str, Mapping[str, int]], relevance_level: int) -> None:
+    """Warn, in every mode, when evaluated queries have no judged document of grade ``>= relevance_level``.
+
+    Such a query (all its judgements graded below the level, or none left by ``--unknown-docs drop``) scores 0
+    in the binary metrics, and in ``ndcg@10`` too when none of its grades is above 0; it counts in the means
+    (``trec_eval -c``, BEIR), which a reader of the means may not expect. The warning gives their number and
+    first ids (the QPP report, when computed, leaves out those without a grade above 0, and says so itself).
+
+    Examples:
+        >>> _warn_queries_without_relevant({"a": {"d": 1}, "b": {"d": 0}, "c": {}}, 1)  # logs: 2 of the 3 ...: b, c
+    """
+    from kl_retrievers.evaluation import BINARY_METRICS
+
+    none = [qid for qid, docs in qrels.items() if not any(grade >= relevance_level for grade in docs.values())]
+    if not none:
+        return
+    no_gain = sum(1 for qid in none if not any(grade > 0 for grade in qrels[qid].values()))
+    binary = f"{', '.join(BINARY_METRICS[:-1])} and {BINARY_METRICS[-1]}"
+    if no_gain == len(none):
+        scored = f"every metric scores {'it' if len(none) == 1 else 'them'} 0"
+    elif no_gain:
+        scored = f"{binary} score them 0 (ndcg@10 too, for the {no_gain} with no grade > 0)"
+    else:
+        scored = f"{binary} score {'it' if len(none) == 1 else 'them'} 0 (ndcg@10 reads the lower grades)"
+    shown = ", ".join(none[:_BLANK_IDS_SHOWN]) + (", ..." if len(none) > _BLANK_IDS_SHOWN else "")
+    logger.warning(
+        "%d of the %d queries evaluated %s no judged document of grade >= %d (--relevance-level %d): %s; %s, and "
+        "the means count %s (as trec_eval -c and BEIR do)",
+        len(none),
+        len(qrels),
+        "has" if len(none) == 1 else "have",
+        relevance_level,
+        relevance_level,
+        shown,
+        scored,
+        "it" if len(none) == 1 else "them",
+    )
+
+
+def _dropped_judgements(dataset: BeirDataset) -> dict[str, dict[str, int]] | None:
+    """The judgements ``--unknown-docs drop`` removed from ``dataset``'s qrels (documents outside its corpus), by query.
+
+    :func:`~kl_retrievers.datasets.load_beir` drops them with a warning giving their number; the split's qrels
+    file is read again by the loader's own parser, every document id taken as known, to tell which they were.
+    ``None`` when that reading fails (two grades of one dropped judgement that conflict, which the loader, having
+    dropped both, did not check; or a file changed since).
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     (Path(tmp) / "qrels").mkdir()
+        ...     _ = (Path(tmp) / CORPUS_FILE).write_text('{"_id": "d1", "text": "x"}\\n')
+        ...     _ = (Path(tmp) / QUERIES_FILE).write_text('{"_id": "q1", "text": "x"}\\n')
+        ...     _ = (Path(tmp) / "qrels" / "test.tsv").write_text("q1\\td1\\t1\\nq1\\tgone\\t2\\n")
+        ...     _dropped_judgements(load_beir(tmp, unknown_docs="drop"))
+        {'q1': {'gone': 2}}
+    """
+    from kl_retrievers.datasets import _load_qrels, _split_path
+
+    class _EveryDocument(dict[str, dict[str, str]]):
+        """A corpus that holds every document id (the qrels parser asks it nothing else)."""
+
+        def __contains__(self, key: object) -> bool:
+            return True
+
+    try:
+        judged = _load_qrels(_split_path(dataset.path, dataset.split), dataset.queries, _EveryDocument(), "error")
+    except DatasetError as exc:
+        logger.info("could not tell which judgements --unknown-docs drop removed: %s", exc)
+        return None
+    out: dict[str, dict[str, int]] = {}
+    for qid, docs in judged.items():
+        kept = dataset.qrels.get(qid, {})
+        dropped = {doc: grade for doc, grade in docs.items() if doc not in kept}
+        if dropped:
+            out[qid] = dropped
+    return out
+
+
+def _drop_record(
+    dropped: Mapping[str, Mapping[str, int]] | None, qrels: Mapping[str, Mapping[str, int]], relevance_level: int
+) -> dict[str, Any]:
+    """The ``unknown_docs`` record of ``--json`` (and the per-query meta): what was dropped from the evaluated queries.
+
+    Counts of the judgements of documents outside the corpus dropped from the qrels of the queries evaluated
+    (``dropped_relevant``: those of grade ``>= relevance_level``), of their distinct documents, of the queries
+    that lost some (``queries_affected``) and of those left with none (``queries_emptied``, each scoring 0).
+    Every count is ``None`` when ``dropped`` is (not known).
+
+    Examples:
+        >>> _drop_record({"q1": {"x": 1, "y": 0}, "q2": {"x": 2}, "q3": {"z": 1}}, {"q1": {"d": 1}, "q2": {}}, 1)
+        ... # doctest: +NORMALIZE_WHITESPACE
+        {'mode': 'drop', 'dropped_judgements': 3, 'dropped_relevant': 2, 'dropped_documents': 2,
+         'queries_affected': 2, 'queries_emptied': 1}
+    """
+    names = ("dropped_judgements", "dropped_relevant", "dropped_documents", "queries_affected", "queries_emptied")
+    if dropped is None:
+        return {"mode": "drop", **dict.fromkeys(names)}
+    evaluated = {qid: docs for qid, docs in dropped.items() if qid in qrels}  # a --sample-queries draw: its queries
+    counts = (
+        sum(len(docs) for docs in evaluated.values()),
+        sum(1 for docs in evaluated.values() for grade in docs.values() if grade >= relevance_level),
+        len({doc for docs in evaluated.values() for doc in docs}),
+        len(evaluated),
+        sum(1 for qid in evaluated if not qrels[qid]),
+    )
+    return {"mode": "drop", **dict(zip(names, counts, strict=True))}
+
+
+def _drop_footnote(record: Mapping[str, Any], level: int | None) -> str | None:
+    """The table's line on what ``--unknown-docs drop`` removed (``None`` when nothing was).
+
+    Examples:
+        >>> print(_drop_footnote({"dropped_judgements": 3, "dropped_relevant": 2, "dropped_documents": 2,
+        ...                       "queries_affected": 2, "queries_emptied": 1}, 1))  # doctest: +NORMALIZE_WHITESPACE
+        --unknown-docs drop: 3 judgements of 2 documents outside the corpus (2 of grade >= 1) dropped from the
+        qrels of 2 queries, 1 left with none (scoring 0): the metrics are relative to the judged documents in the
+        corpus, not to the full qrels
+    """
+    n = record.get("dropped_judgements")
+    if n == 0:
+        return None
+    relative = "the metrics are relative to the judged documents in the corpus, not to the full qrels"
+    if n is None:
+        return f"--unknown-docs drop: judgements of documents outside the corpus dropped (see the log); {relative}"
+    emptied = record.get("queries_emptied") or 0
+    left = f", {emptied} left with none (scoring 0)" if emptied else ""
+    grade = f" ({record.get('dropped_relevant')} of grade >= {level})" if level is not None else ""
+    queries = record.get("queries_affected")
+    return (
+        f"--unknown-docs drop: {n} judgement{'' if n == 1 else 's'} of {record.get('dropped_documents')} "
+        f"document{'' if record.get('dropped_documents') == 1 else 's'} outside the corpus{grade} dropped from the "
+        f"qrels of {queries} quer{'y' if queries == 1 else 'ies'}{left}: {relative}"
+    )
+
+
 def _print_table(summary: Mapping[str, Any], metrics: Iterable[str], compare: Mapping[str, Any] | None) -> None:
     depth = f"  depth: {summary['depth']}" if summary.get("depth") is not None else ""
     level = summary.get("relevance_level")
@@ -497,6 +639,10 @@ def _print_table(summary: Mapping[str, Any], metrics: Iterable[str], compare: Ma
     print(f"model:   {summary['model']}" + (f"  (score: {score}, {direction})" if score else ""))
     for name in metrics:
         print(f"  {name:<11} {summary[name]:.4f}")
+    drop = summary.get("unknown_docs")
+    footnote = _drop_footnote(drop, level) if isinstance(drop, Mapping) else None
+    if footnote:
+        print(f"  {footnote}")
     if compare:
         print(f"compared with {compare['file']} ({compare.get('model') or 'unnamed'}):")
         for name, res in compare["tests"].items():
@@ -1122,13 +1268,15 @@ def _missing_package_problem(args: argparse.Namespace) -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class _ModelFacts:
-    """What a ``--model`` run reports of its model: its label, similarity, backend, weights; and its batching."""
+    """What a ``--model`` run reports of its model: its label, similarity, backend, weights; and its batching;
+    and the BEIR splits its training record says it was trained on (:func:`_trained_splits`)."""
 
     label: str
     similarity: str
     backend: str  # torch, onnx-int8 or onnx-float32
     weights_sha256: str | None
     batch_invariant: bool
+    trained_on: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1163,7 +1311,67 @@ def _facts_of(encoder: Any, backend: str) -> _ModelFacts:
         backend=f"onnx-{getattr(encoder, 'quantize', None) or 'float32'}" if backend == "onnx" else backend,
         weights_sha256=getattr(encoder, "weights_sha256", None) or None,
         batch_invariant=bool(getattr(encoder, "batch_invariant", True)),
+        trained_on=_trained_splits(getattr(encoder, "config", None)),
     )
+
+
+def _trained_splits(config: Any) -> tuple[tuple[str, str, str], ...]:
+    """``(dataset, split, queries_sha256)`` of each BEIR split a model's training record lists
+    (``extra["training"]["trained_splits"]``, which an ONNX export keeps in ``config.encoder["extra"]``); none for a
+    model saved before training recorded them, or not trained here.
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> split = {"dataset": "scifact", "split": "train", "queries_sha256": "ab"}
+        >>> _trained_splits(SimpleNamespace(extra={"training": {"trained_splits": [split]}}))
+        (('scifact', 'train', 'ab'),)
+    """
+    extra = getattr(config, "extra", None)
+    source = getattr(config, "encoder", None)
+    if extra is None and isinstance(source, Mapping):
+        extra = source.get("extra")
+    training = extra.get("training") if isinstance(extra, Mapping) else None
+    splits = training.get("trained_splits") if isinstance(training, Mapping) else None
+    if not isinstance(splits, list):
+        return ()
+    fields = ("dataset", "split", "queries_sha256")
+    return tuple(
+        (str(s.get("dataset")), str(s.get("split")), str(s.get("queries_sha256")))
+        for s in splits
+        if isinstance(s, Mapping) and all(isinstance(s.get(f), str) for f in fields)
+    )
+
+
+def _warn_trained_on(label: str, trained_on: Sequence[tuple[str, str, str]], dataset: BeirDataset) -> None:
+    """Warn once when ``dataset`` (the whole split loaded, before ``--sample-queries``) is one the model was
+    trained on: a split its training record lists by folder name and split, or one with the same query texts.
+
+    Scores on training queries are not held-out results; the run goes on (a user's own data may name its
+    splits otherwise), as ``kl-retrievers train`` warns on training on a test split.
+    """
+    if not trained_on:
+        return
+    from kl_retrievers.training.data import _trained_split
+
+    here = _trained_split(dataset)
+    for name, split, queries_sha256 in trained_on:
+        same_queries = queries_sha256 == here["queries_sha256"]
+        same_name = (name, split) == (here["dataset"], here["split"])
+        if same_queries or same_name:
+            how = "has that folder name and split" if not same_queries else "has its query texts"
+            if same_queries and same_name:
+                how = "is that split"
+            logger.warning(
+                "%s was trained on %s split %s (its training record, config.json), and %s split %s %s: these metrics "
+                "are on training queries, not held out; report a split the model was not trained on",
+                label,
+                name,
+                split,
+                dataset.path,
+                dataset.split,
+                how,
+            )
+            return
 
 
 def _files_plan(model: str | None, backend: str, options: Mapping[str, Any] | None) -> _FilesPlan | None:
@@ -1233,6 +1441,7 @@ def _files_plan_or_none(model: str | None, backend: str, options: Mapping[str, A
             backend="torch",
             weights_sha256=saved_weights_sha256(meta, folder),
             batch_invariant=True,
+            trained_on=_trained_splits(config),
         )
     else:
         from kl_retrievers.onnx import _config_from_meta, _read_meta, _shipped_source_weights
@@ -1263,6 +1472,7 @@ def _files_plan_or_none(model: str | None, backend: str, options: Mapping[str, A
             backend=f"onnx-{quantize or 'float32'}",
             weights_sha256=weights_sha256 or None,
             batch_invariant=quantize is None,
+            trained_on=_trained_splits(onnx_config),
         )
     versions: dict[str, str | None] = {}
     for package in _COMPUTING_PACKAGES[backend]:
@@ -1381,14 +1591,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
             check_trec_ids(dataset.doc_ids, "document", "--save-run")
         if args.per_query:  # nor a .tsv / .csv per-query file these
             _check_table_ids(Path(args.per_query), dataset.query_ids)
+        # what --unknown-docs drop removed: the figures are relative to the judged documents in the corpus
+        dropped = _dropped_judgements(dataset) if args.unknown_docs == "drop" else {}
     except DatasetError as exc:  # an option it names (unknown_docs='drop') is this command's flag
         print(f"kl-retrievers evaluate: error: {exc.describe(_cli_option)}", file=sys.stderr)
         return 2
     except ValueError as exc:
         print(f"kl-retrievers evaluate: error: {exc}", file=sys.stderr)
         return 2
+    loaded = dataset  # the whole split: what a model's training record is compared with (_warn_trained_on)
     dataset, sample = _sample_queries(dataset, getattr(args, "sample_queries", None), getattr(args, "seed", None))
     _warn_blank_queries(dataset)
+    _warn_queries_without_relevant(dataset.qrels, args.relevance_level)
+    drop = _drop_record(dropped, dataset.qrels, args.relevance_level) if args.unknown_docs == "drop" else None
     other: tuple[dict[str, dict[str, float]], dict[str, Any]] | None = None
     if args.compare:
         try:
@@ -1494,6 +1709,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if facts.weights_sha256:
             measured["weights_sha256"] = facts.weights_sha256
         similarity = facts.similarity
+        _warn_trained_on(facts.label, facts.trained_on, loaded)
         if similarity != "neg_kl" and (args.hybrid or args.means_only):
             problem = "--hybrid fuses BM25 with -KL" if args.hybrid else "--means-only is an ablation of -KL"
             print(
@@ -1538,6 +1754,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         **measured,
         **{k: v for k, v in result.info.items() if k not in (*fixed, *measured)},
         **({"sample": sample} if sample is not None else {}),
+        **({"unknown_docs": drop} if drop is not None else {}),
     }
     summary = result.summary()
     qpp_values: dict[str, dict[str, float]] = {}

@@ -741,7 +741,8 @@ def _refuse_flags_the_pool_softmax_ignores(args: argparse.Namespace) -> None:
         raise ValueError(
             "--no-in-batch would be ignored: with --heads-only-cached the contrastive softmax runs over the pool "
             "(every document, or --corpus-sample N of them plus every candidate of the batch), whichever query a "
-            "candidate came with; add --no-full-corpus (each query's own candidates only), or drop --no-in-batch"
+            "candidate came with; add --no-full-corpus (each query's own candidates only), or drop --no-in-batch (a "
+            "checkpoint written with it resumes without it)"
         )
 
 

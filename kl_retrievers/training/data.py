@@ -43,7 +43,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -52,6 +52,9 @@ from kl_retrievers._bm25 import quiet_bm25s_logger
 from kl_retrievers._confidence import is_blank_query
 from kl_retrievers._encoding import progress_enabled, require_modules
 from kl_retrievers._io import parse_json_object, some_names, user_path
+
+if TYPE_CHECKING:
+    from kl_retrievers.datasets import BeirDataset
 
 logger = logging.getLogger(__name__)
 
@@ -113,15 +116,24 @@ class TrainingSet:
         docs: Unique document texts (the pool).
         examples: One :class:`TrainExample` per training query.
         sources: Where the data came from (for the model card).
+        splits: The BEIR splits among them (:func:`from_beir`), as :func:`_trained_split` records each (folder
+            name, split, SHA-256 of its query texts): what the model's training record keeps, so that
+            ``kl-retrievers evaluate`` warns on a split the model was trained on.
     """
 
     def __init__(
-        self, queries: list[str], docs: list[str], examples: list[TrainExample], sources: list[str] | None = None
+        self,
+        queries: list[str],
+        docs: list[str],
+        examples: list[TrainExample],
+        sources: list[str] | None = None,
+        splits: list[dict[str, str]] | None = None,
     ) -> None:
         self.queries = queries
         self.docs = docs
         self.examples = examples
         self.sources = sources or []
+        self.splits = splits or []
 
     def __repr__(self) -> str:
         return f"TrainingSet(queries={len(self.queries)}, docs={len(self.docs)}, examples={len(self.examples)})"
@@ -191,7 +203,7 @@ class TrainingSet:
                 )
             for doc in ts.docs:
                 builder.doc(doc)
-        return builder.build(self.sources + other.sources)
+        return builder.build(self.sources + other.sources, self.splits + other.splits)
 
 
 class _Builder:
@@ -222,8 +234,8 @@ class _Builder:
             )
         )
 
-    def build(self, sources: list[str]) -> TrainingSet:
-        ts = TrainingSet(list(self.queries), list(self.docs), self.examples, sources)
+    def build(self, sources: list[str], splits: list[dict[str, str]] | None = None) -> TrainingSet:
+        ts = TrainingSet(list(self.queries), list(self.docs), self.examples, sources, splits)
         _drop_positive_negatives(ts)
         return ts
 
@@ -479,7 +491,26 @@ def from_beir(
             without_positive,
             judged_queries,
         )
-    return builder.build([f"{path}:{split}"])
+    return builder.build([f"{path}:{split}"], [_trained_split(ds)])
+
+
+def _trained_split(ds: BeirDataset) -> dict[str, str]:
+    """What a model's training record keeps of a BEIR split it was trained on (``trained_splits``), and what
+    ``kl-retrievers evaluate`` compares the split it scores with: the folder's name (not its path, which would
+    name the user's folders and differ on another machine), the split, and the SHA-256 of the split's query
+    texts (:meth:`~kl_retrievers.datasets.BeirDataset.queries_identity`: the same queries under another name).
+
+    Examples:
+        >>> from kl_retrievers.datasets import BeirDataset
+        >>> record = _trained_split(BeirDataset(Path("data/scifact"), "train", {}, {"q": "x"}, {"q": {}}))
+        >>> record["dataset"], record["split"], len(record["queries_sha256"])
+        ('scifact', 'train', 64)
+    """
+    return {
+        "dataset": user_path(ds.path).resolve().name,
+        "split": ds.split,
+        "queries_sha256": ds.queries_identity()["texts_sha256"],
+    }
 
 
 def unique_data_paths(paths: Sequence[str | os.PathLike[str]], split: str = "train") -> list[str | os.PathLike[str]]:

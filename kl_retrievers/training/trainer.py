@@ -137,7 +137,9 @@ class TrainConfig:
         temperature: Softmax temperature of the contrastive and listwise losses.
         teacher_temperature: Temperature applied to teacher scores in the listwise loss.
         in_batch: Contrastive loss also uses the other queries' documents as negatives. The fast path's
-            ``full_corpus`` softmax always does, so :func:`train_heads_cached` refuses ``in_batch=False`` with it.
+            ``full_corpus`` softmax always does, so :func:`train_heads_cached` refuses ``in_batch=False`` with it;
+            the other losses score each query against its own candidates only, so ``in_batch=False`` is refused
+            with them.
         full_corpus: Fast path only: contrastive softmax over the whole document pool.
         corpus_sample: Fast path with ``full_corpus``: when > 0, the softmax runs over this many
             random pool documents (re-drawn each step) plus the batch's own candidates instead of
@@ -188,6 +190,12 @@ class TrainConfig:
             _check_int(name, getattr(self, name), 0)
         if self.warmup_steps is not None:
             _check_int("warmup_steps", self.warmup_steps, 0, none_ok=True)
+        if self.loss != "contrastive" and not self.in_batch:
+            raise ValueError(
+                f"in_batch=False (--no-in-batch) would be ignored: only loss 'contrastive' takes in-batch negatives, "
+                f"and loss {self.loss!r} scores each query against its own candidates only (its positive and hard "
+                "negatives); drop it (a checkpoint written with it resumes without it)"
+            )
         if self.loss != "contrastive" and self.negatives < 1:
             raise ValueError(
                 f"loss {self.loss!r} compares each positive with hard negatives, so it needs negatives >= 1 "
@@ -782,6 +790,23 @@ _LEGACY_MINE_MODE = "replace"
 _FAST_PATH_ONLY = ("config.full_corpus", "config.corpus_sample")
 
 
+def _reads_in_batch(recipe: Mapping[str, Any]) -> bool:
+    """Whether a run of the (flattened) ``recipe`` reads ``config.in_batch``: only the contrastive loss does, and
+    not on the fast path's softmax over the pool (``full_corpus``), which scores every query against the pool.
+
+    Earlier versions accepted ``in_batch=False`` (``--no-in-batch``) where it is not read, and recorded it.
+
+    Examples:
+        >>> _reads_in_batch({"mode": "heads_only_cached", "config.loss": "contrastive", "config.full_corpus": True})
+        False
+        >>> _reads_in_batch({"mode": "encoder", "config.loss": "contrastive", "config.full_corpus": True})
+        True
+    """
+    if recipe.get("config.loss", "contrastive") != "contrastive":
+        return False
+    return not (recipe.get("mode") == "heads_only_cached" and recipe.get("config.full_corpus", True))
+
+
 def _recipe_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     """``flag (key): checkpoint value -> value now`` for each recipe entry a resume may not change.
 
@@ -789,7 +814,9 @@ def _recipe_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> lis
     (``cli.hard_negatives`` not ``none``) and records no ``cli.mine_mode`` replaced the given negatives
     (``replace``); the same ``data`` source listed twice is that source once; ``full_corpus`` and
     ``corpus_sample`` are compared only when a side trained on the fast path (``mode`` ``heads_only_cached``);
-    entries later versions added (what trains, ``encoder.trainable``) only when the checkpoint records them.
+    ``in_batch`` only when a side reads it (:func:`_reads_in_batch`: a checkpoint an earlier version wrote with
+    ``--no-in-batch`` where it was ignored resumes without it); entries later versions added (what trains,
+    ``encoder.trainable``) only when the checkpoint records them.
 
     Examples:
         >>> _recipe_differences({"data": ["a", "a"], "cli": {"hard_negatives": "bm25"}},
@@ -810,6 +837,8 @@ def _recipe_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> lis
         if key.rsplit(".", 1)[-1] in RESUMABLE_CHANGES | {"warmup_resolved"} or key.startswith("encoder.extra"):
             continue
         if key in _FAST_PATH_ONLY and not fast_path:
+            continue
+        if key == "config.in_batch" and not (_reads_in_batch(old) or _reads_in_batch(new)):
             continue
         if key.startswith(_ADDED_LATER) and key not in old:
             continue
@@ -1187,9 +1216,11 @@ def record_training(
 
     The record's ``recipe`` holds the training config (``similarity`` included: a vector twin is saved, evaluated
     and ranked by its own score, :func:`~kl_retrievers.evaluation.model_similarity`), the warm-up, bf16 and device
-    the run used, the ``recipe`` entries given and the encoder's shape. :func:`train_encoder` and
-    :func:`train_heads_cached` call it before their first step (without ``result``) and at the end; the command
-    line calls it with its own entries.
+    the run used, the ``recipe`` entries given and the encoder's shape; ``trained_splits`` lists the BEIR splits
+    trained on (:attr:`~kl_retrievers.training.TrainingSet.splits`: each folder's name, not its path, the split
+    and the SHA-256 of its query texts), which ``kl-retrievers evaluate`` warns about when it scores one of them.
+    :func:`train_encoder` and :func:`train_heads_cached` call it before their first step (without ``result``) and
+    at the end; the command line calls it with its own entries.
 
     Args:
         encoder: The trained encoder; its ``config.extra["training"]`` is replaced.
@@ -1222,6 +1253,7 @@ def record_training(
         "n_queries": len(ts.examples),
         "n_query_texts": len({ts.queries[ex.query] for ex in ts.examples}),
         "n_docs": len(ts.docs),
+        "trained_splits": [dict(s) for s in ts.splits],
     }
     if result is not None:
         final = result.final_loss  # over the whole run, the checkpoint's steps included; NaN when none is known
@@ -2283,7 +2315,7 @@ def train_heads_cached(
             "in_batch=False (--no-in-batch) would be ignored: with full_corpus (the default) train_heads_cached's "
             "contrastive softmax runs over the pool (every document, or corpus_sample of them plus every candidate "
             "of the batch), whichever query a candidate came with; set full_corpus=False (--no-full-corpus) for each "
-            "query's own candidates only, or leave in_batch on"
+            "query's own candidates only, or leave in_batch on (a checkpoint written with it resumes without it)"
         )
     _check_evaluator(evaluator, eval_every)
     need_teacher = _check_teacher(ts, cfg)
