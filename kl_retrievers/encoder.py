@@ -271,6 +271,21 @@ def _inside_model_folder(file: Path, folder: Path) -> bool:
     return root.parent.name == "snapshots" and target.parent == root.parent.parent / "blobs"
 
 
+def _refuse_link_out(file: Path, folder: Path) -> None:
+    """Refuse ``file`` (a weights or tokenizer file of the model folder ``folder``) when it is a symbolic link
+    leading out of the folder (:func:`_inside_model_folder`): nothing outside the folder is read.
+
+    Raises:
+        NotAnEncoderError: The link leads elsewhere; the message names both paths.
+    """
+    if not _inside_model_folder(file, folder):
+        raise NotAnEncoderError(
+            f"{file} resolves to {file.resolve()}, not to a file directly in the model folder {folder} (a link "
+            "must not lead elsewhere; a Hugging Face cache snapshot's links to its blobs are fine); copy the file "
+            "into the folder instead of linking to it"
+        )
+
+
 def _load_tokenizer(path: Path) -> Any:
     """The tokenizer saved in ``path``; damaged tokenizer files are a :class:`NotAnEncoderError` naming them.
 
@@ -1095,34 +1110,33 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         weights_file = path / weights_name
         if not weights_file.is_file():
             raise NotAnEncoderError(f"{path} is missing its weights file {weights_name}")
-        if not _inside_model_folder(weights_file, path):  # as KLStore.load: a link may not lead out of the folder
-            raise NotAnEncoderError(
-                f"{weights_file} resolves to {weights_file.resolve()}, not to a file directly in the model folder "
-                f"{path} (a link must not lead elsewhere; a Hugging Face cache snapshot's links to its blobs are "
-                "fine); copy the file into the folder instead of linking to it"
-            )
+        _refuse_link_out(weights_file, path)  # as KLStore.load: a link may not lead out of the folder
         if not any((path / name).is_file() for name in _TOKENIZER_FILES):
             raise NotAnEncoderError(
                 f"{path} has no tokenizer files (expected one of {', '.join(_TOKENIZER_FILES)}); "
                 "copy the whole folder that save_pretrained wrote"
             )
+        for name in (*_TOKENIZER_FILES, *_TOKENIZER_SIDE_FILES):  # the tokenizer's files, as the weights
+            if (path / name).is_file():
+                _refuse_link_out(path / name, path)
         _check_tokenizer_sha256(meta, cfg_file, path)  # before loading: an edited file is named, not misread
         tokenizer = _load_tokenizer(path)
         state = _read_weights(weights_file)
         if weights_name == FULL_WEIGHTS:
-            if not isinstance(meta.get("backbone_config"), dict):
+            backbone_config = meta.get("backbone_config")
+            if not isinstance(backbone_config, dict):
                 raise NotAnEncoderError(f"{cfg_file}: field 'backbone_config' is missing or not an object")
-            try:
-                backbone = _backbone_from_config(meta["backbone_config"])
-            except (TypeError, ValueError, KeyError) as exc:
-                raise NotAnEncoderError(f"{cfg_file}: field 'backbone_config' is invalid: {exc}") from None
-            enc = cls(backbone, tokenizer, config, name_or_path=reference)
-            _check_shapes(weights_file, state, enc.state_dict())
-            missing, unexpected = enc.load_state_dict(state, strict=False)
-            if unexpected or [m for m in missing if not m.endswith("position_ids")]:
-                raise NotAnEncoderError(
-                    f"{weights_file} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
-                )
+            _check_layer_counts(cfg_file, backbone_config, weights_file, len(state))
+            # The model's tensor names and shapes first, built on the meta device (nothing is allocated): a
+            # config.json claiming a far larger model than its weights file holds is refused before it is built.
+            with torch.device("meta"):
+                try:
+                    skeleton = cls(_backbone_from_config(backbone_config), tokenizer, config)
+                except (TypeError, ValueError, KeyError, RuntimeError, OverflowError) as exc:
+                    raise NotAnEncoderError(f"{cfg_file}: field 'backbone_config' is invalid: {exc}") from None
+            _check_full_state(weights_file, state, skeleton.state_dict())
+            enc = cls(_backbone_from_config(backbone_config), tokenizer, config, name_or_path=reference)
+            enc.load_state_dict(state, strict=False)  # the names were checked: only position_ids may be missing
         else:
             enc = cls._from_delta(path, tokenizer, config, state, reference)
         if meta.get("var_token_id") != enc.var_token_id:
@@ -1258,6 +1272,43 @@ def _check_shapes(weights_file: Path, state: dict[str, torch.Tensor], own: dict[
             raise NotAnEncoderError(
                 f"{weights_file}: tensor {key} has shape {tuple(value.shape)}, but the model built from "
                 f"{field_hint} expects {tuple(own[key].shape)}; the folder was changed after it was saved"
+            )
+
+
+def _check_full_state(weights_file: Path, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> None:
+    """Refuse a full weights file whose tensors are not the encoder's: a shape (:func:`_check_shapes`), or a
+    tensor missing or unexpected (a ``position_ids`` buffer, which earlier transformers saved, may be missing)."""
+    _check_shapes(weights_file, state, own)
+    missing = [k for k in own if k not in state and not k.endswith("position_ids")]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise NotAnEncoderError(
+            f"{weights_file} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+
+
+#: The fields of a transformers config that count layers (``num_hidden_layers``, ``n_layer``, ``num_layers``,
+#: ``encoder_layers``, ...).
+_LAYER_COUNT_FIELD = re.compile(r"(?:^|_)layers?$")
+
+
+def _check_layer_counts(cfg_file: Path, backbone_config: dict[str, Any], weights_file: Path, tensors: int) -> None:
+    """Refuse a ``backbone_config`` that counts more layers than the weights file holds tensors.
+
+    Every layer has weights of its own, so a full save holds at least one tensor per layer; a larger count (a
+    config.json edited to claim a million layers) would build that many modules, even on the meta device.
+
+    Examples:
+        >>> _check_layer_counts(Path("config.json"), {"num_hidden_layers": 2}, Path("model.safetensors"), 40)
+        >>> _check_layer_counts(Path("config.json"), {"n_layer": 10**6}, Path("model.safetensors"), 40)
+        Traceback (most recent call last):
+        kl_retrievers._config.NotAnEncoderError: config.json: field 'backbone_config' counts 1000000 layers ...
+    """
+    for key, value in backbone_config.items():
+        if _LAYER_COUNT_FIELD.search(key) and type(value) is int and value > tensors:  # a bool is not a count
+            raise NotAnEncoderError(
+                f"{cfg_file}: field 'backbone_config' counts {value} layers ({key}), but {weights_file} holds only "
+                f"{tensors} tensors (every layer has weights of its own): the folder was changed after it was saved"
             )
 
 

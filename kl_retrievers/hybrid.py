@@ -2426,6 +2426,7 @@ class KLHybridStore(_NotCopyable):
         *,
         mmap: bool = False,
         verify_checksums: bool = True,
+        token_pattern: str | None = None,
     ) -> KLHybridStore:
         """Load a folder written by :meth:`save`; nothing on disk is changed.
 
@@ -2443,18 +2444,29 @@ class KLHybridStore(_NotCopyable):
             mmap: Memory-map the arrays of both halves (copied on the first change).
             verify_checksums: Check every file's SHA-256 against the config. Without it the halves'
                 ids and save tokens are still checked (a folder saved before tokens has none and loads).
+            token_pattern: The BM25 ``token_pattern`` the store was saved with, given to trust it. ``None``: the
+                saved pattern must be one docs/hybrid.md gives (the default, bm25s' two-character one, the CJK and
+                the combining-mark patterns), since it runs on every document and query and ``hybrid.json`` could
+                name one that backtracks catastrophically; a store saved with a pattern of your own loads when
+                you pass that pattern here. Given, it must equal the saved pattern.
 
         Raises:
             FileNotFoundError: No hybrid store at ``path``.
             HybridFormatError: A bad config or file, or halves that disagree (ids, or a file
-                not written by the same save); the message names the mismatch.
-            TypeError: ``mmap`` or ``verify_checksums`` is not a bool (the string ``"no"`` is true).
+                not written by the same save); the message names the mismatch. A saved ``token_pattern`` that
+                docs/hybrid.md does not give, without ``token_pattern=``; another one than ``token_pattern=``.
+            TypeError: ``mmap`` or ``verify_checksums`` is not a bool (the string ``"no"`` is true), or
+                ``token_pattern`` is neither a str nor ``None``.
 
         Examples:
             >>> KLHybridStore.load("/nonexistent")  # doctest: +SKIP
         """
         check_bool(mmap, "mmap")  # KLStore._load_once checks them too, but only once this folder's config is read
         check_bool(verify_checksums, "verify_checksums")
+        if token_pattern is not None and not isinstance(token_pattern, str):
+            raise TypeError(
+                f"token_pattern must be the saved token pattern as a str, or None; got {type(token_pattern).__name__}"
+            )
         _refuse_model_name(encoder, f"{cls.__name__}.load(path, encoder={{}})")  # before any file is read
         require_modules("KLHybridStore's BM25 half", ["bm25s"], "hybrid")
         folder = user_path(path)
@@ -2463,16 +2475,21 @@ class KLHybridStore(_NotCopyable):
         if not folder.is_dir():
             raise FileNotFoundError(f"no hybrid store folder at {folder}")
         # a save of the same path during the load swaps the folder between reads: read it again then
-        return load_unchanged(folder, lambda: cls._load_once(folder, encoder, mmap, verify_checksums))
+        return load_unchanged(folder, lambda: cls._load_once(folder, encoder, mmap, verify_checksums, token_pattern))
 
     @classmethod
-    def _load_once(cls, folder: Path, encoder: EncoderLike | None, mmap: bool, verify_checksums: bool) -> KLHybridStore:
-        """One read of a hybrid store folder (:meth:`load` repeats it when a save replaced the folder meanwhile)."""
+    def _load_once(
+        cls, folder: Path, encoder: EncoderLike | None, mmap: bool, verify_checksums: bool, trusted: str | None
+    ) -> KLHybridStore:
+        """One read of a hybrid store folder (:meth:`load` repeats it when a save replaced the folder meanwhile);
+        ``trusted`` is load's ``token_pattern``."""
         cfg_path = folder / _CONFIG
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{folder} has no {_CONFIG}; not a hybrid store folder")
         config = _read_config(cfg_path)
         bm25_cfg, fusion = config["bm25"], config["fusion"]
+        pattern = bm25_cfg["token_pattern"]
+        _check_saved_pattern(cfg_path, pattern, trusted)  # before either half is read
         root = folder.resolve()
         for sub in (_KL_DIR, _BM25_DIR):
             if not (folder / sub).is_dir():
@@ -2483,15 +2500,6 @@ class KLHybridStore(_NotCopyable):
                 )
         kl_dir, where = folder / _KL_DIR, f"the hybrid store at {folder}"  # the folder named in a weights warning
         kl = load_unchanged(kl_dir, lambda: KLStore._load_once(kl_dir, encoder, mmap, verify_checksums, where=where))
-        pattern = bm25_cfg["token_pattern"]
-        if not _documented_pattern(pattern):
-            logger.warning(
-                "%s: its saved token_pattern %r is not one the documentation gives; it is run on every document "
-                "and query, so a pattern that backtracks catastrophically can make every search hang: load "
-                "hybrid stores only from sources you trust (docs/hybrid.md, saving and loading)",
-                folder,
-                pattern[:200],
-            )
         tokenizer = _Tokenizer(bm25_cfg["stopwords"], pattern, bm25_cfg.get("stemmer"), saved=True)
         half = _BM25Half.load(
             folder / _BM25_DIR, tokenizer, bm25_cfg["k1"], bm25_cfg["b"], indexed=config["bm25_indexed"], mmap=mmap
@@ -2563,6 +2571,46 @@ _DOCUMENTED_PATTERNS = frozenset(
 )
 
 
+def _check_saved_pattern(cfg_path: Path, saved: str, trusted: str | None) -> None:
+    r"""Refuse a saved BM25 token pattern that docs/hybrid.md does not give, unless the caller passed it to load.
+
+    The pattern runs on every document and query, and ``hybrid.json`` (which no checksum covers) could name one
+    that backtracks catastrophically (``(?:\w+\s?)+!``: 9 s for a 24-character query, holding the GIL).
+
+    Args:
+        cfg_path: The store's ``hybrid.json``, for the message.
+        saved: Its ``bm25.token_pattern``.
+        trusted: :meth:`KLHybridStore.load`'s ``token_pattern`` (``None``: not given).
+
+    Raises:
+        HybridFormatError: ``trusted`` is given and differs from ``saved``, or is not given and ``saved`` is not
+            one docs/hybrid.md gives (:func:`_documented_pattern`).
+
+    Examples:
+        >>> _check_saved_pattern(Path("hybrid.json"), r"(?u)\b\w+\b", None)
+        >>> _check_saved_pattern(Path("hybrid.json"), r"[a-z]+", r"[a-z]+")
+        >>> _check_saved_pattern(Path("hybrid.json"), r"(\w+\s?)+!", None)
+        Traceback (most recent call last):
+        kl_retrievers.hybrid.HybridFormatError: hybrid.json: field 'bm25.token_pattern' is '(\\w+\\s?)+!', not one ...
+    """
+    shown = repr(saved) if len(saved) <= 200 else f"{saved[:200]!r}... ({len(saved)} characters)"
+    if trusted is not None:
+        if trusted != saved:
+            raise HybridFormatError(
+                f"{cfg_path}: field 'bm25.token_pattern' is {shown}, not the token_pattern= given to load "
+                f"({trusted[:200]!r}); BM25 indexed the store's documents with the saved pattern: pass that one, or "
+                "leave token_pattern= out"
+            )
+        return
+    if not _documented_pattern(saved):
+        raise HybridFormatError(
+            f"{cfg_path}: field 'bm25.token_pattern' is {shown}, not one docs/hybrid.md gives; it would run on every "
+            "document and query, and a pattern that backtracks catastrophically makes each search take seconds to "
+            "hours: if you trust this store (saved with a pattern of your own), pass that pattern to load, "
+            "KLHybridStore.load(path, token_pattern=...)"
+        )
+
+
 #: A ``\uXXXX`` escape in a pattern's text (not itself escaped: ``\\u0041`` is a backslash and ``u0041``).
 _UNICODE_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u([0-9a-fA-F]{4})")
 
@@ -2581,7 +2629,7 @@ _MARKS = ("Mn", "Mc", "Me")
 
 
 def _documented_pattern(pattern: str) -> bool:
-    r"""Whether a saved token pattern is one docs/hybrid.md gives (no warning at load).
+    r"""Whether a saved token pattern is one docs/hybrid.md gives (it loads without ``token_pattern=``).
 
     The ``\uXXXX`` escapes of the CJK pattern may be written as the characters (a non-raw string). The
     marks-keeping patterns (``\w[\w<marks>]*``, alone or after the CJK class) count whatever Unicode version

@@ -10,7 +10,6 @@ LangChain ids ``""`` get a fresh id; per-query tables refuse the ids they cannot
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import sys
@@ -227,11 +226,9 @@ def test_hybrid_half_or_file_linked_from_outside_is_refused(hybrid_folder: Path,
         KLHybridStore.load(hybrid_folder)
 
 
-def test_hybrid_saved_token_pattern_not_in_the_docs_is_warned_about(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_hybrid_saved_token_pattern_not_in_the_docs_is_refused_unless_named(tmp_path: Path) -> None:
     pytest.importorskip("bm25s")
-    from kl_retrievers.hybrid import BM25_TOKEN_PATTERN, KLHybridStore
+    from kl_retrievers.hybrid import BM25_TOKEN_PATTERN, HybridFormatError, KLHybridStore
 
     marks = "".join(chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) in ("Mn", "Mc", "Me"))
     documented = [BM25_TOKEN_PATTERN, r"[\u3040-\u30ff\u3400-\u9fff\u0e00-\u0e7f]|\w+", rf"\w[\w{marks}]*"]
@@ -239,12 +236,13 @@ def test_hybrid_saved_token_pattern_not_in_the_docs_is_warned_about(
         store = KLHybridStore(fusion="rrf", token_pattern=pattern)
         store.add(["tea leaves", "black coffee"], gaussians=random_gaussians(2, 4), ids=["a", "b"])
         folder = store.save(tmp_path / f"hy{i}")
-        caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="kl_retrievers.hybrid"):
+        if pattern in documented:
             KLHybridStore.load(folder)
-        warned = [r.getMessage() for r in caplog.records if "sources you trust" in r.getMessage()]
-        assert len(warned) == (0 if pattern in documented else 1), (pattern[:40], warned)
-    assert r"(\\w+\\s?)+!" in warned[0]
+        else:
+            with pytest.raises(HybridFormatError, match=r"not one docs/hybrid\.md gives") as info:
+                KLHybridStore.load(folder)
+            assert r"(\\w+\\s?)+!" in str(info.value)
+            KLHybridStore.load(folder, token_pattern=pattern)  # named by the caller: trusted
 
 
 # ------------------------------------------------------------------ LangChain: an empty id is no id

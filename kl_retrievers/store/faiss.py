@@ -199,6 +199,27 @@ def _unloadable_saved_name(name: str) -> str | None:
     return None
 
 
+def _saved_model_source(name: str) -> str:
+    """Where the saved model name ``name`` is loaded from, for the log line that names it: a bundled model, a local
+    folder (its absolute path; a relative one is read from the current directory), else the hub.
+
+    Examples:
+        >>> _saved_model_source("minilm-gauss-soup")
+        'a model bundled with kl-retrievers'
+        >>> _saved_model_source("no-such-owner/no-such-model")
+        'not a local folder: a Hugging Face hub id (an installed copy, the hub cache or a download)'
+    """
+    from kl_retrievers.hub import bundled_name
+
+    if bundled_name(name) is not None:
+        return "a model bundled with kl-retrievers"
+    folder = user_path(name)
+    if folder.is_dir():
+        relative = "" if folder.is_absolute() else ", a relative path read from the current directory"
+        return f"the local folder {folder.resolve()}{relative}"
+    return "not a local folder: a Hugging Face hub id (an installed copy, the hub cache or a download)"
+
+
 def _encoder_record(encoder: Any) -> tuple[dict[str, Any], list[str]]:
     """The ``encoder`` record a KLStore's config.json holds for ``encoder`` (``{"name_or_path", "config"}``),
     and where its config held NaN or Infinity (recorded as null: config.json is standard JSON).
@@ -999,8 +1020,9 @@ class KLStore(GaussianStore):
                     same = isinstance(record, dict) and record.get("name_or_path") == name
                     backend = _recorded_backend(record) if same else None  # the backend it was built with
                     logger.info(
-                        "loading the encoder %r this store was saved with (%s backend), to encode text",
+                        "loading the encoder %r this store was saved with (%s; %s backend), to encode text",
                         name,
+                        _saved_model_source(name),
                         backend or "default",
                     )
                     try:
