@@ -2250,6 +2250,8 @@ class KLVectorStore(BasePydanticVectorStore):
     _recorded_encoder: Any = PrivateAttr(default=None)
     _adopt_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _warned_reserved: bool = PrivateAttr(default=False)
+    # Whether a query logged (at INFO) that it read node_ids as the as_retriever list: later ones log at DEBUG
+    _said_unrestricted: bool = PrivateAttr(default=False)
     # The ids of the stored IndexNode / ImageNode nodes and the store's write_count they are right for (None:
     # unknown): kept up to date by add / delete through this object, rescanned when the store was changed
     # otherwise (see _stored_non_text_ids).
@@ -2823,17 +2825,21 @@ class KLVectorStore(BasePydanticVectorStore):
         ``verdict`` is :meth:`_stack_verdict`'s answer; when no retriever was on the stack
         (``None``), a list of exactly the stored ``IndexNode`` / ``ImageNode`` nodes counts too
         (:meth:`_lists_the_non_text_nodes`, which may read the stored ``IndexNode`` / ``ImageNode`` nodes:
-        never called on the event loop's thread by :meth:`aquery`).
+        never called on the event loop's thread by :meth:`aquery`). Reading the list as no restriction is
+        logged at INFO by the first query of this store that does so, at DEBUG by later ones.
         """
         node_ids = query.node_ids
         if not node_ids:
             return False
         if verdict is None:
             verdict = self._lists_the_non_text_nodes(node_ids)
-        if verdict:
-            logger.info(
+        if verdict:  # at INFO once per store (a service would log it at every request), then at DEBUG
+            level = logging.DEBUG if self._said_unrestricted else logging.INFO
+            self._said_unrestricted = True
+            logger.log(
+                level,
                 "node_ids is the list VectorStoreIndex.as_retriever passes (its IndexNode / ImageNode nodes): "
-                "searching every node. To search only those nodes use KLRetriever(node_ids=...)"
+                "searching every node. To search only those nodes use KLRetriever(node_ids=...)",
             )
         return verdict
 

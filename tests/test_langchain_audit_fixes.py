@@ -174,7 +174,7 @@ def test_numpy_and_date_metadata_are_converted(store: KLVectorStore) -> None:
 def test_other_non_json_metadata_still_names_the_row(store: KLVectorStore) -> None:
     with pytest.raises(TypeError, match=r"metadatas\[1\] is not JSON-serialisable"):
         store.add_texts(["a", "b"], [{}, {"x": object()}])
-    with pytest.raises(TypeError, match=r"metadatas\[0\] is not JSON-serialisable"):
+    with pytest.raises(ValueError, match=r"metadatas\[0\] holds nan at \['x'\]:"):
         store.add_texts(["a"], [{"x": np.float64("nan")}])
 
 

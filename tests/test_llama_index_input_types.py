@@ -121,16 +121,25 @@ def _klstore_reason(encoder: GaussianEncoder, value: Any) -> str:
 
 
 @pytest.mark.parametrize(
-    "value", [decimal.Decimal("1.5"), float("nan"), {"x"}, b"x"], ids=["decimal", "nan", "set", "bytes"]
+    ("value", "error", "says"),
+    [
+        (decimal.Decimal("1.5"), TypeError, "is not JSON-serialisable"),
+        (float("nan"), ValueError, r"holds nan at \['v'\]"),  # a bad value, named by its key
+        ({"x"}, TypeError, "is not JSON-serialisable"),
+        (b"x", TypeError, "is not JSON-serialisable"),
+    ],
+    ids=["decimal", "nan", "set", "bytes"],
 )
-def test_add_refuses_metadata_that_klstore_refuses(encoder: GaussianEncoder, value: Any) -> None:
+def test_add_refuses_metadata_that_klstore_refuses(
+    encoder: GaussianEncoder, value: Any, error: type[Exception], says: str
+) -> None:
     vs = KLVectorStore(encoder=encoder)
-    with pytest.raises(TypeError, match=r"the metadata of node 'd' is not JSON-serialisable") as info:
+    with pytest.raises(error, match=rf"the metadata of node 'd' {says}") as info:
         vs.add([TextNode(text="the cat", id_="d", metadata={"v": value})])
     assert _klstore_reason(encoder, value) in str(info.value)  # KLStore.add's reason
     assert len(vs.kl_store) == 0
     hybrid = KLHybridRetriever.from_defaults(nodes=[TextNode(text="a dog", id_="h")], encoder=encoder)
-    with pytest.raises(TypeError, match=r"the metadata of node 'd' is not JSON-serialisable"):
+    with pytest.raises(error, match=rf"the metadata of node 'd' {says}"):
         hybrid.add_nodes([TextNode(text="the cat", id_="d", metadata={"v": value})])
     assert hybrid.store.ids == ["h"]
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import threading
 import uuid
@@ -521,7 +522,13 @@ def _check_texts_container(texts: Any) -> None:
 
     A dict or its ``keys()`` / ``items()`` view (keys are usually ids), bytes, a table with
     ``.columns``: refused as :func:`~kl_retrievers._encoding.check_texts` refuses them, with its message.
+    A :class:`~kl_retrievers.gaussian.Gaussians` (``add(g)``) is refused with a hint to pass it as ``gaussians=``.
     """
+    if isinstance(texts, Gaussians):  # add(g): the Gaussians given where the texts go
+        raise TypeError(
+            "add's first positional argument is texts (the documents' strings); got a Gaussians: pass it by "
+            "keyword, gaussians=g (add(gaussians=g), or add(texts, gaussians=g) to keep the texts too)"
+        )
     if isinstance(texts, (Mapping, KeysView, ItemsView, bytes, bytearray, memoryview)) or hasattr(texts, "columns"):
         check_texts(texts, "texts", allow_str=False)  # raises its TypeError, which says what to pass
 
@@ -584,6 +591,46 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
+def _non_finite_at(metadata: Mapping[Any, Any]) -> tuple[str, float] | None:
+    """Where ``metadata`` holds a NaN or infinite number: ``(its key path, the number)``, else ``None``.
+
+    Numbers are looked for as the store would write them (numpy scalars and arrays converted); a value JSON
+    cannot hold at all (a set) is skipped, so a NaN is named whatever else the metadata holds. The walk goes
+    level by level, without recursion: metadata may nest as deeply as ``add`` takes it.
+
+    Examples:
+        >>> _non_finite_at({"title": "x", "nested": {"score": float("nan")}})
+        ("['nested']['score']", nan)
+        >>> _non_finite_at({"v": np.array([1.0, np.inf], dtype=np.float32), "s": {1}})
+        ("['v'][1]", inf)
+        >>> _non_finite_at({"v": 1.0}) is None
+        True
+    """
+
+    def convert(value: Any) -> Any:
+        try:
+            return _json_default(value)
+        except TypeError:
+            return None
+
+    try:  # NaN and infinities as JSON's extension (json.loads reads them back as floats)
+        plain = json.loads(json.dumps(metadata, ensure_ascii=False, default=convert))
+    except (TypeError, ValueError, RecursionError):  # a circular reference, or nesting JSON cannot write
+        return None
+    todo: list[tuple[str, Any]] = [("", plain)]
+    while todo:
+        path, value = todo.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return path, value
+        items: Iterable[tuple[Any, Any]] = ()
+        if isinstance(value, dict):
+            items = value.items()
+        elif isinstance(value, list):
+            items = enumerate(value)
+        todo.extend((f"{path}[{key!r}]", item) for key, item in reversed(list(items)))  # the first key first
+    return None
+
+
 def _metadata_list(metadatas: Sequence[Mapping[Any, Any] | None] | None, n: int) -> list[dict[str, Any]]:
     """One metadata dict per document (``{}`` for ``None``): exactly what its JSON round trip gives.
 
@@ -591,7 +638,8 @@ def _metadata_list(metadatas: Sequence[Mapping[Any, Any] | None] | None, n: int)
     a search before and after a save and load sees the same values (tuples become lists,
     non-string keys strings). Values JSON cannot hold are converted first: numpy scalars to
     Python numbers (``.item()``), numpy arrays to lists, ``datetime`` / ``date`` / ``time`` to
-    ISO 8601 strings (``.isoformat()``). Anything else, NaN and infinities raise ``TypeError``.
+    ISO 8601 strings (``.isoformat()``). Anything else raises ``TypeError``; NaN and infinities raise
+    ``ValueError``, naming their key path (``metadatas[0] holds nan at ['nested']['score']: ...``).
     The result is the store's own copy: a caller changing a nested list or dict later changes nothing.
 
     Examples:
@@ -623,6 +671,15 @@ def _metadata_list(metadatas: Sequence[Mapping[Any, Any] | None] | None, n: int)
         try:  # fail early on what JSON cannot hold (stores save metadata as JSON)
             dumped = json.dumps(m, allow_nan=False, ensure_ascii=False, default=_json_default)
         except (TypeError, ValueError) as exc:
+            found = _non_finite_at(m)
+            if found is not None:  # a bad value, not a bad type
+                path, number = found
+                if len(path) > 200:  # nested very deeply: the outermost and innermost keys, whole
+                    path = f"{path[: path.rfind(']', 0, 80) + 1]}...{path[path.find('[', len(path) - 100) :]}"
+                raise ValueError(
+                    f"metadatas[{j}] holds {number} at {path}: metadata values must be JSON values, whose numbers "
+                    "are finite (not NaN or infinity; store None, or drop the key)"
+                ) from None
             raise TypeError(f"metadatas[{j}] is not JSON-serialisable: {exc}") from None
         _check_utf8(dumped, f"metadatas[{j}] (as JSON)")
         loaded = json.loads(dumped)  # memory keeps what disk keeps
@@ -1281,7 +1338,7 @@ class GaussianStore(_NotCopyable, ABC):
                 strings (``{1: "a"}`` as ``{"1": "a"}``) and tuples lists, at once and after a
                 save and load alike. numpy scalars and arrays are converted to numbers and lists,
                 ``datetime`` / ``date`` / ``time`` to ISO 8601 strings; NaN and infinite values
-                are refused.
+                are refused (``ValueError``, naming the key path).
 
         Returns:
             The ids, in input order.
@@ -1293,7 +1350,8 @@ class GaussianStore(_NotCopyable, ABC):
         variances), centre the means (documents and queries by one vector: ``-KL`` is unchanged).
 
         Raises:
-            ValueError: Mismatched lengths, wrong dimension, non-finite values, duplicate ids
+            ValueError: Mismatched lengths, wrong dimension, non-finite values (in the Gaussians, or a
+                metadata number: the message names its key path), duplicate ids
                 within the call (named), texts without an encoder, or a text, id or metadata
                 string holding a lone surrogate (it could not be saved as UTF-8). An IVF index (``KLStore``:
                 also ``compression="pq"``) refuses a document whose reduced norm would set the L2-reduction
@@ -1301,7 +1359,8 @@ class GaussianStore(_NotCopyable, ABC):
                 float32 k-means that trains the index overflows and aborts the process: the message names
                 the document, and nothing of the call is added (docs/ann.md, *One outlier document*).
             TypeError: An id that is not a ``str``, a text that is not a ``str``, or metadata that
-                is not a JSON-serialisable dict (the message names its position); a set of texts or ids
+                is not a JSON-serialisable dict (the message names its position); a ``Gaussians`` passed
+                positionally (it goes to ``gaussians=``, a keyword); a set of texts or ids
                 (its iteration order is arbitrary, so it cannot be paired with the other arguments); a
                 dict, its ``keys()`` or ``items()`` view, bytes or a table (``.columns``) as ``texts``
                 (their iteration gives other strings than the texts); a dict's ``items()`` view as
