@@ -1525,14 +1525,20 @@ def _gaussians_meta(text: str, where: str) -> dict[str, Any]:
     """
     import json
 
+    too_deep = f"{where} nests JSON arrays or objects too deeply to read"
     try:
         meta = json.loads(text)
     except ValueError as exc:
         raise ValueError(f"{where} is not valid JSON: {exc}") from None
+    except RecursionError:  # the C decoder recurses once per level of nesting
+        raise ValueError(too_deep) from None
     if not isinstance(meta, dict):
         raise ValueError(f"{where} must hold a JSON object; got a JSON {type(meta).__name__}")
     found: list[str] = []
-    finite_json(meta, found=found)
+    try:
+        finite_json(meta, found=found)
+    except RecursionError:  # nesting the decoder took, but not this (recursive, Python) walk
+        raise ValueError(too_deep) from None
     refused = [key for key in found if not key.startswith("metadata.") and not key.startswith("metadata[")]
     if refused:
         raise ValueError(f"{where}: field(s) {refused} hold NaN or Infinity, which is not standard JSON")
@@ -1667,17 +1673,43 @@ def save_gaussians(
     return target
 
 
+def read_npy_header(path: Path) -> tuple[tuple[int, ...], Any, int]:
+    """What an ``.npy`` file's header declares, its data not read: ``(shape, dtype, offset of the data)``.
+
+    ``np.load`` allocates the declared shape before it reads the data: a header claiming a huge shape over a
+    few bytes of data costs that memory (or ``MemoryError``), so a loader of files it did not write compares the
+    file's size with this first.
+
+    Raises:
+        OSError: The file cannot be read.
+        ValueError: Not an ``.npy`` header (or ``EOFError``, ``SyntaxError``, ``TypeError``: numpy's parser).
+    """
+    from numpy.lib import format as npy_format
+
+    with open(path, "rb") as fh:
+        version = npy_format.read_magic(fh)
+        read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+        shape, _, dtype = read(fh)
+        return tuple(shape), dtype, fh.tell()
+
+
 def load_gaussians(path: str | os.PathLike[str]) -> tuple[Any, list[str] | None]:
     """Load what :func:`save_gaussians` wrote: ``(Gaussians, ids or None)``.
 
     A folder is read again when a save replaces it meanwhile (:func:`load_unchanged`), so the arrays of two saves
     are never mixed; one that a save killed mid-swap left missing is restored first (:func:`recover_dir`).
+    The arrays must be float32 or float64 (what :func:`save_gaussians` writes; integers, booleans, float16 or
+    other floats are refused, not converted). A folder's files must lie in it: a symbolic link to a file
+    elsewhere is refused, as ``KLStore.load`` refuses one; an ``.npy`` file is read only once its size is
+    the one its header declares.
 
     Raises:
         OSError: Saves replaced the folder during each of the reads.
-        ValueError: A file is missing, the config is not that of saved Gaussians (another ``kind``, a
+        ValueError: A file is missing, links out of the folder, or is not what its header declares, the arrays
+            are not float32 or float64, the config is not that of saved Gaussians (another ``kind``, a
             newer ``format_version``, another ``score`` name or direction than ``neg_kl``, ``higher_is_better``),
-            or the ids are not a list of strings, one per row (the message names the file).
+            a JSON file nests arrays or objects too deeply to read, or the ids are not a list of strings, one
+            per row (the message names the file).
     """
     import json
 
@@ -1685,42 +1717,64 @@ def load_gaussians(path: str | os.PathLike[str]) -> tuple[Any, list[str] | None]
 
     from kl_retrievers.gaussian import Gaussians
 
+    def check_dtype(dtype: Any, where: str) -> None:
+        if dtype.kind != "f" or dtype.itemsize not in (4, 8):
+            raise ValueError(
+                f"{where} holds {dtype} values; saved Gaussians are float32 or float64 (what save_gaussians writes)"
+            )
+
+    def read_ids(text: str, rows: int, where: str) -> list[str]:
+        try:
+            ids = json.loads(text, parse_constant=refuse_json_constant())
+        except ValueError as exc:
+            raise ValueError(f"{where} is not valid JSON: {exc}") from None
+        except RecursionError:  # the C decoder recurses once per level of nesting
+            raise ValueError(f"{where} nests JSON arrays or objects too deeply to read") from None
+        return _checked_ids(ids, rows, where)
+
     source = user_path(path)
-    ids: Any = None
     if source.suffix == ".safetensors":
         from safetensors import safe_open
 
         with safe_open(os.fspath(source), framework="np") as fh:
             header = fh.metadata() or {}
-            g = Gaussians(fh.get_tensor("mean"), fh.get_tensor("var"))
+            mean, var = fh.get_tensor("mean"), fh.get_tensor("var")
+        for name, array in (("mean", mean), ("var", var)):
+            check_dtype(array.dtype, f"{source} (its {name!r} tensor)")
+        g = Gaussians(mean, var)
         if "config" in header:
             _gaussians_meta(header["config"], f"{source} (its 'config' header)")
-        if "ids" in header:
-            where = f"{source} (its 'ids' header)"
-            try:
-                ids = json.loads(header["ids"], parse_constant=refuse_json_constant())
-            except ValueError as exc:
-                raise ValueError(f"{where} is not valid JSON: {exc}") from None
-            ids = _checked_ids(ids, len(g), where)
+        ids = read_ids(header["ids"], len(g), f"{source} (its 'ids' header)") if "ids" in header else None
         return g, ids
     # Where a folder swap is not atomic (macOS), a save killed between its two renames leaves only the previous
     # copy beside the folder (.NAME.old-*): put it back first, as KLStore.load does.
     recover_dir(source, required="config.json")
 
+    def read_array(file: Path) -> Any:
+        try:
+            shape, dtype, offset = read_npy_header(file)
+        except (ValueError, EOFError, SyntaxError, TypeError) as exc:
+            raise ValueError(f"cannot read {file}: {exc}") from None
+        check_dtype(dtype, str(file))
+        size, needed = file.stat().st_size, offset + math.prod(shape) * dtype.itemsize
+        if size != needed:
+            raise ValueError(
+                f"{file} has {size} bytes, not the {needed} of its header ({shape} {dtype.name}); truncated or edited?"
+            )
+        return np.load(file, allow_pickle=False)
+
     def load() -> tuple[Any, list[str] | None]:
-        ids: Any = None
-        for name in ("mean.npy", "var.npy", "config.json"):
-            if not (source / name).is_file():
+        root = source.resolve()
+        for name in ("mean.npy", "var.npy", "config.json", "ids.json"):
+            file = source / name
+            if file.resolve().parent != root:  # a link out of the folder: as KLStore.load refuses one (check_files)
+                raise ValueError(f"{file} resolves to {file.resolve()}, outside the saved Gaussians folder")
+            if name != "ids.json" and not file.is_file():
                 raise ValueError(f"{source} is not a saved Gaussians folder: {name} is missing")
         _gaussians_meta((source / "config.json").read_text(encoding="utf-8"), str(source / "config.json"))
-        g = Gaussians(np.load(source / "mean.npy", allow_pickle=False), np.load(source / "var.npy", allow_pickle=False))
+        g = Gaussians(read_array(source / "mean.npy"), read_array(source / "var.npy"))
         ids_path = source / "ids.json"
-        if ids_path.is_file():
-            try:
-                ids = json.loads(ids_path.read_text(encoding="utf-8"), parse_constant=refuse_json_constant())
-            except ValueError as exc:
-                raise ValueError(f"{ids_path} is not valid JSON: {exc}") from None
-            ids = _checked_ids(ids, len(g), str(ids_path))
+        ids = read_ids(ids_path.read_text(encoding="utf-8"), len(g), str(ids_path)) if ids_path.is_file() else None
         return g, ids
 
     # The files are read one by one: a save of the same folder meanwhile (in another thread or process) swaps in

@@ -109,6 +109,7 @@ __all__ = [
     "LOGICAL_OPERATORS",
     "ALLOWED_OPERATORS",
     "OPERATOR_ALIASES",
+    "MAX_FILTER_DEPTH",
     "MetadataFilter",
     "compile_filter",
     "stored_form",
@@ -131,6 +132,12 @@ LOGICAL_OPERATORS = ("$and", "$or", "$not")
 ALLOWED_OPERATORS = tuple(sorted(set(FIELD_OPERATORS) | set(LOGICAL_OPERATORS)))
 #: Other spellings accepted for a field operator (langchain-community FAISS writes not-equal ``$neq``).
 OPERATOR_ALIASES = {"$neq": "$ne"}
+#: The most levels of dicts and lists (tuples, sets, numpy arrays) a dict filter may nest, operators and values
+#: alike: ``{"$and": [{"a": 1}]}`` nests 3. Deeper raises ``ValueError`` (:func:`_check_depth`) before anything
+#: is compiled: compiling and running a filter recurses once or more per level, so a filter nested some
+#: hundreds of levels deep (valid JSON a service may pass on) would end in ``RecursionError``. 64 ``$and`` /
+#: ``$or`` levels fit, and a value 100 levels deep.
+MAX_FILTER_DEPTH = 128
 
 
 def _unknown(op: str) -> ValueError:
@@ -678,6 +685,46 @@ def _compile(spec: Any) -> Predicate:
     return _all_of(parts)
 
 
+def _check_depth(spec: Any) -> None:
+    """Raise ``ValueError`` for a dict filter nested more than :data:`MAX_FILTER_DEPTH` levels deep.
+
+    Walks the filter without recursion: the values of mappings, the items of lists, tuples and sets (a
+    set-like view too), and a numpy array's dimensions (an object array's elements too). Anything else (a
+    generator, say) is not iterated: :func:`_check_values` names it. A filter that holds itself is refused
+    too (as nested too deeply), where compiling it would recurse until ``RecursionError``.
+
+    Examples:
+        >>> f = {"n": 1}
+        >>> for _ in range(70):
+        ...     f = {"$and": [f]}
+        >>> _check_depth(f)
+        Traceback (most recent call last):
+        ...
+        ValueError: the filter nests dicts and lists more than 128 levels deep (MAX_FILTER_DEPTH; operators such ...
+    """
+    pending: list[tuple[Any, int]] = [(spec, 1)]
+    while pending:
+        value, depth = pending.pop()
+        items: Iterable[Any]
+        if isinstance(value, Mapping):
+            items = value.values()
+        elif isinstance(value, (list, tuple, AbstractSet)):
+            items = value
+        elif isinstance(value, np.ndarray) and value.ndim:
+            depth += value.ndim - 1
+            items = value.ravel() if value.dtype == object else ()
+        else:
+            continue
+        if depth > MAX_FILTER_DEPTH:
+            raise ValueError(
+                f"the filter nests dicts and lists more than {MAX_FILTER_DEPTH} levels deep (MAX_FILTER_DEPTH; "
+                "operators such as $and, $or and $not count as their dicts and lists do, and so do nested values); "
+                "write it with fewer levels"
+            )
+        if not _all_immutable(map(type, items)):  # a C-level pass: a long $in list of scalars pushes nothing
+            pending.extend((item, depth + 1) for item in items if type(item) not in _IMMUTABLE)
+
+
 def compile_filter(spec: MetadataFilter | None) -> Predicate | None:
     """Turn a filter into a predicate ``metadata -> bool`` (``None`` stays ``None``).
 
@@ -689,7 +736,8 @@ def compile_filter(spec: MetadataFilter | None) -> Predicate | None:
 
     Raises:
         ValueError: For an unknown operator or a malformed filter (a set where a value is compared, not
-            as the values of ``$in`` / ``$nin``; another iterable that is no value, such as a generator).
+            as the values of ``$in`` / ``$nin``; another iterable that is no value, such as a generator; dicts
+            and lists nested more than :data:`MAX_FILTER_DEPTH` levels deep).
 
     Examples:
         >>> compile_filter({"n": {"$in": [1, 2]}})({"n": 2})
@@ -709,6 +757,7 @@ def compile_filter(spec: MetadataFilter | None) -> Predicate | None:
         return spec
     if callable(spec) and not isinstance(spec, Mapping):
         return _ReadOnlyCall(spec)
+    _check_depth(spec)
     token = _COMPILING.set(_Dates())  # one parse cache and one warning for the whole filter
     try:
         return _compile(spec)
@@ -849,12 +898,44 @@ class _CopyingView(Mapping[str, Any]):
 
 
 def _copied(value: Any) -> Any:
-    """A copy of a metadata value sharing nothing mutable with it (stored metadata is JSON: dicts, lists, scalars)."""
+    """A copy of a metadata value sharing nothing mutable with it (stored metadata is JSON: dicts, lists, scalars).
+
+    Lists and dicts are copied level by level without recursion, so a value nested as deeply as JSON metadata
+    may be (``add`` and a saved store take about as many levels as Python's recursion limit) is copied, not
+    a ``RecursionError``. A list or dict met twice (only in a caller's own mapping) is copied once, as
+    ``copy.deepcopy`` does, so a cycle is copied as a cycle. Other values (not stored by a store) are
+    ``copy.deepcopy``'d.
+
+    Examples:
+        >>> deep = []
+        >>> for _ in range(5000):
+        ...     deep = [deep]
+        >>> node, levels = _copied({"a": deep})["a"], 0
+        >>> while node:
+        ...     node, levels = node[0], levels + 1
+        >>> levels
+        5000
+    """
     kind = type(value)
     if kind in _IMMUTABLE:
         return value
-    if kind is dict:  # keys are strings (stored metadata) or immutable (a dict key is hashable)
-        return {key: _copied(item) for key, item in value.items()}
-    if kind is list:
-        return [_copied(item) for item in value]
-    return copy.deepcopy(value)  # not stored by a store; a caller's own mapping passed to the predicate
+    if kind is not dict and kind is not list:
+        return copy.deepcopy(value)  # not stored by a store; a caller's own mapping passed to the predicate
+    top = kind(value)  # keys are strings (stored metadata) or immutable (a dict key is hashable)
+    copies = {id(value): top}  # by the original's id: what was copied already
+    pending = [top]  # copies whose items are still the originals'
+    while pending:
+        node = pending.pop()
+        for key, item in node.items() if type(node) is dict else enumerate(node):
+            kind = type(item)
+            if kind in _IMMUTABLE:
+                continue
+            if kind is dict or kind is list:
+                new = copies.get(id(item))
+                if new is None:
+                    new = copies[id(item)] = kind(item)
+                    pending.append(new)
+            else:
+                new = copy.deepcopy(item)
+            node[key] = new  # an existing key: the dict iterated over does not change size
+    return top

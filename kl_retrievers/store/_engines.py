@@ -61,7 +61,7 @@ from kl_retrievers.gaussian import (
     top_k_rows,
 )
 from kl_retrievers.store._base import StoreFormatError
-from kl_retrievers.store._format import CENTRE_FIELDS, BlockCheck, centre_from_config
+from kl_retrievers.store._format import CENTRE_FIELDS, BlockCheck, centre_from_config, check_index_file
 from kl_retrievers.store._hnsw_copies import NO_HASHES, HnswCopies, gaussian_hashes
 from kl_retrievers.store._table import DocumentTable
 
@@ -166,7 +166,10 @@ def _read_index(path: Path, mmap: bool) -> tuple[Any, bool]:
 
     A name FAISS cannot take (:func:`_native_path`) is read through a Python stream, or memory-mapped
     through its ``/proc/self/fd`` name; where there is no such name, ``mmap=True`` raises StoreFormatError.
+    The file's array lengths are checked first (:func:`~kl_retrievers.store._format.check_index_file`): FAISS
+    allocates an array's length before it reads the array, so an edited length would cost that memory.
     """
+    check_index_file(path)
     faiss = _faiss()
     name = _native_path(path)
     if mmap:

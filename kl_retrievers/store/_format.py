@@ -61,6 +61,7 @@ import logging
 import math
 import os
 import re
+import struct
 import sys
 from collections.abc import Callable
 from itertools import compress
@@ -69,7 +70,14 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
-from kl_retrievers._io import _version_key, finite_json, library_version, read_json_object, refuse_json_constant
+from kl_retrievers._io import (
+    _version_key,
+    finite_json,
+    library_version,
+    read_json_object,
+    read_npy_header,
+    refuse_json_constant,
+)
 from kl_retrievers._score import check_score_fields
 from kl_retrievers.hub import sha256_file
 from kl_retrievers.store._base import INDEX_TYPES, StoreFormatError, _check_utf8
@@ -870,15 +878,9 @@ def check_npy_header(path: Path, shape: tuple[int, ...] | None, dtype: Any, fiel
     :class:`StoreFormatError`, not a ``MemoryError`` from allocating it. ``field`` names the config field the
     expected shape comes from; ``shape`` and ``dtype`` ``None``: only the size is checked against the header.
     """
-    from numpy.lib import format as npy_format
-
     expected = f"config says {shape} {np.dtype(dtype).name} ({field})" if shape is not None else ""
     try:
-        with open(path, "rb") as fh:
-            version = npy_format.read_magic(fh)
-            read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
-            got_shape, _, got_dtype = read(fh)
-            offset = fh.tell()
+        got_shape, got_dtype, offset = read_npy_header(path)
     except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
         raise StoreFormatError(f"cannot read {path}: {exc}") from exc
     if shape is not None and (tuple(got_shape) != shape or got_dtype != np.dtype(dtype)):
@@ -1079,6 +1081,216 @@ def _check_line_utf8(path: Path, line_no: int, doc_id: str, text: str | None, me
             _check_utf8(value, what)
         except ValueError as exc:
             raise StoreFormatError(f"{path} line {line_no}: {exc}") from None
+
+
+# ------------------------------------------------------------------ index.faiss, before FAISS reads it
+#: The FAISS index kinds (the four-character codes FAISS writes first) a KLStore writes: flat vectors (the flat
+#: store's inner-product index, an IVF quantizer, HNSW storage, float32 refine copies), scalar-quantized and
+#: product-quantized codes, HNSW graphs over each, IVF lists (flat, SQ8, PQ, 4-bit fast-scan PQ) and a refine
+#: stage over any of them.
+_FLAT_KINDS = frozenset({b"IxFI", b"IxF2", b"IxFl"})
+_HNSW_STORAGE = {b"IHNf": _FLAT_KINDS, b"IHNs": frozenset({b"IxSQ"}), b"IHNp": frozenset({b"IxPq"})}
+_IVF_KINDS = frozenset({b"IwFl", b"IwSq", b"IwPQ", b"IwPf"})
+INDEX_KINDS = frozenset(_FLAT_KINDS | {b"IxSQ", b"IxPq", b"IxRF"} | _HNSW_STORAGE.keys() | _IVF_KINDS)
+#: FAISS's largest index dimension and product-quantizer bits per code (what its reader accepts).
+_FAISS_MAX_D = 1 << 20
+_FAISS_MAX_PQ_NBITS = 24
+#: How deep a store's indexes nest: a refine stage (0) over an HNSW graph or IVF lists (1) over flat vectors (2).
+_INDEX_NESTING = 2
+
+
+class _IndexFileCheck:
+    """Walks ``index.faiss`` as FAISS reads it, reading only its fixed fields and the lengths of its arrays.
+
+    FAISS reads an array by its length field, allocates that length, then reads it: a length edited to
+    2^28 (the checksums updated) allocates a GiB, or fails with ``std::bad_alloc``, before the short read
+    is found. Here every length is checked against the bytes left in the file (and against the index's
+    own header where that fixes it) and the array skipped, so such a file is refused before FAISS reads
+    it, at the cost of a few hundred bytes read (and the list sizes of an IVF index). A kind of index no
+    store writes is refused too: its fields cannot be checked.
+    """
+
+    def __init__(self, fh: Any, path: Path, size: int) -> None:
+        self.fh, self.path, self.size = fh, path, size
+
+    def bad(self, what: str) -> StoreFormatError:
+        """The error for ``what`` is wrong in the file."""
+        return StoreFormatError(f"{self.path}: {what} (a damaged or edited {INDEX}; refused before FAISS reads it)")
+
+    def left(self) -> int:
+        """Bytes of the file after the current position."""
+        return self.size - self.fh.tell()
+
+    def take(self, nbytes: int, what: str) -> bytes:
+        """The next ``nbytes`` bytes (``what``), refused where the file has fewer left."""
+        data = self.fh.read(nbytes) if nbytes <= self.left() else b""  # never a buffer of a length the file claims
+        if len(data) != nbytes:
+            raise self.bad(f"{what}: {nbytes} bytes at byte {self.fh.tell()}, but the file has {self.left()} left")
+        return bytes(data)
+
+    def fields(self, fmt: str, what: str) -> tuple[Any, ...]:
+        """The next fixed fields (``struct`` format ``fmt``, little-endian, unpadded as FAISS writes them)."""
+        return struct.unpack("<" + fmt, self.take(struct.calcsize("<" + fmt), what))
+
+    def skip(self, nbytes: int, what: str) -> None:
+        """Skip ``nbytes`` bytes (``what``), refused where the file has fewer left."""
+        if nbytes > self.left():
+            raise self.bad(f"{what}: {nbytes} bytes at byte {self.fh.tell()}, but the file has {self.left()} left")
+        self.fh.seek(nbytes, os.SEEK_CUR)
+
+    def array(self, item: int, what: str, expected: int | None = None) -> int:
+        """Skip a FAISS array (its uint64 length, then that many ``item``-byte values); its length."""
+        (n,) = self.fields("Q", f"the length of {what}")
+        if expected is not None and n != expected:
+            raise self.bad(f"{what}: a length of {n} values, where the index's own header makes {expected}")
+        self.skip(n * item, f"{what} ({n} values of {item} bytes)")
+        return int(n)
+
+    def header(self, kind: bytes) -> tuple[int, int]:
+        """An index's header: ``(d, ntotal)``."""
+        d, ntotal, _, _, _, metric = self.fields("iqqq?i", f"the header of a {kind.decode()} index")
+        if metric > 1:
+            self.fields("f", "the metric's argument")
+        if not 0 < d <= _FAISS_MAX_D or ntotal < 0:
+            raise self.bad(f"a {kind.decode()} index claims d={d} and ntotal={ntotal}")
+        return d, ntotal
+
+    def index(self, depth: int = 0) -> tuple[bytes, int, int]:
+        """One index (and those it holds): ``(its kind, d, ntotal)``."""
+        kind = self.take(4, "an index's kind")
+        if kind not in INDEX_KINDS or depth > _INDEX_NESTING:
+            where = f" at byte {self.fh.tell() - 4}" if depth else ""
+            raise self.bad(
+                f"it holds a FAISS index of kind {kind!r}{where}, which no KLStore writes (it writes "
+                f"{', '.join(sorted(k.decode() for k in INDEX_KINDS))}, one inside another at most "
+                f"{_INDEX_NESTING + 1} levels deep)"
+            )
+        if kind in _IVF_KINDS:
+            return kind, *self.ivf(kind, depth)
+        d, n = self.header(kind)
+        if kind in _FLAT_KINDS:
+            self.array(4, "the flat index's vectors", expected=n * d)
+        elif kind == b"IxSQ":
+            self.array(1, "the scalar quantizer's codes", expected=n * self.scalar_quantizer(d))
+        elif kind == b"IxPq":
+            self.array(1, "the product quantizer's codes", expected=n * self.product_quantizer(d))
+            self.fields("i?i", "the product quantizer's search settings")
+        elif kind == b"IxRF":
+            for part in ("base", "refine"):
+                self.part(f"the refine stage's {part} index", depth, None, d, n)
+            self.fields("f", "the refine stage's k factor")
+        else:
+            self.array(8, "the HNSW level probabilities")
+            self.array(4, "the HNSW neighbour counts")
+            self.array(4, "the HNSW levels", expected=n)
+            self.array(8, "the HNSW offsets", expected=n + 1)
+            self.array(4, "the HNSW neighbours")
+            self.fields("iiiii", "the HNSW entry point and settings")
+            self.part("the HNSW storage", depth, _HNSW_STORAGE[kind], d, n)
+        return kind, d, n
+
+    def part(self, what: str, depth: int, kinds: frozenset[bytes] | None, d: int, n: int) -> None:
+        """An index inside another one, which must be of ``kinds`` (any: ``None``) with ``d`` and ``ntotal`` ``n``."""
+        kind, part_d, part_n = self.index(depth + 1)
+        if (kinds is not None and kind not in kinds) or (part_d, part_n) != (d, n):
+            raise self.bad(f"{what} is a {kind.decode()} index of d={part_d}, ntotal={part_n}, not d={d}, ntotal={n}")
+
+    def scalar_quantizer(self, d: int) -> int:
+        """A scalar quantizer: its bytes per code."""
+        _, _, _, sq_d, code_size = self.fields("iifQQ", "the scalar quantizer")
+        if sq_d != d:
+            raise self.bad(f"the scalar quantizer claims d={sq_d} in an index of d={d}")
+        self.array(4, "the scalar quantizer's trained values")
+        return int(code_size)
+
+    def product_quantizer(self, d: int) -> int:
+        """A product quantizer: its bytes per code (its centroids must be ``d x 2^nbits`` floats in the file)."""
+        pq_d, m, nbits = self.fields("QQQ", "the product quantizer")
+        if pq_d != d or not 0 < m <= d or d % m or not 0 < nbits <= _FAISS_MAX_PQ_NBITS:
+            raise self.bad(
+                f"the product quantizer claims d={pq_d}, M={m}, nbits={nbits} in an index of d={d} (M must divide d, "
+                f"nbits must be 1 to {_FAISS_MAX_PQ_NBITS})"
+            )
+        self.array(4, "the product quantizer's centroids", expected=d << nbits)
+        return int((nbits * m + 7) // 8)
+
+    def ivf(self, kind: bytes, depth: int) -> tuple[int, int]:
+        """IVF lists: their header, quantizer (one flat vector per list), direct map, codes and lists."""
+        d, n = self.header(kind)
+        nlist, _ = self.fields("QQ", "the IVF list count")
+        self.part("the IVF quantizer", depth, _FLAT_KINDS, d, nlist)  # its vectors hold nlist x d floats
+        (map_type,) = self.fields("b", "the IVF direct map")
+        self.array(8, "the IVF direct map")
+        if map_type == 2:
+            self.array(16, "the IVF direct map's hash table")
+        code_size: int | None = 4 * d
+        if kind == b"IwSq":
+            self.scalar_quantizer(d)
+            code_size = self.fields("Q?", "the IVF code size")[0]
+        elif kind == b"IwPQ":
+            code_size = self.fields("?Q", "the IVF code size")[1]
+            self.product_quantizer(d)
+        elif kind == b"IwPf":
+            self.fields("?QiQiQ", "the IVF fast-scan settings")
+            self.product_quantizer(d)
+            code_size = None
+        self.lists(nlist, code_size, n)
+        return d, n
+
+    def lists(self, nlist: int, code_size: int | None, n: int) -> None:
+        """Inverted lists (``ilar``, or fast-scan blocks ``ilbl`` where ``code_size`` is ``None``) of ``n`` entries."""
+        kind = self.take(4, "the inverted lists' kind")
+        want = b"ilbl" if code_size is None else b"ilar"
+        if kind != want:
+            raise self.bad(f"the inverted lists are of kind {kind!r}, not {want!r}")
+        lists, list_code_size = self.fields("QQ", "the inverted lists' sizes")
+        if lists != nlist or (code_size is not None and list_code_size != code_size):
+            raise self.bad(
+                f"the inverted lists claim {lists} lists of {list_code_size} bytes per code; the index has {nlist} "
+                f"lists" + (f" of {code_size} bytes per code" if code_size is not None else "")
+            )
+        total: int | float = 0
+        if code_size is None:  # fast-scan blocks: per list, its ids and its codes in blocks
+            per_block, block_size = self.fields("QQ", "the inverted lists' block sizes")
+            if not per_block or not block_size:
+                raise self.bad(f"the inverted lists claim {per_block} codes in blocks of {block_size} bytes")
+            for i in range(nlist):
+                ids = self.array(8, f"the ids of inverted list {i}")
+                self.array(1, f"the codes of inverted list {i}", expected=-(-ids // per_block) * block_size)
+                total += ids
+        else:
+            spread = self.take(4, "the inverted lists' size kind")
+            (count,) = self.fields("Q", "the number of inverted list sizes")
+            if not (count == nlist if spread == b"full" else spread == b"sprs" and count % 2 == 0):
+                raise self.bad(f"the inverted lists give {count} sizes of kind {spread!r} for {nlist} lists")
+            values = np.frombuffer(self.take(count * 8, "the inverted list sizes"), dtype="<u8")
+            counts = values if spread == b"full" else values[1::2]
+            if spread == b"sprs" and (values[::2] >= nlist).any():
+                raise self.bad(f"the inverted lists' sparse sizes name a list beyond their {nlist}")
+            total = float(counts.sum(dtype=np.float64))  # exact below 2^53, and a larger one is refused
+            if total < 2**53:
+                total = int(counts.sum(dtype=np.uint64))
+        if total != n:
+            raise self.bad(f"the inverted lists claim {total:.0f} entries; the index's header {n}")
+        if code_size is not None:
+            self.skip(n * (code_size + 8), f"the codes and ids of the {n} entries in inverted lists")
+
+
+def check_index_file(path: Path) -> None:
+    """Refuse ``index.faiss`` before FAISS reads it where an array's length does not fit the file.
+
+    Every array FAISS would allocate must lie within the file and have the length the index's header gives
+    it (:class:`_IndexFileCheck`); only kinds of index a store writes (:data:`INDEX_KINDS`) are read. Sizes
+    against ``config.json`` (dimension, rows, kind) are checked once FAISS has read the file.
+
+    Raises:
+        StoreFormatError: Naming the array, what it claims and what the file holds.
+    """
+    try:
+        with open(path, "rb") as fh:
+            _IndexFileCheck(fh, path, os.fstat(fh.fileno()).st_size).index()
+    except OSError as exc:
+        raise StoreFormatError(f"cannot read {path}: {exc}") from exc
 
 
 # ------------------------------------------------------------------ writing

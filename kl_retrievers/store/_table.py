@@ -34,7 +34,7 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 
-from kl_retrievers.filters import _all_immutable, _is_nested, _ReadOnlyCall
+from kl_retrievers.filters import _all_immutable, _copied, _is_nested, _ReadOnlyCall
 from kl_retrievers.gaussian import Gaussians
 from kl_retrievers.store._base import SearchResult, StoredDocument
 
@@ -95,7 +95,8 @@ def _copy_metadata(meta: dict[str, Any], nested: bool | None = None) -> dict[str
     """A copy of one document's metadata that shares nothing mutable with the stored dict.
 
     Flat metadata (the usual case) is copied shallowly; nested lists and dicts are copied level by
-    level (stored metadata is plain JSON: dicts, lists and scalars, so no ``copy.deepcopy`` is needed).
+    level, without recursion (:func:`~kl_retrievers.filters._copied`: stored metadata is plain JSON, dicts,
+    lists and scalars, and may nest as deeply as ``add`` and a saved store take it).
 
     Args:
         meta: The stored metadata.
@@ -111,16 +112,7 @@ def _copy_metadata(meta: dict[str, Any], nested: bool | None = None) -> dict[str
     """
     if nested is None:  # what _is_nested says (that name computes the table's per-row flags)
         nested = not _all_immutable(map(type, meta.values()))
-    return _copy_json(meta) if nested else dict(meta)
-
-
-def _copy_json(value: Any) -> Any:
-    """A copy of a JSON value (dicts and lists copied, scalars shared)."""
-    if isinstance(value, dict):
-        return {key: _copy_json(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_copy_json(item) for item in value]
-    return value
+    return cast(dict[str, Any], _copied(meta)) if nested else dict(meta)
 
 
 class DocumentTable:
