@@ -230,6 +230,25 @@ def is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def in_model_folder(file: Path, folder: Path, *, subfolders: bool = False) -> bool:
+    """Whether ``file`` (symbolic links followed) lies directly in the model folder ``folder`` (or, with
+    ``subfolders``, below it), so that loading it reads nothing outside the folder; a Hugging Face cache snapshot's
+    links to the cache's ``blobs`` folder are the exception (that is how a downloaded model's files lie).
+
+    Examples:
+        >>> in_model_folder(Path("/nonexistent/enc/model.onnx"), Path("/nonexistent/enc"))
+        True
+        >>> in_model_folder(Path("/nonexistent/enc/data/w.bin"), Path("/nonexistent/enc"))
+        False
+        >>> in_model_folder(Path("/nonexistent/enc/data/w.bin"), Path("/nonexistent/enc"), subfolders=True)
+        True
+    """
+    target, root = file.resolve(), folder.resolve()
+    if target.parent == root or (subfolders and target != root and is_within(target, root)):
+        return True
+    return root.parent.name == "snapshots" and target.parent == root.parent.parent / "blobs"
+
+
 def some_names(names: list[str], shown: int = 5) -> str:
     """Up to ``shown`` names, and how many more there are (for messages).
 

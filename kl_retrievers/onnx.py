@@ -25,17 +25,20 @@ Examples:
 from __future__ import annotations
 
 import errno
+import functools
 import importlib.util
 import inspect
 import json
 import logging
 import os
+import stat
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -55,6 +58,7 @@ from kl_retrievers._io import (
     atomic_dir,
     check_dangling_link,
     check_version,
+    in_model_folder,
     is_within,
     library_version,
     load_unchanged,
@@ -258,6 +262,7 @@ def export_onnx(
         source_sha256=source_sha256,
         overwrite=overwrite,
         follow_link=True,
+        lock=True,
     )
 
 
@@ -271,11 +276,15 @@ def _export_onnx(
     source_sha256: str | None,
     overwrite: bool,
     follow_link: bool,
+    lock: bool,
 ) -> Path:
     """:func:`export_onnx`; ``follow_link=False`` replaces a symbolic link at ``folder`` instead of following it.
 
     :func:`kl_retrievers.load_model`'s ONNX cache exports with ``follow_link=False``: a link planted at a cache
-    entry (a shared cache) is replaced by the export, and the folder it points to is left as it is.
+    entry (a shared cache) is replaced by the export, and the folder it points to is left as it is. It also
+    exports with ``lock=False``: it holds the entry's :func:`_export_lock` itself, around its own check of the
+    entry and the loading of the torch encoder too (a second ``flock`` on the same file in one process would wait
+    for the first forever). With ``lock=True`` (:func:`export_onnx`) the export takes that lock here.
     """
     if quantize == "float32":  # the name the CLI and the docs use for float32 weights
         quantize = None
@@ -298,36 +307,44 @@ def _export_onnx(
             target,
         )
         identity = None
-    make_dirs(final.parent, saving=final)  # the lock file lies beside the export
-    # One export at a time into a folder (load_model's cache entry, first loaded by several processes at once): a
-    # process that waited for another's export of the same weights with the same versions uses it.
-    with lock_file(_sibling_lock(final), purpose=f"the ONNX export into {final}") as waited:
-        if waited and _same_export(
-            final, quantize=quantize, per_channel=per_channel, source_sha256=source_sha256, identity=identity
-        ):
-            logger.info(
-                "another process exported %s to %s (%s) while this one waited; using its export",
-                encoder.name_or_path,
-                target,
-                quantize or "float32",
-            )
-            return target
-        _write_export(
-            encoder,
-            final,
-            quantize=quantize,
-            per_channel=per_channel,
-            verify=verify,
-            source_sha256=source_sha256,
-            identity=identity,
-        )
+    write = functools.partial(
+        _write_export,
+        encoder,
+        final,
+        quantize=quantize,
+        per_channel=per_channel,
+        verify=verify,
+        source_sha256=source_sha256,
+        identity=identity,
+    )
+    if not lock:  # the caller holds the lock (load_model's cache)
+        write()
+    else:  # one export at a time into a folder: one that waited for another's export of the same model uses it
+        make_dirs(final.parent, saving=final)  # the lock file lies beside the export
+        with _export_lock(final) as waited:
+            if waited and _same_export(
+                final, quantize=quantize, per_channel=per_channel, source_sha256=source_sha256, identity=identity
+            ):
+                logger.info(
+                    "another process exported %s to %s (%s) while this one waited; using its export",
+                    encoder.name_or_path,
+                    target,
+                    quantize or "float32",
+                )
+                return target
+            write()
     logger.info("exported %s to %s (%s)", encoder.name_or_path, target, quantize or "float32")
     return target
 
 
-def _sibling_lock(final: Path) -> Path:
-    """The lock file of exports into ``final``: ``.NAME.lock`` beside it (removed when the export ends)."""
-    return final.parent / f".{final.name}.lock"
+def _export_lock(final: Path) -> AbstractContextManager[bool]:
+    """The lock of exports into the folder ``final`` (:func:`~kl_retrievers._io.lock_file`; yields whether it
+    waited for another process): a lock file ``.NAME.lock`` beside it, removed after. Its folder must exist.
+
+    :func:`export_onnx` holds it around the export; :func:`kl_retrievers.load_model` around its ONNX cache entry's
+    check, the loading of the torch encoder and the export (so a process that waited loads no torch encoder).
+    """
+    return lock_file(final.parent / f".{final.name}.lock", purpose=f"the ONNX export into {final}")
 
 
 def _same_export(
@@ -828,7 +845,7 @@ def _quantize_int8(source: Path, target: Path, *, per_channel: bool, fused: bool
             f'(pip install -U "kl-retrievers[onnx]")',
             name=exc.name,
         ) from exc
-    with _quiet_root_logger("pre-processing before quantization"):
+    with _quantiser_logging():  # its records: to the logger onnxruntime.quantization, not the root logger
         quantize_dynamic(
             source,
             target,
@@ -895,34 +912,94 @@ def _onnx_versions() -> dict[str, str]:
     return out
 
 
-class _DropMessages(logging.Filter):
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text = text
+#: ONNX Runtime's quantiser: its package (whose modules :func:`_quantiser_logging` binds), and the logger its
+#: records go to meanwhile (:class:`_QuantiserLogging`).
+_QUANTISER = "onnxruntime.quantization"
+#: The quantiser's advice to pre-process the graph first, which does not apply to these exports: dropped.
+_QUANTISER_ADVICE = "pre-processing before quantization"
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()
+
+class _QuantiserLogging:
+    """Stands for the ``logging`` module in ONNX Runtime's quantiser modules while :func:`_quantiser_logging` runs.
+
+    The quantiser logs with the ``logging`` module's own functions (``logging.warning(...)``, ``logging.info(...)``
+    in ``onnxruntime.quantization.quantize`` and ``onnx_quantizer``): records of the root logger, and a call that
+    configures logging (``logging.basicConfig``: a stderr handler on the root logger) in a process that has not.
+    Here they go to the logger :data:`_QUANTISER` instead, which configures nothing, less its advice to
+    pre-process the graph. Anything else (``logging.getLogger``, the levels) is the ``logging`` module's own.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(logging, name)
+
+    def _log(self, level: int, msg: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if _QUANTISER_ADVICE not in str(msg):
+            kwargs.setdefault("stacklevel", 3)  # the record names the quantiser's line, not this class's
+            logging.getLogger(_QUANTISER).log(level, msg, *args, **kwargs)
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        self._log(level, msg, args, kwargs)
+
+    def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self._log(logging.DEBUG, msg, args, kwargs)
+
+    def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self._log(logging.INFO, msg, args, kwargs)
+
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self._log(logging.WARNING, msg, args, kwargs)
+
+    def error(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self._log(logging.ERROR, msg, args, kwargs)
+
+    def exception(self, msg: object, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
+        self._log(logging.ERROR, msg, args, {"exc_info": exc_info, **kwargs})
+
+    def critical(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self._log(logging.CRITICAL, msg, args, kwargs)
+
+    warn = warning
+    fatal = critical
+
+
+#: Guards :data:`_QUANTISING` (threads in :func:`_quantiser_logging` now).
+_QUANTISER_LOCK = threading.Lock()
+_QUANTISING = [0]
 
 
 @contextmanager
-def _quiet_root_logger(text: str) -> Iterator[None]:
-    """Drop root-logger records containing ``text``, without letting ``logging.warning`` configure logging.
+def _quantiser_logging() -> Iterator[None]:
+    """Send ONNX Runtime's quantiser's log records to :data:`_QUANTISER` while the body runs.
 
-    ONNX Runtime's quantiser logs an advice through the root logger, which would otherwise install a
-    stderr handler in the caller's process (``logging.basicConfig``) when none is set up.
+    The quantiser logs through the root logger (:class:`_QuantiserLogging` says how), so intercepting its records
+    there would take a filter and a handler on the root logger for the whole process: other threads' warnings
+    would be dropped meanwhile (a handler found stops ``logging.lastResort``), and their ``logging.basicConfig()``
+    ignored. Instead the quantiser modules' own name ``logging`` (``onnxruntime.quantization`` and its submodules,
+    all imported with it) is bound to a :class:`_QuantiserLogging` while any thread quantises, then back to the
+    ``logging`` module: no other code logs differently meanwhile.
     """
-    root = logging.getLogger()
-    guard = logging.NullHandler() if not root.handlers else None
-    if guard is not None:
-        root.addHandler(guard)
-    drop = _DropMessages(text)
-    root.addFilter(drop)
+    with _QUANTISER_LOCK:
+        _QUANTISING[0] += 1
+        if _QUANTISING[0] == 1:
+            _bind_quantiser_logging(_QuantiserLogging())
     try:
         yield
     finally:
-        root.removeFilter(drop)
-        if guard is not None:
-            root.removeHandler(guard)
+        with _QUANTISER_LOCK:
+            _QUANTISING[0] -= 1
+            if _QUANTISING[0] == 0:
+                _bind_quantiser_logging(logging)
+
+
+def _bind_quantiser_logging(value: Any) -> None:
+    """Bind the name ``logging`` of the loaded quantiser modules that use it to ``value`` (or back)."""
+    prefix = _QUANTISER + "."
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == _QUANTISER or name.startswith(prefix)):
+            continue
+        bound = getattr(module, "logging", None)
+        if bound is logging or isinstance(bound, _QuantiserLogging):
+            module.logging = value  # type: ignore[attr-defined]  # the module's global, as its import bound it
 
 
 def onnx_runtime() -> Any:
@@ -1264,6 +1341,7 @@ class OnnxGaussianEncoder(EncoderMixin):
             tokenizer_file = folder / TOKENIZER_FILE
             if not tokenizer_file.is_file():
                 raise OnnxModelError(f"{folder} is missing {TOKENIZER_FILE}")
+            _refuse_link_out(tokenizer_file, str(folder))
             check_tokenizer_sha256(meta, folder / CONFIG_NAME, folder, error=OnnxModelError)  # when recorded
             try:
                 tokenizer_text = tokenizer_file.read_text(encoding="utf-8")
@@ -1364,6 +1442,8 @@ class OnnxGaussianEncoder(EncoderMixin):
         since = " (it was there when this encoder was pickled or copied; load the encoder again)" if copied else ""
         if not model.is_file():
             raise OnnxModelError(f"{where} is missing {model.name}{since}")
+        _refuse_link_out(model, where)
+        external_files = _external_data_files(model, where)  # checked before ONNX Runtime reads what they name
         try:
             session = ort.InferenceSession(os.fspath(model), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
@@ -1387,7 +1467,7 @@ class OnnxGaussianEncoder(EncoderMixin):
             if actual != config.model_sha256:
                 raise OnnxModelError(self._sha_mismatch(where, actual, config.model_sha256))
         # model_sha256 covers model.onnx only: weights kept as external data in other files are identified here
-        external = _external_data_sha256(model, where)
+        external = _hash_external_data(model, external_files, where)
         if copied and external != config.external_data_sha256:
             raise OnnxModelError(
                 f"{where}: the external-data files of {model.name} changed since this encoder was pickled or copied "
@@ -1944,21 +2024,18 @@ def _external_data_sha256(model: Path, where: str) -> dict[str, str]:
     """SHA-256 of each external-data file the ONNX graph ``model`` names (by its location), ``{}`` without any.
 
     Raises:
-        OnnxModelError: The graph cannot be read, or a file it names cannot be hashed.
+        OnnxModelError: The graph cannot be read, or a file it names is refused (:func:`_external_data_files`) or
+            cannot be hashed.
     """
-    import mmap
+    return _hash_external_data(model, _external_data_files(model, where), where)
 
+
+def _hash_external_data(model: Path, files: dict[str, Path], where: str) -> dict[str, str]:
+    """SHA-256 of the external-data ``files`` of the graph ``model`` (:func:`_external_data_files`), by location."""
     from kl_retrievers.hub import cached_sha256
 
-    try:
-        with open(model, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            # every external-data entry holds the key "location": a graph without the word has none (the common case)
-            locations = _external_data_locations(data) if data.find(b"location") >= 0 else []
-    except (OSError, ValueError) as exc:  # ValueError: not a protobuf message, or an empty file (mmap)
-        raise OnnxModelError(f"{where}: {model.name} cannot be read for its external data ({exc})") from None
     found: dict[str, str] = {}
-    for location in locations:
-        file = model.parent / location
+    for location, file in files.items():
         try:
             found[location] = cached_sha256(file)
         except OSError as exc:
@@ -1967,6 +2044,71 @@ def _external_data_sha256(model: Path, where: str) -> dict[str, str]:
                 f"read ({exc})"
             ) from None
     return found
+
+
+def _external_data_files(model: Path, where: str) -> dict[str, Path]:
+    """The external-data files the ONNX graph ``model`` names, by location (``{}`` without any), each checked.
+
+    Only the graph's protobuf fields that lead to tensors are read, never the weights. Asked before ONNX Runtime
+    reads the graph (which would read what each location names: onnxruntime 1.18 follows ``../`` out of the folder,
+    and waits forever on a FIFO), so a graph from an untrusted folder reads nothing outside it.
+
+    Raises:
+        OnnxModelError: ``model`` cannot be read or is not a protobuf message; or a location is not a relative
+            path in the graph's folder (an absolute path, a drive, a backslash, an empty, ``.`` or ``..`` part),
+            resolves out of the folder (through a symbolic link), or is not a regular file (missing, a FIFO, a
+            device, a folder). The message names the location.
+    """
+    import mmap
+
+    try:
+        with open(model, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size == 0:  # mmap refuses an empty file; it holds no external data
+                return {}
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                # every external-data entry holds the key "location": a graph without the word has none (the common
+                # case)
+                locations = _external_data_locations(data) if data.find(b"location") >= 0 else []
+    except OSError as exc:
+        raise OnnxModelError(f"{where}: {model.name} cannot be read for its external data ({exc})") from None
+    except ValueError as exc:  # not a protobuf message
+        raise OnnxModelError(f"{where}: {model.name} is not a readable ONNX graph ({exc})") from None
+    files: dict[str, Path] = {}
+    for location in locations:
+        file, why = _external_data_file(model.parent, location)
+        if why:
+            raise OnnxModelError(
+                f"{where}: {model.name} keeps weights in the external-data file {location!r}, which {why}; an ONNX "
+                "graph's external data must be regular files in its folder, named by relative paths"
+            )
+        files[location] = file
+    return files
+
+
+def _external_data_file(folder: Path, location: str) -> tuple[Path, str]:
+    """The file an external-data ``location`` names in ``folder``, and why it is refused (``""``: it is not).
+
+    Examples:
+        >>> _external_data_file(Path("/nonexistent"), "../outside/w.bin")[1]
+        "has an empty, '.' or '..' part"
+        >>> _external_data_file(Path("/nonexistent"), "C:w.bin")[1]
+        'is not a relative path (it is absolute, names a drive, or holds a backslash or a NUL)'
+    """
+    parts = location.split("/")
+    file = folder.joinpath(*parts)
+    if "\\" in location or "\0" in location or PureWindowsPath(location).anchor:
+        return file, "is not a relative path (it is absolute, names a drive, or holds a backslash or a NUL)"
+    if any(part in ("", ".", "..") for part in parts):
+        return file, "has an empty, '.' or '..' part"
+    if not in_model_folder(file, folder, subfolders=True):
+        return file, f"resolves to {file.resolve()}, outside the folder (through a symbolic link)"
+    try:
+        mode = os.stat(file).st_mode
+    except OSError as exc:
+        return file, f"cannot be read ({exc})"
+    if not stat.S_ISREG(mode):
+        return file, "is not a regular file (a FIFO, a device or a folder)"
+    return file, ""
 
 
 # The protobuf fields of onnx.proto that lead to tensors: ModelProto.graph / functions, FunctionProto.node,
@@ -2073,6 +2215,22 @@ def _varint(view: memoryview, position: int, end: int) -> tuple[int, int]:
         if byte < 0x80:
             return value, position
         shift += 7
+
+
+def _refuse_link_out(file: Path, where: str) -> None:
+    """Refuse ``file`` (``model.onnx`` or ``tokenizer.json``) when it is a symbolic link out of its folder
+    (:func:`~kl_retrievers._io.in_model_folder`), as the torch encoder refuses such links at its weights and
+    tokenizer files: nothing outside the folder is read.
+
+    Raises:
+        OnnxModelError: The link leads elsewhere; the message names both paths.
+    """
+    if not in_model_folder(file, file.parent):
+        raise OnnxModelError(
+            f"{where}: {file.name} resolves to {file.resolve()}, not to a file directly in its folder (a link must not "
+            "lead elsewhere; a Hugging Face cache snapshot's links to its blobs are fine); copy the file into the "
+            "folder instead of linking to it"
+        )
 
 
 def _check_graph(session: Any, config: OnnxEncoderConfig, where: str) -> tuple[str, ...]:

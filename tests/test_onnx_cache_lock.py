@@ -1,8 +1,12 @@
 """One ONNX export per cache entry, however many processes load the model for the first time at once.
 
 - Two processes loading one model into one empty ONNX cache (``load_model(..., backend="onnx")``) export it once:
-  the second waits for the first (logged at INFO) and uses its export; both encode alike, and the cache holds the
-  entry alone (no lock file, no temporary copy).
+  the second waits for the first (logged at INFO) and uses its export, without loading the torch encoder; both
+  encode alike, and the cache holds the entry alone (no lock file, no temporary copy).
+- The lock covers the cache's whole "look at the entry, load the torch encoder, export" (``load_model``), taken
+  once (the export inside does not take it again): a process whose first look came before another's export was
+  swapped in looks again under the lock and uses it, loading no torch encoder. ``export_onnx`` into a folder of
+  one's own (never in the cache) takes the same lock itself.
 - The lock (``kl_retrievers._io.lock_file``) is an ``flock``: a lock file left by a killed process is taken at once,
   a holder killed with ``kill -9`` while another waits releases it, and without ``fcntl`` (Windows) the body runs
   unlocked.
@@ -13,21 +17,28 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 import kl_retrievers
 import kl_retrievers._io as io_module
+import kl_retrievers.onnx as onnx_module
 from conftest import make_tiny_encoder
+from kl_retrievers import GaussianEncoder, load_model
 from kl_retrievers._io import lock_file
+from kl_retrievers.onnx import export_onnx
 
 #: What a child process runs: load the model through the ONNX cache, counting the exports it makes. An export holds
 #: on (up to 60 s) until the other process has reached it too: it logged that it waits for the lock (one export)
@@ -45,7 +56,16 @@ _CHILD = textwrap.dedent(
 
     import kl_retrievers.onnx as onnx_module
     from kl_retrievers import load_model
+    from kl_retrievers.encoder import GaussianEncoder
 
+    loads = []  # torch encoders loaded (a process that waited for another's export loads none)
+    real_load = GaussianEncoder.from_pretrained.__func__
+
+    def counting_load(cls, *args, **kwargs):
+        loads.append(str(args[0]))
+        return real_load(cls, *args, **kwargs)
+
+    GaussianEncoder.from_pretrained = classmethod(counting_load)
     exports = []
     real = onnx_module._torch_export
 
@@ -64,7 +84,7 @@ _CHILD = textwrap.dedent(
     encoder = load_model(source, backend="onnx", quantize=None)
     encoded = encoder.encode_queries(["hello world", "a dog in the sun"])
     me.with_suffix(".json").write_text(
-        json.dumps({"exports": exports, "mean": encoded.mean.tolist(), "var": encoded.var.tolist()})
+        json.dumps({"exports": exports, "loads": loads, "mean": encoded.mean.tolist(), "var": encoded.var.tolist()})
     )
     """
 )
@@ -113,6 +133,8 @@ def test_two_processes_export_a_cache_entry_once(tmp_path: Path) -> None:
     exports = [path for result in results for path in result["exports"]]
     assert len(exports) == 1, (exports, logs)
     waiter = next(i for i, result in enumerate(results) if not result["exports"])
+    assert results[waiter]["loads"] == [], results  # it waited before loading the torch encoder, and needed none
+    assert len(results[1 - waiter]["loads"]) == 1, results
     assert "waiting for the ONNX export into" in logs[waiter], logs[waiter]
     assert "while this one waited; using its export" in logs[waiter], logs[waiter]
     for key in ("mean", "var"):
@@ -177,3 +199,111 @@ def test_without_fcntl_the_body_runs_unlocked(tmp_path: Path, monkeypatch: pytes
     with lock_file(lock, purpose="writing entry") as waited:
         assert not waited
         assert not lock.exists()
+
+
+# ------------------------------------------------------------------ in one process: where the lock is held
+def _cache_entry_of(source: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Load ``source`` through the ONNX cache ``cache`` (exporting it) and return the entry."""
+    monkeypatch.setenv("KL_RETRIEVERS_ONNX_CACHE", os.fspath(cache))
+    load_model(os.fspath(source), backend="onnx", quantize=None)
+    (entry,) = [p for p in cache.iterdir()]
+    return entry
+
+
+def _count_torch_loads_and_exports(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[str]]:
+    loads: list[str] = []
+    exports: list[str] = []
+    real_load = GaussianEncoder.from_pretrained.__func__  # type: ignore[attr-defined]
+    real_export = onnx_module._export_onnx
+
+    def counting_load(cls: type[GaussianEncoder], path: Any, *args: Any, **kwargs: Any) -> GaussianEncoder:
+        loads.append(os.fspath(path))
+        return real_load(cls, path, *args, **kwargs)  # type: ignore[no-any-return]
+
+    def counting_export(encoder: Any, folder: Any, **kwargs: Any) -> Path:
+        exports.append(os.fspath(folder))
+        return real_export(encoder, folder, **kwargs)
+
+    monkeypatch.setattr(GaussianEncoder, "from_pretrained", classmethod(counting_load))
+    monkeypatch.setattr(onnx_module, "_export_onnx", counting_export)
+    return loads, exports
+
+
+def test_an_export_swapped_in_between_the_first_look_and_the_lock_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first look found no entry; another process's export landed before this one took the lock."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    source = make_tiny_encoder(dim=6, seed=5).save_pretrained(tmp_path / "encoder")
+    made = _cache_entry_of(source, tmp_path / "other-cache", monkeypatch)  # what the other process exports
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("KL_RETRIEVERS_ONNX_CACHE", os.fspath(cache))
+    real_lock = io_module.lock_file
+
+    @contextmanager
+    def lock_after_the_other_export(path: Any, *, purpose: str) -> Iterator[bool]:
+        shutil.copytree(made, cache / made.name)  # the other process's export is swapped in: this one did not wait
+        with real_lock(path, purpose=purpose) as waited:
+            yield waited
+
+    monkeypatch.setattr(onnx_module, "lock_file", lock_after_the_other_export)
+    loads, exports = _count_torch_loads_and_exports(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="kl_retrievers"):
+        encoder = load_model(os.fspath(source), backend="onnx", quantize=None)
+    assert (loads, exports) == ([], [])
+    assert encoder.path == cache / made.name
+    assert "meanwhile; using its export" in caplog.text
+    assert sorted(p.name for p in cache.iterdir()) == [made.name]  # no lock file left
+
+
+def test_the_cache_holds_its_lock_around_the_torch_load_and_the_export_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Held from the second look to the export's end; the export inside does not lock the entry again (a second
+    flock on the same file in one process would wait forever). export_onnx into a folder of one's own takes it."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    pytest.importorskip("fcntl")
+    source = make_tiny_encoder(dim=6, seed=5).save_pretrained(tmp_path / "encoder")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("KL_RETRIEVERS_ONNX_CACHE", os.fspath(cache))
+    events: list[str] = []
+    lock_folder = [cache]  # where the lock file of the export under way lies
+    real_load = GaussianEncoder.from_pretrained.__func__  # type: ignore[attr-defined]
+    real_lock = io_module.lock_file
+    real_write = onnx_module._write_export
+
+    def held() -> bool:
+        (lock,) = list(lock_folder[0].glob(".*.lock"))
+        fd = io_module._lock_fd(lock, wait=False)  # another open file description: refused while it is held
+        io_module._unlock_fd(fd)
+        return fd is None
+
+    def checking_load(cls: type[GaussianEncoder], *args: Any, **kwargs: Any) -> GaussianEncoder:
+        events.append(f"torch load, locked: {held()}")
+        return real_load(cls, *args, **kwargs)  # type: ignore[no-any-return]
+
+    @contextmanager
+    def counting_lock(path: Any, *, purpose: str) -> Iterator[bool]:
+        events.append(f"lock {Path(path).name}")
+        with real_lock(path, purpose=purpose) as waited:
+            yield waited
+
+    def checking_write(*args: Any, **kwargs: Any) -> None:
+        events.append(f"export, locked: {held()}")
+        real_write(*args, **kwargs)
+
+    monkeypatch.setattr(GaussianEncoder, "from_pretrained", classmethod(checking_load))
+    monkeypatch.setattr(onnx_module, "lock_file", counting_lock)
+    monkeypatch.setattr(onnx_module, "_write_export", checking_write)
+    load_model(os.fspath(source), backend="onnx", quantize=None)
+    (entry,) = list(cache.iterdir())
+    assert events == [f"lock .{entry.name}.lock", "torch load, locked: True", "export, locked: True"]
+
+    encoder = real_load(GaussianEncoder, source)
+    events.clear()
+    lock_folder[0] = tmp_path
+    export_onnx(encoder, tmp_path / "mine", quantize=None, verify=False)
+    assert events == ["lock .mine.lock", "export, locked: True"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "encoder", "mine"]  # no lock file left

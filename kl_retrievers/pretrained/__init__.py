@@ -779,13 +779,19 @@ def _load_onnx_once(
     load (the backend choice or the shipped graph's check, whose digest also names the cache entry; the cache
     entry's earlier name, hashed with the recipe; the export's record); four for a bundled model's own folder
     loaded by its path, whose stale shipped graph also hashes it for its weights identity (``OnnxGaussianEncoder``).
+
+    An export into the ONNX cache holds the entry's lock file (``.ENTRY.lock`` beside it, removed after;
+    :func:`kl_retrievers.onnx._export_lock`) from its second look at the entry to the export's end: of several
+    processes loading one model into an empty cache at once, one loads the torch encoder and exports it, and the
+    others wait, then use its export (a cache hit takes no lock).
     """
-    from kl_retrievers._io import library_version
+    from kl_retrievers._io import folder_identity, library_version, make_dirs
     from kl_retrievers.onnx import (
         EXPORT_RECIPE,
         QUANTIZATIONS,
         OnnxGaussianEncoder,
         OnnxModelError,
+        _export_lock,
         _export_onnx,
         onnx_runtime,
     )
@@ -841,31 +847,10 @@ def _load_onnx_once(
     prefix = f"{slug}-{library_version()}-{quantize or 'float32'}-"
     key = f"{prefix}{_cache_digest(digest, recipe)}"
     cache = onnx_cache_dir() / key
-    if cache.is_symlink():  # never read through: the export below replaces the link (not what it points to)
-        logger.warning(
-            "the ONNX cache entry %s is a symbolic link, not an export of this cache; exporting again", cache
-        )
-    elif _is_onnx_export(cache):
-        try:
-            cached = OnnxGaussianEncoder(cache, name_or_path=display, **options)
-        except OnnxModelError as exc:
-            logger.warning("the cached ONNX export %s does not load (%s); exporting it again", cache, exc)
-        else:
-            recorded = _recorded_source_sha256(cached)
-            if recorded == digest:
-                return _with_source_weights(cached, source)
-            # The entry's name hashes these very files, so the model did not change: the folder there is an export
-            # of other files (another model's export copied or planted there). Our own cache: replaced below.
-            logger.warning(
-                "the ONNX cache entry %s is not an export of %s: its config.json says it was exported from files "
-                "with SHA-256 %s, and %s gives %s; exporting %s into it again",
-                cache,
-                display,
-                recorded,
-                source,
-                digest,
-                display,
-            )
+    seen = folder_identity(cache)  # before its first look: an export swapped in since is looked at again, locked
+    hit = _cached_export(cache, source, digest, display=display, options=options)
+    if hit is not None:
+        return hit
     legacy = _legacy_cache_entry(onnx_cache_dir(), prefix, source, recipe, skip=key)
     if legacy is not None:  # exported under this version's earlier entry name: the same checks as a hit above
         try:
@@ -898,26 +883,85 @@ def _load_onnx_once(
             name="torch",
         )
     require_torch(f"{display} ships no {what}ONNX graph: exporting one on first use")
-    from kl_retrievers.encoder import GaussianEncoder
 
-    logger.info("exporting %s to ONNX (%s) into %s; later loads reuse it", display, quantize or "float32", cache)
-    torch_encoder = GaussianEncoder.from_pretrained(source, device="cpu")
-    try:  # our own cache folder: a link planted at the entry is replaced, never followed into the folder it names
-        _export_onnx(
-            torch_encoder,
-            cache,
-            quantize=quantize,
-            per_channel=True,
-            verify=True,
-            source_sha256=source_sha256(source),  # hashed again only if a file changed since
-            overwrite=True,
-            follow_link=False,
-        )
-    except OSError as exc:
-        raise OSError(
+    def cannot_write(exc: OSError) -> OSError:
+        return OSError(
             f"cannot write the ONNX export of {display} into {cache} ({exc}); set {ONNX_CACHE_ENV} to a writable folder"
-        ) from exc
+        )
+
+    try:
+        make_dirs(cache.parent, saving=cache)  # the lock file lies beside the entry
+    except OSError as exc:
+        raise cannot_write(exc) from exc
+    # One process at a time checks the entry, loads the torch encoder and exports into it (several processes loading
+    # a model for the first time): one that waited, or whose first look came before another's export was swapped in,
+    # looks again and uses that export, without loading the torch encoder.
+    with _export_lock(cache) as waited:
+        if folder_identity(cache) != seen:
+            hit = _cached_export(cache, source, digest, display=display, options=options)
+            if hit is not None:
+                when = "while this one waited" if waited else "meanwhile"
+                logger.info("another process exported %s to ONNX into %s %s; using its export", display, cache, when)
+                return hit
+        from kl_retrievers.encoder import GaussianEncoder
+
+        logger.info("exporting %s to ONNX (%s) into %s; later loads reuse it", display, quantize or "float32", cache)
+        torch_encoder = GaussianEncoder.from_pretrained(source, device="cpu")
+        try:  # our own cache folder: a link planted at the entry is replaced, never followed into the folder it names
+            _export_onnx(
+                torch_encoder,
+                cache,
+                quantize=quantize,
+                per_channel=True,
+                verify=True,
+                source_sha256=source_sha256(source),  # hashed again only if a file changed since
+                overwrite=True,
+                follow_link=False,
+                lock=False,  # held here, around the check and the torch encoder's load too
+            )
+        except OSError as exc:
+            raise cannot_write(exc) from exc
     return OnnxGaussianEncoder(cache, name_or_path=display, **options)
+
+
+def _cached_export(
+    cache: Path, source: Path, digest: str, *, display: str, options: Mapping[str, Any]
+) -> OnnxGaussianEncoder | None:
+    """The ONNX cache entry ``cache`` loaded, when it is an export of ``source`` (whose digest is ``digest``).
+
+    ``None`` (logged at WARNING, except for a missing entry) when it is missing, a symbolic link (never read
+    through: the export replaces the link, not what it points to), does not load, or is another files' export.
+    """
+    from kl_retrievers.onnx import OnnxGaussianEncoder, OnnxModelError
+
+    if cache.is_symlink():
+        logger.warning(
+            "the ONNX cache entry %s is a symbolic link, not an export of this cache; exporting again", cache
+        )
+        return None
+    if not _is_onnx_export(cache):
+        return None
+    try:
+        cached = OnnxGaussianEncoder(cache, name_or_path=display, **options)
+    except OnnxModelError as exc:
+        logger.warning("the cached ONNX export %s does not load (%s); exporting it again", cache, exc)
+        return None
+    recorded = _recorded_source_sha256(cached)
+    if recorded == digest:
+        return _with_source_weights(cached, source)
+    # The entry's name hashes these very files, so the model did not change: the folder there is an export of other
+    # files (another model's export copied or planted there). Our own cache: replaced by a new export.
+    logger.warning(
+        "the ONNX cache entry %s is not an export of %s: its config.json says it was exported from files with "
+        "SHA-256 %s, and %s gives %s; exporting %s into it again",
+        cache,
+        display,
+        recorded,
+        source,
+        digest,
+        display,
+    )
+    return None
 
 
 def _cache_digest(source_digest: str, recipe: str) -> str:
