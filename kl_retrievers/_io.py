@@ -406,7 +406,17 @@ def _lock_fd(path: Path, *, wait: bool) -> int | None:
 
 
 def _unlock_fd(fd: int | None) -> None:
+    """Release the lock taken by :func:`_lock_fd` and close its descriptor.
+
+    Unlocked explicitly before the close: a child forked while the lock was held shares the open file
+    description, and closing only this process's descriptor would leave the lock held until the child exits.
+    """
     if fd is not None:
+        if fcntl is not None:  # (without fcntl no lock was taken)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except OSError:  # nothing to release
+                pass
         os.close(fd)
 
 
@@ -462,7 +472,7 @@ def _take_lock_file(file: Path, purpose: str) -> tuple[int | None, bool]:
             return None, waited
         fd = _lock_fd(file, wait=False)
         if fd is None and file.exists():  # another process holds it (or the file system has no flock)
-            logger.info("waiting for %s: another process holds %s", purpose, file)
+            logger.info("waiting for %s: another process or thread holds %s", purpose, file)
             waited = True
             fd = _lock_fd(file, wait=True)
             if fd is None and file.exists():

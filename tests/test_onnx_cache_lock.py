@@ -185,7 +185,7 @@ def test_a_holder_killed_while_another_waits_releases_the_lock(
         ):
             assert waited
         assert time.monotonic() - start < 30
-        assert f"waiting for writing entry: another process holds {lock}" in caplog.text
+        assert f"waiting for writing entry: another process or thread holds {lock}" in caplog.text
         assert not lock.exists()
         killer.join()
     finally:
