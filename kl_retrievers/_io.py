@@ -480,11 +480,8 @@ def _take_lock_file(file: Path, purpose: str) -> tuple[int | None, bool]:
                 return None, waited
         if fd is None:
             continue  # removed by its holder meanwhile
-        try:
-            if os.stat(file).st_ino == os.fstat(fd).st_ino:
-                return fd, waited
-        except FileNotFoundError:
-            pass
+        if _locked_inode_is_at(file, fd):
+            return fd, waited
         _unlock_fd(fd)
     logger.debug("could not lock %s (removed and created again by others each time): %s runs unlocked", file, purpose)
     return None, waited
@@ -530,13 +527,19 @@ def _locked_tmp(final: Path, *, folder: bool) -> tuple[Path, int | None]:
             if fcntl is None:
                 return tmp, None
             continue
-        try:
-            if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
-                return tmp, fd
-        except FileNotFoundError:
-            pass
+        if _locked_inode_is_at(tmp, fd):
+            return tmp, fd
         _unlock_fd(fd)
     raise OSError(f"could not create a temporary copy beside {final}")
+
+
+def _locked_inode_is_at(path: Path, fd: int) -> bool:
+    """Whether the file locked through ``fd`` is still the one at ``path`` (another process may have removed it,
+    or removed it and created another, between our open and our lock)."""
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _tmp_beside(final: Path, *, folder: bool) -> tuple[Path, int | None]:
