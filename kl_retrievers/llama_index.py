@@ -60,6 +60,7 @@ import operator
 import os
 import pickle
 import shutil
+import stat
 import threading
 import uuid
 import warnings
@@ -85,7 +86,7 @@ from kl_retrievers._confidence import (
     hybrid_search,
     is_blank_query,
 )
-from kl_retrievers._encoding import check_texts
+from kl_retrievers._encoding import blank_warning_at_caller, check_texts
 from kl_retrievers._encoding import query_batch_size as _query_batch_size
 from kl_retrievers._io import clean_stale, fsync_dir, load_unchanged, make_dirs, user_path
 from kl_retrievers._warn import user_stacklevel
@@ -107,6 +108,7 @@ from kl_retrievers.hybrid import FusionConfig, HybridResult, KLHybridStore, _war
 from kl_retrievers.index import KLStore
 from kl_retrievers.store import DeleteReport, GaussianStore, StoredDocument
 from kl_retrievers.store._base import _check_utf8, _metadata_list
+from kl_retrievers.store._format import FORMAT_NAME as KLSTORE_FORMAT_NAME
 
 _INSTALL_HINT = (
     'kl_retrievers.llama_index needs llama-index-core; install it with: pip install "kl-retrievers[llama-index]"'
@@ -1433,6 +1435,11 @@ class KLEmbedding(BaseEmbedding):
             return []
         return [[float(x) for x in row] for row in kl_document_vectors(self.document_gaussians(texts))]
 
+    async def _adocument_vectors(self, texts: list[str]) -> list[Embedding]:
+        """:meth:`_document_vectors` in a worker thread; a blank-document warning points at the caller's line."""
+        with blank_warning_at_caller():  # found here: the worker thread's stack holds no user's frame
+            return await asyncio.to_thread(self._document_vectors, texts)
+
     def _get_query_embedding(self, query: str) -> Embedding:
         self._check_store()
         return self._query_vector(query)
@@ -1447,7 +1454,7 @@ class KLEmbedding(BaseEmbedding):
 
     async def _aget_text_embedding(self, text: str) -> Embedding:
         store = self._check_store()
-        return self._embedded_for(store, await asyncio.to_thread(self._document_vectors, [text]))[0]
+        return self._embedded_for(store, await self._adocument_vectors([text]))[0]
 
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         store = self._check_store()
@@ -1455,7 +1462,7 @@ class KLEmbedding(BaseEmbedding):
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         store = self._check_store()
-        return self._embedded_for(store, await asyncio.to_thread(self._document_vectors, texts))
+        return self._embedded_for(store, await self._adocument_vectors(texts))
 
     def _event_payload(self) -> dict[str, Any]:
         """What LlamaIndex's embedding events carry: ``to_payload()`` where it exists, else ``to_dict()`` (0.14.0)."""
@@ -1832,6 +1839,18 @@ _NON_TEXT_NODE_TYPES = frozenset({IndexNode.class_name(), ImageNode.class_name()
 #: The JSON filter (:mod:`kl_retrievers.filters`) matching those nodes, by the ``_node_type`` LlamaIndex stores.
 _NON_TEXT_FILTER = {"_node_type": {"$in": sorted(_NON_TEXT_NODE_TYPES)}}
 
+
+def _is_non_text(node_type: Any) -> bool:
+    """Whether a stored ``_node_type`` names an ``IndexNode`` / ``ImageNode`` (a document added with the core API may
+    hold any JSON value there, a list or an object included).
+
+    Examples:
+        >>> _is_non_text("IndexNode"), _is_non_text("TextNode"), _is_non_text(["IndexNode"])
+        (True, False, False)
+    """
+    return isinstance(node_type, str) and node_type in _NON_TEXT_NODE_TYPES
+
+
 #: Node metadata key on nodes whose confidence could not be computed although a calibrator exists: fewer
 #: than two candidate documents (a filter or a small store), the reason as text (see
 #: :func:`kl_retrievers._confidence.abstention_reason`); also on a blank query's nodes, whose confidence is 0
@@ -2078,26 +2097,86 @@ def _persisted_paths(persist_path: str | os.PathLike[str]) -> tuple[Path, Path, 
     return manifest_path, folder / store_dir.name, _calibrator_path(manifest_path)
 
 
-def _remove_persisted(persist_path: str | os.PathLike[str]) -> None:
+def _bare_name(value: Any, suffix: str = "") -> str | None:
+    """``value`` if it is a file name a manifest may give (no folder, not ``..``, ending in ``suffix``), else ``None``.
+
+    Examples:
+        >>> _bare_name("a.klstore"), _bare_name("../x"), _bare_name(".."), _bare_name(3), _bare_name("x", ".klstore")
+        ('a.klstore', None, None, None, None)
+    """
+    if not isinstance(value, str) or not value or value == ".." or Path(value).name != value:
+        return None
+    return value if value.endswith(suffix) else None
+
+
+def _is_persisted_store(store_dir: Path, persist_id: Any) -> bool:
+    """Whether ``store_dir`` is a folder (not a link) that :meth:`KLVectorStore.persist` wrote: its copy of the
+    manifest carries ``persist_id``, or it holds a ``KLStore``'s ``config.json`` (a store persisted by an earlier
+    release, or with its copy of the manifest lost)."""
+    try:
+        if not stat.S_ISDIR(os.lstat(store_dir).st_mode):
+            return False
+    except OSError:
+        return False
+    inner_path = store_dir / _INNER_MANIFEST
+    if isinstance(persist_id, str) and persist_id and adapters.looks_like_manifest(inner_path, _MANIFEST_FORMAT):
+        with contextlib.suppress(OSError, ValueError):  # UnicodeDecodeError is a ValueError
+            if json.loads(inner_path.read_text(encoding="utf-8")).get("persist_id") == persist_id:
+                return True
+    return adapters.looks_like_manifest(store_dir / "config.json", KLSTORE_FORMAT_NAME)
+
+
+def _remove_persisted(persist_path: str | os.PathLike[str]) -> bool:
     """Remove what :meth:`KLVectorStore.persist` of a store over a ``KLStore`` wrote at ``persist_path``, if anything.
 
     For a store over a ``MilvusKLStore`` persisted to the same place (it writes nothing there): a later load
     (``load_index_from_storage``) would otherwise find the earlier nodes. The manifest, which every load starts
     from, goes first, in one step (a file at ``persist_path`` that is no such manifest is kept, and so is all else);
-    then the store folder and the calibrator, which nothing loads without it.
+    then what it names, checked as :meth:`KLVectorStore.from_persist_path` checks the names (bare file names): the
+    calibrator file, and the store folder when it is one that ``persist`` wrote (see :func:`_is_persisted_store`;
+    a link or another folder is kept). The folder is renamed to a ``.NAME.tmp-*`` sibling before it is deleted, so
+    a concurrent load never finds it half deleted, and an interrupted deletion leaves a copy that the next save of
+    that folder removes and that no load restores (as it would a ``.NAME.old-*`` one). Logged at WARNING level.
+
+    Returns:
+        Whether a manifest was found and removed.
+
+    Raises:
+        OSError: The manifest, the calibrator or the store folder cannot be removed or renamed (a read-only folder).
     """
-    manifest_path, store_dir, calibrator_path = _persisted_paths(persist_path)
+    manifest_path, _, _ = _persisted_paths(persist_path)
     if not adapters.looks_like_manifest(manifest_path, _MANIFEST_FORMAT):
-        return
+        return False
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # replaced meanwhile: not the manifest looks_like_manifest read
+        return False
+    folder = manifest_path.parent
+    name, calibrator = _bare_name(manifest.get("store")), _bare_name(manifest.get("calibrator"), _CALIBRATOR_SUFFIX)
+    store_dir = None if name is None else folder / name
+    if store_dir is not None and not _is_persisted_store(store_dir, manifest.get("persist_id")):
+        store_dir = None
     manifest_path.unlink(missing_ok=True)
-    fsync_dir(manifest_path.parent)
-    calibrator_path.unlink(missing_ok=True)
-    if store_dir.is_dir() and not store_dir.is_symlink():
+    fsync_dir(folder)
+    removed = [manifest_path.name]
+    if calibrator is not None and (folder / calibrator).is_file() and not (folder / calibrator).is_symlink():
+        (folder / calibrator).unlink(missing_ok=True)
+        removed.append(calibrator)
+    if store_dir is not None:
         clean_stale(store_dir)  # copies an interrupted persist left, which a load of the folder could put back
-        shutil.rmtree(store_dir, ignore_errors=True)
-    logger.info(
-        "KLVectorStore.persist: removed the KLStore-backed store persisted earlier at %s (%s)", manifest_path, store_dir
+        doomed = folder / f".{store_dir.name}.tmp-{uuid.uuid4().hex}"  # a leftover clean_stale would remove
+        os.rename(store_dir, doomed)
+        fsync_dir(folder)
+        shutil.rmtree(doomed, ignore_errors=True)
+        removed.append(store_dir.name)
+    logger.warning(
+        "KLVectorStore.persist: removed the KLStore-backed store persisted earlier at %s (%s in %s), whose nodes a "
+        "load of that path would find instead of the Milvus collection's",
+        manifest_path,
+        ", ".join(removed),
+        folder,
     )
+    return True
 
 
 def _calibrator_path(manifest_path: Path) -> Path:
@@ -2319,7 +2398,7 @@ class KLVectorStore(BasePydanticVectorStore):
         :data:`_NON_TEXT_FILTER` matches, read at the store's ``write_count`` ``version``), cached unless a write
         landed during the read (never cached for a store without a ``write_count``, a ``MilvusKLStore``: ``version``
         ``None``)."""
-        found = frozenset(d.id for d in docs if d.metadata.get("_node_type") in _NON_TEXT_NODE_TYPES)
+        found = frozenset(d.id for d in docs if _is_non_text(d.metadata.get("_node_type")))
         with self._non_text_lock:
             if version is not None and _write_count(self._store) == version:  # no write landed during the scan
                 self._non_text = (version, found)
@@ -2576,7 +2655,7 @@ class KLVectorStore(BasePydanticVectorStore):
                 self._non_text = None  # a failed add changes nothing, but do not rely on it
             self._forget_recorded_encoder()  # an encoder recorded for these nodes, when the store is still empty
             raise
-        non_text = [i for i, m in zip(kept_ids, metadatas, strict=True) if m.get("_node_type") in _NON_TEXT_NODE_TYPES]
+        non_text = [i for i, m in zip(kept_ids, metadatas, strict=True) if _is_non_text(m.get("_node_type"))]
         self._note_write(before, 1, kept_ids, non_text)
         return ids
 
@@ -2696,8 +2775,8 @@ class KLVectorStore(BasePydanticVectorStore):
         """
         store = self._store
         if callable(where) and not isinstance(store, KLStore):
-            return [d for d in store.get_by_filter(narrow or {}, ids) if where(d.metadata)]
-        return store.get_by_filter({} if where is None else where, ids)
+            return [d for d in store.get_by_filter(narrow, ids=ids) if where(d.metadata)]
+        return store.get_by_filter(where, ids=ids)
 
     # The async variants run the sync method in a worker thread (LlamaIndex's base class would run it on the
     # event loop, stalling it for the whole encode / search / scan); the KLStore is thread-safe. A cancelled
@@ -2886,9 +2965,8 @@ class KLVectorStore(BasePydanticVectorStore):
         version = _write_count(self._store)
         if cached is not None and version is not None and cached[0] == version:
             return cached[1]
-        if version is None:  # a MilvusKLStore, asked at every call: only those nodes, found by Milvus (_node_type)
-            return self._cache_non_text(version, self._store.get_by_filter(_NON_TEXT_FILTER))
-        return self._cache_non_text(version, self._store.get_by_ids(self._store.ids))  # in memory, rarely
+        # only those nodes, found by their _node_type (by Milvus for a MilvusKLStore, asked at every call)
+        return self._cache_non_text(version, self._store.get_by_filter(_NON_TEXT_FILTER))
 
     def _lists_the_non_text_nodes(self, node_ids: Sequence[str]) -> bool:
         """The guess for a query no ``VectorStoreIndex`` retriever sent (see :meth:`_as_retriever_lists`).
@@ -3037,14 +3115,21 @@ class KLVectorStore(BasePydanticVectorStore):
         if doc_ids is not None:
             wanted = {str(d) for d in doc_ids}
             predicate = _and(predicate, lambda m: str(_ref_doc_id(m)) in wanted)
+        # a store that filters outside Python (MilvusKLStore: JSON filters only) reads only the nodes that the
+        # filters' exact JSON form (if any) matches; the predicate is then judged here on those
+        outside = not isinstance(self._store, KLStore)
+        server = self._server_filter(filters, metadata_filters_to_predicate(filters)) if outside else None
+        server = server if isinstance(server, dict) and server else None
         if node_ids is not None:
-            return self._search_among(query, k, node_ids, predicate)
+            return self._search_among(query, k, node_ids, predicate, server)
         # filters with an exact JSON form go as that: the store caches the rows they allow
         where = predicate if doc_ids is not None else self._server_filter(filters, predicate)
-        if callable(where) and not isinstance(self._store, KLStore):
-            # a store that filters outside Python (MilvusKLStore: JSON filters only): judged here, on the nodes of
-            # those source documents (the store finds them by their ref_doc_id), else on every node
+        if callable(where) and outside:
+            # judged here, on the nodes of those source documents (the store finds them by their ref_doc_id)
+            # that the filters' JSON form matches, else on every node
             narrow = None if doc_ids is None else _ref_doc_filter(doc_ids)
+            if server is not None:
+                narrow = server if narrow is None else {"$and": [narrow, server]}
             return self._rank_documents(query, k, self._documents_where(None, where, narrow))
         hits = self._store.search(query, k=k, filter=where)
         return [h.id for h in hits], [float(h.score) for h in hits], [h.text for h in hits], [h.metadata for h in hits]
@@ -3075,15 +3160,23 @@ class KLVectorStore(BasePydanticVectorStore):
         return VectorStoreQueryResult(nodes=nodes, similarities=[relevance(x, dim) for x in scores], ids=list(ids))
 
     def _search_among(
-        self, query: Gaussians, k: int, node_ids: Sequence[str], predicate: Predicate | None
+        self,
+        query: Gaussians,
+        k: int,
+        node_ids: Sequence[str],
+        predicate: Predicate | None,
+        server: dict[str, Any] | None = None,
     ) -> tuple[list[str], list[float], list[str | None], list[dict[str, Any]]]:
         """Exact -KL over an explicit set of node ids (float64, like KLStore's re-scoring).
 
         Tied scores are ranked as a ``KLStore`` ranks them (docs/ann.md, "Tied scores"): the later added first,
         not in the order of ``node_ids``. The insertion order is read only when two scores tie. Over another
         store (``MilvusKLStore``, whose insertion order is not read here) they keep the order of ``node_ids``.
+        ``server``, a JSON filter that matches every node ``predicate`` does, is evaluated by the store: only the
+        nodes it matches are read.
         """
-        docs = self._store.get_by_ids([str(i) for i in dict.fromkeys(node_ids)])
+        wanted = [str(i) for i in dict.fromkeys(node_ids)]
+        docs = self._store.get_by_ids(wanted) if server is None else self._store.get_by_filter(server, ids=wanted)
         if predicate is not None:
             docs = [d for d in docs if predicate(d.metadata)]
         return self._rank_documents(query, k, docs)
@@ -3143,21 +3236,24 @@ class KLVectorStore(BasePydanticVectorStore):
         A store over a ``MilvusKLStore`` writes nothing (logged at INFO level), as LlamaIndex's own stores over a
         server do: its nodes are in the Milvus collection already, and ``StorageContext.persist`` still writes the
         docstore and index store. Reopen it with ``KLVectorStore(store=MilvusKLStore(uri, collection_name=...))``.
-        What a store over a ``KLStore`` persisted at ``persist_path`` earlier (its manifest, store folder and
-        calibrator) is removed, the manifest first, in one step: no load then finds those nodes instead.
+        What a store over a ``KLStore`` persisted at ``persist_path`` earlier (its manifest, then the calibrator
+        and the store folder that manifest names, when that folder is one ``persist`` wrote) is removed instead,
+        logged at WARNING level: no load then finds those nodes in place of the collection's.
 
         Raises:
-            NotImplementedError: ``fs`` is not a local filesystem.
+            NotImplementedError: ``fs`` is not a local filesystem (over a ``KLStore``).
+            OSError: The folder cannot be written; over a ``MilvusKLStore``: a store persisted there earlier cannot
+                be removed (a read-only folder).
         """
         if not isinstance(self._store, KLStore):
-            logger.info(
-                "KLVectorStore.persist: the %s keeps its nodes in its own server; nothing written to %s (reconnect "
-                "with the same uri and collection_name instead)",
-                type(self._store).__name__,
-                persist_path,
-            )
-            if _is_local_fs(fs):  # a KLStore persists to a local filesystem only: nothing of its elsewhere
-                _remove_persisted(persist_path)
+            # a KLStore persists to a local filesystem only: nothing of its elsewhere
+            if not (_is_local_fs(fs) and _remove_persisted(persist_path)):
+                logger.info(
+                    "KLVectorStore.persist: the %s keeps its nodes in its own server; nothing written to %s "
+                    "(reconnect with the same uri and collection_name instead)",
+                    type(self._store).__name__,
+                    persist_path,
+                )
             return
         _check_fs(fs)
         given = user_path(persist_path)

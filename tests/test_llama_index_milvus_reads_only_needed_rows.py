@@ -181,21 +181,24 @@ def test_get_by_filter_reads_matching_documents_in_both_stores(
     milvus, klstore = over_milvus.kl_store, local.kl_store
     assert isinstance(klstore, KLStore)
     spy.read()
-    cases: list[tuple[dict[str, Any], list[str] | None]] = [
+    cases: list[tuple[dict[str, Any] | None, list[str] | None]] = [
         ({"topic": "tea"}, None),
         ({"year": {"$lt": 2018}}, ["n2", "n0", "n5", "gone"]),
         ({}, ["n3", "p7"]),
         ({"ref_doc_id": {"$in": [7, 2.5]}}, None),
+        (None, ["n3", "n0"]),  # None: every document, as {} is
     ]
     for spec, ids in cases:
-        got, want = milvus.get_by_filter(spec, ids), klstore.get_by_filter(spec, ids)
+        got, want = milvus.get_by_filter(spec, ids=ids), klstore.get_by_filter(spec, ids=ids)
         if ids is None:  # the store's order (see above)
             got, want = sorted(got, key=lambda d: d.id), sorted(want, key=lambda d: d.id)
         assert [(d.id, d.text, d.metadata) for d in got] == [(d.id, d.text, d.metadata) for d in want]
         if ids is not None:  # in the order of ids
             assert [d.id for d in got] == [i for i in ids if i in {d.id for d in want}]
         assert spy.read() == {d.id for d in want}
-    assert milvus.get_by_filter({"topic": "tea"}, []) == []
+    assert milvus.get_by_filter({"topic": "tea"}, ids=[]) == []
+    with pytest.raises(TypeError):  # ids is keyword-only
+        klstore.get_by_filter({}, ["n3"])  # type: ignore[misc]
     with pytest.raises(ValueError, match="needs a dict filter"):
         milvus.get_by_filter(lambda m: True)
     assert [d.id for d in klstore.get_by_filter(lambda m: m.get("year") == 2016)] == ["n1"]

@@ -126,13 +126,16 @@ def test_aquery_does_not_scan_the_store_on_the_event_loop(embed: KLEmbedding, mo
     kl = vs.kl_store
     kl.delete(["t0"])  # changed directly: the next lookup rescans
     threads: list[str] = []
-    original = kl.get_by_ids
 
-    def recording(ids: Any) -> Any:
-        threads.append(threading.current_thread().name)
-        return original(ids)
+    def recording(original: Any) -> Any:
+        def read(*args: Any, **kwargs: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return original(*args, **kwargs)
 
-    monkeypatch.setattr(kl, "get_by_ids", recording)
+        return read
+
+    for name in ("get_by_ids", "get_by_filter"):  # every read of stored documents, wherever it happens
+        monkeypatch.setattr(kl, name, recording(getattr(kl, name)))
     q = embed.get_query_embedding("cat")
 
     async def run() -> Any:
@@ -150,14 +153,20 @@ def test_non_text_ids_follow_writes_without_a_scan(embed: KLEmbedding, monkeypat
     vs, index = _index(embed)
     assert vs._stored_non_text_ids() == {"i0"}
     kl = vs.kl_store
-    calls: list[int] = []
-    original = kl.get_by_ids
+    calls: list[Any] = []
+    by_ids, by_filter = kl.get_by_ids, kl.get_by_filter
 
     def counting(ids: Any) -> Any:
         calls.append(len(ids))
-        return original(ids)
+        return by_ids(ids)
+
+    def filtering(filter: Any, **kwargs: Any) -> Any:
+        found = by_filter(filter, **kwargs)
+        calls.append(("filter", [d.id for d in found]))
+        return found
 
     monkeypatch.setattr(kl, "get_by_ids", counting)
+    monkeypatch.setattr(kl, "get_by_filter", filtering)
     index.insert_nodes([IndexNode(id_="i1", text="black sun", index_id="y"), TextNode(id_="i0", text="now text")])
     assert vs._stored_non_text_ids() == {"i1"}
     vs.delete_nodes(["i1"])
@@ -166,9 +175,10 @@ def test_non_text_ids_follow_writes_without_a_scan(embed: KLEmbedding, monkeypat
     assert vs._stored_non_text_ids() == {"i2"}
     assert calls == [len(["i1"])]  # only delete_nodes read its own ids: never the whole store
     calls.clear()
-    kl.delete(["i2"])  # the wrapped KLStore changed directly: rescanned
-    assert vs._stored_non_text_ids() == frozenset()
-    assert calls == [len(kl)]
+    index.insert_nodes([IndexNode(id_="i3", text="a comet", index_id="w")])
+    kl.delete(["i2"])  # the wrapped KLStore changed directly: looked up again, reading only the non-text nodes
+    assert vs._stored_non_text_ids() == {"i3"}
+    assert calls == [("filter", ["i3"])], calls
 
 
 # ------------------------------------------------------------------------------- 3. reserved metadata keys

@@ -1,6 +1,6 @@
 """Stores of documents ranked by exact ``-KL(Q || D)``: one interface, several backends.
 
-What a store does is :class:`GaussianStore` (``add``, ``delete``, ``get_by_ids``,
+What a store does is :class:`GaussianStore` (``add``, ``delete``, ``get_by_ids``, ``get_by_filter``,
 ``get_gaussians``, ``search``, ``search_batch``, ``len``, ``ids``); who serves it is the backend:
 
 * :class:`KLStore` (:mod:`kl_retrievers.store.faiss`): in this process. What it holds (a

@@ -1454,8 +1454,9 @@ class GaussianStore(_NotCopyable, ABC):
         """
         return self._documents(_id_list(ids, ordered=False))
 
-    def get_by_filter(self, filter: MetadataFilter, ids: Sequence[str] | None = None) -> list[StoredDocument]:
-        """The documents whose metadata ``filter`` matches, among ``ids`` (``None``: every stored document).
+    def get_by_filter(self, filter: MetadataFilter | None, *, ids: Sequence[str] | None = None) -> list[StoredDocument]:
+        """The documents whose metadata ``filter`` matches (``None``: every document), among ``ids`` (``None``: every
+        stored document).
 
         Only the matching documents are read: a ``MilvusKLStore`` sends ``filter`` to Milvus, which returns the
         matching rows alone (on Milvus Lite a filter that :meth:`search` resolves to ids first, one with a long
@@ -1464,7 +1465,7 @@ class GaussianStore(_NotCopyable, ABC):
 
         Args:
             filter: A metadata filter as :meth:`search` takes it (a dict, see :mod:`kl_retrievers.filters`, or a
-                callable ``metadata -> bool`` where the backend takes one; ``{}`` matches every document).
+                callable ``metadata -> bool`` where the backend takes one); ``None`` or ``{}`` matches every document.
             ids: Only these ids are considered (a sequence of ``str``, or one ``str``; unknown ids are skipped).
 
         Returns:
