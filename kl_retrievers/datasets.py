@@ -164,6 +164,11 @@ class BeirDataset:
         corpus: Document id -> ``{"title": ..., "text": ...}``, in file order.
         queries: Query id -> text, restricted to the queries judged in ``split``.
         qrels: Query id -> {document id: relevance grade}.
+        dropped_judgements: The judgements :func:`load_beir` left out of :attr:`qrels` with
+            ``unknown_docs="drop"`` because they name documents outside the corpus: ``(query id, document id,
+            grade)`` in file order, each once (a line repeating one is not listed again; two different grades of
+            one pair, which the loader does not compare for a pair it drops, are both listed). Empty when
+            nothing was dropped; :meth:`subset` keeps those of its queries.
 
     Examples:
         >>> ds = BeirDataset(Path("."), "test", {"d1": {"title": "T", "text": "x"}}, {"q1": "x?"}, {"q1": {"d1": 1}})
@@ -178,6 +183,7 @@ class BeirDataset:
     qrels: dict[str, dict[str, int]]
     #: Extra identity for caches when the dataset is a subset of the files on disk.
     subset_tag: str | None = field(default=None)
+    dropped_judgements: tuple[tuple[str, str, int], ...] = field(default=())
 
     @property
     def doc_ids(self) -> list[str]:
@@ -250,7 +256,8 @@ class BeirDataset:
                 qrels[q] = judged
         queries = {q: self.queries[q] for q in qrels}
         tag = hashlib.sha1(("\n".join(queries) + "\0" + "\n".join(docs)).encode()).hexdigest()[:16]
-        return BeirDataset(self.path, self.split, docs, queries, qrels, subset_tag=tag)
+        dropped = tuple(j for j in self.dropped_judgements if j[0] in queries)
+        return BeirDataset(self.path, self.split, docs, queries, qrels, subset_tag=tag, dropped_judgements=dropped)
 
     def __repr__(self) -> str:
         return (
@@ -541,9 +548,10 @@ def _load_qrels(
     queries: dict[str, str],
     corpus: dict[str, dict[str, str]],
     unknown_docs: str,
-) -> dict[str, dict[str, int]]:
+) -> tuple[dict[str, dict[str, int]], tuple[tuple[str, str, int], ...]]:
+    """The qrels of ``path``, and the judgements ``unknown_docs="drop"`` left out (``dropped_judgements``)."""
     qrels: dict[str, dict[str, int]] = {}
-    dropped = 0
+    dropped: dict[tuple[str, str, int], None] = {}  # distinct, in file order
     emptied: set[str] = set()  # queries every judgement of which named an unknown document
     seen: dict[tuple[str, str], int] = {}
     first = True  # before the first non-blank line (the only place a header may be)
@@ -585,7 +593,7 @@ def _load_qrels(
             )
         if doc_id not in corpus:
             if unknown_docs == "drop":
-                dropped += 1
+                dropped[(qid, doc_id, score)] = None
                 if qid not in qrels:
                     emptied.add(qid)
                 continue
@@ -615,14 +623,14 @@ def _load_qrels(
             if emptied
             else ""
         )
-        logger.warning("%s: dropped %d judgement(s) of documents not in the corpus%s", path, dropped, kept)
+        logger.warning("%s: dropped %d judgement(s) of documents not in the corpus%s", path, len(dropped), kept)
     if not qrels:
-        outside = f" (all {dropped} name documents outside the corpus)" if dropped else ""
+        outside = f" (all {len(dropped)} name documents outside the corpus)" if dropped else ""
         raise DatasetError(f"no judgements found{outside}", path=path)
     for qid in queries:  # in queries.jsonl order, after the judged ones
         if qid in emptied:
             qrels[qid] = {}
-    return qrels
+    return qrels, tuple(dropped)
 
 
 def available_splits(path: str | os.PathLike[str]) -> list[str]:
@@ -691,9 +699,9 @@ def load_beir(path: str | os.PathLike[str], split: str = "test", *, unknown_docs
             a path such as ``../other/qrels/test`` is refused).
         unknown_docs: ``"error"`` (default) raises on a judgement naming a document that is
             not in the corpus; ``"drop"`` skips such judgements with a warning (useful for
-            pooled collections whose official qrels judge documents outside the pool). A query
-            whose every judgement is dropped stays, with empty qrels: it scores 0, as it would
-            with the full qrels, rather than leaving the mean.
+            pooled collections whose official qrels judge documents outside the pool) and lists them
+            in :attr:`BeirDataset.dropped_judgements`. A query whose every judgement is dropped stays,
+            with empty qrels: it scores 0, as it would with the full qrels, rather than leaving the mean.
 
     Returns:
         The corpus, the judged queries of ``split`` and their qrels (a file's UTF-8 byte order
@@ -727,9 +735,9 @@ def load_beir(path: str | os.PathLike[str], split: str = "test", *, unknown_docs
     qrels_path = _split_path(root, split)
     corpus = _load_corpus(corpus_path)
     all_queries = _load_queries(queries_path)
-    qrels = _load_qrels(qrels_path, all_queries, corpus, unknown_docs)
+    qrels, dropped = _load_qrels(qrels_path, all_queries, corpus, unknown_docs)
     queries = {qid: text for qid, text in all_queries.items() if qid in qrels}
-    ds = BeirDataset(root, split, corpus, queries, qrels)
+    ds = BeirDataset(root, split, corpus, queries, qrels, dropped_judgements=dropped)
     logger.info("loaded %r", ds)
     return ds
 

@@ -529,72 +529,32 @@ def _warn_queries_without_relevant(qrels: Mapping[str, Mapping[str, int]], relev
     )
 
 
-def _dropped_judgements(dataset: BeirDataset) -> dict[str, dict[str, int]] | None:
-    """The judgements ``--unknown-docs drop`` removed from ``dataset``'s qrels (documents outside its corpus), by query.
-
-    :func:`~kl_retrievers.datasets.load_beir` drops them with a warning giving their number; the split's qrels
-    file is read again by the loader's own parser, every document id taken as known, to tell which they were.
-    ``None`` when that reading fails (two grades of one dropped judgement that conflict, which the loader, having
-    dropped both, did not check; or a file changed since).
-
-    Examples:
-        >>> import tempfile
-        >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     (Path(tmp) / "qrels").mkdir()
-        ...     _ = (Path(tmp) / CORPUS_FILE).write_text('{"_id": "d1", "text": "x"}\\n')
-        ...     _ = (Path(tmp) / QUERIES_FILE).write_text('{"_id": "q1", "text": "x"}\\n')
-        ...     _ = (Path(tmp) / "qrels" / "test.tsv").write_text("q1\\td1\\t1\\nq1\\tgone\\t2\\n")
-        ...     _dropped_judgements(load_beir(tmp, unknown_docs="drop"))
-        {'q1': {'gone': 2}}
-    """
-    from kl_retrievers.datasets import _load_qrels, _split_path
-
-    class _EveryDocument(dict[str, dict[str, str]]):
-        """A corpus that holds every document id (the qrels parser asks it nothing else)."""
-
-        def __contains__(self, key: object) -> bool:
-            return True
-
-    try:
-        judged = _load_qrels(_split_path(dataset.path, dataset.split), dataset.queries, _EveryDocument(), "error")
-    except DatasetError as exc:
-        logger.info("could not tell which judgements --unknown-docs drop removed: %s", exc)
-        return None
-    out: dict[str, dict[str, int]] = {}
-    for qid, docs in judged.items():
-        kept = dataset.qrels.get(qid, {})
-        dropped = {doc: grade for doc, grade in docs.items() if doc not in kept}
-        if dropped:
-            out[qid] = dropped
-    return out
-
-
 def _drop_record(
-    dropped: Mapping[str, Mapping[str, int]] | None, qrels: Mapping[str, Mapping[str, int]], relevance_level: int
+    dropped: Iterable[tuple[str, str, int]], qrels: Mapping[str, Mapping[str, int]], relevance_level: int
 ) -> dict[str, Any]:
     """The ``unknown_docs`` record of ``--json`` (and the per-query meta): what was dropped from the evaluated queries.
 
-    Counts of the judgements of documents outside the corpus dropped from the qrels of the queries evaluated
-    (``dropped_relevant``: those of grade ``>= relevance_level``), of their distinct documents, of the queries
-    that lost some (``queries_affected``) and of those left with none (``queries_emptied``, each scoring 0).
-    Every count is ``None`` when ``dropped`` is (not known).
+    ``dropped`` is what :func:`~kl_retrievers.datasets.load_beir` left out (``BeirDataset.dropped_judgements``:
+    ``(query id, document id, grade)``). Counts of those judgements of documents outside the corpus dropped from
+    the qrels of the queries evaluated (``dropped_relevant``: those of grade ``>= relevance_level``), of their
+    distinct documents, of the queries that lost some (``queries_affected``) and of those left with none
+    (``queries_emptied``, each scoring 0).
 
     Examples:
-        >>> _drop_record({"q1": {"x": 1, "y": 0}, "q2": {"x": 2}, "q3": {"z": 1}}, {"q1": {"d": 1}, "q2": {}}, 1)
-        ... # doctest: +NORMALIZE_WHITESPACE
+        >>> dropped = [("q1", "x", 1), ("q1", "y", 0), ("q2", "x", 2), ("q3", "z", 1)]
+        >>> _drop_record(dropped, {"q1": {"d": 1}, "q2": {}}, 1)  # doctest: +NORMALIZE_WHITESPACE
         {'mode': 'drop', 'dropped_judgements': 3, 'dropped_relevant': 2, 'dropped_documents': 2,
          'queries_affected': 2, 'queries_emptied': 1}
     """
     names = ("dropped_judgements", "dropped_relevant", "dropped_documents", "queries_affected", "queries_emptied")
-    if dropped is None:
-        return {"mode": "drop", **dict.fromkeys(names)}
-    evaluated = {qid: docs for qid, docs in dropped.items() if qid in qrels}  # a --sample-queries draw: its queries
+    evaluated = [j for j in dropped if j[0] in qrels]  # a --sample-queries draw: its queries
+    affected = {qid for qid, _, _ in evaluated}
     counts = (
-        sum(len(docs) for docs in evaluated.values()),
-        sum(1 for docs in evaluated.values() for grade in docs.values() if grade >= relevance_level),
-        len({doc for docs in evaluated.values() for doc in docs}),
         len(evaluated),
-        sum(1 for qid in evaluated if not qrels[qid]),
+        sum(1 for _, _, grade in evaluated if grade >= relevance_level),
+        len({doc for _, doc, _ in evaluated}),
+        len(affected),
+        sum(1 for qid in affected if not qrels[qid]),
     )
     return {"mode": "drop", **dict(zip(names, counts, strict=True))}
 
@@ -610,11 +570,9 @@ def _drop_footnote(record: Mapping[str, Any], level: int | None) -> str | None:
         corpus, not to the full qrels
     """
     n = record.get("dropped_judgements")
-    if n == 0:
+    if not n:
         return None
     relative = "the metrics are relative to the judged documents in the corpus, not to the full qrels"
-    if n is None:
-        return f"--unknown-docs drop: judgements of documents outside the corpus dropped (see the log); {relative}"
     emptied = record.get("queries_emptied") or 0
     left = f", {emptied} left with none (scoring 0)" if emptied else ""
     grade = f" ({record.get('dropped_relevant')} of grade >= {level})" if level is not None else ""
@@ -1591,8 +1549,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
             check_trec_ids(dataset.doc_ids, "document", "--save-run")
         if args.per_query:  # nor a .tsv / .csv per-query file these
             _check_table_ids(Path(args.per_query), dataset.query_ids)
-        # what --unknown-docs drop removed: the figures are relative to the judged documents in the corpus
-        dropped = _dropped_judgements(dataset) if args.unknown_docs == "drop" else {}
     except DatasetError as exc:  # an option it names (unknown_docs='drop') is this command's flag
         print(f"kl-retrievers evaluate: error: {exc.describe(_cli_option)}", file=sys.stderr)
         return 2
@@ -1603,7 +1559,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     dataset, sample = _sample_queries(dataset, getattr(args, "sample_queries", None), getattr(args, "seed", None))
     _warn_blank_queries(dataset)
     _warn_queries_without_relevant(dataset.qrels, args.relevance_level)
-    drop = _drop_record(dropped, dataset.qrels, args.relevance_level) if args.unknown_docs == "drop" else None
+    # what --unknown-docs drop removed: the figures are relative to the judged documents in the corpus
+    drop = (
+        _drop_record(dataset.dropped_judgements, dataset.qrels, args.relevance_level)
+        if args.unknown_docs == "drop"
+        else None
+    )
     other: tuple[dict[str, dict[str, float]], dict[str, Any]] | None = None
     if args.compare:
         try:

@@ -99,12 +99,22 @@ def test_unknown_docs_drop_counts_only_the_sampled_queries_and_nothing_when_noth
 def test_unknown_docs_drop_whose_dropped_judgements_conflict_still_evaluates(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # the loader drops both grades of (q5, GHOST) without comparing them; the counts are then unknown
+    # the loader drops both grades of (q5, GHOST) without comparing them, and records both: the counts are known
     root = _beir(tmp_path / "beir", "".join(f"q{j}\td{j}\t1\n" for j in range(5)) + "q5\tGHOST\t1\nq5\tGHOST\t2\n")
     summary = _json(capsys, root, "--unknown-docs", "drop")
-    assert summary["unknown_docs"]["mode"] == "drop" and summary["unknown_docs"]["dropped_judgements"] is None
+    assert summary["unknown_docs"] == {
+        "mode": "drop",
+        "dropped_judgements": 2,
+        "dropped_relevant": 2,
+        "dropped_documents": 1,
+        "queries_affected": 1,
+        "queries_emptied": 1,
+    }
     out = _evaluate(capsys, root, "--unknown-docs", "drop")
-    assert "--unknown-docs drop: judgements of documents outside the corpus dropped (see the log)" in out
+    assert (
+        "--unknown-docs drop: 2 judgements of 1 document outside the corpus (2 of grade >= 1) dropped from the "
+        "qrels of 1 query, 1 left with none (scoring 0)" in out
+    )
 
 
 def _no_relevant_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:

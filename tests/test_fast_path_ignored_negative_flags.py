@@ -5,6 +5,10 @@ never enter the loss: ``--hard-negatives``, ``--mine-k``, ``--mine-mode`` and ``
 changed nothing (mining still ran), and ``--no-in-batch`` was ignored by any full-corpus softmax. They are refused
 as ``--corpus-sample`` and ``--no-full-corpus`` are outside the fast path; ``--corpus-sample N`` or
 ``--no-full-corpus`` make them matter. Fails before the fix (every refused command exited 0).
+
+The refusal says they play no part in the loss, not that they change nothing: their random draws share each
+micro-batch's stream with the draw of each query's positive, so for a query judged several positives they change
+which one trains, and the weights (the stream is kept: changing it would change every run's weights).
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from conftest import (
 )
 from kl_retrievers.cli import main
 from kl_retrievers.training import TrainingSet, train_heads_cached
+
+#: Six queries in the tiny vocabulary without negatives (the fast path then draws random pool documents).
+SIX = ["cat", "tea", "moon", "dog", "sea", "rock"]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +53,8 @@ def test_negatives_flags_with_the_whole_pool_softmax_are_refused(
     out = tmp_path / "m"
     assert main(heads_cached_train_argv(world, out, *flags)) == 2
     err = cli_error_line(capsys, "train")
-    assert f"{named} would be ignored" in err, err
+    assert f"{named} would play no part in the loss" in err and "would be ignored" not in err, err
+    assert "which positive trains, for a query judged several" in err, err
     assert "--corpus-sample N" in err and "--no-full-corpus" in err, err
     assert not out.exists()
 
@@ -77,7 +85,7 @@ def test_distillation_on_the_fast_path_still_mines(
     argv = heads_cached_train_argv(world, tmp_path / "m", "--loss", "listwise", "--hard-negatives", "bm25")
     assert main(argv) == 2  # refused for the teacher scores it lacks, not for the flags
     err = cli_error_line(capsys, "train")
-    assert "teacher scores" in err and "would be ignored" not in err, err
+    assert "teacher scores" in err and "no part in the loss" not in err, err
     # the common case: no flag of the negatives given, the pool softmax trains
     assert main(heads_cached_train_argv(world, tmp_path / "plain", "--steps", "1")) == 0
 
@@ -95,3 +103,21 @@ def test_train_heads_cached_refuses_in_batch_off_with_the_full_corpus() -> None:
     with pytest.raises(ValueError, match=r"in_batch=False \(--no-in-batch\) would be ignored.*full_corpus=False"):
         train_heads_cached(make_tiny_encoder(pooling="mean"), ts, rows_train_config(in_batch=False))
     train_heads_cached(make_tiny_encoder(pooling="mean"), ts, rows_train_config(in_batch=False, full_corpus=False))
+
+
+@pytest.mark.parametrize("several", [False, True], ids=["one-positive", "several-positives"])
+def test_negatives_on_the_pool_softmax_change_the_weights_only_through_the_positive_drawn(several: bool) -> None:
+    # what the refusal's wording rests on: with one positive per query the negatives leave the weights as they
+    # are; with several, their draws change which positive later queries of the micro-batch train on
+    rows = [
+        {"query": q, "positives": [f"the {q} here", *([f"a {q} there", f"{q} and more"] if several else [])]}
+        for q in SIX
+    ]
+    ts = TrainingSet.from_rows(rows)
+    weights = []
+    for negatives in (0, 1, 7):
+        enc = make_tiny_encoder(pooling="mean")
+        train_heads_cached(enc, ts, rows_train_config(steps=4, batch_size=4, negatives=negatives, lr=1e-2))
+        weights.append(enc.mean_head.weight.detach().clone())
+    same = [bool((w == weights[0]).all()) for w in weights[1:]]
+    assert same == ([False, False] if several else [True, True])

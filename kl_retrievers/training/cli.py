@@ -713,9 +713,11 @@ def _refuse_flags_the_pool_softmax_ignores(args: argparse.Namespace) -> None:
     every query is scored against the pool: the whole of it (``--corpus-sample 0``, the default), so the batch's
     hard negatives (``--negatives``, mined ones: ``--hard-negatives``, ``--mine-k``, ``--mine-mode``) never
     enter the loss; or ``--corpus-sample N`` random documents plus every candidate of the batch, so
-    ``--no-in-batch`` (own candidates only) does not apply. Given there, they would be ignored (the weights
-    the same, mining's time spent for nothing), as ``--corpus-sample`` and ``--no-full-corpus`` would be
-    outside the fast path.
+    ``--no-in-batch`` (own candidates only) does not apply. Given there, they would play no part in the loss
+    (mining's time spent for nothing), as ``--corpus-sample`` and ``--no-full-corpus`` would be ignored outside
+    the fast path. The weights are not always the same, though: the negatives' random draws share each
+    micro-batch's stream with the draw of each query's positive, so for queries judged several positives they
+    change which one trains (a change of stream would change every run's weights, so it stays).
     """
     if not args.heads_only_cached or args.loss != "contrastive" or args.no_full_corpus:
         return
@@ -732,9 +734,10 @@ def _refuse_flags_the_pool_softmax_ignores(args: argparse.Namespace) -> None:
         ]
         if given:
             raise ValueError(
-                f"{' and '.join(given)} would be ignored: with --heads-only-cached the contrastive softmax runs over "
-                "every document of the pool (--corpus-sample 0, the default), so the batch's hard negatives never "
-                "enter the loss; add --corpus-sample N (N random pool documents plus the batch's candidates) or "
+                f"{' and '.join(given)} would play no part in the loss: with --heads-only-cached the contrastive "
+                "softmax runs over every document of the pool (--corpus-sample 0, the default), so the batch's hard "
+                "negatives never enter it (their random draws would only change which positive trains, for a query "
+                "judged several); add --corpus-sample N (N random pool documents plus the batch's candidates) or "
                 f"--no-full-corpus (in-batch and hard negatives), or drop {'it' if len(given) == 1 else 'them'}"
             )
     if args.no_in_batch:
