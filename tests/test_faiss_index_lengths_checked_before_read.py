@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -224,3 +225,74 @@ def test_the_header_s_own_sizes_must_agree(saved: dict[str, Path], tmp_path: Pat
     with pytest.raises(StoreFormatError, match=r"a length of 18700 values, where the index's own header makes 18717"):
         KLStore.load(folder)
     assert np.load(folder / "mean.npy").shape == (ROWS, 8)  # the rest of the folder is untouched
+
+
+def _pq_table_bomb(folder: Path) -> None:
+    """Replace ``folder``'s IVF-PQ index by an empty one of 8,000 lists, 9 sub-quantizers of 12 bits (a 0.9 MB file).
+
+    FAISS builds an IVF-PQ index's precomputed table (``nlist x M x 2^nbits`` floats: 1.1 GiB here) as it reads
+    the file, for ``by_residual`` lists under an L2 quantizer; every array of the file is as long as it claims.
+    """
+    import faiss
+
+    d = faiss.read_index(str(folder / "index.faiss")).d
+    quantizer = faiss.IndexFlatL2(d)
+    quantizer.add(np.random.default_rng(0).normal(size=(8000, d)).astype(np.float32))
+    index = faiss.IndexIVFPQ(quantizer, d, 8000, 9, 12)
+    index.is_trained = True
+    faiss.write_index(index, str(folder / "index.faiss"))
+    _tamper(folder, lambda data: None)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="limits the child's address space with RLIMIT_AS (Linux)")
+def test_an_ivf_pq_index_s_precomputed_table_waits_for_the_config_check(saved: dict[str, Path], tmp_path: Path) -> None:
+    folder = _copy(saved["ivf_pq8"], tmp_path / "bomb")
+    _pq_table_bomb(folder)
+    _format.check_index_file(folder / "index.faiss")  # every array fits the file: only the table is large
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps({"bomb": str(folder)})],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    out = json.loads(child.stdout.strip().splitlines()[-1])
+    kind, message = out["bomb"]
+    assert kind == "StoreFormatError" and "field 'index_params.nlist' is 4, but index.faiss holds 8000" in message
+    assert out["peak_mib"] < 1024, out["peak_mib"]  # the 1.1 GiB table was never built
+
+
+def _ivf_pq(index: Any) -> Any:
+    import faiss
+
+    idx = faiss.downcast_index(index)
+    return faiss.downcast_index(idx.base_index) if isinstance(idx, faiss.IndexRefine) else idx
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+@pytest.mark.parametrize("kind", ["ivf_pq8", "ivf_pq4_sq8"])
+def test_a_loaded_ivf_pq_store_searches_exactly_as_the_saved_one(kind: str, mmap: bool, tmp_path: Path) -> None:
+    import faiss
+
+    before = KLStore(**KINDS[kind])  # type: ignore[arg-type]
+    before.add(gaussians=random_gaussians(ROWS, 8, seed=3), ids=[f"d{i}" for i in range(ROWS)])
+    before.save(tmp_path / "store")
+    after = KLStore.load(tmp_path / "store", mmap=mmap)
+    queries = random_gaussians(20, 8, seed=5)
+    for store in (before, after):
+        store.nprobe = 2
+    got, want = after.search_batch(queries, k=10), before.search_batch(queries, k=10)
+    assert [[(r.id, r.score) for r in rs] for rs in got] == [[(r.id, r.score) for r in rs] for rs in want]
+    old, new = _ivf_pq(before._engine.index), _ivf_pq(after._engine.index)
+    assert new.use_precomputed_table == old.use_precomputed_table
+    table = faiss.rev_swig_ptr(new.precomputed_table.data(), new.precomputed_table.size())
+    expected = faiss.rev_swig_ptr(old.precomputed_table.data(), old.precomputed_table.size())
+    assert np.array_equal(table, expected)
+    if kind == "ivf_pq8":
+        assert new.use_precomputed_table == 1 and new.precomputed_table.size() > 0
+    x = np.random.default_rng(7).normal(size=(20, old.d)).astype(np.float32)
+    faiss.extract_index_ivf(before._engine.index).nprobe = faiss.extract_index_ivf(after._engine.index).nprobe = 4
+    for a, b in zip(after._engine.index.search(x, 10), before._engine.index.search(x, 10), strict=True):
+        assert np.array_equal(a, b)  # FAISS's own distances and labels, bit for bit

@@ -10,6 +10,7 @@ nesting is now measured first, without recursion, and refused past :data:`kl_ret
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -109,3 +110,22 @@ def test_long_flat_filters_are_not_limited() -> None:
     wide = {"i": {"$in": [*range(100_000), [1, 2]]}, **keys}
     predicate = compile_filter(wide)
     assert predicate is not None and not predicate({"i": 5}) and predicate({"i": 5, **keys})
+
+
+def test_the_milvus_store_refuses_a_filter_past_the_limit_as_klstore_does(tmp_path: Path) -> None:
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    from kl_retrievers.milvus import to_milvus_expr
+    from kl_retrievers.store import MilvusKLStore
+
+    s = MilvusKLStore(uri=str(tmp_path / "depth.db"), collection_name="c", index_type="flat")
+    s.add(gaussians=random_gaussians(3, 4, seed=0), ids=["a", "b", "c"], metadatas=[{"i": 1}, {"i": 2}, {"i": 3}])
+    query = random_gaussians(1, 4, seed=1)
+    match = f"nests dicts and lists more than {LIMIT} levels deep"
+    for name in ("$and x330", "$or x400", "field $not x400", "$not x900", "just past the limit"):
+        with pytest.raises(ValueError, match=match):
+            s.search(query, k=3, filter=TOO_DEEP[name])
+        with pytest.raises(ValueError, match=match):
+            to_milvus_expr(TOO_DEEP[name])
+    deepest = _and((LIMIT - 1) // 2)
+    assert [h.id for h in s.search(query, k=3, filter=deepest)] == ["a"]

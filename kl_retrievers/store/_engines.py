@@ -167,11 +167,14 @@ def _read_index(path: Path, mmap: bool) -> tuple[Any, bool]:
     A name FAISS cannot take (:func:`_native_path`) is read through a Python stream, or memory-mapped
     through its ``/proc/self/fd`` name; where there is no such name, ``mmap=True`` raises StoreFormatError.
     The file's array lengths are checked first (:func:`~kl_retrievers.store._format.check_index_file`): FAISS
-    allocates an array's length before it reads the array, so an edited length would cost that memory.
+    allocates an array's length before it reads the array, so an edited length would cost that memory. An
+    IVF-PQ index is read without its precomputed table (``nlist x M x 2^nbits`` floats, which a small file can
+    make a GiB): :meth:`FaissEngine.attach` builds it once the sizes are the config's (:func:`_precompute_table`).
     """
     check_index_file(path)
     faiss = _faiss()
     name = _native_path(path)
+    flags = faiss.IO_FLAG_SKIP_PRECOMPUTE_TABLE
     if mmap:
         if name is None and not os.path.isdir("/proc/self/fd"):
             raise StoreFormatError(
@@ -180,7 +183,7 @@ def _read_index(path: Path, mmap: bool) -> tuple[Any, bool]:
             )
         fd = None if name is not None else os.open(path, os.O_RDONLY)
         try:
-            return faiss.read_index(name or f"/proc/self/fd/{fd}", faiss.IO_FLAG_MMAP_IFC), True
+            return faiss.read_index(name or f"/proc/self/fd/{fd}", faiss.IO_FLAG_MMAP_IFC | flags), True
         except (RuntimeError, AttributeError) as exc:
             logger.info("memory-mapped index read not supported (%s); reading into memory", exc)
         finally:
@@ -188,11 +191,23 @@ def _read_index(path: Path, mmap: bool) -> tuple[Any, bool]:
                 os.close(fd)
     try:
         if name is not None:
-            return faiss.read_index(name), False
+            return faiss.read_index(name, flags), False
         with open(path, "rb") as f:
-            return faiss.read_index(faiss.PyCallbackIOReader(f.read)), False
+            return faiss.read_index(faiss.PyCallbackIOReader(f.read), flags), False
     except RuntimeError as exc:
         raise StoreFormatError(f"cannot read FAISS index {path}: {str(exc).splitlines()[0][:300]}") from exc
+
+
+def _precompute_table(index: Any) -> None:
+    """Build the precomputed table of an IVF-PQ ``index`` (or of its refine stage's base) that :func:`_read_index`
+    skipped, as FAISS builds it when it reads one (``by_residual`` lists of a trained index)."""
+    faiss = _faiss()
+    idx = faiss.downcast_index(index)
+    if isinstance(idx, faiss.IndexRefine):
+        idx = faiss.downcast_index(idx.base_index)
+    if isinstance(idx, faiss.IndexIVFPQ) and idx.is_trained and idx.by_residual:
+        idx.use_precomputed_table = 0  # FAISS chooses the kind of table, as when it reads the index
+        idx.precompute_table()
 
 
 def _write_index(path: Path, index: Any) -> None:
@@ -571,6 +586,7 @@ class FaissEngine(ABC):
         n, d = self.table.n_rows, self.width
         if index.d != d or index.ntotal != n:
             raise StoreFormatError(f"index has d={index.d}, ntotal={index.ntotal}; expected d={d}, ntotal={n}")
+        _precompute_table(index)  # skipped by _read_index until nlist, pq_m and pq_nbits were the config's
         self.index, self.viewed = index, viewed
 
     def write(self, path: Path) -> None:

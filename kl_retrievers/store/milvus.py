@@ -134,6 +134,7 @@ from kl_retrievers.filters import (
     ALLOWED_OPERATORS,
     OPERATOR_ALIASES,
     MetadataFilter,
+    _check_depth,
     _check_values,
     _stored_form_of_filter_values,
     compile_filter,
@@ -621,7 +622,8 @@ def to_milvus_expr(filter: MetadataFilter, field: str = "metadata") -> str:
         A Milvus boolean expression.
 
     Raises:
-        ValueError: An unknown operator, a callable, or a value type Milvus cannot compare.
+        ValueError: An unknown operator, a callable, a value type Milvus cannot compare, or dicts and lists
+            nested more than :data:`~kl_retrievers.filters.MAX_FILTER_DEPTH` levels deep (as in ``KLStore``).
 
     Examples:
         >>> to_milvus_expr({"lang": "en"})
@@ -634,6 +636,7 @@ def to_milvus_expr(filter: MetadataFilter, field: str = "metadata") -> str:
             "the Milvus backend needs a dict filter (it is translated to a Milvus expression); "
             f"a callable cannot run inside Milvus. Allowed operators: {', '.join(ALLOWED_OPERATORS)}"
         )
+    _check_depth(filter)  # before anything here recurses over the filter (_expr, _has_long_in, _has_negated_order)
     return _expr(filter, field)
 
 
