@@ -34,10 +34,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from kl_retrievers._encoding import blank_warning_at_caller
 from kl_retrievers._io import atomic_dir, atomic_file, library_version
 from kl_retrievers._score import check_score_fields
-from kl_retrievers._warn import warn
+from kl_retrievers._warn import at_callers_line, warn
 from kl_retrievers.gaussian import Gaussians, check_k, neg_kl_matrix
 
 logger = logging.getLogger(__name__)
@@ -587,7 +586,7 @@ async def cancellable_write(fn: Callable[..., _T], /, *args: Any, **kwargs: Any)
     cancelled = threading.Event()
     token = _WRITE_CANCELLED.set(cancelled)  # asyncio.to_thread copies this context into the worker thread
     try:
-        with blank_warning_at_caller():  # a blank-document warning of the write points at the caller's line
+        with at_callers_line():  # a blank-document warning of the write points at the caller's line
             return await asyncio.to_thread(fn, *args, **kwargs)
     except asyncio.CancelledError:
         cancelled.set()

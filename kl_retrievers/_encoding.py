@@ -20,17 +20,15 @@ import os
 import sys
 import threading
 import unicodedata
-import warnings
 import weakref
 from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, Set
 from contextlib import contextmanager, nullcontext
-from types import FrameType
 from typing import Any, Literal
 
 import numpy as np
 
 from kl_retrievers._config import model_similarity
-from kl_retrievers._warn import _skipped, warn
+from kl_retrievers._warn import warn
 from kl_retrievers.gaussian import Gaussians, neg_kl_matrix
 
 logger = logging.getLogger(__name__)
@@ -330,38 +328,6 @@ def blank_warning_suppressed() -> Iterator[None]:
         _BLANK_WARNING_SUPPRESSED.reset(token)
 
 
-#: Where :func:`warn_blank_documents` points its warning (``(filename, lineno, module globals)`` of the user's line),
-#: set by :func:`blank_warning_at_caller` for a worker thread that has no user's frame on its stack.
-_BLANK_WARNING_AT: contextvars.ContextVar[tuple[str, int, dict[str, Any]] | None] = contextvars.ContextVar(
-    "kl_retrievers_blank_warning_at", default=None
-)
-
-
-@contextmanager
-def blank_warning_at_caller() -> Iterator[None]:
-    """Point :func:`warn_blank_documents`'s warning, given in a worker thread started in the block, at the caller.
-
-    An async adapter call (``aadd_texts``, ``aembed_documents``, ``aget_text_embedding_batch``...) encodes in a
-    worker thread whose stack holds no frame of the user's, so the warning would point at this package's line.
-    Entered in the coroutine, before the worker starts, this finds the user's line on the coroutine's stack (the
-    first frame outside this package, the frameworks and asyncio, as :func:`kl_retrievers._warn.warn` finds it)
-    and keeps it in a :class:`contextvars.ContextVar`, which ``asyncio.to_thread``, LangChain's
-    ``run_in_executor`` and ``contextvars.copy_context().run`` copy into the worker: the warning is still given
-    there, once and before the encoding (an ``error`` filter stops the call as it stops the sync one), at that
-    line. Without a user's frame (every frame is skipped) nothing changes.
-    """
-    frame: FrameType | None = sys._getframe(0)
-    while frame is not None and _skipped(frame):
-        frame = frame.f_back
-    at = None if frame is None else (frame.f_code.co_filename, frame.f_lineno, frame.f_globals)
-    del frame
-    token = _BLANK_WARNING_AT.set(at)
-    try:
-        yield
-    finally:
-        _BLANK_WARNING_AT.reset(token)
-
-
 def warn_blank_documents(texts: Sequence[str]) -> None:
     """Warn, once for ``texts``, when some documents are blank (:func:`is_blank_text`), naming how many and where.
 
@@ -369,7 +335,7 @@ def warn_blank_documents(texts: Sequence[str]) -> None:
     queries it does not answer (a query the model reads as vague sits close to it). The warning gives their
     number and their first positions in ``texts`` (counted from 0) and suggests dropping them; they are still
     encoded. It points at the user's line (:func:`kl_retrievers._warn.warn`; in the worker thread of an async
-    adapter call, the line found by :func:`blank_warning_at_caller`). ``encode_documents`` calls
+    adapter call, the line found by :func:`kl_retrievers._warn.at_callers_line`). ``encode_documents`` calls
     this once per call, whatever its batches, so ``KLStore.add``, ``KLHybridStore.add`` and the LangChain
     and LlamaIndex adds that encode texts warn once per call. Nothing is said (nor checked) inside
     :func:`blank_warning_suppressed`.
@@ -398,14 +364,7 @@ def warn_blank_documents(texts: Sequence[str]) -> None:
         "gets the same Gaussian, the empty text's, which can rank high for queries it does not answer; drop "
         f"{'it' if one else 'them'} (with {'its id' if one else 'their ids'} and metadata) before encoding or adding"
     )
-    at = _BLANK_WARNING_AT.get()
-    if at is None:
-        warn(message)
-    else:  # in a worker thread of an async call: at its caller's line (blank_warning_at_caller)
-        filename, lineno, module_globals = at
-        registry = module_globals.setdefault("__warningregistry__", {})
-        name = module_globals.get("__name__", "<string>")
-        warnings.warn_explicit(message, UserWarning, filename, lineno, name, registry, module_globals)
+    warn(message)
 
 
 def query_prefix_of(config: Any) -> str:

@@ -16,11 +16,15 @@ Imports only the standard library, so any module of the package may use it.
 
 from __future__ import annotations
 
+import contextvars
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
-__all__ = ["user_stacklevel", "warn"]
+__all__ = ["at_callers_line", "user_stacklevel", "warn"]
 
 #: The top-level packages of LangChain and LlamaIndex whose frames a warning skips: exact names, so that a
 #: user's own ``langchain_app`` or ``llama_index_tools`` package is not taken for the framework. LangChain's
@@ -105,11 +109,50 @@ def _user_level(frame: FrameType | None, depth: int) -> int | None:
     return level if frame is not None else None
 
 
+#: The user's line (``(filename, lineno, module globals)``) kept by :func:`at_callers_line` for worker threads.
+_CALLERS_LINE: contextvars.ContextVar[tuple[str, int, dict[str, Any]] | None] = contextvars.ContextVar(
+    "kl_retrievers_callers_line", default=None
+)
+
+
+@contextmanager
+def at_callers_line() -> Iterator[None]:
+    """Point :func:`warn`'s warnings given in a worker thread started in the block at the caller's line.
+
+    An async adapter call (``aadd_texts``, ``aembed_documents``, ``aget_text_embedding_batch``...) runs library
+    code in a worker thread whose stack holds no frame of the user's, so its warnings would point at this
+    package's line. Entered in the coroutine, before the worker starts, this finds the user's line on the
+    coroutine's stack (the first frame outside the skipped modules, as :func:`warn` finds it) and keeps it in a
+    :class:`contextvars.ContextVar`, which ``asyncio.to_thread``, LangChain's ``run_in_executor`` and
+    ``contextvars.copy_context().run`` copy into the worker: a warning is still given there (an ``error``
+    filter stops the call as it stops the sync one), at that line. Without a user's frame nothing changes.
+
+    Examples:
+        >>> with warnings.catch_warnings(record=True) as seen:
+        ...     warnings.simplefilter("always")
+        ...     with at_callers_line():
+        ...         warn("careful")
+        >>> str(seen[0].message)  # (run here, in the caller's own thread: at the line the stack gives)
+        'careful'
+    """
+    frame: FrameType | None = sys._getframe(0)
+    while frame is not None and _skipped(frame):
+        frame = frame.f_back
+    at = None if frame is None else (frame.f_code.co_filename, frame.f_lineno, frame.f_globals)
+    del frame
+    token = _CALLERS_LINE.set(at)
+    try:
+        yield
+    finally:
+        _CALLERS_LINE.reset(token)
+
+
 def warn(message: str, category: type[Warning] = UserWarning) -> None:
     """``warnings.warn(message, category)`` at the user's line (see :func:`user_stacklevel`).
 
-    When every frame is skipped (a worker thread running library code only), at the line that called the
-    caller of this function: the package's line that asked for the check (not the checking helper's own line).
+    When every frame is skipped (a worker thread running library code only): at the line
+    :func:`at_callers_line` kept for the thread, if any; else at the line that called the caller of this
+    function, the package's line that asked for the check (not the checking helper's own line).
 
     Examples:
         >>> with warnings.catch_warnings(record=True) as seen:
@@ -119,4 +162,11 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
         'careful'
     """
     level = _user_level(sys._getframe(0), 0)
-    warnings.warn(message, category, stacklevel=level if level is not None else 3)
+    at = _CALLERS_LINE.get() if level is None else None
+    if at is None:
+        warnings.warn(message, category, stacklevel=level if level is not None else 3)
+        return
+    filename, lineno, module_globals = at
+    registry = module_globals.setdefault("__warningregistry__", {})
+    name = module_globals.get("__name__", "<string>")
+    warnings.warn_explicit(message, category, filename, lineno, name, registry, module_globals)

@@ -95,9 +95,9 @@ from kl_retrievers._confidence import (
     log_abstention,
     require_calibrator,
 )
-from kl_retrievers._encoding import blank_warning_at_caller, check_texts, query_batch_size
+from kl_retrievers._encoding import check_texts, query_batch_size
 from kl_retrievers._io import LEFTOVER_NAME, check_dangling_link, load_unchanged, make_dirs, user_path
-from kl_retrievers._warn import user_stacklevel, warn
+from kl_retrievers._warn import at_callers_line, user_stacklevel, warn
 from kl_retrievers.filters import MetadataFilter
 from kl_retrievers.gaussian import (
     SCORE_DIRECTION,
@@ -1122,7 +1122,7 @@ class KLEmbeddings(Embeddings):
         from langchain_core.runnables.config import run_in_executor
 
         _detect_caller_store(self)  # here: the worker thread's stack does not hold the calling store
-        with blank_warning_at_caller():  # a blank-document warning points at the caller's line, not the worker's
+        with at_callers_line():  # a blank-document warning points at the caller's line, not the worker's
             return await run_in_executor(None, self.embed_documents, texts)
 
     async def aembed_query(self, text: str) -> list[float]:
@@ -2157,7 +2157,7 @@ class KLVectorStore(VectorStore):
         """Async :meth:`from_texts` (runs in a worker thread; ``ids`` also by position, as in FAISS)."""
         from langchain_core.runnables.config import run_in_executor
 
-        with blank_warning_at_caller():  # a blank-document warning points at the caller's line, not the worker's
+        with at_callers_line():  # a blank-document warning points at the caller's line, not the worker's
             return await run_in_executor(None, cls.from_texts, texts, embedding, metadatas, ids, **kwargs)
 
     @classmethod

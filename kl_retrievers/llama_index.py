@@ -86,10 +86,10 @@ from kl_retrievers._confidence import (
     hybrid_search,
     is_blank_query,
 )
-from kl_retrievers._encoding import blank_warning_at_caller, check_texts
+from kl_retrievers._encoding import check_texts
 from kl_retrievers._encoding import query_batch_size as _query_batch_size
 from kl_retrievers._io import clean_stale, fsync_dir, load_unchanged, make_dirs, user_path
-from kl_retrievers._warn import user_stacklevel
+from kl_retrievers._warn import at_callers_line, user_stacklevel
 from kl_retrievers.calibration import ConfidenceCalibrator
 from kl_retrievers.filters import _plain_json, _short
 from kl_retrievers.gaussian import (
@@ -1437,7 +1437,7 @@ class KLEmbedding(BaseEmbedding):
 
     async def _adocument_vectors(self, texts: list[str]) -> list[Embedding]:
         """:meth:`_document_vectors` in a worker thread; a blank-document warning points at the caller's line."""
-        with blank_warning_at_caller():  # found here: the worker thread's stack holds no user's frame
+        with at_callers_line():  # found here: the worker thread's stack holds no user's frame
             return await asyncio.to_thread(self._document_vectors, texts)
 
     def _get_query_embedding(self, query: str) -> Embedding:

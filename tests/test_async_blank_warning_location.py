@@ -129,12 +129,29 @@ def test_sync_calls_are_unchanged(encoder: Any) -> None:
     _at_this_file(_blank_warning(lambda: KLEmbedding(encoder).get_text_embedding_batch(TEXTS)))
 
 
-def test_blank_warning_at_caller_outside_a_worker_points_at_the_caller() -> None:
-    from kl_retrievers._encoding import blank_warning_at_caller, warn_blank_documents
+def test_at_callers_line_outside_a_worker_points_at_the_caller() -> None:
+    from kl_retrievers._encoding import warn_blank_documents
+    from kl_retrievers._warn import at_callers_line
 
     def call() -> None:
-        with blank_warning_at_caller():
+        with at_callers_line():
             warn_blank_documents(TEXTS)
 
     w = _blank_warning(call)
     _at_this_file(w)
+
+
+def test_any_package_warning_given_in_the_worker_points_at_the_caller() -> None:
+    """The caller's line is kept for every warning of the package (:func:`kl_retrievers._warn.warn`), not the
+    blank-document one alone: a worker thread's stack holds no user's frame."""
+    from kl_retrievers._warn import at_callers_line, warn
+
+    async def main() -> None:
+        with at_callers_line():
+            await asyncio.to_thread(warn, "said in the worker")
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        asyncio.run(main())
+    assert [str(w.message) for w in seen] == ["said in the worker"]
+    assert seen[0].filename == __file__
