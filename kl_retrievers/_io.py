@@ -413,10 +413,8 @@ def _unlock_fd(fd: int | None) -> None:
     """
     if fd is not None:
         if fcntl is not None:  # (without fcntl no lock was taken)
-            try:
+            with contextlib.suppress(OSError):  # nothing to release
                 fcntl.flock(fd, fcntl.LOCK_UN)
-            except OSError:  # nothing to release
-                pass
         os.close(fd)
 
 
