@@ -13,6 +13,7 @@ import re
 import shutil
 import stat
 import sys
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -30,6 +31,9 @@ except ImportError:  # pragma: no cover - Windows: no locks, so stale copies are
     fcntl = None
 
 logger = logging.getLogger(__name__)
+
+#: Seconds :func:`lock_file` waits for a lock before it warns that the holder (its PID named) may be paused or stuck.
+LOCK_WAIT_WARNING_S = 30.0
 
 
 @functools.cache
@@ -230,12 +234,19 @@ def is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def in_model_folder(file: Path, folder: Path, *, subfolders: bool = False) -> bool:
+def in_model_folder(file: Path, folder: Path, *, subfolders: bool = False, pinned: bool = False) -> bool:
     """Whether ``file`` (symbolic links followed) lies directly in the model folder ``folder`` (or, with
     ``subfolders``, below it), so that loading it reads nothing outside the folder; a Hugging Face cache snapshot's
     links to the cache's ``blobs`` folder are the exception (that is how a downloaded model's files lie).
 
+    ``pinned``: ``file`` is one of the package's own files (in a bundled model's folder, which the package ships as
+    it ships its code; a shipped graph is also checked against the SHA-256 its ``config.json`` records), so it may
+    be a link anywhere: installers lay package files as links into their cache (uv's ``link-mode=symlink``, Bazel
+    runfiles, ``cp -rs``). A user's folder is never pinned.
+
     Examples:
+        >>> in_model_folder(Path("/nonexistent/enc/model.onnx"), Path("/elsewhere"), pinned=True)
+        True
         >>> in_model_folder(Path("/nonexistent/enc/model.onnx"), Path("/nonexistent/enc"))
         True
         >>> in_model_folder(Path("/nonexistent/enc/data/w.bin"), Path("/nonexistent/enc"))
@@ -243,6 +254,8 @@ def in_model_folder(file: Path, folder: Path, *, subfolders: bool = False) -> bo
         >>> in_model_folder(Path("/nonexistent/enc/data/w.bin"), Path("/nonexistent/enc"), subfolders=True)
         True
     """
+    if pinned:
+        return True
     target, root = file.resolve(), folder.resolve()
     if target.parent == root or (subfolders and target != root and is_within(target, root)):
         return True
@@ -422,10 +435,12 @@ def _unlock_fd(fd: int | None) -> None:
 def lock_file(path: str | os.PathLike[str], *, purpose: str) -> Iterator[bool]:
     """Hold an exclusive lock on the file ``path`` while the body runs: one process at a time does ``purpose``.
 
-    The file is created (empty; its folder must exist) and removed when the lock is released. The lock is an
+    The file is created (its folder must exist) and removed when the lock is released. The lock is an
     ``flock`` (:func:`_lock_fd`), which the kernel releases when its process ends, even by ``kill -9``: a lock
-    file left by a killed process is taken at once, never waited for. A process that finds the lock held logs
-    at INFO that it waits, then waits until the holder releases it. Where no lock can be taken (no ``fcntl``,
+    file left by a killed process is taken at once, never waited for. The holder writes its PID into the file. A
+    process that finds the lock held logs at INFO that it waits, then waits (polling) until the holder releases it;
+    after :data:`LOCK_WAIT_WARNING_S` it logs one WARNING naming the holder's PID, which may be paused (Ctrl-Z, a
+    debugger) or stuck. Ctrl-C stops the wait. Where no lock can be taken (no ``fcntl``,
     as on Windows; a file system without ``flock``; a folder where the file cannot be created) the body runs
     unlocked, logged at DEBUG.
 
@@ -459,30 +474,88 @@ def _take_lock_file(file: Path, purpose: str) -> tuple[int | None, bool]:
     """:func:`lock_file`'s lock: the descriptor holding it (``None``: none could be taken) and whether it waited.
 
     A holder removes the file before it unlocks it, so a lock taken on an inode no longer at ``file`` is
-    dropped, and the new file locked instead.
+    dropped, and the new file locked instead. The lock is polled (``LOCK_NB``, pauses from :func:`_lock_waits`)
+    rather than waited for in the kernel, so that a long wait is reported.
     """
+    waits = _lock_waits(file, purpose)
     waited = False
     for _ in range(100):
         try:
-            os.close(os.open(file, os.O_RDONLY | os.O_CREAT, 0o666))
+            fd = os.open(file, os.O_RDONLY | os.O_CREAT, 0o666)
         except OSError as exc:
             logger.debug("cannot create the lock file %s (%s): %s runs unlocked", file, exc, purpose)
             return None, waited
-        fd = _lock_fd(file, wait=False)
-        if fd is None and file.exists():  # another process holds it (or the file system has no flock)
-            logger.info("waiting for %s: another process or thread holds %s", purpose, file)
-            waited = True
-            fd = _lock_fd(file, wait=True)
-            if fd is None and file.exists():
-                logger.debug("cannot lock %s (a file system without flock?): %s runs unlocked", file, purpose)
-                return None, waited
-        if fd is None:
-            continue  # removed by its holder meanwhile
+        try:
+            while not _try_flock(fd):  # another process (or another open of the file) holds it
+                waited = True
+                next(waits)
+        except OSError as exc:
+            os.close(fd)
+            logger.debug("cannot lock %s (%s; a file system without flock?): %s runs unlocked", file, exc, purpose)
+            return None, waited
+        except BaseException:  # interrupted while waiting (Ctrl-C): the descriptor is not kept
+            os.close(fd)
+            raise
         if _locked_inode_is_at(file, fd):
+            with contextlib.suppress(OSError):  # for the warning of those waiting (best effort)
+                _write_holder_pid(file)
             return fd, waited
         _unlock_fd(fd)
     logger.debug("could not lock %s (removed and created again by others each time): %s runs unlocked", file, purpose)
     return None, waited
+
+
+def _try_flock(fd: int) -> bool:
+    """Take an exclusive ``flock`` on ``fd`` without waiting: whether it was free (``OSError``: no flock here)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _lock_waits(file: Path, purpose: str) -> Iterator[None]:
+    """The pauses of a wait for the lock file ``file``, growing from 0.05 s to 0.5 s, one per ``next``.
+
+    Logs at INFO that the wait starts (at the first ``next``), and one WARNING once it has lasted
+    :data:`LOCK_WAIT_WARNING_S`, naming the holder's PID (read from the file).
+    """
+    logger.info("waiting for %s: another process or thread holds %s", purpose, file)
+    warn_at: float | None = time.monotonic() + LOCK_WAIT_WARNING_S
+    pause = 0.05
+    while True:
+        if warn_at is not None and time.monotonic() >= warn_at:
+            warn_at = None
+            logger.warning(
+                "still waiting for %s after %g s: %s holds the lock %s and may be paused (Ctrl-Z, a debugger) "
+                "or stuck. Resume or end it: the lock is released when that process ends (do not delete the "
+                "file while it runs)",
+                purpose,
+                LOCK_WAIT_WARNING_S,
+                _lock_holder(file),
+                file,
+            )
+        time.sleep(pause)
+        pause = min(pause * 1.5, 0.5)
+        yield
+
+
+def _write_holder_pid(file: Path) -> None:
+    """Write this process's PID into the lock file ``file`` it holds (what :func:`_lock_holder` reads)."""
+    fd = os.open(file, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def _lock_holder(file: Path) -> str:
+    """Who holds the lock file ``file``, from the PID its holder wrote into it (for a log message)."""
+    try:
+        pid = int(file.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return "another process (PID unknown)"
+    return f"another thread of this process (PID {pid})" if pid == os.getpid() else f"process {pid}"
 
 
 def fsync_file(path: Path) -> None:

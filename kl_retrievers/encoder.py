@@ -261,11 +261,17 @@ def _quiet_transformers() -> Iterator[None]:
 def _refuse_link_out(file: Path, folder: Path) -> None:
     """Refuse ``file`` (a weights or tokenizer file of the model folder ``folder``) when it is a symbolic link
     leading out of the folder (:func:`~kl_retrievers._io.in_model_folder`): nothing outside the folder is read.
+    A bundled model's folder (``kl_retrievers/pretrained/NAME``, the package's own files) is exempt: an installer
+    may lay its files as links into a cache (``pinned``).
 
     Raises:
         NotAnEncoderError: The link leads elsewhere; the message names both paths.
     """
-    if not in_model_folder(file, folder):
+    try:
+        bundled = folder.resolve().parent == BUNDLED_DIR
+    except (OSError, RuntimeError):  # a loop of links: not the package's folder
+        bundled = False
+    if not in_model_folder(file, folder, pinned=bundled):
         raise NotAnEncoderError(
             f"{file} resolves to {file.resolve()}, not to a file directly in the model folder {folder} (a link "
             "must not lead elsewhere; a Hugging Face cache snapshot's links to its blobs are fine); copy the file "
@@ -1123,7 +1129,9 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                     raise NotAnEncoderError(f"{cfg_file}: field 'backbone_config' is invalid: {exc}") from None
             _check_full_state(weights_file, state, skeleton.state_dict())
             enc = cls(_backbone_from_config(backbone_config), tokenizer, config, name_or_path=reference)
-            enc.load_state_dict(state, strict=False)  # the names were checked: only position_ids may be missing
+            enc.load_state_dict(
+                state, strict=False
+            )  # the names were checked: only position_ids may be missing or extra
         else:
             enc = cls._from_delta(path, tokenizer, config, state, reference)
         if meta.get("var_token_id") != enc.var_token_id:
@@ -1264,14 +1272,32 @@ def _check_shapes(weights_file: Path, state: dict[str, torch.Tensor], own: dict[
 
 def _check_full_state(weights_file: Path, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> None:
     """Refuse a full weights file whose tensors are not the encoder's: a shape (:func:`_check_shapes`), or a
-    tensor missing or unexpected (a ``position_ids`` buffer, which earlier transformers saved, may be missing)."""
+    tensor missing or unexpected. A ``position_ids`` buffer may be missing, or present where the encoder has none
+    (earlier transformers saved it): then it must hold the positions ``0, 1, 2, ...`` (:func:`_default_position_ids`),
+    and loading leaves it out."""
     _check_shapes(weights_file, state, own)
     missing = [k for k in own if k not in state and not k.endswith("position_ids")]
-    unexpected = [k for k in state if k not in own]
+    unexpected = [k for k in state if k not in own and not _default_position_ids(k, state[k])]
     if missing or unexpected:
         raise NotAnEncoderError(
             f"{weights_file} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
+
+
+def _default_position_ids(key: str, tensor: torch.Tensor) -> bool:
+    """Whether ``key`` is an embeddings' ``position_ids`` buffer holding the positions ``0, 1, 2, ...`` (in rows).
+
+    Examples:
+        >>> _default_position_ids("backbone.embeddings.position_ids", torch.arange(4).unsqueeze(0))
+        True
+        >>> _default_position_ids("backbone.embeddings.position_ids", torch.tensor([[0, 2, 1]]))
+        False
+    """
+    if not key.endswith("embeddings.position_ids") or tensor.is_floating_point() or tensor.dim() not in (1, 2):
+        return False
+    if tensor.dtype == torch.bool or tensor.numel() == 0:
+        return False
+    return bool(torch.equal(tensor, torch.arange(tensor.shape[-1], dtype=tensor.dtype).expand_as(tensor)))
 
 
 #: The fields of a transformers config that count layers (``num_hidden_layers``, ``n_layer``, ``num_layers``,

@@ -1198,6 +1198,24 @@ def make_session_options(
 
 
 # ---------------------------------------------------------------------- inference
+def _bundled_model_of(folder: Path) -> Path | None:
+    """The bundled model folder whose shipped graph folder ``folder`` is (``kl_retrievers/pretrained/NAME/onnx-int8``,
+    resolved), else ``None``: the package's own files, which may be links into an installer's cache
+    (:func:`~kl_retrievers._io.in_model_folder`'s ``pinned``).
+
+    Examples:
+        >>> _bundled_model_of(Path("no-such-folder")) is None
+        True
+    """
+    from kl_retrievers.hub import BUNDLED_DIR, BUNDLED_ONNX
+
+    try:
+        resolved = folder.resolve()
+    except (OSError, RuntimeError):  # a loop of links: not the package's folder
+        return None
+    return resolved.parent if resolved.parent.parent == BUNDLED_DIR and resolved.name == BUNDLED_ONNX else None
+
+
 def _shipped_source_weights(folder: Path, source: Any) -> str | None:
     """The weights identity of the bundled model whose shipped graph ``folder`` is, else ``None``.
 
@@ -1206,20 +1224,12 @@ def _shipped_source_weights(folder: Path, source: Any) -> str | None:
     was exported from that folder's current files (``source.sha256``, as :func:`kl_retrievers.load_model`
     checks). A few MB hashed, once per load.
     """
-    from kl_retrievers.hub import BUNDLED_DIR
-
-    try:
-        resolved = folder.resolve()
-    except OSError:
-        return None
-    parent = resolved.parent
-    if parent.parent != BUNDLED_DIR or not isinstance(source, dict):
+    parent = _bundled_model_of(folder)
+    if parent is None or not isinstance(source, dict):
         return None
     from kl_retrievers._config import read_encoder_meta, saved_weights_sha256
-    from kl_retrievers.hub import BUNDLED_ONNX, source_sha256
+    from kl_retrievers.hub import source_sha256
 
-    if resolved.name != BUNDLED_ONNX:
-        return None
     try:
         if source.get("sha256") != source_sha256(parent):
             return None  # a graph not regenerated after its model changed: not that model's weights
@@ -1341,7 +1351,7 @@ class OnnxGaussianEncoder(EncoderMixin):
             tokenizer_file = folder / TOKENIZER_FILE
             if not tokenizer_file.is_file():
                 raise OnnxModelError(f"{folder} is missing {TOKENIZER_FILE}")
-            refuse_link_out(tokenizer_file, str(folder))
+            refuse_link_out(tokenizer_file, str(folder), pinned=_bundled_model_of(folder) is not None)
             check_tokenizer_sha256(meta, folder / CONFIG_NAME, folder, error=OnnxModelError)  # when recorded
             try:
                 tokenizer_text = tokenizer_file.read_text(encoding="utf-8")
@@ -1442,7 +1452,8 @@ class OnnxGaussianEncoder(EncoderMixin):
         since = " (it was there when this encoder was pickled or copied; load the encoder again)" if copied else ""
         if not model.is_file():
             raise OnnxModelError(f"{where} is missing {model.name}{since}")
-        external_files = check_graph_file(model, where)  # before ONNX Runtime reads the graph and what it names
+        # before ONNX Runtime reads the graph and what it names; a shipped graph's files are the package's own
+        external_files = check_graph_file(model, where, pinned=_bundled_model_of(model.parent) is not None)
         try:
             session = ort.InferenceSession(os.fspath(model), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
@@ -2045,7 +2056,7 @@ def _hash_external_data(model: Path, files: dict[str, Path], where: str) -> dict
     return found
 
 
-def _external_data_files(model: Path, where: str) -> dict[str, Path]:
+def _external_data_files(model: Path, where: str, *, pinned: bool = False) -> dict[str, Path]:
     """The external-data files the ONNX graph ``model`` names, by location (``{}`` without any), each checked.
 
     Only the graph's protobuf fields that lead to tensors are read, never the weights. Asked before ONNX Runtime
@@ -2074,7 +2085,7 @@ def _external_data_files(model: Path, where: str) -> dict[str, Path]:
         raise OnnxModelError(f"{where}: {model.name} is not a readable ONNX graph ({exc})") from None
     files: dict[str, Path] = {}
     for location in locations:
-        file, why = _external_data_file(model.parent, location)
+        file, why = _external_data_file(model.parent, location, pinned=pinned)
         if why:
             raise OnnxModelError(
                 f"{where}: {model.name} keeps weights in the external-data file {location!r}, which {why}; an ONNX "
@@ -2084,8 +2095,11 @@ def _external_data_files(model: Path, where: str) -> dict[str, Path]:
     return files
 
 
-def _external_data_file(folder: Path, location: str) -> tuple[Path, str]:
+def _external_data_file(folder: Path, location: str, *, pinned: bool = False) -> tuple[Path, str]:
     """The file an external-data ``location`` names in ``folder``, and why it is refused (``""``: it is not).
+
+    ``pinned``: a bundled model's shipped graph, whose files may be links anywhere (the location itself is
+    still checked).
 
     Examples:
         >>> _external_data_file(Path("/nonexistent"), "../outside/w.bin")[1]
@@ -2099,7 +2113,7 @@ def _external_data_file(folder: Path, location: str) -> tuple[Path, str]:
         return file, "is not a relative path (it is absolute, names a drive, or holds a backslash or a NUL)"
     if any(part in ("", ".", "..") for part in parts):
         return file, "has an empty, '.' or '..' part"
-    if not in_model_folder(file, folder, subfolders=True):
+    if not in_model_folder(file, folder, subfolders=True, pinned=pinned):
         return file, f"resolves to {file.resolve()}, outside the folder (through a symbolic link)"
     try:
         mode = os.stat(file).st_mode
@@ -2216,14 +2230,16 @@ def _varint(view: memoryview, position: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
-def check_graph_file(model: Path, where: str) -> dict[str, Path]:
+def check_graph_file(model: Path, where: str, *, pinned: bool = False) -> dict[str, Path]:
     """Check the ONNX graph file ``model`` before ONNX Runtime reads it, so that a graph from an untrusted folder
     reads nothing outside its folder: it must be a regular file, not a symbolic link out of the folder
     (:func:`refuse_link_out`), and each external-data file it names a regular file in the folder, named by a
     relative path (:func:`_external_data_files`). Every session on a graph from a folder a caller names starts
     with it (the ONNX encoder's, the bge-small baseline's, the cross-encoder teacher's).
 
-    A missing ``model`` is left to the caller (or to ONNX Runtime, whose error names the file).
+    A missing ``model`` is left to the caller (or to ONNX Runtime, whose error names the file). ``pinned``: a
+    bundled model's shipped graph (the package's own files), whose files may be links anywhere
+    (:func:`~kl_retrievers._io.in_model_folder`); it must still be a regular file.
 
     Returns:
         The graph's external-data files, by location (``{}`` without any).
@@ -2236,19 +2252,20 @@ def check_graph_file(model: Path, where: str) -> dict[str, Path]:
         return {}
     if not model.is_file():
         raise OnnxModelError(f"{where}: {model.name} is not a regular file (a FIFO, a device or a folder)")
-    refuse_link_out(model, where)
-    return _external_data_files(model, where)
+    refuse_link_out(model, where, pinned=pinned)
+    return _external_data_files(model, where, pinned=pinned)
 
 
-def refuse_link_out(file: Path, where: str) -> None:
+def refuse_link_out(file: Path, where: str, *, pinned: bool = False) -> None:
     """Refuse ``file`` (``model.onnx`` or ``tokenizer.json``) when it is a symbolic link out of its folder
     (:func:`~kl_retrievers._io.in_model_folder`), as the torch encoder refuses such links at its weights and
-    tokenizer files: nothing outside the folder is read.
+    tokenizer files: nothing outside the folder is read. ``pinned`` (a bundled model's shipped files): never
+    refused.
 
     Raises:
         OnnxModelError: The link leads elsewhere; the message names both paths.
     """
-    if not in_model_folder(file, file.parent):
+    if not in_model_folder(file, file.parent, pinned=pinned):
         raise OnnxModelError(
             f"{where}: {file.name} resolves to {file.resolve()}, not to a file directly in its folder (a link must not "
             "lead elsewhere; a Hugging Face cache snapshot's links to its blobs are fine); copy the file into the "
