@@ -490,13 +490,16 @@ def _warn_blank_queries(dataset: BeirDataset) -> None:
     )
 
 
-def _warn_queries_without_relevant(qrels: Mapping[str, Mapping[str, int]], relevance_level: int) -> None:
+def _warn_queries_without_relevant(
+    qrels: Mapping[str, Mapping[str, int]], relevance_level: int, *, qpp: bool = False
+) -> None:
     """Warn, in every mode, when evaluated queries have no judged document of grade ``>= relevance_level``.
 
     Such a query (all its judgements graded below the level, or none left by ``--unknown-docs drop``) scores 0
     in the binary metrics, and in ``ndcg@10`` too when none of its grades is above 0; it counts in the means
     (``trec_eval -c``, BEIR), which a reader of the means may not expect. The warning gives their number and
-    first ids (the QPP report, when computed, leaves out those without a grade above 0, and says so itself).
+    first ids; with ``qpp`` (the QPP report is computed), that its correlations leave out those without a grade
+    above 0, which the QPP report then logs at INFO only (``no_relevant_warned``), not in a warning of its own.
 
     Examples:
         >>> _warn_queries_without_relevant({"a": {"d": 1}, "b": {"d": 0}, "c": {}}, 1)  # logs: 2 of the 3 ...: b, c
@@ -515,9 +518,14 @@ def _warn_queries_without_relevant(qrels: Mapping[str, Mapping[str, int]], relev
     else:
         scored = f"{binary} score {'it' if len(none) == 1 else 'them'} 0 (ndcg@10 reads the lower grades)"
     shown = ", ".join(none[:_BLANK_IDS_SHOWN]) + (", ..." if len(none) > _BLANK_IDS_SHOWN else "")
+    left_out = ""
+    if qpp and no_gain == len(none):  # ndcg@10, QPP's target, is undefined for them
+        left_out = f"; the QPP correlations leave {'it' if no_gain == 1 else 'them'} out"
+    elif qpp and no_gain:
+        left_out = f"; the QPP correlations leave out the {no_gain} with no grade > 0"
     logger.warning(
         "%d of the %d queries evaluated %s no judged document of grade >= %d (--relevance-level %d): %s; %s, and "
-        "the means count %s (as trec_eval -c and BEIR do)",
+        "the means count %s (as trec_eval -c and BEIR do)%s",
         len(none),
         len(qrels),
         "has" if len(none) == 1 else "have",
@@ -526,6 +534,7 @@ def _warn_queries_without_relevant(qrels: Mapping[str, Mapping[str, int]], relev
         shown,
         scored,
         "it" if len(none) == 1 else "them",
+        left_out,
     )
 
 
@@ -1224,6 +1233,11 @@ def _missing_package_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+#: A BEIR split a model's training record lists (:func:`_trained_splits`): folder name, split, SHA-256 of its query
+#: texts, and how many of its queries were trained on of how many (``None`` in a record saved before the counts).
+_TrainedSplit = tuple[str, str, str, int | None, int | None]
+
+
 @dataclasses.dataclass(frozen=True)
 class _ModelFacts:
     """What a ``--model`` run reports of its model: its label, similarity, backend, weights; and its batching;
@@ -1234,7 +1248,7 @@ class _ModelFacts:
     backend: str  # torch, onnx-int8 or onnx-float32
     weights_sha256: str | None
     batch_invariant: bool
-    trained_on: tuple[tuple[str, str, str], ...] = ()
+    trained_on: tuple[_TrainedSplit, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1273,16 +1287,20 @@ def _facts_of(encoder: Any, backend: str) -> _ModelFacts:
     )
 
 
-def _trained_splits(config: Any) -> tuple[tuple[str, str, str], ...]:
-    """``(dataset, split, queries_sha256)`` of each BEIR split a model's training record lists
-    (``extra["training"]["trained_splits"]``, which an ONNX export keeps in ``config.encoder["extra"]``); none for a
-    model saved before training recorded them, or not trained here.
+def _trained_splits(config: Any) -> tuple[_TrainedSplit, ...]:
+    """``(dataset, split, queries_sha256, queries_used, queries_total)`` of each BEIR split a model's training
+    record lists (``extra["training"]["trained_splits"]``, which an ONNX export keeps in ``config.encoder["extra"]``);
+    none for a model saved before training recorded them, or not trained here. The counts are ``None`` where the
+    record has none (saved before they were recorded).
 
     Examples:
         >>> from types import SimpleNamespace
         >>> split = {"dataset": "scifact", "split": "train", "queries_sha256": "ab"}
         >>> _trained_splits(SimpleNamespace(extra={"training": {"trained_splits": [split]}}))
-        (('scifact', 'train', 'ab'),)
+        (('scifact', 'train', 'ab', None, None),)
+        >>> split.update(queries_used=2, queries_total=3)
+        >>> _trained_splits(SimpleNamespace(extra={"training": {"trained_splits": [split]}}))
+        (('scifact', 'train', 'ab', 2, 3),)
     """
     extra = getattr(config, "extra", None)
     source = getattr(config, "encoder", None)
@@ -1294,15 +1312,26 @@ def _trained_splits(config: Any) -> tuple[tuple[str, str, str], ...]:
         return ()
     fields = ("dataset", "split", "queries_sha256")
     return tuple(
-        (str(s.get("dataset")), str(s.get("split")), str(s.get("queries_sha256")))
+        (str(s.get("dataset")), str(s.get("split")), str(s.get("queries_sha256")), *_counts(s))
         for s in splits
         if isinstance(s, Mapping) and all(isinstance(s.get(f), str) for f in fields)
     )
 
 
-def _warn_trained_on(label: str, trained_on: Sequence[tuple[str, str, str]], dataset: BeirDataset) -> None:
+def _counts(split: Mapping[str, Any]) -> tuple[int, int] | tuple[None, None]:
+    """A training record's ``(queries_used, queries_total)`` of a split; ``(None, None)`` where it has no
+    consistent pair (a record saved before they were recorded)."""
+    used, total = split.get("queries_used"), split.get("queries_total")
+    if type(used) is int and type(total) is int and 0 <= used <= total:  # not a bool, a float or a string
+        return used, total
+    return None, None
+
+
+def _warn_trained_on(label: str, trained_on: Sequence[_TrainedSplit], dataset: BeirDataset) -> None:
     """Warn once when ``dataset`` (the whole split loaded, before ``--sample-queries``) is one the model was
     trained on: a split its training record lists by folder name and split, or one with the same query texts.
+    Where the record says only some of the split's queries were trained on (``from_beir(..., query_ids=...)``),
+    the warning says how many: ``trained on N of its M queries``.
 
     Scores on training queries are not held-out results; the run goes on (a user's own data may name its
     splits otherwise), as ``kl-retrievers train`` warns on training on a test split.
@@ -1312,22 +1341,25 @@ def _warn_trained_on(label: str, trained_on: Sequence[tuple[str, str, str]], dat
     from kl_retrievers.training.data import _trained_split
 
     here = _trained_split(dataset)
-    for name, split, queries_sha256 in trained_on:
+    for name, split, queries_sha256, used, total in trained_on:
         same_queries = queries_sha256 == here["queries_sha256"]
         same_name = (name, split) == (here["dataset"], here["split"])
         if same_queries or same_name:
             how = "has that folder name and split" if not same_queries else "has its query texts"
             if same_queries and same_name:
                 how = "is that split"
+            some = used is not None and total is not None and used < total
             logger.warning(
-                "%s was trained on %s split %s (its training record, config.json), and %s split %s %s: these metrics "
-                "are on training queries, not held out; report a split the model was not trained on",
+                "%s was trained on %s split %s%s (its training record, config.json), and %s split %s %s: these metrics "
+                "are %son training queries, not held out; report a split the model was not trained on",
                 label,
                 name,
                 split,
+                f", on {used:,} of its {total:,} queries" if some else "",
                 dataset.path,
                 dataset.split,
                 how,
+                "partly " if some else "",
             )
             return
 
@@ -1558,7 +1590,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     loaded = dataset  # the whole split: what a model's training record is compared with (_warn_trained_on)
     dataset, sample = _sample_queries(dataset, getattr(args, "sample_queries", None), getattr(args, "seed", None))
     _warn_blank_queries(dataset)
-    _warn_queries_without_relevant(dataset.qrels, args.relevance_level)
+    # QPP only when something shows it: --json, --qpp, or the per-query file (its predictors and its meta's qpp)
+    computes_qpp = bool(args.json or getattr(args, "qpp", False) or args.per_query)
+    _warn_queries_without_relevant(dataset.qrels, args.relevance_level, qpp=computes_qpp)
     # what --unknown-docs drop removed: the figures are relative to the judged documents in the corpus
     drop = (
         _drop_record(dataset.dropped_judgements, dataset.qrels, args.relevance_level)
@@ -1719,9 +1753,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     }
     summary = result.summary()
     qpp_values: dict[str, dict[str, float]] = {}
-    # QPP only when something shows it: --json, --qpp, or the per-query file (its predictors and its meta's qpp)
     n_boot = getattr(args, "qpp_bootstrap", None)
-    if args.json or getattr(args, "qpp", False) or args.per_query:
+    if computes_qpp:
         from kl_retrievers.qpp import qpp_for_run
 
         t_qpp = time.perf_counter()
@@ -1740,6 +1773,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 else None
             ),
             qrels=dataset.qrels,
+            no_relevant_warned=True,  # _warn_queries_without_relevant said they are left out
             # the -KL candidate list of a hybrid is max(depth, candidates) deep
             depth=max(args.depth, args.hybrid_candidates) if args.hybrid else args.depth,
             n_boot=QPP_BOOTSTRAP if n_boot is None else n_boot,

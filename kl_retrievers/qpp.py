@@ -708,6 +708,7 @@ def qpp_report(
     reference: str | None = None,
     directions: Mapping[str, int] | None = None,
     no_relevant: Collection[str] | None = None,
+    no_relevant_warned: bool = False,
     constant_hints: Mapping[str, str] | None = None,
     n_boot: int = N_BOOT,
     seed: int = SEED,
@@ -726,6 +727,9 @@ def qpp_report(
         no_relevant: Ids of judged queries without a relevant document (no grade > 0): left out
             of the target, counted under ``excluded_no_relevant``, with a warning. ``None``: not
             known (``excluded_no_relevant`` is ``None``).
+        no_relevant_warned: The caller has already warned about the queries without a relevant document,
+            saying that QPP leaves them out (``kl-retrievers evaluate`` does): their count is logged at INFO,
+            not warned about a second time.
         constant_hints: Predictor name -> a likely cause, added to the reason when it is constant.
         n_boot: Bootstrap resamples.
         seed: Bootstrap seed.
@@ -740,7 +744,8 @@ def qpp_report(
 
     Warns:
         UserWarning: Fewer than :data:`MIN_QUERIES` queries in the target, or with a value of
-            some predictor; queries left out for having no relevant document; a predictor whose
+            some predictor; queries left out for having no relevant document (logged at INFO with
+            ``no_relevant_warned``); a predictor whose
             bootstrap resamples are too often undefined for an interval.
 
     Raises:
@@ -766,10 +771,14 @@ def qpp_report(
         "missing": dict(missing or {}),
     }
     if n_excluded:
-        warn(
+        excluded_note = (
             f"{n_excluded} of the {len(target)} judged queries have no relevant document (no grade > 0): their "
             f"{metric} is undefined (the metric means score it 0); they are left out of the QPP correlations"
         )
+        if no_relevant_warned:
+            logger.info("%s", excluded_note)
+        else:
+            warn(excluded_note)
     if len(qids) < MIN_QUERIES:
         # one warning for the whole report (the per-predictor ones are silenced below)
         warn(
@@ -832,6 +841,7 @@ def qpp_for_run(
     query_stats: Mapping[str, Mapping[str, float]] | None = None,
     missing_uncertainty: str | None = None,
     qrels: Mapping[str, Mapping[str, int]] | None = None,
+    no_relevant_warned: bool = False,
     depth: int | None = None,
     metric: str = "ndcg@10",
     n_boot: int = N_BOOT,
@@ -850,6 +860,7 @@ def qpp_for_run(
         missing_uncertainty: Why the uncertainty is absent, when ``query_stats`` is ``None``.
         qrels: The judgements of ``per_query``: queries without a grade > 0 are left out of the
             target (see :func:`qpp_report`); ``None``: every query counts.
+        no_relevant_warned: As in :func:`qpp_report`: the caller has already warned about those queries.
         depth: Documents retrieved per query (the length of ``run``'s lists asked for); ``None``:
             the longest list in ``run``. Recorded, with the ``k`` that NQC and WIG used; below
             :data:`NQC_K` a warning says NQC (and a baseline's reference) read fewer scores.
@@ -910,6 +921,7 @@ def qpp_for_run(
         metric=metric,
         reference=ref_label,
         no_relevant=no_relevant,
+        no_relevant_warned=no_relevant_warned,
         constant_hints=hints,
         n_boot=n_boot,
         seed=seed,

@@ -1,11 +1,14 @@
 """``kl-retrievers evaluate`` warns when it scores a model on a split the model was trained on.
 
 Training records the BEIR splits it trained on in the model's training record (``config.json``,
-``encoder.extra.training.trained_splits``): each folder's name (not its path), the split and the SHA-256 of the
-split's query texts. ``evaluate`` warns once when the split it scores has that folder name and split, or the same
+``encoder.extra.training.trained_splits``): each folder's name (not its path), the split, the SHA-256 of the
+split's query texts (the whole split's) and how many of its queries were trained on (``queries_used`` of
+``queries_total``). ``evaluate`` warns once when the split it scores has that folder name and split, or the same
 query texts (a ``dev`` split copied from ``train``): train-split numbers must not be reported as held-out ones.
-A model whose record lists no split (saved before it was recorded, trained on JSONL only, not trained here) gets
-no warning. Before, nothing was recorded and nothing warned.
+Training on some of a split's queries (``from_beir(..., query_ids=...)``) is warned about as ``trained on N of its
+M queries``; before, the record read as if the whole split had been trained on. A record saved before the counts
+gets the whole split's wording. A model whose record lists no split (saved before it was recorded, trained on
+JSONL only, not trained here) gets no warning. Before, nothing was recorded and nothing warned.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import pytest
 from conftest import TrainWorld, heads_cached_train_argv, make_tiny_encoder, train_world_with_dev, write_train_jsonl
 from kl_retrievers.cli import main
 from kl_retrievers.datasets import load_beir
-from kl_retrievers.training import TrainConfig, load_training_data, train_heads_cached
+from kl_retrievers.training import TrainConfig, from_beir, load_training_data, train_heads_cached
 
 WARNED = "was trained on"
 
@@ -55,15 +58,14 @@ def _evaluate(world: TrainWorld, model: Path, split: str, cache: Path, caplog: p
 def test_training_records_its_beir_splits_by_name_split_and_queries(world: TrainWorld, tmp_path: Path) -> None:
     queries = load_beir(world.beir, "train").queries_identity()["texts_sha256"]
     splits = _record(world.root / "model")["trained_splits"]
-    assert splits == [{"dataset": "beir", "split": "train", "queries_sha256": queries}]
+    whole = {"dataset": "beir", "split": "train", "queries_sha256": queries, "queries_used": 5, "queries_total": 5}
+    assert splits == [whole]
     assert str(world.root) not in json.dumps(splits)  # the folder's name, not the user's path
     # the Python functions record them too; a JSONL source is no BEIR split
     ts = load_training_data([world.beir, write_train_jsonl(tmp_path / "rows.jsonl")], split="dev")
     enc = make_tiny_encoder(pooling="mean")
     train_heads_cached(enc, ts, TrainConfig(steps=1, batch_size=2, show_progress=False, device="cpu"))
-    assert enc.config.extra["training"]["trained_splits"] == [
-        {"dataset": "beir", "split": "dev", "queries_sha256": queries}
-    ]
+    assert enc.config.extra["training"]["trained_splits"] == [{**whole, "split": "dev"}]
 
 
 def test_evaluate_warns_once_on_the_training_split_loaded_or_cached(
@@ -71,8 +73,8 @@ def test_evaluate_warns_once_on_the_training_split_loaded_or_cached(
 ) -> None:
     model = world.root / "model"
     (warning,) = _evaluate(world, model, "train", tmp_path / "cache", caplog)
-    assert f"{model} was trained on beir split train" in warning and "is that split" in warning, warning
-    assert "not held out" in warning, warning
+    assert f"{model} was trained on beir split train (its training record" in warning, warning
+    assert "is that split: these metrics are on training queries, not held out" in warning, warning
     # every encoding now cached: the model is not loaded, and its files' record still warns
     import kl_retrievers.pretrained
 
@@ -89,6 +91,41 @@ def test_evaluate_warns_on_a_split_with_the_training_queries_not_on_a_held_out_o
     (warning,) = _evaluate(world, world.root / "model", "dev", tmp_path / "cache", caplog)
     assert "was trained on beir split train" in warning and "split dev has its query texts" in warning, warning
     assert _evaluate(world, world.root / "model", "test", tmp_path / "cache", caplog) == []
+
+
+def test_training_on_some_of_a_splits_queries_is_recorded_and_warned_about_as_such(
+    world: TrainWorld, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # as the bundled recipe trains on ~2,000 of SQuAD's 10,570 queries: the record said the whole split
+    ts = from_beir(world.beir, "train", query_ids=["q1", "q2", "q4"])
+    enc = make_tiny_encoder(pooling="mean")
+    train_heads_cached(enc, ts, TrainConfig(steps=1, batch_size=2, show_progress=False, device="cpu"))
+    (split,) = enc.config.extra["training"]["trained_splits"]
+    # the whole split's query texts: what a split scored is matched on
+    assert split["queries_sha256"] == load_beir(world.beir, "train").queries_identity()["texts_sha256"]
+    assert (split["queries_used"], split["queries_total"]) == (3, 5), split
+    model = tmp_path / "some"
+    enc.save_pretrained(model)
+    (warning,) = _evaluate(world, model, "train", tmp_path / "cache", caplog)
+    assert "was trained on beir split train, on 3 of its 5 queries (its training record" in warning, warning
+    assert "is that split: these metrics are partly on training queries, not held out" in warning, warning
+    # a dev split with the same queries: the same count
+    (warning,) = _evaluate(world, model, "dev", tmp_path / "cache", caplog)
+    assert "on 3 of its 5 queries" in warning and "split dev has its query texts" in warning, warning
+
+
+def test_a_record_without_the_counts_keeps_the_whole_splits_wording(
+    world: TrainWorld, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    older = tmp_path / "older"
+    shutil.copytree(world.root / "model", older)
+    config = json.loads((older / "config.json").read_text())
+    for split in config["encoder"]["extra"]["training"]["trained_splits"]:  # as saved before the counts
+        del split["queries_used"], split["queries_total"]
+    (older / "config.json").write_text(json.dumps(config))
+    (warning,) = _evaluate(world, older, "train", tmp_path / "cache", caplog)
+    assert "was trained on beir split train (its training record" in warning, warning
+    assert "these metrics are on training queries" in warning, warning
 
 
 def test_a_model_without_the_record_is_not_warned_about(
@@ -109,7 +146,7 @@ def test_a_folder_of_the_same_name_and_split_is_warned_about(
 
     other = load_beir(world.beir, "test")  # other queries, in a folder named as the training one
     with caplog.at_level(logging.WARNING):
-        _warn_trained_on("m", [("beir", "test", "0" * 64)], other)
-        _warn_trained_on("m", [("beir", "dev", "0" * 64), ("scifact", "test", "0" * 64)], other)
+        _warn_trained_on("m", [("beir", "test", "0" * 64, None, None)], other)
+        _warn_trained_on("m", [("beir", "dev", "0" * 64, 1, 2), ("scifact", "test", "0" * 64, 1, 2)], other)
     (warning,) = _warnings(caplog)
     assert "m was trained on beir split test" in warning and "has that folder name and split" in warning, warning

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -394,15 +395,20 @@ def test_evaluate_computes_qpp_only_when_asked_and_prints_it_with_qpp(
 
 
 def test_evaluate_json_qpp_records_depth_and_excluded_queries(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     root = _tiny_beir(tmp_path / "beir", n_queries=12)
     qrels = root / "qrels" / "test.tsv"
     lines = qrels.read_text().splitlines()
     lines[1] = lines[1][:-1] + "0"  # q0: judged, not relevant
     qrels.write_text("\n".join(lines) + "\n")
-    with pytest.warns(UserWarning, match="1 of the 12 judged queries have no relevant document"):
+    with warnings.catch_warnings(record=True) as seen, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
         assert run_evaluate(_evaluate([str(root), "--baseline", "bm25", "--json", "--quiet", "--depth", "4"])) == 0
+    # said once, by evaluate's warning on queries without a relevant document; QPP's own note is at INFO
+    assert "1 of the 12 queries evaluated has no judged document of grade >= 1" in caplog.text
+    assert "the QPP correlations leave it out" in caplog.text
+    assert not [w for w in seen if "judged queries have no relevant document" in str(w.message)]
     summary = json.loads(capsys.readouterr().out)
     qpp = summary["qpp"]
     assert qpp["excluded_no_relevant"] == 1 and qpp["predictors"]["max_score"]["n"] == 11

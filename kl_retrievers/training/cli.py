@@ -741,11 +741,13 @@ def _refuse_flags_the_pool_softmax_ignores(args: argparse.Namespace) -> None:
                 f"--no-full-corpus (in-batch and hard negatives), or drop {'it' if len(given) == 1 else 'them'}"
             )
     if args.no_in_batch:
+        from kl_retrievers.training.trainer import _RESUMES_WITHOUT_IN_BATCH
+
         raise ValueError(
             "--no-in-batch would be ignored: with --heads-only-cached the contrastive softmax runs over the pool "
             "(every document, or --corpus-sample N of them plus every candidate of the batch), whichever query a "
-            "candidate came with; add --no-full-corpus (each query's own candidates only), or drop --no-in-batch (a "
-            "checkpoint written with it resumes without it)"
+            "candidate came with; add --no-full-corpus (each query's own candidates only), or drop --no-in-batch"
+            f"{_RESUMES_WITHOUT_IN_BATCH if args.resume else ''}"
         )
 
 
@@ -903,6 +905,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from kl_retrievers.training.features import compute_features, default_feature_cache_dir
     from kl_retrievers.training.losses import score_matrix
     from kl_retrievers.training.trainer import (
+        _RESUMES_WITHOUT_IN_BATCH,
         TrainConfig,
         TrainingDivergedError,
         _check_negatives_exist,
@@ -967,7 +970,8 @@ def _run_train(args: argparse.Namespace) -> int:
                 ),
             )
         except ValueError as exc:  # TrainConfig names its fields (warmup_steps); the user typed flags (--warmup)
-            raise ValueError(_with_flag_name(str(exc))) from None
+            message = str(exc) if resume else str(exc).replace(_RESUMES_WITHOUT_IN_BATCH, "")  # only for a resume
+            raise ValueError(_with_flag_name(message)) from None
         cfg.check_trains(fast_path=heads_only)
         # before the training data and the backbone: a bad --eval-data / --eval-split fails now, not after training
         eval_dataset = _load_eval_data(args, out, ckpt)

@@ -117,8 +117,8 @@ class TrainingSet:
         examples: One :class:`TrainExample` per training query.
         sources: Where the data came from (for the model card).
         splits: The BEIR splits among them (:func:`from_beir`), as :func:`_trained_split` records each (folder
-            name, split, SHA-256 of its query texts): what the model's training record keeps, so that
-            ``kl-retrievers evaluate`` warns on a split the model was trained on.
+            name, split, SHA-256 of its query texts, how many of its queries were trained on): what the model's
+            training record keeps, so that ``kl-retrievers evaluate`` warns on a split the model was trained on.
     """
 
     def __init__(
@@ -127,7 +127,7 @@ class TrainingSet:
         docs: list[str],
         examples: list[TrainExample],
         sources: list[str] | None = None,
-        splits: list[dict[str, str]] | None = None,
+        splits: list[dict[str, Any]] | None = None,
     ) -> None:
         self.queries = queries
         self.docs = docs
@@ -234,7 +234,7 @@ class _Builder:
             )
         )
 
-    def build(self, sources: list[str], splits: list[dict[str, str]] | None = None) -> TrainingSet:
+    def build(self, sources: list[str], splits: list[dict[str, Any]] | None = None) -> TrainingSet:
         ts = TrainingSet(list(self.queries), list(self.docs), self.examples, sources, splits)
         _drop_positive_negatives(ts)
         return ts
@@ -442,7 +442,7 @@ def from_beir(
         builder.doc(doc)
     doc_text = dict(zip(ds.doc_ids, ds.document_texts(), strict=True))
     wanted = set(query_ids) if query_ids is not None else None
-    judged_queries = without_positive = 0
+    judged_queries = without_positive = trained = 0
     empty_queries: list[str] = []
     empty_docs: dict[str, None] = {}  # ids of empty judged positives, in order, once each
     emptied: list[str] = []  # queries whose every positive is empty
@@ -462,6 +462,7 @@ def from_beir(
                     empty_docs[d] = None
         if pos:
             builder.add(ds.queries[qid], pos, [], None, None)
+            trained += 1
         elif not any(grade > 0 for grade in judged.values()):
             without_positive += 1
         else:
@@ -491,26 +492,38 @@ def from_beir(
             without_positive,
             judged_queries,
         )
-    return builder.build([f"{path}:{split}"], [_trained_split(ds)])
+    return builder.build([f"{path}:{split}"], [_trained_split(ds, trained)])
 
 
-def _trained_split(ds: BeirDataset) -> dict[str, str]:
+def _trained_split(ds: BeirDataset, queries_used: int | None = None) -> dict[str, Any]:
     """What a model's training record keeps of a BEIR split it was trained on (``trained_splits``), and what
     ``kl-retrievers evaluate`` compares the split it scores with: the folder's name (not its path, which would
     name the user's folders and differ on another machine), the split, and the SHA-256 of the split's query
-    texts (:meth:`~kl_retrievers.datasets.BeirDataset.queries_identity`: the same queries under another name).
+    texts (:meth:`~kl_retrievers.datasets.BeirDataset.queries_identity`, of the whole split even when only some
+    of its queries were trained on: the same queries under another name).
+
+    With ``queries_used`` (training), also how many of the split's queries were trained on and how many it has
+    (``queries_used``, ``queries_total``: its judged queries), so that ``evaluate`` says how many of the queries
+    it scores were trained on (``from_beir(..., query_ids=...)`` trains on some of them).
 
     Examples:
         >>> from kl_retrievers.datasets import BeirDataset
-        >>> record = _trained_split(BeirDataset(Path("data/scifact"), "train", {}, {"q": "x"}, {"q": {}}))
+        >>> ds = BeirDataset(Path("data/scifact"), "train", {}, {"q": "x", "r": "y"}, {"q": {}, "r": {}})
+        >>> record = _trained_split(ds, 1)
         >>> record["dataset"], record["split"], len(record["queries_sha256"])
         ('scifact', 'train', 64)
+        >>> record["queries_used"], record["queries_total"]
+        (1, 2)
     """
-    return {
+    record: dict[str, Any] = {
         "dataset": user_path(ds.path).resolve().name,
         "split": ds.split,
         "queries_sha256": ds.queries_identity()["texts_sha256"],
     }
+    if queries_used is not None:
+        record["queries_used"] = queries_used
+        record["queries_total"] = len(ds.queries)
+    return record
 
 
 def unique_data_paths(paths: Sequence[str | os.PathLike[str]], split: str = "train") -> list[str | os.PathLike[str]]:

@@ -96,6 +96,12 @@ __all__ = [
 ]
 
 
+#: What a refusal of ``in_batch=False`` (``--no-in-batch``) where no loss reads it adds for a resume: earlier versions
+#: accepted and recorded it there, and such a checkpoint resumes without it (:func:`_reads_in_batch`). Said only
+#: where a resume is known (``TrainConfig``, which cannot know, always says it; the command drops it on a fresh run).
+_RESUMES_WITHOUT_IN_BATCH = " (a checkpoint written with it resumes without it)"
+
+
 class TrainingDivergedError(RuntimeError):
     """The loss or a trained weight became NaN or infinite; the run stopped (the last checkpoint is intact)."""
 
@@ -194,7 +200,7 @@ class TrainConfig:
             raise ValueError(
                 f"in_batch=False (--no-in-batch) would be ignored: only loss 'contrastive' takes in-batch negatives, "
                 f"and loss {self.loss!r} scores each query against its own candidates only (its positive and hard "
-                "negatives); drop it (a checkpoint written with it resumes without it)"
+                f"negatives); drop it{_RESUMES_WITHOUT_IN_BATCH}"
             )
         if self.loss != "contrastive" and self.negatives < 1:
             raise ValueError(
@@ -2315,7 +2321,7 @@ def train_heads_cached(
             "in_batch=False (--no-in-batch) would be ignored: with full_corpus (the default) train_heads_cached's "
             "contrastive softmax runs over the pool (every document, or corpus_sample of them plus every candidate "
             "of the batch), whichever query a candidate came with; set full_corpus=False (--no-full-corpus) for each "
-            "query's own candidates only, or leave in_batch on (a checkpoint written with it resumes without it)"
+            f"query's own candidates only, or leave in_batch on{_RESUMES_WITHOUT_IN_BATCH if resume else ''}"
         )
     _check_evaluator(evaluator, eval_every)
     need_teacher = _check_teacher(ts, cfg)
