@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,6 +170,9 @@ class BeirDataset:
             one pair, which the loader does not compare for a pair it drops, are both listed). Empty when
             nothing was dropped; :meth:`subset` keeps those of its queries.
 
+    A model trained on a split keeps :meth:`split_record` of it (its folder name, split and query texts' SHA-256)
+    in its training record; :meth:`find_split_record` says whether such a record names this split.
+
     Examples:
         >>> ds = BeirDataset(Path("."), "test", {"d1": {"title": "T", "text": "x"}}, {"q1": "x?"}, {"q1": {"d1": 1}})
         >>> ds.doc_ids, ds.document_texts()
@@ -225,6 +228,61 @@ class BeirDataset:
             "split": self.split,
             "query_ids_sha1": _sha1_lines(self.queries),
         }
+
+    def split_record(self, queries_used: int | None = None) -> dict[str, Any]:
+        """What identifies this split in a model's training record (``trained_splits``): the folder's name (not
+        its path, which would name the user's folders and differ on another machine), the split, and the SHA-256
+        of the split's query texts (:meth:`queries_identity`, of the whole split even when only some of its
+        queries were trained on: the same queries under another name).
+
+        With ``queries_used`` (training), also how many of the split's queries were trained on and how many it
+        has (``queries_used``, ``queries_total``: its judged queries), so that ``kl-retrievers evaluate`` says how
+        many of the queries it scores were trained on. The keys and their order are those of saved models' records.
+
+        Examples:
+            >>> ds = BeirDataset(Path("data/scifact"), "train", {}, {"q": "x", "r": "y"}, {"q": {}, "r": {}})
+            >>> record = ds.split_record(1)
+            >>> record["dataset"], record["split"], len(record["queries_sha256"])
+            ('scifact', 'train', 64)
+            >>> record["queries_used"], record["queries_total"]
+            (1, 2)
+        """
+        from kl_retrievers._io import user_path
+
+        record: dict[str, Any] = {
+            "dataset": user_path(self.path).resolve().name,
+            "split": self.split,
+            "queries_sha256": self.queries_identity()["texts_sha256"],
+        }
+        if queries_used is not None:
+            record["queries_used"] = queries_used
+            record["queries_total"] = len(self.queries)
+        return record
+
+    def find_split_record(self, records: Iterable[Mapping[str, Any]]) -> tuple[Mapping[str, Any], bool, bool] | None:
+        """The first of ``records`` (:meth:`split_record`'s, as a model's training record lists them) that names
+        this split, with how: ``(record, same_name, same_queries)``, where ``same_name`` says it has this split's
+        folder name and split and ``same_queries`` its query texts (a ``dev`` split copied from ``train``, or the
+        same queries under another folder name); ``None`` where none does.
+
+        Examples:
+            >>> ds = BeirDataset(Path("data/scifact"), "dev", {}, {"q": "x"}, {"q": {}})
+            >>> train = {**ds.split_record(), "split": "train"}  # dev: a copy of train's queries
+            >>> ds.find_split_record([{"dataset": "nq", "split": "dev", "queries_sha256": "0"}, train])[1:]
+            (False, True)
+            >>> ds.find_split_record([{"dataset": "scifact", "split": "test", "queries_sha256": "0"}]) is None
+            True
+        """
+        records = list(records)
+        if not records:
+            return None  # the queries are not hashed
+        here = self.split_record()
+        for record in records:
+            same_name = (record.get("dataset"), record.get("split")) == (here["dataset"], here["split"])
+            same_queries = record.get("queries_sha256") == here["queries_sha256"]
+            if same_name or same_queries:
+                return record, same_name, same_queries
+        return None
 
     def subset(self, query_ids: Iterable[str], doc_ids: Iterable[str]) -> BeirDataset:
         """A smaller dataset with the given queries and documents (qrels restricted to both).

@@ -1233,9 +1233,10 @@ def _missing_package_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
-#: A BEIR split a model's training record lists (:func:`_trained_splits`): folder name, split, SHA-256 of its query
-#: texts, and how many of its queries were trained on of how many (``None`` in a record saved before the counts).
-_TrainedSplit = tuple[str, str, str, int | None, int | None]
+#: A BEIR split a model's training record lists (:func:`_trained_splits`), as
+#: :meth:`~kl_retrievers.datasets.BeirDataset.split_record` made it: folder name, split, SHA-256 of its query texts,
+#: and how many of its queries were trained on of how many (absent in a record saved before the counts).
+_TrainedSplit = Mapping[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1248,7 +1249,7 @@ class _ModelFacts:
     backend: str  # torch, onnx-int8 or onnx-float32
     weights_sha256: str | None
     batch_invariant: bool
-    trained_on: tuple[_TrainedSplit, ...] = ()
+    trained_on: tuple[_TrainedSplit, ...] = dataclasses.field(default=(), hash=False)  # dicts: compared, not hashed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1288,19 +1289,19 @@ def _facts_of(encoder: Any, backend: str) -> _ModelFacts:
 
 
 def _trained_splits(config: Any) -> tuple[_TrainedSplit, ...]:
-    """``(dataset, split, queries_sha256, queries_used, queries_total)`` of each BEIR split a model's training
-    record lists (``extra["training"]["trained_splits"]``, which an ONNX export keeps in ``config.encoder["extra"]``);
-    none for a model saved before training recorded them, or not trained here. The counts are ``None`` where the
-    record has none (saved before they were recorded).
+    """Each BEIR split a model's training record lists (``extra["training"]["trained_splits"]``, which an ONNX
+    export keeps in ``config.encoder["extra"]``): its ``dataset``, ``split`` and ``queries_sha256``, and its
+    ``queries_used`` and ``queries_total`` where the record has a consistent pair (not one saved before they were
+    recorded); none for a model saved before training recorded them, or not trained here.
 
     Examples:
         >>> from types import SimpleNamespace
         >>> split = {"dataset": "scifact", "split": "train", "queries_sha256": "ab"}
         >>> _trained_splits(SimpleNamespace(extra={"training": {"trained_splits": [split]}}))
-        (('scifact', 'train', 'ab', None, None),)
+        ({'dataset': 'scifact', 'split': 'train', 'queries_sha256': 'ab'},)
         >>> split.update(queries_used=2, queries_total=3)
         >>> _trained_splits(SimpleNamespace(extra={"training": {"trained_splits": [split]}}))
-        (('scifact', 'train', 'ab', 2, 3),)
+        ({'dataset': 'scifact', 'split': 'train', 'queries_sha256': 'ab', 'queries_used': 2, 'queries_total': 3},)
     """
     extra = getattr(config, "extra", None)
     source = getattr(config, "encoder", None)
@@ -1312,19 +1313,19 @@ def _trained_splits(config: Any) -> tuple[_TrainedSplit, ...]:
         return ()
     fields = ("dataset", "split", "queries_sha256")
     return tuple(
-        (str(s.get("dataset")), str(s.get("split")), str(s.get("queries_sha256")), *_counts(s))
+        {**{f: s[f] for f in fields}, **_counts(s)}
         for s in splits
         if isinstance(s, Mapping) and all(isinstance(s.get(f), str) for f in fields)
     )
 
 
-def _counts(split: Mapping[str, Any]) -> tuple[int, int] | tuple[None, None]:
-    """A training record's ``(queries_used, queries_total)`` of a split; ``(None, None)`` where it has no
-    consistent pair (a record saved before they were recorded)."""
+def _counts(split: Mapping[str, Any]) -> dict[str, int]:
+    """A training record's ``queries_used`` and ``queries_total`` of a split; none where it has no consistent
+    pair (a record saved before they were recorded)."""
     used, total = split.get("queries_used"), split.get("queries_total")
     if type(used) is int and type(total) is int and 0 <= used <= total:  # not a bool, a float or a string
-        return used, total
-    return None, None
+        return {"queries_used": used, "queries_total": total}
+    return {}
 
 
 def _warn_trained_on(label: str, trained_on: Sequence[_TrainedSplit], dataset: BeirDataset) -> None:
@@ -1336,32 +1337,27 @@ def _warn_trained_on(label: str, trained_on: Sequence[_TrainedSplit], dataset: B
     Scores on training queries are not held-out results; the run goes on (a user's own data may name its
     splits otherwise), as ``kl-retrievers train`` warns on training on a test split.
     """
-    if not trained_on:
+    match = dataset.find_split_record(trained_on)
+    if match is None:
         return
-    from kl_retrievers.training.data import _trained_split
-
-    here = _trained_split(dataset)
-    for name, split, queries_sha256, used, total in trained_on:
-        same_queries = queries_sha256 == here["queries_sha256"]
-        same_name = (name, split) == (here["dataset"], here["split"])
-        if same_queries or same_name:
-            how = "has that folder name and split" if not same_queries else "has its query texts"
-            if same_queries and same_name:
-                how = "is that split"
-            some = used is not None and total is not None and used < total
-            logger.warning(
-                "%s was trained on %s split %s%s (its training record, config.json), and %s split %s %s: these metrics "
-                "are %son training queries, not held out; report a split the model was not trained on",
-                label,
-                name,
-                split,
-                f", on {used:,} of its {total:,} queries" if some else "",
-                dataset.path,
-                dataset.split,
-                how,
-                "partly " if some else "",
-            )
-            return
+    record, same_name, same_queries = match
+    how = "has that folder name and split" if not same_queries else "has its query texts"
+    if same_queries and same_name:
+        how = "is that split"
+    used, total = record.get("queries_used"), record.get("queries_total")
+    some = used is not None and total is not None and used < total
+    logger.warning(
+        "%s was trained on %s split %s%s (its training record, config.json), and %s split %s %s: these metrics "
+        "are %son training queries, not held out; report a split the model was not trained on",
+        label,
+        record["dataset"],
+        record["split"],
+        f", on {used:,} of its {total:,} queries" if some else "",
+        dataset.path,
+        dataset.split,
+        how,
+        "partly " if some else "",
+    )
 
 
 def _files_plan(model: str | None, backend: str, options: Mapping[str, Any] | None) -> _FilesPlan | None:

@@ -146,7 +146,12 @@ def test_a_folder_of_the_same_name_and_split_is_warned_about(
 
     other = load_beir(world.beir, "test")  # other queries, in a folder named as the training one
     with caplog.at_level(logging.WARNING):
-        _warn_trained_on("m", [("beir", "test", "0" * 64, None, None)], other)
-        _warn_trained_on("m", [("beir", "dev", "0" * 64, 1, 2), ("scifact", "test", "0" * 64, 1, 2)], other)
+        _warn_trained_on("m", [{"dataset": "beir", "split": "test", "queries_sha256": "0" * 64}], other)
+        counts = {"queries_sha256": "0" * 64, "queries_used": 1, "queries_total": 2}
+        _warn_trained_on(
+            "m",
+            [{"dataset": "beir", "split": "dev", **counts}, {"dataset": "scifact", "split": "test", **counts}],
+            other,
+        )
     (warning,) = _warnings(caplog)
     assert "m was trained on beir split test" in warning and "has that folder name and split" in warning, warning

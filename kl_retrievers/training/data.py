@@ -43,7 +43,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -52,9 +52,6 @@ from kl_retrievers._bm25 import quiet_bm25s_logger
 from kl_retrievers._confidence import is_blank_query
 from kl_retrievers._encoding import progress_enabled, require_modules
 from kl_retrievers._io import parse_json_object, some_names, user_path
-
-if TYPE_CHECKING:
-    from kl_retrievers.datasets import BeirDataset
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +113,8 @@ class TrainingSet:
         docs: Unique document texts (the pool).
         examples: One :class:`TrainExample` per training query.
         sources: Where the data came from (for the model card).
-        splits: The BEIR splits among them (:func:`from_beir`), as :func:`_trained_split` records each (folder
+        splits: The BEIR splits among them (:func:`from_beir`), as
+            :meth:`~kl_retrievers.datasets.BeirDataset.split_record` records each (folder
             name, split, SHA-256 of its query texts, how many of its queries were trained on): what the model's
             training record keeps, so that ``kl-retrievers evaluate`` warns on a split the model was trained on.
     """
@@ -492,38 +490,7 @@ def from_beir(
             without_positive,
             judged_queries,
         )
-    return builder.build([f"{path}:{split}"], [_trained_split(ds, trained)])
-
-
-def _trained_split(ds: BeirDataset, queries_used: int | None = None) -> dict[str, Any]:
-    """What a model's training record keeps of a BEIR split it was trained on (``trained_splits``), and what
-    ``kl-retrievers evaluate`` compares the split it scores with: the folder's name (not its path, which would
-    name the user's folders and differ on another machine), the split, and the SHA-256 of the split's query
-    texts (:meth:`~kl_retrievers.datasets.BeirDataset.queries_identity`, of the whole split even when only some
-    of its queries were trained on: the same queries under another name).
-
-    With ``queries_used`` (training), also how many of the split's queries were trained on and how many it has
-    (``queries_used``, ``queries_total``: its judged queries), so that ``evaluate`` says how many of the queries
-    it scores were trained on (``from_beir(..., query_ids=...)`` trains on some of them).
-
-    Examples:
-        >>> from kl_retrievers.datasets import BeirDataset
-        >>> ds = BeirDataset(Path("data/scifact"), "train", {}, {"q": "x", "r": "y"}, {"q": {}, "r": {}})
-        >>> record = _trained_split(ds, 1)
-        >>> record["dataset"], record["split"], len(record["queries_sha256"])
-        ('scifact', 'train', 64)
-        >>> record["queries_used"], record["queries_total"]
-        (1, 2)
-    """
-    record: dict[str, Any] = {
-        "dataset": user_path(ds.path).resolve().name,
-        "split": ds.split,
-        "queries_sha256": ds.queries_identity()["texts_sha256"],
-    }
-    if queries_used is not None:
-        record["queries_used"] = queries_used
-        record["queries_total"] = len(ds.queries)
-    return record
+    return builder.build([f"{path}:{split}"], [ds.split_record(trained)])
 
 
 def unique_data_paths(paths: Sequence[str | os.PathLike[str]], split: str = "train") -> list[str | os.PathLike[str]]:
