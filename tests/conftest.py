@@ -291,6 +291,54 @@ def write_train_jsonl(path: Path, rows: list[dict[str, Any]] = TINY_TRAIN_ROWS) 
     return path
 
 
+def write_beir(
+    root: Path,
+    corpus: list[dict[str, Any]],
+    queries: list[dict[str, Any]],
+    qrels: str,
+    *,
+    split: str = "test",
+    header: bool = True,
+) -> Path:
+    """``root`` (made if need be) as a BEIR folder: ``corpus.jsonl`` and ``queries.jsonl`` (one JSON object a line)
+    and ``qrels/<split>.tsv`` holding the ``qrels`` lines, after the TSV header where ``header``. Returns ``root``."""
+    (root / "qrels").mkdir(parents=True, exist_ok=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus), encoding="utf-8")
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries), encoding="utf-8")
+    tsv = ("query-id\tcorpus-id\tscore\n" if header else "") + qrels
+    (root / "qrels" / f"{split}.tsv").write_text(tsv, encoding="utf-8")
+    return root
+
+
+#: Six word pairs in the tiny vocabulary: :func:`write_pairs_beir`'s document ``d<i>`` holds pair ``i``.
+PAIR_TEXTS = ["cat mat", "green tea", "moon star", "black rock", "train sea", "dog sun"]
+
+
+def write_pairs_beir(root: Path, qrels: str | None = None, *, n_queries: int = 6) -> Path:
+    """A BEIR folder of six documents ``d0``..``d5`` (:data:`PAIR_TEXTS`) and ``n_queries`` queries, ``q<j>`` asking
+    for the words of ``d<j % 6>``, judged by the ``qrels`` lines (default: each query its document, grade 1)."""
+    corpus = [{"_id": f"d{i}", "title": "", "text": text} for i, text in enumerate(PAIR_TEXTS)]
+    queries = [{"_id": f"q{j}", "text": PAIR_TEXTS[j % len(PAIR_TEXTS)]} for j in range(n_queries)]
+    if qrels is None:
+        qrels = "".join(f"q{j}\td{j % len(PAIR_TEXTS)}\t1\n" for j in range(n_queries))
+    return write_beir(root, corpus, queries, qrels)
+
+
+#: Three documents and two queries in two words (``alpha``, ``gamma``): :func:`write_alpha_beir`'s folder.
+ALPHA_CORPUS: list[dict[str, Any]] = [
+    {"_id": "d1", "title": "", "text": "alpha beta"},
+    {"_id": "d2", "title": "", "text": "gamma delta"},
+    {"_id": "d3", "title": "", "text": "alpha gamma"},
+]
+ALPHA_QUERIES = [{"_id": "q1", "text": "alpha"}, {"_id": "q2", "text": "gamma"}]
+
+
+def write_alpha_beir(root: Path, qrels: str = "q1\td1\t1\nq2\td2\t1\n", *, header: bool = True) -> Path:
+    """A BEIR folder of :data:`ALPHA_CORPUS` and :data:`ALPHA_QUERIES` judged by the ``qrels`` lines (after the
+    TSV header where ``header``)."""
+    return write_beir(root, ALPHA_CORPUS, ALPHA_QUERIES, qrels, header=header)
+
+
 def tiny_train_beir(root: Path) -> Path:
     """A tiny BEIR folder (8 documents, 5 queries) with a ``train`` split, for training tests."""
     docs = {
@@ -300,16 +348,13 @@ def tiny_train_beir(root: Path) -> Path:
     }  # fmt: skip
     queries = {"q1": "cat mat", "q2": "dog black", "q3": "sun moon", "q4": "sea water", "q5": "bee"}
     qrels = [("q1", "d1"), ("q2", "d2"), ("q3", "d3"), ("q4", "d5"), ("q4", "d7"), ("q5", "d8")]
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "corpus.jsonl").write_text(
-        "".join(json.dumps({"_id": k, "title": "", "text": v}) + "\n" for k, v in docs.items())
+    return write_beir(
+        root,
+        [{"_id": k, "title": "", "text": v} for k, v in docs.items()],
+        [{"_id": k, "text": v} for k, v in queries.items()],
+        "".join(f"{q}\t{d}\t1\n" for q, d in qrels),
+        split="train",
     )
-    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in queries.items()))
-    (root / "qrels").mkdir(exist_ok=True)
-    (root / "qrels" / "train.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d in qrels)
-    )
-    return root
 
 
 @dataclass
@@ -329,6 +374,24 @@ def make_train_world(root: Path) -> TrainWorld:
     enc.backbone.save_pretrained(base)
     enc.tokenizer.save_pretrained(base)
     return TrainWorld(root, base, tiny_train_beir(root / "beir"), root / "cache")
+
+
+@pytest.fixture(scope="module")
+def train_world(tmp_path_factory: pytest.TempPathFactory) -> TrainWorld:
+    """A :class:`TrainWorld` made once per test module (:func:`make_train_world`): its tests read it and write their
+    outputs under their own ``tmp_path``."""
+    return make_train_world(tmp_path_factory.mktemp("train_world"))
+
+
+def rows_train_argv(
+    world: TrainWorld, folder: Path, rows: list[dict[str, Any]] = TINY_TRAIN_ROWS, *, loss: str = "margin_mse"
+) -> list[str]:
+    """A one-step ``kl-retrievers train`` on ``rows`` (written to ``folder/rows.jsonl``) from ``world.base`` with
+    ``loss`` and as many negatives as each row holds, into ``folder/m``."""
+    data = write_train_jsonl(folder / "rows.jsonl", rows)
+    negatives = str(min(len(row.get("negatives", [])) for row in rows))
+    argv = ["train", "--data", str(data), "--out", str(folder / "m"), "--base", str(world.base), "--quiet"]
+    return [*argv, "--loss", loss, "--negatives", negatives, "--steps", "1", "--device", "cpu", "--dim", "8"]
 
 
 def train_world_with_dev(root: Path) -> TrainWorld:
@@ -366,11 +429,30 @@ def write_tiny_beir(
     split: str = "test",
 ) -> Path:
     """``root`` as a BEIR folder of ``corpus``, the three tiny queries and ``qrels`` (lines without the header)."""
-    (root / "qrels").mkdir(parents=True, exist_ok=True)
-    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus), encoding="utf-8")
-    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in TINY_BEIR_QUERIES), encoding="utf-8")
-    (root / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + qrels, encoding="utf-8")
-    return root
+    return write_beir(root, corpus, TINY_BEIR_QUERIES, qrels, split=split)
+
+
+@pytest.fixture
+def saved_klstore(tmp_path: Path) -> Path:
+    """A flat ``KLStore`` of four random Gaussians (k=6), saved to ``tmp_path/store``: its folder."""
+    from kl_retrievers import KLStore
+
+    store = KLStore()
+    store.add(gaussians=random_gaussians(4, 6, dtype=np.float32), ids=[f"d{i}" for i in range(4)])
+    return store.save(tmp_path / "store")
+
+
+def edit_config(folder: Path, **changes: Any) -> Path:
+    """Set fields of ``folder``'s ``config.json`` (a value ``None`` drops the field); the path of that file."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    path.write_text(json.dumps(config), encoding="utf-8")
+    return path
 
 
 def milvus_lite_locked(path: str) -> bool:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from conftest import ALPHA_CORPUS, write_alpha_beir, write_beir
 from kl_retrievers.baselines import bm25_run
 from kl_retrievers.cli import main, read_texts
 from kl_retrievers.datasets import BeirDataset, DatasetError, load_beir
@@ -29,22 +30,7 @@ from kl_retrievers.evaluate_cli import add_evaluate_command
 from kl_retrievers.evaluation import save_per_query, write_trec_run
 from kl_retrievers.sharded import plan_shards, read_shard
 
-CORPUS = [
-    {"_id": "d1", "title": "", "text": "alpha beta"},
-    {"_id": "d2", "title": "", "text": "gamma delta"},
-    {"_id": "d3", "title": "", "text": "alpha gamma"},
-]
-QUERIES = [{"_id": "q1", "text": "alpha"}, {"_id": "q2", "text": "gamma"}]
-QRELS = "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n"
 BOM = b"\xef\xbb\xbf"
-
-
-def _beir(root: Path, qrels: str = QRELS) -> Path:
-    (root / "qrels").mkdir(parents=True)
-    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in CORPUS), encoding="utf-8")
-    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in QUERIES), encoding="utf-8")
-    (root / "qrels" / "test.tsv").write_text(qrels, encoding="utf-8")
-    return root
 
 
 def _evaluate(ds: Path, *extra: str) -> int:
@@ -72,7 +58,7 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_an_output_that_is_one_of_the_dataset_files_is_refused_before_any_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, target: str, what: str
 ) -> None:
-    ds = _beir(tmp_path / "ds")
+    ds = write_alpha_beir(tmp_path / "ds")
     path = ds / target
     before = path.read_bytes() if path.exists() else None
     assert _evaluate(ds, flag, str(path)) == 2
@@ -84,7 +70,7 @@ def test_an_output_that_is_one_of_the_dataset_files_is_refused_before_any_work(
 def test_an_output_reached_through_another_spelling_of_the_corpus_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ds = _beir(tmp_path / "ds")
+    ds = write_alpha_beir(tmp_path / "ds")
     (tmp_path / "link.jsonl").symlink_to(ds / "corpus.jsonl")
     before = (ds / "corpus.jsonl").read_bytes()
     assert _evaluate(ds, "--save-run", str(tmp_path / "link.jsonl")) == 2
@@ -93,7 +79,7 @@ def test_an_output_reached_through_another_spelling_of_the_corpus_is_refused(
 
 
 def test_per_query_output_over_the_compare_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    ds = _beir(tmp_path / "ds")
+    ds = write_alpha_beir(tmp_path / "ds")
     pq = tmp_path / "pq.json"
     assert _evaluate(ds, "--per-query", str(pq)) == 0
     before = pq.read_bytes()
@@ -105,7 +91,7 @@ def test_per_query_output_over_the_compare_file_is_refused(tmp_path: Path, capsy
 
 
 def test_an_output_beside_the_dataset_files_is_still_allowed(tmp_path: Path) -> None:
-    ds = _beir(tmp_path / "ds")
+    ds = write_alpha_beir(tmp_path / "ds")
     assert _evaluate(ds, "--save-run", str(ds / "bm25.trec")) == 0
     assert (ds / "bm25.trec").read_text().startswith("q1 Q0 d")
 
@@ -114,7 +100,7 @@ def test_an_output_beside_the_dataset_files_is_still_allowed(tmp_path: Path) -> 
 
 
 def test_save_run_into_a_folder_that_does_not_exist_yet(tmp_path: Path) -> None:
-    ds = _beir(tmp_path / "ds")
+    ds = write_alpha_beir(tmp_path / "ds")
     out = tmp_path / "new" / "sub" / "run.trec"
     assert _evaluate(ds, "--save-run", str(out)) == 0
     assert out.read_text().splitlines()[0].startswith("q1 Q0 d")
@@ -266,7 +252,7 @@ def test_load_model_on_torch_names_the_backend_keyword_and_the_cli_flag(tmp_path
 def test_evaluate_an_onnx_export_on_torch_says_to_pass_model_backend_onnx(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ds = _beir(tmp_path / "ds")
+    ds = write_alpha_beir(tmp_path / "ds")
     folder = _fake_onnx_export(tmp_path / "export")
     assert main(["evaluate", str(ds), "--model", str(folder), "--quiet"]) == 2
     err = capsys.readouterr().err
@@ -279,7 +265,7 @@ def test_evaluate_an_onnx_export_on_torch_says_to_pass_model_backend_onnx(
 def test_compare_with_a_trec_run_says_it_takes_the_per_query_output(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ds = _beir(tmp_path / "ds")
+    ds = write_alpha_beir(tmp_path / "ds")
     run = tmp_path / "other.trec"
     run.write_text("q1 Q0 d1 1 2.5 other\nq2 Q0 d2 1 1.5 other\n")
     assert _evaluate(ds, "--compare", str(run)) == 2
@@ -311,13 +297,13 @@ def test_encode_refuses_a_safetensors_suffix_not_in_lower_case(
 
 
 def test_space_separated_nist_qrels_say_columns_must_be_tab_separated(tmp_path: Path) -> None:
-    ds = _beir(tmp_path / "ds", qrels="q1 0 d1 1\nq2 0 d2 1\n")
+    ds = write_alpha_beir(tmp_path / "ds", "q1 0 d1 1\nq2 0 d2 1\n", header=False)
     with pytest.raises(DatasetError, match=r"line 1: .*spaces were found.*must be tab-separated"):
         load_beir(ds)
 
 
 def test_a_gzipped_corpus_says_compressed_files_are_not_supported(tmp_path: Path) -> None:
-    ds = _beir(tmp_path / "ds")
+    ds = write_alpha_beir(tmp_path / "ds")
     corpus = ds / "corpus.jsonl"
     (ds / "corpus.jsonl.gz").write_bytes(gzip.compress(corpus.read_bytes()))
     corpus.unlink()
@@ -328,7 +314,7 @@ def test_a_gzipped_corpus_says_compressed_files_are_not_supported(tmp_path: Path
 def test_a_file_given_as_the_dataset_folder_says_it_is_a_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ds = _beir(tmp_path / "ds")
+    ds = write_alpha_beir(tmp_path / "ds")
     assert _evaluate(ds / "corpus.jsonl") == 2
     err = capsys.readouterr().err
     assert "is a file, not a folder" in err, err
@@ -372,13 +358,10 @@ def test_bge_small_refuses_batch_size_zero_by_name(bge: Any) -> None:
 
 @pytest.mark.parametrize("qid", ["qid", "query-id", "query_id"])
 def test_a_headerless_qrels_line_of_a_query_named_like_a_header_is_a_judgement(tmp_path: Path, qid: str) -> None:
-    root = tmp_path / "ds"
-    (root / "qrels").mkdir(parents=True)
-    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in CORPUS))
-    (root / "queries.jsonl").write_text(json.dumps({"_id": qid, "text": "alpha"}) + "\n")
-    (root / "qrels" / "test.tsv").write_text(f"{qid}\td1\t1\n{qid}\td3\t2\n")
+    queries = [{"_id": qid, "text": "alpha"}]
+    root = write_beir(tmp_path / "ds", ALPHA_CORPUS, queries, f"{qid}\td1\t1\n{qid}\td3\t2\n", header=False)
     assert load_beir(root).qrels == {qid: {"d1": 1, "d3": 2}}
 
 
 def test_a_real_qrels_header_is_still_skipped(tmp_path: Path) -> None:
-    assert load_beir(_beir(tmp_path / "ds")).qrels == {"q1": {"d1": 1}, "q2": {"d2": 1}}
+    assert load_beir(write_alpha_beir(tmp_path / "ds")).qrels == {"q1": {"d1": 1}, "q2": {"d2": 1}}

@@ -17,24 +17,13 @@ from typing import Any
 
 import pytest
 
+from conftest import write_pairs_beir
 from kl_retrievers.cli import main
 
-WORDS = ["cat mat", "green tea", "moon star", "black rock", "train sea", "dog sun"]
-
+#: The judgements of the six queries (``q<i>`` asks for ``d<i>``'s words, :func:`conftest.write_pairs_beir`):
 #: q0 loses one of its two grade-2 judgements, q5 both of its (one graded 0): GHOST and X are not in the corpus.
 #: q1 is judged grade 1 only, q2 grade 0 only.
 QRELS = "q0\td0\t2\nq0\tGHOST\t2\nq1\td1\t1\nq2\td2\t0\nq3\td3\t2\nq4\td4\t2\nq5\tGHOST\t1\nq5\tX\t0\n"
-
-
-def _beir(root: Path, qrels: str = QRELS) -> Path:
-    """Six documents and six queries (``q<i>`` asks for ``d<i>``'s words), judged by ``qrels`` lines."""
-    (root / "qrels").mkdir(parents=True)
-    docs = [{"_id": f"d{i}", "title": "", "text": text} for i, text in enumerate(WORDS)]
-    queries = [{"_id": f"q{j}", "text": text} for j, text in enumerate(WORDS)]
-    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
-    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries), encoding="utf-8")
-    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + qrels, encoding="utf-8")
-    return root
 
 
 def _evaluate(capsys: pytest.CaptureFixture[str], root: Path, *flags: str) -> str:
@@ -51,7 +40,7 @@ def _json(capsys: pytest.CaptureFixture[str], root: Path, *flags: str) -> dict[s
 def test_unknown_docs_drop_is_recorded_in_json_per_query_meta_and_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    root = _beir(tmp_path / "beir")
+    root = write_pairs_beir(tmp_path / "beir", QRELS)
     pq = tmp_path / "pq.json"
     summary = _json(capsys, root, "--unknown-docs", "drop", "--per-query", str(pq))
     expected = {
@@ -79,7 +68,7 @@ def test_unknown_docs_drop_is_recorded_in_json_per_query_meta_and_table(
 def test_unknown_docs_drop_counts_only_the_sampled_queries_and_nothing_when_nothing_is_dropped(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    root = _beir(tmp_path / "beir")
+    root = write_pairs_beir(tmp_path / "beir", QRELS)
     sampled = _json(capsys, root, "--unknown-docs", "drop", "--sample-queries", "3", "--seed", "0")
     record = sampled["unknown_docs"]
     pq = tmp_path / "pq.json"
@@ -89,7 +78,7 @@ def test_unknown_docs_drop_counts_only_the_sampled_queries_and_nothing_when_noth
     assert record["dropped_judgements"] == sum(n for q, n in lost.items() if q in drawn)
     assert record["queries_affected"] == len(drawn & set(lost))
     assert 0 < record["dropped_judgements"] < 3  # the draw (seed 0: q3, q4, q5) holds some of them, not all
-    clean = _beir(tmp_path / "clean", "".join(f"q{j}\td{j}\t1\n" for j in range(6)))
+    clean = write_pairs_beir(tmp_path / "clean")  # each query judged its own document
     nothing = _json(capsys, clean, "--unknown-docs", "drop")
     assert nothing["unknown_docs"]["dropped_judgements"] == 0
     assert "--unknown-docs drop" not in _evaluate(capsys, clean, "--unknown-docs", "drop")  # no footnote
@@ -100,7 +89,9 @@ def test_unknown_docs_drop_whose_dropped_judgements_conflict_still_evaluates(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # the loader drops both grades of (q5, GHOST) without comparing them, and records both: the counts are known
-    root = _beir(tmp_path / "beir", "".join(f"q{j}\td{j}\t1\n" for j in range(5)) + "q5\tGHOST\t1\nq5\tGHOST\t2\n")
+    root = write_pairs_beir(
+        tmp_path / "beir", "".join(f"q{j}\td{j}\t1\n" for j in range(5)) + "q5\tGHOST\t1\nq5\tGHOST\t2\n"
+    )
     summary = _json(capsys, root, "--unknown-docs", "drop")
     assert summary["unknown_docs"] == {
         "mode": "drop",
@@ -129,7 +120,7 @@ def _no_relevant_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_queries_without_a_relevant_document_are_warned_about_in_every_mode(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, flags: tuple[str, ...]
 ) -> None:
-    root = _beir(tmp_path / "beir")
+    root = write_pairs_beir(tmp_path / "beir", QRELS)
     flags = tuple(str(tmp_path / "run.trec") if f == "RUN" else f for f in flags)
     with caplog.at_level(logging.WARNING):
         _evaluate(capsys, root, "--unknown-docs", "drop", *flags)  # no --qpp, --json or --per-query
@@ -147,14 +138,14 @@ def test_queries_without_a_relevant_document_are_warned_about_in_every_mode(
     ]
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        _evaluate(capsys, _beir(tmp_path / "graded", "".join(f"q{j}\td{j}\t1\n" for j in range(6))))
+        _evaluate(capsys, write_pairs_beir(tmp_path / "graded"))
     assert _no_relevant_warnings(caplog) == []
 
 
 def test_many_queries_without_a_relevant_document_are_counted_and_a_few_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    root = _beir(tmp_path / "beir", "q0\td0\t1\n" + "".join(f"q{j}\td{j}\t0\n" for j in range(1, 6)))
+    root = write_pairs_beir(tmp_path / "beir", "q0\td0\t1\n" + "".join(f"q{j}\td{j}\t0\n" for j in range(1, 6)))
     with caplog.at_level(logging.WARNING):
         _evaluate(capsys, root, "--relevance-level", "3")
     (message,) = _no_relevant_warnings(caplog)
@@ -166,7 +157,7 @@ def test_qpp_leaves_out_only_queries_without_a_grade_above_0_whatever_the_releva
     tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     # its target, ndcg@10, reads the grades: q1 (grade 1 only) has one at --relevance-level 2, so it stays
-    root = _beir(tmp_path / "beir")
+    root = write_pairs_beir(tmp_path / "beir", QRELS)
     pq = tmp_path / "pq.json"
     with caplog.at_level(logging.WARNING):
         summary = _json(capsys, root, "--unknown-docs", "drop", "--relevance-level", "2", "--per-query", str(pq))

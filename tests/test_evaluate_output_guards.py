@@ -14,16 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_alpha_beir
 from kl_retrievers.cli import main
 from kl_retrievers.evaluation import load_per_query, save_per_query, write_trec_run
-
-CORPUS = [
-    {"_id": "d1", "title": "", "text": "alpha beta"},
-    {"_id": "d2", "title": "", "text": "gamma delta"},
-    {"_id": "d3", "title": "", "text": "alpha gamma"},
-]
-QUERIES = [{"_id": "q1", "text": "alpha"}, {"_id": "q2", "text": "gamma"}]
-QRELS = "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n"
 
 
 @pytest.fixture(autouse=True)
@@ -31,14 +24,6 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("KL_RETRIEVERS_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)  # a file named "-" would land here
-
-
-def _beir(root: Path) -> Path:
-    (root / "qrels").mkdir(parents=True)
-    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in CORPUS), encoding="utf-8")
-    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in QUERIES), encoding="utf-8")
-    (root / "qrels" / "test.tsv").write_text(QRELS, encoding="utf-8")
-    return root
 
 
 def _evaluate(ds: Path, *extra: str) -> int:
@@ -77,7 +62,7 @@ def _model_folder(root: Path) -> Path:
 def test_an_output_over_a_model_file_is_refused_before_any_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, name: str
 ) -> None:
-    ds = _beir(tmp_path / "ds")
+    ds = write_alpha_beir(tmp_path / "ds")
     folder = _model_folder(tmp_path / "tiny")
     (folder / "weights").write_bytes((folder / "model.safetensors").read_bytes())
     target = folder / name
@@ -113,7 +98,7 @@ def test_save_run_over_model_weights_is_refused_even_when_the_dataset_is_missing
 def test_an_output_over_a_user_file_that_is_not_that_output_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, name: str, content: str
 ) -> None:
-    ds = _beir(tmp_path / "ds")
+    ds = write_alpha_beir(tmp_path / "ds")
     target = tmp_path / name
     target.write_text(content)
     assert _evaluate(ds, flag, str(target)) == 2
@@ -125,7 +110,7 @@ def test_an_output_over_a_user_file_that_is_not_that_output_is_refused(
 def test_save_run_over_a_per_query_file_says_which_output_it_is(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ds = _beir(tmp_path / "ds")
+    ds = write_alpha_beir(tmp_path / "ds")
     pq = tmp_path / "pq.json"
     save_per_query(pq, {"q1": {"ndcg@10": 0.5}}, meta={"model": "m"})
     before = pq.read_bytes()
@@ -135,7 +120,7 @@ def test_save_run_over_a_per_query_file_says_which_output_it_is(
 
 
 def test_per_query_over_a_run_file_says_which_output_it_is(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    ds = _beir(tmp_path / "ds")
+    ds = write_alpha_beir(tmp_path / "ds")
     run = tmp_path / "run.tsv"
     write_trec_run(run, {"q1": {"d1": 1.0}}, tag="t")
     before = run.read_bytes()
@@ -148,7 +133,7 @@ def test_per_query_over_a_run_file_says_which_output_it_is(tmp_path: Path, capsy
 def test_save_run_refuses_a_weights_suffix_even_for_a_new_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str
 ) -> None:
-    ds = _beir(tmp_path / "ds")
+    ds = write_alpha_beir(tmp_path / "ds")
     target = tmp_path / f"run{suffix}"
     assert _evaluate(ds, "--save-run", str(target)) == 2
     line = _error(capsys)
@@ -160,7 +145,7 @@ def test_save_run_refuses_a_weights_suffix_even_for_a_new_file(
 
 
 def test_a_rerun_replaces_its_own_run_and_per_query_files(tmp_path: Path) -> None:
-    ds = _beir(tmp_path / "ds")
+    ds = write_alpha_beir(tmp_path / "ds")
     run, pq = tmp_path / "out" / "bm25.trec", tmp_path / "out" / "pq.json"
     assert _evaluate(ds, "--save-run", str(run), "--per-query", str(pq)) == 0
     first = run.read_text()
@@ -172,7 +157,7 @@ def test_a_rerun_replaces_its_own_run_and_per_query_files(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("suffix", [".tsv", ".csv"])
 def test_a_per_query_table_is_replaced(tmp_path: Path, suffix: str) -> None:
-    ds = _beir(tmp_path / "ds")
+    ds = write_alpha_beir(tmp_path / "ds")
     pq = tmp_path / f"pq{suffix}"
     save_per_query(pq, {"old": {"ndcg@10": 0.5}})
     assert _evaluate(ds, "--per-query", str(pq)) == 0
@@ -180,7 +165,7 @@ def test_a_per_query_table_is_replaced(tmp_path: Path, suffix: str) -> None:
 
 
 def test_an_empty_file_and_a_long_run_are_replaced(tmp_path: Path) -> None:
-    ds = _beir(tmp_path / "ds")
+    ds = write_alpha_beir(tmp_path / "ds")
     empty = tmp_path / "empty.trec"
     empty.touch()  # e.g. made by mktemp
     assert _evaluate(ds, "--save-run", str(empty)) == 0
@@ -197,7 +182,7 @@ def test_an_empty_file_and_a_long_run_are_replaced(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("flag", ["--save-run", "--per-query"])
 def test_a_dash_output_is_refused_as_stdout(tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str) -> None:
-    ds = _beir(tmp_path / "ds")
+    ds = write_alpha_beir(tmp_path / "ds")
     assert _evaluate(ds, flag, "-") == 2
     line = _error(capsys)
     assert f"{flag} -" in line and "stdout" in line and "./-" in line, line
@@ -205,6 +190,6 @@ def test_a_dash_output_is_refused_as_stdout(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_a_file_named_dash_is_written_when_spelled_with_its_folder(tmp_path: Path) -> None:
-    ds = _beir(tmp_path / "ds")
+    ds = write_alpha_beir(tmp_path / "ds")
     assert _evaluate(ds, "--save-run", "./-") == 0
     assert (tmp_path / "-").read_text().startswith("q1 Q0 ")

@@ -8,16 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_pairs_beir
 from kl_retrievers.cli import main
 
 pytest.importorskip("ir_measures")
 pytest.importorskip("bm25s")
 
-from test_small_leftovers import _beir  # the same tiny collection
-
 
 def test_the_text_table_says_the_queries_are_a_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    root = _beir(tmp_path / "beir")
+    root = write_pairs_beir(tmp_path / "beir", n_queries=12)
     assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--sample-queries", "5", "--seed", "2"]) == 0
     out = capsys.readouterr().out
     assert "queries: 5 (a sample of 12, seed 2)" in out, out
@@ -28,7 +27,7 @@ def test_the_text_table_says_the_queries_are_a_sample(tmp_path: Path, capsys: py
 def test_compare_warns_about_unshared_queries_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    root = _beir(tmp_path / "beir")
+    root = write_pairs_beir(tmp_path / "beir", n_queries=12)
     full = tmp_path / "full.json"
     assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--per-query", str(full)]) == 0
     capsys.readouterr()

@@ -9,37 +9,27 @@ evaluate's warning says that the QPP correlations leave them out, and QPP logs i
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from pathlib import Path
 
 import pytest
 
+from conftest import write_pairs_beir
 from kl_retrievers.cli import main
 from kl_retrievers.qpp import qpp_report
 
-WORDS = ["cat mat", "green tea", "moon star", "black rock", "train sea", "dog sun"]
-#: q2 is judged grade 0 only; q5 judged only GHOST, outside the corpus (no judgement left with drop)
+#: Six queries, ``q<i>`` asking for ``d<i>``'s words (:func:`conftest.write_pairs_beir`): q2 is judged grade 0
+#: only; q5 judged only GHOST, outside the corpus (no judgement left with drop)
 QRELS = "q0\td0\t1\nq1\td1\t1\nq2\td2\t0\nq3\td3\t1\nq4\td4\t1\nq5\tGHOST\t1\n"
 QPP_NOTE = "judged queries have no relevant document"
-
-
-def _beir(root: Path) -> Path:
-    (root / "qrels").mkdir(parents=True)
-    docs = [{"_id": f"d{i}", "title": "", "text": text} for i, text in enumerate(WORDS)]
-    queries = [{"_id": f"q{j}", "text": text} for j, text in enumerate(WORDS)]
-    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
-    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries), encoding="utf-8")
-    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + QRELS, encoding="utf-8")
-    return root
 
 
 @pytest.mark.parametrize("flags", [("--json",), ("--qpp",), ("--per-query", "PQ")], ids=["json", "qpp", "per-query"])
 def test_queries_left_out_of_qpp_are_warned_about_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, flags: tuple[str, ...]
 ) -> None:
-    root = _beir(tmp_path / "beir")
+    root = write_pairs_beir(tmp_path / "beir", QRELS)
     flags = tuple(str(tmp_path / "pq.json") if f == "PQ" else f for f in flags)
     with caplog.at_level(logging.INFO, logger="kl_retrievers"):
         argv = ["evaluate", str(root), "--baseline", "bm25", "--quiet", "--unknown-docs", "drop", *flags]
@@ -60,7 +50,17 @@ def test_without_qpp_the_warning_does_not_mention_it(
 ) -> None:
     with caplog.at_level(logging.WARNING):
         assert (
-            main(["evaluate", str(_beir(tmp_path / "beir")), "--baseline", "bm25", "--quiet", "--unknown-docs", "drop"])
+            main(
+                [
+                    "evaluate",
+                    str(write_pairs_beir(tmp_path / "beir", QRELS)),
+                    "--baseline",
+                    "bm25",
+                    "--quiet",
+                    "--unknown-docs",
+                    "drop",
+                ]
+            )
             == 0
         )
     capsys.readouterr()

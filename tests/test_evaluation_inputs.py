@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from conftest import write_pairs_beir
 from kl_retrievers import qpp
 from kl_retrievers.cli import main
 from kl_retrievers.evaluation import evaluate_run, paired_test, retrieve_exact, retrieve_vectors
@@ -148,20 +149,6 @@ def test_bootstrap_above_pairwise_max_calls_scipy_once(monkeypatch: pytest.Monke
 
 # ---------------------------------------------------------------------------- kl-retrievers evaluate
 
-WORDS = ["cat mat", "green tea", "moon star", "black rock", "train sea", "dog sun"]
-
-
-def _beir(root: Path, qrels: str) -> Path:
-    """Six documents, one query per word pair (``q0``..``q5``), judged by ``qrels`` lines."""
-    (root / "qrels").mkdir(parents=True)
-    docs = [{"_id": f"d{i}", "title": "", "text": text} for i, text in enumerate(WORDS)]
-    queries = [{"_id": f"q{j}", "text": text} for j, text in enumerate(WORDS)]
-    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
-    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries), encoding="utf-8")
-    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + qrels, encoding="utf-8")
-    return root
-
-
 #: q5's only judgement names a document outside the corpus: kept, with empty qrels, under --unknown-docs drop.
 QRELS = "".join(f"q{j}\td{j}\t1\n" for j in range(5)) + "q5\tGHOST\t1\n"
 
@@ -175,7 +162,7 @@ def _evaluate_json(capsys: pytest.CaptureFixture[str], root: Path, *flags: str) 
 def test_sample_queries_keeps_a_query_without_judged_documents(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    root = _beir(tmp_path / "beir", QRELS)
+    root = write_pairs_beir(tmp_path / "beir", QRELS)
     whole = _evaluate_json(capsys, root, "--unknown-docs", "drop")
     assert whole["queries"] == 6  # load_beir keeps q5 (it scores 0)
     held_q5 = 0
@@ -193,7 +180,7 @@ def test_sample_queries_keeps_a_query_without_judged_documents(
 def test_compare_refuses_a_file_of_another_depth_below_a_cutoff(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    root = _beir(tmp_path / "beir", "".join(f"q{j}\td{j}\t1\n" for j in range(6)))
+    root = write_pairs_beir(tmp_path / "beir")
     shallow, deep = tmp_path / "d10.json", tmp_path / "d200.json"
     _evaluate_json(capsys, root, "--depth", "10", "--per-query", str(shallow))
     _evaluate_json(capsys, root, "--depth", "200", "--per-query", str(deep))
@@ -232,7 +219,7 @@ def test_compare_refuses_a_file_of_another_depth_below_a_cutoff(
 def test_options_a_baseline_ignores_are_refused_by_one_rule(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], baseline: str, flags: list[str], message: str
 ) -> None:
-    root = _beir(tmp_path / "beir", QRELS)
+    root = write_pairs_beir(tmp_path / "beir", QRELS)
     assert main(["evaluate", str(root), "--baseline", baseline, "--quiet", *flags]) == 2
     err = capsys.readouterr().err
     assert message in err, err
@@ -244,7 +231,7 @@ def test_qpp_bootstrap_sets_the_resamples_and_qpp_seconds_is_reported(
 ) -> None:
     from kl_retrievers.evaluate_cli import QPP_BOOTSTRAP  # (here: a name this test adds)
 
-    root = _beir(tmp_path / "beir", "".join(f"q{j}\td{j}\t1\n" for j in range(6)))
+    root = write_pairs_beir(tmp_path / "beir")
     assert QPP_BOOTSTRAP == qpp.N_BOOT
     default = _evaluate_json(capsys, root)
     assert default["qpp"]["bootstrap"] == QPP_BOOTSTRAP and default["qpp_seconds"] >= 0

@@ -23,7 +23,6 @@ from conftest import (
     cli_error_line,
     heads_cached_train_argv,
     make_tiny_encoder,
-    make_train_world,
     rows_train_config,
 )
 from kl_retrievers.cli import main
@@ -31,11 +30,6 @@ from kl_retrievers.training import TrainingSet, train_heads_cached
 
 #: Six queries in the tiny vocabulary without negatives (the fast path then draws random pool documents).
 SIX = ["cat", "tea", "moon", "dog", "sea", "rock"]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> TrainWorld:
-    return make_train_world(tmp_path_factory.mktemp("fast_path_flags"))
 
 
 @pytest.mark.parametrize(
@@ -48,10 +42,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> TrainWorld:
     ],
 )
 def test_negatives_flags_with_the_whole_pool_softmax_are_refused(
-    world: TrainWorld, tmp_path: Path, flags: list[str], named: str, capsys: pytest.CaptureFixture[str]
+    train_world: TrainWorld, tmp_path: Path, flags: list[str], named: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "m"
-    assert main(heads_cached_train_argv(world, out, *flags)) == 2
+    assert main(heads_cached_train_argv(train_world, out, *flags)) == 2
     err = cli_error_line(capsys, "train")
     assert f"{named} would play no part in the loss" in err and "would be ignored" not in err, err
     assert "which positive trains, for a query judged several" in err, err
@@ -61,39 +55,39 @@ def test_negatives_flags_with_the_whole_pool_softmax_are_refused(
 
 @pytest.mark.parametrize("where", [["--corpus-sample", "3"], ["--no-full-corpus"]])
 def test_negatives_flags_train_where_the_batch_enters_the_loss(
-    world: TrainWorld, tmp_path: Path, where: list[str]
+    train_world: TrainWorld, tmp_path: Path, where: list[str]
 ) -> None:
-    argv = heads_cached_train_argv(world, tmp_path / "m", "--hard-negatives", "bm25", "--mine-k", "2", *where)
+    argv = heads_cached_train_argv(train_world, tmp_path / "m", "--hard-negatives", "bm25", "--mine-k", "2", *where)
     assert main([*argv, "--negatives", "2", "--steps", "1"]) == 0
 
 
 @pytest.mark.parametrize("where", [[], ["--corpus-sample", "3"]])
 def test_no_in_batch_with_a_pool_softmax_is_refused(
-    world: TrainWorld, tmp_path: Path, where: list[str], capsys: pytest.CaptureFixture[str]
+    train_world: TrainWorld, tmp_path: Path, where: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(heads_cached_train_argv(world, tmp_path / "m", "--no-in-batch", *where)) == 2
+    assert main(heads_cached_train_argv(train_world, tmp_path / "m", "--no-in-batch", *where)) == 2
     err = cli_error_line(capsys, "train")
     assert "--no-in-batch would be ignored" in err and "add --no-full-corpus" in err, err
-    argv = heads_cached_train_argv(world, tmp_path / "ok", "--no-in-batch", "--no-full-corpus", "--steps", "1")
+    argv = heads_cached_train_argv(train_world, tmp_path / "ok", "--no-in-batch", "--no-full-corpus", "--steps", "1")
     assert main(argv) == 0
 
 
 def test_distillation_on_the_fast_path_still_mines(
-    world: TrainWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    train_world: TrainWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # a loss other than contrastive reads the batch's candidates: nothing to refuse (it needs teacher scores)
-    argv = heads_cached_train_argv(world, tmp_path / "m", "--loss", "listwise", "--hard-negatives", "bm25")
+    argv = heads_cached_train_argv(train_world, tmp_path / "m", "--loss", "listwise", "--hard-negatives", "bm25")
     assert main(argv) == 2  # refused for the teacher scores it lacks, not for the flags
     err = cli_error_line(capsys, "train")
     assert "teacher scores" in err and "no part in the loss" not in err, err
     # the common case: no flag of the negatives given, the pool softmax trains
-    assert main(heads_cached_train_argv(world, tmp_path / "plain", "--steps", "1")) == 0
+    assert main(heads_cached_train_argv(train_world, tmp_path / "plain", "--steps", "1")) == 0
 
 
 def test_mine_k_without_mining_is_refused(
-    world: TrainWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    train_world: TrainWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = heads_cached_train_argv(world, tmp_path / "m", "--no-full-corpus", "--mine-k", "5")
+    argv = heads_cached_train_argv(train_world, tmp_path / "m", "--no-full-corpus", "--mine-k", "5")
     assert main(argv) == 2
     assert "--mine-k 5 applies to mined negatives, and --hard-negatives is none" in cli_error_line(capsys, "train")
 

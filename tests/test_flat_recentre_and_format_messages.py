@@ -5,8 +5,9 @@
    far from it: the float32 error bound then exceeds the score gaps and every query falls back to float64
    scoring of every row (exact, about 20 times slower). ``rebuild()`` centres the index again on the live
    documents' mean, and a compaction does where that pays; results equal float64 brute force throughout.
-2. A store refused for its ``score_direction`` names that field; a ``format_version`` above the one this
-   library reads, written by a build of the same version, is not said to come from a "newer" release.
+2. A store refused for its ``score_direction`` names that field (tested with the other score refusals in
+   ``test_klstore_score_refusal_wording.py``); a ``format_version`` above the one this library reads, written by a
+   build of the same version, is not said to come from a "newer" release.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from conftest import edit_config
 from kl_retrievers import Gaussians, KLStore
 from kl_retrievers._io import library_version
 from kl_retrievers.sharded import encode_corpus, load_encoded
@@ -204,65 +206,29 @@ def test_a_rebuild_that_would_overflow_float32_leaves_the_flat_store_unchanged()
     assert [h.id for h in store.search(tiny, k=3)] == ["tiny", "b", "a"]
 
 
-# ------------------------------------------------------------------ format refusals
-
-
-@pytest.fixture
-def saved(tmp_path: Path) -> Path:
-    store = KLStore()
-    store.add(gaussians=_corpus()[0][:5], ids=_ids(5))
-    return store.save(tmp_path / "s")
-
-
-def _edit(folder: Path, **changes: Any) -> None:
-    path = folder / "config.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
-    for key, value in changes.items():
-        if value is None:
-            config.pop(key, None)
-        else:
-            config[key] = value
-    path.write_text(json.dumps(config), encoding="utf-8")
-
-
-def test_a_wrong_score_direction_names_that_field_and_the_allowed_value(saved: Path) -> None:
-    _edit(saved, score_direction="lower_is_better")
-    with pytest.raises(StoreFormatError) as info:
-        KLStore.load(saved)
-    message = str(info.value)
-    assert "field 'score_direction' is 'lower_is_better'" in message
-    assert "this library serves 'neg_kl' ('higher_is_better')" in message
-    assert "field 'score_name'" not in message
-
-
-def test_a_wrong_score_name_names_that_field(saved: Path) -> None:
-    _edit(saved, score_name="cosine")
-    with pytest.raises(StoreFormatError, match=r"field 'score_name' is 'cosine'; this library serves 'neg_kl'"):
-        KLStore.load(saved)
-
-
-def test_a_newer_format_from_the_same_version_is_not_called_newer(saved: Path) -> None:
+# ---------------------------------------------- format refusals (the score: test_klstore_score_refusal_wording.py)
+def test_a_newer_format_from_the_same_version_is_not_called_newer(saved_klstore: Path) -> None:
     ours = library_version()
-    _edit(saved, format_version=FORMAT_VERSION + 1, library_version=ours)
+    edit_config(saved_klstore, format_version=FORMAT_VERSION + 1, library_version=ours)
     with pytest.raises(StoreFormatError) as info:
-        KLStore.load(saved)
-    message = str(info.value).replace(str(saved), "<folder>")  # the test's name is in the path
+        KLStore.load(saved_klstore)
+    message = str(info.value).replace(str(saved_klstore), "<folder>")  # the test's name is in the path
     assert "newer" not in message
     assert f"store format_version {FORMAT_VERSION + 1} by kl-retrievers {ours}" in message
     assert "another build of this same version" in message
     assert f"reads store format_version {FORMAT_VERSION} and earlier" in message
 
 
-def test_a_newer_format_from_a_later_release_is_called_newer(saved: Path) -> None:
-    _edit(saved, format_version=FORMAT_VERSION + 1, library_version="999.0.0")
+def test_a_newer_format_from_a_later_release_is_called_newer(saved_klstore: Path) -> None:
+    edit_config(saved_klstore, format_version=FORMAT_VERSION + 1, library_version="999.0.0")
     with pytest.raises(StoreFormatError, match=r"by a newer kl-retrievers \(999\.0\.0\).*upgrade kl-retrievers"):
-        KLStore.load(saved)
+        KLStore.load(saved_klstore)
 
 
-def test_a_newer_format_without_a_recorded_writer_does_not_guess_it(saved: Path) -> None:
-    _edit(saved, format_version=FORMAT_VERSION + 1, library_version=None)
+def test_a_newer_format_without_a_recorded_writer_does_not_guess_it(saved_klstore: Path) -> None:
+    edit_config(saved_klstore, format_version=FORMAT_VERSION + 1, library_version=None)
     with pytest.raises(StoreFormatError) as info:
-        KLStore.load(saved)
+        KLStore.load(saved_klstore)
     message = str(info.value)
     assert "newer kl-retrievers" not in message and "(unknown)" not in message
     assert "whose version it does not record" in message

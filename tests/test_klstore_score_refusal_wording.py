@@ -11,37 +11,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from kl_retrievers import Gaussians, KLStore
+from conftest import edit_config
+from kl_retrievers import KLStore
 from kl_retrievers._score import check_score_fields
 from kl_retrievers.store._format import StoreFormatError
 
 SERVES = "this library serves 'neg_kl' ('higher_is_better')"
-
-
-@pytest.fixture
-def saved(tmp_path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    mean = rng.normal(size=(4, 6)).astype(np.float32)
-    var = np.exp(rng.normal(0.0, 0.5, size=(4, 6))).astype(np.float32)
-    store = KLStore()
-    store.add(gaussians=Gaussians(mean, var), ids=[f"d{i}" for i in range(4)])
-    return store.save(tmp_path / "store")
-
-
-def _edit(folder: Path, **changes: Any) -> Path:
-    """Set (``None``: drop) fields of ``folder``'s ``config.json``; the path of that file."""
-    path = folder / "config.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
-    for key, value in changes.items():
-        if value is None:
-            config.pop(key, None)
-        else:
-            config[key] = value
-    path.write_text(json.dumps(config), encoding="utf-8")
-    return path
 
 
 def _shared_wording(record: dict[str, Any], where: Path, *, required: bool) -> str:
@@ -63,22 +40,22 @@ def _shared_wording(record: dict[str, Any], where: Path, *, required: bool) -> s
     ids=["wrong-direction", "wrong-name", "no-name", "no-direction", "neither"],
 )
 def test_a_klstore_config_with_another_score_or_none_is_refused_in_the_shared_wording(
-    saved: Path, changes: dict[str, Any], expected: str
+    saved_klstore: Path, changes: dict[str, Any], expected: str
 ) -> None:
-    cfg = _edit(saved, **changes)
+    cfg = edit_config(saved_klstore, **changes)
     with pytest.raises(StoreFormatError) as info:
-        KLStore.load(saved)
+        KLStore.load(saved_klstore)
     message = str(info.value)
     assert message == f"{cfg}: {expected}; {SERVES}"
     record = json.loads(cfg.read_text(encoding="utf-8"))
     assert message == _shared_wording(record, cfg, required=True)
 
 
-def test_a_wrong_direction_reads_as_a_langchain_manifests_refusal_does(saved: Path) -> None:
+def test_a_wrong_direction_reads_as_a_langchain_manifests_refusal_does(saved_klstore: Path) -> None:
     """The same bad field and value give the same words in a KLStore config and in a manifest (absent passes)."""
-    cfg = _edit(saved, score_direction="lower_is_better")
+    cfg = edit_config(saved_klstore, score_direction="lower_is_better")
     with pytest.raises(StoreFormatError) as info:
-        KLStore.load(saved)
+        KLStore.load(saved_klstore)
     manifest = _shared_wording({"score_direction": "lower_is_better"}, cfg, required=False)
     assert str(info.value) == manifest
     check_score_fields({}, cfg)  # a manifest saved before the fields existed still passes

@@ -1,7 +1,13 @@
 """A Milvus collection's config records the score it serves (``"score": {"name", "direction"}``), and a client
 attaching to one that records another score refuses it, as every other saved format does
 (:func:`kl_retrievers._score.check_score`); a collection whose config records no score (created before the field
-was written) attaches as before."""
+was written) attaches as before.
+
+Every collection has recorded both parts of its ``score`` since the field was written, so a score with only a name
+(``{"name": "neg_kl"}``) is an edited or foreign config: it attached silently, where a ``KLStore``'s
+``config.json`` is refused without either field (:func:`kl_retrievers._score.check_score_fields` with
+``required=True``); it is refused too.
+"""
 
 from __future__ import annotations
 
@@ -42,15 +48,20 @@ def _made(tmp_path: Path, score: object) -> str:
     [
         ({"name": "cosine", "direction": "higher_is_better"}, "score.name", "'cosine'"),
         ({"name": "neg_kl", "direction": "lower_is_better"}, "score.direction", "'lower_is_better'"),
+        ({"name": "neg_kl"}, "score.direction", "missing"),
+        ({"direction": "higher_is_better"}, "score.name", "missing"),
+        ({}, "score.name", "missing"),
     ],
 )
-def test_a_collection_recording_another_score_is_refused(tmp_path: Path, score: object, field: str, found: str) -> None:
+def test_a_collection_recording_another_or_a_partial_score_is_refused(
+    tmp_path: Path, score: object, field: str, found: str
+) -> None:
     uri = _made(tmp_path, score)
     with pytest.raises(ValueError) as caught:
         MilvusKLStore(uri=uri, index_type="flat", collection_name="c")
-    message = str(caught.value)
-    assert message.startswith("Milvus collection 'c': ")
-    assert f"field {field!r} is {found}; this library serves 'neg_kl' ('higher_is_better')" in message
+    assert str(caught.value) == (
+        f"Milvus collection 'c': field {field!r} is {found}; this library serves 'neg_kl' ('higher_is_better')"
+    )
 
 
 def test_a_score_that_is_not_an_object_is_refused(tmp_path: Path) -> None:
@@ -59,10 +70,16 @@ def test_a_score_that_is_not_an_object_is_refused(tmp_path: Path) -> None:
         MilvusKLStore(uri=uri, index_type="flat", collection_name="c")
 
 
-def test_a_collection_recording_no_score_attaches_and_searches(tmp_path: Path) -> None:
-    uri = _made(tmp_path, ...)  # as a collection created before the field was written
+@pytest.mark.parametrize(
+    "score",
+    [..., {"name": "neg_kl", "direction": "higher_is_better"}],  # ...: created before the field was written
+    ids=["no-score", "complete-score"],
+)
+def test_a_collection_recording_no_score_or_a_complete_one_attaches_and_searches(tmp_path: Path, score: object) -> None:
+    uri = _made(tmp_path, score)
     store = MilvusKLStore(uri=uri, index_type="flat", collection_name="c")
     try:
+        assert len(store.search(random_gaussians(1, K, seed=2), k=3)) == 3
         assert [len(row) for row in store.search_batch(random_gaussians(2, K, seed=4), k=5)] == [5, 5]
     finally:
         store.close()

@@ -14,40 +14,26 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (
-    TrainWorld,
-    cli_error_line,
-    heads_cached_train_argv,
-    make_tiny_encoder,
-    make_train_world,
-    write_train_jsonl,
-)
+from conftest import TrainWorld, cli_error_line, heads_cached_train_argv, make_tiny_encoder, rows_train_argv
 from kl_retrievers.cli import main
 from kl_retrievers.training import TrainConfig, TrainingSet, train_heads_cached
 
 CLAUSE = "a checkpoint written with it resumes without it"
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> TrainWorld:
-    return make_train_world(tmp_path_factory.mktemp("no_in_batch_hint"))
-
-
 def test_a_fresh_fast_path_run_is_refused_without_the_checkpoint_clause(
-    world: TrainWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    train_world: TrainWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(heads_cached_train_argv(world, tmp_path / "m", "--no-in-batch")) == 2
+    assert main(heads_cached_train_argv(train_world, tmp_path / "m", "--no-in-batch")) == 2
     err = cli_error_line(capsys, "train")
     assert "--no-in-batch would be ignored" in err and "or drop --no-in-batch" in err, err
     assert CLAUSE not in err and not err.endswith(")"), err
 
 
 def test_a_fresh_run_with_a_distillation_loss_is_refused_without_the_checkpoint_clause(
-    world: TrainWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    train_world: TrainWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = write_train_jsonl(tmp_path / "rows.jsonl")
-    argv = ["train", "--data", str(data), "--out", str(tmp_path / "m"), "--base", str(world.base), "--quiet"]
-    argv += ["--loss", "margin_mse", "--negatives", "1", "--steps", "1", "--device", "cpu", "--dim", "8"]
+    argv = rows_train_argv(train_world, tmp_path)  # margin_mse
     assert main([*argv, "--no-in-batch"]) == 2
     err = cli_error_line(capsys, "train")
     assert "'margin_mse' scores each query against its own candidates only" in err and "drop it" in err, err

@@ -22,14 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import (
-    TrainWorld,
-    cli_error_line,
-    heads_cached_train_argv,
-    make_tiny_encoder,
-    make_train_world,
-    write_train_jsonl,
-)
+from conftest import TrainWorld, cli_error_line, heads_cached_train_argv, make_tiny_encoder, rows_train_argv
 from kl_retrievers.cli import main
 from kl_retrievers.training import TrainConfig, TrainingSet, train_encoder, train_heads_cached
 
@@ -42,11 +35,6 @@ ROWS: list[dict[str, Any]] = [
     {"query": "moon", "positives": ["the moon and the star"], "negatives": ["a train at sea", "a bee"],
      "teacher_scores": {"positives": [2.0], "negatives": [1.5, -1.0]}},
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> TrainWorld:
-    return make_train_world(tmp_path_factory.mktemp("no_in_batch"))
 
 
 def _config(**kw: Any) -> TrainConfig:
@@ -71,11 +59,9 @@ def test_no_in_batch_with_a_distillation_loss_is_refused(loss: str) -> None:
 
 
 def test_the_command_refuses_no_in_batch_with_a_distillation_loss(
-    world: TrainWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    train_world: TrainWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = write_train_jsonl(tmp_path / "rows.jsonl", ROWS)
-    argv = ["train", "--data", str(data), "--out", str(tmp_path / "m"), "--base", str(world.base), "--quiet"]
-    argv += ["--loss", "margin_mse", "--negatives", "2", "--steps", "1", "--device", "cpu", "--dim", "8"]
+    argv = rows_train_argv(train_world, tmp_path, ROWS)  # margin_mse, 2 negatives
     assert main([*argv, "--no-in-batch"]) == 2
     err = cli_error_line(capsys, "train")
     assert "--no-in-batch" in err and "'contrastive'" in err and "'margin_mse'" in err, err
@@ -108,15 +94,15 @@ def test_a_fast_path_checkpoint_with_in_batch_off_where_unread_resumes_to_the_sa
 
 
 def test_a_command_line_checkpoint_with_no_in_batch_on_the_pool_softmax_resumes(
-    world: TrainWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    train_world: TrainWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(heads_cached_train_argv(world, tmp_path / "whole")) == 0
+    assert main(heads_cached_train_argv(train_world, tmp_path / "whole")) == 0
     out = tmp_path / "m"
-    assert main(heads_cached_train_argv(world, out, "--time-budget", "0")) == 0
+    assert main(heads_cached_train_argv(train_world, out, "--time-budget", "0")) == 0
     _as_an_earlier_version_wrote_it(Path(f"{out}.checkpoint"))
-    assert main(heads_cached_train_argv(world, out, "--resume", "--no-in-batch")) == 2  # the flag is refused...
+    assert main(heads_cached_train_argv(train_world, out, "--resume", "--no-in-batch")) == 2  # the flag is refused...
     assert "a checkpoint written with it resumes without it" in cli_error_line(capsys, "train")
-    assert main(heads_cached_train_argv(world, out, "--resume")) == 0  # ...and the checkpoint resumes without it
+    assert main(heads_cached_train_argv(train_world, out, "--resume")) == 0  # ...and the checkpoint resumes without it
     assert "after 3 steps (finished)" in capsys.readouterr().out
     whole, resumed = load_file(tmp_path / "whole" / "delta.safetensors"), load_file(out / "delta.safetensors")
     assert whole.keys() == resumed.keys()

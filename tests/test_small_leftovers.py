@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import make_tiny_encoder, random_gaussians
+from conftest import make_tiny_encoder, random_gaussians, write_pairs_beir
 from kl_retrievers import Gaussians
 from kl_retrievers.cli import main
 from kl_retrievers.store import KLStore
@@ -201,18 +201,6 @@ def test_langchain_retriever_keys_swapped_one_by_one_are_taken() -> None:
 
 
 # ------------------------------------------------------------------ 7. evaluate --sample-queries
-def _beir(root: Path, n_queries: int = 12) -> Path:
-    words = ["cat mat", "green tea", "moon star", "black rock", "train sea", "dog sun"]
-    corpus = [{"_id": f"d{i}", "title": "", "text": text} for i, text in enumerate(words)]
-    queries = [{"_id": f"q{j}", "text": words[j % len(words)]} for j in range(n_queries)]
-    (root / "qrels").mkdir(parents=True)
-    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus), encoding="utf-8")
-    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries), encoding="utf-8")
-    qrels = "".join(f"q{j}\td{j % len(words)}\t1\n" for j in range(n_queries))
-    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + qrels, encoding="utf-8")
-    return root
-
-
 def _evaluate(capsys: pytest.CaptureFixture[str], root: Path, per_query: Path, *flags: str) -> dict[str, Any]:
     argv = ["evaluate", str(root), "--baseline", "bm25", "--quiet", "--json", "--per-query", str(per_query)]
     assert main([*argv, *flags]) == 0
@@ -227,7 +215,7 @@ def _queries_of(per_query: Path) -> list[str]:
 def test_evaluate_sample_queries_is_deterministic_and_recorded(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    root = _beir(tmp_path / "beir")
+    root = write_pairs_beir(tmp_path / "beir", n_queries=12)
     pq = [tmp_path / f"pq{i}.json" for i in range(4)]
     first = _evaluate(capsys, root, pq[0], "--sample-queries", "5", "--seed", "3")
     again = _evaluate(capsys, root, pq[1], "--sample-queries", "5", "--seed", "3")
@@ -245,7 +233,7 @@ def test_evaluate_sample_queries_is_deterministic_and_recorded(
 def test_evaluate_sample_queries_defaults_seed_zero_and_takes_all_when_n_is_large(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    root = _beir(tmp_path / "beir")
+    root = write_pairs_beir(tmp_path / "beir", n_queries=12)
     default = _evaluate(capsys, root, tmp_path / "a.json", "--sample-queries", "4")
     zero = _evaluate(capsys, root, tmp_path / "b.json", "--sample-queries", "4", "--seed", "0")
     assert default["sample"] == zero["sample"] == {"size": 4, "of": 12, "seed": 0}
@@ -260,7 +248,7 @@ def test_evaluate_sample_queries_defaults_seed_zero_and_takes_all_when_n_is_larg
 def test_evaluate_sample_queries_refuses_n_below_one_naming_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
 ) -> None:
-    root = _beir(tmp_path / "beir")
+    root = write_pairs_beir(tmp_path / "beir", n_queries=12)
     with pytest.raises(SystemExit) as info:
         main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--sample-queries", value])
     assert info.value.code == 2
@@ -269,7 +257,7 @@ def test_evaluate_sample_queries_refuses_n_below_one_naming_it(
 
 
 def test_evaluate_seed_must_be_non_negative(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    root = _beir(tmp_path / "beir")
+    root = write_pairs_beir(tmp_path / "beir", n_queries=12)
     with pytest.raises(SystemExit):
         main(["evaluate", str(root), "--baseline", "bm25", "--sample-queries", "2", "--seed", "-1"])
     err = capsys.readouterr().err
@@ -280,7 +268,7 @@ def test_sampled_dataset_keeps_the_whole_corpus(tmp_path: Path) -> None:
     from kl_retrievers.datasets import load_beir
     from kl_retrievers.evaluate_cli import _sample_queries
 
-    ds = load_beir(_beir(tmp_path / "beir"))
+    ds = load_beir(write_pairs_beir(tmp_path / "beir", n_queries=12))
     small, sample = _sample_queries(ds, 3, 11)
     assert sample == {"size": 3, "of": 12, "seed": 11}
     assert small.doc_ids == ds.doc_ids and len(small.queries) == 3
