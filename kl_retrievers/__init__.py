@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from kl_retrievers._config import GaussianEncoderConfig, NotAnEncoderError
+    from kl_retrievers._errors import KLRetrieversError
     from kl_retrievers._io import load_gaussians, save_gaussians
     from kl_retrievers.encoder import GaussianEncoder
     from kl_retrievers.gaussian import (
@@ -42,7 +43,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     )
     from kl_retrievers.hub import ModelNotFoundError, resolve_model_path
     from kl_retrievers.index import DeleteReport, KLStore, SearchResult, StoredDocument, StoreFormatError
-    from kl_retrievers.onnx import OnnxGaussianEncoder
+    from kl_retrievers.onnx import OnnxGaussianEncoder, OnnxModelError
     from kl_retrievers.pretrained import bundled_models, load_default_model, load_model
 
     #: The installed version; at run time read on first access (``__getattr__``, hidden from type checkers),
@@ -54,6 +55,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(("load_gaussians", "save_gaussians"), "kl_retrievers._io"),
     "GaussianEncoder": "kl_retrievers.encoder",  # without torch: kl_retrievers._torch_free.TorchFreeGaussianEncoder
     **dict.fromkeys(("GaussianEncoderConfig", "NotAnEncoderError"), "kl_retrievers._config"),  # torch-free
+    "KLRetrieversError": "kl_retrievers._errors",
     **dict.fromkeys(
         (
             "SCORE_DIRECTION",
@@ -71,7 +73,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(
         ("DeleteReport", "KLStore", "SearchResult", "StoredDocument", "StoreFormatError"), "kl_retrievers.index"
     ),
-    "OnnxGaussianEncoder": "kl_retrievers.onnx",
+    **dict.fromkeys(("OnnxGaussianEncoder", "OnnxModelError"), "kl_retrievers.onnx"),
     **dict.fromkeys(("bundled_models", "load_default_model", "load_model"), "kl_retrievers.pretrained"),
 }
 
@@ -116,10 +118,12 @@ __all__ = [
     "GaussianEncoder",
     "GaussianEncoderConfig",
     "Gaussians",
+    "KLRetrieversError",
     "KLStore",
     "ModelNotFoundError",
     "NotAnEncoderError",
     "OnnxGaussianEncoder",
+    "OnnxModelError",
     "SearchResult",
     "StoreFormatError",
     "StoredDocument",

@@ -30,7 +30,7 @@ import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar, cast
 
 import numpy as np
 
@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_RELEVANCE",
     "RELEVANCE_FUNCTIONS",
     "RelevanceFn",
+    "RelevanceName",
     "backend_refusal",
     "cancellable_write",
     "check_write_ids",
@@ -129,14 +130,16 @@ def relevance_exp_per_dim(score: float, dim: int | None = None) -> float:
     return math.exp(-_kl(score) / max(1, dim or 1))
 
 
-#: Named relevance functions (``relevance=`` of both adapters' vector stores).
-RELEVANCE_FUNCTIONS: dict[str, RelevanceFn] = {
+#: Names of the relevance functions (``relevance=`` of both adapters' vector stores).
+RelevanceName = Literal["exp", "inverse", "exp_per_dim"]
+#: Named relevance functions: one per :data:`RelevanceName` (tests/test_literal_options.py keeps them in step).
+RELEVANCE_FUNCTIONS: dict[RelevanceName, RelevanceFn] = {
     "exp": relevance_exp,
     "inverse": relevance_inverse,
     "exp_per_dim": relevance_exp_per_dim,
 }
 #: The relevance function used when none is named.
-DEFAULT_RELEVANCE = "exp"
+DEFAULT_RELEVANCE: RelevanceName = "exp"
 
 
 def resolve_relevance(relevance: str | RelevanceFn) -> RelevanceFn:
@@ -154,7 +157,7 @@ def resolve_relevance(relevance: str | RelevanceFn) -> RelevanceFn:
         if relevance not in RELEVANCE_FUNCTIONS:
             names = sorted(RELEVANCE_FUNCTIONS)
             raise ValueError(f"relevance must be one of {names} or a callable f(neg_kl, dim); got {relevance!r}")
-        return RELEVANCE_FUNCTIONS[relevance]
+        return RELEVANCE_FUNCTIONS[cast(RelevanceName, relevance)]
     if not callable(relevance):
         raise TypeError(f"relevance must be a name or a callable f(neg_kl, dim); got {type(relevance).__name__}")
     return relevance
@@ -487,55 +490,119 @@ def read_manifest(
 # --------------------------------------------------------------------------- q~ query vectors given by the caller
 #: Unit roundoff of the floating-point types a q~ vector may come in below float64 (numpy or torch dtype names).
 _LOW_PRECISION = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
-#: A q~ that came in below float64 warns when a decoded query variance may be off by more than this (relative).
+#: Unit roundoff of float64, in which a q~ keeps var + mu^2 at best.
+_FLOAT64_UNIT = 2.0**-53
+#: A q~ warns when a decoded query variance may be off by more than this (relative).
 QUERY_VAR_RTOL = 1e-3
 
 
-def _low_precision(raw: Any, q: np.ndarray) -> tuple[str, float] | None:
-    """How a q~ came in when it is below float64 (a description and its unit roundoff), else ``None``.
+class _Precision(NamedTuple):
+    """How a vector came in below float64: ``how`` (for a message), its unit roundoff, whether a dtype said so."""
 
-    A numpy array or torch tensor names its dtype. Plain numbers (a list) carry none: they count as float32
-    when every one of them is a float32 number, as a float32 vector turned into a list is (a float64 ``q~``
-    from ``var + mu^2`` is almost never one, coordinate by coordinate).
+    how: str
+    unit: float
+    from_dtype: bool
+
+
+def _dtype_names(raw: Any) -> list[str]:
+    """The dtype names of the caller's array or tensor, or of the rows of a list of them; ``[]`` for plain numbers."""
+    rows = [raw] if hasattr(raw, "dtype") else list(raw) if isinstance(raw, (list, tuple)) else []
+    return [str(row.dtype).removeprefix("torch.") for row in rows if hasattr(row, "dtype")]
+
+
+def _low_precision(raw: Any, q: np.ndarray) -> _Precision | None:
+    """How vectors came in when they are below float64, else ``None``.
+
+    A numpy array or torch tensor (or a list of them, one per row) names its dtype: float32, float16 and
+    bfloat16 are below float64; float64, longdouble and integers are not, whatever their values. Plain numbers
+    (a list) carry none: they count as float32 when every one of them is a float32 number, as a float32 vector
+    turned into a list is (a float64 ``q~`` from ``var + mu^2`` is almost never one, coordinate by coordinate).
     """
-    dtype = str(getattr(raw, "dtype", "")).removeprefix("torch.")
-    if dtype in _LOW_PRECISION:
-        return f"as a {dtype} array", _LOW_PRECISION[dtype]
+    names = _dtype_names(raw)
+    low = [name for name in names if name in _LOW_PRECISION]
+    if low:
+        worst = max(low, key=_LOW_PRECISION.__getitem__)
+        return _Precision(f"as a {worst} array", _LOW_PRECISION[worst], True)
+    if names:
+        return None
     with np.errstate(over="ignore"):
         if np.array_equal(q.astype(np.float32).astype(np.float64), q):
-            return "as float32 numbers (every value is a float32 number, as a float32 vector's are)", 2.0**-24
+            how = "as float32 numbers (every value is a float32 number, as a float32 vector's are)"
+            return _Precision(how, 2.0**-24, False)
     return None
 
 
+def _decoded_variances(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(var + mu^2, mu, var)`` of q~ rows ``q``: ``var = q~[1:k+1] - mu^2``, as the decoders compute it."""
+    k = (q.shape[1] - 1) // 2
+    second, mean = q[:, 1 : k + 1], q[:, k + 1 :]
+    return second, mean, second - mean**2
+
+
+def _float64_floor(second: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """The smallest variance float64 keeps to :data:`QUERY_VAR_RTOL` beside ``mu^2``, per coordinate."""
+    return _FLOAT64_UNIT * (np.abs(second) + 2 * mean**2) / QUERY_VAR_RTOL
+
+
+def _lost_in_float64(second: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """Where float64 itself loses a decoded variance: below :func:`_float64_floor`, or at most its round-off below 0.
+
+    ``var + mu^2`` rounded to float64 is off by up to ``u (|var + mu^2| + 2 mu^2)`` (``u = 2^-53``): a variance
+    of that size or below is lost to cancellation against ``mu^2`` whatever the caller's precision.
+    """
+    floor = _float64_floor(second, mean)
+    return (var >= -4 * QUERY_VAR_RTOL * floor) & (var < floor)
+
+
+def _cancellation(second: np.ndarray, mean: np.ndarray, row: int, col: int) -> str:
+    """Why a variance at ``(row, col)`` is lost in float64 too, and what to do (a sentence)."""
+    floor = float(_float64_floor(second[row, col], mean[row, col]))
+    return (
+        f"var + mu^2 keeps no variance below about {floor:.2g} beside mu^2 at |mu| {abs(float(mean[row, col])):.3g} "
+        "(float64's 16 significant digits): the variance is lost to cancellation against mu^2 at this magnitude, "
+        "in float64 too. Centre the means (subtract one vector, e.g. the documents' mean, from every query and "
+        "document mean: -KL does not change; the stores centre their index so, see "
+        "kl_retrievers.gaussian.means_centre) or pass the query Gaussians"
+    )
+
+
 def query_precision_hint(raw: Any, q: np.ndarray) -> str:
-    """For a refusal of a q~ that came in below float64: a sentence naming its precision (``""`` for float64).
+    """For a refusal of a q~ whose variance decodes to ``<= 0``: why, when precision explains it (``""`` if not).
+
+    The caller's float32 (float16, bfloat16) array, or numbers that are all float32 numbers, name that
+    precision; a variance that float64 itself cannot keep beside ``mu^2`` names the cancellation, and what to do.
 
     Args:
         raw: The vector(s) as the caller passed them (a list, a numpy array, a tensor).
         q: The same as a float64 array of shape ``(n, 2k + 1)``.
     """
     found = _low_precision(raw, q)
+    second, mean, var = _decoded_variances(q)
+    bad = np.argwhere((var <= 0) & _lost_in_float64(second, mean, var))
+    cancel = "" if not bad.size or (found is not None and found.from_dtype) else _cancellation(second, mean, *bad[0])
     if found is None:
-        return ""
-    how, unit = found
-    return (
-        f"; it came {how}, which keeps var + mu^2 to about {-math.log10(unit):.0f} significant digits: pass the "
-        "q~ in float64 (KLEmbeddings.embed_query and KLEmbedding.get_query_embedding return float64 numbers) or "
-        "the query Gaussians"
+        return f"; {cancel}" if cancel else ""
+    hint = (
+        f"; it came {found.how}, which keeps var + mu^2 to about {-math.log10(found.unit):.0f} significant digits: "
+        "pass the q~ in float64 (KLEmbeddings.embed_query and KLEmbedding.get_query_embedding return float64 "
+        "numbers) or the query Gaussians"
     )
+    return f"{hint}. If it was float64 already: {cancel}" if cancel else hint
 
 
 def warn_unreliable_query_variance(raw: Any, q: np.ndarray, call: str) -> None:
-    """Warn when a q~ came in below float64 and a query variance decoded from it is unreliable.
+    """Warn when a query variance decoded from a q~ is unreliable: the q~ came below float64, or cancels in float64.
 
-    ``var = q~[1:k+1] - mu^2`` subtracts two numbers of the size of ``mu^2``: in float64 the result is exact up
-    to round-off (a relative error of about ``1e-16 * (var + mu^2) / var``), but ``var + mu^2`` rounded to
-    float32 loses ``var`` where it is small beside ``mu^2`` (``|mu|`` 98, ``var`` 2.6e-4: half of it). Such a
-    vector warns (a ``UserWarning`` at the caller's line, so once per line under Python's default filter) when
-    the bound on a decoded variance's relative error, ``u * (|var + mu^2| + 2 mu^2) / var`` with ``u`` the
-    type's unit roundoff, exceeds :data:`QUERY_VAR_RTOL`, or a variance decodes to ``<= 0``. It is not refused:
-    a float32 ``q~`` is what ``kl_query_vectors`` gives for float32 Gaussians, and where ``var`` is not small
-    beside ``mu^2`` it decodes within float32's precision.
+    ``var = q~[1:k+1] - mu^2`` subtracts two numbers of the size of ``mu^2``: the result is exact up to the
+    round-off of ``var + mu^2``, a relative error of about ``u * (|var + mu^2| + 2 mu^2) / var`` with ``u`` the
+    unit roundoff of the q~'s type. float32 loses ``var`` where it is small beside ``mu^2`` (``|mu|`` 98, ``var``
+    2.6e-4: half of it); float64 keeps it unless it is far smaller (``|mu|`` 1e4, ``var`` 1e-10: all of it, lost
+    to cancellation in float64 itself). Such a vector warns (a ``UserWarning`` at the caller's line, so once per
+    line under Python's default filter) when that bound exceeds :data:`QUERY_VAR_RTOL`, or a variance decodes
+    to ``<= 0``, naming the cause: the caller's precision (float32 only when the array was float32, or when
+    plain numbers all are float32 numbers) and what to pass instead, or the cancellation and how to avoid it
+    (centre the means). It is not refused: a float32 ``q~`` is what ``kl_query_vectors`` gives for float32
+    Gaussians, and where ``var`` is not small beside ``mu^2`` it decodes within float32's precision.
 
     Args:
         raw: The vector(s) as the caller passed them (a list, a numpy array, a tensor).
@@ -543,15 +610,14 @@ def warn_unreliable_query_variance(raw: Any, q: np.ndarray, call: str) -> None:
         call: The call named in the warning (``"similarity_search_by_vector"``).
     """
     found = _low_precision(raw, q)
-    if found is None:
-        return
-    how, unit = found
-    k = (q.shape[1] - 1) // 2
-    second, mean = q[:, 1 : k + 1], q[:, k + 1 :]
-    var = second - mean**2
+    second, mean, var = _decoded_variances(q)
     positive = var > 0
     bound = np.full(var.shape, np.inf)
+    unit = _FLOAT64_UNIT if found is None else found.unit
     bound[positive] = unit * (np.abs(second[positive]) + 2 * mean[positive] ** 2) / var[positive]
+    lost64 = _lost_in_float64(second, mean, var)
+    if found is None:  # float64: only the variances float64 loses (a vector slightly off elsewhere decodes floored)
+        bound[~lost64] = 0.0
     row, col = (int(i) for i in np.unravel_index(int(np.argmax(bound)), bound.shape))
     rel = float(bound[row, col])
     if rel <= QUERY_VAR_RTOL:
@@ -563,12 +629,56 @@ def warn_unreliable_query_variance(raw: Any, q: np.ndarray, call: str) -> None:
     else:
         off = f"up to {rel:.1%} of its value"
     at = f"coordinate {col}" + (f" of row {row}" if len(q) > 1 else "")
+    facts = f"({at}: mu {mean[row, col]:.4g}, var {var[row, col]:.3g}); the -KL scores use it"
+    if found is None:
+        warn(
+            f"{call}: a query variance decoded from the q~ query vector (var = q~[1:k+1] - mu^2) may be off by "
+            f"{off} {facts}. {_cancellation(second, mean, row, col)}"
+        )
+        return
+    also = f" If it was float64 already: {_cancellation(second, mean, row, col)}" if not found.from_dtype else ""
     warn(
-        f"{call}: the q~ query vector came {how}, which keeps var + mu^2 to about {-math.log10(unit):.0f} "
-        f"significant digits, so a query variance decoded from it (var = q~[1:k+1] - mu^2) may be off by {off} "
-        f"({at}: mu {mean[row, col]:.4g}, var {var[row, col]:.3g}); the -KL scores use it. Pass the q~ in float64 "
-        "(KLEmbeddings.embed_query and KLEmbedding.get_query_embedding return float64 numbers; numpy: compute it "
-        "from float64 Gaussians, a float32 vector cast up keeps its rounding), or the query Gaussians"
+        f"{call}: the q~ query vector came {found.how}, which keeps var + mu^2 to about "
+        f"{-math.log10(found.unit):.0f} significant digits, so a query variance decoded from it (var = q~[1:k+1] - "
+        f"mu^2) may be off by {off} {facts}. Pass the q~ in float64 (KLEmbeddings.embed_query and "
+        "KLEmbedding.get_query_embedding return float64 numbers; numpy: compute it from float64 Gaussians, a "
+        "float32 vector cast up keeps its rounding), or the query Gaussians." + (also if lost64[row, col] else "")
+    )
+
+
+def document_precision_hint(raw: Any, d: np.ndarray) -> str:
+    """For a refusal of ``d~`` vectors: a sentence naming the precision they came in below float32 (``""`` if not).
+
+    float16 and bfloat16 keep 3 and 2 significant digits, too few for a ``d~``'s first coordinate to match the
+    Gaussian its other coordinates give (float32 ones match within the checks' tolerance). An array or tensor
+    names its dtype; plain numbers (a LlamaIndex node's embedding is a list of floats) count as float16 or
+    bfloat16 when every one of them is such a number, as the values of such a vector are.
+
+    Args:
+        raw: The vector(s) as the caller passed them (a list of arrays or of numbers, an array, a tensor).
+        d: The same as a float64 array of shape ``(n, 2k + 1)``.
+    """
+    names = _dtype_names(raw)
+    low = [name for name in names if _LOW_PRECISION.get(name, 0.0) > _LOW_PRECISION["float32"]]
+    if low:
+        worst = max(low, key=_LOW_PRECISION.__getitem__)
+        how = f"as {worst} arrays"
+    elif names:
+        return ""
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            single = d.astype(np.float32)
+            if np.array_equal(d.astype(np.float16).astype(np.float64), d):
+                worst = "float16"
+            elif np.array_equal(single, d) and not (single.view(np.uint32) & 0xFFFF).any():
+                worst = "bfloat16"
+            else:
+                return ""
+        how = f"as {worst} numbers (every value is a {worst} number, as a {worst} vector's are)"
+    return (
+        f"; they came {how}, which keep about {-math.log10(_LOW_PRECISION[worst]):.0f} significant digits: "
+        f"{worst} lost the precision a document vector needs; pass them in float32 or float64 "
+        "(KLEmbeddings.embed_documents and KLEmbedding.get_text_embedding return float64 numbers)"
     )
 
 

@@ -21,9 +21,10 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from kl_retrievers._io import read_json_object
+from kl_retrievers._errors import KLRetrieversError
+from kl_retrievers._io import describe_kl_folder, describe_saved_meta, read_json_object
 from kl_retrievers._score import check_score
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "WEIGHTS_IDENTITY",
     "WEIGHTS_SHA256",
     "GaussianEncoderConfig",
+    "Pooling",
+    "Similarity",
     "NotAnEncoderError",
     "check_saved_score",
     "describe_saved_folder",
@@ -75,7 +78,9 @@ TOKENIZER_FILES = (
 #: not record; a save's ``extra_files`` never takes these names.
 TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "merges.txt")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
-_POOLINGS = ("cls", "mean")
+#: Token pooling of an encoder (:attr:`GaussianEncoderConfig.pooling`); the runtime check reads its values.
+Pooling = Literal["cls", "mean"]
+_POOLINGS: tuple[Pooling, ...] = get_args(Pooling)
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +93,7 @@ def _is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-class NotAnEncoderError(ValueError):
+class NotAnEncoderError(KLRetrieversError, ValueError):
     """A folder that is not a saved :class:`~kl_retrievers.encoder.GaussianEncoder`."""
 
 
@@ -114,7 +119,7 @@ class GaussianEncoderConfig:
 
     dim: int
     beta: float = 1.0
-    pooling: Literal["cls", "mean"] = "cls"
+    pooling: Pooling = "cls"
     var_token: bool = True
     var_floor: float = 1e-6
     normalize_pooled: bool = False
@@ -197,7 +202,9 @@ def read_encoder_meta(path: Path) -> dict[str, Any]:
     try:
         meta = json.loads(cfg_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise NotAnEncoderError(f"{path} is not a saved GaussianEncoder: {CONFIG_NAME} is missing") from None
+        other = describe_kl_folder(path)
+        found = f"it is {other}" if other is not None else f"{CONFIG_NAME} is missing"
+        raise NotAnEncoderError(f"{path} is not a saved GaussianEncoder: {found}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise NotAnEncoderError(f"{cfg_file} is not valid JSON: {exc}") from None
     except (RecursionError, MemoryError) as exc:  # nested too deep (or too large) for the JSON parser
@@ -234,53 +241,17 @@ def _missing_onnx_graph(folder: Path, meta: Any) -> str | None:
     )
 
 
-def describe_saved_meta(meta: dict[str, Any]) -> str | None:
-    """What a ``config.json`` written by kl_retrievers belongs to, and how to load it; ``None`` for other files.
-
-    Examples:
-        >>> describe_saved_meta({"format": "kl-retrievers/klstore"})
-        'a saved KL store (load it with KLStore.load)'
-        >>> describe_saved_meta({"library": "kl_retrievers", "kind": "gaussians"})
-        'saved Gaussians (load them with kl_retrievers.load_gaussians)'
-        >>> describe_saved_meta({"model_type": "bert"}) is None
-        True
-    """
-    fmt = meta.get("format")
-    if isinstance(fmt, str) and fmt.startswith("kl-retrievers/"):
-        kind = fmt.split("/", 1)[1]
-        if kind == "klstore":
-            return "a saved KL store (load it with KLStore.load)"
-        if kind == "hybrid":
-            return "a saved hybrid store (load it with kl_retrievers.hybrid.KLHybridStore.load)"
-        return f"a folder saved by kl_retrievers ({fmt}), not an encoder"
-    if meta.get("library") != "kl_retrievers":
-        return None
-    if meta.get("kind") == "gaussians":
-        return "saved Gaussians (load them with kl_retrievers.load_gaussians)"
-    if meta.get("backend") == "onnx":
-        return "an ONNX export of a Gaussian encoder (load it with kl_retrievers.load_model(path, backend='onnx'))"
-    if "encoder" in meta:
-        return (
-            "a saved GaussianEncoder (load it with GaussianEncoder.from_pretrained(path) or "
-            "kl_retrievers.load_model(path))"
-        )
-    return "a folder saved by kl_retrievers, not an encoder"
-
-
 def describe_saved_folder(folder: Path) -> str | None:
-    """:func:`describe_saved_meta` of ``folder``'s ``config.json``; ``None`` without one kl_retrievers wrote.
+    """What ``folder`` is by the file kl_retrievers wrote in it (:func:`~kl_retrievers._io.describe_kl_folder`).
 
-    A missing, unreadable, non-JSON or non-object ``config.json`` is ``None`` too (:func:`read_json_object`), and
-    so is one that is not a regular file (a named pipe is never opened: its read would block).
+    ``None`` without one: a missing, unreadable, non-JSON or non-object ``config.json`` (or other marker file) is
+    ``None`` too (:func:`read_json_object`), and so is one that is not a regular file (a named pipe is never opened:
+    its read would block). An ONNX export whose ``model.onnx`` is missing is named as such.
     """
-    if not (Path(folder) / CONFIG_NAME).is_file():
-        return None
     meta = read_json_object(Path(folder) / CONFIG_NAME)
-    if meta is None:
-        return None
-    if _missing_onnx_graph(Path(folder), meta) is not None:
+    if meta is not None and _missing_onnx_graph(Path(folder), meta) is not None:
         return f"an ONNX export of a Gaussian encoder whose {Path(folder) / 'model.onnx'} is missing"
-    return describe_saved_meta(meta)
+    return describe_kl_folder(folder)
 
 
 #: The JSON files of a model folder in which transformers looks for ``auto_map`` (classes defined by the folder's code).
@@ -559,11 +530,13 @@ def saved_weights_sha256(meta: dict[str, Any], folder: Path) -> str | None:
         return None
 
 
-#: Scores a model can be trained for (``kl-retrievers train --similarity``): ``neg_kl``, or a vector twin's.
-SIMILARITIES = ("neg_kl", "dot", "cosine")
+#: Scores a model can be trained for (``kl-retrievers train --similarity``): ``neg_kl``, or a vector twin's
+#: (the one definition: :data:`SIMILARITIES` and the runtime checks read it).
+Similarity = Literal["neg_kl", "dot", "cosine"]
+SIMILARITIES: tuple[Similarity, ...] = get_args(Similarity)
 
 
-def model_similarity(encoder: Any) -> str:
+def model_similarity(encoder: Any) -> Similarity:
     """The score a model was trained for: ``"neg_kl"``, or ``"dot"`` / ``"cosine"`` for a vector twin.
 
     A twin (``kl-retrievers train --similarity dot|cosine``) records its similarity in its training
@@ -583,7 +556,7 @@ def model_similarity(encoder: Any) -> str:
     return _recipe_similarity(extra)
 
 
-def _recipe_similarity(extra: Any) -> str:
+def _recipe_similarity(extra: Any) -> Similarity:
     """:func:`model_similarity` of a config's ``extra``: its training recipe's similarity, else ``"neg_kl"``."""
     training = extra.get("training") if isinstance(extra, Mapping) else None
     recipe = training.get("recipe") if isinstance(training, Mapping) else None

@@ -578,16 +578,41 @@ def progress_disabled() -> bool:
 
 
 def progress_enabled(show: bool | None) -> bool:
-    """Whether a bar asked for with ``show`` is drawn: ``show`` is true and :func:`progress_disabled` is not.
+    """Whether a bar asked for with ``show`` is drawn: the package's one progress-bar rule.
 
-    Every progress bar of the package goes through this rule (``tqdm(..., disable=not progress_enabled(show))``
-    or :func:`progress_bar`).
+    ``True`` draws it, ``False`` never, ``None`` (the default of every public ``show_progress`` /
+    ``show_progress_bar``) only when stderr is a terminal (:func:`stderr_is_terminal`: tqdm's own ``disable=None``
+    convention) or a Jupyter kernel's (:func:`stderr_is_a_notebook`: a user waits there too), so a log file, a
+    pipe or a CI job gets no bar unless asked for; and none at all when :func:`progress_disabled`
+    (``TQDM_DISABLE``, or no stderr), even one asked for. Every progress bar of the package goes through this rule
+    (``tqdm(..., disable=not progress_enabled(show))`` or :func:`progress_bar`).
 
     Examples:
         >>> progress_enabled(False)
         False
+        >>> import contextlib, io
+        >>> with contextlib.redirect_stderr(io.StringIO()):
+        ...     progress_enabled(None), progress_enabled(True)
+        (False, True)
     """
-    return bool(show) and not progress_disabled()
+    if progress_disabled():
+        return False
+    if show is None:
+        return stderr_is_terminal() or stderr_is_a_notebook()
+    return bool(show)
+
+
+def stderr_is_a_notebook() -> bool:
+    """Whether ``sys.stderr`` is a Jupyter kernel's stream (ipykernel's ``OutStream``): a notebook cell, where a user
+    waits for a bar as on a terminal although the stream is no terminal.
+
+    Examples:
+        >>> import contextlib, io
+        >>> with contextlib.redirect_stderr(io.StringIO()):
+        ...     stderr_is_a_notebook()
+        False
+    """
+    return type(sys.stderr).__module__.split(".")[0] == "ipykernel"
 
 
 def stderr_is_terminal() -> bool:
@@ -609,13 +634,14 @@ def stderr_is_terminal() -> bool:
 
 
 def show_progress(show_progress_bar: bool | None, n_texts: int, batch_size: int) -> bool:
-    """The progress-bar choice: as asked, else when there are several batches and stderr is a terminal.
+    """The encoders' progress-bar choice: :func:`progress_enabled`, and by default only over several batches.
 
     Never a bar when ``TQDM_DISABLE`` is set or stderr is closed (:func:`progress_disabled`); the default
-    draws none on a stderr that is not a terminal or cannot say (:func:`stderr_is_terminal`).
+    (``None``) draws none on a stderr that is not a terminal or cannot say (:func:`stderr_is_terminal`), nor for
+    ``n_texts`` that fit in one batch of ``batch_size``.
     """
-    if show_progress_bar is None:
-        return not progress_disabled() and n_texts > batch_size and stderr_is_terminal()
+    if show_progress_bar is None and n_texts <= batch_size:
+        return False
     return progress_enabled(show_progress_bar)
 
 
@@ -631,17 +657,17 @@ class _NoBar:
 _NO_BAR = _NoBar()
 
 
-def progress_bar(total: int, *, desc: str, show: bool, unit: str = "batch", leave: bool | None = None) -> Any:
+def progress_bar(total: int, *, desc: str, show: bool | None, unit: str = "batch", leave: bool | None = None) -> Any:
     """A context manager giving a bar of ``total`` units (``bar.update(n)`` as they are done).
 
-    A tqdm bar when ``show`` (and neither ``TQDM_DISABLE`` is set nor stderr closed: :func:`progress_enabled`);
+    A tqdm bar when :func:`progress_enabled` says so for ``show`` (``None``: when stderr is a terminal);
     otherwise a no-op, without building a disabled tqdm (``tqdm(disable=True)`` still registers and
     unregisters an instance under a lock: about 1% of a one-query search).
 
     Args:
         total: How many units the bar counts.
         desc: Its label.
-        show: Whether to show it.
+        show: Whether to show it (``None``: when stderr is a terminal).
         unit: What it counts (``"batch"``, ``"query"``, ``"record"``).
         leave: Keep the finished bar's line. ``None`` (tqdm's rule): only for a bar not nested in another
             (tqdm gives a bar opened while another is open the next line, and clears that line when it

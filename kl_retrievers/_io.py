@@ -15,12 +15,12 @@ import stat
 import sys
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kl_retrievers._errors import KLRetrieversError
 from kl_retrievers._warn import warn
 
 try:
@@ -1518,6 +1518,76 @@ def read_json_object(path: Path) -> dict[str, Any] | None:
     return config if isinstance(config, dict) else None
 
 
+#: What each ``format`` of a folder kl_retrievers saves (``kl-retrievers/<kind>``) is, and how to load it.
+_SAVED_FORMATS = {
+    "klstore": "a saved KL store (load it with KLStore.load)",
+    "hybrid": "a saved hybrid store (load it with kl_retrievers.hybrid.KLHybridStore.load)",
+    "langchain-klvectorstore": (
+        "a LangChain KLVectorStore folder (load it with kl_retrievers.langchain.KLVectorStore.load_local)"
+    ),
+    "llama-index-vector-store": (
+        "a LlamaIndex persist folder (load it with kl_retrievers.llama_index.KLVectorStore.from_persist_dir)"
+    ),
+    "encoded-shards": "a folder of encoded shards (load them with kl_retrievers.sharded.load_encoded)",
+}
+#: The JSON files that name the kind of a folder kl_retrievers saves (a LlamaIndex persist folder's
+#: ``<namespace>__vector_store.json`` too), in the order :func:`describe_kl_folder` reads them.
+_MARKER_FILES = ("config.json", "hybrid.json", "langchain.json", "manifest.json")
+
+
+def describe_saved_meta(meta: dict[str, Any]) -> str | None:
+    """What a ``config.json`` (or other marker file) written by kl_retrievers belongs to, and how to load it.
+
+    ``None`` for a file kl_retrievers did not write.
+
+    Examples:
+        >>> describe_saved_meta({"format": "kl-retrievers/klstore"})
+        'a saved KL store (load it with KLStore.load)'
+        >>> describe_saved_meta({"library": "kl_retrievers", "kind": "gaussians"})
+        'saved Gaussians (load them with kl_retrievers.load_gaussians)'
+        >>> describe_saved_meta({"model_type": "bert"}) is None
+        True
+    """
+    fmt = meta.get("format")
+    if isinstance(fmt, str) and fmt.startswith("kl-retrievers/"):
+        return _SAVED_FORMATS.get(fmt.split("/", 1)[1], f"a folder saved by kl_retrievers ({fmt})")
+    if meta.get("library") != "kl_retrievers":
+        return None
+    if meta.get("kind") == "gaussians":
+        return "saved Gaussians (load them with kl_retrievers.load_gaussians)"
+    if meta.get("backend") == "onnx":
+        return "an ONNX export of a Gaussian encoder (load it with kl_retrievers.load_model(path, backend='onnx'))"
+    if "encoder" in meta:
+        return (
+            "a saved GaussianEncoder (load it with GaussianEncoder.from_pretrained(path) or "
+            "kl_retrievers.load_model(path))"
+        )
+    return "a folder saved by kl_retrievers, not an encoder"
+
+
+def describe_kl_folder(folder: str | os.PathLike[str]) -> str | None:
+    """What the folder ``folder`` is, by the marker file kl_retrievers wrote in it, and how to load it.
+
+    ``None`` for a missing folder and for one without such a file. The loaders name it when a folder of another
+    kind is given to them (a hybrid store to ``KLStore.load``, an encoder to ``load_gaussians``).
+
+    Examples:
+        >>> describe_kl_folder("/no/such/folder") is None
+        True
+    """
+    path = user_path(folder)
+    try:
+        llama = sorted(p.name for p in path.glob("*vector_store.json"))  # LlamaIndex: <namespace>__vector_store.json
+    except OSError:
+        llama = []
+    for name in (*_MARKER_FILES, *llama):
+        meta = read_json_object(path / name)
+        what = describe_saved_meta(meta) if meta is not None else None
+        if what is not None:
+            return what
+    return None
+
+
 def is_gaussians_config(config: Mapping[str, Any] | None) -> bool:
     """Whether a folder's ``config.json`` (:func:`read_json_object`) is that of saved Gaussians."""
     return config is not None and config.get("library") == "kl_retrievers" and config.get("kind") == "gaussians"
@@ -1734,11 +1804,8 @@ def save_gaussians(
     found: list[str] = []
     clean_metadata = finite_json(metadata or {}, found=found)
     if found:
-        warnings.warn(
-            f"save_gaussians: metadata holds NaN or infinite values at {found}; written as null (standard JSON)",
-            UserWarning,
-            stacklevel=2,
-        )
+        # the caller's own metadata, which their call can fix: a warning at their line, not a log line
+        warn(f"save_gaussians: metadata holds NaN or infinite values at {found}; written as null (standard JSON)")
     meta = {
         "library": "kl_retrievers",
         "library_version": library_version(),
@@ -1807,8 +1874,10 @@ def load_gaussians(path: str | os.PathLike[str]) -> tuple[Any, list[str] | None]
     the one its header declares.
 
     Raises:
+        FileNotFoundError: Nothing exists at ``path`` (a folder or a ``.safetensors`` file).
         OSError: Saves replaced the folder during each of the reads.
-        ValueError: A file is missing, links out of the folder, or is not what its header declares, the arrays
+        ValueError: The folder is of another kind (the message names it: a KL store, an encoder...), a file is
+            missing, links out of the folder, or is not what its header declares, the arrays
             are not float32 or float64, the config is not that of saved Gaussians (another ``kind``, a
             newer ``format_version``, another ``score`` name or direction than ``neg_kl``, ``higher_is_better``),
             a JSON file nests arrays or objects too deeply to read, or the ids are not a list of strings, one
@@ -1852,6 +1921,8 @@ def load_gaussians(path: str | os.PathLike[str]) -> tuple[Any, list[str] | None]
     # Where a folder swap is not atomic (macOS), a save killed between its two renames leaves only the previous
     # copy beside the folder (.NAME.old-*): put it back first, as KLStore.load does.
     recover_dir(source, required="config.json")
+    if not source.exists():
+        raise FileNotFoundError(f"no saved Gaussians at {source}")
 
     def read_array(file: Path) -> Any:
         try:
@@ -1873,7 +1944,13 @@ def load_gaussians(path: str | os.PathLike[str]) -> tuple[Any, list[str] | None]
             if file.resolve().parent != root:  # a link out of the folder: as KLStore.load refuses one (check_files)
                 raise ValueError(f"{file} resolves to {file.resolve()}, outside the saved Gaussians folder")
             if name != "ids.json" and not file.is_file():
-                raise ValueError(f"{source} is not a saved Gaussians folder: {name} is missing")
+                other = describe_kl_folder(source)
+                found = f"it is {other}" if other is not None else f"{name} is missing"
+                raise ValueError(f"{source} is not a saved Gaussians folder: {found}")
+        meta = read_json_object(source / "config.json")
+        # a config with a "kind" of its own is checked field by field below ("config.json: field 'kind' ...")
+        if meta is not None and "kind" not in meta and (other := describe_saved_meta(meta)) is not None:
+            raise ValueError(f"{source} is not a saved Gaussians folder: it is {other}")
         _gaussians_meta((source / "config.json").read_text(encoding="utf-8"), str(source / "config.json"))
         g = Gaussians(read_array(source / "mean.npy"), read_array(source / "var.npy"))
         ids_path = source / "ids.json"
@@ -1920,7 +1997,7 @@ def user_cache_dir(env: str, name: str) -> Path:
     return Path(home) / ".cache" / "kl_retrievers" / name
 
 
-class CacheFolderError(OSError):
+class CacheFolderError(KLRetrieversError, OSError):
     """No cache folder can be named: its variable and ``XDG_CACHE_HOME`` are unset, and the home folder is unknown.
 
     An ``OSError``, so code that treats an unwritable cache as no cache treats this one so too.

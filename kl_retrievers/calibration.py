@@ -50,14 +50,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 from kl_retrievers._io import atomic_file, finite_json, library_version, user_path
+from kl_retrievers._warn import warn
+from kl_retrievers.gaussian import _real_numpy
 
 __all__ = [
     "FEATURES",
@@ -65,6 +68,7 @@ __all__ = [
     "CALIBRATION_FILE",
     "DEFAULT_MIN_CONFIDENCE",
     "CALIBRATOR_KINDS",
+    "CalibratorKind",
     "HYBRID_FEATURES",
     "DEFAULT_HYBRID_FEATURES",
     "HYBRID_CALIBRATION_FILE",
@@ -133,13 +137,43 @@ FORMAT_VERSION = 1
 
 
 def _sorted_scores(scores: Sequence[float] | np.ndarray) -> np.ndarray:
-    s = np.asarray(scores, dtype=np.float64).ravel()
+    """One query's scores (numbers, an array, a tensor: :class:`~kl_retrievers.gaussian.Gaussians`' rules), best first.
+
+    Raises:
+        TypeError: No real numbers (complex numbers, strings), naming the dtype.
+        ValueError: Not 1-D (several queries' scores would be pooled), fewer than 2, or not finite.
+    """
+    s = _real_numpy(scores, "scores", "query features take").astype(np.float64)
+    if s.ndim > 1:
+        raise ValueError(
+            f"scores must be one query's retrieved scores, a 1-D sequence; got shape {s.shape} (for several "
+            "queries, compute each one's features from its own row)"
+        )
+    s = s.ravel()
     if s.size < 2:
         raise ValueError(f"query features need at least 2 retrieved scores; got {s.size}")
     bad = np.flatnonzero(~np.isfinite(s))
     if bad.size:
         raise ValueError(f"score at position {int(bad[0])} is {s[bad[0]]}; every score must be finite")
     return np.sort(s)[::-1]
+
+
+def _real_number(value: Any, name: str) -> float:
+    """``value``, one finite real number (Python, numpy, a 0-d array or tensor), as a float; else an error naming it.
+
+    Examples:
+        >>> _real_number(np.array([0.1]), "uncertainty")
+        Traceback (most recent call last):
+        ...
+        ValueError: uncertainty must be one number (the query's); got an array of shape (1,)
+    """
+    arr = _real_numpy(value, name, "query features take")
+    if arr.ndim != 0:
+        raise ValueError(f"{name} must be one number (the query's); got an array of shape {arr.shape}")
+    number = float(arr)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} is {value}; it must be finite")
+    return number
 
 
 def _check_names(names: Sequence[str], vocabulary: Mapping[str, str] | None = None) -> list[str]:
@@ -175,8 +209,10 @@ def query_features(
         Shape ``(len(names),)``, float64.
 
     Raises:
-        ValueError: Fewer than 2 scores, a score or the uncertainty not finite, an unknown feature,
-            or a feature that needs ``reference`` without one (or with a zero one, for ``nqc``).
+        TypeError: Scores, ``uncertainty`` or ``reference`` that are no real numbers (complex, strings).
+        ValueError: Scores that are not 1-D (several queries' scores), fewer than 2 scores, a score or the
+            uncertainty not finite or not one number, an unknown feature, or a feature that needs
+            ``reference`` without one (or with a zero one, for ``nqc``).
 
     Examples:
         >>> query_features([-1.0, -2.0, -3.0], 0.0, ["gap12", "gap1_10"]).tolist()
@@ -184,17 +220,13 @@ def query_features(
     """
     names = _check_names(names)
     s = _sorted_scores(scores)
-    if not math.isfinite(float(uncertainty)):
-        raise ValueError(f"uncertainty is {uncertainty}; it must be finite")
+    u = _real_number(uncertainty, "uncertainty")
     missing_ref = [n for n in names if n in NEEDS_REFERENCE] if reference is None else []
     if missing_ref:
         raise ValueError(f"feature(s) {missing_ref} need the corpus reference score; pass reference=")
-    ref = float(reference) if reference is not None else 0.0
-    if reference is not None and not math.isfinite(ref):
-        raise ValueError(f"reference is {reference}; it must be finite")
+    ref = _real_number(reference, "reference") if reference is not None else 0.0
     if "nqc" in names and ref == 0.0:
         raise ValueError("nqc divides by |reference|; a reference score of 0 is not allowed")
-    u = float(uncertainty)
     return np.array([_QUERY_FEATURES[n].compute(s, u, ref) for n in names], dtype=np.float64)
 
 
@@ -218,7 +250,7 @@ def feature_matrix(
 
 
 def _as_matrix(x: Any, n_features: int, what: str = "features") -> np.ndarray:
-    arr = np.asarray(x, dtype=np.float64)
+    arr = _real_numpy(x, what, "ConfidenceCalibrator takes").astype(np.float64)
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[1] != n_features:
@@ -276,7 +308,9 @@ class ConfidenceCalibrator:
         True
     """
 
-    def __init__(self, features: Sequence[str] = DEFAULT_FEATURES, *, l2: float = 1.0, kind: str = "dense") -> None:
+    def __init__(
+        self, features: Sequence[str] = DEFAULT_FEATURES, *, l2: float = 1.0, kind: CalibratorKind = "dense"
+    ) -> None:
         if kind not in CALIBRATOR_KINDS:
             raise ValueError(f"kind must be one of {list(CALIBRATOR_KINDS)}; got {kind!r}")
         self.kind = kind
@@ -350,7 +384,11 @@ class ConfidenceCalibrator:
         Returns:
             ``self``.
 
+        ``x``, ``y`` and ``sample_weight`` may be numbers, numpy arrays or torch tensors (detached and copied to
+        the CPU, bfloat16 read as float32: :class:`~kl_retrievers.gaussian.Gaussians`' rules).
+
         Raises:
+            TypeError: Values that are no real numbers (complex numbers, strings, objects), naming the dtype.
             ValueError: Shapes that disagree, a non-finite feature (naming its row and column), a
                 target outside ``[0, 1]``, negative or all-zero weights, fewer than 2 queries, an
                 ``info["bm25_stemmer"]`` that is neither ``None`` nor a name.
@@ -363,7 +401,7 @@ class ConfidenceCalibrator:
 
         _check_info(info or {}, "info")
         xm = _as_matrix(x, len(self.features))
-        t = np.asarray(y, dtype=np.float64).ravel()
+        t = _real_numpy(y, "targets", "ConfidenceCalibrator takes").astype(np.float64).ravel()
         if t.shape[0] != xm.shape[0]:
             raise ValueError(f"{xm.shape[0]} feature rows but {t.shape[0]} targets")
         if xm.shape[0] < 2:
@@ -371,7 +409,10 @@ class ConfidenceCalibrator:
         bad = np.flatnonzero(~(np.isfinite(t) & (t >= 0) & (t <= 1)))
         if bad.size:
             raise ValueError(f"target at position {int(bad[0])} is {t[bad[0]]}; targets must be in [0, 1]")
-        w = np.ones_like(t) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64).ravel()
+        if sample_weight is None:
+            w = np.ones_like(t)
+        else:
+            w = _real_numpy(sample_weight, "sample_weight", "ConfidenceCalibrator takes").astype(np.float64).ravel()
         if w.shape != t.shape or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
             raise ValueError("sample_weight must hold one finite weight >= 0 per query, not all zero")
         w = w / w.mean()
@@ -427,6 +468,7 @@ class ConfidenceCalibrator:
 
         Raises:
             RuntimeError: Not fitted.
+            TypeError: Values that are no real numbers (complex numbers, strings, objects), naming the dtype.
             ValueError: Wrong number of columns or a non-finite value (naming its row and column).
         """
         return np.clip(_sigmoid(self.decision_function(x)), 0.0, 1.0)
@@ -435,6 +477,14 @@ class ConfidenceCalibrator:
         self, scores: Sequence[float] | np.ndarray, uncertainty: float, *, reference: float | None = None
     ) -> float:
         """The probability for one query from its retrieved ``neg_kl`` scores and its uncertainty.
+
+        ``scores`` is one query's, 1-D (numbers, a numpy array or a torch tensor); ``uncertainty`` one number.
+
+        Raises:
+            RuntimeError: Not fitted.
+            TypeError: Scores or an uncertainty that are no real numbers (complex, strings), naming the dtype.
+            ValueError: Scores that are not 1-D (several queries' scores would be pooled into one), fewer than 2,
+                or not finite; an uncertainty that is not one finite number; a hybrid calibrator.
 
         Examples:
             >>> cal = ConfidenceCalibrator(["gap12"]).fit([[0.0], [0.1], [0.2], [0.3]], [0, 0, 1, 1])
@@ -530,7 +580,7 @@ class ConfidenceCalibrator:
         """Write the calibrator as JSON atomically (an interrupted save keeps the old copy); returns the path.
 
         The file is standard JSON: a float in :attr:`info` that is not finite (NaN, ±inf, e.g. an
-        undefined ECE) is written as ``null``, with a warning naming its key path (:meth:`load`
+        undefined ECE) is written as ``null``, with a ``UserWarning`` naming its key path (:meth:`load`
         then reads ``None`` there); the parameters are finite by construction.
 
         Raises:
@@ -545,8 +595,11 @@ class ConfidenceCalibrator:
                 raise ValueError(f"calibrator field {name!r} is not finite ({data[name]!r}); cannot save it")
         found: list[str] = []
         data["info"] = finite_json(data["info"], "info", found)
-        if found:
-            logger.warning("calibrator info values that are not finite are saved as null: %s", ", ".join(found))
+        if found:  # facts the caller recorded (fit's info=), which their call can fix: a warning, not a log line
+            warn(
+                "ConfidenceCalibrator.save: info values that are not finite (NaN or infinite) are saved as null "
+                f"(standard JSON): {', '.join(found)}"
+            )
         text = json.dumps(data, indent=2, allow_nan=False) + "\n"
         with atomic_file(out) as tmp:
             tmp.write_text(text, encoding="utf-8")
@@ -583,6 +636,7 @@ class ConfidenceCalibrator:
 
 
 def _check_probs(prob: Any, labels: Any, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """``prob`` and ``labels`` as float64 vectors of one length, in ``[0, 1]``; ``n_bins`` an integer ``>= 1``."""
     p = np.asarray(prob, dtype=np.float64).ravel()
     y = np.asarray(labels, dtype=np.float64).ravel()
     if p.shape != y.shape or p.size == 0:
@@ -591,8 +645,8 @@ def _check_probs(prob: Any, labels: Any, n_bins: int) -> tuple[np.ndarray, np.nd
         raise ValueError("probabilities must be finite and in [0, 1]")
     if not (np.isfinite(y).all() and (y >= 0).all() and (y <= 1).all()):
         raise ValueError("labels must be in [0, 1]")
-    if not (isinstance(n_bins, int) and n_bins >= 1):
-        raise ValueError(f"n_bins must be an int >= 1; got {n_bins!r}")
+    if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral) or n_bins < 1:
+        raise ValueError(f"n_bins must be an integer >= 1; got {n_bins!r}")
     return p, y
 
 
@@ -607,6 +661,7 @@ def reliability_table(prob: Any, labels: Any, n_bins: int = 10) -> list[dict[str
         {'low': 0.0, 'high': 0.5, 'n': 2, 'confidence': 0.125, 'observed': 0.5}
     """
     p, y = _check_probs(prob, labels, n_bins)
+    n_bins = int(n_bins)  # a numpy integer too: the rows hold Python floats
     # The bin whose lower edge ``b / n_bins`` is the largest not above p, compared with the same float
     # edges the rows report: ``(p * n_bins).astype(int)`` put 15/22 in bin 14 (15/22 * 22 = 14.999...).
     edges = np.arange(n_bins + 1) / n_bins
@@ -687,8 +742,11 @@ HYBRID_FEATURES: dict[str, str] = {
     "bm25_gap12_raw": "BM25 top-1 minus top-2 score",
     "bm25_of_dense_top1_raw": "BM25 score of the dense top-1 document",
 }
-#: The vocabulary of each calibrator kind.
-CALIBRATOR_KINDS: dict[str, dict[str, str]] = {"dense": FEATURES, "hybrid": HYBRID_FEATURES}
+#: Calibrator kinds: a dense (``-KL``) retriever's, a hybrid one's.
+CalibratorKind = Literal["dense", "hybrid"]
+#: The vocabulary of each calibrator kind, one per :data:`CalibratorKind` (tests/test_literal_options.py keeps them
+#: in step); the runtime checks read its keys.
+CALIBRATOR_KINDS: dict[CalibratorKind, dict[str, str]] = {"dense": FEATURES, "hybrid": HYBRID_FEATURES}
 #: File name of a hybrid retriever's calibrator shipped in a bundled model folder.
 HYBRID_CALIBRATION_FILE = "hybrid_confidence_calibration.json"
 #: File name of a model folder's hybrid calibrator fitted on *unstemmed* BM25 (``info["bm25_stemmer"]`` ``None``):
@@ -892,7 +950,7 @@ DEFAULT_HYBRID_MIN_CONFIDENCE = 0.16
 
 
 def recommended_min_confidence(
-    model: str | None = None, *, retriever: str = "dense", stemmer: str | None = "english"
+    model: str | None = None, *, retriever: CalibratorKind = "dense", stemmer: str | None = "english"
 ) -> float:
     """The ``min_confidence`` a model recommends for its dense or hybrid retrievers.
 

@@ -1755,11 +1755,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kl-retrievers",
         description="Dense retrieval with Gaussian representations scored by -KL divergence (higher is better).",
     )
-    add_global_arguments(parser)
+    add_global_arguments(parser, quiet=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for register in _REGISTRARS:
         register(sub)
-    add_verbose_to_commands(sub)  # -v after the subcommand too
+    add_verbose_to_commands(sub, quiet=True)  # -v and -q after the subcommand too
     return parser
 
 
@@ -1794,7 +1794,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     flag and what is wrong, never a traceback: bad flags (argparse) and bad input (missing or
     malformed files, damaged stores, unwritable outputs: :data:`EXPECTED_ERRORS`) exit with 2;
     anything else is a bug and exits with 1 (``--verbose`` adds its traceback). Log lines
-    (``LEVEL logger: message``) may precede it. Ctrl-C exits with 130 and SIGTERM with 143 (128 +
+    (``LEVEL logger: message``: warnings and errors; ``-v`` INFO too, ``-vv`` DEBUG too, ``-q`` errors only, Python
+    warnings being log lines here) may precede it. Ctrl-C exits with 130 and SIGTERM with 143 (128 +
     the signal's number, as a shell reports a process killed by it), each after the same clean-up
     (temporary folders of an interrupted save are removed); a reader of stdout that went away
     (``| head``) gives 141. Results go to stdout, logs, warnings and progress bars to stderr. A SIGTERM
@@ -1841,29 +1842,52 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: choose a COMMAND (see {parser.prog} --help)", file=sys.stderr)
         return 2
-    with _cli_logging(args.verbose):
+    errors_only = bool(getattr(args, "errors_only", False))
+    if errors_only and args.verbose:
+        parser.error("--quiet (-q) and --verbose (-v) contradict each other: give one of them")
+    with _cli_logging(args.verbose, quiet=errors_only):
         return _run_command(args)
 
 
+def _cli_log_level(verbose: int, quiet: bool = False) -> int:
+    """The root log level of a command: WARNING, INFO with ``-v``, DEBUG with ``-vv`` (or more), ERROR with ``-q``.
+
+    Examples:
+        >>> [logging.getLevelName(_cli_log_level(v)) for v in (0, 1, 2, 3)]
+        ['WARNING', 'INFO', 'DEBUG', 'DEBUG']
+        >>> logging.getLevelName(_cli_log_level(0, quiet=True))
+        'ERROR'
+    """
+    if verbose:
+        return logging.DEBUG if verbose >= 2 else logging.INFO
+    return logging.ERROR if quiet else logging.WARNING
+
+
 @contextlib.contextmanager
-def _cli_logging(verbose: bool) -> Iterator[None]:
-    """Log lines (``LEVEL logger: message``) on stderr, at INFO with ``--verbose`` else WARNING, for one command.
+def _cli_logging(verbose: int, *, quiet: bool = False) -> Iterator[None]:
+    """Log lines (``LEVEL logger: message``) on stderr for one command, at :func:`_cli_log_level`.
+
+    WARNING by default, INFO with ``--verbose``, DEBUG with ``-vv``, ERROR with ``--quiet``: then the handler drops
+    lower records too, so that a logger given a level of its own (``train``'s INFO lines) does not get past it, and
+    the Python warnings that the command line logs (``WARNING py.warnings: ...``) are not shown either.
 
     Only when the root logger has no handler (a program that configured logging keeps its own configuration,
     as with :func:`logging.basicConfig`); the handler and level installed are removed again when the command
     ends, so that a later in-process :func:`main` call configures its own (``-v`` then raises the level) and
     the caller's process is left as it was. Commands running at once (threads, or one inside another) share
     one handler: the first to start installs it, the last to end removes it and restores the root level the
-    first found; meanwhile the level is INFO while any of them was given ``--verbose``, and faiss's loader
-    logs warnings only (:data:`_FAISS_LOADER`; its level is left alone when the program set one).
+    first found; meanwhile the level is the lowest of theirs (INFO while any of them was given ``--verbose``,
+    ERROR only while all were given ``--quiet``), and faiss's loader logs warnings only (:data:`_FAISS_LOADER`;
+    its level is left alone when the program set one).
     """
     root = logging.getLogger()
+    level = _cli_log_level(verbose, quiet)
     with _cli_log.lock:
-        if not _cli_log.users and root.handlers:  # the program's own configuration: left alone
+        if not _cli_log.levels and root.handlers:  # the program's own configuration: left alone
             shared = False
         else:
             shared = True
-            if not _cli_log.users:
+            if not _cli_log.levels:
                 _cli_log.handler = logging.StreamHandler()  # sys.stderr as it is now
                 _cli_log.handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
                 _cli_log.level = root.level
@@ -1874,9 +1898,8 @@ def _cli_logging(verbose: bool) -> Iterator[None]:
                 _cli_log.loader_level = loader.level
                 if loader.level == logging.NOTSET:
                     loader.setLevel(logging.WARNING)
-            _cli_log.users += 1
-            _cli_log.verbose += bool(verbose)
-            root.setLevel(logging.INFO if _cli_log.verbose else logging.WARNING)
+            _cli_log.levels.append(level)
+            _cli_log.apply(root)
     if not shared:
         yield
         return
@@ -1884,10 +1907,9 @@ def _cli_logging(verbose: bool) -> Iterator[None]:
         yield
     finally:
         with _cli_log.lock:
-            _cli_log.users -= 1
-            _cli_log.verbose -= bool(verbose)
-            if _cli_log.users:
-                root.setLevel(logging.INFO if _cli_log.verbose else logging.WARNING)
+            _cli_log.levels.remove(level)
+            if _cli_log.levels:
+                _cli_log.apply(root)
             else:
                 handler, _cli_log.handler = _cli_log.handler, None
                 if handler is not None:
@@ -1906,11 +1928,17 @@ class _CliLog:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.users = 0  # commands running with the handler installed
-        self.verbose = 0  # of them, those given --verbose
+        self.levels: list[int] = []  # the log level of each command running with the handler installed
         self.handler: logging.Handler | None = None
         self.level = logging.NOTSET  # the root logger's level when the first of them started
         self.loader_level = logging.NOTSET  # faiss's loader logger's level then (_FAISS_LOADER)
+
+    def apply(self, root: logging.Logger) -> None:
+        """The lowest level of the running commands on ``root``; on the handler too when that is ERROR (``-q``)."""
+        level = min(self.levels)
+        root.setLevel(level)
+        if self.handler is not None:
+            self.handler.setLevel(level if level >= logging.ERROR else logging.NOTSET)
 
 
 _cli_log = _CliLog()

@@ -23,7 +23,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -429,6 +429,22 @@ class _Parser(argparse.ArgumentParser):
             2, f"{self.prog}: error: {_one_line(message)}{_usage_hint(self.prog, message)} (see {self.prog} --help)\n"
         )
 
+    def parse_known_args(  # type: ignore[override]  # argparse's overloads: the same call, one signature
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """argparse's, adding the ``-v`` counted after the subcommand to those before it (``-v search -v``: ``-vv``).
+
+        A subcommand parses into a namespace of its own, whose values replace the main parser's, so its ``-v``
+        count is kept apart (:data:`_VERBOSE_AFTER`, :func:`add_verbose_to_commands`) and added here, where the
+        main parser's count (:func:`add_global_arguments`) is in the same namespace.
+        """
+        parsed, extras = super().parse_known_args(args, namespace)
+        after = getattr(parsed, _VERBOSE_AFTER, None)
+        if after is not None and hasattr(parsed, "verbose"):  # the main parser's namespace: both counts known
+            parsed.verbose = int(parsed.verbose or 0) + int(after)
+            delattr(parsed, _VERBOSE_AFTER)
+        return parsed, extras
+
     def _print_message(self, message: str, file: Any = None) -> None:
         # argparse passes sys.stdout for --help and --version and sys.stderr for usage errors, either of which
         # may be None (a closed descriptor): a None that stderr is not is stdout. argparse's own version drops
@@ -439,29 +455,50 @@ class _Parser(argparse.ArgumentParser):
             super()._print_message(message, file)
 
 
-def add_global_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags ``kl-retrievers`` takes before its subcommand: ``--version`` and ``--verbose`` / ``-v``.
+#: The destination of the ``-v`` count given after a subcommand (:meth:`_Parser.parse_known_args` adds it up).
+_VERBOSE_AFTER = "verbose_after_command"
+_VERBOSE_HELP = "log INFO lines on stderr; -vv: DEBUG lines too (default: warnings and errors only)"
+_QUIET_HELP = "log errors only on stderr (no warnings, Python warnings included); progress bars are not affected"
 
-    Shared by ``kl-retrievers`` and ``python -m kl_retrievers.training.cli``, so both accept and list the same;
-    :func:`add_verbose_to_commands` lets ``--verbose`` come after the subcommand too.
+
+def add_global_arguments(parser: argparse.ArgumentParser, *, quiet: bool = False) -> None:
+    """The flags ``kl-retrievers`` takes before its subcommand: ``--version``, ``--verbose`` / ``-v`` and, with
+    ``quiet``, ``--quiet`` / ``-q``.
+
+    ``--verbose`` counts (``args.verbose``: 0 by default, 1 for INFO, 2 or more for DEBUG); ``--quiet`` sets
+    ``args.errors_only`` (ERROR only; ``quiet`` is the ``dest`` of ``evaluate`` and ``train``'s own
+    ``--quiet``). Shared by ``kl-retrievers`` and ``python -m kl_retrievers.training.cli``, so both accept and list
+    the same ``--verbose`` (the latter sets up no log level of its own from ``--quiet``, so it takes none);
+    :func:`add_verbose_to_commands` lets them come after the subcommand too.
     """
     from kl_retrievers._io import library_version
 
     parser.add_argument("--version", action="version", version=f"kl-retrievers {library_version()}")
-    parser.add_argument("--verbose", "-v", action="store_true", help="log at INFO level to stderr")
+    parser.add_argument("--verbose", "-v", action="count", default=0, help=_VERBOSE_HELP)
+    if quiet:
+        parser.add_argument("--quiet", "-q", dest="errors_only", action="store_true", help=_QUIET_HELP)
 
 
-def add_verbose_to_commands(sub: Any) -> None:
-    """``--verbose`` (and ``-v`` where the command has no ``-v`` of its own) on every subcommand of ``sub``.
+def add_verbose_to_commands(sub: Any, *, quiet: bool = False) -> None:
+    """``--verbose`` (and ``-v`` where the command has no ``-v`` of its own) on every subcommand of ``sub``;
+    with ``quiet``, ``--quiet`` / ``-q`` too, on each command with no ``--quiet`` or ``-q`` of its own
+    (``evaluate`` and ``train`` have a ``--quiet`` of their own: no progress bars).
 
-    ``default=SUPPRESS``: a subcommand not given it keeps the value the main parser set
-    (:func:`add_global_arguments`), so ``-v train`` and ``train -v`` both set ``args.verbose``.
+    ``default=SUPPRESS``: a subcommand not given them keeps the values the main parser set
+    (:func:`add_global_arguments`), so ``-v train`` and ``train -v`` both set ``args.verbose``; the count after the
+    subcommand is added to the one before it (:meth:`_Parser.parse_known_args`, when the main parser is a
+    :class:`_Parser`).
     """
     for command in sub.choices.values():
-        if "--verbose" not in command._option_string_actions:
-            flags = ("--verbose", "-v") if "-v" not in command._option_string_actions else ("--verbose",)
+        options = command._option_string_actions
+        if "--verbose" not in options:
+            flags = ("--verbose", "-v") if "-v" not in options else ("--verbose",)
             command.add_argument(
-                *flags, action="store_true", default=argparse.SUPPRESS, help="log at INFO level to stderr"
+                *flags, action="count", dest=_VERBOSE_AFTER, default=argparse.SUPPRESS, help=_VERBOSE_HELP
+            )
+        if quiet and "--quiet" not in options and "-q" not in options:
+            command.add_argument(
+                "--quiet", "-q", dest="errors_only", action="store_true", default=argparse.SUPPRESS, help=_QUIET_HELP
             )
 
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kl_retrievers._errors import KLRetrieversError
+
 __all__ = [
     "DatasetError",
     "BeirDataset",
@@ -56,7 +58,7 @@ QUERIES_FILE = "queries.jsonl"
 QRELS_DIR = "qrels"
 
 
-class DatasetError(ValueError):
+class DatasetError(KLRetrieversError, ValueError):
     """A BEIR folder is missing a file or holds a malformed or inconsistent line.
 
     The message names the file and, where it applies, the 1-based line number. An error that one

@@ -31,7 +31,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -42,6 +42,7 @@ from kl_retrievers._config import (
     WEIGHTS_SHA256,
     GaussianEncoderConfig,
     NotAnEncoderError,
+    Pooling,
     encoder_config,
     is_saved_encoder,
     model_similarity,
@@ -88,6 +89,9 @@ from kl_retrievers.hub import (
     sha256_file,
     warn_if_shadowed,
 )
+
+if TYPE_CHECKING:
+    from kl_retrievers.onnx import Quantization
 
 require_torch("the torch backend (GaussianEncoder)")  # the core install has neither torch nor transformers
 try:
@@ -512,7 +516,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         *,
         dim: int | None = None,
         beta: float = 1.0,
-        pooling: Literal["cls", "mean"] | None = None,
+        pooling: Pooling | None = None,
         var_token: bool = True,
         var_floor: float = 1e-6,
         normalize_pooled: bool = False,
@@ -916,7 +920,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         self,
         folder: str | os.PathLike[str],
         *,
-        quantize: str | None = "int8",
+        quantize: Quantization | Literal["float32"] | None = "int8",
         per_channel: bool = True,
         overwrite: bool = False,
     ) -> Path:

@@ -654,7 +654,7 @@ def retrieve_exact(
     means_only: bool = False,
     pool_margin: int = 16,
     max_block_elements: int = 1 << 25,
-    show_progress: bool = False,
+    show_progress: bool | None = None,
 ) -> Run:
     """Exact top-``k`` retrieval by ``-KL(Q || D)`` (or by ``-||mu_q - mu_d||^2``).
 
@@ -676,7 +676,8 @@ def retrieve_exact(
         means_only: Ablation: ignore variances and score by negative squared L2 distance of the means.
         pool_margin: Extra float32 candidates in the first re-scored pool per query.
         max_block_elements: Bound on the size of one float32 score block (queries x docs).
-        show_progress: Show a progress bar over queries.
+        show_progress: A progress bar over queries on stderr (``None``: only when stderr is a terminal;
+            ``TQDM_DISABLE`` hides it).
 
     Returns:
         Query id -> {document id: score}, the ``min(k, n_d)`` best documents per query.
@@ -752,7 +753,9 @@ class GaussianEncoderLike(Protocol):
         ...
 
 
-def _call_encode(fn: Any, texts: list[str], batch_size: int, max_length: int | None, show_progress: bool) -> Gaussians:
+def _call_encode(
+    fn: Any, texts: list[str], batch_size: int, max_length: int | None, show_progress: bool | None
+) -> Gaussians:
     kwargs: dict[str, Any] = {"batch_size": batch_size, "show_progress_bar": show_progress}
     if max_length is not None:
         try:
@@ -770,7 +773,12 @@ def _call_encode(fn: Any, texts: list[str], batch_size: int, max_length: int | N
 
 
 def _encode_sorted(
-    fn: Any, texts: list[str], batch_size: int, max_length: int | None, show_progress: bool, presort: bool = True
+    fn: Any,
+    texts: list[str],
+    batch_size: int,
+    max_length: int | None,
+    show_progress: bool | None,
+    presort: bool = True,
 ) -> Gaussians:
     """Encode longest first (less padding per batch), then restore the input order.
 
@@ -819,7 +827,7 @@ def encode_dataset(
     query_max_length: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     use_cache: bool = True,
-    show_progress: bool = True,
+    show_progress: bool | None = None,
 ) -> tuple[Gaussians, Gaussians]:
     """Encode a dataset's queries and corpus, reusing encodings cached on disk.
 
@@ -846,7 +854,8 @@ def encode_dataset(
         query_max_length: The same for queries.
         cache_dir: Cache root (default :func:`default_cache_dir`).
         use_cache: Read and write the cache.
-        show_progress: Show the encoder's progress bars.
+        show_progress: The encoder's progress bars on stderr, passed as its ``show_progress_bar`` (``None``: its
+            default, only when stderr is a terminal and there are several batches; ``TQDM_DISABLE`` hides them).
 
     Returns:
         ``(queries, documents)`` as numpy :class:`Gaussians`, in ``dataset.query_ids`` and
@@ -970,7 +979,7 @@ def _encode_dataset(
     query_max_length: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     use_cache: bool = True,
-    show_progress: bool = True,
+    show_progress: bool | None = None,
     files: str | None = None,
     cached: Mapping[str, Gaussians] | None = None,
     identities: Mapping[str, Mapping[str, Any]] | None = None,
@@ -1155,7 +1164,7 @@ def evaluate_model(
     k: int = 100,
     means_only: bool = False,
     similarity: str | None = None,
-    show_progress: bool = True,
+    show_progress: bool | None = None,
     metrics: str | Sequence[str] = DEFAULT_METRICS,
     relevance_level: int = DEFAULT_RELEVANCE_LEVEL,
     **encode_options: Unpack[EncodeOptions],
@@ -1175,7 +1184,8 @@ def evaluate_model(
         similarity: ``"neg_kl"``, ``"dot"`` or ``"cosine"`` (the latter two on the means);
             ``None``: what the model was trained for (:func:`model_similarity`), so a vector twin
             from ``kl-retrievers train --similarity dot`` is ranked by its dot product.
-        show_progress: Progress bars on stderr.
+        show_progress: Progress bars on stderr (``None``: only when stderr is a terminal; ``TQDM_DISABLE`` hides
+            them).
         metrics: Metric names to report, or one as a bare string; as in :func:`evaluate_run`.
         relevance_level: The lowest grade the binary metrics count as relevant, as in :func:`evaluate_run`
             (default 1: any grade > 0; TREC DL's convention is 2); recorded in ``info["relevance_level"]``.
@@ -1217,7 +1227,7 @@ def _evaluate_model(
     k: int,
     means_only: bool,
     similarity: str,
-    show_progress: bool,
+    show_progress: bool | None,
     metrics: str | Sequence[str],
     label: str,
     relevance_level: int = DEFAULT_RELEVANCE_LEVEL,

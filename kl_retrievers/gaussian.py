@@ -108,6 +108,53 @@ def _first_bad(x: Array, bad: Array) -> str:
     return f"first at position {flat}: {value:g}"
 
 
+def _check_real(name: str, x: Array, takes: str = "Gaussians take") -> None:
+    """``TypeError`` naming the dtype of ``x`` (an array or tensor) unless it holds bool, integer or floating numbers.
+
+    Complex numbers would lose their imaginary part and strings be parsed as numbers; nothing is cast.
+    """
+    if _is_torch(x):
+        if x.dtype.is_complex:
+            raise TypeError(f"{name} has dtype {x.dtype}; {takes} bool, integer or floating tensors only")
+    elif x.dtype.kind not in "biuf":
+        raise TypeError(f"{name} has dtype {x.dtype}; {takes} bool, integer or floating arrays only")
+
+
+def _real_numpy(x: Any, name: str, takes: str = "Gaussians take") -> np.ndarray:
+    """``x`` (numbers, an array, a tensor, or a list of vectors) as a numpy array, by :class:`Gaussians`' rules.
+
+    The one conversion of caller's arrays: :class:`Gaussians` and the adapters' vector and score inputs. A
+    torch tensor is detached and copied to the CPU, float16 and bfloat16 ones promoted to float32 (numpy has
+    no bfloat16); a list or tuple of tensors (one vector per row) has each row converted so. Bool, integer
+    and floating numbers keep their dtype (the caller casts); any other dtype (complex, strings, objects)
+    raises ``TypeError`` naming it (:func:`_check_real`).
+
+    Args:
+        x: The caller's value.
+        name: What it is, for the message (``"mean"``, ``"query embeddings"``).
+        takes: Who refuses it, with the verb (``"Gaussians take"``).
+
+    Examples:
+        >>> _real_numpy([1, 2], "scores").dtype.kind
+        'i'
+        >>> _real_numpy(["1"], "scores", "query_features takes")
+        Traceback (most recent call last):
+        ...
+        TypeError: scores has dtype <U1; query_features takes bool, integer or floating arrays only
+    """
+    if isinstance(x, (list, tuple)) and any(_is_torch(row) for row in x):
+        x = [_real_numpy(row, name, takes) for row in x]
+    if _is_torch(x):
+        _check_real(name, x, takes)
+        t = x.detach().cpu()
+        if t.dtype in (torch.float16, torch.bfloat16):
+            t = t.float()
+        return np.asarray(t.numpy())
+    arr = np.asarray(x)
+    _check_real(name, arr, takes)
+    return arr
+
+
 def _check_finite(name: str, x: Array) -> None:
     finite = torch.isfinite(x).all().item() if _is_torch(x) else bool(np.isfinite(x).all())
     if not finite:
@@ -151,24 +198,16 @@ class Gaussians:
         if _is_torch(mean) != _is_torch(var):
             raise TypeError("mean and var must both be numpy arrays or both torch tensors")
         if not _is_torch(mean):
-            mean = np.asarray(mean)
-            var = np.asarray(var)
-            for name, arr in (("mean", mean), ("var", var)):
-                if arr.dtype.kind not in "biuf":  # complex would drop its imaginary part, strings be parsed
-                    raise TypeError(
-                        f"{name} has dtype {arr.dtype}; Gaussians take bool, integer or floating arrays only"
-                    )
+            mean = _real_numpy(mean, "mean")
+            var = _real_numpy(var, "var")
             dtype = np.result_type(mean.dtype, var.dtype)
             if dtype not in (np.float32, np.float64):
                 dtype = np.dtype(np.float64)
             mean = mean if mean.dtype == dtype else mean.astype(dtype)
             var = var if var.dtype == dtype else var.astype(dtype)
         else:
-            for name, arr in (("mean", mean), ("var", var)):
-                if arr.dtype.is_complex:
-                    raise TypeError(
-                        f"{name} has dtype {arr.dtype}; Gaussians take bool, integer or floating tensors only"
-                    )
+            _check_real("mean", mean)
+            _check_real("var", var)
             tdtype = torch.promote_types(mean.dtype, var.dtype)
             if tdtype not in (torch.float32, torch.float64):
                 tdtype = torch.float32
@@ -228,9 +267,9 @@ class Gaussians:
         return Gaussians(mean, var, validate=False)
 
     def torch(self, device: str | torch.device | None = None) -> Gaussians:
-        """The same Gaussians as torch tensors (sharing memory where possible)."""
-        mean = self.mean if self.is_torch else torch.from_numpy(np.ascontiguousarray(self.mean))
-        var = self.var if self.is_torch else torch.from_numpy(np.ascontiguousarray(self.var))
+        """The same Gaussians as torch tensors (sharing memory where possible: a read-only array is copied)."""
+        mean = self.mean if self.is_torch else _writable_tensor(self.mean)
+        var = self.var if self.is_torch else _writable_tensor(self.var)
         if device is not None:
             mean, var = mean.to(device), var.to(device)
         return Gaussians(mean, var, validate=False)
@@ -262,6 +301,12 @@ class Gaussians:
         if parts[0].is_torch:
             return cls(torch.cat([p.mean for p in parts]), torch.cat([p.var for p in parts]), validate=False)
         return cls(np.concatenate([p.mean for p in parts]), np.concatenate([p.var for p in parts]), validate=False)
+
+
+def _writable_tensor(arr: np.ndarray) -> torch.Tensor:
+    """``arr`` as a tensor sharing its memory, or over a copy when it is read-only (a tensor is always writable)."""
+    arr = np.ascontiguousarray(arr)
+    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
 
 def _require_gaussians(g: Any, what: str) -> Gaussians:
@@ -314,6 +359,12 @@ def neg_kl(queries: Gaussians, documents: Gaussians) -> Array:
     with float32 rounding, while the stores and :func:`exact_top_k` score in float64. Pass float64
     arrays (``g.astype(np.float64)``) for float64 scores.
 
+    Raises:
+        TypeError: An argument is not a :class:`Gaussians` batch, or one is numpy and the other torch.
+        ValueError: Other dimensions or batch sizes, or a -KL that is not finite in that dtype (one that
+            overflows float32, e.g. a variance of 1e-45), naming the pair and its float64 value, as
+            :func:`kl_document_vectors` refuses such Gaussians.
+
     Examples:
         >>> import numpy as np
         >>> q = Gaussians(np.zeros(2), np.ones(2))
@@ -329,8 +380,10 @@ def neg_kl(queries: Gaussians, documents: Gaussians) -> Array:
             "use neg_kl_matrix for all pairs"
         )
     mq, vq, md, vd = queries.mean, queries.var, documents.mean, documents.var
-    terms = _log(vd) - _log(vq) - 1.0 + vq / vd + (mq - md) ** 2 / vd
-    return 0.0 - 0.5 * (terms.sum(-1) if _is_torch(terms) else terms.sum(axis=-1))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # refused below, naming the pair
+        terms = _log(vd) - _log(vq) - 1.0 + vq / vd + (mq - md) ** 2 / vd
+        scores = 0.0 - 0.5 * (terms.sum(-1) if _is_torch(terms) else terms.sum(axis=-1))
+    return _check_scores_finite(scores, queries, documents)
 
 
 def neg_kl_matrix(queries: Gaussians, documents: Gaussians) -> Array:
@@ -349,6 +402,11 @@ def neg_kl_matrix(queries: Gaussians, documents: Gaussians) -> Array:
     Returns:
         Score matrix of shape ``(n_q, n_d)``; higher is better.
 
+    Raises:
+        TypeError: An argument is not a :class:`Gaussians` batch, or one is numpy and the other torch.
+        ValueError: Other dimensions, or a -KL that is not finite in that dtype (one that overflows float32,
+            e.g. a variance of 1e-45 or means of 1e20 and -1e20), naming the pair and its float64 value.
+
     Examples:
         >>> import numpy as np
         >>> q = Gaussians(np.zeros((2, 3)), np.ones((2, 3)))
@@ -362,16 +420,60 @@ def neg_kl_matrix(queries: Gaussians, documents: Gaussians) -> Array:
     log_vq = _log(vq)
     block = max(1, _BLOCK_ELEMENTS // max(1, nq * k))
     out: list[Array] = []
-    for start in range(0, nd, block):
-        md = documents.mean[None, start : start + block, :]
-        vd = documents.var[None, start : start + block, :]
-        terms = _log(vd) - log_vq - 1.0 + vq / vd + (mq - md) ** 2 / vd
-        out.append(0.0 - 0.5 * (terms.sum(-1) if torch_mode else terms.sum(axis=-1)))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # refused below, naming the pair
+        for start in range(0, nd, block):
+            md = documents.mean[None, start : start + block, :]
+            vd = documents.var[None, start : start + block, :]
+            terms = _log(vd) - log_vq - 1.0 + vq / vd + (mq - md) ** 2 / vd
+            out.append(0.0 - 0.5 * (terms.sum(-1) if torch_mode else terms.sum(axis=-1)))
     if not out:
         if torch_mode:
             return torch.zeros((nq, 0), dtype=queries.mean.dtype, device=queries.mean.device)
         return np.zeros((nq, 0), dtype=queries.mean.dtype)
-    return torch.cat(out, dim=1) if torch_mode else np.concatenate(out, axis=1)
+    scores = torch.cat(out, dim=1) if torch_mode else np.concatenate(out, axis=1)
+    return _check_scores_finite(scores, queries, documents)
+
+
+def _check_scores_finite(scores: Array, queries: Gaussians, documents: Gaussians) -> Array:
+    """``scores`` (:func:`neg_kl`'s or :func:`neg_kl_matrix`'s) when all finite; else ``ValueError`` naming a pair.
+
+    A -KL that overflows the Gaussians' dtype (float32: a variance of 1e-45, means of 1e20 and -1e20) would
+    otherwise come back as ``-inf`` and rank last unnoticed, where :func:`kl_document_vectors` refuses the same
+    Gaussians. Only the result is checked (one pass over the scores); the message recomputes the first
+    non-finite pair's -KL in float64.
+    """
+    if _is_torch(scores):
+        if bool(torch.isfinite(scores).all()):
+            return scores
+        values = scores.detach().cpu().numpy()
+    else:
+        if bool(np.isfinite(scores).all()):
+            return scores
+        values = np.asarray(scores)
+    at = int(np.flatnonzero(~np.isfinite(values))[0])
+    if values.ndim == 2:  # neg_kl_matrix: row i, column j
+        qi, di = divmod(at, values.shape[1])
+    else:  # neg_kl: pairs row by row, a batch of one broadcast
+        qi, di = (at if len(queries) > 1 else 0), (at if len(documents) > 1 else 0)
+    q, d = queries[qi : qi + 1].numpy(), documents[di : di + 1].numpy()
+    mq, vq = np.asarray(q.mean, dtype=np.float64), np.asarray(q.var, dtype=np.float64)
+    md, vd = np.asarray(d.mean, dtype=np.float64), np.asarray(d.var, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        exact = float(-0.5 * (np.log(vd) - np.log(vq) - 1.0 + vq / vd + (mq - md) ** 2 / vd).sum())
+    kind = np.dtype(values.dtype)
+    facts = (
+        f"largest |mean| {max(float(np.abs(mq).max()), float(np.abs(md).max())):.3g}, variances "
+        f"{min(float(vq.min()), float(vd.min())):.3g} to {max(float(vq.max()), float(vd.max())):.3g}"
+    )
+    if math.isfinite(exact):
+        value = f"is {exact:.4g} ({kind.name} holds magnitudes up to {float(np.finfo(kind).max):.3g}; {facts})"
+    else:
+        value = f"is {float(values.reshape(-1)[at])} ({facts})"
+    cast = "g.astype(torch.float64)" if queries.is_torch else "g.astype(np.float64)"
+    advice = (
+        f"; pass float64 Gaussians ({cast}) for float64 scores" if kind != np.float64 and math.isfinite(exact) else ""
+    )
+    raise ValueError(f"query {qi} and document {di} cannot be scored in {kind.name}: their -KL {value}{advice}")
 
 
 def _cat(parts: list[Array]) -> Array:

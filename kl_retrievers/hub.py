@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from kl_retrievers._errors import KLRetrieversError
 from kl_retrievers._io import user_path
 
 logger = logging.getLogger(__name__)
@@ -199,8 +200,12 @@ def local_reference(name_or_path: str | os.PathLike[str]) -> str:
     return str(local.resolve()) if local.is_dir() else text
 
 
-class ModelNotFoundError(OSError):
-    """No local folder, hub copy or installed package provides the model."""
+class ModelNotFoundError(KLRetrieversError, FileNotFoundError):
+    """No local folder, hub copy or installed package provides the model.
+
+    A :class:`FileNotFoundError` (an :class:`OSError`, what it was before), as a missing folder is for every
+    loader of the package.
+    """
 
 
 def is_path_name(name_or_path: str) -> bool:

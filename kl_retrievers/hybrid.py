@@ -62,7 +62,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, cast, get_args
 
 import numpy as np
 
@@ -71,6 +71,7 @@ from kl_retrievers._io import (
     atomic_dir,
     check_bool,
     check_replace_target,
+    describe_kl_folder,
     fsync_dir,
     fsync_file,
     library_version,
@@ -114,9 +115,11 @@ __all__ = [
     "AdaptiveParams",
     "Candidates",
     "FusionConfig",
+    "FusionMode",
     "HybridFormatError",
     "HybridResult",
     "KLHybridStore",
+    "Normalization",
     "convex_scores",
     "fit_adaptive",
     "fuse",
@@ -127,8 +130,14 @@ __all__ = [
     "rrf_scores",
 ]
 
-FUSION_MODES: tuple[str, ...] = ("rrf", "convex", "adaptive")
-NORMALIZATIONS: tuple[str, ...] = ("minmax", "zscore")
+#: Fusion modes: reciprocal rank fusion, a convex combination of normalised scores, the per-query adaptive weight.
+FusionMode = Literal["rrf", "convex", "adaptive"]
+#: The values of :data:`FusionMode`, which the runtime checks read.
+FUSION_MODES: tuple[FusionMode, ...] = get_args(FusionMode)
+#: Score normalisations of convex fusion: min-max to ``[0, 1]``, z-score.
+Normalization = Literal["minmax", "zscore"]
+#: The values of :data:`Normalization`, which the runtime checks read.
+NORMALIZATIONS: tuple[Normalization, ...] = get_args(Normalization)
 #: The RRF constant of Cormack et al. (2009).
 RRF_K = 60
 #: Documents taken from each half per query before fusion.
@@ -203,10 +212,10 @@ class HybridFormatError(StoreFormatError):
 # --------------------------------------------------------------------------------------
 
 
-def _check_mode(mode: Any) -> str:
+def _check_mode(mode: Any) -> FusionMode:
     if not isinstance(mode, str) or mode not in FUSION_MODES:
         raise ValueError(f"unknown fusion mode {mode!r}; allowed modes: {', '.join(repr(m) for m in FUSION_MODES)}")
-    return mode
+    return cast(FusionMode, mode)
 
 
 def _check_weight(weight: Any, name: str = "weight") -> float:
@@ -215,12 +224,12 @@ def _check_weight(weight: Any, name: str = "weight") -> float:
     return float(weight)
 
 
-def _check_normalization(normalization: Any) -> str:
+def _check_normalization(normalization: Any) -> Normalization:
     if not isinstance(normalization, str) or normalization not in NORMALIZATIONS:
         raise ValueError(
             f"unknown normalization {normalization!r}; allowed: {', '.join(repr(n) for n in NORMALIZATIONS)}"
         )
-    return normalization
+    return cast(Normalization, normalization)
 
 
 def _check_positive(value: Any, name: str, *, integer: bool) -> Any:
@@ -255,9 +264,9 @@ class FusionConfig:
         ValueError: weight must be a number in [0, 1] (the dense side's share); got 1.5
     """
 
-    mode: str = "adaptive"
+    mode: FusionMode = "adaptive"
     weight: float = 0.5
-    normalization: str = "minmax"
+    normalization: Normalization = "minmax"
     rrf_k: float = RRF_K
     candidates: int = DEFAULT_CANDIDATES
 
@@ -286,9 +295,9 @@ class FusionConfig:
 
     def for_call(
         self,
-        fusion: str | None = None,
+        fusion: FusionMode | None = None,
         weight: float | None = None,
-        normalization: str | None = None,
+        normalization: Normalization | None = None,
         *,
         what: str = "this call",
     ) -> FusionConfig:
@@ -398,7 +407,7 @@ class AdaptiveParams:
     scale: tuple[float, ...]
     coef: tuple[float, ...]
     bias: float
-    normalization: str = "minmax"
+    normalization: Normalization = "minmax"
     candidates: int = DEFAULT_CANDIDATES
     model: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
@@ -553,7 +562,7 @@ class AdaptiveParams:
 # --------------------------------------------------------------------------------------
 
 
-def normalize_scores(scores: np.ndarray | Sequence[float], method: str = "minmax") -> np.ndarray:
+def normalize_scores(scores: np.ndarray | Sequence[float], method: Normalization = "minmax") -> np.ndarray:
     """Min-max (to ``[0, 1]``) or z-score normalisation; constant scores map to 0.
 
     Examples:
@@ -594,7 +603,7 @@ def rrf_scores(dense_rank: np.ndarray, bm25_rank: np.ndarray, k: float = RRF_K) 
 
 
 def convex_scores(
-    neg_kl_scores: np.ndarray, bm25_scores: np.ndarray, weight: float, normalization: str = "minmax"
+    neg_kl_scores: np.ndarray, bm25_scores: np.ndarray, weight: float, normalization: Normalization = "minmax"
 ) -> np.ndarray:
     """``weight * n(neg_kl) + (1 - weight) * n(bm25)`` over one query's candidates.
 
@@ -1506,9 +1515,9 @@ class KLHybridStore(_NotCopyable):
         self,
         encoder: EncoderLike | None = None,
         *,
-        fusion: str = "adaptive",
+        fusion: FusionMode = "adaptive",
         weight: float | None = None,
-        normalization: str | None = None,
+        normalization: Normalization | None = None,
         rrf_k: float = RRF_K,
         candidates: int = DEFAULT_CANDIDATES,
         adaptive_params: AdaptiveParams | str | os.PathLike[str] | None = None,
@@ -2137,9 +2146,9 @@ class KLHybridStore(_NotCopyable):
         filter: MetadataFilter | None = None,
         *,
         query_gaussians: Gaussians | None = None,
-        fusion: str | None = None,
+        fusion: FusionMode | None = None,
         weight: float | None = None,
-        normalization: str | None = None,
+        normalization: Normalization | None = None,
     ) -> dict[str, dict[str, float]]:
         """The fused rankings as an evaluation run: query id -> {document id: score}.
 
@@ -2214,9 +2223,9 @@ class KLHybridStore(_NotCopyable):
         filter: MetadataFilter | None = None,
         *,
         query_gaussians: Gaussians | None = None,
-        fusion: str | None = None,
+        fusion: FusionMode | None = None,
         weight: float | None = None,
-        normalization: str | None = None,
+        normalization: Normalization | None = None,
     ) -> list[list[HybridResult]]:
         """Top-``k`` fused results for each query text.
 
@@ -2272,9 +2281,9 @@ class KLHybridStore(_NotCopyable):
         filter: MetadataFilter | None = None,
         *,
         query_gaussians: Gaussians | None = None,
-        fusion: str | None = None,
+        fusion: FusionMode | None = None,
         weight: float | None = None,
-        normalization: str | None = None,
+        normalization: Normalization | None = None,
     ) -> list[HybridResult]:
         """Top-``k`` fused results for one query text (see :meth:`search_batch`).
 
@@ -2457,7 +2466,8 @@ class KLHybridStore(_NotCopyable):
 
         Raises:
             FileNotFoundError: No hybrid store at ``path``.
-            HybridFormatError: A bad config or file, or halves that disagree (ids, or a file
+            HybridFormatError: A folder kl_retrievers saved as another kind (the message names it), a bad config
+                or file, or halves that disagree (ids, or a file
                 not written by the same save); the message names the mismatch. A saved ``token_pattern`` that
                 docs/hybrid.md does not give, without ``token_pattern=``; another one than ``token_pattern=``.
             TypeError: ``mmap`` or ``verify_checksums`` is not a bool (the string ``"no"`` is true), or
@@ -2490,6 +2500,8 @@ class KLHybridStore(_NotCopyable):
         ``trusted`` is load's ``token_pattern``."""
         cfg_path = folder / _CONFIG
         if not cfg_path.is_file():
+            if (other := describe_kl_folder(folder)) is not None:
+                raise HybridFormatError(f"{folder} is not a hybrid store folder: it is {other}")
             raise FileNotFoundError(f"{folder} has no {_CONFIG}; not a hybrid store folder")
         config = _read_config(cfg_path)
         bm25_cfg, fusion = config["bm25"], config["fusion"]
@@ -2862,7 +2874,7 @@ def ndcg_curves(
     candidates: Sequence[Candidates],
     qrels: Sequence[Mapping[str, int]],
     grid: np.ndarray,
-    normalization: str,
+    normalization: Normalization,
     k: int = 10,
 ) -> np.ndarray:
     """nDCG@k of each query's convex fusion at every dense weight of ``grid``, shape ``(n, len(grid))``."""
@@ -2890,7 +2902,7 @@ def _interp(curves: np.ndarray, w: np.ndarray) -> np.ndarray:
 def fit_adaptive(
     groups: Mapping[str, tuple[Sequence[Candidates], Sequence[Mapping[str, int]]]],
     *,
-    normalization: str = "minmax",
+    normalization: Normalization = "minmax",
     signals: Sequence[str] = SIGNALS,
     grid_size: int = 21,
     l2: float = 1e-3,

@@ -43,17 +43,17 @@ import weakref
 import zipfile
 from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, Set
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 try:
     from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
-    from langchain_core.documents import Document
+    from langchain_core.documents import BaseDocumentCompressor, BaseDocumentTransformer, Document
     from langchain_core.embeddings import Embeddings
     from langchain_core.retrievers import BaseRetriever
     from langchain_core.vectorstores import VectorStore, VectorStoreRetriever
-    from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
+    from pydantic import ConfigDict, Field, PrivateAttr, SkipValidation, field_validator, model_validator
 except ImportError as exc:  # pragma: no cover - exercised with langchain-core absent
     raise ImportError(
         'kl_retrievers.langchain needs langchain-core; install it with: pip install "kl-retrievers[langchain]"'
@@ -63,9 +63,11 @@ from kl_retrievers._adapters import (
     DEFAULT_RELEVANCE,
     RELEVANCE_FUNCTIONS,
     RelevanceFn,
+    RelevanceName,
     backend_refusal,
     cancellable_write,
     check_write_ids,
+    document_precision_hint,
     encode_for_write,
     loads_anywhere,
     mmr_select,
@@ -96,13 +98,21 @@ from kl_retrievers._confidence import (
     require_calibrator,
 )
 from kl_retrievers._encoding import check_texts, query_batch_size
-from kl_retrievers._io import LEFTOVER_NAME, check_dangling_link, load_unchanged, make_dirs, user_path
+from kl_retrievers._io import (
+    LEFTOVER_NAME,
+    check_dangling_link,
+    describe_kl_folder,
+    load_unchanged,
+    make_dirs,
+    user_path,
+)
 from kl_retrievers._warn import at_callers_line, user_stacklevel, warn
 from kl_retrievers.filters import MetadataFilter
 from kl_retrievers.gaussian import (
     SCORE_DIRECTION,
     SCORE_NAME,
     Gaussians,
+    _real_numpy,
     check_k,
     document_gaussians_from_vectors,
     is_real_number,
@@ -110,10 +120,13 @@ from kl_retrievers.gaussian import (
     kl_query_constant,
     kl_query_vectors,
 )
-from kl_retrievers.hybrid import FusionConfig, HybridResult, KLHybridStore
+from kl_retrievers.hybrid import FusionConfig, FusionMode, HybridResult, KLHybridStore, Normalization
 from kl_retrievers.index import KLStore, SearchResult, StoreFormatError
 from kl_retrievers.store._format import CONFIG as _STORE_CONFIG
 from kl_retrievers.store._format import STORE_FILES as _STORE_FILES
+
+if TYPE_CHECKING:
+    from kl_retrievers.pretrained import Backend
 
 logger = logging.getLogger(__name__)
 
@@ -615,13 +628,104 @@ def _unwrap_encoder(encoder: Any, call: str = "KLVectorStore.from_texts(texts, {
     if isinstance(encoder, KLEmbeddings):
         return encoder.encoder
     if isinstance(encoder, Embeddings):
-        return EmbeddingsGaussianEncoder(encoder)
+        inner = _inner_klembeddings(encoder)
+        return _wrapper_encoder(encoder, inner) if inner is not None else EmbeddingsGaussianEncoder(encoder)
     if encoder is not None and not (hasattr(encoder, "encode_queries") and hasattr(encoder, "encode_documents")):
         raise TypeError(
             "encoder must be a Gaussian encoder (encode_queries / encode_documents), a KLEmbeddings "
             f"or a LangChain Embeddings; got {type(encoder).__name__}"
         )
     return encoder
+
+
+#: Where a LangChain ``Embeddings`` wrapper keeps the ``Embeddings`` it wraps: ``CacheBackedEmbeddings``'
+#: ``underlying_embeddings``, ``HypotheticalDocumentEmbedder``'s ``base_embeddings``, and the usual field names.
+_WRAPPED_EMBEDDINGS_ATTRIBUTES = (
+    "underlying_embeddings",
+    "base_embeddings",
+    "embeddings",
+    "embedding",
+    "_embeddings",
+    "_embedding",
+)
+
+
+def _inner_klembeddings(embeddings: Any, depth: int = 4) -> KLEmbeddings | None:
+    """The :class:`KLEmbeddings` a LangChain ``Embeddings`` wrapper holds (:data:`_WRAPPED_EMBEDDINGS_ATTRIBUTES`,
+    through up to ``depth`` wrappers), ``embeddings`` itself when it is one; ``None`` when there is none."""
+    for _ in range(depth + 1):
+        if isinstance(embeddings, KLEmbeddings) or not isinstance(embeddings, Embeddings):
+            return embeddings if isinstance(embeddings, KLEmbeddings) else None
+        held = (_attribute(embeddings, name) for name in _WRAPPED_EMBEDDINGS_ATTRIBUTES)
+        embeddings = next((e for e in held if isinstance(e, Embeddings) and e is not embeddings), None)
+    return None
+
+
+def _attribute(obj: Any, name: str) -> Any:
+    """``obj.name``, ``None`` when reading it fails (a third-party property may raise anything)."""
+    try:
+        return getattr(obj, name, None)
+    except Exception:
+        return None
+
+
+def _shares_query_cache(wrapper: Any) -> bool:
+    """Whether a ``CacheBackedEmbeddings`` caches queries under its documents' keys (``query_embedding_cache=True``,
+    or the same byte store and key namespace): then one text's ``q~`` and ``d~`` take turns in one entry."""
+    queries = getattr(wrapper, "query_embedding_store", None)
+    documents = getattr(wrapper, "document_embedding_store", None)
+    if queries is None or documents is None:
+        return False
+    if queries is documents:
+        return True
+    store = getattr(queries, "store", None)  # an EncoderBackedStore over a byte store: the same one, the same keys?
+    if store is None or store is not getattr(documents, "store", None):
+        return False
+    try:
+        probe = "kl-retrievers cache key probe"
+        return bool(queries.key_encoder(probe) == documents.key_encoder(probe))
+    except Exception:  # keys that cannot be compared: the same byte store may hold both
+        return True
+
+
+def _warn_once(embeddings: KLEmbeddings, key: str, message: str) -> None:
+    """Warn ``message`` once per ``key`` and ``embeddings`` object (as :func:`_detect_caller_store` does)."""
+    warned: set[str] = embeddings.__dict__.setdefault("_kl_warned_stores", set())
+    if key not in warned:
+        warn(message)
+        warned.add(key)  # after: a warning raised as an error (-W error) is raised again next time
+
+
+def _shared_cache_message(wrapper: Any) -> str:
+    name = type(wrapper).__name__
+    return (
+        f"{name} caches the queries of its KLEmbeddings under the keys of its documents (query_embedding_cache=True, "
+        "or the same store and namespace): a text's query vector q~ and document vector d~ differ, so a query "
+        "already embedded as a document gets its d~ (and a document embedded as a query its q~), which gives wrong "
+        f"scores. Give queries a cache of their own: {name}.from_bytes_store(embeddings, store, namespace=..., "
+        "query_embedding_cache=<another byte store>), or leave query_embedding_cache out"
+    )
+
+
+def _wrapper_encoder(wrapper: Embeddings, inner: KLEmbeddings) -> Any:
+    """The Gaussian encoder for a LangChain ``Embeddings`` wrapper of the :class:`KLEmbeddings` ``inner``.
+
+    A document cache (``CacheBackedEmbeddings``) is used, its vectors decoded back to Gaussians
+    (:class:`_CachedKLEncoder`), unless it caches queries under its documents' keys. Any other wrapper (or such a
+    cache) is bypassed, with a warning naming it: ``inner``'s model encodes the texts, as it does for ``inner``.
+    """
+    shared = _shares_query_cache(wrapper)
+    if getattr(wrapper, "underlying_embeddings", None) is inner and hasattr(wrapper, "document_embedding_store"):
+        if not shared:
+            return _CachedKLEncoder(wrapper, inner)
+        why = _shared_cache_message(wrapper) + ". A Gaussian store encodes with the KLEmbeddings' model, not this cache"
+    else:
+        why = (
+            f"{type(wrapper).__name__} wraps a KLEmbeddings: a Gaussian store encodes its texts with that "
+            f"KLEmbeddings' model, not through {type(wrapper).__name__} (its vectors cannot be read back as Gaussians)"
+        )
+    _warn_once(inner, f"wrapper:{type(wrapper).__name__}", why)
+    return inner.encoder
 
 
 def _refuse_model_name(embedding: Any, call: str) -> None:
@@ -785,11 +889,30 @@ def _warn_incompatible(store_name: str, reason: str) -> None:
     )
 
 
-def _detect_caller_store(embeddings: KLEmbeddings) -> None:
-    """Warn when the calling vector store (found on the stack) is known to break the rewrite.
+def _cosine_user_message(owner: Any) -> str:
+    """Why ``KLEmbeddings`` vectors mean nothing to ``owner``, a LangChain document compressor or transformer."""
+    name = type(owner).__name__
+    kind = "compressor" if isinstance(owner, BaseDocumentCompressor) else "transformer"
+    return (
+        f"KLEmbeddings used by {name} (a LangChain document {kind}): LangChain's embedding filters "
+        "(EmbeddingsFilter, EmbeddingsRedundantFilter, EmbeddingsClusteringFilter...) compare embeddings by cosine "
+        "similarity, and the cosine of KLEmbeddings' vectors, between a query's q~ and a document's d~ or between "
+        "two d~, says nothing of relevance or redundancy (only <q~, d~> does: -KL = <q~, d~> + c(q)), so documents "
+        "are kept or dropped at random. Cut by the -KL ranking instead: KLRetriever(min_confidence=...), or "
+        'KLVectorStore.as_retriever(search_type="similarity_score_threshold", search_kwargs={"score_threshold": '
+        f"...}}); or give {name} other embeddings"
+    )
 
-    Once per store type and ``embeddings`` object (a store embeds at every add and search). A warning
-    raised as an error (``-W error``) propagates; any other failure of this best-effort check is logged.
+
+def _detect_caller_store(embeddings: KLEmbeddings) -> None:
+    """Warn when the caller (found on the stack) is known to break the rewrite.
+
+    A vector store that does not rank by the raw inner product; a LangChain document compressor or transformer
+    (``EmbeddingsFilter``, ``EmbeddingsRedundantFilter``, ``EmbeddingsClusteringFilter``...), which compares the
+    vectors by cosine; a ``CacheBackedEmbeddings`` that caches queries under its documents' keys
+    (:func:`_shares_query_cache`). Once per caller type and ``embeddings`` object (a store embeds at every add and
+    search). A warning raised as an error (``-W error``) propagates; any other failure of this best-effort check is
+    logged.
     """
     warned: set[str] = embeddings.__dict__.setdefault("_kl_warned_stores", set())
 
@@ -806,6 +929,11 @@ def _detect_caller_store(embeddings: KLEmbeddings) -> None:
                 return
             loc = f.f_locals
             owner = loc.get("self")
+            if isinstance(owner, (BaseDocumentCompressor, BaseDocumentTransformer)):
+                _warn_once(embeddings, type(owner).__name__, _cosine_user_message(owner))
+                return
+            if isinstance(owner, Embeddings) and owner is not embeddings and _shares_query_cache(owner):
+                _warn_once(embeddings, f"wrapper:{type(owner).__name__}", _shared_cache_message(owner))
             if isinstance(owner, VectorStore):
                 if isinstance(owner, KLVectorStore):
                     return
@@ -969,7 +1097,7 @@ class KLEmbeddings(Embeddings):
         model_name: str | os.PathLike[str] | None = None,
         batch_size: int = 32,
         show_progress_bar: bool = False,
-        backend: str | None = None,
+        backend: Backend | None = None,
     ) -> None:
         from kl_retrievers.pretrained import BACKENDS
 
@@ -1149,7 +1277,11 @@ class KLEmbeddings(Embeddings):
         ``UserWarning`` naming the precision and saying to pass float64, when a decoded variance may be off by
         more than 0.1%.
 
+        The vector may be a list of numbers, a numpy array or a torch tensor (detached and copied to the CPU,
+        bfloat16 read as float32), converted by the rules of :class:`~kl_retrievers.gaussian.Gaussians`.
+
         Raises:
+            TypeError: The vector holds no real numbers (complex numbers, strings, objects), naming its dtype.
             ValueError: The vector has an even length or does not start with ``1`` (a ``d~``
                 document vector, or an embedding from another model), or a decoded variance is clearly
                 negative.
@@ -1159,7 +1291,7 @@ class KLEmbeddings(Embeddings):
             >>> g.mean.tolist(), g.var.tolist()
             ([[2.0]], [[0.5]])
         """
-        v = np.asarray(vector, dtype=np.float64).reshape(-1)
+        v = _real_numpy(vector, "the q~ vector", "KLEmbeddings.decode_query takes").astype(np.float64).reshape(-1)
         if v.size < 3 or v.size % 2 != 1:
             raise ValueError(f"a q~ vector has 2k + 1 values; got {v.size}")
         if not abs(v[0] - 1.0) < 1e-6:
@@ -1176,6 +1308,66 @@ class KLEmbeddings(Embeddings):
             raise ValueError(f"not a q~ query vector: var_q + mu_q^2 is smaller than mu_q^2{hint}")
         warn_unreliable_query_variance(vector, v[None, :], "KLEmbeddings.decode_query (a q~ to search by)")
         return Gaussians(mean[None, :], np.maximum(var, floor)[None, :])
+
+
+class _CachedKLEncoder:
+    """The Gaussian encoder of a document cache over a :class:`KLEmbeddings` (LangChain's ``CacheBackedEmbeddings``).
+
+    Documents go through the cache (served from it, or encoded by the model and cached there) and their ``d~``
+    come back as the Gaussians behind them (:func:`~kl_retrievers.gaussian.document_gaussians_from_vectors`: exact
+    up to rounding, in float32 as the model gives them), so a store's scores are the model's. Queries go through
+    the cache's own query cache when it has one (``q~`` decoded by :meth:`KLEmbeddings.decode_query`), else to the
+    model. The cache encodes at the :class:`KLEmbeddings`' batch size. Every other attribute (name, config, batch
+    invariance, tokenizer...) and the identities a store records are the model's.
+    """
+
+    def __init__(self, wrapper: Embeddings, embeddings: KLEmbeddings) -> None:
+        self.wrapper = wrapper
+        self.embeddings = embeddings
+
+    def __getattr__(self, name: str) -> Any:
+        """The model's attribute ``name`` (``name_or_path``, ``config``, ``batch_invariant``...)."""
+        if name.startswith("__") or name in ("wrapper", "embeddings"):  # not during copying or unpickling
+            raise AttributeError(name)
+        return getattr(self.embeddings.encoder, name)
+
+    def _recorded_encoder(self) -> Any:
+        """The model whose identities a store records (see :meth:`KLEmbeddings._recorded_encoder`)."""
+        return self.embeddings._recorded_encoder()
+
+    def __repr__(self) -> str:
+        return f"_CachedKLEncoder({type(self.wrapper).__name__} of {self.embeddings!r})"
+
+    def encode_documents(
+        self, texts: Sequence[str], batch_size: int = 32, show_progress_bar: bool = False
+    ) -> Gaussians:
+        """Document Gaussians through the cache (``batch_size`` and ``show_progress_bar``: the KLEmbeddings')."""
+        items = _check_texts(texts)
+        if not items:
+            return self.embeddings.encode_documents(items)
+        vectors = self.wrapper.embed_documents(items)
+        model = self.embeddings._encoder  # its dimension, when loaded (a cache hit loads no model)
+        dim = getattr(getattr(model, "config", None), "dim", None)
+        try:
+            gaussians = document_gaussians_from_vectors(vectors)
+            if isinstance(dim, int) and gaussians.dim != dim:
+                raise ValueError(f"dimension {gaussians.dim}, the model's is {dim}")
+        except ValueError as exc:
+            raise ValueError(
+                f"{type(self.wrapper).__name__}.embed_documents returned vectors that are not this KLEmbeddings' "
+                f"document vectors d~ ({exc}): does its cache hold another model's vectors, or query vectors? Give "
+                "each model its own namespace and queries a cache of their own"
+            ) from None
+        return Gaussians(gaussians.mean.astype(np.float32), gaussians.var.astype(np.float32))
+
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 32, show_progress_bar: bool = False) -> Gaussians:
+        """Query Gaussians through the cache's query cache, else from the model (as :class:`KLEmbeddings` gives)."""
+        items = _check_texts(texts)
+        if not items or getattr(self.wrapper, "query_embedding_store", None) is None:
+            return self.embeddings.encode_queries(items, batch_size=batch_size, show_progress_bar=show_progress_bar)
+        decoded = [KLEmbeddings.decode_query(self.wrapper.embed_query(text)) for text in items]
+        mean = np.concatenate([g.mean for g in decoded]).astype(np.float32)
+        return Gaussians(mean, np.concatenate([g.var for g in decoded]).astype(np.float32))
 
 
 # --------------------------------------------------------------------------- vector store
@@ -1364,7 +1556,8 @@ class KLVectorStore(VectorStore):
 
     Args:
         embedding: A :class:`KLEmbeddings`, a Gaussian encoder, or any LangChain ``Embeddings``
-            (wrapped by :class:`EmbeddingsGaussianEncoder`: unit variance, i.e. L2 search);
+            (wrapped by :class:`EmbeddingsGaussianEncoder`: unit variance, i.e. L2 search; a wrapper of a
+            :class:`KLEmbeddings` serves as that KLEmbeddings, a ``CacheBackedEmbeddings`` through its cache);
             default: the package's default model, loaded on first use. A model name or folder is
             refused (``TypeError``): pass ``KLEmbeddings(model_name=...)``.
         store: An existing :class:`KLStore` or :class:`~kl_retrievers.milvus.MilvusKLStore` to
@@ -1394,13 +1587,13 @@ class KLVectorStore(VectorStore):
         embedding: Any | None = None,
         *,
         store: Any | None = None,
-        relevance: str | RelevanceFn = DEFAULT_RELEVANCE,
+        relevance: RelevanceName | RelevanceFn = DEFAULT_RELEVANCE,
         batch_size: int | None = None,
         **store_kwargs: Any,
     ) -> None:
         resolve_relevance(relevance)
         self.relevance = relevance
-        given = embedding if isinstance(embedding, KLEmbeddings) else None
+        given = _inner_klembeddings(embedding)  # also the one a wrapper holds (CacheBackedEmbeddings)
         if batch_size is None:
             batch_size = given.batch_size if given is not None else 32
         self.batch_size = _check_k(batch_size, "batch_size")
@@ -1699,7 +1892,8 @@ class KLVectorStore(VectorStore):
             The ids, in input order.
 
         Raises:
-            TypeError: An item is not a ``(str, vector)`` pair, or ``metadatas`` / ``ids`` is a single
+            TypeError: An item is not a ``(str, vector)`` pair, a vector holds no real numbers (complex
+                numbers, strings, objects: naming its dtype), or ``metadatas`` / ``ids`` is a single
                 dict / str or a set.
             ValueError: A vector that is no document vector ``d~`` (an ordinary embedding, a ``q~``
                 query vector, another length than ``2k + 1``), Gaussians of another dimension than this
@@ -1730,8 +1924,10 @@ class KLVectorStore(VectorStore):
             raise ValueError(
                 f"{what}; text_embeddings[0] has {lengths[0]} floats but text_embeddings[{odd}] has {lengths[odd]}"
             )
+        raw = [vec for _, vec in pairs]  # the caller's: numbers, arrays or tensors (Gaussians' rules)
+        rows = [_real_numpy(vec, f"text_embeddings[{j}]", "add_embeddings takes") for j, vec in enumerate(raw)]
         try:
-            vectors = np.asarray([vec for _, vec in pairs], dtype=np.float64)
+            vectors = np.asarray(rows, dtype=np.float64)
             gaussians = document_gaussians_from_vectors(vectors)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{what}; {exc}") from exc
@@ -1747,6 +1943,7 @@ class KLVectorStore(VectorStore):
             raise ValueError(
                 f"{what}; text_embeddings[{j}] is not one: its first value is {vectors[j, 0]:.6g}, but the Gaussian "
                 f"its other values give has {expected[j]:.6g} there ({bad.size} such vector(s))"
+                f"{document_precision_hint(raw, vectors)}"
             )
         own = self._expected_dim()
         if own is not None and gaussians.dim != own:
@@ -2216,7 +2413,7 @@ class KLVectorStore(VectorStore):
         embeddings: Any | None = None,
         index_name: str = _DEFAULT_INDEX_NAME,
         *,
-        relevance: str | RelevanceFn | None = None,
+        relevance: RelevanceName | RelevanceFn | None = None,
         mmap: bool = False,
         verify_checksums: bool = True,
         allow_dangerous_deserialization: bool = False,
@@ -2282,7 +2479,8 @@ class KLVectorStore(VectorStore):
                 DEFAULT_RELEVANCE,
             )
         rel = relevance if relevance is not None else (manifest.get("relevance") or DEFAULT_RELEVANCE)
-        given = embeddings if isinstance(embeddings, KLEmbeddings) else encoder  # the same object as `embeddings`
+        # the same object as `embeddings` (a KLEmbeddings, or a wrapper of one: CacheBackedEmbeddings)
+        given = embeddings if _inner_klembeddings(embeddings) is not None else encoder
         return cls(given, store=store, relevance=rel, batch_size=int(manifest.get("batch_size") or 32))
 
     @classmethod
@@ -2304,6 +2502,8 @@ class KLVectorStore(VectorStore):
             hint = ""
             if "config.json" in found and "documents.jsonl" in found:
                 hint = " It looks like a KLStore folder; use KLVectorStore(embedding, store=KLStore.load(path))."
+            elif (other := describe_kl_folder(folder)) is not None:
+                hint = f" It is {other}."
             elif any(n.endswith(".pkl") for n in found) or "index.faiss" in found:
                 hint = " It looks like a langchain-community FAISS folder; load it with FAISS.load_local."
             else:
@@ -3174,9 +3374,10 @@ class KLHybridRetriever(_ConfidenceRetriever):
     """
 
     store: KLHybridStore
-    fusion: str | None = None
+    # typed for type checkers; checked by FusionConfig (model_post_init), whose messages name the allowed values
+    fusion: SkipValidation[FusionMode | None] = None
     weight: float | None = None
-    normalization: str | None = None
+    normalization: SkipValidation[Normalization | None] = None
     score_key: str = "fused_score"
 
     saving: ClassVar[str] = (
@@ -3209,12 +3410,12 @@ class KLHybridRetriever(_ConfidenceRetriever):
 
     def _fusion_settings(
         self,
-        fusion: str | None = None,
+        fusion: FusionMode | None = None,
         weight: float | None = None,
-        normalization: str | None = None,
+        normalization: Normalization | None = None,
         *,
         checking: bool = False,
-    ) -> tuple[str | None, float | None, str | None]:
+    ) -> tuple[FusionMode | None, float | None, Normalization | None]:
         """``(fusion, weight, normalization)`` of a call: the call's own, else the retriever's defaults
         (:meth:`_default`); the retriever's ``weight`` and ``normalization`` apply to a convex call only.
 
@@ -3244,7 +3445,7 @@ class KLHybridRetriever(_ConfidenceRetriever):
         ids: Iterable[str | None] | None = None,
         *,
         k: int = 4,
-        fusion: str | None = None,
+        fusion: FusionMode | None = None,
         min_confidence: float | None = None,
         calibrator: Any = None,
         **store_kwargs: Any,
@@ -3366,9 +3567,9 @@ class KLHybridRetriever(_ConfidenceRetriever):
         k: int | None = None,
         filter: MetadataFilter | _Unset | None = _UNSET,
         min_confidence: float | _Unset | None = _UNSET,
-        fusion: str | None = None,
+        fusion: FusionMode | None = None,
         weight: float | None = None,
-        normalization: str | None = None,
+        normalization: Normalization | None = None,
         **kwargs: Any,
     ) -> tuple[list[Document], dict[str, Any] | None]:
         self._refuse_call_options(kwargs)

@@ -69,7 +69,7 @@ from collections.abc import Set as AbstractSet
 from enum import Enum
 from pathlib import Path, PurePath
 from types import FrameType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -88,7 +88,7 @@ from kl_retrievers._confidence import (
 )
 from kl_retrievers._encoding import check_texts
 from kl_retrievers._encoding import query_batch_size as _query_batch_size
-from kl_retrievers._io import clean_stale, fsync_dir, load_unchanged, make_dirs, user_path
+from kl_retrievers._io import clean_stale, describe_kl_folder, fsync_dir, load_unchanged, make_dirs, user_path
 from kl_retrievers._warn import at_callers_line, user_stacklevel
 from kl_retrievers.calibration import ConfidenceCalibrator
 from kl_retrievers.filters import _plain_json, _short
@@ -97,6 +97,7 @@ from kl_retrievers.gaussian import (
     SCORE_NAME,
     Gaussians,
     _first_bad,
+    _real_numpy,
     check_k,
     document_gaussians_from_vectors,
     is_real_number,
@@ -104,9 +105,16 @@ from kl_retrievers.gaussian import (
     kl_query_vectors,
     neg_kl_matrix,
 )
-from kl_retrievers.hybrid import FusionConfig, HybridResult, KLHybridStore, _warn_metadata_keys
+from kl_retrievers.hybrid import (
+    FusionConfig,
+    FusionMode,
+    HybridResult,
+    KLHybridStore,
+    Normalization,
+    _warn_metadata_keys,
+)
 from kl_retrievers.index import KLStore
-from kl_retrievers.store import DeleteReport, GaussianStore, StoredDocument
+from kl_retrievers.store import DeleteReport, GaussianStore, StoredDocument, StoreFormatError
 from kl_retrievers.store._base import _check_utf8, _metadata_list
 from kl_retrievers.store._format import FORMAT_NAME as KLSTORE_FORMAT_NAME
 
@@ -154,6 +162,9 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised by a test that hides the package
     raise ImportError(_INSTALL_HINT) from exc
 
+
+if TYPE_CHECKING:
+    from kl_retrievers.pretrained import Backend
 
 logger = logging.getLogger(__name__)
 # LlamaIndex's instrumentation: KLEmbedding's batch methods send the embedding events its base class sends
@@ -204,6 +215,16 @@ SUPPORTED_FILTER_OPERATORS = (
 SUPPORTED_FILTER_CONDITIONS = ("and", "or", "not")
 #: ``VectorStoreQueryMode`` values that :class:`KLVectorStore` understands.
 SUPPORTED_QUERY_MODES = (VectorStoreQueryMode.DEFAULT.value, VectorStoreQueryMode.MMR.value)
+#: The keyword and hybrid modes, whose refusal names :class:`KLHybridRetriever` (BM25 fused with ``-KL``).
+_KEYWORD_QUERY_MODES = frozenset(
+    m.value
+    for m in (
+        VectorStoreQueryMode.HYBRID,
+        VectorStoreQueryMode.SEMANTIC_HYBRID,
+        VectorStoreQueryMode.SPARSE,
+        VectorStoreQueryMode.TEXT_SEARCH,
+    )
+)
 # LlamaIndex's MMR defaults: lambda (``mmr_threshold``) and candidates per result (``mmr_prefetch_factor``).
 _MMR_THRESHOLD = 0.5
 _MMR_PREFETCH_FACTOR = 4.0
@@ -256,8 +277,13 @@ def _ragged_rows(embeddings: Any, what: str, labels: Sequence[str] | None) -> st
 
 
 def _as_2d(embeddings: Any, what: str, labels: Sequence[str] | None = None) -> np.ndarray:
+    """``embeddings`` (one vector or rows: numbers, arrays, tensors) as finite float64 rows of odd length 2k + 1.
+
+    Converted by the rules of :class:`~kl_retrievers.gaussian.Gaussians` (a tensor detached and copied to the
+    CPU, bfloat16 read as float32); complex numbers, strings and objects raise ``TypeError`` naming the dtype.
+    """
     try:
-        arr = np.asarray(embeddings, dtype=np.float64)
+        arr = _real_numpy(embeddings, what, "KL embeddings take").astype(np.float64)
     except ValueError as exc:
         problem = _ragged_rows(embeddings, what, labels)
         if problem is None:
@@ -290,8 +316,10 @@ def document_gaussians_from_embeddings(embeddings: Any, *, check: bool = True) -
         float64 :class:`~kl_retrievers.gaussian.Gaussians`, shape ``(n, k)``.
 
     Raises:
+        TypeError: Values that are no real numbers (complex numbers, strings, objects), naming the dtype.
         ValueError: Wrong length, non-finite values, non-negative precision coordinates or
-            an inconsistent first coordinate.
+            an inconsistent first coordinate (naming the values, and float16 or bfloat16 input, which
+            is too coarse for it).
 
     Examples:
         >>> import numpy as np
@@ -301,7 +329,11 @@ def document_gaussians_from_embeddings(embeddings: Any, *, check: bool = True) -
         >>> back.mean.tolist(), back.var.tolist()
         ([[0.5, -1.0]], [[2.0, 0.25]])
     """
-    d = _as_2d(embeddings, "document embeddings")
+    return _document_gaussians(_as_2d(embeddings, "document embeddings"), embeddings, check)
+
+
+def _document_gaussians(d: np.ndarray, raw: Any, check: bool = True) -> Gaussians:
+    """:func:`document_gaussians_from_embeddings` of rows ``d`` that :func:`_as_2d` read from the caller's ``raw``."""
     k = (d.shape[1] - 1) // 2
     neg_half_precision = d[:, 1 : k + 1]
     if not (neg_half_precision < 0).all():
@@ -320,10 +352,12 @@ def document_gaussians_from_embeddings(embeddings: Any, *, check: bool = True) -
         scale = 0.5 * (np.abs(log_var) + ratio).sum(axis=1) + 1.0
         bad = np.flatnonzero(np.abs(first - d[:, 0]) > _DOC_CHECK_RTOL * scale)
         if bad.size:
+            i = int(bad[0])
             raise ValueError(
-                f"{bad.size} document embedding(s) (first at position {int(bad[0])}) are not KL document "
-                "vectors: the first coordinate does not match -1/2 sum(log var + mu^2 / var); "
-                "embed documents with KLEmbedding"
+                f"{bad.size} document embedding(s) (first at position {i}) are not KL document "
+                f"vectors: the first coordinate does not match -1/2 sum(log var + mu^2 / var) (position {i}: "
+                f"{d[i, 0]:.6g}, but the Gaussian its other values give has {first[i]:.6g} there); "
+                f"embed documents with KLEmbedding{adapters.document_precision_hint(raw, d)}"
             )
     return Gaussians(mean, var)
 
@@ -1152,7 +1186,7 @@ class KLEmbedding(BaseEmbedding):
         encoder: Any | str | None = None,
         embed_batch_size: int = 32,
         callback_manager: CallbackManager | None = None,
-        backend: str | None = None,
+        backend: Backend | None = None,
         **kwargs: Any,
     ) -> None:
         if encoder is None or isinstance(encoder, (str, os.PathLike)):
@@ -2342,7 +2376,7 @@ class KLVectorStore(BasePydanticVectorStore):
         store: GaussianStore | None = None,
         *,
         encoder: Any | None = None,
-        relevance: str = adapters.DEFAULT_RELEVANCE,
+        relevance: adapters.RelevanceName = adapters.DEFAULT_RELEVANCE,
         calibrator: Any = None,
         stores_text: bool = True,
         flat_metadata: bool = False,
@@ -2610,12 +2644,9 @@ class KLVectorStore(BasePydanticVectorStore):
             var = np.ones((len(nodes), 0))
             with_embedding = [i for i, n in enumerate(nodes) if n.embedding is not None]
             if with_embedding:
-                rows = _as_2d(
-                    [nodes[i].embedding for i in with_embedding],
-                    "node embeddings",
-                    labels=[nodes[i].node_id for i in with_embedding],
-                )
-                g = document_gaussians_from_embeddings(rows)
+                raw = [nodes[i].embedding for i in with_embedding]
+                rows = _as_2d(raw, "node embeddings", labels=[nodes[i].node_id for i in with_embedding])
+                g = _document_gaussians(rows, raw)
                 k = g.dim if k is None else k
                 if g.dim != k:
                     raise ValueError(f"node embeddings have k={g.dim} (length {2 * g.dim + 1}); this store has k={k}")
@@ -2926,7 +2957,14 @@ class KLVectorStore(BasePydanticVectorStore):
         """:meth:`query`, with ``unrestricted`` saying whether to ignore ``query.node_ids`` (the as_retriever list)."""
         mode = _enum_value(query.mode)
         if mode not in SUPPORTED_QUERY_MODES:
-            raise ValueError(f"KLVectorStore supports the query modes {SUPPORTED_QUERY_MODES}; got {mode!r}")
+            raise ValueError(
+                f"KLVectorStore supports the query modes {SUPPORTED_QUERY_MODES}; got {mode!r}"
+                + (
+                    "; for BM25 + -KL hybrid search use KLHybridRetriever.from_defaults(nodes=...) (a KLHybridStore)"
+                    if mode in _KEYWORD_QUERY_MODES
+                    else ""
+                )
+            )
         gaussian = self._query_gaussian(query)
         # what VectorStoreIndex.as_retriever passes: no restriction (see the class docstring)
         node_ids = None if unrestricted else query.node_ids
@@ -3328,6 +3366,8 @@ class KLVectorStore(BasePydanticVectorStore):
             FileNotFoundError: Nothing at ``persist_path``, a folder that is neither form (the message lists
                 its ``*.json`` files that could not be read and its ``*.klstore`` sub-folders), or the
                 calibrator file the manifest names is missing.
+            StoreFormatError: (a ``ValueError``) A folder kl_retrievers saved as another kind (a hybrid store,
+                an encoder...: the message names it), where the manifest (or the manifest's folder) is expected.
             ValueError: The manifest is not a KLVectorStore manifest (or the store or calibrator is corrupted);
                 a folder holding several manifests (each is named: pass one).
         """
@@ -3337,6 +3377,8 @@ class KLVectorStore(BasePydanticVectorStore):
         if path.is_dir():
             manifest_path = _manifest_in_folder(path)
             if manifest_path is None and not (path / "config.json").is_file():
+                if (other := describe_kl_folder(path)) is not None:
+                    raise StoreFormatError(f"{path} is not a LlamaIndex KLVectorStore: it is {other}")
                 raise FileNotFoundError(_no_store_in_folder(path))
             if manifest_path is None:
                 return cls(
@@ -3346,6 +3388,10 @@ class KLVectorStore(BasePydanticVectorStore):
             logger.info("%s holds one KLVectorStore manifest: loading %s", path, manifest_path.name)
             path = manifest_path
         if not path.is_file():
+            folder = path.parent
+            other = describe_kl_folder(folder) if folder.is_dir() else None
+            if other is not None and not adapters.manifests_in_folder(folder, _MANIFEST_FORMAT):
+                raise StoreFormatError(f"{folder} is not a LlamaIndex persist folder: it is {other}")
             raise FileNotFoundError(f"no KLVectorStore at {path}")
         manifest = adapters.read_manifest(
             path, format_name=_MANIFEST_FORMAT, format_version=_MANIFEST_VERSION, what="KLVectorStore"
@@ -3396,7 +3442,7 @@ class KLVectorStore(BasePydanticVectorStore):
             raise ValueError(f"{path}: 'is_embedding_query' must be true or false; got {is_embedding_query!r}")
         return cls(
             store,
-            relevance=str(relevance),
+            relevance=cast(adapters.RelevanceName, str(relevance)),  # checked by the constructor
             calibrator=calibrator,
             flat_metadata=bool(manifest.get("flat_metadata", False)),
             is_embedding_query=is_embedding_query,
@@ -4064,9 +4110,9 @@ class KLHybridRetriever(_TopKRetriever):
         self,
         store: KLHybridStore,
         similarity_top_k: int = DEFAULT_SIMILARITY_TOP_K,
-        fusion: str | None = None,
+        fusion: FusionMode | None = None,
         weight: float | None = None,
-        normalization: str | None = None,
+        normalization: Normalization | None = None,
         filters: MetadataFilters | None = None,
         calibrator: Any = None,
         callback_manager: CallbackManager | None = None,
@@ -4139,7 +4185,7 @@ class KLHybridRetriever(_TopKRetriever):
         encoder: Any | None = None,
         transformations: Sequence[TransformComponent] | None = None,
         similarity_top_k: int = DEFAULT_SIMILARITY_TOP_K,
-        fusion: str | None = None,
+        fusion: FusionMode | None = None,
         filters: MetadataFilters | None = None,
         calibrator: Any = None,
         object_map: dict[str, Any] | None = None,

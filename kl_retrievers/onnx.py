@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PureWindowsPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
@@ -54,10 +54,13 @@ from kl_retrievers._encoding import (
     progress_bar,
     require_torch,
 )
+from kl_retrievers._errors import KLRetrieversError
 from kl_retrievers._io import (
     atomic_dir,
     check_dangling_link,
     check_version,
+    describe_kl_folder,
+    describe_saved_meta,
     in_model_folder,
     is_within,
     library_version,
@@ -86,6 +89,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "QUANTIZATIONS",
+    "Quantization",
     "OnnxEncoderConfig",
     "OnnxGaussianEncoder",
     "OnnxModelError",
@@ -100,8 +104,11 @@ MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_NAME = "config.json"
 VAR_TOKEN = "[VAR]"
-#: Accepted values of ``quantize``: dynamic int8 weights, or none (float32).
-QUANTIZATIONS: tuple[str | None, ...] = ("int8", None)
+#: Weight quantisations of an ONNX export: dynamic int8 weights (``quantize=None``, or ``"float32"`` where a
+#: ``quantize`` option takes it, keeps float32 weights).
+Quantization = Literal["int8"]
+#: Accepted values of ``quantize``: the :data:`Quantization` values, or none (float32); the runtime checks read it.
+QUANTIZATIONS: tuple[Quantization | None, ...] = (*get_args(Quantization), None)
 OUTPUTS = ("mean", "var")
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _OPSET = 17
@@ -137,7 +144,7 @@ _PROBE_TEXTS = (
 )
 
 
-class OnnxModelError(ValueError):
+class OnnxModelError(KLRetrieversError, ValueError):
     """A folder that is not a valid ONNX Gaussian encoder (the message names the folder and what is wrong)."""
 
 
@@ -196,7 +203,7 @@ def export_onnx(
     encoder: GaussianEncoder,
     folder: str | os.PathLike[str],
     *,
-    quantize: str | None = "int8",
+    quantize: Quantization | Literal["float32"] | None = "int8",
     per_channel: bool = True,
     verify: bool = True,
     source_sha256: str | None = None,
@@ -1314,7 +1321,9 @@ class OnnxGaussianEncoder(EncoderMixin):
             ``CPUExecutionProvider``.
 
     Raises:
-        OnnxModelError: The folder is not an ONNX export, or its graph does not match its config.
+        FileNotFoundError: No folder at ``path``.
+        OnnxModelError: The folder is not an ONNX export (the message names the kind of one kl_retrievers saved),
+            or its graph does not match its config.
         TypeError: ``session_options`` or ``allow_spinning`` has the wrong type.
         ValueError: ``num_threads`` is not an int from 1 to :func:`max_threads`, or is given, like
             ``allow_spinning``, with ``session_options``.
@@ -1946,15 +1955,21 @@ class OnnxGaussianEncoder(EncoderMixin):
 def _read_meta(folder: Path) -> dict[str, Any]:
     cfg_file = folder / CONFIG_NAME
     if not folder.is_dir():
+        if not folder.exists():
+            raise FileNotFoundError(f"no ONNX Gaussian encoder folder at {folder}")
         raise OnnxModelError(f"{folder} is not a folder")
     if not cfg_file.is_file():
-        raise OnnxModelError(f"{folder} is not an ONNX Gaussian encoder: {CONFIG_NAME} is missing")
+        other = describe_kl_folder(folder)
+        found = f"it is {other}" if other is not None else f"{CONFIG_NAME} is missing"
+        raise OnnxModelError(f"{folder} is not an ONNX Gaussian encoder: {found}")
     try:
         meta = parse_json_object(cfg_file.read_bytes().decode("utf-8"), str(cfg_file))
     except (ValueError, UnicodeDecodeError) as exc:  # the message names the file
         raise OnnxModelError(str(exc)) from None
-    if meta.get("library") != "kl_retrievers":
-        raise OnnxModelError(f"{folder}: its {CONFIG_NAME} was not written by kl_retrievers")
+    if meta.get("library") != "kl_retrievers" or meta.get("kind") == "gaussians":
+        other = describe_saved_meta(meta)
+        found = f"it is {other}" if other is not None else f"its {CONFIG_NAME} was not written by kl_retrievers"
+        raise OnnxModelError(f"{folder} is not an ONNX Gaussian encoder: {found}")
     if meta.get("backend") != BACKEND:
         raise OnnxModelError(
             f"{folder}: {CONFIG_NAME} says backend {meta.get('backend', 'torch')!r}, not 'onnx'; "

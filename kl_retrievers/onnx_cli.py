@@ -15,10 +15,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from kl_retrievers.onnx import (
     MODEL_FILE,
+    Quantization,
     _check_export_target,
     _export_meta,
     _read_meta,
@@ -65,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_export = sub.add_parser("export", help="export an encoder to an ONNX folder")
     p_export.add_argument("source", help="bundled model name, saved encoder folder or hub id")
     p_export.add_argument("out", type=Path, help="target folder (written atomically)")
-    p_export.add_argument("--quantize", choices=["int8", "float32"], default="int8")
+    p_export.add_argument("--quantize", choices=[*get_args(Quantization), "float32"], default="int8")
     p_export.add_argument(
         "--overwrite",
         action="store_true",
@@ -97,7 +98,7 @@ def _run(args: argparse.Namespace) -> int:
         folder = _source_folder(args.source)
         _check_export_target(args.out, source=folder, overwrite=args.overwrite)  # before the model loads
         encoder, digest = _torch_source(args.source)
-        quantize = None if args.quantize == "float32" else "int8"
+        quantize: Quantization | None = None if args.quantize == "float32" else args.quantize
         out = export_onnx(encoder, args.out, quantize=quantize, source_sha256=digest, overwrite=args.overwrite)
         print(f"{out}: {MODEL_FILE} SHA-256 {_sha256(out / MODEL_FILE)}")
         return 0

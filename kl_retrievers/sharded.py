@@ -67,9 +67,11 @@ from typing import Any
 import numpy as np
 
 from kl_retrievers._encoding import blank_positions, blank_warning_suppressed, device_type, query_batch_size
+from kl_retrievers._errors import KLRetrieversError
 from kl_retrievers._io import (
     atomic_dir,
     atomic_file,
+    describe_kl_folder,
     library_version,
     make_dirs,
     parse_json_object,
@@ -690,7 +692,7 @@ def _shard_ok(out: Path, spec: ShardSpec, run: str, *, log: bool = False) -> boo
     return problem is None
 
 
-class _FolderBusyError(BlockingIOError, RuntimeError):
+class _FolderBusyError(KLRetrieversError, BlockingIOError, RuntimeError):
     """Another encode run is writing into the ``--out`` folder: a refusal the user resolves by waiting.
 
     A :class:`BlockingIOError` (an :class:`OSError`, which the command line reports as a user error, one
@@ -698,7 +700,7 @@ class _FolderBusyError(BlockingIOError, RuntimeError):
     """
 
 
-class _ShardsLostError(OSError, RuntimeError):
+class _ShardsLostError(KLRetrieversError, OSError, RuntimeError):
     """Shards this run reported written failed their check afterwards (missing, replaced or corrupt).
 
     An :class:`OSError` (the command line reports it as a user error, one line and exit status 2) and a
@@ -1142,7 +1144,7 @@ def encode_corpus(
     backend: str = "local",
     num_workers: int | None = None,
     ray_address: str | None = None,
-    show_progress_bar: bool | None = True,
+    show_progress_bar: bool | None = None,
     model_backend: str | None = None,
     onnx_options: Mapping[str, Any] | None = None,
 ) -> EncodeReport:
@@ -1171,8 +1173,8 @@ def encode_corpus(
         num_workers: Ray actors (default: one per CPU, or per GPU with ``device="cuda"``).
         ray_address: An existing Ray cluster (``None``: a local one is started).
         show_progress_bar: A bar counting the records to encode, advanced as each shard is written
-            (local backend; ``None``: only when stderr is a terminal), and, on a terminal, the encoder's
-            own bar over the batches of the shard being encoded.
+            (local backend; ``None``, the default: only when stderr is a terminal; ``TQDM_DISABLE`` hides it), and,
+            on a terminal, the encoder's own bar over the batches of the shard being encoded.
         model_backend: Run ``model`` on ``"torch"`` or ``"onnx"`` (ONNX Runtime); ``None``: the
             library's default (:func:`~kl_retrievers.pretrained.load_model`). The backend used is
             recorded in the manifest (``model_backend``); resuming with another one is refused. A folder
@@ -1679,7 +1681,11 @@ def _manifest(folder: Path) -> dict[str, Any]:
     """Read and check ``manifest.json``: errors name the file and the field."""
     path = folder / _MANIFEST
     if not path.is_file():
-        raise ValueError(f"{folder} is not an encoded-shards folder: {_MANIFEST} is missing")
+        if not folder.exists():
+            raise FileNotFoundError(f"no encoded-shards folder at {folder}")
+        other = describe_kl_folder(folder)
+        found = f"it is {other}" if other is not None else f"{_MANIFEST} is missing"
+        raise ValueError(f"{folder} is not an encoded-shards folder: {found}")
     manifest = _read_json(path)
     if not isinstance(manifest, dict):
         raise ValueError(f"{path} must hold a JSON object; got a JSON {type(manifest).__name__}")
@@ -1733,7 +1739,9 @@ def iter_encoded(
         kind: ``"document"`` or ``"query"``: the kind the shards must hold (``None``: not checked).
 
     Raises:
-        ValueError: A shard is missing, of another run, or corrupt (rerun the encode command to redo it);
+        FileNotFoundError: No folder at ``out``.
+        ValueError: ``out`` is not an encoded-shards folder (the message names the kind of one kl_retrievers
+            wrote); a shard is missing, of another run, or corrupt (rerun the encode command to redo it);
             the shards were encoded by another model than ``encoder`` (or by a model the manifest gives no
             fingerprint of) or as another ``kind`` (the message names both); ``kind`` is not one of
             ``"document"``, ``"query"`` or ``None``.
@@ -1873,6 +1881,7 @@ def load_encoded(
     ``encoder`` and ``kind`` check that the shards are that encoder's and of that kind, as in :func:`iter_encoded`.
 
     Raises:
+        FileNotFoundError: No folder at ``out``.
         ValueError: As :func:`iter_encoded`; also an id that two shards (or one shard twice) hold: the message
             names the id and both shards (the encode command refuses a repeated id, so its folders hold none).
 

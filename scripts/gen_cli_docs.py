@@ -51,7 +51,10 @@ one-line summaries of `encode` and `index`, `train`'s `saved ...` line and its `
 `--help` and `--version`); logs, warnings, errors and progress bars go to stderr. A progress bar is shown when
 stderr is a terminal; `--progress` (`encode`, `index`) shows it anyway, `--no-progress` hides it (`evaluate`
 and `train` show bars on a terminal only and have `--quiet`); with stderr closed (`2>&-`) there is none.
-`--verbose` (`-v`) logs at INFO level; it may come before or after the subcommand.
+Log lines are warnings and errors; `--verbose` (`-v`) adds INFO lines, `-vv` DEBUG lines too, and `--quiet` (`-q`)
+keeps errors only (Python warnings, which the command line logs, included; progress bars are not affected). They
+may come before or after the subcommand (`-v search ... -v` counts as `-vv`; after `evaluate` and `train`, whose
+own `--quiet` hides their progress bars, give `-q` before the subcommand); `-q` with `-v` is a usage error.
 
 **Exit statuses.**
 

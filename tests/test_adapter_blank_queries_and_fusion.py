@@ -169,9 +169,9 @@ def test_llama_index_empty_query_without_embedding_says_the_query_is_empty(encod
 @pytest.mark.parametrize("fusion", ["rrf", "adaptive"])
 def test_langchain_from_texts_refuses_weight_with_non_convex_fusion(encoder: Any, fusion: str) -> None:
     with pytest.raises(ValueError, match=rf"weight=0.3 applies to convex fusion only; .*'{fusion}'"):
-        LCHybrid.from_texts(HYBRID_TEXTS, KLEmbeddings(encoder), fusion=fusion, weight=0.3)
+        LCHybrid.from_texts(HYBRID_TEXTS, KLEmbeddings(encoder), fusion=fusion, weight=0.3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=rf"normalization='zscore' applies to convex fusion only; .*'{fusion}'"):
-        LCHybrid.from_texts(HYBRID_TEXTS, KLEmbeddings(encoder), fusion=fusion, normalization="zscore")
+        LCHybrid.from_texts(HYBRID_TEXTS, KLEmbeddings(encoder), fusion=fusion, normalization="zscore")  # type: ignore[arg-type]
 
 
 def test_langchain_from_texts_defaults_and_convex_weight_still_work(encoder: Any) -> None:
@@ -185,7 +185,7 @@ def test_langchain_from_texts_defaults_and_convex_weight_still_work(encoder: Any
 def test_llama_index_from_defaults_refuses_weight_with_non_convex_fusion(encoder: Any, fusion: str) -> None:
     nodes = [TextNode(text=t) for t in HYBRID_TEXTS]
     with pytest.raises(ValueError, match=rf"weight=0.3 applies to convex fusion only; .*'{fusion}'"):
-        LIHybrid.from_defaults(nodes=nodes, encoder=encoder, fusion=fusion, weight=0.3)
+        LIHybrid.from_defaults(nodes=nodes, encoder=encoder, fusion=fusion, weight=0.3)  # type: ignore[arg-type]
 
 
 def test_per_call_normalization_is_refused_with_non_convex_fusion(hybrid_store: KLHybridStore) -> None:

@@ -89,9 +89,9 @@ def test_langchain_from_texts_refusal_names_the_retriever(encoder: Any, fusion: 
     with pytest.raises(
         ValueError, match=rf"weight=0.3 applies to convex fusion only; this retriever fuses with '{fusion}'"
     ):
-        LCHybrid.from_texts(HYBRID_TEXTS, KLEmbeddings(encoder), fusion=fusion, weight=0.3)
+        LCHybrid.from_texts(HYBRID_TEXTS, KLEmbeddings(encoder), fusion=fusion, weight=0.3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=rf"normalization='zscore' .* this retriever fuses with '{fusion}'"):
-        LCHybrid.from_texts(HYBRID_TEXTS, KLEmbeddings(encoder), fusion=fusion, normalization="zscore")
+        LCHybrid.from_texts(HYBRID_TEXTS, KLEmbeddings(encoder), fusion=fusion, normalization="zscore")  # type: ignore[arg-type]
 
 
 def test_langchain_from_texts_retriever_fusion_decides(encoder: Any) -> None:
@@ -119,9 +119,9 @@ def test_llama_index_refusals_name_the_retriever(encoder: Any, rrf_store: KLHybr
     with pytest.raises(
         ValueError, match=rf"weight=0.3 applies to convex fusion only; this retriever fuses with '{fusion}'"
     ):
-        LIHybrid.from_defaults(nodes=_nodes(), encoder=encoder, fusion=fusion, weight=0.3)
+        LIHybrid.from_defaults(nodes=_nodes(), encoder=encoder, fusion=fusion, weight=0.3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=rf"normalization='zscore' .* this retriever fuses with '{fusion}'"):
-        LIHybrid.from_defaults(nodes=_nodes(), encoder=encoder, fusion=fusion, normalization="zscore")
+        LIHybrid.from_defaults(nodes=_nodes(), encoder=encoder, fusion=fusion, normalization="zscore")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"weight=0.3 applies to convex fusion only; this retriever fuses with 'rrf'"):
         LIHybrid(rrf_store, weight=0.3)
     convex = LIHybrid.from_defaults(nodes=_nodes(), encoder=encoder, fusion="convex", weight=0.3, similarity_top_k=1)

@@ -233,10 +233,10 @@ def test_recommended_min_confidence_per_model_and_retriever() -> None:
     bge = "bge-small-unit-variance"
     for retriever, cal in (("dense", default_calibrator(bge)), ("hybrid", default_hybrid_calibrator(bge))):
         assert (
-            recommended_min_confidence(bge, retriever=retriever) == cal.info["recommended_min_confidence"]["threshold"]
+            recommended_min_confidence(bge, retriever=retriever) == cal.info["recommended_min_confidence"]["threshold"]  # type: ignore[arg-type]
         )
     with pytest.raises(ValueError, match=r"retriever must be one of \['dense', 'hybrid'\]; got 'sparse'"):
-        recommended_min_confidence(retriever="sparse")
+        recommended_min_confidence(retriever="sparse")  # type: ignore[arg-type]
     assert recommended_min_confidence(f"kl_retrievers:{bge}") == recommended_min_confidence(bge)  # a name_or_path
     with pytest.raises(ValueError, match="'minilm-unit-variance' ships no dense confidence calibrator"):
         recommended_min_confidence("minilm-unit-variance")

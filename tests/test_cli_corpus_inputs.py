@@ -456,7 +456,7 @@ def test_index_without_options_records_the_store_defaults(tmp_path: Path, model_
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"_id": "a", "text": "x"}\n')
     assert _index(corpus, tmp_path / "cli", model_dir, "--index-type", index_type) == 0
-    store = KLStore(make_tiny_encoder(), index_type=index_type, show_progress_bar=False)
+    store = KLStore(make_tiny_encoder(), index_type=index_type, show_progress_bar=False)  # type: ignore[arg-type]
     store.add(["x"], ids=["a"])
     store.save(tmp_path / "lib")
     params = [json.loads((tmp_path / name / "config.json").read_text())["index_params"] for name in ("cli", "lib")]

@@ -164,7 +164,7 @@ def test_sq8_store_with_a_row_outside_the_trained_range_loads(kind: str, tmp_pat
     # SQ8 codes clip values outside the range they were trained on: the check on load must not take
     # that for a damaged centre (the expected row goes through the index's own codec first)
     dm, dv, qm, qv = quantized_data(4)
-    store = KLStore(index_type=kind, nlist=8, compression="sq8", norm_headroom=2.0)
+    store = KLStore(index_type=kind, nlist=8, compression="sq8", norm_headroom=2.0)  # type: ignore[arg-type]
     store.add(gaussians=Gaussians(dm[:2000], dv[:2000]), ids=[str(i) for i in range(2000)])
     var = np.ones((1, K))
     var[0, 0] = 0.25 * dv[:2000, 0].min()  # -1 / (2 var) far below every trained value

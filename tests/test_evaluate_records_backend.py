@@ -124,7 +124,7 @@ def test_an_onnx_run_records_its_graphs_precision(
 ) -> None:
     enc = make_tiny_encoder(seed=0)
     enc.save_pretrained(tmp_path / "model")  # a saved encoder knows its weights' identity, and the export records it
-    enc.export_onnx(tmp_path / "graph", quantize=quantize)
+    enc.export_onnx(tmp_path / "graph", quantize=quantize)  # type: ignore[arg-type]
     data = _beir(tmp_path / "data")
     assert main(_evaluate(tmp_path / "graph", data, "--model-backend", "onnx", "--json")) == 0
     record = json.loads(capsys.readouterr().out)

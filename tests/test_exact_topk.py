@@ -82,7 +82,7 @@ def assert_exact(
 
 
 def store_with(docs: Gaussians, index_type: str = "flat", **kw: Any) -> KLStore:
-    store = KLStore(index_type=index_type, **kw)
+    store = KLStore(index_type=index_type, **kw)  # type: ignore[arg-type]
     store.add(gaussians=docs, ids=[str(i) for i in range(len(docs))], metadatas=[{"i": i} for i in range(len(docs))])
     return store
 
@@ -321,7 +321,7 @@ def test_huge_query_variance_is_refused_not_answered_wrongly() -> None:
 @pytest.mark.parametrize("big", [1e20, 1e39])
 @pytest.mark.parametrize("index_type", ["flat", "hnsw"])
 def test_huge_document_mean_is_refused_with_its_row(big: float, index_type: str) -> None:
-    store = KLStore(index_type=index_type)
+    store = KLStore(index_type=index_type)  # type: ignore[arg-type]
     store.add(gaussians=Gaussians(np.zeros((2, 3)), np.ones((2, 3))), ids=["a", "b"])
     mean = np.zeros((2, 3))
     mean[1, 0] = big

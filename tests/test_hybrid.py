@@ -55,7 +55,7 @@ def filled(fusion: str = "rrf", n: int = 40, **kw: object) -> tuple[KLHybridStor
 
 def params(normalization: str = "minmax", coef: float = 1.0) -> AdaptiveParams:
     n = len(SIGNALS)
-    return AdaptiveParams(SIGNALS, (0.0,) * n, (1.0,) * n, (coef,) * n, 0.2, normalization, model="test")
+    return AdaptiveParams(SIGNALS, (0.0,) * n, (1.0,) * n, (coef,) * n, 0.2, normalization, model="test")  # type: ignore[arg-type]
 
 
 def query(seed: int = 99) -> Gaussians:
@@ -292,7 +292,7 @@ def test_weight_outside_the_unit_interval_is_named(weight: object) -> None:
 
 def test_other_bad_settings_are_named() -> None:
     with pytest.raises(ValueError, match="unknown normalization 'l2'"):
-        KLHybridStore(fusion="convex", normalization="l2")
+        KLHybridStore(fusion="convex", normalization="l2")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="candidates must be an integer >= 1; got 0"):
         KLHybridStore(fusion="rrf", candidates=0)
     with pytest.raises(ValueError, match="rrf_k must be a finite number > 0; got -1"):
@@ -404,12 +404,12 @@ def test_adaptive_weight_is_always_in_the_unit_interval(values: list[float], bia
 def test_convex_scores_properties(values: list[float], w: float, norm: str) -> None:
     x = np.asarray(values)
     b = x[::-1].copy()
-    s = convex_scores(x, b, w, norm)
+    s = convex_scores(x, b, w, norm)  # type: ignore[arg-type]
     assert np.isfinite(s).all()
     if norm == "minmax":
         assert (s >= -1e-12).all() and (s <= 1 + 1e-12).all()
     # weight 1 ranks exactly like the dense scores (ties aside)
-    s1 = convex_scores(x, b, 1.0, norm)
+    s1 = convex_scores(x, b, 1.0, norm)  # type: ignore[arg-type]
     i, j = int(np.argmax(x)), int(np.argmin(x))
     assert s1[i] >= s1[j]
 

@@ -125,7 +125,7 @@ def test_hybrid_calibrator_round_trip(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"unknown feature\(s\) \['bm25_coverage'\]"):
         ConfidenceCalibrator(["bm25_coverage"])  # a hybrid feature is not a dense one
     with pytest.raises(ValueError, match="kind must be one of"):
-        ConfidenceCalibrator(["gap12"], kind="bm25")
+        ConfidenceCalibrator(["gap12"], kind="bm25")  # type: ignore[arg-type]
     dense = default_calibrator().to_dict()
     dense.pop("kind")  # files written before calibrator kinds existed
     assert ConfidenceCalibrator.from_dict(dense).kind == "dense"

@@ -151,9 +151,9 @@ def _no_bm25_hits() -> Candidates:
 @pytest.mark.parametrize("normalization", ["minmax", "zscore"])
 def test_convex_fusion_without_bm25_hits_uses_the_configured_normalisation(normalization: str) -> None:
     cand = _no_bm25_hits()
-    scores, w = fuse(cand, FusionConfig("convex", weight=0.3, normalization=normalization))
+    scores, w = fuse(cand, FusionConfig("convex", weight=0.3, normalization=normalization))  # type: ignore[arg-type]
     assert w == 1.0
-    np.testing.assert_allclose(scores, normalize_scores(cand.neg_kl, normalization))
+    np.testing.assert_allclose(scores, normalize_scores(cand.neg_kl, normalization))  # type: ignore[arg-type]
     assert np.argsort(-scores).tolist() == [0, 1, 2, 3]  # the dense ranking, as before
 
 

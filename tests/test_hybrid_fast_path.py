@@ -34,6 +34,7 @@ from kl_retrievers.hybrid import (
     SIGNALS,
     AdaptiveParams,
     Candidates,
+    FusionMode,
     HybridResult,
     KLHybridStore,
 )
@@ -95,7 +96,7 @@ def full_path(store: KLHybridStore, texts: list[str], qg: Gaussians, flt: Any, d
 
 
 def full_results(
-    store: KLHybridStore, texts: list[str], qg: Gaussians, flt: Any, k: int, mode: str
+    store: KLHybridStore, texts: list[str], qg: Gaussians, flt: Any, k: int, mode: FusionMode
 ) -> list[list[HybridResult]]:
     config = store.fusion.for_call(mode)
     with store.consistent():
@@ -133,7 +134,7 @@ FILTERS: dict[str, Any] = {
     n_queries=st.integers(1, 3),
 )
 def test_fast_path_equals_full_path(
-    seed: int, n: int, churn: bool, flt: str, mode: str, k: int, candidates: int, n_queries: int
+    seed: int, n: int, churn: bool, flt: str, mode: FusionMode, k: int, candidates: int, n_queries: int
 ) -> None:
     store = make_store(seed, n, churn, candidates)
     rng = np.random.default_rng(seed + 7)
@@ -251,7 +252,7 @@ def predicate_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
 
 
 @pytest.mark.parametrize("mode", FUSION_MODES)
-def test_a_callable_filter_is_called_once_per_document_per_search(mode: str) -> None:
+def test_a_callable_filter_is_called_once_per_document_per_search(mode: FusionMode) -> None:
     store = make_store(3, 40, churn=True)
     n = len(store)
     qg = random_gaussians(3, K, seed=4)

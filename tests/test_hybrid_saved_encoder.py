@@ -29,7 +29,7 @@ def _saved_hybrid(tmp_path: Path, fusion: str = "rrf") -> tuple[GaussianEncoder,
     """A hybrid store built with a tiny encoder loaded from a folder (so its saved name loads), saved."""
     make_tiny_encoder(seed=3).save_pretrained(tmp_path / "enc")
     encoder = GaussianEncoder.from_pretrained(tmp_path / "enc")
-    store = KLHybridStore(encoder, fusion=fusion)
+    store = KLHybridStore(encoder, fusion=fusion)  # type: ignore[arg-type]
     store.add(TEXTS, ids=IDS)
     store.save(tmp_path / "hy")
     return encoder, tmp_path / "hy"

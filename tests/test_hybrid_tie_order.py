@@ -49,7 +49,7 @@ def test_duplicates_only_bm25_found_rank_the_later_added_first(normalization: st
 @pytest.mark.parametrize("fusion", ["rrf", "convex", "adaptive"])
 def test_duplicates_in_both_lists_rank_the_later_added_first(fusion: str) -> None:
     """Duplicates found by both lists: the later added first in every fusion mode, as in the KL half."""
-    store = KLHybridStore(fusion=fusion)
+    store = KLHybridStore(fusion=fusion)  # type: ignore[arg-type]
     store.add(["kiwi grape", "kiwi grape", "apple"], gaussians=_g(1.0, 1.0, 3.0), ids=["x", "y", "w"])
     hits = store.search("kiwi", k=3, query_gaussians=_g(0.0))
     assert [h.id for h in hits][:2] == ["y", "x"]

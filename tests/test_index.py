@@ -48,7 +48,7 @@ def brute_force(q: Gaussians, d: Gaussians) -> np.ndarray:
 
 
 def make_store(index_type: str, kw: dict[str, Any], docs: Gaussians, **extra: Any) -> KLStore:
-    store = KLStore(index_type=index_type, **kw, **extra)
+    store = KLStore(index_type=index_type, **kw, **extra)  # type: ignore[arg-type]
     store.add(gaussians=docs, ids=[str(i) for i in range(len(docs))], metadatas=[{"i": i} for i in range(len(docs))])
     return store
 
@@ -245,7 +245,7 @@ def test_refine_reranks_a_large_pool_in_faiss(tmp_path: Path, refine: str) -> No
 
 def test_refine_needs_a_compressed_index() -> None:
     with pytest.raises(ValueError, match="refine must be one of"):
-        KLStore(index_type="ivf", compression="pq", refine="pq")
+        KLStore(index_type="ivf", compression="pq", refine="pq")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="applies to a compressed index"):
         KLStore(index_type="ivf", refine="sq8")
 
@@ -488,7 +488,7 @@ def test_bad_inputs() -> None:
     with pytest.raises(ValueError):
         store.search("text without encoder")
     with pytest.raises(ValueError):
-        KLStore(index_type="lsh")
+        KLStore(index_type="lsh")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         KLStore(index_type="flat", compression="pq")
     assert len(store) == 20

@@ -98,7 +98,7 @@ def test_klembeddings_bad_model_names_are_named(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match=re.escape(str(missing))):
         KLEmbeddings(model_name=str(missing))
     with pytest.raises(ValueError, match=r"backend must be one of .*got 'tensorrt'"):
-        KLEmbeddings(model_name="minilm-gauss-soup", backend="tensorrt")
+        KLEmbeddings(model_name="minilm-gauss-soup", backend="tensorrt")  # type: ignore[arg-type]
 
 
 def test_store_built_from_a_relative_model_folder_records_it_absolute(

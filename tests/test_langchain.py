@@ -285,7 +285,7 @@ def test_relevance_functions_and_retriever_modes(store: KLVectorStore) -> None:
     custom = KLVectorStore(store.embeddings, store=store.store, relevance=lambda s, k: 1.0 if s > -1 else 0.5)
     assert {x for _, x in custom.similarity_search_with_relevance_scores("tea", k=8)} <= {0.5, 1.0}
     with pytest.raises(ValueError, match="'exp', 'exp_per_dim', 'inverse'"):
-        KLVectorStore(relevance="cosine")
+        KLVectorStore(relevance="cosine")  # type: ignore[arg-type]
 
 
 class _BagOfWords(Embeddings):

@@ -258,7 +258,7 @@ def test_hybrid_retriever_metadata_and_fusion_modes(hybrid: KLHybridStore, calib
 
 def test_hybrid_bad_fusion_settings_fail_at_construction(hybrid: KLHybridStore) -> None:
     with pytest.raises(ValueError, match="sum"):
-        KLHybridRetriever(store=hybrid, fusion="sum")
+        KLHybridRetriever(store=hybrid, fusion="sum")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"weight must be a number in \[0, 1\].*got 1.5"):
         KLHybridRetriever(store=hybrid, fusion="convex", weight=1.5)
     with pytest.raises(ValueError, match="k must be"):

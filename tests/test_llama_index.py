@@ -321,7 +321,7 @@ def test_unsupported_query_mode() -> None:
     with pytest.raises(ValueError, match=r"query modes \('default', 'mmr'\); got 'hybrid'"):
         vs.query(_query(g[0], similarity_top_k=1, mode=VectorStoreQueryMode.HYBRID))
     with pytest.raises(ValueError, match="relevance must be one of"):
-        KLVectorStore(relevance="cosine")
+        KLVectorStore(relevance="cosine")  # type: ignore[arg-type]
 
 
 def test_node_ids_and_doc_ids_restrict_the_search() -> None:

@@ -222,7 +222,7 @@ def test_hybrid_from_documents_filters_and_options(encoder: Any) -> None:
 def test_hybrid_bad_input(encoder: Any) -> None:
     store = KLHybridStore(encoder, fusion="rrf")
     with pytest.raises(ValueError, match="sum"):
-        KLHybridRetriever(store, fusion="sum")
+        KLHybridRetriever(store, fusion="sum")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"weight must be a number in \[0, 1\].*got -1"):
         KLHybridRetriever(store, fusion="convex", weight=-1)
     with pytest.raises(TypeError, match="KLHybridStore"):

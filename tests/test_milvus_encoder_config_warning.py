@@ -42,7 +42,7 @@ def _indexed(tmp_path: Path, metric: str = "IP") -> tuple[str, GaussianEncoder]:
     make_tiny_encoder().save_pretrained(tmp_path / "model")
     first = GaussianEncoder.from_pretrained(tmp_path / "model")
     uri = str(tmp_path / "kl.db")
-    store = MilvusKLStore(first, uri=uri, index_type="flat", metric=metric)
+    store = MilvusKLStore(first, uri=uri, index_type="flat", metric=metric)  # type: ignore[arg-type]
     store.add(IDENTITY_TEXTS, ids=IDENTITY_IDS)
     store.close()
     return uri, first
@@ -128,7 +128,7 @@ def test_an_emptied_collection_takes_the_config_of_the_client_that_refills_it(
     uri, _ = _indexed(tmp_path, metric)
     other = _reconfigured(tmp_path)
     caplog.set_level(logging.WARNING)
-    refill = MilvusKLStore(other, uri=uri, index_type="flat", metric=metric)
+    refill = MilvusKLStore(other, uri=uri, index_type="flat", metric=metric)  # type: ignore[arg-type]
     assert len(model_warnings(caplog)) == 1
     refill.add(IDENTITY_TEXTS[:1], ids=IDENTITY_IDS[:1])  # not empty: the record stays the first model's
     assert _config(refill)["encoder_config"] == GaussianEncoder.from_pretrained(tmp_path / "model").config.to_dict()
@@ -137,10 +137,13 @@ def test_an_emptied_collection_takes_the_config_of_the_client_that_refills_it(
     assert _config(refill)["encoder_config"] == other.config.to_dict()
     refill.close()
     caplog.clear()
-    MilvusKLStore(GaussianEncoder.from_pretrained(tmp_path / "mean"), uri=uri, index_type="flat", metric=metric).close()
+    MilvusKLStore(GaussianEncoder.from_pretrained(tmp_path / "mean"), uri=uri, index_type="flat", metric=metric).close()  # type: ignore[arg-type]
     assert model_warnings(caplog) == []
     MilvusKLStore(
-        GaussianEncoder.from_pretrained(tmp_path / "model"), uri=uri, index_type="flat", metric=metric
+        GaussianEncoder.from_pretrained(tmp_path / "model"),
+        uri=uri,
+        index_type="flat",
+        metric=metric,  # type: ignore[arg-type]
     ).close()
     assert len(model_warnings(caplog)) == 1  # the first settings are now the other ones
 

@@ -54,7 +54,7 @@ def test_flat_search_is_exact_on_means_sharing_a_large_offset(tmp_path: Path, me
     want = [[h.id for h in row] for row in flat.search_batch(queries, k=10)]
     as_stored = Gaussians(docs.mean.astype(np.float32), docs.var.astype(np.float32))  # KLStore's float32 copies
     assert want == _brute_force(queries, as_stored, ids, 10)
-    with MilvusKLStore(uri=str(tmp_path / "kl.db"), index_type="flat", metric=metric) as store:
+    with MilvusKLStore(uri=str(tmp_path / "kl.db"), index_type="flat", metric=metric) as store:  # type: ignore[arg-type]
         store.add(gaussians=docs, ids=ids)
         got = [[h.id for h in row] for row in store.search_batch(queries, k=10)]
         assert got == want
@@ -171,7 +171,7 @@ def test_an_unproven_pool_is_widened_then_every_matching_row_scored(
     with MilvusKLStore(
         uri=str(tmp_path / "kl.db"),
         index_type="flat",
-        metric=metric,
+        metric=metric,  # type: ignore[arg-type]
         rescore_pool=10,
         rescore_factor=1,
         prove_flat=True,

@@ -17,10 +17,10 @@ def test_milvus_refuses_hnsw_m_below_two_with_the_faiss_message(tmp_path: Path, 
     from kl_retrievers.store.milvus import MilvusKLStore
 
     with pytest.raises(ValueError) as faiss_error:
-        KLStore(index_type=index_type, hnsw_m=1)
+        KLStore(index_type=index_type, hnsw_m=1)  # type: ignore[arg-type]
     # the check runs before any connection: no server, no Milvus Lite file
     with pytest.raises(ValueError, match=r"hnsw_m must be an integer >= 2 .*; got 1$") as milvus_error:
-        MilvusKLStore(uri=str(tmp_path / "kl.db"), index_type=index_type, hnsw_m=1)
+        MilvusKLStore(uri=str(tmp_path / "kl.db"), index_type=index_type, hnsw_m=1)  # type: ignore[arg-type]
     assert str(milvus_error.value) == str(faiss_error.value)
     assert not (tmp_path / "kl.db").exists()
     # non-integers and values <= 0 keep the shared "positive integer" message

@@ -96,7 +96,7 @@ def _copies(n: int) -> Gaussians:
 
 @pytest.mark.parametrize("index_type", ["flat", "hnsw"])
 def test_tied_documents_come_back_in_klstore_s_order_whatever_the_ids(tmp_path: Path, index_type: str) -> None:
-    store = MilvusKLStore(uri=str(tmp_path / "kl.db"), index_type=index_type)
+    store = MilvusKLStore(uri=str(tmp_path / "kl.db"), index_type=index_type)  # type: ignore[arg-type]
     ref = KLStore()
     q = random_gaussians(1, K, seed=7)
     for s in (store, ref):

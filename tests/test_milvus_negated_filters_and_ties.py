@@ -56,7 +56,7 @@ FILTERS: list[dict[str, Any]] = [
 def _pair(tmp_path: Path, metadatas: list[dict[str, Any]], index_type: str = "flat") -> tuple[MilvusKLStore, KLStore]:
     docs = random_gaussians(len(metadatas), K, seed=3)
     ids = [f"d{i:03d}" for i in range(len(metadatas))]
-    store = MilvusKLStore(uri=str(tmp_path / "kl.db"), index_type=index_type)
+    store = MilvusKLStore(uri=str(tmp_path / "kl.db"), index_type=index_type)  # type: ignore[arg-type]
     ref = KLStore()
     for s in (store, ref):
         s.add(gaussians=docs, ids=ids, metadatas=metadatas)
@@ -111,7 +111,7 @@ def test_tied_documents_come_back_in_klstore_s_order_when_ids_grow_with_insertio
 ) -> None:
     docs = _duplicates(3, 4)  # 12 documents, each Gaussian four times: exact ties in -KL
     ids = [f"d{i:03d}" for i in range(len(docs))]
-    store = MilvusKLStore(uri=str(tmp_path / "kl.db"), index_type=index_type)
+    store = MilvusKLStore(uri=str(tmp_path / "kl.db"), index_type=index_type)  # type: ignore[arg-type]
     ref = KLStore()
     for s in (store, ref):
         s.add(gaussians=docs, ids=ids, metadatas=[{"i": i} for i in range(len(docs))])

@@ -193,7 +193,7 @@ def test_load_model_takes_a_path_object_and_refuses_other_types(saved: Path) -> 
 
 def test_load_model_refuses_an_unknown_quantize_on_the_torch_backend(saved: Path) -> None:
     with pytest.raises(ValueError, match="quantize"):
-        load_model(saved, backend="torch", quantize="fp16")
+        load_model(saved, backend="torch", quantize="fp16")  # type: ignore[call-overload]
 
 
 # ---------------------------------------------------------------- 7. weights checksum

@@ -180,7 +180,7 @@ def test_export_onnx_takes_float32_as_the_name_of_no_quantisation(tmp_path: Path
 
 def test_export_onnx_still_refuses_an_unknown_quantisation(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'float32'"):
-        export_onnx(make_tiny_encoder(), tmp_path / "x", quantize="int4")
+        export_onnx(make_tiny_encoder(), tmp_path / "x", quantize="int4")  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------ 5. thread counts
@@ -494,4 +494,4 @@ def test_load_model_takes_float32_as_the_name_of_no_quantisation(tiny_export: Pa
     encoder = load_model(tiny_export, backend="onnx", quantize="float32", onnx_options={"num_threads": 1})
     assert isinstance(encoder, OnnxGaussianEncoder) and encoder.quantize is None
     with pytest.raises(ValueError, match="'float32'"):
-        load_model(tiny_export, backend="onnx", quantize="int4")
+        load_model(tiny_export, backend="onnx", quantize="int4")  # type: ignore[call-overload]

@@ -126,7 +126,7 @@ def test_failed_engine_add_rolls_back_the_table(tmp_path: Path, monkeypatch: pyt
 def test_an_add_that_fails_after_indexing_its_rows_is_undone_in_the_index_too(
     index_type: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = KLStore(index_type=index_type)
+    store = KLStore(index_type=index_type)  # type: ignore[arg-type]
     store.add(gaussians=_gaussians(40, 8), ids=_ids(40))
     queries = _gaussians(3, 12)
     before = _ranked(store, queries)

@@ -437,7 +437,7 @@ def test_every_index_type_round_trips_through_the_validation(tmp_path: Path) -> 
         ("ivf", {"nlist": 4, "compression": "sq8", "refine": "fp16"}),
     ]
     for n, (index_type, kw) in enumerate(cases):
-        store = KLStore(index_type=index_type, exact_threshold=10, **kw)
+        store = KLStore(index_type=index_type, exact_threshold=10, **kw)  # type: ignore[arg-type]
         store.add(gaussians=docs, ids=[f"d{i}" for i in range(300)])
         loaded = KLStore.load(store.save(tmp_path / f"s{n}"))
         assert len(loaded) == 300 and loaded.is_built == store.is_built

@@ -35,7 +35,7 @@ def _store(index_type: str, offset: float) -> KLStore:
         kw = {"nlist": 4, "nprobe": 4}
     elif index_type == "hnsw":
         kw = {"hnsw_m": 8, "ef_search": 64}
-    store = KLStore(index_type=index_type, exact_threshold=0, **kw)
+    store = KLStore(index_type=index_type, exact_threshold=0, **kw)  # type: ignore[arg-type]
     store.add(gaussians=_gaussians(offset), ids=[f"d{i}" for i in range(N)])
     return store
 

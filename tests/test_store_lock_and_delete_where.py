@@ -268,7 +268,7 @@ def test_milvus_delete_by_filter_matches_klstore(tmp_path: Path, metric: str) ->
     from kl_retrievers.store import MilvusKLStore
 
     kl = _store(n=12)
-    mv = MilvusKLStore(uri=str(tmp_path / "kl.db"), metric=metric)
+    mv = MilvusKLStore(uri=str(tmp_path / "kl.db"), metric=metric)  # type: ignore[arg-type]
     ids = kl.ids
     docs = kl.get_by_ids(ids)
     mv.add(gaussians=kl.get_gaussians(ids), ids=ids, metadatas=[d.metadata for d in docs])

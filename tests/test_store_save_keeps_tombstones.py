@@ -52,7 +52,7 @@ def _queries() -> Gaussians:
 def _tombstoned(index_type: str, kw: dict[str, Any]) -> KLStore:
     """A built store of N documents, some deleted and two upserted (their old rows are tombstones too)."""
     docs = _docs()
-    store = KLStore(index_type=index_type, **kw)
+    store = KLStore(index_type=index_type, **kw)  # type: ignore[arg-type]
     store.add(
         gaussians=docs,
         ids=[f"d{i}" for i in range(N)],

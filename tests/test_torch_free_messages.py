@@ -103,7 +103,7 @@ def test_onnx_on_a_torch_folder_without_torch_names_the_export_command(
     monkeypatch.setenv(ONNX_CACHE_ENV, str(tmp_path / "onnx-cache"))
     _block(monkeypatch, "torch", "transformers")
     with pytest.raises(ModuleNotFoundError) as info:
-        load_model(str(folder), backend="onnx", quantize=quantize)
+        load_model(str(folder), backend="onnx", quantize=quantize)  # type: ignore[arg-type]
     message = str(info.value)
     assert f"python -m kl_retrievers.onnx_cli export {shlex.quote(str(folder))} OUT{flag}," in message, message
     assert "backend='onnx'" in message and "--model-backend onnx" in message, message

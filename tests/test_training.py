@@ -99,7 +99,7 @@ def test_score_matrix_matches_reference_neg_kl() -> None:
     cos = torch.nn.functional.cosine_similarity(qm[:, None], dm[None], dim=-1)
     torch.testing.assert_close(score_matrix(qm, qv, dm, dv, "cosine"), cos, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="similarity"):
-        score_matrix(qm, qv, dm, dv, "l2")
+        score_matrix(qm, qv, dm, dv, "l2")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("similarity", ["neg_kl", "dot", "cosine"])
@@ -108,7 +108,7 @@ def test_similarity_decides_whether_variance_gets_gradient(similarity: str) -> N
     enc.train()
     batch = enc.tokenize(["the cat sat", "a dog", "hello world", "sun moon"], 16)
     mean, var = enc(**batch)
-    scores = score_matrix(mean[:2], var[:2], mean[2:], var[2:], similarity)
+    scores = score_matrix(mean[:2], var[:2], mean[2:], var[2:], similarity)  # type: ignore[arg-type]
     contrastive_loss(scores, torch.tensor([0, 1]), temperature=0.5).backward()
     var_grad = enc.var_head.weight.grad
     assert enc.mean_head.weight.grad is not None and enc.mean_head.weight.grad.abs().sum() > 0
@@ -175,7 +175,7 @@ def _toy_set() -> TrainingSet:
 @pytest.mark.parametrize("loss", ["contrastive", "margin_mse", "listwise", "lambdarank"])
 def test_train_encoder_each_loss_runs(loss: str) -> None:
     enc = make_tiny_encoder()
-    cfg = TrainConfig(loss=loss, steps=3, batch_size=2, negatives=2, lr=1e-3, show_progress=False)
+    cfg = TrainConfig(loss=loss, steps=3, batch_size=2, negatives=2, lr=1e-3, show_progress=False)  # type: ignore[arg-type]
     result = train_encoder(enc, _toy_set(), cfg)
     assert result.steps_done == 3 and all(math.isfinite(x) for x in result.losses)
     assert not enc.training

@@ -299,7 +299,7 @@ def test_the_evaluator_class_checks_its_arguments_when_built(beir: Path) -> None
     with pytest.raises(ValueError, match="metric must be one of"):
         RetrievalEvaluator(beir, metric="ndcg@11")
     with pytest.raises(ValueError, match="similarity must be one of"):
-        RetrievalEvaluator(beir, similarity="l2")
+        RetrievalEvaluator(beir, similarity="l2")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="batch_size"):
         RetrievalEvaluator(beir, batch_size=0)
     with pytest.raises(ValueError):

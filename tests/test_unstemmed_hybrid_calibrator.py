@@ -50,7 +50,7 @@ def _fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
 def _store(name_or_path: str, stemmer: str | None, fusion: str = "rrf") -> KLHybridStore:
     enc = make_tiny_encoder(seed=1)
     enc.name_or_path = name_or_path
-    store = KLHybridStore(enc, fusion=fusion, stemmer=stemmer)
+    store = KLHybridStore(enc, fusion=fusion, stemmer=stemmer)  # type: ignore[arg-type]
     store.add(HYBRID_TEXTS, ids=[f"d{i}" for i in range(len(HYBRID_TEXTS))])
     return store
 

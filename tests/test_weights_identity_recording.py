@@ -109,33 +109,33 @@ def test_emptied_milvus_collection_takes_the_identity_of_the_client_that_refills
     make_tiny_encoder(seed=0).save_pretrained(tmp_path / "model")
     old = GaussianEncoder.from_pretrained(tmp_path / "model")
     uri = str(tmp_path / "kl.db")
-    first = MilvusKLStore(old, uri=uri, index_type="flat", metric=metric)
+    first = MilvusKLStore(old, uri=uri, index_type="flat", metric=metric)  # type: ignore[arg-type]
     first.add(TEXTS, ids=IDS)
     first.close()
     new = retrain_in_place(tmp_path / "model")
     caplog.set_level(logging.WARNING)
 
-    filled = MilvusKLStore(new, uri=uri, index_type="flat", metric=metric)
+    filled = MilvusKLStore(new, uri=uri, index_type="flat", metric=metric)  # type: ignore[arg-type]
     assert len(weights_warnings(caplog)) == 1
     filled.add(TEXTS[:1], ids=IDS[:1])  # not empty: the collection keeps the old record
     filled.close()
-    MilvusKLStore(new, uri=uri, index_type="flat", metric=metric).close()
+    MilvusKLStore(new, uri=uri, index_type="flat", metric=metric).close()  # type: ignore[arg-type]
     assert len(weights_warnings(caplog)) == 2
 
     exact = KLStore(new)
     exact.add(TEXTS, ids=IDS)
     expected = [[h.id for h in exact.search(q, k=4)] for q in ("bees dance", "yeast")]
-    refill = MilvusKLStore(new, uri=uri, index_type="flat", metric=metric)
+    refill = MilvusKLStore(new, uri=uri, index_type="flat", metric=metric)  # type: ignore[arg-type]
     refill.delete(IDS)
     refill.add(TEXTS, ids=IDS)  # an emptied collection re-indexed with the new model
     assert [[h.id for h in refill.search(q, k=4)] for q in ("bees dance", "yeast")] == expected
     refill.close()
     before = len(weights_warnings(caplog))
-    again = MilvusKLStore(new, uri=uri, index_type="flat", metric=metric)
+    again = MilvusKLStore(new, uri=uri, index_type="flat", metric=metric)  # type: ignore[arg-type]
     assert [[h.id for h in again.search(q, k=4)] for q in ("bees dance", "yeast")] == expected
     again.close()
     assert len(weights_warnings(caplog)) == before  # the new identity: no warning
-    MilvusKLStore(old, uri=uri, index_type="flat", metric=metric).close()
+    MilvusKLStore(old, uri=uri, index_type="flat", metric=metric).close()  # type: ignore[arg-type]
     assert len(weights_warnings(caplog)) == before + 1  # and the old model is now the other one
 
 

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from kl_retrievers._errors import KLRetrieversError
 from kl_retrievers._io import atomic_dir, check_replace_target, is_within, safetensors_writing
 from kl_retrievers.backbones import BGE_QUERY_PREFIX, backbone_cache_dir
 from kl_retrievers.hub import ModelNotFoundError, cached_sha256, sha256_file
@@ -114,7 +115,7 @@ _PROVENANCE = "conversion.json"
 _FILES = "files_sha256"
 
 
-class BackboneConversionError(ValueError):
+class BackboneConversionError(KLRetrieversError, ValueError):
     """A source file that is not the expected one: another SHA-256 or an unexpected graph."""
 
 

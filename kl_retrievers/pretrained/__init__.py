@@ -39,8 +39,9 @@ import shlex
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, get_args, overload
 
+from kl_retrievers._errors import KLRetrieversError
 from kl_retrievers._io import user_path
 from kl_retrievers.hub import BUNDLED_ONNX as BUNDLED_ONNX
 from kl_retrievers.hub import ModelNotFoundError, local_reference, missing_folder, warn_if_shadowed
@@ -48,13 +49,14 @@ from kl_retrievers.hub import source_sha256 as source_sha256
 
 if TYPE_CHECKING:
     from kl_retrievers.encoder import GaussianEncoder
-    from kl_retrievers.onnx import OnnxGaussianEncoder
+    from kl_retrievers.onnx import OnnxGaussianEncoder, Quantization
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "BACKENDS",
     "BUNDLED_ONNX",
+    "Backend",
     "DEFAULT_MODEL",
     "BundledModelNotFoundError",
     "RESEARCH_MODELS",
@@ -79,12 +81,14 @@ DEFAULT_MODEL = "minilm-gauss-soup"
 RESEARCH_MODELS = ("minilm-gauss-lora", "minilm-gauss-zs", "minilm-unit-variance")
 
 #: Inference backends of :func:`load_model`: torch or ONNX Runtime (see :func:`default_backend`).
-BACKENDS = ("torch", "onnx")
+Backend = Literal["torch", "onnx"]
+#: The values of :data:`Backend`, which the runtime checks read.
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
 #: Environment variable naming the folder where :func:`load_model` keeps ONNX exports.
 ONNX_CACHE_ENV = "KL_RETRIEVERS_ONNX_CACHE"
 
 
-class OnnxExportOnTorchError(ValueError):
+class OnnxExportOnTorchError(KLRetrieversError, ValueError):
     """:func:`load_model` with ``backend="torch"`` on a folder holding an ONNX export (``model.onnx``).
 
     Such a folder runs on ONNX Runtime only (``backend="onnx"``). A ``ValueError``, as before it had a type
@@ -356,7 +360,7 @@ def load_model(
     *,
     device: str | None = ...,
     backend: Literal["torch"],
-    quantize: str | None = ...,
+    quantize: Quantization | Literal["float32"] | None = ...,
     onnx_options: Mapping[str, Any] | None = ...,
 ) -> GaussianEncoder: ...
 @overload
@@ -365,7 +369,7 @@ def load_model(
     *,
     device: str | None = ...,
     backend: Literal["onnx"],
-    quantize: str | None = ...,
+    quantize: Quantization | Literal["float32"] | None = ...,
     onnx_options: Mapping[str, Any] | None = ...,
 ) -> OnnxGaussianEncoder: ...
 @overload
@@ -374,7 +378,7 @@ def load_model(
     *,
     device: str | None = ...,
     backend: str | None = ...,
-    quantize: str | None = ...,
+    quantize: Quantization | Literal["float32"] | None = ...,
     onnx_options: Mapping[str, Any] | None = ...,
 ) -> GaussianEncoder | OnnxGaussianEncoder: ...
 def load_model(
@@ -382,7 +386,7 @@ def load_model(
     *,
     device: str | None = None,
     backend: str | None = None,
-    quantize: str | None = "int8",
+    quantize: Quantization | Literal["float32"] | None = "int8",
     onnx_options: Mapping[str, Any] | None = None,
 ) -> GaussianEncoder | OnnxGaussianEncoder:
     """Load a Gaussian encoder by bundled name (also as ``kl_retrievers:NAME``), local folder or hub id.
@@ -855,7 +859,7 @@ def _load_onnx_once(
     if legacy is not None:  # exported under this version's earlier entry name: the same checks as a hit above
         try:
             cached = OnnxGaussianEncoder(legacy, name_or_path=display, **options)
-        except OnnxModelError as exc:
+        except (OnnxModelError, FileNotFoundError) as exc:  # FileNotFoundError: removed since it was found
             logger.info("not using the ONNX cache entry %s under its earlier name: it does not load (%s)", legacy, exc)
         else:
             if _recorded_source_sha256(cached) == digest:
@@ -943,7 +947,7 @@ def _cached_export(
         return None
     try:
         cached = OnnxGaussianEncoder(cache, name_or_path=display, **options)
-    except OnnxModelError as exc:
+    except (OnnxModelError, FileNotFoundError) as exc:  # FileNotFoundError: removed since it was found
         logger.warning("the cached ONNX export %s does not load (%s); exporting it again", cache, exc)
         return None
     recorded = _recorded_source_sha256(cached)

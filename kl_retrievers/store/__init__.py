@@ -31,6 +31,7 @@ from kl_retrievers.store._base import (
     INDEX_TYPES,
     DeleteReport,
     GaussianStore,
+    IndexType,
     SearchResult,
     StoredDocument,
     StoreFormatError,
@@ -42,6 +43,7 @@ from kl_retrievers.store.milvus import MilvusConnectionError, MilvusKLStore, to_
 __all__ = [
     "FORMAT_VERSION",
     "INDEX_TYPES",
+    "IndexType",
     "DeleteReport",
     "GaussianStore",
     "KLStore",

@@ -32,11 +32,12 @@ from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, M
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypeAlias
+from typing import Any, ClassVar, Literal, Protocol, TypeAlias, get_args
 
 import numpy as np
 
 from kl_retrievers._encoding import check_texts, query_batch_size
+from kl_retrievers._errors import KLRetrieversError
 from kl_retrievers._io import user_path
 from kl_retrievers.filters import MetadataFilter, stored_form
 from kl_retrievers.gaussian import Gaussians, _first_bad, check_float32_scorable, check_k
@@ -45,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "INDEX_TYPES",
+    "IndexType",
     "GaussianStore",
     "SearchResult",
     "StoredDocument",
@@ -53,11 +55,13 @@ __all__ = [
 ]
 
 #: Index types every backend offers: exact, graph (HNSW) and inverted lists (IVF).
-INDEX_TYPES = ("flat", "hnsw", "ivf")
+IndexType = Literal["flat", "hnsw", "ivf"]
+#: The values of :data:`IndexType`, which the runtime checks read.
+INDEX_TYPES: tuple[IndexType, ...] = get_args(IndexType)
 _check_k = check_k  # the one check of k (kl_retrievers.gaussian); kl_retrievers.index re-exports this name
 
 
-class StoreFormatError(ValueError):
+class StoreFormatError(KLRetrieversError, ValueError):
     """A saved store folder is incomplete, inconsistent or corrupted."""
 
 
@@ -756,6 +760,8 @@ def _new_documents(
             text_list, batch_size=store.batch_size, show_progress_bar=store.show_progress_bar
         )
     g = _as_numpy_gaussians(gaussians, "document gaussians")  # type: ignore[arg-type]
+    if store.dim is not None and g.dim != store.dim:  # also for an empty batch, which adds nothing
+        raise ValueError(f"document gaussians have dimension {g.dim}; this store has dimension {store.dim}")
     check_float32_scorable(g, "document")  # stored as float32 and scored through d~: names the row
     n = len(g)
     text_values: list[str | None] = text_list if text_list is not None else [None] * n

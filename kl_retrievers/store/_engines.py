@@ -35,7 +35,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -60,10 +60,13 @@ from kl_retrievers.gaussian import (
     shift_document_vectors,
     top_k_rows,
 )
-from kl_retrievers.store._base import StoreFormatError
+from kl_retrievers.store._base import IndexType, StoreFormatError
 from kl_retrievers.store._format import CENTRE_FIELDS, BlockCheck, centre_from_config, check_index_file
 from kl_retrievers.store._hnsw_copies import NO_HASHES, HnswCopies, gaussian_hashes
 from kl_retrievers.store._table import DocumentTable
+
+if TYPE_CHECKING:
+    from kl_retrievers.store.faiss import Compression, Refine
 
 logger = logging.getLogger(__name__)
 
@@ -432,16 +435,16 @@ def _check_structure(index: Any, expected: dict[str, Any], cfg_path: Path) -> No
 class Settings(Protocol):
     """The settings an engine reads from its store, at every use (so a change to the store applies at once)."""
 
-    index_type: str
+    index_type: IndexType
     hnsw_m: int
     ef_search: int
     ef_construction: int
     nlist: int
     nprobe: int
-    compression: str | None
+    compression: Compression | None
     pq_m: int
     pq_nbits: int
-    refine: str | None
+    refine: Refine | None
     rescore_pool: int
     rescore_factor: int
     norm_headroom: float

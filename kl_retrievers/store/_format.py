@@ -72,6 +72,7 @@ import numpy as np
 
 from kl_retrievers._io import (
     _version_key,
+    describe_saved_meta,
     finite_json,
     library_version,
     read_json_object,
@@ -279,7 +280,9 @@ def _bad(config: dict[str, Any], cfg_path: Path, field: str, what: str) -> Store
 def _check_header(config: dict[str, Any], cfg_path: Path) -> None:
     """Format name and version, and the score the store serves."""
     if config.get("format") != FORMAT_NAME:
-        raise StoreFormatError(f"{cfg_path} is not a KLStore config: field 'format' is {config.get('format')!r}")
+        other = describe_saved_meta(config)
+        found = f"the folder is {other}" if other is not None else f"field 'format' is {config.get('format')!r}"
+        raise StoreFormatError(f"{cfg_path} is not a KLStore config: {found}")
     saved_version = config.get("library_version")
     version = config.get("format_version")
     if not _is_int(version):

@@ -77,7 +77,7 @@ from collections.abc import Callable, Mapping
 from itertools import compress
 from pathlib import Path
 from time import monotonic
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
 
@@ -85,6 +85,7 @@ from kl_retrievers._io import (
     atomic_dir,
     check_bool,
     check_replace_target,
+    describe_kl_folder,
     finite_json,
     library_version,
     load_unchanged,
@@ -100,6 +101,7 @@ from kl_retrievers.store._base import (
     DeleteReport,
     EncoderLike,
     GaussianStore,
+    IndexType,
     SearchResult,
     StoredDocument,
     StoreFormatError,
@@ -117,7 +119,7 @@ from kl_retrievers.store._table import DocumentTable, KeyedFilter
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KLStore", "FORMAT_VERSION", "COMPRESSIONS", "REFINES"]
+__all__ = ["KLStore", "FORMAT_VERSION", "COMPRESSIONS", "REFINES", "Compression", "Refine"]
 
 
 #: The prefix of the name that :class:`~kl_retrievers.langchain.EmbeddingsGaussianEncoder` records (a LangChain
@@ -337,9 +339,14 @@ class _Ranking(NamedTuple):
     top: tuple[np.ndarray, np.ndarray] | None
 
 
-COMPRESSIONS = (None, "sq8", "pq")
+#: Codes of a compressed index (``None``: uncompressed): 8-bit scalar quantizer, product quantizer.
+Compression = Literal["sq8", "pq"]
+#: ``None`` and the values of :data:`Compression`, which the runtime checks read.
+COMPRESSIONS: tuple[Compression | None, ...] = (None, *get_args(Compression))
 #: Second-stage codes that re-rank a compressed index's pool in FAISS before the exact re-scoring.
-REFINES = (None, "sq8", "fp16")
+Refine = Literal["sq8", "fp16"]
+#: ``None`` and the values of :data:`Refine`, which the runtime checks read.
+REFINES: tuple[Refine | None, ...] = (None, *get_args(Refine))
 
 
 #: The largest ``pq_nbits``: FAISS's product quantizers take up to 24, but 2^16 centroids per sub-quantizer
@@ -519,16 +526,16 @@ class KLStore(GaussianStore):
         encoder: EncoderLike | None = None,
         dim: int | None = None,
         *,
-        index_type: str = "flat",
+        index_type: IndexType = "flat",
         hnsw_m: int = 32,
         ef_search: int = 256,
         ef_construction: int = 80,
         nlist: int = 1024,
         nprobe: int = 32,
-        compression: str | None = None,
+        compression: Compression | None = None,
         pq_m: int = 64,
         pq_nbits: int = 8,
-        refine: str | None = None,
+        refine: Refine | None = None,
         rescore_pool: int = 100,
         rescore_factor: int = 10,
         norm_headroom: float = 1.1,
@@ -1333,7 +1340,8 @@ class KLStore(GaussianStore):
 
         Raises:
             FileNotFoundError: ``path`` or its config is missing.
-            StoreFormatError: (a ``ValueError``) files missing, sizes / checksums / counts /
+            StoreFormatError: (a ``ValueError``) a folder kl_retrievers saved as another kind (a hybrid store,
+                an encoder...: the message names it), files missing, sizes / checksums / counts /
                 dimensions not matching the config, or an unreadable index.
             ValueError: ``encoder`` gives Gaussians of another dimension than the stored ones.
             OSError: Other saves of ``path`` replaced it during every load attempt (see above).
@@ -1371,6 +1379,8 @@ class KLStore(GaussianStore):
         if not folder.is_dir():
             raise FileNotFoundError(f"no KLStore folder at {folder}")
         if not cfg_path.is_file():
+            if (other := describe_kl_folder(folder)) is not None:
+                raise StoreFormatError(f"{folder} is not a KLStore folder: it is {other}")
             raise FileNotFoundError(f"{folder} has no {_format.CONFIG}; not a KLStore folder")
         config = _format.read_config(cfg_path)
         dim, count = config["dim"], config["count"]

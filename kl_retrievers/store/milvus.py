@@ -123,11 +123,12 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 from kl_retrievers._encoding import progress_bar
+from kl_retrievers._errors import KLRetrieversError
 from kl_retrievers._io import check_bool, library_version
 from kl_retrievers._score import check_score, check_score_fields
 from kl_retrievers.filters import (
@@ -167,6 +168,7 @@ from kl_retrievers.store._base import (
     DeleteReport,
     EncoderLike,
     GaussianStore,
+    IndexType,
     SearchResult,
     StoredDocument,
     _check_store_args,
@@ -189,10 +191,24 @@ from kl_retrievers.store.faiss import _encoder_record
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MilvusKLStore", "MilvusConnectionError", "to_milvus_expr", "INDEX_TYPES", "METRICS"]
+__all__ = [
+    "MilvusKLStore",
+    "MilvusConnectionError",
+    "to_milvus_expr",
+    "INDEX_TYPES",
+    "METRICS",
+    "IndexType",
+    "MilvusCompression",
+    "MilvusMetric",
+]
 
-METRICS = ("L2", "IP")
-COMPRESSIONS = (None, "sq8")
+#: Milvus metrics a store may search with (:class:`MilvusKLStore`'s ``metric``).
+MilvusMetric = Literal["L2", "IP"]
+#: The values of :data:`MilvusMetric`, which the runtime checks read.
+METRICS: tuple[MilvusMetric, ...] = get_args(MilvusMetric)
+#: Codes of a compressed Milvus index (``None``: uncompressed): ``HNSW_SQ`` / ``IVF_SQ8``.
+MilvusCompression = Literal["sq8"]
+COMPRESSIONS: tuple[MilvusCompression | None, ...] = (None, *get_args(MilvusCompression))
 #: ``(index_type, compression)`` -> the Milvus index built for it (and read back when attaching).
 _MILVUS_INDEXES: dict[tuple[str, str | None], str] = {
     ("flat", None): "FLAT",
@@ -281,7 +297,7 @@ def _next_added(n: int) -> list[int]:
     return list(range(start, start + n))
 
 
-class MilvusConnectionError(ConnectionError):
+class MilvusConnectionError(KLRetrieversError, ConnectionError):
     """Milvus could not be reached (or Milvus Lite could not start) within the timeout."""
 
 
@@ -918,9 +934,9 @@ class MilvusKLStore(GaussianStore):
         collection_name: str = "kl_retrievers",
         dim: int | None = None,
         token: str | None = None,
-        index_type: str = "hnsw",
-        metric: str | None = None,
-        compression: str | None = None,
+        index_type: IndexType = "hnsw",
+        metric: MilvusMetric | None = None,
+        compression: MilvusCompression | None = None,
         hnsw_m: int = 32,
         ef_construction: int = 80,
         ef_search: int = 256,
@@ -1547,7 +1563,7 @@ class MilvusKLStore(GaussianStore):
         name = self.collection_name
         config, state = self._stored_config(info)
         if self._metric_asked is None and config.get("metric") in METRICS:
-            self.metric = str(config["metric"])  # the collection's, whichever index this client asked for
+            self.metric = config["metric"]  # the collection's, whichever index this client asked for
         if config.get("metric") != self.metric:
             raise ValueError(
                 f"Milvus collection {name!r} was created with metric {config.get('metric')!r}, not {self.metric!r}; "

@@ -24,9 +24,9 @@ import shlex
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from kl_retrievers._config import is_saved_encoder
+from kl_retrievers._config import SIMILARITIES, Pooling, is_saved_encoder
 from kl_retrievers._io import check_replace_target, finite_json, is_within, some_names, user_path
 from kl_retrievers.cli_common import (
     _int_at_least,
@@ -158,7 +158,7 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     )
     m.add_argument("--dim", type=positive_int, default=None, help="output dimension (default: hidden size)")
     m.add_argument("--beta", type=float, default=_DEFAULTS["beta"], help="softplus beta of the variance head (> 0)")
-    m.add_argument("--pooling", choices=["cls", "mean"], default=_DEFAULTS["pooling"], help="token pooling")
+    m.add_argument("--pooling", choices=get_args(Pooling), default=_DEFAULTS["pooling"], help="token pooling")
     m.add_argument("--no-var-token", action="store_true", help="variance head reads the pooled vector")
     m.add_argument("--no-normalize-pooled", action="store_true", help="do not L2-normalise the pooled vector")
     m.add_argument("--random-mean-head", action="store_true", help="random mean head even when dim == hidden")
@@ -180,9 +180,7 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="replace a non-empty --out that is not a kl_retrievers model folder (and such a --checkpoint-dir)",
     )
-    t.add_argument(
-        "--similarity", choices=["neg_kl", "dot", "cosine"], default="neg_kl", help="score (dot/cosine: a vector twin)"
-    )
+    t.add_argument("--similarity", choices=SIMILARITIES, default="neg_kl", help="score (dot/cosine: a vector twin)")
     t.add_argument(
         "--loss",
         choices=["contrastive", "margin_mse", "listwise", "lambdarank"],
@@ -651,8 +649,12 @@ def _with_flag_name(message: str) -> str:
     return text
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    """Refuse bad flag values and combinations before anything is loaded (messages name the flag and value)."""
+def _check_args(args: argparse.Namespace, *, checkpoint: Path | None = None) -> None:
+    """Refuse bad flag values and combinations before anything is loaded (messages name the flag and value).
+
+    ``checkpoint``: the folder of the checkpoint a ``--resume`` continues (the flags it was written with are
+    accepted where a new run would refuse them: :func:`_refuse_flags_the_pool_softmax_ignores`).
+    """
     from kl_retrievers.training.trainer import check_device
 
     if args.device is not None:
@@ -671,7 +673,7 @@ def _check_args(args: argparse.Namespace) -> None:
                 f"{flag} {value} applies to mined negatives, and --hard-negatives is none: add "
                 f"--hard-negatives bm25 or model, or drop {flag}"
             )
-    _refuse_flags_the_pool_softmax_ignores(args)
+    _refuse_flags_the_pool_softmax_ignores(args, checkpoint)
     if not args.heads_only_cached:
         fast = [
             flag
@@ -706,7 +708,7 @@ def _check_args(args: argparse.Namespace) -> None:
             )
 
 
-def _refuse_flags_the_pool_softmax_ignores(args: argparse.Namespace) -> None:
+def _refuse_flags_the_pool_softmax_ignores(args: argparse.Namespace, checkpoint: Path | None = None) -> None:
     """Refuse the negatives' flags where the fast path's contrastive softmax over the pool never reads them.
 
     With ``--heads-only-cached``, ``--loss contrastive`` and the full-corpus softmax (no ``--no-full-corpus``),
@@ -718,12 +720,16 @@ def _refuse_flags_the_pool_softmax_ignores(args: argparse.Namespace) -> None:
     the fast path. The weights are not always the same, though: the negatives' random draws share each
     micro-batch's stream with the draw of each query's positive, so for queries judged several positives they
     change which one trains (a change of stream would change every run's weights, so it stays).
+
+    Versions before 8a50347 accepted them, and recorded them in the checkpoint: a ``--resume`` of ``checkpoint``
+    written with them (:func:`_pool_softmax_flags_of`) accepts the same values, with one WARNING, so that the run
+    ends as it started (the recipe check then holds it to all of them).
     """
     if not args.heads_only_cached or args.loss != "contrastive" or args.no_full_corpus:
         return
     if not args.corpus_sample:
         given = [
-            f"{flag} {value}"
+            (flag, value)
             for flag, value in (
                 ("--hard-negatives", None if args.hard_negatives == "none" else args.hard_negatives),
                 ("--mine-k", args.mine_k),
@@ -732,13 +738,27 @@ def _refuse_flags_the_pool_softmax_ignores(args: argparse.Namespace) -> None:
             )
             if value is not None
         ]
-        if given:
+        started = _pool_softmax_flags_of(checkpoint) if given and checkpoint is not None else {}
+        named = " and ".join(f"{flag} {value}" for flag, value in given)
+        if given and started and all(started.get(flag) == value for flag, value in given):
+            logger.warning(
+                "--resume: the checkpoint %s was started with %s, which an earlier version accepted here: the run "
+                "continues with the flags it started with. With --heads-only-cached the contrastive softmax runs "
+                "over every document of the pool, so they play no part in the loss (mining's time is spent for "
+                "nothing), but their random draws decide which positive trains for a query judged several, as in "
+                "the run's first part; a new run refuses them (add --corpus-sample N or --no-full-corpus)",
+                checkpoint,
+                named,
+            )
+        elif given:
+            written = " ".join(f"{flag} {value}" for flag, value in started.items())
             raise ValueError(
-                f"{' and '.join(given)} would play no part in the loss: with --heads-only-cached the contrastive "
+                f"{named} would play no part in the loss: with --heads-only-cached the contrastive "
                 "softmax runs over every document of the pool (--corpus-sample 0, the default), so the batch's hard "
                 "negatives never enter it (their random draws would only change which positive trains, for a query "
                 "judged several); add --corpus-sample N (N random pool documents plus the batch's candidates) or "
                 f"--no-full-corpus (in-batch and hard negatives), or drop {'it' if len(given) == 1 else 'them'}"
+                + (f" (the checkpoint {checkpoint} was written with {written}: resume with those)" if started else "")
             )
     if args.no_in_batch:
         from kl_retrievers.training.trainer import _RESUMES_WITHOUT_IN_BATCH
@@ -749,6 +769,36 @@ def _refuse_flags_the_pool_softmax_ignores(args: argparse.Namespace) -> None:
             "candidate came with; add --no-full-corpus (each query's own candidates only), or drop --no-in-batch"
             f"{_RESUMES_WITHOUT_IN_BATCH if args.resume else ''}"
         )
+
+
+def _pool_softmax_flags_of(checkpoint: Path) -> dict[str, Any]:
+    """The negatives' flags (``{flag: value}``) the checkpoint at ``checkpoint`` was written with on the fast path's
+    softmax over the whole pool, where versions before 8a50347 accepted them: ``--hard-negatives`` (with its
+    ``--mine-k`` and ``--mine-mode``: a checkpoint that records no mode replaced the given negatives) when it
+    mined, ``--negatives`` when it mined or sampled other than the default. Empty when it has none of them, was
+    written elsewhere (another loss, path or softmax) or records no recipe.
+
+    Raises:
+        ValueError: Its ``state.json`` is damaged (as a resume refuses it: naming the file and the field).
+    """
+    from kl_retrievers.training.trainer import _LEGACY_MINE_MODE, _read_checkpoint_state
+
+    recipe = _read_checkpoint_state(checkpoint).get("recipe")
+    if not isinstance(recipe, dict) or recipe.get("mode") != "heads_only_cached":
+        return {}
+    config, cli = recipe.get("config"), recipe.get("cli")
+    if not isinstance(config, dict) or not isinstance(cli, dict):
+        return {}
+    if config.get("loss") != "contrastive" or not config.get("full_corpus", True) or config.get("corpus_sample"):
+        return {}
+    flags: dict[str, Any] = {}
+    mined = cli.get("hard_negatives", "none")
+    if mined != "none":
+        flags |= {"--hard-negatives": mined, "--mine-k": cli.get("mine_k", _MINE_K)}
+        flags["--mine-mode"] = cli.get("mine_mode", _LEGACY_MINE_MODE)
+    if flags or config.get("negatives", _NEGATIVES) != _NEGATIVES:
+        flags["--negatives"] = config.get("negatives", _NEGATIVES)
+    return flags
 
 
 def _held_out_notes(args: argparse.Namespace) -> list[str]:
@@ -939,7 +989,8 @@ def _run_train(args: argparse.Namespace) -> int:
             args.checkpoint_dir, out, [str(d) for d in args.data], overwrite=overwrite, resume=bool(args.resume)
         )
         resume = bool(args.resume)
-        if resume and _find_checkpoint(ckpt) is None:
+        found = _find_checkpoint(ckpt) if resume else None
+        if resume and found is None:
             # as train_encoder(resume=True): a typo in a folder would otherwise restart from step 0 in silence
             what = "holds no checkpoint (no state.json)" if ckpt.exists() else "does not exist"
             named = (
@@ -951,7 +1002,7 @@ def _run_train(args: argparse.Namespace) -> int:
                 f"--resume: {named} {what}; give the folder of the checkpoint to continue from with "
                 "--checkpoint-dir, or drop --resume to start from step 0"
             )
-        _check_args(args)
+        _check_args(args, checkpoint=found)
         # not given (None, so that _check_args could refuse them where they would be ignored): their defaults
         args.negatives = _NEGATIVES if args.negatives is None else args.negatives
         args.mine_k = _MINE_K if args.mine_k is None else args.mine_k

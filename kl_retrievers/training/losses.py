@@ -26,18 +26,20 @@ Examples:
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
-from kl_retrievers._config import SIMILARITIES
+from kl_retrievers._config import SIMILARITIES, Similarity
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "LOSSES",
     "SIMILARITIES",
+    "Loss",
+    "RankBy",
     "Similarity",
     "contrastive_loss",
     "lambdarank_loss",
@@ -47,8 +49,11 @@ __all__ = [
     "score_matrix",
 ]
 
-Similarity = Literal["neg_kl", "dot", "cosine"]
-LOSSES: tuple[str, ...] = ("contrastive", "margin_mse", "listwise", "lambdarank")
+#: Training losses (:attr:`~kl_retrievers.training.trainer.TrainConfig.loss`); :data:`LOSSES` reads its values.
+Loss = Literal["contrastive", "margin_mse", "listwise", "lambdarank"]
+LOSSES: tuple[Loss, ...] = get_args(Loss)
+#: Which scores rank the documents in :func:`lambdarank_loss`.
+RankBy = Literal["student", "teacher"]
 
 
 def _check_similarity(similarity: str) -> None:
@@ -57,7 +62,11 @@ def _check_similarity(similarity: str) -> None:
 
 
 def score_matrix(
-    q_mean: torch.Tensor, q_var: torch.Tensor, d_mean: torch.Tensor, d_var: torch.Tensor, similarity: str = "neg_kl"
+    q_mean: torch.Tensor,
+    q_var: torch.Tensor,
+    d_mean: torch.Tensor,
+    d_var: torch.Tensor,
+    similarity: Similarity = "neg_kl",
 ) -> torch.Tensor:
     """Scores of every query against every document, shape ``(n_q, n_d)``; higher is better.
 
@@ -89,7 +98,11 @@ def score_matrix(
 
 
 def score_candidates(
-    q_mean: torch.Tensor, q_var: torch.Tensor, d_mean: torch.Tensor, d_var: torch.Tensor, similarity: str = "neg_kl"
+    q_mean: torch.Tensor,
+    q_var: torch.Tensor,
+    d_mean: torch.Tensor,
+    d_var: torch.Tensor,
+    similarity: Similarity = "neg_kl",
 ) -> torch.Tensor:
     """Scores of each query against its own candidates: ``(n, k)`` queries, ``(n, m, k)`` documents -> ``(n, m)``.
 
@@ -173,7 +186,7 @@ def listwise_kl_loss(
     return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
 
 
-def lambdarank_loss(scores: torch.Tensor, teacher: torch.Tensor, *, rank_by: str = "student") -> torch.Tensor:
+def lambdarank_loss(scores: torch.Tensor, teacher: torch.Tensor, *, rank_by: RankBy = "student") -> torch.Tensor:
     """The paper's LambdaRank-weighted pairwise loss (METHOD.md, training).
 
     For each query and each pair ``(i, j)`` with ``t_i > t_j``:
@@ -189,7 +202,7 @@ def lambdarank_loss(scores: torch.Tensor, teacher: torch.Tensor, *, rank_by: str
     """
     if scores.shape != teacher.shape:
         raise ValueError(f"scores and teacher must share a shape; got {scores.shape}, {teacher.shape}")
-    if rank_by not in ("student", "teacher"):
+    if rank_by not in get_args(RankBy):
         raise ValueError(f"rank_by must be 'student' or 'teacher'; got {rank_by!r}")
     basis = (scores if rank_by == "student" else teacher).detach()
     order = torch.argsort(basis, dim=-1, descending=True, stable=True)

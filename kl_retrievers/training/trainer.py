@@ -44,6 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kl_retrievers._encoding import progress_enabled, query_prefix_of
+from kl_retrievers._errors import KLRetrieversError
 from kl_retrievers._io import (
     LEFTOVER_NAME,
     atomic_dir,
@@ -72,7 +73,9 @@ except ModuleNotFoundError as _missing:
     raise _named from _missing
 
 if TYPE_CHECKING:
+    from kl_retrievers._config import Similarity
     from kl_retrievers.datasets import BeirDataset
+    from kl_retrievers.training.losses import Loss
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +105,7 @@ __all__ = [
 _RESUMES_WITHOUT_IN_BATCH = " (a checkpoint written with it resumes without it)"
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(KLRetrieversError, RuntimeError):
     """The loss or a trained weight became NaN or infinite; the run stopped (the last checkpoint is intact)."""
 
 
@@ -162,8 +165,8 @@ class TrainConfig:
         show_progress: A tqdm bar with the loss.
     """
 
-    similarity: str = "neg_kl"
-    loss: str = "contrastive"
+    similarity: Similarity = "neg_kl"
+    loss: Loss = "contrastive"
     steps: int = 1000
     batch_size: int = 32
     grad_accum: int = 1
@@ -821,7 +824,8 @@ def _recipe_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> lis
     (``replace``); the same ``data`` source listed twice is that source once; ``full_corpus`` and
     ``corpus_sample`` are compared only when a side trained on the fast path (``mode`` ``heads_only_cached``);
     ``in_batch`` only when a side reads it (:func:`_reads_in_batch`: a checkpoint an earlier version wrote with
-    ``--no-in-batch`` where it was ignored resumes without it); entries later versions added (what trains,
+    ``--no-in-batch`` where it was ignored resumes without it); ``cli.mine_k`` only when a side mined (an earlier
+    version's ``--mine-k`` without ``--hard-negatives`` mined nothing); entries later versions added (what trains,
     ``encoder.trainable``) only when the checkpoint records them.
 
     Examples:
@@ -846,6 +850,11 @@ def _recipe_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> lis
             continue
         if key == "config.in_batch" and not (_reads_in_batch(old) or _reads_in_batch(new)):
             continue
+        if (
+            key == "cli.mine_k"
+            and old.get("cli.hard_negatives", "none") == new.get("cli.hard_negatives", "none") == "none"
+        ):
+            continue  # nothing mined: earlier versions recorded a --mine-k given (and ignored) without mining
         if key.startswith(_ADDED_LATER) and key not in old:
             continue
         if old.get(key) != new.get(key):
@@ -1594,7 +1603,7 @@ class RetrievalEvaluator:
         metric: str = "ndcg@10",
         k: int = 100,
         batch_size: int = 32,
-        similarity: str | None = None,
+        similarity: Similarity | None = None,
         show_progress: bool = False,
     ) -> None:
         from kl_retrievers.datasets import BeirDataset, load_beir

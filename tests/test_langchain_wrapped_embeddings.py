@@ -1,0 +1,185 @@
+"""KLEmbeddings inside LangChain wrappers (CacheBackedEmbeddings, HyDE-like wrappers) and compressors.
+
+A store given a wrapper of a KLEmbeddings scores as with the KLEmbeddings itself (a document cache is used and
+its d~ decoded back to Gaussians; other wrappers are bypassed with a warning); a cache that keeps queries under
+its documents' keys is named in a warning; LangChain's cosine-based document compressors and transformers are
+warned about.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+from langchain_core.documents import BaseDocumentCompressor, Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.stores import InMemoryByteStore
+
+from kl_retrievers.langchain import KLEmbeddings, KLVectorStore
+
+TEXTS = ["the cat sat on the mat", "a dog ran", "green tea and bread", "the cat ran", "bread and butter", "a mat"]
+IDS = [f"d{i}" for i in range(len(TEXTS))]
+QUERIES = ["the cat sat", "green tea", TEXTS[3]]
+
+
+def _cache_backed() -> Any:
+    return pytest.importorskip("langchain_classic.embeddings").CacheBackedEmbeddings
+
+
+def _scores(store: KLVectorStore, query: str) -> list[tuple[str | None, float]]:
+    return [(d.id, s) for d, s in store.similarity_search_with_score(query, k=len(TEXTS))]
+
+
+def _assert_same_ranking(wrapped: KLVectorStore, direct: KLVectorStore) -> None:
+    assert wrapped.dim == direct.dim
+    for query in QUERIES:
+        got, want = _scores(wrapped, query), _scores(direct, query)
+        assert [i for i, _ in got] == [i for i, _ in want]
+        np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture
+def emb(tiny_encoder: Any) -> KLEmbeddings:
+    return KLEmbeddings(tiny_encoder, batch_size=4)
+
+
+@pytest.fixture
+def direct(emb: KLEmbeddings) -> KLVectorStore:
+    store = KLVectorStore(emb)
+    store.add_texts(TEXTS, ids=IDS)
+    return store
+
+
+def test_cache_backed_klembeddings_store_scores_as_the_model_and_uses_the_cache(
+    emb: KLEmbeddings, direct: KLVectorStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = InMemoryByteStore()
+    cbe = _cache_backed().from_bytes_store(emb, cache, namespace="kl", key_encoder="sha256")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn about
+        store = KLVectorStore(cbe)
+        store.add_texts(TEXTS, ids=IDS)
+        _assert_same_ranking(store, direct)
+    assert store.embeddings is emb
+    assert len(list(cache.yield_keys())) == len(TEXTS)  # the documents' d~, cached
+    # a second store over the same cache encodes no document: every d~ comes from the cache
+    monkeypatch.setattr(emb, "encode_documents", lambda *a, **k: pytest.fail("the cache was not used"))
+    again = KLVectorStore(cbe)
+    again.add_texts(TEXTS, ids=IDS)
+    _assert_same_ranking(again, direct)
+    hits = again.as_retriever(search_type="similarity_score_threshold", search_kwargs={"score_threshold": 0.01})
+    assert len(hits.invoke(TEXTS[0])) >= 1  # -KL relevance scores, not the L2 of q~ and d~
+
+
+def test_cache_backed_klembeddings_separate_query_cache_is_used(emb: KLEmbeddings, direct: KLVectorStore) -> None:
+    queries = InMemoryByteStore()
+    cbe = _cache_backed().from_bytes_store(
+        emb, InMemoryByteStore(), namespace="kl", key_encoder="sha256", query_embedding_cache=queries
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        store = KLVectorStore(cbe)
+        store.add_texts(TEXTS, ids=IDS)
+        _assert_same_ranking(store, direct)
+    assert len(list(queries.yield_keys())) == len(set(QUERIES))  # the queries' q~, cached
+
+
+def test_cache_backed_klembeddings_shared_query_cache_warns_and_is_bypassed(
+    emb: KLEmbeddings, direct: KLVectorStore
+) -> None:
+    cbe = _cache_backed().from_bytes_store(
+        emb, InMemoryByteStore(), namespace="kl", key_encoder="sha256", query_embedding_cache=True
+    )
+    with pytest.warns(UserWarning, match=r"CacheBackedEmbeddings caches the queries .* query_embedding_cache=") as seen:
+        store = KLVectorStore(cbe)
+        KLVectorStore(cbe)  # once per KLEmbeddings
+    assert len([w for w in seen if "caches the queries" in str(w.message)]) == 1
+    store.add_texts(TEXTS, ids=IDS)
+    _assert_same_ranking(store, direct)
+
+
+def test_cache_backed_klembeddings_shared_query_cache_warns_when_embedding(emb: KLEmbeddings) -> None:
+    cbe = _cache_backed().from_bytes_store(
+        emb, InMemoryByteStore(), namespace="kl", key_encoder="sha256", query_embedding_cache=True
+    )
+    with pytest.warns(UserWarning, match=r"a text's query vector q~ and document vector d~ differ") as seen:
+        cbe.embed_documents(TEXTS[:2])
+        cbe.embed_documents(TEXTS[2:])
+    assert len([w for w in seen if "q~ and document vector d~ differ" in str(w.message)]) == 1
+
+
+def test_same_byte_store_and_namespace_for_queries_is_a_shared_cache(emb: KLEmbeddings) -> None:
+    cache = InMemoryByteStore()
+    cbe = _cache_backed().from_bytes_store(
+        emb, cache, namespace="kl", key_encoder="sha256", query_embedding_cache=cache
+    )
+    with pytest.warns(UserWarning, match=r"caches the queries"):
+        KLVectorStore(cbe)
+
+
+def test_cache_holding_query_vectors_for_documents_is_refused(emb: KLEmbeddings) -> None:
+    cache = InMemoryByteStore()
+    CacheBackedEmbeddings = _cache_backed()
+    writer = CacheBackedEmbeddings.from_bytes_store(
+        emb, InMemoryByteStore(), namespace="kl", key_encoder="sha256", query_embedding_cache=cache
+    )
+    writer.embed_query(TEXTS[0])  # a q~ under the key the reader's documents use
+    reader = CacheBackedEmbeddings.from_bytes_store(emb, cache, namespace="kl", key_encoder="sha256")
+    with pytest.raises(ValueError, match=r"CacheBackedEmbeddings.embed_documents returned vectors that are not"):
+        KLVectorStore(reader).add_texts(TEXTS)
+
+
+class _Wrapper(Embeddings):
+    """A wrapper that changes the vectors (as HypotheticalDocumentEmbedder's embed_query does)."""
+
+    def __init__(self, base_embeddings: Embeddings) -> None:
+        self.base_embeddings = base_embeddings
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.base_embeddings.embed_documents(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.base_embeddings.embed_documents([text])[0]
+
+
+def test_other_wrapper_of_klembeddings_is_bypassed_with_a_warning(emb: KLEmbeddings, direct: KLVectorStore) -> None:
+    with pytest.warns(UserWarning, match=r"_Wrapper wraps a KLEmbeddings"):
+        store = KLVectorStore(_Wrapper(emb))
+    store.add_texts(TEXTS, ids=IDS)
+    _assert_same_ranking(store, direct)
+    assert store.embeddings is emb
+
+
+class _CosineCompressor(BaseDocumentCompressor):
+    embeddings: Any
+
+    def compress_documents(self, documents: Sequence[Document], query: str, callbacks: Any = None) -> list[Document]:
+        self.embeddings.embed_documents([d.page_content for d in documents])
+        self.embeddings.embed_query(query)
+        return list(documents)
+
+
+def test_document_compressor_using_klembeddings_warns_once(emb: KLEmbeddings) -> None:
+    docs = [Document(page_content=t) for t in TEXTS]
+    message = r"KLEmbeddings used by _CosineCompressor \(a LangChain document compressor\): .*KLRetriever\(min_conf"
+    with pytest.warns(UserWarning, match=message) as seen:
+        _CosineCompressor(embeddings=emb).compress_documents(docs, "cat")
+        _CosineCompressor(embeddings=emb).compress_documents(docs, "tea")
+    assert len([w for w in seen if "_CosineCompressor" in str(w.message)]) == 1
+
+
+def test_langchain_embeddings_filter_and_redundant_filter_warn(emb: KLEmbeddings) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # langchain-community's sunset notice
+        filters = pytest.importorskip("langchain_classic.retrievers.document_compressors")
+        transformers = pytest.importorskip("langchain_community.document_transformers")
+    docs = [Document(page_content=t) for t in TEXTS]
+    with pytest.warns(UserWarning, match=r"KLEmbeddings used by EmbeddingsFilter \(a LangChain document compressor\)"):
+        filters.EmbeddingsFilter(embeddings=emb, k=2, similarity_threshold=None).compress_documents(docs, "cat")
+    with pytest.warns(
+        UserWarning, match=r"KLEmbeddings used by EmbeddingsRedundantFilter \(a LangChain document transformer\)"
+    ):
+        transformers.EmbeddingsRedundantFilter(embeddings=emb).transform_documents(docs)
