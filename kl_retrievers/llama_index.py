@@ -1907,6 +1907,23 @@ _SCORE_KEYS = frozenset(
 _RESERVED_KEYS_TEXT = ", ".join(sorted(_SCORE_KEYS))
 
 
+class _StoredNodeScan:
+    """A callable filter for one pass over a ``KLStore``'s metadata (:meth:`KLVectorStore._scan_stored_nodes`).
+
+    It matches the ``IndexNode`` / ``ImageNode`` nodes (:func:`_is_non_text`), so that ``get_by_filter``
+    copies only them, and records in :attr:`reserved` the score keys (:data:`_SCORE_KEYS`) that any
+    document's metadata uses (its top-level keys), whether the document matches or not.
+    """
+
+    def __init__(self) -> None:
+        self.reserved: set[str] = set()
+
+    def __call__(self, metadata: Mapping[str, Any]) -> bool:
+        if not _SCORE_KEYS.isdisjoint(metadata):
+            self.reserved.update(_SCORE_KEYS.intersection(metadata))
+        return _is_non_text(metadata.get("_node_type"))
+
+
 def _mark_blank_query(nodes: Sequence[BaseNode], calibrated: bool) -> None:
     """Give a blank query's scored nodes confidence 0 and :data:`EMPTY_QUERY_REASON` (kept out of LLM / embed text)
     when a calibrator exists (:func:`~kl_retrievers._confidence.blank_query_confidence`); without one they keep
@@ -2412,17 +2429,18 @@ class KLVectorStore(BasePydanticVectorStore):
         self._scan_stored_nodes()
 
     def _scan_stored_nodes(self) -> None:
-        """Read the wrapped store's documents once: the non-text node ids, and a warning for reserved keys.
+        """Look at the wrapped store's metadata once: the non-text node ids, and a warning for reserved keys.
 
-        Only a :class:`KLStore` (in memory) is read here: the collection of a ``MilvusKLStore`` may be large and
-        is read only by what needs it (see :meth:`_stored_non_text_ids`).
+        Only a :class:`KLStore` (in memory) is read here, in one pass over its stored metadata that copies
+        only the ``IndexNode`` / ``ImageNode`` documents (:class:`_StoredNodeScan`). The collection of a
+        ``MilvusKLStore`` may be large and is read only by what needs it (see :meth:`_stored_non_text_ids`).
         """
         version = _write_count(self._store)
         if version is None:
             return
-        docs = self._store.get_by_ids(self._store.ids) if len(self._store) else []
-        self._cache_non_text(version, docs)
-        reserved = sorted({key for d in docs for key in _SCORE_KEYS.intersection(d.metadata)})
+        scan = _StoredNodeScan()
+        self._cache_non_text(version, self._store.get_by_filter(scan) if len(self._store) else [])
+        reserved = sorted(scan.reserved)
         if reserved:
             self._warned_reserved = True
             _warn_reserved_keys(reserved, "KLVectorStore(store=...) (documents already stored)")
