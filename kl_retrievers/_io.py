@@ -1944,7 +1944,9 @@ def load_gaussians(path: str | os.PathLike[str]) -> tuple[Any, list[str] | None]
             if file.resolve().parent != root:  # a link out of the folder: as KLStore.load refuses one (check_files)
                 raise ValueError(f"{file} resolves to {file.resolve()}, outside the saved Gaussians folder")
             if name != "ids.json" and not file.is_file():
-                other = describe_kl_folder(source)
+                # a damaged Gaussians folder (its own config.json) is described by its missing file, not its kind
+                own = is_gaussians_config(read_json_object(source / "config.json"))
+                other = None if own else describe_kl_folder(source)
                 found = f"it is {other}" if other is not None else f"{name} is missing"
                 raise ValueError(f"{source} is not a saved Gaussians folder: {found}")
         meta = read_json_object(source / "config.json")

@@ -41,6 +41,7 @@ from kl_retrievers.cli_common import (  # re-exported: defined here before (the 
     add_verbose_to_commands,
     args_subset,
     check_output_path,
+    cli_log_level,
     is_encoded_shards_folder,
     is_gaussians_config,
     model_session_flags,
@@ -1849,23 +1850,9 @@ def _main(argv: Sequence[str] | None) -> int:
         return _run_command(args)
 
 
-def _cli_log_level(verbose: int, quiet: bool = False) -> int:
-    """The root log level of a command: WARNING, INFO with ``-v``, DEBUG with ``-vv`` (or more), ERROR with ``-q``.
-
-    Examples:
-        >>> [logging.getLevelName(_cli_log_level(v)) for v in (0, 1, 2, 3)]
-        ['WARNING', 'INFO', 'DEBUG', 'DEBUG']
-        >>> logging.getLevelName(_cli_log_level(0, quiet=True))
-        'ERROR'
-    """
-    if verbose:
-        return logging.DEBUG if verbose >= 2 else logging.INFO
-    return logging.ERROR if quiet else logging.WARNING
-
-
 @contextlib.contextmanager
 def _cli_logging(verbose: int, *, quiet: bool = False) -> Iterator[None]:
-    """Log lines (``LEVEL logger: message``) on stderr for one command, at :func:`_cli_log_level`.
+    """Log lines (``LEVEL logger: message``) on stderr for one command, at :func:`cli_log_level`.
 
     WARNING by default, INFO with ``--verbose``, DEBUG with ``-vv``, ERROR with ``--quiet``: then the handler drops
     lower records too, so that a logger given a level of its own (``train``'s INFO lines) does not get past it, and
@@ -1881,7 +1868,7 @@ def _cli_logging(verbose: int, *, quiet: bool = False) -> Iterator[None]:
     its level is left alone when the program set one).
     """
     root = logging.getLogger()
-    level = _cli_log_level(verbose, quiet)
+    level = cli_log_level(verbose, quiet)
     with _cli_log.lock:
         if not _cli_log.levels and root.handlers:  # the program's own configuration: left alone
             shared = False

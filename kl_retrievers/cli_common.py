@@ -429,6 +429,25 @@ class _Parser(argparse.ArgumentParser):
             2, f"{self.prog}: error: {_one_line(message)}{_usage_hint(self.prog, message)} (see {self.prog} --help)\n"
         )
 
+    def parse_args(  # type: ignore[override]  # argparse's overloads: the same call, one signature
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        """argparse's, whose "unrecognized arguments" error says where ``-q`` goes after ``evaluate`` or ``train``."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}{self._quiet_hint(parsed, extras)}")
+        return parsed
+
+    def _quiet_hint(self, parsed: argparse.Namespace, extras: Sequence[str]) -> str:
+        """Where ``-q`` goes, when it came after a subcommand with a ``--quiet`` of its own (``evaluate -q``)."""
+        command = getattr(parsed, "command", None)
+        if "-q" not in extras or command not in ("evaluate", "train") or "-q" not in self._option_string_actions:
+            return ""
+        return (
+            f" (-q/--quiet for logs goes before the subcommand: {self.prog} -q {command} ...; "
+            f"{command}'s own --quiet hides its progress bars)"
+        )
+
     def parse_known_args(  # type: ignore[override]  # argparse's overloads: the same call, one signature
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
@@ -459,6 +478,22 @@ class _Parser(argparse.ArgumentParser):
 _VERBOSE_AFTER = "verbose_after_command"
 _VERBOSE_HELP = "log INFO lines on stderr; -vv: DEBUG lines too (default: warnings and errors only)"
 _QUIET_HELP = "log errors only on stderr (no warnings, Python warnings included); progress bars are not affected"
+
+
+def cli_log_level(verbose: int, quiet: bool = False) -> int:
+    """The root log level of a command: WARNING, INFO with ``-v``, DEBUG with ``-vv`` (or more), ERROR with ``-q``.
+
+    Shared by ``kl-retrievers`` and ``python -m kl_retrievers.training.cli``.
+
+    Examples:
+        >>> [logging.getLevelName(cli_log_level(v)) for v in (0, 1, 2, 3)]
+        ['WARNING', 'INFO', 'DEBUG', 'DEBUG']
+        >>> logging.getLevelName(cli_log_level(0, quiet=True))
+        'ERROR'
+    """
+    if verbose:
+        return logging.DEBUG if verbose >= 2 else logging.INFO
+    return logging.ERROR if quiet else logging.WARNING
 
 
 def add_global_arguments(parser: argparse.ArgumentParser, *, quiet: bool = False) -> None:

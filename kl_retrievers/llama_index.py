@@ -2446,7 +2446,7 @@ class KLVectorStore(BasePydanticVectorStore):
             _warn_reserved_keys(reserved, "KLVectorStore(store=...) (documents already stored)")
 
     def _cache_non_text(self, version: int | None, docs: Sequence[StoredDocument]) -> frozenset[str]:
-        """The ids of the ``IndexNode`` / ``ImageNode`` nodes among ``docs`` (every stored document, or those
+        """The ids of the ``IndexNode`` / ``ImageNode`` nodes among ``docs`` (those :class:`_StoredNodeScan` or
         :data:`_NON_TEXT_FILTER` matches, read at the store's ``write_count`` ``version``), cached unless a write
         landed during the read (never cached for a store without a ``write_count``, a ``MilvusKLStore``: ``version``
         ``None``)."""

@@ -297,6 +297,7 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
             left unset then).
 
     Raises:
+        FileNotFoundError: ``folder`` does not exist.
         OnnxModelError: No shared graph serves this model (the message says why), or the installed graph is
             not the pinned one (another SHA-256) or does not fit the model.
         NotAnEncoderError: The saved config is invalid (the torch backend's checks and messages: ``beta``,
@@ -328,10 +329,12 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
     ) -> None:
         from tokenizers import Tokenizer
 
+        path = Path(folder)
+        if not path.exists():  # as every loader of a saved folder (OnnxGaussianEncoder's _read_meta)
+            raise FileNotFoundError(f"no saved Gaussian encoder folder at {path}")
         options = make_session_options(
             num_threads=num_threads, allow_spinning=allow_spinning, session_options=session_options
         )
-        path = Path(folder)
         where = name_or_path or local_reference(folder)  # an absolute folder, as the other encoders record
         backbone = shared_backbone_for(path)
         if backbone is None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -582,9 +583,10 @@ def build(execute: bool, only: list[str] | None = None, out: Path | None = None)
             from nbclient import NotebookClient
 
             timeout = TIMEOUTS.get(name, DEFAULT_TIMEOUT)
+            # a notebook kernel counts as interactive (progress bars by default): none in the saved outputs
             NotebookClient(
                 nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(OUT)}}
-            ).execute()
+            ).execute(env={**os.environ, "TQDM_DISABLE": "1"})
             note = "executed"
         elif target.exists():
             kept, dropped = keep_unchanged_outputs(nb, nbformat.read(target, as_version=4))

@@ -140,3 +140,41 @@ def test_the_help_lists_them(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     out = capsys.readouterr().out
     assert "--quiet, -q" in out and "-vv" in out
+
+
+@pytest.mark.parametrize(
+    "argv", [["evaluate", "data", "-q"], ["train", "--data", "d.jsonl", "--out", "o", "-q"]], ids=["evaluate", "train"]
+)
+def test_q_after_evaluate_or_train_says_where_it_goes(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """``evaluate`` and ``train`` have a ``--quiet`` of their own and no ``-q``: the error says where ``-q`` goes."""
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: -q" in err
+    assert f"-q/--quiet for logs goes before the subcommand: kl-retrievers -q {argv[0]} ..." in err
+    assert f"{argv[0]}'s own --quiet hides its progress bars" in err
+
+
+def test_other_unrecognized_arguments_get_no_quiet_hint(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["evaluate", "data", "--no-such-flag"])
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --no-such-flag" in err and "goes before the subcommand" not in err
+
+
+@pytest.mark.parametrize(
+    ("verbose", "quiet", "level"),
+    [(0, False, logging.INFO), (0, True, logging.WARNING), (1, True, logging.INFO), (2, False, logging.DEBUG)],
+)
+def test_the_standalone_training_cli_root_level(
+    verbose: int, quiet: bool, level: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -m kl_retrievers.training.cli`` lists the shared ``-vv: DEBUG lines too``, and ``-vv`` is DEBUG."""
+    from kl_retrievers.training import cli as training_cli
+
+    levels: list[int] = []
+    monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: levels.append(kwargs["level"]))
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    training_cli._setup_logging(quiet=quiet, verbose=verbose)
+    assert levels == [level]

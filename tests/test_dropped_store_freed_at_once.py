@@ -83,7 +83,6 @@ def test_the_engine_reads_the_settings_its_store_has_now() -> None:
 CHILD = """
 import sys
 from kl_retrievers.store import KLStore
-from kl_retrievers.store._engines import ApproxEngine
 
 def rss_mib():
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:")) // 1024

@@ -14,6 +14,7 @@ save one), so it has no row here.
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -178,3 +179,45 @@ def test_each_kind_loads_with_its_own_loader(folders: dict[str, Path], encoder: 
 def test_a_safetensors_file_that_is_missing_is_file_not_found(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_gaussians(tmp_path / "nothing.safetensors")
+
+
+@pytest.mark.parametrize("folder", [FileNotFoundError, NotADirectoryError])
+def test_onnx_heads_encoder_missing_folder_is_file_not_found(tmp_path: Path, folder: type[Exception]) -> None:
+    """``OnnxHeadsGaussianEncoder`` checks the folder first, as ``OnnxGaussianEncoder`` does (not OnnxModelError)."""
+    from kl_retrievers.onnx_heads import OnnxHeadsGaussianEncoder
+
+    missing = tmp_path / "no-such-folder"
+    if folder is NotADirectoryError:  # a path under a file: missing too
+        (tmp_path / "file").write_text("x")
+        missing = tmp_path / "file" / "model"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+        OnnxHeadsGaussianEncoder(missing)
+
+
+#: loader, the kind of folder it loads, a file removed from that folder (a damaged save of its own kind).
+DAMAGED = [
+    ("KLStore.load", "klstore", "mean.npy"),
+    ("KLStore.load", "klstore", "var.npy"),
+    ("KLHybridStore.load", "hybrid", "kl/mean.npy"),
+    ("load_gaussians", "gaussians", "mean.npy"),
+    ("load_gaussians", "gaussians", "var.npy"),
+    ("load_encoded", "shards", "shard-00000/mean.npy"),
+]
+
+
+@pytest.mark.parametrize(("loader", "kind", "removed"), DAMAGED)
+def test_a_damaged_folder_of_its_own_kind_names_the_missing_file(
+    loader: str, kind: str, removed: str, folders: dict[str, Path], encoder: Any, tmp_path: Path
+) -> None:
+    """A folder of the loader's own kind with one file removed names that file, never "it is <its own kind>"."""
+    if kind not in folders:
+        pytest.skip(f"the extra that saves a {kind} folder is not installed")
+    copy = tmp_path / kind
+    shutil.copytree(folders[kind], copy)
+    (copy / removed).unlink()
+    load, _, _ = LOADERS[loader]
+    with pytest.raises(Exception) as info:
+        load(copy, encoder)
+    message = str(info.value)
+    assert Path(removed).name in message, message
+    assert not re.search(rf"it is (a |an )?({KINDS[kind]})", message), message

@@ -95,3 +95,23 @@ def test_flags_the_checkpoint_was_not_written_with_are_still_refused_on_resume(
     assert "--negatives 2 would play no part in the loss" in err, err
     assert "was written with --negatives 3" in err, err
     assert not _warnings(caplog, "continues with the flags it started with")
+
+
+@pytest.mark.parametrize("field", ["config", "cli"])
+def test_a_damaged_recipe_is_refused_as_damaged_when_resumed_with_the_flags(
+    train_world: TrainWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str], field: str
+) -> None:
+    """A ``state.json`` whose recipe's ``config`` or ``cli`` is no object is named as damaged (the field), not
+    answered with the refusal of flags that would play no part in the loss."""
+    import json
+
+    out = tmp_path / "m"
+    assert main(heads_cached_train_argv(train_world, out, "--time-budget", "0")) == 0
+    (state,) = tmp_path.glob("*/state.json")
+    meta = json.loads(state.read_text())
+    meta["recipe"][field] = "x"
+    state.write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert main(heads_cached_train_argv(train_world, out, "--negatives", "3", "--resume")) == 2
+    err = cli_error_line(capsys, "train")
+    assert f"field 'recipe.{field}' must be an object" in err and "would play no part" not in err, err

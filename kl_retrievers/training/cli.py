@@ -452,14 +452,17 @@ def evaluation_summary(
     return text + f" ({n} evaluation{'s' if n != 1 else ''}{others})"
 
 
-def _setup_logging(quiet: bool, verbose: bool = False) -> None:
+def _setup_logging(quiet: bool, verbose: int = 0) -> None:
     """Log lines on stderr for ``python -m kl_retrievers.training.cli`` run as a program (:func:`main` as
     ``__main__``): :func:`run_train` itself leaves logging to its caller (``kl-retrievers train`` sets it up per
     command), and so does a :func:`main` imported and called in-process. INFO unless ``quiet`` (WARNING);
-    ``verbose`` (``-v``) keeps INFO under ``quiet`` too, as with ``kl-retrievers -v train --quiet``."""
+    ``verbose`` (``-v``) keeps INFO under ``quiet`` too, as with ``kl-retrievers -v train --quiet``, and ``-vv``
+    is DEBUG (:func:`~kl_retrievers.cli_common.cli_log_level`, as ``kl-retrievers`` has it)."""
+    from kl_retrievers.cli_common import cli_log_level
+
     root = logging.getLogger()
     if not root.handlers:
-        level = logging.WARNING if quiet and not verbose else logging.INFO
+        level = min(cli_log_level(int(verbose)), logging.WARNING if quiet else logging.INFO)
         logging.basicConfig(level=level, format="%(levelname)s %(message)s")
 
 
@@ -781,12 +784,17 @@ def _pool_softmax_flags_of(checkpoint: Path) -> dict[str, Any]:
     Raises:
         ValueError: Its ``state.json`` is damaged (as a resume refuses it: naming the file and the field).
     """
-    from kl_retrievers.training.trainer import _LEGACY_MINE_MODE, _read_checkpoint_state
+    from kl_retrievers.training.trainer import _LEGACY_MINE_MODE, _read_checkpoint_state, _state_error
 
     recipe = _read_checkpoint_state(checkpoint).get("recipe")
     if not isinstance(recipe, dict) or recipe.get("mode") != "heads_only_cached":
         return {}
     config, cli = recipe.get("config"), recipe.get("cli")
+    state_file = checkpoint / "state.json"
+    if "config" in recipe and not isinstance(config, dict):  # damaged: refused as the resume check refuses it
+        raise _state_error(state_file, "recipe.config", "an object (the run's TrainConfig)", config)
+    if "cli" in recipe and not isinstance(cli, dict):
+        raise _state_error(state_file, "recipe.cli", "an object (the run's command-line flags)", cli)
     if not isinstance(config, dict) or not isinstance(cli, dict):
         return {}
     if config.get("loss") != "contrastive" or not config.get("full_corpus", True) or config.get("corpus_sample"):

@@ -1,0 +1,43 @@
+"""``scripts/build_notebooks.py --execute`` runs each kernel with ``TQDM_DISABLE=1``.
+
+A notebook kernel counts as interactive, so the package's progress bars (``show_progress_bar=None``) show there
+by default; the executed notebooks that the docs site shows should not carry them in their outputs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_execute_gives_the_kernel_tqdm_disable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = importlib.util.spec_from_file_location("build_notebooks", REPO / "scripts" / "build_notebooks.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "OUT", tmp_path)
+    calls: list[dict[str, Any]] = []
+
+    class FakeClient:  # no kernel: only what execute is given
+        def __init__(self, nb: Any, **kwargs: Any) -> None:
+            self.nb = nb
+
+        def execute(self, **kwargs: Any) -> Any:
+            calls.append(kwargs)
+            return self.nb
+
+    monkeypatch.setitem(sys.modules, "nbclient", types.SimpleNamespace(NotebookClient=FakeClient))
+    monkeypatch.setenv("KL_EXAMPLE_KEPT", "yes")
+    name = sorted(module.NOTEBOOKS)[0]
+    module.build(True, [name], tmp_path)
+    assert len(calls) == 1
+    env = calls[0]["env"]
+    assert env["TQDM_DISABLE"] == "1"
+    assert env["KL_EXAMPLE_KEPT"] == "yes"  # the rest of the environment is kept (KL_RETRIEVERS_DATA...)
