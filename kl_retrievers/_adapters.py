@@ -590,7 +590,7 @@ def query_precision_hint(raw: Any, q: np.ndarray) -> str:
     return f"{hint}. If it was float64 already: {cancel}" if cancel else hint
 
 
-def warn_unreliable_query_variance(raw: Any, q: np.ndarray, call: str) -> None:
+def warn_unreliable_query_variance(raw: Any, q: np.ndarray, call: str, used: np.ndarray | None = None) -> None:
     """Warn when a query variance decoded from a q~ is unreliable: the q~ came below float64, or cancels in float64.
 
     ``var = q~[1:k+1] - mu^2`` subtracts two numbers of the size of ``mu^2``: the result is exact up to the
@@ -608,6 +608,8 @@ def warn_unreliable_query_variance(raw: Any, q: np.ndarray, call: str) -> None:
         raw: The vector(s) as the caller passed them (a list, a numpy array, a tensor).
         q: The same as a float64 array of shape ``(n, 2k + 1)``.
         call: The call named in the warning (``"similarity_search_by_vector"``).
+        used: The variances the caller scores with, shaped as the decoded ones (a decoder that raises them to a
+            floor passes the raised values, which the warning then names); ``None``: the decoded ones.
     """
     found = _low_precision(raw, q)
     second, mean, var = _decoded_variances(q)
@@ -629,7 +631,9 @@ def warn_unreliable_query_variance(raw: Any, q: np.ndarray, call: str) -> None:
     else:
         off = f"up to {rel:.1%} of its value"
     at = f"coordinate {col}" + (f" of row {row}" if len(q) > 1 else "")
-    facts = f"({at}: mu {mean[row, col]:.4g}, var {var[row, col]:.3g}); the -KL scores use it"
+    value = var[row, col] if used is None else used[row, col]
+    decoded = f"var {var[row, col]:.3g}" + (f", raised to the floor {value:.3g}" if value != var[row, col] else "")
+    facts = f"({at}: mu {mean[row, col]:.4g}, {decoded}); the -KL scores use {value:.3g}"
     if found is None:
         warn(
             f"{call}: a query variance decoded from the q~ query vector (var = q~[1:k+1] - mu^2) may be off by "

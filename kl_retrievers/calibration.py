@@ -372,7 +372,8 @@ class ConfidenceCalibrator:
 
         Args:
             x: One row per query, columns in the order of :attr:`features`.
-            y: 0/1 labels (top-1 relevant or not) or soft targets in ``[0, 1]``.
+            y: 0/1 labels (top-1 relevant or not) or soft targets in ``[0, 1]``, one per query (shape ``(n,)``,
+                ``(n, 1)`` or ``(1, n)``; a matrix such as ``2 x 2`` is refused).
             sample_weight: Non-negative weight per query (default 1), e.g. to weigh training
                 sets equally.
             info: Facts stored with the calibrator (the training data, the target, the command). A
@@ -401,7 +402,7 @@ class ConfidenceCalibrator:
 
         _check_info(info or {}, "info")
         xm = _as_matrix(x, len(self.features))
-        t = _real_numpy(y, "targets", "ConfidenceCalibrator takes").astype(np.float64).ravel()
+        t = _per_query(y, "targets")
         if t.shape[0] != xm.shape[0]:
             raise ValueError(f"{xm.shape[0]} feature rows but {t.shape[0]} targets")
         if xm.shape[0] < 2:
@@ -409,10 +410,7 @@ class ConfidenceCalibrator:
         bad = np.flatnonzero(~(np.isfinite(t) & (t >= 0) & (t <= 1)))
         if bad.size:
             raise ValueError(f"target at position {int(bad[0])} is {t[bad[0]]}; targets must be in [0, 1]")
-        if sample_weight is None:
-            w = np.ones_like(t)
-        else:
-            w = _real_numpy(sample_weight, "sample_weight", "ConfidenceCalibrator takes").astype(np.float64).ravel()
+        w = np.ones_like(t) if sample_weight is None else _per_query(sample_weight, "sample_weight")
         if w.shape != t.shape or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
             raise ValueError("sample_weight must hold one finite weight >= 0 per query, not all zero")
         w = w / w.mean()
@@ -635,10 +633,21 @@ class ConfidenceCalibrator:
 # ---------------------------------------------------------------------------------- measurement
 
 
+def _per_query(value: Any, name: str) -> np.ndarray:
+    """``value`` as a float64 vector of one value per query: a vector, or a column or row ``(n, 1)`` / ``(1, n)``.
+
+    A matrix with two axes longer than 1 (``2 x 2``) is refused rather than flattened into more values than rows.
+    """
+    arr = _real_numpy(value, name, "ConfidenceCalibrator takes").astype(np.float64)
+    if sum(n > 1 for n in arr.shape) > 1:
+        raise ValueError(f"{name} must hold one value per query (shape (n,), (n, 1) or (1, n)); got shape {arr.shape}")
+    return arr.ravel()
+
+
 def _check_probs(prob: Any, labels: Any, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
     """``prob`` and ``labels`` as float64 vectors of one length, in ``[0, 1]``; ``n_bins`` an integer ``>= 1``."""
-    p = np.asarray(prob, dtype=np.float64).ravel()
-    y = np.asarray(labels, dtype=np.float64).ravel()
+    p = _real_numpy(prob, "probabilities", "calibration metrics take").astype(np.float64).ravel()
+    y = _real_numpy(labels, "labels", "calibration metrics take").astype(np.float64).ravel()
     if p.shape != y.shape or p.size == 0:
         raise ValueError(f"probabilities and labels must be non-empty and of one length; got {p.size} and {y.size}")
     if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):

@@ -49,11 +49,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict
 
 import numpy as np
 
 from kl_retrievers._config import SIMILARITIES as SIMILARITIES  # re-exported: it was defined here
+from kl_retrievers._config import Similarity
 from kl_retrievers._config import model_similarity as model_similarity
 from kl_retrievers._encoding import (
     _BLANK_POSITIONS_SHOWN,
@@ -1110,7 +1111,7 @@ def retrieve_vectors(
     doc_ids: Sequence[str],
     k: int = 100,
     *,
-    similarity: str = "dot",
+    similarity: Literal["dot", "cosine"] = "dot",
     max_block_elements: int = 1 << 25,
 ) -> Run:
     """Exact top-``k`` by the dot product (or cosine) of vectors, in float64: how a vector twin ranks.
@@ -1163,7 +1164,7 @@ def evaluate_model(
     *,
     k: int = 100,
     means_only: bool = False,
-    similarity: str | None = None,
+    similarity: Similarity | None = None,
     show_progress: bool | None = None,
     metrics: str | Sequence[str] = DEFAULT_METRICS,
     relevance_level: int = DEFAULT_RELEVANCE_LEVEL,
@@ -1283,7 +1284,8 @@ def _evaluate_model(
         )
     else:
         qn, dn = q.numpy(), d.numpy()
-        run = retrieve_vectors(qn.mean, dn.mean, dataset.query_ids, dataset.doc_ids, k, similarity=similarity)
+        vectors: Literal["dot", "cosine"] = "cosine" if similarity == "cosine" else "dot"  # checked above
+        run = retrieve_vectors(qn.mean, dn.mean, dataset.query_ids, dataset.doc_ids, k, similarity=vectors)
     t2 = time.perf_counter()
     aggregate, per_query = evaluate_run(dataset.qrels, run, metrics, relevance_level=relevance_level)
     label += " [means only]" if means_only else ""

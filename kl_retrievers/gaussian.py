@@ -120,6 +120,14 @@ def _check_real(name: str, x: Array, takes: str = "Gaussians take") -> None:
         raise TypeError(f"{name} has dtype {x.dtype}; {takes} bool, integer or floating arrays only")
 
 
+def _may_hold_tensors(x: list[Any] | tuple[Any, ...]) -> bool:
+    """Whether a list holds torch tensors (rows), scanning it only when it can: torch is loaded and its first item
+    is not a plain number (a flat list of numbers, such as one embedding, is never scanned)."""
+    if not x or "torch" not in sys.modules or isinstance(x[0], (int, float, np.number)):
+        return False
+    return any(_is_torch(row) for row in x)
+
+
 def _real_numpy(x: Any, name: str, takes: str = "Gaussians take") -> np.ndarray:
     """``x`` (numbers, an array, a tensor, or a list of vectors) as a numpy array, by :class:`Gaussians`' rules.
 
@@ -142,7 +150,7 @@ def _real_numpy(x: Any, name: str, takes: str = "Gaussians take") -> np.ndarray:
         ...
         TypeError: scores has dtype <U1; query_features takes bool, integer or floating arrays only
     """
-    if isinstance(x, (list, tuple)) and any(_is_torch(row) for row in x):
+    if isinstance(x, (list, tuple)) and _may_hold_tensors(x):
         x = [_real_numpy(row, name, takes) for row in x]
     if _is_torch(x):
         _check_real(name, x, takes)

@@ -109,6 +109,8 @@ VAR_TOKEN = "[VAR]"
 Quantization = Literal["int8"]
 #: Accepted values of ``quantize``: the :data:`Quantization` values, or none (float32); the runtime checks read it.
 QUANTIZATIONS: tuple[Quantization | None, ...] = (*get_args(Quantization), None)
+#: What a ``quantize`` parameter takes: a :data:`Quantization`, or ``"float32"`` or ``None`` (float32 weights).
+QuantizeOption = Quantization | Literal["float32"] | None
 OUTPUTS = ("mean", "var")
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _OPSET = 17
@@ -203,7 +205,7 @@ def export_onnx(
     encoder: GaussianEncoder,
     folder: str | os.PathLike[str],
     *,
-    quantize: Quantization | Literal["float32"] | None = "int8",
+    quantize: QuantizeOption = "int8",
     per_channel: bool = True,
     verify: bool = True,
     source_sha256: str | None = None,

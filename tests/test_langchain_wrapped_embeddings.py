@@ -17,6 +17,7 @@ import pytest
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.stores import InMemoryByteStore
+from pydantic import BaseModel
 
 from kl_retrievers.langchain import KLEmbeddings, KLVectorStore
 
@@ -183,3 +184,64 @@ def test_langchain_embeddings_filter_and_redundant_filter_warn(emb: KLEmbeddings
         UserWarning, match=r"KLEmbeddings used by EmbeddingsRedundantFilter \(a LangChain document transformer\)"
     ):
         transformers.EmbeddingsRedundantFilter(embeddings=emb).transform_documents(docs)
+
+
+class _InnerWrapper(Embeddings):
+    """A custom wrapper holding its model under a name of its own (``self.inner``)."""
+
+    def __init__(self, inner: Embeddings) -> None:
+        self.inner = inner
+        self.me = self  # a cycle: searched once
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.inner.embed_documents(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.inner.embed_query(text)
+
+
+class _PydanticWrapper(BaseModel, Embeddings):
+    model: Any
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return list(self.model.embed_documents(texts))
+
+    def embed_query(self, text: str) -> list[float]:
+        return list(self.model.embed_query(text))
+
+
+@pytest.mark.parametrize(
+    "make", [_InnerWrapper, lambda e: _PydanticWrapper(model=e), lambda e: _Wrapper(_InnerWrapper(e))]
+)
+def test_wrapper_holding_klembeddings_under_another_name_is_found(
+    emb: KLEmbeddings, direct: KLVectorStore, make: Any
+) -> None:
+    with pytest.warns(UserWarning, match=r"wraps a KLEmbeddings"):
+        store = KLVectorStore(make(emb))
+    store.add_texts(TEXTS, ids=IDS)
+    _assert_same_ranking(store, direct)  # -KL scores, not the L2 of q~ and d~
+    assert store.embeddings is emb
+
+
+def test_wrapper_known_attribute_is_preferred(emb: KLEmbeddings, tiny_encoder: Any) -> None:
+    other = KLEmbeddings(tiny_encoder, batch_size=2)
+    wrapper = _InnerWrapper(other)
+    wrapper.base_embeddings = emb  # type: ignore[attr-defined]
+    with pytest.warns(UserWarning, match=r"wraps a KLEmbeddings"):
+        store = KLVectorStore(wrapper)
+    assert store.embeddings is emb
+
+
+def test_embeddings_filter_with_a_dot_product_does_not_warn(emb: KLEmbeddings) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # langchain-community's sunset notice
+        filters = pytest.importorskip("langchain_classic.retrievers.document_compressors")
+
+    def dot(x: Any, y: Any) -> np.ndarray:
+        return np.asarray(x) @ np.asarray(y).T
+
+    docs = [Document(page_content=t) for t in TEXTS]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # -KL = <q~, d~> + c(q): a dot product ranks as -KL
+        kept = filters.EmbeddingsFilter(embeddings=emb, similarity_fn=dot, k=2, similarity_threshold=None)
+        assert len(kept.compress_documents(docs, "cat")) == 2

@@ -2,8 +2,8 @@
 
 (a) Each alias's values are exactly what the runtime check accepts: every value is accepted, a typo is refused
 with a ``ValueError``, and the tuples (and CLI choices) that list the values equal the alias's ``get_args``.
-(b) A type checker refuses a typo: mypy, with the repository's configuration, reports an error on every
-typo'd option of a small snippet and none on its correctly spelled twins.
+(b) A type checker refuses a typo: ``tests/typing_cases/literal_typos.py`` (checked by ``make typecheck``) marks each
+typo'd option with a ``type: ignore`` that ``warn_unused_ignores`` turns into an error once mypy accepts the typo.
 """
 
 from __future__ import annotations
@@ -11,17 +11,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import re
-import shutil
-import subprocess
 import sys
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args
 
 import pytest
-
-import kl_retrievers
 
 # (module, alias, the module attribute listing the allowed values: a tuple, or a dict keyed by them)
 _LISTED = [
@@ -115,11 +110,38 @@ def _choices(parser: argparse.ArgumentParser, flag: str) -> tuple[Any, ...]:
     return ()
 
 
+def _all_choices(parser: argparse.ArgumentParser, flag: str) -> set[tuple[Any, ...]]:
+    """Every distinct ``choices`` of ``flag`` in ``parser`` and its subcommands (one flag, one list everywhere)."""
+    found: set[tuple[Any, ...]] = set()
+    for action in parser._actions:
+        if flag in action.option_strings:
+            found.add(tuple(action.choices or ()))
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _all_choices(sub, flag)
+    return found
+
+
 def test_the_cli_choices_are_the_aliases_values() -> None:
-    from kl_retrievers.evaluate_cli import HYBRID_MODES
-    from kl_retrievers.hybrid import FusionMode
+    """The light CLI modules spell some lists out (importing the alias's module would load numpy for ``--help``):
+    each must equal its alias."""
+    from kl_retrievers.cli import build_parser
+    from kl_retrievers.evaluate_cli import _NORMALIZATIONS, HYBRID_MODES
+    from kl_retrievers.hybrid import FusionMode, Normalization
+    from kl_retrievers.pretrained import Backend
+    from kl_retrievers.store._base import IndexType
+    from kl_retrievers.store.faiss import Compression, Refine
 
     assert get_args(FusionMode) == HYBRID_MODES  # spelled out there, so that the parser need not import hybrid
+    assert get_args(Normalization) == _NORMALIZATIONS
+    parser = build_parser()
+    for flag, values in (
+        ("--index-type", get_args(IndexType)),
+        ("--compression", get_args(Compression)),
+        ("--refine", get_args(Refine)),
+        ("--model-backend", get_args(Backend)),
+    ):
+        assert _all_choices(parser, flag) == {values}, flag
     pytest.importorskip("torch")
     from kl_retrievers._config import Pooling, Similarity
     from kl_retrievers.training.cli import add_train_command
@@ -132,117 +154,29 @@ def test_the_cli_choices_are_the_aliases_values() -> None:
     assert _choices(parser, "--loss") == get_args(Loss)
 
 
-# Each typo'd option (a line ending "# typo") next to its correct spelling (a line ending "# ok").
-_SNIPPET = """
-from typing import Any
-
-from kl_retrievers._config import GaussianEncoderConfig
-from kl_retrievers.calibration import ConfidenceCalibrator, recommended_min_confidence
-from kl_retrievers.hybrid import FusionConfig, KLHybridStore, normalize_scores
-from kl_retrievers.langchain import KLEmbeddings
-from kl_retrievers.langchain import KLHybridRetriever as LangChainHybridRetriever
-from kl_retrievers.langchain import KLVectorStore as LangChainVectorStore
-from kl_retrievers.llama_index import KLEmbedding
-from kl_retrievers.llama_index import KLHybridRetriever as LlamaHybridRetriever
-from kl_retrievers.llama_index import KLVectorStore as LlamaVectorStore
-from kl_retrievers.onnx import export_onnx
-from kl_retrievers.store import KLStore, MilvusKLStore
-from kl_retrievers.training.losses import lambdarank_loss, score_matrix
-from kl_retrievers.training.trainer import TrainConfig
-
-x: Any = None
-KLStore(index_type="hnws")  # typo
-KLStore(index_type="hnsw")  # ok
-KLStore(index_type="ivf", compression="pg")  # typo
-KLStore(index_type="ivf", compression="pq")  # ok
-KLStore(index_type="ivf", compression="pq", refine="fp61")  # typo
-KLStore(index_type="ivf", compression="pq", refine="fp16")  # ok
-MilvusKLStore(metric="l2")  # typo
-MilvusKLStore(metric="L2")  # ok
-MilvusKLStore(compression="pq")  # typo
-MilvusKLStore(compression="sq8")  # ok
-MilvusKLStore(index_type="falt")  # typo
-MilvusKLStore(index_type="flat")  # ok
-FusionConfig(mode="rff")  # typo
-FusionConfig(mode="rrf")  # ok
-FusionConfig(normalization="z-score")  # typo
-FusionConfig(normalization="zscore")  # ok
-normalize_scores([1.0], "min-max")  # typo
-normalize_scores([1.0], "minmax")  # ok
-KLHybridStore(x, fusion="convx")  # typo
-KLHybridStore(x, fusion="convex")  # ok
-GaussianEncoderConfig(dim=4, pooling="max")  # typo
-GaussianEncoderConfig(dim=4, pooling="mean")  # ok
-ConfidenceCalibrator(kind="hybird")  # typo
-ConfidenceCalibrator(kind="hybrid")  # ok
-recommended_min_confidence(retriever="sparse")  # typo
-recommended_min_confidence(retriever="dense")  # ok
-TrainConfig(similarity="cos")  # typo
-TrainConfig(similarity="cosine")  # ok
-TrainConfig(loss="margin-mse")  # typo
-TrainConfig(loss="margin_mse")  # ok
-score_matrix(x, x, x, x, "negkl")  # typo
-score_matrix(x, x, x, x, "neg_kl")  # ok
-lambdarank_loss(x, x, rank_by="both")  # typo
-lambdarank_loss(x, x, rank_by="teacher")  # ok
-export_onnx(x, "out", quantize="int4")  # typo
-export_onnx(x, "out", quantize="float32")  # ok
-LangChainVectorStore(relevance="expo")  # typo
-LangChainVectorStore(relevance="exp_per_dim")  # ok
-KLEmbeddings(backend="onxx")  # typo
-KLEmbeddings(backend="onnx")  # ok
-LangChainHybridRetriever(store=x, fusion="RRF")  # typo
-LangChainHybridRetriever(store=x, fusion="rrf")  # ok
-LangChainHybridRetriever(store=x, fusion="convex", normalization="l2")  # typo
-LangChainHybridRetriever(store=x, fusion="convex", normalization="minmax")  # ok
-LangChainHybridRetriever.from_texts([], fusion="mean")  # typo
-LangChainHybridRetriever.from_texts([], fusion="adaptive")  # ok
-LlamaVectorStore(relevance="inverted")  # typo
-LlamaVectorStore(relevance="inverse")  # ok
-KLEmbedding(backend="pytorch")  # typo
-KLEmbedding(backend="torch")  # ok
-LlamaHybridRetriever(x, fusion="adaptve")  # typo
-LlamaHybridRetriever(x, fusion="adaptive")  # ok
-LlamaHybridRetriever(x, fusion="convex", normalization="max")  # typo
-LlamaHybridRetriever(x, fusion="convex", normalization="minmax")  # ok
-LlamaHybridRetriever.from_defaults(fusion="rrf ")  # typo
-LlamaHybridRetriever.from_defaults(fusion="rrf")  # ok
-"""
+_TYPOS = Path(__file__).parent / "typing_cases" / "literal_typos.py"
 
 
-def test_mypy_reports_each_typod_option(tmp_path: Path) -> None:
-    """One mypy run, with the repository's configuration, over every case (the cache copied from the
-    repository's, when there is one, keeps it to seconds)."""
-    if importlib.util.find_spec("mypy") is None:
-        pytest.skip("mypy is not installed")
-    root = Path(kl_retrievers.__file__).resolve().parents[1]
-    config = root / "pyproject.toml"
-    if not config.is_file():
-        pytest.skip("not a source checkout (no pyproject.toml beside the package)")
-    snippet = tmp_path / "snippet.py"
-    snippet.write_text(textwrap.dedent(_SNIPPET), encoding="utf-8")
-    cache = tmp_path / "mypy_cache"
-    if (root / ".mypy_cache").is_dir():
-        shutil.copytree(root / ".mypy_cache", cache)
-    # run from the checkout, so that mypy reads this kl_retrievers (an editable install's import hook is invisible
-    # to it), and with its configuration (the Python version floor, ignore_missing_imports)
-    done = subprocess.run(
-        [sys.executable, "-m", "mypy", "--config-file", str(config), "--cache-dir", str(cache), str(snippet)],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    lines = snippet.read_text(encoding="utf-8").splitlines()
-    errors: dict[int, list[str]] = {}
-    for match in re.finditer(rf"^{re.escape(str(snippet))}:(\d+): error: (.*)$", done.stdout, re.MULTILINE):
-        errors.setdefault(int(match[1]), []).append(match[2])
-    typos = {n for n, line in enumerate(lines, 1) if line.endswith("# typo")}
-    oks = {n for n, line in enumerate(lines, 1) if line.endswith("# ok")}
-    assert typos and len(typos) == len(oks)
-    missed = [lines[n - 1] for n in sorted(typos - errors.keys())]
-    assert not missed, "mypy accepted these typos:\n" + "\n".join(missed) + f"\n\nmypy said:\n{done.stdout}"
-    wrong = {lines[n - 1]: errors[n] for n in sorted(oks & errors.keys())}
-    assert not wrong, f"mypy refused correctly spelled options: {wrong}"
-    others = {n: e for n, e in errors.items() if n not in typos | oks}
-    assert not others, f"mypy errors elsewhere in the snippet: {others}\n{done.stdout}{done.stderr}"
+def test_the_typing_cases_flag_each_typo_and_mypy_reports_unused_ignores() -> None:
+    """The mypy half lives in ``make typecheck``: each typo line of ``typing_cases/literal_typos.py`` carries one
+    ``type: ignore`` (unused, hence an error, once mypy accepts the typo) next to its correct twin; pin that layout and
+    the ``warn_unused_ignores`` override, so that neither can be dropped silently."""
+    lines = [line.strip() for line in _TYPOS.read_text(encoding="utf-8").splitlines()]
+    calls = [line for line in lines if re.match(r"^[A-Za-z_.]+\(", line)]
+    typos, oks = calls[0::2], calls[1::2]
+    assert len(typos) == len(oks) >= 28
+    for typo, ok in zip(typos, oks, strict=True):
+        assert re.search(r"  # type: ignore\[[a-z-]+\]$", typo), typo
+        assert typo.count("type: ignore") == 1, typo
+        assert "type: ignore" not in ok, ok
+        assert typo.split("(")[0] == ok.split("(")[0], (typo, ok)
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # Python 3.10 (the floor) has no tomllib, and tomli is a dependency of neither the package nor its tests
+        tomllib = pytest.importorskip("tomli", reason="reading pyproject.toml on Python 3.10 needs tomli")
+    root = Path(__file__).resolve().parents[1]
+    mypy = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["mypy"]
+    assert "tests" in mypy["files"]
+    overrides = [o for o in mypy.get("overrides", []) if o.get("module") == "typing_cases.literal_typos"]
+    assert overrides and overrides[0].get("warn_unused_ignores") is True
+    assert (_TYPOS.parent / "__init__.py").is_file()  # mypy names the module typing_cases.literal_typos

@@ -49,7 +49,7 @@ from kl_retrievers.hub import source_sha256 as source_sha256
 
 if TYPE_CHECKING:
     from kl_retrievers.encoder import GaussianEncoder
-    from kl_retrievers.onnx import OnnxGaussianEncoder, Quantization
+    from kl_retrievers.onnx import OnnxGaussianEncoder, QuantizeOption
 
 logger = logging.getLogger(__name__)
 
@@ -360,7 +360,7 @@ def load_model(
     *,
     device: str | None = ...,
     backend: Literal["torch"],
-    quantize: Quantization | Literal["float32"] | None = ...,
+    quantize: QuantizeOption = ...,
     onnx_options: Mapping[str, Any] | None = ...,
 ) -> GaussianEncoder: ...
 @overload
@@ -369,7 +369,7 @@ def load_model(
     *,
     device: str | None = ...,
     backend: Literal["onnx"],
-    quantize: Quantization | Literal["float32"] | None = ...,
+    quantize: QuantizeOption = ...,
     onnx_options: Mapping[str, Any] | None = ...,
 ) -> OnnxGaussianEncoder: ...
 @overload
@@ -378,7 +378,7 @@ def load_model(
     *,
     device: str | None = ...,
     backend: str | None = ...,
-    quantize: Quantization | Literal["float32"] | None = ...,
+    quantize: QuantizeOption = ...,
     onnx_options: Mapping[str, Any] | None = ...,
 ) -> GaussianEncoder | OnnxGaussianEncoder: ...
 def load_model(
@@ -386,7 +386,7 @@ def load_model(
     *,
     device: str | None = None,
     backend: str | None = None,
-    quantize: Quantization | Literal["float32"] | None = "int8",
+    quantize: QuantizeOption = "int8",
     onnx_options: Mapping[str, Any] | None = None,
 ) -> GaussianEncoder | OnnxGaussianEncoder:
     """Load a Gaussian encoder by bundled name (also as ``kl_retrievers:NAME``), local folder or hub id.
