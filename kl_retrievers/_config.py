@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from kl_retrievers._errors import KLRetrieversError
-from kl_retrievers._io import describe_kl_folder, describe_saved_meta, read_json_object
+from kl_retrievers._io import describe_kl_folder, describe_saved_meta, read_json_object, why_not_this_kind
 from kl_retrievers._score import check_score
 
 __all__ = [
@@ -202,9 +202,9 @@ def read_encoder_meta(path: Path) -> dict[str, Any]:
     try:
         meta = json.loads(cfg_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        other = describe_kl_folder(path)
-        found = f"it is {other}" if other is not None else f"{CONFIG_NAME} is missing"
-        raise NotAnEncoderError(f"{path} is not a saved GaussianEncoder: {found}") from None
+        raise NotAnEncoderError(
+            f"{path} is not a saved GaussianEncoder: {why_not_this_kind(path, CONFIG_NAME)}"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise NotAnEncoderError(f"{cfg_file} is not valid JSON: {exc}") from None
     except (RecursionError, MemoryError) as exc:  # nested too deep (or too large) for the JSON parser

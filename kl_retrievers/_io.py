@@ -1588,6 +1588,18 @@ def describe_kl_folder(folder: str | os.PathLike[str]) -> str | None:
     return None
 
 
+def why_not_this_kind(folder: str | os.PathLike[str], missing: str) -> str:
+    """Why ``folder`` is not what a loader wanted, its ``missing`` file absent: ``"it is <the kind it is>"``
+    (:func:`describe_kl_folder`), else ``"<missing> is missing"``; the end of each loader's refusal.
+
+    Examples:
+        >>> why_not_this_kind("/no/such/folder", "config.json")
+        'config.json is missing'
+    """
+    other = describe_kl_folder(folder)
+    return f"it is {other}" if other is not None else f"{missing} is missing"
+
+
 def is_gaussians_config(config: Mapping[str, Any] | None) -> bool:
     """Whether a folder's ``config.json`` (:func:`read_json_object`) is that of saved Gaussians."""
     return config is not None and config.get("library") == "kl_retrievers" and config.get("kind") == "gaussians"
@@ -1946,8 +1958,7 @@ def load_gaussians(path: str | os.PathLike[str]) -> tuple[Any, list[str] | None]
             if name != "ids.json" and not file.is_file():
                 # a damaged Gaussians folder (its own config.json) is described by its missing file, not its kind
                 own = is_gaussians_config(read_json_object(source / "config.json"))
-                other = None if own else describe_kl_folder(source)
-                found = f"it is {other}" if other is not None else f"{name} is missing"
+                found = f"{name} is missing" if own else why_not_this_kind(source, name)
                 raise ValueError(f"{source} is not a saved Gaussians folder: {found}")
         meta = read_json_object(source / "config.json")
         # a config with a "kind" of its own is checked field by field below ("config.json: field 'kind' ...")

@@ -714,12 +714,18 @@ def _shares_query_cache(wrapper: Any) -> bool:
         return True
 
 
-def _warn_once(embeddings: KLEmbeddings, key: str, message: str) -> None:
-    """Warn ``message`` once per ``key`` and ``embeddings`` object (as :func:`_detect_caller_store` does)."""
+def _once(embeddings: KLEmbeddings, key: str, emit: Callable[[], None]) -> None:
+    """Call ``emit`` (a warning) once per ``key`` and ``embeddings`` object: the bookkeeping of every warning
+    :func:`_detect_caller_store` and the wrapper checks give."""
     warned: set[str] = embeddings.__dict__.setdefault("_kl_warned_stores", set())
     if key not in warned:
-        warn(message)
+        emit()
         warned.add(key)  # after: a warning raised as an error (-W error) is raised again next time
+
+
+def _warn_once(embeddings: KLEmbeddings, key: str, message: str) -> None:
+    """Warn ``message`` once per ``key`` and ``embeddings`` object (:func:`_once`)."""
+    _once(embeddings, key, lambda: warn(message))
 
 
 def _shared_cache_message(wrapper: Any) -> str:
@@ -958,12 +964,9 @@ def _detect_caller_store(embeddings: KLEmbeddings) -> None:
     every add and search). A warning raised as an error (``-W error``) propagates; any other failure of this
     best-effort check is logged.
     """
-    warned: set[str] = embeddings.__dict__.setdefault("_kl_warned_stores", set())
 
     def incompatible(store_name: str, reason: str) -> None:
-        if store_name not in warned:
-            _warn_incompatible(store_name, reason)
-            warned.add(store_name)  # after: a warning raised as an error (-W error) is raised again next time
+        _once(embeddings, store_name, lambda: _warn_incompatible(store_name, reason))
 
     frame = inspect.currentframe()
     try:

@@ -59,7 +59,6 @@ from kl_retrievers._io import (
     atomic_dir,
     check_dangling_link,
     check_version,
-    describe_kl_folder,
     describe_saved_meta,
     in_model_folder,
     is_within,
@@ -73,6 +72,7 @@ from kl_retrievers._io import (
     some_names,
     user_cache_dir,
     user_path,
+    why_not_this_kind,
 )
 from kl_retrievers.gaussian import SCORE_DIRECTION, Gaussians
 from kl_retrievers.hub import local_reference
@@ -1961,9 +1961,7 @@ def _read_meta(folder: Path) -> dict[str, Any]:
             raise FileNotFoundError(f"no ONNX Gaussian encoder folder at {folder}")
         raise OnnxModelError(f"{folder} is not a folder")
     if not cfg_file.is_file():
-        other = describe_kl_folder(folder)
-        found = f"it is {other}" if other is not None else f"{CONFIG_NAME} is missing"
-        raise OnnxModelError(f"{folder} is not an ONNX Gaussian encoder: {found}")
+        raise OnnxModelError(f"{folder} is not an ONNX Gaussian encoder: {why_not_this_kind(folder, CONFIG_NAME)}")
     try:
         meta = parse_json_object(cfg_file.read_bytes().decode("utf-8"), str(cfg_file))
     except (ValueError, UnicodeDecodeError) as exc:  # the message names the file

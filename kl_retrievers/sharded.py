@@ -71,7 +71,6 @@ from kl_retrievers._errors import KLRetrieversError
 from kl_retrievers._io import (
     atomic_dir,
     atomic_file,
-    describe_kl_folder,
     library_version,
     make_dirs,
     parse_json_object,
@@ -79,6 +78,7 @@ from kl_retrievers._io import (
     row_id,
     row_text,
     user_path,
+    why_not_this_kind,
 )
 from kl_retrievers._score import check_score
 from kl_retrievers._warn import warn
@@ -1683,9 +1683,7 @@ def _manifest(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         if not folder.exists():
             raise FileNotFoundError(f"no encoded-shards folder at {folder}")
-        other = describe_kl_folder(folder)
-        found = f"it is {other}" if other is not None else f"{_MANIFEST} is missing"
-        raise ValueError(f"{folder} is not an encoded-shards folder: {found}")
+        raise ValueError(f"{folder} is not an encoded-shards folder: {why_not_this_kind(folder, _MANIFEST)}")
     manifest = _read_json(path)
     if not isinstance(manifest, dict):
         raise ValueError(f"{path} must hold a JSON object; got a JSON {type(manifest).__name__}")
