@@ -96,7 +96,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -113,6 +113,9 @@ from kl_retrievers.calibration import (
 )
 from kl_retrievers.datasets import BeirDataset, load_beir
 from kl_retrievers.gaussian import Gaussians
+
+if TYPE_CHECKING:
+    from kl_retrievers.pretrained import Backend
 
 logger = logging.getLogger("benchmarks.abstention")
 ROOT = Path(__file__).resolve().parents[1]
@@ -356,7 +359,7 @@ class Experiment:
 
     def __init__(
         self,
-        backend: str | None,
+        backend: Backend | None,
         *,
         cache_dir: str | None,
         batch_size: int,

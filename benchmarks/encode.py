@@ -46,9 +46,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from kl_retrievers.pretrained import Backend
 
 REPO = Path(__file__).resolve().parents[1]
 SCIFACT = REPO.parent / "shared" / "datasets" / "scifact" / "corpus.jsonl"
@@ -194,7 +197,7 @@ def ratio_only(n_docs: int, rounds: int, max_length: int, batch_size: int = 32) 
 
 
 def models_speed(
-    models: list[str], backends: list[str], n_docs: int, rounds: int, max_length: int, batch_size: int = 32
+    models: list[str], backends: list[Backend], n_docs: int, rounds: int, max_length: int, batch_size: int = 32
 ) -> None:
     """Documents per second of bundled models on each backend, side by side (interleaved rounds, best counts)."""
     from kl_retrievers import load_model

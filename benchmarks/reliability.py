@@ -957,7 +957,7 @@ def cli_calls(tmp: Path, quick: bool, rng: random.Random) -> Tally:
     m, c, s, o = str(model), str(corpus), str(store), str(tmp / "out")
     enc = ["encode", "--model", m, "--no-progress"]
     idx = ["index", "--model", m, "--no-progress"]
-    ev = ["evaluate", str(beir), "--model", m, "--quiet", "--no-cache"]
+    ev = ["evaluate", str(beir), "--model", m, "--no-progress", "--no-cache"]
     good: list[list[str]] = [
         ["index", c, "--out", s, "--model", m, "--no-progress"],
         [*enc, "hello", "--out", o + ".safetensors"],
@@ -1022,7 +1022,7 @@ def cli_calls(tmp: Path, quick: bool, rng: random.Random) -> Tally:
         ["search", s, "cat", "--filter", "[1]"],
         ["search", s, "cat", "--filter", '{"y": {"$near": 1}}'],
         ["search", s, "cat", "--model", str(tmp / "no-model")],
-        ["evaluate", str(tmp / "no-beir"), "--quiet"],
+        ["evaluate", str(tmp / "no-beir"), "--no-progress"],
         [*ev, "--split", "dev"],
         [*ev, "--depth", "0"],
         [*ev, "--depth", "-5"],
@@ -1031,7 +1031,7 @@ def cli_calls(tmp: Path, quick: bool, rng: random.Random) -> Tally:
         [*ev, "--query-max-length", "x"],
         [*ev, "--compare", str(tmp / "none.json")],
         [*ev, "--compare", inp("pq.json", "{not json")],
-        ["evaluate", str(beir), "--baseline", "bm25", "--means-only", "--quiet"],
+        ["evaluate", str(beir), "--baseline", "bm25", "--means-only", "--no-progress"],
         [*ev, "--per-query", str(tmp / "file" / "pq.json")],
         [*ev, "--save-run", str(tmp / "file" / "run.trec")],
         ["train", "--data", str(tmp / "no-data"), "--out", o, "--quiet"],

@@ -241,7 +241,7 @@ def run(systems: Sequence[str], collections: Sequence[str], backend: str | None 
             args += ["--baseline", system] if system in SYSTEMS and system != "default" else []
             if system not in SYSTEMS:
                 args += ["--model", system] + (["--model-backend", backend] if backend else [])
-            args += ["--json", "--quiet", "--per-query", pq]
+            args += ["--json", "--no-progress", "--per-query", pq]
             try:
                 proc = subprocess.run([str(exe), *args], cwd=ROOT, capture_output=True, text=True, check=False)
             finally:  # a run that raised (e.g. interrupted) leaves no claim behind: the file while it is still empty

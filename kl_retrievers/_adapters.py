@@ -28,7 +28,8 @@ import os
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar, cast
 
@@ -59,6 +60,7 @@ __all__ = [
     "relevance_exp_per_dim",
     "relevance_inverse",
     "resolve_relevance",
+    "store_write_unless_cancelled",
     "warn_incompatible_store",
     "write_cancelled",
     "write_manifest",
@@ -693,9 +695,9 @@ async def cancellable_write(fn: Callable[..., _T], /, *args: Any, **kwargs: Any)
     A worker thread cannot be stopped: without this a cancelled or timed-out ``aadd_*`` would still write its
     documents later, possibly over a newer write of the same ids. Here a cancellation (``asyncio.wait_for``'s
     timeout too) sets a flag that the write reads (:func:`write_cancelled`) after encoding, before it takes the
-    store's write lock: from then on it writes nothing, as LangChain's ``InMemoryVectorStore`` does. A write
-    already past that point (waiting for the lock behind another write, or holding it) completes, possibly
-    after the cancelled caller has returned.
+    store's write lock, and again once it holds it (:func:`store_write_unless_cancelled`): from then on it
+    writes nothing, as LangChain's ``InMemoryVectorStore`` does, also when it waited for the lock behind another
+    write or a save. A write already holding the lock completes, possibly after the cancelled caller has returned.
     """
     cancelled = threading.Event()
     token = _WRITE_CANCELLED.set(cancelled)  # asyncio.to_thread copies this context into the worker thread
@@ -719,6 +721,42 @@ def write_cancelled(what: str) -> bool:
         return False
     logger.debug("%s: the async call was cancelled before the write; nothing written", what)
     return True
+
+
+#: The type of ``threading.RLock()`` (a ``MilvusKLStore``'s lock; a re-entrant lock its own write takes again).
+_RLOCK = type(threading.RLock())
+
+
+@contextmanager
+def store_write_unless_cancelled(store: Any, what: str) -> Iterator[bool]:
+    """Around a store's write in an async write: whether to write, asked again once the store's write lock is held.
+
+    In a :func:`cancellable_write`, the store's write lock (a ``KLStore``'s or ``KLHybridStore``'s write lock, a
+    ``MilvusKLStore``'s lock) is taken here, and held through the ``with`` block, whose write takes it again
+    (both locks are re-entrant in the thread holding them); yields ``False`` when the call was cancelled
+    (:func:`write_cancelled`), before the lock or while it waited for it (behind another write or a save): the
+    block then writes nothing. Outside an async write (a sync call), or over a store without such a lock: no
+    lock is taken here and the answer is :func:`write_cancelled`'s (``True`` in a sync call).
+
+    Examples:
+        >>> with store_write_unless_cancelled(object(), "add") as go:  # a sync call
+        ...     go
+        True
+    """
+    if write_cancelled(what):
+        yield False
+        return
+    lock = getattr(store, "_lock", None) if _WRITE_CANCELLED.get() is not None else None
+    write = getattr(lock, "write", None)
+    held: AbstractContextManager[Any]
+    if callable(write):  # a store's reader-writer lock: its write side
+        held = write()
+    elif isinstance(lock, _RLOCK):
+        held = lock
+    else:
+        held = nullcontext()
+    with held:
+        yield not write_cancelled(what)
 
 
 def check_write_ids(ids: Sequence[str] | None) -> list[str] | None:

@@ -29,7 +29,7 @@ import numpy as np
 
 from kl_retrievers._config import model_similarity
 from kl_retrievers._warn import warn
-from kl_retrievers.gaussian import Gaussians, neg_kl_matrix
+from kl_retrievers.gaussian import Gaussians, neg_kl, neg_kl_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -221,9 +221,20 @@ def check_texts(texts: str | Sequence[str] | None, what: str = "texts", *, allow
             f"{what} is a {kind} (a table), whose iteration gives its column names; pass one column as a list, "
             'e.g. df["text"].tolist()'
         )
+    if getattr(texts, "ndim", None) == 0:  # np.array("a"): iterating it fails with numpy's own words
+        raise TypeError(
+            f"{what} is a 0-d {kind} ({texts!r:.80}), which holds one value and cannot be iterated; pass a list "
+            "of str (e.g. [str(x.item())] for one text)"
+        )
     out = list(texts)
     for i, text in enumerate(out):
         if not isinstance(text, str):
+            if _is_missing_value(text):
+                raise TypeError(
+                    f"{what}[{i}] is a missing value ({text!r}, {type(text).__name__}), not a text; every text "
+                    "must be a str: drop the rows without text first (e.g. series.dropna(), or "
+                    'df.dropna(subset=["text"])) or fill them (series.fillna(""))'
+                )
             raise TypeError(f"{what}[{i}] is {type(text).__name__}; every text must be a str")
         if not text.isascii():
             try:
@@ -234,6 +245,22 @@ def check_texts(texts: str | Sequence[str] | None, what: str = "texts", *, allow
                     f'be encoded as UTF-8; got {text!r:.80} (decode its bytes with errors="replace", or fix them)'
                 ) from None
     return out
+
+
+def _is_missing_value(value: Any) -> bool:
+    """Whether ``value`` is how pandas or numpy mark a missing value: a float NaN (``np.nan``, pandas' default for
+    a missing text in an object column), ``pd.NA`` or ``pd.NaT`` (recognised by type, pandas is not imported).
+
+    ``None`` is not counted: the messages name it as its own type.
+
+    Examples:
+        >>> _is_missing_value(float("nan")), _is_missing_value(np.float32("nan")), _is_missing_value(None)
+        (True, True, False)
+    """
+    if isinstance(value, (float, np.floating)):
+        return bool(value != value)
+    kind = type(value)
+    return kind.__module__.partition(".")[0] == "pandas" and kind.__name__ in ("NAType", "NaTType")
 
 
 # Unicode categories of the characters that count as blank in a text (is_blank_text), with whitespace: those
@@ -687,6 +714,41 @@ def progress_bar(total: int, *, desc: str, show: bool | None, unit: str = "batch
     return tqdm(total=total, desc=desc, unit=unit, leave=leave)
 
 
+class _NoTexts:
+    """The default of ``encode_query``'s texts: none given positionally (they may come as ``sentences=``...)."""
+
+    def __repr__(self) -> str:
+        return "<no texts>"
+
+
+_NO_TEXTS: Any = _NoTexts()
+#: sentence-transformers' names for the texts: ``sentences`` (v5 and earlier), ``inputs`` (v6).
+_TEXT_KEYWORDS = ("sentences", "inputs")
+
+
+def _texts_argument(texts: Any, kwargs: dict[str, Any], method: str) -> Any:
+    """The texts given to ``method``: positionally or as ``texts=``, or under sentence-transformers' ``sentences=`` /
+    ``inputs=`` (popped from ``kwargs``); ``TypeError`` when none or several are given.
+
+    Examples:
+        >>> _texts_argument(_NO_TEXTS, {"sentences": ["a"]}, "encode_query")
+        ['a']
+        >>> _texts_argument(["a"], {"inputs": ["b"]}, "encode_query")
+        Traceback (most recent call last):
+        TypeError: encode_query got its texts twice, as texts and inputs; pass them once
+    """
+    given = {} if texts is _NO_TEXTS else {"texts": texts}
+    given.update({name: kwargs.pop(name) for name in _TEXT_KEYWORDS if name in kwargs})
+    if len(given) > 1:
+        raise TypeError(f"{method} got its texts twice, as {' and '.join(given)}; pass them once")
+    if not given:
+        raise TypeError(
+            f"{method} needs the texts: pass them first, or as texts=, sentences= or inputs= "
+            "(sentence-transformers' names)"
+        )
+    return next(iter(given.values()))
+
+
 class EncoderMixin:
     """``encode_queries`` / ``encode_documents`` and token-budget clamping on top of a backend's ``_encode``.
 
@@ -839,6 +901,32 @@ class EncoderMixin:
                 logger.debug("the text that encodes to unknown tokens only: %r", text[:200])
                 return
 
+    def _warn_prefixed_queries(self, texts: Sequence[str], prefix: str) -> None:
+        """Warn, once per encoder, when queries already start with the query prefix that encoding puts before them.
+
+        bge's instruction written by a user who knows bge (as sentence-transformers' ``prompt=`` or by hand)
+        would be read twice, and such a query's Gaussian is not the one the model gives the query. The texts are
+        not changed (a query may mean the prefix); the warning says how to avoid it. It points at the user's line
+        (:func:`kl_retrievers._warn.warn`); the flag is claimed atomically, so concurrent encodings warn once.
+        """
+        if self.__dict__.get("_warned_prefixed_queries"):
+            return
+        prefixed = sum(text.startswith(prefix) for text in texts)
+        if not prefixed:
+            return
+        claim = object()
+        if self.__dict__.setdefault("_warned_prefixed_queries", claim) is not claim:
+            return  # another thread warned first
+        which = (
+            "the query already starts" if len(texts) == 1 else f"{prefixed} of the {len(texts)} queries already start"
+        )
+        warn(
+            f"{which} with the query prefix {prefix!r} of "
+            f"{self.name_or_path or type(self).__name__}, which encode_queries puts before every query itself: "
+            "they are encoded with it twice, which is not how the model reads a query. Pass the queries without it "
+            "(text.removeprefix(prefix) strips it); warned once per encoder"
+        )
+
     def encode_queries(
         self,
         texts: str | Sequence[str],
@@ -882,12 +970,16 @@ class EncoderMixin:
             >>> q = encoder.encode_queries(["what is -KL?"])  # doctest: +SKIP
         """
         if st_kwargs:
-            convert_to = _st_convert_to(st_kwargs, convert_to, role="query", method="encode_queries")
+            convert_to = _st_convert_to(
+                st_kwargs, convert_to, role="query", method="encode_queries", dim=self.config.dim
+            )
         convert_to = "numpy" if convert_to is None else convert_to
         budget = self.config.query_max_length if max_length is None else max_length
         prefix = query_prefix_of(self.config)  # e.g. bge's query instruction (config.extra["query_prefix"])
         if prefix:
-            texts = [prefix + t for t in check_texts(texts)]
+            items = check_texts(texts)
+            self._warn_prefixed_queries(items, prefix)
+            texts = [prefix + t for t in items]
         if batch_size is None:
             batch_size = query_batch_size(self, _QUERY_BATCH_SIZE)
             if show_progress_bar is None and batch_size != _QUERY_BATCH_SIZE:  # the bar as for batches of 32
@@ -919,7 +1011,9 @@ class EncoderMixin:
             >>> d = encoder.encode_documents(["a passage", "another passage"])  # doctest: +SKIP
         """
         if st_kwargs:
-            convert_to = _st_convert_to(st_kwargs, convert_to, role="document", method="encode_documents")
+            convert_to = _st_convert_to(
+                st_kwargs, convert_to, role="document", method="encode_documents", dim=self.config.dim
+            )
         convert_to = "numpy" if convert_to is None else convert_to
         budget = self.config.max_length if max_length is None else max_length
         batch_size = _DOCUMENT_BATCH_SIZE if batch_size is None else batch_size
@@ -928,53 +1022,66 @@ class EncoderMixin:
         )
 
     # ------------------------------------------------------------------ sentence-transformers' names
-    def encode_query(self, texts: str | Sequence[str], **kwargs: Any) -> Gaussians:
+    def encode_query(self, texts: str | Sequence[str] = _NO_TEXTS, **kwargs: Any) -> Gaussians:
         """:meth:`encode_queries` under sentence-transformers' (v5) name, taking its keyword arguments too.
 
-        ``batch_size``, ``show_progress_bar`` and ``device`` mean what they mean there;
-        ``convert_to_tensor=True`` (or ``convert_to_numpy=False``) gives torch Gaussians. Arguments without a
-        meaning for Gaussians are refused with a ``ValueError`` saying why, never ignored:
-        ``normalize_embeddings=True``, ``truncate_dim``, a ``precision`` other than ``"float32"``, an
-        ``output_value`` other than ``"sentence_embedding"``, ``prompt`` / another ``prompt_name``, ``pool``
-        and ``chunk_size``. The result is :class:`~kl_retrievers.gaussian.Gaussians` (a mean and a variance
-        per text, one row even for a single string), not one array; score with :meth:`similarity`.
+        The texts may also be given under sentence-transformers' own keywords: ``sentences=`` (v5 and earlier)
+        or ``inputs=`` (v6); once only. ``batch_size``, ``show_progress_bar`` and ``device`` mean what they mean
+        there; ``convert_to_tensor=True`` (or ``convert_to_numpy=False``) gives torch Gaussians. Arguments
+        without a meaning for Gaussians are refused with a ``ValueError`` saying why, never ignored:
+        ``normalize_embeddings=True``, a ``truncate_dim`` other than ``None`` or :attr:`dim <config>` (no
+        truncation), a ``precision`` other than ``"float32"``, an ``output_value`` other than
+        ``"sentence_embedding"``, ``prompt`` / another ``prompt_name``, ``pool`` and ``chunk_size``. The result
+        is :class:`~kl_retrievers.gaussian.Gaussians` (a mean and a variance per text, one row even for a single
+        string), not one array; score with :meth:`similarity`.
 
         Examples:
             >>> q = encoder.encode_query(["what is -KL?"], convert_to_tensor=True)  # doctest: +SKIP
+            >>> q = encoder.encode_query(sentences=["what is -KL?"])  # doctest: +SKIP
         """
-        return self.encode_queries(texts, **_our_encode_args(kwargs, role="query", method="encode_query"))
+        texts = _texts_argument(texts, kwargs, "encode_query")
+        return self.encode_queries(texts, **self._our_encode_args(kwargs, role="query", method="encode_query"))
 
-    def encode_document(self, texts: str | Sequence[str], **kwargs: Any) -> Gaussians:
+    def encode_document(self, texts: str | Sequence[str] = _NO_TEXTS, **kwargs: Any) -> Gaussians:
         """:meth:`encode_documents` under sentence-transformers' (v5) name; arguments as :meth:`encode_query`.
 
         Examples:
             >>> d = encoder.encode_document(["a passage"], batch_size=64)  # doctest: +SKIP
         """
-        return self.encode_documents(texts, **_our_encode_args(kwargs, role="document", method="encode_document"))
+        texts = _texts_argument(texts, kwargs, "encode_document")
+        return self.encode_documents(texts, **self._our_encode_args(kwargs, role="document", method="encode_document"))
 
-    def encode(self, texts: str | Sequence[str], prompt_name: str | None = None, **kwargs: Any) -> Gaussians:
+    def encode(
+        self, texts: str | Sequence[str] = _NO_TEXTS, prompt_name: str | None = None, **kwargs: Any
+    ) -> Gaussians:
         """sentence-transformers' ``encode(texts, prompt_name="query")``: queries or documents, as ``prompt_name`` says.
 
         A Gaussian encoder reads queries and documents differently (a query prefix on some models, a shorter
         token budget for queries), so ``prompt_name`` is required: ``"query"`` encodes as :meth:`encode_query`,
-        ``"document"`` (or ``"passage"`` / ``"corpus"``) as :meth:`encode_document`. Other arguments as
-        :meth:`encode_query`.
+        ``"document"`` (or ``"passage"`` / ``"corpus"``) as :meth:`encode_document`. The texts may be given as
+        ``sentences=`` or ``inputs=`` too; other arguments as :meth:`encode_query`.
 
         Raises:
             ValueError: ``prompt_name`` is missing or another name.
+            TypeError: No texts, or texts under two names (``texts`` and ``sentences``...).
 
         Examples:
             >>> q = encoder.encode(["what is -KL?"], prompt_name="query")  # doctest: +SKIP
         """
+        texts = _texts_argument(texts, kwargs, "encode")
         if prompt_name == "query":
             return self.encode_query(texts, **kwargs)
         if prompt_name in _DOCUMENT_PROMPT_NAMES:
-            return self.encode_documents(texts, **_our_encode_args(kwargs, role="document", method="encode"))
+            return self.encode_documents(texts, **self._our_encode_args(kwargs, role="document", method="encode"))
         raise ValueError(
             f"encode needs prompt_name='query' or 'document' (or 'passage' / 'corpus') on a Gaussian encoder, which "
             f"encodes queries and documents differently; got prompt_name={prompt_name!r}. Use encode_query / "
             "encode_queries for queries and encode_document / encode_documents for documents"
         )
+
+    def _our_encode_args(self, kwargs: dict[str, Any], *, role: str, method: str) -> dict[str, Any]:
+        """:func:`_our_encode_args` for this encoder (a ``truncate_dim`` equal to its ``dim`` is no truncation)."""
+        return _our_encode_args(kwargs, role=role, method=method, dim=int(self.config.dim))
 
     def similarity(self, queries: Gaussians, documents: Gaussians) -> Any:
         """All-pairs scores with the model's own score, shape ``(n_queries, n_documents)``; higher is better.
@@ -994,20 +1101,54 @@ class EncoderMixin:
             >>> encoder.similarity(q, d).shape  # doctest: +SKIP
             (1, 1)
         """
-        for name, value in (("queries", queries), ("documents", documents)):
-            if not isinstance(value, Gaussians):
-                raise TypeError(
-                    f"similarity takes Gaussians (what encode_query / encode_document return); {name} is "
-                    f"{type(value).__name__}. The scores are -KL between Gaussians, so means alone cannot be scored"
-                )
+        _check_scored("similarity", queries, documents)
         kind = model_similarity(self)
         if kind == "neg_kl":
             return neg_kl_matrix(queries, documents)
-        q, d = queries.mean, documents.mean
-        if kind == "cosine":
-            q = q / _row_norms(q)
-            d = d / _row_norms(d)
+        q, d = _twin_means(kind, queries, documents)
         return q @ d.T
+
+    def similarity_pairwise(self, queries: Gaussians, documents: Gaussians) -> Any:
+        """Row-by-row scores with the model's own score, shape ``(n,)``: query ``i`` against document ``i``.
+
+        sentence-transformers' ``similarity_pairwise`` under its name; the score as :meth:`similarity` (for a
+        Gaussian model :func:`~kl_retrievers.gaussian.neg_kl`, which also scores a batch of one against every row
+        of the other).
+
+        Raises:
+            TypeError: An argument is not :class:`~kl_retrievers.gaussian.Gaussians`.
+            ValueError: The batches differ in size (and neither has one row).
+
+        Examples:
+            >>> q, d = encoder.encode_query(["q"]), encoder.encode_document(["d"])  # doctest: +SKIP
+            >>> encoder.similarity_pairwise(q, d).shape  # doctest: +SKIP
+            (1,)
+        """
+        _check_scored("similarity_pairwise", queries, documents)
+        kind = model_similarity(self)
+        if kind == "neg_kl":
+            return neg_kl(queries, documents)
+        if len(queries) != len(documents) and 1 not in (len(queries), len(documents)):
+            raise ValueError(
+                f"similarity_pairwise pairs rows one to one (or broadcasts a batch of one); got {len(queries)} "
+                f"queries and {len(documents)} documents; use similarity for all pairs"
+            )
+        q, d = _twin_means(kind, queries, documents)
+        return (q * d).sum(1)
+
+    @property
+    def similarity_fn_name(self) -> str:
+        """The score :meth:`similarity` gives, under sentence-transformers' name: ``"neg_kl"`` for a Gaussian model,
+        ``"dot"`` or ``"cosine"`` for a vector twin (:func:`~kl_retrievers._config.model_similarity`). Read-only:
+        it is the score the model was trained for."""
+        return str(model_similarity(self))
+
+    @similarity_fn_name.setter
+    def similarity_fn_name(self, value: Any) -> None:
+        raise AttributeError(
+            f"similarity_fn_name={value!r} cannot be set on a Gaussian encoder: it scores with the score it was "
+            f"trained for ({model_similarity(self)!r}); score means yourself for another one"
+        )
 
     def get_embedding_dimension(self) -> int:
         """``dim``: the length of each Gaussian's mean (and of its variance), as sentence-transformers names it."""
@@ -1038,6 +1179,44 @@ class EncoderMixin:
             f"config.max_length for documents ({self.config.max_length}) and config.query_max_length for queries "
             f"({self.config.query_max_length}); pass max_length= to encode_documents / encode_queries instead"
         )
+
+    def get_max_seq_length(self) -> int:
+        """:attr:`max_seq_length` under sentence-transformers' method name."""
+        return self.max_seq_length
+
+    # sentence-transformers' torch-module calls, for the ONNX encoders: the torch encoder (an nn.Module, after
+    # this class in its MRO) keeps its own, reached through super()
+    #: Whether the model is in training mode: never for an ONNX encoder (nn.Module's instance attribute wins).
+    training: bool = False
+
+    def eval(self) -> Any:
+        """The encoder in evaluation mode (torch: ``nn.Module.eval``; ONNX: itself, always in it)."""
+        parent = getattr(super(), "eval", None)
+        return parent() if parent is not None else self
+
+    def cpu(self) -> Any:
+        """The encoder on the CPU (torch: ``nn.Module.cpu``; ONNX: itself, it runs there)."""
+        parent = getattr(super(), "cpu", None)
+        return parent() if parent is not None else self
+
+
+def _check_scored(method: str, queries: Any, documents: Any) -> None:
+    """``TypeError`` naming the argument of ``method`` that is not :class:`~kl_retrievers.gaussian.Gaussians`."""
+    for name, value in (("queries", queries), ("documents", documents)):
+        if not isinstance(value, Gaussians):
+            raise TypeError(
+                f"{method} takes Gaussians (what encode_query / encode_document return); {name} is "
+                f"{type(value).__name__}. The scores are -KL between Gaussians, so means alone cannot be scored"
+            )
+
+
+def _twin_means(kind: str, queries: Gaussians, documents: Gaussians) -> tuple[Any, Any]:
+    """The means a vector twin scores with: as they are (``"dot"``), or each row L2-normalised (``"cosine"``)."""
+    q, d = queries.mean, documents.mean
+    if kind == "cosine":
+        q = q / _row_norms(q)
+        d = d / _row_norms(d)
+    return q, d
 
 
 def _row_norms(x: Any) -> Any:
@@ -1085,7 +1264,9 @@ _ST_WHY = {
 }
 
 
-def _st_convert_to(st_kwargs: dict[str, Any], convert_to: Any, *, role: str, method: str) -> Any:
+def _st_convert_to(
+    st_kwargs: dict[str, Any], convert_to: Any, *, role: str, method: str, dim: int | None = None
+) -> Any:
     """``convert_to`` once sentence-transformers' keywords given to ``encode_queries`` / ``encode_documents`` are
     read as :func:`_our_encode_args` reads them for ``encode_query`` (the same checks and messages).
 
@@ -1100,11 +1281,14 @@ def _st_convert_to(st_kwargs: dict[str, Any], convert_to: Any, *, role: str, met
         ValueError: encode_queries: convert_to='numpy' contradicts convert_to_tensor=True; pass one of them
     """
     given = {} if convert_to is None else {"convert_to": convert_to}
-    return _our_encode_args({**st_kwargs, **given}, role=role, method=method).get("convert_to", "numpy")
+    return _our_encode_args({**st_kwargs, **given}, role=role, method=method, dim=dim).get("convert_to", "numpy")
 
 
-def _our_encode_args(kwargs: dict[str, Any], *, role: str, method: str) -> dict[str, Any]:
+def _our_encode_args(kwargs: dict[str, Any], *, role: str, method: str, dim: int | None = None) -> dict[str, Any]:
     """sentence-transformers' ``encode`` keywords as ours; raises naming what has no meaning for Gaussians.
+
+    ``dim``: the encoder's dimension, a ``truncate_dim`` that keeps every dimension (a no-op, as
+    sentence-transformers takes it); ``None``: only ``truncate_dim=None`` is taken.
 
     Examples:
         >>> _our_encode_args({"convert_to_tensor": True, "batch_size": 8}, role="query", method="encode_query")
@@ -1141,11 +1325,15 @@ def _our_encode_args(kwargs: dict[str, Any], *, role: str, method: str) -> dict[
     for name, default in _ST_DEFAULTS.items():
         if name in kwargs:
             value = kwargs.pop(name)
-            if not (value is default or (isinstance(value, (str, bool, np.bool_)) and value == default)):
-                raise ValueError(
-                    f"{method}({name}={value!r}) has no meaning for a Gaussian encoder: {_ST_WHY[name]}; "
-                    f"leave it at {default!r}"
-                )
+            if value is default or (isinstance(value, (str, bool, np.bool_)) and value == default):
+                continue
+            if name == "truncate_dim" and dim is not None and _is_int(value) and value == dim:
+                continue  # every dimension kept: no truncation
+            also = f" (or {dim}, this encoder's dim: no truncation)" if name == "truncate_dim" and dim else ""
+            raise ValueError(
+                f"{method}({name}={value!r}) has no meaning for a Gaussian encoder: {_ST_WHY[name]}; "
+                f"leave it at {default!r}{also}"
+            )
     if kwargs:
         raise TypeError(
             f"{method} got unexpected keyword argument(s) {', '.join(map(repr, sorted(kwargs)))}; it takes "

@@ -23,7 +23,7 @@ import unicodedata
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kl_retrievers._io import check_replace_gaussians_file, parse_json_object, read_json_object, read_jsonl_objects
 from kl_retrievers._io import row_id as _row_id  # the one id rule, shared with kl_retrievers.sharded
@@ -38,6 +38,7 @@ from kl_retrievers.cli_common import (  # re-exported: defined here before (the 
     add_global_arguments,
     add_model_backend_argument,
     add_model_session_arguments,
+    add_progress_arguments,
     add_verbose_to_commands,
     args_subset,
     check_output_path,
@@ -48,9 +49,13 @@ from kl_retrievers.cli_common import (  # re-exported: defined here before (the 
     model_session_options,
     model_session_problem,
     positive_int,
+    progress_option,
     stdin_problem,
     token_budget,
 )
+
+if TYPE_CHECKING:
+    from kl_retrievers.pretrained import Backend
 
 logger = logging.getLogger(__name__)
 
@@ -246,33 +251,10 @@ def model_reference(model: str | None) -> str | None:
     return str(path.resolve()) if path.exists() else model
 
 
-def _add_progress_arguments(p: Any) -> None:
-    """``--progress`` / ``--no-progress``: force the progress bar on stderr or hide it (default: on a terminal only)."""
-    bars = p.add_mutually_exclusive_group()
-    bars.add_argument(
-        "--progress", action="store_true", help="show the progress bar on stderr even when it is not a terminal"
-    )
-    bars.add_argument(
-        "--no-progress", action="store_true", help="hide the progress bar (default: shown when stderr is a terminal)"
-    )
-
-
-def _progress(args: argparse.Namespace) -> bool | None:
-    """``show_progress_bar`` from ``--progress`` / ``--no-progress``: ``None`` (the library's rule) without either.
-
-    Examples:
-        >>> _progress(argparse.Namespace(progress=False, no_progress=False)) is None
-        True
-    """
-    if args.no_progress:
-        return False
-    return True if args.progress else None
-
-
 def _load_encoder(
     model: str | None,
     device: str | None = None,
-    backend: str | None = None,
+    backend: Backend | None = None,
     onnx_options: dict[str, Any] | None = None,
 ) -> Any:
     from kl_retrievers.pretrained import load_model
@@ -345,7 +327,7 @@ def _add_encode(sub: Any) -> None:
     )
     add_model_backend_argument(p)  # not --backend here: that one picks local or Ray shards
     add_model_session_arguments(p)
-    _add_progress_arguments(p)
+    add_progress_arguments(p)
     g = p.add_argument_group(
         "streaming and scale-out",
         "With --shard-size (or --backend ray) the --input file (JSON lines, a .tsv file of id<TAB>text lines or "
@@ -417,7 +399,7 @@ def _run_encode(args: argparse.Namespace) -> int:
         encode, batch_size = encoder.encode_documents, args.batch_size
     else:  # on an int8 graph one at a time, so each query's Gaussian is what search(query) encodes
         encode, batch_size = encoder.encode_queries, query_batch_size(encoder, args.batch_size)
-    g = encode(texts, batch_size=batch_size, max_length=args.max_length, show_progress_bar=_progress(args))
+    g = encode(texts, batch_size=batch_size, max_length=args.max_length, show_progress_bar=progress_option(args))
     out = save_gaussians(args.out, g, ids=ids, metadata={"model": encoder.name_or_path, "kind": args.kind})
     print(f"wrote {len(g)} Gaussians of dimension {g.dim} to {out}")
     return 0
@@ -562,7 +544,7 @@ def _run_encode_sharded(args: argparse.Namespace) -> int:
         shard_size=args.shard_size or 10000,
         num_workers=args.num_workers,
         ray_address=args.ray_address,
-        show_progress_bar=_progress(args),
+        show_progress_bar=progress_option(args),
         **args_subset(args, "model", "kind", "field", "batch_size", "max_length", "device", "backend", "model_backend"),
     )
     print(
@@ -934,7 +916,7 @@ def _add_index(sub: Any) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or mps")
     add_model_backend_argument(p, "--backend")
     add_model_session_arguments(p)
-    _add_progress_arguments(p)
+    add_progress_arguments(p)
     p.set_defaults(func=_run_index)
 
 
@@ -995,7 +977,7 @@ def _run_index(args: argparse.Namespace) -> int:
         given["rescore_pool"] = args.pool
     store = KLStore(
         encoder,
-        show_progress_bar=_progress(args),
+        show_progress_bar=progress_option(args),
         **args_subset(args, "index_type", "batch_size"),
         **{name: value for name, value in given.items() if value is not None},  # the rest: the store's defaults
     )
@@ -1700,7 +1682,7 @@ def _filter_value_hint(value: Any, stored: set[str]) -> str:
     return ""
 
 
-def _recorded_backend(encoder_info: Any) -> str | None:
+def _recorded_backend(encoder_info: Any) -> Backend | None:
     """The backend (``"torch"`` / ``"onnx"``) a store's encoder ran on, from its config.json, else ``None``.
 
     :func:`kl_retrievers.store.faiss._recorded_backend` (which the store's own lazy loader uses too), with

@@ -35,6 +35,7 @@ __all__ = [
     "add_global_arguments",
     "add_model_backend_argument",
     "add_model_session_arguments",
+    "add_progress_arguments",
     "add_verbose_to_commands",
     "args_subset",
     "check_output_path",
@@ -48,6 +49,7 @@ __all__ = [
     "read_folder_config",
     "positive_int",
     "progress_default",
+    "progress_option",
     "thread_count",
     "token_budget",
 ]
@@ -345,6 +347,63 @@ def progress_default(quiet: bool) -> bool:
     return not quiet and stderr_is_terminal()
 
 
+#: What a command logs when given ``--quiet`` after it where that is the deprecated old name of ``--no-progress``
+#: (:func:`add_progress_arguments`' ``deprecated_quiet``), not the log level's ``-q`` / ``--quiet``.
+DEPRECATED_QUIET_WARNING = (
+    "{command} --quiet is deprecated and stops working in the next release: it hides the progress bars, which "
+    "--no-progress now does; to log errors only, give -q/--quiet before the subcommand (kl-retrievers -q {command} "
+    "...), as for every other command"
+)
+
+
+def add_progress_arguments(p: Any, *, deprecated_quiet: str | None = None) -> None:
+    """``--progress`` / ``--no-progress``: force the progress bars on stderr or hide them (default: on a terminal).
+
+    Args:
+        p: The subcommand's parser.
+        deprecated_quiet: The command's name (``"evaluate"``) when it also takes ``--quiet``, the deprecated old
+            name of ``--no-progress``: it still hides the bars and sets ``args.deprecated_quiet``, on which the
+            command logs :data:`DEPRECATED_QUIET_WARNING`. Such a command takes no ``-q`` (see
+            :func:`add_verbose_to_commands`): that is the log level, given before the subcommand meanwhile.
+
+    Examples:
+        >>> parser = argparse.ArgumentParser()
+        >>> add_progress_arguments(parser, deprecated_quiet="evaluate")
+        >>> [progress_option(parser.parse_args(argv)) for argv in ([], ["--progress"], ["--no-progress"])]
+        [None, True, False]
+        >>> args = parser.parse_args(["--quiet"])
+        >>> progress_option(args), args.deprecated_quiet
+        (False, True)
+    """
+    bars = p.add_mutually_exclusive_group()
+    bars.add_argument(
+        "--progress", action="store_true", help="show progress bars on stderr even when it is not a terminal"
+    )
+    bars.add_argument(
+        "--no-progress", action="store_true", help="hide progress bars (default: shown when stderr is a terminal)"
+    )
+    if deprecated_quiet:
+        bars.add_argument(
+            "--quiet",
+            dest="deprecated_quiet",
+            action="store_true",
+            help=f"deprecated old name of --no-progress (it warns); to log errors only, give -q/--quiet before the "
+            f"subcommand, as for every command: kl-retrievers -q {deprecated_quiet} ...",
+        )
+
+
+def progress_option(args: argparse.Namespace) -> bool | None:
+    """``show_progress`` from :func:`add_progress_arguments`' flags: ``None`` (terminal only) without any of them.
+
+    Examples:
+        >>> progress_option(argparse.Namespace(progress=False, no_progress=False)) is None
+        True
+    """
+    if getattr(args, "no_progress", False) or getattr(args, "deprecated_quiet", False):
+        return False
+    return True if getattr(args, "progress", False) else None
+
+
 def check_output_path(path: Path, flag: str, *, folder: bool, store: bool = False, gaussians: bool = False) -> None:
     """Fail before any work when ``path`` cannot be written (a message naming ``flag`` and the problem).
 
@@ -441,12 +500,9 @@ class _Parser(argparse.ArgumentParser):
     def _quiet_hint(self, parsed: argparse.Namespace, extras: Sequence[str]) -> str:
         """Where ``-q`` goes, when it came after a subcommand with a ``--quiet`` of its own (``evaluate -q``)."""
         command = getattr(parsed, "command", None)
-        if "-q" not in extras or command not in ("evaluate", "train") or "-q" not in self._option_string_actions:
+        if "-q" not in extras or command not in _OWN_QUIET or "-q" not in self._option_string_actions:
             return ""
-        return (
-            f" (-q/--quiet for logs goes before the subcommand: {self.prog} -q {command} ...; "
-            f"{command}'s own --quiet hides its progress bars)"
-        )
+        return f" (-q/--quiet for logs goes before the subcommand: {self.prog} -q {command} ...; {_OWN_QUIET[command]})"
 
     def parse_known_args(  # type: ignore[override]  # argparse's overloads: the same call, one signature
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
@@ -474,6 +530,11 @@ class _Parser(argparse.ArgumentParser):
             super()._print_message(message, file)
 
 
+#: The subcommands whose ``--quiet`` is not the log level's (so they take no ``-q`` after them): what hides their bars.
+_OWN_QUIET = {
+    "evaluate": "evaluate --no-progress (formerly --quiet) hides its progress bars",
+    "train": "train's own --quiet hides its progress bars",
+}
 #: The destination of the ``-v`` count given after a subcommand (:meth:`_Parser.parse_known_args` adds it up).
 _VERBOSE_AFTER = "verbose_after_command"
 _VERBOSE_HELP = "log INFO lines on stderr; -vv: DEBUG lines too (default: warnings and errors only)"
@@ -501,10 +562,10 @@ def add_global_arguments(parser: argparse.ArgumentParser, *, quiet: bool = False
     ``quiet``, ``--quiet`` / ``-q``.
 
     ``--verbose`` counts (``args.verbose``: 0 by default, 1 for INFO, 2 or more for DEBUG); ``--quiet`` sets
-    ``args.errors_only`` (ERROR only; ``quiet`` is the ``dest`` of ``evaluate`` and ``train``'s own
-    ``--quiet``). Shared by ``kl-retrievers`` and ``python -m kl_retrievers.training.cli``, so both accept and list
-    the same ``--verbose`` (the latter sets up no log level of its own from ``--quiet``, so it takes none);
-    :func:`add_verbose_to_commands` lets them come after the subcommand too.
+    ``args.errors_only`` (ERROR only; ``train``'s own ``--quiet`` sets ``args.quiet``, ``evaluate``'s deprecated
+    one ``args.deprecated_quiet``). Shared by ``kl-retrievers`` and ``python -m kl_retrievers.training.cli``, so
+    both accept and list the same ``--verbose`` (the latter sets up no log level of its own from ``--quiet``, so it
+    takes none); :func:`add_verbose_to_commands` lets them come after the subcommand too.
     """
     from kl_retrievers._io import library_version
 
@@ -517,7 +578,7 @@ def add_global_arguments(parser: argparse.ArgumentParser, *, quiet: bool = False
 def add_verbose_to_commands(sub: Any, *, quiet: bool = False) -> None:
     """``--verbose`` (and ``-v`` where the command has no ``-v`` of its own) on every subcommand of ``sub``;
     with ``quiet``, ``--quiet`` / ``-q`` too, on each command with no ``--quiet`` or ``-q`` of its own
-    (``evaluate`` and ``train`` have a ``--quiet`` of their own: no progress bars).
+    (``train`` has a ``--quiet`` of its own, and ``evaluate`` the deprecated old name of its ``--no-progress``).
 
     ``default=SUPPRESS``: a subcommand not given them keeps the values the main parser set
     (:func:`add_global_arguments`), so ``-v train`` and ``train -v`` both set ``args.verbose``; the count after the

@@ -20,6 +20,7 @@ Examples:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -454,6 +455,31 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         """Record that the weights in memory are those of a weights file with SHA-256 ``sha256``."""
         self._weights_record = None if sha256 is None else (sha256, self._parameter_versions())
 
+    def __getstate__(self) -> dict[str, Any]:
+        """``nn.Module``'s state, with the weights' identity as it is now (:attr:`weights_sha256`): its record
+        holds the parameters' ``id``, which an unpickled copy does not share, so it is kept by value."""
+        state = dict(super().__getstate__())
+        state["_weights_record"] = None
+        state["_pickled_weights_sha256"] = self.weights_sha256
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`__getstate__`'s state: an unpickled encoder reports the identity the pickled one had."""
+        state = dict(state)
+        sha256 = state.pop("_pickled_weights_sha256", None)
+        super().__setstate__(state)
+        self._remember_weights(sha256)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> GaussianEncoder:
+        """A deep copy, whose weights' identity is not known (``weights_sha256`` ``None``, as documented there):
+        a copy in memory is a new model until saved. Pickling keeps the identity (:meth:`__getstate__`)."""
+        state = self.__getstate__()
+        state["_pickled_weights_sha256"] = None
+        copied = type(self).__new__(type(self))
+        memo[id(self)] = copied
+        copied.__setstate__(copy.deepcopy(state, memo))
+        return copied
+
     @property
     def weights_sha256(self) -> str | None:
         """The SHA-256 identifying these weights: of the weights file they were first saved to (``None``: not known).
@@ -540,7 +566,10 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                 ``"cls"`` with a warning; see :func:`kl_retrievers.backbones.default_pooling`).
             var_token: Add ``[VAR]`` and read the variance from it.
             var_floor: Smallest variance.
-            normalize_pooled: L2-normalise the pooled vector before the mean head.
+            normalize_pooled: L2-normalise the pooled vector before the mean head. A sentence-transformers
+                folder's ``Normalize`` module is not applied otherwise, nor its other modules (``Dense``) or its
+                ``max_seq_length``: what is not is logged at INFO
+                (:func:`kl_retrievers.backbones.sentence_transformers_not_applied`).
             init_variance: The variance head starts as this constant (zero weights): a finite number
                 above ``var_floor`` (checked as :meth:`reset_heads` does).
             identity_mean: Start the mean head as the identity (default: when ``dim``
@@ -563,7 +592,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         from transformers import AutoTokenizer
 
         from kl_retrievers._config import describe_saved_folder
-        from kl_retrievers.backbones import default_pooling, default_query_prefix
+        from kl_retrievers.backbones import default_pooling, default_query_prefix, sentence_transformers_not_applied
 
         name_or_path = _model_reference(name_or_path)
         path = resolve_model_path(name_or_path)
@@ -575,6 +604,14 @@ class GaussianEncoder(EncoderMixin, nn.Module):
             )
         if pooling is None:
             pooling = default_pooling(path)
+        not_applied = sentence_transformers_not_applied(path, normalize_pooled=normalize_pooled, max_length=max_length)
+        if not_applied:  # computed as before (bundled models depend on it): said, not changed
+            logger.info(
+                "%s is a sentence-transformers folder: GaussianEncoder.from_backbone reads its backbone, pooling "
+                "and query prompt, but does not apply %s",
+                path,
+                "; ".join(not_applied),
+            )
         prefix = default_query_prefix(path, name_or_path) if query_prefix is None else query_prefix
         if not isinstance(prefix, str):
             raise TypeError(f"query_prefix must be a str or None; got {type(prefix).__name__}")

@@ -33,8 +33,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kl_retrievers.cli_common import (
+    DEPRECATED_QUIET_WARNING,
     add_model_backend_argument,
     add_model_session_arguments,
+    add_progress_arguments,
     add_unknown_docs_argument,
     args_subset,
     check_output_path,
@@ -43,6 +45,7 @@ from kl_retrievers.cli_common import (
     non_negative_int,
     positive_int,
     progress_default,
+    progress_option,
     stdin_problem,
     token_budget,
 )
@@ -54,6 +57,9 @@ if TYPE_CHECKING:
     # re-exported from kl_retrievers.evaluation, loaded on first use by ``__getattr__`` (hidden from type checkers,
     # so that they flag a typo)
     from kl_retrievers.evaluation import metric_cutoff as metric_cutoff
+
+    # the type of --model-backend's value (load_model's backend)
+    from kl_retrievers.pretrained import Backend
 
 __all__ = ["HYBRID_MODES", "add_evaluate_command", "run_evaluate"]
 
@@ -353,11 +359,7 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         "than against the full qrels): the table says how many judgements were dropped, --json and the --per-query "
         "meta record it as unknown_docs",
     )
-    p.add_argument(
-        "--quiet",
-        action="store_true",
-        help="no progress bars (log lines are warnings only unless kl-retrievers --verbose is given)",
-    )
+    add_progress_arguments(p, deprecated_quiet="evaluate")  # --quiet: the old name of --no-progress (it warns)
     add_model_backend_argument(p, "--backend", default_help="torch")  # None: not given (a baseline refuses one)
     add_model_session_arguments(p, default_note="evaluate's default backend is torch: give --model-backend onnx too")
     p.set_defaults(func=run_evaluate)
@@ -1546,7 +1548,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
 
     # logging is the caller's: kl-retrievers' main() sets it up for each command (cli._cli_logging)
-    show = progress_default(args.quiet)  # bars on a terminal only, none with --quiet
+    if getattr(args, "deprecated_quiet", False):
+        logger.warning(DEPRECATED_QUIET_WARNING.format(command="evaluate"))
+    show = progress_option(args)  # --progress / --no-progress (or the deprecated --quiet)
+    show = progress_default(False) if show is None else show  # by default, bars on a terminal only
     if args.depth < 1:
         print(
             f"kl-retrievers evaluate: error: --depth must be an integer >= 1 (documents per query); got {args.depth}",
@@ -1647,7 +1652,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         from kl_retrievers.evaluation import _cached_encodings, _dataset_identities, _evaluate_model
         from kl_retrievers.pretrained import OnnxExportOnTorchError, load_model
 
-        backend = getattr(args, "model_backend", "torch")
+        backend: Backend = args.model_backend  # set above: the --model-backend given (argparse's choices) or torch
         options = model_session_options(args)
         # Encodings cached under the model's files are found without loading it (loading is most of such a run).
         plan = _files_plan(args.model, backend, options) if use_cache and not args.hybrid else None

@@ -99,33 +99,86 @@ def _is_torch(x: Any) -> bool:
     return module is not None and isinstance(x, module.Tensor)
 
 
-def _first_bad(x: Array, bad: Array) -> str:
-    """Where the first ``True`` of the mask ``bad`` is, and the value of ``x`` there: "row 3, column 7 is nan"."""
-    flat = int(bad.reshape(-1).nonzero()[0][0]) if _is_torch(x) else int(np.flatnonzero(bad)[0])
-    value = float(x.reshape(-1)[flat])
+def _position(x: Array, flat: int) -> str:
+    """The flat index ``flat`` of ``x`` as the messages name it: "row 3, column 7" (2-D) or "position 7"."""
     if x.ndim == 2:
-        return f"first at row {flat // int(x.shape[1])}, column {flat % int(x.shape[1])}: {value:g}"
-    return f"first at position {flat}: {value:g}"
+        return f"row {flat // int(x.shape[1])}, column {flat % int(x.shape[1])}"
+    return f"position {flat}"
+
+
+def _first_bad(x: Array, bad: Array) -> str:
+    """Where the first ``True`` of the mask ``bad`` is, and the value of ``x`` there: "first at row 3, column 7: nan".
+
+    A value wider than float64 (``np.longdouble``) is shown as the caller wrote it, never cast (1e+400, not inf).
+    """
+    flat = int(bad.reshape(-1).nonzero()[0][0]) if _is_torch(x) else int(np.flatnonzero(bad)[0])
+    value = x.reshape(-1)[flat]
+    shown = str(value) if isinstance(value, np.floating) and value.dtype.itemsize > 8 else f"{float(value):g}"
+    return f"first at {_position(x, flat)}: {shown}"
 
 
 def _check_real(name: str, x: Array, takes: str = "Gaussians take") -> None:
     """``TypeError`` naming the dtype of ``x`` (an array or tensor) unless it holds bool, integer or floating numbers.
 
-    Complex numbers would lose their imaginary part and strings be parsed as numbers; nothing is cast.
+    Complex numbers would lose their imaginary part and strings be parsed as numbers; nothing is cast. A tensor
+    on torch's ``meta`` device (a shape without data) is refused too: no value of it can be read or scored.
     """
     if _is_torch(x):
+        if x.is_meta:
+            raise TypeError(
+                f"{name} is a tensor on the meta device (a shape without data); {takes} tensors that hold data "
+                "(on cpu, cuda or mps): create it on one of those, or fill it first (e.g. .to_empty(device='cpu'))"
+            )
         if x.dtype.is_complex:
             raise TypeError(f"{name} has dtype {x.dtype}; {takes} bool, integer or floating tensors only")
     elif x.dtype.kind not in "biuf":
         raise TypeError(f"{name} has dtype {x.dtype}; {takes} bool, integer or floating arrays only")
 
 
-def _may_hold_tensors(x: list[Any] | tuple[Any, ...]) -> bool:
-    """Whether a list holds torch tensors (rows), scanning it only when it can: torch is loaded and its first item
-    is not a plain number (a flat list of numbers, such as one embedding, is never scanned)."""
-    if not x or "torch" not in sys.modules or isinstance(x[0], (int, float, np.number)):
+def _is_masked(x: Any) -> bool:
+    module = sys.modules.get("numpy.ma")  # a masked array exists only once numpy.ma is loaded: never import it here
+    return module is not None and isinstance(x, module.MaskedArray)
+
+
+def _may_hold_rows(x: list[Any] | tuple[Any, ...]) -> bool:
+    """Whether a list holds torch tensors or masked arrays (rows), which ``np.asarray`` would not convert by
+    :func:`_real_numpy`'s rules; scanned only when it can: torch or numpy.ma is loaded and the first item is not
+    a plain number (a flat list of numbers, such as one embedding, is never scanned)."""
+    if not x or isinstance(x[0], (int, float, np.number)):
         return False
-    return any(_is_torch(row) for row in x)
+    if "torch" not in sys.modules and "numpy.ma" not in sys.modules:
+        return False
+    return any(_is_torch(row) or _is_masked(row) for row in x)
+
+
+def _unmasked(x: Any, name: str, takes: str) -> np.ndarray:
+    """The data of the masked array ``x`` when no element is masked; else ``ValueError`` naming how many are.
+
+    ``np.asarray`` would drop the mask and read the values under it as numbers.
+    """
+    mask = np.ma.getmaskarray(x)
+    if mask.any():
+        data = np.ma.getdata(x)
+        raise ValueError(
+            f"{name} is a masked array with {int(mask.sum())} masked value(s) of {mask.size} (first at "
+            f"{_position(data, int(np.flatnonzero(mask)[0]))}); {takes} plain values: the mask would be dropped, "
+            "so fill them (.filled(value)) or drop those rows first"
+        )
+    return np.asarray(np.ma.getdata(x))
+
+
+def _check_float64_range(arr: np.ndarray, name: str, takes: str) -> None:
+    """``ValueError`` naming the caller's value when a float wider than float64 (``np.longdouble``) exceeds
+    float64's range: the values are cast to float64 next, and the cast would make it ``inf`` before any check."""
+    if arr.dtype.kind != "f" or arr.dtype.itemsize <= 8:
+        return
+    limit = np.finfo(np.float64).max
+    too_big = np.isfinite(arr) & (np.abs(arr) > limit)
+    if too_big.any():
+        raise ValueError(
+            f"{name} holds {int(too_big.sum())} value(s) beyond float64's range (magnitudes up to {limit:.4g}; "
+            f"{_first_bad(arr, too_big)}); {takes} values float64 can hold"
+        )
 
 
 def _real_numpy(x: Any, name: str, takes: str = "Gaussians take") -> np.ndarray:
@@ -134,8 +187,10 @@ def _real_numpy(x: Any, name: str, takes: str = "Gaussians take") -> np.ndarray:
     The one conversion of caller's arrays: :class:`Gaussians` and the adapters' vector and score inputs. A
     torch tensor is detached and copied to the CPU, float16 and bfloat16 ones promoted to float32 (numpy has
     no bfloat16); a list or tuple of tensors (one vector per row) has each row converted so. Bool, integer
-    and floating numbers keep their dtype (the caller casts); any other dtype (complex, strings, objects)
-    raises ``TypeError`` naming it (:func:`_check_real`).
+    and floating numbers keep their dtype (the caller casts); any other dtype (complex, strings, objects), and
+    a tensor on the ``meta`` device, raise ``TypeError`` naming it (:func:`_check_real`). A numpy masked array
+    with a masked element, and a ``np.longdouble`` value beyond float64's range (the callers cast to float64
+    or float32), raise ``ValueError`` naming it; a masked array with none masked passes as its data.
 
     Args:
         x: The caller's value.
@@ -150,7 +205,7 @@ def _real_numpy(x: Any, name: str, takes: str = "Gaussians take") -> np.ndarray:
         ...
         TypeError: scores has dtype <U1; query_features takes bool, integer or floating arrays only
     """
-    if isinstance(x, (list, tuple)) and _may_hold_tensors(x):
+    if isinstance(x, (list, tuple)) and _may_hold_rows(x):
         x = [_real_numpy(row, name, takes) for row in x]
     if _is_torch(x):
         _check_real(name, x, takes)
@@ -158,8 +213,9 @@ def _real_numpy(x: Any, name: str, takes: str = "Gaussians take") -> np.ndarray:
         if t.dtype in (torch.float16, torch.bfloat16):
             t = t.float()
         return np.asarray(t.numpy())
-    arr = np.asarray(x)
+    arr = _unmasked(x, name, takes) if _is_masked(x) else np.asarray(x)
     _check_real(name, arr, takes)
+    _check_float64_range(arr, name, takes)
     return arr
 
 
@@ -185,7 +241,9 @@ class Gaussians:
     truncated) when that is float32 or float64; other real dtypes (float16, bfloat16, integers,
     bool) become float64 for numpy and float32 for torch (torch's default float, which keeps GPU
     tensors fast). Half precision is never kept: ``-KL`` overflows it. ``k`` must be at least 1.
-    Any other dtype (complex, strings, objects) raises ``TypeError`` naming it: nothing is cast.
+    Any other dtype (complex, strings, objects) raises ``TypeError`` naming it: nothing is cast; so does a
+    tensor on torch's ``meta`` device (no data). A numpy masked array with a masked element raises
+    ``ValueError`` (its mask would be dropped), as does a ``np.longdouble`` value beyond float64's range.
 
     Equality is identity (``a == b`` only for the same object) and a batch hashes by identity, as
     arrays have no single truth value; compare contents with ``np.array_equal`` on ``mean`` and ``var``.
@@ -255,6 +313,19 @@ class Gaussians:
     def __getitem__(self, index: Any) -> Gaussians:
         mean, var = self.mean[index], self.var[index]
         return Gaussians(mean, var, validate=False)
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """Refuse to become one array: ``TypeError`` naming ``.mean`` / ``.var`` and :func:`save_gaussians`.
+
+        Without it ``np.asarray(g)``, ``np.array(g)`` and ``np.save(path, g)`` would walk the batch row by row
+        through ``__len__`` / ``__getitem__`` (each row a batch again) for seconds to minutes, then fail with
+        numpy's 32- or 64-dimension limit. numpy 2 calls it with ``dtype`` and ``copy``; both are ignored.
+        """
+        raise TypeError(
+            f"Gaussians (a batch of {len(self)} Gaussians in {self.dim} dimensions) is two arrays, not one: take "
+            "g.mean and g.var (each of shape (n, k); g.numpy() gives numpy ones from torch tensors), and save "
+            "the batch with kl_retrievers.save_gaussians(path, g)"
+        )
 
     @property
     def dim(self) -> int:
@@ -349,16 +420,27 @@ def _same_kind(q: Gaussians, d: Gaussians) -> None:
         )
 
 
+def _check_bool(name: str, value: Any) -> None:
+    """``TypeError`` naming ``value`` unless it is a bool or numpy's, in ``_io.check_bool``'s words (not imported:
+    ``_io`` imports this module)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool; got {value!r:.80}")
+
+
 def _log(x: Array) -> Array:
     return torch.log(x) if _is_torch(x) else np.log(x)
 
 
-def neg_kl(queries: Gaussians, documents: Gaussians) -> Array:
+def neg_kl(queries: Gaussians, documents: Gaussians, *, check_finite: bool = True) -> Array:
     """Row-wise ``-KL(Q_i || D_i)``, with broadcasting of a batch of one.
 
     Args:
         queries: ``n`` query Gaussians (or one, scored against every document).
         documents: ``n`` document Gaussians (or one).
+        check_finite: Refuse a -KL that is not finite (default ``True``; see Raises). For tensors on a GPU the
+            check reads one bool back to the host, which waits for the scores (one synchronisation per call);
+            ``False`` skips it, keeping the call asynchronous, and a non-finite -KL is returned as it is
+            (``-inf`` or ``nan``). ``Gaussians(..., validate=False)`` skips the inputs' checks likewise.
 
     Returns:
         Shape ``(max(n_q, n_d),)``; higher is better, 0 for identical Gaussians.
@@ -368,9 +450,10 @@ def neg_kl(queries: Gaussians, documents: Gaussians) -> Array:
     arrays (``g.astype(np.float64)``) for float64 scores.
 
     Raises:
-        TypeError: An argument is not a :class:`Gaussians` batch, or one is numpy and the other torch.
-        ValueError: Other dimensions or batch sizes, or a -KL that is not finite in that dtype (one that
-            overflows float32, e.g. a variance of 1e-45), naming the pair and its float64 value, as
+        TypeError: An argument is not a :class:`Gaussians` batch, one is numpy and the other torch, or
+            ``check_finite`` is not a bool.
+        ValueError: Other dimensions or batch sizes, or (``check_finite``) a -KL that is not finite in that dtype
+            (one that overflows float32, e.g. a variance of 1e-45), naming the pair and its float64 value, as
             :func:`kl_document_vectors` refuses such Gaussians.
 
     Examples:
@@ -381,6 +464,7 @@ def neg_kl(queries: Gaussians, documents: Gaussians) -> Array:
         array([ 0., -2.])
     """
     _same_kind(queries, documents)
+    _check_bool("check_finite", check_finite)
     nq, nd = len(queries), len(documents)
     if nq != nd and 1 not in (nq, nd):
         raise ValueError(
@@ -391,10 +475,10 @@ def neg_kl(queries: Gaussians, documents: Gaussians) -> Array:
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # refused below, naming the pair
         terms = _log(vd) - _log(vq) - 1.0 + vq / vd + (mq - md) ** 2 / vd
         scores = 0.0 - 0.5 * (terms.sum(-1) if _is_torch(terms) else terms.sum(axis=-1))
-    return _check_scores_finite(scores, queries, documents)
+    return _check_scores_finite(scores, queries, documents) if check_finite else scores
 
 
-def neg_kl_matrix(queries: Gaussians, documents: Gaussians) -> Array:
+def neg_kl_matrix(queries: Gaussians, documents: Gaussians, *, check_finite: bool = True) -> Array:
     """All-pairs ``-KL(Q_i || D_j)`` computed term by term (the reference formula).
 
     Memory is bounded by evaluating blocks of documents at a time. Computed in the Gaussians'
@@ -406,14 +490,18 @@ def neg_kl_matrix(queries: Gaussians, documents: Gaussians) -> Array:
     Args:
         queries: ``n_q`` query Gaussians.
         documents: ``n_d`` document Gaussians.
+        check_finite: Refuse a -KL that is not finite (default ``True``); ``False`` skips the check and its
+            synchronisation on a GPU, as for :func:`neg_kl`.
 
     Returns:
         Score matrix of shape ``(n_q, n_d)``; higher is better.
 
     Raises:
-        TypeError: An argument is not a :class:`Gaussians` batch, or one is numpy and the other torch.
-        ValueError: Other dimensions, or a -KL that is not finite in that dtype (one that overflows float32,
-            e.g. a variance of 1e-45 or means of 1e20 and -1e20), naming the pair and its float64 value.
+        TypeError: An argument is not a :class:`Gaussians` batch, one is numpy and the other torch, or
+            ``check_finite`` is not a bool.
+        ValueError: Other dimensions, or (``check_finite``) a -KL that is not finite in that dtype (one that
+            overflows float32, e.g. a variance of 1e-45 or means of 1e20 and -1e20), naming the pair and its
+            float64 value.
 
     Examples:
         >>> import numpy as np
@@ -422,6 +510,7 @@ def neg_kl_matrix(queries: Gaussians, documents: Gaussians) -> Array:
         (2, 2)
     """
     _same_kind(queries, documents)
+    _check_bool("check_finite", check_finite)
     nq, nd, k = len(queries), len(documents), queries.dim
     torch_mode = queries.is_torch
     mq, vq = queries.mean[:, None, :], queries.var[:, None, :]
@@ -439,7 +528,7 @@ def neg_kl_matrix(queries: Gaussians, documents: Gaussians) -> Array:
             return torch.zeros((nq, 0), dtype=queries.mean.dtype, device=queries.mean.device)
         return np.zeros((nq, 0), dtype=queries.mean.dtype)
     scores = torch.cat(out, dim=1) if torch_mode else np.concatenate(out, axis=1)
-    return _check_scores_finite(scores, queries, documents)
+    return _check_scores_finite(scores, queries, documents) if check_finite else scores
 
 
 def _check_scores_finite(scores: Array, queries: Gaussians, documents: Gaussians) -> Array:
@@ -1673,6 +1762,7 @@ def exact_top_k(
     max_block_elements: int = 1 << 25,
     on_block: Callable[[int], None] | None = None,
     tie_rank: np.ndarray | None = None,
+    doc_vectors: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top ``k`` documents per query by ``-KL(Q || D)`` (or ``-||mu_q - mu_d||^2``), float64 scores.
 
@@ -1696,6 +1786,10 @@ def exact_top_k(
         tie_rank: One entry per document row: the order of rows whose scores tie, lower first
             (:func:`kl_retrievers.runs.tie_ranks` gives ``trec_eval``'s order). Default: row
             order (the lower row first). With distinct ranks the top ``k`` is a prefix of the top ``k + 1``.
+        doc_vectors: ``(vectors, norms)``: the float32 rewrite of every document around ``centre`` (as
+            :func:`score_vectors_float32` builds it, ``means_only`` alike) and :func:`rewrite_block_norms`
+            of each of its rows, kept by a caller that searches the same documents again: the allowed
+            rows are read from it instead of rewritten on every call. Needs ``centre``.
 
     Returns:
         ``(rows, scores)``, shape ``(n_q, min(k, n_allowed))``: document row numbers best first and
@@ -1724,6 +1818,15 @@ def exact_top_k(
     doc_sumlogvar = _check_sumlogvar(doc_sumlogvar, len(docs))
     if centre is not None:
         centre = _check_centre(centre, docs.dim)
+    if doc_vectors is not None:
+        width, blocks = (docs.dim + 1, 2) if means_only else (2 * docs.dim + 1, 3)
+        shapes = tuple(np.shape(x) for x in doc_vectors)
+        if centre is None or shapes != ((len(docs), width), (len(docs), blocks)):
+            raise ValueError(
+                f"doc_vectors must be the documents' float32 rewrite and its block norms, shapes "
+                f"{(len(docs), width)} and {(len(docs), blocks)}, with a centre; got shapes {shapes}, "
+                f"centre {'given' if centre is not None else 'None'}"
+            )
     nq, n = len(q), int(allowed.size)
     kk = min(k, n)
     if nq == 0 or kk == 0:
@@ -1746,9 +1849,12 @@ def exact_top_k(
         if s in cache:
             return cache[s]
         block = allowed[s : s + _EXACT_ROWS]
-        g = Gaussians(docs.mean[block], docs.var[block], validate=False)
-        dv = score_vectors_float32(g, "document", centre=centre, means_only=means_only, row_numbers=block)
-        dmax = rewrite_block_norms(dv, means_only=means_only).max(axis=0)
+        if doc_vectors is not None:
+            dv, dmax = doc_vectors[0][block], doc_vectors[1][block].max(axis=0)
+        else:
+            g = Gaussians(docs.mean[block], docs.var[block], validate=False)
+            dv = score_vectors_float32(g, "document", centre=centre, means_only=means_only, row_numbers=block)
+            dmax = rewrite_block_norms(dv, means_only=means_only).max(axis=0)
         if keep_cache:
             cache[s] = (dv, dmax)
         return dv, dmax

@@ -42,6 +42,7 @@ import threading
 import uuid
 import weakref
 import zipfile
+from collections import deque
 from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, Set
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -80,6 +81,7 @@ from kl_retrievers._adapters import (
     relevance_inverse,
     resolve_relevance,
     save_store_with_manifest,
+    store_write_unless_cancelled,
     warn_incompatible_store,
     warn_unreliable_query_variance,
     write_cancelled,
@@ -552,7 +554,7 @@ _RELEVANCE_KWARGS = ("filter", "fetch_k", "score_threshold")
 _RELEVANCE_TAKES = "query, k, filter and score_threshold"
 
 
-def _load_default_encoder(backend: str | None = None) -> Any:
+def _load_default_encoder(backend: Backend | None = None) -> Any:
     from kl_retrievers.pretrained import load_model
 
     logger.info("loading the default kl-retrievers model (%s backend)", backend or "default")
@@ -651,26 +653,31 @@ _WRAPPED_EMBEDDINGS_ATTRIBUTES = (
 )
 
 
-def _inner_klembeddings(embeddings: Any, depth: int = 4) -> KLEmbeddings | None:
-    """The :class:`KLEmbeddings` a LangChain ``Embeddings`` wrapper holds (through up to ``depth`` wrappers),
+#: How many ``Embeddings`` objects :func:`_inner_klembeddings` looks into at most: each wrapper of a realistic
+#: nesting (a cache in a rate limiter in a retry wrapper..., a handful deep, one or two models each) is far
+#: within it, while an object graph of many embeddings (a router over a registry of models) is not walked whole.
+_MAX_WRAPPERS_SEARCHED = 64
+
+
+def _inner_klembeddings(embeddings: Any) -> KLEmbeddings | None:
+    """The :class:`KLEmbeddings` a LangChain ``Embeddings`` wrapper holds (through any number of wrappers),
     ``embeddings`` itself when it is one; ``None`` when there is none.
 
-    A wrapper's ``Embeddings``-valued attributes are searched breadth first: those named in
-    :data:`_WRAPPED_EMBEDDINGS_ATTRIBUTES` first, then any other (its ``vars()`` and pydantic fields, e.g. a
-    custom wrapper's ``self.inner``), each object once (cycle-safe).
+    A wrapper's ``Embeddings``-valued attributes are searched breadth first (the nearest one is found): those
+    named in :data:`_WRAPPED_EMBEDDINGS_ATTRIBUTES` first, then any other (its ``vars()`` and pydantic fields,
+    e.g. a custom wrapper's ``self.inner``), each object once (cycle-safe). At most
+    :data:`_MAX_WRAPPERS_SEARCHED` objects are looked into, however deep, so the time it takes is bounded.
     """
-    level: list[Any] = [embeddings]
+    queue: deque[Any] = deque([embeddings])
     seen: set[int] = set()
-    for _ in range(depth + 1):
-        below: list[Any] = []
-        for e in level:
-            if isinstance(e, KLEmbeddings):
-                return e
-            if isinstance(e, Embeddings) and id(e) not in seen:
-                seen.add(id(e))
-                below.extend(_held_embeddings(e))
-        level = below
-    return None
+    while queue and len(seen) < _MAX_WRAPPERS_SEARCHED:
+        e = queue.popleft()
+        if isinstance(e, KLEmbeddings):
+            return e
+        if isinstance(e, Embeddings) and id(e) not in seen:
+            seen.add(id(e))
+            queue.extend(_held_embeddings(e))
+    return next((e for e in queue if isinstance(e, KLEmbeddings)), None)  # found, not yet looked into
 
 
 def _held_embeddings(wrapper: Any) -> list[Any]:
@@ -921,32 +928,24 @@ def _warn_incompatible(store_name: str, reason: str) -> None:
     )
 
 
-def _cosine_user_message(owner: Any) -> str:
-    """Why ``KLEmbeddings`` vectors mean nothing to ``owner``, a LangChain document compressor or transformer."""
-    name = type(owner).__name__
-    kind = "compressor" if isinstance(owner, BaseDocumentCompressor) else "transformer"
-    return (
-        f"KLEmbeddings used by {name} (a LangChain document {kind}): LangChain's embedding filters "
-        "(EmbeddingsFilter, EmbeddingsRedundantFilter, EmbeddingsClusteringFilter...) compare embeddings by cosine "
-        "similarity (their default similarity_fn), and the cosine of KLEmbeddings' vectors, between a query's q~ "
-        "and a document's d~ or between two d~, says nothing of relevance or redundancy (only <q~, d~> does: "
-        "-KL = <q~, d~> + c(q)), so documents are kept or dropped at random. Cut by the -KL ranking instead: "
-        'KLRetriever(min_confidence=...), or KLVectorStore.as_retriever(search_type="similarity_score_threshold", '
-        'search_kwargs={"score_threshold": '
-        f"...}}); or give {name} other embeddings"
-    )
+#: LangChain's document compressors and transformers that compare the vectors of their ``embeddings``
+#: (langchain-classic's, langchain-community's, and langchain's before 1.0; their subclasses too), with how:
+#: ``None`` where their ``similarity_fn`` does it (LangChain's cosine by default). Every other LangChain one
+#: (``LLMChainFilter``, ``CrossEncoderReranker``, ``LongContextReorder``...) embeds nothing itself.
+_EMBEDDING_COMPARERS: dict[str, str | None] = {
+    "EmbeddingsFilter": None,  # a query's q~ against each document's d~
+    "EmbeddingsRedundantFilter": None,  # every two documents' d~
+    "EmbeddingsClusteringFilter": "Euclidean distance (k-means clustering)",
+}
+_LANGCHAIN_PACKAGES = ("langchain", "langchain_classic", "langchain_community")
 
 
-def _compares_by_cosine(owner: Any) -> bool:
-    """Whether a LangChain document compressor or transformer compares embeddings by cosine.
-
-    One with a ``similarity_fn`` (``EmbeddingsFilter``, ``EmbeddingsRedundantFilter``) does when that is
-    LangChain's ``cosine_similarity`` (or a function named for the cosine); another (a dot product, which ranks
-    by -KL up to each query's constant) does not. One without (``EmbeddingsClusteringFilter``, a custom
-    compressor) is taken to.
-    """
-    fn = _attribute(owner, "similarity_fn")
-    if fn is None or "cosine" in str(getattr(fn, "__name__", "")).lower():
+def _is_cosine(fn: Any) -> bool:
+    """Whether ``fn`` is a cosine similarity: named for the cosine, or langchain-community's
+    ``cosine_similarity`` (``EmbeddingsFilter``'s and ``EmbeddingsRedundantFilter``'s default)."""
+    if fn is None:
+        return False
+    if "cosine" in str(getattr(fn, "__name__", "")).lower():
         return True
     # where EmbeddingsFilter takes it from; not imported here: unless loaded, fn cannot be its cosine_similarity
     maths = sys.modules.get("langchain_community.utils.math")
@@ -954,12 +953,51 @@ def _compares_by_cosine(owner: Any) -> bool:
     return cosine is not None and fn is cosine
 
 
+def _misused_by(owner: Any) -> str | None:
+    """How a LangChain document compressor or transformer compares :class:`KLEmbeddings`' vectors, when that
+    means nothing (``None``: it does not, or not in a way known to be wrong).
+
+    One of LangChain's :data:`_EMBEDDING_COMPARERS`: ``EmbeddingsClusteringFilter`` always (k-means by Euclidean
+    distance), ``EmbeddingsFilter`` and ``EmbeddingsRedundantFilter`` when their ``similarity_fn`` is a cosine
+    (their default), not with a function of the user's (a dot product ranks a query's documents by -KL). Any other
+    compressor or transformer only when it has a ``similarity_fn`` that is a cosine: a reranker, an LLM filter or a
+    compressor of the user's that scores by ``<q~, d~>`` gets no warning.
+    """
+    known = next(
+        (
+            cls.__name__
+            for cls in type(owner).__mro__
+            if cls.__name__ in _EMBEDDING_COMPARERS and str(cls.__module__).split(".")[0] in _LANGCHAIN_PACKAGES
+        ),
+        None,
+    )
+    how = _EMBEDDING_COMPARERS.get(known) if known is not None else None
+    if how is not None:
+        return how
+    return "cosine similarity (its similarity_fn)" if _is_cosine(_attribute(owner, "similarity_fn")) else None
+
+
+def _misuse_message(owner: Any, how: str) -> str:
+    """Why ``KLEmbeddings`` vectors mean nothing to ``owner``, a LangChain document compressor or transformer that
+    compares them by ``how``."""
+    name = type(owner).__name__
+    kind = "compressor" if isinstance(owner, BaseDocumentCompressor) else "transformer"
+    return (
+        f"KLEmbeddings used by {name} (a LangChain document {kind}): it compares their vectors by {how}, which, "
+        "between a query's q~ and a document's d~ or between two d~, says nothing of relevance or redundancy "
+        "(only <q~, d~> does: -KL = <q~, d~> + c(q)), so documents are kept or dropped at random. Cut by the -KL "
+        'ranking instead: KLRetriever(min_confidence=...), or KLVectorStore.as_retriever(search_type="similarity_'
+        'score_threshold", search_kwargs={"score_threshold": '
+        f"...}}); or give {name} other embeddings"
+    )
+
+
 def _detect_caller_store(embeddings: KLEmbeddings) -> None:
     """Warn when the caller (found on the stack) is known to break the rewrite.
 
     A vector store that does not rank by the raw inner product; a LangChain document compressor or transformer
-    (``EmbeddingsFilter``, ``EmbeddingsRedundantFilter``, ``EmbeddingsClusteringFilter``...) that compares the
-    vectors by cosine (:func:`_compares_by_cosine`); a ``CacheBackedEmbeddings`` that caches queries under its
+    that compares the vectors in a way that means nothing for them (``EmbeddingsFilter``, ``EmbeddingsRedundantFilter``
+    and ``EmbeddingsClusteringFilter``: :func:`_misused_by`); a ``CacheBackedEmbeddings`` that caches queries under its
     documents' keys (:func:`_shares_query_cache`). Once per caller type and ``embeddings`` object (a store embeds at
     every add and search). A warning raised as an error (``-W error``) propagates; any other failure of this
     best-effort check is logged.
@@ -977,8 +1015,9 @@ def _detect_caller_store(embeddings: KLEmbeddings) -> None:
             loc = f.f_locals
             owner = loc.get("self")
             if isinstance(owner, (BaseDocumentCompressor, BaseDocumentTransformer)):
-                if _compares_by_cosine(owner):
-                    _warn_once(embeddings, type(owner).__name__, _cosine_user_message(owner))
+                how = _misused_by(owner)
+                if how is not None:
+                    _warn_once(embeddings, type(owner).__name__, _misuse_message(owner, how))
                 return
             if isinstance(owner, Embeddings) and owner is not embeddings and _shares_query_cache(owner):
                 _warn_once(embeddings, f"wrapper:{type(owner).__name__}", _shared_cache_message(owner))
@@ -1088,6 +1127,36 @@ class EmbeddingsGaussianEncoder:
         return self._gaussians(self.embeddings.embed_documents(items))
 
 
+#: ``HuggingFaceEmbeddings``' keywords and what KLEmbeddings takes instead.
+_HF_EMBEDDINGS_KEYWORDS = {
+    "model_kwargs": "the model is loaded with kl_retrievers.load_model: choose its backend with backend='torch' or "
+    "'onnx', and a device by passing an encoder loaded and moved yourself (load_model(name, backend='torch')"
+    ".to('cuda'))",
+    "encode_kwargs": "pass batch_size= and show_progress_bar= here; normalize_embeddings has no meaning (the "
+    "vectors are the exact -KL rewrite, which normalising breaks)",
+    "show_progress": "it is show_progress_bar= here",
+    "cache_folder": "models are found as kl_retrievers.load_model finds them (bundled names, folders, the hub "
+    "cache); pass a folder as model_name",
+    "multi_process": "there are no multi-process pools: ONNX Runtime and torch use the cores themselves",
+}
+
+
+def _unexpected_embeddings_keywords(unexpected: dict[str, Any]) -> str:
+    """The ``TypeError`` message for keywords that :class:`KLEmbeddings` does not take, with our equivalents of
+    ``HuggingFaceEmbeddings``' (``model_kwargs``, ``encode_kwargs``, ``show_progress``...).
+
+    Examples:
+        >>> print(_unexpected_embeddings_keywords({"show_progress": True}))  # doctest: +ELLIPSIS
+        KLEmbeddings got unexpected keyword argument(s) ['show_progress'] (show_progress: it is show_progress_bar= ...
+    """
+    known = [f"{name}: {_HF_EMBEDDINGS_KEYWORDS[name]}" for name in unexpected if name in _HF_EMBEDDINGS_KEYWORDS]
+    why = f" ({'; '.join(known)})" if known else ""
+    return (
+        f"KLEmbeddings got unexpected keyword argument(s) {sorted(unexpected)}{why}; it takes encoder, model_name, "
+        "batch_size, show_progress_bar and backend"
+    )
+
+
 class KLEmbeddings(Embeddings):
     """LangChain ``Embeddings`` producing the two sides of the exact ``-KL`` inner-product rewrite.
 
@@ -1126,7 +1195,9 @@ class KLEmbeddings(Embeddings):
         ValueError: Both ``encoder`` and ``model_name`` given, an unknown ``backend``, or ``backend`` with
             an encoder object on another backend (or of a class that has none); the message names both
             and the call that loads the model on ``backend``.
-        TypeError: ``model_name`` is not a str or a path, or ``encoder`` is none of the above.
+        TypeError: ``model_name`` is not a str or a path, ``encoder`` is none of the above, or another keyword
+            is given (``HuggingFaceEmbeddings``' ``model_kwargs``, ``encode_kwargs``, ``show_progress``... are
+            named with what to pass here instead).
         kl_retrievers.hub.ModelNotFoundError: No model has that name (from
             :func:`~kl_retrievers.load_model`, which names it and suggests a close bundled name).
 
@@ -1146,9 +1217,12 @@ class KLEmbeddings(Embeddings):
         batch_size: int = 32,
         show_progress_bar: bool = False,
         backend: Backend | None = None,
+        **unexpected: Any,
     ) -> None:
         from kl_retrievers.pretrained import BACKENDS
 
+        if unexpected:
+            raise TypeError(_unexpected_embeddings_keywords(unexpected))
         if backend is not None and backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
         if encoder is not None and model_name is not None:
@@ -1359,6 +1433,34 @@ class KLEmbeddings(Embeddings):
         return Gaussians(mean[None, :], used)
 
 
+def _check_first_values(vectors: np.ndarray, gaussians: Gaussians, name: str) -> None:
+    """Check that document vectors ``d~`` start with the value the Gaussians behind them give.
+
+    Coordinates ``1..2k`` recover a Gaussian (:func:`~kl_retrievers.gaussian.document_gaussians_from_vectors`,
+    which does not read the first one); the first must then be ``-1/2 sum(log var + mu^2 / var)``: an ordinary
+    embedding (or another kind of vector) whose coordinates ``1..k`` happen to be negative is no ``d~``.
+
+    Args:
+        vectors: The float64 rows, shape ``(n, 2k + 1)``.
+        gaussians: The Gaussians recovered from them.
+        name: The rows' name in the message (``name[j]``).
+
+    Raises:
+        ValueError: A row whose first value is not its Gaussian's, naming the first and how many.
+    """
+    m, v = gaussians.mean, gaussians.var
+    terms = np.log(v) + m**2 / v
+    expected = -0.5 * terms.sum(axis=1)
+    tolerance = 1e-4 * (0.5 * np.abs(terms).sum(axis=1) + 1.0)  # float32 rows round trip well within it
+    bad = np.flatnonzero(~(np.abs(vectors[:, 0] - expected) <= tolerance))
+    if bad.size:
+        j = int(bad[0])
+        raise ValueError(
+            f"{name}[{j}] is not one: its first value is {vectors[j, 0]:.6g}, but the Gaussian its other values "
+            f"give has {expected[j]:.6g} there ({bad.size} such vector(s))"
+        )
+
+
 class _CachedKLEncoder:
     """The Gaussian encoder of a document cache over a :class:`KLEmbeddings` (LangChain's ``CacheBackedEmbeddings``).
 
@@ -1399,6 +1501,7 @@ class _CachedKLEncoder:
         dim = getattr(getattr(model, "config", None), "dim", None)
         try:
             gaussians = document_gaussians_from_vectors(vectors)
+            _check_first_values(np.asarray(vectors, dtype=np.float64), gaussians, "vectors")
             if isinstance(dim, int) and gaussians.dim != dim:
                 raise ValueError(f"dimension {gaussians.dim}, the model's is {dim}")
         except ValueError as exc:
@@ -1449,7 +1552,9 @@ def _delete_by_ids(store: Any, ids: Any, delete_all: bool, owner: str) -> bool:
                 "call delete(delete_all=True) or clear()"
             )
         if not _write_cancelled_after_count(store, f"{owner}.adelete"):
-            store.delete(store.ids)  # every document: none can be absent (nothing read back first)
+            with store_write_unless_cancelled(store, f"{owner}.adelete") as go:
+                if go:
+                    store.delete(store.ids)  # every document: none can be absent (nothing read back first)
         return True
     if delete_all:
         raise ValueError(f"pass either ids or delete_all=True to {owner}.delete, not both")
@@ -1464,7 +1569,9 @@ def _delete_by_ids(store: Any, ids: Any, delete_all: bool, owner: str) -> bool:
     if absent:  # not a failure; left out of the store's delete, which would log a WARNING about them
         logger.debug("%s.delete: %d id(s) were already absent: %s", owner, len(absent), absent[:10])
     if len(absent) < len(wanted) and not _write_cancelled_after_count(store, f"{owner}.adelete"):
-        store.delete([i for i in wanted if i in present])
+        with store_write_unless_cancelled(store, f"{owner}.adelete") as go:
+            if go:
+                store.delete([i for i in wanted if i in present])
     return True
 
 
@@ -1552,15 +1659,20 @@ def _store_texts(
     In a cancelled async write (:func:`~kl_retrievers._adapters.cancellable_write`) nothing is written: the
     texts are encoded here first (after the checks of ``ids`` and ``metadatas`` that ``store.add`` makes before
     encoding), a loaded ``KLHybridStore``'s stored texts counted (:func:`_write_cancelled_after_count`), and the
-    cancellation is checked before the store takes its write lock.
+    cancellation is checked before the store takes its write lock and again once it holds it
+    (:func:`~kl_retrievers._adapters.store_write_unless_cancelled`).
     """
+    what = f"{type(store).__name__}.add"
     try:
         gaussians = encode_for_write(store, items, metadatas, ids)
-        if _write_cancelled_after_count(store, f"{type(store).__name__}.add"):
+        if _write_cancelled_after_count(store, what):
             return []
-        if gaussians is not None:
-            return list(store.add(items, gaussians=gaussians, ids=ids, metadatas=metadatas))
-        return list(store.add(items, ids=ids, metadatas=metadatas))
+        with store_write_unless_cancelled(store, what) as go:
+            if not go:
+                return []
+            if gaussians is not None:
+                return list(store.add(items, gaussians=gaussians, ids=ids, metadatas=metadatas))
+            return list(store.add(items, ids=ids, metadatas=metadatas))
     except (TypeError, ValueError) as exc:
         named = _name_the_document(exc, ids)
         if named is exc:
@@ -1984,20 +2096,10 @@ class KLVectorStore(VectorStore):
             gaussians = document_gaussians_from_vectors(vectors)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{what}; {exc}") from exc
-        # Coordinates 1..k recover the Gaussian; the first coordinate must then be what that Gaussian gives
-        # (an ordinary embedding whose first half happens to be negative is not a d~).
-        m, v = gaussians.mean, gaussians.var
-        terms = np.log(v) + m**2 / v
-        expected = -0.5 * terms.sum(axis=1)
-        tolerance = 1e-4 * (0.5 * np.abs(terms).sum(axis=1) + 1.0)  # float32 rows round trip well within it
-        bad = np.flatnonzero(np.abs(vectors[:, 0] - expected) > tolerance)
-        if bad.size:
-            j = int(bad[0])
-            raise ValueError(
-                f"{what}; text_embeddings[{j}] is not one: its first value is {vectors[j, 0]:.6g}, but the Gaussian "
-                f"its other values give has {expected[j]:.6g} there ({bad.size} such vector(s))"
-                f"{document_precision_hint(raw, vectors)}"
-            )
+        try:
+            _check_first_values(vectors, gaussians, "text_embeddings")
+        except ValueError as exc:
+            raise ValueError(f"{what}; {exc}{document_precision_hint(raw, vectors)}") from None
         own = self._expected_dim()
         if own is not None and gaussians.dim != own:
             raise ValueError(

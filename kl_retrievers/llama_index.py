@@ -2693,12 +2693,19 @@ class KLVectorStore(BasePydanticVectorStore):
         try:
             if not missing:  # every node embedded: by the KLEmbedding that embedded texts for this store, if any
                 self._record_document_encoder(noted, nodes, k)
-            self._store.add(
-                [_node_text(nodes[i]) or "" for i in keep],
-                gaussians=Gaussians(mean[keep], var[keep]),
-                ids=kept_ids,
-                metadatas=metadatas,
-            )
+            # cancelled while it waited for the store's write lock: nothing written (the encoder just recorded
+            # for an empty store is forgotten again)
+            with adapters.store_write_unless_cancelled(self._store, "KLVectorStore.async_add") as go:
+                if go:
+                    self._store.add(
+                        [_node_text(nodes[i]) or "" for i in keep],
+                        gaussians=Gaussians(mean[keep], var[keep]),
+                        ids=kept_ids,
+                        metadatas=metadatas,
+                    )
+            if not go:
+                self._forget_recorded_encoder()
+                return []
         except BaseException:
             with self._non_text_lock:
                 self._non_text = None  # a failed add changes nothing, but do not rely on it
@@ -2769,12 +2776,15 @@ class KLVectorStore(BasePydanticVectorStore):
             return
         before = _write_count(self._store)
         try:
-            if callable(where) and not isinstance(self._store, KLStore):
-                report = self._delete_matching_here(ids, where, narrow)
-            elif where is not None:
-                report = self._store.delete(ids, filter=where)
-            else:
-                report = self._store.delete(ids)
+            with adapters.store_write_unless_cancelled(self._store, "KLVectorStore's async delete") as go:
+                if not go:  # cancelled while it waited for the store's write lock
+                    return
+                if callable(where) and not isinstance(self._store, KLStore):
+                    report = self._delete_matching_here(ids, where, narrow)
+                elif where is not None:
+                    report = self._store.delete(ids, filter=where)
+                else:
+                    report = self._store.delete(ids)
         except BaseException:
             with self._non_text_lock:
                 self._non_text = None
@@ -4025,9 +4035,12 @@ def _add_nodes_to_hybrid(store: KLHybridStore, nodes: Sequence[BaseNode], where:
     gaussians = adapters.encode_for_write(store, texts, metadatas, ids)  # None outside a cancellable async write
     if _hybrid_write_cancelled(store, f"KLHybridRetriever.async_{where}"):  # encoded; the write lock is not taken yet
         return []
-    if gaussians is not None:
-        return store.add(texts, gaussians=gaussians, ids=ids, metadatas=metadatas)
-    return store.add(texts, ids=ids, metadatas=metadatas)
+    with adapters.store_write_unless_cancelled(store, f"KLHybridRetriever.async_{where}") as go:
+        if not go:  # cancelled while it waited for the store's write lock
+            return []
+        if gaussians is not None:
+            return store.add(texts, gaussians=gaussians, ids=ids, metadatas=metadatas)
+        return store.add(texts, ids=ids, metadatas=metadatas)
 
 
 def _warn_hybrid_fusion(mode: str) -> None:
@@ -4338,7 +4351,10 @@ class KLHybridRetriever(_TopKRetriever):
         target = str(ref_doc_id)
         if _hybrid_write_cancelled(self._store, "KLHybridRetriever.adelete_ref_doc"):
             return []
-        return self._store.delete(filter=lambda m: str(_ref_doc_id(m)) == target).deleted
+        with adapters.store_write_unless_cancelled(self._store, "KLHybridRetriever.adelete_ref_doc") as go:
+            if not go:  # cancelled while it waited for the store's write lock
+                return []
+            return self._store.delete(filter=lambda m: str(_ref_doc_id(m)) == target).deleted
 
     async def async_add_nodes(self, nodes: Sequence[BaseNode]) -> list[str]:
         """:meth:`add_nodes` in a worker thread (the event loop keeps running while the nodes are encoded).

@@ -49,6 +49,7 @@ from kl_retrievers._config import (
     encoder_config,
     saved_weights_sha256,
 )
+from kl_retrievers._io import describe_kl_folder, why_not_this_kind
 from kl_retrievers.hub import local_reference
 from kl_retrievers.onnx import MODEL_FILE, OnnxEncoderConfig, OnnxGaussianEncoder, OnnxModelError, make_session_options
 
@@ -279,6 +280,27 @@ def numpy_heads(
     return mean.astype(np.float32), var.astype(np.float32)
 
 
+def _why_not_served(path: Path, where: str) -> str:
+    """The refusal of a folder no shared graph serves (:func:`shared_backbone_for` is ``None``).
+
+    A folder without a saved encoder's ``config.json`` and ``delta.safetensors`` is named by what it is, as every
+    loader names a folder kl_retrievers saved as another kind (a KL store, saved Gaussians, an ONNX export:
+    :func:`~kl_retrievers._io.why_not_this_kind`); a saved encoder gets the reason no graph serves it
+    (:func:`why_no_shared_graph`), and what it is and how to load it, when the folder says.
+    """
+    if not path.is_dir():
+        return f"{where} is not a folder"
+    missing = next((name for name in (CONFIG_NAME, "delta.safetensors") if not (path / name).is_file()), None)
+    if missing is not None:
+        return f"{where} is not an encoder that a shared ONNX backbone graph serves: {why_not_this_kind(path, missing)}"
+    why = why_no_shared_graph(path) or "it is not a saved encoder on a frozen backbone"
+    other = describe_kl_folder(path)
+    return (
+        f"{where}: no shared ONNX backbone graph serves this model: {why} (it needs a known frozen backbone, "
+        f"heads-only delta.safetensors and no [VAR] token){f'; it is {other}' if other is not None else ''}"
+    )
+
+
 class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
     """A saved encoder on a frozen backbone: a shared int8 ONNX backbone graph, pooling and heads in numpy.
 
@@ -298,8 +320,9 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
 
     Raises:
         FileNotFoundError: ``folder`` does not exist.
-        OnnxModelError: No shared graph serves this model (the message says why), or the installed graph is
-            not the pinned one (another SHA-256) or does not fit the model.
+        OnnxModelError: No shared graph serves this model (the message says why), ``folder`` is not a saved
+            encoder (the message names what kl_retrievers saved there: a KL store, saved Gaussians, an ONNX
+            export...), or the installed graph is not the pinned one (another SHA-256) or does not fit the model.
         NotAnEncoderError: The saved config is invalid (the torch backend's checks and messages: ``beta``,
             ``var_floor``, ``max_length``...), ``delta.safetensors`` differs from the SHA-256 its
             ``config.json`` records (``weights_sha256``), a tokenizer file differs from the SHA-256 it records
@@ -338,11 +361,7 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
         where = name_or_path or local_reference(folder)  # an absolute folder, as the other encoders record
         backbone = shared_backbone_for(path)
         if backbone is None:
-            why = why_no_shared_graph(path) or "it is not a saved encoder on a frozen backbone"
-            raise OnnxModelError(
-                f"{where}: no shared ONNX backbone graph serves this model: {why} (it needs a known frozen backbone, "
-                "heads-only delta.safetensors and no [VAR] token)"
-            )
+            raise OnnxModelError(_why_not_served(path, where))
         try:
             graph = backbone.graph_path()
         except ModuleNotFoundError as exc:

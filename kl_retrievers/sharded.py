@@ -62,7 +62,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -84,6 +84,9 @@ from kl_retrievers._score import check_score
 from kl_retrievers._warn import warn
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians, check_k
 from kl_retrievers.hub import sha256_file as _sha256
+
+if TYPE_CHECKING:
+    from kl_retrievers.pretrained import Backend
 
 logger = logging.getLogger(__name__)
 
@@ -903,7 +906,7 @@ class _RayShardWorker:
         model: str | None,
         device: str | None,
         job: dict[str, Any],
-        model_backend: str | None = None,
+        model_backend: Backend | None = None,
         onnx_options: dict[str, Any] | None = None,
     ) -> None:
         from kl_retrievers.pretrained import load_model
@@ -1051,7 +1054,7 @@ def _run_ray(
     job: dict[str, Any],
     num_workers: int | None,
     ray_address: str | None,
-    model_backend: str | None = None,
+    model_backend: Backend | None = None,
     onnx_options: dict[str, Any] | None = None,
     blanks: _BlankDocuments | None = None,
 ) -> None:
@@ -1145,7 +1148,7 @@ def encode_corpus(
     num_workers: int | None = None,
     ray_address: str | None = None,
     show_progress_bar: bool | None = None,
-    model_backend: str | None = None,
+    model_backend: Backend | None = None,
     onnx_options: Mapping[str, Any] | None = None,
 ) -> EncodeReport:
     """Encode ``input`` into a folder of shards, resuming whatever is already there.

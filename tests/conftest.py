@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
 import os
 import threading
+import types
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -159,6 +161,18 @@ def no_home(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(pwd, "getpwuid", no_entry)
     assert os.path.expanduser("~") == "~"
+
+
+@pytest.fixture
+def build_notebooks(tmp_path: Path) -> types.ModuleType:
+    """A fresh copy of ``scripts/build_notebooks.py`` loaded as a module (its ``NOTEBOOKS``, ``build``), whose
+    default output folder ``OUT`` is ``tmp_path``, not the checkout's notebooks/ (a test may set another)."""
+    spec = importlib.util.spec_from_file_location("build_notebooks", REPO / "scripts" / "build_notebooks.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.OUT = tmp_path  # type: ignore[attr-defined]
+    return module
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,6 @@ by default; the executed notebooks that the docs site shows should not carry the
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import types
 from pathlib import Path
@@ -14,15 +13,10 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def test_execute_gives_the_kernel_tqdm_disable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = importlib.util.spec_from_file_location("build_notebooks", REPO / "scripts" / "build_notebooks.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(module, "OUT", tmp_path)
+def test_execute_gives_the_kernel_tqdm_disable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, build_notebooks: types.ModuleType
+) -> None:
     calls: list[dict[str, Any]] = []
 
     class FakeClient:  # no kernel: only what execute is given
@@ -35,8 +29,8 @@ def test_execute_gives_the_kernel_tqdm_disable(tmp_path: Path, monkeypatch: pyte
 
     monkeypatch.setitem(sys.modules, "nbclient", types.SimpleNamespace(NotebookClient=FakeClient))
     monkeypatch.setenv("KL_EXAMPLE_KEPT", "yes")
-    name = sorted(module.NOTEBOOKS)[0]
-    module.build(True, [name], tmp_path)
+    name = sorted(build_notebooks.NOTEBOOKS)[0]
+    build_notebooks.build(True, [name], tmp_path)
     assert len(calls) == 1
     env = calls[0]["env"]
     assert env["TQDM_DISABLE"] == "1"

@@ -4,7 +4,8 @@
 add up: ``-v search ... -v`` is ``-vv``), and ``-q`` / ``--quiet`` keeps the log lines at ERROR: no warnings,
 the Python warnings that the command line logs (``WARNING py.warnings: ...``) included, nor a logger's lines
 that a level of its own lets through (``train``'s INFO lines). Errors are still one line on stderr.
-``evaluate`` and ``train`` keep their own ``--quiet`` (no progress bars); ``-q`` before them is the log level.
+``train`` keeps its own ``--quiet`` (no progress bars) and ``evaluate`` the deprecated old name of its
+``--no-progress`` (tests/test_evaluate_no_progress_flag.py); ``-q`` before them is the log level.
 """
 
 from __future__ import annotations
@@ -43,11 +44,11 @@ def test_the_flags_before_and_after_the_subcommand(argv: list[str], verbose: int
     assert not hasattr(args, "verbose_after_command")
 
 
-def test_evaluate_keeps_its_own_quiet() -> None:
-    own = build_parser().parse_args(["evaluate", "data", "--quiet"])  # no progress bars, the log level as it was
-    assert (own.quiet, own.errors_only) == (True, False)
+def test_evaluate_keeps_its_old_quiet() -> None:
+    own = build_parser().parse_args(["evaluate", "data", "--quiet"])  # no progress bars (deprecated), the log level
+    assert (own.deprecated_quiet, own.errors_only) == (True, False)
     logs = build_parser().parse_args(["-q", "evaluate", "data"])
-    assert (logs.quiet, logs.errors_only) == (False, True)
+    assert (logs.deprecated_quiet, logs.errors_only) == (False, True)
 
 
 def test_quiet_and_verbose_contradict_each_other(capsys: pytest.CaptureFixture[str]) -> None:
@@ -143,9 +144,16 @@ def test_the_help_lists_them(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    "argv", [["evaluate", "data", "-q"], ["train", "--data", "d.jsonl", "--out", "o", "-q"]], ids=["evaluate", "train"]
+    ("argv", "bars"),
+    [
+        (["evaluate", "data", "-q"], "evaluate --no-progress (formerly --quiet) hides its progress bars"),
+        (["train", "--data", "d.jsonl", "--out", "o", "-q"], "train's own --quiet hides its progress bars"),
+    ],
+    ids=["evaluate", "train"],
 )
-def test_q_after_evaluate_or_train_says_where_it_goes(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_q_after_evaluate_or_train_says_where_it_goes(
+    argv: list[str], bars: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``evaluate`` and ``train`` have a ``--quiet`` of their own and no ``-q``: the error says where ``-q`` goes."""
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args(argv)
@@ -153,7 +161,7 @@ def test_q_after_evaluate_or_train_says_where_it_goes(argv: list[str], capsys: p
     err = capsys.readouterr().err
     assert "unrecognized arguments: -q" in err
     assert f"-q/--quiet for logs goes before the subcommand: kl-retrievers -q {argv[0]} ..." in err
-    assert f"{argv[0]}'s own --quiet hides its progress bars" in err
+    assert bars in err
 
 
 def test_other_unrecognized_arguments_get_no_quiet_hint(capsys: pytest.CaptureFixture[str]) -> None:

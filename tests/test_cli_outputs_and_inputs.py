@@ -326,8 +326,9 @@ def test_a_file_given_as_the_dataset_folder_says_it_is_a_file(
 def test_evaluate_quiet_help_does_not_promise_info_logging_without_it() -> None:
     parser = argparse.ArgumentParser(prog="kl-retrievers")
     sub = add_evaluate_command(parser.add_subparsers(dest="command"))
-    quiet = next(a for a in sub._actions if "--quiet" in a.option_strings)
-    assert quiet.help is not None and "--verbose" in quiet.help and "warnings only" in quiet.help
+    quiet = next(a for a in sub._actions if "--quiet" in a.option_strings)  # the deprecated old --no-progress
+    assert quiet.help is not None and "--no-progress" in quiet.help and "give -q/--quiet before" in quiet.help
+    assert "--verbose" not in quiet.help and "info" not in quiet.help.lower()
 
 
 # ---------------------------------------------------------------- F12: bge-small on no texts, batch size 0

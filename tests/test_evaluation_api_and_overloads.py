@@ -26,7 +26,7 @@ from kl_retrievers.datasets import BeirDataset, load_beir
 from kl_retrievers.encoder import GaussianEncoder
 from kl_retrievers.evaluation import EvaluationResult, evaluate_model, evaluate_run
 from kl_retrievers.onnx import OnnxGaussianEncoder
-from kl_retrievers.pretrained import load_default_model, load_model
+from kl_retrievers.pretrained import Backend, load_default_model, load_model
 
 T = TypeVar("T")
 
@@ -191,7 +191,7 @@ def test_load_model_overloads_narrow_the_class_by_backend() -> None:
         assert shown == [
             ("Literal['torch']", "GaussianEncoder"),
             ("Literal['onnx']", "OnnxGaussianEncoder"),
-            ("str | None", "GaussianEncoder | OnnxGaussianEncoder"),
+            ("Backend | None", "GaussianEncoder | OnnxGaussianEncoder"),  # a typo or a plain str: refused
         ], function.__name__
 
 
@@ -202,7 +202,7 @@ def test_load_model_returns_the_class_its_overload_names(tmp_path: Path) -> None
     torch_encoder.save_pretrained(tmp_path / "again")  # a GaussianEncoder method, as the type says
     onnx_encoder = assert_type(load_default_model(backend="onnx"), OnnxGaussianEncoder)
     assert isinstance(onnx_encoder, OnnxGaussianEncoder)
-    backend: str | None = None
+    backend: Backend | None = None
     either = assert_type(load_model(tmp_path / "enc", backend=backend), GaussianEncoder | OnnxGaussianEncoder)
     assert isinstance(either, (GaussianEncoder, OnnxGaussianEncoder))
 

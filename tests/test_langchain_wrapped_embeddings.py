@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from langchain_core.cross_encoders import BaseCrossEncoder
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.stores import InMemoryByteStore
@@ -154,18 +155,54 @@ def test_other_wrapper_of_klembeddings_is_bypassed_with_a_warning(emb: KLEmbeddi
     assert store.embeddings is emb
 
 
+def _cosine_similarity(x: Any, y: Any) -> np.ndarray:
+    x, y = np.asarray(x), np.asarray(y)
+    return (x @ y.T) / np.outer(np.linalg.norm(x, axis=1), np.linalg.norm(y, axis=1))
+
+
 class _CosineCompressor(BaseDocumentCompressor):
+    """A compressor of the user's that compares by a cosine ``similarity_fn``, as LangChain's filters do."""
+
+    embeddings: Any
+    similarity_fn: Any = _cosine_similarity
+
+    def compress_documents(self, documents: Sequence[Document], query: str, callbacks: Any = None) -> list[Document]:
+        d = self.embeddings.embed_documents([doc.page_content for doc in documents])
+        scores = self.similarity_fn([self.embeddings.embed_query(query)], d)[0]
+        return [documents[i] for i in np.argsort(-scores)[:2]]
+
+
+class _KLCompressor(BaseDocumentCompressor):
+    """A compressor of the user's that ranks by <q~, d~> (-KL up to the query's constant): no similarity_fn."""
+
     embeddings: Any
 
     def compress_documents(self, documents: Sequence[Document], query: str, callbacks: Any = None) -> list[Document]:
-        self.embeddings.embed_documents([d.page_content for d in documents])
-        self.embeddings.embed_query(query)
-        return list(documents)
+        d = np.asarray(self.embeddings.embed_documents([doc.page_content for doc in documents]))
+        scores = d @ np.asarray(self.embeddings.embed_query(query))
+        return [documents[i] for i in np.argsort(-scores)[:2]]
+
+
+class _KLCrossEncoder(BaseCrossEncoder):
+    """A cross-encoder scoring each (query, text) pair by its -KL, through KLEmbeddings."""
+
+    def __init__(self, embeddings: KLEmbeddings) -> None:
+        self.embeddings = embeddings
+
+    def score(self, text_pairs: list[tuple[str, str]]) -> list[float]:
+        emb = self.embeddings
+        return [
+            float(np.dot(emb.embed_query(q), emb.embed_documents([t])[0]) + emb.query_constant(q))
+            for q, t in text_pairs
+        ]
 
 
 def test_document_compressor_using_klembeddings_warns_once(emb: KLEmbeddings) -> None:
     docs = [Document(page_content=t) for t in TEXTS]
-    message = r"KLEmbeddings used by _CosineCompressor \(a LangChain document compressor\): .*KLRetriever\(min_conf"
+    message = (
+        r"KLEmbeddings used by _CosineCompressor \(a LangChain document compressor\): it compares their vectors by "
+        r"cosine similarity \(its similarity_fn\).*KLRetriever\(min_conf"
+    )
     with pytest.warns(UserWarning, match=message) as seen:
         _CosineCompressor(embeddings=emb).compress_documents(docs, "cat")
         _CosineCompressor(embeddings=emb).compress_documents(docs, "tea")
@@ -245,3 +282,111 @@ def test_embeddings_filter_with_a_dot_product_does_not_warn(emb: KLEmbeddings) -
         warnings.simplefilter("error")  # -KL = <q~, d~> + c(q): a dot product ranks as -KL
         kept = filters.EmbeddingsFilter(embeddings=emb, similarity_fn=dot, k=2, similarity_threshold=None)
         assert len(kept.compress_documents(docs, "cat")) == 2
+
+
+class _PlainEmbeddings(Embeddings):
+    """An ordinary embedding model of KLEmbeddings' width whose coordinates 1..k happen to be negative."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        rng = np.random.default_rng(len(texts))
+        return (-np.abs(rng.normal(size=(len(texts), self.width))) - 0.1).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embed_documents([text])[0]
+
+
+def test_cache_filled_by_another_model_is_refused(emb: KLEmbeddings) -> None:
+    cache = InMemoryByteStore()
+    CacheBackedEmbeddings = _cache_backed()
+    width = len(emb.embed_documents(["width"])[0])
+    other = CacheBackedEmbeddings.from_bytes_store(_PlainEmbeddings(width), cache, namespace="kl", key_encoder="sha256")
+    other.embed_documents(TEXTS)  # plain vectors under the keys the reader's documents use: they decode to Gaussians
+    reader = CacheBackedEmbeddings.from_bytes_store(emb, cache, namespace="kl", key_encoder="sha256")
+    message = r"returned vectors that are not this KLEmbeddings' document vectors d~ \(vectors\[0\] is not one: its"
+    with pytest.raises(ValueError, match=message):
+        KLVectorStore(reader).add_texts(TEXTS)
+
+
+def test_embeddings_clustering_filter_and_a_subclassed_filter_warn(emb: KLEmbeddings) -> None:
+    pytest.importorskip("sklearn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # langchain-community's sunset notice
+        filters = pytest.importorskip("langchain_classic.retrievers.document_compressors")
+        transformers = pytest.importorskip("langchain_community.document_transformers")
+    docs = [Document(page_content=t) for t in TEXTS]
+    message = r"EmbeddingsClusteringFilter \(a LangChain document transformer\): it compares their vectors by Euclid"
+    with pytest.warns(UserWarning, match=message):
+        transformers.EmbeddingsClusteringFilter(embeddings=emb, num_clusters=2).transform_documents(docs)
+
+    class MyFilter(filters.EmbeddingsFilter):  # type: ignore[misc,name-defined]
+        pass
+
+    with pytest.warns(UserWarning, match=r"MyFilter \(a LangChain document compressor\): .* cosine similarity"):
+        MyFilter(embeddings=emb, k=2).compress_documents(docs, "cat")
+
+
+def test_compressors_that_do_not_compare_vectors_by_cosine_do_not_warn(emb: KLEmbeddings) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # langchain-community's sunset notice
+        rerank = pytest.importorskip("langchain_classic.retrievers.document_compressors.cross_encoder_rerank")
+    docs = [Document(page_content=t) for t in TEXTS]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # both rank by -KL: nothing to warn about
+        kept = _KLCompressor(embeddings=emb).compress_documents(docs, "the cat sat")
+        reranked = rerank.CrossEncoderReranker(model=_KLCrossEncoder(emb), top_n=2).compress_documents(docs, "a dog")
+    assert len(kept) == 2
+    assert len(reranked) == 2
+
+
+def _nested(emb: KLEmbeddings, depth: int) -> Embeddings:
+    """``emb`` inside ``depth`` wrappers of the three kinds above, in turn."""
+    makes = [_Wrapper, _InnerWrapper, lambda e: _PydanticWrapper(model=e)]
+    wrapped: Embeddings = emb
+    for level in range(depth):
+        wrapped = makes[level % len(makes)](wrapped)
+    return wrapped
+
+
+@pytest.mark.parametrize("depth", [6, 8])
+def test_klembeddings_deep_in_wrappers_is_found(emb: KLEmbeddings, direct: KLVectorStore, depth: int) -> None:
+    with pytest.warns(UserWarning, match=r"wraps a KLEmbeddings"):
+        store = KLVectorStore(_nested(emb, depth))
+    assert store.embeddings is emb
+    store.add_texts(TEXTS, ids=IDS)
+    _assert_same_ranking(store, direct)  # -KL scores, not the L2 of q~ and d~
+
+
+def test_wrapper_search_is_bounded(emb: KLEmbeddings, monkeypatch: pytest.MonkeyPatch) -> None:
+    import kl_retrievers.langchain as adapter
+
+    class Registry(Embeddings):
+        """An object graph of many embeddings (a router over models), none of them a KLEmbeddings."""
+
+        def __init__(self, n: int) -> None:
+            self.models = [_PlainEmbeddings(3) for _ in range(n)]
+            for i, model in enumerate(self.models):
+                setattr(self, f"model_{i}", _Wrapper(model))
+
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            raise NotImplementedError
+
+        def embed_query(self, text: str) -> list[float]:
+            raise NotImplementedError
+
+    looked_into: list[Any] = []
+    held = adapter._held_embeddings
+
+    def counting(wrapper: Any) -> list[Any]:
+        looked_into.append(wrapper)
+        return held(wrapper)
+
+    monkeypatch.setattr(adapter, "_held_embeddings", counting)
+    cap = adapter._MAX_WRAPPERS_SEARCHED
+    assert adapter._inner_klembeddings(_nested(emb, cap // 2)) is emb
+    assert adapter._inner_klembeddings(_nested(emb, 10 * cap)) is None  # not walked to the end
+    looked_into.clear()
+    assert adapter._inner_klembeddings(Registry(1_000)) is None
+    assert len(looked_into) == cap  # not the 2,001 objects of the graph

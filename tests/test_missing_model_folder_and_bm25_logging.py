@@ -25,13 +25,14 @@ import pytest
 from conftest import fake_hub, make_tiny_encoder
 from kl_retrievers import GaussianEncoder, load_model
 from kl_retrievers.hub import ModelNotFoundError
+from kl_retrievers.pretrained import Backend
 
 
 # ---------------------------------------------------------------- 1. a vanished relative model folder
 @pytest.mark.parametrize("backend", ["onnx", "torch"])
 @pytest.mark.parametrize("name", ["models/v1/my-gauss", "./models/my-gauss", "~/no-such-kl-folder/my-gauss"])
 def test_load_model_path_form_names_the_missing_folder_without_a_hub_lookup(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, backend: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, backend: Backend
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -49,7 +50,7 @@ def test_load_model_path_form_names_the_missing_folder_without_a_hub_lookup(
 
 @pytest.mark.parametrize("backend", ["onnx", "torch"])
 def test_load_model_path_object_never_asks_the_hub(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: Backend
 ) -> None:
     monkeypatch.chdir(tmp_path)
     calls = fake_hub(monkeypatch, None)
@@ -60,7 +61,7 @@ def test_load_model_path_object_never_asks_the_hub(
 
 @pytest.mark.parametrize("backend", ["onnx", "torch", None])
 def test_load_model_hub_id_form_is_asked_and_its_error_names_the_missing_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str | None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: Backend | None
 ) -> None:
     monkeypatch.chdir(tmp_path)
     calls = fake_hub(monkeypatch, None)  # unreachable

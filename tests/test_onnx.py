@@ -140,7 +140,7 @@ def test_load_model_exports_once_and_loads_onnx_folders(
     with pytest.raises(ValueError, match="backend='onnx'"):
         load_model(str(folder), backend="torch")
     with pytest.raises(ValueError, match="backend must be one of"):
-        load_model(str(folder), backend="tensorrt")
+        load_model(str(folder), backend="tensorrt")  # type: ignore[call-overload]  # the runtime check
 
 
 def _copy(folder: Path, tmp_path: Path) -> Path:
@@ -311,7 +311,7 @@ def test_default_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     assert pretrained.default_backend() == "torch"  # a CUDA GPU: torch, on it
     assert pretrained.default_backend(device="cpu") == "onnx"
     with pytest.raises(ValueError, match="backend must be one of"):
-        load_model(backend="tensorrt")
+        load_model(backend="tensorrt")  # type: ignore[call-overload]  # the runtime check
 
 
 # ------------------------------------------------------------------------------ shared backbone graph + numpy heads

@@ -7,7 +7,6 @@ never the checkout; the model builds get a tiny random backbone instead of the r
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import runpy
@@ -16,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -276,14 +276,9 @@ def test_gen_cli_docs_answers_help_without_writing_and_writes_without_arguments(
     assert (tmp_path / "other.md").read_text() == rendered
 
 
-def test_the_notebook_generator_writes_the_committed_cells(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_notebook_generator_writes_the_committed_cells(tmp_path: Path, build_notebooks: ModuleType) -> None:
     """Regenerating (without executing) gives every committed notebook's cells, outputs aside."""
-    spec = importlib.util.spec_from_file_location("build_notebooks", REPO / "scripts" / "build_notebooks.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(module, "OUT", tmp_path)
-    module.build(False)
+    build_notebooks.build(False)  # into tmp_path
 
     def cells(path: Path) -> list[tuple[str, str]]:
         nb = json.loads(path.read_text(encoding="utf-8"))
@@ -327,23 +322,19 @@ def test_the_notebook_generator_keeps_the_committed_outputs(
 
 
 def test_the_notebook_generator_drops_only_the_outputs_of_changed_cells(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, build_notebooks: ModuleType
 ) -> None:
     _, folder = _notebook_layout(tmp_path / "repo")
-    spec = importlib.util.spec_from_file_location("build_notebooks", REPO / "scripts" / "build_notebooks.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(module, "OUT", folder)
+    monkeypatch.setattr(build_notebooks, "OUT", folder)
     name = "01_quick_start.ipynb"
-    cells = list(module.NOTEBOOKS[name])
+    cells = list(build_notebooks.NOTEBOOKS[name])
     changed = next(i for i, (kind, src) in enumerate(cells) if kind == "code" and "np.round(exact, 4)" in src)
     cells[changed] = ("code", cells[changed][1] + "\nprint('edited')")
     cells.insert(1, ("md", "An added note."))
-    monkeypatch.setitem(module.NOTEBOOKS, name, cells)
+    monkeypatch.setitem(build_notebooks.NOTEBOOKS, name, cells)
     before = _outputs(folder / name)
     assert before[changed]
-    module.build(False, [name])
+    build_notebooks.build(False, [name])
     after = _outputs(folder / name)
     assert after[changed + 1] == []  # edited: no output until --execute
     assert after[1] == []
@@ -406,13 +397,9 @@ def test_make_help_lists_every_target_with_one_line() -> None:
 
 
 def test_notebook_05_reads_the_per_query_files_its_newest_qpp_lines_name(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, build_notebooks: ModuleType
 ) -> None:
     """It loaded the fixed ``runs/qpp/<model>.scifact.test.json``, which benchmarks/qpp.py runs no longer write."""
-    spec = importlib.util.spec_from_file_location("build_notebooks", REPO / "scripts" / "build_notebooks.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     runs = tmp_path / "repo" / "runs" / "qpp"
     runs.mkdir(parents=True)
     names = ["uncertainty", "max_score", "nqc", "gap12", "wig", "combined"]
@@ -434,7 +421,7 @@ def test_notebook_05_reads_the_per_query_files_its_newest_qpp_lines_name(
                     {"model": model, "collection": coll, "split": "test", "qpp": predictors, "per_query_file": rel}
                 )
     (runs / "qpp.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
-    code = [source for kind, source in module.NOTEBOOKS["05_uncertainty.ipynb"] if kind == "code"]
+    code = [source for kind, source in build_notebooks.NOTEBOOKS["05_uncertainty.ipynb"] if kind == "code"]
     monkeypatch.chdir(tmp_path / "repo")  # as from the repository root (no ../runs/qpp)
     namespace: dict[str, Any] = {}
     for source in code[:4]:  # the logs, the mean taus, the Pearson r, the quintiles of SciFact

@@ -13,6 +13,7 @@ import pytest
 
 from conftest import make_tiny_encoder
 from kl_retrievers import sharded
+from kl_retrievers.pretrained import Backend
 from kl_retrievers.sharded import encode_corpus, load_encoded
 
 WORDS = "the cat sat on mat tea bread sun moon rock sea water green black star".split()
@@ -128,7 +129,7 @@ def test_ray_manifest_names_the_backend_the_workers_run(
         model: str | None,
         device: str | None,
         job: dict[str, Any],
-        model_backend: str | None = None,
+        model_backend: Backend | None = None,
         onnx_options: dict[str, Any] | None = None,
         **_: object,
     ) -> None:

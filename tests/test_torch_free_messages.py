@@ -10,6 +10,7 @@ import json
 import shlex
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -18,6 +19,9 @@ from conftest import CLI_TEXTS as TEXTS
 from conftest import block_modules as _block
 from conftest import cli_error_line as _error_line
 from kl_retrievers.cli import build_parser, main
+
+if TYPE_CHECKING:
+    from kl_retrievers.onnx import QuantizeOption
 
 
 # ------------------------------------------------------------------ 1. the minilm baseline without torch
@@ -94,7 +98,7 @@ def test_the_eval_extra_installs_what_evaluate_asks_for() -> None:
 # ------------------------------------------------------------------ 2. a saved folder on ONNX without torch
 @pytest.mark.parametrize(("quantize", "flag"), [("int8", ""), (None, " --quantize float32")])
 def test_onnx_on_a_torch_folder_without_torch_names_the_export_command(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, quantize: str | None, flag: str
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, quantize: QuantizeOption, flag: str
 ) -> None:
     from kl_retrievers.pretrained import ONNX_CACHE_ENV, bundled_model_path, load_model
 
@@ -103,7 +107,7 @@ def test_onnx_on_a_torch_folder_without_torch_names_the_export_command(
     monkeypatch.setenv(ONNX_CACHE_ENV, str(tmp_path / "onnx-cache"))
     _block(monkeypatch, "torch", "transformers")
     with pytest.raises(ModuleNotFoundError) as info:
-        load_model(str(folder), backend="onnx", quantize=quantize)  # type: ignore[arg-type]
+        load_model(str(folder), backend="onnx", quantize=quantize)
     message = str(info.value)
     assert f"python -m kl_retrievers.onnx_cli export {shlex.quote(str(folder))} OUT{flag}," in message, message
     assert "backend='onnx'" in message and "--model-backend onnx" in message, message

@@ -31,6 +31,7 @@ __all__ = [
     "backbone_cache_dir",
     "default_pooling",
     "default_query_prefix",
+    "sentence_transformers_not_applied",
 ]
 
 #: Environment variable naming the folder that holds rebuilt backbones.
@@ -160,3 +161,54 @@ def default_pooling(folder: str | os.PathLike[str]) -> Literal["cls", "mean"]:
             " + ".join(modes),
         )
     return "cls"
+
+
+#: sentence-transformers modules that ``GaussianEncoder.from_backbone`` reads (the backbone and its pooling).
+_READ_MODULES = ("Transformer", "Pooling")
+
+
+def sentence_transformers_not_applied(
+    folder: str | os.PathLike[str], *, normalize_pooled: bool, max_length: int
+) -> list[str]:
+    """What a sentence-transformers folder asks for that ``GaussianEncoder.from_backbone`` does not apply.
+
+    ``from_backbone`` reads the folder's backbone, its pooling (:func:`default_pooling`) and its query prompt
+    (:func:`default_query_prefix`). Not its other modules: a ``Normalize`` module (unless ``normalize_pooled``),
+    a ``Dense`` one or any other (the mean head takes their place), nor ``sentence_bert_config.json``'s
+    ``max_seq_length`` when it differs from ``max_length``. One line per thing, naming what to pass; empty
+    for a folder without these files.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> module = '{"path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}'
+        >>> _ = (folder / "modules.json").write_text(f"[{module}]")
+        >>> sentence_transformers_not_applied(folder, normalize_pooled=False, max_length=256)
+        ['its Normalize module (2_Normalize): pass normalize_pooled=True to L2-normalise the pooled vector as it does']
+        >>> sentence_transformers_not_applied(folder, normalize_pooled=True, max_length=256)
+        []
+    """
+    root = Path(folder)
+    out = []
+    modules = _read_json(root / "modules.json")
+    for module in modules if isinstance(modules, list) else []:
+        if not isinstance(module, dict):
+            continue
+        kind = str(module.get("type", "")).rpartition(".")[2]
+        where = f" ({module['path']})" if isinstance(module.get("path"), str) and module["path"] else ""
+        if kind == "Normalize":
+            if not normalize_pooled:
+                out.append(
+                    f"its Normalize module{where}: pass normalize_pooled=True to L2-normalise the pooled vector as "
+                    "it does"
+                )
+        elif kind not in _READ_MODULES:
+            out.append(f"its {kind or 'unnamed'} module{where}: the Gaussian heads read the pooled vector instead")
+    config = _read_json(root / "sentence_bert_config.json")
+    length = config.get("max_seq_length") if isinstance(config, dict) else None
+    if isinstance(length, int) and not isinstance(length, bool) and length != max_length:
+        out.append(
+            f"its max_seq_length {length} (sentence_bert_config.json): the documents' token budget is "
+            f"max_length={max_length}; pass max_length={length} for the folder's"
+        )
+    return out

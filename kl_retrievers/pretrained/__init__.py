@@ -222,7 +222,7 @@ def bundled_onnx_path(name: str) -> Path | None:
     return folder if _is_onnx_export(folder) else None
 
 
-def default_backend(name_or_path: str | None = None, *, device: str | None = None) -> str:
+def default_backend(name_or_path: str | None = None, *, device: str | None = None) -> Backend:
     """The backend :func:`load_model` picks when ``backend`` is ``None``.
 
     ``"onnx"`` (ONNX Runtime, int8) on CPU whenever a graph is at hand: the default model and any
@@ -243,7 +243,7 @@ def default_backend(name_or_path: str | None = None, *, device: str | None = Non
     return _default_backend(name_or_path, device=device)
 
 
-def _default_backend(name_or_path: str | None, *, device: str | None) -> str:
+def _default_backend(name_or_path: str | None, *, device: str | None) -> Backend:
     """:func:`default_backend`.
 
     Checking a folder's shipped ``onnx-int8/`` hashes the folder (:func:`source_sha256`); the load that follows
@@ -306,14 +306,14 @@ def load_default_model(
     name: str = ...,
     *,
     device: str | None = ...,
-    backend: str | None = ...,
+    backend: Backend | None = ...,
     onnx_options: Mapping[str, Any] | None = ...,
 ) -> GaussianEncoder | OnnxGaussianEncoder: ...
 def load_default_model(
     name: str = DEFAULT_MODEL,
     *,
     device: str | None = None,
-    backend: str | None = None,
+    backend: Backend | None = None,
     onnx_options: Mapping[str, Any] | None = None,
 ) -> GaussianEncoder | OnnxGaussianEncoder:
     """Load the package's default Gaussian encoder (no arguments needed).
@@ -377,7 +377,7 @@ def load_model(
     name_or_path: str | os.PathLike[str] | None = ...,
     *,
     device: str | None = ...,
-    backend: str | None = ...,
+    backend: Backend | None = ...,
     quantize: QuantizeOption = ...,
     onnx_options: Mapping[str, Any] | None = ...,
 ) -> GaussianEncoder | OnnxGaussianEncoder: ...
@@ -385,7 +385,7 @@ def load_model(
     name_or_path: str | os.PathLike[str] | None = None,
     *,
     device: str | None = None,
-    backend: str | None = None,
+    backend: Backend | None = None,
     quantize: QuantizeOption = "int8",
     onnx_options: Mapping[str, Any] | None = None,
 ) -> GaussianEncoder | OnnxGaussianEncoder:
@@ -407,8 +407,9 @@ def load_model(
             model's own folder does). With ``"onnx"``, a folder that holds ``model.onnx`` (or ``onnx-int8/``)
             and a bundled model that ships its graph load as they are; any other model is exported on
             first use (torch needed) into :func:`onnx_cache_dir`, keyed by name, library version,
-            quantisation and weights. Type checkers read the class returned from a literal ``"torch"`` or
-            ``"onnx"`` (overloads); from ``None`` or another ``str`` it is either.
+            quantisation and weights. Typed :data:`Backend`: type checkers read the class returned from a
+            literal ``"torch"`` or ``"onnx"`` (overloads), either from ``None`` or a :data:`Backend` variable,
+            and refuse a typo or a plain ``str`` (an unchecked value: ``if value in BACKENDS`` narrows it).
         quantize: ONNX exports made here: ``"int8"`` (dynamic int8 weights) or ``None`` (float32; also
             ``"float32"``, as the CLI names it). The
             torch backend always loads the saved float32 weights and does not quantise: any other value

@@ -32,7 +32,7 @@ from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, M
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol, TypeAlias, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeAlias, get_args
 
 import numpy as np
 
@@ -41,6 +41,9 @@ from kl_retrievers._errors import KLRetrieversError
 from kl_retrievers._io import user_path
 from kl_retrievers.filters import MetadataFilter, stored_form
 from kl_retrievers.gaussian import Gaussians, _first_bad, check_float32_scorable, check_k
+
+if TYPE_CHECKING:
+    from kl_retrievers.pretrained import Backend
 
 logger = logging.getLogger(__name__)
 
@@ -889,7 +892,7 @@ def _model_state(model: Any) -> tuple[Any, ...]:
     return tuple(state)
 
 
-def _shared_saved_model(name: str, backend: str | None, weights: str | None = None) -> Any:
+def _shared_saved_model(name: str, backend: Backend | None, weights: str | None = None) -> Any:
     """``load_model(name, backend=backend)``, shared by every store that loads the same model while any holds it.
 
     A process-wide cache of weak references (thread-safe; one thread loads a given model, the others wait

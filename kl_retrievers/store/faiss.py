@@ -77,7 +77,7 @@ from collections.abc import Callable, Mapping
 from itertools import compress
 from pathlib import Path
 from time import monotonic
-from typing import Any, Literal, NamedTuple, get_args
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
 import numpy as np
 
@@ -117,6 +117,9 @@ from kl_retrievers.store._engines import _faiss, _read_index, new_engine
 from kl_retrievers.store._format import FORMAT_VERSION, INDEX_PARAMS
 from kl_retrievers.store._table import DocumentTable, KeyedFilter
 
+if TYPE_CHECKING:
+    from kl_retrievers.pretrained import Backend
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["KLStore", "FORMAT_VERSION", "COMPRESSIONS", "REFINES", "Compression", "Refine"]
@@ -146,7 +149,7 @@ def _torch_installed() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def _recorded_backend(encoder_info: Any, *, hint: str = "pass encoder= to choose") -> str | None:
+def _recorded_backend(encoder_info: Any, *, hint: str = "pass encoder= to choose") -> Backend | None:
     """The backend (``"torch"`` / ``"onnx"``) a store's encoder ran on, from its config.json record, else ``None``.
 
     An ONNX encoder's config records ``backend: "onnx"``; a torch encoder's config records no backend,
@@ -180,7 +183,7 @@ def _recorded_backend(encoder_info: Any, *, hint: str = "pass encoder= to choose
             hint,
         )
         return None
-    return str(backend)
+    return "onnx" if backend == "onnx" else "torch"
 
 
 def _unloadable_saved_name(name: str) -> str | None:

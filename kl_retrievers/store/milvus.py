@@ -362,6 +362,25 @@ def _lite_servers() -> tuple[str, ...]:
     return tuple(servers) if isinstance(servers, dict) else ()
 
 
+def _release_frames(exc: BaseException) -> None:
+    """Drop the tracebacks of a swallowed exception and of its causes (``__cause__``, followed to its end).
+
+    pymilvus re-raises its errors as ``raise e from e`` (an exception that is its own cause) or wraps a gRPC error
+    that grpc's interceptor frames keep in a local variable of their own traceback: either way the exception sits in
+    a reference cycle, and its traceback holds the frame of every caller up the stack, ``self`` of this store's
+    methods among them, so a store that had handled one (a dropped collection, say) stayed alive until the cyclic
+    garbage collector ran. Called where the store handles the error and goes on, never before a re-raise (the
+    traceback is what the caller reads). ``__context__`` is left alone: in an ``except`` or ``finally`` block it can
+    be another error still on its way up.
+    """
+    error: BaseException | None = exc
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        error.__traceback__ = None
+        error = error.__cause__
+
+
 def _import_pymilvus() -> Any:
     try:
         import pymilvus
@@ -709,8 +728,9 @@ def _is_lite_client(client: Any, timeout: float | None = None) -> bool:
     """
     try:
         version = client.get_server_version(timeout=timeout)
-    except Exception:  # any failure: treated as a server, as before
+    except Exception as exc:  # any failure: treated as a server, as before
         logger.debug("could not read the Milvus server version of %r; treated as a server", client, exc_info=True)
+        _release_frames(exc)
         return False
     return isinstance(version, str) and version.lower().startswith("milvus_lite")
 
@@ -759,13 +779,14 @@ def _flat_error_bound(
     Gaussian recovered from the row (its precisions and ``mu / var`` as stored, its first coordinate recomputed).
     With ``n`` terms, each float32 sum is off by at most ``gamma_(n+2)`` (rounding of the inputs included) times
     the sum of the terms' magnitudes (``sum_j |q~_j d~_j|``; for L2, ``(2 M)^2``). A row that scores ``-kl`` or
-    more has, in every dimension, ``t = x - 1 - log x + (mu_q - mu_d)^2 / var_d <= 2 kl`` (``x = var_q / var_d``),
-    so ``x`` lies below :func:`_ratio_bound` of ``2 kl``, ``|log x| <= max(1 + 2 kl, log x_max)`` and
-    ``(|mu_q| + |mu_d|)^2 / var_d <= 8 mu_q^2 x_max / var_q + 4 kl``: the magnitudes are bounded by the query and
-    ``kl`` alone, whatever the stored rows (no statistics of the collection are needed). Means are those of the
-    store's centred frame (``queries`` centred like the rows). An L2 collection's rows are centred from the ``d~`` of
-    the means as given (:func:`centre_document_vectors`), whose float64 rounding follows the uncentred magnitudes:
-    ``centre`` adds that term.
+    more has ``sum_j (x_j - 1 - log x_j + (mu_q - mu_d)_j^2 / var_d) = 2 KL <= 2 kl`` (``x = var_q / var_d``; every
+    term is >= 0), so in every dimension ``x`` lies below :func:`_ratio_bound` of ``2 kl`` and
+    ``(|mu_q| + |mu_d|)^2 / var_d <= 8 mu_q^2 x / var_q + 2 (mu_q - mu_d)^2 / var_d``; summed over the dimensions,
+    the ``2 kl`` is shared by them rather than spent in each (the proof is in the code): the magnitudes are bounded
+    by the query and ``kl`` alone, whatever the stored rows (no statistics of the collection are needed). Means are
+    those of the store's centred frame (``queries`` centred like the rows). An L2 collection's rows are centred from
+    the ``d~`` of the means as given (:func:`centre_document_vectors`), whose float64 rounding follows the uncentred
+    magnitudes: ``centre`` adds that term.
 
     Args:
         queries: float64 query Gaussians (centred), shape ``(n, k)``.
@@ -784,19 +805,38 @@ def _flat_error_bound(
     """
     mean = np.asarray(queries.mean, dtype=np.float64)
     var = np.asarray(queries.var, dtype=np.float64)
+    dims = mean.shape[1]
     u = FLOAT32_UNIT_ROUNDOFF
-    terms_n = 2 * mean.shape[1] + (2 if norm_bound is not None else 1) + 2  # + 2: the rounding of both inputs
+    terms_n = 2 * dims + (2 if norm_bound is not None else 1) + 2  # + 2: the rounding of both inputs
     gamma = terms_n * u / (1.0 - terms_n * u) * (1.0 + 1e-6)
     with np.errstate(over="ignore", invalid="ignore"):
-        t = 2.0 * np.maximum(np.asarray(kl, dtype=np.float64), 0.0)[:, None]
+        # Per dimension j of a row scoring -kl or more: x_j = var_q / var_d, s_j = x_j - 1 - log x_j >= 0 and
+        # e_j = (mu_q - mu_d)^2 / var_d >= 0 with sum_j (s_j + e_j) = 2 KL <= t. Two bounds of each sum below, the
+        # smaller kept: (a) every dimension alone: s_j, e_j <= t, x_j <= x_max, |log x_j| <= max(1 + t, log x_max);
+        # (b) the budget t shared by the dimensions: max(1, x_j) - 1 and |log x_j| are both <= 2 s_j + sqrt(2 s_j),
+        # since s >= (x - 1)^2 / (2 x) for x >= 1 (log x <= (x - 1/x) / 2) and, with y = -log x > 0,
+        # s = e^-y - 1 + y >= y^2 / (2 (1 + y)) (its derivative 1 - e^-y >= 1 - 1/(1+y) >= (1 - 1/(1+y)^2) / 2);
+        # either way v^2 <= 2 s (1 + v), so v <= s + sqrt(s^2 + 2 s) <= 2 s + sqrt(2 s). Summed, with Cauchy-Schwarz
+        # (sum_j w_j sqrt(s_j) <= |w|_2 sqrt(t)): sum_j w_j max(1, x_j) <= sum w + 2 t max w + sqrt(2 t) |w|_2 for
+        # weights w >= 0 (w = 1: sqrt(2 t dims)), and sum_j e_j <= t.
+        t = 2.0 * np.maximum(np.asarray(kl, dtype=np.float64), 0.0)
         x_max = _ratio_bound(t)
-        log_var_d = np.abs(np.log(var)) + np.maximum(1.0 + t, np.log(x_max))  # bounds |log var_d|
-        mu_q = mean * mean * x_max / var  # bounds mu_q^2 / var_d
-        # sum_j |q~_j d~_j|: per dimension |log var_d| / 2 + x / 2 + (|mu_q| + |mu_d|)^2 / (2 var_d)
-        magnitude = (0.5 * log_var_d + 0.5 * x_max + 4.0 * mu_q + t).sum(axis=1)
+        shared = np.sqrt(2.0 * t)
+
+        def ratio_sum(w: np.ndarray) -> np.ndarray:  # sum_j w_j max(1, x_j) for weights w >= 0, shape (n, dims)
+            total = w.sum(axis=1)
+            return np.minimum(x_max * total, total + 2.0 * t * w.max(axis=1) + shared * np.linalg.norm(w, axis=1))
+
+        log_x = np.minimum(dims * np.maximum(1.0 + t, np.log(x_max)), 2.0 * t + shared * math.sqrt(dims))
+        log_var_d = np.abs(np.log(var)).sum(axis=1) + log_x  # bounds sum_j |log var_d|
+        mu_q = ratio_sum(mean * mean / var)  # bounds sum_j mu_q^2 / var_d
+        e = t  # bounds sum_j e_j ((a) gave dims * t)
+        # sum_j |q~_j d~_j|: per dimension |log var_d| / 2 + x / 2 + (|mu_q| + |mu_d|)^2 / (2 var_d), the last at
+        # most 4 mu_q^2 / var_d + e_j ((|mu_q| + |mu_d|)^2 <= 8 mu_q^2 + 2 (mu_q - mu_d)^2)
+        magnitude = 0.5 * log_var_d + 0.5 * ratio_sum(np.ones_like(var)) + 4.0 * mu_q + e
         # the stored first coordinate against the recovered Gaussian's (float32 rounding of the row, ~3 u per
         # dimension of mu^2 / var and u per log var): |log var_d| / 2 + 2 mu_d^2 / var_d + 1 / 2 per dimension
-        first = 1.02 * u * (0.5 * log_var_d + 4.0 * mu_q + 4.0 * t + 0.5).sum(axis=1)
+        first = 1.02 * u * (0.5 * log_var_d + 4.0 * mu_q + 4.0 * e + 0.5 * dims)
         if norm_bound is None:
             bound = gamma * (magnitude + first) + first
         else:
@@ -806,8 +846,8 @@ def _flat_error_bound(
         bound = bound + 1e-12 * magnitude  # the float64 re-scoring
         if centre is not None:  # float64 rounding of d0 + <c, b> + <c^2, a>, with mu = (mu - c) + c
             c2 = np.asarray(centre, dtype=np.float64) ** 2
-            eps = 2.0 * (2 * mean.shape[1] + 3) * float(np.finfo(np.float64).eps)
-            bound = bound + eps * (0.5 * log_var_d + 16.0 * mu_q + 16.0 * t + 6.0 * c2 * x_max / var).sum(axis=1)
+            eps = 2.0 * (2 * dims + 3) * float(np.finfo(np.float64).eps)
+            bound = bound + eps * (0.5 * log_var_d + 16.0 * mu_q + 16.0 * e + 6.0 * ratio_sum(c2 / var))
     return np.where(np.isfinite(bound), bound, np.inf)
 
 
@@ -884,9 +924,9 @@ class MilvusKLStore(GaussianStore):
             match (else a warning).
         prove_flat: Flat search only: keep a query's float32 candidate pool only where an error bound proves
             it holds the float64 top ``k``, else search again with 8 times the pool, then score every matching
-            row in float64. Off by default: the bound is loose at large dimensions (at dim 384 and ``k=10`` it
-            proves no pool of ordinary data, and a batch ran 5 to 28 times slower for the same results), so
-            by default a flat search re-scores its centred pool in float64 without the proof.
+            row in float64. Off by default: a flat search then re-scores its centred pool in float64 without the
+            proof (on ordinary data at dim 384 the proof holds for every pool and costs about nothing; where it
+            does not, the wider search and the scan do).
         norm_headroom: ``M = norm_headroom * max ||d~||`` for the L2 reduction (from 1 to 1e6).
         max_text_length: ``max_length`` of the ``text`` field; longer texts raise ``ValueError``.
         timeout: Seconds to wait for the server when connecting and for metadata calls.
@@ -1347,7 +1387,8 @@ class MilvusKLStore(GaussianStore):
             return dict(build)
         try:
             params = self._client.describe_index(self.collection_name, "vector")
-        except Exception:  # pragma: no cover - no index described: keep this client's settings
+        except Exception as exc:  # pragma: no cover - no index described: keep this client's settings
+            _release_frames(exc)
             return {}
         if not isinstance(params, Mapping):
             return {}
@@ -1404,13 +1445,15 @@ class MilvusKLStore(GaussianStore):
         index_params = self._client.prepare_index_params()
         index_type, params = self._index_params()
         index_params.add_index(field_name="vector", index_type=index_type, metric_type=self.metric, params=params)
-        self._client.create_collection(
-            self.collection_name,
-            schema=schema,
-            index_params=index_params,
-            properties={_CONFIG_KEY: json.dumps(self._config())},
-            timeout=self.timeout,
-        )
+        properties = {_CONFIG_KEY: json.dumps(self._config())}
+        self._client.create_collection(self.collection_name, schema=schema, properties=properties, timeout=self.timeout)
+        # what create_collection(index_params=...) does, but on Milvus Lite (which builds the index before it answers)
+        # without pymilvus' wait for the build: that wait first asks for a timestamp Milvus Lite does not implement,
+        # and grpc keeps the failed call's error in a reference cycle whose traceback holds every caller's frame up
+        # the stack, this store included, until the cyclic garbage collector runs (and Milvus Lite logs the
+        # "Method not implemented!" traceback); it also sleeps half a second
+        self._client.create_index(self.collection_name, index_params, timeout=self.timeout, sync=not self._lite)
+        self._client.load_collection(self.collection_name, timeout=self.timeout)
         self._text_nullable = True
         self._has_added = True
         info = self._client.describe_collection(self.collection_name, timeout=self.timeout)
@@ -1540,9 +1583,10 @@ class MilvusKLStore(GaussianStore):
             return
         try:
             self._read_state()
-        except Exception:
+        except Exception as exc:
             if self._client.has_collection(self.collection_name, timeout=self.timeout):
                 raise
+            _release_frames(exc)  # describe_collection's error on the missing collection
             logger.warning("Milvus collection %r was dropped by another client", self.collection_name)
             self._forget()
 
@@ -1552,7 +1596,8 @@ class MilvusKLStore(GaussianStore):
             return config.get("index_type"), config.get("compression")
         try:
             kind = str(self._client.describe_index(self.collection_name, "vector").get("index_type", ""))
-        except Exception:  # pragma: no cover - no index described: keep this client's settings
+        except Exception as exc:  # pragma: no cover - no index described: keep this client's settings
+            _release_frames(exc)
             return self.index_type, self.compression
         known = {name: pair for pair, name in _MILVUS_INDEXES.items()}
         return known.get(kind, (self.index_type, self.compression))
@@ -2057,8 +2102,9 @@ class MilvusKLStore(GaussianStore):
         try:
             with self._properties_lock():
                 self._client.drop_collection_properties(self.collection_name, property_keys=marks, timeout=self.timeout)
-        except Exception:  # pymilvus / Milvus without drop_collection_properties: an empty mark counts as none
+        except Exception as exc:  # pymilvus / Milvus without drop_collection_properties: an empty mark counts as none
             logger.debug("could not drop the rewrite marks %s; emptying them", marks, exc_info=True)
+            _release_frames(exc)
             self._alter_properties(dict.fromkeys(marks, ""))
 
     def _properties_lock(self) -> Any:

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from kl_retrievers.llama_index import KLHybridRetriever as LlamaHybridRetriever
     from kl_retrievers.llama_index import KLVectorStore as LlamaVectorStore
     from kl_retrievers.onnx import export_onnx
-    from kl_retrievers.pretrained import load_model
+    from kl_retrievers.pretrained import load_default_model, load_model
+    from kl_retrievers.sharded import encode_corpus
     from kl_retrievers.store import KLStore, MilvusKLStore
     from kl_retrievers.training.losses import lambdarank_loss, score_matrix
     from kl_retrievers.training.trainer import TrainConfig
@@ -86,6 +87,15 @@ if TYPE_CHECKING:
     LlamaHybridRetriever.from_defaults(fusion="rrf")
     load_model(quantize="int4")  # type: ignore[call-overload]
     load_model(quantize="float32")
+    load_model(backend="onxx")  # type: ignore[call-overload]
+    load_model(backend="onnx")
+    # a plain str is refused too: an unchecked value (``if value in BACKENDS`` narrows it)
+    load_model(backend=str(x))  # type: ignore[call-overload]
+    load_model(backend=None)
+    load_default_model(backend="pytorch")  # type: ignore[call-overload]
+    load_default_model(backend="torch")
+    encode_corpus(x, x, model_backend="ONNX")  # type: ignore[arg-type]
+    encode_corpus(x, x, model_backend="onnx")
     evaluate_model(x, x, similarity="kl")  # type: ignore[arg-type]
     evaluate_model(x, x, similarity="neg_kl")
     retrieve_vectors(x, x, [], [], similarity="neg_kl")  # type: ignore[arg-type]

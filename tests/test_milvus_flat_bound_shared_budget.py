@@ -1,0 +1,121 @@
+"""``prove_flat``'s error bound shares the ``KL`` budget among the dimensions.
+
+A row scoring ``-kl`` or more has ``sum_j (x_j - 1 - log x_j + (mu_q - mu_d)_j^2 / var_d) <= 2 kl``;
+``_flat_error_bound`` spent the whole ``2 kl`` in every dimension, so at dimension 384 its inner-product bound was
+about 30 times too wide for the gaps it had to prove (4.3 against 0.12 at ``kl = 50``) and proved no pool of
+ordinary data: every query was searched again with 8 times the pool, then scanned. Still a bound: checked against
+the float32 scores of adversarial rows (the whole budget in one dimension's variance or mean, spread over all,
+means far from the origin), and the searches still equal a float64 brute force.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from kl_retrievers.gaussian import (
+    Gaussians,
+    document_gaussians_from_vectors,
+    kl_document_vectors,
+    kl_query_constant,
+    kl_query_vectors,
+    neg_kl_matrix,
+)
+from kl_retrievers.store import MilvusKLStore
+from kl_retrievers.store.milvus import _flat_error_bound
+
+
+def _ratio_spending(s: float, above: bool) -> float:
+    """The ratio ``x`` (above or below 1) with ``x - 1 - log x = s`` (bisection)."""
+    lo, hi = (1.0, 2.0 * s + 2.0) if above else (1e-300, 1.0)
+    for _ in range(200):
+        mid = 0.5 * (lo + hi) if above else float(np.sqrt(lo * hi))
+        if (mid - 1.0 - np.log(mid) > s) == above:
+            hi = mid
+        else:
+            lo = mid
+    return lo if above else hi
+
+
+def _adversarial_rows(query: Gaussians, kl: float, rng: np.random.Generator) -> Gaussians:
+    """Rows at ``KL <= kl`` from ``query`` that spend the budget in one place or everywhere."""
+    qm, qv = np.asarray(query.mean)[0], np.asarray(query.var)[0]
+    dim = qm.size
+    means, variances = [], []
+    budget = 2.0 * kl * 0.999
+    for j in rng.choice(dim, size=min(dim, 6), replace=False):
+        # all of it in one variance (below 1: at most e^-61, whose 1 / var_d float32 still holds as a normal number)
+        for x in (_ratio_spending(budget, True), _ratio_spending(min(budget, 60.0), False)):
+            v = qv.copy()
+            v[j] = qv[j] / x  # x = var_q / var_d
+            means.append(qm.copy())
+            variances.append(v)
+        m = qm.copy()  # all of it in one mean, away from the origin
+        m[j] += np.sign(qm[j]) * np.sqrt(budget * qv[j])
+        means.append(m)
+        variances.append(qv.copy())
+    for share in (0.1, 0.9):  # spread over every dimension
+        up, down = _ratio_spending(share * budget / dim, True), _ratio_spending(min(share * budget / dim, 60.0), False)
+        v = qv / np.where(rng.random(dim) < 0.5, up, down)
+        means.append(qm + np.sign(qm) * np.sqrt((1.0 - share) * budget * v / dim))
+        variances.append(v)
+    rows = Gaussians(np.asarray(means), np.asarray(variances))
+    assert np.all(-np.asarray(neg_kl_matrix(query, rows))[0] <= kl)
+    return rows
+
+
+@pytest.mark.parametrize(("dim", "offset"), [(8, 0.0), (384, 0.0), (384, 30.0)])
+def test_the_bound_covers_the_float32_scores_of_adversarial_rows(dim: int, offset: float) -> None:
+    rng = np.random.default_rng(dim)
+    query = Gaussians(offset + rng.normal(0, 0.3, (1, dim)), np.exp(rng.normal(0, 0.5, (1, dim))))
+    for kl in (0.5, 50.0, 500.0):
+        rows = _adversarial_rows(query, kl, rng)
+        stored = np.asarray(kl_document_vectors(rows), dtype=np.float32)  # the float32 rows Milvus holds
+        recovered = document_gaussians_from_vectors(stored.astype(np.float64), dim)
+        reported = np.asarray(neg_kl_matrix(query, recovered))[0]  # the float64 score the store reports
+        q32 = np.asarray(kl_query_vectors(query), dtype=np.float32)[0]
+        shift = float(np.asarray(kl_query_constant(query))[0])
+        bound = float(_flat_error_bound(query, np.array([kl]))[0])
+        for scores in (stored @ q32, np.cumsum(stored * q32, axis=1, dtype=np.float32)[:, -1]):  # two orders
+            error = np.abs(scores.astype(np.float64) + shift - reported)
+            assert error.max() <= bound, (kl, error.max(), bound)
+
+
+def test_the_bound_shares_the_budget_at_large_dimension() -> None:
+    rng = np.random.default_rng(0)
+    query = Gaussians(rng.normal(0, 0.3, (1, 384)), np.exp(rng.normal(0, 0.5, (1, 384))))
+    # before: 0.46, 4.3 and 43 (the budget spent in every dimension); now 0.035, 0.12 and 0.89
+    assert list(_flat_error_bound(query, np.array([5.0, 50.0, 500.0]))) < [0.05, 0.2, 1.2]
+    assert np.all(np.diff(_flat_error_bound(query, np.array([0.1, 1.0, 10.0, 100.0]))) > 0)
+
+
+def test_a_flat_inner_product_search_at_dimension_384_is_proven_without_widening(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(1)
+    dim, n = 384, 2000
+    docs = Gaussians(rng.normal(0, 0.3, (n, dim)), np.exp(rng.normal(0, 0.5, (n, dim))))
+    pick = rng.integers(0, n, 10)
+    queries = Gaussians(
+        np.asarray(docs.mean)[pick] + rng.normal(0, 0.1, (10, dim)),
+        np.asarray(docs.var)[pick] * np.exp(rng.normal(0, 0.1, (10, dim))),
+    )
+    ids = [f"d{i:04d}" for i in range(n)]
+    unproven: list[int] = []
+    real = MilvusKLStore._unproven
+
+    def spy(self: MilvusKLStore, *args: Any, **kwargs: Any) -> list[int]:
+        left = real(self, *args, **kwargs)
+        unproven.append(len(left))
+        return left
+
+    monkeypatch.setattr(MilvusKLStore, "_unproven", spy)
+    with MilvusKLStore(uri=str(tmp_path / "kl.db"), index_type="flat", prove_flat=True) as store:
+        store.add(gaussians=docs, ids=ids)
+        got = [[h.id for h in row] for row in store.search_batch(queries, k=10)]
+    assert unproven == [0]  # before: all 10 pools unproven, searched again, then every row scored
+    exact = np.asarray(neg_kl_matrix(queries, docs))
+    assert got == [[ids[j] for j in np.argsort(-row, kind="stable")[:10]] for row in exact]
