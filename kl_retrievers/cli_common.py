@@ -356,15 +356,17 @@ DEPRECATED_QUIET_WARNING = (
 )
 
 
-def add_progress_arguments(p: Any, *, deprecated_quiet: str | None = None) -> None:
+def add_progress_arguments(p: Any, *, deprecated_quiet: str | None = None, deprecated_quiet_also: str = "") -> None:
     """``--progress`` / ``--no-progress``: force the progress bars on stderr or hide them (default: on a terminal).
 
     Args:
-        p: The subcommand's parser.
+        p: The subcommand's parser (or one of its argument groups).
         deprecated_quiet: The command's name (``"evaluate"``) when it also takes ``--quiet``, the deprecated old
             name of ``--no-progress``: it still hides the bars and sets ``args.deprecated_quiet``, on which the
             command logs :data:`DEPRECATED_QUIET_WARNING`. Such a command takes no ``-q`` (see
             :func:`add_verbose_to_commands`): that is the log level, given before the subcommand meanwhile.
+        deprecated_quiet_also: What else that ``--quiet`` does, for its help, after "deprecated old name of
+            --no-progress" (``train``'s also hides the training's INFO lines).
 
     Examples:
         >>> parser = argparse.ArgumentParser()
@@ -387,7 +389,8 @@ def add_progress_arguments(p: Any, *, deprecated_quiet: str | None = None) -> No
             "--quiet",
             dest="deprecated_quiet",
             action="store_true",
-            help=f"deprecated old name of --no-progress (it warns); to log errors only, give -q/--quiet before the "
+            help=f"deprecated old name of --no-progress{deprecated_quiet_also} (it warns); to log errors only, give "
+            f"-q/--quiet before the "
             f"subcommand, as for every command: kl-retrievers -q {deprecated_quiet} ...",
         )
 
@@ -502,7 +505,10 @@ class _Parser(argparse.ArgumentParser):
         command = getattr(parsed, "command", None)
         if "-q" not in extras or command not in _OWN_QUIET or "-q" not in self._option_string_actions:
             return ""
-        return f" (-q/--quiet for logs goes before the subcommand: {self.prog} -q {command} ...; {_OWN_QUIET[command]})"
+        return (
+            f" (-q/--quiet for logs goes before the subcommand: {self.prog} -q {command} ...; "
+            f"{command} --no-progress (formerly --quiet) hides its progress bars)"
+        )
 
     def parse_known_args(  # type: ignore[override]  # argparse's overloads: the same call, one signature
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
@@ -530,11 +536,9 @@ class _Parser(argparse.ArgumentParser):
             super()._print_message(message, file)
 
 
-#: The subcommands whose ``--quiet`` is not the log level's (so they take no ``-q`` after them): what hides their bars.
-_OWN_QUIET = {
-    "evaluate": "evaluate --no-progress (formerly --quiet) hides its progress bars",
-    "train": "train's own --quiet hides its progress bars",
-}
+#: The subcommands whose ``--quiet`` is not the log level's but the deprecated old name of their ``--no-progress``
+#: (:func:`add_progress_arguments`' ``deprecated_quiet``), so they take no ``-q`` after them.
+_OWN_QUIET = ("evaluate", "train")
 #: The destination of the ``-v`` count given after a subcommand (:meth:`_Parser.parse_known_args` adds it up).
 _VERBOSE_AFTER = "verbose_after_command"
 _VERBOSE_HELP = "log INFO lines on stderr; -vv: DEBUG lines too (default: warnings and errors only)"
@@ -562,10 +566,10 @@ def add_global_arguments(parser: argparse.ArgumentParser, *, quiet: bool = False
     ``quiet``, ``--quiet`` / ``-q``.
 
     ``--verbose`` counts (``args.verbose``: 0 by default, 1 for INFO, 2 or more for DEBUG); ``--quiet`` sets
-    ``args.errors_only`` (ERROR only; ``train``'s own ``--quiet`` sets ``args.quiet``, ``evaluate``'s deprecated
-    one ``args.deprecated_quiet``). Shared by ``kl-retrievers`` and ``python -m kl_retrievers.training.cli``, so
-    both accept and list the same ``--verbose`` (the latter sets up no log level of its own from ``--quiet``, so it
-    takes none); :func:`add_verbose_to_commands` lets them come after the subcommand too.
+    ``args.errors_only`` (ERROR only; the deprecated ``--quiet`` of ``evaluate`` and ``train``, the old name of their
+    ``--no-progress``, sets ``args.deprecated_quiet``). Shared by ``kl-retrievers`` and
+    ``python -m kl_retrievers.training.cli``, so both accept and list the same flags;
+    :func:`add_verbose_to_commands` lets them come after the subcommand too.
     """
     from kl_retrievers._io import library_version
 
@@ -578,7 +582,7 @@ def add_global_arguments(parser: argparse.ArgumentParser, *, quiet: bool = False
 def add_verbose_to_commands(sub: Any, *, quiet: bool = False) -> None:
     """``--verbose`` (and ``-v`` where the command has no ``-v`` of its own) on every subcommand of ``sub``;
     with ``quiet``, ``--quiet`` / ``-q`` too, on each command with no ``--quiet`` or ``-q`` of its own
-    (``train`` has a ``--quiet`` of its own, and ``evaluate`` the deprecated old name of its ``--no-progress``).
+    (``evaluate`` and ``train`` have the deprecated old name of their ``--no-progress``).
 
     ``default=SUPPRESS``: a subcommand not given them keeps the values the main parser set
     (:func:`add_global_arguments`), so ``-v train`` and ``train -v`` both set ``args.verbose``; the count after the

@@ -1862,7 +1862,13 @@ def exact_top_k(
     def candidates(qi: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         block_maxima: list[np.ndarray] = []
 
-        def score(start: int, _block: np.ndarray) -> np.ndarray:
+        def score(start: int, block: np.ndarray) -> np.ndarray:
+            if doc_vectors is not None and block.size:
+                lo, hi = int(block.min()), int(block.max()) + 1
+                if hi - lo <= 4 * block.size:  # the kept rows lo:hi scored in place: no copy of the block's rows
+                    block_maxima.append(doc_vectors[1][block].max(axis=0))
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        return (qv[qi] @ doc_vectors[0][lo:hi].T)[:, block - lo]
             dv, block_max = doc_block(start)
             block_maxima.append(block_max)
             with np.errstate(over="ignore", invalid="ignore"):  # a non-finite score fails the proof: float64

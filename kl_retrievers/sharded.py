@@ -55,6 +55,7 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
 import time
 from array import array
@@ -66,7 +67,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kl_retrievers._encoding import blank_positions, blank_warning_suppressed, device_type, query_batch_size
+from kl_retrievers._encoding import (
+    blank_positions,
+    blank_warning_suppressed,
+    device_type,
+    progress_enabled,
+    query_batch_size,
+)
 from kl_retrievers._errors import KLRetrieversError
 from kl_retrievers._io import (
     atomic_dir,
@@ -941,6 +948,45 @@ RAY_LOCAL_START_ATTEMPTS = 3
 _RAY_START_TIMEOUTS = ("timed out during startup", "Timed out waiting for file")
 
 
+#: Seconds ``backend="ray"`` waits for a TCP connection to a cluster given as ``host:port`` before ``ray.init``, which
+#: otherwise retries an address nothing answers at for many minutes, without an error.
+RAY_CONNECT_TIMEOUT = 10.0
+
+
+def _check_ray_address(address: str, timeout: float = RAY_CONNECT_TIMEOUT) -> None:
+    """Refuse a Ray cluster address given as ``host:port`` that accepts no TCP connection within ``timeout`` seconds.
+
+    ``ray.init(address="host:port")`` retries an unreachable GCS for many minutes (about 40 s per attempt, 20
+    attempts), blocked in native code and printing only Ray's own C++ log lines; one connection to the port tells
+    sooner. Other forms (``"auto"``, ``"local"``, ``"ray://..."`` for Ray Client, anything Ray's parser refuses
+    itself) are left to Ray.
+
+    Examples:
+        >>> import socket
+        >>> with socket.socket() as unused:
+        ...     unused.bind(("127.0.0.1", 0))
+        ...     port = unused.getsockname()[1]  # bound, not listening: nothing accepts a connection there
+        ...     _check_ray_address(f"127.0.0.1:{port}")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ConnectionError: cannot reach the Ray cluster at '127.0.0.1:...' ...
+        >>> _check_ray_address("ray://head:10001"), _check_ray_address("auto")
+        (None, None)
+    """
+    host, sep, port = address.strip().rpartition(":")
+    host = host.strip("[]")  # an IPv6 address: [::1]:6379
+    if "://" in address or not sep or not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ConnectionError(
+            f"cannot reach the Ray cluster at {address!r} (ray_address / --ray-address, or RAY_ADDRESS) within "
+            f"{timeout:g} s: {exc}; check the address and port of its head node (`ray status` there prints it), or "
+            "leave the address out to start a local Ray node"
+        ) from None
+
+
 def _ray_init(ray: Any, init: dict[str, Any]) -> None:
     """``ray.init(**init)``; a *local* node that timed out during start-up is shut down and started again.
 
@@ -1046,6 +1092,60 @@ def _check_ray_device(device: str | None) -> None:
     raise ValueError(f"backend='ray' runs on device None or one of {RAY_DEVICES}; got {device!r}")
 
 
+#: Ray's loggers whose console lines :func:`_ray_logs` holds to this library's log level during a run.
+_RAY_LOGGERS = ("ray", "ray.data")
+#: Ray Data's logger of its progress; it warns once that the bars are off when :func:`_ray_logs` turns them off.
+_RAY_PROGRESS_LOGGER = "ray.data._internal.progress"
+
+
+def _no_progress_notice(record: logging.LogRecord) -> bool:
+    """Drop Ray Data's notice that its progress bars are off (``--no-progress`` asked for that)."""
+    return not record.getMessage().startswith("Progress bars disabled")
+
+
+@contextmanager
+def _ray_logs(ray: Any, show_progress_bar: bool | None) -> Iterator[None]:
+    """For one Ray run: Ray's Python log lines on the console at this library's level, Ray Data's progress as asked.
+
+    Ray's console handlers (of the ``ray`` and ``ray.data`` loggers: not its log files in the session folder)
+    take this module's effective log level while the run lasts (WARNING by default, as the command line's, INFO with
+    ``-v``, ERROR with ``-q``): without that, Ray Data logs its execution plan and, where stdout is no terminal, its
+    progress every few seconds at INFO. Ray Data's progress (its bars, or those log lines) is turned off where
+    :func:`~kl_retrievers._encoding.progress_enabled` says no bar is drawn (``show_progress_bar=False``,
+    ``TQDM_DISABLE``). Everything is restored afterwards. Lines that Ray's C++ core writes to stderr itself
+    (``[... E ...] core_worker.cc: ...``, connection retries) are out of Python's reach.
+    """
+    level = logger.getEffectiveLevel()
+    data = getattr(ray, "data", None)  # imports Ray Data, whose loggers get their handlers then
+    handlers = [
+        handler
+        for name in _RAY_LOGGERS
+        for handler in logging.getLogger(name).handlers
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+    ]
+    levels = [handler.level for handler in handlers]
+    contexts = getattr(data, "DataContext", None)
+    # Ray Data's settings of this process, or None where its progress stays as it is
+    context: Any = None if contexts is None or progress_enabled(show_progress_bar) else contexts.get_current()
+    progress = (
+        (True, True) if context is None else (context.enable_progress_bars, context.enable_operator_progress_bars)
+    )
+    notices = logging.getLogger(_RAY_PROGRESS_LOGGER)
+    try:
+        for handler in handlers:
+            handler.setLevel(max(handler.level, level))
+        if context is not None:
+            context.enable_progress_bars = context.enable_operator_progress_bars = False
+            notices.addFilter(_no_progress_notice)
+        yield
+    finally:
+        for handler, before in zip(handlers, levels, strict=True):
+            handler.setLevel(before)
+        if context is not None:
+            context.enable_progress_bars, context.enable_operator_progress_bars = progress
+            notices.removeFilter(_no_progress_notice)
+
+
 def _run_ray(
     todo: list[ShardSpec],
     *,
@@ -1057,41 +1157,47 @@ def _run_ray(
     model_backend: Backend | None = None,
     onnx_options: dict[str, Any] | None = None,
     blanks: _BlankDocuments | None = None,
+    show_progress_bar: bool | None = None,
 ) -> None:
     try:
         import ray
     except ImportError as exc:
         raise ImportError("backend='ray' needs Ray Data: pip install 'kl-retrievers[ray]'") from exc
     # no cluster address (nor RAY_ADDRESS): a local node, whose GPUs are all it will ever have
-    local = not (ray_address or os.environ.get("RAY_ADDRESS"))
-    if not ray.is_initialized():
-        init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-        if ray_address:
-            init["address"] = ray_address
-        elif num_workers:
-            init["num_cpus"] = int(num_workers)
-        _ray_init(ray, init)
-    gpu = bool(device and device.startswith("cuda"))
-    workers = _ray_workers(
-        ray.cluster_resources(), device=device, num_workers=num_workers, shards=len(todo), local=local
-    )
-    items = ray.data.from_items([asdict(s) for s in todo], override_num_blocks=len(todo))
-    ds = items.map_batches(
-        _RayShardWorker,
-        fn_constructor_kwargs={
-            "model": model,
-            "device": device,
-            "job": job,
-            "model_backend": model_backend,
-            "onnx_options": onnx_options,
-        },
-        batch_size=1,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=workers),  # a fixed pool (``concurrency=`` is deprecated in Ray 2.51)
-        num_cpus=0 if gpu else 1,
-        num_gpus=1 if gpu else 0,
-    )
-    rows = ds.take_all()
+    address = ray_address or os.environ.get("RAY_ADDRESS")
+    local = not address
+    with _ray_logs(ray, show_progress_bar):
+        if not ray.is_initialized():
+            if address:
+                _check_ray_address(address)
+            init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+            if ray_address:
+                init["address"] = ray_address
+            elif num_workers:
+                init["num_cpus"] = int(num_workers)
+            _ray_init(ray, init)
+        gpu = bool(device and device.startswith("cuda"))
+        workers = _ray_workers(
+            ray.cluster_resources(), device=device, num_workers=num_workers, shards=len(todo), local=local
+        )
+        items = ray.data.from_items([asdict(s) for s in todo], override_num_blocks=len(todo))
+        ds = items.map_batches(
+            _RayShardWorker,
+            fn_constructor_kwargs={
+                "model": model,
+                "device": device,
+                "job": job,
+                "model_backend": model_backend,
+                "onnx_options": onnx_options,
+            },
+            batch_size=1,
+            batch_format="numpy",
+            # a fixed pool (``concurrency=`` is deprecated in Ray 2.51)
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=0 if gpu else 1,
+            num_gpus=1 if gpu else 0,
+        )
+        rows = ds.take_all()
     failed = sorted((int(row["index"]), str(row["error"])) for row in rows if row["error"])
     if failed:  # e.g. a bad record: the worker's own message, as the local backend gives it
         kind, _, message = failed[0][1].partition(": ")
@@ -1174,10 +1280,12 @@ def encode_corpus(
             ``None``, ``cpu`` or ``cuda`` (refused before Ray starts, see :data:`RAY_DEVICES`).
         backend: ``"local"`` (this process) or ``"ray"`` (a Ray Data job).
         num_workers: Ray actors (default: one per CPU, or per GPU with ``device="cuda"``).
-        ray_address: An existing Ray cluster (``None``: a local one is started).
+        ray_address: An existing Ray cluster (``None``: a local one is started). One given as ``host:port``
+            must accept a connection within :data:`RAY_CONNECT_TIMEOUT` seconds (else ``ConnectionError``).
         show_progress_bar: A bar counting the records to encode, advanced as each shard is written
             (local backend; ``None``, the default: only when stderr is a terminal; ``TQDM_DISABLE`` hides it), and,
-            on a terminal, the encoder's own bar over the batches of the shard being encoded.
+            on a terminal, the encoder's own bar over the batches of the shard being encoded. With
+            ``backend="ray"``, where no bar would be drawn (``False``, ...), Ray Data's own progress is off too.
         model_backend: Run ``model`` on ``"torch"`` or ``"onnx"`` (ONNX Runtime); ``None``: the
             library's default (:func:`~kl_retrievers.pretrained.load_model`). The backend used is
             recorded in the manifest (``model_backend``); resuming with another one is refused. A folder
@@ -1203,6 +1311,8 @@ def encode_corpus(
         OSError: A shard written by this run failed its check afterwards (with ``backend="ray"``, ``out`` is
             not on storage every node shares; or something else deleted or replaced it); also a
             :class:`RuntimeError`, as it was before. Rerun once the cause is fixed.
+        ConnectionError: ``backend="ray"`` with a ``host:port`` cluster address (``ray_address`` or
+            ``RAY_ADDRESS``) that accepts no connection within :data:`RAY_CONNECT_TIMEOUT` seconds.
 
     Examples:
         >>> report = encode_corpus("corpus.jsonl", "encoded/")  # doctest: +SKIP
@@ -1422,6 +1532,7 @@ def encode_corpus(
                 model_backend=worker_backend,
                 onnx_options=dict(onnx_options) if onnx_options else None,
                 blanks=blanks,
+                show_progress_bar=show_progress_bar,
             )
         elif todo:
             _encode_local(encoder, todo, job, show_progress_bar, blanks)

@@ -190,10 +190,10 @@ NOTEBOOKS["04_train_your_own.ipynb"] = [
         "code",
         "def train(similarity):\n"
         "    out = work / f'model-{similarity}'\n"
-        "    cmd = [sys.executable, '-m', 'kl_retrievers.cli', 'train', '--data', str(work), '--out', str(out),\n"
+        "    cmd = [sys.executable, '-m', 'kl_retrievers.cli', '-q', 'train', '--data', str(work), '--out', str(out),\n"
         "           '--heads-only-cached', '--no-var-token', '--similarity', similarity, '--steps', '100',\n"
         "           '--batch-size', '32', '--lr', '1e-3', '--temperature', '0.05', '--max-length', '128',\n"
-        "           '--seed', '0', '--cache-dir', str(work / 'cache'), '--quiet']\n"
+        "           '--seed', '0', '--cache-dir', str(work / 'cache'), '--no-progress']\n"
         "    subprocess.run(cmd, check=True)\n    return out\n\n"
         "gauss_dir, dot_dir = train('neg_kl'), train('dot')\nprint(sorted(p.name for p in gauss_dir.iterdir()))",
     ),

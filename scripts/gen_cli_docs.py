@@ -49,14 +49,15 @@ SCRIPTING = """
 **Streams.** stdout carries the results only (search hits, `search --json` and `evaluate --json` records, the
 one-line summaries of `encode` and `index`, `train`'s `saved ...` line and its `evaluation on ...` line,
 `--help` and `--version`); logs, warnings, errors and progress bars go to stderr. A progress bar is shown when
-stderr is a terminal; `--progress` (`encode`, `index`, `evaluate`) shows it anyway, `--no-progress` hides it
-(`train` shows bars on a terminal only and has `--quiet`); with stderr closed (`2>&-`) there is none.
-Log lines are warnings and errors; `--verbose` (`-v`) adds INFO lines, `-vv` DEBUG lines too, and `--quiet` (`-q`)
+stderr is a terminal; `--progress` (`encode`, `index`, `evaluate`, `train`) shows it anyway, `--no-progress` hides
+it; with stderr closed (`2>&-`) there is none.
+Log lines are warnings and errors (and `train`'s INFO lines of the training: evaluations, mining counts,
+checkpoints); `--verbose` (`-v`) adds every INFO line, `-vv` DEBUG lines too, and `--quiet` (`-q`)
 keeps errors only (Python warnings, which the command line logs, included; progress bars are not affected). They
 may come before or after the subcommand (`-v search ... -v` counts as `-vv`); `-q` with `-v` is a usage error.
-After `train`, whose own `--quiet` hides its progress bars and INFO lines, give `-q` before the subcommand; so too
-after `evaluate`, where `--quiet` is the deprecated old name of `--no-progress` (it still hides the bars, with a
-warning, until it is removed in the next release).
+After `evaluate` and `train`, give `-q` before the subcommand: there `--quiet` is the deprecated old name of
+`--no-progress` (it still hides the bars, and `train`'s INFO lines of the training, with a warning, until it is
+removed in the next release).
 
 **Exit statuses.**
 

@@ -4,8 +4,8 @@
 add up: ``-v search ... -v`` is ``-vv``), and ``-q`` / ``--quiet`` keeps the log lines at ERROR: no warnings,
 the Python warnings that the command line logs (``WARNING py.warnings: ...``) included, nor a logger's lines
 that a level of its own lets through (``train``'s INFO lines). Errors are still one line on stderr.
-``train`` keeps its own ``--quiet`` (no progress bars) and ``evaluate`` the deprecated old name of its
-``--no-progress`` (tests/test_evaluate_no_progress_flag.py); ``-q`` before them is the log level.
+``evaluate`` and ``train`` keep ``--quiet`` as the deprecated old name of their ``--no-progress``
+(tests/test_evaluate_no_progress_flag.py, tests/test_train_no_progress_flag.py); ``-q`` before them is the log level.
 """
 
 from __future__ import annotations
@@ -147,14 +147,17 @@ def test_the_help_lists_them(capsys: pytest.CaptureFixture[str]) -> None:
     ("argv", "bars"),
     [
         (["evaluate", "data", "-q"], "evaluate --no-progress (formerly --quiet) hides its progress bars"),
-        (["train", "--data", "d.jsonl", "--out", "o", "-q"], "train's own --quiet hides its progress bars"),
+        (
+            ["train", "--data", "d.jsonl", "--out", "o", "-q"],
+            "train --no-progress (formerly --quiet) hides its progress bars",
+        ),
     ],
     ids=["evaluate", "train"],
 )
 def test_q_after_evaluate_or_train_says_where_it_goes(
     argv: list[str], bars: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``evaluate`` and ``train`` have a ``--quiet`` of their own and no ``-q``: the error says where ``-q`` goes."""
+    """``evaluate`` and ``train`` have a deprecated ``--quiet`` and no ``-q``: the error says where ``-q`` goes."""
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args(argv)
     assert info.value.code == 2

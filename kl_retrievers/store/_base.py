@@ -394,6 +394,11 @@ def _id_list(ids: Any, what: str = "ids", *, ordered: bool = True) -> list[str]:
     """
     if isinstance(ids, str):
         return [ids]
+    if isinstance(ids, Gaussians):  # (gaussians, ids) unpacked the wrong way round
+        raise TypeError(
+            f"{what} must be a str or a sequence of str; got Gaussians (mind the orders of the shard loaders: "
+            "load_encoded returns (gaussians, ids), iter_encoded yields (ids, gaussians))"
+        )
     if isinstance(ids, (bytes, bytearray, memoryview, Mapping)) or not isinstance(ids, Iterable):
         raise TypeError(f"{what} must be a str or a sequence of str; got {type(ids).__name__}")
     if ordered and isinstance(ids, AbstractSet) and not isinstance(ids, KeysView):

@@ -92,6 +92,7 @@ from kl_retrievers._io import (
     recover_dir,
     user_path,
 )
+from kl_retrievers._warn import warn
 from kl_retrievers.filters import MetadataFilter, _filter_key, compile_filter
 from kl_retrievers.gaussian import SCORE_DIRECTION, SCORE_NAME, Gaussians
 from kl_retrievers.store import _format
@@ -478,7 +479,8 @@ class KLStore(GaussianStore):
         ef_search: HNSW ``efSearch`` (raised to the candidate pool when smaller).
         ef_construction: HNSW ``efConstruction``.
         nlist: IVF number of lists.
-        nprobe: IVF lists probed per query.
+        nprobe: IVF lists probed per query (a value above ``nlist`` acts as ``nlist``, every list, as in FAISS;
+            assigning one warns). A store-wide setting, like every other: see below.
         compression: ``None``, ``"sq8"`` (8-bit scalar quantizer) or ``"pq"`` (product quantizer).
         pq_m: PQ sub-quantizers; the vector is zero-padded to a multiple of ``pq_m``.
         pq_nbits: Bits per PQ code, 1 to 16 (8 is standard; 4 trains much faster and, on ``"ivf"``,
@@ -493,7 +495,8 @@ class KLStore(GaussianStore):
         rescore_factor: See ``rescore_pool``.
         norm_headroom: ``M = norm_headroom * max ||d~||`` for the L2 reduction (from 1 to 1e6).
         exact_threshold: With a filter on an approximate index, search exactly over the
-            matching documents when at most this many match.
+            matching documents when at most this many match (above it, an IVF search scans
+            ``nprobe x documents / matching`` lists, at most ``nlist``; docs/ann.md).
         compact_threshold: Fraction of tombstoned (deleted or replaced) rows above which the table and
             the index are compacted, on every index type; :meth:`compact` compacts at once, and :meth:`save`
             writes the tombstones below it as they are (a store past it compacts first).
@@ -514,6 +517,8 @@ class KLStore(GaussianStore):
     change only before the first document is added. Changing one that the store's kind does not read
     (``nprobe`` on an HNSW store, ``ef_search`` on an IVF one) warns; assigning a name that is no
     setting or attribute (FAISS's ``efSearch``) raises ``AttributeError`` naming the closest one.
+    There are no per-call values (``search(query, k, filter)`` takes none): an assignment applies to every
+    search that starts after it, in every thread, so tune a store before serving it, not per request.
 
     Examples:
         >>> import numpy as np
@@ -687,6 +692,13 @@ class KLStore(GaussianStore):
             )
             if not self._table.n_rows:  # the kind may still change: the setting is kept for it
                 unused += f", unless {needs[0]} is changed to {needs[1]!r} before the first add"
+        if name == "nprobe" and self.index_type == "ivf" and value > self.nlist:
+            # FAISS takes it and probes min(nprobe, nlist) lists, as this store does: accepted, as FAISS users
+            # expect (nprobe=nlist or more means every list), but said once, at the assignment
+            warn(
+                f"nprobe={value} exceeds this store's nlist={self.nlist}: a search probes at most nlist lists, so it "
+                f"acts as nprobe={self.nlist}, every list (each search scans every document, like a flat store)"
+            )
         if name not in BUILD_SETTINGS or value == getattr(self, name):
             object.__setattr__(self, name, value)
             if unused:
@@ -781,8 +793,11 @@ class KLStore(GaussianStore):
                 raise
             self._maybe_compact()
             self.write_count += 1
+            stale = self._engine.stale_training()
         if replaced:
             logger.debug("replaced %d existing document(s)", len(replaced))
+        if stale is not None:  # after the add, outside the lock: an "error" filter raises with the add kept
+            warn(stale)
 
     def _undo_add(self, start: int, m: int, previous: dict[str, int]) -> None:
         """After the engine failed to index ``m`` rows appended at ``start``: the table and index as before.

@@ -270,6 +270,8 @@ _ADDED_FIELD = "added"
 _TOKENIZER_KEY = "encoder_" + TOKENIZER_FIELD
 #: The defaults of the index build arguments: a collection built with others adopts its own without a warning.
 _BUILD_DEFAULTS = {"hnsw_m": 32, "ef_construction": 80, "nlist": 1024}
+#: The constructor's defaults of ``(index_type, compression)``: a collection with another index adopts its own silently.
+_INDEX_DEFAULTS = ("hnsw", None)
 _added_lock = threading.Lock()
 _last_added = 0
 #: The rewrite marks of the row rewrites running in this thread: never waited for by a write made from inside one (a
@@ -1630,17 +1632,20 @@ class MilvusKLStore(GaussianStore):
         index_type, compression = self._stored_index(config)
         stored = (index_type, compression)
         if index_type in INDEX_TYPES and compression in COMPRESSIONS and stored != (self.index_type, self.compression):
-            # the index Milvus searches is the stored one; search parameters (ef / nprobe) must match it
-            logger.warning(
-                "Milvus collection %r was created with index_type=%r, compression=%r; this client asked for "
-                "index_type=%r, compression=%r: using the collection's (drop it, or choose another "
-                "collection_name, to get another index)",
-                name,
-                index_type,
-                compression,
-                self.index_type,
-                self.compression,
-            )
+            # the index Milvus searches is the stored one; search parameters (ef / nprobe) must match it. A warning
+            # only where the caller asked for another: a constructor default it never passed is adopted silently
+            asked = zip((self.index_type, self.compression), _INDEX_DEFAULTS, stored, strict=True)
+            if any(mine not in (default, theirs) for mine, default, theirs in asked):
+                logger.warning(
+                    "Milvus collection %r was created with index_type=%r, compression=%r; this client asked for "
+                    "index_type=%r, compression=%r: using the collection's (drop it, or choose another "
+                    "collection_name, to get another index)",
+                    name,
+                    index_type,
+                    compression,
+                    self.index_type,
+                    self.compression,
+                )
             self.index_type, self.compression = index_type, compression
         self._adopt_build(config)
         build = config.get("index_build")

@@ -29,12 +29,15 @@ from typing import Any, get_args
 from kl_retrievers._config import SIMILARITIES, Pooling, is_saved_encoder
 from kl_retrievers._io import check_replace_target, finite_json, is_within, some_names, user_path
 from kl_retrievers.cli_common import (
+    DEPRECATED_QUIET_WARNING,
     _int_at_least,
+    add_progress_arguments,
     add_unknown_docs_argument,
     args_subset,
     check_output_path,
     positive_int,
     progress_default,
+    progress_option,
     stdin_problem,
     token_budget,
 )
@@ -62,6 +65,17 @@ EVAL_DEPTH = 100
 #: parsed default is ``None``, so that a flag given where it would be ignored can be refused (``_check_args``)
 _NEGATIVES = 7
 _MINE_K = 30
+
+#: ``train --quiet``'s help after "deprecated old name of --no-progress": what else it hides
+#: (:func:`~kl_retrievers.cli_common.add_progress_arguments`).
+_DEPRECATED_QUIET_ALSO = " that also hides the training's INFO lines, unless -v before train is given"
+#: What ``train --quiet`` logs (:data:`~kl_retrievers.cli_common.DEPRECATED_QUIET_WARNING`), and where its INFO
+#: lines went.
+_DEPRECATED_QUIET_TRAIN = (
+    DEPRECATED_QUIET_WARNING.format(command="train")
+    + ". It hid the training's INFO lines too (evaluations, mining counts, checkpoints): -q hides them, with the "
+    "warnings, so kl-retrievers -q train --no-progress is the nearest new spelling"
+)
 
 # the flags that shape a new encoder (from --base), their attribute and default: --init-from loads the saved
 # encoder's shape, so giving any of them with it is refused instead of silently ignored
@@ -230,17 +244,13 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue from the last checkpoint (same recipe; only --steps, --time-budget, --checkpoint-every, "
-        "--quiet, --device may change); refused when the checkpoint folder holds none (drop --resume to start "
-        "from step 0)",
+        "--device, --progress / --no-progress may change); refused when the checkpoint folder holds none (drop "
+        "--resume to start from step 0)",
     )
     t.add_argument("--cache-dir", default=None, help="feature / teacher cache root (default ~/.cache/kl_retrievers)")
     t.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    t.add_argument(
-        "--quiet",
-        action="store_true",
-        help="no progress bars, and no INFO lines of the training (evaluation at step S, mining counts, "
-        "checkpoints); a -v before train still shows every INFO line",
-    )
+    # --quiet: the deprecated old name of --no-progress (it warns), which hides the training's INFO lines too
+    add_progress_arguments(t, deprecated_quiet="train", deprecated_quiet_also=_DEPRECATED_QUIET_ALSO)
     e = p.add_argument_group("evaluation during training")
     e.add_argument(
         "--eval-data",
@@ -452,27 +462,34 @@ def evaluation_summary(
     return text + f" ({n} evaluation{'s' if n != 1 else ''}{others})"
 
 
-def _setup_logging(quiet: bool, verbose: int = 0) -> None:
+def _setup_logging(quiet: bool, verbose: int = 0, errors_only: bool = False) -> None:
     """Log lines on stderr for ``python -m kl_retrievers.training.cli`` run as a program (:func:`main` as
     ``__main__``): :func:`run_train` itself leaves logging to its caller (``kl-retrievers train`` sets it up per
-    command), and so does a :func:`main` imported and called in-process. INFO unless ``quiet`` (WARNING);
-    ``verbose`` (``-v``) keeps INFO under ``quiet`` too, as with ``kl-retrievers -v train --quiet``, and ``-vv``
-    is DEBUG (:func:`~kl_retrievers.cli_common.cli_log_level`, as ``kl-retrievers`` has it)."""
+    command), and so does a :func:`main` imported and called in-process. INFO unless ``quiet`` (the deprecated
+    ``train --quiet``: WARNING); ``verbose`` (``-v``) keeps INFO under ``quiet`` too, as with
+    ``kl-retrievers -v train --quiet``, and ``-vv`` is DEBUG; ``errors_only`` (``-q`` before ``train``) is ERROR, on
+    the handler too (:func:`~kl_retrievers.cli_common.cli_log_level`, as ``kl-retrievers`` has them)."""
     from kl_retrievers.cli_common import cli_log_level
 
     root = logging.getLogger()
     if not root.handlers:
-        level = min(cli_log_level(int(verbose)), logging.WARNING if quiet else logging.INFO)
+        if errors_only:
+            level = cli_log_level(0, quiet=True)
+        else:
+            level = min(cli_log_level(int(verbose)), logging.WARNING if quiet else logging.INFO)
         logging.basicConfig(level=level, format="%(levelname)s %(message)s")
+        if errors_only:  # as kl-retrievers -q: a logger with a level of its own does not get past it either
+            for handler in root.handlers:
+                handler.setLevel(level)
 
 
 @contextlib.contextmanager
-def _training_log_level(quiet: bool) -> Iterator[None]:
-    """Unless ``quiet``, show the INFO lines of ``kl_retrievers.training`` (per-step evaluations, mining counts,
+def _training_log_level(hidden: bool) -> Iterator[None]:
+    """Unless ``hidden``, show the INFO lines of ``kl_retrievers.training`` (per-step evaluations, mining counts,
     checkpoints) while the run lasts, even when the command line logs at WARNING (no ``-v``); a level set on
     that logger already is kept."""
     training = logging.getLogger("kl_retrievers.training")
-    raise_level = not quiet and training.level == logging.NOTSET and training.getEffectiveLevel() > logging.INFO
+    raise_level = not hidden and training.level == logging.NOTSET and training.getEffectiveLevel() > logging.INFO
     if raise_level:
         training.setLevel(logging.INFO)
     try:
@@ -932,15 +949,20 @@ def _check_resume_early(ckpt: Path, cfg: Any, ts: Any, heads_only: bool, cli_rec
 def run_train(args: argparse.Namespace) -> int:
     """Run ``kl-retrievers train`` with parsed arguments; returns the exit status.
 
-    Unless ``--quiet``, the INFO lines of ``kl_retrievers.training`` (evaluations during training, mining
-    counts, checkpoints) are shown even without ``-v``; ``-v`` (the whole command's log level) wins over
-    ``--quiet``, which then hides only the progress bars.
+    The INFO lines of ``kl_retrievers.training`` (evaluations during training, mining counts, checkpoints) are
+    shown even without ``-v``; ``-q`` before ``train`` (``args.errors_only``: errors only) hides them. The progress
+    bars follow ``--progress`` / ``--no-progress`` (by default: on a terminal only). ``train --quiet``, the
+    deprecated old name of ``--no-progress``, logs a warning and hides the INFO lines too, unless ``-v`` (the
+    whole command's log level) is given, which wins.
 
     Examples:
         >>> run_train(parser.parse_args(["train", "--data", "ds", "--out", "model"]))  # doctest: +SKIP
         0
     """
-    with _training_log_level(bool(getattr(args, "quiet", False))):
+    deprecated_quiet = bool(getattr(args, "deprecated_quiet", False))
+    if deprecated_quiet:
+        logger.warning(_DEPRECATED_QUIET_TRAIN)
+    with _training_log_level(deprecated_quiet or bool(getattr(args, "errors_only", False))):
         return _run_train(args)
 
 
@@ -983,7 +1005,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
     command = getattr(args, "command_line", None) or shlex.join(["kl-retrievers", *sys.argv[1:]])
     cache_root = Path(args.cache_dir) if args.cache_dir else None  # the default only where a cache is used (below)
-    show = progress_default(args.quiet)  # bars on a terminal only, none with --quiet
+    show = progress_option(args)  # --progress / --no-progress (or the deprecated --quiet)
+    show = progress_default(False) if show is None else show  # by default, bars on a terminal only
     try:
         for given in args.data:
             if problem := stdin_problem(given, "--data", "give a BEIR folder or a .jsonl file"):
@@ -1220,14 +1243,17 @@ def main(argv: list[str] | None = None) -> int:
     from kl_retrievers.cli_common import _Parser, add_global_arguments, add_verbose_to_commands
 
     parser = _Parser(prog="kl-retrievers")
-    add_global_arguments(parser)  # --version, --verbose / -v: as kl-retrievers takes them, before or after train
+    # --version, --verbose / -v, --quiet / -q: as kl-retrievers takes them (-v before or after train, -q before it)
+    add_global_arguments(parser, quiet=True)
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_command(sub)
-    add_verbose_to_commands(sub)
+    add_verbose_to_commands(sub, quiet=True)
     args = parser.parse_args(argv)
+    if args.errors_only and args.verbose:
+        parser.error("--quiet (-q) and --verbose (-v) contradict each other: give one of them")
     args.command_line = shlex.join(["kl-retrievers", *(argv if argv is not None else sys.argv[1:])])
     if __name__ == "__main__":  # run as a program (python -m): its process, so its logging; not when imported
-        _setup_logging(args.quiet, args.verbose)
+        _setup_logging(args.deprecated_quiet, args.verbose, args.errors_only)
     return int(args.func(args))
 
 

@@ -903,8 +903,8 @@ def _check_resume_recipe(folder: Path, meta: Mapping[str, Any], recipe: Mapping[
             )
     if diffs:
         allowed = (
-            "--steps, --time-budget, --checkpoint-every, --quiet and --device; rerun with the checkpoint's values, or "
-            "start afresh with another --checkpoint-dir (or without --resume)"
+            "--steps, --time-budget, --checkpoint-every, --progress / --no-progress (or --quiet) and --device; "
+            "rerun with the checkpoint's values, or start afresh with another --checkpoint-dir (or without --resume)"
             if cli
             else "steps, time_budget_s, checkpoint_every, show_progress, device and bf16; rerun with the checkpoint's "
             "values, or start afresh with another checkpoint_dir (or resume=False)"
