@@ -29,7 +29,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar, cast
 
@@ -61,6 +61,7 @@ __all__ = [
     "relevance_inverse",
     "resolve_relevance",
     "store_write_unless_cancelled",
+    "WriteGate",
     "warn_incompatible_store",
     "write_cancelled",
     "write_manifest",
@@ -723,40 +724,56 @@ def write_cancelled(what: str) -> bool:
     return True
 
 
-#: The type of ``threading.RLock()`` (a ``MilvusKLStore``'s lock; a re-entrant lock its own write takes again).
-_RLOCK = type(threading.RLock())
+class WriteGate:
+    """Whether an async write goes ahead: what :func:`store_write_unless_cancelled` yields.
+
+    :attr:`go` is ``False`` once the write is known to write nothing: its caller was cancelled before the store's
+    write lock, or the store's write, asked once it held the lock (:meth:`__call__`), found it cancelled. The first
+    answer the store gets holds for the rest of the block (a write nested in it, e.g. a ``KLHybridStore``'s in its
+    ``KLStore`` half, goes ahead with the outer one).
+    """
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._answer: bool | None = None  # the store's, under its write lock
+        self.go = not write_cancelled(what)
+
+    def __call__(self) -> bool:
+        """The store's question, under its write lock: whether to write (``False``: cancelled; asked once)."""
+        if self._answer is None:
+            self._answer = self.go and not write_cancelled(self._what)
+            self.go = self._answer
+        return self._answer
 
 
 @contextmanager
-def store_write_unless_cancelled(store: Any, what: str) -> Iterator[bool]:
-    """Around a store's write in an async write: whether to write, asked again once the store's write lock is held.
+def store_write_unless_cancelled(what: str) -> Iterator[WriteGate]:
+    """Around a store's write in an async write: a :class:`WriteGate`, asked again once the store holds its write lock.
 
-    In a :func:`cancellable_write`, the store's write lock (a ``KLStore``'s or ``KLHybridStore``'s write lock, a
-    ``MilvusKLStore``'s lock) is taken here, and held through the ``with`` block, whose write takes it again
-    (both locks are re-entrant in the thread holding them); yields ``False`` when the call was cancelled
-    (:func:`write_cancelled`), before the lock or while it waited for it (behind another write or a save): the
-    block then writes nothing. Outside an async write (a sync call), or over a store without such a lock: no
-    lock is taken here and the answer is :func:`write_cancelled`'s (``True`` in a sync call).
+    Inside a :func:`cancellable_write`, every write of a ``KLStore``, ``KLHybridStore`` or ``MilvusKLStore`` in the
+    ``with`` block asks the gate (through :data:`kl_retrievers.store.faiss._WRITE_PROCEEDS`) right after it takes
+    its write lock, before it changes anything: a call cancelled before the lock or while it waited for it (behind
+    a search, another write or a save) writes nothing, and ``gate.go`` is then ``False`` after the block. The lock
+    is not held here: what a write does before it (a filtered delete judging its filter under the read lock, an
+    add's metadata and float32 conversions) runs while searches go on. The block writes only when ``gate.go``;
+    outside an async write (a sync call) ``gate.go`` is ``True`` and no store asks.
 
     Examples:
-        >>> with store_write_unless_cancelled(object(), "add") as go:  # a sync call
-        ...     go
+        >>> with store_write_unless_cancelled("add") as gate:  # a sync call
+        ...     gate.go
         True
     """
-    if write_cancelled(what):
-        yield False
+    from kl_retrievers.store.faiss import _WRITE_PROCEEDS
+
+    gate = WriteGate(what)
+    if not gate.go or _WRITE_CANCELLED.get() is None:
+        yield gate
         return
-    lock = getattr(store, "_lock", None) if _WRITE_CANCELLED.get() is not None else None
-    write = getattr(lock, "write", None)
-    held: AbstractContextManager[Any]
-    if callable(write):  # a store's reader-writer lock: its write side
-        held = write()
-    elif isinstance(lock, _RLOCK):
-        held = lock
-    else:
-        held = nullcontext()
-    with held:
-        yield not write_cancelled(what)
+    token = _WRITE_PROCEEDS.set(gate)
+    try:
+        yield gate
+    finally:
+        _WRITE_PROCEEDS.reset(token)
 
 
 def check_write_ids(ids: Sequence[str] | None) -> list[str] | None:

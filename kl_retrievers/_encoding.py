@@ -1125,14 +1125,14 @@ class EncoderMixin:
             (1,)
         """
         _check_scored("similarity_pairwise", queries, documents)
-        kind = model_similarity(self)
-        if kind == "neg_kl":
-            return neg_kl(queries, documents)
         if len(queries) != len(documents) and 1 not in (len(queries), len(documents)):
             raise ValueError(
                 f"similarity_pairwise pairs rows one to one (or broadcasts a batch of one); got {len(queries)} "
                 f"queries and {len(documents)} documents; use similarity for all pairs"
             )
+        kind = model_similarity(self)
+        if kind == "neg_kl":
+            return neg_kl(queries, documents)
         q, d = _twin_means(kind, queries, documents)
         return (q * d).sum(1)
 

@@ -23,6 +23,7 @@ import os
 import re
 import sys
 import tempfile
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -333,7 +334,8 @@ def stdin_problem(given: str | os.PathLike[str], named: str, instead: str) -> st
 
 
 def progress_default(quiet: bool) -> bool:
-    """Whether ``evaluate`` / ``train`` show progress bars: never with ``--quiet``, else when stderr is a terminal.
+    """Whether to show progress bars: never when ``quiet``, else when stderr is a terminal (``progress_default(False)``
+    is what ``evaluate`` and ``train`` show when :func:`progress_option` is ``None``: no flag given).
 
     A log file or a pipe (``2> log``, a CI job) gets no bars, whose redraws would fill it; nor does a stderr that
     is missing, closed or has no ``isatty`` (the library's test, :func:`kl_retrievers._encoding.stderr_is_terminal`).
@@ -350,10 +352,33 @@ def progress_default(quiet: bool) -> bool:
 #: What a command logs when given ``--quiet`` after it where that is the deprecated old name of ``--no-progress``
 #: (:func:`add_progress_arguments`' ``deprecated_quiet``), not the log level's ``-q`` / ``--quiet``.
 DEPRECATED_QUIET_WARNING = (
-    "{command} --quiet is deprecated and stops working in the next release: it hides the progress bars, which "
-    "--no-progress now does; to log errors only, give -q/--quiet before the subcommand (kl-retrievers -q {command} "
-    "...), as for every other command"
+    "{command} --quiet is deprecated: it hides the progress bars, which --no-progress now does; in the next release "
+    "it will set the log level (errors only), as -q/--quiet does for every other command, and no longer hide the "
+    "bars; to log errors only now, give -q/--quiet before the subcommand (kl-retrievers -q {command} ...)"
 )
+#: Why ``--quiet --progress`` after such a command is a usage error (:class:`_ProgressFlag`).
+_QUIET_WITH_PROGRESS = (
+    "argument --quiet: after {command} it is the deprecated old name of --no-progress, which contradicts "
+    "--progress: give one of them (to log errors only and show the bars: kl-retrievers -q {command} ... --progress)"
+)
+
+
+class _ProgressFlag(argparse.Action):
+    """``--progress`` or the deprecated ``--quiet`` (the old name of ``--no-progress``) of a command that has both:
+    ``True`` when given, and a usage error after the other one, in either order (``--quiet --no-progress`` is
+    accepted: it says the same twice)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, *, command: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
+        self.command = command
+
+    def __call__(
+        self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: str | None = None
+    ) -> None:
+        other = "progress" if self.dest == "deprecated_quiet" else "deprecated_quiet"
+        if getattr(namespace, other, False):
+            parser.error(_QUIET_WITH_PROGRESS.format(command=self.command))
+        setattr(namespace, self.dest, True)
 
 
 def add_progress_arguments(p: Any, *, deprecated_quiet: str | None = None, deprecated_quiet_also: str = "") -> None:
@@ -363,8 +388,9 @@ def add_progress_arguments(p: Any, *, deprecated_quiet: str | None = None, depre
         p: The subcommand's parser (or one of its argument groups).
         deprecated_quiet: The command's name (``"evaluate"``) when it also takes ``--quiet``, the deprecated old
             name of ``--no-progress``: it still hides the bars and sets ``args.deprecated_quiet``, on which the
-            command logs :data:`DEPRECATED_QUIET_WARNING`. Such a command takes no ``-q`` (see
-            :func:`add_verbose_to_commands`): that is the log level, given before the subcommand meanwhile.
+            command logs :data:`DEPRECATED_QUIET_WARNING`; given with ``--no-progress`` it is accepted, with
+            ``--progress`` refused. Such a command takes no ``-q`` (see :func:`add_verbose_to_commands`): that is the
+            log level, given before the subcommand meanwhile.
         deprecated_quiet_also: What else that ``--quiet`` does, for its help, after "deprecated old name of
             --no-progress" (``train``'s also hides the training's INFO lines).
 
@@ -377,21 +403,25 @@ def add_progress_arguments(p: Any, *, deprecated_quiet: str | None = None, depre
         >>> progress_option(args), args.deprecated_quiet
         (False, True)
     """
+    # with the deprecated --quiet, --progress refuses it (and it --progress): it goes with --no-progress, whose old
+    # name it is, so it stays out of the group that refuses --no-progress with --progress
+    checked: dict[str, Any] = {"action": _ProgressFlag, "command": deprecated_quiet} if deprecated_quiet else {}
     bars = p.add_mutually_exclusive_group()
     bars.add_argument(
-        "--progress", action="store_true", help="show progress bars on stderr even when it is not a terminal"
+        "--progress",
+        **(checked or {"action": "store_true"}),
+        help="show progress bars on stderr even when it is not a terminal",
     )
     bars.add_argument(
         "--no-progress", action="store_true", help="hide progress bars (default: shown when stderr is a terminal)"
     )
     if deprecated_quiet:
-        bars.add_argument(
+        p.add_argument(
             "--quiet",
             dest="deprecated_quiet",
-            action="store_true",
+            **checked,
             help=f"deprecated old name of --no-progress{deprecated_quiet_also} (it warns); to log errors only, give "
-            f"-q/--quiet before the "
-            f"subcommand, as for every command: kl-retrievers -q {deprecated_quiet} ...",
+            f"-q/--quiet before the subcommand, as for every command: kl-retrievers -q {deprecated_quiet} ...",
         )
 
 
@@ -479,12 +509,38 @@ def check_output_path(path: Path, flag: str, *, folder: bool, store: bool = Fals
 # (kept here so that neither imports the other).
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's help formatter, wrapping help text at spaces only: a flag (``--no-progress``) or a name
+    (``kl-retrievers``) is never split at a hyphen or across lines, whatever the terminal's width (a word longer than
+    the line overflows it), so that the help can be searched and copied from."""
+
+    _SPACES = re.compile(r"\s+")
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(self._SPACES.sub(" ", text).strip(), width, break_on_hyphens=False, break_long_words=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(
+            self._SPACES.sub(" ", text).strip(),
+            width,
+            initial_indent=indent,
+            subsequent_indent=indent,
+            break_on_hyphens=False,
+            break_long_words=False,
+        )
+
+
 class _Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose usage errors are one line on stderr (exit status 2, as argparse).
 
     ``--help`` and ``--version`` honour stdout as the subcommands do (:func:`_print_to_stdout`): closed or
-    full, exit status 2 with one line on stderr; a reader that went away, 141.
+    full, exit status 2 with one line on stderr; a reader that went away, 141. The help wraps at spaces only
+    (:class:`_HelpFormatter`, the default ``formatter_class``; its subcommands, parsers of this class, share it).
     """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(**kwargs)
 
     def error(self, message: str) -> Any:  # argparse's signature is NoReturn
         self.exit(

@@ -320,6 +320,8 @@ class Gaussians:
         Without it ``np.asarray(g)``, ``np.array(g)`` and ``np.save(path, g)`` would walk the batch row by row
         through ``__len__`` / ``__getitem__`` (each row a batch again) for seconds to minutes, then fail with
         numpy's 32- or 64-dimension limit. numpy 2 calls it with ``dtype`` and ``copy``; both are ignored.
+        An object array holding several batches is built element by element: ``a = np.empty(n, dtype=object)``
+        then ``a[i] = batch`` (``np.array([g1, g2], dtype=object)`` asks each batch for an array).
         """
         raise TypeError(
             f"Gaussians (a batch of {len(self)} Gaussians in {self.dim} dimensions) is two arrays, not one: take "
@@ -1789,7 +1791,9 @@ def exact_top_k(
         doc_vectors: ``(vectors, norms)``: the float32 rewrite of every document around ``centre`` (as
             :func:`score_vectors_float32` builds it, ``means_only`` alike) and :func:`rewrite_block_norms`
             of each of its rows, kept by a caller that searches the same documents again: the allowed
-            rows are read from it instead of rewritten on every call. Needs ``centre``.
+            rows are read from it instead of rewritten on every call. Needs ``centre``. Only shapes and dtype
+            are checked: vectors built around another centre (or the other ``means_only``) are not detected
+            and give wrong scores, so keep them beside the centre they were built with.
 
     Returns:
         ``(rows, scores)``, shape ``(n_q, min(k, n_allowed))``: document row numbers best first and
@@ -1819,6 +1823,16 @@ def exact_top_k(
     if centre is not None:
         centre = _check_centre(centre, docs.dim)
     if doc_vectors is not None:
+        if not isinstance(doc_vectors, tuple) or len(doc_vectors) != 2:
+            raise ValueError(
+                f"doc_vectors must be a pair (vectors, norms), got {type(doc_vectors).__name__}"
+                + (f" of {len(doc_vectors)}" if isinstance(doc_vectors, tuple) else "")
+            )
+        if getattr(doc_vectors[0], "dtype", None) != np.float32:
+            raise ValueError(
+                f"doc_vectors' vectors must be float32 (as score_vectors_float32 builds them), got "
+                f"{getattr(doc_vectors[0], 'dtype', type(doc_vectors[0]).__name__)}"
+            )
         width, blocks = (docs.dim + 1, 2) if means_only else (2 * docs.dim + 1, 3)
         shapes = tuple(np.shape(x) for x in doc_vectors)
         if centre is None or shapes != ((len(docs), width), (len(docs), blocks)):

@@ -99,6 +99,7 @@ from kl_retrievers.store._base import (
     _RWLock,
 )
 from kl_retrievers.store._format import check_npy_header
+from kl_retrievers.store.faiss import _write_proceeds
 
 logger = logging.getLogger(__name__)
 
@@ -1790,6 +1791,8 @@ class KLHybridStore(_NotCopyable):
             )
         self._ensure_tokens()  # a loaded store's first change: its texts counted while searches go on
         with self._lock.write():
+            if not _write_proceeds():  # an async write cancelled while it waited for the lock
+                return []
             if self._bm25.counts is None:  # a write nested in this thread's own (see _ensure_tokens)
                 self._count_stored_texts()
             with self._kl._owner_writes():
@@ -1869,6 +1872,8 @@ class KLHybridStore(_NotCopyable):
         if not self._deletes_nothing(ids, filter):
             self._ensure_tokens()  # a loaded store's first change: its texts counted while searches go on
         with self._lock.write():
+            if not _write_proceeds():  # an async write cancelled while it waited for the lock
+                return DeleteReport(deleted=[], missing=[])
             if self._bm25.counts is None and not self._deletes_nothing(ids, filter):
                 self._count_stored_texts()  # a write nested in this thread's own (see _ensure_tokens)
             with self._kl._owner_writes():

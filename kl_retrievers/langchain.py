@@ -26,8 +26,10 @@ Examples:
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import io
+import itertools
 import json
 import logging
 import math
@@ -45,7 +47,7 @@ import zipfile
 from collections import deque
 from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, Set
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 import numpy as np
 
@@ -653,10 +655,11 @@ _WRAPPED_EMBEDDINGS_ATTRIBUTES = (
 )
 
 
-#: How many ``Embeddings`` objects :func:`_inner_klembeddings` looks into at most: each wrapper of a realistic
-#: nesting (a cache in a rate limiter in a retry wrapper..., a handful deep, one or two models each) is far
-#: within it, while an object graph of many embeddings (a router over a registry of models) is not walked whole.
-_MAX_WRAPPERS_SEARCHED = 64
+#: How many ``Embeddings`` objects :func:`_inner_klembeddings` looks into at most (and how many items of a list,
+#: tuple or dict attribute): each wrapper of a realistic nesting (a cache in a rate limiter in a retry wrapper...,
+#: a handful deep, one or two models each) is far within it, and so is a router over a registry of hundreds of
+#: models (1,001 objects walk in about 8 ms), while an object graph larger still is not walked whole (a warning).
+_MAX_WRAPPERS_SEARCHED = 1024
 
 
 def _inner_klembeddings(embeddings: Any) -> KLEmbeddings | None:
@@ -665,23 +668,43 @@ def _inner_klembeddings(embeddings: Any) -> KLEmbeddings | None:
 
     A wrapper's ``Embeddings``-valued attributes are searched breadth first (the nearest one is found): those
     named in :data:`_WRAPPED_EMBEDDINGS_ATTRIBUTES` first, then any other (its ``vars()`` and pydantic fields,
-    e.g. a custom wrapper's ``self.inner``), each object once (cycle-safe). At most
-    :data:`_MAX_WRAPPERS_SEARCHED` objects are looked into, however deep, so the time it takes is bounded.
+    e.g. a custom wrapper's ``self.inner``, and the items of a list, tuple or dict held there, e.g.
+    ``self.models = [...]``), each object once (cycle-safe). At most :data:`_MAX_WRAPPERS_SEARCHED` objects are
+    looked into, however deep, so the time it takes is bounded: a search stopped there with no ``KLEmbeddings``
+    found warns (one may be further in; the vectors would then be taken for plain embeddings).
     """
     queue: deque[Any] = deque([embeddings])
     seen: set[int] = set()
-    while queue and len(seen) < _MAX_WRAPPERS_SEARCHED:
+    cut = False
+    while queue:
         e = queue.popleft()
         if isinstance(e, KLEmbeddings):
             return e
-        if isinstance(e, Embeddings) and id(e) not in seen:
-            seen.add(id(e))
-            queue.extend(_held_embeddings(e))
-    return next((e for e in queue if isinstance(e, KLEmbeddings)), None)  # found, not yet looked into
+        if not isinstance(e, Embeddings) or id(e) in seen:
+            continue
+        if len(seen) >= _MAX_WRAPPERS_SEARCHED:
+            queue.appendleft(e)
+            cut = True
+            break
+        seen.add(id(e))
+        held, truncated = _held_embeddings(e)
+        queue.extend(held)
+        cut = cut or truncated
+    found = next((e for e in queue if isinstance(e, KLEmbeddings)), None)  # found, not yet looked into
+    if found is None and cut:
+        warn(
+            f"looked for a KLEmbeddings inside {type(embeddings).__name__} through {len(seen)} Embeddings objects "
+            f"(at most {_MAX_WRAPPERS_SEARCHED}, and as many items of a list, tuple or dict attribute) and stopped "
+            "there: one held further in is not found, and its q~ / d~ vectors would be taken for plain embeddings "
+            "(ranked by L2 distance, not by -KL). If it wraps a KLEmbeddings, pass that KLEmbeddings (or its "
+            "encoder) directly, e.g. KLVectorStore(kl_embeddings)"
+        )
+    return found
 
 
-def _held_embeddings(wrapper: Any) -> list[Any]:
-    """The ``Embeddings`` objects ``wrapper``'s attributes hold: the known names first, then the others."""
+def _held_embeddings(wrapper: Any) -> tuple[list[Any], bool]:
+    """The ``Embeddings`` objects ``wrapper``'s attributes hold (the known names first, then the others, then the
+    items of its list, tuple and dict attributes), and whether a container was longer than the items looked at."""
     known = [_attribute(wrapper, name) for name in _WRAPPED_EMBEDDINGS_ATTRIBUTES]
     fields = getattr(type(wrapper), "model_fields", None)  # pydantic (v2): read through getattr as well
     try:
@@ -690,8 +713,16 @@ def _held_embeddings(wrapper: Any) -> list[Any]:
         values = []
     if isinstance(fields, dict):
         values += [_attribute(wrapper, str(name)) for name in fields]
-    held = [e for e in known + values if isinstance(e, Embeddings) and e is not wrapper]
-    return list({id(e): e for e in held}.values())  # each once, in order
+    items: list[Any] = []
+    truncated = False
+    for value in values:
+        if isinstance(value, (list, tuple, dict)):
+            first = list(itertools.islice(value.values() if isinstance(value, dict) else value, _MAX_WRAPPERS_SEARCHED))
+            items += first
+            # cut short: only a container of embeddings (a long list of numbers is no registry of models)
+            truncated = truncated or (len(value) > len(first) and any(isinstance(x, Embeddings) for x in first))
+    held = [e for e in known + values + items if isinstance(e, Embeddings) and e is not wrapper]
+    return list({id(e): e for e in held}.values()), truncated  # each once, in order
 
 
 def _attribute(obj: Any, name: str) -> Any:
@@ -934,7 +965,8 @@ def _warn_incompatible(store_name: str, reason: str) -> None:
 #: (``LLMChainFilter``, ``CrossEncoderReranker``, ``LongContextReorder``...) embeds nothing itself.
 _EMBEDDING_COMPARERS: dict[str, str | None] = {
     "EmbeddingsFilter": None,  # a query's q~ against each document's d~
-    "EmbeddingsRedundantFilter": None,  # every two documents' d~
+    # every two documents' d~: no plain similarity of two d~ (a dot product, a cosine of the user's) is a redundancy
+    "EmbeddingsRedundantFilter": "a similarity of every two documents' vectors (its similarity_fn)",
     "EmbeddingsClusteringFilter": "Euclidean distance (k-means clustering)",
 }
 _LANGCHAIN_PACKAGES = ("langchain", "langchain_classic", "langchain_community")
@@ -945,6 +977,10 @@ def _is_cosine(fn: Any) -> bool:
     ``cosine_similarity`` (``EmbeddingsFilter``'s and ``EmbeddingsRedundantFilter``'s default)."""
     if fn is None:
         return False
+    for _ in range(8):  # functools.partial(cosine_similarity, ...), nested partials too
+        if not isinstance(fn, functools.partial):
+            break
+        fn = fn.func
     if "cosine" in str(getattr(fn, "__name__", "")).lower():
         return True
     # where EmbeddingsFilter takes it from; not imported here: unless loaded, fn cannot be its cosine_similarity
@@ -958,8 +994,10 @@ def _misused_by(owner: Any) -> str | None:
     means nothing (``None``: it does not, or not in a way known to be wrong).
 
     One of LangChain's :data:`_EMBEDDING_COMPARERS`: ``EmbeddingsClusteringFilter`` always (k-means by Euclidean
-    distance), ``EmbeddingsFilter`` and ``EmbeddingsRedundantFilter`` when their ``similarity_fn`` is a cosine
-    (their default), not with a function of the user's (a dot product ranks a query's documents by -KL). Any other
+    distance), ``EmbeddingsRedundantFilter`` always (no plain similarity of two ``d~`` measures redundancy, a
+    function of the user's neither), ``EmbeddingsFilter`` when its ``similarity_fn`` is a cosine (its default,
+    also in a ``functools.partial``), not with a function of the user's (a dot product ranks a query's documents
+    by -KL). Any other
     compressor or transformer only when it has a ``similarity_fn`` that is a cosine: a reranker, an LLM filter or a
     compressor of the user's that scores by ``<q~, d~>`` gets no warning.
     """
@@ -1217,7 +1255,7 @@ class KLEmbeddings(Embeddings):
         batch_size: int = 32,
         show_progress_bar: bool = False,
         backend: Backend | None = None,
-        **unexpected: Any,
+        **unexpected: NoReturn,  # any other keyword: a TypeError naming it, and an error for mypy (its type: Never)
     ) -> None:
         from kl_retrievers.pretrained import BACKENDS
 
@@ -1552,8 +1590,8 @@ def _delete_by_ids(store: Any, ids: Any, delete_all: bool, owner: str) -> bool:
                 "call delete(delete_all=True) or clear()"
             )
         if not _write_cancelled_after_count(store, f"{owner}.adelete"):
-            with store_write_unless_cancelled(store, f"{owner}.adelete") as go:
-                if go:
+            with store_write_unless_cancelled(f"{owner}.adelete") as gate:
+                if gate.go:
                     store.delete(store.ids)  # every document: none can be absent (nothing read back first)
         return True
     if delete_all:
@@ -1569,8 +1607,8 @@ def _delete_by_ids(store: Any, ids: Any, delete_all: bool, owner: str) -> bool:
     if absent:  # not a failure; left out of the store's delete, which would log a WARNING about them
         logger.debug("%s.delete: %d id(s) were already absent: %s", owner, len(absent), absent[:10])
     if len(absent) < len(wanted) and not _write_cancelled_after_count(store, f"{owner}.adelete"):
-        with store_write_unless_cancelled(store, f"{owner}.adelete") as go:
-            if go:
+        with store_write_unless_cancelled(f"{owner}.adelete") as gate:
+            if gate.go:
                 store.delete([i for i in wanted if i in present])
     return True
 
@@ -1667,12 +1705,14 @@ def _store_texts(
         gaussians = encode_for_write(store, items, metadatas, ids)
         if _write_cancelled_after_count(store, what):
             return []
-        with store_write_unless_cancelled(store, what) as go:
-            if not go:
+        with store_write_unless_cancelled(what) as gate:
+            if not gate.go:
                 return []
             if gaussians is not None:
-                return list(store.add(items, gaussians=gaussians, ids=ids, metadatas=metadatas))
-            return list(store.add(items, ids=ids, metadatas=metadatas))
+                added = list(store.add(items, gaussians=gaussians, ids=ids, metadatas=metadatas))
+            else:
+                added = list(store.add(items, ids=ids, metadatas=metadatas))
+        return added if gate.go else []
     except (TypeError, ValueError) as exc:
         named = _name_the_document(exc, ids)
         if named is exc:

@@ -2695,15 +2695,15 @@ class KLVectorStore(BasePydanticVectorStore):
                 self._record_document_encoder(noted, nodes, k)
             # cancelled while it waited for the store's write lock: nothing written (the encoder just recorded
             # for an empty store is forgotten again)
-            with adapters.store_write_unless_cancelled(self._store, "KLVectorStore.async_add") as go:
-                if go:
+            with adapters.store_write_unless_cancelled("KLVectorStore.async_add") as gate:
+                if gate.go:
                     self._store.add(
                         [_node_text(nodes[i]) or "" for i in keep],
                         gaussians=Gaussians(mean[keep], var[keep]),
                         ids=kept_ids,
                         metadatas=metadatas,
                     )
-            if not go:
+            if not gate.go:
                 self._forget_recorded_encoder()
                 return []
         except BaseException:
@@ -2776,8 +2776,10 @@ class KLVectorStore(BasePydanticVectorStore):
             return
         before = _write_count(self._store)
         try:
-            with adapters.store_write_unless_cancelled(self._store, "KLVectorStore's async delete") as go:
-                if not go:  # cancelled while it waited for the store's write lock
+            # the store asks the gate once it holds its write lock: a KLStore judges the filter before, under its
+            # read lock (searches go on); cancelled meanwhile, nothing is deleted
+            with adapters.store_write_unless_cancelled("KLVectorStore's async delete") as gate:
+                if not gate.go:
                     return
                 if callable(where) and not isinstance(self._store, KLStore):
                     report = self._delete_matching_here(ids, where, narrow)
@@ -2785,6 +2787,8 @@ class KLVectorStore(BasePydanticVectorStore):
                     report = self._store.delete(ids, filter=where)
                 else:
                     report = self._store.delete(ids)
+            if not gate.go:  # cancelled while it waited for the store's write lock
+                return
         except BaseException:
             with self._non_text_lock:
                 self._non_text = None
@@ -4035,12 +4039,14 @@ def _add_nodes_to_hybrid(store: KLHybridStore, nodes: Sequence[BaseNode], where:
     gaussians = adapters.encode_for_write(store, texts, metadatas, ids)  # None outside a cancellable async write
     if _hybrid_write_cancelled(store, f"KLHybridRetriever.async_{where}"):  # encoded; the write lock is not taken yet
         return []
-    with adapters.store_write_unless_cancelled(store, f"KLHybridRetriever.async_{where}") as go:
-        if not go:  # cancelled while it waited for the store's write lock
+    with adapters.store_write_unless_cancelled(f"KLHybridRetriever.async_{where}") as gate:
+        if not gate.go:
             return []
         if gaussians is not None:
-            return store.add(texts, gaussians=gaussians, ids=ids, metadatas=metadatas)
-        return store.add(texts, ids=ids, metadatas=metadatas)
+            added = store.add(texts, gaussians=gaussians, ids=ids, metadatas=metadatas)
+        else:
+            added = store.add(texts, ids=ids, metadatas=metadatas)
+    return added if gate.go else []  # cancelled while it waited for the store's write lock: nothing written
 
 
 def _warn_hybrid_fusion(mode: str) -> None:
@@ -4351,8 +4357,8 @@ class KLHybridRetriever(_TopKRetriever):
         target = str(ref_doc_id)
         if _hybrid_write_cancelled(self._store, "KLHybridRetriever.adelete_ref_doc"):
             return []
-        with adapters.store_write_unless_cancelled(self._store, "KLHybridRetriever.adelete_ref_doc") as go:
-            if not go:  # cancelled while it waited for the store's write lock
+        with adapters.store_write_unless_cancelled("KLHybridRetriever.adelete_ref_doc") as gate:
+            if not gate.go:
                 return []
             return self._store.delete(filter=lambda m: str(_ref_doc_id(m)) == target).deleted
 

@@ -56,8 +56,8 @@ checkpoints); `--verbose` (`-v`) adds every INFO line, `-vv` DEBUG lines too, an
 keeps errors only (Python warnings, which the command line logs, included; progress bars are not affected). They
 may come before or after the subcommand (`-v search ... -v` counts as `-vv`); `-q` with `-v` is a usage error.
 After `evaluate` and `train`, give `-q` before the subcommand: there `--quiet` is the deprecated old name of
-`--no-progress` (it still hides the bars, and `train`'s INFO lines of the training, with a warning, until it is
-removed in the next release).
+`--no-progress` (it still hides the bars, and `train`'s INFO lines of the training, with a warning; in the next
+release it will set the log level (errors only), as after every other command, and no longer hide the bars).
 
 **Exit statuses.**
 

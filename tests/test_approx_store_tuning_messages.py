@@ -60,7 +60,7 @@ def test_an_ivf_store_grown_past_its_training_warns_once_at_the_callers_line() -
     message = str(stale[0].message)
     assert "held 32 documents; it now holds 160 (5.0 times as many" in message
     assert "the lists learnt from the first ones" in message
-    assert "store.rebuild()" in message and "check nprobe" in message
+    assert "Call store.rebuild() to retrain it on a sample of all of them" in message and "check nprobe" in message
     assert stale[0].category is UserWarning and stale[0].filename == __file__
     # a rebuild retrains over every document and arms the warning again, from the new size
     store.rebuild()

@@ -13,15 +13,17 @@ Here the test holds the store's lock for reading (a search in progress) while th
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from langchain_core.documents import Document
 from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
 
-from conftest import CountingEncoder, drain, own_executor, within
+from conftest import ASYNC_LIMIT, CountingEncoder, drain, own_executor, within
 from kl_retrievers.langchain import KLHybridRetriever, KLVectorStore
 from kl_retrievers.llama_index import KLHybridRetriever as LIHybridRetriever
 from kl_retrievers.llama_index import KLVectorStore as LIVectorStore
@@ -134,7 +136,10 @@ async def test_a_write_cancelled_while_it_waits_for_the_lock_writes_nothing(name
                 await task
         await within(drain(loop))  # the worker thread got the lock, and ended
         assert case.ids() == before, "a cancelled write landed after the lock was released"
-        await within(_case(name).write())  # the same write, not cancelled, on a fresh store: done at once
+        fresh = _case(name)  # the same write, not cancelled, on a fresh store: done at once, and it lands
+        untouched = fresh.ids()
+        await within(fresh.write())
+        assert fresh.ids() != untouched, "a write that was not cancelled did not land"
 
 
 async def test_a_write_not_cancelled_while_it_waits_for_the_lock_lands() -> None:
@@ -147,3 +152,68 @@ async def test_a_write_not_cancelled_while_it_waits_for_the_lock_lands() -> None
             await within(_until_a_writer_waits(lock))
         assert await within(task) == ["c"]
     assert vs.store.ids == ["a", "b", "c"]
+
+
+class _WatchedLock:
+    """A ``MilvusKLStore``'s re-entrant lock, which says when a thread waits for it (``waiting``)."""
+
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+        self.waiting = threading.Event()
+
+    def __enter__(self) -> bool:
+        if not self._lock.acquire(blocking=False):
+            self.waiting.set()
+            self._lock.acquire()
+        return True
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return bool(self._lock.acquire(blocking, timeout))
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+async def test_a_write_cancelled_while_it_waits_for_a_milvus_stores_lock_writes_nothing(tmp_path: Path) -> None:
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    from kl_retrievers.milvus import MilvusKLStore
+
+    ms = MilvusKLStore(uri=str(tmp_path / "kl.db"), encoder=CountingEncoder())
+    try:
+        vs = KLVectorStore(CountingEncoder(), store=ms)
+        vs.add_texts(["a", "b"], ids=["a", "b"])
+        watched = _WatchedLock(ms._lock)
+        ms._lock = watched  # type: ignore[assignment]
+        loop = asyncio.get_running_loop()
+        with own_executor(loop):
+            held, release = threading.Event(), threading.Event()
+
+            def hold() -> None:  # another thread's write or search holding the store's lock
+                with watched:
+                    held.set()
+                    release.wait(ASYNC_LIMIT)
+
+            holder = threading.Thread(target=hold)
+            holder.start()
+            held.wait(ASYNC_LIMIT)
+            try:
+                task = asyncio.ensure_future(vs.aadd_texts(["c"], ids=["c"]))
+                await within(asyncio.to_thread(watched.waiting.wait, ASYNC_LIMIT))
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            finally:
+                release.set()
+                holder.join()
+            await within(drain(loop))
+            assert sorted(ms.ids) == ["a", "b"], "a cancelled write landed after the lock was released"
+            # not cancelled: it lands (the store's own write takes the re-entrant lock again), and a delete too
+            assert await within(vs.aadd_texts(["d"], ids=["d"])) == ["d"]
+            assert await within(vs.adelete(["d"])) is True
+            assert sorted(ms.ids) == ["a", "b"]
+    finally:
+        ms.close()

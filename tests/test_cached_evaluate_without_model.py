@@ -45,7 +45,7 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 
 def _argv(model: Path, data: Path, cache: Path, *extra: str) -> list[str]:
-    return ["evaluate", str(data), "--model", str(model), "--cache-dir", str(cache), "--quiet", "--json", *extra]
+    return ["evaluate", str(data), "--model", str(model), "--cache-dir", str(cache), "--no-progress", "--json", *extra]
 
 
 def _record(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
@@ -194,7 +194,7 @@ def test_the_default_bundled_model_is_found_by_its_files(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     data, cache = write_tiny_beir(tmp_path / "data"), tmp_path / "cache"
     argv = ["evaluate", str(data), "--model", "minilm-gauss-soup", "--model-backend", backend]
-    argv += ["--cache-dir", str(cache), "--quiet", "--json"]
+    argv += ["--cache-dir", str(cache), "--no-progress", "--json"]
     first = _first_run(argv, capsys)
     assert first["model"] == "kl_retrievers:minilm-gauss-soup"
     loads: list[Any] = []

@@ -109,7 +109,7 @@ def _idx(w: World, corpus: str, *extra: str) -> list[str]:
 
 
 def _ev(w: World, *extra: str) -> list[str]:
-    return ["evaluate", str(w.beir), "--model", str(w.model), "--quiet", "--no-cache", *extra]
+    return ["evaluate", str(w.beir), "--model", str(w.model), "--no-progress", "--no-cache", *extra]
 
 
 def _tr(w: World, *extra: str) -> list[str]:
@@ -263,11 +263,11 @@ CASES: list[Case] = [
     ("search/filter-a-list", lambda w: ["search", str(w.store), "cat", "--filter", "[1]"], "--filter"),
     ("search/filter-bad-op", lambda w: ["search", str(w.store), "cat", "--filter", '{"y": {"$near": 1}}'], "$near"),
     # ------------------------------------------------------------------ evaluate
-    ("evaluate/missing-folder", lambda w: ["evaluate", str(w.root / "no-beir"), "--quiet"], "no-beir"),
+    ("evaluate/missing-folder", lambda w: ["evaluate", str(w.root / "no-beir"), "--no-progress"], "no-beir"),
     ("evaluate/missing-split", lambda w: _ev(w, "--split", "dev"), "split 'dev'"),
     (
         "evaluate/malformed-corpus",
-        lambda w: ["evaluate", str(w.root / "beir-bad"), "--quiet", "--model", str(w.model)],
+        lambda w: ["evaluate", str(w.root / "beir-bad"), "--no-progress", "--model", str(w.model)],
         "corpus.jsonl, line 2",
     ),
     ("evaluate/depth-0", lambda w: _ev(w, "--depth", "0"), "--depth"),

@@ -69,7 +69,7 @@ def test_run_files_hold_what_the_help_says(tmp_path: Path, capsys: pytest.Captur
     root = _beir(tmp_path / "beir", corpus, [("q1", "green tea"), ("q2", "dog moon")], "q1\tc\t1\nq2\tx\t1\n")
     encoder = make_tiny_encoder()
     model = encoder.save_pretrained(tmp_path / "model")
-    base = ["evaluate", str(root), "--model", str(model), "--quiet", "--no-cache", "--depth", "3"]
+    base = ["evaluate", str(root), "--model", str(model), "--no-progress", "--no-cache", "--depth", "3"]
     assert main([*base, "--save-run", str(tmp_path / "dense.run")]) == 0
     assert main([*base, "--hybrid", "rrf", "--save-run", str(tmp_path / "hybrid.run")]) == 0
     capsys.readouterr()
@@ -112,7 +112,7 @@ def test_evaluate_warns_about_blank_queries_naming_them(
     queries = [("q1", "cat mat"), ("q2", ""), ("q3", " \t "), ("q4", "green tea")]
     root = _beir(tmp_path / "beir", corpus, queries, "q1\td1\t1\nq2\td2\t1\nq3\td2\t1\nq4\td2\t1\n")
     with caplog.at_level(logging.WARNING, logger="kl_retrievers.evaluate_cli"):
-        assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet"]) == 0
+        assert main(["evaluate", str(root), "--baseline", "bm25", "--no-progress"]) == 0
     capsys.readouterr()
     warned = [r.getMessage() for r in caplog.records if "blank" in r.getMessage()]
     assert len(warned) == 1, warned
@@ -127,9 +127,9 @@ def test_evaluate_names_the_first_blank_queries_only_and_is_silent_without_one(
     queries = [("q1", "cat")] + [(f"b{i}", "") for i in range(7)]
     blank = _beir(tmp_path / "blank", corpus, queries, "".join(f"{q}\td1\t1\n" for q, _ in queries))
     with caplog.at_level(logging.WARNING, logger="kl_retrievers.evaluate_cli"):
-        assert main(["evaluate", str(plain), "--baseline", "bm25", "--quiet"]) == 0
+        assert main(["evaluate", str(plain), "--baseline", "bm25", "--no-progress"]) == 0
         assert not [r for r in caplog.records if "blank" in r.getMessage()]
-        assert main(["evaluate", str(blank), "--baseline", "bm25", "--quiet"]) == 0
+        assert main(["evaluate", str(blank), "--baseline", "bm25", "--no-progress"]) == 0
     capsys.readouterr()
     warned = [r.getMessage() for r in caplog.records if "blank" in r.getMessage()]
     assert len(warned) == 1 and "7 of the 8 queries evaluated are blank" in warned[0]

@@ -118,7 +118,7 @@ def test_save_run_with_a_whitespace_id_fails_before_any_retrieval(
 
     monkeypatch.setattr(evaluate_cli, "run_baseline", no_retrieval)
     run_file = tmp_path / "run.trec"
-    code = main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--save-run", str(run_file)])
+    code = main(["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--save-run", str(run_file)])
     assert code == 2
     err = capsys.readouterr().err
     assert "--save-run" in err and "'d 3'" in err
@@ -135,7 +135,9 @@ def test_output_paths_are_checked_before_the_dataset_is_loaded(
     a_folder = tmp_path / "out"
     a_folder.mkdir()
     # the dataset folder does not exist: the output error comes first
-    code = main(["evaluate", str(tmp_path / "no-such-dataset"), "--baseline", "bm25", "--quiet", flag, str(a_folder)])
+    code = main(
+        ["evaluate", str(tmp_path / "no-such-dataset"), "--baseline", "bm25", "--no-progress", flag, str(a_folder)]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert flag in err and "is a folder" in err and "not found" not in err
@@ -148,7 +150,7 @@ def test_unwritable_save_run_leaves_no_partial_per_query_file(
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     pq = tmp_path / "pq.json"
-    argv = ["evaluate", str(root), "--baseline", "bm25", "--quiet", "--per-query", str(pq)]
+    argv = ["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--per-query", str(pq)]
     code = main([*argv, "--save-run", str(blocker / "run.trec")])
     assert code == 2
     assert "--save-run" in capsys.readouterr().err
@@ -174,7 +176,7 @@ def test_drop_keeps_queries_whose_every_judgement_names_an_unknown_doc(
 
 def test_evaluate_with_drop_counts_every_query(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = _beir(tmp_path / "beir", "q1\td1\t1\nq2\td9\t1\n")
-    code = main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--json", "--unknown-docs", "drop"])
+    code = main(["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--json", "--unknown-docs", "drop"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["queries"] == 2 and summary["ndcg@10"] == 0.5  # bm25 ranks d1 first for "cat mat"
@@ -182,7 +184,7 @@ def test_evaluate_with_drop_counts_every_query(tmp_path: Path, capsys: pytest.Ca
 
 def test_unknown_document_error_names_the_cli_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = _beir(tmp_path / "beir", "q1\td9\t1\n")
-    assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet"]) == 2
+    assert main(["evaluate", str(root), "--baseline", "bm25", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "--unknown-docs drop" in err and "unknown_docs=" not in err and "'d9'" in err
     with pytest.raises(DatasetError, match="unknown_docs='drop'"):  # the library keeps its own spelling
@@ -236,7 +238,7 @@ def test_malformed_compare_file_is_a_usage_error(tmp_path: Path, capsys: pytest.
     root = _beir(tmp_path / "beir", "q1\td1\t1\n")
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"per_query": {"q1": 0.5}}))
-    assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--compare", str(other)]) == 2
+    assert main(["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--compare", str(other)]) == 2
     err = capsys.readouterr().err
     assert "internal error" not in err and "other.json" in err
 
@@ -322,7 +324,7 @@ def test_a_baseline_refuses_token_limits_it_would_ignore(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], baseline: str, flags: list[str], named: str
 ) -> None:
     root = _beir(tmp_path / "beir", "q1\td1\t1\n")
-    assert main(["evaluate", str(root), "--baseline", baseline, "--quiet", *flags]) == 2
+    assert main(["evaluate", str(root), "--baseline", baseline, "--no-progress", *flags]) == 2
     err = capsys.readouterr().err
     assert f"{named} does not apply to --baseline {baseline}" in err and "one token limit" in err
 
@@ -346,7 +348,10 @@ def test_evaluate_ranks_a_vector_twin_by_the_similarity_it_was_trained_with(
     corpus = CORPUS + [{"_id": f"x{i}", "title": "", "text": f"word{i} cat tea {i}"} for i in range(8)]
     root = _beir(tmp_path / "beir", "q1\td1\t1\nq2\td2\t1\n", corpus=corpus)
     model = _twin(tmp_path, similarity)
-    assert main(["evaluate", str(root), "--model", str(model), "--json", "--quiet", "--no-cache", "--depth", "5"]) == 0
+    assert (
+        main(["evaluate", str(root), "--model", str(model), "--json", "--no-progress", "--no-cache", "--depth", "5"])
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["score"] == similarity
     assert "vector twin" in out["qpp"]["missing"]["uncertainty"]
@@ -366,5 +371,5 @@ def test_evaluate_ranks_a_vector_twin_by_the_similarity_it_was_trained_with(
         np.testing.assert_allclose(list(run[qid].values()), np.sort(scores[i])[::-1][:5], rtol=1e-5)
     kl_run = evaluate_model(enc, ds, k=5, use_cache=False, show_progress=False, similarity="neg_kl")
     assert kl_run.summary()["score"] == "neg_kl"
-    assert main(["evaluate", str(root), "--model", str(model), "--hybrid", "rrf", "--quiet", "--no-cache"]) == 2
+    assert main(["evaluate", str(root), "--model", str(model), "--hybrid", "rrf", "--no-progress", "--no-cache"]) == 2
     assert f"vector twin trained with --similarity {similarity}" in capsys.readouterr().err

@@ -78,7 +78,7 @@ def _commands(tmp_path: Path) -> dict[str, list[str]]:
         "encode-sharded": ["encode", "--input", str(texts), "--shard-size", "1", "--out", str(tmp_path / "shards")],
         "index": ["index", str(DEMO_CORPUS), "--out", str(tmp_path / "store"), "--no-progress"],
         "demo": ["demo", "bees"],
-        "evaluate": ["evaluate", str(_beir(tmp_path / "ds")), "--quiet"],  # its default backend: torch
+        "evaluate": ["evaluate", str(_beir(tmp_path / "ds")), "--no-progress"],  # its default backend: torch
     }
 
 
@@ -244,7 +244,7 @@ def test_the_flags_with_a_gpu_device_and_no_backend_are_refused(
 
 def test_evaluate_refuses_the_flags_with_a_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ds = _beir(tmp_path / "ds")
-    assert main(["evaluate", str(ds), "--baseline", "bm25", "--quiet", "--model-threads", "2"]) == 2
+    assert main(["evaluate", str(ds), "--baseline", "bm25", "--no-progress", "--model-threads", "2"]) == 2
     err = capsys.readouterr().err
     assert "--model-threads does not apply to --baseline bm25, which encodes nothing" in err, err
 
@@ -351,12 +351,12 @@ def test_evaluate_catches_the_typed_error_by_type(
 
     monkeypatch.setattr(pretrained, "load_model", refuse)
     ds = _beir(tmp_path / "ds")
-    assert main(["evaluate", str(ds), "--model", str(tmp_path / "not-there"), "--quiet"]) == 2
+    assert main(["evaluate", str(ds), "--model", str(tmp_path / "not-there"), "--no-progress"]) == 2
     assert capsys.readouterr().err.strip() == (
         "kl-retrievers evaluate: error: /somewhere/export holds an ONNX export (model.onnx), which runs on ONNX "
         "Runtime only; pass --model-backend onnx (evaluate's default backend is torch, that of the logged figures)"
     )
-    assert main(["evaluate", str(ds), "--quiet"]) == 2  # no --model: the same, no internal error
+    assert main(["evaluate", str(ds), "--no-progress"]) == 2  # no --model: the same, no internal error
     assert "/somewhere/export holds an ONNX export" in capsys.readouterr().err
 
 
@@ -365,7 +365,7 @@ def test_evaluate_on_a_real_onnx_export_gives_its_own_advice(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ds, folder = _beir(tmp_path / "ds"), _fake_onnx_export(tmp_path / "export")
-    assert main(["evaluate", str(ds), "--model", str(folder), "--quiet"]) == 2
+    assert main(["evaluate", str(ds), "--model", str(folder), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (
         f"kl-retrievers evaluate: error: {folder} holds an ONNX export (model.onnx), which runs on ONNX Runtime "

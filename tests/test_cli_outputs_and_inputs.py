@@ -34,7 +34,7 @@ BOM = b"\xef\xbb\xbf"
 
 
 def _evaluate(ds: Path, *extra: str) -> int:
-    return main(["evaluate", str(ds), "--baseline", "bm25", "--quiet", *extra])
+    return main(["evaluate", str(ds), "--baseline", "bm25", "--no-progress", *extra])
 
 
 @pytest.fixture(autouse=True)
@@ -188,7 +188,7 @@ def test_evaluate_bm25_over_a_stop_word_corpus_scores_zero(tmp_path: Path, capsy
     (root / "corpus.jsonl").write_text('{"_id": "d1", "text": "the"}\n')
     (root / "queries.jsonl").write_text('{"_id": "q1", "text": "the"}\n')
     (root / "qrels" / "test.tsv").write_text("q1\td1\t1\n")
-    assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--json"]) == 0
+    assert main(["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["ndcg@10"] == 0.0
 
 
@@ -254,7 +254,7 @@ def test_evaluate_an_onnx_export_on_torch_says_to_pass_model_backend_onnx(
 ) -> None:
     ds = write_alpha_beir(tmp_path / "ds")
     folder = _fake_onnx_export(tmp_path / "export")
-    assert main(["evaluate", str(ds), "--model", str(folder), "--quiet"]) == 2
+    assert main(["evaluate", str(ds), "--model", str(folder), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "pass --model-backend onnx" in err and "backend='onnx'" not in err, err
 

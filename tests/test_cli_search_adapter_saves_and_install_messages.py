@@ -134,7 +134,7 @@ def test_evaluate_attaches_the_stemmer_alternative_to_pystemmer_alone(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _block(monkeypatch, "ir_measures", "Stemmer")
-    argv = ["evaluate", str(tmp_path / "not-read"), "--hybrid", "rrf", "--model-backend", "onnx", "--quiet"]
+    argv = ["evaluate", str(tmp_path / "not-read"), "--hybrid", "rrf", "--model-backend", "onnx", "--no-progress"]
     assert main(argv) == 2
     err = _error_line(capsys, "evaluate")
     assert "needs PyStemmer (or pass --hybrid-stemmer none for unstemmed BM25)" in err, err
@@ -155,7 +155,7 @@ def test_evaluate_names_only_the_qpp_flags_given(
     pytest.importorskip("ir_measures")
     _block(monkeypatch, "scipy")
     flags = [str(tmp_path / "pq.json") if flag == "PQ" else flag for flag in flags]
-    argv = ["evaluate", str(tmp_path / "not-read"), *flags, "--model-backend", "onnx", "--quiet"]
+    argv = ["evaluate", str(tmp_path / "not-read"), *flags, "--model-backend", "onnx", "--no-progress"]
     assert main(argv) == 2
     err = _error_line(capsys, "evaluate")
     assert named + " scipy" in err and "--qpp" not in err, err

@@ -492,7 +492,7 @@ def test_evaluate_shows_no_progress_bars_when_stderr_is_not_a_terminal(
         return {"q1": {"d1": 2.0, "d2": 1.0}}, "bm25"
 
     monkeypatch.setattr(evaluate_cli, "run_baseline", baseline)
-    flags = ["--quiet"] if quiet else []
+    flags = ["--no-progress"] if quiet else []
     assert main(["evaluate", str(_tiny_beir(tmp_path)), "--baseline", "bm25", "--json", *flags]) == 0
     assert seen == [False]  # capsys's stderr is no terminal
 
@@ -555,7 +555,7 @@ def test_evaluate_refuses_a_link_or_pipe_output_before_any_work(
 
     monkeypatch.setattr(evaluate_cli, "run_baseline", never)
     monkeypatch.setattr(evaluate_cli, "load_beir", never)
-    assert main(["evaluate", str(_tiny_beir(tmp_path)), "--baseline", "bm25", "--quiet", flag, str(target)]) == 2
+    assert main(["evaluate", str(_tiny_beir(tmp_path)), "--baseline", "bm25", "--no-progress", flag, str(target)]) == 2
     err = capsys.readouterr().err
     assert flag in err and str(target) in err
     assert ("symbolic link" if kind == "symlink" else "named pipe") in err, err

@@ -127,7 +127,7 @@ def test_evaluate_without_a_home_folder_runs_uncached(
     make_tiny_encoder().save_pretrained(tmp_path / "model")
     data = write_tiny_beir(tmp_path / "beir")
     monkeypatch.chdir(tmp_path)
-    assert main(["evaluate", str(data), "--model", str(tmp_path / "model"), "--quiet", "--json"]) == 0
+    assert main(["evaluate", str(data), "--model", str(tmp_path / "model"), "--no-progress", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["queries"] == 3 and "ndcg@10" in record, sorted(record)
 

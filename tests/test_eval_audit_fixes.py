@@ -59,7 +59,7 @@ def test_a_depth_below_a_cutoff_warns_naming_the_metrics_and_is_recorded(
     filler = [{"_id": f"x{i}", "title": "", "text": f"filler {i}"} for i in range(60)]
     root = _beir(tmp_path / "beir", corpus=CORPUS + filler)
     caplog.set_level(logging.WARNING)
-    assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--json", "--depth", str(depth)]) == 0
+    assert main(["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--json", "--depth", str(depth)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["depth"] == depth
     warned = _warnings(caplog)
@@ -76,7 +76,7 @@ def test_the_depth_shows_in_json_the_per_query_meta_and_the_table(
     root = _beir(tmp_path / "beir")
     pq = tmp_path / "pq.json"
     caplog.set_level(logging.WARNING)
-    assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--per-query", str(pq)]) == 0
+    assert main(["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--per-query", str(pq)]) == 0
     out = capsys.readouterr().out
     assert "depth: 100" in out and "score: bm25, higher is better" in out
     assert "--depth" not in _warnings(caplog)  # the default reaches every cutoff
@@ -99,7 +99,7 @@ def test_compare_refuses_a_file_from_another_dataset_unless_compare_any(
     root = _beir(tmp_path / "cran300")
     other_root = _beir(tmp_path / "cran300b")  # another collection with the same numeric query ids
     other = _per_query_file(tmp_path / "other.json", {"dataset": str(other_root), "split": "test", "model": "x"})
-    argv = ["evaluate", str(root), "--baseline", "bm25", "--quiet", "--compare", str(other)]
+    argv = ["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--compare", str(other)]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert str(other_root) in err and str(root) in err and "--compare-any" in err
@@ -113,7 +113,7 @@ def test_compare_refuses_a_file_from_another_dataset_unless_compare_any(
 def test_compare_refuses_a_file_from_another_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = _beir(tmp_path / "beir")
     other = _per_query_file(tmp_path / "other.json", {"dataset": str(root), "split": "train"})
-    assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--compare", str(other)]) == 2
+    assert main(["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--compare", str(other)]) == 2
     err = capsys.readouterr().err
     assert "split train" in err and "this run: test" in err
 
@@ -124,14 +124,14 @@ def test_compare_accepts_the_same_dataset_named_another_way(
     root = _beir(tmp_path / "beir")
     monkeypatch.chdir(tmp_path)
     other = _per_query_file(tmp_path / "other.json", {"dataset": "beir", "split": "test"})  # relative, as recorded
-    assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--json", "--compare", str(other)]) == 0
+    assert main(["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--json", "--compare", str(other)]) == 0
     assert json.loads(capsys.readouterr().out)["compare"]["tests"]["ndcg@10"]["n"] == 3
 
 
 def test_compare_without_a_shared_query_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = _beir(tmp_path / "beir")
     other = _per_query_file(tmp_path / "other.json", {"dataset": str(root), "split": "test"}, qids=("7", "8"))
-    assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--compare", str(other)]) == 2
+    assert main(["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--compare", str(other)]) == 2
     captured = capsys.readouterr()
     assert "shares 0 queries" in captured.err and "compared with" not in captured.out
 
@@ -142,7 +142,7 @@ def test_compare_with_a_file_without_meta_warns(
     root = _beir(tmp_path / "beir")
     other = _per_query_file(tmp_path / "other.tsv", None)
     caplog.set_level(logging.WARNING)
-    assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--compare", str(other)]) == 0
+    assert main(["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--compare", str(other)]) == 0
     assert "compared with" in capsys.readouterr().out
     warned = _warnings(caplog)
     assert "other.tsv" in warned and "dataset or split" in warned
@@ -201,7 +201,7 @@ def test_compare_with_a_nan_file_is_a_usage_error(tmp_path: Path, capsys: pytest
     root = _beir(tmp_path / "beir")
     other = tmp_path / "nan.pq.json"
     other.write_text('{"meta": {}, "per_query": {"1": {"ndcg@10": NaN}, "2": {"ndcg@10": 0.5}}}')
-    argv = ["evaluate", str(root), "--baseline", "bm25", "--quiet", "--json", "--compare", str(other)]
+    argv = ["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--json", "--compare", str(other)]
     assert main(argv) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "'1'" in captured.err and "ndcg@10" in captured.err
@@ -221,7 +221,7 @@ def test_json_output_is_standard_json_even_with_an_undefined_value(
 
     monkeypatch.setattr(qpp, "qpp_for_run", with_nan)
     root = _beir(tmp_path / "beir")
-    assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--json"]) == 0
+    assert main(["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--json"]) == 0
     summary = _strict_json(capsys.readouterr().out)
     assert summary["qpp"]["undefined"] is None
 
@@ -251,7 +251,9 @@ def test_a_split_must_name_one_of_the_folders_qrels_files(tmp_path: Path, split:
 def test_evaluate_refuses_a_split_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = _beir(tmp_path / "beir")
     _beir(tmp_path / "other", "1\td3\t1\n")
-    assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--split", "../../other/qrels/test"]) == 2
+    assert (
+        main(["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--split", "../../other/qrels/test"]) == 2
+    )
     err = capsys.readouterr().err
     assert "not a split name" in err and "['test']" in err
 
@@ -261,7 +263,7 @@ def test_evaluate_refuses_a_split_path(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_baseline_json_names_its_score_direction_and_depth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = _beir(tmp_path / "beir")
-    assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--json", "--depth", "20"]) == 0
+    assert main(["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--json", "--depth", "20"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["score"] == "bm25"
     assert summary["score_direction"] == "higher_is_better"
@@ -277,7 +279,7 @@ def test_dense_baselines_rank_by_cosine() -> None:
 def test_model_json_names_its_score_direction_and_depth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = _beir(tmp_path / "beir")
     model = make_tiny_encoder(seed=0).save_pretrained(tmp_path / "model")
-    argv = ["evaluate", str(root), "--model", str(model), "--quiet", "--json", "--no-cache", "--depth", "3"]
+    argv = ["evaluate", str(root), "--model", str(model), "--no-progress", "--json", "--no-cache", "--depth", "3"]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert (summary["score"], summary["score_direction"], summary["depth"]) == ("neg_kl", "higher_is_better", 3)
@@ -309,7 +311,7 @@ def test_compare_accepts_the_same_dataset_recorded_from_another_working_director
     other = _per_query_file(tmp_path / "other.json", {"dataset": "../data/beir", "split": "test"})
     monkeypatch.chdir(tmp_path / "repo" / "notebooks")  # ../data/beir names no folder from here
     caplog.set_level(logging.WARNING)
-    assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--json", "--compare", str(other)]) == 0
+    assert main(["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--json", "--compare", str(other)]) == 0
     assert json.loads(capsys.readouterr().out)["compare"]["tests"]["ndcg@10"]["n"] == 3
     assert "relative to another working directory" in _warnings(caplog)
 
@@ -321,5 +323,5 @@ def test_compare_still_refuses_a_relative_dataset_of_another_name(
     (tmp_path / "elsewhere").mkdir()
     other = _per_query_file(tmp_path / "other.json", {"dataset": "../data/cranfield", "split": "test"})
     monkeypatch.chdir(tmp_path / "elsewhere")
-    assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--compare", str(other)]) == 2
+    assert main(["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--compare", str(other)]) == 2
     assert "--compare-any" in capsys.readouterr().err

@@ -76,7 +76,7 @@ def test_evaluate_spells_the_option_of_any_dataset_error_as_its_flag(
         )
 
     monkeypatch.setattr(evaluate_cli, "load_beir", reworded)
-    assert main(["evaluate", str(_beir(tmp_path / "beir")), "--baseline", "bm25", "--quiet"]) == 2
+    assert main(["evaluate", str(_beir(tmp_path / "beir")), "--baseline", "bm25", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert (
         "kl-retrievers evaluate: error: qrels/test.tsv, line 2: judgement of a document the corpus lacks: 'd9'; "
@@ -87,7 +87,7 @@ def test_evaluate_spells_the_option_of_any_dataset_error_as_its_flag(
 
 def test_evaluate_keeps_other_dataset_errors_as_they_are(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = _beir(tmp_path / "beir", "q1\td1\tx\n")
-    assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet"]) == 2
+    assert main(["evaluate", str(root), "--baseline", "bm25", "--no-progress"]) == 2
     err = capsys.readouterr().err
     with pytest.raises(DatasetError) as info:
         load_beir(root, "test")
@@ -122,7 +122,7 @@ def test_evaluate_an_onnx_export_on_torch_gives_its_own_advice_whatever_the_libr
 
     monkeypatch.setattr(pretrained, "load_model", refuse)
     ds, folder = _beir(tmp_path / "ds"), _fake_onnx_export(tmp_path / "export")
-    assert main(["evaluate", str(ds), "--model", str(folder), "--quiet"]) == 2
+    assert main(["evaluate", str(ds), "--model", str(folder), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == (
         f"kl-retrievers evaluate: error: {folder} holds an ONNX export (model.onnx), which runs on ONNX Runtime "
@@ -143,13 +143,13 @@ def test_evaluate_passes_other_model_errors_through(
     ds = _beir(tmp_path / "ds")
     plain = tmp_path / "plain"
     plain.mkdir()  # no model.onnx: not an ONNX export
-    assert main(["evaluate", str(ds), "--model", str(plain), "--quiet"]) == 2
+    assert main(["evaluate", str(ds), "--model", str(plain), "--no-progress"]) == 2
     assert capsys.readouterr().err.strip() == f"kl-retrievers evaluate: error: {plain}: something else is wrong"
     export = _fake_onnx_export(tmp_path / "export")  # on the onnx backend the library's message stands
-    assert main(["evaluate", str(ds), "--model", str(export), "--model-backend", "onnx", "--quiet"]) == 2
+    assert main(["evaluate", str(ds), "--model", str(export), "--model-backend", "onnx", "--no-progress"]) == 2
     assert capsys.readouterr().err.strip() == f"kl-retrievers evaluate: error: {export}: something else is wrong"
     # without --model (the default model) the library's message stands too, no internal error
-    assert main(["evaluate", str(ds), "--quiet"]) == 2
+    assert main(["evaluate", str(ds), "--no-progress"]) == 2
     assert capsys.readouterr().err.strip() == "kl-retrievers evaluate: error: None: something else is wrong"
 
 

@@ -28,7 +28,7 @@ QRELS = "q0\td0\t2\nq0\tGHOST\t2\nq1\td1\t1\nq2\td2\t0\nq3\td3\t2\nq4\td4\t2\nq5
 
 def _evaluate(capsys: pytest.CaptureFixture[str], root: Path, *flags: str) -> str:
     capsys.readouterr()
-    assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet", *flags]) == 0
+    assert main(["evaluate", str(root), "--baseline", "bm25", "--no-progress", *flags]) == 0
     return capsys.readouterr().out
 
 

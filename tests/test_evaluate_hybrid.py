@@ -47,7 +47,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 
 def _evaluate(setup: tuple[Path, Path, Path], *extra: str) -> list[str]:
     root, model, cache = setup
-    return ["evaluate", str(root), "--model", str(model), "--quiet", "--cache-dir", str(cache), *extra]
+    return ["evaluate", str(root), "--model", str(model), "--no-progress", "--cache-dir", str(cache), *extra]
 
 
 def test_modes_match_the_library() -> None:
@@ -139,5 +139,5 @@ def test_bad_hybrid_options(setup: tuple[Path, Path, Path], capsys: pytest.Captu
     assert main(_evaluate(setup, "--hybrid", "rrf", "--means-only")) == 2
     assert "--means-only" in capsys.readouterr().err
     root = setup[0]
-    assert main(["evaluate", str(root), "--baseline", "bm25", "--hybrid", "rrf", "--quiet"]) == 2
+    assert main(["evaluate", str(root), "--baseline", "bm25", "--hybrid", "rrf", "--no-progress"]) == 2
     assert "not with --baseline bm25" in capsys.readouterr().err

@@ -37,7 +37,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     rows = "".join(f"{q}\t{d}\t{s}\n" for q, d, s in QRELS)
     (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + rows)
     model = Path(make_tiny_encoder().save_pretrained(tmp / "model"))
-    return ["evaluate", str(root), "--model", str(model), "--quiet", "--cache-dir", str(tmp / "cache")]
+    return ["evaluate", str(root), "--model", str(model), "--no-progress", "--cache-dir", str(tmp / "cache")]
 
 
 def test_the_stemmer_is_the_default_recorded_and_none_turns_it_off(

@@ -40,6 +40,7 @@ def shown(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         (["--no-progress"], False, False),
         (["--progress"], True, False),  # shown anyway, as encode --progress
         (["--quiet"], False, True),  # the old spelling still works, and says what replaces it
+        (["--quiet", "--no-progress"], False, True),  # a migrating user's spelling: accepted, still warned
     ],
 )
 def test_the_progress_flags_of_evaluate(
@@ -58,6 +59,8 @@ def test_the_progress_flags_of_evaluate(
     assert (DEPRECATED in err) is warned, err
     if warned:
         assert "--no-progress now does" in err and "kl-retrievers -q evaluate ..." in err
+        # what docs/upgrading.md says: the flag does not go away, it becomes the log level's
+        assert "in the next release it will set the log level (errors only)" in err and "stops working" not in err
 
 
 def test_the_deprecation_warning_is_a_log_line_that_q_hides(
@@ -87,20 +90,40 @@ def test_the_log_level_and_the_bars_are_separate_flags(
 
 
 @pytest.mark.parametrize(
-    "pair", [["--progress", "--no-progress"], ["--progress", "--quiet"], ["--quiet", "--no-progress"]]
+    ("pair", "message"),
+    [
+        (["--progress", "--no-progress"], "argument --no-progress: not allowed with argument --progress"),
+        (["--no-progress", "--progress"], "argument --progress: not allowed with argument --no-progress"),
+        # the old name of --no-progress contradicts --progress too, in either order, and the message says so
+        (["--progress", "--quiet"], "after evaluate it is the deprecated old name of --no-progress"),
+        (["--quiet", "--progress"], "after evaluate it is the deprecated old name of --no-progress"),
+    ],
 )
-def test_the_progress_flags_exclude_each_other(pair: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_progress_flags_exclude_each_other(
+    pair: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args(["evaluate", "data", *pair])
     assert info.value.code == 2
-    assert "not allowed with argument" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err, err
+    if "--quiet" in pair:
+        assert "which contradicts --progress: give one of them" in err
+        assert "kl-retrievers -q evaluate ... --progress" in err  # errors only, with the bars
+
+
+@pytest.mark.parametrize("pair", [["--quiet", "--no-progress"], ["--no-progress", "--quiet"]])
+def test_quiet_with_no_progress_is_accepted(pair: list[str]) -> None:
+    """A migrating user adds --no-progress before dropping --quiet: both say the same, the bars hidden."""
+    args = build_parser().parse_args(["evaluate", "data", *pair])
+    assert (args.no_progress, args.deprecated_quiet, args.progress) == (True, True, False)
 
 
 def test_the_help_of_evaluate_says_what_each_quiet_is(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])
     out = " ".join(capsys.readouterr().out.split())  # the help wraps at the terminal's width
-    assert "[--progress | --no-progress | --quiet]" in out
+    assert "[--progress | --no-progress] [--quiet]" in out
     assert "--no-progress hide progress bars" in out
     assert "--quiet deprecated old name of --no-progress (it warns); to log errors only, give -q/--quiet" in out
     assert "kl-retrievers -q evaluate ..." in out

@@ -27,7 +27,7 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def _evaluate(ds: Path, *extra: str) -> int:
-    return main(["evaluate", str(ds), "--baseline", "bm25", "--quiet", *extra])
+    return main(["evaluate", str(ds), "--baseline", "bm25", "--no-progress", *extra])
 
 
 def _error(capsys: pytest.CaptureFixture[str]) -> str:

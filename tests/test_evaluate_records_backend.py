@@ -35,7 +35,7 @@ def _beir(root: Path) -> Path:
 
 
 def _evaluate(model: Path, data: Path, *extra: str) -> list[str]:
-    return ["evaluate", str(data), "--model", str(model), "--quiet", "--no-cache", "--depth", "3", *extra]
+    return ["evaluate", str(data), "--model", str(model), "--no-progress", "--no-cache", "--depth", "3", *extra]
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def test_json_and_per_query_meta_record_backend_and_weights(
 def test_a_baseline_record_is_unchanged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A baseline's label names its model and precision; its record (quoted in docs/baselines.md) stays as it was."""
     data = _beir(tmp_path / "data")
-    assert main(["evaluate", str(data), "--baseline", "bm25", "--quiet", "--json"]) == 0
+    assert main(["evaluate", str(data), "--baseline", "bm25", "--no-progress", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert "backend" not in record and "weights_sha256" not in record
 

@@ -83,7 +83,7 @@ def test_evaluate_model_scores_and_records_the_level(tmp_path: Path) -> None:
 def test_the_cli_option_scores_at_the_level_and_records_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = write_tiny_beir(tmp_path / "beir", qrels=TINY_QRELS)
     run_file, pq = tmp_path / "run.trec", tmp_path / "pq.json"
-    argv = ["evaluate", str(root), "--baseline", "bm25", "--quiet", "--save-run", str(run_file)]
+    argv = ["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--save-run", str(run_file)]
     assert main([*argv, "--json", "--relevance-level", "2", "--per-query", str(pq)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["relevance_level"] == 2
@@ -119,7 +119,7 @@ def test_compare_refuses_a_file_at_another_level_unless_compare_any(
 ) -> None:
     root = write_tiny_beir(tmp_path / "beir", qrels=TINY_QRELS)
     pq = tmp_path / "pq2.json"
-    base = ["evaluate", str(root), "--baseline", "bm25", "--quiet"]
+    base = ["evaluate", str(root), "--baseline", "bm25", "--no-progress"]
     assert main([*base, "--relevance-level", "2", "--per-query", str(pq)]) == 0
     capsys.readouterr()
     assert main([*base, "--compare", str(pq)]) == 2  # this run at the default level 1
@@ -140,7 +140,7 @@ def test_compare_takes_a_file_from_before_the_option_as_level_1(
     old = tmp_path / "old.json"
     rows = {q: {"ndcg@10": 0.1 * i, "mrr@10": 0.2, "recall@100": 1.0, "map@100": 0.3} for i, q in enumerate("123")}
     save_per_query(old, rows, meta={"dataset": str(root), "split": "test", "depth": 100})
-    base = ["evaluate", str(root), "--baseline", "bm25", "--quiet", "--compare", str(old)]
+    base = ["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--compare", str(old)]
     assert main([*base, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["compare"]["relevance_level"] == 1
     assert main([*base, "--relevance-level", "2"]) == 2
@@ -154,7 +154,7 @@ def test_compare_lines_say_their_means_are_over_the_shared_queries(
     other = tmp_path / "other.json"
     rows = {q: {"ndcg@10": 0.5, "mrr@10": 0.5, "recall@100": 1.0, "map@100": 0.5} for q in ("1", "2", "x", "y")}
     save_per_query(other, rows, meta={"dataset": str(root), "split": "test", "depth": 100})
-    base = ["evaluate", str(root), "--baseline", "bm25", "--quiet", "--compare", str(other)]
+    base = ["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--compare", str(other)]
     assert main(base) == 0
     out = capsys.readouterr().out
     assert "(means over the 2 shared queries)" in out

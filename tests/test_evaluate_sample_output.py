@@ -17,10 +17,13 @@ pytest.importorskip("bm25s")
 
 def test_the_text_table_says_the_queries_are_a_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = write_pairs_beir(tmp_path / "beir", n_queries=12)
-    assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--sample-queries", "5", "--seed", "2"]) == 0
+    assert (
+        main(["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--sample-queries", "5", "--seed", "2"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "queries: 5 (a sample of 12, seed 2)" in out, out
-    assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet"]) == 0
+    assert main(["evaluate", str(root), "--baseline", "bm25", "--no-progress"]) == 0
     assert "sample" not in capsys.readouterr().out
 
 
@@ -29,10 +32,20 @@ def test_compare_warns_about_unshared_queries_once(
 ) -> None:
     root = write_pairs_beir(tmp_path / "beir", n_queries=12)
     full = tmp_path / "full.json"
-    assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--per-query", str(full)]) == 0
+    assert main(["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--per-query", str(full)]) == 0
     capsys.readouterr()
     with caplog.at_level(logging.WARNING, logger="kl_retrievers.evaluation"):
-        argv = ["evaluate", str(root), "--baseline", "bm25", "--quiet", "--sample-queries", "5", "--compare", str(full)]
+        argv = [
+            "evaluate",
+            str(root),
+            "--baseline",
+            "bm25",
+            "--no-progress",
+            "--sample-queries",
+            "5",
+            "--compare",
+            str(full),
+        ]
         assert main(argv) == 0
     unshared = [r for r in caplog.records if "paired test on" in r.getMessage()]
     assert len(unshared) == 1, [r.getMessage() for r in caplog.records]

@@ -50,7 +50,7 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 def _evaluate(world: TrainWorld, model: Path, split: str, cache: Path, caplog: pytest.LogCaptureFixture) -> list[str]:
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        argv = ["evaluate", str(world.beir), "--model", str(model), "--split", split, "--quiet"]
+        argv = ["evaluate", str(world.beir), "--model", str(model), "--split", split, "--no-progress"]
         assert main([*argv, "--cache-dir", str(cache)]) == 0
     return _warnings(caplog)
 

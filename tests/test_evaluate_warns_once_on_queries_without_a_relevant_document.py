@@ -32,7 +32,7 @@ def test_queries_left_out_of_qpp_are_warned_about_once(
     root = write_pairs_beir(tmp_path / "beir", QRELS)
     flags = tuple(str(tmp_path / "pq.json") if f == "PQ" else f for f in flags)
     with caplog.at_level(logging.INFO, logger="kl_retrievers"):
-        argv = ["evaluate", str(root), "--baseline", "bm25", "--quiet", "--unknown-docs", "drop", *flags]
+        argv = ["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--unknown-docs", "drop", *flags]
         assert main(argv) == 0
     capsys.readouterr()
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
@@ -56,7 +56,7 @@ def test_without_qpp_the_warning_does_not_mention_it(
                     str(write_pairs_beir(tmp_path / "beir", QRELS)),
                     "--baseline",
                     "bm25",
-                    "--quiet",
+                    "--no-progress",
                     "--unknown-docs",
                     "drop",
                 ]

@@ -395,7 +395,7 @@ def test_cli_json_per_query_and_compare(tmp_path: Path, capsys: pytest.CaptureFi
             "--baseline",
             "bm25",
             "--json",
-            "--quiet",
+            "--no-progress",
             "--per-query",
             str(pq),
             "--save-run",
@@ -410,20 +410,20 @@ def test_cli_json_per_query_and_compare(tmp_path: Path, capsys: pytest.CaptureFi
         assert key in summary
     assert summary["queries"] == 2 and summary["split"] == "test"
     assert pq.exists() and (tmp_path / "run.trec").exists()
-    args = _parse(["evaluate", str(root), "--baseline", "bm25", "--json", "--quiet", "--compare", str(pq)])
+    args = _parse(["evaluate", str(root), "--baseline", "bm25", "--json", "--no-progress", "--compare", str(pq)])
     assert run_evaluate(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["compare"]["tests"]["ndcg@10"]["p_value"] == 1.0
-    args = _parse(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--compare", str(pq)])
+    args = _parse(["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--compare", str(pq)])
     assert run_evaluate(args) == 0
     assert "ndcg@10" in capsys.readouterr().out
 
 
 def test_cli_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_evaluate(_parse(["evaluate", str(tmp_path / "none"), "--baseline", "bm25", "--quiet"])) == 2
+    assert run_evaluate(_parse(["evaluate", str(tmp_path / "none"), "--baseline", "bm25", "--no-progress"])) == 2
     assert "not found" in capsys.readouterr().err
     root = write_beir(tmp_path / "beir")
-    args = _parse(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--means-only"])
+    args = _parse(["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--means-only"])
     assert run_evaluate(args) == 2
     with pytest.raises(SystemExit):
         _parse(["evaluate", str(root), "--baseline", "bm25", "--model", "x"])

@@ -89,7 +89,7 @@ def test_cli_evaluate_warns_about_its_depth_once(
     root = _beir(tmp_path / "beir")
     caplog.set_level(logging.WARNING)
     # below the 4 documents of the corpus: a depth reaching them all does not warn (see the shallow-runs tests)
-    argv = ["evaluate", str(root), "--model", str(model), "--json", "--quiet", "--no-cache", "--depth", "3"]
+    argv = ["evaluate", str(root), "--model", str(model), "--json", "--no-progress", "--no-cache", "--depth", "3"]
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["depth"] == 3
     messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]

@@ -154,7 +154,7 @@ QRELS = "".join(f"q{j}\td{j}\t1\n" for j in range(5)) + "q5\tGHOST\t1\n"
 
 
 def _evaluate_json(capsys: pytest.CaptureFixture[str], root: Path, *flags: str) -> dict[str, Any]:
-    assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--json", *flags]) == 0
+    assert main(["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--json", *flags]) == 0
     summary: dict[str, Any] = json.loads(capsys.readouterr().out)
     return summary
 
@@ -184,7 +184,7 @@ def test_compare_refuses_a_file_of_another_depth_below_a_cutoff(
     shallow, deep = tmp_path / "d10.json", tmp_path / "d200.json"
     _evaluate_json(capsys, root, "--depth", "10", "--per-query", str(shallow))
     _evaluate_json(capsys, root, "--depth", "200", "--per-query", str(deep))
-    argv = ["evaluate", str(root), "--baseline", "bm25", "--quiet"]
+    argv = ["evaluate", str(root), "--baseline", "bm25", "--no-progress"]
     assert main([*argv, "--compare", str(shallow)]) == 2
     err = capsys.readouterr().err
     assert f"--compare {shallow} records depth 10 and this run has depth 100: recall@100 and map@100 read" in err
@@ -220,7 +220,7 @@ def test_options_a_baseline_ignores_are_refused_by_one_rule(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], baseline: str, flags: list[str], message: str
 ) -> None:
     root = write_pairs_beir(tmp_path / "beir", QRELS)
-    assert main(["evaluate", str(root), "--baseline", baseline, "--quiet", *flags]) == 2
+    assert main(["evaluate", str(root), "--baseline", baseline, "--no-progress", *flags]) == 2
     err = capsys.readouterr().err
     assert message in err, err
     assert err.count("error:") == 1
@@ -241,7 +241,7 @@ def test_qpp_bootstrap_sets_the_resamples_and_qpp_seconds_is_reported(
     few = _evaluate_json(capsys, root, "--qpp-bootstrap", "20")
     assert few["qpp"]["bootstrap"] == 20
     with caplog.at_level(logging.WARNING):
-        assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--qpp-bootstrap", "5"]) == 0
+        assert main(["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--qpp-bootstrap", "5"]) == 0
     assert any("--qpp-bootstrap has no effect" in r.getMessage() for r in caplog.records)
     with pytest.raises(SystemExit):
         main(["evaluate", str(root), "--baseline", "bm25", "--qpp-bootstrap", "-1"])

@@ -3,11 +3,13 @@ rewriting the allowed rows at each search; its results stay those of a float64 b
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
 from kl_retrievers.gaussian import Gaussians, exact_top_k, neg_kl_matrix, rewrite_block_norms, score_vectors_float32
-from kl_retrievers.store import KLStore
+from kl_retrievers.store import KLStore, _engines
 
 
 def _data(n: int, dim: int, seed: int) -> Gaussians:
@@ -70,3 +72,122 @@ def test_exact_top_k_with_kept_vectors_equals_without(allowed: str) -> None:
         exact_top_k(queries, docs, 12, rows=rows, doc_vectors=kept)  # no centre
     with pytest.raises(ValueError, match="doc_vectors must be"):
         exact_top_k(queries, docs, 12, rows=rows, centre=centre, doc_vectors=(vectors[:10], kept[1][:10]))
+    with pytest.raises(ValueError, match="doc_vectors must be a pair .vectors, norms., got ndarray"):
+        exact_top_k(queries, docs, 12, rows=rows, centre=centre, doc_vectors=vectors)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="doc_vectors' vectors must be float32.*got float64"):
+        exact_top_k(queries, docs, 12, rows=rows, centre=centre, doc_vectors=(vectors.astype(np.float64), kept[1]))
+
+
+def _tenth_store(n: int = 3000) -> tuple[KLStore, Gaussians]:
+    """An IVF store of ``n`` documents, a tenth of them tagged (a filter under exact_threshold), and a query."""
+    docs = _data(n, 16, seed=4)
+    store = KLStore(index_type="ivf", nlist=16)
+    store.add(gaussians=docs, ids=[str(i) for i in range(n)], metadatas=[{"t": i % 10 == 0} for i in range(n)])
+    assert store.is_built
+    return store, _data(1, 16, seed=5)
+
+
+def _count_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the kept vectors' builds: each starts with the mean of every row's means (``means_centre``)."""
+    calls: list[int] = []
+    real = _engines.means_centre
+
+    def counting(mean: np.ndarray) -> np.ndarray:
+        calls.append(len(mean))
+        return real(mean)
+
+    monkeypatch.setattr(_engines, "means_centre", counting)
+    return calls
+
+
+def test_searches_between_writes_build_the_kept_vectors_only_once_they_rewrote_the_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, queries = _tenth_store()
+    one = _data(1, 16, seed=6)
+    builds = _count_builds(monkeypatch)
+    for cycle in range(4):  # write, search, search: each search rewrites its 300 rows, far from the 3,000
+        store.add(gaussians=one, ids=[f"w{cycle}"], metadatas=[{"t": False}])
+        for _ in range(2):
+            store.search(queries, k=5, filter={"t": True})
+    assert builds == []
+    # unchanged rows: built once the searches' rewritten rows add up to the table's (11 x 300 >= 3,004 rows):
+    # by the 12th search since the last write
+    for _ in range(9):
+        store.search(queries, k=5, filter={"t": True})
+    assert builds == [] and store._engine._kept is None
+    store.search(queries, k=5, filter={"t": True})
+    assert len(builds) == 1 and store._engine._kept is not None
+    for _ in range(3):
+        store.search(queries, k=5, filter={"t": True})
+    assert len(builds) == 1
+
+
+def _build_kept(store: KLStore, queries: Gaussians) -> None:
+    for _ in range(12):
+        store.search(queries, k=5, filter={"t": True})
+    assert store._engine._kept is not None
+
+
+def test_every_write_step_lets_the_kept_vectors_go_at_once() -> None:
+    store, queries = _tenth_store()
+    _build_kept(store, queries)
+    store.add(gaussians=_data(1, 16, seed=7), ids=["new"], metadatas=[{"t": True}])  # add_rows
+    assert store._engine._kept is None
+    _build_kept(store, queries)
+    store.delete(["0", "1"])  # tombstones (no engine step): let go by the next search, which finds them old
+    store.search(queries, k=5, filter={"t": True})
+    assert store._engine._kept is None
+    _build_kept(store, queries)
+    store.delete(["2"])
+    store.compact()  # remove_rows
+    assert store._engine._kept is None
+    _build_kept(store, queries)
+    store.rebuild()
+    assert store._engine._kept is None
+
+
+def test_kept_vectors_older_than_the_rows_go_even_where_new_ones_would_be_too_large(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, queries = _tenth_store()
+    _build_kept(store, queries)
+    store._table.version += 1  # the rows changed without a write step of the engine
+    monkeypatch.setattr(_engines, "_KEPT_VECTORS_MAX", 0)
+    store.search(queries, k=5, filter={"t": True})
+    assert store._engine._kept is None
+
+
+def test_a_search_that_finds_another_building_them_rewrites_its_rows_without_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, queries = _tenth_store()
+    builds = _count_builds(monkeypatch)
+    lock = threading.Lock()
+    monkeypatch.setattr(store._engine, "_kept_lock", lock, raising=False)
+    want = [h.id for h in store.search(queries, k=5, filter={"t": True})]
+    with lock:  # another search is building them
+        for _ in range(15):
+            assert [h.id for h in store.search(queries, k=5, filter={"t": True})] == want
+        assert builds == [] and store._engine._kept is None
+    store.search(queries, k=5, filter={"t": True})
+    assert len(builds) == 1 and store._engine._kept is not None
+
+
+def test_a_failed_build_is_not_tried_again_until_the_rows_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    store, queries = _tenth_store()
+    tries: list[int] = []
+
+    def overflowing(*args: object, **kwargs: object) -> np.ndarray:
+        tries.append(1)
+        raise ValueError("d~ overflows float32")
+
+    monkeypatch.setattr(_engines, "score_vectors_float32", overflowing)
+    want = [h.id for h in store.search(queries, k=5, filter={"t": True})]
+    for _ in range(15):
+        assert [h.id for h in store.search(queries, k=5, filter={"t": True})] == want
+    assert len(tries) == 1 and store._engine._kept is None
+    store._table.version += 1  # the rows changed: tried again once the searches rewrote the table
+    for _ in range(15):
+        store.search(queries, k=5, filter={"t": True})
+    assert len(tries) == 2

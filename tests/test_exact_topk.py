@@ -359,7 +359,9 @@ def test_rewrite_checks_agree_with_the_rewrite() -> None:
 def test_evaluate_refuses_depth_below_one(tmp_path: Path, capsys: pytest.CaptureFixture[str], depth: str) -> None:
     parser = argparse.ArgumentParser(prog="kl-retrievers")
     add_evaluate_command(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["evaluate", str(tmp_path / "none"), "--baseline", "bm25", "--quiet", "--depth", depth])
+    args = parser.parse_args(
+        ["evaluate", str(tmp_path / "none"), "--baseline", "bm25", "--no-progress", "--depth", depth]
+    )
     assert run_evaluate(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--depth" in err and depth in err

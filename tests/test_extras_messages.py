@@ -121,7 +121,7 @@ def test_evaluate_without_ir_measures_names_the_eval_extra_before_reading_anythi
 
     assert "ir-measures" in _extra("eval")
     _block(monkeypatch, "ir_measures")
-    assert main(["evaluate", str(tmp_path / "not-read"), "--model-backend", "onnx", "--quiet"]) == 2
+    assert main(["evaluate", str(tmp_path / "not-read"), "--model-backend", "onnx", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert 'needs ir-measures: pip install "kl-retrievers[eval]"' in err and "not-read" not in err
 
@@ -132,8 +132,8 @@ def test_evaluate_on_torch_without_torch_names_the_onnx_backend(
     from kl_retrievers.cli import main
 
     _block(monkeypatch, "torch")
-    assert main(["evaluate", str(tmp_path / "not-read"), "--quiet"]) == 2
+    assert main(["evaluate", str(tmp_path / "not-read"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert 'pip install "kl-retrievers[torch]", or pass --model-backend onnx' in err
-    assert main(["evaluate", str(tmp_path / "not-read"), "--baseline", "bm25", "--quiet"]) == 2
+    assert main(["evaluate", str(tmp_path / "not-read"), "--baseline", "bm25", "--no-progress"]) == 2
     assert "--model-backend" not in capsys.readouterr().err  # a baseline needs no model backend

@@ -40,5 +40,5 @@ def test_the_arrays_themselves_still_convert() -> None:
     assert np.asarray(g.mean).shape == np.asarray(g.var).shape == (3, 4)
     assert len(g) == 3 and len([g[i] for i in range(len(g))]) == 3  # indexing row by row still works (each row a batch)
     # torch.as_tensor does not ask __array__: it fails at once with its own "too many dimensions" (a ValueError)
-    with pytest.raises(ValueError, match="too many dimensions 'Gaussians'"):
+    with pytest.raises(ValueError):  # torch's own words, which may change
         torch.as_tensor(g)

@@ -153,7 +153,7 @@ def test_evaluate_save_run_onto_a_pipe_exits_2_naming_it(
     (ds / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n", encoding="utf-8")
     fifo = tmp_path / "run.trec"
     os.mkfifo(fifo)
-    code = main(["evaluate", str(ds), "--baseline", "bm25", "--quiet", "--save-run", str(fifo)])
+    code = main(["evaluate", str(ds), "--baseline", "bm25", "--no-progress", "--save-run", str(fifo)])
     err = capsys.readouterr().err
     assert code == 2, err
     assert str(fifo) in err and "named pipe" in err, err

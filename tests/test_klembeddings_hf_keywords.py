@@ -41,4 +41,4 @@ def test_an_unknown_keyword_names_what_klembeddings_takes() -> None:
         match="^KLEmbeddings got unexpected keyword argument\\(s\\) \\['batchsize'\\]; it takes encoder, model_name, "
         "batch_size, show_progress_bar and backend$",
     ):
-        KLEmbeddings(batchsize=8)
+        KLEmbeddings(batchsize=8)  # type: ignore[arg-type]  # mypy refuses it too

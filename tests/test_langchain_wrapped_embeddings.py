@@ -379,14 +379,16 @@ def test_wrapper_search_is_bounded(emb: KLEmbeddings, monkeypatch: pytest.Monkey
     looked_into: list[Any] = []
     held = adapter._held_embeddings
 
-    def counting(wrapper: Any) -> list[Any]:
+    def counting(wrapper: Any) -> tuple[list[Any], bool]:
         looked_into.append(wrapper)
         return held(wrapper)
 
     monkeypatch.setattr(adapter, "_held_embeddings", counting)
     cap = adapter._MAX_WRAPPERS_SEARCHED
     assert adapter._inner_klembeddings(_nested(emb, cap // 2)) is emb
-    assert adapter._inner_klembeddings(_nested(emb, 10 * cap)) is None  # not walked to the end
+    with pytest.warns(UserWarning, match=r"through 1024 Embeddings objects .* pass that KLEmbeddings"):
+        assert adapter._inner_klembeddings(_nested(emb, 2 * cap)) is None  # not walked to the end
     looked_into.clear()
-    assert adapter._inner_klembeddings(Registry(1_000)) is None
+    with pytest.warns(UserWarning, match=r"inside Registry through 1024 Embeddings objects"):
+        assert adapter._inner_klembeddings(Registry(1_000)) is None
     assert len(looked_into) == cap  # not the 2,001 objects of the graph

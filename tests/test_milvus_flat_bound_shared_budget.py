@@ -5,7 +5,9 @@ A row scoring ``-kl`` or more has ``sum_j (x_j - 1 - log x_j + (mu_q - mu_d)_j^2
 about 30 times too wide for the gaps it had to prove (4.3 against 0.12 at ``kl = 50``) and proved no pool of
 ordinary data: every query was searched again with 8 times the pool, then scanned. Still a bound: checked against
 the float32 scores of adversarial rows (the whole budget in one dimension's variance or mean, spread over all,
-means far from the origin), and the searches still equal a float64 brute force.
+means far from the origin), each of its two terms (:func:`_flat_magnitude_bound`: ``sum_j |q~_j d~_j|`` and the error of
+the stored first coordinate) against the rows' own, the first nearly reached, and the searches still equal a float64
+brute force.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from kl_retrievers.gaussian import (
     neg_kl_matrix,
 )
 from kl_retrievers.store import MilvusKLStore
-from kl_retrievers.store.milvus import _flat_error_bound
+from kl_retrievers.store.milvus import _flat_error_bound, _flat_magnitude_bound
 
 
 def _ratio_spending(s: float, above: bool) -> float:
@@ -67,15 +69,40 @@ def _adversarial_rows(query: Gaussians, kl: float, rng: np.random.Generator) -> 
     return rows
 
 
-@pytest.mark.parametrize(("dim", "offset"), [(8, 0.0), (384, 0.0), (384, 30.0)])
-def test_the_bound_covers_the_float32_scores_of_adversarial_rows(dim: int, offset: float) -> None:
+def _query(dim: int, offset: float, scale: float) -> Gaussians:
     rng = np.random.default_rng(dim)
-    query = Gaussians(offset + rng.normal(0, 0.3, (1, dim)), np.exp(rng.normal(0, 0.5, (1, dim))))
-    for kl in (0.5, 50.0, 500.0):
-        rows = _adversarial_rows(query, kl, rng)
-        stored = np.asarray(kl_document_vectors(rows), dtype=np.float32)  # the float32 rows Milvus holds
-        recovered = document_gaussians_from_vectors(stored.astype(np.float64), dim)
-        reported = np.asarray(neg_kl_matrix(query, recovered))[0]  # the float64 score the store reports
+    return Gaussians(offset + rng.normal(0, 0.3, (1, dim)), scale * np.exp(rng.normal(0, 0.5, (1, dim))))
+
+
+def _terms(query: Gaussians, kl: float, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """For adversarial rows at ``KL <= kl``: the float32 rows Milvus holds, the float64 scores the store reports,
+    and per row ``sum_j |q~_j d~_j|`` and the error of the stored first coordinate (what the two terms of
+    :func:`_flat_magnitude_bound` bound)."""
+    dim = np.asarray(query.mean).shape[1]
+    stored = np.asarray(kl_document_vectors(_adversarial_rows(query, kl, rng)), dtype=np.float32)
+    recovered = document_gaussians_from_vectors(stored.astype(np.float64), dim)
+    reported = np.asarray(neg_kl_matrix(query, recovered))[0]
+    d = np.asarray(kl_document_vectors(recovered), dtype=np.float64)  # the row as the store re-scores it
+    magnitude = np.abs(d * np.asarray(kl_query_vectors(query), dtype=np.float64)[0]).sum(axis=1)
+    first = np.abs(stored[:, 0].astype(np.float64) - d[:, 0])
+    return stored, reported, magnitude, first
+
+
+#: (dim, offset of the query means, scale of its variances): a variance scale of 1e4 makes the |log var| terms,
+#: which every row shares, most of the magnitude: the bound is then nearly reached.
+QUERIES = [(8, 0.0, 1.0), (384, 0.0, 1.0), (384, 30.0, 1.0), (384, 0.0, 1e4), (8, 0.0, 1e4)]
+
+
+@pytest.mark.parametrize(("dim", "offset", "scale"), QUERIES)
+def test_the_bound_covers_the_float32_scores_of_adversarial_rows(dim: int, offset: float, scale: float) -> None:
+    query = _query(dim, offset, scale)
+    rng = np.random.default_rng(dim)
+    for kl in (0.01, 0.5, 50.0, 500.0):
+        stored, reported, magnitude, first = _terms(query, kl, rng)
+        magnitude_bound, first_bound, centred = _flat_magnitude_bound(query, np.array([kl]))
+        assert magnitude.max() <= magnitude_bound[0], (kl, magnitude.max(), magnitude_bound)  # each term
+        assert first.max() <= first_bound[0], (kl, first.max(), first_bound)
+        assert centred[0] == 0.0  # no centre: an inner-product collection's rows are centred before storing
         q32 = np.asarray(kl_query_vectors(query), dtype=np.float32)[0]
         shift = float(np.asarray(kl_query_constant(query))[0])
         bound = float(_flat_error_bound(query, np.array([kl]))[0])
@@ -84,11 +111,22 @@ def test_the_bound_covers_the_float32_scores_of_adversarial_rows(dim: int, offse
             assert error.max() <= bound, (kl, error.max(), bound)
 
 
+@pytest.mark.parametrize(("dim", "at_least"), [(384, 0.99), (8, 0.95)])
+def test_the_magnitude_term_is_nearly_reached(dim: int, at_least: float) -> None:
+    """Sharp: the rows' own ``sum_j |q~_j d~_j|`` comes within 1% (dim 384) of the bound, so a slip that made the
+    bound smaller would fail above; the first coordinate's error within a factor of 3."""
+    query = _query(dim, 0.0, 1e4)
+    _, _, magnitude, first = _terms(query, 0.01, np.random.default_rng(dim))
+    magnitude_bound, first_bound, _ = _flat_magnitude_bound(query, np.array([0.01]))
+    assert at_least * magnitude_bound[0] <= magnitude.max() <= magnitude_bound[0]
+    assert first_bound[0] / 3 <= first.max() <= first_bound[0]
+
+
 def test_the_bound_shares_the_budget_at_large_dimension() -> None:
     rng = np.random.default_rng(0)
     query = Gaussians(rng.normal(0, 0.3, (1, 384)), np.exp(rng.normal(0, 0.5, (1, 384))))
     # before: 0.46, 4.3 and 43 (the budget spent in every dimension); now 0.035, 0.12 and 0.89
-    assert list(_flat_error_bound(query, np.array([5.0, 50.0, 500.0]))) < [0.05, 0.2, 1.2]
+    assert np.all(_flat_error_bound(query, np.array([5.0, 50.0, 500.0])) < [0.05, 0.2, 1.2])
     assert np.all(np.diff(_flat_error_bound(query, np.array([0.1, 1.0, 10.0, 100.0]))) > 0)
 
 

@@ -242,7 +242,7 @@ def test_evaluate_json_has_qpp(tmp_path: Path, capsys: pytest.CaptureFixture[str
     root = _tiny_beir(tmp_path / "beir")
     model = make_tiny_encoder().save_pretrained(tmp_path / "model")
     pq = tmp_path / "pq.json"
-    argv = [str(root), "--model", str(model), "--json", "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    argv = [str(root), "--model", str(model), "--json", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
     assert run_evaluate(_evaluate([*argv, "--per-query", str(pq)])) == 0
     summary = json.loads(capsys.readouterr().out)
     qpp = summary["qpp"]
@@ -260,7 +260,7 @@ def test_evaluate_json_has_qpp(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert meta["qpp"]["predictors"]["uncertainty"]["tau"] == unc["tau"]
 
     # a baseline has no variances: the other predictors, and why the uncertainty is missing
-    assert run_evaluate(_evaluate([str(root), "--baseline", "bm25", "--json", "--quiet"])) == 0
+    assert run_evaluate(_evaluate([str(root), "--baseline", "bm25", "--json", "--no-progress"])) == 0
     base = json.loads(capsys.readouterr().out)["qpp"]
     assert "uncertainty" not in base["predictors"] and "bm25" in base["missing"]["uncertainty"]
     assert {"max_score", "nqc", "gap12", "wig", "avg_idf", "scq"} <= set(base["predictors"])
@@ -270,7 +270,7 @@ def test_evaluate_json_has_qpp(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_evaluate_few_queries_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = _tiny_beir(tmp_path / "beir", n_queries=4)
     with pytest.warns(UserWarning, match="meaningless"):
-        assert run_evaluate(_evaluate([str(root), "--baseline", "bm25", "--json", "--quiet"])) == 0
+        assert run_evaluate(_evaluate([str(root), "--baseline", "bm25", "--json", "--no-progress"])) == 0
     report = json.loads(capsys.readouterr().out)["qpp"]
     assert report["predictors"]["max_score"]["n"] == 4
 
@@ -381,16 +381,16 @@ def test_evaluate_computes_qpp_only_when_asked_and_prints_it_with_qpp(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], recwarn: pytest.WarningsRecorder
 ) -> None:
     root = _tiny_beir(tmp_path / "beir", n_queries=4)  # fewer than 10: QPP would warn
-    assert run_evaluate(_evaluate([str(root), "--baseline", "bm25", "--quiet"])) == 0
+    assert run_evaluate(_evaluate([str(root), "--baseline", "bm25", "--no-progress"])) == 0
     assert "QPP" not in capsys.readouterr().out
     assert not [w for w in recwarn if "meaningless" in str(w.message)]  # not computed, so no warning about it
     with pytest.warns(UserWarning, match="meaningless"):
-        assert run_evaluate(_evaluate([str(root), "--baseline", "bm25", "--quiet", "--qpp"])) == 0
+        assert run_evaluate(_evaluate([str(root), "--baseline", "bm25", "--no-progress", "--qpp"])) == 0
     out = capsys.readouterr().out
     assert "ndcg@10" in out and "QPP against ndcg@10" in out and "max_score" in out
     assert "uncertainty  missing: the bm25 baseline has no variances" in out
     with pytest.warns(UserWarning, match="meaningless"):
-        assert run_evaluate(_evaluate([str(root), "--baseline", "bm25", "--quiet", "--json"])) == 0
+        assert run_evaluate(_evaluate([str(root), "--baseline", "bm25", "--no-progress", "--json"])) == 0
     assert json.loads(capsys.readouterr().out)["qpp"]["predictors"]["max_score"]["n"] == 4  # --json: always
 
 
@@ -404,7 +404,9 @@ def test_evaluate_json_qpp_records_depth_and_excluded_queries(
     qrels.write_text("\n".join(lines) + "\n")
     with warnings.catch_warnings(record=True) as seen, caplog.at_level(logging.WARNING):
         warnings.simplefilter("always")
-        assert run_evaluate(_evaluate([str(root), "--baseline", "bm25", "--json", "--quiet", "--depth", "4"])) == 0
+        assert (
+            run_evaluate(_evaluate([str(root), "--baseline", "bm25", "--json", "--no-progress", "--depth", "4"])) == 0
+        )
     # said once, by evaluate's warning on queries without a relevant document; QPP's own note is at INFO
     assert "1 of the 12 queries evaluated has no judged document of grade >= 1" in caplog.text
     assert "the QPP correlations leave it out" in caplog.text

@@ -176,7 +176,7 @@ def test_evaluate_warns_that_invisible_characters_count_as_whitespace(
     (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
     (root / "qrels" / "test.tsv").write_text((root / "qrels" / "train.tsv").read_text())
     with caplog.at_level(logging.WARNING, logger="kl_retrievers.evaluate_cli"):
-        assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet"]) == 0
+        assert main(["evaluate", str(root), "--baseline", "bm25", "--no-progress"]) == 0
     capsys.readouterr()
     warned = [r.getMessage() for r in caplog.records if "blank" in r.getMessage()]
     assert len(warned) == 1, warned

@@ -250,7 +250,7 @@ def test_evaluate_per_query_csv_writes_csv(tmp_path: Path) -> None:
     (root / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "bread yeast"}) + "\n")
     (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
     pq = tmp_path / "pq.csv"
-    assert main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--per-query", str(pq)]) == 0
+    assert main(["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--per-query", str(pq)]) == 0
     text = pq.read_text()
     assert text.startswith("query_id,") and not text.lstrip().startswith("{")
     assert set(load_per_query(pq)[0]) == {"q1"}

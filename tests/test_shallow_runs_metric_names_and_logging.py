@@ -204,7 +204,7 @@ def test_train_eval_metric_built_in_code_is_read_as_evaluate_model_reads_it(tmp_
 def test_run_evaluate_called_directly_leaves_the_root_logger_alone(tmp_path: Path) -> None:
     from kl_retrievers.evaluate_cli import run_evaluate
 
-    args = build_parser().parse_args(["evaluate", str(tmp_path / "none"), "--baseline", "bm25", "--quiet"])
+    args = build_parser().parse_args(["evaluate", str(tmp_path / "none"), "--baseline", "bm25", "--no-progress"])
     with bare_root_logger() as root:
         assert run_evaluate(args) == 2
         assert root.handlers == [] and root.level == logging.WARNING
@@ -248,11 +248,11 @@ def test_cli_evaluate_does_not_warn_when_the_depth_reaches_the_corpus(
 ) -> None:
     root = _beir(tmp_path / "beir")
     caplog.set_level(logging.WARNING)
-    assert main(["evaluate", str(root), "--baseline", "bm25", "--json", "--quiet", "--depth", "4"]) == 0
+    assert main(["evaluate", str(root), "--baseline", "bm25", "--json", "--no-progress", "--depth", "4"]) == 0
     assert json.loads(capsys.readouterr().out)["depth"] == 4
     assert not [r for r in caplog.records if "below the cutoff" in r.getMessage()]
     caplog.clear()
-    assert main(["evaluate", str(root), "--baseline", "bm25", "--json", "--quiet", "--depth", "3"]) == 0
+    assert main(["evaluate", str(root), "--baseline", "bm25", "--json", "--no-progress", "--depth", "3"]) == 0
     messages = [r.getMessage() for r in caplog.records if "below the cutoff" in r.getMessage()]
     assert len(messages) == 1 and messages[0].startswith("--depth 3 is below the cutoff"), messages
 

@@ -202,7 +202,7 @@ def test_langchain_retriever_keys_swapped_one_by_one_are_taken() -> None:
 
 # ------------------------------------------------------------------ 7. evaluate --sample-queries
 def _evaluate(capsys: pytest.CaptureFixture[str], root: Path, per_query: Path, *flags: str) -> dict[str, Any]:
-    argv = ["evaluate", str(root), "--baseline", "bm25", "--quiet", "--json", "--per-query", str(per_query)]
+    argv = ["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--json", "--per-query", str(per_query)]
     assert main([*argv, *flags]) == 0
     summary: dict[str, Any] = json.loads(capsys.readouterr().out)
     return summary
@@ -250,7 +250,7 @@ def test_evaluate_sample_queries_refuses_n_below_one_naming_it(
 ) -> None:
     root = write_pairs_beir(tmp_path / "beir", n_queries=12)
     with pytest.raises(SystemExit) as info:
-        main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--sample-queries", value])
+        main(["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--sample-queries", value])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "--sample-queries" in err and f"must be >= 1; got {value}" in err

@@ -89,6 +89,9 @@ def test_similarity_fn_name_max_seq_length_and_pairwise_scores(encoder: Any) -> 
     np.testing.assert_array_equal(pairwise, neg_kl(q, d))
     with pytest.raises(TypeError, match="similarity_pairwise takes Gaussians.*documents is ndarray"):
         encoder.similarity_pairwise(q, d.mean)
+    three = encoder.encode_document(["a", "b", "c"])
+    with pytest.raises(ValueError, match="similarity_pairwise pairs rows one to one.*use similarity for all pairs"):
+        encoder.similarity_pairwise(q, three)  # the method called is named, not neg_kl
 
 
 @pytest.mark.parametrize("kind", ["dot", "cosine"])
@@ -118,6 +121,7 @@ def test_a_query_that_already_starts_with_the_prefix_is_warned_about_once(encode
         encoder = (
             copy.copy(encoders[backend]) if backend == "onnx" else make_tiny_encoder(extra={"query_prefix": PREFIX})
         )
+        encoder.__dict__.pop("_warned_prefixed_queries", None)  # a copy carries the shared encoder's flag
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
             encoder.encode_queries(QUERIES)  # no prefix written: nothing said

@@ -131,7 +131,7 @@ def test_tilde_in_command_line_outputs_is_the_home_folder(home: Path, tmp_path: 
     assert main(["index", str(corpus), "--out", "~/st", "--model", str(model_dir), "--no-progress"]) == 0
     assert main(["encode", "tea", "--out", "~/g.safetensors", "--model", str(model_dir), "--no-progress"]) == 0
     beir = write_tiny_beir(tmp_path / "beir")
-    argv = ["evaluate", str(beir), "--baseline", "bm25", "--quiet", "--save-run", "~/run.trec"]
+    argv = ["evaluate", str(beir), "--baseline", "bm25", "--no-progress", "--save-run", "~/run.trec"]
     assert main([*argv, "--per-query", "~/pq.json"]) == 0
     assert sorted(p.name for p in home.iterdir()) == ["g.safetensors", "pq.json", "run.trec", "st"]
     assert not Path("~").exists()

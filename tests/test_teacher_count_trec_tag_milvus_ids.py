@@ -156,7 +156,7 @@ def test_evaluate_save_run_with_such_a_tag_fails_with_the_same_one_line_error(
     monkeypatch.setattr(evaluate_cli, "run_baseline", surrogate_label)
     root = write_tiny_beir(tmp_path / "beir")
     run_file = tmp_path / "run.trec"
-    code = main(["evaluate", str(root), "--baseline", "bm25", "--quiet", "--save-run", str(run_file)])
+    code = main(["evaluate", str(root), "--baseline", "bm25", "--no-progress", "--save-run", str(run_file)])
     assert code == 2
     line = cli_error_line(capsys, "evaluate")
     assert "run tag '" in line and "\\udcff' contains a lone surrogate" in line, line

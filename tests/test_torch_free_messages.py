@@ -39,7 +39,7 @@ def test_evaluate_baseline_minilm_without_torch_says_so_before_reading_the_datas
 ) -> None:
     pytest.importorskip("ir_measures")
     _block(monkeypatch, "torch", "transformers")
-    assert main(["evaluate", str(tmp_path / "not-read"), "--baseline", "minilm", "--quiet"]) == 2
+    assert main(["evaluate", str(tmp_path / "not-read"), "--baseline", "minilm", "--no-progress"]) == 2
     err = _error_line(capsys, "evaluate")
     assert "--baseline minilm" in err and 'pip install "kl-retrievers[torch]"' in err, err
     assert "No module named" not in err and "not-read" not in err, err
@@ -50,7 +50,7 @@ def test_evaluate_baseline_bm25_without_bm25s_names_the_eval_extra_before_readin
 ) -> None:
     pytest.importorskip("ir_measures")
     _block(monkeypatch, "bm25s")
-    assert main(["evaluate", str(tmp_path / "not-read"), "--baseline", "bm25", "--quiet"]) == 2
+    assert main(["evaluate", str(tmp_path / "not-read"), "--baseline", "bm25", "--no-progress"]) == 2
     err = _error_line(capsys, "evaluate")
     assert "--baseline bm25 needs bm25s" in err and 'pip install "kl-retrievers[eval]"' in err, err
     assert "not-read" not in err, err
@@ -70,7 +70,7 @@ def test_evaluate_hybrid_names_every_missing_eval_package_at_once_in_cli_words(
 ) -> None:
     pytest.importorskip("ir_measures")
     _block(monkeypatch, "Stemmer", "bm25s")
-    argv = ["evaluate", str(tmp_path / "not-read"), "--hybrid", "adaptive", "--model-backend", "onnx", "--quiet"]
+    argv = ["evaluate", str(tmp_path / "not-read"), "--hybrid", "adaptive", "--model-backend", "onnx", "--no-progress"]
     assert main(argv) == 2
     err = _error_line(capsys, "evaluate")
     assert "needs bm25s" in err and "--hybrid-stemmer english (the default) needs PyStemmer" in err, err

@@ -62,6 +62,7 @@ def _train(tmp_path: Path, *flags: str, before: tuple[str, ...] = ()) -> int:
         (("-q",), ["--no-progress"], False, False, False),  # what train --quiet did, warnings hidden too
         (("-v",), ["--no-progress"], False, True, False),
         ((), ["--quiet"], False, False, True),  # the old spelling still works, and says what replaces it
+        ((), ["--quiet", "--no-progress"], False, False, True),  # a migrating user's spelling: accepted, warned
         (("-v",), ["--quiet"], False, True, True),  # -v still wins over it
         (("-q",), ["--quiet"], False, False, False),  # the warning is a log line: -q hides it
     ],
@@ -103,13 +104,33 @@ def test_the_log_level_and_the_bars_are_separate_flags(
 
 
 @pytest.mark.parametrize(
-    "pair", [["--progress", "--no-progress"], ["--progress", "--quiet"], ["--quiet", "--no-progress"]]
+    ("pair", "message"),
+    [
+        (["--progress", "--no-progress"], "argument --no-progress: not allowed with argument --progress"),
+        (["--no-progress", "--progress"], "argument --progress: not allowed with argument --no-progress"),
+        # the old name of --no-progress contradicts --progress too, in either order, and the message says so
+        (["--progress", "--quiet"], "after train it is the deprecated old name of --no-progress"),
+        (["--quiet", "--progress"], "after train it is the deprecated old name of --no-progress"),
+    ],
 )
-def test_the_progress_flags_exclude_each_other(pair: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_progress_flags_exclude_each_other(
+    pair: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args(["train", "--data", "d.jsonl", "--out", "o", *pair])
     assert info.value.code == 2
-    assert "not allowed with argument" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err, err
+    if "--quiet" in pair:
+        assert "which contradicts --progress: give one of them" in err
+        assert "kl-retrievers -q train ... --progress" in err  # errors only, with the bars
+
+
+@pytest.mark.parametrize("pair", [["--quiet", "--no-progress"], ["--no-progress", "--quiet"]])
+def test_quiet_with_no_progress_is_accepted(pair: list[str]) -> None:
+    """A migrating user adds --no-progress before dropping --quiet: both say the same, the bars hidden."""
+    args = build_parser().parse_args(["train", "--data", "d.jsonl", "--out", "o", *pair])
+    assert (args.no_progress, args.deprecated_quiet, args.progress) == (True, True, False)
 
 
 def test_the_help_of_train_says_what_each_quiet_is(
@@ -119,7 +140,7 @@ def test_the_help_of_train_says_what_each_quiet_is(
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "[--progress | --no-progress | --quiet]" in out
+    assert "[--progress | --no-progress] [--quiet]" in out
     assert "--no-progress hide progress bars" in out
     assert "--quiet deprecated old name of --no-progress that also hides the training's INFO lines" in out
     assert "to log errors only, give -q/--quiet before the subcommand" in out and "kl-retrievers -q train ..." in out

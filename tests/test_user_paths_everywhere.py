@@ -121,7 +121,7 @@ def test_evaluate_cli_names_a_missing_tilde_model_of_no_user(
     monkeypatch.chdir(tmp_path)
     ds = write_tiny_beir(tmp_path / "ds")
     for backend in ("torch", "onnx"):
-        assert main(["evaluate", str(ds), "--model", MISSING, "--model-backend", backend, "--quiet"]) == 2
+        assert main(["evaluate", str(ds), "--model", MISSING, "--model-backend", backend, "--no-progress"]) == 2
         line = cli_error_line(capsys, "evaluate")
         assert repr(MISSING) in line and f"no folder {tmp_path / MISSING} exists" in line, line
         assert "home directory" not in line and "Traceback" not in line

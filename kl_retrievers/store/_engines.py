@@ -31,6 +31,7 @@ import contextlib
 import logging
 import math
 import os
+import threading
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -514,7 +515,10 @@ class FaissEngine(ABC):
         self.rebuild_count = 0
         self._ranks = np.zeros(0, dtype=np.int64)  # -0, -1, -2, ...: see tie_rank
         self._kept: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None  # see _kept_vectors
-        self._kept_asked = -1  # the table version at the last exact search that found no kept vectors
+        # (table version, rows the exact searches at that version rewrote one by one): see _kept_vectors
+        self._kept_rewritten = (-1, 0)
+        self._kept_failed = -1  # the table version whose kept vectors could not be built (float32 overflow)
+        self._kept_lock = threading.Lock()  # one build at a time; taken without waiting
 
     def tie_rank(self) -> np.ndarray:
         """The order of rows whose exact scores tie, one entry per row, lower first: the higher row first.
@@ -534,6 +538,7 @@ class FaissEngine(ABC):
     def reset(self, k: int) -> None:
         """A fresh (empty) index for ``k``-dimensional Gaussians, or none until enough rows exist."""
         self.index, self.viewed = None, False
+        self._forget_kept()
 
     @property
     def norm_bound(self) -> float | None:
@@ -603,6 +608,7 @@ class FaissEngine(ABC):
 
     def drop_entries_from(self, n: int) -> None:
         """Drop index entries numbered ``n`` and above (rows the table no longer holds, after a failed add)."""
+        self._forget_kept()
         if self.index is not None and self.index.ntotal > n:
             self.own()
             self.index.remove_ids(_faiss().IDSelectorRange(n, self.index.ntotal))
@@ -696,53 +702,92 @@ class FaissEngine(ABC):
         _query_blocks(nq, c * int(qg.dim), block)
         return out
 
-    def _kept_vectors(self) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]] | None:
+    def _forget_kept(self) -> None:
+        """Let the kept ``d~`` of :meth:`_kept_vectors` go: the rows are about to change (a write step)."""
+        self._kept = None
+
+    def _kept_vectors(self, allowed: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]] | None:
         """``(centre, (d~, block norms))`` of every row for :func:`exact_top_k`, kept while the rows are unchanged.
 
-        The float32 ``d~`` of every row around the mean of the means, and :func:`rewrite_block_norms` of each, are
-        computed at the second exact search after a change of the rows (the table's ``version``; the first
-        rewrites only its allowed rows, so a write between any two searches costs no more than before) and kept,
-        so each exact search (a filter matching at most ``exact_threshold`` rows, an index not built yet) reads
-        the allowed rows' vectors instead of rewriting them. ``None`` (the allowed rows rewritten at each search)
-        above :data:`_KEPT_VECTORS_MAX` values, or where a row's ``d~`` around that centre overflows float32.
-        Searches run concurrently: two may compute it at once, and each uses its own.
+        An exact search (a filter matching at most ``exact_threshold`` rows, an index not built yet) rewrites the
+        ``d~`` of its ``allowed`` rows. Once the exact searches since the last change of the rows (the table's
+        ``version``) have rewritten, together, at least as many rows as the table holds, the next one computes
+        the float32 ``d~`` of every row around the mean of the means, and :func:`rewrite_block_norms` of each,
+        and keeps them, so each later exact search reads the allowed rows' vectors instead of rewriting them.
+        Searches between writes thus cost at most about twice what rewriting their allowed rows did, however
+        few they are. The kept vectors are let go by every write step of the engine (:meth:`_forget_kept`) and
+        by a search that finds them older than the rows.
+
+        ``None`` (the allowed rows rewritten at this search, around their own mean) until then, above
+        :data:`_KEPT_VECTORS_MAX` values, while another search is computing them (one computes them at a
+        time; the others do not wait), or where a row's ``d~`` around that centre overflows float32 (not tried
+        again until the rows change). The centre is the mean of every row, so a filter allowing only rows
+        far from it (one tenant's documents, offset from the others) gets larger float32 error bounds than
+        around its own rows' mean: its searches may need more candidate rounds or fall back to float64
+        scoring (their results stay exact). The count of rewritten rows is updated without a lock: concurrent
+        searches may lose part of it, which only delays the build.
+
+        Args:
+            allowed: The rows this search allows (all rows without a filter).
         """
         table = self.table
         n, width = table.n_rows, 2 * table.mean.shape[1] + 1
         kept, version = self._kept, table.version
-        if n * width > _KEPT_VECTORS_MAX:
+        if kept is not None:
+            if kept[0] == version:
+                return kept[1], (kept[2], kept[3])
+            self._kept = None  # older than the rows: let them go
+        if n * width > _KEPT_VECTORS_MAX or self._kept_failed == version:
             return None
-        if kept is None or kept[0] != version:
-            self._kept = None  # let the old vectors go before the new ones are built
-            if self._kept_asked != version:
-                self._kept_asked = version
-                return None
-            centre = means_centre(table.mean)
-            vectors, norms = np.empty((n, width), dtype=np.float32), np.empty((n, 3))
-            step = _block_rows(width)
-            try:
-                for s in range(0, n, step):
-                    e = min(n, s + step)
-                    g = Gaussians(np.asarray(table.mean[s:e]), np.asarray(table.var[s:e]), validate=False)
-                    vectors[s:e] = score_vectors_float32(g, "document", centre=centre, row_numbers=np.arange(s, e))
-                    norms[s:e] = rewrite_block_norms(vectors[s:e])
-            except ValueError as exc:  # the rewrite around the allowed rows' mean may still fit
-                logger.debug("no float32 d~ kept for exact searches: %s", exc)
-                return None
-            kept = (version, centre, vectors, norms)
-            self._kept = kept
+        counted, rewritten = self._kept_rewritten
+        if counted != version:
+            rewritten = 0
+        if rewritten < n:
+            self._kept_rewritten = (version, rewritten + allowed)
+            return None
+        if not self._kept_lock.acquire(blocking=False):
+            return None  # another search is computing them
+        try:
+            kept = self._kept
+            if kept is None or kept[0] != version:
+                kept = self._build_kept(version)
+                if kept is None:
+                    self._kept_failed = version
+                    return None
+                self._kept = kept
+        finally:
+            self._kept_lock.release()
         return kept[1], (kept[2], kept[3])
+
+    def _build_kept(self, version: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray] | None:
+        """``(version, centre, d~, block norms)`` of every row for :meth:`_kept_vectors` (``None``: overflow)."""
+        table = self.table
+        n, width = table.n_rows, 2 * table.mean.shape[1] + 1
+        centre = means_centre(table.mean)
+        vectors, norms = np.empty((n, width), dtype=np.float32), np.empty((n, 3))
+        step = _block_rows(width)
+        try:
+            for s in range(0, n, step):
+                e = min(n, s + step)
+                g = Gaussians(np.asarray(table.mean[s:e]), np.asarray(table.var[s:e]), validate=False)
+                vectors[s:e] = score_vectors_float32(g, "document", centre=centre, row_numbers=np.arange(s, e))
+                norms[s:e] = rewrite_block_norms(vectors[s:e])
+        except ValueError as exc:  # the rewrite around the allowed rows' mean may still fit
+            logger.debug("no float32 d~ kept for exact searches: %s", exc)
+            return None
+        return version, centre, vectors, norms
 
     def _exact_top_k(self, qg: Gaussians, kk: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """The exact top ``kk`` over every allowed row, without the index (:func:`exact_top_k`, reading the kept
         ``d~`` of :meth:`_kept_vectors` where there is one)."""
         ranks = self.tie_rank()
-        kept = self._kept_vectors()
+        rows = None if mask is None else np.flatnonzero(mask)
+        kept = self._kept_vectors(self.table.n_rows if rows is None else int(rows.size))
         rows, scores = exact_top_k(
             qg,
             self.table.gaussians,
             kk,
-            rows=None if mask is None else np.flatnonzero(mask),
+            rows=rows,
             centre=None if kept is None else kept[0],
             margin=max(8, kk // 4),
             doc_sumlogvar=self.table.sumlogvar,
@@ -1488,7 +1533,7 @@ class ApproxEngine(FaissEngine):
             + f" {self._built_rows:,} documents; "
             f"it now holds {n:,} ({n / max(self._built_rows, 1):.1f} times as many, more than {STALE_GROWTH}), and "
             f"every document added since went into the {learnt} learnt from the first ones. Call store.rebuild() "
-            "to retrain it on all of them"
+            "to retrain it on a sample of all of them"
             + (
                 ", then check nprobe: retrained lists may hold the documents in another balance, so that the same "
                 "nprobe scans fewer of them"
@@ -1595,6 +1640,7 @@ class ApproxEngine(FaissEngine):
         most of their recall; see docs/ann.md). A ``refine="fp16"`` index switched to float32 copies
         (:meth:`refine_codes`) logs a warning once built (``warn_switch``), each time it switches.
         """
+        self._forget_kept()
         table, s, started = self.table, self.settings, monotonic()
         live = np.flatnonzero(table.alive)
         n = int(live.size)
@@ -1705,6 +1751,7 @@ class ApproxEngine(FaissEngine):
             )
 
     def add_rows(self, start: int, prepared: Any) -> None:
+        self._forget_kept()
         table = self.table
         if self.index is None:
             needed = self._min_build_size()
@@ -1768,6 +1815,7 @@ class ApproxEngine(FaissEngine):
         norm, and there are enough rows to train the index (:meth:`_min_build_size`), the index
         is rebuilt with a new ``M``.
         """
+        self._forget_kept()
         if self.index is None:
             return
         self.own()
@@ -1790,6 +1838,7 @@ class ApproxEngine(FaissEngine):
 
     def drop_entries_from(self, n: int) -> None:
         """Keep only the index entries of rows below ``n`` (HNSW cannot remove: every row is re-added)."""
+        self._forget_kept()
         if self.index is not None and self.index.ntotal > n:
             self.own()
             self.index.reset()

@@ -66,6 +66,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import importlib.util
 import json
@@ -124,6 +125,27 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["KLStore", "FORMAT_VERSION", "COMPRESSIONS", "REFINES", "Compression", "Refine"]
+
+#: Asked by a store's write (``KLStore``'s, ``KLHybridStore``'s, ``MilvusKLStore``'s add and delete) once it holds
+#: its write lock, before it changes anything: ``False`` means write nothing. The adapters' async writes set it
+#: (:func:`kl_retrievers._adapters.store_write_unless_cancelled`) to their caller's cancellation, so that a write
+#: that waited for the lock behind a search or another write, cancelled meanwhile, writes nothing, while what comes
+#: before the lock (a delete's filter judged under the read lock, an add's checks and casts) runs without it.
+#: ``None`` (the default): every write goes ahead.
+_WRITE_PROCEEDS: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar(
+    "kl_retrievers_write_proceeds", default=None
+)
+
+
+def _write_proceeds() -> bool:
+    """Whether the write about to change the store goes ahead (:data:`_WRITE_PROCEEDS`); called under its write lock.
+
+    Examples:
+        >>> _write_proceeds()
+        True
+    """
+    proceed = _WRITE_PROCEEDS.get()
+    return proceed is None or proceed()
 
 
 #: The prefix of the name that :class:`~kl_retrievers.langchain.EmbeddingsGaussianEncoder` records (a LangChain
@@ -768,6 +790,8 @@ class KLStore(GaussianStore):
         if not (var > 0).all() or not np.isfinite(var).all():
             raise ValueError("document variances underflow or overflow float32")
         with self._lock.write():
+            if not _write_proceeds():  # an async write cancelled while it waited for the lock
+                return
             if self._dim is None:
                 self._init_dim(g.dim)
             if g.dim != self._dim:
@@ -817,6 +841,8 @@ class KLStore(GaussianStore):
 
     def _delete(self, ids: list[str]) -> DeleteReport:
         with self._lock.write():
+            if not _write_proceeds():  # an async write cancelled while it waited for the lock
+                return DeleteReport(deleted=[], missing=[])
             deleted, missing = self._table.tombstone(ids)
             if deleted:  # a tombstone leaves the index (a memory-mapped one mapped); remove_rows copies it
                 self._maybe_compact()
@@ -836,6 +862,8 @@ class KLStore(GaussianStore):
             seen = self.write_count
             chosen, missing = self._matching(ids, filter)
         with self._lock.write():
+            if not _write_proceeds():  # an async delete cancelled while it waited for the lock
+                return DeleteReport(deleted=[], missing=missing)
             if self.write_count != seen:  # another thread wrote since: choose again, now that none can
                 chosen, missing = self._matching(ids, filter)
             report = self._delete(chosen)

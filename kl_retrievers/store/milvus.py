@@ -187,7 +187,7 @@ from kl_retrievers.store._format import (
     encoding_differences,
     warn_if_other_weights,
 )
-from kl_retrievers.store.faiss import _encoder_record
+from kl_retrievers.store.faiss import _encoder_record, _write_proceeds
 
 logger = logging.getLogger(__name__)
 
@@ -805,12 +805,42 @@ def _flat_error_bound(
         >>> bool(0 < b[0] < 1e-4)
         True
     """
+    dims = np.asarray(queries.mean).shape[1]
+    u = FLOAT32_UNIT_ROUNDOFF
+    terms_n = 2 * dims + (2 if norm_bound is not None else 1) + 2  # + 2: the rounding of both inputs
+    gamma = terms_n * u / (1.0 - terms_n * u) * (1.0 + 1e-6)
+    magnitude, first, centred = _flat_magnitude_bound(queries, kl, centre)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if norm_bound is None:
+            bound = gamma * (magnitude + first) + first
+        else:
+            qnorm = np.linalg.norm(np.asarray(kl_query_vectors(queries), dtype=np.float64), axis=1)
+            # (2 M)^2 (gamma + 2 u) of squared distance, times |q~| / (2 M); the recovered row: u |q~_j d~_j|
+            bound = (2.0 * gamma + 8.0 * u) * float(norm_bound) * qnorm * (1.0 + 1e-6) + u * magnitude + first
+        bound = bound + 1e-12 * magnitude + centred  # the float64 re-scoring, and the centring's rounding
+    return np.where(np.isfinite(bound), bound, np.inf)
+
+
+def _flat_magnitude_bound(
+    queries: Gaussians, kl: np.ndarray, centre: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The terms of :func:`_flat_error_bound`, per query, for every row whose float64 ``-KL`` is ``-kl`` or more.
+
+    Args:
+        queries: float64 query Gaussians (centred), shape ``(n, k)``.
+        kl: Per query, the ``KL`` of its ``k``-th candidate (``-score``; negative values count as 0).
+        centre: The centre an L2 collection's rows were centred on from their uncentred ``d~`` (``None``: none).
+
+    Returns:
+        ``(magnitude, first, centred)``, float64, each of shape ``(n,)`` (``inf`` or ``nan`` where ``kl`` is too
+        large for a finite bound): ``magnitude`` bounds ``sum_j |q~_j d~_j|`` of the row (as recovered) and the
+        query vector; ``first``, how far the row's stored float32 first coordinate is from the recovered
+        Gaussian's; ``centred``, the float64 rounding of centring the row on ``centre`` (0 without one).
+    """
     mean = np.asarray(queries.mean, dtype=np.float64)
     var = np.asarray(queries.var, dtype=np.float64)
     dims = mean.shape[1]
     u = FLOAT32_UNIT_ROUNDOFF
-    terms_n = 2 * dims + (2 if norm_bound is not None else 1) + 2  # + 2: the rounding of both inputs
-    gamma = terms_n * u / (1.0 - terms_n * u) * (1.0 + 1e-6)
     with np.errstate(over="ignore", invalid="ignore"):
         # Per dimension j of a row scoring -kl or more: x_j = var_q / var_d, s_j = x_j - 1 - log x_j >= 0 and
         # e_j = (mu_q - mu_d)^2 / var_d >= 0 with sum_j (s_j + e_j) = 2 KL <= t. Two bounds of each sum below, the
@@ -839,18 +869,12 @@ def _flat_error_bound(
         # the stored first coordinate against the recovered Gaussian's (float32 rounding of the row, ~3 u per
         # dimension of mu^2 / var and u per log var): |log var_d| / 2 + 2 mu_d^2 / var_d + 1 / 2 per dimension
         first = 1.02 * u * (0.5 * log_var_d + 4.0 * mu_q + 4.0 * e + 0.5 * dims)
-        if norm_bound is None:
-            bound = gamma * (magnitude + first) + first
-        else:
-            qnorm = np.linalg.norm(np.asarray(kl_query_vectors(queries), dtype=np.float64), axis=1)
-            # (2 M)^2 (gamma + 2 u) of squared distance, times |q~| / (2 M); the recovered row: u |q~_j d~_j|
-            bound = (2.0 * gamma + 8.0 * u) * float(norm_bound) * qnorm * (1.0 + 1e-6) + u * magnitude + first
-        bound = bound + 1e-12 * magnitude  # the float64 re-scoring
+        centred = np.zeros_like(magnitude)
         if centre is not None:  # float64 rounding of d0 + <c, b> + <c^2, a>, with mu = (mu - c) + c
             c2 = np.asarray(centre, dtype=np.float64) ** 2
             eps = 2.0 * (2 * dims + 3) * float(np.finfo(np.float64).eps)
-            bound = bound + eps * (0.5 * log_var_d + 16.0 * mu_q + 16.0 * e + 6.0 * ratio_sum(c2 / var))
-    return np.where(np.isfinite(bound), bound, np.inf)
+            centred = eps * (0.5 * log_var_d + 16.0 * mu_q + 16.0 * e + 6.0 * ratio_sum(c2 / var))
+    return magnitude, first, centred
 
 
 # ------------------------------------------------------------------ store
@@ -1779,6 +1803,8 @@ class MilvusKLStore(GaussianStore):
                 )
         metas = [_milvus_metadata(m, doc_id) for m, doc_id in zip(new.metadatas, id_list, strict=True)]
         with self._lock:
+            if not _write_proceeds():  # an async write cancelled while it waited for the lock
+                return
             self._sync()  # the collection may have been dropped (and re-created) by another client
             if self._dim is None:
                 if self._client.has_collection(self.collection_name, timeout=self.timeout):
@@ -2288,6 +2314,8 @@ class MilvusKLStore(GaussianStore):
         if self._dim is None or not ids:
             return DeleteReport(deleted=[], missing=ids)
         with self._lock:
+            if not _write_proceeds():  # an async write cancelled while it waited for the lock
+                return DeleteReport(deleted=[], missing=[])
             self._incomplete_counted = None  # an incomplete record is completed if this empties the collection
             # another writer's row rewrite can write back a copy of a row read before this delete: with the
             # L2 reduction, a delete checks the rewrite generation before and after, and deletes again
@@ -2325,6 +2353,8 @@ class MilvusKLStore(GaussianStore):
         """
         _check_sendable_ids(ids or [], "delete")
         with self._lock:
+            if not _write_proceeds():  # an async delete cancelled while it waited for the lock
+                return DeleteReport(deleted=[], missing=[])
             self._sync()  # dropped, or created or re-created by another client since
             if self._dim is None:
                 return DeleteReport(deleted=[], missing=[] if ids is None else ids)

@@ -30,6 +30,7 @@ from kl_retrievers._config import SIMILARITIES, Pooling, is_saved_encoder
 from kl_retrievers._io import check_replace_target, finite_json, is_within, some_names, user_path
 from kl_retrievers.cli_common import (
     DEPRECATED_QUIET_WARNING,
+    _HelpFormatter,
     _int_at_least,
     add_progress_arguments,
     add_unknown_docs_argument,
@@ -98,9 +99,10 @@ _DEFAULTS = {attr: default for _, attr, default in _SHAPE_FLAGS}
 _NEGATIVE_NUMBER = re.compile(r"^-(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$")
 
 
-class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+class _DefaultsHelpFormatter(_HelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Shows ``(default: X)`` after an option's help, except where the help already says its default,
-    the default is ``None`` (the help says what happens then) or the option is an on/off flag."""
+    the default is ``None`` (the help says what happens then) or the option is an on/off flag; wraps as every
+    command's help does (at spaces only: :class:`~kl_retrievers.cli_common._HelpFormatter`)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""

@@ -2,7 +2,9 @@
 
 Every typo line carries a ``# type: ignore[<code>]`` and sits next to its correctly spelled twin (no ignore). This
 module has ``warn_unused_ignores = true`` (pyproject's ``[[tool.mypy.overrides]]``), so when an option loses its
-``Literal`` annotation mypy accepts the typo and reports the ignore as unused: the typecheck fails. Nothing here
+``Literal`` annotation mypy accepts the typo and reports the ignore as unused: the typecheck fails. A misspelt
+keyword of a signature that takes ``**kwargs`` to refuse them (``KLEmbeddings``' ``**unexpected: NoReturn``) is
+checked the same way. Nothing here
 runs: the calls sit under ``TYPE_CHECKING`` (and pytest does not collect this folder, see its ``conftest.py``).
 """
 
@@ -69,6 +71,8 @@ if TYPE_CHECKING:
     LangChainVectorStore(relevance="exp_per_dim")
     KLEmbeddings(backend="onxx")  # type: ignore[arg-type]
     KLEmbeddings(backend="onnx")
+    KLEmbeddings(batchsize=8)  # type: ignore[arg-type]  # a misspelt keyword (**unexpected: NoReturn)
+    KLEmbeddings(batch_size=8)
     LangChainHybridRetriever(store=x, fusion="RRF")  # type: ignore[arg-type]
     LangChainHybridRetriever(store=x, fusion="rrf")
     LangChainHybridRetriever(store=x, fusion="convex", normalization="l2")  # type: ignore[arg-type]
