@@ -71,7 +71,8 @@ if TYPE_CHECKING:
     LangChainVectorStore(relevance="exp_per_dim")
     KLEmbeddings(backend="onxx")  # type: ignore[arg-type]
     KLEmbeddings(backend="onnx")
-    KLEmbeddings(batchsize=8)  # type: ignore[arg-type]  # a misspelt keyword (**unexpected: NoReturn)
+    # a misspelt keyword (**unexpected: NoReturn)
+    KLEmbeddings(batchsize=8)  # type: ignore[arg-type]
     KLEmbeddings(batch_size=8)
     LangChainHybridRetriever(store=x, fusion="RRF")  # type: ignore[arg-type]
     LangChainHybridRetriever(store=x, fusion="rrf")
