@@ -94,6 +94,20 @@ def make_tiny_encoder(
     return enc.eval()
 
 
+def tiny_torch_and_onnx(folder: Path, **kw: Any) -> dict[str, Any]:
+    """``{"torch": make_tiny_encoder(**kw), "onnx": its float32 ONNX export}``, the export written under ``folder``."""
+    from kl_retrievers.onnx import OnnxGaussianEncoder
+
+    enc = make_tiny_encoder(**kw)
+    return {"torch": enc, "onnx": OnnxGaussianEncoder(enc.export_onnx(folder / "onnx", quantize=None))}
+
+
+def assert_same_gaussians(a: Any, b: Any) -> None:
+    """Two batches of Gaussians (numpy or torch) equal to 1e-6 in mean and variance."""
+    np.testing.assert_allclose(a.numpy().mean, b.numpy().mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(a.numpy().var, b.numpy().var, rtol=1e-6, atol=1e-6)
+
+
 def write_tiny_shared_backbone(root: Path) -> tuple[GaussianEncoder, Path, Path]:
     """A tiny heads-only model folder and a float32 ONNX graph of its backbone (``last_hidden_state``).
 

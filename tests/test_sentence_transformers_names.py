@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_encoder
+from conftest import assert_same_gaussians, make_tiny_encoder, tiny_torch_and_onnx
 from kl_retrievers import neg_kl_matrix
 from kl_retrievers.onnx import OnnxGaussianEncoder
 
@@ -19,9 +19,7 @@ DOCS = ["bees dance to share where food is", "yeast makes bread rise", "the sun 
 @pytest.fixture(scope="module")
 def encoders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A tiny torch encoder and its float32 ONNX export."""
-    enc = make_tiny_encoder()
-    folder = enc.export_onnx(tmp_path_factory.mktemp("st") / "onnx", quantize=None)
-    return {"torch": enc, "onnx": OnnxGaussianEncoder(folder)}
+    return tiny_torch_and_onnx(tmp_path_factory.mktemp("st"))
 
 
 @pytest.fixture(params=["torch", "onnx"])
@@ -29,18 +27,13 @@ def encoder(request: pytest.FixtureRequest, encoders: dict[str, Any]) -> Any:
     return encoders[request.param]
 
 
-def _same(a: Any, b: Any) -> None:
-    np.testing.assert_allclose(a.numpy().mean, b.numpy().mean, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(a.numpy().var, b.numpy().var, rtol=1e-6, atol=1e-6)
-
-
 def test_st_v5_names_encode_queries_and_documents_as_ours(encoder: Any) -> None:
-    _same(encoder.encode_query(QUERIES), encoder.encode_queries(QUERIES))
-    _same(encoder.encode_document(DOCS), encoder.encode_documents(DOCS))
-    _same(encoder.encode(QUERIES, prompt_name="query"), encoder.encode_queries(QUERIES))
+    assert_same_gaussians(encoder.encode_query(QUERIES), encoder.encode_queries(QUERIES))
+    assert_same_gaussians(encoder.encode_document(DOCS), encoder.encode_documents(DOCS))
+    assert_same_gaussians(encoder.encode(QUERIES, prompt_name="query"), encoder.encode_queries(QUERIES))
     for name in ("document", "passage", "corpus"):
-        _same(encoder.encode(DOCS, prompt_name=name), encoder.encode_documents(DOCS))
-    _same(encoder.encode_document(DOCS, prompt_name="passage"), encoder.encode_documents(DOCS))
+        assert_same_gaussians(encoder.encode(DOCS, prompt_name=name), encoder.encode_documents(DOCS))
+    assert_same_gaussians(encoder.encode_document(DOCS, prompt_name="passage"), encoder.encode_documents(DOCS))
     # The query budget is not the document budget: the two encodings of a long text differ.
     long = [" ".join(["bees"] * 60)]
     assert not np.allclose(encoder.encode_query(long).mean, encoder.encode_document(long).mean)
@@ -73,7 +66,7 @@ def test_st_output_keywords_are_translated(encoder: Any) -> None:
     assert encoder.encode_document(DOCS, convert_to_numpy=False).is_torch
     plain = encoder.encode_document(DOCS, convert_to_numpy=True, convert_to_tensor=False)
     assert not plain.is_torch
-    _same(plain, encoder.encode_documents(DOCS))
+    assert_same_gaussians(plain, encoder.encode_documents(DOCS))
     same = encoder.encode_document(
         DOCS,
         batch_size=1,
@@ -85,7 +78,7 @@ def test_st_output_keywords_are_translated(encoder: Any) -> None:
         truncate_dim=None,
         prompt=None,
     )
-    _same(same, plain)
+    assert_same_gaussians(same, plain)
     with pytest.raises(ValueError, match="convert_to='numpy' contradicts convert_to_tensor=True"):
         encoder.encode_query(QUERIES, convert_to_tensor=True, convert_to="numpy")
     with pytest.raises(TypeError, match="convert_to_tensor=...\\) must be a bool"):
@@ -134,7 +127,7 @@ def test_dimension_and_token_budget_under_st_names(encoder: Any) -> None:
 def test_a_single_string_gives_one_row_not_a_vector(encoder: Any) -> None:
     g = encoder.encode_query("what do bees share")
     assert g.mean.shape == g.var.shape == (1, 8)
-    _same(g, encoder.encode_query(["what do bees share"]))
+    assert_same_gaussians(g, encoder.encode_query(["what do bees share"]))
 
 
 def test_onnx_to_cpu_is_itself_and_other_devices_are_refused(encoders: dict[str, Any]) -> None:
@@ -181,7 +174,7 @@ def test_onnx_to_takes_every_spelling_of_the_cpu(encoders: dict[str, Any]) -> No
     onnx = encoders["onnx"]
     for device in ("cpu", "cpu:0", torch.device("cpu")):
         assert onnx.to(device) is onnx
-    _same(onnx.encode_query(QUERIES, device=torch.device("cpu")), onnx.encode_queries(QUERIES))
+    assert_same_gaussians(onnx.encode_query(QUERIES, device=torch.device("cpu")), onnx.encode_queries(QUERIES))
     with pytest.raises(ValueError, match="runs on cpu only; got device='cuda'"):
         onnx.to("cuda")
     with pytest.raises(TypeError, match="precision is fixed by its graph.*torch.float16"):
@@ -201,4 +194,4 @@ def test_max_seq_length_is_the_budget_applied(encoder: Any) -> None:
 
 
 def test_prompt_name_is_also_encode_s_second_positional_argument(encoder: Any) -> None:
-    _same(encoder.encode(QUERIES, "query"), encoder.encode_queries(QUERIES))
+    assert_same_gaussians(encoder.encode(QUERIES, "query"), encoder.encode_queries(QUERIES))

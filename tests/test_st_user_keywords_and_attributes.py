@@ -14,9 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import make_tiny_encoder
+from conftest import assert_same_gaussians, make_tiny_encoder, tiny_torch_and_onnx
 from kl_retrievers import GaussianEncoder, neg_kl, neg_kl_matrix
-from kl_retrievers.onnx import OnnxGaussianEncoder
 
 QUERIES = ["what do bees share", "bread rise"]
 DOCS = ["bees dance to share where food is", "yeast makes bread rise", "the sun and the moon"]
@@ -26,9 +25,7 @@ PREFIX = "query the "
 @pytest.fixture(scope="module")
 def encoders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A tiny torch encoder with a query prefix, and its float32 ONNX export."""
-    enc = make_tiny_encoder(extra={"query_prefix": PREFIX})
-    folder = enc.export_onnx(tmp_path_factory.mktemp("st_user") / "onnx", quantize=None)
-    return {"torch": enc, "onnx": OnnxGaussianEncoder(folder)}
+    return tiny_torch_and_onnx(tmp_path_factory.mktemp("st_user"), extra={"query_prefix": PREFIX})
 
 
 @pytest.fixture(params=["torch", "onnx"])
@@ -36,18 +33,13 @@ def encoder(request: pytest.FixtureRequest, encoders: dict[str, Any]) -> Any:
     return encoders[request.param]
 
 
-def _same(a: Any, b: Any) -> None:
-    np.testing.assert_allclose(a.numpy().mean, b.numpy().mean, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(a.numpy().var, b.numpy().var, rtol=1e-6, atol=1e-6)
-
-
 def test_texts_under_sentence_transformers_keywords(encoder: Any) -> None:
     queries, documents = encoder.encode_queries(QUERIES), encoder.encode_documents(DOCS)
     for keyword in ("sentences", "inputs", "texts"):
-        _same(encoder.encode_query(**{keyword: QUERIES}), queries)
-        _same(encoder.encode_document(**{keyword: DOCS}), documents)
-        _same(encoder.encode(**{keyword: QUERIES}, prompt_name="query"), queries)
-        _same(encoder.encode(**{keyword: DOCS}, prompt_name="passage", batch_size=2), documents)
+        assert_same_gaussians(encoder.encode_query(**{keyword: QUERIES}), queries)
+        assert_same_gaussians(encoder.encode_document(**{keyword: DOCS}), documents)
+        assert_same_gaussians(encoder.encode(**{keyword: QUERIES}, prompt_name="query"), queries)
+        assert_same_gaussians(encoder.encode(**{keyword: DOCS}, prompt_name="passage", batch_size=2), documents)
 
 
 def test_texts_twice_or_none_are_refused_naming_the_keywords(encoder: Any) -> None:
@@ -66,10 +58,12 @@ def test_texts_twice_or_none_are_refused_naming_the_keywords(encoder: Any) -> No
 
 def test_truncate_dim_equal_to_the_dimension_is_no_truncation(encoder: Any) -> None:
     dim = encoder.get_sentence_embedding_dimension()
-    _same(encoder.encode_query(QUERIES, truncate_dim=dim), encoder.encode_queries(QUERIES))
-    _same(encoder.encode_document(DOCS, truncate_dim=np.int64(dim)), encoder.encode_documents(DOCS))
-    _same(encoder.encode_queries(QUERIES, truncate_dim=dim), encoder.encode_queries(QUERIES))
-    _same(encoder.encode(DOCS, prompt_name="document", truncate_dim=None), encoder.encode_documents(DOCS))
+    assert_same_gaussians(encoder.encode_query(QUERIES, truncate_dim=dim), encoder.encode_queries(QUERIES))
+    assert_same_gaussians(encoder.encode_document(DOCS, truncate_dim=np.int64(dim)), encoder.encode_documents(DOCS))
+    assert_same_gaussians(encoder.encode_queries(QUERIES, truncate_dim=dim), encoder.encode_queries(QUERIES))
+    assert_same_gaussians(
+        encoder.encode(DOCS, prompt_name="document", truncate_dim=None), encoder.encode_documents(DOCS)
+    )
     for value in (dim - 1, dim + 1, float(dim), True):
         with pytest.raises(ValueError, match=f"truncate_dim={value!r}.*Matryoshka.*leave it at None \\(or {dim},"):
             encoder.encode_query(QUERIES, truncate_dim=value)
@@ -144,7 +138,7 @@ def test_a_pickled_torch_encoder_keeps_its_weights_identity_a_deep_copy_does_not
     assert identity is not None
     restored = pickle.loads(pickle.dumps(enc))
     assert restored.weights_sha256 == identity
-    _same(restored.encode_documents(DOCS), enc.encode_documents(DOCS))
+    assert_same_gaussians(restored.encode_documents(DOCS), enc.encode_documents(DOCS))
     np.testing.assert_array_equal(
         neg_kl_matrix(restored.encode_queries(QUERIES), restored.encode_documents(DOCS)),
         neg_kl_matrix(enc.encode_queries(QUERIES), enc.encode_documents(DOCS)),
