@@ -6,8 +6,9 @@ explicitly, else the one the encoder's model ships in a bundled model or a saved
 model without one gives ``confidence=None`` and one logged warning per model; abstention
 (``min_confidence``) then refuses to run, since it cannot judge anything. A query with only one
 candidate document (a filter, a small store) has no confidence either (the calibrators read the
-top two scores): without a floor it is answered with ``confidence=None``; with one it abstains
-(fail closed, :func:`abstention_reason`).
+top two scores): without a floor it is answered with ``confidence=None``; with a floor above 0 it
+abstains (fail closed, :func:`abstention_reason`). ``min_confidence=0`` answers every query
+(:func:`abstention_enabled`).
 
 Two kinds of calibrator (:attr:`ConfidenceCalibrator.kind`):
 
@@ -52,7 +53,7 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -528,21 +529,54 @@ def blank_query_confidence(calibrated: bool) -> tuple[float | None, str | None]:
     return (0.0, EMPTY_QUERY_REASON) if calibrated else (None, None)
 
 
+def abstention_enabled(min_confidence: float | None) -> TypeGuard[float]:
+    """Whether a ``min_confidence`` floor can refuse a query: it is set and above 0.
+
+    ``None`` never abstains, and neither does ``0``: no confidence is below it, so it answers every
+    query, as the threshold sweeps' 0.00 row says. The rules that refuse a query whatever its
+    confidence (a blank query, a single candidate document: :func:`abstention_reason`) apply only
+    above 0.
+
+    Examples:
+        >>> abstention_enabled(None), abstention_enabled(0.0), abstention_enabled(0.01)
+        (False, False, True)
+    """
+    return min_confidence is not None and min_confidence > 0.0
+
+
+def too_few_candidates_reason(candidates: int | None) -> str | None:
+    """Why a query with ``candidates`` candidate documents has no confidence (``None``: not for that reason).
+
+    The calibrators read the top two scores (:data:`MIN_CANDIDATES`), so one candidate cannot be
+    judged; no candidate at all (or an unknown count) is not this reason.
+
+    Examples:
+        >>> too_few_candidates_reason(1)
+        'confidence needs 2 candidates, 1 found (a filter or a small store)'
+        >>> too_few_candidates_reason(0) is None, too_few_candidates_reason(2) is None
+        (True, True)
+    """
+    if candidates is not None and 0 < candidates < MIN_CANDIDATES:
+        return f"confidence needs {MIN_CANDIDATES} candidates, {candidates} found (a filter or a small store)"
+    return None
+
+
 def abstention_reason(
     confidence: float | None, min_confidence: float | None, candidates: int | None = None
 ) -> str | None:
     """Why a query is refused at ``min_confidence``; ``None`` when it is answered.
 
     A query is refused when its confidence is below ``min_confidence``, and also (fail closed)
-    when a floor is set but the confidence could not be computed because only one document was a
-    candidate (``candidates``: a filter that leaves one document, or a one-document store): the
-    calibrator reads the top two scores, so it cannot judge such a query. No candidate at all is
-    not an abstention (there is nothing to refuse), and neither is ``confidence=None`` for another
-    reason or without a floor.
+    when a floor above 0 is set but the confidence could not be computed because only one document
+    was a candidate (``candidates``: a filter that leaves one document, or a one-document store):
+    the calibrator reads the top two scores, so it cannot judge such a query
+    (:func:`too_few_candidates_reason`). No candidate at all is not an abstention (there is nothing
+    to refuse), and neither is ``confidence=None`` for another reason or without a floor. A floor of
+    ``None`` or 0 refuses nothing (:func:`abstention_enabled`).
 
     Args:
         confidence: The query's confidence (``None``: not computed).
-        min_confidence: The floor (``None``: never abstain).
+        min_confidence: The floor (``None`` or 0: never abstain).
         candidates: How many candidate documents the query had (``None``: not known).
 
     Examples:
@@ -552,13 +586,13 @@ def abstention_reason(
         'confidence needs 2 candidates, 1 found (a filter or a small store)'
         >>> abstention_reason(None, None, candidates=1) is None, abstention_reason(None, 0.5, candidates=0) is None
         (True, True)
+        >>> abstention_reason(None, 0.0, candidates=1) is None, abstention_reason(0.0, 0.0) is None
+        (True, True)
     """
-    if min_confidence is None:
+    if not abstention_enabled(min_confidence):
         return None
     if confidence is None:
-        if candidates is not None and 0 < candidates < MIN_CANDIDATES:
-            return f"confidence needs {MIN_CANDIDATES} candidates, {candidates} found (a filter or a small store)"
-        return None
+        return too_few_candidates_reason(candidates)
     if confidence < min_confidence:
         return f"confidence {confidence:.3f} < min_confidence {min_confidence:.3f}"
     return None
@@ -567,8 +601,8 @@ def abstention_reason(
 def abstains(confidence: float | None, min_confidence: float | None, candidates: int | None = None) -> bool:
     """Whether a query is refused at ``min_confidence`` (see :func:`abstention_reason`).
 
-    ``None`` confidence abstains only when a floor is set and ``candidates`` says one document
-    was a candidate (fewer than the two the confidence needs).
+    ``None`` confidence abstains only when a floor above 0 is set and ``candidates`` says one
+    document was a candidate (fewer than the two the confidence needs); a floor of 0 never abstains.
 
     Examples:
         >>> abstains(0.2, 0.5), abstains(0.7, 0.5), abstains(0.2, None)
@@ -650,12 +684,13 @@ def hybrid_search(
     the query's dense candidate list (its best ``-KL`` scores) and its uncertainty, as for a dense
     retriever: how well the ``-KL`` side found something.
 
-    With ``min_confidence`` set, a query is refused when its confidence is below it, and also when
-    the confidence cannot be computed because only one document is a candidate (a filter or a
-    small store; :func:`abstention_reason`): it fails closed.
+    With ``min_confidence`` set, a query is refused when its confidence is below it, and also, for a
+    floor above 0, when the confidence cannot be computed because only one document is a candidate (a
+    filter or a small store; :func:`abstention_reason`): it fails closed. ``min_confidence=0`` answers
+    every query (:func:`abstention_enabled`).
 
     A blank ``query`` (:func:`is_blank_query`) has the confidence :func:`blank_query_confidence` gives
-    (0 with a calibrator, ``None`` without); with ``min_confidence`` set it is refused
+    (0 with a calibrator, ``None`` without); with ``min_confidence`` above 0 it is refused
     (:data:`EMPTY_QUERY_REASON`) without a search, after the same setup checks as any query (the fusion
     settings, the calibrator, its stemmer, the adaptive parameters).
 
@@ -677,7 +712,7 @@ def hybrid_search(
     if config.mode == "adaptive":
         store.adaptive_params()  # missing parameters fail before any work
     blank = is_blank_query(query)
-    if blank and min_confidence is not None:  # a calibrator exists (require_calibrator): refused unsearched
+    if blank and abstention_enabled(min_confidence):  # a calibrator exists (require_calibrator): refused unsearched
         confidence, reason = blank_query_confidence(True)
         log_abstention(query, confidence, min_confidence, reason)
         return [], confidence, reason
@@ -699,7 +734,7 @@ def hybrid_search(
             confidence = cal.confidence(top[: scorer.depth_for(cal)].tolist(), float(cand.uncertainty))
         else:
             confidence = None
-        if blank and has_dense:  # a blank query asks for nothing (no floor here: it is answered)
+        if blank and has_dense:  # a blank query asks for nothing (no floor above 0 here: it is answered)
             confidence = blank_query_confidence(cal is not None)[0]
         reason = abstention_reason(confidence, min_confidence, int(top.size))
         if reason is not None:

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from kl_retrievers._errors import KLRetrieversError
-from kl_retrievers._io import describe_kl_folder, describe_saved_meta, read_json_object, why_not_this_kind
+from kl_retrievers._errors import KLRetrieversError, NothingSavedError
+from kl_retrievers._io import describe_kl_folder, describe_saved_meta, not_this_kind_error, read_json_object
 from kl_retrievers._score import check_score
 
 __all__ = [
@@ -95,6 +95,10 @@ def _is_number(value: object) -> bool:
 
 class NotAnEncoderError(KLRetrieversError, ValueError):
     """A folder that is not a saved :class:`~kl_retrievers.encoder.GaussianEncoder`."""
+
+
+class _NoEncoderSavedError(NothingSavedError, NotAnEncoderError):
+    """A folder without a saved encoder's ``config.json`` that no other kind kl_retrievers saves names as its own."""
 
 
 @dataclass
@@ -202,8 +206,8 @@ def read_encoder_meta(path: Path) -> dict[str, Any]:
     try:
         meta = json.loads(cfg_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise NotAnEncoderError(
-            f"{path} is not a saved GaussianEncoder: {why_not_this_kind(path, CONFIG_NAME)}"
+        raise not_this_kind_error(
+            path, "a saved GaussianEncoder", CONFIG_NAME, other_kind=NotAnEncoderError, nothing=_NoEncoderSavedError
         ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise NotAnEncoderError(f"{cfg_file} is not valid JSON: {exc}") from None

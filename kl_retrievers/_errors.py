@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["KLRetrieversError"]
+__all__ = ["KLRetrieversError", "NothingSavedError"]
 
 
 class KLRetrieversError(Exception):
@@ -16,4 +16,25 @@ class KLRetrieversError(Exception):
         >>> from kl_retrievers import KLRetrieversError, StoreFormatError
         >>> issubclass(StoreFormatError, KLRetrieversError) and issubclass(StoreFormatError, ValueError)
         True
+    """
+
+
+class NothingSavedError(KLRetrieversError, FileNotFoundError, ValueError):
+    """A loader of a saved folder found nothing of its kind there: no folder, an empty one, or one that nothing
+    kl_retrievers saves wrote (a folder it saved as another kind is the loader's format error, naming the kind).
+
+    Every loader raises it (``KLStore.load``, ``KLHybridStore.load``, ``load_gaussians``,
+    ``kl_retrievers.sharded.load_encoded``, ``GaussianEncoder.from_pretrained`` and ``load_model`` on an existing
+    folder, the ONNX encoders, and the LangChain and LlamaIndex loaders). It is a :class:`FileNotFoundError` and a
+    :class:`ValueError`, and where a loader raised its own class for such a folder before
+    (:class:`~kl_retrievers.OnnxModelError`, :class:`~kl_retrievers.NotAnEncoderError`,
+    ``LangChainFormatError``), that class too, so an ``except`` written for what a loader raised still catches it.
+
+    Examples:
+        >>> from kl_retrievers import KLStore, NothingSavedError
+        >>> try:
+        ...     KLStore.load("/no/such/folder")
+        ... except NothingSavedError as exc:
+        ...     print(isinstance(exc, FileNotFoundError), isinstance(exc, ValueError))
+        True True
     """

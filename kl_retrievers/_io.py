@@ -20,7 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kl_retrievers._errors import KLRetrieversError
+from kl_retrievers._checks import check_bool
+from kl_retrievers._errors import KLRetrieversError, NothingSavedError
 from kl_retrievers._warn import warn
 
 try:
@@ -1177,22 +1178,6 @@ def check_dangling_link(path: Path) -> None:
         )
 
 
-def check_bool(value: Any, name: str, *, allow_none: bool = False) -> None:
-    """Refuse a flag that is not a ``bool`` (or numpy's), e.g. the string ``"no"``, which is true in an ``if``.
-
-    Examples:
-        >>> check_bool(False, "overwrite")
-        >>> check_bool("no", "overwrite")
-        Traceback (most recent call last):
-        TypeError: overwrite must be a bool; got 'no'
-    """
-    if (value is None and allow_none) or isinstance(value, bool):
-        return
-    if type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"):  # numpy not imported here
-        return
-    raise TypeError(f"{name} must be {'a bool or None' if allow_none else 'a bool'}; got {value!r:.80}")
-
-
 def check_replace_target(
     target: str | os.PathLike[str],
     *,
@@ -1600,6 +1585,45 @@ def why_not_this_kind(folder: str | os.PathLike[str], missing: str) -> str:
     return f"it is {other}" if other is not None else f"{missing} is missing"
 
 
+def holds_nothing_saved(folder: str | os.PathLike[str], *needed: str) -> bool:
+    """Whether ``folder`` is a folder without one of the ``needed`` files that no kind kl_retrievers saves names as
+    its own (:func:`describe_kl_folder`): empty, or written by something else.
+
+    Examples:
+        >>> import tempfile
+        >>> holds_nothing_saved(tempfile.mkdtemp(), "config.json")
+        True
+    """
+    path = user_path(folder)
+    return path.is_dir() and not all((path / name).is_file() for name in needed) and describe_kl_folder(path) is None
+
+
+def not_this_kind_error(
+    folder: str | os.PathLike[str],
+    what: str,
+    missing: str,
+    *,
+    other_kind: type[Exception] = ValueError,
+    nothing: type[Exception] = NothingSavedError,
+) -> Exception:
+    """The refusal of a loader of ``what`` given ``folder``, which lacks the ``missing`` file: ``"<folder> is not
+    <what>: <why_not_this_kind>"``, an ``other_kind`` (the loader's format error) when kl_retrievers saved the
+    folder as another kind, else a ``nothing`` (:class:`~kl_retrievers.NothingSavedError` or the loader's subclass
+    of it).
+
+    Examples:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> error = not_this_kind_error(folder, "a saved thing", "thing.json")
+        >>> type(error).__name__, str(error) == f"{folder} is not a saved thing: thing.json is missing"
+        ('NothingSavedError', True)
+    """
+    other = describe_kl_folder(folder)
+    if other is not None:
+        return other_kind(f"{folder} is not {what}: it is {other}")
+    return nothing(f"{folder} is not {what}: {missing} is missing")
+
+
 def is_gaussians_config(config: Mapping[str, Any] | None) -> bool:
     """Whether a folder's ``config.json`` (:func:`read_json_object`) is that of saved Gaussians."""
     return config is not None and config.get("library") == "kl_retrievers" and config.get("kind") == "gaussians"
@@ -1934,7 +1958,7 @@ def load_gaussians(path: str | os.PathLike[str]) -> tuple[Any, list[str] | None]
     # copy beside the folder (.NAME.old-*): put it back first, as KLStore.load does.
     recover_dir(source, required="config.json")
     if not source.exists():
-        raise FileNotFoundError(f"no saved Gaussians at {source}")
+        raise NothingSavedError(f"no saved Gaussians at {source}")
 
     def read_array(file: Path) -> Any:
         try:
@@ -1957,9 +1981,9 @@ def load_gaussians(path: str | os.PathLike[str]) -> tuple[Any, list[str] | None]
                 raise ValueError(f"{file} resolves to {file.resolve()}, outside the saved Gaussians folder")
             if name != "ids.json" and not file.is_file():
                 # a damaged Gaussians folder (its own config.json) is described by its missing file, not its kind
-                own = is_gaussians_config(read_json_object(source / "config.json"))
-                found = f"{name} is missing" if own else why_not_this_kind(source, name)
-                raise ValueError(f"{source} is not a saved Gaussians folder: {found}")
+                if is_gaussians_config(read_json_object(source / "config.json")):
+                    raise ValueError(f"{source} is not a saved Gaussians folder: {name} is missing")
+                raise not_this_kind_error(source, "a saved Gaussians folder", name)
         meta = read_json_object(source / "config.json")
         # a config with a "kind" of its own is checked field by field below ("config.json: field 'kind' ...")
         if meta is not None and "kind" not in meta and (other := describe_saved_meta(meta)) is not None:

@@ -46,6 +46,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kl_retrievers._checks import check_bool
+
 if TYPE_CHECKING:
     import torch
 else:
@@ -167,9 +169,13 @@ def _unmasked(x: Any, name: str, takes: str) -> np.ndarray:
     return np.asarray(np.ma.getdata(x))
 
 
-def _check_float64_range(arr: np.ndarray, name: str, takes: str) -> None:
+def _check_float64_range(arr: np.ndarray, name: str, takes: str, *, nonzero: bool = False) -> None:
     """``ValueError`` naming the caller's value when a float wider than float64 (``np.longdouble``) exceeds
-    float64's range: the values are cast to float64 next, and the cast would make it ``inf`` before any check."""
+    float64's range: the values are cast to float64 next, and the cast would make it ``inf`` before any check.
+
+    ``nonzero`` (variances, which must stay > 0): a value too small for float64, which the cast would make 0
+    (1e-4000), is refused too, named as given; elsewhere 0 stands for it.
+    """
     if arr.dtype.kind != "f" or arr.dtype.itemsize <= 8:
         return
     limit = np.finfo(np.float64).max
@@ -179,9 +185,19 @@ def _check_float64_range(arr: np.ndarray, name: str, takes: str) -> None:
             f"{name} holds {int(too_big.sum())} value(s) beyond float64's range (magnitudes up to {limit:.4g}; "
             f"{_first_bad(arr, too_big)}); {takes} values float64 can hold"
         )
+    if not nonzero:
+        return
+    with np.errstate(under="ignore"):
+        too_small = (arr != 0) & (arr.astype(np.float64) == 0)
+    if too_small.any():
+        tiny = float(np.nextafter(np.float64(0), np.float64(1)))
+        raise ValueError(
+            f"{name} holds {int(too_small.sum())} nonzero value(s) too small for float64, which would become 0 "
+            f"(magnitudes down to {tiny:.4g}; {_first_bad(arr, too_small)}); {takes} values float64 can hold"
+        )
 
 
-def _real_numpy(x: Any, name: str, takes: str = "Gaussians take") -> np.ndarray:
+def _real_numpy(x: Any, name: str, takes: str = "Gaussians take", *, nonzero: bool = False) -> np.ndarray:
     """``x`` (numbers, an array, a tensor, or a list of vectors) as a numpy array, by :class:`Gaussians`' rules.
 
     The one conversion of caller's arrays: :class:`Gaussians` and the adapters' vector and score inputs. A
@@ -196,6 +212,7 @@ def _real_numpy(x: Any, name: str, takes: str = "Gaussians take") -> np.ndarray:
         x: The caller's value.
         name: What it is, for the message (``"mean"``, ``"query embeddings"``).
         takes: Who refuses it, with the verb (``"Gaussians take"``).
+        nonzero: Refuse a nonzero ``np.longdouble`` value that float64 would make 0 too (variances).
 
     Examples:
         >>> _real_numpy([1, 2], "scores").dtype.kind
@@ -215,7 +232,7 @@ def _real_numpy(x: Any, name: str, takes: str = "Gaussians take") -> np.ndarray:
         return np.asarray(t.numpy())
     arr = _unmasked(x, name, takes) if _is_masked(x) else np.asarray(x)
     _check_real(name, arr, takes)
-    _check_float64_range(arr, name, takes)
+    _check_float64_range(arr, name, takes, nonzero=nonzero)
     return arr
 
 
@@ -243,7 +260,8 @@ class Gaussians:
     tensors fast). Half precision is never kept: ``-KL`` overflows it. ``k`` must be at least 1.
     Any other dtype (complex, strings, objects) raises ``TypeError`` naming it: nothing is cast; so does a
     tensor on torch's ``meta`` device (no data). A numpy masked array with a masked element raises
-    ``ValueError`` (its mask would be dropped), as does a ``np.longdouble`` value beyond float64's range.
+    ``ValueError`` (its mask would be dropped), as does a ``np.longdouble`` value beyond float64's range (or
+    a variance too small for it: 1e-4000, which float64 would make 0), named as given.
 
     Equality is identity (``a == b`` only for the same object) and a batch hashes by identity, as
     arrays have no single truth value; compare contents with ``np.array_equal`` on ``mean`` and ``var``.
@@ -265,7 +283,7 @@ class Gaussians:
             raise TypeError("mean and var must both be numpy arrays or both torch tensors")
         if not _is_torch(mean):
             mean = _real_numpy(mean, "mean")
-            var = _real_numpy(var, "var")
+            var = _real_numpy(var, "var", nonzero=True)
             dtype = np.result_type(mean.dtype, var.dtype)
             if dtype not in (np.float32, np.float64):
                 dtype = np.dtype(np.float64)
@@ -422,13 +440,6 @@ def _same_kind(q: Gaussians, d: Gaussians) -> None:
         )
 
 
-def _check_bool(name: str, value: Any) -> None:
-    """``TypeError`` naming ``value`` unless it is a bool or numpy's, in ``_io.check_bool``'s words (not imported:
-    ``_io`` imports this module)."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool; got {value!r:.80}")
-
-
 def _log(x: Array) -> Array:
     return torch.log(x) if _is_torch(x) else np.log(x)
 
@@ -466,7 +477,7 @@ def neg_kl(queries: Gaussians, documents: Gaussians, *, check_finite: bool = Tru
         array([ 0., -2.])
     """
     _same_kind(queries, documents)
-    _check_bool("check_finite", check_finite)
+    check_bool(check_finite, "check_finite")
     nq, nd = len(queries), len(documents)
     if nq != nd and 1 not in (nq, nd):
         raise ValueError(
@@ -512,7 +523,7 @@ def neg_kl_matrix(queries: Gaussians, documents: Gaussians, *, check_finite: boo
         (2, 2)
     """
     _same_kind(queries, documents)
-    _check_bool("check_finite", check_finite)
+    check_bool(check_finite, "check_finite")
     nq, nd, k = len(queries), len(documents), queries.dim
     torch_mode = queries.is_torch
     mq, vq = queries.mean[:, None, :], queries.var[:, None, :]
@@ -633,14 +644,20 @@ def _check_rewrite_finite(vectors: Array, g: Gaussians, side: str) -> Array:
     raise ValueError(_overflow_message(side, row, j, value, vec.dtype, _row_facts(m64, v64, False)) + advice)
 
 
-def kl_query_vectors(queries: Gaussians) -> Array:
+def kl_query_vectors(queries: Gaussians, *, check_finite: bool = True) -> Array:
     """Query side ``q~ = [1, var_q + mu_q^2, mu_q]`` of the rewrite, shape ``(n, 2k + 1)``.
 
     Computed in the Gaussians' dtype (see :class:`Gaussians`), like :func:`kl_document_vectors`.
 
+    Args:
+        queries: ``n`` query Gaussians.
+        check_finite: Refuse a ``q~`` that is not finite (default ``True``); ``False`` skips the check and its
+            synchronisation on a GPU, as for :func:`neg_kl`.
+
     Raises:
-        TypeError: ``queries`` is not a :class:`Gaussians` batch (wrap arrays as ``Gaussians(mean, var)``).
-        ValueError: A query whose ``q~`` is not finite in that dtype (``var + mu^2`` overflows),
+        TypeError: ``queries`` is not a :class:`Gaussians` batch (wrap arrays as ``Gaussians(mean, var)``), or
+            ``check_finite`` is not a bool.
+        ValueError: (``check_finite``) A query whose ``q~`` is not finite in that dtype (``var + mu^2`` overflows),
             naming the row and the value. :class:`~kl_retrievers.KLStore` refuses a query whose ``q~`` does not
             fit float32 (:func:`check_float32_scorable`): not always the same queries (float64 Gaussians are
             checked here in float64, there in float32).
@@ -651,12 +668,13 @@ def kl_query_vectors(queries: Gaussians) -> Array:
         array([[1. , 4.5, 2. ]])
     """
     _require_gaussians(queries, "queries")
+    check_bool(check_finite, "check_finite")
     with np.errstate(over="ignore", invalid="ignore"):  # refused below, naming the row
         vectors = _query_rewrite(queries)
-    return _check_rewrite_finite(vectors, queries, "query")
+    return _check_rewrite_finite(vectors, queries, "query") if check_finite else vectors
 
 
-def kl_document_vectors(documents: Gaussians) -> Array:
+def kl_document_vectors(documents: Gaussians, *, check_finite: bool = True) -> Array:
     """Document side ``d~`` of the rewrite, shape ``(n, 2k + 1)``.
 
     ``d~ = [-1/2 * sum(log var_d + mu_d^2 / var_d), -1 / (2 var_d), mu_d / var_d]``, so that
@@ -664,9 +682,15 @@ def kl_document_vectors(documents: Gaussians) -> Array:
     float32 Gaussians give float32 vectors, whose inner product in a float32 engine is not exact
     (its terms cancel; see the re-scoring advice in ``docs/method.md``).
 
+    Args:
+        documents: ``n`` document Gaussians.
+        check_finite: Refuse a ``d~`` that is not finite (default ``True``); ``False`` skips the check and its
+            synchronisation on a GPU, as for :func:`neg_kl`.
+
     Raises:
-        TypeError: ``documents`` is not a :class:`Gaussians` batch (wrap arrays as ``Gaussians(mean, var)``).
-        ValueError: A document whose ``d~`` is not finite in that dtype (a variance so small, or a
+        TypeError: ``documents`` is not a :class:`Gaussians` batch (wrap arrays as ``Gaussians(mean, var)``), or
+            ``check_finite`` is not a bool.
+        ValueError: (``check_finite``) A document whose ``d~`` is not finite in that dtype (a variance so small, or a
             mean so large, that ``1 / var`` or ``mu^2 / var`` overflows), naming the row and the value.
             :class:`~kl_retrievers.KLStore`, which stores documents in float32, refuses a document whose ``d~``
             does not fit float32 (:func:`check_float32_scorable`): not always the same documents (float64
@@ -679,9 +703,10 @@ def kl_document_vectors(documents: Gaussians) -> Array:
         array([[-2. , -0.5,  2. ]])
     """
     _require_gaussians(documents, "documents")
+    check_bool(check_finite, "check_finite")
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # refused below, naming the row
         vectors = _document_rewrite(documents)
-    return _check_rewrite_finite(vectors, documents, "document")
+    return _check_rewrite_finite(vectors, documents, "document") if check_finite else vectors
 
 
 def kl_query_constant(queries: Gaussians) -> Array:

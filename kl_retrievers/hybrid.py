@@ -66,10 +66,11 @@ from typing import Any, ClassVar, Literal, cast, get_args
 
 import numpy as np
 
+from kl_retrievers._checks import check_bool
 from kl_retrievers._encoding import check_texts, query_batch_size, require_modules
+from kl_retrievers._errors import NothingSavedError
 from kl_retrievers._io import (
     atomic_dir,
-    check_bool,
     check_replace_target,
     describe_kl_folder,
     fsync_dir,
@@ -2493,7 +2494,7 @@ class KLHybridStore(_NotCopyable):
         if not folder.exists() and recover_dir(folder, required=_CONFIG):
             logger.warning("loading %s from the copy saved before an interrupted save", folder)
         if not folder.is_dir():
-            raise FileNotFoundError(f"no hybrid store folder at {folder}")
+            raise NothingSavedError(f"no hybrid store folder at {folder}")
         # a save of the same path during the load swaps the folder between reads: read it again then
         return load_unchanged(folder, lambda: cls._load_once(folder, encoder, mmap, verify_checksums, token_pattern))
 
@@ -2507,7 +2508,7 @@ class KLHybridStore(_NotCopyable):
         if not cfg_path.is_file():
             if (other := describe_kl_folder(folder)) is not None:
                 raise HybridFormatError(f"{folder} is not a hybrid store folder: it is {other}")
-            raise FileNotFoundError(f"{folder} has no {_CONFIG}; not a hybrid store folder")
+            raise NothingSavedError(f"{folder} has no {_CONFIG}; not a hybrid store folder")
         config = _read_config(cfg_path)
         bm25_cfg, fusion = config["bm25"], config["fusion"]
         pattern = bm25_cfg["token_pattern"]

@@ -93,6 +93,7 @@ from kl_retrievers._confidence import (
     CONFIDENCE_KEY,
     EMPTY_QUERY_REASON,
     ConfidenceScorer,
+    abstention_enabled,
     abstention_reason,
     blank_query_confidence,
     check_calibrator,
@@ -103,10 +104,12 @@ from kl_retrievers._confidence import (
     require_calibrator,
 )
 from kl_retrievers._encoding import check_texts, query_batch_size
+from kl_retrievers._errors import NothingSavedError
 from kl_retrievers._io import (
     LEFTOVER_NAME,
     check_dangling_link,
     describe_kl_folder,
+    holds_nothing_saved,
     load_unchanged,
     make_dirs,
     user_path,
@@ -167,6 +170,10 @@ _DEFAULT_INDEX_NAME = "index"
 
 class LangChainFormatError(StoreFormatError):
     """A folder given to :meth:`KLVectorStore.load_local` was not written by a compatible ``save_local``."""
+
+
+class _NoLangChainSavedError(NothingSavedError, LangChainFormatError):
+    """A folder given to :meth:`KLVectorStore.load_local` that no kind kl_retrievers saves names as its own."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -623,6 +630,17 @@ def _unwrap_encoder(encoder: Any, call: str = "KLVectorStore.from_texts(texts, {
     caller's call as the message shows it, ``{embeddings}`` standing for that ``KLEmbeddings(...)``; ``hint``
     is added to the message (e.g. ``load_local``'s: leave ``embeddings`` out).
     """
+    return _resolve_embedding(encoder, call, hint)[0]
+
+
+def _resolve_embedding(
+    encoder: Any, call: str = "KLVectorStore.from_texts(texts, {embeddings})", hint: str = ""
+) -> tuple[Any, KLEmbeddings | None]:
+    """:func:`_unwrap_encoder`'s encoder and the :class:`KLEmbeddings` that ``encoder`` is or wraps (``None`` if none).
+
+    For a caller that needs both: the wrappers are searched once (:func:`_inner_klembeddings`), so a search cut
+    short warns once per call.
+    """
     if isinstance(encoder, (str, os.PathLike)):
         name = str(os.fspath(encoder))  # a str subclass (numpy's str_) would show its own repr
         load = f"KLEmbeddings(model_name={name!r})"
@@ -631,16 +649,16 @@ def _unwrap_encoder(encoder: Any, call: str = "KLVectorStore.from_texts(texts, {
             f"{load} and pass that, e.g. {call.format(embeddings=load)}"
         )
     if isinstance(encoder, KLEmbeddings):
-        return encoder.encoder
+        return encoder.encoder, encoder
     if isinstance(encoder, Embeddings):
         inner = _inner_klembeddings(encoder)
-        return _wrapper_encoder(encoder, inner) if inner is not None else EmbeddingsGaussianEncoder(encoder)
+        return (_wrapper_encoder(encoder, inner) if inner is not None else EmbeddingsGaussianEncoder(encoder)), inner
     if encoder is not None and not (hasattr(encoder, "encode_queries") and hasattr(encoder, "encode_documents")):
         raise TypeError(
             "encoder must be a Gaussian encoder (encode_queries / encode_documents), a KLEmbeddings "
             f"or a LangChain Embeddings; got {type(encoder).__name__}"
         )
-    return encoder
+    return encoder, None
 
 
 #: Where a LangChain ``Embeddings`` wrapper keeps the ``Embeddings`` it wraps: ``CacheBackedEmbeddings``'
@@ -1794,7 +1812,8 @@ class KLVectorStore(VectorStore):
     ) -> None:
         resolve_relevance(relevance)
         self.relevance = relevance
-        given = _inner_klembeddings(embedding)  # also the one a wrapper holds (CacheBackedEmbeddings)
+        # the KLEmbeddings given, or the one a wrapper holds (CacheBackedEmbeddings): the wrappers are searched once
+        encoder, given = _resolve_embedding(embedding)
         if batch_size is None:
             batch_size = given.batch_size if given is not None else 32
         self.batch_size = _check_k(batch_size, "batch_size")
@@ -1807,7 +1826,7 @@ class KLVectorStore(VectorStore):
                     f"store must be a KLStore or a MilvusKLStore (an object with {', '.join(_STORE_METHODS)}); "
                     f"got {type(store).__name__}, which lacks {', '.join(missing)}"
                 )
-        self._encoder: Any = _unwrap_encoder(embedding) if embedding is not None else None
+        self._encoder: Any = encoder
         #: the KLEmbeddings that `embeddings` returns: the one given, else one made at the first use
         self._embeddings: KLEmbeddings | None = given
         if store is None:
@@ -2648,9 +2667,9 @@ class KLVectorStore(VectorStore):
         """
         folder = _index_folder(user_path(folder_path), index_name)
         if not folder.is_dir():
-            raise FileNotFoundError(f"no KLVectorStore folder at {folder}")
+            raise NothingSavedError(f"no KLVectorStore folder at {folder}")
         call = f"{cls.__name__}.load_local(folder_path, {{embeddings}})"
-        manifest, store, encoder = cls._read_folder(
+        manifest, store, encoder, klembeddings = cls._read_folder(
             folder, embeddings, call, mmap=mmap, verify_checksums=verify_checksums
         )
         man_path, saved = folder / _MANIFEST, manifest.get("encoder")
@@ -2675,14 +2694,15 @@ class KLVectorStore(VectorStore):
             )
         rel = relevance if relevance is not None else (manifest.get("relevance") or DEFAULT_RELEVANCE)
         # the same object as `embeddings` (a KLEmbeddings, or a wrapper of one: CacheBackedEmbeddings)
-        given = embeddings if _inner_klembeddings(embeddings) is not None else encoder
+        given = embeddings if klembeddings is not None else encoder
         return cls(given, store=store, relevance=rel, batch_size=int(manifest.get("batch_size") or 32))
 
     @classmethod
     def _read_folder(
         cls, folder: Path, embeddings: Any | None, call: str, *, mmap: bool, verify_checksums: bool
-    ) -> tuple[dict[str, Any], KLStore, Any]:
-        """The manifest, store part and encoder of a :meth:`save_local` folder (see :meth:`load_local`).
+    ) -> tuple[dict[str, Any], KLStore, Any, KLEmbeddings | None]:
+        """The manifest, store part and encoder of a :meth:`save_local` folder (see :meth:`load_local`), and the
+        :class:`KLEmbeddings` that ``embeddings`` is or wraps (``None`` if none).
 
         ``klstore/`` is read once, with the copy of the manifest inside it (save_local swaps it in as a
         whole). The ``langchain.json`` beside it applies when it comes from the same save (its ``save_id``
@@ -2705,7 +2725,8 @@ class KLVectorStore(VectorStore):
                 named = [p.name for p in sorted(folder.iterdir()) if (p / _MANIFEST).is_file()]
                 if named:
                     hint = f" It holds the named indexes {named[:8]}; pass index_name= to load one."
-            raise LangChainFormatError(
+            error = _NoLangChainSavedError if holds_nothing_saved(folder, _MANIFEST) else LangChainFormatError
+            raise error(
                 f"{folder} was not written by KLVectorStore.save_local (no {_MANIFEST}; found {found[:8]}).{hint}"
             )
 
@@ -2724,7 +2745,7 @@ class KLVectorStore(VectorStore):
         if isinstance(saved, str) and saved and loads_anywhere(saved):
             hint = f"leave embeddings out to use the model the store was saved with ({saved!r}, which load_local "
             hint += "loads), or "
-        encoder = _unwrap_encoder(embeddings, call, hint) if embeddings is not None else None
+        encoder, klembeddings = _resolve_embedding(embeddings, call, hint)
         where = f"the LangChain store at {folder}"  # the folder its user passed
 
         def read_store() -> tuple[dict[str, Any] | None, KLStore]:
@@ -2735,10 +2756,10 @@ class KLVectorStore(VectorStore):
         inner, store = load_unchanged(kl_dir, read_store)
         if inner is not None and (outer is None or outer.get("save_id") != inner.get("save_id")):
             logger.info("%s comes from another save than %s: using the settings saved with the store", man_path, kl_dir)
-            return inner, store, encoder
+            return inner, store, encoder, klembeddings
         if outer is None:  # the copy vanished meanwhile: klstore/ was replaced by an earlier release's save
             raise LangChainFormatError(f"{folder} was not written by KLVectorStore.save_local (no {_MANIFEST})")
-        return outer, store, encoder
+        return outer, store, encoder, klembeddings
 
     def save_local(self, folder_path: str | os.PathLike[str], index_name: str = _DEFAULT_INDEX_NAME) -> Path:
         """Save to a folder (JSON, ``.npy`` and a FAISS index; no pickle anywhere).
@@ -3281,17 +3302,18 @@ class KLRetriever(_ConfidenceRetriever):
 
     **Abstention**: with ``min_confidence`` set, a query whose confidence is below it gets **no
     documents** (``[]``): a chain branches on the empty list (see ``docs/langchain.md``). The
-    retriever also logs one INFO line and sends the LangChain custom event
+    retriever also logs one DEBUG line (it holds the query text) and sends the LangChain custom event
     :data:`ABSTENTION_EVENT` (``{"query", "confidence", "min_confidence", "reason"}``) to the run's
     callbacks, so ``astream_events`` and tracing show why nothing came back. ``min_confidence`` needs
     a calibrator (``ValueError`` otherwise). A query with only one candidate document (a filter
     that leaves one, or a one-document store) has no confidence (the calibrator reads the top two
-    scores): without ``min_confidence`` it is answered with ``confidence=None``; with it, it
+    scores): without ``min_confidence`` it is answered with ``confidence=None``; with it above 0, it
     **abstains** (fail closed; the log line and the event's ``reason`` say
     ``confidence needs 2 candidates, 1 found``). A blank query (empty, or only whitespace and
     invisible characters such as a zero-width space) asks for nothing: its confidence is 0 (``None``
-    without a calibrator, like any query's), and with ``min_confidence`` it abstains without a search
-    (``reason``: :data:`EMPTY_QUERY_REASON`); without it, it is answered as LangChain's stores answer ``""``.
+    without a calibrator, like any query's), and with ``min_confidence`` above 0 it abstains without a
+    search (``reason``: :data:`EMPTY_QUERY_REASON`); without it, it is answered as LangChain's stores
+    answer ``""``. ``min_confidence=0`` answers every query, these two included.
     :class:`KLHybridRetriever` does the same.
 
     Attributes:
@@ -3299,7 +3321,7 @@ class KLRetriever(_ConfidenceRetriever):
         k: Documents per query (>= 1); ``invoke(q, k=...)`` overrides it per call.
         filter: Default metadata filter (dict or callable); ``invoke(q, filter=...)`` overrides it
             per call (``filter=None``: no filter for that call).
-        min_confidence: Abstain below this confidence, in ``[0, 1]`` (``None``: never);
+        min_confidence: Abstain below this confidence, in ``[0, 1]`` (``None`` or 0: never);
             ``invoke(q, min_confidence=...)`` overrides it per call (``None``: no abstention).
         calibrator: A fitted ``ConfidenceCalibrator`` or a path to its JSON (default: the model's);
             ``retriever.calibrator = cal`` after construction is used from the next query on.
@@ -3471,7 +3493,7 @@ class KLRetriever(_ConfidenceRetriever):
         encoder = self.vectorstore._get_encoder()
         require_calibrator(scorer, encoder, floor)
         blank = is_blank_query(_check_query(query))
-        if blank and floor is not None:  # require_calibrator passed: a calibrator exists
+        if blank and abstention_enabled(floor):  # require_calibrator passed: a calibrator exists
             return [], self._abstain_on_blank(query, floor)
         g = self.vectorstore._encode_query(query)
         uncertainty = float(np.asarray(g.uncertainty())[0])
@@ -3545,7 +3567,7 @@ class KLHybridRetriever(_ConfidenceRetriever):
         normalization: ``"minmax"`` or ``"zscore"`` for convex fusion (``None``: the store's); as ``weight``.
         filter: Default metadata filter (dict or callable), applied to both halves before ranking;
             ``invoke(q, filter=...)`` overrides it per call (``filter=None``: no filter for that call).
-        min_confidence: Abstain below this confidence (``None``: never); ``invoke(q, min_confidence=...)``
+        min_confidence: Abstain below this confidence (``None`` or 0: never); ``invoke(q, min_confidence=...)``
             overrides it per call (``None``: no abstention).
         calibrator: A fitted ``ConfidenceCalibrator`` (kind ``"hybrid"`` or ``"dense"``) or a path
             to its JSON (default: the model's hybrid calibrator, else its dense one); assignable, as in

@@ -80,14 +80,16 @@ from kl_retrievers._confidence import (
     EMPTY_QUERY_REASON,
     MIN_CANDIDATES,
     ConfidenceScorer,
-    abstention_reason,
+    abstention_enabled,
     blank_query_confidence,
     check_min_confidence,
     hybrid_search,
     is_blank_query,
+    too_few_candidates_reason,
 )
 from kl_retrievers._encoding import check_texts
 from kl_retrievers._encoding import query_batch_size as _query_batch_size
+from kl_retrievers._errors import NothingSavedError
 from kl_retrievers._io import clean_stale, describe_kl_folder, fsync_dir, load_unchanged, make_dirs, user_path
 from kl_retrievers._warn import at_callers_line, user_stacklevel
 from kl_retrievers.calibration import ConfidenceCalibrator
@@ -1942,9 +1944,9 @@ def _too_few_candidates(candidates: int) -> str | None:
     """Why a query with ``candidates`` candidate documents has no confidence (``None``: not for that reason).
 
     The text of :func:`~kl_retrievers._confidence.abstention_reason` for a query that LangChain's
-    ``min_confidence`` refuses (fail closed) for that reason, whatever the floor.
+    ``min_confidence`` refuses (fail closed) for that reason, whatever the floor above 0.
     """
-    return abstention_reason(None, 0.0, candidates)
+    return too_few_candidates_reason(candidates)
 
 
 def _reserved_keys_in(nodes: Sequence[BaseNode]) -> list[str]:
@@ -3411,7 +3413,7 @@ class KLVectorStore(BasePydanticVectorStore):
             if manifest_path is None and not (path / "config.json").is_file():
                 if (other := describe_kl_folder(path)) is not None:
                     raise StoreFormatError(f"{path} is not a LlamaIndex KLVectorStore: it is {other}")
-                raise FileNotFoundError(_no_store_in_folder(path))
+                raise NothingSavedError(_no_store_in_folder(path))
             if manifest_path is None:
                 return cls(
                     KLStore.load(path, encoder=encoder, mmap=mmap, verify_checksums=verify_checksums),
@@ -3424,7 +3426,7 @@ class KLVectorStore(BasePydanticVectorStore):
             other = describe_kl_folder(folder) if folder.is_dir() else None
             if other is not None and not adapters.manifests_in_folder(folder, _MANIFEST_FORMAT):
                 raise StoreFormatError(f"{folder} is not a LlamaIndex persist folder: it is {other}")
-            raise FileNotFoundError(f"no KLVectorStore at {path}")
+            raise NothingSavedError(f"no KLVectorStore at {path}")
         manifest = adapters.read_manifest(
             path, format_name=_MANIFEST_FORMAT, format_version=_MANIFEST_VERSION, what="KLVectorStore"
         )
@@ -3895,11 +3897,13 @@ class KLConfidencePostprocessor(BaseNodePostprocessor):
     :class:`KLVectorStore`. The query's confidence is the largest one among the nodes (all nodes
     of one KL query carry the same value; a fusion of several queries keeps the best). When it is
     below ``min_confidence`` the postprocessor returns ``[]``, which LlamaIndex's response
-    synthesizers answer with ``"Empty Response"`` without calling the LLM; it also logs one INFO line.
+    synthesizers answer with ``"Empty Response"`` without calling the LLM; it also logs one DEBUG line
+    (DEBUG, not INFO: the line holds the query text). ``min_confidence=0`` keeps every node: no query
+    is refused, the two rules below included.
 
     A blank query (empty, or only whitespace and invisible characters) asks for nothing: when every node
     that a KL retriever scored (one carrying ``confidence_key`` or :data:`CONFIDENCE_REASON_KEY`) carries
-    :data:`EMPTY_QUERY_REASON`, the postprocessor abstains at any ``min_confidence``, logging that
+    :data:`EMPTY_QUERY_REASON`, the postprocessor abstains at any ``min_confidence`` above 0, logging that
     reason (nodes of several queries, some not blank, are judged by their best confidence, a blank
     query's being 0). Only when no node comes from a KL retriever is the query bundle read instead:
     the postprocessor abstains when its query string and its embedding strings are all blank.
@@ -3907,13 +3911,13 @@ class KLConfidencePostprocessor(BaseNodePostprocessor):
     A query with a single candidate document (a filter that leaves one node, a one-node store) has
     no confidence: the calibrator reads the top two scores. The KL retrievers then write why under
     :data:`CONFIDENCE_REASON_KEY` (``"confidence_reason"``), and the postprocessor abstains on it
-    (fail closed, as LangChain's ``min_confidence`` does), logging the reason at INFO. Nodes with
+    (fail closed, as LangChain's ``min_confidence`` does), logging the reason at DEBUG. Nodes with
     neither a confidence nor that reason (another retriever, a model with no calibrator, or the
     ``IndexNode`` / ``ImageNode`` hits that ``VectorStoreIndex.as_retriever()`` swaps for its docstore's
     copies) cannot be judged: they are kept, with one logged warning per postprocessor.
 
     Attributes:
-        min_confidence: The threshold, a probability in ``[0, 1]``.
+        min_confidence: The threshold, a probability in ``[0, 1]`` (0: keep every node).
         confidence_key: The node metadata key to read.
 
     Raises:
@@ -3952,7 +3956,7 @@ class KLConfidencePostprocessor(BaseNodePostprocessor):
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        if not nodes:
+        if not nodes or not abstention_enabled(self.min_confidence):  # a floor of 0 refuses nothing
             return nodes
         query = query_bundle.query_str if query_bundle is not None else ""
         scored = [

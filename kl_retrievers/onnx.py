@@ -54,7 +54,7 @@ from kl_retrievers._encoding import (
     progress_bar,
     require_torch,
 )
-from kl_retrievers._errors import KLRetrieversError
+from kl_retrievers._errors import KLRetrieversError, NothingSavedError
 from kl_retrievers._io import (
     atomic_dir,
     check_dangling_link,
@@ -66,13 +66,13 @@ from kl_retrievers._io import (
     load_unchanged,
     lock_file,
     make_dirs,
+    not_this_kind_error,
     parse_json_object,
     read_json_object,
     recover_dir,
     some_names,
     user_cache_dir,
     user_path,
-    why_not_this_kind,
 )
 from kl_retrievers.gaussian import SCORE_DIRECTION, Gaussians
 from kl_retrievers.hub import local_reference
@@ -82,6 +82,7 @@ if TYPE_CHECKING:
     import mmap
 
     import onnxruntime
+    import tokenizers
 
     from kl_retrievers.encoder import GaussianEncoder
 
@@ -148,6 +149,10 @@ _PROBE_TEXTS = (
 
 class OnnxModelError(KLRetrieversError, ValueError):
     """A folder that is not a valid ONNX Gaussian encoder (the message names the folder and what is wrong)."""
+
+
+class _NoOnnxSavedError(NothingSavedError, OnnxModelError):
+    """A folder holding no encoder that no other kind kl_retrievers saves names as its own (the ONNX loaders)."""
 
 
 @dataclass
@@ -1525,7 +1530,7 @@ class OnnxGaussianEncoder(EncoderMixin):
                 "cannot be copied; load another encoder with the same session_options instead"
             )
         state = dict(self.__dict__)
-        for key in ("_session", "_lock", "_tokenizers"):
+        for key in ("_session", "_lock", "_tokenizers", "_user_tokenizer"):
             state.pop(key, None)
         return state
 
@@ -1594,6 +1599,31 @@ class OnnxGaussianEncoder(EncoderMixin):
     def device(self) -> str:
         """Always ``"cpu"`` (ONNX Runtime's CPU execution provider)."""
         return "cpu"
+
+    @property
+    def tokenizer(self) -> tokenizers.Tokenizer:
+        """The encoder's tokenizer (read-only), as the torch encoder's and sentence-transformers' ``model.tokenizer``.
+
+        A ``tokenizers.Tokenizer`` (the ``tokenizers`` library's, built from the folder's ``tokenizer.json``, with
+        ``[VAR]`` where the model uses it), not a transformers tokenizer: no torch or transformers is imported.
+        It has no padding or truncation set and takes ``encode(text)`` (an ``Encoding``: ``.ids``, ``.tokens``,
+        ``.offsets``), ``encode_batch(texts)``, ``decode(ids)``, ``token_to_id(token)`` and
+        ``get_vocab_size()``; it is not callable as a transformers tokenizer is (``tokenizer(texts)``). It is
+        the encoder's own copy, made once: changing its settings does not change what the encoder encodes.
+
+        Examples:
+            >>> encoder.tokenizer.encode("a passage").tokens  # doctest: +SKIP
+            ['[CLS]', 'a', 'passage', '[SEP]']
+        """
+        found = self.__dict__.get("_user_tokenizer")
+        if found is None:
+            from tokenizers import Tokenizer
+
+            made = Tokenizer.from_str(self._tokenizer_json)
+            made.no_padding()
+            made.no_truncation()
+            found = self.__dict__.setdefault("_user_tokenizer", made)  # the same object at every read
+        return found
 
     def to(self, *args: Any, **kwargs: Any) -> OnnxGaussianEncoder:
         """``self`` for the cpu (``"cpu"``, ``"cpu:0"``, ``torch.device("cpu")``), as ``torch.nn.Module.to`` (and
@@ -1958,10 +1988,12 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     cfg_file = folder / CONFIG_NAME
     if not folder.is_dir():
         if not folder.exists():
-            raise FileNotFoundError(f"no ONNX Gaussian encoder folder at {folder}")
+            raise NothingSavedError(f"no ONNX Gaussian encoder folder at {folder}")
         raise OnnxModelError(f"{folder} is not a folder")
     if not cfg_file.is_file():
-        raise OnnxModelError(f"{folder} is not an ONNX Gaussian encoder: {why_not_this_kind(folder, CONFIG_NAME)}")
+        raise not_this_kind_error(
+            folder, "an ONNX Gaussian encoder", CONFIG_NAME, other_kind=OnnxModelError, nothing=_NoOnnxSavedError
+        )
     try:
         meta = parse_json_object(cfg_file.read_bytes().decode("utf-8"), str(cfg_file))
     except (ValueError, UnicodeDecodeError) as exc:  # the message names the file

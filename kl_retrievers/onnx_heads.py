@@ -49,9 +49,17 @@ from kl_retrievers._config import (
     encoder_config,
     saved_weights_sha256,
 )
-from kl_retrievers._io import describe_kl_folder, why_not_this_kind
+from kl_retrievers._errors import NothingSavedError
+from kl_retrievers._io import describe_kl_folder, holds_nothing_saved, why_not_this_kind
 from kl_retrievers.hub import local_reference
-from kl_retrievers.onnx import MODEL_FILE, OnnxEncoderConfig, OnnxGaussianEncoder, OnnxModelError, make_session_options
+from kl_retrievers.onnx import (
+    MODEL_FILE,
+    OnnxEncoderConfig,
+    OnnxGaussianEncoder,
+    OnnxModelError,
+    _NoOnnxSavedError,
+    make_session_options,
+)
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -354,14 +362,15 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
 
         path = Path(folder)
         if not path.exists():  # as every loader of a saved folder (OnnxGaussianEncoder's _read_meta)
-            raise FileNotFoundError(f"no saved Gaussian encoder folder at {path}")
+            raise NothingSavedError(f"no saved Gaussian encoder folder at {path}")
         options = make_session_options(
             num_threads=num_threads, allow_spinning=allow_spinning, session_options=session_options
         )
         where = name_or_path or local_reference(folder)  # an absolute folder, as the other encoders record
         backbone = shared_backbone_for(path)
         if backbone is None:
-            raise OnnxModelError(_why_not_served(path, where))
+            nothing = holds_nothing_saved(path, CONFIG_NAME, "delta.safetensors")
+            raise (_NoOnnxSavedError if nothing else OnnxModelError)(_why_not_served(path, where))
         try:
             graph = backbone.graph_path()
         except ModuleNotFoundError as exc:

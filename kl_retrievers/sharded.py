@@ -74,18 +74,18 @@ from kl_retrievers._encoding import (
     progress_enabled,
     query_batch_size,
 )
-from kl_retrievers._errors import KLRetrieversError
+from kl_retrievers._errors import KLRetrieversError, NothingSavedError
 from kl_retrievers._io import (
     atomic_dir,
     atomic_file,
     library_version,
     make_dirs,
+    not_this_kind_error,
     parse_json_object,
     recover_dir,
     row_id,
     row_text,
     user_path,
-    why_not_this_kind,
 )
 from kl_retrievers._score import check_score
 from kl_retrievers._warn import warn
@@ -1796,8 +1796,8 @@ def _manifest(folder: Path) -> dict[str, Any]:
     path = folder / _MANIFEST
     if not path.is_file():
         if not folder.exists():
-            raise FileNotFoundError(f"no encoded-shards folder at {folder}")
-        raise ValueError(f"{folder} is not an encoded-shards folder: {why_not_this_kind(folder, _MANIFEST)}")
+            raise NothingSavedError(f"no encoded-shards folder at {folder}")
+        raise not_this_kind_error(folder, "an encoded-shards folder", _MANIFEST)
     manifest = _read_json(path)
     if not isinstance(manifest, dict):
         raise ValueError(f"{path} must hold a JSON object; got a JSON {type(manifest).__name__}")

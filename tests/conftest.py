@@ -418,7 +418,7 @@ def rows_train_argv(
     ``loss`` and as many negatives as each row holds, into ``folder/m``."""
     data = write_train_jsonl(folder / "rows.jsonl", rows)
     negatives = str(min(len(row.get("negatives", [])) for row in rows))
-    argv = ["train", "--data", str(data), "--out", str(folder / "m"), "--base", str(world.base), "--quiet"]
+    argv = ["train", "--data", str(data), "--out", str(folder / "m"), "--base", str(world.base), "--no-progress"]
     return [*argv, "--loss", loss, "--negatives", negatives, "--steps", "1", "--device", "cpu", "--dim", "8"]
 
 
@@ -434,7 +434,7 @@ def train_world_with_dev(root: Path) -> TrainWorld:
 def heads_cached_train_argv(w: TrainWorld, out: Path, *extra: str) -> list[str]:
     """A fast ``kl-retrievers train`` call on ``w`` (3 steps of the heads on cached features), then ``extra``."""
     argv = ["train", "--data", str(w.beir), "--out", str(out), "--steps", "3", "--batch-size", "2"]
-    argv += ["--cache-dir", str(w.cache), "--quiet", "--device", "cpu", "--heads-only-cached"]
+    argv += ["--cache-dir", str(w.cache), "--no-progress", "--device", "cpu", "--heads-only-cached"]
     argv += ["--base", str(w.base), "--dim", "8", "--max-length", "32", "--query-max-length", "16"]
     return [*argv, *extra]
 
@@ -663,6 +663,50 @@ def bare_root_logger() -> Iterator[logging.Logger]:
         for handler in saved:
             root.addHandler(handler)
         root.setLevel(level)
+
+
+#: Pairs of ``evaluate`` / ``train`` flags where ``--quiet`` (their deprecated old name of ``--no-progress``) goes
+#: with ``--no-progress``: a migrating user's spelling, accepted.
+QUIET_WITH_NO_PROGRESS = [["--quiet", "--no-progress"], ["--no-progress", "--quiet"]]
+
+
+def progress_flag_conflicts(command: str) -> list[tuple[list[str], str]]:
+    """The pairs of flags that contradict each other after ``command`` (``evaluate`` or ``train``, whose ``--quiet``
+    is the deprecated old name of ``--no-progress``), each with a part of its usage error."""
+    old_name = f"after {command} it is the deprecated old name of --no-progress"
+    return [
+        (["--progress", "--no-progress"], "argument --no-progress: not allowed with argument --progress"),
+        (["--no-progress", "--progress"], "argument --progress: not allowed with argument --no-progress"),
+        # the old name of --no-progress contradicts --progress too, in either order, and the message says so
+        (["--progress", "--quiet"], old_name),
+        (["--quiet", "--progress"], old_name),
+    ]
+
+
+def assert_progress_flags_conflict(
+    argv: list[str], pair: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``kl-retrievers`` parsing ``argv`` (a command line of ``evaluate`` or ``train``) then ``pair`` (of
+    :func:`progress_flag_conflicts`) stops with a usage error that says ``message``, and for ``--quiet`` how to
+    log errors only with the bars."""
+    from kl_retrievers.cli import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args([*argv, *pair])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    if "--quiet" in pair:
+        assert "which contradicts --progress: give one of them" in err
+        assert f"kl-retrievers -q {argv[0]} ... --progress" in err  # errors only, with the bars
+
+
+def progress_and_log_flags(argv: list[str]) -> tuple[bool, bool, bool]:
+    """``(no_progress, deprecated_quiet, errors_only)`` of ``kl-retrievers argv`` as parsed."""
+    from kl_retrievers.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    return args.no_progress, args.deprecated_quiet, args.errors_only
 
 
 # --------------------------------------------------------------------------- async adapters' tests

@@ -190,7 +190,7 @@ def test_postprocessor_judges_a_merged_list_by_its_best_confidence(
     post = KLConfidencePostprocessor(min_confidence=0.5)
     assert post.postprocess_nodes(good + blank, query_bundle=QueryBundle(QUERY)) == good + blank  # was []
     assert post.postprocess_nodes(blank, query_bundle=QueryBundle(QUERY)) == []  # every KL node blank
-    assert KLConfidencePostprocessor(min_confidence=0.0).postprocess_nodes(blank) == []  # at any floor
+    assert KLConfidencePostprocessor(min_confidence=0.01).postprocess_nodes(blank) == []  # at any floor above 0
 
 
 def test_postprocessor_relies_on_the_nodes_not_the_bundle(encoder: Any, calibrator: ConfidenceCalibrator) -> None:
@@ -200,7 +200,7 @@ def test_postprocessor_relies_on_the_nodes_not_the_bundle(encoder: Any, calibrat
         bundle
     )
     assert nodes and not any(CONFIDENCE_REASON_KEY in n.node.metadata for n in nodes)
-    assert KLConfidencePostprocessor(min_confidence=0.0).postprocess_nodes(nodes, query_bundle=bundle) == nodes
+    assert KLConfidencePostprocessor(min_confidence=1e-9).postprocess_nodes(nodes, query_bundle=bundle) == nodes
     # KLRetriever encodes the custom embedding strings: a blank query_str beside them is not blank
     dense_bundle = QueryBundle(query_str=" ", custom_embedding_strs=[QUERY])
     dense = LIRetriever(_li_store(encoder, calibrator), similarity_top_k=2).retrieve(dense_bundle)

@@ -4,7 +4,8 @@
   past ``STALE_GROWTH`` times the documents of its last build (or load) warns once, at the caller's line,
   naming ``rebuild()``; a rebuild arms the warning again. It was an INFO line only, which a user with
   warnings-only logging never saw (a probe grew a store 7x past its training size without a word).
-* ``nprobe`` above ``nlist`` acts as ``nlist`` (FAISS clamps it): assigning one warns at the user's line.
+* ``nprobe`` above ``nlist`` acts as ``nlist`` (FAISS clamps it): assigning one warns at the user's line (giving
+  one to the constructor too: tests/test_ann_nprobe_above_nlist_at_construction.py).
 * The build log names ``M`` the norm bound (a user read ``hnsw_m`` in ``(M=122.9)``), and long steps (PQ
   training, the HNSW graph) log a line when they start, not only when they end.
 """
@@ -58,8 +59,8 @@ def test_an_ivf_store_grown_past_its_training_warns_once_at_the_callers_line() -
     stale = _stale(caught)
     assert len(stale) == 1 and store.rebuild_count == 0, [str(w.message) for w in caught]
     message = str(stale[0].message)
-    assert "held 32 documents; it now holds 160 (5.0 times as many" in message
-    assert "the lists learnt from the first ones" in message
+    assert "held 32 documents, and 128 have been added or upserted since: 5.0 times as many in all" in message
+    assert "(it now holds 160)" in message and "the lists learnt from the first ones" in message
     assert "Call store.rebuild() to retrain it on a sample of all of them" in message and "check nprobe" in message
     assert stale[0].category is UserWarning and stale[0].filename == __file__
     # a rebuild retrains over every document and arms the warning again, from the new size
@@ -92,7 +93,8 @@ def test_a_loaded_store_counts_from_its_size_at_load(tmp_path: Path) -> None:
     loaded = KLStore.load(tmp_path / "s")
     assert not _stale(_grow(loaded, batch, 9, "c"))  # 384 = 4 x 96
     (stale,) = _stale(_grow(loaded, batch, 1, "d"))
-    assert "trained before the store was loaded with 96 documents; it now holds 416" in str(stale.message)
+    assert "trained before the store was loaded with 96 documents, and 320 have been added" in str(stale.message)
+    assert "(it now holds 416)" in str(stale.message)
 
 
 def test_nprobe_above_nlist_warns_at_the_assignment() -> None:

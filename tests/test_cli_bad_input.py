@@ -113,7 +113,7 @@ def _ev(w: World, *extra: str) -> list[str]:
 
 
 def _tr(w: World, *extra: str) -> list[str]:
-    args = ["train", "--data", str(w.beir), "--base", str(w.model), "--out", str(w.root / "trained"), "--quiet"]
+    args = ["train", "--data", str(w.beir), "--base", str(w.model), "--out", str(w.root / "trained"), "--no-progress"]
     return [*args, *extra]
 
 
@@ -295,7 +295,7 @@ CASES: list[Case] = [
     ("train/out-under-a-file", lambda w: [*_tr(w), "--out", str(w.root / "a-file" / "m")], "--out"),
     (
         "train/malformed-jsonl-data",
-        lambda w: ["train", "--data", w.file("train.jsonl", "{oops\n"), "--out", str(w.root / "t2"), "--quiet"],
+        lambda w: ["train", "--data", w.file("train.jsonl", "{oops\n"), "--out", str(w.root / "t2"), "--no-progress"],
         "train.jsonl",
     ),
     # ------------------------------------------------------------------ demo

@@ -32,13 +32,18 @@ PUBLIC = {
     "kl_retrievers.pretrained.BundledModelNotFoundError": (FileNotFoundError, OSError, ValueError),
     "kl_retrievers.pretrained.OnnxExportOnTorchError": (ValueError,),
     "kl_retrievers.store.milvus.MilvusConnectionError": (ConnectionError, OSError),
+    "kl_retrievers._errors.NothingSavedError": (FileNotFoundError, OSError, ValueError),
 }
 #: Private classes that public functions let through (the cache folder of ``user_cache_dir``, the refusals of
-#: ``encode_corpus``): catchable as the family too.
+#: ``encode_corpus``, the loaders' :class:`NothingSavedError` for an empty folder): catchable as the family too.
 ESCAPING = {
     "kl_retrievers._io.CacheFolderError": (OSError,),
     "kl_retrievers.sharded._FolderBusyError": (BlockingIOError, RuntimeError),
     "kl_retrievers.sharded._ShardsLostError": (OSError, RuntimeError),
+    # the loaders' NothingSavedError that is also the class they raised for such a folder before
+    "kl_retrievers._config._NoEncoderSavedError": (FileNotFoundError, ValueError),
+    "kl_retrievers.onnx._NoOnnxSavedError": (FileNotFoundError, ValueError),
+    "kl_retrievers.langchain._NoLangChainSavedError": (FileNotFoundError, ValueError),
 }
 
 

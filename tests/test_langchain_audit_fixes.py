@@ -84,13 +84,13 @@ class _Events(BaseCallbackHandler):
 def _check_fail_closed(retriever: Any, query: str, caplog: pytest.LogCaptureFixture, **call: Any) -> None:
     handler = _Events()
     with caplog.at_level(logging.DEBUG, logger="kl_retrievers._confidence"):
-        refused = retriever.invoke(query, config={"callbacks": [handler]}, min_confidence=0.0, **call)
-    assert refused == []  # even a floor of 0 cannot pass a query that has no confidence
+        refused = retriever.invoke(query, config={"callbacks": [handler]}, min_confidence=0.01, **call)
+    assert refused == []  # even a floor just above 0 cannot pass a query that has no confidence
     assert any(f"abstained on {query!r}: {REASON}" == r.getMessage() for r in caplog.records)
     assert len(handler.events) == 1
     name, data = handler.events[0]
     assert name == ABSTENTION_EVENT
-    assert data["confidence"] is None and data["min_confidence"] == 0.0 and data["reason"] == REASON
+    assert data["confidence"] is None and data["min_confidence"] == 0.01 and data["reason"] == REASON
     # without a floor nothing changes: answered, confidence None
     answered = retriever.invoke(query, **call)
     assert len(answered) == 1 and answered[0].metadata[CONFIDENCE_KEY] is None
@@ -114,7 +114,7 @@ def test_dense_min_confidence_fails_closed_on_a_one_document_store(
 
 def test_no_candidate_is_not_an_abstention(store: KLVectorStore, calibrator: ConfidenceCalibrator) -> None:
     handler = _Events()
-    retriever = KLRetriever.from_store(store, calibrator=calibrator, min_confidence=0.0)
+    retriever = KLRetriever.from_store(store, calibrator=calibrator, min_confidence=0.5)
     assert retriever.invoke(TEXTS[0], filter={"n": 99}, config={"callbacks": [handler]}) == []
     assert handler.events == []
 
@@ -454,11 +454,11 @@ def test_k_1_with_a_floor_and_several_candidates_is_answered(
     store: KLVectorStore, encoder: Any, calibrator: ConfidenceCalibrator
 ) -> None:
     """The candidate count is the depth read for the confidence, not the k returned: k=1 does not abstain."""
-    dense = KLRetriever.from_store(store, k=1, calibrator=calibrator, min_confidence=0.0)
+    dense = KLRetriever.from_store(store, k=1, calibrator=calibrator, min_confidence=0.01)
     assert [d.page_content for d in dense.invoke(TEXTS[3])] == [TEXTS[3]]
     hybrid = KLHybridStore(encoder, fusion="rrf")
     hybrid.add(TEXTS, ids=[f"d{i}" for i in range(len(TEXTS))], metadatas=META)
-    fused = KLHybridRetriever(store=hybrid, k=1, calibrator=calibrator, min_confidence=0.0)
+    fused = KLHybridRetriever(store=hybrid, k=1, calibrator=calibrator, min_confidence=0.01)
     assert len(fused.invoke(TEXTS[3])) == 1
 
 

@@ -10,13 +10,17 @@ them), and the run ends with the uninterrupted run's weights, byte for byte.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
-from test_pool_softmax_checkpoint_with_negatives_flags_resumes import FLAGS, _as_an_earlier_version, _warnings
+from test_pool_softmax_checkpoint_with_negatives_flags_resumes import (
+    FLAGS,
+    _assert_same_weights,
+    _interrupted,
+    _resumed_with_warnings,
+    _warnings,
+    _whole_and_interrupted,
+)
 
 from conftest import TrainWorld, cli_error_line, heads_cached_train_argv
 from kl_retrievers.cli import main
@@ -31,24 +35,14 @@ def test_a_legacy_old_checkpoint_with_the_flags_resumes_to_the_uninterrupted_wei
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _as_an_earlier_version(monkeypatch, heads_cached_train_argv(train_world, tmp_path / "whole", *flags))
-    out = tmp_path / "m"
-    _as_an_earlier_version(monkeypatch, heads_cached_train_argv(train_world, out, *flags, "--time-budget", "0"))
+    out = _whole_and_interrupted(monkeypatch, train_world, tmp_path, flags)
     checkpoint = tmp_path / "m.checkpoint"
     legacy = checkpoint.rename(tmp_path / "m.checkpoint.old")  # killed between the old swap's two renames
-    capsys.readouterr()
-    caplog.clear()
-    with caplog.at_level(logging.WARNING):
-        assert main(heads_cached_train_argv(train_world, out, *flags, "--resume")) == 0, capsys.readouterr().err
-    assert "after 3 steps (finished)" in capsys.readouterr().out
-    warned = _warnings(caplog, "continues with the flags it started with")
+    warned = _resumed_with_warnings(train_world, out, flags, caplog, capsys)
     assert len(warned) == 1, warned
     assert str(legacy) in warned[0] and " ".join(flags[:2]) in warned[0], warned[0]
     assert _warnings(caplog, f"resuming from the previous checkpoint {legacy}"), caplog.text
-    whole, resumed = load_file(tmp_path / "whole" / "delta.safetensors"), load_file(out / "delta.safetensors")
-    assert whole.keys() == resumed.keys()
-    for key, tensor in whole.items():
-        assert torch.equal(tensor, resumed[key]), key
+    _assert_same_weights(tmp_path / "whole", out)
     assert (checkpoint / "state.json").is_file()  # the run's own checkpoints are written to the folder again
 
 
@@ -59,9 +53,7 @@ def test_other_flags_than_a_legacy_old_checkpoint_was_written_with_are_refused(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "m"
-    _as_an_earlier_version(
-        monkeypatch, heads_cached_train_argv(train_world, out, "--negatives", "3", "--time-budget", "0")
-    )
+    _interrupted(monkeypatch, train_world, out, "--negatives", "3")
     legacy = (tmp_path / "m.checkpoint").rename(tmp_path / "m.checkpoint.old")
     capsys.readouterr()
     assert main(heads_cached_train_argv(train_world, out, "--negatives", "2", "--resume")) == 2

@@ -31,7 +31,7 @@ def _train(
 ) -> dict[str, torch.Tensor]:
     argv = ["train", "--data", str(world.beir), "--out", str(out), "--base", str(world.base), "--lora-r", "2"]
     argv += ["--steps", str(steps), "--batch-size", "2", "--dim", "8", "--max-length", "32", "--query-max-length"]
-    argv += ["16", "--seed", str(seed), "--quiet", "--device", "cpu", "--lr", "1e-2", *(extra or [])]
+    argv += ["16", "--seed", str(seed), "--no-progress", "--device", "cpu", "--lr", "1e-2", *(extra or [])]
     assert main(argv) == 0
     trained = GaussianEncoder.from_pretrained(out)
     return {k: v.detach().clone() for k, v in trained.state_dict().items()}

@@ -186,7 +186,7 @@ def test_cli_checks_the_recipe_before_reading_data(tmp_path: Path, capsys: pytes
     from kl_retrievers.cli import main
 
     missing = tmp_path / "missing.jsonl"  # reading it first would report "not found"
-    rc = main(["train", "--quiet", "--data", str(missing), "--out", str(tmp_path / "m"), "--lr=-1e-3"])
+    rc = main(["train", "--no-progress", "--data", str(missing), "--out", str(tmp_path / "m"), "--lr=-1e-3"])
     assert rc == 2
     assert "lr must be a finite number > 0; got -0.001" in capsys.readouterr().err
 
@@ -284,7 +284,7 @@ def test_cli_refuses_bad_freezing_flags(tmp_path: Path, flag: list[str], capsys:
     from kl_retrievers.cli import main
 
     with pytest.raises(SystemExit) as exc:
-        main(["train", "--quiet", "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "m"), *flag])
+        main(["train", "--no-progress", "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "m"), *flag])
     assert exc.value.code == 2
     assert f"argument {flag[0]}: must be >=" in capsys.readouterr().err
 

@@ -43,6 +43,46 @@ def _warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and text in r.getMessage()]
 
 
+def _interrupted(monkeypatch: pytest.MonkeyPatch, world: TrainWorld, out: Path, *flags: str) -> None:
+    """Train ``out`` with ``flags`` as an earlier version, stopped after its first checkpoint."""
+    _as_an_earlier_version(monkeypatch, heads_cached_train_argv(world, out, *flags, "--time-budget", "0"))
+
+
+def _whole_and_interrupted(
+    monkeypatch: pytest.MonkeyPatch, world: TrainWorld, tmp_path: Path, flags: list[str]
+) -> Path:
+    """Train ``tmp_path / "whole"`` to the end and ``tmp_path / "m"`` (returned) :func:`_interrupted`, both with
+    ``flags`` as an earlier version."""
+    _as_an_earlier_version(monkeypatch, heads_cached_train_argv(world, tmp_path / "whole", *flags))
+    out = tmp_path / "m"
+    _interrupted(monkeypatch, world, out, *flags)
+    return out
+
+
+def _resumed_with_warnings(
+    world: TrainWorld,
+    out: Path,
+    flags: list[str],
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> list[str]:
+    """Resume ``out`` with ``flags`` to the end; the WARNING lines that the run continues with those flags."""
+    capsys.readouterr()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(heads_cached_train_argv(world, out, *flags, "--resume")) == 0, capsys.readouterr().err
+    assert "after 3 steps (finished)" in capsys.readouterr().out
+    return _warnings(caplog, "continues with the flags it started with")
+
+
+def _assert_same_weights(whole: Path, resumed: Path) -> None:
+    """The two trained models' ``delta.safetensors`` hold the same tensors, byte for byte."""
+    expected, got = load_file(whole / "delta.safetensors"), load_file(resumed / "delta.safetensors")
+    assert expected.keys() == got.keys()
+    for key, tensor in expected.items():
+        assert torch.equal(tensor, got[key]), key
+
+
 @pytest.mark.parametrize("flags", FLAGS, ids=["negatives", "bm25", "model"])
 def test_an_earlier_checkpoint_resumes_with_its_flags_to_the_uninterrupted_weights(
     train_world: TrainWorld,
@@ -52,22 +92,12 @@ def test_an_earlier_checkpoint_resumes_with_its_flags_to_the_uninterrupted_weigh
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _as_an_earlier_version(monkeypatch, heads_cached_train_argv(train_world, tmp_path / "whole", *flags))
-    out = tmp_path / "m"
-    _as_an_earlier_version(monkeypatch, heads_cached_train_argv(train_world, out, *flags, "--time-budget", "0"))
-    capsys.readouterr()
-    caplog.clear()
-    with caplog.at_level(logging.WARNING):
-        assert main(heads_cached_train_argv(train_world, out, *flags, "--resume")) == 0, capsys.readouterr().err
-    assert "after 3 steps (finished)" in capsys.readouterr().out
-    warned = _warnings(caplog, "continues with the flags it started with")
+    out = _whole_and_interrupted(monkeypatch, train_world, tmp_path, flags)
+    warned = _resumed_with_warnings(train_world, out, flags, caplog, capsys)
     assert len(warned) == 1, warned
     assert " ".join(flags[:2]) in warned[0] and "play no part in the loss" in warned[0], warned[0]
     assert "which positive trains" in warned[0] and "a new run refuses them" in warned[0], warned[0]
-    whole, resumed = load_file(tmp_path / "whole" / "delta.safetensors"), load_file(out / "delta.safetensors")
-    assert whole.keys() == resumed.keys()
-    for key, tensor in whole.items():
-        assert torch.equal(tensor, resumed[key]), key
+    _assert_same_weights(tmp_path / "whole", out)
     # a new run with the flags is still refused
     assert main(heads_cached_train_argv(train_world, tmp_path / "new", *flags)) == 2
     assert "would play no part in the loss" in cli_error_line(capsys, "train")
@@ -86,9 +116,7 @@ def test_flags_the_checkpoint_was_not_written_with_are_still_refused_on_resume(
     assert "--negatives 3 would play no part in the loss" in cli_error_line(capsys, "train")
     # an earlier checkpoint's flags with another value: refused, naming what the checkpoint was written with
     old = tmp_path / "old"
-    _as_an_earlier_version(
-        monkeypatch, heads_cached_train_argv(train_world, old, "--negatives", "3", "--time-budget", "0")
-    )
+    _interrupted(monkeypatch, train_world, old, "--negatives", "3")
     with caplog.at_level(logging.WARNING):
         assert main(heads_cached_train_argv(train_world, old, "--negatives", "2", "--resume")) == 2
     err = cli_error_line(capsys, "train")

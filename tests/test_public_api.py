@@ -22,6 +22,7 @@ EXPECTED = {
     "KLStore",
     "ModelNotFoundError",
     "NotAnEncoderError",
+    "NothingSavedError",
     "OnnxGaussianEncoder",
     "OnnxModelError",
     "SearchResult",

@@ -44,7 +44,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 
 def _argv(w: World, out: Path | str, *extra: str, shape: bool = True) -> list[str]:
     argv = ["train", "--data", str(w.beir), "--out", str(out), "--steps", "2", "--batch-size", "2"]
-    argv += ["--cache-dir", str(w.cache), "--quiet", "--device", "cpu"]
+    argv += ["--cache-dir", str(w.cache), "--no-progress", "--device", "cpu"]
     if shape:
         argv += ["--base", str(w.base), "--dim", "8", "--max-length", "32", "--query-max-length", "16"]
     return [*argv, *extra]
@@ -108,7 +108,7 @@ def test_out_overlapping_data_is_always_refused(
     (data / "train.jsonl").write_text(json.dumps(ROWS[0]) + "\n")
     out = data / where
     argv = ["train", "--data", str(data), "--data", str(data / "train.jsonl"), "--out", str(out), "--overwrite"]
-    assert main([*argv, "--quiet", "--base", str(world.base)]) == 2
+    assert main([*argv, "--no-progress", "--base", str(world.base)]) == 2
     err = capsys.readouterr().err
     assert f"it {what} the --data path {data}" in err
     assert (data / "train.jsonl").is_file()

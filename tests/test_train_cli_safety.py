@@ -34,7 +34,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 
 def _argv(w: World, out: Path | str, *extra: str, data: Path | None = None, shape: bool = True) -> list[str]:
     argv = ["train", "--data", str(data or w.beir), "--out", str(out), "--steps", "2", "--batch-size", "2"]
-    argv += ["--cache-dir", str(w.cache), "--quiet", "--device", "cpu"]
+    argv += ["--cache-dir", str(w.cache), "--no-progress", "--device", "cpu"]
     if shape:
         argv += ["--base", str(w.base), "--dim", "8", "--max-length", "32", "--query-max-length", "16"]
     return [*argv, *extra]

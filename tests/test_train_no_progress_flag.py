@@ -17,7 +17,13 @@ from typing import Any
 
 import pytest
 
-from conftest import bare_root_logger
+from conftest import (
+    QUIET_WITH_NO_PROGRESS,
+    assert_progress_flags_conflict,
+    bare_root_logger,
+    progress_and_log_flags,
+    progress_flag_conflicts,
+)
 from kl_retrievers.cli import build_parser, main
 from kl_retrievers.training import cli as training_cli
 
@@ -98,35 +104,17 @@ def test_the_progress_flags_of_train(
 def test_the_log_level_and_the_bars_are_separate_flags(
     argv: list[str], no_progress: bool, deprecated: bool, errors_only: bool
 ) -> None:
-    full = [*argv, "--data", "d.jsonl", "--out", "o"]
-    args = build_parser().parse_args(full)
-    assert (args.no_progress, args.deprecated_quiet, args.errors_only) == (no_progress, deprecated, errors_only)
+    assert progress_and_log_flags([*argv, "--data", "d.jsonl", "--out", "o"]) == (no_progress, deprecated, errors_only)
 
 
-@pytest.mark.parametrize(
-    ("pair", "message"),
-    [
-        (["--progress", "--no-progress"], "argument --no-progress: not allowed with argument --progress"),
-        (["--no-progress", "--progress"], "argument --progress: not allowed with argument --no-progress"),
-        # the old name of --no-progress contradicts --progress too, in either order, and the message says so
-        (["--progress", "--quiet"], "after train it is the deprecated old name of --no-progress"),
-        (["--quiet", "--progress"], "after train it is the deprecated old name of --no-progress"),
-    ],
-)
+@pytest.mark.parametrize(("pair", "message"), progress_flag_conflicts("train"))
 def test_the_progress_flags_exclude_each_other(
     pair: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as info:
-        build_parser().parse_args(["train", "--data", "d.jsonl", "--out", "o", *pair])
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert message in err, err
-    if "--quiet" in pair:
-        assert "which contradicts --progress: give one of them" in err
-        assert "kl-retrievers -q train ... --progress" in err  # errors only, with the bars
+    assert_progress_flags_conflict(["train", "--data", "d.jsonl", "--out", "o"], pair, message, capsys)
 
 
-@pytest.mark.parametrize("pair", [["--quiet", "--no-progress"], ["--no-progress", "--quiet"]])
+@pytest.mark.parametrize("pair", QUIET_WITH_NO_PROGRESS)
 def test_quiet_with_no_progress_is_accepted(pair: list[str]) -> None:
     """A migrating user adds --no-progress before dropping --quiet: both say the same, the bars hidden."""
     args = build_parser().parse_args(["train", "--data", "d.jsonl", "--out", "o", *pair])

@@ -414,7 +414,7 @@ def test_cli_train_heads_only_writes_model_card_and_command(tmp_path: Path) -> N
     argv = ["train", "--data", str(data), "--data", str(beir), "--out", str(out), "--base", str(base),
             "--heads-only-cached", "--steps", "20", "--batch-size", "4", "--dim", "8", "--hard-negatives", "bm25",
             "--corpus-sample", "4",
-            "--cache-dir", str(tmp_path / "cache"), "--seed", "3", "--var-lr", "1e-4", "--quiet",
+            "--cache-dir", str(tmp_path / "cache"), "--seed", "3", "--var-lr", "1e-4", "--no-progress",
             "--max-length", "32"]  # fmt: skip
     assert main(argv) == 0
     cfg = json.loads((out / "config.json").read_text())
@@ -443,7 +443,7 @@ def test_cli_train_lora_saves_the_adapter_as_factors(tmp_path: Path) -> None:
     out = tmp_path / "model"
     argv = ["train", "--data", str(tiny_train_beir(tmp_path / "beir")), "--out", str(out), "--base", str(base),
             "--lora-r", "2", "--steps", "3", "--batch-size", "2", "--lr", "1e-2", "--dim", "8",
-            "--cache-dir", str(tmp_path / "cache"), "--quiet", "--max-length", "32"]  # fmt: skip
+            "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--max-length", "32"]  # fmt: skip
     assert main(argv) == 0
     assert json.loads((out / "config.json").read_text())["encoder"]["extra"]["training"]["recipe"]["mode"] == "lora"
     delta = load_file(str(out / "delta.safetensors"))

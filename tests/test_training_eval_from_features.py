@@ -277,8 +277,9 @@ def test_cli_fast_path_evaluates_from_cached_features(tmp_path: Path, monkeypatc
     monkeypatch.setattr(trainer, "train_heads_cached", recorded)
     monkeypatch.setattr(trainer, "_run_evaluation", counted)
     argv = ["train", "--data", str(world.beir), "--steps", "3", "--batch-size", "2", "--heads-only-cached"]
-    argv += ["--cache-dir", str(world.cache), "--quiet", "--device", "cpu", "--base", str(world.base), "--dim", "8"]
-    argv += ["--max-length", "32", "--query-max-length", "16", "--eval-data", str(eval_data), "--eval-every", "1"]
+    argv += ["--cache-dir", str(world.cache), "--no-progress", "--device", "cpu", "--base", str(world.base)]
+    argv += ["--dim", "8", "--max-length", "32", "--query-max-length", "16", "--eval-data", str(eval_data)]
+    argv += ["--eval-every", "1"]
     for out in ("m1", "m2"):
         assert main([*argv, "--out", str(tmp_path / out)]) == 0
     assert [s["during"] for s in seen] == [[0, 0, 0], [0, 0, 0]]

@@ -29,7 +29,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> TrainWorld:
 
 def _argv(w: TrainWorld, out: Path, *extra: str) -> list[str]:
     argv = ["train", "--data", str(w.beir), "--out", str(out), "--batch-size", "2", "--heads-only-cached"]
-    argv += ["--cache-dir", str(w.cache), "--quiet", "--device", "cpu"]
+    argv += ["--cache-dir", str(w.cache), "--no-progress", "--device", "cpu"]
     argv += ["--base", str(w.base), "--dim", "8", "--max-length", "32", "--query-max-length", "16"]
     return [*argv, *extra]
 

@@ -282,7 +282,7 @@ def test_train_cli_resume_names_a_fifo_state_json_in_the_previous_copy(
     (tmp_path / ".ck.old-0123abcd").mkdir()
     fifo = tmp_path / ".ck.old-0123abcd" / "state.json"
     os.mkfifo(fifo)
-    argv = ["train", "--data", str(data), "--out", str(tmp_path / "out"), "--quiet", "--device", "cpu"]
+    argv = ["train", "--data", str(data), "--out", str(tmp_path / "out"), "--no-progress", "--device", "cpu"]
     with fed_if_opened(fifo, b"{}") as opened:
         assert main([*argv, "--checkpoint-dir", str(tmp_path / "ck"), "--resume"]) == 2
     line = cli_error_line(capsys, "train")

@@ -706,6 +706,21 @@ class FaissEngine(ABC):
         """Let the kept ``d~`` of :meth:`_kept_vectors` go: the rows are about to change (a write step)."""
         self._kept = None
 
+    def rows_tombstoned(self, before: int) -> None:
+        """The table's rows were only tombstoned since its version ``before`` (a delete; callers hold the write lock).
+
+        The rows keep their numbers and Gaussians, and the exact path leaves tombstones out (its mask), so the
+        kept ``d~`` of :meth:`_kept_vectors` for version ``before`` stay exact: they are kept for the new version,
+        with the count of rows rewritten since and a failed build's mark. Older ones are let go now, not at the
+        next exact search.
+        """
+        now, kept = self.table.version, self._kept
+        self._kept = None if kept is None or kept[0] != before else (now, kept[1], kept[2], kept[3])
+        if self._kept_rewritten[0] == before:
+            self._kept_rewritten = (now, self._kept_rewritten[1])
+        if self._kept_failed == before:
+            self._kept_failed = now
+
     def _kept_vectors(self, allowed: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]] | None:
         """``(centre, (d~, block norms))`` of every row for :func:`exact_top_k`, kept while the rows are unchanged.
 
@@ -716,7 +731,8 @@ class FaissEngine(ABC):
         and keeps them, so each later exact search reads the allowed rows' vectors instead of rewriting them.
         Searches between writes thus cost at most about twice what rewriting their allowed rows did, however
         few they are. The kept vectors are let go by every write step of the engine (:meth:`_forget_kept`) and
-        by a search that finds them older than the rows.
+        by a search that finds them older than the rows; a delete that only tombstones rows keeps them
+        (:meth:`rows_tombstoned`).
 
         ``None`` (the allowed rows rewritten at this search, around their own mean) until then, above
         :data:`_KEPT_VECTORS_MAX` values, while another search is computing them (one computes them at a
@@ -750,7 +766,7 @@ class FaissEngine(ABC):
         try:
             kept = self._kept
             if kept is None or kept[0] != version:
-                kept = self._build_kept(version)
+                kept = self._build_kept(version, n, width)
                 if kept is None:
                     self._kept_failed = version
                     return None
@@ -759,10 +775,10 @@ class FaissEngine(ABC):
             self._kept_lock.release()
         return kept[1], (kept[2], kept[3])
 
-    def _build_kept(self, version: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray] | None:
-        """``(version, centre, d~, block norms)`` of every row for :meth:`_kept_vectors` (``None``: overflow)."""
+    def _build_kept(self, version: int, n: int, width: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray] | None:
+        """``(version, centre, d~, block norms)`` of the table's ``n`` rows (``d~`` of ``width`` values) for
+        :meth:`_kept_vectors` (``None``: overflow)."""
         table = self.table
-        n, width = table.n_rows, 2 * table.mean.shape[1] + 1
         centre = means_centre(table.mean)
         vectors, norms = np.empty((n, width), dtype=np.float32), np.empty((n, 3))
         step = _block_rows(width)
@@ -1132,9 +1148,12 @@ class FlatEngine(FaissEngine):
                 qg[qi], self.table.gaussians, kk, rows=rows, doc_sumlogvar=self.table.sumlogvar, tie_rank=ranks
             )
 
-        # float32 scores of the first pool of kk + max(8, kk / 4) are usually far enough apart
+        # A first pool of kk + kk // 2 + 16 is usually provably enough. The float32 bound is far above the
+        # actual error, so the pool must reach that far below the kk-th score: on embedding-like data (means
+        # near the unit sphere, variances near 1; SciFact's with the default model) kk // 4 was not, for a
+        # third of the queries at kk = 50 to 100, each then re-scoring a pool 8x as large in float64.
         return refine_top_k(
-            len(qg), kk, n_allowed, max(8, kk // 4), candidates, rescore, fallback, kl_query_constant(qg), ranks
+            len(qg), kk, n_allowed, kk // 2 + 16, candidates, rescore, fallback, kl_query_constant(qg), ranks
         )
 
 
@@ -1169,8 +1188,10 @@ class ApproxEngine(FaissEngine):
         self._loaded_top = 0.0  # on load: the largest shifted d~ norm among the rows read
         self._warned_unbuilt = False  # the "not built yet" warning is logged once per store
         self._warned_training = False  # and the "few training points for the k-means" one (IVF, PQ)
-        # live documents when the index was last built (or loaded), and whether stale_training warned since
+        # live documents when the index was last built (or loaded), the rows written (added or upserted) into it
+        # since, and whether stale_training warned since
         self._built_rows = 0
+        self._written_rows = 0
         self._warned_stale = False
         self._built_at_load = False  # _built_rows counted at a load (the index was trained then or earlier)
         self._held_refine: str | None = None  # the refine copies the index holds (see refine_codes); None: none
@@ -1279,6 +1300,7 @@ class ApproxEngine(FaissEngine):
         super().attach(index, viewed, cfg_path)
         # the size it was built at is not saved: counted from the size at load
         self._built_rows, self._warned_stale, self._built_at_load = len(self.table), False, True
+        self._written_rows = 0
         held = _index_structure(index)["refine"]
         if s.refine == "fp16" and held == "fp32" and not (bound is not None and bound > FLOAT16_MAX):
             raise StoreFormatError(
@@ -1515,14 +1537,17 @@ class ApproxEngine(FaissEngine):
         """A warning, once per trained index, that the store outgrew the documents its k-means was trained over.
 
         IVF lists and PQ codebooks are learnt at a build and kept as documents are added: the new ones go into
-        the lists (and get the codes) learnt from the first ones, however different they are. Past
-        :data:`STALE_GROWTH` times the live documents of the last build (or load: the size a saved index was
-        built at is not recorded), this returns the warning (the store gives it at the caller's line) naming
-        ``rebuild()``, which retrains the index and arms the warning again. HNSW without PQ trains nothing.
+        the lists (and get the codes) learnt from the first ones, however different they are. Once the live
+        documents of the last build (or load: the size a saved index was built at is not recorded) and the rows
+        written (added or upserted) since come to more than :data:`STALE_GROWTH` times the former, this returns
+        the warning (the store gives it at the caller's line) naming ``rebuild()``, which retrains the index and
+        arms the warning again. The writes are counted, not the live documents: a store that deleted most of its
+        documents and took as many new ones holds as many as it was built over, in lists that no longer fit them.
+        HNSW without PQ trains nothing.
         """
-        s, n = self.settings, len(self.table)
+        s, built, written = self.settings, self._built_rows, self._written_rows
         kmeans = s.index_type == "ivf" or s.compression == "pq"
-        if not kmeans or self.index is None or self._warned_stale or n <= STALE_GROWTH * self._built_rows:
+        if not kmeans or self.index is None or self._warned_stale or built + written <= STALE_GROWTH * built:
             return None
         self._warned_stale = True
         what = {"ivf": "lists", "pq": "product-quantizer codebooks"}
@@ -1530,10 +1555,10 @@ class ApproxEngine(FaissEngine):
         return (
             f"the {s.index_type} index's k-means was trained "
             + ("before the store was loaded with" if self._built_at_load else "when the store held")
-            + f" {self._built_rows:,} documents; "
-            f"it now holds {n:,} ({n / max(self._built_rows, 1):.1f} times as many, more than {STALE_GROWTH}), and "
-            f"every document added since went into the {learnt} learnt from the first ones. Call store.rebuild() "
-            "to retrain it on a sample of all of them"
+            + f" {built:,} documents, and {written:,} have been added or upserted since: "
+            f"{(built + written) / max(built, 1):.1f} times as many in all, more than {STALE_GROWTH} (it now holds "
+            f"{len(self.table):,}). Every document added since went into the {learnt} learnt from the first ones. "
+            "Call store.rebuild() to retrain it on a sample of all of them"
             + (
                 ", then check nprobe: retrained lists may hold the documents in another balance, so that the same "
                 "nprobe scans fewer of them"
@@ -1724,6 +1749,7 @@ class ApproxEngine(FaissEngine):
         switched = held == "fp32" and self._held_refine != "fp32"
         self.index, self.viewed, self._held_refine = index, False, held
         self._built_rows, self._warned_stale, self._built_at_load = n, False, False
+        self._written_rows = 0
         logger.info(
             "built %s index over %d documents in %.1f s (norm bound M=%.4g)%s",
             s.index_type,
@@ -1802,6 +1828,7 @@ class ApproxEngine(FaissEngine):
             largest = _largest_norms(largest, s + np.arange(norms.size), norms)
         for reduced in blocks:
             self.index.add(reduced)
+        self._written_rows += table.n_rows - start
         self._set_top_norms(largest)
         if self.settings.index_type == "hnsw":
             self._copies.track_added(self.index, start)
@@ -1818,6 +1845,17 @@ class ApproxEngine(FaissEngine):
         self._forget_kept()
         if self.index is None:
             return
+        s = self.settings
+        if s.index_type == "hnsw":  # as long as a build's graph (logged as it starts there too)
+            logger.info(
+                "compacting the HNSW index: building its graph again (hnsw_m=%d, ef_construction=%d) over the %d "
+                "live documents, without the %d deleted or replaced: minutes for a large store; searches and writes "
+                "wait for it",
+                s.hnsw_m,
+                s.ef_construction,
+                self.table.n_rows,
+                dead.size,
+            )
         self.own()
         self.index.reset()  # keeps the trained quantizers; the live rows are re-added (HNSW graphs rebuilt)
         top = self._add_all(self.index)

@@ -82,9 +82,10 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
 import numpy as np
 
+from kl_retrievers._checks import check_bool
+from kl_retrievers._errors import NothingSavedError
 from kl_retrievers._io import (
     atomic_dir,
-    check_bool,
     check_replace_target,
     describe_kl_folder,
     finite_json,
@@ -390,6 +391,9 @@ BUILD_SETTINGS = ("index_type", "hnsw_m", "nlist", "compression", "pq_m", "pq_nb
 #: The saved index parameters that do not shape the index (in their order), and ``batch_size`` (not saved).
 TUNABLE_SETTINGS = (*(name for name in INDEX_PARAMS if name not in BUILD_SETTINGS), "batch_size")
 _SETTINGS = frozenset(BUILD_SETTINGS + TUNABLE_SETTINGS)
+#: ``KLStore``'s default ``nprobe``: above a small ``nlist`` (it then probes every list) without a warning, where
+#: another value given above ``nlist`` warns (:meth:`KLStore._warn_nprobe_above_nlist`).
+DEFAULT_NPROBE = 32
 #: Settings read by one kind of index only: (setting, what it needs) -> assigning one to a store of another kind
 #: warns (the constructor takes every setting, at its default, for every kind).
 _KIND_SETTINGS = {
@@ -502,7 +506,8 @@ class KLStore(GaussianStore):
         ef_construction: HNSW ``efConstruction``.
         nlist: IVF number of lists.
         nprobe: IVF lists probed per query (a value above ``nlist`` acts as ``nlist``, every list, as in FAISS;
-            assigning one warns). A store-wide setting, like every other: see below.
+            giving one warns, here or by assignment, but for the default 32). A store-wide setting, like every
+            other: see below.
         compression: ``None``, ``"sq8"`` (8-bit scalar quantizer) or ``"pq"`` (product quantizer).
         pq_m: PQ sub-quantizers; the vector is zero-padded to a multiple of ``pq_m``.
         pq_nbits: Bits per PQ code, 1 to 16 (8 is standard; 4 trains much faster and, on ``"ivf"``,
@@ -561,7 +566,7 @@ class KLStore(GaussianStore):
         ef_search: int = 256,
         ef_construction: int = 80,
         nlist: int = 1024,
-        nprobe: int = 32,
+        nprobe: int = DEFAULT_NPROBE,
         compression: Compression | None = None,
         pq_m: int = 64,
         pq_nbits: int = 8,
@@ -643,6 +648,8 @@ class KLStore(GaussianStore):
         self._engine = new_engine(self, self._table)
         if dim is not None:
             self._init_dim(int(dim))
+        if self.nprobe != DEFAULT_NPROBE:
+            self._warn_nprobe_above_nlist(self.nprobe)
 
     def _init_dim(self, k: int) -> None:
         self._dim = k
@@ -714,13 +721,8 @@ class KLStore(GaussianStore):
             )
             if not self._table.n_rows:  # the kind may still change: the setting is kept for it
                 unused += f", unless {needs[0]} is changed to {needs[1]!r} before the first add"
-        if name == "nprobe" and self.index_type == "ivf" and value > self.nlist:
-            # FAISS takes it and probes min(nprobe, nlist) lists, as this store does: accepted, as FAISS users
-            # expect (nprobe=nlist or more means every list), but said once, at the assignment
-            warn(
-                f"nprobe={value} exceeds this store's nlist={self.nlist}: a search probes at most nlist lists, so it "
-                f"acts as nprobe={self.nlist}, every list (each search scans every document, like a flat store)"
-            )
+        if name == "nprobe":
+            self._warn_nprobe_above_nlist(value)
         if name not in BUILD_SETTINGS or value == getattr(self, name):
             object.__setattr__(self, name, value)
             if unused:
@@ -739,6 +741,17 @@ class KLStore(GaussianStore):
                 self._engine.reset(self._dim)
         if unused:
             warnings.warn(unused, UserWarning, stacklevel=3)
+
+    def _warn_nprobe_above_nlist(self, nprobe: int) -> None:
+        """Warn (at the user's line) where ``nprobe`` exceeds an IVF store's ``nlist``: FAISS takes it and probes
+        ``min(nprobe, nlist)`` lists, as this store does, so it is accepted, as FAISS users expect (``nprobe=nlist``
+        or more means every list), but said once, where it is given: a constructor value other than the default
+        (:data:`DEFAULT_NPROBE`, which exceeds a small ``nlist``), and any assignment."""
+        if self.index_type == "ivf" and nprobe > self.nlist:
+            warn(
+                f"nprobe={nprobe} exceeds this store's nlist={self.nlist}: a search probes at most nlist lists, so "
+                f"it acts as nprobe={self.nlist}, every list (each search scans every document, like a flat store)"
+            )
 
     # ------------------------------------------------------------------ state
     @property
@@ -843,7 +856,9 @@ class KLStore(GaussianStore):
         with self._lock.write():
             if not _write_proceeds():  # an async write cancelled while it waited for the lock
                 return DeleteReport(deleted=[], missing=[])
+            before = self._table.version
             deleted, missing = self._table.tombstone(ids)
+            self._engine.rows_tombstoned(before)  # the version changed, even where nothing was deleted
             if deleted:  # a tombstone leaves the index (a memory-mapped one mapped); remove_rows copies it
                 self._maybe_compact()
                 self.write_count += 1
@@ -1423,11 +1438,11 @@ class KLStore(GaussianStore):
             logger.warning("loading %s from the copy saved before an interrupted save", folder)
         cfg_path = folder / _format.CONFIG
         if not folder.is_dir():
-            raise FileNotFoundError(f"no KLStore folder at {folder}")
+            raise NothingSavedError(f"no KLStore folder at {folder}")
         if not cfg_path.is_file():
             if (other := describe_kl_folder(folder)) is not None:
                 raise StoreFormatError(f"{folder} is not a KLStore folder: it is {other}")
-            raise FileNotFoundError(f"{folder} has no {_format.CONFIG}; not a KLStore folder")
+            raise NothingSavedError(f"{folder} has no {_format.CONFIG}; not a KLStore folder")
         config = _format.read_config(cfg_path)
         dim, count = config["dim"], config["count"]
         _format.check_files(folder, config["files"], verify_checksums)

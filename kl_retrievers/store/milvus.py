@@ -127,9 +127,10 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from kl_retrievers._checks import check_bool
 from kl_retrievers._encoding import progress_bar
 from kl_retrievers._errors import KLRetrieversError
-from kl_retrievers._io import check_bool, library_version
+from kl_retrievers._io import library_version
 from kl_retrievers._score import check_score, check_score_fields
 from kl_retrievers.filters import (
     ALLOWED_OPERATORS,
