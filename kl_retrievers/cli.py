@@ -1808,9 +1808,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _interrupted(prefix: str, exc: KeyboardInterrupt) -> int:
-    """The line and exit status of Ctrl-C (130) or SIGTERM (143)."""
+    """The line and exit status of Ctrl-C (130) or SIGTERM (143); a message the command gave the interrupt
+    (``train``: the checkpoint a ``--resume`` continues from) ends the line."""
     terminated = isinstance(exc, _Terminated)
-    print(f"{prefix} {'terminated (SIGTERM)' if terminated else 'interrupted'}", file=sys.stderr)
+    told = f"; {_one_line(str(exc))}" if str(exc) else ""
+    print(f"{prefix} {'terminated (SIGTERM)' if terminated else 'interrupted'}{told}", file=sys.stderr)
     return 143 if terminated else 130
 
 

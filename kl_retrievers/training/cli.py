@@ -360,7 +360,7 @@ def model_card_text(name: str, info: dict[str, Any]) -> str:
         f"- seed: {recipe.get('seed')}",
         f"- hardware: {info.get('hardware')}",
         f"- steps done: {info.get('steps_done')} ({info.get('stopped')}), {seconds:.0f} s in this invocation, "
-        f"final loss {info.get('final_loss')} (mean of the last 20 steps)",
+        f"final loss {info.get('final_loss')} ({_final_loss_steps(info.get('steps_done'))})",
         "",
     ]
     evaluation = info.get("evaluation")
@@ -391,6 +391,17 @@ def model_card_text(name: str, info: dict[str, Any]) -> str:
     if info.get("results"):
         lines += ["## Results", "", str(info["results"]), ""]
     return "\n".join(lines)
+
+
+def _final_loss_steps(steps_done: Any) -> str:
+    """What the final loss averages: the last (up to) 20 steps of the run's ``steps_done``.
+
+    Examples:
+        >>> _final_loss_steps(2), _final_loss_steps(1), _final_loss_steps(500)
+        ('mean of the last 2 steps', 'loss of the last step', 'mean of the last 20 steps')
+    """
+    n = min(20, steps_done) if isinstance(steps_done, int) and not isinstance(steps_done, bool) else 20
+    return "loss of the last step" if n == 1 else f"mean of the last {n} steps"
 
 
 def _metric_text(value: Any) -> str:
@@ -1009,6 +1020,7 @@ def _run_train(args: argparse.Namespace) -> int:
     cache_root = Path(args.cache_dir) if args.cache_dir else None  # the default only where a cache is used (below)
     show = progress_option(args)  # --progress / --no-progress (or the deprecated --quiet)
     show = progress_default(False) if show is None else show  # by default, bars on a terminal only
+    ckpt: Path | None = None  # the checkpoint folder, once checked
     try:
         for given in args.data:
             if problem := stdin_problem(given, "--data", "give a BEIR folder or a .jsonl file"):
@@ -1181,6 +1193,10 @@ def _run_train(args: argparse.Namespace) -> int:
                 encoder, ts, cfg, checkpoint_dir=ckpt, resume=resume, recipe={"cli": cli_recipe},
                 evaluator=evaluator, eval_every=eval_every, overwrite=overwrite,
             )  # fmt: skip
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the one error line names what a --resume continues from
+        if ckpt is not None:
+            exc.args = (_resume_hint(ckpt, bool(args.resume)),)
+        raise
     except TrainingDivergedError as exc:
         print(f"kl-retrievers train: error: {exc}", file=sys.stderr)
         return 1
@@ -1227,12 +1243,32 @@ def _run_train(args: argparse.Namespace) -> int:
     encoder.save_pretrained(out, include_backbone=include_backbone, extra_files=extra_files, overwrite=True)
     loss_text = f"{final:.4f}" if math.isfinite(final) else "n/a (no step recorded)"
     # the command's result on stdout, as encode's and index's one-line summaries
-    print(f"saved {out} after {result.steps_done} steps ({result.stopped}); final loss {loss_text}")
+    steps = f"{result.steps_done} step{'' if result.steps_done == 1 else 's'}"
+    print(f"saved {out} after {steps} ({result.stopped}); final loss {loss_text}")
     if eval_dataset is not None:
         where = f"{args.eval_data} (split {args.eval_split})"
         summary = evaluation_summary(result.evaluations, args.eval_metric, description)
         print(f"evaluation on {where}: {summary}")
     return 0
+
+
+def _resume_hint(ckpt: Path, resumed: bool) -> str:
+    """What an interrupted ``train`` can continue from: the step of the checkpoint in ``ckpt`` and the ``--resume``
+    that continues from it (or that none was saved).
+
+    Examples:
+        >>> _resume_hint(Path("/nonexistent/m.checkpoint"), False)
+        'no checkpoint was saved in /nonexistent/m.checkpoint (--checkpoint-every N saves one every N steps)'
+    """
+    try:
+        meta = json.loads((ckpt / "state.json").read_text())
+        step = meta["step"] if isinstance(meta, dict) else None
+    except (OSError, ValueError, RecursionError, MemoryError):
+        step = None
+    if not isinstance(step, int) or isinstance(step, bool):
+        return f"no checkpoint was saved in {ckpt} (--checkpoint-every N saves one every N steps)"
+    again = "the same command again" if resumed else "the same command with --resume"
+    return f"the last checkpoint, of step {step}, is in {ckpt}: run {again} to continue from it"
 
 
 def main(argv: list[str] | None = None) -> int:

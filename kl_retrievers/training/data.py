@@ -18,9 +18,12 @@ text (:meth:`TrainingSet.positives_by_query`). Two readers fill it:
        "teacher_scores": {"positives": [float], "negatives": [float]}}   # optional;
                                            # aliases "pos_scores" / "neg_scores" (FlagEmbedding)
 
-  Other fields (FlagEmbedding's ``prompt``, ``type``) are ignored. A row giving one field under two of its
-  names (``positives`` and ``positive``, ``query`` and ``anchor``, ``teacher_scores`` and ``pos_scores``) is
-  refused, naming the line and both fields. The pool is every text seen.
+  FlagEmbedding's ``prompt`` and ``type`` are ignored; any other field (a misspelt ``negtives``, a foreign
+  ``hard_negatives``) is ignored with one warning per file naming the unknown fields, the known ones and the
+  closest known name. A row giving one field under two of its names (``positives`` and ``positive``,
+  ``query`` and ``anchor``, ``teacher_scores`` and ``pos_scores``) is refused, naming the line and both
+  fields. A row repeated exactly counts once per copy, with one warning per file giving the count. The pool
+  is every text seen.
 
 Negatives can be mined with BM25 (:func:`mine_bm25_negatives`, bm25s) or with a model's exact
 scores (:func:`mine_negatives_from_scores`).
@@ -52,6 +55,7 @@ from kl_retrievers._bm25 import quiet_bm25s_logger
 from kl_retrievers._confidence import is_blank_query
 from kl_retrievers._encoding import progress_enabled, require_modules
 from kl_retrievers._io import parse_json_object, some_names, user_path
+from kl_retrievers._warn import warn
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +295,7 @@ def _text_list(row: Mapping[str, Any], names: tuple[str, ...], where: str, *, re
 
 def _numbered_negatives(row: Mapping[str, Any], where: str) -> list[str]:
     """sentence-transformers' n-tuple columns ``negative_1``, ``negative_2``, ... (from ``mine_hard_negatives``)."""
-    names = [k for k in row if isinstance(k, str) and re.fullmatch(r"negative_[1-9][0-9]*", k)]
+    names = [k for k in row if isinstance(k, str) and _NUMBERED_NEGATIVE.fullmatch(k)]
     names.sort(key=lambda k: int(k.rsplit("_", 1)[1]))
     if [int(k.rsplit("_", 1)[1]) for k in names] != list(range(1, len(names) + 1)):
         raise ValueError(f"{where}: numbered negatives must run negative_1, negative_2, ... without gaps; got {names}")
@@ -303,12 +307,78 @@ def _numbered_negatives(row: Mapping[str, Any], where: str) -> list[str]:
     return out
 
 
+#: The fields a JSONL row may have (besides sentence-transformers' ``negative_1``, ``negative_2``, ...): ours,
+#: FlagEmbedding's (``prompt`` and ``type`` are ignored) and sentence-transformers' column names.
+ROW_FIELDS = (
+    "query",
+    "anchor",
+    "positives",
+    "pos",
+    "positive",
+    "negatives",
+    "neg",
+    "negative",
+    "teacher_scores",
+    "pos_scores",
+    "neg_scores",
+    "prompt",
+    "type",
+)
+_NUMBERED_NEGATIVE = re.compile(r"negative_[1-9][0-9]*")
+
+
+def _warn_unknown_fields(source: str, unknown: Mapping[str, str]) -> None:
+    """One warning for the fields of ``source``'s rows that are not :data:`ROW_FIELDS` (``unknown``: each name ->
+    where it first appears), naming the closest known name: a misspelt ``negtives`` would otherwise train on
+    random negatives in silence."""
+    if not unknown:
+        return
+    import difflib
+
+    described = []
+    for name, where in unknown.items():
+        close = difflib.get_close_matches(name.lower(), ROW_FIELDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        described.append(f"{name!r} ({where.removeprefix(source + ', ')}{hint})")
+    warn(
+        f"{source}: unknown field{'s' if len(unknown) != 1 else ''} ignored: {some_names(described)}. Known fields: "
+        f"{', '.join(ROW_FIELDS)}, negative_1, negative_2, ... (prompt and type are ignored)"
+    )
+
+
+def _row_key(row: Mapping[str, Any]) -> bytes:
+    """A digest of a row's content, the same for rows equal as JSON (whatever their fields' order)."""
+    return hashlib.sha256(json.dumps(row, sort_keys=True, default=repr).encode()).digest()
+
+
 def _from_labelled_rows(rows: Iterable[tuple[str, Mapping[str, Any]]], source: str) -> tuple[TrainingSet, int, int]:
-    """Build a set from ``(where, row)`` pairs; also returns the rows read and those skipped (no positives)."""
+    """Build a set from ``(where, row)`` pairs; also returns the rows read and those skipped (no positives).
+
+    Warns once for the fields no reader knows (:func:`_warn_unknown_fields`) and once for the rows that repeat an
+    earlier row exactly (each copy is one more example).
+    """
     builder = _Builder()
     n_rows = skipped = 0
+    unknown: dict[str, str] = {}  # field -> where it first appears
+    seen: dict[bytes, str] = {}  # digest of the row's content -> where it first appears
+    repeats = 0
+    first_repeat = ("", "")  # where the first repeat is, and where the row it repeats is
     for where, row in rows:
         n_rows += 1
+        for name in row:
+            text = str(name)
+            if text not in ROW_FIELDS and not _NUMBERED_NEGATIVE.fullmatch(text):
+                unknown.setdefault(text, where)
+        try:
+            key = _row_key(row)
+        except (TypeError, ValueError):  # a row of objects JSON cannot hold (from_rows): not compared
+            key = None
+        if key is not None:
+            if key in seen:
+                repeats += 1
+                first_repeat = first_repeat if repeats > 1 else (where, seen[key])
+            else:
+                seen[key] = where
         _one_alias(row, ("query", "anchor"), where)
         query = row.get("query", row.get("anchor"))  # "anchor": sentence-transformers' column name
         if not isinstance(query, str):
@@ -340,6 +410,17 @@ def _from_labelled_rows(rows: Iterable[tuple[str, Mapping[str, Any]]], source: s
             skipped += 1
             continue
         builder.add(query, pos, neg, tpos, tneg)
+    _warn_unknown_fields(source, unknown)
+    if repeats:
+        logger.warning(
+            "%s: %d %s an earlier row exactly (e.g. %s repeats %s); each copy counts as one more example "
+            "(drop the repeats to weigh each row once)",
+            source,
+            repeats,
+            "row repeats" if repeats == 1 else "rows repeat",
+            first_repeat[0].removeprefix(source + ", "),
+            first_repeat[1].removeprefix(source + ", "),
+        )
     return builder.build([source]), n_rows, skipped
 
 

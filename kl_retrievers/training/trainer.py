@@ -1189,6 +1189,19 @@ def _load_checkpoint(
     return int(meta["step"]), list(meta["losses"])
 
 
+def _score_invariant(named: dict[str, nn.Parameter], cfg: TrainConfig) -> list[nn.Parameter]:
+    """The trainable parameters the score does not depend on, which the optimiser leaves as they are.
+
+    Under ``neg_kl`` the mean head's bias cancels (-KL depends on ``mu_q - mu_d`` only): its true gradient is 0,
+    but its computed one is float noise, which AdamW would normalise into steps of about ``lr`` (and weight
+    decay would shrink it), making the saved bias depend on the thread count. ``dot`` and ``cosine`` use it.
+    It stays in the optimiser and in checkpoints (their shape is unchanged; an older checkpoint resumes).
+    """
+    if cfg.similarity != "neg_kl":
+        return []
+    return [p for n, p in named.items() if n == "mean_head.bias" or n.endswith(".mean_head.bias")]
+
+
 def _param_groups(named: dict[str, nn.Parameter], cfg: TrainConfig) -> list[dict[str, Any]]:
     """One AdamW group, or two when ``cfg.var_lr`` gives the variance head its own learning rate."""
     if cfg.var_lr is None:
@@ -1843,7 +1856,8 @@ def _optimise(
 ) -> TrainResult:
     """The optimiser loop both trainers share. ``evaluate(step)``: one evaluation record (see
     :func:`_run_evaluation`), called after every ``eval_every`` steps and once at the end (or at a time-budget
-    stop), each after the checkpoint of its step, which then records it (:func:`_record_evaluations`).
+    stop), each after the checkpoint of its step when that step checkpoints, which then records it
+    (:func:`_record_evaluations`; an evaluation between checkpoints is recorded by the next one).
     ``description``: what ``evaluate`` runs (:func:`evaluator_description`), added to each record
     as ``"evaluator"``; a resume warns about the checkpoint's evaluations by other evaluators and counts only this
     one's as done (:func:`_check_saved_evaluators`, :func:`_evaluated_at`).
@@ -1865,6 +1879,7 @@ def _optimise(
         return record
 
     opt = torch.optim.AdamW(_param_groups(named, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    fixed = _score_invariant(named, cfg)  # no gradient: AdamW skips them (no step, no weight decay)
     warmup = cfg.warmup_steps_resolved()
     cli = recipe is not None and "cli" in recipe  # the command line's run: messages name its flags
     found: Path | None = None
@@ -1945,6 +1960,8 @@ def _optimise(
                     )
                 (loss / cfg.grad_accum).backward()
                 total += value / cfg.grad_accum
+            for p in fixed:
+                p.grad = None
             if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()

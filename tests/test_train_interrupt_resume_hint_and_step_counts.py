@@ -1,0 +1,90 @@
+"""``kl-retrievers train`` interrupted (Ctrl-C, SIGTERM) printed only ``interrupted``: its one error line now names
+the step of the last checkpoint and the ``--resume`` that continues from it (or that none was saved). A one-step
+run said "after 1 steps", and its model card "final loss ... (mean of the last 20 steps)" whatever the steps run:
+the card now names the steps the mean is over. docs/training.md's CLI synopsis lists every ``train`` option."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TrainWorld, heads_cached_train_argv
+from kl_retrievers.cli import main
+from kl_retrievers.training import trainer as trainer_module
+from kl_retrievers.training.cli import add_train_command
+
+
+def _interrupt_at(monkeypatch: pytest.MonkeyPatch, at: int) -> None:
+    """Ctrl-C during the optimiser step ``at`` (0-based), after the checkpoints of the steps before it."""
+    check = trainer_module._check_finite_weights
+
+    def interrupted(named: object, step: int) -> None:
+        if step == at:
+            raise KeyboardInterrupt
+        check(named, step)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trainer_module, "_check_finite_weights", interrupted)
+
+
+def test_an_interrupted_train_names_its_last_checkpoint_and_resume(
+    train_world: TrainWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "m"
+    argv = heads_cached_train_argv(train_world, out, "--checkpoint-every", "1")
+    _interrupt_at(monkeypatch, 2)
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        f"kl-retrievers train: error: interrupted; the last checkpoint, of step 2, is in {out}.checkpoint: run the "
+        "same command with --resume to continue from it"
+    )
+    monkeypatch.undo()
+    assert main([*argv, "--resume"]) == 0
+    assert "after 3 steps (finished)" in capsys.readouterr().out
+
+
+def test_an_interrupted_train_without_a_checkpoint_says_so(
+    train_world: TrainWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "m"
+    _interrupt_at(monkeypatch, 0)
+    assert main(heads_cached_train_argv(train_world, out, "--checkpoint-every", "0")) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        f"kl-retrievers train: error: interrupted; no checkpoint was saved in {out}.checkpoint (--checkpoint-every N "
+        "saves one every N steps)"
+    )
+
+
+def test_a_one_step_run_says_step_and_its_card_names_the_steps_averaged(
+    train_world: TrainWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "one"
+    assert main(heads_cached_train_argv(train_world, out, "--steps", "1")) == 0
+    assert f"saved {out} after 1 step (finished)" in capsys.readouterr().out
+    assert "(loss of the last step)" in (out / "README.md").read_text()
+    out = tmp_path / "two"
+    assert main(heads_cached_train_argv(train_world, out, "--steps", "2")) == 0
+    assert f"saved {out} after 2 steps (finished)" in capsys.readouterr().out
+    card = (out / "README.md").read_text()
+    assert "(mean of the last 2 steps)" in card and "last 20 steps" not in card
+
+
+def test_the_training_docs_synopsis_lists_every_train_option() -> None:
+    parser = argparse.ArgumentParser()
+    train = add_train_command(parser.add_subparsers())
+    text = (REPO / "docs" / "training.md").read_text()
+    synopsis = re.search(r"## CLI\n\n```\n(.*?)```", text, re.S)
+    assert synopsis is not None
+    flags = set(re.findall(r"--[a-z][a-z0-9-]*", synopsis.group(1)))
+    options = {
+        s
+        for action in train._actions
+        if action.help is not argparse.SUPPRESS and "deprecated" not in (action.help or "")
+        for s in action.option_strings
+        if s.startswith("--") and s != "--help"
+    }
+    assert sorted(options - flags) == []
