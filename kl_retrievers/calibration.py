@@ -645,15 +645,28 @@ def _per_query(value: Any, name: str) -> np.ndarray:
 
 
 def _check_probs(prob: Any, labels: Any, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """``prob`` and ``labels`` as float64 vectors of one length, in ``[0, 1]``; ``n_bins`` an integer ``>= 1``."""
+    """``prob`` and ``labels`` as float64 vectors of one length, in ``[0, 1]``; ``n_bins`` an integer ``>= 1``.
+
+    A value that is not finite or lies outside ``[0, 1]`` raises ``ValueError`` naming the first one, its index
+    and how many are bad.
+
+    Examples:
+        >>> _check_probs([0.2, 1.5, -1.0], [0, 1, 1], 10)
+        Traceback (most recent call last):
+        ValueError: probabilities must be finite and in [0, 1]; 2 of 3 are not, the first at index 1: 1.5
+    """
     p = _real_numpy(prob, "probabilities", "calibration metrics take").astype(np.float64).ravel()
     y = _real_numpy(labels, "labels", "calibration metrics take").astype(np.float64).ravel()
     if p.shape != y.shape or p.size == 0:
         raise ValueError(f"probabilities and labels must be non-empty and of one length; got {p.size} and {y.size}")
-    if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
-        raise ValueError("probabilities must be finite and in [0, 1]")
-    if not (np.isfinite(y).all() and (y >= 0).all() and (y <= 1).all()):
-        raise ValueError("labels must be in [0, 1]")
+    for values, what in ((p, "probabilities"), (y, "labels")):
+        bad = np.flatnonzero(~(np.isfinite(values) & (values >= 0) & (values <= 1)))
+        if bad.size:
+            raise ValueError(
+                f"{what} must be finite and in [0, 1]; {bad.size} of {values.size} {'is' if bad.size == 1 else 'are'} "
+                f"not, the first at index "
+                f"{int(bad[0])}: {float(values[bad[0]])}"
+            )
     if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral) or n_bins < 1:
         raise ValueError(f"n_bins must be an integer >= 1; got {n_bins!r}")
     return p, y

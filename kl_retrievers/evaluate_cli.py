@@ -110,11 +110,16 @@ _EVALUATE_EPILOG = (
     "score is what the run was ranked by: the model's -KL (higher is better; with --means-only minus the squared "
     "distance of the means; a vector twin's own similarity), or a baseline's BM25 or cosine score; with --hybrid "
     "it is depth - rank (100, 99, ... at --depth 100), in the hybrid store's fused order (fused score, ties by "
-    "-KL), not the fused score, which ties often and which an evaluator would order by its own tie rule: so "
-    "trec_eval or ir_measures read from the file exactly the metrics evaluate reports, in every mode. Tied "
-    "scores of a model or a baseline are ranked by document id, descending (the rule of trec_eval and of these "
-    "metrics, also at the --depth cut), whereas KLStore.search and kl-retrievers search return exactly tied "
-    "documents (duplicate texts) later-added first: the two can order such documents differently. A blank "
+    "-KL), not the fused score, which ties often and which an evaluator would order by its own tie rule. Tied "
+    "scores of a model or a baseline are ranked by document id, descending (the rule of trec_eval and "
+    "pytrec_eval, and of these metrics, also at the --depth cut): so trec_eval (ndcg_cut.10, recall.100, "
+    "map_cut.100, with -c), pytrec_eval and ir_measures (nDCG@10, R@100 and AP@100, which it computes with "
+    "pytrec_eval) read from the file exactly the ndcg@10, recall@100 and map@100 evaluate reports, in every "
+    "mode. mrr@10 is RR cut at rank 10: trec_eval's recip_rank has no cutoff, and ir_measures' RR@10 (its "
+    "msmarco provider) orders tied documents by id ascending, so it can differ from mrr@10 where documents "
+    "tied with a relevant one reach the top 10 (never with --hybrid, whose scores do not tie). KLStore.search "
+    "and kl-retrievers search, for their part, return exactly tied documents (duplicate texts) later-added "
+    "first, so they and evaluate can order such documents differently. A blank "
     "query in the collection (empty, or only whitespace and invisible characters such as a zero-width space) is "
     "ranked like any other, with a warning naming it (kl-retrievers search refuses one)."
 )
@@ -266,7 +271,9 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         "resamples) "
         "of each predictor (the model's query uncertainty, max score, NQC, top-2 gap, WIG, average IDF, SCQ) "
         "against per-query nDCG@10, printed after the metrics table (kl_retrievers.qpp); queries with no "
-        "relevant document are left out of it. Without --qpp, --json or --per-query it is not computed",
+        "relevant document are left out of it. A predictor for which higher means harder, the uncertainty, is "
+        "correlated negated, so that a positive tau or r means it predicts well: its row reads -uncertainty "
+        "(the --per-query column holds the raw value). Without --qpp, --json or --per-query it is not computed",
     )
     p.add_argument(
         "--qpp-bootstrap",
@@ -281,7 +288,8 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         "--per-query",
         metavar="FILE",
         type=os.path.expanduser,  # a quoted "~/x" is the home folder's x
-        help="save per-query metrics and each query's QPP predictors (uncertainty, qpp.*): .json (with the summary "
+        help="save per-query metrics and each query's QPP predictors (uncertainty, the query's mean log-variance "
+        "as is, not negated as in the --qpp table; qpp.*): .json (with the summary "
         "and its qpp object under meta), or a .tsv or .csv table, by suffix (another suffix is refused)",
     )
     p.add_argument(
@@ -595,6 +603,25 @@ def _drop_footnote(record: Mapping[str, Any], level: int | None) -> str | None:
     )
 
 
+def _no_variation_note(test: Mapping[str, Any]) -> str:
+    """Why a ``--compare`` line's p is 0 or 1 without a t distribution (its ``method`` says no variation), else "".
+
+    Examples:
+        >>> _no_variation_note({"method": "paired t-test (no variation)", "mean_diff": 0.05})
+        ' (no variation: every shared query differs by +0.0500)'
+        >>> _no_variation_note({"method": "paired t-test (no variation)", "mean_diff": 0.0})
+        ' (no variation: no query differs)'
+        >>> _no_variation_note({"method": "paired t-test (scipy)", "mean_diff": 0.05})
+        ''
+    """
+    if not str(test.get("method", "")).endswith("(no variation)"):
+        return ""
+    diff = test.get("mean_diff") or 0.0
+    return (
+        f" (no variation: every shared query differs by {diff:+.4f})" if diff else " (no variation: no query differs)"
+    )
+
+
 def _print_table(summary: Mapping[str, Any], metrics: Iterable[str], compare: Mapping[str, Any] | None) -> None:
     depth = f"  depth: {summary['depth']}" if summary.get("depth") is not None else ""
     level = summary.get("relevance_level")
@@ -618,7 +645,8 @@ def _print_table(summary: Mapping[str, Any], metrics: Iterable[str], compare: Ma
             # the means of the shared queries only: not the headline above when some are unshared
             print(
                 f"  {name:<11} {res['mean_a']:.4f} vs {res['mean_b']:.4f}  diff {res['mean_diff']:+.4f}  "
-                f"p = {res['p_value']:.4g}  (means over the {res['n']} shared quer{'y' if res['n'] == 1 else 'ies'})"
+                f"p = {res['p_value']:.4g}{_no_variation_note(res)}  "
+                f"(means over the {res['n']} shared quer{'y' if res['n'] == 1 else 'ies'})"
             )
         unshared = compare.get("unshared_queries")
         if isinstance(unshared, Mapping) and any(unshared.values()):
@@ -1277,14 +1305,13 @@ _COMPUTING_PACKAGES = {
 
 def _facts_of(encoder: Any, backend: str) -> _ModelFacts:
     """The :class:`_ModelFacts` of a loaded encoder (as this command has always reported them)."""
-    from kl_retrievers.evaluation import model_label, model_similarity
+    from kl_retrievers.evaluation import model_backend, model_label, model_similarity, model_weights_sha256
 
     return _ModelFacts(
         label=model_label(encoder),
         similarity=model_similarity(encoder),
-        # an ONNX graph's weights are int8 or float32 (OnnxGaussianEncoder.quantize: "int8" or None)
-        backend=f"onnx-{getattr(encoder, 'quantize', None) or 'float32'}" if backend == "onnx" else backend,
-        weights_sha256=getattr(encoder, "weights_sha256", None) or None,
+        backend=model_backend(encoder, backend) or backend,  # as evaluate_model records it
+        weights_sha256=model_weights_sha256(encoder),
         batch_invariant=bool(getattr(encoder, "batch_invariant", True)),
         trained_on=_trained_splits(getattr(encoder, "config", None)),
     )

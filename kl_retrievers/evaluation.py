@@ -23,6 +23,15 @@ relevant when its grade is at least ``relevance_level``: 1 by default (any grade
 default ``-l 1``); TREC DL's convention for its 0-3 grades is 2 (grade 1 is "related", not relevant), as
 ``trec_eval -l 2`` and ir_measures' ``AP(rel=2)@100``. ``ndcg@10`` reads the grades themselves.
 
+Tied scores are ranked by document id, descending (:func:`evaluate_run`), the order of ``trec_eval`` and
+``pytrec_eval``, in which :func:`write_trec_run` writes a run file: ``trec_eval -c`` (``ndcg_cut.10``,
+``recall.100``, ``map_cut.100``), ``pytrec_eval`` and ir_measures' ``nDCG@10``, ``R@100`` and ``AP@100``
+(computed by its pytrec_eval provider) read from the file the ``ndcg@10``, ``recall@100`` and ``map@100``
+reported here. ``mrr@10`` is reciprocal rank cut at 10: ``trec_eval``'s ``recip_rank`` has no cutoff, and
+ir_measures' ``RR@10`` (its msmarco provider) orders tied documents by id ascending, so on a file whose
+documents tied with a relevant one reach the top 10 it can give another value (a file of rank-derived,
+never tied scores, as ``kl-retrievers evaluate --hybrid --save-run`` writes, gives the same).
+
 Examples:
     >>> from kl_retrievers.evaluation import evaluate_run
     >>> qrels = {"q1": {"d1": 1}, "q2": {"d3": 1}}
@@ -346,9 +355,11 @@ def evaluate_run(
 
     Each query's documents are ranked by score, higher first, and **tied scores by document id
     descending** (``"b"`` before ``"a"``): the rule of ``trec_eval`` and ``pytrec_eval``, so a
-    TREC file of the run (:func:`write_trec_run`) scores the same under ``trec_eval``. Every
-    metric reads that one ranking (the scores handed to ``ir_measures`` are ``n - rank``; left
-    to itself, its RR provider broke ties the other way from its nDCG and AP provider).
+    TREC file of the run (:func:`write_trec_run`) gives the same nDCG, recall and AP under ``trec_eval``.
+    Every metric reads that one ranking (the scores handed to ``ir_measures`` are ``n - rank``; left
+    to itself, its RR provider broke ties the other way from its nDCG and AP provider, so ir_measures'
+    ``RR@10`` of the file can differ from ``mrr@10`` where tied documents reach the top 10: see the module
+    notes).
 
     Args:
         qrels: Query id -> {document id: grade}.
@@ -404,10 +415,16 @@ def evaluate_run(
     r = {str(qid): _rank_scores(str(qid), docs) for qid, docs in run.items() if str(qid) in q}
     extra = len(run) - len(r)
     if extra:
-        logger.warning("%d run queries have no judgements and are ignored", extra)
+        ignored = "query has no judgements and is" if extra == 1 else "queries have no judgements and are"
+        logger.warning("%d run %s ignored", extra, ignored)
     missing = len(q) - sum(1 for qid in q if r.get(qid))
     if missing:
-        logger.warning("%d judged queries have no results in the run; they score 0", missing)
+        scored = (
+            "query has no results in the run; it scores"
+            if missing == 1
+            else "queries have no results in the run; they score"
+        )
+        logger.warning("%d judged %s 0", missing, scored)
     per_query: dict[str, dict[str, float]] = {qid: {name: 0.0 for name in metrics} for qid in q}
     if r:
         for m in ir_measures.iter_calc(list(measures.values()), q, r):
@@ -1094,6 +1111,42 @@ def model_label(encoder: Any) -> str:
     return str(name) if name else type(encoder).__name__
 
 
+def model_backend(encoder: Any, loaded_as: str | None = None) -> str | None:
+    """What computes an encoder's encodings: ``"torch"``, ``"onnx-int8"`` or ``"onnx-float32"`` (the graph's weights).
+
+    The package's two encoder classes are told apart without importing either; another (duck-typed) encoder
+    has the backend it was ``loaded_as`` (``"torch"`` or ``"onnx"``), else ``None``. The two backends of one
+    model give close but not identical encodings (int8 weights move nDCG@10 by about 0.01), so a result records
+    which one measured it (``info["backend"]`` of :func:`evaluate_model`, ``backend`` of ``evaluate --json``).
+
+    Examples:
+        >>> model_backend(object()) is None, model_backend(object(), "torch"), model_backend(object(), "onnx")
+        (True, 'torch', 'onnx-float32')
+    """
+    from kl_retrievers._adapters import encoder_backend
+
+    backend = encoder_backend(encoder) or loaded_as
+    if backend == "onnx":  # an ONNX graph's weights are int8 or float32 (OnnxGaussianEncoder.quantize: "int8"/None)
+        return f"onnx-{getattr(encoder, 'quantize', None) or 'float32'}"
+    return backend
+
+
+def model_weights_sha256(encoder: Any) -> str | None:
+    """The identity of an encoder's trained weights (``weights_sha256``: the same for a torch model and its ONNX
+    export), or ``None`` when it does not know it.
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> model_weights_sha256(SimpleNamespace(weights_sha256="ab")), model_weights_sha256(object())
+        ('ab', None)
+    """
+    try:
+        weights = getattr(encoder, "weights_sha256", None)
+    except Exception:  # a foreign encoder's property: nothing to learn from it
+        return None
+    return weights if isinstance(weights, str) and weights else None
+
+
 class EncodeOptions(TypedDict, total=False):
     """How :func:`evaluate_model` encodes: keyword options of :func:`encode_dataset`, passed on as given."""
 
@@ -1195,7 +1248,11 @@ def evaluate_model(
             ``use_cache``: as in :func:`encode_dataset`.
 
     Returns:
-        The aggregate and per-query metrics and the run.
+        The aggregate and per-query metrics and the run; its ``info`` (and ``summary()``) records what measured
+        the run as ``kl-retrievers evaluate --json`` does: ``backend`` (``torch``, ``onnx-int8`` or
+        ``onnx-float32``: :func:`model_backend`) and, when the model knows it, ``weights_sha256``, so that
+        ``evaluate --compare`` of a per-query file saved with ``meta=result.summary()`` warns when it was
+        measured on another backend.
 
     Raises:
         ValueError: An unknown metric or ``similarity``, ``k`` or ``relevance_level`` below 1 or empty qrels;
@@ -1290,13 +1347,18 @@ def _evaluate_model(
     aggregate, per_query = evaluate_run(dataset.qrels, run, metrics, relevance_level=relevance_level)
     label += " [means only]" if means_only else ""
     label += f" [{similarity}]" if similarity != "neg_kl" else ""
-    info = {
+    info: dict[str, Any] = {
         "score": "neg_sq_l2_means" if means_only else similarity,
         "depth": k,
         "relevance_level": relevance_level,
-        "encode_s": round(t1 - t0, 2),
-        "retrieve_s": round(t2 - t1, 2),
     }
+    if encoder is not None:  # what measured the run (evaluate records it for an encoder it did not load too)
+        backend, weights = model_backend(encoder), model_weights_sha256(encoder)
+        if backend:
+            info["backend"] = backend
+        if weights:
+            info["weights_sha256"] = weights
+    info.update(encode_s=round(t1 - t0, 2), retrieve_s=round(t2 - t1, 2))
     return EvaluationResult(str(dataset.path), dataset.split, label, aggregate, per_query, run, info, query_stats)
 
 

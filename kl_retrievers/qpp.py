@@ -772,8 +772,9 @@ def qpp_report(
     }
     if n_excluded:
         excluded_note = (
-            f"{n_excluded} of the {len(target)} judged queries have no relevant document (no grade > 0): their "
-            f"{metric} is undefined (the metric means score it 0); they are left out of the QPP correlations"
+            f"{n_excluded} of the {len(target)} judged queries {'has' if n_excluded == 1 else 'have'} no relevant "
+            f"document (no grade > 0): {'its' if n_excluded == 1 else 'their'} {metric} is undefined (the metric "
+            f"means score it 0); {'it is' if n_excluded == 1 else 'they are'} left out of the QPP correlations"
         )
         if no_relevant_warned:
             logger.info("%s", excluded_note)
@@ -782,7 +783,8 @@ def qpp_report(
     if len(qids) < MIN_QUERIES:
         # one warning for the whole report (the per-predictor ones are silenced below)
         warn(
-            f"only {len(qids)} judged queries{' with a relevant document' if n_excluded else ''} (fewer than "
+            f"only {len(qids)} judged quer{'y' if len(qids) == 1 else 'ies'}"
+            f"{' with a relevant document' if n_excluded else ''} (fewer than "
             f"{MIN_QUERIES}): the QPP correlations are meaningless; they are computed anyway"
         )
     few: list[str] = []
@@ -798,7 +800,9 @@ def qpp_report(
             q = shared[int(np.flatnonzero(~np.isfinite(x))[0])]
             raise ValueError(f"{name} of query index {qids.index(q)} (id {q!r}) is {values[q]}; it must be finite")
         if len(shared) < 2:
-            out["missing"][name] = f"only {len(shared)} judged queries have a value"
+            out["missing"][name] = (
+                f"only {len(shared)} judged {'query has' if len(shared) == 1 else 'queries have'} a value"
+            )
             continue
         if len(shared) < MIN_QUERIES <= len(qids):
             few.append(f"{name} ({len(shared)})")
@@ -989,7 +993,10 @@ def format_qpp(report: Mapping[str, Any]) -> str:
     """A short text table of a :func:`qpp_report` (or :func:`qpp_for_run` report).
 
     A predictor without a correlation (constant over its queries) is listed once, under ``missing``
-    with the reason; the report keeps its entry under ``predictors`` too (with ``None`` values).
+    with the reason; the report keeps its entry under ``predictors`` too (with ``None`` values). A predictor
+    correlated negated (direction -1: higher means a harder query, as ``uncertainty``) is listed as ``-name``,
+    with a last line saying so: its tau and r are those of the negated values, the opposite sign of a
+    correlation of the raw values (a ``--per-query`` file's column).
 
     Examples:
         >>> ndcg = {f"q{i}": i / 10 for i in range(10)}
@@ -998,6 +1005,11 @@ def format_qpp(report: Mapping[str, Any]) -> str:
         QPP against ndcg@10 (Kendall tau-b, Pearson r; 95% bootstrap intervals, 0 resamples):
           gap12        tau +1.000 [   n/a]  r +1.000 [   n/a]  n = 10
           x            missing: why
+        >>> rep = qpp_report(ndcg, {"uncertainty": {q: -v for q, v in ndcg.items()}}, n_boot=0)
+        >>> print(format_qpp(rep))  # doctest: +NORMALIZE_WHITESPACE
+        QPP against ndcg@10 (Kendall tau-b, Pearson r; 95% bootstrap intervals, 0 resamples):
+          -uncertainty tau +1.000 [   n/a]  r +1.000 [   n/a]  n = 10
+          -name: correlated negated (higher predicts a harder query); the raw values correlate with the opposite sign
     """
 
     def num(v: Any) -> str:
@@ -1014,17 +1026,26 @@ def format_qpp(report: Mapping[str, Any]) -> str:
             f"{report['wig_k']}; reference score: {report.get('reference')}"
         )
     if report.get("excluded_no_relevant"):
-        lines.append(f"  {report['excluded_no_relevant']} judged queries without a relevant document left out")
+        n_out = report["excluded_no_relevant"]
+        lines.append(f"  {n_out} judged quer{'y' if n_out == 1 else 'ies'} without a relevant document left out")
     missing = report.get("missing", {})
+    negated = False
     for name, r in report["predictors"].items():
         if name in missing:  # no correlation (a constant predictor or target): listed once, with the reason
             continue
         valid = r.get("bootstrap_valid")
         note = f"  ({valid} of {n_boot} resamples defined)" if n_boot and valid is not None and valid < n_boot else ""
+        if r.get("direction") == -1:  # correlated as -values: say so, or the sign reads as the raw values'
+            name, negated = f"-{name}", True
         lines.append(
             f"  {name:<12} tau {num(r['tau'])} {ci(r['tau_ci'])}  r {num(r['pearson'])} {ci(r['pearson_ci'])}  "
             f"n = {r['n']}{note}"
         )
     for name, why in missing.items():
         lines.append(f"  {name:<12} missing: {why}")
+    if negated:
+        lines.append(
+            "  -name: correlated negated (higher predicts a harder query); the raw values correlate with the "
+            "opposite sign"
+        )
     return "\n".join(lines)

@@ -52,7 +52,8 @@ def test_evaluate_help_says_what_the_run_file_scores_mean_and_how_ties_rank() ->
     text = _help("evaluate")
     assert "see the end of this help" in text  # --save-run points to the note
     assert "with --hybrid it is depth - rank (100, 99, ... at --depth 100)" in text
-    assert "the model's -KL" in text and "exactly the metrics evaluate reports" in text
+    assert "the model's -KL" in text and "exactly the ndcg@10, recall@100 and map@100 evaluate reports" in text
+    assert "ir_measures' RR@10 (its msmarco provider) orders tied documents by id ascending" in text
     assert "ranked by document id, descending" in text and "later-added first" in text
     page = " ".join((ROOT / "docs" / "cli.md").read_text(encoding="utf-8").split())
     assert "with --hybrid it is depth - rank" in page  # the generated page carries it

@@ -163,7 +163,7 @@ def test_qpp_leaves_out_only_queries_without_a_grade_above_0_whatever_the_releva
         summary = _json(capsys, root, "--unknown-docs", "drop", "--relevance-level", "2", "--per-query", str(pq))
     # said once, by the no-relevant warning (QPP's own note is logged at INFO, not warned a second time)
     assert "; the QPP correlations leave out the 2 with no grade > 0" in caplog.text
-    assert "judged queries have no relevant document" not in caplog.text
+    assert "no relevant document (no grade > 0)" not in caplog.text
     per_query = json.loads(pq.read_text(encoding="utf-8"))["per_query"]
     assert per_query["q1"]["ndcg@10"] > 0 and per_query["q1"]["mrr@10"] == 0  # bm25 ranks d1 first for q1
     assert summary["qpp"]["excluded_no_relevant"] == 2  # q2 (grade 0) and q5 (no judgement left), not q1
