@@ -616,11 +616,12 @@ def abstains(confidence: float | None, min_confidence: float | None, candidates:
 def require_calibrator(
     scorer: ConfidenceScorer, encoder: Any, min_confidence: float | None, stemmer: str | None = "english"
 ) -> None:
-    """Refuse ``min_confidence`` without a calibrator: abstention could never happen.
+    """Refuse a ``min_confidence`` above 0 without a calibrator: abstention could never happen (``None`` and 0
+    never abstain, :func:`abstention_enabled`, so they need none).
 
     ``stemmer``: the hybrid store's BM25 stemmer (see :meth:`ConfidenceScorer.calibrator`).
     """
-    if min_confidence is None or scorer.calibrator(encoder, stemmer) is not None:
+    if not abstention_enabled(min_confidence) or scorer.calibrator(encoder, stemmer) is not None:
         return
     model = getattr(encoder, "name_or_path", None) if encoder is not None else None
     looked_up = [CALIBRATION_FILES[k] for k in RETRIEVER_CALIBRATORS[scorer.retriever]]
@@ -707,7 +708,7 @@ def hybrid_search(
     if cal is not None:
         check_calibrator_stemmer(cal, store.stemmer)
         shipped = scorer.explicit is None  # an explicit calibrator may have been fitted for this fusion
-        if cal.kind == "hybrid" and config.mode != "adaptive" and min_confidence is not None and shipped:
+        if cal.kind == "hybrid" and config.mode != "adaptive" and abstention_enabled(min_confidence) and shipped:
             _warn_fusion(config.mode)
     if config.mode == "adaptive":
         store.adaptive_params()  # missing parameters fail before any work

@@ -20,8 +20,9 @@ class KLRetrieversError(Exception):
 
 
 class NothingSavedError(KLRetrieversError, FileNotFoundError, ValueError):
-    """A loader of a saved folder found nothing of its kind there: no folder, an empty one, or one that nothing
-    kl_retrievers saves wrote (a folder it saved as another kind is the loader's format error, naming the kind).
+    """A loader of a saved folder found nothing of its kind there: no folder, an empty one, or one without the
+    loader's own file (a folder holding that file written by something else, or saved by kl_retrievers as another
+    kind, is the loader's format error, naming what it is).
 
     Every loader raises it (``KLStore.load``, ``KLHybridStore.load``, ``load_gaussians``,
     ``kl_retrievers.sharded.load_encoded``, ``GaussianEncoder.from_pretrained`` and ``load_model`` on an existing

@@ -1911,6 +1911,7 @@ def load_gaussians(path: str | os.PathLike[str]) -> tuple[Any, list[str] | None]
 
     Raises:
         FileNotFoundError: Nothing exists at ``path`` (a folder or a ``.safetensors`` file).
+        NothingSavedError: (a ``FileNotFoundError`` and a ``ValueError``) no folder, or one without its files.
         OSError: Saves replaced the folder during each of the reads.
         ValueError: The folder is of another kind (the message names it: a KL store, an encoder...), a file is
             missing, links out of the folder, or is not what its header declares, the arrays

@@ -371,14 +371,25 @@ def tokenizer_identity(tokenizer: Any) -> Any:
     }
 
 
+def _hashed_tokenizer(encoder: Any) -> Any:
+    """The tokenizer :func:`_tokenizer_digest` hashes: an ONNX encoder's ``tokenizer.json`` text as the folder
+    holds it, else ``encoder.tokenizer``; ``None`` when it has neither.
+
+    The text comes first: the ONNX encoder's ``tokenizer`` (a ``tokenizers.Tokenizer`` made from that text)
+    serialises as the installed ``tokenizers`` writes it (with the fields an older version left out), so a
+    folder exported under another version would change its fingerprint.
+    """
+    text = getattr(encoder, "_tokenizer_json", None)
+    return text if text is not None else getattr(encoder, "tokenizer", None)
+
+
 def _tokenizer_digest(encoder: Any) -> str | None:
-    """SHA-256 of the encoder's tokenizer (:func:`tokenizer_identity`); ``None`` when it has none.
+    """SHA-256 of the encoder's tokenizer (:func:`tokenizer_identity` of :func:`_hashed_tokenizer`); ``None``
+    when it has none.
 
     The torch encoder keeps it as ``tokenizer``; the ONNX encoders keep their ``tokenizer.json`` text.
     """
-    tokenizer = getattr(encoder, "tokenizer", None)
-    if tokenizer is None:
-        tokenizer = getattr(encoder, "_tokenizer_json", None)
+    tokenizer = _hashed_tokenizer(encoder)
     if tokenizer is None:
         return None
     try:

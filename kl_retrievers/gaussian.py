@@ -173,8 +173,9 @@ def _check_float64_range(arr: np.ndarray, name: str, takes: str, *, nonzero: boo
     """``ValueError`` naming the caller's value when a float wider than float64 (``np.longdouble``) exceeds
     float64's range: the values are cast to float64 next, and the cast would make it ``inf`` before any check.
 
-    ``nonzero`` (variances, which must stay > 0): a value too small for float64, which the cast would make 0
-    (1e-4000), is refused too, named as given; elsewhere 0 stands for it.
+    ``nonzero`` (variances, which must stay > 0): a positive value too small for float64, which the cast would
+    make 0 (1e-4000), is refused too, named as given; elsewhere 0 stands for it. A negative one (-1e-4000) is
+    left to the caller's check of non-positive values: its fault is its sign.
     """
     if arr.dtype.kind != "f" or arr.dtype.itemsize <= 8:
         return
@@ -188,7 +189,7 @@ def _check_float64_range(arr: np.ndarray, name: str, takes: str, *, nonzero: boo
     if not nonzero:
         return
     with np.errstate(under="ignore"):
-        too_small = (arr != 0) & (arr.astype(np.float64) == 0)
+        too_small = (arr > 0) & (arr.astype(np.float64) == 0)
     if too_small.any():
         tiny = float(np.nextafter(np.float64(0), np.float64(1)))
         raise ValueError(

@@ -2472,6 +2472,7 @@ class KLHybridStore(_NotCopyable):
 
         Raises:
             FileNotFoundError: No hybrid store at ``path``.
+            NothingSavedError: (a ``FileNotFoundError`` and a ``ValueError``) no folder, or one without its config.
             HybridFormatError: A folder kl_retrievers saved as another kind (the message names it), a bad config
                 or file, or halves that disagree (ids, or a file
                 not written by the same save); the message names the mismatch. A saved ``token_pattern`` that

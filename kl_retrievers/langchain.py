@@ -89,6 +89,7 @@ from kl_retrievers._adapters import (
     write_cancelled,
     write_manifest,
 )
+from kl_retrievers._checks import check_bool
 from kl_retrievers._confidence import (
     CONFIDENCE_KEY,
     EMPTY_QUERY_REASON,
@@ -1599,8 +1600,7 @@ def _delete_by_ids(store: Any, ids: Any, delete_all: bool, owner: str) -> bool:
         TypeError: ``ids`` is a single str, an id is not a str, or ``delete_all`` is not a bool (a string
             such as ``"no"`` is true: it would empty the store).
     """
-    if not isinstance(delete_all, bool):
-        raise TypeError(f"delete_all must be a bool; got {delete_all!r:.80}")
+    check_bool(delete_all, "delete_all")
     if ids is None:
         if not delete_all:
             raise ValueError(
@@ -2658,6 +2658,7 @@ class KLVectorStore(VectorStore):
 
         Raises:
             FileNotFoundError: No such folder.
+            NothingSavedError: No folder, or one without a manifest (then also a ``LangChainFormatError``).
             ValueError: ``index_name`` is not a plain folder name; no ``embeddings`` and the saved encoder
                 cannot be loaded (a LangChain ``Embeddings``, which is not saved, a folder that no longer
                 exists, a model of another dimension...): the message says to pass ``embeddings=``.
@@ -3304,8 +3305,8 @@ class KLRetriever(_ConfidenceRetriever):
     documents** (``[]``): a chain branches on the empty list (see ``docs/langchain.md``). The
     retriever also logs one DEBUG line (it holds the query text) and sends the LangChain custom event
     :data:`ABSTENTION_EVENT` (``{"query", "confidence", "min_confidence", "reason"}``) to the run's
-    callbacks, so ``astream_events`` and tracing show why nothing came back. ``min_confidence`` needs
-    a calibrator (``ValueError`` otherwise). A query with only one candidate document (a filter
+    callbacks, so ``astream_events`` and tracing show why nothing came back. ``min_confidence`` above 0
+    needs a calibrator (``ValueError`` otherwise). A query with only one candidate document (a filter
     that leaves one, or a one-document store) has no confidence (the calibrator reads the top two
     scores): without ``min_confidence`` it is answered with ``confidence=None``; with it above 0, it
     **abstains** (fail closed; the log line and the event's ``reason`` say
@@ -3333,7 +3334,7 @@ class KLRetriever(_ConfidenceRetriever):
     Raises:
         ValueError: ``k < 1``, or ``min_confidence`` not a number in ``[0, 1]`` (at construction,
             naming the value and the range; one assigned later, at the next query); ``min_confidence``
-            without a calibrator (at the first query); a ``search_type`` other than ``"similarity"``;
+            above 0 without a calibrator (at the first query); a ``search_type`` other than ``"similarity"``;
             ``score_key``, ``uncertainty_key`` and ``confidence_key`` not all different (naming the key and
             the names taken; at construction, and at the next query after an assignment such as
             ``retriever.score_key = ...``).

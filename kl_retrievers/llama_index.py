@@ -1940,15 +1940,6 @@ def _mark_blank_query(nodes: Sequence[BaseNode], calibrated: bool) -> None:
             excluded.extend(key for key in added if key not in excluded)
 
 
-def _too_few_candidates(candidates: int) -> str | None:
-    """Why a query with ``candidates`` candidate documents has no confidence (``None``: not for that reason).
-
-    The text of :func:`~kl_retrievers._confidence.abstention_reason` for a query that LangChain's
-    ``min_confidence`` refuses (fail closed) for that reason, whatever the floor above 0.
-    """
-    return too_few_candidates_reason(candidates)
-
-
 def _reserved_keys_in(nodes: Sequence[BaseNode]) -> list[str]:
     """The score keys (:data:`_SCORE_KEYS`) that the nodes' own metadata uses, sorted (empty: none)."""
     found: set[str] = set()
@@ -2602,7 +2593,7 @@ class KLVectorStore(BasePydanticVectorStore):
         """
         if len(scores) < MIN_CANDIDATES:
             known = bool(scores) and self._scorer.calibrator(self._confidence_encoder(encoder)) is not None
-            return None, _too_few_candidates(len(scores)) if known else None
+            return None, too_few_candidates_reason(len(scores)) if known else None
         confidence = self._scorer.confidence(
             self._confidence_encoder(encoder), list(scores), float(query.numpy().uncertainty()[0])
         )
@@ -3400,6 +3391,7 @@ class KLVectorStore(BasePydanticVectorStore):
             FileNotFoundError: Nothing at ``persist_path``, a folder that is neither form (the message lists
                 its ``*.json`` files that could not be read and its ``*.klstore`` sub-folders), or the
                 calibrator file the manifest names is missing.
+            NothingSavedError: (a ``FileNotFoundError`` and a ``ValueError``) no folder, or one without a manifest.
             StoreFormatError: (a ``ValueError``) A folder kl_retrievers saved as another kind (a hybrid store,
                 an encoder...: the message names it), where the manifest (or the manifest's folder) is expected.
             ValueError: The manifest is not a KLVectorStore manifest (or the store or calibrator is corrupted);
@@ -3502,6 +3494,7 @@ class KLVectorStore(BasePydanticVectorStore):
         is read as ``fs`` (with the default namespace).
 
         Raises:
+            NothingSavedError: (a ``FileNotFoundError`` and a ``ValueError``) no ``persist_dir``, or no store in it.
             TypeError: ``namespace`` is neither a string nor (with no ``fs``) a filesystem.
 
         Examples:
@@ -4407,7 +4400,7 @@ class KLHybridRetriever(_TopKRetriever):
         elif confidence is None and calibrated:
             # With a calibrator the confidence is missing only when fewer than MIN_CANDIDATES documents were
             # dense candidates, and a hit means at least one was: say so (KLConfidencePostprocessor abstains).
-            reason = _too_few_candidates(MIN_CANDIDATES - 1)
+            reason = too_few_candidates_reason(MIN_CANDIDATES - 1)
         out = []
         for hit in hits:
             # a document added with the core API: _to_node turns its "ref_doc_id" key into its source document

@@ -1329,6 +1329,7 @@ class OnnxGaussianEncoder(EncoderMixin):
 
     Raises:
         FileNotFoundError: No folder at ``path``.
+        NothingSavedError: No folder, or one without ``config.json`` (then also an ``OnnxModelError``).
         OnnxModelError: The folder is not an ONNX export (the message names the kind of one kl_retrievers saved),
             or its graph does not match its config.
         TypeError: ``session_options`` or ``allow_spinning`` has the wrong type.

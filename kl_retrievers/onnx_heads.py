@@ -328,6 +328,7 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
 
     Raises:
         FileNotFoundError: ``folder`` does not exist.
+        NothingSavedError: No folder, or one without ``config.json`` (then also an ``OnnxModelError``).
         OnnxModelError: No shared graph serves this model (the message says why), ``folder`` is not a saved
             encoder (the message names what kl_retrievers saved there: a KL store, saved Gaussians, an ONNX
             export...), or the installed graph is not the pinned one (another SHA-256) or does not fit the model.
@@ -369,7 +370,7 @@ class OnnxHeadsGaussianEncoder(OnnxGaussianEncoder):
         where = name_or_path or local_reference(folder)  # an absolute folder, as the other encoders record
         backbone = shared_backbone_for(path)
         if backbone is None:
-            nothing = holds_nothing_saved(path, CONFIG_NAME, "delta.safetensors")
+            nothing = holds_nothing_saved(path, CONFIG_NAME)  # as _read_meta: any config.json is a refusal of it
             raise (_NoOnnxSavedError if nothing else OnnxModelError)(_why_not_served(path, where))
         try:
             graph = backbone.graph_path()

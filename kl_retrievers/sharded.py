@@ -1852,6 +1852,7 @@ def iter_encoded(
 
     Raises:
         FileNotFoundError: No folder at ``out``.
+        NothingSavedError: (a ``FileNotFoundError`` and a ``ValueError``) no folder, or one without a manifest.
         ValueError: ``out`` is not an encoded-shards folder (the message names the kind of one kl_retrievers
             wrote); a shard is missing, of another run, or corrupt (rerun the encode command to redo it);
             the shards were encoded by another model than ``encoder`` (or by a model the manifest gives no
@@ -1994,6 +1995,7 @@ def load_encoded(
 
     Raises:
         FileNotFoundError: No folder at ``out``.
+        NothingSavedError: (a ``FileNotFoundError`` and a ``ValueError``) no folder, or one without a manifest.
         ValueError: As :func:`iter_encoded`; also an id that two shards (or one shard twice) hold: the message
             names the id and both shards (the encode command refuses a repeated id, so its folders hold none).
 

@@ -13,27 +13,13 @@ import logging
 from pathlib import Path
 
 import pytest
+from test_evaluate_records_backend import _beir  # the same tiny BEIR folder
 
 from conftest import make_tiny_encoder
 from kl_retrievers.cli import main
 from kl_retrievers.datasets import load_beir
 from kl_retrievers.evaluation import evaluate_model, model_backend, save_per_query
 from kl_retrievers.pretrained import load_model
-
-CORPUS = [
-    {"_id": "d1", "title": "", "text": "the cat sat on the mat"},
-    {"_id": "d2", "title": "", "text": "green tea and bread"},
-    {"_id": "d3", "title": "", "text": "a dog in the park"},
-]
-QUERIES = [{"_id": "q1", "text": "cat mat"}, {"_id": "q2", "text": "green tea"}]
-
-
-def _beir(root: Path) -> Path:
-    (root / "qrels").mkdir(parents=True)
-    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in CORPUS), encoding="utf-8")
-    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in QUERIES), encoding="utf-8")
-    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n", encoding="utf-8")
-    return root
 
 
 def test_evaluate_model_records_the_torch_backend_and_weights(tmp_path: Path) -> None:

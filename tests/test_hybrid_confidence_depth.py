@@ -163,10 +163,11 @@ def test_the_fusion_warning_is_for_the_shipped_calibrator_only(
     with caplog.at_level(logging.WARNING, logger="kl_retrievers._confidence"):
         assert hybrid_search(store, "black rock", 2, fusion="rrf", scorer=shipped)[1] == adaptive
         assert hybrid_search(store, "black rock", 2, fusion="adaptive", scorer=shipped, min_confidence=0.0)[1]
-        hybrid_search(store, "black rock", 2, fusion="rrf", scorer=explicit, min_confidence=0.0)
-        assert not [r for r in caplog.records if "fusion=" in r.getMessage()]  # no floor, adaptive, or explicit
+        hybrid_search(store, "black rock", 2, fusion="rrf", scorer=explicit, min_confidence=0.01)
+        hybrid_search(store, "black rock", 2, fusion="rrf", scorer=shipped, min_confidence=0.0)  # never abstains
+        assert not [r for r in caplog.records if "fusion=" in r.getMessage()]  # no floor, 0, adaptive, or explicit
         for _ in range(2):
-            hybrid_search(store, "black rock", 2, fusion="rrf", scorer=shipped, min_confidence=0.0)
+            hybrid_search(store, "black rock", 2, fusion="rrf", scorer=shipped, min_confidence=0.01)
     warned = [r.getMessage() for r in caplog.records if "fusion='rrf'" in r.getMessage()]
     assert len(warned) == 1 and "'adaptive' fusion's ranking" in warned[0]
 

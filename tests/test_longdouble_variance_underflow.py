@@ -26,7 +26,7 @@ def _tiny() -> np.longdouble:
     return value
 
 
-@pytest.mark.parametrize("sign", [1, -1])
+@pytest.mark.parametrize("sign", [1])  # a negative one is refused for its sign: test_longdouble_negative_variance.py
 def test_a_variance_float64_makes_0_is_named_as_given(sign: int) -> None:
     var = np.array([[1.0, 2.0], [3.0, sign * _tiny()]], dtype=np.longdouble)
     with warnings.catch_warnings():

@@ -9,6 +9,7 @@ All on a tiny random encoder (``conftest.make_tiny_encoder``).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from uuid import UUID
 
@@ -117,3 +118,40 @@ def test_llama_index_zero_floor_keeps_a_blank_query_and_a_single_candidate(
     hybrid = LIHybrid.from_defaults(nodes=vs.get_nodes(), encoder=encoder, fusion="rrf", calibrator=calibrator)
     fused_blank = hybrid.retrieve("")
     assert fused_blank and zero.postprocess_nodes(fused_blank, query_bundle=QueryBundle("")) == fused_blank
+
+
+def test_a_zero_floor_needs_no_calibrator(encoder: Any) -> None:
+    """A floor of 0 never abstains, so a model without a calibrator is answered (confidence ``None``), as
+    ``KLConfidencePostprocessor(0)`` keeps its nodes; a floor above 0 still asks for one."""
+    store = KLVectorStore.from_texts(TEXTS, KLEmbeddings(encoder), META, ids=IDS)
+    hybrid = KLHybridStore(encoder, fusion="adaptive")
+    hybrid.add(TEXTS, ids=IDS, metadatas=META)
+    for retriever in (
+        KLRetriever.from_store(store, k=2, min_confidence=0.0),
+        KLHybridRetriever(store=hybrid, k=2, min_confidence=0.0),
+    ):
+        docs = retriever.invoke(TEXTS[0])
+        assert len(docs) == 2 and {d.metadata[CONFIDENCE_KEY] for d in docs} == {None}
+        assert len(retriever.invoke("")) == 2  # a blank query too
+        with pytest.raises(ValueError, match=r"min_confidence=1e-06 needs a confidence calibrator"):
+            retriever.invoke(TEXTS[0], min_confidence=1e-6)
+    hits, confidence, reason = hybrid_search(
+        hybrid, TEXTS[0], 2, scorer=ConfidenceScorer(None, "hybrid"), min_confidence=0.0
+    )
+    assert len(hits) == 2 and confidence is None and reason is None
+
+
+def test_llama_index_blank_query_abstention_logs_why(
+    encoder: Any, calibrator: ConfidenceCalibrator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Above 0, a blank query's nodes are refused for being blank (``EMPTY_QUERY_REASON`` in the DEBUG line), not
+    for their confidence 0 being below the floor."""
+    from kl_retrievers._confidence import EMPTY_QUERY_REASON
+
+    vs = LIVectorStore(encoder=encoder, calibrator=calibrator)
+    vs.add([TextNode(text=t, id_=i, metadata=m) for t, i, m in zip(TEXTS, IDS, META, strict=True)])
+    blank = LIRetriever(vs, similarity_top_k=2).retrieve(" ")
+    with caplog.at_level(logging.DEBUG, logger="kl_retrievers.llama_index"):
+        assert KLConfidencePostprocessor(min_confidence=0.5).postprocess_nodes(blank, QueryBundle(" ")) == []
+    lines = [r.getMessage() for r in caplog.records if "abstained" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].endswith(EMPTY_QUERY_REASON), lines

@@ -115,3 +115,46 @@ def test_one_except_catches_every_loaders_refusal_of_an_empty_folder(tmp_path: P
         except NothingSavedError:
             refused.append(name)
     assert refused == sorted(LOADERS)
+
+
+def _foreign_config_refusals() -> dict[str, type[Exception]]:
+    """What each loader raises for a folder holding only another program's ``config.json``: the format error of
+    a loader whose own file is ``config.json`` (the folder has it, written by something else), else
+    ``NothingSavedError`` (its own file is missing)."""
+    from kl_retrievers import StoreFormatError
+
+    own_config = {
+        "KLStore.load": StoreFormatError,
+        "GaussianEncoder.from_pretrained": NotAnEncoderError,
+        "load_model": NotAnEncoderError,
+        "OnnxGaussianEncoder": OnnxModelError,
+        "OnnxHeadsGaussianEncoder": OnnxModelError,
+        "llama_index KLVectorStore.from_persist_path": StoreFormatError,
+    }
+    loaders = [*LOADERS, "OnnxHeadsGaussianEncoder", "llama_index KLVectorStore.from_persist_path"]
+    return {name: own_config.get(name, NothingSavedError) for name in sorted(loaders)}
+
+
+@pytest.mark.parametrize(("loader", "expected"), sorted(_foreign_config_refusals().items()))
+def test_a_folder_with_only_a_foreign_config_json(
+    loader: str,
+    expected: type[Exception],
+    tmp_path: Path,
+    encoder: Any,  # noqa: F811
+) -> None:
+    """A Hugging Face model folder's ``config.json``: both ONNX encoders refuse it alike (``OnnxModelError``)."""
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "bert"}\n')
+    if loader == "OnnxHeadsGaussianEncoder":
+        from kl_retrievers.onnx_heads import OnnxHeadsGaussianEncoder
+
+        load: Any = lambda p, e: OnnxHeadsGaussianEncoder(p)  # noqa: E731
+    elif loader == "llama_index KLVectorStore.from_persist_path":
+        kli = pytest.importorskip("kl_retrievers.llama_index")
+        load = lambda p, e: kli.KLVectorStore.from_persist_path(str(p), encoder=e)  # noqa: E731
+    else:
+        load = LOADERS[loader][0]
+    with pytest.raises(expected, match=re.escape(str(folder))) as info:
+        load(folder, encoder)
+    assert isinstance(info.value, NothingSavedError) == (expected is NothingSavedError), type(info.value).__mro__

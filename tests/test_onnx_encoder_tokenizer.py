@@ -104,3 +104,37 @@ def test_the_tokenizer_needs_no_torch(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.split() == ["Tokenizer", "[CLS]"]
+
+
+def test_the_digest_hashes_tokenizer_json_as_written_by_another_tokenizers_version(
+    pair: dict[str, Any], tmp_path: Path
+) -> None:
+    """A tokenizer.json that leaves out a field the installed tokenizers writes (an export under another version)
+    keeps its digest and fingerprint: they hash the file's text, not the installed library's rewrite of it."""
+    import json
+    import shutil
+
+    from kl_retrievers.encoding_cache import _tokenizer_digest, canonical_json, model_fingerprint, tokenizer_identity
+    from kl_retrievers.hub import sha256_file
+    from kl_retrievers.onnx import OnnxGaussianEncoder
+    from kl_retrievers.store._format import encoder_tokenizer
+
+    folder = tmp_path / "older"
+    shutil.copytree(Path(pair["onnx"]._model_file).parent, folder)
+    spec = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    assert "strip_accents" in spec["normalizer"]
+    del spec["normalizer"]["strip_accents"]  # a default an older tokenizers left out
+    (folder / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    cfg["tokenizer_sha256"]["tokenizer.json"] = sha256_file(folder / "tokenizer.json")
+    (folder / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+
+    onnx = OnnxGaussianEncoder(folder)
+    raw = (folder / "tokenizer.json").read_text(encoding="utf-8")
+    raw_digest = hashlib.sha256(canonical_json(tokenizer_identity(raw)).encode()).hexdigest()
+    assert "strip_accents" in onnx.tokenizer.to_str()  # the installed tokenizers writes it back
+    assert _tokenizer_digest(onnx) == encoder_tokenizer(onnx) == raw_digest
+    fingerprint = model_fingerprint(onnx)
+    _ = onnx.tokenizer  # reading the property first changes nothing
+    assert model_fingerprint(OnnxGaussianEncoder(folder)) == fingerprint
+    assert _tokenizer_digest(onnx) == raw_digest

@@ -326,6 +326,21 @@ def _block_rows(width: int) -> int:
     return max(1, _BLOCK_ELEMENTS // max(1, width))
 
 
+def _first_pool_margin(kk: int) -> int:
+    """Extra float32 candidates in the first pool of every exact search for ``kk`` results (:func:`refine_top_k`).
+
+    A first pool of ``kk + kk // 2 + 16`` is usually provably enough. The float32 error bound is far
+    above the actual error (about 300x on embedding-like data: means near the unit sphere, variances
+    near 1, SciFact's with the default model), so the pool must reach that far below the ``kk``-th
+    score. ``max(8, kk // 4)`` did not, for a third of SciFact's queries and nearly every query on
+    unit-norm Gaussians at ``kk`` = 50 to 100, each then re-scoring a pool 8x as large in float64 (up to
+    5 times the CPU time of the whole search; the results are exact either way). Used by the flat index's
+    search, the exact search without the index (:meth:`FaissEngine._exact_top_k`) and the exact scoring of
+    an approximate search's rescue rows (:meth:`ApproxEngine._with_rescue`).
+    """
+    return kk // 2 + 16
+
+
 def _shifted_bound(first: np.ndarray, rest: np.ndarray) -> float:
     """The largest norm of ``d~`` rows after their first coordinate is shifted by its mean (as
     :func:`~kl_retrievers.gaussian.worth_centring` measures it), from each row's first coordinate and the
@@ -805,7 +820,7 @@ class FaissEngine(ABC):
             kk,
             rows=rows,
             centre=None if kept is None else kept[0],
-            margin=max(8, kk // 4),
+            margin=_first_pool_margin(kk),
             doc_sumlogvar=self.table.sumlogvar,
             tie_rank=ranks,
             doc_vectors=None if kept is None else kept[1],
@@ -1148,12 +1163,8 @@ class FlatEngine(FaissEngine):
                 qg[qi], self.table.gaussians, kk, rows=rows, doc_sumlogvar=self.table.sumlogvar, tie_rank=ranks
             )
 
-        # A first pool of kk + kk // 2 + 16 is usually provably enough. The float32 bound is far above the
-        # actual error, so the pool must reach that far below the kk-th score: on embedding-like data (means
-        # near the unit sphere, variances near 1; SciFact's with the default model) kk // 4 was not, for a
-        # third of the queries at kk = 50 to 100, each then re-scoring a pool 8x as large in float64.
         return refine_top_k(
-            len(qg), kk, n_allowed, kk // 2 + 16, candidates, rescore, fallback, kl_query_constant(qg), ranks
+            len(qg), kk, n_allowed, _first_pool_margin(kk), candidates, rescore, fallback, kl_query_constant(qg), ranks
         )
 
 
@@ -1828,10 +1839,10 @@ class ApproxEngine(FaissEngine):
             largest = _largest_norms(largest, s + np.arange(norms.size), norms)
         for reduced in blocks:
             self.index.add(reduced)
-        self._written_rows += table.n_rows - start
         self._set_top_norms(largest)
         if self.settings.index_type == "hnsw":
             self._copies.track_added(self.index, start)
+        self._written_rows += table.n_rows - start  # last: a failed add (undone by drop_entries_from) wrote none
 
     def remove_rows(self, dead: np.ndarray) -> None:
         """Re-add the (compacted) table's rows; rebuild where ``M`` is now far above every live norm.
@@ -2031,7 +2042,7 @@ class ApproxEngine(FaissEngine):
                 self.table.gaussians,
                 kk,
                 rows=rescue,
-                margin=max(8, kk // 4),
+                margin=_first_pool_margin(kk),
                 doc_sumlogvar=self.table.sumlogvar,
                 tie_rank=ranks,
                 max_block_elements=_RESCORE_BLOCK,

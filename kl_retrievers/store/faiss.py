@@ -723,6 +723,8 @@ class KLStore(GaussianStore):
                 unused += f", unless {needs[0]} is changed to {needs[1]!r} before the first add"
         if name == "nprobe":
             self._warn_nprobe_above_nlist(value)
+        # a new nlist or kind: the nprobe on hand (other than the default, as the constructor) checked against it
+        recheck = name in ("nlist", "index_type") and value != getattr(self, name) and self.nprobe != DEFAULT_NPROBE
         if name not in BUILD_SETTINGS or value == getattr(self, name):
             object.__setattr__(self, name, value)
             if unused:
@@ -741,12 +743,15 @@ class KLStore(GaussianStore):
                 self._engine.reset(self._dim)
         if unused:
             warnings.warn(unused, UserWarning, stacklevel=3)
+        if recheck:
+            self._warn_nprobe_above_nlist(self.nprobe)
 
     def _warn_nprobe_above_nlist(self, nprobe: int) -> None:
         """Warn (at the user's line) where ``nprobe`` exceeds an IVF store's ``nlist``: FAISS takes it and probes
         ``min(nprobe, nlist)`` lists, as this store does, so it is accepted, as FAISS users expect (``nprobe=nlist``
         or more means every list), but said once, where it is given: a constructor value other than the default
-        (:data:`DEFAULT_NPROBE`, which exceeds a small ``nlist``), and any assignment."""
+        (:data:`DEFAULT_NPROBE`, which exceeds a small ``nlist``), and any assignment (of ``nprobe``, or of
+        ``nlist`` or ``index_type`` under an ``nprobe`` other than the default)."""
         if self.index_type == "ivf" and nprobe > self.nlist:
             warn(
                 f"nprobe={nprobe} exceeds this store's nlist={self.nlist}: a search probes at most nlist lists, so "
@@ -1401,6 +1406,7 @@ class KLStore(GaussianStore):
 
         Raises:
             FileNotFoundError: ``path`` or its config is missing.
+            NothingSavedError: (a ``FileNotFoundError`` and a ``ValueError``) no folder, or one without its config.
             StoreFormatError: (a ``ValueError``) a folder kl_retrievers saved as another kind (a hybrid store,
                 an encoder...: the message names it), files missing, sizes / checksums / counts /
                 dimensions not matching the config, or an unreadable index.

@@ -1257,10 +1257,10 @@ class MilvusKLStore(GaussianStore):
         :meth:`_records_own_model`). A tokenizer changed in place without changing its length is seen where a
         record is written, not by that comparison.
         """
+        from kl_retrievers.encoding_cache import _hashed_tokenizer
+
         encoder = self._model
-        tokenizer = getattr(encoder, "tokenizer", None)
-        if tokenizer is None:
-            tokenizer = getattr(encoder, "_tokenizer_json", None)  # an ONNX encoder's tokenizer.json text
+        tokenizer = _hashed_tokenizer(encoder)  # an ONNX encoder's tokenizer.json text, else its tokenizer
         try:
             size = len(tokenizer) if tokenizer is not None else -1
         except Exception:  # a foreign tokenizer without a length
