@@ -6,8 +6,9 @@ from a 5,000-word vocabulary (Zipf), random Gaussians, four metadata keys per do
 best of ``--repeats`` runs of ``--queries`` searches, in milliseconds per search. With a filter, a
 callable filter also counts how often it is called: ``filter_calls_per_row`` is the calls per search
 over the number of documents (each half scanning the metadata on its own gives 2.0, one shared scan 1.0).
-Then the KL half alone (``store.kl.search``, the dense store) is timed by ``k`` (10 to 200: the hybrid asks it
-for 100 candidates), with the ratio of each fusion mode's unfiltered search to the KL half's at ``--k``.
+Then the KL half alone (``store.kl.search``, the dense store) is timed by ``k`` (10 to 200, none above
+the store's size, and ``--k``: the hybrid asks it for 100 candidates), with the ratio of each fusion mode's
+unfiltered search to the KL half's at ``--k``.
 ``--gaussians`` reads the documents' and queries' Gaussians from an ``.npz`` (arrays ``dm``, ``dv``, ``qm``,
 ``qv``: a real corpus's encodings; the texts stay synthetic), as embedding-like data can make the exact
 dense search prove its candidates differently from random Gaussians.
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         filtered += cells[1:]
         print(f"{mode:<10}{cells[0]:>12.3f}{cells[1]:>14.3f}{cells[2]:>12.3f}")
     dense: dict[int, float] = {}
-    for k in sorted({*_DENSE_KS, args.k}):
+    for k in sorted({*(k for k in _DENSE_KS if k <= n), args.k}):  # a k above the store's size times nothing more
 
         def alone(i: int, k: int = k) -> object:
             return store.kl.search(qg[i : i + 1], k=k)

@@ -609,6 +609,8 @@ def _no_variation_note(test: Mapping[str, Any]) -> str:
     Examples:
         >>> _no_variation_note({"method": "paired t-test (no variation)", "mean_diff": 0.05})
         ' (no variation: every shared query differs by +0.0500)'
+        >>> _no_variation_note({"method": "paired t-test (no variation)", "mean_diff": 3e-6})
+        ' (no variation: every shared query differs by +3e-06)'
         >>> _no_variation_note({"method": "paired t-test (no variation)", "mean_diff": 0.0})
         ' (no variation: no query differs)'
         >>> _no_variation_note({"method": "paired t-test (scipy)", "mean_diff": 0.05})
@@ -617,9 +619,12 @@ def _no_variation_note(test: Mapping[str, Any]) -> str:
     if not str(test.get("method", "")).endswith("(no variation)"):
         return ""
     diff = test.get("mean_diff") or 0.0
-    return (
-        f" (no variation: every shared query differs by {diff:+.4f})" if diff else " (no variation: no query differs)"
-    )
+    if not diff:
+        return " (no variation: no query differs)"
+    shown = f"{diff:+.4f}"
+    if not float(shown):  # a difference below 5e-5 would show as +0.0000 beside its p = 0
+        shown = f"{diff:+.4g}"
+    return f" (no variation: every shared query differs by {shown})"
 
 
 def _print_table(summary: Mapping[str, Any], metrics: Iterable[str], compare: Mapping[str, Any] | None) -> None:
@@ -1420,6 +1425,7 @@ def _files_plan_or_none(model: str | None, backend: str, options: Mapping[str, A
     from kl_retrievers._config import encoder_config, model_similarity, read_encoder_meta, saved_weights_sha256
     from kl_retrievers._io import library_version, user_path
     from kl_retrievers.encoding_cache import files_fingerprint
+    from kl_retrievers.evaluation import onnx_backend
     from kl_retrievers.hub import BUNDLED_DIR, local_reference
 
     if backend not in _COMPUTING_PACKAGES:
@@ -1484,7 +1490,7 @@ def _files_plan_or_none(model: str | None, backend: str, options: Mapping[str, A
         facts = _ModelFacts(
             label=label,
             similarity=model_similarity(types.SimpleNamespace(config=onnx_config)),
-            backend=f"onnx-{quantize or 'float32'}",
+            backend=onnx_backend(quantize),
             weights_sha256=weights_sha256 or None,
             batch_invariant=quantize is None,
             trained_on=_trained_splits(onnx_config),

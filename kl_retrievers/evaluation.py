@@ -1126,9 +1126,20 @@ def model_backend(encoder: Any, loaded_as: str | None = None) -> str | None:
     from kl_retrievers._adapters import encoder_backend
 
     backend = encoder_backend(encoder) or loaded_as
-    if backend == "onnx":  # an ONNX graph's weights are int8 or float32 (OnnxGaussianEncoder.quantize: "int8"/None)
-        return f"onnx-{getattr(encoder, 'quantize', None) or 'float32'}"
+    if backend == "onnx":
+        return onnx_backend(getattr(encoder, "quantize", None))
     return backend
+
+
+def onnx_backend(quantize: str | None) -> str:
+    """The backend of an ONNX graph whose weights are ``quantize`` (``OnnxGaussianEncoder.quantize``: ``"int8"``, or
+    ``None`` for float32), as :func:`model_backend` names it.
+
+    Examples:
+        >>> onnx_backend("int8"), onnx_backend(None)
+        ('onnx-int8', 'onnx-float32')
+    """
+    return f"onnx-{quantize or 'float32'}"
 
 
 def model_weights_sha256(encoder: Any) -> str | None:

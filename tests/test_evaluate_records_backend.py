@@ -83,7 +83,8 @@ def test_compare_warns_when_the_other_run_was_measured_differently(
     # the same run: nothing to warn about
     with caplog.at_level(logging.WARNING, logger="kl_retrievers"):
         assert main(_evaluate(model, data, "--json", "--compare", str(pq))) == 0
-    assert not [r for r in caplog.records if "measured with another" in r.getMessage()]
+    # the filter of the warnings below (which it finds): a warning here would not go unseen
+    assert not [r for r in caplog.records if "its differences are not only" in r.getMessage()], caplog.text
     record = json.loads(capsys.readouterr().out)
     assert record["compare"]["backend"] == "torch" and record["compare"]["weights_sha256"] == sha
 
@@ -100,6 +101,26 @@ def test_compare_warns_when_the_other_run_was_measured_differently(
     assert "measured on another backend: onnx there, torch in this run" in warned[0]
     assert f"names the same model ({model}) with other weights: weights_sha256 ffffffffffffffff there" in warned[1]
     assert json.loads(capsys.readouterr().out)["compare"]["tests"]  # compared all the same
+
+
+def test_an_onnx_run_compared_with_a_torch_file_warns_about_the_backend(
+    world: tuple[Path, Path, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The other direction of the warning above: a real ONNX run (not an edited file) against a torch file."""
+    model, data, _ = world
+    pq = tmp_path / "torch.json"
+    assert main(_evaluate(model, data, "--per-query", str(pq))) == 0
+    capsys.readouterr()
+    make_tiny_encoder(seed=0).export_onnx(tmp_path / "graph")  # the same weights as ``model`` (int8 by default)
+    onnx = ["--model-backend", "onnx", "--json", "--compare", str(pq)]
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers"):
+        assert main(_evaluate(tmp_path / "graph", data, *onnx)) == 0
+    warned = [r.getMessage() for r in caplog.records if "its differences are not only" in r.getMessage()]
+    assert any("measured on another backend: torch there, onnx-int8 in this run" in m for m in warned), warned
+    assert json.loads(capsys.readouterr().out)["compare"]["backend"] == "torch"
 
 
 def test_comparing_two_models_does_not_warn_about_their_weights(

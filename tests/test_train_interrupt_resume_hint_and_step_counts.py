@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO, TrainWorld, heads_cached_train_argv
-from kl_retrievers.cli import main
+from kl_retrievers.cli import _Terminated, main
+from kl_retrievers.encoder import GaussianEncoder
 from kl_retrievers.training import trainer as trainer_module
 from kl_retrievers.training.cli import add_train_command
 
@@ -88,3 +90,63 @@ def test_the_training_docs_synopsis_lists_every_train_option() -> None:
         if s.startswith("--") and s != "--help"
     }
     assert sorted(options - flags) == []
+
+
+def test_a_fresh_run_interrupted_before_its_first_save_does_not_offer_an_earlier_runs_checkpoint(
+    train_world: TrainWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "m"
+    assert main(heads_cached_train_argv(train_world, out, "--checkpoint-every", "1")) == 0
+    shutil.rmtree(out)  # m.checkpoint stays: the earlier run's, of step 3
+    capsys.readouterr()
+    _interrupt_at(monkeypatch, 0)  # a fresh run (no --resume), interrupted before it saved anything
+    assert main(heads_cached_train_argv(train_world, out, "--checkpoint-every", "1", "--seed", "7")) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        f"kl-retrievers train: error: interrupted; this run saved no checkpoint; {out}.checkpoint still holds an "
+        "earlier run's checkpoint of step 3"
+    )
+    # once this run has saved, its own checkpoint is the one named
+    shutil.rmtree(out, ignore_errors=True)
+    monkeypatch.undo()
+    _interrupt_at(monkeypatch, 1)
+    assert main(heads_cached_train_argv(train_world, out, "--checkpoint-every", "1", "--seed", "7")) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith(f"the last checkpoint, of step 1, is in {out}.checkpoint: run the same command with --resume "
+                        "to continue from it")  # fmt: skip
+
+
+def test_an_interrupt_during_the_final_save_names_the_last_checkpoint(
+    train_world: TrainWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GaussianEncoder, "save_pretrained", interrupted)
+    out = tmp_path / "m"
+    assert main(heads_cached_train_argv(train_world, out, "--checkpoint-every", "1")) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        f"kl-retrievers train: error: interrupted; the last checkpoint, of step 3, is in {out}.checkpoint: run the "
+        "same command with --resume to continue from it"
+    )
+
+
+def test_a_terminated_train_exits_143_and_names_its_last_checkpoint(
+    train_world: TrainWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    check = trainer_module._check_finite_weights
+
+    def terminated(named: object, step: int) -> None:
+        if step == 2:
+            raise _Terminated  # what the SIGTERM handler raises
+        check(named, step)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trainer_module, "_check_finite_weights", terminated)
+    out = tmp_path / "m"
+    assert main(heads_cached_train_argv(train_world, out, "--checkpoint-every", "1")) == 143
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        f"kl-retrievers train: error: terminated (SIGTERM); the last checkpoint, of step 2, is in {out}.checkpoint: "
+        "run the same command with --resume to continue from it"
+    )

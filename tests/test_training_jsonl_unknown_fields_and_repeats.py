@@ -7,7 +7,6 @@ per file now gives the count."""
 from __future__ import annotations
 
 import json
-import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -74,23 +73,49 @@ def test_documented_fields_and_aliases_are_silent(tmp_path: Path, row: dict[str,
         TrainingSet.from_rows([row])
 
 
-def test_exact_repeats_of_a_row_warn_once_with_the_count(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_exact_repeats_of_a_row_warn_once_with_the_count(tmp_path: Path) -> None:
     row = {"query": "cat", "positives": ["the cat sat"]}
     other = {"query": "tea", "positives": ["green tea"]}
     reordered = {"positives": ["the cat sat"], "query": "cat"}  # the same JSON object, its fields in another order
     data = _write(tmp_path / "dup.jsonl", [row, other, reordered, row])
-    with caplog.at_level(logging.WARNING, logger="kl_retrievers.training.data"):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
         ts = read_jsonl(data)
     assert len(ts.examples) == 4  # each copy still counts, as written
-    messages = [r.getMessage() for r in caplog.records if "repeat" in r.getMessage()]
+    messages = [str(w.message) for w in seen if "repeat" in str(w.message)]
     assert messages == [
         f"{data}: 2 rows repeat an earlier row exactly (e.g. line 3 repeats line 1); each copy counts as one more "
         "example (drop the repeats to weigh each row once)"
     ]
+    assert seen[0].filename == __file__  # a warning at the user's line, as the unknown fields' one
 
 
-def test_distinct_rows_do_not_warn_about_repeats(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_distinct_rows_do_not_warn_about_repeats(tmp_path: Path) -> None:
     rows = [{"query": "cat", "positives": ["the cat sat"]}, {"query": "cat", "positives": ["the cat"]}]
-    with caplog.at_level(logging.WARNING, logger="kl_retrievers.training.data"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         read_jsonl(_write(tmp_path / "ok.jsonl", rows))
-    assert not [r for r in caplog.records if "repeat" in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    ("field", "hint"),
+    [
+        ("query_id", ""),
+        ("pos_id", ""),
+        ("neg_ids", ""),
+        ("_id", ""),
+        ("negative_0", "; the numbered negatives start at negative_1"),
+        ("scores", "; a list [positive, negative_1, ...] as sentence-transformers' mine_hard_negatives writes? give "
+                   "it as pos_scores [positive] and neg_scores [negative_1, ...]"),
+        ("postives", "; did you mean 'positives'?"),
+    ],
+)  # fmt: skip
+def test_the_unknown_field_hint_names_no_known_field_for_metadata_columns(
+    tmp_path: Path, field: str, hint: str
+) -> None:
+    data = _write(tmp_path / "meta.jsonl", [{"query": "cat", "positives": ["the cat sat"], field: [1]}])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        read_jsonl(data)
+    [message] = [str(w.message) for w in seen]
+    assert f"{field!r} (line 1{hint})" in message

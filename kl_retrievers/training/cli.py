@@ -397,10 +397,12 @@ def _final_loss_steps(steps_done: Any) -> str:
     """What the final loss averages: the last (up to) 20 steps of the run's ``steps_done``.
 
     Examples:
-        >>> _final_loss_steps(2), _final_loss_steps(1), _final_loss_steps(500)
-        ('mean of the last 2 steps', 'loss of the last step', 'mean of the last 20 steps')
+        >>> _final_loss_steps(2), _final_loss_steps(1), _final_loss_steps(500), _final_loss_steps(0)
+        ('mean of the last 2 steps', 'loss of the last step', 'mean of the last 20 steps', 'no step recorded')
     """
     n = min(20, steps_done) if isinstance(steps_done, int) and not isinstance(steps_done, bool) else 20
+    if n < 1:
+        return "no step recorded"
     return "loss of the last step" if n == 1 else f"mean of the last {n} steps"
 
 
@@ -1021,6 +1023,7 @@ def _run_train(args: argparse.Namespace) -> int:
     show = progress_option(args)  # --progress / --no-progress (or the deprecated --quiet)
     show = progress_default(False) if show is None else show  # by default, bars on a terminal only
     ckpt: Path | None = None  # the checkpoint folder, once checked
+    earlier: tuple[int, int, int] | None = None  # its state.json before this run (_state_identity)
     try:
         for given in args.data:
             if problem := stdin_problem(given, "--data", "give a BEIR folder or a .jsonl file"):
@@ -1034,6 +1037,9 @@ def _run_train(args: argparse.Namespace) -> int:
             args.checkpoint_dir, out, [str(d) for d in args.data], overwrite=overwrite, resume=bool(args.resume)
         )
         resume = bool(args.resume)
+        # an earlier run's checkpoint that a fresh run keeps until its first save: an interrupt before that save
+        # must not offer it as this run's (_resume_hint)
+        earlier = None if resume else _state_identity(ckpt)
         found = _find_checkpoint(ckpt) if resume else None
         if resume and found is None:
             # as train_encoder(resume=True): a typo in a folder would otherwise restart from step 0 in silence
@@ -1195,7 +1201,7 @@ def _run_train(args: argparse.Namespace) -> int:
             )  # fmt: skip
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the one error line names what a --resume continues from
         if ckpt is not None:
-            exc.args = (_resume_hint(ckpt, bool(args.resume)),)
+            exc.args = (_resume_hint(ckpt, bool(args.resume), earlier),)
         raise
     except TrainingDivergedError as exc:
         print(f"kl-retrievers train: error: {exc}", file=sys.stderr)
@@ -1239,8 +1245,12 @@ def _run_train(args: argparse.Namespace) -> int:
     include_backbone = not encoder.config.backbone
     if include_backbone:
         logger.info("the encoder records no base backbone, so every weight is saved")
-    # check_train_out has already refused what --overwrite does not allow; one atomic swap
-    encoder.save_pretrained(out, include_backbone=include_backbone, extra_files=extra_files, overwrite=True)
+    try:  # check_train_out has already refused what --overwrite does not allow; one atomic swap
+        encoder.save_pretrained(out, include_backbone=include_backbone, extra_files=extra_files, overwrite=True)
+    except KeyboardInterrupt as exc:  # the run's end: its last checkpoint is named as during training
+        if ckpt is not None:
+            exc.args = (_resume_hint(ckpt, bool(args.resume), earlier),)
+        raise
     loss_text = f"{final:.4f}" if math.isfinite(final) else "n/a (no step recorded)"
     # the command's result on stdout, as encode's and index's one-line summaries
     steps = f"{result.steps_done} step{'' if result.steps_done == 1 else 's'}"
@@ -1252,9 +1262,22 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resume_hint(ckpt: Path, resumed: bool) -> str:
+def _state_identity(ckpt: Path) -> tuple[int, int, int] | None:
+    """Which ``state.json`` the checkpoint folder ``ckpt`` holds (device, inode, modification time; ``None``: none):
+    a checkpoint save writes a new one, so an unchanged identity means no save since it was taken."""
+    try:
+        info = (ckpt / "state.json").stat()
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino, info.st_mtime_ns)
+
+
+def _resume_hint(ckpt: Path, resumed: bool, earlier: tuple[int, int, int] | None = None) -> str:
     """What an interrupted ``train`` can continue from: the step of the checkpoint in ``ckpt`` and the ``--resume``
     that continues from it (or that none was saved).
+
+    ``earlier``: the :func:`_state_identity` of ``ckpt`` before a run without ``--resume``; a checkpoint still the
+    same is an earlier run's (this run saved none), which the line names without advising ``--resume``.
 
     Examples:
         >>> _resume_hint(Path("/nonexistent/m.checkpoint"), False)
@@ -1265,6 +1288,9 @@ def _resume_hint(ckpt: Path, resumed: bool) -> str:
         step = meta["step"] if isinstance(meta, dict) else None
     except (OSError, ValueError, RecursionError, MemoryError):
         step = None
+    if not resumed and earlier is not None and _state_identity(ckpt) == earlier:
+        shown = step if isinstance(step, int) and not isinstance(step, bool) else "unknown"
+        return f"this run saved no checkpoint; {ckpt} still holds an earlier run's checkpoint of step {shown}"
     if not isinstance(step, int) or isinstance(step, bool):
         return f"no checkpoint was saved in {ckpt} (--checkpoint-every N saves one every N steps)"
     again = "the same command again" if resumed else "the same command with --resume"

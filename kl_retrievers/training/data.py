@@ -333,17 +333,38 @@ def _warn_unknown_fields(source: str, unknown: Mapping[str, str]) -> None:
     random negatives in silence."""
     if not unknown:
         return
-    import difflib
-
-    described = []
-    for name, where in unknown.items():
-        close = difflib.get_close_matches(name.lower(), ROW_FIELDS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        described.append(f"{name!r} ({where.removeprefix(source + ', ')}{hint})")
+    described = [
+        f"{name!r} ({where.removeprefix(source + ', ')}{_field_hint(name)})" for name, where in unknown.items()
+    ]
     warn(
         f"{source}: unknown field{'s' if len(unknown) != 1 else ''} ignored: {some_names(described)}. Known fields: "
         f"{', '.join(ROW_FIELDS)}, negative_1, negative_2, ... (prompt and type are ignored)"
     )
+
+
+def _field_hint(name: str) -> str:
+    """The hint of :func:`_warn_unknown_fields` for the unknown field ``name`` (``""``: none): the known name it is
+    close to (a misspelling), but none for an id column (``query_id``, ``neg_ids``: metadata, not a known field
+    misspelt).
+
+    Examples:
+        >>> _field_hint("negtives"), _field_hint("query_id"), _field_hint("negative_0")
+        ("; did you mean 'negatives'?", '', '; the numbered negatives start at negative_1')
+    """
+    import difflib
+
+    lowered = name.lower()
+    if lowered == "scores":  # sentence-transformers' mine_hard_negatives(output_scores=True)
+        return (
+            "; a list [positive, negative_1, ...] as sentence-transformers' mine_hard_negatives writes? give it as "
+            "pos_scores [positive] and neg_scores [negative_1, ...]"
+        )
+    if re.fullmatch(r"negative_0+", lowered):
+        return "; the numbered negatives start at negative_1"
+    if lowered in ("id", "_id") or lowered.endswith(("_id", "_ids")):
+        return ""
+    close = difflib.get_close_matches(lowered, ROW_FIELDS, n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _row_key(row: Mapping[str, Any]) -> bytes:
@@ -411,15 +432,11 @@ def _from_labelled_rows(rows: Iterable[tuple[str, Mapping[str, Any]]], source: s
             continue
         builder.add(query, pos, neg, tpos, tneg)
     _warn_unknown_fields(source, unknown)
-    if repeats:
-        logger.warning(
-            "%s: %d %s an earlier row exactly (e.g. %s repeats %s); each copy counts as one more example "
-            "(drop the repeats to weigh each row once)",
-            source,
-            repeats,
-            "row repeats" if repeats == 1 else "rows repeat",
-            first_repeat[0].removeprefix(source + ", "),
-            first_repeat[1].removeprefix(source + ", "),
+    if repeats:  # a warning at the user's line, as the unknown fields' (_warn_unknown_fields)
+        warn(
+            f"{source}: {repeats} {'row repeats' if repeats == 1 else 'rows repeat'} an earlier row exactly (e.g. "
+            f"{first_repeat[0].removeprefix(source + ', ')} repeats {first_repeat[1].removeprefix(source + ', ')}); "
+            "each copy counts as one more example (drop the repeats to weigh each row once)"
         )
     return builder.build([source]), n_rows, skipped
 
