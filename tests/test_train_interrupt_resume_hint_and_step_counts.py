@@ -150,3 +150,17 @@ def test_a_terminated_train_exits_143_and_names_its_last_checkpoint(
         f"kl-retrievers train: error: terminated (SIGTERM); the last checkpoint, of step 2, is in {out}.checkpoint: "
         "run the same command with --resume to continue from it"
     )
+
+
+@pytest.mark.parametrize("state", ['{"epoch": 1}', '{"step": true}', "[3]", "{"])
+def test_a_checkpoint_state_without_a_step_gives_a_hint_not_an_error(tmp_path: Path, state: str) -> None:
+    """The hint is made inside the interrupt's handler: a ``state.json`` without a usable ``step`` (no key, a
+    bool, not an object, not JSON) must give the no-checkpoint line, not raise (a missing key raised KeyError)."""
+    from kl_retrievers.training.cli import _resume_hint
+
+    ckpt = tmp_path / "m.checkpoint"
+    ckpt.mkdir()
+    (ckpt / "state.json").write_text(state)
+    assert _resume_hint(ckpt, False) == (
+        f"no checkpoint was saved in {ckpt} (--checkpoint-every N saves one every N steps)"
+    )

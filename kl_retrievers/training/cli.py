@@ -1200,8 +1200,7 @@ def _run_train(args: argparse.Namespace) -> int:
                 evaluator=evaluator, eval_every=eval_every, overwrite=overwrite,
             )  # fmt: skip
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the one error line names what a --resume continues from
-        if ckpt is not None:
-            exc.args = (_resume_hint(ckpt, bool(args.resume), earlier),)
+        _name_resume_point(exc, ckpt, bool(args.resume), earlier)
         raise
     except TrainingDivergedError as exc:
         print(f"kl-retrievers train: error: {exc}", file=sys.stderr)
@@ -1248,8 +1247,7 @@ def _run_train(args: argparse.Namespace) -> int:
     try:  # check_train_out has already refused what --overwrite does not allow; one atomic swap
         encoder.save_pretrained(out, include_backbone=include_backbone, extra_files=extra_files, overwrite=True)
     except KeyboardInterrupt as exc:  # the run's end: its last checkpoint is named as during training
-        if ckpt is not None:
-            exc.args = (_resume_hint(ckpt, bool(args.resume), earlier),)
+        _name_resume_point(exc, ckpt, bool(args.resume), earlier)
         raise
     loss_text = f"{final:.4f}" if math.isfinite(final) else "n/a (no step recorded)"
     # the command's result on stdout, as encode's and index's one-line summaries
@@ -1272,6 +1270,15 @@ def _state_identity(ckpt: Path) -> tuple[int, int, int] | None:
     return (info.st_dev, info.st_ino, info.st_mtime_ns)
 
 
+def _name_resume_point(
+    exc: KeyboardInterrupt, ckpt: Path | None, resumed: bool, earlier: tuple[int, int, int] | None
+) -> None:
+    """Give an interrupt of ``train`` the :func:`_resume_hint` of its checkpoint folder ``ckpt`` as its message
+    (which ``kl_retrievers.cli`` prints on its one error line); nothing before that folder is known (``None``)."""
+    if ckpt is not None:
+        exc.args = (_resume_hint(ckpt, resumed, earlier),)
+
+
 def _resume_hint(ckpt: Path, resumed: bool, earlier: tuple[int, int, int] | None = None) -> str:
     """What an interrupted ``train`` can continue from: the step of the checkpoint in ``ckpt`` and the ``--resume``
     that continues from it (or that none was saved).
@@ -1285,13 +1292,15 @@ def _resume_hint(ckpt: Path, resumed: bool, earlier: tuple[int, int, int] | None
     """
     try:
         meta = json.loads((ckpt / "state.json").read_text())
-        step = meta["step"] if isinstance(meta, dict) else None
+        step = meta.get("step") if isinstance(meta, dict) else None
     except (OSError, ValueError, RecursionError, MemoryError):
         step = None
+    if isinstance(step, bool) or not isinstance(step, int):
+        step = None
     if not resumed and earlier is not None and _state_identity(ckpt) == earlier:
-        shown = step if isinstance(step, int) and not isinstance(step, bool) else "unknown"
+        shown = "unknown" if step is None else step
         return f"this run saved no checkpoint; {ckpt} still holds an earlier run's checkpoint of step {shown}"
-    if not isinstance(step, int) or isinstance(step, bool):
+    if step is None:
         return f"no checkpoint was saved in {ckpt} (--checkpoint-every N saves one every N steps)"
     again = "the same command again" if resumed else "the same command with --resume"
     return f"the last checkpoint, of step {step}, is in {ckpt}: run {again} to continue from it"
