@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from kl_retrievers._checks import check_bool
 from kl_retrievers._config import model_similarity
 from kl_retrievers._warn import warn
 from kl_retrievers.gaussian import Gaussians, neg_kl, neg_kl_matrix
@@ -1312,9 +1313,8 @@ def _our_encode_args(kwargs: dict[str, Any], *, role: str, method: str, dim: int
         )
     tensor = kwargs.pop("convert_to_tensor", False)
     numpy_ = kwargs.pop("convert_to_numpy", True)
-    for name, flag in (("convert_to_tensor", tensor), ("convert_to_numpy", numpy_)):
-        if not isinstance(flag, (bool, np.bool_)):
-            raise TypeError(f"{method}({name}=...) must be a bool; got {flag!r}")
+    check_bool(tensor, f"{method}: convert_to_tensor")
+    check_bool(numpy_, f"{method}: convert_to_numpy")
     if tensor or not numpy_:
         wanted = "torch"
         if out.setdefault("convert_to", wanted) != wanted:

@@ -96,9 +96,19 @@ Array = Any
 _BLOCK_ELEMENTS = 1 << 23
 
 
+def _loaded_class(module: str, name: str) -> type | None:
+    """The class ``name`` of ``module`` if that module is loaded and defines it yet, else ``None``; never imports.
+
+    A module another thread is still importing is in ``sys.modules`` already, partly initialised: its class may
+    not exist yet, and then no object of that class exists either.
+    """
+    cls = getattr(sys.modules.get(module), name, None)
+    return cls if isinstance(cls, type) else None
+
+
 def _is_torch(x: Any) -> bool:
-    module = sys.modules.get("torch")  # a tensor exists only once torch is loaded: never import it here
-    return module is not None and isinstance(x, module.Tensor)
+    cls = _loaded_class("torch", "Tensor")  # a tensor exists only once torch is loaded: never import it here
+    return cls is not None and isinstance(x, cls)
 
 
 def _position(x: Array, flat: int) -> str:
@@ -114,9 +124,13 @@ def _first_bad(x: Array, bad: Array) -> str:
     A value wider than float64 (``np.longdouble``) is shown as the caller wrote it, never cast (1e+400, not inf).
     """
     flat = int(bad.reshape(-1).nonzero()[0][0]) if _is_torch(x) else int(np.flatnonzero(bad)[0])
-    value = x.reshape(-1)[flat]
-    shown = str(value) if isinstance(value, np.floating) and value.dtype.itemsize > 8 else f"{float(value):g}"
-    return f"first at {_position(x, flat)}: {shown}"
+    return f"first at {_position(x, flat)}: {_shown(x.reshape(-1)[flat])}"
+
+
+def _shown(value: Any) -> str:
+    """One number as the messages show it (``%g``); a float wider than float64 (``np.longdouble``) as the caller
+    wrote it, never cast (1e+400, not inf; -1e-4000, not -0)."""
+    return str(value) if isinstance(value, np.floating) and value.dtype.itemsize > 8 else f"{float(value):g}"
 
 
 def _check_real(name: str, x: Array, takes: str = "Gaussians take") -> None:
@@ -138,8 +152,8 @@ def _check_real(name: str, x: Array, takes: str = "Gaussians take") -> None:
 
 
 def _is_masked(x: Any) -> bool:
-    module = sys.modules.get("numpy.ma")  # a masked array exists only once numpy.ma is loaded: never import it here
-    return module is not None and isinstance(x, module.MaskedArray)
+    cls = _loaded_class("numpy.ma", "MaskedArray")  # exists only once numpy.ma is loaded: never import it here
+    return cls is not None and isinstance(x, cls)
 
 
 def _may_hold_rows(x: list[Any] | tuple[Any, ...]) -> bool:
@@ -175,7 +189,7 @@ def _check_float64_range(arr: np.ndarray, name: str, takes: str, *, nonzero: boo
 
     ``nonzero`` (variances, which must stay > 0): a positive value too small for float64, which the cast would
     make 0 (1e-4000), is refused too, named as given; elsewhere 0 stands for it. A negative one (-1e-4000) is
-    left to the caller's check of non-positive values: its fault is its sign.
+    left to the caller's check of non-positive values (its fault is its sign), which names it as given too.
     """
     if arr.dtype.kind != "f" or arr.dtype.itemsize <= 8:
         return
@@ -284,13 +298,14 @@ class Gaussians:
             raise TypeError("mean and var must both be numpy arrays or both torch tensors")
         if not _is_torch(mean):
             mean = _real_numpy(mean, "mean")
-            var = _real_numpy(var, "var", nonzero=True)
+            var = given_var = _real_numpy(var, "var", nonzero=True)
             dtype = np.result_type(mean.dtype, var.dtype)
             if dtype not in (np.float32, np.float64):
                 dtype = np.dtype(np.float64)
             mean = mean if mean.dtype == dtype else mean.astype(dtype)
             var = var if var.dtype == dtype else var.astype(dtype)
         else:
+            given_var = None
             _check_real("mean", mean)
             _check_real("var", var)
             tdtype = torch.promote_types(mean.dtype, var.dtype)
@@ -319,11 +334,12 @@ class Gaussians:
         _check_finite("var", var)
         positive = bool((var > 0).all())
         if not positive:
-            mask = var <= 0
-            bad = int(mask.sum())
-            low = float(var.min())
+            # named as the caller wrote them: float64 makes a longdouble -1e-4000 "-0"
+            shown = var if given_var is None or given_var.dtype.itemsize <= 8 else given_var.reshape(var.shape)
+            mask = shown <= 0
             raise ValueError(
-                f"var must be > 0; found {bad} non-positive value(s) (min {low:g}; {_first_bad(var, mask)})"
+                f"var must be > 0; found {int(mask.sum())} non-positive value(s) (min {_shown(shown.min())}; "
+                f"{_first_bad(shown, mask)})"
             )
 
     def __len__(self) -> int:
@@ -1126,10 +1142,16 @@ def _check_inverted(rule: str, bad: np.ndarray, values: np.ndarray, first_coordi
 #    score is within B = g sum_b ||q~_b|| D_b of its exact value. After the pool of the c best float32
 #    candidates is re-scored, let T be its k-th best exact score and s the float32 score of the best
 #    document left out: every document left out scores at most s + B, so if s + B < T the pool holds
-#    the exact top k (up to float64 rounding of the scores themselves: ties aside). Otherwise the pool
-#    grows once, and then every allowed row is scored in float64. On ordinary data B is far below
-#    the gaps (k = 384, 100k synthetic documents: B ~ 0.1, the gap from rank 10 to rank 19 >= 1.9),
-#    so the first pool of k + margin candidates is enough and the fast path costs what it did.
+#    the exact top k (up to float64 rounding of the scores themselves: ties aside). On ordinary data B
+#    is far below the gaps (k = 384, 100k synthetic documents: B ~ 0.1, the gap from rank 10 to rank
+#    19 >= 1.9), so the first pool of k + margin candidates is enough and the fast path costs what it did.
+# 3. Wider pools. Otherwise the same bound rules rows out one by one: a row of float32 score a with
+#    a + B + shift < T cannot enter the top k. The pool grows (8x, then 8x again, a few times within a
+#    quarter of the allowed rows) until its witness is below that line, and of each wider pool only the
+#    rows above it that were not re-scored before are re-scored in float64 (a wider pool costs one more
+#    float32 search; its float64 work is the rows that can still matter). Past the last pool, or where
+#    the float32 scores' fall so far says that more rows are above the line than it could hold, every
+#    allowed row is scored in float64 (as the fixed 8x pool's queries were: no more often).
 #
 # Rows whose float32 rewrite is not finite cannot be ranked this way and are refused with a
 # ValueError naming the row (check_float32_scorable at input, score_vectors_float32 here).
@@ -1158,9 +1180,15 @@ _EXACT_ROWS = 65536
 _EXACT_CACHE_ELEMENTS = 1 << 26
 # Elements (queries x candidates x dims) gathered at once by the float64 re-scoring.
 _ROWS_BLOCK_ELEMENTS = 1 << 22
-# The pool grows once, to max(_GROW * c, k + _GROW_MIN), before falling back to float64 on every row.
+# Wider pools of refine_top_k: the first max(_GROW * c, k + _GROW_MIN) (c: the first pool, as the one wider pool
+# before them), each later one _GROW times the last, at most _GROW_ROUNDS in all; a later one only while it stays
+# within n_allowed / _GROW_SHARE rows and _GROW_ELEMENTS (its queries x rows), for the queries whose rows above the
+# line (_rows_above) it may hold. Past them, every allowed row is scored in float64.
 _GROW = 8
 _GROW_MIN = 256
+_GROW_ROUNDS = 3
+_GROW_SHARE = 4
+_GROW_ELEMENTS = 1 << 24
 
 
 def is_real_number(value: Any) -> bool:
@@ -1708,6 +1736,76 @@ def float64_top_k(
     return top_k_rows(*_streamed_top(allowed, _EXACT_ROWS // 16, k, score, nq, np.float64, ranks), k, ranks)
 
 
+def _pool_proof(
+    lab: np.ndarray, approx: np.ndarray, bound: np.ndarray, shift: np.ndarray, c: int, want: int, kth: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(proven, usable)`` per query of one float32 search of ``want`` rows whose first ``c`` are the pool.
+
+    Proven: every row left out of the pool scores below ``kth`` (the ``k``-th best exact score re-scored so
+    far): the witness (row ``c``, the best left out) is, by the bound. Usable: no dropped row (``-1``), and a
+    finite bound and float32 scores (else no wider search can prove it either). A pool of ``want == c`` rows is
+    every allowed row: proven when none was dropped.
+    """
+    # want <= n_allowed rows exist, so a -1 label among the first want is a row the float32 search
+    # dropped (FAISS returns -1 for a score that overflowed to -inf), never "no more rows"
+    complete = (lab.shape[1] >= want) & (lab[:, :want] >= 0).all(axis=1)
+    if want == c:
+        return complete, complete
+    witness = approx[:, c].astype(np.float64) if lab.shape[1] > c else np.full(lab.shape[0], -np.inf)
+    usable = complete & np.isfinite(approx[:, :want]).all(axis=1) & np.isfinite(bound)
+    with np.errstate(invalid="ignore"):
+        return usable & (witness + bound + shift < kth), usable
+
+
+def _live_rows(
+    lab: np.ndarray, approx: np.ndarray, bound: np.ndarray, shift: np.ndarray, kth: np.ndarray, seen: np.ndarray
+) -> np.ndarray:
+    """Which of the pool rows ``lab`` (float32 scores ``approx``) may still enter the top ``k``, and were not
+    re-scored before (``seen``, per query): a row whose ``approx + bound + shift`` is below ``kth`` (the
+    ``k``-th best exact score so far) scores below it, by the bound (the witness's test, row by row); one
+    whose float32 score is not finite is kept."""
+    a = approx.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        live = ~(np.isfinite(a) & (a + bound[:, None] + shift[:, None] < kth[:, None])) & (lab >= 0)
+    if seen.size:  # per query, row r as the key q * width + r + 1: one sorted search for every query at once
+        width = int(max(lab.max(initial=-1), seen.max(initial=-1))) + 2
+        offset = np.arange(lab.shape[0], dtype=np.int64)[:, None] * width
+        keys = np.sort((seen + 1 + offset).ravel())
+        q, j = np.nonzero(live)
+        probe = lab[q, j] + 1 + offset[q, 0]
+        live[q, j] = keys[np.minimum(np.searchsorted(keys, probe), keys.size - 1)] != probe
+    return live
+
+
+def _rows_above(approx: np.ndarray, c: int, lift: np.ndarray) -> np.ndarray:
+    """Per query, about how many rows have a float32 score above the line the witness ``approx[:, c]`` must pass
+    (``approx + lift < 0``, ``lift = bound + shift - kth``): the float32 scores fell from the best to the witness
+    over ``c`` rows, and fall more slowly below (they crowd together away from the top), so at least
+    ``c * (1 + (witness + lift) / (best - witness))`` (``inf`` where the pool's scores are all equal)."""
+    best, witness = approx[:, 0].astype(np.float64), approx[:, c].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return c * (1.0 + (witness + lift) / (best - witness))
+
+
+def _rescore_live(
+    qi: np.ndarray, lab: np.ndarray, live: np.ndarray, rescore: Callable[[np.ndarray, np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, scores)``: the ``live`` rows of ``lab`` per query (in pool order, packed left, ``-1`` / ``-inf``
+    after them) and their exact scores, from ``rescore`` calls that each take the queries whose counts of live
+    rows share a power of two, as wide as the largest of them (little padding is re-scored)."""
+    count = live.sum(axis=1)
+    q, j = np.nonzero(live)  # query by query, in pool order
+    rows = np.full((lab.shape[0], int(count.max(initial=0))), -1, dtype=np.int64)
+    rows[q, np.arange(q.size) - np.repeat(np.cumsum(count) - count, count)] = lab[q, j]
+    scores = np.full(rows.shape, -np.inf)
+    group = np.where(count > 0, np.ceil(np.log2(np.maximum(count, 1))), -1)
+    for g in np.unique(group[group >= 0]):
+        sel = np.flatnonzero(group == g)
+        width = int(count[sel].max())
+        scores[sel, :width] = rescore(qi[sel], rows[sel, :width])
+    return rows, scores
+
+
 def refine_top_k(
     nq: int,
     k: int,
@@ -1721,6 +1819,16 @@ def refine_top_k(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top ``k`` from float32 candidates: re-score a pool, prove it holds the top ``k``, or widen it.
 
+    The first pool (``k + margin`` rows) is re-scored whole. A query it does not prove is searched again with
+    wider pools (see the section comment: 8x, then 8x again while the pool stays within a quarter of the allowed
+    rows, three times at most), of which only the rows the bound cannot rule out (``approx + bound + shift``
+    at least the ``k``-th best exact score so far) and not re-scored before are re-scored. The first wider
+    pool re-scores them for every query it searches (their scores can raise that ``k``-th score: the proof
+    uses the new one), as the former single wider pool re-scored all of its rows; a later one only for the
+    queries its witness already proves. A query still unproven, or whose float32 scores say that a later pool
+    would most likely not be enough either (:func:`_rows_above`), is scored by ``fallback``. Where the first
+    pool is enough, this costs what it did: one search, one re-scoring of the pool.
+
     Args:
         nq: Number of queries.
         k: Results per query (``<= n_allowed``).
@@ -1731,13 +1839,13 @@ def refine_top_k(
             error of any allowed document's score. ``c <= n_allowed``, so a ``-1`` label (FAISS's for a
             score that overflowed to ``-inf``) or a bound that is not finite sends the query to ``fallback``
             at once (a wider search would hold them too).
-        rescore: ``(query numbers, rows) -> exact float64 scores`` (``-inf`` at padding).
+        rescore: ``(query numbers, rows) -> exact float64 scores`` (``-inf`` at padding, ``-1``).
         fallback: ``query numbers -> (rows, scores)``: the exact top ``k`` in float64 over every
             allowed row, shape ``(m, k)``.
         query_shift: Per query, exact score = float32-scale score + shift (the query constant).
         tie_rank: Order of tied rows, indexed by row number (default: the pool's order). The proof
             is strict (every row left out scores below the ``k``-th), so rows tied at the cut are
-            all in the pool and this order decides between them.
+            all re-scored and this order decides between them.
 
     Returns:
         ``(rows, scores)``, shape ``(nq, k)``, best first, float64 scores; ``-1`` / ``-inf`` padding.
@@ -1745,31 +1853,42 @@ def refine_top_k(
     out_r = np.full((nq, k), -1, dtype=np.int64)
     out_s = np.full((nq, k), -np.inf)
     todo = np.arange(nq)
-    hopeless: list[np.ndarray] = []  # queries a wider float32 search cannot prove either: straight to the fallback
+    if not nq:
+        return out_r, out_s
     c = min(n_allowed, k + max(0, margin))
-    for _ in range(2):
-        if not todo.size:
-            break
-        want = min(n_allowed, c + 1)  # one more than the pool: the best row left out
-        lab, approx, bound = candidates(todo, want)
-        pool = lab[:, :c]
-        r, s = top_k_rows(rescore(todo, pool), pool, k, tie_rank)
-        # want <= n_allowed rows exist, so a -1 label among the first want is a row the float32 search
-        # dropped (FAISS returns -1 for a score that overflowed to -inf), never "no more rows"
-        complete = (lab.shape[1] >= want) & (lab[:, :want] >= 0).all(axis=1)
-        if want == c:  # the pool is every allowed row
-            ok = usable = complete
-        else:
-            witness = approx[:, c].astype(np.float64) if lab.shape[1] > c else np.full(todo.size, -np.inf)
-            finite = np.isfinite(approx[:, :want]).all(axis=1) & np.isfinite(bound)
-            usable = complete & finite
-            with np.errstate(invalid="ignore"):
-                ok = usable & (witness + bound + query_shift[todo] < s[:, k - 1])
+    want = min(n_allowed, c + 1)  # one more than the pool: the best row left out
+    lab, approx, bound = candidates(todo, want)
+    seen = lab[:, :c]  # per query, the rows re-scored so far (-1: none)
+    r, s = top_k_rows(rescore(todo, seen), seen, k, tie_rank)
+    ok, usable = _pool_proof(lab, approx, bound, query_shift[todo], c, want, s[:, k - 1])
+    # a dropped row (-1), an overflowing float32 score or bound stays in every wider search: give up now
+    hopeless = [todo[~usable]]
+    for wider in range(_GROW_ROUNDS + 1):  # wider: the number of wider pools searched so far
         out_r[todo[ok]], out_s[todo[ok]] = r[ok], s[ok]
-        # a dropped row (-1), an overflowing float32 score or bound stays in every wider search: give up now
+        keep = usable & ~ok
+        todo, seen, r, s = todo[keep], seen[keep], r[keep], s[keep]
+        grown = min(n_allowed, _GROW * c if wider else max(_GROW * c, k + _GROW_MIN))
+        capped = wider and (grown > n_allowed // _GROW_SHARE or grown * todo.size > _GROW_ELEMENTS)
+        if not todo.size or wider == _GROW_ROUNDS or capped:
+            break
+        c, want = grown, min(n_allowed, grown + 1)
+        lab, approx, bound = candidates(todo, want)
+        shift, kth = query_shift[todo], s[:, k - 1]
+        ok, usable = _pool_proof(lab, approx, bound, shift, c, want, kth)
+        redo = np.flatnonzero(ok if wider else usable)
+        live = _live_rows(lab[redo, :c], approx[redo, :c], bound[redo], shift[redo], kth[redo], seen[redo])
+        new_r, new_s = _rescore_live(todo[redo], lab[redo, :c], live, rescore)
+        r[redo], s[redo] = top_k_rows(
+            np.concatenate([s[redo], new_s], axis=1), np.concatenate([r[redo], new_r], axis=1), k, tie_rank
+        )
+        more = np.full((todo.size, new_r.shape[1]), -1, dtype=np.int64)
+        more[redo] = new_r
+        seen = np.concatenate([seen, more], axis=1)
+        if not wider:  # the first wider pool's new rows may have raised the k-th score: the proof uses it
+            ok, usable = _pool_proof(lab, approx, bound, shift, c, want, s[:, k - 1])
+        if approx.shape[1] > c:  # give up now where a later pool would most likely not be enough either
+            usable &= ok | (_rows_above(approx, c, bound + shift - s[:, k - 1]) <= n_allowed // _GROW_SHARE)
         hopeless.append(todo[~usable])
-        todo = todo[usable & ~ok]
-        c = min(n_allowed, max(_GROW * c, k + _GROW_MIN))
     todo = np.sort(np.concatenate([todo, *hopeless]))
     if todo.size:
         logger.debug("%d query(ies): float32 candidates not provably enough; scoring in float64", todo.size)

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PureWindowsPath
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, get_args
 
 import numpy as np
 
@@ -131,6 +131,23 @@ _CHUNK_TEXTS = 2048
 _TOKENIZE_CHUNK = 1024
 #: Token budgets whose tokenizer an encoder keeps.
 _TOKENIZERS_KEPT = 8
+_FIXED_VOCABULARY = (
+    "the ONNX graph's vocabulary is fixed when it is exported: change the torch encoder's tokenizer (and resize its "
+    "embeddings), then export it again"
+)
+_OWN_BUDGETS = "the encoder truncates to its token budgets: pass max_length= to encode_queries / encode_documents"
+#: The ``tokenizers.Tokenizer`` methods that change it, each with what to do instead: they raise on
+#: :attr:`OnnxGaussianEncoder.tokenizer`, which the encoder does not tokenize with (:func:`_read_only_tokenizer`).
+_TOKENIZER_CHANGES = {
+    "add_tokens": _FIXED_VOCABULARY,
+    "add_special_tokens": _FIXED_VOCABULARY,
+    "train": _FIXED_VOCABULARY,
+    "train_from_iterator": _FIXED_VOCABULARY,
+    "enable_truncation": _OWN_BUDGETS,
+    "no_truncation": _OWN_BUDGETS,
+    "enable_padding": "the encoder pads each batch itself",
+    "no_padding": "the encoder pads each batch itself",
+}
 #: Names how exports are made; part of the key of :func:`kl_retrievers.load_model`'s ONNX cache, so that a
 #: change of recipe makes new exports instead of reusing old ones.
 EXPORT_RECIPE = f"format{FORMAT_VERSION}-opset{_OPSET}-eager-bertfusion-int8matmul-perchannel-int8emb"
@@ -605,6 +622,40 @@ def _onnx_cache_dir() -> Path | None:
         return user_cache_dir(_ONNX_CACHE_ENV, "onnx")
     except OSError:  # CacheFolderError: no home folder and no variable set, so there is no cache to protect
         return None
+
+
+def _read_only_tokenizer(text: str, owner: str) -> tokenizers.Tokenizer:
+    """A ``tokenizers.Tokenizer`` made from ``text`` (no padding or truncation) whose methods that change it
+    (:data:`_TOKENIZER_CHANGES`) raise ``TypeError``, naming what to do instead: ``owner`` (the encoder's class)
+    tokenizes with its own copies, which such a change would silently miss.
+
+    The class cannot be subclassed, so the methods are shadowed on the instance (a ``Tokenizer`` keeps a
+    ``__dict__``): it stays a ``tokenizers.Tokenizer``. ``copy.deepcopy``, ``copy.copy`` and pickling give a
+    plain one, which may be changed.
+    """
+    from tokenizers import Tokenizer
+
+    made = Tokenizer.from_str(text)
+    made.no_padding()
+    made.no_truncation()
+    for method, instead in _TOKENIZER_CHANGES.items():
+        setattr(made, method, _refused_change(owner, method, instead))
+    return made
+
+
+def _refused_change(owner: str, method: str, instead: str) -> Callable[..., NoReturn]:
+    """The stand-in for ``method`` on :func:`_read_only_tokenizer`'s tokenizer: raises naming the call."""
+
+    def refuse(*args: Any, **kwargs: Any) -> NoReturn:
+        shown = ", ".join([*map(repr, args), *(f"{key}={value!r}" for key, value in kwargs.items())])
+        raise TypeError(
+            f"{owner}.tokenizer is read-only: {method}({shown:.80}) would change only this copy, not what the "
+            f"encoder encodes; {instead}. A copy that can be changed: copy.deepcopy(model.tokenizer)"
+        )
+
+    refuse.__name__ = refuse.__qualname__ = method
+    refuse.__doc__ = f"Refused: {owner}.tokenizer is read-only ({instead})."
+    return refuse
 
 
 def _tokenizer_json(encoder: GaussianEncoder) -> str:
@@ -1609,8 +1660,17 @@ class OnnxGaussianEncoder(EncoderMixin):
         ``[VAR]`` where the model uses it), not a transformers tokenizer: no torch or transformers is imported.
         It has no padding or truncation set and takes ``encode(text)`` (an ``Encoding``: ``.ids``, ``.tokens``,
         ``.offsets``), ``encode_batch(texts)``, ``decode(ids)``, ``token_to_id(token)`` and
-        ``get_vocab_size()``; it is not callable as a transformers tokenizer is (``tokenizer(texts)``). It is
-        the encoder's own copy, made once: changing its settings does not change what the encoder encodes.
+        ``get_vocab_size()``; it is not callable as a transformers tokenizer is (``tokenizer(texts)``).
+
+        Unlike sentence-transformers' ``model.tokenizer``, it is not the tokenizer the encoder uses: the encoder
+        tokenizes with copies of its own (one per token budget, so threads tokenize without a lock), and its
+        ONNX graph's vocabulary is fixed. So the methods that would change it (``add_tokens``,
+        ``add_special_tokens``, ``enable_truncation``, ``no_truncation``, ``enable_padding``, ``no_padding``,
+        ``train``, ``train_from_iterator``) raise ``TypeError`` naming what to do instead (``max_length=`` of
+        the ``encode_*`` methods for truncation). Its parts (``normalizer``, ``pre_tokenizer``,
+        ``post_processor``, ``decoder``, ``model``) can still be replaced or edited in place, which the
+        ``tokenizers`` library gives no way to refuse: that changes this object only, never what the encoder
+        encodes. ``copy.deepcopy(model.tokenizer)`` gives a plain copy, which may be changed.
 
         Examples:
             >>> encoder.tokenizer.encode("a passage").tokens  # doctest: +SKIP
@@ -1618,11 +1678,7 @@ class OnnxGaussianEncoder(EncoderMixin):
         """
         found = self.__dict__.get("_user_tokenizer")
         if found is None:
-            from tokenizers import Tokenizer
-
-            made = Tokenizer.from_str(self._tokenizer_json)
-            made.no_padding()
-            made.no_truncation()
+            made = _read_only_tokenizer(self._tokenizer_json, type(self).__name__)
             found = self.__dict__.setdefault("_user_tokenizer", made)  # the same object at every read
         return found
 

@@ -1,8 +1,11 @@
 """The ONNX encoders have ``model.tokenizer``, as the torch encoder and sentence-transformers models do.
 
 It is a ``tokenizers.Tokenizer`` (the ``tokenizers`` library's: the ONNX path imports no torch or transformers),
-read-only, the same object at every read, and the encoder's own copy: changing its settings changes nothing the
-encoder encodes. What identifies the encoder's tokenizer (encoding caches, stores' records) is unchanged by it.
+read-only, the same object at every read, and not the tokenizer the encoder uses (that tokenizes with copies of
+its own, one per token budget, so threads need no lock). A sentence-transformers user expects ``model.tokenizer``
+to be the live one, so the methods that change a tokenizer (``add_tokens``, ``enable_truncation``...) raise,
+naming what to do instead, where they silently changed nothing before; ``copy.deepcopy`` gives a plain copy that
+may be changed. What identifies the encoder's tokenizer (encoding caches, stores' records) is unchanged by it.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ def test_the_onnx_encoder_tokenizes_as_the_torch_encoder(pair: dict[str, Any]) -
 
 
 def test_it_is_read_only_one_object_and_the_encoders_own_copy(pair: dict[str, Any]) -> None:
+    import copy
+
+    from tokenizers import Tokenizer, normalizers
+
     onnx = pair["onnx"]
     tok = onnx.tokenizer
     assert onnx.tokenizer is tok
@@ -50,15 +57,40 @@ def test_it_is_read_only_one_object_and_the_encoders_own_copy(pair: dict[str, An
         onnx.tokenizer = tok
     texts = ["a fairly long passage about aspirin and fever, with several words in it"]
     before = onnx.encode_documents(texts)
-    tok.enable_truncation(max_length=3)
-    tok.enable_padding(length=40)
+    vocab = tok.get_vocab_size()
+    refused = {
+        "add_tokens": ((["zebra"],), {}, "vocabulary is fixed"),
+        "add_special_tokens": ((["[ZEBRA]"],), {}, "vocabulary is fixed"),
+        "enable_truncation": ((), {"max_length": 3}, "pass max_length= to encode_queries / encode_documents"),
+        "no_truncation": ((), {}, "pass max_length="),
+        "enable_padding": ((), {"length": 40}, "pads each batch itself"),
+        "no_padding": ((), {}, "pads each batch itself"),
+        "train": (([],), {}, "vocabulary is fixed"),
+        "train_from_iterator": ((["a b"],), {}, "vocabulary is fixed"),
+    }
+    for method, (args, kwargs, instead) in refused.items():
+        with pytest.raises(TypeError, match="^OnnxGaussianEncoder.tokenizer is read-only: ") as caught:
+            getattr(tok, method)(*args, **kwargs)
+        message = str(caught.value)
+        assert f"{method}(" in message and instead in message and "copy.deepcopy(model.tokenizer)" in message
+    with pytest.raises(TypeError, match=r"read-only: enable_truncation\(max_length=3\) would change only this copy"):
+        tok.enable_truncation(max_length=3)
+    assert isinstance(tok, Tokenizer) and tok.get_vocab_size() == vocab
+    assert tok.truncation is None and tok.padding is None
+    # a plain copy may be changed, and changes nothing the encoder encodes either
+    own = copy.deepcopy(tok)
+    assert own.add_tokens(["zebra"]) == 1 and own.get_vocab_size() == vocab + 1
+    own.enable_truncation(max_length=3)
+    assert tok.get_vocab_size() == vocab and tok.truncation is None
+    # its parts cannot be guarded (the tokenizers library gives no way): replacing one changes this object only
+    original = tok.normalizer
+    tok.normalizer = normalizers.Replace("aspirin", "fever")
     try:
         after = onnx.encode_documents(texts)
-        np.testing.assert_array_equal(before.mean, after.mean)
-        np.testing.assert_array_equal(before.var, after.var)
     finally:
-        tok.no_truncation()
-        tok.no_padding()
+        tok.normalizer = original
+    np.testing.assert_array_equal(before.mean, after.mean)
+    np.testing.assert_array_equal(before.var, after.var)
 
 
 def test_copies_have_one_and_the_tokenizer_identity_is_unchanged(pair: dict[str, Any]) -> None:

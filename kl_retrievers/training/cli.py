@@ -23,11 +23,12 @@ import re
 import shlex
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, get_args
 
 from kl_retrievers._config import SIMILARITIES, Pooling, is_saved_encoder
-from kl_retrievers._io import check_replace_target, finite_json, is_within, some_names, user_path
+from kl_retrievers._io import _siblings, check_replace_target, finite_json, is_within, some_names, user_path
 from kl_retrievers.cli_common import (
     DEPRECATED_QUIET_WARNING,
     _HelpFormatter,
@@ -354,7 +355,7 @@ def model_card_text(name: str, info: dict[str, Any]) -> str:
         "",
         "## Command",
         "```",
-        str(info.get("command")),
+        *_command_lines(info),
         "```",
         "",
         f"- seed: {recipe.get('seed')}",
@@ -391,6 +392,34 @@ def model_card_text(name: str, info: dict[str, Any]) -> str:
     if info.get("results"):
         lines += ["## Results", "", str(info["results"]), ""]
     return "\n".join(lines)
+
+
+def _command_lines(info: Mapping[str, Any]) -> list[str]:
+    """The card's command block: the command, or, for a run resumed from a checkpoint (``info["commands"]``, several
+    invocations), each invocation after a comment line saying when it started and from which step.
+
+    Examples:
+        >>> first = {"command": "kl-retrievers train", "started": "2026-01-01T00:00:00+00:00", "step_at_start": 0}
+        >>> again = first | {"command": "kl-retrievers train --resume", "started": "2026-01-02T09:00:00+00:00"}
+        >>> again["step_at_start"] = 4
+        >>> for line in _command_lines({"command": again["command"], "commands": [first, again]}):
+        ...     print(line)
+        # 1. started 2026-01-01T00:00:00+00:00, at step 0
+        kl-retrievers train
+        # 2. started 2026-01-02T09:00:00+00:00, at step 4
+        kl-retrievers train --resume
+    """
+    commands = info.get("commands")
+    entries = [c for c in commands if isinstance(c, Mapping)] if isinstance(commands, list) else []
+    if len(entries) < 2:
+        return [str(info.get("command"))]
+    lines = []
+    for number, entry in enumerate(entries, 1):
+        lines += [
+            f"# {number}. started {entry.get('started')}, at step {entry.get('step_at_start')}",
+            str(entry.get("command")),
+        ]
+    return lines
 
 
 def _final_loss_steps(steps_done: Any) -> str:
@@ -961,6 +990,106 @@ def _check_resume_early(ckpt: Path, cfg: Any, ts: Any, heads_only: bool, cli_rec
     return warmup if isinstance(warmup, int) and not isinstance(warmup, bool) else None
 
 
+#: The fields of a transformers ``config.json`` that count the encoder's layers (BERT-likes, DistilBERT, GPT-2-likes,
+#: T5-likes); the first one present is read.
+_LAYER_COUNT_FIELDS = ("num_hidden_layers", "n_layers", "n_layer", "num_layers")
+
+
+def _configured_layer_count(args: argparse.Namespace) -> tuple[int, str] | None:
+    """The layer count of the backbone a run with ``args`` trains, as its configuration says, no weight loaded.
+
+    ``--init-from``: the ``backbone_config`` its ``config.json`` records (a bundled name's too); else ``--base``'s
+    ``config.json``, in the folder :func:`~kl_retrievers.hub.resolve_model_path` gives (what
+    :meth:`~kl_retrievers.GaussianEncoder.from_backbone` loads next).
+
+    Returns:
+        ``(layers, what)``, ``what`` naming the flag and value for messages; ``None`` when the configuration cannot
+        tell (no such folder or field, a file that cannot be read): the loaded backbone is checked then
+        (:func:`~kl_retrievers.training.trainer.check_freeze_layers`), and its loader reports what is wrong.
+    """
+    from kl_retrievers.hub import BUNDLED_DIR, bundled_name, resolve_model_path
+
+    init_from = args.init_from
+    named = f"--init-from {init_from}" if init_from else f"--base {args.base}"
+    try:
+        bundled = bundled_name(str(init_from)) if init_from else None
+        folder = BUNDLED_DIR / bundled if bundled is not None else resolve_model_path(init_from or args.base)
+        file = folder / "config.json"
+        config = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None  # never a FIFO's read
+    except Exception as exc:  # best effort: the loader gives its own error, with its context, later
+        logger.debug("--freeze-layers: the layer count of %s is not known before loading it (%s)", named, exc)
+        return None
+    if init_from and isinstance(config, dict):
+        config = config.get("backbone_config")
+    if not isinstance(config, dict):
+        return None
+    for field in _LAYER_COUNT_FIELDS:
+        value = config.get(field)
+        if type(value) is int and value > 0:  # a bool is not a count
+            return value, named
+    return None
+
+
+def _check_freeze_layers_early(args: argparse.Namespace) -> None:
+    """Refuse ``--freeze-layers N`` above the backbone's layer count, read from its configuration
+    (:func:`_configured_layer_count`), before the data and the backbone are loaded; the loaded backbone is checked
+    again (:func:`~kl_retrievers.training.trainer.check_freeze_layers`), also where the configuration cannot tell.
+
+    Raises:
+        ValueError: Names ``N``, the layer count, where it was read and the values allowed.
+    """
+    if not args.freeze_layers:
+        return
+    found = _configured_layer_count(args)
+    if found is None:
+        return
+    layers, named = found
+    if args.freeze_layers > layers:
+        raise ValueError(
+            f"--freeze-layers {args.freeze_layers} is more than the backbone's {layers} layers ({named}, as its "
+            f"config.json says); give 0 to {layers} (0: none frozen), or --freeze-backbone to train the heads only"
+        )
+
+
+#: The entry of the checkpoints' ``recipe.cli`` that lists the run's invocations (:func:`_invocations`): a record,
+#: not a recipe entry (a resume adds to it; the resume check does not compare it).
+_COMMANDS = "commands"
+
+
+def _invocations(found: Path | None, command: str, started: str) -> list[dict[str, Any]]:
+    """Every invocation of a run: those the checkpoint a ``--resume`` continues (``found``) records, then this one.
+
+    Each is ``{"command", "started", "step_at_start"}`` (``started``: UTC, ISO 8601; ``step_at_start``: the
+    checkpoint's step, 0 for a run from scratch). A checkpoint of a version that recorded none, or a damaged record,
+    gives this invocation only (a damaged ``state.json`` is refused by the resume check).
+
+    Examples:
+        >>> _invocations(None, "kl-retrievers train --data d", "2026-01-01T00:00:00+00:00")
+        [{'command': 'kl-retrievers train --data d', 'started': '2026-01-01T00:00:00+00:00', 'step_at_start': 0}]
+    """
+    earlier: list[dict[str, Any]] = []
+    step = 0
+    if found is not None:
+        state_file = found / "state.json"
+        try:  # a regular file only: a FIFO's read would wait for ever
+            meta = json.loads(state_file.read_text(encoding="utf-8")) if state_file.is_file() else None
+        except (OSError, ValueError, RecursionError, MemoryError):
+            meta = None
+        if isinstance(meta, dict):
+            saved = meta.get("step")
+            step = saved if type(saved) is int else 0
+            recipe = meta.get("recipe")
+            cli = recipe.get("cli") if isinstance(recipe, dict) else None
+            entries = cli.get(_COMMANDS) if isinstance(cli, dict) else None
+            if isinstance(entries, list):
+                earlier = [
+                    {key: entry.get(key) for key in ("command", "started", "step_at_start")}
+                    for entry in entries
+                    if isinstance(entry, dict) and isinstance(entry.get("command"), str)
+                ]
+    return [*earlier, {"command": command, "started": started, "step_at_start": step}]
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Run ``kl-retrievers train`` with parsed arguments; returns the exit status.
 
@@ -1019,6 +1148,7 @@ def _run_train(args: argparse.Namespace) -> int:
     )
 
     command = getattr(args, "command_line", None) or shlex.join(["kl-retrievers", *sys.argv[1:]])
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     cache_root = Path(args.cache_dir) if args.cache_dir else None  # the default only where a cache is used (below)
     show = progress_option(args)  # --progress / --no-progress (or the deprecated --quiet)
     show = progress_default(False) if show is None else show  # by default, bars on a terminal only
@@ -1075,6 +1205,8 @@ def _run_train(args: argparse.Namespace) -> int:
             message = str(exc) if resume else str(exc).replace(_RESUMES_WITHOUT_IN_BATCH, "")  # only for a resume
             raise ValueError(_with_flag_name(message)) from None
         cfg.check_trains(fast_path=heads_only)
+        # from the backbone's config.json, before any data (the loaded backbone is checked again: check_freeze_layers)
+        _check_freeze_layers_early(args)
         # before the training data and the backbone: a bad --eval-data / --eval-split fails now, not after training
         eval_dataset = _load_eval_data(args, out, ckpt)
         evaluator = (
@@ -1180,10 +1312,14 @@ def _run_train(args: argparse.Namespace) -> int:
             teacher = CrossEncoderTeacher(cache_dir=None if cache_root is None else cache_root / "teacher")
             add_teacher_scores(ts, teacher, show_progress=show)
             teacher_label = teacher.label
+        # every invocation of the run, recorded by the checkpoints beside the recipe (not compared): a resume adds
+        # itself to those its checkpoint records
+        commands = _invocations(found, command, started)
+        checkpoint_recipe = {"cli": cli_recipe | {_COMMANDS: commands}}
         if heads_only:
             result = train_heads_cached(
                 encoder, ts, cfg, checkpoint_dir=ckpt, resume=resume, query_features=qf, doc_features=df,
-                recipe={"cli": cli_recipe}, evaluator=evaluator, eval_every=eval_every,
+                recipe=checkpoint_recipe, evaluator=evaluator, eval_every=eval_every,
                 cache_dir=feature_cache,  # the --eval-data split's features (the training data's are given)
                 overwrite=overwrite,  # check_checkpoint_dir has refused what --overwrite does not allow
             )  # fmt: skip
@@ -1196,7 +1332,7 @@ def _run_train(args: argparse.Namespace) -> int:
                 seed=cfg.seed,
             )
             result = train_encoder(
-                encoder, ts, cfg, checkpoint_dir=ckpt, resume=resume, recipe={"cli": cli_recipe},
+                encoder, ts, cfg, checkpoint_dir=ckpt, resume=resume, recipe=checkpoint_recipe,
                 evaluator=evaluator, eval_every=eval_every, overwrite=overwrite,
             )  # fmt: skip
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the one error line names what a --resume continues from
@@ -1210,7 +1346,8 @@ def _run_train(args: argparse.Namespace) -> int:
         return 2
     final = result.final_loss  # over the whole run, the checkpoint's steps included; NaN when no step is known
     info: dict[str, Any] = {
-        "command": command,
+        "command": command,  # this invocation's (as before "commands"); "commands": every invocation of the run
+        "commands": commands,
         "data": [f"{x} (split {args.split})" if user_path(x).is_dir() else str(x) for x in args.data],
         "hard_negatives": args.hard_negatives,
         "teacher": teacher_label,
@@ -1260,11 +1397,39 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resume_source(ckpt: Path) -> tuple[Path, bool]:
+    """The folder whose ``state.json`` a ``--resume`` of the checkpoint folder ``ckpt`` would read, found without
+    changing anything on disk (:func:`~kl_retrievers.training.trainer._find_checkpoint` puts a previous copy back).
+
+    Returns:
+        ``(folder, swapped)``: ``ckpt`` itself (``swapped`` false), or, when it holds no ``state.json``, the previous
+        copy a checkpoint save interrupted mid-swap left beside it (``swapped`` true): where ``ckpt`` is missing, the
+        newest ``.NAME.old-*`` copy holding a ``state.json`` (what :func:`~kl_retrievers._io.recover_dir` restores),
+        else the ``NAME.old`` of earlier versions' swap.
+    """
+    if os.path.lexists(ckpt / "state.json"):
+        return ckpt, False
+    if not ckpt.exists():
+        final = Path(os.path.realpath(ckpt)) if ckpt.is_symlink() else ckpt  # copies lie beside a link's target
+        copies = []
+        for path in _siblings(final, ("old",)):
+            with contextlib.suppress(OSError):
+                if path.is_dir() and (path / "state.json").is_file():
+                    copies.append((path.stat().st_mtime_ns, path))
+        if copies:
+            return max(copies)[1], True
+    legacy = ckpt.with_name(ckpt.name + ".old")
+    if (legacy / "state.json").is_file():
+        return legacy, True
+    return ckpt, False
+
+
 def _state_identity(ckpt: Path) -> tuple[int, int, int] | None:
-    """Which ``state.json`` the checkpoint folder ``ckpt`` holds (device, inode, modification time; ``None``: none):
-    a checkpoint save writes a new one, so an unchanged identity means no save since it was taken."""
+    """Which ``state.json`` a ``--resume`` of the checkpoint folder ``ckpt`` reads (:func:`_resume_source`: device,
+    inode, modification time; ``None``: none): a checkpoint save writes a new one, so an unchanged identity means no
+    save since it was taken."""
     try:
-        info = (ckpt / "state.json").stat()
+        info = (_resume_source(ckpt)[0] / "state.json").stat()
     except OSError:
         return None
     return (info.st_dev, info.st_ino, info.st_mtime_ns)
@@ -1286,23 +1451,38 @@ def _resume_hint(ckpt: Path, resumed: bool, earlier: tuple[int, int, int] | None
     ``earlier``: the :func:`_state_identity` of ``ckpt`` before a run without ``--resume``; a checkpoint still the
     same is an earlier run's (this run saved none), which the line names without advising ``--resume``.
 
+    A checkpoint save interrupted mid-swap (where the folder swap is not atomic) leaves ``ckpt`` missing and its
+    previous copy beside it (:func:`_resume_source`), which a ``--resume`` puts back: the line says so. Nothing on disk
+    is changed here (an error path): the copy is found, not restored.
+
     Examples:
         >>> _resume_hint(Path("/nonexistent/m.checkpoint"), False)
         'no checkpoint was saved in /nonexistent/m.checkpoint (--checkpoint-every N saves one every N steps)'
     """
-    try:
-        meta = json.loads((ckpt / "state.json").read_text())
+    source, swapped = _resume_source(ckpt)
+    state_file = source / "state.json"
+    try:  # a regular file only: a FIFO's read would wait for ever
+        meta = json.loads(state_file.read_text()) if state_file.is_file() else None
         step = meta.get("step") if isinstance(meta, dict) else None
     except (OSError, ValueError, RecursionError, MemoryError):
         step = None
     if isinstance(step, bool) or not isinstance(step, int):
         step = None
+    shown = "unknown" if step is None else step
+    # a swap interrupted mid-way: the checkpoint is there, in the previous copy; --resume restores it
+    swap = f"a checkpoint save was interrupted mid-swap: {ckpt} holds no checkpoint, and its previous copy {source}"
     if not resumed and earlier is not None and _state_identity(ckpt) == earlier:
-        shown = "unknown" if step is None else step
+        if swapped:
+            return (
+                f"this run saved no checkpoint; {swap} holds an earlier run's checkpoint of step {shown}, which "
+                "--resume recovers and continues from"
+            )
         return f"this run saved no checkpoint; {ckpt} still holds an earlier run's checkpoint of step {shown}"
+    again = "the same command again" if resumed else "the same command with --resume"
+    if swapped:
+        return f"{swap} holds the checkpoint of step {shown}: run {again} to recover it and continue from it"
     if step is None:
         return f"no checkpoint was saved in {ckpt} (--checkpoint-every N saves one every N steps)"
-    again = "the same command again" if resumed else "the same command with --resume"
     return f"the last checkpoint, of step {step}, is in {ckpt}: run {again} to continue from it"
 
 

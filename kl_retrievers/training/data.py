@@ -52,6 +52,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kl_retrievers._bm25 import quiet_bm25s_logger
+from kl_retrievers._checks import check_bool
 from kl_retrievers._confidence import is_blank_query
 from kl_retrievers._encoding import progress_enabled, require_modules
 from kl_retrievers._io import parse_json_object, some_names, user_path
@@ -664,13 +665,16 @@ def _mine_mode(existing: str | None, replace: bool | None) -> str:
         >>> _mine_mode("keep", True)
         Traceback (most recent call last):
         ValueError: existing='keep' and replace=True (existing='replace') disagree; give one of them
+
+    Raises:
+        ValueError: ``existing`` is not one of :data:`MINE_MODES`, or ``replace`` names another mode.
+        TypeError: ``replace`` is not a bool or ``None`` (:func:`~kl_retrievers._checks.check_bool`).
     """
     if existing is not None and existing not in MINE_MODES:
         raise ValueError(f"existing must be one of {MINE_MODES}; got {existing!r}")
     if replace is None:
         return existing or "keep"
-    if not isinstance(replace, bool):
-        raise ValueError(f"replace must be True, False or None; got {replace!r}")
+    check_bool(replace, "replace", allow_none=True)
     named = "replace" if replace else "append"
     if existing is not None and existing != named:
         raise ValueError(f"existing={existing!r} and replace={replace} (existing={named!r}) disagree; give one of them")

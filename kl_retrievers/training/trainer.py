@@ -768,6 +768,9 @@ _LABELS = {
 }
 #: recipe entries later versions record: compared only when the checkpoint records them too
 _ADDED_LATER = ("encoder.trainable.",)
+#: entries of a checkpoint's recipe that record the run rather than shape it (the command line's invocations, which
+#: a resume adds to): never compared
+_RECORDS = ("cli.commands",)
 
 
 def _flag(key: str) -> str:
@@ -826,7 +829,8 @@ def _recipe_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> lis
     ``in_batch`` only when a side reads it (:func:`_reads_in_batch`: a checkpoint an earlier version wrote with
     ``--no-in-batch`` where it was ignored resumes without it); ``cli.mine_k`` only when a side mined (an earlier
     version's ``--mine-k`` without ``--hard-negatives`` mined nothing); entries later versions added (what trains,
-    ``encoder.trainable``) only when the checkpoint records them.
+    ``encoder.trainable``) only when the checkpoint records them; the run's records (``cli.commands``, the command
+    line's invocations) never.
 
     Examples:
         >>> _recipe_differences({"data": ["a", "a"], "cli": {"hard_negatives": "bm25"}},
@@ -856,6 +860,8 @@ def _recipe_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> lis
         ):
             continue  # nothing mined: earlier versions recorded a --mine-k given (and ignored) without mining
         if key.startswith(_ADDED_LATER) and key not in old:
+            continue
+        if key in _RECORDS:
             continue
         if old.get(key) != new.get(key):
             diff = f"{_entry_name(key)}: checkpoint {old.get(key)!r}, now {new.get(key)!r}"
