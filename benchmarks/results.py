@@ -11,7 +11,8 @@ Every figure on the page is read from, or computed from, a JSON line of a log in
 * ``runs/eval/hybrid.jsonl``: the hybrid section, written by ``benchmarks/hybrid.py`` (``benchmarks/results_more.py``).
 
 The same records also fill the marked part of ``docs/choosing-a-model.md`` (``benchmarks/results_choosing.py``),
-the marked parts of ``README.md`` and ``docs/hybrid.md`` and its last section (``benchmarks/results_readme.py``),
+the marked parts of ``README.md`` and ``docs/hybrid.md`` and its last section (``benchmarks/results_readme.py``;
+the abstention part of ``docs/hybrid.md``: ``benchmarks/results_abstention.py``),
 and the bge table of ``docs/backbones.md`` (``benchmarks/results_backbones.py``; its paired cell is this page's too).
 
 The page is never edited by hand: ``--check`` exits 1 when it (or a part) differs from what the logs render
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from results_abstention import render_abstention
 from results_backbones import PAGE as BACKBONES_PAGE
 from results_backbones import paired_cell, paired_ndcg, render_backbones
 from results_choosing import PAGE as CHOOSING_PAGE
@@ -279,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     choosing = render_choosing(args.choosing)
     readme = render_readme(args.readme, load_records(), ROOT, DEFAULT_MODEL)
     pages = [(args.page, render()), (args.choosing, choosing), (args.readme, readme)]
-    pages.append((args.hybrid_page, render_hybrid_page(args.hybrid_page, ROOT)))
+    hybrid = render_abstention(render_hybrid_page(args.hybrid_page, ROOT), args.hybrid_page, ROOT, DEFAULT_MODEL)
+    pages.append((args.hybrid_page, hybrid))
     pages.append((args.backbones_page, render_backbones(args.backbones_page, load_records(), ROOT)))
     stale = stale_per_query(ROOT, load_records(), DEFAULT_MODEL) if args.check else []
     sys.stderr.writelines(f"per-query file does not match: {line}\n" for line in stale)

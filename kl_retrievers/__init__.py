@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from kl_retrievers._config import GaussianEncoderConfig, NotAnEncoderError
-    from kl_retrievers._errors import KLRetrieversError, NothingSavedError
+    from kl_retrievers._errors import ConcurrentSaveError, KLRetrieversError, NothingSavedError
     from kl_retrievers._io import load_gaussians, save_gaussians
     from kl_retrievers.encoder import GaussianEncoder
     from kl_retrievers.gaussian import (
@@ -55,7 +55,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(("load_gaussians", "save_gaussians"), "kl_retrievers._io"),
     "GaussianEncoder": "kl_retrievers.encoder",  # without torch: kl_retrievers._torch_free.TorchFreeGaussianEncoder
     **dict.fromkeys(("GaussianEncoderConfig", "NotAnEncoderError"), "kl_retrievers._config"),  # torch-free
-    **dict.fromkeys(("KLRetrieversError", "NothingSavedError"), "kl_retrievers._errors"),
+    **dict.fromkeys(("ConcurrentSaveError", "KLRetrieversError", "NothingSavedError"), "kl_retrievers._errors"),
     **dict.fromkeys(
         (
             "SCORE_DIRECTION",
@@ -114,6 +114,7 @@ _SUBMODULES = frozenset(
 __all__ = [
     "SCORE_DIRECTION",
     "SCORE_NAME",
+    "ConcurrentSaveError",
     "DeleteReport",
     "GaussianEncoder",
     "GaussianEncoderConfig",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["KLRetrieversError", "NothingSavedError"]
+__all__ = ["ConcurrentSaveError", "KLRetrieversError", "NothingSavedError"]
 
 
 class KLRetrieversError(Exception):
@@ -38,4 +38,21 @@ class NothingSavedError(KLRetrieversError, FileNotFoundError, ValueError):
         ... except NothingSavedError as exc:
         ...     print(isinstance(exc, FileNotFoundError), isinstance(exc, ValueError))
         True True
+    """
+
+
+class ConcurrentSaveError(KLRetrieversError, OSError):
+    """A loader of a saved folder could not read one complete copy of it: saves of the same path (in other threads
+    or processes) replaced the folder during each of its reads.
+
+    A loader that finds the folder replaced while it reads it (a save swaps in its new copy as a whole) reads it
+    again, and gives up after a few reads (``kl_retrievers._io.LOAD_ATTEMPTS``, 4) with this error, chained to the
+    last read's error if it failed. Nothing is wrong with the folder: load it again once the saves pause (or
+    retry after a pause). Every loader of a saved folder may raise it (the ones :class:`NothingSavedError` names).
+    It is an :class:`OSError`, as it was before it had its own class.
+
+    Examples:
+        >>> from kl_retrievers import ConcurrentSaveError
+        >>> issubclass(ConcurrentSaveError, OSError)
+        True
     """

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kl_retrievers._checks import check_bool
-from kl_retrievers._errors import KLRetrieversError, NothingSavedError
+from kl_retrievers._errors import ConcurrentSaveError, KLRetrieversError, NothingSavedError
 from kl_retrievers._warn import warn
 
 try:
@@ -970,8 +970,8 @@ def load_unchanged(folder: str | os.PathLike[str], load: Callable[[], _T], *, at
         attempts: Reads at most (>= 1).
 
     Raises:
-        OSError: Saves replaced the folder during every one of ``attempts`` reads (chained to the
-            last read's error, if it failed).
+        ConcurrentSaveError: Saves replaced the folder during every one of ``attempts`` reads (an
+            ``OSError``, chained to the last read's error, if it failed): load again when the saves pause.
         Exception: Whatever ``load`` raised when the folder did not change.
 
     Examples:
@@ -1002,7 +1002,7 @@ def load_unchanged(folder: str | os.PathLike[str], load: Callable[[], _T], *, at
             return result
         last_error = None
         logger.info("%s was replaced by a save while loading (attempt %d); reading it again", folder, attempt)
-    raise OSError(
+    raise ConcurrentSaveError(
         f"{folder} was replaced by other saves during each of {max(1, attempts)} attempts to load it, so no "
         "attempt read one complete copy; load it again when the saves pause"
     ) from last_error

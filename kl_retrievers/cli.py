@@ -23,7 +23,7 @@ import unicodedata
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from kl_retrievers._io import check_replace_gaussians_file, parse_json_object, read_json_object, read_jsonl_objects
 from kl_retrievers._io import row_id as _row_id  # the one id rule, shared with kl_retrievers.sharded
@@ -606,7 +606,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from kl_retrievers._confidence import ConfidenceScorer
 
     scorer = ConfidenceScorer()  # the model's calibrator, as KLRetriever uses it (None, warned once, without one)
-    calibrator = _demo_calibrator(scorer, encoder)
+    calibrator = _command_calibrator(scorer, encoder, "demo")
     depth = max(args.k, ConfidenceScorer.depth_for(calibrator))
     if calibrator is not None:
         print("confidence: the calibrated probability that the top result is relevant (fitted on training data)\n")
@@ -625,24 +625,41 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo_calibrator(scorer: Any, encoder: Any) -> Any:
-    """The model's confidence calibrator for ``demo``, or ``None`` with a warning worded for the command line.
+def _command_calibrator(scorer: Any, encoder: Any, command: str, level: int = logging.WARNING) -> Any:
+    """The model's confidence calibrator for ``demo`` or ``search``, or ``None`` with a log line worded for the
+    command line (once per command and model in a process; ``search`` logs it at INFO: its results need none).
 
-    The library's own warning tells a Python caller to pass ``calibrator=``, which ``demo`` has no flag for.
+    The library's own warning tells a Python caller to pass ``calibrator=``, which the commands have no flag for.
     """
     from kl_retrievers._confidence import CALIBRATION_FILE, _first_warning
 
     model = str(getattr(encoder, "name_or_path", None) or type(encoder).__name__)
-    due = _first_warning(model)  # taken here, so the library's Python-worded warning is not logged
+    _first_warning(model)  # taken here, so the library's Python-worded warning is not logged
     calibrator = scorer.calibrator(encoder)
-    if calibrator is None and due:
-        logger.warning(
-            "the model %r ships no confidence calibration (%s in its folder): demo shows no confidence for it "
+    if calibrator is None and _first_warning(f"{command} {model}"):
+        logger.log(
+            level,
+            "the model %r ships no confidence calibration (%s in its folder): %s shows no confidence for it "
             "(only the -KL scores and the uncertainty)",
             model,
             CALIBRATION_FILE,
+            command,
         )
     return calibrator
+
+
+def _min_confidence(text: str) -> float:
+    """``--min-confidence``: a probability in [0, 1], checked as the adapters' ``min_confidence`` is."""
+    from kl_retrievers._confidence import check_min_confidence
+
+    value: Any = text  # named as given in the message when it is no number
+    with contextlib.suppress(ValueError):
+        value = float(text)
+    try:
+        checked = check_min_confidence(value, allow_none=False)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return cast(float, checked)
 
 
 # ---------------------------------------------------------------- index / search
@@ -1001,7 +1018,9 @@ def _add_search(sub: Any) -> None:
         "LlamaIndex persist folder, or the manifest file of either (whatever its name, e.g. the path given to "
         "KLVectorStore.persist): the KL store inside is searched. A "
         "KLHybridStore folder is refused (its results fuse BM25 with -KL); the message names its KL half, which "
-        "this command can search.",
+        "this command can search. Each query is shown with its uncertainty and, for a model that ships a "
+        "calibrator, its confidence (the calibrated probability that the top result is relevant, as the adapters "
+        "report it); --min-confidence abstains below a threshold.",
     )
     p.add_argument(
         "store",
@@ -1018,7 +1037,21 @@ def _add_search(sub: Any) -> None:
     p.add_argument("-k", type=positive_int, default=10, help="results per query (default 10)")
     p.add_argument("--filter", default=None, help='metadata filter as JSON, e.g. \'{"year": {"$gte": 2020}}\'')
     p.add_argument("--model", "-m", help="encoder for the queries (default: the one the store was built with)")
-    p.add_argument("--json", action="store_true", help="print one JSON object per query on stdout")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per query on stdout (with its confidence, null without a calibrator, and "
+        "whether it abstained)",
+    )
+    p.add_argument(
+        "--min-confidence",
+        type=_min_confidence,
+        default=None,
+        metavar="P",
+        help="abstain on a query whose confidence is below P, a probability in [0, 1], as the adapters' "
+        "min_confidence does: print no results for it, and why; also when fewer than 2 documents match (the "
+        "confidence reads the top two). Needs a model that ships a calibrator (default: never abstain)",
+    )
     add_model_backend_argument(
         p,
         "--backend",
@@ -1298,6 +1331,15 @@ def _run_search(args: argparse.Namespace) -> int:
         else "the store was built with it: its config.json records it",
     )
     encoder = _load_encoder(model, backend=backend, **_session_kwargs(args))
+    from kl_retrievers._confidence import ConfidenceScorer, abstention_enabled, abstention_reason, log_abstention
+
+    scorer = ConfidenceScorer()  # the model's calibrator, as KLRetriever uses it (None, warned once, without one)
+    calibrator = _command_calibrator(scorer, encoder, "search", logging.INFO)
+    if calibrator is None and abstention_enabled(args.min_confidence):  # it could never abstain
+        raise ValueError(
+            f"--min-confidence {args.min_confidence} needs a confidence calibrator, and the model {model!r} ships "
+            "none: leave --min-confidence out (the results then carry no confidence)"
+        )
     store = KLStore.load(args.store, encoder=encoder)
     if filt is not None:  # before searching: a mistyped $ne / $nin matches everything, so no short result shows it
         _warn_mistyped_filter_values(store, filt, well_formed=True)  # compiled above
@@ -1305,16 +1347,25 @@ def _run_search(args: argparse.Namespace) -> int:
         args.query, batch_size=query_batch_size(encoder, _QUERY_BATCH_SIZE), show_progress_bar=False
     )
     uncertainty = q.uncertainty()  # once for the batch, not once per printed query
-    results = store.search_batch(q, k=args.k, filter=filt)
+    depth = args.k if calibrator is None else max(args.k, scorer.depth_for(calibrator))  # the scores it reads
+    results = store.search_batch(q, k=depth, filter=filt)
     if filt is not None and any(len(hits) < min(args.k, len(store)) for hits in results):
         _warn_absent_filter_keys(store, filt)
-    for i, (query, hits) in enumerate(zip(args.query, results, strict=True)):
+    for i, (query, found) in enumerate(zip(args.query, results, strict=True)):
+        conf = scorer.confidence(encoder, [h.score for h in found], float(uncertainty[i]))  # no blank query here
+        reason = abstention_reason(conf, args.min_confidence, len(found))
+        if reason is not None:
+            log_abstention(query, conf, args.min_confidence, reason)
+        hits = [] if reason is not None else found[: args.k]
         if args.json:
             print(
                 json.dumps(
                     {
                         "query": query,
                         "uncertainty": float(uncertainty[i]),
+                        "confidence": conf,
+                        "abstained": reason is not None,
+                        "abstention_reason": reason,
                         "score": "neg_kl",
                         "results": [
                             {"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata} for h in hits
@@ -1323,7 +1374,10 @@ def _run_search(args: argparse.Namespace) -> int:
                 )
             )
             continue
-        print(f"query: '{_printable(query)}'  (uncertainty {_signed(float(uncertainty[i]))})")
+        shown = "" if conf is None else f", confidence {conf:.2f}"
+        print(f"query: '{_printable(query)}'  (uncertainty {_signed(float(uncertainty[i]))}{shown})")
+        if reason is not None:
+            print(f"  abstained (no results): {reason}")
         for rank, h in enumerate(hits, 1):
             print(f"  {rank:>3}. -KL={h.score:10.4f}  [{_printable(h.id)}] {_printable((h.text or '')[:80])}")
     return 0

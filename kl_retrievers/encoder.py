@@ -1082,10 +1082,10 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         gives the read error instead).
 
         A save of the same folder in another thread or process (:meth:`save_pretrained` swaps in a new copy) may
-        replace it while it is read: the folder is then read again (at most four times), so the files of two saves
-        are never mixed. A folder that a save killed mid-swap left missing, where the swap is not atomic (macOS,
-        some file systems), is restored from the previous copy the save left beside it (``.NAME.old-*``), with a
-        warning.
+        replace it while it is read: the folder is then read again (at most four times, then
+        :class:`~kl_retrievers.ConcurrentSaveError`), so the files of two saves are never mixed. A folder that a
+        save killed mid-swap left missing, where the swap is not atomic (macOS, some file systems), is restored
+        from the previous copy the save left beside it (``.NAME.old-*``), with a warning.
 
         Raises:
             NotAnEncoderError: The folder is not a saved Gaussian encoder (the message says what it is

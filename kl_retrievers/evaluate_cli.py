@@ -65,6 +65,11 @@ __all__ = ["HYBRID_MODES", "add_evaluate_command", "run_evaluate"]
 
 logger = logging.getLogger(__name__)
 
+#: ``--test``: the paired test(s) of ``--compare`` (the first is the default, the logged figures' test).
+COMPARE_TESTS: tuple[str, ...] = ("ttest", "wilcoxon", "both")
+#: ``--correction``: the correction of the ``--compare`` p-values across the metrics (the first is the default).
+CORRECTIONS: tuple[str, ...] = ("none", "holm")
+
 # numpy and the modules that import it (kl_retrievers.evaluation, .baselines, .encoding_cache) are imported
 # where they are used, not here: `kl-retrievers --help` builds this command's parser, and needs none of them.
 
@@ -103,7 +108,13 @@ def run_baseline(*args: Any, **kwargs: Any) -> tuple[dict[str, dict[str, float]]
     return run(*args, **kwargs)
 
 
-_EVALUATE_HELP = "Evaluate a Gaussian model (exact -KL), a BM25 + -KL hybrid or a baseline on a BEIR folder."
+_EVALUATE_HELP = "evaluate a Gaussian model (exact -KL), a BM25 + -KL hybrid or a baseline on a BEIR folder"
+#: Added to a DATASET_DIR that does not exist: how docs/getting-started.md has the reader fetch a collection.
+_FETCH_HINT = (
+    '; download a public BEIR collection into it first: python -c "from kl_retrievers.datasets import fetch_beir; '
+    'print(fetch_beir({name!r}, {parent!r}))" (offline, with a copy under $KL_RETRIEVERS_DATA/{name}, fetch_beir '
+    "uses that and prints its folder: give that folder here; see docs/getting-started.md)"
+)
 #: The end of ``evaluate --help``: what the ``--save-run`` file's scores mean, how ties are ranked, blank queries.
 _EVALUATE_EPILOG = (
     "The --save-run file holds one line per retrieved document, qid Q0 docid rank score tag, best first. Its "
@@ -185,7 +196,12 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         >>> parser.parse_args(["evaluate", "data", "--baseline", "bm25"]).baseline
         'bm25'
     """
-    p = subparsers.add_parser("evaluate", help=_EVALUATE_HELP, description=_EVALUATE_HELP, epilog=_EVALUATE_EPILOG)
+    p = subparsers.add_parser(
+        "evaluate",
+        help=_EVALUATE_HELP,
+        description=_EVALUATE_HELP[0].upper() + _EVALUATE_HELP[1:] + ".",
+        epilog=_EVALUATE_EPILOG,
+    )
     p.add_argument("dataset_dir", metavar="DATASET_DIR", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
     p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
     which = p.add_mutually_exclusive_group()
@@ -295,12 +311,28 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--compare",
         metavar="PER_QUERY_FILE",
-        help="the --per-query file of another evaluate run (not a TREC run): paired t-test against it, query by "
-        "query, over the queries both hold (refused when its meta "
+        help="the --per-query file of another evaluate run (not a TREC run): a paired test of each metric against "
+        "it (--test, --correction), query by query, over the queries both hold (refused when its meta "
         "names another dataset or split, another depth below a metric's cutoff or another --relevance-level (a "
         "JSON file from before the option: level 1), or it shares fewer than 2 "
         "queries with this run; a warning when its meta records another backend, or the same model with other "
         "weights_sha256)",
+    )
+    p.add_argument(
+        "--test",
+        default=None,
+        choices=COMPARE_TESTS,
+        help="the paired test of --compare, per metric: ttest (the default: Student's paired t-test, the logged "
+        "figures' test), wilcoxon (the Wilcoxon signed-rank test, scipy's: zero differences dropped, "
+        'zero_method="wilcox"; --json: wilcoxon_* fields) or both, side by side; two-sided',
+    )
+    p.add_argument(
+        "--correction",
+        default=None,
+        choices=CORRECTIONS,
+        help="correct the --compare p-values for testing several metrics: none (the default) or holm (Holm's "
+        "step-down correction of the family-wise error over the metrics compared, each test apart; not "
+        "Benjamini-Hochberg's false discovery rate; --json: *p_value_holm beside the uncorrected p)",
     )
     p.add_argument(
         "--compare-any",
@@ -627,6 +659,97 @@ def _no_variation_note(test: Mapping[str, Any]) -> str:
     return f" (no variation: every shared query differs by {shown})"
 
 
+def _compare_test_options(args: argparse.Namespace) -> tuple[str, str]:
+    """``(--test, --correction)``, each its default when not given (a namespace built without the parser)."""
+    test = getattr(args, "test", None)
+    correction = getattr(args, "correction", None)
+    return (COMPARE_TESTS[0] if test is None else test), (CORRECTIONS[0] if correction is None else correction)
+
+
+def _compare_test_problem(args: argparse.Namespace) -> str | None:
+    """Why ``--test`` or ``--correction`` is not a value they take (the parser refuses them too), else ``None``.
+
+    Examples:
+        >>> print(_compare_test_problem(argparse.Namespace(test="sign", correction=None)))
+        --test must be one of ttest, wilcoxon, both; got 'sign'
+        >>> _compare_test_problem(argparse.Namespace()) is None
+        True
+    """
+    for flag, value, allowed in (
+        ("--test", getattr(args, "test", None), COMPARE_TESTS),
+        ("--correction", getattr(args, "correction", None), CORRECTIONS),
+    ):
+        if value is not None and value not in allowed:
+            return f"{flag} must be one of {', '.join(allowed)}; got {value!r}"
+    return None
+
+
+def _p_values_text(res: Mapping[str, Any]) -> str:
+    """A ``--compare`` line's p-values: the t-test's as ``p = ...`` (alone) or ``t-test p = ...``, then Wilcoxon's.
+
+    Examples:
+        >>> _p_values_text({"p_value": 0.01, "method": "paired t-test (scipy)", "mean_diff": 0.1})
+        'p = 0.01'
+        >>> _p_values_text({"p_value": 0.01, "method": "paired t-test (scipy)", "mean_diff": 0.1, "p_value_holm": 0.03,
+        ...                 "wilcoxon_p_value": 0.02, "wilcoxon_method": "Wilcoxon signed-rank (scipy)",
+        ...                 "wilcoxon_p_value_holm": 0.04})
+        't-test p = 0.01 (Holm 0.03), Wilcoxon p = 0.02 (Holm 0.04)'
+    """
+    parts = []
+    for prefix, label in (("", "t-test p"), ("wilcoxon_", "Wilcoxon p")):
+        p = res.get(f"{prefix}p_value")
+        if p is None:
+            continue
+        holm = res.get(f"{prefix}p_value_holm")
+        adjusted = f" (Holm {holm:.4g})" if holm is not None else ""
+        note = _no_variation_note({"method": res.get(f"{prefix}method"), "mean_diff": res.get("mean_diff")})
+        parts.append([label, f"{p:.4g}{adjusted}{note}"])
+    if len(parts) == 1 and parts[0][0] == "t-test p":
+        parts[0][0] = "p"  # the t-test alone: the line as it always was
+    return ", ".join(f"{label} = {text}" for label, text in parts)
+
+
+def _compare_tests(
+    per_query: Mapping[str, Mapping[str, float]],
+    other: Mapping[str, Mapping[str, float]],
+    metrics: Iterable[str],
+    test: str = "ttest",
+    correction: str = "none",
+) -> dict[str, dict[str, Any]]:
+    """``--compare``'s tests, one dict per metric: the t-test's fields (:meth:`PairedTestResult.to_dict`), then
+    Wilcoxon's prefixed ``wilcoxon_``, each test's Holm-corrected p as ``p_value_holm`` / ``wilcoxon_p_value_holm``.
+
+    A metric without at least 2 shared queries is left out, with a warning; Holm's family is the metrics
+    tested, each test's apart (they are two tests of the same hypotheses, not more hypotheses).
+    """
+    from kl_retrievers.evaluation import holm_adjust, paired_test, wilcoxon_test
+
+    tests: dict[str, dict[str, Any]] = {}
+    for i, name in enumerate(metrics):
+        row: dict[str, Any] = {}
+        try:  # the unshared-queries warning once, not once per metric
+            if test in ("ttest", "both"):
+                row = paired_test(per_query, other, name, warn_unshared=i == 0).to_dict()
+            if test in ("wilcoxon", "both"):
+                wil = wilcoxon_test(per_query, other, name, warn_unshared=i == 0 and not row).to_dict()
+                common = ("metric", "n", "mean_a", "mean_b", "mean_diff")
+                row = {
+                    **{k: wil[k] for k in common},
+                    **row,
+                    **{f"wilcoxon_{k}": v for k, v in wil.items() if k not in common},
+                }
+        except ValueError as exc:
+            logger.warning("no paired test for %s: %s", name, exc)
+            continue
+        tests[name] = row
+    if correction == "holm":
+        for prefix in ("", "wilcoxon_"):
+            names = [name for name, row in tests.items() if f"{prefix}p_value" in row]
+            for name, adjusted in zip(names, holm_adjust([tests[n][f"{prefix}p_value"] for n in names]), strict=True):
+                tests[name][f"{prefix}p_value_holm"] = adjusted
+    return tests
+
+
 def _print_table(summary: Mapping[str, Any], metrics: Iterable[str], compare: Mapping[str, Any] | None) -> None:
     depth = f"  depth: {summary['depth']}" if summary.get("depth") is not None else ""
     level = summary.get("relevance_level")
@@ -650,9 +773,10 @@ def _print_table(summary: Mapping[str, Any], metrics: Iterable[str], compare: Ma
             # the means of the shared queries only: not the headline above when some are unshared
             print(
                 f"  {name:<11} {res['mean_a']:.4f} vs {res['mean_b']:.4f}  diff {res['mean_diff']:+.4f}  "
-                f"p = {res['p_value']:.4g}{_no_variation_note(res)}  "
-                f"(means over the {res['n']} shared quer{'y' if res['n'] == 1 else 'ies'})"
+                f"{_p_values_text(res)}  (means over the {res['n']} shared quer{'y' if res['n'] == 1 else 'ies'})"
             )
+        if compare.get("correction") == "holm":
+            print(f"  Holm: p corrected over the {len(compare['tests'])} metrics compared (each test apart)")
         unshared = compare.get("unshared_queries")
         if isinstance(unshared, Mapping) and any(unshared.values()):
             print(
@@ -1234,6 +1358,8 @@ def _eval_packages_needed(args: argparse.Namespace) -> list[tuple[str, str, str,
         )
         if given
     ]
+    if getattr(args, "compare", None) and _compare_test_options(args)[0] in ("wilcoxon", "both"):
+        needs.append(("scipy", "scipy", f"--test {_compare_test_options(args)[0]} (the Wilcoxon signed-rank test)", ""))
     if qpp_flags:  # only the flags given, so the message does not name options the user never passed
         flags = " and ".join(qpp_flags) if len(qpp_flags) < 3 else f"{', '.join(qpp_flags[:-1])} and {qpp_flags[-1]}"
         needs.append(("scipy", "scipy", f"the query performance prediction of {flags}", ""))
@@ -1575,7 +1701,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
         evaluate_run,
         finite_json,
         load_per_query,
-        paired_test,
         save_per_query,
         write_trec_run,
     )
@@ -1602,6 +1727,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         or _hybrid_option_problem(args)
         or baseline_problem
         or _output_problem(args)
+        or _compare_test_problem(args)
         or _session_problem(args)
         or _missing_package_problem(args)
     )
@@ -1616,7 +1742,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if args.per_query:  # nor a .tsv / .csv per-query file these
             _check_table_ids(Path(args.per_query), dataset.query_ids)
     except DatasetError as exc:  # an option it names (unknown_docs='drop') is this command's flag
-        print(f"kl-retrievers evaluate: error: {exc.describe(_cli_option)}", file=sys.stderr)
+        folder = Path(args.dataset_dir)
+        hint = "" if folder.exists() else _FETCH_HINT.format(name=folder.name, parent=folder.parent.as_posix())
+        print(f"kl-retrievers evaluate: error: {exc.describe(_cli_option)}{hint}", file=sys.stderr)
         return 2
     except ValueError as exc:
         print(f"kl-retrievers evaluate: error: {exc}", file=sys.stderr)
@@ -1650,8 +1778,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if problem:
             print(f"kl-retrievers evaluate: error: {problem}", file=sys.stderr)
             return 2
-    elif getattr(args, "compare_any", False):
-        logger.warning("--compare-any has no effect without --compare")
+    else:
+        given = [f"--{name}" for name in ("compare_any", "test", "correction") if getattr(args, name, None)]
+        if given:
+            flags = " and ".join(flag.replace("_", "-") for flag in given)
+            logger.warning("%s ha%s no effect without --compare", flags, "s" if len(given) == 1 else "ve")
     # evaluate_model's k= warning, as a flag; none when the run holds every document of the corpus
     depth_warning = _depth_warning(args.depth, DEFAULT_METRICS, "--depth", n_docs=len(dataset.corpus))
     if depth_warning:
@@ -1832,12 +1963,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     compare: dict[str, Any] | None = None
     if other is not None:
         other_pq, other_meta = other
-        tests: dict[str, Any] = {}
-        for i, name in enumerate(DEFAULT_METRICS):
-            try:  # the unshared-queries warning once, not once per metric
-                tests[name] = paired_test(result.per_query, other_pq, name, warn_unshared=i == 0).to_dict()
-            except ValueError as exc:
-                logger.warning("no paired test for %s: %s", name, exc)
+        test, correction = _compare_test_options(args)
+        tests = _compare_tests(result.per_query, other_pq, DEFAULT_METRICS, test, correction)
         shared = sum(1 for qid in result.per_query if qid in other_pq)
         compare = {
             "file": str(args.compare),
@@ -1847,6 +1974,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             # each test's means are over its shared queries (its n), not the headline means over all of them
             "shared_queries": shared,
             "unshared_queries": {"this_run": len(result.per_query) - shared, "compare_file": len(other_pq) - shared},
+            "test": test,  # --test and --correction: which tests' fields each of tests holds
+            "correction": correction,
             "tests": tests,
         }
         _warn_measured_differently(str(args.compare), other_meta, measured, result.model)

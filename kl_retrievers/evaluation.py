@@ -56,7 +56,7 @@ import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict
 
@@ -110,6 +110,9 @@ __all__ = [
     "check_relevance_level",
     "PairedTestResult",
     "paired_test",
+    "WilcoxonResult",
+    "wilcoxon_test",
+    "holm_adjust",
     "top_k",
     "retrieve_exact",
     "retrieve_vectors",
@@ -575,6 +578,34 @@ def t_two_sided_p(t: float, df: int) -> float:
 DIFF_TOLERANCE = 1e-12
 
 
+def _paired_differences(
+    per_query_a: Mapping[str, Mapping[str, float]],
+    per_query_b: Mapping[str, Mapping[str, float]],
+    metric: str,
+    warn_unshared: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(a, b, a - b)`` over the queries both systems were scored on, differences below the tolerance set to 0.
+
+    Raises:
+        ValueError: If fewer than two queries are shared, or a shared value is not finite.
+    """
+    shared = [q for q in per_query_a if q in per_query_b and metric in per_query_a[q] and metric in per_query_b[q]]
+    if len(shared) < 2:
+        raise ValueError(f"a paired test needs at least 2 shared queries with {metric!r}; got {len(shared)}")
+    only = (len(per_query_a) - len(shared), len(per_query_b) - len(shared))
+    if any(only) and warn_unshared:
+        logger.warning("paired test on %d shared queries (%d only in A, %d only in B)", len(shared), *only)
+    a = np.array([float(per_query_a[q][metric]) for q in shared], dtype=np.float64)
+    b = np.array([float(per_query_b[q][metric]) for q in shared], dtype=np.float64)
+    for values, side in ((a, "A"), (b, "B")):
+        if not np.isfinite(values).all():
+            i = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise ValueError(f"system {side}: query {shared[i]!r}, metric {metric!r} is {values[i]}; expected a number")
+    diff = a - b
+    diff[np.abs(diff) < DIFF_TOLERANCE] = 0.0  # float rounding is no difference
+    return a, b, diff
+
+
 def paired_test(
     per_query_a: Mapping[str, Mapping[str, float]],
     per_query_b: Mapping[str, Mapping[str, float]],
@@ -617,20 +648,7 @@ def paired_test(
         >>> res.t_statistic, res.p_value, res.mean_diff
         (0.0, 1.0, 0.0)
     """
-    shared = [q for q in per_query_a if q in per_query_b and metric in per_query_a[q] and metric in per_query_b[q]]
-    if len(shared) < 2:
-        raise ValueError(f"a paired test needs at least 2 shared queries with {metric!r}; got {len(shared)}")
-    only = (len(per_query_a) - len(shared), len(per_query_b) - len(shared))
-    if any(only) and warn_unshared:
-        logger.warning("paired test on %d shared queries (%d only in A, %d only in B)", len(shared), *only)
-    a = np.array([float(per_query_a[q][metric]) for q in shared], dtype=np.float64)
-    b = np.array([float(per_query_b[q][metric]) for q in shared], dtype=np.float64)
-    for values, side in ((a, "A"), (b, "B")):
-        if not np.isfinite(values).all():
-            i = int(np.flatnonzero(~np.isfinite(values))[0])
-            raise ValueError(f"system {side}: query {shared[i]!r}, metric {metric!r} is {values[i]}; expected a number")
-    diff = a - b
-    diff[np.abs(diff) < DIFF_TOLERANCE] = 0.0  # float rounding is no difference
+    a, b, diff = _paired_differences(per_query_a, per_query_b, metric, warn_unshared)
     n = len(diff)
     mean_diff = float(diff.mean())
     sd = float(diff.std(ddof=1))
@@ -655,6 +673,122 @@ def paired_test(
         if math.isnan(p):
             p = t_two_sided_p(t, n - 1)
     return PairedTestResult(metric, n, float(a.mean()), float(b.mean()), mean_diff, float(t), float(p), method)
+
+
+@dataclass(frozen=True)
+class WilcoxonResult:
+    """Outcome of a two-sided Wilcoxon signed-rank test between two systems on the same queries.
+
+    Attributes:
+        metric: The metric compared.
+        n: Number of queries both systems were scored on.
+        n_nonzero: How many of them differ (beyond :data:`DIFF_TOLERANCE`): the queries ranked. Zero
+            differences are dropped before ranking (scipy's default ``zero_method="wilcox"``).
+        mean_a: Mean of system A.
+        mean_b: Mean of system B.
+        mean_diff: ``mean_a - mean_b`` (per-query differences below :data:`DIFF_TOLERANCE` counted as 0).
+        statistic: scipy's statistic: the smaller of the sums of the ranks of the positive and of the negative
+            differences (0 when no query differs).
+        p_value: Two-sided p-value (1 when no query differs).
+        method: ``"Wilcoxon signed-rank (scipy)"``; ``"Wilcoxon signed-rank (no variation)"`` when no query
+            differs, and the statistic and p follow without a test.
+    """
+
+    metric: str
+    n: int
+    n_nonzero: int
+    mean_a: float
+    mean_b: float
+    mean_diff: float
+    statistic: float
+    p_value: float
+    method: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def wilcoxon_test(
+    per_query_a: Mapping[str, Mapping[str, float]],
+    per_query_b: Mapping[str, Mapping[str, float]],
+    metric: str = "ndcg@10",
+    *,
+    warn_unshared: bool = True,
+) -> WilcoxonResult:
+    """Two-sided Wilcoxon signed-rank test of ``metric`` over the queries both systems were scored on.
+
+    ``scipy.stats.wilcoxon`` on the per-query differences, with scipy's defaults: zero differences are
+    dropped before ranking (``zero_method="wilcox"``), tied absolute differences get their mean rank, and
+    the p-value is exact for up to 50 differences without ties or zeros, else from the normal
+    approximation (``method="auto"``). As in :func:`paired_test`, a difference below
+    :data:`DIFF_TOLERANCE` counts as 0 (float rounding), and when no query differs the result is
+    ``statistic = 0``, ``p = 1`` without a test (scipy cannot rank an empty set). The differences are
+    rounded to 12 decimals before ranking, so that equal differences reached along other float paths
+    (``0.7 - 0.5`` and ``0.9 - 0.7``) tie; the mean difference is of the values before rounding.
+
+    Args:
+        per_query_a: Query id -> {metric: value} for system A (as from :func:`evaluate_run`).
+        per_query_b: The same for system B.
+        metric: Which metric to compare.
+        warn_unshared: Log a warning when some queries are in only one of the two.
+
+    Returns:
+        The means, their difference (A - B), the statistic, the p-value and how many queries differ.
+
+    Raises:
+        ValueError: If fewer than two queries are shared, or a shared value is not finite.
+        ModuleNotFoundError: If scipy is not installed (``pip install "kl-retrievers[eval]"``).
+
+    Examples:
+        >>> a = {q: {"ndcg@10": v} for q, v in zip("abcdef", [0.5, 0.7, 0.9, 0.4, 0.6, 0.8])}
+        >>> b = {q: {"ndcg@10": v} for q, v in zip("abcdef", [0.4, 0.5, 0.9, 0.1, 0.5, 0.2])}
+        >>> res = wilcoxon_test(a, b)
+        >>> res.n, res.n_nonzero, res.statistic, round(res.p_value, 4)
+        (6, 5, 0.0, 0.0625)
+    """
+    try:
+        from scipy import stats
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(
+            'the Wilcoxon signed-rank test needs scipy: pip install "kl-retrievers[eval]"', name=exc.name
+        ) from exc
+    a, b, diff = _paired_differences(per_query_a, per_query_b, metric, warn_unshared)
+    ranked = np.round(diff, 12)  # equal differences reached along other float paths (0.7 - 0.5, 0.9 - 0.7) tie
+    nonzero = int(np.count_nonzero(ranked))
+    if nonzero == 0:
+        statistic, p, method = 0.0, 1.0, "Wilcoxon signed-rank (no variation)"
+    else:
+        res = stats.wilcoxon(ranked, zero_method="wilcox", alternative="two-sided")
+        statistic, p, method = float(res.statistic), float(res.pvalue), "Wilcoxon signed-rank (scipy)"
+    return WilcoxonResult(
+        metric, len(diff), nonzero, float(a.mean()), float(b.mean()), float(diff.mean()), statistic, p, method
+    )
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (control of the family-wise error rate).
+
+    The ``i``-th smallest of ``m`` p-values becomes ``max over j <= i of min(1, (m - j + 1) * p_(j))``
+    (``j`` from 1); the adjusted values come back in the given order. Holm (1979), as
+    ``statsmodels``' ``multipletests(method="holm")``; ``scipy.stats.false_discovery_control`` is
+    Benjamini-Hochberg (false discovery rate), another correction. A NaN p-value stays NaN and does not
+    count in ``m``.
+
+    Examples:
+        >>> holm_adjust([0.01, 0.04, 0.03])
+        [0.03, 0.06, 0.06]
+        >>> holm_adjust([0.5, float("nan")])
+        [0.5, nan]
+    """
+    ps = [float(p) for p in p_values]
+    order = sorted((i for i, p in enumerate(ps) if not math.isnan(p)), key=lambda i: ps[i])
+    out = list(ps)
+    running = 0.0
+    for j, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - j) * ps[i]))
+        out[i] = running
+    return out
 
 
 # --------------------------------------------------------------------------------------

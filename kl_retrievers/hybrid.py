@@ -12,7 +12,9 @@ A search takes the top ``candidates`` (default 100) documents of each half, scor
 candidate of the union with both retrievers (the exact ``-KL`` and the BM25 score) and fuses:
 
 * ``"rrf"``: reciprocal rank fusion, ``sum over the two lists of 1 / (rrf_k + rank)`` with
-  ``rrf_k = 60`` and ranks from 1 (a document absent from a list gets nothing from it);
+  ``rrf_k = 60`` and ranks from 1 (a document absent from a list gets nothing from it); both
+  lists rank exactly tied scores the later added (higher row) first, so duplicate documents keep
+  one order in both lists and in the fused one;
 * ``"convex"``: ``w * n(-KL) + (1 - w) * n(BM25)`` with one fixed dense weight ``w`` in
   ``[0, 1]``, ``n`` a min-max (``"minmax"``) or z-score (``"zscore"``) normalisation over the
   candidates;
@@ -89,6 +91,7 @@ from kl_retrievers.hub import sha256_file as _sha256
 from kl_retrievers.index import DeleteReport, KLStore, StoredDocument, StoreFormatError
 from kl_retrievers.runs import top_k
 from kl_retrievers.store._base import (
+    _READING_WRITES,
     EncoderLike,
     _check_texts_and_ids,
     _check_texts_container,
@@ -185,6 +188,11 @@ _BM25_FILES = ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.
 _BM25_VOCAB = "vocab.index.json"
 _BM25_PARAMS = "params.index.json"
 _EXAMPLES = 5
+#: The refusal of a write inside :meth:`KLHybridStore.consistent` (it would wait for the thread's own read lock).
+_CONSISTENT_WRITES = (
+    "this thread is inside KLHybridStore.consistent(), which holds the store's read lock, and cannot modify it "
+    "there (add, upsert and delete wait for every read to end, its own too); modify the store after the with block"
+)
 # A file in each half's folder holding the save's token (also in hybrid.json): halves of two saves disagree on it.
 _SAVE_TOKEN_FILE = "hybrid_save.json"
 _SAVE_TOKEN_KEY = "save_token"
@@ -1986,7 +1994,8 @@ class KLHybridStore(_NotCopyable):
             filter
         )  # a plain-JSON dict filter's rows are cached by the KL half's table
         qg = self._query_gaussians(texts, query_gaussians)
-        with self._lock.read():
+        # a callable filter that writes is refused as in a search, also inside consistent() (which words its own)
+        with self._lock.read(), self._lock.no_writes(_READING_WRITES):
             self._ensure_index()
             half = self._bm25
             if len(self._kl):
@@ -2036,7 +2045,7 @@ class KLHybridStore(_NotCopyable):
             ...     [h.text for h in s.to_results(c, s.fuse_candidates(c, 1), "rrf")]
             ['x y']
         """
-        with self._lock.read():
+        with self._lock.read(), self._lock.no_writes(_CONSISTENT_WRITES):
             yield self
 
     def _one_candidates(
@@ -2056,7 +2065,9 @@ class KLHybridStore(_NotCopyable):
         if mask is not None:
             allowed &= mask
         rows = np.flatnonzero(allowed)
-        rows = rows[top_k(full[None, rows], depth, np.arange(rows.size))[0][0]]  # best first, ties by row (ascending)
+        # best first, exact ties the later added (higher row) first: the dense list's order (FaissEngine.tie_rank),
+        # so that duplicate documents rank in one order in both lists and RRF does not split them
+        rows = rows[top_k(full[None, rows], depth, -rows.astype(np.int64))[0][0]]
         bm25_ids = [half.ids[r] for r in rows.tolist()]
         n_dense = len(dense_ids)
         in_dense = dict(zip(dense_ids, range(n_dense), strict=True))

@@ -1387,8 +1387,9 @@ class OnnxGaussianEncoder(EncoderMixin):
         ValueError: ``num_threads`` is not an int from 1 to :func:`max_threads`, or is given, like
             ``allow_spinning``, with ``session_options``.
         RuntimeError: ONNX Runtime could not create the session for want of threads or memory.
-        OSError: Exports replaced the folder during each of the reads (an export of the same folder meanwhile
-            makes it read again; a folder an export killed mid-swap left missing is restored first, with a warning).
+        ConcurrentSaveError: An ``OSError``: exports replaced the folder during each of the reads (an export
+            of the same folder meanwhile makes it read again; a folder an export killed mid-swap left missing is
+            restored first, with a warning).
 
     Examples:
         >>> enc = OnnxGaussianEncoder("my-encoder-onnx")  # doctest: +SKIP

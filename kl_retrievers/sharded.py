@@ -622,12 +622,14 @@ def _table_problem(meta_path: Path, meta: dict[str, Any]) -> str | None:
     return None
 
 
-def _shard_problem(out: Path, spec: ShardSpec, run: str) -> str | None:
+def _shard_problem(out: Path, spec: ShardSpec, run: str, unkeyed: list[int] | None = None) -> str | None:
     """Why shard ``spec`` in ``out`` is not complete, intact and of run ``run`` (``None`` when it is).
 
     ``shard.json`` must hold this shard's spec, the run key ``run`` (:func:`_run_key` of the
     manifest) and a SHA-256 for each of exactly :data:`_SHARD_FILES` (an empty or partial table
-    is a problem, not a skip); only those names inside the shard folder are ever read.
+    is a problem, not a skip); only those names inside the shard folder are ever read. A shard
+    without a run key (written before run keys) passes; its index is appended to ``unkeyed``, where
+    given, for the caller's one summary (:func:`_warn_unkeyed`).
     """
     folder = out / spec.name
     if not folder.exists():
@@ -649,19 +651,31 @@ def _shard_problem(out: Path, spec: ShardSpec, run: str) -> str | None:
     problem = _run_problem(meta_path, meta, run) or _table_problem(meta_path, meta)
     if problem is not None:
         return problem
-    if meta.get("run") is None:
-        logger.warning(
-            "%s carries no run key (written by a kl-retrievers from before run keys, or copied from such a folder): "
-            "kept as it is, with nothing to check that it comes from this input, model and settings",
-            meta_path,
-        )
     table = meta["sha256"]
     for name in _SHARD_FILES:
         if not (folder / name).is_file():
             return f"{folder / name} is missing"
         if _sha256(folder / name) != table[name]:
             return f"{folder / name} does not match its checksum (corrupt)"
-    return _rows_problem(folder, spec)
+    problem = _rows_problem(folder, spec)
+    if problem is None and meta.get("run") is None and unkeyed is not None:
+        unkeyed.append(spec.index)
+    return problem
+
+
+def _warn_unkeyed(folder: Path, unkeyed: int, shards: int) -> None:
+    """One warning for the ``unkeyed`` of the ``shards`` shards of ``folder`` that carry no run key (not one a shard:
+    a folder of 1,000 such shards logged 1,000 lines at every resume)."""
+    if unkeyed:
+        logger.warning(
+            "%s: %d of its %d shards carry no run key (written by a kl-retrievers from before run keys, or copied "
+            "from such a folder), so nothing checks that "
+            "they come from this manifest's input, model and settings (their checksums are still checked); "
+            "encode into a new folder to get shards that are",
+            folder,
+            unkeyed,
+            shards,
+        )
 
 
 def _rows_problem(folder: Path, spec: ShardSpec) -> str | None:
@@ -694,9 +708,10 @@ def _npy_shape(path: Path) -> tuple[int, ...]:
     return tuple(int(n) for n in shape)
 
 
-def _shard_ok(out: Path, spec: ShardSpec, run: str, *, log: bool = False) -> bool:
-    """Whether shard ``spec`` in ``out`` is complete, intact and of run ``run`` (``log``: say why one is not)."""
-    problem = _shard_problem(out, spec, run)
+def _shard_ok(out: Path, spec: ShardSpec, run: str, *, log: bool = False, unkeyed: list[int] | None = None) -> bool:
+    """Whether shard ``spec`` in ``out`` is complete, intact and of run ``run`` (``log``: say why one is not;
+    ``unkeyed``: as for :func:`_shard_problem`)."""
+    problem = _shard_problem(out, spec, run, unkeyed)
     if log and problem is not None and (out / spec.name).exists():
         logger.info("encoding %s again: %s", spec.name, problem)
     return problem is None
@@ -1288,7 +1303,8 @@ def encode_corpus(
             ``backend="ray"``, where no bar would be drawn (``False``, ...), Ray Data's own progress is off too.
         model_backend: Run ``model`` on ``"torch"`` or ``"onnx"`` (ONNX Runtime); ``None``: the
             library's default (:func:`~kl_retrievers.pretrained.load_model`). The backend used is
-            recorded in the manifest (``model_backend``); resuming with another one is refused. A folder
+            recorded in the manifest (``model_backend``); resuming with another one is refused, naming the
+            recorded one to pass (``--model-backend torch`` for a folder encoded on torch). A folder
             written before fingerprints and backends were recorded counts as torch encodings (0.1.0 had no
             ONNX backend; development builds of early December 2026 could also have written ONNX ones without
             recording it): resuming it on ONNX is refused, naming ``--model-backend torch``.
@@ -1489,6 +1505,9 @@ def encode_corpus(
                     f"gives; rerun with batch_size {was!r} (--batch-size {was}) to resume it, or use another --out "
                     "folder or delete it (nothing was overwritten)"
                 )
+            twin = _other_backend_message(target, old, manifest, differ, batch_size)
+            if twin is not None:
+                raise ValueError(twin)
             if differ:
                 raise ValueError(
                     f"{target} holds shards made with other settings ({', '.join(differ)} differ); "
@@ -1505,7 +1524,9 @@ def encode_corpus(
                 )
         _write_manifest(target, manifest)
         run = _run_key(manifest)
-        todo = [s for s in specs if not _shard_ok(target, s, run, log=True)]
+        unkeyed: list[int] = []  # reused shards written before run keys: one warning for them all
+        todo = [s for s in specs if not _shard_ok(target, s, run, log=True, unkeyed=unkeyed)]
+        _warn_unkeyed(target, len(unkeyed), len(specs))
         todo_indices = {s.index for s in todo}  # a set: a list's `in` made this quadratic (10,000 shards: seconds)
         reused = [s.index for s in specs if s.index not in todo_indices]
         if reused:
@@ -1791,6 +1812,38 @@ def _unfingerprinted_backend_message(target: Path, old: dict[str, Any], used_bac
     )
 
 
+#: The manifest keys that differ between two runs of one model on the two :data:`_TWIN_BACKENDS`: the backend, the
+#: fingerprint (it hashes the encoder's class and config, each backend's own) and the batch size (recorded only
+#: for an int8 ONNX graph, whose output depends on its batch).
+_BACKEND_KEYS = frozenset({"model_backend", "model_fingerprint", "batch_size"})
+
+
+def _other_backend_message(
+    target: Path, old: dict[str, Any], manifest: dict[str, Any], differ: list[str], batch_size: int
+) -> str | None:
+    """The refusal to resume ``target``, whose manifest ``old`` records the same model on the other backend (torch
+    or ONNX) than this run's ``manifest``: it names the recorded backend and the flag that resumes it. ``None``
+    when more than the backend and what follows from it (``differ``: the differing keys) sets the runs apart, or
+    the weights both manifests record differ (an older manifest records none: the model's name stands for them).
+    """
+    recorded, used = old.get("model_backend"), manifest.get("model_backend")
+    if "model_backend" not in differ or not set(differ) <= _BACKEND_KEYS or {recorded, used} != _TWIN_BACKENDS:
+        return None
+    recorded_weights, weights = old.get("model_weights_sha256"), manifest.get("model_weights_sha256")
+    if recorded_weights is not None and weights is not None and recorded_weights != weights:
+        return None
+    was = old.get("batch_size")
+    batch = ""
+    if was is not None and was != batch_size and manifest.get("kind") != "query":  # queries: one at a time anyway
+        batch = f" with batch_size {was!r} (--batch-size {was}), as its shards were encoded,"
+    return (
+        f"{target} holds shards of model {old.get('model')!r} encoded on the {recorded} backend, and this run's model "
+        f"runs on {used}, whose encodings differ ({', '.join(differ)} differ). Pass --model-backend {recorded} "
+        f"(model_backend={recorded!r}, or an encoder loaded with backend={recorded!r}){batch} to resume it, or use "
+        "another --out folder (nothing was overwritten)"
+    )
+
+
 def _manifest(folder: Path) -> dict[str, Any]:
     """Read and check ``manifest.json``: errors name the file and the field."""
     path = folder / _MANIFEST
@@ -1925,16 +1978,7 @@ def _checked_specs(folder: Path, manifest: dict[str, Any]) -> list[ShardSpec]:
             f"{folder}: its shards hold {rows} rows, but {manifest_path} gives {records} input records; "
             "rerun the encode command to redo it"
         )
-    if unkeyed:
-        logger.warning(
-            "%s: %d of its %d shards carry no run key (written by a kl-retrievers from before run keys, or copied "
-            "from such a folder), so nothing checks that "
-            "they come from this manifest's input, model and settings (their checksums are still checked); "
-            "encode into a new folder to get shards that are",
-            folder,
-            unkeyed,
-            len(specs),
-        )
+    _warn_unkeyed(folder, unkeyed, len(specs))
     return specs
 
 

@@ -78,8 +78,9 @@ between Python bytecodes: during a long call into native code (a faiss search, a
 the exit waits until that call returns. A SIGTERM that the parent process set to be ignored (`trap '' TERM`
 in a shell, some supervisors) stays ignored.
 
-**Text output.** `search` and `demo` print one line per query (`query: '...'  (uncertainty ...)`) and one
-line per hit (rank, `-KL=` score, `[id]` and the first 80 characters of the text). Control characters in
+**Text output.** `search` and `demo` print one line per query (`query: '...'  (uncertainty ...)`, with
+`, confidence P` when the model ships a calibrator), `  abstained (no results): REASON` for a query that
+`--min-confidence` abstains on, and one line per hit (rank, `-KL=` score, `[id]` and the first 80 characters of the text). Control characters in
 queries, ids and texts (newlines, tabs, escape sequences, line and paragraph separators), lone surrogates and the
 bidirectional controls (U+202A-202E, U+2066-2069, U+200E, U+200F, U+061C) are shown escaped as Python writes
 them (`\\n`, `\\t`, `\\x1b`, `\\u202e`), and a backslash is doubled (`\\\\`), so every hit stays on its
@@ -92,11 +93,15 @@ reading; parse `--json`.
 queries (read it line by line; two queries are two objects, not one JSON document):
 
 ```text
-{"query": "bread", "uncertainty": -0.0002, "score": "neg_kl", "results": [{"id": "d1", "score": -12.3, "text": "...", "metadata": {}}]}
+{"query": "bread", "uncertainty": -0.0002, "confidence": 0.71, "abstained": false, "abstention_reason": null, "score": "neg_kl", "results": [{"id": "d1", "score": -12.3, "text": "...", "metadata": {}}]}
 ```
 
 - `query`: the query as given;
 - `uncertainty`: the query Gaussian's mean log-variance (a float, higher is more uncertain);
+- `confidence`: the calibrated probability that the top result is relevant (a float in [0, 1]), `null` when
+  the model ships no calibrator or fewer than 2 documents match;
+- `abstained`: whether `--min-confidence` abstained on the query (then `results` is `[]`), and
+  `abstention_reason`: why (a string), `null` when it did not;
 - `score`: the name of the score in `results` (always `"neg_kl"`: -KL(query || document), higher is better);
 - `results`: the hits, best first, at most `-k`: `id` (a string), `score` (a float), `text` (a string, or
   `null` when the store keeps none) and `metadata` (an object, `{}` when none).

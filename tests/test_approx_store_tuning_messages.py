@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -84,12 +85,16 @@ def test_pq_codebooks_warn_too_and_an_index_training_nothing_does_not(caplog: py
         assert not _stale(_grow(store, batch, 2 * STALE_GROWTH, "b")), kind
 
 
-def test_a_loaded_store_counts_from_its_size_at_load(tmp_path: Path) -> None:
+def test_a_store_saved_before_index_growth_counts_from_its_size_at_load(tmp_path: Path) -> None:
     batch = _gaussians(32)
     store = KLStore(index_type="ivf", nlist=4)
     store.add(gaussians=batch, ids=[f"a{i}" for i in range(32)])
     _grow(store, batch, 2, "b")  # 96 documents, built over 32
     store.save(tmp_path / "s")
+    cfg = tmp_path / "s" / "config.json"  # as saved before the counts were (tests/test_ann_stale_counts_saved.py)
+    config = json.loads(cfg.read_text())
+    del config["index_growth"]
+    cfg.write_text(json.dumps(config))
     loaded = KLStore.load(tmp_path / "s")
     assert not _stale(_grow(loaded, batch, 9, "c"))  # 384 = 4 x 96
     (stale,) = _stale(_grow(loaded, batch, 1, "d"))

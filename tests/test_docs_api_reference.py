@@ -108,7 +108,17 @@ EXEMPT_MODULES = {
     "kl_retrievers.cli_common": "argument helpers shared by the command line's subcommands",
     "kl_retrievers.evaluate_cli": "the evaluate subcommand (docs/cli.md)",
     "kl_retrievers.onnx_cli": "the kl-retrievers-onnx command (docs/onnx.md)",
+    "kl_retrievers.training.cli": "the train subcommand (docs/cli.md, docs/training.md)",
 }
+#: Public submodules of the public packages (not in ``kl_retrievers._SUBMODULES``) whose own ``__all__`` is checked too.
+SUBPACKAGE_MODULES = [
+    "kl_retrievers.backbones.bge",
+    "kl_retrievers.training.cli",
+    "kl_retrievers.training.features",
+    "kl_retrievers.training.losses",
+    "kl_retrievers.training.teacher",
+    "kl_retrievers.training.trainer",
+]
 
 
 def _public_modules() -> list[Any]:
@@ -117,7 +127,7 @@ def _public_modules() -> list[Any]:
     import kl_retrievers
 
     names = ["kl_retrievers", *(f"kl_retrievers.{name}" for name in sorted(kl_retrievers._SUBMODULES))]
-    names += ["kl_retrievers.store.faiss", "kl_retrievers.store.milvus"]
+    names += ["kl_retrievers.store.faiss", "kl_retrievers.store.milvus", *SUBPACKAGE_MODULES]
     params: list[Any] = []
     for module in names:
         if module in EXEMPT_MODULES:

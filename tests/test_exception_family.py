@@ -33,6 +33,7 @@ PUBLIC = {
     "kl_retrievers.pretrained.OnnxExportOnTorchError": (ValueError,),
     "kl_retrievers.store.milvus.MilvusConnectionError": (ConnectionError, OSError),
     "kl_retrievers._errors.NothingSavedError": (FileNotFoundError, OSError, ValueError),
+    "kl_retrievers._errors.ConcurrentSaveError": (OSError,),
 }
 #: Private classes that public functions let through (the cache folder of ``user_cache_dir``, the refusals of
 #: ``encode_corpus``, the loaders' :class:`NothingSavedError` for an empty folder): catchable as the family too.

@@ -625,7 +625,7 @@ def test_looked_up_adaptive_parameters_are_looked_up_again_at_load_given_ones_ar
 
 
 def test_bm25_candidates_break_ties_at_the_cut_by_row() -> None:
-    """Rows tied at the candidate cut: the earlier row gets in (not whichever argpartition picks)."""
+    """Rows tied at the candidate cut: the later row gets in (as in the dense list), not what argpartition picks."""
     g = Gaussians(np.zeros((6, 2)), np.ones((6, 2)))
     q = Gaussians(np.zeros((1, 2)), np.ones((1, 2)))
     for order in ([0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0]):
@@ -634,8 +634,8 @@ def test_bm25_candidates_break_ties_at_the_cut_by_row() -> None:
         store.add([texts[i] for i in order], gaussians=g, ids=[f"d{i}" for i in order])
         cand = store.candidates(["apple"], query_gaussians=q)[0]
         bm25 = sorted((int(r), i) for i, r in zip(cand.ids, cand.bm25_rank, strict=True) if r)
-        first_pie = "d0" if order[0] == 0 else "d4"  # the earliest stored "apple pie" row
-        assert [i for _, i in bm25] == (["d2", "d3", first_pie] if order[0] == 0 else ["d3", "d2", first_pie])
+        last_pie = "d4" if order[0] == 0 else "d0"  # the latest stored "apple pie" row
+        assert [i for _, i in bm25] == (["d3", "d2", last_pie] if order[0] == 0 else ["d2", "d3", last_pie])
 
 
 def test_search_run_refuses_repeated_and_string_query_ids() -> None:

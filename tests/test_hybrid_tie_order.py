@@ -2,8 +2,9 @@
 
 KLStore ranks exactly tied ``-KL`` scores the later added first (``FaissEngine.tie_rank``); the hybrid's
 fused order breaks a tie on both the fused score and ``-KL`` the same way, whichever list (dense or BM25)
-brought the tied documents in. Before, such ties kept the candidates' order, and the BM25 list orders its
-ties the earlier added first: two duplicate documents that only BM25 found came back earlier first.
+brought the tied documents in. Before, such ties kept the candidates' order, and the BM25 list ordered its
+ties the earlier added first: two duplicate documents that only BM25 found came back earlier first (the BM25
+list now ranks its ties the later added first too: tests/test_hybrid_list_tie_order.py).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def test_duplicates_only_bm25_found_rank_the_later_added_first(normalization: st
     store = _store(fusion="convex", weight=0.2, normalization=normalization, candidates=2)
     hits = store.search("kiwi", k=2, query_gaussians=_g(0.0))
     cands = store.candidates(["kiwi"], query_gaussians=_g(0.0), depth=2)[0]
-    assert cands.ids == ["z1", "z2", "x", "y"]  # X before Y among the candidates (the BM25 list's order)
+    assert cands.ids == ["z1", "z2", "y", "x"]  # the BM25 list's order: ties the later added first, as the dense list
     assert {h.id for h in hits} == {"x", "y"}
     assert hits[0].score == hits[1].score and hits[0].neg_kl == hits[1].neg_kl and hits[0].bm25 == hits[1].bm25
     assert [h.id for h in hits] == ["y", "x"]

@@ -14,6 +14,7 @@ import kl_retrievers
 EXPECTED = {
     "SCORE_DIRECTION",
     "SCORE_NAME",
+    "ConcurrentSaveError",
     "DeleteReport",
     "GaussianEncoder",
     "GaussianEncoderConfig",

@@ -191,6 +191,13 @@ class DeleteReport:
     __hash__: ClassVar[None] = None  # type: ignore[assignment]  # frozen, but equal by lists: unhashable
 
 
+#: The refusal of a write by a thread that reads the store (:meth:`_RWLock.no_writes` words others).
+_READING_WRITES = (
+    "this thread is reading the store (e.g. inside a callable filter during a search) and cannot modify it there; "
+    "modify the store after the search returns"
+)
+
+
 class _RWLock:
     """A phase-fair readers-writer lock, re-entrant per thread.
 
@@ -287,11 +294,7 @@ class _RWLock:
     def _acquire_write(self, me: int) -> None:
         """Wait for the write lock (not held by this thread in any way)."""
         if self._held_reads() or self._writer == me:
-            raise RuntimeError(
-                getattr(self._local, "refusal", None)
-                or "this thread is reading the store (e.g. inside a callable filter during a search) and cannot "
-                "modify it there; modify the store after the search returns"
-            )
+            raise RuntimeError(getattr(self._local, "refusal", None) or _READING_WRITES)
         with self._cond:
             self._waiting_writers += 1
             try:
@@ -358,7 +361,8 @@ class _RWLock:
         """Refuse a write by this thread (``RuntimeError``), e.g. from a callable filter, nested or under a read.
 
         Args:
-            refusal: The error's message (default: worded for a search's filter).
+            refusal: The error's message (default: the one of an enclosing ``no_writes`` of this thread, else
+                ``_READING_WRITES``, worded for a search's filter).
         """
         frozen = getattr(self._local, "frozen", False)
         before = getattr(self._local, "refusal", None)

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -99,6 +99,10 @@ _RECENTRE_SAMPLE = 2048
 #: Most values (rows x ``2k + 1``) of the float32 ``d~`` an engine keeps for its exact path
 #: (:meth:`FaissEngine._kept_vectors`): 128 MB; a larger table is rewritten block by block at each exact search.
 _KEPT_VECTORS_MAX = 1 << 25
+#: Kept ``d~`` are extended by appended rows around their centre (:meth:`FaissEngine.rows_appended`) while the
+#: largest block norms of every kept row stay within this factor of those at the build (the float32 error bound of
+#: an exact search grows with them); past it they are built again, around the mean of every row.
+_KEPT_NORM_GROWTH = 4.0
 #: At most this many documents far out from the others are scored exactly with every query (:func:`_far_out`).
 _FAR_ROWS = 64
 #: A document is far out where the norm of its centred, shifted ``d~`` exceeds this many times the
@@ -108,6 +112,21 @@ _NO_ROWS = np.zeros(0, dtype=np.int64)
 #: ``(rows, norms)``: the ``_FAR_ROWS + 1`` largest norms of an index's rows (:func:`_largest_norms`).
 _TopNorms = tuple[np.ndarray, np.ndarray]
 _NO_TOP: _TopNorms = (_NO_ROWS, np.zeros(0))
+
+
+class _Kept(NamedTuple):
+    """The float32 ``d~`` an engine keeps for its exact path (:meth:`FaissEngine._kept_vectors`).
+
+    ``vectors`` and ``norms`` are the first rows of ``room`` (buffers grown by doubling as rows are appended,
+    :meth:`FaissEngine.rows_appended`), so an append copies the kept rows only when the buffers fill up.
+    """
+
+    version: int  # the table version they are exact for
+    centre: np.ndarray  # the vector every mean was centred on
+    vectors: np.ndarray  # float32 d~ of every row, (n_rows, width)
+    norms: np.ndarray  # rewrite_block_norms of each, (n_rows, 3)
+    room: tuple[np.ndarray, np.ndarray]  # the buffers vectors and norms are the first rows of
+    built_top: np.ndarray  # the largest block norms at the build around centre (see _KEPT_NORM_GROWTH)
 
 
 def _faiss() -> Any:
@@ -529,7 +548,7 @@ class FaissEngine(ABC):
         #: Full rebuilds caused by a document norm above ``M`` (approximate indexes).
         self.rebuild_count = 0
         self._ranks = np.zeros(0, dtype=np.int64)  # -0, -1, -2, ...: see tie_rank
-        self._kept: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None  # see _kept_vectors
+        self._kept: _Kept | None = None  # see _kept_vectors
         # (table version, rows the exact searches at that version rewrote one by one): see _kept_vectors
         self._kept_rewritten = (-1, 0)
         self._kept_failed = -1  # the table version whose kept vectors could not be built (float32 overflow)
@@ -730,11 +749,61 @@ class FaissEngine(ABC):
         next exact search.
         """
         now, kept = self.table.version, self._kept
-        self._kept = None if kept is None or kept[0] != before else (now, kept[1], kept[2], kept[3])
+        self._kept = None if kept is None or kept.version != before else kept._replace(version=now)
         if self._kept_rewritten[0] == before:
             self._kept_rewritten = (now, self._kept_rewritten[1])
         if self._kept_failed == before:
             self._kept_failed = now
+
+    def rows_appended(self, before: int, start: int) -> None:
+        """The table's rows from ``start`` on were just appended and indexed, its only change since its version
+        ``before`` (an add or upsert; callers hold the write lock).
+
+        Kept ``d~`` of :meth:`_kept_vectors` for version ``before`` are extended by the new rows' ``d~`` around
+        their centre (which stays), into buffers grown by doubling, so an add followed by exact searches costs
+        the new rows' rewrite, not the whole table's. They are let go instead where the rows changed otherwise
+        since (a rebuild, a compaction), where a new row overflows float32 around the centre, or where the
+        largest block norms of the kept rows would grow past :data:`_KEPT_NORM_GROWTH` times those at the build
+        (a float32 error bound that large would send exact searches to more candidate rounds): then the next
+        exact search builds them again, around the mean of every row. Never fails the write.
+        """
+        table, kept = self.table, self._kept
+        self._kept = None
+        if kept is None or kept.version != before or table.version != before + 1 or len(kept.vectors) != start:
+            return
+        try:
+            self._kept = self._extend_kept(kept, start)
+        except Exception as exc:  # an optimisation only (MemoryError): the write has happened
+            logger.debug("kept d~ not extended by the new rows (%s: %s)", type(exc).__name__, exc)
+        if self._kept is None:  # the searches had rewritten the table once already: the next one builds them
+            self._kept_rewritten = (table.version, table.n_rows)
+
+    def _extend_kept(self, kept: _Kept, start: int) -> _Kept | None:
+        """``kept`` with the ``d~`` of the table's rows from ``start`` on appended (see :meth:`rows_appended`)."""
+        table = self.table
+        n, width = table.n_rows, kept.vectors.shape[1]
+        if n * width > _KEPT_VECTORS_MAX:
+            return None
+        vectors, norms = kept.room
+        if len(vectors) < n:  # amortised: the buffers at least double
+            rows = max(n, min(2 * len(vectors), _KEPT_VECTORS_MAX // width))
+            vectors, norms = np.empty((rows, width), dtype=np.float32), np.empty((rows, norms.shape[1]))
+            vectors[:start], norms[:start] = kept.vectors, kept.norms
+        limit = _KEPT_NORM_GROWTH * kept.built_top
+        step = _block_rows(width)
+        for s in range(start, n, step):
+            e = min(n, s + step)
+            g = Gaussians(np.asarray(table.mean[s:e]), np.asarray(table.var[s:e]), validate=False)
+            try:
+                v = score_vectors_float32(g, "document", centre=kept.centre, row_numbers=np.arange(s, e))
+            except ValueError as exc:  # overflow around this centre; the mean of every row may fit
+                logger.debug("kept d~ not extended by the new rows: %s", exc)
+                return None
+            b = rewrite_block_norms(v)
+            if (b > limit).any():
+                return None
+            vectors[s:e], norms[s:e] = v, b  # rows past the kept ones: no search reads them
+        return kept._replace(version=table.version, vectors=vectors[:n], norms=norms[:n], room=(vectors, norms))
 
     def _kept_vectors(self, allowed: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]] | None:
         """``(centre, (d~, block norms))`` of every row for :func:`exact_top_k`, kept while the rows are unchanged.
@@ -747,7 +816,7 @@ class FaissEngine(ABC):
         Searches between writes thus cost at most about twice what rewriting their allowed rows did, however
         few they are. The kept vectors are let go by every write step of the engine (:meth:`_forget_kept`) and
         by a search that finds them older than the rows; a delete that only tombstones rows keeps them
-        (:meth:`rows_tombstoned`).
+        (:meth:`rows_tombstoned`), and an add or upsert extends them by its new rows (:meth:`rows_appended`).
 
         ``None`` (the allowed rows rewritten at this search, around their own mean) until then, above
         :data:`_KEPT_VECTORS_MAX` values, while another search is computing them (one computes them at a
@@ -765,8 +834,8 @@ class FaissEngine(ABC):
         n, width = table.n_rows, 2 * table.mean.shape[1] + 1
         kept, version = self._kept, table.version
         if kept is not None:
-            if kept[0] == version:
-                return kept[1], (kept[2], kept[3])
+            if kept.version == version:
+                return kept.centre, (kept.vectors, kept.norms)
             self._kept = None  # older than the rows: let them go
         if n * width > _KEPT_VECTORS_MAX or self._kept_failed == version:
             return None
@@ -780,7 +849,7 @@ class FaissEngine(ABC):
             return None  # another search is computing them
         try:
             kept = self._kept
-            if kept is None or kept[0] != version:
+            if kept is None or kept.version != version:
                 kept = self._build_kept(version, n, width)
                 if kept is None:
                     self._kept_failed = version
@@ -788,11 +857,11 @@ class FaissEngine(ABC):
                 self._kept = kept
         finally:
             self._kept_lock.release()
-        return kept[1], (kept[2], kept[3])
+        return kept.centre, (kept.vectors, kept.norms)
 
-    def _build_kept(self, version: int, n: int, width: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray] | None:
-        """``(version, centre, d~, block norms)`` of the table's ``n`` rows (``d~`` of ``width`` values) for
-        :meth:`_kept_vectors` (``None``: overflow)."""
+    def _build_kept(self, version: int, n: int, width: int) -> _Kept | None:
+        """The kept ``d~`` of the table's ``n`` rows (``d~`` of ``width`` values) for :meth:`_kept_vectors`
+        (``None``: overflow)."""
         table = self.table
         centre = means_centre(table.mean)
         vectors, norms = np.empty((n, width), dtype=np.float32), np.empty((n, 3))
@@ -806,7 +875,8 @@ class FaissEngine(ABC):
         except ValueError as exc:  # the rewrite around the allowed rows' mean may still fit
             logger.debug("no float32 d~ kept for exact searches: %s", exc)
             return None
-        return version, centre, vectors, norms
+        top = norms.max(axis=0) if n else np.zeros(norms.shape[1])
+        return _Kept(version, centre, vectors, norms, (vectors, norms), top)
 
     def _exact_top_k(self, qg: Gaussians, kk: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """The exact top ``kk`` over every allowed row, without the index (:func:`exact_top_k`, reading the kept
@@ -1205,6 +1275,7 @@ class ApproxEngine(FaissEngine):
         self._written_rows = 0
         self._warned_stale = False
         self._built_at_load = False  # _built_rows counted at a load (the index was trained then or earlier)
+        self._saved_growth: dict[str, Any] | None = None  # index_growth of the config being loaded (restore -> attach)
         self._held_refine: str | None = None  # the refine copies the index holds (see refine_codes); None: none
         # HNSW groups of more than 2 x hnsw_m identical live documents, and the rows the graph cannot reach
         self._copies = HnswCopies(self.settings, table)  # the store, held weakly (see FaissEngine)
@@ -1243,13 +1314,25 @@ class ApproxEngine(FaissEngine):
         return s.refine
 
     def config(self) -> dict[str, Any]:
+        """The base numbers, ``index_offset``, ``index_centre`` and ``index_growth``: the counts
+        :meth:`stale_training` compares (live documents at the last build, rows written since, and whether the
+        former were counted at a load), so that a loaded store warns where the saved one would have."""
         centre = None if self.centre is None else [float(x) for x in self.centre]
-        return {**super().config(), "index_offset": self.offset, "index_centre": centre}  # 0 / None until built
+        growth = None
+        if self.index is not None:
+            growth = {
+                "built_rows": self._built_rows,
+                "written_rows": self._written_rows,
+                "built_at_load": self._built_at_load,
+            }
+        # 0 / None until built
+        return {**super().config(), "index_offset": self.offset, "index_centre": centre, "index_growth": growth}
 
     def restore(self, config: dict[str, Any], cfg_path: Path) -> BlockCheck | None:
         k = self.table.mean.shape[1]
         centre_from_config(config, cfg_path, "flat_centre", k)  # null here
         self._norm_bound, self.offset = config["norm_bound"], config["index_offset"]
+        self._saved_growth = config["index_growth"] if config["index_built"] else None  # validated by read_config
         if not config["index_built"]:
             return None
         self.centre = centre_from_config(config, cfg_path, CENTRE_FIELDS[self.settings.index_type], k)
@@ -1309,9 +1392,14 @@ class ApproxEngine(FaissEngine):
         """
         s, bound = self.settings, self._norm_bound
         super().attach(index, viewed, cfg_path)
-        # the size it was built at is not saved: counted from the size at load
-        self._built_rows, self._warned_stale, self._built_at_load = len(self.table), False, True
-        self._written_rows = 0
+        growth, self._saved_growth = self._saved_growth, None
+        if growth is None:  # saved before index_growth was: counted from the size at load
+            self._built_rows, self._written_rows, self._built_at_load = len(self.table), 0, True
+        else:
+            self._built_rows, self._written_rows = growth["built_rows"], growth["written_rows"]
+            self._built_at_load = growth["built_at_load"]
+        # warned already where the saved counts are past the factor (every write of the saved store asked)
+        self._warned_stale = self._built_rows + self._written_rows > STALE_GROWTH * self._built_rows
         held = _index_structure(index)["refine"]
         if s.refine == "fp16" and held == "fp32" and not (bound is not None and bound > FLOAT16_MAX):
             raise StoreFormatError(
@@ -1788,8 +1876,7 @@ class ApproxEngine(FaissEngine):
             )
 
     def add_rows(self, start: int, prepared: Any) -> None:
-        self._forget_kept()
-        table = self.table
+        table = self.table  # the kept d~ stay for rows_appended, unless a rebuild lets them go
         if self.index is None:
             needed = self._min_build_size()
             if len(table) >= needed:

@@ -33,6 +33,11 @@ The numbers the search engine needs to rebuild a query's vector for the saved in
   store saved before centring (centre 0: such a store loads and ranks exactly as before).
 * ``index_offset``, ``norm_bound``: the shift ``o`` of the first coordinate of the centred ``d~``
   and the bound ``M`` of the MIPS -> L2 reduction (approximate stores).
+* ``index_growth`` (approximate stores whose index is built): ``built_rows``, the live documents at the index's
+  last build, ``written_rows``, those added or upserted since, and ``built_at_load`` (``built_rows`` was counted
+  at a load of a folder saved before this field), which the stale-index warning compares
+  (:meth:`~kl_retrievers.store._engines.ApproxEngine.stale_training`). Absent / null in a store saved before it:
+  counted from the size at load. Earlier releases ignore it, so the format version does not change for it.
 * ``flat_norm_max`` (flat stores): the largest norm of each of the three blocks of the float32 ``d~`` rows
   in ``index.faiss`` (an upper bound after deletions), which bounds the float32 error of every search
   (:func:`~kl_retrievers.gaussian.float32_score_bound`). Absent / null in a store saved before it was
@@ -351,6 +356,7 @@ def _check_fields(config: dict[str, Any], cfg_path: Path) -> None:
     digest = config.setdefault(FLAT_NORM_DIGEST, None)  # absent: the bound is not taken (flat_norm_from_config)
     if digest is not None and not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
         raise _bad(config, cfg_path, FLAT_NORM_DIGEST, "null or 64 lowercase hex digits")
+    _check_growth(config, cfg_path)
     config.setdefault("index_offset", 0.0)  # absent in stores saved before the shift
     if not _is_real(config["index_offset"]):
         raise _bad(config, cfg_path, "index_offset", "a finite number")
@@ -370,6 +376,29 @@ def _check_fields(config: dict[str, Any], cfg_path: Path) -> None:
                     f"{cfg_path}: field 'encoder.{field}' must be a string or null, not {encoder.get(field)!r}"
                 )
     config["encoder"] = encoder
+
+
+def _check_growth(config: dict[str, Any], cfg_path: Path) -> None:
+    """Check ``index_growth`` (null where absent: a store saved before it, a flat store, an index not built).
+
+    Only its shape: a store whose index is not built (or a flat one) does not read it, and the fields that say so
+    are checked, with their own messages, where they are read.
+    """
+    growth = config.setdefault("index_growth", None)
+    if growth is None:
+        return
+    if not (
+        isinstance(growth, dict)
+        and set(growth) == {"built_rows", "written_rows", "built_at_load"}
+        and all(_is_int(growth[key]) and growth[key] >= 0 for key in ("built_rows", "written_rows"))
+        and isinstance(growth["built_at_load"], bool)
+    ):
+        raise _bad(
+            config,
+            cfg_path,
+            "index_growth",
+            "null or an object of non-negative integers 'built_rows' and 'written_rows' and a boolean 'built_at_load'",
+        )
 
 
 def _check_file_table(config: dict[str, Any], cfg_path: Path) -> None:

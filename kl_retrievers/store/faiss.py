@@ -391,8 +391,8 @@ BUILD_SETTINGS = ("index_type", "hnsw_m", "nlist", "compression", "pq_m", "pq_nb
 #: The saved index parameters that do not shape the index (in their order), and ``batch_size`` (not saved).
 TUNABLE_SETTINGS = (*(name for name in INDEX_PARAMS if name not in BUILD_SETTINGS), "batch_size")
 _SETTINGS = frozenset(BUILD_SETTINGS + TUNABLE_SETTINGS)
-#: ``KLStore``'s default ``nprobe``: above a small ``nlist`` (it then probes every list) without a warning, where
-#: another value given above ``nlist`` warns (:meth:`KLStore._warn_nprobe_above_nlist`).
+#: ``KLStore``'s default ``nprobe``: left as it is, above a small ``nlist`` (it then probes every list) without a
+#: warning, where an ``nprobe`` given above ``nlist`` warns (:meth:`KLStore._warn_nprobe_above_nlist`).
 DEFAULT_NPROBE = 32
 #: Settings read by one kind of index only: (setting, what it needs) -> assigning one to a store of another kind
 #: warns (the constructor takes every setting, at its default, for every kind).
@@ -506,8 +506,9 @@ class KLStore(GaussianStore):
         ef_construction: HNSW ``efConstruction``.
         nlist: IVF number of lists.
         nprobe: IVF lists probed per query (a value above ``nlist`` acts as ``nlist``, every list, as in FAISS;
-            giving one warns, here or by assignment, but for the default 32). A store-wide setting, like every
-            other: see below.
+            one given above ``nlist`` warns, here (any value but the default 32, which a constructor cannot tell
+            from none) or by assignment, as does an assignment of ``nlist`` or ``index_type`` that leaves it above;
+            the default is clipped silently). A store-wide setting, like every other: see below.
         compression: ``None``, ``"sq8"`` (8-bit scalar quantizer) or ``"pq"`` (product quantizer).
         pq_m: PQ sub-quantizers; the vector is zero-padded to a multiple of ``pq_m``.
         pq_nbits: Bits per PQ code, 1 to 16 (8 is standard; 4 trains much faster and, on ``"ivf"``,
@@ -636,6 +637,8 @@ class KLStore(GaussianStore):
         self.index_type = index_type
         self.hnsw_m, self.ef_search, self.ef_construction = int(hnsw_m), int(ef_search), int(ef_construction)
         self.nlist, self.nprobe = int(nlist), int(nprobe)
+        # nprobe given (a constructor value other than the default, or any assignment): see _warn_nprobe_above_nlist
+        self._nprobe_given = self.nprobe != DEFAULT_NPROBE
         self.compression, self.pq_m, self.pq_nbits, self.refine = compression, int(pq_m), int(pq_nbits), refine
         self.rescore_pool, self.rescore_factor = int(rescore_pool), int(rescore_factor)
         self.norm_headroom = float(norm_headroom)
@@ -648,7 +651,7 @@ class KLStore(GaussianStore):
         self._engine = new_engine(self, self._table)
         if dim is not None:
             self._init_dim(int(dim))
-        if self.nprobe != DEFAULT_NPROBE:
+        if self._nprobe_given:
             self._warn_nprobe_above_nlist(self.nprobe)
 
     def _init_dim(self, k: int) -> None:
@@ -722,9 +725,10 @@ class KLStore(GaussianStore):
             if not self._table.n_rows:  # the kind may still change: the setting is kept for it
                 unused += f", unless {needs[0]} is changed to {needs[1]!r} before the first add"
         if name == "nprobe":
+            object.__setattr__(self, "_nprobe_given", True)
             self._warn_nprobe_above_nlist(value)
-        # a new nlist or kind: the nprobe on hand (other than the default, as the constructor) checked against it
-        recheck = name in ("nlist", "index_type") and value != getattr(self, name) and self.nprobe != DEFAULT_NPROBE
+        # a new nlist or kind: a given nprobe checked against it (the default is clipped silently, as at construction)
+        recheck = name in ("nlist", "index_type") and value != getattr(self, name) and self._nprobe_given
         if name not in BUILD_SETTINGS or value == getattr(self, name):
             object.__setattr__(self, name, value)
             if unused:
@@ -750,8 +754,9 @@ class KLStore(GaussianStore):
         """Warn (at the user's line) where ``nprobe`` exceeds an IVF store's ``nlist``: FAISS takes it and probes
         ``min(nprobe, nlist)`` lists, as this store does, so it is accepted, as FAISS users expect (``nprobe=nlist``
         or more means every list), but said once, where it is given: a constructor value other than the default
-        (:data:`DEFAULT_NPROBE`, which exceeds a small ``nlist``), and any assignment (of ``nprobe``, or of
-        ``nlist`` or ``index_type`` under an ``nprobe`` other than the default)."""
+        (:data:`DEFAULT_NPROBE`, which exceeds a small ``nlist``), any assignment of ``nprobe`` (the default value
+        too), and an assignment of ``nlist`` or ``index_type`` under such a given ``nprobe``. An ``nprobe`` never
+        given, the default, is clipped to ``nlist`` silently, whatever ``nlist`` is assigned."""
         if self.index_type == "ivf" and nprobe > self.nlist:
             warn(
                 f"nprobe={nprobe} exceeds this store's nlist={self.nlist}: a search probes at most nlist lists, so "
@@ -827,12 +832,14 @@ class KLStore(GaussianStore):
                 if self._documents_weights is None and hasattr(model, "_parameter_versions"):
                     self._documents_versions = model._parameter_versions()  # a later save_pretrained names them
             previous = {doc_id: table.row[doc_id] for doc_id in new.ids if doc_id in table.row}
+            before = table.version
             start, replaced = table.append(mean, var, new.ids, new.texts, new.metadatas)
             try:
                 self._engine.add_rows(start, prepared)
             except BaseException:
                 self._undo_add(start, len(new.ids), previous)
                 raise
+            self._engine.rows_appended(before, start)  # the exact path's kept d~ take the new rows
             self._maybe_compact()
             self.write_count += 1
             stale = self._engine.stale_training()
