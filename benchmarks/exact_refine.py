@@ -11,10 +11,19 @@ witness is not below the ``k``-th score. Both run :func:`~kl_retrievers.gaussian
 - ``hard``: means ``20 + 0.3 N(0, 1)``, variances ``1e-4`` (log ``N(0, 0.3^2)``), centred on 0 (a centre far from
   the documents, as a flat store's after the documents that set it were deleted): the first pool fails, the first
   wider one is enough;
-- ``harder``: means ``10 + 0.1 N(0, 1)``, variances ``1e-3``, centred on 0: the first wider pool is not enough;
+- ``harder``: means ``10 + 0.1 N(0, 1)``, variances ``1e-3``, centred on 0: the first wider pool is not enough, the
+  second is (the former version scores every row in float64). That pool (2,128 rows at ``k`` = 10) is only searched
+  within a quarter of the documents, so this case needs 8,512 documents or more (hence ``--quick``'s 10,000);
 - ``hopeless``: means ``20 + 0.03 N(0, 1)``, variances ``1e-4``, centred on 0: no pool short of every row is.
 
-``--docs`` documents (default 20,000; ``--quick`` 5,000) and ``--queries`` 20 queries of dimension ``--dim`` 64,
+What each case shows at ``k`` = 10: ``harder`` takes about half the time (its float64 scoring of every row
+replaced by a second wider pool); ``hard`` re-scores fewer rows (``hard_rows_ratio`` about 0.3 with ``--quick``,
+0.4 without) and spends less time in float64, but gains no wall time: its float64 work is a few ms of a call of
+100 to 200 ms spent in the float32 searches, so ``hard_time_ratio`` is about 1 (0.6 to 1.7 from run to run on a
+busy machine); ``ordinary`` (nothing to widen) and ``hopeless`` (scored on every row by both) do the same work in
+both versions, ratios about 1.
+
+``--docs`` documents (default 20,000; ``--quick`` 10,000) and ``--queries`` 20 queries of dimension ``--dim`` 64,
 drawn the same way; ``k`` = ``--k`` 10. For each case and version (the two in turn, ``--repeats`` 3 times): the best
 time of a call and, apart, of its float64 scoring (the re-scoring and the fallback; the rest is the float32 searches
 and the float32 rewrite of the documents), the rows passed to the float64 re-scoring (real rows; with ``-1``
@@ -23,8 +32,8 @@ whether the results equal float64 brute force (:func:`~kl_retrievers.gaussian.fl
 the same float64 scores, bit for bit).
 
 Usage:
-    python benchmarks/exact_refine.py --quick     # about 15 s on 2 busy cores
-    python benchmarks/exact_refine.py             # about 30 s
+    python benchmarks/exact_refine.py --quick     # 7 s on 2 cores at load average 10 (2026-12-07)
+    python benchmarks/exact_refine.py             # 13 s, the same machine and load
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/exact_refine.py   # steadier times on a busy machine
 
 The last line printed is always ``hard_rows_ratio=... hard_float64_ratio=... hard_time_ratio=... harder_time_ratio=...
@@ -173,8 +182,8 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="5,000 documents (unless --docs is given)")
-    p.add_argument("--docs", type=positive_int, default=None, help="documents (default 20,000; --quick 5,000)")
+    p.add_argument("--quick", action="store_true", help="10,000 documents (unless --docs is given)")
+    p.add_argument("--docs", type=positive_int, default=None, help="documents (default 20,000; --quick 10,000)")
     p.add_argument("--queries", type=positive_int, default=20, help="queries (default 20)")
     p.add_argument("--dim", type=positive_int, default=64, help="dimension (default 64)")
     p.add_argument("--k", type=positive_int, default=10, help="results per query (default 10)")
@@ -189,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.docs is None:
-        args.docs = 5000 if args.quick else 20000
+        args.docs = 10000 if args.quick else 20000
     logging.disable(logging.WARNING)
     print(f"{args.docs} documents, {args.queries} queries, dimension {args.dim}, k = {args.k}\n")
     print(

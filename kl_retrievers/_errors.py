@@ -48,8 +48,9 @@ class ConcurrentSaveError(KLRetrieversError, OSError):
     A loader that finds the folder replaced while it reads it (a save swaps in its new copy as a whole) reads it
     again, and gives up after a few reads (``kl_retrievers._io.LOAD_ATTEMPTS``, 4) with this error, chained to the
     last read's error if it failed. Nothing is wrong with the folder: load it again once the saves pause (or
-    retry after a pause). Every loader of a saved folder may raise it (the ones :class:`NothingSavedError` names).
-    It is an :class:`OSError`, as it was before it had its own class.
+    retry after a pause). Every loader :class:`NothingSavedError` names but ``kl_retrievers.sharded.load_encoded``
+    (which reads each shard once, checking its checksums) may raise it. It is an :class:`OSError`, as it was before
+    it had its own class.
 
     Examples:
         >>> from kl_retrievers import ConcurrentSaveError

@@ -1884,6 +1884,8 @@ def _main(argv: Sequence[str] | None) -> int:
     errors_only = bool(getattr(args, "errors_only", False))
     if errors_only and args.verbose:
         parser.error("--quiet (-q) and --verbose (-v) contradict each other: give one of them")
+    # the command as given (``train`` records it in the model): main(argv) from Python is not the process's own argv
+    args.command_line = shlex.join(["kl-retrievers", *(argv if argv is not None else sys.argv[1:])])
     with _cli_logging(args.verbose, quiet=errors_only):
         return _run_command(args)
 

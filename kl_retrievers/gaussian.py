@@ -1151,7 +1151,9 @@ def _check_inverted(rule: str, bad: np.ndarray, values: np.ndarray, first_coordi
 #    rows above it that were not re-scored before are re-scored in float64 (a wider pool costs one more
 #    float32 search; its float64 work is the rows that can still matter). Past the last pool, or where
 #    the float32 scores' fall so far says that more rows are above the line than it could hold, every
-#    allowed row is scored in float64 (as the fixed 8x pool's queries were: no more often).
+#    allowed row is scored in float64 (as the fixed 8x pool's queries were: no more often). A wider pool
+#    is searched for a bounded number of queries at a time, so which pools a query gets does not depend
+#    on the size of its batch.
 #
 # Rows whose float32 rewrite is not finite cannot be ranked this way and are refused with a
 # ValueError naming the row (check_float32_scorable at input, score_vectors_float32 here).
@@ -1182,8 +1184,9 @@ _EXACT_CACHE_ELEMENTS = 1 << 26
 _ROWS_BLOCK_ELEMENTS = 1 << 22
 # Wider pools of refine_top_k: the first max(_GROW * c, k + _GROW_MIN) (c: the first pool, as the one wider pool
 # before them), each later one _GROW times the last, at most _GROW_ROUNDS in all; a later one only while it stays
-# within n_allowed / _GROW_SHARE rows and _GROW_ELEMENTS (its queries x rows), for the queries whose rows above the
-# line (_rows_above) it may hold. Past them, every allowed row is scored in float64.
+# within n_allowed / _GROW_SHARE rows, for the queries whose rows above the line (_rows_above) it may hold. Each is
+# searched and re-scored _GROW_ELEMENTS // (its rows) queries at a time (a bound on its queries x rows, not on who
+# gets it). Past them, every allowed row is scored in float64.
 _GROW = 8
 _GROW_MIN = 256
 _GROW_ROUNDS = 3
@@ -1780,8 +1783,9 @@ def _live_rows(
 def _rows_above(approx: np.ndarray, c: int, lift: np.ndarray) -> np.ndarray:
     """Per query, about how many rows have a float32 score above the line the witness ``approx[:, c]`` must pass
     (``approx + lift < 0``, ``lift = bound + shift - kth``): the float32 scores fell from the best to the witness
-    over ``c`` rows, and fall more slowly below (they crowd together away from the top), so at least
-    ``c * (1 + (witness + lift) / (best - witness))`` (``inf`` where the pool's scores are all equal)."""
+    over ``c`` rows, and fall more slowly below (they crowd together away from the top), so about
+    ``c * (1 + (witness + lift) / (best - witness))`` or more (a heuristic: a straight-line fall; ``inf`` where the
+    pool's scores are all equal)."""
     best, witness = approx[:, 0].astype(np.float64), approx[:, c].astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         return c * (1.0 + (witness + lift) / (best - witness))
@@ -1826,8 +1830,10 @@ def refine_top_k(
     pool re-scores them for every query it searches (their scores can raise that ``k``-th score: the proof
     uses the new one), as the former single wider pool re-scored all of its rows; a later one only for the
     queries its witness already proves. A query still unproven, or whose float32 scores say that a later pool
-    would most likely not be enough either (:func:`_rows_above`), is scored by ``fallback``. Where the first
-    pool is enough, this costs what it did: one search, one re-scoring of the pool.
+    would most likely not be enough either (:func:`_rows_above`), is scored by ``fallback``. Each wider pool is
+    searched and re-scored for ``_GROW_ELEMENTS // width`` queries at a time (each such chunk then goes on to its
+    own later pools), so a query gets the same pools whatever the size of its batch. Where the first pool is
+    enough, this costs what it did: one search, one re-scoring of the pool.
 
     Args:
         nq: Number of queries.
@@ -1843,9 +1849,11 @@ def refine_top_k(
         fallback: ``query numbers -> (rows, scores)``: the exact top ``k`` in float64 over every
             allowed row, shape ``(m, k)``.
         query_shift: Per query, exact score = float32-scale score + shift (the query constant).
-        tie_rank: Order of tied rows, indexed by row number (default: the pool's order). The proof
-            is strict (every row left out scores below the ``k``-th), so rows tied at the cut are
-            all re-scored and this order decides between them.
+        tie_rank: Order of tied rows, indexed by row number. The proof is strict (every row left out
+            scores below the ``k``-th), so rows tied at the cut are all re-scored and this order decides
+            between them. Default: the order they were re-scored in: the first pool's order, then at each
+            wider pool the top ``k`` so far before its new rows (in pool order); ``fallback``'s own order
+            for the queries it scores.
 
     Returns:
         ``(rows, scores)``, shape ``(nq, k)``, best first, float64 scores; ``-1`` / ``-inf`` padding.
@@ -1861,35 +1869,51 @@ def refine_top_k(
     seen = lab[:, :c]  # per query, the rows re-scored so far (-1: none)
     r, s = top_k_rows(rescore(todo, seen), seen, k, tie_rank)
     ok, usable = _pool_proof(lab, approx, bound, query_shift[todo], c, want, s[:, k - 1])
+    out_r[todo[ok]], out_s[todo[ok]] = r[ok], s[ok]
     # a dropped row (-1), an overflowing float32 score or bound stays in every wider search: give up now
-    hopeless = [todo[~usable]]
-    for wider in range(_GROW_ROUNDS + 1):  # wider: the number of wider pools searched so far
-        out_r[todo[ok]], out_s[todo[ok]] = r[ok], s[ok]
-        keep = usable & ~ok
-        todo, seen, r, s = todo[keep], seen[keep], r[keep], s[keep]
-        grown = min(n_allowed, _GROW * c if wider else max(_GROW * c, k + _GROW_MIN))
-        capped = wider and (grown > n_allowed // _GROW_SHARE or grown * todo.size > _GROW_ELEMENTS)
-        if not todo.size or wider == _GROW_ROUNDS or capped:
-            break
-        c, want = grown, min(n_allowed, grown + 1)
-        lab, approx, bound = candidates(todo, want)
-        shift, kth = query_shift[todo], s[:, k - 1]
-        ok, usable = _pool_proof(lab, approx, bound, shift, c, want, kth)
-        redo = np.flatnonzero(ok if wider else usable)
-        live = _live_rows(lab[redo, :c], approx[redo, :c], bound[redo], shift[redo], kth[redo], seen[redo])
-        new_r, new_s = _rescore_live(todo[redo], lab[redo, :c], live, rescore)
-        r[redo], s[redo] = top_k_rows(
-            np.concatenate([s[redo], new_s], axis=1), np.concatenate([r[redo], new_r], axis=1), k, tie_rank
-        )
-        more = np.full((todo.size, new_r.shape[1]), -1, dtype=np.int64)
-        more[redo] = new_r
-        seen = np.concatenate([seen, more], axis=1)
-        if not wider:  # the first wider pool's new rows may have raised the k-th score: the proof uses it
-            ok, usable = _pool_proof(lab, approx, bound, shift, c, want, s[:, k - 1])
-        if approx.shape[1] > c:  # give up now where a later pool would most likely not be enough either
-            usable &= ok | (_rows_above(approx, c, bound + shift - s[:, k - 1]) <= n_allowed // _GROW_SHARE)
-        hopeless.append(todo[~usable])
-    todo = np.sort(np.concatenate([todo, *hopeless]))
+    left = [todo[~usable]]  # the queries scored by fallback
+
+    def widen(todo: np.ndarray, seen: np.ndarray, r: np.ndarray, s: np.ndarray, c: int, wider: int) -> None:
+        """The wider pools after the first ``wider`` for the queries ``todo`` not proven by a pool of ``c`` rows
+        (``seen``: their rows re-scored so far; ``r``, ``s``: their top ``k`` so far): into the output where a pool
+        proves them, else into ``left``. ``_GROW_ELEMENTS // pool`` queries at a time, each chunk with its own
+        later pools, so whether a query gets one does not depend on how many others came with it."""
+        while todo.size:
+            grown = min(n_allowed, _GROW * c if wider else max(_GROW * c, k + _GROW_MIN))
+            if wider == _GROW_ROUNDS or (wider and grown > n_allowed // _GROW_SHARE):
+                break
+            step = max(1, _GROW_ELEMENTS // grown)
+            if todo.size > step:
+                for a in range(0, todo.size, step):
+                    part = slice(a, a + step)
+                    widen(todo[part], seen[part], r[part], s[part], c, wider)
+                return
+            c, want = grown, min(n_allowed, grown + 1)
+            lab, approx, bound = candidates(todo, want)
+            shift, kth = query_shift[todo], s[:, k - 1]
+            ok, usable = _pool_proof(lab, approx, bound, shift, c, want, kth)
+            redo = np.flatnonzero(ok if wider else usable)
+            live = _live_rows(lab[redo, :c], approx[redo, :c], bound[redo], shift[redo], kth[redo], seen[redo])
+            new_r, new_s = _rescore_live(todo[redo], lab[redo, :c], live, rescore)
+            r[redo], s[redo] = top_k_rows(
+                np.concatenate([s[redo], new_s], axis=1), np.concatenate([r[redo], new_r], axis=1), k, tie_rank
+            )
+            more = np.full((todo.size, new_r.shape[1]), -1, dtype=np.int64)
+            more[redo] = new_r
+            seen = np.concatenate([seen, more], axis=1)
+            if not wider:  # the first wider pool's new rows may have raised the k-th score: the proof uses it
+                ok, usable = _pool_proof(lab, approx, bound, shift, c, want, s[:, k - 1])
+            if approx.shape[1] > c:  # give up now where a later pool would most likely not be enough either
+                usable &= ok | (_rows_above(approx, c, bound + shift - s[:, k - 1]) <= n_allowed // _GROW_SHARE)
+            out_r[todo[ok]], out_s[todo[ok]] = r[ok], s[ok]
+            left.append(todo[~usable])
+            keep = usable & ~ok
+            todo, seen, r, s, wider = todo[keep], seen[keep], r[keep], s[keep], wider + 1
+        left.append(todo)
+
+    keep = usable & ~ok
+    widen(todo[keep], seen[keep], r[keep], s[keep], c, 0)
+    todo = np.sort(np.concatenate(left))
     if todo.size:
         logger.debug("%d query(ies): float32 candidates not provably enough; scoring in float64", todo.size)
         out_r[todo], out_s[todo] = fallback(todo)

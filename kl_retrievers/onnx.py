@@ -648,8 +648,9 @@ def _refused_change(owner: str, method: str, instead: str) -> Callable[..., NoRe
 
     def refuse(*args: Any, **kwargs: Any) -> NoReturn:
         shown = ", ".join([*map(repr, args), *(f"{key}={value!r}" for key, value in kwargs.items())])
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
         raise TypeError(
-            f"{owner}.tokenizer is read-only: {method}({shown:.80}) would change only this copy, not what the "
+            f"{owner}.tokenizer is read-only: {method}({shown}) would change only this copy, not what the "
             f"encoder encodes; {instead}. A copy that can be changed: copy.deepcopy(model.tokenizer)"
         )
 
@@ -1669,9 +1670,10 @@ class OnnxGaussianEncoder(EncoderMixin):
         ``add_special_tokens``, ``enable_truncation``, ``no_truncation``, ``enable_padding``, ``no_padding``,
         ``train``, ``train_from_iterator``) raise ``TypeError`` naming what to do instead (``max_length=`` of
         the ``encode_*`` methods for truncation). Its parts (``normalizer``, ``pre_tokenizer``,
-        ``post_processor``, ``decoder``, ``model``) can still be replaced or edited in place, which the
-        ``tokenizers`` library gives no way to refuse: that changes this object only, never what the encoder
-        encodes. ``copy.deepcopy(model.tokenizer)`` gives a plain copy, which may be changed.
+        ``post_processor``, ``decoder``, ``model``) and its ``encode_special_tokens`` setting can still be replaced
+        or edited in place, which the ``tokenizers`` library gives no way to refuse: that changes this object only,
+        never what the encoder encodes. ``copy.deepcopy(model.tokenizer)`` gives a plain copy, which may be changed
+        (as ``copy.copy`` and pickling do).
 
         Examples:
             >>> encoder.tokenizer.encode("a passage").tokens  # doctest: +SKIP

@@ -63,7 +63,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -1712,24 +1712,47 @@ def _differing(recorded: dict[str, Any], own: dict[str, Any], prefix: str = "") 
     return differ
 
 
-def _model_differences(manifest: dict[str, Any], encoder: Any, backend: str | None) -> list[str]:
-    """What differs between the model the manifest records and ``encoder`` (on ``backend``), beyond the weights:
-    the config fields both record (across backends, only the :func:`_source_fields` both share) and the
-    tokenizer, each named with both values. What either side does not record is not compared."""
+def _model_record(encoder: Any) -> dict[str, Any]:
+    """What a manifest records of ``encoder``'s model beside its name and fingerprint (as :func:`encode_corpus` writes
+    it): its backend, weights identity, config and tokenizer SHA-256, each ``None`` where unknown."""
     from kl_retrievers.encoding_cache import _tokenizer_digest
 
-    recorded, own = manifest.get("model_config"), _config_of(encoder)
-    recorded_backend = manifest.get("model_backend")
+    return {
+        "model_backend": _backend_of(encoder),
+        "model_weights_sha256": _weights_of(encoder),
+        "model_config": _config_of(encoder),
+        "model_tokenizer_sha256": _tokenizer_digest(encoder),
+    }
+
+
+class _ModelMatch(NamedTuple):
+    """How two models' records compare beyond their fingerprints (:func:`_compare_models`)."""
+
+    weights: bool | None  # the same weights identity (True), another one (False), or either records none (None)
+    differ: list[str]  # the config fields and the tokenizer both record with other values, each with both values
+
+
+def _compare_models(recorded: Mapping[str, Any], other: Mapping[str, Any]) -> _ModelMatch:
+    """Compare the model a manifest ``recorded`` records with ``other``'s (another manifest, or the
+    :func:`_model_record` of an encoder): the weights identity, the config fields both record (across backends,
+    only the :func:`_source_fields` both share) and the tokenizer. What either side does not record is not
+    compared. The same model on the other backend (torch or ONNX) has the same weights and no difference, while
+    its fingerprint, which hashes each backend's own class and config, differs: both :func:`iter_encoded`'s check
+    and the resume of a folder on the other backend ask this."""
+    was, now = recorded.get("model_weights_sha256"), other.get("model_weights_sha256")
+    weights = None if was is None or now is None else was == now
+    config, own = recorded.get("model_config"), other.get("model_config")
+    backend, own_backend = recorded.get("model_backend"), other.get("model_backend")
     differ: list[str] = []
-    if isinstance(recorded, dict) and own is not None:
-        if recorded_backend == backend:
-            differ = _differing(recorded, own)
+    if isinstance(config, dict) and isinstance(own, dict):
+        if backend == own_backend:
+            differ = _differing(config, own)
         else:
-            differ = _differing(_source_fields(recorded, recorded_backend), _source_fields(own, backend))
-    recorded_tokenizer, tokenizer = manifest.get("model_tokenizer_sha256"), _tokenizer_digest(encoder)
-    if isinstance(recorded_tokenizer, str) and tokenizer is not None and recorded_tokenizer != tokenizer:
-        differ.append(f"tokenizer SHA-256 {recorded_tokenizer[:12]}... vs {tokenizer[:12]}...")
-    return differ
+            differ = _differing(_source_fields(config, backend), _source_fields(own, own_backend))
+    tokenizer, own_tokenizer = recorded.get("model_tokenizer_sha256"), other.get("model_tokenizer_sha256")
+    if isinstance(tokenizer, str) and isinstance(own_tokenizer, str) and tokenizer != own_tokenizer:
+        differ.append(f"tokenizer SHA-256 {tokenizer[:12]}... vs {own_tokenizer[:12]}...")
+    return _ModelMatch(weights, differ)
 
 
 def _check_reader(folder: Path, manifest: dict[str, Any], encoder: Any | None, kind: str | None) -> None:
@@ -1769,7 +1792,7 @@ def _check_reader(folder: Path, manifest: dict[str, Any], encoder: Any | None, k
     recorded_backend = manifest.get("model_backend")
     weights = _weights_of(encoder)
     same_weights = weights is not None and weights == manifest.get("model_weights_sha256")
-    differ = _model_differences(manifest, encoder, backend) if same_weights else []
+    differ = _compare_models(manifest, _model_record(encoder)).differ if same_weights else []
     if weights is not None and same_weights and not differ and {recorded_backend, backend} == _TWIN_BACKENDS:
         # the same model on the other backend (a torch model and its ONNX export): its fingerprint hashes that
         # backend's own class and config, so only the weights and the settings both record can tell
@@ -1824,23 +1847,32 @@ def _other_backend_message(
     """The refusal to resume ``target``, whose manifest ``old`` records the same model on the other backend (torch
     or ONNX) than this run's ``manifest``: it names the recorded backend and the flag that resumes it. ``None``
     when more than the backend and what follows from it (``differ``: the differing keys) sets the runs apart, or
-    the weights both manifests record differ (an older manifest records none: the model's name stands for them).
+    the models both manifests record differ (:func:`_compare_models`: weights, config, tokenizer). Where either
+    records no weights (an older manifest: the model's name stands for them), it says to pass the flag if the
+    model is the same.
     """
     recorded, used = old.get("model_backend"), manifest.get("model_backend")
     if "model_backend" not in differ or not set(differ) <= _BACKEND_KEYS or {recorded, used} != _TWIN_BACKENDS:
         return None
-    recorded_weights, weights = old.get("model_weights_sha256"), manifest.get("model_weights_sha256")
-    if recorded_weights is not None and weights is not None and recorded_weights != weights:
+    match = _compare_models(old, manifest)
+    if match.weights is False or match.differ:
         return None
     was = old.get("batch_size")
     batch = ""
     if was is not None and was != batch_size and manifest.get("kind") != "query":  # queries: one at a time anyway
         batch = f" with batch_size {was!r} (--batch-size {was}), as its shards were encoded,"
+    flag = f"--model-backend {recorded} (model_backend={recorded!r}, or an encoder loaded with backend={recorded!r})"
+    if match.weights is None:
+        unrecorded = "the folder's manifest" if old.get("model_weights_sha256") is None else "this run's model"
+        advice = (
+            f"{unrecorded.capitalize()} records no weights identity, so whether it is the same model cannot be "
+            f"checked: if it is, pass {flag}{batch} to resume it; if not, use another --out folder"
+        )
+    else:
+        advice = f"Pass {flag}{batch} to resume it, or use another --out folder"
     return (
         f"{target} holds shards of model {old.get('model')!r} encoded on the {recorded} backend, and this run's model "
-        f"runs on {used}, whose encodings differ ({', '.join(differ)} differ). Pass --model-backend {recorded} "
-        f"(model_backend={recorded!r}, or an encoder loaded with backend={recorded!r}){batch} to resume it, or use "
-        "another --out folder (nothing was overwritten)"
+        f"runs on {used}, whose encodings differ ({', '.join(differ)} differ). {advice} (nothing was overwritten)"
     )
 
 

@@ -92,6 +92,26 @@ def test_the_pool_grows_again_instead_of_scoring_every_row_in_float64(monkeypatc
     assert seen["rows"] < 12 * seen["searches"][2][1]
 
 
+def test_a_large_batch_is_searched_in_chunks_not_sent_to_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A later pool that would hold more than ``_GROW_ELEMENTS`` (queries x rows) is searched and re-scored a chunk
+    of ``_GROW_ELEMENTS // rows`` queries at a time: every query gets the pools it gets alone (none is sent to
+    float64 scoring of every row because of how many came with it), and the results stay brute force's."""
+    docs, queries = _case(10.0, 0.07, 1e-3, 12000)
+    centre = np.zeros(docs.dim)
+    want = float64_top_k(queries, docs, 10)
+    seen = _spy(monkeypatch)
+    _assert_same(exact_top_k(queries, docs, 10, centre=centre), want)
+    alone = list(seen["searches"])
+    n2, c2 = alone[2]  # three searches: 12 x 27, some x 267, n2 x 2129
+    assert len(alone) == 3 and n2 >= 3 and seen["fallback"] == 0
+    seen.update(searches=[], rows=0, fallback=0, rescored=[])
+    monkeypatch.setattr(gaussian, "_GROW_ELEMENTS", 2 * (c2 - 1))  # 2 queries at a time at the last pool
+    _assert_same(exact_top_k(queries, docs, 10, centre=centre), want)
+    assert seen["fallback"] == 0
+    assert seen["searches"][:2] == alone[:2]
+    assert seen["searches"][2:] == [(2, c2)] * (n2 // 2) + [(1, c2)] * (n2 % 2)
+
+
 def test_the_first_pool_costs_what_it_did(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ordinary data: one search, its whole pool re-scored in one call, nothing else."""
     docs, queries = _case(0.0, 1.0, 1.0, 3000)
@@ -102,14 +122,21 @@ def test_the_first_pool_costs_what_it_did(monkeypatch: pytest.MonkeyPatch) -> No
     assert qi.tolist() == list(range(12)) and rows.shape == (12, 26)
 
 
+@pytest.mark.parametrize("give_up", [True, False])
 @pytest.mark.parametrize("offset, spread, var", [(20.0, 0.3, 1e-4), (10.0, 0.1, 1e-3), (20.0, 0.03, 1e-4)])
 def test_exact_with_filters_ties_and_k_near_the_allowed_rows(
-    monkeypatch: pytest.MonkeyPatch, offset: float, spread: float, var: float
+    monkeypatch: pytest.MonkeyPatch, offset: float, spread: float, var: float, give_up: bool
 ) -> None:
     """Against float64 brute force: a rows filter, copies of documents (exact ties), a tie order, every ``k`` up to
-    the allowed rows; small pools (wider rounds of 8x from 26 rows) so that every round is taken."""
+    the allowed rows; small pools (wider rounds of 8x from the first pool, up to every allowed row). The first two
+    cases need at most two wider pools; the third (means 20 +- 0.03) gives up after the first wider pool where
+    ``_rows_above`` says a later one would not be enough, and without that test (``give_up`` False) takes every
+    round (``k`` = 1: pools of 17, 136, 1088 and all 1500 rows)."""
     monkeypatch.setattr(gaussian, "_GROW_MIN", 0)
     monkeypatch.setattr(gaussian, "_GROW_SHARE", 1)
+    if not give_up:
+        monkeypatch.setattr(gaussian, "_rows_above", lambda approx, c, lift: np.zeros(approx.shape[0]))
+    seen = _spy(monkeypatch)
     docs, queries = _case(offset, spread, var, 3000, seed=1)
     mean, v = np.array(docs.mean), np.array(docs.var)
     mean[1::7], v[1::7] = mean[0::7][: len(mean[1::7])], v[0::7][: len(v[1::7])]  # copies: exact ties
@@ -121,43 +148,49 @@ def test_exact_with_filters_ties_and_k_near_the_allowed_rows(
         for k in (1, 10, 100, 1400, 1484, 1499, 1500, 2000):
             got = exact_top_k(queries, docs, k, rows=rows, centre=centre, tie_rank=tie_rank)
             _assert_same(got, float64_top_k(queries, docs, min(k, 1500), rows=rows, tie_rank=tie_rank))
+    if spread == 0.03 and not give_up:
+        assert [c for _, c in seen["searches"][:4]] == [18, 137, 1089, 1500] and seen["fallback"] == 0
+    elif spread == 0.03:
+        assert seen["fallback"] > 0
 
 
-def _synthetic(
-    rng: np.random.Generator, nq: int, n: int, bound: np.ndarray, shift: np.ndarray, levels: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact scores on ``levels`` values (many ties) and float32 scores within ``0.9 * bound`` of them."""
-    exact = rng.integers(0, levels, size=(nq, n)).astype(np.float64) * 0.5
-    noise = rng.uniform(-0.9, 0.9, size=(nq, n)) * bound[:, None]
-    return exact, (exact - shift[:, None] + noise).astype(np.float32)
+def _float32_scores(rng: np.random.Generator, exact: np.ndarray, bound: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """float32 scores within ``0.9 * bound`` of ``exact - shift``, the noise drawn anew on every call."""
+    noise = rng.uniform(-0.9, 0.9, size=exact.shape) * bound[:, None]
+    return (exact - shift[:, None] + noise).astype(np.float32)
 
 
+@pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("small_pools", [False, True])
 @pytest.mark.parametrize("seed", range(25))
 def test_refine_matches_brute_force_on_random_pools(
-    monkeypatch: pytest.MonkeyPatch, seed: int, small_pools: bool
+    monkeypatch: pytest.MonkeyPatch, seed: int, small_pools: bool, chunked: bool
 ) -> None:
     """The callbacks' contract on random data (bounds from tiny to far above the spread; ties; k up to n_allowed;
-    ``small_pools``: wider pools of 8x from the first, up to every row, so that every round is taken): the result
-    is brute force's, and no row is re-scored twice."""
+    float32 scores that differ from one search to the next, as FAISS's may; ``small_pools``: wider pools of 8x
+    from the first, up to every row, so that every round is taken; ``chunked``: every wider pool searched one
+    query at a time): the result is brute force's, no row is re-scored twice, and no query searched more than
+    ``1 + _GROW_ROUNDS`` times."""
     if small_pools:
         monkeypatch.setattr(gaussian, "_GROW_MIN", 0)
         monkeypatch.setattr(gaussian, "_GROW_SHARE", 1)
+    if chunked:
+        monkeypatch.setattr(gaussian, "_GROW_ELEMENTS", 1)
     rng = np.random.default_rng(seed)
     nq, n = int(rng.integers(1, 9)), int(rng.integers(1, 3000))
     k = int(rng.integers(1, n + 1)) if rng.random() < 0.3 else int(rng.integers(1, min(n, 60) + 1))
     bound = 10.0 ** rng.uniform(-2, 2.5, size=nq)
     shift = rng.normal(0, 100, size=nq)
-    exact, approx = _synthetic(rng, nq, n, bound, shift, int(rng.integers(2, 400)))
+    exact = rng.integers(0, int(rng.integers(2, 400)), size=(nq, n)).astype(np.float64) * 0.5  # many ties
     tie_rank = rng.permutation(n)
-    order = np.lexsort((np.arange(n)[None, :].repeat(nq, 0), -approx), axis=1)
     rescored: list[set[int]] = [set() for _ in range(nq)]
-    calls: list[int] = []
+    calls: list[tuple[np.ndarray, int]] = []
 
     def candidates(qi: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        calls.append(c)
-        lab = order[qi, :c]
-        return lab, np.take_along_axis(approx[qi], lab, 1), bound[qi]
+        calls.append((qi.copy(), c))
+        approx = _float32_scores(rng, exact[qi], bound[qi], shift[qi])
+        lab = np.lexsort((np.broadcast_to(np.arange(n), approx.shape), -approx), axis=1)[:, :c]
+        return lab, np.take_along_axis(approx, lab, 1), bound[qi]
 
     def rescore(qi: np.ndarray, lab: np.ndarray) -> np.ndarray:
         for q, r in zip(qi.tolist(), lab.tolist(), strict=True):
@@ -171,7 +204,12 @@ def test_refine_matches_brute_force_on_random_pools(
 
     got = refine_top_k(nq, k, n, int(rng.integers(0, 20)), candidates, rescore, fallback, shift, tie_rank)
     _assert_same(got, fallback(np.arange(nq)))
-    assert len(calls) <= 1 + gaussian._GROW_ROUNDS
+    searched = np.bincount(np.concatenate([qi for qi, _ in calls]), minlength=nq)
+    assert searched.max() <= 1 + gaussian._GROW_ROUNDS
+    if chunked:
+        assert all(qi.size == 1 for qi, _ in calls[1:])
+    else:
+        assert len(calls) <= 1 + gaussian._GROW_ROUNDS
 
 
 def test_refine_rescores_only_new_rows_above_the_line() -> None:

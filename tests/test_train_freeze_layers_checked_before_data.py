@@ -38,7 +38,7 @@ def test_freeze_layers_above_the_base_layer_count_is_refused_before_the_data_loa
     _never_loaded(monkeypatch)
     assert main(_full_train_argv(train_world, tmp_path / "m", "--freeze-layers", "5")) == 2
     err = capsys.readouterr().err
-    assert f"--freeze-layers 5 is more than the backbone's 2 layers (--base {train_world.base}" in err
+    assert f"(--freeze-layers) 5 is more than the backbone's 2 layers (--base {train_world.base}" in err
     assert "give 0 to 2 (0: none frozen)" in err
     assert not (tmp_path / "m").exists()
 
@@ -53,7 +53,7 @@ def test_freeze_layers_above_the_init_from_layer_count_is_refused_before_the_dat
     argv += ["--steps", "1", "--no-progress", "--device", "cpu", "--freeze-layers", "3"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert f"--freeze-layers 3 is more than the backbone's 2 layers (--init-from {saved}" in err
+    assert f"(--freeze-layers) 3 is more than the backbone's 2 layers (--init-from {saved}" in err
 
 
 def test_freeze_layers_up_to_the_layer_count_still_trains(

@@ -92,8 +92,8 @@ def test_a_fresh_run_interrupted_beside_an_interrupted_swap_names_the_copy_and_r
     assert err == (
         f"kl-retrievers train: error: interrupted; this run saved no checkpoint; a checkpoint save was interrupted "
         f"mid-swap: {ckpt} holds no checkpoint, and its previous copy {copy} holds an earlier run's checkpoint of "
-        "step 3, which --resume recovers and continues from"
-    )
+        "step 3 (the next --resume puts it back in place)"
+    )  # named, not advised: an earlier run's checkpoint may be finished, or of another recipe
     assert copy.is_dir() and not ckpt.exists()  # the error path changed nothing
     monkeypatch.undo()
     assert main([*argv, "--resume"]) == 0

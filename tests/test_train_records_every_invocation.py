@@ -1,8 +1,8 @@
 """After ``kl-retrievers train --resume`` the saved model recorded only the last invocation's command
 (``training.command``). Every invocation is now recorded too: ``training.commands``, a list of
-``{"command", "started", "step_at_start"}`` kept in the checkpoints (``recipe.cli.commands``, which a resume adds to
-and its recipe check does not compare), so a resumed run's folder shows the first command and each resume; the model
-card lists them. ``training.command`` stays this invocation's."""
+``{"command", "started", "step_at_start"}`` kept in the checkpoints (``state.json``'s ``commands``, beside the
+recipe: a resume adds to it and its recipe check does not see it), so a resumed run's folder shows the first
+command and each resume; the model card lists them. ``training.command`` stays this invocation's."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def test_a_resumed_run_records_the_first_command_and_each_resume(
     started = [datetime.fromisoformat(c["started"]) for c in commands]
     assert all(s.utcoffset() is not None for s in started) and started == sorted(started)
     state = json.loads((tmp_path / "m.checkpoint" / "state.json").read_text())
-    assert state["recipe"]["cli"]["commands"] == commands  # what the next resume adds to
+    assert state["commands"] == commands  # what the next resume adds to
     card = (out / "README.md").read_text()
     block = card.split("## Command\n```\n", 1)[1].split("```", 1)[0].splitlines()
     assert block == [
@@ -95,7 +95,7 @@ def test_a_checkpoint_without_recorded_commands_resumes(
     assert main(argv) == 0
     state_file = tmp_path / "m.checkpoint" / "state.json"
     state = json.loads(state_file.read_text())
-    del state["recipe"]["cli"]["commands"]
+    del state["commands"]
     state_file.write_text(json.dumps(state))
     assert main([*argv, "--resume", "--steps", "4"]) == 0
     commands = _training(out)["commands"]
@@ -110,3 +110,15 @@ def test_the_recipe_check_does_not_compare_the_invocations() -> None:
     assert _recipe_differences(saved, {"mode": "encoder", "cli": cli | {"commands": [one, two]}}) == []
     assert _recipe_differences(saved, {"mode": "encoder", "cli": cli}) == []  # a checkpoint written before them
     assert _recipe_differences(saved, {"mode": "encoder", "cli": {"hard_negatives": "bm25"}}) != []
+
+
+def test_main_called_from_python_records_its_argv_not_the_processs(
+    train_world: TrainWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "m"
+    argv = heads_cached_train_argv(train_world, out, "--steps", "1")
+    monkeypatch.setattr(sys, "argv", ["some-notebook-kernel", "-f", "kernel.json"])  # the process's own command
+    assert main(argv) == 0
+    command = "kl-retrievers " + " ".join(argv)
+    assert _training(out)["command"] == command
+    assert [c["command"] for c in _training(out)["commands"]] == [command]

@@ -196,7 +196,7 @@ def test_cli_freeze_layers_beyond_the_backbone_fails_before_features(
     argv = heads_cached_train_argv(world, tmp_path / "m", "--freeze-layers", "5")
     argv.remove("--heads-only-cached")
     assert main(argv) == 2
-    assert "--freeze-layers 5 is more than the backbone's 2 layers" in capsys.readouterr().err  # its config.json
+    assert "(--freeze-layers) 5 is more than the backbone's 2 layers (--base" in capsys.readouterr().err  # config.json
 
 
 # ------------------------------------------------------------------ 6. --resume with a missing checkpoint folder

@@ -1393,9 +1393,17 @@ class ApproxEngine(FaissEngine):
         s, bound = self.settings, self._norm_bound
         super().attach(index, viewed, cfg_path)
         growth, self._saved_growth = self._saved_growth, None
+        fewest = self._min_train_size()  # a build trains on at least these: a count below would warn at once
         if growth is None:  # saved before index_growth was: counted from the size at load
-            self._built_rows, self._written_rows, self._built_at_load = len(self.table), 0, True
-        else:
+            self._built_rows, self._written_rows = max(len(self.table), fewest), 0
+            self._built_at_load = True
+        elif growth["built_rows"] < fewest:
+            raise StoreFormatError(
+                f"{cfg_path}: field 'index_growth.built_rows' is {growth['built_rows']!r}, but a built "
+                f"{s.index_type} index with these settings was trained on at least {fewest} documents (the fewest "
+                "its k-means and quantizers train on; a damaged or edited config.json?)"
+            )
+        else:  # more than the live rows is fine: documents deleted since the build
             self._built_rows, self._written_rows = growth["built_rows"], growth["written_rows"]
             self._built_at_load = growth["built_at_load"]
         # warned already where the saved counts are past the factor (every write of the saved store asked)
@@ -1637,8 +1645,8 @@ class ApproxEngine(FaissEngine):
 
         IVF lists and PQ codebooks are learnt at a build and kept as documents are added: the new ones go into
         the lists (and get the codes) learnt from the first ones, however different they are. Once the live
-        documents of the last build (or load: the size a saved index was built at is not recorded) and the rows
-        written (added or upserted) since come to more than :data:`STALE_GROWTH` times the former, this returns
+        documents of the last build (for a folder saved before ``index_growth``, its load) and the rows written
+        (added or upserted) since come to more than :data:`STALE_GROWTH` times the former, this returns
         the warning (the store gives it at the caller's line) naming ``rebuild()``, which retrains the index and
         arms the warning again. The writes are counted, not the live documents: a store that deleted most of its
         documents and took as many new ones holds as many as it was built over, in lists that no longer fit them.

@@ -36,8 +36,11 @@ The numbers the search engine needs to rebuild a query's vector for the saved in
 * ``index_growth`` (approximate stores whose index is built): ``built_rows``, the live documents at the index's
   last build, ``written_rows``, those added or upserted since, and ``built_at_load`` (``built_rows`` was counted
   at a load of a folder saved before this field), which the stale-index warning compares
-  (:meth:`~kl_retrievers.store._engines.ApproxEngine.stale_training`). Absent / null in a store saved before it:
-  counted from the size at load. Earlier releases ignore it, so the format version does not change for it.
+  (:meth:`~kl_retrievers.store._engines.ApproxEngine.stale_training`). ``built_rows`` may exceed the documents the
+  store holds (deleted since the build), but not fall below the fewest a build trains the index on (``nlist`` for
+  IVF, ``2^pq_nbits`` for PQ, the larger for both, 1 otherwise): such a value is refused at load, naming the
+  field. Absent / null in a store saved before it: counted from the size at load (at least that fewest). Earlier
+  releases ignore it, so the format version does not change for it.
 * ``flat_norm_max`` (flat stores): the largest norm of each of the three blocks of the float32 ``d~`` rows
   in ``index.faiss`` (an upper bound after deletions), which bounds the float32 error of every search
   (:func:`~kl_retrievers.gaussian.float32_score_bound`). Absent / null in a store saved before it was
@@ -382,7 +385,8 @@ def _check_growth(config: dict[str, Any], cfg_path: Path) -> None:
     """Check ``index_growth`` (null where absent: a store saved before it, a flat store, an index not built).
 
     Only its shape: a store whose index is not built (or a flat one) does not read it, and the fields that say so
-    are checked, with their own messages, where they are read.
+    are checked, with their own messages, where they are read (``built_rows``'s least value, which the settings
+    set, too: :meth:`~kl_retrievers.store._engines.ApproxEngine.attach`).
     """
     growth = config.setdefault("index_growth", None)
     if growth is None:

@@ -83,7 +83,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 import numpy as np
 
 from kl_retrievers._checks import check_bool
-from kl_retrievers._errors import NothingSavedError
+from kl_retrievers._errors import ConcurrentSaveError, NothingSavedError
 from kl_retrievers._io import (
     atomic_dir,
     check_replace_target,
@@ -839,9 +839,12 @@ class KLStore(GaussianStore):
             except BaseException:
                 self._undo_add(start, len(new.ids), previous)
                 raise
-            self._engine.rows_appended(before, start)  # the exact path's kept d~ take the new rows
             self._maybe_compact()
             self.write_count += 1
+            # the exact path's kept d~ take the new rows, unless the compaction changed the rows (then it returns at
+            # once); an interrupt while it copies them leaves the write compacted and counted, and the stale check
+            # (after it) armed for the next write
+            self._engine.rows_appended(before, start)
             stale = self._engine.stale_training()
         if replaced:
             logger.debug("replaced %d existing document(s)", len(replaced))
@@ -1076,6 +1079,8 @@ class KLStore(GaussianStore):
                 thread; the others wait and use what it got). Any other failure (a name that cannot be loaded,
                 which is refused without a lookup, another dimension, a model that does not load) is kept for
                 good, and raised again without retrying.
+            ConcurrentSaveError: Saves of the saved model's folder replaced it during each of the loader's reads
+                (an ``OSError``), raised as it is and not kept: the next call tries again.
         """
         if self.encoder is not None:
             return self.encoder
@@ -1108,6 +1113,8 @@ class KLStore(GaussianStore):
                     try:
                         # one copy per process for every store that needs this model (while any holds it)
                         encoder = _shared_saved_model(name, backend, self._documents_weights)
+                    except ConcurrentSaveError:  # saves kept replacing the model's folder: nothing to keep
+                        raise
                     except OSError as exc:  # a file or network error, a hub that failed: retried after a delay
                         message = (
                             f"this store has no encoder to encode text, and loading the model it was saved with, "
@@ -1151,6 +1158,7 @@ class KLStore(GaussianStore):
         Raises:
             ValueError: No encoder and none recorded, or the recorded model failed to load (the message
                 names it, and what to pass instead).
+            ConcurrentSaveError: Saves of the recorded model's folder kept replacing it (:meth:`_load_saved_encoder`).
         """
         try:
             encoder = self._load_saved_encoder()

@@ -954,12 +954,15 @@ def _load_eval_data(args: argparse.Namespace, out: Path, ckpt: Path) -> Any:
         raise ValueError(f"--eval-data {folder} (--eval-split {args.eval_split}): {spelled}") from None
 
 
-def _check_resume_early(ckpt: Path, cfg: Any, ts: Any, heads_only: bool, cli_recipe: dict[str, Any]) -> int | None:
+def _check_resume_early(
+    ckpt: Path, cfg: Any, ts: Any, heads_only: bool, cli_recipe: dict[str, Any]
+) -> dict[str, Any] | None:
     """``--resume``: refuse a changed recipe right after the data is loaded, before the backbone and features.
 
     Compares everything but the encoder's shape (known only once the encoder is loaded; the trainer checks
-    the whole recipe again) with the trainer's own helpers. Returns the warm-up the checkpoint's run used
-    (what a resume keeps), or ``None`` when there is no checkpoint or it records none.
+    the whole recipe again) with the trainer's own helpers. Returns the checkpoint's ``state.json``, its fields'
+    types checked (:func:`~kl_retrievers.training.trainer._read_checkpoint_state`), or ``None`` when there is no
+    checkpoint.
     """
     from kl_retrievers.training.trainer import (
         _check_resume_recipe,
@@ -979,15 +982,14 @@ def _check_resume_early(ckpt: Path, cfg: Any, ts: Any, heads_only: bool, cli_rec
     _check_resume_steps(found, meta, cfg.steps)  # a checkpoint past --steps: refused before the backbone
     saved = meta.get("recipe")
     if saved is None:
-        return None  # an older checkpoint: the trainer warns that it cannot be checked
+        return meta  # an older checkpoint: the trainer warns that it cannot be checked
     config = saved.get("config")
     if "config" in saved and not isinstance(config, dict):  # not a recipe difference: the file is damaged
         raise _state_error(found / "state.json", "recipe.config", "an object (the run's TrainConfig)", config)
     # the encoder's shape is left out on both sides: the trainer compares it once the encoder is loaded
     now = training_recipe(cfg, ts, None, mode="heads_only_cached" if heads_only else "encoder", cli=cli_recipe)
     _check_resume_recipe(found, {"recipe": {k: v for k, v in saved.items() if k != "encoder"}}, now)
-    warmup = config.get("warmup_resolved") if isinstance(config, dict) else None
-    return warmup if isinstance(warmup, int) and not isinstance(warmup, bool) else None
+    return meta
 
 
 #: The fields of a transformers ``config.json`` that count the encoder's layers (BERT-likes, DistilBERT, GPT-2-likes,
@@ -995,27 +997,50 @@ def _check_resume_early(ckpt: Path, cfg: Any, ts: Any, heads_only: bool, cli_rec
 _LAYER_COUNT_FIELDS = ("num_hidden_layers", "n_layers", "n_layer", "num_layers")
 
 
+def _local_config_file(name: str, *, bundled: bool) -> Path | None:
+    """The ``config.json`` of the model ``name`` where it is known without a download: a local folder's, a bundled
+    model's (``bundled``: ``--init-from`` takes one) or the Hugging Face cache's copy of a hub id's; ``None``
+    elsewhere (what the loader finds then, it checks itself). Nothing is downloaded, the hub is never asked.
+    """
+    from kl_retrievers.hub import BUNDLED_DIR, BUNDLED_PREFIX, OFFLINE_COPIES, _hub_id, bundled_name, is_path_name
+
+    if bundled:
+        found = bundled_name(name)
+        if found is not None:
+            return BUNDLED_DIR / found / "config.json"
+        if name.startswith(BUNDLED_PREFIX):  # no such bundled model: its loader says so
+            return None
+    local = user_path(name)
+    if local.is_dir():
+        return local / "config.json"
+    if local.exists() or is_path_name(name):  # a file, or a folder that is not there: never a hub id
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers depends on it
+        return None
+    cached = try_to_load_from_cache(_hub_id(name, OFFLINE_COPIES.get(name, ())), "config.json")
+    return Path(cached) if isinstance(cached, str) else None  # not cached (None), or cached as missing
+
+
 def _configured_layer_count(args: argparse.Namespace) -> tuple[int, str] | None:
     """The layer count of the backbone a run with ``args`` trains, as its configuration says, no weight loaded.
 
     ``--init-from``: the ``backbone_config`` its ``config.json`` records (a bundled name's too); else ``--base``'s
-    ``config.json``, in the folder :func:`~kl_retrievers.hub.resolve_model_path` gives (what
-    :meth:`~kl_retrievers.GaussianEncoder.from_backbone` loads next).
+    ``config.json``. Only what is known without a download is read (:func:`_local_config_file`: a local folder, a
+    bundled model, the Hugging Face cache): a hub id not cached yet is downloaded by its loader, once.
 
     Returns:
         ``(layers, what)``, ``what`` naming the flag and value for messages; ``None`` when the configuration cannot
-        tell (no such folder or field, a file that cannot be read): the loaded backbone is checked then
+        tell (not known locally, no such field, a file that cannot be read): the loaded backbone is checked then
         (:func:`~kl_retrievers.training.trainer.check_freeze_layers`), and its loader reports what is wrong.
     """
-    from kl_retrievers.hub import BUNDLED_DIR, bundled_name, resolve_model_path
-
     init_from = args.init_from
     named = f"--init-from {init_from}" if init_from else f"--base {args.base}"
     try:
-        bundled = bundled_name(str(init_from)) if init_from else None
-        folder = BUNDLED_DIR / bundled if bundled is not None else resolve_model_path(init_from or args.base)
-        file = folder / "config.json"
-        config = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None  # never a FIFO's read
+        file = _local_config_file(str(init_from or args.base), bundled=bool(init_from))
+        # a regular file only: never a FIFO's read
+        config = json.loads(file.read_text(encoding="utf-8")) if file is not None and file.is_file() else None
     except Exception as exc:  # best effort: the loader gives its own error, with its context, later
         logger.debug("--freeze-layers: the layer count of %s is not known before loading it (%s)", named, exc)
         return None
@@ -1036,8 +1061,11 @@ def _check_freeze_layers_early(args: argparse.Namespace) -> None:
     again (:func:`~kl_retrievers.training.trainer.check_freeze_layers`), also where the configuration cannot tell.
 
     Raises:
-        ValueError: Names ``N``, the layer count, where it was read and the values allowed.
+        ValueError: Names ``N``, the layer count, where it was read and the values allowed (the message of
+            :func:`~kl_retrievers.training.trainer.check_freeze_layers`).
     """
+    from kl_retrievers.training.trainer import _freeze_layers_refusal
+
     if not args.freeze_layers:
         return
     found = _configured_layer_count(args)
@@ -1045,49 +1073,30 @@ def _check_freeze_layers_early(args: argparse.Namespace) -> None:
         return
     layers, named = found
     if args.freeze_layers > layers:
-        raise ValueError(
-            f"--freeze-layers {args.freeze_layers} is more than the backbone's {layers} layers ({named}, as its "
-            f"config.json says); give 0 to {layers} (0: none frozen), or --freeze-backbone to train the heads only"
-        )
+        raise _freeze_layers_refusal(args.freeze_layers, layers, f"{named}, as its config.json says")
 
 
-#: The entry of the checkpoints' ``recipe.cli`` that lists the run's invocations (:func:`_invocations`): a record,
-#: not a recipe entry (a resume adds to it; the resume check does not compare it).
-_COMMANDS = "commands"
-
-
-def _invocations(found: Path | None, command: str, started: str) -> list[dict[str, Any]]:
-    """Every invocation of a run: those the checkpoint a ``--resume`` continues (``found``) records, then this one.
+def _invocations(
+    found: Path | None, meta: Mapping[str, Any] | None, command: str, started: str
+) -> list[dict[str, Any]]:
+    """Every invocation of a run: those the checkpoint a ``--resume`` continues records (``found``, its folder;
+    ``meta``, its ``state.json`` as the resume check read and checked it), then this one.
 
     Each is ``{"command", "started", "step_at_start"}`` (``started``: UTC, ISO 8601; ``step_at_start``: the
-    checkpoint's step, 0 for a run from scratch). A checkpoint of a version that recorded none, or a damaged record,
-    gives this invocation only (a damaged ``state.json`` is refused by the resume check).
+    checkpoint's step, 0 for a run from scratch). A checkpoint of a version that recorded none gives this
+    invocation only; a damaged record is refused with the checkpoint
+    (:func:`~kl_retrievers.training.trainer._saved_commands`).
 
     Examples:
-        >>> _invocations(None, "kl-retrievers train --data d", "2026-01-01T00:00:00+00:00")
+        >>> _invocations(None, None, "kl-retrievers train --data d", "2026-01-01T00:00:00+00:00")
         [{'command': 'kl-retrievers train --data d', 'started': '2026-01-01T00:00:00+00:00', 'step_at_start': 0}]
     """
-    earlier: list[dict[str, Any]] = []
-    step = 0
-    if found is not None:
-        state_file = found / "state.json"
-        try:  # a regular file only: a FIFO's read would wait for ever
-            meta = json.loads(state_file.read_text(encoding="utf-8")) if state_file.is_file() else None
-        except (OSError, ValueError, RecursionError, MemoryError):
-            meta = None
-        if isinstance(meta, dict):
-            saved = meta.get("step")
-            step = saved if type(saved) is int else 0
-            recipe = meta.get("recipe")
-            cli = recipe.get("cli") if isinstance(recipe, dict) else None
-            entries = cli.get(_COMMANDS) if isinstance(cli, dict) else None
-            if isinstance(entries, list):
-                earlier = [
-                    {key: entry.get(key) for key in ("command", "started", "step_at_start")}
-                    for entry in entries
-                    if isinstance(entry, dict) and isinstance(entry.get("command"), str)
-                ]
-    return [*earlier, {"command": command, "started": started, "step_at_start": step}]
+    from kl_retrievers.training.trainer import _saved_commands
+
+    if found is None or meta is None:
+        return [{"command": command, "started": started, "step_at_start": 0}]
+    earlier = _saved_commands(found / "state.json", meta)
+    return [*earlier, {"command": command, "started": started, "step_at_start": meta["step"]}]
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -1257,8 +1266,9 @@ def _run_train(args: argparse.Namespace) -> int:
             ts = load_training_data(data, split=args.split, unknown_docs=unknown_docs)
         except DatasetError as exc:  # the load_beir option it names (unknown_docs='drop') is a flag here
             raise ValueError(exc.describe(lambda keyword, value: f"--{keyword.replace('_', '-')} {value}")) from None
-        if resume:  # refuses a changed recipe (or changed data) before the backbone and features
-            _check_resume_early(ckpt, cfg, ts, heads_only, cli_recipe)
+        # --resume: refuses a changed recipe (or changed data) before the backbone and features; the checkpoint's
+        # state.json, checked, gives the invocations it records
+        meta = _check_resume_early(ckpt, cfg, ts, heads_only, cli_recipe) if resume else None
         _check_negatives_exist(ts, None)  # mining draws from the same pool: data without a possible negative fails now
         if not use_teacher and args.hard_negatives == "none":
             _check_teacher(ts, cfg)  # the data is final: a distillation loss without teacher scores fails now
@@ -1312,16 +1322,17 @@ def _run_train(args: argparse.Namespace) -> int:
             teacher = CrossEncoderTeacher(cache_dir=None if cache_root is None else cache_root / "teacher")
             add_teacher_scores(ts, teacher, show_progress=show)
             teacher_label = teacher.label
-        # every invocation of the run, recorded by the checkpoints beside the recipe (not compared): a resume adds
-        # itself to those its checkpoint records
-        commands = _invocations(found, command, started)
-        checkpoint_recipe = {"cli": cli_recipe | {_COMMANDS: commands}}
+        # every invocation of the run, recorded by the checkpoints beside the recipe (state.json's "commands", not
+        # compared): a resume adds itself to those its checkpoint records
+        commands = _invocations(found, meta, command, started)
+        checkpoint_recipe = {"cli": cli_recipe}
         if heads_only:
             result = train_heads_cached(
                 encoder, ts, cfg, checkpoint_dir=ckpt, resume=resume, query_features=qf, doc_features=df,
                 recipe=checkpoint_recipe, evaluator=evaluator, eval_every=eval_every,
                 cache_dir=feature_cache,  # the --eval-data split's features (the training data's are given)
                 overwrite=overwrite,  # check_checkpoint_dir has refused what --overwrite does not allow
+                commands=commands,
             )  # fmt: skip
         else:
             apply_freezing(  # the LoRA adapter's initialisation from --seed too: the same command, the same weights
@@ -1333,7 +1344,7 @@ def _run_train(args: argparse.Namespace) -> int:
             )
             result = train_encoder(
                 encoder, ts, cfg, checkpoint_dir=ckpt, resume=resume, recipe=checkpoint_recipe,
-                evaluator=evaluator, eval_every=eval_every, overwrite=overwrite,
+                evaluator=evaluator, eval_every=eval_every, overwrite=overwrite, commands=commands,
             )  # fmt: skip
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the one error line names what a --resume continues from
         _name_resume_point(exc, ckpt, bool(args.resume), earlier)
@@ -1474,8 +1485,8 @@ def _resume_hint(ckpt: Path, resumed: bool, earlier: tuple[int, int, int] | None
     if not resumed and earlier is not None and _state_identity(ckpt) == earlier:
         if swapped:
             return (
-                f"this run saved no checkpoint; {swap} holds an earlier run's checkpoint of step {shown}, which "
-                "--resume recovers and continues from"
+                f"this run saved no checkpoint; {swap} holds an earlier run's checkpoint of step {shown} (the next "
+                "--resume puts it back in place)"
             )
         return f"this run saved no checkpoint; {ckpt} still holds an earlier run's checkpoint of step {shown}"
     again = "the same command again" if resumed else "the same command with --resume"

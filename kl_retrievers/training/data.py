@@ -783,6 +783,11 @@ def mine_negatives_from_scores(
             ``existing`` that names another mode, it is refused.
         desc: Progress bar label.
         show_progress: Show the progress bar.
+
+    Raises:
+        ValueError: ``k`` is not an integer >= 1, ``existing`` is not one of :data:`MINE_MODES`, or ``replace``
+            names another mode than ``existing``.
+        TypeError: ``replace`` is not a bool or ``None``.
     """
     _check_mine_k(k)
     mode = _mine_mode(existing, replace)
@@ -817,6 +822,10 @@ def mine_bm25_negatives(
     Only documents sharing a word with the query are mined. ``existing`` and ``replace`` decide what happens
     to the negatives an example already has, as in :func:`mine_negatives_from_scores` (default: an example
     with negatives keeps them and their teacher scores; only examples without any are mined).
+
+    Raises:
+        ValueError: ``k``, ``existing`` or ``replace`` is refused, as by :func:`mine_negatives_from_scores`.
+        TypeError: ``replace`` is not a bool or ``None``.
 
     Examples:
         >>> mine_bm25_negatives(ts, k=20)  # doctest: +SKIP

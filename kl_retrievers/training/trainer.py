@@ -582,6 +582,7 @@ def _save_checkpoint(
     losses: list[float],
     recipe: Mapping[str, Any] | None = None,
     evaluations: list[dict[str, Any]] | None = None,
+    commands: Sequence[Mapping[str, Any]] | None = None,
 ) -> None:
     params = _trainable(module)
     weights = {n: p.detach().cpu().contiguous() for n, p in params.items()}
@@ -605,6 +606,8 @@ def _save_checkpoint(
         "recipe": dict(recipe) if recipe is not None else None,
         "evaluations": finite_json(list(evaluations or [])),  # NaN/inf metrics as null: standard JSON
     }
+    if commands is not None:  # beside the recipe, not in it: nothing compares it, older versions ignore it
+        meta[_COMMANDS] = [dict(c) for c in commands]
     with atomic_dir(folder) as tmp:  # a crash leaves the previous checkpoint (or a copy recover_dir restores)
         save_safetensors(weights, tmp / "trainable.safetensors", saving=folder)  # a full disk: an OSError
         save_safetensors(tensors, tmp / "optimizer.safetensors", saving=folder)
@@ -768,8 +771,14 @@ _LABELS = {
 }
 #: recipe entries later versions record: compared only when the checkpoint records them too
 _ADDED_LATER = ("encoder.trainable.",)
-#: entries of a checkpoint's recipe that record the run rather than shape it (the command line's invocations, which
-#: a resume adds to): never compared
+#: The top-level entry of a checkpoint's ``state.json`` that lists the command line's invocations of the run
+#: (:func:`_saved_commands`): a record beside the recipe, which a resume adds to and nothing compares (versions
+#: before it ignore it).
+_COMMANDS = "commands"
+#: What each invocation records.
+_INVOCATION_KEYS = ("command", "started", "step_at_start")
+#: Entries of a checkpoint's recipe that record the run rather than shape it, never compared: the invocations, which
+#: the checkpoints of one development version kept in the recipe (now :data:`_COMMANDS`, beside it).
 _RECORDS = ("cli.commands",)
 
 
@@ -829,8 +838,8 @@ def _recipe_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> lis
     ``in_batch`` only when a side reads it (:func:`_reads_in_batch`: a checkpoint an earlier version wrote with
     ``--no-in-batch`` where it was ignored resumes without it); ``cli.mine_k`` only when a side mined (an earlier
     version's ``--mine-k`` without ``--hard-negatives`` mined nothing); entries later versions added (what trains,
-    ``encoder.trainable``) only when the checkpoint records them; the run's records (``cli.commands``, the command
-    line's invocations) never.
+    ``encoder.trainable``) only when the checkpoint records them; the invocations that one development version kept in
+    the recipe (``cli.commands``, now beside it) never.
 
     Examples:
         >>> _recipe_differences({"data": ["a", "a"], "cli": {"hard_negatives": "bm25"}},
@@ -1055,7 +1064,43 @@ def _read_checkpoint_state(folder: Path) -> dict[str, Any]:
         raise _state_error(state_file, "losses", "a list of finite numbers", losses)
     if meta.get("recipe") is not None and not isinstance(meta["recipe"], dict):
         raise _state_error(state_file, "recipe", "an object or null", meta["recipe"])
+    _saved_commands(state_file, meta)  # the record of the invocations, when there is one
     return meta
+
+
+def _saved_commands(state_file: Path, meta: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The command line's invocations that a checkpoint's ``state.json`` (``meta``, read from ``state_file``)
+    records: its ``commands`` (or the ``recipe.cli.commands`` of one development version's checkpoints), each
+    ``{"command", "started", "step_at_start"}``; none for a checkpoint that records none.
+
+    Raises:
+        ValueError: The record is not a list of such objects (a str command, a str start time, a non-negative int
+            step); the message names the file and the field (the entry's index).
+
+    Examples:
+        >>> one = {"command": "kl-retrievers train", "started": "2026-01-01T00:00:00+00:00", "step_at_start": 0}
+        >>> _saved_commands(Path("state.json"), {"commands": [one]}) == [one]
+        True
+    """
+    field, entries = _COMMANDS, meta.get(_COMMANDS)
+    if entries is None:
+        recipe = meta.get("recipe")
+        cli = recipe.get("cli") if isinstance(recipe, dict) else None
+        field, entries = f"recipe.cli.{_COMMANDS}", cli.get(_COMMANDS) if isinstance(cli, dict) else None
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise _state_error(state_file, field, "a list of invocations", entries)
+    for index, entry in enumerate(entries):
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("command"), str)
+            and isinstance(entry.get("started"), str)
+            and _is_index(entry.get("step_at_start"))
+        ):
+            what = 'an invocation, {"command": str, "started": str, "step_at_start": int >= 0}'
+            raise _state_error(state_file, f"{field}[{index}]", what, entry)
+    return [{key: entry[key] for key in _INVOCATION_KEYS} for entry in entries]
 
 
 def _read_checkpoint_tensors(file: Path) -> dict[str, torch.Tensor]:
@@ -1859,6 +1904,7 @@ def _optimise(
     prepare: Callable[[], None] | None = None,
     description: Mapping[str, Any] | None = None,
     changed: Callable[[], None] | None = None,
+    commands: Sequence[Mapping[str, Any]] | None = None,
 ) -> TrainResult:
     """The optimiser loop both trainers share. ``evaluate(step)``: one evaluation record (see
     :func:`_run_evaluation`), called after every ``eval_every`` steps and once at the end (or at a time-budget
@@ -1870,7 +1916,8 @@ def _optimise(
     ``prepare()``: called once after a resume's checks and load, before the time budget's clock starts, when an
     evaluation will run (work a refused resume or a finished, evaluated checkpoint should not pay for, e.g. the
     evaluation split's features). ``changed()``: called once the module's weights change (a resume's checkpoint
-    loaded, or the first optimiser step), so that a caller can tell a run that failed before changing them."""
+    loaded, or the first optimiser step), so that a caller can tell a run that failed before changing them.
+    ``commands``: recorded in each checkpoint beside the recipe (:data:`_COMMANDS`)."""
     named = _trainable(module)
     params = list(named.values())
     if not params:
@@ -1984,7 +2031,7 @@ def _optimise(
             saved = checkpoint_dir is not None and bool(cfg.checkpoint_every) and done % cfg.checkpoint_every == 0
             if saved:
                 assert checkpoint_dir is not None
-                _save_checkpoint(checkpoint_dir, module, opt, sched, done, history, recipe, evaluations)
+                _save_checkpoint(checkpoint_dir, module, opt, sched, done, history, recipe, evaluations, commands)
             # evaluations come after the checkpoint of their step (an evaluator that fails, or a job killed
             # while it runs, loses no trained step), which then records them; the last step's runs after the
             # loop, once the final checkpoint is written
@@ -2000,7 +2047,7 @@ def _optimise(
                 stopped = "time_budget"
                 logger.info("time budget %.0f s reached after step %d; stopping and saving", cfg.time_budget_s, done)
                 if checkpoint_dir is not None:
-                    _save_checkpoint(checkpoint_dir, module, opt, sched, done, history, recipe, evaluations)
+                    _save_checkpoint(checkpoint_dir, module, opt, sched, done, history, recipe, evaluations, commands)
                 if evaluate is not None and not evaluated:  # the model the run returns, once
                     evaluations.append(run_evaluation(done))
                     if checkpoint_dir is not None:
@@ -2009,7 +2056,7 @@ def _optimise(
         if stopped == "finished" and checkpoint_dir is not None and losses:
             last = step + 1
             if not (cfg.checkpoint_every and last % cfg.checkpoint_every == 0):  # not saved just above
-                _save_checkpoint(checkpoint_dir, module, opt, sched, last, history, recipe, evaluations)
+                _save_checkpoint(checkpoint_dir, module, opt, sched, last, history, recipe, evaluations, commands)
     finally:
         bar.close()
     done = (step + 1) if losses else start
@@ -2048,14 +2095,25 @@ def check_freeze_layers(encoder: GaussianEncoder, freeze_layers: int) -> None:
     Examples:
         >>> check_freeze_layers(encoder, 99)  # doctest: +SKIP
         Traceback (most recent call last):
-        ValueError: freeze_layers (--freeze-layers) 99 is more than the backbone's 6 layers; ...
+        ValueError: freeze_layers (--freeze-layers) 99 is more than the backbone's 6 layers (...); ...
     """
     n_layers = backbone_layer_count(encoder)
     if freeze_layers > n_layers:
-        raise ValueError(
-            f"freeze_layers (--freeze-layers) {freeze_layers} is more than the backbone's {n_layers} layers; "
-            f"give at most {n_layers} (or freeze_backbone, --freeze-backbone, to train the heads only)"
-        )
+        raise _freeze_layers_refusal(freeze_layers, n_layers, "counted in the loaded backbone")
+
+
+def _freeze_layers_refusal(freeze_layers: int, layers: int, where: str) -> ValueError:
+    """The refusal of ``freeze_layers`` above the backbone's ``layers`` (``where``: how the count is known), for
+    :func:`check_freeze_layers` and the command line's check of the backbone's configuration before it loads.
+
+    Examples:
+        >>> print(_freeze_layers_refusal(5, 2, "counted in the loaded backbone"))  # doctest: +ELLIPSIS
+        freeze_layers (--freeze-layers) 5 is more than the backbone's 2 layers (counted in the loaded backbone); ...
+    """
+    return ValueError(
+        f"freeze_layers (--freeze-layers) {freeze_layers} is more than the backbone's {layers} layers ({where}); "
+        f"give 0 to {layers} (0: none frozen), or freeze_backbone (--freeze-backbone) to train the heads only"
+    )
 
 
 def apply_freezing(
@@ -2154,6 +2212,7 @@ def train_encoder(
     evaluator: Evaluator | None = None,
     eval_every: int = 0,
     overwrite: bool = False,
+    commands: Sequence[Mapping[str, Any]] | None = None,
 ) -> TrainResult:
     """Train the whole encoder (respecting what :func:`apply_freezing` froze) on texts.
 
@@ -2193,6 +2252,9 @@ def train_encoder(
         eval_every: Steps between evaluations (0: only at the end).
         overwrite: Let checkpoints replace a non-empty ``checkpoint_dir`` that is not a checkpoint, or a link
             there (the link itself: the folder it points to is left as it was).
+        commands: The command line's invocations of the run, this one last (``{"command", "started",
+            "step_at_start"}`` each), recorded in each checkpoint's ``state.json`` beside the recipe (its
+            ``commands``: not checked on resume); ``None``: none recorded.
 
     Returns:
         A :class:`TrainResult`.
@@ -2253,6 +2315,7 @@ def train_encoder(
             eval_every=eval_every,
             description=evaluator_description(evaluator, encoder) if evaluator is not None else None,
             changed=previous.weights_changed,
+            commands=commands,
         )
     except BaseException:
         previous.restore_unless_changed()
@@ -2308,6 +2371,7 @@ def train_heads_cached(
     evaluator: Evaluator | None = None,
     eval_every: int = 0,
     overwrite: bool = False,
+    commands: Sequence[Mapping[str, Any]] | None = None,
 ) -> TrainResult:
     """The fast path: frozen backbone, features computed once (cached), only the heads train.
 
@@ -2337,6 +2401,7 @@ def train_heads_cached(
             texts through the backbone.
         eval_every: Steps between evaluations (0: only at the end).
         overwrite: As in :func:`train_encoder`.
+        commands: As in :func:`train_encoder`.
 
     The training record (``config.extra["training"]``, :func:`record_training`) is written as in
     :func:`train_encoder`.
@@ -2471,6 +2536,7 @@ def train_heads_cached(
             prepare=prepare_evaluation,
             description=evaluator_description(evaluator, encoder) if evaluator is not None else None,
             changed=previous.weights_changed,
+            commands=commands,
         )
     except BaseException:
         previous.restore_unless_changed()
