@@ -1,11 +1,13 @@
-"""``docs/hybrid.md``'s held-out abstention curves and table, from the newest logged abstention run.
+"""``docs/hybrid.md``'s held-out abstention curves and table, from the newest logged abstention run at the shipped
+threshold.
 
 ``benchmarks/results.py`` writes the part of the page between the ``abstention`` markers
 (``results_readme.begin`` / ``end``) from the line of ``runs/abstention/abstention.jsonl`` that the README quotes
 too (``results_readme._abstention``: the newest ``benchmarks/abstention.py --hybrid`` line of the default model in
-the shipped setting); the curves are printed by ``benchmarks/abstention.py``'s own ``print_table``, so they read as
-the script prints them. The page's prose around the part must quote that line's figures
-(:func:`abstention_phrases`); ``--check`` exits 1 when the part differs from what the log renders.
+the shipped setting, at the shipped threshold: a newer run that chose another one is not quoted); the curves are
+printed by ``benchmarks/abstention.py``'s own ``print_table``, so they read as the script prints them. The page's
+prose around the part must quote that line's figures (:func:`abstention_phrases`); ``--check`` exits 1 when the part
+differs from what the log renders.
 """
 
 from __future__ import annotations
@@ -63,8 +65,9 @@ def abstention_region(rec: Mapping[str, Any]) -> list[str]:
         rows[-1] += [_range(other, "f1"), _range(other, "answered")]
     title = f"hybrid: training articles (seed {train['seed']}, {train['questions']} questions)"
     return [
-        f"As `{rec['command']}` printed them (its newest run of the default model in `{ABSTENTION_LOG.as_posix()}`, "
-        f"started {rec['started'][:10]}, commit {str(rec.get('commit'))[:10]}):",
+        f"As `{rec['command']}` printed them (the newest run of the default model at the shipped threshold, "
+        f"{summary['hybrid']['threshold']:.2f}, in `{ABSTENTION_LOG.as_posix()}`: started {rec['started'][:10]}, "
+        f"commit {str(rec.get('commit'))[:10]}):",
         "",
         "```",
         *curves[:-1],
@@ -88,8 +91,8 @@ def abstention_phrases(rec: Mapping[str, Any]) -> list[str]:
         f"is **{at['f1']:.3f}** (target >= 0.6) while answering **{at['answered']:.1%}** of",
         f"F1 {other['f1_mean']:.3f} ({other['f1_min']:.3f} to {other['f1_max']:.3f}) while answering "
         f"{other['answered_mean']:.1%} ({other['answered_min']:.1%} to {other['answered_max']:.1%})",
-        f"still misses (F1 {d_at['f1']:.3f} at {d_at['answered']:.1%}). These are the newest logged run "
-        f"({rec['started'][:10]},",
+        f"still misses (F1 {d_at['f1']:.3f} at {d_at['answered']:.1%}). These are the newest logged run at the "
+        f"shipped threshold ({rec['started'][:10]},",
         f"with an AUROC of {hyb['held_out_auroc']:.3f} on the held-out articles ({hyb['train_auroc']:.3f} on the "
         f"training articles), against {dense['held_out_auroc']:.3f} for the dense one",
         f"P@1 of the answered questions {at['answered_p@1']:.3f} at the hybrid's threshold, "

@@ -12,7 +12,8 @@ The figures come from the same records as ``docs/results.md``:
 * the Kendall taus of the uncertainty: the ``qpp`` block each of those lines carries (``results_qpp._tau``).
 
 Typed here, with no log behind them: each model's description and install note. Its size is measured when the
-page is rendered (:func:`folder_size`: the sum of its folder's file sizes, in MB of 10^6 bytes).
+page is rendered (:func:`folder_size`: the sum of the sizes of the files git tracks in its folder, in MB of 10^6
+bytes).
 Not rendered: the encoding-speed table (``benchmarks/encode.py --models`` prints it; no log of it is committed)
 and the comparison with round 1, whose logs were not committed.
 """
@@ -20,6 +21,7 @@ and the comparison with round 1, whose logs were not committed.
 from __future__ import annotations
 
 import difflib
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -153,16 +155,36 @@ def choosing_region(
     ]
 
 
+def tracked_files(folder: Path) -> list[Path]:
+    """The files under ``folder`` that git tracks (``git ls-files``), as they are on disk now.
+
+    What the repository ships: an untracked file there (a stray export, a cache) is no part of the model, and
+    would make ``--check`` fail on the one machine that has it.
+
+    Raises:
+        SystemExit: ``folder`` is not in a git checkout (or git is not installed).
+    """
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", "--", "."], cwd=folder, capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        err = getattr(exc, "stderr", b"") or b""
+        raise SystemExit(
+            f"{folder}: its size is read from `git ls-files`, which failed: {err.decode() or exc}"
+        ) from exc
+    return [folder / name for name in out.stdout.decode().split("\0") if name and (folder / name).is_file()]
+
+
 def folder_size(name: str) -> str:
     """The size of a bundled model's folder: the sum of its files' sizes in MB (10^6 bytes), and its ONNX graph's.
 
-    One measure for every model (``du -sh`` counts disk blocks, which depend on the file system); a model whose
-    folder this checkout lacks is "not here".
+    One measure for every model (``du -sh`` counts disk blocks, which depend on the file system), of the files
+    git tracks (:func:`tracked_files`); a model whose folder this checkout lacks is "not here".
     """
     try:
-        files = [p for p in bundled_model_path(name).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+        folder = bundled_model_path(name)
     except ValueError:
         return "not here"
+    files = tracked_files(folder)
     total = sum(p.stat().st_size for p in files) / 1e6
     graph = sum(p.stat().st_size for p in files if p.suffix == ".onnx") / 1e6
     return f"{total:.1f} MB" + (f" ({graph:.1f} MB of it the ONNX graph)" if graph else "")

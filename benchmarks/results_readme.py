@@ -43,6 +43,10 @@ _DEFAULT_PARAMS = "kl_retrievers/data/hybrid_adaptive.json"
 _BGE = "bge-small-unit-variance"
 _BGE_PARAMS = f"kl_retrievers/pretrained/{_BGE}/hybrid_adaptive.json"
 _BGE_UNSTEMMED = f"kl_retrievers/pretrained/{_BGE}/hybrid_adaptive.unstemmed.json"
+#: The quoted abstention runs' setting (``benchmarks/abstention.py --hybrid --seeds 10``, default ``--min-answered``)
+#: and each model's backend and encoder as logged: the library's default (int8 ONNX) but torch for bge.
+ABSTENTION_SETTING = {"bm25_stemmer": "english", "quick": False, "min_answered": 0.9}
+_ABSTENTION_BACKENDS = {_BGE: ("torch", "GaussianEncoder")}
 #: README column order and labels.
 README_COLLECTIONS = {
     "scifact": "SciFact",
@@ -214,30 +218,36 @@ def hybrid_table(rec: Mapping[str, Any], dense: str, full: bool) -> list[str]:
 def _abstention(root: Path, model: str) -> dict[str, Any]:
     """The newest ``benchmarks/abstention.py --hybrid`` line of ``model`` in the shipped setting.
 
-    That is: stemmed BM25, not ``--quick``, seed 0 and the hybrid threshold recommended for the model now
+    That is: :data:`ABSTENTION_SETTING` (stemmed BM25, not ``--quick``, ``--min-answered 0.9``), seed 0 and 10 more,
+    the model's backend (:data:`_ABSTENTION_BACKENDS`) and the hybrid threshold recommended for the model now
     (``recommended_min_confidence``: the library's constant for the default, else the calibrator's recorded one).
+    A newer line at another threshold is not quoted: the pages say "the newest run at the shipped threshold".
 
     Raises:
-        SystemExit: No such line; or its held-out curve does not end with every question abstained.
+        SystemExit: No such line; it lacks hybrid or dense results; its held-out curve does not end abstaining on all.
     """
     threshold = recommended_min_confidence(model, retriever="hybrid", stemmer="english")
+    backend = _ABSTENTION_BACKENDS.get(model, (None, "OnnxGaussianEncoder"))
+    setting = f"{ABSTENTION_SETTING}, seed 0, --seeds 10, backend and encoder {backend}, threshold {threshold}"
     found = [
         r
         for r in _read(root / ABSTENTION_LOG)
-        if r.get("model") == model
-        and r.get("bm25_stemmer") == "english"
-        and r.get("quick") is False
-        and _seed(r.get("command", "")) == 0
-        and r.get("summary", {}).get("hybrid", {}).get("threshold") == threshold
+        if (r.get("model"), r.get("backend"), r.get("encoder"), _seed(r.get("command", ""))) == (model, *backend, 0)
+        and all(r.get(key) == value for key, value in ABSTENTION_SETTING.items())
+        and (hybrid := r.get("summary", {}).get("hybrid") or {}).get("threshold") == threshold
+        and (hybrid.get("held_out_other_seeds") or {}).get("seeds") == 10
     ]
     if not found:
+        raise SystemExit(f"{ABSTENTION_LOG}: no {model} line as the pages quote ({setting})")
+    rec = found[-1]
+    if missing := sorted({"hybrid", "dense"} - (rec["summary"].keys() & rec.get("held_out", {}).keys())):
         raise SystemExit(
-            f"{ABSTENTION_LOG}: no {model} line as the README quotes (stemmed hybrid, not --quick, "
-            f"seed 0, threshold {threshold})"
+            f"{ABSTENTION_LOG}: the newest {model} line ({setting}; started {rec.get('started')}) has no "
+            f"{' and no '.join(missing)} results, which the pages quote: rerun `{rec.get('command')}`"
         )
-    if found[-1]["held_out"]["hybrid"]["curve"][-1]["answered"] != 0:
+    if rec["held_out"]["hybrid"]["curve"][-1]["answered"] != 0:
         raise SystemExit(f"{ABSTENTION_LOG}: the held-out hybrid curve of {model} does not end abstaining on all")
-    return found[-1]
+    return rec
 
 
 def int8_records(root: Path, model: str) -> dict[str, dict[str, Any]]:

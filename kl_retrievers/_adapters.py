@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import difflib
+import inspect
 import json
 import logging
 import math
@@ -49,6 +51,7 @@ __all__ = [
     "RelevanceName",
     "backend_refusal",
     "cancellable_write",
+    "check_store_options",
     "check_write_ids",
     "encode_for_write",
     "encoder_backend",
@@ -60,6 +63,7 @@ __all__ = [
     "relevance_exp_per_dim",
     "relevance_inverse",
     "resolve_relevance",
+    "store_option_names",
     "store_write_unless_cancelled",
     "WriteGate",
     "warn_incompatible_store",
@@ -279,6 +283,49 @@ def _column_relevance(relevance: RelevanceFn, dim: int | None) -> Callable[[np.n
         return lambda s: np.fromiter(map(math.exp, (-_kl_array(s) / per).tolist()), np.float64, s.size)
     scalar = np.vectorize(lambda v: relevance(float(v), dim), otypes=[np.float64])
     return lambda s: np.asarray(scalar(s), dtype=np.float64)
+
+
+def store_option_names(store_init: Callable[..., Any], skip: Sequence[str] = ()) -> list[str]:
+    """The keyword options of a store constructor (``KLStore.__init__``), less ``self``, ``encoder`` and ``skip``.
+
+    Examples:
+        >>> def init(self, encoder=None, dim=None, *, index_type="flat", **rest): ...
+        >>> store_option_names(init)
+        ['dim', 'index_type']
+    """
+    params = inspect.signature(store_init).parameters.values()
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return [p.name for p in params if p.kind not in variadic and p.name not in ("self", "encoder", *skip)]
+
+
+def check_store_options(owner: str, options: Mapping[str, Any], own: Sequence[str], passed: Sequence[str]) -> None:
+    """Refuse a keyword that is neither an option of ``owner`` nor one of the store options it passes on.
+
+    Args:
+        owner: The class named in the error (``"KLVectorStore"``).
+        options: The keywords that would go to the store constructor.
+        own: ``owner``'s own keyword options.
+        passed: The store constructor's options ``owner`` passes on (:func:`store_option_names`).
+
+    Raises:
+        TypeError: An unknown keyword: the message names it, the closest known option (if any) and every option.
+
+    Examples:
+        >>> check_store_options("KLVectorStore", {"index_typ": "hnsw"}, ["relevance"], ["index_type"])
+        Traceback (most recent call last):
+        ...
+        TypeError: KLVectorStore() got an unexpected keyword argument 'index_typ' (did you mean 'index_type'?); \
+its options are ['relevance'] and the KLStore options it passes on: ['index_type']
+    """
+    unknown = [name for name in options if name not in passed]
+    if not unknown:
+        return
+    close = difflib.get_close_matches(unknown[0], [*own, *passed], n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise TypeError(
+        f"{owner}() got an unexpected keyword argument {unknown[0]!r}{hint}; its options are {list(own)} and the "
+        f"KLStore options it passes on: {list(passed)}"
+    )
 
 
 def warn_incompatible_store(embedding: str, store: str, reason: str, fix: str, *, stacklevel: int = 3) -> None:

@@ -582,6 +582,8 @@ def abstention_reason(
     Examples:
         >>> abstention_reason(0.2, 0.5)
         'confidence 0.200 < min_confidence 0.500'
+        >>> abstention_reason(0.2949, 0.295)  # more decimals where 3 would print the two alike
+        'confidence 0.2949 < min_confidence 0.2950'
         >>> abstention_reason(None, 0.5, candidates=1)
         'confidence needs 2 candidates, 1 found (a filter or a small store)'
         >>> abstention_reason(None, None, candidates=1) is None, abstention_reason(None, 0.5, candidates=0) is None
@@ -594,8 +596,26 @@ def abstention_reason(
     if confidence is None:
         return too_few_candidates_reason(candidates)
     if confidence < min_confidence:
-        return f"confidence {confidence:.3f} < min_confidence {min_confidence:.3f}"
+        return _below(confidence, min_confidence)
     return None
+
+
+def _below(confidence: float, min_confidence: float) -> str:
+    """``confidence < min_confidence``, with 3 decimals or as many more as the two values need to print apart.
+
+    Examples:
+        >>> _below(0.2, 0.5)
+        'confidence 0.200 < min_confidence 0.500'
+        >>> _below(0.2949, 0.295)
+        'confidence 0.2949 < min_confidence 0.2950'
+        >>> _below(1e-20, 2e-20)
+        'confidence 1e-20 < min_confidence 2e-20'
+    """
+    for digits in range(3, 18):
+        low, high = f"{confidence:.{digits}f}", f"{min_confidence:.{digits}f}"
+        if low != high:
+            return f"confidence {low} < min_confidence {high}"
+    return f"confidence {confidence!r} < min_confidence {min_confidence!r}"  # below 1e-17: the shortest repr
 
 
 def abstains(confidence: float | None, min_confidence: float | None, candidates: int | None = None) -> bool:

@@ -616,7 +616,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     uncertainty = q.uncertainty()
     for i, (query, hits) in enumerate(zip(queries, store.search_batch(q, k=depth), strict=True)):
         conf = scorer.confidence(encoder, [h.score for h in hits], float(uncertainty[i]))  # no blank query here
-        shown = "" if conf is None else f", confidence {conf:.2f}"
+        shown = _shown_confidence(conf)
         print(f"query: '{_printable(query)}'  (uncertainty: mean log-variance {_signed(float(uncertainty[i]))}{shown})")
         for rank, hit in enumerate(hits[: args.k], 1):
             print(f"  {rank}. -KL={hit.score:9.4f}  [{_printable(hit.id)}] {_printable((hit.text or '')[:80])}")
@@ -646,6 +646,16 @@ def _command_calibrator(scorer: Any, encoder: Any, command: str, level: int = lo
             command,
         )
     return calibrator
+
+
+def _shown_confidence(conf: float | None) -> str:
+    """The query line's confidence for ``demo`` and ``search``: 3 decimals, as an abstention's reason prints it.
+
+    Examples:
+        >>> _shown_confidence(0.2949), _shown_confidence(None)
+        (', confidence 0.295', '')
+    """
+    return "" if conf is None else f", confidence {conf:.3f}"
 
 
 def _min_confidence(text: str) -> float:
@@ -1374,7 +1384,7 @@ def _run_search(args: argparse.Namespace) -> int:
                 )
             )
             continue
-        shown = "" if conf is None else f", confidence {conf:.2f}"
+        shown = _shown_confidence(conf)
         print(f"query: '{_printable(query)}'  (uncertainty {_signed(float(uncertainty[i]))}{shown})")
         if reason is not None:
             print(f"  abstained (no results): {reason}")

@@ -109,11 +109,13 @@ def run_baseline(*args: Any, **kwargs: Any) -> tuple[dict[str, dict[str, float]]
 
 
 _EVALUATE_HELP = "evaluate a Gaussian model (exact -KL), a BM25 + -KL hybrid or a baseline on a BEIR folder"
-#: Added to a DATASET_DIR that does not exist: how docs/getting-started.md has the reader fetch a collection.
+#: Added to a DATASET_DIR that does not exist: how docs/getting-started.md has the reader fetch a collection (a
+#: typo or a private collection's folder is no BEIR name: hence the "if").
 _FETCH_HINT = (
-    '; download a public BEIR collection into it first: python -c "from kl_retrievers.datasets import fetch_beir; '
-    'print(fetch_beir({name!r}, {parent!r}))" (offline, with a copy under $KL_RETRIEVERS_DATA/{name}, fetch_beir '
-    "uses that and prints its folder: give that folder here; see docs/getting-started.md)"
+    "; if its name is a public BEIR collection's (scifact, nfcorpus, ...), download that first: python -c "
+    '"from kl_retrievers.datasets import fetch_beir; print(fetch_beir({name!r}, {parent!r}))" (offline, with a '
+    "copy under $KL_RETRIEVERS_DATA/{name}, fetch_beir uses that and prints its folder: give that folder here; see "
+    "docs/getting-started.md)"
 )
 #: The end of ``evaluate --help``: what the ``--save-run`` file's scores mean, how ties are ranked, blank queries.
 _EVALUATE_EPILOG = (
@@ -121,7 +123,8 @@ _EVALUATE_EPILOG = (
     "score is what the run was ranked by: the model's -KL (higher is better; with --means-only minus the squared "
     "distance of the means; a vector twin's own similarity), or a baseline's BM25 or cosine score; with --hybrid "
     "it is depth - rank (100, 99, ... at --depth 100), in the hybrid store's fused order (fused score, ties by "
-    "-KL), not the fused score, which ties often and which an evaluator would order by its own tie rule. Tied "
+    "-KL, then the later added first), not the fused score, which ties often and which an evaluator would order "
+    "by its own tie rule. Tied "
     "scores of a model or a baseline are ranked by document id, descending (the rule of trec_eval and "
     "pytrec_eval, and of these metrics, also at the --depth cut): so trec_eval (ndcg_cut.10, recall.100, "
     "map_cut.100, with -c), pytrec_eval and ir_measures (nDCG@10, R@100 and AP@100, which it computes with "

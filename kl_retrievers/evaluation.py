@@ -718,14 +718,18 @@ def wilcoxon_test(
 ) -> WilcoxonResult:
     """Two-sided Wilcoxon signed-rank test of ``metric`` over the queries both systems were scored on.
 
-    ``scipy.stats.wilcoxon`` on the per-query differences, with scipy's defaults: zero differences are
-    dropped before ranking (``zero_method="wilcox"``), tied absolute differences get their mean rank, and
-    the p-value is exact for up to 50 differences without ties or zeros, else from the normal
-    approximation (``method="auto"``). As in :func:`paired_test`, a difference below
-    :data:`DIFF_TOLERANCE` counts as 0 (float rounding), and when no query differs the result is
-    ``statistic = 0``, ``p = 1`` without a test (scipy cannot rank an empty set). The differences are
-    rounded to 12 decimals before ranking, so that equal differences reached along other float paths
-    (``0.7 - 0.5`` and ``0.9 - 0.7``) tie; the mean difference is of the values before rounding.
+    ``scipy.stats.wilcoxon`` on the nonzero per-query differences: zero differences are dropped before
+    ranking (Wilcoxon's ``zero_method="wilcox"``, done here so that scipy picks its method on the
+    differences it ranks: handed zeros, it would fall back to the normal approximation), tied absolute
+    differences get their mean rank. With scipy's ``method="auto"`` the p-value is exact for up to 50
+    differences without ties, else from the normal approximation (no continuity correction); with ties,
+    scipy >= 1.15 runs an exact permutation test for up to 13 differences, while older scipy reads the
+    null distribution of untied ranks for up to 50 (approximate). As in :func:`paired_test`, a
+    difference below :data:`DIFF_TOLERANCE` counts as 0 (float rounding), and when no query differs the
+    result is ``statistic = 0``, ``p = 1`` without a test (scipy cannot rank an empty set). The
+    differences are rounded to 12 decimals before ranking, so that equal differences reached along other
+    float paths (``0.7 - 0.5`` and ``0.9 - 0.7``) tie; the mean difference is of the values before
+    rounding.
 
     Args:
         per_query_a: Query id -> {metric: value} for system A (as from :func:`evaluate_run`).
@@ -742,10 +746,10 @@ def wilcoxon_test(
 
     Examples:
         >>> a = {q: {"ndcg@10": v} for q, v in zip("abcdef", [0.5, 0.7, 0.9, 0.4, 0.6, 0.8])}
-        >>> b = {q: {"ndcg@10": v} for q, v in zip("abcdef", [0.4, 0.5, 0.9, 0.1, 0.5, 0.2])}
-        >>> res = wilcoxon_test(a, b)
+        >>> b = {q: {"ndcg@10": v} for q, v in zip("abcdef", [0.4, 0.5, 0.9, 0.1, 0.65, 0.2])}
+        >>> res = wilcoxon_test(a, b)  # one zero, no ties: exact on every scipy version
         >>> res.n, res.n_nonzero, res.statistic, round(res.p_value, 4)
-        (6, 5, 0.0, 0.0625)
+        (6, 5, 1.0, 0.125)
     """
     try:
         from scipy import stats
@@ -754,8 +758,10 @@ def wilcoxon_test(
             'the Wilcoxon signed-rank test needs scipy: pip install "kl-retrievers[eval]"', name=exc.name
         ) from exc
     a, b, diff = _paired_differences(per_query_a, per_query_b, metric, warn_unshared)
-    ranked = np.round(diff, 12)  # equal differences reached along other float paths (0.7 - 0.5, 0.9 - 0.7) tie
-    nonzero = int(np.count_nonzero(ranked))
+    rounded = np.round(diff, 12)  # equal differences reached along other float paths (0.7 - 0.5, 0.9 - 0.7) tie
+    # zeros dropped here, not by scipy: its method="auto" counts them when choosing exact or approximate
+    ranked = rounded[rounded != 0]
+    nonzero = int(ranked.size)
     if nonzero == 0:
         statistic, p, method = 0.0, 1.0, "Wilcoxon signed-rank (no variation)"
     else:
@@ -1379,10 +1385,15 @@ def evaluate_model(
             ``UserWarning``) says so (the ``kl-retrievers evaluate --depth`` warning), and the metrics are
             computed anyway. No warning when ``k`` reaches the number of documents in the corpus (the run holds
             them all).
-        means_only: Ablation: rank by ``-||mu_q - mu_d||^2`` ignoring variances.
+        means_only: Ablation of the -KL ranking: rank by ``-||mu_q - mu_d||^2`` ignoring variances. It needs
+            ``similarity`` to be ``"neg_kl"``: with ``"dot"`` or ``"cosine"`` (given, or a vector twin's own
+            with ``similarity=None``) it is refused, as ``kl-retrievers evaluate --means-only`` refuses a twin.
+            ``similarity="neg_kl"`` asks for the -KL ranking of any model, a twin's too (an ablation), so
+            the pair ranks a twin by the squared L2 distance of its means.
         similarity: ``"neg_kl"``, ``"dot"`` or ``"cosine"`` (the latter two on the means);
             ``None``: what the model was trained for (:func:`model_similarity`), so a vector twin
-            from ``kl-retrievers train --similarity dot`` is ranked by its dot product.
+            from ``kl-retrievers train --similarity dot`` is ranked by its dot product. An argument of this
+            function only: ``kl-retrievers evaluate`` always ranks by what the model was trained for.
         show_progress: Progress bars on stderr (``None``: only when stderr is a terminal; ``TQDM_DISABLE`` hides
             them).
         metrics: Metric names to report, or one as a bare string; as in :func:`evaluate_run`.
@@ -1400,8 +1411,8 @@ def evaluate_model(
         measured on another backend.
 
     Raises:
-        ValueError: An unknown metric or ``similarity``, ``k`` or ``relevance_level`` below 1 or empty qrels;
-            said before anything is encoded.
+        ValueError: An unknown metric or ``similarity``, ``k`` or ``relevance_level`` below 1, empty qrels,
+            or ``means_only`` with a ranking other than -KL; said before anything is encoded.
         ModuleNotFoundError: ir_measures (the ``eval`` extra) is not installed; said before anything is
             encoded, naming ``pip install "kl-retrievers[eval]"``.
 
@@ -1448,7 +1459,11 @@ def _evaluate_model(
     if similarity not in SIMILARITIES:
         raise ValueError(f"similarity must be one of {SIMILARITIES}; got {similarity!r}")
     if means_only and similarity != "neg_kl":
-        raise ValueError(f"means_only is an ablation of -KL; the model is ranked by {similarity!r} already")
+        raise ValueError(
+            f"means_only=True is an ablation of the -KL ranking, and similarity={similarity!r} (given, or a vector "
+            "twin's own) ranks by the means already; similarity='neg_kl' with means_only=True ranks any model, "
+            "a twin too, by the squared L2 distance of its means"
+        )
     _require_ir_measures("evaluate_model (scoring its run)")  # before encoding the corpus, not after
     metrics = _metric_names(metrics)
     k = check_k(k)

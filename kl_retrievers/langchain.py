@@ -70,6 +70,7 @@ from kl_retrievers._adapters import (
     RelevanceName,
     backend_refusal,
     cancellable_write,
+    check_store_options,
     check_write_ids,
     document_precision_hint,
     encode_for_write,
@@ -83,6 +84,7 @@ from kl_retrievers._adapters import (
     relevance_inverse,
     resolve_relevance,
     save_store_with_manifest,
+    store_option_names,
     store_write_unless_cancelled,
     warn_incompatible_store,
     warn_unreliable_query_variance,
@@ -1788,7 +1790,8 @@ class KLVectorStore(VectorStore):
         batch_size: Encoder batch size (``None``: a :class:`KLEmbeddings` ``embedding``'s, else 32). A new
             :class:`KLStore` encodes documents at it, and, when not given in ``store_kwargs``, with the
             :class:`KLEmbeddings`' ``show_progress_bar``.
-        **store_kwargs: Passed to :class:`KLStore` when ``store`` is not given (e.g. ``index_type``).
+        **store_kwargs: Passed to :class:`KLStore` when ``store`` is not given (e.g. ``index_type``). An unknown
+            keyword raises a ``TypeError`` naming it, the closest option and every option.
 
     :attr:`embeddings` is the :class:`KLEmbeddings` given as ``embedding`` (the same object), else one made
     once over the store's encoder. The store does not pickle or deep-copy (a ``TypeError``): save it with
@@ -1817,6 +1820,12 @@ class KLVectorStore(VectorStore):
         if batch_size is None:
             batch_size = given.batch_size if given is not None else 32
         self.batch_size = _check_k(batch_size, "batch_size")
+        check_store_options(
+            "KLVectorStore",
+            store_kwargs,
+            ("embedding", "store", "relevance", "batch_size"),
+            store_option_names(KLStore.__init__, skip=("batch_size",)),
+        )
         if store is not None and store_kwargs:
             raise ValueError(f"pass either store or KLStore options, not both; got {sorted(store_kwargs)}")
         if store is not None and not isinstance(store, KLStore):

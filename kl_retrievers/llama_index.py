@@ -81,6 +81,7 @@ from kl_retrievers._confidence import (
     MIN_CANDIDATES,
     ConfidenceScorer,
     abstention_enabled,
+    abstention_reason,
     blank_query_confidence,
     check_min_confidence,
     hybrid_search,
@@ -91,7 +92,7 @@ from kl_retrievers._encoding import check_texts
 from kl_retrievers._encoding import query_batch_size as _query_batch_size
 from kl_retrievers._errors import NothingSavedError
 from kl_retrievers._io import clean_stale, describe_kl_folder, fsync_dir, load_unchanged, make_dirs, user_path
-from kl_retrievers._warn import at_callers_line, user_stacklevel
+from kl_retrievers._warn import at_callers_line, user_stacklevel, warn
 from kl_retrievers.calibration import ConfidenceCalibrator
 from kl_retrievers.filters import _plain_json, _short
 from kl_retrievers.gaussian import (
@@ -127,7 +128,17 @@ _INSTALL_HINT = (
 try:
     from llama_index.core.base.base_retriever import BaseRetriever
     from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding, SimilarityMode
-    from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, field_validator
+    from llama_index.core.bridge.pydantic import (
+        BaseModel,
+        ConfigDict,
+        Field,
+        PrivateAttr,
+        SerializationInfo,
+        SerializerFunctionWrapHandler,
+        TypeAdapter,
+        field_validator,
+        model_serializer,
+    )
     from llama_index.core.callbacks.base import CallbackManager
     from llama_index.core.callbacks.schema import CBEventType, EventPayload
     from llama_index.core.constants import DEFAULT_SIMILARITY_TOP_K
@@ -2269,6 +2280,56 @@ def _check_fs(fs: Any) -> None:
         )
 
 
+#: :class:`KLVectorStore`'s own keyword options (the others go to :class:`KLStore`).
+_VECTOR_STORE_OPTIONS = (
+    "store",
+    "encoder",
+    "relevance",
+    "calibrator",
+    "stores_text",
+    "flat_metadata",
+    "is_embedding_query",
+)
+#: The key under which :meth:`KLVectorStore.to_dict` records how many nodes the dict does not carry.
+_NODES_NOT_CARRIED = "nodes_not_carried"
+
+
+@functools.cache
+def _klstore_options() -> tuple[str, ...]:
+    """The :class:`KLStore` keyword options a :class:`KLVectorStore` passes on (all but ``encoder``)."""
+    return tuple(adapters.store_option_names(KLStore.__init__))
+
+
+@functools.cache
+def _klstore_defaults() -> dict[str, Any]:
+    """The defaults of :func:`_klstore_options`."""
+    params = inspect.signature(KLStore.__init__).parameters
+    return {name: params[name].default for name in _klstore_options()}
+
+
+def _drop_serialisation_keys(options: dict[str, Any]) -> None:
+    """Remove what :meth:`KLVectorStore.to_dict` writes besides constructor options, warning about left-out nodes.
+
+    ``class_name`` is LlamaIndex's serialisation key (``from_dict`` drops it; ``model_validate`` and
+    ``KLVectorStore(**data)`` pass it on); ``"nodes_not_carried"`` counts the nodes of the store the dict
+    describes, which a dict never holds.
+
+    Raises:
+        ValueError: ``class_name`` names another class.
+    """
+    name = options.pop("class_name", KLVectorStore.class_name())
+    if name != KLVectorStore.class_name():
+        raise ValueError(f"class_name must be {KLVectorStore.class_name()!r} (a KLVectorStore's dict); got {name!r}")
+    held = options.pop(_NODES_NOT_CARRIED, 0)
+    if held:
+        warn(
+            f"this KLVectorStore is built from the dict (to_dict / model_dump) of a store that held {held} node(s), "
+            "which a dict does not carry: the new store has the same settings but no nodes. To keep the nodes, "
+            "persist the store (store.persist(path), or index.storage_context.persist(persist_dir=...)) and load "
+            "it (KLVectorStore.from_persist_dir / from_persist_path, or load_index_from_storage)"
+        )
+
+
 class KLVectorStore(BasePydanticVectorStore):
     """A LlamaIndex vector store ranked by exact ``-KL(Q || D)``, backed by a :class:`KLStore` or a ``MilvusKLStore``.
 
@@ -2330,18 +2391,22 @@ class KLVectorStore(BasePydanticVectorStore):
         encoder: Optional Gaussian encoder or :class:`KLEmbedding` (see above).
         relevance: A name in :data:`RELEVANCE_FUNCTIONS`: ``"exp"`` (default), ``"inverse"``
             (``1 / (1 + KL)``) or ``"exp_per_dim"`` (``exp(-KL / k)``).
-        calibrator: A fitted dense ``ConfidenceCalibrator`` (or a path to its JSON) for the
+        calibrator: A fitted dense ``ConfidenceCalibrator`` (or a path to its JSON, or its ``to_dict()``) for the
             confidence in node metadata (default: the query encoder's model's). An explicit one is
             saved by :meth:`persist` and loaded back.
         stores_text: LlamaIndex's field; must be ``True`` (accepted so that
-            ``KLVectorStore.from_dict(store.to_dict())`` works).
+            ``KLVectorStore.from_dict(store.to_dict())`` reads it back). That round trip, ``model_validate`` of a
+            ``model_dump`` and ``KLVectorStore(**store.to_dict())`` build a store with the same settings (the fields,
+            the :class:`KLStore` options, an explicit calibrator) but none of the nodes, with a ``UserWarning``
+            when the store held some (see :meth:`custom_model_dump`).
         flat_metadata: LlamaIndex's field: require flat node metadata on :meth:`add`.
         is_embedding_query: LlamaIndex's field: ``False`` makes ``VectorStoreIndex`` retrievers pass
             only the query string (the store then needs an ``encoder``; a store loaded without one,
             as ``load_index_from_storage`` loads it, loads the model it was saved with, by name, at
             the first such query).
         **store_kwargs: Passed to :class:`KLStore` when ``store`` is ``None``
-            (``index_type="hnsw"``, ...).
+            (``index_type="hnsw"``, ...). An unknown keyword raises a ``TypeError`` naming it, the closest
+            option and every option; ``class_name`` (LlamaIndex's serialisation key) is ignored.
 
     Examples:
         >>> import numpy as np
@@ -2393,9 +2458,13 @@ class KLVectorStore(BasePydanticVectorStore):
         is_embedding_query: bool = True,
         **store_kwargs: Any,
     ) -> None:
+        _drop_serialisation_keys(store_kwargs)
+        adapters.check_store_options("KLVectorStore", store_kwargs, _VECTOR_STORE_OPTIONS, _klstore_options())
         if not isinstance(relevance, str):
             raise TypeError(f"relevance must be one of {sorted(RELEVANCE_FUNCTIONS)}; got {type(relevance).__name__}")
         adapters.resolve_relevance(relevance)
+        if isinstance(calibrator, Mapping):  # what to_dict records of an explicit calibrator
+            calibrator = ConfidenceCalibrator.from_dict(calibrator)
         if stores_text is not True:
             raise ValueError(
                 f"stores_text must be True (a KLVectorStore always keeps the node text and JSON); got {stores_text!r}"
@@ -2468,6 +2537,30 @@ class KLVectorStore(BasePydanticVectorStore):
     def class_name(cls) -> str:
         """Name used in LlamaIndex serialisation."""
         return "KLVectorStore"
+
+    @model_serializer(mode="wrap")
+    def custom_model_dump(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
+        """The fields (and ``class_name``, as LlamaIndex writes them), with the settings a new store needs.
+
+        What ``to_dict``, ``to_json`` and ``model_dump`` return: the wrapped :class:`KLStore`'s options that differ
+        from their defaults (``index_type``, ``hnsw_m``, ``dim``, ...), an explicit calibrator (its
+        ``ConfidenceCalibrator.to_dict()``) and, when the store holds nodes, their number under
+        ``"nodes_not_carried"``: the nodes themselves are not in it (:meth:`persist` saves them), so
+        ``from_dict``, ``model_validate`` or ``KLVectorStore(**data)`` build an empty store with these settings and
+        then warn that the nodes were left behind.
+        """
+        data = cast("dict[str, Any]", super().custom_model_dump(handler, info))
+        if isinstance(self._store, KLStore):  # a MilvusKLStore's settings and nodes live in Milvus
+            defaults = _klstore_defaults()
+            for name in _klstore_options():
+                value = getattr(self._store, name, defaults[name])
+                if value != defaults[name]:
+                    data[name] = value
+        if len(self._store):  # a MilvusKLStore's too: a store rebuilt from the dict is an empty in-memory one
+            data[_NODES_NOT_CARRIED] = len(self._store)
+        if self._scorer.explicit is not None:
+            data["calibrator"] = self._scorer.explicit.to_dict()
+        return data
 
     def __getstate__(self) -> dict[Any, Any]:
         """Refuse to pickle: LlamaIndex would rebuild an empty store from the fields alone.
@@ -3647,9 +3740,27 @@ def _split_documents(
     return list(run_transformations(list(documents), steps))
 
 
+def _query_texts(query_bundle: QueryBundle) -> list[str]:
+    """The texts a query bundle asks to encode: its custom embedding strings, else its query string."""
+    return list(query_bundle.custom_embedding_strs) if query_bundle.custom_embedding_strs else [query_bundle.query_str]
+
+
 def _query_text(query_bundle: QueryBundle) -> str:
-    """The text a query bundle asks to encode: its custom embedding strings, joined, else its query string."""
-    return " ".join(query_bundle.embedding_strs) if query_bundle.custom_embedding_strs else query_bundle.query_str
+    """:func:`_query_texts` joined (blank only when each of them is): what the blank-query rule judges."""
+    return " ".join(_query_texts(query_bundle))
+
+
+def _encode_query_texts(encoder: Any, texts: list[str]) -> Gaussians:
+    """One query Gaussian for ``texts``: the text's, or for several the moment-matched Gaussian of theirs.
+
+    As ``VectorIndexRetriever`` embeds a query bundle (``get_agg_embedding_from_queries``: the mean of the
+    texts' ``q~``, each text encoded alone), whose mean ``q~`` is that of the moment-matched Gaussian (the mean
+    of the means; the mean second moment less the squared mean as the variance).
+    """
+    if len(texts) == 1:
+        return _encode(encoder.encode_queries, texts, 1)
+    vectors = np.concatenate([kl_query_vectors(_encode(encoder.encode_queries, [text], 1)) for text in texts])
+    return query_gaussians_from_embeddings(vectors.mean(axis=0))
 
 
 class _TopKRetriever(BaseRetriever):
@@ -3670,10 +3781,16 @@ class _TopKRetriever(BaseRetriever):
 class KLRetriever(_TopKRetriever):
     """LlamaIndex retriever over a :class:`KLVectorStore`, scored by exact ``-KL(Q || D)``.
 
-    The query string is encoded with ``encoder`` (or, without one, the query bundle's
-    ``q~`` embedding is inverted).  Nodes are ranked by ``-KL``; ``NodeWithScore.score`` is the
-    store's relevance (``exp(-KL)`` by default, in ``(0, 1]``), and each node's metadata holds the
-    exact ``-KL`` under ``"neg_kl"``, the query's uncertainty (mean log-variance) under
+    The query string is encoded with ``encoder``, or, when the bundle has several
+    ``custom_embedding_strs`` (HyDE keeps the question beside its hypothetical answer), each of them is,
+    and the moment-matched Gaussian of theirs is searched (the mean ``q~``, what
+    ``get_agg_embedding_from_queries`` gives: it ranks as ``index.as_retriever()`` does over the same
+    store). The bundle's ``embedding`` is searched only without an encoder (a ``q~`` from
+    :class:`KLEmbedding`, else a ``ValueError``): ``QueryFusionRetriever`` shares one bundle between
+    retrievers, and ``VectorIndexRetriever`` writes its own model's embedding into it, which another KL
+    model of the same width could not be told apart from this one's. Nodes are ranked by ``-KL``;
+    ``NodeWithScore.score`` is the store's relevance (``exp(-KL)`` by default, in ``(0, 1]``), and each
+    node's metadata holds the exact ``-KL`` under ``"neg_kl"``, the query's uncertainty (mean log-variance) under
     :data:`QUERY_UNCERTAINTY_KEY` and its calibrated confidence under :data:`CONFIDENCE_KEY` (with
     :data:`CONFIDENCE_REASON_KEY` when a single node was a candidate), all excluded from the LLM and
     embedding text. These are reserved keys: a node's own metadata key of one of these names
@@ -3844,8 +3961,11 @@ class KLRetriever(_TopKRetriever):
         return cls(vector_store, encoder=encoder, similarity_top_k=similarity_top_k, filters=filters, **kwargs)
 
     def _query_gaussian(self, query_bundle: QueryBundle) -> Gaussians:
+        # With an encoder the text is encoded, never the bundle's embedding: QueryFusionRetriever hands one bundle
+        # to every retriever, and index.as_retriever() writes its own model's embedding into it, which another KL
+        # model of the same width (every bundled model is 384 wide) could not be told apart from this one's.
         if self._encoder is not None:
-            return _encode(self._encoder.encode_queries, [_query_text(query_bundle)], 1)
+            return _encode_query_texts(self._encoder, _query_texts(query_bundle))
         if query_bundle.embedding is not None:
             return query_gaussians_from_embeddings(query_bundle.embedding)
         saved = self._vector_store._saved_encoder()  # a loaded store: the model it was saved with
@@ -3984,9 +4104,7 @@ class KLConfidencePostprocessor(BaseNodePostprocessor):
             return nodes
         confidence = max(known)
         if confidence < self.min_confidence:
-            logger.debug(
-                "abstained on %r: confidence %.3f < min_confidence %.3f", query[:80], confidence, self.min_confidence
-            )
+            logger.debug("abstained on %r: %s", query[:80], abstention_reason(confidence, self.min_confidence))
             return []
         return nodes
 

@@ -209,10 +209,11 @@ NOTEBOOKS["04_train_your_own.ipynb"] = [
     (
         "md",
         "The twin is ranked by the dot product of its means, the similarity it was trained with: "
-        "`evaluate_model` and `kl-retrievers evaluate` read it from the twin's config (`similarity='neg_kl'` "
-        "ranks the twin by -KL instead, as an ablation; `--means-only`, the -KL model's mean-distance "
-        "ablation, is refused for a twin). The full comparison, with seeds and significance tests, is on "
-        "the results page.",
+        "`evaluate_model` and `kl-retrievers evaluate` read it from the twin's config. In Python, "
+        "`evaluate_model(twin, dataset, similarity='neg_kl')` ranks the twin by -KL instead, as an ablation "
+        "(an argument of `evaluate_model` only: the CLI has no `--similarity` flag); `means_only=True` "
+        "(`--means-only`), the -KL model's mean-distance ablation, is refused for a twin ranked by its own "
+        "similarity. The full comparison, with seeds and significance tests, is on the results page.",
     ),
     ("code", "tmp.cleanup()  # remove the work folder (copy the models out first to keep them)"),
 ]
@@ -281,15 +282,18 @@ NOTEBOOKS["02_langchain_rag.ipynb"] = [
     ),
     (
         "md",
-        "## What the KL retriever adds\n\n`KLRetriever` puts each document's -KL (higher is better) and the "
-        "query's uncertainty into the metadata (the mean log-variance of the query Gaussian; with the default "
-        "model it stays near 0, because its variances stay close to 1).",
+        "## What the KL retriever adds\n\n`KLRetriever` puts into each document's metadata its -KL (`neg_kl`, "
+        "higher is better), the query's uncertainty (`query_uncertainty`: the mean log-variance of the query "
+        "Gaussian; with the default model it stays near 0, because its variances stay close to 1) and the query's "
+        "calibrated `confidence` (the probability that the top-ranked document is relevant; given "
+        "`min_confidence`, the retriever abstains, returning nothing, below it).",
     ),
     (
         "code",
         "kl = KLRetriever.from_texts(texts, embeddings, k=3)\n"
         "for d in kl.invoke(question):\n"
-        "    print(round(d.metadata['neg_kl'], 4), round(d.metadata['query_uncertainty'], 4), d.page_content[:50])",
+        "    m = d.metadata\n"
+        "    print(round(m['neg_kl'], 4), round(m['query_uncertainty'], 4), round(m['confidence'], 2), d.page_content[:50])",
     ),
     (
         "md",
@@ -381,8 +385,10 @@ NOTEBOOKS["05_uncertainty.ipynb"] = [
         "per-query logs committed under `runs/qpp/` (written by `benchmarks/qpp.py` and "
         "`benchmarks/calibration.py` with the default model `minilm-gauss-soup` on the four dev collections' test splits) and shows, plainly: what the default's "
         "uncertainty predicts, what the best score statistic predicts, and how well the shipped calibrated "
-        "confidence (the probability that the top-ranked document is relevant) matches what happens. Its two "
-        "charts need matplotlib (`pip install matplotlib`); the rest runs on the core install.",
+        "confidence (the probability that the top-ranked document is relevant) matches what happens.\n\n"
+        "It reads those logs from a checkout of the repository (`git clone` it and run the notebook from "
+        "`notebooks/` or the repository root): an installed package does not ship them. Its two charts need "
+        "matplotlib (`pip install matplotlib`); the rest runs on the core install.",
     ),
     (
         "code",
@@ -391,9 +397,13 @@ NOTEBOOKS["05_uncertainty.ipynb"] = [
         "from kl_retrievers.calibration import (default_calibrator, expected_calibration_error, feature_matrix,\n"
         "                                       reliability_table)\n"
         "from kl_retrievers.evaluation import load_per_query\n\n"
-        "RUNS = Path('../runs/qpp')\n"
-        "if not RUNS.exists():  # run from the repository root instead of notebooks/\n"
-        "    RUNS = Path('runs/qpp')\n"
+        "# the logs committed in the repository: from notebooks/ (where nbmake runs it) or the repository root\n"
+        "RUNS = next((p for p in [Path('../runs/qpp'), Path('runs/qpp')] if (p / 'qpp.jsonl').is_file()), None)\n"
+        "if RUNS is None:\n"
+        "    raise FileNotFoundError('this notebook reads the logs committed under runs/qpp/ in a checkout of the '\n"
+        "                            'kl-retrievers repository (an installed package does not ship them); none at '\n"
+        "                            f'../runs/qpp or runs/qpp from {Path.cwd()}: run it from a checkout\\'s notebooks/ '\n"
+        "                            'folder or its root')\n"
         "COLLECTIONS = ['scifact', 'nfcorpus-preprocessed', 'cranfield', 'trec-dl21-passage-pooled']\n"
         "records = [json.loads(line) for line in (RUNS / 'qpp.jsonl').read_text().splitlines() if line.strip()]\n"
         "newest = {(r['model'], r['collection']): r for r in records if r['split'] == 'test'}",
@@ -426,7 +436,9 @@ NOTEBOOKS["05_uncertainty.ipynb"] = [
     ),
     (
         "code",
-        "def per_query_of(model, collection):  # the file its newest qpp.jsonl line names (each run has its own)\n"
+        "# the per-query file that the newest qpp.jsonl line names: a run writes its own now, while older lines of a\n"
+        "# model, collection and split named one shared file, which each such run rewrote\n"
+        "def per_query_of(model, collection):\n"
         "    return load_per_query(RUNS.parent.parent / newest[(model, collection)]['per_query_file'])[0]\n\n\n"
         "pearson = {}\n"
         "for c in COLLECTIONS:\n"

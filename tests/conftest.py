@@ -778,3 +778,34 @@ class CountingEncoder:
     def encode_documents(self, texts: Any, **_: Any) -> Gaussians:
         self.documents_encoded += 1
         return self._gaussians(texts)
+
+
+#: The keys release 0.1.0 wrote in a sharded encoding's manifest.json.
+OLD_MANIFEST_KEYS = (
+    "format",
+    "format_version",
+    "library_version",
+    "input",
+    "model",
+    "kind",
+    "field",
+    "max_length",
+    "shard_size",
+    "shards",
+    "score",
+)
+
+
+@pytest.fixture
+def shipping_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A saved tiny encoder shipping its int8 export in ``onnx-int8/`` (ONNX by default), on a machine without a GPU."""
+    import kl_retrievers.pretrained as pretrained
+    from kl_retrievers.onnx import export_onnx
+
+    monkeypatch.setattr(pretrained, "_cuda_available", lambda: False)
+    monkeypatch.setenv("KL_RETRIEVERS_ONNX_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "enc"
+    encoder = make_tiny_encoder()
+    encoder.save_pretrained(folder)
+    export_onnx(encoder, folder / "onnx-int8", quantize="int8", source_sha256=pretrained.source_sha256(folder))
+    return folder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +18,8 @@ def test_each_size_is_the_sum_of_the_folders_file_sizes() -> None:
     assert "sum of the sizes of the files" in text and "(`du -sh kl_retrievers" not in text
     for name in results_choosing.MODELS:
         folder = REPO / "kl_retrievers" / "pretrained" / name
-        total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        tracked = subprocess.run(["git", "ls-files", "-z", "--", "."], cwd=folder, capture_output=True, check=True)
+        total = sum((folder / f).stat().st_size for f in tracked.stdout.decode().split("\0") if f)  # git's files only
         row = next(line for line in region.splitlines() if line.startswith(f"| `{name}`"))
         assert f"| {total / 1e6:.1f} MB" in row, (name, total, row)
 

@@ -47,6 +47,25 @@ def test_duplicates_only_bm25_found_rank_the_later_added_first(normalization: st
     assert [h.id for h in store.kl.search(_g(5.0), k=2)] == ["y", "x"]  # as KLStore ranks them
 
 
+@pytest.mark.parametrize("normalization", ["minmax", "zscore"])
+def test_the_fused_order_reranks_duplicates_the_candidates_bring_earlier_first(
+    normalization: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """End to end, with the candidates in x, y order (the BM25 list's ties as before 2026-12-07, earlier added
+    first): the fused tie-break alone puts Y, the later added, first (the case above now gets y, x candidates)."""
+    from kl_retrievers import hybrid, runs
+
+    def earlier_first(scores: np.ndarray, k: int, tie_rank: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return runs.top_k(scores, k, None if tie_rank is None else -tie_rank)
+
+    monkeypatch.setattr(hybrid, "top_k", earlier_first)  # the BM25 list's only top_k
+    store = _store(fusion="convex", weight=0.2, normalization=normalization, candidates=2)
+    assert store.candidates(["kiwi"], query_gaussians=_g(0.0), depth=2)[0].ids == ["z1", "z2", "x", "y"]
+    hits = store.search("kiwi", k=2, query_gaussians=_g(0.0))
+    assert hits[0].score == hits[1].score and hits[0].neg_kl == hits[1].neg_kl and hits[0].bm25 == hits[1].bm25
+    assert [h.id for h in hits] == ["y", "x"]
+
+
 @pytest.mark.parametrize("fusion", ["rrf", "convex", "adaptive"])
 def test_duplicates_in_both_lists_rank_the_later_added_first(fusion: str) -> None:
     """Duplicates found by both lists: the later added first in every fusion mode, as in the KL half."""

@@ -170,3 +170,45 @@ def test_notebook_links_into_the_repository_name_real_files_and_headings(path: P
                 for h in re.findall(r"^#+ (.*)$", (REPO / file).read_text(), re.M)
             }
             assert heading in slugs, f"{path.name}: {link}: no heading #{heading} in {file}"
+
+
+def test_uncertainty_notebook_says_it_needs_a_checkout() -> None:
+    """05 reads the logs committed under runs/qpp/, which an installed package does not ship."""
+    opening = source(read("05_uncertainty.ipynb")["cells"][0])
+    assert "checkout of the repository" in opening and "`notebooks/`" in opening, opening
+
+
+def test_uncertainty_notebook_says_which_per_query_file_it_reads() -> None:
+    """Older qpp.jsonl lines of a model, collection and split name one shared file (each such run rewrote it); the
+    comment on ``per_query_of`` must not claim that each run has its own."""
+    records = [json.loads(line) for line in (REPO / "runs" / "qpp" / "qpp.jsonl").read_text().splitlines() if line]
+    files = [(r["model"], r["collection"], r["per_query_file"]) for r in records if r["split"] == "test"]
+    shared = len(files) > len(set(files))  # the same model and collection naming one file twice
+    code = "\n".join(source(c) for c in read("05_uncertainty.ipynb")["cells"] if c["cell_type"] == "code")
+    assert "def per_query_of" in code
+    if shared:
+        assert "each run has its own" not in code
+        assert "one shared file" in code
+
+
+def test_langchain_notebook_names_every_key_the_kl_retriever_adds() -> None:
+    """KLRetriever adds -KL, the query's uncertainty and its calibrated confidence (README.md and 03 say so)."""
+    from kl_retrievers._confidence import CONFIDENCE_KEY
+
+    nb = read("02_langchain_rag.ipynb")
+    at = next(i for i, c in enumerate(nb["cells"]) if source(c).startswith("## What the KL retriever adds"))
+    text, code = source(nb["cells"][at]), source(nb["cells"][at + 1])
+    for key in ("neg_kl", "query_uncertainty", CONFIDENCE_KEY):
+        assert f"`{key}`" in text, f"02: the text does not name {key}"
+        assert f"['{key}']" in code, f"02: the cell does not print {key}"
+
+
+def test_train_notebook_says_similarity_is_an_argument_of_evaluate_model() -> None:
+    """`kl-retrievers evaluate` has no --similarity flag: 04 says where ``similarity='neg_kl'`` is given."""
+    from kl_retrievers.cli import build_parser
+
+    with pytest.raises(SystemExit):  # argparse: unrecognized arguments
+        build_parser().parse_args(["evaluate", "data", "--similarity", "neg_kl"])
+    text = "\n".join(source(c) for c in read("04_train_your_own.ipynb")["cells"] if c["cell_type"] == "markdown")
+    assert "evaluate_model(twin, dataset, similarity='neg_kl')" in text
+    assert "no `--similarity` flag" in text

@@ -102,7 +102,8 @@ def test_prose_outside_the_parts_is_the_pages_own(tmp_path: Path) -> None:
 def test_the_readme_renderer_types_no_figure() -> None:
     source = (REPO / "benchmarks" / "results_readme.py").read_text(encoding="utf-8")
     assert FIGURE.findall(source) == []
-    assert len(source.splitlines()) < 400  # with the prose of docs/results.md's section on the README's table
+    # with the prose of docs/results.md's section on the README's table and the abstention line's selection rule
+    assert len(source.splitlines()) < 420
 
 
 @pytest.mark.parametrize(

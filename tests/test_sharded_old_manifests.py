@@ -15,38 +15,10 @@ from typing import Any
 
 import pytest
 
-import kl_retrievers.pretrained as pretrained
-from conftest import make_tiny_encoder
+from conftest import OLD_MANIFEST_KEYS
 from kl_retrievers import load_model
-from kl_retrievers.onnx import OnnxGaussianEncoder, export_onnx
+from kl_retrievers.onnx import OnnxGaussianEncoder
 from kl_retrievers.sharded import encode_corpus, load_encoded
-
-#: The keys release 0.1.0 wrote in manifest.json.
-OLD_MANIFEST_KEYS = (
-    "format",
-    "format_version",
-    "library_version",
-    "input",
-    "model",
-    "kind",
-    "field",
-    "max_length",
-    "shard_size",
-    "shards",
-    "score",
-)
-
-
-@pytest.fixture
-def shipping_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A saved tiny encoder shipping its int8 export in ``onnx-int8/`` (ONNX by default), on a machine without a GPU."""
-    monkeypatch.setattr(pretrained, "_cuda_available", lambda: False)
-    monkeypatch.setenv("KL_RETRIEVERS_ONNX_CACHE", str(tmp_path / "cache"))
-    folder = tmp_path / "enc"
-    encoder = make_tiny_encoder()
-    encoder.save_pretrained(folder)
-    export_onnx(encoder, folder / "onnx-int8", quantize="int8", source_sha256=pretrained.source_sha256(folder))
-    return folder
 
 
 def _old_folder(tmp_path: Path, model: Path) -> tuple[Path, Path]:
