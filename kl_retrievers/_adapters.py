@@ -55,6 +55,7 @@ __all__ = [
     "check_write_ids",
     "encode_for_write",
     "encoder_backend",
+    "init_option_names",
     "loads_anywhere",
     "manifests_in_folder",
     "mmr_select",
@@ -298,33 +299,51 @@ def store_option_names(store_init: Callable[..., Any], skip: Sequence[str] = ())
     return [p.name for p in params if p.kind not in variadic and p.name not in ("self", "encoder", *skip)]
 
 
+def init_option_names(cls: type[Any]) -> list[str]:
+    """The named keyword options of ``cls.__init__`` (less ``self`` and ``*args`` / ``**kwargs``).
+
+    Read from the signature, so a subclass that adds options to its ``__init__`` lists them too.
+
+    Examples:
+        >>> class Store:
+        ...     def __init__(self, store=None, *, relevance="exp", **store_kwargs): ...
+        >>> init_option_names(Store)
+        ['store', 'relevance']
+    """
+    params = inspect.signature(cls.__init__).parameters.values()
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return [p.name for p in params if p.kind not in variadic and p.name != "self"]
+
+
 def check_store_options(owner: str, options: Mapping[str, Any], own: Sequence[str], passed: Sequence[str]) -> None:
-    """Refuse a keyword that is neither an option of ``owner`` nor one of the store options it passes on.
+    """Refuse the keywords that are neither options of ``owner`` nor store options it passes on.
 
     Args:
-        owner: The class named in the error (``"KLVectorStore"``).
+        owner: The class named in the error (``type(self).__name__``, so a subclass is named right).
         options: The keywords that would go to the store constructor.
-        own: ``owner``'s own keyword options.
+        own: ``owner``'s own keyword options (:func:`init_option_names`).
         passed: The store constructor's options ``owner`` passes on (:func:`store_option_names`).
 
     Raises:
-        TypeError: An unknown keyword: the message names it, the closest known option (if any) and every option.
+        TypeError: Unknown keywords: the message names every one, the closest known option of each (where one
+            is close) and every option.
 
     Examples:
-        >>> check_store_options("KLVectorStore", {"index_typ": "hnsw"}, ["relevance"], ["index_type"])
+        >>> check_store_options("KLVectorStore", {"index_typ": "hnsw", "bogus": 1}, ["relevance"], ["index_type"])
         Traceback (most recent call last):
         ...
-        TypeError: KLVectorStore() got an unexpected keyword argument 'index_typ' (did you mean 'index_type'?); \
-its options are ['relevance'] and the KLStore options it passes on: ['index_type']
+        TypeError: KLVectorStore() got unexpected keyword argument(s) ['bogus', 'index_typ'] (index_typ: did you \
+mean 'index_type'?); it takes ['relevance'] and the KLStore options it passes on: ['index_type']
     """
-    unknown = [name for name in options if name not in passed]
+    unknown = sorted(name for name in options if name not in passed)
     if not unknown:
         return
-    close = difflib.get_close_matches(unknown[0], [*own, *passed], n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    known = [*own, *passed]
+    close = {name: difflib.get_close_matches(name, known, n=1) for name in unknown}
+    hints = "; ".join(f"{name}: did you mean {match[0]!r}?" for name, match in close.items() if match)
     raise TypeError(
-        f"{owner}() got an unexpected keyword argument {unknown[0]!r}{hint}; its options are {list(own)} and the "
-        f"KLStore options it passes on: {list(passed)}"
+        f"{owner}() got unexpected keyword argument(s) {unknown}{f' ({hints})' if hints else ''}; it takes "
+        f"{list(own)} and the KLStore options it passes on: {list(passed)}"
     )
 
 

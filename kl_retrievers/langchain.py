@@ -74,6 +74,7 @@ from kl_retrievers._adapters import (
     check_write_ids,
     document_precision_hint,
     encode_for_write,
+    init_option_names,
     loads_anywhere,
     mmr_select,
     present_gaussians,
@@ -1821,9 +1822,9 @@ class KLVectorStore(VectorStore):
             batch_size = given.batch_size if given is not None else 32
         self.batch_size = _check_k(batch_size, "batch_size")
         check_store_options(
-            "KLVectorStore",
+            type(self).__name__,
             store_kwargs,
-            ("embedding", "store", "relevance", "batch_size"),
+            init_option_names(type(self)),
             store_option_names(KLStore.__init__, skip=("batch_size",)),
         )
         if store is not None and store_kwargs:

@@ -2280,18 +2280,10 @@ def _check_fs(fs: Any) -> None:
         )
 
 
-#: :class:`KLVectorStore`'s own keyword options (the others go to :class:`KLStore`).
-_VECTOR_STORE_OPTIONS = (
-    "store",
-    "encoder",
-    "relevance",
-    "calibrator",
-    "stores_text",
-    "flat_metadata",
-    "is_embedding_query",
-)
 #: The key under which :meth:`KLVectorStore.to_dict` records how many nodes the dict does not carry.
 _NODES_NOT_CARRIED = "nodes_not_carried"
+#: The key under which it records the ``collection_name`` of a ``MilvusKLStore`` (whose nodes stay in Milvus).
+_NODES_IN_MILVUS = "nodes_in_milvus"
 
 
 @functools.cache
@@ -2312,7 +2304,7 @@ def _drop_serialisation_keys(options: dict[str, Any]) -> None:
 
     ``class_name`` is LlamaIndex's serialisation key (``from_dict`` drops it; ``model_validate`` and
     ``KLVectorStore(**data)`` pass it on); ``"nodes_not_carried"`` counts the nodes of the store the dict
-    describes, which a dict never holds.
+    describes, which a dict never holds, and ``"nodes_in_milvus"`` where a ``MilvusKLStore``'s nodes stay.
 
     Raises:
         ValueError: ``class_name`` names another class.
@@ -2321,12 +2313,23 @@ def _drop_serialisation_keys(options: dict[str, Any]) -> None:
     if name != KLVectorStore.class_name():
         raise ValueError(f"class_name must be {KLVectorStore.class_name()!r} (a KLVectorStore's dict); got {name!r}")
     held = options.pop(_NODES_NOT_CARRIED, 0)
+    milvus = options.pop(_NODES_IN_MILVUS, None)
     if held:
+        if isinstance(milvus, Mapping):
+            fix = (
+                f"They stay in the Milvus collection {milvus.get('collection_name')!r}: reopen it, "
+                f"KLVectorStore(store=MilvusKLStore(uri, collection_name={milvus.get('collection_name')!r})) "
+                "(from kl_retrievers.milvus import MilvusKLStore)"
+            )
+        else:
+            fix = (
+                "To keep the nodes, persist the store (store.persist(path), or "
+                "index.storage_context.persist(persist_dir=...)) and load it (KLVectorStore.from_persist_dir / "
+                "from_persist_path, or load_index_from_storage)"
+            )
         warn(
             f"this KLVectorStore is built from the dict (to_dict / model_dump) of a store that held {held} node(s), "
-            "which a dict does not carry: the new store has the same settings but no nodes. To keep the nodes, "
-            "persist the store (store.persist(path), or index.storage_context.persist(persist_dir=...)) and load "
-            "it (KLVectorStore.from_persist_dir / from_persist_path, or load_index_from_storage)"
+            f"which a dict does not carry: the new store has the same settings but no nodes. {fix}"
         )
 
 
@@ -2459,7 +2462,9 @@ class KLVectorStore(BasePydanticVectorStore):
         **store_kwargs: Any,
     ) -> None:
         _drop_serialisation_keys(store_kwargs)
-        adapters.check_store_options("KLVectorStore", store_kwargs, _VECTOR_STORE_OPTIONS, _klstore_options())
+        adapters.check_store_options(
+            type(self).__name__, store_kwargs, adapters.init_option_names(type(self)), _klstore_options()
+        )
         if not isinstance(relevance, str):
             raise TypeError(f"relevance must be one of {sorted(RELEVANCE_FUNCTIONS)}; got {type(relevance).__name__}")
         adapters.resolve_relevance(relevance)
@@ -2545,7 +2550,8 @@ class KLVectorStore(BasePydanticVectorStore):
         What ``to_dict``, ``to_json`` and ``model_dump`` return: the wrapped :class:`KLStore`'s options that differ
         from their defaults (``index_type``, ``hnsw_m``, ``dim``, ...), an explicit calibrator (its
         ``ConfidenceCalibrator.to_dict()``) and, when the store holds nodes, their number under
-        ``"nodes_not_carried"``: the nodes themselves are not in it (:meth:`persist` saves them), so
+        ``"nodes_not_carried"`` (and, for a ``MilvusKLStore``, whose nodes stay in Milvus, its ``collection_name``
+        under ``"nodes_in_milvus"``): the nodes themselves are not in it (:meth:`persist` saves them), so
         ``from_dict``, ``model_validate`` or ``KLVectorStore(**data)`` build an empty store with these settings and
         then warn that the nodes were left behind.
         """
@@ -2558,6 +2564,9 @@ class KLVectorStore(BasePydanticVectorStore):
                     data[name] = value
         if len(self._store):  # a MilvusKLStore's too: a store rebuilt from the dict is an empty in-memory one
             data[_NODES_NOT_CARRIED] = len(self._store)
+            if not isinstance(self._store, KLStore) and hasattr(self._store, "collection_name"):
+                # where the nodes stay, for the warning (not the uri: an address may carry a password)
+                data[_NODES_IN_MILVUS] = {"collection_name": self._store.collection_name}
         if self._scorer.explicit is not None:
             data["calibrator"] = self._scorer.explicit.to_dict()
         return data
@@ -3800,6 +3809,9 @@ class KLRetriever(_TopKRetriever):
     where ``index.as_retriever()`` swaps in LlamaIndex's docstore copies without them. A blank query
     (empty, or only whitespace and invisible characters such as a zero-width space) asks for nothing: its
     nodes carry confidence 0 and :data:`EMPTY_QUERY_REASON` (:class:`KLConfidencePostprocessor` abstains on it).
+    The rule judges the text actually searched, the bundle's ``custom_embedding_strs`` when it has them, where
+    the store (``index.as_retriever()``) judges ``query_str``: ``QueryBundle("  ", custom_embedding_strs=["", q])``
+    gets ``q``'s confidence here and 0 from the store.
 
     Args:
         vector_store: The store to search.
@@ -4194,7 +4206,10 @@ class KLHybridRetriever(_TopKRetriever):
 
     ``NodeWithScore.score`` is the fused score (its scale depends on the fusion mode, e.g. about
     ``1 / 60`` per list for RRF), so use :class:`KLConfidencePostprocessor` rather than
-    ``SimilarityPostprocessor`` to cut. Both halves index a node's ``MetadataMode.EMBED`` content (what
+    ``SimilarityPostprocessor`` to cut. Both halves search the bundle's ``query_str`` only: its
+    ``custom_embedding_strs`` (HyDE's) are not searched, where :class:`KLRetriever` searches their
+    moment-matched Gaussian (BM25 reads one text, and the hybrid calibrator and adaptive fusion were fitted
+    on the dense half's Gaussian of that same text). Both halves index a node's ``MetadataMode.EMBED`` content (what
     ``VectorStoreIndex`` embeds and :class:`KLRetriever` encodes: its metadata string, then its text), the
     store's document text. Nodes are stored as :class:`KLVectorStore` stores them (LlamaIndex's
     ``node_to_metadata_dict``, with the node's own text in its JSON) and come back as they went in: their

@@ -6,7 +6,9 @@
   warns that the nodes were not carried (``persist`` saves them).
 * ``model_validate(model_dump())``, ``model_validate_json`` and ``KLVectorStore(**store.to_dict())`` raised
   ``TypeError: KLStore.__init__() got an unexpected keyword argument 'class_name'``.
-* A typo'd keyword named ``KLStore.__init__``; it now names ``KLVectorStore``, the closest option and all of them.
+* A typo'd keyword named ``KLStore.__init__``; it now names ``KLVectorStore`` (a subclass by its own name), every
+  unknown keyword with its closest option, and all the options (read from ``__init__``'s signature).
+* A Milvus-backed store's dict warned to ``persist`` it; its nodes stay in Milvus, so it says to reopen the collection.
 """
 
 from __future__ import annotations
@@ -81,9 +83,30 @@ def test_an_unknown_keyword_names_the_class_and_the_options(keyword: str, closes
         options: dict[str, Any] = {keyword: 1}
         KLVectorStore(**options)
     message = str(info.value)
-    assert message.startswith(f"KLVectorStore() got an unexpected keyword argument {keyword!r}")
+    assert message.startswith(f"KLVectorStore() got unexpected keyword argument(s) [{keyword!r}]")
     assert "KLStore.__init__" not in message and "'hnsw_m'" in message and "'is_embedding_query'" in message
-    assert (f"did you mean {closest!r}" in message) == (closest is not None)
+    assert (f"{keyword}: did you mean {closest!r}" in message) == (closest is not None)
+
+
+def test_every_unknown_keyword_is_named_with_its_closest_option() -> None:
+    options: dict[str, Any] = {"index_typ": "hnsw", "bogus": 1, "relevence": "exp"}
+    with pytest.raises(TypeError) as info:
+        KLVectorStore(**options)
+    message = str(info.value)
+    assert message.startswith("KLVectorStore() got unexpected keyword argument(s) ['bogus', 'index_typ', 'relevence']")
+    assert "index_typ: did you mean 'index_type'?" in message and "relevence: did you mean 'relevance'?" in message
+
+
+def test_a_subclass_is_named_and_its_own_options_are_taken() -> None:
+    class TaggedStore(KLVectorStore):
+        def __init__(self, store: Any = None, *, tag: str = "", **kwargs: Any) -> None:
+            super().__init__(store, **kwargs)
+
+    with pytest.raises(
+        TypeError,
+        match=r"^TaggedStore\(\) got unexpected keyword argument\(s\) \['tga'\] \(tga: did you mean 'tag'\?\)",
+    ):
+        TaggedStore(tga="x")
 
 
 def test_a_milvus_backed_stores_dict_warns_that_its_nodes_stay_behind(tmp_path: Any) -> None:
@@ -95,6 +118,10 @@ def test_a_milvus_backed_stores_dict_warns_that_its_nodes_stay_behind(tmp_path: 
     store = KLVectorStore(store=milvus)
     vectors = kl_document_vectors(random_gaussians(2, 3, seed=0))
     store.add([TextNode(id_=f"n{i}", text=f"t{i}", embedding=[float(x) for x in v]) for i, v in enumerate(vectors)])
-    with pytest.warns(UserWarning, match=r"held 2 node\(s\).*persist"):
-        back = KLVectorStore.from_dict(store.to_dict())
+    data = store.to_dict()
+    assert data["nodes_in_milvus"] == {"collection_name": "nodes"}
+    with pytest.warns(UserWarning, match=r"held 2 node\(s\).*stay in the Milvus collection 'nodes'") as seen:
+        back = KLVectorStore.from_dict(data)
+    message = str(seen[0].message)
+    assert "KLVectorStore(store=MilvusKLStore(uri, collection_name='nodes'))" in message and "persist" not in message
     assert isinstance(back._store, KLStore) and len(back._store) == 0

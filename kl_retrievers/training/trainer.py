@@ -1917,7 +1917,8 @@ def _optimise(
     evaluation will run (work a refused resume or a finished, evaluated checkpoint should not pay for, e.g. the
     evaluation split's features). ``changed()``: called once the module's weights change (a resume's checkpoint
     loaded, or the first optimiser step), so that a caller can tell a run that failed before changing them.
-    ``commands``: recorded in each checkpoint beside the recipe (:data:`_COMMANDS`)."""
+    ``commands``: recorded in each checkpoint beside the recipe (:data:`_COMMANDS`); ``None`` on a resume: the
+    checkpoint's record, unchanged."""
     named = _trainable(module)
     params = list(named.values())
     if not params:
@@ -1965,6 +1966,8 @@ def _optimise(
         if changed is not None:
             changed()
         evaluations = _saved_evaluations(found, meta)
+        if commands is None:  # a Python call's resume: the command line's record goes on unchanged (not dropped)
+            commands = _saved_commands(found / "state.json", meta) or None
         if evaluate is not None:
             _check_saved_evaluators(found, evaluations, described)
         resumed_from = start
@@ -2254,7 +2257,9 @@ def train_encoder(
             there (the link itself: the folder it points to is left as it was).
         commands: The command line's invocations of the run, this one last (``{"command", "started",
             "step_at_start"}`` each), recorded in each checkpoint's ``state.json`` beside the recipe (its
-            ``commands``: not checked on resume); ``None``: none recorded.
+            ``commands``: not checked on resume); ``None``: none recorded, except that a ``resume`` carries the
+            checkpoint's list forward unchanged (a checkpoint the command line wrote keeps its invocations; the
+            Python call adds no entry: it is no command line to rerun).
 
     Returns:
         A :class:`TrainResult`.
