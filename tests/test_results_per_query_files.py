@@ -155,7 +155,14 @@ def test_check_names_a_rendered_line_whose_per_query_file_does_not_match(tmp_pat
 def test_check_exits_1_on_a_stale_per_query_file(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
     """Self-contained: no page is rendered (the live README's prose may be mid-edit), only the stale check counts."""
     monkeypatch.setattr(results, "sync", lambda path, text, check: 0)  # the pages themselves match
-    for name in ("render", "render_choosing", "render_readme", "render_hybrid_page", "render_backbones"):
+    for name in (
+        "render",
+        "render_choosing",
+        "render_readme",
+        "render_hybrid_page",
+        "render_abstention",
+        "render_backbones",
+    ):
         monkeypatch.setattr(results, name, lambda *args, **kwargs: "")
     monkeypatch.setattr(results, "stale_per_query", lambda root, records, model: ["L: ndcg@10 0.5 logged, 0.4"])
     assert results.main(["--check"]) == 1
