@@ -439,6 +439,23 @@ def heads_cached_train_argv(w: TrainWorld, out: Path, *extra: str) -> list[str]:
     return [*argv, *extra]
 
 
+def interrupt_train_at(
+    monkeypatch: pytest.MonkeyPatch, at: int, raised: type[BaseException] = KeyboardInterrupt
+) -> None:
+    """Raise ``raised`` (Ctrl-C by default; ``kl_retrievers.cli._Terminated`` is what the SIGTERM handler raises)
+    during the training's optimiser step ``at`` (0-based), after the checkpoints of the steps before it."""
+    from kl_retrievers.training import trainer as trainer_module
+
+    check = trainer_module._check_finite_weights
+
+    def interrupted(named: object, step: int) -> None:
+        if step == at:
+            raise raised
+        check(named, step)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trainer_module, "_check_finite_weights", interrupted)
+
+
 #: Four short texts (ids :data:`IDENTITY_IDS`) the model-identity tests index.
 #: A four-document BEIR collection with three queries (``write_tiny_beir``).
 TINY_BEIR_CORPUS: list[dict[str, Any]] = [
@@ -794,6 +811,19 @@ OLD_MANIFEST_KEYS = (
     "shards",
     "score",
 )
+
+
+def rewrite_as_release_0_1_0(out: Path) -> None:
+    """Rewrite the encoded-shards folder ``out``'s manifest and shard records as release 0.1.0 wrote them: only
+    :data:`OLD_MANIFEST_KEYS` (no model fingerprint, no backend), library version 0.1.0, and no run keys."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    old = {key: manifest[key] for key in OLD_MANIFEST_KEYS}
+    old["library_version"] = "0.1.0"
+    (out / "manifest.json").write_text(json.dumps(old, indent=2))
+    for record in out.glob("shard-*/shard.json"):
+        shard = json.loads(record.read_text())
+        shard.pop("run")
+        record.write_text(json.dumps(shard, indent=2))
 
 
 @pytest.fixture

@@ -39,6 +39,21 @@ def _count_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+#: nlist=1024: the index waits for 8,192 documents, so every (unfiltered) search of the stores below it is exact.
+EXACT_IVF = {"index_type": "ivf", "nlist": 1024}
+
+
+def _kept_built(monkeypatch: pytest.MonkeyPatch, n: int, seed: int, queries: Gaussians) -> tuple[KLStore, list[int]]:
+    """An :data:`EXACT_IVF` store of ``n`` documents searched twice with ``queries`` (the first search rewrites the
+    table, the second builds the kept vectors), and the list of the table sizes its kept vectors were built for."""
+    store = KLStore(**EXACT_IVF)  # type: ignore[arg-type]
+    store.add(gaussians=_data(n, seed=seed), ids=[f"d{i}" for i in range(n)], metadatas=[{}] * n)
+    builds = _count_builds(monkeypatch)
+    for _ in range(2):
+        store.search_batch(queries, k=10)
+    return store, builds
+
+
 def _fresh(store: KLStore, **settings: object) -> KLStore:
     """A new store of ``store``'s live documents (in their order), added at once."""
     ids = store.ids
@@ -59,14 +74,8 @@ def _same_results(store: KLStore, fresh: KLStore, queries: Gaussians, **search: 
 def test_an_add_then_search_loop_extends_the_kept_vectors_instead_of_rebuilding_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # nlist=1024: the index waits for 8,192 documents, so every search is exact (unfiltered)
-    settings = {"index_type": "ivf", "nlist": 1024}
-    store = KLStore(**settings)  # type: ignore[arg-type]
-    store.add(gaussians=_data(600, seed=1), ids=[f"d{i}" for i in range(600)], metadatas=[{}] * 600)
     queries = _data(4, seed=2)
-    builds = _count_builds(monkeypatch)
-    for _ in range(2):  # the first rewrites the table, the second builds the kept vectors
-        store.search_batch(queries, k=10)
+    store, builds = _kept_built(monkeypatch, 600, seed=1, queries=queries)
     assert builds == [600]
     rooms = set()
     for cycle in range(40):
@@ -77,7 +86,7 @@ def test_an_add_then_search_loop_extends_the_kept_vectors_instead_of_rebuilding_
         rooms.add(id(kept.room[0]))
     assert builds == [600]  # no rebuild of the whole table's d~ in the loop
     assert len(rooms) <= 2  # 600 -> 1,200 rows of room: grown by doubling, not copied at every add
-    _same_results(store, _fresh(store, **settings), queries)
+    _same_results(store, _fresh(store, **EXACT_IVF), queries)
     _same_results(store, _fresh(store), queries)  # a flat store's exact results too
 
 
@@ -114,17 +123,12 @@ def test_extended_kept_vectors_give_a_fresh_stores_results_after_upserts_and_del
 def test_rows_far_out_from_the_kept_centre_let_the_kept_vectors_go_and_the_next_search_builds_them_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    settings = {"index_type": "ivf", "nlist": 1024}
-    store = KLStore(**settings)  # type: ignore[arg-type]
-    store.add(gaussians=_data(500, seed=6), ids=[f"d{i}" for i in range(500)], metadatas=[{}] * 500)
     queries = _data(3, seed=7)
-    builds = _count_builds(monkeypatch)
-    for _ in range(2):
-        store.search_batch(queries, k=10)
+    store, builds = _kept_built(monkeypatch, 500, seed=6, queries=queries)
     assert builds == [500]
     store.add(gaussians=_data(2, seed=8, shift=300.0), ids=["far0", "far1"], metadatas=[{}] * 2)
     assert store._engine._kept is None  # d~ norms far past those at the build
     store.search_batch(queries, k=10)
     assert builds == [500, 502]  # built again at once, around the mean of every row
-    _same_results(store, _fresh(store, **settings), queries)
-    _same_results(store, _fresh(store, **settings), _data(2, seed=9, shift=300.0))
+    _same_results(store, _fresh(store, **EXACT_IVF), queries)
+    _same_results(store, _fresh(store, **EXACT_IVF), _data(2, seed=9, shift=300.0))

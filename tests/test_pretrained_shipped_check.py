@@ -20,21 +20,8 @@ import pytest
 
 import kl_retrievers.hub as hub
 import kl_retrievers.pretrained as pretrained
-from conftest import make_tiny_encoder
 from kl_retrievers import GaussianEncoder, load_model
-from kl_retrievers.onnx import OnnxGaussianEncoder, export_onnx
-
-
-@pytest.fixture
-def shipping_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A saved tiny encoder shipping its current int8 export in ``onnx-int8/``, on a machine without a GPU."""
-    monkeypatch.setattr(pretrained, "_cuda_available", lambda: False)
-    monkeypatch.setenv("KL_RETRIEVERS_ONNX_CACHE", str(tmp_path / "cache"))
-    folder = tmp_path / "my-enc"
-    encoder = make_tiny_encoder()
-    encoder.save_pretrained(folder)
-    export_onnx(encoder, folder / "onnx-int8", quantize="int8", source_sha256=pretrained.source_sha256(folder))
-    return folder
+from kl_retrievers.onnx import OnnxGaussianEncoder
 
 
 def _count_reads(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import OLD_MANIFEST_KEYS
+from conftest import rewrite_as_release_0_1_0
 from kl_retrievers import load_model
 from kl_retrievers.onnx import OnnxGaussianEncoder
 from kl_retrievers.sharded import encode_corpus, load_encoded
@@ -27,14 +27,7 @@ def _old_folder(tmp_path: Path, model: Path) -> tuple[Path, Path]:
     corpus.write_text("".join(json.dumps({"_id": f"d{i}", "text": f"word {i} cat sat"}) + "\n" for i in range(8)))
     out = tmp_path / "out"
     encode_corpus(corpus, out, model=str(model), model_backend="torch", shard_size=3, show_progress_bar=False)
-    manifest = json.loads((out / "manifest.json").read_text())
-    old = {key: manifest[key] for key in OLD_MANIFEST_KEYS}
-    old["library_version"] = "0.1.0"
-    (out / "manifest.json").write_text(json.dumps(old, indent=2))
-    for record in out.glob("shard-*/shard.json"):
-        shard = json.loads(record.read_text())
-        shard.pop("run")
-        record.write_text(json.dumps(shard, indent=2))
+    rewrite_as_release_0_1_0(out)
     return corpus, out
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from conftest import OLD_MANIFEST_KEYS
+from conftest import rewrite_as_release_0_1_0
 from kl_retrievers import load_model
 from kl_retrievers.onnx import OnnxGaussianEncoder
 from kl_retrievers.sharded import encode_corpus, load_encoded
@@ -105,14 +105,8 @@ def test_another_models_folder_on_the_other_backend_keeps_the_plain_refusal(
 def _old_folder(corpus: Path, out: Path, model: Path) -> None:
     """``corpus`` encoded on torch into ``out`` in 3 shards, its manifest and shard records as release 0.1.0
     wrote them (no fingerprint, no backend, no run keys)."""
-    manifest = _encode(corpus, out, model, model_backend="torch")
-    old = {key: manifest[key] for key in OLD_MANIFEST_KEYS}
-    old["library_version"] = "0.1.0"
-    (out / "manifest.json").write_text(json.dumps(old, indent=2))
-    for record in out.glob("shard-*/shard.json"):
-        shard = json.loads(record.read_text())
-        shard.pop("run")
-        record.write_text(json.dumps(shard, indent=2))
+    _encode(corpus, out, model, model_backend="torch")
+    rewrite_as_release_0_1_0(out)
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:

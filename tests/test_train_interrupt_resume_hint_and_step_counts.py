@@ -12,23 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TrainWorld, heads_cached_train_argv
+from conftest import REPO, TrainWorld, heads_cached_train_argv, interrupt_train_at
 from kl_retrievers.cli import _Terminated, main
 from kl_retrievers.encoder import GaussianEncoder
-from kl_retrievers.training import trainer as trainer_module
 from kl_retrievers.training.cli import add_train_command
-
-
-def _interrupt_at(monkeypatch: pytest.MonkeyPatch, at: int) -> None:
-    """Ctrl-C during the optimiser step ``at`` (0-based), after the checkpoints of the steps before it."""
-    check = trainer_module._check_finite_weights
-
-    def interrupted(named: object, step: int) -> None:
-        if step == at:
-            raise KeyboardInterrupt
-        check(named, step)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(trainer_module, "_check_finite_weights", interrupted)
 
 
 def test_an_interrupted_train_names_its_last_checkpoint_and_resume(
@@ -36,7 +23,7 @@ def test_an_interrupted_train_names_its_last_checkpoint_and_resume(
 ) -> None:
     out = tmp_path / "m"
     argv = heads_cached_train_argv(train_world, out, "--checkpoint-every", "1")
-    _interrupt_at(monkeypatch, 2)
+    interrupt_train_at(monkeypatch, 2)
     assert main(argv) == 130
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == (
@@ -52,7 +39,7 @@ def test_an_interrupted_train_without_a_checkpoint_says_so(
     train_world: TrainWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "m"
-    _interrupt_at(monkeypatch, 0)
+    interrupt_train_at(monkeypatch, 0)
     assert main(heads_cached_train_argv(train_world, out, "--checkpoint-every", "0")) == 130
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == (
@@ -99,7 +86,7 @@ def test_a_fresh_run_interrupted_before_its_first_save_does_not_offer_an_earlier
     assert main(heads_cached_train_argv(train_world, out, "--checkpoint-every", "1")) == 0
     shutil.rmtree(out)  # m.checkpoint stays: the earlier run's, of step 3
     capsys.readouterr()
-    _interrupt_at(monkeypatch, 0)  # a fresh run (no --resume), interrupted before it saved anything
+    interrupt_train_at(monkeypatch, 0)  # a fresh run (no --resume), interrupted before it saved anything
     assert main(heads_cached_train_argv(train_world, out, "--checkpoint-every", "1", "--seed", "7")) == 130
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == (
@@ -109,7 +96,7 @@ def test_a_fresh_run_interrupted_before_its_first_save_does_not_offer_an_earlier
     # once this run has saved, its own checkpoint is the one named
     shutil.rmtree(out, ignore_errors=True)
     monkeypatch.undo()
-    _interrupt_at(monkeypatch, 1)
+    interrupt_train_at(monkeypatch, 1)
     assert main(heads_cached_train_argv(train_world, out, "--checkpoint-every", "1", "--seed", "7")) == 130
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.endswith(f"the last checkpoint, of step 1, is in {out}.checkpoint: run the same command with --resume "
@@ -135,14 +122,7 @@ def test_an_interrupt_during_the_final_save_names_the_last_checkpoint(
 def test_a_terminated_train_exits_143_and_names_its_last_checkpoint(
     train_world: TrainWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    check = trainer_module._check_finite_weights
-
-    def terminated(named: object, step: int) -> None:
-        if step == 2:
-            raise _Terminated  # what the SIGTERM handler raises
-        check(named, step)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(trainer_module, "_check_finite_weights", terminated)
+    interrupt_train_at(monkeypatch, 2, _Terminated)  # what the SIGTERM handler raises
     out = tmp_path / "m"
     assert main(heads_cached_train_argv(train_world, out, "--checkpoint-every", "1")) == 143
     err = capsys.readouterr().err.strip().splitlines()[-1]

@@ -13,22 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TrainWorld, heads_cached_train_argv
+from conftest import TrainWorld, heads_cached_train_argv, interrupt_train_at
 from kl_retrievers.cli import main
-from kl_retrievers.training import trainer as trainer_module
 from kl_retrievers.training.trainer import _recipe_differences
-
-
-def _interrupt_at(monkeypatch: pytest.MonkeyPatch, at: int) -> None:
-    """Ctrl-C during the optimiser step ``at`` (0-based), after the checkpoints of the steps before it."""
-    check = trainer_module._check_finite_weights
-
-    def interrupted(named: object, step: int) -> None:
-        if step == at:
-            raise KeyboardInterrupt
-        check(named, step)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(trainer_module, "_check_finite_weights", interrupted)
 
 
 def _run(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> int:
@@ -46,7 +33,7 @@ def test_a_resumed_run_records_the_first_command_and_each_resume(
 ) -> None:
     out = tmp_path / "m"
     argv = heads_cached_train_argv(train_world, out, "--checkpoint-every", "1")
-    _interrupt_at(monkeypatch, 2)
+    interrupt_train_at(monkeypatch, 2)
     assert _run(monkeypatch, argv) == 130  # the checkpoint of step 2 is left
     monkeypatch.undo()
     assert _run(monkeypatch, [*argv, "--resume"]) == 0  # steps 2 -> 3
