@@ -24,6 +24,7 @@ Examples:
 
 from __future__ import annotations
 
+import atexit
 import errno
 import functools
 import importlib.util
@@ -31,8 +32,10 @@ import inspect
 import json
 import logging
 import os
+import shutil
 import stat
 import sys
+import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -622,6 +625,73 @@ def _onnx_cache_dir() -> Path | None:
         return user_cache_dir(_ONNX_CACHE_ENV, "onnx")
     except OSError:  # CacheFolderError: no home folder and no variable set, so there is no cache to protect
         return None
+
+
+#: This process's private ONNX cache (:func:`_export_cache_dir`), made the first time the ONNX cache cannot be
+#: written, and the cache folders already warned about (``""``: none could be named).
+_private_cache: Path | None = None
+_private_cache_warned: set[str] = set()
+_private_cache_lock = threading.Lock()
+
+
+def _export_cache_dir() -> Path:
+    """The folder :func:`kl_retrievers.load_model` exports into: the ONNX cache (:func:`_onnx_cache_dir`), created
+    if missing, where it can be written; else this process's private temporary folder.
+
+    As huggingface_hub and fastembed go on with a cache they cannot write (a read-only home or file system, a
+    container under an arbitrary user id, a cache owned by another user), a load does not stop there: it exports
+    into a folder of ``tempfile.mkdtemp``, made once per process and removed when the process ends, and logs one
+    WARNING per cache folder naming it, the fallback and the variable to set. Entries the cache already holds are
+    read from it before this is asked (reading one writes nothing).
+
+    Raises:
+        OSError: Neither the cache nor a temporary folder can be written (the message names both).
+    """
+    global _private_cache
+    cache: Path | None = None
+    try:
+        cache = user_cache_dir(_ONNX_CACHE_ENV, "onnx")
+        make_dirs(cache)
+        _check_writable(cache)
+    except OSError as exc:  # CacheFolderError (no folder can be named) included
+        problem = str(exc) if cache is None else f"the ONNX cache {cache} cannot be written ({exc})"
+    else:
+        return cache
+    with _private_cache_lock:
+        if _private_cache is None or not _private_cache.is_dir():  # made anew if removed meanwhile (a tmp cleaner)
+            try:
+                _private_cache = Path(tempfile.mkdtemp(prefix="kl_retrievers-onnx-"))
+            except OSError as exc:
+                raise OSError(
+                    f"{problem}, and no temporary folder can be made instead ({exc}); set {_ONNX_CACHE_ENV} to a "
+                    "writable folder"
+                ) from exc
+            atexit.register(_remove_private_cache, _private_cache, os.getpid())
+        key = "" if cache is None else str(cache)
+        if key not in _private_cache_warned:
+            _private_cache_warned.add(key)
+            logger.warning(
+                "%s; exporting into the temporary folder %s instead, removed when this process ends (each process "
+                "exports again): set %s to a writable folder to keep the exports",
+                problem,
+                _private_cache,
+                _ONNX_CACHE_ENV,
+            )
+        return _private_cache
+
+
+def _check_writable(folder: Path) -> None:
+    """Raise ``OSError`` unless a folder can be made in ``folder`` (as an export's temporary copy is), then remove it.
+
+    A real try rather than ``os.access``, which misses access lists and a server's mapping of user ids.
+    """
+    os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=folder))
+
+
+def _remove_private_cache(folder: Path, pid: int) -> None:
+    """Remove the private ONNX cache ``folder`` at exit, in the process that made it (not in a forked child)."""
+    if os.getpid() == pid:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _read_only_tokenizer(text: str, owner: str) -> tokenizers.Tokenizer:

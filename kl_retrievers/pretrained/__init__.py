@@ -407,9 +407,11 @@ def load_model(
             model's own folder does). With ``"onnx"``, a folder that holds ``model.onnx`` (or ``onnx-int8/``)
             and a bundled model that ships its graph load as they are; any other model is exported on
             first use (torch needed) into :func:`onnx_cache_dir`, keyed by name, library version,
-            quantisation and weights. Typed :data:`Backend`: type checkers read the class returned from a
-            literal ``"torch"`` or ``"onnx"`` (overloads), either from ``None`` or a :data:`Backend` variable,
-            and refuse a typo or a plain ``str`` (an unchecked value: ``if value in BACKENDS`` narrows it).
+            quantisation and weights (a cache that cannot be written is read, and the export made into a
+            temporary folder of the process instead, with a warning). Typed :data:`Backend`: type checkers
+            read the class returned from a literal ``"torch"`` or ``"onnx"`` (overloads), either from
+            ``None`` or a :data:`Backend` variable, and refuse a typo or a plain ``str`` (an unchecked
+            value: ``if value in BACKENDS`` narrows it).
         quantize: ONNX exports made here: ``"int8"`` (dynamic int8 weights) or ``None`` (float32; also
             ``"float32"``, as the CLI names it). The
             torch backend always loads the saved float32 weights and does not quantise: any other value
@@ -788,16 +790,20 @@ def _load_onnx_once(
     An export into the ONNX cache holds the entry's lock file (``.ENTRY.lock`` beside it, removed after;
     :func:`kl_retrievers.onnx._export_lock`) from its second look at the entry to the export's end: of several
     processes loading one model into an empty cache at once, one loads the torch encoder and exports it, and the
-    others wait, then use its export (a cache hit takes no lock).
+    others wait, then use its export (a cache hit takes no lock). Where the cache cannot be written (or named), its
+    entries are still read, and the export goes into this process's private temporary folder
+    (:func:`kl_retrievers.onnx._export_cache_dir`, which warns once).
     """
-    from kl_retrievers._io import folder_identity, library_version, make_dirs
+    from kl_retrievers._io import folder_identity, library_version
     from kl_retrievers.onnx import (
         EXPORT_RECIPE,
         QUANTIZATIONS,
         OnnxGaussianEncoder,
         OnnxModelError,
+        _export_cache_dir,
         _export_lock,
         _export_onnx,
+        _onnx_cache_dir,
         onnx_runtime,
     )
 
@@ -851,12 +857,14 @@ def _load_onnx_once(
     digest = source_sha256(source) if checked is None else checked
     prefix = f"{slug}-{library_version()}-{quantize or 'float32'}-"
     key = f"{prefix}{_cache_digest(digest, recipe)}"
-    cache = onnx_cache_dir() / key
-    seen = folder_identity(cache)  # before its first look: an export swapped in since is looked at again, locked
-    hit = _cached_export(cache, source, digest, display=display, options=options)
+    cache_dir = _onnx_cache_dir()  # None: no folder can be named (no home); the export goes to a temporary one
+    cache = None if cache_dir is None else cache_dir / key
+    # before its first look: an export swapped in since is looked at again, locked
+    seen = None if cache is None else folder_identity(cache)
+    hit = None if cache is None else _cached_export(cache, source, digest, display=display, options=options)
     if hit is not None:
         return hit
-    legacy = _legacy_cache_entry(onnx_cache_dir(), prefix, source, recipe, skip=key)
+    legacy = None if cache_dir is None else _legacy_cache_entry(cache_dir, prefix, source, recipe, skip=key)
     if legacy is not None:  # exported under this version's earlier entry name: the same checks as a hit above
         try:
             cached = OnnxGaussianEncoder(legacy, name_or_path=display, **options)
@@ -889,15 +897,14 @@ def _load_onnx_once(
         )
     require_torch(f"{display} ships no {what}ONNX graph: exporting one on first use")
 
-    def cannot_write(exc: OSError) -> OSError:
-        return OSError(
-            f"cannot write the ONNX export of {display} into {cache} ({exc}); set {ONNX_CACHE_ENV} to a writable folder"
-        )
-
-    try:
-        make_dirs(cache.parent, saving=cache)  # the lock file lies beside the entry
-    except OSError as exc:
-        raise cannot_write(exc) from exc
+    export_dir = _export_cache_dir()  # the cache, or where it cannot be written a temporary folder (one WARNING)
+    if export_dir != cache_dir:  # this process's own folder: an export it made there earlier is used
+        cache = export_dir / key
+        seen = folder_identity(cache)
+        hit = _cached_export(cache, source, digest, display=display, options=options)
+        if hit is not None:
+            return hit
+    assert cache is not None
     # One process at a time checks the entry, loads the torch encoder and exports into it (several processes loading
     # a model for the first time): one that waited, or whose first look came before another's export was swapped in,
     # looks again and uses that export, without loading the torch encoder.
@@ -925,7 +932,10 @@ def _load_onnx_once(
                 lock=False,  # held here, around the check and the torch encoder's load too
             )
         except OSError as exc:
-            raise cannot_write(exc) from exc
+            raise OSError(
+                f"cannot write the ONNX export of {display} into {cache} ({exc}); set {ONNX_CACHE_ENV} to a writable "
+                "folder"
+            ) from exc
     return OnnxGaussianEncoder(cache, name_or_path=display, **options)
 
 

@@ -755,28 +755,78 @@ class FaissEngine(ABC):
         if self._kept_failed == before:
             self._kept_failed = now
 
-    def rows_appended(self, before: int, start: int) -> None:
-        """The table's rows from ``start`` on were just appended and indexed, its only change since its version
-        ``before`` (an add or upsert; callers hold the write lock).
+    def rows_compacted(self, before: int, dead: np.ndarray) -> None:
+        """The table just dropped its tombstones ``dead`` (their old numbers), its only change since its version
+        ``before`` (a compaction; callers hold the write lock).
 
-        Kept ``d~`` of :meth:`_kept_vectors` for version ``before`` are extended by the new rows' ``d~`` around
-        their centre (which stays), into buffers grown by doubling, so an add followed by exact searches costs
-        the new rows' rewrite, not the whole table's. They are let go instead where the rows changed otherwise
-        since (a rebuild, a compaction), where a new row overflows float32 around the centre, or where the
-        largest block norms of the kept rows would grow past :data:`_KEPT_NORM_GROWTH` times those at the build
-        (a float32 error bound that large would send exact searches to more candidate rounds): then the next
-        exact search builds them again, around the mean of every row. Never fails the write.
+        The kept ``d~`` of :meth:`_kept_vectors` are per row, around a centre that stays valid: those for version
+        ``before`` lose the same rows (:meth:`_compact_kept`) and are kept for the new version, with the count of
+        rows rewritten since, so the exact search after a compaction (at every upsert or delete of an approximate
+        index not built yet) reads them instead of computing every row's again. Kept ``d~`` of an older version
+        are left to :meth:`rows_appended` (an add that compacted: its rows were appended since) or to the next
+        search. Never fails the write.
+        """
+        table, kept = self.table, self._kept
+        if self._kept_rewritten[0] == before and table.version == before + 1:
+            self._kept_rewritten = (table.version, self._kept_rewritten[1])
+        if kept is None or kept.version != before:
+            return
+        self._kept = None  # from here on a partly moved copy is never read (an interrupt, a failure)
+        if table.version != before + 1 or len(kept.vectors) != table.n_rows + dead.size:
+            return
+        try:
+            self._kept = self._compact_kept(kept, dead)._replace(version=table.version)
+        except Exception as exc:  # an optimisation only (MemoryError): the write has happened
+            logger.debug("kept d~ not compacted (%s: %s)", type(exc).__name__, exc)
+
+    def rows_appended(self, before: int, start: int, dead: np.ndarray | None = None) -> None:
+        """The table's rows from ``start`` on were just appended and indexed, and then (``dead``: the old numbers of
+        the rows it dropped) its tombstones compacted, its only changes since its version ``before`` (an add or
+        upsert; callers hold the write lock).
+
+        Kept ``d~`` of :meth:`_kept_vectors` for version ``before`` lose the compacted rows (:meth:`_compact_kept`)
+        and are extended by the new rows' ``d~`` around their centre (which stays), into buffers grown by
+        doubling, so an add followed by exact searches costs the new rows' rewrite, not the whole table's. They
+        are let go instead where the rows changed otherwise since (a rebuild), where a new row overflows float32
+        around the centre, or where the largest block norms of the kept rows would grow past
+        :data:`_KEPT_NORM_GROWTH` times those at the build (a float32 error bound that large would send exact
+        searches to more candidate rounds): then the next exact search builds them again, around the mean of
+        every row. Never fails the write.
         """
         table, kept = self.table, self._kept
         self._kept = None
-        if kept is None or kept.version != before or table.version != before + 1 or len(kept.vectors) != start:
+        changes = 1 if dead is None else 2  # the append, then the compaction
+        if kept is None or kept.version != before or table.version != before + changes or len(kept.vectors) != start:
             return
         try:
+            if dead is not None:  # the kept rows all precede the appended ones, which follow them once compacted
+                old = dead[dead < start]
+                kept, start = self._compact_kept(kept, old), start - old.size
             self._kept = self._extend_kept(kept, start)
         except Exception as exc:  # an optimisation only (MemoryError): the write has happened
             logger.debug("kept d~ not extended by the new rows (%s: %s)", type(exc).__name__, exc)
         if self._kept is None:  # the searches had rewritten the table once already: the next one builds them
             self._kept_rewritten = (table.version, table.n_rows)
+
+    @staticmethod
+    def _compact_kept(kept: _Kept, dead: np.ndarray) -> _Kept:
+        """``kept`` without its rows ``dead`` (ascending), the others moved up in place in its buffers, in order.
+
+        Only the rows after the first dead one move, block by block: each block's rows come from rows at or after
+        it, which no earlier block overwrote. The buffers are those of ``kept``: callers let it go first.
+        """
+        n = len(kept.vectors)
+        if not dead.size:
+            return kept
+        live = np.ones(n, dtype=bool)
+        live[dead] = False
+        rows = np.flatnonzero(live)
+        vectors, norms = kept.room
+        step = _block_rows(vectors.shape[1])
+        for s in range(int(dead[0]), rows.size, step):
+            e = min(rows.size, s + step)
+            vectors[s:e], norms[s:e] = vectors[rows[s:e]], norms[rows[s:e]]
+        return kept._replace(vectors=vectors[: rows.size], norms=norms[: rows.size])
 
     def _extend_kept(self, kept: _Kept, start: int) -> _Kept | None:
         """``kept`` with the ``d~`` of the table's rows from ``start`` on appended (see :meth:`rows_appended`)."""
@@ -816,7 +866,8 @@ class FaissEngine(ABC):
         Searches between writes thus cost at most about twice what rewriting their allowed rows did, however
         few they are. The kept vectors are let go by every write step of the engine (:meth:`_forget_kept`) and
         by a search that finds them older than the rows; a delete that only tombstones rows keeps them
-        (:meth:`rows_tombstoned`), and an add or upsert extends them by its new rows (:meth:`rows_appended`).
+        (:meth:`rows_tombstoned`), a compaction drops the same rows from them (:meth:`rows_compacted`), and an add
+        or upsert extends them by its new rows (:meth:`rows_appended`).
 
         ``None`` (the allowed rows rewritten at this search, around their own mean) until then, above
         :data:`_KEPT_VECTORS_MAX` values, while another search is computing them (one computes them at a
@@ -1275,6 +1326,8 @@ class ApproxEngine(FaissEngine):
         self._written_rows = 0
         self._warned_stale = False
         self._built_at_load = False  # _built_rows counted at a load (the index was trained then or earlier)
+        # the live documents at that load where fewer than a build trains on (_built_rows counts that fewest instead)
+        self._rows_at_load: int | None = None
         self._saved_growth: dict[str, Any] | None = None  # index_growth of the config being loaded (restore -> attach)
         self._held_refine: str | None = None  # the refine copies the index holds (see refine_codes); None: none
         # HNSW groups of more than 2 x hnsw_m identical live documents, and the rows the graph cannot reach
@@ -1394,9 +1447,12 @@ class ApproxEngine(FaissEngine):
         super().attach(index, viewed, cfg_path)
         growth, self._saved_growth = self._saved_growth, None
         fewest = self._min_train_size()  # a build trains on at least these: a count below would warn at once
+        self._rows_at_load = None
         if growth is None:  # saved before index_growth was: counted from the size at load
             self._built_rows, self._written_rows = max(len(self.table), fewest), 0
             self._built_at_load = True
+            if len(self.table) < fewest:  # named in the stale-index warning beside the count it uses
+                self._rows_at_load = len(self.table)
         elif growth["built_rows"] < fewest:
             raise StoreFormatError(
                 f"{cfg_path}: field 'index_growth.built_rows' is {growth['built_rows']!r}, but a built "
@@ -1645,8 +1701,9 @@ class ApproxEngine(FaissEngine):
 
         IVF lists and PQ codebooks are learnt at a build and kept as documents are added: the new ones go into
         the lists (and get the codes) learnt from the first ones, however different they are. Once the live
-        documents of the last build (for a folder saved before ``index_growth``, its load) and the rows written
-        (added or upserted) since come to more than :data:`STALE_GROWTH` times the former, this returns
+        documents of the last build (for a folder saved before ``index_growth``, its load, counted as at least the
+        fewest a build trains on; the warning names both numbers where they differ) and the rows written (added or
+        upserted) since come to more than :data:`STALE_GROWTH` times the former, this returns
         the warning (the store gives it at the caller's line) naming ``rebuild()``, which retrains the index and
         arms the warning again. The writes are counted, not the live documents: a store that deleted most of its
         documents and took as many new ones holds as many as it was built over, in lists that no longer fit them.
@@ -1659,12 +1716,20 @@ class ApproxEngine(FaissEngine):
         self._warned_stale = True
         what = {"ivf": "lists", "pq": "product-quantizer codebooks"}
         learnt = " and ".join(what[key] for key in ("ivf", "pq") if key in (s.index_type, s.compression))
+        loaded = self._rows_at_load  # fewer than a build trains on: counted as that many (the reason, named)
         return (
             f"the {s.index_type} index's k-means was trained "
             + ("before the store was loaded with" if self._built_at_load else "when the store held")
-            + f" {built:,} documents, and {written:,} have been added or upserted since: "
-            f"{(built + written) / max(built, 1):.1f} times as many in all, more than {STALE_GROWTH} (it now holds "
-            f"{len(self.table):,}). Every document added since went into the {learnt} learnt from the first ones. "
+            + f" {built if loaded is None else loaded:,} documents, and {written:,} have been added or upserted "
+            f"since: {(built + written) / max(built, 1):.1f} times as many in all, more than {STALE_GROWTH}"
+            + (
+                ""
+                if loaded is None
+                else f", counting the {loaded:,} at the load as {built:,}, the fewest documents a build of this "
+                f"{s.index_type} index trains on"
+            )
+            + f" (it now holds {len(self.table):,}). Every document added since went into the {learnt} learnt from "
+            "the first ones. "
             "Call store.rebuild() to retrain it on a sample of all of them"
             + (
                 ", then check nprobe: retrained lists may hold the documents in another balance, so that the same "
@@ -1855,7 +1920,7 @@ class ApproxEngine(FaissEngine):
             table.compact()
         switched = held == "fp32" and self._held_refine != "fp32"
         self.index, self.viewed, self._held_refine = index, False, held
-        self._built_rows, self._warned_stale, self._built_at_load = n, False, False
+        self._built_rows, self._warned_stale, self._built_at_load, self._rows_at_load = n, False, False, None
         self._written_rows = 0
         logger.info(
             "built %s index over %d documents in %.1f s (norm bound M=%.4g)%s",
@@ -1946,9 +2011,9 @@ class ApproxEngine(FaissEngine):
         outlier that set it would leave every other document squeezed under a bound far above
         its norm, and recall low. When ``M / norm_headroom`` is more than twice the largest live
         norm, and there are enough rows to train the index (:meth:`_min_build_size`), the index
-        is rebuilt with a new ``M``.
+        is rebuilt with a new ``M``. The kept ``d~`` of the exact path do not depend on the index: the store
+        compacts them after (:meth:`FaissEngine.rows_compacted`), unless a rebuild here lets them go.
         """
-        self._forget_kept()
         if self.index is None:
             return
         s = self.settings

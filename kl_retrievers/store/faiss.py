@@ -839,12 +839,11 @@ class KLStore(GaussianStore):
             except BaseException:
                 self._undo_add(start, len(new.ids), previous)
                 raise
-            self._maybe_compact()
+            dead = self._maybe_compact()
             self.write_count += 1
-            # the exact path's kept d~ take the new rows, unless the compaction changed the rows (then it returns at
-            # once); an interrupt while it copies them leaves the write compacted and counted, and the stale check
-            # (after it) armed for the next write
-            self._engine.rows_appended(before, start)
+            # the exact path's kept d~ lose the compacted rows and take the new ones; an interrupt while it copies
+            # them leaves the write compacted and counted, and the stale check (after it) armed for the next write
+            self._engine.rows_appended(before, start, dead)
             stale = self._engine.stale_training()
         if replaced:
             logger.debug("replaced %d existing document(s)", len(replaced))
@@ -875,8 +874,8 @@ class KLStore(GaussianStore):
             deleted, missing = self._table.tombstone(ids)
             self._engine.rows_tombstoned(before)  # the version changed, even where nothing was deleted
             if deleted:  # a tombstone leaves the index (a memory-mapped one mapped); remove_rows copies it
+                self.write_count += 1  # first: counted even where the compaction is interrupted
                 self._maybe_compact()
-                self.write_count += 1
         return DeleteReport(deleted=deleted, missing=missing)
 
     def _delete_matching(self, ids: list[str] | None, filter: Any) -> DeleteReport:
@@ -919,16 +918,30 @@ class KLStore(GaussianStore):
                 rows = list(compress(rows, table.judge(filter, rows)))
             return [table.ids[r] for r in rows], missing
 
-    def _maybe_compact(self) -> None:
+    def _maybe_compact(self) -> np.ndarray | None:
+        """Compact where the tombstones call for it (:meth:`_compact`); ``None`` where it did not."""
         dead = self._table.dead()
         threshold = min(self.compact_threshold, _MAX_DEAD_SHARE)
         if dead and (self._engine.compacts_at_once or dead > threshold * self._table.n_rows):
-            self._compact()
+            return self._compact()
+        return None
 
-    def _compact(self) -> None:
-        """Drop tombstoned rows from the table and the index; callers hold the write lock."""
-        if self._table.dead():
-            self._engine.remove_rows(self._table.compact())
+    def _compact(self) -> np.ndarray | None:
+        """Drop tombstoned rows from the table and the index; callers hold the write lock.
+
+        Returns:
+            The dropped rows' old numbers (``None``: there were none).
+        """
+        table = self._table
+        if not table.dead():
+            return None
+        before = table.version
+        dead = table.compact()
+        self._engine.remove_rows(dead)
+        # then the exact path's kept d~ (they do not depend on the index): an interrupt while they are moved leaves
+        # the table and the index compacted together, and the kept d~ let go
+        self._engine.rows_compacted(before, dead)
+        return dead
 
     def compact(self) -> None:
         """Remove tombstoned documents from the index now.
