@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from results_qpp_targets import verdicts
 
 QPP_LOG = Path("runs") / "qpp" / "qpp.jsonl"
 CALIB_LOG = Path("runs") / "qpp" / "calibration.jsonl"
@@ -28,7 +29,6 @@ COLLECTIONS = {
     "trec-dl21-passage-pooled": "TREC DL21",
 }
 PREDICTORS = ("uncertainty", "max_score", "nqc", "gap12", "wig", "avg_idf", "scq")
-POST = ("max_score", "nqc", "gap12", "wig")
 TRAIN_SETS = ("scifact:train", "nfcorpus-preprocessed:train", "squad:train")
 HYBRID_TRAIN_SETS = ("scifact:train", "nfcorpus-preprocessed:train", "squad:train-halving")
 #: Experiment label (as logged; one ending in ``-`` names a family of variants) -> (what, the statistics it adds).
@@ -75,7 +75,8 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def tau_table(default: Mapping[str, dict], combined: Mapping[str, dict]) -> list[str]:
-    """Kendall tau of every predictor on each test split, the combined predictor and the confidence beside them."""
+    """Kendall tau of every predictor on each test split, the combined predictor and the confidence beside them,
+    then issue 19's targets, met or missed by the mean taus (:func:`results_qpp_targets.verdicts`)."""
     names = [*PREDICTORS, "combined", "confidence"]
     rows, cols = [], {n: [] for n in names}  # type: ignore[var-annotated]
     for coll, label in COLLECTIONS.items():
@@ -85,7 +86,8 @@ def tau_table(default: Mapping[str, dict], combined: Mapping[str, dict]) -> list
             cols[n].append(t)
         rows.append([label, "n/a" if d is None else f"{d['ndcg@10']:.4f}", *map(_cell, taus)])
     rows.append(["mean", "", *(_cell(_mean(cols[n])) for n in names)])
-    return _table(["collection", "nDCG@10", *names], rows)
+    parts = next(iter(combined.values()), {}).get("features", [])
+    return [*_table(["collection", "nDCG@10", *names], rows), "", *verdicts({n: _mean(cols[n]) for n in names}, parts)]
 
 
 def _with_ci(p: Mapping[str, Any]) -> str:

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "TORCH_EXTRA",
     "EncoderMixin",
+    "TransformersTextCut",
     "check_encode_args",
     "check_texts",
     "cut_long_texts",
@@ -487,6 +488,32 @@ def _fills_budget(
 def longest_added_token(contents: Iterable[str]) -> int:
     """The length of the longest of a tokenizer's added tokens (``0``: none), for :func:`cut_long_texts`."""
     return max(map(len, contents), default=0)
+
+
+class TransformersTextCut:
+    """:func:`cut_long_texts` for a ``transformers`` tokenizer at ``self.tokenizer``.
+
+    Shared by :class:`~kl_retrievers.encoder.GaussianEncoder` and the MiniLM baseline
+    (:class:`~kl_retrievers.baselines.MiniLMEncoder`); the ONNX encoder's ``tokenizers`` tokenizer has its own.
+    """
+
+    tokenizer: Any
+
+    def _cut_long_texts(self, texts: list[str], budget: int) -> list[str]:
+        """``texts``, a long one cut to a prefix with its first ``budget`` tokens (:func:`cut_long_texts`), where the
+        tokenizer is fast and truncates on the right (a slow one gives no word offsets; a left one keeps the end)."""
+        if getattr(self.tokenizer, "is_fast", False) and self.tokenizer.truncation_side == "right":
+            return cut_long_texts(texts, budget, self._word_ids, self._longest_added)
+        return texts
+
+    def _word_ids(self, texts: list[str]) -> list[tuple[list[int | None], list[tuple[int, int]]]]:
+        """Each text's tokens' word indices and offsets, without special tokens or truncation (a fast tokenizer's)."""
+        batch = self.tokenizer(texts, add_special_tokens=False, truncation=False, padding=False, verbose=False)
+        return [(e.word_ids, e.offsets) for e in batch.encodings]
+
+    def _longest_added(self) -> int:
+        """The length of the tokenizer's longest added token (special tokens included)."""
+        return longest_added_token(self.tokenizer.get_added_vocab())
 
 
 def check_encode_args(*, batch_size: Any, max_length: Any, convert_to: Any) -> None:

@@ -40,8 +40,7 @@ from tqdm import tqdm
 
 from kl_retrievers._bm25 import quiet_bm25s_logger
 from kl_retrievers._encoding import (
-    cut_long_texts,
-    longest_added_token,
+    TransformersTextCut,
     progress_bar,
     progress_enabled,
     query_batch_size,
@@ -294,7 +293,7 @@ def _transformers_progress_bars_off() -> Iterator[None]:
             disable_progress_bars()
 
 
-class MiniLMEncoder:
+class MiniLMEncoder(TransformersTextCut):
     """all-MiniLM-L6-v2 with mean pooling and L2 normalisation (PyTorch, CPU).
 
     Args:
@@ -392,18 +391,8 @@ class MiniLMEncoder:
         :meth:`kl_retrievers.encoder.GaussianEncoder.tokenize` does: a multi-MB text is not tokenized whole.
         """
         with self._tokenizer_lock:
-            if getattr(self.tokenizer, "is_fast", False) and self.tokenizer.truncation_side == "right":
-                texts = cut_long_texts(texts, self.max_length, self._word_ids, self._longest_added)
+            texts = self._cut_long_texts(texts, self.max_length)
             return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-
-    def _word_ids(self, texts: list[str]) -> list[tuple[list[int | None], list[tuple[int, int]]]]:
-        """Each text's tokens' word indices and offsets, without special tokens or truncation."""
-        batch = self.tokenizer(texts, add_special_tokens=False, truncation=False, padding=False, verbose=False)
-        return [(e.word_ids, e.offsets) for e in batch.encodings]
-
-    def _longest_added(self) -> int:
-        """The length of the tokenizer's longest added token (special tokens included)."""
-        return longest_added_token(self.tokenizer.get_added_vocab())
 
     def encode_queries(
         self, texts: Sequence[str], batch_size: int = 64, show_progress: bool | None = None

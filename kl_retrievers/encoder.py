@@ -59,10 +59,9 @@ from kl_retrievers._encoding import (
     DEVICE_TYPES,
     TORCH_EXTRA,
     EncoderMixin,
+    TransformersTextCut,
     bad_device,
-    cut_long_texts,
     eval_mode,
-    longest_added_token,
     progress_bar,
     require_torch,
 )
@@ -406,7 +405,7 @@ def _check_available(dev: torch.device, asked: object) -> None:
         raise ValueError(f"device {str(asked)!r} is not available: {why}; available here: {_available_devices()}")
 
 
-class GaussianEncoder(EncoderMixin, nn.Module):
+class GaussianEncoder(EncoderMixin, TransformersTextCut, nn.Module):
     """A transformer backbone with a mean head and a softplus-beta variance head.
 
     Build one with :meth:`from_backbone` (a new encoder from a plain Hugging Face
@@ -719,9 +718,7 @@ class GaussianEncoder(EncoderMixin, nn.Module):
         with _TOKENIZER_LOCK:  # a fast tokenizer keeps its truncation setting in shared state: one call at a time
             # Forced again in case the caller switched it since construction: see __init__.
             self.tokenizer.padding_side = "right"
-            texts = list(texts)
-            if getattr(self.tokenizer, "is_fast", False) and self.tokenizer.truncation_side == "right":
-                texts = cut_long_texts(texts, budget, self._word_ids, self._longest_added)
+            texts = self._cut_long_texts(list(texts), budget)
             batch = self.tokenizer(texts, padding=True, truncation=True, max_length=budget, return_tensors="pt")
         batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         if self.var_token_id is not None:
@@ -731,15 +728,6 @@ class GaussianEncoder(EncoderMixin, nn.Module):
                 col = torch.full((n, 1), fill, dtype=value.dtype)
                 batch[key] = torch.cat([value[:, :1], col, value[:, 1:]], dim=1)
         return batch
-
-    def _word_ids(self, texts: list[str]) -> list[tuple[list[int | None], list[tuple[int, int]]]]:
-        """Each text's tokens' word indices and offsets, without special tokens or truncation (a fast tokenizer's)."""
-        batch = self.tokenizer(texts, add_special_tokens=False, truncation=False, padding=False, verbose=False)
-        return [(e.word_ids, e.offsets) for e in batch.encodings]
-
-    def _longest_added(self) -> int:
-        """The length of the tokenizer's longest added token (special tokens included)."""
-        return longest_added_token(self.tokenizer.get_added_vocab())
 
     def forward(
         self,

@@ -1120,9 +1120,50 @@ def _check_inverted(rule: str, bad: np.ndarray, values: np.ndarray, first_coordi
     )
 
 
+#: The tolerance of :func:`first_coordinate_mismatches`, relative to the size of the first coordinate's terms
+#: (float32 round trips stay far below it).
+FIRST_COORDINATE_RTOL = 1e-4
+
+
+def first_coordinate_mismatches(
+    vectors: np.ndarray, gaussians: Gaussians, rtol: float = FIRST_COORDINATE_RTOL
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``d~`` rows whose first coordinate is not the ``-1/2 sum(log var + mu^2 / var)`` of their Gaussian.
+
+    :func:`document_gaussians_from_vectors` does not read the first coordinate; this checks it against the
+    Gaussians it returned. A row mismatches where the two differ by more than ``rtol`` times
+    ``1/2 sum(|log var| + mu^2 / var) + 1`` (the size of the sum's terms, which cancel).
+
+    Args:
+        vectors: ``d~`` rows, shape ``(n, 2k + 1)``.
+        gaussians: The Gaussians behind the rows' coordinates ``1..2k``, shape ``(n, k)``.
+        rtol: The tolerance, relative to the terms' size.
+
+    Returns:
+        The positions of the rows that mismatch (ascending) and, for every row, the first coordinate its
+        Gaussian gives.
+
+    Examples:
+        >>> import numpy as np
+        >>> d = kl_document_vectors(Gaussians(np.array([[2.0]]), np.array([[1.0]])))
+        >>> bad, first = first_coordinate_mismatches(d, document_gaussians_from_vectors(d))
+        >>> bad.tolist(), first.tolist()
+        ([], [-2.0])
+        >>> d[0, 0] = 5.0
+        >>> first_coordinate_mismatches(d, document_gaussians_from_vectors(d))[0].tolist()
+        [0]
+    """
+    log_var = np.log(gaussians.var)
+    ratio = gaussians.mean**2 / gaussians.var
+    first = -0.5 * (log_var + ratio).sum(axis=1)
+    scale = 0.5 * (np.abs(log_var) + ratio).sum(axis=1) + 1.0
+    return np.flatnonzero(np.abs(first - vectors[:, 0]) > rtol * scale), first
+
+
 # ================================================================================ exact top-k
 # Exact top-k by -KL (or, for the means-only ablation, by -||mu_q - mu_d||^2), shared by KLStore's
-# flat index and exact fallback and by evaluation.retrieve_exact.
+# flat index and exact fallback, by evaluation.retrieve_exact and by MilvusKLStore's prove_flat search
+# (refine_top_k over Milvus' candidates, with a bound of its own: store/milvus.py).
 #
 # Candidates come from the inner-product rewrite evaluated in float32 (a BLAS matmul or a FAISS flat
 # index); the candidates are then re-scored term by term in float64. float32 alone is not exact:

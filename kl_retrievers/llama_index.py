@@ -103,6 +103,7 @@ from kl_retrievers.gaussian import (
     _real_numpy,
     check_k,
     document_gaussians_from_vectors,
+    first_coordinate_mismatches,
     is_real_number,
     kl_document_vectors,
     kl_query_vectors,
@@ -251,8 +252,6 @@ _INNER_MANIFEST = "llama_index_manifest.json"
 _INNER_CALIBRATOR = "calibrator.json"
 _NAMESPACE_SEP = "__"
 _DEFAULT_NAMESPACE = "default"
-# Relative tolerance of the consistency check on d~[0] (float32 round trips stay far below it).
-_DOC_CHECK_RTOL = 1e-4
 _QUERY_CHECK_ATOL = 1e-6
 # Written into the manifest under SimpleVectorStore's key, so that a SimpleVectorStore that reads the
 # file without this module's loader (see _install_simple_vector_store_loader) fails with this text
@@ -359,11 +358,7 @@ def _document_gaussians(d: np.ndarray, raw: Any, check: bool = True) -> Gaussian
     if not (np.isfinite(var).all() and (var > 0).all() and np.isfinite(mean).all()):
         raise ValueError("document embeddings give non-finite or non-positive variances")
     if check:
-        log_var = np.log(var)
-        ratio = mean**2 / var
-        first = -0.5 * (log_var + ratio).sum(axis=1)
-        scale = 0.5 * (np.abs(log_var) + ratio).sum(axis=1) + 1.0
-        bad = np.flatnonzero(np.abs(first - d[:, 0]) > _DOC_CHECK_RTOL * scale)
+        bad, first = first_coordinate_mismatches(d, recovered)
         if bad.size:
             i = int(bad[0])
             raise ValueError(

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import kl_retrievers.store.milvus as milvus_module
 from kl_retrievers.gaussian import (
     Gaussians,
     document_gaussians_from_vectors,
@@ -142,18 +143,25 @@ def test_a_flat_inner_product_search_at_dimension_384_is_proven_without_widening
         np.asarray(docs.var)[pick] * np.exp(rng.normal(0, 0.1, (10, dim))),
     )
     ids = [f"d{i:04d}" for i in range(n)]
-    unproven: list[int] = []
-    real = MilvusKLStore._unproven
+    pools: list[int] = []  # the pool sizes refine_top_k asked Milvus for
+    fallbacks: list[int] = []
+    real = milvus_module.refine_top_k
 
-    def spy(self: MilvusKLStore, *args: Any, **kwargs: Any) -> list[int]:
-        left = real(self, *args, **kwargs)
-        unproven.append(len(left))
-        return left
+    def spy(nq: int, k: int, n: int, margin: int, candidates: Any, rescore: Any, fallback: Any, *rest: Any) -> Any:
+        def asked(qi: np.ndarray, c: int) -> Any:
+            pools.append(c)
+            return candidates(qi, c)
 
-    monkeypatch.setattr(MilvusKLStore, "_unproven", spy)
+        def scanned(qi: np.ndarray) -> Any:
+            fallbacks.append(qi.size)
+            return fallback(qi)
+
+        return real(nq, k, n, margin, asked, rescore, scanned, *rest)
+
+    monkeypatch.setattr(milvus_module, "refine_top_k", spy)
     with MilvusKLStore(uri=str(tmp_path / "kl.db"), index_type="flat", prove_flat=True) as store:
         store.add(gaussians=docs, ids=ids)
         got = [[h.id for h in row] for row in store.search_batch(queries, k=10)]
-    assert unproven == [0]  # before: all 10 pools unproven, searched again, then every row scored
+    assert pools == [101] and fallbacks == []  # before: all 10 pools unproven, searched again, then every row scored
     exact = np.asarray(neg_kl_matrix(queries, docs))
     assert got == [[ids[j] for j in np.argsort(-row, kind="stable")[:10]] for row in exact]

@@ -1,8 +1,9 @@
 """A checkpoint written by ``kl-retrievers train`` records the command line's invocations (``state.json``'s
 ``commands``, or ``recipe.cli.commands`` in one development version's checkpoints). ``train_heads_cached`` /
 ``train_encoder(..., resume=True)`` called from Python without ``commands=`` wrote its later checkpoints without the
-list, so a later ``--resume`` lost the first command. A Python resume now carries the list forward unchanged (it adds
-no entry of its own: a Python call is no command line to rerun)."""
+list, so a later ``--resume`` lost the first command. A Python resume now carries the list forward, then adds its own
+entry (the Python process's command line and the function called:
+tests/test_train_python_api_resume_commands.py)."""
 
 from __future__ import annotations
 
@@ -76,18 +77,21 @@ def test_a_python_resume_keeps_the_command_lines_invocations(
     _python_resume(train_world, ckpt, cli_recipe, steps=3)  # steps 2 -> 3
     state = json.loads(state_file.read_text())
     assert state["step"] == 3
-    assert state["commands"] == recorded  # carried forward unchanged: no entry for the Python call
+    assert state["commands"][:-1] == recorded  # carried forward, then the Python call's own entry
+    python = state["commands"][-1]
+    assert (python["step_at_start"], python["api"]) == (2, "kl_retrievers.training.train_heads_cached")
 
     resume = [*argv, "--resume", "--steps", "4"]  # 3 -> 4, from the command line again
     monkeypatch.setattr(sys, "argv", ["kl-retrievers", *resume])
     assert main(resume) == 0, capsys.readouterr().err
     training = json.loads((out / "config.json").read_text())["encoder"]["extra"]["training"]
     last = "kl-retrievers " + " ".join(resume)
-    assert [(c["command"], c["step_at_start"]) for c in training["commands"]] == [(first, 0), (last, 3)]
+    steps = [(c["command"], c["step_at_start"]) for c in training["commands"]]
+    assert steps == [(first, 0), (python["command"], 2), (last, 3)]
     assert json.loads(state_file.read_text())["commands"] == training["commands"]
 
 
-def test_a_python_resume_of_a_checkpoint_without_invocations_records_none(
+def test_a_python_resume_of_a_checkpoint_without_invocations_records_its_own(
     train_world: TrainWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ckpt = tmp_path / "m.checkpoint"
@@ -97,4 +101,5 @@ def test_a_python_resume_of_a_checkpoint_without_invocations_records_none(
     del state["commands"]  # as versions before the record wrote it
     state_file.write_text(json.dumps(state))
     _python_resume(train_world, ckpt, state["recipe"]["cli"], steps=3)
-    assert "commands" not in json.loads(state_file.read_text())
+    commands = json.loads(state_file.read_text())["commands"]  # the earlier ones are not known
+    assert [(c["step_at_start"], c["api"]) for c in commands] == [(2, "kl_retrievers.training.train_heads_cached")]

@@ -119,6 +119,22 @@ class BackboneConversionError(KLRetrieversError, ValueError):
     """A source file that is not the expected one: another SHA-256 or an unexpected graph."""
 
 
+def _index_ranges(indices: list[int]) -> str:
+    """Sorted indices as runs: ``[0, 1, 2, 3, 5]`` -> ``"0-3, 5"`` (``""`` for none).
+
+    Examples:
+        >>> _index_ranges([0, 1, 2, 3, 5, 7, 8]), _index_ranges([11]), _index_ranges([])
+        ('0-3, 5, 7-8', '11', '')
+    """
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def expected_bert_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """Every tensor of a transformers ``BertModel`` without pooler, with its shape.
 
@@ -281,10 +297,17 @@ def dequantized_bert_state(model: Any, config: Mapping[str, Any]) -> dict[str, n
     expected_layers = int(config["num_hidden_layers"])
     softmaxes = sum(node.op_type == "Softmax" for node in graph.node)
     if layers != list(range(expected_layers)) or softmaxes != expected_layers:
-        listed = f"{layers[0]}-{layers[-1]}" if layers else "none"
+        missing_layers = sorted(set(range(expected_layers)) - set(layers))
+        extra_layers = [i for i in layers if i >= expected_layers]
+        odd = "".join(
+            f"; {what} {_index_ranges(found)}"
+            for what, found in (("missing index(es)", missing_layers), ("unexpected index(es)", extra_layers))
+            if found
+        )
+        present = _index_ranges(layers) or "none"
         raise BackboneConversionError(
-            f"the graph has {len(layers)} encoder layers (indices {listed}) and {softmaxes} attention softmaxes; "
-            f"expected {expected_layers} layers"
+            f"the graph has {len(layers)} encoder layers (indices {present}) and {softmaxes} attention softmaxes; "
+            f"expected {expected_layers} layers (indices 0-{expected_layers - 1}){odd}"
         )
     missing = [name for name in shapes if name not in state]
     if missing:

@@ -280,6 +280,30 @@ def too_new_message(where: str, writer: Any, what: str, found: int, newest: int)
     )
 
 
+def _writer_hint(config: dict[str, Any]) -> str:
+    """Who could have written a field this release does not know, from the store's recorded ``library_version``.
+
+    A newer release may write it (upgrade); a release not newer than this one never does (the file was edited or is
+    damaged); a writer version that is absent or not comparable could be either.
+
+    Examples:
+        >>> _writer_hint({"library_version": library_version()})  # doctest: +ELLIPSIS
+        'the store was written by kl-retrievers ..., not a later version than this one ...: the file was edited...'
+    """
+    writer, ours = config.get("library_version"), library_version()
+    writer_key = _version_key(writer) if isinstance(writer, str) else None
+    our_key = _version_key(ours)
+    said = f"the store was written by kl-retrievers {writer if isinstance(writer, str) else 'unknown'}"
+    if writer_key is None or our_key is None:
+        return f"{said}, this is {ours} (a newer release's store, or an edited or damaged config.json)"
+    if writer_key > our_key:
+        return f"{said}, this is {ours} (a newer release's store? upgrade kl-retrievers)"
+    return (
+        f"{said}, not a later version than this one ({ours}), which writes no such key: the file was edited or is "
+        "damaged"
+    )
+
+
 def _bad(config: dict[str, Any], cfg_path: Path, field: str, what: str) -> StoreFormatError:
     got = config.get(field, "<missing>")
     return StoreFormatError(f"{cfg_path}: field {field!r} must be {what}; got {got!r}")
@@ -333,11 +357,7 @@ def _check_fields(config: dict[str, Any], cfg_path: Path) -> None:
         raise _bad(config, cfg_path, "index_params", "a JSON object")
     unknown = sorted(set(params) - set(INDEX_PARAMS))
     if unknown:
-        raise StoreFormatError(
-            f"{cfg_path}: field 'index_params' has unknown key(s) {unknown}; the store was written by "
-            f"kl-retrievers {config.get('library_version', 'unknown')}, this is {library_version()} (a newer "
-            "release's store? upgrade kl-retrievers)"
-        )
+        raise StoreFormatError(f"{cfg_path}: field 'index_params' has unknown key(s) {unknown}; {_writer_hint(config)}")
     norm_bound = config.get("norm_bound")
     approximate = config["index_type"] != "flat" and config["index_built"]
     if norm_bound is not None or approximate:

@@ -39,11 +39,13 @@ document, so scores differ from ``KLStore``'s by the two roundings (docs/milvus.
 
 ``index_type="flat"`` ranks every matching row by its float32 score (on means centred on the first documents'
 mean, either metric) and re-scores the pool in float64.  With ``prove_flat=True`` it is exact for those
-Gaussians, as ``KLStore``'s flat index is: a pool is kept only where its last float32 score, plus a bound
-on the float32 error of any row that could beat the ``k``-th (from the query and that ``k``-th score alone:
-:func:`_flat_error_bound`), stays below the ``k``-th float64 score.  A query whose pool is not proven so is searched
-again with 8 times the pool, then scores every matching row in float64 when at most ``max(k, exact_threshold)``
-rows match (above that: a warning, and the pool's top ``k``).  When HNSW / IVF return fewer than ``k`` hits (a
+Gaussians, as ``KLStore``'s flat index is, by the same core: :func:`~kl_retrievers.gaussian.refine_top_k` (a pool is
+kept only where its witness, the best float32 score left out, plus a bound on the float32 error of any row that could
+beat the ``k``-th, stays below the ``k``-th float64 score; else wider pools, re-scoring only the rows the bound cannot
+rule out; else every matching row scored in float64 when at most ``max(k, exact_threshold)`` match, above that a
+warning and the best rows re-scored), with Milvus' flat search as its candidates and Milvus' own bound
+(:func:`_flat_error_bound`: from the query and the first pool's ``k``-th score alone, as no statistics of the
+collection's rows are at hand).  When HNSW / IVF return fewer than ``k`` hits (a
 selective filter) and at most ``exact_threshold`` rows match, every matching row is scored exactly.  docs/milvus.md,
 *Known differences and limits*, lists what still differs from ``KLStore``.
 
@@ -156,10 +158,12 @@ from kl_retrievers.gaussian import (
     kl_query_vectors,
     means_centre,
     neg_kl,
+    neg_kl_rows,
     reduce_document_vectors,
     reduce_query_vectors,
     reduction_norm_bound,
     reduction_offset,
+    refine_top_k,
     shift_document_vectors,
     worth_centring,
 )
@@ -747,9 +751,48 @@ class _LiteFilter:
 
 
 # ------------------------------------------------------------------ exact flat search
-#: A flat query whose first candidate pool is not proven to hold its top ``k`` is searched again with this many times
-#: the pool (at most :data:`MAX_TOPK`) before every matching row is scored (:meth:`MilvusKLStore._exact_flat`).
-_FLAT_WIDEN = 8
+# A prove_flat search is gaussian.refine_top_k's (the one exact top-k core: pools proven by the float32 error bound,
+# wider pools, float64 over every row) with Milvus' flat search as its candidates. What is Milvus' own is the bound:
+# no statistics of the collection's rows are at hand (KLStore's float32_score_bound needs the largest norm of each
+# block of every row), so _flat_error_bound bounds the error of every row that could beat the k-th score from the
+# query and that score alone, and covers what Milvus computes (an L2 distance of reduced rows, the stored first
+# coordinate, the centring) against the float64 re-scoring of the recovered Gaussians.
+
+
+class _PoolRows:
+    """The rows the candidate pools of one search returned, numbered in the order first seen (the row numbers of
+    :func:`~kl_retrievers.gaussian.refine_top_k`), with the Gaussians recovered from their stored vectors.
+
+    A row that comes back again keeps the number (and the stored version) it was first seen with.
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.rows: list[dict[str, Any]] = []
+        self._numbers: dict[str, int] = {}
+        self._parts: list[Gaussians] = []
+        self._all: Gaussians | None = None
+
+    def numbers(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """The numbers of ``rows`` (each with its ``"id"`` and ``"vector"``), numbering the new ones."""
+        new: list[dict[str, Any]] = []
+        for r in rows:
+            if str(r["id"]) not in self._numbers:
+                self._numbers[str(r["id"])] = len(self.rows) + len(new)
+                new.append(dict(r))
+        if new:
+            self._parts.append(document_gaussians_from_vectors([r["vector"] for r in new], self.dim))
+            self.rows += new
+            self._all = None
+        return np.asarray([self._numbers[str(r["id"])] for r in rows], dtype=np.int64)
+
+    def gaussians(self) -> Gaussians:
+        """The recovered Gaussians of every row numbered so far, by number."""
+        if self._all is None:
+            means = [np.asarray(g.mean) for g in self._parts] or [np.zeros((0, self.dim))]
+            variances = [np.asarray(g.var) for g in self._parts] or [np.ones((0, self.dim))]
+            self._all = Gaussians(np.concatenate(means), np.concatenate(variances), validate=False)
+        return self._all
 
 
 def _ratio_bound(t: np.ndarray) -> np.ndarray:
@@ -950,10 +993,11 @@ class MilvusKLStore(GaussianStore):
             cannot prove to hold its top ``k`` scores every matching row in float64 when at most this many
             match (else a warning).
         prove_flat: Flat search only: keep a query's float32 candidate pool only where an error bound proves
-            it holds the float64 top ``k``, else search again with 8 times the pool, then score every matching
-            row in float64. Off by default: a flat search then re-scores its centred pool in float64 without the
-            proof (on ordinary data at dim 384 the proof holds for every pool and costs about nothing; where it
-            does not, the wider search and the scan do).
+            it holds the float64 top ``k``, else search again with wider pools
+            (:func:`~kl_retrievers.gaussian.refine_top_k`), then score every matching row in float64. Off by
+            default: a flat search then re-scores its centred pool in float64 without the proof (on ordinary data
+            at dim 384 the proof holds for every pool and costs about nothing; where it does not, the wider
+            searches and the scan do).
         norm_headroom: ``M = norm_headroom * max ||d~||`` for the L2 reduction (from 1 to 1e6).
         max_text_length: ``max_length`` of the ``text`` field; longer texts raise ``ValueError``.
         timeout: Seconds to wait for the server when connecting and for metadata calls.
@@ -2554,11 +2598,16 @@ class MilvusKLStore(GaussianStore):
         assert self._dim is not None
         pool = document_gaussians_from_vectors([r["vector"] for r in rows], self._dim)
         scores = np.asarray(neg_kl(q64, pool)) + 0.0  # + 0.0: a self-score of -0.0 reads 0.0
-        # exact ties: the later-added first (the stored insertion stamp, as KLStore's row order); rows without
-        # a stamp (collections created before 2026-12-05) after those with one, the greater id first among them
+        return self._tie_order(rows, scores)[:k], scores
+
+    @staticmethod
+    def _tie_order(rows: Sequence[Mapping[str, Any]], scores: np.ndarray) -> np.ndarray:
+        """Positions of ``rows`` by ``scores``, best first; exact ties: the later-added first (the stored insertion
+        stamp, as KLStore's row order); rows without a stamp (collections created before 2026-12-05) after those
+        with one, the greater id first among them."""
         added = np.asarray([-1 if r.get(_ADDED_FIELD) is None else r[_ADDED_FIELD] for r in rows], dtype=np.int64)
         ranks = tie_ranks([str(r["id"]) for r in rows])
-        return np.lexsort((ranks, -added, -scores))[:k], scores
+        return np.lexsort((ranks, -added, -scores))
 
     def _rank(self, q64: Gaussians, rows: Sequence[Mapping[str, Any]], k: int) -> list[SearchResult]:
         """The top ``k`` of ``rows`` (each ``{"id", "vector", "text", "metadata"}``, one stored version of a
@@ -2614,20 +2663,16 @@ class MilvusKLStore(GaussianStore):
         # metadata are fetched with their vectors, and a winner whose vector changed or vanished in
         # between (a concurrent upsert or delete) sends its query to a second search that returns texts
         # too, so every hit is one stored version of its document: never torn, never dropped.
-        rows = search(data, self._fields("vector"))
-        tops = [self._top(q64[i], row, k) for i, row in enumerate(rows)]
-        limits = [pool] * len(rows)  # the pool each query's rows came from (widened where not proven, flat)
-        scanned: dict[int, list[SearchResult]] = {}  # flat queries answered by scoring every matching row
         if index_type == "flat" and self.prove_flat:
-            scanned = self._exact_flat(q64, data, k, filter, state, search, rows, tops, limits)
-        winners = {rows[i][j]["id"] for i, (order, _) in enumerate(tops) if i not in scanned for j in order}
+            rows, tops = self._proven_flat(q64, data, k, pool, filter, state, search)
+        else:
+            rows = search(data, self._fields("vector"))
+            tops = [self._top(q64[i], row, k) for i, row in enumerate(rows)]
+        winners = {rows[i][j]["id"] for i, (order, _) in enumerate(tops) for j in order}
         stored = self._fetch(list(winners), ["vector", "text", "metadata"])
         results: list[list[SearchResult]] = []
         stale: list[int] = []
         for i, (order, scores) in enumerate(tops):
-            if i in scanned:  # one stored version of each row, read with its text by the scan
-                results.append(scanned[i])
-                continue
             hits = []
             for j in order:
                 row, now = rows[i][j], stored.get(rows[i][j]["id"])
@@ -2638,10 +2683,9 @@ class MilvusKLStore(GaussianStore):
                     break
                 hits.append(SearchResult(str(row["id"]), float(scores[j]), now["text"], dict(now["metadata"] or {})))
             results.append(hits)
-        for limit in sorted({limits[i] for i in stale}):
-            group = [i for i in stale if limits[i] == limit]
-            again = search(data[group], self._fields("vector", "text", "metadata"), limit)
-            for i, row in zip(group, again, strict=True):
+        if stale:
+            again = search(data[stale], self._fields("vector", "text", "metadata"))
+            for i, row in zip(stale, again, strict=True):
                 rows[i] = row
                 results[i] = self._rank(q64[i], row, k)
         short = [i for i, row in enumerate(rows) if len(row) < k]
@@ -2649,105 +2693,141 @@ class MilvusKLStore(GaussianStore):
             self._exact_when_short(q64, k, filter, short, min(len(rows[i]) for i in short), results)
         return results
 
-    def _unproven(
-        self,
-        q64: Gaussians,
-        k: int,
-        state: _Reduction,
-        rows: list[list[dict[str, Any]]],
-        tops: list[Any],
-        limit: int,
-        among: list[int],
-    ) -> list[int]:
-        """The queries of ``among`` whose flat candidate pool (``limit`` rows asked) is not proven to hold their top
-        ``k``.
-
-        Milvus' flat search ranks every matching row by its float32 score, so a row left out of the pool scores at
-        most the pool's last (the witness) in float32. A pool that came back short holds every matching row. Else
-        the pool holds the top ``k`` when the witness, read as ``-KL`` and raised by :func:`_flat_error_bound` for
-        rows that could beat the ``k``-th, stays below the ``k``-th float64 score: no row left out can reach it
-        (strictly, so rows tied with the ``k``-th are all in the pool and the tie order decides).
-        """
-        todo = [i for i in among if len(rows[i]) >= limit]
-        if not todo:
-            return []
-        kth = np.asarray([tops[i][1][tops[i][0][k - 1]] for i in todo], dtype=np.float64)
-        queries = q64[np.asarray(todo)]
-        shift = np.asarray(kl_query_constant(queries), dtype=np.float64)
-        if self.metric == "IP":
-            witness = np.asarray([min(float(r["distance"]) for r in rows[i]) for i in todo]) + shift
-            bound = _flat_error_bound(queries, -kth)
-        else:
-            m = state.norm_bound
-            assert m is not None
-            dist = np.asarray([max(float(r["distance"]) for r in rows[i]) for i in todo])
-            qnorm = np.linalg.norm(np.asarray(kl_query_vectors(queries), dtype=np.float64), axis=1)
-            # ||x_q - x_d||^2 = 2 M^2 - 2 (M / |q~|) <q~, d^>, and <q~, d~> = <q~, d^> + o
-            witness = (2.0 * m * m - dist) * qnorm / (2.0 * m) + state.offset + shift
-            centre = None if state.centre is None else np.asarray(state.centre)
-            bound = _flat_error_bound(queries, -kth, m, centre)
-        with np.errstate(invalid="ignore"):
-            proven = witness + bound < kth
-        return [i for i, ok in zip(todo, proven, strict=True) if not ok]
-
-    def _exact_flat(
+    def _proven_flat(
         self,
         q64: Gaussians,
         data: np.ndarray,
         k: int,
+        pool: int,
         filter: str,
         state: _Reduction,
         search: Callable[..., list[list[dict[str, Any]]]],
-        rows: list[list[dict[str, Any]]],
-        tops: list[Any],
-        limits: list[int],
-    ) -> dict[int, list[SearchResult]]:
-        """Make a flat search exact: the queries whose pool is not proven to hold their top ``k``
-        (:meth:`_unproven`) are searched again with :data:`_FLAT_WIDEN` times the pool (``rows``, ``tops`` and
-        ``limits`` updated), and those still not proven score every matching row in float64 when at most
-        ``max(k, exact_threshold)`` match (their results returned by query number); above that, a warning.
-        Where the matching rows are no more than the widened pools would return (one scan serves every query),
-        they are scored at once.
+    ) -> tuple[list[list[dict[str, Any]]], list[tuple[np.ndarray, np.ndarray]]]:
+        """The exact top ``k`` of a flat search (``prove_flat``): :func:`~kl_retrievers.gaussian.refine_top_k`
+        over Milvus' float32 candidates, re-scored in float64 from the stored rows.
+
+        The candidates of ``c`` rows are a flat search of that many (at most :data:`MAX_TOPK`: a wider pool comes back
+        short and sends its query to the scan), read as ``-KL`` less the query constant (inner product: the score; L2:
+        ``(2 M^2 - dist) |q~| / (2 M)``, plus the offset ``o`` in the shift). Their error bound is
+        :func:`_flat_error_bound` at the ``k``-th float64 score of the first pool, which every later ``k``-th score
+        is at least, so it holds for every row that can enter the top ``k``. A query the pools cannot prove scores
+        every matching row in float64 when at most ``max(k, exact_threshold)`` match; above that, a warning and the
+        best rows re-scored. Exact ties are broken among every row re-scored (the proof is strict: all the rows tied
+        with the ``k``-th are among them) by the stored insertion order, as :meth:`_top` breaks them.
+
+        Returns:
+            Per query, its rows (each ``{"id", "vector"(, "added")}``, one stored version) and ``(order, scores)``
+            as :meth:`_top` gives them.
         """
-        todo = self._unproven(q64, k, state, rows, tops, limits[0], list(range(len(rows))))
-        if not todo:
-            return {}
+        nq = len(q64)
         count = self._count(filter)
-        wide = min(MAX_TOPK, _FLAT_WIDEN * limits[0])
-        scan = count <= max(k, self.exact_threshold)
-        if wide > limits[0] and not (scan and count <= wide * len(todo)):
-            again = search(data[todo], self._fields("vector"), wide)
-            for i, row in zip(todo, again, strict=True):
-                rows[i], tops[i], limits[i] = row, self._top(q64[i], row, k), wide
-            todo = self._unproven(q64, k, state, rows, tops, wide, todo)
-            if not todo:
-                return {}
-        if not scan:
-            logger.warning(
-                "flat search: the float32 candidates of %d query(ies) are not provably enough for the exact top k=%d "
-                "(float32 rounding is too coarse for their documents' scores), and %d rows match, above "
-                "exact_threshold=%d: those results may miss documents (raise exact_threshold to score every matching "
-                "row exactly)",
-                len(todo),
-                k,
-                count,
-                self.exact_threshold,
-            )
-            return {}
-        logger.info(
-            "flat search: the float32 candidates of %d query(ies) are not provably enough for the exact top k=%d; "
-            "scoring all %d matching rows in float64",
-            len(todo),
-            k,
-            count,
-        )
-        best: dict[int, list[dict[str, Any]]] = {i: [] for i in todo}
-        for page in self._iter_all(self._fields("vector", "text", "metadata"), filter=filter):
-            for i in todo:
-                merged = best[i] + page
-                order, _ = self._top(q64[i], merged, k)
-                best[i] = [merged[j] for j in order]
-        return {i: self._rank(q64[i], best[i], k) for i in todo}
+        kk = min(k, count)
+        if not nq or not kk:
+            return [[] for _ in range(nq)], [(np.zeros(0, dtype=np.int64), np.zeros(0)) for _ in range(nq)]
+        assert self._dim is not None
+        seen = _PoolRows(self._dim)
+        shift = np.asarray(kl_query_constant(q64), dtype=np.float64)
+        m = state.norm_bound
+        if self.metric == "IP":
+            m = None
+        else:
+            assert m is not None
+            qnorm = np.linalg.norm(np.asarray(kl_query_vectors(q64), dtype=np.float64), axis=1)
+            shift = shift + state.offset  # <q~, d~> = <q~, d^> + o
+        centre = None if m is None or state.centre is None else np.asarray(state.centre)
+        first = min(count, max(kk, pool))  # the first pool, as refine_top_k takes it
+        scored: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (queries, rows, float64 scores)
+        bound = np.zeros(0)
+
+        def rescore(qi: np.ndarray, lab: np.ndarray) -> np.ndarray:
+            scores = neg_kl_rows(q64[qi], seen.gaussians(), lab)
+            scored.append((qi, lab, scores))
+            return scores
+
+        def candidates(qi: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            nonlocal bound
+            lab = np.full((qi.size, c), -1, dtype=np.int64)
+            approx = np.full((qi.size, c), -np.inf)
+            for j, row in enumerate(search(data[qi], self._fields("vector"), min(c, MAX_TOPK))):
+                lab[j, : len(row)] = seen.numbers(row)
+                dist = np.asarray([float(r["distance"]) for r in row], dtype=np.float64)
+                # ||x_q - x_d||^2 = 2 M^2 - 2 (M / |q~|) <q~, d^>
+                approx[j, : len(row)] = dist if m is None else (2.0 * m * m - dist) * qnorm[qi[j]] / (2.0 * m)
+            if not bound.size:  # the first pool (every query): the bound at its k-th float64 score
+                kth = np.sort(rescore(qi, lab[:, :first]), axis=1)[:, -kk]
+                bound = _flat_error_bound(q64, -kth, m, centre)
+            return lab, approx, bound[qi]
+
+        def fallback(qi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            scan = count <= max(kk, self.exact_threshold)
+            if scan:
+                logger.info(
+                    "flat search: the float32 candidates of %d query(ies) are not provably enough for the exact top "
+                    "k=%d; scoring all %d matching rows in float64",
+                    qi.size,
+                    kk,
+                    count,
+                )
+            else:
+                logger.warning(
+                    "flat search: the float32 candidates of %d query(ies) are not provably enough for the exact top "
+                    "k=%d (float32 rounding is too coarse for their documents' scores), and %d rows match, above "
+                    "exact_threshold=%d: those results may miss documents (raise exact_threshold to score every "
+                    "matching row exactly)",
+                    qi.size,
+                    kk,
+                    count,
+                    self.exact_threshold,
+                )
+                rows, scores = self._best_scored(qi, kk, seen, scored)
+                return rows, scores
+            best: list[list[dict[str, Any]]] = [[] for _ in range(qi.size)]
+            best_scores = [np.zeros(0) for _ in range(qi.size)]
+            for page in self._iter_all(self._fields("vector"), filter=filter):
+                g = document_gaussians_from_vectors([r["vector"] for r in page], self._dim)
+                page_scores = neg_kl_rows(q64[qi], g, np.broadcast_to(np.arange(len(page)), (qi.size, len(page))))
+                for j in range(qi.size):
+                    merged, merged_scores = best[j] + page, np.concatenate([best_scores[j], page_scores[j]])
+                    order = self._tie_order(merged, merged_scores)[:kk]
+                    best[j], best_scores[j] = [merged[o] for o in order], merged_scores[order]
+            lab = np.full((qi.size, kk), -1, dtype=np.int64)
+            for j, row in enumerate(best):
+                lab[j, : len(row)] = seen.numbers(row)
+            return lab, rescore(qi, lab)
+
+        refine_top_k(nq, kk, count, first - kk, candidates, rescore, fallback, shift)
+        lab, scores = self._best_scored(np.arange(nq), kk, seen, scored)
+        rows = [[seen.rows[r] for r in row if r >= 0] for row in lab]
+        return rows, [(np.arange(len(row)), scores[i, : len(row)]) for i, row in enumerate(rows)]
+
+    def _best_scored(
+        self, qi: np.ndarray, k: int, seen: _PoolRows, scored: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per query of ``qi``, the top ``k`` of every row re-scored for it (``scored``: queries, rows of ``seen``,
+        float64 scores), exact ties broken as :meth:`_top` breaks them; ``-1`` / ``-inf`` padding."""
+        lab = np.full((qi.size, k), -1, dtype=np.int64)
+        out = np.full((qi.size, k), -np.inf)
+        where = {int(i): j for j, i in enumerate(qi)}
+        parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(qi.size)]
+        for queries, rows, scores in scored:
+            for p, i in enumerate(queries):
+                j = where.get(int(i))
+                if j is not None:
+                    parts[j].append((rows[p], scores[p]))
+        for j, found in enumerate(parts):
+            if not found:
+                continue
+            rows = np.concatenate([r for r, _ in found])
+            scores = np.concatenate([s for _, s in found])
+            rows, first = np.unique(rows, return_index=True)  # a row re-scored twice scores the same
+            scores = scores[first]
+            keep = rows >= 0
+            if keep.sum() > k:  # only the rows scoring at least the k-th can be among the top k
+                keep &= scores >= np.partition(scores[keep], -k)[-k]
+            rows, scores = rows[keep], scores[keep]
+            order = self._tie_order([seen.rows[r] for r in rows], scores)[:k]
+            lab[j, : order.size], out[j, : order.size] = rows[order], scores[order]
+        return lab, out
 
     def _exact_when_short(
         self, q64: Gaussians, k: int, filter: str, short: list[int], fewest: int, results: list[list[SearchResult]]

@@ -23,7 +23,6 @@ import re
 import shlex
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, get_args
 
@@ -396,7 +395,8 @@ def model_card_text(name: str, info: dict[str, Any]) -> str:
 
 def _command_lines(info: Mapping[str, Any]) -> list[str]:
     """The card's command block: the command, or, for a run resumed from a checkpoint (``info["commands"]``, several
-    invocations), each invocation after a comment line saying when it started and from which step.
+    invocations), each invocation after a comment line saying when it started, from which step and, for a Python
+    call (its ``api``), which function its command (the Python process's) called.
 
     Examples:
         >>> first = {"command": "kl-retrievers train", "started": "2026-01-01T00:00:00+00:00", "step_at_start": 0}
@@ -408,6 +408,12 @@ def _command_lines(info: Mapping[str, Any]) -> list[str]:
         kl-retrievers train
         # 2. started 2026-01-02T09:00:00+00:00, at step 4
         kl-retrievers train --resume
+        >>> call = {"command": "python train.py", "started": "2026-01-03T09:00:00+00:00", "step_at_start": 6}
+        >>> call["api"] = "kl_retrievers.training.train_encoder"
+        >>> for line in _command_lines({"commands": [first, call]})[2:]:
+        ...     print(line)
+        # 2. started 2026-01-03T09:00:00+00:00, at step 6, kl_retrievers.training.train_encoder() called by
+        python train.py
     """
     commands = info.get("commands")
     entries = [c for c in commands if isinstance(c, Mapping)] if isinstance(commands, list) else []
@@ -415,8 +421,9 @@ def _command_lines(info: Mapping[str, Any]) -> list[str]:
         return [str(info.get("command"))]
     lines = []
     for number, entry in enumerate(entries, 1):
+        api = f", {entry['api']}() called by" if entry.get("api") else ""
         lines += [
-            f"# {number}. started {entry.get('started')}, at step {entry.get('step_at_start')}",
+            f"# {number}. started {entry.get('started')}, at step {entry.get('step_at_start')}{api}",
             str(entry.get("command")),
         ]
     return lines
@@ -1076,29 +1083,6 @@ def _check_freeze_layers_early(args: argparse.Namespace) -> None:
         raise _freeze_layers_refusal(args.freeze_layers, layers, f"{named}, as its config.json says")
 
 
-def _invocations(
-    found: Path | None, meta: Mapping[str, Any] | None, command: str, started: str
-) -> list[dict[str, Any]]:
-    """Every invocation of a run: those the checkpoint a ``--resume`` continues records (``found``, its folder;
-    ``meta``, its ``state.json`` as the resume check read and checked it), then this one.
-
-    Each is ``{"command", "started", "step_at_start"}`` (``started``: UTC, ISO 8601; ``step_at_start``: the
-    checkpoint's step, 0 for a run from scratch). A checkpoint of a version that recorded none gives this
-    invocation only; a damaged record is refused with the checkpoint
-    (:func:`~kl_retrievers.training.trainer._saved_commands`).
-
-    Examples:
-        >>> _invocations(None, None, "kl-retrievers train --data d", "2026-01-01T00:00:00+00:00")
-        [{'command': 'kl-retrievers train --data d', 'started': '2026-01-01T00:00:00+00:00', 'step_at_start': 0}]
-    """
-    from kl_retrievers.training.trainer import _saved_commands
-
-    if found is None or meta is None:
-        return [{"command": command, "started": started, "step_at_start": 0}]
-    earlier = _saved_commands(found / "state.json", meta)
-    return [*earlier, {"command": command, "started": started, "step_at_start": meta["step"]}]
-
-
 def run_train(args: argparse.Namespace) -> int:
     """Run ``kl-retrievers train`` with parsed arguments; returns the exit status.
 
@@ -1144,6 +1128,8 @@ def _run_train(args: argparse.Namespace) -> int:
         _check_negatives_exist,
         _check_teacher,
         _find_checkpoint,
+        _invocations,
+        _started_now,
         apply_freezing,
         check_freeze_layers,
         encode_from_features,
@@ -1157,7 +1143,7 @@ def _run_train(args: argparse.Namespace) -> int:
     )
 
     command = getattr(args, "command_line", None) or shlex.join(["kl-retrievers", *sys.argv[1:]])
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = _started_now()
     cache_root = Path(args.cache_dir) if args.cache_dir else None  # the default only where a cache is used (below)
     show = progress_option(args)  # --progress / --no-progress (or the deprecated --quiet)
     show = progress_default(False) if show is None else show  # by default, bars on a terminal only
@@ -1356,9 +1342,7 @@ def _run_train(args: argparse.Namespace) -> int:
         print(f"kl-retrievers train: error: {exc}", file=sys.stderr)
         return 2
     final = result.final_loss  # over the whole run, the checkpoint's steps included; NaN when no step is known
-    info: dict[str, Any] = {
-        "command": command,  # this invocation's (as before "commands"); "commands": every invocation of the run
-        "commands": commands,
+    info: dict[str, Any] = {  # with the record's "command" (this invocation's) and "commands" (every invocation)
         "data": [f"{x} (split {args.split})" if user_path(x).is_dir() else str(x) for x in args.data],
         "hard_negatives": args.hard_negatives,
         "teacher": teacher_label,

@@ -30,13 +30,16 @@ import logging
 import math
 import os
 import re
+import shlex
 import stat
+import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
 from copy import deepcopy
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -331,6 +334,9 @@ class TrainResult:
             entries apart from its own; entries written before stop 45 have none.
         warmup_steps: The warm-up the run used (a resume keeps its checkpoint's); ``None`` for results built
             without it.
+        commands: Every invocation of the run, this one last (``{"command", "started", "step_at_start"}``, and
+            ``"api"`` for a Python call; see :func:`train_encoder`'s ``commands``), what the checkpoints record and
+            :func:`record_training` writes as ``training.commands``; empty for results built without it.
     """
 
     steps_done: int
@@ -341,6 +347,7 @@ class TrainResult:
     history: list[float] | None = None
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     warmup_steps: int | None = None
+    commands: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def all_losses(self) -> list[float]:
@@ -771,12 +778,15 @@ _LABELS = {
 }
 #: recipe entries later versions record: compared only when the checkpoint records them too
 _ADDED_LATER = ("encoder.trainable.",)
-#: The top-level entry of a checkpoint's ``state.json`` that lists the command line's invocations of the run
-#: (:func:`_saved_commands`): a record beside the recipe, which a resume adds to and nothing compares (versions
-#: before it ignore it).
+#: The top-level entry of a checkpoint's ``state.json`` that lists the invocations of the run, the command line's and
+#: the Python functions' (:func:`_saved_commands`): a record beside the recipe, which a resume adds to and nothing
+#: compares (versions before it ignore it).
 _COMMANDS = "commands"
 #: What each invocation records.
 _INVOCATION_KEYS = ("command", "started", "step_at_start")
+#: What an invocation by a Python call records too: the function called (``kl_retrievers.training.train_encoder``);
+#: its ``command`` is the Python process's command line (:func:`_python_invocation`).
+_API = "api"
 #: Entries of a checkpoint's recipe that record the run rather than shape it, never compared: the invocations, which
 #: the checkpoints of one development version kept in the recipe (now :data:`_COMMANDS`, beside it).
 _RECORDS = ("cli.commands",)
@@ -1069,13 +1079,14 @@ def _read_checkpoint_state(folder: Path) -> dict[str, Any]:
 
 
 def _saved_commands(state_file: Path, meta: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The command line's invocations that a checkpoint's ``state.json`` (``meta``, read from ``state_file``)
-    records: its ``commands`` (or the ``recipe.cli.commands`` of one development version's checkpoints), each
-    ``{"command", "started", "step_at_start"}``; none for a checkpoint that records none.
+    """The invocations of the run that a checkpoint's ``state.json`` (``meta``, read from ``state_file``) records:
+    its ``commands`` (or the ``recipe.cli.commands`` of one development version's checkpoints), each
+    ``{"command", "started", "step_at_start"}``, and ``"api"`` for a Python call's; none for a checkpoint that
+    records none.
 
     Raises:
         ValueError: The record is not a list of such objects (a str command, a str start time, a non-negative int
-            step); the message names the file and the field (the entry's index).
+            step, a str ``api`` when there is one); the message names the file and the field (the entry's index).
 
     Examples:
         >>> one = {"command": "kl-retrievers train", "started": "2026-01-01T00:00:00+00:00", "step_at_start": 0}
@@ -1097,10 +1108,53 @@ def _saved_commands(state_file: Path, meta: Mapping[str, Any]) -> list[dict[str,
             and isinstance(entry.get("command"), str)
             and isinstance(entry.get("started"), str)
             and _is_index(entry.get("step_at_start"))
+            and isinstance(entry.get(_API, ""), str)
         ):
-            what = 'an invocation, {"command": str, "started": str, "step_at_start": int >= 0}'
+            what = 'an invocation, {"command": str, "started": str, "step_at_start": int >= 0} (and "api": str)'
             raise _state_error(state_file, f"{field}[{index}]", what, entry)
-    return [{key: entry[key] for key in _INVOCATION_KEYS} for entry in entries]
+    return [{key: entry[key] for key in (*_INVOCATION_KEYS, _API) if key in entry} for entry in entries]
+
+
+def _started_now() -> str:
+    """When an invocation starts, as its record gives it: UTC, ISO 8601, to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _python_invocation(function: str) -> dict[str, str]:
+    """A call of the public training function ``function`` (``"train_encoder"``), started now, as its
+    invocation's record gives it: ``command``, the Python process's command line (``python`` and ``sys.argv``:
+    the script and its arguments, or a notebook kernel's), and ``api``, the function.
+
+    Examples:
+        >>> call = _python_invocation("train_encoder")
+        >>> call["api"], call["command"].startswith("python")
+        ('kl_retrievers.training.train_encoder', True)
+    """
+    argv = sys.argv[1:] if sys.argv[:1] == [""] else sys.argv  # "": the interactive interpreter
+    return {"command": shlex.join(["python", *argv]), "started": _started_now(), _API: f"{__package__}.{function}"}
+
+
+def _invocations(
+    found: Path | None, meta: Mapping[str, Any] | None, command: str, started: str, api: str | None = None
+) -> list[dict[str, Any]]:
+    """Every invocation of a run: those the checkpoint a resume continues records (``found``, its folder; ``meta``,
+    its ``state.json`` as the resume check read and checked it), then this one.
+
+    Each is ``{"command", "started", "step_at_start"}`` (``started``: UTC, ISO 8601, :func:`_started_now`;
+    ``step_at_start``: the checkpoint's step, 0 for a run from scratch), and ``"api"`` (the function) for a Python
+    call (:func:`_python_invocation`). A checkpoint of a version that recorded none gives this invocation only; a
+    damaged record is refused with the checkpoint (:func:`_saved_commands`).
+
+    Examples:
+        >>> _invocations(None, None, "kl-retrievers train --data d", "2026-01-01T00:00:00+00:00")
+        [{'command': 'kl-retrievers train --data d', 'started': '2026-01-01T00:00:00+00:00', 'step_at_start': 0}]
+    """
+    this: dict[str, Any] = {"command": command, "started": started, "step_at_start": 0}
+    if api is not None:
+        this[_API] = api
+    if found is None or meta is None:
+        return [this]
+    return [*_saved_commands(found / "state.json", meta), this | {"step_at_start": meta["step"]}]
 
 
 def _read_checkpoint_tensors(file: Path) -> dict[str, torch.Tensor]:
@@ -1305,9 +1359,10 @@ def record_training(
         encoder: The trained encoder; its ``config.extra["training"]`` is replaced.
         cfg: The run's recipe.
         ts: The training data (its sources and sizes are recorded).
-        result: What the run did (steps, stop, time, final loss, evaluations); ``None``: before the run.
+        result: What the run did (steps, stop, time, final loss, evaluations, and its invocations: ``commands``,
+            with ``command`` the last one's); ``None``: before the run.
         recipe: Further recipe entries (e.g. the command line's mining and freezing options).
-        **info: Further (or replacing) entries of the record, e.g. ``command`` or a formatted ``data``.
+        **info: Further (or replacing) entries of the record, e.g. a formatted ``data``.
 
     Returns:
         The record, with its ``recipe`` (JSON-ready).
@@ -1344,6 +1399,8 @@ def record_training(
         }
         if result.evaluations:
             record["evaluations"] = finite_json(result.evaluations)
+        if result.commands:  # this invocation's command (as before "commands"), then every invocation of the run
+            record |= {"command": result.commands[-1]["command"], "commands": [dict(c) for c in result.commands]}
     record |= info
     encoder.config.extra["training"] = {k: v for k, v in record.items() if k != "recipe"} | {"recipe": full_recipe}
     return record | {"recipe": full_recipe}
@@ -1905,6 +1962,7 @@ def _optimise(
     description: Mapping[str, Any] | None = None,
     changed: Callable[[], None] | None = None,
     commands: Sequence[Mapping[str, Any]] | None = None,
+    invocation: Mapping[str, str] | None = None,
 ) -> TrainResult:
     """The optimiser loop both trainers share. ``evaluate(step)``: one evaluation record (see
     :func:`_run_evaluation`), called after every ``eval_every`` steps and once at the end (or at a time-budget
@@ -1917,8 +1975,10 @@ def _optimise(
     evaluation will run (work a refused resume or a finished, evaluated checkpoint should not pay for, e.g. the
     evaluation split's features). ``changed()``: called once the module's weights change (a resume's checkpoint
     loaded, or the first optimiser step), so that a caller can tell a run that failed before changing them.
-    ``commands``: recorded in each checkpoint beside the recipe (:data:`_COMMANDS`); ``None`` on a resume: the
-    checkpoint's record, unchanged."""
+    ``commands``: the run's invocations, this one last, recorded in each checkpoint beside the recipe
+    (:data:`_COMMANDS`) and returned in :attr:`TrainResult.commands`; ``None``: those the checkpoint records on a
+    resume, then ``invocation`` (this call's ``command``, ``started`` and ``api``, :func:`_python_invocation`) at
+    the step it starts from (:func:`_invocations`)."""
     named = _trainable(module)
     params = list(named.values())
     if not params:
@@ -1966,8 +2026,6 @@ def _optimise(
         if changed is not None:
             changed()
         evaluations = _saved_evaluations(found, meta)
-        if commands is None:  # a Python call's resume: the command line's record goes on unchanged (not dropped)
-            commands = _saved_commands(found / "state.json", meta) or None
         if evaluate is not None:
             _check_saved_evaluators(found, evaluations, described)
         resumed_from = start
@@ -1983,6 +2041,8 @@ def _optimise(
             warmup,
             cfg.steps,
         )
+    if commands is None and invocation is not None:  # a Python call: after the checkpoint's invocations, its own
+        commands = _invocations(found, meta if found is not None else None, **invocation)
     # done: an evaluation of the last step by this run's evaluator (another's, or one undescribed, is not this one)
     nothing_left = start >= cfg.steps and _evaluated_at(evaluations, start, described)
     if prepare is not None and evaluate is not None and not nothing_left:  # a finished, evaluated run needs none
@@ -2069,7 +2129,9 @@ def _optimise(
         evaluations.append(run_evaluation(done))
         if checkpoint_dir is not None and (losses or found is not None):
             _record_evaluations(checkpoint_dir, evaluations)
-    return TrainResult(done, stopped, losses, time.monotonic() - t0, resumed_from, history, evaluations, warmup)
+    seconds = time.monotonic() - t0
+    invocations = [dict(c) for c in commands or []]
+    return TrainResult(done, stopped, losses, seconds, resumed_from, history, evaluations, warmup, invocations)
 
 
 # ---------------------------------------------------------------------------------- full encoder
@@ -2255,11 +2317,13 @@ def train_encoder(
         eval_every: Steps between evaluations (0: only at the end).
         overwrite: Let checkpoints replace a non-empty ``checkpoint_dir`` that is not a checkpoint, or a link
             there (the link itself: the folder it points to is left as it was).
-        commands: The command line's invocations of the run, this one last (``{"command", "started",
-            "step_at_start"}`` each), recorded in each checkpoint's ``state.json`` beside the recipe (its
-            ``commands``: not checked on resume); ``None``: none recorded, except that a ``resume`` carries the
-            checkpoint's list forward unchanged (a checkpoint the command line wrote keeps its invocations; the
-            Python call adds no entry: it is no command line to rerun).
+        commands: The invocations of the run, this one last (``{"command", "started", "step_at_start"}`` each),
+            recorded in each checkpoint's ``state.json`` beside the recipe (its ``commands``: not checked on
+            resume), in :attr:`TrainResult.commands` and in the training record (``training.commands``, and
+            ``training.command``, the last one's), as ``kl-retrievers train`` gives its own. ``None`` (a script's
+            call): the invocations the checkpoint records on a ``resume`` (the command line's and earlier calls'),
+            then this call's own, ``{"command": the Python process's command line ("python train.py --lr 1e-3":
+            sys.argv), "started", "step_at_start", "api": "kl_retrievers.training.train_encoder"}``.
 
     Returns:
         A :class:`TrainResult`.
@@ -2267,6 +2331,7 @@ def train_encoder(
     Examples:
         >>> result = train_encoder(encoder, ts, TrainConfig(steps=10, batch_size=4))  # doctest: +SKIP
     """
+    invocation = _python_invocation("train_encoder") if commands is None else None  # started now
     _check_inputs(ts, cfg)
     cfg.check_trains(fast_path=False)
     _check_evaluator(evaluator, eval_every)
@@ -2321,6 +2386,7 @@ def train_encoder(
             description=evaluator_description(evaluator, encoder) if evaluator is not None else None,
             changed=previous.weights_changed,
             commands=commands,
+            invocation=invocation,
         )
     except BaseException:
         previous.restore_unless_changed()
@@ -2406,7 +2472,7 @@ def train_heads_cached(
             texts through the backbone.
         eval_every: Steps between evaluations (0: only at the end).
         overwrite: As in :func:`train_encoder`.
-        commands: As in :func:`train_encoder`.
+        commands: As in :func:`train_encoder` (a call's own entry names ``kl_retrievers.training.train_heads_cached``).
 
     The training record (``config.extra["training"]``, :func:`record_training`) is written as in
     :func:`train_encoder`.
@@ -2417,6 +2483,7 @@ def train_heads_cached(
     Examples:
         >>> result = train_heads_cached(encoder, ts, TrainConfig(steps=500, lr=1e-3))  # doctest: +SKIP
     """
+    invocation = _python_invocation("train_heads_cached") if commands is None else None  # started now
     _check_inputs(ts, cfg)
     if cfg.loss == "contrastive" and cfg.full_corpus and not cfg.in_batch:
         raise ValueError(
@@ -2542,6 +2609,7 @@ def train_heads_cached(
             description=evaluator_description(evaluator, encoder) if evaluator is not None else None,
             changed=previous.weights_changed,
             commands=commands,
+            invocation=invocation,
         )
     except BaseException:
         previous.restore_unless_changed()
