@@ -1890,13 +1890,57 @@ def read_npy_header(path: Path) -> tuple[tuple[int, ...], Any, int]:
         OSError: The file cannot be read.
         ValueError: Not an ``.npy`` header (or ``EOFError``, ``SyntaxError``, ``TypeError``: numpy's parser).
     """
+    with open(path, "rb") as fh:
+        shape, _, dtype = _read_npy_header(fh)
+        return shape, dtype, fh.tell()
+
+
+def _read_npy_header(fh: Any) -> tuple[tuple[int, ...], bool, Any]:
+    """``(shape, fortran_order, dtype)`` from an ``.npy`` header, ``fh`` left at the data."""
     from numpy.lib import format as npy_format
 
-    with open(path, "rb") as fh:
-        version = npy_format.read_magic(fh)
-        read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
-        shape, _, dtype = read(fh)
-        return tuple(shape), dtype, fh.tell()
+    version = npy_format.read_magic(fh)
+    read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+    shape, fortran_order, dtype = read(fh)
+    return tuple(shape), fortran_order, dtype
+
+
+def npy_from_buffer(data: Any) -> Any:
+    """The array of an ``.npy`` file's bytes ``data`` (a ``uint8`` array as :func:`read_sha256
+    <kl_retrievers.hub.read_sha256>` reads them, or any bytes-like object), as ``np.load(allow_pickle=False)`` makes
+    it, over ``data`` without a copy (writable where ``data`` is).
+
+    Raises:
+        ValueError: Not an ``.npy`` file, an object array (pickled), or fewer bytes than its header declares (or
+            ``EOFError``, ``SyntaxError``, ``TypeError``: numpy's header parser).
+
+    Examples:
+        >>> import io, numpy as np
+        >>> buf = io.BytesIO()
+        >>> np.save(buf, np.arange(6.0).reshape(2, 3))
+        >>> npy_from_buffer(bytearray(buf.getvalue()))[1]
+        array([3., 4., 5.])
+    """
+    import io
+
+    import numpy as np
+
+    data = memoryview(data).cast("B")
+    fh = io.BytesIO(data[:12])  # magic and header length (2 bytes in version 1, 4 after)
+    major = fh.read(8)[6:7]
+    end = 10 + int.from_bytes(fh.read(2), "little") if major == b"\x01" else 12 + int.from_bytes(fh.read(4), "little")
+    header = io.BytesIO(data[:end])
+    shape, fortran_order, dtype = _read_npy_header(header)
+    if dtype.hasobject:
+        raise ValueError("the array holds Python objects (pickled), which are never loaded")
+    count = math.prod(shape)
+    offset = header.tell()
+    if data.nbytes < offset + count * dtype.itemsize:
+        raise ValueError(
+            f"{data.nbytes} bytes, fewer than the {offset + count * dtype.itemsize} of its header ({shape} {dtype})"
+        )
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    return array.reshape(shape[::-1]).transpose() if fortran_order else array.reshape(shape)
 
 
 def load_gaussians(path: str | os.PathLike[str]) -> tuple[Any, list[str] | None]:

@@ -2,8 +2,8 @@
 
 :func:`kl_retrievers.evaluation.encode_dataset` caches Gaussian encodings in it and
 :func:`kl_retrievers.baselines.dense_run` the dense baselines' vectors. From the package it
-imports only :func:`kl_retrievers.hub.sha256_file` / :func:`~kl_retrievers.hub.cached_sha256` and
-:mod:`kl_retrievers._io` (neither imports anything from the package).
+imports only :mod:`kl_retrievers.hub`'s hashing (:func:`~kl_retrievers.hub.cached_sha256`,
+:func:`~kl_retrievers.hub.read_sha256`, :class:`~kl_retrievers.hub.HashingWriter`) and :mod:`kl_retrievers._io`.
 
 Examples:
     >>> import tempfile
@@ -17,6 +17,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -37,11 +38,12 @@ from kl_retrievers._io import (
     atomic_file,
     folder_identity,
     make_dirs,
+    npy_from_buffer,
     remove_unless_locked,
     user_cache_dir,
     user_path,
 )
-from kl_retrievers.hub import cached_sha256, sha256_file
+from kl_retrievers.hub import HashingWriter, cached_sha256, read_sha256
 
 __all__ = [
     "CACHE_ENV",
@@ -175,13 +177,15 @@ class EncodingCache:
             if not adopt and (not isinstance(checksums, dict) or set(checksums) != set(table)):
                 raise ValueError("meta.json has no checksum for every array")
             arrays: dict[str, np.ndarray] = {}
+            digests: dict[str, str] = {}
             for name, shape in table.items():
                 if not _ARRAY_NAME.fullmatch(name):  # a name like "../x" would read a file outside the entry
                     raise ValueError(f"meta.json names an array {name!r}, not a plain name (letters, digits, -, _)")
                 path = folder / f"{name}.npy"
-                if not adopt and sha256_file(path) != checksums[name]:
+                data, digests[name] = read_sha256(path)  # read once: hashed, then parsed from the same bytes
+                if not adopt and digests[name] != checksums[name]:
                     raise ValueError(f"{path.name} does not match its checksum")
-                arr = np.load(path, allow_pickle=False)
+                arr = npy_from_buffer(data)
                 if list(arr.shape) != list(shape) or arr.shape[0] != len(ids):
                     raise ValueError(f"array {name!r} has shape {arr.shape}, expected {shape}")
                 if arr.dtype.kind != "f":
@@ -189,13 +193,13 @@ class EncodingCache:
                 if not np.isfinite(arr).all():
                     raise ValueError(f"array {name!r} holds non-finite values")
                 arrays[name] = arr
-            # Each file was hashed, then loaded by its path again: a save that replaced the entry in between (or
-            # between two files) would hand back arrays of two saves (one's means with the other's variances),
-            # which no checksum saw. Every save swaps in a new folder, so an unchanged identity means one save's.
+            # A save that replaced the entry between two files (or between meta.json and a file) would hand back
+            # arrays of two saves (one's means with the other's variances), each matching its own checksum. Every
+            # save swaps in a new folder, so an unchanged identity means one save's.
             if folder_identity(folder) != before:
                 raise FileNotFoundError(f"{folder} was replaced while it was read")
             if adopt:
-                meta["sha256"] = {name: sha256_file(folder / f"{name}.npy") for name in table}
+                meta["sha256"] = digests
                 with atomic_file(folder / "meta.json") as tmp_meta:
                     tmp_meta.write_text(json.dumps(meta), encoding="utf-8")
         except Exception as exc:  # any damage means recompute
@@ -245,9 +249,11 @@ class EncodingCache:
                 checksums: dict[str, str] = {}
                 for name, value in arrays.items():
                     arr = np.ascontiguousarray(value)
-                    np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
+                    with open(tmp / f"{name}.npy", "wb") as fh:
+                        out = HashingWriter(fh)  # hashed as written, not read back
+                        np.save(out, arr, allow_pickle=False)
                     shapes[name] = list(arr.shape)
-                    checksums[name] = sha256_file(tmp / f"{name}.npy")
+                    checksums[name] = out.hexdigest()
                 meta = {
                     "format": _CACHE_FORMAT,
                     "kind": kind,
@@ -326,6 +332,41 @@ def _state_dict_of(encoder: Any) -> Mapping[str, Any] | None:
     return None
 
 
+def _tokenizer_text(tokenizer: Any) -> str | None:
+    """A fast tokenizer's serialised state (``tokenizer.json`` text): ``tokenizer`` itself when a ``str``, else its
+    backend's (or a ``tokenizers.Tokenizer``'s) ``to_str()``; ``None`` for a slow tokenizer."""
+    if isinstance(tokenizer, str):
+        return tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return backend.to_str()
+    if callable(getattr(tokenizer, "to_str", None)):  # a tokenizers.Tokenizer
+        return tokenizer.to_str()
+    return None
+
+
+def _text_identity(text: str) -> Any:
+    """:func:`tokenizer_identity` of a fast tokenizer's serialised state ``text``."""
+    try:
+        state = json.loads(text)
+    except ValueError:
+        return {"text_sha256": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()}
+    if isinstance(state, dict):
+        state.pop("truncation", None)
+        state.pop("padding", None)
+    return {"fast": state}
+
+
+@functools.lru_cache(maxsize=8)  # keyed by the text itself: a changed tokenizer (add_tokens) serialises otherwise
+def _text_digest(text: str) -> str:
+    """SHA-256 of :func:`_text_identity` (parsing and re-serialising a vocabulary of 30,000 tokens takes 0.2 s)."""
+    return _digest_of(_text_identity(text))
+
+
+def _digest_of(ident: Any) -> str:
+    return hashlib.sha256(canonical_json(ident).encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def tokenizer_identity(tokenizer: Any) -> Any:
     """What a tokenizer turns text into, as JSON-ready data (hashed into :func:`model_fingerprint`).
 
@@ -339,23 +380,9 @@ def tokenizer_identity(tokenizer: Any) -> Any:
         >>> tokenizer_identity('{"model": {"vocab": {"a": 0}}, "padding": null}')
         {'fast': {'model': {'vocab': {'a': 0}}}}
     """
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    text: str | None = None
-    if isinstance(tokenizer, str):
-        text = tokenizer
-    elif backend is not None:
-        text = backend.to_str()
-    elif callable(getattr(tokenizer, "to_str", None)):  # a tokenizers.Tokenizer
-        text = tokenizer.to_str()
+    text = _tokenizer_text(tokenizer)
     if text is not None:
-        try:
-            state = json.loads(text)
-        except ValueError:
-            return {"text_sha256": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()}
-        if isinstance(state, dict):
-            state.pop("truncation", None)
-            state.pop("padding", None)
-        return {"fast": state}
+        return _text_identity(text)
     settings = {
         k: v
         for k, v in (getattr(tokenizer, "init_kwargs", None) or {}).items()
@@ -393,10 +420,13 @@ def _tokenizer_digest(encoder: Any) -> str | None:
     if tokenizer is None:
         return None
     try:
+        text = _tokenizer_text(tokenizer)
+        if text is not None:  # cached per text: every fingerprint, store save and load asks again
+            return _text_digest(text)
         ident = tokenizer_identity(tokenizer)
     except Exception:  # a fingerprint must never fail: the tokenizer's class stands in
         ident = {"class": type(tokenizer).__name__}
-    return hashlib.sha256(canonical_json(ident).encode("utf-8", "surrogatepass")).hexdigest()
+    return _digest_of(ident)
 
 
 def _pins_weights(config: Any) -> bool:

@@ -19,8 +19,9 @@ candidate of the union with both retrievers (the exact ``-KL`` and the BM25 scor
   ``[0, 1]``, ``n`` a min-max (``"minmax"``) or z-score (``"zscore"``) normalisation over the
   candidates;
 * ``"adaptive"``: the same convex sum, but ``w`` is chosen per query from the query's signals
-  (:data:`SIGNALS`: the query uncertainty, the mean log-variance of its Gaussian, and statistics
-  of the two candidate lists), ``w = sigmoid(bias + sum_i coef_i * (s_i - center_i) / scale_i)``,
+  (:data:`SIGNALS`: statistics of the two candidate lists and, optionally, the query uncertainty,
+  the mean log-variance of its Gaussian, which no shipped parameter file uses: it did not help on
+  the training sets), ``w = sigmoid(bias + sum_i coef_i * (s_i - center_i) / scale_i)``,
   with parameters fitted on training queries only (:func:`fit_adaptive`;
   ``python benchmarks/hybrid.py --fit`` for the default model). The fitted parameters of the
   default model ship in ``kl_retrievers/data/hybrid_adaptive.json``.
@@ -196,15 +197,12 @@ _CONSISTENT_WRITES = (
 # A file in each half's folder holding the save's token (also in hybrid.json): halves of two saves disagree on it.
 _SAVE_TOKEN_FILE = "hybrid_save.json"
 _SAVE_TOKEN_KEY = "save_token"
-# The files hybrid.json's ``files`` records a checksum of: these always, the index files when BM25 is indexed.
-# Every save listed a subset of them; load refuses any other name (a drive, UNC or absolute name would be opened
-# outside the folder on Windows).
-_CHECKED_FILES = (
-    f"{_KL_DIR}/config.json",
-    f"{_BM25_DIR}/{_BM25_IDS}",
-    f"{_KL_DIR}/{_SAVE_TOKEN_FILE}",
-    f"{_BM25_DIR}/{_SAVE_TOKEN_FILE}",
-)
+# The files hybrid.json's ``files`` records a checksum of (:func:`_checked_files`): these always (the save tokens'
+# since there are tokens), the index files when BM25 is indexed. Load refuses any other name (a drive, UNC or
+# absolute name would be opened outside the folder on Windows) and a table lacking one of them (its file would go
+# unchecked).
+_TOKEN_FILES = (f"{_KL_DIR}/{_SAVE_TOKEN_FILE}", f"{_BM25_DIR}/{_SAVE_TOKEN_FILE}")
+_CHECKED_FILES = (f"{_KL_DIR}/config.json", f"{_BM25_DIR}/{_BM25_IDS}", *_TOKEN_FILES)
 _CHECKED_INDEX_FILES = tuple(f"{_BM25_DIR}/{name}" for name in (*_BM25_FILES, _BM25_VOCAB, _BM25_PARAMS))
 # Why the halves of a store in memory disagree (the end of its check_sync / save / search message).
 _CHANGED_DIRECTLY = (
@@ -1223,6 +1221,31 @@ class _BM25Half:
         mass = float(np.sort(self.idf[np.unique(np.asarray(token_ids, dtype=np.int64))]).sum())
         return values, mass, len(token_ids) / len(tokens)
 
+    def top_rows(self, scores: np.ndarray, mask: np.ndarray | None, depth: int) -> np.ndarray:
+        """The ``depth`` best rows by ``scores`` (:meth:`scores`) among those above 0 that ``mask`` allows, best first.
+
+        Exact ties put the later added (higher) row first: the dense list's order (``FaissEngine.tie_rank``), so that
+        duplicate documents rank in one order in both lists and RRF does not split them. The rows
+        :func:`~kl_retrievers.runs.top_k` keeps with ``tie_rank=-rows``: one partition of the matching rows' scores
+        finds the ``depth``-th best score (the rows tied at it come in increasing order, the highest last), and
+        :func:`~kl_retrievers.runs.top_k` orders only the rows kept.
+
+        Examples:
+            >>> _BM25Half(_Tokenizer(None, BM25_TOKEN_PATTERN), 0.9, 0.4).top_rows(
+            ...     np.array([0.0, 2.0, 1.0, 2.0, 1.0, 1.0]), None, 3).tolist()
+            [3, 1, 5]
+        """
+        allowed = scores > 0
+        if mask is not None:
+            allowed &= mask
+        rows = np.flatnonzero(allowed)
+        if rows.size > depth:
+            values = scores[rows]
+            cut = np.partition(values, rows.size - depth)[rows.size - depth]  # the depth-th best score
+            above, tied = rows[values > cut], rows[values == cut]
+            rows = np.concatenate([above, tied[tied.size - (depth - above.size) :]])
+        return rows[top_k(scores[None, rows], depth, -rows)[0][0]]
+
     def mask(self, predicate: Callable[[Mapping[str, Any]], bool] | None) -> np.ndarray | None:
         """The rows ``predicate`` allows (``None``: no filter), calling it on every row's metadata."""
         if predicate is None:
@@ -1988,7 +2011,18 @@ class KLHybridStore(_NotCopyable):
         Returns:
             One :class:`Candidates` per query.
         """
-        texts = _query_texts(queries)
+        return self._candidates(_query_texts(queries), query_gaussians, filter, depth)
+
+    def _candidates(
+        self,
+        texts: list[str],
+        query_gaussians: Gaussians | None,
+        filter: MetadataFilter | None,
+        depth: int | None,
+        *,
+        signals: bool = True,
+    ) -> list[Candidates]:
+        """:meth:`candidates` of checked query texts; ``signals=False``: without the :data:`SIGNALS` (empty dicts)."""
         depth = self.fusion.candidates if depth is None else check_k(depth, "depth")
         predicate = self._kl._prepare_filter(
             filter
@@ -2012,7 +2046,15 @@ class KLHybridStore(_NotCopyable):
             for i, text in enumerate(texts):
                 out.append(
                     self._one_candidates(
-                        qg[i], text, dense_ids[i], dense_scores[i], half, mask, depth, float(uncertainty[i])
+                        qg[i],
+                        text,
+                        dense_ids[i],
+                        dense_scores[i],
+                        half,
+                        mask,
+                        depth,
+                        float(uncertainty[i]),
+                        signals=signals,
                     )
                 )
         return out
@@ -2058,32 +2100,30 @@ class KLHybridStore(_NotCopyable):
         mask: np.ndarray | None,
         depth: int,
         u: float,
+        *,
+        signals: bool = True,
     ) -> Candidates:
-        tokens = self._tokenizer(text)
-        full, idf_mass, matched = half.scores(tokens)
-        allowed = full > 0
-        if mask is not None:
-            allowed &= mask
-        rows = np.flatnonzero(allowed)
-        # best first, exact ties the later added (higher row) first: the dense list's order (FaissEngine.tie_rank),
-        # so that duplicate documents rank in one order in both lists and RRF does not split them
-        rows = rows[top_k(full[None, rows], depth, -rows.astype(np.int64))[0][0]]
-        bm25_ids = [half.ids[r] for r in rows.tolist()]
+        """One query's :class:`Candidates` from its dense list and the BM25 half (``signals=False``: none computed).
+
+        Both lists are matched by BM25 row: each dense id's row is looked up once, and the BM25 list's rows are
+        never turned into ids but for its BM25-only candidates.
+        """
+        full, idf_mass, matched = half.scores(self._tokenizer(text))
+        rows = half.top_rows(full, mask, depth)
         n_dense = len(dense_ids)
-        in_dense = dict(zip(dense_ids, range(n_dense), strict=True))
-        extra_pos = [j for j, doc_id in enumerate(bm25_ids) if doc_id not in in_dense]
-        extra = [bm25_ids[j] for j in extra_pos]
-        ids = dense_ids + extra
+        dense_rows = np.fromiter((half.row.get(d, -1) for d in dense_ids), dtype=np.int64, count=n_dense)
+        # each BM25 candidate's position in the dense list, -1 when absent (a dense id the BM25 half lacks is row -1,
+        # which no BM25 candidate has)
+        position = dict(zip(dense_rows.tolist(), range(n_dense), strict=True))
+        in_dense = np.fromiter((position.get(r, -1) for r in rows.tolist()), dtype=np.int64, count=rows.size)
+        extra_pos = np.flatnonzero(in_dense < 0)  # the BM25-only candidates' places in the BM25 list
+        extra_rows = rows[extra_pos]
+        ids = dense_ids + [half.ids[r] for r in extra_rows.tolist()]
         neg = np.empty(len(ids))
         neg[:n_dense] = dense_scores
-        if extra:
-            if any(doc_id not in self._kl for doc_id in extra):  # the KL half was changed directly
-                raise RuntimeError(self._out_of_sync(half))
-            docs = self._kl.get_gaussians(extra)
-            g64 = Gaussians(docs.mean.astype(np.float64), docs.var.astype(np.float64), validate=False)
-            neg[n_dense:] = neg_kl(q, g64)
-        dense_rows = np.fromiter((half.row.get(d, -1) for d in dense_ids), dtype=np.int64, count=n_dense)
-        cand_rows = np.concatenate([dense_rows, rows[np.asarray(extra_pos, dtype=np.int64)]])
+        if extra_pos.size:
+            neg[n_dense:] = self._neg_kl(q, ids[n_dense:], half)
+        cand_rows = np.concatenate([dense_rows, extra_rows])
         bm25 = np.zeros(len(ids))
         known = cand_rows >= 0
         if full.size:
@@ -2091,18 +2131,29 @@ class KLHybridStore(_NotCopyable):
         dense_rank = np.zeros(len(ids), dtype=np.int64)
         dense_rank[:n_dense] = np.arange(1, n_dense + 1)
         bm25_rank = np.zeros(len(ids), dtype=np.int64)
-        for j, doc_id in enumerate(bm25_ids):
-            pos = in_dense.get(doc_id)
-            if pos is not None:
-                bm25_rank[pos] = j + 1
-        bm25_rank[n_dense:] = np.asarray(extra_pos, dtype=np.int64) + 1
+        shared = np.flatnonzero(in_dense >= 0)
+        bm25_rank[in_dense[shared]] = shared + 1
+        bm25_rank[n_dense:] = extra_pos + 1
+        if not signals:
+            return Candidates(ids, neg, bm25, dense_rank, bm25_rank, u, {})
         top_b = full[rows]
         coverage = float(top_b[0]) / idf_mass if top_b.size and idf_mass > 0 else 0.0
-        overlap = len(set(dense_ids[:10]) & set(bm25_ids[:10])) / 10.0
-        signals = query_signals(
-            u, neg[:n_dense], top_b, bm25_coverage=coverage, bm25_matched=matched, overlap10=overlap
-        )
-        return Candidates(ids, neg, bm25, dense_rank, bm25_rank, u, signals)
+        top10 = in_dense[:10]
+        overlap = int(np.count_nonzero((top10 >= 0) & (top10 < 10))) / 10.0  # BM25 top 10 also in the dense top 10
+        query = query_signals(u, neg[:n_dense], top_b, bm25_coverage=coverage, bm25_matched=matched, overlap10=overlap)
+        return Candidates(ids, neg, bm25, dense_rank, bm25_rank, u, query)
+
+    def _neg_kl(self, q: Gaussians, ids: list[str], half: _BM25Half) -> np.ndarray:
+        """Exact float64 ``-KL`` of the query ``q`` against the KL half's documents ``ids``.
+
+        Raises:
+            RuntimeError: The KL half lacks one of ``ids`` (it was changed directly), naming the mismatch.
+        """
+        try:
+            docs = self._kl._gaussians(ids)  # the caller checked the ids (the BM25 half's own)
+        except KeyError:
+            raise RuntimeError(self._out_of_sync(half)) from None
+        return neg_kl(q, Gaussians(docs.mean.astype(np.float64), docs.var.astype(np.float64), validate=False))
 
     def fuse_candidates(
         self, candidates: Candidates, k: int, fusion: FusionConfig | None = None
@@ -2228,8 +2279,9 @@ class KLHybridStore(_NotCopyable):
         """
         if config.mode == "adaptive":
             self.adaptive_params()  # missing parameters fail before any work
-        cands = self.candidates(
-            queries, query_gaussians=query_gaussians, filter=filter, depth=max(k, config.candidates)
+        # the signals are read by the adaptive weight alone
+        cands = self._candidates(
+            _query_texts(queries), query_gaussians, filter, max(k, config.candidates), signals=config.mode == "adaptive"
         )
         return [(c, self.fuse_candidates(c, k, config)) for c in cands]
 
@@ -2433,7 +2485,7 @@ class KLHybridStore(_NotCopyable):
                     fsync_file(tmp / sub / _SAVE_TOKEN_FILE)
                     fsync_dir(tmp / sub)  # the new entry (the half's own files are synced by its save)
                 files = {}
-                for rel in _CHECKED_FILES + (_CHECKED_INDEX_FILES if bm25_info["indexed"] else ()):
+                for rel in _checked_files(indexed=bm25_info["indexed"], tokens=True):
                     files[rel] = _sha256(tmp / rel)
                 config.update(
                     {
@@ -2474,7 +2526,8 @@ class KLHybridStore(_NotCopyable):
                 (else the saved model's), as in the constructor.
             mmap: Memory-map the arrays of both halves (copied on the first change).
             verify_checksums: Check every file's SHA-256 against the config. Without it the halves'
-                ids and save tokens are still checked (a folder saved before tokens has none and loads).
+                ids and save tokens are still checked (a folder saved before tokens has none and loads). Either
+                way a config whose ``files`` lacks the checksum of a file its save wrote is refused.
             token_pattern: The BM25 ``token_pattern`` the store was saved with, given to trust it. ``None``: the
                 saved pattern must be one docs/hybrid.md gives (the default, bm25s' two-character one, the CJK and
                 the combining-mark patterns), since it runs on every document and query and ``hybrid.json`` could
@@ -2814,6 +2867,20 @@ def _is_hybrid_folder(folder: Path) -> bool:
     return config is not None and config.get("format") == _FORMAT_NAME
 
 
+def _checked_files(*, indexed: bool, tokens: bool) -> tuple[str, ...]:
+    """The files a save lists in ``hybrid.json``'s ``files``: ``indexed``: its BM25 half is indexed; ``tokens``: it
+    holds a save token (every save since the tokens; an earlier one listed no token file).
+
+    Examples:
+        >>> _checked_files(indexed=False, tokens=False)
+        ('kl/config.json', 'bm25/ids.json')
+        >>> len(_checked_files(indexed=True, tokens=True))  # what every indexed save since the tokens wrote
+        9
+    """
+    always = _CHECKED_FILES if tokens else tuple(rel for rel in _CHECKED_FILES if rel not in _TOKEN_FILES)
+    return always + (_CHECKED_INDEX_FILES if indexed else ())
+
+
 def _read_config(cfg_path: Path) -> dict[str, Any]:
     """``hybrid.json``, checked field by field (errors name the field)."""
     config = _read_json(cfg_path)
@@ -2853,6 +2920,17 @@ def _read_config(cfg_path: Path) -> dict[str, Any]:
                 f"{cfg_path}: field 'files' names {rel!r}, which is not a file of a hybrid store folder; "
                 f"it may name only {list(allowed)}"
             )
+    # every file the save wrote, with or without verify_checksums (as KLStore's config.json): load checks only the
+    # names listed, so a file left out (an emptied table) would be served unchecked
+    required = _checked_files(indexed=config["bm25_indexed"], tokens=token is not None)
+    missing = [rel for rel in required if rel not in config["files"]]
+    if missing:
+        raise HybridFormatError(
+            f"{cfg_path}: field 'files' has no checksum for {missing}, which a save of this config "
+            f"('bm25_indexed' {str(config['bm25_indexed']).lower()}, {'a' if token is not None else 'no'} "
+            f"'{_SAVE_TOKEN_KEY}') lists; unlisted, they would load unchecked: refusing to load it (nothing was "
+            "changed)"
+        )
     try:
         mode = FusionConfig(**config["fusion"]).mode
     except (TypeError, ValueError) as exc:

@@ -62,7 +62,8 @@ What is correlated, and what the report says about it:
   metric means score them 0 (the BEIR / ``trec_eval`` convention, unchanged), but the QPP
   target leaves them out; ``excluded_no_relevant`` counts them and a warning names the count.
 * Fewer than :data:`MIN_QUERIES` queries, in the run or for one predictor, warn that the
-  correlation is meaningless (it is computed anyway).
+  correlation is meaningless (it is computed anyway); for the run, the report's
+  ``too_few_queries`` says so too.
 * A predictor (or target) that is constant over its queries has no correlation: its ``tau``
   and ``pearson`` are ``None`` and ``missing`` says why (e.g. a model with fixed variances).
 * The bootstrap intervals are percentile intervals over the resamples in which the
@@ -175,38 +176,133 @@ def _kendall(x: np.ndarray, y: np.ndarray) -> float:
     return float(stats.kendalltau(x, y).statistic)
 
 
-#: Up to this many queries the bootstrap taus come from one pairwise-sign matrix; above it, from
-#: :func:`_kendall_resampled` (O(n log n) per resample, no n x n matrix).
+#: Up to this many queries the bootstrap taus are rounded by :func:`_kendall_weighted` (tau-b's formula as the
+#: former pairwise-sign-matrix computation wrote it); above it by :func:`_kendall_resampled` (scipy's). Both read
+#: the same exact counts (:class:`_TauCounts`) and differ in the last bit at most: each size keeps the intervals it
+#: has always logged.
 _PAIRWISE_MAX = 4000
-#: Resamples handled together by :func:`_kendall_resampled` and the bootstrap's Pearson r (bounds their memory).
+#: Fewest resamples handled together by the bootstrap's Kendall tau and Pearson r.
 _BOOT_CHUNK = 32
+#: Resamples x queries handled together, at most (past :data:`_BOOT_CHUNK` resamples): bounds the memory, and
+#: keeps a chunk's working set in the CPU's cache.
+_BOOT_CELLS = 1 << 17
+
+
+def _boot_chunk(n: int) -> int:
+    """Resamples of ``n`` queries handled together by the bootstrap."""
+    return max(_BOOT_CHUNK, _BOOT_CELLS // max(n, 1))
+
+
+def _multiplicities(rows: np.ndarray, n: int) -> np.ndarray:
+    """``(c, n)`` counts: how often each resample (a row of indices in ``[0, n)``) holds each item."""
+    c = rows.shape[0]
+    flat = (rows + n * np.arange(c)[:, None]).ravel()
+    return np.bincount(flat, minlength=n * c).reshape(c, n)
+
+
+class _TauCounts:
+    """The pair counts of Kendall's tau-b for weighted resamples of fixed pairs ``(x, y)``, exactly, in integers.
+
+    A resample is given by its multiplicities ``w`` of the ``n`` items (copies of one item are tied
+    in both variables). The items are sorted once by ``(x, y)``: the discordant pairs are the
+    weighted inversions of the ``y`` ranks in that order, counted by a bottom-up merge (each level
+    adds, for every item of a right half, the weight of the larger items in its left half: a
+    cumulative sum and two look-ups, for a chunk of resamples at a time). Ties come from the summed
+    weight ``W_g`` of each group of equal values: ``sum_g W_g (W_g - 1) / 2``. O(n log n) per
+    resample and no ``n x n`` matrix (nor any BLAS call, whose threads stalled under load).
+
+    Args:
+        x: The ``n`` predictor values.
+        y: The ``n`` target values.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        n = x.size
+        order = np.lexsort((y, x))  # by x, ties by y: an inversion of y in this order is a discordant pair
+        xs, ys = x[order], y[order]
+        self.n = n
+        self.order = order
+        rank = np.unique(ys, return_inverse=True)[1].astype(np.int64).ravel()  # dense y rank, in (x, y) order
+        self.x_start = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+        self.xy_start = np.flatnonzero(np.r_[True, (xs[1:] != xs[:-1]) | (ys[1:] != ys[:-1])])
+        self.by_y = np.argsort(rank, kind="stable")
+        self.y_start = np.flatnonzero(np.r_[True, rank[self.by_y][1:] != rank[self.by_y][:-1]])
+        # a weight and a cumulative weight are <= n: their product fits int32 up to n = 46340 (half the memory)
+        self.dtype = np.int32 if n * n < 2**31 else np.int64
+        span = int(rank.max()) + 1
+        at = np.arange(n)
+        # per merge level: the left halves' items by (block, rank); per right item, its larger-left range
+        self.levels: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        half = 1
+        while half < n:
+            block = at // (2 * half)
+            is_left = at % (2 * half) < half
+            left, right = np.flatnonzero(is_left), np.flatnonzero(~is_left)
+            key = block[left] * span + rank[left]
+            by_key = np.argsort(key, kind="stable")
+            keys = key[by_key]
+            start = np.searchsorted(keys, block[right] * span + rank[right], side="right")  # first larger rank
+            end = np.searchsorted(keys, (block[right] + 1) * span, side="left")  # end of the block's left half
+            self.levels.append((left[by_key], right, start, end))
+            half *= 2
+
+    def __call__(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The counts of each resample.
+
+        Args:
+            weights: ``(c, n)`` integer multiplicities of the items, in their given order; each row
+                sums to ``n`` (a resample of the ``n`` items: what bounds the integers).
+
+        Returns:
+            ``(pairs, x_ties, y_ties, con_minus_dis)``, each ``(c,)`` int64: all pairs of the
+            resample, those tied in ``x``, those tied in ``y``, and concordant minus discordant pairs.
+        """
+        n, c = self.n, weights.shape[0]
+        w = np.ascontiguousarray(weights[:, self.order].T.astype(self.dtype))  # (n, c): rows gathered whole
+        discordant = np.zeros(c, dtype=np.int64)
+        cum = np.zeros((n + 1, c), dtype=self.dtype)  # row 0 stays 0; a level fills rows 1..m
+        for left_items, right, start, end in self.levels:
+            m = left_items.size
+            np.cumsum(w[left_items], axis=0, out=cum[1 : m + 1])
+            discordant += (w[right] * (cum[end] - cum[start])).sum(axis=0, dtype=np.int64)
+
+        def tied(starts: np.ndarray, rows: np.ndarray) -> np.ndarray:  # rows: a group's items together
+            if starts.size < n:  # each group's weight, from the cumulative one (reduceat is slow down axis 0)
+                np.cumsum(rows, axis=0, out=cum[1:])
+                rows = cum[np.r_[starts[1:], n]] - cum[starts]
+            return (rows * (rows - 1) // 2).sum(axis=0, dtype=np.int64)
+
+        x_ties, y_ties, both = tied(self.x_start, w), tied(self.y_start, w[self.by_y]), tied(self.xy_start, w)
+        total = w.sum(axis=0, dtype=np.int64)
+        pairs = total * (total - 1) // 2
+        return pairs, x_ties, y_ties, pairs - x_ties - y_ties + both - 2 * discordant
 
 
 def _kendall_weighted(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Kendall's tau-b of bootstrap resamples given as multiplicities ``weights`` (``(B, n)``).
+    """Kendall's tau-b of bootstrap resamples given as multiplicities ``weights`` (``(B, n)`` integers).
 
-    A resample that holds item ``i`` ``w_i`` times has ``C - D = 1/2 * w^T S w`` with
-    ``S_ij = sign(x_i - x_j) * sign(y_i - y_j)``; copies of one item are tied in both
-    variables, so the tie counts of tau-b come from the summed weight of each group of
-    equal values: ``n_x = sum_g W_g (W_g - 1) / 2``.
+    The counts come from :class:`_TauCounts`; the tau is ``(C - D) / sqrt((n0 - n_x) (n0 - n_y))``,
+    rounded as the former pairwise-sign-matrix computation (``C - D = 1/2 * w^T S w``) rounded it,
+    so that the intervals of up to :data:`_PAIRWISE_MAX` queries stay as logged, bit for bit.
+    ``NaN`` where a resample is constant on a side.
+
+    Args:
+        x: The ``n`` predictor values.
+        y: The ``n`` target values.
+        weights: ``(B, n)`` multiplicities of the items in each resample.
+
+    Returns:
+        ``(B,)`` taus.
     """
-    sign = np.sign(x[:, None] - x[None, :]) * np.sign(y[:, None] - y[None, :])
+    counter = _TauCounts(x, y)
     out = np.empty(weights.shape[0])
-    _, gx = np.unique(x, return_inverse=True)
-    _, gy = np.unique(y, return_inverse=True)
-    for start in range(0, weights.shape[0], 64):
-        w = weights[start : start + 64]
-        s = 0.5 * np.einsum("bi,bi->b", w @ sign, w)
-        total = w.sum(axis=1)
-        n0 = total * (total - 1) / 2
-        ties = []
-        for g in (gx, gy):
-            wg = np.zeros((w.shape[0], int(g.max()) + 1))
-            np.add.at(wg.T, g, w.T)
-            ties.append((wg * (wg - 1) / 2).sum(axis=1))
-        den = np.sqrt((n0 - ties[0]) * (n0 - ties[1]))
+    step = _boot_chunk(x.size)
+    for first in range(0, weights.shape[0], step):
+        pairs, x_ties, y_ties, con_minus_dis = counter(np.asarray(weights[first : first + step]))
+        n0 = pairs.astype(np.float64)
+        den = np.sqrt((n0 - x_ties) * (n0 - y_ties))
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[start : start + 64] = np.where(den > 0, s / den, np.nan)
+            out[first : first + step] = np.where(den > 0, con_minus_dis / den, np.nan)
     return np.clip(out, -1.0, 1.0)
 
 
@@ -214,13 +310,9 @@ def _kendall_resampled(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndar
     """Kendall's tau-b of each bootstrap resample ``(x[idx[b]], y[idx[b]])``, as ``scipy.stats.kendalltau`` gives it.
 
     The counts scipy computes per resample (discordant pairs, ties in ``x``, in ``y`` and in both)
-    are computed exactly, in integers, from each resample's multiplicities of the ``n`` items,
-    which are sorted once by ``(x, y)``: the discordant pairs are the weighted inversions of the
-    ``y`` ranks in that order, counted by a bottom-up merge (each level adds, for every item of a
-    right half, the weight of the larger items in its left half: a cumulative sum and two
-    look-ups, for :data:`_BOOT_CHUNK` resamples at a time). The tau then follows by scipy's own
-    formula, so each value equals scipy's bit for bit (``NaN`` where a resample is constant on a
-    side), in O(n log n) per resample and O(n) memory per resample of a chunk.
+    come exactly from each resample's multiplicities (:class:`_TauCounts`); the tau then follows by
+    scipy's own formula, so each value equals scipy's bit for bit (``NaN`` where a resample is
+    constant on a side), in O(n log n) per resample and O(n) memory per resample of a chunk.
 
     Args:
         x: The ``n`` predictor values.
@@ -230,53 +322,11 @@ def _kendall_resampled(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndar
     Returns:
         ``(B,)`` taus.
     """
-    n = x.size
-    order = np.lexsort((y, x))  # by x, ties by y: an inversion of y in this order is a discordant pair
-    xs, ys = x[order], y[order]
-    pos = np.empty(n, dtype=np.intp)
-    pos[order] = np.arange(n)
-    rank = np.unique(ys, return_inverse=True)[1].astype(np.int64).ravel()  # dense y rank, in (x, y) order
-    x_start = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
-    xy_start = np.flatnonzero(np.r_[True, (xs[1:] != xs[:-1]) | (ys[1:] != ys[:-1])])
-    by_y = np.argsort(rank, kind="stable")
-    y_start = np.flatnonzero(np.r_[True, rank[by_y][1:] != rank[by_y][:-1]])
-    span = int(rank.max()) + 1
-    at = np.arange(n)
-    levels = []  # per merge level: the left halves' items by (block, rank); per right item, its larger-left range
-    half = 1
-    while half < n:
-        block = at // (2 * half)
-        is_left = at % (2 * half) < half
-        left, right = np.flatnonzero(is_left), np.flatnonzero(~is_left)
-        key = block[left] * span + rank[left]
-        by_key = np.argsort(key, kind="stable")
-        keys = key[by_key]
-        start = np.searchsorted(keys, block[right] * span + rank[right], side="right")  # first larger rank
-        end = np.searchsorted(keys, (block[right] + 1) * span, side="left")  # end of the block's left half
-        levels.append((left[by_key], right, start, end))
-        half *= 2
-    total = n * (n - 1) // 2
+    counter = _TauCounts(x, y)
     taus = np.empty(idx.shape[0])
-    for first in range(0, idx.shape[0], _BOOT_CHUNK):
-        rows = idx[first : first + _BOOT_CHUNK]
-        c = rows.shape[0]
-        # w[i, b]: how often resample b holds the item at place i of the (x, y) order
-        flat = (pos[rows] + n * np.arange(c)[:, None]).ravel()
-        w = np.ascontiguousarray(np.bincount(flat, minlength=n * c).reshape(c, n).T.astype(np.int64))
-        discordant = np.zeros(c, dtype=np.int64)
-        cum = np.zeros((n + 1, c), dtype=np.int64)  # row 0 stays 0; a level fills rows 1..m
-        for left_items, right, start, end in levels:
-            m = left_items.size
-            np.cumsum(w[left_items], axis=0, out=cum[1 : m + 1])
-            discordant += (w[right] * (cum[end] - cum[start])).sum(axis=0)
-
-        def tied(groups: np.ndarray) -> np.ndarray:
-            return (groups * (groups - 1) // 2).sum(axis=0)
-
-        x_ties = tied(np.add.reduceat(w, x_start, axis=0))
-        y_ties = tied(np.add.reduceat(w[by_y], y_start, axis=0))
-        both = tied(np.add.reduceat(w, xy_start, axis=0))
-        con_minus_dis = total - x_ties - y_ties + both - 2 * discordant
+    step = _boot_chunk(x.size)
+    for first in range(0, idx.shape[0], step):
+        total, x_ties, y_ties, con_minus_dis = counter(_multiplicities(idx[first : first + step], x.size))
         with np.errstate(invalid="ignore", divide="ignore"):  # scipy's formula, in its order
             tau = (
                 con_minus_dis
@@ -284,7 +334,7 @@ def _kendall_resampled(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndar
                 / np.sqrt((total - y_ties).astype(np.float64))
             )
         tau[(x_ties == total) | (y_ties == total)] = np.nan
-        taus[first : first + c] = np.minimum(1.0, np.maximum(-1.0, tau))
+        taus[first : first + step] = np.minimum(1.0, np.maximum(-1.0, tau))
     return taus
 
 
@@ -382,18 +432,15 @@ def correlation(
     if n_boot > 0:
         rng = np.random.default_rng(seed)
         idx = rng.integers(0, n, size=(n_boot, n))
-        if n <= _PAIRWISE_MAX:
-            counts = np.zeros((n_boot, n))
-            np.add.at(counts, (np.repeat(np.arange(n_boot), n), idx.ravel()), 1.0)
-            taus = _kendall_weighted(x, y, counts)
-        else:
-            taus = _kendall_resampled(x, y, idx)
+        small = n <= _PAIRWISE_MAX  # the same counts either way; each size keeps its logged rounding
+        taus = _kendall_weighted(x, y, _multiplicities(idx, n)) if small else _kendall_resampled(x, y, idx)
         defined = np.isfinite(taus)
         pearsons = np.empty(n_boot)
-        for first in range(0, n_boot, _BOOT_CHUNK):  # resampled values a chunk at a time, not (n_boot, n) at once
-            xb, yb = x[idx[first : first + _BOOT_CHUNK]], y[idx[first : first + _BOOT_CHUNK]]
-            pearsons[first : first + _BOOT_CHUNK] = _pearson_rows(xb, yb)
-            defined[first : first + _BOOT_CHUNK] &= ~_constant_rows(xb) & ~_constant_rows(yb)
+        step = _boot_chunk(n)
+        for first in range(0, n_boot, step):  # resampled values a chunk at a time, not (n_boot, n) at once
+            xb, yb = x[idx[first : first + step]], y[idx[first : first + step]]
+            pearsons[first : first + step] = _pearson_rows(xb, yb)
+            defined[first : first + step] &= ~_constant_rows(xb) & ~_constant_rows(yb)
         defined &= np.isfinite(pearsons)
         valid = int(defined.sum())
         if valid >= MIN_BOOT_VALID * n_boot:
@@ -735,10 +782,13 @@ def qpp_report(
         seed: Bootstrap seed.
 
     Returns:
-        ``{"metric", "bootstrap", "seed", "reference", "excluded_no_relevant", "predictors":
-        {name: {"tau", "tau_ci", "pearson", "pearson_ci", "n", "bootstrap_valid", "kind",
+        ``{"metric", "bootstrap", "seed", "reference", "excluded_no_relevant", "too_few_queries",
+        "predictors": {name: {"tau", "tau_ci", "pearson", "pearson_ci", "n", "bootstrap_valid", "kind",
         "direction"}}, "missing": {...}}``; a predictor is correlated over the judged queries that
-        have a value for it (and a relevant document). A predictor whose correlation is undefined
+        have a value for it (and a relevant document). ``too_few_queries`` is ``True`` when fewer than
+        :data:`MIN_QUERIES` judged queries (with a relevant document) are left to correlate over: the
+        warning that every correlation is meaningless, for a machine to read (a predictor's ``n``
+        below :data:`MIN_QUERIES` says the same of that predictor). A predictor whose correlation is undefined
         (it, or the target, is constant over those queries) keeps its entry with ``None`` values
         and gets a reason under ``missing``.
 
@@ -767,6 +817,7 @@ def qpp_report(
         "seed": seed,
         "reference": reference,
         "excluded_no_relevant": n_excluded,
+        "too_few_queries": len(qids) < MIN_QUERIES,
         "predictors": {},
         "missing": dict(missing or {}),
     }

@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -293,19 +294,20 @@ def test_encoding_cache_keeps_an_entry_replaced_while_it_was_read(
     cache = EncodingCache(tmp_path)
     key, ids = {"m": 1}, ["a", "b"]
     cache.save("documents", key, ids, {"emb": np.ones((2, 3), np.float32)})
-    real = encoding_cache.sha256_file
+    real = encoding_cache.read_sha256
     calls = {"n": 0}
 
-    def replaced_meanwhile(path: Path) -> str:
+    def replaced_meanwhile(path: Path) -> tuple[Any, str]:
         calls["n"] += 1
         if calls["n"] == 1:  # another process saves the entry again while this one reads it
+            data, _ = real(path)
             cache.save("documents", key, ids, {"emb": np.full((2, 3), 2.0, np.float32)})
-            return "0" * 64
+            return data, "0" * 64
         return real(path)
 
-    monkeypatch.setattr(encoding_cache, "sha256_file", replaced_meanwhile)
+    monkeypatch.setattr(encoding_cache, "read_sha256", replaced_meanwhile)
     assert cache.load("documents", key, ids) is None  # a miss, but the new entry is not deleted
-    monkeypatch.setattr(encoding_cache, "sha256_file", real)
+    monkeypatch.setattr(encoding_cache, "read_sha256", real)
     hit = cache.load("documents", key, ids)
     assert hit is not None and float(hit["emb"][0, 0]) == 2.0
     assert _leftovers(tmp_path) == []
@@ -320,10 +322,10 @@ def test_encoding_cache_keeps_an_entry_on_a_transient_missing_file(
     cache = EncodingCache(tmp_path)
     cache.save("documents", {"m": 1}, ["a"], {"emb": np.ones((1, 3), np.float32)})
 
-    def gone(path: Path) -> str:
+    def gone(path: Path) -> tuple[Any, str]:
         raise FileNotFoundError(path)
 
-    monkeypatch.setattr(encoding_cache, "sha256_file", gone)
+    monkeypatch.setattr(encoding_cache, "read_sha256", gone)
     assert cache.load("documents", {"m": 1}, ["a"]) is None
     assert cache.entry_dir("documents", {"m": 1}).is_dir()
 

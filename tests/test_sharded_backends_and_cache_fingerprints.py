@@ -221,19 +221,19 @@ def test_an_entry_replaced_while_it_is_read_is_a_miss_not_a_mix(
     key, ids = {"model": "m"}, ["a", "b"]
     first = np.full((2, 3), 1.0, np.float32)
     cache.save("documents", key, ids, {"mean": first, "var": first + 1})
-    real_load = np.load
+    real_read = encoding_cache.read_sha256
     calls: list[Any] = []
 
-    def load_then_replace(source: Any, *args: Any, **kwargs: Any) -> Any:
+    def read_then_replace(source: Any) -> Any:
         calls.append(source)
         if len(calls) == 2:  # the second array is about to be read: another process saves the same key
             second = np.full((2, 3), 5.0, np.float32)
             EncodingCache(tmp_path).save("documents", key, ids, {"mean": second, "var": second + 1})
-        return real_load(source, *args, **kwargs)
+        return real_read(source)
 
-    monkeypatch.setattr(encoding_cache.np, "load", load_then_replace)
+    monkeypatch.setattr(encoding_cache, "read_sha256", read_then_replace)
     got = cache.load("documents", key, ids)
-    monkeypatch.setattr(encoding_cache.np, "load", real_load)
+    monkeypatch.setattr(encoding_cache, "read_sha256", real_read)
     assert len(calls) == 2
     if got is not None:  # a hit must be one save's arrays, never one's means with the other's variances
         assert float(got["var"][0, 0]) == float(got["mean"][0, 0]) + 1, (got["mean"], got["var"])

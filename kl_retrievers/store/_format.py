@@ -88,7 +88,7 @@ from kl_retrievers._io import (
     refuse_json_constant,
 )
 from kl_retrievers._score import check_score_fields
-from kl_retrievers.hub import sha256_file
+from kl_retrievers.hub import HashingWriter, sha256_file
 from kl_retrievers.store._base import INDEX_TYPES, StoreFormatError, _check_utf8
 
 logger = logging.getLogger(__name__)
@@ -1355,17 +1355,37 @@ def _fsync(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _write_npy(path: Path, array: np.ndarray) -> None:
+def _written(path: Path, write: Callable[[HashingWriter], None]) -> dict[str, Any]:
+    """Write ``path`` through a :class:`~kl_retrievers.hub.HashingWriter`, synced: its ``files`` entry (size and
+    SHA-256 of the bytes as written; the file is not read back to hash it)."""
     with open(path, "wb") as f:
-        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+        out = HashingWriter(f)
+        write(out)
+        f.flush()
+        os.fsync(f.fileno())
+    return {"bytes": path.stat().st_size, "sha256": out.hexdigest()}
 
 
-def _write_jsonl(path: Path, ids: list[str], texts: list[str | None], metadatas: list[dict[str, Any]]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+def _write_npy(path: Path, array: np.ndarray) -> dict[str, Any]:
+    return _written(path, lambda out: np.save(out, np.ascontiguousarray(array), allow_pickle=False))
+
+
+def _write_jsonl(
+    path: Path, ids: list[str], texts: list[str | None], metadatas: list[dict[str, Any]]
+) -> dict[str, Any]:
+    def write(out: HashingWriter) -> None:
+        lines: list[str] = []
         for doc_id, text, meta in zip(ids, texts, metadatas, strict=True):
-            f.write(
-                json.dumps({"id": doc_id, "text": text, "metadata": meta}, ensure_ascii=False, allow_nan=False) + "\n"
+            lines.append(
+                json.dumps({"id": doc_id, "text": text, "metadata": meta}, ensure_ascii=False, allow_nan=False)
             )
+            if len(lines) == 4096:  # written (and hashed) in blocks, not a line at a time
+                out.write(("\n".join(lines) + "\n").encode("utf-8"))
+                lines.clear()
+        if lines:
+            out.write(("\n".join(lines) + "\n").encode("utf-8"))
+
+    return _written(path, write)
 
 
 def write_folder(
@@ -1389,19 +1409,17 @@ def write_folder(
         write_index: Writes the index file to the path it is given (``None``: no index).
         tombstones: The int64 row numbers of the tombstones, ascending (``None``: none, no file).
     """
-    _write_npy(tmp / MEAN, arrays[0])
-    _write_npy(tmp / VAR, arrays[1])
-    _write_jsonl(tmp / DOCS, *documents)
+    files: dict[str, Any] = {
+        MEAN: _write_npy(tmp / MEAN, arrays[0]),
+        VAR: _write_npy(tmp / VAR, arrays[1]),
+        DOCS: _write_jsonl(tmp / DOCS, *documents),
+    }
     if write_index is not None:
-        write_index(tmp / INDEX)
+        write_index(tmp / INDEX)  # FAISS writes the file: hashed once written (read back from the page cache)
+        _fsync(tmp / INDEX)
+        files[INDEX] = {"bytes": (tmp / INDEX).stat().st_size, "sha256": sha256_file(tmp / INDEX)}
     if tombstones is not None:
-        _write_npy(tmp / TOMBSTONES, np.asarray(tombstones, dtype=np.int64))
-    files: dict[str, Any] = {}
-    for name in STORE_FILES:
-        p = tmp / name
-        if p.exists():
-            _fsync(p)
-            files[name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        files[TOMBSTONES] = _write_npy(tmp / TOMBSTONES, np.asarray(tombstones, dtype=np.int64))
     bound = config.get("flat_norm_max")
     if bound is not None:  # bound to the index it bounds, so verify_checksums covers it (flat_norm_from_config)
         config = {
