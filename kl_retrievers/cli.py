@@ -561,8 +561,9 @@ def _add_demo(sub: Any) -> None:
         "demo",
         help="index the bundled demo corpus and answer a few queries",
         description="Index the small bundled corpus with the default model, answer a few queries and print the "
-        "top results with their -KL scores (higher is better), each query's uncertainty and, for a model that "
-        "ships a calibrator, its confidence (the probability that the top result is relevant).",
+        "top results with their -KL scores (higher is better), each query's uncertainty (its mean log-variance; "
+        "with the default model it barely predicts which queries go well: the confidence does) and, for a model "
+        "that ships a calibrator, its confidence (the probability that the top result is relevant).",
     )
     p.add_argument(
         "queries",
@@ -1028,8 +1029,9 @@ def _add_search(sub: Any) -> None:
         "LlamaIndex persist folder, or the manifest file of either (whatever its name, e.g. the path given to "
         "KLVectorStore.persist): the KL store inside is searched. A "
         "KLHybridStore folder is refused (its results fuse BM25 with -KL); the message names its KL half, which "
-        "this command can search. Each query is shown with its uncertainty and, for a model that ships a "
-        "calibrator, its confidence (the calibrated probability that the top result is relevant, as the adapters "
+        "this command can search. Each query is shown with its uncertainty (its mean log-variance; with the "
+        "default model it barely predicts which queries go well: the confidence does) and, for a model that ships "
+        "a calibrator, its confidence (the calibrated probability that the top result is relevant, as the adapters "
         "report it); --min-confidence abstains below a threshold.",
     )
     p.add_argument(

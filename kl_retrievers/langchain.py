@@ -3303,7 +3303,8 @@ class KLRetriever(_ConfidenceRetriever):
 
     * ``score_key`` (default ``"neg_kl"``): the exact ``-KL``, higher is better;
     * ``uncertainty_key`` (default ``"query_uncertainty"``): the query's mean log-variance
-      (higher means a vaguer query);
+      (higher: the model is less sure of the query; with the default model it barely predicts which
+      queries go well, Kendall tau -0.045 against per-query nDCG@10: read the confidence for that);
     * ``confidence_key`` (default ``"confidence"``): the calibrated probability, in ``[0, 1]``,
       that the query's top-ranked document is relevant (the same value on every document of one
       query; :class:`~kl_retrievers.calibration.ConfidenceCalibrator`). It comes from

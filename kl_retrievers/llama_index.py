@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import difflib
 import functools
 import hashlib
 import inspect
@@ -1041,9 +1042,17 @@ def _index_retriever_verdict(store: BasePydanticVectorStore, node_ids: Sequence[
         del frame
 
 
-def _vector_hash(vector: Sequence[float]) -> int:
-    """A hash of an embedding's values (a node's embedding against those a :class:`KLEmbedding` gave)."""
-    return hash(tuple(float(x) for x in vector))
+def _vector_hash(vector: Sequence[float] | np.ndarray) -> int:
+    """A hash of an embedding's values (a node's embedding against those a :class:`KLEmbedding` gave).
+
+    Python's numeric hash: equal values hash equal whatever holds them (a list of floats, a float32 or float64
+    array, ``-0.0`` and ``0.0``), as ``hash(tuple(float(x) for x in vector))`` does, without a Python step per
+    value (a list is hashed as it is, an array read as Python floats in one call). The hashes are compared within
+    one process only (a :class:`KLVectorStore` does not pickle); float hashes are not salted anyway.
+    """
+    if isinstance(vector, np.ndarray):
+        vector = vector.tolist()
+    return hash(tuple(vector))
 
 
 def _store_problem(store: BasePydanticVectorStore) -> str | None:
@@ -3711,6 +3720,49 @@ def _embed_model_encoder(where: str, encoder: Any, embed_model: Any) -> Any:
     return embed_model
 
 
+#: What to pass instead of a keyword that :class:`KLRetriever`'s constructor does not take.
+_RETRIEVER_KEYWORD_HINTS = {
+    "embed_model": "pass the KLEmbedding as encoder= (it takes a KLEmbedding or a Gaussian encoder), or build the "
+    "retriever with KLRetriever.from_defaults(embed_model=...)",
+}
+
+
+def _refuse_unknown_keywords(
+    owner: str, unknown: Iterable[str], known: Sequence[str], hints: Mapping[str, str]
+) -> None:
+    """Raise a ``TypeError`` for the keywords ``owner``'s constructor does not take (nothing when there are none).
+
+    Args:
+        owner: The class named in the error (``type(self).__name__``, so a subclass is named right).
+        unknown: The keywords it does not take.
+        known: Every keyword it takes (:func:`~kl_retrievers._adapters.init_option_names`).
+        hints: What to do instead of some keywords (used before the closest known keyword).
+
+    Raises:
+        TypeError: The message names every unknown keyword, what to do instead or its closest known one (where
+            one is close), and every keyword taken.
+
+    Examples:
+        >>> _refuse_unknown_keywords("KLRetriever", ["fliters", "bogus"], ["encoder", "filters"], {})
+        Traceback (most recent call last):
+        ...
+        TypeError: KLRetriever() got unexpected keyword argument(s) ['bogus', 'fliters'] (fliters: did you mean \
+'filters'?); it takes ['encoder', 'filters']
+    """
+    names = sorted(unknown)
+    if not names:
+        return
+    why = []
+    for name in names:
+        close = difflib.get_close_matches(name, known, n=1)
+        if name in hints:
+            why.append(f"{name}: {hints[name]}")
+        elif close:
+            why.append(f"{name}: did you mean {close[0]!r}?")
+    said = f" ({'; '.join(why)})" if why else ""
+    raise TypeError(f"{owner}() got unexpected keyword argument(s) {names}{said}; it takes {list(known)}")
+
+
 def _split_documents(
     documents: Sequence[Document], transformations: Sequence[TransformComponent] | None
 ) -> list[BaseNode]:
@@ -3821,6 +3873,12 @@ class KLRetriever(_TopKRetriever):
             whose ``index_id`` is a key is replaced by what that object (a retriever, a query
             engine, a node) returns, as in ``VectorIndexRetriever``.
         objects: ``IndexNode`` nodes carrying their objects (``BaseRetriever``'s alternative to ``object_map``).
+        **unknown: Refused.
+
+    Raises:
+        TypeError: ``vector_store`` is no :class:`KLVectorStore`, or a keyword is not one of the above: the
+            message names each, its closest option, every option, and for ``embed_model`` what to pass
+            (``encoder=``, or :meth:`from_defaults`'s ``embed_model=``).
 
     Examples:
         >>> retriever = KLRetriever.from_defaults(documents=docs, similarity_top_k=3)  # doctest: +SKIP
@@ -3841,7 +3899,11 @@ class KLRetriever(_TopKRetriever):
         verbose: bool = False,
         object_map: dict[str, Any] | None = None,
         objects: list[IndexNode] | None = None,
+        **unknown: Any,
     ) -> None:
+        _refuse_unknown_keywords(
+            type(self).__name__, unknown, adapters.init_option_names(type(self)), _RETRIEVER_KEYWORD_HINTS
+        )
         if not isinstance(vector_store, KLVectorStore):
             raise TypeError(f"vector_store must be a KLVectorStore; got {type(vector_store).__name__}")
         self._vector_store = vector_store
@@ -4235,7 +4297,8 @@ class KLHybridRetriever(_TopKRetriever):
     Why not ``QueryFusionRetriever`` over a vector retriever and ``BM25Retriever``: the hybrid
     store keeps both halves in sync (add, upsert, delete, filters before ranking, save / load),
     scores every candidate with both retrievers, and its ``"adaptive"`` fusion chooses the dense
-    weight per query from signals (the query uncertainty and both lists' score statistics).
+    weight per query from signals of both candidate lists (score statistics, BM25's coverage of the query, their
+    overlap; no shipped parameter file uses the query uncertainty).
 
     Args:
         store: The hybrid store (its encoder encodes the queries; a store loaded with

@@ -839,8 +839,8 @@ class KLStore(GaussianStore):
             except BaseException:
                 self._undo_add(start, len(new.ids), previous)
                 raise
+            self.write_count += 1  # first: counted even where the compaction is interrupted (as a delete)
             dead = self._maybe_compact()
-            self.write_count += 1
             # the exact path's kept d~ lose the compacted rows and take the new ones; an interrupt while it copies
             # them leaves the write compacted and counted, and the stale check (after it) armed for the next write
             self._engine.rows_appended(before, start, dead)
