@@ -1902,6 +1902,8 @@ def _read_npy_header(fh: Any) -> tuple[tuple[int, ...], bool, Any]:
     version = npy_format.read_magic(fh)
     read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
     shape, fortran_order, dtype = read(fh)
+    if any(d < 0 for d in shape):  # np.load refuses them too; np.frombuffer's reshape would take -1 as "the rest"
+        raise ValueError(f"the .npy header declares negative dimensions {tuple(shape)}; dimensions are >= 0")
     return tuple(shape), fortran_order, dtype
 
 

@@ -107,6 +107,8 @@ def _loaded_class(module: str, name: str) -> type | None:
 
 
 def _is_torch(x: Any) -> bool:
+    if isinstance(x, np.ndarray):  # the common case, answered without a look into sys.modules
+        return False
     cls = _loaded_class("torch", "Tensor")  # a tensor exists only once torch is loaded: never import it here
     return cls is not None and isinstance(x, cls)
 
@@ -251,6 +253,20 @@ def _real_numpy(x: Any, name: str, takes: str = "Gaussians take", *, nonzero: bo
     return arr
 
 
+def _one_float_dtype(mean: Any, var: Any) -> bool:
+    """Whether ``mean`` and ``var`` are plain numpy arrays of one dtype, float32 or float64 (native byte order).
+
+    Such a pair is what :class:`Gaussians`' conversion (:func:`_real_numpy`, the cast to one dtype) gives, and it
+    would leave it as it is: the batches this package builds from checked arrays (slices, casts, stored rows)
+    skip that conversion, so each costs a few attribute reads. Subclasses (masked arrays, memory maps) and
+    other dtypes are converted as before.
+    """
+    if type(mean) is not np.ndarray or type(var) is not np.ndarray:
+        return False
+    dtype = mean.dtype
+    return dtype == var.dtype and (dtype == np.float64 or dtype == np.float32)
+
+
 def _check_finite(name: str, x: Array) -> None:
     finite = torch.isfinite(x).all().item() if _is_torch(x) else bool(np.isfinite(x).all())
     if not finite:
@@ -294,9 +310,12 @@ class Gaussians:
 
     def __post_init__(self) -> None:
         mean, var = self.mean, self.var
-        if _is_torch(mean) != _is_torch(var):
+        given_var = None
+        if _one_float_dtype(mean, var):
+            pass  # nothing to convert: the checks below still run
+        elif _is_torch(mean) != _is_torch(var):
             raise TypeError("mean and var must both be numpy arrays or both torch tensors")
-        if not _is_torch(mean):
+        elif not _is_torch(mean):
             mean = _real_numpy(mean, "mean")
             var = given_var = _real_numpy(var, "var", nonzero=True)
             dtype = np.result_type(mean.dtype, var.dtype)
@@ -305,7 +324,6 @@ class Gaussians:
             mean = mean if mean.dtype == dtype else mean.astype(dtype)
             var = var if var.dtype == dtype else var.astype(dtype)
         else:
-            given_var = None
             _check_real("mean", mean)
             _check_real("var", var)
             tdtype = torch.promote_types(mean.dtype, var.dtype)
@@ -1003,16 +1021,37 @@ def reduce_document_vectors(
     bound = _check_bound(norm_bound)
     d = np.asarray(shift_document_vectors(dvec, offset), dtype=np.float64)
     n, w = d.shape
-    sq = np.einsum("ij,ij->i", d, d)
-    if n and float(sq.max()) > (bound * (1.0 + NORM_BOUND_RTOL)) ** 2:
-        raise ValueError(
-            f"a shifted document norm {float(np.sqrt(sq.max())):.6g} exceeds the norm bound M={bound:.6g}; "
-            "raise M and re-reduce every row (all rows of one index must share one M)"
-        )
+    extra = _reduction_extra(np.einsum("ij,ij->i", d, d), bound)
     out = np.zeros((n, _check_width(width, w + 1)), dtype=dtype)
     out[:, :w] = d
-    out[:, w] = np.sqrt(np.maximum(bound**2 - sq, 0.0))
+    out[:, w] = extra
     return out
+
+
+def _reduction_extra(sq_norms: np.ndarray, norm_bound: float) -> np.ndarray:
+    """The coordinate :func:`reduce_document_vectors` appends to each shifted row: ``sqrt(M^2 - ||d^||^2)``.
+
+    Args:
+        sq_norms: ``||d^||^2`` per row (float64, ``np.einsum("ij,ij->i", d, d)`` of the shifted rows).
+        norm_bound: ``M``; every norm must be ``<= M`` (up to a relative ``1e-6``).
+
+    Returns:
+        float64, one value per row.
+
+    Raises:
+        ValueError: A norm above ``M``, or a bad ``M``.
+
+    Examples:
+        >>> _reduction_extra(np.array([9.0, 25.0]), 5.0)
+        array([4., 0.])
+    """
+    bound = _check_bound(norm_bound)
+    if sq_norms.size and float(sq_norms.max()) > (bound * (1.0 + NORM_BOUND_RTOL)) ** 2:
+        raise ValueError(
+            f"a shifted document norm {float(np.sqrt(sq_norms.max())):.6g} exceeds the norm bound M={bound:.6g}; "
+            "raise M and re-reduce every row (all rows of one index must share one M)"
+        )
+    return np.sqrt(np.maximum(bound**2 - sq_norms, 0.0))
 
 
 def reduce_query_vectors(
@@ -1854,13 +1893,14 @@ def _rescore_live(
 def refine_top_k(
     nq: int,
     k: int,
-    n_allowed: int,
+    n_allowed: int | Callable[[], int],
     margin: int,
     candidates: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, np.ndarray]],
     rescore: Callable[[np.ndarray, np.ndarray], np.ndarray],
     fallback: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
     query_shift: np.ndarray,
     tie_rank: np.ndarray | None = None,
+    max_pool: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top ``k`` from float32 candidates: re-score a pool, prove it holds the top ``k``, or widen it.
 
@@ -1879,7 +1919,9 @@ def refine_top_k(
     Args:
         nq: Number of queries.
         k: Results per query (``<= n_allowed``).
-        n_allowed: Number of documents a query may return.
+        n_allowed: Number of documents a query may return, or a zero-argument callable that gives it, called
+            at most once and only where a wider pool is needed (a count that costs a request): the caller then
+            promises more than the first pool and its witness (``k + margin + 1`` rows, within ``max_pool``).
         margin: The first pool holds ``k + margin`` candidates.
         candidates: ``(query numbers, c) -> (rows, approx, bound)``: the ``c`` best rows per query by
             the float32 score, best first, their float32 scores, and per query a bound on the float32
@@ -1895,6 +1937,9 @@ def refine_top_k(
             between them. Default: the order they were re-scored in: the first pool's order, then at each
             wider pool the top ``k`` so far before its new rows (in pool order); ``fallback``'s own order
             for the queries it scores.
+        max_pool: The most rows a pool may hold (at least ``k``), so that ``candidates`` is never asked for more
+            than ``max_pool + 1`` (a search that returns at most that many: Milvus' ``MAX_TOPK``); a query that a
+            pool so capped does not prove goes to ``fallback``. Default: no cap.
 
     Returns:
         ``(rows, scores)``, shape ``(nq, k)``, best first, float64 scores; ``-1`` / ``-inf`` padding.
@@ -1904,8 +1949,19 @@ def refine_top_k(
     todo = np.arange(nq)
     if not nq:
         return out_r, out_s
-    c = min(n_allowed, k + max(0, margin))
-    want = min(n_allowed, c + 1)  # one more than the pool: the best row left out
+    counted: list[int] = [] if callable(n_allowed) else [n_allowed]
+
+    def allowed() -> int:
+        """``n_allowed``, its callable called once."""
+        if not counted:
+            assert callable(n_allowed)
+            counted.append(n_allowed())
+        return counted[0]
+
+    c = k + max(0, margin) if max_pool is None else min(k + max(0, margin), max(k, max_pool))
+    want = c + 1  # one more than the pool: the best row left out
+    if counted:
+        c, want = min(counted[0], c), min(counted[0], want)
     lab, approx, bound = candidates(todo, want)
     seen = lab[:, :c]  # per query, the rows re-scored so far (-1: none)
     r, s = top_k_rows(rescore(todo, seen), seen, k, tie_rank)
@@ -1920,8 +1976,10 @@ def refine_top_k(
         proves them, else into ``left``. ``_GROW_ELEMENTS // pool`` queries at a time, each chunk with its own
         later pools, so whether a query gets one does not depend on how many others came with it."""
         while todo.size:
-            grown = min(n_allowed, _GROW * c if wider else max(_GROW * c, k + _GROW_MIN))
-            if wider == _GROW_ROUNDS or (wider and grown > n_allowed // _GROW_SHARE):
+            n = allowed()
+            cap = n if max_pool is None else min(n, max(k, max_pool))
+            grown = min(cap, _GROW * c if wider else max(_GROW * c, k + _GROW_MIN))
+            if wider == _GROW_ROUNDS or grown <= c or (wider and grown > n // _GROW_SHARE):
                 break
             step = max(1, _GROW_ELEMENTS // grown)
             if todo.size > step:
@@ -1929,7 +1987,7 @@ def refine_top_k(
                     part = slice(a, a + step)
                     widen(todo[part], seen[part], r[part], s[part], c, wider)
                 return
-            c, want = grown, min(n_allowed, grown + 1)
+            c, want = grown, min(n, grown + 1)
             lab, approx, bound = candidates(todo, want)
             shift, kth = query_shift[todo], s[:, k - 1]
             ok, usable = _pool_proof(lab, approx, bound, shift, c, want, kth)
@@ -1945,7 +2003,7 @@ def refine_top_k(
             if not wider:  # the first wider pool's new rows may have raised the k-th score: the proof uses it
                 ok, usable = _pool_proof(lab, approx, bound, shift, c, want, s[:, k - 1])
             if approx.shape[1] > c:  # give up now where a later pool would most likely not be enough either
-                usable &= ok | (_rows_above(approx, c, bound + shift - s[:, k - 1]) <= n_allowed // _GROW_SHARE)
+                usable &= ok | (_rows_above(approx, c, bound + shift - s[:, k - 1]) <= n // _GROW_SHARE)
             out_r[todo[ok]], out_s[todo[ok]] = r[ok], s[ok]
             left.append(todo[~usable])
             keep = usable & ~ok

@@ -857,6 +857,19 @@ def _encode(fn: Callable[..., Gaussians], texts: list[str], batch_size: int, sho
     return g.numpy().astype(np.float64)
 
 
+def _python_floats(values: Any) -> Any:
+    """``values`` (a numpy array or scalar) as (nested) lists of Python ``float``: ``float(x)`` of each element.
+
+    One C call (``tolist``) rather than a Python step per value; a float32 array is widened to float64 first, so
+    each value is the one ``float(x)`` gives (``-0.0``, ``nan`` and ``inf`` kept).
+
+    Examples:
+        >>> _python_floats(np.array([[0.1, -0.0]], dtype=np.float32))
+        [[0.10000000149011612, -0.0]]
+    """
+    return np.asarray(values, dtype=np.float64).tolist()
+
+
 # --------------------------------------------------------------------------- store checks
 def _last_occurrences(ids: Sequence[str], warning: str) -> list[int]:
     """Positions of the last occurrence of each id, in order (upsert semantics within one call); logs
@@ -1479,12 +1492,12 @@ class KLEmbedding(BaseEmbedding):
     def _query_vector(self, query: str) -> Embedding:
         if not isinstance(query, str):  # a list would otherwise fail as "texts[0] is list"
             raise TypeError(f"query must be a str (one query); got {type(query).__name__}")
-        return [float(x) for x in kl_query_vectors(self.query_gaussians([query]))[0]]
+        return _python_floats(kl_query_vectors(self.query_gaussians([query]))[0])
 
     def _document_vectors(self, texts: list[str]) -> list[Embedding]:
         if not texts:
             return []
-        return [[float(x) for x in row] for row in kl_document_vectors(self.document_gaussians(texts))]
+        return _python_floats(kl_document_vectors(self.document_gaussians(texts)))
 
     async def _adocument_vectors(self, texts: list[str]) -> list[Embedding]:
         """:meth:`_document_vectors` in a worker thread; a blank-document warning points at the caller's line."""
@@ -2988,7 +3001,7 @@ class KLVectorStore(BasePydanticVectorStore):
         out = []
         for d, vec in zip(docs, vectors, strict=True):
             node = _to_node(d.id, d.text, d.metadata)
-            node.embedding = [float(x) for x in vec]
+            node.embedding = _python_floats(vec)
             out.append(node)
         return out
 
@@ -3726,6 +3739,13 @@ _RETRIEVER_KEYWORD_HINTS = {
     "retriever with KLRetriever.from_defaults(embed_model=...)",
 }
 
+#: The same for :class:`KLHybridRetriever`'s constructor (its store's encoder encodes the queries).
+_HYBRID_RETRIEVER_KEYWORD_HINTS = dict.fromkeys(
+    ("encoder", "embed_model"),
+    "the store's encoder encodes the queries: build the store with it, KLHybridStore(encoder), or the retriever "
+    "with KLHybridRetriever.from_defaults(store=store, embed_model=...)",
+)
+
 
 def _refuse_unknown_keywords(
     owner: str, unknown: Iterable[str], known: Sequence[str], hints: Mapping[str, str]
@@ -4319,9 +4339,11 @@ class KLHybridRetriever(_TopKRetriever):
             (as in :class:`KLRetriever`; :meth:`from_defaults` fills it from the ``IndexNode`` nodes
             that carry an object).
         objects: ``IndexNode`` nodes carrying their objects (``BaseRetriever``'s alternative to ``object_map``).
+        **unknown: Refused.
 
     Raises:
-        TypeError: ``store`` is not a ``KLHybridStore``.
+        TypeError: ``store`` is not a ``KLHybridStore``, or a keyword is not one of the above: the message names
+            each, its closest option, every option, and for ``encoder`` / ``embed_model`` what to do instead.
         ValueError: A bad fusion setting or ``similarity_top_k`` (naming the value and what is allowed).
 
     Examples:
@@ -4344,7 +4366,11 @@ class KLHybridRetriever(_TopKRetriever):
         verbose: bool = False,
         object_map: dict[str, Any] | None = None,
         objects: list[IndexNode] | None = None,
+        **unknown: Any,
     ) -> None:
+        _refuse_unknown_keywords(
+            type(self).__name__, unknown, adapters.init_option_names(type(self)), _HYBRID_RETRIEVER_KEYWORD_HINTS
+        )
         if not isinstance(store, KLHybridStore):
             raise TypeError(f"store must be a KLHybridStore; got {type(store).__name__}")
         store.fusion.for_call(fusion, weight, normalization, what="this retriever")  # fail early

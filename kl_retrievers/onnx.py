@@ -627,25 +627,29 @@ def _onnx_cache_dir() -> Path | None:
         return None
 
 
-#: This process's private ONNX cache (:func:`_export_cache_dir`), made the first time the ONNX cache cannot be
-#: written, and the cache folders already warned about (``""``: none could be named).
+#: This process's private ONNX cache (:func:`_export_cache_dir`), made the first time the default ONNX cache cannot
+#: be written (made anew if removed meanwhile), and the (cache folder, private folder) pairs already warned about
+#: (``""``: no cache folder could be named).
 _private_cache: Path | None = None
-_private_cache_warned: set[str] = set()
+_private_cache_warned: set[tuple[str, str]] = set()
 _private_cache_lock = threading.Lock()
 
 
 def _export_cache_dir() -> Path:
     """The folder :func:`kl_retrievers.load_model` exports into: the ONNX cache (:func:`_onnx_cache_dir`), created
-    if missing, where it can be written; else this process's private temporary folder.
+    if missing, where it can be written; else, for the default cache, this process's private temporary folder.
 
-    As huggingface_hub and fastembed go on with a cache they cannot write (a read-only home or file system, a
-    container under an arbitrary user id, a cache owned by another user), a load does not stop there: it exports
-    into a folder of ``tempfile.mkdtemp``, made once per process and removed when the process ends, and logs one
-    WARNING per cache folder naming it, the fallback and the variable to set. Entries the cache already holds are
-    read from it before this is asked (reading one writes nothing).
+    A default cache that cannot be written (a read-only home or file system, a container under an arbitrary user
+    id, a cache owned by another user) or named (no home folder) does not stop a load: it exports into a folder of
+    ``tempfile.mkdtemp``, made once per process (anew, if a cleaner of the temporary folder removed it meanwhile)
+    and removed when the process ends, and logs a WARNING naming the cache, the temporary folder and the variable
+    to set, once per cache folder and temporary folder. A cache that ``KL_RETRIEVERS_ONNX_CACHE`` names was chosen:
+    one that cannot be written is an error, rather than an export into a temporary folder by every process. Entries
+    the cache already holds are read from it before this is asked (reading one writes nothing).
 
     Raises:
-        OSError: Neither the cache nor a temporary folder can be written (the message names both).
+        OSError: ``KL_RETRIEVERS_ONNX_CACHE`` names a folder that cannot be written (the message names the folder and
+            the variable), or neither the default cache nor a temporary folder can be written (it names both).
     """
     global _private_cache
     cache: Path | None = None
@@ -654,11 +658,17 @@ def _export_cache_dir() -> Path:
         make_dirs(cache)
         _check_writable(cache)
     except OSError as exc:  # CacheFolderError (no folder can be named) included
+        if cache is not None and os.environ.get(_ONNX_CACHE_ENV, "").strip():  # set (blank is unset): chosen
+            raise OSError(
+                f"{_ONNX_CACHE_ENV} names the ONNX cache {cache}, which cannot be written ({exc}): set it to a "
+                "writable folder, or unset it to use the default cache"
+            ) from exc
         problem = str(exc) if cache is None else f"the ONNX cache {cache} cannot be written ({exc})"
     else:
         return cache
     with _private_cache_lock:
-        if _private_cache is None or not _private_cache.is_dir():  # made anew if removed meanwhile (a tmp cleaner)
+        removed = _private_cache if _private_cache is not None and not _private_cache.is_dir() else None
+        if _private_cache is None or removed is not None:  # removed meanwhile: by a cleaner of the temporary folder
             try:
                 _private_cache = Path(tempfile.mkdtemp(prefix="kl_retrievers-onnx-"))
             except OSError as exc:
@@ -667,14 +677,15 @@ def _export_cache_dir() -> Path:
                     "writable folder"
                 ) from exc
             atexit.register(_remove_private_cache, _private_cache, os.getpid())
-        key = "" if cache is None else str(cache)
+        key = ("" if cache is None else str(cache), str(_private_cache))
         if key not in _private_cache_warned:
             _private_cache_warned.add(key)
             logger.warning(
-                "%s; exporting into the temporary folder %s instead, removed when this process ends (each process "
+                "%s; exporting into the temporary folder %s instead%s, removed when this process ends (each process "
                 "exports again): set %s to a writable folder to keep the exports",
                 problem,
                 _private_cache,
+                "" if removed is None else f" (made anew: {removed}, used before, was removed meanwhile)",
                 _ONNX_CACHE_ENV,
             )
         return _private_cache

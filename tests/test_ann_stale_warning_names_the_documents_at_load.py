@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from kl_retrievers.gaussian import Gaussians
-from kl_retrievers.store import KLStore
+from kl_retrievers.store import KLStore, StoreFormatError
 
 pytest.importorskip("faiss")
 
@@ -84,3 +84,49 @@ def test_a_rebuild_counts_its_own_documents_again(tmp_path: Path) -> None:
     (message,) = _stale(loaded, built[30:31], "d")
     assert "when the store held 8 documents, and 25 have been added or upserted since" in message
     assert "counting" not in message
+
+
+def test_a_save_keeps_the_documents_at_load_so_the_reloaded_store_warns_as_before(tmp_path: Path) -> None:
+    built = _batch(32, 0)
+    loaded = KLStore.load(_old_folder(tmp_path, keep=2))
+    assert _stale(loaded, built[:12], "b") == []
+    (expected,) = _stale(loaded, built[12:13], "c")  # the warning without a save between
+    loaded = KLStore.load(_old_folder(tmp_path / "other", keep=2))
+    loaded.save(tmp_path / "again")
+    config = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert config["index_growth"] == {"built_rows": 4, "written_rows": 0, "built_at_load": True, "rows_at_load": 2}
+    again = KLStore.load(tmp_path / "again")
+    assert _stale(again, built[:12], "b") == []
+    (message,) = _stale(again, built[12:13], "c")
+    assert message == expected
+    assert "loaded with 2 documents" in message and "loaded with 4 documents" not in message
+
+
+@pytest.mark.parametrize(
+    ("rows_at_load", "built_at_load"),
+    [(-1, True), (4, True), (2.0, True), (True, True), ("2", True), (2, False)],
+)
+def test_a_damaged_rows_at_load_is_refused_naming_the_field(
+    tmp_path: Path, rows_at_load: object, built_at_load: bool
+) -> None:
+    KLStore.load(_old_folder(tmp_path, keep=2)).save(tmp_path / "again")
+    cfg = tmp_path / "again" / "config.json"
+    config = json.loads(cfg.read_text())
+    config["index_growth"].update(rows_at_load=rows_at_load, built_at_load=built_at_load)
+    cfg.write_text(json.dumps(config))
+    with pytest.raises(StoreFormatError, match=r"field 'index_growth\.rows_at_load' must be null, or with") as err:
+        KLStore.load(tmp_path / "again")
+    assert repr(rows_at_load) in str(err.value)
+
+
+def test_a_null_rows_at_load_reads_as_none_named(tmp_path: Path) -> None:
+    KLStore.load(_old_folder(tmp_path, keep=2)).save(tmp_path / "again")
+    cfg = tmp_path / "again" / "config.json"
+    config = json.loads(cfg.read_text())
+    config["index_growth"]["rows_at_load"] = None
+    cfg.write_text(json.dumps(config))
+    again = KLStore.load(tmp_path / "again")  # counted as 4, as saved; no count at load named
+    built = _batch(32, 0)
+    assert _stale(again, built[:12], "b") == []
+    (message,) = _stale(again, built[12:13], "c")
+    assert "loaded with 4 documents" in message and "counting" not in message

@@ -158,6 +158,7 @@ def test_an_encoding_cache_array_not_matching_its_checksum_is_a_miss(tmp_path: P
 def test_an_encoders_tokenizer_text_is_parsed_once_per_text(monkeypatch: pytest.MonkeyPatch) -> None:
     import kl_retrievers.encoding_cache as ec
 
+    ec._text_digest.cache_clear()  # the digest cache lives as long as the process: a rerun starts from empty
     text = json.dumps({"model": {"vocab": {f"t{i}": i for i in range(50)}}, "marker": "f10-tokenizer"})
     parsed: list[str] = []
     real_loads = ec.json.loads

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import kl_retrievers.store.milvus as milvus_module
 from conftest import random_gaussians
 from kl_retrievers.gaussian import Gaussians, document_gaussians_from_vectors, kl_document_vectors, neg_kl_matrix
 from kl_retrievers.index import KLStore
@@ -162,10 +163,21 @@ def _wide_case(n: int, k: int = 16) -> tuple[Gaussians, Gaussians, list[str]]:
 
 @pytest.mark.parametrize("metric", ["IP", "L2"])
 def test_an_unproven_pool_is_widened_then_every_matching_row_scored(
-    tmp_path: Path, metric: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, metric: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     docs, queries, ids = _wide_case(600)
     metas = [{"even": i % 2 == 0} for i in range(600)]
+    pools: list[int] = []  # the searches refine_top_k asked for: the pool and its witness
+    real = milvus_module.refine_top_k
+
+    def spy(nq: int, k: int, n: Any, margin: int, candidates: Any, *rest: Any) -> Any:
+        def asked(qi: np.ndarray, c: int) -> Any:
+            pools.append(c)
+            return candidates(qi, c)
+
+        return real(nq, k, n, margin, asked, *rest)
+
+    monkeypatch.setattr(milvus_module, "refine_top_k", spy)
     flat = KLStore()
     flat.add(gaussians=docs, ids=ids, metadatas=metas)
     with MilvusKLStore(
@@ -181,10 +193,14 @@ def test_an_unproven_pool_is_widened_then_every_matching_row_scored(
             want = [[h.id for h in row] for row in flat.search_batch(queries, k=10, filter=flt)]
             with caplog.at_level(logging.INFO, logger="kl_retrievers.store.milvus"):
                 caplog.clear()
+                pools.clear()
                 got = store.search_batch(queries, k=10, filter=flt)
             assert [[h.id for h in row] for row in got] == want
-            if matching == 600:  # pools of 10, then 266 (refine_top_k's first wider pool): not enough for some
-                assert "scoring all 600 matching rows" in caplog.text
+            assert pools == [11, 267]  # pools of 10, then 266 (refine_top_k's first wider pool), each with its witness
+            # the next pool (2128 rows) would be above a quarter of the matching rows: the unproven queries are scanned
+            # (on these seeded data, all the L2 ones of the 300 are proven by the wider pool)
+            scanned = f"scoring all {matching} matching rows" in caplog.text
+            assert scanned == (matching == 600 or metric == "IP")
             assert all(h.text is None and h.metadata == metas[int(h.id[1:])] for row in got for h in row)
         # above exact_threshold the unproven results are kept, with a warning
         store.exact_threshold = 100

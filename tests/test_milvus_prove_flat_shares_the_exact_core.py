@@ -101,10 +101,24 @@ def test_a_filter_and_k_above_the_matching_rows(tmp_path: Path) -> None:
 
 
 def test_above_exact_threshold_the_best_rows_scored_come_back_with_a_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Hard data, a pool of ``k``: not provable, and 2000 rows match, above ``exact_threshold``: a warning, and per
+    query the best ``k`` of the rows re-scored (the first pool and the wider pools' rows the bound kept)."""
     docs, queries = _hard(nq=3)
     ids = [f"d{i:04d}" for i in range(N)]
+    rescored: list[tuple[np.ndarray, np.ndarray]] = []  # (queries, float64 scores) of every re-scoring
+    real = milvus_module.refine_top_k
+
+    def spy(nq: int, k: int, n: Any, margin: int, candidates: Any, rescore: Any, *rest: Any) -> Any:
+        def scored(qi: np.ndarray, rows: np.ndarray) -> Any:
+            scores = rescore(qi, rows)
+            rescored.append((qi.copy(), np.asarray(scores).copy()))
+            return scores
+
+        return real(nq, k, n, margin, candidates, scored, *rest)
+
+    monkeypatch.setattr(milvus_module, "refine_top_k", spy)
     with MilvusKLStore(
         uri=str(tmp_path / "kl.db"),
         index_type="flat",
@@ -115,12 +129,13 @@ def test_above_exact_threshold_the_best_rows_scored_come_back_with_a_warning(
         exact_threshold=10,
     ) as store:
         store.add(gaussians=docs, ids=ids)
-        truth, _ = _float64_truth(store, queries, ids, 64)
         with caplog.at_level(logging.WARNING, logger="kl_retrievers.store.milvus"):
             got = store.search_batch(queries, k=64)
-    assert all(len(row) == 64 for row in got)
-    unproven = "may miss documents (raise exact_threshold" in caplog.text
-    assert unproven or [[h.id for h in row] for row in got] == truth
+    assert "rows match, above exact_threshold=10: those results may miss documents" in caplog.text
+    for i, row in enumerate(got):
+        seen = np.concatenate([s[list(qi).index(i)] for qi, s in rescored if i in qi])
+        best = np.sort(np.unique(seen[np.isfinite(seen)]))[::-1][:64]
+        np.testing.assert_array_equal([h.score for h in row], best)
 
 
 def test_exact_ties_come_back_later_added_first(tmp_path: Path) -> None:
@@ -136,3 +151,82 @@ def test_exact_ties_come_back_later_added_first(tmp_path: Path) -> None:
         got = store.search(twin[:1], k=2)
     assert [h.id for h in got] == ["c", "a"]
     assert got[0].score == got[1].score
+
+
+@pytest.mark.parametrize("metric", ["IP", "L2"])
+def test_a_pool_at_max_topk_is_proven(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, metric: str
+) -> None:
+    """One Milvus search returns at most ``MAX_TOPK`` rows (here 64): a pool of ``MAX_TOPK - 1`` and its witness.
+
+    Before, the pool was ``MAX_TOPK`` rows, so the search for it and the best row left out always came back one
+    row short: no such pool was ever proven, and every query went to the fallback (here, above
+    ``exact_threshold``, a "may miss documents" warning).
+    """
+    monkeypatch.setattr(milvus_module, "MAX_TOPK", 64)
+    docs, queries = _ordinary(nq=6)
+    ids = [f"d{i:04d}" for i in range(N)]
+    limits: list[int] = []
+    with MilvusKLStore(
+        uri=str(tmp_path / "kl.db"),
+        index_type="flat",
+        metric=metric,  # type: ignore[arg-type]
+        prove_flat=True,
+        rescore_pool=10,
+        rescore_factor=10,  # k = 8: a pool of 80 rows, capped
+        exact_threshold=10,
+    ) as store:
+        store.add(gaussians=docs, ids=ids)
+        real = store._client.search
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            limits.append(kwargs["limit"])
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(store._client, "search", spy)
+        with caplog.at_level(logging.INFO, logger="kl_retrievers.store.milvus"):
+            got = store.search_batch(queries, k=8)
+        want, scores = _float64_truth(store, queries, ids, 8)
+    assert limits == [64]  # one search of the capped pool (63 rows) and its witness proved every query
+    assert "not provably enough" not in caplog.text
+    assert [[h.id for h in row] for row in got] == want
+    np.testing.assert_array_equal([[h.score for h in row] for row in got], scores)
+
+
+@pytest.mark.parametrize("matching", ["all", "40 of them"])
+def test_a_proven_first_pool_costs_one_search_no_count_and_one_rescoring(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, matching: str
+) -> None:
+    """The first pool and its witness are searched before anything is counted: a pool that proves its queries, or a
+    search that comes back short (every matching row: their number), needs no ``count(*)`` request; the first pool
+    is re-scored in float64 once, for the bound and the proof alike (before: a count per batch, two re-scorings)."""
+    docs, queries = _ordinary(nq=6)
+    ids = [f"d{i:04d}" for i in range(N)]
+    metas = [{"keep": i % 50 == 0} for i in range(N)]
+    filter = {"keep": True} if matching != "all" else None
+    counts: list[str] = []
+    rescorings: list[tuple[int, ...]] = []
+    real_rows = milvus_module.neg_kl_rows
+
+    def rows_spy(queries: Gaussians, documents: Gaussians, rows: np.ndarray) -> Any:
+        rescorings.append(rows.shape)
+        return real_rows(queries, documents, rows)
+
+    monkeypatch.setattr(milvus_module, "neg_kl_rows", rows_spy)
+    with MilvusKLStore(
+        uri=str(tmp_path / "kl.db"), index_type="flat", prove_flat=True, rescore_pool=10, rescore_factor=10
+    ) as store:
+        store.add(gaussians=docs, ids=ids, metadatas=metas)
+        real_count = store._count
+
+        def count_spy(filter: str = "") -> int:
+            counts.append(filter)
+            return real_count(filter)
+
+        monkeypatch.setattr(store, "_count", count_spy)
+        got = store.search_batch(queries, k=8, filter=filter)
+        kept = [i for i, m in zip(ids, metas, strict=True) if filter is None or m["keep"]]
+        want, _ = _float64_truth(store, queries, kept, 8)
+    assert counts == []
+    assert rescorings == [(len(queries), 80 if filter is None else 40)]
+    assert [[h.id for h in row] for row in got] == want

@@ -1,12 +1,17 @@
-"""An ONNX cache that cannot be written does not stop ``load_model(..., backend="onnx")``.
+"""A default ONNX cache that cannot be written does not stop ``load_model(..., backend="onnx")``.
 
-- A cache folder that exists but cannot be written (a read-only home or file system, one owned by another user),
-  or that cannot be created (a file along its path), or that cannot be named (no home folder): the export goes into
-  a private temporary folder of the process (``tempfile.mkdtemp``), with one WARNING naming the cache, the fallback
-  and ``KL_RETRIEVERS_ONNX_CACHE``; a second load in the process uses that export, without a second warning.
+- A default cache folder that exists but cannot be written (a read-only home or file system, one owned by another
+  user), or that cannot be created (a file along its path), or that cannot be named (no home folder): the export goes
+  into a private temporary folder of the process (``tempfile.mkdtemp``), with one WARNING naming the cache, the
+  fallback and ``KL_RETRIEVERS_ONNX_CACHE``; a second load in the process uses that export, without a second warning.
+- A folder that ``KL_RETRIEVERS_ONNX_CACHE`` names and that cannot be written is an error naming it and the variable
+  (a typo there would otherwise make every process export again); an export it holds still loads.
 - A read-only cache holding the model's export loads it, writing nothing (no lock file, no fallback).
+- A read-only cache entry that is not used (it does not load) is logged naming the temporary folder exported into,
+  not "exporting it again" (nothing is written into the cache).
 - Neither the cache nor a temporary folder writable: an error naming both and the variable.
-- The temporary folder is removed when the process ends (by the process that made it, not a forked child).
+- The temporary folder is removed when the process ends (by the process that made it, not a forked child); one a
+  cleaner removed meanwhile is made anew, with a WARNING naming the new one.
 
 Run as root, ``chmod`` does not stop writes: the write check (``kl_retrievers.onnx._check_writable``) is then
 made to refuse the folder, so the tests still run and assert.
@@ -48,6 +53,14 @@ def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     monkeypatch.setattr(onnx_module, "_private_cache", None, raising=False)
     monkeypatch.setattr(onnx_module, "_private_cache_warned", set(), raising=False)
     yield folder
+
+
+@pytest.fixture
+def default_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The default ONNX cache (``KL_RETRIEVERS_ONNX_CACHE`` unset) under ``XDG_CACHE_HOME=tmp_path/xdg``, not made."""
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", os.fspath(tmp_path / "xdg"))
+    return tmp_path / "xdg" / "kl_retrievers" / "onnx"
 
 
 @pytest.fixture
@@ -96,18 +109,17 @@ def _fallback_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "temporary folder" in r.message]
 
 
-def test_an_unwritable_cache_exports_into_a_temporary_folder_with_one_warning(
-    tmp_path: Path,
+def test_an_unwritable_default_cache_exports_into_a_temporary_folder_with_one_warning(
+    default_cache: Path,
     source: Path,
     private_tmp: Path,
     restore_modes: None,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    cache = tmp_path / "cache"
-    cache.mkdir()
+    cache = default_cache
+    cache.mkdir(parents=True)
     _read_only(cache, monkeypatch)
-    monkeypatch.setenv(ENV, os.fspath(cache))
     exports = _count_exports(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="kl_retrievers"):
         encoder = load_model(os.fspath(source), backend="onnx", quantize=None)
@@ -122,13 +134,14 @@ def test_an_unwritable_cache_exports_into_a_temporary_folder_with_one_warning(
     assert means.shape == (2, 6) and np.isfinite(means).all()
 
 
-def test_a_cache_folder_that_cannot_be_created_falls_back_too(
+def test_a_default_cache_folder_that_cannot_be_created_falls_back_too(
     tmp_path: Path, source: Path, private_tmp: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A file along the cache's path: no user, root included, can create the folder."""
     (tmp_path / "a-file").write_text("not a folder", encoding="utf-8")
-    cache = tmp_path / "a-file" / "onnx"
-    monkeypatch.setenv(ENV, os.fspath(cache))
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", os.fspath(tmp_path / "a-file"))
+    cache = tmp_path / "a-file" / "kl_retrievers" / "onnx"
     with caplog.at_level(logging.WARNING, logger="kl_retrievers"):
         encoder = load_model(os.fspath(source), backend="onnx", quantize=None)
     assert encoder.path.parent.parent == private_tmp
@@ -178,8 +191,9 @@ def test_neither_the_cache_nor_a_temporary_folder_writable_is_an_error_naming_bo
     tmp_path: Path, source: Path, private_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "a-file").write_text("not a folder", encoding="utf-8")
-    cache = tmp_path / "a-file" / "onnx"
-    monkeypatch.setenv(ENV, os.fspath(cache))
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", os.fspath(tmp_path / "a-file"))
+    cache = tmp_path / "a-file" / "kl_retrievers" / "onnx"
     monkeypatch.setattr(tempfile, "tempdir", os.fspath(tmp_path / "a-file" / "tmp"))
     with pytest.raises(OSError, match="no temporary folder can be made") as caught:
         load_model(os.fspath(source), backend="onnx", quantize=None)
@@ -201,7 +215,8 @@ def test_the_temporary_folder_is_removed_when_the_process_ends(tmp_path: Path, s
     (tmp_path / "a-file").write_text("not a folder", encoding="utf-8")
     temp = tmp_path / "tmp"
     temp.mkdir()
-    env = {**os.environ, ENV: os.fspath(tmp_path / "a-file" / "onnx"), "TMPDIR": os.fspath(temp)}
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    env.update(XDG_CACHE_HOME=os.fspath(tmp_path / "a-file"), TMPDIR=os.fspath(temp))
     done = subprocess.run(
         [sys.executable, "-c", _CHILD, os.fspath(source)], env=env, capture_output=True, text=True, timeout=300
     )
@@ -220,13 +235,96 @@ def test_a_forked_child_does_not_remove_its_parents_temporary_folder(tmp_path: P
     assert not folder.exists()
 
 
-def test_a_temporary_folder_removed_meanwhile_is_made_anew(
-    tmp_path: Path, source: Path, private_tmp: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_temporary_folder_removed_meanwhile_is_made_anew_with_a_warning_naming_it(
+    tmp_path: Path, source: Path, private_tmp: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A cleaner of the temporary folder (systemd-tmpfiles, tmpreaper) removed it while the process ran."""
+    """A cleaner of the temporary folder (systemd-tmpfiles, tmpreaper) removed it while the process ran: the warning
+    that named it would otherwise be the last word on where the exports go."""
     (tmp_path / "a-file").write_text("not a folder", encoding="utf-8")
-    monkeypatch.setenv(ENV, os.fspath(tmp_path / "a-file" / "onnx"))
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", os.fspath(tmp_path / "a-file"))
     first = load_model(os.fspath(source), backend="onnx", quantize=None).path.parent
     shutil.rmtree(first)
-    again = load_model(os.fspath(source), backend="onnx", quantize=None).path.parent
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers"):
+        again = load_model(os.fspath(source), backend="onnx", quantize=None).path.parent
     assert again != first and again.parent == private_tmp and again.is_dir()
+    (warning,) = _fallback_warnings(caplog)
+    assert f"the temporary folder {again} instead" in warning and str(first) in warning and ENV in warning, warning
+
+
+def test_an_unwritable_folder_the_variable_names_is_an_error_naming_both(
+    tmp_path: Path,
+    source: Path,
+    private_tmp: Path,
+    restore_modes: None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Set explicitly, the variable is the user's choice: a typo or a read-only folder there fails early, rather than
+    making every process export into a temporary folder of its own."""
+    (tmp_path / "a-file").write_text("not a folder", encoding="utf-8")
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    _read_only(read_only, monkeypatch)
+    exports = _count_exports(monkeypatch)
+    for cache in (tmp_path / "a-file" / "onnx", read_only):
+        monkeypatch.setenv(ENV, os.fspath(cache))
+        with pytest.raises(OSError, match=f"{ENV} names the ONNX cache") as caught:
+            load_model(os.fspath(source), backend="onnx", quantize=None)
+        message = str(caught.value)
+        assert str(cache) in message and "set it to a writable folder, or unset it" in message, message
+    assert exports == [] and list(private_tmp.iterdir()) == []
+
+
+def _stale_read_only_entry(cache: Path, source: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The model's entry in ``cache``, exported there, then edited (its graph no longer the recorded one: it does
+    not load) and made read-only with the cache."""
+    entry = load_model(os.fspath(source), backend="onnx", quantize=None).path
+    with (entry / "model.onnx").open("ab") as graph:
+        graph.write(b"edited")
+    _read_only(cache, monkeypatch)
+    return entry
+
+
+def test_an_unused_entry_of_a_read_only_cache_is_logged_naming_the_folder_exported_into(
+    default_cache: Path,
+    source: Path,
+    private_tmp: Path,
+    restore_modes: None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Not "exporting it again": the cache cannot be written, so the entry stays as it is and the export goes to the
+    temporary folder; a second load uses that export, and says so."""
+    entry = _stale_read_only_entry(default_cache, source, monkeypatch)
+    exports = _count_exports(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers"):
+        encoder = load_model(os.fspath(source), backend="onnx", quantize=None)
+        again = load_model(os.fspath(source), backend="onnx", quantize=None)
+    assert encoder.path.parent.parent == private_tmp and encoder.path.name == entry.name
+    assert again.path == encoder.path and exports == [os.fspath(encoder.path)]
+    stale = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and str(entry) in r.getMessage()]
+    assert len(stale) == 2, stale
+    assert "does not load" in stale[0] and stale[0].endswith(f"exporting {source} into {encoder.path}"), stale[0]
+    assert stale[1].endswith(f"using this process's export {encoder.path}"), stale[1]
+    assert not [m for m in stale if "again" in m], stale
+
+
+def test_an_unused_entry_of_an_unwritable_cache_the_variable_names_is_logged_before_the_error(
+    tmp_path: Path,
+    source: Path,
+    private_tmp: Path,
+    restore_modes: None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The error alone would leave open why the export it holds was not used."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(ENV, os.fspath(cache))
+    entry = _stale_read_only_entry(cache, source, monkeypatch)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers"), pytest.raises(OSError, match=ENV):
+        load_model(os.fspath(source), backend="onnx", quantize=None)
+    (stale,) = [r.getMessage() for r in caplog.records if r.name.startswith("kl_retrievers")]
+    assert stale.startswith(f"the cached ONNX export {entry} does not load") and stale.endswith("not using it"), stale

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+import kl_retrievers.store._format as format_module
 from kl_retrievers._io import library_version
 from kl_retrievers.gaussian import Gaussians
 from kl_retrievers.index import KLStore, StoreFormatError
 
 
-def _saved_with(tmp_path: Path, writer: str | None) -> Path:
+def _saved_with(tmp_path: Path, writer: Any) -> Path:
     """A saved flat store whose config.json holds an unknown ``index_params`` key and records ``writer``."""
     rng = np.random.default_rng(0)
     store = KLStore()
@@ -40,10 +42,13 @@ def _refusal(folder: Path) -> str:
     return str(info.value).split("config.json: ", 1)[1]  # the folder's name holds the test's name
 
 
-@pytest.mark.parametrize("writer", [library_version(), "0.0.1"])
-def test_a_writer_not_newer_than_this_release_means_an_edited_or_damaged_file(tmp_path: Path, writer: str) -> None:
+@pytest.mark.parametrize("writer", ["0.3.0", "0.3", "0.0.1", "0.3.0.dev2"])
+def test_a_writer_not_newer_than_this_release_means_an_edited_or_damaged_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: str
+) -> None:
+    monkeypatch.setattr(format_module, "library_version", lambda: "0.3.0")  # a release
     message = _refusal(_saved_with(tmp_path, writer))
-    assert f"written by kl-retrievers {writer}, not a later version than this one ({library_version()})" in message
+    assert f"written by kl-retrievers {writer}, not a later version than this one (0.3.0)" in message
     assert "the file was edited or is damaged" in message
     assert "upgrade" not in message and "newer" not in message
 
@@ -58,3 +63,31 @@ def test_a_newer_writer_asks_for_an_upgrade(tmp_path: Path) -> None:
 def test_an_unknown_writer_names_both_causes(tmp_path: Path, writer: str | None) -> None:
     message = _refusal(_saved_with(tmp_path, writer))
     assert "a newer release's store, or an edited or damaged config.json" in message
+
+
+@pytest.mark.parametrize(
+    ("ours", "writer"), [("0.2.0.dev0", "0.2.0.dev0"), ("0.3.0", "0.3.0+local"), ("0.3.0+local", "0.3.0")]
+)
+def test_this_very_version_as_a_development_or_local_build_names_both_causes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ours: str, writer: str
+) -> None:
+    """A later checkout of a development or local build may write a key that this one does not know."""
+    monkeypatch.setattr(format_module, "library_version", lambda: ours)
+    message = _refusal(_saved_with(tmp_path, writer))
+    assert f"written by kl-retrievers {writer}, this is {ours}" in message
+    assert "a newer release's store, or an edited or damaged config.json" in message
+
+
+@pytest.mark.parametrize(("writer", "shown"), [(5, "5"), (None, "None"), (["0.1"], "['0.1']")])
+def test_a_writer_of_another_type_is_shown_as_it_is(tmp_path: Path, writer: Any, shown: str) -> None:
+    folder = _saved_with(tmp_path, "x")
+    config = json.loads((folder / "config.json").read_text())
+    config["library_version"] = writer
+    (folder / "config.json").write_text(json.dumps(config))
+    message = _refusal(folder)
+    assert f"written by kl-retrievers {shown}, this is {library_version()}" in message
+    assert "a newer release's store, or an edited or damaged config.json" in message
+
+
+def test_no_recorded_writer_is_unknown(tmp_path: Path) -> None:
+    assert "written by kl-retrievers unknown, this is" in _refusal(_saved_with(tmp_path, None))

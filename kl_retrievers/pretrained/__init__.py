@@ -407,8 +407,9 @@ def load_model(
             model's own folder does). With ``"onnx"``, a folder that holds ``model.onnx`` (or ``onnx-int8/``)
             and a bundled model that ships its graph load as they are; any other model is exported on
             first use (torch needed) into :func:`onnx_cache_dir`, keyed by name, library version,
-            quantisation and weights (a cache that cannot be written is read, and the export made into a
-            temporary folder of the process instead, with a warning). Typed :data:`Backend`: type checkers
+            quantisation and weights (a cache that cannot be written is read; the export is then made into
+            a temporary folder of the process instead, with a warning, or, where ``KL_RETRIEVERS_ONNX_CACHE``
+            names the cache, refused with an ``OSError`` naming it). Typed :data:`Backend`: type checkers
             read the class returned from a literal ``"torch"`` or ``"onnx"`` (overloads), either from
             ``None`` or a :data:`Backend` variable, and refuse a typo or a plain ``str`` (an unchecked
             value: ``if value in BACKENDS`` narrows it).
@@ -433,6 +434,9 @@ def load_model(
         ModuleNotFoundError: The torch backend, or an ONNX export made here, without torch installed
             (the message names the extra, ``pip install "kl-retrievers[torch]"``; for a saved folder or hub
             id, also the ``python -m kl_retrievers.onnx_cli export`` command to run where torch is installed).
+        OSError: An ONNX export made here with nowhere to write it: ``KL_RETRIEVERS_ONNX_CACHE`` names a folder
+            that cannot be written, or neither the default cache nor a temporary folder can be (the message names
+            them).
         kl_retrievers.NotAnEncoderError: A folder that is neither an ONNX export nor a saved encoder (with
             ``backend="onnx"`` this is checked first, so the message names the folder even without torch).
         kl_retrievers.onnx.OnnxModelError: An ONNX folder whose graph does not match its config.
@@ -636,6 +640,10 @@ def onnx_cache_dir() -> Path:
 
     ``$XDG_CACHE_HOME`` replaces ``~/.cache`` when set.
 
+    Raises:
+        OSError: No folder can be named (the variables and ``HOME`` unset, and no home folder for the user id);
+            :func:`load_model` then exports into a temporary folder of the process instead.
+
     Examples:
         >>> onnx_cache_dir().name  # doctest: +SKIP
         'onnx'
@@ -791,8 +799,9 @@ def _load_onnx_once(
     :func:`kl_retrievers.onnx._export_lock`) from its second look at the entry to the export's end: of several
     processes loading one model into an empty cache at once, one loads the torch encoder and exports it, and the
     others wait, then use its export (a cache hit takes no lock). Where the cache cannot be written (or named), its
-    entries are still read, and the export goes into this process's private temporary folder
-    (:func:`kl_retrievers.onnx._export_cache_dir`, which warns once).
+    entries are still read, and the export goes into this process's private temporary folder, with a warning; or,
+    for a cache ``KL_RETRIEVERS_ONNX_CACHE`` names, stops with an error (:func:`kl_retrievers.onnx._export_cache_dir`).
+    An entry looked at and not used is logged at WARNING with what the load uses or exports into instead.
     """
     from kl_retrievers._io import folder_identity, library_version
     from kl_retrievers.onnx import (
@@ -861,7 +870,10 @@ def _load_onnx_once(
     cache = None if cache_dir is None else cache_dir / key
     # before its first look: an export swapped in since is looked at again, locked
     seen = None if cache is None else folder_identity(cache)
-    hit = None if cache is None else _cached_export(cache, source, digest, display=display, options=options)
+    entry = cache  # the cache's entry: one there that is not used (stale) is logged below, naming what is instead
+    hit, stale = (
+        (None, None) if cache is None else _cached_export(cache, source, digest, display=display, options=options)
+    )
     if hit is not None:
         return hit
     legacy = None if cache_dir is None else _legacy_cache_entry(cache_dir, prefix, source, recipe, skip=key)
@@ -872,6 +884,7 @@ def _load_onnx_once(
             logger.info("not using the ONNX cache entry %s under its earlier name: it does not load (%s)", legacy, exc)
         else:
             if _recorded_source_sha256(cached) == digest:
+                _not_used(stale, f"using the export under its earlier name {legacy}")
                 logger.debug("using the ONNX export of %s cached under its earlier name %s", display, legacy)
                 return _with_source_weights(cached, source)
             logger.info("not using the ONNX cache entry %s under its earlier name: not an export of %s", legacy, source)
@@ -897,24 +910,32 @@ def _load_onnx_once(
         )
     require_torch(f"{display} ships no {what}ONNX graph: exporting one on first use")
 
-    export_dir = _export_cache_dir()  # the cache, or where it cannot be written a temporary folder (one WARNING)
+    try:
+        export_dir = _export_cache_dir()  # the cache, or where it cannot be written a temporary folder (a WARNING)
+    except OSError:  # nowhere to export into (the message says why)
+        _not_used(stale, "not using it")
+        raise
     if export_dir != cache_dir:  # this process's own folder: an export it made there earlier is used
         cache = export_dir / key
         seen = folder_identity(cache)
-        hit = _cached_export(cache, source, digest, display=display, options=options)
+        hit, unused = _cached_export(cache, source, digest, display=display, options=options)
         if hit is not None:
+            _not_used(stale, f"using this process's export {cache}")
             return hit
+        _not_used(unused, f"exporting {display} into it again")
     assert cache is not None
+    _not_used(stale, f"exporting {display} into it again" if cache == entry else f"exporting {display} into {cache}")
     # One process at a time checks the entry, loads the torch encoder and exports into it (several processes loading
     # a model for the first time): one that waited, or whose first look came before another's export was swapped in,
     # looks again and uses that export, without loading the torch encoder.
     with _export_lock(cache) as waited:
         if folder_identity(cache) != seen:
-            hit = _cached_export(cache, source, digest, display=display, options=options)
+            hit, unused = _cached_export(cache, source, digest, display=display, options=options)
             if hit is not None:
                 when = "while this one waited" if waited else "meanwhile"
                 logger.info("another process exported %s to ONNX into %s %s; using its export", display, cache, when)
                 return hit
+            _not_used(unused, f"exporting {display} into it again")
         from kl_retrievers.encoder import GaussianEncoder
 
         logger.info("exporting %s to ONNX (%s) into %s; later loads reuse it", display, quantize or "float32", cache)
@@ -941,42 +962,40 @@ def _load_onnx_once(
 
 def _cached_export(
     cache: Path, source: Path, digest: str, *, display: str, options: Mapping[str, Any]
-) -> OnnxGaussianEncoder | None:
+) -> tuple[OnnxGaussianEncoder | None, str | None]:
     """The ONNX cache entry ``cache`` loaded, when it is an export of ``source`` (whose digest is ``digest``).
 
-    ``None`` (logged at WARNING, except for a missing entry) when it is missing, a symbolic link (never read
-    through: the export replaces the link, not what it points to), does not load, or is another files' export.
+    ``(None, why)`` when it is a symbolic link (never read through: the export replaces the link, not what it points
+    to), does not load, or is another files' export: the caller logs ``why`` (:func:`_not_used`) with what it uses or
+    exports into instead (the entry itself, or a temporary folder where the cache cannot be written). ``(None, None)``
+    when it is missing.
     """
     from kl_retrievers.onnx import OnnxGaussianEncoder, OnnxModelError
 
     if cache.is_symlink():
-        logger.warning(
-            "the ONNX cache entry %s is a symbolic link, not an export of this cache; exporting again", cache
-        )
-        return None
+        return None, f"the ONNX cache entry {cache} is a symbolic link, not an export of this cache"
     if not _is_onnx_export(cache):
-        return None
+        return None, None
     try:
         cached = OnnxGaussianEncoder(cache, name_or_path=display, **options)
     except (OnnxModelError, FileNotFoundError) as exc:  # FileNotFoundError: removed since it was found
-        logger.warning("the cached ONNX export %s does not load (%s); exporting it again", cache, exc)
-        return None
+        return None, f"the cached ONNX export {cache} does not load ({exc})"
     recorded = _recorded_source_sha256(cached)
     if recorded == digest:
-        return _with_source_weights(cached, source)
+        return _with_source_weights(cached, source), None
     # The entry's name hashes these very files, so the model did not change: the folder there is an export of other
     # files (another model's export copied or planted there). Our own cache: replaced by a new export.
-    logger.warning(
-        "the ONNX cache entry %s is not an export of %s: its config.json says it was exported from files with "
-        "SHA-256 %s, and %s gives %s; exporting %s into it again",
-        cache,
-        display,
-        recorded,
-        source,
-        digest,
-        display,
+    return None, (
+        f"the ONNX cache entry {cache} is not an export of {display}: its config.json says it was exported from files "
+        f"with SHA-256 {recorded}, and {source} gives {digest}"
     )
-    return None
+
+
+def _not_used(why: str | None, instead: str) -> None:
+    """Log at WARNING why an ONNX cache entry is not used (:func:`_cached_export`; ``None``: nothing to log) and
+    what the load does ``instead``."""
+    if why is not None:
+        logger.warning("%s; %s", why, instead)
 
 
 def _cache_digest(source_digest: str, recipe: str) -> str:

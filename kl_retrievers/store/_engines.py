@@ -46,6 +46,7 @@ from kl_retrievers.gaussian import (
     CENTRE_GAIN,
     FLOAT32_UNIT_ROUNDOFF,
     Gaussians,
+    _reduction_extra,
     centre_document_vectors,
     exact_top_k,
     float32_score_bound,
@@ -112,6 +113,9 @@ _NO_ROWS = np.zeros(0, dtype=np.int64)
 #: ``(rows, norms)``: the ``_FAR_ROWS + 1`` largest norms of an index's rows (:func:`_largest_norms`).
 _TopNorms = tuple[np.ndarray, np.ndarray]
 _NO_TOP: _TopNorms = (_NO_ROWS, np.zeros(0))
+#: A rebuild's live rows as its norm pass leaves them where its sample is every live row
+#: (:meth:`ApproxEngine._norm_pass`): their float32 reduced vectors, and the norms of their centred, shifted ``d~``.
+_Reduced = tuple[np.ndarray, np.ndarray]
 
 
 class _Kept(NamedTuple):
@@ -1338,6 +1342,7 @@ class ApproxEngine(FaissEngine):
         self._top_norms: _TopNorms = _NO_TOP
         self._far = _NO_ROWS
         self._load_rows = 0  # rows read so far by load
+        self._build_rows: _Reduced | None = None  # during a rebuild's add: the rows its norm pass kept (_norm_pass)
 
     @property
     def norm_bound(self) -> float | None:
@@ -1369,7 +1374,8 @@ class ApproxEngine(FaissEngine):
     def config(self) -> dict[str, Any]:
         """The base numbers, ``index_offset``, ``index_centre`` and ``index_growth``: the counts
         :meth:`stale_training` compares (live documents at the last build, rows written since, and whether the
-        former were counted at a load), so that a loaded store warns where the saved one would have."""
+        former were counted at a load, with the documents at that load where fewer), so that a loaded store warns
+        where, and as, the saved one would have."""
         centre = None if self.centre is None else [float(x) for x in self.centre]
         growth = None
         if self.index is not None:
@@ -1378,6 +1384,8 @@ class ApproxEngine(FaissEngine):
                 "written_rows": self._written_rows,
                 "built_at_load": self._built_at_load,
             }
+            if self._rows_at_load is not None:  # only then: the counts stay as before where none is named
+                growth["rows_at_load"] = self._rows_at_load
         # 0 / None until built
         return {**super().config(), "index_offset": self.offset, "index_centre": centre, "index_growth": growth}
 
@@ -1461,7 +1469,7 @@ class ApproxEngine(FaissEngine):
             )
         else:  # more than the live rows is fine: documents deleted since the build
             self._built_rows, self._written_rows = growth["built_rows"], growth["written_rows"]
-            self._built_at_load = growth["built_at_load"]
+            self._built_at_load, self._rows_at_load = growth["built_at_load"], growth["rows_at_load"]
         # warned already where the saved counts are past the factor (every write of the saved store asked)
         self._warned_stale = self._built_rows + self._written_rows > STALE_GROWTH * self._built_rows
         held = _index_structure(index)["refine"]
@@ -1745,6 +1753,8 @@ class ApproxEngine(FaissEngine):
 
         For HNSW, identical live documents among them are counted (:meth:`HnswCopies.track
         <kl_retrievers.store._hnsw_copies.HnswCopies.track>`; without ``live``, the table says which rows are live).
+        A rebuild's rows whose reduced vectors and norms its norm pass kept (:attr:`_build_rows`) are read from
+        there; other rows' are built here.
 
         Returns:
             The largest norm of their centred, shifted ``d~`` (``0`` for none).
@@ -1752,18 +1762,24 @@ class ApproxEngine(FaissEngine):
         assert self._norm_bound is not None
         table, top = self.table, 0.0
         rows = np.arange(table.n_rows) if live is None else live
+        reduced = None if live is None else self._build_rows
         hnsw = self.settings.index_type == "hnsw"
         hashes = []
         largest, b = _NO_TOP, 0  # entry b + j is the j-th row of a block (a row number once compacted)
         for sel in self._live_blocks(rows):
-            shifted = self._shifted(self._centred(table.doc_vectors(sel)))  # as _reduced, keeping the norms
-            norms = _row_norms(shifted)
+            if reduced is None:
+                shifted = self._shifted(self._centred(table.doc_vectors(sel)))  # as _reduced, keeping the norms
+                norms = _row_norms(shifted)
+                vectors = reduce_document_vectors(shifted, 0.0, self._norm_bound, width=self.width)
+                del shifted
+            else:  # the blocks of _live_blocks, which the norm pass read too
+                vectors, norms = reduced[0][b : b + _BUILD_BLOCK], reduced[1][b : b + _BUILD_BLOCK]
             top = max(top, float(norms.max()))
             largest = _largest_norms(largest, b + np.arange(norms.size), norms)
             b += norms.size
             if hnsw:
                 hashes.append(gaussian_hashes(table.mean[sel], table.var[sel]))
-            index.add(reduce_document_vectors(shifted, 0.0, self._norm_bound, width=self.width))
+            index.add(vectors)
         if hnsw:
             self._copies.track(index, np.concatenate(hashes) if hashes else NO_HASHES, live)
         self._set_top_norms(largest)
@@ -1823,6 +1839,42 @@ class ApproxEngine(FaissEngine):
             out[s:e] = self._reduced(self.table.doc_vectors(rows[s:e]))
         return out
 
+    def _norm_pass(self, live: np.ndarray, keep: bool) -> tuple[float, int, _Reduced | None]:
+        """The largest norm of the live rows' centred, shifted ``d~`` (:meth:`_norms`), its position in ``live``,
+        and with ``keep`` the rows' reduced vectors and norms (``None`` without).
+
+        ``keep`` is for a build whose sample is every live row (at most 65,536): each block's float64 ``d~``,
+        built here once, also gives the rows' float32 reduced vectors (:meth:`_reduced`: the same values), whose
+        last coordinate is filled in once ``M`` is known (from each row's squared norm, kept meanwhile). The
+        training and :meth:`_add_all` then read them, instead of building every row's ``d~`` twice more. They
+        take 4 bytes per coordinate, as the training sample they stand for; float64 only within a block.
+        """
+        table = self.table
+        width = 2 * table.mean.shape[1] + 1
+        vectors = np.zeros((live.size if keep else 0, self.width), dtype=np.float32)
+        sq_norms = np.empty(live.size if keep else 0)
+        max_norm, top_row, b = 0.0, 0, 0
+        for sel in self._live_blocks(live):
+            shifted = self._shifted(self._centred(table.doc_vectors(sel)))
+            sq = np.einsum("ij,ij->i", shifted, shifted)
+            norms = np.sqrt(sq)  # _row_norms, keeping the squares
+            j = int(np.argmax(norms))
+            if norms[j] > max_norm:
+                max_norm, top_row = float(norms[j]), b + j
+            if keep:
+                vectors[b : b + norms.size, :width] = shifted
+                sq_norms[b : b + norms.size] = sq
+            b += norms.size
+        return max_norm, top_row, ((vectors, sq_norms) if keep else None)
+
+    def _complete(self, kept: _Reduced) -> _Reduced:
+        """:meth:`_norm_pass`'s kept rows (vectors, squared norms) once ``M`` is set: their reduced vectors, each
+        with its last coordinate ``sqrt(M^2 - ||d^||^2)`` (as :func:`reduce_document_vectors` gives it), and norms."""
+        assert self._norm_bound is not None
+        vectors, sq_norms = kept
+        vectors[:, 2 * self.table.mean.shape[1] + 1] = _reduction_extra(sq_norms, self._norm_bound)
+        return vectors, np.sqrt(sq_norms)
+
     def rebuild(self, forced: bool = False, *, warn_switch: bool = True) -> None:
         """(Re)build the index over every live row, then compact the table's tombstones; callers hold the write lock.
 
@@ -1867,13 +1919,7 @@ class ApproxEngine(FaissEngine):
             # centring all of d~ (not the means) cut IVF recall on real SciFact Gaussians (0.88 -> 0.55, nprobe 32).
             self.offset = float((plain if self.centre is None else centred)[0].mean())
             del plain, centred
-            max_norm, top_row, b = 0.0, 0, 0
-            for sel in self._live_blocks(live):
-                norms = self._norms(table.doc_vectors(sel))
-                j = int(np.argmax(norms))
-                if norms[j] > max_norm:
-                    max_norm, top_row = float(norms[j]), b + j
-                b += norms.size
+            max_norm, top_row, kept = self._norm_pass(live, keep=n_train == n)  # n_train == n: the sample is live
             self._norm_bound = s.norm_headroom * max(max_norm, 1e-12)
             kmeans = s.index_type == "ivf" or s.compression == "pq"
             if kmeans and not self._norm_bound <= MAX_NORM_BOUND:  # before FAISS sees a vector (NaN included)
@@ -1886,6 +1932,8 @@ class ApproxEngine(FaissEngine):
                     "(tiny variances, or a mean far from the others for its variances); delete or re-encode it, or use "
                     'index_type="flat" (exact) or "hnsw" without PQ'
                 )
+            reduced = None if kept is None else self._complete(kept)
+            del kept
             held = self.refine_codes()
             if held != s.refine:  # float16 copies would overflow (refine_codes): float32 ones
                 index = self._new_index(fp32_refine=True)
@@ -1900,7 +1948,7 @@ class ApproxEngine(FaissEngine):
                         s.pq_nbits,
                         n_train,
                     )
-                index.train(self._training_vectors(sample))
+                index.train(self._training_vectors(sample) if reduced is None else reduced[0])
             del sample
             if s.index_type == "hnsw":
                 logger.info(
@@ -1910,7 +1958,12 @@ class ApproxEngine(FaissEngine):
                     s.ef_construction,
                     n,
                 )
-            self._add_all(index, live)
+            self._build_rows = reduced
+            del reduced
+            try:
+                self._add_all(index, live)
+            finally:
+                self._build_rows = None
         except BaseException:
             self.centre, self.offset, self._norm_bound = before
             self._copies.restore(tracked)

@@ -35,7 +35,9 @@ The numbers the search engine needs to rebuild a query's vector for the saved in
   and the bound ``M`` of the MIPS -> L2 reduction (approximate stores).
 * ``index_growth`` (approximate stores whose index is built): ``built_rows``, the live documents at the index's
   last build, ``written_rows``, those added or upserted since, and ``built_at_load`` (``built_rows`` was counted
-  at a load of a folder saved before this field), which the stale-index warning compares
+  at a load of a folder saved before this field) with ``rows_at_load``, the live documents at that load where
+  they were fewer than ``built_rows`` counts (absent otherwise, and in a store saved before it), which the
+  stale-index warning compares and names
   (:meth:`~kl_retrievers.store._engines.ApproxEngine.stale_training`). ``built_rows`` may exceed the documents the
   store holds (deleted since the build), but not fall below the fewest a build trains the index on (``nlist`` for
   IVF, ``2^pq_nbits`` for PQ, the larger for both, 1 otherwise): such a value is refused at load, naming the
@@ -284,17 +286,23 @@ def _writer_hint(config: dict[str, Any]) -> str:
     """Who could have written a field this release does not know, from the store's recorded ``library_version``.
 
     A newer release may write it (upgrade); a release not newer than this one never does (the file was edited or is
-    damaged); a writer version that is absent or not comparable could be either.
+    damaged); a writer version that is absent or not comparable could be either, and so could this very version
+    where either is a development or local build (a later checkout of it may write the key).
 
     Examples:
-        >>> _writer_hint({"library_version": library_version()})  # doctest: +ELLIPSIS
-        'the store was written by kl-retrievers ..., not a later version than this one ...: the file was edited...'
+        >>> _writer_hint({"library_version": "0.0.1"})  # doctest: +ELLIPSIS
+        'the store was written by kl-retrievers 0.0.1, not a later version than this one ...: the file was edited...'
+        >>> _writer_hint({"library_version": 5})  # doctest: +ELLIPSIS
+        "the store was written by kl-retrievers 5, this is ... (a newer release's store, or an edited or damaged..."
     """
     writer, ours = config.get("library_version"), library_version()
     writer_key = _version_key(writer) if isinstance(writer, str) else None
     our_key = _version_key(ours)
-    said = f"the store was written by kl-retrievers {writer if isinstance(writer, str) else 'unknown'}"
-    if writer_key is None or our_key is None:
+    other = repr(writer) if "library_version" in config else "unknown"  # a value of another type, as it is
+    said = f"the store was written by kl-retrievers {writer if isinstance(writer, str) else other}"
+    builds = (ours, writer) if isinstance(writer, str) else (ours,)
+    a_build = writer_key == our_key and any("dev" in v.lower() or "+" in v for v in builds)
+    if writer_key is None or our_key is None or a_build:
         return f"{said}, this is {ours} (a newer release's store, or an edited or damaged config.json)"
     if writer_key > our_key:
         return f"{said}, this is {ours} (a newer release's store? upgrade kl-retrievers)"
@@ -404,16 +412,17 @@ def _check_fields(config: dict[str, Any], cfg_path: Path) -> None:
 def _check_growth(config: dict[str, Any], cfg_path: Path) -> None:
     """Check ``index_growth`` (null where absent: a store saved before it, a flat store, an index not built).
 
-    Only its shape: a store whose index is not built (or a flat one) does not read it, and the fields that say so
-    are checked, with their own messages, where they are read (``built_rows``'s least value, which the settings
-    set, too: :meth:`~kl_retrievers.store._engines.ApproxEngine.attach`).
+    Its shape, and ``rows_at_load`` (absent / null: none; read as null) against the others: a store whose index
+    is not built (or a flat one) does not read it, and the fields that say so are checked, with their own
+    messages, where they are read (``built_rows``'s least value, which the settings set, too:
+    :meth:`~kl_retrievers.store._engines.ApproxEngine.attach`).
     """
     growth = config.setdefault("index_growth", None)
     if growth is None:
         return
     if not (
         isinstance(growth, dict)
-        and set(growth) == {"built_rows", "written_rows", "built_at_load"}
+        and set(growth) - {"rows_at_load"} == {"built_rows", "written_rows", "built_at_load"}
         and all(_is_int(growth[key]) and growth[key] >= 0 for key in ("built_rows", "written_rows"))
         and isinstance(growth["built_at_load"], bool)
     ):
@@ -421,7 +430,17 @@ def _check_growth(config: dict[str, Any], cfg_path: Path) -> None:
             config,
             cfg_path,
             "index_growth",
-            "null or an object of non-negative integers 'built_rows' and 'written_rows' and a boolean 'built_at_load'",
+            "null or an object of non-negative integers 'built_rows' and 'written_rows', a boolean 'built_at_load' "
+            "and an optional 'rows_at_load'",
+        )
+    at_load = growth.setdefault("rows_at_load", None)  # absent in stores saved before it
+    if at_load is not None and not (
+        growth["built_at_load"] and _is_int(at_load) and 0 <= at_load < growth["built_rows"]
+    ):
+        raise StoreFormatError(
+            f"{cfg_path}: field 'index_growth.rows_at_load' must be null, or with 'built_at_load' true a non-negative "
+            f"integer below 'built_rows' ({growth['built_rows']!r}); got {at_load!r} (with 'built_at_load' "
+            f"{growth['built_at_load']!r})"
         )
 
 
@@ -1370,20 +1389,26 @@ def _write_npy(path: Path, array: np.ndarray) -> dict[str, Any]:
     return _written(path, lambda out: np.save(out, np.ascontiguousarray(array), allow_pickle=False))
 
 
+#: Bytes of documents.jsonl gathered before one write (and hash): few writes, and little memory however long the lines.
+_JSONL_BLOCK_BYTES = 1 << 20
+
+
 def _write_jsonl(
     path: Path, ids: list[str], texts: list[str | None], metadatas: list[dict[str, Any]]
 ) -> dict[str, Any]:
     def write(out: HashingWriter) -> None:
-        lines: list[str] = []
+        block: list[bytes] = []  # each line encoded at once: a block holds about 1 MiB, whatever the lines' length
+        size = 0
         for doc_id, text, meta in zip(ids, texts, metadatas, strict=True):
-            lines.append(
-                json.dumps({"id": doc_id, "text": text, "metadata": meta}, ensure_ascii=False, allow_nan=False)
-            )
-            if len(lines) == 4096:  # written (and hashed) in blocks, not a line at a time
-                out.write(("\n".join(lines) + "\n").encode("utf-8"))
-                lines.clear()
-        if lines:
-            out.write(("\n".join(lines) + "\n").encode("utf-8"))
+            line = json.dumps({"id": doc_id, "text": text, "metadata": meta}, ensure_ascii=False, allow_nan=False)
+            block.append((line + "\n").encode("utf-8"))
+            size += len(block[-1])
+            if size >= _JSONL_BLOCK_BYTES:  # written (and hashed) in blocks, not a line at a time
+                out.write(b"".join(block))
+                block.clear()
+                size = 0
+        if block:
+            out.write(b"".join(block))
 
     return _written(path, write)
 

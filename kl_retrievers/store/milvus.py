@@ -2706,24 +2706,46 @@ class MilvusKLStore(GaussianStore):
         """The exact top ``k`` of a flat search (``prove_flat``): :func:`~kl_retrievers.gaussian.refine_top_k`
         over Milvus' float32 candidates, re-scored in float64 from the stored rows.
 
-        The candidates of ``c`` rows are a flat search of that many (at most :data:`MAX_TOPK`: a wider pool comes back
-        short and sends its query to the scan), read as ``-KL`` less the query constant (inner product: the score; L2:
-        ``(2 M^2 - dist) |q~| / (2 M)``, plus the offset ``o`` in the shift). Their error bound is
-        :func:`_flat_error_bound` at the ``k``-th float64 score of the first pool, which every later ``k``-th score
-        is at least, so it holds for every row that can enter the top ``k``. A query the pools cannot prove scores
-        every matching row in float64 when at most ``max(k, exact_threshold)`` match; above that, a warning and the
-        best rows re-scored. Exact ties are broken among every row re-scored (the proof is strict: all the rows tied
-        with the ``k``-th are among them) by the stored insertion order, as :meth:`_top` breaks them.
+        The candidates of ``c`` rows are a flat search of that many; a pool holds at most ``MAX_TOPK - 1`` rows (one
+        search returns at most :data:`MAX_TOPK`: the pool and the best row left out), and a query that such a pool
+        does not prove goes to the fallback below. The candidates are read as ``-KL`` less the query constant
+        (inner product: the score; L2: ``(2 M^2 - dist) |q~| / (2 M)``, plus the offset ``o`` in the shift).
+        Their error bound is :func:`_flat_error_bound` at the ``k``-th float64 score of the first pool, which every
+        later ``k``-th score is at least, so it holds for every row that can enter the top ``k``. A query the pools
+        cannot prove scores every matching row in float64 when at most ``max(k, exact_threshold)`` match; above
+        that, a warning and the best rows re-scored. Exact ties are broken among every row re-scored (the proof is
+        strict: all the rows tied with the ``k``-th are among them) by the stored insertion order, as :meth:`_top`
+        breaks them. The matching rows are counted (a request) only where a wider pool or the fallback needs their
+        number: a first search that comes back short has returned all of them.
 
         Returns:
             Per query, its rows (each ``{"id", "vector"(, "added")}``, one stored version) and ``(order, scores)``
             as :meth:`_top` gives them.
         """
         nq = len(q64)
-        count = self._count(filter)
-        kk = min(k, count)
-        if not nq or not kk:
+        if not nq:
+            return [], []
+        # the first pool: at most MAX_TOPK - 1 rows, so that one search returns it and the best row left out (the
+        # witness); wider pools are capped likewise (max_pool)
+        first = max(k, min(pool, MAX_TOPK - 1))
+        limit = min(first + 1, MAX_TOPK)
+        first_hits = search(data, self._fields("vector"), limit)
+        hits: list[list[dict[str, Any]]] | None = first_hits  # candidates' first search, done
+        counted: list[int] = []  # the matching rows, counted only where needed (one more request)
+        if min(len(row) for row in first_hits) < limit:  # every matching row came back: that is their number
+            counted.append(max(len(row) for row in first_hits))
+        elif limit <= first:  # k = MAX_TOPK: a full search says nothing of the rows left out
+            counted.append(self._count(filter))
+
+        def n_allowed() -> int:
+            if not counted:
+                counted.append(self._count(filter))
+            return counted[0]
+
+        kk = min(k, counted[0]) if counted else k
+        if not kk:
             return [[] for _ in range(nq)], [(np.zeros(0, dtype=np.int64), np.zeros(0)) for _ in range(nq)]
+        first = min(first, counted[0]) if counted else first  # as refine_top_k takes it
         assert self._dim is not None
         seen = _PoolRows(self._dim)
         shift = np.asarray(kl_query_constant(q64), dtype=np.float64)
@@ -2735,30 +2757,38 @@ class MilvusKLStore(GaussianStore):
             qnorm = np.linalg.norm(np.asarray(kl_query_vectors(q64), dtype=np.float64), axis=1)
             shift = shift + state.offset  # <q~, d~> = <q~, d^> + o
         centre = None if m is None or state.centre is None else np.asarray(state.centre)
-        first = min(count, max(kk, pool))  # the first pool, as refine_top_k takes it
         scored: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (queries, rows, float64 scores)
         bound = np.zeros(0)
+        first_scores: list[tuple[np.ndarray, np.ndarray]] = []  # the first pool's, scored for the bound
 
         def rescore(qi: np.ndarray, lab: np.ndarray) -> np.ndarray:
-            scores = neg_kl_rows(q64[qi], seen.gaussians(), lab)
+            if first_scores and np.array_equal(first_scores[0][0], lab):  # refine_top_k's first re-scoring
+                scores = first_scores.pop()[1]
+            else:
+                scores = neg_kl_rows(q64[qi], seen.gaussians(), lab)
             scored.append((qi, lab, scores))
             return scores
 
         def candidates(qi: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            nonlocal bound
+            nonlocal bound, hits
             lab = np.full((qi.size, c), -1, dtype=np.int64)
             approx = np.full((qi.size, c), -np.inf)
-            for j, row in enumerate(search(data[qi], self._fields("vector"), min(c, MAX_TOPK))):
+            found = hits if hits is not None else search(data[qi], self._fields("vector"), min(c, MAX_TOPK))
+            hits = None  # the first search (every query) is the first pool's
+            for j, row in enumerate(found):
                 lab[j, : len(row)] = seen.numbers(row)
                 dist = np.asarray([float(r["distance"]) for r in row], dtype=np.float64)
                 # ||x_q - x_d||^2 = 2 M^2 - 2 (M / |q~|) <q~, d^>
                 approx[j, : len(row)] = dist if m is None else (2.0 * m * m - dist) * qnorm[qi[j]] / (2.0 * m)
             if not bound.size:  # the first pool (every query): the bound at its k-th float64 score
-                kth = np.sort(rescore(qi, lab[:, :first]), axis=1)[:, -kk]
+                pool_rows = lab[:, :first]
+                first_scores.append((pool_rows, neg_kl_rows(q64[qi], seen.gaussians(), pool_rows)))
+                kth = np.sort(first_scores[0][1], axis=1)[:, -kk]
                 bound = _flat_error_bound(q64, -kth, m, centre)
             return lab, approx, bound[qi]
 
         def fallback(qi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            count = n_allowed()
             scan = count <= max(kk, self.exact_threshold)
             if scan:
                 logger.info(
@@ -2795,7 +2825,9 @@ class MilvusKLStore(GaussianStore):
                 lab[j, : len(row)] = seen.numbers(row)
             return lab, rescore(qi, lab)
 
-        refine_top_k(nq, kk, count, first - kk, candidates, rescore, fallback, shift)
+        allowed = counted[0] if counted else n_allowed
+        # tie_rank None (insertion order: _best_scored), max_pool MAX_TOPK - 1; positional, as tests' spies pass them
+        refine_top_k(nq, kk, allowed, first - kk, candidates, rescore, fallback, shift, None, MAX_TOPK - 1)
         lab, scores = self._best_scored(np.arange(nq), kk, seen, scored)
         rows = [[seen.rows[r] for r in row if r >= 0] for row in lab]
         return rows, [(np.arange(len(row)), scores[i, : len(row)]) for i, row in enumerate(rows)]
