@@ -1380,8 +1380,7 @@ def _written(path: Path, write: Callable[[HashingWriter], None]) -> dict[str, An
     with open(path, "wb") as f:
         out = HashingWriter(f)
         write(out)
-        f.flush()
-        os.fsync(f.fileno())
+    _fsync(path)  # the format's one sync step, as for the index FAISS writes
     return {"bytes": path.stat().st_size, "sha256": out.hexdigest()}
 
 
