@@ -30,7 +30,7 @@ import os
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar, cast
@@ -60,6 +60,7 @@ __all__ = [
     "manifests_in_folder",
     "mmr_select",
     "read_manifest",
+    "refuse_unknown_keywords",
     "relevance_exp",
     "relevance_exp_per_dim",
     "relevance_inverse",
@@ -335,16 +336,55 @@ def check_store_options(owner: str, options: Mapping[str, Any], own: Sequence[st
         TypeError: KLVectorStore() got unexpected keyword argument(s) ['bogus', 'index_typ'] (index_typ: did you \
 mean 'index_type'?); it takes ['relevance'] and the KLStore options it passes on: ['index_type']
     """
-    unknown = sorted(name for name in options if name not in passed)
-    if not unknown:
-        return
-    known = [*own, *passed]
-    close = {name: difflib.get_close_matches(name, known, n=1) for name in unknown}
-    hints = "; ".join(f"{name}: did you mean {match[0]!r}?" for name, match in close.items() if match)
-    raise TypeError(
-        f"{owner}() got unexpected keyword argument(s) {unknown}{f' ({hints})' if hints else ''}; it takes "
-        f"{list(own)} and the KLStore options it passes on: {list(passed)}"
+    refuse_unknown_keywords(
+        owner,
+        [name for name in options if name not in passed],
+        [*own, *passed],
+        takes=f"{list(own)} and the KLStore options it passes on: {list(passed)}",
     )
+
+
+def refuse_unknown_keywords(
+    owner: str,
+    unknown: Iterable[str],
+    known: Sequence[str],
+    hints: Mapping[str, str] | None = None,
+    *,
+    takes: str | None = None,
+) -> None:
+    """Raise a ``TypeError`` for the keywords ``owner``'s constructor does not take (nothing when there are none).
+
+    Args:
+        owner: The class named in the error (``type(self).__name__``, so a subclass is named right).
+        unknown: The keywords it does not take.
+        known: Every keyword it takes (:func:`init_option_names`), searched for the closest to each unknown one.
+        hints: What to do instead of some keywords (said instead of the closest known keyword).
+        takes: How the message lists what it takes (default: ``known``).
+
+    Raises:
+        TypeError: The message names every unknown keyword, what to do instead or its closest known one (where
+            one is close), and every keyword taken.
+
+    Examples:
+        >>> refuse_unknown_keywords("KLRetriever", ["fliters", "bogus"], ["encoder", "filters"])
+        Traceback (most recent call last):
+        ...
+        TypeError: KLRetriever() got unexpected keyword argument(s) ['bogus', 'fliters'] (fliters: did you mean \
+'filters'?); it takes ['encoder', 'filters']
+    """
+    names = sorted(unknown)
+    if not names:
+        return
+    hints = hints or {}
+    why = []
+    for name in names:
+        close = difflib.get_close_matches(name, known, n=1)
+        if name in hints:
+            why.append(f"{name}: {hints[name]}")
+        elif close:
+            why.append(f"{name}: did you mean {close[0]!r}?")
+    said = f" ({'; '.join(why)})" if why else ""
+    raise TypeError(f"{owner}() got unexpected keyword argument(s) {names}{said}; it takes {takes or list(known)}")
 
 
 def warn_incompatible_store(embedding: str, store: str, reason: str, fix: str, *, stacklevel: int = 3) -> None:

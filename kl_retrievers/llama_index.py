@@ -50,7 +50,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import difflib
 import functools
 import hashlib
 import inspect
@@ -3747,42 +3746,6 @@ _HYBRID_RETRIEVER_KEYWORD_HINTS = dict.fromkeys(
 )
 
 
-def _refuse_unknown_keywords(
-    owner: str, unknown: Iterable[str], known: Sequence[str], hints: Mapping[str, str]
-) -> None:
-    """Raise a ``TypeError`` for the keywords ``owner``'s constructor does not take (nothing when there are none).
-
-    Args:
-        owner: The class named in the error (``type(self).__name__``, so a subclass is named right).
-        unknown: The keywords it does not take.
-        known: Every keyword it takes (:func:`~kl_retrievers._adapters.init_option_names`).
-        hints: What to do instead of some keywords (used before the closest known keyword).
-
-    Raises:
-        TypeError: The message names every unknown keyword, what to do instead or its closest known one (where
-            one is close), and every keyword taken.
-
-    Examples:
-        >>> _refuse_unknown_keywords("KLRetriever", ["fliters", "bogus"], ["encoder", "filters"], {})
-        Traceback (most recent call last):
-        ...
-        TypeError: KLRetriever() got unexpected keyword argument(s) ['bogus', 'fliters'] (fliters: did you mean \
-'filters'?); it takes ['encoder', 'filters']
-    """
-    names = sorted(unknown)
-    if not names:
-        return
-    why = []
-    for name in names:
-        close = difflib.get_close_matches(name, known, n=1)
-        if name in hints:
-            why.append(f"{name}: {hints[name]}")
-        elif close:
-            why.append(f"{name}: did you mean {close[0]!r}?")
-    said = f" ({'; '.join(why)})" if why else ""
-    raise TypeError(f"{owner}() got unexpected keyword argument(s) {names}{said}; it takes {list(known)}")
-
-
 def _split_documents(
     documents: Sequence[Document], transformations: Sequence[TransformComponent] | None
 ) -> list[BaseNode]:
@@ -3921,7 +3884,7 @@ class KLRetriever(_TopKRetriever):
         objects: list[IndexNode] | None = None,
         **unknown: Any,
     ) -> None:
-        _refuse_unknown_keywords(
+        adapters.refuse_unknown_keywords(
             type(self).__name__, unknown, adapters.init_option_names(type(self)), _RETRIEVER_KEYWORD_HINTS
         )
         if not isinstance(vector_store, KLVectorStore):
@@ -4368,7 +4331,7 @@ class KLHybridRetriever(_TopKRetriever):
         objects: list[IndexNode] | None = None,
         **unknown: Any,
     ) -> None:
-        _refuse_unknown_keywords(
+        adapters.refuse_unknown_keywords(
             type(self).__name__, unknown, adapters.init_option_names(type(self)), _HYBRID_RETRIEVER_KEYWORD_HINTS
         )
         if not isinstance(store, KLHybridStore):
