@@ -40,7 +40,7 @@ import numpy as np
 from kl_retrievers._io import atomic_dir, atomic_file, library_version
 from kl_retrievers._score import check_score_fields
 from kl_retrievers._warn import at_callers_line, warn
-from kl_retrievers.gaussian import Gaussians, check_k, neg_kl_matrix
+from kl_retrievers.gaussian import Gaussians, check_k, first_coordinate_mismatches, neg_kl_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -793,6 +793,41 @@ def document_precision_hint(raw: Any, d: np.ndarray) -> str:
         f"{worst} lost the precision a document vector needs; pass them in float32 or float64 "
         "(KLEmbeddings.embed_documents and KLEmbedding.get_text_embedding return float64 numbers)"
     )
+
+
+class FirstValueMismatch(NamedTuple):
+    """The first ``d~`` row whose first value is not its Gaussian's (:func:`first_value_mismatch`)."""
+
+    row: int  #: Its position.
+    mismatched: int  #: How many rows mismatch.
+    expected: float  #: The first value its Gaussian gives.
+
+
+def first_value_mismatch(vectors: np.ndarray, gaussians: Gaussians) -> FirstValueMismatch | None:
+    """The first row of ``vectors`` whose first value is not the one the Gaussian behind it gives, else ``None``.
+
+    The check of both adapters' document vectors:
+    :func:`~kl_retrievers.gaussian.first_coordinate_mismatches` (its tolerance; a NaN mismatches); each adapter
+    words its own refusal.
+
+    Args:
+        vectors: The float64 ``d~`` rows, shape ``(n, 2k + 1)``.
+        gaussians: The Gaussians recovered from their coordinates ``1..2k``.
+
+    Examples:
+        >>> from kl_retrievers.gaussian import document_gaussians_from_vectors, kl_document_vectors
+        >>> d = kl_document_vectors(Gaussians(np.array([[2.0], [1.0]]), np.array([[1.0], [1.0]])))
+        >>> first_value_mismatch(d, document_gaussians_from_vectors(d)) is None
+        True
+        >>> d[1, 0] = 5.0
+        >>> first_value_mismatch(d, document_gaussians_from_vectors(d))
+        FirstValueMismatch(row=1, mismatched=1, expected=-0.5)
+    """
+    bad, first = first_coordinate_mismatches(vectors, gaussians)
+    if not bad.size:
+        return None
+    row = int(bad[0])
+    return FirstValueMismatch(row, int(bad.size), float(first[row]))
 
 
 # --------------------------------------------------------------------------- cancellable async writes

@@ -1171,7 +1171,7 @@ def first_coordinate_mismatches(
 
     :func:`document_gaussians_from_vectors` does not read the first coordinate; this checks it against the
     Gaussians it returned. A row mismatches where the two differ by more than ``rtol`` times
-    ``1/2 sum(|log var| + mu^2 / var) + 1`` (the size of the sum's terms, which cancel).
+    ``1/2 sum(|log var| + mu^2 / var) + 1`` (the size of the sum's terms, which cancel), or where either is NaN.
 
     Args:
         vectors: ``d~`` rows, shape ``(n, 2k + 1)``.
@@ -1196,7 +1196,7 @@ def first_coordinate_mismatches(
     ratio = gaussians.mean**2 / gaussians.var
     first = -0.5 * (log_var + ratio).sum(axis=1)
     scale = 0.5 * (np.abs(log_var) + ratio).sum(axis=1) + 1.0
-    return np.flatnonzero(np.abs(first - vectors[:, 0]) > rtol * scale), first
+    return np.flatnonzero(~(np.abs(first - vectors[:, 0]) <= rtol * scale)), first  # NaN compares false
 
 
 # ================================================================================ exact top-k

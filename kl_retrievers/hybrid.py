@@ -523,13 +523,9 @@ class AdaptiveParams:
         """Read parameters from a JSON file."""
         source = user_path(path)
         try:
-            data = json.loads(source.read_text(encoding="utf-8"))
+            data = _json_in(source, ValueError)
         except FileNotFoundError:
             raise FileNotFoundError(f"no adaptive fusion parameters at {source}") from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{source} is not valid JSON: {exc}") from None
-        except RecursionError:  # the C decoder recurses once per level of nesting
-            raise ValueError(f"{source} nests JSON arrays or objects too deeply to read") from None
         if not isinstance(data, dict):
             raise ValueError(f"{source} must hold a JSON object")
         return cls.from_dict(data, str(source))
@@ -1336,16 +1332,25 @@ def _check_store_file(path: Path) -> None:
         raise HybridFormatError(f"{path} is not a regular file")
 
 
+def _json_in(path: Path, error: type[ValueError]) -> Any:
+    """The JSON value in the file ``path``; not JSON, or nested too deeply to read: ``error`` naming the file.
+
+    A missing file raises ``FileNotFoundError`` (the callers name what is missing).
+    """
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise error(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:  # the C decoder recurses once per level of nesting
+        raise error(f"{path} nests JSON arrays or objects too deeply to read") from None
+
+
 def _read_json(path: Path) -> Any:
     _check_store_file(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return _json_in(path, HybridFormatError)
     except FileNotFoundError:
         raise HybridFormatError(f"{path} is missing") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HybridFormatError(f"{path} is not valid JSON: {exc}") from None
-    except RecursionError:  # the C decoder recurses once per level of nesting
-        raise HybridFormatError(f"{path} nests JSON arrays or objects too deeply to read") from None
 
 
 def _load_csc(folder: Path, count: int, k1: float, b: float, mmap: bool) -> _CSC:

@@ -74,6 +74,7 @@ from kl_retrievers._adapters import (
     check_write_ids,
     document_precision_hint,
     encode_for_write,
+    first_value_mismatch,
     init_option_names,
     loads_anywhere,
     mmr_select,
@@ -1498,7 +1499,8 @@ def _check_first_values(vectors: np.ndarray, gaussians: Gaussians, name: str) ->
 
     Coordinates ``1..2k`` recover a Gaussian (:func:`~kl_retrievers.gaussian.document_gaussians_from_vectors`,
     which does not read the first one); the first must then be ``-1/2 sum(log var + mu^2 / var)``: an ordinary
-    embedding (or another kind of vector) whose coordinates ``1..k`` happen to be negative is no ``d~``.
+    embedding (or another kind of vector) whose coordinates ``1..k`` happen to be negative is no ``d~``. The check
+    is :func:`kl_retrievers._adapters.first_value_mismatch`, as in LlamaIndex's adapter.
 
     Args:
         vectors: The float64 rows, shape ``(n, 2k + 1)``.
@@ -1508,16 +1510,11 @@ def _check_first_values(vectors: np.ndarray, gaussians: Gaussians, name: str) ->
     Raises:
         ValueError: A row whose first value is not its Gaussian's, naming the first and how many.
     """
-    m, v = gaussians.mean, gaussians.var
-    terms = np.log(v) + m**2 / v
-    expected = -0.5 * terms.sum(axis=1)
-    tolerance = 1e-4 * (0.5 * np.abs(terms).sum(axis=1) + 1.0)  # float32 rows round trip well within it
-    bad = np.flatnonzero(~(np.abs(vectors[:, 0] - expected) <= tolerance))
-    if bad.size:
-        j = int(bad[0])
+    found = first_value_mismatch(vectors, gaussians)  # float32 rows round trip well within its tolerance
+    if found is not None:
         raise ValueError(
-            f"{name}[{j}] is not one: its first value is {vectors[j, 0]:.6g}, but the Gaussian its other values "
-            f"give has {expected[j]:.6g} there ({bad.size} such vector(s))"
+            f"{name}[{found.row}] is not one: its first value is {vectors[found.row, 0]:.6g}, but the Gaussian its "
+            f"other values give has {found.expected:.6g} there ({found.mismatched} such vector(s))"
         )
 
 

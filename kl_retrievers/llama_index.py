@@ -103,7 +103,6 @@ from kl_retrievers.gaussian import (
     _real_numpy,
     check_k,
     document_gaussians_from_vectors,
-    first_coordinate_mismatches,
     is_real_number,
     kl_document_vectors,
     kl_query_vectors,
@@ -358,13 +357,13 @@ def _document_gaussians(d: np.ndarray, raw: Any, check: bool = True) -> Gaussian
     if not (np.isfinite(var).all() and (var > 0).all() and np.isfinite(mean).all()):
         raise ValueError("document embeddings give non-finite or non-positive variances")
     if check:
-        bad, first = first_coordinate_mismatches(d, recovered)
-        if bad.size:
-            i = int(bad[0])
+        found = adapters.first_value_mismatch(d, recovered)
+        if found is not None:
+            i = found.row
             raise ValueError(
-                f"{bad.size} document embedding(s) (first at position {i}) are not KL document "
+                f"{found.mismatched} document embedding(s) (first at position {i}) are not KL document "
                 f"vectors: the first coordinate does not match -1/2 sum(log var + mu^2 / var) (position {i}: "
-                f"{d[i, 0]:.6g}, but the Gaussian its other values give has {first[i]:.6g} there); "
+                f"{d[i, 0]:.6g}, but the Gaussian its other values give has {found.expected:.6g} there); "
                 f"embed documents with KLEmbedding{adapters.document_precision_hint(raw, d)}"
             )
     return Gaussians(mean, var)
@@ -947,6 +946,32 @@ def _check_mmr_threshold(value: Any) -> float:
     return float(value)
 
 
+def _listed(items: Any, what: str, kind: str, example: str, single: str, hint: str = "") -> list[Any]:
+    """``items`` read once into a list (a generator is consumed here); what the list holds is the caller's check.
+
+    Args:
+        items: What the caller was given.
+        what: Its name in the messages.
+        kind: What the list must hold, in words (``"llama_index nodes"``).
+        example: One such item, as code (``"TextNode(text=...)"``).
+        single: The fix for a single item given alone (``"[node]"``).
+        hint: Added to the message about a string, a mapping or no iterable.
+
+    Raises:
+        TypeError: ``items`` is a single node, a string, a mapping or no iterable.
+    """
+    if isinstance(items, BaseNode):  # a pydantic model iterates over its fields: "got a tuple" otherwise
+        raise TypeError(
+            f"{what} must be a list of {kind}; got a single {type(items).__name__} "
+            f"({str(items)[:40]!r}): pass it in a list, {single}"
+        )
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+        raise TypeError(
+            f"{what} must be a list of {kind} (e.g. [{example}]); got {type(items).__name__} {str(items)[:40]!r}{hint}"
+        )
+    return list(items)
+
+
 def _node_list(nodes: Any, what: str, hint: str = "") -> list[BaseNode]:
     """``nodes`` as a list of LlamaIndex nodes, read once (a generator is consumed here, and only here).
 
@@ -954,17 +979,7 @@ def _node_list(nodes: Any, what: str, hint: str = "") -> list[BaseNode]:
         TypeError: ``nodes`` is a single node, a string, a mapping or no iterable, or holds something else
             than ``BaseNode`` objects (e.g. plain strings); ``hint`` is added to the message.
     """
-    if isinstance(nodes, BaseNode):  # a pydantic model iterates over its fields: "got a tuple" otherwise
-        raise TypeError(
-            f"{what} must be a list of llama_index nodes; got a single {type(nodes).__name__} "
-            f"({str(nodes)[:40]!r}): pass it in a list, [node]"
-        )
-    if isinstance(nodes, (str, bytes, Mapping)) or not isinstance(nodes, Iterable):
-        raise TypeError(
-            f"{what} must be a list of llama_index nodes (e.g. [TextNode(text=...)]); got "
-            f"{type(nodes).__name__} {str(nodes)[:40]!r}{hint}"
-        )
-    node_list = list(nodes)
+    node_list = _listed(nodes, what, "llama_index nodes", "TextNode(text=...)", "[node]", hint)
     for j, node in enumerate(node_list):
         if not isinstance(node, BaseNode):
             raise TypeError(
@@ -3755,17 +3770,8 @@ def _split_documents(
         TypeError: ``documents`` is a string, a mapping or a single ``Document`` (not in a list), or holds
             something else than LlamaIndex ``Document`` (or node) objects, e.g. plain strings.
     """
-    if isinstance(documents, BaseNode):  # a pydantic model iterates over its fields: "got a tuple" otherwise
-        raise TypeError(
-            f"documents must be a list of llama_index Document objects; got a single {type(documents).__name__} "
-            f"({str(documents)[:40]!r}): pass it in a list, documents=[document]"
-        )
-    if isinstance(documents, (str, bytes, Mapping)) or not isinstance(documents, Iterable):
-        raise TypeError(
-            f"documents must be a list of llama_index Document objects (e.g. [Document(text=...)]); got "
-            f"{type(documents).__name__} {str(documents)[:40]!r}"
-        )
-    documents = list(documents)
+    kind = "llama_index Document objects"
+    documents = _listed(documents, "documents", kind, "Document(text=...)", "documents=[document]")
     wrong = next((d for d in documents if not isinstance(d, BaseNode)), None)
     if wrong is not None:
         raise TypeError(
@@ -3777,6 +3783,17 @@ def _split_documents(
 
     steps = list(transformations) if transformations is not None else [SentenceSplitter()]
     return list(run_transformations(list(documents), steps))
+
+
+def _given_settings(settings: Iterable[tuple[str, Any]], show: Callable[[Any], str] = _short) -> str:
+    """``", name=value"`` for each of a retriever's ``(name, value)`` settings that is not ``None`` (its ``repr``'s
+    tail), each value written by ``show`` (default: a repr shortened for long containers).
+
+    Examples:
+        >>> _given_settings((("filters", None), ("node_ids", ["a"])))
+        ", node_ids=['a']"
+    """
+    return "".join(f", {name}={show(value)}" for name, value in settings if value is not None)
 
 
 def _query_texts(query_bundle: QueryBundle) -> list[str]:
@@ -3907,11 +3924,7 @@ class KLRetriever(_TopKRetriever):
 
     def __repr__(self) -> str:
         """``similarity_top_k``, the store searched and the restrictions given (filters, node and document ids)."""
-        extra = "".join(
-            f", {name}={_short(value)}"
-            for name, value in (("filters", self._filters), ("node_ids", self._node_ids), ("doc_ids", self._doc_ids))
-            if value is not None
-        )
+        extra = _given_settings((("filters", self._filters), ("node_ids", self._node_ids), ("doc_ids", self._doc_ids)))
         return f"KLRetriever(similarity_top_k={self._similarity_top_k}, vector_store={self._vector_store!r}{extra})"
 
     @property
@@ -4363,17 +4376,8 @@ class KLHybridRetriever(_TopKRetriever):
 
     def __repr__(self) -> str:
         """``similarity_top_k``, the store searched and the retriever's own fusion settings (``None``: the store's)."""
-        extra = "".join(
-            f", {name}={value!r}"
-            for name, value in (
-                ("fusion", self._fusion),
-                ("weight", self._weight),
-                ("normalization", self._normalization),
-            )
-            if value is not None
-        )
-        if self._filters is not None:
-            extra += f", filters={_short(self._filters)}"
+        fusion = (("fusion", self._fusion), ("weight", self._weight), ("normalization", self._normalization))
+        extra = _given_settings(fusion, repr) + _given_settings((("filters", self._filters),))
         return f"KLHybridRetriever(similarity_top_k={self._similarity_top_k}, store={self._store!r}{extra})"
 
     @property
