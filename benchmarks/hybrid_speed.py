@@ -8,13 +8,21 @@ callable filter also counts how often it is called: ``filter_calls_per_row`` is 
 over the number of documents (each half scanning the metadata on its own gives 2.0, one shared scan 1.0).
 Then the KL half alone (``store.kl.search``, the dense store) is timed by ``k`` (10 to 200, none above
 the store's size, and ``--k``: the hybrid asks it for 100 candidates), with the ratio of each fusion mode's
-unfiltered search to the KL half's at ``--k``.
+unfiltered search to the KL half's at ``--k`` and at 100.
 ``--gaussians`` reads the documents' and queries' Gaussians from an ``.npz`` (arrays ``dm``, ``dv``, ``qm``,
 ``qv``: a real corpus's encodings; the texts stay synthetic), as embedding-like data can make the exact
-dense search prove its candidates differently from random Gaussians.
+dense search prove its candidates differently from random Gaussians. ``--dataset`` times real data: a BEIR
+folder's corpus texts and the ``--split``'s queries (all of them unless ``--queries`` is given), with
+``--model``'s Gaussians (default: the default model) from the encoding cache that ``kl-retrievers evaluate``
+and ``benchmarks/hybrid.py`` share, encoded once on ``--backend`` (default ``onnx``, the library's CPU default;
+the cache keys the backend, so pass ``torch`` to reuse ``evaluate``'s encodings) where not cached yet; the
+four metadata keys stay synthetic, so the filter columns mean the same. ``--clock cpu`` times the process's
+CPU time instead of the wall clock (less disturbed by other processes on a busy machine; with
+``OMP_NUM_THREADS=1`` a search runs on one thread).
 
-Prints, last, ``rrf_ms=X convex_ms=Y adaptive_ms=Z filtered_ms=W filter_calls_per_row=C``: the unfiltered
-latency of each mode, the mean latency of the filtered searches, and the filter calls per row.
+Prints, last, ``rrf_ms=X convex_ms=Y adaptive_ms=Z filtered_ms=W filter_calls_per_row=C kl_half_ms=D``: the
+unfiltered latency of each mode, the mean latency of the filtered searches, the filter calls per row, and the
+KL half alone at the hybrid's candidate depth (``k=100``: what it asks the dense store for).
 
 Compare two checkouts by running this script alternately with ``PYTHONPATH`` pointing at each (the
 numbers in docs/hybrid.md were measured with ``OMP_NUM_THREADS=1``):
@@ -22,30 +30,41 @@ numbers in docs/hybrid.md were measured with ``OMP_NUM_THREADS=1``):
     python benchmarks/hybrid_speed.py            # 20,000 documents, dim 384, 200 queries
     python benchmarks/hybrid_speed.py --quick    # 5,000 documents, dim 128, 100 queries (under a minute)
     python benchmarks/hybrid_speed.py --gaussians enc.npz --queries 100   # a corpus's encodings
+    python benchmarks/hybrid_speed.py --dataset ../shared/datasets/scifact --clock cpu   # real texts and queries
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from store_filters import _best  # the same best-of-N timer (this folder is on sys.path when run as a script)
 
 from kl_retrievers.cli_common import positive_int
 from kl_retrievers.gaussian import Gaussians
-from kl_retrievers.hybrid import FUSION_MODES, KLHybridStore
+from kl_retrievers.hybrid import DEFAULT_CANDIDATES, FUSION_MODES, FusionMode, KLHybridStore
+from kl_retrievers.pretrained import BACKENDS, Backend, load_model
 
 _LANGS = ("en", "de", "fr")
 #: Results per search at which the KL half alone is timed.
 _DENSE_KS = (10, 25, 50, 100, 200)
+#: ``--clock``: what a measurement reads.
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def _best_ms(search: Callable[[int], object], n_queries: int, repeats: int) -> float:
-    """Best of ``repeats`` (``store_filters._best``): milliseconds per search over ``n_queries`` searches."""
-    seconds, _ = _best(lambda: [search(i) for i in range(n_queries)], repeats)
-    return seconds / n_queries * 1000.0
+def _best_ms(
+    search: Callable[[int], object], n_queries: int, repeats: int, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """Best of ``repeats`` runs of ``n_queries`` searches by ``clock``: milliseconds per search."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = clock()
+        for i in range(n_queries):
+            search(i)
+        best = min(best, clock() - start)
+    return best / n_queries * 1000.0
 
 
 class CountingFilter:
@@ -59,15 +78,19 @@ class CountingFilter:
         return bool(meta.get("lang") == "en")
 
 
-def build_store(n: int, dim: int, seed: int = 0, gaussians: Gaussians | None = None) -> KLHybridStore:
+def build_store(
+    n: int, dim: int, seed: int = 0, gaussians: Gaussians | None = None, texts: list[str] | None = None
+) -> KLHybridStore:
     """A hybrid store of ``n`` synthetic documents (RRF by default; each search names its mode).
 
-    Their Gaussians are random, or ``gaussians`` (``n`` of dimension ``dim``) where given.
+    Their Gaussians are random, or ``gaussians`` (``n`` of dimension ``dim``) where given; their texts
+    random words, or ``texts`` (``n`` of them) where given.
     """
     rng = np.random.default_rng(seed)
     vocab = [f"w{i}" for i in range(5000)]
     words = rng.zipf(1.3, size=(n, 60)) % len(vocab)
-    texts = [" ".join(vocab[w] for w in row) for row in words]
+    if texts is None:
+        texts = [" ".join(vocab[w] for w in row) for row in words]
     mean = rng.normal(size=(n, dim)).astype(np.float32)
     var = rng.uniform(0.5, 2.0, size=(n, dim)).astype(np.float32)
     if gaussians is not None:
@@ -79,6 +102,22 @@ def build_store(n: int, dim: int, seed: int = 0, gaussians: Gaussians | None = N
     store = KLHybridStore(fusion="rrf")
     store.add(texts, gaussians=Gaussians(mean, var), ids=[f"d{i}" for i in range(n)], metadatas=metas)
     return store
+
+
+def load_dataset(
+    folder: str, split: str, model: str | None, backend: Backend
+) -> tuple[list[str], list[str], Gaussians, Gaussians]:
+    """A BEIR split's corpus texts, query texts and their Gaussians (documents', queries'), in file order.
+
+    The Gaussians come from :func:`~kl_retrievers.evaluation.encode_dataset`: read from the encoding cache,
+    or encoded once by ``model`` (``None``: the default model) on ``backend`` and cached.
+    """
+    from kl_retrievers.datasets import load_beir
+    from kl_retrievers.evaluation import encode_dataset
+
+    ds = load_beir(folder, split)
+    q, d = encode_dataset(load_model(model, backend=backend), ds, show_progress=False)
+    return ds.document_texts(), ds.query_texts(), d, q
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,20 +136,56 @@ def main(argv: list[str] | None = None) -> None:
         metavar="NPZ",
         help="documents' and queries' Gaussians from this .npz (arrays dm, dv, qm, qv; sets --n and --dim)",
     )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        metavar="FOLDER",
+        help="a BEIR folder: its corpus texts, the --split's queries and their cached (else encoded) Gaussians; "
+        "sets --n, --dim and, unless given, --queries",
+    )
+    parser.add_argument("--split", default=None, help="--dataset's query split (default test)")
+    parser.add_argument("--model", default=None, help="--dataset's encoder (default: the default model)")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="--model's backend (default onnx; the cache keys it)",
+    )
+    parser.add_argument(
+        "--clock", choices=tuple(CLOCKS), default="wall", help="wall time or the process's CPU time (default wall)"
+    )
     args = parser.parse_args(argv)
+    if args.dataset is not None and args.gaussians is not None:
+        parser.error("--dataset and --gaussians both give the Gaussians: pass one")
+    if args.dataset is None and (args.split, args.model, args.backend) != (None, None, None):
+        parser.error("--split, --model and --backend choose --dataset's queries and encodings: pass --dataset too")
     n = args.n if args.n is not None else (5_000 if args.quick else 20_000)
     dim = args.dim if args.dim is not None else (128 if args.quick else 384)
     n_queries = args.queries if args.queries is not None else (100 if args.quick else 200)
+    clock = CLOCKS[args.clock]
     given: tuple[Gaussians, Gaussians] | None = None
+    real: tuple[list[str], list[str]] | None = None
     if args.gaussians is not None:
         with np.load(args.gaussians) as z:
             given = Gaussians(z["dm"], z["dv"]), Gaussians(z["qm"], z["qv"])
+    elif args.dataset is not None:
+        doc_texts, query_texts, d, q = load_dataset(
+            args.dataset, args.split or "test", args.model, args.backend or "onnx"
+        )
+        given, real = (d, q), (doc_texts, query_texts)
+        n_queries = args.queries if args.queries is not None else len(q)
+    if given is not None:
         (n, dim), n_queries = given[0].mean.shape, min(n_queries, len(given[1]))
 
-    store = build_store(n, dim) if given is None else build_store(n, dim, gaussians=given[0])
+    if given is None:
+        store = build_store(n, dim)
+    else:
+        store = build_store(n, dim, gaussians=given[0], texts=None if real is None else real[0])
     rng = np.random.default_rng(1)
     vocab = [f"w{i}" for i in range(5000)]
     queries = [" ".join(vocab[w] for w in row) for row in rng.zipf(1.3, size=(n_queries, 6)) % len(vocab)]
+    if real is not None:
+        queries = real[1][:n_queries]
     qg = (
         Gaussians(
             rng.normal(size=(n_queries, dim)).astype(np.float32),
@@ -122,7 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     store.search(queries[0], k=args.k, query_gaussians=qg[0:1])  # builds the BM25 index
     store.adaptive_params()  # read once, outside the timing
 
-    print(f"n={n} dim={dim} queries={n_queries} k={args.k} (best of {args.repeats}, ms per search)")
+    source = "synthetic" if real is None else f"{args.dataset} ({args.split or 'test'} queries)"
+    print(
+        f"{source}: n={n} dim={dim} queries={n_queries} k={args.k} (best of {args.repeats}, {args.clock} ms per search)"
+    )
     print(f"{'fusion':<10}{'no filter':>12}{'dict filter':>14}{'callable':>12}")
     unfiltered: dict[str, float] = {}
     filtered: list[float] = []
@@ -131,31 +209,34 @@ def main(argv: list[str] | None = None) -> None:
         cells = []
         for flt in (None, {"lang": "en"}, counter):
 
-            def one(i: int, flt: Any = flt, mode: str = mode) -> object:
+            def one(i: int, flt: Any = flt, mode: FusionMode = mode) -> object:
                 return store.search(queries[i], k=args.k, filter=flt, query_gaussians=qg[i : i + 1], fusion=mode)
 
-            cells.append(_best_ms(one, n_queries, args.repeats))
+            cells.append(_best_ms(one, n_queries, args.repeats, clock))
         unfiltered[mode] = cells[0]
         filtered += cells[1:]
         print(f"{mode:<10}{cells[0]:>12.3f}{cells[1]:>14.3f}{cells[2]:>12.3f}")
     dense: dict[int, float] = {}
-    for k in sorted({*(k for k in _DENSE_KS if k <= n), args.k}):  # a k above the store's size times nothing more
+    depth = min(DEFAULT_CANDIDATES, n)  # what the hybrid asks the KL half for
+    for k in sorted({*(k for k in _DENSE_KS if k <= n), args.k, depth}):  # a k above the store's size times no more
 
         def alone(i: int, k: int = k) -> object:
             return store.kl.search(qg[i : i + 1], k=k)
 
-        dense[k] = _best_ms(alone, n_queries, args.repeats)
+        dense[k] = _best_ms(alone, n_queries, args.repeats, clock)
     print("KL half alone, ms per search by k: " + " ".join(f"k={k}: {ms:.3f}" for k, ms in dense.items()))
-    print(
-        f"hybrid / KL half at k={args.k}: "
-        + " ".join(f"{mode} {unfiltered[mode] / dense[args.k]:.2f}x" for mode in FUSION_MODES)
-    )
+    for k in sorted({args.k, depth}):
+        print(
+            f"hybrid / KL half at k={k}{' (the hybrid asks it for this many)' if k == depth else ''}: "
+            + " ".join(f"{mode} {unfiltered[mode] / dense[k]:.2f}x" for mode in FUSION_MODES)
+        )
     counter.calls = 0
     store.search(queries[0], k=args.k, filter=counter, query_gaussians=qg[0:1])
     calls_per_row = counter.calls / len(store)
     print(
         " ".join(f"{mode}_ms={unfiltered[mode]:.3f}" for mode in FUSION_MODES)
         + f" filtered_ms={float(np.mean(filtered)):.3f} filter_calls_per_row={calls_per_row:.2f}"
+        + f" kl_half_ms={dense[depth]:.3f}"
     )
 
 

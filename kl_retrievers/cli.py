@@ -556,14 +556,20 @@ def _run_encode_sharded(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- demo
+#: What ``demo`` and ``search`` show beside each query (their descriptions say it alike).
+_UNCERTAINTY_AND_CONFIDENCE = (
+    "uncertainty (its mean log-variance; with the default model it barely predicts which queries go well: the "
+    "confidence does) and, for a model that ships a calibrator, its confidence"
+)
+
+
 def _add_demo(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
         help="index the bundled demo corpus and answer a few queries",
         description="Index the small bundled corpus with the default model, answer a few queries and print the "
-        "top results with their -KL scores (higher is better), each query's uncertainty (its mean log-variance; "
-        "with the default model it barely predicts which queries go well: the confidence does) and, for a model "
-        "that ships a calibrator, its confidence (the probability that the top result is relevant).",
+        f"top results with their -KL scores (higher is better), each query's {_UNCERTAINTY_AND_CONFIDENCE} (the "
+        "probability that the top result is relevant).",
     )
     p.add_argument(
         "queries",
@@ -758,37 +764,31 @@ def _rows_metadata(
                 "store's metadata; replace it with a number or null"
             )
         metadatas.append(meta)
-    if reserved:
-        logger.warning(
-            "%s: %d 'metadata' value(s) are named like the id or the text (%s); they are not kept (the id and "
-            "text are read from the top-level fields only)",
-            path,
-            sum(reserved.values()),
-            ", ".join(sorted(reserved)),
-        )
-    if clashes:
-        logger.warning(
-            "%s: %d 'metadata' value(s) have the name of a top-level field of their row (%s); the top-level "
-            "value is kept",
-            path,
-            sum(clashes.values()),
-            ", ".join(sorted(clashes)),
-        )
-    if dropped:
-        instead = (
-            f"; for {', '.join(sorted(replaced))}, the 'metadata' object's scalar value of the same name is kept "
-            "instead"
-            if replaced
-            else ""
-        )
-        logger.warning(
-            "%s: %d value(s) that are not strings, numbers, booleans or null are not kept in the documents' "
-            "metadata (fields: %s); a store's metadata holds scalar values only%s",
-            path,
-            sum(dropped.values()),
-            ", ".join(sorted(dropped)),
-            instead,
-        )
+
+    def warn_counted(counts: dict[str, int], message: str, *more: object) -> None:
+        if counts:  # the file, how many values, their names, then the message's own arguments
+            logger.warning(message, path, sum(counts.values()), ", ".join(sorted(counts)), *more)
+
+    warn_counted(
+        reserved,
+        "%s: %d 'metadata' value(s) are named like the id or the text (%s); they are not kept (the id and "
+        "text are read from the top-level fields only)",
+    )
+    warn_counted(
+        clashes,
+        "%s: %d 'metadata' value(s) have the name of a top-level field of their row (%s); the top-level value is kept",
+    )
+    instead = (
+        f"; for {', '.join(sorted(replaced))}, the 'metadata' object's scalar value of the same name is kept instead"
+        if replaced
+        else ""
+    )
+    warn_counted(
+        dropped,
+        "%s: %d value(s) that are not strings, numbers, booleans or null are not kept in the documents' "
+        "metadata (fields: %s); a store's metadata holds scalar values only%s",
+        instead,
+    )
     return metadatas
 
 
@@ -1029,10 +1029,9 @@ def _add_search(sub: Any) -> None:
         "LlamaIndex persist folder, or the manifest file of either (whatever its name, e.g. the path given to "
         "KLVectorStore.persist): the KL store inside is searched. A "
         "KLHybridStore folder is refused (its results fuse BM25 with -KL); the message names its KL half, which "
-        "this command can search. Each query is shown with its uncertainty (its mean log-variance; with the "
-        "default model it barely predicts which queries go well: the confidence does) and, for a model that ships "
-        "a calibrator, its confidence (the calibrated probability that the top result is relevant, as the adapters "
-        "report it); --min-confidence abstains below a threshold.",
+        f"this command can search. Each query is shown with its {_UNCERTAINTY_AND_CONFIDENCE} (the calibrated "
+        "probability that the top result is relevant, as the adapters report it); --min-confidence abstains below "
+        "a threshold.",
     )
     p.add_argument(
         "store",

@@ -169,8 +169,8 @@ def unit_interval(text: str) -> float:
     """An argparse ``type``: a number in ``[0, 1]`` (the message names the value and the range).
 
     Examples:
-        >>> unit_interval("0.25")
-        0.25
+        >>> unit_interval("0.25"), unit_interval("1")  # both ends are in
+        (0.25, 1.0)
         >>> unit_interval("1.5")
         Traceback (most recent call last):
         argparse.ArgumentTypeError: must be a number in [0, 1] (the dense side's share); got 1.5
@@ -182,6 +182,11 @@ def unit_interval(text: str) -> float:
     if not 0.0 <= value <= 1.0:  # NaN fails too
         raise argparse.ArgumentTypeError(f"must be a number in [0, 1] (the dense side's share); got {text}")
     return value
+
+
+def _add_output_file(parser: argparse.ArgumentParser, flag: str, help: str) -> None:
+    """Add the option ``flag`` naming a file to write (``FILE``; a quoted ``~/x`` is the home folder's ``x``)."""
+    parser.add_argument(flag, metavar="FILE", type=os.path.expanduser, help=help)
 
 
 def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -303,11 +308,10 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         "bootstrap 0 with null intervals). A resample costs O(n log n) per predictor for n queries: 1000 of "
         "SQuAD's 10,570 take about half a second of CPU per predictor; --json records the QPP time as qpp_seconds",
     )
-    p.add_argument(
+    _add_output_file(
+        p,
         "--per-query",
-        metavar="FILE",
-        type=os.path.expanduser,  # a quoted "~/x" is the home folder's x
-        help="save per-query metrics and each query's QPP predictors (uncertainty, the query's mean log-variance "
+        "save per-query metrics and each query's QPP predictors (uncertainty, the query's mean log-variance "
         "as is, not negated as in the --qpp table; qpp.*): .json (with the summary "
         "and its qpp object under meta), or a .tsv or .csv table, by suffix (another suffix is refused)",
     )
@@ -344,11 +348,10 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
         "queries are paired with this run's by id alone; also one whose meta names another --depth below the "
         "cutoff of a metric (e.g. 10 for recall@100) or another --relevance-level, refused otherwise",
     )
-    p.add_argument(
+    _add_output_file(
+        p,
         "--save-run",
-        metavar="FILE",
-        type=os.path.expanduser,  # a quoted "~/x" is the home folder's x
-        help="also write the retrieved run in TREC format (plain text; its scores and tie order: see the end of "
+        "also write the retrieved run in TREC format (plain text; its scores and tie order: see the end of "
         "this help). An existing file is replaced only when it holds a TREC run (and the --per-query file only "
         "when it holds per-query results)",
     )

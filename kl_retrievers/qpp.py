@@ -85,7 +85,7 @@ import logging
 import math
 import re
 import warnings
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -294,15 +294,12 @@ def _kendall_weighted(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.n
     Returns:
         ``(B,)`` taus.
     """
-    counter = _TauCounts(x, y)
     out = np.empty(weights.shape[0])
-    step = _boot_chunk(x.size)
-    for first in range(0, weights.shape[0], step):
-        pairs, x_ties, y_ties, con_minus_dis = counter(np.asarray(weights[first : first + step]))
+    for chunk, (pairs, x_ties, y_ties, con_minus_dis) in _chunk_counts(x, y, weights, np.asarray):
         n0 = pairs.astype(np.float64)
         den = np.sqrt((n0 - x_ties) * (n0 - y_ties))
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[first : first + step] = np.where(den > 0, con_minus_dis / den, np.nan)
+            out[chunk] = np.where(den > 0, con_minus_dis / den, np.nan)
     return np.clip(out, -1.0, 1.0)
 
 
@@ -322,11 +319,9 @@ def _kendall_resampled(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndar
     Returns:
         ``(B,)`` taus.
     """
-    counter = _TauCounts(x, y)
     taus = np.empty(idx.shape[0])
-    step = _boot_chunk(x.size)
-    for first in range(0, idx.shape[0], step):
-        total, x_ties, y_ties, con_minus_dis = counter(_multiplicities(idx[first : first + step], x.size))
+    counts = _chunk_counts(x, y, idx, lambda rows: _multiplicities(rows, x.size))
+    for chunk, (total, x_ties, y_ties, con_minus_dis) in counts:
         with np.errstate(invalid="ignore", divide="ignore"):  # scipy's formula, in its order
             tau = (
                 con_minus_dis
@@ -334,8 +329,22 @@ def _kendall_resampled(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndar
                 / np.sqrt((total - y_ties).astype(np.float64))
             )
         tau[(x_ties == total) | (y_ties == total)] = np.nan
-        taus[first : first + step] = np.minimum(1.0, np.maximum(-1.0, tau))
+        taus[chunk] = np.minimum(1.0, np.maximum(-1.0, tau))
     return taus
+
+
+def _chunk_counts(
+    x: np.ndarray, y: np.ndarray, resamples: np.ndarray, to_weights: Callable[[np.ndarray], np.ndarray]
+) -> Iterator[tuple[slice, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]]:
+    """:class:`_TauCounts` of ``resamples`` (rows), a chunk of :func:`_boot_chunk` rows at a time.
+
+    ``to_weights`` turns a chunk of rows into their ``(b, n)`` multiplicities; each chunk comes with its slice.
+    """
+    counter = _TauCounts(x, y)
+    step = _boot_chunk(x.size)
+    for first in range(0, resamples.shape[0], step):
+        chunk = slice(first, first + step)
+        yield chunk, counter(to_weights(resamples[chunk]))
 
 
 def _constant_rows(a: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from kl_retrievers._config import SIMILARITIES, Pooling, is_saved_encoder
-from kl_retrievers._io import _siblings, check_replace_target, finite_json, is_within, some_names, user_path
+from kl_retrievers._io import _siblings, finite_json, is_within, some_names, user_path
 from kl_retrievers.cli_common import (
     DEPRECATED_QUIET_WARNING,
     _HelpFormatter,
@@ -42,6 +42,7 @@ from kl_retrievers.cli_common import (
     stdin_problem,
     token_budget,
 )
+from kl_retrievers.training._checkpoint import refuse_other_folder
 
 logger = logging.getLogger(__name__)
 
@@ -662,22 +663,14 @@ def check_checkpoint_dir(
             "the checkpoint. Choose a folder beside --out (the default is <--out>.checkpoint)"
         )
     check_output_path(target, flag, folder=True)
-    try:  # a link is judged alike with --resume: its checkpoints would replace the link, not write where it points
-        check_replace_target(
-            folder,
-            is_ours=_is_checkpoint,
-            what="a training checkpoint (it has no state.json)",
-            overwrite=overwrite,
-            flag="--overwrite",
-        )
-    except ValueError as exc:
-        hint = ""
-        if resume and folder.is_symlink():
-            hint = (
-                "; to resume from the checkpoint the link points to, pass that folder: --checkpoint-dir "
-                f"{shlex.quote(str(target))}"
-            )
-        raise ValueError(f"{flag} {given}: {exc}{hint}") from None
+    refuse_other_folder(  # a link is judged alike with --resume: its checkpoints would replace the link
+        folder,
+        is_ours=_is_checkpoint,
+        overwrite=overwrite,
+        flag="--overwrite",
+        where=f"{flag} {given}",
+        resume_as=f": --checkpoint-dir {shlex.quote(str(target))}" if resume else None,
+    )
     return folder
 
 

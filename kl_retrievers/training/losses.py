@@ -26,6 +26,7 @@ Examples:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Literal, get_args
 
 import torch
@@ -85,16 +86,7 @@ def score_matrix(
         >>> score_matrix(m, v, m + 1.0, v, "neg_kl")
         tensor([[-1.]])
     """
-    _check_similarity(similarity)
-    if similarity == "dot":
-        return q_mean @ d_mean.T
-    if similarity == "cosine":
-        return F.normalize(q_mean, dim=-1) @ F.normalize(d_mean, dim=-1).T
-    inv = 1.0 / d_var
-    doc_term = (torch.log(d_var) + d_mean.pow(2) * inv).sum(-1)  # (n_d,)
-    query_term = (torch.log(q_var) + 1.0).sum(-1)  # (n_q,)
-    cross = (q_var + q_mean.pow(2)) @ inv.T - 2.0 * q_mean @ (d_mean * inv).T
-    return -0.5 * (doc_term[None, :] - query_term[:, None] + cross)
+    return _scores(q_mean, q_var, d_mean, d_var, similarity, lambda q, d: q @ d.T)
 
 
 def score_candidates(
@@ -106,19 +98,40 @@ def score_candidates(
 ) -> torch.Tensor:
     """Scores of each query against its own candidates: ``(n, k)`` queries, ``(n, m, k)`` documents -> ``(n, m)``.
 
+    The same formula as :func:`score_matrix` (``neg_kl`` through its inner-product expansion), each query
+    against its own ``m`` documents.
+
     Examples:
         >>> q = torch.zeros(1, 2); d = torch.zeros(1, 3, 2)
         >>> score_candidates(q, q + 1, d, d + 1, "dot").shape
         torch.Size([1, 3])
     """
+    return _scores(q_mean, q_var, d_mean, d_var, similarity, lambda q, d: (d @ q[:, :, None]).squeeze(-1))
+
+
+def _scores(
+    q_mean: torch.Tensor,
+    q_var: torch.Tensor,
+    d_mean: torch.Tensor,
+    d_var: torch.Tensor,
+    similarity: str,
+    inner: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """The one score formula of :func:`score_matrix` and :func:`score_candidates`, given their inner product.
+
+    ``inner(q, d)`` is the inner product of each query row of ``q`` with its documents in ``d`` (every row of
+    ``d``, or the query's own candidates); ``-KL`` is its inner-product expansion, the one the stores serve.
+    """
     _check_similarity(similarity)
-    qm, qv = q_mean[:, None, :], q_var[:, None, :]
     if similarity == "dot":
-        return (qm * d_mean).sum(-1)
+        return inner(q_mean, d_mean)
     if similarity == "cosine":
-        return F.cosine_similarity(qm, d_mean, dim=-1)
-    kl = 0.5 * (torch.log(d_var) - torch.log(qv) - 1.0 + qv / d_var + (qm - d_mean).pow(2) / d_var).sum(-1)
-    return -kl
+        return inner(F.normalize(q_mean, dim=-1), F.normalize(d_mean, dim=-1))
+    inv = 1.0 / d_var
+    doc_term = (torch.log(d_var) + d_mean.pow(2) * inv).sum(-1)  # (n_d,) or (n, m)
+    query_term = (torch.log(q_var) + 1.0).sum(-1)  # (n_q,)
+    cross = inner(q_var + q_mean.pow(2), inv) - 2.0 * inner(q_mean, d_mean * inv)
+    return -0.5 * (doc_term - query_term[:, None] + cross)
 
 
 def contrastive_loss(

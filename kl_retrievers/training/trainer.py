@@ -52,13 +52,13 @@ from kl_retrievers._io import (
     LEFTOVER_NAME,
     atomic_dir,
     atomic_file,
-    check_replace_target,
     finite_json,
     recover_dir,
     user_path,
 )
 from kl_retrievers.gaussian import Gaussians, is_real_number
 from kl_retrievers.training import _extra_error
+from kl_retrievers.training._checkpoint import refuse_other_folder
 from kl_retrievers.training.data import TrainExample, TrainingSet, require_train_extra
 
 try:  # the [train] extra: without it, importing this module names the extra (as training.trainer does)
@@ -656,29 +656,20 @@ def check_checkpoint_folder(folder: Path, *, overwrite: bool = False, resume: bo
         >>> import tempfile
         >>> folder = Path(tempfile.mkdtemp())
         >>> _ = (folder / "notes.txt").write_text("mine")
+        >>> check_checkpoint_folder(folder, overwrite=True)  # asked for: the checkpoints may replace it
         >>> check_checkpoint_folder(folder)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ValueError: checkpoint_dir ...: each checkpoint replaces the folder as a whole: cannot save into ...
     """
-    try:
-        check_replace_target(
-            folder,
-            # any state.json (a damaged one included, which a resume refuses with its own message)
-            is_ours=lambda path: os.path.lexists(path / "state.json"),
-            what="a training checkpoint (it has no state.json)",
-            overwrite=overwrite,
-            flag="overwrite=True",
-        )
-    except ValueError as exc:
-        hint = ""
-        if resume and folder.is_symlink():
-            hint = (
-                f"; to resume from the checkpoint the link points to, pass that folder, checkpoint_dir="
-                f"{os.fspath(os.path.realpath(folder))!r}"
-            )
-        raise ValueError(
-            f"checkpoint_dir {folder}: each checkpoint replaces the folder as a whole: {exc}{hint}"
-        ) from None
+    refuse_other_folder(
+        folder,
+        # any state.json (a damaged one included, which a resume refuses with its own message)
+        is_ours=lambda path: os.path.lexists(path / "state.json"),
+        overwrite=overwrite,
+        flag="overwrite=True",
+        where=f"checkpoint_dir {folder}: each checkpoint replaces the folder as a whole",
+        resume_as=f", checkpoint_dir={os.fspath(os.path.realpath(folder))!r}" if resume else None,
+    )
 
 
 def _check_inputs(ts: Any, cfg: Any) -> None:
@@ -2370,10 +2361,8 @@ def train_encoder(
         assert evaluator is not None
         return _run_evaluation(encoder, evaluator, step)
 
-    previous = _RecordKeeper(encoder)
-    record_training(encoder, cfg, ts, recipe=record_recipe)  # evaluations score a vector twin by its similarity
-    try:
-        result = _optimise(
+    def optimise(changed: Callable[[], None]) -> TrainResult:
+        return _optimise(
             encoder,
             cfg,
             micro_loss,
@@ -2384,20 +2373,46 @@ def train_encoder(
             evaluate=evaluate if evaluator is not None else None,
             eval_every=eval_every,
             description=evaluator_description(evaluator, encoder) if evaluator is not None else None,
-            changed=previous.weights_changed,
+            changed=changed,
             commands=commands,
             invocation=invocation,
         )
+
+    return _recorded_run(encoder, cfg, ts, record_recipe, optimise)
+
+
+# ---------------------------------------------------------------------------------- fast path
+def _recorded_run(
+    encoder: GaussianEncoder,
+    cfg: TrainConfig,
+    ts: TrainingSet,
+    record_recipe: Mapping[str, Any],
+    optimise: Callable[[Callable[[], None]], TrainResult],
+    *,
+    finally_: Callable[[], None] | None = None,
+) -> TrainResult:
+    """Run ``optimise(changed)`` between the two training records both loops write (:func:`record_training`).
+
+    The record is written before the first step (evaluations score a vector twin by its similarity) and again
+    with the result; a run that fails before its weights change (``changed``, :class:`_RecordKeeper`) gives
+    the previous record back. ``finally_`` then runs however it ended, and the encoder is left in evaluation
+    mode.
+    """
+    previous = _RecordKeeper(encoder)
+    record_training(encoder, cfg, ts, recipe=record_recipe)
+    try:
+        result = optimise(previous.weights_changed)
     except BaseException:
         previous.restore_unless_changed()
         raise
     finally:
+        if finally_ is not None:
+            finally_()
         encoder.eval()
     record_training(encoder, cfg, ts, result, recipe=record_recipe)
     return result
 
 
-# ---------------------------------------------------------------------------------- fast path
 def encode_from_features(encoder: GaussianEncoder, feats: Features, batch_size: int = 4096) -> Gaussians:
     """Gaussians (numpy float32) from cached backbone features through the encoder's heads.
 
@@ -2588,14 +2603,13 @@ def train_heads_cached(
             heads.to(device)
 
     trainable = [(p, p.requires_grad) for p in encoder.parameters()]  # the caller's freezing, given back at the end
-    previous = _RecordKeeper(encoder)
-    record_training(encoder, cfg, ts, recipe=record_recipe)  # evaluations score a vector twin by its similarity
-    try:
+
+    def optimise(changed: Callable[[], None]) -> TrainResult:
         for p in encoder.parameters():
             p.requires_grad_(False)
         for p in heads.parameters():
             p.requires_grad_(True)
-        result = _optimise(
+        return _optimise(
             heads,
             cfg,
             micro_loss,
@@ -2607,18 +2621,15 @@ def train_heads_cached(
             eval_every=eval_every,
             prepare=prepare_evaluation,
             description=evaluator_description(evaluator, encoder) if evaluator is not None else None,
-            changed=previous.weights_changed,
+            changed=changed,
             commands=commands,
             invocation=invocation,
         )
-    except BaseException:
-        previous.restore_unless_changed()
-        raise
-    finally:
+
+    def give_back() -> None:
         encoder.mean_head.to(home[0])
         encoder.var_head.to(home[1])
         for p, was in trainable:
             p.requires_grad_(was)
-        encoder.eval()
-    record_training(encoder, cfg, ts, result, recipe=record_recipe)
-    return result
+
+    return _recorded_run(encoder, cfg, ts, record_recipe, optimise, finally_=give_back)
