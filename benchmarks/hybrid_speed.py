@@ -22,7 +22,10 @@ CPU time instead of the wall clock (less disturbed by other processes on a busy 
 
 Prints, last, ``rrf_ms=X convex_ms=Y adaptive_ms=Z filtered_ms=W filter_calls_per_row=C kl_half_ms=D``: the
 unfiltered latency of each mode, the mean latency of the filtered searches, the filter calls per row, and the
-KL half alone at the hybrid's candidate depth (``k=100``: what it asks the dense store for).
+KL half alone at the hybrid's candidate depth (``max(--k, 100)``: what it asks the dense store for).
+
+``--digest`` times nothing: it prints a SHA-256 of every search's results (each fusion mode, without and with
+a filter, at ``--k`` and 100), so that two checkouts can be shown to return the same results.
 
 Compare two checkouts by running this script alternately with ``PYTHONPATH`` pointing at each (the
 numbers in docs/hybrid.md were measured with ``OMP_NUM_THREADS=1``):
@@ -36,6 +39,9 @@ numbers in docs/hybrid.md were measured with ``OMP_NUM_THREADS=1``):
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import json
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -120,6 +126,28 @@ def load_dataset(
     return ds.document_texts(), ds.query_texts(), d, q
 
 
+def results_digest(store: KLHybridStore, queries: list[str], qg: Gaussians, ks: tuple[int, ...]) -> str:
+    """``<mode>=<sha256 prefix> ... results_digest=<sha256 prefix>`` of every search's results.
+
+    Each result is hashed with every field of :class:`~kl_retrievers.hybrid.HybridResult` (ids, order, fused,
+    ``-KL`` and BM25 scores to the last bit, ranks, weights, texts and metadata), for each fusion mode without a
+    filter, with ``{"lang": "en"}`` and with a callable filter, at each ``k`` in ``ks``.
+    """
+    total = hashlib.sha256()
+    parts = []
+    for mode in FUSION_MODES:
+        h = hashlib.sha256()
+        for flt in (None, {"lang": "en"}, CountingFilter()):
+            for k in sorted(set(ks)):
+                for i, text in enumerate(queries):
+                    hits = store.search(text, k=k, filter=flt, query_gaussians=qg[i : i + 1], fusion=mode)
+                    rows = [dataclasses.asdict(r) for r in hits]
+                    h.update(json.dumps(rows, sort_keys=True, default=repr, allow_nan=True).encode())
+        parts.append(f"{mode}={h.hexdigest()[:16]}")
+        total.update(h.digest())
+    return " ".join(parts) + f" results_digest={total.hexdigest()[:16]}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--n", type=positive_int, default=None, help="documents (default 20,000; --quick: 5,000)")
@@ -153,6 +181,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--clock", choices=tuple(CLOCKS), default="wall", help="wall time or the process's CPU time (default wall)"
+    )
+    parser.add_argument(
+        "--digest",
+        action="store_true",
+        help="time nothing: print a SHA-256 of every search's results (each fusion mode, no filter, a dict and a "
+        "callable filter, at --k and 100) to compare two checkouts' results",
     )
     args = parser.parse_args(argv)
     if args.dataset is not None and args.gaussians is not None:
@@ -198,6 +232,10 @@ def main(argv: list[str] | None = None) -> None:
     store.adaptive_params()  # read once, outside the timing
 
     source = "synthetic" if real is None else f"{args.dataset} ({args.split or 'test'} queries)"
+    if args.digest:
+        print(f"{source}: n={n} dim={dim} queries={n_queries}")
+        print(results_digest(store, queries, qg, (args.k, DEFAULT_CANDIDATES)))
+        return
     print(
         f"{source}: n={n} dim={dim} queries={n_queries} k={args.k} (best of {args.repeats}, {args.clock} ms per search)"
     )
@@ -217,7 +255,9 @@ def main(argv: list[str] | None = None) -> None:
         filtered += cells[1:]
         print(f"{mode:<10}{cells[0]:>12.3f}{cells[1]:>14.3f}{cells[2]:>12.3f}")
     dense: dict[int, float] = {}
-    depth = min(DEFAULT_CANDIDATES, n)  # what the hybrid asks the KL half for
+    depth = min(
+        max(args.k, DEFAULT_CANDIDATES), n
+    )  # what the hybrid asks the KL half for (hybrid.py: max(k, candidates))
     for k in sorted({*(k for k in _DENSE_KS if k <= n), args.k, depth}):  # a k above the store's size times no more
 
         def alone(i: int, k: int = k) -> object:

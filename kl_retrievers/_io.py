@@ -2046,12 +2046,32 @@ def load_gaussians(path: str | os.PathLike[str]) -> tuple[Any, list[str] | None]
     return load_unchanged(source, load)
 
 
+def env_value(name: str) -> str | None:
+    """The environment variable ``name``'s value, or ``None`` when it is unset, empty or blank (only spaces).
+
+    A blank value counts as unset, as the XDG convention has it for its folder variables (a folder named by it
+    would be ``" "`` in the working folder). The value is returned as set, spaces included.
+
+    Examples:
+        >>> import os
+        >>> os.environ["KL_EXAMPLE_VALUE"] = "  "
+        >>> env_value("KL_EXAMPLE_VALUE") is None, env_value("KL_EXAMPLE_UNSET_VALUE") is None
+        (True, True)
+        >>> os.environ["KL_EXAMPLE_VALUE"] = "/tmp/x"
+        >>> env_value("KL_EXAMPLE_VALUE")
+        '/tmp/x'
+        >>> del os.environ["KL_EXAMPLE_VALUE"]
+    """
+    value = os.environ.get(name)
+    return value if value and value.strip() else None
+
+
 def user_cache_dir(env: str, name: str) -> Path:
     """A kl-retrievers cache folder: ``$env`` when set, else ``~/.cache/kl_retrievers/<name>``.
 
     ``$XDG_CACHE_HOME`` replaces ``~/.cache`` when set. A variable set to an empty or blank value (only
-    spaces) counts as unset, as the XDG convention has it (it would otherwise name a folder ``" "`` in the
-    working folder).
+    spaces) counts as unset (:func:`env_value`), as the XDG convention has it (it would otherwise name a
+    folder ``" "`` in the working folder).
 
     Raises:
         CacheFolderError: Neither variable is set and the home folder is unknown (``HOME`` unset and no
@@ -2065,11 +2085,11 @@ def user_cache_dir(env: str, name: str) -> Path:
         '/tmp/kl-example'
         >>> del os.environ["KL_EXAMPLE_CACHE"]
     """
-    value = os.environ.get(env)
-    if value and value.strip():
+    value = env_value(env)
+    if value is not None:
         return user_path(value)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    if xdg and xdg.strip():
+    xdg = env_value("XDG_CACHE_HOME")
+    if xdg is not None:
         return user_path(xdg) / "kl_retrievers" / name
     home = os.path.expanduser("~")
     if home == "~":  # Path.home() would raise RuntimeError("Could not determine home directory.")

@@ -4259,15 +4259,17 @@ class KLHybridRetriever(_TopKRetriever):
 
     ``NodeWithScore.score`` is the fused score (its scale depends on the fusion mode, e.g. about
     ``1 / 60`` per list for RRF), so use :class:`KLConfidencePostprocessor` rather than
-    ``SimilarityPostprocessor`` to cut. Both halves search the bundle's ``query_str`` only: its
-    ``custom_embedding_strs`` (HyDE's) are not searched, where :class:`KLRetriever` searches their
-    moment-matched Gaussian (BM25 reads one text, and the hybrid calibrator and adaptive fusion were fitted
-    on the dense half's Gaussian of that same text). Both halves index a node's ``MetadataMode.EMBED`` content (what
-    ``VectorStoreIndex`` embeds and :class:`KLRetriever` encodes: its metadata string, then its text), the
+    ``SimilarityPostprocessor`` to cut. Both halves search the bundle's ``query_str`` only (``retrieve`` and
+    ``aretrieve`` alike; LlamaIndex's ``BM25Retriever`` reads it too): its ``custom_embedding_strs`` (HyDE's) are
+    not searched, where :class:`KLRetriever` searches their moment-matched Gaussian, nor is its ``embedding`` (the
+    store's encoder encodes ``query_str``, as :class:`KLRetriever` with an encoder encodes its text), since BM25
+    reads one text and the hybrid calibrator and adaptive fusion were fitted on the dense half's Gaussian of that
+    same text; a blank ``query_str`` is a blank query. Both halves index a node's ``MetadataMode.EMBED`` content
+    (what ``VectorStoreIndex`` embeds and :class:`KLRetriever` encodes: its metadata string, then its text), the
     store's document text. Nodes are stored as :class:`KLVectorStore` stores them (LlamaIndex's
-    ``node_to_metadata_dict``, with the node's own text in its JSON) and come back as they went in: their
-    text, class (an ``IndexNode`` stays one), relationships and own excluded metadata keys; filters see
-    the same keys as :class:`KLVectorStore`'s (the node's metadata plus ``ref_doc_id`` / ``doc_id``), and
+    ``node_to_metadata_dict``, with the node's own text in its JSON) and come back as they went in: their text,
+    class (an ``IndexNode`` stays one), relationships and own excluded metadata keys; filters see the same keys as
+    :class:`KLVectorStore`'s (the node's metadata plus ``ref_doc_id`` / ``doc_id``), and
     a returned node shows the stored metadata (also after a core-API upsert that changed it). Each
     node's metadata carries what both retrievers said (:meth:`~kl_retrievers.hybrid.HybridResult.scores`):
     ``fused_score``, ``fusion``, ``neg_kl`` (the exact ``-KL``), ``bm25``, ``dense_rank`` /

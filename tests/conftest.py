@@ -259,6 +259,29 @@ def random_gaussians(n: int, k: int, *, seed: int = 0, dtype: type = np.float64)
     return Gaussians(mean, var)
 
 
+def clustered_gaussians(n: int, dim: int, *, seed: int, shift: float = 3.0) -> Gaussians:
+    """``n`` float32 Gaussians (not validated) whose means lie around 32 random centres, ``shift`` out from the origin
+    (the exact path's kept-vector tests: rows near one another, and rows far out with a large ``shift``)."""
+    rng = np.random.default_rng(seed)
+    mean = rng.normal(size=(32, dim))[rng.integers(0, 32, n)] + rng.normal(0, 0.5, (n, dim)) + shift
+    return Gaussians(mean.astype(np.float32), np.exp(rng.normal(0, 0.5, (n, dim))).astype(np.float32), validate=False)
+
+
+def count_kept_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The table sizes ``FaissEngine._build_kept`` builds the exact path's kept float32 ``d~`` for, from now on."""
+    from kl_retrievers.store import _engines
+
+    calls: list[int] = []
+    real = _engines.FaissEngine._build_kept
+
+    def counting(self: _engines.FaissEngine, version: int, n: int, width: int) -> object:
+        calls.append(n)
+        return real(self, version, n, width)
+
+    monkeypatch.setattr(_engines.FaissEngine, "_build_kept", counting)
+    return calls
+
+
 @pytest.fixture
 def one_faiss_thread() -> Iterator[None]:
     """FAISS on one OpenMP thread during the test (``pytestmark = pytest.mark.usefixtures(...)`` in a module).
@@ -454,6 +477,24 @@ def interrupt_train_at(
         check(named, step)  # type: ignore[arg-type]
 
     monkeypatch.setattr(trainer_module, "_check_finite_weights", interrupted)
+
+
+def interrupted_cli_train(
+    w: TrainWorld, out: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> list[str]:
+    """``kl-retrievers train`` of :func:`heads_cached_train_argv` (3 steps, a checkpoint each, as run from a shell)
+    stopped by Ctrl-C at step 2 (:func:`interrupt_train_at`): the checkpoint of step 2 is left in ``out.checkpoint``.
+    Returns its argv (without the program name)."""
+    import sys
+
+    from kl_retrievers.cli import main
+
+    argv = heads_cached_train_argv(w, out, "--checkpoint-every", "1")
+    with monkeypatch.context() as m:
+        interrupt_train_at(m, 2)
+        m.setattr(sys, "argv", ["kl-retrievers", *argv])
+        assert main(argv) == 130, capsys.readouterr().err  # the checkpoint of step 2 is left
+    return argv
 
 
 #: Four short texts (ids :data:`IDENTITY_IDS`) the model-identity tests index.

@@ -10,12 +10,14 @@ table-version guards as the extension at an append, and results equal a fresh st
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
 import numpy as np
 import pytest
 
+from conftest import clustered_gaussians, count_kept_builds
 from kl_retrievers.gaussian import Gaussians, rewrite_block_norms, score_vectors_float32
 from kl_retrievers.store import KLStore, _engines
 
@@ -30,22 +32,8 @@ UNBUILT: dict[str, dict[str, Any]] = {
 }
 
 
-def _data(n: int, seed: int) -> Gaussians:
-    rng = np.random.default_rng(seed)
-    mean = rng.normal(size=(32, DIM))[rng.integers(0, 32, n)] + rng.normal(0, 0.5, (n, DIM)) + 3.0
-    return Gaussians(mean.astype(np.float32), np.exp(rng.normal(0, 0.5, (n, DIM))).astype(np.float32), validate=False)
-
-
-def _count_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls: list[int] = []
-    real = _engines.FaissEngine._build_kept
-
-    def counting(self: _engines.FaissEngine, version: int, n: int, width: int) -> object:
-        calls.append(n)
-        return real(self, version, n, width)
-
-    monkeypatch.setattr(_engines.FaissEngine, "_build_kept", counting)
-    return calls
+#: Documents and queries of DIM dimensions: ``_data(n, seed=..., shift=...)``.
+_data = functools.partial(clustered_gaussians, dim=DIM)
 
 
 def _store(settings: dict[str, Any], n: int = 600) -> KLStore:
@@ -80,7 +68,7 @@ def _same_results(store: KLStore, queries: Gaussians, **search: Any) -> None:
 def test_an_upsert_then_search_loop_builds_the_kept_vectors_once(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     store = _store(UNBUILT[kind])
     queries = _data(4, seed=2)
-    builds = _count_builds(monkeypatch)
+    builds = count_kept_builds(monkeypatch)
     for _ in range(2):  # the first rewrites the table, the second builds the kept vectors
         store.search_batch(queries, k=10)
     assert builds == [600]
@@ -138,7 +126,7 @@ def test_mixes_of_adds_upserts_deletes_and_compactions_give_a_fresh_stores_resul
         store.search_batch(queries, k=10, **search)
     approximate = settings.get("index_type", "flat") != "flat"
     assert (store._engine._kept is not None) == approximate
-    builds = _count_builds(monkeypatch)
+    builds = count_kept_builds(monkeypatch)
     rng = np.random.default_rng(6)
     compactions = store.compaction_count
     for step in range(4):

@@ -10,33 +10,22 @@ equal those of a fresh store over the same documents.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
+from conftest import clustered_gaussians, count_kept_builds
 from kl_retrievers.gaussian import Gaussians
-from kl_retrievers.store import KLStore, _engines
+from kl_retrievers.store import KLStore
 
 pytest.importorskip("faiss")
 
 DIM = 16
 
 
-def _data(n: int, seed: int, shift: float = 3.0) -> Gaussians:
-    rng = np.random.default_rng(seed)
-    mean = rng.normal(size=(32, DIM))[rng.integers(0, 32, n)] + rng.normal(0, 0.5, (n, DIM)) + shift
-    return Gaussians(mean.astype(np.float32), np.exp(rng.normal(0, 0.5, (n, DIM))).astype(np.float32), validate=False)
-
-
-def _count_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls: list[int] = []
-    real = _engines.FaissEngine._build_kept
-
-    def counting(self: _engines.FaissEngine, version: int, n: int, width: int) -> object:
-        calls.append(n)
-        return real(self, version, n, width)
-
-    monkeypatch.setattr(_engines.FaissEngine, "_build_kept", counting)
-    return calls
+#: Documents and queries of DIM dimensions: ``_data(n, seed=..., shift=...)``.
+_data = functools.partial(clustered_gaussians, dim=DIM)
 
 
 #: nlist=1024: the index waits for 8,192 documents, so every (unfiltered) search of the stores below it is exact.
@@ -48,7 +37,7 @@ def _kept_built(monkeypatch: pytest.MonkeyPatch, n: int, seed: int, queries: Gau
     table, the second builds the kept vectors), and the list of the table sizes its kept vectors were built for."""
     store = KLStore(**EXACT_IVF)  # type: ignore[arg-type]
     store.add(gaussians=_data(n, seed=seed), ids=[f"d{i}" for i in range(n)], metadatas=[{}] * n)
-    builds = _count_builds(monkeypatch)
+    builds = count_kept_builds(monkeypatch)
     for _ in range(2):
         store.search_batch(queries, k=10)
     return store, builds
@@ -104,7 +93,7 @@ def test_extended_kept_vectors_give_a_fresh_stores_results_after_upserts_and_del
     queries = _data(3, seed=4)
     for _ in range(12):  # the exact searches rewrite the table's rows: the last builds the kept vectors
         store.search_batch(queries, k=10, filter={"t": True})
-    builds = _count_builds(monkeypatch)
+    builds = count_kept_builds(monkeypatch)
     rng = np.random.default_rng(5)
     for step in range(6):
         new = _data(4, seed=200 + step)

@@ -94,3 +94,21 @@ def test_best_ms_reads_the_clock_it_is_given() -> None:
     assert hybrid_speed._best_ms(calls.append, 4, 3, clock) == 2.0 / 4 * 1000.0
     assert calls == [0, 1, 2, 3] * 3
     assert hybrid_speed.CLOCKS["cpu"] is not hybrid_speed.CLOCKS["wall"]
+
+
+def test_digest_hashes_every_result_field_and_times_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--digest``: the same store gives the same hash twice; a changed score (one bit) or metadata changes it."""
+    store = hybrid_speed.build_store(300, 8)
+    queries, qg = ["w1 w2 w3", "w4 w5"], store.kl.get_gaussians(["d0", "d1"])
+    first = hybrid_speed.results_digest(store, queries, qg, (3, 100))
+    assert first == hybrid_speed.results_digest(store, queries, qg, (3, 100))
+    assert [part.split("=")[0] for part in first.split()] == ["rrf", "convex", "adaptive", "results_digest"]
+    real_search = store.search
+
+    def nudged(*args: Any, **kwargs: Any) -> Any:
+        hits = real_search(*args, **kwargs)
+        return [type(h)(**{**h.__dict__, "neg_kl": float(hybrid_speed.np.nextafter(h.neg_kl, 0.0))}) for h in hits]
+
+    monkeypatch.setattr(store, "search", nudged)
+    changed = hybrid_speed.results_digest(store, queries, qg, (3, 100))
+    assert all(a != b for a, b in zip(first.split(), changed.split(), strict=True))

@@ -65,3 +65,20 @@ def test_candidates_score_as_the_matrix_does(similarity: str) -> None:
     torch.testing.assert_close(cand, matrix.gather(1, cols))
     with pytest.raises(ValueError, match="similarity must be one of"):
         score_candidates(qm, qv, dm[cols], dv[cols], "l2")  # type: ignore[arg-type]
+
+
+def test_candidates_keep_float32_precision_with_large_means_and_small_variances() -> None:
+    """Means about 10, variances 1e-3, documents close to their query: the expansion's terms ``mu^2 / var``
+    (about 1e5 each) cancel in float32 unless each query's candidates are centred on it; the scores and the
+    ranking must stay those of float64 -KL."""
+    g = torch.Generator().manual_seed(11)
+    n, m, k = 32, 8, 384
+    qm = 10.0 + torch.randn(n, k, generator=g)
+    qv = torch.full((n, k), 1e-3)
+    dm = qm[:, None, :] + 0.01 * torch.randn(n, m, k, generator=g)
+    dv = torch.full((n, m, k), 1e-3)
+    got = score_candidates(qm, qv, dm, dv, "neg_kl")
+    ref = -0.5 * (dv.double().log() - qv.double().log()[:, None] - 1.0 + qv.double()[:, None] / dv.double())
+    ref = (ref - 0.5 * (qm.double()[:, None] - dm.double()) ** 2 / dv.double()).sum(-1)
+    assert float((got.double() - ref).abs().max()) < 1e-3 * float(ref.abs().max())
+    assert torch.equal(got.argsort(dim=1), ref.argsort(dim=1))

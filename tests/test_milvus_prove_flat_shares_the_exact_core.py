@@ -22,6 +22,9 @@ from kl_retrievers.gaussian import Gaussians, document_gaussians_from_vectors, f
 from kl_retrievers.milvus import MilvusKLStore
 
 N = 2000
+IDS = [f"d{i:04d}" for i in range(N)]
+#: Metadata with one row in 50 kept (40 rows).
+KEEP = [{"keep": i % 50 == 0} for i in range(N)]
 
 
 def _hard(dim: int = 16, nq: int = 12) -> tuple[Gaussians, Gaussians]:
@@ -46,6 +49,18 @@ def _ordinary(dim: int = 16, nq: int = 12) -> tuple[Gaussians, Gaussians]:
     return docs, queries
 
 
+def _flat_store(tmp_path: Path, **settings: Any) -> MilvusKLStore:
+    """A flat Milvus Lite store with ``prove_flat`` at ``tmp_path/kl.db`` (``settings``: its other settings)."""
+    return MilvusKLStore(uri=str(tmp_path / "kl.db"), index_type="flat", prove_flat=True, **settings)
+
+
+def _assert_results(got: list[list[Any]], want: list[list[str]], scores: Any = None) -> None:
+    """``got`` holds the ids ``want`` (and the scores ``scores``, bit for bit, when given), in their order."""
+    assert [[h.id for h in row] for row in got] == want
+    if scores is not None:
+        np.testing.assert_array_equal([[h.score for h in row] for row in got], scores)
+
+
 def _float64_truth(store: MilvusKLStore, queries: Gaussians, ids: list[str], k: int) -> tuple[list[list[str]], Any]:
     """The float64 top ``k`` of the Gaussians recovered from the stored rows, in the store's centred frame."""
     rows = store.client.query(store.collection_name, filter=f"id in {json.dumps(ids)}", output_fields=["vector"])
@@ -62,7 +77,7 @@ def test_prove_flat_is_the_float64_top_k_through_refine_top_k(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, metric: str, data: str
 ) -> None:
     docs, queries = _hard() if data == "hard" else _ordinary()
-    ids = [f"d{i:04d}" for i in range(N)]
+    ids = IDS
     calls: list[int] = []
     real = milvus_module.refine_top_k
 
@@ -71,32 +86,24 @@ def test_prove_flat_is_the_float64_top_k_through_refine_top_k(
         return real(nq, *args, **kwargs)
 
     monkeypatch.setattr(milvus_module, "refine_top_k", spy)
-    with MilvusKLStore(
-        uri=str(tmp_path / "kl.db"),
-        index_type="flat",
-        metric=metric,  # type: ignore[arg-type]
-        prove_flat=True,
-        rescore_pool=10,
-        rescore_factor=1,
-    ) as store:
+    with _flat_store(tmp_path, metric=metric, rescore_pool=10, rescore_factor=1) as store:
         store.add(gaussians=docs, ids=ids)
         got = store.search_batch(queries, k=64)
         want, scores = _float64_truth(store, queries, ids, 64)
     assert calls == [len(queries)]  # the shared core ranked them
-    assert [[h.id for h in row] for row in got] == want
-    np.testing.assert_array_equal([[h.score for h in row] for row in got], scores)
+    _assert_results(got, want, scores)
 
 
 def test_a_filter_and_k_above_the_matching_rows(tmp_path: Path) -> None:
     docs, queries = _hard(nq=4)
-    ids = [f"d{i:04d}" for i in range(N)]
-    metas = [{"keep": i % 50 == 0} for i in range(N)]  # 40 rows match
-    with MilvusKLStore(uri=str(tmp_path / "kl.db"), index_type="flat", prove_flat=True, rescore_pool=10) as store:
+    ids = IDS
+    metas = KEEP  # 40 rows match
+    with _flat_store(tmp_path, rescore_pool=10) as store:
         store.add(gaussians=docs, ids=ids, metadatas=metas)
         got = store.search_batch(queries, k=64, filter={"keep": True})
         kept = [i for i, m in zip(ids, metas, strict=True) if m["keep"]]
         want, _ = _float64_truth(store, queries, kept, 40)
-    assert [[h.id for h in row] for row in got] == want
+    _assert_results(got, want)
     assert all(h.metadata == {"keep": True} for row in got for h in row)
 
 
@@ -106,7 +113,7 @@ def test_above_exact_threshold_the_best_rows_scored_come_back_with_a_warning(
     """Hard data, a pool of ``k``: not provable, and 2000 rows match, above ``exact_threshold``: a warning, and per
     query the best ``k`` of the rows re-scored (the first pool and the wider pools' rows the bound kept)."""
     docs, queries = _hard(nq=3)
-    ids = [f"d{i:04d}" for i in range(N)]
+    ids = IDS
     rescored: list[tuple[np.ndarray, np.ndarray]] = []  # (queries, float64 scores) of every re-scoring
     real = milvus_module.refine_top_k
 
@@ -119,15 +126,7 @@ def test_above_exact_threshold_the_best_rows_scored_come_back_with_a_warning(
         return real(nq, k, n, margin, candidates, scored, *rest)
 
     monkeypatch.setattr(milvus_module, "refine_top_k", spy)
-    with MilvusKLStore(
-        uri=str(tmp_path / "kl.db"),
-        index_type="flat",
-        metric="L2",
-        prove_flat=True,
-        rescore_pool=1,
-        rescore_factor=1,
-        exact_threshold=10,
-    ) as store:
+    with _flat_store(tmp_path, metric="L2", rescore_pool=1, rescore_factor=1, exact_threshold=10) as store:
         store.add(gaussians=docs, ids=ids)
         with caplog.at_level(logging.WARNING, logger="kl_retrievers.store.milvus"):
             got = store.search_batch(queries, k=64)
@@ -142,9 +141,7 @@ def test_exact_ties_come_back_later_added_first(tmp_path: Path) -> None:
     """Three copies of one Gaussian tie exactly; k = 2 keeps the two added last, as KLStore would."""
     docs, _ = _ordinary(dim=4)
     twin = Gaussians(np.repeat(np.asarray(docs.mean)[:1], 3, axis=0), np.repeat(np.asarray(docs.var)[:1], 3, axis=0))
-    with MilvusKLStore(
-        uri=str(tmp_path / "kl.db"), index_type="flat", prove_flat=True, rescore_pool=1, rescore_factor=1
-    ) as store:
+    with _flat_store(tmp_path, rescore_pool=1, rescore_factor=1) as store:
         store.add(gaussians=docs[1:200], ids=[f"o{i}" for i in range(199)])
         for i, name in enumerate("bac"):
             store.add(gaussians=twin[i : i + 1], ids=[name])
@@ -165,17 +162,10 @@ def test_a_pool_at_max_topk_is_proven(
     """
     monkeypatch.setattr(milvus_module, "MAX_TOPK", 64)
     docs, queries = _ordinary(nq=6)
-    ids = [f"d{i:04d}" for i in range(N)]
+    ids = IDS
     limits: list[int] = []
-    with MilvusKLStore(
-        uri=str(tmp_path / "kl.db"),
-        index_type="flat",
-        metric=metric,  # type: ignore[arg-type]
-        prove_flat=True,
-        rescore_pool=10,
-        rescore_factor=10,  # k = 8: a pool of 80 rows, capped
-        exact_threshold=10,
-    ) as store:
+    # k = 8: a pool of 80 rows, capped
+    with _flat_store(tmp_path, metric=metric, rescore_pool=10, rescore_factor=10, exact_threshold=10) as store:
         store.add(gaussians=docs, ids=ids)
         real = store._client.search
 
@@ -189,8 +179,7 @@ def test_a_pool_at_max_topk_is_proven(
         want, scores = _float64_truth(store, queries, ids, 8)
     assert limits == [64]  # one search of the capped pool (63 rows) and its witness proved every query
     assert "not provably enough" not in caplog.text
-    assert [[h.id for h in row] for row in got] == want
-    np.testing.assert_array_equal([[h.score for h in row] for row in got], scores)
+    _assert_results(got, want, scores)
 
 
 @pytest.mark.parametrize("matching", ["all", "40 of them"])
@@ -201,8 +190,8 @@ def test_a_proven_first_pool_costs_one_search_no_count_and_one_rescoring(
     search that comes back short (every matching row: their number), needs no ``count(*)`` request; the first pool
     is re-scored in float64 once, for the bound and the proof alike (before: a count per batch, two re-scorings)."""
     docs, queries = _ordinary(nq=6)
-    ids = [f"d{i:04d}" for i in range(N)]
-    metas = [{"keep": i % 50 == 0} for i in range(N)]
+    ids = IDS
+    metas = KEEP
     filter = {"keep": True} if matching != "all" else None
     counts: list[str] = []
     rescorings: list[tuple[int, ...]] = []
@@ -213,9 +202,7 @@ def test_a_proven_first_pool_costs_one_search_no_count_and_one_rescoring(
         return real_rows(queries, documents, rows)
 
     monkeypatch.setattr(milvus_module, "neg_kl_rows", rows_spy)
-    with MilvusKLStore(
-        uri=str(tmp_path / "kl.db"), index_type="flat", prove_flat=True, rescore_pool=10, rescore_factor=10
-    ) as store:
+    with _flat_store(tmp_path, rescore_pool=10, rescore_factor=10) as store:
         store.add(gaussians=docs, ids=ids, metadatas=metas)
         real_count = store._count
 
@@ -229,4 +216,4 @@ def test_a_proven_first_pool_costs_one_search_no_count_and_one_rescoring(
         want, _ = _float64_truth(store, queries, kept, 8)
     assert counts == []
     assert rescorings == [(len(queries), 80 if filter is None else 40)]
-    assert [[h.id for h in row] for row in got] == want
+    _assert_results(got, want)

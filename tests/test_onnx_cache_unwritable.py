@@ -55,17 +55,53 @@ def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     yield folder
 
 
+def _default_cache_under(xdg: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The default ONNX cache (``KL_RETRIEVERS_ONNX_CACHE`` unset) under ``XDG_CACHE_HOME=xdg``."""
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", os.fspath(xdg))
+    return xdg / "kl_retrievers" / "onnx"
+
+
 @pytest.fixture
 def default_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The default ONNX cache (``KL_RETRIEVERS_ONNX_CACHE`` unset) under ``XDG_CACHE_HOME=tmp_path/xdg``, not made."""
-    monkeypatch.delenv(ENV, raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", os.fspath(tmp_path / "xdg"))
-    return tmp_path / "xdg" / "kl_retrievers" / "onnx"
+    """The default ONNX cache under ``XDG_CACHE_HOME=tmp_path/xdg``, not made."""
+    return _default_cache_under(tmp_path / "xdg", monkeypatch)
+
+
+@pytest.fixture
+def a_file(tmp_path: Path) -> Path:
+    """A file where a folder is wanted: no user, root included, can create a folder below it."""
+    (tmp_path / "a-file").write_text("not a folder", encoding="utf-8")
+    return tmp_path / "a-file"
+
+
+@pytest.fixture
+def uncreatable_cache(a_file: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The default ONNX cache under ``XDG_CACHE_HOME=a_file``: a folder that cannot be created."""
+    return _default_cache_under(a_file, monkeypatch)
+
+
+@pytest.fixture
+def chosen_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The ONNX cache ``KL_RETRIEVERS_ONNX_CACHE`` names: ``tmp_path/cache``, not made."""
+    monkeypatch.setenv(ENV, os.fspath(tmp_path / "cache"))
+    return tmp_path / "cache"
 
 
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
     return make_tiny_encoder(dim=6, seed=5).save_pretrained(tmp_path / "encoder")
+
+
+def _load(source: Path) -> Any:
+    """``source`` loaded with the ONNX backend, float32 (exported into the cache, or found there)."""
+    return load_model(os.fspath(source), backend="onnx", quantize=None)
+
+
+def _load_twice(source: Path, caplog: pytest.LogCaptureFixture) -> tuple[Any, Any]:
+    """``source`` loaded twice in a row (:func:`_load`), the WARNINGs of both loads captured."""
+    with caplog.at_level(logging.WARNING, logger="kl_retrievers"):
+        return _load(source), _load(source)
 
 
 def _read_only(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -84,9 +120,9 @@ def _read_only(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(onnx_module, "_check_writable", refuse, raising=False)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def restore_modes(tmp_path: Path) -> Iterator[None]:
-    """Make everything under ``tmp_path`` writable again afterwards, so that pytest can remove it."""
+    """Make everything under ``tmp_path`` writable again afterwards, so that pytest can remove it (``_read_only``)."""
     yield
     for path in [tmp_path, *tmp_path.rglob("*")]:
         if not path.is_symlink():
@@ -113,7 +149,6 @@ def test_an_unwritable_default_cache_exports_into_a_temporary_folder_with_one_wa
     default_cache: Path,
     source: Path,
     private_tmp: Path,
-    restore_modes: None,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -121,9 +156,7 @@ def test_an_unwritable_default_cache_exports_into_a_temporary_folder_with_one_wa
     cache.mkdir(parents=True)
     _read_only(cache, monkeypatch)
     exports = _count_exports(monkeypatch)
-    with caplog.at_level(logging.WARNING, logger="kl_retrievers"):
-        encoder = load_model(os.fspath(source), backend="onnx", quantize=None)
-        again = load_model(os.fspath(source), backend="onnx", quantize=None)
+    encoder, again = _load_twice(source, caplog)
     (private,) = private_tmp.iterdir()
     assert encoder.path.parent == private and private.name.startswith("kl_retrievers-onnx-")
     assert again.path == encoder.path and len(exports) == 1  # the second load used the first one's export
@@ -135,15 +168,12 @@ def test_an_unwritable_default_cache_exports_into_a_temporary_folder_with_one_wa
 
 
 def test_a_default_cache_folder_that_cannot_be_created_falls_back_too(
-    tmp_path: Path, source: Path, private_tmp: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    uncreatable_cache: Path, source: Path, private_tmp: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A file along the cache's path: no user, root included, can create the folder."""
-    (tmp_path / "a-file").write_text("not a folder", encoding="utf-8")
-    monkeypatch.delenv(ENV, raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", os.fspath(tmp_path / "a-file"))
-    cache = tmp_path / "a-file" / "kl_retrievers" / "onnx"
+    cache = uncreatable_cache
     with caplog.at_level(logging.WARNING, logger="kl_retrievers"):
-        encoder = load_model(os.fspath(source), backend="onnx", quantize=None)
+        encoder = _load(source)
     assert encoder.path.parent.parent == private_tmp
     (warning,) = _fallback_warnings(caplog)
     assert str(cache) in warning and ENV in warning, warning
@@ -154,23 +184,21 @@ def test_no_cache_folder_named_exports_into_a_temporary_folder(
 ) -> None:
     monkeypatch.delenv(ENV, raising=False)
     with caplog.at_level(logging.WARNING, logger="kl_retrievers"):
-        encoder = load_model(os.fspath(source), backend="onnx", quantize=None)
+        encoder = _load(source)
     assert encoder.path.parent.parent == private_tmp
     (warning,) = _fallback_warnings(caplog)
     assert "home folder is unknown" in warning and ENV in warning, warning
 
 
 def test_a_read_only_cache_holding_the_export_loads_it_writing_nothing(
-    tmp_path: Path,
+    chosen_cache: Path,
     source: Path,
     private_tmp: Path,
-    restore_modes: None,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    cache = tmp_path / "cache"
-    monkeypatch.setenv(ENV, os.fspath(cache))
-    (entry,) = [load_model(os.fspath(source), backend="onnx", quantize=None).path]
+    cache = chosen_cache
+    (entry,) = [_load(source).path]
     before = sorted((os.fspath(p.relative_to(cache)), p.stat().st_mtime_ns) for p in cache.rglob("*"))
     _read_only(cache, monkeypatch)
     exports = _count_exports(monkeypatch)
@@ -180,7 +208,7 @@ def test_a_read_only_cache_holding_the_export_loads_it_writing_nothing(
 
     monkeypatch.setattr(onnx_module, "lock_file", no_lock)
     with caplog.at_level(logging.WARNING, logger="kl_retrievers"):
-        encoder = load_model(os.fspath(source), backend="onnx", quantize=None)
+        encoder = _load(source)
     assert encoder.path == entry and exports == []
     assert sorted((os.fspath(p.relative_to(cache)), p.stat().st_mtime_ns) for p in cache.rglob("*")) == before
     assert list(private_tmp.iterdir()) == []
@@ -188,15 +216,12 @@ def test_a_read_only_cache_holding_the_export_loads_it_writing_nothing(
 
 
 def test_neither_the_cache_nor_a_temporary_folder_writable_is_an_error_naming_both(
-    tmp_path: Path, source: Path, private_tmp: Path, monkeypatch: pytest.MonkeyPatch
+    a_file: Path, uncreatable_cache: Path, source: Path, private_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "a-file").write_text("not a folder", encoding="utf-8")
-    monkeypatch.delenv(ENV, raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", os.fspath(tmp_path / "a-file"))
-    cache = tmp_path / "a-file" / "kl_retrievers" / "onnx"
-    monkeypatch.setattr(tempfile, "tempdir", os.fspath(tmp_path / "a-file" / "tmp"))
+    cache = uncreatable_cache
+    monkeypatch.setattr(tempfile, "tempdir", os.fspath(a_file / "tmp"))
     with pytest.raises(OSError, match="no temporary folder can be made") as caught:
-        load_model(os.fspath(source), backend="onnx", quantize=None)
+        _load(source)
     assert str(cache) in str(caught.value) and f"set {ENV} to a writable folder" in str(caught.value)
 
 
@@ -211,12 +236,11 @@ _CHILD = textwrap.dedent(
 )
 
 
-def test_the_temporary_folder_is_removed_when_the_process_ends(tmp_path: Path, source: Path) -> None:
-    (tmp_path / "a-file").write_text("not a folder", encoding="utf-8")
+def test_the_temporary_folder_is_removed_when_the_process_ends(tmp_path: Path, a_file: Path, source: Path) -> None:
     temp = tmp_path / "tmp"
     temp.mkdir()
     env = {k: v for k, v in os.environ.items() if k != ENV}
-    env.update(XDG_CACHE_HOME=os.fspath(tmp_path / "a-file"), TMPDIR=os.fspath(temp))
+    env.update(XDG_CACHE_HOME=os.fspath(a_file), TMPDIR=os.fspath(temp))
     done = subprocess.run(
         [sys.executable, "-c", _CHILD, os.fspath(source)], env=env, capture_output=True, text=True, timeout=300
     )
@@ -236,18 +260,15 @@ def test_a_forked_child_does_not_remove_its_parents_temporary_folder(tmp_path: P
 
 
 def test_a_temporary_folder_removed_meanwhile_is_made_anew_with_a_warning_naming_it(
-    tmp_path: Path, source: Path, private_tmp: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    uncreatable_cache: Path, source: Path, private_tmp: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A cleaner of the temporary folder (systemd-tmpfiles, tmpreaper) removed it while the process ran: the warning
     that named it would otherwise be the last word on where the exports go."""
-    (tmp_path / "a-file").write_text("not a folder", encoding="utf-8")
-    monkeypatch.delenv(ENV, raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", os.fspath(tmp_path / "a-file"))
-    first = load_model(os.fspath(source), backend="onnx", quantize=None).path.parent
+    first = _load(source).path.parent
     shutil.rmtree(first)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="kl_retrievers"):
-        again = load_model(os.fspath(source), backend="onnx", quantize=None).path.parent
+        again = _load(source).path.parent
     assert again != first and again.parent == private_tmp and again.is_dir()
     (warning,) = _fallback_warnings(caplog)
     assert f"the temporary folder {again} instead" in warning and str(first) in warning and ENV in warning, warning
@@ -255,23 +276,22 @@ def test_a_temporary_folder_removed_meanwhile_is_made_anew_with_a_warning_naming
 
 def test_an_unwritable_folder_the_variable_names_is_an_error_naming_both(
     tmp_path: Path,
+    a_file: Path,
     source: Path,
     private_tmp: Path,
-    restore_modes: None,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Set explicitly, the variable is the user's choice: a typo or a read-only folder there fails early, rather than
     making every process export into a temporary folder of its own."""
-    (tmp_path / "a-file").write_text("not a folder", encoding="utf-8")
     read_only = tmp_path / "read-only"
     read_only.mkdir()
     _read_only(read_only, monkeypatch)
     exports = _count_exports(monkeypatch)
-    for cache in (tmp_path / "a-file" / "onnx", read_only):
+    for cache in (a_file / "onnx", read_only):
         monkeypatch.setenv(ENV, os.fspath(cache))
         with pytest.raises(OSError, match=f"{ENV} names the ONNX cache") as caught:
-            load_model(os.fspath(source), backend="onnx", quantize=None)
+            _load(source)
         message = str(caught.value)
         assert str(cache) in message and "set it to a writable folder, or unset it" in message, message
     assert exports == [] and list(private_tmp.iterdir()) == []
@@ -280,7 +300,7 @@ def test_an_unwritable_folder_the_variable_names_is_an_error_naming_both(
 def _stale_read_only_entry(cache: Path, source: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The model's entry in ``cache``, exported there, then edited (its graph no longer the recorded one: it does
     not load) and made read-only with the cache."""
-    entry = load_model(os.fspath(source), backend="onnx", quantize=None).path
+    entry = _load(source).path
     with (entry / "model.onnx").open("ab") as graph:
         graph.write(b"edited")
     _read_only(cache, monkeypatch)
@@ -291,7 +311,6 @@ def test_an_unused_entry_of_a_read_only_cache_is_logged_naming_the_folder_export
     default_cache: Path,
     source: Path,
     private_tmp: Path,
-    restore_modes: None,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -299,9 +318,7 @@ def test_an_unused_entry_of_a_read_only_cache_is_logged_naming_the_folder_export
     temporary folder; a second load uses that export, and says so."""
     entry = _stale_read_only_entry(default_cache, source, monkeypatch)
     exports = _count_exports(monkeypatch)
-    with caplog.at_level(logging.WARNING, logger="kl_retrievers"):
-        encoder = load_model(os.fspath(source), backend="onnx", quantize=None)
-        again = load_model(os.fspath(source), backend="onnx", quantize=None)
+    encoder, again = _load_twice(source, caplog)
     assert encoder.path.parent.parent == private_tmp and encoder.path.name == entry.name
     assert again.path == encoder.path and exports == [os.fspath(encoder.path)]
     stale = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and str(entry) in r.getMessage()]
@@ -312,19 +329,16 @@ def test_an_unused_entry_of_a_read_only_cache_is_logged_naming_the_folder_export
 
 
 def test_an_unused_entry_of_an_unwritable_cache_the_variable_names_is_logged_before_the_error(
-    tmp_path: Path,
+    chosen_cache: Path,
     source: Path,
     private_tmp: Path,
-    restore_modes: None,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The error alone would leave open why the export it holds was not used."""
-    cache = tmp_path / "cache"
-    monkeypatch.setenv(ENV, os.fspath(cache))
-    entry = _stale_read_only_entry(cache, source, monkeypatch)
+    entry = _stale_read_only_entry(chosen_cache, source, monkeypatch)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="kl_retrievers"), pytest.raises(OSError, match=ENV):
-        load_model(os.fspath(source), backend="onnx", quantize=None)
+        _load(source)
     (stale,) = [r.getMessage() for r in caplog.records if r.name.startswith("kl_retrievers")]
     assert stale.startswith(f"the cached ONNX export {entry} does not load") and stale.endswith("not using it"), stale

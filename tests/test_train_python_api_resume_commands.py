@@ -14,11 +14,10 @@ from typing import Any
 
 import pytest
 
-from conftest import TrainWorld, heads_cached_train_argv
+from conftest import TrainWorld, interrupt_train_at, interrupted_cli_train
 from kl_retrievers import GaussianEncoder
 from kl_retrievers.cli import main
 from kl_retrievers.training import TrainConfig, TrainResult, train_encoder, train_heads_cached
-from kl_retrievers.training import trainer as trainer_module
 from kl_retrievers.training.data import TrainingSet, load_training_data
 from kl_retrievers.training.trainer import _saved_commands
 
@@ -50,17 +49,10 @@ def _call(
     cfg = TrainConfig(lr=1e-3, steps=3, batch_size=2, device="cpu", checkpoint_every=1, show_progress=False)
     if function == "train_heads_cached":
         kwargs["cache_dir"] = world.cache / "features"
-    check = trainer_module._check_finite_weights
-
-    def interrupted(named: object, step: int) -> None:
-        if step == interrupt_at:
-            raise KeyboardInterrupt
-        check(named, step)  # type: ignore[arg-type]
-
     with monkeypatch.context() as m:
         m.setattr(sys, "argv", argv)
-        m.setattr(trainer_module, "_check_finite_weights", interrupted)
         if interrupt_at is not None:
+            interrupt_train_at(m, interrupt_at)
             with pytest.raises(KeyboardInterrupt):
                 FUNCTIONS[function](encoder, ts, cfg, checkpoint_dir=ckpt, resume=resume, **kwargs)
             return encoder, None
@@ -138,18 +130,7 @@ def test_the_command_lines_card_names_a_python_resumes_function(
 ) -> None:
     """The command line, its run resumed by a script, then by the command line again: the card lists all three."""
     out, ckpt = tmp_path / "m", tmp_path / "m.checkpoint"
-    argv = heads_cached_train_argv(train_world, out, "--checkpoint-every", "1")
-    check = trainer_module._check_finite_weights
-
-    def interrupted(named: object, step: int) -> None:
-        if step == 2:
-            raise KeyboardInterrupt
-        check(named, step)  # type: ignore[arg-type]
-
-    with monkeypatch.context() as m:
-        m.setattr(trainer_module, "_check_finite_weights", interrupted)
-        m.setattr(sys, "argv", ["kl-retrievers", *argv])
-        assert main(argv) == 130, capsys.readouterr().err  # the checkpoint of step 2 is left
+    argv = interrupted_cli_train(train_world, out, monkeypatch, capsys)
     cli_recipe = json.loads((ckpt / "state.json").read_text())["recipe"]["cli"]
     ts = load_training_data([str(train_world.beir.resolve())], split="train")
     cfg = TrainConfig(lr=1e-3, steps=3, batch_size=2, device="cpu", checkpoint_every=1, show_progress=False)

@@ -13,31 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TrainWorld, heads_cached_train_argv
+from conftest import TrainWorld, interrupted_cli_train
 from kl_retrievers import GaussianEncoder
 from kl_retrievers.cli import main
 from kl_retrievers.training import TrainConfig, train_heads_cached
-from kl_retrievers.training import trainer as trainer_module
 from kl_retrievers.training.data import load_training_data
-
-
-def _interrupted_cli_run(
-    world: TrainWorld, out: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> list[str]:
-    """``kl-retrievers train`` (3 steps, a checkpoint each) stopped by Ctrl-C at step 2; returns its argv."""
-    argv = heads_cached_train_argv(world, out, "--checkpoint-every", "1")
-    check = trainer_module._check_finite_weights
-
-    def interrupted(named: object, step: int) -> None:
-        if step == 2:
-            raise KeyboardInterrupt
-        check(named, step)  # type: ignore[arg-type]
-
-    with monkeypatch.context() as m:
-        m.setattr(trainer_module, "_check_finite_weights", interrupted)
-        m.setattr(sys, "argv", ["kl-retrievers", *argv])
-        assert main(argv) == 130, capsys.readouterr().err  # the checkpoint of step 2 is left
-    return argv
 
 
 def _python_resume(world: TrainWorld, ckpt: Path, cli_recipe: dict, steps: int) -> None:
@@ -63,7 +43,7 @@ def test_a_python_resume_keeps_the_command_lines_invocations(
 ) -> None:
     out = tmp_path / "m"
     ckpt = tmp_path / "m.checkpoint"
-    argv = _interrupted_cli_run(train_world, out, monkeypatch, capsys)
+    argv = interrupted_cli_train(train_world, out, monkeypatch, capsys)
     first = "kl-retrievers " + " ".join(argv)
     state_file = ckpt / "state.json"
     state = json.loads(state_file.read_text())
@@ -95,7 +75,7 @@ def test_a_python_resume_of_a_checkpoint_without_invocations_records_its_own(
     train_world: TrainWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ckpt = tmp_path / "m.checkpoint"
-    _interrupted_cli_run(train_world, tmp_path / "m", monkeypatch, capsys)
+    interrupted_cli_train(train_world, tmp_path / "m", monkeypatch, capsys)
     state_file = ckpt / "state.json"
     state = json.loads(state_file.read_text())
     del state["commands"]  # as versions before the record wrote it

@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from kl_retrievers._encoding import eval_mode, progress_enabled
-from kl_retrievers._io import make_dirs, user_cache_dir, user_path
+from kl_retrievers._io import env_value, make_dirs, user_cache_dir, user_path
 from kl_retrievers.encoder import GaussianEncoder
 from kl_retrievers.encoding_cache import CACHE_ENV, tokenizer_identity
 
@@ -60,8 +60,8 @@ def default_feature_cache_dir() -> Path:
         >>> default_feature_cache_dir().name
         'features'
     """
-    env = os.environ.get(CACHE_ENV)
-    return user_path(env) / "features" if env and env.strip() else user_cache_dir(CACHE_ENV, "features")
+    env = env_value(CACHE_ENV)
+    return user_path(env) / "features" if env is not None else user_cache_dir(CACHE_ENV, "features")
 
 
 @dataclass

@@ -99,13 +99,19 @@ def score_candidates(
     """Scores of each query against its own candidates: ``(n, k)`` queries, ``(n, m, k)`` documents -> ``(n, m)``.
 
     The same formula as :func:`score_matrix` (``neg_kl`` through its inner-product expansion), each query
-    against its own ``m`` documents.
+    against its own ``m`` documents. For ``neg_kl`` each query's candidates are first centred on its mean
+    (``-KL`` does not change when both means move together; the shift is not differentiated): the expansion's
+    terms ``mu^2 / var`` then stay as small as ``(mu_q - mu_d)^2 / var``, so that float32 keeps the
+    precision of the direct form where means are large and variances small.
 
     Examples:
         >>> q = torch.zeros(1, 2); d = torch.zeros(1, 3, 2)
         >>> score_candidates(q, q + 1, d, d + 1, "dot").shape
         torch.Size([1, 3])
     """
+    if similarity == "neg_kl":
+        centre = q_mean.detach()
+        q_mean, d_mean = q_mean - centre, d_mean - centre[:, None, :]
     return _scores(q_mean, q_var, d_mean, d_var, similarity, lambda q, d: (d @ q[:, :, None]).squeeze(-1))
 
 

@@ -2381,7 +2381,6 @@ def train_encoder(
     return _recorded_run(encoder, cfg, ts, record_recipe, optimise)
 
 
-# ---------------------------------------------------------------------------------- fast path
 def _recorded_run(
     encoder: GaussianEncoder,
     cfg: TrainConfig,
@@ -2413,6 +2412,7 @@ def _recorded_run(
     return result
 
 
+# ---------------------------------------------------------------------------------- fast path
 def encode_from_features(encoder: GaussianEncoder, feats: Features, batch_size: int = 4096) -> Gaussians:
     """Gaussians (numpy float32) from cached backbone features through the encoder's heads.
 
